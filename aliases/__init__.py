@@ -1,0 +1,1 @@
+"""Action aliases: the format grammar, the matcher index, help and confirmation."""

@@ -1,0 +1,1 @@
+"""The Squall application: configuration, assembly, chat dispatcher, HTTP API and CLI."""

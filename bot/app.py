@@ -1,0 +1,101 @@
+"""Assembly: one `Squall` object wires configuration, storage, packs, runners and executions.
+
+The CLI, `squall serve`, the tests and the benchmarks all build the same object, so what they
+exercise is what runs in production.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from bot.config import SYSTEM_PACKS_PATH, Config
+from engine.crypto import KeyRing
+from engine.datastore import Datastore
+from engine.executions import ExecutionService
+from engine.executor import LocalExecutor
+from engine.packs import Registry, load_registry
+from engine.runners import RunRequest
+from engine.runners.http import HttpRunner
+from engine.runners.noop import NoopRunner
+from engine.runners.python import PythonRunner
+from engine.runners.shell import LocalShellRunner
+from engine.storage import Database, Store
+
+log = logging.getLogger(__name__)
+
+
+class Squall:
+    """The running service's parts. Use `await Squall.start(config)` and `await app.close()`."""
+
+    def __init__(self, config: Config, store: Store, registry: Registry) -> None:
+        self.config = config
+        self.store = store
+        self.db = Database(store)
+        self.keys = KeyRing(config.encryption_key_path)
+        self.datastore = Datastore(store, self.keys)
+        self.registry = registry
+        self.python = PythonRunner(config.virtualenvs_path, config.python_workers_per_pack, self._action_call)
+        shell = LocalShellRunner()
+        runners = {
+            "local-shell-cmd": shell,
+            "local-shell-script": shell,
+            "python-script": self.python,
+            "http-request": HttpRunner(),
+            "noop": NoopRunner(),
+        }
+        self.executions = ExecutionService(registry, self.db, self.datastore, self.keys, runners, config.api_url)
+        self.executor = LocalExecutor(self.executions.run, config.max_concurrency)
+        self.executions.executor = self.executor
+
+    @classmethod
+    async def start(cls, config: Config, *, recover: bool = False) -> Squall:
+        store = Store.open(config.database_url)
+        app = cls(config, store, load_packs(config))
+        for error in app.registry.errors:
+            log.warning("pack content skipped: %s", error)
+        if recover:
+            outcome = await app.executions.recover()
+            if any(outcome.values()):
+                log.info("recovered executions: %(abandoned)d abandoned, %(started)d started", outcome)
+        return app
+
+    def reload(self) -> Registry:
+        """Load the packs again; the new registry replaces the old one atomically."""
+        registry = load_packs(self.config)
+        self.registry = registry
+        self.executions.registry = registry
+        return registry
+
+    async def _action_call(self, method: str, args: dict[str, Any], request: RunRequest) -> Any:
+        """Datastore calls from Python actions' `action_service` (names already pack-local)."""
+        ds = self.datastore
+        if method == "get_value":
+            record = await self.db(ds.get, args["name"], decrypt=bool(args.get("decrypt")))
+            return record["value"] if record else None
+        if method == "set_value":
+            await self.db(ds.set, args["name"], args["value"], ttl=args.get("ttl"),
+                          encrypt=bool(args.get("encrypt")))
+            return True
+        if method == "delete_value":
+            return await self.db(ds.delete, args["name"])
+        if method == "list_values":
+            items = await self.db(ds.list, prefix=args.get("prefix") or None, limit=args.get("limit"))
+            offset = int(args.get("offset") or 0)
+            return items[offset:]
+        raise ValueError(f"unknown action_service method {method!r}")
+
+    async def close(self) -> None:
+        await self.executor.close()
+        await self.python.close()
+        self.db.close()
+        self.store.close()
+
+
+def load_packs(config: Config) -> Registry:
+    return load_registry(config.pack_paths, config.configs_path, SYSTEM_PACKS_PATH)
+
+
+def data_path(config: Config, *parts: str) -> Path:
+    return config.data_dir.joinpath(*parts)

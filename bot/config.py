@@ -1,0 +1,168 @@
+"""Squall's configuration: one YAML file, every relative path resolved against its folder.
+
+The file is optional: without it Squall runs on the embedded defaults (SQLite under `data/`,
+the packs shipped with Squall), so `squall run core.noop` works in an empty folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG_NAME = "config.yml"
+CONFIG_ENV = "SQUALL_CONFIG"
+
+#: The packs shipped with Squall (core, ...) are always loaded, whatever `packs.paths` says.
+SYSTEM_PACKS_PATH = Path(__file__).resolve().parent.parent / "packs"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names the file and the key."""
+
+
+@dataclass
+class Config:
+    """The settings Squall reads; every path is absolute once loaded."""
+
+    path: Path | None
+    base_dir: Path
+    database_url: str
+    data_dir: Path
+    pack_paths: list[Path]
+    install_path: Path
+    configs_path: Path
+    virtualenvs_path: Path
+    encryption_key_path: Path
+    python_workers_per_pack: int = 4
+    max_concurrency: int = 64
+    api_url: str = "http://127.0.0.1:9101/api/v1"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A top-level section as a dict, for the parts of Squall that own their own keys."""
+        value = self.raw.get(name) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.path}: '{name}' must be a mapping, not {type(value).__name__}")
+        return value
+
+
+_KNOWN_SECTIONS = {
+    "database": {"url"},
+    "data_dir": None,
+    "packs": {"paths", "install_path", "configs_path", "virtualenvs_path"},
+    "datastore": {"encryption_key_path"},
+    "executor": {"python_workers_per_pack", "max_concurrency"},
+    "api": None,
+    "chat": None,
+    "adapters": None,
+    "routes": None,
+    "auth": None,
+    "logging": None,
+}
+
+
+def _check_keys(path: Path | None, raw: dict[str, Any]) -> None:
+    """Name unknown keys with the nearest known one: a typo must not silently use a default."""
+    for key, value in raw.items():
+        if key not in _KNOWN_SECTIONS:
+            near = difflib.get_close_matches(key, list(_KNOWN_SECTIONS), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ConfigError(f"{path}: unknown top-level key '{key}'{hint}")
+        allowed = _KNOWN_SECTIONS[key]
+        if allowed is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: '{key}' must be a mapping, not {type(value).__name__}")
+        for sub in value:
+            if sub not in allowed:
+                near = difflib.get_close_matches(sub, sorted(allowed), n=1)
+                hint = f" (did you mean '{key}.{near[0]}'?)" if near else ""
+                raise ConfigError(f"{path}: unknown key '{key}.{sub}'{hint}")
+
+
+def _resolve(base: Path, value: str | os.PathLike[str]) -> Path:
+    candidate = Path(os.path.expanduser(str(value)))
+    return candidate if candidate.is_absolute() else (base / candidate).resolve()
+
+
+def _database_url(base: Path, url: str) -> str:
+    """Make a relative SQLite path relative to the config file, like every other path."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str(_resolve(base, url[len(prefix):]))
+    return url
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read the config file named, or `$SQUALL_CONFIG`, or `./config.yml` when it exists."""
+    explicit = path if path is not None else os.environ.get(CONFIG_ENV)
+    config_path: Path | None
+    if explicit:
+        config_path = Path(explicit).expanduser().resolve()
+        if not config_path.is_file():
+            raise ConfigError(f"config file {config_path} does not exist")
+    else:
+        candidate = Path.cwd() / DEFAULT_CONFIG_NAME
+        config_path = candidate.resolve() if candidate.is_file() else None
+
+    raw: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            loaded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{config_path}{where}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_path}: the top level must be a mapping of sections")
+        raw = loaded
+    _check_keys(config_path, raw)
+
+    base = config_path.parent if config_path else Path.cwd()
+    data_dir = _resolve(base, raw.get("data_dir", "data"))
+    packs = raw.get("packs") or {}
+    paths_value = packs.get("paths", ["packs"])
+    if isinstance(paths_value, str):
+        paths_value = [paths_value]
+    if not isinstance(paths_value, list) or not all(isinstance(p, str) for p in paths_value):
+        raise ConfigError(f"{config_path}: 'packs.paths' must be a list of folders")
+    pack_paths = [_resolve(base, p) for p in paths_value]
+    install_path = _resolve(base, packs["install_path"]) if "install_path" in packs else (
+        pack_paths[0] if pack_paths else data_dir / "packs"
+    )
+    database = raw.get("database") or {}
+    url = database.get("url") or f"sqlite:///{data_dir / 'squall.db'}"
+    executor = raw.get("executor") or {}
+    api = raw.get("api") or {}
+    api_url = f"http://{api.get('host', '127.0.0.1')}:{api.get('port', 9101)}/api/v1"
+    try:
+        workers = int(executor.get("python_workers_per_pack", 4))
+        concurrency = int(executor.get("max_concurrency", 64))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{config_path}: executor settings must be whole numbers: {exc}") from exc
+    if workers < 1 or concurrency < 1:
+        raise ConfigError(f"{config_path}: executor settings must be at least 1")
+    return Config(
+        path=config_path,
+        base_dir=base,
+        database_url=_database_url(base, str(url)),
+        data_dir=data_dir,
+        pack_paths=pack_paths,
+        install_path=install_path,
+        configs_path=_resolve(base, packs.get("configs_path", "configs")),
+        virtualenvs_path=_resolve(base, packs.get("virtualenvs_path", data_dir / "virtualenvs")),
+        encryption_key_path=_resolve(
+            base, (raw.get("datastore") or {}).get("encryption_key_path", data_dir / "datastore.key")
+        ),
+        python_workers_per_pack=workers,
+        max_concurrency=concurrency,
+        api_url=api_url,
+        raw=raw,
+    )

@@ -1,0 +1,81 @@
+"""`squall pack list | install | remove | reload`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bot.app import load_packs
+from bot.cli import JsonOption, _config, err, fail, out, pack_app, print_json
+from engine.pack_manager import PackInstallError, install_pack, remove_pack
+
+
+def _progress(message: str) -> None:
+    err.print(f"[dim]…[/dim] {message}", markup=True, highlight=False)
+
+
+@pack_app.command("list")
+def pack_list(as_json: JsonOption = False) -> None:
+    """Loaded packs and how much content each has."""
+    registry = load_packs(_config())
+    packs = [registry.packs[ref].summary(registry.counts(ref)) for ref in sorted(registry.packs)]
+    if as_json:
+        print_json(packs)
+        return
+    table = Table("ref", "version", "actions", "path", "description")
+    for pack in packs:
+        table.add_row(pack["ref"], pack["version"], str(pack["content"]["actions"]), pack["path"],
+                      pack["description"])
+    out.print(table)
+
+
+@pack_app.command("install")
+def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a git URL (URL=ref for a "
+                                                             "branch, tag or commit).")],
+                 as_json: JsonOption = False) -> None:
+    """Install a pack: copy or clone it, build its virtualenv, check its content."""
+    config = _config()
+    try:
+        pack, errors = install_pack(source, config.install_path, config.configs_path, config.virtualenvs_path,
+                                    _progress)
+    except PackInstallError as exc:
+        raise fail(str(exc)) from exc
+    registry = load_packs(config)
+    for error in errors:
+        err.print(f"[yellow]warning:[/yellow] {error}", markup=True, highlight=False)
+    if as_json:
+        print_json({**pack.summary(registry.counts(pack.ref)), "errors": [str(e) for e in errors]})
+    else:
+        counts = registry.counts(pack.ref)
+        out.print(f"installed {pack.ref} {pack.version} at {pack.path} "
+                  f"({counts['actions']} actions, {counts['aliases']} aliases, {counts['rules']} rules)")
+    raise typer.Exit(1 if errors else 0)
+
+
+@pack_app.command("remove")
+def pack_remove(name: Annotated[str, typer.Argument(help="Pack ref.")]) -> None:
+    """Remove an installed pack and its virtualenv."""
+    config = _config()
+    try:
+        path = remove_pack(name, load_packs(config), config.virtualenvs_path, _progress)
+    except PackInstallError as exc:
+        raise fail(str(exc)) from exc
+    out.print(f"removed {name} ({path})")
+
+
+@pack_app.command("reload")
+def pack_reload(as_json: JsonOption = False) -> None:
+    """Load every pack again and report what is wrong; exit 1 if any file was skipped."""
+    registry = load_packs(_config())
+    errors = [str(e) for e in registry.errors]
+    if as_json:
+        print_json({"packs": sorted(registry.packs), "actions": len(registry.actions),
+                    "trigger_types": len(registry.trigger_types), "errors": errors})
+    else:
+        out.print(f"loaded {len(registry.packs)} packs, {len(registry.actions)} actions, "
+                  f"{len(registry.trigger_types)} trigger types")
+        for error in errors:
+            err.print(f"[red]skipped:[/red] {error}", markup=True, highlight=False)
+    raise typer.Exit(1 if errors else 0)

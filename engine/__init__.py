@@ -1,0 +1,1 @@
+"""The automation engine: packs, actions, runners, executions, datastore and storage."""

@@ -1,0 +1,217 @@
+"""Actions: their metadata files, checked the way StackStorm's registrar checks them (spec §1.1 to 1.2)."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.runners import RUNNER_TYPES
+from engine.yamlfile import ContentError, ContentInvalid, LineMap
+
+PARAMETER_TYPES = {"array", "boolean", "integer", "null", "number", "object", "string"}
+_EXTENSION_KEYS = {"type", "description", "title", "default", "required", "secret", "immutable", "position", "enum"}
+_DRAFT4_KEYS = {
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern",
+    "items", "additionalItems", "minItems", "maxItems", "uniqueItems", "properties", "patternProperties",
+    "additionalProperties", "dependencies", "allOf", "anyOf", "oneOf", "not", "multipleOf", "definitions",
+    "id", "$schema", "format",
+}
+PARAMETER_KEYS = _EXTENSION_KEYS | _DRAFT4_KEYS
+_OVERRIDABLE = {"default", "description", "enum", "immutable", "required"}
+_ACTION_KEYS = {
+    "name", "runner_type", "entry_point", "description", "enabled", "pack", "parameters", "output_schema",
+    "notify", "tags", "metadata_file", "ref", "uid", "id",
+}
+_NAME = re.compile(r"^[\w.-]+$")
+_PARAM_NAME = re.compile(r"^\w+$")
+
+
+@dataclass
+class Action:
+    """One loaded action; `parameters` is the merged runner ⊕ action schema used everywhere."""
+
+    name: str
+    pack: str
+    runner_type: str
+    entry_point: str
+    description: str
+    enabled: bool
+    parameters: dict[str, dict[str, Any]]
+    declared: dict[str, dict[str, Any]]
+    notify: dict[str, Any]
+    tags: list[Any]
+    output_schema: dict[str, Any] | None
+    metadata_file: str
+    pack_path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.pack}.{self.name}"
+
+    @property
+    def entry_path(self) -> Path | None:
+        return (self.pack_path / "actions" / self.entry_point) if self.entry_point else None
+
+    @property
+    def runner_parameter_names(self) -> set[str]:
+        return set(RUNNER_TYPES[self.runner_type].parameters)
+
+    @property
+    def secret_names(self) -> set[str]:
+        return {name for name, spec in self.parameters.items() if spec.get("secret")}
+
+    def summary(self) -> dict[str, Any]:
+        """The record shown by `squall action list/get --json` and the API."""
+        return {
+            "ref": self.ref,
+            "name": self.name,
+            "pack": self.pack,
+            "runner_type": self.runner_type,
+            "entry_point": self.entry_point,
+            "description": self.description,
+            "enabled": self.enabled,
+            "parameters": self.parameters,
+            "notify": self.notify,
+            "tags": self.tags,
+            "output_schema": self.output_schema,
+            "metadata_file": self.metadata_file,
+        }
+
+
+def _suggest(word: str, choices: set[str] | list[str]) -> str:
+    near = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
+def build_action(data: Any, lines: LineMap, *, pack: str, pack_path: Path, file: str) -> Action:
+    """Check one action document and merge its parameters with its runner's; raise on the first error."""
+
+    def fail(reason: str, *path: str | int) -> ContentInvalid:
+        return ContentInvalid(ContentError(file, lines.line(*path), reason))
+
+    if not isinstance(data, dict):
+        raise fail("an action file must be a mapping with at least 'name' and 'runner_type'")
+    for key in data:
+        if key not in _ACTION_KEYS:
+            raise fail(f"unknown action attribute '{key}'{_suggest(key, _ACTION_KEYS)}", key)
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise fail("'name' is required and must be a string", "name")
+    if not _NAME.match(name):
+        raise fail(f"action name '{name}' may hold only letters, digits, '_', '-' and '.'", "name")
+    if data.get("pack") not in (None, pack):
+        raise fail(f"'pack: {data['pack']}' does not match the pack folder's pack '{pack}'", "pack")
+    runner_name = data.get("runner_type")
+    if runner_name == "orchestra":
+        runner_name = "orquesta"
+    if runner_name not in RUNNER_TYPES:
+        raise fail(
+            f"unknown runner_type {runner_name!r}{_suggest(str(runner_name), list(RUNNER_TYPES))}; "
+            f"available: {', '.join(sorted(RUNNER_TYPES))}",
+            "runner_type",
+        )
+    runner = RUNNER_TYPES[runner_name]
+    entry_point = data.get("entry_point") or ""
+    if not isinstance(entry_point, str):
+        raise fail("'entry_point' must be a path relative to the pack's actions/ folder", "entry_point")
+    if runner.needs_entry_point and not entry_point:
+        raise fail(f"runner '{runner_name}' needs 'entry_point' (a file under actions/)", "entry_point")
+    if runner.forbids_entry_point and entry_point:
+        raise fail(f"runner '{runner_name}' runs 'cmd' and takes no entry_point", "entry_point")
+    if entry_point:
+        target = (pack_path / "actions" / entry_point).resolve()
+        if not target.is_relative_to(pack_path.resolve()):
+            raise fail(f"entry_point '{entry_point}' points outside the pack", "entry_point")
+        if not target.is_file():
+            raise fail(f"entry_point '{entry_point}' does not exist (looked for {target})", "entry_point")
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise fail("'enabled' must be true or false", "enabled")
+
+    declared = data.get("parameters") or {}
+    if not isinstance(declared, dict):
+        raise fail("'parameters' must be a mapping of parameter name to schema", "parameters")
+    merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in runner.parameters.items()}
+    for pname, spec in declared.items():
+        where = ("parameters", pname)
+        if not isinstance(pname, str) or not _PARAM_NAME.match(pname):
+            raise fail(f"parameter name {pname!r} may hold only letters, digits and '_'", *where)
+        if not isinstance(spec, dict):
+            raise fail(f"parameter '{pname}' must be a mapping (its schema)", *where)
+        for key in spec:
+            if key not in PARAMETER_KEYS:
+                raise fail(f"parameter '{pname}': unknown attribute '{key}'{_suggest(key, PARAMETER_KEYS)}",
+                           *where, key)
+        ptype = spec.get("type")
+        types = ptype if isinstance(ptype, list) else [ptype] if ptype is not None else []
+        for item in types:
+            if item not in PARAMETER_TYPES:
+                raise fail(f"parameter '{pname}': unknown type {item!r}{_suggest(str(item), PARAMETER_TYPES)}; "
+                           f"use one of {', '.join(sorted(PARAMETER_TYPES))}", *where, "type")
+        for flag in ("required", "secret", "immutable"):
+            if flag in spec and not isinstance(spec[flag], bool):
+                raise fail(f"parameter '{pname}': '{flag}' must be true or false", *where, flag)
+        if "enum" in spec and not isinstance(spec["enum"], list):
+            raise fail(f"parameter '{pname}': 'enum' must be a list of allowed values", *where, "enum")
+        if pname in runner.parameters:
+            base = runner.parameters[pname]
+            if base.get("immutable"):
+                raise fail(f"parameter '{pname}' is immutable in runner '{runner_name}' and cannot be "
+                           "redeclared", *where)
+            for key, value in spec.items():
+                if key not in _OVERRIDABLE and key in base and base[key] != value:
+                    raise fail(f'The attribute "{key}" for the runner parameter "{pname}" in action "{name}" '
+                               "cannot be overridden.", *where, key)
+                if key not in _OVERRIDABLE and key not in base and key != "description":
+                    raise fail(f'The attribute "{key}" for the runner parameter "{pname}" in action "{name}" '
+                               "cannot be overridden.", *where, key)
+            merged[pname] = {**base, **spec}
+        else:
+            merged[pname] = dict(spec)
+        if merged[pname].get("immutable") and "default" not in merged[pname]:
+            raise fail(f"parameter '{pname}' is immutable and so needs a 'default'", *where)
+
+    positions: list[tuple[float, str]] = []
+    for pname, spec in merged.items():
+        if "position" in spec:
+            pos = spec["position"]
+            if isinstance(pos, bool) or not isinstance(pos, int | float) or pos < 0:
+                raise fail(f"parameter '{pname}': 'position' must be a number >= 0", "parameters", pname)
+            positions.append((pos, pname))
+    positions.sort()
+    for index, (pos, pname) in enumerate(positions):
+        if pos != index:
+            taken = ", ".join(f"{n}={p:g}" for p, n in positions)
+            raise fail(f"parameter positions must be unique and contiguous from 0 ({taken}); "
+                       f"'{pname}' should have position {index}", "parameters", pname, "position")
+
+    notify = data.get("notify") or {}
+    if not isinstance(notify, dict):
+        raise fail("'notify' must be a mapping with on-complete / on-success / on-failure", "notify")
+    for key in notify:
+        if key not in ("on-complete", "on-success", "on-failure"):
+            raise fail(f"unknown notify section '{key}'{_suggest(key, ['on-complete', 'on-success', 'on-failure'])}",
+                       "notify", key)
+    output_schema = data.get("output_schema")
+    if output_schema is not None and not isinstance(output_schema, dict):
+        raise fail("'output_schema' must be a JSON schema mapping", "output_schema")
+
+    return Action(
+        name=name,
+        pack=pack,
+        runner_type=runner_name,
+        entry_point=entry_point,
+        description=str(data.get("description") or ""),
+        enabled=enabled,
+        parameters=merged,
+        declared=declared,
+        notify=notify,
+        tags=list(data.get("tags") or []),
+        output_schema=output_schema,
+        metadata_file=file,
+        pack_path=pack_path,
+    )

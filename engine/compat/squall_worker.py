@@ -1,0 +1,205 @@
+"""A warm worker for one pack's Python actions (StackStorm's python_action_wrapper, kept alive).
+
+StackStorm starts a fresh interpreter per Python action, paying 0.2-2 s each time (spec §12).
+Squall keeps one or more of these per pack: the parent sends one request at a time as a JSON
+line on a private pipe, the worker runs the action with fd 1 and 2 redirected to the files the
+parent named, and answers with a JSON line. Datastore calls from `action_service` travel the
+same pipes back to the parent. Standard library only: it runs under the pack's virtualenv.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import sys
+import traceback
+from typing import Any
+
+from st2common.runners.base_action import Action
+
+INVALID_STATUS_EXIT = 220
+
+
+class Channel:
+    """The JSON-lines pipes to the parent."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.reader = os.fdopen(read_fd, "rb")
+        self.writer = os.fdopen(write_fd, "wb")
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.writer.write(json.dumps(message, default=str).encode("utf-8") + b"\n")
+        self.writer.flush()
+
+    def receive(self) -> dict[str, Any] | None:
+        line = self.reader.readline()
+        return json.loads(line) if line else None
+
+
+class ConfigDict(dict):
+    """A pack config that says which key is missing, instead of a bare KeyError."""
+
+    def __missing__(self, key: str) -> Any:
+        raise ValueError(
+            f'config key "{key}" is not set for this pack; set it in configs/<pack>.yaml or give it a '
+            "default in config.schema.yaml"
+        )
+
+
+class KeyValuePair:
+    """What `list_values` returns, shaped like st2client's KeyValuePair."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+    def __repr__(self) -> str:
+        return f"<KeyValuePair name={self.name!r}>"
+
+
+class ActionService:
+    """`self.action_service`: StackStorm's datastore methods, answered by the Squall service."""
+
+    def __init__(self, channel: Channel, pack: str, class_name: str, user: str | None) -> None:
+        self._channel = channel
+        self._prefix = f"{pack}.{class_name}:"
+        self._user = user
+
+    @property
+    def datastore_service(self) -> ActionService:
+        return self
+
+    def _name(self, name: str, local: bool) -> str:
+        return f"{self._prefix}{name}" if local else name
+
+    @staticmethod
+    def _check_scope(scope: str) -> None:
+        if scope not in ("system", "st2kv.system"):
+            raise ValueError(f"Scope {scope} is unsupported.")
+
+    def _call(self, method: str, **arguments: Any) -> Any:
+        self._channel.send({"op": "call", "method": method, "args": arguments})
+        reply = self._channel.receive()
+        if reply is None:
+            raise SystemExit(0)
+        if reply.get("error"):
+            raise RuntimeError(reply["error"])
+        return reply.get("result")
+
+    def get_user_info(self) -> dict[str, Any]:
+        return {"username": self._user}
+
+    def list_values(
+        self, local: bool = True, prefix: str | None = None, limit: int | None = None, offset: int | None = None
+    ) -> list[KeyValuePair]:
+        full_prefix = self._name(prefix or "", local)
+        items = self._call("list_values", prefix=full_prefix, limit=limit, offset=offset)
+        return [KeyValuePair(**item) for item in items]
+
+    def get_value(self, name: str, local: bool = True, scope: str = "system", decrypt: bool = False) -> Any:
+        self._check_scope(scope)
+        return self._call("get_value", name=self._name(name, local), decrypt=decrypt)
+
+    def set_value(
+        self, name: str, value: Any, ttl: int | None = None, local: bool = True, scope: str = "system",
+        encrypt: bool = False,
+    ) -> bool:
+        self._check_scope(scope)
+        return self._call("set_value", name=self._name(name, local), value=str(value), ttl=ttl, encrypt=encrypt)
+
+    def delete_value(self, name: str, local: bool = True, scope: str = "system") -> bool:
+        self._check_scope(scope)
+        return self._call("delete_value", name=self._name(name, local))
+
+
+_modules: dict[tuple[str, float], Any] = {}
+
+
+def load_action_class(path: str) -> type[Action]:
+    """The first `Action` subclass defined in the file (cached until the file changes)."""
+    key = (path, os.stat(path).st_mtime)
+    module = _modules.get(key)
+    if module is None:
+        folder = os.path.dirname(path)
+        if folder not in sys.path:
+            sys.path.append(folder)
+        name = "squall_action_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _modules[key] = module
+    candidates = [
+        obj for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, Action) and obj is not Action and not inspect.isabstract(obj)
+    ]
+    own = [obj for obj in candidates if obj.__module__ == module.__name__]
+    if not (own or candidates):
+        raise ImportError(f"{path} defines no class derived from st2common.runners.base_action.Action")
+    return (own or candidates)[0]
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
+    saved_env = dict(os.environ)
+    os.environ.update(request.get("env") or {})
+    level = getattr(logging, str(request.get("log_level", "DEBUG")).upper(), logging.DEBUG)
+    logging.getLogger().setLevel(level)
+    try:
+        cls = load_action_class(request["file"])
+        service = ActionService(channel, request["pack"], cls.__name__, request.get("user"))
+        action = cls(config=ConfigDict(request.get("config") or {}), action_service=service)
+        returned = action.run(**(request.get("parameters") or {}))
+    except BaseException as exc:  # the action's failure, whatever it is, belongs to the execution
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        traceback.print_exc()
+        sys.stderr.flush()
+        code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
+        return {"op": "done", "status": None, "result": "None", "exit_code": code or 1}
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.environ.clear()
+        os.environ.update(saved_env)
+    if isinstance(returned, tuple) and len(returned) == 2:
+        status, result = returned
+        if isinstance(status, bool):
+            return {"op": "done", "status": status, "result": _jsonable(result), "exit_code": 0}
+        if status is not None:
+            print(f"The action returned an invalid status {status!r}: the first item of a (status, result) "
+                  "tuple must be True or False", file=sys.stderr, flush=True)
+            return {"op": "done", "status": False, "result": None, "exit_code": INVALID_STATUS_EXIT}
+    return {"op": "done", "status": None, "result": _jsonable(returned), "exit_code": 0}
+
+
+def main() -> None:
+    channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    channel.send({"op": "ready", "pid": os.getpid()})
+    original_out, original_err = os.dup(1), os.dup(2)
+    while (request := channel.receive()) is not None:
+        with open(request["stdout_path"], "wb", buffering=0) as out, open(request["stderr_path"], "wb",
+                                                                          buffering=0) as err:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            try:
+                reply = run_one(channel, request)
+            finally:
+                os.dup2(original_out, 1)
+                os.dup2(original_err, 2)
+        channel.send(reply)
+
+
+if __name__ == "__main__":
+    main()

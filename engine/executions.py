@@ -1,0 +1,399 @@
+"""Executions: requested, recorded, run and finished with StackStorm's statuses (spec §10).
+
+Every request is validated and stored as `requested` before anything runs, so a crash loses
+nothing: on start-up `recover()` marks what was left running `abandoned` and runs what was
+never started. Secret parameters are masked in every stored field people can read; their real
+values travel sealed with the datastore key. Values a secret was rendered into, and outputs that
+echo a secret, are scrubbed as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from engine.crypto import CryptoError, KeyRing
+from engine.datastore import Datastore
+from engine.executor import Executor
+from engine.packs import Registry
+from engine.parameters import MASK, ParameterError, mask, resolve
+from engine.runners import Runner, RunOutcome, RunRequest
+from engine.storage import Database, utcnow
+from engine.templates import KVNamespace
+
+log = logging.getLogger(__name__)
+
+STATUSES = (
+    "requested", "scheduled", "delayed", "running", "succeeded", "failed", "timeout", "abandoned",
+    "canceling", "canceled", "pending", "pausing", "paused", "resuming",
+)
+COMPLETED = frozenset({"succeeded", "failed", "timeout", "canceled", "abandoned"})
+FAILED = frozenset({"failed", "timeout", "abandoned"})
+CANCELABLE = frozenset({"requested", "scheduled", "delayed", "running", "pausing", "paused", "resuming"})
+_QUEUED = ("requested", "scheduled", "delayed")
+_LIVE = ("scheduled", "running", "canceling", "pausing", "paused", "resuming")
+_MIN_SCRUB = 4
+
+
+class ExecutionNotFound(LookupError):
+    pass
+
+
+class ExecutionStateError(ValueError):
+    """An operation the execution's current status does not allow."""
+
+
+def new_id() -> str:
+    """24 hex digits like StackStorm's ids, sortable by creation time."""
+    return f"{time.time_ns() // 1000:014x}{os.urandom(5).hex()}"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def scrub(value: Any, secrets: list[str]) -> Any:
+    """Replace every occurrence of a secret value inside strings, recursively."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {k: scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v, secrets) for v in value]
+    return value
+
+
+def public(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The execution as the CLI, the API and chat show it (StackStorm's ActionExecution shape)."""
+    start, end = record["start_timestamp"], record.get("end_timestamp")
+    return {
+        "id": record["id"],
+        "action": record["action"],
+        "runner": record["runner"],
+        "status": record["status"],
+        "parameters": record["parameters"],
+        "result": record.get("result"),
+        "context": record["context"],
+        "parent": record.get("parent"),
+        "start_timestamp": _iso(start),
+        "end_timestamp": _iso(end),
+        "elapsed_seconds": round((end - start).total_seconds(), 6) if end else None,
+        "log": [{"status": "requested", "timestamp": _iso(start)}, *(record.get("log") or [])],
+        "runner_info": record.get("runner_info"),
+    }
+
+
+class ExecutionService:
+    """The one way anything in Squall asks for, runs, cancels or re-runs an action."""
+
+    def __init__(self, registry: Registry, db: Database, datastore: Datastore, keys: KeyRing,
+                 runners: Mapping[str, Runner], api_url: str = "") -> None:
+        self.registry = registry
+        self.db = db
+        self.datastore = datastore
+        self.keys = keys
+        self.runners = dict(runners)
+        self.api_url = api_url
+        self.executor: Executor | None = None
+        self.host = socket.gethostname()
+        self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._listeners: list[Callable[[dict[str, Any]], Any]] = []
+        self._listener_tasks: set[asyncio.Future[Any]] = set()
+
+    # -- listening -----------------------------------------------------------------------
+    def on_finished(self, listener: Callable[[dict[str, Any]], Any]) -> None:
+        """Call `listener(public_record)` whenever an execution finishes in this process."""
+        self._listeners.append(listener)
+
+    def _finished(self, record: dict[str, Any]) -> None:
+        shown = public(record)
+        for future in self._waiters.pop(record["id"], []):
+            if not future.done():
+                future.set_result(shown)
+        for listener in self._listeners:
+            try:
+                outcome = listener(shown)
+                if asyncio.iscoroutine(outcome):
+                    task = asyncio.ensure_future(outcome)
+                    self._listener_tasks.add(task)
+                    task.add_done_callback(self._listener_tasks.discard)
+            except Exception:
+                log.exception("a listener for finished executions failed")
+
+    # -- template context --------------------------------------------------------------------
+    def template_context(self, pack_config: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+        """What parameter templates may refer to besides other parameters (spec §1.3)."""
+        user = context.get("api_user") or context.get("user")
+        store = self.datastore
+        return {
+            "st2kv": {
+                "system": KVNamespace(lambda key: store.lookup("system", key), label="st2kv.system"),
+                "user": KVNamespace(lambda key: store.lookup("user", f"{user}:{key}"), label="st2kv.user"),
+            },
+            "action_context": dict(context),
+            "config_context": dict(pack_config),
+        }
+
+    # -- requesting ----------------------------------------------------------------------
+    async def request(self, ref: str, parameters: Mapping[str, Any] | None = None,
+                      context: Mapping[str, Any] | None = None, *, parent: str | None = None) -> dict[str, Any]:
+        """Validate, store as `requested`, and hand to the executor. Raises on bad input."""
+        action = self.registry.action(ref)
+        context = {"user": os.environ.get("USER", "squall"), **(context or {}), "pack": action.pack}
+        record = await self.db(self._prepare, ref, dict(parameters or {}), context, parent)
+        if self.executor is not None:
+            await self.executor.submit(record["id"])
+        return public(record)
+
+    def _prepare(self, ref: str, supplied: dict[str, Any], context: dict[str, Any],
+                 parent: str | None) -> dict[str, Any]:
+        """Resolve parameters and store the request (on the database thread: st2kv reads are sync)."""
+        action = self.registry.action(ref)
+        pack = self.registry.packs[action.pack]
+        resolution = resolve(action, supplied, self.template_context(pack.config, context))
+        values = resolution.values
+        secret_names = action.secret_names
+        secrets = [str(v) for k, v in values.items() if k in secret_names and v not in (None, "")]
+        secrets = [s for s in secrets if len(s) >= _MIN_SCRUB]
+        shown = scrub(mask(values, secret_names), secrets)
+        sealed_values = {k: v for k, v in values.items() if shown[k] != v}
+        record = {
+            "id": new_id(),
+            "action": action.ref,
+            "runner": action.runner_type,
+            "status": "requested",
+            "parameters": {k: shown[k] for k in resolution.live},
+            "spec": {"values": shown, "templates": resolution.templates},
+            "sealed": self.keys.encrypt(json.dumps(sealed_values)) if sealed_values else None,
+            "result": None,
+            "context": context,
+            "log": [],
+            "parent": parent,
+            "runner_info": None,
+            "start_timestamp": utcnow(),
+            "end_timestamp": None,
+        }
+        self.db.store.insert_execution(record)
+        return record
+
+    # -- running -----------------------------------------------------------------------------
+    async def run(self, execution_id: str) -> None:
+        """Run one requested execution to its end (the executor calls this)."""
+        now = utcnow()
+        runner_info = {"hostname": self.host, "pid": os.getpid()}
+        transitions = [{"status": "scheduled", "timestamp": _iso(now)}, {"status": "running", "timestamp": _iso(now)}]
+        record = await self.db(
+            self.db.store.claim_execution, execution_id,
+            {"status": "running", "runner_info": runner_info, "log": transitions}, _QUEUED,
+        )
+        if record is None:
+            return  # canceled meanwhile, or claimed by another process
+        try:
+            request, secrets = await self.db(self._run_request, record)
+        except (CryptoError, ParameterError, LookupError) as exc:
+            await self._finish(record, RunOutcome("failed", {"error": str(exc)}), [])
+            return
+        runner = self.runners.get(record["runner"])
+        try:
+            if runner is None:
+                outcome = RunOutcome("failed", {"error": f'runner "{record["runner"]}" is not available'})
+            else:
+                outcome = await runner.run(request)
+        except asyncio.CancelledError:
+            closing = self.executor is not None and getattr(self.executor, "closing", False)
+            status = "abandoned" if closing else "canceled"
+            reason = "Squall shut down while it was running" if closing else "canceled by request"
+            await asyncio.shield(self._finish(record, RunOutcome(status, {"error": reason}), secrets))
+            return
+        except Exception as exc:
+            outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
+        await self._finish(record, outcome, secrets)
+
+    def _run_request(self, record: dict[str, Any]) -> tuple[RunRequest, list[str]]:
+        action = self.registry.action(record["action"])
+        pack = self.registry.packs[action.pack]
+        values = dict(record["spec"]["values"])
+        if record.get("sealed"):
+            values.update(json.loads(self.keys.decrypt(record["sealed"])))
+        runner_names = action.runner_parameter_names
+        secrets = [str(values[k]) for k in action.secret_names if values.get(k) not in (None, "")]
+        context = record["context"]
+        templates = record["spec"].get("templates") or {}
+        template_context = {}
+        if templates:
+            template_context = {**self.template_context(pack.config, context), **values}
+        request = RunRequest(
+            execution_id=record["id"],
+            action=action,
+            runner_parameters={k: v for k, v in values.items() if k in runner_names},
+            action_parameters={k: v for k, v in values.items() if k not in runner_names},
+            context=context,
+            pack_config=pack.config,
+            templates=templates,
+            template_context=template_context,
+            api_url=self.api_url,
+        )
+        return request, [s for s in secrets if len(s) >= _MIN_SCRUB]
+
+    async def _finish(self, record: dict[str, Any], outcome: RunOutcome, secrets: list[str]) -> None:
+        now = utcnow()
+        log_entries = [*(record.get("log") or []), {"status": outcome.status, "timestamp": _iso(now)}]
+        fields = {"status": outcome.status, "result": scrub(outcome.result, secrets), "end_timestamp": now,
+                  "log": log_entries}
+        updated = await self.db(self.db.store.update_execution, record["id"], fields, expect=("running", "canceling"))
+        if updated:
+            record.update(fields)
+            self._finished(record)
+
+    # -- reading -------------------------------------------------------------------------
+    async def get(self, execution_id: str) -> dict[str, Any]:
+        record = await self.db(self._find, execution_id)
+        return public(record)
+
+    def _find(self, execution_id: str) -> dict[str, Any]:
+        store = self.db.store
+        record = store.get_execution(execution_id)
+        if record is None and len(execution_id) >= 4:
+            matches = store.find_executions(execution_id)
+            if len(matches) == 1:
+                record = store.get_execution(matches[0])
+            elif len(matches) > 1:
+                raise ExecutionNotFound(
+                    f'execution id "{execution_id}" is ambiguous: it starts {", ".join(matches)}; type more of it'
+                )
+        if record is None:
+            raise ExecutionNotFound(f'execution "{execution_id}" not found (see `squall execution list`)')
+        return record
+
+    async def list(self, **filters: Any) -> list[dict[str, Any]]:
+        return [public(r) for r in await self.db(self.db.store.list_executions, **filters)]
+
+    async def wait(self, execution_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The finished execution; waits for one that runs in this process."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(execution_id, []).append(future)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            while True:
+                current = await self.get(execution_id)
+                if current["status"] in COMPLETED:
+                    return current
+                # Another process may run it (a server picked up our request): look again now and then.
+                step = 0.5 if deadline is None else min(0.5, deadline - loop.time())
+                if step <= 0:
+                    raise TimeoutError(f"execution {execution_id} did not finish within {timeout} seconds")
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), step)
+                except TimeoutError:
+                    continue
+        finally:
+            waiters = self._waiters.get(execution_id, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiters.pop(execution_id, None)
+
+    # -- cancel and re-run -------------------------------------------------------------
+    async def cancel(self, execution_id: str) -> dict[str, Any]:
+        record = await self.db(self._find, execution_id)
+        status = record["status"]
+        if status in COMPLETED or status == "canceling":
+            raise ExecutionStateError(f'execution {record["id"]} is already {status}; it cannot be canceled')
+        if status not in CANCELABLE:
+            raise ExecutionStateError(f'execution {record["id"]} is {status}, which cannot be canceled')
+        now = utcnow()
+        entries = [*(record.get("log") or [])]
+        if status in _QUEUED:
+            entries.append({"status": "canceled", "timestamp": _iso(now)})
+            fields = {"status": "canceled", "end_timestamp": now, "log": entries,
+                      "result": {"error": "canceled before it started"}}
+            if await self.db(self.db.store.update_execution, record["id"], fields, expect=_QUEUED):
+                record.update(fields)
+                self._finished(record)
+                return public(record)
+            return await self.cancel(execution_id)  # it started meanwhile
+        entries.append({"status": "canceling", "timestamp": _iso(now)})
+        await self.db(self.db.store.update_execution, record["id"], {"status": "canceling", "log": entries},
+                      expect=(status,))
+        if self.executor is not None and await self.executor.cancel(record["id"]):
+            return await self.get(record["id"])
+        return await self.get(record["id"])  # running in another process: its owner sees `canceling`
+
+    async def rerun(self, execution_id: str, parameters: Mapping[str, Any] | None = None,
+                    context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A new execution of the same action with the original parameters, overridden by `parameters`."""
+        record = await self.db(self._find, execution_id)
+        original = dict(record["parameters"])
+        if record.get("sealed"):
+            original.update({k: v for k, v in json.loads(self.keys.decrypt(record["sealed"])).items()
+                             if k in original})
+        merged = {**original, **(parameters or {})}
+        new_context = {**record["context"], **(context or {}), "re-run": {"ref": record["id"]}}
+        new_context.pop("pack", None)
+        return await self.request(record["action"], merged, new_context)
+
+    # -- recovery ----------------------------------------------------------------------
+    async def recover(self) -> dict[str, int]:
+        """After a crash: abandon what this host left running, and run what never started."""
+        rows = await self.db(self.db.store.execution_ids_with_status, (*_LIVE, *_QUEUED))
+        abandoned = started = 0
+        running_here: set[str] = getattr(self.executor, "running", set())
+        for row in rows:
+            if row["status"] in _QUEUED:
+                if self.executor is not None and row["id"] not in running_here:
+                    await self.executor.submit(row["id"])
+                    started += 1
+                continue
+            info = row.get("runner_info") or {}
+            if row["id"] in running_here or info.get("hostname") not in (None, self.host):
+                continue
+            if info.get("pid") and _alive(int(info["pid"])) and info["pid"] != os.getpid():
+                continue  # another Squall process on this host (a CLI run) still owns it
+            record = await self.db(self.db.store.get_execution, row["id"])
+            if record is None:
+                continue
+            now = utcnow()
+            fields = {"status": "abandoned", "end_timestamp": now,
+                      "result": {**(record.get("result") or {}),
+                                 "error": "Squall stopped while this execution was running; it was abandoned"},
+                      "log": [*(record.get("log") or []), {"status": "abandoned", "timestamp": _iso(now)}]}
+            if await self.db(self.db.store.update_execution, row["id"], fields, expect=(row["status"],)):
+                abandoned += 1
+                record.update(fields)
+                self._finished(record)
+        return {"abandoned": abandoned, "started": started}
+
+    async def poll(self) -> None:
+        """Pick up work other processes stored (CLI `--async` requests, cancels of our executions)."""
+        if self.executor is None:
+            return
+        rows = await self.db(self.db.store.execution_ids_with_status, ("requested", "canceling"))
+        for row in rows:
+            if row["status"] == "requested":
+                await self.executor.submit(row["id"])
+            elif (row.get("runner_info") or {}).get("pid") == os.getpid():
+                await self.executor.cancel(row["id"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,206 @@
+"""Action parameters at request time: checks, Jinja rendering with dependencies, casts, schema.
+
+This follows StackStorm's `util/param.py` and `util/casts.py` (spec §1.3): parameters may refer
+to each other and to `st2kv`, `action_context` and `config_context`; rendered values are cast by
+their declared type and then validated against the merged runner ⊕ action schema. Every error
+names the parameter and the rule it broke, because it is shown to the person who typed it.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+import jsonschema
+from jinja2 import meta
+
+from engine.actions import Action
+from engine.templates import NONE_MAGIC_VALUE, TemplateRenderError, build_environment, render_value
+
+MASK = "********"
+_EXTENSION_KEYS = {"required", "secret", "immutable", "position", "default", "description", "title"}
+
+
+class ParameterError(ValueError):
+    """Parameters a caller supplied that cannot run; the message is meant for that caller."""
+
+
+@dataclass
+class Resolution:
+    """The outcome of resolving one request's parameters."""
+
+    values: dict[str, Any]
+    live: list[str]
+    templates: dict[str, str] = field(default_factory=dict)
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, dict | list):
+        return _has_template(json.dumps(value))
+    return False
+
+
+def _template_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+_TRUE = {"true", "yes", "on", "1", "y"}
+_FALSE = {"false", "no", "off", "0", "n", ""}
+
+
+def cast(name: str, value: Any, spec: Mapping[str, Any]) -> Any:
+    """Cast a rendered value to its declared type, as StackStorm's `casts.py` does."""
+    if isinstance(value, str) and value == NONE_MAGIC_VALUE:
+        return None
+    ptype = spec.get("type")
+    if value is None or not isinstance(value, str) or not isinstance(ptype, str) or ptype == "string":
+        return value
+    text = value.strip()
+    try:
+        if ptype == "integer":
+            return int(text)
+        if ptype == "number":
+            number = float(text)
+            return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+        if ptype == "boolean":
+            lowered = text.lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError(text)
+        if ptype == "null":
+            if text.lower() in ("", "null", "none"):
+                return None
+            raise ValueError(text)
+        if ptype == "array":
+            if text.startswith("["):
+                return _decode(text)
+            return [item.strip() for item in text.split(",")] if text else []
+        if ptype == "object":
+            decoded = _decode(text)
+            if not isinstance(decoded, dict):
+                raise ValueError(text)
+            return decoded
+    except (ValueError, SyntaxError) as exc:
+        examples = {
+            "integer": "a whole number such as 5",
+            "number": "a number such as 2.5",
+            "boolean": "true or false",
+            "null": "null",
+            "array": "a comma-separated list or a JSON array",
+            "object": 'a JSON object such as {"key": "value"}',
+        }
+        raise ParameterError(
+            f'parameter "{name}": {value!r} is not {"an" if ptype[0] in "aeiou" else "a"} {ptype} '
+            f"(expected {examples[ptype]})"
+        ) from exc
+    return value
+
+
+def _decode(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return ast.literal_eval(text)
+
+
+def _dependencies(env: jinja2.Environment, name: str, raw: Any) -> set[str]:
+    try:
+        return set(meta.find_undeclared_variables(env.parse(_template_text(raw))))
+    except jinja2.TemplateSyntaxError as exc:
+        raise ParameterError(f'Failed to render parameter "{name}": {exc.message} (line {exc.lineno})') from exc
+
+
+def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, Any]) -> Resolution:
+    """Check, render, cast and validate the parameters of one request for `action`."""
+    schema = action.parameters
+    unknown = [name for name in supplied if name not in schema]
+    if unknown:
+        hints = []
+        for name in unknown:
+            near = difflib.get_close_matches(name, list(schema), n=1)
+            hints.append(f'"{name}"' + (f' (did you mean "{near[0]}"?)' if near else ""))
+        accepted = ", ".join(sorted(schema)) or "none"
+        raise ParameterError(
+            f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(hints)} for action "
+            f'"{action.ref}"; it accepts: {accepted}'
+        )
+    immutable = sorted(n for n in supplied if schema[n].get("immutable"))
+    if immutable:
+        raise ParameterError(f"Override of immutable parameter(s) {immutable} is unsupported.")
+
+    raw: dict[str, Any] = {}
+    live: list[str] = []
+    for name, spec in schema.items():
+        if supplied.get(name) is not None:
+            raw[name] = supplied[name]
+            live.append(name)
+        elif "default" in spec:
+            raw[name] = spec["default"]
+            if _has_template(spec["default"]):
+                live.append(name)
+        else:
+            raw[name] = None
+
+    env = build_environment()
+    pending = {name: value for name, value in raw.items() if _has_template(value)}
+    templates = {name: _template_text(value) for name, value in pending.items()}
+    values = {name: value for name, value in raw.items() if name not in pending}
+    graph = {name: _dependencies(env, name, value) for name, value in pending.items()}
+    for name, deps in graph.items():
+        for dep in deps:
+            if dep not in schema and dep not in context:
+                raise ParameterError(f'Dependency unsatisfied in variable "{dep}" (used by parameter "{name}")')
+
+    while pending:
+        ready = [n for n in pending if not (graph[n] & set(pending))]
+        if not ready:
+            raise ParameterError(
+                f"Cyclic dependency found in the following variables: {', '.join(sorted(pending))}"
+            )
+        for name in sorted(ready):
+            scope = {**context, **values}
+            try:
+                values[name] = render_value(pending.pop(name), scope)
+            except TemplateRenderError as exc:
+                raise ParameterError(f'Failed to render parameter "{name}": {exc}') from exc
+
+    for name, spec in schema.items():
+        values[name] = cast(name, values.get(name), spec)
+    validate(action, values)
+    return Resolution(values=values, live=live, templates=templates)
+
+
+def validate(action: Action, values: Mapping[str, Any]) -> None:
+    """Required parameters present, and every present value valid for its schema."""
+    for name, spec in action.parameters.items():
+        value = values.get(name)
+        if value is None:
+            if spec.get("required"):
+                raise ParameterError(
+                    f'parameter "{name}" is required by action "{action.ref}"'
+                    + (f" ({spec['description']})" if spec.get("description") else "")
+                )
+            continue
+        check = {k: v for k, v in spec.items() if k not in _EXTENSION_KEYS}
+        error = jsonschema.exceptions.best_match(jsonschema.Draft4Validator(check).iter_errors(value))
+        if error is not None:
+            where = "".join(f"[{p!r}]" for p in error.absolute_path)
+            shown = MASK if spec.get("secret") else repr(value)
+            message = error.message if not spec.get("secret") else f"the value breaks '{error.validator}'"
+            raise ParameterError(
+                f'parameter "{name}"{where} = {shown} breaks the rule {error.validator}: {message}'
+            )
+
+
+def mask(values: Mapping[str, Any], secret_names: set[str]) -> dict[str, Any]:
+    """A copy with every secret value replaced by `********` (None stays None)."""
+    return {k: (MASK if k in secret_names and v is not None else v) for k, v in values.items()}

@@ -1,0 +1,130 @@
+"""Runner types: their names and parameters exactly as StackStorm's, and their implementations.
+
+An action's parameters are its runner's parameters overlaid with its own (spec §1.2); the table
+here is the runner half. Each runner turns a prepared `RunRequest` into a `RunOutcome`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from engine.actions import Action
+
+_SHELL_COMMON: dict[str, dict[str, Any]] = {
+    "cwd": {"type": "string", "description": "Working directory where the command runs."},
+    "env": {"type": "object", "description": "Environment variables set for the command."},
+    "kwarg_op": {"type": "string", "default": "--", "description": "Operator for named arguments."},
+    "sudo": {"type": "boolean", "default": False, "description": "Run the command with sudo."},
+    "sudo_password": {"type": "string", "secret": True, "default": None, "description": "Password for sudo."},
+    "timeout": {"type": "integer", "default": 60, "description": "Seconds before the command is killed."},
+}
+
+
+@dataclass(frozen=True)
+class RunnerType:
+    """A runner as pack authors see it: name, parameters and where its main output is."""
+
+    name: str
+    description: str
+    parameters: dict[str, dict[str, Any]]
+    output_key: str | None = None
+    needs_entry_point: bool = False
+    forbids_entry_point: bool = False
+
+
+RUNNER_TYPES: dict[str, RunnerType] = {
+    runner.name: runner
+    for runner in (
+        RunnerType(
+            "local-shell-cmd",
+            "Runs a shell command with bash on the Squall host.",
+            {"cmd": {"type": "string", "description": "The command to run."}, **_SHELL_COMMON},
+            output_key="stdout",
+            forbids_entry_point=True,
+        ),
+        RunnerType(
+            "local-shell-script",
+            "Runs the action's script on the Squall host with its parameters as arguments.",
+            {
+                **_SHELL_COMMON,
+                "debug": {"type": "boolean", "default": False, "description": "Trace the script (bash -x)."},
+                "content_version": {"type": "string", "description": "Git revision of the pack to run."},
+            },
+            output_key="stdout",
+            needs_entry_point=True,
+        ),
+        RunnerType(
+            "python-script",
+            "Runs the action's Python class in a warm worker process of its pack.",
+            {
+                "env": {"type": "object", "description": "Environment variables for the action."},
+                "timeout": {"type": "integer", "default": 600, "description": "Seconds before it is killed."},
+                "log_level": {
+                    "type": "string",
+                    "default": "DEBUG",
+                    "enum": ["AUDIT", "CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"],
+                    "description": "Lowest level of the action's log lines that are kept.",
+                },
+                "debug": {"type": "boolean", "default": False, "description": "Enable debug mode."},
+                "content_version": {"type": "string", "description": "Git revision of the pack to run."},
+            },
+            output_key="result",
+            needs_entry_point=True,
+        ),
+        RunnerType(
+            "http-request",
+            "Sends an HTTP request.",
+            {
+                "url": {"type": "string", "required": True, "description": "URL to send the request to."},
+                "headers": {"type": "object", "description": "HTTP headers."},
+                "cookies": {"type": "object", "description": "Cookies to send."},
+                "allow_redirects": {"type": "boolean", "default": False, "description": "Follow redirects."},
+                "http_proxy": {"type": "string", "description": "Proxy for http:// URLs."},
+                "https_proxy": {"type": "string", "description": "Proxy for https:// URLs."},
+                "username": {"type": "string", "description": "User name for HTTP basic auth."},
+                "password": {"type": "string", "secret": True, "description": "Password for basic auth."},
+                "verify_ssl_cert": {"type": "boolean", "default": True, "description": "Verify TLS."},
+                "url_hosts_blacklist": {"type": "array", "items": {"type": "string"}},
+                "url_hosts_whitelist": {"type": "array", "items": {"type": "string"}},
+            },
+            output_key="body",
+        ),
+        RunnerType("noop", "Does nothing, successfully.", {}),
+    )
+}
+
+
+@dataclass
+class RunRequest:
+    """Everything a runner needs for one execution, secrets included (never stored like this)."""
+
+    execution_id: str
+    action: Action
+    runner_parameters: dict[str, Any]
+    action_parameters: dict[str, Any]
+    context: dict[str, Any]
+    pack_config: dict[str, Any]
+    templates: dict[str, str] = field(default_factory=dict)
+    template_context: dict[str, Any] = field(default_factory=dict)
+    api_url: str = ""
+
+    @property
+    def pack_path(self) -> Path:
+        return self.action.pack_path
+
+
+@dataclass
+class RunOutcome:
+    """A finished run: StackStorm's status string and result object."""
+
+    status: str
+    result: Any
+
+
+class Runner(Protocol):
+    """One runner type's behaviour. Cancellation arrives as `asyncio.CancelledError`."""
+
+    async def run(self, request: RunRequest) -> RunOutcome: ...

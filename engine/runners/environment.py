@@ -1,0 +1,34 @@
+"""The environment an action process gets: the service's, minus its secrets, plus the action's."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from engine.runners import RunRequest
+
+#: Variables that hold Squall's own credentials; an action must never inherit them.
+_WITHHELD_PREFIXES = ("SLACK_", "MATTERMOST_", "SQUALL_API_KEYS", "IRC_", "SQUALL_SECRET")
+
+
+def action_environment(request: RunRequest, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """StackStorm's `ST2_ACTION_*` variables and the same under `SQUALL_ACTION_*` (spec §1.8).
+
+    The user's `env` parameter is applied first and these override it, as in StackStorm.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_WITHHELD_PREFIXES)}
+    user_env: Any = request.runner_parameters.get("env") or {}
+    env.update({str(k): str(v) for k, v in user_env.items()})
+    values = {
+        "PACK_NAME": request.action.pack,
+        "EXECUTION_ID": request.execution_id,
+        "API_URL": request.api_url,
+        "DEBUG": str(bool(request.runner_parameters.get("debug", False))),
+    }
+    for key, value in values.items():
+        env[f"ST2_ACTION_{key}"] = value
+        env[f"SQUALL_ACTION_{key}"] = value
+    if extra:
+        env.update(extra)
+    return env

@@ -1,0 +1,251 @@
+"""`python-script`: StackStorm Python actions, run unmodified in warm per-pack worker processes.
+
+Each pack gets a small pool of long-lived `squall_worker.py` processes under the pack's
+virtualenv interpreter (or Squall's own when the pack has none), so an execution costs a pipe
+round trip instead of an interpreter start. A worker runs one action at a time; a crash or a
+timeout kills that worker only, and the pool starts another when it is next needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.runners import RunOutcome, RunRequest
+from engine.runners.environment import action_environment
+
+COMPAT_PATH = Path(__file__).resolve().parent.parent / "compat"
+WORKER_SCRIPT = COMPAT_PATH / "squall_worker.py"
+_STREAM_LIMIT = 64 * 1024 * 1024
+_OUTPUT_LIMIT = 8 * 1024 * 1024
+
+#: Answers a datastore call from an action: (method, arguments, request) -> result.
+CallHandler = Callable[[str, dict[str, Any], RunRequest], Awaitable[Any]]
+
+
+class WorkerDied(Exception):
+    """The worker process ended while running an action."""
+
+
+class Worker:
+    """One live worker process and the pipes to it."""
+
+    def __init__(self, process: asyncio.subprocess.Process, reader: asyncio.StreamReader,
+                 writer: asyncio.WriteTransport) -> None:
+        self.process = process
+        self.reader = reader
+        self.writer = writer
+        self.stderr_tail = bytearray()
+        self._drain = asyncio.ensure_future(self._keep_stderr())
+
+    async def _keep_stderr(self) -> None:
+        assert self.process.stderr is not None
+        while chunk := await self.process.stderr.read(4096):
+            self.stderr_tail = (self.stderr_tail + chunk)[-4096:]
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.writer.write(json.dumps(message).encode("utf-8") + b"\n")
+
+    async def receive(self) -> dict[str, Any]:
+        line = await self.reader.readline()
+        if not line:
+            await self.process.wait()
+            raise WorkerDied(f"the worker exited with code {self.process.returncode}")
+        return json.loads(line)
+
+    def kill(self) -> None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.writer.close()
+
+    async def close(self) -> None:
+        self.kill()
+        await self.process.wait()
+        self._drain.cancel()
+
+
+def _interpreter(venv: Path) -> str:
+    candidate = venv / "bin" / "python"
+    return str(candidate) if candidate.exists() else sys.executable
+
+
+def _pythonpath(pack_path: Path) -> str:
+    """Compat package, the pack's lib folders, then Squall's own site-packages (as st2 does)."""
+    parts = [str(COMPAT_PATH), str(pack_path / "actions" / "lib"), str(pack_path / "lib")]
+    parts.append(sysconfig.get_paths()["purelib"])
+    return os.pathsep.join(parts)
+
+
+async def spawn_worker(pack_path: Path, venv: Path) -> Worker:
+    """Start one worker and wait until it says it is ready."""
+    loop = asyncio.get_running_loop()
+    request_read, request_write = os.pipe()
+    reply_read, reply_write = os.pipe()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "MATTERMOST_", "SQUALL_API_KEYS"))}
+    env["PYTHONPATH"] = _pythonpath(pack_path)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    try:
+        process = await asyncio.create_subprocess_exec(
+            _interpreter(venv), "-u", str(WORKER_SCRIPT), str(request_read), str(reply_write),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            pass_fds=(request_read, reply_write), env=env, cwd=str(pack_path), start_new_session=True,
+        )
+    finally:
+        os.close(request_read)
+        os.close(reply_write)
+    reader = asyncio.StreamReader(limit=_STREAM_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(reply_read, "rb"))
+    writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(request_write, "wb"))
+    worker = Worker(process, reader, writer)  # type: ignore[arg-type]
+    try:
+        hello = await asyncio.wait_for(worker.receive(), 60)
+    except (WorkerDied, TimeoutError) as exc:
+        await worker.close()
+        raise WorkerDied(f"the Python worker for {pack_path.name} did not start: {exc}; "
+                         f"{worker.stderr_tail.decode('utf-8', 'replace')}") from exc
+    if hello.get("op") != "ready":
+        await worker.close()
+        raise WorkerDied(f"unexpected first message from the worker: {hello}")
+    return worker
+
+
+@dataclass
+class PackPool:
+    """The idle workers of one pack and a bound on how many may run at once."""
+
+    size: int
+    idle: list[Worker] = field(default_factory=list)
+    slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.size)
+
+
+class PythonRunner:
+    """Runs Python actions in per-pack worker pools."""
+
+    def __init__(self, virtualenvs: Path, workers_per_pack: int, on_call: CallHandler) -> None:
+        self.virtualenvs = virtualenvs
+        self.workers_per_pack = workers_per_pack
+        self.on_call = on_call
+        self._pools: dict[str, PackPool] = {}
+        self._capture_dir = Path(tempfile.mkdtemp(prefix="squall-python-"))
+
+    def _pool(self, pack: str) -> PackPool:
+        if pack not in self._pools:
+            self._pools[pack] = PackPool(self.workers_per_pack)
+        return self._pools[pack]
+
+    async def warm(self, pack: str, pack_path: Path) -> None:
+        """Start one worker ahead of the first execution (used by `squall serve`)."""
+        pool = self._pool(pack)
+        if not pool.idle:
+            pool.idle.append(await spawn_worker(pack_path, self.virtualenvs / pack))
+
+    async def recycle(self, pack: str | None = None) -> None:
+        """Stop idle workers (all, or one pack's) so changed code and venvs are picked up."""
+        for name, pool in list(self._pools.items()):
+            if pack in (None, name):
+                while pool.idle:
+                    await pool.idle.pop().close()
+
+    async def close(self) -> None:
+        await self.recycle()
+        for path in self._capture_dir.glob("*"):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._capture_dir.rmdir()
+
+    async def run(self, request: RunRequest) -> RunOutcome:
+        action = request.action
+        pool = self._pool(action.pack)
+        timeout = float(request.runner_parameters.get("timeout") or 600)
+        out_path = self._capture_dir / f"{request.execution_id}.out"
+        err_path = self._capture_dir / f"{request.execution_id}.err"
+        async with pool.slots:
+            worker = pool.idle.pop() if pool.idle else None
+            if worker is None or not worker.alive:
+                worker = await spawn_worker(action.pack_path, self.virtualenvs / action.pack)
+            message = {
+                "op": "run",
+                "file": str(action.entry_path),
+                "pack": action.pack,
+                "parameters": request.action_parameters,
+                "config": request.pack_config,
+                "user": request.context.get("api_user") or request.context.get("user"),
+                "env": {k: v for k, v in action_environment(request).items() if os.environ.get(k) != v},
+                "log_level": request.runner_parameters.get("log_level", "DEBUG"),
+                "stdout_path": str(out_path),
+                "stderr_path": str(err_path),
+            }
+            reusable = False
+            error: str | None = None
+            status = "failed"
+            reply: dict[str, Any] = {}
+            try:
+                worker.send(message)
+                reply = await asyncio.wait_for(self._converse(worker, request), timeout)
+                reusable = True
+            except TimeoutError:
+                status, error = "timeout", f"Action failed to complete in {timeout:g} seconds"
+                reply = {"exit_code": -9, "result": None}
+            except WorkerDied as exc:
+                error = f"the action's process died: {exc}"
+                reply = {"exit_code": worker.process.returncode or 1, "result": None}
+            except asyncio.CancelledError:
+                await worker.close()
+                raise
+            finally:
+                if reusable and worker.alive:
+                    pool.idle.append(worker)
+                else:
+                    await worker.close()
+                stdout = _read_capture(out_path)
+                stderr = _read_capture(err_path)
+        exit_code = int(reply.get("exit_code", 1))
+        if error is None:
+            ok = reply.get("status")
+            status = "succeeded" if exit_code == 0 and ok in (True, None) else "failed"
+        result: dict[str, Any] = {"result": reply.get("result"), "stdout": stdout, "stderr": stderr,
+                                  "exit_code": exit_code}
+        if error:
+            result["error"] = error
+        return RunOutcome(status, result)
+
+    async def _converse(self, worker: Worker, request: RunRequest) -> dict[str, Any]:
+        """Answer the action's datastore calls until it reports that it is done."""
+        while True:
+            message = await worker.receive()
+            if message.get("op") == "done":
+                return message
+            if message.get("op") == "call":
+                try:
+                    result = await self.on_call(message["method"], message.get("args") or {}, request)
+                    worker.send({"op": "reply", "result": result})
+                except Exception as exc:  # reported to the action, which may handle it
+                    worker.send({"op": "reply", "error": str(exc)})
+
+
+def _read_capture(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_OUTPUT_LIMIT)
+        path.unlink()
+    except FileNotFoundError:
+        return ""
+    return data.decode("utf-8", "replace")

@@ -1,0 +1,239 @@
+"""`local-shell-cmd` and `local-shell-script`: real subprocesses, StackStorm's results (spec §1.5, §1.7).
+
+No parameter value ever reaches a shell unquoted. A script's parameters are passed as argv
+entries, with no shell in between. A `cmd` template such as `echo "{{message}}"` is rendered so
+that each `{{ }}` expression becomes a reference to an environment variable holding its value
+("${SQUALL_ARG_0}"), placed correctly for the quoting around it; bash then expands it as data, so
+`message='"; rm -rf ~; "'` is printed, not run. StackStorm pastes the text in and is injectable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import os
+import signal
+from typing import Any
+
+from engine.runners import RunOutcome, RunRequest
+from engine.runners.environment import action_environment
+from engine.templates import TemplateRenderError, build_environment
+
+_PLACEHOLDER = "\x00SQUALL{}\x00"
+_collected: contextvars.ContextVar[list[str]] = contextvars.ContextVar("squall_shell_values")
+_OUTPUT_LIMIT = 8 * 1024 * 1024
+
+
+def _capture(value: Any) -> str:
+    values = _collected.get()
+    values.append("" if value is None else str(value))
+    return _PLACEHOLDER.format(len(values) - 1)
+
+
+_shell_env = build_environment().overlay(finalize=_capture)
+
+
+def render_shell_command(template: str, context: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """Render a `cmd` template into bash text plus the environment variables it refers to."""
+    values: list[str] = []
+    token = _collected.set(values)
+    try:
+        text = _shell_env.from_string(template).render(context)
+    except Exception as exc:  # jinja raises many types; callers want one
+        raise TemplateRenderError(f"cannot render cmd {template!r}: {exc}", template=template) from exc
+    finally:
+        _collected.reset(token)
+    out: list[str] = []
+    state = "plain"  # plain | single | double
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == "\x00":
+            end = text.index("\x00", i + 1)
+            index = int(text[i + 1 : end].removeprefix("SQUALL"))
+            ref = f"${{SQUALL_ARG_{index}}}"
+            out.append({"plain": f'"{ref}"', "double": ref, "single": f"'\"{ref}\"'"}[state])
+            i = end + 1
+            continue
+        out.append(char)
+        if state == "plain":
+            if char == "\\" and i + 1 < len(text):
+                out.append(text[i + 1])
+                i += 1
+            elif char == "'":
+                state = "single"
+            elif char == '"':
+                state = "double"
+        elif state == "single":
+            if char == "'":
+                state = "plain"
+        elif char == "\\" and i + 1 < len(text) and text[i + 1] != "\x00":
+            out.append(text[i + 1])
+            i += 1
+        elif char == '"':
+            state = "plain"
+        i += 1
+    return "".join(out), {f"SQUALL_ARG_{n}": value for n, value in enumerate(values)}
+
+
+def _named_value(value: Any) -> str:
+    return str(value)
+
+
+def _positional_value(value: Any, ptype: Any) -> str:
+    """Serialise a positional argument by its declared type, as StackStorm's action_db does."""
+    if value is None:
+        return ""
+    if ptype == "boolean":
+        return "1" if value else "0"
+    if ptype in ("array", "list"):
+        return ",".join(str(item) for item in value) if value else ""
+    if ptype == "object":
+        return json.dumps(value) if value else ""
+    if ptype == "null":
+        return ""
+    if ptype in ("string", "number", "integer", "float"):
+        return str(value)
+    return str(value) if value else ""
+
+
+def script_arguments(request: RunRequest) -> list[str]:
+    """Named arguments first (`--name=value`, booleans as bare flags), then positional ones."""
+    action = request.action
+    kwarg_op = request.runner_parameters.get("kwarg_op") or "--"
+    named: list[str] = []
+    positional: list[tuple[float, str]] = []
+    for name, value in request.action_parameters.items():
+        spec = action.parameters.get(name, {})
+        if "position" in spec:
+            positional.append((spec["position"], _positional_value(value, spec.get("type"))))
+            continue
+        if value is None or value == "" or value is False:
+            continue
+        named.append(f"{kwarg_op}{name}" if value is True else f"{kwarg_op}{name}={_named_value(value)}")
+    return named + [text for _, text in sorted(positional)]
+
+
+def _decode(text: str) -> Any:
+    if text.endswith("\n"):
+        text = text[:-1]
+    if text.endswith("\r"):
+        text = text[:-1]
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+_STATUS = {0: "succeeded", 1: "failed", -9: "timeout", -15: "abandoned"}
+
+
+async def _read(stream: asyncio.StreamReader, sink: bytearray) -> None:
+    while chunk := await stream.read(65536):
+        room = _OUTPUT_LIMIT - len(sink)
+        if room > 0:
+            sink.extend(chunk[:room])
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+async def run_process(
+    argv: list[str], *, env: dict[str, str], cwd: str | None, timeout: float, stdin: bytes | None = None
+) -> dict[str, Any]:
+    """Run one command in its own process group; returns StackStorm's shell result object.
+
+    On timeout or cancellation the whole group is killed, so no stray children outlive it.
+    """
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    out, err = bytearray(), bytearray()
+    readers = asyncio.gather(_read(process.stdout, out), _read(process.stderr, err))  # type: ignore[arg-type]
+    if stdin is not None and process.stdin is not None:
+        process.stdin.write(stdin)
+        process.stdin.close()
+    timed_out = False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+            # Children that inherited the pipes may keep them open after the shell exits.
+            await asyncio.wait_for(asyncio.shield(readers), max(0.05, deadline - loop.time()))
+        except TimeoutError:
+            timed_out = True
+            _kill_group(process)
+            await process.wait()
+            try:
+                await asyncio.wait_for(asyncio.shield(readers), 2)
+            except TimeoutError:
+                readers.cancel()
+    except asyncio.CancelledError:
+        _kill_group(process)
+        readers.cancel()
+        await asyncio.shield(process.wait())
+        raise
+    code = -9 if timed_out else process.returncode
+    result: dict[str, Any] = {
+        "failed": code != 0,
+        "succeeded": code == 0,
+        "return_code": code,
+        "stdout": _decode(out.decode("utf-8", "replace")),
+        "stderr": _decode(err.decode("utf-8", "replace")),
+    }
+    if timed_out:
+        result["error"] = f"Action failed to complete in {timeout:g} seconds"
+    return result
+
+
+def status_for(code: int) -> str:
+    return _STATUS.get(code, "failed")
+
+
+class LocalShellRunner:
+    """Both local shell runners; which one is decided by the action's runner type."""
+
+    async def run(self, request: RunRequest) -> RunOutcome:
+        params = request.runner_parameters
+        extra_env: dict[str, str] = {}
+        if request.action.runner_type == "local-shell-script":
+            script = str(request.action.entry_path)
+            if not os.access(script, os.X_OK) and os.access(script, os.W_OK):
+                os.chmod(script, os.stat(script).st_mode | 0o111)
+            with open(script, "rb") as handle:
+                has_shebang = handle.read(2) == b"#!"
+            argv = ([script] if has_shebang else ["bash", script]) + script_arguments(request)
+            if params.get("debug") and not has_shebang:
+                argv.insert(1, "-x")
+        else:
+            command = params.get("cmd")
+            if not command:
+                return RunOutcome("failed", {"error": 'parameter "cmd" is empty: nothing to run'})
+            template = request.templates.get("cmd")
+            if template:
+                command, extra_env = render_shell_command(template, request.template_context)
+            argv = ["bash", "-c", str(command)]
+        stdin = None
+        if params.get("sudo"):
+            password = params.get("sudo_password")
+            argv = ["sudo", "-E", *(["-S"] if password else ["-n"]), "--", *argv]
+            stdin = f"{password}\n".encode() if password else None
+        env = action_environment(request, extra_env)
+        result = await run_process(
+            argv, env=env, cwd=params.get("cwd") or None, timeout=float(params.get("timeout") or 60), stdin=stdin
+        )
+        if params.get("sudo") and "incorrect password" in str(result["stderr"]).lower():
+            result.update(return_code=-1, error="Invalid sudo password provided or sudo is not configured "
+                          f"for this user ({os.environ.get('USER', 'squall')})")
+        return RunOutcome(status_for(result["return_code"]), result)

@@ -1,0 +1,482 @@
+"""Tests for engine.templates: StackStorm filter semantics, sandboxing, datastore lookups and
+render_values rules (examples mirror StackStorm's st2common/tests/unit/test_jinja_render_*)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import jinja2
+import pytest
+import yaml
+from jinja2.sandbox import SandboxedEnvironment
+
+from engine.templates import (
+    NONE_MAGIC_VALUE,
+    KVNamespace,
+    KVValue,
+    TemplateRenderError,
+    build_environment,
+    render_template,
+    render_value,
+    render_values,
+)
+
+
+def render(text: str, **context: object) -> str:
+    return render_template(text, context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
+# ---------------------------------------------------------------------------------------------
+
+
+def test_environment_is_sandboxed_strict_and_cached() -> None:
+    env = build_environment()
+    assert isinstance(env, SandboxedEnvironment)
+    assert env.undefined is jinja2.StrictUndefined
+    assert env.trim_blocks and env.lstrip_blocks
+    assert build_environment() is env
+    assert build_environment(decrypt=lambda s: s) is not env
+
+
+def test_trim_and_lstrip_blocks() -> None:
+    text = "items:\n    {% for i in xs %}\n- {{ i }}\n    {% endfor %}\nend"
+    assert render(text, xs=[1, 2]) == "items:\n- 1\n- 2\nend"
+
+
+def test_in_test() -> None:
+    text = "{% if x is in y %}yes{% else %}no{% endif %}"
+    assert render(text, x=2, y=[1, 2, 3]) == "yes"
+    assert render(text, x=5, y=[1, 2, 3]) == "no"
+    assert render(text, x="ell", y="hello") == "yes"
+
+
+def test_undefined_variable_raises_template_render_error() -> None:
+    with pytest.raises(TemplateRenderError) as info:
+        render("hello {{ missing }}")
+    assert "hello {{ missing }}" in str(info.value)
+    assert "'missing' is undefined" in str(info.value)
+    assert isinstance(info.value.__cause__, jinja2.exceptions.UndefinedError)
+    assert info.value.template == "hello {{ missing }}"
+
+
+def test_syntax_error_raises_template_render_error() -> None:
+    with pytest.raises(TemplateRenderError) as info:
+        render("{% if %}")
+    assert "{% if %}" in str(info.value)
+    assert isinstance(info.value.__cause__, jinja2.exceptions.TemplateSyntaxError)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ''.__class__ }}",
+        "{{ x.__class__.__base__.__subclasses__() }}",
+        "{{ x.__init__.__globals__ }}",
+    ],
+)
+def test_sandbox_blocks_dunder_access(text: str) -> None:
+    with pytest.raises(TemplateRenderError) as info:
+        render(text, x=object())
+    assert isinstance(info.value.__cause__, jinja2.exceptions.SecurityError)
+
+
+def test_compiled_templates_are_reused() -> None:
+    env = build_environment()
+    calls = []
+    original = env.from_string
+
+    def counting_from_string(source: str, *args: object, **kwargs: object) -> jinja2.Template:
+        calls.append(source)
+        return original(source, *args, **kwargs)
+
+    text = "{{ a }}-cache-probe-unique"
+    env.from_string = counting_from_string  # type: ignore[method-assign]
+    try:
+        assert render_template(text, {"a": 1}, env) == "1-cache-probe-unique"
+        assert render_template(text, {"a": 2}, env) == "2-cache-probe-unique"
+    finally:
+        del env.from_string
+    assert calls == [text]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data filters
+# ---------------------------------------------------------------------------------------------
+
+OBJ = {"a": "b", "c": {"d": "e", "f": 1, "g": True}}
+
+
+def test_to_json_string() -> None:
+    assert json.loads(render("{{ k1 | to_json_string }}", k1=OBJ)) == OBJ
+    # StackStorm's default separators are (",", ": "): no space after commas, key order kept.
+    assert render("{{ k1 | to_json_string }}", k1={"b": 1, "a": [1, 2]}) == '{"b": 1,"a": [1,2]}'
+    assert render("{{ k1 | to_json_string(separators=[', ', ': ']) }}", k1=[1, 2]) == "[1, 2]"
+    assert render("{{ k1 | to_json_string(sort_keys=True) }}", k1={"b": 1, "a": 2}) == '{"a": 2,"b": 1}'
+    assert render("{{ k1 | to_json_string(indent=2) }}", k1={"a": 1}) == '{\n  "a": 1\n}'
+
+
+def test_to_yaml_string() -> None:
+    rendered = render("{{ k1 | to_yaml_string }}", k1=OBJ)
+    assert yaml.safe_load(rendered) == OBJ
+    assert render("{{ k1 | to_yaml_string }}", k1={"a": [1, 2]}) == "a:\n- 1\n- 2\n"
+    assert render("{{ k1 | to_yaml_string }}", k1={"a": "é"}) == "a: é\n"
+    assert render("{{ k1 | to_yaml_string(indent=4) }}", k1={"a": {"b": 1}}) == "a:\n    b: 1\n"
+
+
+def test_from_json_and_yaml_string() -> None:
+    assert render("{{ (k1 | from_json_string).c.f }}", k1=json.dumps(OBJ)) == "1"
+    assert render("{{ (k1 | from_yaml_string).a }}", k1="a: [1, 2]") == "[1, 2]"
+
+
+def test_to_complex_and_json_escape() -> None:
+    assert render("{{ k1 | to_complex }}", k1=[1, "x"]) == '[1, "x"]'
+    assert render("{{ k1 | json_escape }}", k1='foo "bar"\n\tbaz') == 'foo \\"bar\\"\\n\\tbaz'
+    assert render("{{ k1 | json_escape }}", k1="\\") == "\\\\"
+
+
+def test_jsonpath_query() -> None:
+    obj = {"people": [{"first": "James", "last": "d"}, {"first": "Jacob", "last": "e"}]}
+    assert render("{{ obj | jsonpath_query('people[*].first') }}", obj=obj) == "['James', 'Jacob']"
+    assert render("{{ obj | jsonpath_query('people[0].last') }}", obj=obj) == "['d']"
+    assert render("{{ obj | jsonpath_query('nothing.here') }}", obj=obj) == "None"
+    # jsonpath_ng.ext grammar (filters) is available
+    assert render("{{ obj | jsonpath_query('$.people[?(@.last == \"e\")].first') }}", obj=obj) == "['Jacob']"
+
+
+# ---------------------------------------------------------------------------------------------
+# Regex filters
+# ---------------------------------------------------------------------------------------------
+
+
+def test_regex_match() -> None:
+    assert render('{{ k1 | regex_match("x") }}', k1="xyz") == "True"
+    assert render('{{ k1 | regex_match("y") }}', k1="xyz") == "False"
+    semver_like = '{{ k1 | regex_match("^v(\\\\d+\\\\.)?(\\\\d+\\\\.)?(\\\\*|\\\\d+)$") }}'
+    assert render(semver_like, k1="v0.10.1") == "True"
+    assert render(semver_like, k1="v0.10.x") == "False"
+    assert render('{{ k1 | regex_match("X") }}', k1="xyz") == "False"
+    assert render('{{ k1 | regex_match("X", ignorecase=True) }}', k1="xyz") == "True"
+    assert render('{{ k1 | regex_match("12") }}', k1=123) == "True"
+
+
+def test_regex_search() -> None:
+    assert render('{{ k1 | regex_search("x") }}', k1="xyz") == "True"
+    assert render('{{ k1 | regex_search("y") }}', k1="xyz") == "True"
+    assert render('{{ k1 | regex_search("q") }}', k1="xyz") == "False"
+
+
+def test_regex_replace() -> None:
+    assert render('{{ k1 | regex_replace("x", "y") }}', k1="xyz") == "yyz"
+    assert (
+        render('{{ k1 | regex_replace("(blue|white|red)", "color") }}', k1="blue socks and red shoes")
+        == "color socks and color shoes"
+    )
+    assert render('{{ k1 | regex_replace("X", "y", ignorecase=True) }}', k1="xyz") == "yyz"
+
+
+def test_regex_substring() -> None:
+    text = "hello this is 127.0.0.1, your home"
+    assert render('{{ k1 | regex_substring("(127.0.0.1)") }}', k1=text) == "127.0.0.1"
+    assert render('{{ k1 | regex_substring("(\\\\d+)", 1) }}', k1="a1b22c333") == "22"
+    assert render('{{ k1 | regex_substring("127.0.0.1") }}', k1=text) == "127.0.0.1"
+    with pytest.raises(TemplateRenderError) as info:
+        render('{{ k1 | regex_substring("(127.0.0.2)") }}', k1=text)
+    assert isinstance(info.value.__cause__, IndexError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Time, none, path filters
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        (0, "0s"),
+        (12345, "3h25m45s"),
+        (1, "1s"),
+        (65, "1m5s"),
+        (3605, "1h0m5s"),
+        (86400, "1d0h0m0s"),
+        (365 * 86400 + 61, "1y0d0h1m1s"),
+        (40 * 86400, "40d0h0m0s"),
+        (59.6, "1m0s"),
+        (0.5, "500000\u03bcs"),
+        (0.000001, "1\u03bcs"),
+    ],
+)
+def test_to_human_time_from_seconds(seconds: float, expected: str) -> None:
+    assert render("{{ k1 | to_human_time_from_seconds }}", k1=seconds) == expected
+
+
+def test_to_human_time_from_seconds_rejects_strings() -> None:
+    with pytest.raises(TemplateRenderError):
+        render("{{ k1 | to_human_time_from_seconds }}", k1="stuff")
+
+
+def test_use_none() -> None:
+    assert NONE_MAGIC_VALUE == "%*****__%NONE%__*****%"
+    assert render("{{ k1 | use_none }}", k1=None) == NONE_MAGIC_VALUE
+    assert render("{{ k1 | use_none }}", k1="x") == "x"
+    assert render("{{ k1 | use_none }}", k1=0) == "0"
+
+
+def test_basename_and_dirname() -> None:
+    assert render("{{ k1 | basename }}", k1="/some/path/to/file.txt") == "file.txt"
+    assert render("{{ k1 | dirname }}", k1="/some/path/to/file.txt") == "/some/path/to"
+    assert render("{{ k1 | basename }}", k1="/some/path/to/dir/") == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Version filters
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("filter_name", "results"),
+    [
+        ("version_compare", ["-1", "1", "0"]),
+        ("version_more_than", ["False", "True", "False"]),
+        ("version_less_than", ["True", "False", "False"]),
+        ("version_equal", ["False", "False", "True"]),
+    ],
+)
+def test_version_comparisons(filter_name: str, results: list[str]) -> None:
+    text = "{{ version | " + filter_name + "('0.10.0') }}"
+    actual = [render(text, version=v) for v in ("0.9.0", "0.10.1", "0.10.0")]
+    assert actual == results
+
+
+@pytest.mark.parametrize(
+    ("expr", "version", "expected"),
+    [
+        (">0.10.0", "0.10.1", "True"),
+        (">0.10.0", "0.1.1", "False"),
+        ("<0.10.0", "0.1.0", "True"),
+        ("<0.10.0", "1.1.0", "False"),
+        ("==0.10.0", "0.10.0", "True"),
+        ("==0.10.0", "0.10.1", "False"),
+        (">=1.0.0", "1.0.0", "True"),
+    ],
+)
+def test_version_match(expr: str, version: str, expected: str) -> None:
+    assert render("{{ version | version_match(expr) }}", version=version, expr=expr) == expected
+
+
+def test_version_bumps_and_strip() -> None:
+    assert render("{{ v | version_bump_major }}", v="0.10.1") == "1.0.0"
+    assert render("{{ v | version_bump_minor }}", v="0.10.1") == "0.11.0"
+    assert render("{{ v | version_bump_patch }}", v="0.10.1") == "0.10.2"
+    assert render("{{ v | version_strip_patch }}", v="0.10.1") == "0.10"
+
+
+def test_version_filter_rejects_invalid_version() -> None:
+    with pytest.raises(TemplateRenderError) as info:
+        render("{{ v | version_bump_major }}", v="1.2")
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Datastore lookups
+# ---------------------------------------------------------------------------------------------
+
+
+def kv_context(store: dict[str, str]) -> dict[str, object]:
+    return {"st2kv": {"system": KVNamespace(store.get)}}
+
+
+def test_kv_present_missing_and_dotted_keys() -> None:
+    store = {"k": "v", "a.b": "nested", "n": "5"}
+    ctx = kv_context(store)
+    assert render_template("{{ st2kv.system.k }}", ctx) == "v"
+    assert render_template("[{{ st2kv.system.missing }}]", ctx) == "[]"
+    assert render_template("{{ st2kv.system.a.b }}", ctx) == "nested"
+    assert render_template("{{ st2kv.system['a']['b'] }}", ctx) == "nested"
+    assert render_template("{{ st2kv.system.k == 'v' }} {{ st2kv.system.k | length }}", ctx) == "True 1"
+    assert render_template("{{ st2kv.system.n | int + 1 }}", ctx) == "6"
+    assert render_template("{{ st2kv.system.k | upper }}", ctx) == "V"
+    assert render_template("{% if st2kv.system.missing %}x{% else %}empty{% endif %}", ctx) == "empty"
+
+
+def test_kv_lookup_happens_at_access_time() -> None:
+    store: dict[str, str] = {}
+    ctx = kv_context(store)
+    assert render_template("{{ st2kv.system.k }}", ctx) == ""
+    store["k"] = "later"
+    assert render_template("{{ st2kv.system.k }}", ctx) == "later"
+
+
+def test_kv_key_named_like_a_str_method_is_a_key_in_templates() -> None:
+    ctx = kv_context({"app.title": "Squall", "app": "x"})
+    assert render_template("{{ st2kv.system.app.title }}", ctx) == "Squall"
+
+
+def test_kv_from_json_string() -> None:
+    ctx = kv_context({"cfg": json.dumps({"hosts": ["a", "b"], "port": 22})})
+    assert render_template("{{ (st2kv.system.cfg | from_json_string).hosts[1] }}", ctx) == "b"
+    assert render_template("{{ (st2kv.system.cfg | from_json_string).port + 1 }}", ctx) == "23"
+
+
+def test_kv_value_in_yaml_and_json_filters() -> None:
+    ctx = {**kv_context({"k": "v"})}
+    assert render_template("{{ {'x': st2kv.system.k} | to_yaml_string }}", ctx) == "x: v\n"
+    assert render_template("{{ {'x': st2kv.system.k} | to_json_string }}", ctx) == '{"x": "v"}'
+
+
+def test_user_scope_namespace_with_prefixing_getter() -> None:
+    store = {"alice:token": "a-secret", "bob:token": "b-secret", "token": "system"}
+
+    def user_getter(user: str):  # type: ignore[no-untyped-def]
+        return lambda key: store.get(f"{user}:{key}")
+
+    ctx = {
+        "st2kv": {
+            "system": KVNamespace(store.get),
+            "user": KVNamespace(user_getter("alice"), label="st2kv.user"),
+        }
+    }
+    assert render_template("{{ st2kv.user.token }}/{{ st2kv.system.token }}", ctx) == "a-secret/system"
+
+
+def test_kv_underscore_attributes_are_not_keys_and_are_blocked() -> None:
+    seen: list[str] = []
+
+    def getter(key: str) -> str | None:
+        seen.append(key)
+        return "v"
+
+    ns = KVNamespace(getter)
+    with pytest.raises(AttributeError):
+        ns._private  # noqa: B018
+    with pytest.raises(AttributeError):
+        ns.k._private  # noqa: B018
+    assert seen == ["k"]
+    with pytest.raises(TemplateRenderError) as info:
+        render_template("{{ st2kv.system.k.__class__ }}", {"st2kv": {"system": ns}})
+    assert isinstance(info.value.__cause__, jinja2.exceptions.SecurityError)
+
+
+def test_kv_value_is_a_str_and_copies() -> None:
+    value = KVNamespace({"a.b": "x"}.get).a.b
+    assert isinstance(value, KVValue)
+    assert isinstance(value, str)
+    assert value == "x"
+    assert str(value) == "x" and type(str(value)) is str
+    clone = copy.deepcopy(value)
+    assert clone == "x" and isinstance(clone, KVValue)
+    assert clone.c == ""
+
+
+def test_kv_prefix_starts_below_a_key_path() -> None:
+    ns = KVNamespace({"pack.cfg.host": "h"}.get, prefix="pack.cfg")
+    assert render_template("{{ ns.host }}", {"ns": ns}) == "h"
+
+
+# ---------------------------------------------------------------------------------------------
+# decrypt_kv
+# ---------------------------------------------------------------------------------------------
+
+
+def fake_decrypt(ciphertext: str) -> str:
+    return f"plain({ciphertext})"
+
+
+def test_decrypt_kv_uses_the_given_callable() -> None:
+    env = build_environment(decrypt=fake_decrypt)
+    ctx = kv_context({"k": "CIPHER"})
+    assert render_template("{{ st2kv.system.k | decrypt_kv }}", ctx, env) == "plain(CIPHER)"
+    assert render_template("{{ 'RAW' | decrypt_kv }}", {}, env) == "plain(RAW)"
+
+
+def test_decrypt_kv_missing_key_names_the_item() -> None:
+    env = build_environment(decrypt=fake_decrypt)
+    with pytest.raises(TemplateRenderError) as info:
+        render_template("{{ st2kv.system.k | decrypt_kv }}", kv_context({}), env)
+    assert 'Referenced datastore item "st2kv.system.k" doesn\'t exist or it contains an empty string' in str(
+        info.value
+    )
+
+
+def test_decrypt_kv_missing_user_key_names_user_scope() -> None:
+    env = build_environment(decrypt=fake_decrypt)
+    ctx = {"st2kv": {"user": KVNamespace(lambda key: None, label="st2kv.user")}}
+    with pytest.raises(TemplateRenderError, match=r'"st2kv\.user\.a\.b"'):
+        render_template("{{ st2kv.user.a.b | decrypt_kv }}", ctx, env)
+
+
+def test_decrypt_kv_without_decrypt_configured() -> None:
+    with pytest.raises(TemplateRenderError, match="not configured"):
+        render_template("{{ st2kv.system.k | decrypt_kv }}", kv_context({"k": "CIPHER"}))
+
+
+# ---------------------------------------------------------------------------------------------
+# render_value / render_values
+# ---------------------------------------------------------------------------------------------
+
+
+def test_render_value_keeps_types_of_whole_references() -> None:
+    assert render_value({"x": "{{n}}"}, {"n": 5}) == {"x": 5}
+    context = {"n": 5, "items": [1, {"a": None}], "flag": True}
+    assert render_value(["{{items}}", "{{flag}}", "n={{ n }}"], context) == [[1, {"a": None}], True, "n=5"]
+    # Only the exact "{{identifier}}" form keeps the type; spaced forms render as text.
+    assert render_value({"x": "{{ n }}"}, {"n": 5}) == {"x": "5"}
+
+
+def test_render_value_returns_original_object_when_unchanged() -> None:
+    plain = {"x": "no template", "y": [1, 2]}
+    assert render_value(plain, {}) is plain
+    text = "just text"
+    assert render_value(text, {}) is text
+    for scalar in (5, 1.5, True, None):
+        assert render_value(scalar, {"x": 1}) is scalar
+    # Rendered, but the output is identical to the input: the original object comes back.
+    quine = {"x": "{{ x }}"}
+    assert render_value(quine, {"x": "{{ x }}"}) is quine
+
+
+def test_render_value_plain_string_returns_original_when_render_is_identical() -> None:
+    class Marked(str):
+        pass
+
+    value = Marked("{{ x }}")
+    assert render_value(value, {"x": "{{ x }}"}) is value
+    changed = render_value(value, {"x": "other"})
+    assert changed == "other" and type(changed) is str
+
+
+def test_render_value_dict_keys_and_literal_braces() -> None:
+    assert render_value({"{{ k }}": "v"}, {"k": "key"}) == {"key": "v"}
+    assert render_value({"x": "{{ '{{' }}"}, {}) == {"x": "{{"}
+
+
+def test_render_value_renders_strings_and_raises_on_errors() -> None:
+    assert render_value("hello {{ name }}", {"name": "bob"}) == "hello bob"
+    with pytest.raises(TemplateRenderError):
+        render_value({"x": "{{ missing }}"}, {})
+
+
+def test_render_values_adds_context() -> None:
+    context = {"a": 1, "b": "two"}
+    mapping = {
+        "p1": "{{ __context.a }}",
+        "p2": "{{ __context['b'] }}-{{ b }}",
+        "p3": 7,
+        "p4": {"nested": "{{a}}"},
+    }
+    assert render_values(mapping, context) == {"p1": "1", "p2": "two-two", "p3": 7, "p4": {"nested": 1}}
+
+
+def test_render_values_real_context_wins_over_dunder_context() -> None:
+    assert render_values({"p": "{{ __context }}"}, {"__context": "mine"}) == {"p": "mine"}
+
+
+def test_render_values_error_names_the_parameter() -> None:
+    with pytest.raises(TemplateRenderError) as info:
+        render_values({"good": "{{ a }}", "bad": "{{ nope }}"}, {"a": 1})
+    assert info.value.key == "bad"
+    assert "'bad'" in str(info.value)
+    assert isinstance(info.value.__cause__, jinja2.exceptions.UndefinedError)
