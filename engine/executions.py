@@ -16,6 +16,7 @@ import os
 import socket
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -41,6 +42,7 @@ CANCELABLE = frozenset({"requested", "scheduled", "delayed", "running", "pausing
 _QUEUED = ("requested", "scheduled", "delayed")
 _LIVE = ("scheduled", "running", "canceling", "pausing", "paused", "resuming")
 _MIN_SCRUB = 4
+_RECENT = 1024
 
 
 class ExecutionNotFound(LookupError):
@@ -112,6 +114,8 @@ class ExecutionService:
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._listeners: list[Callable[[dict[str, Any]], Any]] = []
         self._listener_tasks: set[asyncio.Future[Any]] = set()
+        # Finished here lately: wait() answers from memory instead of reading the record back.
+        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     # -- listening -----------------------------------------------------------------------
     def on_finished(self, listener: Callable[[dict[str, Any]], Any]) -> None:
@@ -120,6 +124,9 @@ class ExecutionService:
 
     def _finished(self, record: dict[str, Any]) -> None:
         shown = public(record)
+        self._recent[record["id"]] = shown
+        if len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
         for future in self._waiters.pop(record["id"], []):
             if not future.done():
                 future.set_result(shown)
@@ -195,17 +202,15 @@ class ExecutionService:
         now = utcnow()
         runner_info = {"hostname": self.host, "pid": os.getpid()}
         transitions = [{"status": "scheduled", "timestamp": _iso(now)}, {"status": "running", "timestamp": _iso(now)}]
-        record = await self.db(
-            self.db.store.claim_execution, execution_id,
-            {"status": "running", "runner_info": runner_info, "log": transitions}, _QUEUED,
-        )
-        if record is None:
+        claimed = await self.db(self._claim, execution_id,
+                                {"status": "running", "runner_info": runner_info, "log": transitions})
+        if claimed is None:
             return  # canceled meanwhile, or claimed by another process
-        try:
-            request, secrets = await self.db(self._run_request, record)
-        except (CryptoError, ParameterError, LookupError) as exc:
-            await self._finish(record, RunOutcome("failed", {"error": str(exc)}), [])
+        record, prepared = claimed
+        if isinstance(prepared, Exception):
+            await self._finish(record, RunOutcome("failed", {"error": str(prepared)}), [])
             return
+        request, secrets = prepared
         runner = self.runners.get(record["runner"])
         try:
             if runner is None:
@@ -221,6 +226,16 @@ class ExecutionService:
         except Exception as exc:
             outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
         await self._finish(record, outcome, secrets)
+
+    def _claim(self, execution_id: str, fields: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
+        """Claim a queued execution and build its run request, in one trip to the database thread."""
+        record = self.db.store.claim_execution(execution_id, fields, _QUEUED)
+        if record is None:
+            return None
+        try:
+            return record, self._run_request(record)
+        except (CryptoError, ParameterError, LookupError) as exc:
+            return record, exc
 
     def _run_request(self, record: dict[str, Any]) -> tuple[RunRequest, list[str]]:
         action = self.registry.action(record["action"])
@@ -283,15 +298,20 @@ class ExecutionService:
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The finished execution; waits for one that runs in this process."""
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(execution_id, []).append(future)
+        if execution_id in self._recent:
+            return self._recent[execution_id]
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._waiters.setdefault(execution_id, []).append(future)
         deadline = None if timeout is None else loop.time() + timeout
+        running_here = execution_id in getattr(self.executor, "running", ())
         try:
             while True:
-                current = await self.get(execution_id)
-                if current["status"] in COMPLETED:
-                    return current
+                if not running_here:
+                    current = await self.get(execution_id)
+                    if current["status"] in COMPLETED:
+                        return current
+                running_here = False
                 # Another process may run it (a server picked up our request): look again now and then.
                 step = 0.5 if deadline is None else min(0.5, deadline - loop.time())
                 if step <= 0:

@@ -188,16 +188,22 @@ def main() -> None:
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     channel.send({"op": "ready", "pid": os.getpid()})
     original_out, original_err = os.dup(1), os.dup(2)
+    captures: dict[str, int] = {}
     while (request := channel.receive()) is not None:
-        with open(request["stdout_path"], "wb", buffering=0) as out, open(request["stderr_path"], "wb",
-                                                                          buffering=0) as err:
-            os.dup2(out.fileno(), 1)
-            os.dup2(err.fileno(), 2)
-            try:
-                reply = run_one(channel, request)
-            finally:
-                os.dup2(original_out, 1)
-                os.dup2(original_err, 2)
+        # The parent names one pair of capture files per worker; they are reused, emptied each time.
+        for path in (request["stdout_path"], request["stderr_path"]):
+            if path not in captures:
+                captures[path] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            else:
+                os.ftruncate(captures[path], 0)
+                os.lseek(captures[path], 0, os.SEEK_SET)
+        os.dup2(captures[request["stdout_path"]], 1)
+        os.dup2(captures[request["stderr_path"]], 2)
+        try:
+            reply = run_one(channel, request)
+        finally:
+            os.dup2(original_out, 1)
+            os.dup2(original_err, 2)
         channel.send(reply)
 
 

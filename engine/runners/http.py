@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ast
-import contextlib
 import asyncio
+import contextlib
 import json
 from typing import Any
 from urllib.parse import urlparse

@@ -175,12 +175,12 @@ class PythonRunner:
         action = request.action
         pool = self._pool(action.pack)
         timeout = float(request.runner_parameters.get("timeout") or 600)
-        out_path = self._capture_dir / f"{request.execution_id}.out"
-        err_path = self._capture_dir / f"{request.execution_id}.err"
         async with pool.slots:
             worker = pool.idle.pop() if pool.idle else None
             if worker is None or not worker.alive:
                 worker = await spawn_worker(action.pack_path, self.virtualenvs / action.pack)
+            out_path = self._capture_dir / f"{worker.process.pid}.out"
+            err_path = self._capture_dir / f"{worker.process.pid}.err"
             message = {
                 "op": "run",
                 "file": str(action.entry_path),
@@ -211,12 +211,13 @@ class PythonRunner:
                 await worker.close()
                 raise
             finally:
-                if reusable and worker.alive:
+                keep = reusable and worker.alive
+                stdout = _read_capture(out_path, keep)
+                stderr = _read_capture(err_path, keep)
+                if keep:
                     pool.idle.append(worker)
                 else:
                     await worker.close()
-                stdout = _read_capture(out_path)
-                stderr = _read_capture(err_path)
         exit_code = int(reply.get("exit_code", 1))
         if error is None:
             ok = reply.get("status")
@@ -241,11 +242,13 @@ class PythonRunner:
                     worker.send({"op": "reply", "error": str(exc)})
 
 
-def _read_capture(path: Path) -> str:
+def _read_capture(path: Path, keep: bool) -> str:
+    """What the action wrote; the file stays for the worker's next run unless the worker is gone."""
     try:
         with open(path, "rb") as handle:
             data = handle.read(_OUTPUT_LIMIT)
-        path.unlink()
+        if not keep:
+            path.unlink()
     except FileNotFoundError:
         return ""
     return data.decode("utf-8", "replace")

@@ -1,0 +1,6 @@
+from st2common.runners.base_action import Action
+
+
+class EchoInput(Action):
+    def run(self, value):
+        return {"value": value}

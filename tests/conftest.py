@@ -1,0 +1,130 @@
+"""Shared fixtures: a throwaway Squall home, a started Squall, and a real PostgreSQL cluster."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.app import Squall
+from bot.config import Config, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def write(path: Path, text: str) -> Path:
+    """Write a dedented file, creating folders; tests build packs the way authors do."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A folder with a config.yml on SQLite and an empty `packs/` for the test's own packs."""
+    (tmp_path / "packs").mkdir()
+    write(tmp_path / "config.yml", """
+        database:
+          url: sqlite:///data/squall.db
+        packs:
+          paths: [packs]
+    """)
+    return tmp_path
+
+
+@pytest.fixture
+def config(home: Path) -> Config:
+    return load_config(home / "config.yml")
+
+
+@pytest.fixture
+async def squall(config: Config) -> AsyncIterator[Squall]:
+    app = await Squall.start(config)
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+def _initdb() -> str | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return found[-1] if found else shutil.which("initdb")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL cluster of our own: initdb in a temporary folder, on a free loopback port."""
+    initdb = _initdb()
+    if initdb is None:
+        pytest.skip("PostgreSQL is not installed (Debian package 'postgresql'; .ci/run installs it)")
+    bindir = Path(initdb).parent
+    folder = Path(tempfile.mkdtemp(prefix="squall-pg-"))
+    data = folder / "data"
+    port = _free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        user = "postgres"
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            user = "nobody"
+        shutil.chown(folder, user)
+        as_user = ["runuser", "-u", user, "--"]
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "squall", "--auth=trust",
+                    "-E", "UTF8"], check=True, capture_output=True)
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
+                    str(folder / "log"), "-w", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://squall@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A fresh, empty database on the session's cluster."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    return f"{postgres_server}/{name}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each storage test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'squall.db'}"
+    return request.getfixturevalue("postgres_url")
