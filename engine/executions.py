@@ -183,7 +183,8 @@ class ExecutionService:
             "runner": action.runner_type,
             "status": "requested",
             "parameters": {k: shown[k] for k in resolution.live},
-            "spec": {"values": shown, "templates": resolution.templates},
+            "spec": {"values": shown, "templates": resolution.templates,
+                     "supplied": [k for k in supplied if supplied[k] is not None]},
             "sealed": self.keys.encrypt(json.dumps(sealed_values)) if sealed_values else None,
             "result": None,
             "context": context,
@@ -357,7 +358,8 @@ class ExecutionService:
                     context: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A new execution of the same action with the original parameters, overridden by `parameters`."""
         record = await self.db(self._find, execution_id)
-        original = dict(record["parameters"])
+        supplied = record["spec"].get("supplied", list(record["parameters"]))
+        original = {k: v for k, v in record["spec"]["values"].items() if k in supplied}
         if record.get("sealed"):
             original.update({k: v for k, v in json.loads(self.keys.decrypt(record["sealed"])).items()
                              if k in original})

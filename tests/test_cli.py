@@ -1,0 +1,317 @@
+"""The `squall` command as outside checks drive it: the console script, a config file, real packs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write
+
+SQUALL = Path(sys.executable).parent / "squall"
+
+
+def squall(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=home)
+
+
+def run_json(home: Path, *args: str) -> tuple[int, dict]:
+    done = squall(home, "run", *args, "--json")
+    return done.returncode, json.loads(done.stdout)
+
+
+@pytest.fixture
+def demo_pack(home: Path) -> Path:
+    """A pack written the StackStorm way: a shell script with positional args and a Python action."""
+    pack = home / "src" / "demo"
+    write(pack / "pack.yaml", """
+        ref: demo
+        name: demo
+        description: Demo pack
+        version: 0.1.0
+        author: tests
+    """)
+    write(pack / "actions" / "greet.yaml", """
+        name: greet
+        runner_type: local-shell-script
+        entry_point: greet.sh
+        parameters:
+          who: {type: string, required: true, position: 0}
+          times: {type: integer, default: 1, position: 1}
+    """)
+    write(pack / "actions" / "greet.sh", """
+        #!/usr/bin/env bash
+        for i in $(seq "$2"); do echo "hello $1"; done
+    """)
+    write(pack / "actions" / "add.yaml", """
+        name: add
+        runner_type: python-script
+        entry_point: add.py
+        parameters:
+          a: {type: integer, required: true}
+          b: {type: integer, default: 2}
+    """)
+    write(pack / "actions" / "add.py", """
+        from st2common.runners.base_action import Action
+
+        class Add(Action):
+            def run(self, a, b):
+                return (a + b) > 0, {"sum": a + b}
+    """)
+    return pack
+
+
+def test_run_exit_codes_and_json_record(home: Path) -> None:
+    code, record = run_json(home, "core.local", "cmd=echo hi")
+    assert code == 0
+    for key in ("id", "action", "status", "parameters", "result", "start_timestamp", "end_timestamp", "context"):
+        assert key in record
+    assert record["action"] == "core.local"
+    assert record["status"] == "succeeded"
+    assert record["result"]["stdout"] == "hi"
+    assert record["parameters"] == {"cmd": "echo hi"}
+
+    code, record = run_json(home, "core.local", "cmd=exit 4")
+    assert code == 1 and record["status"] == "failed" and record["result"]["return_code"] == 4
+
+    code, record = run_json(home, "core.local", "cmd=sleep 5", "timeout=1")
+    assert code == 1 and record["status"] == "timeout"
+
+
+def test_bad_input_exits_2_and_records_nothing(home: Path) -> None:
+    unknown = squall(home, "run", "core.locl", "cmd=true")
+    assert unknown.returncode == 2
+    assert "core.local" in unknown.stderr
+
+    bad_type = squall(home, "run", "core.pause", "max_pause=soon")
+    assert bad_type.returncode == 2
+    assert '"max_pause"' in bad_type.stderr and "integer" in bad_type.stderr
+
+    extra = squall(home, "run", "core.noop", "colour=red")
+    assert extra.returncode == 2 and '"colour"' in extra.stderr
+
+    bad_enum = squall(home, "run", "core.http", "url=http://127.0.0.1:9", "method=FETCH")
+    assert bad_enum.returncode == 2 and '"method"' in bad_enum.stderr and "enum" in bad_enum.stderr
+
+    immutable = squall(home, "run", "core.echo", "message=x", "cmd=id")
+    assert immutable.returncode == 2 and "immutable" in immutable.stderr
+
+    no_equals = squall(home, "run", "core.local", "echo")
+    assert no_equals.returncode == 2 and "name=value" in no_equals.stderr
+
+    listed = squall(home, "execution", "list", "--json")
+    assert json.loads(listed.stdout) == []
+
+
+def test_execution_commands(home: Path) -> None:
+    _, first = run_json(home, "core.echo", "message=one")
+    _, second = run_json(home, "core.local", "cmd=exit 1")
+
+    listed = json.loads(squall(home, "execution", "list", "--json").stdout)
+    assert [r["id"] for r in listed] == [second["id"], first["id"]]
+    only_failed = json.loads(squall(home, "execution", "list", "--status", "failed", "--json").stdout)
+    assert [r["id"] for r in only_failed] == [second["id"]]
+    by_action = json.loads(squall(home, "execution", "list", "--action", "core.echo", "-n", "1", "--json").stdout)
+    assert [r["id"] for r in by_action] == [first["id"]]
+
+    got = json.loads(squall(home, "execution", "get", first["id"], "--json").stdout)
+    assert got["result"]["stdout"] == "one"
+    by_prefix = json.loads(squall(home, "execution", "get", first["id"][:-4], "--json").stdout)
+    assert by_prefix["id"] == first["id"]
+    missing = squall(home, "execution", "get", "0" * 24)
+    assert missing.returncode == 2 and "not found" in missing.stderr
+
+    rerun = squall(home, "execution", "re-run", first["id"], "message=two", "--json")
+    assert rerun.returncode == 0
+    again = json.loads(rerun.stdout)
+    assert again["id"] != first["id"] and again["result"]["stdout"] == "two"
+    assert again["context"]["re-run"] == {"ref": first["id"]}
+
+    done_cancel = squall(home, "execution", "cancel", first["id"])
+    assert done_cancel.returncode == 2 and "already succeeded" in done_cancel.stderr
+
+
+def test_async_request_is_run_by_the_server_and_cancel_reaches_it(home: Path) -> None:
+    queued = squall(home, "run", "core.local", "cmd=echo later", "--async", "--json")
+    assert queued.returncode == 0
+    queued_id = json.loads(queued.stdout)["id"]
+    assert json.loads(squall(home, "execution", "get", queued_id, "--json").stdout)["status"] == "requested"
+
+    server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        record = _poll(home, queued_id, lambda r: r["status"] == "succeeded")
+        assert record["result"]["stdout"] == "later"
+
+        slow = json.loads(squall(home, "run", "core.local", "cmd=sleep 60", "--async", "--json").stdout)
+        _poll(home, slow["id"], lambda r: r["status"] == "running")
+        cancel = squall(home, "execution", "cancel", slow["id"])
+        assert cancel.returncode == 0
+        record = _poll(home, slow["id"], lambda r: r["status"] == "canceled")
+        assert record["log"][-1]["status"] == "canceled"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=20)
+    assert server.returncode == 0, output
+
+
+def _poll(home: Path, execution_id: str, done, seconds: float = 20) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        record = json.loads(squall(home, "execution", "get", execution_id, "--json").stdout)
+        if done(record):
+            return record
+        if time.monotonic() > deadline:
+            raise AssertionError(f"execution never reached the expected state: {record}")
+        time.sleep(0.2)
+
+
+def test_actions_list_and_get(home: Path) -> None:
+    actions = json.loads(squall(home, "action", "list", "--json").stdout)
+    refs = {a["ref"] for a in actions}
+    assert {"core.local", "core.local_sudo", "core.echo", "core.http", "core.noop", "core.pause"} <= refs
+    core_only = json.loads(squall(home, "action", "list", "--pack", "core", "--json").stdout)
+    assert {a["pack"] for a in core_only} == {"core"}
+    echo = json.loads(squall(home, "action", "get", "core.echo", "--json").stdout)
+    assert echo["runner_type"] == "local-shell-cmd"
+    assert echo["parameters"]["cmd"]["immutable"] is True
+    assert echo["parameters"]["timeout"]["default"] == 60  # inherited from the runner
+    missing = squall(home, "action", "get", "core.ech")
+    assert missing.returncode == 2 and "core.echo" in missing.stderr
+
+
+def test_pack_install_from_folder_runs_stackstorm_content(home: Path, demo_pack: Path) -> None:
+    installed = squall(home, "pack", "install", str(demo_pack), "--json")
+    assert installed.returncode == 0, installed.stderr
+    summary = json.loads(installed.stdout)
+    assert summary["ref"] == "demo" and summary["content"]["actions"] == 2
+    assert (home / "packs" / "demo" / "pack.yaml").is_file()
+
+    code, record = run_json(home, "demo.greet", "who=ops team", "times=2")
+    assert code == 0, record
+    assert record["result"]["stdout"] == "hello ops team\nhello ops team"
+    code, record = run_json(home, "demo.add", "a=40")
+    assert code == 0 and record["result"]["result"] == {"sum": 42}
+    code, record = run_json(home, "demo.add", "a=-5")
+    assert code == 1 and record["status"] == "failed"
+
+    packs = json.loads(squall(home, "pack", "list", "--json").stdout)
+    assert {p["ref"] for p in packs} == {"core", "demo"}
+
+    removed = squall(home, "pack", "remove", "demo")
+    assert removed.returncode == 0
+    assert not (home / "packs" / "demo").exists()
+    assert squall(home, "run", "demo.add", "a=1").returncode == 2
+    assert squall(home, "pack", "remove", "core").returncode == 2
+
+
+@pytest.mark.integration
+def test_pack_install_from_git_url_at_a_tag(home: Path, demo_pack: Path) -> None:
+    git = ["git", "-C", str(demo_pack), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(demo_pack)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "v1"], check=True)
+    subprocess.run([*git, "tag", "v1"], check=True)
+    (demo_pack / "actions" / "add.yaml").unlink()
+    subprocess.run([*git, "commit", "-qam", "drop add"], check=True)
+
+    installed = squall(home, "pack", "install", f"file://{demo_pack}=v1", "--json")
+    assert installed.returncode == 0, installed.stderr
+    assert json.loads(installed.stdout)["content"]["actions"] == 2  # the tag still has add
+    assert not (home / "packs" / "demo" / ".git").exists()
+    assert "cloning" in installed.stderr  # progress is shown
+
+    broken = squall(home, "pack", "install", "file:///nonexistent/repo.git")
+    assert broken.returncode == 2 and "git clone" in broken.stderr
+
+
+def _wheel(folder: Path) -> Path:
+    """A tiny wheel built by hand, so the virtualenv test needs no network."""
+    name, version = "squall_testdep", "1.0"
+    files = {f"{name}/__init__.py": b"VALUE = 42\n",
+             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+                                                  b"Tag: py3-none-any\n"}
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{name}-{version}.dist-info/RECORD,,")
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+        archive.writestr(f"{name}-{version}.dist-info/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+@pytest.mark.integration
+def test_pack_with_requirements_gets_its_own_virtualenv(home: Path, demo_pack: Path) -> None:
+    wheel = _wheel(demo_pack / "wheels")
+    write(demo_pack / "requirements.txt", f"./wheels/{wheel.name}\n")
+    write(demo_pack / "actions" / "dep.yaml", """
+        name: dep
+        runner_type: python-script
+        entry_point: dep.py
+    """)
+    write(demo_pack / "actions" / "dep.py", """
+        import sys
+        import squall_testdep
+        from st2common.runners.base_action import Action
+
+        class Dep(Action):
+            def run(self):
+                return {"value": squall_testdep.VALUE, "prefix": sys.prefix}
+    """)
+    installed = squall(home, "pack", "install", str(demo_pack), timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    assert "virtualenv" in installed.stderr
+    venv = home / "data" / "virtualenvs" / "demo"
+    assert (venv / "bin" / "python").exists()
+    code, record = run_json(home, "demo.dep")
+    assert code == 0, record
+    assert record["result"]["result"]["value"] == 42
+    assert os.path.realpath(record["result"]["result"]["prefix"]) == os.path.realpath(venv)
+
+    squall(home, "pack", "remove", "demo")
+    assert not venv.exists()
+
+
+def test_reload_reports_bad_files_with_line_and_keeps_the_rest(home: Path, demo_pack: Path) -> None:
+    assert squall(home, "pack", "install", str(demo_pack)).returncode == 0
+    write(home / "packs" / "demo" / "actions" / "broken.yaml", """
+        name: broken
+        runner_type: local-shell-cmd
+        parameters:
+          x: {type: string
+    """)
+    reloaded = squall(home, "pack", "reload", "--json")
+    assert reloaded.returncode == 1
+    report = json.loads(reloaded.stdout)
+    assert report["actions"] >= 8  # core's six and demo's two still load
+    [error] = report["errors"]
+    assert "broken.yaml:" in error and "invalid YAML" in error
+    line = int(error.split("broken.yaml:")[1].split(":")[0])
+    assert line in (4, 5)
+
+    code, record = run_json(home, "demo.add", "a=1")
+    assert code == 0 and record["result"]["result"] == {"sum": 3}
+
+
+def test_config_errors_are_clear(home: Path) -> None:
+    write(home / "bad.yml", "databse:\n  url: sqlite:///x.db\n")
+    done = subprocess.run([str(SQUALL), "-c", str(home / "bad.yml"), "action", "list"], capture_output=True,
+                          text=True)
+    assert done.returncode == 2
+    assert "databse" in done.stderr and "database" in done.stderr
