@@ -163,12 +163,11 @@ def build_action(data: Any, lines: LineMap, *, pack: str, pack_path: Path, file:
                 raise fail(f"parameter '{pname}' is immutable in runner '{runner_name}' and cannot be "
                            "redeclared", *where)
             for key, value in spec.items():
-                if key not in _OVERRIDABLE and key in base and base[key] != value:
-                    raise fail(f'The attribute "{key}" for the runner parameter "{pname}" in action "{name}" '
-                               "cannot be overridden.", *where, key)
-                if key not in _OVERRIDABLE and key not in base and key != "description":
-                    raise fail(f'The attribute "{key}" for the runner parameter "{pname}" in action "{name}" '
-                               "cannot be overridden.", *where, key)
+                # StackStorm compares with the runner's value (None when the runner lacks the key)
+                # and names the action by its ref.
+                if key not in _OVERRIDABLE and base.get(key) != value:
+                    raise fail(f'The attribute "{key}" for the runner parameter "{pname}" in action '
+                               f'"{pack}.{name}" cannot be overridden.', *where, key)
             merged[pname] = {**base, **spec}
         else:
             merged[pname] = dict(spec)

@@ -7,8 +7,10 @@ datastore values use it too, so a copied database file discloses no secret witho
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import uuid
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -28,15 +30,34 @@ class KeyRing:
         self.path = path
         self._aead: AESGCM | None = None
 
-    def _load(self) -> AESGCM:
+    def _create(self) -> None:
+        """Write a new key atomically: a reader never sees half a file, and of several processes
+        (or threads) creating it at once exactly one wins and all use its key."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = AESGCM.generate_key(bit_length=256)
+        document = json.dumps({"version": 1, "aes256_gcm": base64.urlsafe_b64encode(key).decode()})
+        temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(document)
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
+                os.link(temporary, self.path)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def _load(self, *, create: bool = True) -> AESGCM:
         if self._aead is not None:
             return self._aead
         if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            key = AESGCM.generate_key(bit_length=256)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                json.dump({"version": 1, "aes256_gcm": base64.urlsafe_b64encode(key).decode()}, handle)
+            if not create:
+                raise CryptoError(
+                    f"encryption key file {self.path} does not exist, so nothing sealed under a key can be "
+                    "decrypted; restore the key file (or fix datastore.encryption_key_path)"
+                )
+            self._create()
         try:
             document = json.loads(self.path.read_text())
             key = base64.urlsafe_b64decode(document["aes256_gcm"])
@@ -60,7 +81,7 @@ class KeyRing:
             raw = base64.urlsafe_b64decode(token.encode("ascii"))
             if raw[:1] != _VERSION or len(raw) < 29:
                 raise ValueError("unknown format")
-            return self._load().decrypt(raw[1:13], raw[13:], None).decode("utf-8")
+            return self._load(create=False).decrypt(raw[1:13], raw[13:], None).decode("utf-8")
         except CryptoError:
             raise
         except (InvalidTag, ValueError, UnicodeError) as exc:

@@ -98,10 +98,18 @@ class Datastore:
     def list(self, *, prefix: str | None = None, scope: str | None = "system", user: str | None = None,
              decrypt: bool = False, limit: int | None = None) -> list[dict[str, Any]]:
         scope = None if scope in (None, "all") else normalise_scope(scope)
+        now = utcnow()
+        if scope is None and user:
+            # Everything this user may see: the system keys and their own, never another user's.
+            records = self.store.kv_list("system", prefix, now, limit)
+            if not limit or len(records) < limit:
+                remaining = limit - len(records) if limit else None
+                records += self.store.kv_list("user", f"{user}:{prefix or ''}", now, remaining)
+            return [self._public(r, decrypt) for r in records]
         stored_prefix = prefix
         if scope == "user" and user:
             stored_prefix = f"{user}:{prefix or ''}"
-        records = self.store.kv_list(scope, stored_prefix, utcnow(), limit)
+        records = self.store.kv_list(scope, stored_prefix, now, limit)
         return [self._public(r, decrypt) for r in records]
 
     def purge_expired(self) -> int:

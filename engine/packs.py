@@ -156,7 +156,9 @@ def _apply_defaults(schema: dict[str, Any], values: dict[str, Any]) -> dict[str,
             continue
         if key not in result and "default" in spec:
             result[key] = spec["default"]
-        if spec.get("type") == "object" and isinstance(spec.get("properties"), dict):
+        if (spec.get("type") == "object" and isinstance(spec.get("properties"), dict)
+                and isinstance(result.get(key), dict | None)):
+            # A value of the wrong type is left alone for validation to report.
             result[key] = _apply_defaults(spec["properties"], result.get(key) or {})
     return result
 
@@ -197,15 +199,17 @@ def load_pack(path: Path, registry: Registry, configs_path: Path, system_path: P
         ))
         return None
     system = system_path is not None and path.resolve().parent == system_path.resolve()
-    if ref in registry.packs:
-        registry.errors.append(ContentError(
-            _display(manifest), lines.line("name"),
-            f"pack '{ref}' is already loaded from {registry.packs[ref].path}; this copy is ignored",
-        ))
-        return None
+    ref_key = "ref" if "ref" in metadata else "name"
+    # Reserved names first: a user pack called `core` must say so, not "already loaded".
     if ref in SYSTEM_PACKS and not system:
         registry.errors.append(ContentError(
-            _display(manifest), lines.line("name"), f"'{ref}' is reserved for Squall's system packs"
+            _display(manifest), lines.line(ref_key), f"'{ref}' is reserved for Squall's system packs"
+        ))
+        return None
+    if ref in registry.packs:
+        registry.errors.append(ContentError(
+            _display(manifest), lines.line(ref_key),
+            f"pack '{ref}' is already loaded from {registry.packs[ref].path}; this copy is ignored",
         ))
         return None
     pack = Pack(ref=ref, path=path, metadata=metadata, system=system)

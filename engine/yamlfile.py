@@ -67,7 +67,12 @@ def load_yaml(path: Path, display: str | None = None) -> tuple[Any, LineMap]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text) if node is not None else None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        mark = getattr(exc, "problem_mark", None)
+        context_mark = getattr(exc, "context_mark", None)
+        if mark is None or (context_mark is not None and mark.index >= len(text)):
+            # "unexpected end of stream" (an unclosed quote or bracket) is found past the last
+            # line; the construct that was never closed starts at the context mark.
+            mark = context_mark
         problem = getattr(exc, "problem", None) or str(exc)
         context = getattr(exc, "context", None)
         reason = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
