@@ -7,7 +7,6 @@ exercise is what runs in production.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from bot.config import SYSTEM_PACKS_PATH, Config
@@ -61,9 +60,9 @@ class Squall:
                 log.info("recovered executions: %(abandoned)d abandoned, %(started)d started", outcome)
         return app
 
-    def reload(self) -> Registry:
-        """Load the packs again; the new registry replaces the old one atomically."""
-        registry = load_packs(self.config)
+    def reload(self, registry: Registry | None = None) -> Registry:
+        """Use newly loaded packs; the new registry replaces the old one in one step."""
+        registry = registry if registry is not None else load_packs(self.config)
         self.registry = registry
         self.executions.registry = registry
         return registry
@@ -96,6 +95,3 @@ class Squall:
 def load_packs(config: Config) -> Registry:
     return load_registry(config.pack_paths, config.configs_path, SYSTEM_PACKS_PATH)
 
-
-def data_path(config: Config, *parts: str) -> Path:
-    return config.data_dir.joinpath(*parts)

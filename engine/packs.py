@@ -7,6 +7,7 @@ file, the line and the reason, and everything else in the pack (and every other 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,3 +296,21 @@ def load_registry(pack_paths: list[Path], configs_path: Path, system_path: Path)
     for path in discover([system_path, *pack_paths]):
         load_pack(path, registry, configs_path, system_path)
     return registry
+
+
+def fingerprint(paths: list[Path]) -> tuple[int, int]:
+    """A cheap summary of the pack folders (file count, newest mtime) to notice edits and installs."""
+    count = newest = 0
+    for base in paths:
+        if not base.is_dir():
+            continue
+        for folder, dirs, files in os.walk(base):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+            count += len(files) + 1
+            newest = max(newest, os.stat(folder).st_mtime_ns)
+            for name in files:
+                try:
+                    newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime_ns)
+                except FileNotFoundError:
+                    continue
+    return count, newest

@@ -141,7 +141,7 @@ def test_execution_commands(home: Path) -> None:
     assert done_cancel.returncode == 2 and "already succeeded" in done_cancel.stderr
 
 
-def test_async_request_is_run_by_the_server_and_cancel_reaches_it(home: Path) -> None:
+def test_async_request_is_run_by_the_server_and_cancel_reaches_it(home: Path, demo_pack: Path) -> None:
     queued = squall(home, "run", "core.local", "cmd=echo later", "--async", "--json")
     assert queued.returncode == 0
     queued_id = json.loads(queued.stdout)["id"]
@@ -152,6 +152,12 @@ def test_async_request_is_run_by_the_server_and_cancel_reaches_it(home: Path) ->
     try:
         record = _poll(home, queued_id, lambda r: r["status"] == "succeeded")
         assert record["result"]["stdout"] == "later"
+
+        # A pack installed while the server runs is picked up without a restart.
+        assert squall(home, "pack", "install", str(demo_pack)).returncode == 0
+        added = json.loads(squall(home, "run", "demo.add", "a=5", "--async", "--json").stdout)
+        record = _poll(home, added["id"], lambda r: r["status"] in ("succeeded", "failed"))
+        assert record["result"]["result"] == {"sum": 7}
 
         slow = json.loads(squall(home, "run", "core.local", "cmd=sleep 60", "--async", "--json").stdout)
         _poll(home, slow["id"], lambda r: r["status"] == "running")
