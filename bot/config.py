@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ def _check_keys(path: Path | None, raw: dict[str, Any]) -> None:
             hint = f" (did you mean '{near[0]}'?)" if near else ""
             raise ConfigError(f"{path}: unknown top-level key '{key}'{hint}")
         allowed = _KNOWN_SECTIONS[key]
-        if allowed is None:
+        if allowed is None or value is None:  # an empty section (`packs:` alone) means its defaults
             continue
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: '{key}' must be a mapping, not {type(value).__name__}")
@@ -90,12 +91,20 @@ def _resolve(base: Path, value: str | os.PathLike[str]) -> Path:
     return candidate if candidate.is_absolute() else (base / candidate).resolve()
 
 
+_SQLITE_URL = re.compile(r"^(sqlite(?:\+\w+)?:///)([^?]*)(\?.*)?$")
+
+
 def _database_url(base: Path, url: str) -> str:
-    """Make a relative SQLite path relative to the config file, like every other path."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        return prefix + str(_resolve(base, url[len(prefix):]))
-    return url
+    """Make a relative SQLite path relative to the config file, like every other path.
+
+    Any SQLite driver (`sqlite+pysqlite:///`) and a query string (`?timeout=30`) are kept."""
+    match = _SQLITE_URL.match(url)
+    if match is None:
+        return url
+    prefix, database, query = match.group(1), match.group(2), match.group(3) or ""
+    if not database or database.startswith("/") or database == ":memory:":
+        return url
+    return f"{prefix}{_resolve(base, database)}{query}"
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -113,9 +122,17 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     raw: dict[str, Any] = {}
     if config_path is not None:
         try:
-            loaded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+            text = config_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{config_path}: cannot read the config file: {exc}") from exc
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
+            context_mark = getattr(exc, "context_mark", None)
+            if mark is None or (context_mark is not None and mark.index >= len(text)):
+                # an unclosed quote or bracket is found at the end of the file: name where it starts
+                mark = context_mark
             where = f":{mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"{config_path}{where}: not valid YAML: {exc}") from exc
         if loaded is None:

@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 
 from engine.actions import Action, build_action
+from engine.parameters import draft4
 from engine.yamlfile import ContentError, ContentInvalid, LineMap, load_yaml
 
 PACK_REF = re.compile(r"^[a-z0-9_]+$")
@@ -165,19 +166,9 @@ def _apply_defaults(schema: dict[str, Any], values: dict[str, Any]) -> dict[str,
 
 
 def _config_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """StackStorm config schemas mark `required` per property; turn that into JSON schema."""
-    properties: dict[str, Any] = {}
-    required: list[str] = []
-    for key, spec in schema.items():
-        if not isinstance(spec, dict):
-            continue
-        spec = {k: v for k, v in spec.items() if k not in ("required", "secret")}
-        if spec.get("type") == "object" and isinstance(spec.get("properties"), dict):
-            spec.update(_config_json_schema(spec["properties"]))
-        properties[key] = spec
-        if schema[key].get("required"):
-            required.append(key)
-    return {"type": "object", "properties": properties, "required": required}
+    """StackStorm config schemas mark `required` per property, at any depth; make that JSON schema."""
+    properties = {key: spec for key, spec in schema.items() if isinstance(spec, dict)}
+    return draft4({"type": "object", "properties": properties})
 
 
 def load_pack(path: Path, registry: Registry, configs_path: Path, system_path: Path | None) -> Pack | None:

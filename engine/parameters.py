@@ -89,7 +89,8 @@ def cast(name: str, value: Any, spec: Mapping[str, Any]) -> Any:
             if not isinstance(decoded, dict):
                 raise ValueError(text)
             return decoded
-    except (ValueError, SyntaxError) as exc:
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
+        # literal_eval raises TypeError for e.g. "{[]: 1}" and RecursionError for deep nesting.
         examples = {
             "integer": "a whole number such as 5",
             "number": "a number such as 2.5",
@@ -98,10 +99,13 @@ def cast(name: str, value: Any, spec: Mapping[str, Any]) -> Any:
             "array": "a comma-separated list or a JSON array",
             "object": 'a JSON object such as {"key": "value"}',
         }
-        raise ParameterError(
-            f'parameter "{name}": {value!r} is not {"an" if ptype[0] in "aeiou" else "a"} {ptype} '
-            f"(expected {examples[ptype]})"
-        ) from exc
+        secret = bool(spec.get("secret"))
+        problem = ParameterError(
+            f'parameter "{name}": {MASK if secret else repr(value)} is not '
+            f'{"an" if ptype[0] in "aeiou" else "a"} {ptype} (expected {examples[ptype]})'
+        )
+        # the cause's message quotes the value: keep it out of tracebacks when it is a secret
+        raise problem from (None if secret else exc)
     return value
 
 
@@ -112,10 +116,13 @@ def _decode(text: str) -> Any:
         return ast.literal_eval(text)
 
 
-def _dependencies(env: jinja2.Environment, name: str, raw: Any) -> set[str]:
+def _dependencies(env: jinja2.Environment, name: str, raw: Any, secret: bool) -> set[str]:
     try:
         return set(meta.find_undeclared_variables(env.parse(_template_text(raw))))
     except jinja2.TemplateSyntaxError as exc:
+        if secret:  # the message quotes tokens of the (secret) value
+            raise ParameterError(f'Failed to render parameter "{name}": its (secret) value is not a valid '
+                                 "template") from None
         raise ParameterError(f'Failed to render parameter "{name}": {exc.message} (line {exc.lineno})') from exc
 
 
@@ -154,11 +161,13 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
     pending = {name: value for name, value in raw.items() if _has_template(value)}
     templates = {name: _template_text(value) for name, value in pending.items()}
     values = {name: value for name, value in raw.items() if name not in pending}
-    graph = {name: _dependencies(env, name, value) for name, value in pending.items()}
+    graph = {name: _dependencies(env, name, value, bool(schema[name].get("secret")))
+             for name, value in pending.items()}
     for name, deps in graph.items():
         for dep in deps:
             if dep not in schema and dep not in context:
-                raise ParameterError(f'Dependency unsatisfied in variable "{dep}" (used by parameter "{name}")')
+                shown = MASK if schema[name].get("secret") else dep  # the name comes from the secret's text
+                raise ParameterError(f'Dependency unsatisfied in variable "{shown}" (used by parameter "{name}")')
 
     while pending:
         ready = [n for n in pending if not (graph[n] & set(pending))]
@@ -171,12 +180,49 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
             try:
                 values[name] = render_value(pending.pop(name), scope)
             except TemplateRenderError as exc:
+                if schema[name].get("secret"):  # the message quotes the template, i.e. the secret
+                    cause = type(exc.__cause__ or exc).__name__
+                    raise ParameterError(f'Failed to render parameter "{name}": its (secret) value failed '
+                                         f"to render ({cause})") from None
                 raise ParameterError(f'Failed to render parameter "{name}": {exc}') from exc
 
     for name, spec in schema.items():
         values[name] = cast(name, values.get(name), spec)
     validate(action, values)
     return Resolution(values=values, live=live, templates=templates)
+
+
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "definitions")
+_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf")
+_SUBSCHEMA_ONE = ("items", "additionalItems", "additionalProperties", "not")
+
+
+def draft4(schema: Any) -> Any:
+    """A StackStorm schema as plain draft-4: each property's boolean `required` (draft-3 style, which
+    StackStorm's validator honours at every depth) becomes its parent's `required` list."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "required" and isinstance(value, bool):
+            continue
+        if key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {k: draft4(v) for k, v in value.items()}
+        elif key == "dependencies" and isinstance(value, dict):
+            out[key] = {k: draft4(v) if isinstance(v, dict) else v for k, v in value.items()}
+        elif (key in _SUBSCHEMA_LISTS or key == "items") and isinstance(value, list):
+            out[key] = [draft4(v) for v in value]
+        elif key in _SUBSCHEMA_ONE and isinstance(value, dict):
+            out[key] = draft4(value)
+        else:
+            out[key] = value
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        names = [k for k, v in properties.items() if isinstance(v, dict) and v.get("required") is True]
+        if names:
+            listed = schema.get("required") if isinstance(schema.get("required"), list) else []
+            out["required"] = [*listed, *(n for n in names if n not in listed)]
+    return out
 
 
 def validate(action: Action, values: Mapping[str, Any]) -> None:
@@ -190,7 +236,7 @@ def validate(action: Action, values: Mapping[str, Any]) -> None:
                     + (f" ({spec['description']})" if spec.get("description") else "")
                 )
             continue
-        check = {k: v for k, v in spec.items() if k not in _EXTENSION_KEYS}
+        check = draft4({k: v for k, v in spec.items() if k not in _EXTENSION_KEYS})
         error = jsonschema.exceptions.best_match(jsonschema.Draft4Validator(check).iter_errors(value))
         if error is not None:
             where = "".join(f"[{p!r}]" for p in error.absolute_path)
