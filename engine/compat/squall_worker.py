@@ -21,6 +21,7 @@ from typing import Any
 from st2common.runners.base_action import Action
 
 INVALID_STATUS_EXIT = 220
+AUDIT_LEVEL = 25  # StackStorm's AUDIT, between INFO and WARNING (st2common.log)
 
 
 class Channel:
@@ -153,7 +154,8 @@ def _jsonable(value: Any) -> Any:
 def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
     saved_env = dict(os.environ)
     os.environ.update(request.get("env") or {})
-    level = getattr(logging, str(request.get("log_level", "DEBUG")).upper(), logging.DEBUG)
+    level_name = str(request.get("log_level", "DEBUG")).upper()
+    level = AUDIT_LEVEL if level_name == "AUDIT" else getattr(logging, level_name, logging.DEBUG)
     logging.getLogger().setLevel(level)
     try:
         cls = load_action_class(request["file"])
@@ -180,6 +182,7 @@ def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
             print(f"The action returned an invalid status {status!r}: the first item of a (status, result) "
                   "tuple must be True or False", file=sys.stderr, flush=True)
             return {"op": "done", "status": False, "result": None, "exit_code": INVALID_STATUS_EXIT}
+        returned = result  # (None, result): no status, as StackStorm's wrapper reads it
     return {"op": "done", "status": None, "result": _jsonable(returned), "exit_code": 0}
 
 

@@ -12,12 +12,17 @@ from engine.runners import RunRequest
 _WITHHELD_PREFIXES = ("SLACK_", "MATTERMOST_", "SQUALL_API_KEYS", "IRC_", "SQUALL_SECRET")
 
 
+def inherited_environment() -> dict[str, str]:
+    """The service's own environment minus the variables that hold its credentials."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_WITHHELD_PREFIXES)}
+
+
 def action_environment(request: RunRequest, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """StackStorm's `ST2_ACTION_*` variables and the same under `SQUALL_ACTION_*` (spec §1.8).
 
     The user's `env` parameter is applied first and these override it, as in StackStorm.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_WITHHELD_PREFIXES)}
+    env = inherited_environment()
     user_env: Any = request.runner_parameters.get("env") or {}
     env.update({str(k): str(v) for k, v in user_env.items()})
     values = {

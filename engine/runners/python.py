@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.runners import RunOutcome, RunRequest
-from engine.runners.environment import action_environment
+from engine.runners.environment import action_environment, inherited_environment
 
 COMPAT_PATH = Path(__file__).resolve().parent.parent / "compat"
 WORKER_SCRIPT = COMPAT_PATH / "squall_worker.py"
@@ -96,7 +96,7 @@ async def spawn_worker(pack_path: Path, venv: Path) -> Worker:
     loop = asyncio.get_running_loop()
     request_read, request_write = os.pipe()
     reply_read, reply_write = os.pipe()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "MATTERMOST_", "SQUALL_API_KEYS"))}
+    env = inherited_environment()  # the same credentials withheld as from every other action
     env["PYTHONPATH"] = _pythonpath(pack_path)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     try:
@@ -177,7 +177,10 @@ class PythonRunner:
         timeout = float(request.runner_parameters.get("timeout") or 600)
         async with pool.slots:
             worker = pool.idle.pop() if pool.idle else None
-            if worker is None or not worker.alive:
+            if worker is not None and not worker.alive:  # died while idle: reap it, start another
+                await worker.close()
+                worker = None
+            if worker is None:
                 worker = await spawn_worker(action.pack_path, self.virtualenvs / action.pack)
             out_path = self._capture_dir / f"{worker.process.pid}.out"
             err_path = self._capture_dir / f"{worker.process.pid}.err"
@@ -188,7 +191,7 @@ class PythonRunner:
                 "parameters": request.action_parameters,
                 "config": request.pack_config,
                 "user": request.context.get("api_user") or request.context.get("user"),
-                "env": {k: v for k, v in action_environment(request).items() if os.environ.get(k) != v},
+                "env": {k: v for k, v in _python_environment(request).items() if os.environ.get(k) != v},
                 "log_level": request.runner_parameters.get("log_level", "DEBUG"),
                 "stdout_path": str(out_path),
                 "stderr_path": str(err_path),
@@ -240,6 +243,13 @@ class PythonRunner:
                     worker.send({"op": "reply", "result": result})
                 except Exception as exc:  # reported to the action, which may handle it
                     worker.send({"op": "reply", "error": str(exc)})
+
+
+def _python_environment(request: RunRequest) -> dict[str, str]:
+    """Every action's variables, plus `ST2_API_URL` so st2client works unmodified (spec §1.8)."""
+    env = action_environment(request)
+    env["ST2_API_URL"] = request.api_url
+    return env
 
 
 def _read_capture(path: Path, keep: bool) -> str:

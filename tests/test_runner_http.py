@@ -1,0 +1,277 @@
+"""The `http-request` runner through `core.http`, against a real local HTTP server (spec §1.4)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from bot.app import Squall
+from engine.runners.http import _VERSION
+
+
+@dataclass
+class Server:
+    url: str
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Any
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _reply(self, status: int, body: bytes = b"", content_type: str = "text/plain",
+               extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parsed = urlparse(self.path)
+        seen = {"method": self.command, "path": parsed.path, "query": parse_qs(parsed.query),
+                "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+        self.server.record.seen.append(seen)
+        route = parsed.path
+        if route == "/json":
+            self._reply(200, b'{"hello": "world", "n": [1, 2]}', "application/json; charset=utf-8")
+        elif route == "/text":
+            self._reply(200, b"plain text\n")
+        elif route == "/bad-json":
+            self._reply(200, b"{not json", "application/json")
+        elif route.startswith("/status/"):
+            self._reply(int(route.rsplit("/", 1)[1]), b"status body")
+        elif route == "/echo":
+            auth = self.headers.get("Authorization", "")
+            decoded = base64.b64decode(auth.split(" ", 1)[1]).decode() if auth.startswith("Basic ") else None
+            payload = {"method": self.command, "body": body.decode("utf-8", "replace"), "auth": decoded,
+                       "content_type": self.headers.get("Content-Type")}
+            self._reply(200, json.dumps(payload).encode(), "application/json")
+        elif route == "/redirect":
+            self._reply(302, b"", extra={"Location": "/json"})
+        elif route == "/slow":
+            self.server.record.release.wait(10)
+            self._reply(200, b"late")
+        else:
+            self._reply(404, b"no such page")
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    record = Server(url=f"http://127.0.0.1:{httpd.server_address[1]}")
+    httpd.record = record  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield record
+    finally:
+        record.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+async def run(app: Squall, params: dict[str, Any]) -> dict[str, Any]:
+    record = await app.executions.request("core.http", params)
+    return await app.executions.wait(record["id"], timeout=30)
+
+
+async def test_get_json(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/json"})
+    assert done["status"] == "succeeded", done["result"]
+    result = done["result"]
+    assert result["status_code"] == 200
+    assert result["parsed"] is True
+    assert result["body"] == {"hello": "world", "n": [1, 2]}
+    assert result["headers"]["Content-Type"] == "application/json; charset=utf-8"
+    assert len(server.seen) == 1
+    request = server.seen[0]
+    assert request["method"] == "GET"
+    assert request["path"] == "/json"
+    assert request["body"] == b""
+    assert request["headers"]["user-agent"] == f"st2/v{_VERSION}"
+    assert request["headers"]["user-agent"].startswith("st2/v")
+    assert request["headers"]["x-stanley-action"] == "http"
+
+
+async def test_text_and_unparsable_json_bodies_stay_text(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/text"})
+    assert done["status"] == "succeeded"
+    assert done["result"]["parsed"] is False
+    assert done["result"]["body"] == "plain text\n"
+    done = await run(squall, {"url": f"{server.url}/bad-json"})
+    assert done["status"] == "succeeded"
+    assert done["result"]["parsed"] is False
+    assert done["result"]["body"] == "{not json"
+
+
+async def test_query_parameters_and_custom_headers(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/json", "params": {"q": "a b&c", "n": 2},
+                              "headers": {"X-Custom": "yes"}, "cookies": {"session": "abc"}})
+    assert done["status"] == "succeeded"
+    request = server.seen[0]
+    assert request["query"] == {"q": ["a b&c"], "n": ["2"]}
+    assert request["headers"]["x-custom"] == "yes"
+    assert request["headers"]["cookie"] == "session=abc"
+    assert request["headers"]["x-stanley-action"] == "http"
+
+
+async def test_post_json_body_is_sent_as_json(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/echo", "body": '{"a": 1, "b": [true, null]}',
+                              "headers": {"Content-Type": "application/json"}})
+    assert done["status"] == "succeeded", done["result"]
+    request = server.seen[0]
+    assert request["method"] == "POST"  # the default when there is a body
+    assert request["headers"]["content-type"] == "application/json"
+    assert json.loads(request["body"]) == {"a": 1, "b": [True, None]}
+    assert int(request["headers"]["content-length"]) == len(request["body"])
+    assert done["result"]["body"]["method"] == "POST"
+
+
+async def test_python_literal_body_is_reencoded_as_json(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/echo", "method": "PUT", "body": "{'a': 1, 'b': True}",
+                              "headers": {"content-type": "application/json; charset=utf-8"}})
+    assert done["status"] == "succeeded", done["result"]
+    request = server.seen[0]
+    assert request["method"] == "PUT"
+    assert json.loads(request["body"]) == {"a": 1, "b": True}
+
+
+async def test_non_json_body_is_sent_verbatim(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/echo", "body": "{'not': json}",
+                              "headers": {"Content-Type": "text/plain"}})
+    assert done["status"] == "succeeded"
+    assert server.seen[0]["body"] == b"{'not': json}"
+
+
+async def test_json_content_type_with_unparsable_body_fails_before_sending(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/echo", "body": "not json at all",
+                              "headers": {"Content-Type": "application/json"}})
+    assert done["status"] == "failed"
+    assert done["result"]["error"]
+    assert server.seen == []
+
+
+async def test_file_upload_is_multipart(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/echo", "file_name": "notes.txt", "file_content": "line 1",
+                              "file_content_type": "text/plain"})
+    assert done["status"] == "succeeded", done["result"]
+    request = server.seen[0]
+    assert request["method"] == "POST"
+    assert request["headers"]["content-type"].startswith("multipart/form-data; boundary=")
+    assert b'filename="notes.txt"' in request["body"]
+    assert b"Content-Type: text/plain" in request["body"]
+    assert b"line 1" in request["body"]
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [(201, "succeeded"), (204, "succeeded"), (206, "succeeded"), (207, "failed"), (404, "failed"),
+     (500, "failed"), (199, "failed")],
+)
+async def test_status_codes(squall: Squall, server: Server, code: int, status: str) -> None:
+    done = await run(squall, {"url": f"{server.url}/status/{code}"})
+    assert done["status"] == status
+    assert done["result"]["status_code"] == code
+
+
+async def test_not_found(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/nowhere"})
+    assert done["status"] == "failed"
+    assert done["result"]["status_code"] == 404
+    assert done["result"]["body"] == "no such page"
+
+
+async def test_redirects_are_followed_only_when_allowed(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/redirect"})
+    assert done["status"] == "failed"
+    assert done["result"]["status_code"] == 302
+    done = await run(squall, {"url": f"{server.url}/redirect", "allow_redirects": True})
+    assert done["status"] == "succeeded"
+    assert done["result"]["body"] == {"hello": "world", "n": [1, 2]}
+
+
+async def test_head_and_explicit_methods(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/json", "method": "HEAD"})
+    assert done["status"] == "succeeded"
+    assert server.seen[-1]["method"] == "HEAD"
+    done = await run(squall, {"url": f"{server.url}/json", "method": "DELETE"})
+    assert server.seen[-1]["method"] == "DELETE"
+
+
+async def test_basic_auth_and_password_secrecy(squall: Squall, server: Server) -> None:
+    password = "s3cret-pass"
+    done = await run(squall, {"url": f"{server.url}/echo", "username": "alice", "password": password})
+    assert done["status"] == "succeeded", done["result"]
+    expected = "Basic " + base64.b64encode(f"alice:{password}".encode()).decode()
+    assert server.seen[0]["headers"]["authorization"] == expected
+    assert done["parameters"]["username"] == "alice"
+    assert done["parameters"]["password"] == "********"
+    stored = await squall.executions.get(done["id"])
+    assert password not in json.dumps(stored["parameters"])
+    # the server echoed the password back: it is scrubbed from the stored result too
+    assert password not in json.dumps(stored)
+    assert stored["result"]["body"]["auth"] == "alice:********"
+    listed = await squall.executions.list()
+    assert password not in json.dumps(listed, default=str)
+
+
+async def test_url_hosts_blacklist_blocks_the_host(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/json", "url_hosts_blacklist": ["127.0.0.1"]})
+    assert done["status"] == "failed"
+    assert "127.0.0.1" in done["result"]["error"]
+    assert server.seen == []
+    done = await run(squall, {"url": f"{server.url}/json", "url_hosts_blacklist": ["example.invalid"]})
+    assert done["status"] == "succeeded"
+    assert len(server.seen) == 1
+
+
+async def test_url_hosts_whitelist(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/json", "url_hosts_whitelist": ["example.invalid"]})
+    assert done["status"] == "failed"
+    assert server.seen == []
+    done = await run(squall, {"url": f"{server.url}/json", "url_hosts_whitelist": ["127.0.0.1"]})
+    assert done["status"] == "succeeded"
+    done = await run(squall, {"url": f"{server.url}/json", "url_hosts_whitelist": ["127.0.0.1"],
+                              "url_hosts_blacklist": ["example.invalid"]})
+    assert done["status"] == "failed"
+    assert "exclusive" in done["result"]["error"]
+    assert len(server.seen) == 1
+
+
+async def test_request_timeout(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/slow", "timeout": 0.5})
+    assert done["status"] == "timeout"
+    assert "error" in done["result"]
+    assert "/slow" in done["result"]["error"]
+
+
+async def test_connection_refused_fails(squall: Squall) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = await run(squall, {"url": f"http://127.0.0.1:{port}/"})
+    assert done["status"] == "failed"
+    assert f"127.0.0.1:{port}" in done["result"]["error"]

@@ -1,0 +1,502 @@
+"""The `python-script` runner end to end, with a pack written the way StackStorm packs are.
+
+Spec §1.6 (action contract, return values, action_service) and §1.8 (environment). Actions run
+in warm per-pack worker processes; crashes and timeouts must cost only that worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import Squall
+from tests.conftest import write
+
+PACK = "pyaction"
+
+
+@pytest.fixture
+def home(home: Path) -> Path:
+    """The conftest home plus a Python action pack and its config, written before Squall starts."""
+    pack = home / "packs" / PACK
+    write(pack / "pack.yaml", f"""
+        name: {PACK}
+        description: python runner test pack
+        version: 0.1.0
+        author: tests
+    """)
+    write(pack / "config.schema.yaml", """
+        region:
+          type: string
+          required: true
+        retries:
+          type: integer
+          default: 3
+        endpoint:
+          type: object
+          properties:
+            host:
+              type: string
+              default: example.invalid
+    """)
+    write(home / "configs" / f"{PACK}.yaml", """
+        region: eu-west
+    """)
+    write(pack / "actions" / "lib" / "helpers.py", """
+        GREETING = "hello from lib"
+
+
+        def double(value):
+            return value * 2
+    """)
+    write(pack / "actions" / "uses_lib.py", """
+        from st2common.runners.base_action import Action
+
+        from helpers import GREETING, double
+
+
+        class UsesLib(Action):
+            def run(self, n, text):
+                return (True, {"doubled": double(n), "n_type": type(n).__name__, "greeting": GREETING,
+                               "text": text})
+    """)
+    write(pack / "actions" / "uses_lib.yaml", """
+        name: uses_lib
+        runner_type: python-script
+        entry_point: uses_lib.py
+        parameters:
+          n:
+            type: integer
+            required: true
+          text:
+            type: string
+            default: "{{ n }} items"
+    """)
+    write(pack / "actions" / "behave.py", """
+        import json
+        import os
+        import sys
+        import time
+
+        from st2common import log as logging
+        from st2common.runners.base_action import Action
+
+        LOG = logging.getLogger(__name__)
+
+
+        class Unserialisable:
+            def __str__(self):
+                return "<unserialisable>"
+
+
+        class Behave(Action):
+            def run(self, mode, value=None):
+                if mode == "ok":
+                    return (True, value)
+                if mode == "not_ok":
+                    return (False, value)
+                if mode == "dict":
+                    return {"a": 1, "b": [1, 2]}
+                if mode == "none":
+                    return None
+                if mode == "three":
+                    return (1, 2, 3)
+                if mode == "none_status":
+                    return (None, value)
+                if mode == "bad_status":
+                    return ("yes", value)
+                if mode == "object":
+                    return (True, Unserialisable())
+                if mode == "raise":
+                    raise RuntimeError("boom from the action")
+                if mode == "print":
+                    print("to stdout", value)
+                    sys.stderr.write("raw stderr\\n")
+                    self.logger.info("info from self.logger")
+                    self.logger.debug("debug from self.logger")
+                    self.logger.error("error from self.logger")
+                    LOG.warning("warning from the module logger")
+                    return "printed"
+                if mode == "pid":
+                    return os.getpid()
+                if mode == "sleep":
+                    print(os.getpid(), flush=True)
+                    time.sleep(30 if value is None else float(value))
+                    return os.getpid()
+                if mode == "pidfile":
+                    with open(value, "w") as handle:
+                        handle.write(str(os.getpid()))
+                    time.sleep(30)
+                if mode == "barrier":  # value: [folder, n]; wait until n actions run at once
+                    folder, count = value
+                    open(os.path.join(folder, str(os.getpid())), "w").close()
+                    deadline = time.monotonic() + 20
+                    while len(os.listdir(folder)) < count and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    return (len(os.listdir(folder)) >= count, os.getpid())
+                if mode == "exit":
+                    print("about to die", flush=True)
+                    os._exit(3)
+                if mode == "sys_exit":
+                    sys.exit(4)
+                if mode == "env":
+                    names = json.loads(value)
+                    return {name: os.environ.get(name) for name in names}
+                if mode == "config":
+                    return {"region": self.config["region"], "retries": self.config["retries"],
+                            "endpoint": self.config["endpoint"], "keys": sorted(self.config)}
+                if mode == "missing_config":
+                    return self.config["not_configured"]
+                if mode == "user":
+                    return self.action_service.get_user_info()
+                raise ValueError("unknown mode " + mode)
+    """)
+    write(pack / "actions" / "behave.yaml", """
+        name: behave
+        runner_type: python-script
+        entry_point: behave.py
+        parameters:
+          mode:
+            type: string
+            required: true
+          value: {}
+    """)
+    write(pack / "actions" / "kv.py", """
+        from st2common.runners.base_action import Action
+
+
+        class KeyValues(Action):
+            def run(self, name, value):
+                svc = self.action_service
+                out = {"set": svc.set_value(name, value)}
+                out["get"] = svc.get_value(name)
+                out["get_full_name"] = svc.get_value("pyaction.KeyValues:" + name, local=False)
+                out["global"] = svc.get_value("shared.global", local=False)
+                svc.set_value(name + "_n", 5, ttl=600)
+                out["n"] = svc.get_value(name + "_n")
+                out["listed"] = sorted([kv.name, kv.value] for kv in svc.list_values())
+                out["listed_prefix"] = [kv.name for kv in svc.list_values(prefix=name + "_")]
+                svc.set_value("secret", "s3cret-value", encrypt=True)
+                out["secret_decrypted"] = svc.get_value("secret", decrypt=True)
+                out["secret_raw_differs"] = svc.get_value("secret") != "s3cret-value"
+                out["deleted"] = svc.delete_value(name + "_n")
+                out["after_delete"] = svc.get_value(name + "_n")
+                out["missing"] = svc.get_value("never-set")
+                for call in (lambda: svc.get_value(name, scope="user"),
+                             lambda: svc.set_value(name, "x", scope="user"),
+                             lambda: svc.delete_value(name, scope="user")):
+                    try:
+                        call()
+                    except ValueError as exc:
+                        out.setdefault("user_scope", []).append(str(exc))
+                return out
+    """)
+    write(pack / "actions" / "kv.yaml", """
+        name: kv
+        runner_type: python-script
+        entry_point: kv.py
+        parameters:
+          name:
+            type: string
+          value:
+            type: string
+    """)
+    return home
+
+
+async def run(app: Squall, ref: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    record = await app.executions.request(ref, params or {})
+    return await app.executions.wait(record["id"], timeout=60)
+
+
+async def behave(app: Squall, mode: str, value: Any = None, **runner: Any) -> dict[str, Any]:
+    params = {"mode": mode, **runner}
+    if value is not None:
+        params["value"] = value
+    return await run(app, f"{PACK}.behave", params)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+async def _wait_gone(pid: int) -> bool:
+    for _ in range(100):
+        if _gone(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The action contract
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_action_importing_its_lib_module_with_cast_parameters(squall: Squall) -> None:
+    done = await run(squall, f"{PACK}.uses_lib", {"n": "5"})
+    assert done["status"] == "succeeded", done["result"]
+    result = done["result"]
+    assert result["result"] == {"doubled": 10, "n_type": "int", "greeting": "hello from lib", "text": "5 items"}
+    assert result["exit_code"] == 0
+    assert set(result) == {"result", "stdout", "stderr", "exit_code"}
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "status", "expected"),
+    [
+        ("ok", {"x": [1, "two"]}, "succeeded", {"x": [1, "two"]}),
+        ("ok", "text", "succeeded", "text"),
+        ("not_ok", {"why": "bad"}, "failed", {"why": "bad"}),
+        ("dict", None, "succeeded", {"a": 1, "b": [1, 2]}),
+        ("none", None, "succeeded", None),
+        ("three", None, "succeeded", [1, 2, 3]),
+        ("none_status", "kept", "succeeded", "kept"),
+        ("object", None, "succeeded", "<unserialisable>"),
+    ],
+)
+async def test_return_values(squall: Squall, mode: str, value: Any, status: str, expected: Any) -> None:
+    done = await behave(squall, mode, value)
+    assert done["status"] == status, done["result"]
+    assert done["result"]["result"] == expected
+    assert done["result"]["exit_code"] == 0
+
+
+async def test_invalid_status_exits_220(squall: Squall) -> None:
+    done = await behave(squall, "bad_status", "v")
+    assert done["status"] == "failed"
+    assert done["result"]["exit_code"] == 220
+    assert "'yes'" in done["result"]["stderr"]
+    assert done["result"]["result"] is None
+
+
+async def test_exception_fails_with_traceback(squall: Squall) -> None:
+    done = await behave(squall, "raise")
+    assert done["status"] == "failed"
+    result = done["result"]
+    assert result["result"] == "None"
+    assert result["exit_code"] == 1
+    assert "Traceback (most recent call last)" in result["stderr"]
+    assert "RuntimeError: boom from the action" in result["stderr"]
+    assert "behave.py" in result["stderr"]
+    # the worker survives an exception in the action
+    again = await behave(squall, "ok", "fine")
+    assert again["status"] == "succeeded"
+    assert again["result"]["stderr"] == ""
+
+
+async def test_sys_exit_fails_with_its_code(squall: Squall) -> None:
+    done = await behave(squall, "sys_exit")
+    assert done["status"] == "failed"
+    assert done["result"]["exit_code"] == 4
+
+
+async def test_stdout_stderr_and_logger_are_captured_per_execution(squall: Squall) -> None:
+    done = await behave(squall, "print", "v1")
+    assert done["status"] == "succeeded"
+    result = done["result"]
+    assert result["result"] == "printed"
+    assert result["stdout"] == "to stdout v1\n"  # not stripped, not JSON-decoded
+    assert "raw stderr" in result["stderr"]
+    for line in ("info from self.logger", "debug from self.logger", "error from self.logger",
+                 "warning from the module logger"):
+        assert line in result["stderr"]
+    assert "to stdout" not in result["stderr"]
+
+    quiet = await behave(squall, "print", "v2", log_level="ERROR")
+    assert quiet["result"]["stdout"] == "to stdout v2\n"
+    assert "error from self.logger" in quiet["result"]["stderr"]
+    assert "info from self.logger" not in quiet["result"]["stderr"]
+    assert "warning from the module logger" not in quiet["result"]["stderr"]
+
+    audit = await behave(squall, "print", "v3", log_level="AUDIT")
+    assert "warning from the module logger" in audit["result"]["stderr"]
+    assert "info from self.logger" not in audit["result"]["stderr"]
+
+    later = await behave(squall, "ok", "x")
+    assert later["result"]["stdout"] == ""
+    assert later["result"]["stderr"] == ""
+
+
+async def test_stdout_is_not_json_decoded(squall: Squall) -> None:
+    done = await behave(squall, "sleep", 0)
+    assert isinstance(done["result"]["stdout"], str)
+    assert done["result"]["stdout"].strip() == str(done["result"]["result"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Pack config
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_config_with_schema_defaults(squall: Squall) -> None:
+    done = await behave(squall, "config")
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["result"] == {
+        "region": "eu-west", "retries": 3, "endpoint": {"host": "example.invalid"},
+        "keys": ["endpoint", "region", "retries"],
+    }
+
+
+async def test_missing_config_key_raises_value_error_naming_it(squall: Squall) -> None:
+    done = await behave(squall, "missing_config")
+    assert done["status"] == "failed"
+    stderr = done["result"]["stderr"]
+    assert "ValueError" in stderr
+    assert "not_configured" in stderr
+    assert "KeyError" not in stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# action_service (datastore)
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_action_service_datastore_round_trip(squall: Squall) -> None:
+    await squall.db(squall.datastore.set, "shared.global", "from outside")
+    done = await run(squall, f"{PACK}.kv", {"name": "greeting", "value": "hi there"})
+    assert done["status"] == "succeeded", done["result"]
+    out = done["result"]["result"]
+    prefix = f"{PACK}.KeyValues:"
+    assert out["set"] is True
+    assert out["get"] == "hi there"
+    assert out["get_full_name"] == "hi there"
+    assert out["global"] == "from outside"
+    assert out["n"] == "5"  # values are stored as strings
+    assert out["listed"] == [[f"{prefix}greeting", "hi there"], [f"{prefix}greeting_n", "5"]]
+    assert out["listed_prefix"] == [f"{prefix}greeting_n"]
+    assert out["secret_decrypted"] == "s3cret-value"
+    assert out["secret_raw_differs"] is True
+    assert out["deleted"] is True
+    assert out["after_delete"] is None
+    assert out["missing"] is None
+    assert out["user_scope"] == ["Scope user is unsupported."] * 3
+
+    stored = await squall.db(squall.datastore.get, f"{prefix}greeting")
+    assert stored is not None and stored["value"] == "hi there"
+    assert await squall.db(squall.datastore.get, "greeting") is None
+    assert await squall.db(squall.datastore.get, f"{prefix}greeting_n") is None
+    secret = await squall.db(squall.datastore.get, f"{prefix}secret", decrypt=True)
+    assert secret is not None and secret["secret"] is True and secret["value"] == "s3cret-value"
+
+
+async def test_user_info(squall: Squall) -> None:
+    record = await squall.executions.request(f"{PACK}.behave", {"mode": "user"}, {"user": "alice"})
+    done = await squall.executions.wait(record["id"], timeout=60)
+    assert done["result"]["result"] == {"username": "alice"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: reuse, timeouts, crashes, concurrency
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_worker_is_reused(squall: Squall) -> None:
+    first = await behave(squall, "pid")
+    second = await behave(squall, "pid")
+    assert first["status"] == second["status"] == "succeeded"
+    assert isinstance(first["result"]["result"], int)
+    assert first["result"]["result"] == second["result"]["result"]
+    assert first["result"]["result"] != os.getpid()
+
+
+async def test_timeout_kills_the_worker_and_the_next_run_succeeds(squall: Squall) -> None:
+    done = await behave(squall, "sleep", 30, timeout=1)
+    assert done["status"] == "timeout"
+    result = done["result"]
+    assert result["error"] == "Action failed to complete in 1 seconds"
+    assert result["exit_code"] == -9
+    pid = int(result["stdout"].strip())
+    assert await _wait_gone(pid)
+    after = await behave(squall, "pid")
+    assert after["status"] == "succeeded"
+    assert after["result"]["result"] != pid
+
+
+async def test_worker_crash_fails_the_execution_and_the_next_run_succeeds(squall: Squall) -> None:
+    before = await behave(squall, "pid")
+    done = await behave(squall, "exit")
+    assert done["status"] == "failed"
+    result = done["result"]
+    assert "died" in result["error"]
+    assert result["exit_code"] == 3
+    assert result["stdout"] == "about to die\n"
+    assert await _wait_gone(before["result"]["result"])
+    after = await behave(squall, "pid")
+    assert after["status"] == "succeeded"
+    assert after["result"]["result"] != before["result"]["result"]
+
+
+async def test_cancel_kills_the_worker(squall: Squall, tmp_path: Path) -> None:
+    pidfile = tmp_path / "worker.pid"
+    record = await squall.executions.request(f"{PACK}.behave", {"mode": "pidfile", "value": str(pidfile)})
+    pid = None
+    for _ in range(200):
+        text = pidfile.read_text().strip() if pidfile.exists() else ""
+        if text:
+            pid = int(text)
+            break
+        await asyncio.sleep(0.05)
+    assert pid is not None, "the action never started"
+    await squall.executions.cancel(record["id"])
+    done = await squall.executions.wait(record["id"], timeout=10)
+    assert done["status"] == "canceled"
+    assert await _wait_gone(pid)
+    after = await behave(squall, "pid")
+    assert after["status"] == "succeeded"
+    assert after["result"]["result"] != pid
+
+
+async def test_concurrent_executions_of_one_pack(squall: Squall) -> None:
+    records = [await squall.executions.request(f"{PACK}.uses_lib", {"n": n}) for n in range(8)]
+    done = await asyncio.gather(*(squall.executions.wait(r["id"], timeout=60) for r in records))
+    assert [d["status"] for d in done] == ["succeeded"] * 8
+    assert [d["result"]["result"]["doubled"] for d in done] == [n * 2 for n in range(8)]
+
+
+async def test_concurrent_executions_run_at_once_in_separate_workers(squall: Squall, tmp_path: Path) -> None:
+    records = [await squall.executions.request(f"{PACK}.behave", {"mode": "barrier", "value": [str(tmp_path), 3]})
+               for _ in range(3)]
+    done = await asyncio.gather(*(squall.executions.wait(r["id"], timeout=60) for r in records))
+    assert [d["status"] for d in done] == ["succeeded"] * 3, [d["result"] for d in done]
+    assert len({d["result"]["result"] for d in done}) == 3  # one action at a time per worker
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_environment_of_the_action(squall: Squall, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-do-not-leak")
+    monkeypatch.setenv("IRC_PASSWORD", "irc-do-not-leak")
+    monkeypatch.setenv("SQUALL_SECRET_KEY", "key-do-not-leak")
+    names = ["ST2_ACTION_PACK_NAME", "ST2_ACTION_EXECUTION_ID", "SQUALL_ACTION_PACK_NAME",
+             "SQUALL_ACTION_EXECUTION_ID", "ST2_ACTION_API_URL", "ST2_API_URL", "FOO", "SLACK_BOT_TOKEN",
+             "IRC_PASSWORD", "SQUALL_SECRET_KEY"]
+    record = await squall.executions.request(
+        f"{PACK}.behave", {"mode": "env", "value": json.dumps(names), "env": {"FOO": "bar"}}
+    )
+    done = await squall.executions.wait(record["id"], timeout=60)
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["result"] == {
+        "ST2_ACTION_PACK_NAME": PACK, "ST2_ACTION_EXECUTION_ID": record["id"], "SQUALL_ACTION_PACK_NAME": PACK,
+        "SQUALL_ACTION_EXECUTION_ID": record["id"], "ST2_ACTION_API_URL": squall.config.api_url, "FOO": "bar",
+        "ST2_API_URL": squall.config.api_url,
+        "SLACK_BOT_TOKEN": None, "IRC_PASSWORD": None, "SQUALL_SECRET_KEY": None,
+    }
+    # the same (warm) worker: the previous execution's env is gone, this one's id is set
+    again = await squall.executions.request(f"{PACK}.behave", {"mode": "env", "value": json.dumps(names)})
+    second = await squall.executions.wait(again["id"], timeout=60)
+    assert second["result"]["result"]["FOO"] is None
+    assert second["result"]["result"]["ST2_ACTION_EXECUTION_ID"] == again["id"]

@@ -1,0 +1,602 @@
+"""The local shell runners (`local-shell-cmd`, `local-shell-script`), mostly end to end.
+
+Spec §1.4 (runner parameters), §1.5 (script argument passing), §1.7 (exit code to status,
+result shape, timeouts) and §1.8 (environment). Commands really run under bash; processes are
+checked by pid to make sure timeouts and cancels leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot.app import Squall
+from engine.runners.shell import render_shell_command
+from engine.templates import TemplateRenderError
+from tests.conftest import write
+
+PY = shlex.quote(sys.executable)
+
+#: Values that would run commands, split words or expand if pasted into a shell unquoted.
+NASTY = [
+    '"; touch {tmp}/pwned; echo "',
+    "$(touch {tmp}/pwned2)",
+    "`touch {tmp}/pwned3`",
+    "it's a 'quoted' value",
+    "'; touch {tmp}/pwned4; echo '",
+    "a  b\tc  *  ?",
+    "$HOME ${{PATH}} $$ $1 \\n \\ trailing\\",
+    "line one\nline two; touch {tmp}/pwned5",
+    "| touch {tmp}/pwned6 && echo & > {tmp}/pwned7 <",
+    "-n",
+    "",
+]
+
+
+@pytest.fixture
+def home(home: Path) -> Path:
+    """The conftest home plus a pack of shell actions, written before Squall starts."""
+    pack = home / "packs" / "shelltest"
+    write(pack / "pack.yaml", """
+        name: shelltest
+        description: shell runner test pack
+        version: 0.1.0
+        author: tests
+    """)
+    for name, cmd in {
+        "unquoted": "printf '%s' {{ value }}",
+        "double": "printf '%s' \"{{ value }}\"",
+        "single": "printf '%s' '{{ value }}'",
+        "mixed": "printf '[%s]' pre{{ value }}post \"in {{ value }} side\" 'one {{ value }} two'",
+        "filtered": "printf '%s' \"{{ value | upper }}\"",
+        "heredoc": "cat <<'EOF'\n{{ value }}\nEOF\ncat <<EOF\n{{ value }}\nEOF",
+        "packname": "printf '%s:%s' \"$ST2_ACTION_PACK_NAME\" {{ value }}",
+    }.items():
+        write(pack / "actions" / f"{name}.yaml", f"""
+            name: {name}
+            runner_type: local-shell-cmd
+            parameters:
+              value:
+                type: string
+                required: true
+              cmd:
+                immutable: true
+                default: {json.dumps(cmd)}
+        """)
+    write(pack / "actions" / "argv.sh", f"""
+        #!/bin/bash
+        exec {PY} -c 'import json,sys;print(json.dumps(sys.argv[1:]))' "$@"
+    """)
+    write(pack / "actions" / "argv.yaml", """
+        name: argv
+        runner_type: local-shell-script
+        entry_point: argv.sh
+        parameters:
+          name:
+            type: string
+          flag:
+            type: boolean
+          disabled:
+            type: boolean
+            default: false
+          empty:
+            type: string
+            default: ""
+          nothing:
+            type: string
+          count:
+            type: integer
+          tags:
+            type: array
+          p_arr:
+            type: array
+            position: 2
+          p_str:
+            type: string
+            position: 0
+          p_obj:
+            type: object
+            position: 3
+          p_bool:
+            type: boolean
+            position: 1
+          p_none:
+            type: string
+            position: 4
+          p_int:
+            type: integer
+            position: 5
+    """)
+    script = write(pack / "actions" / "plain.sh", """
+        printf 'ran with %s args: %s' "$#" "$*"
+    """)
+    script.chmod(0o644)
+    write(pack / "actions" / "plain.yaml", """
+        name: plain
+        runner_type: local-shell-script
+        entry_point: plain.sh
+        parameters:
+          first:
+            type: string
+            position: 0
+    """)
+    return home
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    """An empty folder of its own (tmp_path also holds the Squall home)."""
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    return folder
+
+
+async def run(app: Squall, ref: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    record = await app.executions.request(ref, params or {})
+    return await app.executions.wait(record["id"], timeout=30)
+
+
+def _gone(pid: int) -> bool:
+    """True once the process no longer exists (a zombie counts as gone: it runs nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+async def _wait_gone(pid: int) -> bool:
+    for _ in range(100):
+        if _gone(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def _read_pid(path: Path) -> int:
+    for _ in range(200):
+        text = path.read_text().strip() if path.exists() else ""
+        if text:
+            return int(text)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} was never written")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exit codes, output decoding
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_exit_code_maps_to_status(squall: Squall) -> None:
+    for cmd, status, code in [("true", "succeeded", 0), ("exit 1", "failed", 1), ("exit 3", "failed", 3),
+                              ("exit 255", "failed", 255), ("kill -TERM $$", "abandoned", -15)]:
+        done = await run(squall, "core.local", {"cmd": cmd})
+        assert done["status"] == status, cmd
+        result = done["result"]
+        assert result["return_code"] == code
+        assert result["succeeded"] is (code == 0)
+        assert result["failed"] is (code != 0)
+        assert "error" not in result
+
+
+async def test_stdout_and_stderr_are_stripped_and_json_decoded(squall: Squall) -> None:
+    done = await run(squall, "core.local", {"cmd": "echo 42; echo '{\"a\":1}' >&2"})
+    assert done["status"] == "succeeded"
+    assert done["result"]["stdout"] == 42
+    assert done["result"]["stderr"] == {"a": 1}
+
+    done = await run(squall, "core.local", {"cmd": "echo '{\"a\":1}'; echo oops >&2; exit 1"})
+    assert done["status"] == "failed"
+    assert done["result"]["stdout"] == {"a": 1}
+    assert done["result"]["stderr"] == "oops"
+
+
+async def test_only_one_trailing_newline_is_stripped(squall: Squall) -> None:
+    done = await run(squall, "core.local", {"cmd": "printf 'a b\\n\\n'; printf 'x\\r\\n' >&2"})
+    assert done["result"]["stdout"] == "a b\n"
+    assert done["result"]["stderr"] == "x"
+    done = await run(squall, "core.local", {"cmd": "printf 'no newline'"})
+    assert done["result"]["stdout"] == "no newline"
+    done = await run(squall, "core.local", {"cmd": "true"})
+    assert done["result"]["stdout"] == ""
+    assert done["result"]["stderr"] == ""
+
+
+async def test_output_that_is_not_json_stays_text(squall: Squall) -> None:
+    done = await run(squall, "core.local", {"cmd": "echo '[1, 2'; echo true"})
+    assert done["result"]["stdout"] == "[1, 2\ntrue"
+    done = await run(squall, "core.local", {"cmd": "echo '[1, 2]'; echo null >&2"})
+    assert done["result"]["stdout"] == [1, 2]
+    assert done["result"]["stderr"] is None
+
+
+async def test_stdin_is_empty_and_bad_utf8_is_replaced(squall: Squall) -> None:
+    done = await run(squall, "core.local", {"cmd": "cat; printf 'a\\377b'", "timeout": 20})
+    assert done["status"] == "succeeded"
+    assert done["result"]["stdout"] == "a\ufffdb"
+
+
+# ---------------------------------------------------------------------------------------------
+# Timeout and cancel kill the whole process group
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_timeout_kills_the_process_group(squall: Squall, scratch: Path) -> None:
+    shell_pid, child_pid = scratch / "shell.pid", scratch / "child.pid"
+    cmd = f"echo $$ > {shell_pid}; sleep 30 & echo $! > {child_pid}; echo started; sleep 30"
+    done = await run(squall, "core.local", {"cmd": cmd, "timeout": 1})
+    assert done["status"] == "timeout"
+    result = done["result"]
+    assert result["return_code"] == -9
+    assert result["failed"] is True and result["succeeded"] is False
+    assert result["error"] == "Action failed to complete in 1 seconds"
+    assert result["stdout"] == "started"
+    for path in (shell_pid, child_pid):
+        pid = int(path.read_text())
+        assert await _wait_gone(pid), f"process {pid} ({path.name}) outlived the timeout"
+
+
+async def test_background_child_holding_the_pipes_is_killed_on_timeout(squall: Squall, scratch: Path) -> None:
+    """The shell exits at once, but a background child keeps stdout open: still bounded."""
+    child_pid = scratch / "child.pid"
+    done = await run(squall, "core.local", {"cmd": f"sleep 30 & echo $! > {child_pid}; echo bye", "timeout": 1})
+    assert done["status"] == "timeout"
+    assert done["result"]["stdout"] == "bye"
+    assert await _wait_gone(int(child_pid.read_text()))
+
+
+async def test_cancel_kills_the_running_command(squall: Squall, scratch: Path) -> None:
+    shell_pid, child_pid = scratch / "shell.pid", scratch / "child.pid"
+    cmd = f"echo $$ > {shell_pid}; sleep 30 & echo $! > {child_pid}; sleep 30"
+    record = await squall.executions.request("core.local", {"cmd": cmd})
+    pids = [await _read_pid(shell_pid), await _read_pid(child_pid)]
+    assert not any(_gone(pid) for pid in pids)
+    await squall.executions.cancel(record["id"])
+    done = await squall.executions.wait(record["id"], timeout=10)
+    assert done["status"] == "canceled"
+    for pid in pids:
+        assert await _wait_gone(pid), f"process {pid} outlived the cancel"
+
+
+# ---------------------------------------------------------------------------------------------
+# cwd, env and the variables every action gets
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_cwd_runner_parameter(squall: Squall, scratch: Path) -> None:
+    folder = scratch / "work dir"
+    folder.mkdir()
+    done = await run(squall, "core.local", {"cmd": "pwd -P", "cwd": str(folder)})
+    assert done["status"] == "succeeded"
+    assert done["result"]["stdout"] == str(folder.resolve())
+
+
+async def test_missing_cwd_fails(squall: Squall, scratch: Path) -> None:
+    done = await run(squall, "core.local", {"cmd": "pwd", "cwd": str(scratch / "nope")})
+    assert done["status"] == "failed"
+    assert "nope" in done["result"]["error"]
+
+
+async def test_environment_of_the_action(squall: Squall, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-do-not-leak")
+    monkeypatch.setenv("SQUALL_TEST_VISIBLE", "inherited")
+    cmd = f"{PY} -c 'import json, os; print(json.dumps(dict(os.environ)))'"
+    record = await squall.executions.request(
+        "core.local", {"cmd": cmd, "env": {"FOO": "bar baz", "N": 5, "ST2_ACTION_PACK_NAME": "spoofed"}}
+    )
+    done = await squall.executions.wait(record["id"], timeout=30)
+    assert done["status"] == "succeeded"
+    env = done["result"]["stdout"]
+    assert isinstance(env, dict)
+    assert env["FOO"] == "bar baz"
+    assert env["N"] == "5"
+    assert env["ST2_ACTION_PACK_NAME"] == "core"  # ours override the user's env
+    assert env["SQUALL_ACTION_PACK_NAME"] == "core"
+    assert env["ST2_ACTION_EXECUTION_ID"] == record["id"]
+    assert env["SQUALL_ACTION_EXECUTION_ID"] == record["id"]
+    assert env["ST2_ACTION_API_URL"] == squall.config.api_url
+    assert env["SQUALL_ACTION_API_URL"] == squall.config.api_url
+    assert env["ST2_ACTION_DEBUG"] == "False"
+    assert env["SQUALL_TEST_VISIBLE"] == "inherited"
+    assert "SLACK_BOT_TOKEN" not in env
+    assert "xoxb-do-not-leak" not in json.dumps(env)
+
+
+async def test_pack_name_of_a_custom_pack(squall: Squall) -> None:
+    done = await run(squall, "shelltest.packname", {"value": "v"})
+    assert done["status"] == "succeeded"
+    assert done["result"]["stdout"] == "shelltest:v"
+
+
+# ---------------------------------------------------------------------------------------------
+# Shell injection through cmd templates
+# ---------------------------------------------------------------------------------------------
+
+
+def _expected_output(value: str) -> Any:
+    """stdout is JSON-decoded when it is JSON (spec §1.7); `"..."` is a JSON string."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+async def test_core_echo_prints_the_message_and_runs_nothing(squall: Squall, scratch: Path) -> None:
+    for template in NASTY:
+        message = template.format(tmp=scratch)
+        done = await run(squall, "core.echo", {"message": message})
+        assert done["status"] == "succeeded", done["result"]
+        # "-n" is echo's own option, as in StackStorm: it prints nothing (and still runs nothing)
+        assert done["result"]["stdout"] == ("" if message == "-n" else _expected_output(message)), message
+    assert sorted(p.name for p in scratch.iterdir()) == []
+
+
+async def test_core_echo_literal_quote_breakout(squall: Squall, scratch: Path) -> None:
+    message = f'x"; touch {scratch}/pwned; echo "'
+    done = await run(squall, "core.echo", {"message": message})
+    assert done["result"]["stdout"] == message
+    assert not (scratch / "pwned").exists()
+
+
+@pytest.mark.parametrize("action", ["unquoted", "double", "single"])
+async def test_cmd_template_quoting_contexts_print_the_exact_value(squall: Squall, scratch: Path, action: str) -> None:
+    for template in NASTY:
+        value = template.format(tmp=scratch)
+        done = await run(squall, f"shelltest.{action}", {"value": value})
+        assert done["status"] == "succeeded", done["result"]
+        assert done["result"]["stdout"] == _expected_output(value), value
+    assert list(scratch.iterdir()) == []
+
+
+async def test_cmd_template_mixed_contexts(squall: Squall, scratch: Path) -> None:
+    value = f"a 'b' \"c\" $(touch {scratch}/x)"
+    done = await run(squall, "shelltest.mixed", {"value": value})
+    assert done["status"] == "succeeded"
+    assert done["result"]["stdout"] == f"[pre{value}post][in {value} side][one {value} two]"
+    assert list(scratch.iterdir()) == []
+
+
+async def test_cmd_template_filters_apply_to_the_value(squall: Squall) -> None:
+    done = await run(squall, "shelltest.filtered", {"value": "it's $(x)"})
+    assert done["result"]["stdout"] == "IT'S $(X)"
+
+
+async def test_cmd_template_heredocs(squall: Squall, scratch: Path) -> None:
+    value = f"$(touch {scratch}/x) 'a' \"b\""
+    done = await run(squall, "shelltest.heredoc", {"value": value})
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["stdout"] == f"{value}\n{value}"
+    done = await run(squall, "shelltest.heredoc", {"value": "two\nlines"})
+    assert done["status"] == "failed"
+    assert "here-document" in done["result"]["error"]
+    assert list(scratch.iterdir()) == []
+
+
+async def test_stored_cmd_shows_the_rendered_command(squall: Squall) -> None:
+    done = await run(squall, "core.echo", {"message": "hello"})
+    assert done["parameters"]["cmd"] == 'echo "hello"'
+    assert done["result"]["stdout"] == "hello"
+
+
+# ---------------------------------------------------------------------------------------------
+# render_shell_command
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "text"),
+    [
+        ('echo "{{ m }}"', 'echo "${SQUALL_ARG_0}"'),
+        ("echo {{ m }}", 'echo "${SQUALL_ARG_0}"'),
+        ("echo '{{ m }}'", "echo ''\"${SQUALL_ARG_0}\"''"),
+        ("echo 'a {{ m }} b'", "echo 'a '\"${SQUALL_ARG_0}\"' b'"),
+        ("echo --x={{ m }}!", 'echo --x="${SQUALL_ARG_0}"!'),
+        ('echo "a \\" {{ m }}"', 'echo "a \\" ${SQUALL_ARG_0}"'),
+        ("echo \\' {{ m }}", "echo \\' \"${SQUALL_ARG_0}\""),
+        ("echo 'a\\' {{ m }}", "echo 'a\\' \"${SQUALL_ARG_0}\""),
+        ("echo $'{{ m }}'", "echo $''\"${SQUALL_ARG_0}\"$''"),
+        ('echo "$(echo {{ m }})"', 'echo "$(echo "${SQUALL_ARG_0}")"'),
+        ("# it's\necho {{ m }}", '# it\'s\necho "${SQUALL_ARG_0}"'),
+        ("echo $#{{ m }}", 'echo $#"${SQUALL_ARG_0}"'),
+        ("cat <<EOF\n'{{ m }}'\nEOF\necho {{ m }}", "cat <<EOF\n'${SQUALL_ARG_0}'\nEOF\necho \"${SQUALL_ARG_1}\""),
+        ('echo "\\{{ m }}"', 'echo "\\\\${SQUALL_ARG_0}"'),
+        ("echo plain", "echo plain"),
+    ],
+)
+def test_render_shell_command_placement(template: str, text: str) -> None:
+    rendered, env = render_shell_command(template, {"m": "v"})
+    assert rendered == text
+    assert set(re.findall(r"SQUALL_ARG_\d+", text)) == set(env)
+    assert all(value == "v" for value in env.values())
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    """The rendered text with each reference replaced by <its value>, to check the numbering."""
+    return re.sub(r"\$\{(SQUALL_ARG_\d+)\}", lambda m: f"<{env[m[1]]}>", text)
+
+
+def test_render_shell_command_numbers_each_output_and_keeps_blocks_literal() -> None:
+    template = '{% if flag %}cp {{ src }} "{{ dst }}"{% else %}no{% endif %} {{ none }} {{ n + 1 }} {{ "lit" }}'
+    rendered, env = render_shell_command(template, {"flag": True, "src": "a b", "dst": "c", "none": None, "n": 1})
+    assert _expand(rendered, env) == 'cp "<a b>" "<c>" "<>" "<2>" "<lit>"'
+    assert sorted(env.values()) == sorted(["a b", "c", "", "2", "lit"])
+    assert sorted(env) == [f"SQUALL_ARG_{n}" for n in range(5)]
+    rendered, env = render_shell_command(template, {"flag": False, "none": None, "n": 1})
+    assert _expand(rendered, env) == 'no "<>" "<2>" "<lit>"'
+    assert len(env) == 3
+
+
+def test_render_shell_command_captured_blocks_keep_the_real_value() -> None:
+    template = "{% set x %}{{ v }}!{% endset %}{% macro q(a) %}{{ a }}{% endmacro %}echo {{ x }} {{ q(v) }}"
+    rendered, env = render_shell_command(template, {"v": "a b"})
+    assert _expand(rendered, env) == 'echo "<a b!>" "<a b>"'
+    assert "\x00" not in "".join(env.values())
+
+
+def test_render_shell_command_quoted_heredoc() -> None:
+    template = "cat <<'EOF'\n{{ v }}\nEOF\necho {{ v }}"
+    rendered, env = render_shell_command(template, {"v": "$(touch x) a"})
+    assert rendered == "cat <<'EOF'\n$(touch x) a\nEOF\necho \"${SQUALL_ARG_1}\""
+    assert env["SQUALL_ARG_1"] == "$(touch x) a"
+    for value in ("two\nlines", "EOF"):
+        with pytest.raises(TemplateRenderError, match="here-document"):
+            render_shell_command(template, {"v": value})
+    with pytest.raises(TemplateRenderError, match="delimiter"):
+        render_shell_command("cat <<{{ v }}\nx\n", {"v": "EOF"})
+
+
+def test_render_shell_command_loops_and_repeats() -> None:
+    rendered, env = render_shell_command("{% for x in xs %}echo '{{ x }}'; {% endfor %}", {"xs": ["a", "b"]})
+    assert rendered == "echo ''\"${SQUALL_ARG_0}\"''; echo ''\"${SQUALL_ARG_1}\"''; "
+    assert env == {"SQUALL_ARG_0": "a", "SQUALL_ARG_1": "b"}
+
+
+def test_render_shell_command_errors_are_template_errors() -> None:
+    with pytest.raises(TemplateRenderError):
+        render_shell_command("echo {{ missing }}", {})
+    with pytest.raises(TemplateRenderError):
+        render_shell_command("echo {{ unclosed", {"unclosed": 1})
+    with pytest.raises(TemplateRenderError, match="filter"):
+        render_shell_command('echo {% filter replace("0", "x") %}{{ v }}{% endfilter %}', {"v": "abc"})
+
+
+def test_render_shell_command_is_reentrant_between_calls() -> None:
+    first = render_shell_command("a {{ x }}", {"x": 1})
+    second = render_shell_command("b {{ x }} {{ y }}", {"x": 2, "y": 3})
+    assert first == ('a "${SQUALL_ARG_0}"', {"SQUALL_ARG_0": "1"})
+    assert second == ('b "${SQUALL_ARG_0}" "${SQUALL_ARG_1}"', {"SQUALL_ARG_0": "2", "SQUALL_ARG_1": "3"})
+
+
+_CASES: list[tuple[str, Any]] = [
+    ("printf '%s' {{ v }}", lambda v: v),
+    ('printf \'%s\' "{{ v }}"', lambda v: v),
+    ("printf '%s' '{{ v }}'", lambda v: v),
+    ("printf '%s' x{{ v }}\"{{ v }}\"'{{ v }}'x", lambda v: f"x{v}{v}{v}x"),
+    ("printf '%s' $'a\\t{{ v }}\\'b'", lambda v: f"a\t{v}'b"),
+    ("# it's a comment\nprintf '%s' {{ v }}", lambda v: v),
+    ("printf '%s' {{ v }} # it's fine\nprintf '%s' '{{ v }}'", lambda v: v + v),
+    ("(printf '%s' {{ v }}) # don't\nprintf '%s' {{ v }}", lambda v: v + v),
+    ("set -- a b; printf '%s' $#{{ v }}", lambda v: "2" + v),
+    ("printf '%s' \"$(printf '%s' {{ v }})\"", lambda v: v.rstrip("\n")),
+    ('printf \'%s\' "$(printf \'%s\' "{{ v }}")"', lambda v: v.rstrip("\n")),
+    ("printf '%s' \"`printf '%s' {{ v }}`\"", lambda v: v.rstrip("\n")),
+    ("printf '%s' \"${UNSET_X:-{{ v }}}\" ${UNSET_X:-{{ v }}}", lambda v: v + v),
+    ("cat <<EOF\n{{ v }} \"{{ v }}\" '{{ v }}'\nEOF\nprintf '%s' '{{ v }}'", lambda v: f"{v} \"{v}\" '{v}'\n{v}"),
+    ("cat <<-END\n\t{{ v }} x\n\tEND\n", lambda v: f"{v} x\n"),
+    ("cat <<A; cat <<'B'\n{{ v }}\nA\nquoted '$x'\nB\nprintf '%s' '{{ v }}'", lambda v: f"{v}\nquoted '$x'\n{v}"),
+]
+
+
+def _bash(template: str, value: str, cwd: Path) -> str:
+    text, env = render_shell_command(template, {"v": value})
+    proc = subprocess.run(["bash", "-c", text], env={"PATH": os.environ["PATH"], **env}, cwd=cwd,
+                          capture_output=True, timeout=10)
+    assert proc.returncode == 0, (text, proc.stderr)
+    return proc.stdout.decode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize(("template", "expected"), _CASES)
+def test_rendered_command_prints_nasty_values_exactly(template: str, expected: Any, scratch: Path) -> None:
+    for nasty in NASTY:
+        value = nasty.format(tmp=scratch)
+        assert _bash(template, value, scratch) == expected(value), value
+    assert list(scratch.iterdir()) == []
+
+
+def test_rendered_arithmetic(scratch: Path) -> None:
+    assert _bash("printf '%s' $(( {{ v }} * 2 )); (( {{ v }} > 1 )) && printf ' big'", "21", scratch) == "42 big"
+    assert _bash("printf '%s' $(( ({{ v }} + 1) << 1 ))\nprintf ' %s' {{ v }}", "1", scratch) == "4 1"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))))
+def test_rendered_command_prints_any_value_exactly(value: str, scratch: Path) -> None:
+    for template, expected in _CASES:
+        assert _bash(template, value, scratch) == expected(value), template
+
+
+# ---------------------------------------------------------------------------------------------
+# local-shell-script argument passing
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_script_named_then_positional_arguments(squall: Squall) -> None:
+    done = await run(squall, "shelltest.argv", {
+        "name": "alice", "flag": True, "count": 5, "tags": ["x", "y"],
+        "p_str": "hello world", "p_bool": True, "p_arr": ["a", "b", "c"], "p_obj": {"k": 1}, "p_int": 7,
+    })
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["stdout"] == [
+        "--name=alice", "--flag", "--count=5", "--tags=['x', 'y']",
+        "hello world", "1", "a,b,c", '{"k": 1}', "", "7",
+    ]
+
+
+async def test_script_false_none_and_empty_are_omitted_and_positionals_always_present(squall: Squall) -> None:
+    done = await run(squall, "shelltest.argv", {"flag": False, "name": "", "p_bool": False, "p_arr": [],
+                                                "p_obj": {}})
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["stdout"] == ["", "0", "", "", "", ""]
+    done = await run(squall, "shelltest.argv", {})
+    assert done["result"]["stdout"] == ["", "", "", "", "", ""]
+
+
+async def test_script_parameters_are_cast_before_serialising(squall: Squall) -> None:
+    done = await run(squall, "shelltest.argv", {"p_arr": "a, b", "p_bool": "false", "count": "3", "flag": "yes"})
+    assert done["result"]["stdout"] == ["--flag", "--count=3", "", "0", "a,b", "", "", ""]
+
+
+async def test_script_kwarg_op_override(squall: Squall) -> None:
+    done = await run(squall, "shelltest.argv", {"name": "bob", "flag": True, "kwarg_op": "-", "p_str": "x"})
+    assert done["result"]["stdout"] == ["-name=bob", "-flag", "x", "", "", "", "", ""]
+
+
+async def test_script_values_arrive_intact_as_single_arguments(squall: Squall, scratch: Path) -> None:
+    name = f"it's \"$(touch {scratch}/a)\" `touch {scratch}/b` ; rm -rf ~ *"
+    positional = "  spaced  \n  $HOME  'q' \"d\" "
+    done = await run(squall, "shelltest.argv", {"name": name, "p_str": positional, "p_arr": ["x y", "$(z)"]})
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["stdout"] == [f"--name={name}", positional, "", "x y,$(z)", "", "", ""]
+    assert list(scratch.iterdir()) == []
+
+
+async def test_runner_parameters_are_not_arguments(squall: Squall, scratch: Path) -> None:
+    done = await run(squall, "shelltest.argv", {"cwd": str(scratch), "timeout": 30, "env": {"X": "1"},
+                                                "debug": False})
+    assert done["result"]["stdout"] == ["", "", "", "", "", ""]
+
+
+async def test_script_without_shebang_or_executable_bit_runs(squall: Squall, home: Path) -> None:
+    done = await run(squall, "shelltest.plain", {"first": "one two"})
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["stdout"] == "ran with 1 args: one two"
+
+
+async def test_script_debug_traces_a_script_without_shebang(squall: Squall) -> None:
+    done = await run(squall, "shelltest.plain", {"first": "x", "debug": True})
+    assert done["status"] == "succeeded"
+    assert done["result"]["stdout"] == "ran with 1 args: x"
+    assert "+ printf" in done["result"]["stderr"]
+    done = await run(squall, "shelltest.plain", {"first": "x"})
+    assert done["result"]["stderr"] == ""
+
+
+async def test_script_exit_code_and_stderr(squall: Squall, home: Path) -> None:
+    script = home / "packs" / "shelltest" / "actions" / "plain.sh"
+    script.write_text("echo 'went wrong' >&2\nexit 4\n")
+    done = await run(squall, "shelltest.plain", {})
+    assert done["status"] == "failed"
+    assert done["result"]["return_code"] == 4
+    assert done["result"]["stderr"] == "went wrong"
