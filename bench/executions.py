@@ -30,7 +30,7 @@ from engine.runners.python import COMPAT_PATH  # noqa: E402
 
 def summary(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return statistics.median(ordered) * 1000, p99 * 1000
 
 
@@ -85,7 +85,8 @@ async def main(runs: int, throughput_n: int) -> None:
     print()
     print(f"python action vs fresh interpreter: {stats['baseline: fresh Python interpreter'][0] / py:.1f}x faster "
           f"(target >= 20x; median {py:.3f} ms, target <= 3 ms)")
-    print(f"core.local cmd=true vs spawning /bin/true: {stats['core.local cmd=true'][0] / stats['baseline: spawn /bin/true'][0]:.2f}x the time")
+    local_ratio = stats["core.local cmd=true"][0] / stats["baseline: spawn /bin/true"][0]
+    print(f"core.local cmd=true vs spawning /bin/true: {local_ratio:.2f}x the time")
 
     start = time.perf_counter()
     records = await asyncio.gather(*(ex.request("core.noop") for _ in range(throughput_n)))

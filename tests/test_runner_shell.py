@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.app import Squall
-from engine.runners.shell import render_shell_command
+from engine.runners.shell_template import render_shell_command
 from engine.templates import TemplateRenderError
 from tests.conftest import write
 
