@@ -80,8 +80,9 @@ class Squall:
         if method == "delete_value":
             return await self.db(ds.delete, args["name"])
         if method == "list_values":
-            items = await self.db(ds.list, prefix=args.get("prefix") or None, limit=args.get("limit"))
             offset = int(args.get("offset") or 0)
+            limit = int(args["limit"]) + offset if args.get("limit") else None  # the page after `offset`
+            items = await self.db(ds.list, prefix=args.get("prefix") or None, limit=limit)
             return items[offset:]
         raise ValueError(f"unknown action_service method {method!r}")
 

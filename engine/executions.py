@@ -184,7 +184,9 @@ class ExecutionService:
             "status": "requested",
             "parameters": {k: shown[k] for k in resolution.live},
             "spec": {"values": shown, "templates": resolution.templates,
-                     "supplied": [k for k in supplied if supplied[k] is not None]},
+                     "supplied": [k for k in supplied if supplied[k] is not None],
+                     "supplied_templates": {k: supplied[k] for k in resolution.templates
+                                            if supplied.get(k) is not None}},
             "sealed": self.keys.encrypt(json.dumps(sealed_values)) if sealed_values else None,
             "result": None,
             "context": context,
@@ -203,8 +205,17 @@ class ExecutionService:
         now = utcnow()
         runner_info = {"hostname": self.host, "pid": os.getpid()}
         transitions = [{"status": "scheduled", "timestamp": _iso(now)}, {"status": "running", "timestamp": _iso(now)}]
-        claimed = await self.db(self._claim, execution_id,
-                                {"status": "running", "runner_info": runner_info, "log": transitions})
+        claim = asyncio.ensure_future(
+            self.db(self._claim, execution_id, {"status": "running", "runner_info": runner_info, "log": transitions})
+        )
+        try:
+            claimed = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            # The database thread claims it all the same: record how it ended, never leave it `running`.
+            claimed = await claim
+            if claimed is not None:
+                await asyncio.shield(self._finish(claimed[0], self._interrupted(), []))
+            return
         if claimed is None:
             return  # canceled meanwhile, or claimed by another process
         record, prepared = claimed
@@ -219,14 +230,17 @@ class ExecutionService:
             else:
                 outcome = await runner.run(request)
         except asyncio.CancelledError:
-            closing = self.executor is not None and getattr(self.executor, "closing", False)
-            status = "abandoned" if closing else "canceled"
-            reason = "Squall shut down while it was running" if closing else "canceled by request"
-            await asyncio.shield(self._finish(record, RunOutcome(status, {"error": reason}), secrets))
+            await asyncio.shield(self._finish(record, self._interrupted(), secrets))
             return
         except Exception as exc:
             outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
         await self._finish(record, outcome, secrets)
+
+    def _interrupted(self) -> RunOutcome:
+        """How a run that was stopped midway ends: shut down with Squall, or canceled."""
+        if self.executor is not None and getattr(self.executor, "closing", False):
+            return RunOutcome("abandoned", {"error": "Squall shut down while it was running"})
+        return RunOutcome("canceled", {"error": "canceled by request"})
 
     def _claim(self, execution_id: str, fields: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
         """Claim a queued execution and build its run request, in one trip to the database thread."""
@@ -266,13 +280,25 @@ class ExecutionService:
 
     async def _finish(self, record: dict[str, Any], outcome: RunOutcome, secrets: list[str]) -> None:
         now = utcnow()
-        log_entries = [*(record.get("log") or []), {"status": outcome.status, "timestamp": _iso(now)}]
-        fields = {"status": outcome.status, "result": scrub(outcome.result, secrets), "end_timestamp": now,
-                  "log": log_entries}
-        updated = await self.db(self.db.store.update_execution, record["id"], fields, expect=("running", "canceling"))
-        if updated:
-            record.update(fields)
+        fields = {"status": outcome.status, "result": scrub(outcome.result, secrets), "end_timestamp": now}
+        entry = {"status": outcome.status, "timestamp": _iso(now)}
+        finished = await self.db(self._complete, record["id"], fields, entry, ("running", "canceling"))
+        if finished is not None:
+            record.update(finished)
             self._finished(record)
+
+    def _complete(self, execution_id: str, fields: dict[str, Any], entry: dict[str, Any],
+                  expect: tuple[str, ...]) -> dict[str, Any] | None:
+        """Finish an execution, appending to the log as stored now: a `canceling` another caller
+        recorded meanwhile stays in it (compare-and-set on the status, retried if it moved)."""
+        store = self.db.store
+        while True:
+            current = store.get_execution(execution_id)
+            if current is None or current["status"] not in expect:
+                return None
+            complete = {**fields, "log": [*(current.get("log") or []), entry]}
+            if store.update_execution(execution_id, complete, expect=(current["status"],)):
+                return {**current, **complete}
 
     # -- reading -------------------------------------------------------------------------
     async def get(self, execution_id: str) -> dict[str, Any]:
@@ -358,11 +384,21 @@ class ExecutionService:
                     context: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A new execution of the same action with the original parameters, overridden by `parameters`."""
         record = await self.db(self._find, execution_id)
-        supplied = record["spec"].get("supplied", list(record["parameters"]))
-        original = {k: v for k, v in record["spec"]["values"].items() if k in supplied}
+        spec = record["spec"]
+        supplied = spec.get("supplied", list(record["parameters"]))
+        original = {k: v for k, v in spec["values"].items() if k in supplied}
         if record.get("sealed"):
             original.update({k: v for k, v in json.loads(self.keys.decrypt(record["sealed"])).items()
                              if k in original})
+        # A supplied template is supplied again, not what it rendered to: the rendering is stale,
+        # and a `cmd` must get values through the shell runner's quoting, never pasted into its text.
+        raw_templates = spec.get("supplied_templates") or {}
+        templates = spec.get("templates") or {}
+        for name in original:
+            if name in raw_templates:
+                original[name] = raw_templates[name]
+            elif name in templates:
+                original[name] = templates[name]
         merged = {**original, **(parameters or {})}
         new_context = {**record["context"], **(context or {}), "re-run": {"ref": record["id"]}}
         new_context.pop("pack", None)

@@ -80,6 +80,7 @@ def _update_statement(keys: tuple[str, ...], guarded: bool) -> sa.Update:
 
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_MIGRATION_LOCK = 0x5371_7561_6C6C  # "Squall": the advisory lock migrations take on PostgreSQL
 _DATETIME_COLUMNS = ("start_timestamp", "end_timestamp", "expire_at", "updated_at")
 
 
@@ -88,10 +89,13 @@ def utcnow() -> datetime:
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every timestamp Squall stores is UTC."""
-    if value is None or value.tzinfo is not None:
+    """Every timestamp Squall stores is UTC: SQLite hands back naive datetimes, and PostgreSQL
+    hands back the server's (or database's) time zone, which need not be UTC."""
+    if value is None:
         return value
-    return value.replace(tzinfo=UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 def _row(row: sa.Row[Any] | None) -> dict[str, Any] | None:
@@ -106,11 +110,12 @@ def _row(row: sa.Row[Any] | None) -> dict[str, Any] | None:
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # First, so that even switching a new file to WAL waits for another process instead of failing.
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA journal_mode=WAL")
     # WAL with synchronous=NORMAL survives a process crash without losing commits; only an OS crash
     # or power loss can lose the last transactions, the trade StackStorm users expect of an embedded DB.
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -143,9 +148,33 @@ def migrate(engine: Engine) -> None:
         return
     from alembic import command
 
-    with engine.begin() as connection:
+    def upgrade(connection: sa.Connection) -> None:
+        # Look again under the lock: another process may have migrated while we waited for it.
+        if MigrationContext.configure(connection).get_current_revision() == head:
+            return
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+    # Several processes (`squall serve`, a CLI command) may open a new database at once: one
+    # migrates while the others wait, instead of all creating the same tables and failing.
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            raw = connection.connection.dbapi_connection
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # SQLite's write lock, waits busy_timeout
+            try:
+                upgrade(connection)
+            except BaseException:
+                if raw.in_transaction:
+                    connection.exec_driver_sql("ROLLBACK")
+                raise
+            if raw.in_transaction:  # Alembic commits its own transaction, which is this one
+                connection.exec_driver_sql("COMMIT")
+        return
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+        upgrade(connection)
 
 
 class Store:

@@ -1,0 +1,434 @@
+"""The key ring (AES-256-GCM key file) and the key-value datastore: scopes, TTL, encryption at rest."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from bot.app import Squall
+from bot.config import Config
+from engine import datastore as datastore_module
+from engine.crypto import CryptoError, KeyRing
+from engine.datastore import Datastore, DatastoreError, normalise_scope
+from engine.storage import Store, kv_pairs
+from tests.conftest import write
+
+
+@pytest.fixture
+def keyring(tmp_path: Path) -> KeyRing:
+    return KeyRing(tmp_path / "keys" / "datastore.key")
+
+
+@pytest.fixture
+def store(database_url: str):
+    opened = Store.open(database_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def ds(store: Store, keyring: KeyRing) -> Datastore:
+    return Datastore(store, keyring)
+
+
+def _raw_row(store: Store, scope: str, name: str) -> dict | None:
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(kv_pairs).where(kv_pairs.c.scope == scope, kv_pairs.c.name == name)).first()
+    return dict(row._mapping) if row else None
+
+
+# -- crypto ---------------------------------------------------------------------------------------
+
+def test_key_file_is_created_on_first_use_with_mode_0600(keyring: KeyRing) -> None:
+    assert not keyring.path.exists()
+    token = keyring.encrypt("hello")
+    assert keyring.path.is_file()
+    assert stat.S_IMODE(keyring.path.stat().st_mode) == 0o600
+    document = json.loads(keyring.path.read_text())
+    assert len(base64.urlsafe_b64decode(document["aes256_gcm"])) == 32
+    assert token != "hello" and "hello" not in token
+
+
+def test_key_file_is_0600_even_with_a_permissive_umask(tmp_path: Path) -> None:
+    previous = os.umask(0)
+    try:
+        ring = KeyRing(tmp_path / "k.json")
+        ring.encrypt("x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(ring.path.stat().st_mode) == 0o600
+
+
+def test_encrypt_decrypt_round_trip(keyring: KeyRing) -> None:
+    for text in ("s3cr3t", "", "ünïcødé ✓ " * 50, '{"json": [1, 2]}'):
+        token = keyring.encrypt(text)
+        assert keyring.decrypt(token) == text
+    # Random nonces: the same plaintext never gives the same ciphertext.
+    assert keyring.encrypt("same") != keyring.encrypt("same")
+    # A second KeyRing on the same file reads the same key.
+    assert KeyRing(keyring.path).decrypt(keyring.encrypt("shared")) == "shared"
+
+
+def test_decrypt_with_another_key_file_names_the_path(tmp_path: Path) -> None:
+    one = KeyRing(tmp_path / "one.key")
+    other = KeyRing(tmp_path / "other.key")
+    token = one.encrypt("for one only")
+    other.encrypt("creates the other key")
+    with pytest.raises(CryptoError) as caught:
+        other.decrypt(token)
+    assert str(other.path) in str(caught.value)
+
+
+def test_tampered_or_garbage_ciphertext_is_refused(keyring: KeyRing) -> None:
+    token = keyring.encrypt("integrity")
+    raw = bytearray(base64.urlsafe_b64decode(token))
+    raw[-1] ^= 0x01
+    tampered = base64.urlsafe_b64encode(bytes(raw)).decode()
+    for bad in (tampered, "not base64 at all!", "", base64.urlsafe_b64encode(b"\x02" + bytes(40)).decode(),
+                "ünïcødé"):
+        with pytest.raises(CryptoError) as caught:
+            keyring.decrypt(bad)
+        assert str(keyring.path) in str(caught.value)
+
+
+@pytest.mark.parametrize("content", [
+    "",
+    "not json",
+    "[]",
+    '"a string"',
+    '{"version": 1}',
+    '{"version": 1, "aes256_gcm": "%%%%"}',
+    '{"version": 1, "aes256_gcm": 12345}',
+    json.dumps({"version": 1, "aes256_gcm": base64.urlsafe_b64encode(b"short key").decode()}),
+])
+def test_malformed_key_file_raises_naming_the_path(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "bad.key"
+    path.write_text(content)
+    ring = KeyRing(path)
+    with pytest.raises(CryptoError) as caught:
+        ring.encrypt("must not be stored in plaintext")
+    assert str(path) in str(caught.value)
+    with pytest.raises(CryptoError) as caught:
+        ring.decrypt("AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+    assert str(path) in str(caught.value)
+    # The broken file is left for the operator to look at, never replaced by a new key.
+    assert path.read_text() == content
+
+
+def test_malformed_key_file_makes_datastore_refuse_instead_of_storing_plaintext(tmp_path: Path) -> None:
+    path = tmp_path / "bad.key"
+    path.write_bytes(b"\xff\xfe garbage")
+    store = Store.open(f"sqlite:///{tmp_path / 'kv.db'}")
+    try:
+        ds = Datastore(store, KeyRing(path))
+        with pytest.raises(CryptoError) as caught:
+            ds.set("pw", "plaintext-secret", encrypt=True)
+        assert str(path) in str(caught.value)
+        assert _raw_row(store, "system", "pw") is None
+    finally:
+        store.close()
+
+
+def test_decrypt_without_the_key_file_does_not_invent_a_new_key(tmp_path: Path) -> None:
+    original = KeyRing(tmp_path / "first.key")
+    token = original.encrypt("sealed under the first key")
+    missing = KeyRing(tmp_path / "moved" / "first.key")
+    with pytest.raises(CryptoError) as caught:
+        missing.decrypt(token)
+    assert str(missing.path) in str(caught.value)
+    assert not missing.path.exists()
+
+
+def _race_to_create(path: Path, count: int) -> tuple[dict[int, str], list[BaseException]]:
+    rings = [KeyRing(path) for _ in range(count)]
+    barrier = threading.Barrier(count)
+    tokens: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def use(n: int, ring: KeyRing) -> None:
+        try:
+            barrier.wait()
+            tokens[n] = ring.encrypt(f"value {n}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use, args=(n, ring)) for n, ring in enumerate(rings)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return tokens, errors
+
+
+def test_key_rings_racing_to_create_the_key_agree_on_one_key(tmp_path: Path) -> None:
+    for attempt in range(5):
+        path = tmp_path / f"race{attempt}.key"
+        tokens, errors = _race_to_create(path, 8)
+        assert errors == []
+        reader = KeyRing(path)
+        assert {n: reader.decrypt(token) for n, token in tokens.items()} == {n: f"value {n}" for n in range(8)}
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# -- datastore ----------------------------------------------------------------------------------
+
+def test_scope_names_and_bad_scope() -> None:
+    assert normalise_scope(None) == "system"
+    assert normalise_scope("system") == "system"
+    assert normalise_scope("st2kv.system") == "system"
+    assert normalise_scope("user") == "user"
+    assert normalise_scope("st2kv.user") == "user"
+    with pytest.raises(DatastoreError, match="unknown scope 'galaxy'"):
+        normalise_scope("galaxy")
+
+
+def test_bad_scope_is_refused_by_every_operation(ds: Datastore) -> None:
+    with pytest.raises(DatastoreError, match="scope"):
+        ds.set("k", "v", scope="global")
+    with pytest.raises(DatastoreError, match="scope"):
+        ds.get("k", scope="global")
+    with pytest.raises(DatastoreError, match="scope"):
+        ds.delete("k", scope="global")
+    with pytest.raises(DatastoreError, match="scope"):
+        ds.list(scope="global")
+    assert ds.list(scope="all") == []
+
+
+def test_system_scope_set_get_list_delete(ds: Datastore, store: Store) -> None:
+    shown = ds.set("greeting", "hello", description="a friendly word")
+    assert shown["name"] == "greeting"
+    assert shown["value"] == "hello"
+    assert shown["scope"] == "st2kv.system"
+    assert shown["secret"] is False and shown["encrypted"] is False
+    assert shown["user"] is None
+    assert shown["expire_timestamp"] is None
+
+    got = ds.get("greeting")
+    assert got["value"] == "hello"
+    assert got["description"] == "a friendly word"
+    assert ds.get("greeting", scope="st2kv.system")["value"] == "hello"
+    assert ds.get("greeting", scope="user", user="ann") is None
+    assert ds.get("absent") is None
+
+    ds.set("greeting", "hi again")
+    assert ds.get("greeting")["value"] == "hi again"
+    ds.set("gremlin", "g")
+    ds.set("other", "o")
+    assert [r["name"] for r in ds.list()] == ["greeting", "gremlin", "other"]
+    assert [r["name"] for r in ds.list(prefix="gre")] == ["greeting", "gremlin"]
+    assert [r["name"] for r in ds.list(limit=1)] == ["greeting"]
+
+    assert ds.delete("greeting") is True
+    assert ds.delete("greeting") is False
+    assert ds.get("greeting") is None
+    assert _raw_row(store, "system", "greeting") is None
+
+
+def test_values_are_stored_as_strings(ds: Datastore, store: Store) -> None:
+    ds.set("count", 5)
+    ds.set("ratio", 2.5)
+    ds.set("flag", True)
+    assert ds.get("count")["value"] == "5"
+    assert ds.get("ratio")["value"] == "2.5"
+    assert ds.get("flag")["value"] == "True"
+    assert _raw_row(store, "system", "count")["value"] == "5"
+    with pytest.raises(DatastoreError):
+        ds.set("", "no name")
+
+
+def test_user_scope_keys_are_stored_per_user(ds: Datastore, store: Store) -> None:
+    ds.set("token", "ann's", scope="user", user="ann")
+    ds.set("token", "bob's", scope="st2kv.user", user="bob")
+    ds.set("theme", "dark", scope="user", user="ann")
+    ds.set("token", "system's")
+
+    row = _raw_row(store, "user", "ann:token")
+    assert row is not None and row["value"] == "ann's"
+    assert _raw_row(store, "user", "bob:token")["value"] == "bob's"
+    assert _raw_row(store, "user", "token") is None
+
+    ann = ds.get("token", scope="user", user="ann")
+    assert (ann["name"], ann["user"], ann["value"], ann["scope"]) == ("token", "ann", "ann's", "st2kv.user")
+    assert ds.get("token", scope="user", user="bob")["value"] == "bob's"
+    assert ds.get("token")["value"] == "system's"
+    assert ds.get("theme", scope="user", user="bob") is None
+
+    listed = ds.list(scope="user", user="ann")
+    assert [(r["name"], r["user"]) for r in listed] == [("theme", "ann"), ("token", "ann")]
+    assert [r["name"] for r in ds.list(scope="user", user="ann", prefix="to")] == ["token"]
+    assert [(r["name"], r["user"]) for r in ds.list(scope="user", user="bob")] == [("token", "bob")]
+    assert ds.list(scope="user", user="carol") == []
+
+    with pytest.raises(DatastoreError, match="user"):
+        ds.set("token", "x", scope="user")
+    with pytest.raises(DatastoreError, match="user"):
+        ds.get("token", scope="user")
+
+    assert ds.delete("token", scope="user", user="ann") is True
+    assert ds.get("token", scope="user", user="ann") is None
+    assert ds.get("token", scope="user", user="bob")["value"] == "bob's"
+
+
+def test_user_prefix_does_not_leak_into_a_longer_user_name(ds: Datastore) -> None:
+    ds.set("k", "short", scope="user", user="al")
+    ds.set("k", "long", scope="user", user="alice")
+    assert [r["value"] for r in ds.list(scope="user", user="al")] == ["short"]
+
+
+def test_listing_all_scopes_for_a_user_shows_system_keys_and_only_their_own(ds: Datastore) -> None:
+    ds.set("shared", "s")
+    ds.set("mine", "a", scope="user", user="ann")
+    ds.set("mine", "b", scope="user", user="bob")
+    listed = ds.list(scope="all", user="ann")
+    assert [(r["scope"], r["name"], r["user"], r["value"]) for r in listed] == [
+        ("st2kv.system", "shared", None, "s"), ("st2kv.user", "mine", "ann", "a")]
+    # Without a user (an administrator's view) every key is listed.
+    assert len(ds.list(scope="all")) == 3
+
+
+def test_encrypted_values_are_ciphertext_at_rest_and_masked_unless_decrypted(
+    ds: Datastore, store: Store, keyring: KeyRing
+) -> None:
+    shown = ds.set("api_key", "sk-very-secret-123", encrypt=True)
+    assert shown["secret"] is True and shown["encrypted"] is True
+    assert shown["value"] != "sk-very-secret-123"
+
+    row = _raw_row(store, "system", "api_key")
+    assert row["secret"] is True or row["secret"] == 1
+    assert "sk-very-secret-123" not in row["value"]
+    assert keyring.decrypt(row["value"]) == "sk-very-secret-123"
+
+    hidden = ds.get("api_key")
+    assert hidden["value"] == row["value"]
+    assert hidden["encrypted"] is True
+    revealed = ds.get("api_key", decrypt=True)
+    assert revealed["value"] == "sk-very-secret-123"
+    assert revealed["encrypted"] is False and revealed["secret"] is True
+
+    assert [r["value"] for r in ds.list()] == [row["value"]]
+    assert [r["value"] for r in ds.list(decrypt=True)] == ["sk-very-secret-123"]
+    # Templates see the ciphertext (decrypt_kv decrypts it).
+    assert ds.lookup("system", "api_key") == row["value"]
+
+    ds.set("mine", "user-secret", scope="user", user="ann", encrypt=True)
+    assert "user-secret" not in _raw_row(store, "user", "ann:mine")["value"]
+    assert ds.get("mine", scope="user", user="ann", decrypt=True)["value"] == "user-secret"
+
+
+def test_encrypted_value_cannot_be_read_with_another_key(ds: Datastore, store: Store, tmp_path: Path) -> None:
+    ds.set("pw", "hunter22", encrypt=True)
+    other = Datastore(store, KeyRing(tmp_path / "other.key"))
+    assert other.get("pw")["encrypted"] is True
+    with pytest.raises(CryptoError) as caught:
+        other.get("pw", decrypt=True)
+    assert str(tmp_path / "other.key") in str(caught.value)
+
+
+def test_ttl_expiry_hides_at_once_and_purge_deletes(ds: Datastore, store: Store, monkeypatch) -> None:
+    before = datetime.now(UTC)
+    shown = ds.set("temp", "t", ttl=60)
+    ds.set("perm", "p")
+    expires = datetime.fromisoformat(shown["expire_timestamp"])
+    assert before + timedelta(seconds=60) <= expires <= datetime.now(UTC) + timedelta(seconds=60)
+    assert ds.get("temp")["value"] == "t"
+    assert ds.get("temp")["expire_timestamp"] == shown["expire_timestamp"]
+
+    assert ds.purge_expired() == 0
+    future = expires + timedelta(seconds=1)
+    monkeypatch.setattr(datastore_module, "utcnow", lambda: future)
+    assert ds.get("temp") is None
+    assert [r["name"] for r in ds.list()] == ["perm"]
+    assert _raw_row(store, "system", "temp") is not None  # hidden before it is purged
+    assert ds.purge_expired() == 1
+    assert _raw_row(store, "system", "temp") is None
+    assert ds.get("perm")["value"] == "p"
+
+
+def test_setting_an_expired_key_again_revives_it_without_ttl(ds: Datastore, monkeypatch) -> None:
+    ds.set("k", "old", ttl=5)
+    later = datetime.now(UTC) + timedelta(seconds=10)
+    monkeypatch.setattr(datastore_module, "utcnow", lambda: later)
+    assert ds.get("k") is None
+    ds.set("k", "new")
+    got = ds.get("k")
+    assert got["value"] == "new"
+    assert got["expire_timestamp"] is None
+
+
+@pytest.mark.parametrize("ttl", [0, -5])
+def test_ttl_must_be_positive(ds: Datastore, ttl: int) -> None:
+    with pytest.raises(DatastoreError, match="ttl"):
+        ds.set("k", "v", ttl=ttl)
+    assert ds.get("k") is None
+
+
+# -- from Python actions ----------------------------------------------------------------------------
+
+async def test_python_action_service_pages_through_values(home: Path, config: Config) -> None:
+    pack = home / "packs" / "kvpy"
+    write(pack / "pack.yaml", """
+        name: kvpy
+        description: datastore from a Python action
+        version: 0.1.0
+        author: tests
+    """)
+    write(pack / "actions" / "lister.yaml", """
+        name: lister
+        runner_type: python-script
+        entry_point: lister.py
+        parameters:
+          limit:
+            type: integer
+          offset:
+            type: integer
+            default: 0
+    """)
+    write(pack / "actions" / "lister.py", """
+        from st2common.runners.base_action import Action
+
+
+        class Lister(Action):
+            def run(self, limit=None, offset=0):
+                for n in range(5):
+                    self.action_service.set_value("k%d" % n, n)
+                secret = self.action_service.set_value("pw", "hidden-value", encrypt=True)
+                values = self.action_service.list_values(limit=limit, offset=offset)
+                return {
+                    "names": [kv.name for kv in values],
+                    "pw": self.action_service.get_value("pw", decrypt=True),
+                    "pw_raw": self.action_service.get_value("pw"),
+                    "set": secret,
+                }
+    """)
+    app = await Squall.start(config)
+    try:
+        everything = await app.executions.wait((await app.executions.request("kvpy.lister"))["id"], timeout=60)
+        assert everything["status"] == "succeeded", everything["result"]
+        names = everything["result"]["result"]["names"]
+        assert len(names) == 6
+        assert everything["result"]["result"]["pw"] == "hidden-value"
+        assert everything["result"]["result"]["pw_raw"] != "hidden-value"
+
+        page = await app.executions.request("kvpy.lister", {"limit": 2, "offset": 2})
+        page = await app.executions.wait(page["id"], timeout=60)
+        assert page["result"]["result"]["names"] == names[2:4]
+        tail = await app.executions.request("kvpy.lister", {"offset": 4})
+        tail = await app.executions.wait(tail["id"], timeout=60)
+        assert tail["result"]["result"]["names"] == names[4:]
+
+        stored = await app.db(app.datastore.get, "kvpy.Lister:k3")
+        assert stored["value"] == "3"
+        assert "hidden-value" not in (await app.db(app.datastore.get, "kvpy.Lister:pw"))["value"]
+    finally:
+        await app.close()

@@ -1,0 +1,508 @@
+"""Storage on SQLite and PostgreSQL: migrations, execution rows, compare-and-set claims, key-value pairs."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from bot.app import Squall
+from bot.config import load_config
+from engine import storage
+from engine.storage import Database, Store, utcnow
+from tests.conftest import REPO, write
+
+HEAD = "0001"
+
+
+def _execution(execution_id: str, **fields: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": execution_id,
+        "action": "core.noop",
+        "runner": "noop",
+        "status": "requested",
+        "parameters": {},
+        "spec": {"values": {}, "templates": {}},
+        "sealed": None,
+        "result": None,
+        "context": {"user": "tester", "pack": "core"},
+        "log": [],
+        "parent": None,
+        "runner_info": None,
+        "start_timestamp": utcnow(),
+        "end_timestamp": None,
+    }
+    record.update(fields)
+    return record
+
+
+def _kv(name: str, value: str, *, scope: str = "system", expire_at: Any = None, secret: bool = False) -> dict:
+    return {"scope": scope, "name": name, "value": value, "secret": secret, "description": None,
+            "expire_at": expire_at, "updated_at": utcnow()}
+
+
+@pytest.fixture
+def store(database_url: str):
+    opened = Store.open(database_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+# -- migrations ---------------------------------------------------------------------------------
+
+def test_open_migrates_an_empty_database_to_head(database_url: str) -> None:
+    engine = storage.create_engine(database_url)
+    try:
+        assert sa.inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+
+    store = Store.open(database_url)
+    try:
+        inspector = sa.inspect(store.engine)
+        assert {"executions", "kv_pairs", "alembic_version"} <= set(inspector.get_table_names())
+        assert {c["name"] for c in inspector.get_columns("executions")} == {c.name for c in storage.executions.c}
+        assert {c["name"] for c in inspector.get_columns("kv_pairs")} == {c.name for c in storage.kv_pairs.c}
+        indexes = {i["name"] for i in inspector.get_indexes("executions")}
+        assert {"ix_executions_status", "ix_executions_action_start", "ix_executions_start",
+                "ix_executions_parent"} <= indexes
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [HEAD]
+        store.insert_execution(_execution("keepme"))
+        store.kv_put(_kv("kept", "yes"))
+    finally:
+        store.close()
+
+
+def test_opening_a_migrated_database_again_is_a_no_op(database_url: str, monkeypatch) -> None:
+    first = Store.open(database_url)
+    first.insert_execution(_execution("survivor"))
+    first.kv_put(_kv("kept", "yes"))
+    first.close()
+
+    from alembic import command
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("upgrade must not run on a database already at head")
+
+    monkeypatch.setattr(command, "upgrade", refuse)
+    again = Store.open(database_url)
+    try:
+        assert again.get_execution("survivor")["action"] == "core.noop"
+        assert again.kv_get("system", "kept", utcnow())["value"] == "yes"
+        with again.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [HEAD]
+    finally:
+        again.close()
+
+
+_OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from engine.storage import Store
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.005)
+Store.open(sys.argv[1]).close()
+"""
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(database_url: str, tmp_path: Path) -> None:
+    """`squall serve` and a CLI command may both be the first to open a new database."""
+    go = tmp_path / "go"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, database_url, str(go)], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    time.sleep(1.0)  # let them all import and wait at the line: not an assertion about time
+    go.touch()
+    failures = []
+    for process in processes:
+        try:
+            _out, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _out, err = process.communicate()
+            failures.append("hung: " + err[-2000:])
+            continue
+        if process.returncode != 0:
+            failures.append(err[-2000:])
+    assert failures == []
+    store = Store.open(database_url)
+    try:
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [HEAD]
+        store.insert_execution(_execution("after-race"))
+        assert store.get_execution("after-race") is not None
+    finally:
+        store.close()
+
+
+def test_sqlite_database_is_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "squall.db"
+    store = Store.open(f"sqlite:///{path}")
+    try:
+        assert store.is_sqlite
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        store.close()
+    # WAL is a property of the file: a plain sqlite3 connection sees it too.
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        raw.close()
+
+
+# -- executions -----------------------------------------------------------------------------------
+
+def test_insert_and_get_execution_round_trips_json_and_utc_timestamps(store: Store) -> None:
+    start = utcnow()
+    record = _execution(
+        "abc123", parameters={"cmd": "echo hi", "n": 3}, context={"user": "ann", "pack": "core"},
+        runner_info={"hostname": "h", "pid": 42}, start_timestamp=start,
+    )
+    store.insert_execution(record)
+    got = store.get_execution("abc123")
+    assert got is not None
+    assert got["parameters"] == {"cmd": "echo hi", "n": 3}
+    assert got["context"] == {"user": "ann", "pack": "core"}
+    assert got["runner_info"] == {"hostname": "h", "pid": 42}
+    assert got["start_timestamp"] == start
+    assert got["start_timestamp"].utcoffset() == timedelta(0)
+    assert got["end_timestamp"] is None
+    assert store.get_execution("nope") is None
+
+
+@pytest.mark.postgres
+def test_timestamps_read_back_in_utc_whatever_the_server_time_zone(postgres_url: str) -> None:
+    with sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://")).connect() as conn:
+        name = postgres_url.rsplit("/", 1)[1]
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" SET timezone TO \'America/New_York\''))
+        conn.commit()
+    store = Store.open(postgres_url)
+    try:
+        start = utcnow()
+        store.insert_execution(_execution("tz", start_timestamp=start))
+        store.kv_put(_kv("tz", "v", expire_at=start + timedelta(hours=1)))
+        got = store.get_execution("tz")["start_timestamp"]
+        assert got == start
+        assert got.utcoffset() == timedelta(0)
+        assert store.list_executions()[0]["start_timestamp"].utcoffset() == timedelta(0)
+        assert store.kv_get("system", "tz", start)["expire_at"].utcoffset() == timedelta(0)
+    finally:
+        store.close()
+
+
+def test_list_executions_filters_and_orders_newest_first(store: Store) -> None:
+    base = utcnow()
+    rows = [
+        ("e1", "core.noop", "succeeded", 1),
+        ("e2", "core.local", "failed", 2),
+        ("e3", "core.noop", "running", 3),
+        ("e4", "core.local", "succeeded", 4),
+        ("e5", "core.noop", "succeeded", 5),
+    ]
+    for execution_id, action, status, minutes in rows:
+        store.insert_execution(_execution(execution_id, action=action, status=status,
+                                          start_timestamp=base + timedelta(minutes=minutes)))
+    store.insert_execution(_execution("child", parent="e3", start_timestamp=base))
+
+    assert [r["id"] for r in store.list_executions()] == ["e5", "e4", "e3", "e2", "e1", "child"]
+    assert [r["id"] for r in store.list_executions(action="core.noop")] == ["e5", "e3", "e1", "child"]
+    assert [r["id"] for r in store.list_executions(status="succeeded")] == ["e5", "e4", "e1"]
+    assert [r["id"] for r in store.list_executions(status=["failed", "running"])] == ["e3", "e2"]
+    assert [r["id"] for r in store.list_executions(action="core.local", status="succeeded")] == ["e4"]
+    assert [r["id"] for r in store.list_executions(limit=2)] == ["e5", "e4"]
+    assert [r["id"] for r in store.list_executions(parent="e3")] == ["child"]
+    assert store.list_executions(action="core.nothing") == []
+
+
+def test_claim_execution_succeeds_once(store: Store) -> None:
+    store.insert_execution(_execution("claimme"))
+    fields = {"status": "running", "runner_info": {"hostname": "a", "pid": 1}}
+    claimed = store.claim_execution("claimme", fields, ("requested", "scheduled"))
+    assert claimed is not None
+    assert claimed["id"] == "claimme"
+    assert claimed["status"] == "running"
+    assert claimed["runner_info"] == {"hostname": "a", "pid": 1}
+    assert claimed["start_timestamp"].tzinfo is not None
+
+    second = store.claim_execution("claimme", {"status": "running", "runner_info": {"hostname": "b", "pid": 2}},
+                                   ("requested", "scheduled"))
+    assert second is None
+    assert store.get_execution("claimme")["runner_info"] == {"hostname": "a", "pid": 1}
+    assert store.claim_execution("missing", fields, ("requested",)) is None
+
+
+def test_concurrent_claims_have_exactly_one_winner(store: Store) -> None:
+    store.insert_execution(_execution("race"))
+    barrier = threading.Barrier(6)
+    winners: list[int] = []
+    errors: list[BaseException] = []
+
+    def claim(n: int) -> None:
+        try:
+            barrier.wait()
+            if store.claim_execution("race", {"status": "running", "runner_info": {"pid": n}}, ("requested",)):
+                winners.append(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(winners) == 1
+    assert store.get_execution("race")["runner_info"] == {"pid": winners[0]}
+
+
+def test_update_execution_with_expect_guards(store: Store) -> None:
+    store.insert_execution(_execution("guarded"))
+    assert store.update_execution("guarded", {"status": "canceled"}, expect=("running",)) is False
+    assert store.get_execution("guarded")["status"] == "requested"
+    assert store.update_execution("guarded", {"status": "canceled"}, expect=("requested", "scheduled")) is True
+    assert store.get_execution("guarded")["status"] == "canceled"
+    # Without expect the update is unconditional.
+    assert store.update_execution("guarded", {"result": {"x": 1}}) is True
+    assert store.get_execution("guarded")["result"] == {"x": 1}
+    assert store.update_execution("absent", {"status": "failed"}) is False
+
+
+def test_find_executions_by_id_prefix(store: Store) -> None:
+    for execution_id in ("aaa111", "aaa222", "abc_01", "abcx01", "bbb000"):
+        store.insert_execution(_execution(execution_id))
+    assert sorted(store.find_executions("aaa")) == ["aaa111", "aaa222"]
+    assert store.find_executions("aaa1") == ["aaa111"]
+    assert store.find_executions("bbb000") == ["bbb000"]
+    assert store.find_executions("zzz") == []
+    # `_` and `%` are literal characters, not LIKE wildcards.
+    assert store.find_executions("abc_") == ["abc_01"]
+    assert store.find_executions("a%") == []
+    assert len(store.find_executions("a", limit=2)) == 2
+
+
+def test_execution_ids_with_status(store: Store) -> None:
+    base = utcnow()
+    store.insert_execution(_execution("r1", status="requested", start_timestamp=base))
+    store.insert_execution(_execution("x1", status="running", runner_info={"hostname": "h", "pid": 5},
+                                      start_timestamp=base + timedelta(seconds=1)))
+    store.insert_execution(_execution("s1", status="succeeded"))
+    rows = store.execution_ids_with_status(("requested", "running"))
+    assert [(r["id"], r["status"]) for r in rows] == [("r1", "requested"), ("x1", "running")]
+    assert rows[1]["runner_info"] == {"hostname": "h", "pid": 5}
+
+
+# -- key-value pairs ------------------------------------------------------------------------------
+
+def test_kv_put_get_list_delete(store: Store) -> None:
+    now = utcnow()
+    assert store.kv_put(_kv("alpha", "1")) is None
+    store.kv_put(_kv("beta", "2"))
+    store.kv_put(_kv("ann:gamma", "3", scope="user"))
+    assert store.kv_get("system", "alpha", now)["value"] == "1"
+    assert store.kv_get("user", "alpha", now) is None
+    assert store.kv_get("user", "ann:gamma", now)["value"] == "3"
+
+    previous = store.kv_put(_kv("alpha", "one"))
+    assert previous is not None and previous["value"] == "1"
+    assert store.kv_get("system", "alpha", now)["value"] == "one"
+
+    assert [(r["scope"], r["name"]) for r in store.kv_list(None, None, now)] == [
+        ("system", "alpha"), ("system", "beta"), ("user", "ann:gamma")]
+    assert [r["name"] for r in store.kv_list("system", None, now)] == ["alpha", "beta"]
+    assert [r["name"] for r in store.kv_list("system", "al", now)] == ["alpha"]
+    assert [r["name"] for r in store.kv_list(None, None, now, limit=1)] == ["alpha"]
+
+    assert store.kv_delete("system", "alpha") is True
+    assert store.kv_delete("system", "alpha") is False
+    assert store.kv_get("system", "alpha", now) is None
+    assert [r["name"] for r in store.kv_list("system", None, now)] == ["beta"]
+
+
+def test_kv_list_prefix_is_literal(store: Store) -> None:
+    now = utcnow()
+    store.kv_put(_kv("a_b", "1"))
+    store.kv_put(_kv("axb", "2"))
+    store.kv_put(_kv("a%c", "3"))
+    assert [r["name"] for r in store.kv_list("system", "a_", now)] == ["a_b"]
+    assert [r["name"] for r in store.kv_list("system", "a%", now)] == ["a%c"]
+
+
+def test_expired_key_is_invisible_at_once_and_purged(store: Store) -> None:
+    now = utcnow()
+    store.kv_put(_kv("fresh", "f", expire_at=now + timedelta(hours=1)))
+    store.kv_put(_kv("stale", "s", expire_at=now - timedelta(seconds=1)))
+    store.kv_put(_kv("forever", "x"))
+
+    assert store.kv_get("system", "stale", now) is None
+    assert store.kv_get("system", "fresh", now)["value"] == "f"
+    assert store.kv_get("system", "fresh", now)["expire_at"] == now + timedelta(hours=1)
+    assert [r["name"] for r in store.kv_list("system", None, now)] == ["forever", "fresh"]
+    # The moment a key's time is up it is gone, before any purge runs.
+    later = now + timedelta(hours=2)
+    assert store.kv_get("system", "fresh", later) is None
+    assert [r["name"] for r in store.kv_list(None, None, later)] == ["forever"]
+
+    assert store.kv_purge_expired(now) == 1
+    with store.engine.connect() as conn:
+        names = conn.execute(sa.select(storage.kv_pairs.c.name).order_by(storage.kv_pairs.c.name)).scalars().all()
+    assert names == ["forever", "fresh"]
+    assert store.kv_purge_expired(later) == 1
+    assert store.kv_purge_expired(later) == 0
+
+
+def test_kv_put_over_an_expired_key_reports_no_previous_value(store: Store) -> None:
+    now = utcnow()
+    store.kv_put(_kv("k", "old", expire_at=now - timedelta(seconds=5)))
+    assert store.kv_put(_kv("k", "new")) is None
+    got = store.kv_get("system", "k", utcnow())
+    assert got["value"] == "new"
+    assert got["expire_at"] is None
+
+
+def test_concurrent_kv_puts_of_one_new_key_all_succeed(store: Store) -> None:
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def put(n: int) -> None:
+        try:
+            barrier.wait()
+            store.kv_put(_kv("contested", str(n)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    for _round in range(3):
+        store.kv_delete("system", "contested")
+        threads = [threading.Thread(target=put, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert store.kv_get("system", "contested", utcnow())["value"] in {str(n) for n in range(8)}
+
+
+async def test_database_runs_store_calls_off_the_event_loop_thread(store: Store) -> None:
+    db = Database(store)
+    try:
+        main = threading.get_ident()
+        ident = await db(threading.get_ident)
+        assert ident != main
+        store_result = await db(store.kv_put, _kv("via-db", "v"))
+        assert store_result is None
+        got = await db(store.kv_get, "system", "via-db", now=utcnow())
+        assert got["value"] == "v"
+    finally:
+        db.close()
+
+
+async def test_database_batches_isolate_a_failing_call(store: Store) -> None:
+    """Calls that share one group commit: one failing does not undo or fail the others."""
+    db = Database(store)
+    try:
+        store.insert_execution(_execution("taken"))
+
+        def boom() -> None:
+            raise ValueError("this call fails on its own")
+
+        calls = []
+        for n in range(30):
+            if n % 10 == 3:
+                calls.append(db(store.insert_execution, _execution("taken")))  # duplicate primary key
+            elif n % 10 == 7:
+                calls.append(db(boom))
+            else:
+                calls.append(db(store.insert_execution, _execution(f"ok{n:02d}")))
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        for n, outcome in enumerate(outcomes):
+            if n % 10 == 3:
+                assert isinstance(outcome, sa.exc.IntegrityError), (n, outcome)
+            elif n % 10 == 7:
+                assert isinstance(outcome, ValueError), (n, outcome)
+            else:
+                assert outcome is None, (n, outcome)
+        expected = {f"ok{n:02d}" for n in range(30) if n % 10 not in (3, 7)} | {"taken"}
+        assert {r["id"] for r in store.list_executions(limit=100)} == expected
+        # And the database thread is still serving.
+        assert (await db(store.get_execution, "ok00"))["id"] == "ok00"
+    finally:
+        db.close()
+
+
+async def test_database_reports_writes_only_once_they_are_committed(database_url: str) -> None:
+    store = Store.open(database_url)
+    db = Database(store)
+    try:
+        results = await asyncio.gather(*(db(store.kv_put, _kv(f"k{n}", str(n))) for n in range(20)))
+        assert results == [None] * 20
+        # Another connection (another process, in production) sees every acknowledged write.
+        other = Store.open(database_url)
+        try:
+            assert len(other.kv_list("system", "k", utcnow())) == 20
+        finally:
+            other.close()
+    finally:
+        db.close()
+        store.close()
+
+
+# -- the whole service on PostgreSQL --------------------------------------------------------------
+
+@pytest.mark.postgres
+async def test_execution_service_runs_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    (tmp_path / "packs").mkdir()
+    write(tmp_path / "config.yml", f"""
+        database:
+          url: {postgres_url}
+        packs:
+          paths: [packs]
+    """)
+    config = load_config(tmp_path / "config.yml")
+    assert config.database_url == postgres_url
+    app = await Squall.start(config)
+    try:
+        assert not app.store.is_sqlite
+        noop = await app.executions.request("core.noop")
+        local = await app.executions.request("core.local", {"cmd": "echo pg-$((6*7))"})
+        failing = await app.executions.request("core.local", {"cmd": "exit 3"})
+        done_noop = await app.executions.wait(noop["id"], timeout=30)
+        done_local = await app.executions.wait(local["id"], timeout=30)
+        done_failing = await app.executions.wait(failing["id"], timeout=30)
+        assert done_noop["status"] == "succeeded"
+        assert done_local["status"] == "succeeded"
+        assert done_local["result"]["stdout"] == "pg-42"
+        assert done_failing["status"] == "failed"
+        assert done_failing["result"]["return_code"] == 3
+        assert [e["status"] for e in done_local["log"]] == ["requested", "scheduled", "running", "succeeded"]
+
+        listed = await app.executions.list(action="core.local")
+        assert [r["id"] for r in listed] == [failing["id"], local["id"]]
+        assert (await app.executions.get(local["id"][:18]))["id"] == local["id"]
+
+        await app.db(app.datastore.set, "pg_key", "pg_value", encrypt=True)
+        record = await app.db(app.datastore.get, "pg_key", decrypt=True)
+        assert record["value"] == "pg_value"
+    finally:
+        await app.close()
+    # The rows are really in PostgreSQL.
+    reopened = Store.open(postgres_url)
+    try:
+        assert reopened.get_execution(local["id"])["status"] == "succeeded"
+    finally:
+        reopened.close()
