@@ -120,6 +120,18 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _on_nowait_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=0")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Busy(Exception):
+    """Another process holds SQLite's write lock; the call must wait on the database thread."""
+
+
 def create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("sqlite:///", 1)[-1]
@@ -184,6 +196,31 @@ class Store:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._batch = threading.local()
+        # SQLite only: a connection that never waits for a lock, for calls made on the event loop.
+        self._nowait: Engine | None = None
+        if self.is_sqlite:
+            self._nowait = sa.create_engine(engine.url, connect_args={"check_same_thread": False},
+                                            poolclass=sa.pool.StaticPool)
+            sa.event.listen(self._nowait, "connect", _on_nowait_connect)
+
+    @contextlib.contextmanager
+    def without_waiting(self) -> Iterator[None]:
+        """Run the calls inside on the no-wait connection; a held lock raises `Busy` at once."""
+        if self._nowait is None:
+            raise RuntimeError("only SQLite stores can be used without waiting")
+        self._batch.engine = self._nowait
+        try:
+            yield
+        except sa.exc.OperationalError as exc:
+            if "locked" in str(exc.orig) or "busy" in str(exc.orig):
+                raise Busy(str(exc.orig)) from exc
+            raise
+        finally:
+            self._batch.engine = None
+
+    @property
+    def _engine(self) -> Engine:
+        return getattr(self._batch, "engine", None) or self.engine
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -199,7 +236,7 @@ class Store:
     def _write(self) -> Iterator[sa.Connection]:
         conn = getattr(self._batch, "conn", None)
         if conn is None:
-            with self.engine.begin() as conn:
+            with self._engine.begin() as conn:
                 yield conn
         elif self.is_sqlite:
             yield conn  # SQLite rolls back just the failing statement; the batch stays usable
@@ -211,7 +248,7 @@ class Store:
     def _read(self) -> Iterator[sa.Connection]:
         conn = getattr(self._batch, "conn", None)
         if conn is None:
-            with self.engine.connect() as conn:
+            with self._engine.connect() as conn:
                 yield conn
         else:
             yield conn
@@ -224,6 +261,8 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._nowait is not None:
+            self._nowait.dispose()
 
     # -- executions ------------------------------------------------------------------------
     def insert_execution(self, record: dict[str, Any]) -> None:
@@ -347,11 +386,15 @@ T = TypeVar("T")
 
 
 class Database:
-    """Runs `Store` calls off the event loop, on one thread, committing them in groups.
+    """Runs `Store` calls without making the event loop wait on the database.
 
-    Calls that arrive while the thread is busy are run together in one transaction (each in its
-    own savepoint) and answered only after that transaction commits: durability is unchanged,
-    but a burst of executions pays for one commit instead of one each.
+    Calls go to one database thread. Calls that arrive while it is busy are run together in one
+    transaction (each in its own savepoint on PostgreSQL) and answered only after that
+    transaction commits: durability is unchanged, but a burst of executions pays for one commit
+    instead of one each. On SQLite, while that thread is idle, a call runs at once on the
+    calling thread through a connection that never waits for a lock (a commit to a WAL file
+    costs less than the two thread wake-ups); if another process holds the lock, it goes to the
+    thread instead. Each `Store` method is one transaction, so a refused call left no trace.
     """
 
     def __init__(self, store: Store) -> None:
@@ -362,6 +405,12 @@ class Database:
         self._draining = False
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self.store.is_sqlite and not self._draining:
+            try:
+                with self.store.without_waiting():
+                    return fn(*args, **kwargs)
+            except Busy:
+                pass
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         with self._lock:
             self._pending.append((functools.partial(fn, *args, **kwargs), future))

@@ -398,18 +398,62 @@ def test_concurrent_kv_puts_of_one_new_key_all_succeed(store: Store) -> None:
         assert store.kv_get("system", "contested", utcnow())["value"] in {str(n) for n in range(8)}
 
 
-async def test_database_runs_store_calls_off_the_event_loop_thread(store: Store) -> None:
+async def test_database_calls_return_results_and_errors(store: Store) -> None:
     db = Database(store)
     try:
-        main = threading.get_ident()
-        ident = await db(threading.get_ident)
-        assert ident != main
-        store_result = await db(store.kv_put, _kv("via-db", "v"))
-        assert store_result is None
+        assert await db(store.kv_put, _kv("via-db", "v")) is None
         got = await db(store.kv_get, "system", "via-db", now=utcnow())
         assert got["value"] == "v"
+        with pytest.raises(ValueError, match="mine"):
+            await db(_raise, ValueError("mine"))
     finally:
         db.close()
+
+
+def _raise(exc: Exception) -> None:
+    raise exc
+
+
+@pytest.mark.postgres
+async def test_postgres_calls_run_off_the_event_loop_thread(postgres_url: str) -> None:
+    store = Store.open(postgres_url)
+    db = Database(store)
+    try:
+        assert await db(threading.get_ident) != threading.get_ident()
+    finally:
+        db.close()
+        store.close()
+
+
+async def test_sqlite_lock_held_elsewhere_never_stalls_the_event_loop(tmp_path: Path) -> None:
+    """Another process holding SQLite's write lock: the write waits on the database thread while
+    the event loop keeps running, and lands once the lock is released."""
+    store = Store.open(f"sqlite:///{tmp_path / 'locked.db'}")
+    db = Database(store)
+    holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # takes the write lock, as a CLI writing would
+        ticks = 0
+
+        async def heartbeat() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        beat = asyncio.create_task(heartbeat())
+        write = asyncio.create_task(db(store.kv_put, _kv("after-lock", "v")))
+        await asyncio.sleep(0.5)
+        assert not write.done()
+        assert ticks >= 10  # the loop ran while the write waited
+        holder.execute("COMMIT")
+        await asyncio.wait_for(write, 10)
+        beat.cancel()
+        assert store.kv_get("system", "after-lock", utcnow())["value"] == "v"
+    finally:
+        holder.close()
+        db.close()
+        store.close()
 
 
 async def test_database_batches_isolate_a_failing_call(store: Store) -> None:

@@ -151,8 +151,17 @@ def _jsonable(value: Any) -> Any:
         return str(value)
 
 
+def _restore_environment(saved: dict[str, str]) -> None:
+    """Undo what the run changed in os.environ, touching only the variables that differ."""
+    for key in [k for k in os.environ if k not in saved]:
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
-    saved_env = dict(os.environ)
+    saved_env = os.environ.copy()
     os.environ.update(request.get("env") or {})
     level_name = str(request.get("log_level", "DEBUG")).upper()
     level = AUDIT_LEVEL if level_name == "AUDIT" else getattr(logging, level_name, logging.DEBUG)
@@ -172,8 +181,7 @@ def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.environ.clear()
-        os.environ.update(saved_env)
+        _restore_environment(saved_env)
     if isinstance(returned, tuple) and len(returned) == 2:
         status, result = returned
         if isinstance(status, bool):
@@ -207,6 +215,8 @@ def main() -> None:
         finally:
             os.dup2(original_out, 1)
             os.dup2(original_err, 2)
+        reply["stdout_size"] = os.fstat(captures[request["stdout_path"]]).st_size
+        reply["stderr_size"] = os.fstat(captures[request["stderr_path"]]).st_size
         channel.send(reply)
 
 

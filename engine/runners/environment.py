@@ -18,13 +18,21 @@ def inherited_environment() -> dict[str, str]:
 
 
 def action_environment(request: RunRequest, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of an action process: inherited, then the action's own variables."""
+    env = inherited_environment()
+    env.update(action_variables(request))
+    if extra:
+        env.update(extra)
+    return env
+
+
+def action_variables(request: RunRequest) -> dict[str, str]:
     """StackStorm's `ST2_ACTION_*` variables and the same under `SQUALL_ACTION_*` (spec §1.8).
 
     The user's `env` parameter is applied first and these override it, as in StackStorm.
     """
-    env = inherited_environment()
     user_env: Any = request.runner_parameters.get("env") or {}
-    env.update({str(k): str(v) for k, v in user_env.items()})
+    env = {str(k): str(v) for k, v in user_env.items()}
     values = {
         "PACK_NAME": request.action.pack,
         "EXECUTION_ID": request.execution_id,
@@ -34,6 +42,4 @@ def action_environment(request: RunRequest, extra: Mapping[str, str] | None = No
     for key, value in values.items():
         env[f"ST2_ACTION_{key}"] = value
         env[f"SQUALL_ACTION_{key}"] = value
-    if extra:
-        env.update(extra)
     return env

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.runners import RunOutcome, RunRequest
-from engine.runners.environment import action_environment, inherited_environment
+from engine.runners.environment import action_variables, inherited_environment
 
 COMPAT_PATH = Path(__file__).resolve().parent.parent / "compat"
 WORKER_SCRIPT = COMPAT_PATH / "squall_worker.py"
@@ -191,7 +191,7 @@ class PythonRunner:
                 "parameters": request.action_parameters,
                 "config": request.pack_config,
                 "user": request.context.get("api_user") or request.context.get("user"),
-                "env": {k: v for k, v in _python_environment(request).items() if os.environ.get(k) != v},
+                "env": _python_variables(request),
                 "log_level": request.runner_parameters.get("log_level", "DEBUG"),
                 "stdout_path": str(out_path),
                 "stderr_path": str(err_path),
@@ -215,8 +215,8 @@ class PythonRunner:
                 raise
             finally:
                 keep = reusable and worker.alive
-                stdout = _read_capture(out_path, keep)
-                stderr = _read_capture(err_path, keep)
+                stdout = _read_capture(out_path, keep, reply.get("stdout_size"))
+                stderr = _read_capture(err_path, keep, reply.get("stderr_size"))
                 if keep:
                     pool.idle.append(worker)
                 else:
@@ -245,15 +245,21 @@ class PythonRunner:
                     worker.send({"op": "reply", "error": str(exc)})
 
 
-def _python_environment(request: RunRequest) -> dict[str, str]:
-    """Every action's variables, plus `ST2_API_URL` so st2client works unmodified (spec §1.8)."""
-    env = action_environment(request)
-    env["ST2_API_URL"] = request.api_url
-    return env
+def _python_variables(request: RunRequest) -> dict[str, str]:
+    """Every action's variables, plus `ST2_API_URL` so st2client works unmodified (spec §1.8).
+
+    The worker inherited the rest of the environment when it started.
+    """
+    return {**action_variables(request), "ST2_API_URL": request.api_url}
 
 
-def _read_capture(path: Path, keep: bool) -> str:
-    """What the action wrote; the file stays for the worker's next run unless the worker is gone."""
+def _read_capture(path: Path, keep: bool, size: int | None) -> str:
+    """What the action wrote; the file stays for the worker's next run unless the worker is gone.
+
+    A worker that answered says how much it wrote, so an empty capture costs no read.
+    """
+    if keep and size == 0:
+        return ""
     try:
         with open(path, "rb") as handle:
             data = handle.read(_OUTPUT_LIMIT)
