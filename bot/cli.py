@@ -280,9 +280,9 @@ def serve() -> None:
         asyncio.run(serve_forever(config, stop_signals=(signal.SIGINT, signal.SIGTERM)))
 
 
-from bot import packs_cli  # noqa: E402  (registers the `pack` commands on pack_app)
+from bot import keys_cli, packs_cli  # noqa: E402  (they register the `key` and `pack` commands)
 
-__all__ = ["app", "main", "packs_cli"]
+__all__ = ["app", "keys_cli", "main", "packs_cli"]
 
 
 def main() -> None:

@@ -7,11 +7,12 @@ their own. Encrypted values stay ciphertext unless a caller asks for decryption.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from engine.crypto import KeyRing
+from engine.crypto import CryptoError, KeyRing
 from engine.storage import Store, utcnow
 
 SCOPES = ("system", "user")
@@ -41,13 +42,19 @@ class Datastore:
             return f"{user}:{name}"
         return name
 
-    def _public(self, record: dict[str, Any], decrypt: bool) -> dict[str, Any]:
+    def _public(self, record: dict[str, Any], decrypt: bool, strict: bool = True) -> dict[str, Any]:
         name, user = record["name"], None
         if record["scope"] == "user":
             user, _, name = name.partition(":")
         value = record["value"]
+        error = None
         if record["secret"] and decrypt:
-            value = self.keys.decrypt(value)
+            try:
+                value = self.keys.decrypt(value)
+            except CryptoError as exc:
+                if strict:
+                    raise CryptoError(f"key '{record['name']}': {exc}") from exc
+                value, error = None, f"cannot decrypt: {exc}"
         return {
             "name": name,
             "value": value,
@@ -57,6 +64,7 @@ class Datastore:
             "user": user,
             "description": record.get("description"),
             "expire_timestamp": record["expire_at"].isoformat() if record.get("expire_at") else None,
+            **({"error": error} if error else {}),
         }
 
     def get(self, name: str, *, scope: str = "system", user: str | None = None,
@@ -105,12 +113,49 @@ class Datastore:
             if not limit or len(records) < limit:
                 remaining = limit - len(records) if limit else None
                 records += self.store.kv_list("user", f"{user}:{prefix or ''}", now, remaining)
-            return [self._public(r, decrypt) for r in records]
+            return [self._public(r, decrypt, strict=False) for r in records]
         stored_prefix = prefix
         if scope == "user" and user:
             stored_prefix = f"{user}:{prefix or ''}"
         records = self.store.kv_list(scope, stored_prefix, now, limit)
-        return [self._public(r, decrypt) for r in records]
+        return [self._public(r, decrypt, strict=False) for r in records]
 
     def purge_expired(self) -> int:
         return self.store.kv_purge_expired(utcnow())
+
+
+@dataclass
+class RotationReport:
+    key_id: str
+    reencrypted: int
+    unreadable: list[str]
+    retired: int
+
+
+def rotate_key(store: Store, keys: KeyRing, progress: Callable[[str], None] = lambda _m: None) -> RotationReport:
+    """Re-encrypt every secret under a new key without a moment where any secret is unreadable.
+
+    The new key is added to the ring first; the old keys are retired only when every ciphertext
+    was re-encrypted. Ciphertexts that cannot be decrypted are reported by name and left as they
+    were, and then the old keys stay too, so nothing that could be read before is lost.
+    """
+    new_id = keys.add_key()
+    progress(f"added key {new_id}; re-encrypting secrets")
+    pairs, sealed = store.sealed_values()
+    unreadable: list[str] = []
+    new_pairs: list[tuple[str, str, str]] = []
+    new_sealed: list[tuple[str, str]] = []
+    for scope, name, value in pairs:
+        try:
+            new_pairs.append((scope, name, keys.encrypt(keys.decrypt(value))))
+        except CryptoError as exc:
+            unreadable.append(f"key {scope}:{name}: {exc}")
+    for execution_id, value in sealed:
+        try:
+            new_sealed.append((execution_id, keys.encrypt(keys.decrypt(value))))
+        except CryptoError as exc:
+            unreadable.append(f"sealed parameters of execution {execution_id}: {exc}")
+    store.replace_sealed_values(new_pairs, new_sealed)
+    progress(f"re-encrypted {len(new_pairs)} keys and {len(new_sealed)} executions' sealed parameters")
+    retired = 0 if unreadable else keys.retire_old_keys()
+    return RotationReport(new_id, len(new_pairs) + len(new_sealed), unreadable, retired)

@@ -10,6 +10,7 @@ echo a secret, are scrubbed as well.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from engine.packs import Registry
 from engine.parameters import MASK, ParameterError, mask, resolve
 from engine.runners import Runner, RunOutcome, RunRequest
 from engine.storage import Database, utcnow
-from engine.templates import KVNamespace
+from engine.templates import KVNamespace, build_environment
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ _QUEUED = ("requested", "scheduled", "delayed")
 _LIVE = ("scheduled", "running", "canceling", "pausing", "paused", "resuming")
 _MIN_SCRUB = 4
 _RECENT = 1024
+#: Plaintexts `decrypt_kv` produced while one request's parameters were rendered.
+_revealed: contextvars.ContextVar[list[str]] = contextvars.ContextVar("squall_revealed")
 
 
 class ExecutionNotFound(LookupError):
@@ -60,6 +63,12 @@ def new_id() -> str:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _scrubbable(values: list[Any], revealed: list[str]) -> list[str]:
+    """Secret texts long enough to scrub from output without mangling it, longest first."""
+    texts = {str(v) for v in [*values, *revealed] if v not in (None, "")}
+    return sorted((t for t in texts if len(t) >= _MIN_SCRUB), key=len, reverse=True)
 
 
 def scrub(value: Any, secrets: list[str]) -> Any:
@@ -110,6 +119,7 @@ class ExecutionService:
         self.runners = dict(runners)
         self.api_url = api_url
         self.executor: Executor | None = None
+        self.jinja = build_environment(decrypt=self._decrypt_revealing)
         self.host = socket.gethostname()
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._listeners: list[Callable[[dict[str, Any]], Any]] = []
@@ -170,13 +180,18 @@ class ExecutionService:
         """Resolve parameters and store the request (on the database thread: st2kv reads are sync)."""
         action = self.registry.action(ref)
         pack = self.registry.packs[action.pack]
-        resolution = resolve(action, supplied, self.template_context(pack.config, context))
+        revealed: list[str] = []
+        token = _revealed.set(revealed)
+        try:
+            resolution = resolve(action, supplied, self.template_context(pack.config, context), env=self.jinja)
+        finally:
+            _revealed.reset(token)
         values = resolution.values
         secret_names = action.secret_names
-        secrets = [str(v) for k, v in values.items() if k in secret_names and v not in (None, "")]
-        secrets = [s for s in secrets if len(s) >= _MIN_SCRUB]
+        secrets = _scrubbable([v for k, v in values.items() if k in secret_names], revealed)
         shown = scrub(mask(values, secret_names), secrets)
         sealed_values = {k: v for k, v in values.items() if shown[k] != v}
+        revealed = _scrubbable([], revealed)
         record = {
             "id": new_id(),
             "action": action.ref,
@@ -187,7 +202,7 @@ class ExecutionService:
                      "supplied": [k for k in supplied if supplied[k] is not None],
                      "supplied_templates": {k: supplied[k] for k in resolution.templates
                                             if supplied.get(k) is not None}},
-            "sealed": self.keys.encrypt(json.dumps(sealed_values)) if sealed_values else None,
+            "sealed": self._seal(sealed_values, revealed),
             "result": None,
             "context": context,
             "log": [],
@@ -255,11 +270,10 @@ class ExecutionService:
     def _run_request(self, record: dict[str, Any]) -> tuple[RunRequest, list[str]]:
         action = self.registry.action(record["action"])
         pack = self.registry.packs[action.pack]
-        values = dict(record["spec"]["values"])
-        if record.get("sealed"):
-            values.update(json.loads(self.keys.decrypt(record["sealed"])))
+        sealed, revealed = self._unseal(record)
+        values = {**record["spec"]["values"], **sealed}
         runner_names = action.runner_parameter_names
-        secrets = [str(values[k]) for k in action.secret_names if values.get(k) not in (None, "")]
+        secrets = _scrubbable([values.get(k) for k in action.secret_names], revealed)
         context = record["context"]
         templates = record["spec"].get("templates") or {}
         template_context = {}
@@ -275,8 +289,29 @@ class ExecutionService:
             templates=templates,
             template_context=template_context,
             api_url=self.api_url,
+            jinja=self.jinja,
         )
-        return request, [s for s in secrets if len(s) >= _MIN_SCRUB]
+        return request, secrets
+
+    def _decrypt_revealing(self, token: str) -> str:
+        """`decrypt_kv` for parameter templates: what it reveals is scrubbed like a secret."""
+        plaintext = self.keys.decrypt(token)
+        bucket = _revealed.get(None)
+        if bucket is not None:
+            bucket.append(plaintext)
+        return plaintext
+
+    def _seal(self, values: dict[str, Any], revealed: list[str]) -> str | None:
+        if not values and not revealed:
+            return None
+        return self.keys.encrypt(json.dumps({"values": values, "revealed": revealed}))
+
+    def _unseal(self, record: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The real values of sealed parameters, and the decrypted datastore values to scrub."""
+        if not record.get("sealed"):
+            return {}, []
+        document = json.loads(self.keys.decrypt(record["sealed"]))
+        return document["values"], document["revealed"]
 
     async def _finish(self, record: dict[str, Any], outcome: RunOutcome, secrets: list[str]) -> None:
         now = utcnow()
@@ -387,9 +422,8 @@ class ExecutionService:
         spec = record["spec"]
         supplied = spec.get("supplied", list(record["parameters"]))
         original = {k: v for k, v in spec["values"].items() if k in supplied}
-        if record.get("sealed"):
-            original.update({k: v for k, v in json.loads(self.keys.decrypt(record["sealed"])).items()
-                             if k in original})
+        sealed, _ = self._unseal(record)
+        original.update({k: v for k, v in sealed.items() if k in original})
         # A supplied template is supplied again, not what it rendered to: the rendering is stale,
         # and a `cmd` must get values through the shell runner's quoting, never pasted into its text.
         raw_templates = spec.get("supplied_templates") or {}

@@ -126,7 +126,8 @@ def _dependencies(env: jinja2.Environment, name: str, raw: Any, secret: bool) ->
         raise ParameterError(f'Failed to render parameter "{name}": {exc.message} (line {exc.lineno})') from exc
 
 
-def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, Any]) -> Resolution:
+def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, Any],
+            env: jinja2.Environment | None = None) -> Resolution:
     """Check, render, cast and validate the parameters of one request for `action`."""
     schema = action.parameters
     unknown = [name for name in supplied if name not in schema]
@@ -157,7 +158,7 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
         else:
             raw[name] = None
 
-    env = build_environment()
+    env = env or build_environment()
     pending = {name: value for name, value in raw.items() if _has_template(value)}
     templates = {name: _template_text(value) for name, value in pending.items()}
     values = {name: value for name, value in raw.items() if name not in pending}
@@ -178,7 +179,7 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
         for name in sorted(ready):
             scope = {**context, **values}
             try:
-                values[name] = render_value(pending.pop(name), scope)
+                values[name] = render_value(pending.pop(name), scope, env)
             except TemplateRenderError as exc:
                 if schema[name].get("secret"):  # the message quotes the template, i.e. the secret
                     cause = type(exc.__cause__ or exc).__name__

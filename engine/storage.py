@@ -376,6 +376,24 @@ class Store:
             )
             return result.rowcount == 1
 
+    def sealed_values(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+        """Every ciphertext stored: (scope, name, value) of secret pairs, (id, sealed) of executions."""
+        with self._read() as conn:
+            pairs = conn.execute(sa.select(kv_pairs.c.scope, kv_pairs.c.name, kv_pairs.c.value)
+                                 .where(kv_pairs.c.secret.is_(True))).all()
+            sealed = conn.execute(sa.select(executions.c.id, executions.c.sealed)
+                                  .where(executions.c.sealed.is_not(None))).all()
+        return [tuple(row) for row in pairs], [tuple(row) for row in sealed]  # type: ignore[misc]
+
+    def replace_sealed_values(self, pairs: list[tuple[str, str, str]], sealed: list[tuple[str, str]]) -> None:
+        """Write re-encrypted ciphertexts, all in one transaction."""
+        with self._write() as conn:
+            for scope, name, value in pairs:
+                conn.execute(kv_pairs.update().where(kv_pairs.c.scope == scope, kv_pairs.c.name == name)
+                             .values(value=value))
+            for execution_id, value in sealed:
+                conn.execute(executions.update().where(executions.c.id == execution_id).values(sealed=value))
+
     def kv_purge_expired(self, now: datetime) -> int:
         with self._write() as conn:
             result = conn.execute(kv_pairs.delete().where(kv_pairs.c.expire_at <= now))

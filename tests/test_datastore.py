@@ -55,7 +55,9 @@ def test_key_file_is_created_on_first_use_with_mode_0600(keyring: KeyRing) -> No
     assert keyring.path.is_file()
     assert stat.S_IMODE(keyring.path.stat().st_mode) == 0o600
     document = json.loads(keyring.path.read_text())
-    assert len(base64.urlsafe_b64decode(document["aes256_gcm"])) == 32
+    [entry] = document["keys"]
+    assert document["version"] == 2
+    assert len(base64.urlsafe_b64decode(entry["aes256_gcm"])) == 32
     assert token != "hello" and "hello" not in token
 
 

@@ -110,6 +110,8 @@ class RunRequest:
     templates: dict[str, str] = field(default_factory=dict)
     template_context: dict[str, Any] = field(default_factory=dict)
     api_url: str = ""
+    #: The Jinja environment templates render with (it decrypts `decrypt_kv` lookups).
+    jinja: Any = None
 
     @property
     def pack_path(self) -> Path:

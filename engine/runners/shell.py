@@ -165,7 +165,7 @@ class LocalShellRunner:
                 return RunOutcome("failed", {"error": 'parameter "cmd" is empty: nothing to run'})
             template = request.templates.get("cmd")
             if template:
-                command, extra_env = render_shell_command(template, request.template_context)
+                command, extra_env = render_shell_command(template, request.template_context, request.jinja)
             argv = ["bash", "-c", str(command)]
         stdin = None
         if params.get("sudo"):

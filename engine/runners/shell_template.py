@@ -9,8 +9,11 @@ Bash then expands the variable as data. StackStorm pastes the text in and is inj
 from __future__ import annotations
 
 import contextvars
+import functools
 import re
 from typing import Any
+
+import jinja2
 
 from engine.templates import TemplateRenderError, build_environment
 
@@ -28,15 +31,20 @@ def _capture(value: Any) -> str:
     return _PLACEHOLDER.format(len(values) - 1)
 
 
-_shell_env = build_environment().overlay(finalize=_capture)
+@functools.lru_cache(maxsize=8)
+def _shell_environment(base: jinja2.Environment) -> jinja2.Environment:
+    """`base` (with its filters and `decrypt_kv`) whose `{{ }}` output goes through `_capture`."""
+    return base.overlay(finalize=_capture)
 
 
-def render_shell_command(template: str, context: dict[str, Any]) -> tuple[str, dict[str, str]]:
+def render_shell_command(template: str, context: dict[str, Any],
+                         env: jinja2.Environment | None = None) -> tuple[str, dict[str, str]]:
     """Render a `cmd` template into bash text plus the environment variables it refers to."""
+    shell_env = _shell_environment(env or build_environment())
     values: list[str] = []
     token = _collected.set(values)
     try:
-        text = _shell_env.from_string(template).render(context)
+        text = shell_env.from_string(template).render(context)
     except Exception as exc:  # jinja raises many types; callers want one
         raise TemplateRenderError(f"cannot render cmd {template!r}: {exc}", template=template) from exc
     finally:

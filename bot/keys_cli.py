@@ -1,0 +1,202 @@
+"""`squall key set | get | list | delete | load | rotate`: the datastore from the shell (spec §8).
+
+Encrypted values print as `********` unless `--decrypt` is given, in tables and JSON alike.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.table import Table
+
+from bot.app import Squall
+from bot.cli import JsonOption, _user, app, err, fail, out, print_json, with_app
+from engine.datastore import DatastoreError, rotate_key
+from engine.parameters import MASK
+
+key_app = typer.Typer(help="Read and write the key-value datastore.", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+
+ScopeOption = Annotated[str, typer.Option("--scope", "-s", help="system or user.")]
+UserOption = Annotated[str | None, typer.Option("--user", "-u", help="Owner of a user-scoped key "
+                                                "(default: you).")]
+DecryptOption = Annotated[bool, typer.Option("--decrypt", "-d", help="Show encrypted values in clear.")]
+
+
+def _shown(item: dict[str, Any], decrypt: bool) -> dict[str, Any]:
+    if item["secret"] and not decrypt and item.get("error") is None:
+        return {**item, "value": MASK}
+    return item
+
+
+def _owner(scope: str, user: str | None) -> str | None:
+    return (user or _user()) if scope.removeprefix("st2kv.") == "user" else user
+
+
+def _datastore_call(work: Any) -> Any:
+    try:
+        return with_app(work)
+    except DatastoreError as exc:
+        raise fail(str(exc)) from exc
+
+
+@key_app.command("set")
+def key_set(
+    name: Annotated[str, typer.Argument(help="Key name.")],
+    value: Annotated[str, typer.Argument(help="Value (stored as a string).")],
+    encrypt: Annotated[bool, typer.Option("--encrypt", "-e", help="Encrypt the value at rest.")] = False,
+    ttl: Annotated[int | None, typer.Option("--ttl", "-l", help="Expire after this many seconds.")] = None,
+    scope: ScopeOption = "system",
+    user: UserOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create or replace a key."""
+
+    async def work(squall: Squall) -> dict[str, Any]:
+        return await squall.db(squall.datastore.set, name, value, scope=scope, user=_owner(scope, user),
+                               encrypt=encrypt, ttl=ttl)
+
+    item = _datastore_call(work)
+    if as_json:
+        print_json(_shown(item, False))
+    else:
+        out.print(f"set {item['scope']} key {item['name']}" + (" (encrypted)" if item["secret"] else "")
+                  + (f", expires {item['expire_timestamp']}" if item["expire_timestamp"] else ""))
+
+
+@key_app.command("get")
+def key_get(name: Annotated[str, typer.Argument(help="Key name.")], decrypt: DecryptOption = False,
+            scope: ScopeOption = "system", user: UserOption = None, as_json: JsonOption = False) -> None:
+    """Show one key; exit 2 if it does not exist (or has expired)."""
+
+    async def work(squall: Squall) -> dict[str, Any] | None:
+        return await squall.db(squall.datastore.get, name, scope=scope, user=_owner(scope, user), decrypt=decrypt)
+
+    item = _datastore_call(work)
+    if item is None:
+        raise fail(f"key '{name}' does not exist in scope {scope}")
+    item = _shown(item, decrypt)
+    if as_json:
+        print_json(item)
+    else:
+        out.print(item["value"], markup=False, highlight=False)
+
+
+@key_app.command("list")
+def key_list(prefix: Annotated[str | None, typer.Option("--prefix", "-p", help="Only names starting so.")] = None,
+             decrypt: DecryptOption = False, scope: ScopeOption = "system", user: UserOption = None,
+             as_json: JsonOption = False) -> None:
+    """List keys, sorted by name."""
+
+    async def work(squall: Squall) -> list[dict[str, Any]]:
+        return await squall.db(squall.datastore.list, prefix=prefix, scope=scope, user=_owner(scope, user),
+                               decrypt=decrypt)
+
+    items = [_shown(item, decrypt) for item in _datastore_call(work)]
+    if as_json:
+        print_json(items)
+        return
+    table = Table("name", "value", "scope", "user", "expires")
+    for item in items:
+        value = item["value"] if item.get("error") is None else f"[red]{item['error']}[/red]"
+        table.add_row(item["name"], value, item["scope"], item["user"] or "", item["expire_timestamp"] or "")
+    out.print(table)
+    for item in items:
+        if item.get("error"):
+            err.print(f"[red]error:[/red] key {item['name']}: {item['error']}", markup=True, highlight=False)
+
+
+@key_app.command("delete")
+def key_delete(name: Annotated[str, typer.Argument(help="Key name.")], scope: ScopeOption = "system",
+               user: UserOption = None) -> None:
+    """Delete a key; exit 2 if it does not exist."""
+
+    async def work(squall: Squall) -> bool:
+        return await squall.db(squall.datastore.delete, name, scope=scope, user=_owner(scope, user))
+
+    if not _datastore_call(work):
+        raise fail(f"key '{name}' does not exist in scope {scope}")
+    out.print(f"deleted {name}")
+
+
+_LOAD_FIELDS = {"name", "value", "secret", "encrypted", "scope", "user", "ttl", "description"}
+
+
+def _load_items(path: Path, convert: bool) -> list[dict[str, Any]]:
+    """Read and check every item first, so a bad item means nothing is written."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise fail(f"cannot read {path}: {exc}") from exc
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise fail(f"{path} must hold a list of {{name, value, ...}} items")
+    items = []
+    for index, item in enumerate(data):
+        where = f"{path} item {index + 1}"
+        if not isinstance(item, dict) or "name" not in item or "value" not in item:
+            raise fail(f"{where}: each item needs 'name' and 'value'")
+        unknown = set(item) - _LOAD_FIELDS
+        if unknown:
+            raise fail(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; allowed: "
+                       f"{', '.join(sorted(_LOAD_FIELDS))}")
+        value = item["value"]
+        if not isinstance(value, str):
+            if not convert:
+                raise fail(f"{where} ('{item['name']}'): value is a {type(value).__name__}, not a string; "
+                           "use --convert to store it as JSON")
+            value = json.dumps(value)
+        if item.get("encrypted"):
+            raise fail(f"{where}: pre-encrypted values from another system cannot be imported; "
+                       "give the plain value with secret: true")
+        items.append({**item, "value": value})
+    return items
+
+
+@key_app.command("load")
+def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {name, value, secret, scope, "
+                                                        "user, ttl, description}.")],
+             convert: Annotated[bool, typer.Option("--convert", "-c", help="Store non-string values as "
+                                                   "JSON.")] = False) -> None:
+    """Load many keys from a file (as `st2 key load`); nothing is written if any item is bad."""
+    items = _load_items(file, convert)
+
+    async def work(squall: Squall) -> int:
+        for number, item in enumerate(items, 1):
+            scope = item.get("scope") or "system"
+            await squall.db(squall.datastore.set, item["name"], item["value"], scope=scope,
+                            user=_owner(scope, item.get("user")), encrypt=bool(item.get("secret")),
+                            ttl=item.get("ttl"), description=item.get("description"))
+            if number % 500 == 0:
+                err.print(f"[dim]…[/dim] {number}/{len(items)}", markup=True)
+        return len(items)
+
+    count = _datastore_call(work)
+    out.print(f"loaded {count} keys from {file}")
+
+
+@key_app.command("rotate")
+def key_rotate() -> None:
+    """Re-encrypt every secret under a new key; the old key is dropped only when all succeeded."""
+
+    async def work(squall: Squall) -> Any:
+        def progress(message: str) -> None:
+            err.print(f"[dim]…[/dim] {message}", markup=True, highlight=False)
+
+        return await squall.db(rotate_key, squall.store, squall.keys, progress)
+
+    report = _datastore_call(work)
+    for problem in report.unreadable:
+        err.print(f"[red]unreadable:[/red] {problem}", markup=True, highlight=False)
+    if report.unreadable:
+        out.print(f"re-encrypted {report.reencrypted} secrets under key {report.key_id}; "
+                  f"{len(report.unreadable)} could not be read and the old keys were kept for them")
+        raise typer.Exit(1)
+    out.print(f"re-encrypted {report.reencrypted} secrets under key {report.key_id}; "
+              f"retired {report.retired} old key(s)")

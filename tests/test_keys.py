@@ -1,0 +1,160 @@
+"""`squall key ...` and key rotation, driven as an operator would: the console script and a config."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.crypto import CryptoError, KeyRing
+from engine.datastore import Datastore, rotate_key
+from engine.storage import Store
+from tests.conftest import write
+from tests.test_cli import squall
+
+
+def key_json(home: Path, *args: str) -> tuple[int, object]:
+    done = squall(home, "key", *args, "--json")
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def test_set_get_list_delete(home: Path) -> None:
+    assert squall(home, "key", "set", "region", "eu-west-1").returncode == 0
+    assert squall(home, "key", "set", "db_password", "hunter22", "--encrypt").returncode == 0
+
+    plain = squall(home, "key", "get", "region")
+    assert plain.returncode == 0 and plain.stdout.strip() == "eu-west-1"
+    hidden = squall(home, "key", "get", "db_password")
+    assert hidden.stdout.strip() == "********" and "hunter22" not in hidden.stdout + hidden.stderr
+    shown = squall(home, "key", "get", "db_password", "--decrypt")
+    assert shown.stdout.strip() == "hunter22"
+
+    code, items = key_json(home, "list")
+    assert code == 0
+    assert [(i["name"], i["value"], i["secret"]) for i in items] == [
+        ("db_password", "********", True), ("region", "eu-west-1", False)]
+    _, prefixed = key_json(home, "list", "--prefix", "reg")
+    assert [i["name"] for i in prefixed] == ["region"]
+    _, decrypted = key_json(home, "list", "--decrypt")
+    assert decrypted[0]["value"] == "hunter22"
+
+    assert squall(home, "key", "delete", "region").returncode == 0
+    gone = squall(home, "key", "get", "region")
+    assert gone.returncode == 2 and "does not exist" in gone.stderr
+    assert squall(home, "key", "delete", "region").returncode == 2
+
+
+def test_user_scope_and_ttl(home: Path) -> None:
+    assert squall(home, "key", "set", "theme", "dark", "--scope", "user", "--user", "alice").returncode == 0
+    assert squall(home, "key", "set", "theme", "light", "--scope", "user", "--user", "bob").returncode == 0
+    _, alice = key_json(home, "list", "--scope", "user", "--user", "alice")
+    assert [(i["name"], i["value"], i["user"]) for i in alice] == [("theme", "dark", "alice")]
+    assert squall(home, "key", "get", "theme").returncode == 2  # not a system key
+
+    assert squall(home, "key", "set", "flash", "x", "--ttl", "1").returncode == 0
+    _, item = key_json(home, "get", "flash")
+    assert item["expire_timestamp"]
+    time.sleep(1.2)
+    assert squall(home, "key", "get", "flash").returncode == 2  # invisible as soon as it expires
+
+    bad = squall(home, "key", "set", "x", "y", "--scope", "global")
+    assert bad.returncode == 2 and "'system' or 'user'" in bad.stderr
+
+
+def test_load_json_and_yaml_all_or_nothing(home: Path) -> None:
+    write(home / "keys.json", json.dumps([
+        {"name": "a", "value": "1"},
+        {"name": "b", "value": "secret-b", "secret": True},
+        {"name": "c", "value": "mine", "scope": "user", "user": "carol"},
+    ]))
+    done = squall(home, "key", "load", str(home / "keys.json"))
+    assert done.returncode == 0 and "loaded 3" in done.stdout
+    assert squall(home, "key", "get", "b", "--decrypt").stdout.strip() == "secret-b"
+    assert squall(home, "key", "get", "b").stdout.strip() == "********"
+
+    write(home / "keys.yaml", """
+        - name: d
+          value: {"nested": true}
+        - name: e
+          value: plain
+    """)
+    refused = squall(home, "key", "load", str(home / "keys.yaml"))
+    assert refused.returncode == 2 and "--convert" in refused.stderr and "'d'" in refused.stderr
+    assert squall(home, "key", "get", "e").returncode == 2  # nothing from the bad file was written
+
+    converted = squall(home, "key", "load", str(home / "keys.yaml"), "--convert")
+    assert converted.returncode == 0
+    assert json.loads(squall(home, "key", "get", "d").stdout) == {"nested": True}
+
+    write(home / "typo.yaml", "- name: f\n  vlaue: x\n")
+    typo = squall(home, "key", "load", str(home / "typo.yaml"))
+    assert typo.returncode == 2 and "'name' and 'value'" in typo.stderr
+
+
+def test_rotate_reencrypts_every_secret_and_retires_the_old_key(home: Path) -> None:
+    for n in range(3):
+        assert squall(home, "key", "set", f"s{n}", f"value-{n}", "--encrypt").returncode == 0
+    key_file = home / "data" / "datastore.key"
+    old = json.loads(key_file.read_text())["keys"][0]["id"]
+    # An execution waiting with a sealed secret must still run after the rotation.
+    write(home / "packs" / "sec" / "pack.yaml", "ref: sec\nname: sec\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(home / "packs" / "sec" / "actions" / "show.yaml", """
+        name: show
+        runner_type: local-shell-cmd
+        parameters:
+          token: {type: string, secret: true, required: true}
+          cmd: {default: 'test "{{token}}" = "tok-12345" && echo same', immutable: true}
+    """)
+    queued = json.loads(squall(home, "run", "sec.show", "token=tok-12345", "--async", "--json").stdout)
+
+    rotated = squall(home, "key", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    assert "re-encrypted 4 secrets" in rotated.stdout
+    ring = json.loads(key_file.read_text())["keys"]
+    assert [k["id"] for k in ring] != [old] and len(ring) == 1
+    for n in range(3):
+        assert squall(home, "key", "get", f"s{n}", "--decrypt").stdout.strip() == f"value-{n}"
+
+    rerun = json.loads(squall(home, "execution", "re-run", queued["id"], "--json").stdout)
+    assert rerun["status"] == "succeeded" and rerun["result"]["stdout"] == "same"
+
+
+def test_rotation_keeps_old_keys_when_a_ciphertext_is_unreadable(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
+    keys = KeyRing(tmp_path / "k.key")
+    datastore = Datastore(store, keys)
+    datastore.set("good", "fine", encrypt=True)
+    datastore.set("bad", "x", encrypt=True)
+    store.replace_sealed_values([("system", "bad", "AgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")], [])
+
+    report = rotate_key(store, keys)
+    assert len(report.unreadable) == 1 and "system:bad" in report.unreadable[0]
+    assert report.retired == 0
+    assert len(json.loads(keys.path.read_text())["keys"]) == 2
+    assert datastore.get("good", decrypt=True)["value"] == "fine"
+    listed = {i["name"]: i for i in datastore.list(decrypt=True)}
+    assert listed["good"]["value"] == "fine"
+    assert listed["bad"]["value"] is None and "cannot decrypt" in listed["bad"]["error"]
+    with pytest.raises(CryptoError, match="bad"):
+        datastore.get("bad", decrypt=True)
+    store.close()
+
+
+def test_a_crash_mid_rotation_loses_nothing(tmp_path: Path) -> None:
+    keys = KeyRing(tmp_path / "k.key")
+    before = keys.encrypt("kept")
+    keys.add_key()  # the process dies here, before re-encrypting anything
+    after = KeyRing(tmp_path / "k.key")
+    assert after.decrypt(before) == "kept"
+    assert after.key_id_of(after.encrypt("new")) == after.current_key_id != after.key_id_of(before)
+
+
+def test_missing_key_file_is_named_and_nothing_falls_back_to_plaintext(home: Path) -> None:
+    assert squall(home, "key", "set", "t", "secret-t", "--encrypt").returncode == 0
+    (home / "data" / "datastore.key").unlink()
+    done = squall(home, "key", "get", "t", "--decrypt")
+    assert done.returncode == 2
+    assert "datastore.key" in done.stderr and "secret-t" not in done.stdout + done.stderr
+    assert not (home / "data" / "datastore.key").exists()  # no new key was made up
