@@ -19,6 +19,7 @@ from engine.runners import RunRequest
 from engine.runners.http import HttpRunner
 from engine.runners.noop import NoopRunner
 from engine.runners.python import PythonRunner
+from engine.runners.remote import RemoteShellRunner
 from engine.runners.shell import LocalShellRunner
 from engine.storage import Database, Store
 
@@ -42,6 +43,8 @@ class Squall:
             "local-shell-script": shell,
             "python-script": self.python,
             "http-request": HttpRunner(),
+            "remote-shell-cmd": RemoteShellRunner(),
+            "remote-shell-script": RemoteShellRunner(),
             "noop": NoopRunner(),
         }
         self.executions = ExecutionService(registry, self.db, self.datastore, self.keys, runners, config.api_url)
@@ -72,6 +75,8 @@ class Squall:
         ds = self.datastore
         if method == "get_value":
             record = await self.db(ds.get, args["name"], decrypt=bool(args.get("decrypt")))
+            if record and record["secret"] and args.get("decrypt"):
+                request.revealed.append(record["value"])
             return record["value"] if record else None
         if method == "set_value":
             await self.db(ds.set, args["name"], args["value"], ttl=args.get("ttl"),

@@ -249,7 +249,7 @@ class ExecutionService:
             return
         except Exception as exc:
             outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
-        await self._finish(record, outcome, secrets)
+        await self._finish(record, outcome, _scrubbable(secrets, request.revealed))
 
     def _interrupted(self) -> RunOutcome:
         """How a run that was stopped midway ends: shut down with Squall, or canceled."""

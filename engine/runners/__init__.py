@@ -22,6 +22,26 @@ _SHELL_COMMON: dict[str, dict[str, Any]] = {
     "timeout": {"type": "integer", "default": 60, "description": "Seconds before the command is killed."},
 }
 
+_REMOTE_COMMON: dict[str, dict[str, Any]] = {
+    "hosts": {"type": "string", "required": True,
+              "description": "Comma-separated hosts to run on; host:port is allowed."},
+    "username": {"type": "string", "description": "User to log in as (default: the user Squall runs as)."},
+    "password": {"type": "string", "secret": True, "description": "Password to log in with."},
+    "private_key": {"type": "string", "secret": True,
+                    "description": "Private key to log in with: the key material, or a path to the key file."},
+    "passphrase": {"type": "string", "secret": True, "description": "Passphrase of the private key."},
+    "port": {"type": "integer", "default": 22, "description": "SSH port, for hosts given without one."},
+    "bastion_host": {"type": "string", "description": "Host to tunnel the connections through (host[:port])."},
+    "cwd": {"type": "string", "default": "/tmp", "description": "Working directory on the remote hosts."},
+    "env": {"type": "object", "description": "Environment variables set for the command."},
+    "kwarg_op": {"type": "string", "default": "--", "description": "Operator for named arguments."},
+    "parallel": {"type": "boolean", "default": False, "description": "Run on all hosts at once."},
+    "sudo": {"type": "boolean", "default": False, "description": "Run the command with sudo."},
+    "sudo_password": {"type": "string", "secret": True, "default": None, "description": "Password for sudo."},
+    "timeout": {"type": "integer", "default": 60, "description": "Seconds before the command is killed."},
+}
+_REMOTE_DIR = {"type": "string", "default": "/tmp", "description": "Remote folder the script is copied to."}
+
 
 @dataclass(frozen=True)
 class RunnerType:
@@ -54,6 +74,22 @@ RUNNER_TYPES: dict[str, RunnerType] = {
                 "content_version": {"type": "string", "description": "Git revision of the pack to run."},
             },
             output_key="stdout",
+            needs_entry_point=True,
+        ),
+        RunnerType(
+            "remote-shell-cmd",
+            "Runs a shell command over SSH on one or more hosts.",
+            {
+                "cmd": {"type": "string", "description": "The command to run."},
+                **_REMOTE_COMMON,
+                "dir": {**_REMOTE_DIR, "immutable": True},
+            },
+            forbids_entry_point=True,
+        ),
+        RunnerType(
+            "remote-shell-script",
+            "Copies the action's script to one or more hosts over SSH and runs it with its parameters.",
+            {**_REMOTE_COMMON, "dir": _REMOTE_DIR},
             needs_entry_point=True,
         ),
         RunnerType(
@@ -112,6 +148,8 @@ class RunRequest:
     api_url: str = ""
     #: The Jinja environment templates render with (it decrypts `decrypt_kv` lookups).
     jinja: Any = None
+    #: Secrets the action decrypted while it ran (datastore reads); scrubbed from its result.
+    revealed: list[str] = field(default_factory=list)
 
     @property
     def pack_path(self) -> Path:
