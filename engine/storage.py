@@ -79,6 +79,21 @@ def _update_statement(keys: tuple[str, ...], guarded: bool) -> sa.Update:
     return statement.values({key: sa.bindparam(key) for key in keys})
 
 
+_KV_KEY = (kv_pairs.c.scope == sa.bindparam("scope")) & (kv_pairs.c.name == sa.bindparam("name"))
+_KV_GET = sa.select(kv_pairs).where(_KV_KEY)
+_KV_GET_LIVE = _KV_GET.where(sa.or_(kv_pairs.c.expire_at.is_(None), kv_pairs.c.expire_at > sa.bindparam("now")))
+
+
+@functools.lru_cache(maxsize=16)
+def _kv_upsert(sqlite: bool, keys: tuple[str, ...]) -> sa.Insert:
+    """One upsert statement: two writers of a new key must not collide on the primary key."""
+    insert = (sqlite_insert if sqlite else postgresql_insert)(kv_pairs).values({k: sa.bindparam(k) for k in keys})
+    return insert.on_conflict_do_update(
+        index_elements=[kv_pairs.c.scope, kv_pairs.c.name],
+        set_={column: insert.excluded[column] for column in keys if column not in ("scope", "name")},
+    )
+
+
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 0x5371_7561_6C6C  # "Squall": the advisory lock migrations take on PostgreSQL
 _DATETIME_COLUMNS = ("start_timestamp", "end_timestamp", "expire_at", "updated_at")
@@ -332,13 +347,8 @@ class Store:
 
     # -- key-value pairs -------------------------------------------------------------------
     def kv_get(self, scope: str, name: str, now: datetime) -> dict[str, Any] | None:
-        statement = sa.select(kv_pairs).where(
-            kv_pairs.c.scope == scope,
-            kv_pairs.c.name == name,
-            sa.or_(kv_pairs.c.expire_at.is_(None), kv_pairs.c.expire_at > now),
-        )
         with self._read() as conn:
-            return _row(conn.execute(statement).first())
+            return _row(conn.execute(_KV_GET_LIVE, {"scope": scope, "name": name, "now": now}).first())
 
     def kv_list(self, scope: str | None, prefix: str | None, now: datetime, limit: int | None = None) -> list[dict]:
         statement = sa.select(kv_pairs).where(
@@ -356,15 +366,8 @@ class Store:
     def kv_put(self, record: dict[str, Any]) -> dict[str, Any] | None:
         """Insert or replace one pair; returns the previous live record, if any."""
         with self._write() as conn:
-            key = (kv_pairs.c.scope == record["scope"]) & (kv_pairs.c.name == record["name"])
-            previous = _row(conn.execute(sa.select(kv_pairs).where(key)).first())
-            # One upsert statement: two writers of a new key must not collide on the primary key.
-            dialect_insert = sqlite_insert if self.is_sqlite else postgresql_insert
-            insert = dialect_insert(kv_pairs).values(**record)
-            conn.execute(insert.on_conflict_do_update(
-                index_elements=[kv_pairs.c.scope, kv_pairs.c.name],
-                set_={column: insert.excluded[column] for column in record if column not in ("scope", "name")},
-            ))
+            previous = _row(conn.execute(_KV_GET, {"scope": record["scope"], "name": record["name"]}).first())
+            conn.execute(_kv_upsert(self.is_sqlite, tuple(sorted(record))), record)
         if previous and previous["expire_at"] and previous["expire_at"] <= record["updated_at"]:
             return None
         return previous

@@ -409,6 +409,7 @@ async def test_python_action_service_pages_through_values(home: Path, config: Co
                 return {
                     "names": [kv.name for kv in values],
                     "pw": self.action_service.get_value("pw", decrypt=True),
+                    "pw_matches": self.action_service.get_value("pw", decrypt=True) == "hidden-value",
                     "pw_raw": self.action_service.get_value("pw"),
                     "set": secret,
                 }
@@ -419,7 +420,8 @@ async def test_python_action_service_pages_through_values(home: Path, config: Co
         assert everything["status"] == "succeeded", everything["result"]
         names = everything["result"]["result"]["names"]
         assert len(names) == 6
-        assert everything["result"]["result"]["pw"] == "hidden-value"
+        assert everything["result"]["result"]["pw_matches"] is True  # the action got the plaintext
+        assert everything["result"]["result"]["pw"] == "********"  # ...and its result does not show it
         assert everything["result"]["result"]["pw_raw"] != "hidden-value"
 
         page = await app.executions.request("kvpy.lister", {"limit": 2, "offset": 2})
