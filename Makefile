@@ -24,6 +24,7 @@ test: lint
 
 bench: install
 	$(BIN)/python bench/executions.py
+	$(BIN)/python bench/datastore.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache *.egg-info
