@@ -18,9 +18,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.crypto import KeyRing  # noqa: E402
-from engine.datastore import Datastore  # noqa: E402
-from engine.storage import Store  # noqa: E402
+from engine.crypto import KeyRing
+from engine.datastore import Datastore
+from engine.storage import Store
 
 
 def rate(n: int, work) -> float:

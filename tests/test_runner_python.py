@@ -183,6 +183,7 @@ def home(home: Path) -> Path:
                 out["listed_prefix"] = [kv.name for kv in svc.list_values(prefix=name + "_")]
                 svc.set_value("secret", "s3cret-value", encrypt=True)
                 out["secret_decrypted"] = svc.get_value("secret", decrypt=True)
+                out["secret_decrypted_matches"] = out["secret_decrypted"] == "s3cret-value"
                 out["secret_raw_differs"] = svc.get_value("secret") != "s3cret-value"
                 out["deleted"] = svc.delete_value(name + "_n")
                 out["after_delete"] = svc.get_value(name + "_n")
@@ -375,7 +376,8 @@ async def test_action_service_datastore_round_trip(squall: Squall) -> None:
     assert out["n"] == "5"  # values are stored as strings
     assert out["listed"] == [[f"{prefix}greeting", "hi there"], [f"{prefix}greeting_n", "5"]]
     assert out["listed_prefix"] == [f"{prefix}greeting_n"]
-    assert out["secret_decrypted"] == "s3cret-value"
+    assert out["secret_decrypted_matches"] is True  # the action read the plaintext...
+    assert out["secret_decrypted"] == "********"  # ...and the stored result does not show it
     assert out["secret_raw_differs"] is True
     assert out["deleted"] is True
     assert out["after_delete"] is None

@@ -43,6 +43,10 @@ _REMOTE_COMMON: dict[str, dict[str, Any]] = {
 _REMOTE_DIR = {"type": "string", "default": "/tmp", "description": "Remote folder the script is copied to."}
 
 
+#: Bytes of stdout (and of stderr) kept per execution; the rest is dropped, not stored.
+OUTPUT_LIMIT = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class RunnerType:
     """A runner as pack authors see it: name, parameters and where its main output is."""

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.runners import RunOutcome, RunRequest
+from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
 from engine.runners.environment import action_variables, inherited_environment
 
 COMPAT_PATH = Path(__file__).resolve().parent.parent / "compat"
 WORKER_SCRIPT = COMPAT_PATH / "squall_worker.py"
 _STREAM_LIMIT = 64 * 1024 * 1024
-_OUTPUT_LIMIT = 8 * 1024 * 1024
 
 #: Answers a datastore call from an action: (method, arguments, request) -> result.
 CallHandler = Callable[[str, dict[str, Any], RunRequest], Awaitable[Any]]
@@ -262,7 +261,7 @@ def _read_capture(path: Path, keep: bool, size: int | None) -> str:
         return ""
     try:
         with open(path, "rb") as handle:
-            data = handle.read(_OUTPUT_LIMIT)
+            data = handle.read(OUTPUT_LIMIT)
         if not keep:
             path.unlink()
     except FileNotFoundError:

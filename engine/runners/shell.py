@@ -14,11 +14,9 @@ import os
 import signal
 from typing import Any
 
-from engine.runners import RunOutcome, RunRequest
+from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
 from engine.runners.environment import action_environment
 from engine.runners.shell_template import render_shell_command
-
-_OUTPUT_LIMIT = 8 * 1024 * 1024
 
 
 def _named_value(value: Any) -> str:
@@ -59,7 +57,7 @@ def script_arguments(request: RunRequest) -> list[str]:
     return named + [text for _, text in sorted(positional)]
 
 
-def _decode(text: str) -> Any:
+def decode_output(text: str) -> Any:
     if text.endswith("\n"):
         text = text[:-1]
     if text.endswith("\r"):
@@ -75,7 +73,7 @@ _STATUS = {0: "succeeded", 1: "failed", -9: "timeout", -15: "abandoned"}
 
 async def _read(stream: asyncio.StreamReader, sink: bytearray) -> None:
     while chunk := await stream.read(65536):
-        room = _OUTPUT_LIMIT - len(sink)
+        room = OUTPUT_LIMIT - len(sink)
         if room > 0:
             sink.extend(chunk[:room])
 
@@ -132,8 +130,8 @@ async def run_process(
         "failed": code != 0,
         "succeeded": code == 0,
         "return_code": code,
-        "stdout": _decode(out.decode("utf-8", "replace")),
-        "stderr": _decode(err.decode("utf-8", "replace")),
+        "stdout": decode_output(out.decode("utf-8", "replace")),
+        "stderr": decode_output(err.decode("utf-8", "replace")),
     }
     if timed_out:
         result["error"] = f"Action failed to complete in {timeout:g} seconds"

@@ -1,0 +1,402 @@
+"""`remote-shell-cmd` and `remote-shell-script`: commands over SSH with asyncssh (spec §1.4, §1.5, §1.7).
+
+One execution runs on every host in `hosts` (comma-separated, `host:port` allowed), one after
+another or, with `parallel: true`, all at once. Each host gets StackStorm's shell result object
+(`stdout`, `stderr`, `return_code`, `succeeded`, `failed`, plus `timeout`/`error`), keyed by the
+host as written; a host that cannot be reached fails alone and the others' results are kept.
+
+Host keys are NOT verified (`known_hosts=None`), as StackStorm's paramiko runner does not verify
+them either: a host (or bastion) that presents an unknown or changed key is trusted all the same,
+so a man in the middle would go unnoticed. Use it only on networks where that is acceptable.
+
+What runs remotely is always a bash script handed to `bash -c` as one shell-quoted word: the
+`export NAME='value';` lines (the `env` parameter, StackStorm's `ST2_ACTION_*` variables and the
+values of the `cmd` template), `cd '<cwd>'`, then the command. As with the local runner, a `cmd`
+template's `{{ }}` values never become shell code: they travel as exported variables and the
+command refers to them ("${SQUALL_ARG_0}"); a script's arguments are each shell-quoted.
+`timeout` bounds the connection (TCP, key exchange, login: a host that takes longer fails as
+unreachable, return code 255) and then, separately, copying the script plus running the command
+(a host that takes longer gets `timeout: true`, return code -9). `sudo` wraps the bash as
+`sudo -E -S -- bash -c ...` with the password on stdin, or `sudo -E -n` (never prompt) without one.
+On timeout or cancellation the remote process group is killed (an SSH `signal` request, which
+OpenSSH delivers with killpg) and the channel and connection are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import logging
+import os
+import posixpath
+import re
+import shlex
+import signal
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
+from engine.runners.environment import action_variables
+from engine.runners.shell import decode_output, script_arguments
+from engine.runners.shell_template import render_shell_command
+
+# asyncssh logs every connection and channel at INFO; a runner's log needs only its problems.
+logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_UNREACHABLE = 255
+
+
+@dataclass(frozen=True)
+class Target:
+    """One entry of `hosts`: the text as given (the result's key), the host name and the port."""
+
+    given: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_hosts(text: str, default_port: int) -> list[Target]:
+    """`"a, b:2222, [::1]:22"` into targets; duplicates dropped. Raises ValueError on a bad entry."""
+    targets: dict[str, Target] = {}
+    for raw in str(text or "").split(","):
+        given = raw.strip()
+        if not given or given in targets:
+            continue
+        targets[given] = parse_host(given, default_port)
+    return list(targets.values())
+
+
+def parse_host(given: str, default_port: int) -> Target:
+    host, port = given, default_port
+    if given.startswith("["):  # [ipv6] or [ipv6]:port
+        close = given.find("]")
+        rest = given[close + 1 :] if close > 0 else "?"
+        if close < 0 or (rest and not rest.startswith(":")):
+            raise ValueError(f"invalid host {given!r}: expected [address] or [address]:port")
+        host, port_text = given[1:close], rest[1:]
+        if port_text:
+            port = _port(given, port_text)
+    elif given.count(":") == 1:
+        host, port_text = given.split(":")
+        port = _port(given, port_text)
+    if not host:
+        raise ValueError(f"invalid host {given!r}: the host name is empty")
+    return Target(given, host, port)
+
+
+def _port(given: str, text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"invalid host {given!r}: {text!r} is not a port number")
+    return int(text)
+
+
+def remote_script(command: str, variables: dict[str, str], cwd: str | None) -> str:
+    """The bash text run on each host: exports, `cd`, then the command on a line of its own."""
+    exports = "".join(f"export {name}={shlex.quote(value)}; " for name, value in variables.items())
+    change = f"cd {shlex.quote(cwd)} || exit 1\n" if cwd else ""
+    return f"{exports}\n{change}{command}"
+
+
+def wrap_command(script: str, *, sudo: bool, sudo_password: str | None) -> str:
+    """The command line given to the login shell: `bash -c '<script>'`, through sudo when asked."""
+    line = f"bash -c {shlex.quote(script)}"
+    if sudo:
+        line = f"sudo -E {'-S' if sudo_password else '-n'} -- {line}"
+    return line
+
+
+@dataclass
+class _Job:
+    """What is the same on every host of one execution."""
+
+    execution_id: str
+    username: str
+    password: str | None
+    key: asyncssh.SSHKey | None
+    key_error: str | None
+    bastion: Target | None
+    script_body: str  # for remote-shell-cmd the whole script; for -script everything before the path
+    script_tail: str  # the quoted arguments after the script path (remote-shell-script)
+    upload: bytes | None  # the entry point's content (remote-shell-script)
+    upload_name: str
+    upload_dir: str
+    sudo: bool
+    sudo_password: str | None
+    timeout: float
+
+    def command(self, uploaded: str | None) -> str:
+        body = self.script_body
+        if uploaded is not None:
+            body = f"{body}{shlex.quote(uploaded)}{self.script_tail}"
+        return wrap_command(body, sudo=self.sudo, sudo_password=self.sudo_password)
+
+
+def _failure(error: str, code: int = _UNREACHABLE) -> dict[str, Any]:
+    return {"failed": True, "succeeded": False, "return_code": code, "stdout": "", "stderr": "", "error": error}
+
+
+def _timed_out(target: Target, timeout: float, stage: str, out: bytes = b"", err: bytes = b"") -> dict[str, Any]:
+    return {
+        "failed": True, "succeeded": False, "return_code": -9,
+        "stdout": decode_output(out.decode("utf-8", "replace")),
+        "stderr": decode_output(err.decode("utf-8", "replace")),
+        "timeout": True,
+        "error": f"{stage} on {target.given} timed out: Action failed to complete in {timeout:g} seconds",
+    }
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.DisconnectError):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)  # "Connection refused", not "Connect call failed ('h', 22)"
+    text = str(exc)
+    return text if text else type(exc).__name__
+
+
+async def _read(stream: asyncssh.SSHReader[bytes], sink: bytearray) -> None:
+    while chunk := await stream.read(65536):
+        room = OUTPUT_LIMIT - len(sink)
+        if room > 0:
+            sink.extend(chunk[:room])
+
+
+async def _close(conn: asyncssh.SSHClientConnection | None) -> None:
+    if conn is None:
+        return
+    conn.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(conn.wait_closed(), 5)
+
+
+def _load_key(private_key: str, passphrase: str | None) -> asyncssh.SSHKey:
+    if "PRIVATE KEY" in private_key:
+        return asyncssh.import_private_key(private_key, passphrase)
+    return asyncssh.read_private_key(private_key, passphrase)
+
+
+def _key_error(private_key: str, exc: Exception) -> str:
+    if "PRIVATE KEY" in private_key:
+        return f"cannot use the private_key given: {_describe(exc)}"
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _describe(exc)
+    reason = reason.replace(private_key, "the file")
+    path = Path(private_key)
+    # The path is a secret parameter's value, so the execution record masks it; the folder and the
+    # file name stay readable there.
+    return (f"cannot read the private_key file {private_key} (file {path.name!r} in folder {str(path.parent)!r}): "
+            f"{reason}")
+
+
+class RemoteShellRunner:
+    """Both remote shell runners; which one is decided by the action's runner type."""
+
+    async def run(self, request: RunRequest) -> RunOutcome:
+        params = request.runner_parameters
+        try:
+            targets = parse_hosts(params.get("hosts") or "", int(params.get("port") or 22))
+            bastion = parse_host(str(params["bastion_host"]).strip(), 22) if params.get("bastion_host") else None
+        except ValueError as exc:
+            return RunOutcome("failed", {"error": str(exc)})
+        if not targets:
+            return RunOutcome("failed", {"error": 'parameter "hosts" names no host: nothing to run'})
+        variables = action_variables(request)
+        upload: bytes | None = None
+        upload_name = tail = ""
+        if request.action.runner_type == "remote-shell-script":
+            entry = request.action.entry_path
+            assert entry is not None  # the action loader requires one for this runner
+            upload, upload_name = entry.read_bytes(), entry.name
+            tail = "".join(f" {shlex.quote(arg)}" for arg in script_arguments(request))
+            command = ""
+        else:
+            command = params.get("cmd")
+            if not command:
+                return RunOutcome("failed", {"error": 'parameter "cmd" is empty: nothing to run'})
+            template = request.templates.get("cmd")
+            if template:
+                command, values = render_shell_command(template, request.template_context)
+                variables.update(values)
+        bad = sorted(name for name in variables if not _ENV_NAME.match(name))
+        if bad:
+            return RunOutcome("failed", {"error": f"env names must be letters, digits and '_': {bad}"})
+        script = remote_script(str(command), variables, params.get("cwd") or None)
+
+        key: asyncssh.SSHKey | None = None
+        key_error = None
+        private_key = params.get("private_key")
+        if private_key:
+            try:
+                key = await asyncio.to_thread(_load_key, str(private_key), params.get("passphrase") or None)
+            except (OSError, asyncssh.KeyImportError, ValueError) as exc:
+                key_error = _key_error(str(private_key), exc)
+
+        job = _Job(
+            execution_id=request.execution_id,
+            username=params.get("username") or getpass.getuser(),
+            password=params.get("password") or None,
+            key=key,
+            key_error=key_error,
+            bastion=bastion,
+            script_body=script,
+            script_tail=tail,
+            upload=upload,
+            upload_name=upload_name,
+            upload_dir=params.get("dir") or "/tmp",
+            sudo=bool(params.get("sudo")),
+            sudo_password=params.get("sudo_password") or None,
+            timeout=float(params.get("timeout") or 60),
+        )
+        if params.get("parallel"):
+            results = await asyncio.gather(*(self._host(target, job) for target in targets))
+        else:
+            results = [await self._host(target, job) for target in targets]
+        by_host = {target.given: result for target, result in zip(targets, results, strict=True)}
+        if all(r["succeeded"] for r in results):
+            status = "succeeded"
+        elif all(r.get("timeout") for r in results):
+            status = "timeout"
+        else:
+            status = "failed"
+        return RunOutcome(status, by_host)
+
+    # -- one host ------------------------------------------------------------------------------
+    async def _host(self, target: Target, job: _Job) -> dict[str, Any]:
+        """Run on one host; every failure becomes that host's result, never an exception."""
+        if job.key_error:
+            return _failure(f"{target.given}: {job.key_error}")
+        conn = tunnel = None
+        who = via = f"{job.username}@{target.address}"
+        try:
+            try:
+                if job.bastion is not None:
+                    via = f"bastion {job.username}@{job.bastion.address}"
+                    tunnel = await self._connect(job.bastion, job, None)
+                    via = who
+                    conn = await self._connect(target, job, tunnel)
+                else:
+                    via = who
+                    conn = await self._connect(target, job, None)
+            except asyncssh.PermissionDenied as exc:
+                return _failure(f"authentication failed for {via}: {_describe(exc)}")
+            except TimeoutError:
+                return _failure(f"cannot connect to {via}: timed out after {job.timeout:g} seconds")
+            except (OSError, asyncssh.Error) as exc:
+                return _failure(f"cannot connect to {via}: {_describe(exc)}")
+            return await self._execute(conn, target, job)
+        except (OSError, asyncssh.Error) as exc:
+            return _failure(f"SSH error on {target.given}: {_describe(exc)}")
+        except Exception as exc:  # one host's surprise must not lose the other hosts' results
+            return _failure(f"{target.given}: {type(exc).__name__}: {exc}", -1)
+        finally:
+            await asyncio.shield(self._close_all(conn, tunnel))
+
+    @staticmethod
+    async def _close_all(*conns: asyncssh.SSHClientConnection | None) -> None:
+        for conn in conns:
+            await _close(conn)
+
+    async def _connect(self, target: Target, job: _Job,
+                       tunnel: asyncssh.SSHClientConnection | None) -> asyncssh.SSHClientConnection:
+        options: dict[str, Any] = {
+            "username": job.username,
+            "known_hosts": None,  # StackStorm does not verify host keys either (see the module docstring)
+            "connect_timeout": job.timeout,
+        }
+        if tunnel is not None:
+            options["tunnel"] = tunnel
+        if job.password is not None:
+            options["password"] = job.password
+        if job.key is not None:
+            options.update(client_keys=[job.key], agent_path=None)
+        elif job.password is not None:
+            options.update(client_keys=None, agent_path=None)
+        return await asyncssh.connect(target.host, target.port, **options)
+
+    async def _execute(self, conn: asyncssh.SSHClientConnection, target: Target, job: _Job) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + job.timeout
+        if job.upload is None:
+            return await self._command(conn, target, job, job.command(None), deadline)
+        path = posixpath.join(job.upload_dir, f"squall-{job.execution_id}-{uuid.uuid4().hex[:8]}-{job.upload_name}")
+        sftp = None
+        try:
+            try:
+                sftp = await asyncio.wait_for(conn.start_sftp_client(), max(0.01, deadline - loop.time()))
+                await asyncio.wait_for(self._upload(sftp, path, job.upload), max(0.01, deadline - loop.time()))
+            except TimeoutError:
+                return _timed_out(target, job.timeout, "copying the script")
+            except (OSError, asyncssh.Error) as exc:
+                return _failure(f"cannot copy the script to {target.given}:{path}: {_describe(exc)}")
+            return await self._command(conn, target, job, job.command(path), deadline)
+        finally:
+            if sftp is not None:
+                await asyncio.shield(self._remove(sftp, path))
+
+    @staticmethod
+    async def _upload(sftp: asyncssh.SFTPClient, path: str, data: bytes) -> None:
+        async with sftp.open(path, "wb") as handle:
+            await handle.write(data)
+        await sftp.chmod(path, 0o755)
+
+    @staticmethod
+    async def _remove(sftp: asyncssh.SFTPClient, path: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sftp.remove(path), 5)
+        sftp.exit()
+
+    async def _command(self, conn: asyncssh.SSHClientConnection, target: Target, job: _Job, command: str,
+                       deadline: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        process = await conn.create_process(command, encoding=None)
+        out, err = bytearray(), bytearray()
+        finished = False
+
+        async def drain() -> None:
+            await asyncio.gather(_read(process.stdout, out), _read(process.stderr, err))
+            await process.wait_closed()
+
+        try:
+            if job.sudo and job.sudo_password:
+                process.stdin.write(f"{job.sudo_password}\n".encode())
+            process.stdin.write_eof()
+            try:
+                await asyncio.wait_for(drain(), max(0.01, deadline - loop.time()))
+                finished = True
+            except TimeoutError:
+                return _timed_out(target, job.timeout, "the command", bytes(out), bytes(err))
+        finally:
+            if not finished:
+                with contextlib.suppress(Exception):
+                    process.send_signal("KILL")  # OpenSSH signals the session's whole process group
+                process.close()
+        error = None
+        if process.exit_signal:  # killed by a signal: a negative number, as for local processes
+            code = -int(getattr(signal, f"SIG{process.exit_signal[0]}", 1))
+        elif process.exit_status is not None:
+            code = process.exit_status
+        else:
+            code, error = _UNREACHABLE, f"{target.given}: the channel closed without an exit status"
+        result: dict[str, Any] = {
+            "failed": code != 0,
+            "succeeded": code == 0,
+            "return_code": code,
+            "stdout": decode_output(out.decode("utf-8", "replace")),
+            "stderr": decode_output(err.decode("utf-8", "replace")),
+        }
+        if job.sudo and "incorrect password" in str(result["stderr"]).lower():
+            code, error = -1, ("Invalid sudo password provided or sudo is not configured "
+                               f"for this user ({job.username}) on {target.given}")
+            result.update(return_code=code, failed=True, succeeded=False)
+        if error:
+            result["error"] = error
+        return result

@@ -1,0 +1,484 @@
+"""The remote shell runners (`remote-shell-cmd`, `remote-shell-script`) against a real OpenSSH server.
+
+Spec §1.4 (runner parameters, result keyed by host, status rules), §1.5 (script arguments),
+§1.7 (result shape, timeouts) and §1.8 (environment). `tests/sshd.py` starts an sshd of the
+tests' own on 127.0.0.1 and 127.0.0.2 (two "hosts" on one port); everything runs through the
+engine end to end. The "remote" processes run on this machine, so their pids can be checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import Squall
+from engine.runners import RUNNER_TYPES, RunRequest
+from engine.runners.remote import RemoteShellRunner, parse_hosts, remote_script, wrap_command
+from tests.conftest import write
+from tests.sshd import SSHDUnavailable, SSHServer, running_sshd
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[SSHServer]:
+    try:
+        with running_sshd() as server:
+            yield server
+    except SSHDUnavailable as exc:
+        pytest.skip(f"no OpenSSH server for the remote runner tests: {exc}")
+
+
+@pytest.fixture
+def home(home: Path) -> Path:
+    """The conftest home plus a pack of remote actions, written before Squall starts."""
+    pack = home / "packs" / "remotetest"
+    write(pack / "pack.yaml", """
+        name: remotetest
+        description: remote runner test pack
+        version: 0.1.0
+        author: tests
+    """)
+    for name, cmd in {
+        "unquoted": "printf '%s' {{ value }}",
+        "double": "printf '%s' \"{{ value }}\"",
+        "single": "printf '%s' '{{ value }}'",
+    }.items():
+        write(pack / "actions" / f"{name}.yaml", f"""
+            name: {name}
+            runner_type: remote-shell-cmd
+            parameters:
+              value:
+                type: string
+                required: true
+              cmd:
+                immutable: true
+                default: {json.dumps(cmd)}
+        """)
+    write(pack / "actions" / "argv.sh", """
+        #!/bin/bash
+        printf '%s\\n' "$0" "$PWD" "$ST2_ACTION_EXECUTION_ID"
+        printf '[%s]\\n' "$@"
+    """)
+    write(pack / "actions" / "argv.yaml", """
+        name: argv
+        runner_type: remote-shell-script
+        entry_point: argv.sh
+        parameters:
+          name:
+            type: string
+          flag:
+            type: boolean
+          disabled:
+            type: boolean
+            default: false
+          tags:
+            type: array
+          first:
+            type: string
+            position: 0
+          second:
+            type: integer
+            position: 1
+          third:
+            type: array
+            position: 2
+    """)
+    return home
+
+
+def creds(server: SSHServer, **extra: Any) -> dict[str, Any]:
+    """Parameters that log in to the test server with the unencrypted key file."""
+    return {"hosts": server.host, "username": server.user, "private_key": str(server.key_path), **extra}
+
+
+async def run(app: Squall, ref: str, params: dict[str, Any]) -> dict[str, Any]:
+    record = await app.executions.request(ref, params)
+    return await app.executions.wait(record["id"], timeout=30)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+async def _wait_gone(pid: int) -> bool:
+    for _ in range(100):
+        if not _alive(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def _read_pids(path: Path) -> list[int]:
+    for _ in range(200):
+        text = path.read_text() if path.exists() else ""
+        if text.endswith("\n") and len(text.split()) >= 2:
+            return [int(p) for p in text.split()]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} was never written")
+
+
+# ---------------------------------------------------------------------------------------------
+# Runner table, pack core, pure helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def test_runner_types_have_stackstorms_parameters() -> None:
+    cmd, script = RUNNER_TYPES["remote-shell-cmd"], RUNNER_TYPES["remote-shell-script"]
+    for runner in (cmd, script):
+        params = runner.parameters
+        assert params["hosts"] == {**params["hosts"], "type": "string", "required": True}
+        for secret in ("password", "private_key", "passphrase", "sudo_password"):
+            assert params[secret]["secret"] is True
+        assert params["port"]["default"] == 22
+        assert params["cwd"]["default"] == "/tmp" and params["dir"]["default"] == "/tmp"
+        assert params["kwarg_op"]["default"] == "--"
+        assert params["parallel"]["default"] is False and not params["parallel"].get("immutable")
+        assert params["sudo"]["default"] is False and params["timeout"]["default"] == 60
+        assert {"username", "bastion_host", "env"} <= set(params)
+    assert "cmd" in cmd.parameters and "cmd" not in script.parameters
+    assert cmd.forbids_entry_point and script.needs_entry_point
+
+
+def test_parse_hosts() -> None:
+    targets = parse_hosts(" a, b:2222 ,a,, [::1]:23, [fe80::1], ::1", 22)
+    assert [(t.given, t.host, t.port) for t in targets] == [
+        ("a", "a", 22), ("b:2222", "b", 2222), ("[::1]:23", "::1", 23), ("[fe80::1]", "fe80::1", 22),
+        ("::1", "::1", 22),
+    ]
+    for bad in ("a:b", "a:0", "a:70000", ":22", "[::1"):
+        with pytest.raises(ValueError, match="invalid host"):
+            parse_hosts(bad, 22)
+
+
+def test_remote_command_quotes_everything() -> None:
+    script = remote_script("echo \"${SQUALL_ARG_0}\"", {"SQUALL_ARG_0": "it's $(x)"}, "/my dir")
+    assert script == "export SQUALL_ARG_0='it'\"'\"'s $(x)'; \ncd '/my dir' || exit 1\necho \"${SQUALL_ARG_0}\""
+    assert wrap_command("id", sudo=False, sudo_password=None) == "bash -c id"
+    assert wrap_command("id -u", sudo=True, sudo_password=None) == "sudo -E -n -- bash -c 'id -u'"
+    assert wrap_command("id -u", sudo=True, sudo_password="pw") == "sudo -E -S -- bash -c 'id -u'"
+
+
+async def test_core_pack_has_remote_actions(squall: Squall) -> None:
+    remote = squall.registry.action("core.remote")
+    sudo = squall.registry.action("core.remote_sudo")
+    for action in (remote, sudo):
+        assert action.runner_type == "remote-shell-cmd"
+        assert action.parameters["cmd"]["required"] is True
+        assert action.parameters["sudo"]["immutable"] is True
+    assert remote.parameters["sudo"]["default"] is False
+    assert sudo.parameters["sudo"]["default"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging in
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_key_file_login_and_result_shape(squall: Squall, sshd: SSHServer) -> None:
+    done = await run(squall, "core.remote", creds(sshd, cmd="whoami; echo '{\"a\": 1}' >&2"))
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    assert done["result"] == {
+        sshd.host: {"failed": False, "succeeded": True, "return_code": 0, "stdout": sshd.user, "stderr": {"a": 1}},
+    }
+
+
+async def test_key_material_login_is_not_stored(squall: Squall, sshd: SSHServer) -> None:
+    params = {"hosts": sshd.host, "username": sshd.user, "private_key": sshd.key_text, "cmd": "echo 42"}
+    done = await run(squall, "core.remote", params)
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    assert done["result"][sshd.host]["stdout"] == 42
+    assert "PRIVATE KEY" not in json.dumps(done)
+    assert "PRIVATE KEY" not in json.dumps(squall.store.get_execution(done["id"]), default=str)
+
+
+async def test_encrypted_key_with_passphrase(squall: Squall, sshd: SSHServer) -> None:
+    params = {"hosts": sshd.host, "username": sshd.user, "private_key": str(sshd.encrypted_key_path), "cmd": "echo ok"}
+    done = await run(squall, "core.remote", {**params, "passphrase": sshd.passphrase})
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    assert done["result"][sshd.host]["stdout"] == "ok"
+
+    done = await run(squall, "core.remote", {**params, "passphrase": "wrong-passphrase"})
+    assert done["status"] == "failed"
+    error = done["result"][sshd.host]["error"]
+    assert "private_key" in error and "passphrase" in error.lower()
+
+
+async def test_password_login_and_the_password_is_secret(squall: Squall, sshd: SSHServer) -> None:
+    if sshd.password is None:
+        pytest.skip("password login needs root to set the test user's password")
+    params = {"hosts": sshd.host, "username": sshd.user, "password": sshd.password, "cmd": "echo pw-login"}
+    record = await squall.executions.request("core.remote", params)
+    assert record["parameters"]["password"] != sshd.password
+    done = await squall.executions.wait(record["id"], timeout=30)
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    assert done["result"][sshd.host]["stdout"] == "pw-login"
+    assert sshd.password not in json.dumps(record)
+    assert sshd.password not in json.dumps(done)
+    stored = squall.store.get_execution(record["id"])
+    assert sshd.password not in json.dumps(stored, default=str)
+
+
+async def test_wrong_password_fails_naming_the_host(squall: Squall, sshd: SSHServer) -> None:
+    params = {"hosts": sshd.host, "username": sshd.user, "password": "not-the-password", "cmd": "true"}
+    done = await run(squall, "core.remote", params)
+    assert done["status"] == "failed"
+    result = done["result"][sshd.host]
+    assert result["return_code"] == 255 and result["failed"] is True and result["succeeded"] is False
+    assert "authentication failed" in result["error"] and sshd.host.split(":")[0] in result["error"]
+
+
+async def test_wrong_key_path_names_the_path(squall: Squall, sshd: SSHServer, tmp_path: Path) -> None:
+    missing = tmp_path / "keys" / "no_such_key"
+    done = await run(squall, "core.remote", creds(sshd, private_key=str(missing), cmd="true"))
+    assert done["status"] == "failed"
+    error = done["result"][sshd.host]["error"]
+    # The full path is a secret parameter's value and is masked in the record; its parts are not.
+    assert "no_such_key" in error and str(missing.parent) in error
+    assert "No such file or directory" in error
+
+
+async def test_runner_error_names_the_key_path_itself(squall: Squall, sshd: SSHServer, tmp_path: Path) -> None:
+    """Before the engine masks secret values in the record, the runner's error has the whole path."""
+    missing = str(tmp_path / "nope_key")
+    params = {"hosts": sshd.host, "private_key": missing, "cmd": "true"}
+    request = RunRequest("x1", squall.registry.action("core.remote"), params, {}, {}, {})
+    outcome = await RemoteShellRunner().run(request)
+    assert outcome.status == "failed"
+    assert missing in outcome.result[sshd.host]["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Several hosts, unreachable hosts, parallel
+# ---------------------------------------------------------------------------------------------
+
+_SERVER_ADDRESS = "echo $SSH_CONNECTION | cut -d' ' -f3"
+
+
+async def test_two_hosts_in_one_execution(squall: Squall, sshd: SSHServer) -> None:
+    done = await run(squall, "core.remote", creds(sshd, hosts=",".join(sshd.hosts), cmd=_SERVER_ADDRESS))
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    assert list(done["result"]) == sshd.hosts
+    for host in sshd.hosts:
+        assert done["result"][host]["stdout"] == host.split(":")[0]
+
+
+async def test_port_parameter_for_hosts_without_a_port(squall: Squall, sshd: SSHServer) -> None:
+    done = await run(squall, "core.remote", creds(sshd, hosts="127.0.0.2", port=sshd.port, cmd=_SERVER_ADDRESS))
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    assert done["result"] == {"127.0.0.2": {**done["result"]["127.0.0.2"], "stdout": "127.0.0.2"}}
+
+
+async def test_unreachable_host_fails_alone(squall: Squall, sshd: SSHServer) -> None:
+    bad = f"127.0.0.3:{sshd.port}"  # sshd does not listen on 127.0.0.3: refused at once
+    for parallel in (False, True):
+        done = await run(squall, "core.remote", creds(sshd, hosts=f"{bad},{sshd.host}", cmd="echo fine",
+                                                       parallel=parallel))
+        assert done["status"] == "failed"
+        assert list(done["result"]) == [bad, sshd.host]
+        assert done["result"][sshd.host]["stdout"] == "fine"
+        assert done["result"][sshd.host]["succeeded"] is True
+        failure = done["result"][bad]
+        assert {k: v for k, v in failure.items() if k != "error"} == {
+            "failed": True, "succeeded": False, "return_code": 255, "stdout": "", "stderr": ""}
+        assert "cannot connect" in failure["error"] and "127.0.0.3" in failure["error"]
+        assert "refused" in failure["error"].lower()
+
+
+async def test_a_failing_command_on_one_host_fails_the_execution(squall: Squall, sshd: SSHServer) -> None:
+    cmd = f'[ "$({_SERVER_ADDRESS})" = 127.0.0.1 ] || exit 3; echo one'
+    done = await run(squall, "core.remote", creds(sshd, hosts=",".join(sshd.hosts), cmd=cmd))
+    assert done["status"] == "failed"
+    first, second = (done["result"][h] for h in sshd.hosts)
+    assert first["succeeded"] is True and first["stdout"] == "one"
+    assert second["return_code"] == 3 and second["failed"] is True and "error" not in second
+
+
+async def test_parallel_runs_hosts_at_once(squall: Squall, sshd: SSHServer) -> None:
+    hosts = ",".join(sshd.hosts)
+    cmd = "sleep 0.6; " + _SERVER_ADDRESS
+    timings = {}
+    for parallel in (True, False):
+        start = time.monotonic()
+        done = await run(squall, "core.remote", creds(sshd, hosts=hosts, cmd=cmd, parallel=parallel))
+        timings[parallel] = time.monotonic() - start
+        assert done["status"] == "succeeded", json.dumps(done["result"])
+        assert {h: r["stdout"] for h, r in done["result"].items()} == {h: h.split(":")[0] for h in sshd.hosts}
+    assert timings[False] >= 1.2
+    assert timings[True] < 1.1, timings
+
+
+async def test_bastion_host(squall: Squall, sshd: SSHServer) -> None:
+    target = sshd.hosts[1]
+    done = await run(squall, "core.remote", creds(sshd, hosts=target, bastion_host=sshd.hosts[0], cmd=_SERVER_ADDRESS))
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    assert done["result"][target]["stdout"] == "127.0.0.2"
+    closed = f"127.0.0.3:{sshd.port}"
+    done = await run(squall, "core.remote", creds(sshd, hosts=target, bastion_host=closed, cmd="true"))
+    assert done["status"] == "failed"
+    assert "bastion" in done["result"][target]["error"] and closed in done["result"][target]["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Timeout and cancel
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_timeout_kills_the_remote_command(squall: Squall, sshd: SSHServer) -> None:
+    pids = sshd.scratch / "timeout.pids"
+    cmd = f"sleep 30 & echo $$ $! > {pids}; echo started; sleep 30"
+    start = time.monotonic()
+    done = await run(squall, "core.remote", creds(sshd, cmd=cmd, timeout=2))
+    assert time.monotonic() - start < 6
+    assert done["status"] == "timeout"
+    result = done["result"][sshd.host]
+    assert result["timeout"] is True and result["return_code"] == -9
+    assert result["failed"] is True and result["succeeded"] is False
+    assert "timed out" in result["error"] and "2 seconds" in result["error"]
+    assert result["stdout"] == "started"
+    for pid in await _read_pids(pids):
+        assert await _wait_gone(pid), f"remote process {pid} outlived the timeout"
+
+
+async def test_timeout_on_one_host_only_is_failed(squall: Squall, sshd: SSHServer) -> None:
+    cmd = f'[ "$({_SERVER_ADDRESS})" = 127.0.0.1 ] || sleep 30; echo done'
+    done = await run(squall, "core.remote", creds(sshd, hosts=",".join(sshd.hosts), cmd=cmd, timeout=1,
+                                                   parallel=True))
+    assert done["status"] == "failed"
+    first, second = (done["result"][h] for h in sshd.hosts)
+    assert first["succeeded"] is True and "timeout" not in first
+    assert second["timeout"] is True and second["return_code"] == -9
+
+
+async def test_cancel_kills_the_remote_command(squall: Squall, sshd: SSHServer) -> None:
+    pids = sshd.scratch / "cancel.pids"
+    pids.unlink(missing_ok=True)
+    cmd = f"sleep 30 & echo $$ $! > {pids}; sleep 30"
+    record = await squall.executions.request("core.remote", creds(sshd, cmd=cmd))
+    remote = await _read_pids(pids)
+    assert all(_alive(pid) for pid in remote)
+    await squall.executions.cancel(record["id"])
+    done = await squall.executions.wait(record["id"], timeout=10)
+    assert done["status"] == "canceled"
+    for pid in remote:
+        assert await _wait_gone(pid), f"remote process {pid} outlived the cancel"
+
+
+# ---------------------------------------------------------------------------------------------
+# cwd, env, the action's variables, templates
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_default_cwd_is_tmp_and_cwd_parameter(squall: Squall, sshd: SSHServer) -> None:
+    done = await run(squall, "core.remote", creds(sshd, cmd="pwd"))
+    assert done["result"][sshd.host]["stdout"] == "/tmp"
+    folder = sshd.scratch / "a dir; with 'quotes'"
+    folder.mkdir(exist_ok=True)
+    done = await run(squall, "core.remote", creds(sshd, cmd="pwd", cwd=str(folder)))
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    assert done["result"][sshd.host]["stdout"] == str(folder)
+    done = await run(squall, "core.remote", creds(sshd, cmd="echo never", cwd=str(sshd.scratch / "missing")))
+    assert done["status"] == "failed"
+    assert done["result"][sshd.host]["return_code"] == 1
+    assert "missing" in done["result"][sshd.host]["stderr"] and done["result"][sshd.host]["stdout"] == ""
+
+
+async def test_env_and_action_variables_reach_the_host(squall: Squall, sshd: SSHServer) -> None:
+    hostile = "it's \"$(touch /tmp/squall-env-pwned)\" `id` $HOME"
+    env = {"FOO": hostile, "N": 5, "ST2_ACTION_PACK_NAME": "spoofed"}
+    cmd = 'printf "%s\\n" "$FOO" "$N" "$ST2_ACTION_PACK_NAME" "$ST2_ACTION_EXECUTION_ID" "$SQUALL_ACTION_EXECUTION_ID"'
+    record = await squall.executions.request("core.remote", creds(sshd, cmd=cmd, env=env))
+    done = await squall.executions.wait(record["id"], timeout=30)
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    lines = done["result"][sshd.host]["stdout"].split("\n")
+    assert lines == [hostile, "5", "core", record["id"], record["id"]]
+    assert not Path("/tmp/squall-env-pwned").exists()
+
+
+async def test_env_names_must_be_shell_names(squall: Squall, sshd: SSHServer) -> None:
+    done = await run(squall, "core.remote", creds(sshd, cmd="true", env={"A; touch /tmp/x": "v"}))
+    assert done["status"] == "failed"
+    assert "env names" in done["result"]["error"]
+
+
+def _decoded(text: str) -> Any:
+    """stdout is JSON-decoded when it is JSON (spec §1.7): `"; touch x; echo "` is a JSON string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+NASTY = [
+    "$(touch {dir}/pwned1)",
+    '"; touch {dir}/pwned2; echo "',
+    "'; touch {dir}/pwned3; echo '",
+    "`touch {dir}/pwned4`",
+    "it's a 'quoted' \"value\" $HOME ${{PATH}} \\ trailing\\",
+    "line one\nline two; touch {dir}/pwned5",
+]
+
+
+async def test_cmd_template_values_are_data(squall: Squall, sshd: SSHServer) -> None:
+    folder = sshd.scratch / "nasty"
+    folder.mkdir(exist_ok=True)
+    cases = [(ref, value.format(dir=folder)) for value in NASTY for ref in ("unquoted", "double", "single")]
+    records = [await squall.executions.request(f"remotetest.{ref}", creds(sshd, value=value)) for ref, value in cases]
+    for (ref, value), record in zip(cases, records, strict=True):
+        done = await squall.executions.wait(record["id"], timeout=30)
+        assert done["status"] == "succeeded", (ref, value, done["result"])
+        assert done["result"][sshd.host]["stdout"] == _decoded(value), (ref, value)
+    assert list(folder.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# remote-shell-script
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_script_gets_named_then_positional_arguments(squall: Squall, sshd: SSHServer) -> None:
+    folder = sshd.scratch / "scripts"
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o777)  # the login user copies the script into it
+    params = {
+        "name": "it's $(touch /tmp/squall-pwned) a name",
+        "flag": True,
+        "tags": ["a", "b"],
+        "first": "one two  three",
+        "second": 7,
+        "third": ["x", "y z"],
+    }
+    record = await squall.executions.request("remotetest.argv", creds(sshd, dir=str(folder), **params))
+    done = await squall.executions.wait(record["id"], timeout=30)
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    lines = done["result"][sshd.host]["stdout"].split("\n")
+    script, cwd, execution_id, *args = lines
+    assert script.startswith(str(folder) + "/") and script.endswith("argv.sh")
+    assert cwd == "/tmp" and execution_id == record["id"]
+    assert args == [
+        "[--name=it's $(touch /tmp/squall-pwned) a name]", "[--flag]", "[--tags=['a', 'b']]",
+        "[one two  three]", "[7]", "[x,y z]",
+    ]
+    assert not Path("/tmp/squall-pwned").exists()
+    assert list(folder.iterdir()) == []  # the copied script is removed afterwards
+
+
+async def test_script_on_two_hosts_with_a_missing_dir(squall: Squall, sshd: SSHServer) -> None:
+    done = await run(squall, "remotetest.argv", creds(sshd, hosts=",".join(sshd.hosts), parallel=True,
+                                                      name="n", first="p", kwarg_op="-"))
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    for host in sshd.hosts:
+        assert done["result"][host]["stdout"].split("\n")[3:] == ["[-name=n]", "[p]", "[]", "[]"]
+    done = await run(squall, "remotetest.argv", creds(sshd, dir=str(sshd.scratch / "no-such-dir")))
+    assert done["status"] == "failed"
+    assert "cannot copy the script" in done["result"][sshd.host]["error"]
