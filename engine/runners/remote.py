@@ -43,7 +43,7 @@ import asyncssh
 from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
 from engine.runners.environment import action_variables
 from engine.runners.shell import decode_output, script_arguments
-from engine.runners.shell_template import render_shell_command
+from engine.runners.shell_template import EmptyCommand, command_of
 
 # asyncssh logs every connection and channel at INFO; a runner's log needs only its problems.
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
@@ -219,13 +219,11 @@ class RemoteShellRunner:
             tail = "".join(f" {shlex.quote(arg)}" for arg in script_arguments(request))
             command = ""
         else:
-            command = params.get("cmd")
-            if not command:
-                return RunOutcome("failed", {"error": 'parameter "cmd" is empty: nothing to run'})
-            template = request.templates.get("cmd")
-            if template:
-                command, values = render_shell_command(template, request.template_context)
-                variables.update(values)
+            try:
+                command, values = command_of(request)
+            except EmptyCommand as exc:
+                return RunOutcome("failed", {"error": str(exc)})
+            variables.update(values)
         bad = sorted(name for name in variables if not _ENV_NAME.match(name))
         if bad:
             return RunOutcome("failed", {"error": f"env names must be letters, digits and '_': {bad}"})

@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
 from engine.runners.environment import action_environment
-from engine.runners.shell_template import render_shell_command
+from engine.runners.shell_template import EmptyCommand, command_of
 
 
 def _named_value(value: Any) -> str:
@@ -158,13 +158,11 @@ class LocalShellRunner:
             if params.get("debug") and not has_shebang:
                 argv.insert(1, "-x")
         else:
-            command = params.get("cmd")
-            if not command:
-                return RunOutcome("failed", {"error": 'parameter "cmd" is empty: nothing to run'})
-            template = request.templates.get("cmd")
-            if template:
-                command, extra_env = render_shell_command(template, request.template_context, request.jinja)
-            argv = ["bash", "-c", str(command)]
+            try:
+                command, extra_env = command_of(request)
+            except EmptyCommand as exc:
+                return RunOutcome("failed", {"error": str(exc)})
+            argv = ["bash", "-c", command]
         stdin = None
         if params.get("sudo"):
             password = params.get("sudo_password")

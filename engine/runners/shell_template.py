@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 
+from engine.runners import RunRequest
 from engine.templates import TemplateRenderError, build_environment
 
 _PLACEHOLDER = "\x00{}\x00"
@@ -290,3 +291,18 @@ class _ShellQuoter:
         return end + 1
 
 
+
+
+class EmptyCommand(ValueError):
+    """An action whose `cmd` rendered to nothing."""
+
+
+def command_of(request: RunRequest) -> tuple[str, dict[str, str]]:
+    """The `cmd` of a shell-command execution, and the variables its `{{ }}` values travel in."""
+    command = request.runner_parameters.get("cmd")
+    if not command:
+        raise EmptyCommand('parameter "cmd" is empty: nothing to run')
+    template = request.templates.get("cmd")
+    if template:
+        return render_shell_command(template, request.template_context, request.jinja)
+    return str(command), {}
