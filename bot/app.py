@@ -7,15 +7,21 @@ exercise is what runs in production.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
+from bot.announce import Announcer
 from bot.config import SYSTEM_PACKS_PATH, Config
+from bot.notifications import Notifier
 from engine.crypto import KeyRing
 from engine.datastore import Datastore
 from engine.executions import ExecutionService
 from engine.executor import LocalExecutor
 from engine.packs import Registry, load_registry
 from engine.runners import RunRequest
+from engine.runners.announcement import AnnouncementRunner
 from engine.runners.http import HttpRunner
 from engine.runners.noop import NoopRunner
 from engine.runners.python import PythonRunner
@@ -37,6 +43,11 @@ class Squall:
         self.datastore = Datastore(store, self.keys)
         self.registry = registry
         self.python = PythonRunner(config.virtualenvs_path, config.python_workers_per_pack, self._action_call)
+        # The `squall` pack's actions call the CLI against the same config.
+        os.environ.setdefault("SQUALL_CLI", str(Path(sys.executable).parent / "squall"))
+        if config.path is not None:
+            os.environ["SQUALL_CONFIG"] = str(config.path)
+        self.announcer = Announcer(self)
         shell = LocalShellRunner()
         runners = {
             "local-shell-cmd": shell,
@@ -46,9 +57,11 @@ class Squall:
             "remote-shell-cmd": RemoteShellRunner(),
             "remote-shell-script": RemoteShellRunner(),
             "noop": NoopRunner(),
+            "announcement": AnnouncementRunner(self.announcer.publish),
         }
         self.executions = ExecutionService(registry, self.db, self.datastore, self.keys, runners, config.api_url)
         self.executor = LocalExecutor(self.executions.run, config.max_concurrency)
+        self.executions.on_finished(Notifier(self).on_finished)
         self.executions.executor = self.executor
 
     @classmethod

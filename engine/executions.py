@@ -132,6 +132,11 @@ class ExecutionService:
         """Call `listener(public_record)` whenever an execution finishes in this process."""
         self._listeners.append(listener)
 
+    @property
+    def notifying(self) -> int:
+        """Listeners for finished executions still running (results being posted, say)."""
+        return len(self._listener_tasks)
+
     def _finished(self, record: dict[str, Any]) -> None:
         shown = public(record)
         self._recent[record["id"]] = shown

@@ -66,6 +66,35 @@ kv_pairs = sa.Table(
     sa.Index("ix_kv_pairs_expire_at", "expire_at"),
 )
 
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("adapter", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(255), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | sent | failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("platform_id", sa.String(255), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("ix_outbox_status", "status", "id"),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("actor", sa.String(255), nullable=True),
+    sa.Column("source", sa.String(255), nullable=True),
+    sa.Column("target", sa.String(255), nullable=True),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Index("ix_audit_timestamp", "timestamp"),
+)
+
 _INSERT_EXECUTION = executions.insert()
 _GET_EXECUTION = sa.select(executions).where(executions.c.id == sa.bindparam("_id"))
 
@@ -96,7 +125,7 @@ def _kv_upsert(sqlite: bool, keys: tuple[str, ...]) -> sa.Insert:
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 0x5371_7561_6C6C  # "Squall": the advisory lock migrations take on PostgreSQL
-_DATETIME_COLUMNS = ("start_timestamp", "end_timestamp", "expire_at", "updated_at")
+_DATETIME_COLUMNS = ("start_timestamp", "end_timestamp", "expire_at", "updated_at", "timestamp")
 
 
 def utcnow() -> datetime:
@@ -396,6 +425,44 @@ class Store:
                              .values(value=value))
             for execution_id, value in sealed:
                 conn.execute(executions.update().where(executions.c.id == execution_id).values(sealed=value))
+
+    # -- chat outbox and audit log ---------------------------------------------------------
+    def outbox_add(self, adapter: str, channel: str, payload: dict[str, Any]) -> int:
+        with self._write() as conn:
+            result = conn.execute(outbox.insert().values(
+                adapter=adapter, channel=channel, payload=payload, status="pending", attempts=0,
+                created_at=utcnow()))
+            return int(result.inserted_primary_key[0])
+
+    def outbox_pending(self, adapters: Sequence[str], after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        """Undelivered replies for these adapters, oldest first (so each channel keeps its order)."""
+        statement = (sa.select(outbox).where(outbox.c.status == "pending", outbox.c.id > after,
+                                             outbox.c.adapter.in_(list(adapters)))
+                     .order_by(outbox.c.id).limit(limit))
+        with self._read() as conn:
+            return [dict(row._mapping) for row in conn.execute(statement)]
+
+    def outbox_get(self, outbox_id: int) -> dict[str, Any] | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(outbox).where(outbox.c.id == outbox_id)).first()
+            return dict(row._mapping) if row else None
+
+    def outbox_update(self, outbox_id: int, fields: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(outbox.update().where(outbox.c.id == outbox_id).values(**fields))
+
+    def audit_add(self, event: str, actor: str | None, source: str | None, target: str | None,
+                  detail: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(audit.insert().values(timestamp=utcnow(), event=event, actor=actor, source=source,
+                                               target=target, detail=detail))
+
+    def audit_list(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
+        statement = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
+        if event:
+            statement = statement.where(audit.c.event == event)
+        with self._read() as conn:
+            return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
 
     def kv_purge_expired(self, now: datetime) -> int:
         with self._write() as conn:

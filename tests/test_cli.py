@@ -212,7 +212,7 @@ def test_pack_install_from_folder_runs_stackstorm_content(home: Path, demo_pack:
     assert code == 1 and record["status"] == "failed"
 
     packs = json.loads(squall(home, "pack", "list", "--json").stdout)
-    assert {p["ref"] for p in packs} == {"core", "demo"}
+    assert {p["ref"] for p in packs} == {"core", "chatops", "squall", "demo"}
 
     removed = squall(home, "pack", "remove", "demo")
     assert removed.returncode == 0

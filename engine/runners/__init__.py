@@ -133,6 +133,15 @@ RUNNER_TYPES: dict[str, RunnerType] = {
             output_key="body",
         ),
         RunnerType("noop", "Does nothing, successfully.", {}),
+        RunnerType(
+            "announcement",
+            "Posts a message to chat through the service's outbox.",
+            {
+                "route": {"type": "string", "default": "chatops", "minLength": 1, "maxLength": 255,
+                          "description": "Named route from config (adapter and channel), or any label."},
+                "experimental": {"type": "boolean", "default": True, "description": "Kept for StackStorm packs."},
+            },
+        ),
     )
 }
 

@@ -1,0 +1,97 @@
+"""What every chat adapter speaks: `Message` in, `Reply` out, and what the platform can do.
+
+Adapters stay thin: they turn a platform event into a `Message` and a `Reply` into platform calls.
+Everything else (addressing, matching, permissions, acks, results, help) lives in `bot/`, which
+reads `Capabilities` to degrade gracefully: threads where there are threads, edits where
+messages can be edited, files where long output can be uploaded, plain split text elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    threads: bool = False
+    edits: bool = False
+    rich: bool = False
+    files: bool = False
+    buttons: bool = False
+    #: Longest text one message may carry; longer replies are split (or uploaded as a file).
+    max_length: int = 4000
+
+
+@dataclass
+class Message:
+    """One chat message as the bot sees it, whatever the platform."""
+
+    adapter: str
+    channel: str
+    user: str
+    text: str
+    thread: str | None = None
+    #: The bot was @mentioned (or addressed as `nick:`), so no prefix is needed.
+    mentioned: bool = False
+    #: A direct (private) message: no prefix needed either.
+    direct: bool = False
+    #: Platform groups the user belongs to, mapped onto Squall groups by the adapter.
+    groups: list[str] = field(default_factory=list)
+    id: str | None = None
+    raw: Any = None
+
+
+@dataclass
+class Reply:
+    """Something to post. `edit` names the outbox id of an earlier reply to replace, if possible."""
+
+    adapter: str
+    channel: str
+    text: str
+    thread: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    file: tuple[str, str] | None = None
+    buttons: list[dict[str, str]] = field(default_factory=list)
+    edit: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"adapter": self.adapter, "channel": self.channel, "text": self.text, "thread": self.thread,
+                "extra": self.extra, "file": list(self.file) if self.file else None, "buttons": self.buttons,
+                "edit": self.edit}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Reply:
+        file = data.get("file")
+        return cls(adapter=data["adapter"], channel=data["channel"], text=data["text"], thread=data.get("thread"),
+                   extra=data.get("extra") or {}, file=(file[0], file[1]) if file else None,
+                   buttons=data.get("buttons") or [], edit=data.get("edit"))
+
+
+MessageHandler = Callable[[Message], Awaitable[None]]
+
+
+class DeliveryError(Exception):
+    """The platform did not take the reply now; the outbox will try again (after `retry_after`)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Adapter(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    async def start(self, on_message: MessageHandler) -> None:
+        """Connect and start handing messages to `on_message`; return once connected."""
+
+    async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
+        """Post (or, with `edit_of`, edit) a message; returns the platform's id for it.
+
+        Raises `DeliveryError` when the platform cannot take it now.
+        """
+
+    async def stop(self) -> None:
+        """Disconnect."""

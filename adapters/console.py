@@ -1,0 +1,62 @@
+"""A chat in the terminal: each line typed is a direct message to the bot; replies are printed.
+
+Used by `squall chat` and by `squall serve` when `adapters.console.enabled` is true, so a newcomer
+can type `!help` (or just `help`) the moment the service starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+from typing import TextIO
+
+from adapters.base import Capabilities, Message, MessageHandler, Reply
+
+
+class ConsoleAdapter:
+    name = "console"
+    capabilities = Capabilities(threads=False, edits=False, rich=False, files=False, buttons=False,
+                                max_length=100_000)
+
+    def __init__(self, user: str, channel: str = "console", *, stdin: TextIO | None = None,
+                 stdout: TextIO | None = None, prompt: bool | None = None) -> None:
+        self.user = user
+        self.channel = channel
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
+        self.prompt = self.stdin.isatty() if prompt is None else prompt
+        self._ids = itertools.count(1)
+        self._reader: asyncio.Task[None] | None = None
+        self.finished = asyncio.Event()  # set at the end of input
+
+    async def start(self, on_message: MessageHandler) -> None:
+        self._reader = asyncio.create_task(self._read(on_message), name="console-reader")
+
+    async def _read(self, on_message: MessageHandler) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if self.prompt:
+                    self.stdout.write(f"{self.user}> ")
+                    self.stdout.flush()
+                line = await loop.run_in_executor(None, self.stdin.readline)
+                if not line:
+                    break
+                text = line.rstrip("\n")
+                if not text.strip():
+                    continue
+                await on_message(Message(adapter=self.name, channel=self.channel, user=self.user, text=text,
+                                         direct=True, id=f"c{next(self._ids)}"))
+        finally:
+            self.finished.set()
+
+    async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
+        text = reply.text if reply.file is None else f"{reply.text}\n{reply.file[1]}"
+        self.stdout.write("".join(f"squall: {line}\n" for line in text.split("\n")))
+        self.stdout.flush()
+        return f"o{next(self._ids)}"
+
+    async def stop(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()

@@ -1,0 +1,74 @@
+"""Where `chatops.post_message` / `post_result` and notification routes deliver: a chat target.
+
+A named route from config (`routes: {ops: {adapter: irc, channel: "#ops"}}`) wins; otherwise the
+message's own adapter and channel; otherwise the chat the execution came from. Everything goes
+through the durable outbox: when no chat runs in this process (a CLI run), the reply waits in the
+database until `squall serve` sends it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from adapters.base import Reply
+from bot.replies import render_result
+
+if TYPE_CHECKING:
+    from bot.app import Squall
+    from bot.outbox import Outbox
+    from engine.runners import RunRequest
+
+
+class Announcer:
+    def __init__(self, squall: Squall) -> None:
+        self.squall = squall
+        self.outbox: Outbox | None = None
+        self.aliases: dict[str, Any] = {}
+
+    @property
+    def routes(self) -> dict[str, Any]:
+        return self.squall.config.section("routes")
+
+    def target(self, route: str | None, adapter: str | None, channel: str | None,
+               chat: dict[str, Any] | None) -> tuple[str, str, str | None]:
+        """(adapter, channel, thread) for a message, or LookupError saying what is missing."""
+        chat = chat or {}
+        named = self.routes.get(route) if route else None
+        if isinstance(named, dict):
+            adapter, channel = named.get("adapter") or adapter, named.get("channel") or channel
+        adapter = adapter or chat.get("adapter")
+        channel = channel or chat.get("channel")
+        if not adapter or not channel:
+            known = ", ".join(sorted(self.routes)) or "none configured"
+            raise LookupError(f"no chat target for route {route!r}: give adapter= and channel=, or configure "
+                              f"routes.{route or '<name>'} (known routes: {known})")
+        thread = chat.get("thread") if chat.get("channel") == channel and chat.get("adapter") == adapter else None
+        return str(adapter), str(channel), thread
+
+    async def send(self, reply: Reply) -> int:
+        if self.outbox is not None:
+            return await self.outbox.post(reply)
+        db = self.squall.db
+        return await db(db.store.outbox_add, reply.adapter, reply.channel, reply.to_json())
+
+    async def publish(self, route: str, params: dict[str, Any], request: RunRequest) -> dict[str, Any]:
+        """The `announcement` runner's delivery: post_message and post_result."""
+        chat = (params.get("context") or {}).get("chat") or request.context.get("chat")
+        adapter, channel, thread = self.target(route, params.get("adapter"), params.get("channel"), chat)
+        if request.action.name == "post_result":
+            execution = await self.squall.executions.get(str(params["execution_id"]))
+            alias_ref = (execution["context"].get("chat") or {}).get("alias")
+            text, extra = render_result(self.aliases.get(alias_ref), execution)
+            if text is None:
+                return {"skipped": "the alias turns results off"}
+        else:
+            text, extra = str(params["message"]), params.get("extra") or {}
+        user = params.get("user")
+        if params.get("whisper") and user:
+            channel, thread = str(user), None
+        elif user:
+            text = f"{user}: {text}"
+        reply = Reply(adapter=adapter, channel=channel, thread=params.get("thread") or thread, text=text,
+                      extra=extra)
+        outbox_id = await self.send(reply)
+        return {"adapter": adapter, "channel": channel, "outbox_id": outbox_id}

@@ -1,0 +1,79 @@
+"""Who may run which alias: allow and deny lists of users, groups and channels.
+
+Rules come from the alias itself (`permissions:` in its YAML, a Squall extension) or else from
+config, per alias ref or per pack (`auth.aliases: {"<pack>": {...}, "<pack>.<alias>": {...}}`).
+A deny always wins; an allow list, when present, admits only what it names; admins (config
+`auth.admins`) may run everything. Groups are config `auth.groups` plus whatever platform groups
+the adapter reports for the user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.base import Message
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str = ""
+
+
+@dataclass
+class Authorizer:
+    admins: set[str] = field(default_factory=set)
+    groups: dict[str, set[str]] = field(default_factory=dict)
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> Authorizer:
+        groups = {str(name): {str(u) for u in members or []} for name, members in (section.get("groups") or {}).items()}
+        return cls(admins={str(a) for a in section.get("admins") or []}, groups=groups,
+                   rules=dict(section.get("aliases") or {}))
+
+    def groups_of(self, message: Message) -> set[str]:
+        return {name for name, members in self.groups.items() if message.user in members} | set(message.groups)
+
+    def rules_for(self, alias: Any) -> dict[str, Any] | None:
+        if getattr(alias, "permissions", None):
+            return alias.permissions
+        return self.rules.get(alias.ref) or self.rules.get(alias.pack)
+
+    def check(self, alias: Any, message: Message) -> Decision:
+        if message.user in self.admins:
+            return Decision(True)
+        rules = self.rules_for(alias)
+        if not rules:
+            return Decision(True)
+        groups = self.groups_of(message)
+        deny = rules.get("deny") or {}
+        if _hits(deny, message.user, groups, message.channel):
+            return Decision(False, f"{message.user} is denied {alias.ref} ({_why(deny, message, groups)})")
+        allow = rules.get("allow")
+        if allow is None:
+            return Decision(True)
+        if _hits(allow, message.user, groups, message.channel):
+            return Decision(True)
+        names = ", ".join(f"{kind} {', '.join(map(str, allow.get(kind) or []))}"
+                          for kind in ("users", "groups", "channels") if allow.get(kind))
+        return Decision(False, f"{alias.ref} is allowed only for {names or 'nobody'}")
+
+    def is_admin(self, message: Message) -> bool:
+        return message.user in self.admins
+
+
+def _hits(section: Mapping[str, Any], user: str, groups: Iterable[str], channel: str) -> bool:
+    return (user in (section.get("users") or []) or bool(set(groups) & set(section.get("groups") or []))
+            or channel in (section.get("channels") or []))
+
+
+def _why(section: Mapping[str, Any], message: Message, groups: set[str]) -> str:
+    if message.user in (section.get("users") or []):
+        return f"user {message.user}"
+    shared = groups & set(section.get("groups") or [])
+    if shared:
+        return f"group {', '.join(sorted(shared))}"
+    return f"channel {message.channel}"

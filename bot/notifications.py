@@ -1,0 +1,64 @@
+"""Action `notify` (spec §4): on completion, post each section's message to its routes.
+
+`on-complete` always, `on-success` when succeeded, `on-failure` when failed, timed out or
+abandoned; the default message is StackStorm's ("Action <ref> succeeded."). A route that names a
+configured chat target (`routes:` in config) gets the message there. Unlike StackStorm, an
+action's own `notify` never suppresses the result of a chat-started execution: that reply is
+the dispatcher's, independent of this.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from adapters.base import Reply
+from engine.executions import FAILED
+from engine.templates import TemplateRenderError, render_template
+
+if TYPE_CHECKING:
+    from bot.app import Squall
+
+log = logging.getLogger(__name__)
+_DEFAULT = {"on-complete": "completed", "on-success": "succeeded", "on-failure": "failed"}
+
+
+def sections_for(notify: dict[str, Any], status: str) -> list[tuple[str, dict[str, Any]]]:
+    chosen = [("on-complete", notify.get("on-complete"))]
+    if status == "succeeded":
+        chosen.append(("on-success", notify.get("on-success")))
+    if status in FAILED:
+        chosen.append(("on-failure", notify.get("on-failure")))
+    return [(name, section) for name, section in chosen if section]
+
+
+class Notifier:
+    def __init__(self, squall: Squall) -> None:
+        self.squall = squall
+
+    async def on_finished(self, execution: dict[str, Any]) -> None:
+        action = self.squall.registry.actions.get(execution["action"])
+        if action is None or not action.notify:
+            return
+        for name, section in sections_for(action.notify, execution["status"]):
+            routes = section.get("routes") or section.get("channels") or []
+            if not routes:
+                continue
+            context = {"action_parameters": execution["parameters"], "action_context": execution["context"],
+                       "action_results": execution.get("result"), "execution": execution}
+            template = section.get("message") or f"Action {execution['action']} {_DEFAULT[name]}."
+            try:
+                message = render_template(template, context)
+            except TemplateRenderError as exc:
+                log.warning("notify message of %s does not render: %s", execution["action"], exc)
+                message = template
+            for route in routes:
+                await self._deliver(str(route), message, execution)
+
+    async def _deliver(self, route: str, message: str, execution: dict[str, Any]) -> None:
+        announcer = self.squall.announcer
+        if route not in announcer.routes:
+            log.debug("notify route %r is not a configured chat route; left to rules", route)
+            return
+        adapter, channel, thread = announcer.target(route, None, None, execution["context"].get("chat"))
+        await announcer.send(Reply(adapter=adapter, channel=channel, thread=thread, text=message))

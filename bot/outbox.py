@@ -1,0 +1,126 @@
+"""The durable chat outbox: every reply is stored before it is sent, and sent in order per channel.
+
+A reply the platform refuses now (rate limit, disconnect) is retried with backoff while the
+replies behind it in the same channel wait, so a channel never sees them out of order. Replies
+stored by another process (a CLI run of `chatops.post_message`) are picked up by `poll()`. On
+start-up, whatever was still pending is sent: nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from adapters.base import Adapter, DeliveryError, Reply
+from engine.storage import Database, utcnow
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 12
+MAX_BACKOFF = 30.0
+
+
+class Outbox:
+    def __init__(self, db: Database, adapters: Mapping[str, Adapter]) -> None:
+        self.db = db
+        self.adapters = adapters
+        self._queues: dict[tuple[str, str], asyncio.Queue[tuple[int, Reply]]] = {}
+        self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._platform_ids: dict[int, str | None] = {}
+        self._known: set[int] = set()
+        self._last_seen = 0
+        self._pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        """Replies queued here and not yet delivered (or given up on)."""
+        return self._pending
+
+    async def post(self, reply: Reply) -> int:
+        """Store the reply, then queue it for delivery; returns its outbox id."""
+        outbox_id = await self.db(self.db.store.outbox_add, reply.adapter, reply.channel, reply.to_json())
+        self._enqueue(outbox_id, reply)
+        return outbox_id
+
+    def _enqueue(self, outbox_id: int, reply: Reply) -> None:
+        if outbox_id in self._known:
+            return
+        self._known.add(outbox_id)
+        self._last_seen = max(self._last_seen, outbox_id)
+        if reply.adapter not in self.adapters:
+            log.warning("reply %s is for adapter %r, which is not running; it stays queued", outbox_id, reply.adapter)
+            return
+        key = (reply.adapter, reply.channel)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = asyncio.Queue()
+            self._workers[key] = asyncio.create_task(self._deliver(key, queue), name=f"outbox-{key}")
+        self._pending += 1
+        self._idle.clear()
+        queue.put_nowait((outbox_id, reply))
+
+    async def poll(self) -> int:
+        """Queue replies other processes stored (and, at start-up, what was left pending)."""
+        rows = await self.db(self.db.store.outbox_pending, list(self.adapters), self._last_seen)
+        for row in rows:
+            self._enqueue(row["id"], Reply.from_json(row["payload"]))
+        return len(rows)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until every queued reply was delivered (or given up on)."""
+        await asyncio.wait_for(self._idle.wait(), timeout)
+
+    async def close(self) -> None:
+        for task in self._workers.values():
+            task.cancel()
+        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+
+    async def _platform_id(self, outbox_id: int) -> str | None:
+        if outbox_id not in self._platform_ids:
+            row = await self.db(self.db.store.outbox_get, outbox_id)
+            return row["platform_id"] if row else None
+        return self._platform_ids[outbox_id]
+
+    async def _deliver(self, key: tuple[str, str], queue: asyncio.Queue[tuple[int, Reply]]) -> None:
+        adapter = self.adapters[key[0]]
+        while True:
+            outbox_id, reply = await queue.get()
+            try:
+                await self._deliver_one(adapter, outbox_id, reply)
+            finally:
+                self._pending -= 1
+                if self._pending == 0:
+                    self._idle.set()
+
+    async def _deliver_one(self, adapter: Adapter, outbox_id: int, reply: Reply) -> None:
+        delay = 0.25
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            edit_of = await self._platform_id(reply.edit) if reply.edit is not None else None
+            try:
+                if reply.edit is not None and edit_of is None:
+                    # The message to edit never got an id (or cannot be edited): post it anew instead.
+                    reply = Reply(**{**reply.__dict__, "edit": None})
+                platform_id = await adapter.send(reply, edit_of=edit_of)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                wait = exc.retry_after if isinstance(exc, DeliveryError) and exc.retry_after else delay
+                log.warning("sending reply %s to %s %s failed (attempt %d): %s; retrying in %.1fs",
+                            outbox_id, reply.adapter, reply.channel, attempt, exc, wait)
+                await self.db(self.db.store.outbox_update, outbox_id, {"attempts": attempt, "error": str(exc)})
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, MAX_BACKOFF)
+                continue
+            self._platform_ids[outbox_id] = platform_id
+            fields: dict[str, Any] = {"status": "sent", "attempts": attempt, "platform_id": platform_id,
+                                      "sent_at": utcnow(), "error": None}
+            with contextlib.suppress(Exception):
+                await self.db(self.db.store.outbox_update, outbox_id, fields)
+            return
+        log.error("giving up on reply %s to %s %s after %d attempts", outbox_id, reply.adapter, reply.channel,
+                  MAX_ATTEMPTS)
+        await self.db(self.db.store.outbox_update, outbox_id, {"status": "failed"})

@@ -1,0 +1,140 @@
+"""What the bot says: acks and results rendered from alias templates, fitted to the platform.
+
+Templates render in the sandboxed StackStorm environment with `execution` and `actionalias`
+(StackStorm's ack context) plus `alias` (its result context). A template that fails to render
+never loses the reply: the person gets the default text and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from adapters.base import Capabilities, Reply
+from engine.templates import TemplateRenderError, render_template, render_value, to_human_time_from_seconds
+
+DEFAULT_ACK = "Running {{ execution.action }} ({{ execution.id }})"
+_MARK = {"succeeded": "✔", "failed": "✖", "timeout": "⏱", "canceled": "⊘", "abandoned": "✖"}
+_SHOWN_KEYS = ("stdout", "stderr", "return_code", "error", "result", "exit_code", "body", "status_code")
+
+
+def status_line(execution: dict[str, Any]) -> str:
+    elapsed = execution.get("elapsed_seconds")
+    took = f" in {to_human_time_from_seconds(elapsed)}" if elapsed else ""
+    mark = _MARK.get(execution["status"], "•")
+    return f"{mark} {execution['action']} {execution['status']}{took} ({execution['id']})"
+
+
+def _result_body(execution: dict[str, Any]) -> str:
+    """StackStorm's default result template, per runner: the keys people read, non-empty only."""
+    result = execution.get("result")
+    if result in (None, "", {}):
+        return ""
+    runner = execution.get("runner", "")
+    if runner.startswith("remote-shell") and isinstance(result, dict):
+        parts = []
+        for host, outcome in result.items():
+            shown = outcome if not isinstance(outcome, dict) else _pick(outcome)
+            parts.append(f"{host}:\n{_text(shown)}")
+        return "\n".join(parts)
+    if isinstance(result, dict) and runner not in ("http-request",):
+        picked = _pick(result)
+        if set(picked) == {"stdout"}:
+            return _text(picked["stdout"])
+        return _text(picked)
+    return _text(result)
+
+
+def _pick(result: dict[str, Any]) -> dict[str, Any]:
+    picked = {k: result[k] for k in _SHOWN_KEYS if result.get(k) not in (None, "", [], {})}
+    if picked.get("return_code") == 0 or picked.get("exit_code") == 0:
+        picked.pop("return_code", None)
+        picked.pop("exit_code", None)
+    return picked or result
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, indent=2, default=str, ensure_ascii=False)
+
+
+def default_result(execution: dict[str, Any]) -> str:
+    body = _result_body(execution)
+    return status_line(execution) + (f"\n```\n{body}\n```" if body else "")
+
+
+def render_ack(alias: Any, execution: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The ack text (None when the alias turns acks off) and its rendered `extra`."""
+    ack = alias.ack or {}
+    if ack.get("enabled") is False:
+        return None, {}
+    context = {"execution": execution, "actionalias": _alias_dict(alias)}
+    try:
+        text = render_template(ack.get("format") or DEFAULT_ACK, context)
+        extra = render_value(ack.get("extra") or {}, context)
+    except TemplateRenderError as exc:
+        return f'Cannot render "format" in field "ack" for alias. {exc}\n' + render_template(DEFAULT_ACK, context), {}
+    return text, extra if isinstance(extra, dict) else {}
+
+
+def render_result(alias: Any | None, execution: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The result text (None when the alias turns results off) and its rendered `extra`."""
+    result = (alias.result if alias is not None else None) or {}
+    if result.get("enabled") is False:
+        return None, {}
+    if not result.get("format"):
+        return default_result(execution), _extra(result, execution, alias)
+    context = {"execution": execution, "alias": _alias_dict(alias), "actionalias": _alias_dict(alias)}
+    try:
+        text = render_template(result["format"], context)
+    except TemplateRenderError as exc:
+        text = f"{default_result(execution)}\n(the alias's result format failed: {exc})"
+    return text, _extra(result, execution, alias)
+
+
+def _extra(section: dict[str, Any], execution: dict[str, Any], alias: Any) -> dict[str, Any]:
+    if not section.get("extra"):
+        return {}
+    try:
+        extra = render_value(section["extra"], {"execution": execution, "alias": _alias_dict(alias)})
+    except TemplateRenderError:
+        return {}
+    return extra if isinstance(extra, dict) else {}
+
+
+def _alias_dict(alias: Any) -> dict[str, Any]:
+    if alias is None:
+        return {}
+    return {"ref": alias.ref, "name": alias.name, "pack": alias.pack, "action_ref": alias.action_ref,
+            "description": alias.description}
+
+
+def fit(reply: Reply, capabilities: Capabilities) -> list[Reply]:
+    """Split text longer than the platform allows, or upload it as a file where files exist."""
+    limit = max(200, capabilities.max_length)
+    if len(reply.text) <= limit:
+        return [reply]
+    if capabilities.files and reply.file is None:
+        head = reply.text.split("\n", 1)[0][: limit - 40]
+        return [Reply(**{**reply.__dict__, "text": f"{head}\n(full output attached)",
+                         "file": ("output.txt", reply.text)})]
+    chunks: list[str] = []
+    current = ""
+    for line in reply.text.split("\n"):
+        while len(line) > limit:
+            if current:
+                chunks.append(current)
+                current = ""
+            chunks.append(line[:limit])
+            line = line[limit:]
+        candidate = f"{current}\n{line}" if current else line
+        if len(candidate) > limit:
+            chunks.append(current)
+            current = line
+        else:
+            current = candidate
+    if current:
+        chunks.append(current)
+    first = Reply(**{**reply.__dict__, "text": chunks[0]})
+    rest = [Reply(**{**reply.__dict__, "text": chunk, "edit": None, "extra": {}, "buttons": []})
+            for chunk in chunks[1:]]
+    return [first, *rest]
