@@ -25,6 +25,7 @@ test: lint
 bench: install
 	$(BIN)/python bench/executions.py
 	$(BIN)/python bench/datastore.py
+	$(BIN)/python bench/aliases.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache *.egg-info

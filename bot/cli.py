@@ -270,6 +270,19 @@ def action_get(ref: Annotated[str, typer.Argument(help="Action ref.")], as_json:
 
 
 @app.command()
+def chat(
+    user: Annotated[str | None, typer.Option("--user", help="Who you are in the chat (default: you).")] = None,
+    channel: Annotated[str, typer.Option("--channel", help="The channel you type in.")] = "console",
+) -> None:
+    """Chat with the bot in the terminal (or feed it lines on standard input)."""
+    from bot.service import chat_session
+
+    config = _config()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(chat_session(config, user or _user(), channel))
+
+
+@app.command()
 def serve() -> None:
     """Run the service: recover pending work, run requested executions, until Ctrl-C."""
     from bot.service import serve_forever
@@ -280,7 +293,7 @@ def serve() -> None:
         asyncio.run(serve_forever(config, stop_signals=(signal.SIGINT, signal.SIGTERM)))
 
 
-from bot import keys_cli, packs_cli  # noqa: E402  (they register the `key` and `pack` commands)
+from bot import aliases_cli, keys_cli, packs_cli  # noqa: E402, F401  (they register `alias`, `key` and `pack`)
 
 __all__ = ["app", "keys_cli", "main", "packs_cli"]
 

@@ -1,4 +1,4 @@
-"""`squall serve`: the long-running service on one event loop."""
+"""`squall serve` and `squall chat`: the service on one event loop, with its chat adapters."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
+from adapters.base import Adapter
+from adapters.console import ConsoleAdapter
 from bot.app import Squall, load_packs
+from bot.chat import ChatBot
 from bot.config import SYSTEM_PACKS_PATH, Config
 from engine.packs import fingerprint
 
@@ -16,24 +20,43 @@ POLL_SECONDS = 1.0
 PURGE_SECONDS = 60.0
 
 
-async def reload(squall: Squall) -> None:
+def configured_adapters(config: Config) -> list[Adapter]:
+    """The adapters `adapters.<name>.enabled` turns on."""
+    section: dict[str, Any] = config.section("adapters")
+    adapters: list[Adapter] = []
+    console = section.get("console") or {}
+    if console.get("enabled"):
+        import getpass
+
+        adapters.append(ConsoleAdapter(user=str(console.get("user") or getpass.getuser()),
+                                       channel=str(console.get("channel") or "console")))
+    return adapters
+
+
+async def reload(squall: Squall, bot: ChatBot | None = None) -> None:
     """Pick up edited, installed and removed packs without a restart."""
     registry = squall.reload(await asyncio.to_thread(load_packs, squall.config))
     await squall.python.recycle()
+    if bot is not None:
+        bot.reload()
     log.info("packs reloaded: %d packs, %d actions", len(registry.packs), len(registry.actions))
     for error in registry.errors:
         log.warning("pack content skipped: %s", error)
 
 
-async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...] = ()) -> None:
+async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...] = (),
+                        adapters: list[Adapter] | None = None) -> None:
     """Start, recover pending work, then keep running stored requests until told to stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in stop_signals:
         loop.add_signal_handler(sig, stop.set)
-    squall = await Squall.start(config, recover=True)
-    log.info("Squall is serving: %d packs, %d actions, database %s", len(squall.registry.packs),
-             len(squall.registry.actions), config.database_url.split("@")[-1])
+    squall = await Squall.start(config)
+    bot = ChatBot(squall, configured_adapters(config) if adapters is None else adapters)
+    await squall.executions.recover()  # after the bot listens, so abandoned executions are told in chat
+    await bot.start()
+    log.info("Squall is serving: %d packs, %d actions, adapters %s, database %s", len(squall.registry.packs),
+             len(squall.registry.actions), ", ".join(bot.adapters) or "none", config.database_url.split("@")[-1])
     pack_paths = [SYSTEM_PACKS_PATH, *config.pack_paths, config.configs_path]
     seen = await asyncio.to_thread(fingerprint, pack_paths)
     ticks = 0
@@ -46,8 +69,9 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
                 current = await asyncio.to_thread(fingerprint, pack_paths)
                 if current != seen:
                     seen = current
-                    await reload(squall)
+                    await reload(squall, bot)
                 await squall.executions.poll()
+                await bot.outbox.poll()
                 ticks += 1
                 if ticks % int(PURGE_SECONDS / POLL_SECONDS) == 0:
                     await squall.db(squall.datastore.purge_expired)
@@ -55,4 +79,24 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
                 log.exception("background housekeeping failed; retrying")
     finally:
         log.info("Squall is stopping")
+        await bot.stop()
+        await squall.close()
+
+
+async def chat_session(config: Config, user: str, channel: str) -> None:
+    """`squall chat`: a console chat against the same engine; at the end of input, wait for the
+    executions it started and their replies, then return."""
+    squall = await Squall.start(config)
+    console = ConsoleAdapter(user=user, channel=channel)
+    bot = ChatBot(squall, [console])
+    try:
+        await bot.start()
+        await console.finished.wait()
+        while True:
+            await bot.outbox.drain()
+            if not (squall.executor.running or squall.executions.notifying or bot.outbox.pending):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await bot.stop()
         await squall.close()

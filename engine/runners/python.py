@@ -73,9 +73,13 @@ class Worker:
         self.writer.close()
 
     async def close(self) -> None:
+        """Kill the process and wait until its pipes are closed, so no transport outlives it."""
         self.kill()
-        await self.process.wait()
-        self._drain.cancel()
+        await asyncio.shield(self.process.wait())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._drain), 2)
+        except TimeoutError:
+            self._drain.cancel()
 
 
 def _interpreter(venv: Path) -> str:
@@ -113,6 +117,9 @@ async def spawn_worker(pack_path: Path, venv: Path) -> Worker:
     worker = Worker(process, reader, writer)  # type: ignore[arg-type]
     try:
         hello = await asyncio.wait_for(worker.receive(), 60)
+    except asyncio.CancelledError:
+        await worker.close()  # canceled while starting: no half-started worker is left behind
+        raise
     except (WorkerDied, TimeoutError) as exc:
         await worker.close()
         raise WorkerDied(f"the Python worker for {pack_path.name} did not start: {exc}; "

@@ -1,0 +1,771 @@
+"""The action-alias format grammar (spec §2.2): one format string and one chat message in, parameters out.
+
+A representation is a Python regular expression in which `{{ name }}` and `{{ name = default }}`
+placeholders become named groups; trailing `key=value` pairs of the message supply (and override)
+parameters. Each format is compiled once (`compile_format`, cached) and each message is prepared once
+(`prepare`: normalised, trailing pairs split off), so the matcher can try many formats on one message
+cheaply. `extract_parameters(format, message)` is the whole thing for one pair, for pack authors' tests.
+
+What StackStorm does and Squall keeps: formats are case-sensitive regexes matched with DOTALL;
+required placeholders match an optionally quoted value, a `{...}` blob or lazy any-text; an optional
+placeholder and the whitespace before it form an optional group; `^\\s*` / `\\s*$` are added when the
+format has no begin / end anchor and the message is padded with one space on each side (so `^show$`
+never matches: write `^\\s*show\\s*$`); values are strings and are not trimmed; defaults apply when a
+placeholder matched nothing; pairs override placeholder values; an empty format takes only pairs; user
+`(?P<name>...)` groups are parameters too; "No value supplied and no default value found." when the
+format is non-empty and nothing at all was supplied.
+
+Deviations from StackStorm (each one fixes a reported problem, or is a Squall extension):
+
+1. Trailing pairs need a plain identifier key (`[A-Za-z_][A-Za-z0-9_]*`) directly followed by `=`.
+   StackStorm took any token holding `=` as a pair, so a trailing URL with a query string
+   (`bar https://h/api?some=url&x=y`) or base64 padding was cut into a bogus pair and the message no
+   longer matched (st2#5074, st2#3882, err-stackstorm#37). Squall keeps such tokens in the text.
+2. The message is tokenised with its quotes and brackets, so a quoted token is one value even when it
+   holds `=` or spaces (`"https://x/?a=b"`, `"say a=b"` are values, never pairs); StackStorm split them.
+3. A `{...}` or `[...]` value of a trailing pair is taken whole with its nesting (and JSON strings in
+   it); StackStorm stopped at the first `}` (`d={"a": {"b": 1}}` became `{"a": {"b": 1}`).
+4. Only the trailing run of pairs is removed from the message; StackStorm removed every occurrence of
+   its text anywhere in the message.
+5. Typographic quotes (U+201C-201F double, U+2018-201B single, as Slack and phones insert them)
+   become ASCII quotes, odd spaces (no-break, figure, thin, ideographic...) become plain spaces,
+   zero-width spaces and BOMs are dropped and CR/CRLF line ends become LF, in the message and in the
+   format alike (errbot#1145).
+6. A placeholder that the message leaves out may be supplied as a trailing pair of the same name:
+   `foo {{a}}` + `foo a=b` gives `{a: "b"}`. StackStorm stripped the pair first and then failed to
+   match (hubot-stackstorm#182, where it crashed the bot).
+7. Auto-anchoring wraps the whole format, `^\\s*(?:FORMAT)\\s*$`, so a top-level alternation such as
+   `run {{x}}|exec {{x}}` stays anchored on both sides; StackStorm glued the anchors to the first and
+   last alternative only. Anchors are looked for in every alternative (StackStorm looked in one).
+   Global inline flags at the start of a format (`(?i)...`) stay at the start, so they compile.
+8. A user `(?P<name>...)` group, or a placeholder inside an optional regex group, that did not take
+   part in the match is left out of the result instead of being `None` (the action default applies).
+9. A format that is not a valid regex, or has a placeholder whose name is not an identifier, raises
+   `AliasFormatError` (an `AliasParseError`) naming the format, instead of a bare `re.error`.
+10. Extension: typed placeholders `{{count:d}}`, `{{ratio:f}}`, `{{word:w}}`, also with a default
+    (`{{count:d=3}}`), with the `parse` package's type letters and conversions: d (int; also 0x, 0o,
+    0b), n (int with thousands separators), f (float with a decimal point, as in `parse`), e, g and %
+    (floats), x, o, b (ints), w (one word), W, l (letters), S (no spaces). A typed value is not quoted;
+    the converted value (int, float or str) is returned, and a trailing pair naming a typed
+    placeholder is converted the same way (or the message does not fit).
+
+Literal text in a format is regex (escape `.`, `?`, `(`... to mean them literally), and values that
+look like shell (`$(...)`, backticks, `;`) are plain strings: nothing here runs or renders them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import re
+import re._constants as sre
+import re._parser as sre_parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import parse as parse_lib
+
+__all__ = [
+    "AliasFormatError",
+    "AliasParseError",
+    "CompiledFormat",
+    "Prepared",
+    "compile_format",
+    "extract_multiple",
+    "extract_parameters",
+    "normalise",
+    "prepare",
+]
+
+
+class AliasParseError(ValueError):
+    """The message does not fit the format; `reason` says why, naming the format and the message."""
+
+    def __init__(self, reason: str, *, format: str = "", message: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.format = format
+        self.message = message
+
+
+class AliasFormatError(AliasParseError):
+    """The format itself is unusable (not a regex, a bad placeholder, an unknown type letter)."""
+
+
+# -- normalisation -------------------------------------------------------------------------------
+
+_QUOTES = {"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"',
+           "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'"}
+_SPACES = {chr(c): " " for c in (0x00A0, 0x1680, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000)}
+_DROPPED = {"\u200b": None, "\u2060": None, "\ufeff": None}
+_TABLE = str.maketrans({**_QUOTES, **_SPACES, **_DROPPED})
+
+
+def normalise(text: str) -> str:
+    """Plain quotes and spaces for typographic ones, LF line ends (deviation 5)."""
+    if not text.isascii():
+        text = text.translate(_TABLE)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
+# -- the message: trailing key=value pairs -------------------------------------------------------
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+_SPACE = re.compile(r"\s*")
+_NONSPACE = re.compile(r"\S*")
+_CLOSING = {'"': re.compile(r'"(?=\s|\Z)'), "'": re.compile(r"'(?=\s|\Z)")}
+_BRACKETS = re.compile(r'[\[\]{}"\\]')
+_PAIRS_OF = {"}": "{", "]": "["}
+
+
+MAX_PATH = 4  # index paths hold at most this many leading words
+
+
+class Prepared:
+    """A message ready for matching: `stream` (padded text without the trailing pairs), the pairs.
+
+    `core` is the stream stripped and `words` its whitespace-separated words.
+    """
+
+    __slots__ = ("core", "pairs", "stream", "text", "words")
+
+    def __init__(self, text: str, stream: str, pairs: dict[str, str]) -> None:
+        self.text = text
+        self.stream = stream
+        self.pairs = pairs
+        self.core = stream.strip()
+        self.words = self.core.split()
+
+    @property
+    def word(self) -> str:
+        return self.words[0] if self.words else ""
+
+
+class _Scanner:
+    """Token boundaries of one message: quoted values, balanced brackets, bare words."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._closes: dict[str, list[int]] = {}
+        self._brackets: dict[int, int] | None = None
+
+    def _close_quote(self, quote: str, after: int) -> int | None:
+        positions = self._closes.get(quote)
+        if positions is None:
+            positions = self._closes[quote] = [m.start() for m in _CLOSING[quote].finditer(self.text)]
+        index = bisect.bisect_left(positions, after)
+        return positions[index] if index < len(positions) else None
+
+    def _close_bracket(self, at: int) -> int | None:
+        if self._brackets is None:
+            # One pass: each opening bracket's matching close; JSON strings inside brackets are skipped.
+            matches: dict[int, int] = {}
+            stack: list[tuple[str, int]] = []
+            in_string = False
+            skip = -1
+            for m in _BRACKETS.finditer(self.text):
+                pos, char = m.start(), m.group()
+                if pos == skip:
+                    continue
+                if in_string:
+                    if char == "\\":
+                        skip = pos + 1
+                    elif char == '"':
+                        in_string = False
+                elif char == '"':
+                    in_string = bool(stack)
+                elif char in "{[":
+                    stack.append((char, pos))
+                elif char in "}]" and stack and stack[-1][0] == _PAIRS_OF[char]:
+                    matches[stack.pop()[1]] = pos
+            self._brackets = matches
+        return self._brackets.get(at)
+
+    def value_end(self, start: int) -> tuple[int, str | None]:
+        """Where the value starting at `start` ends, and its text when it is a usable pair value."""
+        text = self.text
+        if start >= len(text) or text[start].isspace():
+            return start, None
+        char = text[start]
+        if char in "\"'":
+            close = self._close_quote(char, start + 1)
+            if close is not None:
+                return close + 1, text[start + 1:close]
+        elif char in "{[":
+            close = self._close_bracket(start)
+            if close is not None and (close + 1 == len(text) or text[close + 1].isspace()):
+                return close + 1, text[start:close + 1]
+        end = _NONSPACE.match(text, start).end()
+        return end, text[start:end]
+
+    def tokens(self) -> Iterator[tuple[int, int, str | None, str | None]]:
+        """(start, end, key, value) of each token; key is None for tokens that are not pairs."""
+        text = self.text
+        pos = _SPACE.match(text).end()
+        while pos < len(text):
+            key_match = _KEY.match(text, pos)
+            if key_match:
+                end, value = self.value_end(key_match.end())
+                if value is not None:
+                    yield pos, end, key_match.group()[:-1], value
+                else:  # `key=` followed by a space: a plain word
+                    yield pos, end, None, None
+            else:
+                end, _ = self.value_end(pos)
+                yield pos, end, None, None
+            pos = _SPACE.match(text, end).end()
+
+
+def _could_end_with_pair(text: str) -> bool:
+    """Cheap test: a trailing pair ends in a token holding `=`, or in a closing quote or bracket."""
+    parts = text.rsplit(None, 1)
+    if not parts:
+        return False
+    last = parts[-1]
+    return "=" in last or last[-1] in "\"'}]"
+
+
+_PLAIN_PAIR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.")
+_GROUPING = re.compile(r"[\"'{}\[\]]")
+
+
+def _split_simple(text: str) -> tuple[str, dict[str, str]] | None:
+    """`split_pairs` when the words at the end hold no quote or bracket (None: use the tokenizer).
+
+    A quoted value or a bracket blob ends in a word holding its closing quote or bracket, so when
+    neither the trailing pairs nor the word before them hold one, whitespace-separated words are
+    exactly the tokenizer's tokens there.
+    """
+    parts = text.split()
+    i = len(parts)
+    while i and _PLAIN_PAIR.match(parts[i - 1]) and not _GROUPING.search(parts[i - 1]):
+        i -= 1
+    if i and _GROUPING.search(parts[i - 1]):
+        return None
+    if i == len(parts):
+        return text, {}
+    stream = text.rstrip()
+    for token in reversed(parts[i:]):
+        stream = stream[:-len(token)].rstrip()
+    pairs: dict[str, str] = {}
+    for token in parts[i:]:
+        key, _, value = token.partition("=")
+        pairs[key] = value
+    return stream, pairs
+
+
+def split_pairs(text: str) -> tuple[str, dict[str, str]]:
+    """The message without its trailing run of `key=value` pairs, and those pairs (deviations 1-4)."""
+    if "=" not in text:
+        return text, {}
+    if len(text) < 512:
+        simple = _split_simple(text)
+        if simple is not None:
+            return simple
+    elif not _could_end_with_pair(text):
+        return text, {}
+    tokens = list(_Scanner(text).tokens())
+    first = len(tokens)
+    while first > 0 and tokens[first - 1][2] is not None:
+        first -= 1
+    if first == len(tokens):
+        return text, {}
+    pairs = {key: value for _, _, key, value in tokens[first:] if key is not None and value is not None}
+    return text[:tokens[first][0]].rstrip(), pairs
+
+
+def prepare(message: str) -> Prepared:
+    """Normalise one message and split off its trailing pairs; done once per message."""
+    text = normalise(message or "")
+    stream, pairs = split_pairs(text)
+    return Prepared(text=text, stream=f" {stream} ", pairs=pairs)
+
+
+# -- the format ----------------------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(
+    r"""(?P<ws>\s*)\{\{\s*(?P<name>[^\s=:{}]+?)(?::(?P<kind>[A-Za-z%]+))?\s*"""
+    r"""(?:=\s*(?:(?P<empty>""|'')|"(?P<dq>.+?)"|'(?P<sq>.+?)'|(?P<brace>\{.+?\})|(?P<bare>.+?))\s*)?\}\}""",
+    re.DOTALL,
+)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_GLOBAL_FLAGS = re.compile(r"\(\?[aiLmsux]+\)")
+_VALUE = r"""["']?(?P<{name}>(?:(?<=').+?(?=')|(?<=").+?(?=")|\{{.+?\}}|.+?))["']?"""
+TYPES = "dnfeg%xobwWlS"
+
+
+@functools.cache
+def _type_parser(kind: str) -> tuple[str, parse_lib.Parser]:
+    parser = parse_lib.compile("{:" + kind + "}")
+    expression = getattr(parser, "_expression", r"\S+")
+    # parse's own groups are capturing; keep our group numbering to the placeholders.
+    return re.sub(r"(?<!\\)\((?!\?)", "(?:", expression), parser
+
+
+def _convert(kind: str, text: str) -> Any:
+    result = _type_parser(kind)[1].parse(text)
+    if result is None:
+        raise ValueError(text)
+    return result.fixed[0]
+
+
+def _convert_matched(kind: str, text: str) -> Any:
+    """`_convert` for text that already matched the type's pattern: the common cases without `parse`."""
+    if kind in "wWlS":
+        return text
+    if kind == "d" and text.lstrip(" +-").isdigit():
+        return int(text)
+    if kind in "feg":
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    return _convert(kind, text)
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    name: str
+    default: str | None
+    kind: str | None = None
+    ws: str = ""
+
+    @property
+    def optional(self) -> bool:
+        return self.default is not None
+
+
+def _placeholder_regex(p: Placeholder, optional: bool) -> str:
+    body = f"(?P<{p.name}>{_type_parser(p.kind)[0]})" if p.kind else _VALUE.format(name=p.name)
+    return f"(?:{p.ws}{body})?" if optional else p.ws + body
+
+
+_AT_BEGIN = {sre.AT_BEGINNING, sre.AT_BEGINNING_STRING}
+_AT_END = {sre.AT_END, sre.AT_END_STRING}
+_REPEATS = {sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT}
+
+
+def _has_anchor(ops: Any, wanted: set[Any]) -> bool:
+    for op, av in ops:
+        if op is sre.AT and av in wanted:
+            return True
+        if op is sre.SUBPATTERN and _has_anchor(av[3], wanted):
+            return True
+        if op is sre.BRANCH and any(_has_anchor(alt, wanted) for alt in av[1]):
+            return True
+    return False
+
+
+def _is_space_op(op: Any, av: Any) -> bool:
+    if op is sre.LITERAL:
+        return chr(av).isspace()
+    if op is sre.IN:
+        return bool(av) and all(
+            (o is sre.CATEGORY and a is sre.CATEGORY_SPACE) or (o is sre.LITERAL and chr(a).isspace())
+            for o, a in av)
+    return False
+
+
+def _forces_boundary(ops: list[Any], tail_anchored: bool) -> bool:
+    """Whether every match of `ops` starts with whitespace or ends the message."""
+    if not ops:
+        return tail_anchored
+    op, av = ops[0]
+    rest = ops[1:]
+    if _is_space_op(op, av):
+        return True
+    if op is sre.AT:
+        return av in _AT_END
+    if op is sre.SUBPATTERN:
+        if av[1] & (re.IGNORECASE | re.MULTILINE):
+            return False
+        return _forces_boundary(list(av[3]) + rest, tail_anchored)
+    if op is sre.ATOMIC_GROUP:
+        return _forces_boundary(list(av) + rest, tail_anchored)
+    if op is sre.BRANCH:
+        return all(_forces_boundary(list(alt) + rest, tail_anchored) for alt in av[1])
+    if op in _REPEATS:
+        low, _, sub = av
+        if not _forces_boundary(list(sub) + rest, tail_anchored):
+            return False
+        return low >= 1 or _forces_boundary(rest, tail_anchored)
+    return False
+
+
+_MAX_WORDS = 32
+
+
+def _leading(ops: list[Any], prefix: str, anchored: bool, tail_anchored: bool) -> set[str] | None:
+    """The possible first whitespace-delimited words of any match, or None when they are not fixed."""
+    i = 0
+    while i < len(ops):
+        op, av = ops[i]
+        if op is sre.LITERAL and not chr(av).isspace():
+            if not anchored:
+                return None
+            prefix += chr(av)
+            i += 1
+            continue
+        if not prefix:
+            if op is sre.AT and av in _AT_BEGIN:
+                anchored = True
+                i += 1
+                continue
+            if _is_space_op(op, av) or (op in _REPEATS and all(_is_space_op(o, a) for o, a in av[2])):
+                i += 1
+                continue
+        if op is sre.SUBPATTERN:
+            if av[1] & (re.IGNORECASE | re.MULTILINE):
+                return None
+            return _leading(list(av[3]) + ops[i + 1:], prefix, anchored, tail_anchored)
+        if op is sre.BRANCH:
+            words: set[str] = set()
+            for alt in av[1]:
+                found = _leading(list(alt) + ops[i + 1:], prefix, anchored, tail_anchored)
+                if found is None:
+                    return None
+                words |= found
+                if len(words) > _MAX_WORDS:
+                    return None
+            return words
+        break
+    if not prefix or not _forces_boundary(ops[i:], tail_anchored):
+        return None
+    return {prefix}
+
+
+def _literal_count(ops: Any, skip: set[int]) -> int:
+    """Non-space literal characters every match must contain, outside placeholder groups."""
+    total = 0
+    for op, av in ops:
+        if op is sre.LITERAL:
+            total += not chr(av).isspace()
+        elif op is sre.SUBPATTERN:
+            if av[0] not in skip:
+                total += _literal_count(av[3], skip)
+        elif op is sre.ATOMIC_GROUP:
+            total += _literal_count(av, skip)
+        elif op is sre.BRANCH:
+            total += min(_literal_count(alt, skip) for alt in av[1])
+        elif op in _REPEATS:
+            total += min(av[0], 8) * _literal_count(av[2], skip)
+    return total
+
+
+def _literal_runs(ops: Any) -> list[str]:
+    """Runs of literal text at the top level of the format, in order (each must appear in a match)."""
+    runs: list[str] = []
+    current: list[str] = []
+    for op, av in ops:
+        if op is sre.LITERAL:
+            current.append(chr(av))
+            continue
+        if current:
+            runs.append("".join(current))
+            current = []
+        runs.append("")  # something else stands between two runs
+    if current:
+        runs.append("".join(current))
+    return runs
+
+
+def _literal_check(ops: Any, anchors: tuple[bool, bool]) -> tuple[tuple[str, ...], str, str]:
+    """Top-level literal runs (in order), and the text a match must start and end with when anchored."""
+    runs = _literal_runs(ops)
+    prefix = runs[0].lstrip() if anchors[0] and runs and runs[0] else ""
+    suffix = runs[-1].rstrip() if anchors[1] and runs and runs[-1] else ""
+    return tuple(r for r in runs if r), prefix, suffix
+
+
+def _prefix_path(ops: list[Any], anchors: tuple[bool, bool]) -> tuple[str, ...]:
+    """The whole words every match starts with, from the literal text at the start of the format."""
+    anchored = anchors[0]
+    i = 0
+    while i < len(ops):
+        op, av = ops[i]
+        if op is sre.AT and av in _AT_BEGIN:
+            anchored = True
+        elif not (_is_space_op(op, av) or (op in _REPEATS and all(_is_space_op(o, a) for o, a in av[2]))):
+            break
+        i += 1
+    if not anchored:
+        return ()
+    j = i
+    while j < len(ops) and ops[j][0] is sre.LITERAL:
+        j += 1
+    run = "".join(chr(av) for _, av in ops[i:j])
+    words = run.split()
+    if words and not run[-1].isspace() and not _forces_boundary(ops[j:], anchors[1]):
+        words.pop()  # the last word may run on into what follows (`deploy-{{app}}`)
+    return tuple(words)
+
+
+_INNER_WORD = re.compile(r"(?<=\s)\S+(?=\s)")
+
+
+def _required_token(ops: list[Any]) -> str | None:
+    """A whole word every match contains (whitespace on both sides inside the format's literal text)."""
+    words = [w for run in _literal_runs(ops) for w in _INNER_WORD.findall(run)]
+    return max(words, key=len) if words else None
+
+
+@dataclass
+class CompiledFormat:
+    """One representation compiled: its regex, placeholders, specificity and index words."""
+
+    format: str
+    regex: re.Pattern[str]
+    placeholders: dict[str, Placeholder]
+    group_names: tuple[str, ...]
+    literal_count: int
+    placeholder_count: int
+    leading_words: frozenset[str] | None
+    index_paths: frozenset[tuple[str, ...]] | None = None
+    required_token: str | None = None
+    _pieces: list[str | Placeholder] = field(repr=False, default_factory=list)
+    _flags: str = field(repr=False, default="")
+    _anchors: tuple[bool, bool] = field(repr=False, default=(True, True))
+    _required_runs: tuple[str, ...] = field(repr=False, default=())
+    _prefix: str = field(repr=False, default="")
+    _suffix: str = field(repr=False, default="")
+    _relaxed: dict[frozenset[str], re.Pattern[str]] = field(repr=False, default_factory=dict)
+    _defaults: tuple[tuple[str, Any], ...] = field(repr=False, default=())
+    _typed: tuple[tuple[str, str], ...] = field(repr=False, default=())
+    _relaxed_check: tuple[tuple[str, ...], str, str] = field(repr=False, default=((), "", ""))
+    score: tuple[int, int] = (0, 0)  # specificity: more literal characters first, then fewer placeholders
+
+    def __post_init__(self) -> None:
+        self.score = (self.literal_count, -self.placeholder_count)
+        self._defaults = tuple((p.name, _convert(p.kind, p.default) if p.kind and p.default else p.default)
+                               for p in self.placeholders.values() if p.default is not None)
+        self._typed = tuple((p.name, p.kind) for p in self.placeholders.values() if p.kind)
+
+    def _possible(self, prepared: Prepared, check: tuple[tuple[str, ...], str, str] | None = None) -> bool:
+        """A cheap necessary condition (keeps adversarial messages from backtracking for long): the
+        format's literal text at its top level appears in order, at the start and end where anchored."""
+        runs, prefix, suffix = check or (self._required_runs, self._prefix, self._suffix)
+        if prefix and not prepared.core.startswith(prefix):
+            return False
+        if suffix and not prepared.core.endswith(suffix):
+            return False
+        stream = prepared.stream
+        pos = 0
+        for run in runs:
+            found = stream.find(run, pos)
+            if found < 0:
+                return False
+            pos = found + len(run)
+        return True
+
+    def _relaxed_regex(self, names: frozenset[str]) -> re.Pattern[str]:
+        regex = self._relaxed.get(names)
+        if regex is None:
+            regex = _compile_pieces(self._pieces, self._flags, self._anchors, names)
+            self._relaxed[names] = regex
+        return regex
+
+    def _values(self, found: re.Match[str], prepared: Prepared) -> dict[str, Any] | None:
+        result: dict[str, Any] = {k: v for k, v in found.groupdict().items() if v is not None}
+        for name, default in self._defaults:
+            if result.get(name) in (None, ""):
+                result[name] = default
+        for name, kind in self._typed:
+            value = result.get(name)
+            if isinstance(value, str) and value:
+                try:
+                    result[name] = _convert_matched(kind, value)
+                except ValueError:
+                    return None
+        for key, value in prepared.pairs.items():
+            p = self.placeholders.get(key)
+            if p is not None and p.kind:
+                try:
+                    value = _convert(p.kind, value)
+                except ValueError:
+                    return None
+            result[key] = value
+        if self.format and not prepared.core and not any(v is not None and v != "" for v in result.values()):
+            return None
+        return result
+
+    def extract(self, prepared: Prepared) -> dict[str, Any] | None:
+        """The parameters when the prepared message fits this format, else None."""
+        stream = prepared.stream
+        # the pre-check only pays off on long messages, where a failing regex can backtrack for long
+        found = self.regex.search(stream) if len(stream) < 512 or self._possible(prepared) else None
+        if found is None:
+            supplied = frozenset(n for n in prepared.pairs if n in self.placeholders
+                                 and self.placeholders[n].default is None)
+            if not supplied or (len(stream) >= 512 and not self._possible(prepared, self._relaxed_check)):
+                return None
+            found = self._relaxed_regex(supplied).search(stream)
+            if found is None:
+                return None
+        return self._values(found, prepared)
+
+    def extract_all(self, prepared: Prepared) -> list[dict[str, Any]]:
+        """Every non-overlapping fit in the message (for `match_multiple` formats)."""
+        results = []
+        for found in self.regex.finditer(prepared.stream):
+            values = self._values(found, prepared)
+            if values is not None:
+                results.append(values)
+        return results
+
+    def why_not(self, prepared: Prepared) -> str:
+        """The reason the prepared message does not fit (for errors)."""
+        shown = _shorten(prepared.text)
+        for key, value in prepared.pairs.items():
+            p = self.placeholders.get(key)
+            if p is not None and p.kind:
+                try:
+                    _convert(p.kind, value)
+                except ValueError:
+                    return (f'Command "{shown}": parameter "{key}" = {value!r} is not of type "{p.kind}" '
+                            f'in format string "{self.format}"')
+        if self.format and not prepared.stream.strip() and self.regex.search(prepared.stream):
+            return (f'Command "{shown}" supplies no value for format string "{self.format}" and it has no '
+                    "defaults: No value supplied and no default value found.")
+        return f'Command "{shown}" doesn\'t match format string "{self.format}"'
+
+
+def _compile_pieces(pieces: list[str | Placeholder], flags: str, anchors: tuple[bool, bool],
+                    optional: frozenset[str] = frozenset()) -> re.Pattern[str]:
+    body = "".join(p if isinstance(p, str) else _placeholder_regex(p, p.optional or p.name in optional)
+                   for p in pieces)
+    begin, end = anchors
+    return re.compile(flags + (r"^\s*" if begin else "") + f"(?:{body})" + (r"\s*$" if end else ""), re.DOTALL)
+
+
+def _fail(fmt: str, reason: str) -> AliasFormatError:
+    return AliasFormatError(f'Format string "{fmt}" is not valid: {reason}', format=fmt)
+
+
+@functools.lru_cache(maxsize=8192)
+def compile_format(fmt: str) -> CompiledFormat:
+    """Compile one representation (cached); raises `AliasFormatError` naming it when it is unusable."""
+    if not isinstance(fmt, str):
+        raise AliasFormatError(f"a format string must be text, not {type(fmt).__name__}")
+    text = normalise(fmt)
+    flags = ""
+    lead = _GLOBAL_FLAGS.match(text)
+    if lead:
+        flags, text = lead.group(), text[lead.end():]
+    pieces: list[str | Placeholder] = []
+    placeholders: dict[str, Placeholder] = {}
+    pos = 0
+    for m in _PLACEHOLDER.finditer(text):
+        name, kind = m.group("name"), m.group("kind")
+        if not _IDENTIFIER.match(name):
+            raise _fail(fmt, f"placeholder name '{name}' must be an identifier (letters, digits, '_')")
+        if name in placeholders:
+            raise _fail(fmt, f"placeholder '{name}' appears twice")
+        if kind is not None and kind not in TYPES:
+            raise _fail(fmt, f"placeholder '{name}' has unknown type '{kind}'; use one of {', '.join(TYPES)}")
+        default: str | None = None
+        if m.group("empty") is not None:
+            default = ""
+        else:
+            for group in ("dq", "sq", "brace", "bare"):
+                if m.group(group) is not None:
+                    default = m.group(group)
+                    break
+        if kind and default:
+            try:
+                _convert(kind, default)
+            except ValueError:
+                raise _fail(fmt, f"default {default!r} of placeholder '{name}' is not of type '{kind}'") from None
+        placeholder = Placeholder(name, default, kind, m.group("ws"))
+        placeholders[name] = placeholder
+        pieces.append(text[pos:m.start()])
+        pieces.append(placeholder)
+        pos = m.end()
+    pieces.append(text[pos:])
+    pieces = [p for p in pieces if p != ""]
+
+    body = "".join(p if isinstance(p, str) else _placeholder_regex(p, p.optional) for p in pieces)
+    try:
+        tree = sre_parse.parse(flags + body, re.DOTALL)
+        anchors = (not _has_anchor(tree, _AT_BEGIN), not _has_anchor(tree, _AT_END))
+        regex = _compile_pieces(pieces, flags, anchors)
+    except (re.error, OverflowError, RecursionError, ValueError, TypeError, IndexError) as exc:
+        raise _fail(fmt, str(exc)) from None
+    ops = list(tree)
+    group_ids = {tree.state.groupdict[name] for name in placeholders if name in tree.state.groupdict}
+    user_groups = [n for n in regex.groupindex if n not in placeholders]
+    caseless = bool(regex.flags & (re.IGNORECASE | re.MULTILINE))
+    words = None
+    relaxed_check: tuple[tuple[str, ...], str, str] = ((), "", "")
+    paths: frozenset[tuple[str, ...]] | None = None
+    token = None
+    if not caseless:
+        # Index words must hold for every variant `extract` may try, including the one where trailing
+        # pairs supply required placeholders (deviation 6): analyse the most relaxed pattern, whose
+        # matches include those of every other variant.
+        relaxed = "".join(p if isinstance(p, str) else _placeholder_regex(p, True) for p in pieces)
+        try:
+            relaxed_ops = list(sre_parse.parse(flags + relaxed, re.DOTALL))
+        except (re.error, OverflowError, RecursionError, ValueError, TypeError, IndexError):
+            relaxed_ops = None
+        if relaxed_ops is not None:
+            relaxed_check = _literal_check(relaxed_ops, anchors)
+            words = _leading(relaxed_ops, "", anchors[0], anchors[1])
+            if words is not None:
+                paths = frozenset((w,) for w in words)
+                if len(words) == 1:
+                    longer = _prefix_path(relaxed_ops, anchors)
+                    if longer and longer[0] in words:
+                        paths = frozenset({longer[:MAX_PATH]})
+            else:
+                token = _required_token(relaxed_ops)
+
+    required, prefix, suffix = ((), "", "") if caseless else _literal_check(ops, anchors)
+    return CompiledFormat(
+        format=fmt,
+        regex=regex,
+        placeholders=placeholders,
+        group_names=tuple(regex.groupindex),
+        literal_count=_literal_count(ops, group_ids),
+        placeholder_count=len(placeholders) + len(user_groups),
+        leading_words=frozenset(words) if words is not None else None,
+        index_paths=paths,
+        required_token=token,
+        _pieces=pieces,
+        _flags=flags,
+        _anchors=anchors,
+        _required_runs=required,
+        _prefix=prefix,
+        _suffix=suffix,
+        _relaxed_check=relaxed_check,
+    )
+
+
+def extract_parameters(format: str, message: str) -> dict[str, Any]:
+    """The parameters `format` extracts from `message` (defaults applied, before casting).
+
+    Raises `AliasParseError` with the reason when the message does not fit the format (or the
+    format is unusable: `AliasFormatError`).
+    """
+    compiled = compile_format(format or "")
+    prepared = prepare(message)
+    values = compiled.extract(prepared)
+    if values is None:
+        raise AliasParseError(compiled.why_not(prepared), format=format, message=message)
+    return values
+
+
+def extract_multiple(format: str, message: str) -> list[dict[str, Any]]:
+    """Every fit of a `match_multiple` format in the message, one parameter set each (spec §2.4)."""
+    compiled = compile_format(format or "")
+    prepared = prepare(message)
+    results = compiled.extract_all(prepared)
+    if not results:
+        raise AliasParseError(compiled.why_not(prepared), format=format, message=message)
+    return results

@@ -1,0 +1,317 @@
+"""Action aliases loaded from packs (spec §2.1), checked with file, line and reason for every problem.
+
+`load_aliases(registry)` turns the registry's `aliases` documents into `Alias` objects. A bad alias file
+becomes a `ContentError` and is skipped; everything else loads. Squall extensions kept as plain data for
+the bot to enforce: `permissions: {allow: {users, groups, channels}, deny: {...}}` and
+`confirm: true | {ttl: seconds}`.
+
+`cast_alias_parameters` casts matched values by the action's parameter types (spec §3.1: arrays split on
+commas and stripped, via `engine.parameters.cast`), and `inject_immutable` adds the alias's
+`immutable_parameters`, rendered with Jinja, refusing a user-supplied value for any of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+
+from aliases.grammar import AliasFormatError, compile_format
+from engine.actions import Action
+from engine.packs import Registry, UnknownAction
+from engine.parameters import ParameterError, cast
+from engine.templates import TemplateRenderError, render_values
+from engine.yamlfile import ContentError, LineMap
+
+ALIAS_KEYS = {
+    "name", "pack", "action_ref", "description", "enabled", "formats", "ack", "result", "extra",
+    "immutable_parameters", "metadata_file", "permissions", "confirm", "ref", "uid", "id",
+}
+FORMAT_KEYS = {"display", "representation", "match_multiple"}
+ACK_KEYS = {"enabled", "format", "extra", "append_url"}
+RESULT_KEYS = {"enabled", "format", "extra"}
+PERMISSION_SIDES = {"allow", "deny"}
+PERMISSION_KINDS = {"users", "groups", "channels"}
+CONFIRM_KEYS = {"ttl"}
+
+
+@dataclass
+class AliasFormat:
+    """One entry of `formats`: shown as `display` in help, matched through each representation."""
+
+    display: str | None
+    representations: list[str]
+    match_multiple: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        return {"display": self.display, "representation": list(self.representations),
+                "match_multiple": self.match_multiple}
+
+
+@dataclass
+class Alias:
+    """One loaded action alias."""
+
+    name: str
+    pack: str
+    action_ref: str
+    description: str = ""
+    enabled: bool = True
+    formats: list[AliasFormat] = field(default_factory=list)
+    ack: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    immutable_parameters: dict[str, Any] = field(default_factory=dict)
+    permissions: dict[str, Any] = field(default_factory=dict)
+    confirm: bool | dict[str, Any] = False
+    metadata_file: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.pack}.{self.name}"
+
+    @property
+    def representations(self) -> list[str]:
+        return [r for f in self.formats for r in f.representations]
+
+    def summary(self) -> dict[str, Any]:
+        """The record shown by `squall alias list --json` (StackStorm's ActionAliasAPI fields)."""
+        return {
+            "ref": self.ref,
+            "name": self.name,
+            "pack": self.pack,
+            "action_ref": self.action_ref,
+            "description": self.description,
+            "enabled": self.enabled,
+            "formats": [f.summary() for f in self.formats],
+            "ack": self.ack,
+            "result": self.result,
+            "extra": self.extra,
+            "immutable_parameters": self.immutable_parameters,
+            "permissions": self.permissions,
+            "confirm": self.confirm,
+            "metadata_file": self.metadata_file,
+        }
+
+
+class _Invalid(Exception):
+    def __init__(self, error: ContentError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _suggest(word: Any, choices: set[str]) -> str:
+    near = difflib.get_close_matches(str(word), sorted(choices), n=1)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
+def _check_keys(value: dict[str, Any], allowed: set[str], what: str, fail: Any, *path: Any) -> None:
+    for key in value:
+        if key not in allowed:
+            raise fail(f"unknown {what} '{key}'{_suggest(key, allowed)}; allowed: {', '.join(sorted(allowed))}",
+                       *path, key)
+
+
+def _mapping(data: dict[str, Any], key: str, fail: Any) -> dict[str, Any]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise fail(f"'{key}' must be a mapping", key)
+    return value
+
+
+def _formats(data: dict[str, Any], fail: Any) -> list[AliasFormat]:
+    raw = data.get("formats")
+    if raw is None:
+        raise fail("'formats' is required: a list of format strings or {display, representation} mappings",
+                   "formats")
+    if not isinstance(raw, list) or not raw:
+        raise fail("'formats' must be a non-empty list", "formats")
+    formats: list[AliasFormat] = []
+    for index, item in enumerate(raw):
+        if isinstance(item, str):
+            entry = AliasFormat(display=item, representations=[item])
+            where: list[tuple[Any, ...]] = [("formats", index)]
+        elif isinstance(item, dict):
+            _check_keys(item, FORMAT_KEYS, "format attribute", fail, "formats", index)
+            display = item.get("display")
+            if display is not None and not isinstance(display, str):
+                raise fail("'display' must be a string", "formats", index, "display")
+            reps = item.get("representation")
+            if reps is None:
+                reps = []
+            elif isinstance(reps, str):
+                reps = [reps]
+            if not isinstance(reps, list) or not all(isinstance(r, str) for r in reps):
+                raise fail("'representation' must be a string or a list of strings", "formats", index,
+                           "representation")
+            if display is None and not reps:
+                raise fail("a format mapping needs 'display', 'representation' or both", "formats", index)
+            multiple = item.get("match_multiple", False)
+            if not isinstance(multiple, bool):
+                raise fail("'match_multiple' must be true or false", "formats", index, "match_multiple")
+            entry = AliasFormat(display=display, representations=list(reps), match_multiple=multiple)
+            where = [("formats", index, "representation", i) for i in range(len(reps))]
+        else:
+            raise fail(f"format #{index + 1} must be a string or a mapping, not {type(item).__name__}",
+                       "formats", index)
+        for rep, path in zip(entry.representations, where, strict=False):
+            try:
+                compile_format(rep)
+            except AliasFormatError as exc:
+                raise fail(str(exc), *path) from None
+        formats.append(entry)
+    return formats
+
+
+def _reply_section(data: dict[str, Any], key: str, allowed: set[str], fail: Any) -> dict[str, Any]:
+    section = _mapping(data, key, fail)
+    _check_keys(section, allowed, f"{key} attribute", fail, key)
+    for flag in ("enabled", "append_url"):
+        if flag in section and not isinstance(section[flag], bool):
+            raise fail(f"'{key}.{flag}' must be true or false", key, flag)
+    if "format" in section and not isinstance(section["format"], str):
+        raise fail(f"'{key}.format' must be a string (a Jinja template)", key, "format")
+    if "extra" in section and not isinstance(section["extra"], dict):
+        raise fail(f"'{key}.extra' must be a mapping", key, "extra")
+    return section
+
+
+def _permissions(data: dict[str, Any], fail: Any) -> dict[str, Any]:
+    perms = _mapping(data, "permissions", fail)
+    _check_keys(perms, PERMISSION_SIDES, "permissions section", fail, "permissions")
+    for side, rules in perms.items():
+        if rules is None:
+            continue
+        if not isinstance(rules, dict):
+            raise fail(f"'permissions.{side}' must be a mapping of users, groups and channels", "permissions",
+                       side)
+        _check_keys(rules, PERMISSION_KINDS, f"permissions.{side} list", fail, "permissions", side)
+        for kind, names in rules.items():
+            if names is None:
+                continue
+            if not isinstance(names, list) or not all(isinstance(n, str | int) for n in names):
+                raise fail(f"'permissions.{side}.{kind}' must be a list of names", "permissions", side, kind)
+    return perms
+
+
+def _confirm(data: dict[str, Any], fail: Any) -> bool | dict[str, Any]:
+    confirm = data.get("confirm", False)
+    if confirm is None or isinstance(confirm, bool):
+        return bool(confirm)
+    if not isinstance(confirm, dict):
+        raise fail("'confirm' must be true, false or a mapping such as {ttl: 60}", "confirm")
+    _check_keys(confirm, CONFIRM_KEYS, "confirm attribute", fail, "confirm")
+    ttl = confirm.get("ttl")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
+        raise fail("'confirm.ttl' must be a number of seconds > 0", "confirm", "ttl")
+    return confirm
+
+
+def build_alias(data: Any, lines: LineMap, *, pack: str, file: str, registry: Registry) -> Alias:
+    """Check one alias document; raise `_Invalid` with the first problem."""
+
+    def fail(reason: str, *path: Any) -> _Invalid:
+        return _Invalid(ContentError(file, lines.line(*path), reason))
+
+    if not isinstance(data, dict):
+        raise fail("an alias file must be a mapping with at least 'name', 'action_ref' and 'formats'")
+    _check_keys(data, ALIAS_KEYS, "alias attribute", fail)
+    name = data.get("name")
+    if isinstance(name, bool):
+        raise fail(f"'name' must be a string (YAML reads {'on/yes' if name else 'off/no'} as {str(name).lower()}: "
+                   "quote it)", "name")
+    if not isinstance(name, str) or not name.strip():
+        raise fail("'name' is required and must be a string", "name")
+    if any(c.isspace() for c in name):
+        raise fail(f"alias name {name!r} may not contain spaces", "name")
+    if data.get("pack") not in (None, pack):
+        raise fail(f"'pack: {data['pack']}' does not match the pack folder's pack '{pack}'", "pack")
+    action_ref = data.get("action_ref")
+    if not isinstance(action_ref, str) or not action_ref:
+        raise fail("'action_ref' is required: the action this alias runs, as pack.name", "action_ref")
+    if action_ref not in registry.actions:
+        try:
+            registry.action(action_ref)
+        except UnknownAction as exc:
+            raise fail(f"action_ref: {exc}", "action_ref") from None
+    description = data.get("description")
+    if description is not None and not isinstance(description, str):
+        raise fail("'description' must be a string", "description")
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise fail("'enabled' must be true or false", "enabled")
+    formats = _formats(data, fail)
+    return Alias(
+        name=name,
+        pack=pack,
+        action_ref=action_ref,
+        description=description or "",
+        enabled=enabled,
+        formats=formats,
+        ack=_reply_section(data, "ack", ACK_KEYS, fail),
+        result=_reply_section(data, "result", RESULT_KEYS, fail),
+        extra=_mapping(data, "extra", fail),
+        immutable_parameters=_mapping(data, "immutable_parameters", fail),
+        permissions=_permissions(data, fail),
+        confirm=_confirm(data, fail),
+        metadata_file=file,
+    )
+
+
+def load_aliases(registry: Registry) -> tuple[list[Alias], list[ContentError]]:
+    """Every valid alias of the loaded packs (sorted by pack, name), and a `ContentError` per bad one."""
+    aliases: dict[str, Alias] = {}
+    errors: list[ContentError] = []
+    for doc in registry.documents:
+        if doc.kind != "aliases":
+            continue
+        try:
+            alias = build_alias(doc.data, doc.lines, pack=doc.pack, file=doc.file, registry=registry)
+        except _Invalid as exc:
+            errors.append(exc.error)
+            continue
+        if alias.ref in aliases:
+            errors.append(ContentError(doc.file, doc.lines.line("name"),
+                                       f"alias '{alias.ref}' is already defined in {aliases[alias.ref].metadata_file}"))
+            continue
+        aliases[alias.ref] = alias
+    return sorted(aliases.values(), key=lambda a: (a.pack, a.name)), errors
+
+
+def cast_alias_parameters(action: Action, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Cast matched values by the action's parameter types (spec §3.1); unknown names pass through.
+
+    Arrays are split on commas and each item stripped (`"a, b"` → `["a", "b"]`; a JSON list is
+    decoded); values that are already typed (typed placeholders, lists) are left alone. Raises
+    `ParameterError` naming the parameter when a value cannot be cast.
+    """
+    result: dict[str, Any] = {}
+    for name, value in params.items():
+        spec = action.parameters.get(name)
+        result[name] = cast(name, value, spec) if spec is not None else value
+    return result
+
+
+def inject_immutable(alias: Alias, params: Mapping[str, Any], context: Mapping[str, Any],
+                     env: jinja2.Environment | None = None) -> dict[str, Any]:
+    """`params` plus the alias's `immutable_parameters` rendered with Jinja against `context`.
+
+    A value the user supplied for an immutable parameter is refused, as StackStorm does:
+    `ParameterError("Immutable arguments cannot be overriden: <names>")`.
+    """
+    immutable = alias.immutable_parameters or {}
+    if not immutable:
+        return dict(params)
+    overridden = [name for name in immutable if name in params]
+    if overridden:
+        raise ParameterError(f"Immutable arguments cannot be overriden: {','.join(overridden)}")
+    try:
+        rendered = render_values(immutable, context, env)
+    except TemplateRenderError as exc:
+        raise ParameterError(f"alias '{alias.ref}': cannot render immutable_parameters: {exc}") from exc
+    return {**params, **rendered}

@@ -1,0 +1,92 @@
+"""`squall alias list | match`: the loaded action aliases and what a chat message would run (spec §2).
+
+`squall alias match TEXT --json` prints `{"alias": "<pack>.<name>", "format": "<representation>",
+"parameters": {...}}` and exits 0; a `match_multiple` format that fits several times prints a list of
+such objects. No match exits 1 with suggestions on stderr, an ambiguity exits 1 listing the candidates
+(with `--json`, stdout then holds `{"error", "suggestions"}` or `{"error", "candidates"}`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from aliases import AliasMatcher, AmbiguousCommand, NoMatch, load_aliases
+from aliases.model import Alias
+from bot.app import load_packs
+from bot.cli import JsonOption, _config, app, err, out, print_json
+from engine.yamlfile import ContentError
+
+alias_app = typer.Typer(help="List action aliases and try chat messages against them.", no_args_is_help=True)
+app.add_typer(alias_app, name="alias")
+
+
+def _load() -> tuple[list[Alias], list[ContentError]]:
+    registry = load_packs(_config())
+    aliases, errors = load_aliases(registry)
+    # YAML errors in alias files are found while loading packs; show them with the alias errors.
+    file_errors = [e for e in registry.errors if Path(e.file).parent.name == "aliases"]
+    return aliases, file_errors + errors
+
+
+def _warn(errors: list[ContentError]) -> None:
+    for error in errors:
+        err.print(f"[yellow]alias skipped:[/yellow] {error}", markup=True, highlight=False)
+
+
+@alias_app.command("list")
+def alias_list(as_json: JsonOption = False) -> None:
+    """Loaded aliases: ref, action, formats, description, enabled (load errors go to stderr)."""
+    aliases, errors = _load()
+    _warn(errors)
+    if as_json:
+        print_json([a.summary() for a in aliases])
+        return
+    table = Table("ref", "action", "enabled", "formats", "description")
+    for alias in aliases:
+        formats = "\n".join(rep for f in alias.formats for rep in (f.representations or [f"({f.display})"]))
+        table.add_row(alias.ref, alias.action_ref, "yes" if alias.enabled else "no", formats, alias.description)
+    out.print(table)
+
+
+def _line(document: dict[str, Any]) -> str:
+    params = " ".join(f"{k}={json.dumps(v)}" for k, v in document["parameters"].items())
+    return f"{document['alias']}  format: {document['format']}" + (f"  parameters: {params}" if params else "")
+
+
+@alias_app.command("match")
+def alias_match(text: Annotated[str, typer.Argument(help="A chat message, without the bot prefix.")],
+                as_json: JsonOption = False) -> None:
+    """Which alias and format a message selects, and the parameters it extracts (before casting)."""
+    aliases, errors = _load()
+    _warn(errors)
+    matcher = AliasMatcher(aliases)
+    try:
+        matches = matcher.match_all(text)
+    except NoMatch as exc:
+        err.print(f"[red]no match:[/red] no alias matches {text!r}", markup=True, highlight=False)
+        if exc.suggestions:
+            err.print("did you mean:", highlight=False)
+            for suggestion in exc.suggestions:
+                err.print(f"  {suggestion}", markup=False, highlight=False)
+        if as_json:
+            print_json({"error": str(exc), "suggestions": exc.suggestions})
+        raise typer.Exit(1) from None
+    except AmbiguousCommand as exc:
+        err.print(f"[red]ambiguous:[/red] {text!r} matches several aliases equally well:", markup=True,
+                  highlight=False)
+        for candidate in exc.candidates:
+            err.print(f"  {candidate.alias.ref}: {candidate.representation}", markup=False, highlight=False)
+        if as_json:
+            print_json({"error": str(exc), "candidates": [c.summary() for c in exc.candidates]})
+        raise typer.Exit(1) from None
+    documents = [m.summary() for m in matches]
+    if as_json:
+        print_json(documents[0] if len(documents) == 1 else documents)
+        return
+    for document in documents:
+        out.print(_line(document), markup=False, highlight=False)

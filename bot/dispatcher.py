@@ -1,0 +1,299 @@
+"""From a chat message to an execution: addressing, built-in commands, matching, permissions,
+confirmation, the ack, and (when the execution finishes) the result in the same thread.
+
+The message is parsed once, here, by the same `AliasMatcher` the CLI and the API use, so the
+bot and the engine can never disagree about what a command means.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.base import Adapter, Message, Reply
+from aliases import AliasMatcher, AmbiguousCommand, NoMatch
+from aliases.model import inject_immutable
+from bot.app import Squall
+from bot.auth import Authorizer
+from bot.outbox import Outbox
+from bot.replies import fit, render_ack, render_result, status_line
+from engine.executions import ExecutionNotFound, ExecutionStateError
+from engine.packs import UnknownAction
+from engine.parameters import ParameterError
+
+log = logging.getLogger(__name__)
+_YES = {"yes", "y", "confirm", "ok"}
+_NO = {"no", "n", "cancel", "abort"}
+_SPACES = re.compile(r"[\u00a0\u2000-\u200b\u202f\u205f\u3000]")
+_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
+MAX_COMMAND = 100_000
+
+
+@dataclass
+class ChatSettings:
+    prefix: str = "!"
+    bot_name: str = "squall"
+    thread_replies: bool = True
+    confirm_ttl: float = 60.0
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> ChatSettings:
+        return cls(prefix=str(section.get("prefix", "!")), bot_name=str(section.get("bot_name", "squall")),
+                   thread_replies=bool(section.get("thread_replies", True)),
+                   confirm_ttl=float(section.get("confirm_ttl", 60)))
+
+
+@dataclass
+class PendingConfirmation:
+    match: Any
+    message: Message
+    expires: float
+
+
+@dataclass
+class Dispatcher:
+    squall: Squall
+    matcher: AliasMatcher
+    outbox: Outbox
+    adapters: dict[str, Adapter]
+    auth: Authorizer = field(default_factory=Authorizer)
+    settings: ChatSettings = field(default_factory=ChatSettings)
+    aliases: dict[str, Any] = field(default_factory=dict)
+    _confirmations: dict[tuple[str, str, str], PendingConfirmation] = field(default_factory=dict)
+    _acks: dict[str, int] = field(default_factory=dict)
+
+    # -- entry point -----------------------------------------------------------------------
+    async def handle(self, message: Message) -> None:
+        """Handle one message; whatever goes wrong, the person gets an answer and the bot stays up."""
+        try:
+            text = self._addressed(message)
+            if text is None:
+                return
+            await self._handle(message, text)
+        except Exception as exc:
+            log.exception("handling a message from %s failed", message.user)
+            await self.say(message, f"Sorry, something went wrong handling that: {exc}")
+
+    def _addressed(self, message: Message) -> str | None:
+        """The command text if the message is for the bot (prefix, mention or DM), else None."""
+        text = _SPACES.sub(" ", message.text.translate(_QUOTES)).strip()
+        if self.settings.prefix and text.startswith(self.settings.prefix):
+            return text[len(self.settings.prefix):].strip()
+        if message.mentioned or message.direct:
+            for lead in (f"@{self.settings.bot_name}", self.settings.bot_name):
+                if text.lower().startswith(lead.lower()):
+                    text = text[len(lead):].lstrip(":, ").strip()
+                    break
+            return text
+        return None
+
+    async def _handle(self, message: Message, text: str) -> None:
+        key = (message.adapter, message.channel, message.user)
+        pending = self._confirmations.get(key)
+        if pending is not None and text.lower() in _YES | _NO:
+            del self._confirmations[key]
+            if time.monotonic() > pending.expires:
+                await self.say(message, "That confirmation has expired; send the command again.")
+            elif text.lower() in _YES:
+                await self._run(pending.match, pending.message)
+            else:
+                await self.say(message, f"OK, not running {pending.match.alias.action_ref}.")
+            return
+        if not text:
+            await self.say(message, f"Yes? Try `{self.settings.prefix}help`.")
+            return
+        if len(text) > MAX_COMMAND:
+            await self.say(message, f"That command is {len(text):,} characters long; the limit is {MAX_COMMAND:,}.")
+            return
+        word, _, rest = text.partition(" ")
+        builtin = getattr(self, f"_builtin_{word.lower()}", None) if word.isalpha() else None
+        if builtin is not None and self.matcher_misses(text):
+            await builtin(message, rest.strip())
+            return
+        try:
+            match = self.matcher.match(text)
+        except AmbiguousCommand as exc:
+            listed = "\n".join(f"• {c.display or c.representation} ({c.alias.ref})" for c in exc.candidates)
+            await self.say(message, f"That matches more than one command equally well:\n{listed}\nPlease be more "
+                                    "specific.")
+            return
+        except NoMatch as exc:
+            hint = f" Did you mean: {', '.join(f'`{s}`' for s in exc.suggestions)}?" if exc.suggestions else ""
+            await self.say(message, f"I don't know `{_short(text)}`.{hint} Try `{self.settings.prefix}help`.")
+            return
+        decision = self.auth.check(match.alias, message)
+        if not decision.allowed:
+            await self.squall.db(self.squall.store.audit_add, "chat.denied", message.user,
+                                 f"{message.adapter}:{message.channel}", match.alias.ref,
+                                 {"command": _short(text, 500), "reason": decision.reason})
+            await self.say(message, f"Sorry {message.user}, you may not run that: {decision.reason}.")
+            return
+        if match.alias.confirm:
+            ttl = self.settings.confirm_ttl
+            if isinstance(match.alias.confirm, dict):
+                ttl = float(match.alias.confirm.get("ttl", ttl))
+            self._confirmations[key] = PendingConfirmation(match, message, time.monotonic() + ttl)
+            shown = self._masked(match.alias.action_ref, match.parameters)
+            await self.say(message, f"About to run {match.alias.action_ref} with "
+                                    f"{_params(shown)}. Reply `yes` within {ttl:g}s to go ahead, or `no`.",
+                           buttons=[{"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}])
+            return
+        await self._run(match, message)
+
+    def _masked(self, action_ref: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        action = self.squall.registry.actions.get(action_ref)
+        secret = action.secret_names if action is not None else set()
+        return {k: ("********" if k in secret else v) for k, v in parameters.items()}
+
+    def matcher_misses(self, text: str) -> bool:
+        """Built-in commands yield to a pack alias that claims the same words."""
+        try:
+            self.matcher.match(text)
+        except (NoMatch, AmbiguousCommand):
+            return True
+        return False
+
+    # -- running -------------------------------------------------------------------------------
+    async def _run(self, match: Any, message: Message) -> None:
+        alias = match.alias
+        context = self.chat_context(message, alias)
+        try:
+            parameters = inject_immutable(alias, dict(match.parameters), context)
+            execution = await self.squall.executions.request(alias.action_ref, parameters, context)
+        except (ParameterError, UnknownAction, ValueError) as exc:
+            await self.say(message, f"I can't run that: {exc}")
+            return
+        await self.squall.db(self.squall.store.audit_add, "chat.execution", message.user,
+                             f"{message.adapter}:{message.channel}", alias.ref,
+                             {"execution": execution["id"], "action": alias.action_ref})
+        text, extra = render_ack(alias, execution)
+        if text is not None:
+            self._acks[execution["id"]] = await self.say(message, text, extra=extra)
+
+    def chat_context(self, message: Message, alias: Any) -> dict[str, Any]:
+        """StackStorm's chat context (api_user, source_channel, action_alias_ref) plus where to reply."""
+        return {
+            "user": message.user,
+            "api_user": message.user,
+            "source": "chat",
+            "source_channel": message.channel,
+            "action_alias_ref": {"id": alias.ref, "name": alias.name},
+            "chat": {"adapter": message.adapter, "channel": message.channel, "user": message.user,
+                     "thread": self._thread(message), "message_id": message.id, "alias": alias.ref},
+        }
+
+    async def on_finished(self, execution: dict[str, Any]) -> None:
+        """Post the result of an execution started from chat, in its channel and thread."""
+        chat = (execution.get("context") or {}).get("chat")
+        if not chat or chat.get("adapter") not in self.adapters:
+            return
+        alias = self.aliases.get(chat.get("alias")) if chat.get("alias") else None
+        text, extra = render_result(alias, execution)
+        ack = self._acks.pop(execution["id"], None)
+        adapter = self.adapters[chat["adapter"]]
+        if ack is not None and adapter.capabilities.edits:
+            await self.post(Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"),
+                                  text=status_line(execution), edit=ack))
+        if text is not None:
+            await self.post(Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"),
+                                  text=text, extra=extra))
+
+    # -- built-in commands ---------------------------------------------------------------------
+    async def _builtin_help(self, message: Message, rest: str) -> None:
+        # Literal, not a regex: a chat user must not be able to hand the bot a catastrophic pattern.
+        entries = self.matcher.help(re.escape(rest) if rest else None,
+                                    allowed=lambda alias: self.auth.check(alias, message).allowed)
+        builtins = ["help [filter]", "executions", "execution <id>", "cancel <id>", "retry <id>"]
+        prefix = self.settings.prefix
+        lines = [f"{prefix}{entry['display']}" + (f" — {entry['description']}" if entry.get("description") else "")
+                 for entry in entries]
+        if not rest:
+            lines += [f"{prefix}{b}" for b in builtins]
+        if not lines:
+            await self.say(message, f"No commands match `{_short(rest)}`.")
+            return
+        await self.say(message, "\n".join(lines))
+
+    async def _builtin_executions(self, message: Message, rest: str) -> None:
+        recent = await self.squall.executions.list(limit=200)
+        mine = [e for e in recent if (e["context"].get("chat") or {}).get("channel") == message.channel
+                and (e["context"].get("chat") or {}).get("adapter") == message.adapter][:10]
+        if not mine:
+            await self.say(message, "No executions from this channel yet.")
+            return
+        await self.say(message, "\n".join(status_line(e) for e in mine))
+
+    async def _builtin_execution(self, message: Message, rest: str) -> None:
+        if not rest:
+            await self.say(message, f"Which one? `{self.settings.prefix}execution <id>`")
+            return
+        try:
+            execution = await self.squall.executions.get(rest.split()[0])
+        except ExecutionNotFound as exc:
+            await self.say(message, str(exc))
+            return
+        await self.say(message, render_result(None, execution)[0] or status_line(execution))
+
+    async def _builtin_cancel(self, message: Message, rest: str) -> None:
+        await self._on_execution(message, rest, "cancel")
+
+    async def _builtin_retry(self, message: Message, rest: str) -> None:
+        await self._on_execution(message, rest, "retry")
+
+    async def _on_execution(self, message: Message, rest: str, verb: str) -> None:
+        if not rest:
+            await self.say(message, f"Which one? `{self.settings.prefix}{verb} <id>`")
+            return
+        try:
+            execution = await self.squall.executions.get(rest.split()[0])
+            alias_ref = (execution["context"].get("chat") or {}).get("alias")
+            alias = self.aliases.get(alias_ref) if alias_ref else None
+            if alias is not None and not self.auth.check(alias, message).allowed:
+                await self.say(message, f"Sorry {message.user}, you may not {verb} that.")
+                return
+            if alias is None and not self.auth.is_admin(message) and execution["context"].get("user") != message.user:
+                await self.say(message, f"Only admins may {verb} executions not started from chat by you.")
+                return
+            if verb == "cancel":
+                done = await self.squall.executions.cancel(execution["id"])
+                await self.say(message, f"{done['id']} is {done['status']}.")
+            else:
+                context = self.chat_context(message, alias) if alias else {"user": message.user, "source": "chat"}
+                again = await self.squall.executions.rerun(execution["id"], context=context)
+                await self.say(message, f"Retrying as {again['id']}.")
+        except (ExecutionNotFound, ExecutionStateError, ParameterError, UnknownAction) as exc:
+            await self.say(message, str(exc))
+
+    # -- replying ------------------------------------------------------------------------------
+    def _thread(self, message: Message) -> str | None:
+        adapter = self.adapters.get(message.adapter)
+        if adapter is None or not adapter.capabilities.threads or not self.settings.thread_replies:
+            return message.thread
+        return message.thread or message.id
+
+    async def say(self, message: Message, text: str, *, extra: dict[str, Any] | None = None,
+                  buttons: list[dict[str, str]] | None = None) -> int:
+        reply = Reply(adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text,
+                      extra=extra or {}, buttons=buttons or [])
+        return await self.post(reply)
+
+    async def post(self, reply: Reply) -> int:
+        adapter = self.adapters.get(reply.adapter)
+        parts = fit(reply, adapter.capabilities) if adapter is not None else [reply]
+        first = 0
+        for part in parts:
+            outbox_id = await self.outbox.post(part)
+            first = first or outbox_id
+        return first
+
+
+def _short(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _params(parameters: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_short(str(v), 60)}" for k, v in parameters.items()) or "no parameters"

@@ -1,0 +1,394 @@
+"""The alias format grammar: StackStorm's cases (spec §2.2-2.3), Squall's fixes, typed placeholders, bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aliases import AliasParseError, extract_multiple, extract_parameters
+from aliases.grammar import AliasFormatError, _Scanner, compile_format, normalise, prepare, split_pairs
+
+NO_MATCH = None
+ROW7 = "(run|execute) {{cmd}}( on {{hosts=localhost}})?[!.]?"
+
+# Spec §2.3, row by row: (row, format, message, expected parameters or NO_MATCH).
+TABLE = [
+    (1, "run {{cmd}} on {{hosts}}", "run date on localhost", {"cmd": "date", "hosts": "localhost"}),
+    (2, "run {{cmd}} on {{hosts}}", 'run "ls -la /tmp" on host1,host2', {"cmd": "ls -la /tmp", "hosts": "host1,host2"}),
+    (3, "run {{cmd}} on {{hosts}}", "run ls -la /tmp on host1", {"cmd": "ls -la /tmp", "hosts": "host1"}),
+    (4, "run {{cmd}} on {{hosts}}", "run date on localhost timeout=120 sudo=true",
+     {"cmd": "date", "hosts": "localhost", "timeout": "120", "sudo": "true"}),
+    (5, "run {{cmd}} {{hosts=localhost}}", "run date", {"cmd": "date", "hosts": "localhost"}),
+    (6, "run {{cmd}} {{hosts=localhost}}", "run uname -a", {"cmd": "uname", "hosts": "-a"}),
+    (7, ROW7, "execute uptime!", {"cmd": "uptime", "hosts": "localhost"}),
+    (8, ROW7, "run uptime on web1.", {"cmd": "uptime", "hosts": "web1"}),
+    (9, "ping {{host}}", "PING host1", NO_MATCH),
+    (10, "ping {{host}}", "ping host1 extra words", {"host": "host1 extra words"}),
+    (11, "deploy {{app}} to {{env=staging}}", "deploy web to", {"app": "web", "env": "staging"}),
+    (11, "deploy {{app}} to {{env=staging}}", "deploy web", NO_MATCH),
+    (12, "say {{ phrase }} in {{ color }}", "say 'hello world' in red", {"phrase": "hello world", "color": "red"}),
+    (13, "set {{key}} {{value}}", 'set k1 {"a": 1}', {"key": "k1", "value": '{"a": 1}'}),
+    (15, "", 'x=1 y="two words"', {"x": "1", "y": "two words"}),
+    (16, "hello", "hello world", NO_MATCH),
+    (17, "^show {{n}}$", "show 5", NO_MATCH),
+    (17, r"^\s*show {{n}}\s*$", "show 5", {"n": "5"}),
+    (19, "{{ captain }} is my captain", 'Malcolm Reynolds is my captain weirdo="River Tam"',
+     {"captain": "Malcolm Reynolds", "weirdo": "River Tam"}),
+    (20, "s {{a}} more {{ b }} more {{ c=99 }} more {{ d = 99 }}", "s one more two more three more",
+     {"a": "one", "b": "two", "c": "three", "d": "99"}),
+    (21, r"^\s*foo (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+)", "foo ASDF-1234", {"issue_key": "ASDF-1234"}),
+    (22, "{{ p0='http' }} g {{ p1=p }} a {{ url }} {{ p2={'a':'b'} }} {{ p3={{ e.i }} }}",
+     "g a http://google.com {{ execution.id }} p4='testing' p5={'a':'c'}",
+     {"p0": "http", "p1": "p", "url": "http://google.com", "p2": "{{ execution.id }}", "p3": "{{ e.i }}",
+      "p4": "testing", "p5": "{'a':'c'}"}),
+]
+
+
+@pytest.mark.parametrize(("row", "fmt", "message", "expected"), TABLE)
+def test_spec_table(row: int, fmt: str, message: str, expected: dict | None) -> None:
+    if expected is NO_MATCH:
+        with pytest.raises(AliasParseError):
+            extract_parameters(fmt, message)
+    else:
+        assert extract_parameters(fmt, message) == expected
+
+
+def test_row_14_fixed_a_pair_may_supply_a_placeholder() -> None:
+    # StackStorm: no match (the pair is stripped first, leaving `foo`), and hubot crashed on it
+    # (hubot-stackstorm#182). Squall lets a trailing pair fill the placeholder it names.
+    assert extract_parameters("foo {{a}}", "foo a=b") == {"a": "b"}
+    # ... but a pair naming something else still leaves the placeholder unfilled.
+    with pytest.raises(AliasParseError):
+        extract_parameters("foo {{a}}", "foo c=b")
+
+
+def test_row_18_fixed_urls_with_query_strings_are_values() -> None:
+    # StackStorm took the trailing URL for a pair (key "https://h/api?some") and the format no longer
+    # matched (st2#5074, st2#3882). Squall only takes identifier keys as pairs.
+    assert extract_parameters("bar {{ someval }}", "bar https://h/api?some=url&x=y") == {
+        "someval": "https://h/api?some=url&x=y"}
+
+
+# StackStorm's own parser tests (st2common/tests/unit/test_action_alias_utils.py).
+ST2_UNIT = [
+    ("", "", {}),
+    ("", "a=foobar1", {"a": "foobar1"}),
+    ("foo", 'foo a="foobar2 poonies bar"', {"a": "foobar2 poonies bar"}),
+    ("foo", "foo a='foobar2 poonies bar'", {"a": "foobar2 poonies bar"}),
+    ("foo", 'foo a={"foobar2": "poonies"}', {"a": '{"foobar2": "poonies"}'}),
+    ("", 'a=foobar1 b="boobar2 3 4" c=\'coobar3 4\' d={"a": "b"}',
+     {"a": "foobar1", "b": "boobar2 3 4", "c": "coobar3 4", "d": '{"a": "b"}'}),
+    ("skip {{a}} more skip {{b}} and skip more.", "skip a1 more skip b1 and skip more.", {"a": "a1", "b": "b1"}),
+    ("skip {{a}} more skip {{b}}", "skip a1 more skip b1", {"a": "a1", "b": "b1"}),
+    ("skip {{a}} more skip {{b}} and skip more.", 'skip "a1 a2" more skip b1 and skip more.',
+     {"a": "a1 a2", "b": "b1"}),
+    ("acl {{a}} {{b}} {{c}} {{d=1}}", 'acl "a1 a2" "b1" "c1"', {"a": "a1 a2", "b": "b1", "c": "c1", "d": "1"}),
+    ("acl {{a=test}}", "acl", {"a": "test"}),
+    ("skip {{a}} more skip.", 'skip {"a": "b", "c": "d"} more skip.', {"a": '{"a": "b", "c": "d"}'}),
+    ("skip {{a}} more skip {{b}}.", 'skip {"a": "b", "c": "d"} more skip x.', {"a": '{"a": "b", "c": "d"}', "b": "x"}),
+    ("skip {{ a = value }} more", "skip one more", {"a": "one"}),
+    ("skip {{ a = value }} more", "skip more", {"a": "value"}),
+    ("two by two hands of {{ color = {{ colors.default_color }} }}", "two by two hands of",
+     {"color": "{{ colors.default_color }}"}),
+    ("testing {{ a }}", "testing value b=value2", {"a": "value", "b": "value2"}),
+    ("testing {{ a=new }}", 'testing b="another value"', {"a": "new", "b": "another value"}),
+    ("testing {{ b=abc }} {{ c=xyz }}", 'testing newvalue d={"1": "2"} e="long value"',
+     {"b": "newvalue", "c": "xyz", "d": '{"1": "2"}', "e": "long value"}),
+    ("skip {{d=test1}} more skip {{e=test1}}.", "skip more skip", {"d": "test1", "e": "test1"}),
+    ("skip {{d=test}} more skip {{e=test}}", "skip ponies more skip", {"d": "ponies", "e": "test"}),
+    ("foo bar", "foo bar pony1=foo pony2=bar", {"pony1": "foo", "pony2": "bar"}),
+    (r"foo (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+)\s*$", "foo ASDF-1234", {"issue_key": "ASDF-1234"}),
+    (r"^\s*foo (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+) bar\s*$", "foo ASDF-1234 bar", {"issue_key": "ASDF-1234"}),
+    # values are not trimmed (spec §2.2 item 7)
+    ("greet {{name=World}}", "greet  Bob  ", {"name": " Bob"}),
+]
+
+
+@pytest.mark.parametrize(("fmt", "message", "expected"), ST2_UNIT)
+def test_stackstorm_unit_cases(fmt: str, message: str, expected: dict) -> None:
+    assert extract_parameters(fmt, message) == expected
+
+
+@pytest.mark.parametrize(("fmt", "message"), [
+    ("skip {{d}} more skip {{e}}.", ""),
+    ("foo bar ponies", "foo lulz ponies"),
+    (r"^\s*foo (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+)", "bar foo ASDF-1234"),
+    (r"foo (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+)\s*$", "foo ASDF-1234 bar"),
+    (r"^\s*foo (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+)\s*$", "bar ASDF-1234"),
+])
+def test_stackstorm_unit_non_matches(fmt: str, message: str) -> None:
+    with pytest.raises(AliasParseError) as caught:
+        extract_parameters(fmt, message)
+    assert caught.value.reason == f'Command "{message}" doesn\'t match format string "{fmt}"'
+
+
+def test_error_names_format_and_message() -> None:
+    with pytest.raises(AliasParseError) as caught:
+        extract_parameters("deploy {{app}} to {{env}}", "deploy web")
+    assert "deploy {{app}} to {{env}}" in str(caught.value)
+    assert '"deploy web"' in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    assert caught.value.format == "deploy {{app}} to {{env}}"
+    assert caught.value.message == "deploy web"
+
+
+def test_no_value_and_no_default() -> None:
+    with pytest.raises(AliasParseError, match="No value supplied and no default value found"):
+        extract_parameters("(?P<a>x*)", "  ")
+
+
+# -- Squall's fixes ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("message", "expected"), [
+    ('fetch "https://x/?a=b"', {"url": "https://x/?a=b"}),                   # quoted trailing token
+    ("fetch https://x/?a=b", {"url": "https://x/?a=b"}),                     # bare, key not an identifier
+    ("fetch aGVsbG8gd29ybGQ=", {"url": "aGVsbG8gd29ybGQ="}),                 # base64 padding
+    ('fetch "say a=b"', {"url": "say a=b"}),                                  # pair-looking text in quotes
+    ("fetch u timeout=5", {"url": "u", "timeout": "5"}),                      # a real pair still works
+    ('fetch u note="x=1, y=2"', {"url": "u", "note": "x=1, y=2"}),            # quoted pair value keeps `=`
+    ("fetch u url2=https://h/?q=1&r=2", {"url": "u", "url2": "https://h/?q=1&r=2"}),
+])
+def test_equals_signs_in_values(message: str, expected: dict) -> None:
+    assert extract_parameters("fetch {{url}}", message) == expected
+
+
+def test_nested_json_in_pairs_is_kept_whole() -> None:
+    # StackStorm: d = '{"a": {"b": 1}' (cut at the first `}`).
+    assert extract_parameters("x", 'x d={"a": {"b": 1}}') == {"d": '{"a": {"b": 1}}'}
+    assert extract_parameters("x", 'x d=[1, {"b": "}"}] e=2') == {"d": '[1, {"b": "}"}]', "e": "2"}
+    # nested JSON in a placeholder was always fine
+    assert extract_parameters("set {{v}}", 'set {"a": {"b": [1, 2]}}') == {"v": '{"a": {"b": [1, 2]}}'}
+
+
+def test_only_the_trailing_pairs_are_removed() -> None:
+    # StackStorm removed every occurrence of the tail's text: `echo a=1 then a=1` lost both.
+    assert extract_parameters("echo {{text}}", "echo a=1 then a=1") == {"text": "a=1 then", "a": "1"}
+    # pairs must be the contiguous tail: `d=e` is followed by a plain word, so it stays in the text
+    assert extract_parameters("echo {{text}}", "echo hi there d=e f") == {"text": "hi there d=e f"}
+    assert split_pairs("a b=1 c=2") == ("a", {"b": "1", "c": "2"})
+
+
+def test_smart_quotes_and_odd_spaces_are_normalised() -> None:
+    fmt = "say {{ phrase }} in {{ color }}"
+    assert extract_parameters(fmt, "say \u201chello world\u201d in\u00a0red") == {"phrase": "hello world",
+                                                                                   "color": "red"}
+    assert extract_parameters(fmt, "say \u2018hello world\u2019 in\u202fred") == {"phrase": "hello world",
+                                                                                  "color": "red"}
+    assert extract_parameters("x", "x\u200b msg=\u201ctwo words\u201d") == {"msg": "two words"}
+    assert extract_parameters("what\u2019s {{x}}", "what's up") == {"x": "up"}  # the format too
+    assert normalise("a\r\nb\rc") == "a\nb\nc"
+
+
+def test_multi_line_values() -> None:
+    script = "echo one\necho two\n  echo three"
+    assert extract_parameters("run {{cmd}} on {{hosts}}", f"run {script} on web1") == {"cmd": script,
+                                                                                       "hosts": "web1"}
+    assert extract_parameters("run {{cmd}}", f'run "{script}"') == {"cmd": script}
+    assert extract_parameters("post {{msg}}", 'post x body="line 1\nline 2"') == {"msg": "x", "body": "line 1\nline 2"}
+    assert extract_parameters("x", 'x d={\n  "a": {"b": 1}\n}') == {"d": '{\n  "a": {"b": 1}\n}'}
+    assert extract_parameters("run {{cmd}}", "run a\r\nb") == {"cmd": "a\nb"}
+
+
+def test_top_level_alternation_is_anchored_as_a_whole() -> None:
+    # StackStorm glued `^\s*` to the first alternative only, so `exec` matched anywhere.
+    fmt = "run {{x}}|exec {{y}}"
+    assert extract_parameters(fmt, "exec 1") == {"y": "1"}
+    with pytest.raises(AliasParseError):
+        extract_parameters(fmt, "please exec 1")
+
+
+def test_inline_global_flags_stay_first() -> None:
+    assert extract_parameters("(?i)ping {{host}}", "PING host1") == {"host": "host1"}
+
+
+def test_groups_that_took_no_part_are_left_out() -> None:
+    assert extract_parameters("foo( {{x}})?", "foo") == {}
+    assert extract_parameters("foo(?: (?P<n>[0-9]+))?", "foo") == {}
+    assert extract_parameters("foo(?: (?P<n>[0-9]+))?", "foo 5") == {"n": "5"}
+
+
+# -- typed placeholders (Squall extension, `parse` type letters) ---------------------------------
+
+def test_typed_placeholders() -> None:
+    assert extract_parameters("scale {{app}} to {{count:d}}", "scale web to 5") == {"app": "web", "count": 5}
+    assert extract_parameters("scale {{app}} to {{count:d}}", "scale web to -2") == {"app": "web", "count": -2}
+    assert extract_parameters("wait {{n:d}}", "wait 0x10") == {"n": 16}
+    assert extract_parameters("ratio {{r:f}}", "ratio 0.25") == {"r": 0.25}
+    assert extract_parameters("ratio {{r:g}}", "ratio 2") == {"r": 2.0}
+    assert extract_parameters("tag {{word:w}} {{rest}}", "tag alpha beta gamma") == {"word": "alpha",
+                                                                                    "rest": "beta gamma"}
+    assert extract_parameters("big {{n:n}}", "big 1,234,567") == {"n": 1234567}
+
+
+def test_typed_placeholders_refuse_other_text() -> None:
+    with pytest.raises(AliasParseError):
+        extract_parameters("scale {{app}} to {{count:d}}", "scale web to five")
+    with pytest.raises(AliasParseError):  # parse's `f` needs a decimal point; `g` takes any number
+        extract_parameters("ratio {{r:f}}", "ratio 1")
+    with pytest.raises(AliasParseError):
+        extract_parameters("tag {{word:w}}", "tag two words")
+
+
+def test_typed_defaults_and_pairs() -> None:
+    assert extract_parameters("retry {{n:d=3}}", "retry") == {"n": 3}
+    assert extract_parameters("retry {{n:d=3}}", "retry 7") == {"n": 7}
+    assert extract_parameters("retry {{n:d=3}}", "retry n=9") == {"n": 9}
+    with pytest.raises(AliasParseError, match='"n" = \'x\' is not of type "d"'):
+        extract_parameters("retry {{n:d=3}}", "retry n=x")
+
+
+@pytest.mark.parametrize(("fmt", "problem"), [
+    ("x {{n:q}}", "unknown type 'q'"),
+    ("x {{n:d=abc}}", "is not of type 'd'"),
+    ("x {{a-b}}", "must be an identifier"),
+    ("x {{a}} {{a}}", "appears twice"),
+    ("x (unclosed {{a}}", "missing )"),
+    ("x [z", "unterminated character set"),
+    ("x a{99999999999}", "repetition"),
+])
+def test_bad_formats(fmt: str, problem: str) -> None:
+    with pytest.raises(AliasFormatError) as caught:
+        extract_parameters(fmt, "x 1")
+    assert problem in str(caught.value)
+    assert fmt in str(caught.value)
+    assert isinstance(caught.value, AliasParseError)
+
+
+# -- match_multiple ------------------------------------------------------------------------------
+
+def test_extract_multiple() -> None:
+    fmt = r"(?:\b|^)duplicate of (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+)(?:\b|$)"
+    assert extract_multiple(fmt, "dupe: duplicate of ABC-1 and duplicate of XY-22") == [
+        {"issue_key": "ABC-1"}, {"issue_key": "XY-22"}]
+    with pytest.raises(AliasParseError):
+        extract_multiple(fmt, "nothing here")
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [
+    "$(rm -rf /)", "`id`", "a; reboot", "x && y || z", "x'; DROP TABLE executions; --", "{{ 7*7 }}",
+    "{% for x in y %}", "../../etc/passwd", "\\x00", "%s%s%n",
+])
+def test_injection_attempts_are_plain_values(value: str) -> None:
+    assert extract_parameters("run {{cmd}}", f"run {value}") == {"cmd": value}
+    assert extract_parameters("run {{cmd}} on {{host}}", f"run {value} on h") == {"cmd": value, "host": "h"}
+
+
+def test_control_characters() -> None:
+    assert extract_parameters("run {{cmd}}", "run a\x00b\x07c\x1bd") == {"cmd": "a\x00b\x07c\x1bd"}
+    assert extract_parameters("run {{cmd}} on {{h}}", "run \x7f\x9b on h") == {"cmd": "\x7f\x9b", "h": "h"}
+    with pytest.raises(AliasParseError):
+        extract_parameters("run {{cmd}}", "\x00run x")
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    ('run "unbalanced', {"cmd": "unbalanced"}),   # StackStorm's optional quotes: the lone quote is dropped
+    ("run it's here", {"cmd": "it's here"}),
+    ("run it's a=b", {"cmd": "it's", "a": "b"}),
+    ('run x note="open', {"cmd": "x", "note": '"open'}),  # an unclosed quote is part of a bare value
+    ('run {"a": 1', {"cmd": '{"a": 1'}),
+    ("run ]]}}{{[[", {"cmd": "]]}}{{[["}),
+])
+def test_unbalanced_quotes_and_brackets(message: str, expected: dict) -> None:
+    assert extract_parameters("run {{cmd}}", message) == expected
+
+
+def test_100_kb_messages() -> None:
+    big = "x" * 100_000
+    start = time.perf_counter()
+    assert extract_parameters("run {{cmd}}", f"run {big}") == {"cmd": big}
+    assert extract_parameters("run {{cmd}} on {{hosts}}", f"run {big} on h") == {"cmd": big, "hosts": "h"}
+    pairs = " ".join(f"k{i}={i}" for i in range(10_000))
+    assert len(extract_parameters("run", f"run {pairs}")) == 10_000
+    with pytest.raises(AliasParseError) as caught:
+        extract_parameters("stop {{x}}", f"run {big}")
+    assert len(str(caught.value)) < 500  # the message is shortened in the reason
+    # adversarial: many partial matches, quotes and brackets that never close
+    for message in ("run " + "x on " * 20_000, "run " + '{ " ' * 25_000 + " a=1", "run " + '"a ' * 30_000 + " a=1",
+                    "run " + "a=" * 50_000):
+        for fmt in ("run {{cmd}} on {{hosts}} now", "run {{cmd}}", "run {{a}} {{b}} {{c}}"):
+            with contextlib.suppress(AliasParseError):
+                extract_parameters(fmt, message)
+    assert time.perf_counter() - start < 10
+
+
+def test_prepare_splits_once() -> None:
+    prepared = prepare("  deploy web to prod force=true  ")
+    assert prepared.word == "deploy"
+    assert prepared.pairs == {"force": "true"}
+    assert prepared.stream == "   deploy web to prod "
+
+
+def test_compiled_format_index_words_and_score() -> None:
+    assert compile_format("restart {{service}} on {{host}}").leading_words == {"restart"}
+    assert compile_format("(run|execute) {{cmd}}").leading_words == {"run", "execute"}
+    assert compile_format(r"^\s*foo (?P<k>x)").leading_words == {"foo"}
+    assert compile_format("status").leading_words == {"status"}
+    assert compile_format("status {{x=all}}").leading_words == {"status"}
+    assert compile_format("run x|runway").leading_words == {"run", "runway"}
+    # not indexable: the first word is not fixed
+    for fmt in ("{{x}} is my captain", "foo ?bar", "foo{{x}}", "(?i)ping", "fo+ bar", "foo|^bar", "[a-z]+ x", ""):
+        assert compile_format(fmt).leading_words is None, fmt
+    assert compile_format("run {{cmd}} on {{hosts}}").score > compile_format("run {{cmd}}").score
+    assert compile_format("status").score > compile_format("status {{x=all}}").score
+
+
+# -- property: never anything but a dict or AliasParseError --------------------------------------
+
+FORMATS = [
+    "run {{cmd}} on {{hosts}}", "run {{cmd}} {{hosts=localhost}}", ROW7,
+    "", "{{ captain }} is my captain", "set {{key}} {{value}}", "scale {{app}} to {{count:d}}", "ratio {{r:f=0.5}}",
+    r"^\s*foo (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+)", "say {{ phrase }} in {{ color }}", "x {{a:w}} {{b}}",
+]
+TEXT = st.text(alphabet=st.sampled_from(list("run on execute set scale to x=\"'{}[]\\ \n\t\u201c\u00a0:-5.a,;$`"))
+               | st.characters(), max_size=80)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fmt=st.sampled_from(FORMATS), body=TEXT, prefix=st.sampled_from(["", "run ", "scale a to ", "x ", "foo "]))
+def test_arbitrary_messages(fmt: str, body: str, prefix: str) -> None:
+    try:
+        values = extract_parameters(fmt, prefix + body)
+    except AliasParseError:
+        return
+    assert isinstance(values, dict)
+    for key, value in values.items():
+        assert isinstance(key, str)
+        assert isinstance(value, str | int | float)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # re's "possible nested set" on random formats
+@settings(max_examples=200, deadline=None)
+@given(fmt=st.text(alphabet=st.sampled_from(list("ab {}=:d()|?*+^$\\[]'\"")), max_size=24), message=TEXT)
+def test_arbitrary_formats(fmt: str, message: str) -> None:
+    try:
+        values = extract_parameters(fmt, message)
+    except AliasParseError:
+        return
+    assert all(isinstance(v, str | int | float) for v in values.values())
+
+
+def _pairs_by_tokenizer(text: str) -> tuple[str, dict[str, str]]:
+    tokens = list(_Scanner(text).tokens())
+    first = len(tokens)
+    while first > 0 and tokens[first - 1][2] is not None:
+        first -= 1
+    if first == len(tokens):
+        return text, {}
+    return text[:tokens[first][0]].rstrip(), {k: v for _, _, k, v in tokens[first:] if k is not None}
+
+
+PIECES = ["a", "b=", "x=1", "k_2=v=w", "=", "\u00e9=1", " ", "  ", "\t", "\n", "1a=b", "_=_", "\x0b", "\x1c", "\u2028",
+          '"', "'", "{", "}", "[", "]", 'x="', "y={", '"a b"', "z=[1, 2]", '{"a": "}"}', "\\"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=10).map("".join))
+def test_fast_pair_split_agrees_with_the_tokenizer(text: str) -> None:
+    assert split_pairs(text) == _pairs_by_tokenizer(text)
+    assert split_pairs(text * 40) == _pairs_by_tokenizer(text * 40)  # long messages take the tokenizer

@@ -1,0 +1,325 @@
+"""The ChatOps core through the loopback adapter: a person types, Squall answers in the thread."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adapters.base import Capabilities
+from adapters.loopback import LoopbackAdapter
+from bot.app import Squall
+from bot.chat import ChatBot
+from bot.config import load_config
+from tests.conftest import write
+from tests.test_cli import SQUALL
+
+
+def _config(home: Path, extra: str = "") -> None:
+    write(home / "config.yml", f"""
+        database:
+          url: sqlite:///data/squall.db
+        packs:
+          paths: [packs]
+        auth:
+          admins: [root-admin]
+          groups:
+            operators: [olivia]
+        routes:
+          ops: {{adapter: loopback, channel: "#alerts"}}
+        {extra}
+    """)
+    pack = home / "packs" / "demo"
+    write(pack / "pack.yaml", "ref: demo\nname: demo\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "actions" / "greet.yaml", """
+        name: greet
+        runner_type: local-shell-cmd
+        parameters:
+          who: {type: string, required: true}
+          times: {type: integer, default: 1}
+          cmd: {default: 'for i in $(seq {{times}}); do echo "hello {{who}}"; done', immutable: true}
+        notify:
+          on-success:
+            message: "greeted {{ action_parameters.who }}"
+            routes: [ops]
+    """)
+    write(pack / "aliases" / "greet.yaml", """
+        name: greet
+        action_ref: demo.greet
+        description: Greet someone.
+        formats:
+          - "greet {{who}}"
+          - "greet {{who}} {{times}} times"
+        ack:
+          format: "greeting {{ execution.parameters.who }}"
+        result:
+          format: "{{ execution.result.stdout }}"
+    """)
+    write(pack / "aliases" / "sleepy.yaml", """
+        name: sleepy
+        action_ref: core.pause
+        description: Sleep a while.
+        formats: ["nap {{max_pause}}"]
+    """)
+    write(pack / "actions" / "wipe.yaml", """
+        name: wipe
+        runner_type: local-shell-cmd
+        parameters:
+          target: {type: string, required: true}
+          cmd: {default: 'echo wiped {{target}}', immutable: true}
+    """)
+    write(pack / "aliases" / "dangerous.yaml", """
+        name: dangerous
+        action_ref: demo.wipe
+        description: Wipe something (asks first).
+        formats: ["wipe {{target}}"]
+        confirm: {ttl: 30}
+        immutable_parameters:
+          kwarg_op: "--"
+    """)
+
+
+@pytest.fixture
+async def chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
+    _config(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    loopback = LoopbackAdapter()
+    bot = ChatBot(squall, [loopback])
+    await bot.start()
+    try:
+        yield squall, bot, loopback
+    finally:
+        await bot.stop()
+        await squall.close()
+
+
+async def settle(squall: Squall, bot: ChatBot) -> None:
+    """Wait for running executions, their result listeners and the outbox."""
+    for _ in range(500):
+        await bot.outbox.drain(10)
+        if not (squall.executor.running or squall.executions.notifying or bot.outbox.pending):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("chat did not settle")
+
+
+async def test_command_gets_ack_then_result_in_its_thread(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!greet world", user="alice", channel="#ops")
+    await settle(squall, bot)
+    texts = [p.reply.text for p in loopback.posted if p.reply.channel == "#ops"]
+    assert texts[0] == "greeting world"
+    assert "hello world" in texts
+    threads = {p.reply.thread for p in loopback.posted if p.reply.channel == "#ops"}
+    assert threads == {"m1"}  # all in the thread of the command message
+    ack = loopback.posted[0]
+    assert ack.edits and "succeeded" in ack.edits[-1]  # the ack now shows the final status
+
+    [execution] = await squall.executions.list(action="demo.greet")
+    chat_context = execution["context"]["chat"]
+    assert chat_context == {"adapter": "loopback", "channel": "#ops", "user": "alice", "thread": "m1",
+                            "message_id": "m1", "alias": "demo.greet"}
+    assert execution["context"]["api_user"] == "alice"
+    assert execution["context"]["source_channel"] == "#ops"
+
+
+async def test_most_specific_format_wins_and_typed_values_cast(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!greet bob 3 times")
+    await settle(squall, bot)
+    assert "hello bob\nhello bob\nhello bob" in loopback.texts()
+
+
+async def test_only_addressed_messages_are_handled(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("greet nobody")  # no prefix, no mention: chatter
+    await loopback.say("squall: greet mentioned", mentioned=True)
+    await loopback.say("greet direct", direct=True, channel="D1")
+    await settle(squall, bot)
+    texts = loopback.texts()
+    assert not any("nobody" in t for t in texts)
+    assert "hello mentioned" in texts and "hello direct" in texts
+
+
+async def test_unknown_command_suggests(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!gret world")
+    await settle(squall, bot)
+    [answer] = loopback.texts()
+    assert "I don't know" in answer and "greet" in answer
+
+
+async def test_help_lists_only_what_the_user_may_run(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!help", user="bob", channel="#ops")
+    await settle(squall, bot)
+    bob_help = loopback.texts()[-1]
+    assert "greet <who>" in bob_help or "greet {{who}}" in bob_help
+    assert "run {{cmd}}" not in bob_help  # squall.run is for operators and the console only
+    await loopback.say("!help", user="olivia", channel="#ops")
+    await settle(squall, bot)
+    assert "run {{cmd}}" in loopback.texts()[-1]
+    await loopback.say("!help greet", user="bob")
+    await settle(squall, bot)
+    assert "echo" not in loopback.texts()[-1]
+
+
+async def test_denial_is_answered_and_audited(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!run id", user="bob", channel="#ops")
+    await settle(squall, bot)
+    assert "may not run" in loopback.texts()[-1]
+    assert await squall.executions.list(action="core.local") == []
+    [entry] = await squall.db(squall.store.audit_list, 10, "chat.denied")
+    assert entry["actor"] == "bob" and entry["target"] == "squall.run"
+
+    await loopback.say("!run echo allowed", user="olivia", channel="#ops")  # operators group
+    await settle(squall, bot)
+    assert any("allowed" in t for t in loopback.texts())
+
+
+async def test_confirmation_needs_yes_from_the_same_user(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!wipe db1", user="alice")
+    await settle(squall, bot)
+    assert "Reply `yes`" in loopback.texts()[-1]
+    assert loopback.posted[-1].reply.buttons  # buttons where the platform has them
+    await loopback.say("!yes", user="mallory")  # someone else cannot confirm it
+    await settle(squall, bot)
+    assert await squall.executions.list(action="demo.wipe") == []
+    await loopback.say("!yes", user="alice")
+    await settle(squall, bot)
+    assert any("wiped db1" in t for t in loopback.texts())
+
+    await loopback.say("!wipe db2", user="alice")
+    await loopback.say("!no", user="alice")
+    await settle(squall, bot)
+    assert not any("wiped db2" in t for t in loopback.texts())
+
+
+async def test_builtins_executions_cancel_retry(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!nap 30", user="alice")
+    for _ in range(200):
+        running = await squall.executions.list(status="running")
+        if running:
+            break
+        await asyncio.sleep(0.02)
+    [execution] = running
+    await loopback.say("!executions", user="alice")
+    await loopback.say(f"!cancel {execution['id']}", user="alice")
+    await settle(squall, bot)
+    assert (await squall.executions.get(execution["id"]))["status"] == "canceled"
+    assert any(execution["id"] in t for t in loopback.texts())
+
+    await loopback.say("!greet again")
+    await settle(squall, bot)
+    [greet] = await squall.executions.list(action="demo.greet")
+    await loopback.say(f"!retry {greet['id']}")
+    await settle(squall, bot)
+    assert len(await squall.executions.list(action="demo.greet")) == 2
+    await loopback.say(f"!execution {greet['id']}")
+    await settle(squall, bot)
+    assert "hello again" in loopback.texts()[-1]
+
+
+async def test_outbox_retries_in_order(chat) -> None:
+    squall, bot, loopback = chat
+    loopback.failures_to_inject = 3
+    for n in range(5):
+        await loopback.say(f"!greet n{n}", user="alice", channel="#ordered")
+    await settle(squall, bot)
+    acks = [p.reply.text for p in loopback.posted
+            if p.reply.channel == "#ordered" and p.reply.text.startswith("greeting")]
+    assert acks == [f"greeting n{n}" for n in range(5)]
+    rows = await squall.db(squall.store.outbox_pending, ["loopback"])
+    assert rows == []
+
+
+async def test_long_output_is_split_or_uploaded(home: Path) -> None:
+    _config(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    small = LoopbackAdapter("small", Capabilities(max_length=300))
+    files = LoopbackAdapter("files", Capabilities(files=True, max_length=300))
+    bot = ChatBot(squall, [small, files])
+    await bot.start()
+    try:
+        await small.say("!greet x 40 times")
+        await files.say("!greet y 40 times")
+        await settle(squall, bot)
+        assert all(len(t) <= 300 for t in small.texts())
+        assert "".join(small.texts()).count("hello x") == 40
+        uploaded = [p for p in files.posted if p.reply.file]
+        assert len(uploaded) == 1 and uploaded[0].reply.file[1].count("hello y") == 40
+    finally:
+        await bot.stop()
+        await squall.close()
+
+
+async def test_result_comes_back_despite_action_notify_and_route_is_told(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!greet routes", channel="#ops")
+    await settle(squall, bot)
+    assert "hello routes" in loopback.texts("#ops")  # StackStorm would drop it: the action has notify
+    assert loopback.texts("#alerts") == ["greeted routes"]
+
+
+async def test_post_message_reaches_chat(chat) -> None:
+    squall, bot, loopback = chat
+    record = await squall.executions.request("chatops.post_message", {
+        "message": "deploy finished", "adapter": "loopback", "channel": "#deploys"})
+    record = await squall.executions.wait(record["id"])
+    assert record["status"] == "succeeded", record
+    await settle(squall, bot)
+    assert loopback.texts("#deploys") == ["deploy finished"]
+    routed = await squall.executions.wait((await squall.executions.request(
+        "chatops.post_message", {"message": "via route"}, {})) ["id"])
+    assert routed["status"] == "failed" and "routes" in routed["result"]["error"]
+
+
+_HOSTILE = st.sampled_from(["$(touch /tmp/squall-fuzz)", "`id`", "; rm -rf /", '"unbalanced', "'", "a=b=c",
+                            "\x00\x1b[31m", "greet", "help", "yes", "\u201cquoted\u201d", "x" * 5000])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.one_of(st.text(max_size=200), _HOSTILE,
+                                st.lists(_HOSTILE, max_size=4).map(" ".join)), min_size=1, max_size=25))
+def test_any_text_gets_an_answer_and_never_crashes(tmp_path_factory: pytest.TempPathFactory,
+                                                    texts: list[str]) -> None:
+    home = tmp_path_factory.mktemp("fuzz")
+    (home / "packs").mkdir()
+    _config(home)
+
+    async def scenario() -> None:
+        squall = await Squall.start(load_config(home / "config.yml"))
+        loopback = LoopbackAdapter()
+        bot = ChatBot(squall, [loopback])
+        await bot.start()
+        try:
+            for text in texts:
+                before = len(loopback.posted)
+                await loopback.say("!" + text, user="fuzzer", channel="#fuzz")
+                await settle(squall, bot)
+                assert len(loopback.posted) > before, text  # every addressed message gets an answer
+                assert not any(t.startswith("Sorry, something went wrong") for t in loopback.texts()), text
+        finally:
+            await bot.stop()
+            await squall.close()
+
+    asyncio.run(scenario())
+    assert not Path("/tmp/squall-fuzz").exists()
+
+
+def test_squall_chat_reads_stdin_and_waits_for_results(home: Path) -> None:
+    _config(home)
+    done = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "chat", "--user", "olivia"],
+                          input="!greet piped\n!ping\nhelp\n", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "hello piped" in done.stdout
+    assert "pong" in done.stdout
+    assert "squall: !greet {{who}} — Greet someone." in done.stdout  # help, without a prefix in a DM
