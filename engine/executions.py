@@ -322,16 +322,21 @@ class ExecutionService:
         now = utcnow()
         fields = {"status": outcome.status, "result": scrub(outcome.result, secrets), "end_timestamp": now}
         entry = {"status": outcome.status, "timestamp": _iso(now)}
-        finished = await self.db(self._complete, record["id"], fields, entry, ("running", "canceling"))
+        finished = await self.db(self._complete, record, fields, entry, ("running", "canceling"))
         if finished is not None:
             record.update(finished)
             self._finished(record)
 
-    def _complete(self, execution_id: str, fields: dict[str, Any], entry: dict[str, Any],
+    def _complete(self, known: dict[str, Any], fields: dict[str, Any], entry: dict[str, Any],
                   expect: tuple[str, ...]) -> dict[str, Any] | None:
         """Finish an execution, appending to the log as stored now: a `canceling` another caller
         recorded meanwhile stays in it (compare-and-set on the status, retried if it moved)."""
         store = self.db.store
+        execution_id = known["id"]
+        if known["status"] == "running":  # the common case: still as we claimed it, one write
+            complete = {**fields, "log": [*(known.get("log") or []), entry]}
+            if store.update_execution(execution_id, complete, expect=("running",)):
+                return {**known, **complete}
         while True:
             current = store.get_execution(execution_id)
             if current is None or current["status"] not in expect:

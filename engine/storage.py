@@ -108,6 +108,15 @@ def _update_statement(keys: tuple[str, ...], guarded: bool) -> sa.Update:
     return statement.values({key: sa.bindparam(key) for key in keys})
 
 
+_OUTBOX_INSERT = outbox.insert()
+_AUDIT_INSERT = audit.insert()
+
+
+@functools.lru_cache(maxsize=16)
+def _outbox_update(keys: tuple[str, ...]) -> sa.Update:
+    return outbox.update().where(outbox.c.id == sa.bindparam("_id")).values({k: sa.bindparam(k) for k in keys})
+
+
 _KV_KEY = (kv_pairs.c.scope == sa.bindparam("scope")) & (kv_pairs.c.name == sa.bindparam("name"))
 _KV_GET = sa.select(kv_pairs).where(_KV_KEY)
 _KV_GET_LIVE = _KV_GET.where(sa.or_(kv_pairs.c.expire_at.is_(None), kv_pairs.c.expire_at > sa.bindparam("now")))
@@ -121,6 +130,11 @@ def _kv_upsert(sqlite: bool, keys: tuple[str, ...]) -> sa.Insert:
         index_elements=[kv_pairs.c.scope, kv_pairs.c.name],
         set_={column: insert.excluded[column] for column in keys if column not in ("scope", "name")},
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _claim_statement(keys: tuple[str, ...]) -> sa.Update:
+    return _update_statement(keys, True).returning(*executions.c)
 
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -170,6 +184,10 @@ def _on_nowait_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _is_locked(exc: BaseException) -> bool:
+    return isinstance(exc, sa.exc.OperationalError) and ("locked" in str(exc.orig) or "busy" in str(exc.orig))
 
 
 class Busy(Exception):
@@ -256,7 +274,7 @@ class Store:
         try:
             yield
         except sa.exc.OperationalError as exc:
-            if "locked" in str(exc.orig) or "busy" in str(exc.orig):
+            if _is_locked(exc):
                 raise Busy(str(exc.orig)) from exc
             raise
         finally:
@@ -267,9 +285,13 @@ class Store:
         return getattr(self._batch, "engine", None) or self.engine
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Group the calls made inside into one transaction (group commit; see `Database`)."""
-        with self.engine.begin() as conn:
+    def batch(self, *, nowait: bool = False) -> Iterator[None]:
+        """Group the calls made inside into one transaction (group commit; see `Database`).
+
+        With `nowait` (SQLite), the transaction uses the connection that never waits for a lock.
+        """
+        engine = self._nowait if nowait and self._nowait is not None else self.engine
+        with engine.begin() as conn:
             self._batch.conn = conn
             try:
                 yield
@@ -329,7 +351,7 @@ class Store:
 
         Only one process or task can win the claim, so an execution never runs twice.
         """
-        statement = _update_statement(tuple(sorted(fields)), True).returning(*executions.c)
+        statement = _claim_statement(tuple(sorted(fields)))
         with self._write() as conn:
             return _row(conn.execute(statement, {**fields, "_id": execution_id, "_expect": list(expect)}).first())
 
@@ -429,9 +451,8 @@ class Store:
     # -- chat outbox and audit log ---------------------------------------------------------
     def outbox_add(self, adapter: str, channel: str, payload: dict[str, Any]) -> int:
         with self._write() as conn:
-            result = conn.execute(outbox.insert().values(
-                adapter=adapter, channel=channel, payload=payload, status="pending", attempts=0,
-                created_at=utcnow()))
+            result = conn.execute(_OUTBOX_INSERT, {"adapter": adapter, "channel": channel, "payload": payload,
+                                                   "status": "pending", "attempts": 0, "created_at": utcnow()})
             return int(result.inserted_primary_key[0])
 
     def outbox_pending(self, adapters: Sequence[str], after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
@@ -449,13 +470,13 @@ class Store:
 
     def outbox_update(self, outbox_id: int, fields: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(outbox.update().where(outbox.c.id == outbox_id).values(**fields))
+            conn.execute(_outbox_update(tuple(sorted(fields))), {**fields, "_id": outbox_id})
 
     def audit_add(self, event: str, actor: str | None, source: str | None, target: str | None,
                   detail: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(audit.insert().values(timestamp=utcnow(), event=event, actor=actor, source=source,
-                                               target=target, detail=detail))
+            conn.execute(_AUDIT_INSERT, {"timestamp": utcnow(), "event": event, "actor": actor, "source": source,
+                                         "target": target, "detail": detail})
 
     def audit_list(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
         statement = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
@@ -479,10 +500,11 @@ class Database:
     Calls go to one database thread. Calls that arrive while it is busy are run together in one
     transaction (each in its own savepoint on PostgreSQL) and answered only after that
     transaction commits: durability is unchanged, but a burst of executions pays for one commit
-    instead of one each. On SQLite, while that thread is idle, a call runs at once on the
-    calling thread through a connection that never waits for a lock (a commit to a WAL file
-    costs less than the two thread wake-ups); if another process holds the lock, it goes to the
-    thread instead. Each `Store` method is one transaction, so a refused call left no trace.
+    instead of one each. On SQLite, while that thread is idle, calls run on the event loop
+    instead: those made in one loop iteration share one transaction, through a connection that
+    never waits for a lock (a commit to a WAL file costs less than the two thread wake-ups). If
+    another process holds the lock, the whole group goes to the thread, which may wait; nothing of
+    it was committed, so nothing runs twice.
     """
 
     def __init__(self, store: Store) -> None:
@@ -491,22 +513,53 @@ class Database:
         self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._lock = threading.Lock()
         self._draining = False
+        self._inline: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        call = functools.partial(fn, *args, **kwargs)
         if self.store.is_sqlite and not self._draining:
-            try:
-                with self.store.without_waiting():
-                    return fn(*args, **kwargs)
-            except Busy:
-                pass
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            # Calls made in the same loop iteration share one transaction on the loop (see class doc).
+            self._inline.append((call, future))
+            if len(self._inline) == 1:
+                loop.call_soon(self._flush_inline)
+        else:
+            self._to_thread([(call, future)])
+        return await future
+
+    def _to_thread(self, calls: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> None:
         with self._lock:
-            self._pending.append((functools.partial(fn, *args, **kwargs), future))
+            self._pending.extend(calls)
             start = not self._draining
             self._draining = True
         if start:
             self._pool.submit(self._drain)
-        return await future
+
+    def _flush_inline(self) -> None:
+        batch, self._inline = self._inline, []
+        if self._draining:  # the thread is at work: join its queue, keeping the order
+            self._to_thread(batch)
+            return
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self.store.without_waiting(), self.store.batch(nowait=True):
+                for call, _future in batch:
+                    try:
+                        outcomes.append((True, call()))
+                    except sa.exc.OperationalError as exc:
+                        if _is_locked(exc):
+                            raise Busy(str(exc.orig)) from exc
+                        outcomes.append((False, exc))
+                    except Exception as exc:
+                        outcomes.append((False, exc))
+        except Busy:
+            self._to_thread(batch)  # another process holds the lock; nothing was committed
+            return
+        except Exception as exc:  # the commit itself failed: nobody's call took effect
+            outcomes = [(False, exc)] * len(batch)
+        for (ok, value), (_call, future) in zip(outcomes, batch, strict=True):
+            _settle(future, ok, value)
 
     def _drain(self) -> None:
         while True:
