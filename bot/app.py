@@ -28,6 +28,7 @@ from engine.runners.python import PythonRunner
 from engine.runners.remote import RemoteShellRunner
 from engine.runners.shell import LocalShellRunner
 from engine.storage import Database, Store
+from engine.triggers import TriggerService
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Squall:
         }
         self.executions = ExecutionService(registry, self.db, self.datastore, self.keys, runners, config.api_url)
         self.executor = LocalExecutor(self.executions.run, config.max_concurrency)
+        self.triggers = TriggerService(registry, self.db)
         self.executions.on_finished(Notifier(self).on_finished)
         self.executions.executor = self.executor
 
@@ -81,6 +83,7 @@ class Squall:
         registry = registry if registry is not None else load_packs(self.config)
         self.registry = registry
         self.executions.registry = registry
+        self.triggers.registry = registry
         return registry
 
     async def _action_call(self, method: str, args: dict[str, Any], request: RunRequest) -> Any:

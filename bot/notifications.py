@@ -9,17 +9,20 @@ the dispatcher's, independent of this.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Reply
 from engine.executions import FAILED
-from engine.templates import TemplateRenderError, render_template
+from engine.templates import TemplateRenderError, render_template, render_value
 
 if TYPE_CHECKING:
     from bot.app import Squall
 
 log = logging.getLogger(__name__)
+ACTION_TRIGGER = "core.st2.generic.actiontrigger"
+NOTIFY_TRIGGER = "core.st2.generic.notifytrigger"
 _DEFAULT = {"on-complete": "completed", "on-success": "succeeded", "on-failure": "failed"}
 
 
@@ -32,11 +35,30 @@ def sections_for(notify: dict[str, Any], status: str) -> list[tuple[str, dict[st
     return [(name, section) for name, section in chosen if section]
 
 
+def _rendered(data: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """StackStorm renders notify `data`; a value that fails keeps its raw text."""
+    rendered = {}
+    for key, value in data.items():
+        try:
+            rendered[key] = render_value(value, context)
+        except TemplateRenderError:
+            rendered[key] = value
+    return rendered
+
+
 class Notifier:
     def __init__(self, squall: Squall) -> None:
         self.squall = squall
 
     async def on_finished(self, execution: dict[str, Any]) -> None:
+        triggers = self.squall.triggers
+        if triggers.wanted(ACTION_TRIGGER):
+            await triggers.dispatch(ACTION_TRIGGER, {
+                "execution_id": execution["id"], "status": execution["status"],
+                "start_timestamp": execution["start_timestamp"], "action_name": execution["action"].split(".", 1)[-1],
+                "action_ref": execution["action"], "runner_ref": execution["runner"],
+                "parameters": execution["parameters"], "result": execution.get("result"),
+            }, validate=False)
         action = self.squall.registry.actions.get(execution["action"])
         if action is None or not action.notify:
             return
@@ -52,8 +74,18 @@ class Notifier:
             except TemplateRenderError as exc:
                 log.warning("notify message of %s does not render: %s", execution["action"], exc)
                 message = template
+            data = section.get("data") or {}
             for route in routes:
                 await self._deliver(str(route), message, execution)
+                if triggers.wanted(NOTIFY_TRIGGER):
+                    await triggers.dispatch(NOTIFY_TRIGGER, {
+                        "execution_id": execution["id"], "status": execution["status"],
+                        "start_timestamp": execution["start_timestamp"],
+                        "end_timestamp": execution["end_timestamp"], "action_ref": execution["action"],
+                        "runner_ref": execution["runner"], "route": str(route), "channel": str(route),
+                        "message": message,
+                        "data": {**_rendered(data, context), "result": json.dumps(execution.get("result"))},
+                    }, validate=False)
 
     async def _deliver(self, route: str, message: str, execution: dict[str, Any]) -> None:
         announcer = self.squall.announcer

@@ -54,6 +54,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     squall = await Squall.start(config)
     bot = ChatBot(squall, configured_adapters(config) if adapters is None else adapters)
     await squall.executions.recover()  # after the bot listens, so abandoned executions are told in chat
+    await squall.triggers.recover()
     await bot.start()
     log.info("Squall is serving: %d packs, %d actions, adapters %s, database %s", len(squall.registry.packs),
              len(squall.registry.actions), ", ".join(bot.adapters) or "none", config.database_url.split("@")[-1])

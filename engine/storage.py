@@ -95,6 +95,34 @@ audit = sa.Table(
     sa.Index("ix_audit_timestamp", "timestamp"),
 )
 
+trigger_instances = sa.Table(
+    "trigger_instances",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("trigger", sa.String(255), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("occurrence_time", sa.DateTime(timezone=True), nullable=False),
+    # pending → processing → processed | processing_failed (StackStorm's statuses)
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("trace_tag", sa.String(255), nullable=True),
+    sa.Index("ix_trigger_instances_trigger", "trigger", "occurrence_time"),
+    sa.Index("ix_trigger_instances_status", "status"),
+)
+
+rule_enforcements = sa.Table(
+    "rule_enforcements",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("rule", sa.String(255), nullable=False),
+    sa.Column("trigger_instance_id", sa.String(32), nullable=False),
+    sa.Column("execution_id", sa.String(32), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),  # succeeded | failed
+    sa.Column("failure_reason", sa.Text, nullable=True),
+    sa.Column("enforced_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_rule_enforcements_rule", "rule", "enforced_at"),
+    sa.Index("ix_rule_enforcements_instance", "trigger_instance_id"),
+)
+
 _INSERT_EXECUTION = executions.insert()
 _GET_EXECUTION = sa.select(executions).where(executions.c.id == sa.bindparam("_id"))
 
@@ -108,6 +136,10 @@ def _update_statement(keys: tuple[str, ...], guarded: bool) -> sa.Update:
     return statement.values({key: sa.bindparam(key) for key in keys})
 
 
+_TRIGGER_INSTANCE_INSERT = trigger_instances.insert()
+_TRIGGER_INSTANCE_STATUS = (trigger_instances.update().where(trigger_instances.c.id == sa.bindparam("_id"))
+                            .values(status=sa.bindparam("status")))
+_RULE_ENFORCEMENT_INSERT = rule_enforcements.insert()
 _OUTBOX_INSERT = outbox.insert()
 _AUDIT_INSERT = audit.insert()
 
@@ -139,7 +171,8 @@ def _claim_statement(keys: tuple[str, ...]) -> sa.Update:
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 0x5371_7561_6C6C  # "Squall": the advisory lock migrations take on PostgreSQL
-_DATETIME_COLUMNS = ("start_timestamp", "end_timestamp", "expire_at", "updated_at", "timestamp")
+_DATETIME_COLUMNS = ("start_timestamp", "end_timestamp", "expire_at", "updated_at", "timestamp", "occurrence_time",
+                     "enforced_at")
 
 
 def utcnow() -> datetime:
@@ -482,6 +515,50 @@ class Store:
         statement = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
         if event:
             statement = statement.where(audit.c.event == event)
+        with self._read() as conn:
+            return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
+
+    # -- trigger instances and rule enforcements ---------------------------------------------
+    def trigger_instance_add(self, record: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(_TRIGGER_INSTANCE_INSERT, record)
+
+    def trigger_instance_status(self, instance_id: str, status: str) -> None:
+        with self._write() as conn:
+            conn.execute(_TRIGGER_INSTANCE_STATUS, {"_id": instance_id, "status": status})
+
+    def trigger_instance_get(self, instance_id: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            return _row(conn.execute(sa.select(trigger_instances)
+                                     .where(trigger_instances.c.id == instance_id)).first())
+
+    def trigger_instance_list(self, trigger: str | None = None, status: str | Sequence[str] | None = None,
+                              limit: int = 50) -> list[dict[str, Any]]:
+        statement = sa.select(trigger_instances).order_by(trigger_instances.c.occurrence_time.desc(),
+                                                          trigger_instances.c.id.desc()).limit(limit)
+        if trigger:
+            statement = statement.where(trigger_instances.c.trigger == trigger)
+        if isinstance(status, str):
+            statement = statement.where(trigger_instances.c.status == status)
+        elif status:
+            statement = statement.where(trigger_instances.c.status.in_(list(status)))
+        with self._read() as conn:
+            return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
+
+    def rule_enforcement_add(self, record: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(_RULE_ENFORCEMENT_INSERT, record)
+
+    def rule_enforcement_list(self, rule: str | None = None, trigger_instance_id: str | None = None,
+                              execution_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        statement = sa.select(rule_enforcements).order_by(rule_enforcements.c.enforced_at.desc(),
+                                                          rule_enforcements.c.id.desc()).limit(limit)
+        if rule:
+            statement = statement.where(rule_enforcements.c.rule == rule)
+        if trigger_instance_id:
+            statement = statement.where(rule_enforcements.c.trigger_instance_id == trigger_instance_id)
+        if execution_id:
+            statement = statement.where(rule_enforcements.c.execution_id == execution_id)
         with self._read() as conn:
             return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
 

@@ -1,0 +1,137 @@
+"""Trigger instances: stored before they are processed, then handed to whoever consumes them.
+
+Webhooks, timers, sensors, the API and the engine itself (action and notify triggers) all call
+`TriggerService.dispatch`. The instance is written as `pending` first, so a crash never loses
+one; processing moves it to `processing` and then `processed` or `processing_failed`
+(StackStorm's statuses). Consumers (the rules engine) register as processors; `wanted(ref)`
+lets the engine skip emitting trigger types nobody listens to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import jsonschema
+
+from engine.executions import new_id
+from engine.packs import Registry
+from engine.storage import Database, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class TriggerError(ValueError):
+    """A trigger that cannot be dispatched: unknown type, or a payload its schema refuses."""
+
+
+class TriggerProcessor(Protocol):
+    def interested(self, trigger_ref: str) -> bool:
+        """Whether instances of this trigger type matter to this processor."""
+
+    async def process(self, instance: dict[str, Any]) -> None:
+        """Handle one stored instance; raising marks it `processing_failed`."""
+
+
+def public(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": record["id"],
+        "trigger": record["trigger"],
+        "payload": record["payload"],
+        "occurrence_time": record["occurrence_time"].isoformat().replace("+00:00", "Z"),
+        "status": record["status"],
+        "trace_tag": record.get("trace_tag"),
+    }
+
+
+class TriggerService:
+    def __init__(self, registry: Registry, db: Database) -> None:
+        self.registry = registry
+        self.db = db
+        self.processors: list[TriggerProcessor] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wanted(self, trigger_ref: str) -> bool:
+        return any(processor.interested(trigger_ref) for processor in self.processors)
+
+    def check(self, trigger_ref: str, payload: Any) -> None:
+        """Raise `TriggerError` naming the problem if this instance cannot be dispatched."""
+        trigger = self.registry.trigger_types.get(trigger_ref)
+        if trigger is None:
+            near = difflib.get_close_matches(trigger_ref, list(self.registry.trigger_types), n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise TriggerError(f'trigger type "{trigger_ref}" is not registered{hint}')
+        if trigger.payload_schema:
+            error = jsonschema.exceptions.best_match(
+                jsonschema.Draft4Validator(trigger.payload_schema).iter_errors(payload))
+            if error is not None:
+                where = "/".join(str(p) for p in error.absolute_path) or "payload"
+                raise TriggerError(f'payload for "{trigger_ref}" is invalid at {where}: {error.message}')
+
+    async def dispatch(self, trigger_ref: str, payload: Any, *, trace_tag: str | None = None,
+                       validate: bool = True) -> dict[str, Any]:
+        """Store one instance (durable before this returns), then process it in the background."""
+        if validate:
+            self.check(trigger_ref, payload)
+        record = {"id": new_id(), "trigger": trigger_ref, "payload": payload, "occurrence_time": utcnow(),
+                  "status": "pending", "trace_tag": trace_tag}
+        await self.db(self.db.store.trigger_instance_add, record)
+        self._spawn(record)
+        return public(record)
+
+    def _spawn(self, record: dict[str, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(self.process(record), name=f"trigger-{record['id']}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def process(self, record: dict[str, Any]) -> None:
+        store = self.db.store
+        await self.db(store.trigger_instance_status, record["id"], "processing")
+        status = "processed"
+        instance = public({**record, "status": "processing"})
+        for processor in self.processors:
+            if not processor.interested(record["trigger"]):
+                continue
+            try:
+                await processor.process(instance)
+            except Exception:
+                log.exception("processing trigger instance %s (%s) failed", record["id"], record["trigger"])
+                status = "processing_failed"
+        await self.db(store.trigger_instance_status, record["id"], status)
+
+    async def get(self, instance_id: str) -> dict[str, Any]:
+        record = await self.db(self.db.store.trigger_instance_get, instance_id)
+        if record is None:
+            raise LookupError(f'trigger instance "{instance_id}" not found')
+        return public(record)
+
+    async def list(self, **filters: Any) -> list[dict[str, Any]]:
+        return [public(r) for r in await self.db(self.db.store.trigger_instance_list, **filters)]
+
+    async def re_emit(self, instance_id: str) -> dict[str, Any]:
+        """A new instance with the same trigger and payload (StackStorm's re_emit)."""
+        original = await self.get(instance_id)
+        return await self.dispatch(original["trigger"], original["payload"], trace_tag=original["trace_tag"],
+                                   validate=False)
+
+    async def recover(self) -> int:
+        """Process what a crash left `pending`; what was mid-processing is marked failed (it may have acted)."""
+        rows = await self.db(self.db.store.trigger_instance_list, None, ("pending", "processing"), 10_000)
+        for row in reversed(rows):
+            if row["status"] == "pending":
+                self._spawn(row)
+            else:
+                await self.db(self.db.store.trigger_instance_status, row["id"], "processing_failed")
+        return len(rows)
+
+    @property
+    def busy(self) -> int:
+        return len(self._tasks)
+
+    async def settle(self) -> None:
+        """Wait for instances being processed (for tests and the CLI)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
