@@ -20,7 +20,9 @@ _SHOWN_KEYS = ("stdout", "stderr", "return_code", "error", "result", "exit_code"
 
 def status_line(execution: dict[str, Any]) -> str:
     elapsed = execution.get("elapsed_seconds")
-    took = f" in {to_human_time_from_seconds(elapsed)}" if elapsed else ""
+    took = ""
+    if elapsed:
+        took = f" in {elapsed * 1000:.0f} ms" if elapsed < 1 else f" in {to_human_time_from_seconds(int(elapsed))}"
     mark = _MARK.get(execution["status"], "•")
     return f"{mark} {execution['action']} {execution['status']}{took} ({execution['id']})"
 
