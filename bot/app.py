@@ -20,6 +20,7 @@ from engine.datastore import Datastore
 from engine.executions import ExecutionService
 from engine.executor import LocalExecutor
 from engine.packs import Registry, load_registry
+from engine.rules import RulesEngine
 from engine.runners import RunRequest
 from engine.runners.announcement import AnnouncementRunner
 from engine.runners.http import HttpRunner
@@ -65,6 +66,8 @@ class Squall:
         self.triggers = TriggerService(registry, self.db)
         self.executions.on_finished(Notifier(self).on_finished)
         self.executions.executor = self.executor
+        self.rules = RulesEngine(self)
+        self.triggers.processors.append(self.rules)
 
     @classmethod
     async def start(cls, config: Config, *, recover: bool = False) -> Squall:
@@ -84,6 +87,7 @@ class Squall:
         self.registry = registry
         self.executions.registry = registry
         self.triggers.registry = registry
+        self.rules.rebuild(registry)
         return registry
 
     async def _action_call(self, method: str, args: dict[str, Any], request: RunRequest) -> Any:

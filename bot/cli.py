@@ -293,7 +293,7 @@ def serve() -> None:
         asyncio.run(serve_forever(config, stop_signals=(signal.SIGINT, signal.SIGTERM)))
 
 
-from bot import aliases_cli, keys_cli, packs_cli  # noqa: E402, F401  (they register `alias`, `key` and `pack`)
+from bot import aliases_cli, apikeys_cli, keys_cli, packs_cli, rules_cli  # noqa: E402, F401  (sub-command groups)
 
 __all__ = ["app", "keys_cli", "main", "packs_cli"]
 

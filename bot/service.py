@@ -33,6 +33,11 @@ def configured_adapters(config: Config) -> list[Adapter]:
     return adapters
 
 
+def api_enabled(config: Config) -> bool:
+    """`api.enabled` (default true): whether `squall serve` answers HTTP on `api.host`:`api.port`."""
+    return bool(config.section("api").get("enabled", True))
+
+
 async def reload(squall: Squall, bot: ChatBot | None = None) -> None:
     """Pick up edited, installed and removed packs without a restart."""
     registry = squall.reload(await asyncio.to_thread(load_packs, squall.config))
@@ -56,6 +61,18 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     await squall.executions.recover()  # after the bot listens, so abandoned executions are told in chat
     await squall.triggers.recover()
     await bot.start()
+    api = None
+    if api_enabled(config):
+        from bot.api import ApiServer
+
+        api = ApiServer(squall, bot)
+        try:
+            await api.start()
+            log.info("HTTP API on http://%s:%d (OpenAPI at /openapi.json)", api.host, api.port)
+        except (Exception, SystemExit) as exc:  # a port in use must not take chat and executions down
+            log.error("the HTTP API could not start on %s:%d (%s); serving without it", api.host, api.port,
+                      exc.__class__.__name__)
+            api = None
     log.info("Squall is serving: %d packs, %d actions, adapters %s, database %s", len(squall.registry.packs),
              len(squall.registry.actions), ", ".join(bot.adapters) or "none", config.database_url.split("@")[-1])
     pack_paths = [SYSTEM_PACKS_PATH, *config.pack_paths, config.configs_path]
@@ -80,6 +97,8 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
                 log.exception("background housekeeping failed; retrying")
     finally:
         log.info("Squall is stopping")
+        if api is not None:
+            await api.stop()
         await bot.stop()
         await squall.close()
 

@@ -171,24 +171,28 @@ class ExecutionService:
 
     # -- requesting ----------------------------------------------------------------------
     async def request(self, ref: str, parameters: Mapping[str, Any] | None = None,
-                      context: Mapping[str, Any] | None = None, *, parent: str | None = None) -> dict[str, Any]:
-        """Validate, store as `requested`, and hand to the executor. Raises on bad input."""
+                      context: Mapping[str, Any] | None = None, *, parent: str | None = None,
+                      extra_template_context: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Validate, store as `requested`, and hand to the executor. Raises on bad input.
+
+        `extra_template_context` adds names parameter templates may use (rules pass `trigger`)."""
         action = self.registry.action(ref)
         context = {"user": os.environ.get("USER", "squall"), **(context or {}), "pack": action.pack}
-        record = await self.db(self._prepare, ref, dict(parameters or {}), context, parent)
+        record = await self.db(self._prepare, ref, dict(parameters or {}), context, parent, extra_template_context)
         if self.executor is not None:
             await self.executor.submit(record["id"])
         return public(record)
 
     def _prepare(self, ref: str, supplied: dict[str, Any], context: dict[str, Any],
-                 parent: str | None) -> dict[str, Any]:
+                 parent: str | None, extra_template_context: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resolve parameters and store the request (on the database thread: st2kv reads are sync)."""
         action = self.registry.action(ref)
         pack = self.registry.packs[action.pack]
         revealed: list[str] = []
         token = _revealed.set(revealed)
         try:
-            resolution = resolve(action, supplied, self.template_context(pack.config, context), env=self.jinja)
+            template_context = {**self.template_context(pack.config, context), **(extra_template_context or {})}
+            resolution = resolve(action, supplied, template_context, env=self.jinja)
         finally:
             _revealed.reset(token)
         values = resolution.values

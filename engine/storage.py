@@ -123,6 +123,17 @@ rule_enforcements = sa.Table(
     sa.Index("ix_rule_enforcements_instance", "trigger_instance_id"),
 )
 
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=True),
+    # SHA-256 hex of the key: the key itself is shown once, when created, and never stored.
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+)
+
 _INSERT_EXECUTION = executions.insert()
 _GET_EXECUTION = sa.select(executions).where(executions.c.id == sa.bindparam("_id"))
 
@@ -172,7 +183,7 @@ def _claim_statement(keys: tuple[str, ...]) -> sa.Update:
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 0x5371_7561_6C6C  # "Squall": the advisory lock migrations take on PostgreSQL
 _DATETIME_COLUMNS = ("start_timestamp", "end_timestamp", "expire_at", "updated_at", "timestamp", "occurrence_time",
-                     "enforced_at")
+                     "enforced_at", "created_at")
 
 
 def utcnow() -> datetime:
@@ -561,6 +572,26 @@ class Store:
             statement = statement.where(rule_enforcements.c.execution_id == execution_id)
         with self._read() as conn:
             return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
+
+    # -- API keys (hashes only) -----------------------------------------------------------------
+    def api_key_add(self, record: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(api_keys.insert(), record)
+
+    def api_key_list(self) -> list[dict[str, Any]]:
+        statement = sa.select(api_keys.c.id, api_keys.c.name, api_keys.c.created_at, api_keys.c.enabled)
+        with self._read() as conn:
+            return [_row(row) for row in conn.execute(statement.order_by(api_keys.c.created_at))]  # type: ignore[misc]
+
+    def api_key_by_hash(self, key_hash: str) -> dict[str, Any] | None:
+        statement = sa.select(api_keys.c.id, api_keys.c.name, api_keys.c.enabled).where(
+            api_keys.c.key_hash == key_hash)
+        with self._read() as conn:
+            return _row(conn.execute(statement).first())
+
+    def api_key_delete(self, key_id: str) -> bool:
+        with self._write() as conn:
+            return conn.execute(api_keys.delete().where(api_keys.c.id == key_id)).rowcount > 0
 
     def kv_purge_expired(self, now: datetime) -> int:
         with self._write() as conn:

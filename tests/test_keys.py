@@ -53,9 +53,8 @@ def test_user_scope_and_ttl(home: Path) -> None:
     assert [(i["name"], i["value"], i["user"]) for i in alice] == [("theme", "dark", "alice")]
     assert squall(home, "key", "get", "theme").returncode == 2  # not a system key
 
-    assert squall(home, "key", "set", "flash", "x", "--ttl", "1").returncode == 0
-    _, item = key_json(home, "get", "flash")
-    assert item["expire_timestamp"]
+    code, item = key_json(home, "set", "flash", "x", "--ttl", "1")
+    assert code == 0 and item["expire_timestamp"]
     time.sleep(1.2)
     assert squall(home, "key", "get", "flash").returncode == 2  # invisible as soon as it expires
 

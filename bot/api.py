@@ -1,0 +1,510 @@
+"""Squall's HTTP API (StackStorm-compatible where StackStorm has the route): FastAPI on the service's loop.
+
+`create_api(squall, bot=None)` builds the app; `squall serve` runs it with uvicorn next to the chat
+adapters. Every route but `GET /healthz` needs an API key: header `St2-Api-Key`, `Authorization:
+Bearer <key>` or query `st2-api-key`. Keys come from the `api_keys` table (SHA-256 hashes, made
+with `squall apikey create`), config `api.keys` and the environment variable `SQUALL_API_KEYS`.
+Webhooks may instead carry an HMAC signature when config `api.webhooks.<name>.secret` is set.
+Errors answer `{"faultstring": "..."}`, as StackStorm does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adapters.base import Message
+from aliases import AliasMatcher, AmbiguousCommand, NoMatch, inject_immutable, load_aliases
+from bot.apikeys import create_key, hash_key, public_key, static_keys
+from engine.crypto import CryptoError
+from engine.datastore import DatastoreError
+from engine.executions import ExecutionNotFound, ExecutionStateError
+from engine.packs import UnknownAction
+from engine.parameters import MASK, ParameterError
+from engine.triggers import TriggerError
+
+API_PREFIX = "/api/v1"
+DEFAULT_MAX_BODY = 1024 * 1024
+SIGNATURE_HEADER = "x-squall-signature"
+WEBHOOK_TRIGGER = "core.st2.webhook"
+#: Removed from the headers a webhook passes on in its payload (spec §6.3).
+_SECRET_HEADERS = {"x-auth-token", "st2-api-key", "authorization", "cookie", SIGNATURE_HEADER}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"faultstring": message}, status_code=status)
+
+
+# -- request bodies ---------------------------------------------------------------------------------
+
+class ExecutionRequest(BaseModel):
+    action: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] | None = None
+
+
+class RerunRequest(BaseModel):
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class AliasMatchRequest(BaseModel):
+    command: str
+
+
+class AliasExecutionRequest(BaseModel):
+    command: str
+    user: str
+    channel: str = "api"
+
+
+class KeyRequest(BaseModel):
+    value: Any
+    secret: bool = False
+    encrypt: bool = False
+    ttl: int | None = None
+    scope: str = "system"
+    user: str | None = None
+    description: str | None = None
+
+
+# -- the app ----------------------------------------------------------------------------------------
+
+class _BodyLimit:
+    """Refuse a request whose declared body is over the limit before reading any of it."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers") or []:
+                if name == b"content-length":
+                    try:
+                        size = int(value)
+                    except ValueError:
+                        size = 0
+                    if size > self.limit:
+                        response = _error(413, f"Request body is {size} bytes; the limit is {self.limit} bytes.")
+                        await response(scope, receive, send)
+                        return
+        await self.app(scope, receive, send)
+
+
+def create_api(squall: Any, bot: Any = None) -> FastAPI:
+    """The HTTP API over `squall` (and `bot`, for alias permissions and the chat's alias index)."""
+    section: dict[str, Any] = squall.config.section("api")
+    max_body = int(section.get("max_body_bytes") or DEFAULT_MAX_BODY)
+    webhooks_config: dict[str, Any] = section.get("webhooks") or {}
+    static_hashes = [hash_key(k) for k in static_keys(section)]
+
+    app = FastAPI(title="Squall API", version="1.0", description="StackStorm-compatible ChatOps automation API.",
+                  openapi_url="/openapi.json")
+    app.add_middleware(_BodyLimit, limit=max_body)
+    app.state.squall = squall
+    app.state.bot = bot
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = _error(exc.status_code, str(exc.detail))
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors():
+            if error.get("type") == "json_invalid":
+                reason = (error.get("ctx") or {}).get("error", "")
+                return _error(400, f"Malformed JSON body: {reason}".rstrip(": "))
+            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+            problems.append(f"{where or 'body'}: {error.get('msg')}")
+        return _error(400, "Invalid request: " + "; ".join(problems))
+
+    async def authenticated(key: str | None) -> bool:
+        if not key:
+            return False
+        digest = hash_key(key)
+        found = False
+        for known in static_hashes:  # constant time, whichever matches
+            found |= hmac.compare_digest(digest, known)
+        if found:
+            return True
+        record = await squall.db(squall.store.api_key_by_hash, digest)
+        return bool(record and record.get("enabled", True))
+
+    def presented_key(request: Request) -> str | None:
+        key = request.headers.get("st2-api-key")
+        if not key:
+            auth = request.headers.get("authorization", "")
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                key = value.strip()
+        return key or request.query_params.get("st2-api-key")
+
+    async def require_key(request: Request) -> None:
+        key = presented_key(request)
+        if not key:
+            raise HTTPException(401, "Unauthorized - API key required: send header St2-Api-Key, "
+                                     "Authorization: Bearer <key> or query parameter st2-api-key.",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not await authenticated(key):
+            raise HTTPException(401, "Unauthorized - the API key is not valid.",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "packs": len(squall.registry.packs), "actions": len(squall.registry.actions)}
+
+    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_key)])
+    hooks = APIRouter(prefix=API_PREFIX)
+
+    # -- actions and packs ---------------------------------------------------------------------
+    def action_summary(action: Any) -> dict[str, Any]:
+        summary = action.summary()
+        summary["parameters"] = {
+            name: ({**spec, "default": MASK} if spec.get("secret") and spec.get("default") is not None else spec)
+            for name, spec in (summary.get("parameters") or {}).items()}
+        return summary
+
+    @api.get("/actions", tags=["actions"])
+    async def list_actions(pack: str | None = None) -> list[dict[str, Any]]:
+        actions = sorted(squall.registry.actions.values(), key=lambda a: a.ref)
+        return [action_summary(a) for a in actions if pack in (None, a.pack)]
+
+    @api.get("/actions/{ref}", tags=["actions"])
+    async def get_action(ref: str) -> dict[str, Any]:
+        try:
+            return action_summary(squall.registry.action(ref))
+        except UnknownAction as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+    @api.get("/packs", tags=["packs"])
+    async def list_packs() -> list[dict[str, Any]]:
+        registry = squall.registry
+        return [registry.packs[ref].summary(registry.counts(ref)) for ref in sorted(registry.packs)]
+
+    # -- executions ------------------------------------------------------------------------------
+    @api.get("/executions", tags=["executions"])
+    async def list_executions(action: str | None = None, status: str | None = None,
+                              limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return await squall.executions.list(action=action, status=status, limit=limit)
+
+    async def find_execution(execution_id: str) -> dict[str, Any]:
+        try:
+            return await squall.executions.get(execution_id)
+        except ExecutionNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+    @api.get("/executions/{execution_id}", tags=["executions"])
+    async def get_execution(execution_id: str) -> dict[str, Any]:
+        return await find_execution(execution_id)
+
+    @api.post("/executions", status_code=201, tags=["executions"])
+    async def create_execution(body: ExecutionRequest) -> dict[str, Any]:
+        context = {"source": "api", **(body.context or {})}
+        try:
+            return await squall.executions.request(body.action, body.parameters, context)
+        except (ParameterError, UnknownAction, ValueError) as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+    @api.delete("/executions/{execution_id}", tags=["executions"])
+    async def cancel_execution(execution_id: str) -> dict[str, Any]:
+        try:
+            return await squall.executions.cancel(execution_id)
+        except ExecutionNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except ExecutionStateError as exc:
+            raise HTTPException(409, str(exc)) from exc
+
+    @api.get("/executions/{execution_id}/output", tags=["executions"], response_class=PlainTextResponse)
+    async def execution_output(execution_id: str) -> str:
+        result = (await find_execution(execution_id)).get("result")
+        if not isinstance(result, dict):
+            return ""
+        streams = [str(result.get(name) or "") for name in ("stdout", "stderr")]
+        return "\n".join(text.rstrip("\n") for text in streams if text) + ("\n" if any(streams) else "")
+
+    @api.post("/executions/{execution_id}/re_run", status_code=201, tags=["executions"])
+    async def rerun_execution(execution_id: str, body: RerunRequest | None = None) -> dict[str, Any]:
+        try:
+            return await squall.executions.rerun(execution_id, body.parameters if body else None)
+        except ExecutionNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except (ParameterError, UnknownAction, ValueError) as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+    # -- aliases -------------------------------------------------------------------------------
+    alias_cache: dict[str, Any] = {}
+
+    def matcher() -> tuple[AliasMatcher, dict[str, Any]]:
+        if bot is not None:
+            return bot.dispatcher.matcher, bot.dispatcher.aliases
+        if alias_cache.get("registry") is not squall.registry:  # rebuilt after a pack reload
+            aliases, _errors = load_aliases(squall.registry)
+            alias_cache.update(registry=squall.registry, matcher=AliasMatcher(aliases),
+                               aliases={a.ref: a for a in aliases})
+        return alias_cache["matcher"], alias_cache["aliases"]
+
+    def match_command(command: str) -> Any:
+        try:
+            return matcher()[0].match(command)
+        except (NoMatch, AmbiguousCommand) as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+    @api.get("/actionalias", tags=["aliases"])
+    async def list_aliases() -> list[dict[str, Any]]:
+        return [alias.summary() for _ref, alias in sorted(matcher()[1].items())]
+
+    @api.post("/actionalias/match", tags=["aliases"])
+    async def match_alias(body: AliasMatchRequest) -> dict[str, Any]:
+        match = match_command(body.command)
+        return {"actionalias": match.alias.summary(), "display": match.display,
+                "representation": match.representation, "parameters": match.parameters}
+
+    @api.post("/aliasexecution", status_code=201, tags=["aliases"])
+    async def alias_execution(body: AliasExecutionRequest) -> dict[str, Any]:
+        from bot.replies import render_ack
+
+        match = match_command(body.command)
+        alias = match.alias
+        if bot is not None:
+            message = Message(adapter="api", channel=body.channel, user=body.user, text=body.command)
+            decision = bot.dispatcher.auth.check(alias, message)
+            if not decision.allowed:
+                await squall.db(squall.store.audit_add, "api.denied", body.user, f"api:{body.channel}", alias.ref,
+                                {"command": body.command[:500], "reason": decision.reason})
+                raise HTTPException(403, f"{body.user} may not run {alias.ref}: {decision.reason}")
+        context = {"user": body.user, "api_user": body.user, "source": "api", "source_channel": body.channel,
+                   "action_alias_ref": {"id": alias.ref, "name": alias.name}}
+        try:
+            parameters = inject_immutable(alias, dict(match.parameters), context)
+            execution = await squall.executions.request(alias.action_ref, parameters, context)
+        except (ParameterError, UnknownAction, ValueError) as exc:
+            raise HTTPException(400, str(exc)) from exc
+        await squall.db(squall.store.audit_add, "api.execution", body.user, f"api:{body.channel}", alias.ref,
+                        {"execution": execution["id"], "action": alias.action_ref})
+        text, _extra = render_ack(alias, execution)
+        return {"execution": execution, "actionalias": alias.summary(), "message": text}
+
+    # -- rules -----------------------------------------------------------------------------------
+    @api.get("/rules", tags=["rules"])
+    async def list_rules() -> list[dict[str, Any]]:
+        rules = getattr(squall, "rules", None)
+        if rules is None:
+            return []
+        listed = rules.list() if hasattr(rules, "list") else getattr(rules, "rules", [])
+        if isinstance(listed, Mapping):
+            listed = [listed[ref] for ref in sorted(listed)]
+        return [r if isinstance(r, dict) else r.public() for r in listed]
+
+    @api.get("/ruleenforcements", tags=["rules"])
+    async def list_enforcements(rule: str | None = None, trigger_instance: str | None = None,
+                                execution: str | None = None,
+                                limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        rows = await squall.db(squall.store.rule_enforcement_list, rule, trigger_instance, execution, limit)
+        return [{**row, "enforced_at": row["enforced_at"].isoformat().replace("+00:00", "Z")} for row in rows]
+
+    # -- triggers --------------------------------------------------------------------------------
+    @api.get("/triggertypes", tags=["triggers"])
+    async def list_trigger_types() -> list[dict[str, Any]]:
+        return [{"ref": t.ref, "name": t.name, "pack": t.pack, "description": t.description,
+                 "payload_schema": t.payload_schema, "parameters_schema": t.parameters_schema}
+                for _ref, t in sorted(squall.registry.trigger_types.items())]
+
+    @api.get("/triggerinstances", tags=["triggers"])
+    async def list_trigger_instances(trigger: str | None = None, status: str | None = None,
+                                     limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return await squall.triggers.list(trigger=trigger, status=status, limit=limit)
+
+    @api.get("/triggerinstances/{instance_id}", tags=["triggers"])
+    async def get_trigger_instance(instance_id: str) -> dict[str, Any]:
+        try:
+            return await squall.triggers.get(instance_id)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+    @api.post("/triggerinstances/{instance_id}/re_emit", status_code=201, tags=["triggers"])
+    async def re_emit(instance_id: str) -> dict[str, Any]:
+        try:
+            return await squall.triggers.re_emit(instance_id)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+    # -- keys ------------------------------------------------------------------------------------
+    def shown(item: dict[str, Any], decrypt: bool) -> dict[str, Any]:
+        if item["secret"] and not decrypt and item.get("error") is None:
+            return {**item, "value": MASK}
+        return item
+
+    async def datastore(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await squall.db(fn, *args, **kwargs)
+        except (DatastoreError, CryptoError) as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+    @api.get("/keys", tags=["keys"])
+    async def list_keys(prefix: str | None = None, scope: str = "system", user: str | None = None,
+                        decrypt: bool = False, limit: int | None = Query(None, ge=1)) -> list[dict[str, Any]]:
+        items = await datastore(squall.datastore.list, prefix=prefix, scope=scope, user=user, decrypt=decrypt,
+                                limit=limit)
+        return [shown(item, decrypt) for item in items]
+
+    @api.get("/keys/{name}", tags=["keys"])
+    async def get_key(name: str, scope: str = "system", user: str | None = None,
+                      decrypt: bool = False) -> dict[str, Any]:
+        item = await datastore(squall.datastore.get, name, scope=scope, user=user, decrypt=decrypt)
+        if item is None:
+            raise HTTPException(404, f'Resource with a name "{name}" not found')
+        return shown(item, decrypt)
+
+    @api.put("/keys/{name}", tags=["keys"])
+    async def put_key(name: str, body: KeyRequest) -> dict[str, Any]:
+        item = await datastore(squall.datastore.set, name, body.value, scope=body.scope, user=body.user,
+                               encrypt=body.secret or body.encrypt, ttl=body.ttl, description=body.description)
+        return shown(item, False)
+
+    @api.delete("/keys/{name}", status_code=204, tags=["keys"])
+    async def delete_key(name: str, scope: str = "system", user: str | None = None) -> None:
+        if not await datastore(squall.datastore.delete, name, scope=scope, user=user):
+            raise HTTPException(404, f'Resource with a name "{name}" not found')
+
+    # -- webhooks --------------------------------------------------------------------------------
+    async def read_body(request: Request) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise HTTPException(413, f"Request body is over the limit of {max_body} bytes.")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def authorize_hook(request: Request, hook: str, raw: bytes) -> None:
+        secret = (webhooks_config.get(hook) or {}).get("secret")
+        if secret:
+            signature = request.headers.get(SIGNATURE_HEADER, "")
+            expected = "sha256=" + hmac.new(str(secret).encode(), raw, hashlib.sha256).hexdigest()
+            if not signature:
+                raise HTTPException(401, f"Unauthorized - webhook {hook} needs header X-Squall-Signature: "
+                                         "sha256=<HMAC-SHA256 of the body>.")
+            if not hmac.compare_digest(signature.strip().encode(), expected.encode()):
+                raise HTTPException(401, f"Unauthorized - the signature for webhook {hook} does not match.")
+            return
+        await require_key(request)
+
+    def parse_body(request: Request, raw: bytes) -> Any:
+        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if content_type == "application/x-www-form-urlencoded":
+            from urllib.parse import parse_qsl
+
+            return dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+        if not raw.strip():
+            return {}
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPException(400, f"Failed to parse request body: {exc}") from exc
+
+    def trace_tag(request: Request, hook: str) -> str:
+        return request.headers.get("st2-trace-tag") or f"webhook-{hook}-{uuid.uuid4().hex}"
+
+    @hooks.post("/webhooks/st2", status_code=202, tags=["webhooks"])
+    async def generic_webhook(request: Request) -> Any:
+        raw = await read_body(request)
+        await authorize_hook(request, "st2", raw)
+        body = parse_body(request, raw)
+        if not isinstance(body, dict):
+            raise HTTPException(400, "The body must be a JSON object with \"trigger\" and \"payload\".")
+        trigger = body.get("trigger")
+        if not trigger:
+            raise HTTPException(400, "Trigger not specified.")
+        try:
+            await squall.triggers.dispatch(str(trigger), body.get("payload") or {},
+                                           trace_tag=trace_tag(request, "st2"))
+        except TriggerError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        return JSONResponse(body, status_code=202)
+
+    @hooks.post("/webhooks/{name:path}", status_code=202, tags=["webhooks"])
+    async def custom_webhook(name: str, request: Request) -> Any:
+        hook = name.strip("/")
+        raw = await read_body(request)
+        rules = getattr(squall, "rules", None)
+        finder = getattr(rules, "webhook_rules", None)
+        registered = list(finder(hook)) if finder is not None else []
+        if not registered:
+            # Authenticate first: an unauthenticated caller must not learn which hooks exist.
+            await authorize_hook(request, hook, raw)
+            raise HTTPException(404, f"Webhook {hook} not registered")
+        await authorize_hook(request, hook, raw)
+        body = parse_body(request, raw)
+        if not isinstance(body, (dict, list)):
+            raise HTTPException(400, "The body must be a JSON object or array.")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _SECRET_HEADERS}
+        payload = {"headers": headers, "headers_lower": {k.lower(): v for k, v in headers.items()}, "body": body}
+        try:
+            scoped = getattr(rules, "dispatch_webhook", None)
+            if scoped is not None:  # the rules engine ties the instance to this hook's rules only
+                await scoped(hook, payload, trace_tag=trace_tag(request, hook))
+            else:
+                await squall.triggers.dispatch(WEBHOOK_TRIGGER, {**payload, "url": hook},
+                                               trace_tag=trace_tag(request, hook))
+        except TriggerError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        except LookupError as exc:  # the rule went away meanwhile
+            raise HTTPException(404, f"Webhook {hook} not registered") from exc
+        return JSONResponse(body, status_code=202)
+
+    app.include_router(api)
+    app.include_router(hooks)
+    return app
+
+
+class ApiServer:
+    """The API under uvicorn on the running loop: `start()` makes `serve()` a task, `stop()` ends it."""
+
+    def __init__(self, squall: Any, bot: Any = None, host: str | None = None, port: int | None = None) -> None:
+        import uvicorn
+
+        section = squall.config.section("api")
+        self.host = host or str(section.get("host", "127.0.0.1"))
+        self.port = int(port if port is not None else section.get("port", 9101))
+        config = uvicorn.Config(create_api(squall, bot), host=self.host, port=self.port, log_level="warning",
+                                lifespan="off", access_log=False)
+        self.server = uvicorn.Server(config)
+        # The service owns SIGINT/SIGTERM (loop.add_signal_handler): uvicorn must not replace them.
+        self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        self.task: Any = None
+
+    async def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.server.serve(), name="squall-api")
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()  # raises what stopped it (a port in use: SystemExit from uvicorn)
+                raise RuntimeError(f"the API server on {self.host}:{self.port} stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self.task is None:
+            return
+        self.server.should_exit = True
+        with contextlib.suppress(Exception, SystemExit):
+            await self.task
+        self.task = None
+
+
+__all__ = ["ApiServer", "create_api", "create_key", "hash_key", "public_key", "static_keys"]

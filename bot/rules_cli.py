@@ -1,0 +1,275 @@
+"""`squall rule | trigger | trigger-instance | rule-enforcement`: the rules engine from the shell (spec §5, §6).
+
+`squall rule test` is StackStorm's `st2-rule-tester`: it evaluates one rule file against one
+trigger instance file, explains every criterion and runs no action (exit 0 match, 1 none).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from bot.app import Squall
+from bot.cli import JsonOption, app, fail, out, print_json, with_app
+from engine.rules import Check, MatchFailure, RuleError, failure_reason, load_rule
+from engine.triggers import TriggerError
+
+rule_app = typer.Typer(help="Rules: list, show, test against a trigger instance.", no_args_is_help=True)
+trigger_app = typer.Typer(help="Trigger types: list, emit an instance.", no_args_is_help=True)
+instance_app = typer.Typer(help="Stored trigger instances: list, show, re-emit.", no_args_is_help=True)
+enforcement_app = typer.Typer(help="Rule enforcements: which rule fired for which instance.", no_args_is_help=True)
+app.add_typer(rule_app, name="rule")
+app.add_typer(trigger_app, name="trigger")
+app.add_typer(instance_app, name="trigger-instance")
+app.add_typer(enforcement_app, name="rule-enforcement")
+
+
+def _read_document(path: Path, what: str) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise fail(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
+    try:
+        return yaml.safe_load(text)  # JSON is YAML
+    except yaml.YAMLError as exc:
+        raise fail(f"{what} file {path} is not valid JSON or YAML: {exc}") from exc
+
+
+# -- rule ----------------------------------------------------------------------------------------
+
+@rule_app.command("list")
+def rule_list(pack: Annotated[str | None, typer.Option("--pack", help="Only this pack.")] = None,
+              as_json: JsonOption = False) -> None:
+    """Rules loaded from the packs (errors go to standard error)."""
+
+    async def work(squall: Squall) -> tuple[list[dict[str, Any]], list[str]]:
+        rules = [r.public() for r in squall.rules.rules.values() if pack is None or r.pack == pack]
+        return rules, [str(e) for e in squall.rules.errors]
+
+    rules, errors = with_app(work)
+    if as_json:
+        print_json(rules)
+    else:
+        for rule in rules:
+            state = "enabled" if rule["enabled"] else "disabled"
+            out.print(f"{rule['ref']}  [{state}]  {rule['trigger']['type']} -> {rule['action']['ref']}"
+                      + (f"  {rule['description']}" if rule["description"] else ""), markup=False)
+    for error in errors:
+        typer.echo(f"rule skipped: {error}", err=True)
+
+
+@rule_app.command("get")
+def rule_get(ref: Annotated[str, typer.Argument(help="Rule ref (pack.name).")], as_json: JsonOption = False) -> None:
+    """One rule; exit 2 if there is no such rule."""
+
+    async def work(squall: Squall) -> dict[str, Any] | None:
+        rule = squall.rules.rules.get(ref)
+        return rule.public() if rule else None
+
+    rule = with_app(work)
+    if rule is None:
+        raise fail(f'rule "{ref}" not found')
+    if as_json:
+        print_json(rule)
+    else:
+        out.print(yaml.safe_dump(rule, sort_keys=False, default_flow_style=False).rstrip(), markup=False)
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+@rule_app.command("test")
+def rule_test(
+    rule_file: Annotated[Path, typer.Option("--rule", help="Rule file (YAML).")],
+    instance_file: Annotated[Path, typer.Option("--trigger-instance", help="Trigger instance file (JSON or YAML) "
+                                                "with `trigger` and `payload`.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate a rule against a trigger instance, explaining each criterion (runs no action)."""
+    data = _read_document(rule_file, "rule")
+    instance = _read_document(instance_file, "trigger instance")
+    if not isinstance(instance, dict) or not isinstance(instance.get("trigger"), str) or "payload" not in instance:
+        raise fail(f"trigger instance file {instance_file} needs `trigger` (a trigger type ref) and `payload`")
+
+    async def work(squall: Squall) -> dict[str, Any]:
+        try:
+            rule = load_rule(data, "default", str(rule_file), squall.registry, check_action=False)
+        except RuleError as exc:
+            raise fail(str(exc)) from exc
+        checks: list[Check] = []
+        outcome: dict[str, Any] = {"rule": rule.ref, "trigger": instance["trigger"], "matched": False,
+                                   "criteria": [], "error": None}
+        if rule.trigger_type != instance["trigger"]:
+            outcome["error"] = (f'the rule is for trigger type "{rule.trigger_type}", the instance is of '
+                                f'"{instance["trigger"]}"')
+            return outcome
+        try:
+            outcome["matched"] = await squall.db(squall.rules.evaluator.matches, rule, instance["payload"], checks)
+        except MatchFailure as failure:
+            outcome["error"] = failure_reason(rule, str(instance.get("id", "<file>")), failure)
+        outcome["criteria"] = [{"key": c.key, "operator": c.operator, "pattern": c.pattern, "value": c.value,
+                                "result": c.result, **({"error": c.error} if c.error else {})} for c in checks]
+        if rule.criteria and not instance["payload"]:
+            outcome["error"] = "the payload is empty: a rule with criteria does not match it"
+        return outcome
+
+    outcome = with_app(work)
+    if as_json:
+        print_json(outcome)
+    else:
+        for check in outcome["criteria"]:
+            mark = "PASS" if check["result"] else "FAIL"
+            out.print(f"{mark}  {check['key']}  {check['operator']}  pattern={_shown(check['pattern'])}  "
+                      f"value={_shown(check['value'])}" + (f"  error: {check['error']}" if "error" in check else ""),
+                      markup=False)
+        if outcome["error"]:
+            out.print(outcome["error"], markup=False)
+        out.print(f'=== RULE {"MATCHES" if outcome["matched"] else "DOES NOT MATCH"} ===', markup=False)
+    raise typer.Exit(0 if outcome["matched"] else 1)
+
+
+# -- trigger -------------------------------------------------------------------------------------
+
+@trigger_app.command("list")
+def trigger_list(pack: Annotated[str | None, typer.Option("--pack", help="Only this pack.")] = None,
+                 as_json: JsonOption = False) -> None:
+    """Trigger types from the packs."""
+
+    async def work(squall: Squall) -> list[dict[str, Any]]:
+        return [{"ref": t.ref, "name": t.name, "pack": t.pack, "description": t.description,
+                 "parameters_schema": t.parameters_schema, "payload_schema": t.payload_schema}
+                for t in sorted(squall.registry.trigger_types.values(), key=lambda t: t.ref)
+                if pack is None or t.pack == pack]
+
+    types = with_app(work)
+    if as_json:
+        print_json(types)
+    else:
+        for item in types:
+            out.print(f"{item['ref']}  {item['description']}".rstrip(), markup=False)
+
+
+def _payload(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise fail(f"--payload is not valid JSON: {exc}") from exc
+
+
+@trigger_app.command("emit")
+def trigger_emit(
+    trigger_type: Annotated[str, typer.Argument(help="Trigger type ref, e.g. core.st2.webhook.")],
+    payload: Annotated[str, typer.Option("--payload", "-p", help="Payload as JSON.")] = "{}",
+    trace_tag: Annotated[str | None, typer.Option("--trace-tag", help="Trace tag.")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="For core.st2.webhook: the hook URL.")] = None,
+) -> None:
+    """Dispatch a trigger instance here, wait for the rules and the executions they start, print it."""
+    body = _payload(payload)
+
+    async def work(squall: Squall) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        try:
+            if url is not None:
+                squall.triggers.check(trigger_type, body)
+                instance = await squall.rules.dispatch_webhook(url, body, trace_tag=trace_tag)
+            else:
+                instance = await squall.triggers.dispatch(trigger_type, body, trace_tag=trace_tag)
+        except (TriggerError, LookupError) as exc:
+            raise fail(str(exc)) from exc
+        await squall.rules.settle()
+        return (await squall.triggers.get(instance["id"]),
+                await squall.rules.enforcements(trigger_instance_id=instance["id"]))
+
+    instance, enforcements = with_app(work)
+    print_json(instance)
+    for item in enforcements:
+        typer.echo(f"rule {item['rule']['ref']}: {item['status']}"
+                   + (f" (execution {item['execution_id']})" if item["execution_id"] else "")
+                   + (f": {item['failure_reason']}" if item["failure_reason"] else ""), err=True)
+
+
+# -- trigger-instance ----------------------------------------------------------------------------
+
+def _show_instances(items: list[dict[str, Any]]) -> None:
+    for item in items:
+        out.print(f"{item['id']}  {item['occurrence_time']}  {item['trigger']}  {item['status']}", markup=False)
+
+
+@instance_app.command("list")
+def instance_list(trigger: Annotated[str | None, typer.Option("--trigger", help="Only this trigger type.")] = None,
+                  limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 50,
+                  as_json: JsonOption = False) -> None:
+    """Stored trigger instances, newest first."""
+
+    async def work(squall: Squall) -> list[dict[str, Any]]:
+        return await squall.triggers.list(trigger=trigger, limit=limit)
+
+    items = with_app(work)
+    print_json(items) if as_json else _show_instances(items)
+
+
+@instance_app.command("get")
+def instance_get(instance_id: Annotated[str, typer.Argument(help="Trigger instance id.")],
+                 as_json: JsonOption = False) -> None:
+    """One trigger instance with its rule enforcements; exit 2 if it does not exist."""
+
+    async def work(squall: Squall) -> dict[str, Any]:
+        try:
+            instance = await squall.triggers.get(instance_id)
+        except LookupError as exc:
+            raise fail(str(exc).strip("'\"")) from exc
+        return {**instance, "enforcements": await squall.rules.enforcements(trigger_instance_id=instance_id)}
+
+    item = with_app(work)
+    if as_json:
+        print_json(item)
+    else:
+        out.print(yaml.safe_dump(item, sort_keys=False, default_flow_style=False).rstrip(), markup=False)
+
+
+@instance_app.command("re-emit")
+def instance_re_emit(instance_id: Annotated[str, typer.Argument(help="Trigger instance id.")],
+                     as_json: JsonOption = False) -> None:
+    """Dispatch a new instance with the same trigger and payload; wait for processing; print it."""
+
+    async def work(squall: Squall) -> dict[str, Any]:
+        try:
+            instance = await squall.triggers.re_emit(instance_id)
+        except LookupError as exc:
+            raise fail(str(exc).strip("'\"")) from exc
+        await squall.rules.settle()
+        return await squall.triggers.get(instance["id"])
+
+    item = with_app(work)
+    if as_json:
+        print_json(item)
+    else:
+        out.print(f"re-emitted as {item['id']} ({item['status']})", markup=False)
+
+
+# -- rule-enforcement ----------------------------------------------------------------------------
+
+@enforcement_app.command("list")
+def enforcement_list(rule: Annotated[str | None, typer.Option("--rule", help="Only this rule ref.")] = None,
+                     trigger_instance: Annotated[str | None, typer.Option("--trigger-instance",
+                                                                          help="Only this instance.")] = None,
+                     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 50,
+                     as_json: JsonOption = False) -> None:
+    """Rule enforcements, newest first."""
+
+    async def work(squall: Squall) -> list[dict[str, Any]]:
+        return await squall.rules.enforcements(rule=rule, trigger_instance_id=trigger_instance, limit=limit)
+
+    items = with_app(work)
+    if as_json:
+        print_json(items)
+        return
+    for item in items:
+        out.print(f"{item['id']}  {item['enforced_at']}  {item['rule']['ref']}  {item['status']}  "
+                  f"instance {item['trigger_instance_id']}"
+                  + (f"  execution {item['execution_id']}" if item["execution_id"] else "")
+                  + (f"  {item['failure_reason']}" if item["failure_reason"] else ""), markup=False)

@@ -1,0 +1,649 @@
+"""Rules (spec §5): load, index by trigger type, evaluate criteria, enforce by requesting the action.
+
+A rule file is checked once at load (schema, trigger type and its parameters, operators,
+JSONPath keys, action ref) and its criteria are compiled then: every key becomes a getter (a
+plain dict/list walk for simple paths, a parsed jsonpath-ng expression otherwise) and every
+operator a function. Per trigger instance the engine looks only at the enabled rules of that
+trigger type: standard rules first, backstop rules only if no standard rule matched. Rules whose
+first criterion is `equals` with a literal pattern are also indexed by that pattern, so an
+instance is checked only against rules that can match (the result is the same as evaluating
+every rule: the first criterion is the first one StackStorm evaluates too).
+
+Deliberate differences from StackStorm: `exists`/`nexists` need no `pattern`; the documented
+`{{ st2kv.system.key }}` pattern form works; a rule whose action parameters do not resolve gets a
+`failed` enforcement without an execution record (StackStorm creates a failed execution).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import jsonpath_ng
+import jsonschema
+
+from engine.executions import new_id
+from engine.operators import OPERATORS, PATTERNLESS, SEARCH, canonical, search
+from engine.packs import Registry
+from engine.parameters import draft4
+from engine.storage import utcnow
+from engine.templates import KVNamespace, TemplateRenderError, build_environment, render_template
+from engine.yamlfile import ContentError, LineMap
+
+if TYPE_CHECKING:
+    from bot.app import Squall
+
+log = logging.getLogger(__name__)
+
+WEBHOOK = "core.st2.webhook"
+RULE_TYPES = ("standard", "backstop")
+_RULE_KEYS = {"name", "pack", "description", "enabled", "type", "trigger", "criteria", "action", "context",
+              "tags", "metadata_file", "id", "uid", "ref"}
+_ACTION_KEYS = {"ref", "parameters", "description"}
+
+
+class RuleError(ValueError):
+    """A rule that cannot be loaded; `error` says where (file, line) and why."""
+
+    def __init__(self, error: ContentError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+# -- criteria keys ---------------------------------------------------------------------------
+
+_SIMPLE_STEP = re.compile(r"""\.?(?:([A-Za-z_][A-Za-z0-9_]*)|\['([^'\\]*)'\]|\["([^"\\]*)"\]"""
+                          r"""|'([^'\\]*)'|"([^"\\]*)"|\[(\d+)\])""")
+_JSONPATH_WORDS = {"where", "this", "id", "len", "sorted", "filter", "split", "sub", "str", "and", "or", "not"}
+
+
+def strip_tag(key: str) -> str:
+    """Criteria tags: text after the first `#` is dropped, so one key can appear several times."""
+    return key.split("#", 1)[0]
+
+
+def _simple_steps(path: str) -> tuple[str | int, ...] | None:
+    """`a.b['c-d'][0]` as ('a', 'b', 'c-d', 0); None when the path needs the full JSONPath engine."""
+    steps: list[str | int] = []
+    pos = 0
+    while pos < len(path):
+        match = _SIMPLE_STEP.match(path, pos)
+        if match is None or (pos == 0 and path.startswith(".")):
+            return None
+        name, sq, dq, sqf, dqf, index = match.groups()
+        if name is not None and name in _JSONPATH_WORDS:
+            return None
+        if index is not None:
+            steps.append(int(index))
+        else:
+            steps.append(next(p for p in (name, sq, dq, sqf, dqf) if p is not None))
+        pos = match.end()
+    return tuple(steps) if steps else None
+
+
+def compile_key(key: str) -> Callable[[Mapping[str, Any]], Any]:
+    """A getter for criteria key `key` (tag already stripped): the first JSONPath match, or None.
+
+    Raises `jsonpath_ng` parse errors (a load error). Simple paths use a dict/list walk with the
+    same results as jsonpath-ng (a field of a non-dict or an index past the end is no match).
+    """
+    expression = jsonpath_ng.parse(key)  # always parsed: a bad path is a load error
+    steps = _simple_steps(key)
+    if steps is not None and steps[0] in ("trigger", "item"):
+        def walk(context: Mapping[str, Any]) -> Any:
+            current: Any = context
+            for step in steps:
+                if isinstance(step, int):
+                    if not isinstance(current, list) or step >= len(current):
+                        return None
+                elif not isinstance(current, dict) or step not in current:
+                    return None
+                current = current[step]
+            return current
+        return walk
+
+    def find(context: Mapping[str, Any]) -> Any:
+        matches = expression.find(context)
+        return matches[0].value if matches else None
+    return find
+
+
+# -- patterns ----------------------------------------------------------------------------------
+
+_EXPRESSION = re.compile(r"\{\{(-?)(.*?)(-?)\}\}", re.DOTALL)
+
+
+def _to_complex_form(text: str) -> str:
+    return _EXPRESSION.sub(lambda m: "{{" + m.group(1) + " (" + m.group(2).strip() + ") | to_complex " + m.group(3)
+                           + "}}", text)
+
+
+def render_pattern(pattern: Any, context: Mapping[str, Any], env: jinja2.Environment) -> Any:
+    """StackStorm's pattern rendering: strings with `{{ }}` try the `| to_complex` form and JSON-decode
+    it (keeping the type), falling back to plain rendering; other patterns are used as they are."""
+    if not isinstance(pattern, str) or ("{{" not in pattern and "{%" not in pattern):
+        return pattern
+    if "{{" in pattern:
+        try:
+            return json.loads(render_template(_to_complex_form(pattern), context, env))
+        except (ValueError, TemplateRenderError):
+            pass  # e.g. "pre{{ x }}post": not JSON; a real error shows again below
+    return render_template(pattern, context, env)
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+@dataclass
+class Criterion:
+    key: str                       # as written, with any #tag
+    path: str                      # the JSONPath
+    operator: str                  # canonical name
+    pattern: Any
+    condition: str | None = None
+    children: list[Criterion] = field(default_factory=list)
+    get: Callable[[Mapping[str, Any]], Any] = field(default=lambda context: None, repr=False)
+    templated: bool = False
+
+    @property
+    def function(self) -> Callable[..., bool]:
+        return OPERATORS[self.operator]
+
+
+@dataclass
+class Rule:
+    name: str
+    pack: str
+    file: str
+    trigger_type: str
+    action_ref: str
+    enabled: bool = False
+    type: str = "standard"
+    description: str = ""
+    trigger_parameters: dict[str, Any] = field(default_factory=dict)
+    criteria: list[Criterion] = field(default_factory=list)
+    action_parameters: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    tags: list[Any] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.pack}.{self.name}"
+
+    @property
+    def webhook_url(self) -> str | None:
+        if self.trigger_type != WEBHOOK:
+            return None
+        return str(self.trigger_parameters.get("url", "")).strip("/")
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref, "name": self.name, "pack": self.pack, "description": self.description,
+            "enabled": self.enabled, "type": {"ref": self.type, "parameters": {}},
+            "trigger": {"type": self.trigger_type, "parameters": self.trigger_parameters, "ref": self.trigger_type},
+            "criteria": self.data.get("criteria") or {},
+            "action": {"ref": self.action_ref, "parameters": self.action_parameters},
+            "context": self.context, "tags": self.tags, "metadata_file": self.file,
+        }
+
+
+def _fail(file: str, lines: LineMap | None, path: tuple[str | int, ...], reason: str) -> RuleError:
+    line = None
+    if lines is not None:
+        for cut in range(len(path), -1, -1):
+            line = lines.line(*path[:cut]) if cut else None
+            if line:
+                break
+    return RuleError(ContentError(file, line, reason))
+
+
+def _criterion(key: Any, spec: Any, where: tuple[str | int, ...], file: str, lines: LineMap | None,
+               child: bool = False) -> Criterion:
+    what = f'criteria key "{key}"'
+    if not isinstance(key, str) or not key:
+        raise _fail(file, lines, where, f"{what}: a criteria key must be a non-empty string")
+    if not isinstance(spec, dict):
+        raise _fail(file, lines, where, f"{what}: expected a mapping with type and pattern")
+    name = canonical(spec.get("type"))
+    if name is None:
+        known = sorted(OPERATORS)
+        near = difflib.get_close_matches(str(spec.get("type")).lower(), known, n=2)
+        hint = f"; did you mean {', '.join(near)}?" if near else f"; known operators: {', '.join(known)}"
+        raise _fail(file, lines, (*where, "type"),
+                    f'{what} in {file}: unknown operator "{spec.get("type")}"{hint}')
+    if spec.get("pattern") is None and name not in PATTERNLESS:
+        raise _fail(file, lines, where, f'{what} (operator "{name}"): a pattern is required')
+    path = strip_tag(key)
+    try:
+        getter = compile_key(path)
+    except Exception as exc:
+        raise _fail(file, lines, where, f'{what}: invalid JSONPath "{path}": {exc}') from None
+    criterion = Criterion(key=key, path=path, operator=name, pattern=spec.get("pattern"),
+                          condition=spec.get("condition"), get=getter)
+    pattern = criterion.pattern
+    criterion.templated = isinstance(pattern, str) and ("{{" in pattern or "{%" in pattern)
+    if name == SEARCH:
+        if not isinstance(pattern, dict) or not pattern:
+            raise _fail(file, lines, where, f'{what}: the "search" operator needs a mapping of child criteria '
+                        "as its pattern")
+        if criterion.condition not in ("any", "all", "any2any", "all2any"):
+            raise _fail(file, lines, where, f'{what}: the "search" condition must be any, all, any2any or all2any, '
+                        f'not "{criterion.condition}"')
+        criterion.children = [_criterion(k, v, (*where, "pattern", k), file, lines, child=True)
+                              for k, v in pattern.items()]
+        criterion.templated = False
+    return criterion
+
+
+def load_rule(data: Any, pack: str, file: str, registry: Registry, lines: LineMap | None = None, *,
+              check_action: bool = True) -> Rule:
+    """One rule from its parsed YAML; raises `RuleError` (file, line, reason) on the first problem."""
+    if not isinstance(data, dict):
+        raise _fail(file, lines, (), "a rule must be a mapping")
+    unknown = sorted(str(k) for k in data if k not in _RULE_KEYS)
+    if unknown:
+        raise _fail(file, lines, (unknown[0],), f"unknown rule field(s): {', '.join(unknown)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise _fail(file, lines, ("name",), 'a rule needs a "name"')
+    pack = str(data.get("pack") or pack)
+    enabled = data.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise _fail(file, lines, ("enabled",), f'"enabled" must be true or false, not {enabled!r}')
+    rule_type = data.get("type") or {}
+    if not isinstance(rule_type, dict):
+        raise _fail(file, lines, ("type",), '"type" must be a mapping like {ref: standard}')
+    type_ref = rule_type.get("ref", "standard")
+    if type_ref not in RULE_TYPES:
+        raise _fail(file, lines, ("type", "ref"), f'rule type "{type_ref}" is not standard or backstop')
+
+    trigger = data.get("trigger")
+    if not isinstance(trigger, dict) or not isinstance(trigger.get("type"), str):
+        raise _fail(file, lines, ("trigger",), 'a rule needs "trigger" with a "type"')
+    trigger_ref = trigger["type"]
+    trigger_type = registry.trigger_types.get(trigger_ref)
+    if trigger_type is None:
+        near = difflib.get_close_matches(trigger_ref, list(registry.trigger_types), n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise _fail(file, lines, ("trigger", "type"), f'trigger type "{trigger_ref}" is not registered{hint}')
+    parameters = trigger.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise _fail(file, lines, ("trigger", "parameters"), "trigger parameters must be a mapping")
+    if trigger_type.parameters_schema:
+        error = jsonschema.exceptions.best_match(
+            jsonschema.Draft4Validator(draft4(trigger_type.parameters_schema)).iter_errors(parameters))
+        if error is not None:
+            at = "/".join(str(p) for p in error.absolute_path)
+            raise _fail(file, lines, ("trigger", "parameters", *error.absolute_path),
+                        f'trigger parameters for "{trigger_ref}" are invalid{" at " + at if at else ""}: '
+                        f"{error.message}")
+
+    criteria_data = data.get("criteria") or {}
+    if not isinstance(criteria_data, dict):
+        raise _fail(file, lines, ("criteria",), "criteria must be a mapping of key to {type, pattern}")
+    criteria = [_criterion(k, v, ("criteria", k), file, lines) for k, v in criteria_data.items()]
+
+    action = data.get("action")
+    if not isinstance(action, dict) or not isinstance(action.get("ref"), str):
+        raise _fail(file, lines, ("action",), 'a rule needs "action" with a "ref"')
+    extra = sorted(str(k) for k in action if k not in _ACTION_KEYS)
+    if extra:
+        raise _fail(file, lines, ("action", extra[0]), f"unknown action field(s): {', '.join(extra)}")
+    action_parameters = action.get("parameters") or {}
+    if not isinstance(action_parameters, dict):
+        raise _fail(file, lines, ("action", "parameters"), "action parameters must be a mapping")
+    if check_action and action["ref"] not in registry.actions:
+        try:
+            registry.action(action["ref"])
+        except LookupError as exc:
+            raise _fail(file, lines, ("action", "ref"), str(exc)) from None
+
+    return Rule(name=name, pack=pack, file=file, trigger_type=trigger_ref, action_ref=action["ref"], enabled=enabled,
+                type=type_ref, description=str(data.get("description") or ""), trigger_parameters=dict(parameters),
+                criteria=criteria, action_parameters=dict(action_parameters), context=dict(data.get("context") or {}),
+                tags=list(data.get("tags") or []), data=data)
+
+
+def load_rules(registry: Registry) -> tuple[list[Rule], list[ContentError]]:
+    rules: list[Rule] = []
+    errors: list[ContentError] = []
+    seen: set[str] = set()
+    for document in registry.documents:
+        if document.kind != "rules":
+            continue
+        try:
+            rule = load_rule(document.data, document.pack, document.file, registry, document.lines)
+        except RuleError as exc:
+            errors.append(exc.error)
+            continue
+        if rule.ref in seen:
+            errors.append(ContentError(document.file, document.lines.line("name"),
+                                       f'rule "{rule.ref}" is defined more than once'))
+            continue
+        seen.add(rule.ref)
+        rules.append(rule)
+    return rules, errors
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+@dataclass
+class Check:
+    """How one criterion came out (for `squall rule test`)."""
+
+    key: str
+    operator: str
+    pattern: Any
+    value: Any
+    result: bool
+    error: str | None = None
+
+
+class MatchFailure(Exception):
+    """A criterion that raised; `reason` is StackStorm's failure text before `: <exc>`."""
+
+    def __init__(self, reason: str, exc: BaseException) -> None:
+        super().__init__(f"{reason}: {exc}")
+        self.reason = reason
+        self.exc = exc
+
+
+class Evaluator:
+    """Criteria evaluation against one context (payload + datastore lookups)."""
+
+    def __init__(self, env: jinja2.Environment, kv_getter: Callable[[str], str | None]) -> None:
+        self.env = env
+        system = KVNamespace(kv_getter, label="st2kv.system")
+        self.system = system
+
+    def context(self, payload: Any) -> dict[str, Any]:
+        return {"trigger": payload, "system": self.system, "st2kv": {"system": self.system}}
+
+    def _check(self, criterion: Criterion, context: Mapping[str, Any], checks: list[Check] | None,
+               prefix: str = "") -> bool:
+        pattern = criterion.pattern
+        if criterion.templated:
+            try:
+                pattern = render_pattern(pattern, context, self.env)
+            except Exception as exc:
+                raise MatchFailure(f'Failed to render pattern value "{criterion.pattern}" for key '
+                                   f'"{criterion.key}"', exc) from exc
+        try:
+            value = criterion.get(context)
+        except Exception as exc:  # pragma: no cover - getters do not raise on dicts
+            raise MatchFailure(f"Failed transforming criteria key {criterion.key}", exc) from exc
+        try:
+            if criterion.operator == SEARCH:
+                def child_check(child: Criterion, item: Any) -> bool:
+                    return self._check(child, {**context, "item": item}, None)
+                result = search(value, criterion.children, criterion.condition, child_check)
+            else:
+                result = criterion.function(value, pattern)
+        except MatchFailure:
+            raise
+        except Exception as exc:
+            if checks is not None:
+                checks.append(Check(prefix + criterion.key, criterion.operator, pattern, value, False, str(exc)))
+            raise MatchFailure("There might be a problem with the criteria in rule", exc) from exc
+        if checks is not None:
+            checks.append(Check(prefix + criterion.key, criterion.operator, pattern, value, result))
+        return result
+
+    def matches(self, rule: Rule, payload: Any, checks: list[Check] | None = None) -> bool:
+        """RuleFilter.filter: disabled no; empty criteria yes; empty payload no; ANDed in order.
+
+        Raises `MatchFailure` when a criterion raises (the caller records a failed enforcement)."""
+        if not rule.criteria:
+            return True
+        if not payload:
+            return False
+        context = self.context(payload)
+        return all(self._check(criterion, context, checks) for criterion in rule.criteria)
+
+
+def failure_reason(rule: Rule, instance_id: str, failure: MatchFailure) -> str:
+    reason = failure.reason
+    if reason.endswith("in rule"):
+        reason = f"{reason} {rule.ref}"
+    return f'Failed to match rule "{rule.ref}" against trigger instance "{instance_id}": {reason}: {failure.exc}'
+
+
+@dataclass
+class _Bucket:
+    """The enabled rules of one trigger type (or one webhook URL), in load order."""
+
+    rules: list[Rule] = field(default_factory=list)
+    loose: list[tuple[int, Rule]] = field(default_factory=list)
+    indexes: dict[str, tuple[Callable[[Mapping[str, Any]], Any], dict[Any, list[tuple[int, Rule]]]]] = \
+        field(default_factory=dict)
+
+    def add(self, rule: Rule) -> None:
+        position = len(self.rules)
+        self.rules.append(rule)
+        first = rule.criteria[0] if rule.criteria else None
+        if (first is not None and first.operator == "equals" and not first.templated
+                and first.pattern is not None and not isinstance(first.pattern, bytes)):
+            try:
+                hash(first.pattern)
+            except TypeError:
+                pass
+            else:
+                _, index = self.indexes.setdefault(first.path, (first.get, {}))
+                index.setdefault(first.pattern, []).append((position, rule))
+                return
+        self.loose.append((position, rule))
+
+    def candidates(self, payload: Any) -> list[Rule]:
+        if not self.indexes:
+            return [rule for _, rule in self.loose]
+        found = list(self.loose)
+        if payload:
+            context = {"trigger": payload}
+            for getter, index in self.indexes.values():
+                value = getter(context)
+                try:
+                    hit = index.get(value)
+                except TypeError:  # unhashable payload value: equals to a hashable pattern is false
+                    continue
+                if hit:
+                    found.extend(hit)
+        if len(found) > 1:
+            found.sort(key=lambda entry: entry[0])
+        return [rule for _, rule in found]
+
+
+class RulesEngine:
+    """The rules processor: `TriggerService` hands it every instance of a trigger type a rule uses."""
+
+    def __init__(self, squall: Squall) -> None:
+        self.squall = squall
+        self.env = squall.executions.jinja
+        self.rules: dict[str, Rule] = {}
+        self.errors: list[ContentError] = []
+        self._standard: dict[str, _Bucket] = {}
+        self._backstop: dict[str, _Bucket] = {}
+        self._hooks: dict[str, tuple[_Bucket, _Bucket]] = {}
+        self._webhook_urls: dict[str, str] = {}
+        self.evaluator = Evaluator(self.env, self._kv)
+        self.rebuild(squall.registry)
+
+    def _kv(self, key: str) -> str | None:
+        return self.squall.datastore.lookup("system", key)
+
+    # -- loading -------------------------------------------------------------------------------
+    def rebuild(self, registry: Registry) -> None:
+        rules, errors = load_rules(registry)
+        for error in errors:
+            log.warning("rule skipped: %s", error)
+            if error not in registry.errors:
+                registry.errors.append(error)
+        self.errors = errors
+        self.set_rules(rules)
+
+    def set_rules(self, rules: Iterable[Rule]) -> None:
+        self.rules = {rule.ref: rule for rule in rules}
+        standard: dict[str, _Bucket] = {}
+        backstop: dict[str, _Bucket] = {}
+        hooks: dict[str, tuple[_Bucket, _Bucket]] = {}
+        for rule in self.rules.values():
+            if not rule.enabled:
+                continue
+            target = standard if rule.type == "standard" else backstop
+            target.setdefault(rule.trigger_type, _Bucket()).add(rule)
+            url = rule.webhook_url
+            if url is not None:
+                pair = hooks.setdefault(url, (_Bucket(), _Bucket()))
+                pair[0 if rule.type == "standard" else 1].add(rule)
+        self._standard, self._backstop, self._hooks = standard, backstop, hooks
+
+    # -- lookups for the API and CLI -----------------------------------------------------------
+    def hooks(self) -> list[str]:
+        """Webhook URLs declared by enabled rules on `core.st2.webhook` (no leading/trailing `/`)."""
+        return sorted(self._hooks)
+
+    def webhook_rules(self, url: str) -> list[Rule]:
+        pair = self._hooks.get(url.strip("/"))
+        return [*pair[0].rules, *pair[1].rules] if pair else []
+
+    async def dispatch_webhook(self, url: str, payload: Any, *, trace_tag: str | None = None) -> dict[str, Any]:
+        """Store a `core.st2.webhook` instance for hook `url`; only that hook's rules see it."""
+        url = url.strip("/")
+        if url not in self._hooks:
+            raise LookupError(f"Webhook {url} not registered with st2")
+        instance = await self.squall.triggers.dispatch(WEBHOOK, payload, trace_tag=trace_tag)
+        # Processing runs in a task that starts only after this coroutine yields.
+        self._webhook_urls[instance["id"]] = url
+        return instance
+
+    # -- the processor protocol ----------------------------------------------------------------
+    def interested(self, trigger_ref: str) -> bool:
+        return trigger_ref in self._standard or trigger_ref in self._backstop
+
+    def _buckets(self, instance: Mapping[str, Any]) -> tuple[_Bucket | None, _Bucket | None]:
+        ref = instance["trigger"]
+        if ref == WEBHOOK:
+            url = self._webhook_urls.pop(instance["id"], None)
+            if url is None:
+                return None, None
+            pair = self._hooks.get(url)
+            return pair if pair else (None, None)
+        return self._standard.get(ref), self._backstop.get(ref)
+
+    def matching_rules(self, instance: Mapping[str, Any],
+                       failures: list[tuple[Rule, str]] | None = None) -> list[Rule]:
+        """The rules to enforce for one instance (no action is requested). Criteria that raise are
+        a non-match; their failure reasons go to `failures` when given."""
+        standard, backstop = self._buckets(instance)
+        payload = instance.get("payload")
+        matched = self._pass(standard, payload, instance, failures)
+        if not matched:
+            matched = self._pass(backstop, payload, instance, failures)
+        return matched
+
+    def _pass(self, bucket: _Bucket | None, payload: Any, instance: Mapping[str, Any],
+              failures: list[tuple[Rule, str]] | None) -> list[Rule]:
+        if bucket is None:
+            return []
+        matched = []
+        matches = self.evaluator.matches
+        for rule in bucket.candidates(payload):
+            try:
+                if matches(rule, payload):
+                    matched.append(rule)
+            except MatchFailure as failure:
+                log.warning("%s", failure)
+                if failures is not None:
+                    failures.append((rule, failure_reason(rule, instance["id"], failure)))
+        return matched
+
+    async def process(self, instance: dict[str, Any]) -> None:
+        failures: list[tuple[Rule, str]] = []
+        # Datastore lookups in patterns are synchronous reads: evaluate on the database thread.
+        matched = await self.squall.db(self.matching_rules, instance, failures)
+        for rule, reason in failures:
+            await self._record(rule, instance, None, "failed", reason)
+        for rule in matched:
+            await self.enforce(rule, instance)
+
+    async def enforce(self, rule: Rule, instance: Mapping[str, Any]) -> dict[str, Any]:
+        context = {
+            "user": "squall",
+            "rule": {"ref": rule.ref, "name": rule.name},
+            "trigger_instance": {"id": instance["id"], "name": instance["trigger"]},
+            "trace_context": {"trace_tag": instance.get("trace_tag"), "trigger_instance_id": instance["id"]},
+        }
+        try:
+            execution = await self.squall.executions.request(
+                rule.action_ref, rule.action_parameters, context,
+                extra_template_context={"trigger": instance.get("payload")})
+        except Exception as exc:
+            reason = f'Failed to request action "{rule.action_ref}" for rule "{rule.ref}" and trigger instance ' \
+                     f'"{instance["id"]}": {exc}'
+            log.warning("%s", reason)
+            return await self._record(rule, instance, None, "failed", reason)
+        return await self._record(rule, instance, execution["id"], "succeeded", None)
+
+    async def _record(self, rule: Rule, instance: Mapping[str, Any], execution_id: str | None, status: str,
+                      reason: str | None) -> dict[str, Any]:
+        record = {"id": new_id(), "rule": rule.ref, "trigger_instance_id": instance["id"],
+                  "execution_id": execution_id, "status": status, "failure_reason": reason,
+                  "enforced_at": utcnow()}
+        await self.squall.db(self.squall.store.rule_enforcement_add, record)
+        return enforcement_public(record)
+
+    async def enforcements(self, *, rule: str | None = None, trigger_instance_id: str | None = None,
+                           execution_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        rows = await self.squall.db(self.squall.store.rule_enforcement_list, rule, trigger_instance_id,
+                                    execution_id, limit)
+        return [enforcement_public(row) for row in rows]
+
+    async def settle(self, timeout: float = 60) -> None:
+        """Wait until trigger instances, the executions rules started, and the instances those
+        executions emit (action triggers) are all done (for the CLI and tests)."""
+        triggers, executions = self.squall.triggers, self.squall.executions
+        waited: set[str] = set()
+
+        async def loop() -> None:
+            while True:
+                await triggers.settle()
+                pending = [e["execution_id"] for e in await self.enforcements(limit=10_000)
+                           if e["execution_id"] and e["execution_id"] not in waited]
+                for execution_id in pending:
+                    waited.add(execution_id)
+                    await executions.wait(execution_id)
+                while executions.notifying:
+                    await asyncio.sleep(0.01)
+                if not pending and not triggers.busy:
+                    return
+        await asyncio.wait_for(loop(), timeout)
+
+
+def enforcement_public(record: Mapping[str, Any]) -> dict[str, Any]:
+    enforced = record["enforced_at"]
+    return {
+        "id": record["id"],
+        "rule": {"ref": record["rule"]},
+        "trigger_instance_id": record["trigger_instance_id"],
+        "execution_id": record.get("execution_id"),
+        "status": record["status"],
+        "failure_reason": record.get("failure_reason"),
+        "enforced_at": enforced.isoformat().replace("+00:00", "Z") if hasattr(enforced, "isoformat") else enforced,
+    }
+
+
+def default_evaluator(kv: Mapping[str, str] | None = None) -> Evaluator:
+    """An evaluator over a plain dict of system keys (for tests and the benchmark)."""
+    values = dict(kv or {})
+    return Evaluator(build_environment(), values.get)
+
+
+__all__ = ["Check", "Criterion", "Evaluator", "MatchFailure", "Rule", "RuleError", "RulesEngine", "compile_key",
+           "default_evaluator", "enforcement_public", "failure_reason", "load_rule", "load_rules", "render_pattern",
+           "strip_tag"]

@@ -1,0 +1,483 @@
+"""The HTTP API: auth, every route, bad input, webhooks (stored before 202), and `squall serve` over loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from bot.api import create_api, hash_key
+from bot.app import Squall
+from bot.chat import ChatBot
+from bot.config import load_config
+from tests.conftest import _free_port, write
+from tests.test_cli import SQUALL
+
+KEY = "test-key-123"
+HOOK_SECRET = "s3cr3t"
+
+
+def _home(home: Path, extra: str = "") -> Path:
+    write(home / "config.yml", f"""
+        database:
+          url: sqlite:///data/squall.db
+        packs:
+          paths: [packs]
+        api:
+          keys: [{KEY}]
+          max_body_bytes: 4096
+          webhooks:
+            signed: {{secret: {HOOK_SECRET}}}
+        auth:
+          aliases:
+            demo.locked: {{allow: {{users: [alice]}}}}
+        {extra}
+    """)
+    pack = home / "packs" / "demo"
+    write(pack / "pack.yaml", "ref: demo\nname: demo\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "actions" / "greet.yaml", """
+        name: greet
+        runner_type: local-shell-cmd
+        parameters:
+          who: {type: string, required: true}
+          password: {type: string, secret: true}
+          cmd: {default: 'echo "hello {{who}}"; echo oops >&2', immutable: true}
+    """)
+    write(pack / "actions" / "slow.yaml", """
+        name: slow
+        runner_type: local-shell-cmd
+        parameters:
+          cmd: {default: 'sleep 30', immutable: true}
+    """)
+    write(pack / "aliases" / "greet.yaml", """
+        name: greet
+        action_ref: demo.greet
+        description: Greet someone.
+        formats: ["greet {{who}}"]
+        ack:
+          format: "greeting {{ execution.parameters.who }}"
+    """)
+    write(pack / "aliases" / "locked.yaml", """
+        name: locked
+        action_ref: demo.greet
+        description: Only alice.
+        formats: ["secretgreet {{who}}"]
+    """)
+    write(pack / "triggers" / "event.yaml", """
+        name: event
+        pack: demo
+        payload_schema:
+          type: object
+          properties:
+            n: {type: integer}
+    """)
+    return home
+
+
+class FakeRules:
+    """What the rules engine offers the API: the hooks rules declare."""
+
+    def __init__(self, hooks: set[str]) -> None:
+        self._hooks = hooks
+
+    def hooks(self) -> set[str]:
+        return set(self._hooks)
+
+    def webhook_rules(self, url: str) -> list[dict[str, Any]]:
+        return [{"ref": f"demo.on_{url}"}] if url in self._hooks else []
+
+    def list(self) -> list[dict[str, Any]]:
+        return [{"ref": f"demo.on_{h}", "enabled": True} for h in sorted(self._hooks)]
+
+
+@pytest.fixture
+async def squall(home: Path) -> AsyncIterator[Squall]:
+    app = await Squall.start(load_config(_home(home) / "config.yml"))
+    try:
+        yield app
+    finally:
+        await app.triggers.settle()
+        await app.close()
+
+
+@pytest.fixture
+async def client(squall: Squall) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_api(squall))
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall",
+                                 headers={"St2-Api-Key": KEY}) as c:
+        yield c
+
+
+@pytest.fixture
+async def anon(squall: Squall) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_api(squall))
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall") as c:
+        yield c
+
+
+# -- auth ---------------------------------------------------------------------------------------------
+
+async def test_healthz_and_openapi_need_no_key(anon: httpx.AsyncClient) -> None:
+    assert (await anon.get("/healthz")).json()["status"] == "ok"
+    spec = (await anon.get("/openapi.json")).json()
+    assert "/api/v1/executions" in spec["paths"] and "/api/v1/webhooks/st2" in spec["paths"]
+
+
+async def test_auth_none_wrong_header_bearer_query(anon: httpx.AsyncClient) -> None:
+    missing = await anon.get("/api/v1/actions")
+    assert missing.status_code == 401 and "API key required" in missing.json()["faultstring"]
+    wrong = await anon.get("/api/v1/actions", headers={"St2-Api-Key": "nope"})
+    assert wrong.status_code == 401 and "not valid" in wrong.json()["faultstring"]
+    assert (await anon.get("/api/v1/actions", headers={"Authorization": "Bearer nope"})).status_code == 401
+    assert (await anon.get("/api/v1/actions", headers={"St2-Api-Key": KEY})).status_code == 200
+    assert (await anon.get("/api/v1/actions", headers={"Authorization": f"Bearer {KEY}"})).status_code == 200
+    assert (await anon.get("/api/v1/actions", params={"st2-api-key": KEY})).status_code == 200
+    assert (await anon.get("/api/v1/actions", headers={"Authorization": f"Basic {KEY}"})).status_code == 401
+
+
+async def test_env_keys(squall: Squall, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SQUALL_API_KEYS", " one , two ,")
+    transport = httpx.ASGITransport(app=create_api(squall))
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall") as c:
+        assert (await c.get("/api/v1/packs", headers={"St2-Api-Key": "two"})).status_code == 200
+        assert (await c.get("/api/v1/packs", headers={"St2-Api-Key": ""})).status_code == 401
+
+
+def test_apikey_cli_create_list_delete(home: Path) -> None:
+    _home(home)
+    base = [str(SQUALL), "-c", str(home / "config.yml"), "apikey"]
+    created = subprocess.run([*base, "create", "--name", "ci", "--json"], capture_output=True, text=True, check=True)
+    record = json.loads(created.stdout)
+    assert record["name"] == "ci" and len(record["key"]) > 30
+    listed = subprocess.run([*base, "list", "--json"], capture_output=True, text=True, check=True)
+    keys = json.loads(listed.stdout)
+    assert [k["id"] for k in keys] == [record["id"]] and "key" not in keys[0] and record["key"] not in listed.stdout
+    # only the hash is stored
+    engine = sa.create_engine(f"sqlite:///{home / 'data' / 'squall.db'}")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT * FROM api_keys")).mappings().all()
+    engine.dispose()
+    assert rows[0]["key_hash"] == hashlib.sha256(record["key"].encode()).hexdigest()
+    assert record["key"] not in json.dumps([dict(r) for r in rows], default=str)
+    assert subprocess.run([*base, "delete", record["id"]], capture_output=True).returncode == 0
+    missing = subprocess.run([*base, "delete", record["id"]], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no API key" in missing.stderr
+
+
+async def test_created_and_deleted_db_key(squall: Squall, anon: httpx.AsyncClient) -> None:
+    from bot.api import create_key
+
+    key, record = await squall.db(create_key, squall.store, "bot")
+    assert record["name"] == "bot" and hash_key(key) != key
+    assert (await anon.get("/api/v1/packs", headers={"St2-Api-Key": key})).status_code == 200
+    assert await squall.db(squall.store.api_key_delete, record["id"])
+    assert (await anon.get("/api/v1/packs", headers={"St2-Api-Key": key})).status_code == 401
+
+
+# -- actions, packs, executions ---------------------------------------------------------------
+
+async def test_actions_and_packs(client: httpx.AsyncClient) -> None:
+    actions = (await client.get("/api/v1/actions")).json()
+    refs = [a["ref"] for a in actions]
+    assert "demo.greet" in refs and "core.local" in refs
+    assert [a["ref"] for a in (await client.get("/api/v1/actions", params={"pack": "demo"})).json()] == [
+        "demo.greet", "demo.slow"]
+    one = (await client.get("/api/v1/actions/demo.greet")).json()
+    assert one["runner_type"] == "local-shell-cmd" and one["parameters"]["who"]["required"] is True
+    missing = await client.get("/api/v1/actions/demo.nope")
+    assert missing.status_code == 404 and "demo.nope" in missing.json()["faultstring"]
+    packs = {p["ref"]: p for p in (await client.get("/api/v1/packs")).json()}
+    assert {"core", "demo"} <= set(packs) and packs["demo"]["content"]["actions"] == 2
+
+
+async def test_execution_create_get_list_output_rerun(squall: Squall, client: httpx.AsyncClient) -> None:
+    created = await client.post("/api/v1/executions", json={"action": "demo.greet",
+                                                            "parameters": {"who": "ann", "password": "hunter2"},
+                                                            "context": {"trace": "t1"}})
+    assert created.status_code == 201, created.text
+    record = created.json()
+    assert record["action"] == "demo.greet" and record["context"]["source"] == "api"
+    assert record["context"]["trace"] == "t1"
+    done = await squall.executions.wait(record["id"], timeout=20)
+    assert done["status"] == "succeeded"
+    got = (await client.get(f"/api/v1/executions/{record['id']}")).json()
+    assert got["status"] == "succeeded" and got["parameters"]["password"] == "********"
+    listed = await client.get("/api/v1/executions", params={"action": "demo.greet", "status": "succeeded",
+                                                           "limit": 5})
+    assert [e["id"] for e in listed.json()] == [record["id"]]
+    assert "hunter2" not in listed.text and "hunter2" not in (await client.get("/api/v1/executions")).text
+    assert (await client.get("/api/v1/executions", params={"status": "failed"})).json() == []
+    output = await client.get(f"/api/v1/executions/{record['id']}/output")
+    assert output.status_code == 200 and output.text == "hello ann\noops\n"
+    rerun = await client.post(f"/api/v1/executions/{record['id']}/re_run", json={"parameters": {"who": "bob"}})
+    assert rerun.status_code == 201
+    again = await squall.executions.wait(rerun.json()["id"], timeout=20)
+    assert again["result"]["stdout"] == "hello bob" and again["context"]["re-run"]["ref"] == record["id"]
+
+
+async def test_execution_bad_input(client: httpx.AsyncClient) -> None:
+    unknown = await client.post("/api/v1/executions", json={"action": "demo.gret"})
+    assert unknown.status_code == 400 and "demo.gret" in unknown.json()["faultstring"]
+    missing = await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {}})
+    assert missing.status_code == 400 and "who" in missing.json()["faultstring"]
+    no_action = await client.post("/api/v1/executions", json={"parameters": {}})
+    assert no_action.status_code == 400 and "action" in no_action.json()["faultstring"]
+    malformed = await client.post("/api/v1/executions", content=b"{not json",
+                                  headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 400 and "JSON" in malformed.json()["faultstring"]
+    assert (await client.get("/api/v1/executions/ffffffffffffffffffffffff")).status_code == 404
+    assert (await client.get("/api/v1/executions/ffffffffffffffffffffffff/output")).status_code == 404
+    assert (await client.delete("/api/v1/executions/ffffffffffffffffffffffff")).status_code == 404
+    assert (await client.post("/api/v1/executions/ffffffffffffffffffffffff/re_run", json={})).status_code == 404
+    big = await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "x" * 5000}})
+    assert big.status_code == 413
+
+
+async def test_cancel_execution(squall: Squall, client: httpx.AsyncClient) -> None:
+    record = (await client.post("/api/v1/executions", json={"action": "demo.slow"})).json()
+    for _ in range(200):
+        if (await squall.executions.get(record["id"]))["status"] == "running":
+            break
+        await _sleep(0.02)
+    canceled = await client.delete(f"/api/v1/executions/{record['id']}")
+    assert canceled.status_code == 200 and canceled.json()["status"] in ("canceling", "canceled")
+    final = await squall.executions.wait(record["id"], timeout=20)
+    assert final["status"] == "canceled"
+    again = await client.delete(f"/api/v1/executions/{record['id']}")
+    assert again.status_code == 409 and "already canceled" in again.json()["faultstring"]
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+# -- aliases ------------------------------------------------------------------------------------------
+
+async def test_alias_list_match_and_execution(squall: Squall, client: httpx.AsyncClient) -> None:
+    aliases = (await client.get("/api/v1/actionalias")).json()
+    assert {"demo.greet", "demo.locked"} <= {a["ref"] for a in aliases}
+    matched = (await client.post("/api/v1/actionalias/match", json={"command": "greet zoe"})).json()
+    assert matched["actionalias"]["ref"] == "demo.greet" and matched["parameters"] == {"who": "zoe"}
+    assert matched["representation"] == "greet {{who}}"
+    nomatch = await client.post("/api/v1/actionalias/match", json={"command": "fly to the moon"})
+    assert nomatch.status_code == 400 and "matched no patterns" in nomatch.json()["faultstring"]
+    ran = await client.post("/api/v1/aliasexecution", json={"command": "greet zoe", "user": "zed",
+                                                            "channel": "#ops"})
+    assert ran.status_code == 201, ran.text
+    body = ran.json()
+    assert body["message"] == "greeting zoe" and body["actionalias"]["ref"] == "demo.greet"
+    context = body["execution"]["context"]
+    assert context["api_user"] == "zed" and context["source_channel"] == "#ops"
+    assert context["action_alias_ref"] == {"id": "demo.greet", "name": "greet"}
+    done = await squall.executions.wait(body["execution"]["id"], timeout=20)
+    assert done["result"]["stdout"] == "hello zoe"
+
+
+async def test_alias_execution_checks_permissions_with_bot(squall: Squall) -> None:
+    bot = ChatBot(squall, [])
+    transport = httpx.ASGITransport(app=create_api(squall, bot))
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall", headers={"St2-Api-Key": KEY}) as c:
+        denied = await c.post("/api/v1/aliasexecution", json={"command": "secretgreet x", "user": "mallory",
+                                                              "channel": "c"})
+        assert denied.status_code == 403 and "allowed only for users alice" in denied.json()["faultstring"]
+        allowed = await c.post("/api/v1/aliasexecution", json={"command": "secretgreet x", "user": "alice",
+                                                               "channel": "c"})
+        assert allowed.status_code == 201
+        await squall.executions.wait(allowed.json()["execution"]["id"], timeout=20)
+    audit = await squall.db(squall.store.audit_list, 10, "api.denied")
+    assert audit and audit[0]["actor"] == "mallory"
+
+
+# -- rules, triggers, keys -----------------------------------------------------------------------------
+
+async def test_rules_without_and_with_engine(squall: Squall, client: httpx.AsyncClient) -> None:
+    assert (await client.get("/api/v1/rules")).json() == []
+    squall.rules = FakeRules({"ci/build"})  # type: ignore[attr-defined]
+    assert (await client.get("/api/v1/rules")).json() == [{"ref": "demo.on_ci/build", "enabled": True}]
+    assert (await client.get("/api/v1/ruleenforcements")).json() == []
+    from engine.storage import utcnow
+
+    await squall.db(squall.store.rule_enforcement_add, {
+        "id": "e1", "rule": "demo.r", "trigger_instance_id": "t1", "execution_id": None, "status": "failed",
+        "failure_reason": "boom", "enforced_at": utcnow()})
+    enforcements = (await client.get("/api/v1/ruleenforcements", params={"rule": "demo.r"})).json()
+    assert enforcements[0]["failure_reason"] == "boom" and enforcements[0]["enforced_at"].endswith("Z")
+
+
+async def test_trigger_types_and_instances(squall: Squall, client: httpx.AsyncClient) -> None:
+    types = {t["ref"] for t in (await client.get("/api/v1/triggertypes")).json()}
+    assert {"demo.event", "core.st2.webhook"} <= types
+    instance = await squall.triggers.dispatch("demo.event", {"n": 1})
+    listed = (await client.get("/api/v1/triggerinstances", params={"trigger": "demo.event"})).json()
+    assert [i["id"] for i in listed] == [instance["id"]]
+    got = (await client.get(f"/api/v1/triggerinstances/{instance['id']}")).json()
+    assert got["payload"] == {"n": 1}
+    assert (await client.get("/api/v1/triggerinstances/nope")).status_code == 404
+    emitted = await client.post(f"/api/v1/triggerinstances/{instance['id']}/re_emit")
+    assert emitted.status_code == 201 and emitted.json()["id"] != instance["id"]
+    assert emitted.json()["payload"] == {"n": 1}
+    assert (await client.post("/api/v1/triggerinstances/nope/re_emit")).status_code == 404
+
+
+async def test_keys_crud_and_masking(client: httpx.AsyncClient) -> None:
+    put = await client.put("/api/v1/keys/app.token", json={"value": "tok-42", "secret": True})
+    assert put.status_code == 200 and put.json()["value"] == "********"
+    await client.put("/api/v1/keys/app.name", json={"value": "squall"})
+    listed = await client.get("/api/v1/keys", params={"prefix": "app."})
+    values = {k["name"]: k["value"] for k in listed.json()}
+    assert values == {"app.token": "********", "app.name": "squall"} and "tok-42" not in listed.text
+    assert (await client.get("/api/v1/keys/app.token")).json()["value"] == "********"
+    assert (await client.get("/api/v1/keys/app.token", params={"decrypt": "true"})).json()["value"] == "tok-42"
+    decrypted = await client.get("/api/v1/keys", params={"prefix": "app.", "decrypt": "true"})
+    assert {k["name"]: k["value"] for k in decrypted.json()}["app.token"] == "tok-42"
+    user = await client.put("/api/v1/keys/pref", json={"value": "dark", "scope": "user", "user": "ann"})
+    assert user.json()["scope"] == "st2kv.user"
+    assert (await client.get("/api/v1/keys/pref", params={"scope": "user", "user": "ann"})).json()["value"] == "dark"
+    bad = await client.put("/api/v1/keys/x", json={"value": "v", "ttl": -1})
+    assert bad.status_code == 400 and "ttl" in bad.json()["faultstring"]
+    assert (await client.delete("/api/v1/keys/app.name")).status_code == 204
+    assert (await client.get("/api/v1/keys/app.name")).status_code == 404
+    assert (await client.delete("/api/v1/keys/app.name")).status_code == 404
+
+
+# -- webhooks ----------------------------------------------------------------------------------------
+
+async def test_generic_webhook_stores_before_202(squall: Squall, client: httpx.AsyncClient,
+                                                 anon: httpx.AsyncClient) -> None:
+    body = {"trigger": "demo.event", "payload": {"n": 7}}
+    answer = await client.post("/api/v1/webhooks/st2", json=body, headers={"St2-Trace-Tag": "trace-1"})
+    assert answer.status_code == 202 and answer.json() == body
+    stored = await squall.db(squall.store.trigger_instance_list, "demo.event")  # right away, no waiting
+    assert len(stored) == 1 and stored[0]["payload"] == {"n": 7} and stored[0]["trace_tag"] == "trace-1"
+    assert (await anon.post("/api/v1/webhooks/st2", json=body)).status_code == 401
+    no_trigger = await client.post("/api/v1/webhooks/st2", json={"payload": {}})
+    assert no_trigger.status_code == 400 and no_trigger.json()["faultstring"] == "Trigger not specified."
+    invalid = await client.post("/api/v1/webhooks/st2", json={"trigger": "demo.event", "payload": {"n": "x"}})
+    assert invalid.status_code == 400 and "invalid at n" in invalid.json()["faultstring"]
+    unknown = await client.post("/api/v1/webhooks/st2", json={"trigger": "demo.evnt", "payload": {}})
+    assert unknown.status_code == 400 and "demo.event" in unknown.json()["faultstring"]
+    malformed = await client.post("/api/v1/webhooks/st2", content=b'{"trigger": ',
+                                  headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 400 and "Failed to parse request body" in malformed.json()["faultstring"]
+    array = await client.post("/api/v1/webhooks/st2", json=[1, 2])
+    assert array.status_code == 400
+    big = await client.post("/api/v1/webhooks/st2", json={"trigger": "demo.event", "payload": {"s": "x" * 5000}})
+    assert big.status_code == 413
+
+
+async def test_webhook_body_limit_without_content_length(client: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b" " * 1000
+
+    answer = await client.post("/api/v1/webhooks/st2", content=chunks(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413
+
+
+async def test_custom_webhook(squall: Squall, client: httpx.AsyncClient, anon: httpx.AsyncClient) -> None:
+    unknown = await client.post("/api/v1/webhooks/ci/build", json={"a": 1})
+    assert unknown.status_code == 404 and unknown.json()["faultstring"] == "Webhook ci/build not registered"
+    squall.rules = FakeRules({"ci/build", "signed"})  # type: ignore[attr-defined]
+    assert (await anon.post("/api/v1/webhooks/ci/build", json={"a": 1})).status_code == 401
+    answer = await client.post("/api/v1/webhooks/ci/build/", json={"a": 1},
+                               headers={"X-Custom": "yes", "Cookie": "c=1"}, params={"st2-api-key": KEY})
+    assert answer.status_code == 202 and answer.json() == {"a": 1}
+    stored = await squall.db(squall.store.trigger_instance_list, "core.st2.webhook")
+    assert len(stored) == 1
+    payload = stored[0]["payload"]
+    assert payload["body"] == {"a": 1} and payload["headers_lower"]["x-custom"] == "yes"
+    assert payload["url"] == "ci/build"
+    lowered = {k.lower() for k in payload["headers"]}
+    assert not lowered & {"st2-api-key", "cookie", "authorization"}
+    assert stored[0]["trace_tag"].startswith("webhook-ci/build-")
+    listed = await client.post("/api/v1/webhooks/ci/build", json=[1, 2])
+    assert listed.status_code == 202 and listed.json() == [1, 2]
+    form = await client.post("/api/v1/webhooks/ci/build", data={"k": "v"})
+    assert form.status_code == 202
+    malformed = await client.post("/api/v1/webhooks/ci/build", content=b"{oops",
+                                  headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 400 and "Failed to parse" in malformed.json()["faultstring"]
+
+
+async def test_signed_webhook(squall: Squall, anon: httpx.AsyncClient) -> None:
+    squall.rules = FakeRules({"signed"})  # type: ignore[attr-defined]
+    raw = json.dumps({"event": "push"}).encode()
+    good = "sha256=" + hmac.new(HOOK_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+    headers = {"Content-Type": "application/json"}
+    ok = await anon.post("/api/v1/webhooks/signed", content=raw, headers={**headers, "X-Squall-Signature": good})
+    assert ok.status_code == 202, ok.text
+    stored = await squall.db(squall.store.trigger_instance_list, "core.st2.webhook")
+    assert stored[0]["payload"]["body"] == {"event": "push"}
+    assert "x-squall-signature" not in stored[0]["payload"]["headers_lower"]
+    bad = await anon.post("/api/v1/webhooks/signed", content=raw + b" ",
+                          headers={**headers, "X-Squall-Signature": good})
+    assert bad.status_code == 401 and "does not match" in bad.json()["faultstring"]
+    unsigned = await anon.post("/api/v1/webhooks/signed", content=raw, headers={**headers, "St2-Api-Key": KEY})
+    assert unsigned.status_code == 401 and "X-Squall-Signature" in unsigned.json()["faultstring"]
+
+
+# -- the real server --------------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_squall_serve_answers_http(home: Path) -> None:
+    port = _free_port()
+    _home(home, """
+        adapters:
+          console: {enabled: false}
+    """)
+    text = (home / "config.yml").read_text().replace("max_body_bytes: 4096",
+                                                     f"max_body_bytes: 4096\n  host: 127.0.0.1\n  port: {port}")
+    (home / "config.yml").write_text(text)
+    env = {**os.environ, "SQUALL_API_KEYS": "env-key"}
+    server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.stdout.read() if server.stdout else ""
+            assert time.monotonic() < deadline, "squall serve did not answer on its port"
+            time.sleep(0.1)
+        headers = {"St2-Api-Key": "env-key"}
+        assert httpx.get(f"{base}/api/v1/actions", timeout=5).status_code == 401
+        created = httpx.post(f"{base}/api/v1/executions", headers=headers, timeout=5,
+                             json={"action": "demo.greet", "parameters": {"who": "net"}})
+        assert created.status_code == 201, created.text
+        execution_id = created.json()["id"]
+        for _ in range(200):
+            record = httpx.get(f"{base}/api/v1/executions/{execution_id}", headers=headers, timeout=5).json()
+            if record["status"] == "succeeded":
+                break
+            time.sleep(0.05)
+        assert record["result"]["stdout"] == "hello net"
+        hook = httpx.post(f"{base}/api/v1/webhooks/st2", headers={"Authorization": "Bearer env-key"}, timeout=5,
+                          json={"trigger": "demo.event", "payload": {"n": 3}})
+        assert hook.status_code == 202
+        instances = httpx.get(f"{base}/api/v1/triggerinstances", headers=headers, timeout=5).json()
+        assert instances[0]["payload"] == {"n": 3}
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    assert server.returncode == 0

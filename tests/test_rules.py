@@ -1,0 +1,287 @@
+"""The rules engine (spec §5): loading with clear errors, criteria, patterns, enforcement, actiontrigger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonpath_ng
+import pytest
+
+from bot.app import Squall
+from bot.config import load_config
+from engine.rules import compile_key, default_evaluator, load_rules, render_pattern
+from engine.templates import build_environment
+from tests.conftest import write
+
+
+def make_pack(home: Path, rules: dict[str, str]) -> Path:
+    pack = home / "packs" / "demo"
+    write(pack / "pack.yaml", """
+        ref: demo
+        name: demo
+        description: Demo pack
+        version: 0.1.0
+        author: tests
+    """)
+    write(pack / "actions" / "take.yaml", """
+        name: take
+        runner_type: noop
+        enabled: true
+        parameters:
+          count: {type: integer}
+          message: {type: string}
+          items: {type: array}
+    """)
+    write(pack / "triggers" / "event.yaml", """
+        name: event
+        pack: demo
+        description: Something happened.
+        payload_schema: {type: object}
+    """)
+    for name, text in rules.items():
+        write(pack / "rules" / f"{name}.yaml", text)
+    return pack
+
+
+async def started(home: Path) -> Squall:
+    return await Squall.start(load_config(home / "config.yml"))
+
+
+RULE = """
+    name: {name}
+    pack: demo
+    enabled: true
+    trigger: {{type: demo.event}}
+    criteria: {criteria}
+    action:
+      ref: demo.take
+      parameters: {params}
+"""
+
+
+def rule(name: str, criteria: str = "{}", params: str = "{}", **extra: str) -> str:
+    text = RULE.format(name=name, criteria=criteria, params=params)
+    return text + "".join(f"    {k}: {v}\n" for k, v in extra.items())
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+def test_load_errors_name_file_line_and_reason(home: Path) -> None:
+    make_pack(home, {
+        "good": rule("good", "{trigger.x: {type: exists}}"),
+        "bad_op": rule("bad_op", "{trigger.x: {type: equalz, pattern: 1}}"),
+        "no_pattern": rule("no_pattern", "{trigger.x: {type: equals}}"),
+        "bad_path": rule("bad_path", "{'trigger..x[': {type: equals, pattern: 1}}"),
+        "bad_trigger": "name: bad_trigger\ntrigger: {type: demo.evnt}\naction: {ref: demo.take}\n",
+        "bad_params": "name: bad_params\ntrigger: {type: core.st2.webhook, parameters: {}}\naction: {ref: demo.take}\n",
+        "bad_action": "name: bad_action\ntrigger: {type: demo.event}\naction: {ref: demo.tak}\n",
+        "bad_type": "name: bad_type\ntype: {ref: fallback}\ntrigger: {type: demo.event}\naction: {ref: demo.take}\n",
+        "disabled": "name: disabled\ntrigger: {type: demo.event}\naction: {ref: demo.take}\n",
+    })
+    config = load_config(home / "config.yml")
+    from bot.app import load_packs
+    registry = load_packs(config)
+    rules, errors = load_rules(registry)
+    by_file = {Path(e.file).stem: e for e in errors}
+    assert sorted(r.name for r in rules) == ["disabled", "good"]
+    assert not next(r for r in rules if r.name == "disabled").enabled  # enabled defaults to false
+    assert "equalz" in by_file["bad_op"].reason and "bad_op.yaml" in by_file["bad_op"].reason
+    assert by_file["bad_op"].line == 5
+    assert "pattern is required" in by_file["no_pattern"].reason
+    assert "invalid JSONPath" in by_file["bad_path"].reason
+    assert "did you mean demo.event" in by_file["bad_trigger"].reason and by_file["bad_trigger"].line == 2
+    assert "url" in by_file["bad_params"].reason
+    assert "demo.take" in by_file["bad_action"].reason and by_file["bad_action"].line == 3
+    assert "fallback" in by_file["bad_type"].reason
+
+
+# -- keys and patterns ---------------------------------------------------------------------------
+
+PAYLOAD = {"headers": {"X-Source": "grafana"}, "list": [{"n": 1}, {"n": 2}], "a": {"b": None}, "id": 7,
+           "body": {"value": 95}}
+
+
+@pytest.mark.parametrize("key", [
+    "trigger.headers['X-Source']", "trigger.headers.'X-Source'", 'trigger.headers["X-Source"]', "trigger.list[0].n",
+    "trigger.list[1].n", "trigger.list[5].n", "trigger.list[*].n", "trigger.a.b", "trigger.a.b.c", "trigger.id",
+    "trigger.body.value", "trigger.missing", "trigger.list.n", "trigger",
+])
+def test_compiled_keys_agree_with_jsonpath(key: str) -> None:
+    context = {"trigger": PAYLOAD}
+    matches = jsonpath_ng.parse(key).find(context)
+    assert compile_key(key)(context) == (matches[0].value if matches else None)
+
+
+def test_patterns_keep_types_and_read_the_datastore() -> None:
+    env = build_environment()
+    evaluator = default_evaluator({"threshold": "90", "dotted.key": "v"})
+    context = evaluator.context({"int": 5, "s": "x", "list": [1]})
+    assert render_pattern("{{ trigger.int }}", context, env) == 5
+    assert render_pattern("{{ trigger.list }}", context, env) == [1]
+    assert render_pattern("{{ trigger.s }}", context, env) == "x"
+    assert render_pattern("pre{{ trigger.s }}post", context, env) == "prexpost"
+    assert render_pattern("{{ st2kv.system.threshold }}", context, env) == "90"
+    assert render_pattern("{{ st2kv.system.threshold | int }}", context, env) == 90
+    assert render_pattern("{{ system.dotted.key }}", context, env) == "v"
+    assert render_pattern(5, context, env) == 5 and render_pattern(None, context, env) is None
+
+
+# -- the engine end to end -----------------------------------------------------------------------
+
+async def test_rules_fire_with_criteria_tags_backstop_and_typed_parameters(home: Path) -> None:
+    make_pack(home, {
+        "alert": rule("alert", """
+          trigger.body.metric: {type: equals, pattern: cpu}
+          trigger.body.value: {type: gt, pattern: 90}
+          trigger.body.value#cap: {type: lessthan, pattern: 101}
+          trigger.headers['X-Source']: {type: IEQUALS, pattern: grafana}
+          trigger.body.host: {type: exists}
+        """, "{count: '{{ trigger.body.value }}', message: 'CPU {{ trigger.body.value }}% on {{ trigger.body.host }}',"
+             " items: ['{{ trigger.body.host }}']}"),
+        "kv": rule("kv", "{trigger.body.value: {type: greaterthan, pattern: '{{ st2kv.system.limit }}'}}"),
+        "typed": rule("typed", "{trigger.body.metric#2: {type: equals, pattern: '{{ trigger.body.metric }}'},"
+                      " trigger.body.value: {type: lt, pattern: '{{ trigger.body.max }}'}}"),
+        "fallback": rule("fallback", type="{ref: backstop}"),
+        "off": "name: 'off'\ntrigger: {type: demo.event}\naction: {ref: demo.take}\n",
+    })
+    squall = await started(home)
+    try:
+        await squall.db(squall.datastore.set, "limit", "50")  # datastore values are strings: int > str raises
+        body = {"metric": "cpu", "value": 95, "host": "web1", "max": 100}
+        instance = await squall.triggers.dispatch("demo.event", {"headers": {"X-Source": "Grafana"}, "body": body})
+        await squall.rules.settle()
+        found = await squall.rules.enforcements(trigger_instance_id=instance["id"])
+        enforcements = {e["rule"]["ref"]: e for e in found}
+        assert set(enforcements) == {"demo.alert", "demo.kv", "demo.typed"}
+        assert "demo.off" in squall.rules.rules and not squall.rules.rules["demo.off"].enabled
+        assert enforcements["demo.alert"]["status"] == "succeeded"
+        assert enforcements["demo.typed"]["status"] == "succeeded"
+        # int payload vs the datastore's string value: StackStorm raises TypeError -> failed enforcement
+        failed = enforcements["demo.kv"]
+        assert failed["status"] == "failed" and failed["execution_id"] is None
+        assert failed["failure_reason"].startswith(
+            f'Failed to match rule "demo.kv" against trigger instance "{instance["id"]}": '
+            "There might be a problem with the criteria in rule demo.kv: '>' not supported")
+        execution = await squall.executions.get(enforcements["demo.alert"]["execution_id"])
+        assert execution["parameters"] == {"count": 95, "message": "CPU 95% on web1", "items": ["web1"]}
+        assert execution["context"]["rule"] == {"ref": "demo.alert", "name": "alert"}
+        assert execution["context"]["trigger_instance"] == {"id": instance["id"], "name": "demo.event"}
+        assert execution["context"]["user"] == "squall"
+        assert (await squall.triggers.get(instance["id"]))["status"] == "processed"
+
+        # nothing standard matches -> the backstop rule fires (and only it)
+        other = await squall.triggers.dispatch("demo.event", {"body": {"metric": "disk"}})
+        await squall.rules.settle()
+        found = await squall.rules.enforcements(trigger_instance_id=other["id"])
+        assert [e["rule"]["ref"] for e in found if e["status"] == "succeeded"] == ["demo.fallback"]
+        # criteria that raised are a non-match (and a failed record), as in StackStorm
+        assert sorted(e["rule"]["ref"] for e in found if e["status"] == "failed") == ["demo.kv", "demo.typed"]
+    finally:
+        await squall.close()
+
+
+async def test_datastore_patterns_work_and_parameter_errors_are_recorded(home: Path) -> None:
+    make_pack(home, {
+        "kv": rule("kv", "{trigger.level: {type: equals, pattern: '{{ st2kv.system.level }}'}}"),
+        "badparam": rule("badparam", "{trigger.level: {type: exists}}", "{count: '{{ trigger.level }}'}"),
+    })
+    squall = await started(home)
+    try:
+        await squall.db(squall.datastore.set, "level", "high")
+        instance = await squall.triggers.dispatch("demo.event", {"level": "high"})
+        await squall.rules.settle()
+        found = {e["rule"]["ref"]: e for e in await squall.rules.enforcements(trigger_instance_id=instance["id"])}
+        assert found["demo.kv"]["status"] == "succeeded" and found["demo.kv"]["execution_id"]
+        assert found["demo.badparam"]["status"] == "failed"
+        assert 'count' in found["demo.badparam"]["failure_reason"]
+        assert found["demo.badparam"]["execution_id"] is None
+    finally:
+        await squall.close()
+
+
+async def test_actiontrigger_drives_a_rule(home: Path) -> None:
+    make_pack(home, {
+        "after": """
+            name: after
+            pack: demo
+            enabled: true
+            trigger: {type: core.st2.generic.actiontrigger}
+            criteria:
+              trigger.action_ref: {type: equals, pattern: core.noop}
+              trigger.status: {type: equals, pattern: succeeded}
+            action: {ref: demo.take, parameters: {message: "{{ trigger.action_ref }} {{ trigger.status }}"}}
+        """,
+    })
+    squall = await started(home)
+    try:
+        assert squall.triggers.wanted("core.st2.generic.actiontrigger")
+        first = await squall.executions.request("core.noop", {})
+        await squall.executions.wait(first["id"])
+        await squall.rules.settle()
+        enforcements = await squall.rules.enforcements(rule="demo.after")
+        assert len(enforcements) == 1 and enforcements[0]["status"] == "succeeded"
+        execution = await squall.executions.get(enforcements[0]["execution_id"])
+        assert execution["parameters"]["message"] == "core.noop succeeded"
+        # the rule's own demo.take execution emits an actiontrigger too, which does not match
+        assert len(await squall.rules.enforcements(rule="demo.after")) == 1
+    finally:
+        await squall.close()
+
+
+async def test_webhook_rules_are_routed_by_url(home: Path) -> None:
+    make_pack(home, {
+        "hook": """
+            name: hook
+            enabled: true
+            trigger: {type: core.st2.webhook, parameters: {url: /alerts/}}
+            action: {ref: demo.take}
+        """,
+        "other": """
+            name: other
+            enabled: true
+            trigger: {type: core.st2.webhook, parameters: {url: other}}
+            action: {ref: demo.take}
+        """,
+    })
+    squall = await started(home)
+    try:
+        assert squall.rules.hooks() == ["alerts", "other"]
+        assert [r.ref for r in squall.rules.webhook_rules("/alerts")] == ["demo.hook"]
+        instance = await squall.rules.dispatch_webhook("alerts", {"headers": {}, "headers_lower": {}, "body": {}})
+        await squall.rules.settle()
+        refs = [e["rule"]["ref"] for e in await squall.rules.enforcements(trigger_instance_id=instance["id"])]
+        assert refs == ["demo.hook"]
+        with pytest.raises(LookupError, match="Webhook nope not registered"):
+            await squall.rules.dispatch_webhook("nope", {})
+    finally:
+        await squall.close()
+
+
+async def test_reload_rebuilds_rules(home: Path) -> None:
+    pack = make_pack(home, {"one": rule("one")})
+    squall = await started(home)
+    try:
+        assert list(squall.rules.rules) == ["demo.one"]
+        write(pack / "rules" / "two.yaml", rule("two"))
+        squall.reload()
+        assert sorted(squall.rules.rules) == ["demo.one", "demo.two"]
+    finally:
+        await squall.close()
+
+
+def test_search_with_item_keys_and_tags() -> None:
+    from engine.packs import Registry, TriggerType
+    registry = Registry(trigger_types={"demo.event": TriggerType(name="event", pack="demo")})
+    from engine.rules import load_rule
+    loaded = load_rule({
+        "name": "s", "trigger": {"type": "demo.event"}, "action": {"ref": "x.y"},
+        "criteria": {"trigger.issues": {"type": "search", "condition": "any", "pattern": {
+            "item.labels#1": {"type": "contains", "pattern": "bug"},
+            "item.labels#2": {"type": "contains", "pattern": "{{ trigger.want }}"},
+        }}},
+    }, "demo", "s.yaml", registry, check_action=False)
+    evaluator = default_evaluator()
+    payload = {"want": "urgent", "issues": [{"labels": ["bug"]}, {"labels": ["bug", "urgent"]}]}
+    assert evaluator.matches(loaded, payload)
+    assert not evaluator.matches(loaded, {**payload, "want": "later"})
+    assert not evaluator.matches(loaded, {})
