@@ -108,11 +108,6 @@ class Dispatcher:
         if len(text) > MAX_COMMAND:
             await self.say(message, f"That command is {len(text):,} characters long; the limit is {MAX_COMMAND:,}.")
             return
-        word, _, rest = text.partition(" ")
-        builtin = getattr(self, f"_builtin_{word.lower()}", None) if word.isalpha() else None
-        if builtin is not None and self.matcher_misses(text):
-            await builtin(message, rest.strip())
-            return
         try:
             match = self.matcher.match(text)
         except AmbiguousCommand as exc:
@@ -121,6 +116,12 @@ class Dispatcher:
                                     "specific.")
             return
         except NoMatch as exc:
+            # Built-in commands answer only words no pack alias claims.
+            word, _, rest = text.partition(" ")
+            builtin = getattr(self, f"_builtin_{word.lower()}", None) if word.isalpha() else None
+            if builtin is not None:
+                await builtin(message, rest.strip())
+                return
             hint = f" Did you mean: {', '.join(f'`{s}`' for s in exc.suggestions)}?" if exc.suggestions else ""
             await self.say(message, f"I don't know `{_short(text)}`.{hint} Try `{self.settings.prefix}help`.")
             return
@@ -147,14 +148,6 @@ class Dispatcher:
         action = self.squall.registry.actions.get(action_ref)
         secret = action.secret_names if action is not None else set()
         return {k: ("********" if k in secret else v) for k, v in parameters.items()}
-
-    def matcher_misses(self, text: str) -> bool:
-        """Built-in commands yield to a pack alias that claims the same words."""
-        try:
-            self.matcher.match(text)
-        except (NoMatch, AmbiguousCommand):
-            return True
-        return False
 
     # -- running -------------------------------------------------------------------------------
     async def _run(self, match: Any, message: Message) -> None:

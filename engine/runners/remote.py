@@ -42,7 +42,7 @@ import asyncssh
 
 from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
 from engine.runners.environment import action_variables
-from engine.runners.shell import decode_output, script_arguments
+from engine.runners.shell import script_arguments, shell_result
 from engine.runners.shell_template import EmptyCommand, command_of
 
 # asyncssh logs every connection and channel at INFO; a runner's log needs only its problems.
@@ -147,9 +147,7 @@ def _failure(error: str, code: int = _UNREACHABLE) -> dict[str, Any]:
 
 def _timed_out(target: Target, timeout: float, stage: str, out: bytes = b"", err: bytes = b"") -> dict[str, Any]:
     return {
-        "failed": True, "succeeded": False, "return_code": -9,
-        "stdout": decode_output(out.decode("utf-8", "replace")),
-        "stderr": decode_output(err.decode("utf-8", "replace")),
+        **shell_result(-9, out, err),
         "timeout": True,
         "error": f"{stage} on {target.given} timed out: Action failed to complete in {timeout:g} seconds",
     }
@@ -384,13 +382,7 @@ class RemoteShellRunner:
             code = process.exit_status
         else:
             code, error = _UNREACHABLE, f"{target.given}: the channel closed without an exit status"
-        result: dict[str, Any] = {
-            "failed": code != 0,
-            "succeeded": code == 0,
-            "return_code": code,
-            "stdout": decode_output(out.decode("utf-8", "replace")),
-            "stderr": decode_output(err.decode("utf-8", "replace")),
-        }
+        result = shell_result(code, out, err)
         if job.sudo and "incorrect password" in str(result["stderr"]).lower():
             code, error = -1, ("Invalid sudo password provided or sudo is not configured "
                                f"for this user ({job.username}) on {target.given}")

@@ -68,6 +68,17 @@ def decode_output(text: str) -> Any:
         return text
 
 
+def shell_result(code: int, out: bytes, err: bytes) -> dict[str, Any]:
+    """StackStorm's result object of a shell command (local or per remote host), spec §1.7."""
+    return {
+        "failed": code != 0,
+        "succeeded": code == 0,
+        "return_code": code,
+        "stdout": decode_output(out.decode("utf-8", "replace")),
+        "stderr": decode_output(err.decode("utf-8", "replace")),
+    }
+
+
 _STATUS = {0: "succeeded", 1: "failed", -9: "timeout", -15: "abandoned"}
 
 
@@ -126,13 +137,7 @@ async def run_process(
         await asyncio.shield(process.wait())
         raise
     code = -9 if timed_out else process.returncode
-    result: dict[str, Any] = {
-        "failed": code != 0,
-        "succeeded": code == 0,
-        "return_code": code,
-        "stdout": decode_output(out.decode("utf-8", "replace")),
-        "stderr": decode_output(err.decode("utf-8", "replace")),
-    }
+    result = shell_result(code, bytes(out), bytes(err))
     if timed_out:
         result["error"] = f"Action failed to complete in {timeout:g} seconds"
     return result
