@@ -95,3 +95,6 @@ class Adapter(Protocol):
 
     async def stop(self) -> None:
         """Disconnect."""
+
+    # Optional: `mount(app: FastAPI) -> None` adds the platform's HTTP routes (signed or token-checked
+    # by the adapter, not by API key) to Squall's API server.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from adapters.base import Capabilities, Message, MessageHandler, Reply
 
@@ -60,3 +60,11 @@ class ConsoleAdapter:
     async def stop(self) -> None:
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
+
+
+def create(section: dict[str, Any], config: Any) -> ConsoleAdapter:
+    """`adapters.console`: `user` (default: the login name) and `channel` (default `console`)."""
+    import getpass
+
+    return ConsoleAdapter(user=str(section.get("user") or getpass.getuser()),
+                          channel=str(section.get("channel") or "console"))

@@ -471,6 +471,12 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
 
     app.include_router(api)
     app.include_router(hooks)
+    # Platforms that call Squall over HTTP (Slack's Events API, Mattermost's slash commands) mount
+    # their own routes; they verify the platform's signature or token instead of an API key.
+    for adapter in (bot.adapters.values() if bot is not None else ()):
+        mount = getattr(adapter, "mount", None)
+        if mount is not None:
+            mount(app)
     return app
 
 

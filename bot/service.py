@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
+import importlib
 import logging
 import signal
 from typing import Any
@@ -12,24 +14,36 @@ from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
 from bot.app import Squall, load_packs
 from bot.chat import ChatBot
-from bot.config import SYSTEM_PACKS_PATH, Config
+from bot.config import SYSTEM_PACKS_PATH, Config, ConfigError
 from engine.packs import fingerprint
 
 log = logging.getLogger("squall")
 POLL_SECONDS = 1.0
+#: The chat platforms Squall speaks; each is the module `adapters.<name>`.
+ADAPTER_NAMES = ["console", "slack", "mattermost", "irc"]
 PURGE_SECONDS = 60.0
 
 
 def configured_adapters(config: Config) -> list[Adapter]:
-    """The adapters `adapters.<name>.enabled` turns on."""
+    """The adapters `adapters.<name>.enabled` turns on.
+
+    Each platform lives in `adapters/<name>.py` and exposes `create(section, config) -> Adapter`;
+    it is imported only when enabled, so a platform's library costs nothing to those not using it.
+    """
     section: dict[str, Any] = config.section("adapters")
     adapters: list[Adapter] = []
-    console = section.get("console") or {}
-    if console.get("enabled"):
-        import getpass
-
-        adapters.append(ConsoleAdapter(user=str(console.get("user") or getpass.getuser()),
-                                       channel=str(console.get("channel") or "console")))
+    for name, settings in section.items():
+        settings = settings or {}
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{config.path}: 'adapters.{name}' must be a mapping, not {type(settings).__name__}")
+        if name not in ADAPTER_NAMES:
+            near = difflib.get_close_matches(name, ADAPTER_NAMES, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(ADAPTER_NAMES)})"
+            raise ConfigError(f"{config.path}: unknown adapter 'adapters.{name}'{hint}")
+        if not settings.get("enabled"):
+            continue
+        module = importlib.import_module(f"adapters.{name}")
+        adapters.append(module.create(settings, config))
     return adapters
 
 
