@@ -105,6 +105,8 @@ trigger_instances = sa.Table(
     # pending → processing → processed | processing_failed (StackStorm's statuses)
     sa.Column("status", sa.String(24), nullable=False),
     sa.Column("trace_tag", sa.String(255), nullable=True),
+    # The parameters of the trigger (hook URL, schedule) it fired for; null for the bare type.
+    sa.Column("trigger_parameters", sa.JSON, nullable=True),
     sa.Index("ix_trigger_instances_trigger", "trigger", "occurrence_time"),
     sa.Index("ix_trigger_instances_status", "status"),
 )
