@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
@@ -38,7 +37,6 @@ from engine.triggers import TriggerError
 API_PREFIX = "/api/v1"
 DEFAULT_MAX_BODY = 1024 * 1024
 SIGNATURE_HEADER = "x-squall-signature"
-WEBHOOK_TRIGGER = "core.st2.webhook"
 #: Removed from the headers a webhook passes on in its payload (spec §6.3).
 _SECRET_HEADERS = {"x-auth-token", "st2-api-key", "authorization", "cookie", SIGNATURE_HEADER}
 
@@ -303,13 +301,8 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
     # -- rules -----------------------------------------------------------------------------------
     @api.get("/rules", tags=["rules"])
     async def list_rules() -> list[dict[str, Any]]:
-        rules = getattr(squall, "rules", None)
-        if rules is None:
-            return []
-        listed = rules.list() if hasattr(rules, "list") else getattr(rules, "rules", [])
-        if isinstance(listed, Mapping):
-            listed = [listed[ref] for ref in sorted(listed)]
-        return [r if isinstance(r, dict) else r.public() for r in listed]
+        rules = squall.rules.rules
+        return [rules[ref].public() for ref in sorted(rules)]
 
     @api.get("/ruleenforcements", tags=["rules"])
     async def list_enforcements(rule: str | None = None, trigger_instance: str | None = None,
@@ -443,10 +436,7 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
     async def custom_webhook(name: str, request: Request) -> Any:
         hook = name.strip("/")
         raw = await read_body(request)
-        rules = getattr(squall, "rules", None)
-        finder = getattr(rules, "webhook_rules", None)
-        registered = list(finder(hook)) if finder is not None else []
-        if not registered:
+        if not squall.rules.webhook_rules(hook):
             # Authenticate first: an unauthenticated caller must not learn which hooks exist.
             await authorize_hook(request, hook, raw)
             raise HTTPException(404, f"Webhook {hook} not registered")
@@ -457,12 +447,8 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _SECRET_HEADERS}
         payload = {"headers": headers, "headers_lower": {k.lower(): v for k, v in headers.items()}, "body": body}
         try:
-            scoped = getattr(rules, "dispatch_webhook", None)
-            if scoped is not None:  # the rules engine ties the instance to this hook's rules only
-                await scoped(hook, payload, trace_tag=trace_tag(request, hook))
-            else:
-                await squall.triggers.dispatch(WEBHOOK_TRIGGER, {**payload, "url": hook},
-                                               trace_tag=trace_tag(request, hook))
+            # The instance is tied to this hook's rules only (its trigger parameters are the URL).
+            await squall.rules.dispatch_webhook(hook, payload, trace_tag=trace_tag(request, hook))
         except TriggerError as exc:
             raise HTTPException(400, str(exc)) from exc
         except LookupError as exc:  # the rule went away meanwhile

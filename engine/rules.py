@@ -35,6 +35,7 @@ from engine.packs import Registry
 from engine.parameters import draft4
 from engine.storage import utcnow
 from engine.templates import KVNamespace, TemplateRenderError, build_environment, render_template
+from engine.triggers import WEBHOOK, binding
 from engine.yamlfile import ContentError, LineMap
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WEBHOOK = "core.st2.webhook"
 RULE_TYPES = ("standard", "backstop")
 _RULE_KEYS = {"name", "pack", "description", "enabled", "type", "trigger", "criteria", "action", "context",
               "tags", "metadata_file", "id", "uid", "ref"}
@@ -182,6 +182,11 @@ class Rule:
         if self.trigger_type != WEBHOOK:
             return None
         return str(self.trigger_parameters.get("url", "")).strip("/")
+
+    @property
+    def binding(self) -> str:
+        """Which trigger instances this rule sees: its trigger type plus its trigger parameters."""
+        return binding(self.trigger_type, self.trigger_parameters)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -469,8 +474,7 @@ class RulesEngine:
         self.errors: list[ContentError] = []
         self._standard: dict[str, _Bucket] = {}
         self._backstop: dict[str, _Bucket] = {}
-        self._hooks: dict[str, tuple[_Bucket, _Bucket]] = {}
-        self._webhook_urls: dict[str, str] = {}
+        self._types: set[str] = set()
         self.evaluator = Evaluator(self.env, self._kv)
         self.rebuild(squall.registry)
 
@@ -491,50 +495,45 @@ class RulesEngine:
         self.rules = {rule.ref: rule for rule in rules}
         standard: dict[str, _Bucket] = {}
         backstop: dict[str, _Bucket] = {}
-        hooks: dict[str, tuple[_Bucket, _Bucket]] = {}
         for rule in self.rules.values():
             if not rule.enabled:
                 continue
             target = standard if rule.type == "standard" else backstop
-            target.setdefault(rule.trigger_type, _Bucket()).add(rule)
-            url = rule.webhook_url
-            if url is not None:
-                pair = hooks.setdefault(url, (_Bucket(), _Bucket()))
-                pair[0 if rule.type == "standard" else 1].add(rule)
-        self._standard, self._backstop, self._hooks = standard, backstop, hooks
+            target.setdefault(rule.binding, _Bucket()).add(rule)
+        self._standard, self._backstop = standard, backstop
+        self._types = {rule.trigger_type for rule in self.rules.values() if rule.enabled}
 
     # -- lookups for the API and CLI -----------------------------------------------------------
     def hooks(self) -> list[str]:
         """Webhook URLs declared by enabled rules on `core.st2.webhook` (no leading/trailing `/`)."""
-        return sorted(self._hooks)
+        return sorted({rule.webhook_url for rule in self.rules.values() if rule.enabled and rule.webhook_url})
 
     def webhook_rules(self, url: str) -> list[Rule]:
-        pair = self._hooks.get(url.strip("/"))
-        return [*pair[0].rules, *pair[1].rules] if pair else []
+        key = binding(WEBHOOK, {"url": url})
+        return [*getattr(self._standard.get(key), "rules", []), *getattr(self._backstop.get(key), "rules", [])]
 
     async def dispatch_webhook(self, url: str, payload: Any, *, trace_tag: str | None = None) -> dict[str, Any]:
         """Store a `core.st2.webhook` instance for hook `url`; only that hook's rules see it."""
         url = url.strip("/")
-        if url not in self._hooks:
+        if not self.webhook_rules(url):
             raise LookupError(f"Webhook {url} not registered with st2")
-        instance = await self.squall.triggers.dispatch(WEBHOOK, payload, trace_tag=trace_tag)
-        # Processing runs in a task that starts only after this coroutine yields.
-        self._webhook_urls[instance["id"]] = url
-        return instance
+        return await self.squall.triggers.dispatch(WEBHOOK, payload, parameters={"url": url}, trace_tag=trace_tag)
+
+    def triggers_of(self, trigger_ref: str) -> list[dict[str, Any]]:
+        """The distinct parameter sets enabled rules give `trigger_ref` (timers and sensors serve these)."""
+        seen: dict[str, dict[str, Any]] = {}
+        for rule in self.rules.values():
+            if rule.enabled and rule.trigger_type == trigger_ref:
+                seen.setdefault(rule.binding, rule.trigger_parameters)
+        return [{"key": key, "type": trigger_ref, "parameters": parameters} for key, parameters in seen.items()]
 
     # -- the processor protocol ----------------------------------------------------------------
     def interested(self, trigger_ref: str) -> bool:
-        return trigger_ref in self._standard or trigger_ref in self._backstop
+        return trigger_ref in self._types
 
     def _buckets(self, instance: Mapping[str, Any]) -> tuple[_Bucket | None, _Bucket | None]:
-        ref = instance["trigger"]
-        if ref == WEBHOOK:
-            url = self._webhook_urls.pop(instance["id"], None)
-            if url is None:
-                return None, None
-            pair = self._hooks.get(url)
-            return pair if pair else (None, None)
-        return self._standard.get(ref), self._backstop.get(ref)
+        key = binding(instance["trigger"], instance.get("trigger_parameters"))
+        return self._standard.get(key), self._backstop.get(key)
 
     def matching_rules(self, instance: Mapping[str, Any],
                        failures: list[tuple[Rule, str]] | None = None) -> list[Rule]:

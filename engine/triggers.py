@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -22,6 +23,20 @@ from engine.packs import Registry
 from engine.storage import Database, utcnow
 
 log = logging.getLogger(__name__)
+WEBHOOK = "core.st2.webhook"
+
+
+def binding(trigger_ref: str, parameters: Mapping[str, Any] | None) -> str:
+    """The key that ties an instance to the rules of one trigger: its type plus its parameters.
+
+    StackStorm calls a trigger type with parameters a Trigger: a rule on `core.st2.IntervalTimer`
+    every 10 s must not fire for the 60 s timer, nor a webhook rule for another hook's URL.
+    """
+    if not parameters:
+        return trigger_ref
+    if trigger_ref == WEBHOOK:
+        parameters = {**parameters, "url": str(parameters.get("url", "")).strip("/")}
+    return f"{trigger_ref} {json.dumps(parameters, sort_keys=True, default=str)}"
 
 
 class TriggerError(ValueError):
@@ -44,6 +59,7 @@ def public(record: Mapping[str, Any]) -> dict[str, Any]:
         "occurrence_time": record["occurrence_time"].isoformat().replace("+00:00", "Z"),
         "status": record["status"],
         "trace_tag": record.get("trace_tag"),
+        "trigger_parameters": record.get("trigger_parameters") or {},
     }
 
 
@@ -71,13 +87,16 @@ class TriggerService:
                 where = "/".join(str(p) for p in error.absolute_path) or "payload"
                 raise TriggerError(f'payload for "{trigger_ref}" is invalid at {where}: {error.message}')
 
-    async def dispatch(self, trigger_ref: str, payload: Any, *, trace_tag: str | None = None,
-                       validate: bool = True) -> dict[str, Any]:
-        """Store one instance (durable before this returns), then process it in the background."""
+    async def dispatch(self, trigger_ref: str, payload: Any, *, parameters: Mapping[str, Any] | None = None,
+                       trace_tag: str | None = None, validate: bool = True) -> dict[str, Any]:
+        """Store one instance (durable before this returns), then process it in the background.
+
+        `parameters` names the trigger it fired for (a hook URL, a schedule): only rules with the
+        same trigger parameters see it. Without, only rules on the bare type do."""
         if validate:
             self.check(trigger_ref, payload)
         record = {"id": new_id(), "trigger": trigger_ref, "payload": payload, "occurrence_time": utcnow(),
-                  "status": "pending", "trace_tag": trace_tag}
+                  "status": "pending", "trace_tag": trace_tag, "trigger_parameters": dict(parameters or {}) or None}
         await self.db(self.db.store.trigger_instance_add, record)
         self._spawn(record)
         return public(record)
@@ -115,7 +134,7 @@ class TriggerService:
         """A new instance with the same trigger and payload (StackStorm's re_emit)."""
         original = await self.get(instance_id)
         return await self.dispatch(original["trigger"], original["payload"], trace_tag=original["trace_tag"],
-                                   validate=False)
+                                   parameters=original["trigger_parameters"], validate=False)
 
     async def recover(self) -> int:
         """Process what a crash left `pending`; what was mid-processing is marked failed (it may have acted)."""

@@ -11,7 +11,6 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -82,23 +81,15 @@ def _home(home: Path, extra: str = "") -> Path:
           properties:
             n: {type: integer}
     """)
+    for name, url in (("on_build", "ci/build/"), ("on_signed", "signed")):
+        write(pack / "rules" / f"{name}.yaml", f"""
+            name: {name}
+            pack: demo
+            enabled: true
+            trigger: {{type: core.st2.webhook, parameters: {{url: "{url}"}}}}
+            action: {{ref: demo.greet, parameters: {{who: "{{{{ trigger.body.who }}}}"}}}}
+        """)
     return home
-
-
-class FakeRules:
-    """What the rules engine offers the API: the hooks rules declare."""
-
-    def __init__(self, hooks: set[str]) -> None:
-        self._hooks = hooks
-
-    def hooks(self) -> set[str]:
-        return set(self._hooks)
-
-    def webhook_rules(self, url: str) -> list[dict[str, Any]]:
-        return [{"ref": f"demo.on_{url}"}] if url in self._hooks else []
-
-    def list(self) -> list[dict[str, Any]]:
-        return [{"ref": f"demo.on_{h}", "enabled": True} for h in sorted(self._hooks)]
 
 
 @pytest.fixture
@@ -303,10 +294,11 @@ async def test_alias_execution_checks_permissions_with_bot(squall: Squall) -> No
 
 # -- rules, triggers, keys -----------------------------------------------------------------------------
 
-async def test_rules_without_and_with_engine(squall: Squall, client: httpx.AsyncClient) -> None:
-    assert (await client.get("/api/v1/rules")).json() == []
-    squall.rules = FakeRules({"ci/build"})  # type: ignore[attr-defined]
-    assert (await client.get("/api/v1/rules")).json() == [{"ref": "demo.on_ci/build", "enabled": True}]
+async def test_rules_and_enforcements(squall: Squall, client: httpx.AsyncClient) -> None:
+    rules = (await client.get("/api/v1/rules")).json()
+    assert [r["ref"] for r in rules] == ["demo.on_build", "demo.on_signed"]
+    assert rules[0]["trigger"] == {"type": "core.st2.webhook", "parameters": {"url": "ci/build/"},
+                                   "ref": "core.st2.webhook"}
     assert (await client.get("/api/v1/ruleenforcements")).json() == []
     from engine.storage import utcnow
 
@@ -388,9 +380,8 @@ async def test_webhook_body_limit_without_content_length(client: httpx.AsyncClie
 
 
 async def test_custom_webhook(squall: Squall, client: httpx.AsyncClient, anon: httpx.AsyncClient) -> None:
-    unknown = await client.post("/api/v1/webhooks/ci/build", json={"a": 1})
-    assert unknown.status_code == 404 and unknown.json()["faultstring"] == "Webhook ci/build not registered"
-    squall.rules = FakeRules({"ci/build", "signed"})  # type: ignore[attr-defined]
+    unknown = await client.post("/api/v1/webhooks/ci/test", json={"a": 1})
+    assert unknown.status_code == 404 and unknown.json()["faultstring"] == "Webhook ci/test not registered"
     assert (await anon.post("/api/v1/webhooks/ci/build", json={"a": 1})).status_code == 401
     answer = await client.post("/api/v1/webhooks/ci/build/", json={"a": 1},
                                headers={"X-Custom": "yes", "Cookie": "c=1"}, params={"st2-api-key": KEY})
@@ -399,7 +390,7 @@ async def test_custom_webhook(squall: Squall, client: httpx.AsyncClient, anon: h
     assert len(stored) == 1
     payload = stored[0]["payload"]
     assert payload["body"] == {"a": 1} and payload["headers_lower"]["x-custom"] == "yes"
-    assert payload["url"] == "ci/build"
+    assert stored[0]["trigger_parameters"] == {"url": "ci/build"}
     lowered = {k.lower() for k in payload["headers"]}
     assert not lowered & {"st2-api-key", "cookie", "authorization"}
     assert stored[0]["trace_tag"].startswith("webhook-ci/build-")
@@ -413,7 +404,6 @@ async def test_custom_webhook(squall: Squall, client: httpx.AsyncClient, anon: h
 
 
 async def test_signed_webhook(squall: Squall, anon: httpx.AsyncClient) -> None:
-    squall.rules = FakeRules({"signed"})  # type: ignore[attr-defined]
     raw = json.dumps({"event": "push"}).encode()
     good = "sha256=" + hmac.new(HOOK_SECRET.encode(), raw, hashlib.sha256).hexdigest()
     headers = {"Content-Type": "application/json"}
@@ -473,6 +463,24 @@ def test_squall_serve_answers_http(home: Path) -> None:
         assert hook.status_code == 202
         instances = httpx.get(f"{base}/api/v1/triggerinstances", headers=headers, timeout=5).json()
         assert instances[0]["payload"] == {"n": 3}
+        # A custom webhook end to end: stored, the rule fires, the action runs, the enforcement is recorded.
+        fired = httpx.post(f"{base}/api/v1/webhooks/ci/build", headers=headers, timeout=5, json={"who": "hook"})
+        assert fired.status_code == 202
+        for _ in range(200):
+            enforced = httpx.get(f"{base}/api/v1/ruleenforcements", params={"rule": "demo.on_build"},
+                                 headers=headers, timeout=5).json()
+            if enforced:
+                break
+            time.sleep(0.05)
+        assert enforced[0]["status"] == "succeeded", enforced
+        for _ in range(200):
+            record = httpx.get(f"{base}/api/v1/executions/{enforced[0]['execution_id']}", headers=headers,
+                               timeout=5).json()
+            if record["status"] == "succeeded":
+                break
+            time.sleep(0.05)
+        assert record["result"]["stdout"] == "hello hook"
+        assert record["context"]["rule"]["ref"] == "demo.on_build"
     finally:
         server.send_signal(signal.SIGTERM)
         try:

@@ -253,6 +253,16 @@ async def test_webhook_rules_are_routed_by_url(home: Path) -> None:
         assert refs == ["demo.hook"]
         with pytest.raises(LookupError, match="Webhook nope not registered"):
             await squall.rules.dispatch_webhook("nope", {})
+        # The hook is stored with the instance: a re-emit (or a recovery after a crash) reaches the same rule.
+        again = await squall.triggers.re_emit(instance["id"])
+        assert again["trigger_parameters"] == {"url": "alerts"}
+        await squall.rules.settle()
+        refs = [e["rule"]["ref"] for e in await squall.rules.enforcements(trigger_instance_id=again["id"])]
+        assert refs == ["demo.hook"]
+        # An instance of the bare type (no URL) belongs to no hook's rules.
+        bare = await squall.triggers.dispatch("core.st2.webhook", {"headers": {}, "headers_lower": {}, "body": {}})
+        await squall.rules.settle()
+        assert await squall.rules.enforcements(trigger_instance_id=bare["id"]) == []
     finally:
         await squall.close()
 
