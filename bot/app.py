@@ -29,6 +29,7 @@ from engine.runners.python import PythonRunner
 from engine.runners.remote import RemoteShellRunner
 from engine.runners.shell import LocalShellRunner
 from engine.storage import Database, Store
+from engine.timers import TIMER_TYPES, TimerService
 from engine.triggers import TriggerService
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class Squall:
         self.executions.executor = self.executor
         self.rules = RulesEngine(self)
         self.triggers.processors.append(self.rules)
+        self.timers = TimerService(self.triggers.dispatch)
+        self._sync_timers()
 
     @classmethod
     async def start(cls, config: Config, *, recover: bool = False) -> Squall:
@@ -88,7 +91,11 @@ class Squall:
         self.executions.registry = registry
         self.triggers.registry = registry
         self.rules.rebuild(registry)
+        self._sync_timers()
         return registry
+
+    def _sync_timers(self) -> None:
+        self.timers.sync([t for ref in TIMER_TYPES for t in self.rules.triggers_of(ref)])
 
     async def _action_call(self, method: str, args: dict[str, Any], request: RunRequest) -> Any:
         """Datastore calls from Python actions' `action_service` (names already pack-local)."""

@@ -75,6 +75,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     await squall.executions.recover()  # after the bot listens, so abandoned executions are told in chat
     await squall.triggers.recover()
     await bot.start()
+    timers = asyncio.create_task(squall.timers.run(), name="squall-timers")
     api = None
     if api_enabled(config):
         from bot.api import ApiServer
@@ -111,6 +112,9 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
                 log.exception("background housekeeping failed; retrying")
     finally:
         log.info("Squall is stopping")
+        timers.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await timers
         if api is not None:
             await api.stop()
         await bot.stop()

@@ -35,6 +35,7 @@ from engine.packs import Registry
 from engine.parameters import draft4
 from engine.storage import utcnow
 from engine.templates import KVNamespace, TemplateRenderError, build_environment, render_template
+from engine.timers import TIMER_TYPES, schedule
 from engine.triggers import WEBHOOK, binding
 from engine.yamlfile import ContentError, LineMap
 
@@ -289,6 +290,11 @@ def load_rule(data: Any, pack: str, file: str, registry: Registry, lines: LineMa
             raise _fail(file, lines, ("trigger", "parameters", *error.absolute_path),
                         f'trigger parameters for "{trigger_ref}" are invalid{" at " + at if at else ""}: '
                         f"{error.message}")
+    if trigger_ref in TIMER_TYPES:
+        try:
+            schedule(trigger_ref, parameters)
+        except ValueError as exc:
+            raise _fail(file, lines, ("trigger", "parameters"), f'not a valid "{trigger_ref}" schedule: {exc}') from exc
 
     criteria_data = data.get("criteria") or {}
     if not isinstance(criteria_data, dict):
