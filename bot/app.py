@@ -6,6 +6,7 @@ exercise is what runs in production.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -71,11 +72,15 @@ class Squall:
         self.triggers.processors.append(self.rules)
         self.timers = TimerService(self.triggers.dispatch)
         self._sync_timers()
+        self.datastore.on_change = self._datastore_changed
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._emitting: set[asyncio.Future[Any]] = set()
 
     @classmethod
     async def start(cls, config: Config, *, recover: bool = False) -> Squall:
         store = Store.open(config.database_url)
         app = cls(config, store, load_packs(config))
+        app._loop = asyncio.get_running_loop()
         for error in app.registry.errors:
             log.warning("pack content skipped: %s", error)
         if recover:
@@ -93,6 +98,24 @@ class Squall:
         self.rules.rebuild(registry)
         self._sync_timers()
         return registry
+
+    def _datastore_changed(self, kind: str, payload: dict[str, Any]) -> None:
+        """Emit `core.st2.key_value_pair.<kind>` when a rule listens; called on whichever thread wrote."""
+        ref = f"core.st2.key_value_pair.{kind}"
+        if self._loop is None or not self.triggers.wanted(ref):
+            return
+
+        def dispatch() -> None:
+            task = asyncio.ensure_future(self.triggers.dispatch(ref, payload, validate=False))
+            self._emitting.add(task)
+            task.add_done_callback(self._emitted)
+
+        self._loop.call_soon_threadsafe(dispatch)
+
+    def _emitted(self, task: asyncio.Future[Any]) -> None:
+        self._emitting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a datastore trigger could not be stored: %s", task.exception())
 
     def _sync_timers(self) -> None:
         self.timers.sync([t for ref in TIMER_TYPES for t in self.rules.triggers_of(ref)])
@@ -119,6 +142,8 @@ class Squall:
         raise ValueError(f"unknown action_service method {method!r}")
 
     async def close(self) -> None:
+        if self._emitting:  # datastore triggers written just before: store them, do not drop them
+            await asyncio.gather(*self._emitting, return_exceptions=True)
         await self.executor.close()
         await self.python.close()
         self.db.close()

@@ -29,10 +29,16 @@ def normalise_scope(scope: str | None) -> str:
     return value
 
 
+#: `changed(kind, payload)`: kind is create, update, delete or value_change (StackStorm's KV triggers).
+ChangeListener = Callable[[str, dict[str, Any]], None]
+
+
 @dataclass
 class Datastore:
     store: Store
     keys: KeyRing
+    #: Told of every write, for the `core.st2.key_value_pair.*` triggers; None costs nothing.
+    on_change: ChangeListener | None = None
 
     @staticmethod
     def _stored_name(name: str, scope: str, user: str | None) -> str:
@@ -96,12 +102,25 @@ class Datastore:
             "expire_at": now + timedelta(seconds=int(ttl)) if ttl else None,
             "updated_at": now,
         }
+        listener = self.on_change
+        old = self.store.kv_get(scope, record["name"], now) if listener is not None else None
         self.store.kv_put(record)
-        return self._public(record, decrypt=False)
+        new = self._public(record, decrypt=False)
+        if listener is not None:
+            listener("update" if old else "create", {"object": new})
+            if old and old["value"] != record["value"]:  # as StackStorm: updates that change the value
+                listener("value_change", {"old_object": self._public(old, decrypt=False), "new_object": new})
+        return new
 
     def delete(self, name: str, *, scope: str = "system", user: str | None = None) -> bool:
         scope = normalise_scope(scope)
-        return self.store.kv_delete(scope, self._stored_name(name, scope, user))
+        stored = self._stored_name(name, scope, user)
+        listener = self.on_change
+        old = self.store.kv_get(scope, stored, utcnow()) if listener is not None else None
+        deleted = self.store.kv_delete(scope, stored)
+        if deleted and listener is not None and old is not None:
+            listener("delete", {"object": self._public(old, decrypt=False)})
+        return deleted
 
     def list(self, *, prefix: str | None = None, scope: str | None = "system", user: str | None = None,
              decrypt: bool = False, limit: int | None = None) -> list[dict[str, Any]]:

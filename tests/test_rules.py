@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import jsonpath_ng
@@ -295,3 +296,58 @@ def test_search_with_item_keys_and_tags() -> None:
     assert evaluator.matches(loaded, payload)
     assert not evaluator.matches(loaded, {**payload, "want": "later"})
     assert not evaluator.matches(loaded, {})
+
+
+async def test_datastore_changes_fire_key_value_triggers(home: Path) -> None:
+    make_pack(home, {
+        "changed": """
+            name: changed
+            pack: demo
+            enabled: true
+            trigger: {type: core.st2.key_value_pair.value_change}
+            criteria: {trigger.new_object.name: {type: equals, pattern: deploy.version}}
+            action:
+              ref: demo.take
+              parameters: {message: "{{ trigger.old_object.value }}->{{ trigger.new_object.value }}"}
+        """,
+        "created": """
+            name: created
+            pack: demo
+            enabled: true
+            trigger: {type: core.st2.key_value_pair.create}
+            action: {ref: demo.take, parameters: {message: "{{ trigger.object.name }}"}}
+        """,
+        "deleted": """
+            name: deleted
+            pack: demo
+            enabled: true
+            trigger: {type: core.st2.key_value_pair.delete}
+            action: {ref: demo.take, parameters: {message: "{{ trigger.object.value }}"}}
+        """,
+    })
+    squall = await started(home)
+    try:
+        await squall.db(squall.datastore.set, "deploy.version", "1.0")
+        await squall.db(squall.datastore.set, "deploy.version", "1.0")  # same value: an update, no change
+        await squall.db(squall.datastore.set, "deploy.version", "1.1")
+        await squall.db(squall.datastore.set, "other", "x")
+        await squall.db(squall.datastore.delete, "deploy.version")
+
+        async def messages(rule_ref: str, count: int) -> list[str]:
+            for _ in range(200):
+                await squall.triggers.settle()
+                await squall.rules.settle()
+                found = await squall.rules.enforcements(rule=rule_ref)
+                if len(found) >= count:
+                    break
+                await asyncio.sleep(0.02)
+            executions = [await squall.executions.wait(e["execution_id"]) for e in found]
+            return sorted(e["parameters"]["message"] for e in executions)
+
+        assert await messages("demo.changed", 1) == ["1.0->1.1"]
+        assert await messages("demo.created", 2) == ["deploy.version", "other"]
+        assert await messages("demo.deleted", 1) == ["1.1"]
+        # Nothing listens to updates: none are stored.
+        assert await squall.triggers.list(trigger="core.st2.key_value_pair.update") == []
+    finally:
+        await squall.close()
