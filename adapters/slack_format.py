@@ -1,0 +1,110 @@
+"""Slack markup in both directions, kept apart from the adapter's connection logic.
+
+In: Slack escapes `&`, `<`, `>` and wraps links, user and channel references in `<...>`; a command
+such as `!http get <https://example.com|example.com>` must reach the alias matcher as the URL
+the person typed, not as Slack's markup (a peer pain point: URLs broke st2 aliases).
+
+Out: a `Reply` becomes `chat.postMessage` arguments. Alias `extra.slack` follows StackStorm's
+hubot adapter: its keys are attachment fields (`color`, `pretext`, `fields`, ...) merged around the
+reply text; `extra.slack.blocks` or `extra.slack.attachments` are passed through as given.
+Confirmation buttons become an `actions` block whose button values are what the person would
+otherwise have typed (`yes`/`no`).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+from adapters.base import Reply
+
+#: Every button the adapter renders has an action_id with this prefix, so clicks route back to it.
+ACTION_PREFIX = "squall_button_"
+#: Slack refuses a section block's text above 3000 characters, and more than 50 blocks a message.
+SECTION_LIMIT = 3000
+MAX_BLOCKS = 50
+#: chat.postMessage truncates text above 40,000 characters.
+MAX_TEXT = 40_000
+
+_ANGLE = re.compile(r"<([^<>]*)>")
+
+
+def _unwrap(match: re.Match[str]) -> str:
+    inner = match.group(1)
+    target, _, label = inner.partition("|")
+    if target.startswith("@"):           # <@U123> or <@U123|alice>
+        return f"@{label or target[1:]}"
+    if target.startswith("#"):           # <#C123|ops>
+        return f"#{label or target[1:]}"
+    if target.startswith("!"):           # <!here>, <!subteam^S123|@oncall>
+        return label or f"@{target[1:]}"
+    if target.startswith("mailto:"):
+        return target[len("mailto:"):]
+    return target                        # a link: the URL itself, whatever its label
+
+
+def plain_text(text: str, bot_user_id: str | None = None) -> tuple[str, bool]:
+    """Slack markup → what the person typed; also whether it @mentioned the bot.
+
+    A leading `<@BOT>` is removed (it addresses the bot, it is not part of the command)."""
+    mentioned = False
+    if bot_user_id:
+        mention = re.compile(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>")
+        mentioned = bool(mention.search(text))
+        text = mention.sub("", text, count=1) if mention.match(text.lstrip()) else text
+    text = _ANGLE.sub(_unwrap, text)
+    return html.unescape(text).strip(), mentioned
+
+
+def escape(text: str) -> str:
+    """Slack wants only `&`, `<` and `>` escaped in message text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _sections(text: str) -> list[dict[str, Any]]:
+    parts = [text[i:i + SECTION_LIMIT] for i in range(0, len(text), SECTION_LIMIT)] or [" "]
+    return [{"type": "section", "text": {"type": "mrkdwn", "text": part or " "}} for part in parts]
+
+
+def buttons_block(buttons: list[dict[str, str]]) -> dict[str, Any]:
+    elements = []
+    for index, button in enumerate(buttons[:25]):
+        element: dict[str, Any] = {"type": "button", "action_id": f"{ACTION_PREFIX}{index}",
+                                   "text": {"type": "plain_text", "text": str(button.get("text", ""))[:75] or "?"},
+                                   "value": str(button.get("value", ""))[:2000]}
+        if str(button.get("value", "")).lower() in ("yes", "y", "confirm", "ok"):
+            element["style"] = "primary"
+        elif str(button.get("value", "")).lower() in ("no", "n", "cancel", "abort"):
+            element["style"] = "danger"
+        elements.append(element)
+    return {"type": "actions", "block_id": "squall_buttons", "elements": elements}
+
+
+def message_arguments(reply: Reply) -> dict[str, Any]:
+    """`chat.postMessage`/`chat.update` arguments (text, blocks, attachments) for a reply."""
+    text = escape(reply.text)[:MAX_TEXT]
+    slack = reply.extra.get("slack") if isinstance(reply.extra, dict) else None
+    arguments: dict[str, Any] = {"text": text}
+    blocks: list[dict[str, Any]] | None = None
+    if isinstance(slack, dict):
+        if isinstance(slack.get("blocks"), list):
+            blocks = list(slack["blocks"])
+        if isinstance(slack.get("attachments"), list):
+            arguments["attachments"] = slack["attachments"]
+        fields = {k: v for k, v in slack.items() if k not in ("blocks", "attachments")}
+        if fields and "attachments" not in arguments and blocks is None:
+            # StackStorm's hubot adapter: the extra keys decorate one attachment carrying the text.
+            attachment = {"mrkdwn_in": ["text", "pretext"], **fields, "text": text, "fallback": text}
+            arguments = {"text": None, "attachments": [attachment]}
+    if reply.buttons:
+        blocks = (blocks if blocks is not None else _sections(text)) + [buttons_block(reply.buttons)]
+    if blocks is not None:
+        arguments["blocks"] = blocks[:MAX_BLOCKS]
+    return arguments
+
+
+def clicked_summary(original: str, user: str, choice: str) -> list[dict[str, Any]]:
+    """The blocks a confirmation becomes once answered: the question, then who chose what."""
+    return [*_sections(original)[: MAX_BLOCKS - 1],
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": f"{escape(user)} chose *{escape(choice)}*"}]}]

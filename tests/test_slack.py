@@ -1,0 +1,534 @@
+"""The Slack adapter against a local fake Slack (Web API + Socket Mode), and HTTP mode with signed requests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from adapters.base import Reply
+from adapters.slack import SlackSettings, create
+from adapters.slack_format import message_arguments, plain_text
+from bot.app import Squall
+from bot.chat import ChatBot
+from bot.config import ConfigError, load_config
+from tests.conftest import REPO, write
+from tests.fake_slack import APP_TOKEN, BOT_TOKEN, BOT_USER, SIGNING_SECRET, FakeSlack
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pack(home: Path) -> None:
+    pack = home / "packs" / "demo"
+    write(pack / "pack.yaml", "ref: demo\nname: demo\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "actions" / "greet.yaml", """
+        name: greet
+        runner_type: local-shell-cmd
+        parameters:
+          who: {type: string, required: true}
+          cmd: {default: 'echo "hello {{who}}"', immutable: true}
+    """)
+    write(pack / "aliases" / "greet.yaml", """
+        name: greet
+        action_ref: demo.greet
+        description: Greet someone.
+        formats: ["greet {{who}}"]
+        ack: {format: "greeting {{ execution.parameters.who }}"}
+        result: {format: "{{ execution.result.stdout }}"}
+    """)
+    write(pack / "actions" / "lines.yaml", """
+        name: lines
+        runner_type: local-shell-cmd
+        parameters:
+          n: {type: integer, required: true}
+          cmd: {default: 'seq -f "line %04g of the long output" {{n}}', immutable: true}
+    """)
+    write(pack / "aliases" / "lines.yaml", """
+        name: lines
+        action_ref: demo.lines
+        description: Long output.
+        formats: ["lines {{n}}"]
+        ack: {enabled: false}
+        result: {format: "{{ execution.result.stdout }}"}
+    """)
+    write(pack / "aliases" / "fancy.yaml", """
+        name: fancy
+        action_ref: demo.greet
+        description: Greet, as an attachment.
+        formats: ["fancy {{who}}"]
+        ack: {enabled: false}
+        result:
+          format: "fancy {{ execution.result.stdout }}"
+          extra:
+            slack:
+              color: "#00ff00"
+              pretext: "for {{ execution.parameters.who }}"
+    """)
+    write(pack / "aliases" / "blocky.yaml", """
+        name: blocky
+        action_ref: demo.greet
+        description: Greet, as blocks.
+        formats: ["blocky {{who}}"]
+        ack: {enabled: false}
+        result:
+          format: "blocky {{ execution.result.stdout }}"
+          extra:
+            slack:
+              blocks:
+                - type: header
+                  text: {type: plain_text, text: "Greeting {{ execution.parameters.who }}"}
+    """)
+    write(pack / "aliases" / "wipe.yaml", """
+        name: wipe
+        action_ref: demo.greet
+        description: Asks first.
+        formats: ["wipe {{who}}"]
+        confirm: true
+        ack: {enabled: false}
+        result: {format: "wiped {{ execution.parameters.who }}"}
+    """)
+    write(pack / "aliases" / "restricted.yaml", """
+        name: restricted
+        action_ref: demo.greet
+        description: Operators only.
+        formats: ["secret {{who}}"]
+        ack: {enabled: false}
+        result: {format: "secret ok"}
+        permissions:
+          allow: {groups: [operators, oncall]}
+    """)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSlack]:
+    server = await FakeSlack().start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def _settings(fake: FakeSlack, **extra: Any) -> dict[str, Any]:
+    return {"enabled": True, "bot_token": BOT_TOKEN, "app_token": APP_TOKEN, "signing_secret": SIGNING_SECRET,
+            "base_url": fake.base_url, **extra}
+
+
+@pytest.fixture
+async def slack(home: Path, fake: FakeSlack, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Any, ...]]:
+    """A Squall with the demo pack and a ChatBot whose only adapter is Slack, pointed at the fake."""
+    _pack(home)
+    extra = getattr(request, "param", {})
+    config = load_config(home / "config.yml")
+    squall = await Squall.start(config)
+    adapter = create(_settings(fake, **extra), config)
+    bot = ChatBot(squall, [adapter])
+    await bot.start()
+    try:
+        yield squall, bot, adapter
+    finally:
+        await bot.stop()
+        await squall.close()
+
+
+async def _posted(fake: FakeSlack, predicate: Any, what: str) -> dict[str, Any]:
+    return await fake.wait_for(lambda: next((m for m in fake.messages if predicate(m)), None), what=what)
+
+
+# -- Socket Mode: messages in, replies out ----------------------------------------------------------
+
+async def test_mention_is_acked_and_answered_in_its_thread(slack, fake: FakeSlack) -> None:
+    event = fake.message_event(f"<@{BOT_USER}> greet world", kind="app_mention")
+    envelope = await fake.push("events_api", fake.event(event))
+    result = await _posted(fake, lambda m: m.get("text") == "hello world", "the result")
+    ack = await _posted(fake, lambda m: m.get("text") == "greeting world", "the ack")
+    assert result["channel"] == ack["channel"] == "COPS0001"
+    assert result["thread_ts"] == ack["thread_ts"] == event["ts"]  # in the thread of the command
+    assert any(a["envelope_id"] == envelope for a in fake.acks)  # the envelope was acknowledged
+    await fake.wait_for(lambda: ack["edits"], what="the ack updated with the final status")
+    assert "succeeded" in ack["edits"][-1]["text"]
+    assert fake.called("users.info")[0].params["user"] == "UALICE01"
+
+
+async def test_direct_message_needs_no_prefix(slack, fake: FakeSlack) -> None:
+    await fake.push("events_api", fake.event(fake.message_event("greet dm", channel="DALICE01")))
+    result = await _posted(fake, lambda m: m.get("text") == "hello dm", "the DM result")
+    assert result["channel"] == "DALICE01"
+
+
+async def test_prefixed_channel_message_runs_and_chatter_and_own_messages_do_not(slack, fake: FakeSlack) -> None:
+    await fake.push("events_api", fake.event(fake.message_event("greet chatter")))  # no prefix: chatter
+    own = fake.message_event("!greet myself", user=BOT_USER, bot_id="BBOT0001")
+    await fake.push("events_api", fake.event(own))
+    other_bot = fake.message_event("!greet robots", subtype="bot_message", bot_id="BOTHER01")
+    await fake.push("events_api", fake.event(other_bot))
+    await fake.push("events_api", fake.event(fake.message_event("!greet prefixed")))
+    await _posted(fake, lambda m: m.get("text") == "hello prefixed", "the prefixed command's result")
+    await fake.wait_for(lambda: len(fake.acks) >= 4, what="all four envelopes acked")
+    texts = [m.get("text") for m in fake.messages]
+    assert not any("chatter" in (t or "") or "myself" in (t or "") or "robots" in (t or "") for t in texts)
+    # chatter costs no lookups: only the prefixed message's author was looked up
+    assert [c.params["user"] for c in fake.called("users.info")] == ["UALICE01"]
+
+
+async def test_mention_and_its_message_twin_run_once(slack, fake: FakeSlack) -> None:
+    mention = fake.message_event(f"<@{BOT_USER}> greet twins", kind="app_mention")
+    twin = {**mention, "type": "message", "channel_type": "channel"}
+    await fake.push("events_api", fake.event(mention))
+    await fake.push("events_api", fake.event(twin))
+    await _posted(fake, lambda m: m.get("text") == "hello twins", "the result")
+    await asyncio.sleep(0.3)
+    assert [m.get("text") for m in fake.messages].count("hello twins") == 1
+
+
+async def test_retried_event_runs_once(slack, fake: FakeSlack) -> None:
+    payload = fake.event(fake.message_event(f"<@{BOT_USER}> greet once", kind="app_mention"), event_id="EvRETRY1")
+    first = await fake.push("events_api", payload)
+    second = await fake.push("events_api", payload, retry_attempt=1, retry_reason="timeout")
+    await _posted(fake, lambda m: m.get("text") == "hello once", "the result")
+    await fake.wait_for(lambda: {first, second} <= {a["envelope_id"] for a in fake.acks}, what="both acks")
+    squall, _, _ = slack
+    executions = await squall.executions.list(limit=10)
+    assert len(executions) == 1
+    assert [m.get("text") for m in fake.messages].count("hello once") == 1
+
+
+async def test_slash_command_is_acked_and_answered_in_the_channel(slack, fake: FakeSlack) -> None:
+    envelope = await fake.push("slash_commands", fake.slash("greet slashed"))
+    ack = await fake.wait_for(lambda: next((a for a in fake.acks if a["envelope_id"] == envelope), None),
+                              what="the slash command's ack")
+    assert ack  # acknowledged over the socket (bolt's ack within Slack's 3 seconds)
+    result = await _posted(fake, lambda m: m.get("text") == "hello slashed", "the result")
+    assert result["channel"] == "COPS0001"
+    assert "thread_ts" not in result  # a slash command has no message to thread under
+
+
+async def test_slash_command_where_the_bot_is_not_a_member_answers_through_response_url(slack, fake) -> None:
+    fake.not_member.add("CRANDOM1")
+    await fake.push("slash_commands", fake.slash("greet outsider", channel="CRANDOM1"))
+    response = await fake.wait_for(lambda: next((r for r in fake.responses if r.get("text") == "hello outsider"),
+                                                None), what="the result via response_url")
+    assert response["response_type"] == "in_channel"
+
+
+async def test_thread_reply_stays_in_that_thread(slack, fake: FakeSlack) -> None:
+    parent = "1700000000.000100"
+    await fake.push("events_api", fake.event(fake.message_event("!greet threaded", thread_ts=parent)))
+    result = await _posted(fake, lambda m: m.get("text") == "hello threaded", "the result")
+    assert result["thread_ts"] == parent
+
+
+async def test_slack_markup_reaches_the_alias_as_typed(slack, fake: FakeSlack) -> None:
+    await fake.push("events_api", fake.event(fake.message_event("!greet <https://example.com/a?b=1&amp;c=2|x>")))
+    await _posted(fake, lambda m: m.get("text") == "hello https://example.com/a?b=1&amp;c=2", "the result")
+
+
+@pytest.mark.parametrize("slack", [{"thread_replies": False}], indirect=True)
+async def test_thread_replies_off_answers_in_the_channel(slack, fake: FakeSlack) -> None:
+    await fake.push("events_api", fake.event(fake.message_event("!greet flat")))
+    result = await _posted(fake, lambda m: m.get("text") == "hello flat", "the result")
+    assert "thread_ts" not in result
+
+
+async def test_alias_extra_slack_becomes_an_attachment(slack, fake: FakeSlack) -> None:
+    await fake.push("events_api", fake.event(fake.message_event("!fancy bob")))
+    posted = await _posted(fake, lambda m: m.get("attachments"), "the attachment")
+    attachments = json.loads(posted["attachments"]) if isinstance(posted["attachments"], str) else \
+        posted["attachments"]
+    assert attachments[0]["color"] == "#00ff00"
+    assert attachments[0]["pretext"] == "for bob"
+    assert attachments[0]["text"] == "fancy hello bob"
+
+
+async def test_alias_extra_slack_blocks_are_sent_as_blocks(slack, fake: FakeSlack) -> None:
+    await fake.push("events_api", fake.event(fake.message_event("!blocky carol")))
+    posted = await _posted(fake, lambda m: m.get("blocks"), "the blocks")
+    blocks = json.loads(posted["blocks"]) if isinstance(posted["blocks"], str) else posted["blocks"]
+    assert blocks[0] == {"type": "header", "text": {"type": "plain_text", "text": "Greeting carol"}}
+    assert posted["text"] == "blocky hello carol"  # the notification / accessibility fallback
+
+
+async def test_long_output_is_uploaded_as_a_file(slack, fake: FakeSlack) -> None:
+    await fake.push("events_api", fake.event(fake.message_event("!lines 300")))  # ~9 KB > file_threshold 4000
+    done = await fake.wait_for(lambda: fake.called("files.completeUploadExternal"), what="the upload")
+    complete = done[0].params
+    assert complete["channel_id"] == "COPS0001"
+    assert "thread_ts" in complete and complete["initial_comment"].startswith("line 0001")
+    file_id = json.loads(complete["files"])[0]["id"]
+    uploaded = fake.uploads[file_id].decode()
+    assert uploaded.count("\n") >= 299 and "line 0300 of the long output" in uploaded
+    assert not any("line 0300" in (m.get("text") or "") for m in fake.messages)  # not pasted into the channel
+
+
+async def test_rate_limited_reply_waits_and_keeps_the_channel_order(slack, fake: FakeSlack) -> None:
+    fake.ratelimit("chat.postMessage", times=1, retry_after=1)
+    await fake.push("events_api", fake.event(fake.message_event("!greet first")))
+    await _posted(fake, lambda m: m.get("text") == "hello first", "the first result")
+    await fake.push("events_api", fake.event(fake.message_event("!greet second")))
+    await _posted(fake, lambda m: m.get("text") == "hello second", "the second result")
+    posts = [c for c in fake.calls if c.method == "chat.postMessage"]
+    assert posts[0].status == 429 and posts[0].params["text"] == "greeting first"
+    texts = [m["text"] for m in fake.messages]
+    assert texts.index("greeting first") < texts.index("hello first") < texts.index("greeting second")
+    assert texts.index("greeting second") < texts.index("hello second")
+
+
+async def test_rate_limit_is_a_delivery_error_with_retry_after(fake: FakeSlack, config) -> None:
+    from adapters.base import DeliveryError
+
+    adapter = create(_settings(fake), config)
+    fake.ratelimit("chat.postMessage", times=1, retry_after=7)
+    with pytest.raises(DeliveryError) as caught:
+        await adapter.send(Reply(adapter="slack", channel="COPS0001", text="hi"))
+    assert caught.value.retry_after == 7
+    assert BOT_TOKEN not in str(caught.value)
+    assert (await adapter.send(Reply(adapter="slack", channel="COPS0001", text="hi"))).startswith("COPS0001:")
+
+
+async def test_confirmation_by_button_click(slack, fake: FakeSlack) -> None:
+    await fake.push("events_api", fake.event(fake.message_event("!wipe disk")))
+    prompt = await _posted(fake, lambda m: m.get("blocks") and "About to run" in m["text"], "the prompt")
+    await fake.push("interactive", fake.click(prompt, "yes", user="UBOB0001"))  # someone else: not theirs
+    await fake.push("interactive", fake.click(prompt, "yes"))
+    await _posted(fake, lambda m: m.get("text") == "wiped disk", "the confirmed result")
+    done = await _posted(fake, lambda m: m is prompt and m["edits"], "the prompt updated")
+    blocks = done["edits"][-1]["blocks"]
+    blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
+    assert not any(b["type"] == "actions" for b in blocks)  # buttons gone once answered
+    squall, _, _ = slack
+    assert len(await squall.executions.list(limit=10)) == 1
+
+
+async def test_slack_user_groups_grant_alias_permissions(slack, fake: FakeSlack) -> None:
+    await fake.push("events_api", fake.event(fake.message_event("!secret x", user="UALICE01")))
+    await fake.push("events_api", fake.event(fake.message_event("!secret y", user="UOLIVIA1")))
+    await fake.push("events_api", fake.event(fake.message_event("!secret z", user="UBOB0001")))
+    await fake.wait_for(lambda: [m["text"] for m in fake.messages].count("secret ok") == 2, what="two results")
+    denied = await _posted(fake, lambda m: m["text"].startswith("Sorry alice"), "alice's denial")
+    assert "operators" in denied["text"]
+    assert fake.called("usergroups.users.list")  # oncall's members were asked for
+
+
+async def test_dropped_socket_reconnects_and_answers_again(slack, fake: FakeSlack) -> None:
+    assert fake.connections == 1
+    await fake.drop_sockets()
+    await fake.wait_for(lambda: fake.connections >= 2, what="a new connection")
+    assert len(fake.called("apps.connections.open")) >= 2
+    await fake.push("events_api", fake.event(fake.message_event(f"<@{BOT_USER}> greet again", kind="app_mention")))
+    await _posted(fake, lambda m: m.get("text") == "hello again", "an answer after reconnecting")
+
+
+@pytest.mark.parametrize("slack", [{"watchdog_seconds": 0.5}], indirect=True)
+async def test_watchdog_reconnects_a_silent_socket(slack, fake: FakeSlack) -> None:
+    _, _, adapter = slack
+    fake.go_silent()  # the socket stays open, but nothing arrives: the connection is a zombie
+    await fake.wait_for(lambda: adapter.reconnects >= 1 and "SOCKET_ZOMBIE" in fake.methods(),
+                        what="the watchdog reconnecting")
+    fake.go_silent(False)
+    await fake.wait_for(lambda: fake.connections >= 2, what="a live connection again")
+    await fake.push("events_api", fake.event(fake.message_event(f"<@{BOT_USER}> greet awake", kind="app_mention")))
+    await _posted(fake, lambda m: m.get("text") == "hello awake", "an answer after the watchdog")
+
+
+async def test_a_failing_handler_does_not_stop_the_adapter(slack, fake: FakeSlack) -> None:
+    _, _, adapter = slack
+    real = adapter._on_message
+    calls = 0
+
+    async def broken(message):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        await real(message)
+
+    adapter._on_message = broken
+    await fake.push("events_api", fake.event(fake.message_event("!greet boom")))
+    await fake.push("events_api", {"type": "event_callback", "event": {"type": "message"}})  # malformed
+    await fake.push("events_api", fake.event(fake.message_event("!greet survivor")))
+    await _posted(fake, lambda m: m.get("text") == "hello survivor", "an answer after a failure")
+
+
+# -- configuration -------------------------------------------------------------------------------------
+
+def test_missing_tokens_name_the_key_and_the_variable(monkeypatch) -> None:
+    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match=r"adapters\.slack\.bot_token .*SLACK_BOT_TOKEN"):
+        SlackSettings.from_section({"enabled": True})
+    with pytest.raises(ConfigError, match=r"adapters\.slack\.app_token .*SLACK_APP_TOKEN"):
+        SlackSettings.from_section({"bot_token": BOT_TOKEN})
+    with pytest.raises(ConfigError, match=r"adapters\.slack\.signing_secret .*SLACK_SIGNING_SECRET"):
+        SlackSettings.from_section({"bot_token": BOT_TOKEN, "mode": "http"})
+    with pytest.raises(ConfigError, match=r"adapters\.slack\.mode"):
+        SlackSettings.from_section({"bot_token": BOT_TOKEN, "app_token": APP_TOKEN, "mode": "rtm"})
+    with pytest.raises(ConfigError, match=r"adapters\.slack\.file_treshold"):
+        SlackSettings.from_section({"bot_token": BOT_TOKEN, "app_token": APP_TOKEN, "file_treshold": 10})
+
+
+def test_tokens_come_from_the_environment_and_defaults_hold(monkeypatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
+    monkeypatch.setenv("SLACK_APP_TOKEN", APP_TOKEN)
+    settings = SlackSettings.from_section({"enabled": True, "base_url": "http://127.0.0.1:1/api"})
+    assert (settings.bot_token, settings.app_token, settings.mode) == (BOT_TOKEN, APP_TOKEN, "socket")
+    assert settings.base_url == "http://127.0.0.1:1/api/"  # without the slash, urljoin would drop 'api'
+    assert (settings.slash_command, settings.file_threshold, settings.thread_replies) == ("/squall", 4000, True)
+    assert BOT_TOKEN not in repr(settings) and APP_TOKEN not in repr(settings)
+    assert SlackSettings.from_section({}).base_url == "https://slack.com/api/"
+
+
+async def test_a_refused_token_is_a_clear_error_without_the_token(fake: FakeSlack, config) -> None:
+    adapter = create({**_settings(fake), "bot_token": "xoxb-wrong-token"}, config)
+    with pytest.raises(ConfigError, match=r"adapters\.slack\.bot_token") as caught:
+        await adapter.start(lambda m: asyncio.sleep(0))
+    assert "xoxb-wrong-token" not in str(caught.value)
+    adapter = create({**_settings(fake), "app_token": "xapp-wrong"}, config)
+    with pytest.raises(ConfigError, match=r"adapters\.slack\.app_token"):
+        await adapter.start(lambda m: asyncio.sleep(0))
+    await adapter.stop()
+
+
+def test_markup_and_rendering() -> None:
+    assert plain_text(f"<@{BOT_USER}> run <#C1|ops> &lt;x&gt; <mailto:a@b.c|a@b.c>", BOT_USER) == \
+        ("run #ops <x> a@b.c", True)
+    assert plain_text("!greet <@U123|bob>", BOT_USER) == ("!greet @bob", False)
+    arguments = message_arguments(Reply(adapter="slack", channel="C", text="a < b", buttons=[
+        {"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}]))
+    assert arguments["text"] == "a &lt; b"
+    actions = arguments["blocks"][-1]
+    assert [e["value"] for e in actions["elements"]] == ["yes", "no"]
+    assert arguments["blocks"][0]["text"]["text"] == "a &lt; b"
+
+
+# -- HTTP mode -------------------------------------------------------------------------------------------
+
+def _signed(body: bytes, secret: str = SIGNING_SECRET, age: float = 0) -> dict[str, str]:
+    ts = str(int(time.time() - age))
+    signature = hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={signature}"}
+
+
+@pytest.fixture
+async def http_mode(home: Path, fake: FakeSlack) -> AsyncIterator[tuple[Any, ...]]:
+    from bot.api import ApiServer
+
+    _pack(home)
+    config = load_config(home / "config.yml")
+    squall = await Squall.start(config)
+    adapter = create({**_settings(fake), "mode": "http", "app_token": None}, config)
+    bot = ChatBot(squall, [adapter])
+    await bot.start()
+    api = ApiServer(squall, bot, host="127.0.0.1", port=_free_port())
+    await api.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.port}") as client:
+            yield squall, client
+    finally:
+        await api.stop()
+        await bot.stop()
+        await squall.close()
+
+
+async def test_http_mode_signed_event_and_slash_command(http_mode, fake: FakeSlack) -> None:
+    _, client = http_mode
+    body = json.dumps(fake.event(fake.message_event(f"<@{BOT_USER}> greet http", kind="app_mention"))).encode()
+    headers = {**_signed(body), "Content-Type": "application/json"}
+    response = await client.post("/slack/events", content=body, headers=headers)
+    assert response.status_code == 200
+    retry = await client.post("/slack/events", content=body,
+                              headers={**headers, "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
+    assert retry.status_code == 200
+    await _posted(fake, lambda m: m.get("text") == "hello http", "the result")
+    form = urlencode(fake.slash("greet form")).encode()
+    response = await client.post("/slack/events", content=form,
+                                 headers={**_signed(form), "Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200
+    await _posted(fake, lambda m: m.get("text") == "hello form", "the slash command's result")
+    await asyncio.sleep(0.3)
+    assert [m.get("text") for m in fake.messages].count("hello http") == 1  # the retry ran nothing
+    verification = json.dumps({"type": "url_verification", "challenge": "chal-123", "token": "x"}).encode()
+    response = await client.post("/slack/events", content=verification,
+                                 headers={**_signed(verification), "Content-Type": "application/json"})
+    assert response.json() == {"challenge": "chal-123"}
+
+
+async def test_http_mode_button_click(http_mode, fake: FakeSlack) -> None:
+    _, client = http_mode
+    body = json.dumps(fake.event(fake.message_event("!wipe http"))).encode()
+    await client.post("/slack/events", content=body, headers={**_signed(body), "Content-Type": "application/json"})
+    prompt = await _posted(fake, lambda m: m.get("blocks") and "About to run" in m["text"], "the prompt")
+    form = urlencode({"payload": json.dumps(fake.click(prompt, "yes"))}).encode()
+    response = await client.post("/slack/events", content=form,
+                                 headers={**_signed(form), "Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200
+    await _posted(fake, lambda m: m.get("text") == "wiped http", "the confirmed result")
+
+
+async def test_http_mode_refuses_bad_signature_and_stale_timestamp(http_mode, fake: FakeSlack) -> None:
+    squall, client = http_mode
+    body = json.dumps(fake.event(fake.message_event(f"<@{BOT_USER}> greet forged", kind="app_mention"))).encode()
+    json_type = {"Content-Type": "application/json"}
+    bad = await client.post("/slack/events", content=body, headers={**_signed(body, secret="wrong"), **json_type})
+    stale = await client.post("/slack/events", content=body, headers={**_signed(body, age=301), **json_type})
+    missing = await client.post("/slack/events", content=body, headers=json_type)
+    assert (bad.status_code, stale.status_code, missing.status_code) == (401, 401, 401)
+    await asyncio.sleep(0.3)
+    assert not fake.messages and not await squall.executions.list(limit=5)
+
+
+# -- the real `squall serve` ------------------------------------------------------------------------------
+
+async def test_squall_serve_answers_a_mention(tmp_path: Path, fake: FakeSlack) -> None:
+    _pack(tmp_path)
+    write(tmp_path / "config.yml", f"""
+        database:
+          url: sqlite:///data/squall.db
+        packs:
+          paths: [packs]
+        api:
+          port: {_free_port()}
+        adapters:
+          console:
+            enabled: false
+          slack:
+            enabled: true
+            base_url: {fake.base_url}
+    """)
+    env = {**os.environ, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": APP_TOKEN}
+    process = await asyncio.create_subprocess_exec(
+        str(REPO / ".venv" / "bin" / "squall"), "-c", str(tmp_path / "config.yml"), "serve", cwd=str(tmp_path),
+        env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        await fake.wait_for(lambda: fake.connections >= 1 or process.returncode is not None, timeout=30,
+                            what="squall serve to connect")
+        assert process.returncode is None
+        await fake.push("events_api", fake.event(fake.message_event(f"<@{BOT_USER}> greet serve",
+                                                                    kind="app_mention")))
+        result = await _posted(fake, lambda m: m.get("text") == "hello serve", "squall serve's answer")
+        assert result["channel"] == "COPS0001"
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 15)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        output = (await process.stdout.read()).decode(errors="replace") if process.stdout else ""
+    assert BOT_TOKEN not in output and APP_TOKEN not in output, output
+
