@@ -1,0 +1,631 @@
+"""Mattermost: posts through the REST API v4, messages from the websocket, `/squall` as a slash command.
+
+The adapter stays thin: a `posted` event becomes a `Message` (a mention of the bot or a direct
+channel needs no prefix; the bot's own and system posts are dropped) and a `Reply` becomes a post
+in the command's thread (`root_id`), an edit through the patch API, or a file upload when the text
+is longer than the server takes. Alias `extra` (`extra.mattermost`, or a generic `extra`) becomes
+message attachments (`props.attachments`). Mattermost's rate limit (429) becomes a `DeliveryError`
+with `retry_after`, so the outbox waits exactly as long as the server asks.
+
+The websocket reconnects with exponential backoff and asks to resume (`connection_id` and the next
+`sequence_number`), so events sent while it was down are replayed by the server instead of lost.
+
+A custom slash command posts to `POST /mattermost/command` on Squall's API server; it is checked
+against `slash_token` (Mattermost sends it in the form and as `Authorization: Token ...`), answered
+at once (with the dispatcher's first reply when it comes quickly, else a short "working" note), and
+later replies of that command go back through the command's `response_url`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import aiohttp
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from adapters.base import Capabilities, DeliveryError, Message, MessageHandler, Reply
+from bot.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Mattermost's post limit on current schemas; the server's own value (`MaxPostSize`) wins when it tells.
+DEFAULT_MAX_POST = 16383
+#: How long the slash-command endpoint waits for the dispatcher's first reply before a "working" note.
+SLASH_ANSWER_WAIT = 2.0
+#: Mattermost takes at most five posts to one `response_url`, within 30 minutes.
+RESPONSE_URL_USES = 5
+RESPONSE_URL_TTL = 30 * 60.0
+#: How long `start()` waits for the first websocket hello before returning (it keeps trying after).
+START_WAIT = 10.0
+#: Keys of `extra` that belong to other platforms, never rendered as Mattermost attachments.
+OTHER_PLATFORMS = {"slack", "irc", "console", "msteams", "hipchat", "rocketchat", "discord", "telegram", "xmpp",
+                   "errbot", "loopback"}
+REST_TIMEOUT = aiohttp.ClientTimeout(total=30)
+_POST_ID = re.compile(r"^[a-z0-9]{26}$")
+_SLASH = "slash:"
+
+
+class MattermostError(DeliveryError):
+    """A REST call Mattermost refused or that could not reach it; never carries the token."""
+
+    def __init__(self, message: str, status: int = 0, error_id: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after)
+        self.status = status
+        self.error_id = error_id
+
+
+class _AuthFailed(Exception):
+    """The websocket refused our token."""
+
+
+@dataclass(frozen=True)
+class MattermostSettings:
+    """`adapters.mattermost`: url, token, team, slash_token (and `files`: upload long output, default true)."""
+
+    url: str
+    token: str = field(repr=False)
+    team: str | None = None
+    slash_token: str | None = field(default=None, repr=False)
+    files: bool = True
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any], where: str = "",
+                     env: dict[str, str] | os._Environ[str] | None = None) -> MattermostSettings:
+        env = os.environ if env is None else env
+        url = str(section.get("url") or env.get("MATTERMOST_URL") or "").strip()
+        token = str(section.get("token") or env.get("MATTERMOST_TOKEN") or "").strip()
+        if not url:
+            raise ConfigError(f"{where}adapters.mattermost.url is not set: give the server's address (scheme, host "
+                              "and port, e.g. https://chat.example.com:443) in adapters.mattermost.url or the "
+                              "environment variable MATTERMOST_URL")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{where}adapters.mattermost.url must look like http(s)://host:port, not {url!r}")
+        try:
+            parts.port  # noqa: B018  (raises on a port that is not a number)
+        except ValueError as exc:
+            raise ConfigError(f"{where}adapters.mattermost.url has a bad port: {url!r}") from exc
+        if not token:
+            raise ConfigError(f"{where}adapters.mattermost.token is not set: give the bot account's access token "
+                              "in adapters.mattermost.token or the environment variable MATTERMOST_TOKEN")
+        team = section.get("team")
+        slash = section.get("slash_token")
+        return cls(url=url.rstrip("/"), token=token, team=str(team) if team else None,
+                   slash_token=str(slash) if slash else None, files=bool(section.get("files", True)))
+
+
+@dataclass
+class _SlashCommand:
+    """One slash-command invocation: its first reply answers the HTTP request, later ones use response_url."""
+
+    response_url: str
+    channel: str
+    first: asyncio.Future[Reply]
+    created: float = field(default_factory=time.monotonic)
+    answered: bool = False
+    uses: int = 0
+
+
+def attachments(extra: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Alias `extra` as Mattermost message attachments (Slack-compatible dicts).
+
+    `extra.mattermost` wins; otherwise a generic `extra` (without other platforms' keys) is used.
+    Each may be one attachment, a list of them, or `{"attachments": [...]}`.
+    """
+    if not extra or not isinstance(extra, dict):
+        return []
+    if "mattermost" in extra:
+        chosen: Any = extra["mattermost"]
+    else:
+        chosen = {k: v for k, v in extra.items() if k not in OTHER_PLATFORMS}
+    if isinstance(chosen, dict) and isinstance(chosen.get("attachments"), list):
+        chosen = chosen["attachments"]
+    items = chosen if isinstance(chosen, list) else [chosen]
+    return [item for item in items if isinstance(item, dict) and item]
+
+
+def retry_after(headers: Any) -> float:
+    """Seconds to wait after a 429: `Retry-After`, else `X-RateLimit-Reset` (seconds, or an epoch time)."""
+    for name in ("Retry-After", "X-RateLimit-Reset"):
+        value = headers.get(name)
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            continue
+        if seconds > 1e9:  # a Unix timestamp rather than a delay
+            seconds -= time.time()
+        return max(0.0, min(seconds, 300.0))
+    return 1.0
+
+
+class MattermostAdapter:
+    """A bot account on one Mattermost server (and, optionally, its team for channel names)."""
+
+    name = "mattermost"
+
+    def __init__(self, settings: MattermostSettings) -> None:
+        self.settings = settings
+        self.capabilities = Capabilities(threads=True, edits=True, rich=True, files=settings.files, buttons=False,
+                                         max_length=DEFAULT_MAX_POST)
+        self.api = f"{settings.url}/api/v4"
+        parts = urlsplit(settings.url)
+        self.ws_url = f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}{parts.path}/api/v4/websocket"
+        #: Reconnect backoff: first wait and ceiling, in seconds (tests shorten them).
+        self.reconnect_min = 1.0
+        self.reconnect_max = 60.0
+        self.heartbeat = 30.0
+        self.me: dict[str, Any] = {}
+        self.team_id: str | None = None
+        self.connected = asyncio.Event()
+        #: Websocket connections opened so far (the first one and every reconnect).
+        self.connections = 0
+        self._on_message: MessageHandler | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self._fatal: BaseException | None = None
+        self._connection_id: str | None = None
+        self._next_seq = 0
+        self._mention: re.Pattern[str] | None = None
+        self._usernames: dict[str, str] = {}
+        self._channels: dict[str, str] = {}
+        self._seen: deque[str] = deque(maxlen=1000)
+        self._slash: dict[str, _SlashCommand] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self, on_message: MessageHandler) -> None:
+        """Log in (a bad token or team is a configuration error), then listen on the websocket.
+
+        If the server cannot be reached yet, this returns after `START_WAIT` and keeps trying."""
+        self._on_message = on_message
+        self._stopping = False
+        # No session-wide total timeout: it would also end the long-lived websocket. REST calls set their own.
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        try:
+            await self._login()
+        except ConfigError:
+            await self._close_session()
+            raise
+        except MattermostError as exc:
+            log.warning("Mattermost at %s is not reachable yet (%s); retrying in the background", self.settings.url,
+                        exc)
+        self._task = asyncio.create_task(self._listen(), name="mattermost-websocket")
+        waiter = asyncio.ensure_future(self.connected.wait())
+        done, _ = await asyncio.wait({waiter, self._task}, timeout=START_WAIT, return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+        if self._fatal is not None:
+            error, self._fatal = self._fatal, None
+            await self.stop()
+            raise error
+        if not self.connected.is_set():
+            log.warning("Mattermost websocket at %s is not connected yet; retrying in the background", self.ws_url)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        tasks = [t for t in (self._task, *self._handlers) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+        self._handlers.clear()
+        for command in self._slash.values():
+            if not command.first.done():
+                command.first.cancel()
+        self._slash.clear()
+        self.connected.clear()
+        await self._close_session()
+
+    async def _close_session(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _login(self) -> None:
+        """Who the bot is (to ignore its own posts and see its mentions), its team, the post limit."""
+        try:
+            self.me = await self._call("GET", "/users/me")
+        except MattermostError as exc:
+            if exc.status in (401, 403):
+                raise ConfigError(f"Mattermost at {self.settings.url} refused the token "
+                                  f"(adapters.mattermost.token / MATTERMOST_TOKEN): {exc}") from exc
+            raise
+        username = str(self.me.get("username") or "")
+        self._mention = re.compile(rf"(?<![\w.@-])@{re.escape(username)}(?![\w-]|\.\w)[:,]?", re.IGNORECASE)
+        self._usernames[str(self.me.get("id"))] = username
+        if self.settings.team and self.team_id is None:
+            try:
+                team = await self._call("GET", f"/teams/name/{_quote(self.settings.team)}")
+            except MattermostError as exc:
+                if exc.status == 404:
+                    raise ConfigError(f"adapters.mattermost.team: there is no team named {self.settings.team!r} "
+                                      f"on {self.settings.url} (or the bot is not in it)") from exc
+                raise
+            self.team_id = team["id"]
+        with contextlib.suppress(MattermostError, ValueError, TypeError, KeyError):
+            client = await self._call("GET", "/config/client", params={"format": "old"})
+            size = int(client["MaxPostSize"])
+            if size > 0:
+                self.capabilities = Capabilities(**{**self.capabilities.__dict__, "max_length": size})
+        log.info("Mattermost: logged in to %s as @%s", self.settings.url, username)
+
+    # -- REST --------------------------------------------------------------------------------------
+    async def _call(self, method: str, path: str, *, body: Any = None, data: Any = None,
+                    params: dict[str, str] | None = None) -> Any:
+        """One API v4 call with the bot token; errors name the call and Mattermost's reason, never the token."""
+        if self._session is None:
+            raise MattermostError("the Mattermost adapter is not started")
+        headers = {"Authorization": f"Bearer {self.settings.token}", "X-Requested-With": "XMLHttpRequest"}
+        try:
+            async with self._session.request(method, self.api + path, json=body, data=data, params=params,
+                                             headers=headers, timeout=REST_TIMEOUT) as response:
+                raw = await response.read()
+                return _decode(response, raw, f"{method} {path}")
+        except aiohttp.ClientError as exc:
+            raise MattermostError(f"{method} {path}: cannot reach {self.settings.url} ({exc.__class__.__name__})") \
+                from None
+        except TimeoutError:
+            raise MattermostError(f"{method} {path}: {self.settings.url} did not answer in time") from None
+
+    async def _username(self, user_id: str, fallback: str = "") -> str:
+        if user_id not in self._usernames:
+            try:
+                user = await self._call("GET", f"/users/{_quote(user_id)}")
+                self._usernames[user_id] = str(user.get("username") or user_id)
+            except MattermostError as exc:
+                log.warning("Mattermost: cannot look up user %s (%s)", user_id, exc)
+                return fallback.lstrip("@") or user_id
+        return self._usernames[user_id]
+
+    async def channel_id(self, channel: str) -> str:
+        """A channel id from an id, a channel name of the team (`ops`, `~ops`) or a user (`@alice`, a DM)."""
+        if _POST_ID.match(channel):
+            return channel
+        if channel in self._channels:
+            return self._channels[channel]
+        name = channel.strip()
+        found: str | None = None
+        if not name.startswith("@"):
+            if self.team_id is None:
+                raise MattermostError(f"cannot find channel {channel!r}: set adapters.mattermost.team to use "
+                                      "channel names, or give the channel id")
+            try:
+                found = (await self._call("GET", f"/teams/{self.team_id}/channels/name/"
+                                                 f"{_quote(name.lstrip('~#'))}"))["id"]
+            except MattermostError as exc:
+                if exc.status != 404:
+                    raise
+        if found is None:  # `@alice`, or a bare name that is a user (a whisper goes to the user's name)
+            try:
+                user = await self._call("GET", f"/users/username/{_quote(name.lstrip('@'))}")
+            except MattermostError as exc:
+                if exc.status == 404:
+                    raise MattermostError(f"no Mattermost channel or user named {channel!r}", status=404) from exc
+                raise
+            found = (await self._call("POST", "/channels/direct", body=[self.me["id"], user["id"]]))["id"]
+        self._channels[channel] = found
+        return found
+
+    # -- sending -----------------------------------------------------------------------------------
+    async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
+        text, file = self._fit(reply)
+        extra_attachments = attachments(reply.extra)
+        if edit_of is not None:
+            if edit_of.startswith(_SLASH):
+                return edit_of  # an answer through response_url has no post id to edit; the result follows
+            patch: dict[str, Any] = {"message": text}
+            if extra_attachments:
+                patch["props"] = {"attachments": extra_attachments}
+            await self._call("PUT", f"/posts/{_quote(edit_of)}/patch", body=patch)
+            return edit_of
+        command = self._slash_command(reply.thread)
+        if command is not None and file is None:
+            answered = await self._answer_slash(command, reply, text, extra_attachments)
+            if answered is not None:
+                return answered
+        post: dict[str, Any] = {"channel_id": await self.channel_id(reply.channel), "message": text}
+        if reply.thread and _POST_ID.match(reply.thread):
+            post["root_id"] = reply.thread
+        if extra_attachments:
+            post["props"] = {"attachments": extra_attachments}
+        if file is not None:
+            post["file_ids"] = [await self._upload(post["channel_id"], *file)]
+        created = await self._call("POST", "/posts", body=post)
+        return str(created["id"])
+
+    def _fit(self, reply: Reply) -> tuple[str, tuple[str, str] | None]:
+        """Text within the server's limit: longer text becomes a file (or, without files, is cut with a note).
+
+        The dispatcher already fits replies; announcements and notifications may not have been."""
+        limit = self.capabilities.max_length
+        text, file = reply.text, reply.file
+        if len(text) <= limit:
+            return text, file
+        if file is None and self.capabilities.files:
+            head = text.split("\n", 1)[0][: max(0, limit - 40)]
+            return f"{head}\n(full output attached)", ("output.txt", text)
+        note = "\n… (cut: longer than the server's post limit)"
+        return text[: limit - len(note)] + note, file
+
+    async def _upload(self, channel_id: str, name: str, content: str) -> str:
+        form = aiohttp.FormData()
+        form.add_field("channel_id", channel_id)
+        form.add_field("files", content.encode("utf-8"), filename=name, content_type="text/plain")
+        uploaded = await self._call("POST", "/files", data=form)
+        return str(uploaded["file_infos"][0]["id"])
+
+    # -- receiving ---------------------------------------------------------------------------------
+    async def _listen(self) -> None:
+        """Keep one websocket open: reconnect with exponential backoff (and jitter), resuming where it was."""
+        delay = self.reconnect_min
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                if not self.me:
+                    await self._login()
+                await self._connect_once()
+            except asyncio.CancelledError:
+                raise
+            except ConfigError as exc:
+                self._fatal = exc
+                log.error("Mattermost: %s", exc)
+                return
+            except _AuthFailed:
+                log.error("Mattermost: the websocket refused the token (adapters.mattermost.token); retrying")
+            except (MattermostError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                log.warning("Mattermost websocket: %s: %s", exc.__class__.__name__, exc)
+            self.connected.clear()
+            if self._stopping:
+                return
+            if time.monotonic() - started > 60:  # it was up a good while: start the backoff over
+                delay = self.reconnect_min
+            wait = delay * (0.8 + 0.4 * random.random())
+            log.info("Mattermost websocket closed; reconnecting in %.1fs", wait)
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, self.reconnect_max)
+
+    async def _connect_once(self) -> None:
+        assert self._session is not None
+        url = self.ws_url
+        if self._connection_id:
+            url += "?" + urlencode({"connection_id": self._connection_id, "sequence_number": self._next_seq})
+        async with self._session.ws_connect(url, heartbeat=self.heartbeat, autoping=True) as ws:
+            self._ws = ws
+            self.connections += 1
+            try:
+                await ws.send_str(json.dumps({"seq": 1, "action": "authentication_challenge",
+                                              "data": {"token": self.settings.token}}))
+                async for frame in ws:
+                    if frame.type != aiohttp.WSMsgType.TEXT:
+                        if frame.type == aiohttp.WSMsgType.ERROR:
+                            raise MattermostError(f"websocket error: {ws.exception()}")
+                        continue
+                    await self._on_frame(frame.data)
+            finally:
+                self._ws = None
+
+    async def _on_frame(self, data: str) -> None:
+        """One websocket frame; a malformed or failing event is logged and skipped, never fatal."""
+        try:
+            event = json.loads(data)
+        except ValueError:
+            log.warning("Mattermost websocket: a frame that is not JSON was skipped")
+            return
+        if not isinstance(event, dict):
+            return
+        if "seq_reply" in event:
+            if event.get("status") == "FAIL":
+                raise _AuthFailed()
+            return
+        seq = event.get("seq")
+        name = event.get("event")
+        if name == "hello":
+            connection_id = (event.get("data") or {}).get("connection_id")
+            if self._connection_id and connection_id != self._connection_id:
+                log.warning("Mattermost websocket could not resume its session: events sent while it was down "
+                            "are lost")
+            elif self._connection_id:
+                log.info("Mattermost websocket resumed")
+            self._connection_id = connection_id
+            self._next_seq = seq + 1 if isinstance(seq, int) else 0
+            self.connected.set()
+            return
+        if isinstance(seq, int):
+            if seq != self._next_seq:
+                log.warning("Mattermost websocket: expected event %d, got %d", self._next_seq, seq)
+            self._next_seq = seq + 1
+        if name != "posted":
+            return
+        try:
+            message = await self._message(event)
+        except Exception:
+            log.exception("Mattermost: a posted event could not be read; skipped")
+            return
+        if message is not None and self._on_message is not None:
+            try:
+                await self._on_message(message)
+            except Exception:
+                log.exception("Mattermost: handling post %s failed", message.id)
+
+    async def _message(self, event: dict[str, Any]) -> Message | None:
+        data = event.get("data") or {}
+        post = json.loads(data["post"]) if isinstance(data.get("post"), str) else data.get("post")
+        if not isinstance(post, dict) or not post.get("id"):
+            return None
+        user_id = str(post.get("user_id") or "")
+        if user_id == self.me.get("id") or post.get("type") or post["id"] in self._seen:
+            return None  # our own posts, system messages (joins, header changes), replays already handled
+        self._seen.append(post["id"])
+        text = str(post.get("message") or "")
+        mentions = data.get("mentions")
+        mentioned_ids = json.loads(mentions) if isinstance(mentions, str) else (mentions or [])
+        mentioned = self.me.get("id") in mentioned_ids
+        if self._mention is not None and self._mention.search(text):
+            mentioned = True
+            text = self._mention.sub("", text).strip()
+        return Message(adapter=self.name, channel=str(post.get("channel_id")),
+                       user=await self._username(user_id, str(data.get("sender_name") or "")), text=text,
+                       thread=post.get("root_id") or None, mentioned=mentioned,
+                       direct=data.get("channel_type") == "D", id=post["id"], raw=post)
+
+    # -- slash commands ------------------------------------------------------------------------------
+    def mount(self, app: Any) -> None:  # app: fastapi.FastAPI
+        """`POST /mattermost/command` (and GET, a slash command's other method) on Squall's API server."""
+        async def mattermost_command(request: Request) -> JSONResponse:
+            return await self.slash_command(request)
+
+        app.add_api_route("/mattermost/command", mattermost_command, methods=["POST", "GET"],
+                          include_in_schema=False)
+
+    async def slash_command(self, request: Request) -> JSONResponse:
+        if request.method == "GET":
+            form = dict(request.query_params)
+        else:
+            try:
+                form = dict(parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True))
+            except UnicodeDecodeError:
+                return JSONResponse({"text": "the slash-command body is not UTF-8 form data"}, status_code=400)
+        if not self._slash_token_ok(form.get("token"), request.headers.get("authorization")):
+            return JSONResponse({"response_type": "ephemeral", "text": "invalid slash-command token"},
+                                status_code=401)
+        missing = [k for k in ("channel_id", "response_url") if not form.get(k)]
+        if not (form.get("user_name") or form.get("user_id")):
+            missing.append("user_name")
+        if missing:
+            return JSONResponse({"response_type": "ephemeral",
+                                 "text": f"the slash-command request lacks {', '.join(missing)}"}, status_code=400)
+        if self._on_message is None:
+            return JSONResponse({"response_type": "ephemeral", "text": "Squall's chat is not running"},
+                                status_code=503)
+        self._expire_slash()
+        key = secrets.token_hex(8)
+        command = _SlashCommand(response_url=form["response_url"], channel=form["channel_id"],
+                                first=asyncio.get_running_loop().create_future())
+        self._slash[key] = command
+        user = form.get("user_name") or await self._username(form["user_id"])
+        message = Message(adapter=self.name, channel=form["channel_id"], user=user, text=form.get("text", "").strip(),
+                          thread=_SLASH + key, mentioned=True, id=_SLASH + key, raw=form)
+        task = asyncio.create_task(self._handle_slash(message), name="mattermost-slash")
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(command.first), SLASH_ANSWER_WAIT)
+        command.answered = True  # from here on, replies go through response_url
+        if command.first.done() and not command.first.cancelled():
+            first = command.first.result()
+            return JSONResponse(_response_payload(first.text, attachments(first.extra)))
+        shown = (form.get("command", "") + " " + form.get("text", "")).strip()
+        return JSONResponse({"response_type": "ephemeral", "text": f"Working on `{shown}` …"})
+
+    async def _handle_slash(self, message: Message) -> None:
+        assert self._on_message is not None
+        try:
+            await self._on_message(message)
+        except Exception:
+            log.exception("Mattermost: handling a slash command failed")
+
+    def _slash_token_ok(self, form_token: str | None, authorization: str | None) -> bool:
+        expected = self.settings.slash_token
+        if not expected:
+            log.warning("Mattermost slash command refused: adapters.mattermost.slash_token is not set")
+            return False
+        presented = [form_token] if form_token else []
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() == "token" and value.strip():
+            presented.append(value.strip())
+        return bool(presented) and all(hmac.compare_digest(p.encode(), expected.encode()) for p in presented)
+
+    def _slash_command(self, thread: str | None) -> _SlashCommand | None:
+        if not thread or not thread.startswith(_SLASH):
+            return None
+        return self._slash.get(thread[len(_SLASH):])
+
+    def _expire_slash(self) -> None:
+        now = time.monotonic()
+        for key, command in list(self._slash.items()):
+            if now - command.created > RESPONSE_URL_TTL:
+                del self._slash[key]
+
+    async def _answer_slash(self, command: _SlashCommand, reply: Reply, text: str,
+                            extra_attachments: list[dict[str, Any]]) -> str | None:
+        """The HTTP answer (first reply, if the request still waits) or a POST to response_url; None when
+        the response_url is used up or expired, so the reply becomes an ordinary post in the channel."""
+        if not command.answered and not command.first.done():
+            command.first.set_result(Reply(**{**reply.__dict__, "text": text}))
+            return f"{_SLASH}{id(command)}:0"
+        if command.uses >= RESPONSE_URL_USES or time.monotonic() - command.created > RESPONSE_URL_TTL:
+            return None
+        assert self._session is not None
+        try:  # no Authorization header: response_url needs none, and the bot token must not travel there
+            async with self._session.post(command.response_url, json=_response_payload(text, extra_attachments),
+                                          timeout=REST_TIMEOUT) as response:
+                raw = await response.read()
+                _decode(response, raw, "POST response_url", expect_json=False)
+        except aiohttp.ClientError as exc:
+            raise MattermostError(f"POST response_url: cannot reach it ({exc.__class__.__name__})") from None
+        except TimeoutError:
+            raise MattermostError("POST response_url: no answer in time") from None
+        command.uses += 1
+        return f"{_SLASH}{id(command)}:{command.uses}"
+
+
+def _response_payload(text: str, extra_attachments: list[dict[str, Any]]) -> dict[str, Any]:
+    payload: dict[str, Any] = {"response_type": "in_channel", "text": text}
+    if extra_attachments:
+        payload["attachments"] = extra_attachments
+    return payload
+
+
+def _decode(response: aiohttp.ClientResponse, raw: bytes, what: str, expect_json: bool = True) -> Any:
+    """The JSON body of a 2xx answer; otherwise a `MattermostError` with Mattermost's id and message."""
+    if response.status == 429:
+        wait = retry_after(response.headers)
+        raise MattermostError(f"{what}: rate limited by Mattermost; retry in {wait:g}s", status=429,
+                              error_id="rate_limited", retry_after=wait)
+    body: Any = None
+    if raw:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+    if response.status >= 400:
+        error_id = body.get("id", "") if isinstance(body, dict) else ""
+        reason = body.get("message", "") if isinstance(body, dict) else raw[:200].decode("utf-8", "replace")
+        raise MattermostError(f"{what}: HTTP {response.status} {error_id} {reason}".rstrip(), status=response.status,
+                              error_id=error_id)
+    if expect_json and body is None:
+        raise MattermostError(f"{what}: the answer is not JSON", status=response.status)
+    return body
+
+
+def _quote(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+def create(section: dict[str, Any], config: Any) -> MattermostAdapter:
+    """`adapters.mattermost`: url, token, team, slash_token (env MATTERMOST_URL, MATTERMOST_TOKEN)."""
+    path = getattr(config, "path", None)
+    return MattermostAdapter(MattermostSettings.from_section(section or {}, where=f"{path}: " if path else ""))

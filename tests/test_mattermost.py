@@ -1,0 +1,412 @@
+"""The Mattermost adapter against a faithful local Mattermost (tests/fake_mattermost.py): REST v4 posts,
+the websocket, slash commands through Squall's API server, and `squall serve` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.base import DeliveryError, Reply
+from adapters.mattermost import MattermostAdapter, attachments, create, retry_after
+from bot.app import Squall
+from bot.chat import ChatBot
+from bot.config import ConfigError, load_config
+from tests.conftest import _free_port, write
+from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
+from tests.test_cli import SQUALL
+
+SLASH_TOKEN = "slash-token"
+
+
+def _pack(home: Path) -> None:
+    pack = home / "packs" / "demo"
+    write(pack / "pack.yaml", "ref: demo\nname: demo\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "actions" / "greet.yaml", """
+        name: greet
+        runner_type: local-shell-cmd
+        parameters:
+          who: {type: string, required: true}
+          cmd: {default: 'echo "hello {{who}}"', immutable: true}
+    """)
+    write(pack / "aliases" / "greet.yaml", """
+        name: greet
+        action_ref: demo.greet
+        description: Greet someone.
+        formats: ["greet {{who}}"]
+        ack:
+          format: "greeting {{ execution.parameters.who }}"
+        result:
+          format: "{{ execution.result.stdout }}"
+    """)
+    write(pack / "aliases" / "fancy.yaml", """
+        name: fancy
+        action_ref: demo.greet
+        description: Greet with an attachment.
+        formats: ["fancy {{who}}"]
+        result:
+          format: "{{ execution.result.stdout }}"
+          extra:
+            mattermost:
+              color: "#00aa00"
+              title: "Greeting for {{ execution.parameters.who }}"
+              fields: [{title: status, value: "{{ execution.status }}", short: true}]
+            slack: {color: "red"}
+    """)
+    write(pack / "aliases" / "plain_extra.yaml", """
+        name: plain_extra
+        action_ref: demo.greet
+        description: Greet with a generic extra.
+        formats: ["plain {{who}}"]
+        result:
+          format: "{{ execution.result.stdout }}"
+          extra: {color: "#0000ff", text: "generic"}
+    """)
+    write(pack / "actions" / "spew.yaml", """
+        name: spew
+        runner_type: local-shell-cmd
+        parameters:
+          n: {type: integer, required: true}
+          cmd: {default: 'seq 1 {{n}}', immutable: true}
+    """)
+    write(pack / "aliases" / "spew.yaml", """
+        name: spew
+        action_ref: demo.spew
+        description: Print many lines.
+        formats: ["spew {{n}}"]
+        result:
+          format: "{{ execution.result.stdout }}"
+    """)
+
+
+def _section(fake: FakeMattermost, **more: Any) -> dict[str, Any]:
+    return {"enabled": True, "url": fake.url, "token": BOT_TOKEN, "team": "ops", "slash_token": SLASH_TOKEN, **more}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeMattermost]:
+    server = FakeMattermost()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def _chat(home: Path, fake: FakeMattermost, **more: Any) -> tuple[Squall, ChatBot, MattermostAdapter]:
+    _pack(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    adapter = create(_section(fake, **more), squall.config)
+    adapter.reconnect_min = 0.05
+    adapter.reconnect_max = 0.2
+    bot = ChatBot(squall, [adapter])
+    await bot.start()
+    return squall, bot, adapter
+
+
+@pytest.fixture
+async def chat(home: Path, fake: FakeMattermost) -> AsyncIterator[tuple[FakeMattermost, MattermostAdapter]]:
+    squall, bot, adapter = await _chat(home, fake)
+    try:
+        yield fake, adapter
+    finally:
+        await bot.stop()
+        await squall.close()
+
+
+async def replies_to(fake: FakeMattermost, post: dict[str, Any], needle: str) -> list[dict[str, Any]]:
+    """Wait for the bot's posts in the thread of `post` until one contains `needle`."""
+    root = post["root_id"] or post["id"]
+
+    def found() -> list[dict[str, Any]]:
+        thread = [p for p in fake.bot_posts(post["channel_id"]) if p["root_id"] == root]
+        return thread if any(needle in p["message"] for p in thread) else []
+
+    return await fake.wait_for(found)
+
+
+# -- chat ----------------------------------------------------------------------------------------------
+
+async def test_mention_answers_in_its_thread_and_edits_the_ack(chat) -> None:
+    fake, _adapter = chat
+    post = await fake.say(fake.alice, fake.town_square, "@squall greet world")
+    thread = await replies_to(fake, post, "hello world")
+    ack = next(p for p in thread if p["message"].startswith(("greeting world", "✔")))
+    assert all(p["root_id"] == post["id"] for p in thread)
+    # The ack is edited through the patch API into the execution's status line.
+    await fake.wait_for(lambda: ack["message"].startswith("✔ demo.greet succeeded"))
+    patches = [c for c in fake.calls if c["method"] == "PUT" and c["path"] == f"/api/v4/posts/{ack['id']}/patch"]
+    assert patches and patches[0]["body"]["message"].startswith("✔ demo.greet succeeded")
+    assert ack["edit_at"] > 0
+
+
+async def test_direct_message_needs_no_prefix(chat) -> None:
+    fake, _adapter = chat
+    post = await fake.say(fake.alice, fake.dm_alice, "greet privately")
+    thread = await replies_to(fake, post, "hello privately")
+    assert {p["channel_id"] for p in thread} == {fake.dm_alice["id"]}
+
+
+async def test_prefix_command_answers_and_chatter_and_own_posts_are_ignored(chat) -> None:
+    fake, _adapter = chat
+    chatter = await fake.say(fake.alice, fake.town_square, "greet nobody, just chatting")
+    own = await fake.make_post(fake.bot["id"], fake.town_square["id"], "!greet myself")
+    command = await fake.say(fake.alice, fake.town_square, "!greet prefix")
+    await replies_to(fake, command, "hello prefix")
+    # Events are handled in order, so the two earlier posts were seen (and left alone) before this answer.
+    roots = {p["root_id"] for p in fake.bot_posts()}
+    assert chatter["id"] not in roots and own["id"] not in roots
+    assert not any("myself" in p["message"] for p in fake.bot_posts() if p["id"] != own["id"])
+
+
+async def test_reply_in_a_thread_goes_to_the_thread_root(chat) -> None:
+    fake, _adapter = chat
+    root = await fake.say(fake.bob, fake.town_square, "deploy went sideways")
+    command = await fake.say(fake.alice, fake.town_square, "@squall greet thread", root_id=root["id"])
+    thread = await replies_to(fake, command, "hello thread")
+    assert {p["root_id"] for p in thread} == {root["id"]}
+
+
+async def test_alias_extra_becomes_message_attachments(chat) -> None:
+    fake, _adapter = chat
+    post = await fake.say(fake.alice, fake.town_square, "!fancy ann")
+    thread = await replies_to(fake, post, "hello ann")
+    result = next(p for p in thread if "hello ann" in p["message"])
+    assert result["props"]["attachments"] == [{"color": "#00aa00", "title": "Greeting for ann",
+                                               "fields": [{"title": "status", "value": "succeeded", "short": True}]}]
+    post = await fake.say(fake.alice, fake.town_square, "!plain bo")
+    thread = await replies_to(fake, post, "hello bo")
+    result = next(p for p in thread if "hello bo" in p["message"])
+    assert result["props"]["attachments"] == [{"color": "#0000ff", "text": "generic"}]
+
+
+async def test_long_output_is_uploaded_as_a_file(chat) -> None:
+    fake, _adapter = chat
+    expected = "\n".join(str(i) for i in range(1, 5001))
+    assert len(expected) > fake.max_post_size
+    post = await fake.say(fake.alice, fake.town_square, "!spew 5000")
+    thread = await replies_to(fake, post, "(full output attached)")
+    result = next(p for p in thread if p["file_ids"])
+    assert len(result["message"]) <= fake.max_post_size
+    content = fake.files[result["file_ids"][0]]["content"].decode()
+    assert content.strip() == expected
+    upload = next(c for c in fake.calls if c["path"] == "/api/v4/files")
+    assert upload["body"]["channel_id"] == fake.town_square["id"]
+
+
+async def test_long_output_is_split_at_the_servers_limit(home: Path) -> None:
+    fake = FakeMattermost(max_post_size=1000)
+    await fake.start()
+    squall, bot, adapter = await _chat(home, fake, files=False)
+    try:
+        assert adapter.capabilities.max_length == 1000  # read from the server's client config
+        post = await fake.say(fake.alice, fake.town_square, "!spew 1500")
+        await replies_to(fake, post, "\n1500")
+        parts = [p for p in fake.bot_posts(fake.town_square["id"]) if p["root_id"] == post["id"]
+                 and p["message"][:1].isdigit()]
+        assert len(parts) > 1 and all(len(p["message"]) <= 1000 for p in parts)
+        assert "\n".join(p["message"] for p in parts).split() == [str(i) for i in range(1, 1501)]
+    finally:
+        await bot.stop()
+        await squall.close()
+        await fake.stop()
+
+
+async def test_rate_limit_is_honoured(chat) -> None:
+    fake, adapter = chat
+    fake.rate_limit(times=1, retry_after=3)
+    with pytest.raises(DeliveryError) as refused:
+        await adapter.send(Reply(adapter="mattermost", channel=fake.town_square["id"], text="hi"))
+    assert refused.value.retry_after == 3
+    # Through the outbox: the refused post is sent again after the wait the server asked for.
+    fake.rate_limit(times=1, retry_after=1)
+    post = await fake.say(fake.alice, fake.town_square, "!greet patience")
+    await replies_to(fake, post, "hello patience")
+    statuses = [c["status"] for c in fake.calls if c["path"] == "/api/v4/posts"
+                and c["body"].get("root_id") == post["id"]]
+    assert statuses[0] == 429 and 201 in statuses
+
+
+async def test_dropped_websocket_reconnects_resumes_and_answers_again(chat) -> None:
+    fake, adapter = chat
+    first = await fake.say(fake.alice, fake.town_square, "!greet before")
+    await replies_to(fake, first, "hello before")
+    session = fake.live_connections(fake.bot["id"])[0].id
+    # Drop the socket and keep it down while alice speaks: only a resumed session can deliver her post.
+    fake.refuse_websockets = True
+    await fake.drop_websockets()
+    during = await fake.say(fake.alice, fake.town_square, "!greet during")
+    fake.refuse_websockets = False
+    await replies_to(fake, during, "hello during")
+    assert fake.ws_connects[-1].get("connection_id") == session
+    # A server restart forgets the session: the bot starts a new one and still answers.
+    await fake.drop_websockets(forget=True)
+    await fake.wait_for(lambda: fake.live_connections(fake.bot["id"]))
+    after = await fake.say(fake.alice, fake.town_square, "!greet after")
+    await replies_to(fake, after, "hello after")
+    assert adapter.connections >= 3
+
+
+async def test_a_malformed_event_does_not_stop_the_adapter(chat) -> None:
+    fake, _adapter = chat
+    await fake._publish("posted", {"post": "{not json", "channel_type": "O"}, {}, fake.town_square["id"])
+    await fake._publish("posted", {"post": json.dumps(["a list"])}, {}, fake.town_square["id"])
+    post = await fake.say(fake.alice, fake.town_square, "!greet still-here")
+    await replies_to(fake, post, "hello still-here")
+
+
+async def test_channel_names_and_users_resolve_for_notifications(chat) -> None:
+    fake, adapter = chat
+    await adapter.send(Reply(adapter="mattermost", channel="town-square", text="to the square"))
+    await adapter.send(Reply(adapter="mattermost", channel="@alice", text="just for alice"))
+    assert [p["message"] for p in fake.bot_posts(fake.town_square["id"])] == ["to the square"]
+    assert [p["message"] for p in fake.bot_posts(fake.dm_alice["id"])] == ["just for alice"]
+    with pytest.raises(DeliveryError, match="nowhere"):
+        await adapter.send(Reply(adapter="mattermost", channel="nowhere", text="lost"))
+
+
+# -- slash commands --------------------------------------------------------------------------------------
+
+@pytest.fixture
+async def api(home: Path, fake: FakeMattermost) -> AsyncIterator[tuple[FakeMattermost, str]]:
+    from bot.api import ApiServer
+
+    squall, bot, _adapter = await _chat(home, fake)
+    server = ApiServer(squall, bot, host="127.0.0.1", port=_free_port())
+    await server.start()
+    try:
+        yield fake, f"http://127.0.0.1:{server.port}/mattermost/command"
+    finally:
+        await server.stop()
+        await bot.stop()
+        await squall.close()
+
+
+async def test_slash_command_answers_at_once_and_later_through_response_url(api) -> None:
+    fake, url = api
+    status, answer = await fake.slash(url, "greet slash")
+    assert status == 200
+    assert answer["response_type"] in ("in_channel", "ephemeral") and answer["text"]
+    await fake.wait_for(lambda: any("hello slash" in r["payload"].get("text", "") for r in fake.responses))
+    delayed = [r for r in fake.responses if "hello slash" in r["payload"].get("text", "")]
+    assert delayed[0]["payload"]["response_type"] == "in_channel"
+    hook_calls = [c for c in fake.calls if c["path"].startswith("/hooks/commands/")]
+    assert hook_calls and all(c["status"] == 200 for c in hook_calls)
+    # The ack was either the immediate answer or a response_url post; either way the channel saw it.
+    texts = [answer["text"]] + [r["payload"].get("text", "") for r in fake.responses]
+    assert "greeting slash" in texts
+    # In-channel answers become posts by the bot in the command's channel.
+    assert any("hello slash" in p["message"] for p in fake.bot_posts(fake.town_square["id"]))
+
+
+async def test_slash_command_with_a_bad_or_missing_token_is_refused(api) -> None:
+    fake, url = api
+    status, _answer = await fake.slash(url, "greet intruder", token="wrong")
+    assert status == 401
+    status, _answer = await fake.slash(url, "greet intruder", token=None)
+    assert status == 401
+    assert not fake.bot_posts() and all("intruder" not in json.dumps(r) for r in fake.responses)
+
+
+# -- configuration ---------------------------------------------------------------------------------------
+
+def test_missing_url_and_token_name_the_key_and_the_environment_variable(monkeypatch) -> None:
+    monkeypatch.delenv("MATTERMOST_URL", raising=False)
+    monkeypatch.delenv("MATTERMOST_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match=r"adapters\.mattermost\.url.*MATTERMOST_URL"):
+        create({"enabled": True, "token": "t"}, None)
+    with pytest.raises(ConfigError, match=r"adapters\.mattermost\.token.*MATTERMOST_TOKEN"):
+        create({"enabled": True, "url": "http://127.0.0.1:8065"}, None)
+    with pytest.raises(ConfigError, match="http"):
+        create({"enabled": True, "url": "chat.example.com", "token": "t"}, None)
+    monkeypatch.setenv("MATTERMOST_URL", "https://chat.example.com:8443/")
+    monkeypatch.setenv("MATTERMOST_TOKEN", "from-env")
+    adapter = create({"enabled": True}, None)
+    assert adapter.settings.url == "https://chat.example.com:8443" and adapter.settings.token == "from-env"
+    assert adapter.ws_url == "wss://chat.example.com:8443/api/v4/websocket"
+    assert "from-env" not in repr(adapter.settings)
+
+
+async def test_a_refused_token_is_a_clear_error_without_the_token(fake: FakeMattermost) -> None:
+    adapter = create({"url": fake.url, "token": "not-the-bot-token-secret"}, None)
+
+    async def ignore(_message: Any) -> None:
+        return None
+
+    with pytest.raises(ConfigError) as refused:
+        await adapter.start(ignore)
+    assert "adapters.mattermost.token" in str(refused.value)
+    assert "not-the-bot-token-secret" not in str(refused.value)
+    await adapter.stop()
+
+
+def test_extra_and_rate_limit_headers() -> None:
+    assert attachments({"mattermost": [{"text": "a"}, "junk"], "slack": {}}) == [{"text": "a"}]
+    assert attachments({"mattermost": {"attachments": [{"text": "b"}]}}) == [{"text": "b"}]
+    assert attachments({"slack": {"color": "red"}}) == []
+    assert retry_after({"X-RateLimit-Reset": "7"}) == 7
+    assert retry_after({"Retry-After": "2", "X-RateLimit-Reset": "9"}) == 2
+    assert retry_after({}) == 1.0
+
+
+# -- the real service ------------------------------------------------------------------------------------
+
+async def test_squall_serve_answers_a_mention_and_a_slash_command(home: Path, fake: FakeMattermost) -> None:
+    port = _free_port()
+    write(home / "config.yml", f"""
+        database:
+          url: sqlite:///data/squall.db
+        packs:
+          paths: [packs]
+        api:
+          port: {port}
+        adapters:
+          console: {{enabled: false}}
+          mattermost:
+            enabled: true
+            url: "{fake.url}"
+            token: "{BOT_TOKEN}"
+            team: ops
+            slash_token: "{SLASH_TOKEN}"
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MATTERMOST_")}
+    process = await asyncio.create_subprocess_exec(str(SQUALL), "-c", str(home / "config.yml"), "serve",
+                                                   stdin=asyncio.subprocess.DEVNULL,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                                                   env=env, start_new_session=True)
+    try:
+        await fake.wait_for(lambda: fake.live_connections(fake.bot["id"]) or process.returncode is not None, 60)
+        assert process.returncode is None, "squall serve exited"
+        post = await fake.say(fake.alice, fake.town_square, "@squall echo from the service")
+        await replies_to(fake, post, "from the service")
+        status, _answer = await _slash_when_up(fake, f"http://127.0.0.1:{port}/mattermost/command")
+        assert status == 200
+        await fake.wait_for(lambda: any("via slash" in r["payload"].get("text", "") for r in fake.responses)
+                            or any("via slash" in p["message"] for p in fake.bot_posts()))
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), 30)
+        except TimeoutError:
+            process.kill()
+            output, _ = await process.communicate()
+    assert BOT_TOKEN not in output.decode(errors="replace")
+
+
+async def _slash_when_up(fake: FakeMattermost, url: str) -> tuple[int, Any]:
+    """The API server starts just after the chat; retry the connection (not the answer) until it listens."""
+    import aiohttp
+
+    for _ in range(100):
+        try:
+            return await fake.slash(url, "echo via slash")
+        except aiohttp.ClientConnectionError:
+            await asyncio.sleep(0.1)
+    raise AssertionError("the API server never listened")
