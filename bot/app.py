@@ -29,9 +29,11 @@ from engine.runners.noop import NoopRunner
 from engine.runners.python import PythonRunner
 from engine.runners.remote import RemoteShellRunner
 from engine.runners.shell import LocalShellRunner
+from engine.sensors import SensorContainer, load_sensors
 from engine.storage import Database, Store
 from engine.timers import TIMER_TYPES, TimerService
 from engine.triggers import TriggerService
+from engine.workflows.service import WorkflowService
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class Squall:
         self.keys = KeyRing(config.encryption_key_path)
         self.datastore = Datastore(store, self.keys)
         self.registry = registry
-        self.python = PythonRunner(config.virtualenvs_path, config.python_workers_per_pack, self._action_call)
+        self.python = PythonRunner(config.virtualenvs_path, config.python_workers_per_pack, self.datastore_call)
         # The `squall` pack's actions call the CLI against the same config.
         os.environ.setdefault("SQUALL_CLI", str(Path(sys.executable).parent / "squall"))
         if config.path is not None:
@@ -63,16 +65,20 @@ class Squall:
             "noop": NoopRunner(),
             "announcement": AnnouncementRunner(self.announcer.publish),
         }
+        self.workflows = WorkflowService()
+        runners.update(self.workflows.runners)
         self.executions = ExecutionService(registry, self.db, self.datastore, self.keys, runners, config.api_url)
         self.executor = LocalExecutor(self.executions.run, config.max_concurrency)
         self.triggers = TriggerService(registry, self.db)
         self.executions.on_finished(Notifier(self).on_finished)
         self.executions.executor = self.executor
+        self.workflows.attach(self.executions)
         self.rules = RulesEngine(self)
         self.triggers.processors.append(self.rules)
         self.timers = TimerService(self.triggers.dispatch)
         self._sync_timers()
         self.datastore.on_change = self._datastore_changed
+        self.sensors = SensorContainer(self.triggers.dispatch, self.datastore_call, config.virtualenvs_path)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._emitting: set[asyncio.Future[Any]] = set()
 
@@ -117,15 +123,23 @@ class Squall:
         if not task.cancelled() and task.exception() is not None:
             log.error("a datastore trigger could not be stored: %s", task.exception())
 
+    async def sync_sensors(self) -> None:
+        """Run the enabled sensors of the current packs (`squall serve` only; restarts changed ones)."""
+        specs, errors = load_sensors(self.registry)
+        for error in errors:
+            log.warning("sensor skipped: %s", error)
+        await self.sensors.sync(self.registry, specs, self.rules.triggers_of)
+
     def _sync_timers(self) -> None:
         self.timers.sync([t for ref in TIMER_TYPES for t in self.rules.triggers_of(ref)])
 
-    async def _action_call(self, method: str, args: dict[str, Any], request: RunRequest) -> Any:
-        """Datastore calls from Python actions' `action_service` (names already pack-local)."""
+    async def datastore_call(self, method: str, args: dict[str, Any], request: RunRequest | None = None) -> Any:
+        """Datastore calls from Python actions' `action_service` and sensors' `sensor_service`
+        (names already pack-local); secrets a Python action decrypts are masked in its output."""
         ds = self.datastore
         if method == "get_value":
             record = await self.db(ds.get, args["name"], decrypt=bool(args.get("decrypt")))
-            if record and record["secret"] and args.get("decrypt"):
+            if record and record["secret"] and args.get("decrypt") and request is not None:
                 request.revealed.append(record["value"])
             return record["value"] if record else None
         if method == "set_value":
@@ -142,6 +156,7 @@ class Squall:
         raise ValueError(f"unknown action_service method {method!r}")
 
     async def close(self) -> None:
+        await self.sensors.stop()
         if self._emitting:  # datastore triggers written just before: store them, do not drop them
             await asyncio.gather(*self._emitting, return_exceptions=True)
         await self.executor.close()

@@ -56,6 +56,7 @@ async def reload(squall: Squall, bot: ChatBot | None = None) -> None:
     """Pick up edited, installed and removed packs without a restart."""
     registry = squall.reload(await asyncio.to_thread(load_packs, squall.config))
     await squall.python.recycle()
+    await squall.sync_sensors()
     if bot is not None:
         bot.reload()
     log.info("packs reloaded: %d packs, %d actions", len(registry.packs), len(registry.actions))
@@ -76,6 +77,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     await squall.triggers.recover()
     await bot.start()
     timers = asyncio.create_task(squall.timers.run(), name="squall-timers")
+    await squall.sync_sensors()
     api = None
     if api_enabled(config):
         from bot.api import ApiServer

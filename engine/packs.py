@@ -247,7 +247,21 @@ def load_pack(path: Path, registry: Registry, configs_path: Path, system_path: P
                 registry.errors.append(exc.error)
                 continue
             registry.documents.append(ContentDocument(kind, ref, _display(file), data, dmap))
+            if kind == "sensors":
+                for trigger in sensor_trigger_types(ref, data, _display(file)):
+                    registry.trigger_types.setdefault(trigger.ref, trigger)
     return pack
+
+
+def sensor_trigger_types(pack: str, data: Any, file: str) -> list[TriggerType]:
+    """The trigger types a sensor file declares (`trigger_types:`): rules may use them like any other."""
+    if not isinstance(data, dict) or not isinstance(data.get("trigger_types"), list):
+        return []
+    return [TriggerType(name=item["name"], pack=str(item.get("pack") or pack),
+                        description=str(item.get("description") or ""),
+                        payload_schema=item.get("payload_schema") or {},
+                        parameters_schema=item.get("parameters_schema") or {}, metadata_file=file)
+            for item in data["trigger_types"] if isinstance(item, dict) and isinstance(item.get("name"), str)]
 
 
 def _load_config(pack: Pack, registry: Registry, configs_path: Path) -> None:

@@ -1,0 +1,139 @@
+"""One StackStorm sensor in its own process (StackStorm's sensor wrapper), supervised by Squall.
+
+The parent sends the sensor's spec as the first JSON line on a private pipe, then trigger
+changes (`add_trigger`, `update_trigger`, `remove_trigger`) and answers to datastore calls. The
+sensor's `run()` blocks the main thread, so a reader thread takes the parent's messages. SIGTERM
+(or the parent going away) runs `cleanup()` and exits. Standard library only: it runs under the
+pack's virtualenv interpreter.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import itertools
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from squall_worker import ActionService, Channel, ConfigDict
+from st2reactor.sensor.base import BaseSensor, PollingSensor
+
+log = logging.getLogger("squall.sensor")
+
+
+class SensorService(ActionService):
+    """`self.sensor_service`: dispatch, a logger, and the datastore methods of `action_service`."""
+
+    def __init__(self, channel: Channel, pack: str, class_name: str) -> None:
+        super().__init__(channel, pack, class_name, "sensor_service")
+        self._pack, self._class_name = pack, class_name
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, dict[str, Any]] = {}
+        self._answered = threading.Condition()
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            self._channel.send(message)
+
+    def answer(self, message: dict[str, Any]) -> None:
+        """Called by the reader thread with the parent's answer to a datastore call."""
+        with self._answered:
+            self._waiting[message["id"]] = message
+            self._answered.notify_all()
+
+    def _call(self, method: str, **arguments: Any) -> Any:
+        call_id = next(self._ids)
+        self.send({"op": "call", "id": call_id, "method": method, "args": arguments})
+        with self._answered:
+            self._answered.wait_for(lambda: call_id in self._waiting)
+            reply = self._waiting.pop(call_id)
+        if reply.get("error"):
+            raise RuntimeError(reply["error"])
+        return reply.get("result")
+
+    def dispatch(self, trigger: Any, payload: Any = None, trace_tag: str | None = None) -> None:
+        """Emit a trigger instance: `trigger` is a type ref, or a trigger dict given to `add_trigger`."""
+        parameters = None
+        if isinstance(trigger, dict):
+            parameters = trigger.get("parameters") or None
+            trigger = trigger.get("type") or trigger.get("ref")
+        self.send({"op": "dispatch", "trigger": str(trigger), "payload": payload, "parameters": parameters,
+                   "trace_tag": trace_tag})
+
+    def dispatch_with_context(self, trigger: Any, payload: Any = None, trace_context: Any = None) -> None:
+        tag = trace_context.get("trace_tag") if isinstance(trace_context, dict) else \
+            getattr(trace_context, "trace_tag", None)
+        self.dispatch(trigger, payload, trace_tag=tag)
+
+    def get_logger(self, name: str) -> logging.Logger:
+        return logging.getLogger(f"SensorWrapper.{self._pack}.{self._class_name}.{name}")
+
+
+def load_sensor_class(path: str, class_name: str) -> type[BaseSensor]:
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = "squall_sensor_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cls = getattr(module, class_name, None)
+    if not inspect.isclass(cls):
+        raise ImportError(f"{path} defines no class {class_name}")
+    return cls
+
+
+def _read(channel: Channel, service: SensorService, sensor: BaseSensor) -> None:
+    """The reader thread: answers, trigger changes, and the end of the parent."""
+    while (message := channel.receive()) is not None:
+        op = message.get("op")
+        try:
+            if op == "reply":
+                service.answer(message)
+            elif op in ("add_trigger", "update_trigger", "remove_trigger"):
+                getattr(sensor, op)(message["trigger"])
+        except Exception:
+            log.exception("%s failed in the sensor", op)
+    os.kill(os.getpid(), signal.SIGTERM)  # the parent is gone: clean up and stop
+
+
+def main() -> None:
+    channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    spec = channel.receive()
+    if spec is None:
+        return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    cls = load_sensor_class(spec["file"], spec["class_name"])
+    service = SensorService(channel, spec["pack"], spec["class_name"])
+    config = ConfigDict(spec.get("config") or {})
+    if issubclass(cls, PollingSensor):
+        sensor = cls(sensor_service=service, config=config, poll_interval=spec.get("poll_interval") or 5)
+    else:
+        sensor = cls(sensor_service=service, config=config)
+    threading.Thread(target=_read, args=(channel, service, sensor), name="squall-sensor-reader",
+                     daemon=True).start()
+    try:
+        sensor.setup()
+        for trigger in spec.get("triggers") or []:
+            sensor.add_trigger(trigger)
+        service.send({"op": "running", "pid": os.getpid()})
+        sensor.run()
+    finally:
+        try:
+            sensor.cleanup()
+        except Exception:
+            log.exception("cleanup() failed")
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""StackStorm's `st2reactor` as sensors import it: the `Sensor` and `PollingSensor` base classes."""

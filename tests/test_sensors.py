@@ -1,0 +1,196 @@
+"""Sensors (spec §6.4): StackStorm sensor classes unmodified, each in a supervised child process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bot.app import Squall
+from engine.sensors import SensorContainer, load_sensors
+from tests.conftest import write
+from tests.test_rules import make_pack, started
+
+POLLING = '''
+from st2reactor.sensor.base import PollingSensor
+
+
+class Counter(PollingSensor):
+    def setup(self):
+        self.log = self.sensor_service.get_logger("counter")
+        if self.sensor_service.get_value("crash_once") is None:
+            self.sensor_service.set_value("crash_once", "done")
+            raise RuntimeError("first start fails on purpose")
+
+    def poll(self):
+        count = int(self.sensor_service.get_value("count") or 0) + 1
+        self.sensor_service.set_value("count", str(count))
+        self.log.info("tick %d", count)
+        self.sensor_service.dispatch("demo.tick", {"n": "not a number"})  # invalid: logged, not fatal
+        self.sensor_service.dispatch("demo.tick", {"n": count}, trace_tag="tick-%d" % count)
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+PASSIVE = '''
+import signal
+import threading
+
+from st2reactor.sensor.base import Sensor
+
+
+class Watcher(Sensor):
+    def setup(self):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a sensor that will not stop when asked
+        self.wake = threading.Event()
+        self.pending = []
+
+    def run(self):
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            while self.pending:
+                trigger = self.pending.pop()
+                self.sensor_service.dispatch(trigger, {"path": trigger["parameters"]["path"]})
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        self.pending.append(trigger)
+        self.wake.set()
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+
+def sensor_pack(home: Path) -> Path:
+    pack = make_pack(home, {
+        "on_tick": """
+            name: on_tick
+            pack: demo
+            enabled: true
+            trigger: {type: demo.tick}
+            criteria: {trigger.n: {type: gt, pattern: 1}}
+            action: {ref: demo.take, parameters: {count: "{{ trigger.n }}"}}
+        """,
+        "on_file": """
+            name: on_file
+            pack: demo
+            enabled: true
+            trigger: {type: demo.file_seen, parameters: {path: /var/log/app.log}}
+            action: {ref: demo.take, parameters: {message: "{{ trigger.path }}"}}
+        """,
+    })
+    write(pack / "sensors" / "counter.yaml", """
+        class_name: Counter
+        entry_point: counter.py
+        poll_interval: 0.05
+        trigger_types:
+          - name: tick
+            payload_schema: {type: object, properties: {n: {type: integer}}}
+    """)
+    (pack / "sensors" / "counter.py").write_text(POLLING)
+    write(pack / "sensors" / "watcher.yaml", """
+        class_name: Watcher
+        entry_point: watcher.py
+        trigger_types:
+          - name: file_seen
+            parameters_schema: {type: object, properties: {path: {type: string}}, additionalProperties: false}
+    """)
+    (pack / "sensors" / "watcher.py").write_text(PASSIVE)
+    write(pack / "sensors" / "broken.yaml", "class_name: Broken\nentry_point: missing.py\n")
+    return pack
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value or asyncio.get_running_loop().time() > deadline:
+            return value
+        await asyncio.sleep(0.05)
+
+
+async def run_sensors(squall: Squall) -> None:
+    squall.sensors = SensorContainer(squall.triggers.dispatch, squall.datastore_call, squall.config.virtualenvs_path,
+                                     backoff=0.1, stable_after=30, stop_timeout=0.5)
+    await squall.sync_sensors()
+
+
+async def test_sensors_dispatch_restart_after_a_crash_and_get_their_triggers(home: Path) -> None:
+    sensor_pack(home)
+    squall = await started(home)
+    try:
+        assert {"demo.tick", "demo.file_seen"} <= set(squall.registry.trigger_types)
+        specs, errors = load_sensors(squall.registry)
+        assert sorted(s.ref for s in specs) == ["demo.Counter", "demo.Watcher"]
+        assert len(errors) == 1 and "missing.py" in str(errors[0]) and "broken.yaml" in str(errors[0])
+        await run_sensors(squall)
+
+        async def tick_enforcements() -> list[dict[str, Any]]:
+            await squall.rules.settle()
+            return [e for e in await squall.rules.enforcements(rule="demo.on_tick") if e["status"] == "succeeded"]
+
+        enforced = await eventually(tick_enforcements)
+        assert enforced, "the polling sensor never fired the rule"
+        instance = await squall.triggers.get(enforced[-1]["trigger_instance_id"])
+        assert instance["trigger"] == "demo.tick" and instance["payload"]["n"] >= 2
+        assert instance["trace_tag"] == f"tick-{instance['payload']['n']}"
+        # The first process failed in setup(): it was restarted, and the lifecycle was recorded.
+        exits = await squall.triggers.list(trigger="core.st2.sensor.process_exit")
+        assert any(e["payload"]["object"]["ref"] == "demo.Counter" and e["payload"]["object"]["exit_code"] != 0
+                   for e in exits)
+        spawns = [s for s in await squall.triggers.list(trigger="core.st2.sensor.process_spawn")
+                  if s["payload"]["object"]["ref"] == "demo.Counter"]
+        assert len(spawns) >= 2
+        # The datastore keys are local to the sensor class, as StackStorm's.
+        assert (await squall.db(squall.datastore.get, "demo.Counter:crash_once"))["value"] == "done"
+        # An invalid payload was refused (and logged); none was stored with it.
+        ticks = await squall.triggers.list(trigger="demo.tick", limit=1000)
+        assert all(isinstance(t["payload"]["n"], int) for t in ticks)
+
+        # The passive sensor learned the rule's trigger parameters through add_trigger and dispatched for them.
+        async def file_enforcements() -> list[dict[str, Any]]:
+            await squall.rules.settle()
+            return await squall.rules.enforcements(rule="demo.on_file")
+
+        (seen,) = await eventually(file_enforcements)
+        execution = await squall.executions.wait(seen["execution_id"])
+        assert execution["parameters"]["message"] == "/var/log/app.log"
+    finally:
+        await squall.close()  # the watcher ignores SIGTERM: it is killed after stop_timeout
+    assert all(r.process is None or r.process.returncode is not None for r in squall.sensors.running.values())
+
+
+async def test_a_removed_sensor_stops_and_a_new_one_starts_on_reload(home: Path) -> None:
+    pack = sensor_pack(home)
+    (pack / "sensors" / "watcher.yaml").unlink()
+    squall = await started(home)
+    try:
+        await run_sensors(squall)
+        assert set(squall.sensors.running) == {"demo.Counter"}
+        counter = squall.sensors.running["demo.Counter"]
+        (pack / "sensors" / "counter.yaml").unlink()
+        write(pack / "sensors" / "watcher.yaml", "class_name: Watcher\nentry_point: watcher.py\n")
+        squall.reload()
+        await squall.sync_sensors()
+        assert set(squall.sensors.running) == {"demo.Watcher"}
+        assert counter.process is None or counter.process.returncode is not None
+    finally:
+        await squall.close()
