@@ -80,11 +80,13 @@ class SlackSettings:
             if not tokens[key]:
                 raise ConfigError(f"adapters.slack.{key} is not set and neither is the environment variable "
                                   f"{_TOKENS[key]}; the Slack adapter in {mode} mode needs it")
-        if not tokens["bot_token"].startswith(("xoxb-", "xoxp-")):
-            raise ConfigError("adapters.slack.bot_token (or SLACK_BOT_TOKEN) must be a bot token starting 'xoxb-'")
-        if mode == "socket" and not tokens["app_token"].startswith("xapp-"):
-            raise ConfigError("adapters.slack.app_token (or SLACK_APP_TOKEN) must be an app-level token starting "
-                              "'xapp-' (Basic Information > App-Level Tokens, scope connections:write)")
+        # Swapped tokens are the classic set-up mistake; other shapes (rotated `xoxe.xoxb-`) are Slack's to judge.
+        if tokens["bot_token"].startswith("xapp-"):
+            raise ConfigError("adapters.slack.bot_token (or SLACK_BOT_TOKEN) holds an app-level token (xapp-); "
+                              "it needs the Bot User OAuth Token (xoxb-)")
+        if mode == "socket" and tokens["app_token"].startswith(("xoxb-", "xoxp-")):
+            raise ConfigError("adapters.slack.app_token (or SLACK_APP_TOKEN) holds a bot token (xox…); it needs an "
+                              "app-level token (xapp-, Basic Information > App-Level Tokens, scope connections:write)")
         base_url = str(section.get("base_url") or DEFAULT_BASE_URL)
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"adapters.slack.base_url must be an http(s) URL, not {base_url!r}")
@@ -128,6 +130,10 @@ class _Seen:
         return True
 
 
+class _Unreachable(Exception):
+    """Slack could not be reached (network, DNS, timeout): worth retrying, unlike a refused token."""
+
+
 class SlackAdapter:
     name = "slack"
 
@@ -159,25 +165,47 @@ class SlackAdapter:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, on_message: MessageHandler) -> None:
-        """Check the tokens, then (Socket Mode) connect; returns once Slack said hello."""
+        """Check the tokens, then (Socket Mode) connect; returns once Slack said hello.
+
+        A refused token is a `ConfigError` (nothing will ever work); Slack being unreachable is not:
+        the adapter keeps trying in the background and the rest of Squall serves meanwhile."""
         self._on_message = on_message
+        try:
+            await self._connect()
+        except _Unreachable as exc:
+            log.warning("Slack: %s; retrying in the background", exc)
+            self._tasks.append(asyncio.create_task(self._connect_later(), name="slack-connect-later"))
+
+    async def _connect(self) -> None:
         try:
             auth = await self.client.auth_test()
         except SlackApiError as exc:
             raise ConfigError(f"Slack refused adapters.slack.bot_token (auth.test: {_error(exc)})") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise ConfigError(f"Slack's Web API at {self.settings.base_url} cannot be reached: "
-                              f"{type(exc).__name__}: {exc}") from None
+            raise _Unreachable(f"the Web API at {self.settings.base_url} cannot be reached ({_error(exc)})") from None
         self.bot_user_id, self.bot_id = auth.get("user_id"), auth.get("bot_id")
         log.info("Slack: connected to team %s as %s (%s mode)", auth.get("team"), auth.get("user"), self.settings.mode)
         if self.settings.mode == "socket":
             await self._start_socket()
 
+    async def _connect_later(self) -> None:
+        delay = 1.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._connect()
+                return
+            except _Unreachable as exc:
+                delay = min(delay * 2, 60.0)
+                log.warning("Slack: %s; retrying in %.0fs", exc, delay)
+            except ConfigError as exc:
+                log.error("Slack: %s; the Slack adapter gives up", exc)
+                return
+
     async def _start_socket(self) -> None:
         from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 
         handler = AsyncSocketModeHandler(self.app, self.settings.app_token)
-        self._socket = handler
         handler.client.on_message_listeners.append(self._on_frame)
         try:  # asked here, once, so a bad app token is a clear error rather than slack_sdk's endless retry
             handler.client.wss_uri = await handler.client.issue_new_wss_url()
@@ -185,11 +213,15 @@ class SlackAdapter:
             await handler.client.close()
             raise ConfigError(f"Slack refused adapters.slack.app_token (apps.connections.open: {_error(exc)})") \
                 from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            await handler.client.close()
+            raise _Unreachable(f"apps.connections.open failed ({_error(exc)})") from None
+        self._socket = handler
         self._tasks.append(asyncio.create_task(handler.connect_async(), name="slack-connect"))
         try:
-            await asyncio.wait_for(self._connected.wait(), 15)
+            await asyncio.wait_for(self._connected.wait(), 10)
         except TimeoutError:
-            log.warning("Slack: no hello on the socket within 15s; still trying in the background")
+            log.warning("Slack: no hello on the socket within 10s; still trying in the background")
         if self.settings.watchdog_seconds > 0:
             self._tasks.append(asyncio.create_task(self._watchdog(), name="slack-watchdog"))
 
@@ -422,7 +454,7 @@ class SlackAdapter:
                 return edit_of
             response = await self._post(self.client.chat_postMessage, reply, channel=channel,
                                         thread_ts=reply.thread, **arguments)
-            return f"{response['channel']}:{response['ts']}" if response is not None else None
+            return f"{response.get('channel') or channel}:{response.get('ts', '')}" if response is not None else None
         except SlackApiError as exc:
             wait = _retry_after(exc)
             if wait is not None:

@@ -364,6 +364,27 @@ async def test_a_failing_handler_does_not_stop_the_adapter(slack, fake: FakeSlac
     await _posted(fake, lambda m: m.get("text") == "hello survivor", "an answer after a failure")
 
 
+async def test_slack_down_at_start_is_retried_in_the_background(home: Path) -> None:
+    _pack(home)
+    port = _free_port()
+    config = load_config(home / "config.yml")
+    squall = await Squall.start(config)
+    adapter = create({"bot_token": BOT_TOKEN, "app_token": APP_TOKEN, "base_url": f"http://127.0.0.1:{port}/api/"},
+                     config)
+    bot = ChatBot(squall, [adapter])
+    fake = FakeSlack()
+    try:
+        await bot.start()  # nothing listens there yet: the service must still start
+        await fake.start(port=port)
+        await fake.wait_for(lambda: fake.connections >= 1, what="the adapter connecting once Slack is up")
+        await fake.push("events_api", fake.event(fake.message_event(f"<@{BOT_USER}> greet late", kind="app_mention")))
+        await _posted(fake, lambda m: m.get("text") == "hello late", "an answer")
+    finally:
+        await bot.stop()
+        await squall.close()
+        await fake.close()
+
+
 # -- configuration -------------------------------------------------------------------------------------
 
 def test_missing_tokens_name_the_key_and_the_variable(monkeypatch) -> None:
@@ -377,6 +398,8 @@ def test_missing_tokens_name_the_key_and_the_variable(monkeypatch) -> None:
         SlackSettings.from_section({"bot_token": BOT_TOKEN, "mode": "http"})
     with pytest.raises(ConfigError, match=r"adapters\.slack\.mode"):
         SlackSettings.from_section({"bot_token": BOT_TOKEN, "app_token": APP_TOKEN, "mode": "rtm"})
+    with pytest.raises(ConfigError, match=r"adapters\.slack\.app_token .*app-level token"):
+        SlackSettings.from_section({"bot_token": BOT_TOKEN, "app_token": BOT_TOKEN})
     with pytest.raises(ConfigError, match=r"adapters\.slack\.file_treshold"):
         SlackSettings.from_section({"bot_token": BOT_TOKEN, "app_token": APP_TOKEN, "file_treshold": 10})
 
@@ -461,6 +484,10 @@ async def test_http_mode_signed_event_and_slash_command(http_mode, fake: FakeSla
     await _posted(fake, lambda m: m.get("text") == "hello form", "the slash command's result")
     await asyncio.sleep(0.3)
     assert [m.get("text") for m in fake.messages].count("hello http") == 1  # the retry ran nothing
+    other = json.dumps(fake.event({"type": "reaction_added", "user": "UALICE01", "reaction": "eyes"})).encode()
+    response = await client.post("/slack/events", content=other,
+                                 headers={**_signed(other), "Content-Type": "application/json"})
+    assert response.status_code == 200  # not 404, which would make Slack retry it
     verification = json.dumps({"type": "url_verification", "challenge": "chal-123", "token": "x"}).encode()
     response = await client.post("/slack/events", content=verification,
                                  headers={**_signed(verification), "Content-Type": "application/json"})
