@@ -47,6 +47,8 @@ _USE_RESPONSE_URL = {"not_in_channel", "channel_not_found", "is_archived"}
 IDENTITY_TTL = 3600.0
 GROUPS_TTL = 300.0
 SEEN_SIZE = 5000
+#: Characters of a file's content posted inline when the upload itself is refused.
+UPLOAD_FALLBACK = 3500
 
 
 @dataclass
@@ -477,10 +479,23 @@ class SlackAdapter:
             return await call(**{**plain, **message_arguments(Reply(adapter=reply.adapter, channel=reply.channel,
                                                                      text=reply.text, buttons=reply.buttons))})
 
-    async def _upload(self, channel: str, reply: Reply) -> str:
+    async def _upload(self, channel: str, reply: Reply) -> str | None:
         name, content = reply.file or ("output.txt", "")
-        response = await self.client.files_upload_v2(channel=channel, filename=name, title=name, content=content,
-                                                     initial_comment=reply.text, thread_ts=reply.thread)
+        try:
+            response = await self.client.files_upload_v2(channel=channel, filename=name, title=name, content=content,
+                                                         initial_comment=reply.text, thread_ts=reply.thread)
+        except SlackApiError as exc:
+            if _retry_after(exc) is not None or _error(exc) in _USE_RESPONSE_URL:
+                raise
+            # No files:write scope (or uploads disabled): the head of the output beats no output at all.
+            log.warning("Slack: uploading %s failed (%s); posting the start of it instead", name, _error(exc))
+            head = content[: UPLOAD_FALLBACK]
+            note = f"\n(output truncated: {len(content):,} characters; uploading the file failed: {_error(exc)})"
+            text = f"{reply.text}\n```\n{head}\n```" + (note if len(content) > len(head) else "")
+            fallback = Reply(adapter=reply.adapter, channel=reply.channel, text=text, thread=reply.thread)
+            response = await self._post(self.client.chat_postMessage, fallback, channel=channel,
+                                        thread_ts=reply.thread, **message_arguments(fallback))
+            return f"{response.get('channel') or channel}:{response.get('ts', '')}"
         files = response.get("files") or [response.get("file") or {}]
         return f"file:{(files[0] or {}).get('id', '')}"
 

@@ -63,6 +63,8 @@ class FakeSlack:
     uploads: dict[str, bytes] = field(default_factory=dict)
     responses: list[dict[str, Any]] = field(default_factory=list)  # what was POSTed to response_urls
     connections: int = 0
+    #: Methods that answer `{"ok": false, "error": <value>}` (a missing scope, say).
+    errors: dict[str, str] = field(default_factory=dict)
     #: Channels the bot is not a member of: chat.postMessage answers `not_in_channel`.
     not_member: set[str] = field(default_factory=set)
 
@@ -225,6 +227,9 @@ class FakeSlack:
         if token != expected:
             await self._record(Call(method, params, status=401))
             return web.json_response({"ok": False, "error": "invalid_auth"})
+        if method in self.errors:
+            await self._record(Call(method, params, status=400))
+            return web.json_response({"ok": False, "error": self.errors[method]})
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         body = handler(params) if handler is not None else {"ok": False, "error": "unknown_method"}
         await self._record(Call(method, params))

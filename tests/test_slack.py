@@ -275,6 +275,14 @@ async def test_long_output_is_uploaded_as_a_file(slack, fake: FakeSlack) -> None
     assert not any("line 0300" in (m.get("text") or "") for m in fake.messages)  # not pasted into the channel
 
 
+async def test_refused_upload_posts_the_start_of_the_output(slack, fake: FakeSlack) -> None:
+    fake.errors["files.getUploadURLExternal"] = "missing_scope"
+    await fake.push("events_api", fake.event(fake.message_event("!lines 300")))
+    posted = await _posted(fake, lambda m: "output truncated" in (m.get("text") or ""), "the inline fallback")
+    assert "line 0001 of the long output" in posted["text"] and "missing_scope" in posted["text"]
+    assert not fake.uploads
+
+
 async def test_rate_limited_reply_waits_and_keeps_the_channel_order(slack, fake: FakeSlack) -> None:
     fake.ratelimit("chat.postMessage", times=1, retry_after=1)
     await fake.push("events_api", fake.event(fake.message_event("!greet first")))
@@ -383,6 +391,28 @@ async def test_slack_down_at_start_is_retried_in_the_background(home: Path) -> N
         await bot.stop()
         await squall.close()
         await fake.close()
+
+
+@pytest.mark.parametrize("slack", [{"status_reactions": True}], indirect=True)
+async def test_status_reaction_marks_a_command_received(slack, fake: FakeSlack) -> None:
+    event = fake.message_event("!greet eyes")
+    await fake.push("events_api", fake.event(event))
+    await _posted(fake, lambda m: m.get("text") == "hello eyes", "the result")
+    reaction = fake.called("reactions.add")[0].params
+    assert (reaction["channel"], reaction["timestamp"], reaction["name"]) == ("COPS0001", event["ts"], "eyes")
+
+
+def test_manifest_matches_the_adapter() -> None:
+    import yaml
+
+    manifest = yaml.safe_load((REPO / "docs" / "slack-app-manifest.yml").read_text())
+    assert manifest["settings"]["socket_mode_enabled"] is True  # the default mode
+    assert manifest["features"]["slash_commands"][0]["command"] == SlackSettings().slash_command
+    assert {"app_mention", "message.channels", "message.im"} <= set(manifest["settings"]["event_subscriptions"]
+                                                                    ["bot_events"])
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {"chat:write", "commands", "files:write", "users:read", "usergroups:read", "app_mentions:read"} <= scopes
+    assert manifest["settings"]["interactivity"]["is_enabled"] is True
 
 
 # -- configuration -------------------------------------------------------------------------------------
