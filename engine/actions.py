@@ -128,6 +128,8 @@ def build_action(data: Any, lines: LineMap, *, pack: str, pack_path: Path, file:
             raise fail(f"entry_point '{entry_point}' points outside the pack", "entry_point")
         if not target.is_file():
             raise fail(f"entry_point '{entry_point}' does not exist (looked for {target})", "entry_point")
+        if runner.check_entry_point is not None:  # workflows: bad files are rejected at load
+            runner.check_entry_point(target, str(Path(file).parent / entry_point))
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise fail("'enabled' must be true or false", "enabled")

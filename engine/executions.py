@@ -254,6 +254,8 @@ class ExecutionService:
             else:
                 outcome = await runner.run(request)
         except asyncio.CancelledError:
+            if _resumable(runner) and getattr(self.executor, "closing", False):
+                return  # a workflow stays `running`: recover() conducts it on from its stored children
             await asyncio.shield(self._finish(record, self._interrupted(), secrets))
             return
         except Exception as exc:
@@ -270,11 +272,26 @@ class ExecutionService:
         """Claim a queued execution and build its run request, in one trip to the database thread."""
         record = self.db.store.claim_execution(execution_id, fields, _QUEUED)
         if record is None:
-            return None
+            record = self._claim_resuming(execution_id, fields)
+            if record is None:
+                return None
         try:
             return record, self._run_request(record)
         except (CryptoError, ParameterError, LookupError) as exc:
             return record, exc
+
+    def _claim_resuming(self, execution_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """A workflow marked `resuming` (paused, recovered or re-run) is claimed like a request,
+        keeping its log."""
+        store = self.db.store
+        current = store.get_execution(execution_id)
+        if current is None or current["status"] != "resuming":
+            return None
+        update = {"status": "running", "runner_info": fields["runner_info"], "end_timestamp": None,
+                  "log": [*(current.get("log") or []), fields["log"][-1]]}
+        if not store.update_execution(execution_id, update, expect=("resuming",)):
+            return None
+        return {**current, **update}
 
     def _run_request(self, record: dict[str, Any]) -> tuple[RunRequest, list[str]]:
         action = self.registry.action(record["action"])
@@ -326,7 +343,7 @@ class ExecutionService:
         now = utcnow()
         fields = {"status": outcome.status, "result": scrub(outcome.result, secrets), "end_timestamp": now}
         entry = {"status": outcome.status, "timestamp": _iso(now)}
-        finished = await self.db(self._complete, record, fields, entry, ("running", "canceling"))
+        finished = await self.db(self._complete, record, fields, entry, ("running", "canceling", "pausing"))
         if finished is not None:
             record.update(finished)
             self._finished(record)
@@ -348,6 +365,47 @@ class ExecutionService:
             complete = {**fields, "log": [*(current.get("log") or []), entry]}
             if store.update_execution(execution_id, complete, expect=(current["status"],)):
                 return {**current, **complete}
+
+    async def complete(self, execution_id: str, status: str, result: Any,
+                       expect: tuple[str, ...]) -> dict[str, Any] | None:
+        """Finish an execution no runner is running (an answered or expired inquiry, a paused
+        workflow canceled); listeners hear of it as of any other. None if it was not in `expect`."""
+        record = await self.db(self._find, execution_id)
+        now = utcnow()
+        fields = {"status": status, "result": result, "end_timestamp": now}
+        finished = await self.db(self._complete, record, fields, {"status": status, "timestamp": _iso(now)}, expect)
+        if finished is None:
+            return None
+        record.update(finished)
+        self._finished(record)
+        return public(record)
+
+    async def pause(self, execution_id: str) -> dict[str, Any]:
+        """Ask a running workflow to pause: it starts nothing new and pauses once its running tasks end."""
+        record = await self.db(self._find, execution_id)
+        runner = self.runners.get(record["runner"])
+        if not _resumable(runner):
+            raise ExecutionStateError(f'execution {record["id"]} is a {record["runner"]} action; only workflows pause')
+        if record["status"] != "running":
+            raise ExecutionStateError(f'execution {record["id"]} is {record["status"]}; only a running one pauses')
+        entries = [*(record.get("log") or []), {"status": "pausing", "timestamp": _iso(utcnow())}]
+        if not await self.db(self.db.store.update_execution, record["id"], {"status": "pausing", "log": entries},
+                             expect=("running",)):
+            return await self.get(record["id"])
+        await runner.pause(record["id"])  # type: ignore[union-attr]
+        return await self.get(record["id"])
+
+    async def resume(self, execution_id: str) -> dict[str, Any]:
+        """Conduct a paused workflow on (here, or by `squall serve` when this process has no executor)."""
+        record = await self.db(self._find, execution_id)
+        if record["status"] != "paused":
+            raise ExecutionStateError(f'execution {record["id"]} is {record["status"]}; only a paused one resumes')
+        entries = [*(record.get("log") or []), {"status": "resuming", "timestamp": _iso(utcnow())}]
+        moved = await self.db(self.db.store.update_execution, record["id"],
+                              {"status": "resuming", "log": entries, "end_timestamp": None}, expect=("paused",))
+        if moved and self.executor is not None:
+            await self.executor.submit(record["id"])
+        return await self.get(record["id"])
 
     # -- reading -------------------------------------------------------------------------
     async def get(self, execution_id: str) -> dict[str, Any]:
@@ -427,6 +485,11 @@ class ExecutionService:
                       expect=(status,))
         if self.executor is not None and await self.executor.cancel(record["id"]):
             return await self.get(record["id"])
+        if status == "paused" and _resumable(self.runners.get(record["runner"])):
+            done = await self.complete(record["id"], "canceled", {**(record.get("result") or {}),
+                                                                  "error": "canceled by request"}, ("canceling",))
+            if done is not None:
+                return done
         return await self.get(record["id"])  # running in another process: its owner sees `canceling`
 
     async def rerun(self, execution_id: str, parameters: Mapping[str, Any] | None = None,
@@ -458,6 +521,7 @@ class ExecutionService:
         rows = await self.db(self.db.store.execution_ids_with_status, (*_LIVE, *_QUEUED))
         abandoned = started = 0
         running_here: set[str] = getattr(self.executor, "running", set())
+        resumed: list[str] = []
         for row in rows:
             if row["status"] in _QUEUED:
                 if self.executor is not None and row["id"] not in running_here:
@@ -473,6 +537,15 @@ class ExecutionService:
             if record is None:
                 continue
             now = utcnow()
+            if _resumable(self.runners.get(record["runner"])) and row["status"] != "canceling":
+                # A workflow's state is its stored children: conduct it on instead of abandoning it.
+                if row["status"] != "paused" and await self.db(
+                        self.db.store.update_execution, row["id"],
+                        {"status": "resuming", "log": [*(record.get("log") or []),
+                                                       {"status": "resuming", "timestamp": _iso(now)}]},
+                        expect=(row["status"],)):
+                    resumed.append(row["id"])
+                continue
             fields = {"status": "abandoned", "end_timestamp": now,
                       "result": {**(record.get("result") or {}),
                                  "error": "Squall stopped while this execution was running; it was abandoned"},
@@ -481,18 +554,31 @@ class ExecutionService:
                 abandoned += 1
                 record.update(fields)
                 self._finished(record)
-        return {"abandoned": abandoned, "started": started}
+        if self.executor is not None:
+            for execution_id in resumed:  # after their children were abandoned, so they see it
+                await self.executor.submit(execution_id)
+        return {"abandoned": abandoned, "started": started + len(resumed)}
 
     async def poll(self) -> None:
         """Pick up work other processes stored (CLI `--async` requests, cancels of our executions)."""
         if self.executor is None:
             return
-        rows = await self.db(self.db.store.execution_ids_with_status, ("requested", "canceling"))
+        rows = await self.db(self.db.store.execution_ids_with_status,
+                             ("requested", "canceling", "resuming", "pausing"))
         for row in rows:
-            if row["status"] == "requested":
+            if row["status"] in ("requested", "resuming"):
                 await self.executor.submit(row["id"])
+            elif row["status"] == "pausing":
+                if (row.get("runner_info") or {}).get("pid") == os.getpid():
+                    for runner in {id(r): r for r in self.runners.values() if _resumable(r)}.values():
+                        await runner.pause(row["id"])
             elif (row.get("runner_info") or {}).get("pid") == os.getpid():
                 await self.executor.cancel(row["id"])
+
+
+def _resumable(runner: Any) -> bool:
+    """Workflow runners conduct on from stored state after a pause, a crash or a shutdown."""
+    return bool(getattr(runner, "resumable", False))
 
 
 def _alive(pid: int) -> bool:

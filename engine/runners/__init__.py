@@ -6,6 +6,8 @@ here is the runner half. Each runner turns a prepared `RunRequest` into a `RunOu
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -57,6 +59,14 @@ class RunnerType:
     output_key: str | None = None
     needs_entry_point: bool = False
     forbids_entry_point: bool = False
+    #: Checks the entry point file at pack load; raises `ContentInvalid` (workflows use it).
+    check_entry_point: Callable[[Path, str], None] | None = None
+
+
+def _check_workflow(kind: str, path: Path, display: str) -> None:
+    from engine.workflows.service import check_entry_point
+
+    check_entry_point(kind, path, display)
 
 
 RUNNER_TYPES: dict[str, RunnerType] = {
@@ -133,6 +143,50 @@ RUNNER_TYPES: dict[str, RunnerType] = {
             output_key="body",
         ),
         RunnerType("noop", "Does nothing, successfully.", {}),
+        RunnerType(
+            "action-chain",
+            "Runs a chain of actions one after another, each a child execution (ActionChain).",
+            {
+                "display_published": {"type": "boolean", "default": True,
+                                      "description": "Intermediate published variables are stored as part of "
+                                                     "the result."},
+                "skip_notify": {"type": "array", "default": [],
+                                "description": "List of tasks to skip notifications for."},
+            },
+            output_key="published",
+            needs_entry_point=True,
+            check_entry_point=functools.partial(_check_workflow, "action-chain"),
+        ),
+        RunnerType(
+            "orquesta",
+            "Runs an Orquesta workflow: a graph of tasks, each a child execution.",
+            {
+                "notify": {"type": "array", "default": [],
+                           "description": "List of tasks to trigger notifications for."},
+            },
+            output_key="output",
+            needs_entry_point=True,
+            check_entry_point=functools.partial(_check_workflow, "orquesta"),
+        ),
+        RunnerType(
+            "inquirer",
+            "Asks people a question and waits (pending) for an answer that fits the schema.",
+            {
+                "schema": {"type": "object", "description": "JSON schema the response must fit.",
+                           "default": {"title": "response_data", "type": "object",
+                                       "properties": {"continue": {"type": "boolean",
+                                                                   "description": "Would you like to continue the "
+                                                                                  "workflow?",
+                                                                   "required": True}},
+                                       "additionalProperties": False}},
+                "route": {"type": "string", "default": "",
+                          "description": "Where the question is posted: a route from config."},
+                "users": {"type": "array", "default": [], "description": "Users who may respond (all if empty)."},
+                "roles": {"type": "array", "default": [], "description": "Groups/roles who may respond."},
+                "ttl": {"type": "integer", "default": 1440,
+                        "description": "Minutes before the inquiry expires (0: never)."},
+            },
+        ),
         RunnerType(
             "announcement",
             "Posts a message to chat through the service's outbox.",

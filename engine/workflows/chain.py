@@ -1,0 +1,197 @@
+"""ActionChain (spec §7.1): the chain file's checks at load, and its sequential conductor.
+
+Parameters and `publish` render with the house Jinja from the workflow's parameters, earlier
+results by task name, the chain's vars, `__results`, `st2kv` and `action_context`, as StackStorm
+does. The chain's status is the one implied by the last task it processed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from engine.templates import TemplateRenderError, is_jinja_expression, render_values
+from engine.workflows import graph
+from engine.workflows.model import FAILED, Outcome, TaskCall
+from engine.yamlfile import ContentError, ContentInvalid, LineMap
+
+_TOP_KEYS = {"chain", "default", "vars"}
+_NODE_KEYS = {"name", "ref", "params", "parameters", "on-success", "on-failure", "publish", "notify"}
+
+
+@dataclass
+class Node:
+    name: str
+    ref: str
+    parameters: dict[str, Any]
+    on_success: str | None
+    on_failure: str | None
+    publish: dict[str, Any]
+
+
+@dataclass
+class ChainSpec:
+    file: str
+    nodes: dict[str, Node]
+    start: str
+    vars: dict[str, Any]
+
+
+def parse(data: Any, lines: LineMap, file: str) -> ChainSpec:
+    def fail(reason: str, *path: str | int) -> ContentInvalid:
+        return ContentInvalid(ContentError(file, lines.line(*path), reason))
+
+    if not isinstance(data, dict):
+        raise fail("an action chain must be a mapping with a 'chain' list")
+    extra = set(data) - _TOP_KEYS
+    if extra:
+        raise fail(f"unknown top-level key(s) {', '.join(sorted(map(str, extra)))} (allowed: chain, default, vars)")
+    chain = data.get("chain")
+    if not isinstance(chain, list) or not chain:
+        raise fail("'chain' must be a non-empty list of tasks", "chain")
+    variables = data.get("vars") or {}
+    if not isinstance(variables, dict):
+        raise fail("'vars' must be a mapping", "vars")
+    nodes: dict[str, Node] = {}
+    for index, body in enumerate(chain):
+        where = ("chain", index)
+        if not isinstance(body, dict):
+            raise fail(f"task {index + 1}: must be a mapping with 'name' and 'ref'", *where)
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise fail(f"task {index + 1}: needs a 'name'", *where)
+        unknown = set(body) - _NODE_KEYS
+        if unknown:
+            raise fail(f"task '{name}': unknown key(s) {', '.join(sorted(map(str, unknown)))}", *where)
+        if not isinstance(body.get("ref"), str) or not body["ref"]:
+            raise fail(f"task '{name}': needs 'ref' (the action to run)", *where)
+        if "params" in body and "parameters" in body:
+            raise fail(f"task '{name}': give 'parameters' or 'params', not both", *where)
+        parameters = body.get("parameters", body.get("params")) or {}
+        publish = body.get("publish") or {}
+        if not isinstance(parameters, dict) or not isinstance(publish, dict):
+            raise fail(f"task '{name}': 'parameters' and 'publish' must be mappings", *where)
+        if name in nodes:
+            raise fail(f"task '{name}': the name is used twice", *where)
+        nodes[name] = Node(name, body["ref"], parameters, body.get("on-success"), body.get("on-failure"), publish)
+    referenced: set[str] = set()
+    edges: dict[str, list[str]] = {n: [] for n in nodes}
+    for node in nodes.values():
+        for key, target in (("on-success", node.on_success), ("on-failure", node.on_failure)):
+            if target is None:
+                continue
+            if not isinstance(target, str):
+                raise fail(f"task '{node.name}': '{key}' must name a task", "chain")
+            if is_jinja_expression(target):
+                continue
+            if target not in nodes:
+                raise fail(f"task '{node.name}': '{key}' names unknown task '{target}'", "chain")
+            referenced.add(target)
+            edges[node.name].append(target)
+    default = data.get("default")
+    if default is not None:
+        if default not in nodes:
+            raise fail(f"'default' names unknown task '{default}'", "default")
+        start = str(default)
+    else:
+        start = next((n for n in nodes if n not in referenced), next(iter(nodes)))
+    reached = graph.reachable([start], edges)
+    for name in nodes:
+        if name not in reached:
+            raise fail(f"task '{name}': unreachable from the start task '{start}'", "chain")
+    can_stop = {n.name: n.on_success is None or n.on_failure is None for n in nodes.values()}
+    for cycle in graph.closed_cycles(list(nodes), edges, can_stop):
+        raise fail(f"task '{cycle[0]}': cycle {' -> '.join(cycle)} has no exit (on-success and on-failure "
+                   "both stay in the cycle)", "chain")
+    return ChainSpec(file, nodes, start, variables)
+
+
+class ChainConductor:
+    """Runs the chain one task at a time."""
+
+    def __init__(self, spec: ChainSpec, parameters: dict[str, Any], base_context: dict[str, Any], jinja: Any,
+                 display_published: bool = True) -> None:
+        self.spec = spec
+        self.parameters = parameters
+        self.base = base_context  # st2kv, action_context, config_context
+        self.jinja = jinja
+        self.display_published = display_published
+        self.vars: dict[str, Any] = {}
+        self.published: dict[str, Any] = {}
+        self.results: dict[str, Any] = {}
+        self.tasks: list[dict[str, Any]] = []
+        self.occurrences: Counter[str] = Counter()
+        self.current: str | None = None
+        self.status = "succeeded"
+        self.error: dict[str, Any] | None = None
+        self.done = False
+
+    def _context(self) -> dict[str, Any]:
+        return {**self.parameters, **self.results, **self.vars, "__results": self.results, **self.base}
+
+    def start(self) -> list[TaskCall]:
+        try:
+            self.vars = render_values(self.spec.vars, {**self.parameters, **self.base}, self.jinja)
+        except TemplateRenderError as exc:
+            return self._fail(f"Failed to render vars: {exc}")
+        return self._enter(self.spec.start)
+
+    def _fail(self, message: str) -> list[TaskCall]:
+        self.status = "failed"
+        self.error = {"error": message}
+        self.done = True
+        return []
+
+    def _enter(self, name: str | None) -> list[TaskCall]:
+        if name is None:
+            self.done = True
+            return []
+        node = self.spec.nodes.get(name)
+        if node is None:
+            return self._fail(f'Unable to find node with name "{name}".')
+        try:
+            parameters = render_values(node.parameters, self._context(), self.jinja)
+        except TemplateRenderError as exc:
+            return self._fail(f'Failed to run task "{name}". Parameter rendering failed: {exc}')
+        self.occurrences[name] += 1
+        self.current = name
+        key = f"{name}.{self.occurrences[name]}"
+        return [TaskCall(key, name, node.ref, parameters, {"chain": {"node": name}})]
+
+    def on_done(self, key: str, status: str, result: Any, execution_id: str | None) -> list[TaskCall]:
+        name = key.rsplit(".", 1)[0]
+        node = self.spec.nodes[name]
+        self.tasks.append({"id": name, "name": name, "execution_id": execution_id, "liveaction_id": execution_id,
+                           "workflow": None, "state": status, "result": result})
+        self.results[name] = result
+        self.status = status
+        if node.publish:
+            try:
+                published = render_values(node.publish, {**self._context(), name: result}, self.jinja)
+            except TemplateRenderError as exc:
+                return self._fail(f'Failed to publish from task "{name}": {exc}')
+            self.vars.update(published)
+            self.published.update(published)
+        if status == "canceled":
+            self.done = True
+            return []
+        target = node.on_success if status == "succeeded" else node.on_failure if status in FAILED else None
+        if target is not None and is_jinja_expression(target):
+            return self._fail(f'Unable to find node with name "{target}".')
+        return self._enter(target)
+
+    @property
+    def finished(self) -> bool:
+        return self.done
+
+    def outcome(self) -> Outcome:
+        return Outcome(self.status, self.snapshot())
+
+    def snapshot(self) -> Any:
+        result: dict[str, Any] = {"tasks": self.tasks}
+        if self.display_published:
+            result["published"] = dict(self.published)
+        if self.error:
+            result.update(self.error)
+        return result

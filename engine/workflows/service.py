@@ -1,0 +1,416 @@
+"""The workflow host: runs a conductor's calls as child executions, in-process, event-driven.
+
+Durable state is the children themselves. Each child records its parent and the key of the
+call it answers (`context.workflow_task.key`); conducting a workflow always starts by listing
+its children and replaying their outcomes, in the order they finished, through a fresh
+conductor. A call whose key already has a finished child is answered from it and never runs
+again; a live child is waited for; only calls without one are requested. So a first run, a
+resume after a pause, a restart after a crash and a re-run from failed tasks are one code path.
+
+Children are awaited through the `on_finished` listener: no polling, no sleeps; a task costs
+its child's own writes and nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.runners import RunOutcome, RunRequest
+from engine.templates import KVNamespace
+from engine.workflows import chain, orquesta
+from engine.workflows.model import COMPLETED, Conductor, TaskCall
+from engine.yamlfile import ContentInvalid, load_yaml
+
+if TYPE_CHECKING:
+    from engine.executions import ExecutionService
+
+log = logging.getLogger(__name__)
+_LIVE = frozenset({"requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming"})
+_WAITING = frozenset({"pending", "paused"})
+_SPEC_CACHE: dict[tuple[str, str, int], Any] = {}
+
+
+def load_spec(kind: str, path: Path, display: str) -> Any:
+    """Parse and check a workflow file (cached by modification time); `ContentInvalid` if bad."""
+    stamp = path.stat().st_mtime_ns
+    key = (kind, str(path), stamp)
+    spec = _SPEC_CACHE.get(key)
+    if spec is None:
+        data, lines = load_yaml(path, display)
+        spec = (chain.parse if kind == "action-chain" else orquesta.parse)(data, lines, display)
+        _SPEC_CACHE[key] = spec
+    return spec
+
+
+def check_entry_point(kind: str, path: Path, display: str) -> None:
+    """At pack load: reject a workflow file with a syntax error, unknown or unreachable task, or
+    a cycle without exit (raises `ContentInvalid` naming file, task and reason)."""
+    load_spec(kind, path, display)
+
+
+def _crashed(record: dict[str, Any]) -> bool:
+    """A child abandoned because Squall stopped: it did not finish, so it runs again."""
+    error = str((record.get("result") or {}).get("error") or "") if isinstance(record.get("result"), dict) else ""
+    return record["status"] == "abandoned" and "Squall s" in error
+
+
+@dataclass
+class _Replay:
+    order: tuple[Any, str]
+    key: str
+    record: dict[str, Any]
+
+    def __lt__(self, other: _Replay) -> bool:
+        return self.order < other.order
+
+
+class Flow:
+    """One workflow execution being conducted in this process."""
+
+    def __init__(self, service: WorkflowService, request: RunRequest, conductor: Conductor) -> None:
+        self.service = service
+        self.request = request
+        self.id = request.execution_id
+        self.conductor = conductor
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.live: dict[str, str] = {}  # child id -> key
+        self.waiting: dict[str, str] = {}  # child id -> key: pending inquiries, paused sub-workflows
+        self.calls: dict[str, TaskCall] = {}  # key -> the call a live or waiting child answers
+        self.timers: set[asyncio.TimerHandle] = set()
+        self.pausing = False
+        self.pause_requested = False
+
+    # -- requesting children -------------------------------------------------------------------
+    def _child_context(self, call: TaskCall) -> dict[str, Any]:
+        parent = self.request.context
+        user = parent.get("user")
+        context: dict[str, Any] = {
+            "user": user,
+            "parent": {"execution_id": self.id, "root_id": (parent.get("parent") or {}).get("root_id", self.id),
+                       "user": user, "chat": parent.get("chat") or (parent.get("parent") or {}).get("chat")},
+            "workflow_task": {"key": call.key, "task": call.task},
+            **call.context,
+        }
+        for name in ("api_user", "source_channel", "trace_context"):
+            if name in parent:
+                context[name] = parent[name]
+        if "orquesta" in context:
+            context["orquesta"]["workflow_execution_id"] = self.id
+        return context
+
+    async def _request(self, calls: list[TaskCall]) -> None:
+        """Request children for new calls at once (their inserts share one commit); a call that
+        cannot be requested (unknown action, bad parameters) fails its task right away."""
+        while calls:
+            if self.pausing:
+                return  # they are asked for again when the workflow resumes
+            now, later = [c for c in calls if c.delay <= 0], [c for c in calls if c.delay > 0]
+            for call in later:
+                self._delay(call)
+            outcomes = await asyncio.gather(*(self.service.executions.request(
+                c.ref, c.parameters, self._child_context(c), parent=self.id) for c in now), return_exceptions=True)
+            calls = []
+            for call, outcome in zip(now, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    if isinstance(outcome, asyncio.CancelledError):
+                        raise outcome
+                    calls += self.conductor.on_done(call.key, "failed", {"error": str(outcome)}, None)
+                elif outcome["status"] in COMPLETED:  # canceled at once (a policy), or finished already
+                    calls += self.conductor.on_done(call.key, outcome["status"], outcome["result"], outcome["id"])
+                else:
+                    self.live[outcome["id"]] = call.key
+                    self.calls[call.key] = call
+
+    def _delay(self, call: TaskCall) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self.timers.discard(handle)
+            self.events.put_nowait({"__delayed__": TaskCall(call.key, call.task, call.ref, call.parameters,
+                                                             call.context, 0.0)})
+
+        handle = loop.call_later(call.delay, fire)
+        self.timers.add(handle)
+
+    # -- conducting ---------------------------------------------------------------------------
+    async def conduct(self) -> RunOutcome:
+        store = self.service.executions.db.store
+        children = await self.service.executions.db(store.list_executions, parent=self.id, limit=10_000_000)
+        reset = set(self.request.context.get("workflow_reset") or [])
+        existing: dict[str, dict[str, Any]] = {}
+        for child in sorted(children, key=lambda c: c["id"]):
+            key = (child.get("context") or {}).get("workflow_task", {}).get("key")
+            if key and child["id"] not in reset:
+                existing[key] = child  # the latest child of a key wins
+        replay: list[_Replay] = []
+        to_request: list[TaskCall] = []
+
+        def launch(calls: list[TaskCall]) -> None:
+            for call in calls:
+                self.calls[call.key] = call
+                child = existing.pop(call.key, None)
+                if child is None or _crashed(child):
+                    to_request.append(call)
+                elif child["status"] in COMPLETED:
+                    order = (child.get("end_timestamp") or child["start_timestamp"], child["id"])
+                    heapq.heappush(replay, _Replay(order, call.key, child))
+                elif child["status"] in _WAITING:
+                    self.waiting[child["id"]] = call.key
+                else:
+                    self.live[child["id"]] = call.key
+
+        launch(self.conductor.start())
+        while replay:
+            item = heapq.heappop(replay)
+            child = item.record
+            launch(self.conductor.on_done(item.key, child["status"], child.get("result"), child["id"]))
+        if self.waiting:
+            self.pausing = True
+        await self._request(to_request)
+        return await self._loop()
+
+    def _done(self) -> bool:
+        return self.conductor.finished and not self.live and not self.timers
+
+    async def _loop(self) -> RunOutcome:
+        while True:
+            if self._done():
+                outcome = self.conductor.outcome()
+                return RunOutcome(outcome.status, outcome.result)
+            if self.pausing and not self.live:
+                for handle in self.timers:
+                    handle.cancel()
+                self.timers.clear()
+                return RunOutcome("paused", {**self.conductor.snapshot(),
+                                             "paused_by": "request" if self.pause_requested else "inquiry"})
+            event = await self.events.get()
+            await self._handle(event)
+
+    async def _handle(self, event: dict[str, Any]) -> None:
+        if "__delayed__" in event:
+            await self._request([event["__delayed__"]])
+            return
+        child_id = event["id"]
+        key = self.live.pop(child_id, None) or self.waiting.pop(child_id, None)
+        if key is None:
+            return
+        status = event["status"]
+        if status in _WAITING:
+            self.waiting[child_id] = key
+            self.pausing = True
+            return
+        if _crashed(event) and key in self.calls:
+            await self._request([self.calls[key]])
+            return
+        self.calls.pop(key, None)
+        calls = self.conductor.on_done(key, status, event.get("result"), child_id)
+        if not self.waiting and not self.pause_requested:
+            self.pausing = False  # the answer came while other branches still ran
+        await self._request(calls)
+
+    async def cancel_children(self) -> None:
+        for handle in self.timers:
+            handle.cancel()
+        self.timers.clear()
+        for child_id in [*self.live, *self.waiting]:
+            await self.service.cancel_child(child_id)
+
+
+class WorkflowRunner:
+    """The `action-chain` and `orquesta` runners; both conduct through `WorkflowService`."""
+
+    resumable = True
+
+    def __init__(self, service: WorkflowService, kind: str) -> None:
+        self.service = service
+        self.kind = kind
+
+    async def run(self, request: RunRequest) -> RunOutcome:
+        return await self.service.run(self.kind, request)
+
+    async def pause(self, execution_id: str) -> bool:
+        return self.service.pause(execution_id)
+
+
+class WorkflowService:
+    """Conducts workflows of this process; `attach()` it to the ExecutionService once built."""
+
+    def __init__(self) -> None:
+        self.executions: ExecutionService | None = None  # type: ignore[assignment]
+        self.flows: dict[str, Flow] = {}
+        self.runners = {"action-chain": WorkflowRunner(self, "action-chain"),
+                        "orquesta": WorkflowRunner(self, "orquesta")}
+
+    def attach(self, executions: ExecutionService) -> None:
+        self.executions = executions
+        executions.on_finished(self._on_finished)
+
+    # -- building ----------------------------------------------------------------------------
+    def _st2kv(self, user: str | None) -> Any:
+        datastore = self.executions.datastore
+        keys = self.executions.keys
+
+        def lookup(key: str, decrypt: bool, default: Any) -> Any:
+            scope, name = ("system", key[len("system."):]) if key.startswith("system.") else \
+                ("user", f"{user}:{key.removeprefix('user.')}")
+            record = datastore.store.kv_get(scope, name, _now())
+            if record is None:
+                if default is not None:
+                    return default
+                raise KeyError(f'The key "{key}" does not exist in the StackStorm datastore.')
+            value = record["value"]
+            return keys.decrypt(value) if decrypt and record.get("secret") else value
+
+        return lookup
+
+    def _conductor(self, kind: str, request: RunRequest) -> Conductor:
+        action = request.action
+        path = action.entry_path
+        spec = load_spec(kind, path, str(path))  # checked at pack load; a file edited since is checked again
+        context = request.context
+        user = context.get("api_user") or context.get("user")
+        if kind == "action-chain":
+            service = self.executions
+            base = service.template_context(request.pack_config, context)
+            base["action_context"] = {"parent": {"execution_id": request.execution_id, **context}}
+            base["system"] = base["st2kv"]["system"]
+            return chain.ChainConductor(spec, dict(request.action_parameters), base, request.jinja,
+                                        bool(request.runner_parameters.get("display_published", True)))
+        st2 = {"action_execution_id": request.execution_id, "workflow_execution_id": request.execution_id,
+               "api_url": request.api_url, "user": context.get("user"), "pack": action.pack}
+        for name in ("api_user", "source_channel"):
+            if name in context:
+                st2[name] = context[name]
+        return orquesta.OrquestaConductor(spec, dict(request.action_parameters), st2, self._st2kv(user))
+
+    # -- running -----------------------------------------------------------------------------
+    async def run(self, kind: str, request: RunRequest) -> RunOutcome:
+        try:
+            conductor = self._conductor(kind, request)
+        except ContentInvalid as exc:
+            return RunOutcome("failed", {"error": f"invalid workflow: {exc}"})
+        flow = Flow(self, request, conductor)
+        self.flows[flow.id] = flow
+        try:
+            return await flow.conduct()
+        except asyncio.CancelledError:
+            if not getattr(self.executions.executor, "closing", False):
+                await asyncio.shield(flow.cancel_children())
+            raise
+        finally:
+            self.flows.pop(flow.id, None)
+
+    def pause(self, execution_id: str) -> bool:
+        flow = self.flows.get(execution_id)
+        if flow is None:
+            return False
+        flow.pausing = flow.pause_requested = True
+        flow.events.put_nowait({"__wake__": True, "id": ""})
+        return True
+
+    async def cancel_child(self, child_id: str) -> None:
+        from engine.executions import ExecutionStateError
+
+        try:
+            record = await self.executions.get(child_id)
+            if record["status"] == "pending":
+                await self.executions.complete(child_id, "canceled", {**(record.get("result") or {}),
+                                                                      "error": "the workflow was canceled"},
+                                               ("pending",))
+            elif record["status"] not in COMPLETED:
+                await self.executions.cancel(child_id)
+        except (ExecutionStateError, LookupError):
+            pass
+
+    def _on_finished(self, record: dict[str, Any]) -> Any:
+        parent = record.get("parent")
+        if parent:
+            flow = self.flows.get(parent)
+            if flow is not None:
+                flow.events.put_nowait(record)
+                return None
+            if record["status"] in COMPLETED:
+                return self._wake_paused(parent)
+        if record["runner"] in self.runners and record["status"] == "canceled":
+            return self._cancel_leftovers(record["id"])
+        return None
+
+    async def _wake_paused(self, parent_id: str) -> None:
+        """A child of a paused workflow finished (an inquiry was answered): conduct it on."""
+        from engine.executions import ExecutionStateError
+
+        try:
+            parent = await self.executions.get(parent_id)
+            if parent["status"] != "paused" or parent["runner"] not in self.runners:
+                return
+            store = self.executions.db.store
+            children = await self.executions.db(store.list_executions, parent=parent_id, status=["pending"])
+            if children:
+                return  # still waiting on another answer
+            if (parent.get("result") or {}).get("paused_by") == "request":
+                return
+            await self.executions.resume(parent_id)
+        except (ExecutionStateError, LookupError):
+            log.debug("workflow %s was not resumed", parent_id, exc_info=True)
+
+    async def _cancel_leftovers(self, workflow_id: str) -> None:
+        store = self.executions.db.store
+        children = await self.executions.db(store.list_executions, parent=workflow_id,
+                                            status=[*_LIVE, *_WAITING], limit=100_000)
+        for child in children:
+            await self.cancel_child(child["id"])
+
+    # -- re-run from failed tasks -----------------------------------------------------------------
+    async def rerun(self, execution_id: str, tasks: list[str] | None = None) -> dict[str, Any]:
+        """Conduct a finished workflow again, in place: children of `tasks` (default: the tasks
+        whose latest run failed) are forgotten and run again; every other finished task is kept."""
+        from engine.executions import ExecutionStateError, _iso
+        from engine.storage import utcnow
+
+        executions = self.executions
+        record = await executions.db(executions._find, execution_id)
+        if record["runner"] not in self.runners:
+            raise ExecutionStateError(f'execution {record["id"]} is not a workflow; re-run it whole instead')
+        if record["status"] not in ("failed", "timeout", "canceled", "abandoned", "succeeded"):
+            raise ExecutionStateError(f'execution {record["id"]} is {record["status"]}; it has not finished')
+        store = executions.db.store
+        children = await executions.db(store.list_executions, parent=record["id"], limit=10_000_000)
+        latest: dict[str, dict[str, Any]] = {}
+        for child in sorted(children, key=lambda c: c["id"]):
+            task = (child.get("context") or {}).get("workflow_task", {}).get("task")
+            if task:
+                latest.setdefault(task, child)
+                if child["status"] != "succeeded" or latest[task]["status"] == "succeeded":
+                    latest[task] = child
+        if tasks is None:
+            tasks = [t for t, c in latest.items() if c["status"] != "succeeded"]
+        unknown = [t for t in tasks if t not in latest]
+        if unknown:
+            raise ExecutionStateError(f"no task {', '.join(unknown)} ran in workflow {record['id']} "
+                                      f"(tasks: {', '.join(sorted(latest))})")
+        reset = [c["id"] for c in children
+                 if (c.get("context") or {}).get("workflow_task", {}).get("task") in set(tasks)]
+        context = {**record["context"], "workflow_reset": [*(record["context"].get("workflow_reset") or []), *reset],
+                   "re-run": {"ref": record["id"], "tasks": tasks}}
+        log_entries = [*(record.get("log") or []), {"status": "resuming", "timestamp": _iso(utcnow())}]
+        if not await executions.db(store.update_execution, record["id"],
+                                   {"status": "resuming", "context": context, "log": log_entries,
+                                    "end_timestamp": None}, expect=(record["status"],)):
+            raise ExecutionStateError(f"execution {record['id']} changed meanwhile; try again")
+        if executions.executor is not None:
+            await executions.executor.submit(record["id"])
+        return await executions.get(record["id"])
+
+
+def _now() -> Any:
+    from engine.storage import utcnow
+
+    return utcnow()
+
+
+__all__ = ["KVNamespace", "WorkflowService", "check_entry_point", "load_spec"]

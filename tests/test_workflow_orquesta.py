@@ -1,0 +1,392 @@
+"""Orquesta workflows: each construct run for real, with children as real executions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.app import Squall
+from bot.config import load_config
+from tests.workflow_helpers import children, run, task_names, workflow_pack
+
+SEQUENCE = """
+version: 1.0
+input:
+  - who
+  - greeting: hello
+vars:
+  - punct: "!"
+tasks:
+  one:
+    action: core.echo message="<% ctx(greeting) %> <% ctx(who) %><% ctx(punct) %>"
+    next:
+      - when: <% succeeded() %>
+        publish:
+          - said: <% result().stdout %>
+        do: two
+  two:
+    action: core.echo
+    input:
+      message: "{{ ctx('said') | upper }} from {{ ctx().st2.user }}"
+    next:
+      - publish: shout=<% result().stdout %> task_one=<% task(one).status %>
+output:
+  - said: <% ctx(said) %>
+  - shout: "{{ ctx('shout') }}"
+  - one_status: <% ctx(task_one) %>
+"""
+
+PARALLEL_JOIN = """
+version: 1.0
+tasks:
+  start:
+    next:
+      - do: [left, right, middle]
+  left:
+    action: core.noop
+    next: [{do: all_joined}, {do: two_joined}]
+  right:
+    action: core.noop
+    next: [{do: all_joined}, {do: two_joined}]
+  middle:
+    action: core.local cmd="sleep 0.2"
+    next: [{do: all_joined}, {do: two_joined}]
+  all_joined:
+    join: all
+    action: core.noop
+  two_joined:
+    join: 2
+    action: core.noop
+"""
+
+ITEMS = """
+version: 1.0
+input: [count, concurrency]
+tasks:
+  make:
+    action: core.noop
+    next:
+      - publish: [xs: "<% range(0, ctx(count)).toList() %>"]
+        do: each
+  each:
+    with:
+      items: x in <% ctx(xs) %>
+      concurrency: <% ctx(concurrency) %>
+    action: core.noop
+    next:
+      - when: <% succeeded() %>
+        publish: [n: <% result().len() %>]
+output:
+  - n: <% ctx(n) %>
+"""
+
+ITEMS_ECHO = """
+version: 1.0
+tasks:
+  each:
+    with: <% list(a, b, c) %>
+    action: core.echo message=<% item() %>
+    next:
+      - publish:
+          - outs: <% result().select($.stdout) %>
+output:
+  - outs: <% ctx(outs) %>
+"""
+
+FAILURE = """
+version: 1.0
+tasks:
+  bad:
+    action: core.local cmd="exit 3"
+    next:
+      - when: <% succeeded() %>
+        do: never
+  never:
+    action: core.noop
+"""
+
+REMEDIATE = """
+version: 1.0
+tasks:
+  bad:
+    action: core.local cmd="exit 3"
+    next:
+      - when: <% failed() %>
+        publish: [code: <% result().return_code %>]
+        do: cleanup
+  cleanup:
+    action: core.noop
+output:
+  - code: <% ctx(code) %>
+"""
+
+FAIL_COMMAND = """
+version: 1.0
+tasks:
+  check:
+    action: core.noop
+    next:
+      - when: <% succeeded() %>
+        do: [notify, fail]
+  notify:
+    action: core.noop
+"""
+
+RETRY = """
+version: 1.0
+input: [marker]
+tasks:
+  flaky:
+    action: core.local
+    input:
+      cmd: "n=$(cat {{ ctx('marker') }} 2>/dev/null || echo 0); echo $((n+1)) > {{ ctx('marker') }}; [ $n -ge 2 ]"
+    retry:
+      count: 3
+      when: <% failed() %>
+"""
+
+EXPRESSION_ERROR = """
+version: 1.0
+tasks:
+  one:
+    action: core.echo message=<% ctx(missing_var) %>
+"""
+
+ST2KV = """
+version: 1.0
+tasks:
+  one:
+    action: core.echo message="<% st2kv('system.colour') %>"
+    next:
+      - publish:
+          - got: <% result().stdout %>
+          - other: "{{ st2kv('system.nothing', default='none') }}"
+output:
+  - got: <% ctx(got) %>/<% ctx(other) %>
+"""
+
+LOOP = """
+version: 1.0
+input: [marker]
+vars:
+  - i: 0
+tasks:
+  init:
+    next: [{do: step}]
+  step:
+    action: core.noop
+    next:
+      - publish: [i: <% ctx(i) + 1 %>]
+        do: check
+  check:
+    next:
+      - when: <% ctx(i) < 3 %>
+        do: step
+      - when: <% ctx(i) >= 3 %>
+        do: done
+  done:
+    action: core.noop
+output:
+  - i: <% ctx(i) %>
+"""
+
+PAUSABLE = """
+version: 1.0
+input: [gate]
+tasks:
+  wait:
+    action: core.local
+    input:
+      cmd: "while [ ! -f {{ ctx('gate') }} ]; do sleep 0.02; done"
+      timeout: 20
+    next: [{do: after}]
+  after:
+    action: core.noop
+"""
+
+
+@pytest.fixture
+async def wf(home: Path) -> Squall:
+    workflow_pack(home, {
+        "sequence": ("orquesta", "who: {type: string, required: true}\ngreeting: {type: string}", SEQUENCE),
+        "parallel": ("orquesta", "", PARALLEL_JOIN),
+        "items": ("orquesta", "count: {type: integer}\nconcurrency: {type: integer, default: 0}", ITEMS),
+        "items_echo": ("orquesta", "", ITEMS_ECHO),
+        "failure": ("orquesta", "", FAILURE),
+        "remediate": ("orquesta", "", REMEDIATE),
+        "fail_command": ("orquesta", "", FAIL_COMMAND),
+        "retry": ("orquesta", "marker: {type: string}", RETRY),
+        "expression_error": ("orquesta", "", EXPRESSION_ERROR),
+        "st2kv": ("orquesta", "", ST2KV),
+        "loop": ("orquesta", "", LOOP),
+        "pausable": ("orquesta", "gate: {type: string}", PAUSABLE),
+    })
+    app = await Squall.start(load_config(home / "config.yml"))
+    assert app.registry.errors == []
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+async def test_sequence_publishes_renders_both_languages_and_outputs(wf: Squall) -> None:
+    done = await run(wf, "wf.sequence", {"who": "bob"})
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["output"] == {"said": "hello bob!", "shout": "HELLO BOB! from tester",
+                                        "one_status": "succeeded"}
+    rows = await children(wf, done["id"])
+    assert task_names(rows) == ["one", "two"]
+    assert all(r["parent"] == done["id"] and r["context"]["parent"]["execution_id"] == done["id"] for r in rows)
+    assert rows[0]["context"]["orquesta"]["task_name"] == "one"
+    assert rows[0]["context"]["user"] == "tester"
+
+
+async def test_parallel_branches_join_all_and_counted(wf: Squall) -> None:
+    done = await run(wf, "wf.parallel")
+    assert done["status"] == "succeeded", done["result"]
+    names = task_names(await children(wf, done["id"]))
+    assert sorted(names) == ["all_joined", "left", "middle", "right", "two_joined"]  # each join ran once
+    assert names.index("two_joined") < names.index("all_joined")  # 2 arrived before the slow third
+
+
+@pytest.mark.parametrize("count,concurrency", [(1000, 25), (7, 0)])
+async def test_with_items_runs_every_item_with_concurrency(wf: Squall, count: int, concurrency: int) -> None:
+    done = await run(wf, "wf.items", {"count": count, "concurrency": concurrency}, timeout=120)
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["output"] == {"n": count}
+    rows = await children(wf, done["id"])
+    assert len(rows) == count + 1
+    items = sorted(r["context"]["orquesta"]["item_id"] for r in rows if "item_id" in r["context"]["orquesta"])
+    assert items == list(range(count))
+
+
+async def test_with_items_results_keep_item_order(wf: Squall) -> None:
+    done = await run(wf, "wf.items_echo")
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["output"] == {"outs": ["a", "b", "c"]}
+
+
+async def test_unhandled_failure_fails_the_workflow_with_errors(wf: Squall) -> None:
+    done = await run(wf, "wf.failure")
+    assert done["status"] == "failed"
+    (error,) = done["result"]["errors"]
+    assert error["type"] == "error" and error["task_id"] == "bad"
+    assert error["message"] == "Execution failed. See result for details."
+    assert error["result"]["return_code"] == 3
+    assert task_names(await children(wf, done["id"])) == ["bad"]
+
+
+async def test_failure_handled_by_a_transition_is_remediated(wf: Squall) -> None:
+    done = await run(wf, "wf.remediate")
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["output"] == {"code": 3}
+
+
+async def test_fail_command_fails_after_the_branch(wf: Squall) -> None:
+    done = await run(wf, "wf.fail_command")
+    assert done["status"] == "failed"
+    assert "notify" in task_names(await children(wf, done["id"]))
+
+
+async def test_retry_runs_the_task_again_until_it_succeeds(wf: Squall, tmp_path: Path) -> None:
+    done = await run(wf, "wf.retry", {"marker": str(tmp_path / "count")})
+    assert done["status"] == "succeeded", done["result"]
+    rows = await children(wf, done["id"])
+    assert [r["status"] for r in rows] == ["failed", "failed", "succeeded"]
+
+
+async def test_expression_error_fails_the_task_with_the_expression(wf: Squall) -> None:
+    done = await run(wf, "wf.expression_error")
+    assert done["status"] == "failed"
+    (error,) = done["result"]["errors"]
+    assert error["task_id"] == "one"
+    assert "<% ctx(missing_var) %>" in error["message"] and "missing_var" in error["message"]
+    assert await children(wf, done["id"]) == []
+    # the engine is fine: the next workflow runs
+    assert (await run(wf, "wf.remediate"))["status"] == "succeeded"
+
+
+async def test_st2kv_reads_the_datastore(wf: Squall) -> None:
+    await wf.db(wf.datastore.set, "colour", "blue")
+    done = await run(wf, "wf.st2kv")
+    assert done["result"]["output"] == {"got": "blue/none"}, done["result"]
+
+
+async def test_loop_with_exit(wf: Squall) -> None:
+    done = await run(wf, "wf.loop")
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["output"] == {"i": 3}
+    assert task_names(await children(wf, done["id"])) == ["step", "step", "step", "done"]
+
+
+async def test_pause_resume_and_cancel(wf: Squall, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    record = await wf.executions.request("wf.pausable", {"gate": str(gate)}, {"user": "tester"})
+    while len(await children(wf, record["id"])) < 1:
+        await wf.executions.get(record["id"])  # let the workflow start its first task
+    paused = await wf.executions.pause(record["id"])
+    assert paused["status"] == "pausing"
+    gate.touch()
+    done = await wf.executions.wait(record["id"], timeout=20)
+    assert done["status"] == "paused"
+    assert task_names(await children(wf, record["id"])) == ["wait"]  # `after` did not start
+    await wf.executions.resume(record["id"])
+    wf.executions._recent.pop(record["id"], None)
+    final = await wf.executions.wait(record["id"], timeout=20)
+    assert final["status"] == "succeeded"
+    assert task_names(await children(wf, record["id"])) == ["wait", "after"]
+    statuses = [entry["status"] for entry in final["log"]]
+    assert statuses[-4:] == ["paused", "resuming", "running", "succeeded"]
+
+    gate.unlink()
+    again = await wf.executions.request("wf.pausable", {"gate": str(gate)}, {"user": "tester"})
+    while len(await children(wf, again["id"])) < 1:
+        await wf.executions.get(again["id"])
+    canceled = await wf.executions.cancel(again["id"])
+    assert canceled["status"] == "canceled"
+    rows = await children(wf, again["id"])
+    assert [r["status"] for r in rows] == ["canceled"]  # the running child went with it
+
+
+async def test_rerun_from_the_failed_task_keeps_finished_ones(wf: Squall, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    record = await wf.executions.request("wf.pausable", {"gate": str(gate)}, {"user": "tester"})
+    while len(await children(wf, record["id"])) < 1:
+        await wf.executions.get(record["id"])
+    child = (await children(wf, record["id"]))[0]
+    await wf.executions.cancel(child["id"])  # the task ends canceled → the workflow is canceled
+    done = await wf.executions.wait(record["id"], timeout=20)
+    assert done["status"] == "canceled"
+    gate.touch()
+    await wf.workflows.rerun(record["id"], ["wait"])
+    wf.executions._recent.pop(record["id"], None)
+    final = await wf.executions.wait(record["id"], timeout=20)
+    assert final["status"] == "succeeded", final["result"]
+    rows = await children(wf, record["id"])
+    assert [(n, r["status"]) for n, r in zip(task_names(rows), rows, strict=True)] == [
+        ("wait", "canceled"), ("wait", "succeeded"), ("after", "succeeded")]
+
+
+BAD_FILES = {
+    "syntax": ("version: 1.0\ntasks:\n  one:\n    action: core.noop\n    next: [do: two\n", "invalid YAML"),
+    "unknown_do": ("version: 1.0\ntasks:\n  one:\n    action: core.noop\n    next:\n      - do: nowhere\n",
+                   "task 'one': transition 1 names unknown task 'nowhere' in 'do'"),
+    "unreachable": ("version: 1.0\ntasks:\n  one:\n    action: core.noop\n  a:\n    next: [{do: b}]\n"
+                    "  b:\n    next: [{do: a}]\n", "unreachable from the start tasks (one)"),
+    "cycle": ("version: 1.0\ntasks:\n  one:\n    next: [{do: a}]\n  a:\n    action: core.noop\n"
+              "    next: [{do: b}]\n  b:\n    action: core.noop\n    next: [{do: a}]\n", "has no exit"),
+    "bad_expression": ("version: 1.0\ntasks:\n  one:\n    action: core.echo message=<% ctx( %>\n",
+                       "task 'one': expression syntax error"),
+}
+
+
+def test_bad_workflows_are_rejected_at_load_with_file_task_and_reason(home: Path) -> None:
+    from bot.app import load_packs
+
+    workflow_pack(home, {name: ("orquesta", "", text) for name, (text, _) in BAD_FILES.items()}, pack="bad")
+    registry = load_packs(load_config(home / "config.yml"))
+    errors = {str(e) for e in registry.errors}
+    for name, (_, reason) in BAD_FILES.items():
+        assert f"bad.{name}" not in registry.actions
+        assert any(f"actions/workflows/{name}.yaml" in e and reason in e for e in errors), (name, errors)
