@@ -351,7 +351,14 @@ class MattermostAdapter:
             post["props"] = {"attachments": extra_attachments}
         if file is not None:
             post["file_ids"] = [await self._upload(post["channel_id"], *file)]
-        created = await self._call("POST", "/posts", body=post)
+        try:
+            created = await self._call("POST", "/posts", body=post)
+        except MattermostError as exc:
+            if exc.error_id != "api.post.create_post.root_id.app_error" or "root_id" not in post:
+                raise
+            # The thread's root was deleted (or moved): answer in the channel rather than never.
+            log.warning("Mattermost: thread %s is gone; posting to the channel instead", post.pop("root_id"))
+            created = await self._call("POST", "/posts", body=post)
         return str(created["id"])
 
     def _fit(self, reply: Reply) -> tuple[str, tuple[str, str] | None]:

@@ -75,7 +75,7 @@ class RateLimit:
 
 
 class FakeMattermost:
-    def __init__(self, max_post_size: int = 16383, bot_username: str = "squall") -> None:
+    def __init__(self, max_post_size: int = 16383, bot_username: str = "squallbot") -> None:
         self.max_post_size = max_post_size
         self.url = ""
         self.users: dict[str, dict[str, Any]] = {}
@@ -88,7 +88,7 @@ class FakeMattermost:
         self.hooks: dict[str, dict[str, Any]] = {}
         #: Every REST call: {"method", "path", "query", "body"} (JSON body or form fields; never headers).
         self.calls: list[dict[str, Any]] = []
-        #: What was POSTed to response_url hooks: {"hook", "payload"}.
+        #: Slash-command answers: {"hook", "payload", "via": "answer" (the HTTP answer) or "response_url"}.
         self.responses: list[dict[str, Any]] = []
         #: Every websocket upgrade: {"query": {...}}.
         self.ws_connects: list[dict[str, str]] = []
@@ -149,7 +149,7 @@ class FakeMattermost:
         return self.posts_by(self.bot["id"], channel_id)
 
     # -- test controls ------------------------------------------------------------------------------
-    async def start(self) -> str:
+    async def start(self, port: int = 0) -> str:
         app = web.Application(middlewares=[self._middleware], client_max_size=50 * 1024 * 1024)
         r = app.router
         r.add_get("/api/v4/websocket", self._websocket)
@@ -169,7 +169,7 @@ class FakeMattermost:
         r.add_post("/hooks/commands/{id}", self._command_hook)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
@@ -247,7 +247,7 @@ class FakeMattermost:
             if response.content_type == "application/json":
                 answer = json.loads(raw)
             if response.status == 200 and isinstance(answer, dict):
-                await self._command_response(hook, answer)
+                await self._command_response(hook, answer, via="answer")
             return response.status, answer
 
     # -- middleware ---------------------------------------------------------------------------------
@@ -421,12 +421,12 @@ class FakeMattermost:
         except ValueError:
             return error(400, "web.command_webhook.parse.app_error", "Unable to parse incoming data.")
         hook["uses"] += 1
-        await self._command_response(hook_id, payload)
+        await self._command_response(hook_id, payload, via="response_url")
         return web.Response(text="ok", content_type="text/plain")
 
-    async def _command_response(self, hook_id: str, payload: dict[str, Any]) -> None:
+    async def _command_response(self, hook_id: str, payload: dict[str, Any], via: str) -> None:
         hook = self.hooks[hook_id]
-        self.responses.append({"hook": hook_id, "payload": payload})
+        self.responses.append({"hook": hook_id, "payload": payload, "via": via})
         if payload.get("response_type") == "in_channel":
             props = {"from_bot": "true"}
             if payload.get("attachments"):

@@ -135,7 +135,7 @@ async def replies_to(fake: FakeMattermost, post: dict[str, Any], needle: str) ->
 
 async def test_mention_answers_in_its_thread_and_edits_the_ack(chat) -> None:
     fake, _adapter = chat
-    post = await fake.say(fake.alice, fake.town_square, "@squall greet world")
+    post = await fake.say(fake.alice, fake.town_square, "@squallbot greet world")
     thread = await replies_to(fake, post, "hello world")
     ack = next(p for p in thread if p["message"].startswith(("greeting world", "✔")))
     assert all(p["root_id"] == post["id"] for p in thread)
@@ -168,7 +168,7 @@ async def test_prefix_command_answers_and_chatter_and_own_posts_are_ignored(chat
 async def test_reply_in_a_thread_goes_to_the_thread_root(chat) -> None:
     fake, _adapter = chat
     root = await fake.say(fake.bob, fake.town_square, "deploy went sideways")
-    command = await fake.say(fake.alice, fake.town_square, "@squall greet thread", root_id=root["id"])
+    command = await fake.say(fake.alice, fake.town_square, "@squallbot greet thread", root_id=root["id"])
     thread = await replies_to(fake, command, "hello thread")
     assert {p["root_id"] for p in thread} == {root["id"]}
 
@@ -271,6 +271,40 @@ async def test_channel_names_and_users_resolve_for_notifications(chat) -> None:
         await adapter.send(Reply(adapter="mattermost", channel="nowhere", text="lost"))
 
 
+async def test_a_reply_to_a_vanished_thread_goes_to_the_channel(chat) -> None:
+    fake, adapter = chat
+    gone = "a" * 26
+    await adapter.send(Reply(adapter="mattermost", channel=fake.town_square["id"], thread=gone, text="late result"))
+    [post] = fake.bot_posts(fake.town_square["id"])
+    assert post["message"] == "late result" and post["root_id"] == ""
+    assert [c["status"] for c in fake.calls if c["path"] == "/api/v4/posts"] == [400, 201]
+
+
+async def test_start_while_the_server_is_down_connects_when_it_comes_up(home: Path, monkeypatch) -> None:
+    import adapters.mattermost as module
+
+    monkeypatch.setattr(module, "START_WAIT", 0.2)
+    port = _free_port()
+    fake = FakeMattermost()
+    fake.url = f"http://127.0.0.1:{port}"
+    _pack(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    adapter = create(_section(fake), squall.config)
+    adapter.reconnect_min, adapter.reconnect_max = 0.05, 0.2
+    bot = ChatBot(squall, [adapter])
+    try:
+        await bot.start()  # returns although nothing listens yet
+        assert not adapter.connected.is_set()
+        await fake.start(port)
+        await fake.wait_for(lambda: fake.live_connections(fake.bot["id"]))
+        post = await fake.say(fake.alice, fake.town_square, "!greet latecomer")
+        await replies_to(fake, post, "hello latecomer")
+    finally:
+        await bot.stop()
+        await squall.close()
+        await fake.stop()
+
+
 # -- slash commands --------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -295,7 +329,7 @@ async def test_slash_command_answers_at_once_and_later_through_response_url(api)
     assert answer["response_type"] in ("in_channel", "ephemeral") and answer["text"]
     await fake.wait_for(lambda: any("hello slash" in r["payload"].get("text", "") for r in fake.responses))
     delayed = [r for r in fake.responses if "hello slash" in r["payload"].get("text", "")]
-    assert delayed[0]["payload"]["response_type"] == "in_channel"
+    assert delayed[0]["via"] == "response_url" and delayed[0]["payload"]["response_type"] == "in_channel"
     hook_calls = [c for c in fake.calls if c["path"].startswith("/hooks/commands/")]
     assert hook_calls and all(c["status"] == 200 for c in hook_calls)
     # The ack was either the immediate answer or a response_url post; either way the channel saw it.
@@ -383,7 +417,7 @@ async def test_squall_serve_answers_a_mention_and_a_slash_command(home: Path, fa
     try:
         await fake.wait_for(lambda: fake.live_connections(fake.bot["id"]) or process.returncode is not None, 60)
         assert process.returncode is None, "squall serve exited"
-        post = await fake.say(fake.alice, fake.town_square, "@squall echo from the service")
+        post = await fake.say(fake.alice, fake.town_square, "@squallbot echo from the service")
         await replies_to(fake, post, "from the service")
         status, _answer = await _slash_when_up(fake, f"http://127.0.0.1:{port}/mattermost/command")
         assert status == 200
@@ -397,7 +431,8 @@ async def test_squall_serve_answers_a_mention_and_a_slash_command(home: Path, fa
         except TimeoutError:
             process.kill()
             output, _ = await process.communicate()
-    assert BOT_TOKEN not in output.decode(errors="replace")
+    log = output.decode(errors="replace")
+    assert BOT_TOKEN not in log and "Traceback" not in log, log
 
 
 async def _slash_when_up(fake: FakeMattermost, url: str) -> tuple[int, Any]:
