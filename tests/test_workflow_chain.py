@@ -1,0 +1,210 @@
+"""ActionChain workflows, and durability: a real `squall serve` killed with SIGKILL mid-workflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.app import Squall, load_packs
+from bot.config import load_config
+from engine.storage import Store
+from tests.conftest import write
+from tests.workflow_helpers import children, run, task_names, workflow_pack
+
+SQUALL = Path(sys.executable).parent / "squall"
+
+CHAIN = """
+vars:
+  base: "{{ who }}-base"
+chain:
+  - name: first
+    ref: core.echo
+    parameters:
+      message: "{{ base }} {{ st2kv.system.colour }}"
+    publish:
+      said: "{{ first.stdout }}"
+    on-success: second
+  - name: second
+    ref: core.local
+    parameters:
+      cmd: "echo {{ said }} {{ __results.first.stdout }}; exit {{ code }}"
+    on-success: done
+    on-failure: recover
+  - name: recover
+    ref: core.echo
+    parameters:
+      message: "recovering from {{ second.return_code }}"
+  - name: done
+    ref: core.noop
+"""
+
+FAILING = """
+chain:
+  - name: only
+    ref: core.local
+    params: {cmd: "exit 2"}
+    on-success: after
+  - name: after
+    ref: core.noop
+"""
+
+BAD_RENDER = """
+chain:
+  - name: one
+    ref: core.echo
+    parameters: {message: "{{ nothing_here }}"}
+"""
+
+
+@pytest.fixture
+async def chains(home: Path) -> Squall:
+    workflow_pack(home, {
+        "chain": ("action-chain", "who: {type: string}\ncode: {type: integer, default: 0}", CHAIN),
+        "failing": ("action-chain", "", FAILING),
+        "bad_render": ("action-chain", "", BAD_RENDER),
+        "quiet": ("action-chain", "display_published: {default: false}\ncode: {type: integer, default: 0}",
+                  CHAIN.replace("{{ who }}", "q")),
+    })
+    app = await Squall.start(load_config(home / "config.yml"))
+    assert app.registry.errors == []
+    await app.db(app.datastore.set, "colour", "green")
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+async def test_chain_renders_publishes_and_takes_on_success(chains: Squall) -> None:
+    done = await run(chains, "wf.chain", {"who": "ann"})
+    assert done["status"] == "succeeded", done["result"]
+    result = done["result"]
+    assert [t["name"] for t in result["tasks"]] == ["first", "second", "done"]
+    assert result["published"] == {"said": "ann-base green"}
+    assert result["tasks"][1]["result"]["stdout"] == "ann-base green ann-base green"
+    task = result["tasks"][0]
+    assert set(task) >= {"id", "name", "execution_id", "state", "result"} and task["state"] == "succeeded"
+    rows = await children(chains, done["id"])
+    assert task_names(rows) == ["first", "second", "done"]
+    assert rows[0]["context"]["chain"] == {"node": "first"} and rows[0]["parent"] == done["id"]
+
+
+async def test_chain_failure_handled_by_on_failure_succeeds(chains: Squall) -> None:
+    done = await run(chains, "wf.chain", {"who": "ann", "code": 4})
+    assert done["status"] == "succeeded"
+    assert [t["name"] for t in done["result"]["tasks"]] == ["first", "second", "recover"]
+    assert done["result"]["tasks"][2]["result"]["stdout"] == "recovering from 4"
+
+
+async def test_chain_unhandled_failure_fails_and_render_error_names_the_task(chains: Squall) -> None:
+    done = await run(chains, "wf.failing")
+    assert done["status"] == "failed"
+    assert [t["name"] for t in done["result"]["tasks"]] == ["only"]
+    bad = await run(chains, "wf.bad_render")
+    assert bad["status"] == "failed"
+    assert bad["result"]["error"].startswith('Failed to run task "one". Parameter rendering failed:')
+    assert "nothing_here" in bad["result"]["error"]
+
+
+async def test_display_published_false_hides_published(chains: Squall) -> None:
+    done = await run(chains, "wf.quiet")
+    assert "published" not in done["result"] and done["status"] == "succeeded"
+
+
+def test_bad_chains_are_rejected_at_load(home: Path) -> None:
+    workflow_pack(home, {
+        "unknown": ("action-chain", "", "chain:\n  - name: a\n    ref: core.noop\n    on-success: zzz\n"),
+        "loop": ("action-chain", "", "chain:\n  - name: a\n    ref: core.noop\n    on-success: b\n    on-failure: b\n"
+                                     "  - name: b\n    ref: core.noop\n    on-success: a\n    on-failure: a\n"),
+        "orphan": ("action-chain", "", "default: a\nchain:\n  - name: a\n    ref: core.noop\n"
+                                       "  - name: b\n    ref: core.noop\n"),
+    }, pack="badchain")
+    errors = [str(e) for e in load_packs(load_config(home / "config.yml")).errors]
+    assert any("chains/unknown.yaml" in e and "task 'a': 'on-success' names unknown task 'zzz'" in e for e in errors)
+    assert any("chains/loop.yaml" in e and "has no exit" in e for e in errors)
+    assert any("chains/orphan.yaml" in e and "task 'b': unreachable" in e for e in errors)
+
+
+# -- durability: kill -9 mid-workflow and start again -------------------------------------------
+
+DURABLE = """
+version: 1.0
+input: [dir]
+tasks:
+  first:
+    action: core.local
+    input:
+      cmd: "echo ran >> {{ ctx('dir') }}/first.log"
+    next: [{do: gated}]
+  gated:
+    action: core.local
+    input:
+      cmd: "echo started >> {{ ctx('dir') }}/gated.log; while [ ! -f {{ ctx('dir') }}/go ]; do sleep 0.05; done"
+      timeout: 60
+    next: [{do: last}]
+  last:
+    action: core.local
+    input:
+      cmd: "echo ran >> {{ ctx('dir') }}/last.log"
+"""
+
+
+def _serve(home: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait(store: Store, predicate, seconds: float = 30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate(store)
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def test_sigkill_mid_workflow_then_restart_continues_without_rerunning_finished_tasks(home: Path) -> None:
+    write(home / "config.yml", "database:\n  url: sqlite:///data/squall.db\npacks:\n  paths: [packs]\n"
+                               "api:\n  enabled: false\nadapters:\n  console:\n    enabled: false\n")
+    workflow_pack(home, {"durable": ("orquesta", "dir: {type: string}", DURABLE)})
+    work = home / "work"
+    work.mkdir()
+    queued = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "run", "wf.durable", f"dir={work}",
+                             "--async", "--json"], capture_output=True, text=True, cwd=home, timeout=60)
+    assert queued.returncode == 0, queued.stderr
+    workflow_id = json.loads(queued.stdout)["id"]
+    store = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
+    server = _serve(home)
+    try:
+        _wait(store, lambda s: (work / "gated.log").exists())
+        os.killpg(server.pid, signal.SIGKILL)  # the server and the shell it runs: no goodbye
+        server.communicate(timeout=10)
+        assert store.get_execution(workflow_id)["status"] == "running"
+
+        (work / "go").touch()
+        server = _serve(home)
+        done = _wait(store, lambda s: (r := s.get_execution(workflow_id))["status"] not in (
+            "running", "resuming", "requested") and r)
+        assert done["status"] == "succeeded", done["result"]
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            server.communicate(timeout=20)
+        store.close()
+    assert (work / "first.log").read_text() == "ran\n"  # finished before the kill: not run again
+    assert (work / "last.log").read_text() == "ran\n"
+    assert (work / "gated.log").read_text() == "started\nstarted\n"  # interrupted: run again
+    rows = sorted(Store.open(f"sqlite:///{home / 'data' / 'squall.db'}").list_executions(parent=workflow_id),
+                  key=lambda r: r["id"])
+    assert [(r["context"]["workflow_task"]["task"], r["status"]) for r in rows] == [
+        ("first", "succeeded"), ("gated", "abandoned"), ("gated", "succeeded"), ("last", "succeeded")]
+    statuses = [e["status"] for e in done["log"]]
+    assert statuses[-3:] == ["resuming", "running", "succeeded"]
