@@ -44,6 +44,9 @@ _KEYS = {"enabled", "mode", "base_url", "slash_command", "thread_replies", "file
          "status_reactions", *_TOKENS}
 #: Errors after which a reply can still reach the channel through a slash command's response_url.
 _USE_RESPONSE_URL = {"not_in_channel", "channel_not_found", "is_archived"}
+#: Errors worth the outbox's retry; any other refusal of an edit makes it a new message instead.
+_TRANSIENT = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout",
+              "team_added_to_org"}
 IDENTITY_TTL = 3600.0
 GROUPS_TTL = 300.0
 SEEN_SIZE = 5000
@@ -306,13 +309,16 @@ class SlackAdapter:
     async def _event(self, body: dict[str, Any], event: dict[str, Any], mention: bool) -> None:
         if event.get("subtype") not in _PERSON_SUBTYPES or event.get("bot_id") or not event.get("user"):
             return
+        if self.bot_user_id is None:  # auth.test said nothing of it: the envelope names the bot too
+            self.bot_user_id = next((str(a["user_id"]) for a in body.get("authorizations") or []
+                                     if a.get("is_bot") and a.get("user_id")), None)
         if event.get("user") == self.bot_user_id:
             return
         if body.get("event_id") and not self._seen.add(f"event:{body['event_id']}"):
             log.info("Slack: event %s delivered again (retry); ignored", body["event_id"])
             return
         channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
-        text, mentioned = plain_text(str(event.get("text") or ""), self.bot_user_id)
+        text, mentioned = plain_text(str(event.get("text") or ""), self.bot_user_id, addressed=mention)
         direct = event.get("channel_type") == "im" or channel.startswith("D")
         if not (mention or mentioned or direct or (self.prefix and text.startswith(self.prefix))):
             return  # chatter: not worth a users.info call
@@ -449,11 +455,21 @@ class SlackAdapter:
             if reply.file is not None:
                 return await self._upload(channel, reply)
             arguments = message_arguments(reply)
+            if not (reply.text.strip() or arguments.get("blocks") or arguments.get("attachments")):
+                log.debug("Slack: an empty reply to %s skipped (Slack refuses it: no_text)", reply.channel)
+                return None
             if edit_of and not edit_of.startswith("file:"):
                 edited_channel, _, ts = edit_of.partition(":")
-                await self._post(self.client.chat_update, reply, channel=edited_channel or channel, ts=ts,
-                                 **arguments)
-                return edit_of
+                try:
+                    await self._post(self.client.chat_update, reply, channel=edited_channel or channel, ts=ts,
+                                     **arguments)
+                    return edit_of
+                except SlackApiError as exc:
+                    if _retry_after(exc) is not None or _error(exc) in _TRANSIENT:
+                        raise
+                    # Too old, deleted, or not editable: the news must still reach the channel.
+                    log.info("Slack: cannot edit %s (%s); posting the update as a new message", edit_of,
+                             _error(exc))
             response = await self._post(self.client.chat_postMessage, reply, channel=channel,
                                         thread_ts=reply.thread, **arguments)
             return f"{response.get('channel') or channel}:{response.get('ts', '')}" if response is not None else None
@@ -535,10 +551,17 @@ def _retry_after(exc: SlackApiError) -> float | None:
 
 def create(section: dict[str, Any], config: Any) -> SlackAdapter:
     """`adapters.slack` → a Slack adapter; a missing token is a `ConfigError` naming key and variable."""
+    settings = SlackSettings.from_section(section)
     prefix = "!"
     with contextlib.suppress(Exception):
         prefix = str(config.section("chat").get("prefix", "!"))
-    return SlackAdapter(SlackSettings.from_section(section), prefix=prefix)
+    api_on = True
+    with contextlib.suppress(Exception):
+        api_on = bool(config.section("api").get("enabled", True))
+    if settings.mode == "http" and not api_on:
+        raise ConfigError("adapters.slack.mode 'http' receives Slack's requests on Squall's API server, but "
+                          "api.enabled is false; enable the API or use mode 'socket'")
+    return SlackAdapter(settings, prefix=prefix)
 
 
 __all__ = ["SlackAdapter", "SlackSettings", "create"]

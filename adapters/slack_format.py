@@ -44,15 +44,21 @@ def _unwrap(match: re.Match[str]) -> str:
     return target                        # a link: the URL itself, whatever its label
 
 
-def plain_text(text: str, bot_user_id: str | None = None) -> tuple[str, bool]:
+_LEADING_MENTION = re.compile(r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>[\s:,]*")
+
+
+def plain_text(text: str, bot_user_id: str | None = None, addressed: bool = False) -> tuple[str, bool]:
     """Slack markup → what the person typed; also whether it @mentioned the bot.
 
-    A leading `<@BOT>` is removed (it addresses the bot, it is not part of the command)."""
+    A leading `<@BOT>` is removed (it addresses the bot, it is not part of the command); in an
+    `app_mention` (`addressed`) any leading mention is, since that event exists only for the bot."""
     mentioned = False
     if bot_user_id:
         mention = re.compile(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>")
         mentioned = bool(mention.search(text))
         text = mention.sub("", text, count=1) if mention.match(text.lstrip()) else text
+    if addressed and not mentioned:
+        text = _LEADING_MENTION.sub("", text, count=1)
     text = _ANGLE.sub(_unwrap, text)
     return html.unescape(text).strip(), mentioned
 

@@ -296,6 +296,16 @@ async def test_rate_limited_reply_waits_and_keeps_the_channel_order(slack, fake:
     assert texts.index("greeting second") < texts.index("hello second")
 
 
+async def test_an_edit_slack_refuses_is_posted_as_a_new_message(fake: FakeSlack, config) -> None:
+    adapter = create(_settings(fake), config)
+    first = await adapter.send(Reply(adapter="slack", channel="COPS0001", text="running"))
+    fake.errors["chat.update"] = "cant_update_message"
+    again = await adapter.send(Reply(adapter="slack", channel="COPS0001", text="done"), edit_of=first)
+    assert again != first and [m["text"] for m in fake.messages] == ["running", "done"]
+    assert await adapter.send(Reply(adapter="slack", channel="COPS0001", text="  ")) is None  # Slack: no_text
+    assert len(fake.messages) == 2
+
+
 async def test_rate_limit_is_a_delivery_error_with_retry_after(fake: FakeSlack, config) -> None:
     from adapters.base import DeliveryError
 
@@ -460,6 +470,9 @@ def test_markup_and_rendering() -> None:
     assert plain_text(f"<@{BOT_USER}> run <#C1|ops> &lt;x&gt; <mailto:a@b.c|a@b.c>", BOT_USER) == \
         ("run #ops <x> a@b.c", True)
     assert plain_text("!greet <@U123|bob>", BOT_USER) == ("!greet @bob", False)
+    # an app_mention naming the bot by an id auth.test did not give: the leading mention still goes
+    assert plain_text("<@UOTHER1> greet x", BOT_USER, addressed=True) == ("greet x", False)
+    assert plain_text(f"<@{BOT_USER}> greet <@U123>", BOT_USER, addressed=True) == ("greet @U123", True)
     arguments = message_arguments(Reply(adapter="slack", channel="C", text="a < b", buttons=[
         {"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}]))
     assert arguments["text"] == "a &lt; b"
