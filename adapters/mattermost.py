@@ -55,7 +55,8 @@ START_WAIT = 10.0
 OTHER_PLATFORMS = {"slack", "irc", "console", "msteams", "hipchat", "rocketchat", "discord", "telegram", "xmpp",
                    "errbot", "loopback"}
 REST_TIMEOUT = aiohttp.ClientTimeout(total=30)
-_POST_ID = re.compile(r"^[a-z0-9]{26}$")
+_MM_ID = re.compile(r"^[a-z0-9]{26}$")
+_ID_LIKE = re.compile(r"^[A-Za-z0-9]{8,}$")
 _SLASH = "slash:"
 
 
@@ -185,6 +186,8 @@ class MattermostAdapter:
         self._mention: re.Pattern[str] | None = None
         self._usernames: dict[str, str] = {}
         self._channels: dict[str, str] = {}
+        self._known_channels: set[str] = set()
+        self._channel_types: dict[str, str] = {}
         self._seen: deque[str] = deque(maxlen=1000)
         self._slash: dict[str, _SlashCommand] = {}
 
@@ -255,20 +258,26 @@ class MattermostAdapter:
         self._mention = re.compile(rf"(?<![\w.@-])@{re.escape(username)}(?![\w-]|\.\w)[:,]?", re.IGNORECASE)
         self._usernames[str(self.me.get("id"))] = username
         if self.settings.team and self.team_id is None:
-            try:
-                team = await self._call("GET", f"/teams/name/{_quote(self.settings.team)}")
-            except MattermostError as exc:
-                if exc.status == 404:
-                    raise ConfigError(f"adapters.mattermost.team: there is no team named {self.settings.team!r} "
-                                      f"on {self.settings.url} (or the bot is not in it)") from exc
-                raise
-            self.team_id = team["id"]
+            await self._find_team()
         with contextlib.suppress(MattermostError, ValueError, TypeError, KeyError):
             client = await self._call("GET", "/config/client", params={"format": "old"})
             size = int(client["MaxPostSize"])
             if size > 0:
                 self.capabilities = Capabilities(**{**self.capabilities.__dict__, "max_length": size})
         log.info("Mattermost: logged in to %s as @%s", self.settings.url, username)
+
+    async def _find_team(self) -> None:
+        """The team's id, for channel names. A wrong team name is logged, not fatal: mentions, direct
+        messages and replies (which carry channel ids) work without it."""
+        try:
+            team = await self._call("GET", f"/teams/name/{_quote(str(self.settings.team))}")
+        except MattermostError as exc:
+            if exc.status != 404:
+                raise
+            log.error("adapters.mattermost.team: there is no team named %r on %s (or the bot is not in it); "
+                      "channel names cannot be used", self.settings.team, self.settings.url)
+            return
+        self.team_id = str(team["id"])
 
     # -- REST --------------------------------------------------------------------------------------
     async def _call(self, method: str, path: str, *, body: Any = None, data: Any = None,
@@ -300,30 +309,33 @@ class MattermostAdapter:
 
     async def channel_id(self, channel: str) -> str:
         """A channel id from an id, a channel name of the team (`ops`, `~ops`) or a user (`@alice`, a DM)."""
-        if _POST_ID.match(channel):
+        if channel in self._known_channels or _MM_ID.match(channel):
             return channel
         if channel in self._channels:
             return self._channels[channel]
         name = channel.strip()
         found: str | None = None
-        if not name.startswith("@"):
+        if not name.startswith("@") and self.settings.team:
             if self.team_id is None:
-                raise MattermostError(f"cannot find channel {channel!r}: set adapters.mattermost.team to use "
-                                      "channel names, or give the channel id")
-            try:
-                found = (await self._call("GET", f"/teams/{self.team_id}/channels/name/"
-                                                 f"{_quote(name.lstrip('~#'))}"))["id"]
-            except MattermostError as exc:
-                if exc.status != 404:
-                    raise
+                await self._find_team()
+            if self.team_id is not None:
+                try:
+                    found = (await self._call("GET", f"/teams/{self.team_id}/channels/name/"
+                                                     f"{_quote(name.lstrip('~#'))}"))["id"]
+                except MattermostError as exc:
+                    if exc.status != 404:
+                        raise
         if found is None:  # `@alice`, or a bare name that is a user (a whisper goes to the user's name)
             try:
                 user = await self._call("GET", f"/users/username/{_quote(name.lstrip('@'))}")
             except MattermostError as exc:
-                if exc.status == 404:
-                    raise MattermostError(f"no Mattermost channel or user named {channel!r}", status=404) from exc
-                raise
-            found = (await self._call("POST", "/channels/direct", body=[self.me["id"], user["id"]]))["id"]
+                if exc.status != 404:
+                    raise
+                if _ID_LIKE.match(channel):
+                    return channel  # perhaps an id in another shape: the server has the last word
+                team = "" if self.settings.team else " (set adapters.mattermost.team to use channel names)"
+                raise MattermostError(f"no Mattermost channel or user named {channel!r}{team}", status=404) from exc
+            found = str((await self._call("POST", "/channels/direct", body=[self.me["id"], user["id"]]))["id"])
         self._channels[channel] = found
         return found
 
@@ -345,7 +357,7 @@ class MattermostAdapter:
             if answered is not None:
                 return answered
         post: dict[str, Any] = {"channel_id": await self.channel_id(reply.channel), "message": text}
-        if reply.thread and _POST_ID.match(reply.thread):
+        if reply.thread and not reply.thread.startswith(_SLASH):
             post["root_id"] = reply.thread
         if extra_attachments:
             post["props"] = {"attachments": extra_attachments}
@@ -417,7 +429,10 @@ class MattermostAdapter:
         url = self.ws_url
         if self._connection_id:
             url += "?" + urlencode({"connection_id": self._connection_id, "sequence_number": self._next_seq})
-        async with self._session.ws_connect(url, heartbeat=self.heartbeat, autoping=True) as ws:
+        # The token goes in the upgrade request (the server authenticates at once) and in the
+        # authentication_challenge (for proxies that drop the header); either alone is enough.
+        headers = {"Authorization": f"Bearer {self.settings.token}"}
+        async with self._session.ws_connect(url, heartbeat=self.heartbeat, autoping=True, headers=headers) as ws:
             self._ws = ws
             self.connections += 1
             try:
@@ -491,10 +506,23 @@ class MattermostAdapter:
         if self._mention is not None and self._mention.search(text):
             mentioned = True
             text = self._mention.sub("", text).strip()
-        return Message(adapter=self.name, channel=str(post.get("channel_id")),
+        channel = str(post.get("channel_id") or "")
+        self._known_channels.add(channel)
+        kind = data.get("channel_type") or await self._channel_type(channel)
+        return Message(adapter=self.name, channel=channel,
                        user=await self._username(user_id, str(data.get("sender_name") or "")), text=text,
-                       thread=post.get("root_id") or None, mentioned=mentioned,
-                       direct=data.get("channel_type") == "D", id=post["id"], raw=post)
+                       thread=post.get("root_id") or None, mentioned=mentioned, direct=kind == "D", id=post["id"],
+                       raw=post)
+
+    async def _channel_type(self, channel: str) -> str:
+        """O, P, D or G, for an event that did not say (Mattermost's own always do)."""
+        if channel not in self._channel_types:
+            try:
+                self._channel_types[channel] = str((await self._call("GET", f"/channels/{_quote(channel)}"))["type"])
+            except (MattermostError, KeyError, TypeError) as exc:
+                log.warning("Mattermost: cannot tell the type of channel %s (%s)", channel, exc)
+                return ""
+        return self._channel_types[channel]
 
     # -- slash commands ------------------------------------------------------------------------------
     def mount(self, app: Any) -> None:  # app: fastapi.FastAPI

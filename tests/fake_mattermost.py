@@ -94,6 +94,8 @@ class FakeMattermost:
         self.ws_connects: list[dict[str, str]] = []
         self.connections: dict[str, Connection] = {}
         self.refuse_websockets = False
+        #: False acts like a proxy that strips the upgrade's Authorization header: only the challenge works.
+        self.websocket_header_auth = True
         self._limits: list[RateLimit] = []
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -516,7 +518,7 @@ class FakeMattermost:
                                           "broadcast": {"user_id": user_id}})
             await self._notify()
 
-        header_user = self._auth(request)
+        header_user = self._auth(request) if self.websocket_header_auth else None
         if header_user is not None:
             await authenticated(header_user)
         try:

@@ -253,6 +253,21 @@ async def test_dropped_websocket_reconnects_resumes_and_answers_again(chat) -> N
     assert adapter.connections >= 3
 
 
+async def test_websocket_authenticates_by_challenge_and_a_wrong_team_is_not_fatal(home: Path,
+                                                                                   fake: FakeMattermost) -> None:
+    fake.websocket_header_auth = False  # a proxy dropped the header: the authentication_challenge must do
+    squall, bot, adapter = await _chat(home, fake, team="no-such-team")
+    try:
+        post = await fake.say(fake.alice, fake.town_square, "@squallbot greet challenger")
+        await replies_to(fake, post, "hello challenger")
+        assert adapter.team_id is None
+        with pytest.raises(DeliveryError, match="no Mattermost channel or user named 'ops-room'"):
+            await adapter.send(Reply(adapter="mattermost", channel="ops-room", text="lost"))
+    finally:
+        await bot.stop()
+        await squall.close()
+
+
 async def test_a_malformed_event_does_not_stop_the_adapter(chat) -> None:
     fake, _adapter = chat
     await fake._publish("posted", {"post": "{not json", "channel_type": "O"}, {}, fake.town_square["id"])
@@ -267,8 +282,8 @@ async def test_channel_names_and_users_resolve_for_notifications(chat) -> None:
     await adapter.send(Reply(adapter="mattermost", channel="@alice", text="just for alice"))
     assert [p["message"] for p in fake.bot_posts(fake.town_square["id"])] == ["to the square"]
     assert [p["message"] for p in fake.bot_posts(fake.dm_alice["id"])] == ["just for alice"]
-    with pytest.raises(DeliveryError, match="nowhere"):
-        await adapter.send(Reply(adapter="mattermost", channel="nowhere", text="lost"))
+    with pytest.raises(DeliveryError, match="no-such-place"):
+        await adapter.send(Reply(adapter="mattermost", channel="no-such-place", text="lost"))
 
 
 async def test_a_reply_to_a_vanished_thread_goes_to_the_channel(chat) -> None:
