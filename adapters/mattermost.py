@@ -193,7 +193,7 @@ class MattermostAdapter:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self, on_message: MessageHandler) -> None:
-        """Log in (a bad token or team is a configuration error), then listen on the websocket.
+        """Log in (a refused token is a configuration error), then listen on the websocket.
 
         If the server cannot be reached yet, this returns after `START_WAIT` and keeps trying."""
         self._on_message = on_message
@@ -414,6 +414,8 @@ class MattermostAdapter:
                 log.error("Mattermost: the websocket refused the token (adapters.mattermost.token); retrying")
             except (MattermostError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                 log.warning("Mattermost websocket: %s: %s", exc.__class__.__name__, exc)
+            except Exception:  # whatever it was, the bot must come back
+                log.exception("Mattermost websocket failed unexpectedly")
             self.connected.clear()
             if self._stopping:
                 return
