@@ -162,6 +162,9 @@ class SlackAdapter:
         self._groups: tuple[dict[str, list[str]], float] = ({}, 0.0)
         self._groups_lock = asyncio.Lock()
         self._response_urls: dict[str, tuple[str, float, int]] = {}
+        self._authors: OrderedDict[str, str] = OrderedDict()
+        self._askers: OrderedDict[str, str] = OrderedDict()
+        self._last_asker: dict[str, str] = {}
         self._socket: Any = None
         self._connected = asyncio.Event()
         self._last_frame = time.monotonic()
@@ -330,7 +333,7 @@ class SlackAdapter:
         message = Message(adapter=self.name, channel=channel, user=user, text=text, thread=event.get("thread_ts"),
                           mentioned=mention or mentioned, direct=direct, groups=await self._groups_of(event["user"]),
                           id=ts, raw={"event": event, "channel_name": await self._channel_name(channel)})
-        await self._deliver(message)
+        await self._deliver(message, event["user"])
 
     async def _on_command(self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any]) -> None:
         await ack()  # first: Slack shows "operation_timeout" after 3 s
@@ -345,7 +348,7 @@ class SlackAdapter:
         message = Message(adapter=self.name, channel=channel, user=user, text=text, mentioned=True,
                           direct=channel.startswith("D") or command.get("channel_name") == "directmessage",
                           groups=await self._groups_of(user_id), raw={"command": command})
-        await self._deliver(message)
+        await self._deliver(message, user_id)
 
     async def _on_button(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
         await ack()
@@ -359,7 +362,9 @@ class SlackAdapter:
         original = body.get("message") or {}
         thread = original.get("thread_ts") or (body.get("container") or {}).get("thread_ts")
         user = await self._user_name(user_id, fallback=(body.get("user") or {}).get("username"))
-        if original.get("ts") and not (body.get("container") or {}).get("is_ephemeral"):
+        asker = self._askers.get(f"{channel}:{original.get('ts')}")
+        answered = asker in (None, user_id)  # someone else's click leaves the buttons to the one asked
+        if answered and original.get("ts") and not (body.get("container") or {}).get("is_ephemeral"):
             try:  # the question stays, the buttons go: no second click on an answered prompt
                 await self.client.chat_update(channel=channel, ts=original["ts"], text=original.get("text", ""),
                                               blocks=clicked_summary(original.get("text", ""), user,
@@ -370,9 +375,13 @@ class SlackAdapter:
         message = Message(adapter=self.name, channel=channel, user=user, text=str(action.get("value", "")),
                           thread=thread, mentioned=True, direct=channel.startswith("D"),
                           groups=await self._groups_of(user_id), raw={"action": body})
-        await self._deliver(message)
+        await self._deliver(message, user_id)
 
-    async def _deliver(self, message: Message) -> None:
+    async def _deliver(self, message: Message, user_id: str) -> None:
+        # Who asked what, so a confirmation prompt posted in reply knows whose click answers it.
+        self._last_asker[message.channel] = user_id
+        if message.id:
+            _remember(self._authors, f"{message.channel}:{message.id}", user_id)
         if self._on_message is None:
             log.warning("Slack: a message arrived before the adapter started; dropped")
             return
@@ -472,6 +481,11 @@ class SlackAdapter:
                              _error(exc))
             response = await self._post(self.client.chat_postMessage, reply, channel=channel,
                                         thread_ts=reply.thread, **arguments)
+            if reply.buttons and response is not None:
+                asker = (self._authors.get(f"{channel}:{reply.thread}") if reply.thread
+                         else self._last_asker.get(channel))
+                if asker:
+                    _remember(self._askers, f"{response.get('channel') or channel}:{response.get('ts')}", asker)
             return f"{response.get('channel') or channel}:{response.get('ts', '')}" if response is not None else None
         except SlackApiError as exc:
             wait = _retry_after(exc)
@@ -525,6 +539,13 @@ class SlackAdapter:
         payload = {"response_type": "in_channel", **message_arguments(Reply(**{**reply.__dict__, "text": text}))}
         async with aiohttp.ClientSession() as session, session.post(url, json=payload) as response:
             return 200 <= response.status < 300
+
+
+def _remember(table: OrderedDict[str, str], key: str, value: str, size: int = SEEN_SIZE) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    if len(table) > size:
+        table.popitem(last=False)
 
 
 def _error(exc: Exception) -> str:

@@ -322,6 +322,8 @@ async def test_confirmation_by_button_click(slack, fake: FakeSlack) -> None:
     await fake.push("events_api", fake.event(fake.message_event("!wipe disk")))
     prompt = await _posted(fake, lambda m: m.get("blocks") and "About to run" in m["text"], "the prompt")
     await fake.push("interactive", fake.click(prompt, "yes", user="UBOB0001"))  # someone else: not theirs
+    await _posted(fake, lambda m: m["text"].startswith("I don't know `yes`"), "bob's click answered as his own")
+    assert not prompt["edits"]  # bob's click leaves alice's buttons in place
     await fake.push("interactive", fake.click(prompt, "yes"))
     await _posted(fake, lambda m: m.get("text") == "wiped disk", "the confirmed result")
     done = await _posted(fake, lambda m: m is prompt and m["edits"], "the prompt updated")
