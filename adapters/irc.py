@@ -1,0 +1,699 @@
+"""IRC, through the `irc` library's asyncio client (`irc.client_aio`), on Squall's own event loop.
+
+The adapter only translates: a PRIVMSG in a channel becomes a `Message` (with `mentioned` when it
+starts with `nick:` or `nick,`), a private PRIVMSG becomes a direct one whose channel is the
+sender's nick, and a `Reply` becomes PRIVMSG lines. What IRC itself demands is handled here:
+
+- registration with an optional server password (PASS) and SASL PLAIN (IRCv3 CAP negotiation);
+- a nick that falls back to `nick_`, `nick__`, ... on a collision and is taken back when it frees up;
+- the 512-byte line limit: every line is split by bytes, never inside a UTF-8 sequence, with room
+  for the `:nick!user@host PRIVMSG target :` prefix the server puts in front when relaying it;
+- flood control: a token bucket shared by every target (servers throttle or kill per client);
+- reconnect with exponential backoff, rejoining channels, after a restart, an ERROR or a kick.
+
+The `irc` library calls handlers synchronously from the protocol's `data_received`; an exception
+there would close the connection, so every handler is wrapped, and messages go through a queue to
+one consumer task that hands them to the dispatcher in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import difflib
+import itertools
+import logging
+import os
+import random
+import re
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import irc.client
+import irc.client_aio
+import irc.connection
+from jaraco.stream.buffer import LenientDecodingLineBuffer
+
+from adapters.base import Capabilities, DeliveryError, Message, MessageHandler, Reply
+
+log = logging.getLogger(__name__)
+
+#: RFC 1459 nick characters (letters, digits, `[]\`_^{|}-`), not starting with a digit or `-`.
+_NICK = re.compile(r"^[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*$")
+_CHANNEL_TYPES = "#&+!"
+#: What a server may put in front of a relayed line, beyond the nick: `~` plus a 10-character user
+#: name and a 63-character host, the longest a DNS label allows (cloaks are usually shorter).
+_USER_ROOM = 11
+_HOST_ROOM = 63
+MAX_LINE = 512
+_KNOWN_KEYS = {"enabled", "server", "port", "tls", "tls_verify", "nick", "channels", "password", "sasl_username",
+               "sasl_password", "username", "realname", "flood_burst", "flood_interval", "reconnect_max"}
+
+
+class IrcConfigError(ValueError):
+    """An `adapters.irc` setting that cannot be used; the message names the key."""
+
+
+# -- settings ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IrcSettings:
+    """`adapters.irc` as the adapter uses it; secrets are kept out of `repr()`."""
+
+    server: str
+    port: int = 6667
+    tls: bool = False
+    tls_verify: bool = True
+    nick: str = "squall"
+    channels: tuple[str, ...] = ()
+    password: str | None = field(default=None, repr=False)
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    username: str = "squall"
+    realname: str = "Squall ChatOps"
+    flood_burst: int = 5
+    flood_interval: float = 0.5
+    reconnect_max: float = 60.0
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any], where: str = "adapters.irc",
+                     environ: dict[str, str] | None = None) -> IrcSettings:
+        """Check every key and name the one that is wrong; env `IRC_PASSWORD`/`IRC_SASL_PASSWORD` fill in
+        the secrets when the file leaves them out (so they need not be written to disk)."""
+        env = os.environ if environ is None else environ
+        for key in section:
+            if key not in _KNOWN_KEYS:
+                near = difflib.get_close_matches(str(key), sorted(_KNOWN_KEYS), n=1)
+                hint = f" (did you mean '{where}.{near[0]}'?)" if near else ""
+                raise IrcConfigError(f"unknown key '{where}.{key}'{hint}")
+        server = section.get("server")
+        if not server or not isinstance(server, str) or any(c.isspace() for c in server):
+            raise IrcConfigError(f"'{where}.server' must be a host name or address, e.g. irc.libera.chat "
+                                 f"(got {server!r})")
+        tls = _bool(section.get("tls", False), f"{where}.tls")
+        port = _int(section.get("port", 6697 if tls else 6667), f"{where}.port", 1, 65535)
+        nick = section.get("nick", "squall")
+        if not isinstance(nick, str) or not _NICK.match(nick):
+            raise IrcConfigError(f"'{where}.nick' must be an IRC nick (letters, digits and []\\`_^{{|}}-, not "
+                                 f"starting with a digit or '-'), not {nick!r}")
+        password = section.get("password") or env.get("IRC_PASSWORD") or None
+        sasl_username = section.get("sasl_username") or None
+        sasl_password = section.get("sasl_password") or env.get("IRC_SASL_PASSWORD") or None
+        if sasl_username and not sasl_password:
+            raise IrcConfigError(f"'{where}.sasl_username' is set but '{where}.sasl_password' is not "
+                                 "(nor IRC_SASL_PASSWORD)")
+        if sasl_password and not sasl_username and section.get("sasl_password"):
+            raise IrcConfigError(f"'{where}.sasl_password' is set but '{where}.sasl_username' is not")
+        for key, value in (("password", password), ("sasl_username", sasl_username),
+                           ("sasl_password", sasl_password)):
+            if value is not None and (not isinstance(value, str) or "\n" in value or "\r" in value):
+                raise IrcConfigError(f"'{where}.{key}' must be a single-line string")
+        username = str(section.get("username") or nick)
+        if not re.fullmatch(r"[^\s@]+", username):
+            raise IrcConfigError(f"'{where}.username' must be one word without '@', not {username!r}")
+        return cls(
+            server=server, port=port, tls=tls, tls_verify=_bool(section.get("tls_verify", True), f"{where}.tls_verify"),
+            nick=nick, channels=_channels(section.get("channels"), f"{where}.channels"), password=password,
+            sasl_username=sasl_username if sasl_password else None,
+            sasl_password=sasl_password if sasl_username else None,
+            username=username, realname=str(section.get("realname") or "Squall ChatOps"),
+            flood_burst=_int(section.get("flood_burst", 5), f"{where}.flood_burst", 1, 1000),
+            flood_interval=_float(section.get("flood_interval", 0.5), f"{where}.flood_interval", 0.0, 60.0),
+            reconnect_max=_float(section.get("reconnect_max", 60), f"{where}.reconnect_max", 0.1, 3600.0),
+        )
+
+
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise IrcConfigError(f"'{key}' must be true or false, not {value!r}")
+
+
+def _int(value: Any, key: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise IrcConfigError(f"'{key}' must be a whole number from {low} to {high}, not {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise IrcConfigError(f"'{key}' must be a whole number from {low} to {high}, not {value!r}") from None
+    if not low <= number <= high:
+        raise IrcConfigError(f"'{key}' must be from {low} to {high}, not {number}")
+    return number
+
+
+def _float(value: Any, key: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise IrcConfigError(f"'{key}' must be a number of seconds, not {value!r}") from None
+    if isinstance(value, bool) or not low <= number <= high:
+        raise IrcConfigError(f"'{key}' must be from {low:g} to {high:g}, not {value!r}")
+    return number
+
+
+def _channels(value: Any, key: str) -> tuple[str, ...]:
+    """A list (or a comma-separated string) of channels; `ops` means `#ops`; `#chan key` carries a key."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise IrcConfigError(f"'{key}' must be a list of channels like [\"#ops\"], not {value!r}")
+    channels: list[str] = []
+    for item in items:
+        if item is None:
+            raise IrcConfigError(f"'{key}' has an empty entry: quote channel names (\"#ops\"), since YAML reads "
+                                 "an unquoted # as the start of a comment")
+        if not isinstance(item, str) or not item.strip():
+            raise IrcConfigError(f"'{key}' entries must be channel names like \"#ops\", not {item!r}")
+        name, _, channel_key = item.strip().partition(" ")
+        if name[0] not in _CHANNEL_TYPES:
+            name = f"#{name}"
+        if any(c in name for c in ",\x07\x00\r\n") or len(name) < 2:
+            raise IrcConfigError(f"'{key}' has an invalid channel name {item!r}")
+        channels.append(f"{name} {channel_key.strip()}" if channel_key.strip() else name)
+    return tuple(channels)
+
+
+# -- lines ------------------------------------------------------------------------------------------
+
+def line_budget(nick: str, target: str) -> int:
+    """Bytes of text one PRIVMSG may carry so the relayed line, prefix and CRLF included, fits 512."""
+    overhead = f":{nick}!{'u' * _USER_ROOM}@{'h' * _HOST_ROOM} PRIVMSG {target} :\r\n"
+    return MAX_LINE - len(overhead.encode())
+
+
+def split_lines(text: str, budget: int) -> list[str]:
+    """IRC lines for `text`: one per text line, long ones cut by bytes (at a space when one is near the
+    end, never inside a UTF-8 sequence); inner blank lines become a single space, as empty PRIVMSGs
+    are refused."""
+    budget = max(budget, 16)
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "").strip("\n")
+    if not text.strip():
+        return []
+    out: list[str] = []
+    for line in text.split("\n"):
+        data = line.rstrip().encode()
+        if not data:
+            out.append(" ")
+            continue
+        while len(data) > budget:
+            cut = budget
+            while cut > 0 and (data[cut] & 0xC0) == 0x80:  # a continuation byte: step back to the lead byte
+                cut -= 1
+            space = data.rfind(b" ", 0, cut + 1)
+            if space > budget // 2:
+                piece, data = data[:space], data[space + 1:]
+            else:
+                piece, data = data[:cut], data[cut:]
+            out.append(piece.decode() or " ")
+        if data:
+            out.append(data.decode())
+    return out
+
+
+class TokenBucket:
+    """`burst` lines at once, then one line every `interval` seconds: the pace servers tolerate.
+
+    `clock` and `sleep` are injectable so the pacing can be tested without measuring time."""
+
+    def __init__(self, burst: int, interval: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        self.burst = burst
+        self.interval = interval
+        self.tokens = float(burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._stamp = clock()
+        self._lock = asyncio.Lock()
+
+    async def take(self) -> None:
+        async with self._lock:
+            while True:
+                now = self._clock()
+                if self.interval > 0:
+                    self.tokens = min(float(self.burst), self.tokens + (now - self._stamp) / self.interval)
+                else:
+                    self.tokens = float(self.burst)
+                self._stamp = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                await self._sleep((1 - self.tokens) * self.interval)
+
+
+# -- the irc library, made safe for a long-running service ---------------------------------------
+
+class _Protocol(irc.client_aio.IrcProtocol):
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self.connection.closed.set()
+
+
+class _Connection(irc.client_aio.AioConnection):
+    """An AioConnection that survives undecodable bytes, keeps secrets out of debug logs, and tells
+    when its socket is closed and when the server last said anything."""
+
+    protocol_class = _Protocol
+    buffer_class = LenientDecodingLineBuffer
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor)
+        self.closed = asyncio.Event()
+        self.closed.set()
+        self.last_heard = time.monotonic()
+
+    def process_data(self, new_data: bytes) -> None:
+        self.last_heard = time.monotonic()
+        super().process_data(new_data)
+
+    def send_raw(self, string: str) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise irc.client.ServerNotConnectedError("Not connected.")
+        command = string.split(" ", 1)[0].upper()
+        log.debug("IRC TO SERVER: %s", f"{command} ********" if command in ("PASS", "AUTHENTICATE") else string)
+        self.transport.write(self._prep_message(string))
+
+    def disconnect(self, message: str = "") -> None:
+        """As the library's, but a QUIT that cannot be sent (the socket is already gone) must not stop the
+        transport from closing and the `disconnect` event from firing."""
+        try:
+            del self.connected
+        except AttributeError:
+            return
+        with contextlib.suppress(irc.client.ServerNotConnectedError):
+            self.quit(message)
+        self.transport.close()
+        self._handle_event(irc.client.Event("disconnect", self.server, "", [message]))
+
+
+class _Reactor(irc.client_aio.AioReactor):
+    connection_class = _Connection
+
+
+# -- the adapter ------------------------------------------------------------------------------------
+
+class IrcAdapter:
+    """One connection to one IRC server, joined to the configured channels."""
+
+    capabilities = Capabilities(threads=False, edits=False, rich=False, files=False, buttons=False,
+                                max_length=1600)
+    #: Seconds between attempts to take the configured nick back after a collision.
+    regain_interval = 30.0
+    rejoin_delay = 1.0
+    #: Silence after which the server is PINGed, and after which the connection is given up as dead.
+    idle_ping = 90.0
+    idle_timeout = 180.0
+    connect_timeout = 20.0
+    register_timeout = 30.0
+    #: How long `start()` waits for the first registration, and `send()` for a lost connection to return.
+    start_wait = 15.0
+    send_wait = 10.0
+    reconnect_min = 1.0
+
+    def __init__(self, settings: IrcSettings, name: str = "irc") -> None:
+        self.name = name
+        self.settings = settings
+        self.wanted: list[str] = list(settings.channels)  # configured channels, then any a reply was sent to
+        self.joined: set[str] = set()
+        self.registered = asyncio.Event()
+        self.connections = 0  # successful registrations so far (a reconnect makes it 2)
+        self._lost = asyncio.Event()
+        self._reactor: _Reactor | None = None
+        self._conn: _Connection | None = None
+        self._handler: MessageHandler | None = None
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._bucket = TokenBucket(settings.flood_burst, settings.flood_interval)
+        self._partial: dict[int, tuple[Reply, list[str], int]] = {}
+        self._ids = itertools.count(1)
+        self._fallbacks = 0
+        self._last_regain = 0.0
+        self._pinged = False
+        self._stopping = False
+        self._joined_all = asyncio.Event()
+        self._registered_at = 0.0
+
+    @property
+    def nick(self) -> str:
+        """The nick the server knows us by now (the configured one, or a fallback after a collision)."""
+        conn = self._conn
+        return conn.real_nickname if conn is not None and self.registered.is_set() else self.settings.nick
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self, on_message: MessageHandler) -> None:
+        """Connect in the background; return once registered and joined (or after `start_wait`, so a
+        server that is down does not hold up the rest of Squall: the adapter keeps trying)."""
+        self._handler = on_message
+        loop = asyncio.get_running_loop()
+        self._reactor = _Reactor(loop=loop, on_connect=self._on_transport)
+        self._reactor.add_global_handler("all_events", self._on_event, 0)
+        self._conn = self._reactor.server()
+        self._tasks = [loop.create_task(self._supervise(), name="irc-connection"),
+                       loop.create_task(self._consume(), name="irc-messages"),
+                       loop.create_task(self._housekeeping(), name="irc-housekeeping")]
+        try:
+            await asyncio.wait_for(self._joined_all.wait(), self.start_wait)
+        except TimeoutError:
+            log.warning("IRC: not connected to %s:%d yet; still trying in the background",
+                        self.settings.server, self.settings.port)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            with contextlib.suppress(Exception):
+                if conn.connected:
+                    conn.disconnect("Squall is stopping")
+                else:
+                    conn.transport.close()
+            try:
+                await asyncio.wait_for(conn.closed.wait(), 5)
+            except TimeoutError:
+                conn.transport.abort()
+                await asyncio.sleep(0)
+
+    async def _supervise(self) -> None:
+        """Connect, wait for the connection to end, back off, and connect again, until stopped."""
+        delay = self.reconnect_min
+        settings = self.settings
+        while not self._stopping:
+            conn = self._conn
+            assert conn is not None
+            self._lost.clear()
+            self.registered.clear()
+            self._fallbacks = 0
+            self._pinged = False
+            try:
+                conn.closed.clear()
+                await asyncio.wait_for(conn.connect(
+                    settings.server, settings.port, settings.nick, password=settings.password,
+                    username=settings.username, ircname=settings.realname,
+                    connect_factory=irc.connection.AioFactory(**self._tls())), self.connect_timeout)
+            except (OSError, TimeoutError, irc.client.IRCError) as exc:
+                conn.closed.set()
+                log.warning("IRC: cannot connect to %s:%d (%s); retrying in %.1fs", settings.server, settings.port,
+                            _describe(exc), delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, settings.reconnect_max)
+                continue
+            conn.last_heard = time.monotonic()
+            try:
+                await asyncio.wait_for(self.registered.wait(), self.register_timeout)
+            except TimeoutError:
+                log.error("IRC: %s:%d accepted the connection but did not finish registration in %.0fs",
+                          settings.server, settings.port, self.register_timeout)
+                with contextlib.suppress(Exception):
+                    conn.disconnect("registration timed out")
+            await self._lost.wait()
+            if self._stopping:
+                return
+            if self._registered_at and time.monotonic() - self._registered_at > 60:
+                delay = self.reconnect_min  # it was a healthy connection: come back quickly
+            log.warning("IRC: disconnected from %s:%d; reconnecting in %.1fs", settings.server, settings.port, delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, settings.reconnect_max)
+
+    def _tls(self) -> dict[str, Any]:
+        if not self.settings.tls:
+            return {}
+        context = ssl.create_default_context()
+        if not self.settings.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return {"ssl": context, "server_hostname": self.settings.server}
+
+    async def _consume(self) -> None:
+        """Hand messages to the dispatcher one at a time, in the order they arrived."""
+        while True:
+            message = await self._queue.get()
+            try:
+                assert self._handler is not None
+                await self._handler(message)
+            except Exception:
+                log.exception("IRC: handling a message from %s in %s failed", message.user, message.channel)
+
+    async def _housekeeping(self) -> None:
+        """PING a silent server and drop a dead connection; take the configured nick back when free."""
+        while True:
+            await asyncio.sleep(1)
+            conn = self._conn
+            if conn is None or not self.registered.is_set():
+                continue
+            try:
+                quiet = time.monotonic() - conn.last_heard
+                if quiet > self.idle_timeout:
+                    log.warning("IRC: no word from %s for %.0fs; reconnecting", self.settings.server, quiet)
+                    conn.disconnect("ping timeout")
+                elif quiet > self.idle_ping and not self._pinged:
+                    self._pinged = True
+                    conn.ping(self.settings.server)
+                elif quiet <= self.idle_ping:
+                    self._pinged = False
+                if (conn.real_nickname.lower() != self.settings.nick.lower()
+                        and time.monotonic() - self._last_regain > self.regain_interval):
+                    self._last_regain = time.monotonic()
+                    conn.nick(self.settings.nick)
+            except irc.client.ServerNotConnectedError:
+                continue
+
+    # -- sending --------------------------------------------------------------------------------
+    async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
+        """Post `reply` as PRIVMSG lines, paced by the token bucket.
+
+        If the connection drops halfway, `DeliveryError` lets the outbox retry, and the retry resumes
+        after the lines already written instead of repeating them."""
+        target = reply.channel.strip()
+        if not target or any(c in target for c in " ,\r\n\x00"):
+            raise DeliveryError(f"IRC: {reply.channel!r} is not a channel or nick")
+        await self._wait_registered()
+        conn = self._conn
+        assert conn is not None
+        key = id(reply)
+        saved = self._partial.get(key)
+        if saved is not None and saved[0] is reply:
+            lines, done = saved[1], saved[2]
+        else:
+            text = reply.text if reply.file is None else f"{reply.text}\n{reply.file[1]}"
+            lines, done = split_lines(text, line_budget(self.nick, target)), 0
+        if target[0] in _CHANNEL_TYPES and target.lower() not in self.joined:
+            self._want(target)
+        for index in range(done, len(lines)):
+            await self._bucket.take()
+            try:
+                if not self.registered.is_set():
+                    raise irc.client.ServerNotConnectedError("Not connected.")
+                conn.privmsg(target, lines[index])
+            except irc.client.ServerNotConnectedError:
+                self._partial[key] = (reply, lines, index)
+                raise DeliveryError(f"IRC: disconnected after {index} of {len(lines)} lines to {target}") from None
+        self._partial.pop(key, None)
+        return f"{target}:{next(self._ids)}"
+
+    async def _wait_registered(self) -> None:
+        if self.registered.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.registered.wait(), self.send_wait)
+        except TimeoutError:
+            raise DeliveryError(f"IRC: not connected to {self.settings.server}:{self.settings.port}") from None
+
+    def _want(self, channel: str) -> None:
+        """Join a channel a reply goes to (a notification route may name one not configured)."""
+        if channel.lower() not in (c.split(" ")[0].lower() for c in self.wanted):
+            self.wanted.append(channel)
+        self._join(channel)
+
+    def _join(self, channel: str) -> None:
+        conn = self._conn
+        if conn is None or not self.registered.is_set():
+            return
+        name, _, key = channel.partition(" ")
+        with contextlib.suppress(irc.client.ServerNotConnectedError):
+            conn.join(name, key)
+
+    # -- events from the irc library ------------------------------------------------------------
+    def _on_transport(self, protocol: Any, transport: Any) -> None:
+        """Called by the library before PASS/NICK/USER: ask for SASL first, so registration waits for it."""
+        if self.settings.sasl_username and self._conn is not None:
+            self._conn.send_raw("CAP REQ :sasl")
+
+    def _on_event(self, conn: Any, event: irc.client.Event) -> None:
+        if conn is not self._conn:
+            return
+        handler = getattr(self, f"_on_{event.type}", None)
+        if handler is None:
+            return
+        try:
+            handler(conn, event)
+        except Exception:  # one odd line must never take the connection down
+            log.exception("IRC: handling %s from the server failed", event.type)
+
+    def _on_welcome(self, conn: Any, event: Any) -> None:
+        self.registered.set()
+        self._registered_at = time.monotonic()
+        self.connections += 1
+        self.joined.clear()
+        log.info("IRC: connected to %s:%d as %s", self.settings.server, self.settings.port, conn.real_nickname)
+        if not self.wanted:
+            self._joined_all.set()
+        for channel in self.wanted:
+            self._join(channel)
+
+    def _on_disconnect(self, conn: Any, event: Any) -> None:
+        self.registered.clear()
+        self.joined.clear()
+        self._lost.set()
+
+    def _fallback_nick(self, conn: Any, event: Any) -> None:
+        if self.registered.is_set():
+            return  # a regain attempt: keep the nick we have
+        self._fallbacks += 1
+        self._last_regain = time.monotonic()  # it was taken just now: no point asking again at once
+        candidate = self.settings.nick + "_" * self._fallbacks
+        log.warning("IRC: nick %s is taken; trying %s", event.arguments[0] if event.arguments else "?", candidate)
+        conn.nick(candidate)
+
+    _on_nicknameinuse = _fallback_nick
+    _on_unavailresource = _fallback_nick
+    _on_nickcollision = _fallback_nick
+
+    def _on_erroneusnickname(self, conn: Any, event: Any) -> None:
+        log.error("IRC: the server refuses the nick %s: %s", self.settings.nick, " ".join(event.arguments))
+        if not self.registered.is_set() and self._fallbacks < 3:
+            self._fallbacks += 1
+            conn.nick(f"squall{random.randint(100, 999)}")
+
+    def _regain_if_freed(self, conn: Any, event: Any) -> None:
+        """Someone holding our configured nick quit or changed nick (seen in a shared channel): take it now."""
+        wanted = self.settings.nick
+        if (self.registered.is_set() and event.source and event.source.nick.lower() == wanted.lower()
+                and conn.real_nickname.lower() != wanted.lower()):
+            self._last_regain = time.monotonic()
+            conn.nick(wanted)
+
+    _on_quit = _regain_if_freed
+
+    def _on_nick(self, conn: Any, event: Any) -> None:
+        if event.source and event.source.nick != conn.real_nickname:
+            self._regain_if_freed(conn, event)
+
+    def _on_join(self, conn: Any, event: Any) -> None:
+        if event.source.nick == conn.real_nickname:
+            self.joined.add(event.target.lower())
+            configured = {c.split(" ")[0].lower() for c in self.settings.channels}
+            if configured <= self.joined:
+                self._joined_all.set()
+
+    def _on_part(self, conn: Any, event: Any) -> None:
+        if event.source.nick == conn.real_nickname:
+            self.joined.discard(event.target.lower())
+
+    def _on_kick(self, conn: Any, event: Any) -> None:
+        if event.arguments and event.arguments[0] == conn.real_nickname:
+            channel = event.target
+            self.joined.discard(channel.lower())
+            log.warning("IRC: kicked from %s by %s; rejoining", channel, event.source.nick)
+            full = next((c for c in self.wanted if c.split(" ")[0].lower() == channel.lower()), channel)
+            asyncio.get_running_loop().call_later(self.rejoin_delay, self._join, full)
+
+    def _on_pubmsg(self, conn: Any, event: Any) -> None:
+        self._received(conn, event, direct=False)
+
+    def _on_privmsg(self, conn: Any, event: Any) -> None:
+        self._received(conn, event, direct=True)
+
+    def _received(self, conn: Any, event: Any, direct: bool) -> None:
+        sender = event.source.nick if event.source else None
+        if not sender or sender == conn.real_nickname or not event.arguments:
+            return
+        text = event.arguments[0]
+        addressed = re.match(rf"^@?{re.escape(conn.real_nickname)}\s*[:,]\s*", text, re.IGNORECASE)
+        if addressed:
+            text = text[addressed.end():]
+        self._queue.put_nowait(Message(
+            adapter=self.name, channel=sender if direct else event.target, user=sender, text=text,
+            mentioned=bool(addressed), direct=direct, id=f"i{next(self._ids)}",
+            raw={"source": str(event.source), "target": event.target, "text": event.arguments[0]}))
+
+    # registration: SASL PLAIN (IRCv3), and what the server says when it refuses us
+    def _on_cap(self, conn: Any, event: Any) -> None:
+        sub = event.arguments[0].upper() if event.arguments else ""
+        caps = event.arguments[1].split() if len(event.arguments) > 1 else []
+        if sub == "ACK" and "sasl" in (c.lower() for c in caps):
+            conn.send_raw("AUTHENTICATE PLAIN")
+        elif sub == "NAK":
+            log.error("IRC: %s:%d does not offer SASL; continuing without logging in as %s", self.settings.server,
+                      self.settings.port, self.settings.sasl_username)
+            conn.send_raw("CAP END")
+
+    def _on_authenticate(self, conn: Any, event: Any) -> None:
+        if event.target != "+" or not self.settings.sasl_username:
+            return
+        user, password = self.settings.sasl_username, self.settings.sasl_password or ""
+        payload = base64.b64encode(f"{user}\0{user}\0{password}".encode()).decode()
+        chunks = [payload[i:i + 400] for i in range(0, len(payload), 400)]
+        for chunk in chunks:
+            conn.send_raw(f"AUTHENTICATE {chunk}")
+        if len(chunks[-1]) == 400:
+            conn.send_raw("AUTHENTICATE +")
+
+    def _on_saslsuccess(self, conn: Any, event: Any) -> None:
+        log.info("IRC: logged in with SASL as %s", self.settings.sasl_username)
+        conn.send_raw("CAP END")
+
+    def _sasl_failed(self, conn: Any, event: Any) -> None:
+        log.error("IRC: SASL login as %s failed (%s); continuing without it", self.settings.sasl_username,
+                  event.arguments[-1] if event.arguments else event.type)
+        conn.send_raw("CAP END")
+
+    _on_saslfail = _sasl_failed
+    _on_sasltoolong = _sasl_failed
+    _on_saslaborted = _sasl_failed
+    _on_saslalready = _on_saslsuccess
+
+    def _on_passwdmismatch(self, conn: Any, event: Any) -> None:
+        log.error("IRC: %s:%d refused the server password (adapters.irc.password)", self.settings.server,
+                  self.settings.port)
+
+    def _on_error(self, conn: Any, event: Any) -> None:
+        log.warning("IRC: the server closes the connection: %s", event.target)
+
+    def _warn(self, conn: Any, event: Any) -> None:
+        log.warning("IRC: %s %s: %s", event.type, event.arguments[0] if event.arguments else "",
+                    event.arguments[-1] if len(event.arguments) > 1 else "")
+
+    _on_cannotsendtochan = _warn
+    _on_nosuchnick = _warn
+    _on_nosuchchannel = _warn
+    _on_bannedfromchan = _warn
+    _on_inviteonlychan = _warn
+    _on_badchannelkey = _warn
+    _on_channelisfull = _warn
+    _on_yourebannedcreep = _warn
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or exc.__class__.__name__
+
+
+def create(section: dict[str, Any], config: Any) -> IrcAdapter:
+    """`adapters.irc`: server, port, tls, nick, channels, password, sasl_username, sasl_password
+    (plus tls_verify, username, realname, flood_burst, flood_interval, reconnect_max); see docs/irc.md."""
+    try:
+        settings = IrcSettings.from_section(section)
+    except IrcConfigError as exc:
+        from bot.config import ConfigError
+
+        where = getattr(config, "path", None)
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+    return IrcAdapter(settings)

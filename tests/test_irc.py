@@ -1,0 +1,486 @@
+"""The IRC adapter against a real ngircd on loopback, with a raw-socket client playing the person.
+
+Unit tests cover line splitting, the flood-control bucket and the settings; the rest drive a real
+server: a `!` command, `squall:` addressing, private messages, a nick collision, a long multi-line
+UTF-8 reply, a kick, a server password, SASL, TLS, a server restart, and `squall serve` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adapters.base import Reply
+from adapters.irc import IrcAdapter, IrcConfigError, IrcSettings, TokenBucket, create, line_budget, split_lines
+from bot.app import Squall
+from bot.chat import ChatBot
+from bot.config import ConfigError, load_config
+from tests.conftest import write
+from tests.ircd import IrcServer, NgircdUnavailable, Person, free_port, running_ngircd
+from tests.ircd import ircd as ircd_fixture
+from tests.test_cli import SQUALL
+
+ircd = ircd_fixture  # the fixture from tests/ircd.py, by the name tests ask for
+
+LONG_LINE = "é" * 300
+
+
+def _home(home: Path, extra: str = "") -> None:
+    write(home / "config.yml", f"""
+        database:
+          url: sqlite:///data/squall.db
+        packs:
+          paths: [packs]
+        routes:
+          ops: {{adapter: irc, channel: "#ops"}}
+        {extra}
+    """)
+    pack = home / "packs" / "demo"
+    write(pack / "pack.yaml", "ref: demo\nname: demo\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "actions" / "big.yaml", """
+        name: big
+        runner_type: local-shell-cmd
+        parameters:
+          cmd: {default: 'for i in 1 2 3; do printf "é%.0s" $(seq 300); echo; done; echo "done ✓"', immutable: true}
+        notify:
+          on-success:
+            message: "big finished"
+            routes: [ops]
+    """)
+    write(pack / "aliases" / "big.yaml", """
+        name: big
+        action_ref: demo.big
+        description: Print a lot of accented text.
+        formats: ["big"]
+        ack: {enabled: false}
+        result:
+          format: "{{ execution.result.stdout }}"
+    """)
+
+
+def _section(server: IrcServer, **extra: Any) -> dict[str, Any]:
+    return {"enabled": True, "server": "127.0.0.1", "port": server.port, "nick": "squall", "channels": ["#ops"],
+            "flood_interval": 0.05, "reconnect_max": 1, **extra}
+
+
+async def _start(home: Path, section: dict[str, Any]) -> tuple[Squall, ChatBot, IrcAdapter]:
+    _home(home)
+    config = load_config(home / "config.yml")
+    squall = await Squall.start(config)
+    adapter = create(section, config)
+    adapter.reconnect_min = 0.2
+    bot = ChatBot(squall, [adapter])
+    await bot.start()
+    return squall, bot, adapter
+
+
+@pytest.fixture
+async def chat(home: Path, ircd: IrcServer) -> AsyncIterator[tuple[IrcServer, IrcAdapter, Person]]:
+    squall, bot, adapter = await _start(home, _section(ircd))
+    alice = await Person("alice").connect(ircd.port)
+    try:
+        await alice.join("#ops", wait_for="squall")
+        yield ircd, adapter, alice
+    finally:
+        await alice.close()
+        await bot.stop()
+        await squall.close()
+
+
+# -- lines, pacing, settings -----------------------------------------------------------------------
+
+def test_budget_leaves_room_for_the_relay_prefix() -> None:
+    budget = line_budget("squall", "#ops")
+    prefix = f":squall!{'u' * 11}@{'h' * 63} PRIVMSG #ops :"
+    assert budget == 512 - len(prefix) - 2
+    assert line_budget("squall", "#a-much-longer-channel-name") < budget
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=2000), st.integers(16, 450))
+def test_split_lines_respects_bytes_and_utf8(text: str, budget: int) -> None:
+    lines = split_lines(text, budget)
+    for line in lines:
+        assert "\n" not in line and "\r" not in line and "\x00" not in line
+        assert 0 < len(line.encode()) <= budget  # encodes: no half characters anywhere
+    # nothing but the whitespace at the cuts and line ends is lost or reordered
+    kept = "".join(text.replace("\x00", "").split())
+    assert "".join("".join(lines).split()) == kept
+
+
+def test_split_lines_cuts_at_spaces_and_keeps_blank_inner_lines() -> None:
+    assert split_lines("one\n\ntwo\n", 100) == ["one", " ", "two"]
+    words = " ".join(["word"] * 40)  # 199 bytes
+    lines = split_lines(words, 50)
+    assert all(line.split() == ["word"] * len(line.split()) for line in lines)  # no word cut in half
+    assert split_lines(LONG_LINE, 101) == ["é" * 50] * 6  # 101 bytes would cut an é: 100 are used
+    assert split_lines("  \n \n", 100) == []
+
+
+async def test_token_bucket_allows_a_burst_then_paces() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    bucket = TokenBucket(burst=3, interval=0.5, clock=lambda: now[0], sleep=sleep)
+    for _ in range(3):
+        await bucket.take()
+    assert slept == []
+    await bucket.take()
+    await bucket.take()
+    assert slept == [pytest.approx(0.5), pytest.approx(0.5)]
+    now[0] += 10  # a quiet spell refills the bucket, but only up to the burst
+    for _ in range(3):
+        await bucket.take()
+    assert len(slept) == 2
+    await bucket.take()
+    assert len(slept) == 3
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({}, "'adapters.irc.server' must be a host name"),
+    ({"server": "irc.example.org", "port": "x"}, "'adapters.irc.port' must be a whole number"),
+    ({"server": "irc.example.org", "port": 70000}, "'adapters.irc.port' must be from 1 to 65535"),
+    ({"server": "irc.example.org", "nick": "9lives"}, "'adapters.irc.nick' must be an IRC nick"),
+    ({"server": "irc.example.org", "channels": [None]}, "quote channel names"),
+    ({"server": "irc.example.org", "tls": "yes"}, "'adapters.irc.tls' must be true or false"),
+    ({"server": "irc.example.org", "sasl_username": "bot"}, "'adapters.irc.sasl_password' is not"),
+    ({"server": "irc.example.org", "chanels": ["#ops"]}, "did you mean 'adapters.irc.channels'"),
+])
+def test_bad_settings_name_the_key(section: dict[str, Any], message: str) -> None:
+    with pytest.raises(IrcConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        IrcSettings.from_section(section, environ={})
+
+
+def test_settings_defaults_channels_and_secrets_from_the_environment(config) -> None:
+    env = {"IRC_PASSWORD": "server-secret", "IRC_SASL_PASSWORD": "sasl-secret"}
+    parsed = IrcSettings.from_section({"server": "irc.example.org", "tls": True, "channels": ["ops", "#dev key"],
+                                       "sasl_username": "squallbot"}, environ=env)
+    assert (parsed.port, parsed.channels) == (6697, ("#ops", "#dev key"))
+    assert (parsed.password, parsed.sasl_password) == ("server-secret", "sasl-secret")
+    assert "secret" not in repr(parsed)
+    with pytest.raises(ConfigError, match=r"adapters\.irc\.port"):
+        create({"server": "x", "port": 0}, config)
+
+
+# -- against ngircd --------------------------------------------------------------------------------
+
+async def test_prefix_command_in_a_channel_gets_its_answer(chat) -> None:
+    _, _, alice = chat
+    mark = len(alice.lines)
+    await alice.say("#ops", "!echo hello from irc")
+    replies = await alice.wait_privmsgs("squall", 1, "#ops", start=mark)
+    await alice.wait_for(lambda words, raw: b"hello from irc" in raw and words[1] == "PRIVMSG", start=mark)
+    assert replies
+    await alice.say("#ops", "just chatting, echo nothing")  # neither prefixed nor addressed: ignored
+    await alice.say("#ops", "!echo second")
+    await alice.wait_for(lambda words, raw: b"second" in raw and words[1] == "PRIVMSG", start=mark)
+    assert not any("nothing" in text for text in alice.privmsgs("squall", start=mark))
+
+
+async def test_addressing_by_nick_gets_help(chat) -> None:
+    _, _, alice = chat
+    mark = len(alice.lines)
+    await alice.say("#ops", "squall: help echo")
+    lines = await alice.wait_privmsgs("squall", 1, "#ops", start=mark)
+    assert lines[0].startswith("!echo {{message}}")
+    mark = len(alice.lines)
+    await alice.say("#ops", "SQUALL, echo comma works")
+    await alice.wait_for(lambda words, raw: b"comma works" in raw, start=mark)
+
+
+async def test_private_message_is_answered_privately(chat) -> None:
+    _, _, alice = chat
+    bob = await Person("bob").connect(chat[0].port)
+    try:
+        await bob.join("#ops")
+        mark, bob_mark = len(alice.lines), len(bob.lines)
+        await alice.say("squall", "echo just between us")
+        texts = await alice.wait_privmsgs("squall", 1, "alice", start=mark)
+        await alice.wait_for(lambda words, raw: b"just between us" in raw and words[2] == "alice", start=mark)
+        assert texts
+        await alice.say("#ops", "!echo sync")  # once this is answered in the channel, any leak would have shown
+        await bob.wait_for(lambda words, raw: b"sync" in raw, start=bob_mark)
+        assert not any("between us" in text for text in bob.privmsgs("squall", start=bob_mark))
+        assert not any("between us" in text for text in alice.privmsgs("squall", "#ops", start=mark))
+    finally:
+        await bob.close()
+
+
+async def test_long_multiline_reply_is_split_into_valid_lines(chat) -> None:
+    _, _, alice = chat
+    mark = len(alice.lines)
+    await alice.say("#ops", "!big")
+    await alice.wait_for(lambda words, raw: "done ✓".encode() in raw, start=mark, timeout=30)
+    raw_lines = [raw for raw in alice.lines[mark:] if b" PRIVMSG #ops :" in raw and raw.startswith(b":squall!")]
+    assert all(len(raw) <= 512 for raw in raw_lines), [len(raw) for raw in raw_lines]
+    texts = [text for text in alice.privmsgs("squall", "#ops", start=mark)  # strict UTF-8: a split é raises
+             if text != "big finished"]  # the action's notify route, also to #ops
+    assert len(texts) >= 7  # three 600-byte lines cannot fit one IRC line each
+    assert "".join(texts[:-1]) == LONG_LINE * 3
+    assert texts[-1] == "done ✓"
+
+
+async def test_nick_collision_falls_back_and_takes_the_nick_back(home: Path, ircd: IrcServer) -> None:
+    squatter = await Person("squall").connect(ircd.port)
+    await squatter.join("#ops")
+    alice = await Person("alice").connect(ircd.port)
+    squall = bot = None
+    try:
+        squall, bot, adapter = await _start(home, _section(ircd))
+        assert adapter.nick == "squall_"
+        await alice.join("#ops", wait_for="squall_")
+        mark = len(alice.lines)
+        await alice.say("#ops", "squall_: echo fallback works")
+        await alice.wait_for(lambda words, raw: b"fallback works" in raw and raw.startswith(b":squall_!"), start=mark)
+        await squatter.close()  # the bot sees the QUIT in #ops and takes its nick back at once
+        await alice.wait_for(lambda words, raw: words[1] == "NICK" and raw.startswith(b":squall_!"), start=mark)
+        assert adapter.nick == "squall"
+        mark = len(alice.lines)
+        await alice.say("#ops", "squall: echo back to my name")
+        await alice.wait_for(lambda words, raw: b"back to my name" in raw and raw.startswith(b":squall!"),
+                             start=mark)
+    finally:
+        await alice.close()
+        await squatter.close()
+        if bot is not None:
+            await bot.stop()
+        if squall is not None:
+            await squall.close()
+
+
+async def test_kicked_bot_rejoins(home: Path, ircd: IrcServer) -> None:
+    alice = await Person("alice").connect(ircd.port)
+    await alice.join("#kick")  # first in: alice is the channel operator
+    squall, bot, _ = await _start(home, _section(ircd, channels=["#ops", "#kick"]))
+    try:
+        await alice.wait_member("#kick", "squall")
+        mark = len(alice.lines)
+        await alice.send("KICK #kick squall :out")
+        await alice.wait_for(lambda words, raw: words[1] == "JOIN" and raw.startswith(b":squall!"), start=mark)
+        await alice.say("#kick", "!echo still here")
+        await alice.wait_for(lambda words, raw: b"still here" in raw, start=mark)
+    finally:
+        await alice.close()
+        await bot.stop()
+        await squall.close()
+
+
+async def test_server_restart_reconnects_rejoins_and_answers(chat) -> None:
+    server, adapter, alice = chat
+    await alice.close()
+    server.stop()
+    await asyncio.sleep(0.3)  # the bot notices and starts retrying against a closed port
+    assert not adapter.registered.is_set()
+    server.start()
+    alice = Person("alice")
+    await alice.connect(server.port)
+    try:
+        await alice.join("#ops", wait_for="squall")
+        assert adapter.connections == 2
+        mark = len(alice.lines)
+        await alice.say("#ops", "!echo after the restart")
+        await alice.wait_for(lambda words, raw: b"after the restart" in raw and raw.startswith(b":squall!"),
+                             start=mark)
+    finally:
+        await alice.close()
+
+
+async def test_reply_while_disconnected_is_delivered_after_reconnect(chat) -> None:
+    server, adapter, alice = chat
+    await alice.close()
+    server.stop()
+    await asyncio.sleep(0.3)
+    adapter.send_wait = 0.2
+    with pytest.raises(Exception, match="not connected"):
+        await adapter.send(Reply(adapter="irc", channel="#ops", text="queued"))
+    server.start()
+    alice = await Person("alice").connect(server.port)
+    try:
+        await alice.join("#ops", wait_for="squall")
+        adapter.send_wait = 10
+        await adapter.send(Reply(adapter="irc", channel="#ops", text="first\nsecond"))
+        assert await alice.wait_privmsgs("squall", 2, "#ops") == ["first", "second"]
+    finally:
+        await alice.close()
+
+
+async def test_notification_route_reaches_the_channel(chat) -> None:
+    _, _, alice = chat
+    mark = len(alice.lines)
+    await alice.say("#ops", "!big")
+    await alice.wait_for(lambda words, raw: b"big finished" in raw, start=mark, timeout=30)
+
+
+async def test_server_password_is_sent_and_never_logged(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    try:
+        context = running_ngircd(password="pw-s3cret-9")
+        server = context.__enter__()
+    except NgircdUnavailable as exc:
+        pytest.skip(str(exc))
+    caplog.set_level(logging.DEBUG)
+    try:
+        squall, bot, adapter = await _start(home, _section(server, password="pw-s3cret-9"))
+        try:
+            assert adapter.registered.is_set()
+            alice = await Person("alice").connect(server.port, password="pw-s3cret-9")
+            await alice.join("#ops", wait_for="squall")
+            mark = len(alice.lines)
+            await alice.say("#ops", "!echo with a password")
+            await alice.wait_for(lambda words, raw: b"with a password" in raw, start=mark)
+            await alice.close()
+        finally:
+            await bot.stop()
+            await squall.close()
+    finally:
+        context.__exit__(None, None, None)
+    assert "PASS ********" in caplog.text
+    assert "pw-s3cret-9" not in caplog.text
+
+
+async def test_sasl_refused_by_ngircd_still_connects(chat, home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    server, _, alice = chat
+    adapter = IrcAdapter(IrcSettings.from_section(_section(server, nick="saslbot", sasl_username="squallbot",
+                                                           sasl_password="sasl-pw-1", channels=["#ops"]),
+                                                  environ={}))
+    seen: list[Any] = []
+
+    async def collect(message: Any) -> None:
+        seen.append(message)
+
+    await adapter.start(collect)
+    try:
+        assert adapter.registered.is_set()  # ngircd has no SASL: it NAKs, and registration goes on
+        assert "does not offer SASL" in caplog.text
+        await alice.say("#ops", "saslbot: hi")
+        for _ in range(200):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        assert seen and seen[0].mentioned and seen[0].text == "hi" and seen[0].user == "alice"
+    finally:
+        await adapter.stop()
+    assert "sasl-pw-1" not in caplog.text
+
+
+async def test_sasl_plain_exchange(caplog: pytest.LogCaptureFixture) -> None:
+    """ngircd (the only server CI installs) has no SASL, so this one scripted server speaks the IRCv3
+    exchange: CAP REQ before NICK/USER, AUTHENTICATE PLAIN, the base64 payload, 903, CAP END."""
+    caplog.set_level(logging.DEBUG)
+    received: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        registered = False
+        while line := (await reader.readline()).decode().rstrip("\r\n"):
+            received.append(line)
+            if line == "CAP REQ :sasl":
+                writer.write(b":irc.fake CAP * ACK :sasl\r\n")
+            elif line == "AUTHENTICATE PLAIN":
+                writer.write(b"AUTHENTICATE +\r\n")
+            elif line.startswith("AUTHENTICATE "):
+                writer.write(b":irc.fake 900 * squall squall!u@h squallbot :You are now logged in\r\n"
+                             b":irc.fake 903 * :SASL authentication successful\r\n")
+            elif line == "CAP END" and not registered:
+                registered = True
+                writer.write(b":irc.fake 001 squall :Welcome\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    adapter = IrcAdapter(IrcSettings.from_section({"server": "127.0.0.1", "port": port, "sasl_username": "squallbot",
+                                                   "sasl_password": "sasl-pw-2"}, environ={}))
+
+    async def ignore(message: Any) -> None:
+        return None
+
+    try:
+        await adapter.start(ignore)
+        assert adapter.registered.is_set()
+    finally:
+        await adapter.stop()
+        server.close()
+        await server.wait_closed()
+    commands = [line.split(" ")[0] for line in received]
+    assert commands.index("CAP") < commands.index("NICK")  # registration waits for SASL
+    payload = next(line.split(" ", 1)[1] for line in received if line.startswith("AUTHENTICATE ")
+                   and line != "AUTHENTICATE PLAIN")
+    assert base64.b64decode(payload) == b"squallbot\0squallbot\0sasl-pw-2"
+    assert received.index("CAP END") > received.index(f"AUTHENTICATE {payload}")
+    assert "sasl-pw-2" not in caplog.text and payload not in caplog.text
+
+
+async def test_tls(home: Path) -> None:
+    try:
+        context = running_ngircd(tls=True)
+        server = context.__enter__()
+    except NgircdUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        assert server.tls_port is not None
+        section = {**_section(server), "port": server.tls_port, "tls": True, "tls_verify": False}
+        squall, bot, adapter = await _start(home, section)
+        try:
+            assert adapter.registered.is_set()
+            alice = await Person("alice").connect(server.port)  # plain port, same network
+            await alice.join("#ops", wait_for="squall")
+            mark = len(alice.lines)
+            await alice.say("#ops", "!echo over tls")
+            await alice.wait_for(lambda words, raw: b"over tls" in raw, start=mark)
+            await alice.close()
+        finally:
+            await bot.stop()
+            await squall.close()
+    finally:
+        context.__exit__(None, None, None)
+
+
+# -- the real service --------------------------------------------------------------------------------
+
+@pytest.mark.integration
+async def test_squall_serve_answers_in_the_channel(home: Path, ircd: IrcServer) -> None:
+    _home(home, f"""
+        api:
+          host: 127.0.0.1
+          port: {free_port()}
+        adapters:
+          console: {{enabled: false}}
+          irc:
+            enabled: true
+            server: 127.0.0.1
+            port: {ircd.port}
+            nick: squall
+            channels: ["#ops"]
+    """)
+    server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home,
+                              env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    alice = Person("alice")
+    try:
+        await alice.connect(ircd.port)
+        await alice.join("#ops", wait_for="squall")
+        await alice.say("#ops", "!echo served over irc")
+        await alice.wait_for(lambda words, raw: b"served over irc" in raw and raw.startswith(b":squall!"),
+                             timeout=30)
+    finally:
+        await alice.close()
+        server.send_signal(signal.SIGTERM)
+        try:
+            output = await asyncio.to_thread(server.communicate, timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            output = server.communicate()
+    assert server.returncode == 0, output[0].decode(errors="replace")[-3000:]
