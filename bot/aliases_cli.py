@@ -18,7 +18,7 @@ from rich.table import Table
 from aliases import AliasMatcher, AmbiguousCommand, NoMatch, load_aliases
 from aliases.model import Alias
 from bot.app import load_packs
-from bot.cli import JsonOption, _config, app, err, out, print_json
+from bot.cli import JsonOption, app, current_config, err, out, print_json
 from engine.yamlfile import ContentError
 
 alias_app = typer.Typer(help="List action aliases and try chat messages against them.", no_args_is_help=True)
@@ -26,7 +26,7 @@ app.add_typer(alias_app, name="alias")
 
 
 def _load() -> tuple[list[Alias], list[ContentError]]:
-    registry = load_packs(_config())
+    registry = load_packs(current_config())
     aliases, errors = load_aliases(registry)
     # YAML errors in alias files are found while loading packs; show them with the alias errors.
     file_errors = [e for e in registry.errors if Path(e.file).parent.name == "aliases"]

@@ -27,11 +27,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.base import Message
 from aliases import AliasMatcher, AmbiguousCommand, NoMatch, inject_immutable, load_aliases
 from bot.apikeys import create_key, hash_key, public_key, static_keys
+from bot.service_api import INSTANCE_HEADER
 from engine.crypto import CryptoError
 from engine.datastore import DatastoreError
 from engine.executions import ExecutionNotFound, ExecutionStateError
 from engine.packs import UnknownAction
 from engine.parameters import MASK, ParameterError
+from engine.rules import enforcement_public
 from engine.triggers import TriggerError
 
 API_PREFIX = "/api/v1"
@@ -55,6 +57,12 @@ class ExecutionRequest(BaseModel):
 
 class RerunRequest(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class InquiryResponse(BaseModel):
+    id: str | None = None
+    response: Any = None
+    user: str | None = None
 
 
 class AliasMatchRequest(BaseModel):
@@ -309,7 +317,7 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
                                 execution: str | None = None,
                                 limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
         rows = await squall.db(squall.store.rule_enforcement_list, rule, trigger_instance, execution, limit)
-        return [{**row, "enforced_at": row["enforced_at"].isoformat().replace("+00:00", "Z")} for row in rows]
+        return [enforcement_public(row) for row in rows]
 
     # -- triggers --------------------------------------------------------------------------------
     @api.get("/triggertypes", tags=["triggers"])
@@ -426,11 +434,11 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
         if not trigger:
             raise HTTPException(400, "Trigger not specified.")
         try:
-            await squall.triggers.dispatch(str(trigger), body.get("payload") or {},
-                                           trace_tag=trace_tag(request, "st2"))
+            instance = await squall.triggers.dispatch(str(trigger), body.get("payload") or {},
+                                                      trace_tag=trace_tag(request, "st2"))
         except TriggerError as exc:
             raise HTTPException(400, str(exc)) from exc
-        return JSONResponse(body, status_code=202)
+        return JSONResponse(body, status_code=202, headers={INSTANCE_HEADER: instance["id"]})
 
     @hooks.post("/webhooks/{name:path}", status_code=202, tags=["webhooks"])
     async def custom_webhook(name: str, request: Request) -> Any:
@@ -448,12 +456,34 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
         payload = {"headers": headers, "headers_lower": {k.lower(): v for k, v in headers.items()}, "body": body}
         try:
             # The instance is tied to this hook's rules only (its trigger parameters are the URL).
-            await squall.rules.dispatch_webhook(hook, payload, trace_tag=trace_tag(request, hook))
+            instance = await squall.rules.dispatch_webhook(hook, payload, trace_tag=trace_tag(request, hook))
         except TriggerError as exc:
             raise HTTPException(400, str(exc)) from exc
         except LookupError as exc:  # the rule went away meanwhile
             raise HTTPException(404, f"Webhook {hook} not registered") from exc
-        return JSONResponse(body, status_code=202)
+        return JSONResponse(body, status_code=202, headers={INSTANCE_HEADER: instance["id"]})
+
+    # -- inquiries (spec §11.2) ------------------------------------------------------------------
+    from engine.inquiries import InquiryError
+
+    @api.get("/inquiries", tags=["inquiries"])
+    async def list_inquiries(limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return await squall.inquiries.list(limit=limit)
+
+    @api.get("/inquiries/{inquiry_id}", tags=["inquiries"])
+    async def get_inquiry(inquiry_id: str) -> dict[str, Any]:
+        try:
+            return await squall.inquiries.get(inquiry_id)
+        except InquiryError as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+
+    @api.put("/inquiries/{inquiry_id}", tags=["inquiries"])
+    async def respond_inquiry(inquiry_id: str, body: InquiryResponse, request: Request) -> dict[str, Any]:
+        """`user` names the responder checked against the inquiry's users (default: the API caller)."""
+        try:
+            return await squall.inquiries.respond(inquiry_id, body.response, body.user or "api")
+        except InquiryError as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
 
     app.include_router(api)
     app.include_router(hooks)

@@ -62,7 +62,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _config() -> Config:
+def current_config() -> Config:
     try:
         return load_config(_State.config_path)
     except ConfigError as exc:
@@ -71,7 +71,7 @@ def _config() -> Config:
 
 def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False) -> T:
     """Run `work` against a started Squall, turning known errors into clear exits."""
-    config = _config()
+    config = current_config()
 
     async def main() -> T:
         squall = await Squall.start(config, recover=recover)
@@ -232,7 +232,7 @@ def action_list(pack: Annotated[str | None, typer.Option("--pack", help="Only th
     """Actions of the loaded packs."""
     from bot.app import load_packs
 
-    registry = load_packs(_config())
+    registry = load_packs(current_config())
     actions = [a for a in registry.actions.values() if pack in (None, a.pack)]
     actions.sort(key=lambda a: a.ref)
     if pack and pack not in registry.packs:
@@ -251,7 +251,7 @@ def action_get(ref: Annotated[str, typer.Argument(help="Action ref.")], as_json:
     """One action with its merged parameter schema."""
     from bot.app import load_packs
 
-    registry = load_packs(_config())
+    registry = load_packs(current_config())
     try:
         action = registry.action(ref)
     except UnknownAction as exc:
@@ -277,7 +277,7 @@ def chat(
     """Chat with the bot in the terminal (or feed it lines on standard input)."""
     from bot.service import chat_session
 
-    config = _config()
+    config = current_config()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(chat_session(config, user or _user(), channel))
 
@@ -287,13 +287,20 @@ def serve() -> None:
     """Run the service: recover pending work, run requested executions, until Ctrl-C."""
     from bot.service import serve_forever
 
-    config = _config()
+    config = current_config()
     logging.getLogger().setLevel(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(config, stop_signals=(signal.SIGINT, signal.SIGTERM)))
 
 
-from bot import aliases_cli, apikeys_cli, keys_cli, packs_cli, rules_cli  # noqa: E402, F401  (sub-command groups)
+from bot import (  # noqa: E402, F401  (sub-command groups)
+    aliases_cli,
+    apikeys_cli,
+    inquiries_cli,
+    keys_cli,
+    packs_cli,
+    rules_cli,
+)
 
 __all__ = ["app", "keys_cli", "main", "packs_cli"]
 

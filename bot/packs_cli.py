@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from bot.app import load_packs
-from bot.cli import JsonOption, _config, err, fail, out, pack_app, print_json
+from bot.cli import JsonOption, current_config, err, fail, out, pack_app, print_json
 from engine.pack_manager import PackInstallError, install_pack, remove_pack
 
 
@@ -19,7 +19,7 @@ def _progress(message: str) -> None:
 @pack_app.command("list")
 def pack_list(as_json: JsonOption = False) -> None:
     """Loaded packs and how much content each has."""
-    registry = load_packs(_config())
+    registry = load_packs(current_config())
     packs = [registry.packs[ref].summary(registry.counts(ref)) for ref in sorted(registry.packs)]
     if as_json:
         print_json(packs)
@@ -36,7 +36,7 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
                                                              "branch, tag or commit).")],
                  as_json: JsonOption = False) -> None:
     """Install a pack: copy or clone it, build its virtualenv, check its content."""
-    config = _config()
+    config = current_config()
     try:
         pack, errors = install_pack(source, config.install_path, config.configs_path, config.virtualenvs_path,
                                     _progress)
@@ -57,7 +57,7 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
 @pack_app.command("remove")
 def pack_remove(name: Annotated[str, typer.Argument(help="Pack ref.")]) -> None:
     """Remove an installed pack and its virtualenv."""
-    config = _config()
+    config = current_config()
     try:
         path = remove_pack(name, load_packs(config), config.virtualenvs_path, _progress)
     except PackInstallError as exc:
@@ -68,7 +68,7 @@ def pack_remove(name: Annotated[str, typer.Argument(help="Pack ref.")]) -> None:
 @pack_app.command("reload")
 def pack_reload(as_json: JsonOption = False) -> None:
     """Load every pack again and report what is wrong; exit 1 if any file was skipped."""
-    registry = load_packs(_config())
+    registry = load_packs(current_config())
     errors = [str(e) for e in registry.errors]
     if as_json:
         print_json({"packs": sorted(registry.packs), "actions": len(registry.actions),

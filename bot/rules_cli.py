@@ -7,14 +7,17 @@ trigger instance file, explains every criterion and runs no action (exit 0 match
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import requests
 import typer
 import yaml
 
 from bot.app import Squall
-from bot.cli import JsonOption, app, fail, out, print_json, with_app
+from bot.cli import JsonOption, app, current_config, fail, out, print_json, with_app
+from bot.service_api import INSTANCE_HEADER, ServiceApi, running_service
 from engine.rules import Check, MatchFailure, RuleError, failure_reason, load_rule
 from engine.triggers import TriggerError
 
@@ -168,7 +171,10 @@ def trigger_emit(
     trace_tag: Annotated[str | None, typer.Option("--trace-tag", help="Trace tag.")] = None,
     url: Annotated[str | None, typer.Option("--url", help="For core.st2.webhook: the hook URL.")] = None,
 ) -> None:
-    """Dispatch a trigger instance here, wait for the rules and the executions they start, print it."""
+    """Dispatch a trigger instance, wait for the rules and the executions they start, print it.
+
+    When `squall serve` is up, the instance goes through its API, so its rules, sensors and chat
+    adapters see it; otherwise it is dispatched here."""
     body = _payload(payload)
 
     async def work(squall: Squall) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -184,12 +190,51 @@ def trigger_emit(
         return (await squall.triggers.get(instance["id"]),
                 await squall.rules.enforcements(trigger_instance_id=instance["id"]))
 
-    instance, enforcements = with_app(work)
+    with running_service(current_config()) as service:
+        if service is not None:
+            instance, enforcements = _emit_through(service, trigger_type, body, trace_tag, url)
+        else:
+            instance, enforcements = with_app(work)
     print_json(instance)
     for item in enforcements:
         typer.echo(f"rule {item['rule']['ref']}: {item['status']}"
                    + (f" (execution {item['execution_id']})" if item["execution_id"] else "")
                    + (f": {item['failure_reason']}" if item["failure_reason"] else ""), err=True)
+
+
+def _emit_through(service: ServiceApi, trigger_type: str, body: Any, trace_tag: str | None,
+                  url: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`trigger emit` against the running service: its webhook routes, then its records."""
+    headers = {"St2-Trace-Tag": trace_tag} if trace_tag else {}
+    try:
+        if url is not None:
+            if trigger_type != "core.st2.webhook":
+                raise fail(f"--url is for core.st2.webhook, not {trigger_type}")
+            answer = service.request("POST", f"/webhooks/{url.strip('/')}", json=body, headers=headers)
+        else:
+            answer = service.request("POST", "/webhooks/st2", json={"trigger": trigger_type, "payload": body},
+                                     headers=headers)
+        if answer.status_code != 202:
+            raise fail(_fault(answer))
+        instance_id = answer.headers[INSTANCE_HEADER]
+        deadline = time.monotonic() + 60
+        while True:
+            instance = service.request("GET", f"/triggerinstances/{instance_id}").json()
+            if instance["status"] in ("processed", "processing_failed") or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        enforcements = service.request("GET", "/ruleenforcements",
+                                       params={"trigger_instance": instance_id}).json()
+    except requests.RequestException as exc:
+        raise fail(f"the running service at {service.base} did not answer: {exc}") from exc
+    return instance, enforcements
+
+
+def _fault(answer: requests.Response) -> str:
+    try:
+        return str(answer.json().get("faultstring") or answer.text)
+    except ValueError:
+        return f"HTTP {answer.status_code}: {answer.text[:200]}"
 
 
 # -- trigger-instance ----------------------------------------------------------------------------

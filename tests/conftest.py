@@ -35,11 +35,14 @@ def write(path: Path, text: str) -> Path:
 def home(tmp_path: Path) -> Path:
     """A folder with a config.yml on SQLite and an empty `packs/` for the test's own packs."""
     (tmp_path / "packs").mkdir()
-    write(tmp_path / "config.yml", """
+    # A port of its own: a CLI command in the test must never reach a service running on the default port.
+    write(tmp_path / "config.yml", f"""
         database:
           url: sqlite:///data/squall.db
         packs:
           paths: [packs]
+        api:
+          port: {_free_port()}
     """)
     return tmp_path
 

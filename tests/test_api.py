@@ -481,6 +481,27 @@ def test_squall_serve_answers_http(home: Path) -> None:
             time.sleep(0.05)
         assert record["result"]["stdout"] == "hello hook"
         assert record["context"]["rule"]["ref"] == "demo.on_build"
+
+        # `squall trigger emit` goes through the running service (here with a temporary key, as none is
+        # configured for the CLI): the service stored the instance and its rule ran there.
+        cli_env = {k: v for k, v in os.environ.items() if k != "SQUALL_API_KEYS"}
+        emitted = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "trigger", "emit", "core.st2.webhook",
+                                  "--url", "ci/build", "--payload", '{"who": "cli"}'], cwd=home, env=cli_env,
+                                 capture_output=True, text=True, timeout=60)
+        assert emitted.returncode == 0, emitted.stderr
+        instance = json.loads(emitted.stdout)
+        assert instance["trace_tag"].startswith("webhook-ci/build-")  # set by the service's webhook route
+        assert instance["status"] == "processed" and instance["trigger_parameters"] == {"url": "ci/build"}
+        assert "rule demo.on_build: succeeded (execution " in emitted.stderr
+        listed = httpx.get(f"{base}/api/v1/triggerinstances/{instance['id']}", headers=headers, timeout=5)
+        assert listed.status_code == 200
+        keys = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "apikey", "list", "--json"], cwd=home,
+                              env=cli_env, capture_output=True, text=True, timeout=60)
+        assert json.loads(keys.stdout) == []  # the temporary key is gone
+        refused = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "trigger", "emit", "demo.event",
+                                  "--payload", '{"n": "x"}'], cwd=home, env=cli_env, capture_output=True, text=True,
+                                 timeout=60)
+        assert refused.returncode != 0 and "invalid at n" in refused.stderr
     finally:
         server.send_signal(signal.SIGTERM)
         try:
