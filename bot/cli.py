@@ -289,8 +289,11 @@ def serve() -> None:
 
     config = current_config()
     logging.getLogger().setLevel(logging.INFO)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(config, stop_signals=(signal.SIGINT, signal.SIGTERM)))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_forever(config, stop_signals=(signal.SIGINT, signal.SIGTERM)))
+    except ConfigError as exc:  # an adapter's settings, found wanting at start: say which, no traceback
+        raise fail(str(exc)) from exc
 
 
 from bot import (  # noqa: E402, F401  (sub-command groups)

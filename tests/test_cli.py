@@ -322,3 +322,17 @@ def test_config_errors_are_clear(home: Path) -> None:
                           text=True)
     assert done.returncode == 2
     assert "databse" in done.stderr and "database" in done.stderr
+
+
+def test_serve_names_bad_adapter_settings_without_a_traceback(home: Path) -> None:
+    config = home / "config.yml"
+    base = config.read_text()
+    config.write_text(base + "adapters:\n  slak: {enabled: true}\n")
+    done = squall(home, "serve", timeout=30)
+    assert done.returncode != 0
+    assert "unknown adapter 'adapters.slak' (did you mean 'slack'?)" in done.stderr
+    assert "Traceback" not in done.stderr
+    config.write_text(base + "adapters:\n  console: [enabled]\n")
+    done = squall(home, "serve", timeout=30)
+    assert done.returncode != 0 and "'adapters.console' must be a mapping" in done.stderr
+    assert "Traceback" not in done.stderr
