@@ -15,11 +15,13 @@ from typing import Any
 
 from bot.announce import Announcer
 from bot.config import SYSTEM_PACKS_PATH, Config
+from bot.inquiries import InquiryChat
 from bot.notifications import Notifier
 from engine.crypto import KeyRing
 from engine.datastore import Datastore
 from engine.executions import ExecutionService
 from engine.executor import LocalExecutor
+from engine.inquiries import InquirerRunner, InquiryService
 from engine.packs import Registry, load_registry
 from engine.rules import RulesEngine
 from engine.runners import RunRequest
@@ -67,12 +69,15 @@ class Squall:
         }
         self.workflows = WorkflowService()
         runners.update(self.workflows.runners)
+        runners["inquirer"] = InquirerRunner()
         self.executions = ExecutionService(registry, self.db, self.datastore, self.keys, runners, config.api_url)
         self.executor = LocalExecutor(self.executions.run, config.max_concurrency)
         self.triggers = TriggerService(registry, self.db)
         self.executions.on_finished(Notifier(self).on_finished)
         self.executions.executor = self.executor
         self.workflows.attach(self.executions)
+        self.inquiries = InquiryService(self.executions, self.triggers)
+        self.inquiry_chat = InquiryChat(self)
         self.rules = RulesEngine(self)
         self.triggers.processors.append(self.rules)
         self.timers = TimerService(self.triggers.dispatch)
@@ -160,6 +165,7 @@ class Squall:
         if self._emitting:  # datastore triggers written just before: store them, do not drop them
             await asyncio.gather(*self._emitting, return_exceptions=True)
         await self.executor.close()
+        await self.inquiries.close()
         await self.python.close()
         self.db.close()
         self.store.close()

@@ -69,6 +69,8 @@ class Dispatcher:
     async def handle(self, message: Message) -> None:
         """Handle one message; whatever goes wrong, the person gets an answer and the bot stays up."""
         try:
+            if message.thread and await self._inquiry_answer(message):
+                return
             text = self._addressed(message)
             if text is None:
                 return
@@ -199,7 +201,8 @@ class Dispatcher:
         # Literal, not a regex: a chat user must not be able to hand the bot a catastrophic pattern.
         entries = self.matcher.help(re.escape(rest) if rest else None,
                                     allowed=lambda alias: self.auth.check(alias, message).allowed)
-        builtins = ["help [filter]", "executions", "execution <id>", "cancel <id>", "retry <id>"]
+        builtins = ["help [filter]", "executions", "execution <id>", "cancel <id>", "retry <id>",
+                    "respond <inquiry-id> <answer>"]
         prefix = self.settings.prefix
         lines = [f"{prefix}{entry['display']}" + (f" — {entry['description']}" if entry.get("description") else "")
                  for entry in entries]
@@ -259,6 +262,23 @@ class Dispatcher:
                 await self.say(message, f"Retrying as {again['id']}.")
         except (ExecutionNotFound, ExecutionStateError, ParameterError, UnknownAction) as exc:
             await self.say(message, str(exc))
+
+    async def _builtin_respond(self, message: Message, rest: str) -> None:
+        """`respond <inquiry-id> <json or value>`: answer an inquiry (spec §11.2)."""
+        await self.say(message, await self.squall.inquiry_chat.respond_command(message, rest, self.settings.prefix))
+
+    async def _inquiry_answer(self, message: Message) -> bool:
+        """A bare answer (or a button's value) in the thread an inquiry was asked in."""
+        text = self._addressed(message)
+        text = message.text.strip() if text is None else text
+        inquiry = await self.squall.inquiry_chat.in_thread(message)
+        if inquiry is None:
+            return False
+        said = await self.squall.inquiry_chat.answer(message, inquiry, text)
+        if said is None:
+            return False  # chatter in the thread, or a command: handled as usual
+        await self.say(message, said)
+        return True
 
     # -- replying ------------------------------------------------------------------------------
     def _thread(self, message: Message) -> str | None:

@@ -1,0 +1,161 @@
+"""Inquiries in chat: the question is posted to its route's channel, and answered there.
+
+The question is a Reply with buttons when the answer is a choice (a boolean, or an enum); a
+person answers with a button, with a bare `yes`/`no`/choice (or a JSON object) in the thread of
+the question, or anywhere with `respond <inquiry-id> <json or value>`. Where the question was
+posted is stored on the inquiry, so answers in its thread still work after a restart.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from adapters.base import Message, Reply
+from engine.inquiries import RUNNER, InquiryError
+
+if TYPE_CHECKING:
+    from bot.app import Squall
+
+_YES = {"yes", "y", "true", "ok", "continue"}
+_NO = {"no", "n", "false", "stop"}
+
+
+def _choice(schema: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The one property a short answer fills in, if the schema asks for just one."""
+    properties = schema.get("properties") or {}
+    if len(properties) != 1:
+        return None
+    name, spec = next(iter(properties.items()))
+    return (name, spec) if isinstance(spec, dict) else None
+
+
+def buttons(schema: dict[str, Any]) -> list[dict[str, str]]:
+    choice = _choice(schema)
+    if choice is None:
+        return []
+    _, spec = choice
+    if spec.get("type") == "boolean":
+        return [{"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}]
+    if isinstance(spec.get("enum"), list) and len(spec["enum"]) <= 10:
+        return [{"text": str(v), "value": str(v)} for v in spec["enum"]]
+    return []
+
+
+def parse_answer(schema: dict[str, Any], text: str) -> dict[str, Any] | None:
+    """A chat answer as the response object, or None when it is not an answer at all."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+    choice = _choice(schema)
+    if choice is None or not text:
+        return None
+    name, spec = choice
+    kind = spec.get("type")
+    if kind == "boolean":
+        if text.lower() in _YES:
+            return {name: True}
+        if text.lower() in _NO:
+            return {name: False}
+        return None
+    if isinstance(spec.get("enum"), list):
+        for option in spec["enum"]:
+            if str(option) == text or str(option).lower() == text.lower():
+                return {name: option}
+        return None
+    if kind in ("integer", "number"):
+        try:
+            return {name: int(text) if kind == "integer" else float(text)}
+        except ValueError:
+            return None
+    if kind == "string":
+        return {name: text}
+    return None
+
+
+class InquiryChat:
+    """Posts questions of new inquiries and turns chat answers into responses."""
+
+    def __init__(self, squall: Squall) -> None:
+        self.squall = squall
+        self.squall.inquiries.on_pending.append(self.post)
+
+    async def post(self, record: dict[str, Any]) -> None:
+        result = record.get("result") or {}
+        parent = (record.get("context") or {}).get("parent") or {}
+        chat = (record.get("context") or {}).get("chat") or parent.get("chat")
+        announcer = self.squall.announcer
+        try:
+            adapter, channel, thread = announcer.target(result.get("route") or None, None, None, chat)
+        except LookupError:
+            return  # no chat to ask in: `squall inquiry respond` and the API still work
+        schema = result.get("schema") or {}
+        text = question_text(record["id"], schema, self.squall.config.section("chat").get("prefix", "!"))
+        reply = Reply(adapter=adapter, channel=channel, thread=thread, text=text, buttons=buttons(schema))
+        outbox_id = await announcer.send(reply)
+        where = {"adapter": adapter, "channel": channel, "thread": thread, "outbox_id": outbox_id}
+        db = self.squall.db
+        await db(db.store.update_execution, record["id"], {"result": {**result, "chat": where}}, expect=("pending",))
+
+    async def in_thread(self, message: Message) -> dict[str, Any] | None:
+        """The pending inquiry whose question `message` answers in its thread, if any."""
+        if not message.thread:
+            return None
+        db = self.squall.db
+        for inquiry in await self.squall.executions.list(status="pending", limit=1000):
+            if inquiry["runner"] != RUNNER:
+                continue
+            where = (inquiry.get("result") or {}).get("chat") or {}
+            if where.get("adapter") != message.adapter or where.get("channel") != message.channel:
+                continue
+            if where.get("thread") and where["thread"] == message.thread:
+                return inquiry
+            row = await db(db.store.outbox_get, int(where.get("outbox_id") or 0))
+            if row is not None and row.get("platform_id") == message.thread:
+                return inquiry
+        return None
+
+    async def answer(self, message: Message, inquiry: dict[str, Any], text: str) -> str | None:
+        """Respond to `inquiry` with `text`; the words to say back, or None if `text` is no answer."""
+        schema = (inquiry.get("result") or {}).get("schema") or {}
+        response = parse_answer(schema, text)
+        if response is None:
+            return None
+        try:
+            await self.squall.inquiries.respond(inquiry["id"], response, message.user, message.groups)
+        except InquiryError as exc:
+            return f"Sorry {message.user}: {exc}"
+        return f"Thanks {message.user}, inquiry {inquiry['id']} answered: {json.dumps(response)}"
+
+    async def respond_command(self, message: Message, rest: str, prefix: str) -> str:
+        """`respond <inquiry-id> <json or value>`."""
+        inquiry_id, _, text = rest.strip().partition(" ")
+        if not inquiry_id or not text.strip():
+            return f"Usage: `{prefix}respond <inquiry-id> <json or value>`"
+        try:
+            inquiry = await self.squall.executions.get(inquiry_id)
+        except LookupError as exc:
+            return str(exc)
+        if inquiry["runner"] != RUNNER:
+            return f"{inquiry['id']} is not an inquiry."
+        said = await self.answer(message, inquiry, text)
+        if said is None:
+            schema = (inquiry.get("result") or {}).get("schema") or {}
+            return (f"That is not an answer to inquiry {inquiry['id']}; send a JSON object that fits "
+                    f"{json.dumps(schema)}")
+        return said
+
+
+def question_text(inquiry_id: str, schema: dict[str, Any], prefix: str) -> str:
+    properties = schema.get("properties") or {}
+    asks = [f"• {name}: {spec.get('description') or spec.get('type', 'value')}"
+            for name, spec in properties.items() if isinstance(spec, dict)]
+    lines = [f"Inquiry {inquiry_id} needs an answer" + (f": {schema['description']}" if schema.get("description")
+                                                        else ".")]
+    lines += asks
+    lines.append(f"Answer in this thread, or with `{prefix}respond {inquiry_id} <json or value>`.")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""`squall inquiry list | get | respond ID --response JSON` (spec §11.2).
+
+A response given here is validated and stored; the workflow waiting on it is marked `resuming`,
+and `squall serve` conducts it on (this process does not run it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from bot.app import Squall
+from bot.cli import JsonOption, _user, app, fail, out, print_json, with_app
+from engine.inquiries import InquiryError
+
+inquiry_app = typer.Typer(help="List and answer inquiries (questions workflows wait on).", no_args_is_help=True)
+app.add_typer(inquiry_app, name="inquiry")
+
+
+def _call(work: Any) -> Any:
+    try:
+        return with_app(work)
+    except InquiryError as exc:
+        raise fail(str(exc)) from exc
+
+
+@inquiry_app.command("list")
+def inquiry_list(as_json: JsonOption = False) -> None:
+    """Inquiries waiting for an answer."""
+    items = _call(lambda s: s.inquiries.list())
+    if as_json:
+        print_json(items)
+        return
+    table = Table("id", "route", "users", "ttl (min)", "parent")
+    for item in items:
+        table.add_row(item["id"], item["route"], ", ".join(item["users"]) or "anyone", str(item["ttl"]),
+                      item["parent"] or "")
+    out.print(table)
+
+
+@inquiry_app.command("get")
+def inquiry_get(inquiry_id: Annotated[str, typer.Argument(help="Inquiry id.")], as_json: JsonOption = False) -> None:
+    """One inquiry with its schema."""
+    item = _call(lambda s: s.inquiries.get(inquiry_id))
+    if as_json:
+        print_json(item)
+        return
+    for key in ("id", "status", "route", "users", "roles", "ttl", "parent"):
+        out.print(f"{key}: {item[key]}", markup=False)
+    out.print("schema: " + json.dumps(item["schema"], indent=2), markup=False)
+
+
+@inquiry_app.command("respond")
+def inquiry_respond(
+    inquiry_id: Annotated[str, typer.Argument(help="Inquiry id.")],
+    response: Annotated[str, typer.Option("--response", "-r", help="The answer as a JSON object.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Answer an inquiry; exit 2 if the answer does not fit its schema or you may not answer."""
+    try:
+        value = json.loads(response)
+    except ValueError as exc:
+        raise fail(f"--response must be JSON, e.g. '{{\"continue\": true}}': {exc}") from exc
+
+    async def work(squall: Squall) -> dict[str, Any]:
+        squall.executions.executor = None  # the workflow is resumed by `squall serve`, not here
+        answered = await squall.inquiries.respond(inquiry_id, value, _user())
+        while squall.executions.notifying:  # the listener marking the workflow `resuming`
+            await asyncio.sleep(0.01)
+        return answered
+
+    item = _call(work)
+    if as_json:
+        print_json(item)
+    else:
+        out.print(f"inquiry {item['id']} answered: {json.dumps(item['response'])}", markup=False)

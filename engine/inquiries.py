@@ -1,0 +1,191 @@
+"""Inquiries (spec §11.2): an `inquirer` execution waits, `pending`, for a person's answer.
+
+An inquiry is the execution itself (as in StackStorm): its result holds the schema, the route,
+who may answer and the TTL. Answering validates the response against the schema, checks the
+responder, and finishes the execution `succeeded` with `result.response`; the workflow waiting
+on it is conducted on by the workflow service's listener. An expired inquiry finishes `timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+
+from engine.parameters import draft4
+from engine.runners import RunOutcome, RunRequest
+from engine.storage import utcnow
+
+if TYPE_CHECKING:
+    from engine.executions import ExecutionService
+    from engine.triggers import TriggerService
+
+log = logging.getLogger(__name__)
+RUNNER = "inquirer"
+TRIGGER = "core.st2.generic.inquiry"
+
+
+class InquiryError(ValueError):
+    """An answer that cannot be accepted; `status` is the HTTP status the API answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class InquirerRunner:
+    """The `inquirer` runner: the execution goes `pending` with the question as its result."""
+
+    async def run(self, request: RunRequest) -> RunOutcome:
+        params = request.runner_parameters
+        return RunOutcome("pending", {
+            "schema": params.get("schema") or {},
+            "roles": list(params.get("roles") or []),
+            "users": list(params.get("users") or []),
+            "route": params.get("route") or "",
+            "ttl": int(params.get("ttl") if params.get("ttl") is not None else 1440),
+        })
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """StackStorm's InquiryResponseAPI shape, plus status and parent."""
+    result = record.get("result") or {}
+    return {"id": record["id"], "route": result.get("route", ""), "ttl": result.get("ttl"),
+            "users": result.get("users", []), "roles": result.get("roles", []), "schema": result.get("schema", {}),
+            "status": record["status"], "parent": record.get("parent"),
+            "start_timestamp": record.get("start_timestamp"), "response": result.get("response")}
+
+
+class InquiryService:
+    """Lists, answers and expires inquiries; `on_pending` hooks post new questions (chat)."""
+
+    def __init__(self, executions: ExecutionService, triggers: TriggerService | None = None) -> None:
+        self.executions = executions
+        self.triggers = triggers
+        self.on_pending: list[Callable[[dict[str, Any]], Any]] = []
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        executions.on_finished(self._on_finished)
+
+    def _on_finished(self, record: dict[str, Any]) -> Any:
+        if record["runner"] != RUNNER:
+            return None
+        if record["status"] != "pending":
+            timer = self._timers.pop(record["id"], None)
+            if timer is not None:
+                timer.cancel()
+            return None
+        return self._pending(record)
+
+    async def _pending(self, record: dict[str, Any]) -> None:
+        ttl = int((record.get("result") or {}).get("ttl") or 0)
+        if ttl > 0:
+            self._timers[record["id"]] = asyncio.get_running_loop().call_later(ttl * 60, self._expire_soon,
+                                                                               record["id"])
+        if self.triggers is not None:
+            try:
+                await self.triggers.dispatch(TRIGGER, {"id": record["id"],
+                                                       "route": (record.get("result") or {}).get("route", "")},
+                                             validate=False)
+            except Exception:
+                log.exception("dispatching %s for inquiry %s failed", TRIGGER, record["id"])
+        for hook in self.on_pending:
+            try:
+                outcome = hook(record)
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+            except Exception:
+                log.exception("posting inquiry %s failed", record["id"])
+
+    def _expire_soon(self, inquiry_id: str) -> None:
+        self._timers.pop(inquiry_id, None)
+        task = asyncio.ensure_future(self.expire(inquiry_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- reading ---------------------------------------------------------------------------------
+    async def _record(self, inquiry_id: str) -> dict[str, Any]:
+        from engine.executions import ExecutionNotFound
+
+        try:
+            record = await self.executions.get(inquiry_id)
+        except ExecutionNotFound as exc:
+            raise InquiryError(f'inquiry "{inquiry_id}" not found', 404) from exc
+        if record["runner"] != RUNNER:
+            raise InquiryError(f'execution {record["id"]} is not an inquiry (runner {record["runner"]})', 404)
+        if record["status"] == "pending" and self._expired(record):
+            record = await self.expire(record["id"]) or await self.executions.get(record["id"])
+        return record
+
+    @staticmethod
+    def _expired(record: dict[str, Any]) -> bool:
+        ttl = int((record.get("result") or {}).get("ttl") or 0)
+        if ttl <= 0:
+            return False
+        from datetime import datetime
+
+        started = datetime.fromisoformat(str(record["start_timestamp"]).replace("Z", "+00:00"))
+        return utcnow() >= started + timedelta(minutes=ttl)
+
+    async def get(self, inquiry_id: str) -> dict[str, Any]:
+        return public(await self._record(inquiry_id))
+
+    async def list(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self.executions.list(status="pending", limit=10_000)
+        found = []
+        for row in rows:
+            if row["runner"] != RUNNER:
+                continue
+            if self._expired(row):
+                await self.expire(row["id"])
+                continue
+            found.append(public(row))
+        return found[:limit]
+
+    # -- answering ---------------------------------------------------------------------------------
+    async def respond(self, inquiry_id: str, response: Any, user: str | None,
+                      groups: Sequence[str] = ()) -> dict[str, Any]:
+        """Validate and record the answer; raises `InquiryError` saying what is wrong."""
+        record = await self._record(inquiry_id)
+        if record["status"] != "pending":
+            why = "it expired" if record["status"] == "timeout" else f"it is {record['status']}"
+            raise InquiryError(f'inquiry {record["id"]} cannot be answered: {why}', 409)
+        result = record.get("result") or {}
+        users, roles = result.get("users") or [], result.get("roles") or []
+        if (users or roles) and user not in users and not set(groups) & set(roles):
+            raise InquiryError(f'{user or "you"} may not respond to inquiry {record["id"]}: only '
+                               + ", ".join([*users, *(f"role {r}" for r in roles)]), 403)
+        if not isinstance(response, dict):
+            raise InquiryError("the response must be a JSON object, e.g. {\"continue\": true}")
+        schema = draft4(result.get("schema") or {})
+        try:
+            error = jsonschema.exceptions.best_match(jsonschema.Draft4Validator(schema).iter_errors(response))
+        except jsonschema.exceptions.SchemaError as exc:
+            raise InquiryError(f"the inquiry's schema is invalid: {exc.message}") from exc
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "response"
+            raise InquiryError(f"the response does not fit the inquiry's schema at {where}: {error.message}")
+        done = await self.executions.complete(record["id"], "succeeded",
+                                              {**result, "response": response, "responder": user}, ("pending",))
+        if done is None:
+            raise InquiryError(f'inquiry {record["id"]} was answered or expired meanwhile', 409)
+        return public(done)
+
+    async def expire(self, inquiry_id: str) -> dict[str, Any] | None:
+        record = await self.executions.get(inquiry_id)
+        if record["status"] != "pending":
+            return None
+        result = {**(record.get("result") or {}), "error": "the inquiry expired before anyone answered it"}
+        return await self.executions.complete(inquiry_id, "timeout", result, ("pending",))
+
+    async def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,216 @@
+"""Inquiries: core.ask pauses a workflow, the question reaches chat, an allowed person answers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from adapters.loopback import LoopbackAdapter
+from bot.api import create_api
+from bot.app import Squall
+from bot.chat import ChatBot
+from bot.config import load_config
+from engine.inquiries import InquiryError
+from tests.conftest import write
+from tests.workflow_helpers import children, task_names, workflow_pack
+
+SQUALL_CLI = Path(__import__("sys").executable).parent / "squall"
+
+APPROVAL = """
+version: 1.0
+vars:
+  - answer: null
+tasks:
+  prepare:
+    action: core.noop
+    next: [{do: approve}]
+  approve:
+    action: core.ask
+    input:
+      route: ops
+      users: [olivia]
+      ttl: 60
+      schema:
+        type: object
+        properties:
+          approved: {type: boolean, description: "Deploy to production?", required: true}
+    next:
+      - when: <% succeeded() and result().response.approved %>
+        publish: [answer: <% result().response.approved %>]
+        do: deploy
+      - when: <% failed() %>
+        do: fail
+  deploy:
+    action: core.noop
+output:
+  - answer: <% ctx(answer) %>
+"""
+
+CHOICE = """
+chain:
+  - name: ask
+    ref: core.ask
+    params:
+      route: ops
+      schema:
+        type: object
+        properties:
+          colour: {type: string, enum: [red, green], required: true}
+    publish:
+      colour: "{{ ask.response.colour }}"
+    on-success: after
+  - name: after
+    ref: core.echo
+    params: {message: "picked {{ colour }}"}
+"""
+
+
+@pytest.fixture
+async def chat(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter]]:
+    write(home / "config.yml", """
+        database:
+          url: sqlite:///data/squall.db
+        packs:
+          paths: [packs]
+        routes:
+          ops: {adapter: loopback, channel: "#approvals"}
+        api:
+          keys: [test-key-123456]
+    """)
+    workflow_pack(home, {"approval": ("orquesta", "", APPROVAL), "choice": ("action-chain", "", CHOICE)})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    assert squall.registry.errors == []
+    loopback = LoopbackAdapter()
+    bot = ChatBot(squall, [loopback])
+    await bot.start()
+    try:
+        yield squall, loopback
+    finally:
+        await bot.stop()
+        await squall.close()
+
+
+async def _paused(squall: Squall, ref: str) -> tuple[str, dict]:
+    record = await squall.executions.request(ref, {}, {"user": "tester"})
+    paused = await squall.executions.wait(record["id"], timeout=20)
+    assert paused["status"] == "paused", paused
+    (inquiry,) = [c for c in await children(squall, record["id"]) if c["runner"] == "inquirer"]
+    assert inquiry["status"] == "pending"
+    return record["id"], inquiry
+
+
+async def _final(squall: Squall, workflow_id: str) -> dict:
+    squall.executions._recent.pop(workflow_id, None)
+    while True:
+        done = await squall.executions.wait(workflow_id, timeout=20)
+        if done["status"] not in ("paused", "resuming", "running"):
+            return done
+        squall.executions._recent.pop(workflow_id, None)
+
+
+async def test_question_in_chat_with_buttons_and_only_allowed_users_answer(chat) -> None:
+    squall, loopback = chat
+    workflow_id, inquiry = await _paused(squall, "wf.approval")
+    posted = await loopback.wait_for(lambda p: any(inquiry["id"] in x.text for x in p))
+    question = next(p for p in posted if inquiry["id"] in p.text)
+    assert question.reply.channel == "#approvals"
+    assert "Deploy to production?" in question.text
+    assert question.reply.buttons == [{"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}]
+
+    # Mallory may not answer; the workflow stays paused.
+    await loopback.say("yes", user="mallory", channel="#approvals", thread=question.id, mentioned=True)
+    await loopback.wait_for(lambda p: any("mallory" in x.text and "may not respond" in x.text for x in p))
+    assert (await squall.executions.get(inquiry["id"]))["status"] == "pending"
+
+    # Olivia clicks Yes: the adapter turns it into her message, in the question's thread.
+    await loopback.say("yes", user="olivia", channel="#approvals", thread=question.id, mentioned=True)
+    done = await _final(squall, workflow_id)
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["output"] == {"answer": True}
+    answered = await squall.executions.get(inquiry["id"])
+    assert answered["status"] == "succeeded"
+    assert answered["result"]["response"] == {"approved": True} and answered["result"]["responder"] == "olivia"
+    assert task_names(await children(squall, workflow_id)) == ["prepare", "approve", "deploy"]
+    statuses = [e["status"] for e in done["log"]]
+    assert "paused" in statuses and statuses[-1] == "succeeded"
+
+
+async def test_respond_command_validates_against_the_schema(chat) -> None:
+    squall, loopback = chat
+    workflow_id, inquiry = await _paused(squall, "wf.choice")
+    await loopback.say(f"!respond {inquiry['id']} purple", user="zed", channel="#ops")
+    await loopback.wait_for(lambda p: any("not an answer" in x.text for x in p))
+    await loopback.say(f'!respond {inquiry["id"]} {{"colour": "purple"}}', user="zed", channel="#ops")
+    await loopback.wait_for(lambda p: any("does not fit the inquiry's schema" in x.text for x in p))
+    await loopback.say(f"!respond {inquiry['id']} green", user="zed", channel="#ops")
+    done = await _final(squall, workflow_id)
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["tasks"][-1]["result"]["stdout"] == "picked green"
+    assert done["result"]["published"] == {"colour": "green"}
+
+
+async def test_api_lists_gets_and_answers_inquiries(chat) -> None:
+    squall, _ = chat
+    workflow_id, inquiry = await _paused(squall, "wf.approval")
+    transport = httpx.ASGITransport(app=create_api(squall))
+    headers = {"St2-Api-Key": "test-key-123456"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall") as client:
+        listed = (await client.get("/api/v1/inquiries", headers=headers)).json()
+        assert [i["id"] for i in listed] == [inquiry["id"]]
+        one = (await client.get(f"/api/v1/inquiries/{inquiry['id']}", headers=headers)).json()
+        assert one["route"] == "ops" and one["users"] == ["olivia"] and one["ttl"] == 60
+        bad = await client.put(f"/api/v1/inquiries/{inquiry['id']}", headers=headers,
+                               json={"id": inquiry["id"], "response": {"approved": "sure"}, "user": "olivia"})
+        assert bad.status_code == 400 and "schema" in bad.json()["faultstring"]
+        denied = await client.put(f"/api/v1/inquiries/{inquiry['id']}", headers=headers,
+                                  json={"response": {"approved": True}, "user": "eve"})
+        assert denied.status_code == 403
+        ok = await client.put(f"/api/v1/inquiries/{inquiry['id']}", headers=headers,
+                              json={"response": {"approved": False}, "user": "olivia"})
+        assert ok.status_code == 200, ok.text
+        again = await client.put(f"/api/v1/inquiries/{inquiry['id']}", headers=headers,
+                                 json={"response": {"approved": True}, "user": "olivia"})
+        assert again.status_code == 409
+        missing = await client.get("/api/v1/inquiries/ffffffffffffffffffffffff", headers=headers)
+        assert missing.status_code == 404
+    done = await _final(squall, workflow_id)
+    assert done["status"] == "succeeded", done["result"]  # approved: false deploys nothing
+    assert task_names(await children(squall, workflow_id)) == ["prepare", "approve"]
+
+
+async def test_expired_inquiry_times_out_and_fails_the_task(chat) -> None:
+    squall, _ = chat
+    workflow_id, inquiry = await _paused(squall, "wf.approval")
+    await squall.inquiries.expire(inquiry["id"])
+    with pytest.raises(InquiryError, match="expired"):
+        await squall.inquiries.respond(inquiry["id"], {"approved": True}, "olivia")
+    done = await _final(squall, workflow_id)
+    assert done["status"] == "failed"
+    assert (await squall.executions.get(inquiry["id"]))["status"] == "timeout"
+
+
+def test_cli_lists_and_responds(home: Path) -> None:
+    write(home / "config.yml", "database:\n  url: sqlite:///data/squall.db\npacks:\n  paths: [packs]\n")
+    workflow_pack(home, {"choice": ("action-chain", "", CHOICE)})
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(SQUALL_CLI), "-c", str(home / "config.yml"), *args], capture_output=True,
+                              text=True, timeout=60, cwd=home)
+
+    started = cli("run", "wf.choice", "--json")
+    assert json.loads(started.stdout)["status"] == "paused", started.stdout + started.stderr
+    listed = json.loads(cli("inquiry", "list", "--json").stdout)
+    assert len(listed) == 1 and listed[0]["schema"]["properties"]["colour"]["enum"] == ["red", "green"]
+    bad = cli("inquiry", "respond", listed[0]["id"], "--response", '{"colour": "blue"}')
+    assert bad.returncode == 2 and "schema" in bad.stderr
+    good = cli("inquiry", "respond", listed[0]["id"], "--response", '{"colour": "red"}', "--json")
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["response"] == {"colour": "red"}
+    # No server runs here: the workflow is marked resuming for `squall serve`, not run by the CLI.
+    workflow = json.loads(cli("execution", "get", listed[0]["parent"], "--json").stdout)
+    assert workflow["status"] == "resuming"
