@@ -73,11 +73,15 @@ MessageHandler = Callable[[Message], Awaitable[None]]
 
 
 class DeliveryError(Exception):
-    """The platform did not take the reply now; the outbox will try again (after `retry_after`)."""
+    """The platform did not take the reply now; the outbox will try again (after `retry_after`).
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    `permanent` says trying again cannot help (an unknown channel, a refused scope): the reply is
+    recorded as failed at once, and the channel's later replies are not held up behind it."""
+
+    def __init__(self, message: str, retry_after: float | None = None, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.permanent = permanent
 
 
 class Adapter(Protocol):

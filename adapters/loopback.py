@@ -31,6 +31,7 @@ class LoopbackAdapter:
                                                          buttons=True, max_length=4000)
         self.posted: list[Posted] = []
         self.failures_to_inject = 0
+        self.refusals_to_inject = 0  # permanent failures (an unknown channel, say)
         self._by_id: dict[str, Posted] = {}
         self._ids = itertools.count(1)
         self._handler: MessageHandler | None = None
@@ -51,6 +52,9 @@ class LoopbackAdapter:
         await self._handler(message)
 
     async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
+        if self.refusals_to_inject > 0:
+            self.refusals_to_inject -= 1
+            raise DeliveryError("loopback: injected refusal", permanent=True)
         if self.failures_to_inject > 0:
             self.failures_to_inject -= 1
             raise DeliveryError("loopback: injected failure", retry_after=0.01)

@@ -108,6 +108,11 @@ class Outbox:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if isinstance(exc, DeliveryError) and exc.permanent:  # retrying cannot help: do not hold the channel
+                    log.error("reply %s to %s %s cannot be delivered: %s", outbox_id, reply.adapter, reply.channel, exc)
+                    await self.db(self.db.store.outbox_update, outbox_id,
+                                  {"status": "failed", "attempts": attempt, "error": str(exc)})
+                    return
                 wait = exc.retry_after if isinstance(exc, DeliveryError) and exc.retry_after else delay
                 log.warning("sending reply %s to %s %s failed (attempt %d): %s; retrying in %.1fs",
                             outbox_id, reply.adapter, reply.channel, attempt, exc, wait)

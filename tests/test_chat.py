@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -239,6 +240,19 @@ async def test_outbox_retries_in_order(chat) -> None:
     assert acks == [f"greeting n{n}" for n in range(5)]
     rows = await squall.db(squall.store.outbox_pending, ["loopback"])
     assert rows == []
+
+
+async def test_a_refused_reply_fails_at_once_and_does_not_hold_up_the_channel(chat) -> None:
+    squall, bot, loopback = chat
+    loopback.refusals_to_inject = 1
+    await loopback.say("!greet first", user="alice", channel="#refused")
+    await loopback.say("!greet second", user="alice", channel="#refused")
+    await settle(squall, bot)
+    acks = [p.reply.text for p in loopback.posted if p.reply.channel == "#refused" and p.reply.text.startswith("gr")]
+    assert acks == ["greeting second"]
+    with squall.store.engine.connect() as conn:
+        failed = conn.execute(sa.text("SELECT attempts, error FROM outbox WHERE status = 'failed'")).all()
+    assert [(row.attempts, row.error) for row in failed] == [(1, "loopback: injected refusal")]
 
 
 async def test_long_output_is_split_or_uploaded(home: Path) -> None:
