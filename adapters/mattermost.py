@@ -64,7 +64,8 @@ class MattermostError(DeliveryError):
     """A REST call Mattermost refused or that could not reach it; never carries the token."""
 
     def __init__(self, message: str, status: int = 0, error_id: str = "", retry_after: float | None = None) -> None:
-        super().__init__(message, retry_after)
+        # 4xx but 429 will not change by trying again (an unknown channel, a refused permission).
+        super().__init__(message, retry_after, permanent=400 <= status < 500 and status != 429)
         self.status = status
         self.error_id = error_id
 

@@ -54,6 +54,12 @@ SEEN_SIZE = 5000
 UPLOAD_FALLBACK = 3500
 
 
+#: Slack errors that no retry will fix: the reply fails at once instead of holding its channel.
+_PERMANENT = {"channel_not_found", "not_in_channel", "is_archived", "msg_too_long", "no_text", "invalid_blocks",
+              "invalid_attachments", "missing_scope", "not_authed", "invalid_auth", "account_inactive",
+              "restricted_action", "cannot_dm_bot"}
+
+
 @dataclass
 class SlackSettings:
     """`adapters.slack`, checked: tokens are kept out of reprs so they never reach a log."""
@@ -493,7 +499,8 @@ class SlackAdapter:
                 raise DeliveryError(f"Slack rate-limited the reply to {reply.channel}", retry_after=wait) from None
             if _error(exc) in _USE_RESPONSE_URL and await self._respond(channel, reply):
                 return None
-            raise DeliveryError(f"Slack refused the reply to {reply.channel}: {_error(exc)}") from None
+            raise DeliveryError(f"Slack refused the reply to {reply.channel}: {_error(exc)}",
+                                permanent=_error(exc) in _PERMANENT) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise DeliveryError(f"Slack unreachable: {type(exc).__name__}") from None
 
