@@ -41,6 +41,8 @@ class Message:
     groups: list[str] = field(default_factory=list)
     id: str | None = None
     raw: Any = None
+    #: The channel's human name where `channel` is a platform id (Slack `C0123`): auth lists may use either.
+    channel_name: str | None = None
 
 
 @dataclass

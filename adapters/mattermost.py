@@ -515,7 +515,7 @@ class MattermostAdapter:
         return Message(adapter=self.name, channel=channel,
                        user=await self._username(user_id, str(data.get("sender_name") or "")), text=text,
                        thread=post.get("root_id") or None, mentioned=mentioned, direct=kind == "D", id=post["id"],
-                       raw=post)
+                       raw=post, channel_name=data.get("channel_name") or None)
 
     async def _channel_type(self, channel: str) -> str:
         """O, P, D or G, for an event that did not say (Mattermost's own always do)."""
@@ -563,7 +563,8 @@ class MattermostAdapter:
         self._slash[key] = command
         user = form.get("user_name") or await self._username(form["user_id"])
         message = Message(adapter=self.name, channel=form["channel_id"], user=user, text=form.get("text", "").strip(),
-                          thread=_SLASH + key, mentioned=True, id=_SLASH + key, raw=form)
+                          thread=_SLASH + key, mentioned=True, id=_SLASH + key, raw=form,
+                          channel_name=form.get("channel_name") or None)
         task = asyncio.create_task(self._handle_slash(message), name="mattermost-slash")
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)

@@ -338,7 +338,7 @@ class SlackAdapter:
         user = await self._user_name(event["user"])
         message = Message(adapter=self.name, channel=channel, user=user, text=text, thread=event.get("thread_ts"),
                           mentioned=mention or mentioned, direct=direct, groups=await self._groups_of(event["user"]),
-                          id=ts, raw={"event": event, "channel_name": await self._channel_name(channel)})
+                          id=ts, raw={"event": event}, channel_name=await self._channel_name(channel))
         await self._deliver(message, event["user"])
 
     async def _on_command(self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any]) -> None:
@@ -353,7 +353,8 @@ class SlackAdapter:
         user = await self._user_name(user_id, fallback=command.get("user_name"))
         message = Message(adapter=self.name, channel=channel, user=user, text=text, mentioned=True,
                           direct=channel.startswith("D") or command.get("channel_name") == "directmessage",
-                          groups=await self._groups_of(user_id), raw={"command": command})
+                          groups=await self._groups_of(user_id), raw={"command": command},
+                          channel_name=command.get("channel_name"))
         await self._deliver(message, user_id)
 
     async def _on_button(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:

@@ -50,12 +50,13 @@ class Authorizer:
             return Decision(True)
         groups = self.groups_of(message)
         deny = rules.get("deny") or {}
-        if _hits(deny, message.user, groups, message.channel):
+        channels = _channels(message)
+        if _hits(deny, message.user, groups, channels):
             return Decision(False, f"{message.user} is denied {alias.ref} ({_why(deny, message, groups)})")
         allow = rules.get("allow")
         if allow is None:
             return Decision(True)
-        if _hits(allow, message.user, groups, message.channel):
+        if _hits(allow, message.user, groups, channels):
             return Decision(True)
         names = ", ".join(f"{kind} {', '.join(map(str, allow.get(kind) or []))}"
                           for kind in ("users", "groups", "channels") if allow.get(kind))
@@ -65,9 +66,17 @@ class Authorizer:
         return message.user in self.admins
 
 
-def _hits(section: Mapping[str, Any], user: str, groups: Iterable[str], channel: str) -> bool:
+def _channels(message: Message) -> set[str]:
+    """How config may name the message's channel: its id, its name, and its name with `#`."""
+    names = {message.channel}
+    if message.channel_name:
+        names |= {message.channel_name, f"#{message.channel_name.lstrip('#')}"}
+    return names
+
+
+def _hits(section: Mapping[str, Any], user: str, groups: Iterable[str], channels: set[str]) -> bool:
     return (user in (section.get("users") or []) or bool(set(groups) & set(section.get("groups") or []))
-            or channel in (section.get("channels") or []))
+            or bool(channels & {str(c) for c in section.get("channels") or []}))
 
 
 def _why(section: Mapping[str, Any], message: Message, groups: set[str]) -> str:
@@ -76,4 +85,4 @@ def _why(section: Mapping[str, Any], message: Message, groups: set[str]) -> str:
     shared = groups & set(section.get("groups") or [])
     if shared:
         return f"group {', '.join(sorted(shared))}"
-    return f"channel {message.channel}"
+    return f"channel {message.channel_name or message.channel}"
