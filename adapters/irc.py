@@ -264,6 +264,7 @@ class _Connection(irc.client_aio.AioConnection):
 
     def __init__(self, reactor: Any) -> None:
         super().__init__(reactor)
+        self.transport: Any = None  # set by connect(); None until the first connection
         self.closed = asyncio.Event()
         self.closed.set()
         self.last_heard = time.monotonic()

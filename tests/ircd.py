@@ -124,12 +124,31 @@ def _write_config(server: IrcServer) -> None:
 
 
 def _make_cert(folder: Path) -> Path:
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    key.chmod(0o644)  # a throwaway test key; ngircd may read it after dropping to `nobody`
-    return cert
+    """A self-signed certificate for 127.0.0.1 and localhost (a throwaway, readable by `nobody`)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o644)
+    return cert_path
 
 
 @contextlib.contextmanager
@@ -142,8 +161,6 @@ def running_ngircd(password: str | None = None, tls: bool = False) -> Iterator[I
     server = IrcServer(port=free_port(), folder=folder, password=password)
     try:
         if tls:
-            if shutil.which("openssl") is None:
-                raise NgircdUnavailable("openssl is missing, so no test certificate can be made")
             server.cert = _make_cert(folder)
             server.tls_port = free_port()
         _write_config(server)

@@ -424,7 +424,7 @@ async def test_sasl_plain_exchange(caplog: pytest.LogCaptureFixture) -> None:
     assert "sasl-pw-2" not in caplog.text and payload not in caplog.text
 
 
-async def test_tls(home: Path) -> None:
+async def test_tls(home: Path, caplog: pytest.LogCaptureFixture) -> None:
     try:
         context = running_ngircd(tls=True)
         server = context.__enter__()
@@ -445,6 +445,20 @@ async def test_tls(home: Path) -> None:
         finally:
             await bot.stop()
             await squall.close()
+        # verification is on by default: a self-signed certificate is refused, and the adapter keeps trying
+        strict = IrcAdapter(IrcSettings.from_section({"server": "127.0.0.1", "port": server.tls_port, "tls": True,
+                                                      "nick": "strict"}, environ={}))
+        strict.start_wait = 1
+
+        async def ignore(message: Any) -> None:
+            return None
+
+        await strict.start(ignore)
+        try:
+            assert not strict.registered.is_set()
+            assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+        finally:
+            await strict.stop()
     finally:
         context.__exit__(None, None, None)
 
