@@ -23,6 +23,7 @@ from engine.executions import ExecutionService
 from engine.executor import LocalExecutor
 from engine.inquiries import InquirerRunner, InquiryService
 from engine.packs import Registry, load_registry
+from engine.policies import PolicyExecutor
 from engine.rules import RulesEngine
 from engine.runners import RunRequest
 from engine.runners.announcement import AnnouncementRunner
@@ -71,7 +72,9 @@ class Squall:
         runners.update(self.workflows.runners)
         runners["inquirer"] = InquirerRunner()
         self.executions = ExecutionService(registry, self.db, self.datastore, self.keys, runners, config.api_url)
-        self.executor = LocalExecutor(self.executions.run, config.max_concurrency)
+        self.policies = PolicyExecutor(LocalExecutor(self.executions.run, config.max_concurrency), self.executions)
+        registry.errors.extend(self.policies.rebuild(registry))
+        self.executor = self.policies
         self.triggers = TriggerService(registry, self.db)
         self.executions.on_finished(Notifier(self).on_finished)
         self.executions.executor = self.executor
@@ -107,6 +110,7 @@ class Squall:
         self.executions.registry = registry
         self.triggers.registry = registry
         self.rules.rebuild(registry)
+        registry.errors.extend(self.policies.rebuild(registry))
         self._sync_timers()
         return registry
 

@@ -270,7 +270,7 @@ class ExecutionService:
 
     def _claim(self, execution_id: str, fields: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
         """Claim a queued execution and build its run request, in one trip to the database thread."""
-        record = self.db.store.claim_execution(execution_id, fields, _QUEUED)
+        record = self.db.store.claim_execution(execution_id, fields, ("requested", "scheduled"))
         if record is None:
             record = self._claim_resuming(execution_id, fields)
             if record is None:
@@ -281,15 +281,16 @@ class ExecutionService:
             return record, exc
 
     def _claim_resuming(self, execution_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
-        """A workflow marked `resuming` (paused, recovered or re-run) is claimed like a request,
-        keeping its log."""
+        """A workflow marked `resuming` (paused, recovered or re-run), or an execution a policy
+        `delayed`, is claimed like a request, keeping its log."""
         store = self.db.store
         current = store.get_execution(execution_id)
-        if current is None or current["status"] != "resuming":
+        if current is None or current["status"] not in ("resuming", "delayed"):
             return None
+        entries = fields["log"] if current["status"] == "delayed" else fields["log"][-1:]
         update = {"status": "running", "runner_info": fields["runner_info"], "end_timestamp": None,
-                  "log": [*(current.get("log") or []), fields["log"][-1]]}
-        if not store.update_execution(execution_id, update, expect=("resuming",)):
+                  "log": [*(current.get("log") or []), *entries]}
+        if not store.update_execution(execution_id, update, expect=(current["status"],)):
             return None
         return {**current, **update}
 

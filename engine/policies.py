@@ -1,0 +1,218 @@
+"""Action policies (spec §11.1): concurrency (delay or cancel) before a run, retry after one.
+
+Policies come from packs' `policies/*.yaml` (parsed by the pack loader). Concurrency sits in
+front of the executor: an execution over its action's threshold is marked `delayed` and
+queued, and the moment one of that action's runs ends the next queued one is admitted (no
+polling). Delayed executions are stored as such, so after a restart `recover()` submits them
+again and the policy decides anew. Retry listens for finished executions and re-requests a
+failed (or timed out) one with `context.policies.retry.retry_count` counted up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine.yamlfile import ContentError
+
+if TYPE_CHECKING:
+    from engine.executions import ExecutionService
+    from engine.executor import Executor
+    from engine.packs import Registry
+
+log = logging.getLogger(__name__)
+POLICY_TYPES = ("action.concurrency", "action.concurrency.attr", "action.retry")
+
+
+@dataclass
+class Policy:
+    name: str
+    ref: str
+    resource_ref: str
+    policy_type: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def load_policies(registry: Registry) -> tuple[dict[str, list[Policy]], list[ContentError]]:
+    """Policies by action ref, and the files that could not be used (with line and reason)."""
+    found: dict[str, list[Policy]] = defaultdict(list)
+    errors: list[ContentError] = []
+    for document in registry.documents:
+        if document.kind != "policies":
+            continue
+        data, lines = document.data, document.lines
+
+        def bad(reason: str, key: str | None = None, _file: str = document.file, _lines: Any = lines) -> None:
+            errors.append(ContentError(_file, _lines.line(key) if key else 1, reason))
+
+        if not isinstance(data, dict):
+            bad("a policy must be a mapping with name, resource_ref, policy_type and parameters")
+            continue
+        if data.get("enabled", True) is False:
+            continue
+        name, resource, kind = data.get("name"), data.get("resource_ref"), data.get("policy_type")
+        params = data.get("parameters") or {}
+        if not isinstance(name, str) or not name:
+            bad("'name' is required", "name")
+            continue
+        if not isinstance(resource, str) or "." not in resource:
+            bad(f"policy '{name}': 'resource_ref' must be an action ref", "resource_ref")
+            continue
+        if kind not in POLICY_TYPES:
+            bad(f"policy '{name}': unknown policy_type {kind!r} (known: {', '.join(POLICY_TYPES)})", "policy_type")
+            continue
+        if not isinstance(params, dict):
+            bad(f"policy '{name}': 'parameters' must be a mapping", "parameters")
+            continue
+        problem = _check(kind, params)
+        if problem:
+            bad(f"policy '{name}': {problem}", "parameters")
+            continue
+        found[resource].append(Policy(name, f"{document.pack}.{name}", resource, kind, dict(params)))
+    return dict(found), errors
+
+
+def _check(kind: str, params: dict[str, Any]) -> str | None:
+    if kind.startswith("action.concurrency"):
+        threshold = params.get("threshold")
+        if not isinstance(threshold, int) or threshold < 0:
+            return "'threshold' (a whole number >= 0) is required"
+        if params.get("action", "delay") not in ("delay", "cancel"):
+            return "'action' must be delay or cancel"
+        if kind.endswith(".attr") and not isinstance(params.get("attributes"), list):
+            return "'attributes' (a list of parameter names) is required"
+        return None
+    if params.get("retry_on") not in ("failure", "timeout"):
+        return "'retry_on' must be failure or timeout"
+    count = params.get("max_retry_count", 2)
+    if not isinstance(count, int) or not 0 <= count <= 5:
+        return "'max_retry_count' must be 0..5"
+    delay = params.get("delay", 0)
+    if not isinstance(delay, int | float) or not 0 <= delay <= 120:
+        return "'delay' must be 0..120 seconds"
+    return None
+
+
+class PolicyExecutor:
+    """An `Executor` that applies concurrency policies before handing executions on."""
+
+    def __init__(self, inner: Executor, executions: ExecutionService) -> None:
+        self.inner = inner
+        self.executions = executions
+        self.policies: dict[str, list[Policy]] = {}
+        self._admitted: dict[tuple[Any, ...], set[str]] = defaultdict(set)
+        self._key_of: dict[str, tuple[Any, ...]] = {}
+        self._queues: dict[tuple[Any, ...], deque[str]] = defaultdict(deque)
+        self._retry_tasks: set[asyncio.Task[Any]] = set()
+        executions.on_finished(self._on_finished)
+
+    def rebuild(self, registry: Registry) -> list[ContentError]:
+        self.policies, errors = load_policies(registry)
+        return errors
+
+    # -- the Executor interface -------------------------------------------------------------------
+    @property
+    def closing(self) -> bool:
+        return bool(getattr(self.inner, "closing", False))
+
+    @property
+    def running(self) -> set[str]:
+        return getattr(self.inner, "running", set())
+
+    async def cancel(self, execution_id: str) -> bool:
+        return await self.inner.cancel(execution_id)
+
+    async def close(self) -> None:
+        for task in list(self._retry_tasks):
+            task.cancel()
+        await asyncio.gather(*self._retry_tasks, return_exceptions=True)
+        await self.inner.close()
+
+    async def submit(self, execution_id: str) -> None:
+        if not self.policies or execution_id in self._key_of:
+            await self.inner.submit(execution_id)
+            return
+        db = self.executions.db
+        record = await db(db.store.get_execution, execution_id)
+        policy = next((p for p in self.policies.get(record["action"], []) if p.policy_type.startswith(
+            "action.concurrency")), None) if record else None
+        if record is None or policy is None or record["status"] not in ("requested", "delayed"):
+            await self.inner.submit(execution_id)
+            return
+        key: tuple[Any, ...] = (record["action"],)
+        if policy.policy_type.endswith(".attr"):
+            values = record["spec"]["values"]
+            key += tuple(repr(values.get(name)) for name in policy.parameters["attributes"])
+        if len(self._admitted[key]) < policy.parameters["threshold"]:
+            self._admit(key, execution_id)
+            await self.inner.submit(execution_id)
+            return
+        if policy.parameters.get("action", "delay") == "cancel":
+            await self.executions.complete(execution_id, "canceled", {
+                "error": f'canceled by policy "{policy.ref}": {policy.parameters["threshold"]} of '
+                         f'{record["action"]} already running'}, ("requested", "delayed"))
+            return
+        if record["status"] == "requested":
+            from engine.executions import _iso
+            from engine.storage import utcnow
+
+            log_entries = [*(record.get("log") or []), {"status": "delayed", "timestamp": _iso(utcnow())}]
+            await db(db.store.update_execution, execution_id, {"status": "delayed", "log": log_entries},
+                     expect=("requested",))
+        if execution_id not in self._queues[key]:
+            self._queues[key].append(execution_id)
+
+    def _admit(self, key: tuple[Any, ...], execution_id: str) -> None:
+        self._admitted[key].add(execution_id)
+        self._key_of[execution_id] = key
+
+    # -- after a run ------------------------------------------------------------------------------
+    def _on_finished(self, record: dict[str, Any]) -> Any:
+        key = self._key_of.pop(record["id"], None)
+        tasks = []
+        if key is not None:
+            self._admitted[key].discard(record["id"])
+            queue = self._queues.get(key)
+            if queue:
+                next_id = queue.popleft()
+                self._admit(key, next_id)
+                tasks.append(self.inner.submit(next_id))
+        retry = self._retry(record)
+        if retry is not None:
+            tasks.append(retry)
+        if not tasks:
+            return None
+        return _all(tasks)
+
+    def _retry(self, record: dict[str, Any]) -> Any:
+        if record.get("parent"):
+            return None  # inside workflows, retry is the workflow's (`retry:` on the task)
+        for policy in self.policies.get(record["action"], []):
+            if policy.policy_type != "action.retry":
+                continue
+            wanted = {"failure": ("failed", "abandoned"), "timeout": ("timeout",)}[policy.parameters["retry_on"]]
+            if record["status"] not in wanted:
+                continue
+            done = int(((record.get("context") or {}).get("policies") or {}).get("retry", {}).get("retry_count", 0))
+            if done >= int(policy.parameters.get("max_retry_count", 2)):
+                continue
+            return self._retry_later(record, policy, done + 1)
+        return None
+
+    async def _retry_later(self, record: dict[str, Any], policy: Policy, count: int) -> None:
+        delay = float(policy.parameters.get("delay", 0) or 0)
+        if delay:
+            await asyncio.sleep(delay)  # the policy's own delay, not a polling loop
+        context = {"policies": {"retry": {"retry_count": count, "applied_policy": policy.ref}}}
+        try:
+            await self.executions.rerun(record["id"], context=context)
+        except Exception:
+            log.exception("retry policy %s could not re-run %s", policy.ref, record["id"])
+
+
+async def _all(awaitables: list[Any]) -> None:
+    for awaitable in awaitables:
+        await awaitable

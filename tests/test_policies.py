@@ -1,0 +1,120 @@
+"""Policies: concurrency with delay and cancel, retry; bad policy files named at load."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from bot.app import Squall
+from bot.config import load_config
+from tests.conftest import write
+
+
+def _pack(home: Path, policies: dict[str, str]) -> None:
+    pack = home / "packs" / "pol"
+    write(pack / "pack.yaml", "ref: pol\nname: pol\nversion: 0.1.0\n")
+    write(pack / "actions" / "gate.yaml", """
+        name: gate
+        runner_type: local-shell-cmd
+        parameters:
+          gate: {type: string}
+          tag: {type: string, default: a}
+          cmd: {default: "while [ ! -f {{gate}} ]; do sleep 0.02; done; echo {{tag}}", immutable: true}
+    """)
+    write(pack / "actions" / "flaky.yaml", """
+        name: flaky
+        runner_type: local-shell-cmd
+        parameters:
+          marker: {type: string}
+          cmd: {default: "n=$(cat {{marker}} 2>/dev/null || echo 0); echo $((n+1)) > {{marker}}; [ $n -ge 2 ]",
+                immutable: true}
+    """)
+    for name, text in policies.items():
+        write(pack / "policies" / f"{name}.yaml", text)
+
+
+async def _status(squall: Squall, execution_id: str, wanted: set[str]) -> dict:
+    while True:
+        record = await squall.executions.get(execution_id)
+        if record["status"] in wanted:
+            return record
+        await asyncio.sleep(0.01)
+
+
+async def test_concurrency_delay_queues_and_admits_when_one_ends(home: Path) -> None:
+    _pack(home, {"limit": "name: limit\nresource_ref: pol.gate\npolicy_type: action.concurrency\n"
+                          "parameters: {threshold: 1, action: delay}\n"})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        gate = home / "gate"
+        first = await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "one"})
+        second = await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "two"})
+        await _status(squall, first["id"], {"running"})
+        delayed = await squall.executions.get(second["id"])
+        assert delayed["status"] == "delayed"
+        gate.touch()
+        done = await squall.executions.wait(second["id"], timeout=20)
+        assert done["status"] == "succeeded" and done["result"]["stdout"] == "two"
+        assert [e["status"] for e in done["log"]][:3] == ["requested", "delayed", "scheduled"]
+        first_done = await squall.executions.get(first["id"])
+        assert first_done["end_timestamp"] <= done["log"][2]["timestamp"]  # admitted only after the first ended
+    finally:
+        await squall.close()
+
+
+async def test_concurrency_cancel_and_attr_count_per_value(home: Path) -> None:
+    _pack(home, {"limit": "name: limit\nresource_ref: pol.gate\npolicy_type: action.concurrency.attr\n"
+                          "parameters: {threshold: 1, action: cancel, attributes: [tag]}\n"})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        gate = home / "gate"
+        first = await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "x"})
+        other = await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "y"})
+        same = await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "x"})
+        canceled = await squall.executions.wait(same["id"], timeout=20)
+        assert canceled["status"] == "canceled" and 'policy "pol.limit"' in canceled["result"]["error"]
+        gate.touch()
+        assert (await squall.executions.wait(first["id"], timeout=20))["status"] == "succeeded"
+        assert (await squall.executions.wait(other["id"], timeout=20))["status"] == "succeeded"
+    finally:
+        await squall.close()
+
+
+async def test_retry_policy_reruns_a_failure_with_a_count(home: Path) -> None:
+    _pack(home, {"retry": "name: retry\nresource_ref: pol.flaky\npolicy_type: action.retry\n"
+                          "parameters: {retry_on: failure, max_retry_count: 3}\n"})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        record = await squall.executions.request("pol.flaky", {"marker": str(home / "count")})
+        first = await squall.executions.wait(record["id"], timeout=20)
+        assert first["status"] == "failed"
+        while True:
+            rows = await squall.executions.list(action="pol.flaky")
+            if any(r["status"] == "succeeded" for r in rows):
+                break
+            await asyncio.sleep(0.02)
+        rows = sorted(rows, key=lambda r: r["id"])
+        assert [r["status"] for r in rows] == ["failed", "failed", "succeeded"]
+        assert [r["context"].get("policies", {}).get("retry", {}).get("retry_count") for r in rows] == [None, 1, 2]
+        assert rows[1]["context"]["policies"]["retry"]["applied_policy"] == "pol.retry"
+    finally:
+        await squall.close()
+
+
+def test_bad_policy_files_are_named(home: Path) -> None:
+    from bot.app import Squall as _Squall  # noqa: F401  (policies load with the app)
+
+    _pack(home, {"bad": "name: bad\nresource_ref: pol.gate\npolicy_type: action.concurrency\n"
+                        "parameters: {action: delay}\n",
+                 "kind": "name: kind\nresource_ref: pol.gate\npolicy_type: action.nope\n"})
+
+    async def start() -> list[str]:
+        squall = await Squall.start(load_config(home / "config.yml"))
+        try:
+            return [str(e) for e in squall.registry.errors]
+        finally:
+            await squall.close()
+
+    errors = asyncio.run(start())
+    assert any("policies/bad.yaml" in e and "'threshold'" in e for e in errors)
+    assert any("policies/kind.yaml" in e and "unknown policy_type 'action.nope'" in e for e in errors)
