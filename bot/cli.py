@@ -186,12 +186,32 @@ def execution_list(
 @execution_app.command("get")
 def execution_get(execution_id: Annotated[str, typer.Argument(help="Execution id (or its first characters).")],
                   as_json: JsonOption = False) -> None:
-    """One execution with its parameters and result."""
-    record = with_app(lambda s: s.executions.get(execution_id))
+    """One execution with its parameters and result; a workflow's tasks as a tree under it."""
+
+    async def work(squall: Squall) -> tuple[dict[str, Any], list[tuple[int, dict[str, Any]]]]:
+        record = await squall.executions.get(execution_id)
+        tree: list[tuple[int, dict[str, Any]]] = []
+
+        async def descend(parent: str, depth: int) -> None:
+            rows = await squall.executions.list(parent=parent, limit=100_000)
+            for row in sorted(rows, key=lambda r: r["id"]):
+                tree.append((depth, row))
+                await descend(row["id"], depth + 1)
+
+        await descend(record["id"], 1)
+        return record, tree
+
+    record, tree = with_app(work)
     if as_json:
-        print_json(record)
-    else:
-        show_execution(record)
+        print_json({**record, "children": [row["id"] for depth, row in tree if depth == 1]})
+        return
+    show_execution(record)
+    if tree:
+        out.print("children:", style="bold")
+    for depth, row in tree:
+        task = (row["context"].get("workflow_task") or {}).get("task") or ""
+        out.print(f"{'  ' * depth}{row['id']} {task + ' ' if task else ''}{row['action']} {row['status']}",
+                  markup=False)
 
 
 @execution_app.command("cancel")
@@ -205,16 +225,42 @@ def execution_cancel(execution_id: Annotated[str, typer.Argument(help="Execution
         out.print(f"execution {record['id']} is {record['status']}")
 
 
+@execution_app.command("pause")
+def execution_pause(execution_id: Annotated[str, typer.Argument(help="Workflow execution id.")]) -> None:
+    """Pause a running workflow: nothing new starts; it is paused once its running tasks end."""
+    record = with_app(lambda s: s.executions.pause(execution_id))
+    out.print(f"execution {record['id']} is {record['status']}")
+
+
+@execution_app.command("resume")
+def execution_resume(execution_id: Annotated[str, typer.Argument(help="Workflow execution id.")]) -> None:
+    """Resume a paused workflow (`squall serve` conducts it on)."""
+
+    async def work(squall: Squall) -> dict[str, Any]:
+        squall.executions.executor = None  # the server picks `resuming` up; this process exits now
+        return await squall.executions.resume(execution_id)
+
+    record = with_app(work)
+    out.print(f"execution {record['id']} is {record['status']}")
+
+
 @execution_app.command("re-run")
 def execution_rerun(
     execution_id: Annotated[str, typer.Argument(help="Execution id.")],
     parameters: Annotated[list[str] | None, typer.Argument(help="Overrides as name=value.")] = None,
+    tasks: Annotated[list[str] | None, typer.Option("--tasks", help="Workflows: re-run in place from these "
+                                                    "tasks, keeping the others' results.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run the same action again with the same parameters (overridden by any given)."""
     params = parse_assignments(parameters or [])
+    if tasks and params:
+        raise fail("Parameters override is not supported when re-running task(s) for a workflow.")
 
     async def work(squall: Squall) -> dict[str, Any]:
+        if tasks:
+            record = await squall.workflows.rerun(execution_id, tasks)
+            return await squall.executions.wait(record["id"])
         record = await squall.executions.rerun(execution_id, params, {"user": _user(), "source": "cli"})
         return await squall.executions.wait(record["id"])
 

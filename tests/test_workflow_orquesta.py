@@ -390,3 +390,53 @@ def test_bad_workflows_are_rejected_at_load_with_file_task_and_reason(home: Path
     for name, (_, reason) in BAD_FILES.items():
         assert f"bad.{name}" not in registry.actions
         assert any(f"actions/workflows/{name}.yaml" in e and reason in e for e in errors), (name, errors)
+
+
+FIXABLE = """
+version: 1.0
+input: [marker]
+tasks:
+  first:
+    action: core.echo message=first
+    next: [{do: check}]
+  check:
+    action: core.local
+    input:
+      cmd: "test -f {{ ctx('marker') }}"
+    next:
+      - when: <% succeeded() %>
+        do: last
+  last:
+    action: core.noop
+"""
+
+
+def test_cli_tree_and_rerun_from_the_failed_task(home: Path, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    workflow_pack(home, {"fixable": ("orquesta", "marker: {type: string}", FIXABLE)})
+    squall_cli = Path(sys.executable).parent / "squall"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(squall_cli), "-c", str(home / "config.yml"), *args], capture_output=True,
+                              text=True, timeout=60, cwd=home)
+
+    marker = tmp_path / "fixed"
+    failed = cli("run", "wf.fixable", f"marker={marker}", "--json")
+    assert failed.returncode == 1
+    workflow_id = json.loads(failed.stdout)["id"]
+    shown = cli("execution", "get", workflow_id)
+    lines = shown.stdout.splitlines()
+    tree = lines[lines.index("children:") + 1:]
+    assert [line.split()[1:] for line in tree] == [["first", "core.echo", "succeeded"],
+                                                   ["check", "core.local", "failed"]]
+    marker.touch()
+    again = cli("execution", "re-run", workflow_id, "--tasks", "check", "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    record = json.loads(cli("execution", "get", workflow_id, "--json").stdout)
+    assert record["status"] == "succeeded" and len(record["children"]) == 4
+    names = [json.loads(cli("execution", "get", c, "--json").stdout)["context"]["workflow_task"]["task"]
+             for c in record["children"]]
+    assert names == ["first", "check", "check", "last"]  # `first` was not run again
