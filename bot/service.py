@@ -74,6 +74,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     squall = await Squall.start(config)
     bot = ChatBot(squall, configured_adapters(config) if adapters is None else adapters)
     await squall.executions.recover()  # after the bot listens, so abandoned executions are told in chat
+    await squall.inquiries.recover()  # TTL timers of inquiries still waiting for an answer
     await squall.triggers.recover()
     await bot.start()
     timers = asyncio.create_task(squall.timers.run(), name="squall-timers")

@@ -182,6 +182,27 @@ class InquiryService:
         result = {**(record.get("result") or {}), "error": "the inquiry expired before anyone answered it"}
         return await self.executions.complete(inquiry_id, "timeout", result, ("pending",))
 
+    async def recover(self) -> int:
+        """On start (`squall serve`): arm the TTL timers of pending inquiries; expire overdue ones."""
+        armed = 0
+        loop = asyncio.get_running_loop()
+        for row in await self.executions.list(status="pending", limit=100_000):
+            ttl = int((row.get("result") or {}).get("ttl") or 0)
+            if row["runner"] != RUNNER or ttl <= 0:
+                continue
+            if self._expired(row):
+                await self.expire(row["id"])
+                continue
+            if row["id"] in self._timers:
+                continue
+            from datetime import datetime
+
+            started = datetime.fromisoformat(str(row["start_timestamp"]).replace("Z", "+00:00"))
+            left = (started + timedelta(minutes=ttl) - utcnow()).total_seconds()
+            self._timers[row["id"]] = loop.call_later(max(0.0, left), self._expire_soon, row["id"])
+            armed += 1
+        return armed
+
     async def close(self) -> None:
         for timer in self._timers.values():
             timer.cancel()

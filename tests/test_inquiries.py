@@ -214,3 +214,16 @@ def test_cli_lists_and_responds(home: Path) -> None:
     # No server runs here: the workflow is marked resuming for `squall serve`, not run by the CLI.
     workflow = json.loads(cli("execution", "get", listed[0]["parent"], "--json").stdout)
     assert workflow["status"] == "resuming"
+
+
+async def test_recover_expires_overdue_inquiries(chat) -> None:
+    from datetime import timedelta
+
+    squall, _ = chat
+    workflow_id, inquiry = await _paused(squall, "wf.approval")
+    record = await squall.db(squall.store.get_execution, inquiry["id"])
+    await squall.db(squall.store.update_execution, inquiry["id"],
+                    {"start_timestamp": record["start_timestamp"] - timedelta(minutes=61)})
+    assert await squall.inquiries.recover() == 0  # overdue: expired at once, no timer armed
+    assert (await squall.executions.get(inquiry["id"]))["status"] == "timeout"
+    assert (await _final(squall, workflow_id))["status"] == "failed"
