@@ -24,6 +24,7 @@ test: lint
 
 bench: install
 	$(BIN)/python bench/executions.py
+	$(BIN)/python bench/workflows.py
 	$(BIN)/python bench/datastore.py
 	$(BIN)/python bench/aliases.py
 
