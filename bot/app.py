@@ -72,7 +72,8 @@ class Squall:
         runners.update(self.workflows.runners)
         runners["inquirer"] = InquirerRunner()
         self.executions = ExecutionService(registry, self.db, self.datastore, self.keys, runners, config.api_url)
-        self.policies = PolicyExecutor(LocalExecutor(self.executions.run, config.max_concurrency), self.executions)
+        self.policies = PolicyExecutor(LocalExecutor(self.executions.run, config.max_concurrency,
+                                                    unbounded=self.executions.conducts), self.executions)
         registry.errors.extend(self.policies.rebuild(registry))
         self.executor = self.policies
         self.triggers = TriggerService(registry, self.db)

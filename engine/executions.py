@@ -126,6 +126,8 @@ class ExecutionService:
         self._listener_tasks: set[asyncio.Future[Any]] = set()
         # Finished here lately: wait() answers from memory instead of reading the record back.
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        #: Workflow executions (conductors) handed to the executor: they do not take a slot.
+        self.conducting: set[str] = set()
 
     # -- listening -----------------------------------------------------------------------
     def on_finished(self, listener: Callable[[dict[str, Any]], Any]) -> None:
@@ -137,7 +139,14 @@ class ExecutionService:
         """Listeners for finished executions still running (results being posted, say)."""
         return len(self._listener_tasks)
 
+    def conducts(self, execution_id: str) -> bool:
+        """Whether the execution is a workflow conducting children: it waits on them, it does no work,
+        so it must not hold one of the executor's slots (64 workflows would starve their own tasks)."""
+        return execution_id in self.conducting
+
     def _finished(self, record: dict[str, Any]) -> None:
+        if record.get("status") != "paused":
+            self.conducting.discard(record["id"])
         shown = public(record)
         self._recent[record["id"]] = shown
         if len(self._recent) > _RECENT:
@@ -221,6 +230,8 @@ class ExecutionService:
             "end_timestamp": None,
         }
         self.db.store.insert_execution(record)
+        if _resumable(self.runners.get(record["runner"])):
+            self.conducting.add(record["id"])
         return record
 
     # -- running -----------------------------------------------------------------------------
@@ -405,6 +416,7 @@ class ExecutionService:
         moved = await self.db(self.db.store.update_execution, record["id"],
                               {"status": "resuming", "log": entries, "end_timestamp": None}, expect=("paused",))
         if moved and self.executor is not None:
+            self.conducting.add(record["id"])
             await self.executor.submit(record["id"])
         return await self.get(record["id"])
 
@@ -557,6 +569,7 @@ class ExecutionService:
                 self._finished(record)
         if self.executor is not None:
             for execution_id in resumed:  # after their children were abandoned, so they see it
+                self.conducting.add(execution_id)
                 await self.executor.submit(execution_id)
         return {"abandoned": abandoned, "started": started + len(resumed)}
 
@@ -568,6 +581,8 @@ class ExecutionService:
                              ("requested", "canceling", "resuming", "pausing"))
         for row in rows:
             if row["status"] in ("requested", "resuming"):
+                if row["status"] == "resuming":  # only workflows resume
+                    self.conducting.add(row["id"])
                 await self.executor.submit(row["id"])
             elif row["status"] == "pausing":
                 if (row.get("runner_info") or {}).get("pid") == os.getpid():

@@ -25,10 +25,15 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Runs executions as tasks on this process's event loop, at most `max_concurrency` at once."""
+    """Runs executions as tasks on this process's event loop, at most `max_concurrency` at once.
 
-    def __init__(self, run: Callable[[str], Awaitable[None]], max_concurrency: int = 64) -> None:
+    `unbounded(id)` names executions that take no slot: workflows, which only wait on their tasks;
+    bounding them too would let enough workflows hold every slot while their tasks wait for one."""
+
+    def __init__(self, run: Callable[[str], Awaitable[None]], max_concurrency: int = 64,
+                 unbounded: Callable[[str], bool] = lambda _id: False) -> None:
         self._run = run
+        self._unbounded = unbounded
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.closing = False
@@ -41,6 +46,9 @@ class LocalExecutor:
         task.add_done_callback(lambda _t: self._tasks.pop(execution_id, None))
 
     async def _guarded(self, execution_id: str) -> None:
+        if self._unbounded(execution_id):
+            await self._run(execution_id)
+            return
         async with self._slots:
             await self._run(execution_id)
 

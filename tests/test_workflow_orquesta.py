@@ -440,3 +440,28 @@ def test_cli_tree_and_rerun_from_the_failed_task(home: Path, tmp_path: Path) -> 
     names = [json.loads(cli("execution", "get", c, "--json").stdout)["context"]["workflow_task"]["task"]
              for c in record["children"]]
     assert names == ["first", "check", "check", "last"]  # `first` was not run again
+
+
+async def test_more_workflows_than_executor_slots_do_not_starve_their_tasks(home: Path) -> None:
+    """Workflows only wait on their tasks: they take no slot, so a full executor still runs the tasks."""
+    import asyncio
+
+    workflow_pack(home, {"two_steps": ("orquesta", "", """
+version: 1.0
+tasks:
+  first:
+    action: core.noop
+    next: [{do: second}]
+  second:
+    action: core.noop
+""")})
+    text = (home / "config.yml").read_text()
+    (home / "config.yml").write_text(text + "executor:\n  max_concurrency: 2\n")
+    app = await Squall.start(load_config(home / "config.yml"))
+    try:
+        records = [await app.executions.request("wf.two_steps", {}) for _ in range(6)]
+        done = await asyncio.gather(*(app.executions.wait(r["id"], timeout=30) for r in records))
+        assert [d["status"] for d in done] == ["succeeded"] * 6
+        assert app.executions.conducting == set()
+    finally:
+        await app.close()

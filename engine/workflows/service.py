@@ -403,6 +403,7 @@ class WorkflowService:
                                     "end_timestamp": None}, expect=(record["status"],)):
             raise ExecutionStateError(f"execution {record['id']} changed meanwhile; try again")
         if executions.executor is not None:
+            executions.conducting.add(record["id"])
             await executions.executor.submit(record["id"])
         return await executions.get(record["id"])
 
