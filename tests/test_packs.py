@@ -430,9 +430,9 @@ def test_missing_runner_type_and_name_are_errors(tmp_path: Path) -> None:
         build({"name": "a b", "runner_type": "noop"}, tmp_path)
 
 
-def test_orchestra_is_an_alias_of_orquesta_only_if_the_runner_exists(tmp_path: Path) -> None:
-    # orquesta is not a Squall runner (yet): both spellings are rejected with the same message
-    with pytest.raises(ContentInvalid, match="unknown runner_type 'orquesta'"):
+def test_orchestra_is_an_alias_of_orquesta(tmp_path: Path) -> None:
+    # StackStorm's old spelling names the same runner, with the same requirements
+    with pytest.raises(ContentInvalid, match="runner 'orquesta' needs 'entry_point'"):
         build({"name": "a", "runner_type": "orchestra"}, tmp_path)
 
 
