@@ -9,7 +9,6 @@ pack's virtualenv interpreter.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import itertools
 import logging
@@ -19,7 +18,7 @@ import sys
 import threading
 from typing import Any
 
-from squall_worker import ActionService, Channel, ConfigDict
+from squall_worker import ActionService, Channel, ConfigDict, load_module
 from st2reactor.sensor.base import BaseSensor, PollingSensor
 
 log = logging.getLogger("squall.sensor")
@@ -75,16 +74,7 @@ class SensorService(ActionService):
 
 
 def load_sensor_class(path: str, class_name: str) -> type[BaseSensor]:
-    folder = os.path.dirname(path)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    name = "squall_sensor_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cls = getattr(module, class_name, None)
+    cls = getattr(load_module(path, "squall_sensor_"), class_name, None)
     if not inspect.isclass(cls):
         raise ImportError(f"{path} defines no class {class_name}")
     return cls

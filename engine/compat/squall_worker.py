@@ -118,21 +118,26 @@ class ActionService:
 _modules: dict[tuple[str, float], Any] = {}
 
 
+def load_module(path: str, prefix: str) -> Any:
+    """Import a pack's Python file by path, its folder importable (as StackStorm's wrappers do)."""
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.append(folder)
+    name = prefix + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_action_class(path: str) -> type[Action]:
     """The first `Action` subclass defined in the file (cached until the file changes)."""
     key = (path, os.stat(path).st_mtime)
     module = _modules.get(key)
     if module is None:
-        folder = os.path.dirname(path)
-        if folder not in sys.path:
-            sys.path.append(folder)
-        name = "squall_action_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path}")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _modules[key] = module
+        module = _modules[key] = load_module(path, "squall_action_")
     candidates = [
         obj for obj in vars(module).values()
         if inspect.isclass(obj) and issubclass(obj, Action) and obj is not Action and not inspect.isabstract(obj)
