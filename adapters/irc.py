@@ -313,7 +313,7 @@ class IrcAdapter:
     connect_timeout = 20.0
     register_timeout = 30.0
     #: How long `start()` waits for the first registration, and `send()` for a lost connection to return.
-    start_wait = 15.0
+    start_wait = 10.0
     send_wait = 10.0
     reconnect_min = 1.0
 
@@ -359,13 +359,15 @@ class IrcAdapter:
                        loop.create_task(self._consume(), name="irc-messages"),
                        loop.create_task(self._housekeeping(), name="irc-housekeeping")]
         try:
-            await asyncio.wait_for(self._joined_all.wait(), self.start_wait)
+            async with asyncio.timeout(self.start_wait):
+                await self._joined_all.wait()
         except TimeoutError:
             log.warning("IRC: not connected to %s:%d yet; still trying in the background",
                         self.settings.server, self.settings.port)
 
     async def stop(self) -> None:
         self._stopping = True
+        self._lost.set()  # the supervisor returns even if a cancel were lost (asyncio.wait_for in 3.11 can)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -378,7 +380,8 @@ class IrcAdapter:
                 else:
                     conn.transport.close()
             try:
-                await asyncio.wait_for(conn.closed.wait(), 5)
+                async with asyncio.timeout(5):
+                    await conn.closed.wait()
             except TimeoutError:
                 conn.transport.abort()
                 await asyncio.sleep(0)
@@ -396,10 +399,15 @@ class IrcAdapter:
             self._pinged = False
             try:
                 conn.closed.clear()
-                await asyncio.wait_for(conn.connect(
-                    settings.server, settings.port, settings.nick, password=settings.password,
-                    username=settings.username, ircname=settings.realname,
-                    connect_factory=irc.connection.AioFactory(**self._tls())), self.connect_timeout)
+                async with asyncio.timeout(self.connect_timeout):
+                    await conn.connect(
+                        settings.server, settings.port, settings.nick, password=settings.password,
+                        username=settings.username, ircname=settings.realname,
+                        connect_factory=irc.connection.AioFactory(**self._tls()))
+            except asyncio.CancelledError:
+                if not conn.connected:
+                    conn.closed.set()  # nothing was opened: stop() must not wait for a close
+                raise
             except (OSError, TimeoutError, irc.client.IRCError) as exc:
                 conn.closed.set()
                 log.warning("IRC: cannot connect to %s:%d (%s); retrying in %.1fs", settings.server, settings.port,
@@ -409,7 +417,8 @@ class IrcAdapter:
                 continue
             conn.last_heard = time.monotonic()
             try:
-                await asyncio.wait_for(self.registered.wait(), self.register_timeout)
+                async with asyncio.timeout(self.register_timeout):
+                    await self.registered.wait()
             except TimeoutError:
                 log.error("IRC: %s:%d accepted the connection but did not finish registration in %.0fs",
                           settings.server, settings.port, self.register_timeout)
@@ -504,7 +513,8 @@ class IrcAdapter:
         if self.registered.is_set():
             return
         try:
-            await asyncio.wait_for(self.registered.wait(), self.send_wait)
+            async with asyncio.timeout(self.send_wait):
+                await self.registered.wait()
         except TimeoutError:
             raise DeliveryError(f"IRC: not connected to {self.settings.server}:{self.settings.port}") from None
 

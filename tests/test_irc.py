@@ -319,6 +319,47 @@ async def test_reply_while_disconnected_is_delivered_after_reconnect(chat) -> No
         await alice.close()
 
 
+async def _ignore(message: Any) -> None:
+    return None
+
+
+async def test_server_down_at_start_does_not_hold_up_squall(ircd: IrcServer) -> None:
+    ircd.stop()
+    adapter = IrcAdapter(IrcSettings.from_section(_section(ircd), environ={}))
+    adapter.start_wait, adapter.reconnect_min = 0.3, 0.2
+    await adapter.start(_ignore)  # returns although nothing is listening
+    try:
+        assert not adapter.registered.is_set()
+        ircd.start()
+        await asyncio.wait_for(adapter.registered.wait(), 20)
+        assert adapter.nick == "squall"
+    finally:
+        await adapter.stop()
+
+
+async def test_wrong_server_password_is_reported_without_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    try:
+        context = running_ngircd(password="right-pw-1")
+        server = context.__enter__()
+    except NgircdUnavailable as exc:
+        pytest.skip(str(exc))
+    caplog.set_level(logging.DEBUG)
+    adapter = IrcAdapter(IrcSettings.from_section(_section(server, password="wrong-pw-2"), environ={}))
+    adapter.start_wait = 1
+    try:
+        await adapter.start(_ignore)
+        assert not adapter.registered.is_set()
+        for _ in range(100):
+            if "password" in caplog.text.lower():
+                break
+            await asyncio.sleep(0.05)
+        assert "password" in caplog.text.lower()  # ngircd: "Access denied: Bad password?"
+    finally:
+        await adapter.stop()
+        context.__exit__(None, None, None)
+    assert "wrong-pw-2" not in caplog.text
+
+
 async def test_notification_route_reaches_the_channel(chat) -> None:
     _, _, alice = chat
     mark = len(alice.lines)
