@@ -39,6 +39,8 @@ from engine.triggers import TriggerService
 from engine.workflows.service import WorkflowService
 
 log = logging.getLogger(__name__)
+#: The datastore changes StackStorm emits as `core.st2.key_value_pair.<kind>` triggers.
+KV_CHANGES = ("create", "update", "delete", "value_change")
 
 
 class Squall:
@@ -85,8 +87,7 @@ class Squall:
         self.rules = RulesEngine(self)
         self.triggers.processors.append(self.rules)
         self.timers = TimerService(self.triggers.dispatch)
-        self._sync_timers()
-        self.datastore.on_change = self._datastore_changed
+        self._follow_rules()
         self.sensors = SensorContainer(self.triggers.dispatch, self.datastore_call, config.virtualenvs_path)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._emitting: set[asyncio.Future[Any]] = set()
@@ -112,13 +113,13 @@ class Squall:
         self.triggers.registry = registry
         self.rules.rebuild(registry)
         registry.errors.extend(self.policies.rebuild(registry))
-        self._sync_timers()
+        self._follow_rules()
         return registry
 
     def _datastore_changed(self, kind: str, payload: dict[str, Any]) -> None:
         """Emit `core.st2.key_value_pair.<kind>` when a rule listens; called on whichever thread wrote."""
         ref = f"core.st2.key_value_pair.{kind}"
-        if self._loop is None or not self.triggers.wanted(ref):
+        if self._loop is None or not self.triggers.wanted(ref):  # another of the four may be the one watched
             return
 
         def dispatch() -> None:
@@ -140,8 +141,12 @@ class Squall:
             log.warning("sensor skipped: %s", error)
         await self.sensors.sync(self.registry, specs, self.rules.triggers_of)
 
-    def _sync_timers(self) -> None:
+    def _follow_rules(self) -> None:
+        """What the enabled rules ask for: their timers, and datastore triggers only if one listens
+        (the datastore's write path then pays one extra read, otherwise none)."""
         self.timers.sync([t for ref in TIMER_TYPES for t in self.rules.triggers_of(ref)])
+        watched = any(self.triggers.wanted(f"core.st2.key_value_pair.{kind}") for kind in KV_CHANGES)
+        self.datastore.on_change = self._datastore_changed if watched else None
 
     async def datastore_call(self, method: str, args: dict[str, Any], request: RunRequest | None = None) -> Any:
         """Datastore calls from Python actions' `action_service` and sensors' `sensor_service`

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.packs import Registry, sensor_trigger_types
-from engine.runners.environment import inherited_environment
-from engine.runners.python import COMPAT_PATH, _interpreter, _pythonpath
+from engine.runners.python import COMPAT_PATH, spawn_pack_process
 from engine.triggers import TriggerError
 from engine.yamlfile import ContentError
 
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 
 SENSOR_SCRIPT = COMPAT_PATH / "squall_sensor.py"
 SPAWN, EXIT = "core.st2.sensor.process_spawn", "core.st2.sensor.process_exit"
-_STREAM_LIMIT = 16 * 1024 * 1024
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
            "CRITICAL": logging.CRITICAL}
 
@@ -217,31 +215,15 @@ class SensorContainer:
 
     async def _run_once(self, running: _Running) -> int:
         spec = running.spec
-        loop = asyncio.get_running_loop()
-        request_read, request_write = os.pipe()
-        reply_read, reply_write = os.pipe()
-        env = inherited_environment()
-        env["PYTHONPATH"] = _pythonpath(spec.file.parent.parent)
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-        try:
-            process = await asyncio.create_subprocess_exec(
-                _interpreter(running.venv), "-u", str(SENSOR_SCRIPT), str(request_read), str(reply_write),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                pass_fds=(request_read, reply_write), env=env, cwd=str(spec.file.parent), start_new_session=True,
-                limit=_STREAM_LIMIT,
-            )
-        finally:
-            os.close(request_read)
-            os.close(reply_write)
+        process, reader, running.writer = await spawn_pack_process(
+            SENSOR_SCRIPT, spec.file.parent.parent, running.venv, cwd=spec.file.parent,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         running.process = process
-        reader = asyncio.StreamReader(limit=_STREAM_LIMIT)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(reply_read, "rb"))
-        running.writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(request_write, "wb"))
         running.send({"file": str(spec.file), "class_name": spec.class_name, "pack": spec.pack,
                       "config": running.config, "poll_interval": spec.poll_interval,
                       "triggers": list(running.triggers.values())})
         await self._lifecycle(SPAWN, spec, process.pid)
-        logs = loop.create_task(self._relay_logs(spec, process))
+        logs = asyncio.get_running_loop().create_task(self._relay_logs(spec, process))
         try:
             while line := await reader.readline():
                 try:

@@ -37,7 +37,7 @@ class Clock:
 async def with_clock(squall: Squall, clock: Clock) -> TimerService:
     """Replace the app's timers with ones on `clock`, synced to the loaded rules."""
     squall.timers = TimerService(squall.triggers.dispatch, clock)
-    squall._sync_timers()
+    squall._follow_rules()
     return squall.timers
 
 

@@ -94,19 +94,22 @@ def _pythonpath(pack_path: Path) -> str:
     return os.pathsep.join(parts)
 
 
-async def spawn_worker(pack_path: Path, venv: Path) -> Worker:
-    """Start one worker and wait until it says it is ready."""
+async def spawn_pack_process(script: Path, pack_path: Path, venv: Path, *, cwd: Path,
+                             stdout: int, stderr: int) -> tuple[asyncio.subprocess.Process, asyncio.StreamReader,
+                                                                asyncio.WriteTransport]:
+    """Start `script` (an action worker, a sensor) under the pack's interpreter, with the compat path
+    and the credentials withheld from every action, talking JSON lines on two private pipes."""
     loop = asyncio.get_running_loop()
     request_read, request_write = os.pipe()
     reply_read, reply_write = os.pipe()
-    env = inherited_environment()  # the same credentials withheld as from every other action
+    env = inherited_environment()
     env["PYTHONPATH"] = _pythonpath(pack_path)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     try:
         process = await asyncio.create_subprocess_exec(
-            _interpreter(venv), "-u", str(WORKER_SCRIPT), str(request_read), str(reply_write),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            pass_fds=(request_read, reply_write), env=env, cwd=str(pack_path), start_new_session=True,
+            _interpreter(venv), "-u", str(script), str(request_read), str(reply_write),
+            stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, limit=_STREAM_LIMIT,
+            pass_fds=(request_read, reply_write), env=env, cwd=str(cwd), start_new_session=True,
         )
     finally:
         os.close(request_read)
@@ -114,7 +117,15 @@ async def spawn_worker(pack_path: Path, venv: Path) -> Worker:
     reader = asyncio.StreamReader(limit=_STREAM_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(reply_read, "rb"))
     writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(request_write, "wb"))
-    worker = Worker(process, reader, writer)  # type: ignore[arg-type]
+    return process, reader, writer  # type: ignore[return-value]
+
+
+async def spawn_worker(pack_path: Path, venv: Path) -> Worker:
+    """Start one worker and wait until it says it is ready."""
+    process, reader, writer = await spawn_pack_process(
+        WORKER_SCRIPT, pack_path, venv, cwd=pack_path, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    worker = Worker(process, reader, writer)
     try:
         hello = await asyncio.wait_for(worker.receive(), 60)
     except asyncio.CancelledError:
