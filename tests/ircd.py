@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import server_missing
+
 NGIRCD = shutil.which("ngircd") or "/usr/sbin/ngircd"
 
 
@@ -182,7 +184,7 @@ def ircd() -> Iterator[IrcServer]:
         with running_ngircd() as server:
             yield server
     except NgircdUnavailable as exc:
-        pytest.skip(str(exc))
+        server_missing(str(exc))
 
 
 # -- the person on the other side ----------------------------------------------------------------

@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import errbot.backends.test as errbot_test  # a test dependency: installed with .[test]
 import pytest
 
 from tests.conftest import REPO, write
-
-errbot_test = pytest.importorskip("errbot.backends.test", reason="errbot is not installed (pip install squall[errbot])")
 
 
 def _home(home: Path) -> Path:

@@ -26,7 +26,7 @@ from adapters.irc import IrcAdapter, IrcConfigError, IrcSettings, TokenBucket, c
 from bot.app import Squall
 from bot.chat import ChatBot
 from bot.config import ConfigError, load_config
-from tests.conftest import write
+from tests.conftest import server_missing, write
 from tests.ircd import IrcServer, NgircdUnavailable, Person, free_port, running_ngircd
 from tests.ircd import ircd as ircd_fixture
 from tests.test_cli import SQUALL
@@ -344,7 +344,7 @@ async def test_wrong_server_password_is_reported_without_the_password(caplog: py
         context = running_ngircd(password="right-pw-1")
         server = context.__enter__()
     except NgircdUnavailable as exc:
-        pytest.skip(str(exc))
+        server_missing(str(exc))
     caplog.set_level(logging.DEBUG)
     adapter = IrcAdapter(IrcSettings.from_section(_section(server, password="wrong-pw-2"), environ={}))
     adapter.start_wait = 1
@@ -374,7 +374,7 @@ async def test_server_password_is_sent_and_never_logged(home: Path, caplog: pyte
         context = running_ngircd(password="pw-s3cret-9")
         server = context.__enter__()
     except NgircdUnavailable as exc:
-        pytest.skip(str(exc))
+        server_missing(str(exc))
     caplog.set_level(logging.DEBUG)
     try:
         squall, bot, adapter = await _start(home, _section(server, password="pw-s3cret-9"))
@@ -472,7 +472,7 @@ async def test_tls(home: Path, caplog: pytest.LogCaptureFixture) -> None:
         context = running_ngircd(tls=True)
         server = context.__enter__()
     except NgircdUnavailable as exc:
-        pytest.skip(str(exc))
+        server_missing(str(exc))
     try:
         assert server.tls_port is not None
         section = {**_section(server), "port": server.tls_port, "tls": True, "tls_verify": False}

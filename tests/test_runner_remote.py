@@ -20,7 +20,7 @@ import pytest
 from bot.app import Squall
 from engine.runners import RUNNER_TYPES, RunRequest
 from engine.runners.remote import RemoteShellRunner, parse_hosts, remote_script, wrap_command
-from tests.conftest import write
+from tests.conftest import server_missing, write
 from tests.sshd import SSHDUnavailable, SSHServer, running_sshd
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ def sshd() -> Iterator[SSHServer]:
         with running_sshd() as server:
             yield server
     except SSHDUnavailable as exc:
-        pytest.skip(f"no OpenSSH server for the remote runner tests: {exc}")
+        server_missing(f"no OpenSSH server for the remote runner tests: {exc}")
 
 
 @pytest.fixture
@@ -216,7 +216,7 @@ async def test_encrypted_key_with_passphrase(squall: Squall, sshd: SSHServer) ->
 
 async def test_password_login_and_the_password_is_secret(squall: Squall, sshd: SSHServer) -> None:
     if sshd.password is None:
-        pytest.skip("password login needs root to set the test user's password")
+        server_missing("password login needs root to set the test user's password")
     params = {"hosts": sshd.host, "username": sshd.user, "password": sshd.password, "cmd": "echo pw-login"}
     record = await squall.executions.request("core.remote", params)
     assert record["parameters"]["password"] != sshd.password
