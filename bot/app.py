@@ -119,7 +119,7 @@ class Squall:
     def _datastore_changed(self, kind: str, payload: dict[str, Any]) -> None:
         """Emit `core.st2.key_value_pair.<kind>` when a rule listens; called on whichever thread wrote."""
         ref = f"core.st2.key_value_pair.{kind}"
-        if self._loop is None or not self.triggers.wanted(ref):  # another of the four may be the one watched
+        if self._loop is None or not self.triggers.wanted(ref):  # a rule may watch another of the four kinds
             return
 
         def dispatch() -> None:
