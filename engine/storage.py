@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -203,9 +204,10 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def _row(row: sa.Row[Any] | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    record = dict(row._mapping)
+    return None if row is None else _row_dict(dict(row._mapping))
+
+
+def _row_dict(record: dict[str, Any]) -> dict[str, Any]:
     for key in _DATETIME_COLUMNS:
         if key in record:
             record[key] = as_utc(record[key])
@@ -297,6 +299,74 @@ def migrate(engine: Engine) -> None:
         upgrade(connection)
 
 
+class _Direct:
+    """The hot writes, executed on SQLite's driver directly, encoded by SQLAlchemy's own type
+    processors (so rows read the same whichever path wrote them).
+
+    Executing a Core statement costs about six times what SQLite spends on it (execution context,
+    parameter processing, result setup), and a chat command makes six writes (execution insert,
+    claim and finish; audit; outbox insert and sent): going direct is what lets one process answer
+    thousands of commands a second. Only statements built here from the tables' own column names.
+    """
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self._binds: dict[str, dict[str, Callable[[Any], Any] | None]] = {}
+        self._results: dict[str, dict[str, Callable[[Any], Any] | None]] = {}
+        for table in metadata.tables.values():
+            impls = {column.name: column.type.dialect_impl(dialect) for column in table.c}
+            self._binds[table.name] = {name: impl.bind_processor(dialect) for name, impl in impls.items()}
+            self._results[table.name] = {name: impl.result_processor(dialect, None) for name, impl in impls.items()}
+        self._sql: dict[tuple[Any, ...], str] = {}
+
+    def _encode(self, table: sa.Table, values: dict[str, Any]) -> list[Any]:
+        binds = self._binds[table.name]
+        return [value if (process := binds[key]) is None else process(value) for key, value in values.items()]
+
+    def insert(self, conn: sa.Connection, table: sa.Table, record: dict[str, Any]) -> int:
+        """Insert one row; returns its rowid (the id of tables with an integer key)."""
+        key = (table.name, tuple(record))
+        sql = self._sql.get(key)
+        if sql is None:
+            columns = ", ".join(f'"{name}"' for name in record)
+            sql = self._sql[key] = f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(record))})'
+        return _execute(conn, sql, self._encode(table, record)).lastrowid
+
+    def update(self, conn: sa.Connection, table: sa.Table, row_id: Any, fields: dict[str, Any],
+               expect: Sequence[str] | None = None, returning: bool = False) -> Any:
+        """Update the row with this id (while its status is one of `expect`, if given); returns
+        whether a row changed, or with `returning` the changed row (None if none did)."""
+        key = (table.name, tuple(fields), len(expect) if expect is not None else -1, returning)
+        sql = self._sql.get(key)
+        if sql is None:
+            assignments = ", ".join(f'"{name}" = ?' for name in fields)
+            sql = f'UPDATE "{table.name}" SET {assignments} WHERE "id" = ?'
+            if expect is not None:
+                sql += f' AND "status" IN ({", ".join("?" * len(expect))})'
+            if returning:
+                sql += " RETURNING *"
+            self._sql[key] = sql
+        cursor = _execute(conn, sql, [*self._encode(table, fields), row_id, *(expect or ())])
+        if not returning:
+            return cursor.rowcount == 1
+        rows = cursor.fetchall()
+        if not rows:
+            return None
+        results = self._results[table.name]
+        record = {}
+        for (name, *_), value in zip(cursor.description, rows[0], strict=True):
+            process = results[name]
+            record[name] = value if process is None or value is None else process(value)
+        return _row_dict(record)
+
+
+def _execute(conn: sa.Connection, sql: str, parameters: list[Any]) -> sqlite3.Cursor:
+    """Run on the driver, raising SQLAlchemy's exceptions as Core would (callers catch those)."""
+    try:
+        return conn.connection.driver_connection.execute(sql, parameters)  # type: ignore[union-attr]
+    except sqlite3.Error as exc:
+        raise sa.exc.DBAPIError.instance(sql, parameters, exc, sqlite3.Error) from exc
+
+
 class Store:
     """Synchronous access to the runtime tables; one instance per process and database."""
 
@@ -310,6 +380,7 @@ class Store:
             self._nowait = sa.create_engine(engine.url, connect_args={"check_same_thread": False},
                                             poolclass=sa.pool.StaticPool)
             sa.event.listen(self._nowait, "connect", _on_nowait_connect)
+        self._direct = _Direct(engine.dialect) if self.is_sqlite else None
 
     @contextlib.contextmanager
     def without_waiting(self) -> Iterator[None]:
@@ -379,17 +450,23 @@ class Store:
     # -- executions ------------------------------------------------------------------------
     def insert_execution(self, record: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(_INSERT_EXECUTION, record)
+            if self._direct:
+                self._direct.insert(conn, executions, record)
+            else:
+                conn.execute(_INSERT_EXECUTION, record)
 
     def update_execution(
         self, execution_id: str, fields: dict[str, Any], *, expect: Iterable[str] | None = None
     ) -> bool:
         """Update one execution; with `expect`, only while its status is one of those (atomic)."""
-        statement = _update_statement(tuple(sorted(fields)), expect is not None)
-        values = {**fields, "_id": execution_id}
-        if expect is not None:
-            values["_expect"] = list(expect)
         with self._write() as conn:
+            if self._direct:
+                return self._direct.update(conn, executions, execution_id, fields,
+                                           None if expect is None else tuple(expect))
+            statement = _update_statement(tuple(sorted(fields)), expect is not None)
+            values = {**fields, "_id": execution_id}
+            if expect is not None:
+                values["_expect"] = list(expect)
             return conn.execute(statement, values).rowcount == 1
 
     def claim_execution(self, execution_id: str, fields: dict[str, Any], expect: Sequence[str]) -> dict | None:
@@ -397,8 +474,10 @@ class Store:
 
         Only one process or task can win the claim, so an execution never runs twice.
         """
-        statement = _claim_statement(tuple(sorted(fields)))
         with self._write() as conn:
+            if self._direct:
+                return self._direct.update(conn, executions, execution_id, fields, expect, returning=True)
+            statement = _claim_statement(tuple(sorted(fields)))
             return _row(conn.execute(statement, {**fields, "_id": execution_id, "_expect": list(expect)}).first())
 
     def get_execution(self, execution_id: str) -> dict[str, Any] | None:
@@ -496,10 +575,12 @@ class Store:
 
     # -- chat outbox and audit log ---------------------------------------------------------
     def outbox_add(self, adapter: str, channel: str, payload: dict[str, Any]) -> int:
+        record = {"adapter": adapter, "channel": channel, "payload": payload, "status": "pending", "attempts": 0,
+                  "created_at": utcnow()}
         with self._write() as conn:
-            result = conn.execute(_OUTBOX_INSERT, {"adapter": adapter, "channel": channel, "payload": payload,
-                                                   "status": "pending", "attempts": 0, "created_at": utcnow()})
-            return int(result.inserted_primary_key[0])
+            if self._direct:
+                return self._direct.insert(conn, outbox, record)
+            return int(conn.execute(_OUTBOX_INSERT, record).inserted_primary_key[0])
 
     def outbox_pending(self, adapters: Sequence[str], after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
         """Undelivered replies for these adapters, oldest first (so each channel keeps its order)."""
@@ -516,13 +597,20 @@ class Store:
 
     def outbox_update(self, outbox_id: int, fields: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(_outbox_update(tuple(sorted(fields))), {**fields, "_id": outbox_id})
+            if self._direct:
+                self._direct.update(conn, outbox, outbox_id, fields)
+            else:
+                conn.execute(_outbox_update(tuple(sorted(fields))), {**fields, "_id": outbox_id})
 
     def audit_add(self, event: str, actor: str | None, source: str | None, target: str | None,
                   detail: dict[str, Any]) -> None:
+        record = {"timestamp": utcnow(), "event": event, "actor": actor, "source": source, "target": target,
+                  "detail": detail}
         with self._write() as conn:
-            conn.execute(_AUDIT_INSERT, {"timestamp": utcnow(), "event": event, "actor": actor, "source": source,
-                                         "target": target, "detail": detail})
+            if self._direct:
+                self._direct.insert(conn, audit, record)
+            else:
+                conn.execute(_AUDIT_INSERT, record)
 
     def audit_list(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
         statement = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
@@ -534,11 +622,17 @@ class Store:
     # -- trigger instances and rule enforcements ---------------------------------------------
     def trigger_instance_add(self, record: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(_TRIGGER_INSTANCE_INSERT, record)
+            if self._direct:
+                self._direct.insert(conn, trigger_instances, record)
+            else:
+                conn.execute(_TRIGGER_INSTANCE_INSERT, record)
 
     def trigger_instance_status(self, instance_id: str, status: str) -> None:
         with self._write() as conn:
-            conn.execute(_TRIGGER_INSTANCE_STATUS, {"_id": instance_id, "status": status})
+            if self._direct:
+                self._direct.update(conn, trigger_instances, instance_id, {"status": status})
+            else:
+                conn.execute(_TRIGGER_INSTANCE_STATUS, {"_id": instance_id, "status": status})
 
     def trigger_instance_get(self, instance_id: str) -> dict[str, Any] | None:
         with self._read() as conn:
@@ -560,7 +654,10 @@ class Store:
 
     def rule_enforcement_add(self, record: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(_RULE_ENFORCEMENT_INSERT, record)
+            if self._direct:
+                self._direct.insert(conn, rule_enforcements, record)
+            else:
+                conn.execute(_RULE_ENFORCEMENT_INSERT, record)
 
     def rule_enforcement_list(self, rule: str | None = None, trigger_instance_id: str | None = None,
                               execution_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
