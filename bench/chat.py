@@ -31,6 +31,7 @@ from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
 from bot.chat import ChatBot
 from bot.config import load_config
+from bot.service import settle_heap
 
 
 class TimedLoopback(LoopbackAdapter):
@@ -54,6 +55,7 @@ async def main(commands: int, in_flight: int, arrival_rate: float) -> None:
     loopback = TimedLoopback()
     bot = ChatBot(squall, [loopback])
     await bot.start()
+    settle_heap()  # as `squall serve` does once it is up
     loop = asyncio.get_running_loop()
     counter = 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import gc
 import importlib
 import logging
 import signal
@@ -52,6 +53,19 @@ def api_enabled(config: Config) -> bool:
     return bool(config.section("api").get("enabled", True))
 
 
+def settle_heap() -> None:
+    """Put what start-up (or a pack reload) built out of the garbage collector's sight.
+
+    Packs, templates, SQLAlchemy's and the adapters' objects live as long as the process; a full
+    collection walking all of them stopped the event loop for ~50 ms now and then, which was the
+    chat's p99. Frozen, a full collection walks only what came after (~10 ms). Unfreezing first
+    lets a reload's discarded packs be collected instead of kept forever.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 async def reload(squall: Squall, bot: ChatBot | None = None) -> None:
     """Pick up edited, installed and removed packs without a restart."""
     registry = squall.reload(await asyncio.to_thread(load_packs, squall.config))
@@ -59,6 +73,7 @@ async def reload(squall: Squall, bot: ChatBot | None = None) -> None:
     await squall.sync_sensors()
     if bot is not None:
         bot.reload()
+    settle_heap()
     log.info("packs reloaded: %d packs, %d actions", len(registry.packs), len(registry.actions))
     for error in registry.errors:
         log.warning("pack content skipped: %s", error)
@@ -93,6 +108,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
             api = None
     log.info("Squall is serving: %d packs, %d actions, adapters %s, database %s", len(squall.registry.packs),
              len(squall.registry.actions), ", ".join(bot.adapters) or "none", config.database_url.split("@")[-1])
+    settle_heap()
     pack_paths = [SYSTEM_PACKS_PATH, *config.pack_paths, config.configs_path]
     seen = await asyncio.to_thread(fingerprint, pack_paths)
     ticks = 0
