@@ -1,5 +1,10 @@
 """The durable chat outbox: every reply is stored before it is sent, and sent in order per channel.
 
+A delivered reply is marked sent without holding up the next one in its channel (the mark is
+written in the background, committed with whatever else is being written): one channel's
+replies go out at the platform's pace, not one database commit apart. A crash before the mark
+commits sends that reply again at start-up, as any outbox delivers: at least once.
+
 A reply the platform refuses now (rate limit, disconnect) is retried with backoff while the
 replies behind it in the same channel wait, so a channel never sees them out of order. Replies
 stored by another process (a CLI run of `chatops.post_message`) are picked up by `poll()`. On
@@ -9,7 +14,6 @@ start-up, whatever was still pending is sent: nothing accepted is lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +36,7 @@ class Outbox:
         self._known: set[int] = set()
         self._last_seen = 0
         self._pending = 0
+        self._marks: set[asyncio.Future[Any]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -77,7 +82,7 @@ class Outbox:
     async def close(self) -> None:
         for task in self._workers.values():
             task.cancel()
-        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        await asyncio.gather(*self._workers.values(), *self._marks, return_exceptions=True)
 
     async def _platform_id(self, outbox_id: int) -> str | None:
         if outbox_id not in self._platform_ids:
@@ -89,14 +94,36 @@ class Outbox:
         adapter = self.adapters[key[0]]
         while True:
             outbox_id, reply = await queue.get()
+            sent = None
             try:
-                await self._deliver_one(adapter, outbox_id, reply)
+                sent = await self._deliver_one(adapter, outbox_id, reply)
             finally:
-                self._pending -= 1
-                if self._pending == 0:
-                    self._idle.set()
+                if sent is None:
+                    self._settled()
+                else:
+                    self._mark(outbox_id, sent)
 
-    async def _deliver_one(self, adapter: Adapter, outbox_id: int, reply: Reply) -> None:
+    def _mark(self, outbox_id: int, fields: dict[str, Any]) -> None:
+        """Record a delivery in the background; the reply counts as pending until it is recorded."""
+        mark = asyncio.ensure_future(self.db(self.db.store.outbox_update, outbox_id, fields))
+        self._marks.add(mark)
+
+        def marked(future: asyncio.Future[Any]) -> None:
+            self._marks.discard(future)
+            if not future.cancelled() and future.exception() is not None:
+                log.warning("reply %s was delivered but could not be marked sent (%s); it may be sent again "
+                            "at start-up", outbox_id, future.exception())
+            self._settled()
+
+        mark.add_done_callback(marked)
+
+    def _settled(self) -> None:
+        self._pending -= 1
+        if self._pending == 0:
+            self._idle.set()
+
+    async def _deliver_one(self, adapter: Adapter, outbox_id: int, reply: Reply) -> dict[str, Any] | None:
+        """Send one reply, retrying; returns the fields that record it sent, or None once it failed for good."""
         delay = 0.25
         for attempt in range(1, MAX_ATTEMPTS + 1):
             edit_of = await self._platform_id(reply.edit) if reply.edit is not None else None
@@ -112,7 +139,7 @@ class Outbox:
                     log.error("reply %s to %s %s cannot be delivered: %s", outbox_id, reply.adapter, reply.channel, exc)
                     await self.db(self.db.store.outbox_update, outbox_id,
                                   {"status": "failed", "attempts": attempt, "error": str(exc)})
-                    return
+                    return None
                 wait = exc.retry_after if isinstance(exc, DeliveryError) and exc.retry_after else delay
                 log.warning("sending reply %s to %s %s failed (attempt %d): %s; retrying in %.1fs",
                             outbox_id, reply.adapter, reply.channel, attempt, exc, wait)
@@ -121,11 +148,9 @@ class Outbox:
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
             self._platform_ids[outbox_id] = platform_id
-            fields: dict[str, Any] = {"status": "sent", "attempts": attempt, "platform_id": platform_id,
-                                      "sent_at": utcnow(), "error": None}
-            with contextlib.suppress(Exception):
-                await self.db(self.db.store.outbox_update, outbox_id, fields)
-            return
+            return {"status": "sent", "attempts": attempt, "platform_id": platform_id, "sent_at": utcnow(),
+                    "error": None}
         log.error("giving up on reply %s to %s %s after %d attempts", outbox_id, reply.adapter, reply.channel,
                   MAX_ATTEMPTS)
         await self.db(self.db.store.outbox_update, outbox_id, {"status": "failed"})
+        return None
