@@ -128,6 +128,8 @@ class ExecutionService:
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         #: Workflow executions (conductors) handed to the executor: they do not take a slot.
         self.conducting: set[str] = set()
+        # Requested here and not yet claimed: the claim need not read back what this process wrote.
+        self._prepared: dict[str, dict[str, Any]] = {}
 
     # -- listening -----------------------------------------------------------------------
     def on_finished(self, listener: Callable[[dict[str, Any]], Any]) -> None:
@@ -230,6 +232,8 @@ class ExecutionService:
             "end_timestamp": None,
         }
         self.db.store.insert_execution(record)
+        if self.executor is not None:
+            self._prepared[record["id"]] = record
         if _resumable(self.runners.get(record["runner"])):
             self.conducting.add(record["id"])
         return record
@@ -281,7 +285,14 @@ class ExecutionService:
 
     def _claim(self, execution_id: str, fields: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
         """Claim a queued execution and build its run request, in one trip to the database thread."""
-        record = self.db.store.claim_execution(execution_id, fields, ("requested", "scheduled"))
+        store = self.db.store
+        known = self._prepared.pop(execution_id, None)
+        if known is None:
+            record = store.claim_execution(execution_id, fields, ("requested", "scheduled"))
+        elif store.update_execution(execution_id, fields, expect=("requested", "scheduled")):
+            record = {**known, **fields}
+        else:
+            record = None
         if record is None:
             record = self._claim_resuming(execution_id, fields)
             if record is None:
