@@ -77,7 +77,8 @@ class Outbox:
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until every queued reply was delivered (or given up on)."""
-        await asyncio.wait_for(self._idle.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._idle.wait()
 
     async def close(self) -> None:
         for task in self._workers.values():

@@ -115,7 +115,8 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), POLL_SECONDS)
+                async with asyncio.timeout(POLL_SECONDS):  # not wait_for: it can swallow a cancel on 3.11
+                    await stop.wait()
             try:
                 # Packs first: a request stored by the CLI may name an action installed just before.
                 current = await asyncio.to_thread(fingerprint, pack_paths)

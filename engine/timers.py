@@ -141,7 +141,10 @@ class TimerService:
             due = self.next_due()
             delay = MAX_SLEEP if due is None else (due - self.clock()).total_seconds()
             if delay > 0:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that arrives
+                # as the wait ends, and this loop would then outlive the service's shutdown.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), min(delay, MAX_SLEEP))
+                    async with asyncio.timeout(min(delay, MAX_SLEEP)):
+                        await self._changed.wait()
                 continue
             await self.fire_due()
