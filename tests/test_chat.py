@@ -255,6 +255,30 @@ async def test_a_refused_reply_fails_at_once_and_does_not_hold_up_the_channel(ch
     assert [(row.attempts, row.error) for row in failed] == [(1, "loopback: injected refusal")]
 
 
+async def test_a_delivered_reply_that_cannot_be_marked_sent_is_not_lost_or_blocking(chat, caplog) -> None:
+    """The sent mark is written in the background; if it fails, the reply was still delivered, the
+    channel goes on, and the row stays pending so a restart sends it again (at least once)."""
+    squall, bot, loopback = chat
+    real_update = squall.store.outbox_update
+    refused: list[int] = []
+
+    def update(outbox_id: int, fields: dict) -> None:
+        if fields.get("status") == "sent" and not refused:
+            refused.append(outbox_id)
+            raise sa.exc.OperationalError("UPDATE outbox", {}, Exception("disk I/O error"))
+        real_update(outbox_id, fields)
+
+    squall.store.outbox_update = update  # type: ignore[method-assign]
+    await loopback.say("!greet one", user="alice", channel="#marks")
+    await loopback.say("!greet two", user="alice", channel="#marks")
+    await settle(squall, bot)
+    acks = [p.reply.text for p in loopback.posted if p.reply.channel == "#marks" and p.reply.text.startswith("gr")]
+    assert acks == ["greeting one", "greeting two"]
+    assert f"reply {refused[0]} was delivered but could not be marked sent" in caplog.text
+    pending = await squall.db(squall.store.outbox_pending, ["loopback"])
+    assert [row["id"] for row in pending] == refused
+
+
 async def test_long_output_is_split_or_uploaded(home: Path) -> None:
     _config(home)
     squall = await Squall.start(load_config(home / "config.yml"))

@@ -187,6 +187,44 @@ def test_insert_and_get_execution_round_trips_json_and_utc_timestamps(store: Sto
     assert store.get_execution("nope") is None
 
 
+def test_direct_writes_store_exactly_what_sqlalchemy_core_stores(tmp_path: Path) -> None:
+    """SQLite's hot writes bypass Core; the bytes on disk must not depend on which path wrote them."""
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    try:
+        fields = {"parameters": {"cmd": "echo é", "n": [1, 2.5, None]}, "result": None, "sealed": None,
+                  "runner_info": {"pid": 7}, "context": {"user": "ann", "pack": "core", "flag": True}}
+        store.insert_execution(_execution("direct", **fields))
+        with store.engine.begin() as conn:
+            conn.execute(storage.executions.insert(), _execution("core", **fields,
+                                                                  start_timestamp=store.get_execution("direct")[
+                                                                      "start_timestamp"]))
+        finished = {"status": "succeeded", "result": {"stdout": "x\n"}, "end_timestamp": utcnow(), "log": []}
+        assert store.update_execution("direct", finished, expect=("requested",))
+        with store.engine.begin() as conn:
+            conn.execute(storage.executions.update().where(storage.executions.c.id == "core").values(finished))
+        store.outbox_add("loopback", "#c", {"text": "hi", "extra": None})
+        with store.engine.begin() as conn:
+            conn.execute(storage.outbox.insert(), {"adapter": "loopback", "channel": "#c",
+                                                   "payload": {"text": "hi", "extra": None}, "status": "pending",
+                                                   "attempts": 0, "created_at": utcnow()})
+        raw = sqlite3.connect(tmp_path / "s.db")
+        direct, core = raw.execute("SELECT * FROM executions ORDER BY id DESC").fetchall()
+        assert direct[1:] == core[1:]
+        first, second = raw.execute("SELECT adapter, channel, payload, status, attempts FROM outbox").fetchall()
+        assert first == second
+        raw.close()
+        # A claim reads the row back through the same decoding as a Core select.
+        store.insert_execution(_execution("claimed", **fields))
+        claimed = store.claim_execution("claimed", {"status": "running"}, ("requested",))
+        assert claimed == store.get_execution("claimed")
+        assert claimed["parameters"] == fields["parameters"] and claimed["start_timestamp"].tzinfo is not None
+        # Errors are SQLAlchemy's, as callers expect.
+        with pytest.raises(sa.exc.IntegrityError):
+            store.insert_execution(_execution("direct"))
+    finally:
+        store.close()
+
+
 @pytest.mark.postgres
 def test_timestamps_read_back_in_utc_whatever_the_server_time_zone(postgres_url: str) -> None:
     with sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://")).connect() as conn:
