@@ -193,11 +193,10 @@ def test_direct_writes_store_exactly_what_sqlalchemy_core_stores(tmp_path: Path)
     try:
         fields = {"parameters": {"cmd": "echo é", "n": [1, 2.5, None]}, "result": None, "sealed": None,
                   "runner_info": {"pid": 7}, "context": {"user": "ann", "pack": "core", "flag": True}}
-        store.insert_execution(_execution("direct", **fields))
+        start = utcnow()
+        store.insert_execution(_execution("direct", **fields, start_timestamp=start))
         with store.engine.begin() as conn:
-            conn.execute(storage.executions.insert(), _execution("core", **fields,
-                                                                  start_timestamp=store.get_execution("direct")[
-                                                                      "start_timestamp"]))
+            conn.execute(storage.executions.insert(), _execution("core", **fields, start_timestamp=start))
         finished = {"status": "succeeded", "result": {"stdout": "x\n"}, "end_timestamp": utcnow(), "log": []}
         assert store.update_execution("direct", finished, expect=("requested",))
         with store.engine.begin() as conn:
