@@ -27,6 +27,10 @@ bench: install
 	$(BIN)/python bench/workflows.py
 	$(BIN)/python bench/datastore.py
 	$(BIN)/python bench/aliases.py
+	$(BIN)/python bench/chat.py
+	$(BIN)/python bench/rules.py
+	$(BIN)/python bench/webhooks.py
+	$(BIN)/python bench/remote.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache *.egg-info
