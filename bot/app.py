@@ -22,6 +22,7 @@ from engine.datastore import Datastore
 from engine.executions import ExecutionService
 from engine.executor import LocalExecutor
 from engine.inquiries import InquirerRunner, InquiryService
+from engine.leader import leadership
 from engine.packs import Registry, load_registry
 from engine.policies import PolicyExecutor
 from engine.rules import RulesEngine
@@ -86,7 +87,7 @@ class Squall:
         self.inquiry_chat = InquiryChat(self)
         self.rules = RulesEngine(self)
         self.triggers.processors.append(self.rules)
-        self.timers = TimerService(self.triggers.dispatch)
+        self.timers = TimerService(self.triggers.dispatch, leader=leadership(store.engine))
         self._follow_rules()
         self.sensors = SensorContainer(self.triggers.dispatch, self.datastore_call, config.virtualenvs_path)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -175,6 +176,7 @@ class Squall:
         if self._emitting:  # datastore triggers written just before: store them, do not drop them
             await asyncio.gather(*self._emitting, return_exceptions=True)
         await self.executor.close()
+        self.timers.close()
         await self.inquiries.close()
         await self.python.close()
         self.db.close()

@@ -6,6 +6,10 @@ compute the fire times (time zones, cron strings such as `*/5` and `mon-fri`); t
 sleeps until the soonest one. Runs missed while the service was down or the loop was busy are
 coalesced into one: a timer fires at most once per wake-up and then looks ahead from *now*, so a
 restart never replays a burst of old runs.
+
+With several `squall serve` processes on one database, each keeps every schedule but only the
+leader (`engine.leader`) dispatches; the others let their timers' runs pass, so one that takes
+over fires what comes next, not what the old leader already fired.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+
+from engine.leader import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +87,11 @@ def utc_now() -> datetime:
 class TimerService:
     """The timers enabled rules ask for; `sync` on every reload, `run` in `squall serve`."""
 
-    def __init__(self, dispatch: Callable[..., Any], clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(self, dispatch: Callable[..., Any], clock: Callable[[], datetime] = utc_now,
+                 leader: Leadership | None = None) -> None:
         self.dispatch = dispatch
         self.clock = clock
+        self.leader = leader
         self.timers: dict[str, Timer] = {}
         self._changed = asyncio.Event()
 
@@ -117,14 +125,18 @@ class TimerService:
         """Fire every timer whose time has come (once each, however late), and schedule its next run."""
         now = self.clock()
         fired = 0
-        for timer in list(self.timers.values()):
-            if timer.next_at is None or timer.next_at > now:
-                continue
+        due = [t for t in self.timers.values() if t.next_at is not None and t.next_at <= now]
+        if not due:
+            return 0
+        leading = await self._leading()
+        for timer in due:
             scheduled = timer.next_at
             following = timer.trigger.get_next_fire_time(scheduled, now)
             if following is not None and following <= now:  # runs were missed: coalesce, no burst
                 following = timer.trigger.get_next_fire_time(None, now + _TICK)
             timer.next_at = following
+            if not leading:
+                continue
             payload = {"executed_at": str(now.astimezone(UTC)), "schedule": None}
             trace_tag = f"{timer.type.removeprefix('core.')}-{uuid.uuid4().hex}"
             try:
@@ -133,6 +145,20 @@ class TimerService:
             except Exception:
                 log.exception("timer %s could not dispatch its trigger instance", timer.key)
         return fired
+
+    def close(self) -> None:
+        """Give up the lead (if held), so another process fires the timers from now on."""
+        if self.leader is not None:
+            self.leader.close()
+
+    async def _leading(self) -> bool:
+        if self.leader is None:
+            return True
+        try:
+            return await asyncio.to_thread(self.leader.lead)
+        except Exception as exc:  # the database is down: whoever can reach it fires
+            log.warning("could not tell whether this process leads the timers (%s); not firing this time", exc)
+            return False
 
     async def run(self) -> None:
         """Sleep until the soonest timer, fire, repeat; a `sync` wakes it to look again."""

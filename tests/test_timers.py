@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from bot.app import Squall
+from engine.leader import leadership
 from engine.rules import load_rules
+from engine.storage import create_engine
 from engine.timers import CRON, DATE, INTERVAL, TimerService, schedule
+from tests.conftest import REPO
 from tests.test_rules import make_pack, started
 
 T0 = datetime(2026, 3, 2, 8, 0, 0, tzinfo=UTC)  # a Monday
@@ -185,3 +191,74 @@ async def test_the_loop_fires_on_the_real_clock(home: Path) -> None:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
         await squall.close()
+
+
+@pytest.mark.postgres
+async def test_of_several_processes_on_one_database_only_the_leader_fires(database_url: str) -> None:
+    """Two `squall serve` processes on one database: the timers fire once, and when the leader
+    goes the other takes over with what comes next (not what the old leader already fired)."""
+    clock = Clock(T0)
+    fired: dict[str, list[str]] = {"a": [], "b": []}
+
+    def recorder(name: str):
+        async def dispatch(_type: str, payload: dict, **_kw) -> None:
+            fired[name].append(payload["executed_at"])
+        return dispatch
+
+    engines = [create_engine(database_url), create_engine(database_url)]
+    a, b = (TimerService(recorder(n), clock, leader=leadership(e)) for n, e in zip("ab", engines, strict=True))
+    wanted = [{"key": "every10", "type": INTERVAL, "parameters": {"unit": "seconds", "delta": 10}}]
+    try:
+        a.sync(wanted)
+        b.sync(wanted)
+        clock.now = T0 + timedelta(seconds=10)
+        assert await a.fire_due() == 1
+        assert await b.fire_due() == 0  # a leads; b only keeps its schedule
+        clock.now = T0 + timedelta(seconds=20)
+        assert await b.fire_due() == 0
+        assert await a.fire_due() == 1
+        a.close()  # the leader stops
+        clock.now = T0 + timedelta(seconds=30)
+        assert await b.fire_due() == 1
+        assert fired == {"a": [str(T0 + timedelta(seconds=10)), str(T0 + timedelta(seconds=20))],
+                         "b": [str(T0 + timedelta(seconds=30))]}
+    finally:
+        a.close()
+        b.close()
+        for engine in engines:
+            engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_lead_dies_with_its_holder(database_url: str, tmp_path: Path) -> None:
+    """A process that dies holding the lead (no clean close) hands it on: the lock is the kernel's
+    or the database session's, never a row someone must clean up."""
+    script = tmp_path / "hold.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from engine.leader import leadership\n"
+        "from engine.storage import create_engine\n"
+        "lead = leadership(create_engine(sys.argv[1]))\n"
+        "assert lead.lead()\n"
+        "print('leading', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "os._exit(0)\n"
+    )
+    holder = subprocess.Popen([sys.executable, str(script), database_url], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    engine = create_engine(database_url)
+    lead = leadership(engine)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "leading"
+        assert not lead.lead()
+        holder.kill()
+        holder.wait(10)
+        deadline = time.monotonic() + 10
+        while not lead.lead():  # PostgreSQL notices the dropped session at once or within moments
+            assert time.monotonic() < deadline, "the lead was not released when its holder died"
+            time.sleep(0.05)
+    finally:
+        holder.kill()
+        lead.close()
+        engine.dispose()

@@ -1,0 +1,113 @@
+"""Leadership: of several `squall serve` processes on one database, exactly one fires the timers.
+
+Every process keeps its timers' schedules; only the leader dispatches. The lock dies with its
+holder, so when the leader stops or crashes the next process to look takes over, and nothing
+needs cleaning up. On PostgreSQL it is a session advisory lock held on a connection of its own
+(a dropped connection is a lost lock, noticed at the next check); on SQLite, whose processes
+share one machine, an exclusive `flock` on a file beside the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
+_LOCK_KEY = 0x5371_7561_6C6C_01  # "Squall" + 1: the timers' advisory lock (0x…6C6C is migrations')
+
+
+class Leadership(Protocol):
+    def lead(self) -> bool:
+        """Whether this process leads now, taking the lead if nobody holds it (never blocks long)."""
+
+    def close(self) -> None:
+        """Give the lead up, so another process can take it at once."""
+
+
+class Alone:
+    """A database only this process can use (SQLite in memory): it always leads."""
+
+    def lead(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class FileLock:
+    """SQLite: an exclusive `flock` on `<database>.leader`, released by the kernel if we die."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def lead(self) -> bool:
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        log.info("this process now fires the timers (it holds %s)", self.path)
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+
+class AdvisoryLock:
+    """PostgreSQL: `pg_try_advisory_lock` on a connection kept for it; a lost connection is a lost lead."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._conn: sa.Connection | None = None
+
+    def lead(self) -> bool:
+        if self._conn is not None:
+            try:
+                self._conn.exec_driver_sql("SELECT 1")
+                return True
+            except sa.exc.DBAPIError as exc:
+                log.warning("lost the connection that held the timers' lead (%s); trying to take it again",
+                            exc.orig.__class__.__name__ if exc.orig else exc)
+                self.close()
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            took = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK_KEY}).scalar()
+        except BaseException:
+            conn.close()
+            raise
+        if not took:
+            conn.close()
+            return False
+        self._conn = conn
+        log.info("this process now fires the timers (it holds advisory lock %d)", _LOCK_KEY)
+        return True
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sa.exc.DBAPIError):
+                self._conn.invalidate()  # a discarded session: PostgreSQL releases its locks
+            self._conn.close()
+            self._conn = None
+
+
+def leadership(engine: sa.Engine) -> Leadership:
+    """The lock that fits the database `engine` is on."""
+    if engine.dialect.name == "postgresql":
+        return AdvisoryLock(engine)
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return Alone()
+    return FileLock(Path(f"{database}.leader"))
