@@ -221,7 +221,11 @@ class ExecutionService:
             "spec": {"values": shown, "templates": resolution.templates,
                      "supplied": [k for k in supplied if supplied[k] is not None],
                      "supplied_templates": {k: supplied[k] for k in resolution.templates
-                                            if supplied.get(k) is not None}},
+                                            if supplied.get(k) is not None},
+                     # A runner renders a `cmd` template again at run time (quoting each value for
+                     # the shell), so names such as a rule's `trigger` must be there then too.
+                     **({"extra_context": extra_template_context}
+                        if resolution.templates and extra_template_context else {})},
             "sealed": self._seal(sealed_values, revealed),
             "result": None,
             "context": context,
@@ -327,7 +331,8 @@ class ExecutionService:
         templates = record["spec"].get("templates") or {}
         template_context = {}
         if templates:
-            template_context = {**self.template_context(pack.config, context), **values}
+            template_context = {**self.template_context(pack.config, context),
+                                **(record["spec"].get("extra_context") or {}), **values}
         request = RunRequest(
             execution_id=record["id"],
             action=action,
@@ -537,7 +542,8 @@ class ExecutionService:
         merged = {**original, **(parameters or {})}
         new_context = {**record["context"], **(context or {}), "re-run": {"ref": record["id"]}}
         new_context.pop("pack", None)
-        return await self.request(record["action"], merged, new_context)
+        return await self.request(record["action"], merged, new_context,
+                                  extra_template_context=spec.get("extra_context"))
 
     # -- recovery ----------------------------------------------------------------------
     async def recover(self) -> dict[str, int]:

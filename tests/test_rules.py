@@ -200,6 +200,37 @@ async def test_datastore_patterns_work_and_parameter_errors_are_recorded(home: P
         await squall.close()
 
 
+async def test_a_rule_runs_a_shell_command_built_from_the_payload_safely(home: Path) -> None:
+    """The classic webhook → command rule: the `cmd` template sees `trigger` when the shell runner
+    renders it (again on a re-run), and payload text stays data, never shell syntax."""
+    marker = home / "pwned"
+    make_pack(home, {
+        "shell": """
+            name: shell
+            pack: demo
+            enabled: true
+            trigger: {type: demo.event}
+            action: {ref: core.local, parameters: {cmd: "echo deploying {{ trigger.service }}"}}
+        """,
+    })
+    squall = await started(home)
+    try:
+        payload = {"service": f"web; touch {marker}"}
+        instance = await squall.triggers.dispatch("demo.event", payload)
+        await squall.rules.settle()
+        [enforcement] = await squall.rules.enforcements(trigger_instance_id=instance["id"])
+        execution = await squall.executions.get(enforcement["execution_id"])
+        assert execution["status"] == "succeeded", execution["result"]
+        assert execution["result"]["stdout"] == f"deploying web; touch {marker}"
+        again = await squall.executions.rerun(execution["id"])
+        again = await squall.executions.wait(again["id"])
+        assert again["status"] == "succeeded", again["result"]
+        assert again["result"]["stdout"] == f"deploying web; touch {marker}"
+        assert not marker.exists()
+    finally:
+        await squall.close()
+
+
 async def test_actiontrigger_drives_a_rule(home: Path) -> None:
     make_pack(home, {
         "after": """
