@@ -175,6 +175,7 @@ class Squall:
         await self.sensors.stop()
         if self._emitting:  # datastore triggers written just before: store them, do not drop them
             await asyncio.gather(*self._emitting, return_exceptions=True)
+        await self.triggers.settle()  # and let the rules act on them rather than leave them `processing`
         await self.executor.close()
         self.timers.close()
         await self.inquiries.close()

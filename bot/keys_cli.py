@@ -38,8 +38,15 @@ def _owner(scope: str, user: str | None) -> str | None:
 
 
 def _datastore_call(work: Any) -> Any:
+    """Run a datastore command. A rule on `core.st2.key_value_pair.*` fires here as the write
+    commits; the execution it asks for is stored as requested, and `squall serve` runs it."""
+
+    async def queued(squall: Squall) -> Any:
+        squall.executions.executor = None
+        return await work(squall)
+
     try:
-        return with_app(work)
+        return with_app(queued)
     except DatastoreError as exc:
         raise fail(str(exc)) from exc
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonpath_ng
@@ -380,5 +382,16 @@ async def test_datastore_changes_fire_key_value_triggers(home: Path) -> None:
         assert await messages("demo.deleted", 1) == ["1.1"]
         # Nothing listens to updates: none are stored.
         assert await squall.triggers.list(trigger="core.st2.key_value_pair.update") == []
+
+        # `squall key set` in another process fires the rule there; `squall serve` runs the action.
+        done = subprocess.run([str(Path(sys.executable).parent / "squall"), "-c", str(home / "config.yml"),
+                               "key", "set", "from.cli", "v"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        [instance] = [i for i in await squall.triggers.list(trigger="core.st2.key_value_pair.create")
+                      if i["payload"]["object"]["name"] == "from.cli"]
+        assert instance["status"] == "processed"
+        [enforcement] = await squall.rules.enforcements(trigger_instance_id=instance["id"])
+        assert enforcement["status"] == "succeeded"
+        assert (await squall.executions.get(enforcement["execution_id"]))["status"] == "requested"
     finally:
         await squall.close()
