@@ -87,7 +87,10 @@ class Squall:
         self.inquiry_chat = InquiryChat(self)
         self.rules = RulesEngine(self)
         self.triggers.processors.append(self.rules)
-        self.timers = TimerService(self.triggers.dispatch, leader=leadership(store.engine))
+        #: Of several `squall serve` processes on one database, the one that fires timers and runs sensors.
+        self.leader = leadership(store.engine)
+        self.sensor_lead = False  # whether this process runs the sensors (it led at the last sync)
+        self.timers = TimerService(self.triggers.dispatch, leader=self.leader)
         self._follow_rules()
         self.sensors = SensorContainer(self.triggers.dispatch, self.datastore_call, config.virtualenvs_path)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -135,8 +138,26 @@ class Squall:
         if not task.cancelled() and task.exception() is not None:
             log.error("a datastore trigger could not be stored: %s", task.exception())
 
+    async def leading(self) -> bool:
+        """Whether this process leads (taking the lead if it is free); a database error means no."""
+        try:
+            return await asyncio.to_thread(self.leader.lead)
+        except Exception as exc:
+            log.warning("could not tell whether this process leads (%s)", exc)
+            return False
+
     async def sync_sensors(self) -> None:
-        """Run the enabled sensors of the current packs (`squall serve` only; restarts changed ones)."""
+        """Run the enabled sensors of the current packs (`squall serve` only; restarts changed ones).
+
+        Only the leader runs them: two processes polling the same API would emit every event twice.
+        `squall serve` syncs again whenever the lead changes hands (it looks each second)."""
+        if not await self.leading():
+            if self.sensor_lead:
+                log.info("another process leads now; its sensors run there")
+                await self.sensors.stop()
+            self.sensor_lead = False
+            return
+        self.sensor_lead = True
         specs, errors = load_sensors(self.registry)
         for error in errors:
             log.warning("sensor skipped: %s", error)
@@ -177,7 +198,7 @@ class Squall:
             await asyncio.gather(*self._emitting, return_exceptions=True)
         await self.triggers.settle()  # and let the rules act on them rather than leave them `processing`
         await self.executor.close()
-        self.timers.close()
+        self.leader.close()
         await self.inquiries.close()
         await self.python.close()
         self.db.close()

@@ -125,6 +125,8 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
                     await reload(squall, bot)
                 await squall.executions.poll()
                 await bot.outbox.poll()
+                if await squall.leading() != squall.sensor_lead:
+                    await squall.sync_sensors()  # the lead changed hands: start or stop the sensors
                 ticks += 1
                 if ticks % int(PURGE_SECONDS / POLL_SECONDS) == 0:
                     await squall.db(squall.datastore.purge_expired)

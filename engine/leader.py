@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -46,8 +47,13 @@ class FileLock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._lock = threading.Lock()  # timers and sensors ask from worker threads
 
     def lead(self) -> bool:
+        with self._lock:
+            return self._lead()
+
+    def _lead(self) -> bool:
         if self._fd is not None:
             return True
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -61,6 +67,10 @@ class FileLock:
         return True
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None
@@ -72,8 +82,13 @@ class AdvisoryLock:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self._conn: sa.Connection | None = None
+        self._lock = threading.Lock()  # timers and sensors ask from worker threads
 
     def lead(self) -> bool:
+        with self._lock:
+            return self._lead()
+
+    def _lead(self) -> bool:
         if self._conn is not None:
             try:
                 self._conn.exec_driver_sql("SELECT 1")
@@ -81,7 +96,7 @@ class AdvisoryLock:
             except sa.exc.DBAPIError as exc:
                 log.warning("lost the connection that held the timers' lead (%s); trying to take it again",
                             exc.orig.__class__.__name__ if exc.orig else exc)
-                self.close()
+                self._close()
         conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             took = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK_KEY}).scalar()
@@ -96,6 +111,10 @@ class AdvisoryLock:
         return True
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(sa.exc.DBAPIError):
                 self._conn.invalidate()  # a discarded session: PostgreSQL releases its locks

@@ -146,11 +146,6 @@ class TimerService:
                 log.exception("timer %s could not dispatch its trigger instance", timer.key)
         return fired
 
-    def close(self) -> None:
-        """Give up the lead (if held), so another process fires the timers from now on."""
-        if self.leader is not None:
-            self.leader.close()
-
     async def _leading(self) -> bool:
         if self.leader is None:
             return True

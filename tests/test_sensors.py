@@ -194,3 +194,23 @@ async def test_a_removed_sensor_stops_and_a_new_one_starts_on_reload(home: Path)
         assert counter.process is None or counter.process.returncode is not None
     finally:
         await squall.close()
+
+
+async def test_of_two_services_on_one_database_only_the_leader_runs_sensors(home: Path) -> None:
+    """Two `squall serve` on one database would poll every source twice; the follower runs none
+    until the leader goes, then takes over."""
+    pack = sensor_pack(home)
+    (pack / "sensors" / "watcher.yaml").unlink()
+    first, second = await started(home), await started(home)
+    try:
+        await run_sensors(first)
+        await run_sensors(second)
+        assert set(first.sensors.running) == {"demo.Counter"} and first.sensor_lead
+        assert second.sensors.running == {} and not second.sensor_lead
+        await first.close()
+        assert await second.leading()  # what `squall serve` checks each second
+        await second.sync_sensors()
+        assert set(second.sensors.running) == {"demo.Counter"} and second.sensor_lead
+    finally:
+        await first.close()
+        await second.close()

@@ -206,7 +206,8 @@ async def test_of_several_processes_on_one_database_only_the_leader_fires(databa
         return dispatch
 
     engines = [create_engine(database_url), create_engine(database_url)]
-    a, b = (TimerService(recorder(n), clock, leader=leadership(e)) for n, e in zip("ab", engines, strict=True))
+    leads = [leadership(engine) for engine in engines]
+    a, b = (TimerService(recorder(n), clock, leader=lead) for n, lead in zip("ab", leads, strict=True))
     wanted = [{"key": "every10", "type": INTERVAL, "parameters": {"unit": "seconds", "delta": 10}}]
     try:
         a.sync(wanted)
@@ -217,14 +218,14 @@ async def test_of_several_processes_on_one_database_only_the_leader_fires(databa
         clock.now = T0 + timedelta(seconds=20)
         assert await b.fire_due() == 0
         assert await a.fire_due() == 1
-        a.close()  # the leader stops
+        leads[0].close()  # the leader stops
         clock.now = T0 + timedelta(seconds=30)
         assert await b.fire_due() == 1
         assert fired == {"a": [str(T0 + timedelta(seconds=10)), str(T0 + timedelta(seconds=20))],
                          "b": [str(T0 + timedelta(seconds=30))]}
     finally:
-        a.close()
-        b.close()
+        for lead in leads:
+            lead.close()
         for engine in engines:
             engine.dispose()
 
