@@ -1,6 +1,6 @@
-"""Leadership: of several `squall serve` processes on one database, exactly one fires the timers.
+"""Leadership: of several `squall serve` processes on one database, one fires timers and runs sensors.
 
-Every process keeps its timers' schedules; only the leader dispatches. The lock dies with its
+Every process keeps its timers' schedules; only the leader dispatches and runs sensors. The lock dies with its
 holder, so when the leader stops or crashes the next process to look takes over, and nothing
 needs cleaning up. On PostgreSQL it is a session advisory lock held on a connection of its own
 (a dropped connection is a lost lock, noticed at the next check); on SQLite, whose processes
@@ -20,7 +20,7 @@ from typing import Protocol
 import sqlalchemy as sa
 
 log = logging.getLogger(__name__)
-_LOCK_KEY = 0x5371_7561_6C6C_01  # "Squall" + 1: the timers' advisory lock (0x…6C6C is migrations')
+_LOCK_KEY = 0x5371_7561_6C6C_01  # "Squall" + 1: the lead's advisory lock (0x…6C6C is migrations')
 
 
 class Leadership(Protocol):
@@ -63,7 +63,7 @@ class FileLock:
             os.close(fd)
             return False
         self._fd = fd
-        log.info("this process now fires the timers (it holds %s)", self.path)
+        log.info("this process now leads: timers and sensors run here (it holds %s)", self.path)
         return True
 
     def close(self) -> None:
@@ -107,7 +107,7 @@ class AdvisoryLock:
             conn.close()
             return False
         self._conn = conn
-        log.info("this process now fires the timers (it holds advisory lock %d)", _LOCK_KEY)
+        log.info("this process now leads: timers and sensors run here (it holds advisory lock %d)", _LOCK_KEY)
         return True
 
     def close(self) -> None:
