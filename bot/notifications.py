@@ -60,9 +60,11 @@ class Notifier:
                 "parameters": execution["parameters"], "result": execution.get("result"),
             }, validate=False)
         action = self.squall.registry.actions.get(execution["action"])
-        if action is None or not action.notify:
+        # A workflow's task carries the notify its workflow gave it ({} for none); others use their action's.
+        notify = execution["context"].get("notify", action.notify if action is not None else None)
+        if not notify:
             return
-        for name, section in sections_for(action.notify, execution["status"]):
+        for name, section in sections_for(notify, execution["status"]):
             routes = section.get("routes") or section.get("channels") or []
             if not routes:
                 continue

@@ -82,6 +82,19 @@ class Action:
         }
 
 
+NOTIFY_SECTIONS = ("on-complete", "on-success", "on-failure")
+
+
+def notify_problem(notify: Any) -> str | None:
+    """What is wrong with a `notify` mapping (an action's or an action-chain task's), or None."""
+    if not isinstance(notify, dict):
+        return "'notify' must be a mapping with on-complete / on-success / on-failure"
+    for key in notify:
+        if key not in NOTIFY_SECTIONS:
+            return f"unknown notify section '{key}'{_suggest(str(key), list(NOTIFY_SECTIONS))}"
+    return None
+
+
 def _suggest(word: str, choices: set[str] | list[str]) -> str:
     near = difflib.get_close_matches(word, sorted(choices), n=1)
     return f" (did you mean '{near[0]}'?)" if near else ""
@@ -191,12 +204,10 @@ def build_action(data: Any, lines: LineMap, *, pack: str, pack_path: Path, file:
                        f"'{pname}' should have position {index}", "parameters", pname, "position")
 
     notify = data.get("notify") or {}
-    if not isinstance(notify, dict):
-        raise fail("'notify' must be a mapping with on-complete / on-success / on-failure", "notify")
-    for key in notify:
-        if key not in ("on-complete", "on-success", "on-failure"):
-            raise fail(f"unknown notify section '{key}'{_suggest(key, ['on-complete', 'on-success', 'on-failure'])}",
-                       "notify", key)
+    problem = notify_problem(notify)
+    if problem:
+        unknown = [key for key in notify if key not in NOTIFY_SECTIONS] if isinstance(notify, dict) else []
+        raise fail(problem, "notify", *unknown[:1])
     output_schema = data.get("output_schema")
     if output_schema is not None and not isinstance(output_schema, dict):
         raise fail("'output_schema' must be a JSON schema mapping", "output_schema")

@@ -124,11 +124,72 @@ def test_bad_chains_are_rejected_at_load(home: Path) -> None:
                                      "  - name: b\n    ref: core.noop\n    on-success: a\n    on-failure: a\n"),
         "orphan": ("action-chain", "", "default: a\nchain:\n  - name: a\n    ref: core.noop\n"
                                        "  - name: b\n    ref: core.noop\n"),
+        "badnotify": ("action-chain", "", "chain:\n  - name: a\n    ref: core.noop\n"
+                                          "    notify: {on-succes: {routes: [x]}}\n"),
     }, pack="badchain")
     errors = [str(e) for e in load_packs(load_config(home / "config.yml")).errors]
     assert any("chains/unknown.yaml" in e and "task 'a': 'on-success' names unknown task 'zzz'" in e for e in errors)
     assert any("chains/loop.yaml" in e and "has no exit" in e for e in errors)
     assert any("chains/orphan.yaml" in e and "task 'b': unreachable" in e for e in errors)
+    assert any("chains/badnotify.yaml" in e and "task 'a': unknown notify section 'on-succes' (did you mean "
+               "'on-success'?)" in e for e in errors)
+
+
+async def test_workflow_tasks_notify_as_stackstorm_decides(home: Path) -> None:
+    """Chain: a task's own notify wins, `skip_notify` silences, the rest inherit the chain's.
+    Orquesta: only the tasks its `notify` parameter lists get the workflow's."""
+    pack = home / "packs" / "wfn"
+    write(pack / "pack.yaml", "ref: wfn\nname: wfn\nversion: 0.1.0\n")
+    write(pack / "actions" / "chained.yaml", """
+        name: chained
+        runner_type: action-chain
+        entry_point: chains/chained.yaml
+        notify: {on-complete: {routes: [chain-route]}}
+        parameters: {skip_notify: {default: [quiet]}}
+    """)
+    write(pack / "actions" / "chains" / "chained.yaml", """
+        chain:
+          - {name: own, ref: core.noop, on-success: quiet, notify: {on-success: {routes: [own-route]}}}
+          - {name: quiet, ref: core.noop, on-success: plain}
+          - {name: plain, ref: core.noop}
+    """)
+    write(pack / "actions" / "flow.yaml", """
+        name: flow
+        runner_type: orquesta
+        entry_point: workflows/flow.yaml
+        notify: {on-complete: {routes: [flow-route]}}
+        parameters: {notify: {default: [listed]}}
+    """)
+    write(pack / "actions" / "workflows" / "flow.yaml", """
+        version: 1.0
+        tasks:
+          listed: {action: core.noop, next: [{do: unlisted}]}
+          unlisted: {action: core.noop}
+    """)
+    write(pack / "rules" / "told.yaml", """
+        name: told
+        pack: wfn
+        enabled: true
+        trigger: {type: core.st2.generic.notifytrigger}
+        action: {ref: core.noop}
+    """)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        assert not [e for e in squall.registry.errors if "wfn" in str(e)], squall.registry.errors
+        routes: dict[str, list[str]] = {}
+        for ref in ("wfn.chained", "wfn.flow"):
+            done = await run(squall, ref)
+            assert done["status"] == "succeeded", done["result"]
+            await squall.rules.settle()
+            kids = await children(squall, done["id"])
+            told = await squall.triggers.list(trigger="core.st2.generic.notifytrigger", limit=100)
+            for row in [done, *kids]:
+                name = ref if row is done else row["context"]["workflow_task"]["task"]
+                routes[name] = sorted(t["payload"]["route"] for t in told if t["payload"]["execution_id"] == row["id"])
+        assert routes == {"wfn.chained": ["chain-route"], "own": ["own-route"], "quiet": [], "plain": ["chain-route"],
+                          "wfn.flow": ["flow-route"], "listed": ["flow-route"], "unlisted": []}
+    finally:
+        await squall.close()
 
 
 # -- durability: kill -9 mid-workflow and start again -------------------------------------------

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from engine.actions import notify_problem
 from engine.templates import TemplateRenderError, is_jinja_expression, render_values
 from engine.workflows import graph
 from engine.workflows.model import FAILED, Outcome, TaskCall
@@ -28,6 +29,7 @@ class Node:
     on_success: str | None
     on_failure: str | None
     publish: dict[str, Any]
+    notify: dict[str, Any] | None = None  # the task's own, replacing the chain's for this task
 
 
 @dataclass
@@ -74,7 +76,11 @@ def parse(data: Any, lines: LineMap, file: str) -> ChainSpec:
             raise fail(f"task '{name}': 'parameters' and 'publish' must be mappings", *where)
         if name in nodes:
             raise fail(f"task '{name}': the name is used twice", *where)
-        nodes[name] = Node(name, body["ref"], parameters, body.get("on-success"), body.get("on-failure"), publish)
+        notify = body.get("notify")
+        if notify is not None and (problem := notify_problem(notify)):
+            raise fail(f"task '{name}': {problem}", *where)
+        nodes[name] = Node(name, body["ref"], parameters, body.get("on-success"), body.get("on-failure"), publish,
+                           notify)
     referenced: set[str] = set()
     edges: dict[str, list[str]] = {n: [] for n in nodes}
     for node in nodes.values():
@@ -157,7 +163,10 @@ class ChainConductor:
         self.occurrences[name] += 1
         self.current = name
         key = f"{name}.{self.occurrences[name]}"
-        return [TaskCall(key, name, node.ref, parameters, {"chain": {"node": name}})]
+        context: dict[str, Any] = {"chain": {"node": name}}
+        if node.notify is not None:
+            context["notify"] = node.notify
+        return [TaskCall(key, name, node.ref, parameters, context)]
 
     def on_done(self, key: str, status: str, result: Any, execution_id: str | None) -> list[TaskCall]:
         name = key.rsplit(".", 1)[0]

@@ -99,9 +99,28 @@ class Flow:
         for name in ("api_user", "source_channel", "trace_context"):
             if name in parent:
                 context[name] = parent[name]
+        notify = self._child_notify(call)
+        if notify is not None:
+            context["notify"] = notify
         if "orquesta" in context:
             context["orquesta"]["workflow_execution_id"] = self.id
         return context
+
+    def _child_notify(self, call: TaskCall) -> dict[str, Any] | None:
+        """A task's `notify` as StackStorm decides it (spec §4); None leaves it to the task's action.
+
+        Action-chain: tasks in `skip_notify` get none, a task's own `notify` replaces the chain's,
+        the others inherit the chain's. Orquesta: only the tasks its `notify` parameter lists get
+        the workflow's."""
+        request = self.request
+        inherited = request.context.get("notify", request.action.notify)  # a nested workflow's own is inherited
+        if request.action.runner_type == "action-chain":
+            if call.task in (request.runner_parameters.get("skip_notify") or []):
+                return {}
+            return call.context.get("notify") or inherited or None
+        if call.task in (request.runner_parameters.get("notify") or []):
+            return inherited or None
+        return None
 
     async def _request(self, calls: list[TaskCall]) -> None:
         """Request children for new calls at once (their inserts share one commit); a call that
