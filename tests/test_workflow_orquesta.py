@@ -146,6 +146,24 @@ tasks:
       when: <% failed() %>
 """
 
+RETRY_ITEMS = """
+version: 1.0
+input: [dir]
+tasks:
+  each:
+    with: n in <% [1, 2, 3] %>
+    action: core.local
+    input:
+      cmd: "if [ {{ item('n') }} = 2 ] && [ ! -f {{ ctx('dir') }}/seen ]; then touch {{ ctx('dir') }}/seen; exit 1; fi"
+    retry:
+      count: 2
+    next:
+      - when: <% succeeded() %>
+        publish: [codes: <% result().select($.return_code) %>]
+output:
+  - codes: <% ctx(codes) %>
+"""
+
 EXPRESSION_ERROR = """
 version: 1.0
 tasks:
@@ -217,6 +235,7 @@ async def wf(home: Path) -> Squall:
         "remediate": ("orquesta", "", REMEDIATE),
         "fail_command": ("orquesta", "", FAIL_COMMAND),
         "retry": ("orquesta", "marker: {type: string}", RETRY),
+        "retry_items": ("orquesta", "dir: {type: string}", RETRY_ITEMS),
         "expression_error": ("orquesta", "", EXPRESSION_ERROR),
         "st2kv": ("orquesta", "", ST2KV),
         "loop": ("orquesta", "", LOOP),
@@ -294,6 +313,16 @@ async def test_retry_runs_the_task_again_until_it_succeeds(wf: Squall, tmp_path:
     assert done["status"] == "succeeded", done["result"]
     rows = await children(wf, done["id"])
     assert [r["status"] for r in rows] == ["failed", "failed", "succeeded"]
+
+
+async def test_retry_of_a_with_items_task_runs_every_item_again(wf: Squall, tmp_path: Path) -> None:
+    done = await run(wf, "wf.retry_items", {"dir": str(tmp_path)})
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["output"] == {"codes": [0, 0, 0]}
+    rows = await children(wf, done["id"])
+    attempts = sorted((r["context"]["workflow_task"]["key"], r["status"]) for r in rows)
+    assert attempts == [("each.1.0[0]", "succeeded"), ("each.1.0[1]", "failed"), ("each.1.0[2]", "succeeded"),
+                        ("each.1.1[0]", "succeeded"), ("each.1.1[1]", "succeeded"), ("each.1.1[2]", "succeeded")]
 
 
 async def test_expression_error_fails_the_task_with_the_expression(wf: Squall) -> None:

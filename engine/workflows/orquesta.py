@@ -370,6 +370,12 @@ class OrquestaConductor:
             calls.append(call)
         if run.running == 0 and (run.failed or run.next_item >= len(run.items) or self.canceled):
             status = "failed" if run.failed else ("canceled" if self.canceled else "succeeded")
+            # An item whose input would not evaluate has already failed the workflow: no retry for it.
+            if status == "failed" and not self.failing and self._retrying(run, status, run.results):
+                run.attempt += 1  # the task runs again whole, every item, as Orquesta retries it
+                run.next_item, run.failed = 0, False
+                run.results, run.statuses = [None] * len(run.items), [None] * len(run.items)
+                return calls + self._next_items(run)
             calls += self._complete(run, status, run.results)
         return calls
 
@@ -391,20 +397,25 @@ class OrquestaConductor:
             if status != "succeeded":
                 run.failed = True
             return self._next_items(run)
-        retry = run.task.retry
-        if retry and status != "succeeded" and not self.canceled and run.attempt < int(retry.get("count", 0)):
-            scope = self._scope(result=result, status=status)
-            try:
-                again = evaluate(retry["when"], scope) if retry.get("when") is not None else status in FAILED
-            except ExpressionError as exc:
-                self._error(str(exc), run.task.name)
-                again = False
-            if again:
-                run.attempt += 1
-                call = self._call(run, None)
-                if call is not None:
-                    return [call]
+        if self._retrying(run, status, result):
+            run.attempt += 1
+            call = self._call(run, None)
+            if call is not None:
+                return [call]
         return self._complete(run, status, result)
+
+    def _retrying(self, run: _Run, status: str, result: Any) -> bool:
+        """Whether the task's `retry` asks for another attempt after this outcome."""
+        retry = run.task.retry
+        if not retry or status == "succeeded" or self.canceled or run.attempt >= int(retry.get("count", 0)):
+            return False
+        try:
+            if retry.get("when") is None:
+                return status in FAILED
+            return bool(evaluate(retry["when"], self._scope(result=result, status=status)))
+        except ExpressionError as exc:
+            self._error(str(exc), run.task.name)
+            return False
 
     def _complete(self, run: _Run, status: str, result: Any, *, transitions: bool = True) -> list[TaskCall]:
         task = run.task
