@@ -431,6 +431,9 @@ class ExecutionService:
         entries = [*(record.get("log") or []), {"status": "resuming", "timestamp": _iso(utcnow())}]
         moved = await self.db(self.db.store.update_execution, record["id"],
                               {"status": "resuming", "log": entries, "end_timestamp": None}, expect=("paused",))
+        runner = self.runners.get(record["runner"])
+        if moved and hasattr(runner, "resume"):
+            await runner.resume(record["id"])  # a workflow resumes the sub-workflows its pause paused
         if moved and self.executor is not None:
             self.conducting.add(record["id"])
             await self.executor.submit(record["id"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -223,6 +224,17 @@ tasks:
     action: core.noop
 """
 
+NESTED = """
+version: 1.0
+input: [gate]
+tasks:
+  sub:
+    action: wf.pausable gate=<% ctx(gate) %>
+    next: [{do: done}]
+  done:
+    action: core.noop
+"""
+
 
 @pytest.fixture
 async def wf(home: Path) -> Squall:
@@ -240,6 +252,7 @@ async def wf(home: Path) -> Squall:
         "st2kv": ("orquesta", "", ST2KV),
         "loop": ("orquesta", "", LOOP),
         "pausable": ("orquesta", "gate: {type: string}", PAUSABLE),
+        "nested": ("orquesta", "gate: {type: string}", NESTED),
     })
     app = await Squall.start(load_config(home / "config.yml"))
     assert app.registry.errors == []
@@ -376,6 +389,33 @@ async def test_pause_resume_and_cancel(wf: Squall, tmp_path: Path) -> None:
     assert canceled["status"] == "canceled"
     rows = await children(wf, again["id"])
     assert [r["status"] for r in rows] == ["canceled"]  # the running child went with it
+
+
+async def test_pausing_a_workflow_pauses_its_sub_workflows_and_resuming_resumes_them(wf: Squall,
+                                                                                    tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    record = await wf.executions.request("wf.nested", {"gate": str(gate)}, {"user": "tester"})
+    while True:  # until the sub-workflow runs its first task
+        subs = await children(wf, record["id"])
+        if subs and await children(wf, subs[0]["id"]):
+            break
+        await asyncio.sleep(0.01)
+    sub = subs[0]["id"]
+    await wf.executions.pause(record["id"])
+    while (await wf.executions.get(sub))["status"] == "running":
+        await asyncio.sleep(0.01)
+    assert (await wf.executions.get(sub))["status"] == "pausing"  # it went with its parent
+    gate.touch()
+    assert (await wf.executions.wait(record["id"], timeout=20))["status"] == "paused"
+    assert (await wf.executions.get(sub))["status"] == "paused"
+    assert task_names(await children(wf, sub)) == ["wait"]  # the sub-workflow started nothing new
+
+    wf.executions._recent.pop(record["id"], None)
+    await wf.executions.resume(record["id"])
+    final = await wf.executions.wait(record["id"], timeout=20)
+    assert final["status"] == "succeeded", final["result"]
+    assert task_names(await children(wf, sub)) == ["wait", "after"]
+    assert task_names(await children(wf, record["id"])) == ["sub", "done"]
 
 
 async def test_rerun_from_the_failed_task_keeps_finished_ones(wf: Squall, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ its child's own writes and nothing more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 from dataclasses import dataclass
@@ -255,6 +256,9 @@ class WorkflowRunner:
     async def pause(self, execution_id: str) -> bool:
         return self.service.pause(execution_id)
 
+    async def resume(self, execution_id: str) -> None:
+        await self.service.resume_children(execution_id)
+
 
 class WorkflowService:
     """Conducts workflows of this process; `attach()` it to the ExecutionService once built."""
@@ -262,6 +266,7 @@ class WorkflowService:
     def __init__(self) -> None:
         self.executions: ExecutionService | None = None  # type: ignore[assignment]
         self.flows: dict[str, Flow] = {}
+        self._pausing: set[asyncio.Future[None]] = set()
         self.runners = {"action-chain": WorkflowRunner(self, "action-chain"),
                         "orquesta": WorkflowRunner(self, "orquesta")}
 
@@ -330,7 +335,35 @@ class WorkflowService:
             return False
         flow.pausing = flow.pause_requested = True
         flow.events.put_nowait({"__wake__": True, "id": ""})
+        # Sub-workflows pause with it (as StackStorm's do), or it would wait for them to finish.
+        subflows = [child_id for child_id, key in flow.live.items() if self._is_workflow(flow.calls.get(key))]
+        if subflows:
+            task = asyncio.ensure_future(self._pause_children(subflows))
+            self._pausing.add(task)
+            task.add_done_callback(self._pausing.discard)
         return True
+
+    def _is_workflow(self, call: TaskCall | None) -> bool:
+        action = self.executions.registry.actions.get(call.ref) if call is not None else None
+        return action is not None and action.runner_type in self.runners
+
+    async def _pause_children(self, child_ids: list[str]) -> None:
+        from engine.executions import ExecutionStateError
+
+        for child_id in child_ids:
+            with contextlib.suppress(ExecutionStateError, LookupError):  # it finished meanwhile
+                await self.executions.pause(child_id)
+
+    async def resume_children(self, execution_id: str) -> None:
+        """Resume the sub-workflows a pause of this workflow paused, before it conducts on."""
+        from engine.executions import ExecutionStateError
+
+        store = self.executions.db.store
+        for child in await self.executions.db(store.list_executions, parent=execution_id, status="paused",
+                                              limit=100_000):
+            if (child.get("result") or {}).get("paused_by") == "request":
+                with contextlib.suppress(ExecutionStateError, LookupError):
+                    await self.executions.resume(child["id"])
 
     async def cancel_child(self, child_id: str) -> None:
         from engine.executions import ExecutionStateError
