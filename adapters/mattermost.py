@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -76,13 +77,15 @@ class _AuthFailed(Exception):
 
 @dataclass(frozen=True)
 class MattermostSettings:
-    """`adapters.mattermost`: url, token, team, slash_token (and `files`: upload long output, default true)."""
+    """`adapters.mattermost`: url, token, team, slash_token, `files` (upload long output, default true) and
+    `actions_url` (where the Mattermost server reaches `/mattermost/actions` on Squall's API: buttons)."""
 
     url: str
     token: str = field(repr=False)
     team: str | None = None
     slash_token: str | None = field(default=None, repr=False)
     files: bool = True
+    actions_url: str | None = None
 
     @classmethod
     def from_section(cls, section: dict[str, Any], where: str = "",
@@ -106,8 +109,15 @@ class MattermostSettings:
                               "in adapters.mattermost.token or the environment variable MATTERMOST_TOKEN")
         team = section.get("team")
         slash = section.get("slash_token")
+        actions_url = str(section.get("actions_url") or "").strip() or None
+        actions = urlsplit(actions_url or "")
+        if actions_url and (actions.scheme not in ("http", "https") or not actions.hostname):
+            raise ConfigError(f"{where}adapters.mattermost.actions_url must be the address the Mattermost server "
+                              "reaches Squall's API at, e.g. http://squall.internal:9101/mattermost/actions, "
+                              f"not {actions_url!r}")
         return cls(url=url.rstrip("/"), token=token, team=str(team) if team else None,
-                   slash_token=str(slash) if slash else None, files=bool(section.get("files", True)))
+                   slash_token=str(slash) if slash else None, files=bool(section.get("files", True)),
+                   actions_url=actions_url)
 
 
 @dataclass
@@ -161,8 +171,13 @@ class MattermostAdapter:
 
     def __init__(self, settings: MattermostSettings) -> None:
         self.settings = settings
-        self.capabilities = Capabilities(threads=True, edits=True, rich=True, files=settings.files, buttons=False,
-                                         max_length=DEFAULT_MAX_POST)
+        # Buttons need the Mattermost server to reach Squall (`actions_url`); without it, answers are typed.
+        self.capabilities = Capabilities(threads=True, edits=True, rich=True, files=settings.files,
+                                         buttons=bool(settings.actions_url), max_length=DEFAULT_MAX_POST)
+        # Signs the context of our buttons: Mattermost does not sign its calls, but never shows a button's
+        # context to clients, so a valid signature means the call came from the server, for our button.
+        self._action_key = hashlib.sha256(b"squall mattermost actions\0" + settings.token.encode()).digest()
+        self._last_asker: dict[str, str] = {}
         self.api = f"{settings.url}/api/v4"
         parts = urlsplit(settings.url)
         self.ws_url = f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}{parts.path}/api/v4/websocket"
@@ -352,6 +367,8 @@ class MattermostAdapter:
                 patch["props"] = {"attachments": extra_attachments}
             await self._call("PUT", f"/posts/{_quote(edit_of)}/patch", body=patch)
             return edit_of
+        if reply.buttons and self.settings.actions_url:
+            extra_attachments = [*extra_attachments, self._buttons(reply, text)]
         command = self._slash_command(reply.thread)
         if command is not None and file is None:
             answered = await self._answer_slash(command, reply, text, extra_attachments)
@@ -511,6 +528,7 @@ class MattermostAdapter:
             text = self._mention.sub("", text).strip()
         channel = str(post.get("channel_id") or "")
         self._known_channels.add(channel)
+        self._last_asker[channel] = user_id  # a prompt posted in reply is this person's to answer
         kind = data.get("channel_type") or await self._channel_type(channel)
         return Message(adapter=self.name, channel=channel,
                        user=await self._username(user_id, str(data.get("sender_name") or "")), text=text,
@@ -527,14 +545,67 @@ class MattermostAdapter:
                 return ""
         return self._channel_types[channel]
 
+    # -- buttons ---------------------------------------------------------------------------------------
+    def _buttons(self, reply: Reply, text: str) -> dict[str, Any]:
+        """An attachment of interactive buttons; a click comes back to `/mattermost/actions`."""
+        asker = self._last_asker.get(reply.channel, "")
+        actions = []
+        for index, button in enumerate(reply.buttons):
+            context = {"value": str(button["value"]), "label": str(button["text"]), "thread": reply.thread or "",
+                       "asker": asker, "prompt": text}
+            actions.append({"id": f"squall{index}", "type": "button", "name": str(button["text"]),
+                            "integration": {"url": self.settings.actions_url,
+                                            "context": {**context, "signature": self._sign(context)}}})
+        return {"actions": actions}
+
+    def _sign(self, context: dict[str, Any]) -> str:
+        document = json.dumps({k: v for k, v in context.items() if k != "signature"}, sort_keys=True)
+        return hmac.new(self._action_key, document.encode(), hashlib.sha256).hexdigest()
+
+    async def button_action(self, request: Request) -> JSONResponse:
+        """A click on one of our buttons, as the Mattermost server forwards it: the person answers as
+        if they had typed the button's value in the prompt's thread; the prompt loses its buttons."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": {"message": "the action request is not JSON"}}, status_code=400)
+        context = body.get("context") if isinstance(body, dict) else None
+        if not isinstance(context, dict) or not hmac.compare_digest(str(context.get("signature", "")),
+                                                                    self._sign(context)):
+            log.warning("Mattermost: refused a button action whose context this Squall did not sign")
+            return JSONResponse({"error": {"message": "this button was not made by this Squall"}}, status_code=401)
+        user_id, channel = str(body.get("user_id") or ""), str(body.get("channel_id") or "")
+        if not user_id or not channel:
+            return JSONResponse({"error": {"message": "the action request lacks user_id or channel_id"}},
+                                status_code=400)
+        if self._on_message is None:
+            return JSONResponse({"error": {"message": "Squall's chat is not running"}}, status_code=503)
+        user = str(body.get("user_name") or "") or await self._username(user_id)
+        message = Message(adapter=self.name, channel=channel, user=user, text=str(context["value"]),
+                          thread=str(context.get("thread") or "") or None, mentioned=True,
+                          direct=await self._channel_type(channel) == "D", raw={"action": body},
+                          channel_name=body.get("channel_name") or None)
+        task = asyncio.create_task(self._handle(message), name="mattermost-button")
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+        if context.get("asker") not in ("", user_id):
+            return JSONResponse({})  # someone else's click: the buttons stay for the one asked
+        chosen = f"_{user} chose **{context.get('label', context['value'])}**_"
+        return JSONResponse({"update": {"message": f"{context.get('prompt', '')}\n\n{chosen}".strip(), "props": {}}})
+
     # -- slash commands ------------------------------------------------------------------------------
     def mount(self, app: Any) -> None:  # app: fastapi.FastAPI
-        """`POST /mattermost/command` (and GET, a slash command's other method) on Squall's API server."""
+        """`POST /mattermost/command` (and GET, a slash command's other method) and, for buttons,
+        `POST /mattermost/actions`, on Squall's API server."""
         async def mattermost_command(request: Request) -> JSONResponse:
             return await self.slash_command(request)
 
+        async def mattermost_actions(request: Request) -> JSONResponse:
+            return await self.button_action(request)
+
         app.add_api_route("/mattermost/command", mattermost_command, methods=["POST", "GET"],
                           include_in_schema=False)
+        app.add_api_route("/mattermost/actions", mattermost_actions, methods=["POST"], include_in_schema=False)
 
     async def slash_command(self, request: Request) -> JSONResponse:
         if request.method == "GET":
@@ -561,11 +632,13 @@ class MattermostAdapter:
         command = _SlashCommand(response_url=form["response_url"], channel=form["channel_id"],
                                 first=asyncio.get_running_loop().create_future())
         self._slash[key] = command
+        if form.get("user_id"):
+            self._last_asker[form["channel_id"]] = form["user_id"]
         user = form.get("user_name") or await self._username(form["user_id"])
         message = Message(adapter=self.name, channel=form["channel_id"], user=user, text=form.get("text", "").strip(),
                           thread=_SLASH + key, mentioned=True, id=_SLASH + key, raw=form,
                           channel_name=form.get("channel_name") or None)
-        task = asyncio.create_task(self._handle_slash(message), name="mattermost-slash")
+        task = asyncio.create_task(self._handle(message), name="mattermost-slash")
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
         with contextlib.suppress(TimeoutError):
@@ -577,12 +650,13 @@ class MattermostAdapter:
         shown = (form.get("command", "") + " " + form.get("text", "")).strip()
         return JSONResponse({"response_type": "ephemeral", "text": f"Working on `{shown}` …"})
 
-    async def _handle_slash(self, message: Message) -> None:
+    async def _handle(self, message: Message) -> None:
+        """A slash command or a button click, handled after the HTTP answer (errors are logged)."""
         assert self._on_message is not None
         try:
             await self._on_message(message)
         except Exception:
-            log.exception("Mattermost: handling a slash command failed")
+            log.exception("Mattermost: handling a slash command or button click failed")
 
     def _slash_token_ok(self, form_token: str | None, authorization: str | None) -> bool:
         expected = self.settings.slash_token

@@ -252,6 +252,33 @@ class FakeMattermost:
                 await self._command_response(hook, answer, via="answer")
             return response.status, answer
 
+    async def click(self, post: dict[str, Any], index: int = 0, *,
+                    user: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """A person clicks a message button: the server POSTs a PostActionIntegrationRequest (with the
+        button's context, which clients never see) to its integration URL and applies the `update`."""
+        user = user or self.alice
+        actions = [a for attachment in (post.get("props") or {}).get("attachments", [])
+                   for a in attachment.get("actions", [])]
+        integration = actions[index]["integration"]
+        channel = self.channels[post["channel_id"]]
+        request = {"user_id": user["id"], "user_name": user["username"], "channel_id": channel["id"],
+                   "channel_name": channel["name"], "team_id": self.team["id"], "team_domain": self.team["name"],
+                   "post_id": post["id"], "trigger_id": mmid(), "type": "", "data_source": "",
+                   "context": integration.get("context") or {}}
+        if self._client is None:
+            self._client = aiohttp.ClientSession()
+        async with self._client.post(integration["url"], json=request) as response:
+            status, answer = response.status, await response.json(content_type=None)
+        update = answer.get("update") if status == 200 and isinstance(answer, dict) else None
+        if update:
+            stored = self.posts[post["id"]]
+            stored["message"] = update.get("message", "")
+            stored["props"] = update.get("props") or {}
+            stored["edit_at"] = stored["update_at"] = now_ms()
+            await self._publish("post_edited", {"post": json.dumps(stored)}, {"channel_id": stored["channel_id"]},
+                                stored["channel_id"])
+        return status, answer
+
     # -- middleware ---------------------------------------------------------------------------------
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:

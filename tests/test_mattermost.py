@@ -68,6 +68,15 @@ def _pack(home: Path) -> None:
           format: "{{ execution.result.stdout }}"
           extra: {color: "#0000ff", text: "generic"}
     """)
+    write(pack / "aliases" / "careful.yaml", """
+        name: careful
+        action_ref: demo.greet
+        description: Greet, once confirmed.
+        formats: ["careful {{who}}"]
+        confirm: {ttl: 30}
+        result:
+          format: "{{ execution.result.stdout }}"
+    """)
     write(pack / "actions" / "spew.yaml", """
         name: spew
         runner_type: local-shell-cmd
@@ -361,6 +370,48 @@ async def test_slash_command_with_a_bad_or_missing_token_is_refused(api) -> None
     status, _answer = await fake.slash(url, "greet intruder", token=None)
     assert status == 401
     assert not fake.bot_posts() and all("intruder" not in json.dumps(r) for r in fake.responses)
+
+
+async def test_confirmation_buttons_answer_for_the_person_asked(home: Path, fake: FakeMattermost) -> None:
+    """With `actions_url`, a confirmation is a pair of buttons: someone else's click leaves them, the
+    asker's click runs the command and the prompt keeps a line saying who chose what; a context
+    this Squall did not sign is refused."""
+    from bot.api import ApiServer
+
+    port = _free_port()
+    squall, bot, adapter = await _chat(home, fake, actions_url=f"http://127.0.0.1:{port}/mattermost/actions")
+    server = ApiServer(squall, bot, host="127.0.0.1", port=port)
+    await server.start()
+    try:
+        assert adapter.capabilities.buttons
+        post = await fake.say(fake.alice, fake.town_square, "@squallbot careful bob")
+        [prompt] = await fake.wait_for(lambda: [p for p in fake.bot_posts(fake.town_square["id"])
+                                                if (p.get("props") or {}).get("attachments")])
+        names = [a["name"] for a in prompt["props"]["attachments"][0]["actions"]]
+        assert names == ["Yes", "No"] and prompt["root_id"] == post["id"]
+
+        status, answer = await fake.click(prompt, 0, user=fake.bob)  # not the one asked
+        assert status == 200 and "update" not in answer
+        assert fake.posts[prompt["id"]]["props"]["attachments"]
+        thread = await fake.wait_for(lambda: [p for p in fake.bot_posts(fake.town_square["id"])
+                                              if p["root_id"] == post["id"] and p["id"] != prompt["id"]])
+        assert not any("hello bob" in p["message"] for p in thread)  # bob's "yes" confirmed nothing
+
+        forged = json.loads(json.dumps(prompt))
+        forged["props"]["attachments"][0]["actions"][1]["integration"]["context"]["value"] = "yes"
+        status, answer = await fake.click(forged, 1)
+        assert status == 401 and "not made by this Squall" in answer["error"]["message"]
+
+        status, answer = await fake.click(prompt, 0)
+        assert status == 200
+        await replies_to(fake, post, "hello bob")
+        answered = fake.posts[prompt["id"]]
+        assert answered["props"] == {} and "alice chose **Yes**" in answered["message"]
+        assert answered["message"].startswith(prompt["message"])
+    finally:
+        await server.stop()
+        await bot.stop()
+        await squall.close()
 
 
 # -- configuration ---------------------------------------------------------------------------------------
