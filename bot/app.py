@@ -22,7 +22,7 @@ from engine.datastore import Datastore
 from engine.executions import ExecutionService
 from engine.executor import LocalExecutor
 from engine.inquiries import InquirerRunner, InquiryService
-from engine.leader import leadership
+from engine.leader import leadership, leads
 from engine.packs import Registry, load_registry
 from engine.policies import PolicyExecutor
 from engine.rules import RulesEngine
@@ -139,12 +139,8 @@ class Squall:
             log.error("a datastore trigger could not be stored: %s", task.exception())
 
     async def leading(self) -> bool:
-        """Whether this process leads (taking the lead if it is free); a database error means no."""
-        try:
-            return await asyncio.to_thread(self.leader.lead)
-        except Exception as exc:
-            log.warning("could not tell whether this process leads (%s)", exc)
-            return False
+        """Whether this process leads (taking the lead if it is free)."""
+        return await leads(self.leader)
 
     async def sync_sensors(self) -> None:
         """Run the enabled sensors of the current packs (`squall serve` only; restarts changed ones).

@@ -9,6 +9,7 @@ share one machine, an exclusive `flock` on a file beside the database.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -120,6 +121,15 @@ class AdvisoryLock:
                 self._conn.invalidate()  # a discarded session: PostgreSQL releases its locks
             self._conn.close()
             self._conn = None
+
+
+async def leads(lead: Leadership) -> bool:
+    """Whether this process leads, asked off the event loop; a database it cannot reach means no."""
+    try:
+        return await asyncio.to_thread(lead.lead)
+    except Exception as exc:
+        log.warning("could not tell whether this process leads (%s); acting as a follower for now", exc)
+        return False
 
 
 def leadership(engine: sa.Engine) -> Leadership:

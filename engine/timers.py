@@ -28,7 +28,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from engine.leader import Leadership
+from engine.leader import Leadership, leads
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +147,7 @@ class TimerService:
         return fired
 
     async def _leading(self) -> bool:
-        if self.leader is None:
-            return True
-        try:
-            return await asyncio.to_thread(self.leader.lead)
-        except Exception as exc:  # the database is down: whoever can reach it fires
-            log.warning("could not tell whether this process leads the timers (%s); not firing this time", exc)
-            return False
+        return self.leader is None or await leads(self.leader)
 
     async def run(self) -> None:
         """Sleep until the soonest timer, fire, repeat; a `sync` wakes it to look again."""
