@@ -138,6 +138,13 @@ class Squall:
         if not task.cancelled() and task.exception() is not None:
             log.error("a datastore trigger could not be stored: %s", task.exception())
 
+    async def emitted(self) -> None:
+        """Wait until the datastore triggers written so far are stored and their rules have acted
+        (a CLI command before it exits; `squall serve` recovers what a shutdown interrupts)."""
+        while self._emitting:
+            await asyncio.gather(*self._emitting, return_exceptions=True)
+        await self.triggers.settle()
+
     async def leading(self) -> bool:
         """Whether this process leads (taking the lead if it is free)."""
         return await leads(self.leader)
@@ -192,7 +199,6 @@ class Squall:
         await self.sensors.stop()
         if self._emitting:  # datastore triggers written just before: store them, do not drop them
             await asyncio.gather(*self._emitting, return_exceptions=True)
-        await self.triggers.settle()  # and let the rules act on them rather than leave them `processing`
         await self.executor.close()
         self.leader.close()
         await self.inquiries.close()

@@ -43,7 +43,9 @@ def _datastore_call(work: Any) -> Any:
 
     async def queued(squall: Squall) -> Any:
         squall.executions.executor = None
-        return await work(squall)
+        outcome = await work(squall)
+        await squall.emitted()
+        return outcome
 
     try:
         return with_app(queued)
