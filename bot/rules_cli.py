@@ -57,6 +57,8 @@ def rule_list(pack: Annotated[str | None, typer.Option("--pack", help="Only this
     if as_json:
         print_json(rules)
     else:
+        if not rules:
+            _none("rules loaded" + (f" from pack {pack}" if pack else "") + " (a rule is <pack>/rules/NAME.yaml)")
         for rule in rules:
             state = "enabled" if rule["enabled"] else "disabled"
             out.print(f"{rule['ref']}  [{state}]  {rule['trigger']['type']} -> {rule['action']['ref']}"
@@ -239,7 +241,14 @@ def _fault(answer: requests.Response) -> str:
 
 # -- trigger-instance ----------------------------------------------------------------------------
 
+def _none(what: str) -> None:
+    """An empty listing says so on standard error (standard output stays empty for scripts)."""
+    typer.echo(f"no {what}", err=True)
+
+
 def _show_instances(items: list[dict[str, Any]]) -> None:
+    if not items:
+        _none("trigger instances stored yet")
     for item in items:
         out.print(f"{item['id']}  {item['occurrence_time']}  {item['trigger']}  {item['status']}", markup=False)
 
@@ -313,6 +322,8 @@ def enforcement_list(rule: Annotated[str | None, typer.Option("--rule", help="On
     if as_json:
         print_json(items)
         return
+    if not items:
+        _none("rule enforcements recorded yet")
     for item in items:
         out.print(f"{item['id']}  {item['enforced_at']}  {item['rule']['ref']}  {item['status']}  "
                   f"instance {item['trigger_instance_id']}"

@@ -32,6 +32,11 @@ def test_rule_list_get_and_errors(home: Path) -> None:
     assert got["trigger"]["type"] == "demo.event" and got["enabled"] is True
     missing = squall(home, "rule", "get", "demo.nope")
     assert missing.returncode == 2 and "not found" in missing.stderr
+    # Empty listings say so on standard error; standard output stays empty for scripts.
+    empty = squall(home, "rule", "list", "--pack", "other")
+    assert empty.returncode == 0 and empty.stdout == "" and "no rules loaded from pack other" in empty.stderr
+    empty = squall(home, "trigger-instance", "list")
+    assert empty.stdout == "" and "no trigger instances" in empty.stderr
 
 
 def test_rule_test_explains_and_exits_0_or_1(home: Path) -> None:
