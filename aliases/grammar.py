@@ -42,7 +42,11 @@ Deviations from StackStorm (each one fixes a reported problem, or is a Squall ex
    part in the match is left out of the result instead of being `None` (the action default applies).
 9. A format that is not a valid regex, or has a placeholder whose name is not an identifier, raises
    `AliasFormatError` (an `AliasParseError`) naming the format, instead of a bare `re.error`.
-10. Extension: typed placeholders `{{count:d}}`, `{{ratio:f}}`, `{{word:w}}`, also with a default
+10. A closing quote is taken off a value only when the value began with one: `run echo "hi there"`
+    gives `echo "hi there"`. StackStorm's optional quotes on both sides were independent, so it gave
+    `echo "hi there` and the shell saw an unbalanced quote. (A lone opening quote is still dropped,
+    as StackStorm drops it.)
+11. Extension: typed placeholders `{{count:d}}`, `{{ratio:f}}`, `{{word:w}}`, also with a default
     (`{{count:d=3}}`), with the `parse` package's type letters and conversions: d (int; also 0x, 0o,
     0b), n (int with thousands separators), f (float with a decimal point, as in `parse`), e, g and %
     (floats), x, o, b (ints), w (one word), W, l (letters), S (no spaces). A typed value is not quoted;
@@ -297,7 +301,10 @@ _PLACEHOLDER = re.compile(
 )
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _GLOBAL_FLAGS = re.compile(r"\(\?[aiLmsux]+\)")
-_VALUE = r"""["']?(?P<{name}>(?:(?<=').+?(?=')|(?<=").+?(?=")|\{{.+?\}}|.+?))["']?"""
+#: The group holding a value's opening quote (deviation 10); never a parameter.
+_QUOTE = "squall_quote_"
+_VALUE = (r"""(?P<squall_quote_{name}>["'])?(?P<{name}>(?:(?<=').+?(?=')|(?<=").+?(?=")|\{{.+?\}}|.+?))"""
+          r"""(?(squall_quote_{name})["']?)""")
 TYPES = "dnfeg%xobwWlS"
 
 
@@ -523,7 +530,6 @@ class CompiledFormat:
     format: str
     regex: re.Pattern[str]
     placeholders: dict[str, Placeholder]
-    group_names: tuple[str, ...]
     literal_count: int
     placeholder_count: int
     leading_words: frozenset[str] | None
@@ -538,6 +544,7 @@ class CompiledFormat:
     _relaxed: dict[frozenset[str], re.Pattern[str]] = field(repr=False, default_factory=dict)
     _defaults: tuple[tuple[str, Any], ...] = field(repr=False, default=())
     _typed: tuple[tuple[str, str], ...] = field(repr=False, default=())
+    _quote_groups: tuple[str, ...] = field(repr=False, default=())
     _relaxed_check: tuple[tuple[str, ...], str, str] = field(repr=False, default=((), "", ""))
     score: tuple[int, int] = (0, 0)  # specificity: more literal characters first, then fewer placeholders
 
@@ -546,6 +553,7 @@ class CompiledFormat:
         self._defaults = tuple((p.name, _convert(p.kind, p.default) if p.kind and p.default else p.default)
                                for p in self.placeholders.values() if p.default is not None)
         self._typed = tuple((p.name, p.kind) for p in self.placeholders.values() if p.kind)
+        self._quote_groups = tuple(_QUOTE + p.name for p in self.placeholders.values() if not p.kind)
 
     def _possible(self, prepared: Prepared, check: tuple[tuple[str, ...], str, str] | None = None) -> bool:
         """A cheap necessary condition (keeps adversarial messages from backtracking for long): the
@@ -572,7 +580,10 @@ class CompiledFormat:
         return regex
 
     def _values(self, found: re.Match[str], prepared: Prepared) -> dict[str, Any] | None:
-        result: dict[str, Any] = {k: v for k, v in found.groupdict().items() if v is not None}
+        groups = found.groupdict()
+        for name in self._quote_groups:
+            del groups[name]
+        result: dict[str, Any] = {k: v for k, v in groups.items() if v is not None}
         for name, default in self._defaults:
             if result.get(name) in (None, ""):
                 result[name] = default
@@ -699,7 +710,7 @@ def compile_format(fmt: str) -> CompiledFormat:
         raise _fail(fmt, str(exc)) from None
     ops = list(tree)
     group_ids = {tree.state.groupdict[name] for name in placeholders if name in tree.state.groupdict}
-    user_groups = [n for n in regex.groupindex if n not in placeholders]
+    user_groups = [n for n in regex.groupindex if n not in placeholders and not n.startswith(_QUOTE)]
     caseless = bool(regex.flags & (re.IGNORECASE | re.MULTILINE))
     words = None
     relaxed_check: tuple[tuple[str, ...], str, str] = ((), "", "")
@@ -731,7 +742,6 @@ def compile_format(fmt: str) -> CompiledFormat:
         format=fmt,
         regex=regex,
         placeholders=placeholders,
-        group_names=tuple(regex.groupindex),
         literal_count=_literal_count(ops, group_ids),
         placeholder_count=len(placeholders) + len(user_groups),
         leading_words=frozenset(words) if words is not None else None,

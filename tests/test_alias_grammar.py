@@ -392,3 +392,15 @@ PIECES = ["a", "b=", "x=1", "k_2=v=w", "=", "\u00e9=1", " ", "  ", "\t", "\n", "
 def test_fast_pair_split_agrees_with_the_tokenizer(text: str) -> None:
     assert split_pairs(text) == _pairs_by_tokenizer(text)
     assert split_pairs(text * 40) == _pairs_by_tokenizer(text * 40)  # long messages take the tokenizer
+
+
+@pytest.mark.parametrize(("fmt", "message", "expected"), [
+    ("run {{cmd}}", 'run echo "hi there"', {"cmd": 'echo "hi there"'}),  # StackStorm: 'echo "hi there'
+    ("run {{cmd}}", "run grep -c 'x y'", {"cmd": "grep -c 'x y'"}),
+    ("run {{cmd}}", 'run "ls -la"', {"cmd": "ls -la"}),  # a quoted value still loses its quotes
+    ("deploy {{app}} to {{env}}", 'deploy "my app" to prod', {"app": "my app", "env": "prod"}),
+    ("deploy {{app}} to {{env}}", 'deploy web to "prod eu"', {"app": "web", "env": "prod eu"}),
+    ("say {{msg}} now", 'say he said "hi" now', {"msg": 'he said "hi"'}),
+])
+def test_a_closing_quote_goes_only_with_its_opening_quote(fmt: str, message: str, expected: dict) -> None:
+    assert extract_parameters(fmt, message) == expected
