@@ -229,6 +229,22 @@ async def test_builtins_executions_cancel_retry(chat) -> None:
     assert "hello again" in loopback.texts()[-1]
 
 
+async def test_key_commands_run_in_the_service_and_never_show_a_secret(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!key set deploy.env prod", user="alice", channel="console")
+    await loopback.say("!key set api.token s3cr3t-value encrypt=true", user="alice", channel="console")
+    await settle(squall, bot)
+    assert {"set st2kv.system key deploy.env", "set st2kv.system key api.token (encrypted)"} <= set(loopback.texts())
+    assert (await squall.db(squall.datastore.get, "api.token"))["secret"] is True
+    for name in ("deploy.env", "api.token", "nope"):
+        await loopback.say(f"!key get {name}", user="alice", channel="console")
+        await settle(squall, bot)
+    texts = loopback.texts()
+    assert texts[-5::2] == ["prod", "********", "key 'nope' does not exist in scope system"]  # each after its ack
+    assert texts[-6].startswith("✖ squall.key_get failed")
+    assert not any("s3cr3t-value" in text for text in texts)
+
+
 async def test_outbox_retries_in_order(chat) -> None:
     squall, bot, loopback = chat
     loopback.failures_to_inject = 3
