@@ -544,7 +544,7 @@ class CompiledFormat:
     _relaxed: dict[frozenset[str], re.Pattern[str]] = field(repr=False, default_factory=dict)
     _defaults: tuple[tuple[str, Any], ...] = field(repr=False, default=())
     _typed: tuple[tuple[str, str], ...] = field(repr=False, default=())
-    _quote_groups: tuple[str, ...] = field(repr=False, default=())
+    _slots: tuple[tuple[str, int], ...] = field(repr=False, default=())
     _relaxed_check: tuple[tuple[str, ...], str, str] = field(repr=False, default=((), "", ""))
     score: tuple[int, int] = (0, 0)  # specificity: more literal characters first, then fewer placeholders
 
@@ -553,7 +553,9 @@ class CompiledFormat:
         self._defaults = tuple((p.name, _convert(p.kind, p.default) if p.kind and p.default else p.default)
                                for p in self.placeholders.values() if p.default is not None)
         self._typed = tuple((p.name, p.kind) for p in self.placeholders.values() if p.kind)
-        self._quote_groups = tuple(_QUOTE + p.name for p in self.placeholders.values() if not p.kind)
+        # Where each parameter sits in `Match.groups()` (the relaxed variants number groups the same).
+        self._slots = tuple((name, number - 1) for name, number in self.regex.groupindex.items()
+                            if not name.startswith(_QUOTE))
 
     def _possible(self, prepared: Prepared, check: tuple[tuple[str, ...], str, str] | None = None) -> bool:
         """A cheap necessary condition (keeps adversarial messages from backtracking for long): the
@@ -580,10 +582,8 @@ class CompiledFormat:
         return regex
 
     def _values(self, found: re.Match[str], prepared: Prepared) -> dict[str, Any] | None:
-        groups = found.groupdict()
-        for name in self._quote_groups:
-            del groups[name]
-        result: dict[str, Any] = {k: v for k, v in groups.items() if v is not None}
+        groups = found.groups()
+        result: dict[str, Any] = {name: groups[i] for name, i in self._slots if groups[i] is not None}
         for name, default in self._defaults:
             if result.get(name) in (None, ""):
                 result[name] = default
