@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,11 +181,15 @@ class Dispatcher:
                      "thread": self._thread(message), "message_id": message.id, "alias": alias.ref},
         }
 
-    async def on_finished(self, execution: dict[str, Any]) -> None:
-        """Post the result of an execution started from chat, in its channel and thread."""
+    def on_finished(self, execution: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
+        """Post the result of an execution started from chat, in its channel and thread (None, and
+        no task, for the others)."""
         chat = (execution.get("context") or {}).get("chat")
         if not chat or chat.get("adapter") not in self.adapters:
-            return
+            return None
+        return self._post_result(execution, chat)
+
+    async def _post_result(self, execution: dict[str, Any], chat: dict[str, Any]) -> None:
         alias = self.aliases.get(chat.get("alias")) if chat.get("alias") else None
         text, extra = render_result(alias, execution)
         ack = self._acks.pop(execution["id"], None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Reply
@@ -50,7 +51,17 @@ class Notifier:
     def __init__(self, squall: Squall) -> None:
         self.squall = squall
 
-    async def on_finished(self, execution: dict[str, Any]) -> None:
+    def on_finished(self, execution: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
+        """What there is to tell of a finished execution, or None when nothing is (no rule on the
+        action trigger, no `notify`): most executions then cost no task here."""
+        action = self.squall.registry.actions.get(execution["action"])
+        # A workflow's task carries the notify its workflow gave it ({} for none); others use their action's.
+        notify = execution["context"].get("notify", action.notify if action is not None else None)
+        if not notify and not self.squall.triggers.wanted(ACTION_TRIGGER):
+            return None
+        return self._tell(execution, notify or {})
+
+    async def _tell(self, execution: dict[str, Any], notify: dict[str, Any]) -> None:
         triggers = self.squall.triggers
         if triggers.wanted(ACTION_TRIGGER):
             await triggers.dispatch(ACTION_TRIGGER, {
@@ -59,11 +70,6 @@ class Notifier:
                 "action_ref": execution["action"], "runner_ref": execution["runner"],
                 "parameters": execution["parameters"], "result": execution.get("result"),
             }, validate=False)
-        action = self.squall.registry.actions.get(execution["action"])
-        # A workflow's task carries the notify its workflow gave it ({} for none); others use their action's.
-        notify = execution["context"].get("notify", action.notify if action is not None else None)
-        if not notify:
-            return
         for name, section in sections_for(notify, execution["status"]):
             routes = section.get("routes") or section.get("channels") or []
             if not routes:

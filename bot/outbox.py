@@ -37,6 +37,7 @@ class Outbox:
         self._last_seen = 0
         self._pending = 0
         self._marks: set[asyncio.Future[Any]] = set()
+        self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -58,6 +59,8 @@ class Outbox:
         self._last_seen = max(self._last_seen, outbox_id)
         if reply.adapter not in self.adapters:
             log.warning("reply %s is for adapter %r, which is not running; it stays queued", outbox_id, reply.adapter)
+            return
+        if self._closed:  # shutting down: it is stored, and the next start sends it
             return
         key = (reply.adapter, reply.channel)
         queue = self._queues.get(key)
@@ -81,6 +84,7 @@ class Outbox:
             await self._idle.wait()
 
     async def close(self) -> None:
+        self._closed = True
         for task in self._workers.values():
             task.cancel()
         await asyncio.gather(*self._workers.values(), *self._marks, return_exceptions=True)

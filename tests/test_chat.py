@@ -12,11 +12,12 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.base import Capabilities
+from adapters.base import Capabilities, Reply
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
 from bot.chat import ChatBot
 from bot.config import load_config
+from bot.outbox import Outbox
 from tests.conftest import write
 from tests.test_cli import SQUALL
 
@@ -293,6 +294,22 @@ async def test_a_delivered_reply_that_cannot_be_marked_sent_is_not_lost_or_block
     assert f"reply {refused[0]} was delivered but could not be marked sent" in caplog.text
     pending = await squall.db(squall.store.outbox_pending, ["loopback"])
     assert [row["id"] for row in pending] == refused
+
+
+async def test_a_reply_posted_while_shutting_down_is_sent_at_the_next_start(chat) -> None:
+    """An execution that ends as the service stops still posts its result: it is stored, not sent
+    by a closed outbox (whose worker would outlive the event loop), and the next start sends it."""
+    squall, bot, loopback = chat
+    await bot.outbox.close()
+    outbox_id = await bot.outbox.post(Reply(adapter="loopback", channel="#late", text="late result"))
+    await asyncio.sleep(0.05)
+    assert "late result" not in loopback.texts()
+    assert [row["id"] for row in await squall.db(squall.store.outbox_pending, ["loopback"])] == [outbox_id]
+    restarted = Outbox(squall.db, {"loopback": loopback})
+    assert await restarted.poll() == 1
+    await restarted.drain(10)
+    assert "late result" in loopback.texts()
+    await restarted.close()
 
 
 async def test_long_output_is_split_or_uploaded(home: Path) -> None:
