@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -312,9 +313,18 @@ class _Direct:
     def __init__(self, dialect: sa.Dialect) -> None:
         self._binds: dict[str, dict[str, Callable[[Any], Any] | None]] = {}
         self._results: dict[str, dict[str, Callable[[Any], Any] | None]] = {}
+        # JSON columns: SQLAlchemy's processor calls the dialect's serializer inside a wrapper (None is
+        # stored as 'null'); calling the serializer directly saves a call on twelve values a command.
+        serialize = getattr(dialect, "_json_serializer", None) or json.dumps
+
+        def json_bind(value: Any) -> str:
+            return "null" if value is None else serialize(value)
+
         for table in metadata.tables.values():
             impls = {column.name: column.type.dialect_impl(dialect) for column in table.c}
-            self._binds[table.name] = {name: impl.bind_processor(dialect) for name, impl in impls.items()}
+            self._binds[table.name] = {
+                name: json_bind if isinstance(impl, sa.JSON) else impl.bind_processor(dialect)
+                for name, impl in impls.items()}
             self._results[table.name] = {name: impl.result_processor(dialect, None) for name, impl in impls.items()}
         self._sql: dict[tuple[Any, ...], str] = {}
 
