@@ -134,8 +134,8 @@ async def main(commands: int, in_flight: int, arrival_rate: float) -> None:
     p99 = p(open_latencies, 0.99)
     print(f"chat round trip at {rate / base_rate:.2f}x the engine-only rate; targets: >= 1,000 commands/s "
           f"({'met' if rate >= 1000 else 'NOT met'}), p99 <= 20 ms at {arrival_rate:,.0f}/s with up to {in_flight} "
-          f"in flight ({'met' if p99 <= 20 else 'NOT met'}); closed-loop p99 is {p(latencies, 0.99):.0f} ms "
-          f"= {in_flight} in flight / {rate:,.0f} per s (Little's law)")
+          f"in flight ({'met' if p99 <= 20 else 'NOT met'}); closed loop: p99 {p(latencies, 0.99):.0f} ms, mean "
+          f"{statistics.fmean(latencies) * 1000:.0f} ms = {in_flight} in flight / {rate:,.0f} per s (Little's law)")
     await bot.stop()
     await squall.close()
 
