@@ -47,7 +47,8 @@ class Message:
 
 @dataclass
 class Reply:
-    """Something to post. `edit` names the outbox id of an earlier reply to replace, if possible."""
+    """Something to post. `edit` names the outbox id of an earlier reply to replace, if possible;
+    `asker` is whom its buttons ask (a name as in `Message.user`), None when anyone may answer."""
 
     adapter: str
     channel: str
@@ -57,18 +58,19 @@ class Reply:
     file: tuple[str, str] | None = None
     buttons: list[dict[str, str]] = field(default_factory=list)
     edit: int | None = None
+    asker: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"adapter": self.adapter, "channel": self.channel, "text": self.text, "thread": self.thread,
                 "extra": self.extra, "file": list(self.file) if self.file else None, "buttons": self.buttons,
-                "edit": self.edit}
+                "edit": self.edit, "asker": self.asker}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Reply:
         file = data.get("file")
         return cls(adapter=data["adapter"], channel=data["channel"], text=data["text"], thread=data.get("thread"),
                    extra=data.get("extra") or {}, file=(file[0], file[1]) if file else None,
-                   buttons=data.get("buttons") or [], edit=data.get("edit"))
+                   buttons=data.get("buttons") or [], edit=data.get("edit"), asker=data.get("asker"))
 
 
 MessageHandler = Callable[[Message], Awaitable[None]]

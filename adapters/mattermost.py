@@ -177,7 +177,6 @@ class MattermostAdapter:
         # Signs the context of our buttons: Mattermost does not sign its calls, but never shows a button's
         # context to clients, so a valid signature means the call came from the server, for our button.
         self._action_key = hashlib.sha256(b"squall mattermost actions\0" + settings.token.encode()).digest()
-        self._last_asker: dict[str, str] = {}
         self.api = f"{settings.url}/api/v4"
         parts = urlsplit(settings.url)
         self.ws_url = f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}{parts.path}/api/v4/websocket"
@@ -528,7 +527,6 @@ class MattermostAdapter:
             text = self._mention.sub("", text).strip()
         channel = str(post.get("channel_id") or "")
         self._known_channels.add(channel)
-        self._last_asker[channel] = user_id  # a prompt posted in reply is this person's to answer
         kind = data.get("channel_type") or await self._channel_type(channel)
         return Message(adapter=self.name, channel=channel,
                        user=await self._username(user_id, str(data.get("sender_name") or "")), text=text,
@@ -548,11 +546,10 @@ class MattermostAdapter:
     # -- buttons ---------------------------------------------------------------------------------------
     def _buttons(self, reply: Reply, text: str) -> dict[str, Any]:
         """An attachment of interactive buttons; a click comes back to `/mattermost/actions`."""
-        asker = self._last_asker.get(reply.channel, "")
         actions = []
         for index, button in enumerate(reply.buttons):
             context = {"value": str(button["value"]), "label": str(button["text"]), "thread": reply.thread or "",
-                       "asker": asker, "prompt": text}
+                       "asker": reply.asker or "", "prompt": text}
             actions.append({"id": f"squall{index}", "type": "button", "name": str(button["text"]),
                             "integration": {"url": self.settings.actions_url,
                                             "context": {**context, "signature": self._sign(context)}}})
@@ -570,8 +567,8 @@ class MattermostAdapter:
         except ValueError:
             return JSONResponse({"error": {"message": "the action request is not JSON"}}, status_code=400)
         context = body.get("context") if isinstance(body, dict) else None
-        if not isinstance(context, dict) or not hmac.compare_digest(str(context.get("signature", "")),
-                                                                    self._sign(context)):
+        if not isinstance(context, dict) or not hmac.compare_digest(str(context.get("signature", "")).encode(),
+                                                                    self._sign(context).encode()):
             log.warning("Mattermost: refused a button action whose context this Squall did not sign")
             return JSONResponse({"error": {"message": "this button was not made by this Squall"}}, status_code=401)
         user_id, channel = str(body.get("user_id") or ""), str(body.get("channel_id") or "")
@@ -580,7 +577,7 @@ class MattermostAdapter:
                                 status_code=400)
         if self._on_message is None:
             return JSONResponse({"error": {"message": "Squall's chat is not running"}}, status_code=503)
-        user = str(body.get("user_name") or "") or await self._username(user_id)
+        user = await self._username(user_id, str(body.get("user_name") or ""))
         message = Message(adapter=self.name, channel=channel, user=user, text=str(context["value"]),
                           thread=str(context.get("thread") or "") or None, mentioned=True,
                           direct=await self._channel_type(channel) == "D", raw={"action": body},
@@ -588,7 +585,7 @@ class MattermostAdapter:
         task = asyncio.create_task(self._handle(message), name="mattermost-button")
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
-        if context.get("asker") not in ("", user_id):
+        if context.get("asker") not in ("", user):
             return JSONResponse({})  # someone else's click: the buttons stay for the one asked
         chosen = f"_{user} chose **{context.get('label', context['value'])}**_"
         return JSONResponse({"update": {"message": f"{context.get('prompt', '')}\n\n{chosen}".strip(), "props": {}}})
@@ -632,8 +629,6 @@ class MattermostAdapter:
         command = _SlashCommand(response_url=form["response_url"], channel=form["channel_id"],
                                 first=asyncio.get_running_loop().create_future())
         self._slash[key] = command
-        if form.get("user_id"):
-            self._last_asker[form["channel_id"]] = form["user_id"]
         user = form.get("user_name") or await self._username(form["user_id"])
         message = Message(adapter=self.name, channel=form["channel_id"], user=user, text=form.get("text", "").strip(),
                           thread=_SLASH + key, mentioned=True, id=_SLASH + key, raw=form,

@@ -45,7 +45,9 @@ Deviations from StackStorm (each one fixes a reported problem, or is a Squall ex
 10. A closing quote is taken off a value only when the value began with one: `run echo "hi there"`
     gives `echo "hi there"`. StackStorm's optional quotes on both sides were independent, so it gave
     `echo "hi there` and the shell saw an unbalanced quote. (A lone opening quote is still dropped,
-    as StackStorm drops it.)
+    as StackStorm drops it.) The opening quote has a group of its own, so numbered backreferences
+    in a format (`\\2`) count one more group per untyped placeholder before them than in StackStorm;
+    named ones (`(?P=word)`) are unaffected.
 11. Extension: typed placeholders `{{count:d}}`, `{{ratio:f}}`, `{{word:w}}`, also with a default
     (`{{count:d=3}}`), with the `parse` package's type letters and conversions: d (int; also 0x, 0o,
     0b), n (int with thousands separators), f (float with a decimal point, as in `parse`), e, g and %

@@ -295,7 +295,7 @@ class Dispatcher:
     async def say(self, message: Message, text: str, *, extra: dict[str, Any] | None = None,
                   buttons: list[dict[str, str]] | None = None) -> int:
         reply = Reply(adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text,
-                      extra=extra or {}, buttons=buttons or [])
+                      extra=extra or {}, buttons=buttons or [], asker=message.user if buttons else None)
         return await self.post(reply)
 
     async def post(self, reply: Reply) -> int:

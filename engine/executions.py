@@ -147,6 +147,7 @@ class ExecutionService:
         return execution_id in self.conducting
 
     def _finished(self, record: dict[str, Any]) -> None:
+        self._prepared.pop(record["id"], None)  # never claimed (a policy canceled it): forget it here
         if record.get("status") != "paused":
             self.conducting.discard(record["id"])
         shown = public(record)

@@ -21,6 +21,10 @@ from typing import Protocol
 import sqlalchemy as sa
 
 log = logging.getLogger(__name__)
+#: The lead's own connection notices a dead peer within ~25 s (TCP keepalives) and never waits long on
+#: a statement, so a half-open connection cannot stall the timers and the service's housekeeping.
+_LEAD_CONNECTION = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+                    "connect_timeout": 10, "options": "-c statement_timeout=5000"}
 _LOCK_KEY = 0x5371_7561_6C6C_01  # "Squall" + 1: the lead's advisory lock (0x…6C6C is migrations')
 
 
@@ -81,7 +85,7 @@ class AdvisoryLock:
     """PostgreSQL: `pg_try_advisory_lock` on a connection kept for it; a lost connection is a lost lead."""
 
     def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
+        self.engine = sa.create_engine(engine.url, poolclass=sa.pool.NullPool, connect_args=_LEAD_CONNECTION)
         self._conn: sa.Connection | None = None
         self._lock = threading.Lock()  # timers and sensors ask from worker threads
 
@@ -95,7 +99,7 @@ class AdvisoryLock:
                 self._conn.exec_driver_sql("SELECT 1")
                 return True
             except sa.exc.DBAPIError as exc:
-                log.warning("lost the connection that held the timers' lead (%s); trying to take it again",
+                log.warning("lost the connection that held the lead (%s); trying to take it again",
                             exc.orig.__class__.__name__ if exc.orig else exc)
                 self._close()
         conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
@@ -114,6 +118,7 @@ class AdvisoryLock:
     def close(self) -> None:
         with self._lock:
             self._close()
+            self.engine.dispose()
 
     def _close(self) -> None:
         if self._conn is not None:

@@ -330,7 +330,10 @@ class _Direct:
 
     def _encode(self, table: sa.Table, values: dict[str, Any]) -> list[Any]:
         binds = self._binds[table.name]
-        return [value if (process := binds[key]) is None else process(value) for key, value in values.items()]
+        try:
+            return [value if (process := binds[key]) is None else process(value) for key, value in values.items()]
+        except (TypeError, ValueError, KeyError) as exc:  # as Core reports a value it cannot bind
+            raise sa.exc.StatementError(f"{table.name}: {exc}", None, values, exc) from exc
 
     def insert(self, conn: sa.Connection, table: sa.Table, record: dict[str, Any]) -> int:
         """Insert one row; returns its rowid (the id of tables with an integer key)."""

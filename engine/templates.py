@@ -474,8 +474,8 @@ def _compile(env: jinja2.Environment, text: str) -> jinja2.Template:
 
 def render_template(text: str, context: Mapping[str, Any], env: jinja2.Environment | None = None) -> str:
     """Render ``text`` with ``context``; every failure becomes :class:`TemplateRenderError`."""
-    if "{" not in text and not text.endswith("\n"):
-        return text  # nothing Jinja would change (it drops one trailing newline): skip a render
+    if env is None and "{" not in text and "\r" not in text and not text.endswith("\n"):
+        return text  # nothing Jinja would change (it normalises line ends, drops a last newline)
     environment = env if env is not None else _default_environment()
     try:
         return _compile(environment, text).render(context)

@@ -401,6 +401,9 @@ async def test_confirmation_buttons_answer_for_the_person_asked(home: Path, fake
         forged["props"]["attachments"][0]["actions"][1]["integration"]["context"]["value"] = "yes"
         status, answer = await fake.click(forged, 1)
         assert status == 401 and "not made by this Squall" in answer["error"]["message"]
+        forged["props"]["attachments"][0]["actions"][1]["integration"]["context"]["signature"] = "é"
+        status, answer = await fake.click(forged, 1)
+        assert status == 401  # not a 500 from comparing non-ASCII text
 
         status, answer = await fake.click(prompt, 0)
         assert status == 200

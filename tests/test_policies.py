@@ -76,6 +76,7 @@ async def test_concurrency_cancel_and_attr_count_per_value(home: Path) -> None:
         gate.touch()
         assert (await squall.executions.wait(first["id"], timeout=20))["status"] == "succeeded"
         assert (await squall.executions.wait(other["id"], timeout=20))["status"] == "succeeded"
+        assert squall.executions._prepared == {}  # the canceled one, never claimed, is not kept in memory
     finally:
         await squall.close()
 

@@ -480,3 +480,10 @@ def test_render_values_error_names_the_parameter() -> None:
     assert info.value.key == "bad"
     assert "'bad'" in str(info.value)
     assert isinstance(info.value.__cause__, jinja2.exceptions.UndefinedError)
+
+
+def test_plain_text_renders_as_jinja_would_render_it() -> None:
+    """Text without a brace skips the render; what Jinja changes in such text must still change."""
+    assert render_template("pong", {}) == "pong"
+    assert render_template("a\r\nb", {}) == "a\nb"
+    assert render_template("done\n", {}) == "done"

@@ -233,6 +233,7 @@ class _Run:
     running: int = 0
     concurrency: int = 0
     failed: bool = False
+    unevaluable: bool = False  # an item's input did not evaluate: retrying cannot help
     execution_ids: list[str] = field(default_factory=list)
 
     @property
@@ -363,15 +364,14 @@ class OrquestaConductor:
             run.next_item += 1
             call = self._call(run, index)
             if call is None:
-                run.failed = True
+                run.failed = run.unevaluable = True
                 run.statuses[index] = "failed"
                 break
             run.running += 1
             calls.append(call)
         if run.running == 0 and (run.failed or run.next_item >= len(run.items) or self.canceled):
             status = "failed" if run.failed else ("canceled" if self.canceled else "succeeded")
-            # An item whose input would not evaluate has already failed the workflow: no retry for it.
-            if status == "failed" and not self.failing and self._retrying(run, status, run.results):
+            if status == "failed" and not run.unevaluable and self._retrying(run, status, run.results):
                 run.attempt += 1  # the task runs again whole, every item, as Orquesta retries it
                 run.next_item, run.failed = 0, False
                 run.results, run.statuses = [None] * len(run.items), [None] * len(run.items)
