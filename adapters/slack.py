@@ -168,9 +168,7 @@ class SlackAdapter:
         self._groups: tuple[dict[str, list[str]], float] = ({}, 0.0)
         self._groups_lock = asyncio.Lock()
         self._response_urls: dict[str, tuple[str, float, int]] = {}
-        self._authors: OrderedDict[str, str] = OrderedDict()
         self._askers: OrderedDict[str, str] = OrderedDict()
-        self._last_asker: dict[str, str] = {}
         self._socket: Any = None
         self._connected = asyncio.Event()
         self._last_frame = time.monotonic()
@@ -369,8 +367,8 @@ class SlackAdapter:
         original = body.get("message") or {}
         thread = original.get("thread_ts") or (body.get("container") or {}).get("thread_ts")
         user = await self._user_name(user_id, fallback=(body.get("user") or {}).get("username"))
-        asker = self._askers.get(f"{channel}:{original.get('ts')}")
-        answered = asker in (None, user_id)  # someone else's click leaves the buttons to the one asked
+        asker = self._askers.get(f"{channel}:{original.get('ts')}")  # whom the prompt asks, by name
+        answered = asker in (None, user)  # someone else's click leaves the buttons to the one asked
         if answered and original.get("ts") and not (body.get("container") or {}).get("is_ephemeral"):
             try:  # the question stays, the buttons go: no second click on an answered prompt
                 await self.client.chat_update(channel=channel, ts=original["ts"], text=original.get("text", ""),
@@ -385,10 +383,6 @@ class SlackAdapter:
         await self._deliver(message, user_id)
 
     async def _deliver(self, message: Message, user_id: str) -> None:
-        # Who asked what, so a confirmation prompt posted in reply knows whose click answers it.
-        self._last_asker[message.channel] = user_id
-        if message.id:
-            _remember(self._authors, f"{message.channel}:{message.id}", user_id)
         if self._on_message is None:
             log.warning("Slack: a message arrived before the adapter started; dropped")
             return
@@ -488,11 +482,8 @@ class SlackAdapter:
                              _error(exc))
             response = await self._post(self.client.chat_postMessage, reply, channel=channel,
                                         thread_ts=reply.thread, **arguments)
-            if reply.buttons and response is not None:
-                asker = (self._authors.get(f"{channel}:{reply.thread}") if reply.thread
-                         else self._last_asker.get(channel))
-                if asker:
-                    _remember(self._askers, f"{response.get('channel') or channel}:{response.get('ts')}", asker)
+            if reply.buttons and reply.asker and response is not None:
+                _remember(self._askers, f"{response.get('channel') or channel}:{response.get('ts')}", reply.asker)
             return f"{response.get('channel') or channel}:{response.get('ts', '')}" if response is not None else None
         except SlackApiError as exc:
             wait = _retry_after(exc)
