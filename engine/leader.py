@@ -46,17 +46,34 @@ class Alone:
         pass
 
 
-class FileLock:
-    """SQLite: an exclusive `flock` on `<database>.leader`, released by the kernel if we die."""
+class _Held:
+    """A lead held by one object that timers and sensors ask from worker threads: one at a time."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._lock = threading.Lock()  # timers and sensors ask from worker threads
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
 
     def lead(self) -> bool:
         with self._lock:
             return self._lead()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _lead(self) -> bool:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+class FileLock(_Held):
+    """SQLite: an exclusive `flock` on `<database>.leader`, released by the kernel if we die."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._fd: int | None = None
 
     def _lead(self) -> bool:
         if self._fd is not None:
@@ -71,27 +88,19 @@ class FileLock:
         log.info("this process now leads: timers and sensors run here (it holds %s)", self.path)
         return True
 
-    def close(self) -> None:
-        with self._lock:
-            self._close()
-
     def _close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None
 
 
-class AdvisoryLock:
+class AdvisoryLock(_Held):
     """PostgreSQL: `pg_try_advisory_lock` on a connection kept for it; a lost connection is a lost lead."""
 
     def __init__(self, engine: sa.Engine) -> None:
+        super().__init__()
         self.engine = sa.create_engine(engine.url, poolclass=sa.pool.NullPool, connect_args=_LEAD_CONNECTION)
         self._conn: sa.Connection | None = None
-        self._lock = threading.Lock()  # timers and sensors ask from worker threads
-
-    def lead(self) -> bool:
-        with self._lock:
-            return self._lead()
 
     def _lead(self) -> bool:
         if self._conn is not None:
@@ -116,9 +125,8 @@ class AdvisoryLock:
         return True
 
     def close(self) -> None:
-        with self._lock:
-            self._close()
-            self.engine.dispose()
+        super().close()
+        self.engine.dispose()
 
     def _close(self) -> None:
         if self._conn is not None:

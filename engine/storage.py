@@ -138,30 +138,22 @@ api_keys = sa.Table(
     sa.Column("enabled", sa.Boolean, nullable=False),
 )
 
-_INSERT_EXECUTION = executions.insert()
 _GET_EXECUTION = sa.select(executions).where(executions.c.id == sa.bindparam("_id"))
 
 
+@functools.cache
+def _insert_statement(table: sa.Table) -> sa.Insert:
+    return table.insert()
+
+
 @functools.lru_cache(maxsize=64)
-def _update_statement(keys: tuple[str, ...], guarded: bool) -> sa.Update:
-    """Built once per set of columns: SQLAlchemy's statement construction costs more than SQLite."""
-    statement = executions.update().where(executions.c.id == sa.bindparam("_id"))
+def _update_statement(table: sa.Table, keys: tuple[str, ...], guarded: bool, returning: bool) -> sa.Update:
+    """Built once per table and set of columns: SQLAlchemy's statement construction costs more than SQLite."""
+    statement = table.update().where(table.c.id == sa.bindparam("_id"))
     if guarded:
-        statement = statement.where(executions.c.status.in_(sa.bindparam("_expect", expanding=True)))
-    return statement.values({key: sa.bindparam(key) for key in keys})
-
-
-_TRIGGER_INSTANCE_INSERT = trigger_instances.insert()
-_TRIGGER_INSTANCE_STATUS = (trigger_instances.update().where(trigger_instances.c.id == sa.bindparam("_id"))
-                            .values(status=sa.bindparam("status")))
-_RULE_ENFORCEMENT_INSERT = rule_enforcements.insert()
-_OUTBOX_INSERT = outbox.insert()
-_AUDIT_INSERT = audit.insert()
-
-
-@functools.lru_cache(maxsize=16)
-def _outbox_update(keys: tuple[str, ...]) -> sa.Update:
-    return outbox.update().where(outbox.c.id == sa.bindparam("_id")).values({k: sa.bindparam(k) for k in keys})
+        statement = statement.where(table.c.status.in_(sa.bindparam("_expect", expanding=True)))
+    statement = statement.values({key: sa.bindparam(key) for key in keys})
+    return statement.returning(*table.c) if returning else statement
 
 
 _KV_KEY = (kv_pairs.c.scope == sa.bindparam("scope")) & (kv_pairs.c.name == sa.bindparam("name"))
@@ -177,11 +169,6 @@ def _kv_upsert(sqlite: bool, keys: tuple[str, ...]) -> sa.Insert:
         index_elements=[kv_pairs.c.scope, kv_pairs.c.name],
         set_={column: insert.excluded[column] for column in keys if column not in ("scope", "name")},
     )
-
-
-@functools.lru_cache(maxsize=16)
-def _claim_statement(keys: tuple[str, ...]) -> sa.Update:
-    return _update_statement(keys, True).returning(*executions.c)
 
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -460,38 +447,42 @@ class Store:
         if self._nowait is not None:
             self._nowait.dispose()
 
-    # -- executions ------------------------------------------------------------------------
-    def insert_execution(self, record: dict[str, Any]) -> None:
+    # -- the hot writes: straight to SQLite's driver, through Core elsewhere ------------------------
+    def _insert(self, table: sa.Table, record: dict[str, Any]) -> Any:
+        """Insert one row; returns its primary key."""
         with self._write() as conn:
             if self._direct:
-                self._direct.insert(conn, executions, record)
-            else:
-                conn.execute(_INSERT_EXECUTION, record)
+                return self._direct.insert(conn, table, record)
+            return conn.execute(_insert_statement(table), record).inserted_primary_key[0]
+
+    def _update(self, table: sa.Table, row_id: Any, fields: dict[str, Any], expect: Sequence[str] | None = None,
+                returning: bool = False) -> Any:
+        """Update the row with this id (while its status is one of `expect`, if given): whether a row
+        changed, or with `returning` the changed row (None if none did)."""
+        with self._write() as conn:
+            if self._direct:
+                return self._direct.update(conn, table, row_id, fields, expect, returning)
+            statement = _update_statement(table, tuple(sorted(fields)), expect is not None, returning)
+            values = {**fields, "_id": row_id, **({"_expect": list(expect)} if expect is not None else {})}
+            result = conn.execute(statement, values)
+            return _row(result.first()) if returning else result.rowcount == 1
+
+    # -- executions ------------------------------------------------------------------------
+    def insert_execution(self, record: dict[str, Any]) -> None:
+        self._insert(executions, record)
 
     def update_execution(
         self, execution_id: str, fields: dict[str, Any], *, expect: Iterable[str] | None = None
     ) -> bool:
         """Update one execution; with `expect`, only while its status is one of those (atomic)."""
-        with self._write() as conn:
-            if self._direct:
-                return self._direct.update(conn, executions, execution_id, fields,
-                                           None if expect is None else tuple(expect))
-            statement = _update_statement(tuple(sorted(fields)), expect is not None)
-            values = {**fields, "_id": execution_id}
-            if expect is not None:
-                values["_expect"] = list(expect)
-            return conn.execute(statement, values).rowcount == 1
+        return self._update(executions, execution_id, fields, None if expect is None else tuple(expect))
 
     def claim_execution(self, execution_id: str, fields: dict[str, Any], expect: Sequence[str]) -> dict | None:
         """Move an execution on from one of `expect` and return it, in one statement.
 
         Only one process or task can win the claim, so an execution never runs twice.
         """
-        with self._write() as conn:
-            if self._direct:
-                return self._direct.update(conn, executions, execution_id, fields, expect, returning=True)
-            statement = _claim_statement(tuple(sorted(fields)))
-            return _row(conn.execute(statement, {**fields, "_id": execution_id, "_expect": list(expect)}).first())
+        return self._update(executions, execution_id, fields, tuple(expect), returning=True)
 
     def get_execution(self, execution_id: str) -> dict[str, Any] | None:
         with self._read() as conn:
@@ -590,10 +581,7 @@ class Store:
     def outbox_add(self, adapter: str, channel: str, payload: dict[str, Any]) -> int:
         record = {"adapter": adapter, "channel": channel, "payload": payload, "status": "pending", "attempts": 0,
                   "created_at": utcnow()}
-        with self._write() as conn:
-            if self._direct:
-                return self._direct.insert(conn, outbox, record)
-            return int(conn.execute(_OUTBOX_INSERT, record).inserted_primary_key[0])
+        return int(self._insert(outbox, record))
 
     def outbox_pending(self, adapters: Sequence[str], after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
         """Undelivered replies for these adapters, oldest first (so each channel keeps its order)."""
@@ -609,21 +597,13 @@ class Store:
             return dict(row._mapping) if row else None
 
     def outbox_update(self, outbox_id: int, fields: dict[str, Any]) -> None:
-        with self._write() as conn:
-            if self._direct:
-                self._direct.update(conn, outbox, outbox_id, fields)
-            else:
-                conn.execute(_outbox_update(tuple(sorted(fields))), {**fields, "_id": outbox_id})
+        self._update(outbox, outbox_id, fields)
 
     def audit_add(self, event: str, actor: str | None, source: str | None, target: str | None,
                   detail: dict[str, Any]) -> None:
         record = {"timestamp": utcnow(), "event": event, "actor": actor, "source": source, "target": target,
                   "detail": detail}
-        with self._write() as conn:
-            if self._direct:
-                self._direct.insert(conn, audit, record)
-            else:
-                conn.execute(_AUDIT_INSERT, record)
+        self._insert(audit, record)
 
     def audit_list(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
         statement = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
@@ -634,18 +614,10 @@ class Store:
 
     # -- trigger instances and rule enforcements ---------------------------------------------
     def trigger_instance_add(self, record: dict[str, Any]) -> None:
-        with self._write() as conn:
-            if self._direct:
-                self._direct.insert(conn, trigger_instances, record)
-            else:
-                conn.execute(_TRIGGER_INSTANCE_INSERT, record)
+        self._insert(trigger_instances, record)
 
     def trigger_instance_status(self, instance_id: str, status: str) -> None:
-        with self._write() as conn:
-            if self._direct:
-                self._direct.update(conn, trigger_instances, instance_id, {"status": status})
-            else:
-                conn.execute(_TRIGGER_INSTANCE_STATUS, {"_id": instance_id, "status": status})
+        self._update(trigger_instances, instance_id, {"status": status})
 
     def trigger_instance_get(self, instance_id: str) -> dict[str, Any] | None:
         with self._read() as conn:
@@ -666,11 +638,7 @@ class Store:
             return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
 
     def rule_enforcement_add(self, record: dict[str, Any]) -> None:
-        with self._write() as conn:
-            if self._direct:
-                self._direct.insert(conn, rule_enforcements, record)
-            else:
-                conn.execute(_RULE_ENFORCEMENT_INSERT, record)
+        self._insert(rule_enforcements, record)
 
     def rule_enforcement_list(self, rule: str | None = None, trigger_instance_id: str | None = None,
                               execution_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

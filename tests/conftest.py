@@ -43,7 +43,7 @@ def home(tmp_path: Path) -> Path:
         packs:
           paths: [packs]
         api:
-          port: {_free_port()}
+          port: {free_port()}
     """)
     return tmp_path
 
@@ -69,7 +69,8 @@ def _initdb() -> str | None:
     return found[-1] if found else shutil.which("initdb")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nobody listens on at the moment, on 127.0.0.1."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -93,7 +94,7 @@ def postgres_server() -> Iterator[str]:
     bindir = Path(initdb).parent
     folder = Path(tempfile.mkdtemp(prefix="squall-pg-"))
     data = folder / "data"
-    port = _free_port()
+    port = free_port()
     as_user: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         user = "postgres"

@@ -26,19 +26,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import server_missing
+from tests.conftest import free_port, server_missing
 
 NGIRCD = shutil.which("ngircd") or "/usr/sbin/ngircd"
 
 
 class NgircdUnavailable(RuntimeError):
     """ngircd is not installed or would not start."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

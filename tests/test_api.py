@@ -20,7 +20,7 @@ from bot.api import create_api, hash_key
 from bot.app import Squall
 from bot.chat import ChatBot
 from bot.config import load_config
-from tests.conftest import _free_port, write
+from tests.conftest import free_port, write
 from tests.test_cli import SQUALL
 
 KEY = "test-key-123"
@@ -423,7 +423,7 @@ async def test_signed_webhook(squall: Squall, anon: httpx.AsyncClient) -> None:
 
 @pytest.mark.integration
 def test_squall_serve_answers_http(home: Path) -> None:
-    port = _free_port()
+    port = free_port()
     _home(home, """
         adapters:
           console: {enabled: false}

@@ -26,8 +26,8 @@ from adapters.irc import IrcAdapter, IrcConfigError, IrcSettings, TokenBucket, c
 from bot.app import Squall
 from bot.chat import ChatBot
 from bot.config import ConfigError, load_config
-from tests.conftest import server_missing, write
-from tests.ircd import IrcServer, NgircdUnavailable, Person, free_port, running_ngircd
+from tests.conftest import free_port, server_missing, write
+from tests.ircd import IrcServer, NgircdUnavailable, Person, running_ngircd
 from tests.ircd import ircd as ircd_fixture
 from tests.test_cli import SQUALL
 

@@ -18,7 +18,7 @@ from adapters.mattermost import MattermostAdapter, attachments, create, retry_af
 from bot.app import Squall
 from bot.chat import ChatBot
 from bot.config import ConfigError, load_config
-from tests.conftest import _free_port, write
+from tests.conftest import free_port, write
 from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
 from tests.test_cli import SQUALL
 
@@ -308,7 +308,7 @@ async def test_start_while_the_server_is_down_connects_when_it_comes_up(home: Pa
     import adapters.mattermost as module
 
     monkeypatch.setattr(module, "START_WAIT", 0.2)
-    port = _free_port()
+    port = free_port()
     fake = FakeMattermost()
     fake.url = f"http://127.0.0.1:{port}"
     _pack(home)
@@ -336,7 +336,7 @@ async def api(home: Path, fake: FakeMattermost) -> AsyncIterator[tuple[FakeMatte
     from bot.api import ApiServer
 
     squall, bot, _adapter = await _chat(home, fake)
-    server = ApiServer(squall, bot, host="127.0.0.1", port=_free_port())
+    server = ApiServer(squall, bot, host="127.0.0.1", port=free_port())
     await server.start()
     try:
         yield fake, f"http://127.0.0.1:{server.port}/mattermost/command"
@@ -378,7 +378,7 @@ async def test_confirmation_buttons_answer_for_the_person_asked(home: Path, fake
     this Squall did not sign is refused."""
     from bot.api import ApiServer
 
-    port = _free_port()
+    port = free_port()
     squall, bot, adapter = await _chat(home, fake, actions_url=f"http://127.0.0.1:{port}/mattermost/actions")
     server = ApiServer(squall, bot, host="127.0.0.1", port=port)
     await server.start()
@@ -461,7 +461,7 @@ def test_extra_and_rate_limit_headers() -> None:
 # -- the real service ------------------------------------------------------------------------------------
 
 async def test_squall_serve_answers_a_mention_and_a_slash_command(home: Path, fake: FakeMattermost) -> None:
-    port = _free_port()
+    port = free_port()
     write(home / "config.yml", f"""
         database:
           url: sqlite:///data/squall.db

@@ -8,7 +8,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,14 +23,8 @@ from adapters.slack_format import message_arguments, plain_text
 from bot.app import Squall
 from bot.chat import ChatBot
 from bot.config import ConfigError, load_config
-from tests.conftest import REPO, write
+from tests.conftest import REPO, free_port, write
 from tests.fake_slack import APP_TOKEN, BOT_TOKEN, BOT_USER, SIGNING_SECRET, FakeSlack
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _pack(home: Path) -> None:
@@ -386,7 +379,7 @@ async def test_a_failing_handler_does_not_stop_the_adapter(slack, fake: FakeSlac
 
 async def test_slack_down_at_start_is_retried_in_the_background(home: Path) -> None:
     _pack(home)
-    port = _free_port()
+    port = free_port()
     config = load_config(home / "config.yml")
     squall = await Squall.start(config)
     adapter = create({"bot_token": BOT_TOKEN, "app_token": APP_TOKEN, "base_url": f"http://127.0.0.1:{port}/api/"},
@@ -501,7 +494,7 @@ async def http_mode(home: Path, fake: FakeSlack) -> AsyncIterator[tuple[Any, ...
     adapter = create({**_settings(fake), "mode": "http", "app_token": None}, config)
     bot = ChatBot(squall, [adapter])
     await bot.start()
-    api = ApiServer(squall, bot, host="127.0.0.1", port=_free_port())
+    api = ApiServer(squall, bot, host="127.0.0.1", port=free_port())
     await api.start()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.port}") as client:
@@ -573,7 +566,7 @@ async def test_squall_serve_answers_a_mention(tmp_path: Path, fake: FakeSlack) -
         packs:
           paths: [packs]
         api:
-          port: {_free_port()}
+          port: {free_port()}
         adapters:
           console:
             enabled: false
