@@ -26,7 +26,7 @@ from engine.leader import leadership, leads
 from engine.packs import Registry, load_registry
 from engine.policies import PolicyExecutor
 from engine.rules import RulesEngine
-from engine.runners import RunRequest
+from engine.runners import RunAs, RunRequest
 from engine.runners.announcement import AnnouncementRunner
 from engine.runners.http import HttpRunner
 from engine.runners.noop import NoopRunner
@@ -54,13 +54,16 @@ class Squall:
         self.keys = KeyRing(config.encryption_key_path)
         self.datastore = Datastore(store, self.keys)
         self.registry = registry
-        self.python = PythonRunner(config.virtualenvs_path, config.python_workers_per_pack, self.datastore_call)
+        #: Who local shell and Python actions start as: `runners.user`, if this process may switch users.
+        self.run_as = action_account(config)
+        self.python = PythonRunner(config.virtualenvs_path, config.python_workers_per_pack, self.datastore_call,
+                                   self.run_as)
         # The `squall` pack's actions call the CLI against the same config.
         os.environ.setdefault("SQUALL_CLI", str(Path(sys.executable).parent / "squall"))
         if config.path is not None:
             os.environ["SQUALL_CONFIG"] = str(config.path)
         self.announcer = Announcer(self)
-        shell = LocalShellRunner()
+        shell = LocalShellRunner(self.run_as)
         runners = {
             "local-shell-cmd": shell,
             "local-shell-script": shell,
@@ -92,7 +95,8 @@ class Squall:
         self.sensor_lead = False  # whether this process runs the sensors (it led at the last sync)
         self.timers = TimerService(self.triggers.dispatch, leader=self.leader)
         self._follow_rules()
-        self.sensors = SensorContainer(self.triggers.dispatch, self.datastore_call, config.virtualenvs_path)
+        self.sensors = SensorContainer(self.triggers.dispatch, self.datastore_call, config.virtualenvs_path,
+                                       run_as=self.run_as)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._emitting: set[asyncio.Future[Any]] = set()
 
@@ -205,6 +209,14 @@ class Squall:
         await self.python.close()
         self.db.close()
         self.store.close()
+
+
+def action_account(config: Config) -> RunAs | None:
+    """`runners.user` when this process runs as root (only root can switch users), else None:
+    actions then run as whoever runs Squall (`squall serve` warns when that is root)."""
+    if config.runner_user is None or os.geteuid() != 0:
+        return None
+    return RunAs.of(config.runner_user)
 
 
 def load_packs(config: Config) -> Registry:

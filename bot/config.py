@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import pwd
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,10 @@ class Config:
     python_workers_per_pack: int = 4
     max_concurrency: int = 64
     api_url: str = "http://127.0.0.1:9101/api/v1"
+    #: `runners.user`: who local shell and Python actions run as when Squall runs as root.
+    runner_user: str | None = None
+    #: `runners.allow_root`: running them as root is wanted (no warning at `squall serve`).
+    allow_root: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
 
     def section(self, name: str) -> dict[str, Any]:
@@ -58,6 +63,7 @@ _KNOWN_SECTIONS = {
     "packs": {"paths", "install_path", "configs_path", "virtualenvs_path"},
     "datastore": {"encryption_key_path"},
     "executor": {"python_workers_per_pack", "max_concurrency"},
+    "runners": {"user", "allow_root"},
     "api": None,
     "chat": None,
     "adapters": None,
@@ -84,6 +90,29 @@ def _check_keys(path: Path | None, raw: dict[str, Any]) -> None:
                 near = difflib.get_close_matches(sub, sorted(allowed), n=1)
                 hint = f" (did you mean '{key}.{near[0]}'?)" if near else ""
                 raise ConfigError(f"{path}: unknown key '{key}.{sub}'{hint}")
+
+
+def _runners(path: Path | None, section: dict[str, Any]) -> tuple[str | None, bool]:
+    """`runners.user` (an existing user) and `runners.allow_root` (a boolean); not both."""
+    user = section.get("user")
+    allow_root = section.get("allow_root", False)
+    if allow_root is None:
+        allow_root = False
+    if not isinstance(allow_root, bool):
+        raise ConfigError(f"{path}: 'runners.allow_root' must be true or false, not {allow_root!r}")
+    if user is None or user == "":
+        return None, allow_root
+    if not isinstance(user, str):
+        raise ConfigError(f"{path}: 'runners.user' must be a user name, not {user!r}")
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"{path}: 'runners.user': there is no user '{user}' on this host "
+                          f"(create it with: useradd --system --create-home {user})") from None
+    if allow_root:
+        raise ConfigError(f"{path}: 'runners.user' ({user}) and 'runners.allow_root: true' contradict each "
+                          "other: set the user actions run as, or allow root, not both")
+    return user, False
 
 
 def _resolve(base: Path, value: str | os.PathLike[str]) -> Path:
@@ -166,6 +195,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{config_path}: executor settings must be whole numbers: {exc}") from exc
     if workers < 1 or concurrency < 1:
         raise ConfigError(f"{config_path}: executor settings must be at least 1")
+    runner_user, allow_root = _runners(config_path, raw.get("runners") or {})
     return Config(
         path=config_path,
         base_dir=base,
@@ -181,5 +211,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         python_workers_per_pack=workers,
         max_concurrency=concurrency,
         api_url=api_url,
+        runner_user=runner_user,
+        allow_root=allow_root,
         raw=raw,
     )

@@ -8,6 +8,8 @@ import difflib
 import gc
 import importlib
 import logging
+import os
+import pwd
 import signal
 from typing import Any
 
@@ -53,6 +55,35 @@ def api_enabled(config: Config) -> bool:
     return bool(config.section("api").get("enabled", True))
 
 
+def action_user_warning(config: Config) -> str | None:
+    """What `squall serve` says at start about the user actions run as, if anything.
+
+    As root: nothing when `runners.user` or `runners.allow_root` says who; otherwise that actions
+    would run as root. Not root: `runners.user` naming someone else cannot be honoured."""
+    uid = os.geteuid()
+    if uid == 0:
+        if config.runner_user is None and not config.allow_root:
+            where = config.path or "config.yml"
+            return (f"actions run as root: set runners.user (e.g. useradd --system --create-home squall) "
+                    f"or runners.allow_root: true in {where}")
+        return None
+    if config.runner_user is not None and _uid_of(config.runner_user) != uid:
+        try:
+            me = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            me = f"uid {uid}"
+        return (f"runners.user is {config.runner_user}, but only root can start actions as another user: "
+                f"they run as {me}")
+    return None
+
+
+def _uid_of(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
 def settle_heap() -> None:
     """Put what start-up (or a pack reload) built out of the garbage collector's sight.
 
@@ -86,6 +117,8 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     loop = asyncio.get_running_loop()
     for sig in stop_signals:
         loop.add_signal_handler(sig, stop.set)
+    if (warning := action_user_warning(config)) is not None:
+        log.warning("%s", warning)
     squall = await Squall.start(config)
     bot = ChatBot(squall, configured_adapters(config) if adapters is None else adapters)
     await squall.executions.recover()  # after the bot listens, so abandoned executions are told in chat

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.packs import Registry, sensor_trigger_types
+from engine.runners import RunAs
 from engine.runners.python import COMPAT_PATH, spawn_pack_process
 from engine.triggers import TriggerError
 from engine.yamlfile import ContentError
@@ -129,8 +130,10 @@ class SensorContainer:
 
     def __init__(self, dispatch: Dispatch, datastore_call: DatastoreCall, virtualenvs: Path, *,
                  backoff: float = 2.5, max_backoff: float = 60.0, stable_after: float = 10.0,
-                 stop_timeout: float = 5.0) -> None:
+                 stop_timeout: float = 5.0, run_as: RunAs | None = None) -> None:
         self.dispatch = dispatch
+        #: Sensors are pack code like actions: they start as `runners.user` too.
+        self.run_as = run_as
         self.datastore_call = datastore_call
         self.virtualenvs = virtualenvs
         self.backoff, self.max_backoff, self.stable_after = backoff, max_backoff, stable_after
@@ -217,7 +220,7 @@ class SensorContainer:
         spec = running.spec
         process, reader, running.writer = await spawn_pack_process(
             SENSOR_SCRIPT, spec.file.parent.parent, running.venv, cwd=spec.file.parent,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, run_as=self.run_as)
         running.process = process
         running.send({"file": str(spec.file), "class_name": spec.class_name, "pack": spec.pack,
                       "config": running.config, "poll_interval": spec.poll_interval,

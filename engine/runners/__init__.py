@@ -7,6 +7,8 @@ here is the runner half. Each runner turns a prepared `RunRequest` into a `RunOu
 from __future__ import annotations
 
 import functools
+import os
+import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,6 +231,42 @@ class RunOutcome:
 
     status: str
     result: Any
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The account local actions start as (`runners.user`, StackStorm's `system_user`).
+
+    Only a service running as root can switch users; the assembly builds one of these only then.
+    The local shell runners and the Python workers start their processes as this user with its
+    groups, and HOME, USER and LOGNAME name it. Remote (SSH) actions are not affected.
+    """
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+    @classmethod
+    def of(cls, name: str) -> RunAs:
+        """Look the user up (`KeyError` if there is none), with its supplementary groups."""
+        entry = pwd.getpwnam(name)
+        return cls(name, entry.pw_uid, entry.pw_gid, tuple(os.getgrouplist(name, entry.pw_gid)), entry.pw_dir)
+
+    def process_options(self) -> dict[str, Any]:
+        """Keyword arguments of `asyncio.create_subprocess_exec` that start the process as this user."""
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
+
+    def environment(self) -> dict[str, str]:
+        """The variables that name the user, replacing the service's own."""
+        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+
+    @property
+    def workdir(self) -> str:
+        """Where a shell action without `cwd` runs: the user's home, or `/` when it has none
+        (the service's own working folder may be closed to the user)."""
+        return self.home if os.path.isdir(self.home) else "/"
 
 
 class Runner(Protocol):

@@ -6,20 +6,27 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from engine.runners import RunRequest
+from engine.runners import RunAs, RunRequest
 
 #: Variables that hold Squall's own credentials; an action must never inherit them.
 _WITHHELD_PREFIXES = ("SLACK_", "MATTERMOST_", "SQUALL_API_KEYS", "IRC_", "SQUALL_SECRET")
 
 
-def inherited_environment() -> dict[str, str]:
-    """The service's own environment minus the variables that hold its credentials."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(_WITHHELD_PREFIXES)}
+def inherited_environment(run_as: RunAs | None = None) -> dict[str, str]:
+    """The service's own environment minus the variables that hold its credentials.
+
+    For an action started as another user (`runners.user`), HOME, USER and LOGNAME name that user.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_WITHHELD_PREFIXES)}
+    if run_as is not None:
+        env.update(run_as.environment())
+    return env
 
 
-def action_environment(request: RunRequest, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def action_environment(request: RunRequest, extra: Mapping[str, str] | None = None,
+                       run_as: RunAs | None = None) -> dict[str, str]:
     """The whole environment of an action process: inherited, then the action's own variables."""
-    env = inherited_environment()
+    env = inherited_environment(run_as)
     env.update(action_variables(request))
     if extra:
         env.update(extra)

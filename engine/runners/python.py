@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
+from engine.runners import OUTPUT_LIMIT, RunAs, RunOutcome, RunRequest
 from engine.runners.environment import action_variables, inherited_environment
 
 COMPAT_PATH = Path(__file__).resolve().parent.parent / "compat"
@@ -95,14 +95,16 @@ def _pythonpath(pack_path: Path) -> str:
 
 
 async def spawn_pack_process(script: Path, pack_path: Path, venv: Path, *, cwd: Path,
-                             stdout: int, stderr: int) -> tuple[asyncio.subprocess.Process, asyncio.StreamReader,
-                                                                asyncio.WriteTransport]:
+                             stdout: int, stderr: int, run_as: RunAs | None = None,
+                             ) -> tuple[asyncio.subprocess.Process, asyncio.StreamReader, asyncio.WriteTransport]:
     """Start `script` (an action worker, a sensor) under the pack's interpreter, with the compat path
-    and the credentials withheld from every action, talking JSON lines on two private pipes."""
+    and the credentials withheld from every action, talking JSON lines on two private pipes.
+
+    With `run_as` the process starts as that user and its groups (the service must be root)."""
     loop = asyncio.get_running_loop()
     request_read, request_write = os.pipe()
     reply_read, reply_write = os.pipe()
-    env = inherited_environment()
+    env = inherited_environment(run_as)
     env["PYTHONPATH"] = _pythonpath(pack_path)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     try:
@@ -110,7 +112,12 @@ async def spawn_pack_process(script: Path, pack_path: Path, venv: Path, *, cwd: 
             _interpreter(venv), "-u", str(script), str(request_read), str(reply_write),
             stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, limit=_STREAM_LIMIT,
             pass_fds=(request_read, reply_write), env=env, cwd=str(cwd), start_new_session=True,
+            **(run_as.process_options() if run_as is not None else {}),
         )
+    except BaseException:
+        for fd in (request_write, reply_read):
+            os.close(fd)
+        raise
     finally:
         os.close(request_read)
         os.close(reply_write)
@@ -120,11 +127,26 @@ async def spawn_pack_process(script: Path, pack_path: Path, venv: Path, *, cwd: 
     return process, reader, writer  # type: ignore[return-value]
 
 
-async def spawn_worker(pack_path: Path, venv: Path) -> Worker:
+def _access_hint(pack_path: Path, venv: Path, run_as: RunAs) -> str:
+    """Why a worker started as `runners.user` may not start: what that user must be able to read."""
+    interpreter = _interpreter(venv)
+    real = os.path.realpath(interpreter)
+    shown = interpreter if real == interpreter else f"{interpreter} (that is {real})"
+    return (f"it runs as user '{run_as.name}' (runners.user), who must be able to read and enter "
+            f"the interpreter {shown} and the folders above it, the pack folder {pack_path} and {COMPAT_PATH}")
+
+
+async def spawn_worker(pack_path: Path, venv: Path, run_as: RunAs | None = None) -> Worker:
     """Start one worker and wait until it says it is ready."""
-    process, reader, writer = await spawn_pack_process(
-        WORKER_SCRIPT, pack_path, venv, cwd=pack_path, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
+    try:
+        process, reader, writer = await spawn_pack_process(
+            WORKER_SCRIPT, pack_path, venv, cwd=pack_path, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, run_as=run_as)
+    except OSError as exc:
+        if run_as is None:
+            raise
+        raise WorkerDied(f"the Python worker for {pack_path.name} could not start: {exc}; "
+                         f"{_access_hint(pack_path, venv, run_as)}") from exc
     worker = Worker(process, reader, writer)
     try:
         hello = await asyncio.wait_for(worker.receive(), 60)
@@ -133,8 +155,9 @@ async def spawn_worker(pack_path: Path, venv: Path) -> Worker:
         raise
     except (WorkerDied, TimeoutError) as exc:
         await worker.close()
+        hint = f" ({_access_hint(pack_path, venv, run_as)})" if run_as is not None else ""
         raise WorkerDied(f"the Python worker for {pack_path.name} did not start: {exc}; "
-                         f"{worker.stderr_tail.decode('utf-8', 'replace')}") from exc
+                         f"{worker.stderr_tail.decode('utf-8', 'replace')}{hint}") from exc
     if hello.get("op") != "ready":
         await worker.close()
         raise WorkerDied(f"unexpected first message from the worker: {hello}")
@@ -156,12 +179,17 @@ class PackPool:
 class PythonRunner:
     """Runs Python actions in per-pack worker pools."""
 
-    def __init__(self, virtualenvs: Path, workers_per_pack: int, on_call: CallHandler) -> None:
+    def __init__(self, virtualenvs: Path, workers_per_pack: int, on_call: CallHandler,
+                 run_as: RunAs | None = None) -> None:
         self.virtualenvs = virtualenvs
         self.workers_per_pack = workers_per_pack
         self.on_call = on_call
+        #: The user the workers start as (`runners.user`), or None for the service's own.
+        self.run_as = run_as
         self._pools: dict[str, PackPool] = {}
         self._capture_dir = Path(tempfile.mkdtemp(prefix="squall-python-"))
+        if run_as is not None:  # the workers create their capture files here; still private (0700)
+            os.chown(self._capture_dir, run_as.uid, run_as.gid)
 
     def _pool(self, pack: str) -> PackPool:
         if pack not in self._pools:
@@ -172,7 +200,7 @@ class PythonRunner:
         """Start one worker ahead of the first execution (used by `squall serve`)."""
         pool = self._pool(pack)
         if not pool.idle:
-            pool.idle.append(await spawn_worker(pack_path, self.virtualenvs / pack))
+            pool.idle.append(await spawn_worker(pack_path, self.virtualenvs / pack, self.run_as))
 
     async def recycle(self, pack: str | None = None) -> None:
         """Stop idle workers (all, or one pack's) so changed code and venvs are picked up."""
@@ -198,7 +226,7 @@ class PythonRunner:
                 await worker.close()
                 worker = None
             if worker is None:
-                worker = await spawn_worker(action.pack_path, self.virtualenvs / action.pack)
+                worker = await spawn_worker(action.pack_path, self.virtualenvs / action.pack, self.run_as)
             out_path = self._capture_dir / f"{worker.process.pid}.out"
             err_path = self._capture_dir / f"{worker.process.pid}.err"
             message = {

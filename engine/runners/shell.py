@@ -14,7 +14,7 @@ import os
 import signal
 from typing import Any
 
-from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
+from engine.runners import OUTPUT_LIMIT, RunAs, RunOutcome, RunRequest
 from engine.runners.environment import action_environment
 from engine.runners.shell_template import EmptyCommand, command_of
 
@@ -95,10 +95,12 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
 
 
 async def run_process(
-    argv: list[str], *, env: dict[str, str], cwd: str | None, timeout: float, stdin: bytes | None = None
+    argv: list[str], *, env: dict[str, str], cwd: str | None, timeout: float, stdin: bytes | None = None,
+    run_as: RunAs | None = None,
 ) -> dict[str, Any]:
     """Run one command in its own process group; returns StackStorm's shell result object.
 
+    With `run_as` the process starts as that user and its groups (the service must be root).
     On timeout or cancellation the whole group is killed, so no stray children outlive it.
     """
     process = await asyncio.create_subprocess_exec(
@@ -109,6 +111,7 @@ async def run_process(
         env=env,
         cwd=cwd,
         start_new_session=True,
+        **(run_as.process_options() if run_as is not None else {}),
     )
     out, err = bytearray(), bytearray()
     readers = asyncio.gather(_read(process.stdout, out), _read(process.stderr, err))  # type: ignore[arg-type]
@@ -148,7 +151,16 @@ def status_for(code: int) -> str:
 
 
 class LocalShellRunner:
-    """Both local shell runners; which one is decided by the action's runner type."""
+    """Both local shell runners; which one is decided by the action's runner type.
+
+    With `run_as` (`runners.user`, the service running as root) commands start as that user, in
+    its home folder unless the action sets `cwd`. `sudo: true` is no way around it: `sudo` then
+    runs as that user, and the host's sudoers decides what it may do as root (as with
+    StackStorm's `stanley`); otherwise any chat user allowed `!run` could ask for root.
+    """
+
+    def __init__(self, run_as: RunAs | None = None) -> None:
+        self.run_as = run_as
 
     async def run(self, request: RunRequest) -> RunOutcome:
         params = request.runner_parameters
@@ -173,11 +185,20 @@ class LocalShellRunner:
             password = params.get("sudo_password")
             argv = ["sudo", "-E", *(["-S"] if password else ["-n"]), "--", *argv]
             stdin = f"{password}\n".encode() if password else None
-        env = action_environment(request, extra_env)
-        result = await run_process(
-            argv, env=env, cwd=params.get("cwd") or None, timeout=float(params.get("timeout") or 60), stdin=stdin
-        )
+        run_as = self.run_as
+        env = action_environment(request, extra_env, run_as)
+        cwd = params.get("cwd") or (run_as.workdir if run_as is not None else None)
+        try:
+            result = await run_process(
+                argv, env=env, cwd=cwd, timeout=float(params.get("timeout") or 60), stdin=stdin, run_as=run_as
+            )
+        except OSError as exc:
+            if run_as is None:
+                raise
+            return RunOutcome("failed", {"error": f"the command could not start as user '{run_as.name}' "
+                                                  f"(runners.user): {exc}"})
         if params.get("sudo") and "incorrect password" in str(result["stderr"]).lower():
+            user = run_as.name if run_as is not None else os.environ.get("USER", "squall")
             result.update(return_code=-1, error="Invalid sudo password provided or sudo is not configured "
-                          f"for this user ({os.environ.get('USER', 'squall')})")
+                          f"for this user ({user})")
         return RunOutcome(status_for(result["return_code"]), result)
