@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,8 @@ from aliases.grammar import (
     compile_format,
     prepare,
 )
-from aliases.model import Alias
+from aliases.model import Alias, check_overrides, inject_immutable
+from engine.actions import Action
 
 __all__ = ["AliasMatch", "AliasMatchError", "AliasMatcher", "AmbiguousCommand", "NoMatch"]
 
@@ -57,6 +58,29 @@ class AliasMatch:
 
     def summary(self) -> dict[str, Any]:
         return {"alias": self.alias.ref, "format": self.representation, "parameters": self.parameters}
+
+    @property
+    def pairs(self) -> set[str]:
+        """Names given as trailing key=value pairs for which the format has no placeholder."""
+        placeholders = compile_format(self.representation).placeholders
+        return {name for name in self.parameters if name not in placeholders}
+
+    @property
+    def authored(self) -> set[str]:
+        """Names whose value is the format's own default (`{{ name = default }}`): a pack author's
+        text, which renders as a template. Everything a person typed is data."""
+        placeholders = compile_format(self.representation).placeholders
+        return {name for name, value in self.parameters.items()
+                if name in placeholders and placeholders[name].default is not None
+                and value == placeholders[name].default}
+
+    def request_parameters(self, action: Action, context: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+        """The parameters to request the alias's action with, and the names among them that render.
+
+        Key=value pairs may not set runner parameters the alias does not open (`check_overrides`);
+        the alias's immutable parameters are added, rendered once, here."""
+        check_overrides(self.alias, action, self.pairs)
+        return inject_immutable(self.alias, dict(self.parameters), context), self.authored
 
 
 class AliasMatchError(LookupError):

@@ -13,7 +13,7 @@ commas and stripped, via `engine.parameters.cast`), and `inject_immutable` adds 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from engine.yamlfile import ContentError, LineMap
 
 ALIAS_KEYS = {
     "name", "pack", "action_ref", "description", "enabled", "formats", "ack", "result", "extra",
-    "immutable_parameters", "metadata_file", "permissions", "confirm", "ref", "uid", "id",
+    "immutable_parameters", "metadata_file", "permissions", "confirm", "ref", "uid", "id", "allow_overrides",
 }
 FORMAT_KEYS = {"display", "representation", "match_multiple"}
 ACK_KEYS = {"enabled", "format", "extra", "append_url"}
@@ -68,6 +68,8 @@ class Alias:
     permissions: dict[str, Any] = field(default_factory=dict)
     confirm: bool | dict[str, Any] = False
     metadata_file: str = ""
+    #: Runner parameters (env, cwd, timeout...) a chat command may set as key=value; none by default.
+    allow_overrides: list[str] = field(default_factory=list)
 
     @property
     def ref(self) -> str:
@@ -93,6 +95,7 @@ class Alias:
             "immutable_parameters": self.immutable_parameters,
             "permissions": self.permissions,
             "confirm": self.confirm,
+            "allow_overrides": self.allow_overrides,
             "metadata_file": self.metadata_file,
         }
 
@@ -212,6 +215,15 @@ def _confirm(data: dict[str, Any], fail: Any) -> bool | dict[str, Any]:
     return confirm
 
 
+def _allow_overrides(data: dict[str, Any], fail: Any) -> list[str]:
+    names = data.get("allow_overrides")
+    if names is None:
+        return []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise fail("'allow_overrides' must be a list of parameter names, e.g. [timeout]", "allow_overrides")
+    return list(names)
+
+
 def build_alias(data: Any, lines: LineMap, *, pack: str, file: str, registry: Registry) -> Alias:
     """Check one alias document; raise `_Invalid` with the first problem."""
 
@@ -260,6 +272,7 @@ def build_alias(data: Any, lines: LineMap, *, pack: str, file: str, registry: Re
         permissions=_permissions(data, fail),
         confirm=_confirm(data, fail),
         metadata_file=file,
+        allow_overrides=_allow_overrides(data, fail),
     )
 
 
@@ -295,6 +308,19 @@ def cast_alias_parameters(action: Action, params: Mapping[str, Any]) -> dict[str
         spec = action.parameters.get(name)
         result[name] = cast(name, value, spec) if spec is not None else value
     return result
+
+
+def check_overrides(alias: Alias, action: Action, names: Iterable[str]) -> None:
+    """Refuse key=value pairs of a chat command that name a runner parameter (env, cwd, timeout,
+    sudo, hosts...) the alias does not open with `allow_overrides`: a person in a channel may set
+    the action's own parameters, not how and where it runs."""
+    runner = action.runner_parameter_names
+    for name in sorted(names):
+        if name in runner and name not in alias.allow_overrides:
+            raise ParameterError(
+                f'"{name}" is a parameter of the {action.runner_type} runner, which a chat command may not set; '
+                f'only {action.ref}\'s own parameters may be given as key=value (the alias {alias.ref} would '
+                f"have to list it in allow_overrides)")
 
 
 def inject_immutable(alias: Alias, params: Mapping[str, Any], context: Mapping[str, Any],

@@ -131,6 +131,9 @@ def run(
     parameters: Annotated[list[str] | None, typer.Argument(help="Parameters as name=value.")] = None,
     as_json: JsonOption = False,
     run_async: Annotated[bool, typer.Option("--async", help="Store the request and return at once.")] = False,
+    render: Annotated[bool, typer.Option(
+        "--render", help="Render the values as Jinja templates ({{ st2kv.system.x }}), as StackStorm does; "
+                         "without it they are passed exactly as given.")] = False,
 ) -> None:
     """Run an action and wait for it: exit 0 if it succeeded, 1 if not, 2 on bad input."""
     params = parse_assignments(parameters or [])
@@ -139,8 +142,8 @@ def run(
         context = {"user": _user(), "source": "cli"}
         if run_async:
             squall.executions.executor = None  # stored as requested; `squall serve` runs it
-            return await squall.executions.request(ref, params, context)
-        record = await squall.executions.request(ref, params, context)
+            return await squall.executions.request(ref, params, context, render=render)
+        record = await squall.executions.request(ref, params, context, render=render)
         return await squall.executions.wait(record["id"])
 
     record = with_app(work)

@@ -16,7 +16,6 @@ from typing import Any
 
 from adapters.base import Adapter, Message, Reply
 from aliases import AliasMatcher, AmbiguousCommand, NoMatch
-from aliases.model import inject_immutable
 from bot.app import Squall
 from bot.auth import Authorizer
 from bot.outbox import Outbox
@@ -157,8 +156,8 @@ class Dispatcher:
         alias = match.alias
         context = self.chat_context(message, alias)
         try:
-            parameters = inject_immutable(alias, dict(match.parameters), context)
-            execution = await self.squall.executions.request(alias.action_ref, parameters, context)
+            parameters, render = match.request_parameters(self.squall.registry.action(alias.action_ref), context)
+            execution = await self.squall.executions.request(alias.action_ref, parameters, context, render=render)
         except (ParameterError, UnknownAction, ValueError) as exc:
             await self.say(message, f"I can't run that: {exc}")
             return

@@ -14,11 +14,12 @@ import contextvars
 import json
 import logging
 import os
+import re
 import socket
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +55,10 @@ class ExecutionNotFound(LookupError):
 
 class ExecutionStateError(ValueError):
     """An operation the execution's current status does not allow."""
+
+
+#: An execution id or the start of one: what `_find` looks up (anything else is refused before the query).
+_ID_PREFIX = re.compile(r"[0-9a-fA-F]{1,24}\Z")
 
 
 def new_id() -> str:
@@ -184,19 +189,24 @@ class ExecutionService:
     # -- requesting ----------------------------------------------------------------------
     async def request(self, ref: str, parameters: Mapping[str, Any] | None = None,
                       context: Mapping[str, Any] | None = None, *, parent: str | None = None,
-                      extra_template_context: dict[str, Any] | None = None) -> dict[str, Any]:
+                      extra_template_context: dict[str, Any] | None = None,
+                      render: bool | Collection[str] = ()) -> dict[str, Any]:
         """Validate, store as `requested`, and hand to the executor. Raises on bad input.
 
-        `extra_template_context` adds names parameter templates may use (rules pass `trigger`)."""
+        `parameters` are data, taken as given, except those `render` names (True: all), which are
+        templates a pack author wrote: a rule's action parameters, an alias format's defaults.
+        `extra_template_context` adds names those templates may use (rules pass `trigger`)."""
         action = self.registry.action(ref)
         context = {"user": os.environ.get("USER", "squall"), **(context or {}), "pack": action.pack}
-        record = await self.db(self._prepare, ref, dict(parameters or {}), context, parent, extra_template_context)
+        record = await self.db(self._prepare, ref, dict(parameters or {}), context, parent, extra_template_context,
+                               render)
         if self.executor is not None:
             await self.executor.submit(record["id"])
         return public(record)
 
     def _prepare(self, ref: str, supplied: dict[str, Any], context: dict[str, Any],
-                 parent: str | None, extra_template_context: dict[str, Any] | None = None) -> dict[str, Any]:
+                 parent: str | None, extra_template_context: dict[str, Any] | None = None,
+                 render: bool | Collection[str] = ()) -> dict[str, Any]:
         """Resolve parameters and store the request (on the database thread: st2kv reads are sync)."""
         action = self.registry.action(ref)
         pack = self.registry.packs[action.pack]
@@ -204,7 +214,7 @@ class ExecutionService:
         token = _revealed.set(revealed)
         try:
             template_context = {**self.template_context(pack.config, context), **(extra_template_context or {})}
-            resolution = resolve(action, supplied, template_context, env=self.jinja)
+            resolution = resolve(action, supplied, template_context, env=self.jinja, render=render)
         finally:
             _revealed.reset(token)
         values = resolution.values
@@ -446,6 +456,10 @@ class ExecutionService:
         return public(record)
 
     def _find(self, execution_id: str) -> dict[str, Any]:
+        if not _ID_PREFIX.match(execution_id):
+            shown = execution_id if len(execution_id) <= 40 else execution_id[:40] + "…"
+            raise ExecutionNotFound(f'"{shown}" is not an execution id: ids are 24 hexadecimal digits '
+                                    "(a unique start of one will do; see `squall execution list`)")
         store = self.db.store
         record = store.get_execution(execution_id)
         if record is None and len(execution_id) >= 4:
@@ -538,16 +552,21 @@ class ExecutionService:
         # and a `cmd` must get values through the shell runner's quoting, never pasted into its text.
         raw_templates = spec.get("supplied_templates") or {}
         templates = spec.get("templates") or {}
+        rendered: set[str] = set()
         for name in original:
             if name in raw_templates:
                 original[name] = raw_templates[name]
+                rendered.add(name)
             elif name in templates:
                 original[name] = templates[name]
+                rendered.add(name)
         merged = {**original, **(parameters or {})}
         new_context = {**record["context"], **(context or {}), "re-run": {"ref": record["id"]}}
         new_context.pop("pack", None)
+        # What rendered the first time renders again; whatever the caller now gives is data.
         return await self.request(record["action"], merged, new_context,
-                                  extra_template_context=spec.get("extra_context"))
+                                  extra_template_context=spec.get("extra_context"),
+                                  render=rendered - set(parameters or {}))
 
     # -- recovery ----------------------------------------------------------------------
     async def recover(self) -> dict[str, int]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import ast
 import difflib
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +120,8 @@ def _decode(text: str) -> Any:
 def _dependencies(env: jinja2.Environment, name: str, raw: Any, secret: bool) -> set[str]:
     try:
         return set(meta.find_undeclared_variables(env.parse(_template_text(raw))))
+    except (RecursionError, MemoryError):
+        raise ParameterError(f'Failed to render parameter "{name}": the template is nested too deeply') from None
     except jinja2.TemplateSyntaxError as exc:
         if secret:  # the message quotes tokens of the (secret) value
             raise ParameterError(f'Failed to render parameter "{name}": its (secret) value is not a valid '
@@ -126,9 +129,20 @@ def _dependencies(env: jinja2.Environment, name: str, raw: Any, secret: bool) ->
         raise ParameterError(f'Failed to render parameter "{name}": {exc.message} (line {exc.lineno})') from exc
 
 
+#: Environment variables that make a program run code before (or instead of) what it was asked to run.
+_DANGEROUS_ENV = re.compile(r"^(BASH_ENV|ENV|PATH|BASH_FUNC_.*|LD_.*|PYTHON.*|PERL5?(LIB|OPT)|RUBYOPT|NODE_OPTIONS|"
+                            r"SHELLOPTS|BASHOPTS|PS4|PROMPT_COMMAND|IFS|GCONV_PATH)$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, Any],
-            env: jinja2.Environment | None = None) -> Resolution:
-    """Check, render, cast and validate the parameters of one request for `action`."""
+            env: jinja2.Environment | None = None, *, render: bool | Collection[str] = False) -> Resolution:
+    """Check, render, cast and validate the parameters of one request for `action`.
+
+    Defaults are templates a pack author wrote, and render. A supplied value renders only when
+    `render` names it (or is True): rule parameters and alias defaults are a pack author's text,
+    but a value a person typed is data and reaches the action exactly as given, so a chat user
+    cannot write templates that run with the service's datastore (docs/security.md)."""
     schema = action.parameters
     unknown = [name for name in supplied if name not in schema]
     if unknown:
@@ -147,10 +161,14 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
 
     raw: dict[str, Any] = {}
     live: list[str] = []
+    renders = set(supplied) if render is True else set(render or ())
+    literal: set[str] = set()
     for name, spec in schema.items():
         if supplied.get(name) is not None:
             raw[name] = supplied[name]
             live.append(name)
+            if name not in renders:
+                literal.add(name)
         elif "default" in spec:
             raw[name] = spec["default"]
             if _has_template(spec["default"]):
@@ -159,7 +177,7 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
             raw[name] = None
 
     env = env or build_environment()
-    pending = {name: value for name, value in raw.items() if _has_template(value)}
+    pending = {name: value for name, value in raw.items() if name not in literal and _has_template(value)}
     templates = {name: _template_text(value) for name, value in pending.items()}
     values = {name: value for name, value in raw.items() if name not in pending}
     graph = {name: _dependencies(env, name, value, bool(schema[name].get("secret")))
@@ -189,8 +207,29 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
 
     for name, spec in schema.items():
         values[name] = cast(name, values.get(name), spec)
+    if "env" in supplied:
+        check_environment(action, values.get("env"))
     validate(action, values)
     return Resolution(values=values, live=live, templates=templates)
+
+
+def check_environment(action: Action, env: Any) -> None:
+    """Refuse an `env` that would run code of the caller's choice before the action's own command:
+    `BASH_ENV`, `BASH_FUNC_*`, `LD_PRELOAD`, `PYTHONPATH`, `PATH` and their kin, unless the action's
+    own default sets the same value. Names that are not variable names are refused too."""
+    if not isinstance(env, Mapping):
+        return
+    default = action.parameters.get("env", {}).get("default")
+    default = default if isinstance(default, Mapping) else {}
+    for key, value in env.items():
+        name = str(key)
+        if not _ENV_NAME.match(name):
+            raise ParameterError(f'parameter "env": {name[:80]!r} is not an environment variable name '
+                                 "(letters, digits and _, not starting with a digit)")
+        if _DANGEROUS_ENV.match(name) and not (name in default and str(default[name]) == str(value)):
+            raise ParameterError(f'parameter "env": {name} may not be set by a request, because it makes the '
+                                 "shell or the program run other code first; only the action's own default "
+                                 "may set it")
 
 
 _SUBSCHEMA_MAPS = ("properties", "patternProperties", "definitions")

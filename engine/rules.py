@@ -587,7 +587,7 @@ class RulesEngine:
         try:
             execution = await self.squall.executions.request(
                 rule.action_ref, rule.action_parameters, context,
-                extra_template_context={"trigger": instance.get("payload")})
+                extra_template_context={"trigger": instance.get("payload")}, render=True)
         except Exception as exc:
             reason = f'Failed to request action "{rule.action_ref}" for rule "{rule.ref}" and trigger instance ' \
                      f'"{instance["id"]}": {exc}'

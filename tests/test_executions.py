@@ -402,7 +402,7 @@ async def test_rerun_recomputes_templated_defaults(squall: Squall) -> None:
 
 async def test_rerun_renders_supplied_templates_again_and_safely(squall: Squall, tmp_path: Path) -> None:
     await squall.db(squall.datastore.set, "msg", "first")
-    first = await squall.executions.request("core.local", {"cmd": 'echo "{{ st2kv.system.msg }}"'})
+    first = await squall.executions.request("core.local", {"cmd": 'echo "{{ st2kv.system.msg }}"'}, render=True)
     assert (await squall.executions.wait(first["id"], timeout=30))["result"]["stdout"] == "first"
 
     # A value that would run a command if it were pasted into the shell text.
@@ -422,7 +422,7 @@ async def test_rerun_renders_supplied_templates_again_and_safely(squall: Squall,
 async def test_rerun_keeps_supplied_object_templates_as_objects(squall: Squall) -> None:
     env = {"GREETING": "{{ st2kv.system.word }}"}
     await squall.db(squall.datastore.set, "word", "hi")
-    first = await squall.executions.request("core.local", {"cmd": 'echo "$GREETING"', "env": env})
+    first = await squall.executions.request("core.local", {"cmd": 'echo "$GREETING"', "env": env}, render=["env"])
     assert (await squall.executions.wait(first["id"], timeout=30))["result"]["stdout"] == "hi"
     await squall.db(squall.datastore.set, "word", "bye")
     again = await squall.executions.rerun(first["id"])

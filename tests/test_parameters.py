@@ -22,14 +22,14 @@ def make(parameters: dict[str, Any], runner: str = "noop", name: str = "act") ->
 
 
 def values(parameters: dict[str, Any], supplied: dict[str, Any] | None = None,
-           context: dict[str, Any] | None = None) -> dict[str, Any]:
-    return resolve(make(parameters), supplied or {}, context or {}).values
+           context: dict[str, Any] | None = None, render: bool = False) -> dict[str, Any]:
+    return resolve(make(parameters), supplied or {}, context or {}, render=render).values
 
 
 def error(parameters: dict[str, Any], supplied: dict[str, Any] | None = None,
-          context: dict[str, Any] | None = None) -> str:
+          context: dict[str, Any] | None = None, render: bool = False) -> str:
     with pytest.raises(ParameterError) as caught:
-        resolve(make(parameters), supplied or {}, context or {})
+        resolve(make(parameters), supplied or {}, context or {}, render=render)
     return str(caught.value)
 
 
@@ -96,9 +96,33 @@ def test_chain_of_dependencies_renders_in_order() -> None:
     assert values(params, {"a": "x"}) == {"a": "x", "b": "x-x", "c": "X-X", "d": "X-X!"}
 
 
-def test_supplied_value_may_be_a_template_too() -> None:
-    params = {"a": {"type": "integer", "default": 2}, "b": {"type": "string"}}
-    assert values(params, {"b": "{{ a * 21 }}"})["b"] == "42"
+def test_a_supplied_value_is_data_unless_the_caller_asks_to_render_it() -> None:
+    params = {"a": {"type": "integer", "default": 2}, "b": {"type": "string"}, "c": {"type": "string"}}
+    assert values(params, {"b": "{{ a * 21 }}"})["b"] == "{{ a * 21 }}"
+    assert values(params, {"b": "{{ a * 21 }}"}, render=True)["b"] == "42"
+    # Only the names given render; a default that refers to a literal value gets its text as data.
+    action = make({**params, "d": {"type": "string", "default": "[{{ b }}]"}})
+    resolved = resolve(action, {"b": "{{ a }}", "c": "{{ a }}"}, {}, render={"c"})
+    assert (resolved.values["b"], resolved.values["c"], resolved.values["d"]) == ("{{ a }}", "2", "[{{ a }}]")
+    assert resolved.templates == {"c": "{{ a }}", "d": "[{{ b }}]"}
+
+
+def test_a_deeply_nested_template_is_a_parameter_error() -> None:
+    assert "nested too deeply" in error({"p": {"type": "string"}}, {"p": "{{" + "(" * 5000 + "}}"}, render=True)
+
+
+@pytest.mark.parametrize("name", ["BASH_ENV", "ENV", "BASH_FUNC_echo%%", "LD_PRELOAD", "PYTHONPATH", "PATH"])
+def test_env_may_not_set_variables_that_run_other_code(name: str) -> None:
+    params = {"env": {"type": "object"}}
+    message = error(params, {"env": {name: "/tmp/x"}})
+    assert name in message and message.startswith('parameter "env"')
+
+
+def test_env_may_set_what_the_action_default_sets_and_ordinary_variables() -> None:
+    params = {"env": {"type": "object", "default": {"PATH": "/opt/bin:/usr/bin"}}}
+    assert values(params, {"env": {"PATH": "/opt/bin:/usr/bin", "GREETING": "hi"}})["env"]["GREETING"] == "hi"
+    assert "PATH" in error(params, {"env": {"PATH": "/tmp/evil"}})
+    assert values(params)["env"] == {"PATH": "/opt/bin:/usr/bin"}  # the default itself is the pack author's
 
 
 def test_cycle_is_reported() -> None:
@@ -451,7 +475,7 @@ def test_secret_validation_error_still_names_the_rule() -> None:
 )
 def test_secret_template_failure_does_not_show_the_value(value: str) -> None:
     with pytest.raises(ParameterError) as caught:
-        resolve(make({"password": {"type": "string", "secret": True}}), {"password": value}, {})
+        resolve(make({"password": {"type": "string", "secret": True}}), {"password": value}, {}, render=True)
     message = str(caught.value)
     assert message.startswith(('Failed to render parameter "password"', "Dependency unsatisfied"))
     assert 'parameter "password"' in message
@@ -460,7 +484,7 @@ def test_secret_template_failure_does_not_show_the_value(value: str) -> None:
 
 
 def test_non_secret_template_failure_shows_the_template() -> None:
-    assert "{{ 1 // 0 }}" in error({"p": {"type": "string"}}, {"p": "{{ 1 // 0 }}"})
+    assert "{{ 1 // 0 }}" in error({"p": {"type": "string"}}, {"p": "{{ 1 // 0 }}"}, render=True)
 
 
 def test_mask_replaces_secret_values_only() -> None:
