@@ -68,6 +68,13 @@ def _config(home: Path, extra: str = "") -> None:
         description: Sleep a while.
         formats: ["nap {{max_pause}}"]
     """)
+    write(pack / "aliases" / "patient.yaml", """
+        name: patient
+        action_ref: demo.greet
+        description: Greet, with a time limit the person may choose.
+        formats: ["greet slowly {{who}}"]
+        allow_overrides: [timeout]
+    """)
     write(pack / "actions" / "wipe.yaml", """
         name: wipe
         runner_type: local-shell-cmd
@@ -394,3 +401,20 @@ def test_squall_chat_reads_stdin_and_waits_for_results(home: Path) -> None:
     assert "hello piped" in done.stdout
     assert "pong" in done.stdout
     assert "squall: !greet {{who}} — Greet someone." in done.stdout  # help, without a prefix in a DM
+
+
+async def test_key_value_pairs_set_runner_parameters_only_where_the_alias_opens_them(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!greet ann timeout=1")
+    await settle(squall, bot)
+    assert any(t.startswith("I can't run that: \"timeout\" is a parameter of the local-shell-cmd runner")
+               and "allow_overrides" in t for t in loopback.texts())
+    assert await squall.executions.list(action="demo.greet") == []
+
+    await loopback.say("!greet slowly bob timeout=7")
+    await settle(squall, bot)
+    [execution] = await squall.executions.list(action="demo.greet")
+    assert execution["parameters"]["timeout"] == 7 and execution["status"] == "succeeded"
+    await loopback.say('!greet slowly cy env={"GREETING": "hi"}')
+    await settle(squall, bot)
+    assert any("\"env\" is a parameter of the local-shell-cmd runner" in t for t in loopback.texts())

@@ -336,3 +336,11 @@ def test_serve_names_bad_adapter_settings_without_a_traceback(home: Path) -> Non
     done = squall(home, "serve", timeout=30)
     assert done.returncode != 0 and "'adapters.console' must be a mapping" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_run_passes_values_as_given_unless_asked_to_render(home: Path) -> None:
+    assert squall(home, "key", "set", "greeting", "hello").returncode == 0
+    code, plain = run_json(home, "core.local", "cmd=echo '{{ st2kv.system.greeting }}'")
+    assert code == 0 and plain["result"]["stdout"] == "{{ st2kv.system.greeting }}"
+    code, rendered = run_json(home, "core.local", "cmd=echo {{ st2kv.system.greeting }}", "--render")
+    assert code == 0 and rendered["result"]["stdout"] == "hello"
