@@ -95,6 +95,18 @@ async def test_chain_renders_publishes_and_takes_on_success(chains: Squall) -> N
     assert rows[0]["context"]["chain"] == {"node": "first"} and rows[0]["parent"] == done["id"]
 
 
+async def test_a_chain_task_cmd_gets_its_values_as_data(chains: Squall, tmp_path: Path) -> None:
+    """A workflow input (from chat, a webhook...) in a task's `cmd` is quoted, not pasted into the shell."""
+    nasty = f'ann"; touch {tmp_path}/pwned; echo "'
+    done = await run(chains, "wf.chain", {"who": nasty})
+    assert done["status"] == "succeeded", done["result"]
+    second = done["result"]["tasks"][1]["result"]
+    assert second["stdout"] == f"{nasty}-base green {nasty}-base green"
+    assert not (tmp_path / "pwned").exists()
+    [task] = [c for c in await children(chains, done["id"]) if c["context"]["workflow_task"]["task"] == "second"]
+    assert "SQUALL_ARG_0" in task["parameters"]["cmd"] and nasty not in task["parameters"]["cmd"]
+
+
 async def test_chain_failure_handled_by_on_failure_succeeds(chains: Squall) -> None:
     done = await run(chains, "wf.chain", {"who": "ann", "code": 4})
     assert done["status"] == "succeeded"

@@ -201,6 +201,9 @@ RUNNER_TYPES: dict[str, RunnerType] = {
     )
 }
 
+#: Runners whose `cmd` is bash text rendered by `shell_template` (locally or over SSH).
+SHELL_COMMAND_RUNNERS = frozenset({"local-shell-cmd", "remote-shell-cmd"})
+
 
 @dataclass
 class RunRequest:

@@ -8,10 +8,12 @@ does. The chain's status is the one implied by the last task it processed.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from engine.actions import notify_problem
+from engine.runners.shell_template import render_shell_command
 from engine.templates import TemplateRenderError, is_jinja_expression, render_values
 from engine.workflows import graph
 from engine.workflows.model import FAILED, Outcome, TaskCall
@@ -117,8 +119,10 @@ class ChainConductor:
     """Runs the chain one task at a time."""
 
     def __init__(self, spec: ChainSpec, parameters: dict[str, Any], base_context: dict[str, Any], jinja: Any,
-                 display_published: bool = True) -> None:
+                 display_published: bool = True, shell_command: Callable[[str], bool] = lambda ref: False) -> None:
         self.spec = spec
+        #: Whether an action's `cmd` is shell text (a `*-shell-cmd` runner): its values must be quoted.
+        self.shell_command = shell_command
         self.parameters = parameters
         self.base = base_context  # st2kv, action_context, config_context
         self.jinja = jinja
@@ -157,7 +161,7 @@ class ChainConductor:
         if node is None:
             return self._fail(f'Unable to find node with name "{name}".')
         try:
-            parameters = render_values(node.parameters, self._context(), self.jinja)
+            parameters = self._render(node)
         except TemplateRenderError as exc:
             return self._fail(f'Failed to run task "{name}". Parameter rendering failed: {exc}')
         self.occurrences[name] += 1
@@ -167,6 +171,24 @@ class ChainConductor:
         if node.notify is not None:
             context["notify"] = node.notify
         return [TaskCall(key, name, node.ref, parameters, context)]
+
+    def _render(self, node: Node) -> dict[str, Any]:
+        """A task's parameters. A shell command's `cmd` is rendered as the shell runner renders its own
+        template: each value goes to the command in an environment variable (added to `env`), never
+        pasted into the shell text, so a workflow input or earlier result cannot run as shell code."""
+        raw = dict(node.parameters)
+        cmd = raw.get("cmd")
+        quoted = is_jinja_expression(cmd) and self.shell_command(node.ref)
+        if quoted:
+            del raw["cmd"]
+        parameters = render_values(raw, self._context(), self.jinja)
+        if quoted:
+            context = self._context()
+            text, variables = render_shell_command(cmd, {"__context": context, **context}, self.jinja)
+            env = parameters.get("env")
+            parameters["cmd"] = text
+            parameters["env"] = {**(env if isinstance(env, dict) else {}), **variables}
+        return parameters
 
     def on_done(self, key: str, status: str, result: Any, execution_id: str | None) -> list[TaskCall]:
         name = key.rsplit(".", 1)[0]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.runners import RunOutcome, RunRequest
+from engine.runners import SHELL_COMMAND_RUNNERS, RunOutcome, RunRequest
 from engine.templates import KVNamespace
 from engine.workflows import chain, orquesta
 from engine.workflows.model import COMPLETED, Conductor, TaskCall
@@ -292,6 +292,10 @@ class WorkflowService:
 
         return lookup
 
+    def _shell_command(self, ref: str) -> bool:
+        action = self.executions.registry.actions.get(ref)
+        return action is not None and action.runner_type in SHELL_COMMAND_RUNNERS
+
     def _conductor(self, kind: str, request: RunRequest) -> Conductor:
         action = request.action
         path = action.entry_path
@@ -304,7 +308,8 @@ class WorkflowService:
             base["action_context"] = {"parent": {"execution_id": request.execution_id, **context}}
             base["system"] = base["st2kv"]["system"]
             return chain.ChainConductor(spec, dict(request.action_parameters), base, request.jinja,
-                                        bool(request.runner_parameters.get("display_published", True)))
+                                        bool(request.runner_parameters.get("display_published", True)),
+                                        shell_command=self._shell_command)
         st2 = {"action_execution_id": request.execution_id, "workflow_execution_id": request.execution_id,
                "api_url": request.api_url, "user": context.get("user"), "pack": action.pack}
         for name in ("api_user", "source_channel"):
