@@ -500,6 +500,9 @@ class MattermostAdapter:
             return
         try:
             message = await self._message(event)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            log.warning("Mattermost: a malformed posted event was skipped (%s: %s)", type(exc).__name__, exc)
+            return
         except Exception:
             log.exception("Mattermost: a posted event could not be read; skipped")
             return
@@ -563,14 +566,26 @@ class MattermostAdapter:
         """A click on one of our buttons, as the Mattermost server forwards it: the person answers as
         if they had typed the button's value in the prompt's thread; the prompt loses its buttons."""
         try:
-            body = await request.json()
-        except ValueError:
-            return JSONResponse({"error": {"message": "the action request is not JSON"}}, status_code=400)
-        context = body.get("context") if isinstance(body, dict) else None
-        if not isinstance(context, dict) or not hmac.compare_digest(str(context.get("signature", "")).encode(),
-                                                                    self._sign(context).encode()):
+            body = json.loads(await request.body())
+        except (ValueError, RecursionError):  # UnicodeDecodeError too
+            return JSONResponse({"error": {"message": "the action request is not JSON (UTF-8): Mattermost sends "
+                                                      "a JSON object with user_id, channel_id and context"}},
+                                status_code=400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": {"message": "the action request must be a JSON object with user_id, "
+                                                      "channel_id and context"}}, status_code=400)
+        context = body.get("context")
+        # Ours hold strings only: anything else was not made here (and is not worth hashing).
+        if not (isinstance(context, dict) and all(isinstance(v, str) for v in context.values())
+                and hmac.compare_digest(str(context.get("signature", "")).encode(), self._sign(context).encode())):
             log.warning("Mattermost: refused a button action whose context this Squall did not sign")
             return JSONResponse({"error": {"message": "this button was not made by this Squall"}}, status_code=401)
+        wrong = next((k for k in ("user_id", "channel_id", "user_name", "channel_name")
+                      if body.get(k) is not None and not isinstance(body[k], str)), None)
+        if wrong is not None:
+            log.warning("Mattermost: refused a button action whose %s is not a string", wrong)
+            return JSONResponse({"error": {"message": f"the action request's {wrong} must be a string"}},
+                                status_code=400)
         user_id, channel = str(body.get("user_id") or ""), str(body.get("channel_id") or "")
         if not user_id or not channel:
             return JSONResponse({"error": {"message": "the action request lacks user_id or channel_id"}},
@@ -621,6 +636,16 @@ class MattermostAdapter:
         if missing:
             return JSONResponse({"response_type": "ephemeral",
                                  "text": f"the slash-command request lacks {', '.join(missing)}"}, status_code=400)
+        try:
+            response_url = urlsplit(form["response_url"])
+            usable = response_url.scheme in ("http", "https") and bool(response_url.hostname)
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            usable = False
+        if not usable:
+            log.warning("Mattermost: refused a slash command whose response_url is not an http(s) URL")
+            return JSONResponse({"response_type": "ephemeral",
+                                 "text": "the slash-command request's response_url must be an http(s) URL, not "
+                                         f"{form['response_url'][:60]!r}"}, status_code=400)
         if self._on_message is None:
             return JSONResponse({"response_type": "ephemeral", "text": "Squall's chat is not running"},
                                 status_code=503)

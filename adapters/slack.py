@@ -5,7 +5,9 @@ Thin by design: Slack events, slash commands and button clicks become `Message`s
 (../shared/reference/peers.md §3): Slack's retries of an event run it once (by `event_id`, and an
 `app_mention` and its `message` twin by channel and timestamp); a 429 becomes a `DeliveryError`
 carrying `Retry-After`, so the outbox waits and keeps the channel's order; a watchdog reconnects a
-socket that went silent; a failing handler is logged and the adapter goes on.
+socket that went silent; a failing handler is logged and the adapter goes on. In HTTP mode a request
+is checked before bolt sees it: a missing, malformed or stale timestamp or a wrong signature is 401, a
+signed payload with a field of the wrong type (`payload_problem`) is 400 and one log line.
 
 Config (`adapters.slack`): `mode` (`socket`|`http`), `bot_token`, `app_token`, `signing_secret`
 (tokens default to `SLACK_BOT_TOKEN`, `SLACK_APP_TOKEN`, `SLACK_SIGNING_SECRET`), `base_url`,
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -27,6 +31,7 @@ from typing import Any
 
 import aiohttp
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.internals import parse_body
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -52,6 +57,12 @@ GROUPS_TTL = 300.0
 SEEN_SIZE = 5000
 #: Characters of a file's content posted inline when the upload itself is refused.
 UPLOAD_FALLBACK = 3500
+#: HTTP mode: how far `X-Slack-Request-Timestamp` may be from this server's clock, either way (Slack's
+#: own advice: older requests may be replays).
+MAX_CLOCK_SKEW = 300
+_UNIX_TIME = re.compile(r"[0-9]{1,12}")
+#: A Slack message timestamp (its id in a channel), e.g. 1700000000.000100.
+_SLACK_TS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
 
 
 #: Slack errors that no retry will fix: the reply fails at once instead of holding its channel.
@@ -111,6 +122,125 @@ class SlackSettings:
             watchdog_seconds=_number(section, "watchdog_seconds", 600.0, float, minimum=0),
             status_reactions=bool(section.get("status_reactions", False)),
         )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _strings(where: str, document: dict[str, Any], *keys: str) -> str | None:
+    """The first of `keys` present in `document` with a value that is neither a string nor null."""
+    for key in keys:
+        value = document.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"{where}{key} must be a string, not {_kind(value)} ({_shown(value)})"
+    return None
+
+
+def _timestamps(where: str, document: dict[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        value = document.get(key)
+        if value is not None and not (isinstance(value, str) and _SLACK_TS.fullmatch(value)):
+            return f"{where}{key} must be a Slack timestamp such as \"1700000000.000100\", not {_shown(value)}"
+    return None
+
+
+def _object(where: str, value: Any, required: bool = False) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, dict):
+        return f"{where} must be an object, not {_kind(value)}"
+    return None
+
+
+def payload_problem(body: Any) -> str | None:
+    """What is wrong with the shape of a Slack payload, in the fields Squall or bolt reads, or None.
+
+    Slack's own payloads always pass; this is for anything else that reaches `/slack/events` (or the
+    socket) with a field of the wrong type, a missing key or a non-numeric timestamp: such a payload
+    is dropped with one log line instead of failing inside a handler."""
+    if not isinstance(body, dict):
+        return f"the payload must be a JSON object, not {_kind(body)}"
+    problem = _strings("", body, "type", "token", "team_id", "api_app_id", "event_id", "command", "text",
+                       "user_id", "user_name", "channel_id", "channel_name", "response_url", "trigger_id",
+                       "enterprise_id")
+    if problem:
+        return problem
+    for key in ("team", "enterprise", "user", "channel"):  # an id, or an object with an "id"
+        value = body.get(key)
+        if isinstance(value, dict):
+            problem = _strings(f"{key}.", value, "id", "name", "username", "enterprise_id")
+        elif value is not None and not isinstance(value, str):
+            problem = f"{key} must be an id or an object, not {_kind(value)} ({_shown(value)})"
+        if problem:
+            return problem
+    authorizations = body.get("authorizations")
+    if authorizations is not None:
+        if not isinstance(authorizations, list) or not all(isinstance(a, dict) for a in authorizations):
+            return "authorizations must be an array of objects"
+        for index, item in enumerate(authorizations):
+            problem = _strings(f"authorizations[{index}].", item, "user_id", "team_id", "enterprise_id")
+            if problem:
+                return problem
+    url = body.get("response_url")
+    if url is not None and not re.match(r"https?://[^/?#\s]+", url, re.IGNORECASE):
+        return f"response_url must be an http(s) URL, not {_shown(url)}"
+    if "command" in body and not (body.get("user_id") and body.get("channel_id")):
+        return "a slash command needs user_id and channel_id"
+    for key in ("view", "message", "container", "state"):  # whatever the type, bolt reads these as objects
+        problem = _object(key, body.get(key))
+        if problem:
+            return problem
+    kind = body.get("type")
+    if kind == "url_verification" and not isinstance(body.get("challenge"), str):
+        return "a url_verification payload needs a challenge string"
+    if kind == "event_callback" or "event" in body:
+        event = body.get("event")
+        if not isinstance(event, dict):
+            return f"event must be an object, not {_kind(event)}"
+        if not isinstance(event.get("type"), str):
+            return "event.type must be a string"
+        if event["type"] in ("message", "app_mention"):
+            problem = (_strings("event.", event, "user", "channel", "text", "subtype", "channel_type", "bot_id",
+                                "team")
+                       or _timestamps("event.", event, "ts", "thread_ts", "event_ts"))
+            if problem is None and event.get("user") and not (event.get("channel") and event.get("ts")):
+                problem = f"a {event['type']} event from a person needs channel and ts"
+            return problem
+    if kind == "block_actions" or "actions" in body:
+        actions = body.get("actions")
+        if not isinstance(actions, list) or not actions or not all(isinstance(a, dict) for a in actions):
+            return "actions must be a non-empty array of objects"
+        for index, action in enumerate(actions):
+            where = f"actions[{index}]."
+            if not isinstance(action.get("action_id"), str):
+                return f"{where}action_id must be a string"
+            problem = (_strings(where, action, "value", "block_id", "type")
+                       or _object(f"{where}text", action.get("text"))
+                       or _strings(f"{where}text.", action.get("text") or {}, "text"))
+            if problem:
+                return problem
+        problem = _object("channel", body.get("channel"))
+        if problem:
+            return problem
+        container, message = body.get("container") or {}, body.get("message") or {}
+        problem = (_strings("container.", container, "channel_id")
+                   or _timestamps("container.", container, "thread_ts", "message_ts")
+                   or _strings("message.", message, "text")
+                   or _timestamps("message.", message, "ts", "thread_ts"))
+        if problem:
+            return problem
+        if not isinstance(body.get("user"), dict) or not isinstance(body["user"].get("id"), str):
+            return "user must be an object with an id string"
+        if not ((body.get("channel") or {}).get("id") or container.get("channel_id")):
+            return "a block_actions payload needs channel.id or container.channel_id"
+    return None
 
 
 def _number(section: dict[str, Any], key: str, default: Any, kind: type, minimum: float) -> Any:
@@ -272,15 +402,62 @@ class SlackAdapter:
                 log.warning("Slack: reconnecting failed (%s); retrying after another %.0fs", _error(exc), limit)
 
     def mount(self, app: Any) -> None:
-        """HTTP mode: Slack's Events API, slash commands and interactivity all POST to /slack/events.
-
-        bolt checks the v0 signature and the timestamp's age (401 otherwise) before anything runs."""
+        """HTTP mode: Slack's Events API, slash commands and interactivity all POST to /slack/events."""
         if self.settings.mode != "http":
             return
-        from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+        app.add_route("/slack/events", self.http_request, methods=["POST"], include_in_schema=False)
 
-        handler = AsyncSlackRequestHandler(self.app)
-        app.add_route("/slack/events", handler.handle, methods=["POST"], include_in_schema=False)
+    async def http_request(self, request: Any) -> Any:
+        """One POST to /slack/events (`request`: a Starlette request).
+
+        Checked before bolt sees it (bolt parses the body before it checks the signature, and answers
+        500 to a non-numeric timestamp): a missing, malformed or stale `X-Slack-Request-Timestamp`, or a
+        v0 signature that does not match, is 401; a signed body that is not UTF-8, not JSON or form data,
+        or has a field of the wrong type, is 400 with one log line. Then bolt (which checks again) runs it."""
+        from slack_bolt.adapter.starlette.async_handler import to_async_bolt_request, to_starlette_response
+        from starlette.responses import JSONResponse
+
+        body = await request.body()
+        refused = self._unverified(request.headers, body)
+        if refused:
+            log.info("Slack: refused a request to /slack/events: %s", refused)  # scanners: not worth a warning
+            return JSONResponse({"faultstring": f"Unauthorized - {refused}."}, status_code=401)
+        try:
+            payload = parse_body(body.decode("utf-8"), request.headers.get("content-type", "").split(";")[0].strip())
+            problem = payload_problem(payload)
+            bolt_request = None if problem else to_async_bolt_request(request, body)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+            problem = f"the body is not UTF-8 JSON or form data as Slack sends ({type(exc).__name__}: {exc})"
+        if problem or bolt_request is None:
+            log.warning("Slack: dropped a signed request to /slack/events: %s", problem)
+            return JSONResponse({"faultstring": f"Malformed Slack payload: {problem}."}, status_code=400)
+        answer = await self.app.async_dispatch(bolt_request)
+        if answer.status >= 500:
+            # bolt answers 500 only when it cannot route the payload (its listeners run after the answer,
+            # their errors are logged by _on_error): a shape this check let through, so the request's fault.
+            return JSONResponse({"faultstring": "Malformed Slack payload: Slack's SDK could not route it "
+                                                "(the log says why)."}, status_code=400)
+        return to_starlette_response(answer)
+
+    def _unverified(self, headers: Any, body: bytes) -> str | None:
+        """Why a request did not come from Slack (timestamp, v0 signature), or None when it did."""
+        timestamp = headers.get("x-slack-request-timestamp")
+        if not timestamp:
+            return "header X-Slack-Request-Timestamp is missing (Slack sends the request's Unix time in it)"
+        if not _UNIX_TIME.fullmatch(timestamp):
+            return f"header X-Slack-Request-Timestamp must be a Unix time in whole seconds, not {_shown(timestamp)}"
+        skew = time.time() - int(timestamp)
+        if abs(skew) > MAX_CLOCK_SKEW:
+            return (f"header X-Slack-Request-Timestamp is {abs(skew):.0f}s {'old' if skew > 0 else 'in the future'}; "
+                    f"requests more than {MAX_CLOCK_SKEW}s from this server's clock are refused as possible replays")
+        signature = headers.get("x-slack-signature")
+        if not signature:
+            return "header X-Slack-Signature is missing (v0=<HMAC-SHA256 of v0:timestamp:body>)"
+        expected = hmac.new(self.settings.signing_secret.encode(), b"v0:" + timestamp.encode() + b":" + body,
+                            hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(signature.encode("utf-8"), f"v0={expected}".encode()):
+            return "header X-Slack-Signature does not match the body (check adapters.slack.signing_secret)"
+        return None
 
     # -- Slack → Message -------------------------------------------------------------------------
     def _register(self) -> None:
@@ -301,13 +478,25 @@ class SlackAdapter:
                   type(error).__name__, error)
 
     async def _on_app_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
-        await self._guarded(self._event(body, event, mention=True))
+        if self._well_formed(body):
+            await self._guarded(self._event(body, event, mention=True))
 
     async def _on_message_event(self, body: dict[str, Any], event: dict[str, Any]) -> None:
-        await self._guarded(self._event(body, event, mention=False))
+        if self._well_formed(body):
+            await self._guarded(self._event(body, event, mention=False))
+
+    @staticmethod
+    def _well_formed(body: Any) -> bool:
+        """A payload with a field of the wrong type is dropped with one log line (HTTP mode refused it
+        already; this is for Socket Mode)."""
+        problem = payload_problem(body)
+        if problem:
+            log.warning("Slack: dropped a malformed %s payload: %s",
+                        body.get("type", "?") if isinstance(body, dict) else "?", problem)
+        return problem is None
 
     async def _guarded(self, work: Awaitable[None]) -> None:
-        """One bad payload (or a dispatcher bug) is logged; the adapter keeps serving."""
+        """A dispatcher bug is logged; the adapter keeps serving."""
         try:
             await work
         except Exception:
@@ -341,7 +530,8 @@ class SlackAdapter:
 
     async def _on_command(self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any]) -> None:
         await ack()  # first: Slack shows "operation_timeout" after 3 s
-        await self._guarded(self._command(command))
+        if self._well_formed(command):
+            await self._guarded(self._command(command))
 
     async def _command(self, command: dict[str, Any]) -> None:
         channel, user_id = str(command.get("channel_id", "")), str(command.get("user_id", ""))
@@ -357,7 +547,8 @@ class SlackAdapter:
 
     async def _on_button(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
         await ack()
-        await self._guarded(self._button(body))
+        if self._well_formed(body):
+            await self._guarded(self._button(body))
 
     async def _button(self, body: dict[str, Any]) -> None:
         """A click answers as if the person had typed the button's value in the same thread."""

@@ -15,7 +15,10 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
+import re
 import uuid
+from itertools import accumulate
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
@@ -25,7 +28,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.base import Message
-from aliases import AliasMatcher, AmbiguousCommand, NoMatch, inject_immutable, load_aliases
+from aliases import AliasMatcher, AmbiguousCommand, NoMatch, load_aliases
 from bot.apikeys import create_key, hash_key, public_key, static_keys
 from bot.service_api import INSTANCE_HEADER
 from engine.crypto import CryptoError
@@ -38,13 +41,105 @@ from engine.triggers import TriggerError
 
 API_PREFIX = "/api/v1"
 DEFAULT_MAX_BODY = 1024 * 1024
+#: JSON bodies may nest objects and arrays this many levels deep (`{"a": [1]}` is 2); deeper ones get 400.
+#: Real payloads stay far below it (a Slack event with rich-text blocks is about 8), and without a limit
+#: a webhook body of a thousand `[` broke the parser (RecursionError, HTTP 500).
+MAX_JSON_DEPTH = 64
+#: How much of a body over `api.max_body_bytes` is read and dropped before the 413 goes out: a client
+#: sends its whole body before it reads the answer, and a server that closes on unread data resets the
+#: connection, so the client never sees the 413. Past this much the 413 goes out at once.
+MAX_DRAIN_BYTES = 64 * 1024 * 1024
+#: The longest `ttl` of a key (100 years, in seconds): longer ones overflow the expiry date.
+MAX_KEY_TTL = 100 * 365 * 24 * 3600
 SIGNATURE_HEADER = "x-squall-signature"
 #: Removed from the headers a webhook passes on in its payload (spec §6.3).
 _SECRET_HEADERS = {"x-auth-token", "st2-api-key", "authorization", "cookie", SIGNATURE_HEADER}
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"faultstring": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"faultstring": message}, status_code=status, headers=headers)
+
+
+# -- JSON bodies ------------------------------------------------------------------------------------
+
+class JsonBodyError(ValueError):
+    """Well-formed text that Squall still refuses as JSON: NaN or Infinity, a float out of range, or
+    nesting deeper than `MAX_JSON_DEPTH`. The message says what was wrong and what would be right."""
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*+"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_DEPTH_STEP = tuple(1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise JsonBodyError(f"The JSON body holds {name}; JSON has no NaN, Infinity or -Infinity: send a finite number, "
+                        "a string or null instead.")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise JsonBodyError(f"The JSON body holds the number {shown}, which is out of range for a float "
+                            "(at most about 1.8e308): send it as a string instead.")
+    return value
+
+
+def _depth(raw: bytes) -> int:
+    """How deep the objects and arrays of valid JSON `raw` nest (strings dropped first: their brackets
+    do not count); linear, at C speed."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be too deep: not worth measuring
+    brackets = _STRINGS.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """`raw` as JSON, the way every route of the API takes it: NaN, Infinity, -Infinity and floats out of
+    range, and objects or arrays nested deeper than `MAX_JSON_DEPTH`, raise `JsonBodyError`; text that is
+    not JSON raises `ValueError` (`UnicodeDecodeError` for bytes that are not UTF-8)."""
+    too_deep = (f"The JSON body nests objects and arrays more than {MAX_JSON_DEPTH} levels deep; "
+                f"the limit is {MAX_JSON_DEPTH} levels: send a flatter document.")
+    if isinstance(raw, bytes):  # as json.loads reads bytes: UTF-8, or UTF-16/32 by their zero bytes
+        encoding = json.detect_encoding(raw)
+        text = raw.decode(encoding, "surrogatepass")
+        utf8 = raw if encoding == "utf-8" else text.encode("utf-8", "surrogatepass")
+    else:
+        text, utf8 = raw, raw.encode("utf-8", "surrogatepass")
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise JsonBodyError(too_deep) from None
+    depth = _depth(utf8)
+    if depth > MAX_JSON_DEPTH:
+        raise JsonBodyError(f"The JSON body nests objects and arrays {depth} levels deep; the limit is "
+                            f"{MAX_JSON_DEPTH} levels: send a flatter document.")
+    if _SURROGATE.search(text):  # \ud83d\ude00 pairs are fine; a lone half cannot be stored or answered
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise JsonBodyError("The JSON body holds a lone UTF-16 surrogate (such as \\ud800 without its pair, "
+                                "or its bytes ED A0 80): send valid Unicode text.") from None
+    return value
+
+
+def _json_problem(body: bytes, content_type: str) -> str | None:
+    """Why a request body must be refused before any route reads it, or None.
+
+    Form and multipart bodies are not JSON. Any other body that parses as JSON is held to
+    `decode_json`'s rules (a webhook takes JSON whatever its Content-Type says); text that is not JSON
+    at all is left to the route, which says what it expected."""
+    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data") or not body.strip():
+        return None
+    try:
+        decode_json(body)
+    except JsonBodyError as exc:
+        return str(exc)
+    except ValueError:
+        return None
+    return None
 
 
 # -- request bodies ---------------------------------------------------------------------------------
@@ -53,6 +148,8 @@ class ExecutionRequest(BaseModel):
     action: str
     parameters: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] | None = None
+    #: Render the values as Jinja templates, as StackStorm does; only for keys in `api.render_keys`.
+    render: bool = False
 
 
 class RerunRequest(BaseModel):
@@ -87,26 +184,98 @@ class KeyRequest(BaseModel):
 
 # -- the app ----------------------------------------------------------------------------------------
 
-class _BodyLimit:
-    """Refuse a request whose declared body is over the limit before reading any of it."""
+class _BodyGuard:
+    """Every HTTP request's body, checked once before any route sees it.
+
+    Over `limit` bytes is 413, whether Content-Length says so or the bytes are counted as they come
+    (chunked, or a Content-Length that lies); what comes past the limit is read and dropped (up to
+    `MAX_DRAIN_BYTES`) so the client can read the 413. A JSON body that `decode_json` refuses (NaN,
+    Infinity, nesting past `MAX_JSON_DEPTH`) is 400, for every route: webhooks, executions, keys,
+    inquiries, Slack's and Mattermost's endpoints."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            for name, value in scope.get("headers") or []:
-                if name == b"content-length":
-                    try:
-                        size = int(value)
-                    except ValueError:
-                        size = 0
-                    if size > self.limit:
-                        response = _error(413, f"Request body is {size} bytes; the limit is {self.limit} bytes.")
-                        await response(scope, receive, send)
-                        return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared: int | None = None
+        content_type = ""
+        expects_continue = False
+        for name, value in scope.get("headers") or []:
+            if name == b"content-length":
+                text = value.decode("latin-1").strip()
+                if not text.isascii() or not text.isdigit():
+                    await _error(400, f"Content-Length must be a whole number of bytes, not {text[:40]!r}.",
+                                 {"Connection": "close"})(scope, receive, send)
+                    return
+                declared = int(text) if len(text) <= 18 else 10 ** 18  # int() refuses 4,300+ digits
+            elif name == b"content-type":
+                content_type = value.decode("latin-1").split(";")[0].strip().lower()
+            elif name == b"expect":
+                expects_continue = value.strip().lower() == b"100-continue"
+        if declared is not None and declared > self.limit:
+            if not expects_continue:  # the client waits for "100 Continue" otherwise, and sends nothing
+                await self._drain(receive, 0)
+            await self._too_large(scope, receive, send, f"is {declared} bytes")
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away: nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            more = bool(message.get("more_body"))
+            if size > self.limit:
+                if more:
+                    size, more = await self._drain(receive, size)
+                await self._too_large(scope, receive, send, f"is at least {size} bytes" if more else f"is {size} bytes")
+                return
+            chunks.append(chunk)
+            if not more:
+                break
+        if declared is not None and size != declared:
+            await _error(400, f"The body is {size} bytes but Content-Length said {declared}: send the exact "
+                              "length, or no Content-Length with chunked transfer encoding.",
+                         {"Connection": "close"})(scope, receive, send)
+            return
+        body = b"".join(chunks)
+        problem = _json_problem(body, content_type)
+        if problem is not None:
+            await _error(400, problem)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # http.disconnect, for a route that listens for it
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _drain(receive: Any, size: int) -> tuple[int, bool]:
+        """Read and drop the rest of a body (up to `MAX_DRAIN_BYTES` in all): the bytes seen, and whether
+        more was left unread."""
+        while size <= MAX_DRAIN_BYTES:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return size, True
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                return size, False
+        return size, True
+
+    async def _too_large(self, scope: dict[str, Any], receive: Any, send: Any, size: str) -> None:
+        response = _error(413, f"Request body {size}; the limit is {self.limit} bytes (config api.max_body_bytes): "
+                               "send less.", {"Connection": "close"})
+        await response(scope, receive, send)
 
 
 def create_api(squall: Any, bot: Any = None) -> FastAPI:
@@ -115,16 +284,23 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
     max_body = int(section.get("max_body_bytes") or DEFAULT_MAX_BODY)
     webhooks_config: dict[str, Any] = section.get("webhooks") or {}
     static_hashes = [hash_key(k) for k in static_keys(section)]
+    #: Names of stored API keys whose execution requests may ask for their values to render (`render: true`).
+    render_keys = {str(name) for name in section.get("render_keys") or []}
 
     app = FastAPI(title="Squall API", version="1.0", description="StackStorm-compatible ChatOps automation API.",
                   openapi_url="/openapi.json")
-    app.add_middleware(_BodyLimit, limit=max_body)
+    app.add_middleware(_BodyGuard, limit=max_body)
     app.state.squall = squall
     app.state.bot = bot
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        response = _error(exc.status_code, str(exc.detail))
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's words
+            cause = exc.__cause__
+            reason = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+            message = f"The body could not be read{reason}: send JSON, as UTF-8, with Content-Type: application/json."
+        response = _error(exc.status_code, message)
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
@@ -140,17 +316,18 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
             problems.append(f"{where or 'body'}: {error.get('msg')}")
         return _error(400, "Invalid request: " + "; ".join(problems))
 
-    async def authenticated(key: str | None) -> bool:
+    async def authenticated(key: str | None) -> dict[str, Any] | None:
+        """Who the key is: `{"name": ...}` of a stored key, `{"name": None}` for a configured one."""
         if not key:
-            return False
+            return None
         digest = hash_key(key)
         found = False
         for known in static_hashes:  # constant time, whichever matches
             found |= hmac.compare_digest(digest, known)
         if found:
-            return True
+            return {"name": None}
         record = await squall.db(squall.store.api_key_by_hash, digest)
-        return bool(record and record.get("enabled", True))
+        return record if record and record.get("enabled", True) else None
 
     def presented_key(request: Request) -> str | None:
         key = request.headers.get("st2-api-key")
@@ -167,9 +344,11 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
             raise HTTPException(401, "Unauthorized - API key required: send header St2-Api-Key, "
                                      "Authorization: Bearer <key> or query parameter st2-api-key.",
                                 headers={"WWW-Authenticate": "Bearer"})
-        if not await authenticated(key):
+        who = await authenticated(key)
+        if who is None:
             raise HTTPException(401, "Unauthorized - the API key is not valid.",
                                 headers={"WWW-Authenticate": "Bearer"})
+        request.state.api_key_name = who.get("name")
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
@@ -220,10 +399,15 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
         return await find_execution(execution_id)
 
     @api.post("/executions", status_code=201, tags=["executions"])
-    async def create_execution(body: ExecutionRequest) -> dict[str, Any]:
+    async def create_execution(body: ExecutionRequest, request: Request) -> dict[str, Any]:
         context = {"source": "api", **(body.context or {})}
+        key_name = request.state.api_key_name
+        if body.render and key_name not in render_keys:
+            raise HTTPException(403, f"This API key ({key_name or 'a configured key'}) may not ask for parameters "
+                                     "to be rendered as templates; list a stored key's name in api.render_keys "
+                                     "to allow it, or send the values as data.")
         try:
-            return await squall.executions.request(body.action, body.parameters, context)
+            return await squall.executions.request(body.action, body.parameters, context, render=body.render)
         except (ParameterError, UnknownAction, ValueError) as exc:
             raise HTTPException(400, str(exc)) from exc
 
@@ -297,8 +481,8 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
         context = {"user": body.user, "api_user": body.user, "source": "api", "source_channel": body.channel,
                    "action_alias_ref": {"id": alias.ref, "name": alias.name}}
         try:
-            parameters = inject_immutable(alias, dict(match.parameters), context)
-            execution = await squall.executions.request(alias.action_ref, parameters, context)
+            parameters, render = match.request_parameters(squall.registry.action(alias.action_ref), context)
+            execution = await squall.executions.request(alias.action_ref, parameters, context, render=render)
         except (ParameterError, UnknownAction, ValueError) as exc:
             raise HTTPException(400, str(exc)) from exc
         await squall.db(squall.store.audit_add, "api.execution", body.user, f"api:{body.channel}", alias.ref,
@@ -374,6 +558,8 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
 
     @api.put("/keys/{name}", tags=["keys"])
     async def put_key(name: str, body: KeyRequest) -> dict[str, Any]:
+        if body.ttl is not None and body.ttl > MAX_KEY_TTL:
+            raise HTTPException(400, f"ttl must be at most {MAX_KEY_TTL} seconds (100 years), not {body.ttl}.")
         item = await datastore(squall.datastore.set, name, body.value, scope=body.scope, user=body.user,
                                encrypt=body.secret or body.encrypt, ttl=body.ttl, description=body.description)
         return shown(item, False)
@@ -416,9 +602,12 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
         if not raw.strip():
             return {}
         try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HTTPException(400, f"Failed to parse request body: {exc}") from exc
+            return decode_json(raw)
+        except JsonBodyError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        except ValueError as exc:  # UnicodeDecodeError too
+            raise HTTPException(400, f"Failed to parse request body: {exc}; send JSON (UTF-8) or form data.") \
+                from exc
 
     def trace_tag(request: Request, hook: str) -> str:
         return request.headers.get("st2-trace-tag") or f"webhook-{hook}-{uuid.uuid4().hex}"
@@ -529,4 +718,5 @@ class ApiServer:
         self.task = None
 
 
-__all__ = ["ApiServer", "create_api", "create_key", "hash_key", "public_key", "static_keys"]
+__all__ = ["MAX_JSON_DEPTH", "ApiServer", "JsonBodyError", "create_api", "create_key", "decode_json", "hash_key",
+           "public_key", "static_keys"]

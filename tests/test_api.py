@@ -35,6 +35,7 @@ def _home(home: Path, extra: str = "") -> Path:
           paths: [packs]
         api:
           keys: [{KEY}]
+          render_keys: [deployer]
           max_body_bytes: 4096
           webhooks:
             signed: {{secret: {HOOK_SECRET}}}
@@ -510,3 +511,27 @@ def test_squall_serve_answers_http(home: Path) -> None:
             server.kill()
             server.wait()
     assert server.returncode == 0
+
+
+async def test_only_keys_named_in_render_keys_may_ask_for_rendering(squall: Squall, anon: httpx.AsyncClient) -> None:
+    from bot.api import create_key
+
+    await squall.db(squall.datastore.set, "greeting", "hello")
+    body = {"action": "core.local", "parameters": {"cmd": "echo {{ st2kv.system.greeting }}"}}
+    # Without `render` the value is data, for any key.
+    plain = await anon.post("/api/v1/executions", json=body, headers={"St2-Api-Key": KEY})
+    assert plain.status_code == 201
+    done = await squall.executions.wait(plain.json()["id"], timeout=30)
+    assert done["result"]["stdout"] == "{{ st2kv.system.greeting }}"
+    # A configured key, and a stored key not listed, may not ask for rendering.
+    refused = await anon.post("/api/v1/executions", json={**body, "render": True}, headers={"St2-Api-Key": KEY})
+    assert refused.status_code == 403 and "api.render_keys" in refused.json()["faultstring"]
+    other, _ = await squall.db(create_key, squall.store, "someone")
+    refused = await anon.post("/api/v1/executions", json={**body, "render": True}, headers={"St2-Api-Key": other})
+    assert refused.status_code == 403 and "someone" in refused.json()["faultstring"]
+    # The key named in api.render_keys may.
+    deployer, _ = await squall.db(create_key, squall.store, "deployer")
+    allowed = await anon.post("/api/v1/executions", json={**body, "render": True},
+                              headers={"St2-Api-Key": deployer})
+    assert allowed.status_code == 201, allowed.text
+    assert (await squall.executions.wait(allowed.json()["id"], timeout=30))["result"]["stdout"] == "hello"
