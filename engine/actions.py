@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.runners import RUNNER_TYPES
+from engine.runners import RUNNER_TYPES, SHELL_COMMAND_RUNNERS
+from engine.runners.shell_template import numeric_placeholder_problem
 from engine.yamlfile import ContentError, ContentInvalid, LineMap
 
 PARAMETER_TYPES = {"array", "boolean", "integer", "null", "number", "object", "string"}
@@ -202,6 +203,12 @@ def build_action(data: Any, lines: LineMap, *, pack: str, pack_path: Path, file:
             taken = ", ".join(f"{n}={p:g}" for p, n in positions)
             raise fail(f"parameter positions must be unique and contiguous from 0 ({taken}); "
                        f"'{pname}' should have position {index}", "parameters", pname, "position")
+
+    cmd = merged.get("cmd", {}).get("default") if runner_name in SHELL_COMMAND_RUNNERS else None
+    if isinstance(cmd, str) and "{{" in cmd:
+        problem = numeric_placeholder_problem(cmd, merged)
+        if problem:
+            raise fail(f"cmd: {problem}", "parameters", "cmd", "default")
 
     notify = data.get("notify") or {}
     problem = notify_problem(notify)

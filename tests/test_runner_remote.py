@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from bot.app import Squall
+from engine.parameters import ParameterError
 from engine.runners import RUNNER_TYPES, RunRequest
 from engine.runners.remote import RemoteShellRunner, parse_hosts, remote_script, wrap_command
 from tests.conftest import server_missing, write
@@ -406,9 +407,9 @@ async def test_env_and_action_variables_reach_the_host(squall: Squall, sshd: SSH
 
 
 async def test_env_names_must_be_shell_names(squall: Squall, sshd: SSHServer) -> None:
-    done = await run(squall, "core.remote", creds(sshd, cmd="true", env={"A; touch /tmp/x": "v"}))
-    assert done["status"] == "failed"
-    assert "env names" in done["result"]["error"]
+    # Refused when requested, before anything is stored or sent over SSH.
+    with pytest.raises(ParameterError, match="is not an environment variable name"):
+        await run(squall, "core.remote", creds(sshd, cmd="true", env={"A; touch /tmp/x": "v"}))
 
 
 def _decoded(text: str) -> Any:

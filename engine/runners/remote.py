@@ -44,6 +44,7 @@ from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
 from engine.runners.environment import action_variables
 from engine.runners.shell import script_arguments, shell_result
 from engine.runners.shell_template import EmptyCommand, command_of
+from engine.templates import TemplateRenderError
 
 # asyncssh logs every connection and channel at INFO; a runner's log needs only its problems.
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
@@ -219,7 +220,7 @@ class RemoteShellRunner:
         else:
             try:
                 command, values = command_of(request)
-            except EmptyCommand as exc:
+            except (EmptyCommand, TemplateRenderError) as exc:  # a bad value fails the run, plainly
                 return RunOutcome("failed", {"error": str(exc)})
             variables.update(values)
         bad = sorted(name for name in variables if not _ENV_NAME.match(name))

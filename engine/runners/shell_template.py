@@ -4,16 +4,26 @@ Each expression's value is collected through a Jinja `finalize` hook and replace
 to an environment variable ("${SQUALL_ARG_0}") quoted for the spot it lands in: plain words,
 double or single quotes, `$'...'`, command substitutions, backticks, comments and here-documents.
 Bash then expands the variable as data. StackStorm pastes the text in and is injectable.
+
+Quoting is not enough where bash evaluates a variable's contents as arithmetic (`$(( ))`, `(( ))`,
+`$[ ]`, `[[ -eq ]]`, `let`, array subscripts...), because arithmetic runs the `$( )` in an array
+subscript: there a value must be a plain number, or rendering fails. `numeric_placeholder_problem`
+finds such spots in a template at load time, where only integer and number parameters may go
+(docs/security.md, "Shell templates").
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+import jinja2.nodes
 
 from engine.runners import RunRequest
 from engine.templates import TemplateRenderError, build_environment
@@ -33,7 +43,7 @@ def _capture(value: Any) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _shell_environment(base: jinja2.Environment) -> jinja2.Environment:
+def shell_environment(base: jinja2.Environment) -> jinja2.Environment:
     """`base` (with its filters and `decrypt_kv`) whose `{{ }}` output goes through `_capture`."""
     return base.overlay(finalize=_capture)
 
@@ -41,13 +51,24 @@ def _shell_environment(base: jinja2.Environment) -> jinja2.Environment:
 def render_shell_command(template: str, context: dict[str, Any],
                          env: jinja2.Environment | None = None) -> tuple[str, dict[str, str]]:
     """Render a `cmd` template into bash text plus the environment variables it refers to."""
-    shell_env = _shell_environment(env or build_environment())
+    shell_env = shell_environment(env or build_environment())
+
+    def render(_mark: Callable[[Any], str]) -> str:  # the overlay's finalize marks each value itself
+        try:
+            return shell_env.from_string(template).render(context)
+        except Exception as exc:  # jinja raises many types; callers want one
+            raise TemplateRenderError(f"cannot render cmd {template!r}: {exc}", template=template) from exc
+
+    return shell_command(render, template)
+
+
+def shell_command(render: Callable[[Callable[[Any], str]], str], template: str) -> tuple[str, dict[str, str]]:
+    """Bash text plus the variables it refers to, from any renderer (Jinja here, Orquesta's YAQL in
+    workflows) that passes each value it inserts through the `mark` it is given."""
     values: list[str] = []
     token = _collected.set(values)
     try:
-        text = shell_env.from_string(template).render(context)
-    except Exception as exc:  # jinja raises many types; callers want one
-        raise TemplateRenderError(f"cannot render cmd {template!r}: {exc}", template=template) from exc
+        text = render(_capture)
     finally:
         _collected.reset(token)
     return _ShellQuoter(text, values, template).run(), {f"SQUALL_ARG_{n}": v for n, v in enumerate(values)}
@@ -56,6 +77,52 @@ def render_shell_command(template: str, context: dict[str, Any],
 #: Characters after which a `#` starts a comment (it must begin a word).
 _WORD_BREAKS = frozenset(" \t\n;&|()<>")
 _HEREDOCS = ("heredoc", "qheredoc")
+
+#: What a value must look like where bash evaluates it as arithmetic.
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+#: After `${`: an optional `#`/`!`, the name, then a subscript `[` or a substring offset `:`.
+_BRACE = re.compile(r"([#!]?)([A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*])(?:(\[)|(:)(?![-=?+]))?")
+#: A word starting `name[`: an array element, which `name[...]=` assigns with an arithmetic subscript.
+_ELEMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[")
+#: The operators of `[[ ]]` whose operands bash evaluates as arithmetic (`-v` evaluates a name's subscript).
+_ARITH_TEST = re.compile(r"-(eq|ne|lt|le|gt|ge|v)(?=[ \t\n)]|\Z)")
+#: A command name, possibly quoted (`"let"` runs let too).
+_COMMAND_WORD = re.compile(r"""(?:[A-Za-z_]|\\.|'[A-Za-z_]*'|"[A-Za-z_]*")+(?=[ \t]|\Z)""")
+#: Text before a word that makes it a command name: a separator, then reserved words or assignments.
+_COMMAND_START = re.compile(
+    r"(?:\A|[\n;&|({`])[ \t]*(?:(?:!|then|do|else|elif|if|while|until|time|-p|coproc|builtin|command"
+    r"|[A-Za-z_][A-Za-z0-9_]*(?:\[[^\]]*\])?\+?=[^ \t\n;&|]*)[ \t]+)*\Z"
+)
+_DECLARE = frozenset({"declare", "typeset", "local", "export", "readonly"})
+_OPTIONS = re.compile(r"(?:[ \t]+[-+][A-Za-z]+)+")
+#: `declare -A name`: the subscripts of an associative array are strings, not arithmetic.
+_ASSOCIATIVE = re.compile(r"\b(?:declare|typeset|local)[ \t]([^;&|\n]*)")
+
+
+@dataclass(eq=False)
+class _Frame:
+    """One level of the quoter's stack.
+
+    `kind` is plain | arith | double | single | ansi | comment | heredoc | qheredoc; `closer` what ends
+    a nested plain/arith level, or the (delimiter, strip_tabs) of a here-document. `numeric` names the
+    arithmetic context this level opens ("$(( ))"), "" for a command substitution (which leaves any),
+    or None to be what the enclosing level is. `command` is the context of the arguments of the simple
+    command being read (`let`, `local -i`). `pending` (a `[[ ]]` or a `name[` word) collects the values
+    whose context is known only at its end: `decided` is then the context, or None for the enclosing one.
+    `role`: cond (`[[ ]]`), group (`( )` inside it), array (`=( )`), element (a `name[` word),
+    subscript (`${name[`) or brace (`${ }`). `quote` is the kind whose quoting references take, when
+    not `kind` (bash reads no quotes in a double-quoted `$[ ]`).
+    """
+
+    kind: str
+    closer: Any = None
+    numeric: str | None = None
+    role: str = ""
+    quote: str = ""
+    command: str | None = None
+    pending: list[int] | None = None
+    decided: str | None = None
+    name: str = ""  # the array of a subscript
 
 
 class _ShellQuoter:
@@ -67,18 +134,26 @@ class _ShellQuoter:
     inside single quotes the quote is closed and reopened around "${SQUALL_ARG_n}". A quoted
     here-document expands nothing, so there the value itself is written, when it cannot end the
     document early.
+
+    Quoting does not help where bash evaluates a variable's *contents* as arithmetic, which runs
+    `$( )` inside array subscripts: `$(( ))`, `(( ))`, `$[ ]`, `[[ ]]` with -eq/-lt/... or -v, the
+    arguments of `let` and `declare -i`, array subscripts (`${a[i]}`, `a[i]=`) and substring offsets
+    (`${s:i}`). A value there must be a plain number. With `analysis` the values are not looked at:
+    the context of each placeholder is recorded there instead (None where it is not numeric).
     """
 
-    def __init__(self, text: str, values: list[str], template: str) -> None:
+    def __init__(self, text: str, values: list[str], template: str,
+                 analysis: dict[int, str | None] | None = None) -> None:
         self.text = text
         self.values = values
         self.template = template
+        self.analysis = analysis
         self.out: list[str] = []
-        # (kind, closer): kind is plain | arith | double | single | ansi | comment | heredoc | qheredoc.
-        # closer: what ends a nested plain/arith context; the (delimiter, strip_tabs) of a here-document.
-        self.stack: list[tuple[str, Any]] = [("plain", None)]
+        self.stack: list[_Frame] = [_Frame("plain", numeric="")]
         self.pending: list[tuple[str, bool, bool]] = []  # here-documents opened on the current line
         self.prev = "\n"
+        self.associative = {name for args in _ASSOCIATIVE.findall(text) if re.search(r"(?:^|\s)-[A-Za-z]*A", args)
+                            for name in re.findall(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)(?=[=\s]|$)", args)}
 
     def fail(self, reason: str) -> TemplateRenderError:
         return TemplateRenderError(f"cannot render cmd {self.template!r}: {reason}", template=self.template)
@@ -93,12 +168,145 @@ class _ShellQuoter:
             return f"'\"{ref}\"$'"
         return f'"{ref}"'
 
+    # -- numeric contexts ---------------------------------------------------------------------
+
+    def land(self, index: int) -> None:
+        """A placeholder is at the top of the stack: check it for the context it is in (or defer)."""
+        for frame in reversed(self.stack):
+            if frame.command:
+                return self.settle(index, frame.command)
+            if frame.pending is not None:
+                frame.pending.append(index)
+                return None
+            if frame.numeric is not None:
+                return self.settle(index, frame.numeric)
+        return None
+
+    def settle(self, index: int, context: str) -> None:
+        if self.analysis is not None:
+            self.analysis[index] = context or None
+        elif context and not _NUMBER.fullmatch(self.values[index]):
+            raise self.fail(f"a {{{{ }}}} value inside {context} is not a plain number such as 42 or -1.5, and "
+                            "bash evaluates it there as arithmetic (which runs $( ) inside array subscripts); "
+                            "only an integer or number parameter may go there")
+        return None
+
+    def resolve(self, frame: _Frame, context: str | None) -> None:
+        """`frame` (already popped) ended: its deferred values are in `context`, or the enclosing one."""
+        for index in frame.pending or ():
+            if context:
+                self.settle(index, context)
+            else:
+                self.land(index)
+
+    def pop_frame(self, context: str | None = None) -> _Frame:
+        frame = self.stack.pop()
+        if frame.pending is not None:
+            self.resolve(frame, context)
+        return frame
+
+    def at_command_start(self, i: int) -> bool:
+        return _COMMAND_START.search(self.text[max(0, i - 400) : i]) is not None
+
+    def word_start(self, frame: _Frame, char: str, i: int) -> int | None:
+        """At the start of an unquoted word in plain text: note `[[`, its arithmetic operators, `let`,
+        `declare -i` and `name[` words. Returns the next index when it copied something itself."""
+        text = self.text
+        if text.startswith("[[", i) and text[i + 2 : i + 3] in ("", " ", "\t", "\n"):
+            self.out.append("[[")
+            self.stack.append(_Frame("plain", "]]", role="cond", pending=[]))
+            self.prev = " "
+            return i + 2
+        if frame.role == "cond" and text.startswith("]]", i) and text[i + 2 : i + 3] in ("", *_WORD_BREAKS):
+            self.out.append("]]")
+            self.pop_frame(frame.decided)
+            self.prev = "]"
+            return i + 2
+        test = _ARITH_TEST.match(text, i)
+        if test:
+            for owner in reversed(self.stack):
+                if owner.role == "cond":
+                    owner.decided = owner.decided or f"[[ {test[0]} ]]"
+                if owner.role != "group":
+                    break
+            return None
+        element = _ELEMENT.match(text, i)
+        if element and element[0][:-1] not in self.associative:
+            self.out.append(element[0])
+            self.stack.append(_Frame("arith", "]", role="element", pending=[]))
+            return element.end()
+        if frame.role == "array" and char == "[":
+            self.out.append(char)
+            self.stack.append(_Frame("arith", "]", role="element", pending=[]))
+            return i + 1
+        word = _COMMAND_WORD.match(text, i)
+        if word and self.at_command_start(i):
+            name = re.sub(r"""['"\\]""", "", word[0])
+            if name == "let":
+                frame.command = "let"
+            elif name in _DECLARE:
+                options = _OPTIONS.match(text, word.end())
+                if options and re.search(r"-[A-Za-z]*i", options[0]):
+                    frame.command = f"{name} -i"
+        return None
+
+    def open_brace(self, kind: str, i: int) -> int:
+        """At `${`: an array subscript or a substring offset is arithmetic. Returns the next index."""
+        match = _BRACE.match(self.text, i + 2)
+        plain = kind in ("plain", "arith")
+        subscript = match is not None and match[3] and (match[2][0].isalpha() or match[2][0] == "_")
+        if not (subscript or (match is not None and match[4])):
+            self.out.append("${")
+            if plain:
+                self.stack.append(_Frame("plain", "}", role="brace"))
+                self.prev = "a"
+            return i + 2
+        self.out.append("${" + match[0])
+        name = match[2]
+        if plain:
+            self.stack.append(_Frame("plain", "}", role="brace"))
+        if subscript:
+            numeric = None if name in self.associative else f"${{{name}[ ]}}"
+            self.stack.append(_Frame("arith", "]", numeric=numeric, role="subscript", name=name))
+        else:
+            self.offset(name)
+        self.prev = "a"
+        return match.end()
+
+    def offset(self, name: str) -> None:
+        """After `${name:` (or `${name[...]:`): the rest up to `}` is an offset and a length."""
+        context = f"${{{name}:offset}}"
+        top = self.stack[-1]
+        if top.role == "brace":
+            top.kind, top.numeric = "arith", context
+        else:  # inside double quotes or a here-document, where `${ }` has no level of its own
+            self.stack.append(_Frame("arith", "}", numeric=context, role="brace"))
+
+    def close_bracket(self, frame: _Frame, i: int) -> int:
+        """At the `]` that ends a subscript, an element word or `$[ ]`. Returns the next index."""
+        self.out.append("]")
+        self.prev = "a"
+        if frame.role == "element":
+            assigned = self.text.startswith("=", i + 1) or self.text.startswith("+=", i + 1)
+            self.pop_frame("array subscript of an assignment" if assigned else None)
+            return i + 1
+        self.stack.pop()
+        if frame.role == "subscript" and self.text.startswith(":", i + 1) \
+                and self.text[i + 2 : i + 3] not in ("-", "=", "?", "+"):
+            self.out.append(":")
+            self.offset(frame.name)
+            return i + 2
+        return i + 1
+
+    # -- the scanner ----------------------------------------------------------------------------
+
     def run(self) -> str:
         text, n = self.text, len(self.text)
         i = 0
         at_line_start = True
         while i < n:
-            kind, closer = self.stack[-1]
+            frame = self.stack[-1]
+            kind = frame.kind
             if kind in _HEREDOCS and at_line_start:
                 whole_line = self.heredoc_line(i)
                 if whole_line is not None:
@@ -106,40 +314,54 @@ class _ShellQuoter:
                     continue
             at_line_start = False
             char = text[i]
+            if frame.role == "element" and char in "\n;":  # `name[` that is no assignment after all
+                self.pop_frame()
+                continue
             if char == "\x00":
                 match = _PLACEHOLDER_RE.match(text, i)
                 if match is None:
                     raise self.fail("a {% filter %} block cut a {{ }} value apart; apply the filter inside {{ }}")
-                self.out.append(self.reference(kind, int(match[1])))
+                self.out.append(self.reference(frame.quote or kind, int(match[1])))
+                self.land(int(match[1]))
                 self.prev = "a"
                 i = match.end()
                 continue
             if char == "\n":
                 if kind == "comment":
                     self.stack.pop()
-                    kind, closer = self.stack[-1]
+                    frame = self.stack[-1]
+                    kind = frame.kind
                 self.out.append(char)
                 self.prev = char
+                frame.command = None
                 at_line_start = True
                 if self.pending and kind in ("plain", "arith"):
-                    self.stack.extend(("qheredoc" if quoted else "heredoc", (delimiter, strip))
+                    self.stack.extend(_Frame("qheredoc" if quoted else "heredoc", (delimiter, strip), numeric="")
                                       for delimiter, quoted, strip in reversed(self.pending))
                     self.pending = []
                 i += 1
                 continue
-            i = self.step(kind, closer, char, text[i + 1] if i + 1 < n else "", i)
+            i = self.step(frame, char, text[i + 1] if i + 1 < n else "", i)
+        while len(self.stack) > 1:  # unclosed levels: settle what they hold
+            frame = self.stack[-1]
+            self.pop_frame(frame.decided)
         return "".join(self.out)
 
-    def push(self, kind: str, closer: Any = None) -> None:
-        self.stack.append((kind, closer))
+    def push(self, kind: str, closer: Any = None, numeric: str | None = None, role: str = "") -> None:
+        self.stack.append(_Frame(kind, closer, numeric, role))
 
     def pop(self) -> None:
-        self.stack.pop()
+        self.pop_frame()
         self.prev = "a"
 
-    def step(self, kind: str, closer: Any, char: str, nxt: str, i: int) -> int:
+    def step(self, frame: _Frame, char: str, nxt: str, i: int) -> int:
         """Copy one character (or an escape pair) and follow the quoting; returns the next index."""
+        kind, closer = frame.kind, frame.closer
         emit = self.out.append
+        if kind == "plain" and (self.prev in _WORD_BREAKS or self.prev == "`") and char not in _WORD_BREAKS:
+            done = self.word_start(frame, char, i)
+            if done is not None:
+                return done
         if kind in ("plain", "arith"):
             if char == "\\":
                 if nxt == "\x00":  # an escaped placeholder: the value is literal anyway
@@ -158,44 +380,54 @@ class _ShellQuoter:
             elif char == "$" and nxt == "(":
                 if self.text.startswith("$((", i):
                     emit("$((")
-                    self.push("arith", "))")
+                    self.push("arith", "))", "$(( ))")
                     return i + 3
                 emit("$(")
-                self.push("plain", ")")
+                self.push("plain", ")", "")
                 self.prev = "("
                 return i + 2
-            elif char == "$" and nxt == "{":
-                emit("${")
-                self.push("plain", "}")
-                self.prev = "a"
+            elif char == "$" and nxt == "[":
+                emit("$[")
+                self.push("arith", "]", "$[ ]")
                 return i + 2
+            elif char == "$" and nxt == "{":
+                return self.open_brace(kind, i)
             elif char == "`":
                 emit(char)
                 if closer == "`":
                     self.pop()
                 else:
-                    self.push("plain", "`")
+                    self.push("plain", "`", "")
                     self.prev = "`"
                 return i + 1
             elif kind == "arith" and closer == "))" and self.text.startswith("))", i):
                 emit("))")
                 self.pop()
                 return i + 2
+            elif kind == "arith" and char == "[":
+                emit(char)
+                self.push("arith", "]")
+                return i + 1
+            elif char == "]" and closer == "]":
+                return self.close_bracket(frame, i)
             elif char == "(":
                 emit(char)
-                if kind == "plain" and nxt == "(" and self.prev in _WORD_BREAKS:
+                if kind == "plain" and nxt == "(":  # `((`, also in `if((` or `for((`
                     emit(nxt)
-                    self.push("arith", "))")
+                    self.push("arith", "))", "(( ))")
                     return i + 2
-                self.push(kind, ")")
+                role = "group" if frame.role in ("cond", "group") else "array" if self.prev == "=" else ""
+                self.push(kind, ")", role=role)
                 self.prev = "("
                 return i + 1
             elif (char == ")" and closer == ")") or (char == "}" and closer == "}"):
                 emit(char)
                 self.pop()
                 return i + 1
+            elif kind == "plain" and char in ";&|":
+                frame.command = None
             elif kind == "plain" and char == "#" and self.prev in _WORD_BREAKS:
-                self.push("comment")
+                self.push("comment", numeric="")
             elif kind == "plain" and char == "<" and self.text.startswith("<<", i) \
                     and not self.text.startswith("<<<", i):
                 return self.heredoc_operator(i)
@@ -218,13 +450,23 @@ class _ShellQuoter:
                 emit(char + nxt)
                 return i + 2
             if char == "$" and nxt == "(":
+                if self.text.startswith("$((", i):
+                    emit("$((")
+                    self.push("arith", "))", "$(( ))")
+                    return i + 3
                 emit("$(")
-                self.push("plain", ")")
+                self.push("plain", ")", "")
                 self.prev = "("
                 return i + 2
+            if char == "$" and nxt == "[":  # bash reads no quotes inside a double-quoted $[ ]
+                emit("$[")
+                self.stack.append(_Frame("arith", "]", "$[ ]", quote=kind))
+                return i + 2
+            if char == "$" and nxt == "{":
+                return self.open_brace(kind, i)
             if char == "`":
                 emit(char)
-                self.push("plain", "`")
+                self.push("plain", "`", "")
                 self.prev = "`"
                 return i + 1
         elif kind == "single" and char == "'":
@@ -273,7 +515,7 @@ class _ShellQuoter:
     def heredoc_line(self, i: int) -> int | None:
         """At the start of a line in a here-document: copy its end or a quoted line (returns where
         the next line starts); None when the line is body text to scan normally."""
-        kind, (delimiter, strip) = self.stack[-1]
+        kind, (delimiter, strip) = self.stack[-1].kind, self.stack[-1].closer
         end = self.text.find("\n", i)
         end = len(self.text) if end < 0 else end
         raw = self.text[i:end]
@@ -289,6 +531,96 @@ class _ShellQuoter:
             return None
         self.out.append(line + self.text[end : end + 1])
         return end + 1
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Load-time analysis: which {{ }} of a `cmd` template lands where bash does arithmetic
+# ---------------------------------------------------------------------------------------------
+
+#: `{% %}` tags whose body is output somewhere else (or not at all), not where it is written.
+_ELSEWHERE = {"macro": "endmacro", "call": "endcall", "set": "endset"}
+_NUMERIC_TYPES = {"integer", "number"}
+
+
+def numeric_placeholders(template: str, env: jinja2.Environment | None = None) -> list[tuple[str, str]]:
+    """The `{{ }}` expressions of a `cmd` template that land where bash evaluates text as arithmetic,
+    each as (its source, that context), e.g. ("n", "$(( ))").
+
+    Static: every `{{ }}` becomes a placeholder, `{% %}` tags are dropped (so every branch and one
+    pass of each loop is looked at) and the bodies of `{% set %}` blocks, macros and calls are left
+    out (they are output where they are used). A template Jinja cannot read yields nothing here; it
+    fails when it is rendered.
+    """
+    env = env or build_environment()
+    try:
+        tokens = list(env.lex(template))
+    except jinja2.TemplateSyntaxError:
+        return []
+    pieces: list[str] = []
+    sources: list[str] = []
+    skipping: list[str] = []  # the end tags of the blocks being left out
+    i = 0
+    while i < len(tokens):
+        kind = tokens[i][1]
+        if kind in ("variable_begin", "block_begin"):
+            end = "variable_end" if kind == "variable_begin" else "block_end"
+            j = i + 1
+            while j < len(tokens) and tokens[j][1] != end:
+                j += 1
+            inner = [value for _, token, value in tokens[i + 1 : j] if token != "whitespace"]
+            if kind == "variable_begin" and not skipping:
+                pieces.append(_PLACEHOLDER.format(len(sources)))
+                sources.append("".join(value for _, _, value in tokens[i + 1 : j]).strip())
+            elif kind == "block_begin" and inner:
+                if skipping and inner[0] == skipping[-1]:
+                    skipping.pop()
+                elif inner[0] in _ELSEWHERE and not (inner[0] == "set" and "=" in inner):
+                    skipping.append(_ELSEWHERE[inner[0]])
+            i = j + 1
+            continue
+        if kind == "data" and not skipping:
+            pieces.append(tokens[i][2])
+        i += 1
+    contexts: dict[int, str | None] = {}
+    with contextlib.suppress(TemplateRenderError):  # e.g. a {{ }} here-document delimiter: rendering says so
+        _ShellQuoter("".join(pieces), ["0"] * len(sources), template, analysis=contexts).run()
+    return [(sources[index], context) for index, context in sorted(contexts.items()) if context]
+
+
+def numeric_placeholder_problem(template: str, parameters: dict[str, dict[str, Any]],
+                                env: jinja2.Environment | None = None) -> str | None:
+    """Why a `cmd` template cannot be loaded: a `{{ }}` where bash does arithmetic that is not an
+    integer or number parameter (optionally through `| int`); None when there is no such `{{ }}`."""
+    env = env or build_environment()
+    for source, context in numeric_placeholders(template, env):
+        try:
+            node = env.parse(f"{{{{ {source} }}}}").body[0].nodes[0]  # type: ignore[attr-defined]
+        except (jinja2.TemplateSyntaxError, AttributeError, IndexError):
+            node = None
+        if isinstance(node, jinja2.nodes.Filter) and node.name == "int" and not node.args \
+                and not node.kwargs and node.dyn_args is None and node.dyn_kwargs is None:
+            node = node.node
+        if isinstance(node, jinja2.nodes.Const) and isinstance(node.value, int | float) \
+                and not isinstance(node.value, bool):
+            continue
+        name = node.name if isinstance(node, jinja2.nodes.Name) else None
+        spec = parameters.get(name) if name else None
+        if spec is not None:
+            ptype = spec.get("type")
+            types = set(ptype) if isinstance(ptype, list) else {ptype} if ptype else set()
+            if types - {"null"} and types - {"null"} <= _NUMERIC_TYPES:
+                continue
+            shown = " or ".join(sorted(types))
+            what = (f'"{name}" is {"an" if shown[:1] in "aeiou" else "a"} {shown}' if types
+                    else f'"{name}" has no type')
+        elif name:
+            what = f'"{name}" is not a parameter of this action'
+        else:
+            what = f'"{source}" is not a parameter name'
+        return (f'"{{{{ {source} }}}}" is inside {context}, where bash evaluates it as arithmetic (and runs '
+                f"$( ) inside array subscripts); only an integer or number parameter may go there, and {what}")
+    return None
 
 
 
