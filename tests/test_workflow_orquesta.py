@@ -236,6 +236,27 @@ tasks:
 """
 
 
+SHELL = """
+version: 1.0
+input: [who]
+tasks:
+  yaql:
+    action: core.local
+    input:
+      cmd: echo "yaql <% ctx(who) %>" && echo <% ctx(who) %>
+      env: {KEEP: kept}
+    next: [{do: jinja}]
+  jinja:
+    action: core.local
+    input:
+      cmd: 'echo "jinja {{ ctx(''who'') }}$KEEP"'
+      env: {KEEP: kept}
+output:
+  - yaql: <% task(yaql).result.stdout %>
+  - jinja: <% task(jinja).result.stdout %>
+"""
+
+
 @pytest.fixture
 async def wf(home: Path) -> Squall:
     workflow_pack(home, {
@@ -253,6 +274,7 @@ async def wf(home: Path) -> Squall:
         "loop": ("orquesta", "", LOOP),
         "pausable": ("orquesta", "gate: {type: string}", PAUSABLE),
         "nested": ("orquesta", "gate: {type: string}", NESTED),
+        "shell": ("orquesta", "who: {type: string, required: true}", SHELL),
     })
     app = await Squall.start(load_config(home / "config.yml"))
     assert app.registry.errors == []
@@ -534,3 +556,14 @@ tasks:
         assert app.executions.conducting == set()
     finally:
         await app.close()
+
+
+async def test_a_shell_task_cmd_gets_workflow_data_as_data(wf: Squall, tmp_path: Path) -> None:
+    """Workflow input (from chat, a webhook...) in a task's `cmd` is quoted, never pasted into the shell."""
+    nasty = f'ann"; touch {tmp_path}/pwned; echo "$(touch {tmp_path}/pwned2)'
+    done = await run(wf, "wf.shell", {"who": nasty})
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["output"] == {"yaql": f"yaql {nasty}\n{nasty}", "jinja": f"jinja {nasty}kept"}
+    assert list(tmp_path.glob("pwned*")) == []
+    for child in await children(wf, done["id"]):
+        assert nasty not in child["parameters"]["cmd"] and child["parameters"]["env"]["KEEP"] == "kept"

@@ -22,6 +22,7 @@ import yaql
 from yaql.language import factory, specs, yaqltypes
 
 from engine import templates
+from engine.runners.shell_template import shell_command, shell_environment
 from engine.templates import build_environment
 
 _YAQL_BLOCK = re.compile(r"<%(.*?)%>", re.DOTALL)
@@ -257,6 +258,27 @@ def _evaluate_text(text: str, scope: Scope) -> Any:
     if whole and "{%" not in text:
         return _jinja_eval(whole.group(1), scope, True)
     return _jinja_eval(text, scope, False)
+
+
+def evaluate_shell(text: str, scope: Scope) -> tuple[str, dict[str, str]]:
+    """A shell task's `cmd` with expressions in it: bash text whose values travel in environment
+    variables, as the shell runner renders its own templates (`shell_template`). An expression that
+    is the whole `cmd` is the command itself, evaluated as usual."""
+    if not has_expression(text) or _WHOLE_YAQL.match(text) or ("{%" not in text and _WHOLE_JINJA.match(text)):
+        return str(_text(_evaluate_text(text, scope))), {}
+    if "<%" in text:
+        if "{{" in text or "{%" in text:
+            raise ExpressionError(text, "Expressions of YAQL and Jinja cannot be mixed in one string.")
+        return shell_command(lambda mark: _YAQL_BLOCK.sub(lambda m: mark(_text(_yaql_eval(m.group(1), scope))), text),
+                             text)
+
+    def render(_mark: Any) -> str:
+        try:
+            return shell_environment(_jinja()).from_string(text).render(_jinja_names(scope))
+        except Exception as exc:
+            raise ExpressionError(text, f"{type(exc).__name__}: {exc}") from exc
+
+    return shell_command(render, text)
 
 
 def _text(value: Any) -> str:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.workflows import graph
-from engine.workflows.expressions import ExpressionError, Scope, evaluate, syntax_errors
+from engine.workflows.expressions import ExpressionError, Scope, evaluate, evaluate_shell, syntax_errors
 from engine.workflows.model import FAILED, Outcome, TaskCall
 from engine.yamlfile import ContentError, ContentInvalid, LineMap
 
@@ -245,8 +246,10 @@ class OrquestaConductor:
     """Conducts one workflow; the host feeds it outcomes in the order they happened."""
 
     def __init__(self, spec: WorkflowSpec, parameters: dict[str, Any], st2: dict[str, Any],
-                 st2kv: Any = None) -> None:
+                 st2kv: Any = None, shell_command: Callable[[str], bool] = lambda ref: False) -> None:
         self.spec = spec
+        #: Whether an action's `cmd` is shell text (a `*-shell-cmd` runner): its values must be quoted.
+        self.shell_command = shell_command
         self.parameters = parameters
         self.st2kv = st2kv
         self.ctx: dict[str, Any] = {"st2": st2}
@@ -336,12 +339,26 @@ class OrquestaConductor:
             return {n: (values[i] if i < len(values) else None) for i, n in enumerate(names)}
         return value
 
+    def _input(self, task: Any, scope: Scope) -> Any:
+        """A task's input; a shell command's `cmd` keeps its values out of the shell text (they go in
+        `env`, as the shell runner does with its own templates), so workflow data never runs as code."""
+        raw = task.input
+        if not (isinstance(raw, dict) and isinstance(raw.get("cmd"), str) and self.shell_command(str(task.action))):
+            return evaluate(raw, scope)
+        parameters = evaluate({k: v for k, v in raw.items() if k != "cmd"}, scope)
+        text, variables = evaluate_shell(raw["cmd"], scope)
+        env = parameters.get("env")
+        parameters["cmd"] = text
+        if variables:
+            parameters["env"] = {**(env if isinstance(env, dict) else {}), **variables}
+        return parameters
+
     def _call(self, run: _Run, index: int | None) -> TaskCall | None:
         task = run.task
         item = self._item_value(run, index) if index is not None else None
         scope = self._scope(item=item)
         try:
-            parameters = evaluate(task.input, scope)
+            parameters = self._input(task, scope)
             delay = float(evaluate(task.delay, scope) or 0) if task.delay is not None and run.attempt == 0 else 0.0
             if run.attempt and task.retry and task.retry.get("delay"):
                 delay = float(evaluate(task.retry["delay"], scope) or 0)

@@ -315,7 +315,8 @@ class WorkflowService:
         for name in ("api_user", "source_channel"):
             if name in context:
                 st2[name] = context[name]
-        return orquesta.OrquestaConductor(spec, dict(request.action_parameters), st2, self._st2kv(user))
+        return orquesta.OrquestaConductor(spec, dict(request.action_parameters), st2, self._st2kv(user),
+                                          shell_command=self._shell_command)
 
     # -- running -----------------------------------------------------------------------------
     async def run(self, kind: str, request: RunRequest) -> RunOutcome:
