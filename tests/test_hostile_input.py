@@ -29,6 +29,7 @@ from bot.app import Squall
 from bot.chat import ChatBot
 from bot.config import load_config
 from tests.conftest import write
+from tests.test_chat import settle
 from tests.workflow_helpers import children
 
 SECRET = f"Qz7{uuid.uuid4().hex[:20]}Wk"
@@ -150,15 +151,6 @@ async def hostile(home: Path, tmp_path: Path) -> AsyncIterator[tuple[Squall, Cha
     finally:
         await bot.stop()
         await squall.close()
-
-
-async def settle(squall: Squall, bot: ChatBot) -> None:
-    for _ in range(3000):
-        await bot.outbox.drain(10)
-        if not (squall.executor.running or squall.executions.notifying or bot.outbox.pending):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("chat did not settle")
 
 
 # (command without the prefix, what the reply must show: "echo" = the value came back as typed,
