@@ -31,6 +31,7 @@ bench: install
 	$(BIN)/python bench/rules.py
 	$(BIN)/python bench/webhooks.py
 	$(BIN)/python bench/remote.py
+	$(BIN)/python bench/drills.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache *.egg-info

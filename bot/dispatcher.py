@@ -7,11 +7,13 @@ bot and the engine can never disagree about what a command means.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from adapters.base import Adapter, Message, Reply
@@ -20,7 +22,7 @@ from bot.app import Squall
 from bot.auth import Authorizer
 from bot.outbox import Outbox
 from bot.replies import fit, render_ack, render_result, status_line
-from engine.executions import ExecutionNotFound, ExecutionStateError
+from engine.executions import COMPLETED, ExecutionNotFound, ExecutionStateError, public
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
 
@@ -189,16 +191,43 @@ class Dispatcher:
         return self._post_result(execution, chat)
 
     async def _post_result(self, execution: dict[str, Any], chat: dict[str, Any]) -> None:
+        """The final result (and the ack's edit to the final status) stored in one transaction,
+        keyed by the execution: stored once whether this listener or recovery gets there first.
+        A `paused` or `pending` (inquiry) notice is not the result and is posted as it comes."""
         alias = self.aliases.get(chat.get("alias")) if chat.get("alias") else None
         text, extra = render_result(alias, execution)
         ack = self._acks.pop(execution["id"], None)
         adapter = self.adapters[chat["adapter"]]
+        replies: list[Reply] = []
         if ack is not None and adapter.capabilities.edits:
-            await self.post(Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"),
-                                  text=status_line(execution), edit=ack))
+            replies += fit(Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"),
+                                 text=status_line(execution), edit=ack), adapter.capabilities)
         if text is not None:
-            await self.post(Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"),
-                                  text=text, extra=extra))
+            replies += fit(Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"),
+                                 text=text, extra=extra), adapter.capabilities)
+        if execution["status"] not in COMPLETED:
+            for reply in replies:
+                await self.outbox.post(reply)
+            return
+        await self.outbox.post_result(execution["id"], chat["adapter"], chat["channel"], replies)
+
+    async def post_missing_results(self, since: datetime) -> int:
+        """Recovery: store and send the result of every chat execution started since `since` that
+        finished with no result stored (the process that finished it died first, or storing it
+        failed); returns how many. Safe beside the listener: a result is keyed by its execution.
+        Executions that finished before results were keyed (migration 0006) are never looked at,
+        so results sent before the upgrade are not sent again."""
+        store = self.squall.store
+        # Off the event loop: the read spans every execution started in the window.
+        rows = await asyncio.to_thread(store.executions_owing_results, list(self.adapters), sorted(COMPLETED), since)
+        posted = 0
+        for record in rows:
+            execution = public(record)
+            chat = execution["context"].get("chat") or {}
+            if chat.get("adapter") in self.adapters and chat.get("channel"):
+                await self._post_result(execution, chat)
+                posted += 1
+        return posted
 
     # -- built-in commands ---------------------------------------------------------------------
     async def _builtin_help(self, message: Message, rest: str) -> None:

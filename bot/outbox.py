@@ -9,13 +9,24 @@ A reply the platform refuses now (rate limit, disconnect) is retried with backof
 replies behind it in the same channel wait, so a channel never sees them out of order. Replies
 stored by another process (a CLI run of `chatops.post_message`) are picked up by `poll()`. On
 start-up, whatever was still pending is sent: nothing accepted is lost.
+
+No high-water mark: every poll reads *all* pending rows for our adapters, from the oldest, and
+queues those not queued here already (`_known`). A mark ("rows above the newest id seen") was
+jumped by every reply this process stored, so rows another process (or an earlier run) stored
+below it were never sent. An id leaves `_known` only once a poll that began after its `sent` or
+`failed` status committed has run, so a poll can never hand back a reply already delivered here.
+Polls are serialized; one also runs at once when an id this process stores is not the next one
+(someone else stored replies meanwhile), so those go out without waiting for the next poll.
+
+The result of a chat execution is stored by `post_result`, keyed by the execution, all its rows
+in one transaction: stored once, whoever tries (the listener, or recovery after a crash).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adapters.base import Adapter, DeliveryError, Reply
@@ -24,39 +35,107 @@ from engine.storage import Database, utcnow
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 12
 MAX_BACKOFF = 30.0
+PAGE = 1000
 
 
 class Outbox:
-    def __init__(self, db: Database, adapters: Mapping[str, Adapter]) -> None:
+    """`hold=True` stores and queues but sends nothing until `release()` (the adapters are up)."""
+
+    def __init__(self, db: Database, adapters: Mapping[str, Adapter], *, hold: bool = False) -> None:
         self.db = db
         self.adapters = adapters
         self._queues: dict[tuple[str, str], asyncio.Queue[tuple[int, Reply]]] = {}
         self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._platform_ids: dict[int, str | None] = {}
+        #: Ids queued, being sent, or settled but not yet past a poll that began after they settled.
         self._known: set[int] = set()
-        self._last_seen = 0
+        #: Ids whose `sent`/`failed` status committed (or whose delivery failed here) since the last poll began.
+        self._settled_ids: list[int] = []
+        #: Delivered replies whose `sent` mark failed to commit: marked again by the next poll.
+        self._unmarked: dict[int, dict[str, Any]] = {}
+        self._newest = 0
+        self._polling = asyncio.Lock()
+        self._again = False
+        self._catch_up: asyncio.Task[None] | None = None
         self._pending = 0
         self._marks: set[asyncio.Future[Any]] = set()
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._open = asyncio.Event()
+        if not hold:
+            self._open.set()
 
     @property
     def pending(self) -> int:
         """Replies queued here and not yet delivered (or given up on)."""
         return self._pending
 
+    def release(self) -> None:
+        """Start sending (a held outbox queues what it finds or is given, and waits for this)."""
+        self._open.set()
+
     async def post(self, reply: Reply) -> int:
         """Store the reply, then queue it for delivery; returns its outbox id."""
         outbox_id = await self.db(self.db.store.outbox_add, reply.adapter, reply.channel, reply.to_json())
+        self._stored(outbox_id)
         self._enqueue(outbox_id, reply)
         return outbox_id
+
+    async def post_result(self, execution_id: str, adapter: str, channel: str,
+                          replies: Sequence[Reply]) -> list[int] | None:
+        """Store the replies that carry an execution's final result, keyed by the execution, in one
+        transaction, then queue them; None (nothing stored) if its result was stored before.
+
+        A crash can therefore leave the result stored whole or not at all, and recovery, which
+        stores what is missing, can never store it a second time. With no reply (the alias turns
+        results off) a `skipped` row records that there is nothing to send."""
+        rows: list[tuple[str, str, dict[str, Any], str, str]] = []
+        counts = {"status": 0, "result": 0}
+        for reply in replies:
+            base = "status" if reply.edit is not None else "result"
+            counts[base] += 1
+            kind = base if counts[base] == 1 else f"{base}.{counts[base]}"
+            rows.append((reply.adapter, reply.channel, reply.to_json(), kind, "pending"))
+        if not counts["result"]:
+            rows.append((adapter, channel, Reply(adapter=adapter, channel=channel, text="").to_json(), "result",
+                         "skipped"))
+        ids = await self.db(self.db.store.outbox_add_result, execution_id, rows)
+        if ids is None:
+            return None
+        for outbox_id in ids:
+            self._stored(outbox_id)
+        for outbox_id, reply in zip(ids, replies, strict=False):  # the `skipped` row, last, is not sent
+            self._enqueue(outbox_id, reply)
+        return ids
+
+    def _stored(self, outbox_id: int) -> None:
+        """Note an id this process stored. Ids below it it has not seen mean another process stored
+        replies meanwhile: look for them now, not at the next poll."""
+        if outbox_id > self._newest + 1:
+            self._kick()
+        self._newest = max(self._newest, outbox_id)
+
+    def _kick(self) -> None:
+        if self._closed:
+            return
+        self._again = True
+        if self._catch_up is None or self._catch_up.done():
+            self._catch_up = asyncio.create_task(self._poll_again(), name="outbox-catch-up")
+
+    async def _poll_again(self) -> None:
+        while self._again and not self._closed:
+            self._again = False
+            try:
+                await self.poll()
+            except Exception as exc:  # the serve loop's poll tries again within a second
+                log.warning("looking for replies other processes stored failed: %s", exc)
+                return
 
     def _enqueue(self, outbox_id: int, reply: Reply) -> None:
         if outbox_id in self._known:
             return
         self._known.add(outbox_id)
-        self._last_seen = max(self._last_seen, outbox_id)
         if reply.adapter not in self.adapters:
             log.warning("reply %s is for adapter %r, which is not running; it stays queued", outbox_id, reply.adapter)
             return
@@ -72,11 +151,42 @@ class Outbox:
         queue.put_nowait((outbox_id, reply))
 
     async def poll(self) -> int:
-        """Queue replies other processes stored (and, at start-up, what was left pending)."""
-        rows = await self.db(self.db.store.outbox_pending, list(self.adapters), self._last_seen)
-        for row in rows:
-            self._enqueue(row["id"], Reply.from_json(row["payload"]))
-        return len(rows)
+        """Queue every pending reply not queued here yet: what other processes stored and, at
+        start-up, what earlier runs left. Reads all pending rows from the oldest (no high-water
+        mark), so nothing is skipped whoever stored it and whenever it committed; returns how many
+        it queued."""
+        async with self._polling:
+            await self._mark_again()
+            # Settled before this read began, so the read cannot return them: safe to forget after it.
+            forget, self._settled_ids = self._settled_ids, []
+            adapters = list(self.adapters)
+            found: list[dict[str, Any]] = []
+            after = 0
+            while True:
+                ids = await self.db(self.db.store.outbox_pending_ids, adapters, after, PAGE)
+                new = [outbox_id for outbox_id in ids if outbox_id not in self._known]
+                if new:
+                    found += await self.db(self.db.store.outbox_get_many, new)
+                if len(ids) < PAGE:
+                    break
+                after = ids[-1]
+            self._known.difference_update(forget)
+            queued = 0
+            for row in found:
+                self._newest = max(self._newest, row["id"])
+                if row["status"] == "pending" and row["id"] not in self._known:
+                    self._enqueue(row["id"], Reply.from_json(row["payload"]))
+                    queued += 1
+            return queued
+
+    async def _mark_again(self) -> None:
+        for outbox_id, fields in list(self._unmarked.items()):
+            try:
+                await self.db(self.db.store.outbox_update, outbox_id, fields)
+            except Exception:
+                continue
+            del self._unmarked[outbox_id]
+            self._settled_ids.append(outbox_id)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until every queued reply was delivered (or given up on)."""
@@ -85,9 +195,10 @@ class Outbox:
 
     async def close(self) -> None:
         self._closed = True
-        for task in self._workers.values():
+        tasks = [*self._workers.values(), *([self._catch_up] if self._catch_up is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers.values(), *self._marks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._marks, return_exceptions=True)
 
     async def _platform_id(self, outbox_id: int) -> str | None:
         if outbox_id not in self._platform_ids:
@@ -101,7 +212,12 @@ class Outbox:
             outbox_id, reply = await queue.get()
             sent = None
             try:
+                await self._open.wait()
                 sent = await self._deliver_one(adapter, outbox_id, reply)
+            except Exception:
+                # Not delivered (a send that succeeds returns at once): a later poll queues it again.
+                log.exception("delivering reply %s failed; it is tried again", outbox_id)
+                self._settled_ids.append(outbox_id)
             finally:
                 if sent is None:
                     self._settled()
@@ -116,8 +232,11 @@ class Outbox:
         def marked(future: asyncio.Future[Any]) -> None:
             self._marks.discard(future)
             if not future.cancelled() and future.exception() is not None:
-                log.warning("reply %s was delivered but could not be marked sent (%s); it may be sent again "
-                            "at start-up", outbox_id, future.exception())
+                log.warning("reply %s was delivered but could not be marked sent (%s); marking it again at the "
+                            "next poll (a crash first sends it again at start-up)", outbox_id, future.exception())
+                self._unmarked[outbox_id] = fields
+            elif not future.cancelled():
+                self._settled_ids.append(outbox_id)
             self._settled()
 
         mark.add_done_callback(marked)
@@ -144,6 +263,7 @@ class Outbox:
                     log.error("reply %s to %s %s cannot be delivered: %s", outbox_id, reply.adapter, reply.channel, exc)
                     await self.db(self.db.store.outbox_update, outbox_id,
                                   {"status": "failed", "attempts": attempt, "error": str(exc)})
+                    self._settled_ids.append(outbox_id)
                     return None
                 wait = exc.retry_after if isinstance(exc, DeliveryError) and exc.retry_after else delay
                 log.warning("sending reply %s to %s %s failed (attempt %d): %s; retrying in %.1fs",
@@ -158,4 +278,5 @@ class Outbox:
         log.error("giving up on reply %s to %s %s after %d attempts", outbox_id, reply.adapter, reply.channel,
                   MAX_ATTEMPTS)
         await self.db(self.db.store.outbox_update, outbox_id, {"status": "failed"})
+        self._settled_ids.append(outbox_id)
         return None

@@ -75,13 +75,21 @@ outbox = sa.Table(
     sa.Column("adapter", sa.String(64), nullable=False),
     sa.Column("channel", sa.String(255), nullable=False),
     sa.Column("payload", sa.JSON, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # pending | sent | failed
+    sa.Column("status", sa.String(16), nullable=False),  # pending | sent | failed | skipped (never sent)
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("platform_id", sa.String(255), nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+    # The rows of a chat execution's result name it: `kind` is "result" on the result itself (or on
+    # a `skipped` row when the alias turns results off), "status" on the edit of the ack, "result.N"
+    # on further parts. At most one of each per execution, so a result is never stored twice. One
+    # `skipped` row with execution_id "" and kind "keyed_since" records when keying began
+    # (`outbox_keyed_since`).
+    sa.Column("execution_id", sa.String(32), nullable=True),
+    sa.Column("kind", sa.String(16), nullable=True),
     sa.Index("ix_outbox_status", "status", "id"),
+    sa.Index("ux_outbox_execution_kind", "execution_id", "kind", unique=True),
 )
 
 audit = sa.Table(
@@ -139,6 +147,11 @@ api_keys = sa.Table(
 )
 
 _GET_EXECUTION = sa.select(executions).where(executions.c.id == sa.bindparam("_id"))
+_RESULT_STORED = sa.select(outbox.c.id).where(outbox.c.execution_id == sa.bindparam("execution_id"),
+                                              outbox.c.kind == "result")
+_RESULT_STORED_SQL = "SELECT 1 FROM outbox WHERE execution_id = ? AND kind = 'result'"
+#: When results began to be keyed: a `skipped` row (execution_id "") the first recovery wrote.
+_KEYED_SINCE = sa.select(outbox.c.created_at).where(outbox.c.execution_id == "", outbox.c.kind == "keyed_since")
 
 
 @functools.cache
@@ -367,6 +380,10 @@ def _execute(conn: sa.Connection, sql: str, parameters: list[Any]) -> sqlite3.Cu
         raise sa.exc.DBAPIError.instance(sql, parameters, exc, sqlite3.Error) from exc
 
 
+#: The characters of an execution id, in order, and the one after the last (for a prefix's upper bound).
+_HEX_DIGITS = "0123456789abcdefg"
+
+
 class Store:
     """Synchronous access to the runtime tables; one instance per process and database."""
 
@@ -489,12 +506,20 @@ class Store:
             return _row(conn.execute(_GET_EXECUTION, {"_id": execution_id}).first())
 
     def find_executions(self, prefix: str, limit: int = 5) -> list[str]:
-        """Ids starting with `prefix`, so people can type the first characters of an id."""
+        """Ids starting with `prefix`, so people can type the first characters of an id.
+
+        Ids are lowercase hexadecimal, so anything else matches nothing and is not queried. The lookup is
+        a range of the primary key (`prefix <= id < the next prefix`), which reads at most `limit` index
+        entries on SQLite and PostgreSQL alike: a LIKE would read the whole table (SQLite's is
+        case-insensitive, so it cannot use the index), and takes `%` and `_` as wildcards."""
+        prefix = prefix.lower()
+        if not 0 < len(prefix) <= executions.c.id.type.length or prefix.strip(_HEX_DIGITS[:16]):
+            return []
+        upper = prefix[:-1] + _HEX_DIGITS[_HEX_DIGITS.index(prefix[-1]) + 1]  # "…f" → "…g", "…9" → "…a"
+        statement = (sa.select(executions.c.id).where(executions.c.id >= prefix, executions.c.id < upper)
+                     .order_by(executions.c.id).limit(min(limit, 100)))
         with self._read() as conn:
-            rows = conn.execute(
-                sa.select(executions.c.id).where(executions.c.id.startswith(prefix, autoescape=True)).limit(limit)
-            )
-            return [row[0] for row in rows]
+            return [row[0] for row in conn.execute(statement)]
 
     def list_executions(
         self,
@@ -583,6 +608,35 @@ class Store:
                   "created_at": utcnow()}
         return int(self._insert(outbox, record))
 
+    def outbox_add_result(self, execution_id: str,
+                          rows: Sequence[tuple[str, str, dict[str, Any], str, str]]) -> list[int] | None:
+        """Store the replies that carry one execution's result, `rows` of (adapter, channel,
+        payload, kind, status) with one of kind "result", in one transaction; their ids, in order.
+
+        None, storing nothing, if that execution's result row exists already: the dispatcher's
+        listener and recovery may both try, and a result must never be stored (so sent) twice. The
+        unique (execution_id, kind) index settles a race with another process."""
+        now = utcnow()
+        try:
+            with self._write() as conn:
+                if self._direct:  # once per chat command: the driver's few microseconds, not Core's
+                    stored = _execute(conn, _RESULT_STORED_SQL, [execution_id]).fetchone()
+                else:
+                    stored = conn.execute(_RESULT_STORED, {"execution_id": execution_id}).first()
+                if stored is not None:
+                    return None
+                ids = []
+                for adapter, channel, payload, kind, status in rows:
+                    record = {"adapter": adapter, "channel": channel, "payload": payload, "status": status,
+                              "attempts": 0, "created_at": now, "execution_id": execution_id, "kind": kind}
+                    if self._direct:
+                        ids.append(int(self._direct.insert(conn, outbox, record)))
+                    else:
+                        ids.append(int(conn.execute(_insert_statement(outbox), record).inserted_primary_key[0]))
+                return ids
+        except sa.exc.IntegrityError:
+            return None
+
     def outbox_pending(self, adapters: Sequence[str], after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
         """Undelivered replies for these adapters, oldest first (so each channel keeps its order)."""
         statement = (sa.select(outbox).where(outbox.c.status == "pending", outbox.c.id > after,
@@ -591,10 +645,63 @@ class Store:
         with self._read() as conn:
             return [dict(row._mapping) for row in conn.execute(statement)]
 
+    def outbox_pending_ids(self, adapters: Sequence[str], after: int = 0, limit: int = 1000) -> list[int]:
+        """Ids of undelivered replies for these adapters above `after` (a page, not a high-water
+        mark: the outbox pages from 0 on every poll), oldest first."""
+        statement = (sa.select(outbox.c.id).where(outbox.c.status == "pending", outbox.c.id > after,
+                                                  outbox.c.adapter.in_(list(adapters)))
+                     .order_by(outbox.c.id).limit(limit))
+        with self._read() as conn:
+            return [row[0] for row in conn.execute(statement)]
+
     def outbox_get(self, outbox_id: int) -> dict[str, Any] | None:
         with self._read() as conn:
             row = conn.execute(sa.select(outbox).where(outbox.c.id == outbox_id)).first()
             return dict(row._mapping) if row else None
+
+    def outbox_get_many(self, outbox_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """These rows, oldest first."""
+        with self._read() as conn:
+            return [dict(row._mapping) for row in conn.execute(
+                sa.select(outbox).where(outbox.c.id.in_(list(outbox_ids))).order_by(outbox.c.id))]
+
+    def executions_owing_results(self, adapters: Sequence[str], statuses: Sequence[str],
+                                 since: datetime) -> list[dict[str, Any]]:
+        """Executions started from chat on one of `adapters` since `since`, finished (`statuses`)
+        since results are keyed (`outbox_keyed_since`), with no result row in the outbox: the
+        results a crash kept from being stored. Oldest finish first."""
+        keyed_since = self.outbox_keyed_since()
+        chat = executions.c.context
+        stored = sa.exists().where(outbox.c.execution_id == executions.c.id, outbox.c.kind == "result")
+        # The status is checked below, not in SQL: the planner would pick the status index and walk
+        # every finished execution ever stored, where the start-time index reads only the window.
+        statement = (sa.select(executions)
+                     .where(executions.c.start_timestamp >= since, executions.c.end_timestamp >= keyed_since,
+                            chat[("chat", "adapter")].as_string().in_(list(adapters)), ~stored)
+                     .order_by(executions.c.end_timestamp, executions.c.id))
+        with self._read() as conn:
+            rows = [_row(row) for row in conn.execute(statement)]
+        wanted = set(statuses)
+        return [row for row in rows if row["status"] in wanted]  # type: ignore[index]
+
+    def outbox_keyed_since(self) -> datetime:
+        """When this database began to key results: the `keyed_since` row, written now if missing
+        (first start after the upgrade, or the outbox was emptied). Executions that finished before
+        had their results stored without a key, so recovery must not take them for missing."""
+        for _ in range(2):
+            with self._read() as conn:
+                found = conn.execute(_KEYED_SINCE).scalar()
+            if found is not None:
+                return as_utc(found)  # type: ignore[return-value]
+            record = {"adapter": "", "channel": "", "payload": {}, "status": "skipped", "attempts": 0,
+                      "created_at": utcnow(), "execution_id": "", "kind": "keyed_since"}
+            try:
+                with self._write() as conn:
+                    conn.execute(_insert_statement(outbox), record)
+                return record["created_at"]
+            except sa.exc.IntegrityError:
+                continue  # another process wrote it first: read theirs
+        raise RuntimeError("the outbox's keyed_since row can neither be read nor written")
 
     def outbox_update(self, outbox_id: int, fields: dict[str, Any]) -> None:
         self._update(outbox, outbox_id, fields)

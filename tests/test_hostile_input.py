@@ -283,7 +283,7 @@ async def test_hostile_chat_inputs_are_data(hostile, caplog: pytest.LogCaptureFi
     assert leaks(records) == []
     assert leaks(json.dumps(await squall.db(squall.store.audit_list, 10_000), default=str)) == []
     assert leaks("\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)) == []
-    for file in (home / "data").glob("squall.db*"):
+    for file in (f for f in (home / "data").glob("squall.db*") if f.is_file()):
         raw = file.read_bytes().decode("latin-1")
         assert leaks(raw) == [], file
 
@@ -348,7 +348,7 @@ async def test_a_planted_secret_leaks_through_no_input_path(hostile, caplog: pyt
     assert leaks(json.dumps(says, default=str)) == []
     assert leaks("\n".join(p.text for p in loopback.posted)) == []
     assert leaks("\n".join(r.getMessage() for r in caplog.records)) == []
-    for file in (home / "data").glob("squall.db*"):
+    for file in (f for f in (home / "data").glob("squall.db*") if f.is_file()):
         assert leaks(file.read_bytes().decode("latin-1")) == [], file
     assert not list(canary.iterdir())
 

@@ -21,7 +21,7 @@ from engine import storage
 from engine.storage import Database, Store, utcnow
 from tests.conftest import REPO, write
 
-HEAD = "0005"  # the newest migration; a new one must update this
+HEAD = "0006"  # the newest migration; a new one must update this
 
 
 def _execution(execution_id: str, **fields: Any) -> dict[str, Any]:
@@ -322,15 +322,17 @@ def test_update_execution_with_expect_guards(store: Store) -> None:
 
 
 def test_find_executions_by_id_prefix(store: Store) -> None:
-    for execution_id in ("aaa111", "aaa222", "abc_01", "abcx01", "bbb000"):
+    for execution_id in ("aaa111", "aaa222", "abf001", "abcf01", "bbb000", "ac0000"):
         store.insert_execution(_execution(execution_id))
     assert sorted(store.find_executions("aaa")) == ["aaa111", "aaa222"]
-    assert store.find_executions("aaa1") == ["aaa111"]
+    assert store.find_executions("AAA1") == ["aaa111"]  # ids are hex: either case finds them
     assert store.find_executions("bbb000") == ["bbb000"]
-    assert store.find_executions("zzz") == []
-    # `_` and `%` are literal characters, not LIKE wildcards.
-    assert store.find_executions("abc_") == ["abc_01"]
-    assert store.find_executions("a%") == []
+    assert store.find_executions("abf") == ["abf001"] and store.find_executions("abc") == ["abcf01"]
+    assert store.find_executions("ab") == ["abcf01", "abf001"]  # "ab" < id < "ac": not "ac0000"
+    assert store.find_executions("fff") == []
+    # Ids are hexadecimal: anything else (LIKE's `_` and `%`, a 60,000-character prefix) is not queried.
+    assert store.find_executions("abc_") == [] and store.find_executions("a%") == []
+    assert store.find_executions("a" * 60_000) == []
     assert len(store.find_executions("a", limit=2)) == 2
 
 

@@ -1,0 +1,658 @@
+"""Replies are durable across SIGKILL: no stored reply is skipped, no result is lost between its
+execution's final status and its reply, and no result is stored twice.
+
+The in-process tests drive the outbox and the dispatcher through the loopback adapter. The crash
+tests run real `squall serve` processes against the fake Mattermost (tests/fake_mattermost.py),
+which records every post as the server would, so what reached the channel outlives the kills.
+Points inside the process are hit by a launcher: with `SQUALL_KILL_AT` set, the service SIGKILLs
+its own process group at that exact point, as `kill -9` would.
+
+What is guaranteed, and asserted: every reply stored is delivered, nothing stays `pending`, and a
+result is stored exactly once. A reply is sent a second time only if the kill falls after the
+platform accepted it and before its `sent` mark committed (at least once, the outbox's contract):
+at most two per channel per kill (one in flight, one whose mark had not committed yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from adapters.base import Reply
+from adapters.loopback import LoopbackAdapter
+from bot.app import Squall, load_packs
+from bot.chat import ChatBot
+from bot.config import load_config
+from engine import storage
+from engine.executions import COMPLETED
+from engine.storage import Store, utcnow
+from tests.conftest import write
+from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
+from tests.test_chat import _config, settle
+
+# -- in-process: the outbox and the dispatcher -----------------------------------------------------
+
+
+@pytest.fixture
+async def chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
+    _config(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    loopback = LoopbackAdapter()
+    bot = ChatBot(squall, [loopback])
+    await bot.start()
+    try:
+        yield squall, bot, loopback
+    finally:
+        await bot.stop()
+        await squall.close()
+
+
+def _rows(store: Store) -> list[dict[str, Any]]:
+    """Every outbox row that is a reply (not the `keyed_since` record)."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(storage.outbox).order_by(storage.outbox.c.id)).mappings().all()
+    return [dict(row) for row in rows if row["kind"] != "keyed_since"]
+
+
+async def test_a_reply_another_process_stored_below_this_ones_is_sent(chat, home: Path) -> None:
+    """The old high-water mark: this process's own reply raised it above the CLI's, which was never sent."""
+    squall, bot, loopback = chat
+    cli = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")  # another process's connection
+    try:
+        theirs = cli.outbox_add("loopback", "#cli", Reply(adapter="loopback", channel="#cli", text="from the cli")
+                                .to_json())
+    finally:
+        cli.close()
+    ours = await bot.outbox.post(Reply(adapter="loopback", channel="#ops", text="from the service"))
+    assert ours > theirs
+    # Found without waiting for the service's next poll: our id was not the next one, so it looked.
+    await loopback.wait_for(lambda posted: "from the cli" in [p.text for p in posted], 5)
+    assert await bot.outbox.poll() == 0  # and a poll does not queue it again
+    await settle(squall, bot)
+    assert loopback.texts().count("from the cli") == 1
+    assert await squall.db(squall.store.outbox_pending, ["loopback"]) == []
+
+
+async def test_polls_racing_deliveries_never_send_a_reply_twice(chat, home: Path) -> None:
+    """Every poll reads all pending rows; rows delivered (or being delivered) here are never queued again."""
+    squall, bot, loopback = chat
+    real_send = loopback.send
+
+    async def slow_send(reply: Reply, edit_of: str | None = None) -> str | None:
+        await asyncio.sleep(0.002)
+        return await real_send(reply, edit_of)
+
+    loopback.send = slow_send  # type: ignore[method-assign]
+    cli = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
+    stop = asyncio.Event()
+
+    async def keep_polling() -> None:
+        while not stop.is_set():
+            await bot.outbox.poll()
+            await asyncio.sleep(0.001)
+
+    poller = asyncio.create_task(keep_polling())
+    try:
+        expected = []
+        for n in range(150):
+            channel = f"#c{n % 3}"
+            if n % 5 == 0:
+                reply = Reply(adapter="loopback", channel=channel, text=f"cli {n}")
+                cli.outbox_add("loopback", channel, reply.to_json())
+                expected.append(f"cli {n}")
+            await bot.outbox.post(Reply(adapter="loopback", channel=channel, text=f"own {n}"))
+            expected.append(f"own {n}")
+            if n % 10 == 0:
+                await asyncio.sleep(0.003)
+        for _ in range(300):
+            if (set(expected) <= set(loopback.texts())
+                    and not await squall.db(squall.store.outbox_pending, ["loopback"])):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await poller
+        cli.close()
+    counts = Counter(loopback.texts())
+    assert {text: counts[text] for text in expected if counts[text] != 1} == {}
+    assert await squall.db(squall.store.outbox_pending, ["loopback"]) == []
+    # In each channel, the replies of each process went out in the order they were stored (another
+    # process's reply joins the channel's queue when it is found, after what was queued before).
+    by_text = {row["payload"]["text"]: row["id"] for row in _rows(squall.store)}
+    for channel in ("#c0", "#c1", "#c2"):
+        for source in ("own", "cli"):
+            sent = [by_text[text] for text in loopback.texts(channel) if text.startswith(source)]
+            assert sent == sorted(sent)
+
+
+async def test_a_result_is_stored_once_with_its_ack_edit_in_one_go(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!greet once", user="alice", channel="#ops")
+    await settle(squall, bot)
+    [execution] = await squall.executions.list(action="demo.greet")
+    rows = [row for row in _rows(squall.store) if row["execution_id"] == execution["id"]]
+    assert [(row["kind"], row["payload"]["edit"] is not None) for row in rows] == [("status", True),
+                                                                                   ("result", False)]
+    # Recovery and a second listener call find it stored: nothing more is stored or sent.
+    assert await bot.sweep(timedelta(days=1)) == 0
+    await bot.dispatcher._post_result(execution, execution["context"]["chat"])
+    await settle(squall, bot)
+    assert [row["id"] for row in _rows(squall.store) if row["execution_id"] == execution["id"]] == [
+        row["id"] for row in rows]
+    assert loopback.texts("#ops").count("hello once") == 1
+
+
+async def test_recovery_stores_a_result_whose_reply_was_never_stored(chat) -> None:
+    """As after a kill between the commit of the final status and the insert of the reply."""
+    squall, bot, loopback = chat
+    squall.executions._listeners.remove(bot.dispatcher.on_finished)  # the process "died" before telling chat
+    try:
+        await loopback.say("!greet lost", user="alice", channel="#ops")
+        [execution] = await squall.executions.list(action="demo.greet")
+        await squall.executions.wait(execution["id"], 10)
+        await settle(squall, bot)
+    finally:
+        squall.executions.on_finished(bot.dispatcher.on_finished)
+    assert "hello lost" not in loopback.texts()
+    assert await bot.sweep(timedelta(days=1)) == 1
+    await settle(squall, bot)
+    assert loopback.texts("#ops").count("hello lost") == 1
+    assert await bot.sweep(timedelta(days=1)) == 0  # stored now: never again
+    rows = [row for row in _rows(squall.store) if row["execution_id"] == execution["id"]]
+    # This process still knew the ack, so its edit came too (after a real crash only the result does).
+    assert [(row["kind"], row["status"]) for row in rows] == [("status", "sent"), ("result", "sent")]
+
+
+async def test_results_the_alias_turns_off_are_recorded_and_not_looked_for_again(chat, home: Path) -> None:
+    squall, bot, loopback = chat
+    write(home / "packs" / "demo" / "aliases" / "quiet.yaml", """
+        name: quiet
+        action_ref: demo.greet
+        description: Greet, silently.
+        formats: ["hush {{who}}"]
+        ack: {enabled: false}
+        result: {enabled: false}
+    """)
+    squall.reload(load_packs(squall.config))
+    bot.reload()
+    await loopback.say("!hush you", user="alice", channel="#ops")
+    await settle(squall, bot)
+    [execution] = await squall.executions.list(action="demo.greet")
+    [row] = [row for row in _rows(squall.store) if row["execution_id"] == execution["id"]]
+    assert (row["kind"], row["status"]) == ("result", "skipped")
+    assert await bot.sweep(timedelta(days=1)) == 0
+    assert loopback.texts("#ops") == []
+
+
+async def test_results_finished_before_keying_began_are_not_sent_again(chat) -> None:
+    """After the upgrade, results sent without a key must not look missing."""
+    squall, bot, loopback = chat
+    keyed_since = squall.store.outbox_keyed_since()
+    chat_context = {"user": "alice", "chat": {"adapter": "loopback", "channel": "#old", "thread": None,
+                                              "alias": "demo.greet"}}
+    for name, ended in (("before", keyed_since - timedelta(seconds=5)), ("after", keyed_since + timedelta(seconds=1))):
+        squall.store.insert_execution({
+            "id": name[0] * 24, "action": "demo.greet", "runner": "local-shell-cmd", "status": "succeeded",
+            "parameters": {"who": name}, "spec": {"values": {}, "templates": {}}, "sealed": None,
+            "result": {"stdout": f"hello {name}"}, "context": chat_context, "log": [], "parent": None,
+            "runner_info": None, "start_timestamp": ended - timedelta(seconds=1), "end_timestamp": ended})
+    assert await bot.sweep(timedelta(days=1)) == 1
+    await settle(squall, bot)
+    assert loopback.texts("#old") == ["hello after"]
+
+
+async def test_nothing_is_sent_before_the_adapters_are_up(home: Path) -> None:
+    _config(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    loopback = LoopbackAdapter()
+    bot = ChatBot(squall, [loopback])
+    try:
+        await squall.db(squall.store.outbox_add, "loopback", "#early",
+                        Reply(adapter="loopback", channel="#early", text="left by an earlier run").to_json())
+        await bot.begin()
+        await asyncio.sleep(0.05)
+        assert loopback.posted == []  # queued, held
+        await bot.start()
+        await loopback.wait_for(lambda posted: len(posted) == 1, 5)
+    finally:
+        await bot.stop()
+        await squall.close()
+
+
+def test_a_result_is_stored_once_on_each_database(database_url: str) -> None:
+    store = Store.open(database_url)
+    try:
+        reply = Reply(adapter="loopback", channel="#c", text="done").to_json()
+        rows = [("loopback", "#c", {**reply, "edit": 1}, "status", "pending"),
+                ("loopback", "#c", reply, "result", "pending"), ("loopback", "#c", reply, "result.2", "pending")]
+        first = store.outbox_add_result("e1", rows)
+        assert first is not None and len(first) == 3 and first == sorted(first)
+        assert store.outbox_add_result("e1", rows) is None
+        assert store.outbox_add_result("e1", rows[1:2]) is None
+        # The unique key holds even against a writer that did not look first.
+        with store.engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
+            conn.execute(storage.outbox.insert(), {"adapter": "loopback", "channel": "#c", "payload": reply,
+                                                   "status": "pending", "attempts": 0, "created_at": utcnow(),
+                                                   "execution_id": "e1", "kind": "result"})
+        assert store.outbox_pending_ids(["loopback"]) == first
+        assert store.outbox_pending_ids(["loopback"], first[0], 1) == first[1:2]
+        assert [row["id"] for row in store.outbox_get_many(list(reversed(first)))] == first
+
+        since = store.outbox_keyed_since()
+        assert store.outbox_keyed_since() == since
+        now = utcnow()
+        for execution_id, status, adapter in (("owed", "succeeded", "loopback"), ("e1", "failed", "loopback"),
+                                              ("live", "running", "loopback"), ("elsewhere", "failed", "irc")):
+            store.insert_execution({
+                "id": execution_id, "action": "core.noop", "runner": "noop", "status": status, "parameters": {},
+                "spec": {"values": {}, "templates": {}}, "sealed": None, "result": None,
+                "context": {"chat": {"adapter": adapter, "channel": "#c"}}, "log": [], "parent": None,
+                "runner_info": None, "start_timestamp": now, "end_timestamp": now + timedelta(seconds=1)})
+        owed = store.executions_owing_results(["loopback"], sorted(COMPLETED), now - timedelta(hours=1))
+        assert [row["id"] for row in owed] == ["owed"]
+        assert store.executions_owing_results(["loopback"], sorted(COMPLETED), now + timedelta(seconds=1)) == []
+    finally:
+        store.close()
+
+
+# -- real `squall serve` processes, killed with SIGKILL ----------------------------------------------
+
+LAUNCHER = '''
+"""`squall serve`, killed with SIGKILL (its whole process group) at the point SQUALL_KILL_AT names."""
+import asyncio
+import os
+import signal
+
+point = os.environ.get("SQUALL_KILL_AT", "")
+try:  # die with the test run, even one killed before its teardown
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+
+
+def die():
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+if point.startswith("finished:"):
+    # Right after the final status of the nth chat execution committed, before its result was stored.
+    from engine import executions
+
+    limit = int(point.split(":", 1)[1])
+    finished = executions.ExecutionService._finished
+    seen = []
+
+    def _finished(self, record):
+        if (record.get("context") or {}).get("chat") and record.get("status") in executions.COMPLETED:
+            seen.append(record["id"])
+            if len(seen) >= limit:
+                die()
+        return finished(self, record)
+
+    executions.ExecutionService._finished = _finished
+elif point == "recovered":
+    # At start-up, once executions were recovered (abandoned ones told in chat), before the adapters start.
+    from bot import chat
+
+    async def start(self):
+        await asyncio.sleep(0.3)
+        die()
+
+    chat.ChatBot.start = start
+
+from bot.cli import main
+
+main()
+'''
+
+CLI_POSTS = '''
+"""`squall run chatops.post_message` from the CLI, in waves: each line on stdin ("prefix<TAB>count")
+runs it `count` times, then "done" is printed. One interpreter, the CLI's own code path; each run
+opens and closes the database as a `squall run` does."""
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+
+from bot.cli import app
+
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the test run
+
+config = sys.argv[1]
+for line in sys.stdin:
+    prefix, count = line.rstrip("\\n").split("\\t")
+    for n in range(int(count)):
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            try:
+                app(["-c", config, "run", "chatops.post_message", f"message={prefix} {n}", "adapter=mattermost",
+                     "channel=town-square"], standalone_mode=False)
+            except SystemExit as exc:
+                if exc.code:
+                    raise
+    print("done", flush=True)
+'''
+
+RESULT = "{{ execution.status }} {{ execution.parameters.who }}"
+
+
+def _service_home(home: Path, fake: FakeMattermost) -> None:
+    write(home / "config.yml", f"""
+        database: {{url: "sqlite:///data/squall.db"}}
+        packs: {{paths: [packs]}}
+        api: {{enabled: false}}
+        adapters:
+          console: {{enabled: false}}
+          mattermost: {{enabled: true, url: "{fake.url}", token: "{BOT_TOKEN}", team: ops}}
+    """)
+    (home / "launch.py").write_text(LAUNCHER)
+    (home / "cli_posts.py").write_text(CLI_POSTS)
+    os.mkfifo(home / "idle")
+    pack = home / "packs" / "demo"
+    write(pack / "pack.yaml", "ref: demo\nname: demo\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "actions" / "quick.yaml", """
+        name: quick
+        runner_type: local-shell-cmd
+        parameters:
+          who: {type: string, required: true}
+          cmd: {default: 'echo "{{who}}"', immutable: true}
+    """)
+    # Waits for the gate file without forking (`read -t` on a FIFO nobody writes to is a sleep), and
+    # gives up by itself: a killed service no longer enforces its timeout.
+    held = (f'exec 3<>{home}/idle; while [ ! -f {home}/gate ] && [ $SECONDS -lt 90 ]; do read -t 0.05 -u 3 x; '
+            'done; echo "{{who}}"')
+    write(pack / "actions" / "held.yaml", f"""
+        name: held
+        runner_type: local-shell-cmd
+        parameters:
+          who: {{type: string, required: true}}
+          cmd: {{default: {json.dumps(held)}, immutable: true}}
+          timeout: {{default: 120}}
+    """)
+    for name in ("quick", "held"):
+        write(pack / "aliases" / f"{name}.yaml", f"""
+            name: {name}
+            action_ref: demo.{name}
+            description: d
+            formats: ["{name} {{{{who}}}}"]
+            ack: {{enabled: false}}
+            result: {{format: "{RESULT}"}}
+        """)
+
+
+class Service:
+    """One `squall serve` process (through the launcher), its output in a file beside the database."""
+
+    count = 0
+
+    def __init__(self, home: Path, fake: FakeMattermost) -> None:
+        self.home = home
+        self.fake = fake
+        self.process: asyncio.subprocess.Process | None = None
+        Service.count += 1
+        self.log = home / f"serve-{Service.count}.log"
+
+    async def start(self, kill_at: str = "", connected: bool = True) -> Service:
+        connects = len(self.fake.ws_connects)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MATTERMOST_")}
+        env["SQUALL_KILL_AT"] = kill_at
+        with self.log.open("w") as out:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, str(self.home / "launch.py"), "-c", str(self.home / "config.yml"), "serve",
+                cwd=self.home, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                env=env, start_new_session=True)
+        if connected:
+            await self.fake.wait_for(lambda: len(self.fake.ws_connects) > connects
+                                     or self.process.returncode is not None, 60)
+            assert self.process.returncode is None, self.output()
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def died(self, timeout: float = 30) -> None:
+        """Wait for the process to kill itself at its kill point."""
+        assert self.process is not None
+        await asyncio.wait_for(self.process.wait(), timeout)
+        assert self.process.returncode == -signal.SIGKILL, self.output()
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        await self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 30)
+            except TimeoutError:
+                await self.kill()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeMattermost]:
+    server = FakeMattermost()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def service(home: Path, fake: FakeMattermost) -> AsyncIterator[tuple[Path, FakeMattermost, list[Service],
+                                                                          Store]]:
+    _service_home(home, fake)
+    store = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
+    started: list[Service] = []
+    try:
+        yield home, fake, started, store
+    finally:
+        for one in started:
+            await one.stop()
+        (home / "gate").touch()  # actions a killed service left running end now (their session is their own)
+        store.close()
+
+
+async def _serve(home: Path, fake: FakeMattermost, started: list[Service], kill_at: str = "",
+                 connected: bool = True) -> Service:
+    one = Service(home, fake)
+    started.append(one)
+    return await one.start(kill_at, connected)
+
+
+class Cli:
+    """The CLI storing `chatops.post_message` replies, in waves (see CLI_POSTS)."""
+
+    async def start(self, home: Path) -> Cli:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, str(home / "cli_posts.py"), str(home / "config.yml"), cwd=home,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        return self
+
+    def post(self, prefix: str, count: int) -> asyncio.Task[None]:
+        """Start a wave; the task ends when its replies are stored."""
+        async def wave() -> None:
+            assert self.process.stdin is not None and self.process.stdout is not None
+            self.process.stdin.write(f"{prefix}\t{count}\n".encode())
+            await self.process.stdin.drain()
+            line = await asyncio.wait_for(self.process.stdout.readline(), 60)
+            if line != b"done\n":
+                assert self.process.stderr is not None
+                raise AssertionError((await self.process.stderr.read()).decode())
+
+        return asyncio.create_task(wave())
+
+    async def close(self) -> None:
+        if self.process.returncode is not None:
+            return
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+def _chat_executions(store: Store) -> list[dict[str, Any]]:
+    return [row for row in store.list_executions(limit=10_000) if row["context"].get("chat")]
+
+
+async def _until(predicate, timeout: float = 30, what: str = "") -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := predicate()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+    return value
+
+
+def _posts(fake: FakeMattermost) -> Counter[str]:
+    return Counter(post["message"] for post in fake.bot_posts())
+
+
+async def _delivered(fake: FakeMattermost, store: Store, expected: set[str], timeout: float = 40) -> Counter[str]:
+    """Wait until every expected text was posted and no row is pending; then what was posted."""
+    def done() -> bool:
+        posts = _posts(fake)
+        return all(posts[text] for text in expected) and not any(
+            row["status"] == "pending" for row in _rows(store))
+
+    try:
+        await _until(done, timeout, "the replies")
+    except AssertionError:
+        posts = _posts(fake)
+        pending = [row["payload"]["text"] for row in _rows(store) if row["status"] == "pending"]
+        raise AssertionError(f"never posted: {sorted(t for t in expected if not posts[t])}; "
+                             f"pending: {pending}") from None
+    await asyncio.sleep(0.3)  # anything sent twice would come now
+    return _posts(fake)
+
+
+def _expected_results(store: Store) -> set[str]:
+    return {f"{row['status']} {row['parameters']['who']}" for row in _chat_executions(store)}
+
+
+def _stored_texts(store: Store) -> Counter[str]:
+    return Counter(row["payload"]["text"] for row in _rows(store) if row["status"] != "skipped")
+
+
+@pytest.mark.slow
+async def test_a_kill_between_the_final_status_and_the_result_loses_no_result(service) -> None:
+    home, fake, started, store = service
+    first = await _serve(home, fake, started, kill_at="finished:1")
+    await fake.say(fake.alice, fake.town_square, "!quick k1")
+    await first.died()
+    [execution] = _chat_executions(store)
+    assert execution["status"] == "succeeded"
+    assert [row for row in _rows(store) if row["execution_id"] == execution["id"]] == []  # the reply was not stored
+
+    await _serve(home, fake, started)
+    posts = await _delivered(fake, store, {"succeeded k1"})
+    assert posts == {"succeeded k1": 1}
+    assert _stored_texts(store) == {"succeeded k1": 1}
+
+
+async def _running(store: Store, who: str) -> None:
+    await _until(lambda: any(row["status"] == "running" and row["parameters"]["who"] == who
+                             for row in _chat_executions(store)), 30, f"{who} to run")
+
+
+@pytest.mark.slow
+async def test_replies_stored_by_the_cli_during_chat_and_while_down_are_each_sent_once(service) -> None:
+    home, fake, started, store = service
+    cli = await Cli().start(home)
+    try:
+        await _cli_during_chat_and_while_down(home, fake, started, store, cli)
+    finally:
+        await cli.close()
+
+
+async def _cli_during_chat_and_while_down(home: Path, fake: FakeMattermost, started: list[Service], store: Store,
+                                          cli: Cli) -> None:
+    first = await _serve(home, fake, started)
+    await fake.say(fake.alice, fake.town_square, "!held h1")  # still running when the service is killed
+    await _running(store, "h1")
+
+    # The CLI stores replies while the service is chatting (each chat reply raised the old mark past them).
+    wave = cli.post("during chat", 10)
+    expected: set[str] = set()
+    while not wave.done() and len(expected) < 100:
+        await fake.say(fake.alice, fake.town_square, f"!quick q{len(expected)}")
+        expected.add(f"succeeded q{len(expected)}")
+        await asyncio.sleep(0.1)
+    await wave
+    expected |= {f"during chat {n}" for n in range(10)}
+    posts = await _delivered(fake, store, expected)
+    assert posts == dict.fromkeys(expected, 1)
+
+    # Replies stored while the service is down, then a start whose recovery tells chat h1 was abandoned:
+    # that reply raised the old mark past them before the outbox first polled.
+    await first.kill()
+    await cli.post("while down", 3)
+    second = await _serve(home, fake, started)
+    expected |= {f"while down {n}" for n in range(3)} | {"abandoned h1"}
+    posts = await _delivered(fake, store, expected)
+    assert posts == dict.fromkeys(expected, 1)
+
+    # Again, killed once recovery stored h2's result and before the adapters started: nothing may be
+    # sent then, and the start after sends it all, once.
+    await fake.say(fake.alice, fake.town_square, "!held h2")
+    await _running(store, "h2")
+    await second.kill()
+    await cli.post("down again", 2)
+    await cli.close()
+    third = await _serve(home, fake, started, kill_at="recovered", connected=False)
+    await third.died()
+    [held] = [row for row in _chat_executions(store) if row["parameters"]["who"] == "h2"]
+    assert held["status"] == "abandoned"
+    assert [(row["kind"], row["status"]) for row in _rows(store) if row["execution_id"] == held["id"]] == [
+        ("result", "pending")]  # stored, not sent
+    assert _posts(fake) == posts
+
+    await _serve(home, fake, started)
+    expected |= {f"down again {n}" for n in range(2)} | {"abandoned h2"}
+    posts = await _delivered(fake, store, expected)
+    assert posts == dict.fromkeys(expected, 1)
+    assert _stored_texts(store) == dict.fromkeys(expected, 1)
+
+
+@pytest.mark.slow
+async def test_forty_results_finishing_at_once_survive_a_kill_in_the_burst(service) -> None:
+    home, fake, started, store = service
+    first = await _serve(home, fake, started, kill_at="finished:20")
+    for n in range(40):
+        await fake.say(fake.alice, fake.town_square, f"!held b{n}")
+    await _until(lambda: sum(row["status"] == "running" for row in _chat_executions(store)) == 40, 60,
+                 "40 executions to run")
+    (home / "gate").touch()
+    await first.died()
+    finished = [row for row in _chat_executions(store) if row["status"] in COMPLETED]
+    stored = {row["execution_id"] for row in _rows(store) if row["kind"] == "result"}
+    assert len(finished) >= 20 and any(row["id"] not in stored for row in finished)  # the kill left one owed
+
+    await _serve(home, fake, started)
+    await _until(lambda: all(row["status"] in COMPLETED for row in _chat_executions(store)), 30, "recovery")
+    expected = _expected_results(store)
+    assert len(expected) == 40
+    posts = await _delivered(fake, store, expected)
+    assert set(posts) == expected
+    assert _stored_texts(store) == dict.fromkeys(expected, 1)  # each result stored once
+    resent = sum(count - 1 for count in posts.values())
+    assert resent <= 2, posts  # only replies the platform took just before the kill, not yet marked sent
