@@ -121,7 +121,12 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
         log.warning("%s", warning)
     squall = await Squall.start(config)
     bot = ChatBot(squall, configured_adapters(config) if adapters is None else adapters)
-    await squall.executions.recover()  # after the bot listens, so abandoned executions are told in chat
+    # First what earlier runs left to send and the results they owed, then recovery's own results
+    # behind them; the bot listens already, so abandoned executions are told in chat.
+    await bot.begin()
+    await squall.executions.recover()
+    if (note := squall.executions.foreign_note()) is not None:  # PostgreSQL: other hosts' processes hold these
+        log.warning("%s", note)
     await squall.inquiries.recover()  # TTL timers of inquiries still waiting for an answer
     await squall.triggers.recover()
     await bot.start()

@@ -20,14 +20,17 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
+from engine.actions import Action
 from engine.crypto import CryptoError, KeyRing
 from engine.datastore import Datastore
 from engine.executor import Executor
 from engine.packs import Registry
-from engine.parameters import MASK, ParameterError, mask, resolve
+from engine.parameters import MASK, ParameterError, Resolution, mask, needs_rendering, resolve
+from engine.processes import LEDGER, ledger_directory, owner_file_state, process_identity, running_since, sweep
 from engine.runners import Runner, RunOutcome, RunRequest
 from engine.storage import Database, utcnow
 from engine.templates import KVNamespace, build_environment
@@ -44,9 +47,22 @@ CANCELABLE = frozenset({"requested", "scheduled", "delayed", "running", "pausing
 _QUEUED = ("requested", "scheduled", "delayed")
 _LIVE = ("scheduled", "running", "canceling", "pausing", "paused", "resuming")
 _MIN_SCRUB = 4
+#: `poll` also sweeps what dead Squall processes on this machine left running, every this many calls.
+_SWEEP_POLLS = 30
 _RECENT = 1024
 #: Plaintexts `decrypt_kv` produced while one request's parameters were rendered.
 _revealed: contextvars.ContextVar[list[str]] = contextvars.ContextVar("squall_revealed")
+#: Threads that render requests' parameter templates (see `ExecutionService.request`).
+_RENDER_THREADS = 4
+_render_threads: list[ThreadPoolExecutor] = []
+
+
+def _render_pool() -> ThreadPoolExecutor:
+    """The process's render threads: few (templates are CPU work under the GIL), and apart from
+    asyncio's default pool and the database thread, so slow templates only wait for each other."""
+    if not _render_threads:
+        _render_threads.append(ThreadPoolExecutor(max_workers=_RENDER_THREADS, thread_name_prefix="squall-render"))
+    return _render_threads[0]
 
 
 class ExecutionNotFound(LookupError):
@@ -126,6 +142,15 @@ class ExecutionService:
         self.executor: Executor | None = None
         self.jinja = build_environment(decrypt=self._decrypt_revealing)
         self.host = socket.gethostname()
+        #: Who runs what this process claims (`runner_info`): on one machine the process is the owner
+        #: (pid, start time, boot, pid namespace), not the host name, which a restart may change.
+        self.owner: dict[str, Any] = {"hostname": self.host, **process_identity()}
+        store = getattr(db, "store", None)
+        self.ledger = ledger_directory(store.engine.url.database if getattr(store, "is_sqlite", False) else None)
+        LEDGER.register(self.ledger, self)
+        #: Executions `recover` left to Squall processes of other hosts (PostgreSQL): host -> how many.
+        self.foreign_owners: dict[str, int] = {}
+        self._polls = 0
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._listeners: list[Callable[[dict[str, Any]], Any]] = []
         self._listener_tasks: set[asyncio.Future[Any]] = set()
@@ -198,8 +223,16 @@ class ExecutionService:
         `extra_template_context` adds names those templates may use (rules pass `trigger`)."""
         action = self.registry.action(ref)
         context = {"user": os.environ.get("USER", "squall"), **(context or {}), "pack": action.pack}
-        record = await self.db(self._prepare, ref, dict(parameters or {}), context, parent, extra_template_context,
-                               render)
+        supplied = dict(parameters or {})
+        if needs_rendering(action, supplied, render):
+            # Templates render on threads of their own, never on the event loop nor the database thread: one
+            # may take up to templates.max_seconds. Their st2kv reads take a pooled connection of their own.
+            resolution, revealed = await asyncio.get_running_loop().run_in_executor(
+                _render_pool(), self._resolve, action, supplied, context, extra_template_context, render)
+            record = await self.db(self._store, action, supplied, context, parent, extra_template_context,
+                                   resolution, revealed)
+        else:  # nothing to render: checked and stored in one step, without a thread hop
+            record = await self.db(self._prepare, ref, supplied, context, parent, extra_template_context, render)
         if self.executor is not None:
             await self.executor.submit(record["id"])
         return public(record)
@@ -207,8 +240,17 @@ class ExecutionService:
     def _prepare(self, ref: str, supplied: dict[str, Any], context: dict[str, Any],
                  parent: str | None, extra_template_context: dict[str, Any] | None = None,
                  render: bool | Collection[str] = ()) -> dict[str, Any]:
-        """Resolve parameters and store the request (on the database thread: st2kv reads are sync)."""
+        """Resolve parameters and store the request, for requests with nothing to render (`request`)."""
         action = self.registry.action(ref)
+        resolution, revealed = self._resolve(action, supplied, context, extra_template_context, render)
+        return self._store(action, supplied, context, parent, extra_template_context, resolution, revealed)
+
+    def _resolve(self, action: Action, supplied: dict[str, Any], context: dict[str, Any],
+                 extra_template_context: dict[str, Any] | None,
+                 render: bool | Collection[str]) -> tuple[Resolution, list[str]]:
+        """The request's parameters checked, rendered and cast, and the plaintexts `decrypt_kv` revealed.
+        Runs on a render thread when there are templates (st2kv reads are synchronous: thread-safe, each
+        read takes a connection of the store's pool), else inside `_prepare`."""
         pack = self.registry.packs[action.pack]
         revealed: list[str] = []
         token = _revealed.set(revealed)
@@ -217,6 +259,12 @@ class ExecutionService:
             resolution = resolve(action, supplied, template_context, env=self.jinja, render=render)
         finally:
             _revealed.reset(token)
+        return resolution, revealed
+
+    def _store(self, action: Action, supplied: dict[str, Any], context: dict[str, Any], parent: str | None,
+               extra_template_context: dict[str, Any] | None, resolution: Resolution,
+               revealed: list[str]) -> dict[str, Any]:
+        """Store a resolved request as `requested` (on the database's side of `Database`)."""
         values = resolution.values
         secret_names = action.secret_names
         secrets = _scrubbable([v for k, v in values.items() if k in secret_names], revealed)
@@ -257,7 +305,8 @@ class ExecutionService:
     async def run(self, execution_id: str) -> None:
         """Run one requested execution to its end (the executor calls this)."""
         now = utcnow()
-        runner_info = {"hostname": self.host, "pid": os.getpid()}
+        LEDGER.ensure()  # the owner file says this process lives (to other containers) before it owns anything
+        runner_info = dict(self.owner)
         transitions = [{"status": "scheduled", "timestamp": _iso(now)}, {"status": "running", "timestamp": _iso(now)}]
         claim = asyncio.ensure_future(
             self.db(self._claim, execution_id, {"status": "running", "runner_info": runner_info, "log": transitions})
@@ -460,6 +509,7 @@ class ExecutionService:
             shown = execution_id if len(execution_id) <= 40 else execution_id[:40] + "…"
             raise ExecutionNotFound(f'"{shown}" is not an execution id: ids are 24 hexadecimal digits '
                                     "(a unique start of one will do; see `squall execution list`)")
+        execution_id = execution_id.lower()  # ids are lowercase: "ABC" finds "abc…" on every database
         store = self.db.store
         record = store.get_execution(execution_id)
         if record is None and len(execution_id) >= 4:
@@ -512,7 +562,16 @@ class ExecutionService:
     async def cancel(self, execution_id: str) -> dict[str, Any]:
         record = await self.db(self._find, execution_id)
         status = record["status"]
-        if status in COMPLETED or status == "canceling":
+        if status in COMPLETED:
+            raise ExecutionStateError(f'execution {record["id"]} is already {status}; it cannot be canceled')
+        if (status in ("running", "canceling", "pausing", "resuming")
+                and record["id"] not in getattr(self.executor, "running", ())
+                and self._owner_state(record.get("runner_info")) == "gone"):
+            # Nobody runs it any more (its process died, or the host was renamed and restarted):
+            # canceled at once, instead of `canceling` for an owner that never looks again.
+            done = await self._cancel_orphan(record)
+            return done if done is not None else await self.cancel(execution_id)  # it moved meanwhile
+        if status == "canceling":
             raise ExecutionStateError(f'execution {record["id"]} is already {status}; it cannot be canceled')
         if status not in CANCELABLE:
             raise ExecutionStateError(f'execution {record["id"]} is {status}, which cannot be canceled')
@@ -568,29 +627,97 @@ class ExecutionService:
                                   extra_template_context=spec.get("extra_context"),
                                   render=rendered - set(parameters or {}))
 
+    # -- ownership ---------------------------------------------------------------------
+    def _owner_state(self, info: Mapping[str, Any] | None) -> str:
+        """Who holds an execution this process did not start: "here" (this process), "alive" (a
+        live process on this machine), "gone", or "elsewhere" (another host's, PostgreSQL only).
+
+        On one machine the owner is a process, told apart from a later one with its pid by its start
+        time, the boot and the pid namespace; the host name plays no part (a container restart may
+        change it). A process in another pid namespace (container) on this machine is alive while it
+        holds its owner file. SQLite is one machine by definition; on PostgreSQL an owner of another
+        boot counts as another host's unless it has this host's name (this host, rebooted)."""
+        info = info or {}
+        pid = info.get("pid")
+        if not isinstance(pid, int):
+            return "gone"
+        sqlite = self.db.store.is_sqlite
+        if not info.get("boot_id"):  # recorded before owners carried more than host and pid
+            if not sqlite and info.get("hostname") not in (None, self.host):
+                return "elsewhere"
+            if pid == os.getpid():
+                return "here"
+            return "alive" if _alive(pid) else "gone"
+        if info["boot_id"] != self.owner["boot_id"]:
+            return "gone" if sqlite or info.get("hostname") == self.host else "elsewhere"
+        if info.get("pid_ns") == self.owner["pid_ns"]:
+            if pid == os.getpid() and info.get("started") == self.owner["started"]:
+                return "here"
+            if info.get("started") is None:
+                return "alive" if pid != os.getpid() and _alive(pid) else "gone"
+            return "alive" if running_since(pid, info["started"]) else "gone"
+        held = owner_file_state(self.ledger, info)
+        if held == "held":
+            return "alive"
+        return "gone" if held == "free" or sqlite else "elsewhere"
+
+    async def _sweep(self) -> int:
+        """Kill what dead Squall processes on this machine left running (their owner files say what)."""
+        killed = await asyncio.to_thread(sweep, self.ledger)
+        if killed:
+            log.info("killed %d process group(s) left running by Squall processes that died", killed)
+        return killed
+
+    async def _cancel_orphan(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Cancel an execution whose owner is gone, at once: nobody else would ever end it. What its
+        processes left is killed first. A workflow's live children follow (its finished listener)."""
+        await self._sweep()
+        info = record.get("runner_info") or {}
+        owner = f'{info.get("hostname") or "?"} pid {info.get("pid")}'
+        return await self.complete(record["id"], "canceled", {
+            **(record.get("result") or {}),
+            "error": f"canceled by request; the process that ran it ({owner}) was gone"}, (record["status"],))
+
     # -- recovery ----------------------------------------------------------------------
     async def recover(self) -> dict[str, int]:
-        """After a crash: abandon what this host left running, and run what never started."""
+        """After a crash: end what dead owners left running, and run what never started.
+
+        First the process groups dead Squall processes on this machine left are killed, so no next
+        attempt (a re-requested workflow task, a re-run) ever runs beside the previous one. Then an
+        execution whose owner is gone is abandoned (a workflow is conducted on instead, a
+        `canceling` one ends `canceled`); those of live owners and of other hosts are left alone."""
+        await self._sweep()
         rows = await self.db(self.db.store.execution_ids_with_status, (*_LIVE, *_QUEUED))
         abandoned = started = 0
         running_here: set[str] = getattr(self.executor, "running", set())
         resumed: list[str] = []
+        foreign: dict[str, int] = {}
         for row in rows:
             if row["status"] in _QUEUED:
                 if self.executor is not None and row["id"] not in running_here:
                     await self.executor.submit(row["id"])
                     started += 1
                 continue
-            info = row.get("runner_info") or {}
-            if row["id"] in running_here or info.get("hostname") not in (None, self.host):
+            if row["id"] in running_here:
                 continue
-            if info.get("pid") and _alive(int(info["pid"])) and info["pid"] != os.getpid():
-                continue  # another Squall process on this host (a CLI run) still owns it
+            info = row.get("runner_info") or {}
+            state = self._owner_state(info)
+            if state == "alive":
+                continue  # another Squall process on this machine (a CLI run) still owns it
+            if state == "elsewhere":
+                host = str(info.get("hostname"))
+                foreign[host] = foreign.get(host, 0) + 1
+                continue
             record = await self.db(self.db.store.get_execution, row["id"])
             if record is None:
                 continue
             now = utcnow()
-            if _resumable(self.runners.get(record["runner"])) and row["status"] != "canceling":
+            if row["status"] == "canceling":  # asked to cancel, and its owner is gone: it is
+                await self.complete(row["id"], "canceled", {
+                    **(record.get("result") or {}),
+                    "error": "canceled by request; Squall stopped while it was running"}, ("canceling",))
+                continue
+            if _resumable(self.runners.get(record["runner"])):
                 # A workflow's state is its stored children: conduct it on instead of abandoning it.
                 if row["status"] != "paused" and await self.db(
                         self.db.store.update_execution, row["id"],
@@ -607,16 +734,30 @@ class ExecutionService:
                 abandoned += 1
                 record.update(fields)
                 self._finished(record)
+        self.foreign_owners = foreign
         if self.executor is not None:
             for execution_id in resumed:  # after their children were abandoned, so they see it
                 self.conducting.add(execution_id)
                 await self.executor.submit(execution_id)
         return {"abandoned": abandoned, "started": started + len(resumed)}
 
+    def foreign_note(self) -> str | None:
+        """What `squall serve` says at start about executions other hosts' processes hold, if any."""
+        if not self.foreign_owners:
+            return None
+        total = sum(self.foreign_owners.values())
+        hosts = ", ".join(f"{host} ({count})" for host, count in sorted(self.foreign_owners.items()))
+        return (f"{total} running execution(s) belong to Squall processes on other hosts: {hosts}; "
+                "they are left to those hosts")
+
     async def poll(self) -> None:
-        """Pick up work other processes stored (CLI `--async` requests, cancels of our executions)."""
+        """Pick up work other processes stored (CLI `--async` requests, cancels of our executions),
+        and end cancels whose owner is gone."""
         if self.executor is None:
             return
+        self._polls += 1
+        if self._polls % _SWEEP_POLLS == 0:
+            await self._sweep()
         rows = await self.db(self.db.store.execution_ids_with_status,
                              ("requested", "canceling", "resuming", "pausing"))
         for row in rows:
@@ -630,6 +771,10 @@ class ExecutionService:
                         await runner.pause(row["id"])
             elif (row.get("runner_info") or {}).get("pid") == os.getpid():
                 await self.executor.cancel(row["id"])
+            elif self._owner_state(row.get("runner_info")) == "gone":
+                record = await self.db(self.db.store.get_execution, row["id"])
+                if record is not None and record["status"] == "canceling":
+                    await self._cancel_orphan(record)
 
 
 def _resumable(runner: Any) -> bool:

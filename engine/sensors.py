@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.packs import Registry, sensor_trigger_types
+from engine.processes import LEDGER
 from engine.runners import RunAs
 from engine.runners.python import COMPAT_PATH, spawn_pack_process
 from engine.triggers import TriggerError
@@ -186,6 +187,8 @@ class SensorContainer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, 9)
                 await process.wait()
+        if process is not None and process.returncode is not None:
+            LEDGER.untrack(process.pid)
         if running.task is not None:
             running.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -239,6 +242,8 @@ class SensorContainer:
         finally:
             running.writer.close()
             await logs
+            if process.returncode is not None:
+                LEDGER.untrack(process.pid)
         await self._lifecycle(EXIT, spec, process.pid, code)
         return code
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.processes import LEDGER, dying_with_service
 from engine.runners import OUTPUT_LIMIT, RunAs, RunOutcome, RunRequest
 from engine.runners.environment import action_variables, inherited_environment
 
@@ -76,6 +77,7 @@ class Worker:
         """Kill the process and wait until its pipes are closed, so no transport outlives it."""
         self.kill()
         await asyncio.shield(self.process.wait())
+        LEDGER.untrack(self.process.pid)
         try:
             await asyncio.wait_for(asyncio.shield(self._drain), 2)
         except TimeoutError:
@@ -100,20 +102,24 @@ async def spawn_pack_process(script: Path, pack_path: Path, venv: Path, *, cwd: 
     """Start `script` (an action worker, a sensor) under the pack's interpreter, with the compat path
     and the credentials withheld from every action, talking JSON lines on two private pipes.
 
-    With `run_as` the process starts as that user and its groups (the service must be root)."""
+    With `run_as` the process starts as that user and its groups (the service must be root). It
+    dies with the service (`shell.dying_with_service`) and is in this process's owner file until the
+    caller waited for it and called `LEDGER.untrack(pid)`."""
     loop = asyncio.get_running_loop()
     request_read, request_write = os.pipe()
     reply_read, reply_write = os.pipe()
     env = inherited_environment(run_as)
     env["PYTHONPATH"] = _pythonpath(pack_path)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    argv, dying = dying_with_service([_interpreter(venv), "-u", str(script), str(request_read), str(reply_write)])
     try:
         process = await asyncio.create_subprocess_exec(
-            _interpreter(venv), "-u", str(script), str(request_read), str(reply_write),
+            *argv,
             stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, limit=_STREAM_LIMIT,
-            pass_fds=(request_read, reply_write), env=env, cwd=str(cwd), start_new_session=True,
+            pass_fds=(request_read, reply_write), env=env, cwd=str(cwd), start_new_session=True, **dying,
             **(run_as.process_options() if run_as is not None else {}),
         )
+        LEDGER.track(process.pid)
     except BaseException:
         for fd in (request_write, reply_read):
             os.close(fd)

@@ -10,13 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 from typing import Any
 
+from engine.processes import LEDGER, dying_with_service
 from engine.runners import OUTPUT_LIMIT, RunAs, RunOutcome, RunRequest
 from engine.runners.environment import action_environment
 from engine.runners.shell_template import EmptyCommand, command_of
+from engine.templates import TemplateRenderError
+
+log = logging.getLogger(__name__)
 
 
 def _named_value(value: Any) -> str:
@@ -101,8 +106,10 @@ async def run_process(
     """Run one command in its own process group; returns StackStorm's shell result object.
 
     With `run_as` the process starts as that user and its groups (the service must be root).
-    On timeout or cancellation the whole group is killed, so no stray children outlive it.
+    On timeout or cancellation the whole group is killed, so no stray children outlive it; if the
+    service dies, the leader dies with it and the group is in this process's owner file.
     """
+    argv, dying = dying_with_service(argv)
     process = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -111,8 +118,18 @@ async def run_process(
         env=env,
         cwd=cwd,
         start_new_session=True,
+        **dying,
         **(run_as.process_options() if run_as is not None else {}),
     )
+    LEDGER.track(process.pid)
+    try:
+        return await _communicate(process, stdin, timeout)
+    finally:
+        if process.returncode is not None:
+            LEDGER.untrack(process.pid)
+
+
+async def _communicate(process: asyncio.subprocess.Process, stdin: bytes | None, timeout: float) -> dict[str, Any]:
     out, err = bytearray(), bytearray()
     readers = asyncio.gather(_read(process.stdout, out), _read(process.stderr, err))  # type: ignore[arg-type]
     if stdin is not None and process.stdin is not None:
@@ -177,7 +194,7 @@ class LocalShellRunner:
         else:
             try:
                 command, extra_env = command_of(request)
-            except EmptyCommand as exc:
+            except (EmptyCommand, TemplateRenderError) as exc:  # a bad value fails the run, plainly
                 return RunOutcome("failed", {"error": str(exc)})
             argv = ["bash", "-c", command]
         stdin = None
