@@ -1,10 +1,12 @@
 """Squall's HTTP API (StackStorm-compatible where StackStorm has the route): FastAPI on the service's loop.
 
 `create_api(squall, bot=None)` builds the app; `squall serve` runs it with uvicorn next to the chat
-adapters. Every route but `GET /healthz` needs an API key: header `St2-Api-Key`, `Authorization:
-Bearer <key>` or query `st2-api-key`. Keys come from the `api_keys` table (SHA-256 hashes, made
-with `squall apikey create`), config `api.keys` and the environment variable `SQUALL_API_KEYS`.
-Webhooks may instead carry an HMAC signature when config `api.webhooks.<name>.secret` is set.
+adapters. Every route needs an API key — header `St2-Api-Key`, `Authorization: Bearer <key>` or query
+`st2-api-key` — except `GET /healthz`, the API's description (`/openapi.json`, `/docs`, `/redoc`, unless
+config `api.public_docs` is false), a webhook with a secret (`api.webhooks.<name>.secret`: it is
+signed instead, see `sign_webhook`) and the routes chat platforms call (they check the platform's own
+signature or token). Keys come from the `api_keys` table (SHA-256 hashes, made with `squall apikey
+create`), config `api.keys` and the environment variable `SQUALL_API_KEYS`.
 Errors answer `{"faultstring": "..."}`, as StackStorm does.
 """
 
@@ -15,8 +17,10 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import math
 import re
+import time
 import uuid
 from itertools import accumulate
 from typing import Any
@@ -30,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.base import Message
 from aliases import AliasMatcher, AmbiguousCommand, NoMatch, load_aliases
 from bot.apikeys import create_key, hash_key, public_key, static_keys
+from bot.config import ConfigError
 from bot.service_api import INSTANCE_HEADER
 from engine.crypto import CryptoError
 from engine.datastore import DatastoreError
@@ -52,8 +57,23 @@ MAX_DRAIN_BYTES = 64 * 1024 * 1024
 #: The longest `ttl` of a key (100 years, in seconds): longer ones overflow the expiry date.
 MAX_KEY_TTL = 100 * 365 * 24 * 3600
 SIGNATURE_HEADER = "x-squall-signature"
+#: When a webhook's sender signed it (whole seconds since 1970); the signature covers it.
+TIMESTAMP_HEADER = "x-squall-timestamp"
+#: How old (or how far ahead of this clock) a signed webhook's timestamp may be, unless
+#: `api.webhooks.<name>.tolerance` says otherwise: a request replayed later is refused.
+DEFAULT_WEBHOOK_TOLERANCE = 300
 #: Removed from the headers a webhook passes on in its payload (spec §6.3).
 _SECRET_HEADERS = {"x-auth-token", "st2-api-key", "authorization", "cookie", SIGNATURE_HEADER}
+
+log = logging.getLogger(__name__)
+
+
+def sign_webhook(secret: str, body: bytes, timestamp: float | None = None) -> dict[str, str]:
+    """The headers a sender adds to sign `body` for a webhook with `secret`: `X-Squall-Timestamp: <unix
+    seconds>` and `X-Squall-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`."""
+    stamp = str(int(time.time() if timestamp is None else timestamp))
+    digest = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"X-Squall-Timestamp": stamp, "X-Squall-Signature": f"v1={digest}"}
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -278,6 +298,27 @@ class _BodyGuard:
         await response(scope, receive, send)
 
 
+def _webhook_tolerances(webhooks: Any) -> dict[str, float]:
+    """`api.webhooks.<name>.tolerance` of each hook that sets it (seconds, above 0 and at most a day);
+    `legacy_signature` is checked to be true or false on the way."""
+    if not isinstance(webhooks, dict):
+        raise ConfigError(f"'api.webhooks' must map hook names to settings, not {type(webhooks).__name__}")
+    tolerances: dict[str, float] = {}
+    for name, settings in webhooks.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f"'api.webhooks.{name}' must be a mapping such as {{secret: ..., tolerance: 300}}")
+        if "tolerance" in settings:
+            value = settings["tolerance"]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
+                raise ConfigError(f"'api.webhooks.{name}.tolerance' must be seconds above 0 and at most 86400, "
+                                  f"not {value!r}")
+            tolerances[str(name)] = float(value)
+        if not isinstance(settings.get("legacy_signature", True), bool):
+            raise ConfigError(f"'api.webhooks.{name}.legacy_signature' must be true or false, "
+                              f"not {settings['legacy_signature']!r}")
+    return tolerances
+
+
 def create_api(squall: Any, bot: Any = None) -> FastAPI:
     """The HTTP API over `squall` (and `bot`, for alias permissions and the chat's alias index)."""
     section: dict[str, Any] = squall.config.section("api")
@@ -286,9 +327,16 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
     static_hashes = [hash_key(k) for k in static_keys(section)]
     #: Names of stored API keys whose execution requests may ask for their values to render (`render: true`).
     render_keys = {str(name) for name in section.get("render_keys") or []}
+    public_docs = section.get("public_docs", True)
+    if not isinstance(public_docs, bool):
+        raise ConfigError(f"'api.public_docs' must be true or false, not {public_docs!r}")
+    tolerances = _webhook_tolerances(webhooks_config)
 
+    # The API's description answers without a key unless api.public_docs is false: then /openapi.json
+    # needs one, and the /docs and /redoc pages (which a browser loads without a key) are not served.
     app = FastAPI(title="Squall API", version="1.0", description="StackStorm-compatible ChatOps automation API.",
-                  openapi_url="/openapi.json")
+                  openapi_url="/openapi.json" if public_docs else None,
+                  docs_url="/docs" if public_docs else None, redoc_url="/redoc" if public_docs else None)
     app.add_middleware(_BodyGuard, limit=max_body)
     app.state.squall = squall
     app.state.bot = bot
@@ -353,6 +401,11 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "packs": len(squall.registry.packs), "actions": len(squall.registry.actions)}
+
+    if not public_docs:
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_key)])
+        async def openapi() -> dict[str, Any]:
+            return app.openapi()
 
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_key)])
     hooks = APIRouter(prefix=API_PREFIX)
@@ -580,18 +633,54 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def authorize_hook(request: Request, hook: str, raw: bytes) -> None:
-        secret = (webhooks_config.get(hook) or {}).get("secret")
-        if secret:
-            signature = request.headers.get(SIGNATURE_HEADER, "")
-            expected = "sha256=" + hmac.new(str(secret).encode(), raw, hashlib.sha256).hexdigest()
-            if not signature:
-                raise HTTPException(401, f"Unauthorized - webhook {hook} needs header X-Squall-Signature: "
-                                         "sha256=<HMAC-SHA256 of the body>.")
-            if not hmac.compare_digest(signature.strip().encode(), expected.encode()):
-                raise HTTPException(401, f"Unauthorized - the signature for webhook {hook} does not match.")
-            return
-        await require_key(request)
+    legacy_warned: set[str] = set()
+
+    async def authorize_hook(request: Request, hook: str, raw: bytes) -> dict[str, str]:
+        """Check a webhook's signature (or, for a hook without a secret, the API key); the headers the
+        answer should carry (`Deprecation` for a signature of the old scheme)."""
+        settings = webhooks_config.get(hook) or {}
+        secret = settings.get("secret")
+        if not secret:
+            await require_key(request)
+            return {}
+        key = str(secret).encode()
+        signature = request.headers.get(SIGNATURE_HEADER, "").strip()
+        needs = (f"webhook {hook} needs headers X-Squall-Timestamp: <unix seconds> and X-Squall-Signature: "
+                 'v1=<hex HMAC-SHA256 of "<timestamp>.<body>">')
+        if not signature:
+            raise HTTPException(401, f"Unauthorized - {needs}.")
+        legacy = signature.startswith("sha256=") and settings.get("legacy_signature", True)
+        if legacy:  # the old scheme: the body alone, replayable for ever; accepted until the next release
+            expected = "sha256=" + hmac.new(key, raw, hashlib.sha256).hexdigest()
+        elif signature.startswith("v1="):
+            stamp = request.headers.get(TIMESTAMP_HEADER, "").strip()
+            if not stamp:
+                raise HTTPException(401, f"Unauthorized - {needs}; X-Squall-Timestamp is missing.")
+            if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+                raise HTTPException(401, f"Unauthorized - X-Squall-Timestamp must be whole seconds since 1970, "
+                                         f"not {stamp[:40]!r}.")
+            expected = "v1=" + hmac.new(key, stamp.encode() + b"." + raw, hashlib.sha256).hexdigest()
+        elif signature.startswith("sha256="):
+            raise HTTPException(401, f"Unauthorized - {needs}; the old sha256= scheme is turned off for it "
+                                     f"(api.webhooks.{hook}.legacy_signature: false).")
+        else:
+            raise HTTPException(401, f"Unauthorized - {needs}; the signature does not start with v1=.")
+        if not hmac.compare_digest(signature.encode(), expected.encode()):
+            raise HTTPException(401, f"Unauthorized - the signature for webhook {hook} does not match.")
+        if legacy:
+            if hook not in legacy_warned:
+                legacy_warned.add(hook)
+                log.warning("webhook %s was signed with the deprecated sha256= scheme, which a replay passes; "
+                            "the next release refuses it: sign with X-Squall-Timestamp and v1= (README)", hook)
+            return {"Deprecation": "true"}
+        age = time.time() - int(stamp)
+        tolerance = tolerances.get(hook, DEFAULT_WEBHOOK_TOLERANCE)
+        if abs(age) > tolerance:
+            when = f"{age:.0f} s old" if age > 0 else f"{-age:.0f} s in the future"
+            raise HTTPException(401, f"Unauthorized - the signature for webhook {hook} is {when}; signatures are "
+                                     f"accepted for {tolerance:g} s (api.webhooks.{hook}.tolerance): sign each "
+                                     "request when it is sent, and keep the sender's clock right.")
+        return {}
 
     def parse_body(request: Request, raw: bytes) -> Any:
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -615,7 +704,7 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
     @hooks.post("/webhooks/st2", status_code=202, tags=["webhooks"])
     async def generic_webhook(request: Request) -> Any:
         raw = await read_body(request)
-        await authorize_hook(request, "st2", raw)
+        answer_headers = await authorize_hook(request, "st2", raw)
         body = parse_body(request, raw)
         if not isinstance(body, dict):
             raise HTTPException(400, "The body must be a JSON object with \"trigger\" and \"payload\".")
@@ -627,7 +716,7 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
                                                       trace_tag=trace_tag(request, "st2"))
         except TriggerError as exc:
             raise HTTPException(400, str(exc)) from exc
-        return JSONResponse(body, status_code=202, headers={INSTANCE_HEADER: instance["id"]})
+        return JSONResponse(body, status_code=202, headers={INSTANCE_HEADER: instance["id"], **answer_headers})
 
     @hooks.post("/webhooks/{name:path}", status_code=202, tags=["webhooks"])
     async def custom_webhook(name: str, request: Request) -> Any:
@@ -637,7 +726,7 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
             # Authenticate first: an unauthenticated caller must not learn which hooks exist.
             await authorize_hook(request, hook, raw)
             raise HTTPException(404, f"Webhook {hook} not registered")
-        await authorize_hook(request, hook, raw)
+        answer_headers = await authorize_hook(request, hook, raw)
         body = parse_body(request, raw)
         if not isinstance(body, (dict, list)):
             raise HTTPException(400, "The body must be a JSON object or array.")
@@ -650,7 +739,7 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
             raise HTTPException(400, str(exc)) from exc
         except LookupError as exc:  # the rule went away meanwhile
             raise HTTPException(404, f"Webhook {hook} not registered") from exc
-        return JSONResponse(body, status_code=202, headers={INSTANCE_HEADER: instance["id"]})
+        return JSONResponse(body, status_code=202, headers={INSTANCE_HEADER: instance["id"], **answer_headers})
 
     # -- inquiries (spec §11.2) ------------------------------------------------------------------
     from engine.inquiries import InquiryError
@@ -719,4 +808,4 @@ class ApiServer:
 
 
 __all__ = ["MAX_JSON_DEPTH", "ApiServer", "JsonBodyError", "create_api", "create_key", "decode_json", "hash_key",
-           "public_key", "static_keys"]
+           "public_key", "sign_webhook", "static_keys"]

@@ -35,6 +35,7 @@ from engine.runners.remote import RemoteShellRunner
 from engine.runners.shell import LocalShellRunner
 from engine.sensors import SensorContainer, load_sensors
 from engine.storage import Database, Store
+from engine.templates import configure_limits
 from engine.timers import TIMER_TYPES, TimerService
 from engine.triggers import TriggerService
 from engine.workflows.service import WorkflowService
@@ -49,6 +50,8 @@ class Squall:
 
     def __init__(self, config: Config, store: Store, registry: Registry) -> None:
         self.config = config
+        # Every render in the process keeps to them (rendering happens deep in the engine, in many places).
+        configure_limits(config.template_limits)
         self.store = store
         self.db = Database(store)
         self.keys = KeyRing(config.encryption_key_path)

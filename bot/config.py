@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from engine.templates import TemplateLimits
+
 DEFAULT_CONFIG_NAME = "config.yml"
 CONFIG_ENV = "SQUALL_CONFIG"
 
@@ -47,6 +49,8 @@ class Config:
     runner_user: str | None = None
     #: `runners.allow_root`: running them as root is wanted (no warning at `squall serve`).
     allow_root: bool = False
+    #: `templates.max_output_chars` / `templates.max_seconds`: what one render may make and take.
+    template_limits: TemplateLimits = field(default_factory=TemplateLimits)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def section(self, name: str) -> dict[str, Any]:
@@ -64,6 +68,7 @@ _KNOWN_SECTIONS = {
     "datastore": {"encryption_key_path"},
     "executor": {"python_workers_per_pack", "max_concurrency"},
     "runners": {"user", "allow_root"},
+    "templates": {"max_output_chars", "max_seconds"},
     "api": None,
     "chat": None,
     "adapters": None,
@@ -113,6 +118,19 @@ def _runners(path: Path | None, section: dict[str, Any]) -> tuple[str | None, bo
         raise ConfigError(f"{path}: 'runners.user' ({user}) and 'runners.allow_root: true' contradict each "
                           "other: set the user actions run as, or allow root, not both")
     return user, False
+
+
+def _templates(path: Path | None, section: dict[str, Any]) -> tuple[int, float]:
+    """`templates.max_output_chars` (a whole number of characters) and `templates.max_seconds`."""
+    chars = section.get("max_output_chars", 1024 * 1024)
+    seconds = section.get("max_seconds", 5)
+    if isinstance(chars, bool) or not isinstance(chars, int) or chars < 1024:
+        raise ConfigError(f"{path}: 'templates.max_output_chars' must be a whole number of characters, at least "
+                          f"1024, not {chars!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
+        raise ConfigError(f"{path}: 'templates.max_seconds' must be a number of seconds above 0 and at most 3600, "
+                          f"not {seconds!r}")
+    return chars, float(seconds)
 
 
 def _resolve(base: Path, value: str | os.PathLike[str]) -> Path:
@@ -196,6 +214,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if workers < 1 or concurrency < 1:
         raise ConfigError(f"{config_path}: executor settings must be at least 1")
     runner_user, allow_root = _runners(config_path, raw.get("runners") or {})
+    max_chars, max_seconds = _templates(config_path, raw.get("templates") or {})
     return Config(
         path=config_path,
         base_dir=base,
@@ -213,5 +232,6 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         api_url=api_url,
         runner_user=runner_user,
         allow_root=allow_root,
+        template_limits=TemplateLimits(max_output_chars=max_chars, max_seconds=max_seconds),
         raw=raw,
     )

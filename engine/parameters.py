@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import math
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -18,10 +19,16 @@ from typing import Any
 
 import jinja2
 import jsonschema
-from jinja2 import meta
 
 from engine.actions import Action
-from engine.templates import NONE_MAGIC_VALUE, TemplateRenderError, build_environment, render_value
+from engine.templates import (
+    NONE_MAGIC_VALUE,
+    TemplateLimitError,
+    TemplateRenderError,
+    build_environment,
+    render_value,
+    undeclared_variables,
+)
 
 MASK = "********"
 _EXTENSION_KEYS = {"required", "secret", "immutable", "position", "default", "description", "title"}
@@ -50,6 +57,78 @@ def _has_template(value: Any) -> bool:
 
 def _template_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def needs_rendering(action: Action, supplied: Mapping[str, Any], render: bool | Collection[str] = False) -> bool:
+    """Whether `resolve` would render a template for this request: a templated default it keeps, or a
+    supplied value that `render` names and that holds `{{`/`{%`. Requests that render nothing skip the
+    thread hop that rendering takes (`ExecutionService.request`)."""
+    renders = supplied.keys() if render is True else set(render or ())
+    for name, spec in action.parameters.items():
+        value = supplied.get(name)
+        if value is not None:
+            if name in renders and _has_template(value):
+                return True
+        elif "default" in spec and _has_template(spec["default"]):
+            return True
+    return False
+
+
+#: Whole numbers a parameter may hold: 64-bit, as StackStorm's database stores them and as most JSON
+#: readers can (a larger one is stored, but comes back as a rounded float to many of them).
+MIN_INTEGER, MAX_INTEGER = -(2 ** 63), 2 ** 63 - 1
+#: How deep lists and objects in one parameter value may nest (the API refuses bodies over 64 levels).
+MAX_VALUE_DEPTH = 100
+
+
+def check_storable(name: str, value: Any, spec: Mapping[str, Any]) -> None:
+    """Refuse a value the execution record cannot hold faithfully, before anything is stored: a number
+    that is not finite (`1e400` cast to a number is infinity; PostgreSQL's JSON refuses it and SQLite's
+    reads it back as null), a whole number past 64 bits, a lone UTF-16 surrogate (not storable as
+    UTF-8), or lists and objects nested deeper than `MAX_VALUE_DEPTH`."""
+    secret = bool(spec.get("secret"))
+
+    def shown(number: float) -> str:
+        if secret:
+            return MASK
+        if isinstance(number, int) and number.bit_length() > 200:  # repr() refuses 4,300+ digits
+            return f"a {number.bit_length()}-bit number"
+        return repr(number)
+
+    def label(where: str) -> str:
+        return f'parameter "{name}"' + ("" if secret else where)
+
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, bool) or item is None:
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ParameterError(f"{label(where)} = {shown(item)} is not a finite number: send a number between "
+                                     "about -1.8e308 and 1.8e308 (or a string)")
+        elif isinstance(item, int):
+            if not MIN_INTEGER <= item <= MAX_INTEGER:
+                raise ParameterError(f"{label(where)} = {shown(item)} is out of range: whole numbers must lie between "
+                                     f"{MIN_INTEGER} and {MAX_INTEGER} (64 bits); send larger ones as strings")
+        elif isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ParameterError(f"{label(where)} holds a lone UTF-16 surrogate (such as \\ud800 without its "
+                                         "pair): send valid Unicode text") from None
+        elif isinstance(item, dict | list | tuple):
+            if depth >= MAX_VALUE_DEPTH:
+                raise ParameterError(f'parameter "{name}" nests lists and objects more than {MAX_VALUE_DEPTH} '
+                                     "levels deep: send a flatter value")
+            if isinstance(item, dict):
+                for key, entry in item.items():
+                    stack.append((key, where, depth + 1))
+                    stack.append((entry, f"{where}[{key!r}]" if len(where) < 200 else where, depth + 1))
+            else:
+                stack.extend((entry, f"{where}[{i}]" if len(where) < 200 else where, depth + 1)
+                             for i, entry in enumerate(item))
 
 
 _TRUE = {"true", "yes", "on", "1", "y"}
@@ -119,7 +198,7 @@ def _decode(text: str) -> Any:
 
 def _dependencies(env: jinja2.Environment, name: str, raw: Any, secret: bool) -> set[str]:
     try:
-        return set(meta.find_undeclared_variables(env.parse(_template_text(raw))))
+        return undeclared_variables(env, _template_text(raw))
     except (RecursionError, MemoryError):
         raise ParameterError(f'Failed to render parameter "{name}": the template is nested too deeply') from None
     except jinja2.TemplateSyntaxError as exc:
@@ -198,6 +277,9 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
             scope = {**context, **values}
             try:
                 values[name] = render_value(pending.pop(name), scope, env)
+            except TemplateLimitError as exc:  # the reason names the limit and never quotes the template
+                shown = exc.reason if schema[name].get("secret") else str(exc)
+                raise ParameterError(f'Failed to render parameter "{name}": {shown}') from None
             except TemplateRenderError as exc:
                 if schema[name].get("secret"):  # the message quotes the template, i.e. the secret
                     cause = type(exc.__cause__ or exc).__name__
@@ -207,6 +289,7 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
 
     for name, spec in schema.items():
         values[name] = cast(name, values.get(name), spec)
+        check_storable(name, values[name], spec)
     if "env" in supplied:
         check_environment(action, values.get("env"))
     validate(action, values)

@@ -13,29 +13,40 @@ third-party packs), and compiled templates are cached so hot paths do not re-par
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import itertools
 import json
 import os.path
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+import time
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import jinja2
 import jsonpath_ng.ext
 import semver
 import yaml
+from jinja2 import meta, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import Namespace, generate_lorem_ipsum
 
 __all__ = [
     "NONE_MAGIC_VALUE",
     "KVNamespace",
     "KVValue",
+    "TemplateLimitError",
+    "TemplateLimits",
     "TemplateRenderError",
     "build_environment",
+    "configure_limits",
     "is_jinja_expression",
     "render_template",
     "render_value",
     "render_values",
+    "undeclared_variables",
 ]
 
 #: StackStorm's stand-in for ``None``: the ``use_none`` filter emits it because a rendered
@@ -65,6 +76,18 @@ class TemplateRenderError(Exception):
         super().__init__(message)
         self.template = template
         self.key = key
+
+
+class TemplateLimitError(TemplateRenderError):
+    """A template went past `templates.max_output_chars` or `templates.max_seconds`.
+
+    `reason` names the limit and the config key without quoting the template, so it may be
+    shown where the template itself may not (a secret parameter's value)."""
+
+    def __init__(self, message: str, *, reason: str | None = None, template: str | None = None,
+                 key: str | None = None) -> None:
+        super().__init__(message, template=template, key=key)
+        self.reason = reason or message
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,6 +418,541 @@ def _filters(decrypt: Callable[[str], str] | None) -> dict[str, Callable[..., An
 
 
 # --------------------------------------------------------------------------------------------
+# Limits: what one render may make and how long it may take
+# --------------------------------------------------------------------------------------------
+
+#: `templates.max_output_chars`: the longest text (or list) a template may output or make on the way.
+DEFAULT_MAX_OUTPUT_CHARS = 1024 * 1024
+#: `templates.max_seconds`: how long one render may take.
+DEFAULT_MAX_SECONDS = 5.0
+#: Templates longer than this are compiled for each use instead of kept in the compiled-template cache.
+_CACHED_TEMPLATE_MAX = 64 * 1024
+
+
+@dataclass(frozen=True)
+class TemplateLimits:
+    """How much one render may make and how long it may take (config section `templates`)."""
+
+    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS
+    max_seconds: float = DEFAULT_MAX_SECONDS
+
+
+_limits = TemplateLimits()
+
+
+def configure_limits(limits: TemplateLimits) -> None:
+    """Set the limits every render in this process keeps to (the service sets its config's at start)."""
+    global _limits
+    _limits = limits
+
+
+def current_limits() -> TemplateLimits:
+    return _limits
+
+
+class _Budget:
+    """One render's deadline (renders nested inside it share it)."""
+
+    __slots__ = ("deadline", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+
+
+_budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("squall_template_budget", default=None)
+
+
+def _start_budget() -> contextvars.Token[_Budget | None] | None:
+    """A budget for the render about to start, unless one is running (a nested render shares it)."""
+    return _budget.set(_Budget(_limits.max_seconds)) if _budget.get() is None else None
+
+
+def _end_budget(token: contextvars.Token[_Budget | None] | None) -> None:
+    if token is not None:
+        _budget.reset(token)
+
+
+def _tick() -> None:
+    """Called at every step the sandbox sees (calls, attributes, operators, loop items, output)."""
+    budget = _budget.get()
+    if budget is not None and time.monotonic() > budget.deadline:
+        reason = (f"the template ran longer than {budget.seconds:g} s, the limit set by templates.max_seconds "
+                  "in the config")
+        raise TemplateLimitError(reason, reason=reason)
+
+
+def _too_big(what: str) -> NoReturn:
+    limit = _limits.max_output_chars
+    reason = (f"{what} would be longer than {limit} characters, the limit set by templates.max_output_chars "
+              "in the config")
+    raise TemplateLimitError(reason, reason=reason)
+
+
+_SEQUENCES = (str, bytes, bytearray, list, tuple)
+_SIZED = (*_SEQUENCES, dict, set, frozenset)
+#: What `str()` prints item by item (besides dicts and text).
+_VIEWS = (list, tuple, set, frozenset, KeysView, ValuesView, ItemsView)
+
+
+def _weight(value: Any, cap: int, indent: int = 0) -> int:
+    """About how many characters `str(value)` (or its JSON, indented by `indent`) takes, counted only
+    until past `cap`: a list holding one long string a million times is refused after two steps,
+    not printed."""
+    if isinstance(value, str):
+        return len(value)
+    if indent:
+        return _weight_indented(value, cap, indent)
+    total = 0
+    stack = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = item.__class__
+        if kind is str:
+            total += len(item) + 2
+        elif kind is dict or isinstance(item, dict):
+            total += 2 + 4 * len(item)
+            if total > cap:
+                return total
+            extend(item)
+            extend(item.values())
+        elif kind is list or kind is tuple or isinstance(item, _VIEWS):
+            total += 2 + 2 * len(item)
+            if total > cap:
+                return total
+            extend(item)
+        elif isinstance(item, str | bytes | bytearray):
+            total += len(item) + 2
+        elif isinstance(item, int):
+            total += item.bit_length() * 3 // 10 + 1
+        elif isinstance(item, Namespace):
+            stack.append(item._Namespace__attrs)
+        else:
+            total += 8
+        if total > cap:
+            return total
+    return total
+
+
+def _weight_indented(value: Any, cap: int, indent: int) -> int:
+    """`_weight` of JSON or YAML indented by `indent` characters per level."""
+    total = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        total += indent * depth
+        if isinstance(item, str | bytes | bytearray):
+            total += len(item) + 2
+        elif isinstance(item, dict):
+            total += 2 + 4 * len(item)
+            if total > cap:
+                return total
+            stack.extend((key, depth + 1) for key in item)
+            stack.extend((entry, depth + 1) for entry in item.values())
+        elif isinstance(item, _VIEWS):
+            total += 2 + 2 * len(item)
+            if total > cap:
+                return total
+            stack.extend((entry, depth + 1) for entry in item)
+        elif isinstance(item, int):
+            total += item.bit_length() * 3 // 10 + 1
+        elif isinstance(item, Namespace):
+            stack.append((item._Namespace__attrs, depth))
+        else:
+            total += 8
+        if total > cap:
+            return total
+    return total
+
+
+def _check_value(value: Any, what: str, indent: int = 0) -> None:
+    if isinstance(value, str):
+        if len(value) > _limits.max_output_chars:
+            _too_big(what)
+    elif value is not None and not isinstance(value, int | float):  # a number prints at most 4,300 digits
+        cap = _limits.max_output_chars
+        if _weight(value, cap, indent) > cap:
+            _too_big(what)
+
+
+def _check_made(value: Any, what: str) -> None:
+    """After the fact, for what a call or filter returned: its length (not its contents)."""
+    if isinstance(value, _SIZED) and len(value) > _limits.max_output_chars:
+        _too_big(what)
+
+
+def _materialise(value: Any, what: str) -> Any:
+    """`value` itself when it has a length, else its items in a list (refused past the limit)."""
+    if isinstance(value, (*_SIZED, *_VIEWS, range)):
+        return value
+    items = list(itertools.islice(iter(value), _limits.max_output_chars + 1))
+    if len(items) > _limits.max_output_chars:
+        _too_big(what)
+    return items
+
+
+_PRINTF_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_FORMAT_FIELD = re.compile(r"\{[^{}]*(\{[^{}]*\}[^{}]*)*\}")
+_DIGITS = re.compile(r"\d+")
+
+
+def _int_text(digits: str) -> int:
+    return int(digits) if len(digits) <= 18 else 10 ** 18  # int() refuses 4,300+ digits
+
+
+def _numbers(values: Any) -> Iterator[int]:
+    items = values.values() if isinstance(values, dict) else values if isinstance(values, tuple | list) else (values,)
+    return (v for v in items if isinstance(v, int) and not isinstance(v, bool))
+
+
+def _check_printf(fmt: str, args: Any, what: str) -> None:
+    """`fmt % args` (and the `format` filter): no width or precision past the limit, nothing too long in."""
+    cap = _limits.max_output_chars
+    starred = False
+    for match in _PRINTF_FIELD.finditer(fmt):
+        for part in match.groups():
+            if part == "*":
+                starred = True
+            elif part and _int_text(part) > cap:
+                _too_big(what)
+    if starred and any(abs(n) > cap for n in _numbers(args)):
+        _too_big(what)
+    if len(fmt) + _weight(args, cap) > cap:
+        _too_big(what)
+
+
+def _check_str_format(fmt: str, args: tuple[Any, ...], kwargs: dict[str, Any], what: str) -> None:
+    """`"{:>{}}".format(...)`: no width in a field past the limit, nothing too long in."""
+    cap = _limits.max_output_chars
+    nested = False
+    for match in _FORMAT_FIELD.finditer(fmt):
+        field = match.group(0)
+        nested = nested or field.count("{") > 1
+        if any(_int_text(digits) > cap for digits in _DIGITS.findall(field)):
+            _too_big(what)
+    if nested and any(abs(n) > cap for n in itertools.chain(_numbers(args), _numbers(kwargs))):
+        _too_big(what)
+    if len(fmt) + _weight(args, cap) + _weight(kwargs, cap) > cap:
+        _too_big(what)
+
+
+def _replaced_size(text: str, old: str, new: str, count: Any) -> int:
+    found = text.count(old) if old else len(text) + 1
+    if isinstance(count, int) and 0 <= count < found:
+        found = count
+    return len(text) + found * (len(new) - len(old))
+
+
+def _digits(bits: int) -> int:
+    """About how many decimal digits a whole number of `bits` bits has."""
+    return bits * 3 // 10
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    cap = _limits.max_output_chars
+    if operator == "*":
+        if isinstance(left, int) and isinstance(right, _SEQUENCES):
+            left, right = right, left
+        if isinstance(left, _SEQUENCES) and isinstance(right, int):
+            if len(left) * right > cap:
+                _too_big(f"{type(left).__name__} * {right}")
+        elif isinstance(left, int) and isinstance(right, int) and _digits(left.bit_length() + right.bit_length()) > cap:
+            _too_big("the product")
+    elif operator == "**":
+        if isinstance(left, int) and isinstance(right, int) and left.bit_length() > 1 \
+                and _digits(left.bit_length() * right) > cap:
+            _too_big("the power")
+    elif operator == "+":
+        if isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES) and len(left) + len(right) > cap:
+            _too_big("the sum")
+    elif operator == "%" and isinstance(left, str):
+        _check_printf(left, right, "the formatted text")
+
+
+_STR_WIDTHS = frozenset({"center", "ljust", "rjust", "zfill"})
+_GROWING = frozenset({"extend", "update", "__ior__"})
+_ADDING = frozenset({"append", "insert", "add", "setdefault"})
+
+
+def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """What a call from a template would make, before it is made; returns the arguments to use (an
+    iterator given to `join` or `extend` is taken into a list first, so it can be measured)."""
+    cap = _limits.max_output_chars
+    bound = getattr(obj, "__wrapped__", obj)  # str.format comes wrapped by the sandbox
+    owner = getattr(bound, "__self__", None)
+    name = getattr(bound, "__name__", "")
+    if isinstance(owner, str):
+        what = f"what str.{name} makes"
+        if name in _STR_WIDTHS:
+            width = args[0] if args else kwargs.get("width")
+            if isinstance(width, int) and width > cap:
+                _too_big(what)
+        elif name == "expandtabs":
+            size = args[0] if args else kwargs.get("tabsize", 8)
+            if isinstance(size, int) and len(owner) + owner.count("\t") * size > cap:
+                _too_big(what)
+        elif name == "join" and args:
+            items = _materialise(args[0], what)
+            if _weight(items, cap) + len(owner) * len(items) > cap:
+                _too_big(what)
+            args = (items, *args[1:])
+        elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+            if _replaced_size(owner, args[0], args[1], args[2] if len(args) > 2 else kwargs.get("count")) > cap:
+                _too_big(what)
+        elif name in ("format", "format_map"):
+            _check_str_format(owner, args, kwargs, what)
+        elif name == "translate" and args and isinstance(args[0], dict):
+            longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
+            if len(owner) * longest > cap:
+                _too_big(what)
+    elif isinstance(owner, list | dict | set | bytearray):
+        what = f"the {type(owner).__name__} a template grows"
+        if name in _GROWING and args:
+            items = _materialise(args[0], what)
+            if len(owner) + len(items) > cap:
+                _too_big(what)
+            args = (items, *args[1:])
+        elif name in _ADDING and len(owner) + 1 > cap:
+            _too_big(what)
+    return args
+
+
+def _bounded_join(parts: Any) -> str:
+    """`environment.concat`: a render's output, and what macros, `{% set %}` and `{% filter %}` blocks
+    collect, joined only while it stays within the limit."""
+    cap = _limits.max_output_chars
+    out: list[str] = []
+    append = out.append
+    size = 0
+    for part in parts:
+        size += len(part)
+        if size > cap:
+            _too_big("the template's output")
+        append(part)
+    _tick()
+    return "".join(out)
+
+
+class _Paced:
+    """The iterable of a `{% for %}` loop, checking the deadline every few items."""
+
+    __slots__ = ("_source",)
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+
+    def __iter__(self) -> Iterator[Any]:
+        for count, item in enumerate(self._source, 1):
+            if not count & 15:
+                _tick()
+            yield item
+
+    def __len__(self) -> int:
+        return len(self._source)  # TypeError for an iterator: LoopContext then counts the items itself
+
+
+def _is_paced(node: nodes.Node) -> bool:
+    return (isinstance(node, nodes.Call) and isinstance(node.node, nodes.EnvironmentAttribute)
+            and node.node.name == "squall_iterate")
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Jinja's code generator with three hooks the sandbox lacks: every `{% for %}` iterates through
+    `environment.squall_iterate` (the deadline), every `{{ }}` value passes `environment.squall_output`
+    (its size, before `str()` makes it) and `~` joins through `environment.squall_join`.
+
+    Nothing is evaluated while compiling (the environment is built with `optimized=False`, and `{{ }}`
+    output is never folded into a constant): Jinja would otherwise run filters and `~` on constants
+    at compile time, outside every limit."""
+
+    def _output_child_to_const(self, node: nodes.Expr, frame: Frame, finalize: Any) -> str:
+        if not isinstance(node, nodes.TemplateData):
+            raise nodes.Impossible()
+        return super()._output_child_to_const(node, frame, finalize)
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        if not _is_paced(node.iter):
+            node.iter = nodes.Call(nodes.EnvironmentAttribute("squall_iterate"), [node.iter], [], None, None,
+                                   lineno=node.lineno)
+        super().visit_For(node, frame)
+
+    def visit_Call(self, node: nodes.Call, frame: Frame, forward_caller: bool = False) -> None:
+        if _is_paced(node):  # our own call (templates cannot name `environment`): no sandbox round trip
+            self.write("environment.squall_iterate(")
+            self.visit(node.args[0], frame)
+            self.write(")")
+            return
+        super().visit_Call(node, frame, forward_caller=forward_caller)
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.squall_join((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+    def _output_child_pre(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        super()._output_child_pre(node, frame, finalize)
+        self.write("environment.squall_output(")
+
+    def _output_child_post(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        self.write(")")
+        super()._output_child_post(node, frame, finalize)
+
+
+class _Tracking(meta.TrackingCodeGenerator, _BoundedCodeGenerator):
+    """`jinja2.meta`'s free-variable finder without its constant folding, which runs filters."""
+
+    def __init__(self, environment: jinja2.Environment) -> None:
+        super().__init__(environment)
+        self.optimizer = None
+
+
+def undeclared_variables(env: jinja2.Environment, source: str) -> set[str]:
+    """The names `source` uses without defining them (`jinja2.meta.find_undeclared_variables`), found
+    without evaluating anything: Jinja's own finder folds constants, so it ran the template's filters."""
+    tracker = _Tracking(env)
+    tracker.visit(env.parse(source))
+    return set(tracker.undeclared_identifiers)
+
+
+class _BoundedExpression:
+    """`compile_expression`'s callable, evaluated within the limits like a render."""
+
+    def __init__(self, expression: Any) -> None:
+        self._expression = expression
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        token = _start_budget()
+        try:
+            return self._expression(*args, **kwargs)
+        finally:
+            _end_budget(token)
+
+
+class _BoundedTemplate(jinja2.Template):
+    """A template whose `render` keeps to the limits: its output is counted as it is made."""
+
+    def render(self, *args: Any, **kwargs: Any) -> str:
+        context = self.new_context(dict(*args, **kwargs))
+        token = _start_budget()
+        try:
+            return _bounded_join(self.root_render_func(context))
+        except Exception:
+            self.environment.handle_exception()
+        finally:
+            _end_budget(token)
+
+
+#: Filters that take lists and mappings apart without turning them into text; every other filter
+#: has its value measured first (`str()` of a list holding one long string many times is huge).
+_STRUCTURAL_FILTERS = frozenset({
+    "abs", "attr", "batch", "count", "d", "default", "dictsort", "first", "float", "groupby", "int", "items",
+    "last", "length", "list", "map", "max", "min", "random", "reject", "rejectattr", "reverse", "round",
+    "select", "selectattr", "slice", "sort", "sum", "unique",
+})
+#: Filters whose output may be much larger than their input: how large, before it is made.
+_INDENTED = {"tojson": 1, "to_json_string": 1, "to_yaml_string": 1, "pprint": 1}
+
+
+def _filter_check(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Per-filter checks on `args` (value first); returns the arguments to use."""
+    cap = _limits.max_output_chars
+    what = f"what the {name} filter makes"
+    if name == "center":
+        width = args[1] if len(args) > 1 else kwargs.get("width", 80)
+        if isinstance(width, int) and width > cap:
+            _too_big(what)
+    elif name == "indent":
+        width = args[1] if len(args) > 1 else kwargs.get("width", 4)
+        text = str(args[0])
+        per_line = width if isinstance(width, int) else len(str(width))
+        if len(text) + (text.count("\n") + 1) * max(per_line, 0) > cap:
+            _too_big(what)
+    elif name == "format" and isinstance(args[0], str):
+        _check_printf(args[0], kwargs or args[1:], what)
+    elif name == "join":
+        items = _materialise(args[0], what)
+        separator = args[1] if len(args) > 1 else kwargs.get("d", "")
+        if _weight(items, cap) + len(str(separator)) * len(items) > cap:
+            _too_big(what)
+        args = (items, *args[1:])
+    elif name == "replace" and len(args) >= 3:
+        count = args[3] if len(args) > 3 else kwargs.get("count")
+        if _replaced_size(str(args[0]), str(args[1]), str(args[2]), count) > cap:
+            _too_big(what)
+    elif name == "wordwrap":
+        text = str(args[0])
+        width = args[1] if len(args) > 1 else kwargs.get("width", 79)
+        wrap = args[3] if len(args) > 3 else kwargs.get("wrapstring")
+        breaks = len(text) // max(width, 1) + text.count("\n") + 1 if isinstance(width, int) else len(text)
+        if len(text) + breaks * len(str(wrap or "\n")) > cap:
+            _too_big(what)
+    elif name == "regex_replace" and len(args) >= 3:
+        text, replacement = str(args[0]), args[2]
+        if not isinstance(replacement, str) or len(text) + (len(text) + 1) * len(replacement) > cap:
+            args = (*args[:2], _bounded_replacement(replacement, what), *args[3:])  # counted as it goes
+    elif name == "sum":
+        start = args[2] if len(args) > 2 else kwargs.get("start", 0)
+        attribute = args[1] if len(args) > 1 else kwargs.get("attribute")
+        if isinstance(start, list | tuple) and attribute is None:  # sum() copies the total at every step
+            items = _materialise(args[0], what)
+            if all(type(item) is type(start) for item in items):
+                if len(start) + sum(len(item) for item in items) > cap:
+                    _too_big(what)
+                args = ([type(start)(itertools.chain.from_iterable(items))], *args[1:])  # one addition
+    elif name in _INDENTED:
+        indent = args[1] if len(args) > 1 else kwargs.get("indent")
+        width = indent if isinstance(indent, int) else len(indent) if isinstance(indent, str) else _INDENTED[name]
+        _check_value(args[0], what, indent=max(width, 0) + 1)
+    return args
+
+
+def _bounded_replacement(replacement: Any, what: str) -> Callable[[re.Match[str]], str]:
+    """`re.sub`'s replacement as a function that stops once the replacements pass the limit."""
+    cap = _limits.max_output_chars
+    made = 0
+
+    def expand(match: re.Match[str]) -> str:
+        nonlocal made
+        _tick()
+        text = match.expand(replacement)
+        made += len(text)
+        if made > cap:
+            _too_big(what)
+        return text
+
+    return expand
+
+
+def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    skip = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
+    stringifies = name not in _STRUCTURAL_FILTERS
+    what = f"the value given to the {name} filter"
+    made = f"what the {name} filter makes"
+
+    @functools.wraps(func)  # keeps `jinja_pass_arg`: Jinja passes the context/environment as before
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _tick()
+        if len(args) > skip:
+            if stringifies and not isinstance(args[skip], str):
+                _check_value(args[skip], what)
+            args = (*args[:skip], *_filter_check(name, args[skip:], kwargs))
+        result = func(*args, **kwargs)
+        _check_made(result, made)
+        return result
+
+    return guarded
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> Any:  # Jinja's names
+    if not all(isinstance(v, int) for v in (n, min, max)) or n * max * 12 > _limits.max_output_chars:
+        _too_big("what lipsum makes")
+    return generate_lorem_ipsum(n=n, html=html, min=min, max=max)
+
+
+# --------------------------------------------------------------------------------------------
 # Environment
 # --------------------------------------------------------------------------------------------
 
@@ -405,12 +963,72 @@ class _SquallSandbox(SandboxedEnvironment):
     StackStorm's lookup objects are not strings, so ``st2kv.system.app.title`` reads key
     ``app.title``; without this, str's ``title`` method would shadow it.  Underscore names still
     go through the sandbox's normal (blocking) path.
+
+    It also keeps every render within `TemplateLimits`: operators that multiply (``*``, ``**``,
+    ``%``, ``+``), calls, filters, ``~`` and each ``{{ }}`` value are measured before they are made,
+    and the deadline is checked at each of those steps and at every item of a ``{% for %}`` loop.
     """
 
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _BoundedCodeGenerator
+    template_class = _BoundedTemplate
+    concat = staticmethod(_bounded_join)
+
     def getattr(self, obj: Any, attribute: str) -> Any:
+        _tick()
         if isinstance(obj, KVValue | KVNamespace) and not attribute.startswith("_"):
             return obj._kv_child(attribute)
         return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _tick()
+        return super().getitem(obj, argument)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _tick()
+        _check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        _tick()
+        args = _check_call(obj, args, kwargs)
+        result = super().call(context, obj, *args, **kwargs)
+        if isinstance(result, _SIZED) and len(result) > _limits.max_output_chars:
+            _too_big(f"what {getattr(obj, '__name__', 'a call')} returned")
+        return result
+
+    def compile_expression(self, source: str, undefined_to_none: bool = True) -> Any:
+        return _BoundedExpression(super().compile_expression(source, undefined_to_none))
+
+    def squall_iterate(self, iterable: Any) -> _Paced:
+        _tick()
+        return _Paced(iterable)
+
+    def squall_output(self, value: Any) -> Any:
+        # no deadline check: the loops and calls around a {{ }} check it, and text alone cannot take long
+        if value.__class__ is str:
+            if len(value) > _limits.max_output_chars:
+                _too_big("a {{ }} value")
+        else:
+            _check_value(value, "a {{ }} value")
+        return value
+
+    def squall_join(self, parts: tuple[Any, ...]) -> str:
+        _tick()
+        cap = _limits.max_output_chars
+        texts = []
+        size = 0
+        for part in parts:
+            if not isinstance(part, str):
+                size += _weight(part, cap)
+                if size > cap:
+                    _too_big("the text joined with ~")
+                part = str(part)
+            size += len(part)
+            if size > cap:
+                _too_big("the text joined with ~")
+            texts.append(part)
+        return "".join(texts)
 
 
 def _in_test(item: Any, container: Any) -> bool:
@@ -423,8 +1041,11 @@ def _build(decrypt: Callable[[str], str] | None) -> SandboxedEnvironment:
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
         autoescape=False,
+        optimized=False,  # no constant folding: it would run template code at compile time, unbounded
     )
     env.filters.update(_filters(decrypt))
+    env.filters = {name: _guard_filter(name, func) for name, func in env.filters.items()}
+    env.globals["lipsum"] = _lipsum
     env.tests["in"] = _in_test
     return env
 
@@ -478,7 +1099,11 @@ def render_template(text: str, context: Mapping[str, Any], env: jinja2.Environme
         return text  # nothing Jinja would change (it normalises line ends, drops a last newline)
     environment = env if env is not None else _default_environment()
     try:
-        return _compile(environment, text).render(context)
+        template = _compile(environment, text) if len(text) <= _CACHED_TEMPLATE_MAX else environment.from_string(text)
+        return template.render(context)
+    except TemplateLimitError as exc:
+        raise TemplateLimitError(f"Failed to render template {_preview(text)!r}: {exc.reason}", reason=exc.reason,
+                                 template=text) from exc
     except Exception as exc:
         raise _render_error(text, exc) from exc
 
