@@ -51,6 +51,16 @@ class Announcer:
         db = self.squall.db
         return await db(db.store.outbox_add, reply.adapter, reply.channel, reply.to_json())
 
+    async def send_keyed(self, execution_id: str, key: str, replies: list[Reply]) -> list[int] | None:
+        """Store an execution's replies of one key (a `notify` route's), once: None if stored before."""
+        if self.outbox is not None:
+            return await self.outbox.post_keyed(execution_id, key, replies)
+        rows = [(reply.adapter, reply.channel, reply.to_json(), key if n == 1 else f"{key}.{n}", "pending")
+                for n, reply in enumerate(replies, 1)]
+        db = self.squall.db
+        stored = await db(db.store.outbox_add_keyed, execution_id, key, rows)
+        return None if stored is None else [outbox_id for outbox_id, _edit in stored if outbox_id is not None]
+
     async def publish(self, route: str, params: dict[str, Any], request: RunRequest) -> dict[str, Any]:
         """The `announcement` runner's delivery: post_message and post_result."""
         chat = (params.get("context") or {}).get("chat") or request.context.get("chat")

@@ -12,6 +12,7 @@ from aliases import AliasMatcher, load_aliases
 from bot.app import Squall
 from bot.auth import Authorizer
 from bot.dispatcher import ChatSettings, Dispatcher
+from bot.notifications import Notifier
 from bot.outbox import Outbox
 from engine.storage import utcnow
 
@@ -38,6 +39,7 @@ class ChatBot:
         )
         self.reload()
         squall.executions.on_finished(self.dispatcher.on_finished)
+        self.notifier = Notifier(squall)  # for the sweep; the listener is the squall's own
         self._began = False
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -70,12 +72,19 @@ class ChatBot:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="chat-result-sweep")
 
     async def sweep(self, window: timedelta) -> int:
-        """Store and queue missing results of chat executions started within `window`; how many."""
+        """Store and queue missing results of chat executions started within `window` (with the
+        ack's edit), and missing `notify` messages to chat routes; how many."""
+        since = utcnow() - window
+        posted = 0
         try:
-            return await self.dispatcher.post_missing_results(utcnow() - window)
+            posted += await self.dispatcher.post_missing_results(since)
         except Exception:
             log.exception("looking for chat results that were never stored failed; trying again later")
-            return 0
+        try:
+            posted += await self.notifier.post_missing(since)
+        except Exception:
+            log.exception("looking for notifications that were never stored failed; trying again later")
+        return posted
 
     async def _sweep_forever(self) -> None:
         """Results a failed insert, or a process without chat (a CLI answer to an inquiry), left unstored."""

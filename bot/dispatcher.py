@@ -65,7 +65,6 @@ class Dispatcher:
     settings: ChatSettings = field(default_factory=ChatSettings)
     aliases: dict[str, Any] = field(default_factory=dict)
     _confirmations: dict[tuple[str, str, str], PendingConfirmation] = field(default_factory=dict)
-    _acks: dict[str, int] = field(default_factory=dict)
 
     # -- entry point -----------------------------------------------------------------------
     async def handle(self, message: Message) -> None:
@@ -168,7 +167,13 @@ class Dispatcher:
                              {"execution": execution["id"], "action": alias.action_ref})
         text, extra = render_ack(alias, execution)
         if text is not None:
-            self._acks[execution["id"]] = await self.say(message, text, extra=extra)
+            # Keyed (execution, "ack"): the result's edit of it finds its row in the database, after
+            # a restart as well as in this process.
+            reply = Reply(adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text,
+                          extra=extra or {})
+            adapter = self.adapters.get(message.adapter)
+            parts = fit(reply, adapter.capabilities) if adapter is not None else [reply]
+            await self.outbox.post_keyed(execution["id"], "ack", parts)
 
     def chat_context(self, message: Message, alias: Any) -> dict[str, Any]:
         """StackStorm's chat context (api_user, source_channel, action_alias_ref) plus where to reply."""
@@ -193,23 +198,26 @@ class Dispatcher:
     async def _post_result(self, execution: dict[str, Any], chat: dict[str, Any]) -> None:
         """The final result (and the ack's edit to the final status) stored in one transaction,
         keyed by the execution: stored once whether this listener or recovery gets there first.
-        A `paused` or `pending` (inquiry) notice is not the result and is posted as it comes."""
+        The ack's row (kind "ack") is found in that transaction, so a result stored after a restart
+        edits the ack too; platforms without edits get no edit. A `paused` or `pending` (inquiry)
+        notice is not the result and is posted as it comes."""
         alias = self.aliases.get(chat.get("alias")) if chat.get("alias") else None
         text, extra = render_result(alias, execution)
-        ack = self._acks.pop(execution["id"], None)
         adapter = self.adapters[chat["adapter"]]
+        status: list[Reply] = []
+        if adapter.capabilities.edits:
+            status = fit(Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"),
+                               text=status_line(execution)), adapter.capabilities)
         replies: list[Reply] = []
-        if ack is not None and adapter.capabilities.edits:
-            replies += fit(Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"),
-                                 text=status_line(execution), edit=ack), adapter.capabilities)
         if text is not None:
-            replies += fit(Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"),
-                                 text=text, extra=extra), adapter.capabilities)
+            replies = fit(Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"),
+                                text=text, extra=extra), adapter.capabilities)
         if execution["status"] not in COMPLETED:
-            for reply in replies:
+            ack = await self.squall.db(self.squall.store.outbox_keyed_id, execution["id"], "ack") if status else None
+            for reply in [*(Reply(**{**part.__dict__, "edit": ack}) for part in status if ack is not None), *replies]:
                 await self.outbox.post(reply)
             return
-        await self.outbox.post_result(execution["id"], chat["adapter"], chat["channel"], replies)
+        await self.outbox.post_result(execution["id"], chat["adapter"], chat["channel"], replies, status)
 
     async def post_missing_results(self, since: datetime) -> int:
         """Recovery: store and send the result of every chat execution started since `since` that

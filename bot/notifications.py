@@ -5,17 +5,24 @@ abandoned; the default message is StackStorm's ("Action <ref> succeeded."). A ro
 configured chat target (`routes:` in config) gets the message there. Unlike StackStorm, an
 action's own `notify` never suppresses the result of a chat-started execution: that reply is
 the dispatcher's, independent of this.
+
+A route's messages are stored keyed (execution_id, "notify:<route>"), in one transaction: stored
+once, whoever tries. A crash between an execution's final status and its notification is made up
+for by `post_missing` (run by the chat service's sweep), which stores the chat messages still owed,
+at most once; triggers are not fired again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Coroutine
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Reply
-from engine.executions import FAILED
+from engine.executions import COMPLETED, FAILED, public
 from engine.templates import TemplateRenderError, render_template, render_value
 
 if TYPE_CHECKING:
@@ -70,6 +77,23 @@ class Notifier:
                 "action_ref": execution["action"], "runner_ref": execution["runner"],
                 "parameters": execution["parameters"], "result": execution.get("result"),
             }, validate=False)
+        told = self._messages(execution, notify, data=triggers.wanted(NOTIFY_TRIGGER))
+        for route, messages in _by_route(told).items():
+            await self._deliver(route, messages, execution)
+        if triggers.wanted(NOTIFY_TRIGGER):
+            for route, message, data in told:
+                await triggers.dispatch(NOTIFY_TRIGGER, {
+                    "execution_id": execution["id"], "status": execution["status"],
+                    "start_timestamp": execution["start_timestamp"],
+                    "end_timestamp": execution["end_timestamp"], "action_ref": execution["action"],
+                    "runner_ref": execution["runner"], "route": route, "channel": route,
+                    "message": message, "data": {**data, "result": json.dumps(execution.get("result"))},
+                }, validate=False)
+
+    def _messages(self, execution: dict[str, Any], notify: dict[str, Any],
+                  data: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
+        """(route, message, rendered data if `data`) for each route of each section that applies, in order."""
+        told = []
         for name, section in sections_for(notify, execution["status"]):
             routes = section.get("routes") or section.get("channels") or []
             if not routes:
@@ -82,23 +106,49 @@ class Notifier:
             except TemplateRenderError as exc:
                 log.warning("notify message of %s does not render: %s", execution["action"], exc)
                 message = template
-            data = section.get("data") or {}
-            for route in routes:
-                await self._deliver(str(route), message, execution)
-                if triggers.wanted(NOTIFY_TRIGGER):
-                    await triggers.dispatch(NOTIFY_TRIGGER, {
-                        "execution_id": execution["id"], "status": execution["status"],
-                        "start_timestamp": execution["start_timestamp"],
-                        "end_timestamp": execution["end_timestamp"], "action_ref": execution["action"],
-                        "runner_ref": execution["runner"], "route": str(route), "channel": str(route),
-                        "message": message,
-                        "data": {**_rendered(data, context), "result": json.dumps(execution.get("result"))},
-                    }, validate=False)
+            rendered = _rendered(section.get("data") or {}, context) if data else {}
+            told += [(str(route), message, rendered) for route in routes]
+        return told
 
-    async def _deliver(self, route: str, message: str, execution: dict[str, Any]) -> None:
+    async def _deliver(self, route: str, messages: list[str], execution: dict[str, Any]) -> bool:
+        """Store a route's messages keyed (execution, "notify:<route>"); whether they were stored now."""
         announcer = self.squall.announcer
         if route not in announcer.routes:
             log.debug("notify route %r is not a configured chat route; left to rules", route)
-            return
+            return False
         adapter, channel, thread = announcer.target(route, None, None, execution["context"].get("chat"))
-        await announcer.send(Reply(adapter=adapter, channel=channel, thread=thread, text=message))
+        replies = [Reply(adapter=adapter, channel=channel, thread=thread, text=message) for message in messages]
+        return await announcer.send_keyed(execution["id"], f"notify:{route}", replies) is not None
+
+    async def post_missing(self, since: datetime) -> int:
+        """The sweep: store the chat messages of every `notify` route (one with a chat target) owed
+        by executions started since `since` that finished since notifications are keyed, and have
+        none stored for that route (a crash came between the final status and the insert); returns
+        how many routes. Safe beside the listener and other processes: the rows are keyed."""
+        store = self.squall.store
+        actions = sorted(ref for ref, action in self.squall.registry.actions.items() if action.notify)
+        # Off the event loop: the read spans every execution started in the window.
+        rows = await asyncio.to_thread(store.executions_owing_notifications, actions, sorted(COMPLETED), since)
+        routes = self.squall.announcer.routes
+        posted = 0
+        for record in rows:
+            stored = record.pop("notify_kinds")
+            execution = public(record)
+            action = self.squall.registry.actions.get(execution["action"])
+            notify = execution["context"].get("notify", action.notify if action is not None else None)
+            if not notify:
+                continue
+            for route, messages in _by_route(self._messages(execution, notify)).items():
+                if route in routes and f"notify:{route}" not in stored:
+                    try:
+                        posted += await self._deliver(route, messages, execution)
+                    except LookupError as exc:
+                        log.warning("notify route %r of %s has no chat target: %s", route, execution["id"], exc)
+        return posted
+
+
+def _by_route(told: list[tuple[str, str, dict[str, Any]]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for route, message, _data in told:
+        grouped.setdefault(route, []).append(message)
+    return grouped

@@ -19,7 +19,10 @@ Polls are serialized; one also runs at once when an id this process stores is no
 (someone else stored replies meanwhile), so those go out without waiting for the next poll.
 
 The result of a chat execution is stored by `post_result`, keyed by the execution, all its rows
-in one transaction: stored once, whoever tries (the listener, or recovery after a crash).
+in one transaction: stored once, whoever tries (the listener, or recovery after a crash). Its ack
+and its `notify` messages are keyed the same way (`post_keyed`), so the result's edit of the ack
+finds the ack's row in the database, and a sweep can store a notification a crash kept from being
+stored, once.
 """
 
 from __future__ import annotations
@@ -82,31 +85,48 @@ class Outbox:
         self._enqueue(outbox_id, reply)
         return outbox_id
 
-    async def post_result(self, execution_id: str, adapter: str, channel: str,
-                          replies: Sequence[Reply]) -> list[int] | None:
+    async def post_result(self, execution_id: str, adapter: str, channel: str, replies: Sequence[Reply],
+                          status: Sequence[Reply] = ()) -> list[int] | None:
         """Store the replies that carry an execution's final result, keyed by the execution, in one
         transaction, then queue them; None (nothing stored) if its result was stored before.
 
         A crash can therefore leave the result stored whole or not at all, and recovery, which
         stores what is missing, can never store it a second time. With no reply (the alias turns
-        results off) a `skipped` row records that there is nothing to send."""
+        results off) a `skipped` row records that there is nothing to send. `status` are the edits
+        of the execution's ack (kind "ack"): the ack's row is found in the same transaction, so the
+        edit is stored with the result after a restart too; with no ack stored they are dropped."""
+        return await self.post_keyed(execution_id, "result", replies, adapter=adapter, channel=channel,
+                                     status=status)
+
+    async def post_keyed(self, execution_id: str, key: str, replies: Sequence[Reply], *,
+                         adapter: str | None = None, channel: str | None = None,
+                         status: Sequence[Reply] = ()) -> list[int] | None:
+        """Store an execution's replies of one key ("ack", "result", "notify:<route>") in one
+        transaction, keyed (execution_id, key / key.N), then queue them; their ids, or None (nothing
+        stored) if that key was stored before. With no reply and `adapter`/`channel` given, a
+        `skipped` row records that there is nothing to send; with neither, nothing is stored."""
         rows: list[tuple[str, str, dict[str, Any], str, str]] = []
-        counts = {"status": 0, "result": 0}
-        for reply in replies:
-            base = "status" if reply.edit is not None else "result"
-            counts[base] += 1
-            kind = base if counts[base] == 1 else f"{base}.{counts[base]}"
-            rows.append((reply.adapter, reply.channel, reply.to_json(), kind, "pending"))
-        if not counts["result"]:
-            rows.append((adapter, channel, Reply(adapter=adapter, channel=channel, text="").to_json(), "result",
+        for n, reply in enumerate(status, 1):
+            rows.append((reply.adapter, reply.channel, reply.to_json(), "status" if n == 1 else f"status.{n}",
+                         "pending"))
+        for n, reply in enumerate(replies, 1):
+            rows.append((reply.adapter, reply.channel, reply.to_json(), key if n == 1 else f"{key}.{n}", "pending"))
+        if not replies:
+            if adapter is None or channel is None:
+                return []
+            rows.append((adapter, channel, Reply(adapter=adapter, channel=channel, text="").to_json(), key,
                          "skipped"))
-        ids = await self.db(self.db.store.outbox_add_result, execution_id, rows)
-        if ids is None:
+        stored = await self.db(self.db.store.outbox_add_keyed, execution_id, key, rows,
+                               edits="ack" if status else None)
+        if stored is None:
             return None
+        ids = [outbox_id for outbox_id, _edit in stored if outbox_id is not None]
         for outbox_id in ids:
             self._stored(outbox_id)
-        for outbox_id, reply in zip(ids, replies, strict=False):  # the `skipped` row, last, is not sent
-            self._enqueue(outbox_id, reply)
+        # The `skipped` row, last, is not sent.
+        for (outbox_id, edit), reply in zip(stored, [*status, *replies], strict=False):
+            if outbox_id is not None:
+                self._enqueue(outbox_id, reply if edit is None else Reply(**{**reply.__dict__, "edit": edit}))
         return ids
 
     def _stored(self, outbox_id: int) -> None:

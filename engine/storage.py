@@ -81,13 +81,14 @@ outbox = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
-    # The rows of a chat execution's result name it: `kind` is "result" on the result itself (or on
-    # a `skipped` row when the alias turns results off), "status" on the edit of the ack, "result.N"
-    # on further parts. At most one of each per execution, so a result is never stored twice. One
-    # `skipped` row with execution_id "" and kind "keyed_since" records when keying began
-    # (`outbox_keyed_since`).
+    # The rows of a chat execution's replies name it: `kind` is "ack" on its ack, "result" on the
+    # result itself (or on a `skipped` row when the alias turns results off), "status" on the edit
+    # of the ack, "notify:<route>" on a `notify` message to a chat route, "<kind>.N" on further parts.
+    # At most one of each per execution, so none is ever stored twice. `skipped` rows with
+    # execution_id "" and kind "keyed_since" (results, acks) or "keyed_since:notify" record when
+    # keying began (`outbox_keyed_since`).
     sa.Column("execution_id", sa.String(32), nullable=True),
-    sa.Column("kind", sa.String(16), nullable=True),
+    sa.Column("kind", sa.String(255), nullable=True),
     sa.Index("ix_outbox_status", "status", "id"),
     sa.Index("ux_outbox_execution_kind", "execution_id", "kind", unique=True),
 )
@@ -147,11 +148,12 @@ api_keys = sa.Table(
 )
 
 _GET_EXECUTION = sa.select(executions).where(executions.c.id == sa.bindparam("_id"))
-_RESULT_STORED = sa.select(outbox.c.id).where(outbox.c.execution_id == sa.bindparam("execution_id"),
-                                              outbox.c.kind == "result")
-_RESULT_STORED_SQL = "SELECT 1 FROM outbox WHERE execution_id = ? AND kind = 'result'"
-#: When results began to be keyed: a `skipped` row (execution_id "") the first recovery wrote.
-_KEYED_SINCE = sa.select(outbox.c.created_at).where(outbox.c.execution_id == "", outbox.c.kind == "keyed_since")
+_KEYED_ROW = sa.select(outbox.c.id).where(outbox.c.execution_id == sa.bindparam("execution_id"),
+                                          outbox.c.kind == sa.bindparam("kind"))
+_KEYED_ROW_SQL = "SELECT id FROM outbox WHERE execution_id = ? AND kind = ?"
+#: When keying began: a `skipped` row (execution_id "", kind "keyed_since" or "keyed_since:notify").
+_KEYED_SINCE = sa.select(outbox.c.created_at).where(outbox.c.execution_id == "",
+                                                    outbox.c.kind == sa.bindparam("kind"))
 
 
 @functools.cache
@@ -616,24 +618,57 @@ class Store:
         None, storing nothing, if that execution's result row exists already: the dispatcher's
         listener and recovery may both try, and a result must never be stored (so sent) twice. The
         unique (execution_id, kind) index settles a race with another process."""
+        stored = self.outbox_add_keyed(execution_id, "result", rows)
+        return None if stored is None else [outbox_id for outbox_id, _edit in stored]  # type: ignore[misc]
+
+    def _keyed_id(self, conn: sa.Connection, execution_id: str, kind: str) -> int | None:
+        if self._direct:  # once per chat command: the driver's few microseconds, not Core's
+            found = _execute(conn, _KEYED_ROW_SQL, [execution_id, kind]).fetchone()
+        else:
+            found = conn.execute(_KEYED_ROW, {"execution_id": execution_id, "kind": kind}).first()
+        return None if found is None else int(found[0])
+
+    def outbox_keyed_id(self, execution_id: str, kind: str) -> int | None:
+        """The id of this execution's row of this kind ("ack", "result"), if stored."""
+        with self._read() as conn:
+            return self._keyed_id(conn, execution_id, kind)
+
+    def outbox_add_keyed(self, execution_id: str, key: str,
+                         rows: Sequence[tuple[str, str, dict[str, Any], str, str]], *,
+                         edits: str | None = None) -> list[tuple[int | None, int | None]] | None:
+        """Store one execution's replies of one key (its ack, its result, a notify route's messages),
+        `rows` of (adapter, channel, payload, kind, status) with one of kind `key`, in one
+        transaction; for each row, in order, (its id, the id it edits).
+
+        None, storing nothing, if that execution's `key` row exists already: the listener and the
+        sweep may both try, and a reply must never be stored (so sent) twice. The unique
+        (execution_id, kind) index settles a race with another process.
+
+        With `edits` (a kind, "ack"), the rows of kind "status"/"status.N" edit that row of the same
+        execution, found here in the same transaction (so after a restart as well as live); with no
+        such row they are not stored (their id is None): there is nothing to edit."""
         now = utcnow()
         try:
             with self._write() as conn:
-                if self._direct:  # once per chat command: the driver's few microseconds, not Core's
-                    stored = _execute(conn, _RESULT_STORED_SQL, [execution_id]).fetchone()
-                else:
-                    stored = conn.execute(_RESULT_STORED, {"execution_id": execution_id}).first()
-                if stored is not None:
+                if self._keyed_id(conn, execution_id, key) is not None:
                     return None
-                ids = []
+                target = self._keyed_id(conn, execution_id, edits) if edits is not None else None
+                stored: list[tuple[int | None, int | None]] = []
                 for adapter, channel, payload, kind, status in rows:
+                    edit = None
+                    if edits is not None and kind.split(".", 1)[0] == "status":
+                        if target is None:
+                            stored.append((None, None))
+                            continue
+                        payload, edit = {**payload, "edit": target}, target
                     record = {"adapter": adapter, "channel": channel, "payload": payload, "status": status,
                               "attempts": 0, "created_at": now, "execution_id": execution_id, "kind": kind}
                     if self._direct:
-                        ids.append(int(self._direct.insert(conn, outbox, record)))
+                        stored.append((int(self._direct.insert(conn, outbox, record)), edit))
                     else:
-                        ids.append(int(conn.execute(_insert_statement(outbox), record).inserted_primary_key[0]))
-                return ids
+                        stored.append((int(conn.execute(_insert_statement(outbox), record).inserted_primary_key[0]),
+                                       edit))
+                return stored
         except sa.exc.IntegrityError:
             return None
 
@@ -684,17 +719,18 @@ class Store:
         wanted = set(statuses)
         return [row for row in rows if row["status"] in wanted]  # type: ignore[index]
 
-    def outbox_keyed_since(self) -> datetime:
-        """When this database began to key results: the `keyed_since` row, written now if missing
-        (first start after the upgrade, or the outbox was emptied). Executions that finished before
-        had their results stored without a key, so recovery must not take them for missing."""
+    def outbox_keyed_since(self, kind: str = "keyed_since") -> datetime:
+        """When this database began to key results (or, with kind "keyed_since:notify", `notify`
+        messages): that row, written now if missing (first start after the upgrade, or the outbox
+        was emptied). Executions that finished before had their replies stored without a key, so
+        recovery must not take them for missing."""
         for _ in range(2):
             with self._read() as conn:
-                found = conn.execute(_KEYED_SINCE).scalar()
+                found = conn.execute(_KEYED_SINCE, {"kind": kind}).scalar()
             if found is not None:
                 return as_utc(found)  # type: ignore[return-value]
             record = {"adapter": "", "channel": "", "payload": {}, "status": "skipped", "attempts": 0,
-                      "created_at": utcnow(), "execution_id": "", "kind": "keyed_since"}
+                      "created_at": utcnow(), "execution_id": "", "kind": kind}
             try:
                 with self._write() as conn:
                     conn.execute(_insert_statement(outbox), record)
@@ -702,6 +738,33 @@ class Store:
             except sa.exc.IntegrityError:
                 continue  # another process wrote it first: read theirs
         raise RuntimeError("the outbox's keyed_since row can neither be read nor written")
+
+    def executions_owing_notifications(self, actions: Sequence[str], statuses: Sequence[str],
+                                       since: datetime) -> list[dict[str, Any]]:
+        """Executions started since `since` and finished (`statuses`) since `notify` messages are
+        keyed, that may have a `notify` (their action is one of `actions`, or their context carries
+        one), each with `notify_kinds`: the kinds of the "notify:*" rows stored for it. The caller
+        works out which routes are owed. Oldest finish first."""
+        keyed_since = self.outbox_keyed_since("keyed_since:notify")
+        statement = (sa.select(executions)
+                     .where(executions.c.start_timestamp >= since, executions.c.end_timestamp >= keyed_since,
+                            sa.or_(executions.c.action.in_(list(actions)),
+                                   executions.c.context["notify"].as_string().is_not(None)))
+                     .order_by(executions.c.end_timestamp, executions.c.id))
+        wanted = set(statuses)
+        with self._read() as conn:
+            rows = [row for row in (_row(row) for row in conn.execute(statement))
+                    if row["status"] in wanted]  # type: ignore[index]
+            kinds: dict[str, set[str]] = {row["id"]: set() for row in rows}  # type: ignore[index]
+            ids = list(kinds)
+            for start in range(0, len(ids), 500):
+                for execution_id, kind in conn.execute(
+                        sa.select(outbox.c.execution_id, outbox.c.kind)
+                        .where(outbox.c.execution_id.in_(ids[start:start + 500]), outbox.c.kind.like("notify:%"))):
+                    kinds[execution_id].add(kind)
+        for row in rows:
+            row["notify_kinds"] = kinds[row["id"]]  # type: ignore[index]
+        return rows  # type: ignore[return-value]
 
     def outbox_update(self, outbox_id: int, fields: dict[str, Any]) -> None:
         self._update(outbox, outbox_id, fields)

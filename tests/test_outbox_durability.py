@@ -34,6 +34,7 @@ from adapters.loopback import LoopbackAdapter
 from bot.app import Squall, load_packs
 from bot.chat import ChatBot
 from bot.config import load_config
+from bot.notifications import Notifier
 from engine import storage
 from engine.executions import COMPLETED
 from engine.storage import Store, utcnow
@@ -58,11 +59,17 @@ async def chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapt
         await squall.close()
 
 
+def _replies_of(store: Store, execution_id: str) -> list[dict[str, Any]]:
+    """The rows of an execution's ack and result (not its `notify` messages)."""
+    return [row for row in _rows(store) if row["execution_id"] == execution_id
+            and not row["kind"].startswith("notify:")]
+
+
 def _rows(store: Store) -> list[dict[str, Any]]:
-    """Every outbox row that is a reply (not the `keyed_since` record)."""
+    """Every outbox row that is a reply (not a `keyed_since` record)."""
     with store.engine.connect() as conn:
         rows = conn.execute(sa.select(storage.outbox).order_by(storage.outbox.c.id)).mappings().all()
-    return [dict(row) for row in rows if row["kind"] != "keyed_since"]
+    return [dict(row) for row in rows if not (row["kind"] or "").startswith("keyed_since")]
 
 
 async def test_a_reply_another_process_stored_below_this_ones_is_sent(chat, home: Path) -> None:
@@ -141,15 +148,14 @@ async def test_a_result_is_stored_once_with_its_ack_edit_in_one_go(chat) -> None
     await loopback.say("!greet once", user="alice", channel="#ops")
     await settle(squall, bot)
     [execution] = await squall.executions.list(action="demo.greet")
-    rows = [row for row in _rows(squall.store) if row["execution_id"] == execution["id"]]
-    assert [(row["kind"], row["payload"]["edit"] is not None) for row in rows] == [("status", True),
-                                                                                   ("result", False)]
+    rows = _replies_of(squall.store, execution["id"])
+    assert [(row["kind"], row["payload"]["edit"]) for row in rows] == [("ack", None), ("status", rows[0]["id"]),
+                                                                       ("result", None)]
     # Recovery and a second listener call find it stored: nothing more is stored or sent.
     assert await bot.sweep(timedelta(days=1)) == 0
     await bot.dispatcher._post_result(execution, execution["context"]["chat"])
     await settle(squall, bot)
-    assert [row["id"] for row in _rows(squall.store) if row["execution_id"] == execution["id"]] == [
-        row["id"] for row in rows]
+    assert [row["id"] for row in _replies_of(squall.store, execution["id"])] == [row["id"] for row in rows]
     assert loopback.texts("#ops").count("hello once") == 1
 
 
@@ -169,9 +175,10 @@ async def test_recovery_stores_a_result_whose_reply_was_never_stored(chat) -> No
     await settle(squall, bot)
     assert loopback.texts("#ops").count("hello lost") == 1
     assert await bot.sweep(timedelta(days=1)) == 0  # stored now: never again
-    rows = [row for row in _rows(squall.store) if row["execution_id"] == execution["id"]]
-    # This process still knew the ack, so its edit came too (after a real crash only the result does).
-    assert [(row["kind"], row["status"]) for row in rows] == [("status", "sent"), ("result", "sent")]
+    rows = _replies_of(squall.store, execution["id"])
+    # The ack's row is found in the database, so its edit comes too (after a real crash as well).
+    assert [(row["kind"], row["status"]) for row in rows] == [("ack", "sent"), ("status", "sent"), ("result", "sent")]
+    assert rows[1]["payload"]["edit"] == rows[0]["id"]
 
 
 async def test_results_the_alias_turns_off_are_recorded_and_not_looked_for_again(chat, home: Path) -> None:
@@ -189,7 +196,7 @@ async def test_results_the_alias_turns_off_are_recorded_and_not_looked_for_again
     await loopback.say("!hush you", user="alice", channel="#ops")
     await settle(squall, bot)
     [execution] = await squall.executions.list(action="demo.greet")
-    [row] = [row for row in _rows(squall.store) if row["execution_id"] == execution["id"]]
+    [row] = _replies_of(squall.store, execution["id"])
     assert (row["kind"], row["status"]) == ("result", "skipped")
     assert await bot.sweep(timedelta(days=1)) == 0
     assert loopback.texts("#ops") == []
@@ -207,9 +214,62 @@ async def test_results_finished_before_keying_began_are_not_sent_again(chat) -> 
             "parameters": {"who": name}, "spec": {"values": {}, "templates": {}}, "sealed": None,
             "result": {"stdout": f"hello {name}"}, "context": chat_context, "log": [], "parent": None,
             "runner_info": None, "start_timestamp": ended - timedelta(seconds=1), "end_timestamp": ended})
-    assert await bot.sweep(timedelta(days=1)) == 1
+    assert await bot.sweep(timedelta(days=1)) == 2  # the result, and the action's `notify` to route ops
     await settle(squall, bot)
     assert loopback.texts("#old") == ["hello after"]
+    assert loopback.texts("#alerts") == ["greeted after"]
+
+
+async def test_recovery_stores_a_notification_whose_message_was_never_stored(chat) -> None:
+    """A kill between the final status and the `notify` message: the sweep stores it, once."""
+    squall, bot, loopback = chat
+    listeners = squall.executions._listeners
+    [notifier] = [listener for listener in listeners if isinstance(getattr(listener, "__self__", None), Notifier)]
+    listeners.remove(notifier)  # the process "died" before notifying
+    try:
+        await loopback.say("!greet unnoticed", user="alice", channel="#ops")
+        [execution] = await squall.executions.list(action="demo.greet")
+        await squall.executions.wait(execution["id"], 10)
+        await settle(squall, bot)
+    finally:
+        squall.executions.on_finished(notifier)
+    assert loopback.texts("#alerts") == []
+    assert await bot.sweep(timedelta(days=1)) == 1
+    await settle(squall, bot)
+    assert loopback.texts("#alerts") == ["greeted unnoticed"]
+    assert await bot.sweep(timedelta(days=1)) == 0  # stored now: never again
+    await notifier(await squall.executions.get(execution["id"]))  # nor by a late listener
+    await settle(squall, bot)
+    assert loopback.texts("#alerts") == ["greeted unnoticed"]
+    assert [(row["kind"], row["status"]) for row in _rows(squall.store)
+            if row["kind"].startswith("notify:")] == [("notify:ops", "sent")]
+
+
+async def test_a_result_stored_after_a_restart_edits_the_ack(chat) -> None:
+    """The ack's row is found in the database, not in the memory of the process that posted it."""
+    squall, bot, loopback = chat
+    squall.executions._listeners.remove(bot.dispatcher.on_finished)
+    try:
+        await loopback.say("!greet later", user="alice", channel="#ops")
+        [execution] = await squall.executions.list(action="demo.greet")
+        await squall.executions.wait(execution["id"], 10)
+        await settle(squall, bot)
+    finally:
+        squall.executions.on_finished(bot.dispatcher.on_finished)
+    restarted = ChatBot(squall, [loopback])  # a new dispatcher and outbox: nothing in memory
+    squall.executions._listeners.remove(restarted.dispatcher.on_finished)
+    await restarted.begin()  # its sweep stores the result, with the edit of the ack a "dead" process posted
+    restarted.outbox.release()
+    try:
+        await restarted.outbox.drain(10)
+    finally:
+        await restarted.outbox.close()
+    rows = _replies_of(squall.store, execution["id"])
+    assert [(row["kind"], row["status"]) for row in rows] == [("ack", "sent"), ("status", "sent"), ("result", "sent")]
+    assert rows[1]["payload"]["edit"] == rows[0]["id"]
+    [ack] = [post for post in loopback.posted if post.id == rows[0]["platform_id"]]
+    assert ack.reply.text == "greeting later" and ack.edits == [rows[1]["payload"]["text"]]
+    assert "greeting later" not in loopback.texts("#ops")  # the ack shows the final status now
 
 
 async def test_nothing_is_sent_before_the_adapters_are_up(home: Path) -> None:
@@ -262,6 +322,26 @@ def test_a_result_is_stored_once_on_each_database(database_url: str) -> None:
         owed = store.executions_owing_results(["loopback"], sorted(COMPLETED), now - timedelta(hours=1))
         assert [row["id"] for row in owed] == ["owed"]
         assert store.executions_owing_results(["loopback"], sorted(COMPLETED), now + timedelta(seconds=1)) == []
+
+        # Notifications: owed by executions of actions with a notify, or carrying one in their context.
+        store.outbox_keyed_since("keyed_since:notify")
+        later = utcnow()
+        for execution_id, action, context in (("n1", "demo.noisy", {}), ("n2", "core.noop", {"notify": {"x": 1}}),
+                                              ("n3", "core.noop", {})):
+            store.insert_execution({
+                "id": execution_id, "action": action, "runner": "noop", "status": "succeeded", "parameters": {},
+                "spec": {"values": {}, "templates": {}}, "sealed": None, "result": None, "context": context,
+                "log": [], "parent": None, "runner_info": None, "start_timestamp": later,
+                "end_timestamp": later + timedelta(seconds=1)})
+        assert store.outbox_add_keyed("n1", "notify:ops", [("loopback", "#c", reply, "notify:ops", "pending")])
+        owing = store.executions_owing_notifications(["demo.noisy"], sorted(COMPLETED), later - timedelta(hours=1))
+        assert {row["id"]: row["notify_kinds"] for row in owing} == {"n1": {"notify:ops"}, "n2": set()}
+
+        # An ack stored first is what a later result's status line edits, found in the same transaction.
+        [(ack, _)] = store.outbox_add_keyed("n3", "ack", [("loopback", "#c", reply, "ack", "pending")])
+        stored = store.outbox_add_keyed("n3", "result", [("loopback", "#c", reply, "status", "pending"),
+                                                         ("loopback", "#c", reply, "result", "pending")], edits="ack")
+        assert stored is not None and stored[0][1] == ack and stored[1][1] is None
     finally:
         store.close()
 
@@ -357,6 +437,8 @@ def _service_home(home: Path, fake: FakeMattermost) -> None:
         adapters:
           console: {{enabled: false}}
           mattermost: {{enabled: true, url: "{fake.url}", token: "{BOT_TOKEN}", team: ops}}
+        routes:
+          ops: {{adapter: mattermost, channel: town-square}}
     """)
     (home / "launch.py").write_text(LAUNCHER)
     (home / "cli_posts.py").write_text(CLI_POSTS)
@@ -381,6 +463,25 @@ def _service_home(home: Path, fake: FakeMattermost) -> None:
           who: {{type: string, required: true}}
           cmd: {{default: {json.dumps(held)}, immutable: true}}
           timeout: {{default: 120}}
+    """)
+    write(pack / "actions" / "noted.yaml", """
+        name: noted
+        runner_type: local-shell-cmd
+        parameters:
+          who: {type: string, required: true}
+          cmd: {default: 'echo "{{who}}"', immutable: true}
+        notify:
+          on-complete:
+            message: "noted {{ action_parameters.who }}"
+            routes: [ops]
+    """)
+    write(pack / "aliases" / "noted.yaml", f"""
+        name: noted
+        action_ref: demo.noted
+        description: d
+        formats: ["noted {{{{who}}}}"]
+        ack: {{format: "noting {{{{ execution.parameters.who }}}}"}}
+        result: {{format: "{RESULT}"}}
     """)
     for name in ("quick", "held"):
         write(pack / "aliases" / f"{name}.yaml", f"""
@@ -567,6 +668,29 @@ async def test_a_kill_between_the_final_status_and_the_result_loses_no_result(se
     posts = await _delivered(fake, store, {"succeeded k1"})
     assert posts == {"succeeded k1": 1}
     assert _stored_texts(store) == {"succeeded k1": 1}
+
+
+@pytest.mark.slow
+async def test_a_kill_before_the_result_still_edits_the_ack_and_sends_the_notification(service) -> None:
+    home, fake, started, store = service
+    first = await _serve(home, fake, started, kill_at="finished:1")
+    await fake.say(fake.alice, fake.town_square, "!noted n1")
+    await first.died()
+    [execution] = _chat_executions(store)
+    assert [row["kind"] for row in _rows(store) if row["execution_id"] == execution["id"]] == ["ack"]
+
+    await _serve(home, fake, started)
+    posts = await _delivered(fake, store, {"succeeded n1", "noted n1"})
+    rows = {row["kind"]: row for row in _rows(store) if row["execution_id"] == execution["id"]}
+    assert sorted(rows) == ["ack", "notify:ops", "result", "status"]
+    assert rows["status"]["payload"]["edit"] == rows["ack"]["id"]
+    # The ack (the post its row names) shows the final status, edited in place. The kill may come
+    # after the platform took the ack and before its `sent` mark committed: then it is posted again
+    # (at least once) and that copy is the one edited.
+    [ack] = [post for post in fake.bot_posts() if post["id"] == rows["ack"]["platform_id"]]
+    assert ack["message"] == rows["status"]["payload"]["text"] and ack["edit_at"] > 0
+    assert posts["noting n1"] <= 1
+    assert posts["succeeded n1"] == 1 and posts["noted n1"] == 1
 
 
 async def _running(store: Store, who: str) -> None:

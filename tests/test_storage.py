@@ -21,7 +21,7 @@ from engine import storage
 from engine.storage import Database, Store, utcnow
 from tests.conftest import REPO, write
 
-HEAD = "0006"  # the newest migration; a new one must update this
+HEAD = "0007"  # the newest migration; a new one must update this
 
 
 def _execution(execution_id: str, **fields: Any) -> dict[str, Any]:
