@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Reply
+from bot.outbox import keyed_rows
 from bot.replies import render_result
 
 if TYPE_CHECKING:
@@ -55,10 +56,8 @@ class Announcer:
         """Store an execution's replies of one key (a `notify` route's), once: None if stored before."""
         if self.outbox is not None:
             return await self.outbox.post_keyed(execution_id, key, replies)
-        rows = [(reply.adapter, reply.channel, reply.to_json(), key if n == 1 else f"{key}.{n}", "pending")
-                for n, reply in enumerate(replies, 1)]
         db = self.squall.db
-        stored = await db(db.store.outbox_add_keyed, execution_id, key, rows)
+        stored = await db(db.store.outbox_add_keyed, execution_id, key, keyed_rows(key, replies))
         return None if stored is None else [outbox_id for outbox_id, _edit in stored if outbox_id is not None]
 
     async def publish(self, route: str, params: dict[str, Any], request: RunRequest) -> dict[str, Any]:

@@ -145,21 +145,24 @@ def decode_json(raw: bytes | str) -> Any:
     return value
 
 
-def _json_problem(body: bytes, content_type: str) -> str | None:
-    """Why a request body must be refused before any route reads it, or None.
+#: What `_checked_json` gives for a body that is not JSON (form data, empty, other text): the route decides.
+NOT_JSON = object()
+
+
+def _checked_json(body: bytes, content_type: str) -> Any:
+    """The body decoded as JSON under `decode_json`'s rules, or `NOT_JSON`; raises `JsonBodyError`.
 
     Form and multipart bodies are not JSON. Any other body that parses as JSON is held to
     `decode_json`'s rules (a webhook takes JSON whatever its Content-Type says); text that is not JSON
     at all is left to the route, which says what it expected."""
     if content_type in ("application/x-www-form-urlencoded", "multipart/form-data") or not body.strip():
-        return None
+        return NOT_JSON
     try:
-        decode_json(body)
-    except JsonBodyError as exc:
-        return str(exc)
+        return decode_json(body)
+    except JsonBodyError:
+        raise
     except ValueError:
-        return None
-    return None
+        return NOT_JSON
 
 
 # -- request bodies ---------------------------------------------------------------------------------
@@ -264,10 +267,13 @@ class _BodyGuard:
                          {"Connection": "close"})(scope, receive, send)
             return
         body = b"".join(chunks)
-        problem = _json_problem(body, content_type)
-        if problem is not None:
-            await _error(400, problem)(scope, receive, send)
+        try:
+            decoded = _checked_json(body, content_type)
+        except JsonBodyError as exc:
+            await _error(400, str(exc))(scope, receive, send)
             return
+        # Decoded once, here: a route that takes the raw body (webhooks) reads it from request.state.
+        scope.setdefault("state", {})["json_body"] = decoded
         replayed = False
 
         async def replay() -> dict[str, Any]:
@@ -690,6 +696,9 @@ def create_api(squall: Any, bot: Any = None) -> FastAPI:
             return dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
         if not raw.strip():
             return {}
+        decoded = getattr(request.state, "json_body", NOT_JSON)  # the body guard decoded it already
+        if decoded is not NOT_JSON:
+            return decoded
         try:
             return decode_json(raw)
         except JsonBodyError as exc:

@@ -169,11 +169,9 @@ class Dispatcher:
         if text is not None:
             # Keyed (execution, "ack"): the result's edit of it finds its row in the database, after
             # a restart as well as in this process.
-            reply = Reply(adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text,
-                          extra=extra or {})
-            adapter = self.adapters.get(message.adapter)
-            parts = fit(reply, adapter.capabilities) if adapter is not None else [reply]
-            await self.outbox.post_keyed(execution["id"], "ack", parts)
+            await self.outbox.post_keyed(execution["id"], "ack", self.parts(Reply(
+                adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text,
+                extra=extra or {})))
 
     def chat_context(self, message: Message, alias: Any) -> dict[str, Any]:
         """StackStorm's chat context (api_user, source_channel, action_alias_ref) plus where to reply."""
@@ -203,15 +201,10 @@ class Dispatcher:
         notice is not the result and is posted as it comes."""
         alias = self.aliases.get(chat.get("alias")) if chat.get("alias") else None
         text, extra = render_result(alias, execution)
-        adapter = self.adapters[chat["adapter"]]
-        status: list[Reply] = []
-        if adapter.capabilities.edits:
-            status = fit(Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"),
-                               text=status_line(execution)), adapter.capabilities)
-        replies: list[Reply] = []
-        if text is not None:
-            replies = fit(Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"),
-                                text=text, extra=extra), adapter.capabilities)
+        where = {"adapter": chat["adapter"], "channel": chat["channel"], "thread": chat.get("thread")}
+        edits = self.adapters[chat["adapter"]].capabilities.edits
+        status = self.parts(Reply(**where, text=status_line(execution))) if edits else []
+        replies = self.parts(Reply(**where, text=text, extra=extra)) if text is not None else []
         if execution["status"] not in COMPLETED:
             ack = await self.squall.db(self.squall.store.outbox_keyed_id, execution["id"], "ack") if status else None
             for reply in [*(Reply(**{**part.__dict__, "edit": ack}) for part in status if ack is not None), *replies]:
@@ -334,11 +327,14 @@ class Dispatcher:
                       extra=extra or {}, buttons=buttons or [], asker=message.user if buttons else None)
         return await self.post(reply)
 
-    async def post(self, reply: Reply) -> int:
+    def parts(self, reply: Reply) -> list[Reply]:
+        """`reply` fitted to its adapter's limits (split, or a file upload)."""
         adapter = self.adapters.get(reply.adapter)
-        parts = fit(reply, adapter.capabilities) if adapter is not None else [reply]
+        return fit(reply, adapter.capabilities) if adapter is not None else [reply]
+
+    async def post(self, reply: Reply) -> int:
         first = 0
-        for part in parts:
+        for part in self.parts(reply):
             outbox_id = await self.outbox.post(part)
             first = first or outbox_id
         return first

@@ -41,6 +41,13 @@ MAX_BACKOFF = 30.0
 PAGE = 1000
 
 
+def keyed_rows(key: str, replies: Sequence[Reply]) -> list[tuple[str, str, dict[str, Any], str, str]]:
+    """Outbox rows (adapter, channel, payload, kind, status) for the parts of one keyed reply: kinds
+    `key`, `key.2`, `key.3`..., all pending."""
+    return [(reply.adapter, reply.channel, reply.to_json(), key if n == 1 else f"{key}.{n}", "pending")
+            for n, reply in enumerate(replies, 1)]
+
+
 class Outbox:
     """`hold=True` stores and queues but sends nothing until `release()` (the adapters are up)."""
 
@@ -105,12 +112,7 @@ class Outbox:
         transaction, keyed (execution_id, key / key.N), then queue them; their ids, or None (nothing
         stored) if that key was stored before. With no reply and `adapter`/`channel` given, a
         `skipped` row records that there is nothing to send; with neither, nothing is stored."""
-        rows: list[tuple[str, str, dict[str, Any], str, str]] = []
-        for n, reply in enumerate(status, 1):
-            rows.append((reply.adapter, reply.channel, reply.to_json(), "status" if n == 1 else f"status.{n}",
-                         "pending"))
-        for n, reply in enumerate(replies, 1):
-            rows.append((reply.adapter, reply.channel, reply.to_json(), key if n == 1 else f"{key}.{n}", "pending"))
+        rows = [*keyed_rows("status", status), *keyed_rows(key, replies)]
         if not replies:
             if adapter is None or channel is None:
                 return []

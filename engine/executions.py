@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -54,15 +55,13 @@ _RECENT = 1024
 _revealed: contextvars.ContextVar[list[str]] = contextvars.ContextVar("squall_revealed")
 #: Threads that render requests' parameter templates (see `ExecutionService.request`).
 _RENDER_THREADS = 4
-_render_threads: list[ThreadPoolExecutor] = []
 
 
+@functools.cache
 def _render_pool() -> ThreadPoolExecutor:
     """The process's render threads: few (templates are CPU work under the GIL), and apart from
     asyncio's default pool and the database thread, so slow templates only wait for each other."""
-    if not _render_threads:
-        _render_threads.append(ThreadPoolExecutor(max_workers=_RENDER_THREADS, thread_name_prefix="squall-render"))
-    return _render_threads[0]
+    return ThreadPoolExecutor(max_workers=_RENDER_THREADS, thread_name_prefix="squall-render")
 
 
 class ExecutionNotFound(LookupError):

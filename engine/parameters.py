@@ -59,11 +59,16 @@ def _template_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _rendered_names(supplied: Mapping[str, Any], render: bool | Collection[str]) -> set[str]:
+    """The supplied names whose values are templates to render (`render=True`: all of them)."""
+    return set(supplied) if render is True else set(render or ())
+
+
 def needs_rendering(action: Action, supplied: Mapping[str, Any], render: bool | Collection[str] = False) -> bool:
     """Whether `resolve` would render a template for this request: a templated default it keeps, or a
     supplied value that `render` names and that holds `{{`/`{%`. Requests that render nothing skip the
     thread hop that rendering takes (`ExecutionService.request`)."""
-    renders = supplied.keys() if render is True else set(render or ())
+    renders = _rendered_names(supplied, render)
     for name, spec in action.parameters.items():
         value = supplied.get(name)
         if value is not None:
@@ -240,7 +245,7 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
 
     raw: dict[str, Any] = {}
     live: list[str] = []
-    renders = set(supplied) if render is True else set(render or ())
+    renders = _rendered_names(supplied, render)
     literal: set[str] = set()
     for name, spec in schema.items():
         if supplied.get(name) is not None:

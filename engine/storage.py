@@ -610,17 +610,6 @@ class Store:
                   "created_at": utcnow()}
         return int(self._insert(outbox, record))
 
-    def outbox_add_result(self, execution_id: str,
-                          rows: Sequence[tuple[str, str, dict[str, Any], str, str]]) -> list[int] | None:
-        """Store the replies that carry one execution's result, `rows` of (adapter, channel,
-        payload, kind, status) with one of kind "result", in one transaction; their ids, in order.
-
-        None, storing nothing, if that execution's result row exists already: the dispatcher's
-        listener and recovery may both try, and a result must never be stored (so sent) twice. The
-        unique (execution_id, kind) index settles a race with another process."""
-        stored = self.outbox_add_keyed(execution_id, "result", rows)
-        return None if stored is None else [outbox_id for outbox_id, _edit in stored]  # type: ignore[misc]
-
     def _keyed_id(self, conn: sa.Connection, execution_id: str, kind: str) -> int | None:
         if self._direct:  # once per chat command: the driver's few microseconds, not Core's
             found = _execute(conn, _KEYED_ROW_SQL, [execution_id, kind]).fetchone()

@@ -296,10 +296,11 @@ def test_a_result_is_stored_once_on_each_database(database_url: str) -> None:
         reply = Reply(adapter="loopback", channel="#c", text="done").to_json()
         rows = [("loopback", "#c", {**reply, "edit": 1}, "status", "pending"),
                 ("loopback", "#c", reply, "result", "pending"), ("loopback", "#c", reply, "result.2", "pending")]
-        first = store.outbox_add_result("e1", rows)
+        stored = store.outbox_add_keyed("e1", "result", rows)
+        first = None if stored is None else [outbox_id for outbox_id, _edit in stored]
         assert first is not None and len(first) == 3 and first == sorted(first)
-        assert store.outbox_add_result("e1", rows) is None
-        assert store.outbox_add_result("e1", rows[1:2]) is None
+        assert store.outbox_add_keyed("e1", "result", rows) is None
+        assert store.outbox_add_keyed("e1", "result", rows[1:2]) is None
         # The unique key holds even against a writer that did not look first.
         with store.engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
             conn.execute(storage.outbox.insert(), {"adapter": "loopback", "channel": "#c", "payload": reply,

@@ -181,9 +181,9 @@ class ChainConductor:
         quoted = is_jinja_expression(cmd) and self.shell_command(node.ref)
         if quoted:
             del raw["cmd"]
-        parameters = render_values(raw, self._context(), self.jinja)
+        context = self._context()
+        parameters = render_values(raw, context, self.jinja)
         if quoted:
-            context = self._context()
             text, variables = render_shell_command(cmd, {"__context": context, **context}, self.jinja)
             env = parameters.get("env")
             parameters["cmd"] = text
