@@ -59,6 +59,9 @@ class Reply:
     buttons: list[dict[str, str]] = field(default_factory=list)
     edit: int | None = None
     asker: str | None = None
+    #: The reply's outbox id, set by the outbox as it sends (not stored in the payload): adapters
+    #: that can look their posts up again carry it on the post (see `Adapter.find_sent`).
+    outbox_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"adapter": self.adapter, "channel": self.channel, "text": self.text, "thread": self.thread,
@@ -103,6 +106,12 @@ class Adapter(Protocol):
 
     async def stop(self) -> None:
         """Disconnect."""
+
+    # Optional: `find_sent(replies: Sequence[Reply], since: datetime) -> dict[int, str]` finds, among
+    # replies (each with its `outbox_id`) an earlier run may have posted after `since`, those the
+    # platform already has, by the outbox id the post carries: their platform ids. The outbox asks it
+    # at start-up before sending again what a crash left unmarked, so a reply the platform took just
+    # before a kill is not posted twice. Adapters without it deliver at least once.
 
     # Optional: `mount(app: FastAPI) -> None` adds the platform's HTTP routes (signed or token-checked
     # by the adapter, not by API key) to Squall's API server.

@@ -30,7 +30,9 @@ import re
 import secrets
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -59,6 +61,8 @@ REST_TIMEOUT = aiohttp.ClientTimeout(total=30)
 _MM_ID = re.compile(r"^[a-z0-9]{26}$")
 _ID_LIKE = re.compile(r"^[A-Za-z0-9]{8,}$")
 _SLASH = "slash:"
+#: The post prop that carries a reply's outbox id (`find_sent`).
+OUTBOX_PROP = "squall_outbox_id"
 
 
 class MattermostError(DeliveryError):
@@ -378,6 +382,8 @@ class MattermostAdapter:
             post["root_id"] = reply.thread
         if extra_attachments:
             post["props"] = {"attachments": extra_attachments}
+        if reply.outbox_id is not None:  # `find_sent` finds the post by it after a crash
+            post.setdefault("props", {})[OUTBOX_PROP] = reply.outbox_id
         if file is not None:
             post["file_ids"] = [await self._upload(post["channel_id"], *file)]
         try:
@@ -389,6 +395,25 @@ class MattermostAdapter:
             log.warning("Mattermost: thread %s is gone; posting to the channel instead", post.pop("root_id"))
             created = await self._call("POST", "/posts", body=post)
         return str(created["id"])
+
+    async def find_sent(self, replies: Sequence[Reply], since: datetime) -> dict[int, str]:
+        """Which of these replies (left pending by a crash) the bot already posted: outbox id → post id,
+        read from each channel's posts since `since` (`GET /channels/{id}/posts?since=`, which includes
+        thread replies) by the outbox id the post carries in its props."""
+        wanted: dict[str, set[int]] = {}
+        for reply in replies:
+            if reply.outbox_id is not None and not (reply.thread or "").startswith(_SLASH):
+                wanted.setdefault(await self.channel_id(reply.channel), set()).add(reply.outbox_id)
+        found: dict[int, str] = {}
+        for channel_id, ids in wanted.items():
+            listing = await self._call("GET", f"/channels/{_quote(channel_id)}/posts",
+                                       params={"since": str(int(since.timestamp() * 1000))})
+            for post in (listing.get("posts") or {}).values():
+                outbox_id = (post.get("props") or {}).get(OUTBOX_PROP)
+                if (post.get("user_id") == self.me.get("id") and not post.get("delete_at")
+                        and isinstance(outbox_id, int) and outbox_id in ids):
+                    found[outbox_id] = str(post["id"])
+        return found
 
     def _fit(self, reply: Reply) -> tuple[str, tuple[str, str] | None]:
         """Text within the server's limit: longer text becomes a file (or, without files, is cut with a note).

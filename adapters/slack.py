@@ -25,8 +25,9 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -57,6 +58,8 @@ GROUPS_TTL = 300.0
 SEEN_SIZE = 5000
 #: Characters of a file's content posted inline when the upload itself is refused.
 UPLOAD_FALLBACK = 3500
+#: The metadata event type that carries a reply's outbox id (`find_sent`).
+OUTBOX_EVENT = "squall_reply"
 #: HTTP mode: how far `X-Slack-Request-Timestamp` may be from this server's clock, either way (Slack's
 #: own advice: older requests may be replays).
 MAX_CLOCK_SKEW = 300
@@ -671,6 +674,8 @@ class SlackAdapter:
                     # Too old, deleted, or not editable: the news must still reach the channel.
                     log.info("Slack: cannot edit %s (%s); posting the update as a new message", edit_of,
                              _error(exc))
+            if reply.outbox_id is not None:  # `find_sent` finds the message by it after a crash
+                arguments["metadata"] = {"event_type": OUTBOX_EVENT, "event_payload": {"outbox_id": reply.outbox_id}}
             response = await self._post(self.client.chat_postMessage, reply, channel=channel,
                                         thread_ts=reply.thread, **arguments)
             if reply.buttons and reply.asker and response is not None:
@@ -686,6 +691,37 @@ class SlackAdapter:
                                 permanent=_error(exc) in _PERMANENT) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise DeliveryError(f"Slack unreachable: {type(exc).__name__}") from None
+
+    async def find_sent(self, replies: Sequence[Reply], since: datetime) -> dict[int, str]:
+        """Which of these replies (left pending by a crash) the bot already posted: outbox id →
+        "channel:ts", read with `conversations.history` (or `.replies` in a thread) since `since`,
+        by the outbox id in the message's metadata (`include_all_metadata`; needs the history scopes)."""
+        wanted: dict[tuple[str, str | None], set[int]] = {}
+        for reply in replies:
+            if reply.outbox_id is not None and reply.file is None:
+                channel = self._channel_ids.get(reply.channel, reply.channel)
+                wanted.setdefault((channel, reply.thread), set()).add(reply.outbox_id)
+        if wanted and self.bot_user_id is None:  # not connected yet: whose messages are ours
+            self.bot_user_id = (await self.client.auth_test()).get("user_id")
+        found: dict[int, str] = {}
+        oldest = f"{since.timestamp():.6f}"
+        for (channel, thread), ids in wanted.items():
+            arguments: dict[str, Any] = {"channel": channel, "oldest": oldest, "include_all_metadata": "true",
+                                         "limit": 200, **({"ts": thread} if thread else {})}
+            cursor: str | None = None
+            while True:
+                page = await self._call("conversations.replies" if thread else "conversations.history",
+                                        **arguments, **({"cursor": cursor} if cursor else {}))
+                for message in page.get("messages") or []:
+                    metadata = message.get("metadata") or {}
+                    outbox_id = (metadata.get("event_payload") or {}).get("outbox_id")
+                    if (metadata.get("event_type") == OUTBOX_EVENT and isinstance(outbox_id, int) and outbox_id in ids
+                            and message.get("user") == self.bot_user_id):
+                        found[outbox_id] = f"{channel}:{message.get('ts', '')}"
+                cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
+                if cursor is None:
+                    break
+        return found
 
     async def _post(self, call: Callable[..., Awaitable[Any]], reply: Reply, **arguments: Any) -> Any:
         try:

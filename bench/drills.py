@@ -11,8 +11,9 @@ the next round begins. At the end every chat execution must have had its result 
 Printed: replies stored (result rows), delivered, lost (a finished execution whose result never
 reached the channel), duplicated (a result posted more than once) and stored twice; where the
 kills fell (statuses committed and results posted by then). Target (durability issue): 0 lost,
-0 duplicated. The outbox's contract is at least once: a reply the platform accepted just before
-a kill, whose `sent` mark had not committed, is sent again; the figure says how often that hit.
+0 duplicated. A reply the platform accepted just before a kill, whose `sent` mark had not
+committed, is looked up on the platform at restart (by the outbox id its post carries) rather than
+sent again; a duplicate "across a kill" means that lookup missed it.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ async def main(rounds: int, burst: int, window: float, seed: int, keep: bool) ->
           f"{statistics.median(posted):.0f})")
     why = ""
     if duplicated and duplicated == across:
-        why = "; every copy is the at-least-once window, which only a platform-side idempotency key closes"
+        why = "; every copy is a reply sent before a kill that the restart's lookup did not find"
     print(f"targets: 0 lost ({'met' if not lost else 'NOT met'}), "
           f"0 duplicated ({'met' if not duplicated else 'NOT met'}{why})")
     if keep:

@@ -3,7 +3,12 @@
 A delivered reply is marked sent without holding up the next one in its channel (the mark is
 written in the background, committed with whatever else is being written): one channel's
 replies go out at the platform's pace, not one database commit apart. A crash before the mark
-commits sends that reply again at start-up, as any outbox delivers: at least once.
+commits leaves a reply the platform has as `pending`. So every post carries its outbox id
+(`Reply.outbox_id`), and at start-up, before sending again what earlier runs left pending, the
+outbox asks each adapter that can look its posts up (`find_sent`: Mattermost, Slack) which of
+them the platform already has, once per channel, and marks those sent instead: exactly once
+there, at no cost on the hot path. Adapters that cannot look up (IRC, the console) deliver at
+least once.
 
 A reply the platform refuses now (rate limit, disconnect) is retried with backoff while the
 replies behind it in the same channel wait, so a channel never sees them out of order. Replies
@@ -28,8 +33,10 @@ stored, once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapters.base import Adapter, DeliveryError, Reply
@@ -39,6 +46,8 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 12
 MAX_BACKOFF = 30.0
 PAGE = 1000
+#: How far before a leftover reply was stored the platform is searched for it (clocks differ).
+CLOCK_SKEW = timedelta(minutes=2)
 
 
 def keyed_rows(key: str, replies: Sequence[Reply]) -> list[tuple[str, str, dict[str, Any], str, str]]:
@@ -69,6 +78,11 @@ class Outbox:
         self._catch_up: asyncio.Task[None] | None = None
         self._pending = 0
         self._marks: set[asyncio.Future[Any]] = set()
+        #: Posts earlier runs left pending (found by the first poll), not yet looked up on their platform.
+        self._unchecked: dict[int, tuple[Reply, datetime]] = {}
+        #: Of those, the ones the platform already had: outbox id → platform id.
+        self._found: dict[int, str] = {}
+        self._polled = False
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -197,8 +211,12 @@ class Outbox:
             for row in found:
                 self._newest = max(self._newest, row["id"])
                 if row["status"] == "pending" and row["id"] not in self._known:
-                    self._enqueue(row["id"], Reply.from_json(row["payload"]))
+                    reply = Reply.from_json(row["payload"])
+                    if not self._polled and reply.edit is None:  # an edit made twice changes nothing
+                        self._unchecked[row["id"]] = (reply, row["created_at"])
+                    self._enqueue(row["id"], reply)
                     queued += 1
+            self._polled = True
             return queued
 
     async def _mark_again(self) -> None:
@@ -268,8 +286,36 @@ class Outbox:
         if self._pending == 0:
             self._idle.set()
 
+    async def _look_up(self, adapter: Adapter, channel: str) -> None:
+        """Ask the platform which of the channel's leftover replies it already has (one call per
+        channel, for all of them). A failed lookup only means they are sent again: at least once."""
+        rows = {outbox_id: entry for outbox_id, entry in self._unchecked.items()
+                if entry[0].adapter == adapter.name and entry[0].channel == channel}
+        for outbox_id in rows:
+            del self._unchecked[outbox_id]
+        find_sent = getattr(adapter, "find_sent", None)
+        if find_sent is None:
+            return
+        since = min(_aware(created_at) for _reply, created_at in rows.values()) - CLOCK_SKEW
+        try:
+            found = await find_sent([dataclasses.replace(reply, outbox_id=outbox_id)
+                                     for outbox_id, (reply, _created) in rows.items()], since)
+        except Exception as exc:
+            log.warning("cannot ask %s which of %d replies left pending in %s it already has (%s); sending them "
+                        "again", adapter.name, len(rows), channel, exc)
+            return
+        self._found.update({outbox_id: platform_id for outbox_id, platform_id in found.items() if outbox_id in rows})
+
     async def _deliver_one(self, adapter: Adapter, outbox_id: int, reply: Reply) -> dict[str, Any] | None:
         """Send one reply, retrying; returns the fields that record it sent, or None once it failed for good."""
+        if outbox_id in self._unchecked:
+            await self._look_up(adapter, reply.channel)
+        if outbox_id in self._found:
+            log.info("reply %s reached %s before the last stop (found there); not sending it again", outbox_id,
+                     reply.adapter)
+            platform_id = self._platform_ids[outbox_id] = self._found.pop(outbox_id)
+            return {"status": "sent", "platform_id": platform_id, "sent_at": utcnow(), "error": None}
+        reply = dataclasses.replace(reply, outbox_id=outbox_id)
         delay = 0.25
         for attempt in range(1, MAX_ATTEMPTS + 1):
             edit_of = await self._platform_id(reply.edit) if reply.edit is not None else None
@@ -302,3 +348,7 @@ class Outbox:
         await self.db(self.db.store.outbox_update, outbox_id, {"status": "failed"})
         self._settled_ids.append(outbox_id)
         return None
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -161,6 +161,7 @@ class FakeMattermost:
         r.add_get("/api/v4/teams/name/{name}", self._team_by_name)
         r.add_get("/api/v4/teams/{team}/channels/name/{name}", self._channel_by_name)
         r.add_get("/api/v4/channels/{id}", self._channel)
+        r.add_get("/api/v4/channels/{id}/posts", self._channel_posts)
         r.add_post("/api/v4/channels/direct", self._create_direct)
         r.add_get("/api/v4/config/client", self._client_config)
         r.add_post("/api/v4/posts", self._create_post)
@@ -350,6 +351,20 @@ class FakeMattermost:
         if channel is None or request[USER_ID] not in self.members[channel["id"]]:
             return error(404, "app.channel.get.existing.app_error", "Unable to find the existing channel.")
         return J(channel)
+
+    async def _channel_posts(self, request: web.Request) -> web.Response:
+        """A PostList of the channel's posts; with `since` (ms), those created or changed after it,
+        thread replies included, as the real server's getPostsSince."""
+        channel = self.channels.get(request.match_info["id"])
+        if channel is None:
+            return error(404, "app.channel.get.existing.app_error", "Unable to find the existing channel.")
+        if request[USER_ID] not in self.members[channel["id"]]:
+            return error(403, "api.context.permissions.app_error", "You do not have the appropriate permissions.")
+        since = int(request.query.get("since") or 0)
+        posts = [p for p in self.posts.values() if p["channel_id"] == channel["id"] and p["update_at"] > since]
+        posts.sort(key=lambda p: p["create_at"], reverse=True)
+        return J({"order": [p["id"] for p in posts], "posts": {p["id"]: p for p in posts}, "next_post_id": "",
+                  "prev_post_id": ""})
 
     async def _create_direct(self, request: web.Request) -> web.Response:
         ids = await request.json()

@@ -256,6 +256,34 @@ class FakeSlack:
         return {"ok": True, "channel": channel, "ts": ts,
                 "message": {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "text": p.get("text"), "ts": ts}}
 
+    def _history(self, p: dict[str, Any], thread: str | None) -> dict[str, Any]:
+        """conversations.history / .replies: newest first, `oldest` exclusive, metadata only when asked."""
+        channel = p.get("channel", "")
+        if channel not in self.channels:
+            return {"ok": False, "error": "channel_not_found"}
+        oldest = float(p.get("oldest") or 0)
+        with_metadata = str(p.get("include_all_metadata", "")).lower() in ("true", "1")
+        found = []
+        for stored in self.messages:
+            in_thread = stored.get("thread_ts") == thread or (thread is not None and stored["ts"] == thread)
+            if stored["channel"] != channel or float(stored["ts"]) <= oldest or not in_thread:
+                continue
+            message = {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "text": stored.get("text"),
+                       "ts": stored["ts"]}
+            metadata = stored.get("metadata")
+            if with_metadata and metadata:
+                message["metadata"] = json.loads(metadata) if isinstance(metadata, str) else metadata
+            found.append(message)
+        return {"ok": True, "messages": found[::-1], "has_more": False, "response_metadata": {"next_cursor": ""}}
+
+    def _m_conversations_history(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self._history(p, None)
+
+    def _m_conversations_replies(self, p: dict[str, Any]) -> dict[str, Any]:
+        if not p.get("ts"):
+            return {"ok": False, "error": "invalid_arguments"}
+        return self._history(p, p["ts"])
+
     def _m_chat_update(self, p: dict[str, Any]) -> dict[str, Any]:
         for stored in self.messages:
             if stored["channel"] == p.get("channel") and stored["ts"] == p.get("ts"):

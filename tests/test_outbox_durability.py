@@ -384,6 +384,21 @@ if point.startswith("finished:"):
         return finished(self, record)
 
     executions.ExecutionService._finished = _finished
+elif point.startswith("delivered:"):
+    # Right after the platform took the nth reply, before its `sent` mark was written.
+    from bot import outbox
+
+    limit = int(point.split(":", 1)[1])
+    mark = outbox.Outbox._mark
+    delivered = []
+
+    def _mark(self, outbox_id, fields):
+        delivered.append(outbox_id)
+        if len(delivered) >= limit:
+            die()
+        return mark(self, outbox_id, fields)
+
+    outbox.Outbox._mark = _mark
 elif point == "recovered":
     # At start-up, once executions were recovered (abandoned ones told in chat), before the adapters start.
     from bot import chat
@@ -692,6 +707,27 @@ async def test_a_kill_before_the_result_still_edits_the_ack_and_sends_the_notifi
     assert ack["message"] == rows["status"]["payload"]["text"] and ack["edit_at"] > 0
     assert posts["noting n1"] <= 1
     assert posts["succeeded n1"] == 1 and posts["noted n1"] == 1
+
+
+@pytest.mark.slow
+async def test_a_kill_after_the_platform_took_a_reply_does_not_post_it_again(service) -> None:
+    home, fake, started, store = service
+    first = await _serve(home, fake, started, kill_at="delivered:3")
+    for n in range(3):
+        await fake.say(fake.alice, fake.town_square, f"!quick d{n}")
+    await first.died()
+    expected = {f"succeeded d{n}" for n in range(3)}
+    assert _posts(fake) == dict.fromkeys(expected, 1)  # all three reached the platform...
+    assert sum(row["status"] == "pending" for row in _rows(store)) >= 1  # ...the last one's mark never did
+
+    await _serve(home, fake, started)
+    posts = await _delivered(fake, store, expected)
+    assert posts == dict.fromkeys(expected, 1)
+    by_text = {post["message"]: post["id"] for post in fake.bot_posts()}
+    rows = [row for row in _rows(store) if row["kind"] == "result"]
+    assert {row["payload"]["text"]: row["platform_id"] for row in rows} == by_text  # found there, marked sent
+    # Each post carries its outbox id, the key the restart looked it up by.
+    assert {post["props"]["squall_outbox_id"] for post in fake.bot_posts()} == {row["id"] for row in rows}
 
 
 async def _running(store: Store, who: str) -> None:

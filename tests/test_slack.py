@@ -299,6 +299,51 @@ async def test_an_edit_slack_refuses_is_posted_as_a_new_message(fake: FakeSlack,
     assert len(fake.messages) == 2
 
 
+async def test_a_reply_slack_took_before_a_crash_is_found_and_not_posted_again(fake: FakeSlack, config,
+                                                                                squall) -> None:
+    """A crash after Slack took a reply and before its `sent` mark: the next start finds it by the
+    outbox id in its metadata (in the channel and in a thread) and marks it sent instead of posting it."""
+    from bot.outbox import Outbox
+
+    adapter = create(_settings(fake), config)
+    db = squall.db
+    replies = [Reply(adapter="slack", channel="COPS0001", text="in the channel"),
+               Reply(adapter="slack", channel="COPS0001", text="in a thread", thread="1700000000.000001"),
+               Reply(adapter="slack", channel="COPS0001", text="never reached Slack")]
+    ids = [await db(db.store.outbox_add, r.adapter, r.channel, r.to_json()) for r in replies]
+    for outbox_id, reply in zip(ids[:2], replies[:2], strict=True):  # the crashed run's sends
+        reply.outbox_id = outbox_id
+        await adapter.send(reply)
+    taken = {m["text"]: f"COPS0001:{m['ts']}" for m in fake.messages}
+
+    outbox = Outbox(db, {"slack": adapter})
+    assert await outbox.poll() == 3
+    await outbox.drain(10)
+    await outbox.close()
+    texts = [m["text"] for m in fake.messages]
+    assert sorted(texts) == ["in a thread", "in the channel", "never reached Slack"]  # each once
+    rows = {row["payload"]["text"]: row for row in await db(db.store.outbox_get_many, ids)}
+    assert {text: rows[text]["platform_id"] for text in taken} == taken
+    assert all(row["status"] == "sent" for row in rows.values())
+    assert {c.method for c in fake.called("conversations.history")} and fake.called("conversations.replies")
+
+
+async def test_a_failed_lookup_sends_the_leftover_again(fake: FakeSlack, config, squall) -> None:
+    from bot.outbox import Outbox
+
+    adapter = create(_settings(fake), config)
+    db = squall.db
+    reply = Reply(adapter="slack", channel="COPS0001", text="at least once")
+    reply.outbox_id = await db(db.store.outbox_add, reply.adapter, reply.channel, reply.to_json())
+    await adapter.send(reply)
+    fake.errors["conversations.history"] = "missing_scope"
+    outbox = Outbox(db, {"slack": adapter})
+    await outbox.poll()
+    await outbox.drain(10)
+    await outbox.close()
+    assert [m["text"] for m in fake.messages] == ["at least once", "at least once"]
+
+
 async def test_rate_limit_is_a_delivery_error_with_retry_after(fake: FakeSlack, config) -> None:
     from adapters.base import DeliveryError
 
