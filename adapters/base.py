@@ -79,6 +79,11 @@ class Reply:
 MessageHandler = Callable[[Message], Awaitable[None]]
 
 
+class AdapterConfigError(Exception):
+    """An adapter's settings cannot be used (a missing token, a refused login): nothing will ever
+    work, so `squall serve` stops with this message, which names the key (and the variable) to fix."""
+
+
 class DeliveryError(Exception):
     """The platform did not take the reply now; the outbox will try again (after `retry_after`).
 

@@ -38,7 +38,7 @@ import irc.client_aio
 import irc.connection
 from jaraco.stream.buffer import LenientDecodingLineBuffer
 
-from adapters.base import Capabilities, DeliveryError, Message, MessageHandler, Reply
+from adapters.base import AdapterConfigError, Capabilities, DeliveryError, Message, MessageHandler, Reply
 
 log = logging.getLogger(__name__)
 
@@ -703,8 +703,6 @@ def create(section: dict[str, Any], config: Any) -> IrcAdapter:
     try:
         settings = IrcSettings.from_section(section)
     except IrcConfigError as exc:
-        from bot.config import ConfigError
-
         where = getattr(config, "path", None)
-        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+        raise AdapterConfigError(f"{where}: {exc}" if where else str(exc)) from None
     return IrcAdapter(settings)

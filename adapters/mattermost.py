@@ -40,8 +40,7 @@ import aiohttp
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from adapters.base import Capabilities, DeliveryError, Message, MessageHandler, Reply
-from bot.config import ConfigError
+from adapters.base import AdapterConfigError, Capabilities, DeliveryError, Message, MessageHandler, Reply
 
 log = logging.getLogger(__name__)
 
@@ -98,27 +97,29 @@ class MattermostSettings:
         url = str(section.get("url") or env.get("MATTERMOST_URL") or "").strip()
         token = str(section.get("token") or env.get("MATTERMOST_TOKEN") or "").strip()
         if not url:
-            raise ConfigError(f"{where}adapters.mattermost.url is not set: give the server's address (scheme, host "
-                              "and port, e.g. https://chat.example.com:443) in adapters.mattermost.url or the "
-                              "environment variable MATTERMOST_URL")
+            raise AdapterConfigError(f"{where}adapters.mattermost.url is not set: give the server's address "
+                                     "(scheme, host and port, e.g. https://chat.example.com:443) in "
+                                     "adapters.mattermost.url or the environment variable MATTERMOST_URL")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{where}adapters.mattermost.url must look like http(s)://host:port, not {url!r}")
+            raise AdapterConfigError(f"{where}adapters.mattermost.url must look like http(s)://host:port, not {url!r}")
         try:
             parts.port  # noqa: B018  (raises on a port that is not a number)
         except ValueError as exc:
-            raise ConfigError(f"{where}adapters.mattermost.url has a bad port: {url!r}") from exc
+            raise AdapterConfigError(f"{where}adapters.mattermost.url has a bad port: {url!r}") from exc
         if not token:
-            raise ConfigError(f"{where}adapters.mattermost.token is not set: give the bot account's access token "
-                              "in adapters.mattermost.token or the environment variable MATTERMOST_TOKEN")
+            raise AdapterConfigError(f"{where}adapters.mattermost.token is not set: give the bot account's "
+                                     "access token in adapters.mattermost.token or the environment variable "
+                                     "MATTERMOST_TOKEN")
         team = section.get("team")
         slash = section.get("slash_token")
         actions_url = str(section.get("actions_url") or "").strip() or None
         actions = urlsplit(actions_url or "")
         if actions_url and (actions.scheme not in ("http", "https") or not actions.hostname):
-            raise ConfigError(f"{where}adapters.mattermost.actions_url must be the address the Mattermost server "
-                              "reaches Squall's API at, e.g. http://squall.internal:9101/mattermost/actions, "
-                              f"not {actions_url!r}")
+            raise AdapterConfigError(f"{where}adapters.mattermost.actions_url must be the address the "
+                                     "Mattermost server reaches Squall's API at, e.g. "
+                                     "http://squall.internal:9101/mattermost/actions, "
+                                     f"not {actions_url!r}")
         return cls(url=url.rstrip("/"), token=token, team=str(team) if team else None,
                    slash_token=str(slash) if slash else None, files=bool(section.get("files", True)),
                    actions_url=actions_url)
@@ -221,7 +222,7 @@ class MattermostAdapter:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         try:
             await self._login()
-        except ConfigError:
+        except AdapterConfigError:
             await self._close_session()
             raise
         except MattermostError as exc:
@@ -270,8 +271,8 @@ class MattermostAdapter:
             self.me = await self._call("GET", "/users/me")
         except MattermostError as exc:
             if exc.status in (401, 403):
-                raise ConfigError(f"Mattermost at {self.settings.url} refused the token "
-                                  f"(adapters.mattermost.token / MATTERMOST_TOKEN): {exc}") from exc
+                raise AdapterConfigError(f"Mattermost at {self.settings.url} refused the token "
+                                         f"(adapters.mattermost.token / MATTERMOST_TOKEN): {exc}") from exc
             raise
         username = str(self.me.get("username") or "")
         self._mention = re.compile(rf"(?<![\w.@-])@{re.escape(username)}(?![\w-]|\.\w)[:,]?", re.IGNORECASE)
@@ -448,7 +449,7 @@ class MattermostAdapter:
                 await self._connect_once()
             except asyncio.CancelledError:
                 raise
-            except ConfigError as exc:
+            except AdapterConfigError as exc:
                 self._fatal = exc
                 log.error("Mattermost: %s", exc)
                 return

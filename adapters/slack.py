@@ -36,9 +36,8 @@ from slack_bolt.request.internals import parse_body
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import Capabilities, DeliveryError, Message, MessageHandler, Reply
+from adapters.base import AdapterConfigError, Capabilities, DeliveryError, Message, MessageHandler, Reply
 from adapters.slack_format import ACTION_PREFIX, MAX_TEXT, clicked_summary, message_arguments, plain_text
-from bot.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -95,26 +94,27 @@ class SlackSettings:
         env = os.environ if environ is None else environ
         unknown = sorted(set(section) - _KEYS)
         if unknown:
-            raise ConfigError(f"unknown key 'adapters.slack.{unknown[0]}' (known: {', '.join(sorted(_KEYS))})")
+            raise AdapterConfigError(f"unknown key 'adapters.slack.{unknown[0]}' (known: {', '.join(sorted(_KEYS))})")
         mode = str(section.get("mode") or "socket").lower()
         if mode not in ("socket", "http"):
-            raise ConfigError(f"adapters.slack.mode must be 'socket' or 'http', not {section.get('mode')!r}")
+            raise AdapterConfigError(f"adapters.slack.mode must be 'socket' or 'http', not {section.get('mode')!r}")
         tokens = {key: str(section.get(key) or env.get(var) or "") for key, var in _TOKENS.items()}
         needed = ["bot_token", "app_token" if mode == "socket" else "signing_secret"]
         for key in needed:
             if not tokens[key]:
-                raise ConfigError(f"adapters.slack.{key} is not set and neither is the environment variable "
-                                  f"{_TOKENS[key]}; the Slack adapter in {mode} mode needs it")
+                raise AdapterConfigError(f"adapters.slack.{key} is not set and neither is the environment variable "
+                                         f"{_TOKENS[key]}; the Slack adapter in {mode} mode needs it")
         # Swapped tokens are the classic set-up mistake; other shapes (rotated `xoxe.xoxb-`) are Slack's to judge.
         if tokens["bot_token"].startswith("xapp-"):
-            raise ConfigError("adapters.slack.bot_token (or SLACK_BOT_TOKEN) holds an app-level token (xapp-); "
-                              "it needs the Bot User OAuth Token (xoxb-)")
+            raise AdapterConfigError("adapters.slack.bot_token (or SLACK_BOT_TOKEN) holds an app-level token (xapp-); "
+                                     "it needs the Bot User OAuth Token (xoxb-)")
         if mode == "socket" and tokens["app_token"].startswith(("xoxb-", "xoxp-")):
-            raise ConfigError("adapters.slack.app_token (or SLACK_APP_TOKEN) holds a bot token (xox…); it needs an "
-                              "app-level token (xapp-, Basic Information > App-Level Tokens, scope connections:write)")
+            raise AdapterConfigError("adapters.slack.app_token (or SLACK_APP_TOKEN) holds a bot token (xox…); it "
+                                     "needs an app-level token (xapp-, Basic Information > App-Level Tokens, scope "
+                                     "connections:write)")
         base_url = str(section.get("base_url") or DEFAULT_BASE_URL)
         if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"adapters.slack.base_url must be an http(s) URL, not {base_url!r}")
+            raise AdapterConfigError(f"adapters.slack.base_url must be an http(s) URL, not {base_url!r}")
         command = str(section.get("slash_command") or "/squall")
         return cls(
             mode=mode, **tokens,
@@ -251,9 +251,9 @@ def _number(section: dict[str, Any], key: str, default: Any, kind: type, minimum
     try:
         number = kind(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"adapters.slack.{key} must be a number, not {value!r}") from None
+        raise AdapterConfigError(f"adapters.slack.{key} must be a number, not {value!r}") from None
     if isinstance(value, bool) or number < minimum:
-        raise ConfigError(f"adapters.slack.{key} must be a number >= {minimum}, not {value!r}")
+        raise AdapterConfigError(f"adapters.slack.{key} must be a number >= {minimum}, not {value!r}")
     return number
 
 
@@ -312,7 +312,7 @@ class SlackAdapter:
     async def start(self, on_message: MessageHandler) -> None:
         """Check the tokens, then (Socket Mode) connect; returns once Slack said hello.
 
-        A refused token is a `ConfigError` (nothing will ever work); Slack being unreachable is not:
+        A refused token is a `AdapterConfigError` (nothing will ever work); Slack being unreachable is not:
         the adapter keeps trying in the background and the rest of Squall serves meanwhile."""
         self._on_message = on_message
         try:
@@ -325,7 +325,7 @@ class SlackAdapter:
         try:
             auth = await self.client.auth_test()
         except SlackApiError as exc:
-            raise ConfigError(f"Slack refused adapters.slack.bot_token (auth.test: {_error(exc)})") from None
+            raise AdapterConfigError(f"Slack refused adapters.slack.bot_token (auth.test: {_error(exc)})") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _Unreachable(f"the Web API at {self.settings.base_url} cannot be reached ({_error(exc)})") from None
         self.bot_user_id, self.bot_id = auth.get("user_id"), auth.get("bot_id")
@@ -343,7 +343,7 @@ class SlackAdapter:
             except _Unreachable as exc:
                 delay = min(delay * 2, 60.0)
                 log.warning("Slack: %s; retrying in %.0fs", exc, delay)
-            except ConfigError as exc:
+            except AdapterConfigError as exc:
                 log.error("Slack: %s; the Slack adapter gives up", exc)
                 return
 
@@ -356,7 +356,7 @@ class SlackAdapter:
             handler.client.wss_uri = await handler.client.issue_new_wss_url()
         except SlackApiError as exc:
             await handler.client.close()
-            raise ConfigError(f"Slack refused adapters.slack.app_token (apps.connections.open: {_error(exc)})") \
+            raise AdapterConfigError(f"Slack refused adapters.slack.app_token (apps.connections.open: {_error(exc)})") \
                 from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             await handler.client.close()
@@ -797,7 +797,7 @@ def _retry_after(exc: SlackApiError) -> float | None:
 
 
 def create(section: dict[str, Any], config: Any) -> SlackAdapter:
-    """`adapters.slack` → a Slack adapter; a missing token is a `ConfigError` naming key and variable."""
+    """`adapters.slack` → a Slack adapter; a missing token is a `AdapterConfigError` naming key and variable."""
     settings = SlackSettings.from_section(section)
     prefix = "!"
     with contextlib.suppress(Exception):
@@ -806,8 +806,8 @@ def create(section: dict[str, Any], config: Any) -> SlackAdapter:
     with contextlib.suppress(Exception):
         api_on = bool(config.section("api").get("enabled", True))
     if settings.mode == "http" and not api_on:
-        raise ConfigError("adapters.slack.mode 'http' receives Slack's requests on Squall's API server, but "
-                          "api.enabled is false; enable the API or use mode 'socket'")
+        raise AdapterConfigError("adapters.slack.mode 'http' receives Slack's requests on Squall's API server, but "
+                                 "api.enabled is false; enable the API or use mode 'socket'")
     return SlackAdapter(settings, prefix=prefix)
 
 

@@ -30,8 +30,8 @@ from adapters.base import Capabilities, Reply
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
 from bot.chat import ChatBot
-from bot.config import load_config
 from bot.service import settle_heap
+from engine.config import load_config
 
 
 class TimedLoopback(LoopbackAdapter):

@@ -39,7 +39,7 @@ async def serve(config_path: str, port: int) -> None:
 
     from bot.api import create_api
     from bot.app import Squall
-    from bot.config import load_config
+    from engine.config import load_config
 
     squall = await Squall.start(load_config(config_path))
     server = uvicorn.Server(uvicorn.Config(create_api(squall), host="127.0.0.1", port=port, log_level="warning",

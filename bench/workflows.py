@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bot.app import Squall  # noqa: E402
-from bot.config import load_config  # noqa: E402
+from engine.config import load_config  # noqa: E402
 
 TASKS = 20
 

@@ -34,8 +34,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.base import Message
 from aliases import AliasMatcher, AmbiguousCommand, NoMatch, load_aliases
 from bot.apikeys import create_key, hash_key, public_key, static_keys
-from bot.config import ConfigError
 from bot.service_api import INSTANCE_HEADER
+from engine.config import ConfigError
 from engine.crypto import CryptoError
 from engine.datastore import DatastoreError
 from engine.executions import ExecutionNotFound, ExecutionStateError

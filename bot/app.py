@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from bot.announce import Announcer
-from bot.config import SYSTEM_PACKS_PATH, Config
 from bot.inquiries import InquiryChat
 from bot.notifications import Notifier
+from engine.config import SYSTEM_PACKS_PATH, Config
 from engine.crypto import KeyRing
 from engine.datastore import Datastore
 from engine.executions import ExecutionService

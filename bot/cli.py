@@ -19,8 +19,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from adapters.base import AdapterConfigError
 from bot.app import Squall
-from bot.config import Config, ConfigError, load_config
+from engine.config import Config, ConfigError, load_config
 from engine.crypto import CryptoError
 from engine.executions import ExecutionNotFound, ExecutionStateError
 from engine.packs import UnknownAction
@@ -341,7 +342,7 @@ def serve() -> None:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_forever(config, stop_signals=(signal.SIGINT, signal.SIGTERM)))
-    except ConfigError as exc:  # an adapter's settings, found wanting at start: say which, no traceback
+    except (ConfigError, AdapterConfigError) as exc:  # settings found wanting at start: say which, no traceback
         raise fail(str(exc)) from exc
 
 

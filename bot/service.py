@@ -17,7 +17,7 @@ from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
 from bot.app import Squall, load_packs
 from bot.chat import ChatBot
-from bot.config import SYSTEM_PACKS_PATH, Config, ConfigError
+from engine.config import SYSTEM_PACKS_PATH, Config, ConfigError
 from engine.packs import fingerprint
 
 log = logging.getLogger("squall")

@@ -15,7 +15,7 @@ from typing import Any
 import requests
 
 from bot.apikeys import create_key, static_keys
-from bot.config import Config
+from engine.config import Config
 from engine.storage import Store
 
 PROBE_SECONDS = 0.5

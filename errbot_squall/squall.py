@@ -41,8 +41,8 @@ from typing import Any
 from errbot import BotPlugin, botcmd, cmdfilter
 
 from adapters.base import Capabilities, DeliveryError, Message, MessageHandler, Reply
-from bot.config import Config, load_config
 from bot.dispatcher import ChatSettings
+from engine.config import Config, load_config
 
 log = logging.getLogger("squall.errbot")
 START_TIMEOUT = 60.0

@@ -19,7 +19,7 @@ from typing import NoReturn
 import pytest
 
 from bot.app import Squall
-from bot.config import Config, load_config
+from engine.config import Config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -25,7 +25,7 @@ from aliases import (
 )
 from aliases.grammar import compile_format
 from bot.app import load_packs
-from bot.config import Config
+from engine.config import Config
 from engine.parameters import ParameterError
 from tests.conftest import write
 

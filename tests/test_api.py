@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from bot.api import create_api, hash_key
 from bot.app import Squall
 from bot.chat import ChatBot
-from bot.config import load_config
+from engine.config import load_config
 from tests.conftest import free_port, write
 from tests.test_cli import SQUALL
 

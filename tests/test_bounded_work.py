@@ -24,7 +24,7 @@ import pytest
 
 from bot.api import create_api, sign_webhook
 from bot.app import Squall
-from bot.config import ConfigError, load_config
+from engine.config import ConfigError, load_config
 from engine.parameters import ParameterError
 from engine.templates import (
     TemplateLimitError,

@@ -16,8 +16,8 @@ from adapters.base import Capabilities, Reply
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
 from bot.chat import ChatBot
-from bot.config import load_config
 from bot.outbox import Outbox
+from engine.config import load_config
 from tests.conftest import write
 from tests.test_cli import SQUALL
 

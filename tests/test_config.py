@@ -1,4 +1,4 @@
-"""Tests for bot.config.load_config: defaults without a file, paths relative to the config file,
+"""Tests for engine.config.load_config: defaults without a file, paths relative to the config file,
 SQLite URLs, key checking with suggestions, YAML errors with lines and $SQUALL_CONFIG."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from bot.config import CONFIG_ENV, SYSTEM_PACKS_PATH, Config, ConfigError, load_config
+from engine.config import CONFIG_ENV, SYSTEM_PACKS_PATH, Config, ConfigError, load_config
 from tests.conftest import write
 
 

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from bot.app import Squall
-from bot.config import Config, load_config
 from engine import processes
+from engine.config import Config, load_config
 from engine.executions import new_id
 from engine.processes import (
     boot_id,

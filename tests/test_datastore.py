@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from bot.app import Squall
-from bot.config import Config
 from engine import datastore as datastore_module
+from engine.config import Config
 from engine.crypto import CryptoError, KeyRing
 from engine.datastore import Datastore, DatastoreError, normalise_scope
 from engine.storage import Store, kv_pairs

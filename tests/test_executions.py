@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from bot.app import Squall
-from bot.config import Config, load_config
+from engine.config import Config, load_config
 from engine.executions import (
     COMPLETED,
     ExecutionNotFound,

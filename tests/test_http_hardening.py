@@ -32,7 +32,7 @@ from adapters.slack import payload_problem
 from bot.api import MAX_JSON_DEPTH, MAX_KEY_TTL, ApiServer, create_api, decode_json
 from bot.app import Squall
 from bot.chat import ChatBot
-from bot.config import load_config
+from engine.config import load_config
 from tests.conftest import free_port
 from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
 from tests.fake_slack import APP_TOKEN, BOT_USER, SIGNING_SECRET, FakeSlack

@@ -14,7 +14,7 @@ from adapters.loopback import LoopbackAdapter
 from bot.api import create_api
 from bot.app import Squall
 from bot.chat import ChatBot
-from bot.config import load_config
+from engine.config import load_config
 from engine.inquiries import InquiryError
 from tests.conftest import write
 from tests.workflow_helpers import children, task_names, workflow_pack

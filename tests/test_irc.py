@@ -21,11 +21,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.base import Reply
+from adapters.base import AdapterConfigError, Reply
 from adapters.irc import IrcAdapter, IrcConfigError, IrcSettings, TokenBucket, create, line_budget, split_lines
 from bot.app import Squall
 from bot.chat import ChatBot
-from bot.config import ConfigError, load_config
+from engine.config import load_config
 from tests.conftest import free_port, server_missing, write
 from tests.ircd import IrcServer, NgircdUnavailable, Person, running_ngircd
 from tests.ircd import ircd as ircd_fixture
@@ -173,7 +173,7 @@ def test_settings_defaults_channels_and_secrets_from_the_environment(config) -> 
     assert (parsed.port, parsed.channels) == (6697, ("#ops", "#dev key"))
     assert (parsed.password, parsed.sasl_password) == ("server-secret", "sasl-secret")
     assert "secret" not in repr(parsed)
-    with pytest.raises(ConfigError, match=r"adapters\.irc\.port"):
+    with pytest.raises(AdapterConfigError, match=r"adapters\.irc\.port"):
         create({"server": "x", "port": 0}, config)
 
 

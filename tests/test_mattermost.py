@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from adapters.base import DeliveryError, Reply
+from adapters.base import AdapterConfigError, DeliveryError, Reply
 from adapters.mattermost import MattermostAdapter, attachments, create, retry_after
 from bot.app import Squall
 from bot.chat import ChatBot
-from bot.config import ConfigError, load_config
+from engine.config import load_config
 from tests.conftest import free_port, write
 from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
 from tests.test_cli import SQUALL
@@ -422,11 +422,11 @@ async def test_confirmation_buttons_answer_for_the_person_asked(home: Path, fake
 def test_missing_url_and_token_name_the_key_and_the_environment_variable(monkeypatch) -> None:
     monkeypatch.delenv("MATTERMOST_URL", raising=False)
     monkeypatch.delenv("MATTERMOST_TOKEN", raising=False)
-    with pytest.raises(ConfigError, match=r"adapters\.mattermost\.url.*MATTERMOST_URL"):
+    with pytest.raises(AdapterConfigError, match=r"adapters\.mattermost\.url.*MATTERMOST_URL"):
         create({"enabled": True, "token": "t"}, None)
-    with pytest.raises(ConfigError, match=r"adapters\.mattermost\.token.*MATTERMOST_TOKEN"):
+    with pytest.raises(AdapterConfigError, match=r"adapters\.mattermost\.token.*MATTERMOST_TOKEN"):
         create({"enabled": True, "url": "http://127.0.0.1:8065"}, None)
-    with pytest.raises(ConfigError, match="http"):
+    with pytest.raises(AdapterConfigError, match="http"):
         create({"enabled": True, "url": "chat.example.com", "token": "t"}, None)
     monkeypatch.setenv("MATTERMOST_URL", "https://chat.example.com:8443/")
     monkeypatch.setenv("MATTERMOST_TOKEN", "from-env")
@@ -442,7 +442,7 @@ async def test_a_refused_token_is_a_clear_error_without_the_token(fake: FakeMatt
     async def ignore(_message: Any) -> None:
         return None
 
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(AdapterConfigError) as refused:
         await adapter.start(ignore)
     assert "adapters.mattermost.token" in str(refused.value)
     assert "not-the-bot-token-secret" not in str(refused.value)

@@ -18,7 +18,7 @@ import adapters.slack
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
 from bot.chat import ChatBot
-from bot.config import load_config
+from engine.config import load_config
 from tests import fake_mattermost, fake_slack
 from tests.conftest import write
 from tests.ircd import IrcServer, Person

@@ -33,9 +33,9 @@ from adapters.base import Reply
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall, load_packs
 from bot.chat import ChatBot
-from bot.config import load_config
 from bot.notifications import Notifier
 from engine import storage
+from engine.config import load_config
 from engine.executions import COMPLETED
 from engine.storage import Store, utcnow
 from tests.conftest import write

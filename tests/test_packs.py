@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import SYSTEM_PACKS_PATH
 from engine.actions import build_action
+from engine.config import SYSTEM_PACKS_PATH
 from engine.packs import Registry, UnknownAction, discover, load_registry
 from engine.yamlfile import ContentError, ContentInvalid, LineMap, load_yaml
 from tests.conftest import write

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from bot.config import SYSTEM_PACKS_PATH
 from engine.actions import Action, build_action
+from engine.config import SYSTEM_PACKS_PATH
 from engine.packs import Registry, load_registry
 from engine.parameters import MASK, ParameterError, cast, mask, resolve, validate
 from engine.templates import NONE_MAGIC_VALUE, KVNamespace

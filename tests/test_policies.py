@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from bot.app import Squall
-from bot.config import load_config
+from engine.config import load_config
 from tests.conftest import write
 
 

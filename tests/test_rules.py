@@ -11,7 +11,7 @@ import jsonpath_ng
 import pytest
 
 from bot.app import Squall
-from bot.config import load_config
+from engine.config import load_config
 from engine.rules import compile_key, default_evaluator, load_rules, render_pattern
 from engine.templates import build_environment
 from tests.conftest import write

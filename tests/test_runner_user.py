@@ -26,7 +26,7 @@ import pytest
 
 from bot import service
 from bot.app import Squall
-from bot.config import Config, ConfigError, load_config
+from engine.config import Config, ConfigError, load_config
 from tests.conftest import free_port, write
 
 USER = "nobody"

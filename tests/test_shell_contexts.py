@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from bot.app import Squall
-from bot.config import SYSTEM_PACKS_PATH
 from engine.actions import build_action
+from engine.config import SYSTEM_PACKS_PATH
 from engine.packs import load_registry
 from engine.parameters import ParameterError
 from engine.runners.shell_template import numeric_placeholders, render_shell_command

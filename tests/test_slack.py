@@ -17,12 +17,12 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from adapters.base import Reply
+from adapters.base import AdapterConfigError, Reply
 from adapters.slack import SlackSettings, create
 from adapters.slack_format import message_arguments, plain_text
 from bot.app import Squall
 from bot.chat import ChatBot
-from bot.config import ConfigError, load_config
+from engine.config import load_config
 from tests.conftest import REPO, free_port, write
 from tests.fake_slack import APP_TOKEN, BOT_TOKEN, BOT_USER, SIGNING_SECRET, FakeSlack
 
@@ -470,17 +470,17 @@ def test_manifest_matches_the_adapter() -> None:
 def test_missing_tokens_name_the_key_and_the_variable(monkeypatch) -> None:
     for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(ConfigError, match=r"adapters\.slack\.bot_token .*SLACK_BOT_TOKEN"):
+    with pytest.raises(AdapterConfigError, match=r"adapters\.slack\.bot_token .*SLACK_BOT_TOKEN"):
         SlackSettings.from_section({"enabled": True})
-    with pytest.raises(ConfigError, match=r"adapters\.slack\.app_token .*SLACK_APP_TOKEN"):
+    with pytest.raises(AdapterConfigError, match=r"adapters\.slack\.app_token .*SLACK_APP_TOKEN"):
         SlackSettings.from_section({"bot_token": BOT_TOKEN})
-    with pytest.raises(ConfigError, match=r"adapters\.slack\.signing_secret .*SLACK_SIGNING_SECRET"):
+    with pytest.raises(AdapterConfigError, match=r"adapters\.slack\.signing_secret .*SLACK_SIGNING_SECRET"):
         SlackSettings.from_section({"bot_token": BOT_TOKEN, "mode": "http"})
-    with pytest.raises(ConfigError, match=r"adapters\.slack\.mode"):
+    with pytest.raises(AdapterConfigError, match=r"adapters\.slack\.mode"):
         SlackSettings.from_section({"bot_token": BOT_TOKEN, "app_token": APP_TOKEN, "mode": "rtm"})
-    with pytest.raises(ConfigError, match=r"adapters\.slack\.app_token .*app-level token"):
+    with pytest.raises(AdapterConfigError, match=r"adapters\.slack\.app_token .*app-level token"):
         SlackSettings.from_section({"bot_token": BOT_TOKEN, "app_token": BOT_TOKEN})
-    with pytest.raises(ConfigError, match=r"adapters\.slack\.file_treshold"):
+    with pytest.raises(AdapterConfigError, match=r"adapters\.slack\.file_treshold"):
         SlackSettings.from_section({"bot_token": BOT_TOKEN, "app_token": APP_TOKEN, "file_treshold": 10})
 
 
@@ -497,11 +497,11 @@ def test_tokens_come_from_the_environment_and_defaults_hold(monkeypatch) -> None
 
 async def test_a_refused_token_is_a_clear_error_without_the_token(fake: FakeSlack, config) -> None:
     adapter = create({**_settings(fake), "bot_token": "xoxb-wrong-token"}, config)
-    with pytest.raises(ConfigError, match=r"adapters\.slack\.bot_token") as caught:
+    with pytest.raises(AdapterConfigError, match=r"adapters\.slack\.bot_token") as caught:
         await adapter.start(lambda m: asyncio.sleep(0))
     assert "xoxb-wrong-token" not in str(caught.value)
     adapter = create({**_settings(fake), "app_token": "xapp-wrong"}, config)
-    with pytest.raises(ConfigError, match=r"adapters\.slack\.app_token"):
+    with pytest.raises(AdapterConfigError, match=r"adapters\.slack\.app_token"):
         await adapter.start(lambda m: asyncio.sleep(0))
     await adapter.stop()
 

@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from bot.app import Squall
-from bot.config import load_config
 from engine import storage
+from engine.config import load_config
 from engine.storage import Database, Store, utcnow
 from tests.conftest import REPO, write
 

@@ -156,7 +156,7 @@ def test_bad_schedules_are_load_errors_naming_the_file(home: Path) -> None:
         "date": timer_rule("date", "{type: core.st2.DateTimer, parameters: {date: 'not a date'}}"),
     })
     from bot.app import load_packs
-    from bot.config import load_config
+    from engine.config import load_config
 
     rules, errors = load_rules(load_packs(load_config(home / "config.yml")))
     assert [r.name for r in rules] == ["good"]

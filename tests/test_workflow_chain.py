@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot.app import Squall, load_packs
-from bot.config import load_config
+from engine.config import load_config
 from engine.storage import Store
 from tests.conftest import write
 from tests.workflow_helpers import children, run, task_names, workflow_pack

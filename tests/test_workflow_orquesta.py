@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.app import Squall
-from bot.config import load_config
+from engine.config import load_config
 from tests.workflow_helpers import children, run, task_names, workflow_pack
 
 SEQUENCE = """
