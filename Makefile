@@ -18,6 +18,7 @@ run: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest
@@ -32,6 +33,7 @@ bench: install
 	$(BIN)/python bench/webhooks.py
 	$(BIN)/python bench/remote.py
 	$(BIN)/python bench/drills.py
+	$(BIN)/python bench/cli.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache *.egg-info

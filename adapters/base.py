@@ -112,6 +112,10 @@ class Adapter(Protocol):
     async def stop(self) -> None:
         """Disconnect."""
 
+    # Optional: `received(message) -> None` is called once the dispatcher took `message` as a
+    # command (adapters pass every message on and never decide that themselves): a platform's
+    # "seen it" mark, such as Slack's `:eyes:` status reaction.
+
     # Optional: `find_sent(replies: Sequence[Reply], since: datetime) -> dict[int, str]` finds, among
     # replies (each with its `outbox_id`) an earlier run may have posted after `since`, those the
     # platform already has, by the outbox id the post carries: their platform ids. The outbox asks it

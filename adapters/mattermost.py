@@ -361,7 +361,7 @@ class MattermostAdapter:
 
     # -- sending -----------------------------------------------------------------------------------
     async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
-        text, file = self._fit(reply)
+        text, file = reply.text, reply.file  # fitted to `capabilities` by the outbox
         extra_attachments = attachments(reply.extra)
         if edit_of is not None:
             if edit_of.startswith(_SLASH):
@@ -415,20 +415,6 @@ class MattermostAdapter:
                         and isinstance(outbox_id, int) and outbox_id in ids):
                     found[outbox_id] = str(post["id"])
         return found
-
-    def _fit(self, reply: Reply) -> tuple[str, tuple[str, str] | None]:
-        """Text within the server's limit: longer text becomes a file (or, without files, is cut with a note).
-
-        The dispatcher already fits replies; announcements and notifications may not have been."""
-        limit = self.capabilities.max_length
-        text, file = reply.text, reply.file
-        if len(text) <= limit:
-            return text, file
-        if file is None and self.capabilities.files:
-            head = text.split("\n", 1)[0][: max(0, limit - 40)]
-            return f"{head}\n(full output attached)", ("output.txt", text)
-        note = "\n… (cut: longer than the server's post limit)"
-        return text[: limit - len(note)] + note, file
 
     async def _upload(self, channel_id: str, name: str, content: str) -> str:
         form = aiohttp.FormData()

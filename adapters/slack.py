@@ -162,7 +162,7 @@ def _object(where: str, value: Any, required: bool = False) -> str | None:
     return None
 
 
-def payload_problem(body: Any) -> str | None:
+def payload_problem(body: Any) -> str | None:  # noqa: C901 (a check per field of Slack's documented payloads)
     """What is wrong with the shape of a Slack payload, in the fields Squall or bolt reads, or None.
 
     Slack's own payloads always pass; this is for anything else that reaches `/slack/events` (or the
@@ -281,9 +281,8 @@ class _Unreachable(Exception):
 class SlackAdapter:
     name = "slack"
 
-    def __init__(self, settings: SlackSettings, prefix: str = "!") -> None:
+    def __init__(self, settings: SlackSettings) -> None:
         self.settings = settings
-        self.prefix = prefix
         self.capabilities = Capabilities(threads=settings.thread_replies, edits=True, rich=True, files=True,
                                          buttons=True, max_length=min(settings.file_threshold, MAX_TEXT))
         self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.base_url, timeout=30)
@@ -296,6 +295,7 @@ class SlackAdapter:
         self._on_message: MessageHandler | None = None
         self._seen = _Seen()
         self._users: dict[str, tuple[str, float]] = {}
+        self._user_lookups: dict[str, asyncio.Future[str | None]] = {}
         self._channels: dict[str, tuple[str, float]] = {}
         self._channel_ids: dict[str, str] = {}
         self._groups: tuple[dict[str, list[str]], float] = ({}, 0.0)
@@ -519,12 +519,11 @@ class SlackAdapter:
         channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
         text, mentioned = plain_text(str(event.get("text") or ""), self.bot_user_id, addressed=mention)
         direct = event.get("channel_type") == "im" or channel.startswith("D")
-        if not (mention or mentioned or direct or (self.prefix and text.startswith(self.prefix))):
-            return  # chatter: not worth a users.info call
+        # Every person's message goes on (the dispatcher decides what is addressed to the bot: a
+        # bare answer in an inquiry's thread has no prefix); names are cached, so chatter costs a
+        # lookup per person per hour, not per message.
         if not self._seen.add(f"message:{channel}:{ts}"):
             return  # the app_mention and the message event of one message
-        if self.settings.status_reactions:
-            await self._react(channel, ts, "eyes")
         user = await self._user_name(event["user"])
         message = Message(adapter=self.name, channel=channel, user=user, text=text, thread=event.get("thread_ts"),
                           mentioned=mention or mentioned, direct=direct, groups=await self._groups_of(event["user"]),
@@ -596,15 +595,28 @@ class SlackAdapter:
         raise AssertionError("unreachable")
 
     async def _user_name(self, user_id: str, fallback: Any = None) -> str:
+        """A person's name, cached for an hour; concurrent messages of one person share one
+        `users.info` call (every message is passed on, chatter too, so a busy channel must not
+        cost a call per message)."""
         cached = self._users.get(user_id)
         if cached and cached[1] > time.monotonic():
             return cached[0]
+        lookup = self._user_lookups.get(user_id)
+        if lookup is None:
+            lookup = self._user_lookups[user_id] = asyncio.ensure_future(self._look_up_user(user_id))
+            lookup.add_done_callback(lambda _done: self._user_lookups.pop(user_id, None))
+        name = await asyncio.shield(lookup)
+        if name is None:
+            return str(fallback or user_id)
+        return name
+
+    async def _look_up_user(self, user_id: str) -> str | None:
         try:
             user = (await self._call("users.info", user=user_id))["user"]
-            name = str(user.get("name") or (user.get("profile") or {}).get("display_name") or user_id)
         except Exception as exc:
-            log.warning("Slack: users.info for %s failed (%s); using %s", user_id, _error(exc), fallback or user_id)
-            return str(fallback or user_id)
+            log.warning("Slack: users.info for %s failed (%s)", user_id, _error(exc))
+            return None
+        name = str(user.get("name") or (user.get("profile") or {}).get("display_name") or user_id)
         self._users[user_id] = (name, time.monotonic() + IDENTITY_TTL)
         return name
 
@@ -645,6 +657,11 @@ class SlackAdapter:
         except Exception as exc:  # no usergroups:read scope, or a free workspace: no platform groups
             log.warning("Slack: user groups unavailable (%s); only config auth.groups apply", _error(exc))
         return members
+
+    async def received(self, message: Message) -> None:
+        """The dispatcher took `message` as a command: mark it `:eyes:` if `status_reactions` is on."""
+        if self.settings.status_reactions and message.id:  # slash commands and clicks carry no message id
+            await self._react(message.channel, message.id, "eyes")
 
     async def _react(self, channel: str, ts: str, name: str) -> None:
         try:
@@ -799,16 +816,13 @@ def _retry_after(exc: SlackApiError) -> float | None:
 def create(section: dict[str, Any], config: Any) -> SlackAdapter:
     """`adapters.slack` → a Slack adapter; a missing token is a `AdapterConfigError` naming key and variable."""
     settings = SlackSettings.from_section(section)
-    prefix = "!"
-    with contextlib.suppress(Exception):
-        prefix = str(config.section("chat").get("prefix", "!"))
     api_on = True
     with contextlib.suppress(Exception):
         api_on = bool(config.section("api").get("enabled", True))
     if settings.mode == "http" and not api_on:
         raise AdapterConfigError("adapters.slack.mode 'http' receives Slack's requests on Squall's API server, but "
                                  "api.enabled is false; enable the API or use mode 'socket'")
-    return SlackAdapter(settings, prefix=prefix)
+    return SlackAdapter(settings)
 
 
 __all__ = ["SlackAdapter", "SlackSettings", "create"]

@@ -662,7 +662,7 @@ def _fail(fmt: str, reason: str) -> AliasFormatError:
 
 
 @functools.lru_cache(maxsize=8192)
-def compile_format(fmt: str) -> CompiledFormat:
+def compile_format(fmt: str) -> CompiledFormat:  # noqa: C901 (one branch per token kind of StackStorm's format grammar)
     """Compile one representation (cached); raises `AliasFormatError` naming it when it is unusable."""
     if not isinstance(fmt, str):
         raise AliasFormatError(f"a format string must be text, not {type(fmt).__name__}")

@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adapters.base import Capabilities, Reply
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
-from bot.chat import ChatBot
 from bot.service import settle_heap
 from engine.config import load_config
 
@@ -51,9 +50,9 @@ class TimedLoopback(LoopbackAdapter):
 async def main(commands: int, in_flight: int, arrival_rate: float) -> None:
     home = Path(tempfile.mkdtemp(prefix="squall-bench-chat-"))
     (home / "config.yml").write_text(f"database: {{url: 'sqlite:///{home}/s.db'}}\n")
-    squall = await Squall.start(load_config(home / "config.yml"))
     loopback = TimedLoopback()
-    bot = ChatBot(squall, [loopback])
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    bot = squall.chat
     await bot.start()
     settle_heap()  # as `squall serve` does once it is up
     loop = asyncio.get_running_loop()

@@ -78,10 +78,10 @@ def naive(rules: list[Any], instance: dict[str, Any], env: Any) -> list[Any]:
 
 def main() -> None:
     registry, instances = build()
-    squall = SimpleNamespace(registry=registry, executions=SimpleNamespace(jinja=build_environment()),
-                             datastore=SimpleNamespace(lookup=lambda scope, key: None))
+    executions = SimpleNamespace(jinja=build_environment())
+    datastore = SimpleNamespace(lookup=lambda scope, key: None)
     started = time.perf_counter()
-    engine = RulesEngine(squall)  # type: ignore[arg-type]
+    engine = RulesEngine(registry, None, executions, None, datastore)  # type: ignore[arg-type]
     load = time.perf_counter() - started
     assert len(engine.rules) == RULES and not engine.errors
 

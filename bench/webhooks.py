@@ -37,8 +37,8 @@ def free_port() -> int:
 async def serve(config_path: str, port: int) -> None:
     import uvicorn
 
-    from bot.api import create_api
     from bot.app import Squall
+    from bot.http import create_api
     from engine.config import load_config
 
     squall = await Squall.start(load_config(config_path))

@@ -1,227 +1,38 @@
-"""Assembly: one `Squall` object wires configuration, storage, packs, runners and executions.
+"""The application: the engine with chat in front.
 
-The CLI, `squall serve`, the tests and the benchmarks all build the same object, so what they
-exercise is what runs in production.
+`Squall` is the `Engine` plus its chat side (`bot/chat/`), built together once: `squall serve`
+gives it the configured adapters, a CLI command none (what it posts is stored for `squall
+serve` to send), the tests a loopback. Everything that needs the chat side (the dispatcher, the
+HTTP `aliasexecution` route, the web UI) reaches it as `squall.chat`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import sys
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
-from bot.announce import Announcer
-from bot.inquiries import InquiryChat
-from bot.notifications import Notifier
-from engine.config import SYSTEM_PACKS_PATH, Config
-from engine.crypto import KeyRing
-from engine.datastore import Datastore
-from engine.executions import ExecutionService
-from engine.executor import LocalExecutor
-from engine.inquiries import InquirerRunner, InquiryService
-from engine.leader import leadership, leads
-from engine.packs import Registry, load_registry
-from engine.policies import PolicyExecutor
-from engine.rules import RulesEngine
-from engine.runners import RunAs, RunRequest
-from engine.runners.announcement import AnnouncementRunner
-from engine.runners.http import HttpRunner
-from engine.runners.noop import NoopRunner
-from engine.runners.python import PythonRunner
-from engine.runners.remote import RemoteShellRunner
-from engine.runners.shell import LocalShellRunner
-from engine.sensors import SensorContainer, load_sensors
-from engine.storage import Database, Store
-from engine.templates import configure_limits
-from engine.timers import TIMER_TYPES, TimerService
-from engine.triggers import TriggerService
-from engine.workflows.service import WorkflowService
+from adapters.base import Adapter
+from bot.chat.bot import ChatBot
+from engine.config import Config
+from engine.core import Engine, load_packs
+from engine.packs import Registry
+from engine.storage import Store
 
-log = logging.getLogger(__name__)
-#: The datastore changes StackStorm emits as `core.st2.key_value_pair.<kind>` triggers.
-KV_CHANGES = ("create", "update", "delete", "value_change")
+__all__ = ["Squall", "load_packs"]
 
 
-class Squall:
-    """The running service's parts. Use `await Squall.start(config)` and `await app.close()`."""
+class Squall(Engine):
+    """Use `await Squall.start(config, adapters=[...])`, `await squall.chat.start()` to connect the
+    adapters, and `await squall.close()`."""
 
-    def __init__(self, config: Config, store: Store, registry: Registry) -> None:
-        self.config = config
-        # Every render in the process keeps to them (rendering happens deep in the engine, in many places).
-        configure_limits(config.template_limits)
-        self.store = store
-        self.db = Database(store)
-        self.keys = KeyRing(config.encryption_key_path)
-        self.datastore = Datastore(store, self.keys)
-        self.registry = registry
-        #: Who local shell and Python actions start as: `runners.user`, if this process may switch users.
-        self.run_as = action_account(config)
-        self.python = PythonRunner(config.virtualenvs_path, config.python_workers_per_pack, self.datastore_call,
-                                   self.run_as)
-        # The `squall` pack's actions call the CLI against the same config.
-        os.environ.setdefault("SQUALL_CLI", str(Path(sys.executable).parent / "squall"))
-        if config.path is not None:
-            os.environ["SQUALL_CONFIG"] = str(config.path)
-        self.announcer = Announcer(self)
-        shell = LocalShellRunner(self.run_as)
-        runners = {
-            "local-shell-cmd": shell,
-            "local-shell-script": shell,
-            "python-script": self.python,
-            "http-request": HttpRunner(),
-            "remote-shell-cmd": RemoteShellRunner(),
-            "remote-shell-script": RemoteShellRunner(),
-            "noop": NoopRunner(),
-            "announcement": AnnouncementRunner(self.announcer.publish),
-        }
-        self.workflows = WorkflowService()
-        runners.update(self.workflows.runners)
-        runners["inquirer"] = InquirerRunner()
-        self.executions = ExecutionService(registry, self.db, self.datastore, self.keys, runners, config.api_url)
-        self.policies = PolicyExecutor(LocalExecutor(self.executions.run, config.max_concurrency,
-                                                    unbounded=self.executions.conducts), self.executions)
-        registry.errors.extend(self.policies.rebuild(registry))
-        self.executor = self.policies
-        self.triggers = TriggerService(registry, self.db)
-        self.executions.on_finished(Notifier(self).on_finished)
-        self.executions.executor = self.executor
-        self.workflows.attach(self.executions)
-        self.inquiries = InquiryService(self.executions, self.triggers)
-        self.inquiry_chat = InquiryChat(self)
-        self.rules = RulesEngine(self)
-        self.triggers.processors.append(self.rules)
-        #: Of several `squall serve` processes on one database, the one that fires timers and runs sensors.
-        self.leader = leadership(store.engine)
-        self.sensor_lead = False  # whether this process runs the sensors (it led at the last sync)
-        self.timers = TimerService(self.triggers.dispatch, leader=self.leader)
-        self._follow_rules()
-        self.sensors = SensorContainer(self.triggers.dispatch, self.datastore_call, config.virtualenvs_path,
-                                       run_as=self.run_as)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._emitting: set[asyncio.Future[Any]] = set()
-
-    @classmethod
-    async def start(cls, config: Config, *, recover: bool = False) -> Squall:
-        store = Store.open(config.database_url)
-        app = cls(config, store, load_packs(config))
-        app._loop = asyncio.get_running_loop()
-        for error in app.registry.errors:
-            log.warning("pack content skipped: %s", error)
-        if recover:
-            outcome = await app.executions.recover()
-            if any(outcome.values()):
-                log.info("recovered executions: %(abandoned)d abandoned, %(started)d started", outcome)
-        return app
+    def __init__(self, config: Config, store: Store, registry: Registry, adapters: Sequence[Adapter] = ()) -> None:
+        super().__init__(config, store, registry)
+        self.chat = ChatBot(self, adapters)
 
     def reload(self, registry: Registry | None = None) -> Registry:
-        """Use newly loaded packs; the new registry replaces the old one in one step."""
-        registry = registry if registry is not None else load_packs(self.config)
-        self.registry = registry
-        self.executions.registry = registry
-        self.triggers.registry = registry
-        self.rules.rebuild(registry)
-        registry.errors.extend(self.policies.rebuild(registry))
-        self._follow_rules()
+        registry = super().reload(registry)
+        self.chat.reload()
         return registry
 
-    def _datastore_changed(self, kind: str, payload: dict[str, Any]) -> None:
-        """Emit `core.st2.key_value_pair.<kind>` when a rule listens; called on whichever thread wrote."""
-        ref = f"core.st2.key_value_pair.{kind}"
-        if self._loop is None or not self.triggers.wanted(ref):  # a rule may watch another of the four kinds
-            return
-
-        def dispatch() -> None:
-            task = asyncio.ensure_future(self.triggers.dispatch(ref, payload, validate=False))
-            self._emitting.add(task)
-            task.add_done_callback(self._emitted)
-
-        self._loop.call_soon_threadsafe(dispatch)
-
-    def _emitted(self, task: asyncio.Future[Any]) -> None:
-        self._emitting.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("a datastore trigger could not be stored: %s", task.exception())
-
-    async def emitted(self) -> None:
-        """Wait until the datastore triggers written so far are stored and their rules have acted
-        (a CLI command before it exits; `squall serve` recovers what a shutdown interrupts)."""
-        while self._emitting:
-            await asyncio.gather(*self._emitting, return_exceptions=True)
-        await self.triggers.settle()
-
-    async def leading(self) -> bool:
-        """Whether this process leads (taking the lead if it is free)."""
-        return await leads(self.leader)
-
-    async def sync_sensors(self) -> None:
-        """Run the enabled sensors of the current packs (`squall serve` only; restarts changed ones).
-
-        Only the leader runs them: two processes polling the same API would emit every event twice.
-        `squall serve` syncs again whenever the lead changes hands (it looks each second)."""
-        if not await self.leading():
-            if self.sensor_lead:
-                log.info("another process leads now; its sensors run there")
-                await self.sensors.stop()
-            self.sensor_lead = False
-            return
-        self.sensor_lead = True
-        specs, errors = load_sensors(self.registry)
-        for error in errors:
-            log.warning("sensor skipped: %s", error)
-        await self.sensors.sync(self.registry, specs, self.rules.triggers_of)
-
-    def _follow_rules(self) -> None:
-        """What the enabled rules ask for: their timers, and datastore triggers only if one listens
-        (the datastore's write path then pays one extra read, otherwise none)."""
-        self.timers.sync([t for ref in TIMER_TYPES for t in self.rules.triggers_of(ref)])
-        watched = any(self.triggers.wanted(f"core.st2.key_value_pair.{kind}") for kind in KV_CHANGES)
-        self.datastore.on_change = self._datastore_changed if watched else None
-
-    async def datastore_call(self, method: str, args: dict[str, Any], request: RunRequest | None = None) -> Any:
-        """Datastore calls from Python actions' `action_service` and sensors' `sensor_service`
-        (names already pack-local); secrets a Python action decrypts are masked in its output."""
-        ds = self.datastore
-        if method == "get_value":
-            record = await self.db(ds.get, args["name"], decrypt=bool(args.get("decrypt")))
-            if record and record["secret"] and args.get("decrypt") and request is not None:
-                request.revealed.append(record["value"])
-            return record["value"] if record else None
-        if method == "set_value":
-            await self.db(ds.set, args["name"], args["value"], ttl=args.get("ttl"),
-                          encrypt=bool(args.get("encrypt")))
-            return True
-        if method == "delete_value":
-            return await self.db(ds.delete, args["name"])
-        if method == "list_values":
-            offset = int(args.get("offset") or 0)
-            limit = int(args["limit"]) + offset if args.get("limit") else None  # the page after `offset`
-            items = await self.db(ds.list, prefix=args.get("prefix") or None, limit=limit)
-            return items[offset:]
-        raise ValueError(f"unknown action_service method {method!r}")
-
     async def close(self) -> None:
-        await self.sensors.stop()
-        if self._emitting:  # datastore triggers written just before: store them, do not drop them
-            await asyncio.gather(*self._emitting, return_exceptions=True)
-        await self.executor.close()
-        self.leader.close()
-        await self.inquiries.close()
-        await self.python.close()
-        self.db.close()
-        self.store.close()
-
-
-def action_account(config: Config) -> RunAs | None:
-    """`runners.user` when this process runs as root (only root can switch users), else None:
-    actions then run as whoever runs Squall (`squall serve` warns when that is root)."""
-    if config.runner_user is None or os.geteuid() != 0:
-        return None
-    return RunAs.of(config.runner_user)
-
-
-def load_packs(config: Config) -> Registry:
-    return load_registry(config.pack_paths, config.configs_path, SYSTEM_PACKS_PATH)
-
+        await self.chat.stop()
+        await super().close()

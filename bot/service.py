@@ -16,7 +16,6 @@ from typing import Any
 from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
 from bot.app import Squall, load_packs
-from bot.chat import ChatBot
 from engine.config import SYSTEM_PACKS_PATH, Config, ConfigError
 from engine.packs import fingerprint
 
@@ -97,13 +96,11 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-async def reload(squall: Squall, bot: ChatBot | None = None) -> None:
+async def reload(squall: Squall) -> None:
     """Pick up edited, installed and removed packs without a restart."""
     registry = squall.reload(await asyncio.to_thread(load_packs, squall.config))
     await squall.python.recycle()
     await squall.sync_sensors()
-    if bot is not None:
-        bot.reload()
     settle_heap()
     log.info("packs reloaded: %d packs, %d actions", len(registry.packs), len(registry.actions))
     for error in registry.errors:
@@ -119,8 +116,8 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
         loop.add_signal_handler(sig, stop.set)
     if (warning := action_user_warning(config)) is not None:
         log.warning("%s", warning)
-    squall = await Squall.start(config)
-    bot = ChatBot(squall, configured_adapters(config) if adapters is None else adapters)
+    squall = await Squall.start(config, adapters=configured_adapters(config) if adapters is None else adapters)
+    bot = squall.chat
     # First what earlier runs left to send and the results they owed, then recovery's own results
     # behind them; the bot listens already, so abandoned executions are told in chat.
     await bot.begin()
@@ -134,9 +131,9 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     await squall.sync_sensors()
     api = None
     if api_enabled(config):
-        from bot.api import ApiServer
+        from bot.http import ApiServer
 
-        api = ApiServer(squall, bot)
+        api = ApiServer(squall)
         try:
             await api.start()
             log.info("HTTP API on http://%s:%d (OpenAPI at /openapi.json)", api.host, api.port)
@@ -160,7 +157,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
                 current = await asyncio.to_thread(fingerprint, pack_paths)
                 if current != seen:
                     seen = current
-                    await reload(squall, bot)
+                    await reload(squall)
                 await squall.executions.poll()
                 await bot.outbox.poll()
                 if await squall.leading() != squall.sensor_lead:
@@ -177,16 +174,15 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
             await timers
         if api is not None:
             await api.stop()
-        await bot.stop()
         await squall.close()
 
 
 async def chat_session(config: Config, user: str, channel: str) -> None:
     """`squall chat`: a console chat against the same engine; at the end of input, wait for the
     executions it started and their replies, then return."""
-    squall = await Squall.start(config)
     console = ConsoleAdapter(user=user, channel=channel)
-    bot = ChatBot(squall, [console])
+    squall = await Squall.start(config, adapters=[console])
+    bot = squall.chat
     try:
         await bot.start()
         await console.finished.wait()
@@ -196,5 +192,4 @@ async def chat_session(config: Config, user: str, channel: str) -> None:
                 break
             await asyncio.sleep(0.02)
     finally:
-        await bot.stop()
         await squall.close()

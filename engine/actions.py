@@ -101,7 +101,8 @@ def _suggest(word: str, choices: set[str] | list[str]) -> str:
     return f" (did you mean '{near[0]}'?)" if near else ""
 
 
-def build_action(data: Any, lines: LineMap, *, pack: str, pack_path: Path, file: str) -> Action:
+# Complex by nature: a check per action metadata key (spec §1.1); split, they would be scattered.
+def build_action(data: Any, lines: LineMap, *, pack: str, pack_path: Path, file: str) -> Action:  # noqa: C901
     """Check one action document and merge its parameters with its runner's; raise on the first error."""
 
     def fail(reason: str, *path: str | int) -> ContentInvalid:

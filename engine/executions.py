@@ -22,18 +22,18 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any
 
 from engine.actions import Action
 from engine.crypto import CryptoError, KeyRing
 from engine.datastore import Datastore
+from engine.events import EXECUTION_FINISHED, Events
 from engine.executor import Executor
 from engine.packs import Registry
 from engine.parameters import MASK, ParameterError, Resolution, mask, needs_rendering, resolve
 from engine.processes import LEDGER, ledger_directory, owner_file_state, process_identity, running_since, sweep
 from engine.runners import Runner, RunOutcome, RunRequest
-from engine.storage import Database, utcnow
+from engine.storage import Database, iso, utcnow
 from engine.templates import KVNamespace, build_environment
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,6 @@ def new_id() -> str:
     return f"{time.time_ns() // 1000:014x}{os.urandom(5).hex()}"
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
 def _scrubbable(values: list[Any], revealed: list[str]) -> list[str]:
     """Secret texts long enough to scrub from output without mangling it, longest first."""
     texts = {str(v) for v in [*values, *revealed] if v not in (None, "")}
@@ -119,10 +115,10 @@ def public(record: Mapping[str, Any]) -> dict[str, Any]:
         "result": record.get("result"),
         "context": record["context"],
         "parent": record.get("parent"),
-        "start_timestamp": _iso(start),
-        "end_timestamp": _iso(end),
+        "start_timestamp": iso(start),
+        "end_timestamp": iso(end),
         "elapsed_seconds": round((end - start).total_seconds(), 6) if end else None,
-        "log": [{"status": "requested", "timestamp": _iso(start)}, *(record.get("log") or [])],
+        "log": [{"status": "requested", "timestamp": iso(start)}, *(record.get("log") or [])],
         "runner_info": record.get("runner_info"),
     }
 
@@ -131,8 +127,10 @@ class ExecutionService:
     """The one way anything in Squall asks for, runs, cancels or re-runs an action."""
 
     def __init__(self, registry: Registry, db: Database, datastore: Datastore, keys: KeyRing,
-                 runners: Mapping[str, Runner], api_url: str = "") -> None:
+                 runners: Mapping[str, Runner], api_url: str = "", events: Events | None = None) -> None:
         self.registry = registry
+        #: Where `EXECUTION_FINISHED` is published (the engine's one subscription interface).
+        self.events = events if events is not None else Events()
         self.db = db
         self.datastore = datastore
         self.keys = keys
@@ -151,8 +149,6 @@ class ExecutionService:
         self.foreign_owners: dict[str, int] = {}
         self._polls = 0
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
-        self._listeners: list[Callable[[dict[str, Any]], Any]] = []
-        self._listener_tasks: set[asyncio.Future[Any]] = set()
         # Finished here lately: wait() answers from memory instead of reading the record back.
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         #: Workflow executions (conductors) handed to the executor: they do not take a slot.
@@ -162,13 +158,14 @@ class ExecutionService:
 
     # -- listening -----------------------------------------------------------------------
     def on_finished(self, listener: Callable[[dict[str, Any]], Any]) -> None:
-        """Call `listener(public_record)` whenever an execution finishes in this process."""
-        self._listeners.append(listener)
+        """Call `listener(public_record)` whenever an execution finishes in this process (a
+        subscription to `EXECUTION_FINISHED`; a coroutine it returns runs as a task)."""
+        self.events.subscribe(EXECUTION_FINISHED, listener)
 
     @property
     def notifying(self) -> int:
-        """Listeners for finished executions still running (results being posted, say)."""
-        return len(self._listener_tasks)
+        """Listeners' tasks still running (results being posted, say)."""
+        return self.events.busy
 
     def conducts(self, execution_id: str) -> bool:
         """Whether the execution is a workflow conducting children: it waits on them, it does no work,
@@ -186,15 +183,7 @@ class ExecutionService:
         for future in self._waiters.pop(record["id"], []):
             if not future.done():
                 future.set_result(shown)
-        for listener in self._listeners:
-            try:
-                outcome = listener(shown)
-                if asyncio.iscoroutine(outcome):
-                    task = asyncio.ensure_future(outcome)
-                    self._listener_tasks.add(task)
-                    task.add_done_callback(self._listener_tasks.discard)
-            except Exception:
-                log.exception("a listener for finished executions failed")
+        self.events.publish(EXECUTION_FINISHED, shown)
 
     # -- template context --------------------------------------------------------------------
     def template_context(self, pack_config: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
@@ -306,7 +295,7 @@ class ExecutionService:
         now = utcnow()
         LEDGER.ensure()  # the owner file says this process lives (to other containers) before it owns anything
         runner_info = dict(self.owner)
-        transitions = [{"status": "scheduled", "timestamp": _iso(now)}, {"status": "running", "timestamp": _iso(now)}]
+        transitions = [{"status": "scheduled", "timestamp": iso(now)}, {"status": "running", "timestamp": iso(now)}]
         claim = asyncio.ensure_future(
             self.db(self._claim, execution_id, {"status": "running", "runner_info": runner_info, "log": transitions})
         )
@@ -429,7 +418,7 @@ class ExecutionService:
     async def _finish(self, record: dict[str, Any], outcome: RunOutcome, secrets: list[str]) -> None:
         now = utcnow()
         fields = {"status": outcome.status, "result": scrub(outcome.result, secrets), "end_timestamp": now}
-        entry = {"status": outcome.status, "timestamp": _iso(now)}
+        entry = {"status": outcome.status, "timestamp": iso(now)}
         finished = await self.db(self._complete, record, fields, entry, ("running", "canceling", "pausing"))
         if finished is not None:
             record.update(finished)
@@ -460,7 +449,7 @@ class ExecutionService:
         record = await self.db(self._find, execution_id)
         now = utcnow()
         fields = {"status": status, "result": result, "end_timestamp": now}
-        finished = await self.db(self._complete, record, fields, {"status": status, "timestamp": _iso(now)}, expect)
+        finished = await self.db(self._complete, record, fields, {"status": status, "timestamp": iso(now)}, expect)
         if finished is None:
             return None
         record.update(finished)
@@ -475,7 +464,7 @@ class ExecutionService:
             raise ExecutionStateError(f'execution {record["id"]} is a {record["runner"]} action; only workflows pause')
         if record["status"] != "running":
             raise ExecutionStateError(f'execution {record["id"]} is {record["status"]}; only a running one pauses')
-        entries = [*(record.get("log") or []), {"status": "pausing", "timestamp": _iso(utcnow())}]
+        entries = [*(record.get("log") or []), {"status": "pausing", "timestamp": iso(utcnow())}]
         if not await self.db(self.db.store.update_execution, record["id"], {"status": "pausing", "log": entries},
                              expect=("running",)):
             return await self.get(record["id"])
@@ -487,7 +476,7 @@ class ExecutionService:
         record = await self.db(self._find, execution_id)
         if record["status"] != "paused":
             raise ExecutionStateError(f'execution {record["id"]} is {record["status"]}; only a paused one resumes')
-        entries = [*(record.get("log") or []), {"status": "resuming", "timestamp": _iso(utcnow())}]
+        entries = [*(record.get("log") or []), {"status": "resuming", "timestamp": iso(utcnow())}]
         moved = await self.db(self.db.store.update_execution, record["id"],
                               {"status": "resuming", "log": entries, "end_timestamp": None}, expect=("paused",))
         runner = self.runners.get(record["runner"])
@@ -577,7 +566,7 @@ class ExecutionService:
         now = utcnow()
         entries = [*(record.get("log") or [])]
         if status in _QUEUED:
-            entries.append({"status": "canceled", "timestamp": _iso(now)})
+            entries.append({"status": "canceled", "timestamp": iso(now)})
             fields = {"status": "canceled", "end_timestamp": now, "log": entries,
                       "result": {"error": "canceled before it started"}}
             if await self.db(self.db.store.update_execution, record["id"], fields, expect=_QUEUED):
@@ -585,7 +574,7 @@ class ExecutionService:
                 self._finished(record)
                 return public(record)
             return await self.cancel(execution_id)  # it started meanwhile
-        entries.append({"status": "canceling", "timestamp": _iso(now)})
+        entries.append({"status": "canceling", "timestamp": iso(now)})
         await self.db(self.db.store.update_execution, record["id"], {"status": "canceling", "log": entries},
                       expect=(status,))
         if self.executor is not None and await self.executor.cancel(record["id"]):
@@ -721,14 +710,14 @@ class ExecutionService:
                 if row["status"] != "paused" and await self.db(
                         self.db.store.update_execution, row["id"],
                         {"status": "resuming", "log": [*(record.get("log") or []),
-                                                       {"status": "resuming", "timestamp": _iso(now)}]},
+                                                       {"status": "resuming", "timestamp": iso(now)}]},
                         expect=(row["status"],)):
                     resumed.append(row["id"])
                 continue
             fields = {"status": "abandoned", "end_timestamp": now,
                       "result": {**(record.get("result") or {}),
                                  "error": "Squall stopped while this execution was running; it was abandoned"},
-                      "log": [*(record.get("log") or []), {"status": "abandoned", "timestamp": _iso(now)}]}
+                      "log": [*(record.get("log") or []), {"status": "abandoned", "timestamp": iso(now)}]}
             if await self.db(self.db.store.update_execution, row["id"], fields, expect=(row["status"],)):
                 abandoned += 1
                 record.update(fields)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
+from engine.events import INQUIRY_PENDING
 from engine.parameters import draft4
 from engine.runners import RunOutcome, RunRequest
 from engine.storage import utcnow
@@ -61,12 +62,11 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class InquiryService:
-    """Lists, answers and expires inquiries; `on_pending` hooks post new questions (chat)."""
+    """Lists, answers and expires inquiries; publishes `INQUIRY_PENDING` for new ones (chat asks them)."""
 
     def __init__(self, executions: ExecutionService, triggers: TriggerService | None = None) -> None:
         self.executions = executions
         self.triggers = triggers
-        self.on_pending: list[Callable[[dict[str, Any]], Any]] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         executions.on_finished(self._on_finished)
@@ -93,13 +93,7 @@ class InquiryService:
                                              validate=False)
             except Exception:
                 log.exception("dispatching %s for inquiry %s failed", TRIGGER, record["id"])
-        for hook in self.on_pending:
-            try:
-                outcome = hook(record)
-                if asyncio.iscoroutine(outcome):
-                    await outcome
-            except Exception:
-                log.exception("posting inquiry %s failed", record["id"])
+        self.executions.events.publish(INQUIRY_PENDING, record)
 
     def _expire_soon(self, inquiry_id: str) -> None:
         self._timers.pop(inquiry_id, None)

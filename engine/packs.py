@@ -171,7 +171,8 @@ def _config_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return draft4({"type": "object", "properties": properties})
 
 
-def load_pack(path: Path, registry: Registry, configs_path: Path, system_path: Path | None) -> Pack | None:
+# Complex by nature: a check per pack.yaml key and folder.
+def load_pack(path: Path, registry: Registry, configs_path: Path, system_path: Path | None) -> Pack | None:  # noqa: C901
     """Load one pack into `registry`; returns None when its pack.yaml itself is unusable."""
     manifest = path / "pack.yaml"
     try:

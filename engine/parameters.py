@@ -86,7 +86,8 @@ MIN_INTEGER, MAX_INTEGER = -(2 ** 63), 2 ** 63 - 1
 MAX_VALUE_DEPTH = 100
 
 
-def check_storable(name: str, value: Any, spec: Mapping[str, Any]) -> None:
+# Complex by nature: one branch per JSON value kind.
+def check_storable(name: str, value: Any, spec: Mapping[str, Any]) -> None:  # noqa: C901
     """Refuse a value the execution record cannot hold faithfully, before anything is stored: a number
     that is not finite (`1e400` cast to a number is infinity; PostgreSQL's JSON refuses it and SQLite's
     reads it back as null), a whole number past 64 bits, a lone UTF-16 surrogate (not storable as
@@ -218,8 +219,8 @@ _DANGEROUS_ENV = re.compile(r"^(BASH_ENV|ENV|PATH|BASH_FUNC_.*|LD_.*|PYTHON.*|PE
                             r"SHELLOPTS|BASHOPTS|PS4|PROMPT_COMMAND|IFS|GCONV_PATH)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-
-def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, Any],
+# Complex by nature: StackStorm's parameter resolution order, one step per rule (spec §1.2).
+def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, Any],  # noqa: C901
             env: jinja2.Environment | None = None, *, render: bool | Collection[str] = False) -> Resolution:
     """Check, render, cast and validate the parameters of one request for `action`.
 

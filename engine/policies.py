@@ -156,10 +156,9 @@ class PolicyExecutor:
                          f'{record["action"]} already running'}, ("requested", "delayed"))
             return
         if record["status"] == "requested":
-            from engine.executions import _iso
-            from engine.storage import utcnow
+            from engine.storage import iso, utcnow
 
-            log_entries = [*(record.get("log") or []), {"status": "delayed", "timestamp": _iso(utcnow())}]
+            log_entries = [*(record.get("log") or []), {"status": "delayed", "timestamp": iso(utcnow())}]
             await db(db.store.update_execution, execution_id, {"status": "delayed", "log": log_entries},
                      expect=("requested",))
         if execution_id not in self._queues[key]:

@@ -91,6 +91,8 @@ outbox = sa.Table(
     sa.Column("kind", sa.String(255), nullable=True),
     sa.Index("ix_outbox_status", "status", "id"),
     sa.Index("ux_outbox_execution_kind", "execution_id", "kind", unique=True),
+    # An inquiry's question (kind "question") found by where it was asked: the answer in its thread.
+    sa.Index("ix_outbox_kind_place", "kind", "adapter", "channel"),
 )
 
 audit = sa.Table(
@@ -194,6 +196,11 @@ _DATETIME_COLUMNS = ("start_timestamp", "end_timestamp", "expire_at", "updated_a
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    """A stored time as StackStorm's APIs show it: ISO 8601 in UTC with a `Z` (None stays None)."""
+    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -621,6 +628,18 @@ class Store:
         """The id of this execution's row of this kind ("ack", "result"), if stored."""
         with self._read() as conn:
             return self._keyed_id(conn, execution_id, kind)
+
+    def pending_questions(self, adapter: str, channel: str) -> list[dict[str, Any]]:
+        """Questions of inquiries still `pending` asked in this channel, newest first: their inquiry
+        (`execution_id`), post id and thread (an indexed lookup, `ix_outbox_kind_place`)."""
+        statement = (sa.select(outbox.c.execution_id, outbox.c.platform_id, outbox.c.payload)
+                     .join(executions, executions.c.id == outbox.c.execution_id)
+                     .where(outbox.c.kind == "question", outbox.c.adapter == adapter, outbox.c.channel == channel,
+                            executions.c.status == "pending")
+                     .order_by(outbox.c.id.desc()))
+        with self._read() as conn:
+            return [{"inquiry": row.execution_id, "platform_id": row.platform_id,
+                     "thread": (row.payload or {}).get("thread")} for row in conn.execute(statement)]
 
     def outbox_add_keyed(self, execution_id: str, key: str,
                          rows: Sequence[tuple[str, str, dict[str, Any], str, str]], *,

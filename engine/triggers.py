@@ -20,7 +20,7 @@ import jsonschema
 
 from engine.executions import new_id
 from engine.packs import Registry
-from engine.storage import Database, utcnow
+from engine.storage import Database, iso, utcnow
 
 log = logging.getLogger(__name__)
 WEBHOOK = "core.st2.webhook"
@@ -56,7 +56,7 @@ def public(record: Mapping[str, Any]) -> dict[str, Any]:
         "id": record["id"],
         "trigger": record["trigger"],
         "payload": record["payload"],
-        "occurrence_time": record["occurrence_time"].isoformat().replace("+00:00", "Z"),
+        "occurrence_time": iso(record["occurrence_time"]),
         "status": record["status"],
         "trace_tag": record.get("trace_tag"),
         "trigger_parameters": record.get("trigger_parameters") or {},

@@ -41,7 +41,7 @@ from typing import Any
 from errbot import BotPlugin, botcmd, cmdfilter
 
 from adapters.base import Capabilities, DeliveryError, Message, MessageHandler, Reply
-from bot.dispatcher import ChatSettings
+from bot.chat.dispatcher import ChatSettings
 from engine.config import Config, load_config
 
 log = logging.getLogger("squall.errbot")

@@ -16,9 +16,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from bot.api import create_api, hash_key
 from bot.app import Squall
-from bot.chat import ChatBot
+from bot.http import create_api, hash_key
 from engine.config import load_config
 from tests.conftest import free_port, write
 from tests.test_cli import SQUALL
@@ -168,7 +167,7 @@ def test_apikey_cli_create_list_delete(home: Path) -> None:
 
 
 async def test_created_and_deleted_db_key(squall: Squall, anon: httpx.AsyncClient) -> None:
-    from bot.api import create_key
+    from bot.http import create_key
 
     key, record = await squall.db(create_key, squall.store, "bot")
     assert record["name"] == "bot" and hash_key(key) != key
@@ -279,8 +278,7 @@ async def test_alias_list_match_and_execution(squall: Squall, client: httpx.Asyn
 
 
 async def test_alias_execution_checks_permissions_with_bot(squall: Squall) -> None:
-    bot = ChatBot(squall, [])
-    transport = httpx.ASGITransport(app=create_api(squall, bot))
+    transport = httpx.ASGITransport(app=create_api(squall))
     async with httpx.AsyncClient(transport=transport, base_url="http://squall", headers={"St2-Api-Key": KEY}) as c:
         denied = await c.post("/api/v1/aliasexecution", json={"command": "secretgreet x", "user": "mallory",
                                                               "channel": "c"})
@@ -514,7 +512,7 @@ def test_squall_serve_answers_http(home: Path) -> None:
 
 
 async def test_only_keys_named_in_render_keys_may_ask_for_rendering(squall: Squall, anon: httpx.AsyncClient) -> None:
-    from bot.api import create_key
+    from bot.http import create_key
 
     await squall.db(squall.datastore.set, "greeting", "hello")
     body = {"action": "core.local", "parameters": {"cmd": "echo {{ st2kv.system.greeting }}"}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from adapters.base import Message
-from bot.auth import Authorizer
+from bot.chat.auth import Authorizer
 
 ALIAS = SimpleNamespace(ref="ops.restart", pack="ops", permissions=None)
 

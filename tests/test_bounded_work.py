@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.api import create_api, sign_webhook
 from bot.app import Squall
+from bot.http import create_api, sign_webhook
 from engine.config import ConfigError, load_config
 from engine.parameters import ParameterError
 from engine.templates import (
@@ -370,7 +370,7 @@ async def test_webhook_signatures_carry_a_timestamp(squall: Squall, anon: httpx.
     assert answer.status_code == 401 and "in the future" in _fault(answer)
     # the captured fresh request, replayed once the window has passed
     later = time.time() + 301
-    monkeypatch.setattr("bot.api.time.time", lambda: later)
+    monkeypatch.setattr("bot.http.webhook_signatures.time.time", lambda: later)
     answer = await anon.post("/api/v1/webhooks/signed", content=body, headers={**json_type, **fresh})
     assert answer.status_code == 401 and "s old" in _fault(answer)
     monkeypatch.undo()
@@ -403,7 +403,7 @@ async def test_the_old_signature_is_accepted_with_a_deprecation(squall: Squall, 
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     body = b'{"event": "push"}'
     json_type = {"Content-Type": "application/json"}
-    with caplog.at_level(logging.WARNING, logger="bot.api"):
+    with caplog.at_level(logging.WARNING, logger="bot.http.webhook_signatures"):
         for _ in range(2):
             answer = await anon.post("/api/v1/webhooks/signed", content=body, headers={**json_type, **_legacy(body)})
             assert answer.status_code == 202 and answer.headers["Deprecation"] == "true"

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from adapters.base import Capabilities, Reply
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
-from bot.chat import ChatBot
-from bot.outbox import Outbox
+from bot.chat.bot import ChatBot
+from bot.chat.outbox import Outbox
 from engine.config import load_config
 from tests.conftest import write
 from tests.test_cli import SQUALL
@@ -96,9 +96,9 @@ def _config(home: Path, extra: str = "") -> None:
 @pytest.fixture
 async def chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
     _config(home)
-    squall = await Squall.start(load_config(home / "config.yml"))
     loopback = LoopbackAdapter()
-    bot = ChatBot(squall, [loopback])
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    bot = squall.chat
     await bot.start()
     try:
         yield squall, bot, loopback
@@ -321,10 +321,10 @@ async def test_a_reply_posted_while_shutting_down_is_sent_at_the_next_start(chat
 
 async def test_long_output_is_split_or_uploaded(home: Path) -> None:
     _config(home)
-    squall = await Squall.start(load_config(home / "config.yml"))
     small = LoopbackAdapter("small", Capabilities(max_length=300))
     files = LoopbackAdapter("files", Capabilities(files=True, max_length=300))
-    bot = ChatBot(squall, [small, files])
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[small, files])
+    bot = squall.chat
     await bot.start()
     try:
         await small.say("!greet x 40 times")
@@ -374,9 +374,9 @@ def test_any_text_gets_an_answer_and_never_crashes(tmp_path_factory: pytest.Temp
     _config(home)
 
     async def scenario() -> None:
-        squall = await Squall.start(load_config(home / "config.yml"))
         loopback = LoopbackAdapter()
-        bot = ChatBot(squall, [loopback])
+        squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+        bot = squall.chat
         await bot.start()
         try:
             for text in texts:

@@ -211,8 +211,9 @@ def test_pack_install_from_folder_runs_stackstorm_content(home: Path, demo_pack:
     code, record = run_json(home, "demo.add", "a=-5")
     assert code == 1 and record["status"] == "failed"
 
-    packs = json.loads(squall(home, "pack", "list", "--json").stdout)
-    assert {p["ref"] for p in packs} == {"core", "chatops", "squall", "demo"}
+    listing = json.loads(squall(home, "pack", "list", "--json").stdout)
+    assert {p["ref"] for p in listing["packs"]} == {"core", "chatops", "squall", "demo"}
+    assert listing["problems"] == []
 
     removed = squall(home, "pack", "remove", "demo")
     assert removed.returncode == 0

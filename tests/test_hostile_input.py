@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.loopback import LoopbackAdapter
-from bot.api import create_api
 from bot.app import Squall
-from bot.chat import ChatBot
+from bot.chat.bot import ChatBot
+from bot.http import create_api
 from engine.config import load_config
 from tests.conftest import write
 from tests.test_chat import settle
@@ -140,11 +140,11 @@ def _pack(home: Path, canary: Path) -> None:
 async def hostile(home: Path, tmp_path: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter, Path]]:
     canary = tmp_path / "canary"
     _pack(home, canary)
-    squall = await Squall.start(load_config(home / "config.yml"))
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
     assert squall.registry.errors == []
     await squall.db(squall.datastore.set, "api_token", SECRET, encrypt=True)
-    loopback = LoopbackAdapter()
-    bot = ChatBot(squall, [loopback])
+    bot = squall.chat
     await bot.start()
     try:
         yield squall, bot, loopback, canary
@@ -313,7 +313,7 @@ async def test_a_planted_secret_leaks_through_no_input_path(hostile, caplog: pyt
     """Chat, API alias execution, a webhook payload into a rule and an inquiry answer."""
     squall, bot, loopback, canary = hostile
     caplog.set_level(logging.DEBUG)
-    transport = httpx.ASGITransport(app=create_api(squall, bot))
+    transport = httpx.ASGITransport(app=create_api(squall))
     async with httpx.AsyncClient(transport=transport, base_url="http://squall", headers={"St2-Api-Key": KEY}) as api:
         for probe in PROBES:
             await loopback.say(f"!say {probe}", user="mallory", channel="#ops")
@@ -380,10 +380,10 @@ def test_fuzzed_commands_never_run_code_leak_or_crash(tmp_path_factory: pytest.T
     _pack(home, canary)
 
     async def scenario() -> None:
-        squall = await Squall.start(load_config(home / "config.yml"))
-        await squall.db(squall.datastore.set, "api_token", SECRET, encrypt=True)
         loopback = LoopbackAdapter()
-        bot = ChatBot(squall, [loopback])
+        squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+        await squall.db(squall.datastore.set, "api_token", SECRET, encrypt=True)
+        bot = squall.chat
         await bot.start()
         try:
             for command in commands:

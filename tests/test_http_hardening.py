@@ -29,9 +29,8 @@ from hypothesis import strategies as st
 import adapters.mattermost as mattermost_module
 from adapters import mattermost, slack
 from adapters.slack import payload_problem
-from bot.api import MAX_JSON_DEPTH, MAX_KEY_TTL, ApiServer, create_api, decode_json
 from bot.app import Squall
-from bot.chat import ChatBot
+from bot.http import MAX_JSON_DEPTH, MAX_KEY_TTL, ApiServer, create_api, decode_json
 from engine.config import load_config
 from tests.conftest import free_port
 from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
@@ -100,15 +99,16 @@ async def env(home: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]
     fake_slack = await FakeSlack().start()
     fake_mm = FakeMattermost()
     await fake_mm.start()
-    squall = await Squall.start(load_config(_home(home) / "config.yml"))
+    config = load_config(_home(home) / "config.yml")
     slack_adapter = slack.create({"enabled": True, "mode": "http", "bot_token": SLACK_BOT_TOKEN,
                                   "app_token": APP_TOKEN, "signing_secret": SIGNING_SECRET,
-                                  "base_url": fake_slack.base_url}, squall.config)
+                                  "base_url": fake_slack.base_url}, config)
     mm_adapter = mattermost.create({"enabled": True, "url": fake_mm.url, "token": BOT_TOKEN, "team": "ops",
-                                    "slash_token": SLASH_TOKEN}, squall.config)
-    bot = ChatBot(squall, [slack_adapter, mm_adapter])
+                                    "slash_token": SLASH_TOKEN}, config)
+    squall = await Squall.start(config, adapters=[slack_adapter, mm_adapter])
+    bot = squall.chat
     await bot.start()
-    app = create_api(squall, bot)
+    app = create_api(squall)
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://squall", headers={"St2-Api-Key": KEY},
@@ -264,7 +264,7 @@ async def test_real_server_answers_413_to_big_and_chunked_bodies(home: Path) -> 
     """Over a socket: a 5 MiB body got its connection reset instead of the 413 (the server answered
     before reading it); and a chunked body has no Content-Length to look at."""
     squall = await Squall.start(load_config(_home(home) / "config.yml"))
-    server = ApiServer(squall, None, host="127.0.0.1", port=free_port())
+    server = ApiServer(squall, host="127.0.0.1", port=free_port())
     await server.start()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", headers={"St2-Api-Key": KEY},

@@ -11,9 +11,8 @@ import httpx
 import pytest
 
 from adapters.loopback import LoopbackAdapter
-from bot.api import create_api
 from bot.app import Squall
-from bot.chat import ChatBot
+from bot.http import create_api
 from engine.config import load_config
 from engine.inquiries import InquiryError
 from tests.conftest import write
@@ -83,10 +82,10 @@ async def chat(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter]]:
           keys: [test-key-123456]
     """)
     workflow_pack(home, {"approval": ("orquesta", "", APPROVAL), "choice": ("action-chain", "", CHOICE)})
-    squall = await Squall.start(load_config(home / "config.yml"))
-    assert squall.registry.errors == []
     loopback = LoopbackAdapter()
-    bot = ChatBot(squall, [loopback])
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    assert squall.registry.errors == []
+    bot = squall.chat
     await bot.start()
     try:
         yield squall, loopback

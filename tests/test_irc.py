@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from adapters.base import AdapterConfigError, Reply
 from adapters.irc import IrcAdapter, IrcConfigError, IrcSettings, TokenBucket, create, line_budget, split_lines
 from bot.app import Squall
-from bot.chat import ChatBot
+from bot.chat.bot import ChatBot
 from engine.config import load_config
 from tests.conftest import free_port, server_missing, write
 from tests.ircd import IrcServer, NgircdUnavailable, Person, running_ngircd
@@ -77,10 +77,10 @@ def _section(server: IrcServer, **extra: Any) -> dict[str, Any]:
 async def _start(home: Path, section: dict[str, Any]) -> tuple[Squall, ChatBot, IrcAdapter]:
     _home(home)
     config = load_config(home / "config.yml")
-    squall = await Squall.start(config)
     adapter = create(section, config)
+    squall = await Squall.start(config, adapters=[adapter])
     adapter.reconnect_min = 0.2
-    bot = ChatBot(squall, [adapter])
+    bot = squall.chat
     await bot.start()
     return squall, bot, adapter
 

@@ -16,7 +16,7 @@ import pytest
 from adapters.base import AdapterConfigError, DeliveryError, Reply
 from adapters.mattermost import MattermostAdapter, attachments, create, retry_after
 from bot.app import Squall
-from bot.chat import ChatBot
+from bot.chat.bot import ChatBot
 from engine.config import load_config
 from tests.conftest import free_port, write
 from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
@@ -110,11 +110,12 @@ async def fake() -> AsyncIterator[FakeMattermost]:
 
 async def _chat(home: Path, fake: FakeMattermost, **more: Any) -> tuple[Squall, ChatBot, MattermostAdapter]:
     _pack(home)
-    squall = await Squall.start(load_config(home / "config.yml"))
-    adapter = create(_section(fake, **more), squall.config)
+    config = load_config(home / "config.yml")
+    adapter = create(_section(fake, **more), config)
+    squall = await Squall.start(config, adapters=[adapter])
     adapter.reconnect_min = 0.05
     adapter.reconnect_max = 0.2
-    bot = ChatBot(squall, [adapter])
+    bot = squall.chat
     await bot.start()
     return squall, bot, adapter
 
@@ -312,10 +313,11 @@ async def test_start_while_the_server_is_down_connects_when_it_comes_up(home: Pa
     fake = FakeMattermost()
     fake.url = f"http://127.0.0.1:{port}"
     _pack(home)
-    squall = await Squall.start(load_config(home / "config.yml"))
-    adapter = create(_section(fake), squall.config)
+    config = load_config(home / "config.yml")
+    adapter = create(_section(fake), config)
+    squall = await Squall.start(config, adapters=[adapter])
     adapter.reconnect_min, adapter.reconnect_max = 0.05, 0.2
-    bot = ChatBot(squall, [adapter])
+    bot = squall.chat
     try:
         await bot.start()  # returns although nothing listens yet
         assert not adapter.connected.is_set()
@@ -333,10 +335,10 @@ async def test_start_while_the_server_is_down_connects_when_it_comes_up(home: Pa
 
 @pytest.fixture
 async def api(home: Path, fake: FakeMattermost) -> AsyncIterator[tuple[FakeMattermost, str]]:
-    from bot.api import ApiServer
+    from bot.http import ApiServer
 
     squall, bot, _adapter = await _chat(home, fake)
-    server = ApiServer(squall, bot, host="127.0.0.1", port=free_port())
+    server = ApiServer(squall, host="127.0.0.1", port=free_port())
     await server.start()
     try:
         yield fake, f"http://127.0.0.1:{server.port}/mattermost/command"
@@ -376,11 +378,11 @@ async def test_confirmation_buttons_answer_for_the_person_asked(home: Path, fake
     """With `actions_url`, a confirmation is a pair of buttons: someone else's click leaves them, the
     asker's click runs the command and the prompt keeps a line saying who chose what; a context
     this Squall did not sign is refused."""
-    from bot.api import ApiServer
+    from bot.http import ApiServer
 
     port = free_port()
     squall, bot, adapter = await _chat(home, fake, actions_url=f"http://127.0.0.1:{port}/mattermost/actions")
-    server = ApiServer(squall, bot, host="127.0.0.1", port=port)
+    server = ApiServer(squall, host="127.0.0.1", port=port)
     await server.start()
     try:
         assert adapter.capabilities.buttons

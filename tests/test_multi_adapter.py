@@ -6,6 +6,7 @@ routes in config send to the platform and channel they name.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,6 @@ import adapters.mattermost
 import adapters.slack
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
-from bot.chat import ChatBot
 from engine.config import load_config
 from tests import fake_mattermost, fake_slack
 from tests.conftest import write
@@ -57,8 +57,16 @@ async def everything(home: Path, ircd: IrcServer, slack_fake: fake_slack.FakeSla
           ops: {adapter: irc, channel: "#ops"}
           town: {adapter: mattermost, channel: town-square}
     """)
+    pack = home / "packs" / "asking"
+    write(pack / "pack.yaml", "ref: asking\nname: asking\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "aliases" / "approve.yaml", """
+        name: approve
+        action_ref: core.ask
+        description: Ask the channel to go ahead.
+        formats: ["approval please"]
+        ack: {enabled: false}
+    """)
     config = load_config(home / "config.yml")
-    squall = await Squall.start(config)
     slack = adapters.slack.create({"enabled": True, "bot_token": fake_slack.BOT_TOKEN,
                                    "app_token": fake_slack.APP_TOKEN, "base_url": slack_fake.base_url}, config)
     mattermost = adapters.mattermost.create({"enabled": True, "url": mattermost_fake.url,
@@ -66,7 +74,8 @@ async def everything(home: Path, ircd: IrcServer, slack_fake: fake_slack.FakeSla
     irc = adapters.irc.create({"enabled": True, "server": "127.0.0.1", "port": ircd.port, "nick": "squall",
                                "channels": ["#ops"], "flood_interval": 0.05}, config)
     loopback = LoopbackAdapter()
-    bot = ChatBot(squall, [slack, mattermost, irc, loopback])
+    squall = await Squall.start(config, adapters=[slack, mattermost, irc, loopback])
+    bot = squall.chat
     await bot.start()
     alice = await Person("alice").connect(ircd.port)
     try:
@@ -117,3 +126,54 @@ async def test_notification_routes_reach_the_platform_they_name(everything: dict
                                           for p in mattermost.bot_posts(mattermost.town_square["id"])))
     assert not any("to mattermost" in text for text in alice.privmsgs("squall"))
     assert not any("to irc" in p["message"] for p in mattermost.bot_posts())
+
+
+async def _answered(squall: Squall, before: set[str]) -> dict[str, Any]:
+    """The inquiry started since `before`, once it is no longer pending."""
+    for _ in range(400):
+        inquiries = [e for e in await squall.executions.list(action="core.ask") if e["id"] not in before]
+        if inquiries and inquiries[0]["status"] != "pending":
+            return inquiries[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the inquiry was not answered: {inquiries}")
+
+
+async def _asked(squall: Squall, before: set[str]) -> dict[str, Any]:
+    for _ in range(400):
+        inquiries = [e for e in await squall.executions.list(action="core.ask") if e["id"] not in before]
+        if inquiries and (inquiries[0].get("result") or {}).get("chat", {}).get("outbox_id"):
+            return inquiries[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError("the inquiry was never asked in chat")
+
+
+async def test_a_bare_answer_where_the_question_was_asked_answers_it_on_every_platform(
+        everything: dict[str, Any]) -> None:
+    """The adapters pass every message on and the dispatcher decides: a bare `yes` in the question's
+    thread (Slack, Mattermost) or addressed to the bot in its channel (IRC, which has no threads)."""
+    squall, slack, mattermost, alice = everything["squall"], everything["slack"], everything["mattermost"], \
+        everything["irc"]
+    seen: set[str] = set()
+
+    command = slack.message_event("!approval please")
+    await slack.push("events_api", slack.event(command))
+    asked = await _asked(squall, seen)
+    assert asked["result"]["chat"]["thread"] == command["ts"]
+    await slack.push("events_api", slack.event(slack.message_event("yes", thread_ts=command["ts"])))
+    answered = await _answered(squall, seen)
+    assert answered["status"] == "succeeded" and answered["result"]["response"] == {"continue": True}
+    seen.add(answered["id"])
+
+    post = await mattermost.say(mattermost.alice, mattermost.town_square, "!approval please")
+    await _asked(squall, seen)
+    await mattermost.say(mattermost.alice, mattermost.town_square, "yes", root_id=post["id"])
+    answered = await _answered(squall, seen)
+    assert answered["status"] == "succeeded" and answered["result"]["response"] == {"continue": True}
+    seen.add(answered["id"])
+
+    await alice.say("#ops", "!approval please")
+    await _asked(squall, seen)
+    await alice.say("#ops", "yes")  # not addressed to the bot: chatter on a platform without threads
+    await alice.say("#ops", "squall: no")
+    answered = await _answered(squall, seen)
+    assert answered["status"] == "succeeded" and answered["result"]["response"] == {"continue": False}

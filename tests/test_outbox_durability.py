@@ -32,10 +32,10 @@ import sqlalchemy as sa
 from adapters.base import Reply
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall, load_packs
-from bot.chat import ChatBot
-from bot.notifications import Notifier
+from bot.chat.bot import ChatBot
 from engine import storage
 from engine.config import load_config
+from engine.events import EXECUTION_FINISHED
 from engine.executions import COMPLETED
 from engine.storage import Store, utcnow
 from tests.conftest import write
@@ -48,9 +48,9 @@ from tests.test_chat import _config, settle
 @pytest.fixture
 async def chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
     _config(home)
-    squall = await Squall.start(load_config(home / "config.yml"))
     loopback = LoopbackAdapter()
-    bot = ChatBot(squall, [loopback])
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    bot = squall.chat
     await bot.start()
     try:
         yield squall, bot, loopback
@@ -162,14 +162,14 @@ async def test_a_result_is_stored_once_with_its_ack_edit_in_one_go(chat) -> None
 async def test_recovery_stores_a_result_whose_reply_was_never_stored(chat) -> None:
     """As after a kill between the commit of the final status and the insert of the reply."""
     squall, bot, loopback = chat
-    squall.executions._listeners.remove(bot.dispatcher.on_finished)  # the process "died" before telling chat
+    squall.events.unsubscribe(EXECUTION_FINISHED, bot.dispatcher.on_finished)  # the process "died" before telling chat
     try:
         await loopback.say("!greet lost", user="alice", channel="#ops")
         [execution] = await squall.executions.list(action="demo.greet")
         await squall.executions.wait(execution["id"], 10)
         await settle(squall, bot)
     finally:
-        squall.executions.on_finished(bot.dispatcher.on_finished)
+        squall.events.subscribe(EXECUTION_FINISHED, bot.dispatcher.on_finished)
     assert "hello lost" not in loopback.texts()
     assert await bot.sweep(timedelta(days=1)) == 1
     await settle(squall, bot)
@@ -223,16 +223,15 @@ async def test_results_finished_before_keying_began_are_not_sent_again(chat) -> 
 async def test_recovery_stores_a_notification_whose_message_was_never_stored(chat) -> None:
     """A kill between the final status and the `notify` message: the sweep stores it, once."""
     squall, bot, loopback = chat
-    listeners = squall.executions._listeners
-    [notifier] = [listener for listener in listeners if isinstance(getattr(listener, "__self__", None), Notifier)]
-    listeners.remove(notifier)  # the process "died" before notifying
+    notifier = squall.notifier.on_finished
+    squall.events.unsubscribe(EXECUTION_FINISHED, notifier)  # the process "died" before notifying
     try:
         await loopback.say("!greet unnoticed", user="alice", channel="#ops")
         [execution] = await squall.executions.list(action="demo.greet")
         await squall.executions.wait(execution["id"], 10)
         await settle(squall, bot)
     finally:
-        squall.executions.on_finished(notifier)
+        squall.events.subscribe(EXECUTION_FINISHED, notifier)
     assert loopback.texts("#alerts") == []
     assert await bot.sweep(timedelta(days=1)) == 1
     await settle(squall, bot)
@@ -248,16 +247,16 @@ async def test_recovery_stores_a_notification_whose_message_was_never_stored(cha
 async def test_a_result_stored_after_a_restart_edits_the_ack(chat) -> None:
     """The ack's row is found in the database, not in the memory of the process that posted it."""
     squall, bot, loopback = chat
-    squall.executions._listeners.remove(bot.dispatcher.on_finished)
+    squall.events.unsubscribe(EXECUTION_FINISHED, bot.dispatcher.on_finished)
     try:
         await loopback.say("!greet later", user="alice", channel="#ops")
         [execution] = await squall.executions.list(action="demo.greet")
         await squall.executions.wait(execution["id"], 10)
         await settle(squall, bot)
     finally:
-        squall.executions.on_finished(bot.dispatcher.on_finished)
+        squall.events.subscribe(EXECUTION_FINISHED, bot.dispatcher.on_finished)
     restarted = ChatBot(squall, [loopback])  # a new dispatcher and outbox: nothing in memory
-    squall.executions._listeners.remove(restarted.dispatcher.on_finished)
+    squall.events.unsubscribe(EXECUTION_FINISHED, restarted.dispatcher.on_finished)
     await restarted.begin()  # its sweep stores the result, with the edit of the ack a "dead" process posted
     restarted.outbox.release()
     try:
@@ -274,9 +273,9 @@ async def test_a_result_stored_after_a_restart_edits_the_ack(chat) -> None:
 
 async def test_nothing_is_sent_before_the_adapters_are_up(home: Path) -> None:
     _config(home)
-    squall = await Squall.start(load_config(home / "config.yml"))
     loopback = LoopbackAdapter()
-    bot = ChatBot(squall, [loopback])
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    bot = squall.chat
     try:
         await squall.db(squall.store.outbox_add, "loopback", "#early",
                         Reply(adapter="loopback", channel="#early", text="left by an earlier run").to_json())
@@ -386,7 +385,7 @@ if point.startswith("finished:"):
     executions.ExecutionService._finished = _finished
 elif point.startswith("delivered:"):
     # Right after the platform took the nth reply, before its `sent` mark was written.
-    from bot import outbox
+    from bot.chat import outbox
 
     limit = int(point.split(":", 1)[1])
     mark = outbox.Outbox._mark
@@ -401,7 +400,7 @@ elif point.startswith("delivered:"):
     outbox.Outbox._mark = _mark
 elif point == "recovered":
     # At start-up, once executions were recovered (abandoned ones told in chat), before the adapters start.
-    from bot import chat
+    from bot.chat import bot as chat
 
     async def start(self):
         await asyncio.sleep(0.3)

@@ -21,7 +21,6 @@ from adapters.base import AdapterConfigError, Reply
 from adapters.slack import SlackSettings, create
 from adapters.slack_format import message_arguments, plain_text
 from bot.app import Squall
-from bot.chat import ChatBot
 from engine.config import load_config
 from tests.conftest import REPO, free_port, write
 from tests.fake_slack import APP_TOKEN, BOT_TOKEN, BOT_USER, SIGNING_SECRET, FakeSlack
@@ -128,9 +127,9 @@ async def slack(home: Path, fake: FakeSlack, request: pytest.FixtureRequest) -> 
     _pack(home)
     extra = getattr(request, "param", {})
     config = load_config(home / "config.yml")
-    squall = await Squall.start(config)
     adapter = create(_settings(fake, **extra), config)
-    bot = ChatBot(squall, [adapter])
+    squall = await Squall.start(config, adapters=[adapter])
+    bot = squall.chat
     await bot.start()
     try:
         yield squall, bot, adapter
@@ -175,7 +174,7 @@ async def test_prefixed_channel_message_runs_and_chatter_and_own_messages_do_not
     await fake.wait_for(lambda: len(fake.acks) >= 4, what="all four envelopes acked")
     texts = [m.get("text") for m in fake.messages]
     assert not any("chatter" in (t or "") or "myself" in (t or "") or "robots" in (t or "") for t in texts)
-    # chatter costs no lookups: only the prefixed message's author was looked up
+    # chatter reaches the dispatcher (which drops it) but costs no extra lookup: one per person
     assert [c.params["user"] for c in fake.called("users.info")] == ["UALICE01"]
 
 
@@ -303,7 +302,7 @@ async def test_a_reply_slack_took_before_a_crash_is_found_and_not_posted_again(f
                                                                                 squall) -> None:
     """A crash after Slack took a reply and before its `sent` mark: the next start finds it by the
     outbox id in its metadata (in the channel and in a thread) and marks it sent instead of posting it."""
-    from bot.outbox import Outbox
+    from bot.chat.outbox import Outbox
 
     adapter = create(_settings(fake), config)
     db = squall.db
@@ -329,7 +328,7 @@ async def test_a_reply_slack_took_before_a_crash_is_found_and_not_posted_again(f
 
 
 async def test_a_failed_lookup_sends_the_leftover_again(fake: FakeSlack, config, squall) -> None:
-    from bot.outbox import Outbox
+    from bot.chat.outbox import Outbox
 
     adapter = create(_settings(fake), config)
     db = squall.db
@@ -426,10 +425,10 @@ async def test_slack_down_at_start_is_retried_in_the_background(home: Path) -> N
     _pack(home)
     port = free_port()
     config = load_config(home / "config.yml")
-    squall = await Squall.start(config)
     adapter = create({"bot_token": BOT_TOKEN, "app_token": APP_TOKEN, "base_url": f"http://127.0.0.1:{port}/api/"},
                      config)
-    bot = ChatBot(squall, [adapter])
+    squall = await Squall.start(config, adapters=[adapter])
+    bot = squall.chat
     fake = FakeSlack()
     try:
         await bot.start()  # nothing listens there yet: the service must still start
@@ -531,15 +530,15 @@ def _signed(body: bytes, secret: str = SIGNING_SECRET, age: float = 0) -> dict[s
 
 @pytest.fixture
 async def http_mode(home: Path, fake: FakeSlack) -> AsyncIterator[tuple[Any, ...]]:
-    from bot.api import ApiServer
+    from bot.http import ApiServer
 
     _pack(home)
     config = load_config(home / "config.yml")
-    squall = await Squall.start(config)
     adapter = create({**_settings(fake), "mode": "http", "app_token": None}, config)
-    bot = ChatBot(squall, [adapter])
+    squall = await Squall.start(config, adapters=[adapter])
+    bot = squall.chat
     await bot.start()
-    api = ApiServer(squall, bot, host="127.0.0.1", port=free_port())
+    api = ApiServer(squall, host="127.0.0.1", port=free_port())
     await api.start()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.port}") as client:

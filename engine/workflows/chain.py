@@ -42,7 +42,7 @@ class ChainSpec:
     vars: dict[str, Any]
 
 
-def parse(data: Any, lines: LineMap, file: str) -> ChainSpec:
+def parse(data: Any, lines: LineMap, file: str) -> ChainSpec:  # noqa: C901 (a check per workflow key (spec §6))
     def fail(reason: str, *path: str | int) -> ContentInvalid:
         return ContentInvalid(ContentError(file, lines.line(*path), reason))
 

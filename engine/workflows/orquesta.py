@@ -90,7 +90,7 @@ def _pairs(value: Any, what: str) -> list[tuple[str, Any]]:
     raise ValueError(f"'{what}' must be a list of one-key mappings")
 
 
-def parse(data: Any, lines: LineMap, file: str) -> WorkflowSpec:
+def parse(data: Any, lines: LineMap, file: str) -> WorkflowSpec:  # noqa: C901 (a check per workflow key (spec §6))
     """Build and check the spec; the first problem raises `ContentInvalid` naming file, task and reason."""
 
     def fail(reason: str, *path: str | int) -> ContentInvalid:

@@ -427,8 +427,8 @@ class WorkflowService:
     async def rerun(self, execution_id: str, tasks: list[str] | None = None) -> dict[str, Any]:
         """Conduct a finished workflow again, in place: children of `tasks` (default: the tasks
         whose latest run failed) are forgotten and run again; every other finished task is kept."""
-        from engine.executions import ExecutionStateError, _iso
-        from engine.storage import utcnow
+        from engine.executions import ExecutionStateError
+        from engine.storage import iso, utcnow
 
         executions = self.executions
         record = await executions.db(executions._find, execution_id)
@@ -455,7 +455,7 @@ class WorkflowService:
                  if (c.get("context") or {}).get("workflow_task", {}).get("task") in set(tasks)]
         context = {**record["context"], "workflow_reset": [*(record["context"].get("workflow_reset") or []), *reset],
                    "re-run": {"ref": record["id"], "tasks": tasks}}
-        log_entries = [*(record.get("log") or []), {"status": "resuming", "timestamp": _iso(utcnow())}]
+        log_entries = [*(record.get("log") or []), {"status": "resuming", "timestamp": iso(utcnow())}]
         if not await executions.db(store.update_execution, record["id"],
                                    {"status": "resuming", "context": context, "log": log_entries,
                                     "end_timestamp": None}, expect=(record["status"],)):

@@ -1,25 +1,30 @@
 """`squall key set | get | list | delete | load | rotate`: the datastore from the shell (spec §8).
 
 Encrypted values print as `********` unless `--decrypt` is given, in tables and JSON alike.
+Reads (`get`, `list`) open the database alone; writes start Squall, because a rule on
+`core.st2.key_value_pair.*` may have to fire.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-import yaml
 from rich.table import Table
 
-from bot.app import Squall
-from bot.cli import JsonOption, _user, app, err, fail, out, print_json, with_app
-from engine.datastore import DatastoreError, rotate_key
-from engine.parameters import MASK
+from bot.cli.common import JsonOption, current_user, err, fail, out, print_json, with_app, with_store
+
+if TYPE_CHECKING:
+    from bot.app import Squall
+    from engine.config import Config
+    from engine.datastore import Datastore
+    from engine.storage import Store
 
 key_app = typer.Typer(help="Read and write the key-value datastore.", no_args_is_help=True)
-app.add_typer(key_app, name="key")
+T = TypeVar("T")
 
 ScopeOption = Annotated[str, typer.Option("--scope", "-s", help="system or user.")]
 UserOption = Annotated[str | None, typer.Option("--user", "-u", help="Owner of a user-scoped key "
@@ -28,18 +33,22 @@ DecryptOption = Annotated[bool, typer.Option("--decrypt", "-d", help="Show encry
 
 
 def _shown(item: dict[str, Any], decrypt: bool) -> dict[str, Any]:
+    """The item as printed: a secret's value masked unless `--decrypt` (or it could not be read)."""
     if item["secret"] and not decrypt and item.get("error") is None:
+        from engine.parameters import MASK
+
         return {**item, "value": MASK}
     return item
 
 
 def _owner(scope: str, user: str | None) -> str | None:
-    return (user or _user()) if scope.removeprefix("st2kv.") == "user" else user
+    return (user or current_user()) if scope.removeprefix("st2kv.") == "user" else user
 
 
 def _datastore_call(work: Any) -> Any:
-    """Run a datastore command. A rule on `core.st2.key_value_pair.*` fires here as the write
+    """Run a datastore write. A rule on `core.st2.key_value_pair.*` fires here as the write
     commits; the execution it asks for is stored as requested, and `squall serve` runs it."""
+    from engine.datastore import DatastoreError
 
     async def queued(squall: Squall) -> Any:
         squall.executions.executor = None
@@ -49,6 +58,21 @@ def _datastore_call(work: Any) -> Any:
 
     try:
         return with_app(queued)
+    except DatastoreError as exc:
+        raise fail(str(exc)) from exc
+
+
+def _datastore_read(work: Callable[[Datastore], T]) -> T:
+    """Run a datastore read on the database alone: reads fire no trigger, so no packs, rules or
+    runners need loading (most of what `squall key get` cost when it started Squall)."""
+    from engine.crypto import KeyRing
+    from engine.datastore import Datastore, DatastoreError
+
+    def read(store: Store, config: Config) -> T:
+        return work(Datastore(store, KeyRing(config.encryption_key_path)))
+
+    try:
+        return with_store(read)
     except DatastoreError as exc:
         raise fail(str(exc)) from exc
 
@@ -82,10 +106,8 @@ def key_get(name: Annotated[str, typer.Argument(help="Key name.")], decrypt: Dec
             scope: ScopeOption = "system", user: UserOption = None, as_json: JsonOption = False) -> None:
     """Show one key; exit 2 if it does not exist (or has expired)."""
 
-    async def work(squall: Squall) -> dict[str, Any] | None:
-        return await squall.db(squall.datastore.get, name, scope=scope, user=_owner(scope, user), decrypt=decrypt)
-
-    item = _datastore_call(work)
+    item = _datastore_read(lambda datastore: datastore.get(name, scope=scope, user=_owner(scope, user),
+                                                           decrypt=decrypt))
     if item is None:
         raise fail(f"key '{name}' does not exist in scope {scope}")
     item = _shown(item, decrypt)
@@ -101,11 +123,9 @@ def key_list(prefix: Annotated[str | None, typer.Option("--prefix", "-p", help="
              as_json: JsonOption = False) -> None:
     """List keys, sorted by name."""
 
-    async def work(squall: Squall) -> list[dict[str, Any]]:
-        return await squall.db(squall.datastore.list, prefix=prefix, scope=scope, user=_owner(scope, user),
-                               decrypt=decrypt)
-
-    items = [_shown(item, decrypt) for item in _datastore_call(work)]
+    found = _datastore_read(lambda datastore: datastore.list(prefix=prefix, scope=scope, user=_owner(scope, user),
+                                                             decrypt=decrypt))
+    items = [_shown(item, decrypt) for item in found]
     if as_json:
         print_json(items)
         return
@@ -137,6 +157,8 @@ _LOAD_FIELDS = {"name", "value", "secret", "encrypted", "scope", "user", "ttl", 
 
 def _load_items(path: Path, convert: bool) -> list[dict[str, Any]]:
     """Read and check every item first, so a bad item means nothing is written."""
+    import yaml
+
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
@@ -193,6 +215,8 @@ def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {na
 @key_app.command("rotate")
 def key_rotate() -> None:
     """Re-encrypt every secret under a new key; the old key is dropped only when all succeeded."""
+
+    from engine.datastore import rotate_key
 
     async def work(squall: Squall) -> Any:
         def progress(message: str) -> None:

@@ -4,6 +4,9 @@ Some commands mean most where the service runs them: a trigger emitted there rea
 sensors and chat adapters of that process. The CLI authenticates with a key from `api.keys` or
 `$SQUALL_API_KEYS`; without one it makes a temporary key in the shared database (having the
 database is already every right the API grants) and deletes it afterwards.
+
+Imported only by the commands that use it (`squall trigger emit`), so `requests` and the database
+layer it needs cost the other commands nothing.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import Any
 import requests
 
 from bot.apikeys import create_key, static_keys
+from bot.headers import INSTANCE_HEADER
 from engine.config import Config
 from engine.storage import Store
 
+__all__ = ["INSTANCE_HEADER", "PROBE_SECONDS", "ServiceApi", "running_service"]
+
 PROBE_SECONDS = 0.5
-#: On a webhook's 202: the id of the trigger instance stored (StackStorm's body echo stays as it is).
-INSTANCE_HEADER = "Squall-Trigger-Instance"
 
 
 class ServiceApi:

@@ -1,20 +1,34 @@
-"""The chat side of the service: adapters, the dispatcher and the outbox, wired to one Squall."""
+"""The chat side of the service: one object owns the adapters, the dispatcher, the outbox, the
+alias index, announcements, `notify` messages and inquiries in chat, all built here from the
+engine and subscribed to its events (`engine/events.py`); nothing is rewired afterwards.
+
+A process with no adapter (a CLI command) has a chat side too: what it posts is stored in the
+outbox and `squall serve` sends it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from adapters.base import Adapter
-from aliases import AliasMatcher, load_aliases
-from bot.app import Squall
-from bot.auth import Authorizer
-from bot.dispatcher import ChatSettings, Dispatcher
-from bot.notifications import Notifier
-from bot.outbox import Outbox
+from bot.chat.announce import Announcer
+from bot.chat.auth import Authorizer
+from bot.chat.commands import CommandService
+from bot.chat.dispatcher import ChatSettings, Dispatcher
+from bot.chat.index import AliasIndex
+from bot.chat.inquiries import InquiryChat
+from bot.chat.notices import Notices
+from bot.chat.outbox import Outbox
+from engine.events import EXECUTION_FINISHED
 from engine.storage import utcnow
+
+if TYPE_CHECKING:
+    from engine.core import Engine
 
 log = logging.getLogger(__name__)
 #: At start-up, results are looked for among chat executions started this recently.
@@ -25,32 +39,32 @@ SWEEP_WINDOW = timedelta(hours=1)
 
 
 class ChatBot:
-    """Runs the given adapters against `squall`. Call `start()`, and `stop()` at the end."""
+    """Chat in front of `engine` through `adapters` (none: store only). Call `start()` to connect
+    the adapters and send, and `stop()` at the end."""
 
-    def __init__(self, squall: Squall, adapters: list[Adapter]) -> None:
-        self.squall = squall
+    def __init__(self, engine: Engine, adapters: Sequence[Adapter] = ()) -> None:
+        self.engine = engine
         self.adapters = {adapter.name: adapter for adapter in adapters}
-        self.outbox = Outbox(squall.db, self.adapters, hold=True)  # sends once the adapters are up
-        config = squall.config
-        self.dispatcher = Dispatcher(
-            squall=squall, matcher=AliasMatcher([]), outbox=self.outbox, adapters=self.adapters,
-            auth=Authorizer.from_config(config.section("auth")),
-            settings=ChatSettings.from_config(config.section("chat")),
-        )
-        self.reload()
-        squall.executions.on_finished(self.dispatcher.on_finished)
-        self.notifier = Notifier(squall)  # for the sweep; the listener is the squall's own
+        self.outbox = Outbox(engine.db, self.adapters, hold=True)  # sends once the adapters are up
+        self.index = AliasIndex(engine.registry)
+        config = engine.config
+        settings = ChatSettings.from_config(config.section("chat"))
+        self.announcer = Announcer(engine, self.outbox, self.index)
+        self.notices = Notices(engine, self.announcer, self.outbox)
+        self.inquiries = InquiryChat(engine, self.announcer, self.outbox, settings.prefix)
+        auth = Authorizer.from_config(config.section("auth"))
+        #: The one command path (chat, the HTTP API, forms): match, authorise, request, audit, ack.
+        self.commands = CommandService(engine, self.index, auth)
+        self.dispatcher = Dispatcher(engine=engine, index=self.index, outbox=self.outbox, adapters=self.adapters,
+                                     inquiries=self.inquiries, commands=self.commands, auth=auth, settings=settings)
+        engine.events.subscribe(EXECUTION_FINISHED, self.dispatcher.on_finished)
         self._began = False
+        self._stopped = False
         self._sweeper: asyncio.Task[None] | None = None
 
     def reload(self) -> None:
-        """Rebuild the alias index from the squall's current registry."""
-        aliases, errors = load_aliases(self.squall.registry)
-        for error in errors:
-            log.warning("alias skipped: %s", error)
-        self.dispatcher.matcher = AliasMatcher(aliases)
-        self.dispatcher.aliases = {alias.ref: alias for alias in aliases}
-        self.squall.announcer.aliases = self.dispatcher.aliases
+        """Rebuild the alias index from the engine's current registry."""
+        self.index.rebuild(self.engine.registry)
 
     async def begin(self) -> None:
         """Queue what earlier runs (or other processes) left pending, oldest first, then store the
@@ -60,7 +74,6 @@ class ChatBot:
         if self._began:
             return
         self._began = True
-        self.squall.announcer.outbox = self.outbox
         await self.outbox.poll()
         await self.sweep(RESULT_HORIZON)
 
@@ -81,7 +94,7 @@ class ChatBot:
         except Exception:
             log.exception("looking for chat results that were never stored failed; trying again later")
         try:
-            posted += await self.notifier.post_missing(since)
+            posted += await self.notices.post_missing(since)
         except Exception:
             log.exception("looking for notifications that were never stored failed; trying again later")
         return posted
@@ -93,6 +106,10 @@ class ChatBot:
             await self.sweep(SWEEP_WINDOW)
 
     async def stop(self) -> None:
+        """Disconnect and stop sending (what is stored stays for the next start); safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,26 +10,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from aliases import AliasMatcher, AmbiguousCommand, NoMatch, load_aliases
-from aliases.model import Alias
-from bot.app import load_packs
-from bot.cli import JsonOption, app, current_config, err, out, print_json
-from engine.yamlfile import ContentError
+from bot.cli.common import JsonOption, current_config, err, load_packs, out, print_json, warn_problems
+
+if TYPE_CHECKING:
+    from aliases.model import Alias
+    from engine.yamlfile import ContentError
 
 alias_app = typer.Typer(help="List action aliases and try chat messages against them.", no_args_is_help=True)
-app.add_typer(alias_app, name="alias")
 
 
 def _load() -> tuple[list[Alias], list[ContentError]]:
-    registry = load_packs(current_config())
+    """The aliases and their problems; other pack files that did not load are warned about here."""
+    from aliases import load_aliases
+
+    registry = load_packs(current_config(), warn=False)
     aliases, errors = load_aliases(registry)
     # YAML errors in alias files are found while loading packs; show them with the alias errors.
     file_errors = [e for e in registry.errors if Path(e.file).parent.name == "aliases"]
+    warn_problems(e for e in registry.errors if Path(e.file).parent.name != "aliases")
     return aliases, file_errors + errors
 
 
@@ -62,6 +65,8 @@ def _line(document: dict[str, Any]) -> str:
 def alias_match(text: Annotated[str, typer.Argument(help="A chat message, without the bot prefix.")],
                 as_json: JsonOption = False) -> None:
     """Which alias and format a message selects, and the parameters it extracts (before casting)."""
+    from aliases import AliasMatcher, AmbiguousCommand, NoMatch
+
     aliases, errors = _load()
     _warn(errors)
     matcher = AliasMatcher(aliases)

@@ -6,22 +6,24 @@ and `squall serve` conducts it on (this process does not run it).
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from bot.app import Squall
-from bot.cli import JsonOption, _user, app, fail, out, print_json, with_app
-from engine.inquiries import InquiryError
+from bot.cli.common import JsonOption, current_user, fail, out, print_json, with_app
+
+if TYPE_CHECKING:
+    from bot.app import Squall
 
 inquiry_app = typer.Typer(help="List and answer inquiries (questions workflows wait on).", no_args_is_help=True)
-app.add_typer(inquiry_app, name="inquiry")
 
 
 def _call(work: Any) -> Any:
+    """`with_app`, with an inquiry that cannot be answered (schema, rights, state) as exit 2."""
+    from engine.inquiries import InquiryError
+
     try:
         return with_app(work)
     except InquiryError as exc:
@@ -67,8 +69,10 @@ def inquiry_respond(
         raise fail(f"--response must be JSON, e.g. '{{\"continue\": true}}': {exc}") from exc
 
     async def work(squall: Squall) -> dict[str, Any]:
+        import asyncio
+
         squall.executions.executor = None  # the workflow is resumed by `squall serve`, not here
-        answered = await squall.inquiries.respond(inquiry_id, value, _user())
+        answered = await squall.inquiries.respond(inquiry_id, value, current_user())
         while squall.executions.notifying:  # the listener marking the workflow `resuming`
             await asyncio.sleep(0.01)
         return answered

@@ -1,4 +1,9 @@
-"""`squall pack list | install | remove | reload`."""
+"""`squall pack list | install | remove | reload`.
+
+`pack list` ends with the files that did not load ("problems"), every time, not only on the
+first command after a change; `--json` prints `{"packs": [...], "problems": [{"file", "line",
+"reason"}]}` (`line` is null where unknown).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bot.app import load_packs
-from bot.cli import JsonOption, current_config, err, fail, out, pack_app, print_json
-from engine.pack_manager import PackInstallError, install_pack, remove_pack
+from bot.cli.common import (
+    JsonOption,
+    current_config,
+    err,
+    fail,
+    load_packs,
+    out,
+    print_json,
+    problem_document,
+    warn_problems,
+)
+
+pack_app = typer.Typer(help="List, install, remove and reload packs.", no_args_is_help=True)
 
 
 def _progress(message: str) -> None:
@@ -18,17 +33,22 @@ def _progress(message: str) -> None:
 
 @pack_app.command("list")
 def pack_list(as_json: JsonOption = False) -> None:
-    """Loaded packs and how much content each has."""
-    registry = load_packs(current_config())
+    """Loaded packs and how much content each has, then the pack files that did not load."""
+    # The table ends with the problems, so they are not printed a second time on stderr.
+    registry = load_packs(current_config(), warn=as_json)
     packs = [registry.packs[ref].summary(registry.counts(ref)) for ref in sorted(registry.packs)]
     if as_json:
-        print_json(packs)
+        print_json({"packs": packs, "problems": [problem_document(e) for e in registry.errors]})
         return
     table = Table("ref", "version", "actions", "path", "description")
     for pack in packs:
         table.add_row(pack["ref"], pack["version"], str(pack["content"]["actions"]), pack["path"],
                       pack["description"])
     out.print(table)
+    if registry.errors:
+        out.print("problems (pack content that did not load):", style="bold yellow")
+        for error in registry.errors:
+            out.print(f"  {error}", markup=False)
 
 
 @pack_app.command("install")
@@ -36,15 +56,19 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
                                                              "branch, tag or commit).")],
                  as_json: JsonOption = False) -> None:
     """Install a pack: copy or clone it, build its virtualenv, check its content."""
+    from engine.pack_manager import PackInstallError, install_pack
+
     config = current_config()
     try:
         pack, errors = install_pack(source, config.install_path, config.configs_path, config.virtualenvs_path,
                                     _progress)
     except PackInstallError as exc:
         raise fail(str(exc)) from exc
-    registry = load_packs(config)
+    registry = load_packs(config, warn=False)
     for error in errors:
         err.print(f"[yellow]warning:[/yellow] {error}", markup=True, highlight=False)
+    # The other packs' problems too, as every command that loads packs shows them (each once).
+    warn_problems(e for e in registry.errors if str(e) not in {str(i) for i in errors})
     if as_json:
         print_json({**pack.summary(registry.counts(pack.ref)), "errors": [str(e) for e in errors]})
     else:
@@ -57,6 +81,8 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
 @pack_app.command("remove")
 def pack_remove(name: Annotated[str, typer.Argument(help="Pack ref.")]) -> None:
     """Remove an installed pack and its virtualenv."""
+    from engine.pack_manager import PackInstallError, remove_pack
+
     config = current_config()
     try:
         path = remove_pack(name, load_packs(config), config.virtualenvs_path, _progress)
@@ -68,7 +94,7 @@ def pack_remove(name: Annotated[str, typer.Argument(help="Pack ref.")]) -> None:
 @pack_app.command("reload")
 def pack_reload(as_json: JsonOption = False) -> None:
     """Load every pack again and report what is wrong; exit 1 if any file was skipped."""
-    registry = load_packs(current_config())
+    registry = load_packs(current_config(), warn=False)  # its own report below names every problem
     errors = [str(e) for e in registry.errors]
     if as_json:
         print_json({"packs": sorted(registry.packs), "actions": len(registry.actions),

@@ -2,8 +2,8 @@
 
 A named route from config (`routes: {ops: {adapter: irc, channel: "#ops"}}`) wins; otherwise the
 message's own adapter and channel; otherwise the chat the execution came from. Everything goes
-through the durable outbox: when no chat runs in this process (a CLI run), the reply waits in the
-database until `squall serve` sends it.
+through the durable outbox: when no adapter runs in this process (a CLI run), the reply waits in
+the database until `squall serve` sends it.
 """
 
 from __future__ import annotations
@@ -11,24 +11,29 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Reply
-from bot.outbox import keyed_rows
-from bot.replies import render_result
+from bot.chat.replies import render_result
+from engine.events import ANNOUNCE
 
 if TYPE_CHECKING:
-    from bot.app import Squall
-    from bot.outbox import Outbox
+    from bot.chat.index import AliasIndex
+    from bot.chat.outbox import Outbox
+    from engine.core import Engine
     from engine.runners import RunRequest
 
 
 class Announcer:
-    def __init__(self, squall: Squall) -> None:
-        self.squall = squall
-        self.outbox: Outbox | None = None
-        self.aliases: dict[str, Any] = {}
+    """Delivers what the `announcement` runner asks (it answers `ANNOUNCE`) and tells the other
+    chat parts where a route, an adapter/channel pair or an execution's chat points."""
+
+    def __init__(self, engine: Engine, outbox: Outbox, index: AliasIndex) -> None:
+        self.engine = engine
+        self.outbox = outbox
+        self.index = index
+        engine.events.subscribe(ANNOUNCE, self.publish)
 
     @property
     def routes(self) -> dict[str, Any]:
-        return self.squall.config.section("routes")
+        return self.engine.config.section("routes")
 
     def target(self, route: str | None, adapter: str | None, channel: str | None,
                chat: dict[str, Any] | None) -> tuple[str, str, str | None]:
@@ -46,28 +51,14 @@ class Announcer:
         thread = chat.get("thread") if chat.get("channel") == channel and chat.get("adapter") == adapter else None
         return str(adapter), str(channel), thread
 
-    async def send(self, reply: Reply) -> int:
-        if self.outbox is not None:
-            return await self.outbox.post(reply)
-        db = self.squall.db
-        return await db(db.store.outbox_add, reply.adapter, reply.channel, reply.to_json())
-
-    async def send_keyed(self, execution_id: str, key: str, replies: list[Reply]) -> list[int] | None:
-        """Store an execution's replies of one key (a `notify` route's), once: None if stored before."""
-        if self.outbox is not None:
-            return await self.outbox.post_keyed(execution_id, key, replies)
-        db = self.squall.db
-        stored = await db(db.store.outbox_add_keyed, execution_id, key, keyed_rows(key, replies))
-        return None if stored is None else [outbox_id for outbox_id, _edit in stored if outbox_id is not None]
-
     async def publish(self, route: str, params: dict[str, Any], request: RunRequest) -> dict[str, Any]:
         """The `announcement` runner's delivery: post_message and post_result."""
         chat = (params.get("context") or {}).get("chat") or request.context.get("chat")
         adapter, channel, thread = self.target(route, params.get("adapter"), params.get("channel"), chat)
         if request.action.name == "post_result":
-            execution = await self.squall.executions.get(str(params["execution_id"]))
+            execution = await self.engine.executions.get(str(params["execution_id"]))
             alias_ref = (execution["context"].get("chat") or {}).get("alias")
-            text, extra = render_result(self.aliases.get(alias_ref), execution)
+            text, extra = render_result(self.index.aliases.get(alias_ref), execution)
             if text is None:
                 return {"skipped": "the alias turns results off"}
         else:
@@ -79,5 +70,5 @@ class Announcer:
             text = f"{user}: {text}"
         reply = Reply(adapter=adapter, channel=channel, thread=params.get("thread") or thread, text=text,
                       extra=extra)
-        outbox_id = await self.send(reply)
+        outbox_id = await self.outbox.post(reply)
         return {"adapter": adapter, "channel": channel, "outbox_id": outbox_id}

@@ -7,31 +7,29 @@ trigger instance file, explains every criterion and runs no action (exit 0 match
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import requests
 import typer
-import yaml
 
-from bot.app import Squall
-from bot.cli import JsonOption, app, current_config, fail, out, print_json, with_app
-from bot.service_api import INSTANCE_HEADER, ServiceApi, running_service
-from engine.rules import Check, MatchFailure, RuleError, failure_reason, load_rule
-from engine.triggers import TriggerError
+from bot.cli.common import JsonOption, current_config, fail, out, print_json, with_app
+
+if TYPE_CHECKING:
+    import requests
+
+    from bot.app import Squall
+    from bot.cli.client import ServiceApi
+    from engine.rules import Check
 
 rule_app = typer.Typer(help="Rules: list, show, test against a trigger instance.", no_args_is_help=True)
 trigger_app = typer.Typer(help="Trigger types: list, emit an instance.", no_args_is_help=True)
 instance_app = typer.Typer(help="Stored trigger instances: list, show, re-emit.", no_args_is_help=True)
 enforcement_app = typer.Typer(help="Rule enforcements: which rule fired for which instance.", no_args_is_help=True)
-app.add_typer(rule_app, name="rule")
-app.add_typer(trigger_app, name="trigger")
-app.add_typer(instance_app, name="trigger-instance")
-app.add_typer(enforcement_app, name="rule-enforcement")
 
 
 def _read_document(path: Path, what: str) -> Any:
+    import yaml
+
     try:
         text = path.read_text()
     except OSError as exc:
@@ -81,6 +79,8 @@ def rule_get(ref: Annotated[str, typer.Argument(help="Rule ref (pack.name).")], 
     if as_json:
         print_json(rule)
     else:
+        import yaml
+
         out.print(yaml.safe_dump(rule, sort_keys=False, default_flow_style=False).rstrip(), markup=False)
 
 
@@ -96,6 +96,8 @@ def rule_test(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a rule against a trigger instance, explaining each criterion (runs no action)."""
+    from engine.rules import MatchFailure, RuleError, failure_reason, load_rule
+
     data = _read_document(rule_file, "rule")
     instance = _read_document(instance_file, "trigger instance")
     if not isinstance(instance, dict) or not isinstance(instance.get("trigger"), str) or "payload" not in instance:
@@ -177,6 +179,9 @@ def trigger_emit(
 
     When `squall serve` is up, the instance goes through its API, so its rules, sensors and chat
     adapters see it; otherwise it is dispatched here."""
+    from bot.cli.client import running_service
+    from engine.triggers import TriggerError
+
     body = _payload(payload)
 
     async def work(squall: Squall) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -207,6 +212,12 @@ def trigger_emit(
 def _emit_through(service: ServiceApi, trigger_type: str, body: Any, trace_tag: str | None,
                   url: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """`trigger emit` against the running service: its webhook routes, then its records."""
+    import time
+
+    import requests
+
+    from bot.cli.client import INSTANCE_HEADER
+
     headers = {"St2-Trace-Tag": trace_tag} if trace_tag else {}
     try:
         if url is not None:
@@ -282,6 +293,8 @@ def instance_get(instance_id: Annotated[str, typer.Argument(help="Trigger instan
     if as_json:
         print_json(item)
     else:
+        import yaml
+
         out.print(yaml.safe_dump(item, sort_keys=False, default_flow_style=False).rstrip(), markup=False)
 
 

@@ -14,17 +14,22 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.base import Adapter, Message, Reply
-from aliases import AliasMatcher, AmbiguousCommand, NoMatch
-from bot.app import Squall
-from bot.auth import Authorizer
-from bot.outbox import Outbox
-from bot.replies import fit, render_ack, render_result, status_line
+from aliases import Alias, AliasMatcher, AmbiguousCommand, NoMatch
+from bot.chat.auth import Authorizer
+from bot.chat.commands import CommandFailed, CommandRefused, CommandService
+from bot.chat.index import AliasIndex
+from bot.chat.inquiries import InquiryChat
+from bot.chat.outbox import Outbox
+from bot.chat.replies import render_result, status_line
 from engine.executions import COMPLETED, ExecutionNotFound, ExecutionStateError, public
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
+
+if TYPE_CHECKING:
+    from engine.core import Engine
 
 log = logging.getLogger(__name__)
 _YES = {"yes", "y", "confirm", "ok"}
@@ -57,24 +62,36 @@ class PendingConfirmation:
 
 @dataclass
 class Dispatcher:
-    squall: Squall
-    matcher: AliasMatcher
+    engine: Engine
+    index: AliasIndex
     outbox: Outbox
     adapters: dict[str, Adapter]
+    inquiries: InquiryChat
+    commands: CommandService
     auth: Authorizer = field(default_factory=Authorizer)
     settings: ChatSettings = field(default_factory=ChatSettings)
-    aliases: dict[str, Any] = field(default_factory=dict)
     _confirmations: dict[tuple[str, str, str], PendingConfirmation] = field(default_factory=dict)
+
+    @property
+    def matcher(self) -> AliasMatcher:
+        return self.index.matcher
+
+    @property
+    def aliases(self) -> dict[str, Alias]:
+        return self.index.aliases
 
     # -- entry point -----------------------------------------------------------------------
     async def handle(self, message: Message) -> None:
         """Handle one message; whatever goes wrong, the person gets an answer and the bot stays up."""
         try:
-            if message.thread and await self._inquiry_answer(message):
+            if await self._inquiry_answer(message):
                 return
             text = self._addressed(message)
             if text is None:
-                return
+                return  # chatter: the adapters pass every message on, the dispatcher decides
+            received = getattr(self.adapters.get(message.adapter), "received", None)
+            if received is not None:  # the platform's "seen it" mark (Slack's status reaction)
+                await received(message)
             await self._handle(message, text)
         except Exception as exc:
             log.exception("handling a message from %s failed", message.user)
@@ -112,7 +129,7 @@ class Dispatcher:
             await self.say(message, f"That command is {len(text):,} characters long; the limit is {MAX_COMMAND:,}.")
             return
         try:
-            match = self.matcher.match(text)
+            match = self.commands.match(text)
         except AmbiguousCommand as exc:
             listed = "\n".join(f"• {c.display or c.representation} ({c.alias.ref})" for c in exc.candidates)
             await self.say(message, f"That matches more than one command equally well:\n{listed}\nPlease be more "
@@ -128,12 +145,10 @@ class Dispatcher:
             hint = f" Did you mean: {', '.join(f'`{s}`' for s in exc.suggestions)}?" if exc.suggestions else ""
             await self.say(message, f"I don't know `{_short(text)}`.{hint} Try `{self.settings.prefix}help`.")
             return
-        decision = self.auth.check(match.alias, message)
-        if not decision.allowed:
-            await self.squall.db(self.squall.store.audit_add, "chat.denied", message.user,
-                                 f"{message.adapter}:{message.channel}", match.alias.ref,
-                                 {"command": _short(text, 500), "reason": decision.reason})
-            await self.say(message, f"Sorry {message.user}, you may not run that: {decision.reason}.")
+        try:
+            await self.commands.authorise(match, Message(**{**message.__dict__, "text": text}), "chat")
+        except CommandRefused as exc:
+            await self.say(message, f"Sorry {message.user}, you may not run that: {exc}.")
             return
         if match.alias.confirm:
             ttl = self.settings.confirm_ttl
@@ -148,42 +163,29 @@ class Dispatcher:
         await self._run(match, message)
 
     def _masked(self, action_ref: str, parameters: dict[str, Any]) -> dict[str, Any]:
-        action = self.squall.registry.actions.get(action_ref)
+        action = self.engine.registry.actions.get(action_ref)
         secret = action.secret_names if action is not None else set()
         return {k: ("********" if k in secret else v) for k, v in parameters.items()}
 
     # -- running -------------------------------------------------------------------------------
     async def _run(self, match: Any, message: Message) -> None:
-        alias = match.alias
-        context = self.chat_context(message, alias)
+        where = self._where(message)
         try:
-            parameters, render = match.request_parameters(self.squall.registry.action(alias.action_ref), context)
-            execution = await self.squall.executions.request(alias.action_ref, parameters, context, render=render)
-        except (ParameterError, UnknownAction, ValueError) as exc:
+            accepted = await self.commands.run(match, message, "chat", chat=where)
+        except CommandFailed as exc:
             await self.say(message, f"I can't run that: {exc}")
             return
-        await self.squall.db(self.squall.store.audit_add, "chat.execution", message.user,
-                             f"{message.adapter}:{message.channel}", alias.ref,
-                             {"execution": execution["id"], "action": alias.action_ref})
-        text, extra = render_ack(alias, execution)
-        if text is not None:
+        if accepted.ack is not None:
             # Keyed (execution, "ack"): the result's edit of it finds its row in the database, after
             # a restart as well as in this process.
-            await self.outbox.post_keyed(execution["id"], "ack", self.parts(Reply(
-                adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text,
-                extra=extra or {})))
+            reply = Reply(adapter=message.adapter, channel=message.channel, thread=where["thread"], text=accepted.ack,
+                          extra=accepted.ack_extra)
+            await self.outbox.post_keyed(accepted.execution["id"], "ack", [reply])
 
-    def chat_context(self, message: Message, alias: Any) -> dict[str, Any]:
-        """StackStorm's chat context (api_user, source_channel, action_alias_ref) plus where to reply."""
-        return {
-            "user": message.user,
-            "api_user": message.user,
-            "source": "chat",
-            "source_channel": message.channel,
-            "action_alias_ref": {"id": alias.ref, "name": alias.name},
-            "chat": {"adapter": message.adapter, "channel": message.channel, "user": message.user,
-                     "thread": self._thread(message), "message_id": message.id, "alias": alias.ref},
-        }
+    def _where(self, message: Message) -> dict[str, Any]:
+        """Where an execution's replies go: the message's adapter, channel and thread (and who asked)."""
+        return {"adapter": message.adapter, "channel": message.channel, "user": message.user,
+                "thread": self._thread(message), "message_id": message.id}
 
     def on_finished(self, execution: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
         """Post the result of an execution started from chat, in its channel and thread (None, and
@@ -203,11 +205,11 @@ class Dispatcher:
         text, extra = render_result(alias, execution)
         where = {"adapter": chat["adapter"], "channel": chat["channel"], "thread": chat.get("thread")}
         edits = self.adapters[chat["adapter"]].capabilities.edits
-        status = self.parts(Reply(**where, text=status_line(execution))) if edits else []
-        replies = self.parts(Reply(**where, text=text, extra=extra)) if text is not None else []
+        status = [Reply(**where, text=status_line(execution))] if edits else []
+        replies = [Reply(**where, text=text, extra=extra)] if text is not None else []
         if execution["status"] not in COMPLETED:
-            ack = await self.squall.db(self.squall.store.outbox_keyed_id, execution["id"], "ack") if status else None
-            for reply in [*(Reply(**{**part.__dict__, "edit": ack}) for part in status if ack is not None), *replies]:
+            ack = await self.engine.db(self.engine.store.outbox_keyed_id, execution["id"], "ack") if status else None
+            for reply in [*(Reply(**{**line.__dict__, "edit": ack}) for line in status if ack is not None), *replies]:
                 await self.outbox.post(reply)
             return
         await self.outbox.post_result(execution["id"], chat["adapter"], chat["channel"], replies, status)
@@ -218,7 +220,7 @@ class Dispatcher:
         failed); returns how many. Safe beside the listener: a result is keyed by its execution.
         Executions that finished before results were keyed (migration 0006) are never looked at,
         so results sent before the upgrade are not sent again."""
-        store = self.squall.store
+        store = self.engine.store
         # Off the event loop: the read spans every execution started in the window.
         rows = await asyncio.to_thread(store.executions_owing_results, list(self.adapters), sorted(COMPLETED), since)
         posted = 0
@@ -248,7 +250,7 @@ class Dispatcher:
         await self.say(message, "\n".join(lines))
 
     async def _builtin_executions(self, message: Message, rest: str) -> None:
-        recent = await self.squall.executions.list(limit=200)
+        recent = await self.engine.executions.list(limit=200)
         mine = [e for e in recent if (e["context"].get("chat") or {}).get("channel") == message.channel
                 and (e["context"].get("chat") or {}).get("adapter") == message.adapter][:10]
         if not mine:
@@ -261,7 +263,7 @@ class Dispatcher:
             await self.say(message, f"Which one? `{self.settings.prefix}execution <id>`")
             return
         try:
-            execution = await self.squall.executions.get(rest.split()[0])
+            execution = await self.engine.executions.get(rest.split()[0])
         except ExecutionNotFound as exc:
             await self.say(message, str(exc))
             return
@@ -278,7 +280,7 @@ class Dispatcher:
             await self.say(message, f"Which one? `{self.settings.prefix}{verb} <id>`")
             return
         try:
-            execution = await self.squall.executions.get(rest.split()[0])
+            execution = await self.engine.executions.get(rest.split()[0])
             alias_ref = (execution["context"].get("chat") or {}).get("alias")
             alias = self.aliases.get(alias_ref) if alias_ref else None
             if alias is not None and not self.auth.check(alias, message).allowed:
@@ -288,27 +290,36 @@ class Dispatcher:
                 await self.say(message, f"Only admins may {verb} executions not started from chat by you.")
                 return
             if verb == "cancel":
-                done = await self.squall.executions.cancel(execution["id"])
+                done = await self.engine.executions.cancel(execution["id"])
                 await self.say(message, f"{done['id']} is {done['status']}.")
             else:
-                context = self.chat_context(message, alias) if alias else {"user": message.user, "source": "chat"}
-                again = await self.squall.executions.rerun(execution["id"], context=context)
+                context = (self.commands.context(alias, message, "chat", self._where(message)) if alias
+                           else {"user": message.user, "source": "chat"})
+                again = await self.engine.executions.rerun(execution["id"], context=context)
                 await self.say(message, f"Retrying as {again['id']}.")
         except (ExecutionNotFound, ExecutionStateError, ParameterError, UnknownAction) as exc:
             await self.say(message, str(exc))
 
     async def _builtin_respond(self, message: Message, rest: str) -> None:
         """`respond <inquiry-id> <json or value>`: answer an inquiry (spec §11.2)."""
-        await self.say(message, await self.squall.inquiry_chat.respond_command(message, rest, self.settings.prefix))
+        await self.say(message, await self.inquiries.respond_command(message, rest, self.settings.prefix))
 
     async def _inquiry_answer(self, message: Message) -> bool:
-        """A bare answer (or a button's value) in the thread an inquiry was asked in."""
+        """A bare answer (or a button's value) in the thread an inquiry was asked in. Where there
+        are no threads (IRC), the answer in the question's channel must be addressed to the bot
+        (`squall: yes`): a bare "ok" in a busy channel must not approve anything."""
+        adapter = self.adapters.get(message.adapter)
+        threaded = adapter is None or adapter.capabilities.threads
         text = self._addressed(message)
+        if threaded and not message.thread:
+            return False
+        if not threaded and (text is None or not (message.mentioned or message.direct)):
+            return False  # `!command` stays a command
         text = message.text.strip() if text is None else text
-        inquiry = await self.squall.inquiry_chat.in_thread(message)
+        inquiry = await self.inquiries.in_thread(message, threaded)
         if inquiry is None:
             return False
-        said = await self.squall.inquiry_chat.answer(message, inquiry, text)
+        said = await self.inquiries.answer(message, inquiry, text)
         if said is None:
             return False  # chatter in the thread, or a command: handled as usual
         await self.say(message, said)
@@ -325,19 +336,7 @@ class Dispatcher:
                   buttons: list[dict[str, str]] | None = None) -> int:
         reply = Reply(adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text,
                       extra=extra or {}, buttons=buttons or [], asker=message.user if buttons else None)
-        return await self.post(reply)
-
-    def parts(self, reply: Reply) -> list[Reply]:
-        """`reply` fitted to its adapter's limits (split, or a file upload)."""
-        adapter = self.adapters.get(reply.adapter)
-        return fit(reply, adapter.capabilities) if adapter is not None else [reply]
-
-    async def post(self, reply: Reply) -> int:
-        first = 0
-        for part in self.parts(reply):
-            outbox_id = await self.outbox.post(part)
-            first = first or outbox_id
-        return first
+        return await self.outbox.post(reply)
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -1,107 +1,27 @@
-"""The `squall` command line: run actions, inspect executions, manage packs, serve.
+"""`squall run` and `squall execution list | get | cancel | pause | resume | re-run`.
 
-Exit codes are a contract: 0 success, 1 the action failed (or timed out), 2 bad input. Every
-read command takes `--json` and then prints exactly one JSON document on stdout.
+`run` exits 0 if the action succeeded, 1 if it failed or timed out, 2 on bad input; with `--async`
+it stores the request and `squall serve` runs it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
-import signal
-import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from adapters.base import AdapterConfigError
-from bot.app import Squall
-from engine.config import Config, ConfigError, load_config
-from engine.crypto import CryptoError
-from engine.executions import ExecutionNotFound, ExecutionStateError
-from engine.packs import UnknownAction
-from engine.parameters import ParameterError
+from bot.cli.common import JsonOption, current_user, fail, out, parse_assignments, print_json, with_app
 
-app = typer.Typer(help="Squall: ChatOps automation with StackStorm's packs.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+if TYPE_CHECKING:
+    from bot.app import Squall
+
 execution_app = typer.Typer(help="Inspect, cancel and re-run executions.", no_args_is_help=True)
-action_app = typer.Typer(help="List and show actions.", no_args_is_help=True)
-pack_app = typer.Typer(help="List, install, remove and reload packs.", no_args_is_help=True)
-app.add_typer(execution_app, name="execution")
-app.add_typer(action_app, name="action")
-app.add_typer(pack_app, name="pack")
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-T = TypeVar("T")
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
-
-
-class _State:
-    config_path: str | None = None
-
-
-@app.callback()
-def _main(
-    config: Annotated[str | None, typer.Option("-c", "--config", help="Config file (default ./config.yml, "
-                                                "or $SQUALL_CONFIG).")] = None,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log what Squall does.")] = False,
-) -> None:
-    _State.config_path = config
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    return typer.Exit(code)
-
-
-def current_config() -> Config:
-    try:
-        return load_config(_State.config_path)
-    except ConfigError as exc:
-        raise fail(str(exc)) from exc
-
-
-def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False) -> T:
-    """Run `work` against a started Squall, turning known errors into clear exits."""
-    config = current_config()
-
-    async def main() -> T:
-        squall = await Squall.start(config, recover=recover)
-        try:
-            return await work(squall)
-        finally:
-            await squall.close()
-
-    try:
-        return asyncio.run(main())
-    except (UnknownAction, ParameterError, ExecutionNotFound, ExecutionStateError, CryptoError) as exc:
-        raise fail(str(exc)) from exc
-
-
-def parse_assignments(items: list[str]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise fail(f"expected name=value, got {item!r} (quote values with spaces: msg='hello world')")
-        params[name.strip()] = value
-    return params
-
-
-def print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
 
 
 def show_execution(record: dict[str, Any]) -> None:
+    """An execution for people: status in colour, then the result's parts a person looks for first."""
     colour = {"succeeded": "green", "failed": "red", "timeout": "red", "abandoned": "red",
               "canceled": "yellow"}.get(record["status"], "cyan")
     out.print(f"id: {record['id']}")
@@ -123,10 +43,10 @@ def show_execution(record: dict[str, Any]) -> None:
 
 
 def _exit_for(record: dict[str, Any]) -> int:
+    """The exit code contract: 0 only for `succeeded` (failed, timeout, canceled... are 1)."""
     return 0 if record["status"] == "succeeded" else 1
 
 
-@app.command()
 def run(
     ref: Annotated[str, typer.Argument(help="Action ref, e.g. core.local.")],
     parameters: Annotated[list[str] | None, typer.Argument(help="Parameters as name=value.")] = None,
@@ -140,7 +60,7 @@ def run(
     params = parse_assignments(parameters or [])
 
     async def work(squall: Squall) -> dict[str, Any]:
-        context = {"user": _user(), "source": "cli"}
+        context = {"user": current_user(), "source": "cli"}
         if run_async:
             squall.executions.executor = None  # stored as requested; `squall serve` runs it
             return await squall.executions.request(ref, params, context, render=render)
@@ -156,15 +76,6 @@ def run(
     else:
         show_execution(record)
     raise typer.Exit(0 if run_async else _exit_for(record))
-
-
-def _user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "squall"
 
 
 @execution_app.command("list")
@@ -265,7 +176,7 @@ def execution_rerun(
         if tasks:
             record = await squall.workflows.rerun(execution_id, tasks)
             return await squall.executions.wait(record["id"])
-        record = await squall.executions.rerun(execution_id, params, {"user": _user(), "source": "cli"})
+        record = await squall.executions.rerun(execution_id, params, {"user": current_user(), "source": "cli"})
         return await squall.executions.wait(record["id"])
 
     record = with_app(work)
@@ -274,93 +185,3 @@ def execution_rerun(
     else:
         show_execution(record)
     raise typer.Exit(_exit_for(record))
-
-
-@action_app.command("list")
-def action_list(pack: Annotated[str | None, typer.Option("--pack", help="Only this pack.")] = None,
-                as_json: JsonOption = False) -> None:
-    """Actions of the loaded packs."""
-    from bot.app import load_packs
-
-    registry = load_packs(current_config())
-    actions = [a for a in registry.actions.values() if pack in (None, a.pack)]
-    actions.sort(key=lambda a: a.ref)
-    if pack and pack not in registry.packs:
-        raise fail(f"pack '{pack}' is not loaded; loaded packs: {', '.join(sorted(registry.packs))}")
-    if as_json:
-        print_json([a.summary() for a in actions])
-        return
-    table = Table("ref", "runner", "description")
-    for a in actions:
-        table.add_row(a.ref, a.runner_type, a.description)
-    out.print(table)
-
-
-@action_app.command("get")
-def action_get(ref: Annotated[str, typer.Argument(help="Action ref.")], as_json: JsonOption = False) -> None:
-    """One action with its merged parameter schema."""
-    from bot.app import load_packs
-
-    registry = load_packs(current_config())
-    try:
-        action = registry.action(ref)
-    except UnknownAction as exc:
-        raise fail(str(exc)) from exc
-    if as_json:
-        print_json(action.summary())
-        return
-    out.print(f"[bold]{action.ref}[/bold] ({action.runner_type}) {action.description}")
-    table = Table("parameter", "type", "required", "default", "description")
-    for name, spec in sorted(action.parameters.items()):
-        default = "********" if spec.get("secret") and spec.get("default") is not None else spec.get("default")
-        flags = "yes" if spec.get("required") else ""
-        table.add_row(name, str(spec.get("type", "")), flags, "" if default is None else json.dumps(default),
-                      str(spec.get("description", "")))
-    out.print(table)
-
-
-@app.command()
-def chat(
-    user: Annotated[str | None, typer.Option("--user", help="Who you are in the chat (default: you).")] = None,
-    channel: Annotated[str, typer.Option("--channel", help="The channel you type in.")] = "console",
-) -> None:
-    """Chat with the bot in the terminal (or feed it lines on standard input)."""
-    from bot.service import chat_session
-
-    config = current_config()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(chat_session(config, user or _user(), channel))
-
-
-@app.command()
-def serve() -> None:
-    """Run the service: recover pending work, run requested executions, until Ctrl-C."""
-    from bot.service import serve_forever
-
-    config = current_config()
-    logging.getLogger().setLevel(logging.INFO)
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_forever(config, stop_signals=(signal.SIGINT, signal.SIGTERM)))
-    except (ConfigError, AdapterConfigError) as exc:  # settings found wanting at start: say which, no traceback
-        raise fail(str(exc)) from exc
-
-
-from bot import (  # noqa: E402, F401  (sub-command groups)
-    aliases_cli,
-    apikeys_cli,
-    inquiries_cli,
-    keys_cli,
-    packs_cli,
-    rules_cli,
-)
-
-__all__ = ["app", "keys_cli", "main", "packs_cli"]
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

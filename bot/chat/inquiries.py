@@ -12,10 +12,13 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
+from engine.events import INQUIRY_PENDING
 from engine.inquiries import RUNNER, InquiryError
 
 if TYPE_CHECKING:
-    from bot.app import Squall
+    from bot.chat.announce import Announcer
+    from bot.chat.outbox import Outbox
+    from engine.core import Engine
 
 _YES = {"yes", "y", "true", "ok", "continue"}
 _NO = {"no", "n", "false", "stop"}
@@ -80,43 +83,45 @@ def parse_answer(schema: dict[str, Any], text: str) -> dict[str, Any] | None:
 class InquiryChat:
     """Posts questions of new inquiries and turns chat answers into responses."""
 
-    def __init__(self, squall: Squall) -> None:
-        self.squall = squall
-        self.squall.inquiries.on_pending.append(self.post)
+    def __init__(self, engine: Engine, announcer: Announcer, outbox: Outbox, prefix: str) -> None:
+        self.engine = engine
+        self.announcer = announcer
+        self.outbox = outbox
+        self.prefix = prefix
+        engine.events.subscribe(INQUIRY_PENDING, self.post)
 
     async def post(self, record: dict[str, Any]) -> None:
         result = record.get("result") or {}
         parent = (record.get("context") or {}).get("parent") or {}
         chat = (record.get("context") or {}).get("chat") or parent.get("chat")
-        announcer = self.squall.announcer
         try:
-            adapter, channel, thread = announcer.target(result.get("route") or None, None, None, chat)
+            adapter, channel, thread = self.announcer.target(result.get("route") or None, None, None, chat)
         except LookupError:
             return  # no chat to ask in: `squall inquiry respond` and the API still work
         schema = result.get("schema") or {}
-        text = question_text(record["id"], schema, self.squall.config.section("chat").get("prefix", "!"))
+        text = question_text(record["id"], schema, self.prefix)
         reply = Reply(adapter=adapter, channel=channel, thread=thread, text=text, buttons=buttons(schema))
-        outbox_id = await announcer.send(reply)
-        where = {"adapter": adapter, "channel": channel, "thread": thread, "outbox_id": outbox_id}
-        db = self.squall.db
+        # Keyed by the inquiry (kind "question"): asked once, and found again by where it was asked.
+        stored = await self.outbox.post_keyed(record["id"], "question", [reply])
+        if not stored:
+            return
+        where = {"adapter": adapter, "channel": channel, "thread": thread, "outbox_id": stored[0]}
+        db = self.engine.db
         await db(db.store.update_execution, record["id"], {"result": {**result, "chat": where}}, expect=("pending",))
 
-    async def in_thread(self, message: Message) -> dict[str, Any] | None:
-        """The pending inquiry whose question `message` answers in its thread, if any."""
-        if not message.thread:
+    async def in_thread(self, message: Message, threaded: bool = True) -> dict[str, Any] | None:
+        """The pending inquiry `message` may answer: the one whose question was posted in its thread
+        (or is the thread's first message). On a platform without threads (`threaded` false; IRC) the
+        channel is the thread: the newest question asked there."""
+        if threaded and not message.thread:
             return None
-        db = self.squall.db
-        for inquiry in await self.squall.executions.list(status="pending", limit=1000):
-            if inquiry["runner"] != RUNNER:
-                continue
-            where = (inquiry.get("result") or {}).get("chat") or {}
-            if where.get("adapter") != message.adapter or where.get("channel") != message.channel:
-                continue
-            if where.get("thread") and where["thread"] == message.thread:
-                return inquiry
-            row = await db(db.store.outbox_get, int(where.get("outbox_id") or 0))
-            if row is not None and row.get("platform_id") == message.thread:
-                return inquiry
+        db = self.engine.db
+        for question in await db(db.store.pending_questions, message.adapter, message.channel):
+            if not threaded or message.thread in (question["thread"], _post_ts(question["platform_id"])):
+                try:
+                    return await self.engine.executions.get(question["inquiry"])
+                except LookupError:
+                    return None
         return None
 
     async def answer(self, message: Message, inquiry: dict[str, Any], text: str) -> str | None:
@@ -126,7 +131,7 @@ class InquiryChat:
         if response is None:
             return None
         try:
-            await self.squall.inquiries.respond(inquiry["id"], response, message.user, message.groups)
+            await self.engine.inquiries.respond(inquiry["id"], response, message.user, message.groups)
         except InquiryError as exc:
             return f"Sorry {message.user}: {exc}"
         return f"Thanks {message.user}, inquiry {inquiry['id']} answered: {json.dumps(response)}"
@@ -137,7 +142,7 @@ class InquiryChat:
         if not inquiry_id or not text.strip():
             return f"Usage: `{prefix}respond <inquiry-id> <json or value>`"
         try:
-            inquiry = await self.squall.executions.get(inquiry_id)
+            inquiry = await self.engine.executions.get(inquiry_id)
         except LookupError as exc:
             return str(exc)
         if inquiry["runner"] != RUNNER:
@@ -148,6 +153,11 @@ class InquiryChat:
             return (f"That is not an answer to inquiry {inquiry['id']}; send a JSON object that fits "
                     f"{json.dumps(schema)}")
         return said
+
+
+def _post_ts(platform_id: str | None) -> str | None:
+    """A post's id as threads name it (Slack's "channel:ts" → "ts")."""
+    return platform_id.rpartition(":")[2] if platform_id else None
 
 
 def question_text(inquiry_id: str, schema: dict[str, Any], prefix: str) -> str:

@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapters.base import Adapter, DeliveryError, Reply
+from bot.chat.replies import fit
 from engine.storage import Database, utcnow
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,22 @@ class Outbox:
         """Start sending (a held outbox queues what it finds or is given, and waits for this)."""
         self._open.set()
 
+    def parts(self, reply: Reply) -> list[Reply]:
+        """`reply` fitted to its adapter's capabilities (split, or uploaded as a file): the one place
+        replies are fitted. An adapter not running here (a CLI run) is fitted at delivery instead."""
+        adapter = self.adapters.get(reply.adapter)
+        return fit(reply, adapter.capabilities) if adapter is not None else [reply]
+
     async def post(self, reply: Reply) -> int:
-        """Store the reply, then queue it for delivery; returns its outbox id."""
-        outbox_id = await self.db(self.db.store.outbox_add, reply.adapter, reply.channel, reply.to_json())
-        self._stored(outbox_id)
-        self._enqueue(outbox_id, reply)
-        return outbox_id
+        """Store the reply (fitted: one row per part), then queue it for delivery; returns the
+        outbox id of its first part."""
+        first = 0
+        for part in self.parts(reply):
+            outbox_id = await self.db(self.db.store.outbox_add, part.adapter, part.channel, part.to_json())
+            self._stored(outbox_id)
+            self._enqueue(outbox_id, part)
+            first = first or outbox_id
+        return first
 
     async def post_result(self, execution_id: str, adapter: str, channel: str, replies: Sequence[Reply],
                           status: Sequence[Reply] = ()) -> list[int] | None:
@@ -126,6 +137,8 @@ class Outbox:
         transaction, keyed (execution_id, key / key.N), then queue them; their ids, or None (nothing
         stored) if that key was stored before. With no reply and `adapter`/`channel` given, a
         `skipped` row records that there is nothing to send; with neither, nothing is stored."""
+        status = [part for reply in status for part in self.parts(reply)]
+        replies = [part for reply in replies for part in self.parts(reply)]
         rows = [*keyed_rows("status", status), *keyed_rows(key, replies)]
         if not replies:
             if adapter is None or channel is None:
@@ -172,6 +185,8 @@ class Outbox:
         if outbox_id in self._known:
             return
         self._known.add(outbox_id)
+        if not self.adapters:  # a process without chat (a CLI run): stored, `squall serve` sends it
+            return
         if reply.adapter not in self.adapters:
             log.warning("reply %s is for adapter %r, which is not running; it stays queued", outbox_id, reply.adapter)
             return
@@ -286,6 +301,17 @@ class Outbox:
         if self._pending == 0:
             self._idle.set()
 
+    @staticmethod
+    async def _send(adapter: Adapter, reply: Reply, edit_of: str | None) -> str | None:
+        """Send one stored row. A row stored where its adapter was not running (a CLI run) may be
+        longer than the platform takes: it is fitted now, its parts sent in order; the first part's
+        id stands for the row."""
+        parts = fit(reply, adapter.capabilities)
+        first = await adapter.send(parts[0], edit_of=edit_of)
+        for part in parts[1:]:
+            await adapter.send(part)
+        return first
+
     async def _look_up(self, adapter: Adapter, channel: str) -> None:
         """Ask the platform which of the channel's leftover replies it already has (one call per
         channel, for all of them). A failed lookup only means they are sent again: at least once."""
@@ -323,7 +349,7 @@ class Outbox:
                 if reply.edit is not None and edit_of is None:
                     # The message to edit never got an id (or cannot be edited): post it anew instead.
                     reply = Reply(**{**reply.__dict__, "edit": None})
-                platform_id = await adapter.send(reply, edit_of=edit_of)
+                platform_id = await self._send(adapter, reply, edit_of)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

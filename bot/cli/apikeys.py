@@ -2,32 +2,35 @@
 
 `create` prints the key once; nothing can show it again. Keys from config `api.keys` and
 `$SQUALL_API_KEYS` work too but are not listed here (they live outside the database).
+These commands touch the `api_keys` table only, so they open the database without starting Squall.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from bot.apikeys import create_key, public_key
-from bot.app import Squall
-from bot.cli import JsonOption, app, fail, out, print_json, with_app
+from bot.cli.common import JsonOption, fail, out, print_json, with_store
+
+if TYPE_CHECKING:
+    from engine.config import Config
+    from engine.storage import Store
 
 apikey_app = typer.Typer(help="Create, list and delete API keys for the HTTP API.", no_args_is_help=True)
-app.add_typer(apikey_app, name="apikey")
 
 
 @apikey_app.command("create")
 def apikey_create(name: Annotated[str | None, typer.Option("--name", "-n", help="What the key is for.")] = None,
                   as_json: JsonOption = False) -> None:
     """Make a key and print it (once: only its hash is stored)."""
+    from bot.apikeys import create_key
 
-    async def work(squall: Squall) -> tuple[str, dict[str, Any]]:
-        return await squall.db(create_key, squall.store, name)
+    def work(store: Store, config: Config) -> tuple[str, dict[str, Any]]:
+        return create_key(store, name)
 
-    key, record = with_app(work)
+    key, record = with_store(work)
     if as_json:
         print_json({**record, "key": key})
     else:
@@ -39,11 +42,12 @@ def apikey_create(name: Annotated[str | None, typer.Option("--name", "-n", help=
 @apikey_app.command("list")
 def apikey_list(as_json: JsonOption = False) -> None:
     """The stored keys (ids and names; never the keys)."""
+    from bot.apikeys import public_key
 
-    async def work(squall: Squall) -> list[dict[str, Any]]:
-        return [public_key(r) for r in await squall.db(squall.store.api_key_list)]
+    def work(store: Store, config: Config) -> list[dict[str, Any]]:
+        return [public_key(r) for r in store.api_key_list()]
 
-    keys = with_app(work)
+    keys = with_store(work)
     if as_json:
         print_json(keys)
         return
@@ -57,9 +61,9 @@ def apikey_list(as_json: JsonOption = False) -> None:
 def apikey_delete(key_id: Annotated[str, typer.Argument(help="Key id (from `squall apikey list`).")]) -> None:
     """Delete a key; requests with it are refused from now on."""
 
-    async def work(squall: Squall) -> bool:
-        return await squall.db(squall.store.api_key_delete, key_id)
+    def work(store: Store, config: Config) -> bool:
+        return store.api_key_delete(key_id)
 
-    if not with_app(work):
+    if not with_store(work):
         raise fail(f"no API key with id {key_id} (see `squall apikey list`)")
     out.print(f"deleted API key {key_id}")

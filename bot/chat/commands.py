@@ -1,0 +1,100 @@
+"""The one command path: "this command text, from this person, in this place" → an execution.
+
+Chat messages (the dispatcher), `POST /api/v1/aliasexecution`, and next the web UI's run forms
+and chat forms all come through here, so a command means the same, is authorised the same and
+is audited the same whoever typed it and wherever: match against the process's one alias index,
+check the person's permission (a refusal is audited), build StackStorm's context, take the
+parameters (what a person typed is data; only the format's own defaults are rendered; immutable
+parameters win), request the execution, audit it, and render the ack.
+
+Confirmation and where the ack goes are the caller's: the chat holds a command until `yes` and
+posts the ack in the thread; the API returns the ack's text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from adapters.base import Message
+from aliases import Alias, AliasMatch
+from bot.chat.auth import Authorizer
+from bot.chat.index import AliasIndex
+from bot.chat.replies import render_ack
+from engine.packs import UnknownAction
+from engine.parameters import ParameterError
+
+if TYPE_CHECKING:
+    from engine.core import Engine
+
+
+class CommandRefused(Exception):
+    """The person may not run the command (the reason says who may); the refusal was audited."""
+
+
+class CommandFailed(Exception):
+    """The command matched, but its request was refused (a bad parameter, an unknown action)."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A requested execution and its ack (None when the alias turns acks off)."""
+
+    execution: dict[str, Any]
+    ack: str | None
+    ack_extra: dict[str, Any]
+
+
+class CommandService:
+    def __init__(self, engine: Engine, index: AliasIndex, auth: Authorizer) -> None:
+        self.engine = engine
+        self.index = index
+        self.auth = auth
+
+    def match(self, text: str) -> AliasMatch:
+        """The alias `text` means; `NoMatch` (with suggestions) or `AmbiguousCommand` otherwise."""
+        return self.index.matcher.match(text)
+
+    async def authorise(self, match: AliasMatch, message: Message, source: str) -> None:
+        """`CommandRefused` (audited as `<source>.denied`) unless `message`'s sender may run it."""
+        decision = self.auth.check(match.alias, message)
+        if not decision.allowed:
+            await self._audit(f"{source}.denied", message, match.alias.ref,
+                              {"command": _short(message.text, 500), "reason": decision.reason})
+            raise CommandRefused(decision.reason)
+
+    async def run(self, match: AliasMatch, message: Message, source: str,
+                  chat: dict[str, Any] | None = None) -> Accepted:
+        """Request the execution `match` means for `message`'s sender (audited as `<source>.execution`).
+        `chat` is where results go back (adapter, channel, thread…), for commands from chat."""
+        alias = match.alias
+        context = self.context(alias, message, source, chat)
+        try:
+            parameters, render = match.request_parameters(self.engine.registry.action(alias.action_ref), context)
+            execution = await self.engine.executions.request(alias.action_ref, parameters, context, render=render)
+        except (ParameterError, UnknownAction, ValueError) as exc:
+            raise CommandFailed(str(exc)) from exc
+        await self._audit(f"{source}.execution", message, alias.ref,
+                          {"execution": execution["id"], "action": alias.action_ref})
+        text, extra = render_ack(alias, execution)
+        return Accepted(execution, text, extra or {})
+
+    @staticmethod
+    def context(alias: Alias, message: Message, source: str, chat: dict[str, Any] | None = None) -> dict[str, Any]:
+        """StackStorm's context of an alias execution (api_user, source_channel, action_alias_ref),
+        plus, for chat, where the replies go (`chat`, naming the alias for the result's format)."""
+        context: dict[str, Any] = {"user": message.user, "api_user": message.user, "source": source,
+                                   "source_channel": message.channel,
+                                   "action_alias_ref": {"id": alias.ref, "name": alias.name}}
+        if chat is not None:
+            context["chat"] = {**chat, "alias": alias.ref}
+        return context
+
+    async def _audit(self, kind: str, message: Message, subject: str, detail: dict[str, Any]) -> None:
+        db = self.engine.db
+        await db(db.store.audit_add, kind, message.user, f"{message.adapter}:{message.channel}", subject, detail)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

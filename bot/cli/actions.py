@@ -1,0 +1,58 @@
+"""`squall action list | get`: the actions of the packs, read from the pack folders.
+
+Neither starts Squall: they load the packs only (no database, runners or chat), and warn on
+stderr about each pack file that did not load.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bot.cli.common import JsonOption, current_config, fail, load_packs, out, print_json
+
+action_app = typer.Typer(help="List and show actions.", no_args_is_help=True)
+
+
+@action_app.command("list")
+def action_list(pack: Annotated[str | None, typer.Option("--pack", help="Only this pack.")] = None,
+                as_json: JsonOption = False) -> None:
+    """Actions of the loaded packs."""
+    registry = load_packs(current_config())
+    actions = [a for a in registry.actions.values() if pack in (None, a.pack)]
+    actions.sort(key=lambda a: a.ref)
+    if pack and pack not in registry.packs:
+        raise fail(f"pack '{pack}' is not loaded; loaded packs: {', '.join(sorted(registry.packs))}")
+    if as_json:
+        print_json([a.summary() for a in actions])
+        return
+    table = Table("ref", "runner", "description")
+    for a in actions:
+        table.add_row(a.ref, a.runner_type, a.description)
+    out.print(table)
+
+
+@action_app.command("get")
+def action_get(ref: Annotated[str, typer.Argument(help="Action ref.")], as_json: JsonOption = False) -> None:
+    """One action with its merged parameter schema."""
+    from engine.packs import UnknownAction
+
+    registry = load_packs(current_config())
+    try:
+        action = registry.action(ref)
+    except UnknownAction as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        print_json(action.summary())
+        return
+    out.print(f"[bold]{action.ref}[/bold] ({action.runner_type}) {action.description}")
+    table = Table("parameter", "type", "required", "default", "description")
+    for name, spec in sorted(action.parameters.items()):
+        default = "********" if spec.get("secret") and spec.get("default") is not None else spec.get("default")
+        flags = "yes" if spec.get("required") else ""
+        table.add_row(name, str(spec.get("type", "")), flags, "" if default is None else json.dumps(default),
+                      str(spec.get("description", "")))
+    out.print(table)

@@ -1,0 +1,165 @@
+"""What every `squall` command shares: the root app, the consoles, config, errors as exits, packs.
+
+Exit codes are a contract: 0 success, 1 the action failed (or timed out), 2 bad input. Every
+read command takes `--json` and then prints exactly one JSON document on stdout.
+
+This module and every command group are imported for any command, `squall --help` included, so
+they import only typer and rich at the top: the engine, the database layer and the chat side are
+imported inside the functions that use them (see `bench/cli.py` for what that buys).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+if TYPE_CHECKING:
+    from bot.app import Squall
+    from engine.config import Config
+    from engine.packs import Registry
+    from engine.storage import Store
+    from engine.yamlfile import ContentError
+
+app = typer.Typer(help="Squall: ChatOps automation with StackStorm's packs.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+T = TypeVar("T")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+
+
+class _State:
+    config_path: str | None = None
+
+
+@app.callback()
+def _main(
+    config: Annotated[str | None, typer.Option("-c", "--config", help="Config file (default ./config.yml, "
+                                                "or $SQUALL_CONFIG).")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log what Squall does.")] = False,
+) -> None:
+    _State.config_path = config
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Say what is wrong on stderr; the caller raises the returned exit (2: bad input)."""
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+def current_config() -> Config:
+    """The config named by `-c`, `$SQUALL_CONFIG` or ./config.yml; a bad one exits 2 saying why."""
+    from engine.config import ConfigError, load_config
+
+    try:
+        return load_config(_State.config_path)
+    except ConfigError as exc:
+        raise fail(str(exc)) from exc
+
+
+def current_user() -> str:
+    """Who runs the command: recorded on executions, owner of user-scoped keys, inquiry answers."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "squall"
+
+
+def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False) -> T:
+    """Run `work` against a started Squall, turning known errors into clear exits.
+
+    Starting Squall loads the packs and warns about each file that did not load (the assembly
+    logs them at start, on stderr), so commands run through here need no warning of their own."""
+    import asyncio
+
+    from bot.app import Squall
+    from engine.crypto import CryptoError
+    from engine.executions import ExecutionNotFound, ExecutionStateError
+    from engine.packs import UnknownAction
+    from engine.parameters import ParameterError
+
+    config = current_config()
+
+    async def main() -> T:
+        squall = await Squall.start(config, recover=recover)
+        try:
+            return await work(squall)
+        finally:
+            await squall.close()
+
+    try:
+        return asyncio.run(main())
+    except (UnknownAction, ParameterError, ExecutionNotFound, ExecutionStateError, CryptoError) as exc:
+        raise fail(str(exc)) from exc
+
+
+def with_store(work: Callable[[Store, Config], T]) -> T:
+    """Run `work` on the database alone, for commands whose rows nothing else reacts to (reading
+    keys, API keys): no packs, runners or chat side are loaded, which is most of a command's time."""
+    from engine.crypto import CryptoError
+    from engine.storage import Store
+
+    config = current_config()
+    store = Store.open(config.database_url)
+    try:
+        return work(store, config)
+    except CryptoError as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        store.close()
+
+
+def load_packs(config: Config, *, warn: bool = True) -> Registry:
+    """The packs, for commands that read them without starting Squall; with `warn`, one stderr
+    line per file that did not load, on every call (a problem must not show only once).
+
+    The same call as `engine.core.load_packs`, made here so listing packs imports the pack loader
+    only, not the runners, the database layer and the chat side that module brings."""
+    from engine.config import SYSTEM_PACKS_PATH
+    from engine.packs import load_registry
+
+    registry = load_registry(config.pack_paths, config.configs_path, SYSTEM_PACKS_PATH)
+    if warn:
+        warn_problems(registry.errors)
+    return registry
+
+
+def warn_problems(problems: Iterable[ContentError]) -> None:
+    """One stderr line per pack file that did not load: file, line where known, reason."""
+    for problem in problems:
+        err.print(f"[yellow]warning:[/yellow] pack content skipped: {escape(str(problem))}", markup=True,
+                  highlight=False)
+
+
+def problem_document(problem: ContentError) -> dict[str, Any]:
+    """A load problem as JSON: `file`, `line` (null when unknown) and `reason`."""
+    return {"file": problem.file, "line": problem.line, "reason": problem.reason}
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """`name=value` arguments as a dict; anything else exits 2 with a hint about quoting."""
+    params: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise fail(f"expected name=value, got {item!r} (quote values with spaces: msg='hello world')")
+        params[name.strip()] = value
+    return params
+
+
+def print_json(document: Any) -> None:
+    """The one JSON document a `--json` command prints (dates and other objects as strings)."""
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")

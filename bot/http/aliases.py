@@ -1,0 +1,38 @@
+"""`/api/v1/actionalias`: the action aliases and matching a command against them, with the process's
+one alias index (the chat's), so the API and chat agree on what a command means."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel
+
+from aliases import AliasMatch, AmbiguousCommand, NoMatch
+from bot.http.state import ApiState, api_state
+
+router = APIRouter()
+
+
+class AliasMatchRequest(BaseModel):
+    command: str
+
+
+def match_command(state: ApiState, command: str) -> AliasMatch:
+    """The alias match for `command`; 400 with the matcher's words when none or several match."""
+    try:
+        return state.squall.chat.commands.match(command)
+    except (NoMatch, AmbiguousCommand) as exc:
+        raise HTTPException(400, str(exc)) from exc
+
+
+@router.get("/actionalias", tags=["aliases"])
+async def list_aliases(request: Request) -> list[dict[str, Any]]:
+    return [alias.summary() for _ref, alias in sorted(api_state(request).squall.chat.index.aliases.items())]
+
+
+@router.post("/actionalias/match", tags=["aliases"])
+async def match_alias(body: AliasMatchRequest, request: Request) -> dict[str, Any]:
+    match = match_command(api_state(request), body.command)
+    return {"actionalias": match.alias.summary(), "display": match.display,
+            "representation": match.representation, "parameters": match.parameters}

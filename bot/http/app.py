@@ -1,0 +1,78 @@
+"""`create_api`: the FastAPI app, assembled from the routers of this package.
+
+It checks config `api.*` once (`ApiSettings`), puts the state the routes share on `app.state.api`,
+installs the body guard and StackStorm-shaped errors, and decides which routers need an API key: all
+under `/api/v1` but the webhooks (signed instead). Adapters that platforms call over HTTP mount their
+own routes last."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, Request
+
+from bot.http import (
+    actions,
+    alias_execution,
+    aliases,
+    executions,
+    health,
+    inquiries,
+    keys,
+    packs,
+    rules,
+    triggers,
+    webhooks,
+)
+from bot.http.body_guard import BodyGuard
+from bot.http.errors import install_error_handlers
+from bot.http.key_auth import require_key
+from bot.http.state import ApiSettings, ApiState
+
+if TYPE_CHECKING:
+    from bot.app import Squall
+
+API_PREFIX = "/api/v1"
+#: Routers under `API_PREFIX` whose every route needs an API key, in the order they are matched.
+KEYED_ROUTERS = (actions.router, packs.router, executions.router, aliases.router, alias_execution.router,
+                 rules.router, triggers.router, keys.router, inquiries.router)
+
+
+async def openapi(request: Request) -> dict[str, Any]:
+    """The API's description, behind a key (`api.public_docs: false`)."""
+    return request.app.openapi()
+
+
+def create_api(squall: Squall) -> FastAPI:
+    """The HTTP API over `squall` (its chat side gives the alias index, the command path and the
+    routes of platforms that call Squall over HTTP)."""
+    settings = ApiSettings.from_config(squall.config.section("api"))
+    # The API's description answers without a key unless api.public_docs is false: then /openapi.json
+    # needs one, and the /docs and /redoc pages (which a browser loads without a key) are not served.
+    public_docs = settings.public_docs
+    app = FastAPI(title="Squall API", version="1.0", description="StackStorm-compatible ChatOps automation API.",
+                  openapi_url="/openapi.json" if public_docs else None,
+                  docs_url="/docs" if public_docs else None, redoc_url="/redoc" if public_docs else None)
+    app.add_middleware(BodyGuard, limit=settings.max_body)
+    app.state.squall = squall
+    app.state.api = ApiState(squall=squall, settings=settings)
+    install_error_handlers(app)
+
+    app.include_router(health.router)
+    if not public_docs:
+        app.add_api_route("/openapi.json", openapi, methods=["GET"], include_in_schema=False,
+                          dependencies=[Depends(require_key)])
+    for router in KEYED_ROUTERS:
+        app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(require_key)])
+    app.include_router(webhooks.router, prefix=API_PREFIX)
+    _mount_adapters(app, squall)
+    return app
+
+
+def _mount_adapters(app: FastAPI, squall: Squall) -> None:
+    """Platforms that call Squall over HTTP (Slack's Events API, Mattermost's slash commands) mount
+    their own routes; they verify the platform's signature or token instead of an API key."""
+    for adapter in squall.chat.adapters.values():
+        mount = getattr(adapter, "mount", None)
+        if mount is not None:
+            mount(app)

@@ -1,0 +1,40 @@
+"""`/api/v1/triggertypes` and `/api/v1/triggerinstances`: what can fire, what fired, and firing again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from bot.http.state import api_state
+
+router = APIRouter()
+
+
+@router.get("/triggertypes", tags=["triggers"])
+async def list_trigger_types(request: Request) -> list[dict[str, Any]]:
+    return [{"ref": t.ref, "name": t.name, "pack": t.pack, "description": t.description,
+             "payload_schema": t.payload_schema, "parameters_schema": t.parameters_schema}
+            for _ref, t in sorted(api_state(request).squall.registry.trigger_types.items())]
+
+
+@router.get("/triggerinstances", tags=["triggers"])
+async def list_trigger_instances(request: Request, trigger: str | None = None, status: str | None = None,
+                                 limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+    return await api_state(request).squall.triggers.list(trigger=trigger, status=status, limit=limit)
+
+
+@router.get("/triggerinstances/{instance_id}", tags=["triggers"])
+async def get_trigger_instance(instance_id: str, request: Request) -> dict[str, Any]:
+    try:
+        return await api_state(request).squall.triggers.get(instance_id)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from exc
+
+
+@router.post("/triggerinstances/{instance_id}/re_emit", status_code=201, tags=["triggers"])
+async def re_emit(instance_id: str, request: Request) -> dict[str, Any]:
+    try:
+        return await api_state(request).squall.triggers.re_emit(instance_id)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from exc

@@ -1,0 +1,102 @@
+"""`POST /api/v1/webhooks/...`: StackStorm's generic hook (`st2`) and the hooks rules declare. No
+router-wide API key: a hook with a secret is signed instead (`webhook_signatures`)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from bot.headers import INSTANCE_HEADER
+from bot.http.json_body import NOT_JSON, JsonBodyError, decode_json
+from bot.http.state import api_state
+from bot.http.webhook_signatures import SIGNATURE_HEADER, authorize_hook
+from engine.triggers import TriggerError
+
+#: Removed from the headers a webhook passes on in its payload (spec §6.3).
+_SECRET_HEADERS = {"x-auth-token", "st2-api-key", "authorization", "cookie", SIGNATURE_HEADER}
+
+router = APIRouter()
+
+
+async def _read_body(request: Request) -> bytes:
+    """The raw body (signatures cover its exact bytes), held to `api.max_body_bytes`."""
+    max_body = api_state(request).settings.max_body
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body:
+            raise HTTPException(413, f"Request body is over the limit of {max_body} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_body(request: Request, raw: bytes) -> Any:
+    """Form data as a dict, an empty body as `{}`, anything else as JSON (what the body guard decoded)."""
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type == "application/x-www-form-urlencoded":
+        return dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+    if not raw.strip():
+        return {}
+    decoded = getattr(request.state, "json_body", NOT_JSON)  # the body guard decoded it already
+    if decoded is not NOT_JSON:
+        return decoded
+    try:
+        return decode_json(raw)
+    except JsonBodyError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise HTTPException(400, f"Failed to parse request body: {exc}; send JSON (UTF-8) or form data.") \
+            from exc
+
+
+def _trace_tag(request: Request, hook: str) -> str:
+    return request.headers.get("st2-trace-tag") or f"webhook-{hook}-{uuid.uuid4().hex}"
+
+
+@router.post("/webhooks/st2", status_code=202, tags=["webhooks"])
+async def generic_webhook(request: Request) -> Any:
+    squall = api_state(request).squall
+    raw = await _read_body(request)
+    answer_headers = await authorize_hook(request, "st2", raw)
+    body = _parse_body(request, raw)
+    if not isinstance(body, dict):
+        raise HTTPException(400, "The body must be a JSON object with \"trigger\" and \"payload\".")
+    trigger = body.get("trigger")
+    if not trigger:
+        raise HTTPException(400, "Trigger not specified.")
+    try:
+        instance = await squall.triggers.dispatch(str(trigger), body.get("payload") or {},
+                                                  trace_tag=_trace_tag(request, "st2"))
+    except TriggerError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    return JSONResponse(body, status_code=202, headers={INSTANCE_HEADER: instance["id"], **answer_headers})
+
+
+@router.post("/webhooks/{name:path}", status_code=202, tags=["webhooks"])
+async def custom_webhook(name: str, request: Request) -> Any:
+    squall = api_state(request).squall
+    hook = name.strip("/")
+    raw = await _read_body(request)
+    if not squall.rules.webhook_rules(hook):
+        # Authenticate first: an unauthenticated caller must not learn which hooks exist.
+        await authorize_hook(request, hook, raw)
+        raise HTTPException(404, f"Webhook {hook} not registered")
+    answer_headers = await authorize_hook(request, hook, raw)
+    body = _parse_body(request, raw)
+    if not isinstance(body, (dict, list)):
+        raise HTTPException(400, "The body must be a JSON object or array.")
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _SECRET_HEADERS}
+    payload = {"headers": headers, "headers_lower": {k.lower(): v for k, v in headers.items()}, "body": body}
+    try:
+        # The instance is tied to this hook's rules only (its trigger parameters are the URL).
+        instance = await squall.rules.dispatch_webhook(hook, payload, trace_tag=_trace_tag(request, hook))
+    except TriggerError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    except LookupError as exc:  # the rule went away meanwhile
+        raise HTTPException(404, f"Webhook {hook} not registered") from exc
+    return JSONResponse(body, status_code=202, headers={INSTANCE_HEADER: instance["id"], **answer_headers})

@@ -1,0 +1,97 @@
+"""Pack files that did not load stay visible: every command that loads packs warns about each one,
+every time, and `squall pack list` ends with them (issue 15, item 9)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write
+from tests.test_cli import squall
+
+BROKEN = "packs/demo/actions/broken.yaml"
+
+
+@pytest.fixture
+def broken_pack(home: Path) -> Path:
+    """A pack with one good action, one action file that is not YAML, and a config missing a
+    required value (a problem without a line)."""
+    pack = home / "packs" / "demo"
+    write(pack / "pack.yaml", """
+        ref: demo
+        name: demo
+        description: Demo pack
+        version: 0.1.0
+        author: tests
+    """)
+    write(pack / "actions" / "ok.yaml", """
+        name: ok
+        runner_type: local-shell-cmd
+        parameters:
+          cmd: {default: "true"}
+    """)
+    write(pack / "actions" / "broken.yaml", """
+        name: broken
+        runner_type: local-shell-cmd
+        parameters:
+          x: {type: string
+    """)
+    write(pack / "config.schema.yaml", """
+        token: {type: string, required: true}
+    """)
+    return pack
+
+
+def _warned(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "pack content skipped" in line]
+
+
+def test_pack_list_ends_with_the_problems_every_time(home: Path, broken_pack: Path) -> None:
+    for _ in range(2):  # not only on the first command after the change
+        listed = squall(home, "pack", "list")
+        assert listed.returncode == 0, listed.stderr
+        tail = listed.stdout[listed.stdout.index("problems"):].splitlines()
+        assert tail[0].startswith("problems")
+        assert any(f"{BROKEN}:" in line and "invalid YAML" in line for line in tail[1:])
+        assert any("config of pack 'demo'" in line and "token" in line for line in tail[1:])
+        assert "demo" in listed.stdout[:listed.stdout.index("problems")]  # the pack itself is listed
+        assert _warned(listed.stderr) == []  # shown once, in the listing
+
+
+def test_pack_list_json_has_the_problems(home: Path, broken_pack: Path) -> None:
+    listed = squall(home, "pack", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    document = json.loads(listed.stdout)
+    assert "demo" in {p["ref"] for p in document["packs"]}
+    problems = {Path(p["file"]).name: p for p in document["problems"]}
+    assert set(problems) == {"broken.yaml", "demo.yaml"}
+    for problem in problems.values():
+        assert set(problem) == {"file", "line", "reason"}
+    assert problems["broken.yaml"]["file"] == BROKEN
+    assert problems["broken.yaml"]["line"] in (4, 5)
+    assert problems["broken.yaml"]["reason"].startswith("invalid YAML")
+    assert problems["demo.yaml"]["line"] is None and "token" in problems["demo.yaml"]["reason"]
+    assert len(_warned(listed.stderr)) == 2  # stderr warns as for every command
+
+
+def test_every_command_that_loads_packs_warns(home: Path, broken_pack: Path) -> None:
+    for args in (("action", "list"), ("action", "list"), ("action", "get", "demo.ok"), ("alias", "list")):
+        done = squall(home, *args)
+        assert done.returncode == 0, done.stderr
+        warned = _warned(done.stderr)
+        assert len(warned) == 2, (args, done.stderr)
+        assert any(f"{BROKEN}:" in line and "invalid YAML" in line for line in warned)
+    assert "demo.ok" in squall(home, "action", "list").stdout  # the rest still loads
+
+    # Commands that start Squall warn through its start-up (same text, logged).
+    run = squall(home, "run", "demo.ok")
+    assert run.returncode == 0, run.stderr
+    assert any(f"{BROKEN}:" in line for line in _warned(run.stderr))
+
+    # Reading a key loads no packs, so it has nothing to warn about.
+    assert squall(home, "key", "set", "k", "v").returncode == 0
+    got = squall(home, "key", "get", "k")
+    assert got.returncode == 0 and got.stdout == "v\n"
+    assert _warned(got.stderr) == []
