@@ -16,13 +16,27 @@ from typing import Any
 
 import yaml
 
-from engine.templates import TemplateLimits
-
 DEFAULT_CONFIG_NAME = "config.yml"
 CONFIG_ENV = "SQUALL_CONFIG"
 
 #: The packs shipped with Squall (core, ...) are always loaded, whatever `packs.paths` says.
 SYSTEM_PACKS_PATH = Path(__file__).resolve().parent.parent / "packs"
+
+
+#: `templates.max_output_chars`: the longest text (or list) a template may output or make on the way.
+DEFAULT_MAX_OUTPUT_CHARS = 1024 * 1024
+#: `templates.max_seconds`: how long one render may take.
+DEFAULT_MAX_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class TemplateLimits:
+    """How much one render may make and how long it may take (config section `templates`; applied
+    by `engine.templates.configure_limits`). Here, not in `engine/templates.py`, so reading the
+    configuration does not import Jinja."""
+
+    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS
+    max_seconds: float = DEFAULT_MAX_SECONDS
 
 
 class ConfigError(Exception):
@@ -122,8 +136,8 @@ def _runners(path: Path | None, section: dict[str, Any]) -> tuple[str | None, bo
 
 def _templates(path: Path | None, section: dict[str, Any]) -> tuple[int, float]:
     """`templates.max_output_chars` (a whole number of characters) and `templates.max_seconds`."""
-    chars = section.get("max_output_chars", 1024 * 1024)
-    seconds = section.get("max_seconds", 5)
+    chars = section.get("max_output_chars", DEFAULT_MAX_OUTPUT_CHARS)
+    seconds = section.get("max_seconds", DEFAULT_MAX_SECONDS)
     if isinstance(chars, bool) or not isinstance(chars, int) or chars < 1024:
         raise ConfigError(f"{path}: 'templates.max_output_chars' must be a whole number of characters, at least "
                           f"1024, not {chars!r}")

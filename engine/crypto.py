@@ -18,9 +18,10 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _V1 = b"\x01"  # version byte, 12-byte nonce, ciphertext+tag (one key; before key rings)
 _V2 = b"\x02"  # version byte, 4-byte key id, 12-byte nonce, ciphertext+tag
@@ -89,6 +90,9 @@ class KeyRing:
         return keys
 
     def _load(self, *, create: bool = True) -> list[tuple[bytes, AESGCM]]:
+        # Imported on first use: reading a plain key (`squall key get`) never pays for it.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         if self._keys is not None:
             return self._keys
         if not self.path.exists():
@@ -104,6 +108,8 @@ class KeyRing:
     # -- rotation ------------------------------------------------------------------------
     def add_key(self) -> str:
         """Put a new key first (it encrypts from now on); the old ones still decrypt."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         keys = self._read() if self.path.exists() else []
         new = AESGCM.generate_key(bit_length=256)
         self._write([new, *keys], replace=True)
@@ -132,6 +138,8 @@ class KeyRing:
         return base64.urlsafe_b64encode(_V2 + key_id + nonce + sealed).decode("ascii")
 
     def decrypt(self, token: str) -> str:
+        from cryptography.exceptions import InvalidTag
+
         try:
             raw = base64.urlsafe_b64decode(token.encode("ascii"))
             keys = self._load(create=False)

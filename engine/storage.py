@@ -265,8 +265,23 @@ def create_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
 
 
+#: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
+#: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
+HEAD_REVISION = "0008"
+
+
+def _revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as connection:
+            return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except sa.exc.DBAPIError:  # a new database: no version table yet
+        return None
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (cheap when it already is)."""
+    """Bring the schema to the newest Alembic revision (one query when it already is)."""
+    if _revision(engine) == HEAD_REVISION:
+        return
     from alembic.config import Config as AlembicConfig
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory

@@ -21,7 +21,6 @@ import os.path
 import re
 import time
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import jinja2
@@ -32,6 +31,8 @@ from jinja2 import meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import Namespace, generate_lorem_ipsum
+
+from engine.config import TemplateLimits
 
 __all__ = [
     "NONE_MAGIC_VALUE",
@@ -421,20 +422,8 @@ def _filters(decrypt: Callable[[str], str] | None) -> dict[str, Callable[..., An
 # Limits: what one render may make and how long it may take
 # --------------------------------------------------------------------------------------------
 
-#: `templates.max_output_chars`: the longest text (or list) a template may output or make on the way.
-DEFAULT_MAX_OUTPUT_CHARS = 1024 * 1024
-#: `templates.max_seconds`: how long one render may take.
-DEFAULT_MAX_SECONDS = 5.0
 #: Templates longer than this are compiled for each use instead of kept in the compiled-template cache.
 _CACHED_TEMPLATE_MAX = 64 * 1024
-
-
-@dataclass(frozen=True)
-class TemplateLimits:
-    """How much one render may make and how long it may take (config section `templates`)."""
-
-    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS
-    max_seconds: float = DEFAULT_MAX_SECONDS
 
 
 _limits = TemplateLimits()

@@ -21,7 +21,7 @@ from engine.config import load_config
 from engine.storage import Database, Store, utcnow
 from tests.conftest import REPO, write
 
-HEAD = "0008"  # the newest migration; a new one must update this
+HEAD = "0008"  # the newest migration; a new one must update this and storage.HEAD_REVISION
 
 
 def _execution(execution_id: str, **fields: Any) -> dict[str, Any]:
@@ -589,3 +589,13 @@ async def test_execution_service_runs_on_postgresql(tmp_path: Path, postgres_url
         assert reopened.get_execution(local["id"])["status"] == "succeeded"
     finally:
         reopened.close()
+
+
+def test_the_fast_schema_check_knows_the_newest_migration() -> None:
+    """`migrate` skips Alembic when the database is at `HEAD_REVISION`: it must be Alembic's head."""
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(storage._MIGRATIONS))
+    assert storage.HEAD_REVISION == ScriptDirectory.from_config(config).get_current_head() == HEAD
