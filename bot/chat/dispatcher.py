@@ -84,12 +84,13 @@ class Dispatcher:
     async def handle(self, message: Message) -> None:
         """Handle one message; whatever goes wrong, the person gets an answer and the bot stays up."""
         try:
-            if await self._inquiry_answer(message):
-                return
             text = self._addressed(message)
+            adapter = self.adapters.get(message.adapter)
+            if await self._inquiry_answer(message, text, adapter is None or adapter.capabilities.threads):
+                return
             if text is None:
                 return  # chatter: the adapters pass every message on, the dispatcher decides
-            received = getattr(self.adapters.get(message.adapter), "received", None)
+            received = getattr(adapter, "received", None)
             if received is not None:  # the platform's "seen it" mark (Slack's status reaction)
                 await received(message)
             await self._handle(message, text)
@@ -304,13 +305,10 @@ class Dispatcher:
         """`respond <inquiry-id> <json or value>`: answer an inquiry (spec §11.2)."""
         await self.say(message, await self.inquiries.respond_command(message, rest, self.settings.prefix))
 
-    async def _inquiry_answer(self, message: Message) -> bool:
+    async def _inquiry_answer(self, message: Message, text: str | None, threaded: bool) -> bool:
         """A bare answer (or a button's value) in the thread an inquiry was asked in. Where there
         are no threads (IRC), the answer in the question's channel must be addressed to the bot
         (`squall: yes`): a bare "ok" in a busy channel must not approve anything."""
-        adapter = self.adapters.get(message.adapter)
-        threaded = adapter is None or adapter.capabilities.threads
-        text = self._addressed(message)
         if threaded and not message.thread:
             return False
         if not threaded and (text is None or not (message.mentioned or message.direct)):
