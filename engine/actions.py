@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ _ACTION_KEYS = {
     "name", "runner_type", "entry_point", "description", "enabled", "pack", "parameters", "output_schema",
     "notify", "tags", "metadata_file", "ref", "uid", "id",
 }
+log = logging.getLogger(__name__)
+
 _NAME = re.compile(r"^[\w.-]+$")
 _PARAM_NAME = re.compile(r"^\w+$")
 
@@ -101,6 +104,34 @@ def _suggest(word: str, choices: set[str] | list[str]) -> str:
     return f" (did you mean '{near[0]}'?)" if near else ""
 
 
+def _position_problem(parameters: dict[str, dict[str, Any]]) -> tuple[str, str] | None:
+    """The parameter whose `position` StackStorm's registrar would refuse, with the reason, or None.
+
+    StackStorm sorts positional parameters by position and refuses only two numberings: the same
+    position twice, and gaps. It does not require them to start at 0 (git's `clone` numbers its
+    arguments from 1), so neither do we: the runners pass them in sorted order either way."""
+    positions: list[tuple[float, str]] = []
+    for pname, spec in parameters.items():
+        if "position" in spec:
+            pos = spec["position"]
+            if isinstance(pos, bool) or not isinstance(pos, int | float) or pos < 0:
+                return pname, f"parameter '{pname}': 'position' must be a number >= 0"
+            if pos != int(pos):
+                return pname, f"parameter '{pname}': 'position' must be a whole number, not {pos:g}"
+            positions.append((pos, pname))
+    positions.sort()
+    taken = ", ".join(f"{n}={p:g}" for p, n in positions)
+    for index, (pos, pname) in enumerate(positions):
+        if index and pos == positions[index - 1][0]:
+            return pname, (f"parameter positions must be unique and contiguous ({taken}); '{pname}' has the "
+                           f"same position {pos:g} as '{positions[index - 1][1]}'")
+        expected = positions[0][0] + index
+        if pos != expected:
+            return pname, (f"parameter positions must be unique and contiguous ({taken}); '{pname}' should "
+                           f"have position {expected:g}")
+    return None
+
+
 # Complex by nature: a check per action metadata key (spec §1.1); split, they would be scattered.
 def build_action(data: Any, lines: LineMap, *, pack: str, pack_path: Path, file: str) -> Action:  # noqa: C901
     """Check one action document and merge its parameters with its runner's; raise on the first error."""
@@ -136,7 +167,9 @@ def build_action(data: Any, lines: LineMap, *, pack: str, pack_path: Path, file:
     if runner.needs_entry_point and not entry_point:
         raise fail(f"runner '{runner_name}' needs 'entry_point' (a file under actions/)", "entry_point")
     if runner.forbids_entry_point and entry_point:
-        raise fail(f"runner '{runner_name}' runs 'cmd' and takes no entry_point", "entry_point")
+        # StackStorm stores and ignores it (the runner runs `cmd`); Exchange packs ship such leftovers.
+        log.debug("%s: runner '%s' runs 'cmd'; entry_point '%s' is ignored", file, runner_name, entry_point)
+        entry_point = ""
     if entry_point:
         target = (pack_path / "actions" / entry_point).resolve()
         if not target.is_relative_to(pack_path.resolve()):
@@ -191,19 +224,10 @@ def build_action(data: Any, lines: LineMap, *, pack: str, pack_path: Path, file:
         if merged[pname].get("immutable") and "default" not in merged[pname]:
             raise fail(f"parameter '{pname}' is immutable and so needs a 'default'", *where)
 
-    positions: list[tuple[float, str]] = []
-    for pname, spec in merged.items():
-        if "position" in spec:
-            pos = spec["position"]
-            if isinstance(pos, bool) or not isinstance(pos, int | float) or pos < 0:
-                raise fail(f"parameter '{pname}': 'position' must be a number >= 0", "parameters", pname)
-            positions.append((pos, pname))
-    positions.sort()
-    for index, (pos, pname) in enumerate(positions):
-        if pos != index:
-            taken = ", ".join(f"{n}={p:g}" for p, n in positions)
-            raise fail(f"parameter positions must be unique and contiguous from 0 ({taken}); "
-                       f"'{pname}' should have position {index}", "parameters", pname, "position")
+    position_problem = _position_problem(merged)
+    if position_problem:
+        pname, reason = position_problem
+        raise fail(reason, "parameters", pname, "position")
 
     cmd = merged.get("cmd", {}).get("default") if runner_name in SHELL_COMMAND_RUNNERS else None
     if isinstance(cmd, str) and "{{" in cmd:

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.packs import SYSTEM_PACKS, Pack, Registry, load_pack
+from engine.packs import REPLACEABLE_PACKS, SYSTEM_PACKS, Pack, Registry, load_pack
 from engine.yamlfile import ContentError
 
 Progress = Callable[[str], None]
@@ -88,8 +88,11 @@ def install_pack(source: str, install_path: Path, configs_path: Path, virtualenv
         pack = load_pack(folder, probe, configs_path, None)
         if pack is None:
             raise PackInstallError("; ".join(str(e) for e in probe.errors) or "pack.yaml is invalid")
-        if pack.ref in SYSTEM_PACKS:
+        if pack.ref in SYSTEM_PACKS:  # load_pack refuses these names already; kept for a clear message
             raise PackInstallError(f"'{pack.ref}' is a system pack shipped with Squall and cannot be replaced")
+        if pack.ref in REPLACEABLE_PACKS:
+            progress(f"this {pack.ref} pack replaces the {pack.ref} pack shipped with Squall: {pack.ref}.* actions "
+                     f"come from it from now on; `squall pack remove {pack.ref}` brings the shipped one back")
         target = install_path / pack.ref
         progress(f"copying {pack.ref} {pack.version} to {target}")
         install_path.mkdir(parents=True, exist_ok=True)
@@ -119,6 +122,8 @@ def remove_pack(ref: str, registry: Registry, virtualenvs: Path, progress: Progr
     if pack.system:
         raise PackInstallError(f"'{ref}' is a system pack shipped with Squall and cannot be removed")
     progress(f"removing {pack.path}")
+    if ref in REPLACEABLE_PACKS:
+        progress(f"the {ref} pack shipped with Squall is used again")
     shutil.rmtree(pack.path)
     venv = virtualenvs / ref
     if venv.exists():

@@ -20,7 +20,12 @@ from engine.parameters import draft4
 from engine.yamlfile import ContentError, ContentInvalid, LineMap, load_yaml
 
 PACK_REF = re.compile(r"^[a-z0-9_]+$")
-SYSTEM_PACKS = {"core", "packs", "linux", "chatops", "squall"}
+#: Shipped packs Squall itself depends on (system trigger types, chat posts, its own commands): a user
+#: pack may not take their names. StackStorm's blacklist names `core` and `packs`; Squall ships no `packs`.
+SYSTEM_PACKS = {"core", "chatops", "squall"}
+#: Shipped packs that StackStorm users replace with their own copy: a user pack of that name is loaded
+#: instead of the shipped one, as installing a pack over StackStorm's shipped `linux` does.
+REPLACEABLE_PACKS = {"linux"}
 CONTENT_KINDS = ("aliases", "rules", "sensors", "policies")
 
 
@@ -297,10 +302,23 @@ def _load_config(pack: Pack, registry: Registry, configs_path: Path) -> None:
 
 
 def load_registry(pack_paths: list[Path], configs_path: Path, system_path: Path) -> Registry:
-    """Load the system packs, then every pack under `pack_paths`."""
+    """Load the system packs, then every pack under `pack_paths`.
+
+    A replaceable shipped pack (`linux`) loads last and only if no user pack took its ref, so an
+    installed copy replaces it without an "already loaded" warning, and removing that copy brings
+    the shipped one back.
+    """
     registry = Registry()
+    shipped = system_path.resolve()
+    replaceable: list[Path] = []
     for path in discover([system_path, *pack_paths]):
+        if path.resolve().parent == shipped and path.name in REPLACEABLE_PACKS:
+            replaceable.append(path)  # after the user's packs, so a user's copy of the name wins
+            continue
         load_pack(path, registry, configs_path, system_path)
+    for path in replaceable:
+        if path.name not in registry.packs:
+            load_pack(path, registry, configs_path, system_path)
     return registry
 
 

@@ -326,9 +326,41 @@ _SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf")
 _SUBSCHEMA_ONE = ("items", "additionalItems", "additionalProperties", "not")
 
 
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` that also accepts null (StackStorm's `modify_schema_allow_default_none` for one property).
+    A property without a type accepts null already; StackStorm would narrow it to string, we do not."""
+    for combinator in ("anyOf", "oneOf"):
+        choices = schema.get(combinator)
+        if isinstance(choices, list):
+            if not any(isinstance(c, dict) and c.get("type") == "null" for c in choices):
+                return {**schema, combinator: [*choices, {"type": "null"}]}
+            return schema
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return schema if "null" in kind else {**schema, "type": [*kind, "null"]}
+    if isinstance(kind, str) and kind != "null":
+        return {**schema, "type": [kind, "null"]}
+    return schema
+
+
+def _allow_default_none(out: dict[str, Any], required: Collection[str]) -> None:
+    """Let null stand for an optional property, or one whose default is null, as every StackStorm
+    validation of parameters, configs, trigger parameters and inquiry answers does (`allow_default_none`):
+    a pack's `default: null` then means "unset" instead of a value that breaks its own type."""
+    properties = out.get("properties")
+    if not isinstance(properties, dict):
+        return
+    for name, spec in properties.items():
+        if not isinstance(spec, dict) or spec.get("default") is not None:
+            continue
+        if "default" in spec or name not in required:
+            properties[name] = _nullable(spec)
+
+
 def draft4(schema: Any) -> Any:
     """A StackStorm schema as plain draft-4: each property's boolean `required` (draft-3 style, which
-    StackStorm's validator honours at every depth) becomes its parent's `required` list."""
+    StackStorm's validator honours at every depth) becomes its parent's `required` list, and null is
+    allowed where StackStorm's `allow_default_none` allows it (`_allow_default_none`)."""
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
@@ -351,6 +383,8 @@ def draft4(schema: Any) -> Any:
         if names:
             listed = schema.get("required") if isinstance(schema.get("required"), list) else []
             out["required"] = [*listed, *(n for n in names if n not in listed)]
+    required = out.get("required")
+    _allow_default_none(out, required if isinstance(required, list) else [])
     return out
 
 
@@ -359,7 +393,9 @@ def validate(action: Action, values: Mapping[str, Any]) -> None:
     for name, spec in action.parameters.items():
         value = values.get(name)
         if value is None:
-            if spec.get("required"):
+            # A required parameter whose default is null is satisfied by it, as in StackStorm (which
+            # fills defaults in before it checks `required`): the action gets it unset.
+            if spec.get("required") and not ("default" in spec and spec["default"] is None):
                 raise ParameterError(
                     f'parameter "{name}" is required by action "{action.ref}"'
                     + (f" ({spec['description']})" if spec.get("description") else "")

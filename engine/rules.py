@@ -11,7 +11,10 @@ every rule: the first criterion is the first one StackStorm evaluates too).
 
 Deliberate differences from StackStorm: `exists`/`nexists` need no `pattern`; the documented
 `{{ st2kv.system.key }}` pattern form works; a rule whose action parameters do not resolve gets a
-`failed` enforcement without an execution record (StackStorm creates a failed execution).
+`failed` enforcement without an execution record (StackStorm creates a failed execution); a rule
+naming the action or trigger type of a pack not loaded yet is loaded and reported as waiting, as
+StackStorm registers it, but matches nothing until a reload brings the pack (StackStorm would record
+failed enforcements for a missing action meanwhile).
 """
 
 from __future__ import annotations
@@ -176,10 +179,20 @@ class Rule:
     context: dict[str, Any] = field(default_factory=dict)
     tags: list[Any] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: What the rule waits for: its trigger type or action, of a pack not loaded yet (one line each).
+    #: StackStorm registers such a rule and it works once the pack is registered; so does ours, after
+    #: the reload that loads the pack. Until then it matches nothing.
+    waiting: list[str] = field(default_factory=list)
+    waiting_line: int | None = None  # where the first missing ref is written
 
     @property
     def ref(self) -> str:
         return f"{self.pack}.{self.name}"
+
+    @property
+    def live(self) -> bool:
+        """Whether trigger instances can reach it: enabled, and nothing it names is missing."""
+        return self.enabled and not self.waiting
 
     @property
     def webhook_url(self) -> str | None:
@@ -279,14 +292,17 @@ def load_rule(data: Any, pack: str, file: str, registry: Registry, lines: LineMa
         raise _fail(file, lines, ("trigger",), 'a rule needs "trigger" with a "type"')
     trigger_ref = trigger["type"]
     trigger_type = registry.trigger_types.get(trigger_ref)
-    if trigger_type is None:
+    waiting: list[str] = []
+    if trigger_type is None and (missing := _missing_pack(trigger_ref, registry)):
+        waiting.append(f'trigger type "{trigger_ref}" (pack "{missing}" is not loaded)')
+    elif trigger_type is None:
         near = difflib.get_close_matches(trigger_ref, list(registry.trigger_types), n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
         raise _fail(file, lines, ("trigger", "type"), f'trigger type "{trigger_ref}" is not registered{hint}')
     parameters = trigger.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise _fail(file, lines, ("trigger", "parameters"), "trigger parameters must be a mapping")
-    if trigger_type.parameters_schema:
+    if trigger_type is not None and trigger_type.parameters_schema:
         error = jsonschema.exceptions.best_match(
             jsonschema.Draft4Validator(draft4(trigger_type.parameters_schema)).iter_errors(parameters))
         if error is not None:
@@ -315,15 +331,39 @@ def load_rule(data: Any, pack: str, file: str, registry: Registry, lines: LineMa
     if not isinstance(action_parameters, dict):
         raise _fail(file, lines, ("action", "parameters"), "action parameters must be a mapping")
     if check_action and action["ref"] not in registry.actions:
-        try:
-            registry.action(action["ref"])
-        except LookupError as exc:
-            raise _fail(file, lines, ("action", "ref"), str(exc)) from None
+        if missing := _missing_pack(action["ref"], registry):
+            waiting.append(f'action "{action["ref"]}" (pack "{missing}" is not loaded)')
+        else:
+            try:
+                registry.action(action["ref"])
+            except LookupError as exc:
+                raise _fail(file, lines, ("action", "ref"), str(exc)) from None
 
     return Rule(name=name, pack=pack, file=file, trigger_type=trigger_ref, action_ref=action["ref"], enabled=enabled,
                 type=type_ref, description=str(data.get("description") or ""), trigger_parameters=dict(parameters),
                 criteria=criteria, action_parameters=dict(action_parameters), context=dict(data.get("context") or {}),
-                tags=list(data.get("tags") or []), data=data)
+                tags=list(data.get("tags") or []), data=data, waiting=waiting,
+                waiting_line=_waiting_line(waiting, lines))
+
+
+def _waiting_line(waiting: list[str], lines: LineMap | None) -> int | None:
+    if not waiting or lines is None:
+        return None
+    return lines.line(*(("trigger", "type") if waiting[0].startswith("trigger") else ("action", "ref")))
+
+
+def _missing_pack(ref: str, registry: Registry) -> str | None:
+    """The pack named by `ref` (`pack.name`) when no pack of that name is loaded, else None. A ref of
+    a loaded pack that names nothing is a mistake to report now, not something to wait for."""
+    pack = ref.split(".", 1)[0] if "." in ref else None
+    return pack if pack and pack not in registry.packs else None
+
+
+def waiting_problem(rule: Rule) -> ContentError:
+    """The problem reported for a rule that waits for packs: what it waits for, and when it goes live."""
+    packs = "the pack is" if len(rule.waiting) == 1 else "those packs are"
+    return ContentError(rule.file, rule.waiting_line, f'rule "{rule.ref}" is loaded but waits for '
+                                                      f'{" and ".join(rule.waiting)}; it goes live once {packs} loaded')
 
 
 def load_rules(registry: Registry) -> tuple[list[Rule], list[ContentError]]:
@@ -497,12 +537,19 @@ class RulesEngine:
 
     # -- loading -------------------------------------------------------------------------------
     def rebuild(self, registry: Registry) -> None:
+        """Load the registry's rules; also on every pack reload, which is how a rule waiting for a
+        pack goes live once that pack arrives. Waiting rules are reported with the load problems."""
         rules, errors = load_rules(registry)
         for error in errors:
             log.warning("rule skipped: %s", error)
             if error not in registry.errors:
                 registry.errors.append(error)
-        self.errors = errors
+        waiting = [waiting_problem(rule) for rule in rules if rule.waiting]
+        for problem in waiting:
+            log.warning("rule waiting: %s", problem)
+            if problem not in registry.errors:
+                registry.errors.append(problem)
+        self.errors = [*errors, *waiting]
         self.set_rules(rules)
 
     def set_rules(self, rules: Iterable[Rule]) -> None:
@@ -510,17 +557,17 @@ class RulesEngine:
         standard: dict[str, _Bucket] = {}
         backstop: dict[str, _Bucket] = {}
         for rule in self.rules.values():
-            if not rule.enabled:
+            if not rule.live:
                 continue
             target = standard if rule.type == "standard" else backstop
             target.setdefault(rule.binding, _Bucket()).add(rule)
         self._standard, self._backstop = standard, backstop
-        self._types = {rule.trigger_type for rule in self.rules.values() if rule.enabled}
+        self._types = {rule.trigger_type for rule in self.rules.values() if rule.live}
 
     # -- lookups for the API and CLI -----------------------------------------------------------
     def hooks(self) -> list[str]:
         """Webhook URLs declared by enabled rules on `core.st2.webhook` (no leading/trailing `/`)."""
-        return sorted({rule.webhook_url for rule in self.rules.values() if rule.enabled and rule.webhook_url})
+        return sorted({rule.webhook_url for rule in self.rules.values() if rule.live and rule.webhook_url})
 
     def webhook_rules(self, url: str) -> list[Rule]:
         key = binding(WEBHOOK, {"url": url})
@@ -537,7 +584,7 @@ class RulesEngine:
         """The distinct parameter sets enabled rules give `trigger_ref` (timers and sensors serve these)."""
         seen: dict[str, dict[str, Any]] = {}
         for rule in self.rules.values():
-            if rule.enabled and rule.trigger_type == trigger_ref:
+            if rule.live and rule.trigger_type == trigger_ref:
                 seen.setdefault(rule.binding, rule.trigger_parameters)
         return [{"key": key, "type": trigger_ref, "parameters": parameters} for key, parameters in seen.items()]
 
@@ -659,4 +706,4 @@ def default_evaluator(kv: Mapping[str, str] | None = None) -> Evaluator:
 
 __all__ = ["Check", "Criterion", "Evaluator", "MatchFailure", "Rule", "RuleError", "RulesEngine", "compile_key",
            "default_evaluator", "enforcement_public", "failure_reason", "load_rule", "load_rules", "render_pattern",
-           "strip_tag"]
+           "strip_tag", "waiting_problem"]

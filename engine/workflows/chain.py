@@ -7,6 +7,7 @@ does. The chain's status is the one implied by the last task it processed.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from engine.templates import TemplateRenderError, is_jinja_expression, render_va
 from engine.workflows import graph
 from engine.workflows.model import FAILED, Outcome, TaskCall
 from engine.yamlfile import ContentError, ContentInvalid, LineMap
+
+log = logging.getLogger(__name__)
 
 _TOP_KEYS = {"chain", "default", "vars"}
 _NODE_KEYS = {"name", "ref", "params", "parameters", "on-success", "on-failure", "publish", "notify"}
@@ -66,8 +69,14 @@ def parse(data: Any, lines: LineMap, file: str) -> ChainSpec:  # noqa: C901 (a c
         if not isinstance(name, str) or not name:
             raise fail(f"task {index + 1}: needs a 'name'", *where)
         unknown = set(body) - _NODE_KEYS
+        if unknown and index == 0:
+            raise fail(f"task '{name}': unknown key(s) {', '.join(sorted(map(str, unknown)))} (StackStorm refuses "
+                       "them in the first task)", *where)
         if unknown:
-            raise fail(f"task '{name}': unknown key(s) {', '.join(sorted(map(str, unknown)))}", *where)
+            # StackStorm's chain schema lists its node schema as `items: [Node]`, which JSON schema
+            # applies to the first task only; later tasks may carry any keys (`description`, say),
+            # and StackStorm ignores them. Exchange chains rely on that.
+            log.debug("%s: task '%s': key(s) %s ignored", file, name, ", ".join(sorted(map(str, unknown))))
         if not isinstance(body.get("ref"), str) or not body["ref"]:
             raise fail(f"task '{name}': needs 'ref' (the action to run)", *where)
         if "params" in body and "parameters" in body:
