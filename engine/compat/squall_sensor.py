@@ -18,6 +18,7 @@ import sys
 import threading
 from typing import Any
 
+import squall_paths
 from squall_worker import ActionService, Channel, ConfigDict, load_module
 from st2reactor.sensor.base import BaseSensor, PollingSensor
 
@@ -80,6 +81,39 @@ def load_sensor_class(path: str, class_name: str) -> type[BaseSensor]:
     return cls
 
 
+def make_sensor(cls: type, service: SensorService, config: ConfigDict, poll_interval: float | None) -> Any:
+    """Construct the sensor as StackStorm's sensor wrapper does, and a little more forgivingly.
+
+    StackStorm passes `sensor_service` and `config`, plus `poll_interval` only to a `PollingSensor`
+    whose metadata sets one (so a subclass whose `__init__` takes no `poll_interval` still runs).
+    Beyond StackStorm, as for actions: a constructor that refuses `poll_interval` gets it through
+    `set_poll_interval()`, and one that takes only `config` gets `sensor_service` as an attribute.
+    """
+    kwargs: dict[str, Any] = {"sensor_service": service, "config": config}
+    if poll_interval and issubclass(cls, PollingSensor):
+        kwargs["poll_interval"] = poll_interval
+    late: dict[str, Any] = {}
+    while True:
+        try:
+            sensor = cls(**kwargs)
+            break
+        except TypeError as exc:
+            refused = next((name for name in ("poll_interval", "sensor_service") if name in kwargs
+                            and f"unexpected keyword argument '{name}'" in str(exc)), None)
+            if refused is None:
+                raise
+            late[refused] = kwargs.pop(refused)
+    if "poll_interval" in late:
+        setter = getattr(sensor, "set_poll_interval", None)
+        if callable(setter):
+            setter(late["poll_interval"])
+        else:
+            sensor._poll_interval = late["poll_interval"]
+    if "sensor_service" in late:
+        sensor.sensor_service = sensor._sensor_service = service
+    return sensor
+
+
 def _read(channel: Channel, service: SensorService, sensor: BaseSensor) -> None:
     """The reader thread: answers, trigger changes, and the end of the parent."""
     while (message := channel.receive()) is not None:
@@ -96,6 +130,7 @@ def _read(channel: Channel, service: SensorService, sensor: BaseSensor) -> None:
 
 def main() -> None:
     channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
+    squall_paths.install_from_environment()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     spec = channel.receive()
     if spec is None:
@@ -103,11 +138,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     cls = load_sensor_class(spec["file"], spec["class_name"])
     service = SensorService(channel, spec["pack"], spec["class_name"])
-    config = ConfigDict(spec.get("config") or {})
-    if issubclass(cls, PollingSensor):
-        sensor = cls(sensor_service=service, config=config, poll_interval=spec.get("poll_interval") or 5)
-    else:
-        sensor = cls(sensor_service=service, config=config)
+    sensor = make_sensor(cls, service, ConfigDict(spec.get("config") or {}), spec.get("poll_interval"))
     threading.Thread(target=_read, args=(channel, service, sensor), name="squall-sensor-reader",
                      daemon=True).start()
     try:

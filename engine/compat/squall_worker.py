@@ -9,16 +9,23 @@ same pipes back to the parent. Standard library only: it runs under the pack's v
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import enum
 import importlib.util
 import inspect
 import json
 import logging
+import math
 import os
 import sys
 import traceback
+import uuid
 from typing import Any
 
+import squall_paths
 from st2common.runners.base_action import Action
+from st2common.runners.utils import get_action_class_instance
 
 INVALID_STATUS_EXIT = 220
 AUDIT_LEVEL = 25  # StackStorm's AUDIT, between INFO and WARNING (st2common.log)
@@ -132,27 +139,76 @@ def load_module(path: str, prefix: str) -> Any:
     return module
 
 
-def load_action_class(path: str) -> type[Action]:
-    """The first `Action` subclass defined in the file (cached until the file changes)."""
+def _implements_run(cls: type) -> bool:
+    """StackStorm's test for an action class: `run` is a plain function that is not abstract."""
+    run = inspect.getattr_static(cls, "run", None)
+    return inspect.isfunction(run) and not getattr(run, "__isabstractmethod__", False)
+
+
+def load_action_class(path: str) -> type:
+    """The action class of a file, chosen as StackStorm's python runner chooses it (cached until the file
+    changes): among the classes defined in the file itself, ordered by name, the first whose `run()` is
+    implemented, whether or not it derives from `Action` (the jira pack's classes do not). A file whose
+    only action class is imported from elsewhere, which StackStorm refuses, keeps working as before.
+    """
     key = (path, os.stat(path).st_mtime)
     module = _modules.get(key)
     if module is None:
         module = _modules[key] = load_module(path, "squall_action_")
-    candidates = [
-        obj for obj in vars(module).values()
-        if inspect.isclass(obj) and issubclass(obj, Action) and obj is not Action and not inspect.isabstract(obj)
-    ]
-    own = [obj for obj in candidates if obj.__module__ == module.__name__]
-    if not (own or candidates):
-        raise ImportError(f"{path} defines no class derived from st2common.runners.base_action.Action")
-    return (own or candidates)[0]
+    classes = sorted((obj for obj in vars(module).values() if inspect.isclass(obj)), key=lambda obj: obj.__name__)
+    own = [obj for obj in classes if obj.__module__ == module.__name__ and _implements_run(obj)]
+    if own:
+        return own[0]
+    imported = [obj for obj in classes if issubclass(obj, Action) and obj is not Action and _implements_run(obj)]
+    if not imported:
+        raise ImportError(f"{path} defines no action class: StackStorm takes the first class of the file that "
+                          "implements run() (derived from st2common.runners.base_action.Action or not)")
+    return imported[0]
 
 
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value)
+def _orjson_like(value: Any) -> Any:
+    """`value` as StackStorm's orjson serializes it, or TypeError where orjson refuses it.
+
+    Beyond the json module: datetimes, dates and times as ISO 8601, UUIDs as text, enums as their
+    value, dataclasses as objects, NaN and infinities as null. Like orjson: bytes, sets, keys that are
+    not strings and integers beyond 64 bits are refused.
+    """
+    if value is None or isinstance(value, (str, bool)):
         return value
-    except (TypeError, ValueError):
+    if isinstance(value, int):
+        if not -(2 ** 63) <= value < 2 ** 64:
+            raise TypeError("Integer exceeds 64-bit range")
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError("Dict key must be str")
+        return {str(k): _orjson_like(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_orjson_like(item) for item in value]
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return _orjson_like(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _orjson_like(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def stored_result(value: Any) -> Any:
+    """The result as StackStorm stores it: serialized as its orjson does, or, when that fails, the
+    value's `str()` (so bytes become `"b'...'"`, as in StackStorm, instead of failing the execution).
+
+    StackStorm's wrapper writes `str({'result': ..., 'status': None})` for a result returned without a
+    status and its runner cuts the result's text out of that line, leaving the tail `, 'status': None}`
+    on it; Squall stores the `str()` alone in both cases (docs/stackstorm-compat.md).
+    """
+    try:
+        return _orjson_like(value)
+    except (TypeError, ValueError, RecursionError):
         return str(value)
 
 
@@ -174,7 +230,8 @@ def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
     try:
         cls = load_action_class(request["file"])
         service = ActionService(channel, request["pack"], cls.__name__, request.get("user"))
-        action = cls(config=ConfigDict(request.get("config") or {}), action_service=service)
+        action = get_action_class_instance(cls, config=ConfigDict(request.get("config") or {}),
+                                           action_service=service)
         returned = action.run(**(request.get("parameters") or {}))
     except BaseException as exc:  # the action's failure, whatever it is, belongs to the execution
         if isinstance(exc, KeyboardInterrupt):
@@ -190,17 +247,18 @@ def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
     if isinstance(returned, tuple) and len(returned) == 2:
         status, result = returned
         if isinstance(status, bool):
-            return {"op": "done", "status": status, "result": _jsonable(result), "exit_code": 0}
+            return {"op": "done", "status": status, "result": stored_result(result), "exit_code": 0}
         if status is not None:
             print(f"The action returned an invalid status {status!r}: the first item of a (status, result) "
                   "tuple must be True or False", file=sys.stderr, flush=True)
             return {"op": "done", "status": False, "result": None, "exit_code": INVALID_STATUS_EXIT}
         returned = result  # (None, result): no status, as StackStorm's wrapper reads it
-    return {"op": "done", "status": None, "result": _jsonable(returned), "exit_code": 0}
+    return {"op": "done", "status": None, "result": stored_result(returned), "exit_code": 0}
 
 
 def main() -> None:
     channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
+    squall_paths.install_from_environment()
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     channel.send({"op": "ready", "pid": os.getpid()})
     original_out, original_err = os.dup(1), os.dup(2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -26,6 +27,8 @@ from engine.runners import OUTPUT_LIMIT, RunAs, RunOutcome, RunRequest
 from engine.runners.environment import action_variables, inherited_environment
 
 COMPAT_PATH = Path(__file__).resolve().parent.parent / "compat"
+#: The variable naming the pack's folder to `compat/squall_paths.py` (which removes it at start).
+PACK_PATH_VARIABLE = "_SQUALL_PACK_PATH"
 WORKER_SCRIPT = COMPAT_PATH / "squall_worker.py"
 _STREAM_LIMIT = 64 * 1024 * 1024
 
@@ -89,10 +92,44 @@ def _interpreter(venv: Path) -> str:
     return str(candidate) if candidate.exists() else sys.executable
 
 
-def _pythonpath(pack_path: Path) -> str:
-    """Compat package, the pack's lib folders, then Squall's own site-packages (as st2 does)."""
+#: Packages StackStorm's own environment gives every action, which Exchange packs import without
+#: declaring them; found wherever Squall's interpreter has them (docs/stackstorm-compat.md).
+ST2_RUNTIME_PACKAGES = ("six",)
+
+
+def _runtime_package_folders() -> list[str]:
+    """The import-path folders holding `ST2_RUNTIME_PACKAGES` for Squall's interpreter.
+
+    Located by import spec rather than assumed in `purelib`, so a user or system install of Squall
+    (where the packages may sit in another site folder) still hands them to actions.
+    """
+    folders: list[str] = []
+    for name in ST2_RUNTIME_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            continue
+        folder = Path(spec.origin).parent
+        if spec.submodule_search_locations:  # a package: its folder's parent is on the path
+            folder = folder.parent
+        if str(folder) not in folders:
+            folders.append(str(folder))
+    return folders
+
+
+def _pythonpath(pack_path: Path, venv: Path | None = None) -> str:
+    """Compat package, the pack's lib folders, the pack's virtualenv, then Squall's own site-packages
+    and StackStorm's runtime packages (as st2 does).
+
+    The pack's site-packages is named before Squall's: PYTHONPATH comes ahead of the interpreter's
+    own site folder, so without it Squall's copy of a library would shadow the version the pack's
+    requirements pinned (StackStorm also puts the pack's virtualenv first).
+    """
     parts = [str(COMPAT_PATH), str(pack_path / "actions" / "lib"), str(pack_path / "lib")]
-    parts.append(sysconfig.get_paths()["purelib"])
+    if venv is not None:
+        parts.extend(sorted(str(site) for site in venv.glob("lib/python*/site-packages")))
+    for folder in [sysconfig.get_paths()["purelib"], *_runtime_package_folders()]:
+        if folder not in parts:
+            parts.append(folder)
     return os.pathsep.join(parts)
 
 
@@ -109,7 +146,8 @@ async def spawn_pack_process(script: Path, pack_path: Path, venv: Path, *, cwd: 
     request_read, request_write = os.pipe()
     reply_read, reply_write = os.pipe()
     env = inherited_environment(run_as)
-    env["PYTHONPATH"] = _pythonpath(pack_path)
+    env["PYTHONPATH"] = _pythonpath(pack_path, venv)
+    env[PACK_PATH_VARIABLE] = str(pack_path)  # for /opt/stackstorm/packs/<pack> paths (squall_paths.py)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     argv, dying = dying_with_service([_interpreter(venv), "-u", str(script), str(request_read), str(reply_write)])
     try:

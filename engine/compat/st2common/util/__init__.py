@@ -1,0 +1,1 @@
+"""`st2common.util`: the helper modules Exchange packs import from StackStorm's own library."""
