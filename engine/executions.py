@@ -35,6 +35,7 @@ from engine.processes import LEDGER, ledger_directory, owner_file_state, process
 from engine.runners import Runner, RunOutcome, RunRequest
 from engine.storage import Database, iso, utcnow
 from engine.templates import KVNamespace, build_environment
+from engine.tokens import mint, revoke, revoke_ended
 
 log = logging.getLogger(__name__)
 
@@ -350,9 +351,15 @@ class ExecutionService:
             if record is None:
                 return None
         try:
-            return record, self._run_request(record)
+            request, secrets = self._run_request(record)
         except (CryptoError, ParameterError, LookupError) as exc:
             return record, exc
+        # The action's API token, stored in this claim's transaction; scrubbed from the result like a secret.
+        context = record["context"]
+        request.auth_token = mint(store, execution_id, context.get("user") or context.get("api_user"),
+                                  request.runner_parameters.get("timeout"))
+        request.revealed.append(request.auth_token)
+        return record, (request, secrets)
 
     def _claim_resuming(self, execution_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         """A workflow marked `resuming` (paused, recovered or re-run), or an execution a policy
@@ -433,6 +440,7 @@ class ExecutionService:
         if known["status"] == "running":  # the common case: still as we claimed it, one write
             complete = {**fields, "log": [*(known.get("log") or []), entry]}
             if store.update_execution(execution_id, complete, expect=("running",)):
+                revoke(store, execution_id)  # its API token ends with the run, in the same transaction
                 return {**known, **complete}
         while True:
             current = store.get_execution(execution_id)
@@ -440,6 +448,7 @@ class ExecutionService:
                 return None
             complete = {**fields, "log": [*(current.get("log") or []), entry]}
             if store.update_execution(execution_id, complete, expect=(current["status"],)):
+                revoke(store, execution_id)
                 return {**current, **complete}
 
     async def complete(self, execution_id: str, status: str, result: Any,
@@ -723,6 +732,8 @@ class ExecutionService:
                 record.update(fields)
                 self._finished(record)
         self.foreign_owners = foreign
+        # API tokens of what the crash left (abandoned above, resuming, or ended by another process).
+        await self.db(revoke_ended, self.db.store)
         if self.executor is not None:
             for execution_id in resumed:  # after their children were abandoned, so they see it
                 self.conducting.add(execution_id)

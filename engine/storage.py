@@ -149,6 +149,18 @@ api_keys = sa.Table(
     sa.Column("enabled", sa.Boolean, nullable=False),
 )
 
+action_tokens = sa.Table(
+    "action_tokens",
+    metadata,
+    # SHA-256 hex of an execution's `ST2_ACTION_AUTH_TOKEN`: only the action's environment holds the token.
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("execution_id", sa.String(32), nullable=False),
+    sa.Column("user", sa.String(255), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("ix_action_tokens_execution", "execution_id"),
+)
+
 _GET_EXECUTION = sa.select(executions).where(executions.c.id == sa.bindparam("_id"))
 _KEYED_ROW = sa.select(outbox.c.id).where(outbox.c.execution_id == sa.bindparam("execution_id"),
                                           outbox.c.kind == sa.bindparam("kind"))
@@ -267,7 +279,7 @@ def create_engine(url: str) -> Engine:
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 
 
 def _revision(engine: Engine) -> str | None:

@@ -1,15 +1,22 @@
 """The API-key check that protected routes depend on (`Depends(require_key)`); webhooks without a
-secret call it too. Keys are stored and made by `bot.apikeys`, which the CLI shares without FastAPI."""
+secret call it too. Keys are stored and made by `bot.apikeys`, which the CLI shares without FastAPI.
+
+A running execution's auth token (`ST2_ACTION_AUTH_TOKEN`, header `X-Auth-Token` as st2client sends
+it) is accepted in place of a key until the execution ends: `engine.tokens` mints and checks it."""
 
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Any
 
 from fastapi import HTTPException, Request
 
 from bot.apikeys import hash_key
 from bot.http.state import ApiState, api_state
+from engine.tokens import authenticate as authenticate_token
+
+log = logging.getLogger(__name__)
 
 
 async def _authenticated(state: ApiState, key: str | None) -> dict[str, Any] | None:
@@ -38,13 +45,36 @@ def _presented_key(request: Request) -> str | None:
     return key or request.query_params.get("st2-api-key")
 
 
+async def _require_token(request: Request, token: str) -> None:
+    """401 unless `token` is a live execution's; it acts as an anonymous key (no `render: true`).
+
+    Who it speaks for goes to `request.state.auth_user` and `auth_execution`, and to the log at debug:
+    StackStorm records a token's user on what it does; routes that audit may read it from there."""
+    squall = api_state(request).squall
+    who = await squall.db(authenticate_token, squall.store, token)
+    if who is None:
+        raise HTTPException(401, "Unauthorized - the auth token is not valid (unknown, or its execution "
+                                 "has ended).", headers={"WWW-Authenticate": "Bearer"})
+    request.state.api_key_name = None
+    request.state.auth_user = who["user"]
+    request.state.auth_execution = who["execution_id"]
+    log.debug("API %s %s with the token of execution %s (user %s)", request.method, request.url.path,
+              who["execution_id"], who["user"])
+
+
 async def require_key(request: Request) -> None:
-    """401 unless the request carries a valid key; the stored key's name goes to `request.state.api_key_name`
-    (None for a configured key), which `render: true` is checked against."""
+    """401 unless the request carries a valid key or action token; the stored key's name goes to
+    `request.state.api_key_name` (None for a configured key or a token), which `render: true` is checked
+    against. A token is tried only without a key: st2client sends one or the other."""
     key = _presented_key(request)
+    token = request.headers.get("x-auth-token")
+    if token and not key:
+        await _require_token(request, token)
+        return
     if not key:
         raise HTTPException(401, "Unauthorized - API key required: send header St2-Api-Key, "
-                                 "Authorization: Bearer <key> or query parameter st2-api-key.",
+                                 "Authorization: Bearer <key> or query parameter st2-api-key "
+                                 "(or an action's X-Auth-Token).",
                             headers={"WWW-Authenticate": "Bearer"})
     who = await _authenticated(api_state(request), key)
     if who is None:

@@ -222,6 +222,8 @@ class RunRequest:
     jinja: Any = None
     #: Secrets the action decrypted while it ran (datastore reads); scrubbed from its result.
     revealed: list[str] = field(default_factory=list)
+    #: The execution's `ST2_ACTION_AUTH_TOKEN` (`engine.tokens`): the API accepts it until the run ends.
+    auth_token: str = ""
 
     @property
     def pack_path(self) -> Path:

@@ -46,6 +46,8 @@ def action_variables(request: RunRequest) -> dict[str, str]:
         "API_URL": request.api_url,
         "DEBUG": str(bool(request.runner_parameters.get("debug", False))),
     }
+    if request.auth_token:  # StackStorm's per-execution token; absent where no execution was claimed
+        values["AUTH_TOKEN"] = request.auth_token
     for key, value in values.items():
         env[f"ST2_ACTION_{key}"] = value
         env[f"SQUALL_ACTION_{key}"] = value

@@ -335,11 +335,13 @@ class PythonRunner:
 
 
 def _python_variables(request: RunRequest) -> dict[str, str]:
-    """Every action's variables, plus `ST2_API_URL` so st2client works unmodified (spec §1.8).
+    """Every action's variables, plus `ST2_API_URL` and `ST2_AUTH_TOKEN` (the execution's token, as
+    StackStorm's Python runner sets them) so st2client works unmodified (spec §1.8).
 
     The worker inherited the rest of the environment when it started.
     """
-    return {**action_variables(request), "ST2_API_URL": request.api_url}
+    token = {"ST2_AUTH_TOKEN": request.auth_token} if request.auth_token else {}
+    return {**action_variables(request), "ST2_API_URL": request.api_url, **token}
 
 
 def _read_capture(path: Path, keep: bool, size: int | None) -> str:

@@ -1,0 +1,98 @@
+"""Execution auth tokens: StackStorm's `ST2_ACTION_AUTH_TOKEN`, valid while the execution runs.
+
+StackStorm gives every action an auth token of the execution's user so the action can call the API
+(st2client, the `st2` pack) as that user, and revokes it when the execution completes. Here a token is
+minted in the transaction that claims the execution, handed to the runner in `RunRequest.auth_token`,
+and only its SHA-256 hash is stored (as API keys are: a leaked database row cannot be replayed).
+
+A token is valid while its row exists, it has not expired, *and* its execution is still running: the
+last condition is checked against the executions table at each use, so a token dies in the very
+transaction that records the final status, even where the row's deletion (done in that transaction
+too) never ran: a crash, another process's recovery writing `abandoned`. `revoke_ended` clears those
+rows at recovery. No import of `bot/`: the HTTP API's key check calls `authenticate` from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.storage import Store, _execute, action_tokens, as_utc, executions, utcnow
+
+#: Statuses in which an execution's action may still be running and so may use its token.
+LIVE_STATUSES = ("running", "pausing", "canceling")
+#: How long past the runner's `timeout` a token outlives a claim whose end was never recorded
+#: (a process killed on another host, say): the status check normally ends it long before.
+EXPIRY_GRACE = timedelta(minutes=5)
+
+_DELETE_SQL = 'DELETE FROM "action_tokens" WHERE "execution_id" = ?'
+_LOOKUP = (
+    sa.select(action_tokens.c.execution_id, action_tokens.c.user, action_tokens.c.expires_at)
+    .select_from(action_tokens.join(executions, executions.c.id == action_tokens.c.execution_id))
+    .where(action_tokens.c.token_hash == sa.bindparam("token_hash"),
+           executions.c.status.in_(LIVE_STATUSES))
+)
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token (SHA-256 hex, as `bot.apikeys.hash_key` stores API keys)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def expiry(timeout: Any, now: datetime) -> datetime | None:
+    """When a token of a run limited to `timeout` seconds stops working at the latest; None (only the
+    execution's end) for runs without a limit, such as workflows, which may wait days on an inquiry."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        return None
+    return now + timedelta(seconds=float(timeout)) + EXPIRY_GRACE
+
+
+def mint(store: Store, execution_id: str, user: str | None, timeout: Any = None) -> str:
+    """A new token for this execution, its hash stored; call it in the claim's transaction (the
+    database thread), so a claimed execution never runs without a valid token or vice versa.
+
+    SQLite goes through the store's direct insert: this is on every execution's hot path.
+    """
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    record = {"token_hash": hash_token(token), "execution_id": execution_id,
+              "user": None if user is None else str(user)[:255], "created_at": now,
+              "expires_at": expiry(timeout, now)}
+    store._insert(action_tokens, record)
+    return token
+
+
+def revoke(store: Store, execution_id: str) -> None:
+    """Delete the execution's tokens (it ended, or paused: a resumed run gets a new one)."""
+    with store._write() as conn:
+        if store.is_sqlite:
+            _execute(conn, _DELETE_SQL, [execution_id])  # every execution's end: skip Core's overhead
+        else:
+            conn.execute(action_tokens.delete().where(action_tokens.c.execution_id == execution_id))
+
+
+def revoke_ended(store: Store) -> int:
+    """Delete the tokens of executions no longer running (and of executions that are gone): what a
+    crash or another process's status write left behind. Recovery calls this; returns how many."""
+    live = sa.select(executions.c.id).where(executions.c.status.in_(LIVE_STATUSES))
+    with store._write() as conn:
+        return conn.execute(action_tokens.delete().where(action_tokens.c.execution_id.not_in(live))).rowcount
+
+
+def authenticate(store: Store, token: str) -> dict[str, Any] | None:
+    """Who a presented token speaks for, `{"execution_id", "user"}`, or None when it is unknown,
+    revoked, expired, or its execution is no longer running."""
+    if not token:
+        return None
+    with store._read() as conn:
+        row = conn.execute(_LOOKUP, {"token_hash": hash_token(token)}).first()
+    if row is None:
+        return None
+    expires = as_utc(row.expires_at)
+    if expires is not None and expires <= utcnow():
+        return None
+    return {"execution_id": row.execution_id, "user": row.user}
