@@ -9,8 +9,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from engine.packs import REPLACEABLE_PACKS, SYSTEM_PACKS, Pack, Registry, load_pack
 from engine.yamlfile import ContentError
@@ -111,7 +112,47 @@ def install_pack(source: str, install_path: Path, configs_path: Path, virtualenv
     registry = Registry()
     installed = load_pack(target, registry, configs_path, None)
     assert installed is not None
-    return installed, registry.errors
+    _, errors = split_missing_config(installed.ref, configs_path, registry.errors)
+    return installed, errors
+
+
+def split_missing_config(ref: str, configs_path: Path,
+                         errors: Iterable[ContentError]) -> tuple[list[ContentError], list[ContentError]]:
+    """(the problems that only say `configs/<ref>.yaml` does not exist yet, every other problem).
+
+    A freshly installed pack has no config file; StackStorm registers it and its actions fail
+    until one is written, so an install must not fail on that (it says which keys are needed,
+    `needed_config_keys`). A problem can name a config file that does not exist only because the
+    schema's required keys were checked against the defaults alone, which is what this selects."""
+    config_file = configs_path / f"{ref}.yaml"
+    missing: list[ContentError] = []
+    others: list[ContentError] = []
+    absent = not config_file.exists()
+    for error in errors:
+        names_config = Path(error.file).resolve() == config_file.resolve()
+        (missing if absent and names_config else others).append(error)
+    return missing, others
+
+
+def needed_config_keys(pack: Pack) -> list[str]:
+    """The config keys still to be set: required by the pack's config schema, without a default,
+    not in its config (nested objects as `parent.key`)."""
+    return _needed(pack.config_schema, pack.config, "")
+
+
+def _needed(schema: dict[str, Any], values: Any, prefix: str) -> list[str]:
+    values = values if isinstance(values, dict) else {}
+    needed: list[str] = []
+    for key, spec in schema.items():
+        if not isinstance(spec, dict):
+            continue
+        if key not in values:
+            if spec.get("required") and "default" not in spec:
+                needed.append(prefix + key)
+            continue
+        if spec.get("type") == "object" and isinstance(spec.get("properties"), dict):
+            needed.extend(_needed(spec["properties"], values[key], f"{prefix}{key}."))
+    return needed
 
 
 def remove_pack(ref: str, registry: Registry, virtualenvs: Path, progress: Progress) -> Path:

@@ -7,17 +7,24 @@ file, the line and the reason, and everything else in the pack (and every other 
 from __future__ import annotations
 
 import difflib
+import gc
+import hashlib
+import logging
 import os
+import pickle
 import re
+import stat
+import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from engine.actions import Action, build_action
-from engine.parameters import draft4
-from engine.yamlfile import ContentError, ContentInvalid, LineMap, load_yaml
+from engine.yamlfile import FAST_LOADER, ContentError, ContentInvalid, LineMap, load_yaml
+
+log = logging.getLogger(__name__)
 
 PACK_REF = re.compile(r"^[a-z0-9_]+$")
 #: Shipped packs Squall itself depends on (system trigger types, chat posts, its own commands): a user
@@ -133,10 +140,16 @@ class Registry:
 
 
 def _display(path: Path) -> str:
+    """The path as people name it: relative to the working folder where it is under it."""
+    cwd = os.getcwd()
+    text = str(path)
+    # A string test first: `Path.relative_to` per file was a tenth of loading a 4,000-action pack.
+    if not text.startswith(cwd):
+        return text
     try:
-        return str(path.relative_to(Path.cwd()))
+        return str(path.relative_to(cwd))
     except ValueError:
-        return str(path)
+        return text
 
 
 def discover(paths: list[Path]) -> list[Path]:
@@ -171,7 +184,12 @@ def _apply_defaults(schema: dict[str, Any], values: dict[str, Any]) -> dict[str,
 
 
 def _config_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """StackStorm config schemas mark `required` per property, at any depth; make that JSON schema."""
+    """StackStorm config schemas mark `required` per property, at any depth; make that JSON schema.
+
+    `engine.parameters` (and jsonschema with it) is imported here, not at the top: a registry read
+    from the pack cache needs neither, and they were a seventh of a cached `squall pack list`."""
+    from engine.parameters import draft4
+
     properties = {key: spec for key, spec in schema.items() if isinstance(spec, dict)}
     return draft4({"type": "object", "properties": properties})
 
@@ -292,6 +310,8 @@ def _load_config(pack: Pack, registry: Registry, configs_path: Path) -> None:
             values = loaded
     values = _apply_defaults(pack.config_schema, values)
     if pack.config_schema:
+        import jsonschema
+
         validator = jsonschema.Draft4Validator(_config_json_schema(pack.config_schema))
         for error in validator.iter_errors(values):
             path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -338,3 +358,177 @@ def fingerprint(paths: list[Path]) -> tuple[int, int]:
                 except FileNotFoundError:
                     continue
     return count, newest
+
+
+# --- The pack cache: the registry kept between CLI calls -----------------------------------------
+
+#: Set to 0 (or off, no, false) to load every pack from its files on every call (benchmarks, doubt).
+CACHE_ENV = "SQUALL_PACK_CACHE"
+_CACHE_MAGIC = b"squall-pack-cache 1\n"
+#: A file changed this recently may change again within the file system's timestamp granularity
+#: without its mtime moving ("racy git"); a registry loaded from such files is not cached.
+_SETTLE_NS = 2_000_000_000
+_SKIPPED_DIRS = {".git", "__pycache__", ".mypy_cache", ".pytest_cache"}
+
+
+def cache_enabled() -> bool:
+    """False when `$SQUALL_PACK_CACHE` turns the cache off."""
+    return os.environ.get(CACHE_ENV, "1").strip().lower() not in {"0", "off", "no", "false"}
+
+
+def _walk_stats(root: Path, digest: Any, seen: set[str]) -> int:
+    """Feed path, size, mtime, ctime and inode of every file under `root` into `digest`; the newest
+    mtime/ctime seen. Follows symlinked folders (a pack may be linked in), each real folder once."""
+    newest = 0
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            real = os.path.realpath(folder)
+            if real in seen:
+                continue
+            seen.add(real)
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            digest.update(f"?{folder}\0".encode())  # gone or unreadable: still part of the key
+            continue
+        digest.update(f"D{folder}\0".encode())
+        for entry in entries:
+            try:
+                info = entry.stat()  # follows symlinks: a link to a changed file counts as changed
+            except OSError:
+                digest.update(f"?{entry.path}\0".encode())
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                if entry.name not in _SKIPPED_DIRS:
+                    stack.append(entry.path)
+                continue
+            digest.update(f"F{entry.path}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}\0"
+                          f"{info.st_ino}\0".encode())
+            newest = max(newest, info.st_mtime_ns, info.st_ctime_ns)
+    return newest
+
+
+def registry_fingerprint(pack_paths: list[Path], configs_path: Path, system_path: Path) -> tuple[str, bool]:
+    """The cache key of a registry and whether its files have settled (see `_SETTLE_NS`).
+
+    The key covers everything the registry is built from: every file of every pack folder and of
+    the configs folder (path, size, mtime, ctime, inode: ctime moves on any write, even one that
+    restores the mtime), the loader's own code (the `engine` package's files), the Python and
+    parser in use, and the working folder (file names in problems are relative to it)."""
+    digest = hashlib.sha256()
+    digest.update(f"{sys.version}\0{FAST_LOADER.__name__}\0{os.getcwd()}\0".encode())
+    seen: set[str] = set()
+    _walk_stats(Path(__file__).parent, digest, seen)
+    newest = 0
+    for root in [system_path, *pack_paths]:
+        digest.update(f"R{root}\0".encode())
+        for folder in _pack_folders(root, digest):
+            newest = max(newest, _walk_stats(folder, digest, seen))
+    digest.update(f"C{configs_path}\0".encode())
+    newest = max(newest, _walk_stats(configs_path, digest, seen))
+    return digest.hexdigest(), newest < time.time_ns() - _SETTLE_NS
+
+
+def _pack_folders(root: Path, digest: Any) -> list[Path]:
+    """The folders `discover` would load under `root`, their names fed to `digest`: only folders
+    holding a pack.yaml count, so a data folder under a pack path (a database written on every
+    command) does not invalidate the cache."""
+    if (root / "pack.yaml").is_file():
+        return [root]
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        digest.update(b"?\0")
+        return []
+    folders = []
+    for name in names:
+        if (root / name / "pack.yaml").is_file():
+            digest.update(f"N{name}\0".encode())
+            folders.append(root / name)
+    return folders
+
+
+def _cache_file(cache_dir: Path, pack_paths: list[Path], configs_path: Path, system_path: Path) -> Path:
+    """One cache file per set of folders, so two configs sharing a data folder do not evict each other."""
+    name = hashlib.sha256(repr((str(system_path), [str(p) for p in pack_paths], str(configs_path))).encode())
+    return cache_dir / f"packs-{name.hexdigest()[:16]}.pickle"
+
+
+def _read_cache(file: Path, key: str) -> Registry | None:
+    """The cached registry if `file` is ours (same user, 0600, a regular file) and made for `key`."""
+    try:
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            log.warning("ignoring pack cache %s: not a private file of this user", file)
+            return None
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1
+            head = handle.read(len(_CACHE_MAGIC) + 64)
+            if head != _CACHE_MAGIC + key.encode():
+                return None
+            # The cyclic collector would walk the growing heap again and again while ~100k objects are
+            # made; none of them is garbage yet (a third of the load's time).
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                registry = pickle.load(handle)
+            finally:
+                if collecting:
+                    gc.enable()
+    except Exception as exc:  # any unreadable cache is rebuilt, never fatal
+        log.info("ignoring unreadable pack cache %s: %s", file, exc)
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return registry if isinstance(registry, Registry) else None
+
+
+def _write_cache(file: Path, key: str, registry: Registry) -> None:
+    """Write the cache atomically (temporary file, then rename), 0600 in a 0700 folder."""
+    try:
+        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=file.parent, prefix=".packs-", suffix=".tmp")  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(_CACHE_MAGIC + key.encode())
+                pickle.dump(registry, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(temporary, file)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    except Exception as exc:  # a cache that cannot be written only costs the next call its speed
+        log.info("pack cache not written to %s: %s", file, exc)
+
+
+def load_registry_cached(pack_paths: list[Path], configs_path: Path, system_path: Path,
+                         cache_dir: Path | None) -> Registry:
+    """`load_registry`, from the cache in `cache_dir` when no file it was built from has changed.
+
+    Why pickle: the registry is a graph of dataclasses (actions, their merged parameters, parsed
+    alias and rule documents with their line maps) that pickle restores in a fraction of the time
+    of parsing the YAML again, with no schema of its own to keep in step. Unpickling runs code named
+    by the file, so the file is trusted only as Squall's own: it lives in Squall's data folder
+    (`<data_dir>/cache`, 0700), is written by this user with mode 0600, and is read only if it is a
+    regular file (not a symlink) owned by the reading user with no group or other permissions.
+    Anything else — another owner, wider permissions, a different key, a truncated or corrupt file
+    — is ignored and rebuilt. The key (`registry_fingerprint`) is checked on every call; a registry
+    whose files changed while it loaded, or changed within the last two seconds, is not cached.
+    """
+    if cache_dir is None or not cache_enabled():
+        return load_registry(pack_paths, configs_path, system_path)
+    file = _cache_file(cache_dir, pack_paths, configs_path, system_path)
+    key, settled = registry_fingerprint(pack_paths, configs_path, system_path)
+    cached = _read_cache(file, key)
+    if cached is not None:
+        return cached
+    registry = load_registry(pack_paths, configs_path, system_path)
+    after, settled_after = registry_fingerprint(pack_paths, configs_path, system_path)
+    if settled and settled_after and after == key:
+        _write_cache(file, key, registry)
+    return registry

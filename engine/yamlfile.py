@@ -1,10 +1,18 @@
-"""Safe YAML loading that remembers where each key was, so errors can name file and line."""
+"""Safe YAML loading that remembers where each key was, so errors can name file and line.
+
+Files are composed once with libyaml's C parser (`yaml.CSafeLoader`) where PyYAML was built with it:
+its nodes carry marks (line, column) like the pure-Python parser's, so the same pass gives the data
+and the `LineMap`. A big pack (aws: ~4,000 action files) spent most of its load time in the
+pure-Python scanner, and each file used to be parsed twice (compose, then load). A file the C
+parser refuses is parsed again with the pure-Python `SafeLoader`, only to report the error in the
+words and at the line Squall always used; without libyaml everything uses `SafeLoader`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -30,13 +38,52 @@ class ContentInvalid(Exception):
         self.error = error
 
 
+#: The fast loader when PyYAML has libyaml, else the pure-Python one (same results, same marks).
+FAST_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+#: A `LineMap` kept for the pack cache: (line, {key: child}) for a mapping, (line, [child]) for a
+#: sequence, (line, None) for a scalar; plain tuples, so a pickle holds no parser objects.
+_Compact = tuple[int, "dict[Any, _Compact] | list[_Compact] | None"]
+
+
+def _compact(node: yaml.Node, inside: frozenset[int] = frozenset()) -> _Compact:
+    """The lines `LineMap.line` reads, without the parser's nodes and marks (which hold the text).
+
+    `inside` holds the nodes being compacted above this one: an alias may point back to its own
+    anchor (`&a [*a]`), and the lines end there instead of recursing forever."""
+    line = node.start_mark.line + 1
+    if id(node) in inside:
+        return line, None
+    inside = inside | {id(node)}
+    if isinstance(node, yaml.MappingNode):
+        children: dict[Any, _Compact] = {}
+        for key_node, value_node in node.value:
+            # The first key of a name wins, as in `line` (a duplicate key is found first there too).
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value not in children:
+                children[key_node.value] = (key_node.start_mark.line + 1, _compact(value_node, inside)[1])
+        return line, children
+    if isinstance(node, yaml.SequenceNode):
+        return line, [_compact(item, inside) for item in node.value]
+    return line, None
+
+
 class LineMap:
-    """Lines of the mapping keys in one YAML document, addressed by key path."""
+    """Lines of the mapping keys in one YAML document, addressed by key path.
+
+    Holds the composed node tree while fresh; pickled (the pack cache), it keeps only the lines,
+    in `_Compact` form, and answers the same."""
 
     def __init__(self, node: yaml.Node | None) -> None:
         self._node = node
+        self._compact: _Compact | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        compact = self._compact if self._node is None else _compact(self._node)
+        return {"_node": None, "_compact": compact}
 
     def line(self, *path: str | int) -> int | None:
+        if self._node is None and self._compact is not None:
+            return self._compact_line(path)
         node = self._node
         line = node.start_mark.line + 1 if node is not None else None
         for key in path:
@@ -55,6 +102,30 @@ class LineMap:
                 return line
         return line
 
+    def _compact_line(self, path: tuple[str | int, ...]) -> int | None:
+        assert self._compact is not None
+        line, children = self._compact
+        for key in path:
+            if isinstance(children, dict):
+                if key not in children:
+                    return line
+                line, children = children[key]
+            elif isinstance(children, list) and isinstance(key, int) and key < len(children):
+                line, children = children[key]
+            else:
+                return line
+        return line
+
+
+def _parse(text: str) -> tuple[Any, yaml.Node | None]:
+    """Compose the document once and build the data from those nodes (one parse, marks kept)."""
+    loader = FAST_LOADER(text)
+    try:
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    finally:
+        loader.dispose()
+
 
 def load_yaml(path: Path, display: str | None = None) -> tuple[Any, LineMap]:
     """Load one YAML file safely; a syntax error becomes `ContentInvalid` with its line."""
@@ -64,8 +135,18 @@ def load_yaml(path: Path, display: str | None = None) -> tuple[Any, LineMap]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ContentInvalid(ContentError(name, None, f"cannot read file: {exc}")) from exc
     try:
+        data, node = _parse(text)
+    except yaml.YAMLError as fast_error:
+        _raise_with_line(text, name, fast_error)
+    return data, LineMap(node)
+
+
+def _raise_with_line(text: str, name: str, fast_error: yaml.YAMLError) -> NoReturn:
+    """`ContentInvalid` for a file the loader refused, worded as the pure-Python parser words it."""
+    try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text) if node is not None else None
+        if node is not None:
+            yaml.SafeLoader(text).construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         context_mark = getattr(exc, "context_mark", None)
@@ -77,4 +158,7 @@ def load_yaml(path: Path, display: str | None = None) -> tuple[Any, LineMap]:
         context = getattr(exc, "context", None)
         reason = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
         raise ContentInvalid(ContentError(name, mark.line + 1 if mark else None, reason)) from exc
-    return data, LineMap(node)
+    # Only libyaml refused it (the parsers differ on a few corner cases): its own words and line.
+    mark = getattr(fast_error, "problem_mark", None)
+    reason = f"invalid YAML: {getattr(fast_error, 'problem', None) or fast_error}"
+    raise ContentInvalid(ContentError(name, mark.line + 1 if mark else None, reason)) from fast_error

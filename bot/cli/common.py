@@ -127,11 +127,16 @@ def load_packs(config: Config, *, warn: bool = True) -> Registry:
     line per file that did not load, on every call (a problem must not show only once).
 
     The same call as `engine.core.load_packs`, made here so listing packs imports the pack loader
-    only, not the runners, the database layer and the chat side that module brings."""
-    from engine.config import SYSTEM_PACKS_PATH
-    from engine.packs import load_registry
+    only, not the runners, the database layer and the chat side that module brings.
 
-    registry = load_registry(config.pack_paths, config.configs_path, SYSTEM_PACKS_PATH)
+    The registry comes from the pack cache in `<data_dir>/cache` when no pack or config file
+    changed since it was written (`engine.packs.load_registry_cached`): with a 4,000-action pack
+    every command used to spend seconds parsing YAML. `SQUALL_PACK_CACHE=0` turns it off."""
+    from engine.config import SYSTEM_PACKS_PATH
+    from engine.packs import load_registry_cached
+
+    registry = load_registry_cached(config.pack_paths, config.configs_path, SYSTEM_PACKS_PATH,
+                                    config.data_dir / "cache")
     if warn:
         warn_problems(registry.errors)
     return registry

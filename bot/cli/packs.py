@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import (
@@ -56,7 +57,7 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
                                                              "branch, tag or commit).")],
                  as_json: JsonOption = False) -> None:
     """Install a pack: copy or clone it, build its virtualenv, check its content."""
-    from engine.pack_manager import PackInstallError, install_pack
+    from engine.pack_manager import PackInstallError, install_pack, needed_config_keys, split_missing_config
 
     config = current_config()
     try:
@@ -67,14 +68,23 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
     registry = load_packs(config, warn=False)
     for error in errors:
         err.print(f"[yellow]warning:[/yellow] {error}", markup=True, highlight=False)
-    # The other packs' problems too, as every command that loads packs shows them (each once).
-    warn_problems(e for e in registry.errors if str(e) not in {str(i) for i in errors})
+    # The other packs' problems too, as every command that loads packs shows them (each once); a
+    # config file not written yet is said once below, as the keys it needs, not as a failure.
+    _, others = split_missing_config(pack.ref, config.configs_path, registry.errors)
+    warn_problems(e for e in others if str(e) not in {str(i) for i in errors})
+    needed = needed_config_keys(pack)
     if as_json:
-        print_json({**pack.summary(registry.counts(pack.ref)), "errors": [str(e) for e in errors]})
+        print_json({**pack.summary(registry.counts(pack.ref)), "errors": [str(e) for e in errors],
+                    "config_needed": needed})
     else:
         counts = registry.counts(pack.ref)
         out.print(f"installed {pack.ref} {pack.version} at {pack.path} "
                   f"({counts['actions']} actions, {counts['aliases']} aliases, {counts['rules']} rules)")
+    if needed:
+        err.print(f"[yellow]config needed:[/yellow] {pack.ref}'s actions need {', '.join(needed)} "
+                  f"(required by its config.schema.yaml, no default); set them in "
+                  f"{escape(str(config.configs_path / f'{pack.ref}.yaml'))}", markup=True, highlight=False)
+    # Exit 1 only for pack content that did not load; a config still to write is not a failure.
     raise typer.Exit(1 if errors else 0)
 
 
