@@ -12,9 +12,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bot.cli.common import JsonOption, current_config, fail, load_packs, out, print_json
+from bot.cli.common import JsonOption, current_config, fail, group, load_packs, out, print_json
 
-action_app = typer.Typer(help="List and show actions.", no_args_is_help=True)
+action_app = group("List and show actions.")
 
 
 @action_app.command("list")

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from bot.cli.common import JsonOption, current_config, err, load_packs, out, print_json, warn_problems
+from bot.cli.common import JsonOption, current_config, err, group, load_packs, out, print_json, warn_problems
 
 if TYPE_CHECKING:
     from aliases.model import Alias
     from engine.yamlfile import ContentError
 
-alias_app = typer.Typer(help="List action aliases and try chat messages against them.", no_args_is_help=True)
+alias_app = group("List action aliases and try chat messages against them.")
 
 
 def _load() -> tuple[list[Alias], list[ContentError]]:

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from bot.cli.common import JsonOption, fail, out, print_json, with_store
+from bot.cli.common import JsonOption, fail, group, out, print_json, with_store
 
 if TYPE_CHECKING:
     from engine.config import Config
     from engine.storage import Store
 
-apikey_app = typer.Typer(help="Create, list and delete API keys for the HTTP API.", no_args_is_help=True)
+apikey_app = group("Create, list and delete API keys for the HTTP API.")
 
 
 @apikey_app.command("create")

@@ -27,8 +27,15 @@ if TYPE_CHECKING:
     from engine.storage import Store
     from engine.yamlfile import ContentError
 
+# `rich_markup_mode=None` (here and on every `group`): click's plain help and usage errors. typer's
+# rich help imports rich's markdown and panels, ~0.25 s on every `--help` and every mistyped command.
 app = typer.Typer(help="Squall: ChatOps automation with StackStorm's packs.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
+
+
+def group(help: str) -> typer.Typer:
+    """A command group (`squall key ...`), with the root's plain help."""
+    return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None)
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from bot.cli.common import JsonOption, current_user, fail, out, parse_assignments, print_json, with_app
+from bot.cli.common import JsonOption, current_user, fail, group, out, parse_assignments, print_json, with_app
 
 if TYPE_CHECKING:
     from bot.app import Squall
 
-execution_app = typer.Typer(help="Inspect, cancel and re-run executions.", no_args_is_help=True)
+execution_app = group("Inspect, cancel and re-run executions.")
 
 
 def show_execution(record: dict[str, Any]) -> None:

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from bot.cli.common import JsonOption, current_user, fail, out, print_json, with_app
+from bot.cli.common import JsonOption, current_user, fail, group, out, print_json, with_app
 
 if TYPE_CHECKING:
     from bot.app import Squall
 
-inquiry_app = typer.Typer(help="List and answer inquiries (questions workflows wait on).", no_args_is_help=True)
+inquiry_app = group("List and answer inquiries (questions workflows wait on).")
 
 
 def _call(work: Any) -> Any:

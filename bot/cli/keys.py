@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from bot.cli.common import JsonOption, current_user, err, fail, out, print_json, with_app, with_store
+from bot.cli.common import JsonOption, current_user, err, fail, group, out, print_json, with_app, with_store
 
 if TYPE_CHECKING:
     from bot.app import Squall
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from engine.datastore import Datastore
     from engine.storage import Store
 
-key_app = typer.Typer(help="Read and write the key-value datastore.", no_args_is_help=True)
+key_app = group("Read and write the key-value datastore.")
 T = TypeVar("T")
 
 ScopeOption = Annotated[str, typer.Option("--scope", "-s", help="system or user.")]

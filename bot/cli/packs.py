@@ -18,6 +18,7 @@ from bot.cli.common import (
     current_config,
     err,
     fail,
+    group,
     load_packs,
     out,
     print_json,
@@ -25,7 +26,7 @@ from bot.cli.common import (
     warn_problems,
 )
 
-pack_app = typer.Typer(help="List, install, remove and reload packs.", no_args_is_help=True)
+pack_app = group("List, install, remove and reload packs.")
 
 
 def _progress(message: str) -> None:

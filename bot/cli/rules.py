@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bot.cli.common import JsonOption, current_config, fail, out, print_json, with_app
+from bot.cli.common import JsonOption, current_config, fail, group, out, print_json, with_app
 
 if TYPE_CHECKING:
     import requests
@@ -21,10 +21,10 @@ if TYPE_CHECKING:
     from bot.cli.client import ServiceApi
     from engine.rules import Check
 
-rule_app = typer.Typer(help="Rules: list, show, test against a trigger instance.", no_args_is_help=True)
-trigger_app = typer.Typer(help="Trigger types: list, emit an instance.", no_args_is_help=True)
-instance_app = typer.Typer(help="Stored trigger instances: list, show, re-emit.", no_args_is_help=True)
-enforcement_app = typer.Typer(help="Rule enforcements: which rule fired for which instance.", no_args_is_help=True)
+rule_app = group("Rules: list, show, test against a trigger instance.")
+trigger_app = group("Trigger types: list, emit an instance.")
+instance_app = group("Stored trigger instances: list, show, re-emit.")
+enforcement_app = group("Rule enforcements: which rule fired for which instance.")
 
 
 def _read_document(path: Path, what: str) -> Any:
