@@ -42,10 +42,9 @@ class Events:
         self._handlers: dict[str, list[Handler]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
 
-    def subscribe(self, topic: str, handler: Handler) -> Callable[[], None]:
-        """Call `handler(*args)` on every `publish(topic, *args)`; returns the unsubscribe function."""
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        """Call `handler(*args)` on every `publish(topic, *args)` (until `unsubscribe`)."""
         self._handlers.setdefault(topic, []).append(handler)
-        return lambda: self.unsubscribe(topic, handler)
 
     def unsubscribe(self, topic: str, handler: Handler) -> None:
         """Stop calling `handler` for `topic` (nothing happens if it was not subscribed)."""

@@ -20,7 +20,7 @@ from adapters.base import Message
 from aliases import Alias, AliasMatch
 from bot.chat.auth import Authorizer
 from bot.chat.index import AliasIndex
-from bot.chat.replies import render_ack
+from bot.chat.replies import render_ack, short
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
 
@@ -60,7 +60,7 @@ class CommandService:
         decision = self.auth.check(match.alias, message)
         if not decision.allowed:
             await self._audit(f"{source}.denied", message, match.alias.ref,
-                              {"command": _short(message.text, 500), "reason": decision.reason})
+                              {"command": short(message.text, 500), "reason": decision.reason})
             raise CommandRefused(decision.reason)
 
     async def run(self, match: AliasMatch, message: Message, source: str,
@@ -93,8 +93,3 @@ class CommandService:
     async def _audit(self, kind: str, message: Message, subject: str, detail: dict[str, Any]) -> None:
         db = self.engine.db
         await db(db.store.audit_add, kind, message.user, f"{message.adapter}:{message.channel}", subject, detail)
-
-
-def _short(text: str, limit: int = 80) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -23,7 +23,7 @@ from bot.chat.commands import CommandFailed, CommandRefused, CommandService
 from bot.chat.index import AliasIndex
 from bot.chat.inquiries import InquiryChat
 from bot.chat.outbox import Outbox
-from bot.chat.replies import render_result, status_line
+from bot.chat.replies import render_result, short, status_line
 from engine.executions import COMPLETED, ExecutionNotFound, ExecutionStateError, public
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
@@ -144,7 +144,7 @@ class Dispatcher:
                 await builtin(message, rest.strip())
                 return
             hint = f" Did you mean: {', '.join(f'`{s}`' for s in exc.suggestions)}?" if exc.suggestions else ""
-            await self.say(message, f"I don't know `{_short(text)}`.{hint} Try `{self.settings.prefix}help`.")
+            await self.say(message, f"I don't know `{short(text)}`.{hint} Try `{self.settings.prefix}help`.")
             return
         try:
             await self.commands.authorise(match, Message(**{**message.__dict__, "text": text}), "chat")
@@ -246,7 +246,7 @@ class Dispatcher:
         if not rest:
             lines += [f"{prefix}{b}" for b in builtins]
         if not lines:
-            await self.say(message, f"No commands match `{_short(rest)}`.")
+            await self.say(message, f"No commands match `{short(rest)}`.")
             return
         await self.say(message, "\n".join(lines))
 
@@ -337,10 +337,5 @@ class Dispatcher:
         return await self.outbox.post(reply)
 
 
-def _short(text: str, limit: int = 80) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _params(parameters: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_short(str(v), 60)}" for k, v in parameters.items()) or "no parameters"
+    return ", ".join(f"{k}={short(str(v), 60)}" for k, v in parameters.items()) or "no parameters"

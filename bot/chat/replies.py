@@ -110,6 +110,12 @@ def _alias_dict(alias: Any) -> dict[str, Any]:
             "description": alias.description}
 
 
+def short(text: str, limit: int = 80) -> str:
+    """`text` on one line, cut to `limit` characters with an ellipsis: for echoing a command back."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def fit(reply: Reply, capabilities: Capabilities) -> list[Reply]:
     """Split text longer than the platform allows, or upload it as a file where files exist."""
     limit = max(200, capabilities.max_length)
