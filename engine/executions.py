@@ -524,6 +524,15 @@ class ExecutionService:
     async def list(self, **filters: Any) -> list[dict[str, Any]]:
         return [public(r) for r in await self.db(self.db.store.list_executions, **filters)]
 
+    async def page(self, *, limit: int, offset: int = 0, oldest_first: bool = False,
+                   **filters: Any) -> tuple[list[dict[str, Any]], int]:
+        """One page of the executions `filters` select, and how many they select in all (the API's
+        `X-Total-Count`). `parent="null"` selects executions without a parent, as StackStorm's API."""
+        store = self.db.store
+        records = await self.db(store.list_executions, limit=limit, offset=offset, oldest_first=oldest_first,
+                                **filters)
+        return [public(r) for r in records], await self.db(store.count_executions, **filters)
+
     async def wait(self, execution_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The finished execution; waits for one that runs in this process."""
         if execution_id in self._recent:

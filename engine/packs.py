@@ -87,6 +87,8 @@ class Pack:
             "version": self.version,
             "description": self.metadata.get("description", ""),
             "author": self.metadata.get("author", ""),
+            "email": self.metadata.get("email", ""),
+            "keywords": self.metadata.get("keywords") or [],
             "path": str(self.path),
             "system": self.system,
             **({"content": counts} if counts is not None else {}),

@@ -161,6 +161,17 @@ action_tokens = sa.Table(
     sa.Index("ix_action_tokens_execution", "execution_id"),
 )
 
+auth_tokens = sa.Table(
+    "auth_tokens",
+    metadata,
+    # SHA-256 hex of a token a person logged in for (`st2 login`); the token is shown once, at login.
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(32), nullable=False, unique=True),
+    sa.Column("user", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 _GET_EXECUTION = sa.select(executions).where(executions.c.id == sa.bindparam("_id"))
 _KEYED_ROW = sa.select(outbox.c.id).where(outbox.c.execution_id == sa.bindparam("execution_id"),
                                           outbox.c.kind == sa.bindparam("kind"))
@@ -279,7 +290,7 @@ def create_engine(url: str) -> Engine:
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 
 def _revision(engine: Engine) -> str | None:
@@ -557,6 +568,22 @@ class Store:
         with self._read() as conn:
             return [row[0] for row in conn.execute(statement)]
 
+    @staticmethod
+    def _execution_filters(statement: Any, action: str | None, status: str | Sequence[str] | None,
+                           parent: str | None) -> Any:
+        """`parent="null"` keeps executions without a parent (StackStorm's API spells it so)."""
+        if action:
+            statement = statement.where(executions.c.action == action)
+        if isinstance(status, str):
+            statement = statement.where(executions.c.status == status)
+        elif status:
+            statement = statement.where(executions.c.status.in_(list(status)))
+        if parent == "null":
+            statement = statement.where(executions.c.parent.is_(None))
+        elif parent:
+            statement = statement.where(executions.c.parent == parent)
+        return statement
+
     def list_executions(
         self,
         *,
@@ -564,18 +591,21 @@ class Store:
         status: str | Sequence[str] | None = None,
         parent: str | None = None,
         limit: int = 50,
+        offset: int = 0,
+        oldest_first: bool = False,
     ) -> list[dict[str, Any]]:
-        statement = sa.select(executions).order_by(executions.c.start_timestamp.desc(), executions.c.id.desc())
-        if action:
-            statement = statement.where(executions.c.action == action)
-        if isinstance(status, str):
-            statement = statement.where(executions.c.status == status)
-        elif status:
-            statement = statement.where(executions.c.status.in_(list(status)))
-        if parent:
-            statement = statement.where(executions.c.parent == parent)
+        columns = (executions.c.start_timestamp, executions.c.id)
+        order = columns if oldest_first else tuple(c.desc() for c in columns)
+        statement = self._execution_filters(sa.select(executions).order_by(*order), action, status, parent)
         with self._read() as conn:
-            return [_row(row) for row in conn.execute(statement.limit(limit))]  # type: ignore[misc]
+            return [_row(row) for row in conn.execute(statement.limit(limit).offset(offset))]  # type: ignore[misc]
+
+    def count_executions(self, *, action: str | None = None, status: str | Sequence[str] | None = None,
+                         parent: str | None = None) -> int:
+        statement = self._execution_filters(sa.select(sa.func.count()).select_from(executions), action, status,
+                                            parent)
+        with self._read() as conn:
+            return int(conn.execute(statement).scalar_one())
 
     def execution_ids_with_status(self, statuses: Sequence[str]) -> list[dict[str, Any]]:
         statement = (

@@ -1,4 +1,5 @@
-"""Execution auth tokens: StackStorm's `ST2_ACTION_AUTH_TOKEN`, valid while the execution runs.
+"""API auth tokens: an execution's (`ST2_ACTION_AUTH_TOKEN`, valid while it runs) and a person's
+(`st2 login`, valid until it expires or is revoked).
 
 StackStorm gives every action an auth token of the execution's user so the action can call the API
 (st2client, the `st2` pack) as that user, and revokes it when the execution completes. Here a token is
@@ -10,6 +11,9 @@ last condition is checked against the executions table at each use, so a token d
 transaction that records the final status, even where the row's deletion (done in that transaction
 too) never ran: a crash, another process's recovery writing `abandoned`. `revoke_ended` clears those
 rows at recovery. No import of `bot/`: the HTTP API's key check calls `authenticate` from there.
+
+A person's token (`issue`) is what StackStorm's auth service hands `st2 login`: it speaks for its user
+until `expires_at`; expired rows are deleted when recovery runs `revoke_ended`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from engine.storage import Store, _execute, action_tokens, as_utc, executions, utcnow
+from engine.storage import Store, _execute, action_tokens, as_utc, auth_tokens, executions, iso, utcnow
 
 #: Statuses in which an execution's action may still be running and so may use its token.
 LIVE_STATUSES = ("running", "pausing", "canceling")
@@ -77,22 +81,41 @@ def revoke(store: Store, execution_id: str) -> None:
 
 def revoke_ended(store: Store) -> int:
     """Delete the tokens of executions no longer running (and of executions that are gone): what a
-    crash or another process's status write left behind. Recovery calls this; returns how many."""
+    crash or another process's status write left behind; and people's tokens that expired. Recovery
+    calls this; returns how many."""
     live = sa.select(executions.c.id).where(executions.c.status.in_(LIVE_STATUSES))
     with store._write() as conn:
-        return conn.execute(action_tokens.delete().where(action_tokens.c.execution_id.not_in(live))).rowcount
+        ended = conn.execute(action_tokens.delete().where(action_tokens.c.execution_id.not_in(live))).rowcount
+        return ended + conn.execute(auth_tokens.delete().where(auth_tokens.c.expires_at <= utcnow())).rowcount
+
+
+def issue(store: Store, user: str, ttl: float) -> dict[str, Any]:
+    """A new token for `user`, valid `ttl` seconds: `{"id", "user", "token", "expiry"}` as StackStorm's
+    auth service answers `st2 login` (the token is in this answer only; its hash is stored)."""
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    record = {"token_hash": hash_token(token), "id": secrets.token_hex(12), "user": user[:255], "created_at": now,
+              "expires_at": now + timedelta(seconds=ttl)}
+    with store._write() as conn:
+        conn.execute(auth_tokens.insert().values(**record))
+    return {"id": record["id"], "user": record["user"], "token": token, "expiry": iso(record["expires_at"]),
+            "metadata": {}}
 
 
 def authenticate(store: Store, token: str) -> dict[str, Any] | None:
-    """Who a presented token speaks for, `{"execution_id", "user"}`, or None when it is unknown,
-    revoked, expired, or its execution is no longer running."""
+    """Who a presented token speaks for, `{"execution_id", "user", "expires_at"}` (`execution_id` None for
+    a person's token), or None when it is unknown, revoked, expired, or its execution is no longer running."""
     if not token:
         return None
+    digest = hash_token(token)
     with store._read() as conn:
-        row = conn.execute(_LOOKUP, {"token_hash": hash_token(token)}).first()
+        row = conn.execute(_LOOKUP, {"token_hash": digest}).first()
+        if row is None:
+            row = conn.execute(sa.select(sa.null().label("execution_id"), auth_tokens.c.user,
+                                         auth_tokens.c.expires_at).where(auth_tokens.c.token_hash == digest)).first()
     if row is None:
         return None
     expires = as_utc(row.expires_at)
     if expires is not None and expires <= utcnow():
         return None
-    return {"execution_id": row.execution_id, "user": row.user}
+    return {"execution_id": row.execution_id, "user": row.user, "expires_at": expires}

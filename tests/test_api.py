@@ -198,7 +198,8 @@ async def test_execution_create_get_list_output_rerun(squall: Squall, client: ht
                                                             "context": {"trace": "t1"}})
     assert created.status_code == 201, created.text
     record = created.json()
-    assert record["action"] == "demo.greet" and record["context"]["source"] == "api"
+    assert record["action"]["ref"] == "demo.greet" and record["runner"]["name"] == "local-shell-cmd"
+    assert record["context"]["source"] == "api"
     assert record["context"]["trace"] == "t1"
     done = await squall.executions.wait(record["id"], timeout=20)
     assert done["status"] == "succeeded"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
+from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.packs import UnknownAction
 from engine.parameters import MASK
@@ -13,7 +14,7 @@ from engine.parameters import MASK
 router = APIRouter()
 
 
-def _action_summary(action: Any) -> dict[str, Any]:
+def action_public(action: Any) -> dict[str, Any]:
     """The action's summary; a secret parameter's default shows as the mask (it may be a password)."""
     summary = action.summary()
     summary["parameters"] = {
@@ -23,14 +24,15 @@ def _action_summary(action: Any) -> dict[str, Any]:
 
 
 @router.get("/actions", tags=["actions"])
-async def list_actions(request: Request, pack: str | None = None) -> list[dict[str, Any]]:
+async def list_actions(request: Request, response: Response, pack: str | None = None,
+                       paging: Paging = Depends()) -> list[dict[str, Any]]:
     actions = sorted(api_state(request).squall.registry.actions.values(), key=lambda a: a.ref)
-    return [_action_summary(a) for a in actions if pack in (None, a.pack)]
+    return [action_public(a) for a in paging.page([a for a in actions if pack in (None, a.pack)], response)]
 
 
 @router.get("/actions/{ref}", tags=["actions"])
 async def get_action(ref: str, request: Request) -> dict[str, Any]:
     try:
-        return _action_summary(api_state(request).squall.registry.action(ref))
+        return action_public(api_state(request).squall.registry.action(ref))
     except UnknownAction as exc:
         raise HTTPException(404, str(exc)) from exc

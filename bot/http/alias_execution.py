@@ -11,6 +11,8 @@ from pydantic import BaseModel
 from adapters.base import Message
 from bot.chat.commands import CommandFailed, CommandRefused
 from bot.http.aliases import match_command
+from bot.http.executions import execution_doc
+from bot.http.key_auth import request_user
 from bot.http.state import api_state
 
 router = APIRouter()
@@ -18,21 +20,38 @@ router = APIRouter()
 
 class AliasExecutionRequest(BaseModel):
     command: str
-    user: str
-    channel: str = "api"
+    #: Who runs it; empty (as `st2 action-alias execute` sends without `-u`): the requester.
+    user: str = ""
+    channel: str | None = None
+    #: StackStorm's name for `channel`.
+    source_channel: str | None = None
 
 
-@router.post("/aliasexecution", status_code=201, tags=["aliases"])
-async def alias_execution(body: AliasExecutionRequest, request: Request) -> dict[str, Any]:
+async def _execute(request: Request, body: AliasExecutionRequest) -> dict[str, Any]:
+    """Match, authorise and run `body.command` as chat would; 403 when its user may not run it."""
     state = api_state(request)
     commands = state.squall.chat.commands
     match = match_command(state, body.command)
-    message = Message(adapter="api", channel=body.channel, user=body.user, text=body.command)
+    user = body.user or request_user(request) or "api"
+    message = Message(adapter="api", channel=body.channel or body.source_channel or "api", user=user,
+                      text=body.command)
     try:
         await commands.authorise(match, message, "api")
         accepted = await commands.run(match, message, "api")
     except CommandRefused as exc:
-        raise HTTPException(403, f"{body.user} may not run {match.alias.ref}: {exc}") from exc
+        raise HTTPException(403, f"{user} may not run {match.alias.ref}: {exc}") from exc
     except CommandFailed as exc:
         raise HTTPException(400, str(exc)) from exc
-    return {"execution": accepted.execution, "actionalias": match.alias.summary(), "message": accepted.ack}
+    return {"execution": execution_doc(accepted.execution, state.squall.registry),
+            "actionalias": match.alias.summary(), "message": accepted.ack}
+
+
+@router.post("/aliasexecution", status_code=201, tags=["aliases"])
+async def alias_execution(body: AliasExecutionRequest, request: Request) -> dict[str, Any]:
+    return await _execute(request, body)
+
+
+@router.post("/aliasexecution/match_and_execute", tags=["aliases"])
+async def match_and_execute(body: AliasExecutionRequest, request: Request) -> dict[str, Any]:
+    """StackStorm's `{"results": [...]}` (one: the command path runs the one best match)."""
+    return {"results": [await _execute(request, body)]}

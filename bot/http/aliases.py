@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel
 
 from aliases import AliasMatch, AmbiguousCommand, NoMatch
+from bot.http.paging import Paging
 from bot.http.state import ApiState, api_state
 
 router = APIRouter()
@@ -27,8 +28,9 @@ def match_command(state: ApiState, command: str) -> AliasMatch:
 
 
 @router.get("/actionalias", tags=["aliases"])
-async def list_aliases(request: Request) -> list[dict[str, Any]]:
-    return [alias.summary() for _ref, alias in sorted(api_state(request).squall.chat.index.aliases.items())]
+async def list_aliases(request: Request, response: Response, paging: Paging = Depends()) -> list[dict[str, Any]]:
+    aliases = sorted(api_state(request).squall.chat.index.aliases.items())
+    return [alias.summary() for _ref, alias in paging.page(aliases, response)]
 
 
 @router.post("/actionalias/match", tags=["aliases"])

@@ -2,8 +2,8 @@
 
 It checks config `api.*` once (`ApiSettings`), puts the state the routes share on `app.state.api`,
 installs the body guard and StackStorm-shaped errors, and decides which routers need an API key: all
-under `/api/v1` but the webhooks (signed instead). Adapters that platforms call over HTTP mount their
-own routes last."""
+under `/api/v1` but the webhooks (signed instead); `/auth/v1/tokens` checks its own credentials.
+Adapters that platforms call over HTTP mount their own routes last."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ from bot.http import (
     keys,
     packs,
     rules,
+    runners,
+    tokens,
     triggers,
+    user,
     webhooks,
 )
 from bot.http.body_guard import BodyGuard
@@ -33,9 +36,11 @@ if TYPE_CHECKING:
     from bot.app import Squall
 
 API_PREFIX = "/api/v1"
+#: Where StackStorm's auth service answers behind its usual proxy (`ST2_AUTH_URL=http://host:9101/auth/v1`).
+AUTH_PREFIX = "/auth/v1"
 #: Routers under `API_PREFIX` whose every route needs an API key, in the order they are matched.
-KEYED_ROUTERS = (actions.router, packs.router, executions.router, aliases.router, alias_execution.router,
-                 rules.router, triggers.router, keys.router, inquiries.router)
+KEYED_ROUTERS = (actions.router, runners.router, packs.router, executions.router, aliases.router,
+                 alias_execution.router, rules.router, triggers.router, keys.router, inquiries.router, user.router)
 
 
 async def openapi(request: Request) -> dict[str, Any]:
@@ -65,6 +70,7 @@ def create_api(squall: Squall) -> FastAPI:
     for router in KEYED_ROUTERS:
         app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(require_key)])
     app.include_router(webhooks.router, prefix=API_PREFIX)
+    app.include_router(tokens.router, prefix=AUTH_PREFIX)
     _mount_adapters(app, squall)
     return app
 

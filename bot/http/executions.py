@@ -1,19 +1,29 @@
-"""`/api/v1/executions`: request, list, read, cancel and re-run executions, and read their output."""
+"""`/api/v1/executions`: request, list, read, cancel and re-run executions, and read their output.
+
+Executions leave here in StackStorm's ActionExecution shape (spec §11): `action` and `runner` are the
+full documents and `liveaction` is beside them, so st2client and the `st2` CLI read them as they read
+StackStorm's. Lists carry StackStorm's pagination headers (`X-Total-Count`, `X-Limit`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
+from bot.http.actions import action_public
+from bot.http.key_auth import request_user
+from bot.http.runners import runner_public
 from bot.http.state import api_state
 from engine.executions import ExecutionNotFound, ExecutionStateError
-from engine.packs import UnknownAction
+from engine.packs import Registry, UnknownAction
 from engine.parameters import ParameterError
+from engine.runners import RUNNER_TYPES
 
 router = APIRouter()
+#: The most children one request lists for one execution (a with-items task over a big list).
+MAX_CHILDREN = 10_000
 
 
 class ExecutionRequest(BaseModel):
@@ -28,10 +38,43 @@ class RerunRequest(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
+def execution_doc(record: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """An execution as StackStorm's API shows it; an action whose pack is gone keeps its ref, pack
+    and name (the record outlives the pack)."""
+    ref, runner_name = record["action"], record["runner"]
+    action = registry.actions.get(ref)
+    pack, _, name = ref.partition(".")
+    runner = RUNNER_TYPES.get(runner_name)
+    return {
+        **record,
+        "action": action_public(action) if action is not None else
+        {"ref": ref, "pack": pack, "name": name, "runner_type": runner_name},
+        "runner": runner_public(runner) if runner is not None else {"name": runner_name},
+        "liveaction": {"id": record["id"], "action": ref, "status": record["status"],
+                       "parameters": record["parameters"], "context": record["context"],
+                       "runner_info": record.get("runner_info") or {}},
+        "children": record.get("children") or [],
+        **({"task": task} if (task := (record["context"].get("workflow_task") or {}).get("task")) else {}),
+    }
+
+
+def _doc(request: Request, record: dict[str, Any]) -> dict[str, Any]:
+    return execution_doc(record, api_state(request).squall.registry)
+
+
 @router.get("/executions", tags=["executions"])
-async def list_executions(request: Request, action: str | None = None, status: str | None = None,
-                          limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
-    return await api_state(request).squall.executions.list(action=action, status=status, limit=limit)
+async def list_executions(request: Request, response: Response, action: str | None = None,
+                          status: str | None = None, parent: str | None = None,
+                          limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+                          sort_asc: bool = False) -> list[dict[str, Any]]:
+    """Newest first (`sort_asc=true` for oldest first); `parent=null` keeps top-level executions only,
+    as `st2 execution list` asks."""
+    executions = api_state(request).squall.executions
+    filters = {"action": action, "status": status, "parent": parent}
+    records, total = await executions.page(limit=limit, offset=offset, oldest_first=sort_asc, **filters)
+    response.headers["X-Total-Count"] = str(total)
+    response.headers["X-Limit"] = str(limit)
+    return [_doc(request, r) for r in records]
 
 
 async def _find_execution(request: Request, execution_id: str) -> dict[str, Any]:
@@ -41,34 +84,65 @@ async def _find_execution(request: Request, execution_id: str) -> dict[str, Any]
         raise HTTPException(404, str(exc)) from exc
 
 
+async def _children(request: Request, execution_id: str) -> list[dict[str, Any]]:
+    """The execution's children, oldest first, each with the ids of its own (`children`)."""
+    executions = api_state(request).squall.executions
+    records = await executions.list(parent=execution_id, limit=MAX_CHILDREN, oldest_first=True)
+    for record in records:
+        record["children"] = [c["id"] for c in await executions.list(parent=record["id"], limit=MAX_CHILDREN)]
+    return records
+
+
 @router.get("/executions/{execution_id}", tags=["executions"])
 async def get_execution(execution_id: str, request: Request) -> dict[str, Any]:
-    return await _find_execution(request, execution_id)
+    record = await _find_execution(request, execution_id)
+    record["children"] = [c["id"] for c in await _children(request, execution_id)]
+    return _doc(request, record)
+
+
+@router.get("/executions/{execution_id}/children", tags=["executions"])
+async def execution_children(execution_id: str, request: Request, depth: int = -1) -> list[dict[str, Any]]:
+    """Children depth-first, each followed by its own down to `depth` levels (-1: all), as
+    `st2 execution get --show-tasks` lists a workflow's tasks."""
+    await _find_execution(request, execution_id)
+    found: list[dict[str, Any]] = []
+
+    async def walk(parent: str, level: int) -> None:
+        for child in await _children(request, parent):
+            found.append(_doc(request, child))
+            if child["children"] and (depth < 0 or level < depth):
+                await walk(child["id"], level + 1)
+
+    await walk(execution_id, 1)
+    return found
 
 
 @router.post("/executions", status_code=201, tags=["executions"])
 async def create_execution(body: ExecutionRequest, request: Request) -> dict[str, Any]:
     state = api_state(request)
-    context = {"source": "api", **(body.context or {})}
+    who = request_user(request)
+    context = {"source": "api", **({"user": who} if who else {}), **(body.context or {})}
     key_name = request.state.api_key_name
     if body.render and key_name not in state.settings.render_keys:
         raise HTTPException(403, f"This API key ({key_name or 'a configured key'}) may not ask for parameters "
                                  "to be rendered as templates; list a stored key's name in api.render_keys "
                                  "to allow it, or send the values as data.")
     try:
-        return await state.squall.executions.request(body.action, body.parameters, context, render=body.render)
+        record = await state.squall.executions.request(body.action, body.parameters, context, render=body.render)
     except (ParameterError, UnknownAction, ValueError) as exc:
         raise HTTPException(400, str(exc)) from exc
+    return _doc(request, record)
 
 
 @router.delete("/executions/{execution_id}", tags=["executions"])
 async def cancel_execution(execution_id: str, request: Request) -> dict[str, Any]:
     try:
-        return await api_state(request).squall.executions.cancel(execution_id)
+        record = await api_state(request).squall.executions.cancel(execution_id)
     except ExecutionNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except ExecutionStateError as exc:
         raise HTTPException(409, str(exc)) from exc
+    return _doc(request, record)
 
 
 @router.get("/executions/{execution_id}/output", tags=["executions"], response_class=PlainTextResponse)
@@ -84,8 +158,9 @@ async def execution_output(execution_id: str, request: Request) -> str:
 @router.post("/executions/{execution_id}/re_run", status_code=201, tags=["executions"])
 async def rerun_execution(execution_id: str, request: Request, body: RerunRequest | None = None) -> dict[str, Any]:
     try:
-        return await api_state(request).squall.executions.rerun(execution_id, body.parameters if body else None)
+        record = await api_state(request).squall.executions.rerun(execution_id, body.parameters if body else None)
     except ExecutionNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except (ParameterError, UnknownAction, ValueError) as exc:
         raise HTTPException(400, str(exc)) from exc
+    return _doc(request, record)

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
 
+from bot.http.key_auth import request_user
 from bot.http.state import api_state
 from engine.inquiries import InquiryError
 
@@ -34,8 +35,10 @@ async def get_inquiry(inquiry_id: str, request: Request) -> dict[str, Any]:
 
 @router.put("/inquiries/{inquiry_id}", tags=["inquiries"])
 async def respond_inquiry(inquiry_id: str, body: InquiryResponse, request: Request) -> dict[str, Any]:
-    """`user` names the responder checked against the inquiry's users (default: the API caller)."""
+    """`user` names the responder checked against the inquiry's users (default: who the key or token
+    speaks for, else `api`)."""
+    user = body.user or request_user(request) or "api"
     try:
-        return await api_state(request).squall.inquiries.respond(inquiry_id, body.response, body.user or "api")
+        return await api_state(request).squall.inquiries.respond(inquiry_id, body.response, user)
     except InquiryError as exc:
         raise HTTPException(exc.status, str(exc)) from exc

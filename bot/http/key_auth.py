@@ -1,8 +1,9 @@
 """The API-key check that protected routes depend on (`Depends(require_key)`); webhooks without a
 secret call it too. Keys are stored and made by `bot.apikeys`, which the CLI shares without FastAPI.
 
-A running execution's auth token (`ST2_ACTION_AUTH_TOKEN`, header `X-Auth-Token` as st2client sends
-it) is accepted in place of a key until the execution ends: `engine.tokens` mints and checks it."""
+An auth token (header `X-Auth-Token`, as st2client sends it) is accepted in place of a key: a running
+execution's (`ST2_ACTION_AUTH_TOKEN`) until the execution ends, a person's (`st2 login`) until it
+expires. `engine.tokens` mints and checks both."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from engine.tokens import authenticate as authenticate_token
 log = logging.getLogger(__name__)
 
 
-async def _authenticated(state: ApiState, key: str | None) -> dict[str, Any] | None:
+async def authenticated_key(state: ApiState, key: str | None) -> dict[str, Any] | None:
     """Who the key is: `{"name": ...}` of a stored key, `{"name": None}` for a configured one."""
     if not key:
         return None
@@ -46,18 +47,22 @@ def _presented_key(request: Request) -> str | None:
 
 
 async def _require_token(request: Request, token: str) -> None:
-    """401 unless `token` is a live execution's; it acts as an anonymous key (no `render: true`).
+    """401 unless `token` is a live execution's or an unexpired login's; it acts as an anonymous key
+    (no `render: true`).
 
     Who it speaks for goes to `request.state.auth_user` and `auth_execution`, and to the log at debug:
     StackStorm records a token's user on what it does; routes that audit may read it from there."""
     squall = api_state(request).squall
     who = await squall.db(authenticate_token, squall.store, token)
     if who is None:
-        raise HTTPException(401, "Unauthorized - the auth token is not valid (unknown, or its execution "
-                                 "has ended).", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, "Unauthorized - the auth token is not valid (unknown, expired, or its "
+                                 "execution has ended); log in again (st2 login) or send an API key.",
+                            headers={"WWW-Authenticate": "Bearer"})
     request.state.api_key_name = None
     request.state.auth_user = who["user"]
     request.state.auth_execution = who["execution_id"]
+    request.state.auth_expires = who["expires_at"]
+    request.state.auth_method = "authentication token"
     log.debug("API %s %s with the token of execution %s (user %s)", request.method, request.url.path,
               who["execution_id"], who["user"])
 
@@ -76,8 +81,16 @@ async def require_key(request: Request) -> None:
                                  "Authorization: Bearer <key> or query parameter st2-api-key "
                                  "(or an action's X-Auth-Token).",
                             headers={"WWW-Authenticate": "Bearer"})
-    who = await _authenticated(api_state(request), key)
+    who = await authenticated_key(api_state(request), key)
     if who is None:
         raise HTTPException(401, "Unauthorized - the API key is not valid.",
                             headers={"WWW-Authenticate": "Bearer"})
     request.state.api_key_name = who.get("name")
+    request.state.auth_user = who.get("name")
+    request.state.auth_method = "api key"
+
+
+def request_user(request: Request) -> str | None:
+    """Who a request speaks for, as StackStorm records it: an auth token's user, else the stored API
+    key's name (StackStorm's keys belong to a user); None for a key from config, which names nobody."""
+    return getattr(request.state, "auth_user", None)

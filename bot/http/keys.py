@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
 
+from bot.http.key_auth import request_user
 from bot.http.state import api_state
 from engine.crypto import CryptoError
 from engine.datastore import DatastoreError
@@ -34,6 +35,13 @@ def _shown(item: dict[str, Any], decrypt: bool) -> dict[str, Any]:
     return item
 
 
+def _user(request: Request, scope: str | None, user: str | None) -> str | None:
+    """The user of a user-scoped key: the one named, else the requester (as `st2 key set --scope user`)."""
+    if user or (scope or "").removeprefix("st2kv.") not in ("user", "all"):
+        return user
+    return request_user(request)
+
+
 async def _datastore(squall: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """`fn` (a datastore method) on the database thread; its refusals (a bad scope, no key to decrypt) are 400."""
     try:
@@ -46,8 +54,8 @@ async def _datastore(squall: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
 async def list_keys(request: Request, prefix: str | None = None, scope: str = "system", user: str | None = None,
                     decrypt: bool = False, limit: int | None = Query(None, ge=1)) -> list[dict[str, Any]]:
     squall = api_state(request).squall
-    items = await _datastore(squall, squall.datastore.list, prefix=prefix, scope=scope, user=user, decrypt=decrypt,
-                             limit=limit)
+    items = await _datastore(squall, squall.datastore.list, prefix=prefix, scope=scope,
+                             user=_user(request, scope, user), decrypt=decrypt, limit=limit)
     return [_shown(item, decrypt) for item in items]
 
 
@@ -55,7 +63,8 @@ async def list_keys(request: Request, prefix: str | None = None, scope: str = "s
 async def get_key(name: str, request: Request, scope: str = "system", user: str | None = None,
                   decrypt: bool = False) -> dict[str, Any]:
     squall = api_state(request).squall
-    item = await _datastore(squall, squall.datastore.get, name, scope=scope, user=user, decrypt=decrypt)
+    item = await _datastore(squall, squall.datastore.get, name, scope=scope, user=_user(request, scope, user),
+                            decrypt=decrypt)
     if item is None:
         raise HTTPException(404, f'Resource with a name "{name}" not found')
     return _shown(item, decrypt)
@@ -66,7 +75,8 @@ async def put_key(name: str, body: KeyRequest, request: Request) -> dict[str, An
     if body.ttl is not None and body.ttl > MAX_KEY_TTL:
         raise HTTPException(400, f"ttl must be at most {MAX_KEY_TTL} seconds (100 years), not {body.ttl}.")
     squall = api_state(request).squall
-    item = await _datastore(squall, squall.datastore.set, name, body.value, scope=body.scope, user=body.user,
+    item = await _datastore(squall, squall.datastore.set, name, body.value, scope=body.scope,
+                            user=_user(request, body.scope, body.user),
                             encrypt=body.secret or body.encrypt, ttl=body.ttl, description=body.description)
     return _shown(item, False)
 
@@ -74,5 +84,5 @@ async def put_key(name: str, body: KeyRequest, request: Request) -> dict[str, An
 @router.delete("/keys/{name}", status_code=204, tags=["keys"])
 async def delete_key(name: str, request: Request, scope: str = "system", user: str | None = None) -> None:
     squall = api_state(request).squall
-    if not await _datastore(squall, squall.datastore.delete, name, scope=scope, user=user):
+    if not await _datastore(squall, squall.datastore.delete, name, scope=scope, user=_user(request, scope, user)):
         raise HTTPException(404, f'Resource with a name "{name}" not found')

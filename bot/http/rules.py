@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
+from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.rules import enforcement_public
 
@@ -13,9 +14,19 @@ router = APIRouter()
 
 
 @router.get("/rules", tags=["rules"])
-async def list_rules(request: Request) -> list[dict[str, Any]]:
+async def list_rules(request: Request, response: Response, pack: str | None = None,
+                     paging: Paging = Depends()) -> list[dict[str, Any]]:
     rules = api_state(request).squall.rules.rules
-    return [rules[ref].public() for ref in sorted(rules)]
+    refs = [ref for ref in sorted(rules) if pack in (None, rules[ref].pack)]
+    return [rules[ref].public() for ref in paging.page(refs, response)]
+
+
+@router.get("/rules/{ref}", tags=["rules"])
+async def get_rule(ref: str, request: Request) -> dict[str, Any]:
+    rule = api_state(request).squall.rules.rules.get(ref)
+    if rule is None:
+        raise HTTPException(404, f'Rule "{ref}" is not loaded; GET /api/v1/rules lists the rules.')
+    return rule.public()
 
 
 @router.get("/ruleenforcements", tags=["rules"])

@@ -18,6 +18,9 @@ DEFAULT_MAX_BODY = 1024 * 1024
 #: How old (or how far ahead of this clock) a signed webhook's timestamp may be, unless
 #: `api.webhooks.<name>.tolerance` says otherwise: a request replayed later is refused.
 DEFAULT_WEBHOOK_TOLERANCE = 300
+#: How long a token from `POST /auth/v1/tokens` (`st2 login`) lives unless `api.token_ttl` says
+#: otherwise, and the most a login may ask for: a day, StackStorm's `auth.token_ttl`.
+DEFAULT_TOKEN_TTL = 86400
 
 
 def _webhook_tolerances(webhooks: Any) -> dict[str, float]:
@@ -54,6 +57,8 @@ class ApiSettings:
     render_keys: frozenset[str]
     public_docs: bool
     tolerances: dict[str, float]
+    #: Seconds a login token lives (`api.token_ttl`), and the most a login may ask for.
+    token_ttl: int = DEFAULT_TOKEN_TTL
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> ApiSettings:
@@ -64,8 +69,11 @@ class ApiSettings:
         public_docs = section.get("public_docs", True)
         if not isinstance(public_docs, bool):
             raise ConfigError(f"'api.public_docs' must be true or false, not {public_docs!r}")
+        token_ttl = section.get("token_ttl", DEFAULT_TOKEN_TTL)
+        if isinstance(token_ttl, bool) or not isinstance(token_ttl, int) or token_ttl <= 0:
+            raise ConfigError(f"'api.token_ttl' must be a whole number of seconds above 0, not {token_ttl!r}")
         return cls(max_body=max_body, webhooks=webhooks, static_hashes=static_hashes, render_keys=render_keys,
-                   public_docs=public_docs, tolerances=_webhook_tolerances(webhooks))
+                   public_docs=public_docs, tolerances=_webhook_tolerances(webhooks), token_ttl=token_ttl)
 
     def tolerance(self, hook: str) -> float:
         """How many seconds a signature of webhook `hook` stays good."""

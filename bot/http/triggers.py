@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
+from bot.http.paging import Paging
 from bot.http.state import api_state
 
 router = APIRouter()
 
 
 @router.get("/triggertypes", tags=["triggers"])
-async def list_trigger_types(request: Request) -> list[dict[str, Any]]:
+async def list_trigger_types(request: Request, response: Response,
+                             paging: Paging = Depends()) -> list[dict[str, Any]]:
+    types = sorted(api_state(request).squall.registry.trigger_types.items())
     return [{"ref": t.ref, "name": t.name, "pack": t.pack, "description": t.description,
              "payload_schema": t.payload_schema, "parameters_schema": t.parameters_schema}
-            for _ref, t in sorted(api_state(request).squall.registry.trigger_types.items())]
+            for _ref, t in paging.page(types, response)]
 
 
 @router.get("/triggerinstances", tags=["triggers"])

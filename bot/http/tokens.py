@@ -1,0 +1,76 @@
+"""`POST /auth/v1/tokens`: StackStorm's auth service, so `st2 login` (and st2client's token auth) work.
+
+Until Squall has accounts of its own, a person proves who they are with an API key: as the password of
+HTTP basic auth (`st2 login NAME --password KEY`, NAME being the stored key's name) or in the
+`St2-Api-Key` header. The token then speaks for that name (a key from config names nobody, so the login
+name is taken) for `api.token_ttl` seconds, or less if the request's `ttl` asks."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel
+
+from bot.http.key_auth import authenticated_key
+from bot.http.state import api_state
+from engine.tokens import issue
+
+router = APIRouter()
+_REALM = {"WWW-Authenticate": 'Basic realm="Squall"'}
+
+
+class TokenRequest(BaseModel):
+    ttl: int | None = None
+
+
+def _basic(request: Request) -> tuple[str, str] | None:
+    """User and password of an `Authorization: Basic` header, or None without one."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise HTTPException(401, "Unauthorized - the Authorization header is not valid Basic credentials "
+                                 "(base64 of NAME:PASSWORD).", headers=_REALM) from None
+    return (user, password) if sep and user else None
+
+
+async def _who(request: Request) -> str:
+    """The name a new token speaks for; 401 unless the request carries a valid API key."""
+    state = api_state(request)
+    header_key = request.headers.get("st2-api-key")
+    credentials = None if header_key else _basic(request)
+    key = header_key or (credentials[1] if credentials else None)
+    if not key:
+        raise HTTPException(401, "Unauthorized - log in with HTTP basic auth (user name and an API key as the "
+                                 "password: st2 login NAME --password KEY) or send header St2-Api-Key.",
+                            headers=_REALM)
+    who = await authenticated_key(state, key)
+    if who is None:
+        raise HTTPException(401, "Unauthorized - the password is not a valid API key.", headers=_REALM)
+    name = who.get("name")
+    login = credentials[0] if credentials else None
+    if name and login and login != name:
+        raise HTTPException(401, f"Unauthorized - this API key is {name}'s; log in as {name}.", headers=_REALM)
+    user = name or login
+    if not user:
+        raise HTTPException(401, "Unauthorized - this API key (from config) names nobody; log in with a user name "
+                                 "and the key as the password.", headers=_REALM)
+    return user
+
+
+@router.post("/tokens", status_code=201, tags=["auth"])
+async def create_token(request: Request, body: TokenRequest | None = None) -> dict[str, Any]:
+    state = api_state(request)
+    limit = state.settings.token_ttl
+    ttl = body.ttl if body and body.ttl is not None else limit
+    if ttl <= 0 or ttl > limit:
+        raise HTTPException(400, f"TTL specified {ttl} is not between 1 and the max allowed {limit} seconds "
+                                 "(api.token_ttl).")
+    user = await _who(request)
+    squall = state.squall
+    return await squall.db(issue, squall.store, user, ttl)
