@@ -1,0 +1,281 @@
+"""StackStorm's own `st2` CLI (PyPI st2client 3.9.0, in a throwaway virtualenv) against a live
+`squall serve`: the verbs StackStorm's users type, with an API key and after `st2 login`.
+
+Installing st2client takes a minute; a developer with one installed may point `SQUALL_TEST_ST2` at its
+`st2` to skip that. Where pip cannot reach the package index the tests skip, except in CI
+(`SQUALL_REQUIRE_SERVERS`), where they fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, server_missing, write
+from tests.test_cli import SQUALL
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ST2CLIENT = "st2client==3.9.0"
+
+ASK = """
+version: 1.0
+input: [who]
+tasks:
+  question:
+    action: core.ask
+    input:
+      schema:
+        type: object
+        properties:
+          go: {type: boolean, required: true}
+    next:
+      - when: <% succeeded() %>
+        publish:
+          - answer: <% result().response.go %>
+        do: hello
+  hello:
+    action: st2e.greet who=<% ctx(who) %>
+output:
+  - answer: <% ctx(answer) %>
+"""
+
+
+@pytest.fixture(scope="session")
+def st2_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    given = os.environ.get("SQUALL_TEST_ST2")
+    if given:
+        return Path(given)
+    venv = tmp_path_factory.mktemp("st2client")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", ST2CLIENT],
+                         capture_output=True, text=True, timeout=900)
+    if pip.returncode != 0:
+        server_missing(f"pip could not install {ST2CLIENT}: {pip.stderr.strip()[-1500:]}")
+    return venv / "bin" / "st2"
+
+
+def _pack(home: Path) -> None:
+    pack = home / "packs" / "st2e"
+    write(pack / "pack.yaml", """
+        ref: st2e
+        name: st2e
+        description: What the st2 CLI test drives.
+        version: 1.2.3
+        author: Squall tests
+        email: tests@example.com
+        keywords: [test, st2]
+    """)
+    write(pack / "actions" / "greet.yaml", """
+        name: greet
+        runner_type: local-shell-cmd
+        description: Say hello.
+        parameters:
+          who: {type: string, required: true, position: 0}
+          cmd: {default: "echo Hello {{ who }}", immutable: true}
+    """)
+    write(pack / "actions" / "nap.yaml", """
+        name: nap
+        runner_type: local-shell-cmd
+        description: Sleep a while.
+        parameters:
+          cmd: {default: "sleep 60", immutable: true}
+    """)
+    write(pack / "actions" / "ask.yaml", """
+        name: ask
+        runner_type: orquesta
+        entry_point: workflows/ask.yaml
+        description: Ask before greeting.
+        parameters:
+          who: {type: string, default: world}
+    """)
+    write(pack / "actions" / "workflows" / "ask.yaml", ASK)
+    write(pack / "aliases" / "greet.yaml", """
+        name: greet
+        action_ref: st2e.greet
+        description: Greet someone.
+        formats: ["greet {{ who }}"]
+    """)
+    write(pack / "rules" / "on_hook.yaml", """
+        name: on_hook
+        pack: st2e
+        description: Greet whoever the hook names.
+        enabled: true
+        trigger: {type: core.st2.webhook, parameters: {url: st2e}}
+        action: {ref: st2e.greet, parameters: {who: "{{ trigger.body.who }}"}}
+    """)
+
+
+@dataclass
+class Server:
+    home: Path
+    url: str
+    key: str
+    st2: Path
+
+    def run(self, *args: str, key: bool = True, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`st2 ARGS` with the API key (or, `key=False`, with what `st2 login` cached in HOME)."""
+        env = {**os.environ, "HOME": str(self.home / "user"), "ST2_API_URL": f"{self.url}/api/v1",
+               "ST2_AUTH_URL": f"{self.url}/auth/v1", "ST2_STREAM_URL": f"{self.url}/stream/v1"}
+        env.pop("ST2_API_KEY", None)
+        env.pop("ST2_AUTH_TOKEN", None)
+        if key:
+            env["ST2_API_KEY"] = self.key
+        done = subprocess.run([str(self.st2), *args], capture_output=True, text=True, env=env, timeout=120)
+        if check:
+            assert done.returncode == 0, f"st2 {' '.join(args)}: {done.stdout}\n{done.stderr}"
+        return done
+
+    def json(self, *args: str, key: bool = True) -> Any:
+        """The first JSON document `st2 ARGS -j` prints (a workflow's `execution get` adds its tasks')."""
+        return json.JSONDecoder().raw_decode(self.run(*args, "-j", key=key).stdout.strip())[0]
+
+    def wait(self, execution_id: str, *statuses: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            record = self.json("execution", "get", execution_id)
+            if record["status"] in statuses:
+                return record
+            time.sleep(0.2)
+        raise AssertionError(f"execution {execution_id} did not reach {statuses}: {record}")
+
+
+def _id(text: str) -> str:
+    """The execution id `st2 run -a` and `action-alias execute` print ("st2 execution get ID")."""
+    return text.split("st2 execution get ", 1)[1].split()[0]
+
+
+@pytest.fixture(scope="module")
+def server(st2_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("st2home")
+    port = free_port()
+    write(home / "config.yml", f"""
+        database:
+          url: sqlite:///data/squall.db
+        packs:
+          paths: [packs]
+        api:
+          host: 127.0.0.1
+          port: {port}
+        adapters:
+          console:
+            enabled: false
+    """)
+    _pack(home)
+    (home / "user").mkdir()
+    config = str(home / "config.yml")
+    made = subprocess.run([str(SQUALL), "-c", config, "apikey", "create", "--name", "alice", "--json"],
+                          capture_output=True, text=True, cwd=home, timeout=60, check=True)
+    process = subprocess.Popen([str(SQUALL), "-c", config, "serve"], cwd=home, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "squall serve did not start"
+            time.sleep(0.1)
+        yield Server(home, url, json.loads(made.stdout)["key"], st2_binary)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_actions_runs_and_executions(server: Server) -> None:
+    refs = [a["ref"] for a in server.json("action", "list", "-p", "st2e")]
+    assert refs == ["st2e.ask", "st2e.greet", "st2e.nap"]
+    assert server.json("action", "get", "st2e.greet")["runner_type"] == "local-shell-cmd"
+
+    ran = server.json("run", "st2e.greet", "who=ann")
+    assert ran["status"] == "succeeded" and ran["result"]["stdout"] == "Hello ann"
+    assert ran["action"]["ref"] == "st2e.greet" and ran["context"]["user"] == "alice"
+    failed = server.run("run", "core.local", "cmd=exit 3", check=False)
+    assert failed.returncode != 0 and "return_code: 3" in failed.stdout
+
+    queued = _id(server.run("run", "-a", "st2e.greet", "who=bob").stdout)
+    assert server.wait(queued, "succeeded")["result"]["stdout"] == "Hello bob"
+    again = server.json("execution", "re-run", queued, "who=cyd")
+    assert server.wait(again["id"], "succeeded")["result"]["stdout"] == "Hello cyd"
+    listed = [e["id"] for e in server.json("execution", "list", "-n", "3")]
+    assert queued in listed and again["id"] in listed
+    table = server.run("execution", "list", "-n", "2")
+    assert "Only first 2 action executions" in table.stdout + table.stderr  # from X-Total-Count
+
+    napping = _id(server.run("run", "-a", "st2e.nap").stdout)
+    server.wait(napping, "running")
+    canceled = server.run("execution", "cancel", napping)
+    assert f"{napping} canceled" in canceled.stdout
+    assert server.wait(napping, "canceled")["status"] == "canceled"
+
+    unknown = server.run("run", "st2e.nope", check=False)
+    assert unknown.returncode != 0 and "st2e.nope" in unknown.stdout + unknown.stderr
+
+
+def test_keys_with_encryption_and_scopes(server: Server) -> None:
+    server.run("key", "set", "colour", "blue")
+    assert server.json("key", "get", "colour")["value"] == "blue"
+    server.run("key", "set", "pw", "s3cret", "--encrypt")
+    assert server.json("key", "get", "pw")["value"] != "s3cret"
+    assert server.json("key", "get", "pw", "--decrypt")["value"] == "s3cret"
+    assert "s3cret" not in server.run("key", "list").stdout
+    server.run("key", "set", "mine", "tea", "--scope", "user")
+    scoped = {(k["name"], k["scope"], k.get("user")) for k in server.json("key", "list", "--scope", "all")}
+    assert {("colour", "st2kv.system", None), ("mine", "st2kv.user", "alice")} <= scoped
+    server.run("key", "delete", "colour")
+    missing = server.run("key", "get", "colour", check=False)
+    assert missing.returncode != 0 and "colour" in missing.stdout + missing.stderr
+
+
+def test_rules_triggers_packs_and_aliases(server: Server) -> None:
+    (rule,) = server.json("rule", "list", "-p", "st2e")
+    assert rule["ref"] == "st2e.on_hook"
+    assert server.json("rule", "get", "st2e.on_hook")["action"]["ref"] == "st2e.greet"
+    assert "core.st2.webhook" in [t["ref"] for t in server.json("trigger", "list")]
+    assert "st2e" in [p["ref"] for p in server.json("pack", "list")]
+    pack = server.json("pack", "get", "st2e")
+    assert pack["version"] == "1.2.3" and pack["keywords"] == ["test", "st2"]
+
+    assert "st2e.greet" in [a["ref"] for a in server.json("action-alias", "list")]
+    matched = server.run("action-alias", "match", "greet dan").stdout
+    assert "greet" in matched and "Greet someone." in matched
+    executed = server.run("action-alias", "execute", "greet dan").stdout
+    assert "Matching Action-alias: 'st2e.greet'" in executed
+    assert server.wait(_id(executed), "succeeded")["result"]["stdout"] == "Hello dan"
+
+
+def test_inquiry_list_get_respond_resumes_the_workflow(server: Server) -> None:
+    workflow = _id(server.run("run", "-a", "st2e.ask", "who=eve").stdout)
+    deadline = time.monotonic() + 60
+    while not (inquiries := server.json("inquiry", "list")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (inquiry,) = inquiries
+    assert server.json("inquiry", "get", inquiry["id"])["schema"]["properties"]["go"]["type"] == "boolean"
+    answered = server.run("inquiry", "respond", inquiry["id"], "-r", '{"go": true}')
+    assert "Response accepted" in answered.stdout
+    done = server.wait(workflow, "succeeded", "failed")
+    assert done["status"] == "succeeded" and done["result"]["output"] == {"answer": True}
+    tasks = server.run("execution", "get", workflow, "--show-tasks").stdout
+    assert "question" in tasks and "hello" in tasks and "st2e.greet" in tasks
+
+
+def test_login_with_an_api_key_then_commands_use_the_token(server: Server) -> None:
+    wrong = server.run("login", "mallory", "--password", server.key, key=False, check=False)
+    assert wrong.returncode != 0 and "log in as alice" in wrong.stdout + wrong.stderr
+    server.run("login", "alice", "--password", server.key, key=False)
+    whoami = server.run("whoami", key=False).stdout
+    assert 'Currently logged in as "alice"' in whoami and "authentication token" in whoami
+    ran = server.json("run", "st2e.greet", "who=fay", key=False)
+    assert ran["result"]["stdout"] == "Hello fay" and ran["context"]["user"] == "alice"
