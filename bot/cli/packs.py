@@ -3,6 +3,10 @@
 `pack list` ends with the files that did not load ("problems"), every time, not only on the
 first command after a change; `--json` prints `{"packs": [...], "problems": [{"file", "line",
 "reason"}]}` (`line` is null where unknown).
+
+`pack install` keeps a pack whose requirements did not all install: each failed line is said in one
+paragraph (the line, pip's reason, what to do), listed in `--json` as `requirements_failed`, and the
+command exits 1.
 """
 
 from __future__ import annotations
@@ -58,7 +62,13 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
                                                              "branch, tag or commit).")],
                  as_json: JsonOption = False) -> None:
     """Install a pack: copy or clone it, build its virtualenv, check its content."""
-    from engine.pack_manager import PackInstallError, install_pack, needed_config_keys, split_missing_config
+    from engine.pack_manager import (
+        PackInstallError,
+        failed_requirements,
+        install_pack,
+        needed_config_keys,
+        split_missing_config,
+    )
 
     config = current_config()
     try:
@@ -74,19 +84,27 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
     _, others = split_missing_config(pack.ref, config.configs_path, registry.errors)
     warn_problems(e for e in others if str(e) not in {str(i) for i in errors})
     needed = needed_config_keys(pack)
+    # Requirements pip could not install leave the pack installed; each is said in one paragraph.
+    failed = failed_requirements(config.virtualenvs_path / pack.ref)
+    for failure in failed:
+        err.print(f"[yellow]requirement failed:[/yellow] "
+                  f"{escape(failure.paragraph(pack.ref, pack.path / 'requirements.txt'))}",
+                  markup=True, highlight=False)
     if as_json:
         print_json({**pack.summary(registry.counts(pack.ref)), "errors": [str(e) for e in errors],
-                    "config_needed": needed})
+                    "config_needed": needed, "requirements_failed": [f.document() for f in failed]})
     else:
         counts = registry.counts(pack.ref)
+        incomplete = f"; {len(failed)} of its requirements did not install (said above)" if failed else ""
         out.print(f"installed {pack.ref} {pack.version} at {pack.path} "
-                  f"({counts['actions']} actions, {counts['aliases']} aliases, {counts['rules']} rules)")
+                  f"({counts['actions']} actions, {counts['aliases']} aliases, {counts['rules']} rules){incomplete}")
     if needed:
         err.print(f"[yellow]config needed:[/yellow] {pack.ref}'s actions need {', '.join(needed)} "
                   f"(required by its config.schema.yaml, no default); set them in "
                   f"{escape(str(config.configs_path / f'{pack.ref}.yaml'))}", markup=True, highlight=False)
-    # Exit 1 only for pack content that did not load; a config still to write is not a failure.
-    raise typer.Exit(1 if errors else 0)
+    # Exit 1 for pack content that did not load and for requirements that did not install (the pack
+    # is installed all the same); a config still to write is not a failure.
+    raise typer.Exit(1 if errors or failed else 0)
 
 
 @pack_app.command("remove")

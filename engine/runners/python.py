@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import sys
 import sysconfig
@@ -316,6 +317,8 @@ class PythonRunner:
             status = "succeeded" if exit_code == 0 and ok in (True, None) else "failed"
         result: dict[str, Any] = {"result": reply.get("result"), "stdout": stdout, "stderr": stderr,
                                   "exit_code": exit_code}
+        if status == "failed" and error is None:
+            error = _incomplete_virtualenv_error(action.pack, self.virtualenvs / action.pack, stderr)
         if error:
             result["error"] = error
         return RunOutcome(status, result)
@@ -332,6 +335,24 @@ class PythonRunner:
                     worker.send({"op": "reply", "result": result})
                 except Exception as exc:  # reported to the action, which may handle it
                     worker.send({"op": "reply", "error": str(exc)})
+
+
+#: The last line of a traceback that failed on an import (the action's module or one it imports).
+_IMPORT_FAILED = re.compile(r"^(ModuleNotFoundError|ImportError): ", re.MULTILINE)
+
+
+def _incomplete_virtualenv_error(pack: str, venv: Path, stderr: str) -> str | None:
+    """Why an action that failed on an import failed, when its pack's virtualenv lacks a requirement.
+
+    `squall pack install` keeps a pack whose requirements did not all install (recorded in the
+    virtualenv folder); its actions that import a missing package then say which requirement failed
+    and what to do, instead of leaving people a bare ImportError. Actions that do not need it run.
+    Read only after such a failure, so a run that succeeds costs nothing."""
+    if not _IMPORT_FAILED.search(stderr):
+        return None
+    from engine.pack_manager import incomplete_virtualenv_reason  # only on this failure path
+
+    return incomplete_virtualenv_reason(pack, venv)
 
 
 def _python_variables(request: RunRequest) -> dict[str, str]:

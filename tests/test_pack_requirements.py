@@ -1,0 +1,394 @@
+"""Pack requirements that cannot be installed (Exchange packs pin packages that no longer build).
+
+`squall pack install` keeps such a pack installed and loaded, names each failing line of its
+requirements.txt with pip's reason and what to do, installs the other lines, and the pack's Python
+actions that import what is missing fail with that reason instead of a bare ImportError.
+
+Everything here runs offline: pip gets no index (`PIP_NO_INDEX`), the good requirements are wheels
+built by hand in tmp_path, and the bad ones fail without a network (a name no index has, a source
+package whose in-tree build backend fails like psycopg2's setup.py without pg_config, a path to a
+folder that does not exist).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from engine.pack_manager import (
+    FAILED_REQUIREMENTS_FILE,
+    RequirementFailure,
+    failed_requirements,
+    install_pack,
+    pip_reason,
+    requirement_lines,
+)
+from tests.conftest import write
+
+SQUALL = Path(sys.executable).parent / "squall"
+
+
+@pytest.fixture
+def offline_pip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pip in the packs' virtualenvs sees no index and no configured links: only local files."""
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+
+
+def wheel(folder: Path, name: str, version: str = "1.0", *, module: str | None = None,
+          requires: tuple[str, ...] = ()) -> Path:
+    """A pure-Python wheel built by hand (no build tools, no network); `module.VALUE` is the version."""
+    module = module or name.replace("-", "_")
+    dist = f"{name.replace('-', '_')}-{version}"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    metadata += "".join(f"Requires-Dist: {requirement}\n" for requirement in requires)
+    files = {f"{module}/__init__.py": f"VALUE = {version!r}\n".encode(),
+             f"{dist}.dist-info/METADATA": metadata.encode(),
+             f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+                                        b"Tag: py3-none-any\n"}
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist}.dist-info/RECORD,,")
+    target = folder / f"{dist}-py3-none-any.whl"
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(target, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+        archive.writestr(f"{dist}.dist-info/RECORD", "\n".join(record) + "\n")
+    return target
+
+
+def failing_source_package(folder: Path, message: str) -> Path:
+    """A source package whose build fails printing `message`, as psycopg2's does without pg_config.
+
+    Its build backend is in the package itself (`backend-path`), so pip needs neither setuptools
+    nor a network to start the build that fails."""
+    write(folder / "pyproject.toml", """
+        [build-system]
+        requires = []
+        build-backend = "failing_backend"
+        backend-path = ["."]
+    """)
+    write(folder / "failing_backend.py", f"""
+        import sys
+
+
+        def _fail(*args, **kwargs):
+            print("running egg_info")
+            sys.exit({message!r})
+
+
+        get_requires_for_build_wheel = prepare_metadata_for_build_wheel = build_wheel = _fail
+    """)
+    return folder
+
+
+def demo_pack(folder: Path) -> Path:
+    """A pack with an alias, a rule, a shell action and Python actions importing good and bad requirements."""
+    write(folder / "pack.yaml", """
+        ref: demo
+        name: demo
+        description: A pack with requirements that do not all install
+        version: 0.1.0
+        author: tests
+    """)
+    write(folder / "actions" / "greet.yaml", """
+        name: greet
+        runner_type: local-shell-cmd
+        parameters:
+          cmd: {default: echo hello from the shell}
+    """)
+    for name, module in (("good", "squall_gooddep"), ("broken", "pgbroken")):
+        write(folder / "actions" / f"{name}.yaml", f"""
+            name: {name}
+            runner_type: python-script
+            entry_point: {name}.py
+        """)
+        write(folder / "actions" / f"{name}.py", f"""
+            import {module}
+            from st2common.runners.base_action import Action
+
+
+            class Run(Action):
+                def run(self):
+                    return {{"value": {module}.VALUE}}
+        """)
+    write(folder / "aliases" / "greet.yaml", """
+        name: greet
+        action_ref: demo.greet
+        formats: ["greet"]
+    """)
+    write(folder / "rules" / "on_webhook.yaml", """
+        name: on_webhook
+        pack: demo
+        trigger: {type: core.st2.webhook, parameters: {url: demo}}
+        action: {ref: demo.greet}
+    """)
+    wheel(folder / "wheels", "squall-gooddep", "1.0")
+    failing_source_package(folder / "pgbroken", "Error: pg_config executable not found.\n\n"
+                                                "pg_config is required to build psycopg2 from source.")
+    write(folder / "requirements.txt", """
+        # Pins as old Exchange packs have them
+        ./wheels/squall_gooddep-1.0-py3-none-any.whl
+        squall-no-such-package==1.0  # gone from the index
+        ./pgbroken
+        ./no-such-folder
+    """)
+    return folder
+
+
+# -- reading requirements.txt and pip's output -------------------------------------------------
+
+
+def test_requirement_lines_are_read_as_pip_reads_them() -> None:
+    options, lines = requirement_lines(
+        "# a comment\n"
+        "--find-links ./wheels\n"
+        "requests==2.0  # pinned\n"
+        "\n"
+        "psycopg2==2.8 \\\n"
+        "    --hash=sha256:abc\n"
+        "-r more.txt\n"
+        "-e ./local\n"
+        "-c constraints.txt\n")
+    assert options == ["--find-links ./wheels", "-c constraints.txt"]
+    assert lines == [(3, "requests==2.0"), (5, "psycopg2==2.8     --hash=sha256:abc"), (7, "-r more.txt"),
+                     (8, "-e ./local")]
+
+
+PG_CONFIG_MISSING = """\
+Collecting psycopg2==2.8
+  Downloading psycopg2-2.8.tar.gz (367 kB)
+  Preparing metadata (setup.py): started
+  Preparing metadata (setup.py): finished with status 'error'
+  error: subprocess-exited-with-error
+
+  \u00d7 python setup.py egg_info did not run successfully.
+  │ exit code: 1
+  ╰─> [23 lines of output]
+      running egg_info
+      creating /tmp/pip-pip-egg-info-x/psycopg2.egg-info
+      writing /tmp/pip-pip-egg-info-x/psycopg2.egg-info/PKG-INFO
+
+      Error: pg_config executable not found.
+
+      pg_config is required to build psycopg2 from source.  Please add the directory
+      containing pg_config to the $PATH or specify the full path to the executable with:
+
+          python setup.py build_ext --pg-config /path/to/pg_config build ...
+
+      If you prefer to avoid building psycopg2 from source, please install the PyPI
+      'psycopg2-binary' package instead.
+      [end of output]
+
+  note: This error originates from a subprocess, and is likely not a problem with pip.
+error: metadata-generation-failed
+
+\u00d7 Encountered error while generating package metadata.
+╰─> See above for output.
+"""
+
+# psycopg2 2.8 on Python 3.11 with pg_config present: the C code no longer compiles.
+TOO_OLD_TO_COMPILE = """\
+  ╰─> [120 lines of output]
+      running build_ext
+      gcc -Wsign-compare -DNDEBUG -g -fwrapv -O3 -Wall -fPIC -I/usr/include/postgresql -c psycopg/psycopgmodule.c
+      psycopg/psycopgmodule.c: In function \u2018add_module_types\u2019:
+      psycopg/psycopgmodule.c:920:36: error: lvalue required as left operand of assignment
+        920 |         Py_TYPE(typetable[i].type) = &PyType_Type;
+      psycopg/psycopgmodule.c:952:30: error: lvalue required as left operand of assignment
+      error: Command '['gcc', '-Wsign-compare', '-c', 'psycopg/psycopgmodule.c']' returned non-zero exit status 1.
+      [end of output]
+
+  note: This error originates from a subprocess, and is likely not a problem with pip.
+  ERROR: Failed building wheel for psycopg2
+ERROR: Could not build wheels for psycopg2, which is required to install pyproject.toml-based projects
+"""
+
+LXML_WITHOUT_HEADERS = """\
+  ╰─> [40 lines of output]
+      Building lxml version 4.2.0.
+      Building without Cython.
+      ERROR: b'/bin/sh: 1: xslt-config: not found\\n'
+      ** make sure the development packages of libxml2 and libxslt are installed **
+      gcc -pthread -fPIC -Isrc -Isrc/lxml/includes -c src/lxml/etree.c
+      In file included from src/lxml/etree.c:653:
+      src/lxml/includes/etree_defs.h:14:10: fatal error: libxml/xmlversion.h: No such file or directory
+      compilation terminated.
+      error: command '/usr/bin/gcc' failed with exit code 1
+      [end of output]
+"""
+
+NO_DISTRIBUTION = """\
+ERROR: Could not find a version that satisfies the requirement nosuchthing==1.0 (from versions: none)
+ERROR: No matching distribution found for nosuchthing==1.0
+"""
+
+
+@pytest.mark.parametrize(("output", "reason", "fix"), [
+    (PG_CONFIG_MISSING, "pg_config executable not found", "libpq-dev"),
+    (TOO_OLD_TO_COMPILE, "psycopg/psycopgmodule.c:920:36: error: lvalue required as left operand of assignment",
+     "too old to build"),
+    (LXML_WITHOUT_HEADERS, "src/lxml/includes/etree_defs.h:14:10: fatal error: libxml/xmlversion.h: "
+                           "No such file or directory", "libxml2-dev libxslt1-dev"),
+    (NO_DISTRIBUTION, "No matching distribution found for nosuchthing==1.0", "exist on the package index"),
+])
+def test_pips_key_line_and_the_fix_for_it(output: str, reason: str, fix: str) -> None:
+    from engine.pack_manager import _fix
+
+    assert pip_reason(output) == reason
+    assert fix in _fix(pip_reason(output), output, Path("/packs/demo/requirements.txt"))
+
+
+# -- installing -------------------------------------------------------------------------------
+
+
+def _recorded_failure(venv: Path) -> None:
+    """The record `squall pack install` leaves when psycopg2==2.8 does not build."""
+    failure = RequirementFailure("psycopg2==2.8", 2, "failed to build", "pg_config executable not found",
+                                 "install libpq-dev", "run `squall pack install ./src/demo` again")
+    venv.mkdir(parents=True)
+    (venv / FAILED_REQUIREMENTS_FILE).write_text(json.dumps({"pack": "demo", "failed": [failure.record()]}))
+
+
+def test_only_import_failures_are_explained_by_the_incomplete_virtualenv(tmp_path: Path) -> None:
+    from engine.runners.python import _incomplete_virtualenv_error
+
+    venv = tmp_path / "venvs" / "demo"
+    traceback = "Traceback (most recent call last):\n  ...\nModuleNotFoundError: No module named 'psycopg2'\n"
+    assert _incomplete_virtualenv_error("demo", venv, traceback) is None  # nothing recorded
+    _recorded_failure(venv)
+    assert _incomplete_virtualenv_error("demo", venv, traceback) == (
+        "pack demo's virtualenv is incomplete: requirement psycopg2==2.8 failed to build: pg_config executable "
+        "not found; to fix it, install libpq-dev; then run `squall pack install ./src/demo` again")
+    assert _incomplete_virtualenv_error("demo", venv, "ImportError: cannot import name 'x'\n") is not None
+    assert _incomplete_virtualenv_error("demo", venv, "ValueError: the action's own failure\n") is None
+
+
+def test_a_pack_installed_again_without_requirements_has_nothing_failed(tmp_path: Path) -> None:
+    source = tmp_path / "src" / "demo"
+    write(source / "pack.yaml", "name: demo\ndescription: d\nversion: 0.1.0\nauthor: tests\n")
+    venvs = tmp_path / "venvs"
+    _recorded_failure(venvs / "demo")
+    assert [f.requirement for f in failed_requirements(venvs / "demo")] == ["psycopg2==2.8"]
+    install_pack(str(source), tmp_path / "packs", tmp_path / "configs", venvs, lambda _: None)
+    assert failed_requirements(venvs / "demo") == []
+
+
+
+
+def _venv_python(venv: Path, code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True)
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("offline_pip")
+def test_pins_that_only_conflict_together_are_reported_for_the_whole_file(tmp_path: Path) -> None:
+    source = tmp_path / "src" / "pinned"
+    write(source / "pack.yaml", "name: pinned\ndescription: d\nversion: 0.1.0\nauthor: tests\n")
+    wheel(source / "wheels", "squall-a", "1.0", requires=("squall-b==1.0",))
+    wheel(source / "wheels", "squall-b", "1.0")
+    wheel(source / "wheels", "squall-b", "2.0")
+    # The --find-links option applies to every line installed alone too.
+    write(source / "requirements.txt", "--find-links ./wheels\nsquall-a==1.0\nsquall-b==2.0\n")
+    venvs = tmp_path / "venvs"
+    install_pack(str(source), tmp_path / "packs", tmp_path / "configs", venvs, lambda _: None)
+
+    [failure] = failed_requirements(venvs / "pinned")
+    assert (failure.requirement, failure.line, failure.problem) == (
+        "requirements.txt", 0, "could not be installed as a whole")
+    assert "squall-b" in failure.reason
+    assert failure.fix.startswith("make the pins in") and "agree with each other" in failure.fix
+    assert _venv_python(venvs / "pinned", "import squall_a, squall_b").returncode == 0
+
+
+# -- the command and the actions --------------------------------------------------------------
+
+
+def squall(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=home)
+
+
+def run_json(home: Path, ref: str) -> dict:
+    return json.loads(squall(home, "run", ref, "--json").stdout)
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("offline_pip")
+def test_install_command_says_why_and_actions_fail_with_that_reason_until_fixed(home: Path) -> None:
+    source = demo_pack(home / "src" / "demo")
+    installed = squall(home, "pack", "install", str(source), "--json")
+
+    assert installed.returncode == 1, installed.stderr  # installed, but not complete
+    document = json.loads(installed.stdout)
+    assert document["ref"] == "demo" and document["errors"] == [] and document["config_needed"] == []
+    assert document["content"]["actions"] == 3
+    assert document["content"]["aliases"] == 1 and document["content"]["rules"] == 1
+    assert [(f["line"], f["requirement"]) for f in document["requirements_failed"]] == [
+        (3, "squall-no-such-package==1.0"), (4, "./pgbroken"), (5, "./no-such-folder")]
+    assert document["requirements_failed"][1]["reason"] == "pg_config executable not found"
+    assert "libpq-dev" in document["requirements_failed"][1]["advice"]
+    assert document["requirements_failed"][2]["problem"] == "is not a valid requirement"
+    assert "does not exist" in document["requirements_failed"][2]["reason"]
+    requirements = home / "packs" / "demo" / "requirements.txt"
+    assert "one at a time" in installed.stderr
+    [paragraph] = [line for line in installed.stderr.splitlines() if "./pgbroken (line 4" in line]
+    assert paragraph.startswith(f"requirement failed: requirement ./pgbroken (line 4 of {requirements}) failed "
+                                f"to build: pg_config executable not found. The pack demo is installed")
+    assert "libpq-dev" in paragraph and paragraph.endswith(f"run `squall pack install {source}` again.")
+    assert not list(requirements.parent.glob(".squall-requirement-*"))  # the one-line files are gone
+    assert failed_requirements(home / "data" / "virtualenvs" / "demo")[1].requirement == "./pgbroken"
+
+    listed = json.loads(squall(home, "pack", "list", "--json").stdout)
+    assert "demo" in {pack["ref"] for pack in listed["packs"]}
+
+    broken = run_json(home, "demo.broken")
+    assert broken["status"] == "failed"
+    assert broken["result"]["error"].startswith("pack demo's virtualenv is incomplete: requirement "
+                                                "squall-no-such-package==1.0 was not found")
+    assert ("requirement ./pgbroken failed to build: pg_config executable not found"
+            in broken["result"]["error"])
+    assert "ModuleNotFoundError: No module named 'pgbroken'" in broken["result"]["stderr"]  # still there
+    good = run_json(home, "demo.good")
+    assert good["status"] == "succeeded" and good["result"]["result"] == {"value": "1.0"}
+    shell = run_json(home, "demo.greet")
+    assert shell["status"] == "succeeded" and shell["result"]["stdout"] == "hello from the shell"
+
+    # Fixed: the broken pins replaced by a package that installs. Installing again clears the record.
+    wheel(source / "wheels", "pgbroken", "2.8")
+    write(source / "requirements.txt", """
+        ./wheels/squall_gooddep-1.0-py3-none-any.whl
+        ./wheels/pgbroken-2.8-py3-none-any.whl
+    """)
+    again = squall(home, "pack", "install", str(source), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["requirements_failed"] == []
+    assert "requirement failed" not in again.stderr
+    assert not (home / "data" / "virtualenvs" / "demo" / FAILED_REQUIREMENTS_FILE).exists()
+    fixed = run_json(home, "demo.broken")
+    assert fixed["status"] == "succeeded" and fixed["result"]["result"] == {"value": "2.8"}
+
+
+def test_an_import_error_without_failed_requirements_stays_as_it_was(home: Path) -> None:
+    source = demo_pack(home / "src" / "demo")
+    (source / "requirements.txt").unlink()  # no virtualenv: the action runs under Squall's interpreter
+    assert squall(home, "pack", "install", str(source)).returncode == 0
+
+    broken = run_json(home, "demo.broken")
+    assert broken["status"] == "failed"
+    assert "error" not in broken["result"]
+    assert "ModuleNotFoundError: No module named 'pgbroken'" in broken["result"]["stderr"]
