@@ -115,6 +115,37 @@ def _pack(home: Path) -> None:
     """)
 
 
+WHO = """
+from st2client.client import Client
+from st2client.models import KeyValuePair
+from st2common.runners.base_action import Action
+
+
+class Who(Action):
+    def run(self, pack):
+        client = Client()  # ST2_API_URL and ST2_AUTH_TOKEN from the action's environment
+        client.keys.update(KeyValuePair(name="seen_by_st2client", value=pack))
+        return {"actions": sorted(a.ref for a in client.actions.query(pack=pack)),
+                "key": client.keys.get_by_name("seen_by_st2client").value}
+"""
+
+
+def _st2client_pack(source: Path) -> None:
+    """A pack whose Python action calls the API with st2client from its own virtualenv (as the
+    Exchange's `st2` pack does), st2client coming from its requirements.txt."""
+    write(source / "pack.yaml", "ref: st2c\nname: st2c\ndescription: st2client inside.\nversion: 0.1.0\n"
+                                "author: tests\n")
+    write(source / "requirements.txt", ST2CLIENT + "\n")
+    write(source / "actions" / "who.yaml", """
+        name: who
+        runner_type: python-script
+        entry_point: who.py
+        parameters:
+          pack: {type: string, required: true}
+    """)
+    write(source / "actions" / "who.py", WHO)
+
+
 @dataclass
 class Server:
     home: Path
@@ -175,6 +206,11 @@ def server(st2_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     config = str(home / "config.yml")
     made = subprocess.run([str(SQUALL), "-c", config, "apikey", "create", "--name", "alice", "--json"],
                           capture_output=True, text=True, cwd=home, timeout=60, check=True)
+    _st2client_pack(home / "src" / "st2c")
+    installed = subprocess.run([str(SQUALL), "-c", config, "pack", "install", str(home / "src" / "st2c")],
+                               capture_output=True, text=True, cwd=home, timeout=900)
+    if installed.returncode != 0:
+        server_missing(f"pack install with {ST2CLIENT} failed: {installed.stderr.strip()[-1500:]}")
     process = subprocess.Popen([str(SQUALL), "-c", config, "serve"], cwd=home, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -222,6 +258,13 @@ def test_actions_runs_and_executions(server: Server) -> None:
 
     unknown = server.run("run", "st2e.nope", check=False)
     assert unknown.returncode != 0 and "st2e.nope" in unknown.stdout + unknown.stderr
+
+
+def test_a_pack_action_calls_the_api_with_st2client_and_its_token(server: Server) -> None:
+    ran = server.json("run", "st2c.who", "pack=st2e")
+    assert ran["status"] == "succeeded", ran
+    assert ran["result"]["result"] == {"actions": ["st2e.ask", "st2e.greet", "st2e.nap"], "key": "st2e"}
+    assert server.json("key", "get", "seen_by_st2client")["value"] == "st2e"
 
 
 def test_keys_with_encryption_and_scopes(server: Server) -> None:
