@@ -76,6 +76,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_answering(base_url: str, process: subprocess.Popen[str], seconds: float = 60) -> None:
+    """Until the `squall serve` `process` answers `GET /healthz` at `base_url`; fails with its output
+    if it exits first, or after `seconds`."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, process.stdout.read() if process.stdout else "squall serve exited"
+        assert time.monotonic() < deadline, "squall serve did not answer on its port"
+        time.sleep(0.1)
+
+
 def server_missing(reason: str) -> NoReturn:
     """A real server the tests drive is not installed: skip on a developer's machine, but fail where
     `SQUALL_REQUIRE_SERVERS` is set (`.ci/run` sets it after installing them), so CI never passes by

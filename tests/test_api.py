@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from bot.app import Squall
 from bot.http import create_api, hash_key
 from engine.config import load_config
-from tests.conftest import free_port, write
+from tests.conftest import free_port, wait_until_answering, write
 from tests.test_cli import SQUALL
 
 KEY = "test-key-123"
@@ -436,16 +436,7 @@ def test_squall_serve_answers_http(home: Path) -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            assert time.monotonic() < deadline, "squall serve did not answer on its port"
-            time.sleep(0.1)
+        wait_until_answering(base, server, 30)
         headers = {"St2-Api-Key": "env-key"}
         assert httpx.get(f"{base}/api/v1/actions", timeout=5).status_code == 401
         created = httpx.post(f"{base}/api/v1/executions", headers=headers, timeout=5,

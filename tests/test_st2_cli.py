@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import free_port, server_missing, write
+from tests.conftest import free_port, server_missing, wait_until_answering, write
 from tests.test_cli import SQUALL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -215,15 +214,7 @@ def server(st2_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "squall serve did not start"
-            time.sleep(0.1)
+        wait_until_answering(url, process)
         yield Server(home, url, json.loads(made.stdout)["key"], st2_binary)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
