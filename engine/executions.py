@@ -156,6 +156,7 @@ class ExecutionService:
         self.conducting: set[str] = set()
         # Requested here and not yet claimed: the claim need not read back what this process wrote.
         self._prepared: dict[str, dict[str, Any]] = {}
+        self._held: set[asyncio.Future[None]] = set()  # delayed requests' submits, kept from collection
 
     # -- listening -----------------------------------------------------------------------
     def on_finished(self, listener: Callable[[dict[str, Any]], Any]) -> None:
@@ -204,8 +205,11 @@ class ExecutionService:
     async def request(self, ref: str, parameters: Mapping[str, Any] | None = None,
                       context: Mapping[str, Any] | None = None, *, parent: str | None = None,
                       extra_template_context: dict[str, Any] | None = None,
-                      render: bool | Collection[str] = ()) -> dict[str, Any]:
+                      render: bool | Collection[str] = (), delay: float = 0.0) -> dict[str, Any]:
         """Validate, store as `requested`, and hand to the executor. Raises on bad input.
+
+        `delay` (an Orquesta task's `delay`) stores it `delayed` and hands it over that many seconds
+        later, so the child is there to see and cancel meanwhile, as StackStorm's scheduler holds it.
 
         `parameters` are data, taken as given, except those `render` names (True: all), which are
         templates a pack author wrote: a rule's action parameters, an alias format's defaults.
@@ -222,9 +226,32 @@ class ExecutionService:
                                    resolution, revealed)
         else:  # nothing to render: checked and stored in one step, without a thread hop
             record = await self.db(self._prepare, ref, supplied, context, parent, extra_template_context, render)
-        if self.executor is not None:
+        if delay > 0:
+            await self._hold(record, delay)
+        elif self.executor is not None:
             await self.executor.submit(record["id"])
         return public(record)
+
+    async def _hold(self, record: dict[str, Any], delay: float) -> None:
+        """Mark a request `delayed` and submit it after `delay` seconds (a cancel meanwhile ends it
+        `canceled`, and the claim then finds nothing to run)."""
+        entries = [*(record.get("log") or []), {"status": "delayed", "timestamp": iso(utcnow())}]
+        if not await self.db(self.db.store.update_execution, record["id"], {"status": "delayed", "log": entries},
+                             expect=("requested",)):
+            return
+        record.update({"status": "delayed", "log": entries})
+        self._prepared.pop(record["id"], None)  # claimed from the table, as a policy's `delayed` is
+        if self.executor is None:
+            return
+        loop = asyncio.get_running_loop()
+        executor = self.executor
+
+        def submit() -> None:
+            task = asyncio.ensure_future(executor.submit(record["id"]))
+            self._held.add(task)
+            task.add_done_callback(self._held.discard)
+
+        loop.call_later(delay, submit)
 
     def _prepare(self, ref: str, supplied: dict[str, Any], context: dict[str, Any],
                  parent: str | None, extra_template_context: dict[str, Any] | None = None,
@@ -595,7 +622,7 @@ class ExecutionService:
         entries.append({"status": "canceling", "timestamp": iso(now)})
         await self.db(self.db.store.update_execution, record["id"], {"status": "canceling", "log": entries},
                       expect=(status,))
-        if self.executor is not None and await self.executor.cancel(record["id"]):
+        if await self._cancel_here(record["id"]):
             return await self.get(record["id"])
         if status == "paused" and _resumable(self.runners.get(record["runner"])):
             done = await self.complete(record["id"], "canceled", {**(record.get("result") or {}),
@@ -603,6 +630,17 @@ class ExecutionService:
             if done is not None:
                 return done
         return await self.get(record["id"])  # running in another process: its owner sees `canceling`
+
+    async def _cancel_here(self, execution_id: str) -> bool:
+        """Stop a `canceling` execution run by this process; False if it does not run here. A workflow
+        runner that cancels gracefully (Orquesta: running tasks finish first) does it its own way."""
+        if self.executor is None:
+            return False
+        for runner in {id(r): r for r in self.runners.values() if _resumable(r)}.values():
+            cancel = getattr(runner, "cancel", None)
+            if cancel is not None and await cancel(execution_id):
+                return True
+        return await self.executor.cancel(execution_id)
 
     async def rerun(self, execution_id: str, parameters: Mapping[str, Any] | None = None,
                     context: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -778,7 +816,7 @@ class ExecutionService:
                     for runner in {id(r): r for r in self.runners.values() if _resumable(r)}.values():
                         await runner.pause(row["id"])
             elif (row.get("runner_info") or {}).get("pid") == os.getpid():
-                await self.executor.cancel(row["id"])
+                await self._cancel_here(row["id"])
             elif self._owner_state(row.get("runner_info")) == "gone":
                 record = await self.db(self.db.store.get_execution, row["id"])
                 if record is not None and record["status"] == "canceling":

@@ -171,6 +171,22 @@ RUNNER_TYPES: dict[str, RunnerType] = {
             check_entry_point=functools.partial(_check_workflow, "orquesta"),
         ),
         RunnerType(
+            "mistral-v2",
+            "Runs a Mistral v2 direct workflow (StackStorm before 3.3) on Squall's workflow engine.",
+            {
+                "context": {"type": "object", "default": {}, "description": "Additional workflow inputs."},
+                "skip_notify": {"type": "array", "default": [],
+                                "description": "List of tasks to skip notifications for."},
+                "task": {"type": "string",
+                         "description": "The name of the task to run for reverse workflow (not supported)."},
+                "workflow": {"type": "string",
+                             "description": "The name of the workflow to run if the entry_point holds it in a "
+                                            "workbook; one workflow per file is supported."},
+            },
+            needs_entry_point=True,
+            check_entry_point=functools.partial(_check_workflow, "mistral-v2"),
+        ),
+        RunnerType(
             "inquirer",
             "Asks people a question and waits (pending) for an answer that fits the schema.",
             {

@@ -33,42 +33,79 @@ _STATE = "__squall_state"
 
 
 class ExpressionError(Exception):
-    """An expression that cannot be parsed or evaluated; the message names it."""
+    """An expression that cannot be parsed or evaluated; the message names it, worded as Orquesta
+    words it (`text` replaces the whole message where Orquesta words it otherwise)."""
 
-    def __init__(self, expression: str, message: str) -> None:
-        super().__init__(f"Unable to evaluate expression '{expression}'. {message}")
+    def __init__(self, expression: str, message: str, *, language: str = "yaql", text: str | None = None) -> None:
+        super().__init__(text if text is not None else f"Unable to evaluate expression '{expression}'. {message}")
         self.expression = expression
+        self.language = language
+
+    @property
+    def logged(self) -> str:
+        """The message as StackStorm records it in a workflow's `errors`: the exception's class first."""
+        kind = "JinjaEvaluationException" if self.language == "jinja" else "YaqlEvaluationException"
+        return f"{kind}: {self}"
+
+
+class ExpressionEvaluationException(Exception):
+    """A function refused (unknown task, missing datastore key...); named in the message as Orquesta names it."""
+
+
+class VariableUndefinedError(Exception):
+    """`ctx(name)` of a variable the workflow never set."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f'The variable "{name}" is undefined.')
+
+
+#: `st2kv(key)` without `default`: a missing key is an error, while `default=null` returns null.
+NO_DEFAULT: Any = type("NoDefault", (), {"__repr__": lambda self: "NO_DEFAULT"})()
 
 
 class Scope:
     """What the functions of one evaluation see: the context and the current task's outcome."""
 
-    __slots__ = ("ctx", "item", "result", "st2kv", "status", "tasks")
+    __slots__ = ("ctx", "item", "result", "routed_tasks", "st2kv", "status", "task_name", "task_route", "tasks")
 
     def __init__(self, ctx: Mapping[str, Any], *, item: Any = None, result: Any = None, status: str | None = None,
                  tasks: Callable[[str], dict[str, Any] | None] | None = None,
-                 st2kv: Callable[..., Any] | None = None) -> None:
+                 st2kv: Callable[..., Any] | None = None, task_name: str | None = None, task_route: int = 0,
+                 routed_tasks: Callable[[str, int], dict[str, Any] | None] | None = None) -> None:
         self.ctx = ctx
         self.item = item
         self.result = result
         self.status = status
         self.tasks = tasks
         self.st2kv = st2kv
+        #: The task being rendered or transitioned from: what `task()` without a name means.
+        self.task_name = task_name
+        #: Its route (Orquesta's branch after a split): `task(name)` looks on it unless told another.
+        self.task_route = task_route
+        #: `(name, route) -> record` where the conductor keeps records per route; else `tasks(name)`.
+        self.routed_tasks = routed_tasks
+
+    def _record(self, name: str, route: Any = None) -> dict[str, Any] | None:
+        if self.routed_tasks is not None:
+            return self.routed_tasks(name, self.task_route if route is None else int(route))
+        return self.tasks(name) if self.tasks is not None else None
 
     # The functions, shared by both languages.
     def f_ctx(self, name: str | None = None) -> Any:
         if name is None:
             return self.ctx
         if name not in self.ctx:
-            raise KeyError(f'Variable "{name}" does not exist.')
+            raise VariableUndefinedError(name)
         return self.ctx[name]
 
     def f_item(self, name: str | None = None) -> Any:
         if name is None:
             return self.item
-        if isinstance(self.item, Mapping) and name in self.item:
+        if not isinstance(self.item, Mapping):
+            raise ExpressionEvaluationException("Item is not type of collections.abc.Mapping.")
+        if name in self.item:
             return self.item[name]
-        raise KeyError(f'Item does not have key "{name}".')
+        raise ExpressionEvaluationException(f'Item does not have key "{name}".')
 
     def f_result(self) -> Any:
         return self.result
@@ -82,20 +119,34 @@ class Scope:
     def f_completed(self) -> bool:
         return self.status in ("succeeded", "failed", "timeout", "abandoned", "canceled")
 
-    def f_task(self, name: str | None = None) -> Any:
-        record = self.tasks(name) if self.tasks is not None and name else None
+    def f_task(self, name: str | None = None, route: Any = None) -> Any:
+        """A task's record; without a name the current task's (StackStorm's `task()`), on the current
+        task's route unless `route` names another (an earlier route before a split is looked on too)."""
+        if name is None:
+            name = self.task_name
+            if name is None:
+                raise ExpressionEvaluationException("The current task is not set in the context.")
+        record = self._record(name, route)
         if record is None:
-            raise KeyError(f'Unable to find task execution for "{name}".')
+            raise ExpressionEvaluationException(f'Unable to find task execution for "{name}".')
         return record
 
-    def f_task_status(self, name: str) -> Any:
-        record = self.tasks(name) if self.tasks is not None else None
+    def f_task_status(self, name: str, route: Any = None) -> Any:
+        record = self._record(name, route)
         return record["status"] if record else "null"
 
-    def f_st2kv(self, key: str, decrypt: bool = False, default: Any = None) -> Any:
+    def f_st2kv(self, key: str, decrypt: bool = False, default: Any = NO_DEFAULT) -> Any:
+        """A datastore value; a missing key is an error unless `default` is given, even as null."""
+        if not isinstance(key, str):
+            raise TypeError("Given key is not typeof string.")
+        if not isinstance(decrypt, bool):
+            raise TypeError("Decrypt parameter is not typeof bool.")
         if self.st2kv is None:
-            raise KeyError("st2kv is not available here")
-        return self.st2kv(str(key), bool(decrypt), default)
+            raise ExpressionEvaluationException("st2kv is not available here")
+        try:
+            return self.st2kv(key, decrypt, default)
+        except KeyError as exc:
+            raise ExpressionEvaluationException(str(exc.args[0]) if exc.args else str(exc)) from exc
 
 
 def _json(value: Any) -> Any:
@@ -134,6 +185,10 @@ _PLAIN_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "version_less_than": templates.version_less_than,
     "version_equal": templates.version_equal,
     "version_match": templates.version_match,
+    "version_bump_major": templates.version_bump_major,
+    "version_bump_minor": templates.version_bump_minor,
+    "version_bump_patch": templates.version_bump_patch,
+    "version_strip_patch": templates.version_strip_patch,
 }
 
 
@@ -170,8 +225,10 @@ def _yaql_parse(text: str) -> Any:
     return engine(text)
 
 
-def _yaql_eval(text: str, scope: Scope) -> Any:
-    expression = f"<% {text.strip()} %>"
+def _yaql_eval(text: str, scope: Scope, raw: str | None = None) -> Any:
+    """Evaluate one YAQL expression; `raw` is the expression as written (named in errors, as Orquesta
+    names it). A key missing from data is worded apart, as Orquesta words it."""
+    expression = raw if raw is not None else f"<% {text.strip()} %>"
     try:
         parsed = _yaql_parse(text.strip())
     except Exception as exc:
@@ -181,8 +238,12 @@ def _yaql_eval(text: str, scope: Scope) -> Any:
     context[_STATE] = scope
     try:
         return parsed.evaluate(data=dict(scope.ctx), context=context)
+    except KeyError as exc:
+        key = str(exc.args[0] if exc.args else exc).strip("'")
+        raise ExpressionError(expression, "", text=f"Unable to resolve key '{key}' in expression "
+                                                   f"'{expression}' from context.") from exc
     except Exception as exc:
-        raise ExpressionError(expression, f"{type(exc).__name__}: {exc}") from exc
+        raise ExpressionError(expression, f"{type(exc).__name__}: {str(exc).strip(chr(39))}") from exc
 
 
 # -- Jinja --------------------------------------------------------------------------------------
@@ -205,12 +266,12 @@ def _jinja_names(scope: Scope) -> dict[str, Any]:
     return names
 
 
-def _jinja_eval(text: str, scope: Scope, whole: bool) -> Any:
-    expression = f"{{{{ {text.strip()} }}}}" if whole else text
+def _jinja_eval(text: str, scope: Scope, whole: bool, raw: str | None = None) -> Any:
+    expression = raw if raw is not None else (f"{{{{ {text.strip()} }}}}" if whole else text)
     try:
         compiled = _jinja_compile(text, whole)
     except Exception as exc:
-        raise ExpressionError(expression, f"JinjaSyntaxError: {exc}") from exc
+        raise ExpressionError(expression, f"JinjaSyntaxError: {exc}", language="jinja") from exc
     try:
         names = _jinja_names(scope)
         if whole:
@@ -222,7 +283,7 @@ def _jinja_eval(text: str, scope: Scope, whole: bool) -> Any:
     except ExpressionError:
         raise
     except Exception as exc:
-        raise ExpressionError(expression, f"{type(exc).__name__}: {exc}") from exc
+        raise ExpressionError(expression, f"{type(exc).__name__}: {exc}", language="jinja") from exc
 
 
 # -- entry points ---------------------------------------------------------------------------------
@@ -252,11 +313,11 @@ def _evaluate_text(text: str, scope: Scope) -> Any:
     if has_yaql:
         whole = _WHOLE_YAQL.match(text)
         if whole:
-            return _yaql_eval(whole.group(1), scope)
-        return _YAQL_BLOCK.sub(lambda m: _text(_yaql_eval(m.group(1), scope)), text)
+            return _yaql_eval(whole.group(1), scope, text.strip())
+        return _YAQL_BLOCK.sub(lambda m: _embed(_yaql_eval(m.group(1), scope, m.group(0))), text)
     whole = _WHOLE_JINJA.match(text)
     if whole and "{%" not in text:
-        return _jinja_eval(whole.group(1), scope, True)
+        return _jinja_eval(whole.group(1), scope, True, text.strip())
     return _jinja_eval(text, scope, False)
 
 
@@ -269,16 +330,22 @@ def evaluate_shell(text: str, scope: Scope) -> tuple[str, dict[str, str]]:
     if "<%" in text:
         if "{{" in text or "{%" in text:
             raise ExpressionError(text, "Expressions of YAQL and Jinja cannot be mixed in one string.")
-        return shell_command(lambda mark: _YAQL_BLOCK.sub(lambda m: mark(_text(_yaql_eval(m.group(1), scope))), text),
+        return shell_command(lambda mark: _YAQL_BLOCK.sub(lambda m: mark(_embed(_yaql_eval(m.group(1), scope))), text),
                              text)
 
     def render(_mark: Any) -> str:
         try:
             return shell_environment(_jinja()).from_string(text).render(_jinja_names(scope))
         except Exception as exc:
-            raise ExpressionError(text, f"{type(exc).__name__}: {exc}") from exc
+            raise ExpressionError(text, f"{type(exc).__name__}: {exc}", language="jinja") from exc
 
     return shell_command(render, text)
+
+
+def _embed(value: Any) -> str:
+    """A YAQL value inside text, as Orquesta (and Mistral) put it there: Python's `str()`, so a
+    boolean reads `True` and null `None`."""
+    return value if isinstance(value, str) else str(value)
 
 
 def _text(value: Any) -> str:

@@ -1,10 +1,16 @@
 """Orquesta workflows (spec §7.2): the spec model, its checks at load, and the conductor.
 
 The conductor keeps one workflow context (inputs, vars and what transitions publish) and a
-record per task; it never runs anything itself. Fail-fast: once a task fails without a matching
-transition (or a transition says `fail`), nothing new starts and the workflow fails when the
-running branches end. A task with `join` starts once all (or N) inbound branches arrived;
-without it, every inbound transition starts the task again.
+record per task and route; it never runs anything itself. Fail-fast: once a task fails without a
+transition that remediates it (one that matched and leads somewhere other than `continue`), or a
+transition says `fail`, nothing new starts and the workflow fails when the running branches end.
+A task with `join` starts once all (or N) inbound branches arrived; without it, every inbound
+transition starts the task again, each on a route of its own (Orquesta's split), so
+`task(name)` finds the run of the branch it is asked from.
+
+What the workflow returns is shaped as StackStorm shapes it: `{"output": ...}` (null when empty),
+plus `errors` when it failed, each entry as Orquesta's `log_entry` makes it (`type`, `message`,
+and only where known `task_id`, `route`, `task_transition_id`, `result`).
 """
 
 from __future__ import annotations
@@ -226,6 +232,7 @@ class _Run:
 
     task: TaskSpec
     occurrence: int
+    route: int = 0  # Orquesta's route: which branch after a split this run is on
     attempt: int = 0
     items: list[Any] | None = None
     results: list[Any] = field(default_factory=list)
@@ -242,19 +249,59 @@ class _Run:
         return f"{self.task.name}.{self.occurrence}.{self.attempt}"
 
 
+def _split_facts(spec: WorkflowSpec) -> tuple[Counter[str], set[str]]:
+    """How many transitions lead to each task, and which tasks are in a cycle: what decides
+    whether reaching a task starts a new route."""
+    inbound: Counter[str] = Counter()
+    edges: dict[str, list[str]] = {name: [] for name in spec.tasks}
+    for task in spec.tasks.values():
+        for transition in task.next:
+            for target in dict.fromkeys(transition.do):
+                if target in spec.tasks:
+                    inbound[target] += 1
+                    edges[task.name].append(target)
+    cyclic = {name for name in spec.tasks if name in graph.reachable(edges[name], edges)}
+    return inbound, cyclic
+
+
+def _logged(exc: Exception) -> str:
+    """An error's message as StackStorm records it: the exception's class, then its text."""
+    return exc.logged if isinstance(exc, ExpressionError) else f"{type(exc).__name__}: {exc}"
+
+
+def _task_result(run: _Run, result: Any) -> Any:
+    """What `task(name).result` holds: a with-items task's is `{"items": [{status, result}...]}`
+    (null for items that never ran), as StackStorm's task execution records it."""
+    if run.items is None:
+        return result
+    return {"items": [None if status is None else {"status": status, "result": value}
+                      for status, value in zip(run.statuses, run.results, strict=False)]}
+
+
 class OrquestaConductor:
     """Conducts one workflow; the host feeds it outcomes in the order they happened."""
 
     def __init__(self, spec: WorkflowSpec, parameters: dict[str, Any], st2: dict[str, Any],
-                 st2kv: Any = None, shell_command: Callable[[str], bool] = lambda ref: False) -> None:
+                 st2kv: Any = None, shell_command: Callable[[str], bool] = lambda ref: False,
+                 parent: dict[str, Any] | None = None) -> None:
         self.spec = spec
         #: Whether an action's `cmd` is shell text (a `*-shell-cmd` runner): its values must be quoted.
         self.shell_command = shell_command
         self.parameters = parameters
         self.st2kv = st2kv
         self.ctx: dict[str, Any] = {"st2": st2}
+        if parent:
+            self.ctx["parent"] = parent  # StackStorm's `ctx().parent`: the execution's own context
+        #: Input or vars did not evaluate: nothing ran, and no output is rendered (as Orquesta).
+        self.aborted = False
+        #: Some task finished: the output is rendered from the workflow's context, else from nothing.
+        self.completed_any = False
         self.errors: list[dict[str, Any]] = []
-        self.records: dict[str, dict[str, Any]] = {}
+        #: Task records by (task, route): what `task(name)` returns.
+        self.records: dict[tuple[str, int], dict[str, Any]] = {}
+        #: Orquesta's routes: route n is the list of split transitions (`task__tN`) taken to reach it.
+        self.routes: list[list[str]] = [[]]
+        self._inbound_transitions, self._cyclic = _split_facts(spec)
         self.occurrences: Counter[str] = Counter()
         self.arrivals: dict[str, set[str]] = {}
         self.fired: set[str] = set()
@@ -267,15 +314,51 @@ class OrquestaConductor:
 
     # -- evaluation ---------------------------------------------------------------------------
     def _scope(self, **kwargs: Any) -> Scope:
-        return Scope(self.ctx, tasks=self.records.get, st2kv=self.st2kv, **kwargs)
+        return Scope(self.ctx, routed_tasks=self._record, st2kv=self.st2kv, **kwargs)
 
-    def _error(self, message: str, task: str | None = None, **extra: Any) -> None:
-        error: dict[str, Any] = {"type": "error", "message": message}
-        if task is not None:
-            error.update({"task_id": task, "route": 0})
-        error.update(extra)
-        self.errors.append(error)
+    def _record(self, name: str, route: int) -> dict[str, Any] | None:
+        """A task's record on a route; on a route after a split, a task before it is found on the
+        latest earlier route the split came from (as StackStorm's `task()` looks)."""
+        record = self.records.get((name, route))
+        if record is None and 0 < route < len(self.routes):
+            details = set(self.routes[route])
+            for earlier in range(route - 1, -1, -1):
+                if set(self.routes[earlier]) <= details:
+                    return self._record(name, earlier)
+        return record
+
+    def _route(self, target: str, source: str, index: int, route: int) -> int:
+        """The route a transition leads on: a split task (several inbound transitions, no join, not
+        in a cycle) reached by a transition not yet on the route starts a new route."""
+        task = self.spec.tasks[target]
+        if task.join is not None or self._inbound_transitions[target] <= 1 or target in self._cyclic:
+            return route
+        transition = f"{source}__t{index}"
+        if transition in self.routes[route]:
+            return route
+        self.routes.append([*self.routes[route], transition])
+        return len(self.routes) - 1
+
+    def _log_error(self, message: str, task_id: str | None = None, route: int | None = None,
+                   transition: str | None = None, result: Any = None) -> None:
+        """Record an error entry shaped as Orquesta's `log_entry` shapes it: keys only when set, and
+        an entry identical to one already there is not repeated."""
+        entry: dict[str, Any] = {"type": "error", "message": message}
+        for key, value in (("task_id", task_id), ("route", route), ("task_transition_id", transition),
+                           ("result", result)):
+            if value is not None:
+                entry[key] = value
+        if entry not in self.errors:
+            self.errors.append(entry)
+
+    def _fail(self, message: str, task_id: str | None = None, **extra: Any) -> None:
+        """Record the error and fail the workflow (nothing new starts)."""
+        self._log_error(message, task_id, **extra)
         self.failing = True
+
+    def cancel(self) -> None:
+        """Start nothing new; the workflow ends `canceled` once the tasks still running end."""
+        self.canceled = True
 
     # -- starting ---------------------------------------------------------------------------
     def start(self) -> list[TaskCall]:
@@ -288,7 +371,8 @@ class OrquestaConductor:
             for name, value in self.spec.vars:
                 self.ctx[name] = evaluate(value, self._scope())
         except ExpressionError as exc:
-            self._error(str(exc), expression=exc.expression)
+            self._fail(exc.logged)
+            self.aborted = True
             return []
         for name, value in self.parameters.items():
             self.ctx.setdefault(name, value)
@@ -297,18 +381,19 @@ class OrquestaConductor:
             calls += self._schedule(name)
         return calls
 
-    def _schedule(self, name: str) -> list[TaskCall]:
+    def _schedule(self, name: str, route: int = 0) -> list[TaskCall]:
         if self.failing or self.canceled:
             return []
         task = self.spec.tasks[name]
         self.occurrences[name] += 1
-        run = _Run(task, self.occurrences[name])
+        run = _Run(task, self.occurrences[name], route)
         self._runs_by_id[id(run)] = run
         self.active.add(id(run))
-        self.records[name] = {"task_name": name, "task_id": name, "route": 0, "status": "running", "result": None,
-                              "workflow_execution_id": self.ctx["st2"].get("action_execution_id"),
-                              "task_execution_id": None}
+        self.records[(name, route)] = {
+            "task_name": name, "task_id": name, "route": route, "status": "running", "result": None,
+            "workflow_execution_id": self.ctx["st2"].get("workflow_execution_id"), "task_execution_id": None}
         if task.action is None:
+            self.completed_any = True
             return self._complete(run, "succeeded", None)
         if task.items is not None:
             try:
@@ -319,11 +404,12 @@ class OrquestaConductor:
                 concurrency = evaluate(task.concurrency, self._scope()) if task.concurrency is not None else 0
                 run.concurrency = int(concurrency or 0)
             except (ExpressionError, TypeError, ValueError) as exc:
-                self._error(str(exc), name)
+                self._fail(_logged(exc), name, route=route)
                 return self._complete(run, "failed", None, transitions=False)
             run.results = [None] * len(run.items)
             run.statuses = [None] * len(run.items)
             if not run.items:
+                self.completed_any = True
                 return self._complete(run, "succeeded", [])
             return self._next_items(run)
         call = self._call(run, None)
@@ -356,20 +442,31 @@ class OrquestaConductor:
     def _call(self, run: _Run, index: int | None) -> TaskCall | None:
         task = run.task
         item = self._item_value(run, index) if index is not None else None
-        scope = self._scope(item=item)
+        scope = self._scope(item=item, task_name=task.name, task_route=run.route)
         try:
             parameters = self._input(task, scope)
-            delay = float(evaluate(task.delay, scope) or 0) if task.delay is not None and run.attempt == 0 else 0.0
-            if run.attempt and task.retry and task.retry.get("delay"):
-                delay = float(evaluate(task.retry["delay"], scope) or 0)
+            delay = self._delay(run, index, scope)
         except (ExpressionError, TypeError, ValueError) as exc:
-            self._error(str(exc), task.name, **({"item_id": index} if index is not None else {}))
+            self._fail(_logged(exc), task.name, route=run.route)
             return None
         key = run.prefix if index is None else f"{run.prefix}[{index}]"
         self.runs[key] = (run, index)
-        context = {"orquesta": {"task_name": task.name, "task_id": task.name, "task_route": 0,
+        context = {"orquesta": {"task_name": task.name, "task_id": task.name, "task_route": run.route,
                                 **({"item_id": index} if index is not None else {})}}
         return TaskCall(key, task.name, str(task.action), parameters, context, delay)
+
+    def _delay(self, run: _Run, index: int | None, scope: Scope) -> float:
+        """Seconds the call waits as a `delayed` child: the task's `delay` on its first attempt (for
+        items with a concurrency, only the first batch waits, as StackStorm delays them), else the
+        retry's `delay`."""
+        task = run.task
+        if run.attempt and task.retry and task.retry.get("delay"):
+            return float(evaluate(task.retry["delay"], scope) or 0)
+        if task.delay is None or run.attempt:
+            return 0.0
+        if index is not None and run.concurrency and index >= run.concurrency:
+            return 0.0
+        return float(evaluate(task.delay, scope) or 0)
 
     def _next_items(self, run: _Run) -> list[TaskCall]:
         calls = []
@@ -404,9 +501,12 @@ class OrquestaConductor:
         run, index = found
         if execution_id:
             run.execution_ids.append(execution_id)
-            self.records[run.task.name]["task_execution_id"] = execution_id
+            self.records[(run.task.name, run.route)]["task_execution_id"] = execution_id
         if status == "canceled":
             self.canceled = True
+        self.completed_any = True
+        if status in FAILED:  # logged for every failed run, remediated or not (shown if the workflow fails)
+            self._log_error("Execution failed. See result for details.", run.task.name, result=result)
         if index is not None:
             run.running -= 1
             run.results[index] = result
@@ -429,56 +529,60 @@ class OrquestaConductor:
         try:
             if retry.get("when") is None:
                 return status in FAILED
-            return bool(evaluate(retry["when"], self._scope(result=result, status=status)))
+            return bool(evaluate(retry["when"], self._scope(result=result, status=status, task_name=run.task.name,
+                                                             task_route=run.route)))
         except ExpressionError as exc:
-            self._error(str(exc), run.task.name)
+            self._fail(exc.logged, run.task.name, route=run.route)
             return False
 
     def _complete(self, run: _Run, status: str, result: Any, *, transitions: bool = True) -> list[TaskCall]:
         task = run.task
         self.active.discard(id(run))
         self._runs_by_id.pop(id(run), None)
-        self.records[task.name].update({"status": status, "result": result})
-        if status == "canceled" or self.canceled:
+        self.records[(task.name, run.route)].update({"status": status, "result": _task_result(run, result)})
+        if status == "canceled" or self.canceled or not transitions:
             return []
-        if not transitions:
-            return []
-        scope = self._scope(result=result, status=status)
-        matched = fail = False
-        targets: list[str] = []
+        scope = self._scope(result=result, status=status, task_name=task.name, task_route=run.route)
+        targets: list[tuple[str, int]] = []
+        remediated = fail = False
         for index, transition in enumerate(task.next):
             try:
-                when = True if transition.when is None else evaluate(transition.when, scope)
-                if not when:
+                if not self._transition(transition, scope):
                     continue
-                matched = True
-                for name, value in transition.publish:
-                    self.ctx[name] = evaluate(value, scope)
-                    scope.ctx = self.ctx
             except ExpressionError as exc:
-                self._error(str(exc), task.name, task_transition_id=f"{index}")
+                for target in transition.do or ["continue"]:
+                    self._fail(exc.logged, task.name, route=run.route, transition=f"{target}__t{index}")
                 return []
-            for target in transition.do:
+            for target in transition.do or ["continue"]:
+                remediated = remediated or target != "continue"  # `continue` carries the failure on
                 if target == "fail":
                     fail = True
                 elif target == "retry":
-                    targets.append(task.name)
+                    targets.append((task.name, index))
                 elif target not in ("noop", "continue"):
-                    targets.append(target)
-        if status != "succeeded" and not matched:
-            error: dict[str, Any] = {"result": result}
-            self._error("Execution failed. See result for details.", task.name, **error)
+                    targets.append((target, index))
+        if status != "succeeded" and not remediated:
+            self.failing = True  # its "Execution failed" entry was logged with its outcome
         calls: list[TaskCall] = []
-        for target in targets:
-            calls += self._arrive(target, task.name)
+        for target, index in targets:
+            calls += self._arrive(target, task.name, self._route(target, task.name, index, run.route))
         if fail:  # the other tasks of the transition still run; nothing after them does
-            self._error(f'Task "{task.name}" ran the "fail" command.', task.name)
+            self._fail("Execution failed. See result for details.", "fail")
         return calls
 
-    def _arrive(self, target: str, source: str) -> list[TaskCall]:
+    def _transition(self, transition: Transition, scope: Scope) -> bool:
+        """Whether the transition is taken; if so its `publish` is evaluated into the context."""
+        if transition.when is not None and not evaluate(transition.when, scope):
+            return False
+        for name, value in transition.publish:
+            self.ctx[name] = evaluate(value, scope)
+            scope.ctx = self.ctx
+        return True
+
+    def _arrive(self, target: str, source: str, route: int) -> list[TaskCall]:
         join = self.spec.tasks[target].join
         if join is None:
-            return self._schedule(target)
+            return self._schedule(target, route)
         if target in self.fired:
             return []
         arrived = self.arrivals.setdefault(target, set())
@@ -486,7 +590,7 @@ class OrquestaConductor:
         needed = len(self.spec.inbound[target]) if join == "all" else int(join)
         if len(arrived) >= needed:
             self.fired.add(target)
-            return self._schedule(target)
+            return self._schedule(target, route)
         return []
 
     # -- the end ------------------------------------------------------------------------------
@@ -495,21 +599,34 @@ class OrquestaConductor:
         return not self.active
 
     def outcome(self) -> Outcome:
+        """The final status and result, as StackStorm shapes it: `{"output": ...}` (null when empty),
+        with `errors` only when the workflow failed."""
+        output = self._output()
         if self.canceled:
-            return Outcome("canceled", self.snapshot())
+            return Outcome("canceled", {"output": output or None})
+        status = "failed" if self.failing else "succeeded"
+        result: dict[str, Any] = {"output": output or None}
+        if status == "failed":
+            result["errors"] = self.errors
+        return Outcome(status, result)
+
+    def _output(self) -> dict[str, Any] | None:
+        """The workflow's `output`, rendered from its context (from nothing if no task finished, as
+        Orquesta renders it from the terminal tasks' context); an error fails the workflow."""
+        if self.aborted or not self.spec.output:
+            return None
+        context = self.ctx if self.completed_any else {}
         output: dict[str, Any] = {}
         try:
             for name, value in self.spec.output:
-                output[name] = evaluate(value, self._scope())
-                self.ctx[name] = output[name] if name not in self.ctx else self.ctx[name]
+                output[name] = evaluate(value, Scope(context, routed_tasks=self._record, st2kv=self.st2kv))
+                if name not in context:
+                    context = {**context, name: output[name]}
         except ExpressionError as exc:
-            if not self.failing:
-                self._error(str(exc), expression=exc.expression)
-        status = "failed" if self.failing or self.errors else "succeeded"
-        result: dict[str, Any] = {"output": output if self.spec.output else None}
-        if self.errors:
-            result["errors"] = self.errors
-        return Outcome(status, result)
+            if not self.canceled:
+                self._fail(exc.logged)
+            return None
+        return output
 
     def snapshot(self) -> Any:
         result: dict[str, Any] = {"output": None}

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine.runners import SHELL_COMMAND_RUNNERS, RunOutcome, RunRequest
 from engine.templates import KVNamespace
-from engine.workflows import chain, orquesta
+from engine.workflows import chain, mistral, orquesta
+from engine.workflows.expressions import NO_DEFAULT
 from engine.workflows.model import COMPLETED, Conductor, TaskCall
 from engine.yamlfile import ContentInvalid, load_yaml
 
@@ -43,7 +44,8 @@ def load_spec(kind: str, path: Path, display: str) -> Any:
     spec = _SPEC_CACHE.get(key)
     if spec is None:
         data, lines = load_yaml(path, display)
-        spec = (chain.parse if kind == "action-chain" else orquesta.parse)(data, lines, display)
+        parse = {"action-chain": chain.parse, "mistral-v2": mistral.parse}.get(kind, orquesta.parse)
+        spec = parse(data, lines, display)
         _SPEC_CACHE[key] = spec
     return spec
 
@@ -82,9 +84,10 @@ class Flow:
         self.live: dict[str, str] = {}  # child id -> key
         self.waiting: dict[str, str] = {}  # child id -> key: pending inquiries, paused sub-workflows
         self.calls: dict[str, TaskCall] = {}  # key -> the call a live or waiting child answers
-        self.timers: set[asyncio.TimerHandle] = set()
         self.pausing = False
         self.pause_requested = False
+        #: Canceled (Orquesta): nothing new starts, running actions finish, then it ends `canceled`.
+        self.cancel_requested = False
 
     # -- requesting children -------------------------------------------------------------------
     def _child_context(self, call: TaskCall) -> dict[str, Any]:
@@ -125,17 +128,16 @@ class Flow:
 
     async def _request(self, calls: list[TaskCall]) -> None:
         """Request children for new calls at once (their inserts share one commit); a call that
-        cannot be requested (unknown action, bad parameters) fails its task right away."""
+        cannot be requested (unknown action, bad parameters) fails its task right away. A call with
+        a `delay` is a child `delayed` that long (seen, and cancelable, meanwhile)."""
         while calls:
             if self.pausing:
                 return  # they are asked for again when the workflow resumes
-            now, later = [c for c in calls if c.delay <= 0], [c for c in calls if c.delay > 0]
-            for call in later:
-                self._delay(call)
             outcomes = await asyncio.gather(*(self.service.executions.request(
-                c.ref, c.parameters, self._child_context(c), parent=self.id) for c in now), return_exceptions=True)
-            calls = []
-            for call, outcome in zip(now, outcomes, strict=True):
+                c.ref, c.parameters, self._child_context(c), parent=self.id, delay=c.delay) for c in calls),
+                return_exceptions=True)
+            requested, calls = calls, []
+            for call, outcome in zip(requested, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     if isinstance(outcome, asyncio.CancelledError):
                         raise outcome
@@ -145,17 +147,6 @@ class Flow:
                 else:
                     self.live[outcome["id"]] = call.key
                     self.calls[call.key] = call
-
-    def _delay(self, call: TaskCall) -> None:
-        loop = asyncio.get_running_loop()
-
-        def fire() -> None:
-            self.timers.discard(handle)
-            self.events.put_nowait({"__delayed__": TaskCall(call.key, call.task, call.ref, call.parameters,
-                                                             call.context, 0.0)})
-
-        handle = loop.call_later(call.delay, fire)
-        self.timers.add(handle)
 
     # -- conducting ---------------------------------------------------------------------------
     async def conduct(self) -> RunOutcome:
@@ -195,26 +186,29 @@ class Flow:
         return await self._loop()
 
     def _done(self) -> bool:
-        return self.conductor.finished and not self.live and not self.timers
+        if self.cancel_requested:  # what never started never will
+            return not self.live and not self.waiting
+        return self.conductor.finished and not self.live
+
+    def _pause_first(self) -> bool:
+        """A pause asked for wins over success: a workflow whose last tasks end while it is `pausing`
+        ends `paused` (and a resume completes it), as StackStorm's Orquesta state machine has it."""
+        conductor = self.conductor
+        return (isinstance(conductor, orquesta.OrquestaConductor) and self.pause_requested
+                and not self.cancel_requested and not conductor.failing)
 
     async def _loop(self) -> RunOutcome:
         while True:
-            if self._done():
+            if self._done() and not self._pause_first():
                 outcome = self.conductor.outcome()
                 return RunOutcome(outcome.status, outcome.result)
             if self.pausing and not self.live:
-                for handle in self.timers:
-                    handle.cancel()
-                self.timers.clear()
                 return RunOutcome("paused", {**self.conductor.snapshot(),
                                              "paused_by": "request" if self.pause_requested else "inquiry"})
             event = await self.events.get()
             await self._handle(event)
 
     async def _handle(self, event: dict[str, Any]) -> None:
-        if "__delayed__" in event:
-            await self._request([event["__delayed__"]])
-            return
         child_id = event["id"]
         key = self.live.pop(child_id, None) or self.waiting.pop(child_id, None)
         if key is None:
@@ -231,14 +225,28 @@ class Flow:
         calls = self.conductor.on_done(key, status, event.get("result"), child_id)
         if not self.waiting and not self.pause_requested:
             self.pausing = False  # the answer came while other branches still ran
+        if status == "canceled" and not self.cancel_requested and self.live \
+                and isinstance(self.conductor, orquesta.OrquestaConductor):
+            await self._mark_canceling()
         await self._request(calls)
 
-    async def cancel_children(self) -> None:
-        for handle in self.timers:
-            handle.cancel()
-        self.timers.clear()
+    async def _mark_canceling(self) -> None:
+        """A task was canceled while others still run: the workflow shows `canceling` until they end
+        (StackStorm's Orquesta does; the other tasks are not canceled)."""
+        from engine.storage import iso, utcnow
+
+        self.cancel_requested = True
+        executions = self.service.executions
+        record = await executions.db(executions._find, self.id)
+        entries = [*(record.get("log") or []), {"status": "canceling", "timestamp": iso(utcnow())}]
+        await executions.db(executions.db.store.update_execution, self.id, {"status": "canceling", "log": entries},
+                            expect=("running",))
+
+    async def cancel_children(self, graceful: bool = False) -> None:
+        """Cancel the children; `graceful` (an Orquesta cancel) leaves running actions to finish, as
+        StackStorm does, and cancels only sub-workflows, queued or delayed tasks and inquiries."""
         for child_id in [*self.live, *self.waiting]:
-            await self.service.cancel_child(child_id)
+            await self.service.cancel_child(child_id, graceful=graceful)
 
 
 class WorkflowRunner:
@@ -256,6 +264,10 @@ class WorkflowRunner:
     async def pause(self, execution_id: str) -> bool:
         return self.service.pause(execution_id)
 
+    async def cancel(self, execution_id: str) -> bool:
+        """Cancel a workflow conducted here the way its kind cancels; False: stop its task instead."""
+        return await self.service.cancel(execution_id)
+
     async def resume(self, execution_id: str) -> None:
         await self.service.resume_children(execution_id)
 
@@ -268,7 +280,8 @@ class WorkflowService:
         self.flows: dict[str, Flow] = {}
         self._pausing: set[asyncio.Future[None]] = set()
         self.runners = {"action-chain": WorkflowRunner(self, "action-chain"),
-                        "orquesta": WorkflowRunner(self, "orquesta")}
+                        "orquesta": WorkflowRunner(self, "orquesta"),
+                        "mistral-v2": WorkflowRunner(self, "mistral-v2")}
 
     def attach(self, executions: ExecutionService) -> None:
         self.executions = executions
@@ -280,13 +293,13 @@ class WorkflowService:
         keys = self.executions.keys
 
         def lookup(key: str, decrypt: bool, default: Any) -> Any:
-            scope, name = ("system", key[len("system."):]) if key.startswith("system.") else \
-                ("user", f"{user}:{key.removeprefix('user.')}")
+            bare = key[len("system."):] if key.startswith("system.") else key.removeprefix("user.")
+            scope, name = ("system", bare) if key.startswith("system.") else ("user", f"{user}:{bare}")
             record = datastore.store.kv_get(scope, name, _now())
             if record is None:
-                if default is not None:
+                if default is not NO_DEFAULT:  # any default given, null too, as StackStorm's st2kv
                     return default
-                raise KeyError(f'The key "{key}" does not exist in the StackStorm datastore.')
+                raise KeyError(f'The key "{bare}" does not exist in the StackStorm datastore.')
             value = record["value"]
             return keys.decrypt(value) if decrypt and record.get("secret") else value
 
@@ -310,13 +323,11 @@ class WorkflowService:
             return chain.ChainConductor(spec, dict(request.action_parameters), base, request.jinja,
                                         bool(request.runner_parameters.get("display_published", True)),
                                         shell_command=self._shell_command)
-        st2 = {"action_execution_id": request.execution_id, "workflow_execution_id": request.execution_id,
-               "api_url": request.api_url, "user": context.get("user"), "pack": action.pack}
-        for name in ("api_user", "source_channel"):
-            if name in context:
-                st2[name] = context[name]
-        return orquesta.OrquestaConductor(spec, dict(request.action_parameters), st2, self._st2kv(user),
-                                          shell_command=self._shell_command)
+        if kind == "mistral-v2":
+            return mistral.build(spec, request, self._st2kv(user), self._shell_command, self.pause)
+        return orquesta.OrquestaConductor(spec, dict(request.action_parameters), _st2_context(request),
+                                          self._st2kv(user), shell_command=self._shell_command,
+                                          parent=dict(context))
 
     # -- running -----------------------------------------------------------------------------
     async def run(self, kind: str, request: RunRequest) -> RunOutcome:
@@ -371,11 +382,35 @@ class WorkflowService:
                 with contextlib.suppress(ExecutionStateError, LookupError):
                     await self.executions.resume(child["id"])
 
-    async def cancel_child(self, child_id: str) -> None:
+    async def cancel(self, execution_id: str) -> bool:
+        """An Orquesta cancel, as StackStorm's: the workflow stays `canceling` while its running
+        actions finish, its sub-workflows are canceled too, and the cancel goes up to the root
+        workflow. False if the workflow is not conducted here or its conductor cancels otherwise."""
+        flow = self.flows.get(execution_id)
+        cancel = getattr(flow.conductor, "cancel", None) if flow is not None else None
+        if flow is None or cancel is None:
+            return False
+        if flow.cancel_requested:
+            return True
+        flow.cancel_requested = True
+        cancel()
+        flow.events.put_nowait({"__wake__": True, "id": ""})
+        await flow.cancel_children(graceful=True)
+        root = (flow.request.context.get("parent") or {}).get("root_id")
+        if root and root != execution_id:
+            from engine.executions import ExecutionStateError
+
+            with contextlib.suppress(ExecutionStateError, LookupError):  # already canceling, or finished
+                await self.executions.cancel(root)
+        return True
+
+    async def cancel_child(self, child_id: str, graceful: bool = False) -> None:
         from engine.executions import ExecutionStateError
 
         try:
             record = await self.executions.get(child_id)
+            if graceful and record["runner"] not in self.runners and record["status"] in ("running", "canceling"):
+                return  # a running action finishes (StackStorm lets it exit gracefully)
             if record["status"] == "pending":
                 await self.executions.complete(child_id, "canceled", {**(record.get("result") or {}),
                                                                       "error": "the workflow was canceled"},
@@ -464,6 +499,19 @@ class WorkflowService:
             executions.conducting.add(record["id"])
             await executions.executor.submit(record["id"])
         return await executions.get(record["id"])
+
+
+def _st2_context(request: RunRequest) -> dict[str, Any]:
+    """`ctx().st2` with the keys StackStorm's Orquesta runner gives it."""
+    context = request.context
+    action = request.action
+    st2 = {"action_execution_id": request.execution_id, "workflow_execution_id": request.execution_id,
+           "api_url": request.api_url, "user": context.get("user"), "pack": context.get("pack", action.pack),
+           "action": action.ref, "runner": action.runner_type}
+    for name in ("api_user", "source_channel"):
+        if context.get(name):
+            st2[name] = context[name]
+    return st2
 
 
 def _now() -> Any:
