@@ -17,6 +17,7 @@ from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
 from bot.app import Squall, load_packs
 from engine.config import SYSTEM_PACKS_PATH, Config, ConfigError
+from engine.jobs import REAP_SECONDS, reap_stalled
 from engine.packs import fingerprint
 
 log = logging.getLogger("squall")
@@ -147,6 +148,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     pack_paths = [SYSTEM_PACKS_PATH, *config.pack_paths, config.configs_path]
     seen = await asyncio.to_thread(fingerprint, pack_paths)
     ticks = 0
+    reaps = config.executor_kind == "procrastinate"
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -163,6 +165,8 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
                 if await squall.leading() != squall.sensor_lead:
                     await squall.sync_sensors()  # the lead changed hands: start or stop the sensors
                 ticks += 1
+                if reaps and ticks % int(REAP_SECONDS / POLL_SECONDS) == 0 and squall.sensor_lead:
+                    await reap_stalled(squall.executions)  # also when no worker is left to do it
                 if ticks % int(PURGE_SECONDS / POLL_SECONDS) == 0:
                     await squall.db(squall.datastore.purge_expired)
             except Exception:

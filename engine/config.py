@@ -39,6 +39,11 @@ class TemplateLimits:
     max_seconds: float = DEFAULT_MAX_SECONDS
 
 
+#: The queue of executions `executor.queues` does not place, and what `squall worker` serves by default.
+DEFAULT_QUEUE = "default"
+EXECUTOR_KINDS = ("local", "procrastinate")
+
+
 class ConfigError(Exception):
     """A configuration file that cannot be used; the message names the file and the key."""
 
@@ -65,7 +70,16 @@ class Config:
     allow_root: bool = False
     #: `templates.max_output_chars` / `templates.max_seconds`: what one render may make and take.
     template_limits: TemplateLimits = field(default_factory=TemplateLimits)
+    #: `executor.kind`: `local` (everything in `squall serve`) or `procrastinate` (`squall worker`s run
+    #: the executions, over PostgreSQL).
+    executor_kind: str = "local"
+    #: `executor.queues`: pack or action ref -> the queue its executions go to (else `default`).
+    queues: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+
+    def queue_for(self, ref: str) -> str:
+        """The queue of an action's executions: its own entry, else its pack's, else `default`."""
+        return self.queues.get(ref) or self.queues.get(ref.partition(".")[0]) or DEFAULT_QUEUE
 
     def section(self, name: str) -> dict[str, Any]:
         """A top-level section as a dict, for the parts of Squall that own their own keys."""
@@ -80,7 +94,7 @@ _KNOWN_SECTIONS = {
     "data_dir": None,
     "packs": {"paths", "install_path", "configs_path", "virtualenvs_path"},
     "datastore": {"encryption_key_path"},
-    "executor": {"python_workers_per_pack", "max_concurrency"},
+    "executor": {"python_workers_per_pack", "max_concurrency", "kind", "queues"},
     "runners": {"user", "allow_root"},
     "templates": {"max_output_chars", "max_seconds"},
     "api": None,
@@ -90,6 +104,23 @@ _KNOWN_SECTIONS = {
     "auth": None,
     "logging": None,
 }
+
+
+def _executor(path: Path | None, section: dict[str, Any], url: str) -> tuple[str, dict[str, str]]:
+    """`executor.kind` and `executor.queues`, checked: the scale-out executor needs PostgreSQL."""
+    kind = section.get("kind", "local")
+    if kind not in EXECUTOR_KINDS:
+        raise ConfigError(f"{path}: 'executor.kind' must be one of {', '.join(EXECUTOR_KINDS)}, not {kind!r}")
+    if kind == "procrastinate" and not url.startswith("postgresql"):
+        raise ConfigError(f"{path}: 'executor.kind: procrastinate' needs PostgreSQL ('database.url: "
+                          f"postgresql://...'); this config's database is {url.partition(':')[0]}. "
+                          "Use 'executor.kind: local' with SQLite.")
+    queues = section.get("queues") or {}
+    if not isinstance(queues, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
+                                               for k, v in queues.items()):
+        raise ConfigError(f"{path}: 'executor.queues' must map pack or action refs to queue names, such as "
+                          "{linux: zone-a, core.remote: zone-b}")
+    return str(kind), {k: v.strip() for k, v in queues.items()}
 
 
 def _check_keys(path: Path | None, raw: dict[str, Any]) -> None:
@@ -227,6 +258,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{config_path}: executor settings must be whole numbers: {exc}") from exc
     if workers < 1 or concurrency < 1:
         raise ConfigError(f"{config_path}: executor settings must be at least 1")
+    kind, queues = _executor(config_path, executor, str(url))
     runner_user, allow_root = _runners(config_path, raw.get("runners") or {})
     max_chars, max_seconds = _templates(config_path, raw.get("templates") or {})
     return Config(
@@ -247,5 +279,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         runner_user=runner_user,
         allow_root=allow_root,
         template_limits=TemplateLimits(max_output_chars=max_chars, max_seconds=max_seconds),
+        executor_kind=kind,
+        queues=queues,
         raw=raw,
     )

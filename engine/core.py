@@ -23,6 +23,7 @@ from engine.events import ANNOUNCE, Events
 from engine.executions import ExecutionService
 from engine.executor import LocalExecutor
 from engine.inquiries import InquirerRunner, InquiryService
+from engine.jobs import JobExecutor
 from engine.leader import leadership, leads
 from engine.notifications import Notifier
 from engine.packs import Registry, load_registry
@@ -50,7 +51,10 @@ KV_CHANGES = ("create", "update", "delete", "value_change")
 class Engine:
     """The running service's engine. Use `await Engine.start(config)` and `await engine.close()`."""
 
-    def __init__(self, config: Config, store: Store, registry: Registry) -> None:
+    def __init__(self, config: Config, store: Store, registry: Registry, runs_jobs: bool = False) -> None:
+        """`runs_jobs`: this process is a `squall worker`, which runs what its jobs name (and what
+        workflows request inside them) here; under `executor.kind: procrastinate` the others only
+        queue jobs for the workers."""
         self.config = config
         # Every render in the process keeps to them (rendering happens deep in the engine, in many places).
         configure_limits(config.template_limits)
@@ -85,8 +89,9 @@ class Engine:
         runners["inquirer"] = InquirerRunner()
         self.executions = ExecutionService(registry, self.db, self.datastore, self.keys, runners, config.api_url,
                                            self.events)
-        self.policies = PolicyExecutor(LocalExecutor(self.executions.run, config.max_concurrency,
-                                                    unbounded=self.executions.conducts), self.executions)
+        runs = LocalExecutor(self.executions.run, config.max_concurrency, unbounded=self.executions.conducts)
+        queues = config.executor_kind == "procrastinate" and not runs_jobs
+        self.policies = PolicyExecutor(JobExecutor(self.executions, config) if queues else runs, self.executions)
         registry.errors.extend(self.policies.rebuild(registry))
         self.executor = self.policies
         self.triggers = TriggerService(registry, self.db)

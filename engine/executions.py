@@ -318,11 +318,12 @@ class ExecutionService:
         return record
 
     # -- running -----------------------------------------------------------------------------
-    async def run(self, execution_id: str) -> None:
-        """Run one requested execution to its end (the executor calls this)."""
+    async def run(self, execution_id: str, owner: Mapping[str, Any] | None = None) -> None:
+        """Run one requested execution to its end (the executor calls this). `owner` adds to this
+        process's identity in `runner_info` (a `squall worker` names the job and the worker)."""
         now = utcnow()
         LEDGER.ensure()  # the owner file says this process lives (to other containers) before it owns anything
-        runner_info = dict(self.owner)
+        runner_info = {**self.owner, **(owner or {})}
         transitions = [{"status": "scheduled", "timestamp": iso(now)}, {"status": "running", "timestamp": iso(now)}]
         claim = asyncio.ensure_future(
             self.db(self._claim, execution_id, {"status": "running", "runner_info": runner_info, "log": transitions})

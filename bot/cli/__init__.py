@@ -19,6 +19,7 @@ __all__ = ["app", "main"]
 app.command()(executions.run)
 app.command()(serve.chat)
 app.command()(serve.serve)
+app.command()(serve.worker)
 app.add_typer(executions.execution_app, name="execution")
 app.add_typer(actions.action_app, name="action")
 app.add_typer(packs.pack_app, name="pack")

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from bot.cli.common import (
     JsonOption,
+    current_config,
     current_user,
     fail,
     group,
@@ -72,8 +73,9 @@ def run(
     async def work(squall: Squall) -> dict[str, Any]:
         context = {"user": current_user(), "source": "cli"}
         if run_async:
-            squall.executions.executor = None  # stored as requested; `squall serve` runs it
-            return await squall.executions.request(ref, params, context, render=render)
+            if squall.config.executor_kind == "local":
+                squall.executions.executor = None  # stored as requested; `squall serve` runs it
+            return await squall.executions.request(ref, params, context, render=render)  # else: queued
         record = await squall.executions.request(ref, params, context, render=render)
         return await squall.executions.wait(record["id"])
 
@@ -81,7 +83,8 @@ def run(
     if as_json:
         print_json(record)
     elif run_async:
-        out.print(f"requested {record['id']} ({record['action']}); `squall serve` runs it. "
+        runs = "a `squall worker`" if current_config().executor_kind == "procrastinate" else "`squall serve`"
+        out.print(f"requested {record['id']} ({record['action']}); {runs} runs it. "
                   f"See it with: squall execution get {record['id']}")
     else:
         show_execution(record)

@@ -1,7 +1,8 @@
-"""`squall serve` and `squall chat`: the long-running service, and the bot in a terminal.
+"""`squall serve`, `squall worker` and `squall chat`: the long-running service, the process that runs
+queued executions on any machine (`executor.kind: procrastinate`), and the bot in a terminal.
 
-Both hand over to `bot/service.py`, imported when one of them runs: it brings the adapters, the
-HTTP server and every runner, which no other command needs.
+They hand over to `bot/service.py` and `bot/worker.py`, imported when one of them runs: they bring
+the adapters, the HTTP server and every runner, which no other command needs.
 """
 
 from __future__ import annotations
@@ -45,4 +46,27 @@ def serve() -> None:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_forever(config, stop_signals=(signal.SIGINT, signal.SIGTERM)))
     except (ConfigError, AdapterConfigError) as exc:  # settings found wanting at start: say which, no traceback
+        raise fail(str(exc)) from exc
+
+
+def worker(
+    queues: Annotated[str | None, typer.Option("--queues", help="Comma-separated queues to take jobs from "
+                                                                "(default: all).")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Jobs run at once.")] = 4,
+    drain: Annotated[float, typer.Option("--drain", min=0, help="Seconds running actions get to finish after "
+                                                                "SIGTERM.")] = 600.0,
+) -> None:
+    """Run queued executions (executor.kind: procrastinate): on any machine that reaches the database."""
+    import asyncio
+    import logging
+
+    from bot.worker import work
+    from engine.config import ConfigError
+
+    config = current_config()
+    logging.getLogger().setLevel(logging.INFO)
+    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    try:
+        asyncio.run(work(config, names, concurrency, drain))
+    except ConfigError as exc:
         raise fail(str(exc)) from exc
