@@ -23,6 +23,21 @@ from tests.test_cli import SQUALL
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
+SLOW_FLOW = """
+version: 1.0
+input: [marker]
+tasks:
+  first:
+    action: demo.nap seconds=4 marker=<% ctx(marker) %>
+    next:
+      - when: <% succeeded() %>
+        do: second
+  second:
+    action: demo.hello who=second
+output:
+  - said: <% task(second).result.stdout %>
+"""
+
 FLOW = """
 version: 1.0
 tasks:
@@ -69,7 +84,7 @@ def _home(home: Path, database_url: str) -> Path:
         parameters:
           seconds: {type: integer, default: 30}
           marker: {type: string, required: true}
-          cmd: {default: "sleep {{ seconds }} && touch {{ marker }}", immutable: true}
+          cmd: {default: "sleep {{ seconds }} && echo ran >> {{ marker }}", immutable: true}
     """)
     write(home / "packs" / "demo" / "actions" / "flow.yaml", """
         name: flow
@@ -77,6 +92,14 @@ def _home(home: Path, database_url: str) -> Path:
         entry_point: workflows/flow.yaml
     """)
     write(home / "packs" / "demo" / "actions" / "workflows" / "flow.yaml", FLOW)
+    write(home / "packs" / "demo" / "actions" / "slow_flow.yaml", """
+        name: slow_flow
+        runner_type: orquesta
+        entry_point: workflows/slow_flow.yaml
+        parameters:
+          marker: {type: string, required: true}
+    """)
+    write(home / "packs" / "demo" / "actions" / "workflows" / "slow_flow.yaml", SLOW_FLOW)
     write(home / "packs" / "zone" / "pack.yaml", "ref: zone\nname: zone\nversion: 1.0.0\n")
     write(home / "packs" / "zone" / "actions" / "where.yaml", """
         name: where
@@ -211,3 +234,21 @@ def test_sigterm_lets_running_actions_finish(cluster: Cluster, tmp_path: Path) -
     os.killpg(worker.pid, signal.SIGTERM)
     assert worker.wait(timeout=60) == 0
     assert cluster.execution(napping)["status"] == "succeeded" and marker.exists()
+
+
+def test_a_workflow_whose_worker_dies_is_conducted_on_by_another(cluster: Cluster, tmp_path: Path) -> None:
+    doomed = cluster.worker()
+    marker = tmp_path / "first-ran"
+    flow = cluster.request("demo.slow_flow", f"marker={marker}")
+    deadline = time.monotonic() + 60
+    while not (children := cluster.store.list_executions(parent=flow)) or children[0]["status"] != "running":
+        assert time.monotonic() < deadline, "the workflow's first task did not start"
+        time.sleep(0.1)
+    os.killpg(doomed.pid, signal.SIGKILL)  # the conductor and its running task die together
+    cluster.worker()
+    done = cluster.wait(flow, "succeeded", "failed", seconds=STALLED_SECONDS + 60)
+    assert done["status"] == "succeeded" and done["result"]["output"] == {"said": "hello second"}
+    tasks = sorted(cluster.store.list_executions(parent=flow), key=lambda r: r["start_timestamp"])
+    assert [(t["action"], t["status"]) for t in tasks] == [
+        ("demo.nap", "abandoned"), ("demo.nap", "succeeded"), ("demo.hello", "succeeded")]
+    assert marker.read_text() == "ran\n"  # the killed run never finished; the task ran to its end once
