@@ -1,8 +1,9 @@
 """`squall worker`: runs the executions `squall serve` nodes queue (`executor.kind: procrastinate`).
 
-A worker is the engine with its chat side but no adapters and no HTTP API, like the CLI: what its
-executions owe chat (results, questions, `notify` messages, `chatops.post_*`) is stored in the
-durable outbox, and the `squall serve` nodes deliver it. It takes jobs from its queues through
+A worker is the engine with its chat side but no HTTP API. Its adapters are built from config, never
+connected: what its executions owe chat (results in their thread, questions, `notify` messages,
+`chatops.post_*`) is fitted to them and stored in the durable outbox, which stays held here; the
+`squall serve` nodes deliver it on their next outbox poll. It takes jobs from its queues through
 procrastinate (woken by `LISTEN/NOTIFY`, polling as a safety net), at most `concurrency` at once;
 a workflow is conducted where its job runs and its tasks run beside it. Every worker also ends
 what workers that stopped answering left (`engine.jobs.reap_stalled`).
@@ -23,6 +24,7 @@ import socket
 from typing import Any
 
 from bot.app import Squall
+from bot.service import configured_adapters
 from engine.config import Config, ConfigError
 from engine.jobs import HEARTBEAT_SECONDS, STALLED_SECONDS, defer, reap_forever, worker_app
 
@@ -40,7 +42,7 @@ async def work(config: Config, queues: list[str] | None, concurrency: int, drain
         raise ConfigError(f"{config.path}: squall worker runs the jobs of 'executor.kind: procrastinate' (with "
                           f"PostgreSQL); this config's executor is {config.executor_kind!r}, whose executions "
                           "squall serve runs itself")
-    squall = await Squall.start(config, runs_jobs=True)
+    squall = await Squall.start(config, runs_jobs=True, adapters=configured_adapters(config))
     executions = squall.executions
     local = squall.policies.inner  # what this worker's workflows request runs here
     store = executions.db.store

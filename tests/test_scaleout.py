@@ -4,6 +4,7 @@ reaped; cancels reach the worker running the execution; SIGTERM drains; workflow
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from engine.config import ConfigError, load_config
 from engine.jobs import STALLED_SECONDS
 from engine.storage import Store
 from tests.conftest import write
+from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
 from tests.test_cli import SQUALL
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -100,6 +102,16 @@ def _home(home: Path, database_url: str) -> Path:
           marker: {type: string, required: true}
     """)
     write(home / "packs" / "demo" / "actions" / "workflows" / "slow_flow.yaml", SLOW_FLOW)
+    write(home / "packs" / "demo" / "aliases" / "greet.yaml", """
+        name: greet
+        action_ref: demo.hello
+        formats: ["greet {{ who }}"]
+    """)
+    write(home / "packs" / "demo" / "aliases" / "nap.yaml", """
+        name: nap
+        action_ref: demo.nap
+        formats: ["nap {{ marker }}"]
+    """)
     write(home / "packs" / "zone" / "pack.yaml", "ref: zone\nname: zone\nversion: 1.0.0\n")
     write(home / "packs" / "zone" / "actions" / "where.yaml", """
         name: where
@@ -252,3 +264,41 @@ def test_a_workflow_whose_worker_dies_is_conducted_on_by_another(cluster: Cluste
     assert [(t["action"], t["status"]) for t in tasks] == [
         ("demo.nap", "abandoned"), ("demo.nap", "succeeded"), ("demo.hello", "succeeded")]
     assert marker.read_text() == "ran\n"  # the killed run never finished; the task ran to its end once
+
+
+async def test_chat_commands_run_on_workers_and_a_dead_workers_thread_is_told(home: Path, postgres_url: str,
+                                                                           tmp_path: Path) -> None:
+    fake = FakeMattermost()
+    await fake.start()
+    cluster = Cluster(_home(home, postgres_url))
+    config = home / "config.yml"
+    config.write_text(config.read_text().replace(
+        "    enabled: false\n", "    enabled: false\n"
+        f"  mattermost: {{enabled: true, url: \"{fake.url}\", token: \"{BOT_TOKEN}\", team: ops}}\n"))
+    serve = await asyncio.create_subprocess_exec(
+        str(SQUALL), "-c", str(config), "serve", cwd=home, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+    try:
+        await fake.wait_for(lambda: fake.ws_connects, 60)
+        doomed = cluster.worker()
+        channel = fake.town_square["id"]
+        asked = await fake.say(fake.alice, fake.town_square, "!greet bob")
+        reply = await fake.wait_for(lambda: [p for p in fake.bot_posts(channel)
+                                             if "hello bob" in p["message"]], 60)
+        assert reply[0]["root_id"] == asked["id"]  # in the command's thread, posted by serve for the worker
+
+        napping = await fake.say(fake.alice, fake.town_square, f"!nap {tmp_path / 'never'}")
+        deadline = time.monotonic() + 60
+        while not [e for e in cluster.store.list_executions(action="demo.nap", status="running")]:
+            assert time.monotonic() < deadline, "the nap did not start on the worker"
+            await asyncio.sleep(0.1)
+        os.killpg(doomed.pid, signal.SIGKILL)
+        cluster.worker()
+        told = await fake.wait_for(lambda: [p for p in fake.bot_posts(channel) if p["root_id"] == napping["id"]
+                                            and "stopped answering" in p["message"]], STALLED_SECONDS + 40)
+        assert told
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        await serve.wait()
+        cluster.close()
+        await fake.stop()
