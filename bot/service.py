@@ -11,14 +11,16 @@ import logging
 import os
 import pwd
 import signal
+from datetime import timedelta
 from typing import Any
 
 from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
 from bot.app import Squall, load_packs
 from engine.config import SYSTEM_PACKS_PATH, Config, ConfigError
-from engine.jobs import REAP_SECONDS, reap_stalled
+from engine.jobs import REAP_SECONDS, reap_stalled, waiting_note, waiting_since
 from engine.packs import fingerprint
+from engine.storage import utcnow
 
 log = logging.getLogger("squall")
 POLL_SECONDS = 1.0
@@ -165,8 +167,8 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
                 if await squall.leading() != squall.sensor_lead:
                     await squall.sync_sensors()  # the lead changed hands: start or stop the sensors
                 ticks += 1
-                if reaps and ticks % int(REAP_SECONDS / POLL_SECONDS) == 0 and squall.sensor_lead:
-                    await reap_stalled(squall.executions)  # also when no worker is left to do it
+                if reaps and ticks % int(REAP_SECONDS / POLL_SECONDS) == 0:
+                    await _queued_work(squall)
                 if ticks % int(PURGE_SECONDS / POLL_SECONDS) == 0:
                     await squall.db(squall.datastore.purge_expired)
             except Exception:
@@ -179,6 +181,23 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
         if api is not None:
             await api.stop()
         await squall.close()
+
+
+async def _queued_work(squall: Squall) -> None:
+    """`executor.kind: procrastinate`: the leading node ends what stalled workers left (also when no
+    worker is left to do it); every node tells the chat threads whose executions no worker has
+    taken for `executor.unserved_after` seconds (once each: the reply is keyed)."""
+    if squall.sensor_lead:
+        await reap_stalled(squall.executions)
+    config = squall.config
+    if config.unserved_after <= 0:
+        return
+    now = utcnow()
+    waiting = await squall.db(waiting_since, squall.store, now - timedelta(seconds=config.unserved_after))
+    for record in waiting:
+        note = waiting_note(config, record, now)
+        if note is not None:
+            await squall.chat.dispatcher.post_waiting(record, f"Still queued: {note}.")
 
 
 async def chat_session(config: Config, user: str, channel: str) -> None:

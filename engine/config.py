@@ -75,6 +75,8 @@ class Config:
     executor_kind: str = "local"
     #: `executor.queues`: pack or action ref -> the queue its executions go to (else `default`).
     queues: dict[str, str] = field(default_factory=dict)
+    #: `executor.unserved_after`: seconds a queued execution waits before chat is told no worker took it (0: never).
+    unserved_after: float = 60.0
     raw: dict[str, Any] = field(default_factory=dict)
 
     def queue_for(self, ref: str) -> str:
@@ -94,7 +96,7 @@ _KNOWN_SECTIONS = {
     "data_dir": None,
     "packs": {"paths", "install_path", "configs_path", "virtualenvs_path"},
     "datastore": {"encryption_key_path"},
-    "executor": {"python_workers_per_pack", "max_concurrency", "kind", "queues"},
+    "executor": {"python_workers_per_pack", "max_concurrency", "kind", "queues", "unserved_after"},
     "runners": {"user", "allow_root"},
     "templates": {"max_output_chars", "max_seconds"},
     "api": None,
@@ -259,6 +261,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if workers < 1 or concurrency < 1:
         raise ConfigError(f"{config_path}: executor settings must be at least 1")
     kind, queues = _executor(config_path, executor, str(url))
+    unserved = executor.get("unserved_after", 60)
+    if isinstance(unserved, bool) or not isinstance(unserved, int | float) or unserved < 0:
+        raise ConfigError(f"{config_path}: 'executor.unserved_after' must be seconds (0 or more), not {unserved!r}")
     runner_user, allow_root = _runners(config_path, raw.get("runners") or {})
     max_chars, max_seconds = _templates(config_path, raw.get("templates") or {})
     return Config(
@@ -281,5 +286,6 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         template_limits=TemplateLimits(max_output_chars=max_chars, max_seconds=max_seconds),
         executor_kind=kind,
         queues=queues,
+        unserved_after=float(unserved),
         raw=raw,
     )

@@ -27,12 +27,13 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from engine.config import Config
-from engine.storage import Store
+from engine.storage import Store, as_utc
 
 if TYPE_CHECKING:
     from engine.executions import ExecutionService
@@ -59,8 +60,6 @@ _STALLED = sa.text(
     "AND (w.id IS NULL OR w.last_heartbeat < now() - make_interval(secs => :seconds))")
 _RETRY = sa.text("SELECT procrastinate_retry_job_v2(:job_id, now(), NULL, NULL, NULL)")
 _FAIL = sa.text("SELECT procrastinate_finish_job_v1(:job_id, 'failed', false)")
-_LIVE_WORKERS = sa.text(
-    "SELECT count(*) FROM procrastinate_workers WHERE last_heartbeat >= now() - make_interval(secs => :seconds)")
 
 
 def libpq_url(database_url: str) -> str:
@@ -85,10 +84,20 @@ def abort(store: Store, job_id: int) -> bool:
         return conn.execute(_ABORT, {"job_id": job_id}).scalar() is not None
 
 
-def live_workers(store: Store) -> int:
-    """How many workers beat within `STALLED_SECONDS`."""
-    with store._read() as conn:
-        return int(conn.execute(_LIVE_WORKERS, {"seconds": STALLED_SECONDS}).scalar_one())
+def waiting_since(store: Store, before: datetime, limit: int = 1000) -> list[dict[str, Any]]:
+    """Executions still `requested` (no worker took their job) since before `before`, oldest first."""
+    rows = store.list_executions(status="requested", limit=limit, oldest_first=True)
+    return [row for row in rows if as_utc(row["start_timestamp"]) < before]
+
+
+def waiting_note(config: Config, record: dict[str, Any], now: datetime) -> str | None:
+    """What to tell people of a queued execution no worker has taken, or None if it is not one."""
+    if config.executor_kind != "procrastinate" or record["status"] != "requested":
+        return None
+    waited = (now - as_utc(record["start_timestamp"])).total_seconds()
+    queue = config.queue_for(record["action"])
+    return (f"waiting {waited:.0f} s for a squall worker of queue '{queue}': none has taken it (none serves "
+            f"that queue, or all are busy); start one with `squall worker --queues {queue}`")
 
 
 class JobExecutor:

@@ -66,6 +66,7 @@ def _home(home: Path, database_url: str) -> Path:
         executor:
           kind: procrastinate
           queues: {{zone: zone-a}}
+          unserved_after: 2
         api:
           enabled: false
         adapters:
@@ -202,6 +203,9 @@ def test_requests_wait_for_a_worker_of_their_queue(cluster: Cluster) -> None:
     assert cluster.execution(first)["runner_info"]["worker"].endswith(f":{default.pid}")
     time.sleep(1.5)
     assert cluster.execution(zoned)["status"] == "requested"  # no worker serves zone-a yet
+    shown = subprocess.run([str(SQUALL), "-c", str(cluster.home / "config.yml"), "execution", "get", zoned],
+                           cwd=cluster.home, capture_output=True, text=True, timeout=60)
+    assert "for a squall worker of queue 'zone-a'" in shown.stdout and "--queues zone-a" in shown.stdout
     zone = cluster.worker("--queues", "zone-a")
     done = cluster.wait(zoned, "succeeded")
     assert done["runner_info"]["worker"].endswith(f":{zone.pid}") and done["result"]["stdout"] == "zone"
@@ -280,12 +284,16 @@ async def test_chat_commands_run_on_workers_and_a_dead_workers_thread_is_told(ho
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
     try:
         await fake.wait_for(lambda: fake.ws_connects, 60)
-        doomed = cluster.worker()
         channel = fake.town_square["id"]
         asked = await fake.say(fake.alice, fake.town_square, "!greet bob")
+        queued = await fake.wait_for(lambda: [p for p in fake.bot_posts(channel) if p["root_id"] == asked["id"]
+                                              and "Still queued" in p["message"]], 60)
+        assert "queue 'default'" in queued[0]["message"]  # no worker yet: the thread hears why it waits
+        doomed = cluster.worker()
         reply = await fake.wait_for(lambda: [p for p in fake.bot_posts(channel)
                                              if "hello bob" in p["message"]], 60)
         assert reply[0]["root_id"] == asked["id"]  # in the command's thread, posted by serve for the worker
+        assert len([p for p in fake.bot_posts(channel) if "Still queued" in p["message"]]) == 1  # told once
 
         napping = await fake.say(fake.alice, fake.town_square, f"!nap {tmp_path / 'never'}")
         deadline = time.monotonic() + 60

@@ -215,6 +215,15 @@ class Dispatcher:
             return
         await self.outbox.post_result(execution["id"], chat["adapter"], chat["channel"], replies, status)
 
+    async def post_waiting(self, execution: dict[str, Any], text: str) -> bool:
+        """Tell the thread of a chat command that its execution still waits for a worker (once: keyed
+        by the execution); False for executions not started from this process's chat."""
+        chat = (execution.get("context") or {}).get("chat")
+        if not chat or chat.get("adapter") not in self.adapters:
+            return False
+        reply = Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"), text=text)
+        return bool(await self.outbox.post_keyed(execution["id"], "waiting", [reply]))
+
     async def post_missing_results(self, since: datetime) -> int:
         """Recovery: store and send the result of every chat execution started since `since` that
         finished with no result stored (the process that finished it died first, or storing it

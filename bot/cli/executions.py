@@ -138,6 +138,15 @@ def execution_get(execution_id: Annotated[str, typer.Argument(help="Execution id
         print_json({**record, "children": [row["id"] for depth, row in tree if depth == 1]})
         return
     show_execution(record)
+    from datetime import datetime
+
+    from engine.jobs import waiting_note
+    from engine.storage import utcnow
+
+    started = datetime.fromisoformat(record["start_timestamp"].replace("Z", "+00:00"))
+    note = waiting_note(current_config(), {**record, "start_timestamp": started}, utcnow())
+    if note is not None:
+        out.print(f"[yellow]{note}[/yellow]")
     if tree:
         out.print("children:", style="bold")
     for depth, row in tree:
