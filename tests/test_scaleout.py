@@ -310,3 +310,23 @@ async def test_chat_commands_run_on_workers_and_a_dead_workers_thread_is_told(ho
         await serve.wait()
         cluster.close()
         await fake.stop()
+
+
+def test_a_worker_presumed_dead_cannot_overwrite_what_was_decided_meanwhile(cluster: Cluster,
+                                                                          tmp_path: Path) -> None:
+    frozen = cluster.worker()
+    marker = tmp_path / "late"
+    napping = cluster.request("demo.nap", f"marker={marker}", "seconds=3")
+    cluster.wait(napping, "running")
+    os.killpg(frozen.pid, signal.SIGSTOP)  # a network cut or a stalled machine: no heartbeat, nothing written
+    try:
+        cluster.worker()
+        cluster.wait(napping, "abandoned", seconds=STALLED_SECONDS + 30)
+    finally:
+        os.killpg(frozen.pid, signal.SIGCONT)  # it comes back, and its action ends
+    deadline = time.monotonic() + 30
+    while frozen.poll() is None and not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    record = cluster.execution(napping)
+    assert record["status"] == "abandoned" and "stopped answering" in record["result"]["error"]
