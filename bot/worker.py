@@ -26,7 +26,7 @@ from typing import Any
 from bot.app import Squall
 from bot.service import configured_adapters
 from engine.config import Config, ConfigError
-from engine.jobs import HEARTBEAT_SECONDS, STALLED_SECONDS, defer, reap_forever, worker_app
+from engine.jobs import HEARTBEAT_SECONDS, STALLED_SECONDS, defer, pack_mismatch, reap_forever, worker_app
 
 log = logging.getLogger("squall.worker")
 
@@ -48,6 +48,14 @@ async def work(config: Config, queues: list[str] | None, concurrency: int, drain
     store = executions.db.store
 
     async def run(execution_id: str, owner: dict[str, Any]) -> None:
+        record = await executions.db(store.get_execution, execution_id)
+        if record is None:
+            return
+        refused = pack_mismatch(squall.registry, record) if record["status"] == "requested" else None
+        if refused is not None:
+            log.error("execution %s refused: %s", execution_id, refused)
+            await executions.complete(execution_id, "failed", {"error": refused}, ("requested",))
+            return
         await executions.run(execution_id, owner)
         if local.closing:  # stopped midway: a workflow left `running` goes to another worker
             moved = await executions.db(store.update_execution, execution_id, {"status": "resuming"},

@@ -91,6 +91,7 @@ class Engine:
                                            self.events)
         runs = LocalExecutor(self.executions.run, config.max_concurrency, unbounded=self.executions.conducts)
         queues = config.executor_kind == "procrastinate" and not runs_jobs
+        self.executions.pack_hashes = config.executor_kind == "procrastinate"
         self.policies = PolicyExecutor(JobExecutor(self.executions, config) if queues else runs, self.executions)
         registry.errors.extend(self.policies.rebuild(registry))
         self.executor = self.policies

@@ -156,7 +156,9 @@ class ExecutionService:
         self.conducting: set[str] = set()
         # Requested here and not yet claimed: the claim need not read back what this process wrote.
         self._prepared: dict[str, dict[str, Any]] = {}
-        self._held: set[asyncio.Future[None]] = set()  # delayed requests' submits, kept from collection
+        self._held: set[asyncio.Future[None]] = set()
+        #: Store the action's pack content hash with each request (`executor.kind: procrastinate`).
+        self.pack_hashes = False  # delayed requests' submits, kept from collection
 
     # -- listening -----------------------------------------------------------------------
     def on_finished(self, listener: Callable[[dict[str, Any]], Any]) -> None:
@@ -300,7 +302,9 @@ class ExecutionService:
                      # A runner renders a `cmd` template again at run time (quoting each value for
                      # the shell), so names such as a rule's `trigger` must be there then too.
                      **({"extra_context": extra_template_context}
-                        if resolution.templates and extra_template_context else {})},
+                        if resolution.templates and extra_template_context else {}),
+                     # Under the scale-out executor a worker checks it holds the same pack (`engine.jobs`).
+                     **({"pack_hash": self.registry.packs[action.pack].content_hash()} if self.pack_hashes else {})},
             "sealed": self._seal(sealed_values, revealed),
             "result": None,
             "context": context,

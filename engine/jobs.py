@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from engine.config import Config
+from engine.packs import Registry
 from engine.storage import Store, as_utc
 
 if TYPE_CHECKING:
@@ -82,6 +83,22 @@ def abort(store: Store, job_id: int) -> bool:
     """Ask the worker running job `job_id` to abort it (a waiting job is cancelled); False if it had ended."""
     with store._write() as conn:
         return conn.execute(_ABORT, {"job_id": job_id}).scalar() is not None
+
+
+def pack_mismatch(registry: Registry, record: dict[str, Any]) -> str | None:
+    """Why this worker must not run `record`: its action's pack here differs from the pack the request
+    was made with (a half-deployed pack), or is not here at all; None when it may run it."""
+    expected = (record.get("spec") or {}).get("pack_hash")
+    pack_ref = record["action"].partition(".")[0]
+    pack = registry.packs.get(pack_ref)
+    if pack is None:
+        return (f"this squall worker ({record['action']}'s queue) does not have the pack {pack_ref}: install it on "
+                "every worker of the queue")
+    if expected is None or pack.content_hash() == expected:
+        return None
+    return (f"the pack {pack_ref} on this squall worker differs from the one the request was made with (content "
+            f"{pack.content_hash()[:12]} here, {expected[:12]} requested): deploy the same pack on every node, "
+            "then run it again")
 
 
 def waiting_since(store: Store, before: datetime, limit: int = 1000) -> list[dict[str, Any]]:

@@ -63,6 +63,10 @@ class ContentDocument:
     lines: LineMap
 
 
+#: Folders a pack's content hash leaves out: what tools write beside the pack, not the pack.
+_UNHASHED = frozenset({"__pycache__", ".git", ".pytest_cache", ".ruff_cache", ".mypy_cache"})
+
+
 @dataclass
 class Pack:
     ref: str
@@ -71,6 +75,7 @@ class Pack:
     system: bool
     config_schema: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    _content_hash: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def version(self) -> str:
@@ -79,6 +84,19 @@ class Pack:
     @property
     def requirements(self) -> Path:
         return self.path / "requirements.txt"
+
+    def content_hash(self) -> str:
+        """SHA-256 over the pack's files (names and bytes; caches and git data left out): equal on
+        every machine that holds the same pack, whatever the files' times. Worked out once per
+        process, at the first request of one of its actions under the scale-out executor."""
+        if self._content_hash is None:
+            digest = hashlib.sha256()
+            for file in sorted(p for p in self.path.rglob("*") if p.is_file() and not _UNHASHED.intersection(
+                    p.relative_to(self.path).parts) and p.suffix != ".pyc"):
+                digest.update(file.relative_to(self.path).as_posix().encode() + b"\0")
+                digest.update(hashlib.sha256(file.read_bytes()).digest())
+            self._content_hash = digest.hexdigest()
+        return self._content_hash
 
     def summary(self, counts: dict[str, int] | None = None) -> dict[str, Any]:
         return {

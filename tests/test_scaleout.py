@@ -330,3 +330,14 @@ def test_a_worker_presumed_dead_cannot_overwrite_what_was_decided_meanwhile(clus
     time.sleep(2)
     record = cluster.execution(napping)
     assert record["status"] == "abandoned" and "stopped answering" in record["result"]["error"]
+
+
+def test_a_worker_refuses_a_request_made_with_other_pack_content(cluster: Cluster) -> None:
+    asked = cluster.request("demo.hello", "who=old")
+    script = cluster.home / "packs" / "demo" / "actions" / "hello.yaml"
+    script.write_text(script.read_text().replace("echo hello", "echo HELLO"))  # deployed here, not yet there
+    cluster.worker()
+    done = cluster.wait(asked, "failed", "succeeded")
+    assert done["status"] == "failed" and "the pack demo on this squall worker differs" in done["result"]["error"]
+    again = cluster.request("demo.hello", "who=new")  # a request made with the pack the worker holds runs
+    assert cluster.wait(again, "succeeded")["result"]["stdout"] == "HELLO new"
