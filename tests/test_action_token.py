@@ -178,7 +178,10 @@ async def test_recovery_revokes_the_tokens_a_crash_left(tmp_path: Path) -> None:
             "parent": None, "runner_info": {"hostname": "gone", "pid": _dead_pid()},
             "start_timestamp": now, "end_timestamp": None})
         token = tokens.mint(store, execution_id, "carol", 60)
-        assert tokens.authenticate(store, token) == {"execution_id": execution_id, "user": "carol"}
+        who = tokens.authenticate(store, token)
+        assert who is not None and (who["execution_id"], who["user"]) == (execution_id, "carol")
+        assert now + timedelta(seconds=60) + tokens.EXPIRY_GRACE <= who["expires_at"] <= utcnow() + timedelta(
+            seconds=60) + tokens.EXPIRY_GRACE
     finally:
         store.close()
 
@@ -207,7 +210,7 @@ def test_a_token_is_refused_once_expired_or_once_its_execution_ended(database_ur
         with store.engine.begin() as conn:
             conn.execute(action_tokens.update().where(action_tokens.c.token_hash == tokens.hash_token(expired))
                          .values(expires_at=now - timedelta(seconds=1)))
-        assert tokens.authenticate(store, forever) == {"execution_id": execution_id, "user": None}
+        assert tokens.authenticate(store, forever) == {"execution_id": execution_id, "user": None, "expires_at": None}
         assert tokens.authenticate(store, expired) is None
         assert tokens.authenticate(store, "") is None
         assert tokens.expiry(0, now) is None and tokens.expiry(True, now) is None
