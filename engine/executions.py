@@ -809,10 +809,14 @@ class ExecutionService:
         self._polls += 1
         if self._polls % _SWEEP_POLLS == 0:
             await self._sweep()
+        # Where other processes run the executions (`squall worker`s), what a policy delayed or admitted
+        # is submitted again too: the policy's count is the database's, and a run that ended elsewhere
+        # frees its slot only there.
+        shared = ("scheduled", "delayed") if getattr(self.executor, "shared", False) else ()
         rows = await self.db(self.db.store.execution_ids_with_status,
-                             ("requested", "canceling", "resuming", "pausing"))
+                             ("requested", "canceling", "resuming", "pausing", *shared))
         for row in rows:
-            if row["status"] in ("requested", "resuming"):
+            if row["status"] in ("requested", "resuming", *shared):
                 if row["status"] == "resuming":  # only workflows resume
                     self.conducting.add(row["id"])
                 await self.executor.submit(row["id"])

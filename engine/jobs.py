@@ -121,6 +121,8 @@ class JobExecutor:
     """The executor of a process that requests executions for `squall worker`s to run."""
 
     closing = False
+    #: Other processes run what this one submits: concurrency policies count in the database.
+    shared = True
 
     def __init__(self, executions: ExecutionService, config: Config) -> None:
         self.executions = executions
@@ -133,7 +135,8 @@ class JobExecutor:
     async def submit(self, execution_id: str) -> None:
         store = self.executions.db.store
         record = await self.executions.db(store.get_execution, execution_id)
-        if record is None or record["status"] not in ("requested", "resuming", "delayed"):
+        # Not `delayed`: a concurrency policy admits those (to `scheduled`) first.
+        if record is None or record["status"] not in ("requested", "scheduled", "resuming"):
             return
         queue = self.config.queue_for(record["action"])
         job = await self.executions.db(defer, store, execution_id, queue)

@@ -122,6 +122,11 @@ class PolicyExecutor:
     def running(self) -> set[str]:
         return getattr(self.inner, "running", set())
 
+    @property
+    def shared(self) -> bool:
+        """Whether other processes run what this one submits (then concurrency counts in the database)."""
+        return bool(getattr(self.inner, "shared", False))
+
     async def cancel(self, execution_id: str) -> bool:
         return await self.inner.cancel(execution_id)
 
@@ -146,6 +151,9 @@ class PolicyExecutor:
         if policy.policy_type.endswith(".attr"):
             values = record["spec"]["values"]
             key += tuple(repr(values.get(name)) for name in policy.parameters["attributes"])
+        if getattr(self.inner, "shared", False):
+            await self._submit_shared(record, policy, key)
+            return
         if len(self._admitted[key]) < policy.parameters["threshold"]:
             self._admit(key, execution_id)
             await self.inner.submit(execution_id)
@@ -163,6 +171,20 @@ class PolicyExecutor:
                      expect=("requested",))
         if execution_id not in self._queues[key]:
             self._queues[key].append(execution_id)
+
+    async def _submit_shared(self, record: dict[str, Any], policy: Policy, key: tuple[Any, ...]) -> None:
+        """Several processes share the executions (`squall worker`s): the count is the database's,
+        taken under a lock per key, and admitting is moving the execution to `scheduled` in that
+        transaction. A delayed one is admitted when the poll submits it again after a run ended."""
+        db = self.executions.db
+        admitted = await db(admit_shared, db.store, record, key, policy.parameters.get("attributes") or [],
+                            policy.parameters["threshold"])
+        if admitted:
+            await self.inner.submit(record["id"])
+        elif policy.parameters.get("action", "delay") == "cancel":
+            await self.executions.complete(record["id"], "canceled", {
+                "error": f'canceled by policy "{policy.ref}": {policy.parameters["threshold"]} of '
+                         f'{record["action"]} already running'}, ("requested", "delayed"))
 
     def _admit(self, key: tuple[Any, ...], execution_id: str) -> None:
         self._admitted[key].add(execution_id)
@@ -215,3 +237,34 @@ class PolicyExecutor:
 async def _all(awaitables: list[Any]) -> None:
     for awaitable in awaitables:
         await awaitable
+
+
+#: Statuses that hold a slot of a concurrency policy when the count is shared between processes.
+SHARED_HOLDING = ("scheduled", "running", "pausing", "canceling", "resuming")
+
+
+def admit_shared(store: Any, record: dict[str, Any], key: tuple[Any, ...], attributes: list[str],
+                 threshold: int) -> bool:
+    """Admit `record` under its policy if fewer than `threshold` executions of its key hold a slot:
+    counted and moved to `scheduled` in one PostgreSQL transaction under an advisory lock on the key,
+    so two serve nodes never both admit the last slot; otherwise it is marked `delayed`."""
+    import sqlalchemy as sa
+
+    from engine.storage import executions, iso, utcnow
+
+    values = record["spec"]["values"]
+    mine = tuple(repr(values.get(name)) for name in attributes)
+    with store._write() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": repr(key)})
+        rows = conn.execute(sa.select(executions.c.spec).where(
+            executions.c.action == record["action"], executions.c.status.in_(SHARED_HOLDING))).all()
+        holding = sum(1 for (spec,) in rows
+                      if tuple(repr((spec or {}).get("values", {}).get(name)) for name in attributes) == mine)
+        status = "scheduled" if holding < threshold else "delayed"
+        if status == record["status"]:
+            return False
+        entries = [*(record.get("log") or []), {"status": status, "timestamp": iso(utcnow())}]
+        changed = conn.execute(executions.update().where(
+            executions.c.id == record["id"], executions.c.status.in_(("requested", "delayed"))).values(
+            status=status, log=entries)).rowcount
+        return bool(changed) and status == "scheduled"

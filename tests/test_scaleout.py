@@ -5,12 +5,14 @@ reaped; cancels reach the worker running the execution; SIGTERM drains; workflow
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import pytest
 
 from engine.config import ConfigError, load_config
 from engine.jobs import STALLED_SECONDS
-from engine.storage import Store
+from engine.storage import Store, as_utc
 from tests.conftest import write
 from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
 from tests.test_cli import SQUALL
@@ -141,7 +143,14 @@ class Cluster:
         return self.cli("run", ref, *assignments, "--async")["id"]
 
     def worker(self, *args: str) -> subprocess.Popen[str]:
-        process = subprocess.Popen([str(SQUALL), "-c", str(self.home / "config.yml"), "worker", *args],
+        return self.worker_like("worker", *args)
+
+    def serve(self) -> subprocess.Popen[str]:
+        """A `squall serve` (no API, no chat): it re-submits what policies delayed and reaps."""
+        return self.worker_like("serve")
+
+    def worker_like(self, *argv: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen([str(SQUALL), "-c", str(self.home / "config.yml"), *argv],
                                    cwd=self.home, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self.workers.append(process)
@@ -341,3 +350,25 @@ def test_a_worker_refuses_a_request_made_with_other_pack_content(cluster: Cluste
     assert done["status"] == "failed" and "the pack demo on this squall worker differs" in done["result"]["error"]
     again = cluster.request("demo.hello", "who=new")  # a request made with the pack the worker holds runs
     assert cluster.wait(again, "succeeded")["result"]["stdout"] == "HELLO new"
+
+
+def test_a_concurrency_policy_holds_across_workers(cluster: Cluster, tmp_path: Path) -> None:
+    write(cluster.home / "packs" / "demo" / "policies" / "one_nap.yaml", """
+        name: one_nap
+        resource_ref: demo.nap
+        policy_type: action.concurrency
+        parameters: {threshold: 1, action: delay}
+    """)
+    cluster.serve()
+    cluster.worker("--concurrency", "4")
+    cluster.worker("--concurrency", "4")
+    naps = [cluster.request("demo.nap", f"marker={tmp_path / str(n)}", "seconds=1") for n in range(4)]
+    runs = []
+    for nap in naps:
+        done = cluster.wait(nap, "succeeded", "failed", seconds=120)
+        assert done["status"] == "succeeded", done
+        started = next(e["timestamp"] for e in done["log"] if e["status"] == "running")
+        runs.append((datetime.fromisoformat(started.replace("Z", "+00:00")), as_utc(done["end_timestamp"])))
+    runs.sort()
+    for (_, ended), (started, _) in itertools.pairwise(runs):
+        assert started >= ended, runs  # one at a time, whichever worker took it
