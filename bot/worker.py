@@ -8,9 +8,10 @@ procrastinate (woken by `LISTEN/NOTIFY`, polling as a safety net), at most `conc
 a workflow is conducted where its job runs and its tasks run beside it. Every worker also ends
 what workers that stopped answering left (`engine.jobs.reap_stalled`).
 
-SIGTERM or SIGINT stops taking jobs and lets running ones finish for up to `drain` seconds; what
-is still running then ends `abandoned` (a second signal stops at once, and the reaper of another
-node ends its executions within `engine.jobs.STALLED_SECONDS`).
+SIGTERM or SIGINT stops taking jobs and starting tasks; running actions get up to `drain` seconds
+to finish (what still runs then ends `abandoned`), and a workflow, once its running tasks ended, is
+handed back to the queue for another worker to conduct on. A second signal stops at once (the
+reaper of another node then ends its executions within `engine.jobs.STALLED_SECONDS`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import socket
 from typing import Any
 
 from bot.app import Squall
-from bot.service import configured_adapters
+from bot.service import POLL_SECONDS, configured_adapters
 from engine.config import Config, ConfigError
 from engine.jobs import HEARTBEAT_SECONDS, STALLED_SECONDS, defer, pack_mismatch, reap_forever, worker_app
 
@@ -36,6 +37,80 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class Worker:
+    """One `squall worker` process: the engine, its procrastinate App, and what ends its work."""
+
+    def __init__(self, squall: Squall, drain: float | None) -> None:
+        self.squall = squall
+        self.executions = squall.executions
+        self.local = squall.policies.inner  # runs what this worker's workflows request
+        self.drain = drain
+        self.name = worker_name()
+        self.conducting: dict[str, asyncio.Task[Any]] = {}  # workflow id -> the job task conducting it
+        self.stopping: asyncio.Task[None] | None = None
+
+    async def run_job(self, execution_id: str, owner: dict[str, Any]) -> None:
+        """A job's body: refuse a request made with other pack content, else claim and run it."""
+        executions, store = self.executions, self.executions.db.store
+        record = await executions.db(store.get_execution, execution_id)
+        if record is None:
+            return
+        refused = pack_mismatch(self.squall.registry, record) if record["status"] == "requested" else None
+        if refused is not None:
+            log.error("execution %s refused: %s", execution_id, refused)
+            await executions.complete(execution_id, "failed", {"error": refused}, ("requested",))
+            return
+        if getattr(executions.runners.get(record["runner"]), "resumable", False):
+            self.conducting[execution_id] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            await executions.run(execution_id, owner)
+        finally:
+            self.conducting.pop(execution_id, None)
+        if self.local.closing:
+            await self.hand_back(execution_id)
+
+    async def hand_back(self, execution_id: str) -> None:
+        """A workflow this worker stopped conducting goes back to the queue, `resuming`."""
+        store = self.executions.db.store
+        if await self.executions.db(store.update_execution, execution_id, {"status": "resuming"},
+                                    expect=("running", "pausing")):
+            record = await self.executions.db(store.get_execution, execution_id)
+            await self.executions.db(defer, store, execution_id, self.squall.config.queue_for(record["action"]))
+            log.info("workflow %s handed back to the queue", execution_id)
+
+    async def watch(self) -> None:
+        """Pauses and cancels of what runs here (a workflow, or a task inside one) come as statuses."""
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                await self.executions.poll(take=False)
+            except Exception:  # the next round tries again; a worker must not die of it
+                log.exception("could not look for pauses and cancels")
+
+    def stop(self, jobs: asyncio.Task[None]) -> None:
+        """A stop signal: the first drains (see the module's docstring), another stops at once."""
+        if self.stopping is not None:
+            log.warning("squall worker %s: stopping now", self.name)
+            jobs.cancel()
+            for task in self.conducting.values():
+                task.cancel()
+            return
+        log.info("squall worker %s: stopping (running actions get up to %s s)", self.name, self.drain)
+        self.local.closing = True  # no new task starts here
+        jobs.cancel()  # procrastinate takes no new job and gives running ones `drain` seconds
+        self.stopping = asyncio.get_running_loop().create_task(self._hand_back_workflows())
+
+    async def _hand_back_workflows(self) -> None:
+        """Once the tasks running here ended (or `drain` passed), stop conducting: the workflows go
+        back to the queue, where another worker starts the tasks they still need."""
+        loop = asyncio.get_running_loop()
+        deadline = None if self.drain is None else loop.time() + self.drain
+        while self.local.running and (deadline is None or loop.time() < deadline):
+            await asyncio.sleep(0.1)
+        for task in list(self.conducting.values()):
+            task.cancel()
+
+
 async def work(config: Config, queues: list[str] | None, concurrency: int, drain: float | None = 600.0) -> None:
     """Run jobs of `queues` (all when None) until a stop signal."""
     if config.executor_kind != "procrastinate":
@@ -43,56 +118,30 @@ async def work(config: Config, queues: list[str] | None, concurrency: int, drain
                           f"PostgreSQL); this config's executor is {config.executor_kind!r}, whose executions "
                           "squall serve runs itself")
     squall = await Squall.start(config, runs_jobs=True, adapters=configured_adapters(config))
-    executions = squall.executions
-    local = squall.policies.inner  # what this worker's workflows request runs here
-    store = executions.db.store
-
-    async def run(execution_id: str, owner: dict[str, Any]) -> None:
-        record = await executions.db(store.get_execution, execution_id)
-        if record is None:
-            return
-        refused = pack_mismatch(squall.registry, record) if record["status"] == "requested" else None
-        if refused is not None:
-            log.error("execution %s refused: %s", execution_id, refused)
-            await executions.complete(execution_id, "failed", {"error": refused}, ("requested",))
-            return
-        await executions.run(execution_id, owner)
-        if local.closing:  # stopped midway: a workflow left `running` goes to another worker
-            moved = await executions.db(store.update_execution, execution_id, {"status": "resuming"},
-                                        expect=("running", "pausing"))
-            if moved:
-                record = await executions.db(store.get_execution, execution_id)
-                await executions.db(defer, store, execution_id, config.queue_for(record["action"]))
-                log.info("workflow %s handed back to the queue", execution_id)
-
-    app = worker_app(config, run)
-    reaper = asyncio.create_task(reap_forever(executions), name="squall-reaper")
-    name = worker_name()
-    log.info("squall worker %s: queues %s, %d at once, %d packs, %d actions", name,
+    # Each pack's content hash now, as loaded: a pack edited on disk later is not what runs here.
+    await asyncio.to_thread(lambda: [pack.content_hash() for pack in squall.registry.packs.values()])
+    worker = Worker(squall, drain)
+    app = worker_app(config, worker.run_job)
+    helpers = [asyncio.create_task(reap_forever(squall.executions), name="squall-reaper"),
+               asyncio.create_task(worker.watch(), name="squall-watch")]
+    log.info("squall worker %s: queues %s, %d at once, %d packs, %d actions", worker.name,
              ", ".join(queues) if queues else "all", concurrency, len(squall.registry.packs),
              len(squall.registry.actions))
     try:
         async with app.open_async():
-            worker = asyncio.create_task(app.run_worker_async(
-                queues=queues, concurrency=concurrency, name=name, shutdown_graceful_timeout=drain,
+            jobs = asyncio.create_task(app.run_worker_async(
+                queues=queues, concurrency=concurrency, name=worker.name, shutdown_graceful_timeout=drain,
                 install_signal_handlers=False, update_heartbeat_interval=HEARTBEAT_SECONDS,
                 stalled_worker_timeout=STALLED_SECONDS))
-
-            def stop() -> None:
-                """First signal: take no new job and start nothing new; running actions finish (up to
-                `drain`), workflows are handed back. Another signal: stop at once."""
-                log.info("squall worker %s: stopping (running actions get up to %s s)", name, drain)
-                local.closing = True
-                worker.cancel()
-
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop)
+                loop.add_signal_handler(sig, worker.stop, jobs)
             with contextlib.suppress(asyncio.CancelledError):
-                await worker
+                await jobs
     finally:
-        log.info("squall worker %s is stopping", name)
-        reaper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reaper
+        log.info("squall worker %s is stopping", worker.name)
+        for task in helpers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await squall.close()

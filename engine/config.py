@@ -39,7 +39,7 @@ class TemplateLimits:
     max_seconds: float = DEFAULT_MAX_SECONDS
 
 
-#: The queue of executions `executor.queues` does not place, and what `squall worker` serves by default.
+#: The queue of executions `executor.queues` does not place (a `squall worker` without `--queues` serves all).
 DEFAULT_QUEUE = "default"
 EXECUTOR_KINDS = ("local", "procrastinate")
 

@@ -315,10 +315,11 @@ class ExecutionService:
             "end_timestamp": None,
         }
         self.db.store.insert_execution(record)
-        if self.executor is not None:
+        # Kept for this process's claim; not where other processes run what it requests (they finish it).
+        if self.executor is not None and not getattr(self.executor, "shared", False):
             self._prepared[record["id"]] = record
-        if _resumable(self.runners.get(record["runner"])):
-            self.conducting.add(record["id"])
+            if _resumable(self.runners.get(record["runner"])):
+                self.conducting.add(record["id"])
         return record
 
     # -- running -----------------------------------------------------------------------------
@@ -801,9 +802,10 @@ class ExecutionService:
         return (f"{total} running execution(s) belong to Squall processes on other hosts: {hosts}; "
                 "they are left to those hosts")
 
-    async def poll(self) -> None:
+    async def poll(self, take: bool = True) -> None:
         """Pick up work other processes stored (CLI `--async` requests, cancels of our executions),
-        and end cancels whose owner is gone."""
+        and end cancels whose owner is gone. `take=False` (a `squall worker`, whose work comes as
+        jobs): only pause and cancel what this process runs."""
         if self.executor is None:
             return
         self._polls += 1
@@ -813,10 +815,10 @@ class ExecutionService:
         # is submitted again too: the policy's count is the database's, and a run that ended elsewhere
         # frees its slot only there.
         shared = ("scheduled", "delayed") if getattr(self.executor, "shared", False) else ()
-        rows = await self.db(self.db.store.execution_ids_with_status,
-                             ("requested", "canceling", "resuming", "pausing", *shared))
+        taken = ("requested", "resuming", *shared) if take else ()
+        rows = await self.db(self.db.store.execution_ids_with_status, ("canceling", "pausing", *taken))
         for row in rows:
-            if row["status"] in ("requested", "resuming", *shared):
+            if row["status"] in taken:
                 if row["status"] == "resuming":  # only workflows resume
                     self.conducting.add(row["id"])
                 await self.executor.submit(row["id"])

@@ -135,8 +135,9 @@ class JobExecutor:
     async def submit(self, execution_id: str) -> None:
         store = self.executions.db.store
         record = await self.executions.db(store.get_execution, execution_id)
-        # Not `delayed`: a concurrency policy admits those (to `scheduled`) first.
-        if record is None or record["status"] not in ("requested", "scheduled", "resuming"):
+        # Not `delayed`: a concurrency policy admits those (to `scheduled`) first. Not a workflow's task:
+        # the worker conducting the workflow runs it (and on a replay, starts those left unclaimed).
+        if record is None or record["status"] not in ("requested", "scheduled", "resuming") or record["parent"]:
             return
         queue = self.config.queue_for(record["action"])
         job = await self.executions.db(defer, store, execution_id, queue)
@@ -144,10 +145,14 @@ class JobExecutor:
             log.debug("execution %s queued as job %s on %s", execution_id, job, queue)
 
     async def cancel(self, execution_id: str) -> bool:
+        """Abort the job running an action; False for a workflow (its worker sees `canceling` and lets
+        running tasks finish, as a cancel asks) and for what runs inside one (its worker stops it)."""
         store = self.executions.db.store
         record = await self.executions.db(store.get_execution, execution_id)
         job = ((record or {}).get("runner_info") or {}).get("job_id")
-        return job is not None and await self.executions.db(abort, store, int(job))
+        if job is None or record is None or _resumable(self.executions, record["runner"]):
+            return False
+        return await self.executions.db(abort, store, int(job))
 
     async def close(self) -> None:
         self.closing = True
@@ -182,16 +187,30 @@ async def reap_stalled(executions: ExecutionService) -> int:
         owner = _process((record or {}).get("runner_info"))
         if owner:
             await _abandon_inside(executions, owner, keep=execution_id)
-        if record is not None and record["status"] in _LIVE and _resumable(executions, record["runner"]):
-            moved = await executions.db(store.update_execution, execution_id, {"status": "resuming"},
-                                        expect=_LIVE)
-            await executions.db(_job_sql, store, _RETRY if moved else _FAIL, job_id)
+        workflow = record is not None and record["status"] in _LIVE and _resumable(executions, record["runner"])
+        if workflow and await _workflow_on(executions, record):
+            await executions.db(_job_sql, store, _RETRY, job_id)
             log.warning("workflow %s: its worker stopped answering; another worker conducts it on", execution_id)
             continue
         if record is not None and record["status"] in _LIVE:
             await executions.complete(execution_id, "abandoned", _lost(record), _LIVE)
         await executions.db(_job_sql, store, _FAIL, job_id)
     return len(stalled)
+
+
+async def _workflow_on(executions: ExecutionService, record: dict[str, Any]) -> bool:
+    """A workflow whose worker died: conducted on elsewhere (True: its job goes back to the queue),
+    unless a cancel or pause was under way, which the death completes (its tasks there are gone)."""
+    store = executions.db.store
+    status = record["status"]
+    if status == "canceling":
+        await executions.complete(record["id"], "canceled", {**(record.get("result") or {}),
+                                                             "error": "canceled by request"}, ("canceling",))
+        return False
+    if status == "pausing":
+        await executions.db(store.update_execution, record["id"], {"status": "paused"}, expect=("pausing",))
+        return False
+    return bool(await executions.db(store.update_execution, record["id"], {"status": "resuming"}, expect=_LIVE))
 
 
 def _stalled(store: Store) -> list[tuple[int, str]]:

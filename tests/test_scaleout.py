@@ -133,11 +133,12 @@ class Cluster:
         self.workers: list[subprocess.Popen[str]] = []
         self.store = Store.open(load_config(home / "config.yml").database_url)
 
-    def cli(self, *args: str) -> Any:
-        done = subprocess.run([str(SQUALL), "-c", str(self.home / "config.yml"), *args, "--json"], cwd=self.home,
-                              capture_output=True, text=True, timeout=120)
+    def cli(self, *args: str, as_json: bool = True) -> Any:
+        done = subprocess.run([str(SQUALL), "-c", str(self.home / "config.yml"), *args,
+                               *(["--json"] if as_json else [])], cwd=self.home, capture_output=True, text=True,
+                              timeout=120)
         assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
+        return json.loads(done.stdout) if as_json else done.stdout
 
     def request(self, ref: str, *assignments: str) -> str:
         return self.cli("run", ref, *assignments, "--async")["id"]
@@ -372,3 +373,49 @@ def test_a_concurrency_policy_holds_across_workers(cluster: Cluster, tmp_path: P
     runs.sort()
     for (_, ended), (started, _) in itertools.pairwise(runs):
         assert started >= ended, runs  # one at a time, whichever worker took it
+
+
+def test_pause_resume_and_cancel_reach_a_workflow_on_a_worker(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.serve()  # conducts nothing itself: hands `resuming` back to the queue
+    cluster.worker()
+
+    def first_task_running(flow: str) -> None:
+        deadline = time.monotonic() + 60
+        while not [c for c in cluster.store.list_executions(parent=flow) if c["status"] == "running"]:
+            assert time.monotonic() < deadline, "the workflow's first task did not start"
+            time.sleep(0.1)
+
+    paused = cluster.request("demo.slow_flow", f"marker={tmp_path / 'paused'}")
+    first_task_running(paused)
+    cluster.cli("execution", "pause", paused, as_json=False)
+    assert cluster.wait(paused, "paused")["status"] == "paused"  # once its running task finished
+    assert [c["action"] for c in cluster.store.list_executions(parent=paused)] == ["demo.nap"]
+    cluster.cli("execution", "resume", paused, as_json=False)
+    done = cluster.wait(paused, "succeeded", "failed")
+    assert done["status"] == "succeeded" and done["result"]["output"] == {"said": "hello second"}
+
+    canceled = cluster.request("demo.slow_flow", f"marker={tmp_path / 'canceled'}")
+    first_task_running(canceled)
+    assert cluster.cli("execution", "cancel", canceled)["status"] == "canceling"  # its running task finishes
+    assert cluster.wait(canceled, "canceled")["status"] == "canceled"
+    tasks = cluster.store.list_executions(parent=canceled)
+    assert [(t["action"], t["status"]) for t in tasks] == [("demo.nap", "succeeded")]  # nothing new started
+
+
+def test_sigterm_hands_a_workflow_back_once_its_running_task_ended(cluster: Cluster, tmp_path: Path) -> None:
+    stopping = cluster.worker()
+    marker = tmp_path / "first-ran"
+    flow = cluster.request("demo.slow_flow", f"marker={marker}")
+    deadline = time.monotonic() + 60
+    while not [c for c in cluster.store.list_executions(parent=flow) if c["status"] == "running"]:
+        assert time.monotonic() < deadline, "the workflow's first task did not start"
+        time.sleep(0.1)
+    os.killpg(stopping.pid, signal.SIGTERM)
+    assert stopping.wait(timeout=60) == 0
+    assert cluster.execution(flow)["status"] == "resuming" and marker.read_text() == "ran\n"
+    cluster.worker()
+    done = cluster.wait(flow, "succeeded", "failed")
+    assert done["status"] == "succeeded" and done["result"]["output"] == {"said": "hello second"}
+    tasks = sorted(cluster.store.list_executions(parent=flow), key=lambda r: r["start_timestamp"])
+    assert [(t["action"], t["status"]) for t in tasks] == [("demo.nap", "succeeded"), ("demo.hello", "succeeded")]
+    assert marker.read_text() == "ran\n"  # the first task ran once

@@ -160,6 +160,7 @@ class Flow:
                 existing[key] = child  # the latest child of a key wins
         replay: list[_Replay] = []
         to_request: list[TaskCall] = []
+        unclaimed: list[str] = []  # requested before a crash and never started: started here (claimed once)
 
         def launch(calls: list[TaskCall]) -> None:
             for call in calls:
@@ -174,6 +175,8 @@ class Flow:
                     self.waiting[child["id"]] = call.key
                 else:
                     self.live[child["id"]] = call.key
+                    if child["status"] == "requested":
+                        unclaimed.append(child["id"])
 
         launch(self.conductor.start())
         while replay:
@@ -183,6 +186,9 @@ class Flow:
         if self.waiting:
             self.pausing = True
         await self._request(to_request)
+        executor = self.service.executions.executor
+        for child_id in unclaimed if executor is not None else ():
+            await executor.submit(child_id)
         return await self._loop()
 
     def _done(self) -> bool:
