@@ -5,7 +5,7 @@ A job is "run execution X"; the execution row stays the source of truth and its 
 execution no longer `requested` does nothing. procrastinate (PostgreSQL: `FOR UPDATE SKIP LOCKED`,
 `LISTEN/NOTIFY`, worker heartbeats, aborts) carries the jobs; Squall writes its jobs and reads its
 tables with SQL of its own on its own connections, so the request side (`squall serve`, the CLI)
-needs no procrastinate App and the job commits or rolls back with what Squall writes beside it.
+needs no procrastinate App (and imports nothing of it).
 
 - `JobExecutor` is the executor of processes that request executions but do not run them: it
   defers a job on the action's queue (`executor.queues`) for each `requested` execution, and
@@ -51,7 +51,7 @@ REAP_SECONDS = 5.0
 _LIVE = ("running", "pausing", "canceling", "resuming")
 
 _DEFER = sa.text(
-    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, 0, CAST(NULL AS text), :lock, "
+    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, 0, CAST(NULL AS text), :queueing_lock, "
     "CAST(:args AS jsonb), CAST(NULL AS timestamptz))]::procrastinate_job_to_defer_v1[]))")
 _ABORT = sa.text("SELECT procrastinate_cancel_job_v1(:job_id, true, false)")
 _STALLED = sa.text(
@@ -73,7 +73,7 @@ def defer(store: Store, execution_id: str, queue: str) -> int | None:
     with store._write() as conn:
         try:
             with conn.begin_nested():
-                return int(conn.execute(_DEFER, {"queue": queue, "task": TASK, "lock": execution_id,
+                return int(conn.execute(_DEFER, {"queue": queue, "task": TASK, "queueing_lock": execution_id,
                                                  "args": json.dumps({"execution_id": execution_id})}).scalar_one())
         except sa.exc.IntegrityError:
             return None
@@ -92,8 +92,8 @@ def pack_mismatch(registry: Registry, record: dict[str, Any]) -> str | None:
     pack_ref = record["action"].partition(".")[0]
     pack = registry.packs.get(pack_ref)
     if pack is None:
-        return (f"this squall worker ({record['action']}'s queue) does not have the pack {pack_ref}: install it on "
-                "every worker of the queue")
+        return (f"this squall worker does not have the pack {pack_ref} that {record['action']} needs: install it "
+                "on every worker of its queue")
     if expected is None or pack.content_hash() == expected:
         return None
     return (f"the pack {pack_ref} on this squall worker differs from the one the request was made with (content "
