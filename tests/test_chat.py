@@ -62,11 +62,18 @@ def _config(home: Path, extra: str = "") -> None:
         result:
           format: "{{ execution.result.stdout }}"
     """)
+    write(pack / "actions" / "snooze.yaml", """
+        name: snooze
+        runner_type: local-shell-cmd
+        parameters:
+          seconds: {type: integer, required: true}
+          cmd: {default: "sleep {{ seconds }}", immutable: true}
+    """)
     write(pack / "aliases" / "sleepy.yaml", """
         name: sleepy
-        action_ref: core.pause
+        action_ref: demo.snooze
         description: Sleep a while.
-        formats: ["nap {{max_pause}}"]
+        formats: ["nap {{seconds}}"]
     """)
     write(pack / "aliases" / "patient.yaml", """
         name: patient
