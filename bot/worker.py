@@ -55,10 +55,11 @@ class Worker:
         record = await executions.db(store.get_execution, execution_id)
         if record is None:
             return
-        refused = pack_mismatch(self.squall.registry, record) if record["status"] == "requested" else None
+        queued = ("requested", "scheduled")  # not yet run: a resumed workflow runs on what it started with
+        refused = pack_mismatch(self.squall.registry, record) if record["status"] in queued else None
         if refused is not None:
             log.error("execution %s refused: %s", execution_id, refused)
-            await executions.complete(execution_id, "failed", {"error": refused}, ("requested",))
+            await executions.complete(execution_id, "failed", {"error": refused}, queued)
             return
         if getattr(executions.runners.get(record["runner"]), "resumable", False):
             self.conducting[execution_id] = asyncio.current_task()  # type: ignore[assignment]
