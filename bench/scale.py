@@ -48,10 +48,8 @@ import asyncio
 import contextlib
 import glob
 import os
-import pwd
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,12 +64,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+
 import psycopg  # noqa: E402
 
 from bot.app import Squall  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.executions import COMPLETED  # noqa: E402
 from engine.jobs import STALLED_SECONDS  # noqa: E402
+from tests.pgcluster import Cluster, initdb_path  # noqa: E402
 
 SQUALL = Path(sys.executable).parent / "squall"
 CONCURRENCY = 4
@@ -81,63 +81,6 @@ FAILOVER_TARGET_S = 30.0
 
 
 # -- a throwaway PostgreSQL cluster (tests/conftest.py's `postgres_server`) ---------------------------
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Postgres:
-    """initdb in a temporary folder, pg_ctl start on a free loopback port; `stop()` removes it all."""
-
-    def __init__(self) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-        initdb = found[-1] if found else shutil.which("initdb")
-        if initdb is None:
-            raise SystemExit("PostgreSQL is not installed (Debian package 'postgresql')")
-        self.bindir = Path(initdb).parent
-        self.folder = Path(tempfile.mkdtemp(prefix="squall-bench-pg-"))
-        self.data = self.folder / "data"
-        self.port = _free_port()
-        self.as_user: list[str] = []
-        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-            user = "postgres"
-            try:
-                pwd.getpwnam(user)
-            except KeyError:
-                user = "nobody"
-            shutil.chown(self.folder, user)
-            self.as_user = ["runuser", "-u", user, "--"]
-        self.started = False
-        self.url = f"postgresql://squall@127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        subprocess.run([*self.as_user, str(self.bindir / "initdb"), "-D", str(self.data), "-U", "squall",
-                        "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self.started = True
-        subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l",
-                        str(self.folder / "log"), "-w", "start"], check=True, capture_output=True)
-
-    def create(self, name: str) -> str:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with psycopg.connect(f"{self.url}/postgres", autocommit=True) as conn:
-                    conn.execute(f'CREATE DATABASE "{name}"')
-                return f"{self.url}/{name}"
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.started:
-            subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                            "stop"], capture_output=True)
-        shutil.rmtree(self.folder, ignore_errors=True)
-
 
 # -- the home, the workers ----------------------------------------------------------------------
 
@@ -455,7 +398,10 @@ async def failover(app: Squall, table: Table, workers: Workers) -> None:
 
 async def main(sleeps: int, noops: int, pickups: int) -> None:
     began = time.monotonic()
-    postgres = Postgres()
+    initdb = initdb_path()
+    if initdb is None:
+        raise SystemExit("PostgreSQL is not installed (Debian package 'postgresql')")
+    postgres = Cluster(initdb, prefix="squall-bench-pg-")
     home = Path(tempfile.mkdtemp(prefix="squall-bench-scale-"))
     workers = Workers(home)
     app: Squall | None = None

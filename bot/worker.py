@@ -61,7 +61,7 @@ class Worker:
             log.error("execution %s refused: %s", execution_id, refused)
             await executions.complete(execution_id, "failed", {"error": refused}, queued)
             return
-        if getattr(executions.runners.get(record["runner"]), "resumable", False):
+        if executions.resumable(record["runner"]):
             self.conducting[execution_id] = asyncio.current_task()  # type: ignore[assignment]
         try:
             await executions.run(execution_id, owner)

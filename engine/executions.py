@@ -171,6 +171,10 @@ class ExecutionService:
         """Listeners' tasks still running (results being posted, say)."""
         return self.events.busy
 
+    def resumable(self, runner: str) -> bool:
+        """Whether executions of `runner` conduct on from stored state (workflows)."""
+        return _resumable(self.runners.get(runner))
+
     def conducts(self, execution_id: str) -> bool:
         """Whether the execution is a workflow conducting children: it waits on them, it does no work,
         so it must not hold one of the executor's slots (64 workflows would starve their own tasks)."""

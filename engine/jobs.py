@@ -150,7 +150,7 @@ class JobExecutor:
         store = self.executions.db.store
         record = await self.executions.db(store.get_execution, execution_id)
         job = ((record or {}).get("runner_info") or {}).get("job_id")
-        if job is None or record is None or _resumable(self.executions, record["runner"]):
+        if job is None or record is None or self.executions.resumable(record["runner"]):
             return False
         return await self.executions.db(abort, store, int(job))
 
@@ -173,11 +173,6 @@ def worker_app(config: Config, run: Callable[[str, dict[str, Any]], Awaitable[No
     return app
 
 
-def _resumable(executions: ExecutionService, runner: str) -> bool:
-    """Whether executions of `runner` conduct on from stored state (workflows)."""
-    return bool(getattr(executions.runners.get(runner), "resumable", False))
-
-
 async def reap_stalled(executions: ExecutionService) -> int:
     """End what workers that stopped answering left (see the module's docstring); how many jobs."""
     store = executions.db.store
@@ -187,7 +182,7 @@ async def reap_stalled(executions: ExecutionService) -> int:
         owner = _process((record or {}).get("runner_info"))
         if owner:
             await _abandon_inside(executions, owner, keep=execution_id)
-        workflow = record is not None and record["status"] in _LIVE and _resumable(executions, record["runner"])
+        workflow = record is not None and record["status"] in _LIVE and executions.resumable(record["runner"])
         if workflow and await _workflow_on(executions, record):
             await executions.db(_job_sql, store, _RETRY, job_id)
             log.warning("workflow %s: its worker stopped answering; another worker conducts it on", execution_id)

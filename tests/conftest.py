@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
-import socket
 import subprocess
-import tempfile
 import textwrap
 import time
 import uuid
@@ -20,6 +15,7 @@ import pytest
 
 from bot.app import Squall
 from engine.config import Config, load_config
+from tests.pgcluster import Cluster, free_port, initdb_path
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -64,18 +60,6 @@ async def squall(config: Config) -> AsyncIterator[Squall]:
 
 # -- PostgreSQL -------------------------------------------------------------------------------
 
-def _initdb() -> str | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return found[-1] if found else shutil.which("initdb")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on at the moment, on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_until_answering(base_url: str, process: subprocess.Popen[str], seconds: float = 60) -> None:
     """Until the `squall serve` `process` answers `GET /healthz` at `base_url`; fails with its output
     if it exits first, or after `seconds`."""
@@ -103,54 +87,23 @@ def server_missing(reason: str) -> NoReturn:
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
+def postgres_server() -> Iterator[Cluster]:
     """A PostgreSQL cluster of our own: initdb in a temporary folder, on a free loopback port."""
-    initdb = _initdb()
+    initdb = initdb_path()
     if initdb is None:
         server_missing("PostgreSQL is not installed (Debian package 'postgresql'; .ci/run installs it)")
-    bindir = Path(initdb).parent
-    folder = Path(tempfile.mkdtemp(prefix="squall-pg-"))
-    data = folder / "data"
-    port = free_port()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        user = "postgres"
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            user = "nobody"
-        shutil.chown(folder, user)
-        as_user = ["runuser", "-u", user, "--"]
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "squall", "--auth=trust",
-                    "-E", "UTF8"], check=True, capture_output=True)
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
-                    str(folder / "log"), "-w", "start"], check=True, capture_output=True)
+    cluster = Cluster(initdb)
     try:
-        yield f"postgresql://squall@127.0.0.1:{port}"
+        cluster.start()
+        yield cluster
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        cluster.stop()
 
 
 @pytest.fixture
-def postgres_url(postgres_server: str) -> str:
+def postgres_url(postgres_server: Cluster) -> str:
     """A fresh, empty database on the session's cluster."""
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            break
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    return f"{postgres_server}/{name}"
+    return postgres_server.create(f"t_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -144,13 +144,13 @@ class Cluster:
         return self.cli("run", ref, *assignments, "--async")["id"]
 
     def worker(self, *args: str) -> subprocess.Popen[str]:
-        return self.worker_like("worker", *args)
+        return self.start("worker", *args)
 
     def serve(self) -> subprocess.Popen[str]:
         """A `squall serve` (no API, no chat): it re-submits what policies delayed and reaps."""
-        return self.worker_like("serve")
+        return self.start("serve")
 
-    def worker_like(self, *argv: str) -> subprocess.Popen[str]:
+    def start(self, *argv: str) -> subprocess.Popen[str]:
         process = subprocess.Popen([str(SQUALL), "-c", str(self.home / "config.yml"), *argv],
                                    cwd=self.home, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)

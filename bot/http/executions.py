@@ -85,12 +85,9 @@ async def _find_execution(request: Request, execution_id: str) -> dict[str, Any]
 
 
 async def _children(request: Request, execution_id: str) -> list[dict[str, Any]]:
-    """The execution's children, oldest first, each with the ids of its own (`children`)."""
-    executions = api_state(request).squall.executions
-    records = await executions.list(parent=execution_id, limit=MAX_CHILDREN, oldest_first=True)
-    for record in records:
-        record["children"] = [c["id"] for c in await executions.list(parent=record["id"], limit=MAX_CHILDREN)]
-    return records
+    """The execution's children, oldest first (one query)."""
+    return await api_state(request).squall.executions.list(parent=execution_id, limit=MAX_CHILDREN,
+                                                           oldest_first=True)
 
 
 @router.get("/executions/{execution_id}", tags=["executions"])
@@ -103,17 +100,18 @@ async def get_execution(execution_id: str, request: Request) -> dict[str, Any]:
 @router.get("/executions/{execution_id}/children", tags=["executions"])
 async def execution_children(execution_id: str, request: Request, depth: int = -1) -> list[dict[str, Any]]:
     """Children depth-first, each followed by its own down to `depth` levels (-1: all), as
-    `st2 execution get --show-tasks` lists a workflow's tasks."""
+    `st2 execution get --show-tasks` lists a workflow's tasks; one query per execution listed."""
     await _find_execution(request, execution_id)
     found: list[dict[str, Any]] = []
 
-    async def walk(parent: str, level: int) -> None:
-        for child in await _children(request, parent):
-            found.append(_doc(request, child))
-            if child["children"] and (depth < 0 or level < depth):
-                await walk(child["id"], level + 1)
+    async def walk(children: list[dict[str, Any]], level: int) -> None:
+        for child in children:
+            own = await _children(request, child["id"])
+            found.append(_doc(request, {**child, "children": [c["id"] for c in own]}))
+            if own and (depth < 0 or level < depth):
+                await walk(own, level + 1)
 
-    await walk(execution_id, 1)
+    await walk(await _children(request, execution_id), 1)
     return found
 
 
