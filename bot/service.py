@@ -11,11 +11,13 @@ import logging
 import os
 import pwd
 import signal
+import sys
 from datetime import timedelta
 from typing import Any
 
 from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
+from bot.accounts import FIRST_ADMIN, bootstrap_admin
 from bot.app import Squall, load_packs
 from engine.config import SYSTEM_PACKS_PATH, Config, ConfigError
 from engine.jobs import REAP_SECONDS, reap_stalled, waiting_note, waiting_since
@@ -139,11 +141,13 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
         api = ApiServer(squall)
         try:
             await api.start()
-            log.info("HTTP API on http://%s:%d (OpenAPI at /openapi.json)", api.host, api.port)
+            log.info("web UI and HTTP API on %s (OpenAPI at /openapi.json)", ui_address(api.host, api.port))
         except (Exception, SystemExit) as exc:  # a port in use must not take chat and executions down
             log.error("the HTTP API could not start on %s:%d (%s); serving without it", api.host, api.port,
                       exc.__class__.__name__)
             api = None
+        else:
+            await _first_admin(squall, ui_address(api.host, api.port))
     log.info("Squall is serving: %d packs, %d actions, adapters %s, database %s", len(squall.registry.packs),
              len(squall.registry.actions), ", ".join(bot.adapters) or "none", config.database_url.split("@")[-1])
     settle_heap()
@@ -183,12 +187,28 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
         await squall.close()
 
 
+def ui_address(host: str, port: int) -> str:
+    """The UI's address to print: a wildcard bind (`0.0.0.0`, `::`) is shown as this machine's loopback."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+async def _first_admin(squall: Squall, address: str) -> None:
+    """On a database without web accounts, make `admin` and print its password, once: `make run`, then
+    log in. Later starts find the account and say nothing."""
+    password = await bootstrap_admin(squall.db)
+    if password is not None:  # to the terminal, never to the logs (a log pipeline keeps what it is given)
+        print(f"Created the web UI's first account: log in at {address} as {FIRST_ADMIN} with password {password}\n"
+              f"(shown only now; `squall user passwd {FIRST_ADMIN}` sets another)", file=sys.stderr, flush=True)
+
+
 async def _queued_work(squall: Squall) -> None:
     """`executor.kind: procrastinate`: the leading node ends what stalled workers left (also when no
     worker is left to do it); every node tells the chat threads whose executions no worker has
     taken for `executor.unserved_after` seconds (once each: the reply is keyed)."""
     if squall.sensor_lead:
-        await reap_stalled(squall.executions)
+        await reap_stalled(squall.executions, squall.jobs)  # type: ignore[arg-type]
     config = squall.config
     if config.unserved_after <= 0:
         return

@@ -31,6 +31,7 @@ from bot.http.body_guard import BodyGuard
 from bot.http.errors import install_error_handlers
 from bot.http.key_auth import require_key
 from bot.http.state import ApiSettings, ApiState
+from bot.web import mount as mount_web
 
 if TYPE_CHECKING:
     from bot.app import Squall
@@ -71,6 +72,7 @@ def create_api(squall: Squall) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(require_key)])
     app.include_router(webhooks.router, prefix=API_PREFIX)
     app.include_router(tokens.router, prefix=AUTH_PREFIX)
+    mount_web(app)
     _mount_adapters(app, squall)
     return app
 

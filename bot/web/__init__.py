@@ -1,0 +1,46 @@
+"""The web UI: server-rendered pages at `/` on the API's app, for people who do not live in chat.
+
+`mount(app)` adds the pages' routers, the vendored static files at `/static/` and the answers to
+`LoginRequired` (a redirect to `/login`) and `PageError` (the error page). Pages are Jinja2 templates
+(`templates/`) over the same services as chat and the CLI, and work as plain links and forms. htmx
+and its SSE extension (`static/`, vendored from npm, see `static/VENDORED.md`) are loaded on every
+page for partial updates and live data, driven by attributes: the Content-Security-Policy forbids
+inline script. Accounts and sessions are `bot/accounts.py`; who may see or do what is declared per
+route with the dependencies of `session.py`.
+
+This package imports nothing of `bot.http` (the API includes it, not the other way round).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import RedirectResponse
+from starlette.staticfiles import StaticFiles
+
+from bot.web import executions, login
+from bot.web.pages import STATIC, PageError, render, secure
+from bot.web.session import LoginRequired
+from bot.web.throttle import LoginThrottle
+
+__all__ = ["mount"]
+
+
+async def _login_required(_request: Request, exc: LoginRequired) -> Response:
+    target = f"/login?next={exc.next_url}" if exc.next_url else "/login"
+    return secure(RedirectResponse(target, status_code=303))
+
+
+async def _page_error(request: Request, exc: PageError) -> Response:
+    session = getattr(request.state, "session", None)
+    return secure(render(request, "error.html", {"session": session, "message": str(exc), "status": exc.status},
+                         status_code=exc.status))
+
+
+def mount(app: FastAPI) -> None:
+    """Serve the UI from `app` (the API's: same port, same loop, same `app.state.squall`)."""
+    app.state.web_throttle = LoginThrottle()
+    app.add_exception_handler(LoginRequired, _login_required)
+    app.add_exception_handler(PageError, _page_error)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(login.router)
+    app.include_router(executions.router)

@@ -1,0 +1,96 @@
+"""How every web page is answered: Jinja2 templates with autoescaping, and the security headers.
+
+Templates autoescape everything (`autoescape=True`, not by file name): execution output, parameters and
+chat text are other people's data, and must render as text wherever a template puts them. The
+headers forbid inline script and framing, so a value that got past escaping still could not run.
+`PageRoute` adds them to every answer of the UI's routers, errors and redirects included, and
+nothing else: the API's Swagger pages keep their own needs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from starlette.templating import Jinja2Templates
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+STATIC = Path(__file__).resolve().parent / "static"
+
+#: No inline script or style (htmx is configured by attributes and a meta tag), nothing from elsewhere,
+#: no framing; forms post only here.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                           "connect-src 'self'; form-action 'self'; base-uri 'none'; object-src 'none'; "
+                           "frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    # Pages show parameters and output: no shared or back-button cache keeps them after logout.
+    "Cache-Control": "no-store",
+}
+
+
+def _pretty_json(value: Any) -> str:
+    """A value as indented JSON for a <pre> (escaped by the template like any text)."""
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _when(value: datetime | str | None) -> str:
+    """A stored time (a datetime, or the ISO text the engine's records carry) as people read it, in UTC."""
+    if not value:
+        return ""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else value
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["pretty_json"] = _pretty_json
+    env.filters["when"] = _when
+    return env
+
+
+templates = Jinja2Templates(env=_environment())
+
+
+class PageError(Exception):
+    """A page that cannot be shown as asked: answered with `status` and the message, on the error page."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
+    """Template `name` with `context`; every page also gets `session` (None on the login page)."""
+    return templates.TemplateResponse(request, name, {"session": None, **context}, status_code=status_code)
+
+
+def secure(response: Response) -> Response:
+    """`response` with the UI's security headers."""
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+class PageRoute(APIRoute):
+    """A route of the web UI: whatever it answers carries `SECURITY_HEADERS`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def secured(request: Request) -> Response:
+            return secure(await handler(request))
+
+        return secured

@@ -1,0 +1,117 @@
+"""Who a web request speaks for, as FastAPI dependencies: `viewer`, `operator` and `admin` each return
+the request's `Session` when its account has that role (or one above it).
+
+Pages declare what they need (`session: Session = Depends(operator)`) and nothing else: the cookie is
+looked up server-side (`bot.accounts`), so a deleted user or a changed password ends its sessions at
+the next request. A state-changing request (anything but GET and HEAD) must also carry the session's
+CSRF token, as form field `csrf_token` or header `X-CSRF-Token` (htmx sends it from the body's
+`hx-headers`); without it the answer is 403, before any role or route is looked at.
+"""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import parse_qs, quote
+
+from fastapi import Request, Response
+
+from bot.accounts import Session, find_session
+from bot.web.pages import PageError
+
+COOKIE = "squall_session"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+#: Fields a posted form may have at most (parsing a huge one is work for nothing).
+MAX_FIELDS = 200
+
+
+class LoginRequired(Exception):
+    """No live session: pages answer a redirect to the login page, which comes back to `next`."""
+
+    def __init__(self, next_url: str | None) -> None:
+        super().__init__("log in first")
+        self.next_url = next_url
+
+
+class Refused(PageError):
+    """A signed-in request that may not do what it asked: a missing CSRF token or a role below the
+    page's. The message is shown to the person."""
+
+    status = 403
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """An urlencoded form body's fields (the first value of each), read once per request.
+
+    The UI's forms are urlencoded, never multipart, so this needs no multipart parser."""
+    cached = getattr(request.state, "form_fields", None)
+    if cached is None:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await request.body() if content_type == "application/x-www-form-urlencoded" else b""
+        try:
+            parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+        except ValueError:
+            raise PageError(f"A form of Squall's has fewer than {MAX_FIELDS} fields; this one has more.") from None
+        cached = request.state.form_fields = {name: values[0] for name, values in parsed.items()}
+    return cached
+
+
+def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int | None = None) -> None:
+    """A cookie scripts cannot read, sent on top-level navigation from elsewhere but not on cross-site
+    posts (SameSite=Lax), and only over https when the page came over https."""
+    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="lax",
+                        secure=request.url.scheme == "https")
+
+
+def safe_next(value: str | None, default: str = "/executions") -> str:
+    """Where to go after login: a path on this site only (`/x`, not `//host`, `/\\host` or `http:`)."""
+    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
+        return default
+    if any(ord(c) < 0x20 or c == "\\" for c in value):
+        return default
+    return value
+
+
+def _here(request: Request) -> str:
+    """The path and query of this request, for the login page to come back to."""
+    query = request.url.query
+    return quote(request.url.path + (f"?{query}" if query else ""), safe="")
+
+
+async def _session(request: Request) -> Session:
+    squall = request.app.state.squall
+    token = request.cookies.get(COOKIE)
+    session = await squall.db(find_session, squall.store, token) if token else None
+    if session is None:
+        raise LoginRequired(_here(request) if request.method in SAFE_METHODS else None)
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER) or (await form_fields(request)).get(CSRF_FIELD, "")
+        if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
+            raise Refused("This form is out of date or did not come from Squall's own page (its CSRF token "
+                          "is missing or wrong): reload the page and try again.")
+    request.state.session = session
+    return session
+
+
+async def _with_role(request: Request, role: str) -> Session:
+    session = await _session(request)
+    if not session.account.may(role):
+        raise Refused(f"This needs the {role} role; {session.account.name} is a {session.account.role}: "
+                      "ask an admin.")
+    return session
+
+
+async def viewer(request: Request) -> Session:
+    """Any signed-in account: reading."""
+    return await _with_role(request, "viewer")
+
+
+async def operator(request: Request) -> Session:
+    """Running, canceling and re-running executions, answering inquiries."""
+    return await _with_role(request, "operator")
+
+
+async def admin(request: Request) -> Session:
+    """Also managing packs, keys and rules."""
+    return await _with_role(request, "admin")

@@ -1,0 +1,428 @@
+"""The web UI's accounts and sessions: login (right, wrong, throttled, forged), logout and revocation,
+roles and CSRF on a state-changing page, the security headers, the first admin of `squall serve`, and
+`squall user ...` through the real CLI.
+
+The app is the API's (`create_api`) over test_api's config and demo pack, driven with httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bot.accounts import Account, bootstrap_admin, create_user, find_session, hash_password, open_session
+from bot.app import Squall
+from bot.http import create_api
+from bot.web.throttle import LoginThrottle
+from engine.config import load_config
+from engine.storage import Store
+from tests.conftest import free_port, wait_until_answering
+from tests.test_api import _home
+from tests.test_cli import SQUALL
+
+PASSWORD = "correct horse battery"
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@dataclass
+class Web:
+    """A started Squall, its app, and ways to make accounts and signed-in clients."""
+
+    squall: Squall
+    app: Any
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    def client(self, address: str = "127.0.0.1", base_url: str = "http://squall") -> httpx.AsyncClient:
+        """A browser at `address` (closed with the fixture)."""
+        transport = httpx.ASGITransport(app=self.app, client=(address, 40000))
+        self.clients.append(httpx.AsyncClient(transport=transport, base_url=base_url))
+        return self.clients[-1]
+
+    async def user(self, name: str, role: str, password: str = PASSWORD) -> None:
+        assert await self.squall.db(create_user, self.squall.store, name, role, hash_password(password))
+
+    async def signed_in(self, name: str, role: str) -> tuple[httpx.AsyncClient, str]:
+        """A client logged in as a new account of `role`, and its session's CSRF token."""
+        await self.user(name, role)
+        client = self.client()
+        assert (await login(client, name)).status_code == 303
+        return client, csrf_of((await client.get("/executions")).text)
+
+
+def csrf_of(page: str) -> str:
+    found = _CSRF.search(page)
+    assert found, page
+    return found.group(1)
+
+
+async def login(client: httpx.AsyncClient, name: str, password: str = PASSWORD,
+                next_url: str | None = None) -> httpx.Response:
+    """Fill in the login form as a browser does (its token comes with the page)."""
+    form = await client.get("/login")
+    fields = {"username": name, "password": password, "csrf_token": csrf_of(form.text)}
+    if next_url is not None:
+        fields["next"] = next_url
+    return await client.post("/login", data=fields)
+
+
+@contextlib.asynccontextmanager
+async def started_web(home: Path) -> AsyncIterator[Web]:
+    """Squall over test_api's config and demo pack, with its app; the clients made are closed after."""
+    squall = await Squall.start(load_config(_home(home) / "config.yml"))
+    web = Web(squall, create_api(squall))
+    try:
+        yield web
+    finally:
+        for client in web.clients:
+            await client.aclose()
+        await squall.triggers.settle()
+        await squall.close()
+
+
+@pytest.fixture
+async def web(home: Path) -> AsyncIterator[Web]:
+    async with started_web(home) as started:
+        yield started
+
+
+# -- login, logout, sessions -----------------------------------------------------------------------
+
+async def test_unauthenticated_pages_redirect_to_login_and_back(web: Web) -> None:
+    await web.user("ann", "viewer")
+    client = web.client()
+    root = await client.get("/")
+    assert root.status_code == 303 and root.headers["location"] == "/executions"
+    page = await client.get("/executions?status=failed")
+    assert page.status_code == 303
+    assert page.headers["location"] == "/login?next=%2Fexecutions%3Fstatus%3Dfailed"
+    back = await login(client, "ann", next_url="/executions?status=failed")
+    assert back.status_code == 303 and back.headers["location"] == "/executions?status=failed"
+    listed = await client.get("/executions?status=failed")
+    assert listed.status_code == 200 and "ann" in listed.text and "(viewer)" in listed.text
+
+
+async def test_login_right_and_wrong_password(web: Web) -> None:
+    await web.user("ann", "operator")
+    client = web.client()
+    wrong = await login(client, "ann", "not the password")
+    assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
+    assert "squall_session" not in client.cookies
+    unknown = await login(client, "nobody", PASSWORD)
+    assert unknown.status_code == 401 and "Wrong user name or password" in unknown.text
+    right = await login(client, "ann")
+    assert right.status_code == 303
+    cookie = right.headers["set-cookie"].lower()
+    assert "squall_session=" in cookie and "httponly" in cookie and "samesite=lax" in cookie
+    assert "secure" not in cookie  # plain http: a Secure cookie would never come back
+    assert (await client.get("/executions")).status_code == 200
+    secure_client = web.client(base_url="https://squall")
+    assert "secure" in (await login(secure_client, "ann")).headers["set-cookie"].lower()
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:x"])
+async def test_login_goes_only_to_pages_of_this_site(web: Web, target: str) -> None:
+    await web.user("ann", "viewer")
+    client = web.client()
+    done = await login(client, "ann", next_url=target)
+    assert done.status_code == 303 and done.headers["location"] == "/executions"
+
+
+async def test_a_login_form_from_elsewhere_is_refused(web: Web) -> None:
+    await web.user("ann", "viewer")
+    client = web.client()
+    forged = await client.post("/login", data={"username": "ann", "password": PASSWORD})
+    assert forged.status_code == 403 and "squall_session" not in forged.headers.get("set-cookie", "")
+    await client.get("/login")  # the form's cookie, but a post without the matching field
+    mismatched = await client.post("/login", data={"username": "ann", "password": PASSWORD, "csrf_token": "x"})
+    assert mismatched.status_code == 403 and "squall_session" not in client.cookies
+
+
+async def test_failed_logins_are_throttled_per_user_and_per_address(web: Web) -> None:
+    await web.user("ann", "viewer")
+    await web.user("bob", "viewer")
+    attacker = web.client("10.0.0.1")
+    elsewhere = web.client("10.0.0.2")
+    for _ in range(5):
+        assert (await login(attacker, "ann", "guess")).status_code == 401
+    refused = await login(attacker, "ann")  # the right password, but too late
+    assert refused.status_code == 429 and "Too many failed logins" in refused.text
+    assert 0 < int(refused.headers["retry-after"]) <= 60
+    assert (await login(elsewhere, "ann")).status_code == 429  # the name is limited from anywhere
+    assert (await login(attacker, "bob")).status_code == 429  # and the address for any name
+    assert (await login(elsewhere, "bob")).status_code == 303
+
+
+def test_the_throttle_forgets_failures_after_its_window() -> None:
+    now = [1000.0]
+    throttle = LoginThrottle(limit=2, window=60, clock=lambda: now[0])
+    throttle.failed("user:a")
+    throttle.failed("user:a")
+    assert throttle.wait("user:a") == 60 and throttle.wait("user:b") == 0
+    now[0] += 59.5
+    assert throttle.wait("user:a") == 1
+    now[0] += 1
+    assert throttle.wait("user:a") == 0
+    throttle.failed("user:a")
+    throttle.succeeded("user:a")
+    assert throttle.wait("user:a") == 0
+
+
+async def test_logout_ends_the_session_for_good(web: Web) -> None:
+    client, csrf = await web.signed_in("ann", "viewer")
+    cookie = client.cookies["squall_session"]
+    without_token = await client.post("/logout")
+    assert without_token.status_code == 403  # logging someone out is a state change too
+    out = await client.post("/logout", data={"csrf_token": csrf})
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    client.cookies.set("squall_session", cookie)  # a copy of the cookie is worth nothing now
+    assert (await client.get("/executions")).status_code == 303
+    assert await web.squall.db(find_session, web.squall.store, cookie) is None
+
+
+async def test_a_new_password_or_deleting_the_user_ends_their_sessions(web: Web) -> None:
+    from bot.accounts import delete_user, set_password
+
+    client, _ = await web.signed_in("ann", "operator")
+    other, _ = await web.signed_in("bob", "operator")
+    assert await web.squall.db(set_password, web.squall.store, "ann", hash_password("another password"))
+    assert (await client.get("/executions")).headers.get("location", "").startswith("/login")
+    assert (await other.get("/executions")).status_code == 200  # only ann's sessions ended
+    assert await web.squall.db(delete_user, web.squall.store, "bob")
+    assert (await other.get("/executions")).status_code == 303
+
+
+def test_sessions_end_when_idle_or_old(home: Path) -> None:
+    from bot.accounts import SESSION_IDLE, SESSION_LIFETIME, TOUCH_EVERY
+
+    store = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
+    try:
+        assert create_user(store, "ann", "viewer", hash_password(PASSWORD))
+        token, session = open_session(store, Account("ann", "viewer"))
+        start = store.web_session_get(session.token_hash)["created_at"]
+        assert find_session(store, token, start + TOUCH_EVERY / 2) == session  # too soon to write last_seen
+        assert find_session(store, token, start + SESSION_IDLE) is None  # idle too long
+        token, session = open_session(store, Account("ann", "viewer"))
+        start = store.web_session_get(session.token_hash)["created_at"]
+        # Used now and then, it lives on (last_seen is written at most every TOUCH_EVERY)...
+        moment = start
+        while moment + SESSION_IDLE / 2 < start + SESSION_LIFETIME:
+            moment += SESSION_IDLE / 2
+            assert find_session(store, token, moment) == session
+        assert store.web_session_get(session.token_hash)["last_seen"] > start + SESSION_LIFETIME - SESSION_IDLE
+        assert find_session(store, token, moment + TOUCH_EVERY) == session
+        # ... until its lifetime is over, however busy.
+        assert find_session(store, token, start + SESSION_LIFETIME) is None
+        assert find_session(store, "not a cookie", start) is None
+    finally:
+        store.close()
+
+
+# -- roles and CSRF ----------------------------------------------------------------------------------
+
+async def _running(web: Web) -> str:
+    record = await web.squall.executions.request("demo.slow", {}, {"user": "t", "source": "api"})
+    for _ in range(200):
+        if (await web.squall.executions.get(record["id"]))["status"] == "running":
+            return record["id"]
+        await asyncio.sleep(0.01)
+    raise AssertionError("demo.slow never ran")
+
+
+async def test_a_viewer_cannot_cancel_an_operator_can(web: Web) -> None:
+    execution_id = await _running(web)
+    viewer, viewer_csrf = await web.signed_in("vic", "viewer")
+    operator, operator_csrf = await web.signed_in("otto", "operator")
+    page = await viewer.get(f"/executions/{execution_id}")
+    assert page.status_code == 200 and "/cancel" not in page.text  # no button it could not use
+    refused = await viewer.post(f"/executions/{execution_id}/cancel", data={"csrf_token": viewer_csrf})
+    assert refused.status_code == 403 and "operator role" in refused.text
+    assert (await web.squall.executions.get(execution_id))["status"] == "running"
+    assert "/cancel" in (await operator.get(f"/executions/{execution_id}")).text
+    done = await operator.post(f"/executions/{execution_id}/cancel", data={"csrf_token": operator_csrf})
+    assert done.status_code == 303 and done.headers["location"] == f"/executions/{execution_id}"
+    final = await web.squall.executions.wait(execution_id, 30)
+    assert final["status"] == "canceled"
+    audit = await web.squall.db(web.squall.store.audit_list, 10, "web.execution.cancel")
+    assert [(a["actor"], a["target"]) for a in audit] == [("otto", execution_id)]
+
+
+async def test_a_post_without_the_sessions_csrf_token_is_refused(web: Web) -> None:
+    execution_id = await _running(web)
+    operator, csrf = await web.signed_in("otto", "operator")
+    url = f"/executions/{execution_id}/cancel"
+    assert (await operator.post(url)).status_code == 403
+    assert (await operator.post(url, data={"csrf_token": "forged"})).status_code == 403
+    assert (await operator.post(url, headers={"X-CSRF-Token": "forged"})).status_code == 403
+    assert (await web.squall.executions.get(execution_id))["status"] == "running"
+    # htmx sends the token as a header (from the body's hx-headers): accepted
+    page = (await operator.get(f"/executions/{execution_id}")).text
+    assert f'hx-headers=\'{{"X-CSRF-Token": "{csrf}"}}\'' in page
+    assert (await operator.post(url, headers={"X-CSRF-Token": csrf})).status_code == 303
+    assert (await web.squall.executions.wait(execution_id, 30))["status"] == "canceled"
+
+
+async def test_an_unauthenticated_post_does_nothing(web: Web) -> None:
+    execution_id = await _running(web)
+    anon = web.client()
+    answer = await anon.post(f"/executions/{execution_id}/cancel")
+    assert answer.status_code == 303 and answer.headers["location"] == "/login"
+    assert (await web.squall.executions.get(execution_id))["status"] == "running"
+    await web.squall.executions.cancel(execution_id)
+
+
+# -- headers and static files ----------------------------------------------------------------------
+
+async def test_every_page_forbids_inline_script_and_framing(web: Web) -> None:
+    client, _ = await web.signed_in("ann", "viewer")
+    anon = web.client()
+    answers = [await anon.get("/login"), await anon.get("/executions"), await client.get("/executions"),
+               await client.get("/executions/" + "0" * 24), await client.post("/logout")]
+    assert [a.status_code for a in answers] == [200, 303, 200, 404, 403]
+    for answer in answers:
+        policy = answer.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "script-src 'self'" in policy
+        assert "frame-ancestors 'none'" in policy and "unsafe-inline" not in policy
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    for page in (answers[0].text, answers[2].text):
+        assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", page) == []  # no inline script
+        assert re.search(r"\son[a-z]+=", page) is None  # no inline event handlers
+    api = await client.get("/healthz")
+    assert "content-security-policy" not in api.headers  # the API's answers are left alone
+
+
+async def test_vendored_scripts_and_styles_are_served(web: Web) -> None:
+    anon = web.client()
+    for path, kind in (("/static/htmx.min.js", "javascript"), ("/static/htmx-ext-sse.min.js", "javascript"),
+                       ("/static/squall.css", "text/css")):
+        answer = await anon.get(path)
+        assert answer.status_code == 200 and kind in answer.headers["content-type"], path
+    assert "prefers-color-scheme: dark" in (await anon.get("/static/squall.css")).text
+
+
+async def test_api_keys_still_work_and_a_session_is_not_one(web: Web) -> None:
+    client, _ = await web.signed_in("ann", "admin")
+    assert (await client.get("/api/v1/actions")).status_code == 401  # the cookie is no API key
+    keyed = await client.get("/api/v1/actions", headers={"St2-Api-Key": "test-key-123"})
+    assert keyed.status_code == 200
+
+
+# -- the first admin ----------------------------------------------------------------------------
+
+async def test_the_first_admin_is_made_once_on_an_empty_database(web: Web) -> None:
+    password = await bootstrap_admin(web.squall.db)
+    assert password and len(password) >= 16
+    assert await bootstrap_admin(web.squall.db) is None
+    users = await web.squall.db(web.squall.store.web_user_list)
+    assert [(u["name"], u["role"]) for u in users] == [("admin", "admin")]
+    client = web.client()
+    assert (await login(client, "admin", password)).status_code == 303
+    assert "admin" in (await client.get("/executions")).text
+
+
+async def test_no_first_admin_where_accounts_exist(web: Web) -> None:
+    await web.user("ann", "viewer")
+    assert await bootstrap_admin(web.squall.db) is None
+    assert [u["name"] for u in await web.squall.db(web.squall.store.web_user_list)] == ["ann"]
+
+
+@pytest.mark.slow
+def test_squall_serve_prints_the_first_admins_password_once(home: Path) -> None:
+    port = free_port()
+    _home(home, """
+        adapters:
+          console: {enabled: false}
+    """)
+    text = (home / "config.yml").read_text().replace("max_body_bytes: 4096", f"max_body_bytes: 4096\n  port: {port}")
+    (home / "config.yml").write_text(text)
+    base = f"http://127.0.0.1:{port}"
+    outputs = []
+    for _ in range(2):
+        server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home,
+                                  env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_until_answering(base, server, 30)
+            if not outputs:
+                form = httpx.get(f"{base}/login", timeout=5)
+                assert form.status_code == 200
+        finally:
+            server.terminate()
+            outputs.append(server.communicate(timeout=30)[0])
+    first, second = outputs
+    found = re.search(rf"log in at {re.escape(base)}/ as admin with password (\S+)\s", first)
+    assert found, first
+    assert "password" not in second and f"web UI and HTTP API on {base}/" in second
+    store = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
+    try:
+        users = store.web_user_list()
+        from bot.accounts import password_matches
+
+        assert [u["name"] for u in users] == ["admin"]
+        assert password_matches(store.web_user_get("admin"), found.group(1))
+    finally:
+        store.close()
+
+
+# -- squall user ... ------------------------------------------------------------------------------
+
+def _user(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "user", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_user_cli_create_list_passwd_delete(home: Path) -> None:
+    created = _user(home, "create", "ann", "--role", "operator")
+    assert created.returncode == 0, created.stderr
+    generated = re.search(r"password: (\S+)", created.stdout)
+    assert generated and "cannot be shown again" in created.stdout
+    from_stdin = _user(home, "create", "bob", "--role", "admin", "--password-stdin", "--json",
+                       stdin="bob's long password\n")
+    assert from_stdin.returncode == 0 and json.loads(from_stdin.stdout) == {"name": "bob", "role": "admin"}
+    listed = _user(home, "list", "--json")
+    users = json.loads(listed.stdout)
+    assert [(u["name"], u["role"]) for u in users] == [("ann", "operator"), ("bob", "admin")]
+    assert "hash" not in listed.stdout and generated.group(1) not in listed.stdout
+
+    store = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
+    try:
+        from bot.accounts import password_matches
+
+        assert password_matches(store.web_user_get("ann"), generated.group(1))
+        assert password_matches(store.web_user_get("bob"), "bob's long password")
+        assert store.web_user_get("ann")["password_hash"].startswith("$argon2")
+        token, _ = open_session(store, Account("ann", "operator"))
+        changed = _user(home, "passwd", "ann", "--json")
+        assert changed.returncode == 0
+        new_password = json.loads(changed.stdout)["password"]
+        assert new_password != generated.group(1) and password_matches(store.web_user_get("ann"), new_password)
+        assert find_session(store, token) is None  # the old password's session ended with it
+        token, _ = open_session(store, Account("bob", "admin"))
+        assert _user(home, "delete", "bob").returncode == 0
+        assert find_session(store, token) is None and store.web_user_get("bob") is None
+    finally:
+        store.close()
+
+
+def test_user_cli_refusals_exit_2_and_change_nothing(home: Path) -> None:
+    assert _user(home, "create", "ann").returncode == 0
+    for args, stdin, said in [
+        (("create", "bob", "--role", "root"), None, "unknown role 'root'"),
+        (("create", "bad name"), None, "not a usable user name"),
+        (("create", "carl", "--password-stdin"), "short\n", "at least 8 characters"),
+        (("create", "ann"), None, "a user named ann exists"),
+        (("passwd", "nobody"), None, "no user named nobody"),
+        (("delete", "nobody"), None, "no user named nobody"),
+    ]:
+        refused = _user(home, *args, stdin=stdin)
+        assert refused.returncode == 2 and said in refused.stderr, (args, refused.stderr)
+    assert [u["name"] for u in json.loads(_user(home, "list", "--json").stdout)] == ["ann"]

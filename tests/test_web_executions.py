@@ -1,0 +1,205 @@
+"""The web UI's executions: keyset pages that visit every execution once, the list's filters, and an
+execution's page (output and parameters always text, secrets masked, where it came from).
+
+Most executions here are stored rows (times and contexts chosen by the test); the escaping tests run
+real actions, so what they check is what an action really printed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from engine.executions import new_id
+from engine.parameters import MASK
+from engine.storage import ExecutionFilter, Store
+from tests.test_web_auth import Web, started_web
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+_LISTED_ID = re.compile(r'<a class="id" href="/executions/([0-9a-f]{24})">')
+
+
+def stored(store: Store, start: datetime, *, action: str = "demo.greet", status: str = "succeeded",
+           context: dict[str, Any] | None = None, parent: str | None = None) -> str:
+    """An execution row as the engine writes one; its id."""
+    execution_id = new_id()
+    store.insert_execution({
+        "id": execution_id, "action": action, "runner": "local-shell-cmd", "status": status, "parameters": {},
+        "spec": {}, "sealed": None, "result": {"stdout": "ok"}, "context": context or {}, "log": [],
+        "parent": parent, "runner_info": None, "start_timestamp": start,
+        "end_timestamp": start + timedelta(seconds=2) if status == "succeeded" else None})
+    return execution_id
+
+
+def _walk(store: Store, where: ExecutionFilter, limit: int) -> list[list[str]]:
+    """Every page of `where`, following each page's last id as the list's Older link does."""
+    pages: list[list[str]] = []
+    before = None
+    while True:
+        rows = store.execution_keyset(where, before=before, limit=limit)
+        if not rows:
+            return pages
+        pages.append([r["id"] for r in rows])
+        before = rows[-1]["id"]
+
+
+# -- the store's keyset pages and filters ----------------------------------------------------------------
+
+def test_keyset_pages_visit_every_execution_once_newest_first(database_url: str) -> None:
+    store = Store.open(database_url)
+    try:
+        made = [(T0 + timedelta(seconds=i), stored(store, T0 + timedelta(seconds=i))) for i in range(60)]
+        # Ten that started in the same microsecond: the id breaks the tie, so none is skipped or repeated.
+        made += [(T0 + timedelta(seconds=30), stored(store, T0 + timedelta(seconds=30))) for _ in range(10)]
+        stored(store, T0 + timedelta(seconds=90), parent=made[0][1])  # a workflow task: not a top-level row
+        pages = _walk(store, ExecutionFilter(), 7)
+        expected = [execution_id for _, execution_id in sorted(made, reverse=True)]
+        assert [i for page in pages for i in page] == expected
+        assert [len(p) for p in pages] == [7] * 10
+        assert store.execution_keyset(ExecutionFilter(), before="f" * 24) == []  # an unknown id: nothing
+        light = store.execution_keyset(ExecutionFilter(), limit=1)[0]
+        assert "result" not in light and "parameters" not in light and light["context"] == {}
+    finally:
+        store.close()
+
+
+def test_keyset_filters(database_url: str) -> None:
+    store = Store.open(database_url)
+    try:
+        chat = stored(store, T0, context={"user": "alice", "source": "chat", "chat": {"adapter": "slack"}})
+        api = stored(store, T0 + timedelta(minutes=1), action="core.local", status="failed",
+                     context={"user": "ci", "source": "api"})
+        rule = stored(store, T0 + timedelta(minutes=2), action="demonic.x",
+                      context={"user": "squall", "rule": {"ref": "demo.on_build"},
+                               "trigger_instance": {"id": "i1", "name": "core.st2.webhook"}})
+        timer = stored(store, T0 + timedelta(minutes=3), context={
+            "user": "squall", "rule": {"ref": "demo.hourly"},
+            "trigger_instance": {"id": "i2", "name": "core.st2.IntervalTimer"}})
+
+        def ids(**where: Any) -> set[str]:
+            return {r["id"] for r in store.execution_keyset(ExecutionFilter(**where))}
+
+        assert ids() == {chat, api, rule, timer}
+        assert ids(pack="demo") == {chat, timer}  # not demonic.x: a pack is the text before the dot
+        assert ids(action="core.local") == ids(status="failed") == ids(source="api") == {api}
+        assert ids(user="alice") == ids(source="chat") == {chat}
+        assert ids(rule=True) == {rule, timer}
+        assert ids(triggers=("core.st2.IntervalTimer", "core.st2.CronTimer")) == {timer}
+        assert ids(since=T0 + timedelta(minutes=1), until=T0 + timedelta(minutes=3)) == {api, rule}
+        assert ids(pack="demo", user="squall") == {timer}
+    finally:
+        store.close()
+
+
+# -- the pages ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+async def viewer(home: Path) -> AsyncIterator[tuple[Web, httpx.AsyncClient]]:
+    async with started_web(home) as web:
+        client, _ = await web.signed_in("vic", "viewer")
+        yield web, client
+
+
+def _listed(page: str) -> list[str]:
+    return _LISTED_ID.findall(page)
+
+
+async def test_the_list_pages_older_and_back_to_the_newest(viewer: tuple[Web, httpx.AsyncClient]) -> None:
+    web, client = viewer
+    store = web.squall.store
+    made = [await web.squall.db(stored, store, T0 + timedelta(seconds=i)) for i in range(60)]
+    first = await client.get("/executions")
+    assert first.status_code == 200 and _listed(first.text) == made[::-1][:50]
+    older = re.search(r'<a href="(/executions\?[^"]+)" rel="next">Older</a>', first.text)
+    assert older and f"before={made[10]}" in older.group(1)
+    second = await client.get(older.group(1).replace("&amp;", "&"))
+    assert _listed(second.text) == made[::-1][50:]
+    assert 'rel="next"' not in second.text and '<a href="/executions">Newest</a>' in second.text
+
+
+async def test_the_list_filters_as_a_get_form(viewer: tuple[Web, httpx.AsyncClient]) -> None:
+    web, client = viewer
+    store = web.squall.store
+    chat = await web.squall.db(stored, store, T0, context={"user": "alice", "source": "chat",
+                                                            "chat": {"adapter": "slack", "channel": "C42"}})
+    failed = await web.squall.db(stored, store, T0 + timedelta(hours=1), action="core.local", status="failed")
+    rule = await web.squall.db(stored, store, T0 + timedelta(hours=2),
+                               context={"user": "squall", "rule": {"ref": "demo.on_build"}})
+    assert _listed((await client.get("/executions", params={"status": "failed"})).text) == [failed]
+    by_chat = await client.get("/executions", params={"source": "chat", "user": "alice"})
+    assert _listed(by_chat.text) == [chat] and "chat slack C42" in by_chat.text
+    assert 'value="alice"' in by_chat.text and '<option value="chat" selected>' in by_chat.text  # kept in the form
+    assert _listed((await client.get("/executions", params={"source": "rule"})).text) == [rule]
+    ranged = await client.get("/executions", params={"from": "2026-03-01T12:30", "to": "2026-03-01T14:00",
+                                                     "pack": "", "status": ""})
+    assert _listed(ranged.text) == [failed]
+    paged = await client.get("/executions", params={"pack": "demo", "before": rule})
+    assert _listed(paged.text) == [chat]
+    assert "pack=demo" in paged.text.split('>Newest</a>')[0].rsplit("<a", 1)[1]  # Newest keeps the filters
+    for bad, said in (({"status": "bogus"}, "unknown status"), ({"source": "email"}, "unknown source"),
+                      ({"from": "yesterday"}, "must be a date and time"), ({"before": "x"}, "execution id")):
+        refused = await client.get("/executions", params=bad)
+        assert refused.status_code == 400 and said in refused.text, bad
+
+
+async def test_output_and_parameters_render_as_text(viewer: tuple[Web, httpx.AsyncClient]) -> None:
+    web, client = viewer
+    record = await web.squall.executions.request(
+        "core.local", {"cmd": "echo '<script>alert(1)</script>'; echo '<img src=x onerror=alert(2)>' >&2"},
+        {"user": "<b>mallory</b>", "source": "api"})
+    await web.squall.executions.wait(record["id"], 30)
+    page = (await client.get(f"/executions/{record['id']}")).text
+    assert "<script>alert(1)" not in page and "<img src=x" not in page and "<b>mallory" not in page
+    assert '<pre class="output output-stdout">&lt;script&gt;alert(1)&lt;/script&gt;</pre>' in page
+    assert '<pre class="output output-stderr">&lt;img src=x onerror=alert(2)&gt;</pre>' in page
+    assert "&lt;b&gt;mallory&lt;/b&gt;" in page
+    assert "echo &#39;&lt;script&gt;alert(1)&lt;/script&gt;&#39;" in page  # the parameter, as JSON text
+
+
+async def test_secret_parameters_stay_masked(viewer: tuple[Web, httpx.AsyncClient]) -> None:
+    web, client = viewer
+    record = await web.squall.executions.request("demo.greet", {"who": "<i>ann</i>", "password": "hunter2"},
+                                                 {"user": "t", "source": "api"})
+    await web.squall.executions.wait(record["id"], 30)
+    page = (await client.get(f"/executions/{record['id']}")).text
+    assert "hunter2" not in page and f"&#34;password&#34;: &#34;{MASK}&#34;" in page
+    assert "&lt;i&gt;ann&lt;/i&gt;" in page and "<i>ann" not in page
+    assert "hello &lt;i&gt;ann&lt;/i&gt;" in page and "oops" in page  # stdout and stderr both shown
+
+
+async def test_where_an_execution_came_from(viewer: tuple[Web, httpx.AsyncClient]) -> None:
+    web, client = viewer
+    store = web.squall.store
+    chat = await web.squall.db(stored, store, T0, context={
+        "user": "alice", "source": "chat", "action_alias_ref": {"id": "demo.greet"},
+        "chat": {"adapter": "slack", "channel": "C42", "thread": "1700.01", "alias": "demo.greet"}})
+    rule = await web.squall.db(stored, store, T0, action="core.local", context={
+        "user": "squall", "rule": {"ref": "demo.on_build"},
+        "trigger_instance": {"id": "ti123", "name": "core.st2.webhook"}})
+    task = await web.squall.db(stored, store, T0, parent=rule, context={"workflow_task": {"task": "build"}})
+
+    def facts(page: str) -> dict[str, str]:
+        return dict(re.findall(r"<dt>([^<]+)</dt>\s*<dd>(?:<a[^>]*>)?([^<]*)", page))
+
+    assert facts((await client.get(f"/executions/{chat}")).text) | {"Id": "", "Started": "", "Ended": ""} == {
+        "Id": "", "Runner": "local-shell-cmd", "Started": "", "Ended": "", "Took": "2.0 s",
+        "Requested by": "alice", "Source": "chat", "Chat adapter": "slack", "Channel": "C42",
+        "Thread": "1700.01", "Alias": "demo.greet"}
+    rule_page = (await client.get(f"/executions/{rule}")).text
+    assert facts(rule_page)["Rule"] == "demo.on_build"
+    assert facts(rule_page)["Trigger instance"] == "ti123 (core.st2.webhook)"
+    assert f'<a href="/executions/{task}">build</a>' in rule_page  # its tasks, each to its own page
+    task_page = (await client.get(f"/executions/{task}")).text
+    assert f'<a href="/executions/{rule}">{rule}</a>' in task_page and facts(task_page)["Task"] == "build"
+
+
+async def test_an_unknown_execution_is_a_404_page(viewer: tuple[Web, httpx.AsyncClient]) -> None:
+    _, client = viewer
+    missing = await client.get("/executions/" + "0" * 24)
+    assert missing.status_code == 404 and "not found" in missing.text and "<h1>Not found</h1>" in missing.text
+    assert (await client.get("/executions/not-an-id")).status_code == 404
