@@ -24,9 +24,8 @@ class Squall(Engine):
     """Use `await Squall.start(config, adapters=[...])`, `await squall.chat.start()` to connect the
     adapters, and `await squall.close()`."""
 
-    def __init__(self, config: Config, store: Store, registry: Registry, adapters: Sequence[Adapter] = (),
-                 runs_jobs: bool = False) -> None:
-        super().__init__(config, store, registry, runs_jobs)
+    def __init__(self, config: Config, store: Store, registry: Registry, adapters: Sequence[Adapter] = ()) -> None:
+        super().__init__(config, store, registry)
         self.chat = ChatBot(self, adapters)
 
     def reload(self, registry: Registry | None = None) -> Registry:

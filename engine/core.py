@@ -51,10 +51,7 @@ KV_CHANGES = ("create", "update", "delete", "value_change")
 class Engine:
     """The running service's engine. Use `await Engine.start(config)` and `await engine.close()`."""
 
-    def __init__(self, config: Config, store: Store, registry: Registry, runs_jobs: bool = False) -> None:
-        """`runs_jobs`: this process is a `squall worker`, which runs what its jobs name (and what
-        workflows request inside them) here; under `executor.kind: procrastinate` the others only
-        queue jobs for the workers."""
+    def __init__(self, config: Config, store: Store, registry: Registry) -> None:
         self.config = config
         # Every render in the process keeps to them (rendering happens deep in the engine, in many places).
         configure_limits(config.template_limits)
@@ -89,16 +86,19 @@ class Engine:
         runners["inquirer"] = InquirerRunner()
         self.executions = ExecutionService(registry, self.db, self.datastore, self.keys, runners, config.api_url,
                                            self.events)
-        runs = LocalExecutor(self.executions.run, config.max_concurrency, unbounded=self.executions.conducts)
-        queues = config.executor_kind == "procrastinate" and not runs_jobs
-        self.executions.pack_hashes = config.executor_kind == "procrastinate"
-        self.policies = PolicyExecutor(JobExecutor(self.executions, config) if queues else runs, self.executions)
+        #: Under `executor.kind: procrastinate` every process queues jobs (`squall worker`s run them);
+        #: otherwise this process runs its executions itself.
+        self.jobs = JobExecutor(self.executions, config) if config.executor_kind == "procrastinate" else None
+        self.executions.pack_hashes = self.jobs is not None
+        runs = self.jobs or LocalExecutor(self.executions.run, config.max_concurrency,
+                                          unbounded=self.executions.conducts)
+        self.policies = PolicyExecutor(runs, self.executions)
         registry.errors.extend(self.policies.rebuild(registry))
         self.executor = self.policies
         self.triggers = TriggerService(registry, self.db)
         self.notifier = Notifier(lambda: self.registry, self.triggers, self.events)
         self.executions.executor = self.executor
-        self.workflows.attach(self.executions)
+        self.workflows.attach(self.executions, self.jobs)
         self.inquiries = InquiryService(self.executions, self.triggers)
         self.rules = RulesEngine(registry, self.db, self.executions, self.triggers, self.datastore)
         self.triggers.processors.append(self.rules)

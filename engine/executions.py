@@ -32,7 +32,7 @@ from engine.executor import Executor
 from engine.packs import Registry
 from engine.parameters import MASK, ParameterError, Resolution, mask, needs_rendering, resolve
 from engine.processes import LEDGER, ledger_directory, owner_file_state, process_identity, running_since, sweep
-from engine.runners import Runner, RunOutcome, RunRequest
+from engine.runners import WAITING_ON_TASKS, Runner, RunOutcome, RunRequest
 from engine.storage import Database, iso, utcnow
 from engine.templates import KVNamespace, build_environment
 from engine.tokens import mint, revoke, revoke_ended
@@ -47,6 +47,8 @@ COMPLETED = frozenset({"succeeded", "failed", "timeout", "canceled", "abandoned"
 FAILED = frozenset({"failed", "timeout", "abandoned"})
 CANCELABLE = frozenset({"requested", "scheduled", "delayed", "running", "pausing", "paused", "resuming"})
 _QUEUED = ("requested", "scheduled", "delayed")
+#: A workflow conducted in steps (`executor.kind: procrastinate`) is in one of these between them.
+STEPPING = ("running", "pausing", "canceling")
 _LIVE = ("scheduled", "running", "canceling", "pausing", "paused", "resuming")
 _MIN_SCRUB = 4
 #: `poll` also sweeps what dead Squall processes on this machine left running, every this many calls.
@@ -352,6 +354,35 @@ class ExecutionService:
             await self._finish(record, RunOutcome("failed", {"error": str(prepared)}), [])
             return
         request, secrets = prepared
+        await self._conduct(record, request, secrets)
+
+    async def step(self, execution_id: str, owner: Mapping[str, Any] | None = None) -> None:
+        """Conduct a workflow one step on from its stored tasks (`executor.kind: procrastinate`: one
+        of its tasks ended, or it was asked to pause or cancel). The job's lock keeps steps of one
+        workflow apart; `owner` names the job and worker in its `runner_info`."""
+        runner_info = {**self.owner, **(owner or {})}
+        record = await self.db(self._take_step, execution_id, runner_info)
+        if record is None:
+            return
+        try:
+            request, secrets = self._run_request(record)
+        except (CryptoError, ParameterError, LookupError) as exc:
+            await self._finish(record, RunOutcome("failed", {"error": str(exc)}), [])
+            return
+        await self._conduct(record, request, secrets)
+
+    def _take_step(self, execution_id: str, runner_info: dict[str, Any]) -> dict[str, Any] | None:
+        store = self.db.store
+        record = store.get_execution(execution_id)
+        if record is None or record["status"] not in STEPPING or not _resumable(self.runners.get(record["runner"])):
+            return None
+        if not store.update_execution(execution_id, {"runner_info": runner_info}, expect=(record["status"],)):
+            return None
+        return {**record, "runner_info": runner_info}
+
+    async def _conduct(self, record: dict[str, Any], request: RunRequest, secrets: list[str]) -> None:
+        """Run a claimed execution's runner and record how it ended; a workflow that conducts in
+        steps and now waits on tasks running elsewhere is let go, to be stepped on when one ends."""
         runner = self.runners.get(record["runner"])
         try:
             if runner is None:
@@ -360,11 +391,16 @@ class ExecutionService:
                 outcome = await runner.run(request)
         except asyncio.CancelledError:
             if _resumable(runner) and getattr(self.executor, "closing", False):
-                return  # a workflow stays `running`: recover() conducts it on from its stored children
+                return  # a workflow stays `running`: it is conducted on from its stored children
             await asyncio.shield(self._finish(record, self._interrupted(), secrets))
             return
         except Exception as exc:
             outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
+        if outcome.status == WAITING_ON_TASKS:
+            info = record.get("runner_info") or {}
+            between = {"between_steps": True, **{k: info[k] for k in ("worker", "hostname", "job_id") if k in info}}
+            await self.db(self.db.store.update_execution, record["id"], {"runner_info": between}, expect=STEPPING)
+            return
         await self._finish(record, outcome, _scrubbable(secrets, request.revealed))
 
     def _interrupted(self) -> RunOutcome:
@@ -684,7 +720,8 @@ class ExecutionService:
     # -- ownership ---------------------------------------------------------------------
     def _owner_state(self, info: Mapping[str, Any] | None) -> str:
         """Who holds an execution this process did not start: "here" (this process), "alive" (a
-        live process on this machine), "gone", or "elsewhere" (another host's, PostgreSQL only).
+        live process on this machine), "gone", "elsewhere" (another host's, PostgreSQL only), or
+        "queued" (a workflow between steps under the scale-out executor: no process holds it).
 
         On one machine the owner is a process, told apart from a later one with its pid by its start
         time, the boot and the pid namespace; the host name plays no part (a container restart may
@@ -692,6 +729,8 @@ class ExecutionService:
         holds its owner file. SQLite is one machine by definition; on PostgreSQL an owner of another
         boot counts as another host's unless it has this host's name (this host, rebooted)."""
         info = info or {}
+        if info.get("between_steps"):
+            return "queued"  # a workflow between steps: its next step is a job any worker may take
         pid = info.get("pid")
         if not isinstance(pid, int):
             return "gone"
@@ -756,8 +795,8 @@ class ExecutionService:
                 continue
             info = row.get("runner_info") or {}
             state = self._owner_state(info)
-            if state == "alive":
-                continue  # another Squall process on this machine (a CLI run) still owns it
+            if state in ("alive", "queued"):
+                continue  # another Squall process on this machine (a CLI run) still owns it, or a job
             if state == "elsewhere":
                 host = str(info.get("hostname"))
                 foreign[host] = foreign.get(host, 0) + 1
@@ -806,10 +845,9 @@ class ExecutionService:
         return (f"{total} running execution(s) belong to Squall processes on other hosts: {hosts}; "
                 "they are left to those hosts")
 
-    async def poll(self, take: bool = True) -> None:
+    async def poll(self) -> None:
         """Pick up work other processes stored (CLI `--async` requests, cancels of our executions),
-        and end cancels whose owner is gone. `take=False` (a `squall worker`, whose work comes as
-        jobs): only pause and cancel what this process runs."""
+        and end cancels whose owner is gone."""
         if self.executor is None:
             return
         self._polls += 1
@@ -819,7 +857,7 @@ class ExecutionService:
         # is submitted again too: the policy's count is the database's, and a run that ended elsewhere
         # frees its slot only there.
         shared = ("scheduled", "delayed") if getattr(self.executor, "shared", False) else ()
-        taken = ("requested", "resuming", *shared) if take else ()
+        taken = ("requested", "resuming", *shared)
         rows = await self.db(self.db.store.execution_ids_with_status, ("canceling", "pausing", *taken))
         for row in rows:
             if row["status"] in taken:

@@ -1,24 +1,30 @@
 """Executions as procrastinate jobs (`executor.kind: procrastinate`): the scale-out executor.
 
-A job is "run execution X"; the execution row stays the source of truth and its claim
-(`ExecutionService.run`) stays the guard against running anything twice, so a job that finds its
-execution no longer `requested` does nothing. procrastinate (PostgreSQL: `FOR UPDATE SKIP LOCKED`,
-`LISTEN/NOTIFY`, worker heartbeats, aborts) carries the jobs; Squall writes its jobs and reads its
-tables with SQL of its own on its own connections, so the request side (`squall serve`, the CLI)
-needs no procrastinate App (and imports nothing of it).
+A job is "run execution X" or, for a workflow, "conduct workflow X one step on"; the execution
+row stays the source of truth and its claim (`ExecutionService.run`) stays the guard against
+running anything twice, so a job that finds its execution no longer `requested` does nothing.
+procrastinate (PostgreSQL: `FOR UPDATE SKIP LOCKED`, `LISTEN/NOTIFY`, worker heartbeats, locks,
+aborts) carries the jobs; Squall writes its jobs and reads its tables with SQL of its own on its
+own connections, so the request side (`squall serve`, the CLI) needs no procrastinate App (and
+imports nothing of it).
 
-- `JobExecutor` is the executor of processes that request executions but do not run them: it
-  defers a job on the action's queue (`executor.queues`) for each `requested` execution, and
-  cancels by asking the job's worker to abort (procrastinate's abort reaches any machine).
+- `JobExecutor` is the executor of every process under this executor: it defers a job on the
+  action's queue (`executor.queues`) for each `requested` execution, a workflow's tasks included,
+  and cancels by asking the job's worker to abort (procrastinate's abort reaches any machine).
   `squall serve`'s poll re-submits `requested` rows every second, so a request whose job was never
   written (a crash between the two) gets one: no request is stranded. The queueing lock (the
   execution id) keeps it to one waiting job.
+- Workflows are conducted in steps (`JobExecutor.advance`): each task that ends queues a job for
+  its workflow, which a worker takes to replay the workflow's stored tasks and request what comes
+  next, then lets go. Every job of an execution carries its id as procrastinate's `lock`, so two
+  steps of one workflow never run at once, and any worker of its queue may take the next; no worker
+  holds a workflow while its tasks run, and the death of any node loses no step.
 - `worker_app` is the procrastinate App a `squall worker` runs: one task, which claims and runs
-  the execution in the worker's engine (workflows conduct there; their tasks run beside them).
+  the execution, or conducts the workflow one step, in the worker's engine.
 - `reap_stalled` ends what a worker that stopped answering (its heartbeat older than
-  `STALLED_SECONDS`) left: its actions become `abandoned` (retry policies then run them again),
-  its workflows go back to `resuming` and their jobs to the queue, so another worker conducts them
-  on from their stored tasks; what it ran inside those workflows is abandoned and run again.
+  `STALLED_SECONDS`) left: its actions become `abandoned` (retry policies then run them again, and
+  their workflow conducts on), its workflow steps are queued again. It also queues a step for any
+  workflow that waits on nothing and has no job (its last task's process died between the two).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from engine.config import Config
+from engine.executions import STEPPING
 from engine.packs import Registry
 from engine.storage import Store, as_utc
 
@@ -49,9 +56,11 @@ STALLED_SECONDS = 20.0
 HEARTBEAT_SECONDS = 5.0
 REAP_SECONDS = 5.0
 _LIVE = ("running", "pausing", "canceling", "resuming")
+#: A task in one of these will queue its workflow's next step when it ends.
+_CHILD_LIVE = ("requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming")
 
 _DEFER = sa.text(
-    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, 0, CAST(NULL AS text), :queueing_lock, "
+    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, 0, :lock, :lock, "
     "CAST(:args AS jsonb), CAST(NULL AS timestamptz))]::procrastinate_job_to_defer_v1[]))")
 _ABORT = sa.text("SELECT procrastinate_cancel_job_v1(:job_id, true, false)")
 _STALLED = sa.text(
@@ -59,7 +68,12 @@ _STALLED = sa.text(
     "LEFT JOIN procrastinate_workers w ON w.id = j.worker_id "
     "WHERE j.status = 'doing' AND j.task_name = :task "
     "AND (w.id IS NULL OR w.last_heartbeat < now() - make_interval(secs => :seconds))")
-_RETRY = sa.text("SELECT procrastinate_retry_job_v2(:job_id, now(), NULL, NULL, NULL)")
+_UNATTENDED = sa.text(
+    "SELECT e.id FROM executions e WHERE e.status IN :stepping AND e.runner IN :runners "
+    "AND NOT EXISTS (SELECT 1 FROM executions c WHERE c.parent = e.id AND c.status IN :live) "
+    "AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.lock = e.id AND j.status IN ('todo', 'doing'))"
+).bindparams(sa.bindparam("stepping", expanding=True), sa.bindparam("runners", expanding=True),
+             sa.bindparam("live", expanding=True))
 _FAIL = sa.text("SELECT procrastinate_finish_job_v1(:job_id, 'failed', false)")
 
 
@@ -69,11 +83,12 @@ def libpq_url(database_url: str) -> str:
 
 
 def defer(store: Store, execution_id: str, queue: str) -> int | None:
-    """Queue a job for `execution_id`; its id, or None when one already waits (the queueing lock)."""
+    """Queue a job for `execution_id`; its id, or None when one already waits (the queueing lock).
+    The id is the job's lock too: a workflow's steps run one at a time, one after the other."""
     with store._write() as conn:
         try:
             with conn.begin_nested():
-                return int(conn.execute(_DEFER, {"queue": queue, "task": TASK, "queueing_lock": execution_id,
+                return int(conn.execute(_DEFER, {"queue": queue, "task": TASK, "lock": execution_id,
                                                  "args": json.dumps({"execution_id": execution_id})}).scalar_one())
         except sa.exc.IntegrityError:
             return None
@@ -118,8 +133,10 @@ def waiting_note(config: Config, record: dict[str, Any], now: datetime) -> str |
 
 
 class JobExecutor:
-    """The executor of a process that requests executions for `squall worker`s to run."""
+    """The executor of every process under `executor.kind: procrastinate`: it queues jobs that
+    `squall worker`s run (see the module's docstring)."""
 
+    #: Set when a worker stops: a run cut short by the stop ends `abandoned`, a workflow step lets go.
     closing = False
     #: Other processes run what this one submits: concurrency policies count in the database.
     shared = True
@@ -130,23 +147,30 @@ class JobExecutor:
 
     @property
     def running(self) -> set[str]:
-        return set()  # nothing runs here
+        return set()  # what runs here runs as a job, not as this executor's task
 
     async def submit(self, execution_id: str) -> None:
         store = self.executions.db.store
         record = await self.executions.db(store.get_execution, execution_id)
-        # Not `delayed`: a concurrency policy admits those (to `scheduled`) first. Not a workflow's task:
-        # the worker conducting the workflow runs it (and on a replay, starts those left unclaimed).
-        if record is None or record["status"] not in ("requested", "scheduled", "resuming") or record["parent"]:
-            return
+        # Not `delayed`: a concurrency policy admits those (to `scheduled`) first.
+        if record is not None and record["status"] in ("requested", "scheduled", "resuming"):
+            await self._defer(record)
+
+    async def advance(self, execution_id: str) -> None:
+        """Queue the next step of a workflow (one of its tasks ended, or it was asked to pause or
+        cancel); a step already waiting covers it."""
+        record = await self.executions.db(self.executions.db.store.get_execution, execution_id)
+        if record is not None and record["status"] in ("resuming", *STEPPING):
+            await self._defer(record)
+
+    async def _defer(self, record: dict[str, Any]) -> None:
         queue = self.config.queue_for(record["action"])
-        job = await self.executions.db(defer, store, execution_id, queue)
+        job = await self.executions.db(defer, self.executions.db.store, record["id"], queue)
         if job is not None:
-            log.debug("execution %s queued as job %s on %s", execution_id, job, queue)
+            log.debug("execution %s (%s) queued as job %s on %s", record["id"], record["status"], job, queue)
 
     async def cancel(self, execution_id: str) -> bool:
-        """Abort the job running an action; False for a workflow (its worker sees `canceling` and lets
-        running tasks finish, as a cancel asks) and for what runs inside one (its worker stops it)."""
+        """Abort the job running an action; False for a workflow (it cancels through its steps)."""
         store = self.executions.db.store
         record = await self.executions.db(store.get_execution, execution_id)
         job = ((record or {}).get("runner_info") or {}).get("job_id")
@@ -173,39 +197,27 @@ def worker_app(config: Config, run: Callable[[str, dict[str, Any]], Awaitable[No
     return app
 
 
-async def reap_stalled(executions: ExecutionService) -> int:
-    """End what workers that stopped answering left (see the module's docstring); how many jobs."""
+async def reap_stalled(executions: ExecutionService, jobs: JobExecutor) -> int:
+    """End what workers that stopped answering left, and queue a step for every workflow that
+    waits on nothing without one (see the module's docstring); how many jobs were stalled."""
     store = executions.db.store
     stalled = await executions.db(_stalled, store)
     for job_id, execution_id in stalled:
+        await executions.db(_job_sql, store, _FAIL, job_id)  # its lock is free for the next step
         record = await executions.db(store.get_execution, execution_id)
-        owner = _process((record or {}).get("runner_info"))
-        if owner:
-            await _abandon_inside(executions, owner, keep=execution_id)
-        workflow = record is not None and record["status"] in _LIVE and executions.resumable(record["runner"])
-        if workflow and await _workflow_on(executions, record):
-            await executions.db(_job_sql, store, _RETRY, job_id)
-            log.warning("workflow %s: its worker stopped answering; another worker conducts it on", execution_id)
+        if record is None or record["status"] not in _LIVE:
             continue
-        if record is not None and record["status"] in _LIVE:
+        if executions.resumable(record["runner"]):
+            log.warning("workflow %s: its worker stopped answering mid-step; another worker conducts it on",
+                        execution_id)
+            await jobs.advance(execution_id)
+        else:
             await executions.complete(execution_id, "abandoned", _lost(record), _LIVE)
-        await executions.db(_job_sql, store, _FAIL, job_id)
+    workflows = [name for name in executions.runners if executions.resumable(name)]
+    for execution_id in await executions.db(_unattended, store, workflows):
+        log.warning("workflow %s waits on no task and had no job: queued its next step", execution_id)
+        await jobs.advance(execution_id)
     return len(stalled)
-
-
-async def _workflow_on(executions: ExecutionService, record: dict[str, Any]) -> bool:
-    """A workflow whose worker died: conducted on elsewhere (True: its job goes back to the queue),
-    unless a cancel or pause was under way, which the death completes (its tasks there are gone)."""
-    store = executions.db.store
-    status = record["status"]
-    if status == "canceling":
-        await executions.complete(record["id"], "canceled", {**(record.get("result") or {}),
-                                                             "error": "canceled by request"}, ("canceling",))
-        return False
-    if status == "pausing":
-        await executions.db(store.update_execution, record["id"], {"status": "paused"}, expect=("pausing",))
-        return False
-    return bool(await executions.db(store.update_execution, record["id"], {"status": "resuming"}, expect=_LIVE))
 
 
 def _stalled(store: Store) -> list[tuple[int, str]]:
@@ -214,16 +226,15 @@ def _stalled(store: Store) -> list[tuple[int, str]]:
                 for row in conn.execute(_STALLED, {"task": TASK, "seconds": STALLED_SECONDS})]
 
 
+def _unattended(store: Store, runners: list[str]) -> list[str]:
+    with store._read() as conn:
+        return [str(row.id) for row in conn.execute(_UNATTENDED, {
+            "stepping": list(STEPPING), "runners": runners, "live": list(_CHILD_LIVE)})]
+
+
 def _job_sql(store: Store, statement: Any, job_id: int) -> None:
     with store._write() as conn:
         conn.execute(statement, {"job_id": job_id})
-
-
-def _process(runner_info: Any) -> tuple[Any, ...] | None:
-    """The process an execution ran in (pid, start, boot), to find all it ran."""
-    if not isinstance(runner_info, dict) or runner_info.get("pid") is None:
-        return None
-    return (runner_info.get("pid"), runner_info.get("started"), runner_info.get("boot_id"))
 
 
 def _lost(record: dict[str, Any]) -> dict[str, Any]:
@@ -233,23 +244,11 @@ def _lost(record: dict[str, Any]) -> dict[str, Any]:
                      f"{info.get('hostname') or 'an unknown host'}) stopped answering for {STALLED_SECONDS:.0f} s"}
 
 
-async def _abandon_inside(executions: ExecutionService, owner: tuple[Any, ...], keep: str) -> None:
-    """Abandon what the dead worker ran beside its jobs (a workflow's tasks), so a workflow conducted
-    on elsewhere runs them again instead of waiting on them for ever."""
-    store = executions.db.store
-    rows = await executions.db(store.execution_ids_with_status, _LIVE)
-    for row in rows:
-        if row["id"] != keep and _process(row.get("runner_info")) == owner:
-            record = await executions.db(store.get_execution, row["id"])
-            if record is not None and record["status"] in _LIVE:
-                await executions.complete(row["id"], "abandoned", _lost(record), _LIVE)
-
-
-async def reap_forever(executions: ExecutionService, every: float = REAP_SECONDS) -> None:
+async def reap_forever(executions: ExecutionService, jobs: JobExecutor, every: float = REAP_SECONDS) -> None:
     """`reap_stalled` every `every` seconds until cancelled; a failed pass is logged and retried."""
     while True:
         try:
-            await reap_stalled(executions)
+            await reap_stalled(executions, jobs)
         except Exception:  # the next pass tries again; a worker must not die of it
             log.exception("could not look for stalled workers' executions")
         await asyncio.sleep(every)

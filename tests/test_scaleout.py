@@ -1,6 +1,7 @@
 """Scale-out (`executor.kind: procrastinate`): `squall worker` processes on the suite's real
 PostgreSQL run what the CLI and `squall serve` queue, by queue; a killed worker's executions are
-reaped; cancels reach the worker running the execution; SIGTERM drains; workflows run on a worker."""
+reaped; cancels reach the worker running the execution; SIGTERM drains; workflows conduct in steps
+on any worker, each task on a worker of its own queue."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +26,7 @@ from engine.jobs import STALLED_SECONDS
 from engine.storage import Store, as_utc
 from tests.conftest import write
 from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
+from tests.pgcluster import free_port
 from tests.test_cli import SQUALL
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -56,6 +60,44 @@ tasks:
     action: demo.hello who=two
 output:
   - said: <% ctx(said) %>
+"""
+
+
+ZONED_FLOW = """
+version: 1.0
+tasks:
+  local:
+    action: demo.hello who=here
+    next:
+      - when: <% succeeded() %>
+        do: remote
+  remote:
+    action: zone.where
+    next:
+      - when: <% succeeded() %>
+        do: back
+  back:
+    action: demo.hello who=back
+output:
+  - said: <% task(remote).result.stdout %>
+"""
+
+
+MISTRAL_PAUSE = """
+version: '2.0'
+demo.mistral_pause:
+  tasks:
+    first:
+      action: demo.hello who=first
+      on-success:
+        - second
+    second:
+      pause-before: true
+      action: demo.hello who=second
+      publish:
+        got: <% task(second).result.stdout %>
+  output:
+    got: <% $.got %>
 """
 
 
@@ -105,6 +147,18 @@ def _home(home: Path, database_url: str) -> Path:
           marker: {type: string, required: true}
     """)
     write(home / "packs" / "demo" / "actions" / "workflows" / "slow_flow.yaml", SLOW_FLOW)
+    write(home / "packs" / "demo" / "actions" / "zoned_flow.yaml", """
+        name: zoned_flow
+        runner_type: orquesta
+        entry_point: workflows/zoned_flow.yaml
+    """)
+    write(home / "packs" / "demo" / "actions" / "workflows" / "zoned_flow.yaml", ZONED_FLOW)
+    write(home / "packs" / "demo" / "actions" / "mistral_pause.yaml", """
+        name: mistral_pause
+        runner_type: mistral-v2
+        entry_point: workflows/mistral_pause.yaml
+    """)
+    write(home / "packs" / "demo" / "actions" / "workflows" / "mistral_pause.yaml", MISTRAL_PAUSE)
     write(home / "packs" / "demo" / "aliases" / "greet.yaml", """
         name: greet
         action_ref: demo.hello
@@ -253,13 +307,32 @@ def test_a_killed_workers_execution_is_abandoned_by_another(cluster: Cluster, tm
 
 
 def test_sigterm_lets_running_actions_finish(cluster: Cluster, tmp_path: Path) -> None:
-    worker = cluster.worker()
+    port = free_port()
+    worker = cluster.worker("--queues", "default,zone-a", "--health-port", str(port))
     marker = tmp_path / "finished"
-    napping = cluster.request("demo.nap", f"marker={marker}", "seconds=2")
+    napping = cluster.request("demo.nap", f"marker={marker}", "seconds=4")
     cluster.wait(napping, "running")
+    health = _healthz(port)
+    assert health["status"] == "ok" and health["worker"].endswith(f":{worker.pid}")
+    assert health["queues"] == ["default", "zone-a"] and health["running"] == [napping]
     os.killpg(worker.pid, signal.SIGTERM)
+    with pytest.raises(urllib.error.HTTPError) as stopping:  # draining: probes see it
+        _healthz(port)
+    assert stopping.value.code == 503 and json.loads(stopping.value.read())["status"] == "stopping"
     assert worker.wait(timeout=60) == 0
     assert cluster.execution(napping)["status"] == "succeeded" and marker.exists()
+
+
+def _healthz(port: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.URLError as exc:
+            if isinstance(exc, urllib.error.HTTPError) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def test_a_workflow_whose_worker_dies_is_conducted_on_by_another(cluster: Cluster, tmp_path: Path) -> None:
@@ -394,15 +467,24 @@ def test_pause_resume_and_cancel_reach_a_workflow_on_a_worker(cluster: Cluster, 
     done = cluster.wait(paused, "succeeded", "failed")
     assert done["status"] == "succeeded" and done["result"]["output"] == {"said": "hello second"}
 
+    held = cluster.request("demo.mistral_pause")  # a pause its own definition asks for outlives the step
+    assert cluster.wait(held, "paused", "succeeded", "failed")["status"] == "paused"
+    assert [c["parameters"].get("who") for c in cluster.store.list_executions(parent=held)
+            if c["action"] == "demo.hello"] == ["first"]
+    cluster.cli("execution", "resume", held, as_json=False)
+    resumed = cluster.wait(held, "succeeded", "failed")
+    assert resumed["status"] == "succeeded" and resumed["result"]["got"] == "hello second", resumed["result"]
+
     canceled = cluster.request("demo.slow_flow", f"marker={tmp_path / 'canceled'}")
     first_task_running(canceled)
     assert cluster.cli("execution", "cancel", canceled)["status"] == "canceling"  # its running task finishes
     assert cluster.wait(canceled, "canceled")["status"] == "canceled"
     tasks = cluster.store.list_executions(parent=canceled)
-    assert [(t["action"], t["status"]) for t in tasks] == [("demo.nap", "succeeded")]  # nothing new started
+    assert [(t["action"], t["status"]) for t in tasks] == [("demo.nap", "succeeded")], [
+        (t["result"], t["log"]) for t in tasks]  # nothing new started
 
 
-def test_sigterm_hands_a_workflow_back_once_its_running_task_ended(cluster: Cluster, tmp_path: Path) -> None:
+def test_sigterm_lets_a_workflows_task_finish_and_another_worker_steps_on(cluster: Cluster, tmp_path: Path) -> None:
     stopping = cluster.worker()
     marker = tmp_path / "first-ran"
     flow = cluster.request("demo.slow_flow", f"marker={marker}")
@@ -412,10 +494,42 @@ def test_sigterm_hands_a_workflow_back_once_its_running_task_ended(cluster: Clus
         time.sleep(0.1)
     os.killpg(stopping.pid, signal.SIGTERM)
     assert stopping.wait(timeout=60) == 0
-    assert cluster.execution(flow)["status"] == "resuming" and marker.read_text() == "ran\n"
+    waiting = cluster.execution(flow)  # no worker holds it: its next step waits in the queue
+    assert waiting["status"] == "running" and waiting["runner_info"]["between_steps"] is True
+    assert marker.read_text() == "ran\n"
     cluster.worker()
     done = cluster.wait(flow, "succeeded", "failed")
     assert done["status"] == "succeeded" and done["result"]["output"] == {"said": "hello second"}
     tasks = sorted(cluster.store.list_executions(parent=flow), key=lambda r: r["start_timestamp"])
     assert [(t["action"], t["status"]) for t in tasks] == [("demo.nap", "succeeded"), ("demo.hello", "succeeded")]
     assert marker.read_text() == "ran\n"  # the first task ran once
+
+
+def test_a_workflows_tasks_run_on_workers_of_their_queues(cluster: Cluster) -> None:
+    default = cluster.worker("--queues", "default")
+    zone = cluster.worker("--queues", "zone-a")
+    flow = cluster.request("demo.zoned_flow")
+    done = cluster.wait(flow, "succeeded", "failed")
+    assert done["status"] == "succeeded" and done["result"]["output"] == {"said": "zone"}
+    ran = {t["action"] + ":" + (t["parameters"].get("who") or ""): t["runner_info"]["worker"]
+           for t in cluster.store.list_executions(parent=flow)}
+    assert ran["zone.where:"].endswith(f":{zone.pid}")  # the zone's task, on the zone's worker only
+    assert ran["demo.hello:here"].endswith(f":{default.pid}") and ran["demo.hello:back"].endswith(f":{default.pid}")
+    assert done["runner_info"]["worker"].endswith(f":{default.pid}")  # the workflow's last step, on its queue
+    assert [e["status"] for e in done["log"]] == ["scheduled", "running", "succeeded"]  # steps leave no trace
+
+
+def test_a_worker_holds_no_workflow_while_its_tasks_run(cluster: Cluster, tmp_path: Path) -> None:
+    """One job slot is enough for many workflows: a workflow lets go of its worker between steps."""
+    cluster.worker("--concurrency", "1")
+    flows = [cluster.request("demo.slow_flow", f"marker={tmp_path / str(n)}") for n in range(3)]
+    deadline = time.monotonic() + 60
+    while not all(cluster.store.list_executions(parent=flow) for flow in flows):
+        assert time.monotonic() < deadline, "the three workflows did not all start while one nap ran"
+        time.sleep(0.1)
+    naps = [c for flow in flows for c in cluster.store.list_executions(parent=flow)]
+    assert sorted(c["status"] for c in naps)[0] in ("requested", "running") and not (tmp_path / "2").exists()
+    for flow in flows:
+        done = cluster.wait(flow, "succeeded", "failed", seconds=120)
+        assert done["status"] == "succeeded" and done["result"]["output"] == {"said": "hello second"}
+    assert all((tmp_path / str(n)).read_text() == "ran\n" for n in range(3))

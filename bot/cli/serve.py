@@ -55,6 +55,9 @@ def worker(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Jobs run at once.")] = 4,
     drain: Annotated[float, typer.Option("--drain", min=0, help="Seconds running actions get to finish after "
                                                                 "SIGTERM.")] = 600.0,
+    health_port: Annotated[int | None, typer.Option("--health-port", min=1, max=65535, help="Answer GET /healthz "
+                                                    "on this port (default: no HTTP at all).")] = None,
+    health_host: Annotated[str, typer.Option("--health-host", help="Address of the health port.")] = "127.0.0.1",
 ) -> None:
     """Run queued executions (executor.kind: procrastinate): on any machine that reaches the database."""
     import asyncio
@@ -67,6 +70,7 @@ def worker(
     logging.getLogger().setLevel(logging.INFO)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
-        asyncio.run(work(config, names, concurrency, drain))
+        health = (health_host, health_port) if health_port is not None else None
+        asyncio.run(work(config, names, concurrency, drain, health))
     except ConfigError as exc:
         raise fail(str(exc)) from exc

@@ -13,13 +13,14 @@ from bot.http.app import create_api
 class ApiServer:
     """The API under uvicorn on the running loop: `start()` makes `serve()` a task, `stop()` ends it."""
 
-    def __init__(self, squall: Any, host: str | None = None, port: int | None = None) -> None:
+    def __init__(self, squall: Any, host: str | None = None, port: int | None = None, app: Any = None) -> None:
+        """`app`: another ASGI app than the API over `squall` (a worker's health port)."""
         import uvicorn  # only `squall serve` needs it, not every import of the API
 
         section = squall.config.section("api")
         self.host = host or str(section.get("host", "127.0.0.1"))
         self.port = int(port if port is not None else section.get("port", 9101))
-        config = uvicorn.Config(create_api(squall), host=self.host, port=self.port, log_level="warning",
+        config = uvicorn.Config(app or create_api(squall), host=self.host, port=self.port, log_level="warning",
                                 lifespan="off", access_log=False)
         self.server = uvicorn.Server(config)
         # The service owns SIGINT/SIGTERM (loop.add_signal_handler): uvicorn must not replace them.

@@ -248,10 +248,15 @@ class RunRequest:
 
 @dataclass
 class RunOutcome:
-    """A finished run: StackStorm's status string and result object."""
+    """A finished run: StackStorm's status string and result object (or `WAITING_ON_TASKS`)."""
 
     status: str
     result: Any
+
+
+#: The status of a workflow step's outcome that is no end: the workflow waits on tasks that run as
+#: jobs elsewhere and stays `running`, conducted on by the step that one of them queues when it ends.
+WAITING_ON_TASKS = "running"
 
 
 @dataclass(frozen=True)

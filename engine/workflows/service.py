@@ -8,7 +8,11 @@ again; a live child is waited for; only calls without one are requested. So a fi
 resume after a pause, a restart after a crash and a re-run from failed tasks are one code path.
 
 Children are awaited through the `on_finished` listener: no polling, no sleeps; a task costs
-its child's own writes and nothing more.
+its child's own writes and nothing more. Under the scale-out executor (`executor.kind:
+procrastinate`) the same replay runs in steps instead: the tasks run as jobs on any worker of
+their queues, and a step ends as soon as the workflow waits on them (`WAITING_ON_TASKS`); each
+task that ends queues the next step (`JobExecutor.advance`), which any worker may take. Pauses and
+cancels are then read from the workflow's stored status at each step.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import contextlib
 import heapq
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.runners import SHELL_COMMAND_RUNNERS, RunOutcome, RunRequest
+from engine.runners import SHELL_COMMAND_RUNNERS, WAITING_ON_TASKS, RunOutcome, RunRequest
+from engine.storage import as_utc
 from engine.templates import KVNamespace
 from engine.workflows import chain, mistral, orquesta
 from engine.workflows.expressions import NO_DEFAULT
@@ -30,6 +36,7 @@ from engine.yamlfile import ContentInvalid, load_yaml
 
 if TYPE_CHECKING:
     from engine.executions import ExecutionService
+    from engine.jobs import JobExecutor
 
 log = logging.getLogger(__name__)
 _LIVE = frozenset({"requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming"})
@@ -88,6 +95,8 @@ class Flow:
         self.pause_requested = False
         #: Canceled (Orquesta): nothing new starts, running actions finish, then it ends `canceled`.
         self.cancel_requested = False
+        #: When a cancel was asked for, for a step: tasks that ended later are replayed as canceled.
+        self.canceled_at: datetime | None = None
 
     # -- requesting children -------------------------------------------------------------------
     def _child_context(self, call: TaskCall) -> dict[str, Any]:
@@ -179,12 +188,21 @@ class Flow:
                         unclaimed.append(child["id"])
 
         launch(self.conductor.start())
+        canceled_task, cancel_pending = False, self.cancel_requested  # a step of a workflow canceled meanwhile
         while replay:
             item = heapq.heappop(replay)
             child = item.record
+            if cancel_pending and (self.canceled_at is None or as_utc(item.order[0]) >= self.canceled_at):
+                cancel_pending = False
+                self.conductor.cancel()  # type: ignore[attr-defined]  # what ended since starts nothing
+            canceled_task |= child["status"] == "canceled"
             launch(self.conductor.on_done(item.key, child["status"], child.get("result"), child["id"]))
         if self.waiting:
             self.pausing = True
+        if cancel_pending:
+            self.conductor.cancel()  # type: ignore[attr-defined]
+        if canceled_task and self.service.stepping:
+            await self._canceled_task()
         await self._request(to_request)
         executor = self.service.executions.executor
         for child_id in unclaimed if executor is not None else ():
@@ -211,6 +229,8 @@ class Flow:
             if self.pausing and not self.live:
                 return RunOutcome("paused", {**self.conductor.snapshot(),
                                              "paused_by": "request" if self.pause_requested else "inquiry"})
+            if self.service.stepping and self.events.empty():
+                return RunOutcome(WAITING_ON_TASKS, None)  # the next step is queued when a task ends
             event = await self.events.get()
             await self._handle(event)
 
@@ -231,16 +251,17 @@ class Flow:
         calls = self.conductor.on_done(key, status, event.get("result"), child_id)
         if not self.waiting and not self.pause_requested:
             self.pausing = False  # the answer came while other branches still ran
-        if status == "canceled" and not self.cancel_requested and self.live \
-                and isinstance(self.conductor, orquesta.OrquestaConductor):
-            await self._mark_canceling()
+        if status == "canceled":
+            await self._canceled_task()
         await self._request(calls)
 
-    async def _mark_canceling(self) -> None:
+    async def _canceled_task(self) -> None:
         """A task was canceled while others still run: the workflow shows `canceling` until they end
         (StackStorm's Orquesta does; the other tasks are not canceled)."""
         from engine.storage import iso, utcnow
 
+        if self.cancel_requested or not self.live or not isinstance(self.conductor, orquesta.OrquestaConductor):
+            return
         self.cancel_requested = True
         executions = self.service.executions
         record = await executions.db(executions._find, self.id)
@@ -268,10 +289,14 @@ class WorkflowRunner:
         return await self.service.run(self.kind, request)
 
     async def pause(self, execution_id: str) -> bool:
+        if self.service.stepping:
+            return await self.service.pause_stepped(execution_id)
         return self.service.pause(execution_id)
 
     async def cancel(self, execution_id: str) -> bool:
         """Cancel a workflow conducted here the way its kind cancels; False: stop its task instead."""
+        if self.service.stepping:
+            return await self.service.cancel_stepped(execution_id)
         return await self.service.cancel(execution_id)
 
     async def resume(self, execution_id: str) -> None:
@@ -283,15 +308,23 @@ class WorkflowService:
 
     def __init__(self) -> None:
         self.executions: ExecutionService | None = None  # type: ignore[assignment]
+        #: The scale-out executor's jobs: workflows then conduct in steps (see the module's docstring).
+        self.jobs: JobExecutor | None = None
         self.flows: dict[str, Flow] = {}
         self._pausing: set[asyncio.Future[None]] = set()
         self.runners = {"action-chain": WorkflowRunner(self, "action-chain"),
                         "orquesta": WorkflowRunner(self, "orquesta"),
                         "mistral-v2": WorkflowRunner(self, "mistral-v2")}
 
-    def attach(self, executions: ExecutionService) -> None:
+    def attach(self, executions: ExecutionService, jobs: JobExecutor | None = None) -> None:
         self.executions = executions
+        self.jobs = jobs
         executions.on_finished(self._on_finished)
+
+    @property
+    def stepping(self) -> bool:
+        """Whether workflows conduct in steps, their tasks running as jobs on any worker."""
+        return self.jobs is not None
 
     # -- building ----------------------------------------------------------------------------
     def _st2kv(self, user: str | None) -> Any:
@@ -342,6 +375,16 @@ class WorkflowService:
         except ContentInvalid as exc:
             return RunOutcome("failed", {"error": f"invalid workflow: {exc}"})
         flow = Flow(self, request, conductor)
+        if self.stepping:  # a pause or cancel asked for since the last step is in the stored status
+            record = await self.executions.db(self.executions.db.store.get_execution, flow.id)
+            status = (record or {}).get("status")
+            flow.pausing = flow.pause_requested = status == "pausing"
+            if status == "canceling":
+                if getattr(conductor, "cancel", None) is None:
+                    return RunOutcome("canceled", {"error": "canceled by request"})
+                asked = [e["timestamp"] for e in record.get("log") or [] if e.get("status") == "canceling"]
+                flow.canceled_at = datetime.fromisoformat(asked[-1].replace("Z", "+00:00")) if asked else None
+                flow.cancel_requested = True
         self.flows[flow.id] = flow
         try:
             return await flow.conduct()
@@ -353,7 +396,14 @@ class WorkflowService:
             self.flows.pop(flow.id, None)
 
     def pause(self, execution_id: str) -> bool:
+        """Pause a workflow conducted here (a request, or its conductor's own: Mistral's
+        `pause-before`). In steps, the pause is stored so the steps after this one keep it."""
         flow = self.flows.get(execution_id)
+        if self.stepping:
+            if flow is not None:
+                flow.pausing = flow.pause_requested = True
+            self._background(self._pause_children([execution_id]))
+            return True
         if flow is None:
             return False
         flow.pausing = flow.pause_requested = True
@@ -361,10 +411,57 @@ class WorkflowService:
         # Sub-workflows pause with it (as StackStorm's do), or it would wait for them to finish.
         subflows = [child_id for child_id, key in flow.live.items() if self._is_workflow(flow.calls.get(key))]
         if subflows:
-            task = asyncio.ensure_future(self._pause_children(subflows))
-            self._pausing.add(task)
-            task.add_done_callback(self._pausing.discard)
+            self._background(self._pause_children(subflows))
         return True
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._pausing.add(task)
+        task.add_done_callback(self._pausing.discard)
+
+    async def pause_stepped(self, execution_id: str) -> bool:
+        """A pause of a workflow conducted in steps (it is `pausing` already): its sub-workflows pause
+        with it, and its next step, queued now, pauses it once no task runs."""
+        store = self.executions.db.store
+        record = await self.executions.db(store.get_execution, execution_id)
+        if record is None or record["runner"] not in self.runners:
+            return False
+        children = await self.executions.db(store.list_executions, parent=execution_id, status=["running"],
+                                            limit=100_000)
+        await self._pause_children([c["id"] for c in children if c["runner"] in self.runners])
+        await self.jobs.advance(execution_id)  # type: ignore[union-attr]
+        return True
+
+    async def cancel_stepped(self, execution_id: str) -> bool:
+        """A cancel of a workflow conducted in steps (it is `canceling` already), the way its kind
+        cancels: Orquesta's running actions finish and its next step ends it (see `cancel`); the
+        others cancel their tasks and end at once."""
+        store = self.executions.db.store
+        record = await self.executions.db(store.get_execution, execution_id)
+        if record is None or record["runner"] not in self.runners:
+            return False
+        graceful = record["runner"] == "orquesta"
+        children = await self.executions.db(store.list_executions, parent=execution_id,
+                                            status=[*_LIVE, *_WAITING], limit=100_000)
+        for child in children:
+            await self.cancel_child(child["id"], graceful=graceful)
+        if not graceful:
+            await self.executions.complete(execution_id, "canceled", {**(record.get("result") or {}),
+                                                                      "error": "canceled by request"},
+                                           ("canceling",))
+            return True
+        await self._cancel_root(record)
+        await self.jobs.advance(execution_id)  # type: ignore[union-attr]
+        return True
+
+    async def _cancel_root(self, record: dict[str, Any]) -> None:
+        """An Orquesta cancel goes up to the root workflow, as StackStorm's does."""
+        from engine.executions import ExecutionStateError
+
+        root = ((record.get("context") or {}).get("parent") or {}).get("root_id")
+        if root and root != record["id"]:
+            with contextlib.suppress(ExecutionStateError, LookupError):  # already canceling, or finished
+                await self.executions.cancel(root)
 
     def _is_workflow(self, call: TaskCall | None) -> bool:
         action = self.executions.registry.actions.get(call.ref) if call is not None else None
@@ -402,12 +499,7 @@ class WorkflowService:
         cancel()
         flow.events.put_nowait({"__wake__": True, "id": ""})
         await flow.cancel_children(graceful=True)
-        root = (flow.request.context.get("parent") or {}).get("root_id")
-        if root and root != execution_id:
-            from engine.executions import ExecutionStateError
-
-            with contextlib.suppress(ExecutionStateError, LookupError):  # already canceling, or finished
-                await self.executions.cancel(root)
+        await self._cancel_root({"id": execution_id, "context": flow.request.context})
         return True
 
     async def cancel_child(self, child_id: str, graceful: bool = False) -> None:
@@ -428,6 +520,8 @@ class WorkflowService:
 
     def _on_finished(self, record: dict[str, Any]) -> Any:
         parent = record.get("parent")
+        if parent and self.stepping:
+            return self._step_on(parent, record)
         if parent:
             flow = self.flows.get(parent)
             if flow is not None:
@@ -438,6 +532,20 @@ class WorkflowService:
         if record["runner"] in self.runners and record["status"] == "canceled":
             return self._cancel_leftovers(record["id"])
         return None
+
+    async def _step_on(self, parent_id: str, record: dict[str, Any]) -> None:
+        """A task of a workflow conducted in steps ended (or waits for an answer): queue the
+        workflow's next step, or wake it if it is paused and this was the answer it waited for."""
+        parent = await self.executions.db(self.executions.db.store.get_execution, parent_id)
+        if parent is None:
+            return
+        if parent["status"] == "paused":
+            if record["status"] in COMPLETED:
+                await self._wake_paused(parent_id)
+        else:
+            await self.jobs.advance(parent_id)  # type: ignore[union-attr]
+        if record["runner"] in self.runners and record["status"] == "canceled":
+            await self._cancel_leftovers(record["id"])
 
     async def _wake_paused(self, parent_id: str) -> None:
         """A child of a paused workflow finished (an inquiry was answered): conduct it on."""
