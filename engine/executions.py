@@ -29,6 +29,7 @@ from engine.crypto import CryptoError, KeyRing
 from engine.datastore import Datastore
 from engine.events import EXECUTION_FINISHED, Events
 from engine.executor import Executor
+from engine.logs import bind
 from engine.packs import Registry
 from engine.parameters import MASK, ParameterError, Resolution, mask, needs_rendering, resolve
 from engine.processes import LEDGER, ledger_directory, owner_file_state, process_identity, running_since, sweep
@@ -332,6 +333,7 @@ class ExecutionService:
     async def run(self, execution_id: str, owner: Mapping[str, Any] | None = None) -> None:
         """Run one requested execution to its end (the executor calls this). `owner` adds to this
         process's identity in `runner_info` (a `squall worker` names the job and the worker)."""
+        bind(execution_id=execution_id)  # every line logged for this run names it (its task's context)
         now = utcnow()
         LEDGER.ensure()  # the owner file says this process lives (to other containers) before it owns anything
         runner_info = {**self.owner, **(owner or {})}
@@ -350,6 +352,7 @@ class ExecutionService:
         if claimed is None:
             return  # canceled meanwhile, or claimed by another process
         record, prepared = claimed
+        bind(action=record["action"], user=(record.get("context") or {}).get("user"))
         if isinstance(prepared, Exception):
             await self._finish(record, RunOutcome("failed", {"error": str(prepared)}), [])
             return
@@ -364,6 +367,7 @@ class ExecutionService:
         record = await self.db(self._take_step, execution_id, runner_info)
         if record is None:
             return
+        bind(execution_id=execution_id, action=record["action"], user=(record.get("context") or {}).get("user"))
         try:
             request, secrets = self._run_request(record)
         except (CryptoError, ParameterError, LookupError) as exc:
@@ -501,6 +505,7 @@ class ExecutionService:
         entry = {"status": outcome.status, "timestamp": iso(now)}
         finished = await self.db(self._complete, record, fields, entry, ("running", "canceling", "pausing"))
         if finished is not None:
+            log.debug("%s %s", record["action"], outcome.status)
             record.update(finished)
             self._finished(record)
 

@@ -25,6 +25,7 @@ from bot.chat.inquiries import InquiryChat
 from bot.chat.outbox import Outbox
 from bot.chat.replies import render_result, short, status_line
 from engine.executions import COMPLETED, ExecutionNotFound, ExecutionStateError, public
+from engine.logs import logging_context
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
 
@@ -83,6 +84,10 @@ class Dispatcher:
     # -- entry point -----------------------------------------------------------------------
     async def handle(self, message: Message) -> None:
         """Handle one message; whatever goes wrong, the person gets an answer and the bot stays up."""
+        with logging_context(adapter=message.adapter, channel=message.channel, user=message.user):
+            await self._handle_safely(message)
+
+    async def _handle_safely(self, message: Message) -> None:
         try:
             text = self._addressed(message)
             adapter = self.adapters.get(message.adapter)

@@ -33,16 +33,16 @@ def serve() -> None:
     """Run the service: recover pending work, run requested executions, until Ctrl-C."""
     import asyncio
     import contextlib
-    import logging
     import signal
 
     from adapters.base import AdapterConfigError
     from bot.service import serve_forever
     from engine.config import ConfigError
+    from engine.logs import configure as configure_logging
 
     config = current_config()
-    logging.getLogger().setLevel(logging.INFO)
     try:
+        configure_logging(config)
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_forever(config, stop_signals=(signal.SIGINT, signal.SIGTERM)))
     except (ConfigError, AdapterConfigError) as exc:  # settings found wanting at start: say which, no traceback
@@ -61,15 +61,15 @@ def worker(
 ) -> None:
     """Run queued executions (executor.kind: procrastinate): on any machine that reaches the database."""
     import asyncio
-    import logging
 
     from bot.worker import work
     from engine.config import ConfigError
+    from engine.logs import configure as configure_logging
 
     config = current_config()
-    logging.getLogger().setLevel(logging.INFO)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
+        configure_logging(config)
         health = (health_host, health_port) if health_port is not None else None
         asyncio.run(work(config, names, concurrency, drain, health))
     except ConfigError as exc:

@@ -1,0 +1,112 @@
+"""`logging.*`: text or JSON lines to stderr, the execution's and the message's context on every line
+logged on their behalf, libraries quiet unless asked, bad keys named."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.loopback import LoopbackAdapter
+from bot.app import Squall
+from engine.config import ConfigError, load_config
+from engine.logs import JsonFormatter, configure, logging_context
+from tests.conftest import write
+from tests.test_chat import _config, settle
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in ("alembic", "engine", "bot", "squall", "uvicorn")}
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    for name, value in levels.items():
+        logging.getLogger(name).setLevel(value)
+
+
+def _configured(home: Path, text: str, level: str | None = None) -> io.StringIO:
+    write(home / "config.yml", (home / "config.yml").read_text() + text)
+    configure(load_config(home / "config.yml"), level)
+    stream = io.StringIO()
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    return stream
+
+
+def test_json_lines_carry_the_context_and_libraries_stay_quiet(home: Path, restore_logging: None) -> None:
+    stream = _configured(home, "logging:\n  format: json\n")
+    with logging_context(execution_id="e1", action="core.local", user="alice", adapter="slack", channel="C1"):
+        logging.getLogger("engine.executions").info("ran %s", "it")
+    logging.getLogger("alembic.runtime.migration").info("Running upgrade 0001 -> 0002")  # noise: dropped
+    logging.getLogger("alembic.runtime.migration").warning("a library's problem")  # kept
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 2
+    first = lines[0]
+    assert first["message"] == "ran it" and first["level"] == "info" and first["logger"] == "engine.executions"
+    assert {k: first[k] for k in ("execution_id", "action", "user", "adapter", "channel")} == {
+        "execution_id": "e1", "action": "core.local", "user": "alice", "adapter": "slack", "channel": "C1"}
+    assert first["time"].endswith("Z") and lines[1]["message"] == "a library's problem"
+
+
+def test_text_lines_show_the_context_and_libraries_can_be_asked_for(home: Path, restore_logging: None) -> None:
+    stream = _configured(home, "logging:\n  libraries: info\n  level: warning\n")
+    logging.getLogger("alembic.runtime.migration").info("Running upgrade")
+    logging.getLogger("bot.chat").info("not shown: Squall's own lines are at warning here")
+    with logging_context(execution_id="e2"):
+        logging.getLogger("bot.chat").warning("slow reply")
+    text = stream.getvalue()
+    assert "Running upgrade" in text and "not shown" not in text
+    assert "WARNING bot.chat: slow reply [execution_id=e2]" in text
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("logging:\n  format: xml\n", "'logging.format' must be one of text, json, not 'xml'"),
+    ("logging:\n  level: loud\n", "'logging.level' must be one of debug, info, warning, error, not 'loud'"),
+    ("logging:\n  colour: true\n", "unknown key 'logging.colour'; known: format, level, libraries"),
+])
+def test_bad_logging_settings_are_named(home: Path, restore_logging: None, text: str, message: str) -> None:
+    write(home / "config.yml", (home / "config.yml").read_text() + text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        configure(load_config(home / "config.yml"))
+
+
+async def test_an_executions_lines_name_it_and_the_chat_message_behind_it(home: Path,
+                                                                         restore_logging: None) -> None:
+    _config(home)
+    stream = _configured(home, "logging:\n  format: json\n", level="debug")
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    try:
+        await loopback.say("!greet world", user="alice", channel="#ops")
+        await settle(squall, squall.chat)
+        execution = (await squall.executions.list(action="demo.greet"))[0]
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    finished = [line for line in lines if line.get("execution_id") == execution["id"]
+                and line["message"] == "demo.greet succeeded"]
+    assert len(finished) == 1, lines
+    assert finished[0]["action"] == "demo.greet" and finished[0]["adapter"] == "loopback"
+    assert finished[0]["channel"] == "#ops" and finished[0]["user"] == "alice"
+
+
+def test_the_json_formatter_keeps_a_traceback_in_its_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.getLogger("engine").makeRecord("engine", logging.ERROR, __file__, 1, "failed", (),
+                                                         sys.exc_info())
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and "ValueError: boom" in json.loads(line)["exception"]
