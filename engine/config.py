@@ -48,6 +48,32 @@ class ConfigError(Exception):
     """A configuration file that cannot be used; the message names the file and the key."""
 
 
+#: The web UI's roles, lowest first (`bot.accounts.ROLES`; the engine imports nothing of `bot`).
+WEB_ROLES = ("viewer", "operator", "admin")
+#: `web.oidc` keys (`docs/ui.md`); `client_secret` or `client_secret_env`, not both.
+OIDC_KEYS = ("issuer", "client_id", "client_secret", "client_secret_env", "scopes", "role_claim", "roles",
+             "default_role")
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    """`web.oidc`: log in to the web UI through an OpenID Connect provider (`bot/web/oidc.py`).
+
+    Checked here with the rest of the file so a typo stops `squall serve` at start, naming the key,
+    instead of showing up as a failed login in someone's browser."""
+
+    issuer: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    #: The ID token claim holding the person's groups (a list, or one string).
+    role_claim: str = "groups"
+    #: role -> the groups that give it; the highest role any of the person's groups gives wins.
+    roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The role of a person in none of those groups; None refuses them.
+    default_role: str | None = None
+
+
 @dataclass
 class Config:
     """The settings Squall reads; every path is absolute once loaded."""
@@ -77,11 +103,29 @@ class Config:
     queues: dict[str, str] = field(default_factory=dict)
     #: `executor.unserved_after`: seconds a queued execution waits before chat is told no worker took it (0: never).
     unserved_after: float = 60.0
+    #: `web.oidc`: OpenID Connect login to the web UI, when configured.
+    oidc: OidcSettings | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     def queue_for(self, ref: str) -> str:
         """The queue of an action's executions: its own entry, else its pack's, else `default`."""
         return self.queues.get(ref) or self.queues.get(ref.partition(".")[0]) or DEFAULT_QUEUE
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """`metrics.enabled` (default true): whether this process records Prometheus metrics."""
+        return self._flag("metrics", "enabled", True)
+
+    @property
+    def metrics_public(self) -> bool:
+        """`metrics.public` (default false): `/metrics` answers without an API key."""
+        return self._flag("metrics", "public", False)
+
+    def _flag(self, section: str, key: str, default: bool) -> bool:
+        value = self.section(section).get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.path}: '{section}.{key}' must be true or false, not {value!r}")
+        return value
 
     def section(self, name: str) -> dict[str, Any]:
         """A top-level section as a dict, for the parts of Squall that own their own keys."""
@@ -99,12 +143,14 @@ _KNOWN_SECTIONS = {
     "executor": {"python_workers_per_pack", "max_concurrency", "kind", "queues", "unserved_after"},
     "runners": {"user", "allow_root"},
     "templates": {"max_output_chars", "max_seconds"},
+    "web": {"oidc"},
     "api": None,
     "chat": None,
     "adapters": None,
     "routes": None,
     "auth": None,
     "logging": None,
+    "metrics": {"enabled", "public"},
 }
 
 
@@ -178,6 +224,101 @@ def _templates(path: Path | None, section: dict[str, Any]) -> tuple[int, float]:
         raise ConfigError(f"{path}: 'templates.max_seconds' must be a number of seconds above 0 and at most 3600, "
                           f"not {seconds!r}")
     return chars, float(seconds)
+
+
+def _oidc_text(path: Path | None, oidc: dict[str, Any], key: str, what: str, default: str | None = None) -> str:
+    """A required (or defaulted) non-empty string of `web.oidc`."""
+    value = oidc.get(key, default)
+    if value is None:
+        raise ConfigError(f"{path}: 'web.oidc.{key}' is missing: {what}")
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{path}: 'web.oidc.{key}' must be {what}, not {value!r}")
+    return value.strip()
+
+
+def _oidc_issuer(path: Path | None, oidc: dict[str, Any]) -> str:
+    """The issuer URL exactly as the provider's ID tokens name it: https, or http on this machine only."""
+    what = "the provider's https URL, such as https://login.example.com/realms/ops"
+    issuer = _oidc_text(path, oidc, "issuer", what)
+    scheme, _, rest = issuer.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    local = host.split(":")[0] in ("localhost", "127.0.0.1") or host.startswith("[::1]")
+    if not rest or not host or "?" in issuer or "#" in issuer or not (scheme == "https" or
+                                                                      (scheme == "http" and local)):
+        raise ConfigError(f"{path}: 'web.oidc.issuer' must be {what} (http only for localhost), not {issuer!r}")
+    return issuer
+
+
+def _oidc_secret(path: Path | None, oidc: dict[str, Any]) -> str:
+    """`client_secret`, or the environment variable `client_secret_env` names (kept out of the file)."""
+    if "client_secret" in oidc and "client_secret_env" in oidc:
+        raise ConfigError(f"{path}: 'web.oidc.client_secret' and 'web.oidc.client_secret_env' are both set: "
+                          "give the secret one way")
+    if "client_secret_env" not in oidc:
+        return _oidc_text(path, oidc, "client_secret", "the client's secret from the provider (or name an "
+                                                       "environment variable holding it with 'client_secret_env')")
+    variable = _oidc_text(path, oidc, "client_secret_env", "the name of an environment variable")
+    secret = os.environ.get(variable, "")
+    if not secret:
+        raise ConfigError(f"{path}: 'web.oidc.client_secret_env': the environment variable {variable} is not set "
+                          "or empty; it must hold the client's secret")
+    return secret
+
+
+def _oidc_roles(path: Path | None, oidc: dict[str, Any]) -> tuple[dict[str, tuple[str, ...]], str | None]:
+    """`roles` (role -> groups) and `default_role`: at least one of them lets somebody in."""
+    roles = oidc.get("roles") or {}
+    example = "{admin: [ops-leads], operator: [ops], viewer: [staff]}"
+    if not isinstance(roles, dict):
+        raise ConfigError(f"{path}: 'web.oidc.roles' must map roles to lists of groups, such as {example}")
+    mapped: dict[str, tuple[str, ...]] = {}
+    for role, groups in roles.items():
+        if role not in WEB_ROLES:
+            raise ConfigError(f"{path}: 'web.oidc.roles.{role}': unknown role; use {', '.join(WEB_ROLES)}")
+        if isinstance(groups, str):
+            groups = [groups]
+        if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+            raise ConfigError(f"{path}: 'web.oidc.roles.{role}' must be a list of group names, such as {example}")
+        mapped[role] = tuple(groups)
+    default = oidc.get("default_role")
+    if default is not None and default not in WEB_ROLES:
+        raise ConfigError(f"{path}: 'web.oidc.default_role' must be one of {', '.join(WEB_ROLES)} (or left out to "
+                          f"refuse people in none of the groups), not {default!r}")
+    if not any(mapped.values()) and default is None:
+        raise ConfigError(f"{path}: 'web.oidc.roles' is missing: map roles to the provider's groups, such as "
+                          f"{example} (or set 'web.oidc.default_role'); as it is, nobody could log in")
+    return mapped, default
+
+
+def _oidc(path: Path | None, web: dict[str, Any]) -> OidcSettings | None:
+    """`web.oidc`, checked key by key; None when it is not configured."""
+    oidc = web.get("oidc")
+    if oidc is None:
+        return None
+    if not isinstance(oidc, dict):
+        raise ConfigError(f"{path}: 'web.oidc' must be a mapping with issuer, client_id, client_secret and roles, "
+                          f"not {type(oidc).__name__}")
+    for key in oidc:
+        if key not in OIDC_KEYS:
+            near = difflib.get_close_matches(str(key), OIDC_KEYS, n=1)
+            hint = f" (did you mean 'web.oidc.{near[0]}'?)" if near else ""
+            raise ConfigError(f"{path}: unknown key 'web.oidc.{key}'{hint}; known: {', '.join(OIDC_KEYS)}")
+    scopes = oidc.get("scopes", ["openid", "profile", "email"])
+    if not isinstance(scopes, list) or not all(isinstance(s, str) and s and " " not in s for s in scopes) \
+            or "openid" not in scopes:
+        raise ConfigError(f"{path}: 'web.oidc.scopes' must be a list of scopes including openid, such as "
+                          f"[openid, profile, email, groups], not {scopes!r}")
+    roles, default = _oidc_roles(path, oidc)
+    return OidcSettings(
+        issuer=_oidc_issuer(path, oidc),
+        client_id=_oidc_text(path, oidc, "client_id", "the client id registered at the provider"),
+        client_secret=_oidc_secret(path, oidc),
+        scopes=tuple(scopes),
+        role_claim=_oidc_text(path, oidc, "role_claim", "the name of the ID token claim with the groups",
+                              default="groups"),
+        roles=roles,
+        default_role=default,
+    )
 
 
 def _resolve(base: Path, value: str | os.PathLike[str]) -> Path:
@@ -266,6 +407,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{config_path}: 'executor.unserved_after' must be seconds (0 or more), not {unserved!r}")
     runner_user, allow_root = _runners(config_path, raw.get("runners") or {})
     max_chars, max_seconds = _templates(config_path, raw.get("templates") or {})
+    oidc = _oidc(config_path, raw.get("web") or {})
     return Config(
         path=config_path,
         base_dir=base,
@@ -287,5 +429,6 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         executor_kind=kind,
         queues=queues,
         unserved_after=float(unserved),
+        oidc=oidc,
         raw=raw,
     )

@@ -19,12 +19,13 @@ from typing import Any, Self
 from engine.config import SYSTEM_PACKS_PATH, Config
 from engine.crypto import KeyRing
 from engine.datastore import Datastore
-from engine.events import ANNOUNCE, Events
+from engine.events import ANNOUNCE, EXECUTION_FINISHED, Events
 from engine.executions import ExecutionService
 from engine.executor import LocalExecutor
 from engine.inquiries import InquirerRunner, InquiryService
 from engine.jobs import JobExecutor
 from engine.leader import leadership, leads
+from engine.metrics import metrics
 from engine.notifications import Notifier
 from engine.packs import Registry, load_registry
 from engine.policies import PolicyExecutor
@@ -62,6 +63,8 @@ class Engine:
         self.registry = registry
         #: What happened, for whoever listens (the chat side): the one subscription interface.
         self.events = Events()
+        metrics.enabled = config.metrics_enabled
+        self.events.subscribe(EXECUTION_FINISHED, metrics.finished)
         #: Who local shell and Python actions start as: `runners.user`, if this process may switch users.
         self.run_as = action_account(config)
         self.python = PythonRunner(config.virtualenvs_path, config.python_workers_per_pack, self.datastore_call,

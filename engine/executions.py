@@ -30,6 +30,7 @@ from engine.datastore import Datastore
 from engine.events import EXECUTION_FINISHED, Events
 from engine.executor import Executor
 from engine.logs import bind
+from engine.metrics import metrics
 from engine.packs import Registry
 from engine.parameters import MASK, ParameterError, Resolution, mask, needs_rendering, resolve
 from engine.processes import LEDGER, ledger_directory, owner_file_state, process_identity, running_since, sweep
@@ -353,6 +354,7 @@ class ExecutionService:
             return  # canceled meanwhile, or claimed by another process
         record, prepared = claimed
         bind(action=record["action"], user=(record.get("context") or {}).get("user"))
+        metrics.started(record)
         if isinstance(prepared, Exception):
             await self._finish(record, RunOutcome("failed", {"error": str(prepared)}), [])
             return

@@ -33,6 +33,7 @@ import jsonpath_ng
 import jsonschema
 
 from engine.executions import new_id
+from engine.metrics import metrics
 from engine.operators import OPERATORS, PATTERNLESS, SEARCH, canonical, search
 from engine.packs import Registry
 from engine.parameters import draft4
@@ -613,7 +614,9 @@ class RulesEngine:
             return []
         matched = []
         matches = self.evaluator.matches
+        evaluated = 0
         for rule in bucket.candidates(payload):
+            evaluated += 1
             try:
                 if matches(rule, payload):
                     matched.append(rule)
@@ -621,6 +624,8 @@ class RulesEngine:
                 log.warning("%s", failure)
                 if failures is not None:
                     failures.append((rule, failure_reason(rule, instance["id"], failure)))
+        if evaluated and metrics.enabled:
+            metrics.rules_evaluated.labels(instance["trigger"]).inc(evaluated)
         return matched
 
     async def process(self, instance: dict[str, Any]) -> None:
@@ -630,6 +635,7 @@ class RulesEngine:
         for rule, reason in failures:
             await self._record(rule, instance, None, "failed", reason)
         for rule in matched:
+            metrics.count(metrics.rules_matched, rule.ref)
             await self.enforce(rule, instance)
 
     async def enforce(self, rule: Rule, instance: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.metrics import metrics
 from engine.packs import Registry, sensor_trigger_types
 from engine.processes import LEDGER
 from engine.runners import RunAs
@@ -215,6 +216,7 @@ class SensorContainer:
                 running.restarts = 0
             delay = min(self.backoff * (2 ** running.restarts), self.max_backoff)
             running.restarts += 1
+            metrics.count(metrics.sensor_restarts, spec.ref)
             log.warning("sensor %s exited with status %s; restarting in %.1fs (restart %d)", spec.ref, code, delay,
                         running.restarts)
             await asyncio.sleep(delay)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import jsonschema
 
 from engine.executions import new_id
+from engine.metrics import metrics
 from engine.packs import Registry
 from engine.storage import Database, iso, utcnow
 
@@ -98,6 +99,7 @@ class TriggerService:
         record = {"id": new_id(), "trigger": trigger_ref, "payload": payload, "occurrence_time": utcnow(),
                   "status": "pending", "trace_tag": trace_tag, "trigger_parameters": dict(parameters or {}) or None}
         await self.db(self.db.store.trigger_instance_add, record)
+        metrics.count(metrics.trigger_instances, trigger_ref)
         self._spawn(record)
         return public(record)
 

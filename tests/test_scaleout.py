@@ -315,6 +315,10 @@ def test_sigterm_lets_running_actions_finish(cluster: Cluster, tmp_path: Path) -
     health = _healthz(port)
     assert health["status"] == "ok" and health["worker"].endswith(f":{worker.pid}")
     assert health["queues"] == ["default", "zone-a"] and health["running"] == [napping]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        scraped = response.read().decode()
+    assert 'squall_executions_started_total{action="demo.nap",pack="demo",source="cli"} 1.0' in scraped
+    assert 'squall_executions{state="running"} 1.0' in scraped
     os.killpg(worker.pid, signal.SIGTERM)
     with pytest.raises(urllib.error.HTTPError) as stopping:  # draining: probes see it
         _healthz(port)

@@ -26,6 +26,7 @@ from bot.chat.outbox import Outbox
 from bot.chat.replies import render_result, short, status_line
 from engine.executions import COMPLETED, ExecutionNotFound, ExecutionStateError, public
 from engine.logs import logging_context
+from engine.metrics import metrics
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
 
@@ -95,6 +96,7 @@ class Dispatcher:
                 return
             if text is None:
                 return  # chatter: the adapters pass every message on, the dispatcher decides
+            metrics.count(metrics.chat_messages, message.adapter)
             received = getattr(adapter, "received", None)
             if received is not None:  # the platform's "seen it" mark (Slack's status reaction)
                 await received(message)
@@ -137,6 +139,7 @@ class Dispatcher:
         try:
             match = self.commands.match(text)
         except AmbiguousCommand as exc:
+            metrics.count(metrics.chat_commands, message.adapter, "ambiguous")
             listed = "\n".join(f"• {c.display or c.representation} ({c.alias.ref})" for c in exc.candidates)
             await self.say(message, f"That matches more than one command equally well:\n{listed}\nPlease be more "
                                     "specific.")
@@ -146,16 +149,20 @@ class Dispatcher:
             word, _, rest = text.partition(" ")
             builtin = getattr(self, f"_builtin_{word.lower()}", None) if word.isalpha() else None
             if builtin is not None:
+                metrics.count(metrics.chat_commands, message.adapter, "builtin")
                 await builtin(message, rest.strip())
                 return
+            metrics.count(metrics.chat_commands, message.adapter, "unmatched")
             hint = f" Did you mean: {', '.join(f'`{s}`' for s in exc.suggestions)}?" if exc.suggestions else ""
             await self.say(message, f"I don't know `{short(text)}`.{hint} Try `{self.settings.prefix}help`.")
             return
         try:
             await self.commands.authorise(match, Message(**{**message.__dict__, "text": text}), "chat")
         except CommandRefused as exc:
+            metrics.count(metrics.chat_commands, message.adapter, "denied")
             await self.say(message, f"Sorry {message.user}, you may not run that: {exc}.")
             return
+        metrics.count(metrics.chat_commands, message.adapter, "matched")
         if match.alias.confirm:
             ttl = self.settings.confirm_ttl
             if isinstance(match.alias.confirm, dict):

@@ -41,6 +41,7 @@ from typing import Any
 
 from adapters.base import Adapter, DeliveryError, Reply
 from bot.chat.replies import fit
+from engine.metrics import metrics
 from engine.storage import Database, utcnow
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,7 @@ class Outbox:
                 if sent is None:
                     self._settled()
                 else:
+                    metrics.count(metrics.chat_replies, adapter.name, "sent")
                     self._mark(outbox_id, sent)
 
     def _mark(self, outbox_id: int, fields: dict[str, Any]) -> None:
@@ -357,6 +359,7 @@ class Outbox:
                     log.error("reply %s to %s %s cannot be delivered: %s", outbox_id, reply.adapter, reply.channel, exc)
                     await self.db(self.db.store.outbox_update, outbox_id,
                                   {"status": "failed", "attempts": attempt, "error": str(exc)})
+                    metrics.count(metrics.chat_replies, adapter.name, "failed")
                     self._settled_ids.append(outbox_id)
                     return None
                 wait = exc.retry_after if isinstance(exc, DeliveryError) and exc.retry_after else delay
@@ -372,6 +375,7 @@ class Outbox:
         log.error("giving up on reply %s to %s %s after %d attempts", outbox_id, reply.adapter, reply.channel,
                   MAX_ATTEMPTS)
         await self.db(self.db.store.outbox_update, outbox_id, {"status": "failed"})
+        metrics.count(metrics.chat_replies, adapter.name, "failed")
         self._settled_ids.append(outbox_id)
         return None
 

@@ -56,7 +56,7 @@ def worker(
     drain: Annotated[float, typer.Option("--drain", min=0, help="Seconds running actions get to finish after "
                                                                 "SIGTERM.")] = 600.0,
     health_port: Annotated[int | None, typer.Option("--health-port", min=1, max=65535, help="Answer GET /healthz "
-                                                    "on this port (default: no HTTP at all).")] = None,
+                                                    "and /metrics on this port (default: no HTTP at all).")] = None,
     health_host: Annotated[str, typer.Option("--health-host", help="Address of the health port.")] = "127.0.0.1",
 ) -> None:
     """Run queued executions (executor.kind: procrastinate): on any machine that reaches the database."""

@@ -19,6 +19,7 @@ from bot.http import (
     health,
     inquiries,
     keys,
+    metrics,
     packs,
     rules,
     runners,
@@ -60,11 +61,13 @@ def create_api(squall: Squall) -> FastAPI:
                   openapi_url="/openapi.json" if public_docs else None,
                   docs_url="/docs" if public_docs else None, redoc_url="/redoc" if public_docs else None)
     app.add_middleware(BodyGuard, limit=settings.max_body)
+    app.add_middleware(metrics.RequestMetrics, prefixes=(API_PREFIX, AUTH_PREFIX, STREAM_PREFIX))
     app.state.squall = squall
     app.state.api = ApiState(squall=squall, settings=settings)
     install_error_handlers(app)
 
     app.include_router(health.router)
+    app.include_router(metrics.router, dependencies=[] if squall.config.metrics_public else [Depends(require_key)])
     if not public_docs:
         app.add_api_route("/openapi.json", openapi, methods=["GET"], include_in_schema=False,
                           dependencies=[Depends(require_key)])

@@ -1,16 +1,17 @@
 """`GET /healthz`: for load balancers and probes, so it needs no API key and touches no database.
 
 `squall serve` answers it beside the API; a `squall worker` started with `--health-port` answers
-it alone (`worker_api`), with what the worker runs."""
+it (`worker_api`), with what the worker runs, and its `/metrics` beside it."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from bot.http.state import api_state
+from engine.metrics import CONTENT_TYPE_LATEST, metrics
 
 router = APIRouter()
 
@@ -22,9 +23,17 @@ async def healthz(request: Request) -> dict[str, Any]:
 
 
 def worker_api(worker: Any) -> FastAPI:
-    """The HTTP face of a `squall worker` (`bot.worker.Worker`): `/healthz` only. It says 503 once
-    the worker is stopping, so an orchestrator sees the drain."""
+    """The HTTP face of a `squall worker` (`bot.worker.Worker`): `/healthz`, which says 503 once
+    the worker is stopping (an orchestrator sees the drain), and `/metrics`."""
     app = FastAPI(title="Squall worker", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def worker_metrics() -> Response:
+        """The worker's Prometheus metrics (its executions, queues, the process), for a scraper on
+        the worker's own network: the health port binds to loopback unless told otherwise."""
+        squall = worker.squall
+        await squall.db(metrics.observe, squall.store, leader=squall.sensor_lead, adapters={}, queues=True)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def worker_healthz() -> JSONResponse:

@@ -1,0 +1,177 @@
+"""Prometheus metrics of one Squall process (`squall serve` or `squall worker`), served at `/metrics`.
+
+One registry per process (`metrics`), not prometheus-client's global one, so nothing a library
+registers leaks in. Counters and histograms move where things happen, one call each (executions
+started and finished, rules, trigger instances, webhooks, chat messages, commands and replies,
+sensor restarts, HTTP requests); what is a state rather than an event (executions running and
+waiting, the outbox's backlog, inquiries pending, queue depths, the leader, adapters connected) is
+read once per scrape, on the database thread (`Metrics.observe`), so the hot paths never pay for it.
+
+Refs are label values, never part of a name (StackStorm's statsd baked `st2.action.<ref>` into the
+name, which Prometheus cannot aggregate). Nothing a person typed and no parameter is ever a label:
+labels are refs, statuses, runner, adapter and route names, so a secret cannot reach a scrape.
+
+`metrics.enabled: false` (config) turns the recording calls into no-ops; `bench/chat.py` and
+`bench/executions.py` measure what they cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from engine.storage import Store, as_utc, executions, outbox, utcnow
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "metrics", "source_of"]
+
+#: Timer trigger types: executions their rules request count as source `timer`.
+_TIMERS = ("core.st2.IntervalTimer", "core.st2.DateTimer", "core.st2.CronTimer")
+_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+_HTTP_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+_LIVE = ("running", "pausing", "canceling", "resuming")
+_WAITING = ("requested", "scheduled", "delayed")
+
+
+def source_of(context: Mapping[str, Any] | None) -> str:
+    """Where an execution came from: chat, web, api, cli, rule, timer or workflow (its task)."""
+    context = context or {}
+    trigger = (context.get("trigger_instance") or {}).get("name")
+    if trigger in _TIMERS:
+        return "timer"
+    if context.get("rule"):
+        return "rule"
+    if context.get("parent"):
+        return "workflow"
+    return str(context.get("source") or "api")
+
+
+class Metrics:
+    """The process's metrics; `enabled` False makes every recording call return at once."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        registry = self.registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # resident memory, CPU seconds, open files
+        self.executions_started = Counter(
+            "squall_executions_started_total", "Executions that began running in this process.",
+            ["action", "pack", "source"], registry=registry)
+        self.executions_finished = Counter(
+            "squall_executions_finished_total", "Executions that ended, by how they ended.",
+            ["action", "pack", "status", "source"], registry=registry)
+        self.execution_duration = Histogram(
+            "squall_execution_duration_seconds", "From request to end, by runner.", ["runner"],
+            buckets=_DURATION_BUCKETS, registry=registry)
+        self.rules_evaluated = Counter(
+            "squall_rules_evaluated_total", "Rules whose criteria were evaluated against a trigger instance.",
+            ["trigger_type"], registry=registry)
+        self.rules_matched = Counter(
+            "squall_rules_matched_total", "Rules that matched a trigger instance (and were enforced).",
+            ["rule"], registry=registry)
+        self.trigger_instances = Counter(
+            "squall_trigger_instances_total", "Trigger instances stored, by trigger type.", ["trigger_type"],
+            registry=registry)
+        self.webhook_requests = Counter(
+            "squall_webhook_requests_total", "Webhook requests, by hook and HTTP status.", ["hook", "status"],
+            registry=registry)
+        self.chat_messages = Counter(
+            "squall_chat_messages_total", "Chat messages addressed to Squall, by adapter.", ["adapter"],
+            registry=registry)
+        self.chat_commands = Counter(
+            "squall_chat_commands_total", "Chat commands by adapter and outcome: matched, unmatched, ambiguous, "
+            "denied, builtin.", ["adapter", "outcome"], registry=registry)
+        self.chat_replies = Counter(
+            "squall_chat_replies_total", "Replies the outbox delivered (sent) or gave up on (failed).",
+            ["adapter", "outcome"], registry=registry)
+        self.sensor_restarts = Counter(
+            "squall_sensor_restarts_total", "Sensor processes restarted after they exited.", ["sensor"],
+            registry=registry)
+        self.http_duration = Histogram(
+            "squall_http_request_duration_seconds", "HTTP requests by route template, method and status.",
+            ["route", "method", "status"], buckets=_HTTP_BUCKETS, registry=registry)
+        self.executions = Gauge("squall_executions", "Executions now, by state: running or waiting.", ["state"],
+                                registry=registry)
+        self.queue_jobs = Gauge("squall_queue_jobs", "Jobs waiting on each queue (executor.kind: procrastinate).",
+                                ["queue"], registry=registry)
+        self.queue_oldest = Gauge(
+            "squall_queue_oldest_job_age_seconds", "Age of the oldest request waiting on each queue.", ["queue"],
+            registry=registry)
+        self.outbox_pending = Gauge("squall_outbox_pending", "Replies stored and not yet delivered.",
+                                    registry=registry)
+        self.outbox_oldest = Gauge("squall_outbox_oldest_pending_age_seconds",
+                                   "Age of the oldest reply not yet delivered (0: none).", registry=registry)
+        self.inquiries_pending = Gauge("squall_inquiries_pending", "Inquiries waiting for an answer.",
+                                       registry=registry)
+        self.leader = Gauge("squall_leader", "1 if this process leads (fires timers, runs sensors).",
+                            registry=registry)
+        self.adapter_connected = Gauge("squall_adapter_connected", "1 if the chat adapter is connected.",
+                                       ["adapter"], registry=registry)
+
+    # -- events ---------------------------------------------------------------------------------
+    def started(self, record: Mapping[str, Any]) -> None:
+        if self.enabled:
+            action = record["action"]
+            self.executions_started.labels(action, action.partition(".")[0], source_of(record.get("context"))).inc()
+
+    def finished(self, record: Mapping[str, Any]) -> None:
+        """An `EXECUTION_FINISHED` listener (a paused workflow is not finished: not counted)."""
+        if not self.enabled or record.get("status") == "paused":
+            return
+        action = record["action"]
+        self.executions_finished.labels(action, action.partition(".")[0], record["status"],
+                                        source_of(record.get("context"))).inc()
+        if record.get("elapsed_seconds") is not None:
+            self.execution_duration.labels(record.get("runner") or "").observe(float(record["elapsed_seconds"]))
+
+    def count(self, counter: Counter, *labels: str) -> None:
+        """One more of `counter` with `labels` (a call site that needs nothing else)."""
+        if self.enabled:
+            counter.labels(*labels).inc()
+
+    # -- states, read at scrape time ------------------------------------------------------------
+    def observe(self, store: Store, *, leader: bool, adapters: Mapping[str, bool], queues: bool) -> None:
+        """Set the gauges from the database and this process (run on the database thread)."""
+        now = utcnow()
+        with store._read() as conn:
+            counts = dict(conn.execute(_BY_STATUS).all())
+            pending_replies, oldest_reply = conn.execute(_OUTBOX).one()
+            inquiries = conn.execute(_INQUIRIES).scalar_one()
+            waiting = conn.execute(_QUEUES).all() if queues else []
+        self.executions.labels("running").set(sum(counts.get(s, 0) for s in _LIVE))
+        self.executions.labels("waiting").set(sum(counts.get(s, 0) for s in _WAITING))
+        self.outbox_pending.set(pending_replies)
+        self.outbox_oldest.set(_age(now, oldest_reply))
+        self.inquiries_pending.set(inquiries)
+        self.queue_jobs.clear()
+        self.queue_oldest.clear()
+        for queue, jobs, oldest in waiting:
+            self.queue_jobs.labels(queue).set(jobs)
+            self.queue_oldest.labels(queue).set(_age(now, oldest))
+        self.leader.set(1 if leader else 0)
+        for name, connected in adapters.items():
+            self.adapter_connected.labels(name).set(1 if connected else 0)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of everything."""
+        return generate_latest(self.registry)
+
+
+def _age(now: datetime, since: datetime | None) -> float:
+    return max(0.0, (now - as_utc(since)).total_seconds()) if since is not None else 0.0
+
+
+_BY_STATUS = (sa.select(executions.c.status, sa.func.count()).where(executions.c.status.in_([*_LIVE, *_WAITING]))
+              .group_by(executions.c.status))
+_OUTBOX = sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(outbox.c.status == "pending")
+_INQUIRIES = sa.select(sa.func.count()).where(executions.c.status == "pending", executions.c.runner == "inquirer")
+# The age of a queue's oldest job is its execution's (procrastinate keeps the defer time in its events).
+_QUEUES = sa.text(
+    "SELECT j.queue_name, count(*), min(e.start_timestamp) FROM procrastinate_jobs j "
+    "LEFT JOIN executions e ON e.id = j.args ->> 'execution_id' WHERE j.status = 'todo' GROUP BY j.queue_name")
+
+#: This process's metrics.
+metrics = Metrics()

@@ -1,0 +1,152 @@
+"""`/metrics`: after a chat command, an unknown chat command, a webhook that fires a rule and a failing
+API run, every counter moved by exactly what happened; states are read at scrape time; the route
+needs a key unless public; no parameter value ever reaches a scrape."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from adapters.loopback import LoopbackAdapter
+from bot.app import Squall
+from bot.http.app import create_api
+from engine.config import load_config
+from engine.metrics import metrics
+from tests.test_api import KEY, _home
+from tests.test_chat import settle
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _samples(text: str) -> Samples:
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def _value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+async def served(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter, httpx.AsyncClient]]:
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(_home(home) / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    transport = httpx.ASGITransport(app=create_api(squall))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://squall",
+                                     headers={"St2-Api-Key": KEY}) as client:
+            yield squall, loopback, client
+    finally:
+        await squall.chat.stop()
+        await squall.triggers.settle()
+        await squall.close()
+
+
+async def _scrape(client: httpx.AsyncClient) -> Samples:
+    answer = await client.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    return _samples(answer.text)
+
+
+async def _done(squall: Squall, count: int) -> None:
+    for _ in range(600):
+        finished = [e for e in await squall.executions.list() if e["end_timestamp"]]
+        if len(finished) >= count:
+            await settle(squall, squall.chat)
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the executions did not finish")
+
+
+async def test_counters_move_by_exactly_what_happened(served) -> None:
+    squall, loopback, client = served
+    before = await _scrape(client)
+    await loopback.say("!greet world", user="alice", channel="#ops")
+    await loopback.say("!frobnicate now", user="alice", channel="#ops")
+    hook = await client.post("/api/v1/webhooks/ci/build/", json={"who": "ci"})
+    assert hook.status_code == 202
+    failing = await client.post("/api/v1/executions", json={"action": "core.local", "parameters": {"cmd": "exit 3"}})
+    assert failing.status_code == 201
+    await _done(squall, 3)
+    after = await _scrape(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    assert moved("squall_chat_messages_total", adapter="loopback") == 2
+    assert moved("squall_chat_commands_total", adapter="loopback", outcome="matched") == 1
+    assert moved("squall_chat_commands_total", adapter="loopback", outcome="unmatched") == 1
+    assert moved("squall_chat_replies_total", adapter="loopback", outcome="sent") >= 3  # ack, result, "don't know"
+    assert moved("squall_executions_started_total", action="demo.greet", pack="demo", source="chat") == 1
+    assert moved("squall_executions_started_total", action="demo.greet", pack="demo", source="rule") == 1
+    assert moved("squall_executions_finished_total", action="demo.greet", pack="demo", status="succeeded",
+                 source="chat") == 1
+    assert moved("squall_executions_finished_total", action="demo.greet", pack="demo", status="succeeded",
+                 source="rule") == 1
+    assert moved("squall_executions_finished_total", action="core.local", pack="core", status="failed",
+                 source="api") == 1
+    assert moved("squall_execution_duration_seconds_count", runner="local-shell-cmd") == 3
+    assert moved("squall_webhook_requests_total", hook="ci/build/", status="202") == 1
+    assert moved("squall_trigger_instances_total", trigger_type="core.st2.webhook") == 1
+    assert moved("squall_rules_matched_total", rule="demo.on_build") == 1
+    assert moved("squall_rules_evaluated_total", trigger_type="core.st2.webhook") >= 1
+    assert moved("squall_http_request_duration_seconds_count", route="/api/v1/executions", method="POST",
+                 status="201") == 1
+    assert _value(after, "squall_executions", state="running") == 0
+    assert _value(after, "squall_outbox_pending") == 0
+    assert _value(after, "squall_outbox_oldest_pending_age_seconds") == 0
+    assert _value(after, "squall_adapter_connected", adapter="loopback") == 1
+    assert _value(after, "squall_leader") == 0  # serve's leader loop is not running here
+    squall.sensor_lead = True  # what that loop sets once this process holds the lead
+    assert _value(await _scrape(client), "squall_leader") == 1
+
+
+async def test_states_are_read_when_scraped_and_values_never_become_labels(served) -> None:
+    squall, _loopback, client = served
+    secret = "hunter2-Zq81"
+    slow = await client.post("/api/v1/executions", json={"action": "demo.slow"})
+    await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {
+        "who": "<b>someone</b> {{ 7*7 }}", "password": secret}})
+    for _ in range(200):
+        if (await squall.executions.get(slow.json()["id"]))["status"] == "running":
+            break
+        await asyncio.sleep(0.05)
+    text = (await client.get("/metrics")).text
+    assert _value(_samples(text), "squall_executions", state="running") >= 1
+    assert secret not in text and "someone" not in text, [line for line in text.splitlines() if "someone" in line]
+    await client.delete(f"/api/v1/executions/{slow.json()['id']}")
+    await client.get(f"/api/v1/executions/{'f' * 24}")  # an id in a path is a template's parameter
+    assert f"{'f' * 24}" not in (await client.get("/metrics")).text
+
+
+async def test_metrics_need_a_key_unless_public(home: Path) -> None:
+    for public, expected in ((False, 401), (True, 200)):
+        _home(home, f"metrics: {{public: {str(public).lower()}}}")
+        squall = await Squall.start(load_config(home / "config.yml"))
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(squall)),
+                                         base_url="http://squall") as anon:
+                assert (await anon.get("/metrics")).status_code == expected
+        finally:
+            await squall.close()
+
+
+async def test_disabled_metrics_record_nothing(home: Path) -> None:
+    squall = await Squall.start(load_config(_home(home, "metrics: {enabled: false}") / "config.yml"))
+    try:
+        before = _value(_samples(metrics.exposition().decode()), "squall_executions_started_total",
+                        action="core.noop", pack="core", source="api")
+        record = await squall.executions.request("core.noop", {}, {"source": "api"})
+        await squall.executions.wait(record["id"], timeout=30)
+        after = _value(_samples(metrics.exposition().decode()), "squall_executions_started_total",
+                       action="core.noop", pack="core", source="api")
+        assert after == before and not metrics.enabled
+    finally:
+        await squall.close()
+        metrics.enabled = True
