@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.base import Capabilities, Reply
 from adapters.loopback import LoopbackAdapter
+from bench.metrics_cost import compare
 from bot.app import Squall
 from bot.service import settle_heap
 from engine.config import load_config
@@ -135,8 +136,14 @@ async def main(commands: int, in_flight: int, arrival_rate: float) -> None:
           f"({'met' if rate >= 1000 else 'NOT met'}), p99 <= 20 ms at {arrival_rate:,.0f}/s with up to {in_flight} "
           f"in flight ({'met' if p99 <= 20 else 'NOT met'}); closed loop: p99 {p(latencies, 0.99):.0f} ms, mean "
           f"{statistics.fmean(latencies) * 1000:.0f} ms = {in_flight} in flight / {rate:,.0f} per s (Little's law)")
+    print(await compare(lambda: _rate(run, one_chat, commands)))
     await bot.stop()
     await squall.close()
+
+
+async def _rate(run, kind, n: int) -> float:
+    rate, _latencies = await run(kind, n)
+    return rate
 
 
 def _message(message_id: str):

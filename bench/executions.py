@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.metrics_cost import compare  # noqa: E402
 from bot.app import Squall  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.runners.python import COMPAT_PATH  # noqa: E402
@@ -97,6 +98,14 @@ async def main(runs: int, throughput_n: int) -> None:
           f"(target >= 1,000; {rate / 1000:.2f}x the target)")
     sequential = await timed(500, lambda: run("core.noop"))
     print(f"durable core.noop sequential: {500 / sum(sequential):,.0f} executions/s")
+
+    async def concurrent() -> float:
+        begun = time.perf_counter()
+        batch = await asyncio.gather(*(ex.request("core.noop") for _ in range(throughput_n // 2)))
+        await asyncio.gather(*(ex.wait(r["id"]) for r in batch))
+        return len(batch) / (time.perf_counter() - begun)
+
+    print(f"durable core.noop throughput, {throughput_n // 2} concurrent: " + await compare(concurrent))
     await app.close()
 
 
