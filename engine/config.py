@@ -151,6 +151,7 @@ _KNOWN_SECTIONS = {
     "auth": None,
     "logging": None,
     "metrics": {"enabled", "public"},
+    "audit": {"sinks"},
 }
 
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Self
 
+from engine import audit_sinks
 from engine.config import SYSTEM_PACKS_PATH, Config
 from engine.crypto import KeyRing
 from engine.datastore import Datastore
@@ -64,6 +65,7 @@ class Engine:
         #: What happened, for whoever listens (the chat side): the one subscription interface.
         self.events = Events()
         metrics.enabled = config.metrics_enabled
+        self.audit_sinks = audit_sinks.install(store, config)
         self.events.subscribe(EXECUTION_FINISHED, metrics.finished)
         #: Who local shell and Python actions start as: `runners.user`, if this process may switch users.
         self.run_as = action_account(config)
@@ -231,6 +233,8 @@ class Engine:
         await self.python.close()
         self.db.close()
         self.store.close()
+        for sink in self.audit_sinks:
+            sink.close()
 
 
 def action_account(config: Config) -> RunAs | None:

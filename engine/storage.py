@@ -517,6 +517,8 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        #: Called with each audit event once stored (`engine/audit_sinks.py`: the file, syslog, stdout).
+        self.audit_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._batch = threading.local()
         # SQLite only: a connection that never waits for a lock, for calls made on the event loop.
         self._nowait: Engine | None = None
@@ -944,6 +946,8 @@ class Store:
         record = {"timestamp": utcnow(), "event": event, "actor": actor, "source": source, "target": target,
                   "detail": detail}
         self._insert(audit, record)
+        for listener in self.audit_listeners:
+            listener(record)
 
     def audit_list(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
         statement = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)

@@ -11,7 +11,7 @@ read command takes `--json` and then prints exactly one JSON document on stdout.
 
 from __future__ import annotations
 
-from bot.cli import actions, aliases, apikeys, executions, inquiries, keys, packs, rules, serve, users
+from bot.cli import actions, aliases, apikeys, audit, executions, inquiries, keys, packs, rules, serve, users
 from bot.cli.common import app
 
 __all__ = ["app", "main"]
@@ -26,6 +26,7 @@ app.add_typer(packs.pack_app, name="pack")
 app.add_typer(aliases.alias_app, name="alias")
 app.add_typer(apikeys.apikey_app, name="apikey")
 app.add_typer(users.user_app, name="user")
+app.add_typer(audit.audit_app, name="audit")
 app.add_typer(inquiries.inquiry_app, name="inquiry")
 app.add_typer(keys.key_app, name="key")
 app.add_typer(rules.rule_app, name="rule")

@@ -1,0 +1,184 @@
+"""Where audit events go besides the database (`audit.sinks`): a JSON-lines file (rotated), syslog
+(RFC 5424, over UDP or a local socket), or standard output.
+
+Every audit event is written by `Store.audit_add`, whoever records it (the chat command path, the
+web UI, the API, the CLI), so the sinks hang there: `install(store, config)` makes the store hand
+each stored event to them. A sink that fails (a full disk, a syslog host gone) is logged and never
+stops the event from being stored or the action from going on: the database copy is the record,
+the sinks are its stream.
+
+What leaves through a sink is masked once more: any detail key that names a secret (password,
+secret, token, key, credential) is shown as `********`, whatever the caller already masked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from engine.parameters import MASK
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Mapping[str, Any]], None]
+KINDS = ("file", "syslog", "stdout")
+_SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|api_?key|private_?key|credential", re.IGNORECASE)
+#: syslog facilities by name (RFC 5424 §6.2.1).
+FACILITIES = {"kern": 0, "user": 1, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10, **{
+    f"local{n}": 16 + n for n in range(8)}}
+_NOTICE, _WARNING = 5, 4
+#: Events that are refusals: sent to syslog as warnings.
+_DENIALS = re.compile(r"denied|refused|failed")
+
+
+def masked(value: Any) -> Any:
+    """`value` with every mapping entry whose key names a secret masked, at any depth."""
+    if isinstance(value, Mapping):
+        return {k: MASK if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, "") else masked(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(item) for item in value]
+    return value
+
+
+def entry(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The audit event as every sink and `squall audit export` shows it."""
+    stamp = record.get("timestamp")
+    return {"time": stamp.isoformat().replace("+00:00", "Z") if isinstance(stamp, datetime) else stamp,
+            "event": record.get("event"), "actor": record.get("actor"), "source": record.get("source"),
+            "target": record.get("target"), "detail": masked(record.get("detail") or {})}
+
+
+def line(record: Mapping[str, Any]) -> str:
+    return json.dumps(entry(record), default=str, ensure_ascii=False, sort_keys=False)
+
+
+class FileSink:
+    """JSON lines appended to `path`, rotated at `max_bytes` keeping `backups` old files."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
+                                                            encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(message)s"))
+        os.chmod(path, 0o600)  # who ran what is for the operators, not every local user
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        self.handler.emit(logging.makeLogRecord({"msg": line(record), "levelno": logging.INFO}))
+
+    def close(self) -> None:
+        self.handler.close()
+
+
+class SyslogSink:
+    """RFC 5424 messages: `<PRI>1 TIME HOST squall PID EVENT - JSON`, over UDP to `host:port` or to a
+    local datagram socket (`/dev/log`). Refusals go at warning severity, the rest at notice."""
+
+    def __init__(self, facility: int, address: tuple[str, int] | str) -> None:
+        self.facility = facility
+        self.address = address
+        family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET6 if ":" in address[0] \
+            else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_DGRAM)
+        self.host = socket.gethostname() or "-"
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        shown = entry(record)
+        severity = _WARNING if _DENIALS.search(str(shown["event"] or "")) else _NOTICE
+        msgid = re.sub(r"[^!-~]", "_", str(shown["event"] or "-"))[:32]
+        header = f"<{self.facility * 8 + severity}>1 {shown['time'] or '-'} {self.host} squall {os.getpid()} {msgid} -"
+        self.socket.sendto(f"{header} {json.dumps(shown, default=str)}".encode(), self.address)
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class StreamSink:
+    """JSON lines on a stream (standard output by default), for a container's log collector."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        stream = self.stream or sys.stdout
+        stream.write(line(record) + "\n")
+        stream.flush()
+
+    def close(self) -> None:
+        pass
+
+
+def build(config: Any) -> list[Any]:
+    """The sinks config `audit.sinks` lists; `ConfigError` naming the entry and key that is wrong."""
+    from engine.config import ConfigError
+
+    section = config.section("audit")
+    unknown = sorted(set(section) - {"sinks"})
+    if unknown:
+        raise ConfigError(f"{config.path}: unknown key 'audit.{unknown[0]}'; known: sinks")
+    listed = section.get("sinks") or []
+    if not isinstance(listed, list):
+        raise ConfigError(f"{config.path}: 'audit.sinks' must be a list such as [{{type: file, path: "
+                          f"data/audit.jsonl}}], not {type(listed).__name__}")
+    sinks = []
+    for index, spec in enumerate(listed):
+        where = f"audit.sinks[{index}]"
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind not in KINDS:
+            raise ConfigError(f"{config.path}: '{where}.type' must be one of {', '.join(KINDS)}, not {kind!r}")
+        sinks.append(_sink(config, where, kind, spec))
+    return sinks
+
+
+def _sink(config: Any, where: str, kind: str, spec: dict[str, Any]) -> Any:
+    from engine.config import ConfigError
+
+    known = {"file": {"type", "path", "max_bytes", "backups"}, "syslog": {"type", "host", "port", "socket",
+                                                                         "facility"}, "stdout": {"type"}}[kind]
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ConfigError(f"{config.path}: unknown key '{where}.{unknown[0]}' for a {kind} sink; known: "
+                          f"{', '.join(sorted(known))}")
+    try:
+        if kind == "file":
+            path = Path(spec.get("path") or "data/audit.jsonl")
+            path = path if path.is_absolute() else config.base_dir / path
+            return FileSink(path, int(spec.get("max_bytes", 10 * 1024 * 1024)), int(spec.get("backups", 5)))
+        if kind == "syslog":
+            facility = spec.get("facility", "auth")
+            if facility not in FACILITIES:
+                raise ConfigError(f"{config.path}: '{where}.facility' must be one of {', '.join(FACILITIES)}, "
+                                  f"not {facility!r}")
+            address = spec["socket"] if "socket" in spec else (str(spec.get("host", "127.0.0.1")),
+                                                               int(spec.get("port", 514)))
+            return SyslogSink(FACILITIES[facility], address)
+    except (TypeError, ValueError, OSError) as exc:
+        raise ConfigError(f"{config.path}: '{where}': {exc}") from None
+    return StreamSink()
+
+
+def install(store: Any, config: Any) -> list[Any]:
+    """Hand every audit event `store` records to the configured sinks; the sinks (to close)."""
+    sinks = build(config)
+    for sink in sinks:
+        store.audit_listeners.append(_guarded(sink))
+    return sinks
+
+
+def _guarded(sink: Sink) -> Sink:
+    def deliver(record: Mapping[str, Any]) -> None:
+        try:
+            sink(record)
+        except Exception as exc:  # the database has the event; the stream missing one must not stop anything
+            log.warning("the %s audit sink could not take %s: %s", type(sink).__name__, record.get("event"), exc)
+
+    return deliver
