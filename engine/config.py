@@ -150,7 +150,7 @@ _KNOWN_SECTIONS = {
     "routes": None,
     "auth": None,
     "logging": None,
-    "metrics": {"enabled", "public"},
+    "metrics": {"enabled", "public", "statsd"},
     "audit": {"sinks"},
 }
 

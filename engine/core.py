@@ -64,7 +64,7 @@ class Engine:
         self.registry = registry
         #: What happened, for whoever listens (the chat side): the one subscription interface.
         self.events = Events()
-        metrics.enabled = config.metrics_enabled
+        metrics.configure(config)
         self.audit_sinks = audit_sinks.install(store, config)
         self.events.subscribe(EXECUTION_FINISHED, metrics.finished)
         #: Who local shell and Python actions start as: `runners.user`, if this process may switch users.

@@ -13,10 +13,16 @@ labels are refs, statuses, runner, adapter and route names, so a secret cannot r
 
 `metrics.enabled: false` (config) turns the recording calls into no-ops; `bench/chat.py` and
 `bench/executions.py` measure what they cost.
+
+`metrics.statsd: {host, port, prefix}` also sends the same events over UDP in StackStorm's statsd
+keys (`st2.action.executions`, `st2.action.<ref>`, `st2.action.<status>`, `st2.rule.<ref>`,
+`st2.trigger.<type>`, `st2.api.requests`...), so a pipeline built for st2 keeps working.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -55,6 +61,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.enabled = True
+        #: StackStorm-style statsd copies of the events (`metrics.statsd`), or None.
+        self.statsd: Statsd | None = None
         registry = self.registry = CollectorRegistry()
         ProcessCollector(registry=registry)  # resident memory, CPU seconds, open files
         self.executions_started = Counter(
@@ -111,11 +119,32 @@ class Metrics:
         self.adapter_connected = Gauge("squall_adapter_connected", "1 if the chat adapter is connected.",
                                        ["adapter"], registry=registry)
 
+    def configure(self, config: Any) -> None:
+        """Config `metrics.enabled` and `metrics.statsd` (`ConfigError` naming a bad key)."""
+        from engine.config import ConfigError
+
+        self.enabled = config.metrics_enabled
+        if self.statsd is not None:
+            self.statsd.close()
+            self.statsd = None
+        statsd = config.section("metrics").get("statsd")
+        if statsd is None or not self.enabled:
+            return
+        if not isinstance(statsd, dict) or set(statsd) - {"host", "port", "prefix"} or "host" not in statsd:
+            raise ConfigError(f"{config.path}: 'metrics.statsd' must be a mapping with host (and port, default "
+                              f"8125; prefix, default st2), such as {{host: 127.0.0.1, port: 8125}}, not {statsd!r}")
+        port = statsd.get("port", 8125)
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ConfigError(f"{config.path}: 'metrics.statsd.port' must be a UDP port number, not {port!r}")
+        self.statsd = Statsd(str(statsd["host"]), port, str(statsd.get("prefix", "st2")))
+
     # -- events ---------------------------------------------------------------------------------
     def started(self, record: Mapping[str, Any]) -> None:
         if self.enabled:
             action = record["action"]
             self.executions_started.labels(action, action.partition(".")[0], source_of(record.get("context"))).inc()
+            if self.statsd is not None:
+                self.statsd.send(("action.executions", 1, "c"), (f"action.{action}", 1, "c"))
 
     def finished(self, record: Mapping[str, Any]) -> None:
         """An `EXECUTION_FINISHED` listener (a paused workflow is not finished: not counted)."""
@@ -126,11 +155,32 @@ class Metrics:
                                         source_of(record.get("context"))).inc()
         if record.get("elapsed_seconds") is not None:
             self.execution_duration.labels(record.get("runner") or "").observe(float(record["elapsed_seconds"]))
+        if self.statsd is not None:
+            milliseconds = round(float(record.get("elapsed_seconds") or 0) * 1000, 3)
+            self.statsd.send((f"action.{record['status']}", 1, "c"), ("action.executions", milliseconds, "ms"),
+                             (f"action.{action}", milliseconds, "ms"))
 
     def count(self, counter: Counter, *labels: str) -> None:
         """One more of `counter` with `labels` (a call site that needs nothing else)."""
         if self.enabled:
             counter.labels(*labels).inc()
+            if self.statsd is not None:
+                self.statsd.send(*_st2_keys(counter, labels))
+
+    def evaluated(self, trigger_type: str, rules: int) -> None:
+        """`rules` rules' criteria were evaluated against an instance of `trigger_type`."""
+        if self.enabled:
+            self.rules_evaluated.labels(trigger_type).inc(rules)
+            if self.statsd is not None:
+                self.statsd.send(("rule.processed", rules, "c"))
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """An HTTP request answered (the API's middleware)."""
+        self.http_duration.labels(route, method, str(status)).observe(seconds)
+        if self.statsd is not None:
+            service = "auth" if route.startswith("/auth/") else "stream" if route.startswith("/stream/") else "api"
+            self.statsd.send((f"{service}.requests", 1, "c"), (f"{service}.requests.method.{method}", 1, "c"),
+                             (f"{service}.responses.status.{status}", 1, "c"))
 
     # -- states, read at scrape time ------------------------------------------------------------
     def observe(self, store: Store, *, leader: bool, adapters: Mapping[str, bool], queues: bool) -> None:
@@ -158,6 +208,35 @@ class Metrics:
     def exposition(self) -> bytes:
         """The Prometheus text format of everything."""
         return generate_latest(self.registry)
+
+
+class Statsd:
+    """Fire-and-forget UDP datagrams (`prefix.key:value|type`), one per event batch; a lost datagram
+    costs a count, never a request."""
+
+    def __init__(self, host: str, port: int, prefix: str) -> None:
+        self.address = (host, port)
+        self.prefix = prefix.rstrip(".")
+        self.socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.setblocking(False)
+
+    def send(self, *samples: tuple[str, float, str]) -> None:
+        payload = "\n".join(f"{self.prefix}.{key}:{value:g}|{kind}" for key, value, kind in samples)
+        with contextlib.suppress(OSError):  # nobody listening, or a full buffer: statsd is lossy by design
+            self.socket.sendto(payload.encode(), self.address)
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def _st2_keys(counter: Counter, labels: tuple[str, ...]) -> list[tuple[str, float, str]]:
+    """StackStorm's statsd keys for a counter this module moves by one."""
+    name = counter.describe()[0].name
+    if name == "squall_rules_matched":
+        return [("rule.matched", 1, "c"), (f"rule.{labels[0]}", 1, "c")]
+    if name == "squall_trigger_instances":
+        return [(f"trigger.{labels[0]}", 1, "c"), (f"trigger.{labels[0]}.processed", 1, "c")]
+    return [(".".join((name.removeprefix("squall_"), *labels)), 1, "c")]
 
 
 def _age(now: datetime, since: datetime | None) -> float:

@@ -624,8 +624,8 @@ class RulesEngine:
                 log.warning("%s", failure)
                 if failures is not None:
                     failures.append((rule, failure_reason(rule, instance["id"], failure)))
-        if evaluated and metrics.enabled:
-            metrics.rules_evaluated.labels(instance["trigger"]).inc(evaluated)
+        if evaluated:
+            metrics.evaluated(instance["trigger"], evaluated)
         return matched
 
     async def process(self, instance: dict[str, Any]) -> None:

@@ -5,6 +5,8 @@ needs a key unless public; no parameter value ever reaches a scrape."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
 from bot.http.app import create_api
-from engine.config import load_config
+from engine.config import ConfigError, load_config
 from engine.metrics import metrics
 from tests.test_api import KEY, _home
 from tests.test_chat import settle
@@ -150,3 +152,43 @@ async def test_disabled_metrics_record_nothing(home: Path) -> None:
     finally:
         await squall.close()
         metrics.enabled = True
+
+
+async def test_statsd_gets_the_same_events_in_stackstorm_keys(home: Path) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(5)
+    port = listener.getsockname()[1]
+    squall = await Squall.start(load_config(_home(home, f"metrics: {{statsd: {{host: 127.0.0.1, port: {port}}}}}")
+                                            / "config.yml"))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(squall)), base_url="http://squall",
+                                     headers={"St2-Api-Key": KEY}) as client:
+            made = await client.post("/api/v1/executions", json={"action": "core.noop"})
+            await squall.executions.wait(made.json()["id"], timeout=30)
+            await client.post("/api/v1/webhooks/ci/build/", json={"who": "ci"})
+            await squall.triggers.settle()
+        lines: list[str] = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                lines += listener.recv(65536).decode().splitlines()
+                listener.settimeout(1)
+    finally:
+        listener.close()
+        await squall.close()
+    keys = {(line.split(":")[0], line.split("|")[1]) for line in lines}
+    for key, kind in (("st2.action.executions", "c"), ("st2.action.core.noop", "c"), ("st2.action.succeeded", "c"),
+                      ("st2.api.requests", "c"), ("st2.api.requests.method.POST", "c"),
+                      ("st2.api.responses.status.201", "c"), ("st2.rule.matched", "c"), ("st2.rule.demo.on_build", "c"),
+                      ("st2.trigger.core.st2.webhook", "c"), ("st2.rule.processed", "c")):
+        assert (key, kind) in keys, (key, sorted(keys))
+    assert ("st2.action.core.noop", "ms") in keys and ("st2.action.executions", "ms") in keys  # timers
+
+
+@pytest.mark.parametrize(("statsd", "message"), [
+    ("{port: 8125}", "'metrics.statsd' must be a mapping with host"),
+    ("{host: h, port: 99999}", "'metrics.statsd.port' must be a UDP port number, not 99999"),
+])
+async def test_bad_statsd_settings_are_named(home: Path, statsd: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        await Squall.start(load_config(_home(home, f"metrics: {{statsd: {statsd}}}") / "config.yml"))

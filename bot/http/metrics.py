@@ -62,8 +62,7 @@ class RequestMetrics:
             await self.app(scope, receive, sending)
         finally:
             template = self._template(scope)
-            metrics.http_duration.labels(template, scope["method"], str(status)).observe(
-                time.perf_counter() - started)
+            metrics.request(template, scope["method"], status, time.perf_counter() - started)
             if template in _WEBHOOKS:
                 metrics.webhook_requests.labels(_hook(template, scope, status), str(status)).inc()
 
