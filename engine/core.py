@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Self
 
-from engine import audit_sinks
+from engine import audit_sinks, tracing
 from engine.config import SYSTEM_PACKS_PATH, Config
 from engine.crypto import KeyRing
 from engine.datastore import Datastore
@@ -65,6 +65,7 @@ class Engine:
         #: What happened, for whoever listens (the chat side): the one subscription interface.
         self.events = Events()
         metrics.configure(config)
+        tracing.configure()  # on only when OTEL_* asks for it
         self.audit_sinks = audit_sinks.install(store, config)
         self.events.subscribe(EXECUTION_FINISHED, metrics.finished)
         #: Who local shell and Python actions start as: `runners.user`, if this process may switch users.
@@ -235,6 +236,7 @@ class Engine:
         self.store.close()
         for sink in self.audit_sinks:
             sink.close()
+        tracing.flush()
 
 
 def action_account(config: Config) -> RunAs | None:

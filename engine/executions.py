@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from engine import tracing
 from engine.actions import Action
 from engine.crypto import CryptoError, KeyRing
 from engine.datastore import Datastore
@@ -226,6 +227,9 @@ class ExecutionService:
         `extra_template_context` adds names those templates may use (rules pass `trigger`)."""
         action = self.registry.action(ref)
         context = {"user": os.environ.get("USER", "squall"), **(context or {}), "pack": action.pack}
+        traced = tracing.traceparent()
+        if traced:  # its run joins this trace, wherever and whenever it happens
+            context["trace_context"] = {**(context.get("trace_context") or {}), "traceparent": traced}
         supplied = dict(parameters or {})
         if needs_rendering(action, supplied, render):
             # Templates render on threads of their own, never on the event loop nor the database thread: one
@@ -359,7 +363,7 @@ class ExecutionService:
             await self._finish(record, RunOutcome("failed", {"error": str(prepared)}), [])
             return
         request, secrets = prepared
-        await self._conduct(record, request, secrets)
+        await self._traced("execution.run", record, request, secrets)
 
     async def step(self, execution_id: str, owner: Mapping[str, Any] | None = None) -> None:
         """Conduct a workflow one step on from its stored tasks (`executor.kind: procrastinate`: one
@@ -375,7 +379,7 @@ class ExecutionService:
         except (CryptoError, ParameterError, LookupError) as exc:
             await self._finish(record, RunOutcome("failed", {"error": str(exc)}), [])
             return
-        await self._conduct(record, request, secrets)
+        await self._traced("workflow.step", record, request, secrets)
 
     def _take_step(self, execution_id: str, runner_info: dict[str, Any]) -> dict[str, Any] | None:
         store = self.db.store
@@ -386,6 +390,13 @@ class ExecutionService:
             return None
         return {**record, "runner_info": runner_info}
 
+    async def _traced(self, name: str, record: dict[str, Any], request: RunRequest, secrets: list[str]) -> None:
+        """`_conduct` in a span of the trace that asked for the execution (its context's traceparent)."""
+        with tracing.span(name, tracing.parent_of(record["context"]), execution_id=record["id"],
+                          action=record["action"], runner=record["runner"]) as current:
+            await self._conduct(record, request, secrets)
+            if current is not None:
+                current.set_attribute("squall.status", record["status"])
     async def _conduct(self, record: dict[str, Any], request: RunRequest, secrets: list[str]) -> None:
         """Run a claimed execution's runner and record how it ended; a workflow that conducts in
         steps and now waits on tasks running elsewhere is let go, to be stepped on when one ends."""

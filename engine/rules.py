@@ -32,6 +32,7 @@ import jinja2
 import jsonpath_ng
 import jsonschema
 
+from engine import tracing
 from engine.executions import new_id
 from engine.metrics import metrics
 from engine.operators import OPERATORS, PATTERNLESS, SEARCH, canonical, search
@@ -646,9 +647,10 @@ class RulesEngine:
             "trace_context": {"trace_tag": instance.get("trace_tag"), "trigger_instance_id": instance["id"]},
         }
         try:
-            execution = await self.executions.request(
-                rule.action_ref, rule.action_parameters, context,
-                extra_template_context={"trigger": instance.get("payload")}, render=True)
+            with tracing.span("rule.enforce", rule=rule.ref, trigger_instance_id=instance["id"]):
+                execution = await self.executions.request(
+                    rule.action_ref, rule.action_parameters, context,
+                    extra_template_context={"trigger": instance.get("payload")}, render=True)
         except Exception as exc:
             reason = f'Failed to request action "{rule.action_ref}" for rule "{rule.ref}" and trigger instance ' \
                      f'"{instance["id"]}": {exc}'

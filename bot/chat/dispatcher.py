@@ -24,6 +24,7 @@ from bot.chat.index import AliasIndex
 from bot.chat.inquiries import InquiryChat
 from bot.chat.outbox import Outbox
 from bot.chat.replies import render_result, short, status_line
+from engine import tracing
 from engine.executions import COMPLETED, ExecutionNotFound, ExecutionStateError, public
 from engine.logs import logging_context
 from engine.metrics import metrics
@@ -85,7 +86,8 @@ class Dispatcher:
     # -- entry point -----------------------------------------------------------------------
     async def handle(self, message: Message) -> None:
         """Handle one message; whatever goes wrong, the person gets an answer and the bot stays up."""
-        with logging_context(adapter=message.adapter, channel=message.channel, user=message.user):
+        with logging_context(adapter=message.adapter, channel=message.channel, user=message.user), \
+                tracing.span("chat.message", adapter=message.adapter, channel=message.channel, user=message.user):
             await self._handle_safely(message)
 
     async def _handle_safely(self, message: Message) -> None:
@@ -137,7 +139,8 @@ class Dispatcher:
             await self.say(message, f"That command is {len(text):,} characters long; the limit is {MAX_COMMAND:,}.")
             return
         try:
-            match = self.commands.match(text)
+            with tracing.span("alias.match"):
+                match = self.commands.match(text)
         except AmbiguousCommand as exc:
             metrics.count(metrics.chat_commands, message.adapter, "ambiguous")
             listed = "\n".join(f"• {c.display or c.representation} ({c.alias.ref})" for c in exc.candidates)
@@ -214,6 +217,11 @@ class Dispatcher:
         The ack's row (kind "ack") is found in that transaction, so a result stored after a restart
         edits the ack too; platforms without edits get no edit. A `paused` or `pending` (inquiry)
         notice is not the result and is posted as it comes."""
+        with tracing.span("chat.result", tracing.parent_of(execution.get("context")), execution_id=execution["id"],
+                          adapter=chat["adapter"], channel=chat["channel"]):
+            await self._store_result(execution, chat)
+
+    async def _store_result(self, execution: dict[str, Any], chat: dict[str, Any]) -> None:
         alias = self.aliases.get(chat.get("alias")) if chat.get("alias") else None
         text, extra = render_result(alias, execution)
         where = {"adapter": chat["adapter"], "channel": chat["channel"], "thread": chat.get("thread")}

@@ -14,6 +14,7 @@ from bot.headers import INSTANCE_HEADER
 from bot.http.json_body import NOT_JSON, JsonBodyError, decode_json
 from bot.http.state import api_state
 from bot.http.webhook_signatures import SIGNATURE_HEADER, authorize_hook
+from engine import tracing
 from engine.triggers import TriggerError
 
 #: Removed from the headers a webhook passes on in its payload (spec §6.3).
@@ -70,8 +71,9 @@ async def generic_webhook(request: Request) -> Any:
     if not trigger:
         raise HTTPException(400, "Trigger not specified.")
     try:
-        instance = await squall.triggers.dispatch(str(trigger), body.get("payload") or {},
-                                                  trace_tag=_trace_tag(request, "st2"))
+        with tracing.span("webhook", hook="st2", trigger=str(trigger)):
+            instance = await squall.triggers.dispatch(str(trigger), body.get("payload") or {},
+                                                      trace_tag=_trace_tag(request, "st2"))
     except TriggerError as exc:
         raise HTTPException(400, str(exc)) from exc
     return JSONResponse(body, status_code=202, headers={INSTANCE_HEADER: instance["id"], **answer_headers})
@@ -94,7 +96,8 @@ async def custom_webhook(name: str, request: Request) -> Any:
     payload = {"headers": headers, "headers_lower": {k.lower(): v for k, v in headers.items()}, "body": body}
     try:
         # The instance is tied to this hook's rules only (its trigger parameters are the URL).
-        instance = await squall.rules.dispatch_webhook(hook, payload, trace_tag=_trace_tag(request, hook))
+        with tracing.span("webhook", hook=hook):
+            instance = await squall.rules.dispatch_webhook(hook, payload, trace_tag=_trace_tag(request, hook))
     except TriggerError as exc:
         raise HTTPException(400, str(exc)) from exc
     except LookupError as exc:  # the rule went away meanwhile

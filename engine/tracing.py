@@ -1,0 +1,100 @@
+"""Optional OpenTelemetry traces: one trace from a chat message through matching and the execution
+(a workflow's tasks as its children) to the reply, and from a webhook through its rule to the action.
+
+Off unless the standard variables ask for it (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_TRACES_EXPORTER=otlp`; `OTEL_SDK_DISABLED=true` wins),
+and then only with the `squall[otel]` extra installed: without it, nothing here imports
+OpenTelemetry and every call is a no-op that costs a global read.
+
+Work that goes on elsewhere (an execution run later, or by a `squall worker` on another machine)
+carries its parent as a W3C `traceparent` in the execution's context (`trace_context.traceparent`,
+beside StackStorm's `trace_tag`), so the run's span joins the trace of the message or webhook that
+asked for it, whichever process runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+_tracer: Any = None
+_propagator: Any = None
+_provider: Any = None
+
+
+def _wanted() -> bool:
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                or os.environ.get("OTEL_TRACES_EXPORTER", "").lower() == "otlp")
+
+
+def configure(exporter: Any = None) -> bool:
+    """Start tracing if the environment asks for it, or to `exporter` (tests); whether it is on."""
+    global _tracer, _propagator, _provider
+    if exporter is None and (_tracer is not None or not _wanted()):
+        return _tracer is not None
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    except ImportError:
+        log.warning("OTEL_* asks for traces, but OpenTelemetry is not installed: pip install 'squall[otel]'")
+        return False
+    provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME",
+                                                                                      "squall")}))
+    if exporter is None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # endpoint and headers from OTEL_*
+    else:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    if _provider is not None:
+        _provider.shutdown()
+    _provider, _tracer, _propagator = provider, provider.get_tracer("squall"), TraceContextTextMapPropagator()
+    return True
+
+
+def flush() -> None:
+    """Send what is buffered now (an engine is closing; the process may end next)."""
+    if _provider is not None:
+        _provider.force_flush()
+
+
+def shutdown() -> None:
+    """Send what is buffered and stop (the process is ending)."""
+    global _tracer, _provider
+    if _provider is not None:
+        _provider.shutdown()
+    _tracer = _provider = None
+
+
+@contextlib.contextmanager
+def span(name: str, parent: str | None = None, **attributes: Any) -> Iterator[Any]:
+    """A span around the block, child of the current one, or of `parent` (a stored traceparent)."""
+    if _tracer is None:
+        yield None
+        return
+    context = _propagator.extract({"traceparent": parent}) if parent else None
+    shown = {f"squall.{key}": value for key, value in attributes.items() if value is not None}
+    with _tracer.start_as_current_span(name, context=context, attributes=shown) as current:
+        yield current
+
+
+def traceparent() -> str | None:
+    """The current span as a W3C traceparent, for work that goes on elsewhere; None when off."""
+    if _tracer is None:
+        return None
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def parent_of(context: Mapping[str, Any] | None) -> str | None:
+    """The traceparent an execution's context carries, if any."""
+    return ((context or {}).get("trace_context") or {}).get("traceparent")
