@@ -134,3 +134,42 @@ def test_audit_export_jsonl_and_csv_oldest_first_within_the_range(home: Path) ->
     bad = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "audit", "export", "--format", "xml"],
                          capture_output=True, text=True, timeout=60, cwd=home)
     assert bad.returncode == 2 and "--format must be one of jsonl, csv, not 'xml'" in bad.stderr
+
+
+async def test_key_changes_logins_and_pack_changes_are_audited(home: Path) -> None:
+    import base64
+
+    import httpx
+
+    from bot.http.app import create_api
+    from tests.test_api import KEY
+    from tests.test_api import _home as api_home
+
+    config = api_home(home, "audit: {sinks: [{type: file, path: data/audit.jsonl}]}")
+    squall = await Squall.start(load_config(config / "config.yml"))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(squall)),
+                                     base_url="http://squall", headers={"St2-Api-Key": KEY}) as client:
+            put = await client.put("/api/v1/keys/db_pass", json={"value": "hunter2", "secret": True})
+            assert put.status_code == 200
+            assert (await client.delete("/api/v1/keys/db_pass")).status_code == 204
+            bad = base64.b64encode(b"mallory:not-a-key").decode()
+            refused = await client.post("/auth/v1/tokens", headers={"Authorization": f"Basic {bad}",
+                                                                    "St2-Api-Key": ""})
+            assert refused.status_code == 401
+    finally:
+        await squall.close()
+    pack = home / "src" / "tiny"
+    write(pack / "pack.yaml", "ref: tiny\nname: tiny\nversion: 0.2.0\n")
+    for args in (("key", "set", "region", "eu"), ("pack", "install", str(pack)), ("pack", "remove", "tiny")):
+        done = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), *args], capture_output=True, text=True,
+                              timeout=120, cwd=home)
+        assert done.returncode == 0, done.stderr
+    events = [(e["event"], e["source"], e["target"]) for e in _all_lines(home)]
+    assert ("api.key.set", "api", "db_pass") in events and ("api.key.delete", "api", "db_pass") in events
+    assert ("api.login.failed", "api", None) in events
+    assert ("cli.key.set", "cli", "region") in events
+    assert ("cli.pack.install", "cli", "tiny") in events and ("cli.pack.remove", "cli", "tiny") in events
+    assert "hunter2" not in (home / "data" / "audit.jsonl").read_text()
+    failed = next(e for e in _all_lines(home) if e["event"] == "api.login.failed")
+    assert failed["actor"] == "mallory" and "not a valid API key" in failed["detail"]["reason"]

@@ -129,6 +129,23 @@ def with_store(work: Callable[[Store, Config], T]) -> T:
         store.close()
 
 
+def audit(event: str, target: str | None, detail: dict[str, Any]) -> None:
+    """Record what a command changed without starting Squall (a pack installed or removed) in the
+    audit log, as the local user, and in `audit.sinks` as any audit event goes."""
+    from engine.audit_sinks import build
+
+    def write(store: Store, config: Config) -> None:
+        sinks = build(config)
+        store.audit_listeners.extend(sinks)
+        try:
+            store.audit_add(event, current_user(), "cli", target, detail)
+        finally:
+            for sink in sinks:
+                sink.close()
+
+    with_store(write)
+
+
 def load_packs(config: Config, *, warn: bool = True) -> Registry:
     """The packs, for commands that read them without starting Squall; with `warn`, one stderr
     line per file that did not load, on every call (a problem must not show only once).

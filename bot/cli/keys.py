@@ -90,8 +90,11 @@ def key_set(
     """Create or replace a key."""
 
     async def work(squall: Squall) -> dict[str, Any]:
-        return await squall.db(squall.datastore.set, name, value, scope=scope, user=_owner(scope, user),
+        item = await squall.db(squall.datastore.set, name, value, scope=scope, user=_owner(scope, user),
                                encrypt=encrypt, ttl=ttl)
+        await squall.db(squall.store.audit_add, "cli.key.set", current_user(), "cli", item["name"],
+                        {"scope": item["scope"], "secret": bool(item["secret"]), "ttl": ttl})
+        return item
 
     item = _datastore_call(work)
     if as_json:
@@ -145,7 +148,10 @@ def key_delete(name: Annotated[str, typer.Argument(help="Key name.")], scope: Sc
     """Delete a key; exit 2 if it does not exist."""
 
     async def work(squall: Squall) -> bool:
-        return await squall.db(squall.datastore.delete, name, scope=scope, user=_owner(scope, user))
+        deleted = await squall.db(squall.datastore.delete, name, scope=scope, user=_owner(scope, user))
+        if deleted:
+            await squall.db(squall.store.audit_add, "cli.key.delete", current_user(), "cli", name, {"scope": scope})
+        return deleted
 
     if not _datastore_call(work):
         raise fail(f"key '{name}' does not exist in scope {scope}")

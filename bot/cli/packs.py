@@ -19,6 +19,7 @@ from rich.table import Table
 
 from bot.cli.common import (
     JsonOption,
+    audit,
     current_config,
     err,
     fail,
@@ -77,6 +78,7 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
     except PackInstallError as exc:
         raise fail(str(exc)) from exc
     registry = load_packs(config, warn=False)
+    audit("cli.pack.install", pack.ref, {"source": source, "version": pack.version, "errors": len(errors)})
     for error in errors:
         err.print(f"[yellow]warning:[/yellow] {error}", markup=True, highlight=False)
     # The other packs' problems too, as every command that loads packs shows them (each once); a
@@ -117,6 +119,7 @@ def pack_remove(name: Annotated[str, typer.Argument(help="Pack ref.")]) -> None:
         path = remove_pack(name, load_packs(config), config.virtualenvs_path, _progress)
     except PackInstallError as exc:
         raise fail(str(exc)) from exc
+    audit("cli.pack.remove", name, {"path": str(path)})
     out.print(f"removed {name} ({path})")
 
 

@@ -78,6 +78,8 @@ async def put_key(name: str, body: KeyRequest, request: Request) -> dict[str, An
     item = await _datastore(squall, squall.datastore.set, name, body.value, scope=body.scope,
                             user=_user(request, body.scope, body.user),
                             encrypt=body.secret or body.encrypt, ttl=body.ttl, description=body.description)
+    await squall.db(squall.store.audit_add, "api.key.set", request_user(request), "api", item["name"],
+                    {"scope": item["scope"], "secret": bool(item["secret"]), "ttl": body.ttl})
     return _shown(item, False)
 
 
@@ -86,3 +88,4 @@ async def delete_key(name: str, request: Request, scope: str = "system", user: s
     squall = api_state(request).squall
     if not await _datastore(squall, squall.datastore.delete, name, scope=scope, user=_user(request, scope, user)):
         raise HTTPException(404, f'Resource with a name "{name}" not found')
+    await squall.db(squall.store.audit_add, "api.key.delete", request_user(request), "api", name, {"scope": scope})

@@ -71,6 +71,14 @@ async def create_token(request: Request, body: TokenRequest | None = None) -> di
     if ttl <= 0 or ttl > limit:
         raise HTTPException(400, f"TTL specified {ttl} is not between 1 and the max allowed {limit} seconds "
                                  "(api.token_ttl).")
-    user = await _who(request)
     squall = state.squall
-    return await squall.db(issue, squall.store, user, ttl)
+    try:
+        user = await _who(request)
+    except HTTPException as refused:
+        credentials = None if request.headers.get("st2-api-key") else _basic(request)
+        await squall.db(squall.store.audit_add, "api.login.failed", credentials[0] if credentials else None, "api",
+                        None, {"reason": refused.detail})
+        raise
+    token = await squall.db(issue, squall.store, user, ttl)
+    await squall.db(squall.store.audit_add, "api.login", user, "api", None, {"ttl": ttl})
+    return token
