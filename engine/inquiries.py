@@ -140,6 +140,14 @@ class InquiryService:
             found.append(public(row))
         return found[:limit]
 
+    async def answered(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The `limit` inquiries asked most recently that were answered, newest first, as execution
+        records: `result.responder` says who answered and `end_timestamp` when (`respond` stores both)."""
+        refs = [ref for ref, action in self.executions.registry.actions.items() if action.runner_type == RUNNER]
+        rows = [row for ref in refs for row in await self.executions.list(action=ref, status="succeeded",
+                                                                           limit=limit)]
+        return sorted(rows, key=lambda row: (row["start_timestamp"], row["id"]), reverse=True)[:limit]
+
     # -- answering ---------------------------------------------------------------------------------
     async def respond(self, inquiry_id: str, response: Any, user: str | None,
                       groups: Sequence[str] = ()) -> dict[str, Any]:

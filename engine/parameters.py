@@ -391,25 +391,33 @@ def draft4(schema: Any) -> Any:
 def validate(action: Action, values: Mapping[str, Any]) -> None:
     """Required parameters present, and every present value valid for its schema."""
     for name, spec in action.parameters.items():
-        value = values.get(name)
-        if value is None:
-            # A required parameter whose default is null is satisfied by it, as in StackStorm (which
-            # fills defaults in before it checks `required`): the action gets it unset.
-            if spec.get("required") and not ("default" in spec and spec["default"] is None):
-                raise ParameterError(
-                    f'parameter "{name}" is required by action "{action.ref}"'
-                    + (f" ({spec['description']})" if spec.get("description") else "")
-                )
-            continue
-        check = draft4({k: v for k, v in spec.items() if k not in _EXTENSION_KEYS})
-        error = jsonschema.exceptions.best_match(jsonschema.Draft4Validator(check).iter_errors(value))
-        if error is not None:
-            where = "".join(f"[{p!r}]" for p in error.absolute_path)
-            shown = MASK if spec.get("secret") else repr(value)
-            message = error.message if not spec.get("secret") else f"the value breaks '{error.validator}'"
+        check_parameter(f'action "{action.ref}"', name, spec, values.get(name))
+
+
+def check_parameter(owner: str, name: str, spec: Mapping[str, Any], value: Any) -> None:
+    """One parameter's value (None: not given) against its spec: present if required, valid for its
+    schema. `owner` says whose parameter it is (`action "core.local"`) in the required message.
+
+    `validate` checks a request with it, and the web UI's forms (`bot/forms.py`) each field, so a form
+    shows every field's problem at once in the words the CLI and the API use."""
+    if value is None:
+        # A required parameter whose default is null is satisfied by it, as in StackStorm (which
+        # fills defaults in before it checks `required`): the action gets it unset.
+        if spec.get("required") and not ("default" in spec and spec["default"] is None):
             raise ParameterError(
-                f'parameter "{name}"{where} = {shown} breaks the rule {error.validator}: {message}'
+                f'parameter "{name}" is required by {owner}'
+                + (f" ({spec['description']})" if spec.get("description") else "")
             )
+        return
+    check = draft4({k: v for k, v in spec.items() if k not in _EXTENSION_KEYS})
+    error = jsonschema.exceptions.best_match(jsonschema.Draft4Validator(check).iter_errors(value))
+    if error is not None:
+        where = "".join(f"[{p!r}]" for p in error.absolute_path)
+        shown = MASK if spec.get("secret") else repr(value)
+        message = error.message if not spec.get("secret") else f"the value breaks '{error.validator}'"
+        raise ParameterError(
+            f'parameter "{name}"{where} = {shown} breaks the rule {error.validator}: {message}'
+        )
 
 
 def mask(values: Mapping[str, Any], secret_names: set[str]) -> dict[str, Any]:

@@ -1,0 +1,186 @@
+"""Forms from parameter schemas, for every place that asks people for values: the web UI's run and
+answer forms (`bot/web/`), and chat forms (Slack modals, Mattermost dialogs; issue 20).
+
+Platform-neutral, no markup: `action_fields` and `schema_fields` turn a schema into `Field`s that a
+surface draws as it likes, and `parse` turns what a form sent back (text per field, which is what
+every form platform sends) into typed values and one message per field that is wrong. The text is
+converted and checked by the engine's own functions (`engine.parameters.cast`, `check_storable`,
+`check_parameter`), so a form says about a value exactly what `squall run` and the API say about
+it. The service a form submits to checks the whole request again; `parse` only lets a form show
+every field's problem at once, beside the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.actions import Action
+from engine.parameters import ParameterError, cast, check_parameter, check_storable
+
+#: What a field asks for: a surface picks its input by the kind.
+KINDS = ("string", "integer", "number", "boolean", "enum", "secret", "array", "object")
+#: Types that are their own kind; every other type (none, several, null) is asked for as text.
+_TYPED_KINDS = ("integer", "number", "boolean", "array", "object")
+_JSON_EXAMPLES = {"array": 'a JSON array such as ["a", "b"]', "object": 'a JSON object such as {"key": "value"}'}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One value a form asks for.
+
+    `required` means the person must fill it in: the schema requires it and there is no default to
+    fall back on (a required parameter with a default is satisfied by the default). A checkbox is never
+    required: unticked, it gives false."""
+
+    name: str
+    kind: str
+    required: bool
+    description: str
+    position: int | None
+    #: Whose parameter this is, as the engine's "is required by ..." message names it.
+    owner: str
+    #: The parameter's schema: what `parse` casts and checks the value by.
+    spec: Mapping[str, Any]
+    choices: tuple[Any, ...] = ()
+    has_default: bool = False
+    default: Any = None
+
+    @property
+    def templated(self) -> bool:
+        """A default that is a Jinja template (`{{ st2kv.system.x }}`), rendered when the action runs.
+        A form must not fill it in: sent back, it would be taken as the literal text (values from
+        people are data)."""
+        return isinstance(self.default, str) and ("{{" in self.default or "{%" in self.default)
+
+    @property
+    def initial(self) -> str:
+        """The text the input starts with: the default, except a secret's (never shown) and a template
+        (left empty, so the template applies)."""
+        if not self.has_default or self.default is None or self.kind == "secret" or self.templated:
+            return ""
+        if self.kind in ("array", "object"):
+            return json.dumps(self.default, indent=2, ensure_ascii=False)
+        if self.kind == "boolean":
+            return "true" if self.default is True else ""
+        return _text(self.default)
+
+    @property
+    def options(self) -> list[tuple[str, Any]]:
+        """An enum's choices as (the text a form sends, the value)."""
+        return [(_text(choice), choice) for choice in self.choices]
+
+
+@dataclass
+class Parsed:
+    """What a submitted form holds: typed values of the fields given, and a message per wrong field."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _text(value: Any) -> str:
+    """A value as a form field's text (booleans and null as JSON writes them)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _kind(spec: Mapping[str, Any]) -> str:
+    if spec.get("secret"):
+        return "secret"
+    if isinstance(spec.get("enum"), list) and spec["enum"]:
+        return "enum"
+    kind = spec.get("type")
+    return kind if kind in _TYPED_KINDS else "string"
+
+
+def _field(name: str, spec: Mapping[str, Any], owner: str) -> Field:
+    position = spec.get("position")
+    kind = _kind(spec)
+    required = bool(spec.get("required")) and "default" not in spec and kind != "boolean"
+    return Field(name=name, kind=kind, required=required, description=str(spec.get("description") or ""),
+                 position=position if isinstance(position, int) and not isinstance(position, bool) else None,
+                 owner=owner, spec=spec, choices=tuple(spec["enum"]) if kind == "enum" else (),
+                 has_default="default" in spec, default=spec.get("default"))
+
+
+def _ordered(fields: Iterable[Field]) -> list[Field]:
+    """Fields to fill in first, then by position (as the parameters are passed), else as declared."""
+    return sorted(fields, key=lambda f: (not f.required, f.position is None, f.position or 0))
+
+
+def action_fields(action: Action) -> list[Field]:
+    """The fields of `action`'s run form: every parameter (the runner's included) but the immutable
+    ones, which no request may set; the action's own parameters before the runner's."""
+    owner = f'action "{action.ref}"'
+    names = [*action.declared, *(n for n in action.parameters if n not in action.declared)]
+    specs = ((name, action.parameters[name]) for name in names if name in action.parameters)
+    return _ordered(_field(name, spec, owner) for name, spec in specs if not spec.get("immutable"))
+
+
+def schema_fields(schema: Mapping[str, Any], owner: str) -> list[Field]:
+    """The fields of an object schema's properties (an inquiry's response schema). A property is
+    required by its own `required: true` (StackStorm's draft-3 style) or the object's `required` list."""
+    listed = schema.get("required") if isinstance(schema.get("required"), list) else []
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    return _ordered(_field(name, {**spec, "required": True} if name in listed else spec, owner)
+                    for name, spec in properties.items() if isinstance(spec, dict) and not spec.get("immutable"))
+
+
+def _json(item: Field, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        problem = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise ParameterError(f'parameter "{item.name}" is not valid JSON ({problem}{where}): write '
+                             f"{_JSON_EXAMPLES[item.kind]}") from None
+
+
+def _value(item: Field, submitted: Mapping[str, str]) -> Any:
+    """The typed value of one field, None when not given; raises `ParameterError` in the engine's words."""
+    if item.kind == "boolean":  # a checkbox: sent when ticked, absent when not
+        return cast(item.name, submitted.get(item.name, ""), item.spec)
+    text = submitted.get(item.name, "")
+    if text == "" or (item.kind not in ("string", "secret") and not text.strip()):
+        return None  # not given: the default applies
+    if item.kind in ("array", "object"):
+        return _json(item, text)
+    if item.kind == "enum":
+        for shown, choice in item.options:
+            if shown == text:
+                return choice
+    return cast(item.name, text, item.spec)
+
+
+def parse(fields: Iterable[Field], submitted: Mapping[str, str]) -> Parsed:
+    """Typed values of the fields a form filled in, and a message for each field that is wrong.
+
+    An empty field is not given (its default applies, or the engine's "is required" message when it
+    has none); an unticked checkbox is false. Values are cast and checked as the engine checks a
+    request's (`squall run` sends text too), array and object fields are JSON."""
+    parsed = Parsed()
+    for item in fields:
+        try:
+            value = _value(item, submitted)
+            if value is not None:
+                check_storable(item.name, value, item.spec)
+            if value is not None or not item.has_default:
+                check_parameter(item.owner, item.name, item.spec, value)
+        except ParameterError as exc:
+            parsed.errors[item.name] = str(exc)
+            continue
+        if value is not None:
+            parsed.values[item.name] = value
+    return parsed
+
+
+def with_defaults(fields: Iterable[Field], values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` with each field's default where none was given: for an answer (an inquiry's response),
+    which nothing else fills in. An action's defaults are the engine's to apply (they may be templates)."""
+    return {**{f.name: f.default for f in fields if f.has_default and f.default is not None}, **values}

@@ -1,0 +1,166 @@
+"""`bot.forms`: a parameter schema as form fields, and a submitted form as typed values with one
+message per wrong field, in the engine's own words (what `squall run` and the API say)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.forms import KINDS, Field, action_fields, parse, schema_fields, with_defaults
+from engine.actions import Action, build_action
+from engine.parameters import MASK, ParameterError, resolve
+from engine.yamlfile import LineMap
+
+PARAMETERS: dict[str, Any] = {
+    "who": {"type": "string", "required": True, "description": "Whom to greet", "position": 1},
+    "count": {"type": "integer", "default": 2, "minimum": 1, "position": 0},
+    "ratio": {"type": "number"},
+    "loud": {"type": "boolean", "default": True},
+    "colour": {"type": "string", "enum": ["red", "green"], "default": "green"},
+    "size": {"type": "integer", "enum": [1, 2, 3]},
+    "token": {"type": "string", "secret": True, "default": "s3cret"},
+    "tags": {"type": "array", "items": {"type": "string"}, "default": ["a"]},
+    "labels": {"type": "object"},
+    "greeting": {"type": "string", "default": "hello {{ who }}"},
+    "fixed": {"type": "string", "default": "x", "immutable": True},
+}
+
+
+def make(parameters: dict[str, Any] = PARAMETERS, runner: str = "noop") -> Action:
+    return build_action({"name": "act", "runner_type": runner, "parameters": parameters}, LineMap(None),
+                        pack="demo", pack_path=Path("/nonexistent/demo"), file="act.yaml")
+
+
+def fields_by_name(action: Action | None = None) -> dict[str, Field]:
+    return {f.name: f for f in action_fields(action or make())}
+
+
+def engine_error(action: Action, supplied: dict[str, Any]) -> str:
+    """What the engine says about a request (the API's and the CLI's message)."""
+    with pytest.raises(ParameterError) as caught:
+        resolve(action, supplied, {})
+    return str(caught.value)
+
+
+def test_each_kind_and_what_a_field_carries() -> None:
+    fields = fields_by_name()
+    assert {name: f.kind for name, f in fields.items()} == {
+        "who": "string", "count": "integer", "ratio": "number", "loud": "boolean", "colour": "enum",
+        "size": "enum", "token": "secret", "tags": "array", "labels": "object", "greeting": "string"}
+    assert {f.kind for f in fields.values()} == set(KINDS)  # every kind a surface draws
+    assert "fixed" not in fields  # immutable: no request may set it
+    who = fields["who"]
+    assert who.required and who.description == "Whom to greet" and who.position == 1
+    assert who.owner == 'action "demo.act"'
+    assert fields["size"].options == [("1", 1), ("2", 2), ("3", 3)]
+    assert fields["colour"].choices == ("red", "green")
+
+
+def test_defaults_fill_the_inputs_except_secrets_and_templates() -> None:
+    fields = fields_by_name()
+    assert fields["count"].initial == "2" and fields["colour"].initial == "green"
+    assert fields["loud"].initial == "true"
+    assert fields["tags"].initial == '[\n  "a"\n]'
+    assert fields["token"].has_default and fields["token"].initial == ""  # a secret is never shown
+    assert fields["greeting"].templated and fields["greeting"].initial == ""  # sent back it would be literal
+    assert fields["ratio"].initial == "" and not fields["ratio"].has_default
+
+
+def test_order_required_first_then_position_then_as_declared() -> None:
+    names = [f.name for f in action_fields(make())]
+    assert names[0] == "who"  # the one to fill in
+    assert names[1] == "count"  # position 0
+    assert names[2:] == ["ratio", "loud", "colour", "size", "token", "tags", "labels", "greeting"]
+    runner_too = [f.name for f in action_fields(make({"x": {"type": "string"}}, runner="local-shell-cmd"))]
+    assert runner_too[0] == "x" and "cmd" in runner_too  # the action's own, then the runner's
+
+
+def test_a_good_form_gives_typed_values() -> None:
+    parsed = parse(action_fields(make()), {
+        "who": "ann", "count": "3", "ratio": "2.5", "loud": "true", "colour": "red", "size": "2",
+        "token": "hunter2", "tags": '["x", "y"]', "labels": '{"env": "prod"}', "greeting": ""})
+    assert parsed.ok, parsed.errors
+    assert parsed.values == {"who": "ann", "count": 3, "ratio": 2.5, "loud": True, "colour": "red", "size": 2,
+                             "token": "hunter2", "tags": ["x", "y"], "labels": {"env": "prod"}}
+
+
+def test_empty_optional_fields_are_not_given_and_checkboxes_are_booleans() -> None:
+    parsed = parse(action_fields(make()), {"who": "ann", "count": " ", "token": "", "tags": "", "colour": ""})
+    assert parsed.ok, parsed.errors
+    assert parsed.values == {"who": "ann", "loud": False}  # an unticked checkbox is false, the rest defaults
+    values = resolve(make(), parsed.values, {}).values
+    assert values["count"] == 2 and values["token"] == "s3cret" and values["tags"] == ["a"]
+    assert values["greeting"] == "hello ann"  # the template applies
+
+
+def test_a_missing_required_field_has_the_engines_message() -> None:
+    parsed = parse(action_fields(make()), {"who": ""})
+    assert parsed.errors == {"who": engine_error(make(), {})}
+    assert parsed.errors["who"] == 'parameter "who" is required by action "demo.act" (Whom to greet)'
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("count", "many"), ("count", "0"), ("ratio", "fast"), ("size", "7"), ("colour", "blue"),
+    ("labels", '["not", "an", "object"]'), ("tags", "[1, 2]"),
+])
+def test_bad_values_have_the_engines_messages(name: str, text: str) -> None:
+    parsed = parse(action_fields(make()), {"who": "ann", name: text})
+    assert list(parsed.errors) == [name]
+    # `squall run demo.act who=ann NAME=TEXT` sends the text; the API sends the JSON value
+    supplied = json.loads(text) if name in ("labels", "tags") else text
+    assert parsed.errors[name] == engine_error(make(), {"who": "ann", name: supplied})
+    assert name not in parsed.values
+
+
+def test_every_wrong_field_is_told_at_once() -> None:
+    parsed = parse(action_fields(make()), {"count": "x", "ratio": "y", "who": ""})
+    assert set(parsed.errors) == {"who", "count", "ratio"}
+    assert parsed.errors["count"] == 'parameter "count": \'x\' is not an integer (expected a whole number such as 5)'
+
+
+def test_json_fields_say_what_is_wrong_with_the_json() -> None:
+    parsed = parse(action_fields(make()), {"who": "ann", "tags": '["a",', "labels": "{nope}"})
+    assert parsed.errors["tags"] == ('parameter "tags" is not valid JSON (Expecting value at line 1 column 6): '
+                                     'write a JSON array such as ["a", "b"]')
+    assert parsed.errors["labels"].startswith('parameter "labels" is not valid JSON (Expecting property name')
+    assert parsed.errors["labels"].endswith('write a JSON object such as {"key": "value"}')
+
+
+def test_a_secrets_value_is_never_in_its_message() -> None:
+    action = make({"pin": {"type": "integer", "secret": True}, "code": {"type": "string", "secret": True,
+                                                                        "pattern": "^[0-9]+$"}})
+    parsed = parse(action_fields(action), {"pin": "hunter2", "code": "letmein"})
+    assert "hunter2" not in parsed.errors["pin"] and MASK in parsed.errors["pin"]
+    assert "letmein" not in parsed.errors["code"]
+    assert parsed.errors["code"] == engine_error(action, {"code": "letmein"})
+
+
+def test_an_out_of_range_number_is_refused_as_the_engine_refuses_it() -> None:
+    parsed = parse(action_fields(make()), {"who": "ann", "ratio": "1e400"})
+    assert parsed.errors["ratio"] == engine_error(make(), {"who": "ann", "ratio": "1e400"})
+    assert "not a finite number" in parsed.errors["ratio"]
+
+
+def test_an_inquiry_schema_as_fields() -> None:
+    schema = {"type": "object", "required": ["reason"], "properties": {
+        "approved": {"type": "boolean", "description": "Deploy?", "required": True},
+        "reason": {"type": "string"}, "when": {"type": "string", "enum": ["now", "later"]}}}
+    fields = schema_fields(schema, 'inquiry "abc"')
+    assert [(f.name, f.kind, f.required) for f in fields] == [  # a checkbox gives false when unticked
+        ("reason", "string", True), ("approved", "boolean", False), ("when", "enum", False)]
+    parsed = parse(fields, {"approved": "true", "reason": ""})
+    assert parsed.errors == {"reason": 'parameter "reason" is required by inquiry "abc"'}
+    assert parse(fields, {"reason": "ok", "when": "later"}).values == {"approved": False, "reason": "ok",
+                                                                       "when": "later"}
+
+
+def test_an_answer_gets_the_defaults_it_left_out() -> None:
+    fields = schema_fields({"properties": {"when": {"type": "string", "default": "now"}, "note": {"type": "string"},
+                                           "nothing": {"type": "string", "default": None}}}, 'inquiry "abc"')
+    parsed = parse(fields, {"when": "", "note": "hi"})
+    assert parsed.values == {"note": "hi"}  # the form gives what was filled in...
+    assert with_defaults(fields, parsed.values) == {"when": "now", "note": "hi"}  # ...an answer also the defaults
+    assert with_defaults(fields, {"when": "later"}) == {"when": "later"}
