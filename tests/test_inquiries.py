@@ -137,6 +137,10 @@ async def test_question_in_chat_with_buttons_and_only_allowed_users_answer(chat)
     assert task_names(await children(squall, workflow_id)) == ["prepare", "approve", "deploy"]
     statuses = [e["status"] for e in done["log"]]
     assert "paused" in statuses and statuses[-1] == "succeeded"
+    audited = [(row["event"], row["actor"], row["target"]) for row in reversed(await squall.db(squall.store.audit_list))
+               if row["event"].startswith("chat.inquiry.")]
+    assert audited == [("chat.inquiry.denied", "mallory", inquiry["id"]), ("chat.inquiry.respond", "olivia",
+                                                                             inquiry["id"])]
 
 
 async def test_respond_command_validates_against_the_schema(chat) -> None:

@@ -130,10 +130,15 @@ class InquiryChat:
         response = parse_answer(schema, text)
         if response is None:
             return None
+        where, store = f"{message.adapter}:{message.channel}", self.engine.store
         try:
             await self.engine.inquiries.respond(inquiry["id"], response, message.user, message.groups)
         except InquiryError as exc:
+            await self.engine.db(store.audit_add, "chat.inquiry.denied", message.user, where, inquiry["id"],
+                                 {"reason": str(exc)})
             return f"Sorry {message.user}: {exc}"
+        await self.engine.db(store.audit_add, "chat.inquiry.respond", message.user, where, inquiry["id"],
+                             {"response": response})
         return f"Thanks {message.user}, inquiry {inquiry['id']} answered: {json.dumps(response)}"
 
     async def respond_command(self, message: Message, rest: str, prefix: str) -> str:

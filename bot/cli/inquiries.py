@@ -73,6 +73,8 @@ def inquiry_respond(
 
         squall.executions.executor = None  # the workflow is resumed by `squall serve`, not here
         answered = await squall.inquiries.respond(inquiry_id, value, current_user())
+        await squall.db(squall.store.audit_add, "cli.inquiry.respond", current_user(), "cli", answered["id"],
+                        {"response": value})
         while squall.executions.notifying:  # the listener marking the workflow `resuming`
             await asyncio.sleep(0.01)
         return answered

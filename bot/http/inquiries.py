@@ -38,7 +38,12 @@ async def respond_inquiry(inquiry_id: str, body: InquiryResponse, request: Reque
     """`user` names the responder checked against the inquiry's users (default: who the key or token
     speaks for, else `api`)."""
     user = body.user or request_user(request) or "api"
+    squall = api_state(request).squall
     try:
-        return await api_state(request).squall.inquiries.respond(inquiry_id, body.response, user)
+        answered = await squall.inquiries.respond(inquiry_id, body.response, user)
     except InquiryError as exc:
+        await squall.db(squall.store.audit_add, "api.inquiry.denied", user, "api", inquiry_id, {"reason": str(exc)})
         raise HTTPException(exc.status, str(exc)) from exc
+    await squall.db(squall.store.audit_add, "api.inquiry.respond", user, "api", answered["id"],
+                    {"response": body.response})
+    return answered
