@@ -1,0 +1,122 @@
+"""How soon `squall serve` answers, and how much memory it holds idle, against bare Python baselines.
+
+    .venv/bin/python bench/startup.py [--runs 5]
+
+Rows, each a fresh process, interleaved round by round so a busy machine slows all alike (one
+unmeasured warm-up round first, which also writes the bytecode caches):
+
+- `python -c pass`: the floor every Python program pays;
+- `python -c "import fastapi"`: what any FastAPI service pays before its own code;
+- `squall serve` on a fresh home (SQLite, the console adapter off, the API on a free port): time
+  from spawn to the first `200` from `GET /healthz`, polled every 5 ms; then its resident memory
+  (VmRSS) after 3 s idle, and the time to exit after SIGTERM.
+
+Targets (issue 21): first `/healthz` answer <= 1.5 s on an idle machine, idle RSS <= 120 MB.
+Figures are printed, never asserted; the machine's load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SQUALL = Path(sys.executable).parent / "squall"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _timed(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _serve() -> tuple[float, float, float]:
+    """(seconds to the first /healthz 200, idle RSS in MB, seconds to exit after SIGTERM)."""
+    home = Path(tempfile.mkdtemp(prefix="squall-bench-startup-"))
+    port = _free_port()
+    (home / "config.yml").write_text(f"api: {{port: {port}}}\nadapters: {{console: {{enabled: false}}}}\n"
+                                     "runners: {allow_root: true}\n")
+    start = time.perf_counter()
+    process = subprocess.Popen([str(SQUALL), "serve"], cwd=home, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError("squall serve exited before it answered") from None
+                time.sleep(0.005)
+        ready = time.perf_counter() - start
+        time.sleep(3)
+        rss = _rss_mb(process.pid)
+        stopping = time.perf_counter()
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+        return ready, rss, time.perf_counter() - stopping
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def main(runs: int) -> None:
+    python = sys.executable
+    rows: dict[str, list[float]] = {"python -c pass": [], "python -c 'import fastapi'": [],
+                                    "squall serve: first /healthz": []}
+    rss: list[float] = []
+    stops: list[float] = []
+    for round_ in range(runs + 1):
+        samples = {"python -c pass": _timed([python, "-c", "pass"]),
+                   "python -c 'import fastapi'": _timed([python, "-c", "import fastapi"])}
+        ready, memory, stop = _serve()
+        samples["squall serve: first /healthz"] = ready
+        if round_ == 0:
+            continue  # warm-up: bytecode caches, the page cache
+        for name, value in samples.items():
+            rows[name].append(value)
+        rss.append(memory)
+        stops.append(stop)
+    base = statistics.median(rows["python -c pass"])
+    print(f"{runs} runs each, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"{'what':32} {'median s':>9} {'min s':>7} {'max s':>7} {'x python':>9}")
+    for name, values in rows.items():
+        median = statistics.median(values)
+        print(f"{name:32} {median:9.3f} {min(values):7.3f} {max(values):7.3f} {median / base:8.1f}x")
+    ready = statistics.median(rows["squall serve: first /healthz"])
+    fastapi = statistics.median(rows["python -c 'import fastapi'"])
+    memory = statistics.median(rss)
+    print(f"squall serve ready at {ready / fastapi:.1f}x `import fastapi`; target <= 1.5 s: "
+          f"{'met' if ready <= 1.5 else 'NOT met'} ({ready:.2f} s)")
+    print(f"idle RSS after 3 s: {memory:.0f} MB (min {min(rss):.0f}, max {max(rss):.0f}); target <= 120 MB: "
+          f"{'met' if memory <= 120 else 'NOT met'}; exit after SIGTERM {statistics.median(stops):.2f} s")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    main(parser.parse_args().runs)
