@@ -27,6 +27,8 @@ EXECUTION_FINISHED = "execution.finished"
 INQUIRY_PENDING = "inquiry.pending"
 #: An execution's `notify` owes messages to routes: the record and [(route, message), ...].
 NOTIFICATION_DUE = "notification.due"
+#: A running execution's output was stored (`engine/output.py`): its id; read the rows from the table.
+EXECUTION_OUTPUT = "execution.output"
 #: The `announcement` runner (chatops.post_message / post_result) asks for delivery: answered by one handler.
 ANNOUNCE = "announce"
 

@@ -32,6 +32,7 @@ from engine.events import EXECUTION_FINISHED, Events
 from engine.executor import Executor
 from engine.logs import bind
 from engine.metrics import metrics
+from engine.output import OutputRecorder
 from engine.packs import Registry
 from engine.parameters import MASK, ParameterError, Resolution, mask, needs_rendering, resolve
 from engine.processes import LEDGER, ledger_directory, owner_file_state, process_identity, running_since, sweep
@@ -138,6 +139,8 @@ class ExecutionService:
         #: Where `EXECUTION_FINISHED` is published (the engine's one subscription interface).
         self.events = events if events is not None else Events()
         self.db = db
+        #: Live output of the runs of this process, batched into `execution_output` (`engine/output.py`).
+        self.output = OutputRecorder(db, self.events)
         self.datastore = datastore
         self.keys = keys
         self.runners = dict(runners)
@@ -397,10 +400,12 @@ class ExecutionService:
             await self._conduct(record, request, secrets)
             if current is not None:
                 current.set_attribute("squall.status", record["status"])
+
     async def _conduct(self, record: dict[str, Any], request: RunRequest, secrets: list[str]) -> None:
         """Run a claimed execution's runner and record how it ended; a workflow that conducts in
         steps and now waits on tasks running elsewhere is let go, to be stepped on when one ends."""
         runner = self.runners.get(record["runner"])
+        sink = request.on_output = self.output.sink(record["id"], lambda: _scrubbable(secrets, request.revealed))
         try:
             if runner is None:
                 outcome = RunOutcome("failed", {"error": f'runner "{record["runner"]}" is not available'})
@@ -409,10 +414,12 @@ class ExecutionService:
         except asyncio.CancelledError:
             if _resumable(runner) and getattr(self.executor, "closing", False):
                 return  # a workflow stays `running`: it is conducted on from its stored children
+            await asyncio.shield(sink.close())
             await asyncio.shield(self._finish(record, self._interrupted(), secrets))
             return
         except Exception as exc:
             outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
+        await sink.close()  # the live output is all stored before the execution ends
         if outcome.status == WAITING_ON_TASKS:
             info = record.get("runner_info") or {}
             between = {"between_steps": True, **{k: info[k] for k in ("worker", "hostname", "job_id") if k in info}}

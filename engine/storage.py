@@ -198,6 +198,18 @@ web_sessions = sa.Table(
     sa.Index("ix_web_sessions_expires_at", "expires_at"),
 )
 
+execution_output = sa.Table(
+    "execution_output",
+    metadata,
+    # What a running action printed, in batches (`engine/output.py`); the id orders the chunks.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("execution_id", sa.String(32), nullable=False),
+    sa.Column("stream", sa.String(8), nullable=False),  # stdout | stderr
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_execution_output_execution", "execution_id", "id"),
+)
+
 _GET_EXECUTION = sa.select(executions).where(executions.c.id == sa.bindparam("_id"))
 _KEYED_ROW = sa.select(outbox.c.id).where(outbox.c.execution_id == sa.bindparam("execution_id"),
                                           outbox.c.kind == sa.bindparam("kind"))
@@ -316,7 +328,7 @@ def create_engine(url: str) -> Engine:
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0012"
+HEAD_REVISION = "0013"
 
 
 def _revision(engine: Engine) -> str | None:
@@ -1076,6 +1088,22 @@ class Store:
     def web_session_delete(self, token_hash: str) -> None:
         with self._write() as conn:
             conn.execute(web_sessions.delete().where(web_sessions.c.token_hash == token_hash))
+
+    def execution_output_add(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store a batch of output chunks (`engine/output.py`) in one statement."""
+        with self._write() as conn:
+            conn.execute(execution_output.insert(), list(rows))
+
+    def execution_output_list(self, execution_id: str, *, after: int = 0, stream: str | None = None,
+                              limit: int = 1000) -> list[dict[str, Any]]:
+        """An execution's output chunks after chunk id `after`, in the order they were printed."""
+        statement = (sa.select(execution_output)
+                     .where(execution_output.c.execution_id == execution_id, execution_output.c.id > after)
+                     .order_by(execution_output.c.id).limit(limit))
+        if stream is not None:
+            statement = statement.where(execution_output.c.stream == stream)
+        with self._read() as conn:
+            return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
 
     def kv_purge_expired(self, now: datetime) -> int:
         with self._write() as conn:

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 API_PREFIX = "/api/v1"
 #: Where StackStorm's auth service answers behind its usual proxy (`ST2_AUTH_URL=http://host:9101/auth/v1`).
 AUTH_PREFIX = "/auth/v1"
+#: StackStorm's stream service (server-sent events), on the API's port and keys.
+STREAM_PREFIX = "/stream/v1"
 #: Routers under `API_PREFIX` whose every route needs an API key, in the order they are matched.
 KEYED_ROUTERS = (actions.router, runners.router, packs.router, executions.router, aliases.router,
                  alias_execution.router, rules.router, triggers.router, keys.router, inquiries.router, user.router)
@@ -73,6 +75,7 @@ def create_api(squall: Squall) -> FastAPI:
                           dependencies=[Depends(require_key)])
     for router in KEYED_ROUTERS:
         app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(require_key)])
+    app.include_router(executions.stream_router, prefix=STREAM_PREFIX, dependencies=[Depends(require_key)])
     app.include_router(webhooks.router, prefix=API_PREFIX)
     app.include_router(tokens.router, prefix=AUTH_PREFIX)
     mount_web(app)

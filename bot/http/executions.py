@@ -1,4 +1,5 @@
-"""`/api/v1/executions`: request, list, read, cancel and re-run executions, and read their output.
+"""`/api/v1/executions`: request, list, read, cancel and re-run executions, and read their output (stored, or
+live at `/stream/v1/executions/{id}/output`).
 
 Executions leave here in StackStorm's ActionExecution shape (spec §11): `action` and `runner` are the
 full documents and `liveaction` is beside them, so st2client and the `st2` CLI read them as they read
@@ -6,22 +7,29 @@ StackStorm's. Lists carry StackStorm's pagination headers (`X-Total-Count`, `X-L
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
+from sse_starlette import EventSourceResponse
 
 from bot.http.actions import action_public
 from bot.http.key_auth import request_user
 from bot.http.runners import runner_public
 from bot.http.state import api_state
 from engine.executions import ExecutionNotFound, ExecutionStateError
+from engine.live import follow_output
 from engine.packs import Registry, UnknownAction
 from engine.parameters import ParameterError
 from engine.runners import RUNNER_TYPES
+from engine.storage import iso
 
 router = APIRouter()
+#: StackStorm's stream service (`/stream/v1`), keyed like the API.
+stream_router = APIRouter()
 #: The most children one request lists for one execution (a with-items task over a big list).
 MAX_CHILDREN = 10_000
 
@@ -129,7 +137,15 @@ async def create_execution(body: ExecutionRequest, request: Request) -> dict[str
         record = await state.squall.executions.request(body.action, body.parameters, context, render=body.render)
     except (ParameterError, UnknownAction, ValueError) as exc:
         raise HTTPException(400, str(exc)) from exc
+    await _audit(request, "api.execution", record, {"action": record["action"], "parameters": record["parameters"]})
     return _doc(request, record)
+
+
+async def _audit(request: Request, event: str, record: dict[str, Any], detail: dict[str, Any]) -> None:
+    """Who asked for what through the API, as the chat and the web UI record theirs (parameters as
+    stored: secrets masked)."""
+    squall = api_state(request).squall
+    await squall.db(squall.store.audit_add, event, request_user(request), "api", record["id"], detail)
 
 
 @router.delete("/executions/{execution_id}", tags=["executions"])
@@ -140,17 +156,64 @@ async def cancel_execution(execution_id: str, request: Request) -> dict[str, Any
         raise HTTPException(404, str(exc)) from exc
     except ExecutionStateError as exc:
         raise HTTPException(409, str(exc)) from exc
+    await _audit(request, "api.execution.cancel", record, {"action": record["action"], "status": record["status"]})
     return _doc(request, record)
 
 
+#: StackStorm's `output_type` values of the output routes.
+OUTPUT_TYPES = ("all", "stdout", "stderr")
+#: Seconds between the stream's keep-alive comments, so proxies keep a quiet tail open.
+PING_SECONDS = 15
+
+
+def _output_type(output_type: str) -> str | None:
+    if output_type not in OUTPUT_TYPES:
+        raise HTTPException(400, f"output_type must be one of {', '.join(OUTPUT_TYPES)}, not {output_type!r}")
+    return None if output_type == "all" else output_type
+
+
 @router.get("/executions/{execution_id}/output", tags=["executions"], response_class=PlainTextResponse)
-async def execution_output(execution_id: str, request: Request) -> str:
-    # stdout then stderr; empty for a result without streams (a docstring would change the OpenAPI description)
-    result = (await _find_execution(request, execution_id)).get("result")
+async def execution_output(execution_id: str, request: Request, output_type: str = "all") -> str:
+    # The stored chunks, in the order printed (StackStorm's ActionExecutionOutput); an execution from
+    # before they were stored, or of a runner that streams nothing, gives its result's stdout then stderr.
+    stream = _output_type(output_type)
+    record = await _find_execution(request, execution_id)
+    squall = api_state(request).squall
+    chunks = [row["data"] async for row in _stored_chunks(squall, record["id"], stream)]
+    if chunks:
+        return "".join(chunks)
+    result = record.get("result")
     if not isinstance(result, dict):
         return ""
-    streams = [str(result.get(name) or "") for name in ("stdout", "stderr")]
+    streams = [str(result.get(name) or "") for name in ((stream,) if stream else ("stdout", "stderr"))]
     return "\n".join(text.rstrip("\n") for text in streams if text) + ("\n" if any(streams) else "")
+
+
+async def _stored_chunks(squall: Any, execution_id: str, stream: str | None) -> AsyncIterator[dict[str, Any]]:
+    """Every chunk stored so far, a page at a time."""
+    after = 0
+    while rows := await squall.db(squall.store.execution_output_list, execution_id, after=after, stream=stream):
+        for row in rows:
+            yield row
+        after = rows[-1]["id"]
+
+
+@stream_router.get("/executions/{execution_id}/output", tags=["stream"])
+async def execution_output_stream(execution_id: str, request: Request, output_type: str = "all") -> EventSourceResponse:
+    """StackStorm's live tail (spec §10.3): one `st2.execution_output__create` event per chunk, its data
+    the chunk as JSON (`execution_id`, `output_type`, `data`, `timestamp`), ending when the execution ends."""
+    stream = _output_type(output_type)
+    record = await _find_execution(request, execution_id)
+    squall = api_state(request).squall
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        async for row in follow_output(squall.executions, record["id"], stream=stream):
+            yield {"event": "st2.execution_output__create", "id": str(row["id"]),
+                   "data": json.dumps({"execution_id": row["execution_id"], "action_ref": record["action"],
+                                       "runner_ref": record["runner"], "output_type": row["stream"],
+                                       "data": row["data"], "timestamp": iso(row["timestamp"])})}
+
+    return EventSourceResponse(events(), ping=PING_SECONDS)
 
 
 @router.post("/executions/{execution_id}/re_run", status_code=201, tags=["executions"])
@@ -161,4 +224,6 @@ async def rerun_execution(execution_id: str, request: Request, body: RerunReques
         raise HTTPException(404, str(exc)) from exc
     except (ParameterError, UnknownAction, ValueError) as exc:
         raise HTTPException(400, str(exc)) from exc
+    await _audit(request, "api.execution.rerun", record, {"action": record["action"], "of": execution_id,
+                                                          "parameters": record["parameters"]})
     return _doc(request, record)

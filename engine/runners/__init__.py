@@ -240,6 +240,9 @@ class RunRequest:
     revealed: list[str] = field(default_factory=list)
     #: The execution's `ST2_ACTION_AUTH_TOKEN` (`engine.tokens`): the API accepts it until the run ends.
     auth_token: str = ""
+    #: Where a runner reports output while the action runs: `on_output("stdout" | "stderr", chunk)`
+    #: (`engine.output.OutputSink`); None when nobody records it. The result still carries the output.
+    on_output: Callable[[str, bytes], None] | None = None
 
     @property
     def pack_path(self) -> Path:

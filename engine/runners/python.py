@@ -290,6 +290,7 @@ class PythonRunner:
             error: str | None = None
             status = "failed"
             reply: dict[str, Any] = {}
+            tail = _Tail({"stdout": out_path, "stderr": err_path}, request.on_output) if request.on_output else None
             try:
                 worker.send(message)
                 reply = await asyncio.wait_for(self._converse(worker, request), timeout)
@@ -304,6 +305,8 @@ class PythonRunner:
                 await worker.close()
                 raise
             finally:
+                if tail is not None:
+                    await asyncio.shield(tail.stop())
                 keep = reusable and worker.alive
                 stdout = _read_capture(out_path, keep, reply.get("stdout_size"))
                 stderr = _read_capture(err_path, keep, reply.get("stderr_size"))
@@ -363,6 +366,52 @@ def _python_variables(request: RunRequest) -> dict[str, str]:
     """
     token = {"ST2_AUTH_TOKEN": request.auth_token} if request.auth_token else {}
     return {**action_variables(request), "ST2_API_URL": request.api_url, **token}
+
+
+#: How often a running Python action's capture files are read for its live output.
+TAIL_SECONDS = 0.05
+
+
+class _Tail:
+    """A Python action's live output: its worker writes stdout and stderr to capture files (so output
+    of C code and subprocesses is kept too), which this reads as they grow, every `TAIL_SECONDS`.
+
+    The files still hold the worker's previous run until the worker empties them for this one, so
+    they are emptied here first (the worker has them open, and empties them again, harmlessly); a
+    file the worker has not made yet is read once it appears."""
+
+    def __init__(self, paths: dict[str, Path], on_output: Callable[[str, bytes], None]) -> None:
+        self.paths = paths
+        self.on_output = on_output
+        self.offsets = dict.fromkeys(paths, 0)
+        for path in paths.values():
+            with contextlib.suppress(OSError):
+                os.truncate(path, 0)
+        self._stopped = asyncio.Event()
+        self._task = asyncio.ensure_future(self._follow())
+
+    def _read_new(self) -> None:
+        for stream, path in self.paths.items():
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(self.offsets[stream])
+                    data = handle.read(OUTPUT_LIMIT)
+            except OSError:
+                continue
+            if data:
+                self.offsets[stream] += len(data)
+                self.on_output(stream, data)
+
+    async def _follow(self) -> None:
+        while not self._stopped.is_set():
+            self._read_new()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), TAIL_SECONDS)
+        self._read_new()  # what the action wrote last
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        await self._task
 
 
 def _read_capture(path: Path, keep: bool, size: int | None) -> str:

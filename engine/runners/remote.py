@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import getpass
 import logging
 import os
@@ -34,6 +35,7 @@ import re
 import shlex
 import signal
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,8 @@ class _Job:
     sudo: bool
     sudo_password: str | None
     timeout: float
+    #: The run's live output (`RunRequest.on_output`): every host's chunks as they come.
+    on_output: Callable[[str, bytes], None] | None = None
 
     def command(self, uploaded: str | None) -> str:
         body = self.script_body
@@ -163,8 +167,12 @@ def _describe(exc: BaseException) -> str:
     return text if text else type(exc).__name__
 
 
-async def _read(stream: asyncssh.SSHReader[bytes], sink: bytearray) -> None:
+async def _read(stream: asyncssh.SSHReader[bytes], sink: bytearray,
+                on_output: Callable[[bytes], None] | None) -> None:
+    """Collect a channel's stream for the host's result, reporting each chunk as it comes (live output)."""
     while chunk := await stream.read(65536):
+        if on_output is not None:
+            on_output(chunk)
         room = OUTPUT_LIMIT - len(sink)
         if room > 0:
             sink.extend(chunk[:room])
@@ -252,6 +260,7 @@ class RemoteShellRunner:
             sudo=bool(params.get("sudo")),
             sudo_password=params.get("sudo_password") or None,
             timeout=float(params.get("timeout") or 60),
+            on_output=request.on_output,
         )
         if params.get("parallel"):
             results = await asyncio.gather(*(self._host(target, job) for target in targets))
@@ -359,7 +368,9 @@ class RemoteShellRunner:
         finished = False
 
         async def drain() -> None:
-            await asyncio.gather(_read(process.stdout, out), _read(process.stderr, err))
+            live = job.on_output
+            await asyncio.gather(_read(process.stdout, out, functools.partial(live, "stdout") if live else None),
+                                 _read(process.stderr, err, functools.partial(live, "stderr") if live else None))
             await process.wait_closed()
 
         try:

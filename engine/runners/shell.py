@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from engine.processes import LEDGER, dying_with_service
@@ -87,8 +89,11 @@ def shell_result(code: int, out: bytes, err: bytes) -> dict[str, Any]:
 _STATUS = {0: "succeeded", 1: "failed", -9: "timeout", -15: "abandoned"}
 
 
-async def _read(stream: asyncio.StreamReader, sink: bytearray) -> None:
+async def _read(stream: asyncio.StreamReader, sink: bytearray, on_output: Callable[[bytes], None] | None) -> None:
+    """Collect a pipe for the result, reporting each chunk as it comes when someone records live output."""
     while chunk := await stream.read(65536):
+        if on_output is not None:
+            on_output(chunk)
         room = OUTPUT_LIMIT - len(sink)
         if room > 0:
             sink.extend(chunk[:room])
@@ -101,7 +106,7 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
 
 async def run_process(
     argv: list[str], *, env: dict[str, str], cwd: str | None, timeout: float, stdin: bytes | None = None,
-    run_as: RunAs | None = None,
+    run_as: RunAs | None = None, on_output: Callable[[str, bytes], None] | None = None,
 ) -> dict[str, Any]:
     """Run one command in its own process group; returns StackStorm's shell result object.
 
@@ -123,15 +128,18 @@ async def run_process(
     )
     LEDGER.track(process.pid)
     try:
-        return await _communicate(process, stdin, timeout)
+        return await _communicate(process, stdin, timeout, on_output)
     finally:
         if process.returncode is not None:
             LEDGER.untrack(process.pid)
 
 
-async def _communicate(process: asyncio.subprocess.Process, stdin: bytes | None, timeout: float) -> dict[str, Any]:
+async def _communicate(process: asyncio.subprocess.Process, stdin: bytes | None, timeout: float,
+                       on_output: Callable[[str, bytes], None] | None) -> dict[str, Any]:
     out, err = bytearray(), bytearray()
-    readers = asyncio.gather(_read(process.stdout, out), _read(process.stderr, err))  # type: ignore[arg-type]
+    live = {name: functools.partial(on_output, name) if on_output else None for name in ("stdout", "stderr")}
+    readers = asyncio.gather(_read(process.stdout, out, live["stdout"]),  # type: ignore[arg-type]
+                             _read(process.stderr, err, live["stderr"]))  # type: ignore[arg-type]
     if stdin is not None and process.stdin is not None:
         process.stdin.write(stdin)
         process.stdin.close()
@@ -207,8 +215,8 @@ class LocalShellRunner:
         cwd = params.get("cwd") or (run_as.workdir if run_as is not None else None)
         try:
             result = await run_process(
-                argv, env=env, cwd=cwd, timeout=float(params.get("timeout") or 60), stdin=stdin, run_as=run_as
-            )
+                argv, env=env, cwd=cwd, timeout=float(params.get("timeout") or 60), stdin=stdin, run_as=run_as,
+                on_output=request.on_output)
         except OSError as exc:
             if run_as is None:
                 raise
