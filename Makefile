@@ -34,6 +34,8 @@ bench: install
 	$(BIN)/python bench/remote.py
 	$(BIN)/python bench/drills.py
 	$(BIN)/python bench/cli.py
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/ui.py --quick
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache *.egg-info

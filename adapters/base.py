@@ -122,5 +122,8 @@ class Adapter(Protocol):
     # at start-up before sending again what a crash left unmarked, so a reply the platform took just
     # before a kill is not posted twice. Adapters without it deliver at least once.
 
+    # Optional: `online: bool`, a property: whether the adapter holds its connection to the platform
+    # now (the web UI's status page shows it; adapters without a connection of their own leave it out).
+
     # Optional: `mount(app: FastAPI) -> None` adds the platform's HTTP routes (signed or token-checked
     # by the adapter, not by API key) to Squall's API server.

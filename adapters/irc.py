@@ -346,6 +346,11 @@ class IrcAdapter:
         conn = self._conn
         return conn.real_nickname if conn is not None and self.registered.is_set() else self.settings.nick
 
+    @property
+    def online(self) -> bool:
+        """Registered with the server (cleared while it reconnects)."""
+        return self.registered.is_set()
+
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, on_message: MessageHandler) -> None:
         """Connect in the background; return once registered and joined (or after `start_wait`, so a

@@ -212,6 +212,11 @@ class MattermostAdapter:
         self._slash: dict[str, _SlashCommand] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
+    @property
+    def online(self) -> bool:
+        """The websocket is open (cleared while it reconnects)."""
+        return self.connected.is_set()
+
     async def start(self, on_message: MessageHandler) -> None:
         """Log in (a refused token is a configuration error), then listen on the websocket.
 

@@ -308,6 +308,13 @@ class SlackAdapter:
         self._tasks: list[asyncio.Task[Any]] = []
         self._register()
 
+    @property
+    def online(self) -> bool:
+        """Socket Mode: the socket is open and Slack said hello. HTTP mode: started (Slack calls us)."""
+        if self.settings.mode == "http":
+            return self._on_message is not None
+        return self._socket is not None and self._connected.is_set()
+
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, on_message: MessageHandler) -> None:
         """Check the tokens, then (Socket Mode) connect; returns once Slack said hello.

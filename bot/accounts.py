@@ -12,7 +12,9 @@ when its user's password changes or the user is deleted (the same transaction de
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import hmac
 import re
 import secrets
 from dataclasses import dataclass
@@ -39,10 +41,18 @@ SESSION_IDLE = timedelta(hours=12)
 #: `last_seen` is written at most this often (a page view is otherwise a read only).
 TOUCH_EVERY = timedelta(minutes=5)
 FIRST_ADMIN = "admin"
+#: How the password hash of an account made by an OpenID Connect login starts (`provision_external`).
+#: No argon2 hash starts so, so no password matches it.
+EXTERNAL_PREFIX = "!oidc:"
 
 _hasher = PasswordHasher()
-#: Checked against when the name is unknown, so a wrong name costs what a wrong password costs.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked against when the name is unknown, so a wrong name costs what a wrong password costs.
+    Made at the first login, not at import: an argon2 hash costs every `squall` command ~0.3 s."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 class AccountError(ValueError):
@@ -93,8 +103,9 @@ def hash_password(password: str) -> str:
 def password_matches(record: dict[str, Any] | None, password: str) -> bool:
     """Whether `password` is the account's (`record` from `store.web_user_get`; None for an unknown
     name, which is checked against a dummy hash so both take as long). CPU work: off the event loop."""
+    usable = record is not None and not record["password_hash"].startswith(EXTERNAL_PREFIX)
     try:
-        return _hasher.verify(record["password_hash"] if record else _DUMMY_HASH, password) and record is not None
+        return _hasher.verify(record["password_hash"] if usable else _dummy_hash(), password) and usable
     except (VerificationError, InvalidHashError):
         return False
 
@@ -137,6 +148,38 @@ async def bootstrap_admin(db: Database) -> str | None:
     digest = await asyncio.to_thread(hash_password, password)
     created = await db(create_user, db.store, FIRST_ADMIN, "admin", digest, only_if_none=True)
     return password if created else None
+
+
+def external_marker(issuer: str, subject: str) -> str:
+    """The password hash of the account an OpenID Connect login made: it cannot match any password, and it
+    binds the name to one person at one provider (`sub` is stable there; names can be reused)."""
+    digest = hashlib.sha256(f"{issuer}\n{subject}".encode()).hexdigest()
+    return f"{EXTERNAL_PREFIX}{digest}"
+
+
+def provision_external(store: Any, name: str, role: str, marker: str) -> Account:
+    """The account of a person the provider just vouched for: made at first login, its role set to what
+    the provider's groups give now (so a group change takes effect at the next login).
+
+    Called through `squall.db`, so the look-up and the writes share one transaction. A local account
+    of that name, or one made for another person at the provider, is refused (`AccountError`): a
+    provider's user name must never take over an account it did not make. A changed role ends the
+    account's other sessions, as a changed password does (the store has no role-only update)."""
+    check_name(name)
+    check_role(role)
+    record = store.web_user_get(name)
+    if record is None:
+        now = utcnow()
+        if not store.web_user_add({"name": name, "role": role, "password_hash": marker, "created_at": now,
+                                   "password_changed_at": now}):
+            raise AccountError(f"the account {name} was just made by another login: try again")
+    elif not hmac.compare_digest(record["password_hash"].encode(), marker.encode()):
+        raise AccountError(f"the user name {name} belongs to another Squall account (a local one, or another "
+                           "person's at the provider): ask an admin")
+    elif record["role"] != role:
+        store.web_user_delete(name)
+        store.web_user_add({**record, "role": role})
+    return Account(name, role)
 
 
 def _token_hash(token: str) -> str:

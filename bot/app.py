@@ -8,6 +8,7 @@ HTTP `aliasexecution` route, the web UI) reaches it as `squall.chat`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from adapters.base import Adapter
@@ -31,6 +32,15 @@ class Squall(Engine):
     def reload(self, registry: Registry | None = None) -> Registry:
         registry = super().reload(registry)
         self.chat.reload()
+        return registry
+
+    async def reload_packs(self) -> Registry:
+        """Load the pack folders again and use them: packs, rules, aliases, warm Python workers and the
+        sensors. `squall serve` calls it when pack files change; the web UI's Reload and its pack
+        install call it too, so a reload means the same from either."""
+        registry = self.reload(await asyncio.to_thread(load_packs, self.config))
+        await self.python.recycle()
+        await self.sync_sensors()
         return registry
 
     async def close(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
 from bot.accounts import FIRST_ADMIN, bootstrap_admin
-from bot.app import Squall, load_packs
+from bot.app import Squall
 from engine.config import SYSTEM_PACKS_PATH, Config, ConfigError
 from engine.jobs import REAP_SECONDS, reap_stalled, waiting_note, waiting_since
 from engine.packs import fingerprint
@@ -103,9 +103,7 @@ def settle_heap() -> None:
 
 async def reload(squall: Squall) -> None:
     """Pick up edited, installed and removed packs without a restart."""
-    registry = squall.reload(await asyncio.to_thread(load_packs, squall.config))
-    await squall.python.recycle()
-    await squall.sync_sensors()
+    registry = await squall.reload_packs()
     settle_heap()
     log.info("packs reloaded: %d packs, %d actions", len(registry.packs), len(registry.actions))
     for error in registry.errors:

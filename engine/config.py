@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -241,11 +242,10 @@ def _oidc_issuer(path: Path | None, oidc: dict[str, Any]) -> str:
     """The issuer URL exactly as the provider's ID tokens name it: https, or http on this machine only."""
     what = "the provider's https URL, such as https://login.example.com/realms/ops"
     issuer = _oidc_text(path, oidc, "issuer", what)
-    scheme, _, rest = issuer.partition("://")
-    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    local = host.split(":")[0] in ("localhost", "127.0.0.1") or host.startswith("[::1]")
-    if not rest or not host or "?" in issuer or "#" in issuer or not (scheme == "https" or
-                                                                      (scheme == "http" and local)):
+    parts = urlsplit(issuer)
+    local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if not parts.hostname or parts.query or parts.fragment or not (
+            parts.scheme == "https" or (parts.scheme == "http" and local)):
         raise ConfigError(f"{path}: 'web.oidc.issuer' must be {what} (http only for localhost), not {issuer!r}")
     return issuer
 

@@ -252,3 +252,19 @@ async def reap_forever(executions: ExecutionService, jobs: JobExecutor, every: f
         except Exception:  # the next pass tries again; a worker must not die of it
             log.exception("could not look for stalled workers' executions")
         await asyncio.sleep(every)
+
+
+def queue_status(store: Store) -> dict[str, Any]:
+    """For the web UI's status page: procrastinate's workers (id, last heartbeat, whether it counts as
+    stalled) and, per queue, how many jobs wait (`todo`) and run (`doing`)."""
+    with store._read() as conn:
+        workers = [{"id": int(row.id), "last_heartbeat": as_utc(row.last_heartbeat),
+                    "stalled": bool(row.stalled)} for row in conn.execute(sa.text(
+                        "SELECT id, last_heartbeat, last_heartbeat < now() - make_interval(secs => :seconds) "
+                        "AS stalled FROM procrastinate_workers ORDER BY id"), {"seconds": STALLED_SECONDS})]
+        queues: dict[str, dict[str, int]] = {}
+        for row in conn.execute(sa.text(
+                "SELECT queue_name, status, count(*) AS n FROM procrastinate_jobs "
+                "WHERE status IN ('todo', 'doing') GROUP BY queue_name, status ORDER BY queue_name")):
+            queues.setdefault(str(row.queue_name), {"todo": 0, "doing": 0})[str(row.status)] = int(row.n)
+    return {"workers": workers, "queues": queues}

@@ -157,6 +157,13 @@ async def test_key_changes_logins_and_pack_changes_are_audited(home: Path) -> No
             refused = await client.post("/auth/v1/tokens", headers={"Authorization": f"Basic {bad}",
                                                                     "St2-Api-Key": ""})
             assert refused.status_code == 401
+            ran = await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {
+                "who": "ann", "password": "hunter2"}})
+            assert ran.status_code == 201
+            slow = (await client.post("/api/v1/executions", json={"action": "demo.slow"})).json()["id"]
+            assert (await client.delete(f"/api/v1/executions/{slow}")).status_code == 200
+            again = await client.post(f"/api/v1/executions/{ran.json()['id']}/re_run", json={})
+            assert again.status_code == 201
     finally:
         await squall.close()
     pack = home / "src" / "tiny"
@@ -168,6 +175,11 @@ async def test_key_changes_logins_and_pack_changes_are_audited(home: Path) -> No
     events = [(e["event"], e["source"], e["target"]) for e in _all_lines(home)]
     assert ("api.key.set", "api", "db_pass") in events and ("api.key.delete", "api", "db_pass") in events
     assert ("api.login.failed", "api", None) in events
+    assert ("api.execution", "api", ran.json()["id"]) in events and ("api.execution.cancel", "api", slow) in events
+    assert ("api.execution.rerun", "api", again.json()["id"]) in events
+    requested = next(e for e in _all_lines(home) if e["event"] == "api.execution" and e["target"] == ran.json()["id"])
+    assert requested["detail"]["parameters"]["who"] == "ann"
+    assert requested["detail"]["parameters"]["password"] == "********"
     assert ("cli.key.set", "cli", "region") in events
     assert ("cli.pack.install", "cli", "tiny") in events and ("cli.pack.remove", "cli", "tiny") in events
     assert "hunter2" not in (home / "data" / "audit.jsonl").read_text()

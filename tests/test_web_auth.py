@@ -127,6 +127,10 @@ async def test_login_right_and_wrong_password(web: Web) -> None:
     assert (await client.get("/executions")).status_code == 200
     secure_client = web.client(base_url="https://squall")
     assert "secure" in (await login(secure_client, "ann")).headers["set-cookie"].lower()
+    audited = [(row["event"], row["actor"]) for row in reversed(await web.squall.db(web.squall.store.audit_list))]
+    assert audited == [("web.login.failed", "ann"), ("web.login.failed", "nobody"), ("web.login", "ann"),
+                       ("web.login", "ann")]
+    assert all("not the password" not in str(row["detail"]) for row in await web.squall.db(web.squall.store.audit_list))
 
 
 @pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:x"])

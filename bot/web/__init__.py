@@ -17,7 +17,21 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.staticfiles import StaticFiles
 
-from bot.web import executions, login
+from bot.web import (
+    actions,
+    aliases,
+    audit,
+    executions,
+    inquiries,
+    keys,
+    live,
+    login,
+    oidc,
+    packs,
+    rules,
+    status,
+    triggers,
+)
 from bot.web.pages import STATIC, PageError, render, secure
 from bot.web.session import LoginRequired
 from bot.web.throttle import LoginThrottle
@@ -42,5 +56,16 @@ def mount(app: FastAPI) -> None:
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(PageError, _page_error)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    oidc.install(app)
     app.include_router(login.router)
     app.include_router(executions.router)
+    app.include_router(live.router)
+    app.include_router(actions.router)
+    app.include_router(inquiries.router)
+    app.include_router(aliases.router)
+    app.include_router(rules.router)
+    app.include_router(triggers.router)
+    app.include_router(packs.router)
+    app.include_router(keys.router)
+    app.include_router(audit.router)
+    app.include_router(status.router)

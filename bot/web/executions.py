@@ -1,4 +1,5 @@
-"""`/executions`: the list (filters, keyset pages), one execution's page, and cancel.
+"""`/executions`: the list (filters, keyset pages, bulk cancel), one execution's page, cancel and re-run
+with edited parameters (live updates of both pages: `live.py`).
 
 The list reads `Store.execution_keyset` (light rows, the next page below the last row shown: no
 OFFSET, so paging through 100,000 executions costs the same on every page); an execution's page and
@@ -8,19 +9,21 @@ that is with secrets masked by the engine when the execution was requested.
 
 from __future__ import annotations
 
+import json
 import re
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 
 from bot.accounts import Session
-from bot.web import origin
-from bot.web.pages import PageError, PageRoute, render
-from bot.web.session import operator, viewer
-from engine.executions import CANCELABLE, STATUSES, ExecutionNotFound, ExecutionStateError
+from bot.web import ansi, graph, origin
+from bot.web.pages import PageError, PageRoute, form_time, render
+from bot.web.session import MAX_FIELDS, form_fields, operator, viewer
+from engine.executions import CANCELABLE, COMPLETED, STATUSES, ExecutionNotFound, ExecutionStateError
+from engine.packs import UnknownAction
+from engine.parameters import ParameterError
 from engine.storage import ExecutionFilter
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -29,18 +32,11 @@ PAGE_SIZE = 50
 MAX_CHILDREN = 500
 #: The list's filters, in the order the form shows them.
 FILTERS = ("status", "action", "pack", "user", "source", "from", "to")
-_ID = re.compile(r"[0-9a-f]{24}\Z")
+EXECUTION_ID = re.compile(r"[0-9a-f]{24}\Z")
 #: Output the page shows apart from the result's JSON.
 STREAMS = ("stdout", "stderr")
-
-
-def _time(name: str, value: str) -> datetime:
-    """A `datetime-local` field (or any ISO 8601 time), read as UTC when it names no zone."""
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise PageError(f"'{name}' must be a date and time such as 2026-01-31T14:00, not {value!r}") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+#: The most output chunks a running execution's page shows at first (the live stream goes on from there).
+MAX_LIVE_CHUNKS = 5000
 
 
 def execution_filter(values: dict[str, str]) -> ExecutionFilter:
@@ -53,14 +49,16 @@ def execution_filter(values: dict[str, str]) -> ExecutionFilter:
     return ExecutionFilter(
         action=values.get("action") or None, pack=values.get("pack") or None, status=status or None,
         user=values.get("user") or None, **(origin.SOURCES[source] if source else {}),
-        since=_time("from", values["from"]) if values.get("from") else None,
-        until=_time("to", values["to"]) if values.get("to") else None)
+        since=form_time("from", values["from"]) if values.get("from") else None,
+        until=form_time("to", values["to"]) if values.get("to") else None)
 
 
-def _row(record: dict[str, Any]) -> dict[str, Any]:
+def list_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored row as the list shows it (the page and its live updates alike)."""
     start, end = record["start_timestamp"], record["end_timestamp"]
     return {**record, "origin": origin.summary(record["context"] or {}), "user": (record["context"] or {}).get("user"),
-            "elapsed": f"{(end - start).total_seconds():.1f} s" if end else None}
+            "elapsed": f"{(end - start).total_seconds():.1f} s" if end else None,
+            "cancelable": record["status"] in CANCELABLE}
 
 
 @router.get("/executions")
@@ -68,47 +66,155 @@ async def execution_list(request: Request, before: str | None = None,
                          session: Session = Depends(viewer)) -> Response:
     values = {name: request.query_params.get(name, "").strip() for name in FILTERS}
     shown = {name: value for name, value in values.items() if value}
-    if before is not None and not _ID.match(before):
+    if before is not None and not EXECUTION_ID.match(before):
         raise PageError("'before' must be an execution id (24 hexadecimal digits)")
     squall = request.app.state.squall
     rows = await squall.db(squall.store.execution_keyset, execution_filter(values), before=before,
                            limit=PAGE_SIZE + 1)
     older = urlencode({**shown, "before": rows[PAGE_SIZE - 1]["id"]}) if len(rows) > PAGE_SIZE else None
     return render(request, "executions.html", {
-        "session": session, "rows": [_row(r) for r in rows[:PAGE_SIZE]], "values": values, "filtered": bool(shown),
+        "session": session, "rows": [list_row(r) for r in rows[:PAGE_SIZE]], "values": values, "filtered": bool(shown),
         "older": older, "newest": urlencode(shown) if before else None, "statuses": STATUSES,
-        "sources": list(origin.SOURCES)})
+        "sources": list(origin.SOURCES),
+        # The first page follows new and changed executions (`live.py`); older pages stay as they were.
+        "live": None if before else urlencode({**shown, "top": rows[0]["id"] if rows else ""})})
 
 
-async def _execution(request: Request, execution_id: str) -> dict[str, Any]:
+async def find_execution(request: Request, execution_id: str) -> dict[str, Any]:
     try:
         return await request.app.state.squall.executions.get(execution_id)
     except ExecutionNotFound as exc:
         raise PageError(str(exc), 404) from exc
 
 
+def execution_view(squall: Any, record: dict[str, Any], children: list[dict[str, Any]]) -> dict[str, Any]:
+    """What an execution's page and its live updates show: the result without the output streams
+    (shown apart), and for a workflow the graph of its tasks with their statuses."""
+    result = record.get("result")
+    if isinstance(result, dict):
+        result = {key: value for key, value in result.items() if key not in STREAMS}
+    action = squall.registry.actions.get(record["action"])
+    return {"record": record, "result": result, "children": children,
+            "more_children": len(children) == MAX_CHILDREN,
+            "graph": graph.svg(action, children) if action is not None else None}
+
+
 @router.get("/executions/{execution_id}")
 async def execution_page(request: Request, execution_id: str, session: Session = Depends(viewer)) -> Response:
     squall = request.app.state.squall
-    record = await _execution(request, execution_id)
+    record = await find_execution(request, execution_id)
     children = await squall.executions.list(parent=record["id"], limit=MAX_CHILDREN, oldest_first=True)
+    live = record["status"] not in COMPLETED
     result = record.get("result")
-    streams = {name: str(result[name]) for name in STREAMS if isinstance(result, dict) and result.get(name)}
-    if isinstance(result, dict):
-        result = {key: value for key, value in result.items() if key not in streams}
+    after = 0
+    if live:  # what was printed so far; the page's stream goes on from the last chunk shown
+        rows = await squall.db(squall.store.execution_output_list, record["id"], limit=MAX_LIVE_CHUNKS)
+        after = rows[-1]["id"] if rows else 0
+        streams = {name: ansi.render("".join(r["data"] for r in rows if r["stream"] == name)) for name in STREAMS}
+    else:
+        streams = {name: ansi.render(str(result[name])) for name in STREAMS
+                   if isinstance(result, dict) and result.get(name)}
     return render(request, "execution.html", {
-        "session": session, "record": record, "origin": origin.details(record), "result": result,
-        "streams": streams, "children": children, "more_children": len(children) == MAX_CHILDREN,
-        "cancelable": record["status"] in CANCELABLE and session.account.may("operator")})
+        "session": session, "origin": origin.details(record), "streams": streams, "live": live, "after": after,
+        **controls(squall, session, record), **execution_view(squall, record, children)})
+
+
+def controls(squall: Any, session: Session, record: dict[str, Any]) -> dict[str, bool]:
+    """Which buttons the page shows this account: only those it may use, while they apply."""
+    operator_ = session.account.may("operator")
+    return {"cancelable": operator_ and record["status"] in CANCELABLE,
+            "rerunnable": operator_ and record["action"] in squall.registry.actions}
 
 
 @router.post("/executions/{execution_id}/cancel")
 async def execution_cancel(request: Request, execution_id: str, session: Session = Depends(operator)) -> Response:
     squall = request.app.state.squall
-    record = await _execution(request, execution_id)
+    record = await find_execution(request, execution_id)
     try:
         await squall.executions.cancel(record["id"])
     except ExecutionStateError as exc:
         raise PageError(str(exc), 409) from exc
     await squall.db(squall.store.audit_add, "web.execution.cancel", session.account.name, "web", record["id"], {})
     return RedirectResponse(f"/executions/{record['id']}", status_code=303)
+
+
+@router.post("/executions/cancel")
+async def bulk_cancel(request: Request, session: Session = Depends(operator)) -> Response:
+    """Cancel the executions checked on the list (`execution` fields), each through the service as one
+    cancel would be; what could not be canceled is listed with the reason."""
+    squall = request.app.state.squall
+    chosen = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=MAX_FIELDS).get("execution", [])
+    if not chosen:
+        raise PageError("Check the executions to cancel first: none was chosen.")
+    done, refused = [], []
+    for execution_id in dict.fromkeys(chosen):
+        try:
+            record = await squall.executions.cancel(execution_id)
+        except (ExecutionNotFound, ExecutionStateError) as exc:
+            refused.append((execution_id, str(exc)))
+            continue
+        done.append(record)
+        await squall.db(squall.store.audit_add, "web.execution.cancel", session.account.name, "web", record["id"], {})
+    return render(request, "canceled.html", {"session": session, "done": done, "refused": refused},
+                  status_code=200 if done else 409)
+
+
+def _rerun_fields(squall: Any, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The re-run form's fields: each parameter the execution had, as text (JSON for non-strings),
+    secrets empty (left empty, the original value is used again), immutable ones left out."""
+    action = squall.registry.action(record["action"])
+    fields = []
+    for name, value in record["parameters"].items():
+        spec = action.parameters.get(name, {})
+        if spec.get("immutable"):
+            continue
+        text = value if isinstance(value, str) and spec.get("type", "string") == "string" else json.dumps(value)
+        fields.append({"name": name, "type": spec.get("type", "string"), "secret": bool(spec.get("secret")),
+                       "value": "" if spec.get("secret") else text, "description": spec.get("description", "")})
+    return fields
+
+
+@router.get("/executions/{execution_id}/rerun")
+async def rerun_form(request: Request, execution_id: str, session: Session = Depends(operator)) -> Response:
+    squall = request.app.state.squall
+    record = await find_execution(request, execution_id)
+    if record["action"] not in squall.registry.actions:
+        raise PageError(f"{record['action']} is no longer loaded (its pack was removed): it cannot run again.", 409)
+    return render(request, "rerun.html", {"session": session, "record": record,
+                                          "fields": _rerun_fields(squall, record), "error": None})
+
+
+@router.post("/executions/{execution_id}/rerun")
+async def rerun(request: Request, execution_id: str, session: Session = Depends(operator)) -> Response:
+    """A new execution of the same action: the original parameters, overridden by the fields changed
+    (`ExecutionService.rerun`, as the API's re_run); an empty secret keeps the original."""
+    squall = request.app.state.squall
+    record = await find_execution(request, execution_id)
+    if record["action"] not in squall.registry.actions:
+        raise PageError(f"{record['action']} is no longer loaded (its pack was removed): it cannot run again.", 409)
+    form = await form_fields(request)
+    fields = _rerun_fields(squall, record)
+    changed: dict[str, Any] = {}
+    try:
+        for field in fields:
+            sent = form.get(f"p.{field['name']}", field["value"])
+            if sent == field["value"] or (field["secret"] and not sent):
+                continue
+            changed[field["name"]] = sent if field["type"] == "string" else _json_field(field["name"], sent)
+        context = {"user": session.account.name, "source": "web"}
+        new = await squall.executions.rerun(record["id"], changed, context)
+    except (ParameterError, UnknownAction, ValueError) as exc:
+        shown = [{**f, "value": form.get(f"p.{f['name']}", f["value"]) if not f["secret"] else ""} for f in fields]
+        return render(request, "rerun.html", {"session": session, "record": record, "fields": shown,
+                                              "error": str(exc)}, status_code=400)
+    await squall.db(squall.store.audit_add, "web.execution.rerun", session.account.name, "web", new["id"],
+                    {"of": record["id"], "changed": sorted(changed)})
+    return RedirectResponse(f"/executions/{new['id']}", status_code=303)
+
+
+def _json_field(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"parameter {name!r} must be JSON (such as 3, true, [\"a\"] or {{\"k\": 1}}), "
+                         f"not {text!r}: {exc}") from None

@@ -1,10 +1,15 @@
-"""`/login` and `/logout`, and `/` (the executions).
+"""`/login` and `/logout`, `/login/oidc` and its callback (when `web.oidc` is configured), and `/` (the
+executions).
 
 The login form is protected against cross-site posts too (a forged login would sign a victim in as
 the attacker): `GET /login` sets a random cookie and puts the same value in the form, and the post
 must carry both (double submit; there is no session yet to hold a token). Failed logins are counted
 per name and per address (`throttle.py`); a name that does not exist costs the same argon2 check as
 a wrong password, so timing does not tell which names exist.
+
+An OpenID Connect login (`oidc.py`) ends as a password login does: a session in the same cookie,
+with its CSRF token, and the browser sent to `next` (a path of this site only). Its failures (the
+provider refused, the login expired, no group gives a role) are shown on the login page.
 """
 
 from __future__ import annotations
@@ -16,14 +21,26 @@ import secrets
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 
-from bot.accounts import SESSION_LIFETIME, Account, Session, close_session, open_session, password_matches
-from bot.web.pages import PageRoute, render
+from bot.accounts import (
+    SESSION_LIFETIME,
+    Account,
+    AccountError,
+    Session,
+    close_session,
+    open_session,
+    password_matches,
+    provision_external,
+)
+from bot.web.oidc import PENDING_SECONDS, OidcError, OidcLogin
+from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import COOKIE, CSRF_FIELD, form_fields, safe_next, set_cookie, viewer
 from bot.web.throttle import LoginThrottle
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: The double-submit cookie of the login form.
 LOGIN_COOKIE = "squall_login"
+#: The `state` of the OpenID Connect login this browser started (its callback must bring the same).
+OIDC_COOKIE = "squall_oidc"
 
 
 def _throttle(request: Request) -> LoginThrottle:
@@ -34,8 +51,10 @@ def _login_page(request: Request, status: int = 200, error: str | None = None, u
                 next_url: str | None = None) -> Response:
     """The form, with a fresh double-submit token in it and in its cookie."""
     token = secrets.token_urlsafe(24)
+    oidc: OidcLogin | None = request.app.state.web_oidc
     response = render(request, "login.html", {"error": error, "username": username, "login_token": token,
-                                              "next": safe_next(next_url)}, status_code=status)
+                                              "next": safe_next(next_url), "oidc_label": oidc and oidc.label},
+                      status_code=status)
     set_cookie(request, response, LOGIN_COOKIE, token)
     return response
 
@@ -70,12 +89,76 @@ async def login(request: Request) -> Response:
     record = await squall.db(squall.store.web_user_get, name) if name else None
     if not await asyncio.to_thread(password_matches, record, password):
         throttle.failed(*keys)
+        await squall.db(squall.store.audit_add, "web.login.failed", name or None, f"web:{address}", None,
+                        {"method": "password"})
         return _login_page(request, 401, "Wrong user name or password.", name, next_url)
     throttle.succeeded(keys[0])
-    token, _ = await squall.db(open_session, squall.store, Account(record["name"], record["role"]))
+    return await _signed_in(request, Account(record["name"], record["role"]), next_url, "password")
+
+
+async def _signed_in(request: Request, account: Account, next_url: str | None, method: str) -> Response:
+    """A new session for `account`, and the browser sent on to `next` (password and OIDC logins alike)."""
+    squall = request.app.state.squall
+    token, _ = await squall.db(open_session, squall.store, account)
+    address = request.client.host if request.client else "unknown"
+    await squall.db(squall.store.audit_add, "web.login", account.name, f"web:{address}", None,
+                    {"method": method, "role": account.role})
     response = RedirectResponse(safe_next(next_url), status_code=303)
     set_cookie(request, response, COOKIE, token, max_age=int(SESSION_LIFETIME.total_seconds()))
     response.delete_cookie(LOGIN_COOKIE, path="/")
+    return response
+
+
+def _oidc(request: Request) -> OidcLogin:
+    oidc: OidcLogin | None = request.app.state.web_oidc
+    if oidc is None:
+        raise PageError("Logging in through OpenID Connect is not configured here (web.oidc).", 404)
+    return oidc
+
+
+@router.get("/login/oidc")
+async def oidc_login(request: Request, next: str | None = None) -> Response:
+    """Send the browser to the provider, remembering this login (`state` in its cookie too)."""
+    oidc = _oidc(request)
+    try:
+        state, url = await oidc.begin(str(request.url_for("oidc_callback")), safe_next(next))
+    except OidcError as exc:
+        return _login_page(request, exc.status, str(exc), next_url=next)
+    response = RedirectResponse(url, status_code=303)
+    set_cookie(request, response, OIDC_COOKIE, state, max_age=PENDING_SECONDS)
+    return response
+
+
+@router.get("/login/oidc/callback")
+async def oidc_callback(request: Request, state: str = "", code: str = "", error: str = "",
+                        error_description: str = "") -> Response:
+    """Where the provider sends the browser back: a session, or the login page saying what went wrong."""
+    oidc = _oidc(request)
+    pending = oidc.take(state, request.cookies.get(OIDC_COOKIE, ""))
+    try:
+        if pending is None:  # a provider's error is shown only for this browser's own login (no text injection)
+            raise OidcError("This login expired, was already used, or was started in another browser: "
+                            "log in again.", 400)
+        if error:
+            detail = f": {error_description[:200]}" if error_description else ""
+            raise OidcError(f"{oidc.host} did not log you in ({error[:60]}{detail}).")
+        if not code:
+            raise OidcError(f"{oidc.host} sent the browser back without a login code: log in again.", 400)
+        identity = await oidc.finish(pending, code)
+        squall = request.app.state.squall
+        account = await squall.db(provision_external, squall.store, identity.name, identity.role, identity.marker)
+    except (OidcError, AccountError) as exc:
+        status = exc.status if isinstance(exc, OidcError) else 403
+        message = str(exc) if isinstance(exc, OidcError) else f"Login refused: {exc}."
+        squall = request.app.state.squall
+        await squall.db(squall.store.audit_add, "web.login.failed", None,
+                        f"web:{request.client.host if request.client else 'unknown'}", None,
+                        {"method": "oidc", "reason": message})
+        response = _login_page(request, status, message, next_url=pending.next_url if pending else None)
+    else:
+        response = await _signed_in(request, account, pending.next_url, "oidc")
+    if pending is not None:  # spent; a callback that is not this browser's leaves its own login going
+        response.delete_cookie(OIDC_COOKIE, path="/")
     return response
 
 
@@ -83,6 +166,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request, session: Session = Depends(viewer)) -> Response:
     squall = request.app.state.squall
     await squall.db(close_session, squall.store, session)
+    await squall.db(squall.store.audit_add, "web.logout", session.account.name, "web", None, {})
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response

@@ -73,6 +73,15 @@ class PageError(Exception):
             self.status = status
 
 
+def form_time(name: str, value: str) -> datetime:
+    """A `datetime-local` field (or any ISO 8601 time), read as UTC when it names no zone."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise PageError(f"'{name}' must be a date and time such as 2026-01-31T14:00, not {value!r}") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
 def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
     """Template `name` with `context`; every page also gets `session` (None on the login page)."""
     return templates.TemplateResponse(request, name, {"session": None, **context}, status_code=status_code)

@@ -1,0 +1,95 @@
+"""`/actions`: the loaded actions by pack with search, and an action's page with its run form.
+
+The form is `bot.forms`' fields of the action's parameters, and what it sends back is parsed there,
+so each wrong field gets the engine's own message beside it. A good form is run through
+`ExecutionService.request`, the call `POST /api/v1/executions` makes, with the values as data (never
+rendered as templates), the account's name as the user and `web` as the source; the request is
+audited as the UI's cancel is, and the browser goes on to the new execution's page.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import RedirectResponse
+
+from bot.accounts import Session
+from bot.forms import Field, action_fields, parse
+from bot.web.pages import PageError, PageRoute, render
+from bot.web.session import form_fields, operator, viewer
+from engine.actions import Action
+from engine.packs import UnknownAction
+from engine.parameters import ParameterError
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+#: A search longer than this is cut (no ref or description needs more).
+MAX_QUERY = 200
+#: The field an engine message is about, when it names one (`parameter "env": ...`).
+_NAMED = re.compile(r'parameter "([^"]+)"')
+
+
+def matches(action: Action, query: str) -> bool:
+    """Whether every word of `query` is in the action's ref or description (case ignored)."""
+    text = f"{action.ref} {action.description}".lower()
+    return all(word in text for word in query.lower().split())
+
+
+@router.get("/actions")
+async def action_list(request: Request, q: str = "", session: Session = Depends(viewer)) -> Response:
+    query = q.strip()[:MAX_QUERY]
+    registry = request.app.state.squall.registry
+    packs: dict[str, list[Action]] = {}
+    for ref in sorted(registry.actions):
+        action = registry.actions[ref]
+        if matches(action, query):
+            packs.setdefault(action.pack, []).append(action)
+    return render(request, "actions.html", {"session": session, "packs": packs, "q": query,
+                                            "shown": sum(map(len, packs.values())), "total": len(registry.actions)})
+
+
+def _action(request: Request, ref: str) -> Action:
+    action = request.app.state.squall.registry.actions.get(ref)
+    if action is None:
+        raise PageError(f'action "{ref}" not found: the actions page lists those loaded', 404)
+    return action
+
+
+def _page(request: Request, session: Session, action: Action, fields: list[Field], values: Mapping[str, str],
+          errors: Mapping[str, str] | None = None, problem: str | None = None, status: int = 200) -> Response:
+    return render(request, "action.html", {
+        "session": session, "action": action, "fields": fields, "values": values, "errors": errors or {},
+        "problem": problem, "may_run": session.account.may("operator") and action.enabled}, status_code=status)
+
+
+@router.get("/actions/{ref}")
+async def action_page(request: Request, ref: str, session: Session = Depends(viewer)) -> Response:
+    action = _action(request, ref)
+    fields = action_fields(action)
+    return _page(request, session, action, fields, {f.name: f.initial for f in fields})
+
+
+@router.post("/actions/{ref}")
+async def action_run(request: Request, ref: str, session: Session = Depends(operator)) -> Response:
+    action = _action(request, ref)
+    fields = action_fields(action)
+    submitted = await form_fields(request)
+    # What the person typed goes back into the form on an error, but never a secret.
+    shown = {f.name: submitted.get(f.name, "") for f in fields if f.kind != "secret"}
+    parsed = parse(fields, submitted)
+    if not parsed.ok:
+        return _page(request, session, action, fields, shown, parsed.errors, status=400)
+    squall = request.app.state.squall
+    context: dict[str, Any] = {"source": "web", "user": session.account.name}
+    try:
+        record = await squall.executions.request(action.ref, parsed.values, context)
+    except (ParameterError, UnknownAction, ValueError) as exc:
+        named = _NAMED.match(str(exc))
+        if named and any(f.name == named.group(1) for f in fields):
+            return _page(request, session, action, fields, shown, {named.group(1): str(exc)}, status=400)
+        return _page(request, session, action, fields, shown, problem=str(exc), status=400)
+    await squall.db(squall.store.audit_add, "web.execution.request", session.account.name, "web", record["id"],
+                    {"action": action.ref})
+    return RedirectResponse(f"/executions/{record['id']}", status_code=303)

@@ -1,0 +1,118 @@
+"""`/inquiries`: questions workflows wait on, who may answer them, and who answered what and when.
+
+Everything goes through `InquiryService`, as the API, the CLI and chat do: the list, the expiry of
+overdue questions, and the answer, which the service checks against the schema and the inquiry's
+`users` and `roles` and stores with its responder (the execution's `result.responder`; the time is
+its `end_timestamp`). The answer form is `bot.forms`' fields of the response schema. An account's
+role (`viewer`, `operator`, `admin`) stands for its groups, so an inquiry for `roles: [admin]` may be
+answered by the UI's admins, as by a chat user in a group of that name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import RedirectResponse
+
+from bot.accounts import Session
+from bot.forms import Field, parse, schema_fields, with_defaults
+from bot.web.pages import PageError, PageRoute, render
+from bot.web.session import form_fields, operator, viewer
+from engine.executions import ExecutionNotFound
+from engine.inquiries import InquiryError
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+#: How many answered inquiries the list shows.
+ANSWERED_SHOWN = 50
+
+
+def question(schema: Mapping[str, Any]) -> str:
+    """What the inquiry asks, in its author's words: the schema's description, else its properties'."""
+    if schema.get("description"):
+        return str(schema["description"])
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    asked = [str(spec.get("description") or name) for name, spec in properties.items() if isinstance(spec, dict)]
+    return "; ".join(asked)
+
+
+def who_may(inquiry: Mapping[str, Any]) -> str:
+    """Who may answer, as the service's refusal names them (`ann, role admin`), or `anyone`."""
+    return ", ".join([*inquiry["users"], *(f"role {role}" for role in inquiry["roles"])]) or "anyone"
+
+
+async def _workflow(request: Request, parent: str | None) -> dict[str, Any] | None:
+    """The execution waiting on the inquiry (None for one asked outside a workflow, or gone)."""
+    if not parent:
+        return None
+    try:
+        return await request.app.state.squall.executions.get(parent)
+    except ExecutionNotFound:
+        return None
+
+
+@router.get("/inquiries")
+async def inquiry_list(request: Request, session: Session = Depends(viewer)) -> Response:
+    inquiries = request.app.state.squall.inquiries
+    pending = [{**item, "question": question(item["schema"]), "who_may": who_may(item),
+                "workflow": await _workflow(request, item["parent"])} for item in await inquiries.list()]
+    answered = [{**record, "question": question((record.get("result") or {}).get("schema") or {})}
+                for record in await inquiries.answered(ANSWERED_SHOWN)]
+    return render(request, "inquiries.html", {"session": session, "pending": pending, "answered": answered})
+
+
+async def _inquiry(request: Request, inquiry_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The inquiry as the service shows it (expired first if overdue), and its execution record."""
+    squall = request.app.state.squall
+    try:
+        inquiry = await squall.inquiries.get(inquiry_id)
+    except InquiryError as exc:
+        raise PageError(str(exc), exc.status) from exc
+    return inquiry, await squall.executions.get(inquiry["id"])
+
+
+def _page(request: Request, session: Session, inquiry: dict[str, Any], record: dict[str, Any],
+          workflow: dict[str, Any] | None, fields: list[Field], values: Mapping[str, str],
+          errors: Mapping[str, str] | None = None, problem: str | None = None, status: int = 200) -> Response:
+    return render(request, "inquiry.html", {
+        "session": session, "inquiry": inquiry, "record": record, "workflow": workflow, "fields": fields,
+        "values": values, "errors": errors or {}, "problem": problem, "question": question(inquiry["schema"]),
+        "who_may": who_may(inquiry),
+        "may_answer": inquiry["status"] == "pending" and session.account.may("operator")}, status_code=status)
+
+
+def _fields(inquiry: dict[str, Any]) -> list[Field]:
+    return schema_fields(inquiry["schema"], f'inquiry "{inquiry["id"]}"')
+
+
+@router.get("/inquiries/{inquiry_id}")
+async def inquiry_page(request: Request, inquiry_id: str, session: Session = Depends(viewer)) -> Response:
+    inquiry, record = await _inquiry(request, inquiry_id)
+    fields = _fields(inquiry)
+    return _page(request, session, inquiry, record, await _workflow(request, inquiry["parent"]), fields,
+                 {f.name: f.initial for f in fields})
+
+
+@router.post("/inquiries/{inquiry_id}")
+async def inquiry_answer(request: Request, inquiry_id: str, session: Session = Depends(operator)) -> Response:
+    inquiry, record = await _inquiry(request, inquiry_id)
+    fields = _fields(inquiry)
+    submitted = await form_fields(request)
+    shown = {f.name: submitted.get(f.name, "") for f in fields if f.kind != "secret"}
+    parsed = parse(fields, submitted)
+    workflow = await _workflow(request, inquiry["parent"])
+    if not parsed.ok:
+        return _page(request, session, inquiry, record, workflow, fields, shown, parsed.errors, status=400)
+    squall = request.app.state.squall
+    name = session.account.name
+    try:
+        await squall.inquiries.respond(inquiry["id"], with_defaults(fields, parsed.values), name,
+                                       (session.account.role,))
+    except InquiryError as exc:
+        if exc.status != 400:  # not allowed, gone, or no longer pending: nothing to correct in the form
+            raise PageError(str(exc), exc.status) from exc
+        return _page(request, session, inquiry, record, workflow, fields, shown, problem=str(exc), status=400)
+    await squall.db(squall.store.audit_add, "web.inquiry.respond", name, "web", inquiry["id"],
+                    {"workflow": inquiry["parent"]})
+    return RedirectResponse(f"/inquiries/{inquiry['id']}", status_code=303)

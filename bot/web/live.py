@@ -1,0 +1,144 @@
+"""The UI's live updates, as server-sent events (`sse-starlette`) that htmx's SSE extension swaps into
+the page by event name (`sse-swap`): no script of Squall's own runs in the browser.
+
+- `/live/executions/{id}`: a running execution's page. `stdout`/`stderr` carry the output printed
+  since the chunk the page showed last (`after`, or the `Last-Event-ID` of a browser that reconnects),
+  as escaped HTML with colours (`ansi.py`), appended;
+  `status`, `log`, `tasks` (the task list and graph of a workflow) and `result` replace their parts
+  when they change; `end` comes last, when the execution has ended and all its output was sent, and
+  closes the stream (`sse-close`).
+- `/live/executions`: the list's first page. `new` carries rows newer than the newest shown (put on
+  top), `row-<id>` a row whose status changed (replacing it).
+
+They read the database, as the pages do, so what a `squall worker` runs shows too; in the process
+that runs it, `engine.live.Wakeup` wakes them at once, otherwise they look every `POLL_SECONDS`. A
+browser that goes away ends its stream (sse-starlette watches the connection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from sse_starlette import EventSourceResponse
+
+from bot.accounts import Session
+from bot.web import ansi
+from bot.web.executions import (
+    EXECUTION_ID,
+    FILTERS,
+    MAX_CHILDREN,
+    PAGE_SIZE,
+    STREAMS,
+    controls,
+    execution_filter,
+    execution_view,
+    find_execution,
+    list_row,
+)
+from bot.web.pages import PageError, PageRoute, templates
+from bot.web.session import viewer
+from engine.executions import COMPLETED
+from engine.live import Wakeup
+from engine.storage import ExecutionFilter
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+#: How often a stream looks at the database when nothing in this process woke it.
+POLL_SECONDS = 0.5
+#: Seconds between keep-alive comments, so proxies keep an idle stream open.
+PING_SECONDS = 15
+_OUTPUT_BATCH = 1000
+
+
+def fragment(name: str, **context: Any) -> str:
+    """A template rendered alone (the parts of a page that live events replace), autoescaped."""
+    return templates.get_template(name).render(**context)
+
+
+@router.get("/live/executions/{execution_id}")
+async def execution_events(request: Request, execution_id: str, after: int = 0,
+                           session: Session = Depends(viewer)) -> EventSourceResponse:
+    squall = request.app.state.squall
+    record = await find_execution(request, execution_id)
+    # A browser that lost the connection reconnects by itself, naming the last chunk it got.
+    resumed = request.headers.get("last-event-id", "")
+    after = max(after, int(resumed) if resumed.isdigit() else 0)
+    return EventSourceResponse(_execution_stream(squall, session, record["id"], after), ping=PING_SECONDS)
+
+
+async def _execution_stream(squall: Any, session: Session, execution_id: str,
+                            after: int) -> AsyncIterator[dict[str, str]]:
+    store = squall.store
+    renderers = {name: ansi.AnsiRenderer() for name in STREAMS}
+    shown: tuple[Any, ...] | None = None
+    with Wakeup(squall.executions, execution_id) as wakeup:
+        while True:
+            record = await squall.executions.get(execution_id)
+            ended = record["status"] in COMPLETED
+            rows = await squall.db(store.execution_output_list, execution_id, after=after, limit=_OUTPUT_BATCH)
+            for stream, text, last in _runs(rows):
+                yield {"event": stream, "data": renderers[stream].feed(text), "id": str(last)}
+            if rows:
+                after = rows[-1]["id"]
+            children = await squall.executions.list(parent=execution_id, limit=MAX_CHILDREN, oldest_first=True)
+            state = (record["status"], len(record["log"]), tuple((c["id"], c["status"]) for c in children))
+            if state != shown:
+                view = execution_view(squall, record, children)
+                yield {"event": "status", "data": fragment("_execution_status.html", record=record, session=session,
+                                                           **controls(squall, session, record))}
+                yield {"event": "log", "data": fragment("_execution_log.html", record=record)}
+                if children:
+                    yield {"event": "tasks", "data": fragment("_execution_tasks.html", **view)}
+                if ended:
+                    yield {"event": "result", "data": fragment("_execution_result.html", **view)}
+                shown = state
+            if ended and len(rows) < _OUTPUT_BATCH:
+                yield {"event": "end", "data": record["status"]}
+                return
+            if len(rows) < _OUTPUT_BATCH:
+                await wakeup.wait(POLL_SECONDS)
+
+
+def _runs(rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """Consecutive chunks of one stream joined (one event each instead of one per chunk), with the id of
+    the last chunk in each (the event's id, which a reconnecting browser sends back)."""
+    runs: list[tuple[str, str, int]] = []
+    for row in rows:
+        if runs and runs[-1][0] == row["stream"]:
+            runs[-1] = (row["stream"], runs[-1][1] + row["data"], row["id"])
+        else:
+            runs.append((row["stream"], row["data"], row["id"]))
+    return runs
+
+
+@router.get("/live/executions")
+async def list_events(request: Request, top: str = "", session: Session = Depends(viewer)) -> EventSourceResponse:
+    """The list's first page as it changes; `top` is the newest id the page showed (new rows are newer)."""
+    if top and not EXECUTION_ID.match(top):
+        raise PageError("'top' must be an execution id (24 hexadecimal digits)")
+    where = execution_filter({name: request.query_params.get(name, "").strip() for name in FILTERS})
+    return EventSourceResponse(_list_stream(request.app.state.squall, session, where, top), ping=PING_SECONDS)
+
+
+async def _list_stream(squall: Any, session: Session, where: ExecutionFilter,
+                       top: str) -> AsyncIterator[dict[str, str]]:
+    known: dict[str, tuple[str, Any]] = {}
+    with Wakeup(squall.executions, None) as wakeup:
+        while True:
+            rows = await squall.db(squall.store.execution_keyset, where, limit=PAGE_SIZE)
+            fresh = [row for row in rows if row["id"] > top]
+            if fresh:
+                yield {"event": "new", "data": "".join(_row_html(session, row) for row in fresh)}
+                top = fresh[0]["id"]
+            for row in rows:
+                # Every row once at first (it may have changed since the page was made), then on change.
+                state = (row["status"], row["end_timestamp"])
+                if row["id"] <= top and known.get(row["id"]) != state and not (fresh and row in fresh):
+                    yield {"event": f"row-{row['id']}", "data": _row_html(session, row)}
+                known[row["id"]] = state
+            await wakeup.wait(POLL_SECONDS * 2)
+
+
+def _row_html(session: Session, row: dict[str, Any]) -> str:
+    return fragment("_execution_row.html", row=list_row(row), session=session, live=True)

@@ -1,0 +1,172 @@
+"""The web UI's actions: the list by pack with search, an action's run form (one labelled input per
+parameter kind), and running it: roles and CSRF, the engine's messages beside the fields with the
+secret never sent back, and the new execution's page with the web as its source.
+
+The app is test_web_auth's (test_api's config and demo pack) plus a pack of this file's own."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from markupsafe import escape
+
+from engine.parameters import ParameterError, cast
+from tests.conftest import write
+from tests.test_web_auth import Web, started_web
+
+KINDS = """
+name: kinds
+runner_type: local-shell-cmd
+description: "Shows every kind of field <script>alert('kinds')</script>"
+parameters:
+  cmd: {default: 'echo "{{ who }} x{{ count }} {{ loud }} {{ colour }} {{ tags }}"', immutable: true}
+  who: {type: string, required: true, description: "Whom to greet"}
+  count: {type: integer, default: 2, description: "How many times"}
+  ratio: {type: number}
+  loud: {type: boolean, default: false}
+  colour: {type: string, enum: [red, green], default: green}
+  token: {type: string, secret: true}
+  tags: {type: array, default: [a]}
+  labels: {type: object}
+"""
+
+
+@pytest.fixture
+async def web(home: Path) -> AsyncIterator[Web]:
+    write(home / "packs" / "forms" / "pack.yaml", "ref: forms\nname: forms\nversion: 1.0.0\nauthor: t\n")
+    write(home / "packs" / "forms" / "actions" / "kinds.yaml", KINDS)
+    async with started_web(home) as started:
+        yield started
+
+
+def _field(page: str, name: str) -> str:
+    """The form's `<div class="field ...">` of parameter `name`."""
+    found = re.search(rf'<div class="field field-\w+( invalid)?">(?:(?!<div class="field).)*?name="{name}".*?</div>',
+                      page, re.S)
+    assert found, name
+    return found.group(0)
+
+
+async def test_the_list_by_pack_and_its_search(web: Web) -> None:
+    client, _ = await web.signed_in("vic", "viewer")
+    page = await client.get("/actions")
+    assert page.status_code == 200
+    assert '<h2 id="pack-core">core</h2>' in page.text and '<h2 id="pack-forms">forms</h2>' in page.text
+    assert '<a href="/actions/core.local">core.local</a>' in page.text
+    found = await client.get("/actions", params={"q": "every KIND"})  # words of the description, any case
+    assert '<a href="/actions/forms.kinds">forms.kinds</a>' in found.text
+    assert "core.local" not in found.text.split('id="action-list"')[1]
+    assert 'value="every KIND"' in found.text  # kept in the search box
+    assert re.search(r'<p class="muted" role="status">1 of \d+ actions match “every KIND”.</p>', found.text)
+    by_ref = await client.get("/actions", params={"q": "demo.gr"})
+    assert re.findall(r'<a href="/actions/([^"]+)">', by_ref.text) == ["demo.greet"]
+    none = await client.get("/actions", params={"q": "no-such-thing"})
+    assert "No action matches “no-such-thing”." in none.text
+    # htmx swaps the same page's list in as one types
+    assert 'hx-get="/actions"' in page.text and 'hx-select="#action-list"' in page.text
+
+
+async def test_the_form_has_a_labelled_input_per_kind(web: Web) -> None:
+    client, _ = await web.signed_in("olga", "operator")
+    page = (await client.get("/actions/forms.kinds")).text
+    assert 'name="cmd"' not in page  # immutable: not a field
+    for name, control in (("who", 'type="text"'), ("count", 'type="number" step="1"'),
+                          ("ratio", 'type="number" step="any"'), ("loud", 'type="checkbox"'),
+                          ("colour", "<select"), ("token", 'type="password"'), ("tags", "<textarea"),
+                          ("labels", "<textarea")):
+        field = _field(page, name)
+        assert control in field, name
+        assert f'<label for="p-{name}"' in field and f'id="p-{name}"' in field, name
+    who = _field(page, "who")
+    assert ' required aria-describedby="p-who-help"' in who
+    assert '<span class="required" aria-hidden="true">*</span>' in who
+    assert '<p id="p-who-help" class="help">Whom to greet.</p>' in who
+    assert "required" not in _field(page, "ratio")
+    assert 'value="2"' in _field(page, "count")  # defaults filled in
+    assert '<option value="green" selected>' in _field(page, "colour")
+    assert "checked" not in _field(page, "loud")
+    assert '[\n  &#34;a&#34;\n]</textarea>' in _field(page, "tags")
+    assert 'value=""' in _field(page, "token")
+
+
+async def test_a_viewer_sees_no_form_and_cannot_run(web: Web) -> None:
+    client, csrf = await web.signed_in("vic", "viewer")
+    page = await client.get("/actions/forms.kinds")
+    assert page.status_code == 200 and 'name="who"' not in page.text and "needs the operator role" in page.text
+    refused = await client.post("/actions/forms.kinds", data={"csrf_token": csrf, "who": "ann"})
+    assert refused.status_code == 403 and "needs the operator role" in refused.text
+    assert await web.squall.executions.list(action="forms.kinds") == []
+
+
+async def test_a_forged_post_without_the_csrf_token_is_refused(web: Web) -> None:
+    client, _ = await web.signed_in("olga", "operator")
+    forged = await client.post("/actions/forms.kinds", data={"who": "ann"})
+    assert forged.status_code == 403 and "CSRF token" in forged.text
+    wrong = await client.post("/actions/forms.kinds", data={"who": "ann", "csrf_token": "not-it"})
+    assert wrong.status_code == 403
+    assert await web.squall.executions.list(action="forms.kinds") == []
+
+
+async def test_bad_values_come_back_beside_their_fields_without_the_secret(web: Web) -> None:
+    client, csrf = await web.signed_in("olga", "operator")
+    bad = await client.post("/actions/forms.kinds", data={
+        "csrf_token": csrf, "who": "", "count": "many", "token": "hunter2", "tags": '["a",', "ratio": "1.5"})
+    assert bad.status_code == 400
+    page = bad.text
+    assert "hunter2" not in page  # the secret is never echoed
+    with pytest.raises(ParameterError) as engine_says:
+        cast("count", "many", {"type": "integer"})  # what `squall run forms.kinds count=many` says
+    count = _field(page, "count")
+    assert str(escape(str(engine_says.value))) in count and 'aria-invalid="true"' in count
+    assert 'aria-describedby="p-count-help p-count-error"' in count and 'value="many"' in count
+    assert 'parameter &#34;who&#34; is required by action &#34;forms.kinds&#34; (Whom to greet)' in _field(page, "who")
+    assert "is not valid JSON (Expecting value at line 1 column 6)" in _field(page, "tags")
+    assert 'value="1.5"' in _field(page, "ratio") and "invalid" not in _field(page, "ratio")
+    assert "3 fields to correct" in page
+    assert await web.squall.executions.list(action="forms.kinds") == []
+
+
+async def test_a_value_the_service_refuses_comes_back_beside_its_field(web: Web) -> None:
+    client, csrf = await web.signed_in("olga", "operator")
+    refused = await client.post("/actions/forms.kinds", data={"csrf_token": csrf, "who": "ann",
+                                                             "env": '{"BASH_ENV": "/tmp/evil"}'})
+    assert refused.status_code == 400
+    assert 'parameter &#34;env&#34;: BASH_ENV may not be set by a request' in _field(refused.text, "env")
+    assert await web.squall.executions.list(action="forms.kinds") == []
+
+
+async def test_a_good_run_opens_the_new_execution_from_the_web(web: Web) -> None:
+    client, csrf = await web.signed_in("olga", "operator")
+    done = await client.post("/actions/forms.kinds", data={
+        "csrf_token": csrf, "who": "ann", "count": "3", "loud": "true", "colour": "red", "tags": '["x"]',
+        "token": "hunter2", "labels": ""})
+    assert done.status_code == 303
+    execution_id = done.headers["location"].removeprefix("/executions/")
+    record = await web.squall.executions.wait(execution_id, 30)
+    assert record["status"] == "succeeded", record
+    assert record["context"]["source"] == "web" and record["context"]["user"] == "olga"
+    assert record["parameters"]["count"] == 3 and record["parameters"]["loud"] is True
+    assert record["parameters"]["token"] != "hunter2"  # masked as the engine stores secrets
+    assert record["result"]["stdout"].strip() == "ann x3 True red ['x']"
+    (entry,) = await web.squall.db(web.squall.store.audit_list, 10, "web.execution.request")
+    assert entry["actor"] == "olga" and entry["target"] == execution_id and entry["source"] == "web"
+    page = await client.get(done.headers["location"])
+    assert page.status_code == 200 and "olga" in page.text
+
+
+async def test_an_actions_description_is_text(web: Web) -> None:
+    client, _ = await web.signed_in("vic", "viewer")
+    for url in ("/actions", "/actions/forms.kinds"):
+        page = (await client.get(url)).text
+        assert "<script>alert" not in page, url
+        assert "&lt;script&gt;alert(&#39;kinds&#39;)&lt;/script&gt;" in page, url
+
+
+async def test_an_unknown_action_is_a_404_page(web: Web) -> None:
+    client, csrf = await web.signed_in("olga", "operator")
+    missing = await client.get("/actions/forms.nope")
+    assert missing.status_code == 404 and 'action &#34;forms.nope&#34; not found' in missing.text
+    assert (await client.post("/actions/forms.nope", data={"csrf_token": csrf})).status_code == 404

@@ -1,0 +1,590 @@
+"""The web UI end to end, in a real browser: headless Chromium (Debian's `chromium`, which `.ci/run`
+installs) driven by Playwright's Python package, never `playwright install`'s own download.
+
+One real `squall serve` for the module, on a fresh SQLite home with the API on a free port, the
+console adapter off and the Mattermost adapter on a faithful local Mattermost (tests/fake_mattermost.py,
+on an event loop of its own in a thread: Playwright's sync API wants the test's thread to itself).
+Its pack `webui` has `webui.lines` (prints a line every `pause` seconds), an alias for it, and
+`webui.approval`, an Orquesta workflow that waits on an inquiry. The test logs in with the first
+admin's password that `squall serve` prints, and does in the browser what a person does: the list
+and its filters, an execution's page, a chat-started execution with its channel, cancel, the run
+form with the output arriving live, the list taking a new execution live, an inquiry answered from
+the inbox while the workflow's page (graph and status) follows it, a re-run with an edited
+parameter, and the keyboard alone reaching the main controls with a visible focus. "Live" is
+checked as "without reloading": a marker set on `window` must still be there at the end. Every
+page's console is watched: a Content-Security-Policy violation or a script error shows there, and
+fails the test.
+
+Screenshots (1280x800) go to `$SQUALL_UI_SCREENSHOTS` (default: a temporary folder); `docs/ui/`
+keeps copies of a few (docs/ui.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import server_missing, wait_until_answering, write
+from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
+from tests.pgcluster import free_port
+from tests.test_cli import SQUALL
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+KEY = "browser-test-key-0123"
+VIEWPORT = {"width": 1280, "height": 800}
+_PASSWORD_LINE = re.compile(r"log in at (\S+) as admin with password (\S+)")
+
+APPROVAL = """
+version: 1.0
+tasks:
+  approve:
+    action: core.ask
+    input:
+      ttl: 60
+      schema:
+        type: object
+        properties:
+          approved: {type: boolean, description: "Deploy to production?", required: true}
+    next:
+      - when: <% succeeded() %>
+        publish: [answer: <% result().response.approved %>]
+        do: deploy
+  deploy:
+    action: webui.lines
+    input: {count: 2, pause: 0}
+output:
+  - answer: <% ctx(answer) %>
+"""
+
+
+def chromium_path() -> str:
+    """Debian's Chromium (the `chromium` package), or the test fails or skips as conftest's servers do."""
+    found = shutil.which("chromium") or next(
+        (p for p in ("/usr/bin/chromium", "/usr/lib/chromium/chromium") if os.access(p, os.X_OK)), None)
+    if found is None:
+        server_missing("Chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
+    return found
+
+
+# -- a Mattermost of our own, on a loop in a thread ------------------------------------------------------
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, for the fake Mattermost while the test's thread drives Chromium."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fake-mattermost", daemon=True)
+        self.thread.start()
+
+    def run(self, make: Callable[[], Coroutine[Any, Any, Any]], timeout: float = 30) -> Any:
+        async def call() -> Any:
+            return await make()
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+# -- the served home -----------------------------------------------------------------------------------
+
+@dataclass
+class Served:
+    """A running `squall serve`: its address, the first admin's password, the API, the fake chat."""
+
+    base: str
+    password: str
+    api: httpx.Client
+    chat: FakeMattermost
+    loop: LoopThread
+    output: list[str] = field(default_factory=list)
+
+    def run(self, action: str, **parameters: Any) -> str:
+        """Request `action` through the API; its execution id."""
+        answer = self.api.post("/api/v1/executions", json={"action": action, "parameters": parameters})
+        assert answer.status_code == 201, answer.text
+        return answer.json()["id"]
+
+    def execution(self, execution_id: str) -> dict[str, Any]:
+        answer = self.api.get(f"/api/v1/executions/{execution_id}")
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def wait(self, execution_id: str, *statuses: str, seconds: float = 30) -> dict[str, Any]:
+        """The execution once its status is one of `statuses`."""
+        deadline = time.monotonic() + seconds
+        while True:
+            record = self.execution(execution_id)
+            if record["status"] in statuses:
+                return record
+            assert time.monotonic() < deadline, f"{execution_id} stayed {record['status']}, not {statuses}"
+            time.sleep(0.1)
+
+    def executions(self, **query: Any) -> list[dict[str, Any]]:
+        answer = self.api.get("/api/v1/executions", params={"limit": 100, **query})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+
+def _write_home(home: Path, port: int, chat_url: str) -> None:
+    (home / "packs").mkdir(parents=True)
+    write(home / "config.yml", f"""
+        database:
+          url: sqlite:///data/squall.db
+        packs:
+          paths: [packs]
+        api:
+          enabled: true
+          host: 127.0.0.1
+          port: {port}
+          keys: [{KEY}]
+        adapters:
+          console: {{enabled: false}}
+          mattermost: {{enabled: true, url: "{chat_url}", token: {BOT_TOKEN}, team: ops}}
+    """)
+    pack = home / "packs" / "webui"
+    write(pack / "pack.yaml", "ref: webui\nname: webui\ndescription: the browser test's pack\nversion: 1.0.0\n"
+                              "author: t\n")
+    write(pack / "actions" / "lines.yaml", """
+        name: lines
+        runner_type: local-shell-cmd
+        description: Print numbered lines, one every PAUSE seconds.
+        parameters:
+          count: {type: integer, default: 3, description: How many lines}
+          pause: {type: number, default: 0.3, description: Seconds between lines}
+          cmd:
+            default: 'for i in $(seq 1 {{count}}); do echo "line $i of {{count}}"; sleep {{pause}}; done'
+            immutable: true
+    """)
+    write(pack / "aliases" / "lines.yaml", """
+        name: lines
+        action_ref: webui.lines
+        description: Print some lines.
+        formats: ["lines {{count}}"]
+    """)
+    write(pack / "actions" / "approval.yaml", """
+        name: approval
+        runner_type: orquesta
+        description: Ask before deploying.
+        entry_point: workflows/approval.yaml
+    """)
+    write(pack / "actions" / "workflows" / "approval.yaml", APPROVAL)
+
+
+@pytest.fixture(scope="module")
+def served(chromium: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The module's `squall serve` (after `chromium`, so a machine without the browser skips at once)."""
+    home = tmp_path_factory.mktemp("web-browser")
+    loop = LoopThread()
+    chat = loop.run(lambda: _started_fake())
+    port = free_port()
+    _write_home(home, port, chat.url)
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home, env=dict(os.environ),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(server.stdout.readline, "")),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    api = httpx.Client(base_url=base, headers={"St2-Api-Key": KEY}, timeout=10)
+    try:
+        wait_until_answering(base, server, 60)
+        deadline = time.monotonic() + 10
+        while not (found := next((m for m in map(_PASSWORD_LINE.search, list(output)) if m), None)):
+            assert time.monotonic() < deadline, "squall serve printed no first admin password:\n" + "".join(output)
+            time.sleep(0.05)
+        assert found.group(1) == f"{base}/"
+        yield Served(base, found.group(2), api, chat, loop, output)
+    finally:
+        api.close()
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(10)
+        reader.join(5)
+        loop.run(chat.stop)
+        loop.close()
+
+
+async def _started_fake() -> FakeMattermost:
+    fake = FakeMattermost()
+    await fake.start()
+    return fake
+
+
+# -- the browser ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    executable = chromium_path()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        server_missing("Playwright's Python package is not installed (pip install -e '.[test]')")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the run's screenshots go: `$SQUALL_UI_SCREENSHOTS`, or a temporary folder."""
+    folder = Path(os.environ.get("SQUALL_UI_SCREENSHOTS") or tmp_path_factory.mktemp("ui-screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@dataclass
+class Tab:
+    """A page in a fresh browser context, with every console error and uncaught exception it met."""
+
+    page: Any
+    base: str
+    errors: list[str] = field(default_factory=list)
+
+    def go(self, path: str) -> Any:
+        answer = self.page.goto(self.base + path)
+        assert answer is not None and answer.status < 400, f"{path}: {answer and answer.status}"
+        return answer
+
+    def shot(self, folder: Path, name: str) -> Path:
+        target = folder / f"{name}.png"
+        self.page.screenshot(path=str(target))
+        return target
+
+
+def watch(page: Any, errors: list[str]) -> None:
+    """Collect `page`'s console errors (a CSP violation is one, so is a missing favicon) and uncaught
+    exceptions into `errors`."""
+    def console(message: Any) -> None:
+        where = (message.location or {}).get("url", "")
+        if message.type == "error":
+            errors.append(f"console: {message.text} ({where})")
+
+    page.on("console", console)
+    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+
+
+def _login(page: Any, password: str, user: str = "admin") -> None:
+    page.get_by_label("User name").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
+@pytest.fixture(scope="module")
+def admin_state(served: Served, chromium: Any) -> dict[str, Any]:
+    """The cookies of a browser logged in as `admin` with the printed password, through the form."""
+    context = chromium.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.goto(served.base + "/")
+        page.wait_for_url(re.compile(r"/login"))
+        _login(page, served.password)
+        page.wait_for_url(re.compile(r"/executions$"))
+        return context.storage_state()
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def tab(served: Served, chromium: Any, admin_state: dict[str, Any]) -> Iterator[Tab]:
+    """A page signed in as admin."""
+    context = chromium.new_context(viewport=VIEWPORT, storage_state=admin_state)
+    page = context.new_page()
+    opened = Tab(page, served.base)
+    watch(page, opened.errors)
+    try:
+        yield opened
+    finally:
+        context.close()
+
+
+# -- the tests -----------------------------------------------------------------------------------------
+
+def test_log_in_with_the_printed_password_and_back_to_the_page_asked_for(served: Served, chromium: Any) -> None:
+    execution_id = served.run("webui.lines", count=1, pause=0)
+    served.wait(execution_id, "succeeded")
+    context = chromium.new_context(viewport=VIEWPORT)
+    errors: list[str] = []
+    try:
+        page = context.new_page()
+        watch(page, errors)
+        page.goto(f"{served.base}/executions/{execution_id}")
+        page.wait_for_url(re.compile(rf"/login\?next=%2Fexecutions%2F{execution_id}$"))
+        _login(page, "not-the-password")
+        alert = page.get_by_role("alert")
+        assert "Wrong user name or password" in alert.inner_text()
+        _login(page, served.password)
+        page.wait_for_url(f"{served.base}/executions/{execution_id}")
+        assert page.locator("h1").inner_text().startswith("webui.lines")
+        assert "admin (admin)" in page.locator("header").inner_text()
+        page.get_by_role("button", name="Log out").click()
+        page.wait_for_url(re.compile(r"/login$"))
+        page.goto(f"{served.base}/executions")  # the session is over: back to the form
+        page.wait_for_url(re.compile(r"/login\?next=%2Fexecutions$"))
+        # The wrong password's 401 is a console message of Chromium's; nothing else may be.
+        assert [e for e in errors if "401" not in e] == []
+    finally:
+        context.close()
+
+
+def test_the_list_and_an_executions_page_with_its_output(served: Served, tab: Tab, shots: Path) -> None:
+    done = served.run("webui.lines", count=3, pause=0)
+    failed = served.run("core.local", cmd="echo '<script>alert(1)</script>'; exit 3")
+    served.wait(done, "succeeded")
+    served.wait(failed, "failed")
+    tab.go("/executions")
+    rows = tab.page.locator("table.list tbody tr")
+    assert rows.count() >= 2
+    first = rows.nth(0).inner_text()
+    assert failed in first and "core.local" in first and "failed" in first
+    assert done in rows.nth(1).inner_text()
+    tab.shot(shots, "executions")
+
+    tab.page.get_by_role("link", name=failed).click()
+    tab.page.wait_for_url(f"{served.base}/executions/{failed}")
+    # Output is text: the script tag is shown, never run (an alert would be a dialog, and a CSP error).
+    assert "<script>alert(1)</script>" in tab.page.locator("pre.output-stdout").inner_text()
+    tab.go(f"/executions/{done}")
+    assert tab.page.locator("pre.output-stdout").inner_text().splitlines() == [
+        "line 1 of 3", "line 2 of 3", "line 3 of 3"]
+    assert "succeeded" in tab.page.locator("h1 .status").inner_text()
+    tab.shot(shots, "execution")
+
+    # The filters: only failed ones, from the form (a GET whose URL can be shared).
+    tab.go("/executions")
+    tab.page.get_by_label("Status").select_option("failed")
+    tab.page.get_by_role("button", name="Filter").click()
+    tab.page.wait_for_url(re.compile(r"status=failed"))
+    listed = tab.page.locator("table.list tbody tr").all_inner_texts()
+    assert listed and all("failed" in row for row in listed)
+    assert not any(done in row for row in listed)
+    assert tab.errors == []
+
+
+def test_a_chat_started_execution_shows_its_adapter_and_channel(served: Served, tab: Tab, shots: Path) -> None:
+    fake = served.chat
+    channel = fake.town_square
+    served.loop.run(lambda: fake.say(fake.alice, channel, "@squallbot lines 2"))
+    deadline = time.monotonic() + 30
+    while not (started := [e for e in served.executions(action="webui.lines")
+                           if (e.get("context") or {}).get("chat")]):
+        assert time.monotonic() < deadline, "the chat command started no execution:\n" + "".join(served.output)
+        time.sleep(0.1)
+    execution_id = started[0]["id"]
+    served.wait(execution_id, "succeeded")
+
+    tab.go("/executions")
+    tab.page.get_by_label("Source").select_option("chat")
+    tab.page.get_by_role("button", name="Filter").click()
+    tab.page.wait_for_url(re.compile(r"source=chat"))
+    rows = tab.page.locator("table.list tbody tr").all_inner_texts()
+    assert len(rows) == 1 and execution_id in rows[0]
+    assert f"chat mattermost {channel['id']}" in rows[0] and "alice" in rows[0]
+    tab.page.get_by_role("link", name=execution_id).click()
+    facts = dict(zip(tab.page.locator("dl.facts dt").all_inner_texts(),
+                     tab.page.locator("dl.facts dd").all_inner_texts(), strict=True))
+    assert facts["Chat adapter"] == "mattermost"
+    assert facts["Channel"] == channel["id"]
+    assert facts["Requested by"] == "alice"
+    assert facts["Alias"] == "webui.lines"
+    assert tab.page.locator("pre.output-stdout").inner_text().splitlines() == ["line 1 of 2", "line 2 of 2"]
+    tab.shot(shots, "execution-from-chat")
+    assert tab.errors == []
+
+
+def test_cancel_a_running_execution(served: Served, tab: Tab) -> None:
+    execution_id = served.run("webui.lines", count=200, pause=0.5)
+    served.wait(execution_id, "running")
+    tab.go(f"/executions/{execution_id}")
+    assert "running" in tab.page.locator("h1 .status").inner_text()
+    tab.page.get_by_role("button", name="Cancel this execution").click()
+    tab.page.wait_for_url(f"{served.base}/executions/{execution_id}")
+    served.wait(execution_id, "canceled")
+    tab.go(f"/executions/{execution_id}")
+    assert "canceled" in tab.page.locator("h1 .status").inner_text()
+    assert tab.page.get_by_role("button", name="Cancel this execution").count() == 0
+    assert tab.errors == []
+
+
+def _focused(page: Any) -> str:
+    """What has the keyboard focus: `tag#id` or `tag "text"`, and whether a focus ring is drawn."""
+    return page.evaluate("""() => {
+        const e = document.activeElement;
+        const name = e.id ? `${e.tagName.toLowerCase()}#${e.id}` : `${e.tagName.toLowerCase()} "${e.innerText.trim()}"`;
+        // A date or time field's focus is on one of its parts (day, hour...), which Chromium highlights.
+        const ring = /^(date|datetime-local|time)$/.test(e.type) ? "part" : getComputedStyle(e).outlineStyle;
+        return `${name}|${ring}`;
+    }""")
+
+
+def test_the_keyboard_reaches_the_main_controls_with_a_visible_focus(served: Served, tab: Tab) -> None:
+    served.wait(served.run("webui.lines", count=1, pause=0), "succeeded")
+    tab.go("/executions")
+    tab.page.keyboard.press("Tab")
+    assert _focused(tab.page).startswith('a "Skip to content"|')
+    tab.page.keyboard.press("Enter")
+    assert _focused(tab.page).startswith("main#main|")
+    reached: list[str] = []
+    # Until the first execution's link (a date and time field takes a Tab per part: day, month, ...).
+    while len(reached) < 80 and not (reached and re.match(r'a "[0-9a-f]{24}"', reached[-1])):
+        tab.page.keyboard.press("Tab")
+        reached.append(_focused(tab.page))
+    names = [r.split("|")[0] for r in reached]
+    # From the main content on: every filter, the Filter button, then the executions themselves.
+    for control in ("select#f-status", "input#f-action", "input#f-pack", "input#f-user", "select#f-source",
+                    "input#f-from", "input#f-to", 'button "Filter"'):
+        assert control in names, (control, names)
+    assert any(re.fullmatch(r'a "[0-9a-f]{24}"', name) for name in names), names
+    assert [r for r in reached if r.endswith("|none")] == []  # each shows where the focus is
+    # And the header's controls are reachable from the top of the page.
+    tab.go("/executions")
+    header: list[str] = []
+    while len(header) < 30 and 'button "Log out"' not in header:
+        tab.page.keyboard.press("Tab")
+        header.append(_focused(tab.page).split("|")[0])
+    for control in ('a "Executions"', 'a "Actions"', 'a "Inquiries"', 'button "Log out"'):
+        assert control in header, (control, header)
+    # A run form: from its first field to its button, by the keyboard alone.
+    tab.go("/actions/webui.lines")
+    form: list[str] = []
+    while len(form) < 60 and 'button "Run webui.lines"' not in form:
+        tab.page.keyboard.press("Tab")
+        form.append(_focused(tab.page).split("|")[0])
+    assert "input#p-count" in form and "input#p-pause" in form, form
+    assert form.index("input#p-count") < form.index("input#p-pause") < form.index('button "Run webui.lines"')
+    assert tab.errors == []
+
+
+def _new_id(url: str) -> str:
+    found = re.search(r"/executions/([0-9a-f]{24})$", url)
+    assert found, url
+    return found.group(1)
+
+
+def test_run_an_action_from_its_form_and_watch_the_output_arrive_live(served: Served, tab: Tab,
+                                                                        shots: Path) -> None:
+    tab.go("/actions")
+    tab.page.get_by_role("link", name="webui.lines").click()
+    tab.page.wait_for_url(f"{served.base}/actions/webui.lines")
+    form = tab.page.locator("form.run-form")
+    form.get_by_label("count").fill("3")
+    form.get_by_label("pause").fill("1.5")
+    tab.shot(shots, "run-form")
+    form.get_by_role("button", name="Run webui.lines").click()
+    tab.page.wait_for_url(re.compile(r"/executions/[0-9a-f]{24}$"))
+    execution_id = _new_id(tab.page.url)
+    tab.page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
+    output = tab.page.locator("pre.output-stdout")
+    output.filter(has_text="line 1 of 3").wait_for(timeout=15_000)
+    # Seen while it runs (the last line comes 3 s after the first): the page says running.
+    assert "line 3 of 3" not in output.inner_text()
+    assert "running" in tab.page.locator("h1 .status").inner_text()
+    tab.page.locator("pre.output-stdout", has_text="line 2 of 3").wait_for(timeout=15_000)
+    tab.shot(shots, "execution-live")
+    tab.page.locator("h1 .status", has_text="succeeded").wait_for(timeout=15_000)
+    assert output.inner_text().splitlines() == [f"line {i} of 3" for i in range(1, 4)]
+    assert tab.page.evaluate("window.sameDocument") is True
+    record = served.execution(execution_id)
+    assert (record["parameters"]["count"], record["parameters"]["pause"]) == (3, 1.5)
+    assert record["context"]["user"] == "admin" and record["context"]["source"] == "web"
+    assert tab.errors == []
+
+
+def test_the_list_shows_a_new_execution_without_reloading(served: Served, tab: Tab, shots: Path) -> None:
+    tab.go("/executions")
+    tab.page.evaluate("window.sameDocument = true")
+    execution_id = served.run("webui.lines", count=1, pause=0)
+    row = tab.page.locator("table.list tbody tr", has_text=execution_id)
+    row.wait_for(timeout=15_000)
+    row.filter(has_text="succeeded").wait_for(timeout=15_000)
+    assert tab.page.locator("table.list tbody tr").first.inner_text().count(execution_id) == 1
+    tab.shot(shots, "executions-live")
+    assert tab.page.evaluate("window.sameDocument") is True
+    assert tab.errors == []
+
+
+def test_answer_an_inquiry_from_the_inbox_and_the_workflow_goes_on(served: Served, tab: Tab, shots: Path) -> None:
+    workflow = served.run("webui.approval")
+    deadline = time.monotonic() + 30
+    while not (asked := [e for e in served.executions(parent=workflow) if e["status"] == "pending"]):
+        assert time.monotonic() < deadline, served.execution(workflow)
+        time.sleep(0.1)
+    inquiry = asked[0]["id"]
+    # The workflow's page, open in a second tab while the answer is given in the first: its graph and
+    # status follow the workflow live.
+    watching = tab.page.context.new_page()
+    watch(watching, tab.errors)
+    watching.goto(f"{served.base}/executions/{workflow}")
+    watching.evaluate("window.sameDocument = true")
+    assert "status-pending" in (watching.locator("g.graph-task[data-task=approve]").get_attribute("class") or "")
+    assert watching.locator("g.graph-task[data-task=deploy]").count() == 1
+    tab.go("/inquiries")
+    pending = tab.page.locator("section[aria-labelledby=pending-title] tbody tr", has_text=inquiry)
+    assert "webui.approval" in pending.inner_text()
+    tab.shot(shots, "inquiries")
+    pending.get_by_role("link", name=inquiry).click()
+    tab.page.wait_for_url(f"{served.base}/inquiries/{inquiry}")
+    tab.page.get_by_label("approved").check()
+    tab.shot(shots, "inquiry")
+    tab.page.get_by_role("button", name="Answer as admin").click()
+    tab.page.locator(".responder", has_text="admin").wait_for(timeout=15_000)
+
+    record = served.wait(workflow, "succeeded")
+    assert record["result"]["output"] == {"answer": True}
+    watching.locator("h1 .status", has_text="succeeded").wait_for(timeout=15_000)
+    watching.locator("g.graph-task.status-succeeded[data-task=deploy]").wait_for(timeout=15_000)
+    assert watching.evaluate("window.sameDocument") is True
+    watching.locator("section[aria-labelledby=children-title]").scroll_into_view_if_needed()
+    watching.screenshot(path=str(shots / "workflow.png"))
+    tab.page.get_by_role("link", name=re.compile(workflow)).first.click()
+    tab.page.wait_for_url(f"{served.base}/executions/{workflow}")
+    tasks = tab.page.locator("section[aria-labelledby=children-title]")
+    assert "approve" in tasks.inner_text() and "deploy" in tasks.inner_text()
+    tab.go("/inquiries")
+    answered = tab.page.locator("section[aria-labelledby=answered-title] tbody tr", has_text=inquiry)
+    assert "admin" in answered.locator(".responder").inner_text()
+    assert tab.errors == []
+
+
+def test_rerun_an_execution_with_an_edited_parameter(served: Served, tab: Tab) -> None:
+    first = served.run("webui.lines", count=2, pause=0)
+    served.wait(first, "succeeded")
+    tab.go(f"/executions/{first}")
+    tab.page.get_by_role("link", name="Re-run with edited parameters").click()
+    tab.page.wait_for_url(f"{served.base}/executions/{first}/rerun")
+    count = tab.page.get_by_label(re.compile(r"^count"))
+    assert count.input_value() == "2"
+    count.fill("3")
+    tab.page.get_by_role("button", name="Run again").click()
+    tab.page.wait_for_url(re.compile(r"/executions/[0-9a-f]{24}$"))
+    again = _new_id(tab.page.url)
+    assert again != first
+    tab.page.locator("h1 .status", has_text="succeeded").wait_for(timeout=15_000)
+    assert tab.page.locator("pre.output-stdout").inner_text().splitlines() == [
+        "line 1 of 3", "line 2 of 3", "line 3 of 3"]
+    assert served.execution(again)["parameters"]["count"] == 3
+    assert served.execution(first)["parameters"]["count"] == 2
+    assert tab.errors == []

@@ -1,0 +1,160 @@
+"""The web UI's inquiries: the pending ones with their workflow and who may answer, an answer form from
+the response schema, the inquiry's `users`/`roles` enforced by the service, and the answer resuming
+the workflow with who answered and when shown.
+
+The app is test_web_auth's (test_api's config and demo pack) plus a workflow pack of this file's own."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.test_web_auth import Web, started_web
+from tests.workflow_helpers import children, workflow_pack
+
+DEPLOY = """
+version: 1.0
+tasks:
+  approve:
+    action: core.ask
+    input:
+      users: [olivia]
+      roles: [admin]
+      schema:
+        type: object
+        description: "Deploy <b>web</b> to production?"
+        required: [reason]
+        properties:
+          approved: {type: boolean, description: "Go ahead?", required: true}
+          reason: {type: string, description: "Why"}
+          when: {type: string, enum: [now, tonight], default: now}
+    next:
+      - when: <% succeeded() %>
+        publish: [answer: <% result().response %>]
+output:
+  - answer: <% ctx(answer) %>
+"""
+
+
+@pytest.fixture
+async def web(home: Path) -> AsyncIterator[Web]:
+    workflow_pack(home, {"deploy": ("orquesta", "", DEPLOY)})
+    async with started_web(home) as started:
+        yield started
+
+
+async def _asked(web: Web) -> tuple[str, str]:
+    """A deploy workflow paused on its question: the workflow's id and the inquiry's."""
+    record = await web.squall.executions.request("wf.deploy", {}, {"user": "tester"})
+    paused = await web.squall.executions.wait(record["id"], timeout=20)
+    assert paused["status"] == "paused", paused
+    (inquiry,) = [c for c in await children(web.squall, record["id"]) if c["runner"] == "inquirer"]
+    return record["id"], inquiry["id"]
+
+
+async def _final(web: Web, workflow_id: str) -> dict[str, Any]:
+    """The workflow once it has run on after the answer."""
+    for _ in range(200):
+        web.squall.executions._recent.pop(workflow_id, None)
+        done = await web.squall.executions.wait(workflow_id, timeout=20)
+        if done["status"] not in ("paused", "resuming", "running"):
+            return done
+    raise AssertionError(f"workflow {workflow_id} did not finish")
+
+
+async def _operator(web: Web, name: str) -> tuple[httpx.AsyncClient, str]:
+    return await web.signed_in(name, "operator")
+
+
+async def test_pending_inquiries_are_listed_with_workflow_and_who_may_answer(web: Web) -> None:
+    workflow_id, inquiry_id = await _asked(web)
+    client, _ = await web.signed_in("vic", "viewer")
+    page = (await client.get("/inquiries")).text
+    pending = page.split('id="answered-title"')[0]
+    row = re.search(rf'<tr>\s*<td><a class="id" href="/inquiries/{inquiry_id}">.*?</tr>', pending, re.S)
+    assert row, pending
+    assert "Deploy &lt;b&gt;web&lt;/b&gt; to production?" in row.group(0)  # the question, as text
+    assert f'<a href="/executions/{workflow_id}">wf.deploy</a>' in row.group(0)
+    assert "<td>olivia, role admin</td>" in row.group(0)
+    assert "No inquiry has been answered yet." in page
+
+
+async def test_the_answer_form_comes_from_the_schema(web: Web) -> None:
+    _, inquiry_id = await _asked(web)
+    client, _ = await _operator(web, "olivia")
+    page = (await client.get(f"/inquiries/{inquiry_id}")).text
+    assert '<input id="a-approved" name="approved" type="checkbox" value="true"' in page
+    assert '<label for="a-approved" class="inline-label">approved' in page
+    assert re.search(r'<input id="a-reason" name="reason" required aria-describedby="a-reason-help" type="text"', page)
+    assert '<option value="now" selected>now</option>' in page and '<option value="tonight">' in page
+    assert "<dt>Who may answer</dt><dd>olivia, role admin</dd>" in page
+    viewer, _ = await web.signed_in("vic", "viewer")
+    assert 'name="reason"' not in (await viewer.get(f"/inquiries/{inquiry_id}")).text
+
+
+async def test_a_user_not_in_the_inquirys_users_cannot_answer(web: Web) -> None:
+    _, inquiry_id = await _asked(web)
+    client, csrf = await _operator(web, "oscar")
+    refused = await client.post(f"/inquiries/{inquiry_id}", data={"csrf_token": csrf, "approved": "true",
+                                                                    "reason": "ok"})
+    assert refused.status_code == 403
+    assert f"oscar may not respond to inquiry {inquiry_id}: only olivia, role admin" in refused.text
+    assert (await web.squall.inquiries.get(inquiry_id))["status"] == "pending"
+    viewer, viewer_csrf = await web.signed_in("vic", "viewer")
+    as_viewer = await viewer.post(f"/inquiries/{inquiry_id}", data={"csrf_token": viewer_csrf, "reason": "x"})
+    assert as_viewer.status_code == 403 and "needs the operator role" in as_viewer.text
+    forged = await client.post(f"/inquiries/{inquiry_id}", data={"approved": "true", "reason": "ok"})
+    assert forged.status_code == 403 and "CSRF token" in forged.text
+
+
+async def test_an_admin_answers_an_inquiry_for_the_admin_role(web: Web) -> None:
+    workflow_id, inquiry_id = await _asked(web)
+    client, csrf = await web.signed_in("ada", "admin")
+    done = await client.post(f"/inquiries/{inquiry_id}", data={"csrf_token": csrf, "reason": "as admin"})
+    assert done.status_code == 303
+    assert (await _final(web, workflow_id))["result"]["output"]["answer"] == {
+        "approved": False, "reason": "as admin", "when": "now"}
+
+
+async def test_a_wrong_answer_comes_back_beside_its_field(web: Web) -> None:
+    _, inquiry_id = await _asked(web)
+    client, csrf = await _operator(web, "olivia")
+    bad = await client.post(f"/inquiries/{inquiry_id}", data={"csrf_token": csrf, "approved": "true",
+                                                                "reason": "", "when": "never"})
+    assert bad.status_code == 400
+    assert (f'<p id="a-reason-error" class="field-error">parameter &#34;reason&#34; is required by inquiry '
+            f'&#34;{inquiry_id}&#34; (Why)</p>') in bad.text
+    assert "breaks the rule enum: &#39;never&#39; is not one of [&#39;now&#39;, &#39;tonight&#39;]" in bad.text
+    assert (await web.squall.inquiries.get(inquiry_id))["status"] == "pending"
+
+
+async def test_answering_resumes_the_workflow_and_shows_who_and_when(web: Web) -> None:
+    workflow_id, inquiry_id = await _asked(web)
+    client, csrf = await _operator(web, "olivia")
+    done = await client.post(f"/inquiries/{inquiry_id}", data={
+        "csrf_token": csrf, "approved": "true", "reason": "release 1.2", "when": "tonight"})
+    assert done.status_code == 303 and done.headers["location"] == f"/inquiries/{inquiry_id}"
+    final = await _final(web, workflow_id)
+    assert final["status"] == "succeeded", final
+    assert final["result"]["output"]["answer"] == {"approved": True, "reason": "release 1.2", "when": "tonight"}
+    record = await web.squall.executions.get(inquiry_id)
+    assert record["result"]["responder"] == "olivia"
+    answered_at = re.escape(re.sub(r"\.\d+", "", str(record["end_timestamp"]))[:19].replace("T", " "))
+    page = (await client.get(done.headers["location"])).text
+    assert '<dt>Answered by</dt><dd class="responder">olivia</dd>' in page
+    assert re.search(rf"<dt>Answered</dt><dd><time [^>]*>{answered_at} UTC</time>", page)
+    assert "&#34;reason&#34;: &#34;release 1.2&#34;" in page and 'name="reason"' not in page
+    listed = (await client.get("/inquiries")).text
+    assert "No inquiry is waiting for an answer." in listed
+    answered = listed.split('id="answered-title"')[1]
+    assert f'href="/inquiries/{inquiry_id}"' in answered and '<td class="responder">olivia</td>' in answered
+    assert re.search(rf"<time [^>]*>{answered_at} UTC</time>", answered)
+    (entry,) = await web.squall.db(web.squall.store.audit_list, 10, "web.inquiry.respond")
+    assert entry["actor"] == "olivia" and entry["target"] == inquiry_id
+    again = await client.post(f"/inquiries/{inquiry_id}", data={"csrf_token": csrf, "reason": "twice"})
+    assert again.status_code == 409 and "cannot be answered: it is succeeded" in again.text

@@ -1,0 +1,313 @@
+"""The web UI's live execution pages: output streamed while the action runs (over a real server, so
+"before it ends" means something), colours and `<script>` always as escaped text, the list's live
+rows, a workflow's graph with each task's status, re-run with an edited parameter, bulk cancel, and
+who may do either (a viewer may not; a post without the session's CSRF token is refused)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from bot.accounts import Account, Session
+from bot.web import graph, live
+from bot.web.ansi import AnsiRenderer, render
+from engine.storage import ExecutionFilter
+from tests.conftest import free_port, write
+from tests.test_web_auth import PASSWORD, Web, login, started_web
+
+
+def _demo_workflows(home: Path) -> None:
+    """An Orquesta workflow, an ActionChain and a Mistral workflow in the demo pack that `started_web`
+    completes."""
+    pack = home / "packs" / "demo"
+    write(pack / "actions" / "flow.yaml", """
+        name: flow
+        runner_type: orquesta
+        entry_point: workflows/flow.yaml
+    """)
+    write(pack / "actions" / "workflows" / "flow.yaml", """
+        version: 1.0
+        tasks:
+          first:
+            action: core.local cmd="echo one"
+            next:
+              - when: <% succeeded() %>
+                do: second
+              - when: <% failed() %>
+                do: cleanup
+          second:
+            action: core.noop
+          cleanup:
+            action: core.noop
+    """)
+    write(pack / "actions" / "chain.yaml", """
+        name: chain
+        runner_type: action-chain
+        entry_point: chains/chain.yaml
+    """)
+    write(pack / "actions" / "chains" / "chain.yaml", """
+        chain:
+          - name: build
+            ref: core.noop
+            on-success: ship
+            on-failure: alert
+          - name: ship
+            ref: core.noop
+          - name: alert
+            ref: core.noop
+    """)
+    write(pack / "actions" / "legacy.yaml", """
+        name: legacy
+        runner_type: mistral-v2
+        entry_point: workflows/legacy.yaml
+    """)
+    write(pack / "actions" / "workflows" / "legacy.yaml", """
+        version: '2.0'
+        demo.legacy:
+          tasks:
+            check:
+              action: core.noop
+              on-success: [deploy]
+              on-error: [page]
+              on-complete: [report]
+            deploy:
+              action: core.noop
+            page:
+              action: core.noop
+            report:
+              action: core.noop
+    """)
+
+
+@pytest.fixture
+async def web(home: Path) -> AsyncIterator[Web]:
+    _demo_workflows(home)
+    async with started_web(home) as started:
+        yield started
+
+
+async def _running(web: Web, cmd: str = "sleep 30") -> str:
+    record = await web.squall.executions.request("core.local", {"cmd": cmd}, {"user": "t", "source": "api"})
+    for _ in range(500):
+        if (await web.squall.executions.get(record["id"]))["status"] == "running":
+            return record["id"]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{record['id']} never ran")
+
+
+# -- output as text ---------------------------------------------------------------------------------
+
+def test_ansi_colours_become_classes_and_text_stays_escaped() -> None:
+    html = render("\x1b[1;31m<script>alert(1)</script>\x1b[0m & \x1b]0;title\x07\x1b[2Kplain\x1b[38;5;12mblue")
+    assert html == ('<span class="ansi-red ansi-bold">&lt;script&gt;alert(1)&lt;/script&gt;</span> &amp; plain'
+                    '<span class="ansi-blue-bright">blue</span>')
+    renderer = AnsiRenderer()  # an escape sequence cut between two chunks, and the colour carried over
+    assert renderer.feed("a \x1b[3") == "a "
+    assert renderer.feed("2mgreen\n") == '<span class="ansi-green">green\n</span>'
+    assert renderer.feed("still") == '<span class="ansi-green">still</span>'
+
+
+async def test_the_page_and_its_stream_show_script_and_colours_as_text(web: Web) -> None:
+    client, _ = await web.signed_in("vic", "viewer")
+    cmd = r"sleep 0.2; printf '\033[31m<script>alert(1)</script>\033[0m <b>bold</b>\n'; printf 'err\n' >&2"
+    execution_id = await _running(web, cmd)
+    page = (await client.get(f"/executions/{execution_id}")).text
+    assert f'sse-connect="/live/executions/{execution_id}?after=0"' in page and 'sse-close="end"' in page
+    # The stream of a running execution ends by itself when the execution does (the transport reads to the end).
+    streamed = (await client.get(f"/live/executions/{execution_id}", timeout=30)).text
+    assert (await web.squall.executions.get(execution_id))["status"] == "succeeded"
+    chunks = await web.squall.db(web.squall.store.execution_output_list, execution_id)
+    stdout_id = next(c["id"] for c in chunks if c["stream"] == "stdout")
+    assert (f'id: {stdout_id}\r\nevent: stdout\r\ndata: <span class="ansi-red">&lt;script&gt;alert(1)&lt;/script&gt;'
+            "</span> &lt;b&gt;bold&lt;/b&gt;") in streamed
+    assert "event: stderr\r\ndata: err" in streamed and "<script>" not in streamed and "<b>" not in streamed
+    assert streamed.rstrip().endswith("event: end\r\ndata: succeeded")
+    assert 'event: status\r\ndata: <h1>core.local <span class="status status-succeeded">' in streamed
+    resumed = await client.get(f"/live/executions/{execution_id}", headers={"Last-Event-ID": str(chunks[-1]["id"])})
+    assert "event: stdout" not in resumed.text and "event: stderr" not in resumed.text  # nothing twice
+    assert "event: end" in resumed.text
+    finished = (await client.get(f"/executions/{execution_id}")).text
+    assert "sse-connect" not in finished and "<script>alert" not in finished
+    assert '<span class="ansi-red">&lt;script&gt;alert(1)&lt;/script&gt;</span>' in finished
+
+
+@pytest.mark.slow
+async def test_the_stream_carries_lines_before_the_execution_ends(web: Web) -> None:
+    """Over a real server: the first line arrives while the action still runs (it sleeps after it)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(web.app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.02)
+        await web.user("vic", "viewer")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            assert (await login(client, "vic", PASSWORD)).status_code == 303
+            execution_id = await _running(web, "echo first line; sleep 30")
+            seen: list[str] = []
+            async with client.stream("GET", f"/live/executions/{execution_id}") as stream:
+                event = None
+                async for line in stream.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[len("event: "):]
+                    elif line.startswith("data: ") and event == "stdout":
+                        seen.append(line[len("data: "):])
+                        if len(seen) == 1:  # the line is here, and the action still runs
+                            assert (await web.squall.executions.get(execution_id))["status"] == "running"
+                            await web.squall.executions.cancel(execution_id)
+                    elif event == "end" and line.startswith("data: "):
+                        assert line == "data: canceled"
+                        break
+            assert seen == ["first line", ""]  # data lines, which the browser joins with a line end
+    finally:
+        server.should_exit = True
+        await serving
+
+
+# -- the list, live ---------------------------------------------------------------------------------
+
+async def test_the_list_streams_new_rows_and_changed_ones(web: Web) -> None:
+    client, _ = await web.signed_in("otto", "operator")
+    first = await _running(web)
+    page = (await client.get("/executions")).text
+    assert f'sse-connect="/live/executions?top={first}"' in page
+    assert f'sse-swap="row-{first}"' in page and 'sse-swap="new"' in page
+    session = Session(Account("otto", "operator"), "csrf", "hash")
+    events = live._list_stream(web.squall, session, ExecutionFilter(), first)
+    refreshed = await anext(events)  # every row once at first: it may have changed since the page
+    assert refreshed["event"] == f"row-{first}" and "status-running" in refreshed["data"]
+    second = await _running(web)
+    await web.squall.executions.cancel(first)
+    await web.squall.executions.wait(first, 30)
+    got = {}
+    while set(got) != {"new", f"row-{first}"}:
+        event = await asyncio.wait_for(anext(events), 10)
+        got[event["event"]] = event["data"]
+    assert f'<a class="id" href="/executions/{second}">' in got["new"]
+    assert "status-canceled" in got[f"row-{first}"]
+    assert f'value="{second}" form="bulk-cancel"' in got["new"]  # an operator's checkbox
+    await events.aclose()
+    await web.squall.executions.cancel(second)
+    older = (await client.get("/executions", params={"before": second})).text
+    assert "sse-connect" not in older  # an older page stays as it was
+    for bad, said in (({"status": "bogus"}, "unknown status"), ({"top": "x"}, "execution id")):
+        refused = await client.get("/live/executions", params=bad)
+        assert refused.status_code == 400 and said in refused.text
+
+
+# -- workflows ----------------------------------------------------------------------------------------
+
+async def test_the_workflow_graph_lists_each_task_with_its_status(web: Web) -> None:
+    client, _ = await web.signed_in("vic", "viewer")
+    record = await web.squall.executions.request("demo.flow", {}, {"user": "t", "source": "api"})
+    assert (await web.squall.executions.wait(record["id"], 30))["status"] == "succeeded"
+    children = await web.squall.executions.list(parent=record["id"], oldest_first=True)
+    by_task = {c["context"]["workflow_task"]["task"]: c["id"] for c in children}
+    page = (await client.get(f"/executions/{record['id']}")).text
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    found = re.findall(r'<g class="graph-task status-([a-z-]+)" data-task="([a-z]+)">', svg)
+    assert {task: status for status, task in found} == {
+        "first": "succeeded", "second": "succeeded", "cleanup": "not-started"}
+    for task in ("first", "second"):
+        link = f'<a href="/executions/{by_task[task]}"><g class="graph-task status-succeeded" data-task="{task}">'
+        assert link in svg
+    assert svg.count("graph-edge-success") == 1 and svg.count("graph-edge-failure") == 1
+
+
+def test_graphs_of_action_chains_and_mistral_workflows(web: Web) -> None:
+    chain = web.squall.registry.action("demo.chain")
+    tasks, starts, edges = graph.workflow_edges(chain)  # type: ignore[misc]
+    assert tasks == ["build", "ship", "alert"] and starts == ["build"]
+    assert {(e.source, e.target, e.kind) for e in edges} == {("build", "ship", "success"),
+                                                             ("build", "alert", "failure")}
+    drawn = graph.svg(chain, [])
+    assert drawn is not None and drawn.count('class="graph-task status-not-started"') == 3
+    tasks, starts, edges = graph.workflow_edges(web.squall.registry.action("demo.legacy"))  # type: ignore[misc]
+    assert starts == ["check"] and {(e.target, e.kind, e.label) for e in edges} == {
+        ("deploy", "success", "on-success"), ("page", "failure", "on-error"), ("report", "other", "on-complete")}
+    assert graph.svg(web.squall.registry.action("core.local"), []) is None  # no workflow, no graph
+
+
+# -- re-run --------------------------------------------------------------------------------------------
+
+async def test_rerun_with_an_edited_parameter_makes_a_new_execution(web: Web) -> None:
+    client, csrf = await web.signed_in("otto", "operator")
+    record = await web.squall.executions.request("demo.greet", {"who": "ann", "password": "hunter2"},
+                                                 {"user": "t", "source": "api"})
+    await web.squall.executions.wait(record["id"], 30)
+    form = await client.get(f"/executions/{record['id']}/rerun")
+    assert form.status_code == 200 and 'name="p.who" type="text" value="ann"' in form.text
+    assert "hunter2" not in form.text and 'name="p.password" type="password" value=""' in form.text
+    assert 'name="p.cmd"' not in form.text  # immutable: not offered
+    answer = await client.post(f"/executions/{record['id']}/rerun",
+                               data={"csrf_token": csrf, "p.who": "bob", "p.password": ""})
+    assert answer.status_code == 303
+    new_id = answer.headers["location"].rsplit("/", 1)[1]
+    new = await web.squall.executions.wait(new_id, 30)
+    assert new["id"] != record["id"] and new["parameters"]["who"] == "bob"
+    assert new["context"]["re-run"] == {"ref": record["id"]} and new["context"]["user"] == "otto"
+    assert new["result"]["stdout"] == "hello bob" and new["parameters"]["password"] != "hunter2"
+
+
+
+async def test_a_rerun_value_that_is_not_json_is_refused_beside_the_form(web: Web) -> None:
+    client, csrf = await web.signed_in("otto", "operator")
+    record = await web.squall.executions.request("core.local", {"cmd": "echo x", "timeout": 5}, {"user": "t"})
+    await web.squall.executions.wait(record["id"], 30)
+    form = (await client.get(f"/executions/{record['id']}/rerun")).text
+    assert 'name="p.timeout" rows="3">5</textarea>' in form and 'value="echo x"' in form
+    wrong = await client.post(f"/executions/{record['id']}/rerun", data={"csrf_token": csrf, "p.timeout": "soon"})
+    assert wrong.status_code == 400 and "parameter &#39;timeout&#39; must be JSON" in wrong.text
+    assert 'name="p.timeout" rows="3">soon</textarea>' in wrong.text  # kept, to be corrected
+    assert len(await web.squall.executions.list(action="core.local", limit=10)) == 1
+
+
+@pytest.mark.slow  # two signed-in accounts and several runs: seconds
+async def test_a_viewer_cannot_rerun_or_cancel_and_a_forged_post_is_refused(web: Web) -> None:
+    running = await _running(web)
+    viewer, viewer_csrf = await web.signed_in("vic", "viewer")
+    operator, _ = await web.signed_in("otto", "operator")
+    page = (await viewer.get(f"/executions/{running}")).text
+    assert "/rerun" not in page and "/cancel" not in page
+    assert "bulk-cancel" not in (await viewer.get("/executions")).text
+    assert (await viewer.get(f"/executions/{running}/rerun")).status_code == 403
+    before = len(await web.squall.executions.list(limit=100))
+    refused = [await viewer.post(f"/executions/{running}/rerun", data={"csrf_token": viewer_csrf, "p.cmd": "id"}),
+               await viewer.post("/executions/cancel", data={"csrf_token": viewer_csrf, "execution": running}),
+               await operator.post(f"/executions/{running}/rerun", data={"p.cmd": "id"}),
+               await operator.post("/executions/cancel", data={"execution": running, "csrf_token": "forged"})]
+    assert [r.status_code for r in refused] == [403] * 4
+    assert "operator role" in refused[0].text and "CSRF" in refused[2].text
+    assert len(await web.squall.executions.list(limit=100)) == before
+    assert (await web.squall.executions.get(running))["status"] == "running"
+    await web.squall.executions.cancel(running)
+
+
+# -- bulk cancel ---------------------------------------------------------------------------------------
+
+@pytest.mark.slow  # three runs, two of them canceled: seconds
+async def test_bulk_cancel_cancels_the_checked_and_says_what_it_could_not(web: Web) -> None:
+    client, csrf = await web.signed_in("otto", "operator")
+    first, second = await _running(web), await _running(web)
+    done = await web.squall.executions.request("core.noop", {}, {"user": "t"})
+    await web.squall.executions.wait(done["id"], 30)
+    listed = (await client.get("/executions")).text
+    assert f'value="{first}" form="bulk-cancel"' in listed and f'value="{done["id"]}"' not in listed
+    answer = await client.post("/executions/cancel", content=(
+        f"csrf_token={csrf}&execution={first}&execution={second}&execution={done['id']}"),
+        headers={"content-type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 200
+    assert f"{done['id']}</a>: execution {done['id']} is already succeeded" in answer.text
+    for execution_id in (first, second):
+        assert (await web.squall.executions.wait(execution_id, 30))["status"] == "canceled"
+    audit = await web.squall.db(web.squall.store.audit_list, 10, "web.execution.cancel")
+    assert sorted(a["target"] for a in audit) == sorted([first, second])
+    nothing = await client.post("/executions/cancel", data={"csrf_token": csrf})
+    assert nothing.status_code == 400 and "none was chosen" in nothing.text
+
