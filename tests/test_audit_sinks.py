@@ -168,7 +168,8 @@ async def test_key_changes_logins_and_pack_changes_are_audited(home: Path) -> No
         await squall.close()
     pack = home / "src" / "tiny"
     write(pack / "pack.yaml", "ref: tiny\nname: tiny\nversion: 0.2.0\n")
-    for args in (("key", "set", "region", "eu"), ("pack", "install", str(pack)), ("pack", "remove", "tiny")):
+    for args in (("key", "set", "region", "eu"), ("pack", "install", str(pack)), ("pack", "remove", "tiny"),
+                 ("run", "core.noop")):
         done = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), *args], capture_output=True, text=True,
                               timeout=120, cwd=home)
         assert done.returncode == 0, done.stderr
@@ -181,6 +182,7 @@ async def test_key_changes_logins_and_pack_changes_are_audited(home: Path) -> No
     assert requested["detail"]["parameters"]["who"] == "ann"
     assert requested["detail"]["parameters"]["password"] == "********"
     assert ("cli.key.set", "cli", "region") in events
+    assert [e["detail"]["action"] for e in _all_lines(home) if e["event"] == "cli.execution"] == ["core.noop"]
     assert ("cli.pack.install", "cli", "tiny") in events and ("cli.pack.remove", "cli", "tiny") in events
     assert "hunter2" not in (home / "data" / "audit.jsonl").read_text()
     failed = next(e for e in _all_lines(home) if e["event"] == "api.login.failed")

@@ -110,3 +110,25 @@ def test_the_json_formatter_keeps_a_traceback_in_its_line() -> None:
                                                          sys.exc_info())
     line = JsonFormatter().format(record)
     assert "\n" not in line and "ValueError: boom" in json.loads(line)["exception"]
+
+
+async def test_a_secret_parameter_never_reaches_the_logs(home: Path, restore_logging: None) -> None:
+    write(home / "packs" / "demo" / "pack.yaml", "ref: demo\nname: demo\nversion: 1.0.0\n")
+    write(home / "packs" / "demo" / "actions" / "login.yaml", """
+        name: login
+        runner_type: local-shell-cmd
+        parameters:
+          token: {type: string, secret: true, required: true}
+          cmd: {default: "echo using {{ token }} >&2; exit 4", immutable: true}
+    """)
+    stream = _configured(home, "logging:\n  format: json\n  libraries: debug\n", level="debug")
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        record = await squall.executions.request("demo.login", {"token": "tok-SECRET-9931"})
+        done = await squall.executions.wait(record["id"], timeout=30)
+    finally:
+        await squall.close()
+    assert done["status"] == "failed" and "tok-SECRET-9931" not in str(done)
+    text = stream.getvalue()
+    assert record["id"] in text  # the run was logged (at debug), and its lines name it
+    assert "tok-SECRET-9931" not in text

@@ -72,12 +72,12 @@ def run(
 
     async def work(squall: Squall) -> dict[str, Any]:
         context = {"user": current_user(), "source": "cli"}
-        if run_async:
-            if squall.config.executor_kind == "local":
-                squall.executions.executor = None  # stored as requested; `squall serve` runs it
-            return await squall.executions.request(ref, params, context, render=render)  # else: queued
-        record = await squall.executions.request(ref, params, context, render=render)
-        return await squall.executions.wait(record["id"])
+        if run_async and squall.config.executor_kind == "local":
+            squall.executions.executor = None  # stored as requested; `squall serve` runs it
+        record = await squall.executions.request(ref, params, context, render=render)  # else: queued
+        await squall.db(squall.store.audit_add, "cli.execution", current_user(), "cli", record["id"],
+                        {"action": record["action"], "parameters": record["parameters"]})
+        return record if run_async else await squall.executions.wait(record["id"])
 
     record = with_app(work)
     if as_json:
