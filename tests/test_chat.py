@@ -407,7 +407,8 @@ def test_squall_chat_reads_stdin_and_waits_for_results(home: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "hello piped" in done.stdout
     assert "pong" in done.stdout
-    assert "squall: !greet {{who}} — Greet someone." in done.stdout  # help, without a prefix in a DM
+    # help, without a prefix in a DM, grouped by pack
+    assert "squall: demo:\n" in done.stdout and "squall:   !greet {{who}} — Greet someone.\n" in done.stdout
 
 
 async def test_key_value_pairs_set_runner_parameters_only_where_the_alias_opens_them(chat) -> None:

@@ -8,16 +8,19 @@ bot and the engine can never disagree about what a command means.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import re
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Adapter, Message, Reply
 from aliases import Alias, AliasMatcher, AmbiguousCommand, NoMatch
+from aliases.rank import RANKERS, Ranked, Ranker, make_ranker
+from bot.chat import help as chat_help
 from bot.chat.auth import Authorizer
 from bot.chat.commands import CommandFailed, CommandRefused, CommandService
 from bot.chat.index import AliasIndex
@@ -25,6 +28,7 @@ from bot.chat.inquiries import InquiryChat
 from bot.chat.outbox import Outbox
 from bot.chat.replies import render_result, short, status_line
 from engine import tracing
+from engine.config import ConfigError
 from engine.executions import COMPLETED, ExecutionNotFound, ExecutionStateError, public
 from engine.logs import logging_context
 from engine.metrics import metrics
@@ -48,19 +52,58 @@ class ChatSettings:
     bot_name: str = "squall"
     thread_replies: bool = True
     confirm_ttl: float = 60.0
+    #: `chat.suggest`: which ranker answers free text, and when its best alias stands out enough to be
+    #: offered (None: the ranker's own defaults, which suit its scale of scores).
+    suggest_ranker: str = "lexical"
+    suggest_threshold: float | None = None
+    suggest_margin: float | None = None
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> ChatSettings:
+        ranker, threshold, margin = _suggest_settings(section.get("suggest"))
         return cls(prefix=str(section.get("prefix", "!")), bot_name=str(section.get("bot_name", "squall")),
                    thread_replies=bool(section.get("thread_replies", True)),
-                   confirm_ttl=float(section.get("confirm_ttl", 60)))
+                   confirm_ttl=float(section.get("confirm_ttl", 60)), suggest_ranker=ranker,
+                   suggest_threshold=threshold, suggest_margin=margin)
+
+
+_SUGGEST_KEYS = {"ranker", "threshold", "margin"}
+
+
+def _suggest_settings(section: Any) -> tuple[str, float | None, float | None]:
+    """`chat.suggest.{ranker,threshold,margin}`, checked: a typo must not silently keep a default."""
+    if section is None:
+        return "lexical", None, None
+    if not isinstance(section, dict):
+        raise ConfigError(f"'chat.suggest' must be a mapping with {', '.join(sorted(_SUGGEST_KEYS))}, "
+                          f"not {type(section).__name__}")
+    for key in section:
+        if key not in _SUGGEST_KEYS:
+            raise ConfigError(f"unknown key 'chat.suggest.{key}'; allowed: {', '.join(sorted(_SUGGEST_KEYS))}")
+    ranker = section.get("ranker", "lexical")
+    if ranker not in RANKERS:
+        raise ConfigError(f"'chat.suggest.ranker' must be one of {', '.join(RANKERS)}, not {ranker!r}")
+    if ranker == "embedding" and importlib.util.find_spec("wordllama") is None:
+        raise ConfigError("'chat.suggest.ranker: embedding' needs the optional model: pip install 'squall[nl]'")
+    numbers = []
+    for key in ("threshold", "margin"):
+        value = section.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not 0 <= value <= 1):
+            raise ConfigError(f"'chat.suggest.{key}' must be a number from 0 to 1, not {value!r}")
+        numbers.append(None if value is None else float(value))
+    return str(ranker), numbers[0], numbers[1]
 
 
 @dataclass
 class PendingConfirmation:
+    """A command held until its sender says `yes`: a matched alias, or (for a "did you mean"
+    suggestion) the filled command text, which is matched and authorised again when confirmed."""
+
     match: Any
     message: Message
     expires: float
+    command: str | None = None
 
 
 @dataclass
@@ -74,6 +117,7 @@ class Dispatcher:
     auth: Authorizer = field(default_factory=Authorizer)
     settings: ChatSettings = field(default_factory=ChatSettings)
     _confirmations: dict[tuple[str, str, str], PendingConfirmation] = field(default_factory=dict)
+    _ranker: Ranker | None = None
 
     @property
     def matcher(self) -> AliasMatcher:
@@ -82,6 +126,17 @@ class Dispatcher:
     @property
     def aliases(self) -> dict[str, Alias]:
         return self.index.aliases
+
+    def __post_init__(self) -> None:
+        if self.settings.suggest_ranker != "lexical":
+            self.ranker  # noqa: B018 (a model loads at start-up, where a broken install shows, not at a message)
+
+    @property
+    def ranker(self) -> Ranker:
+        """The `chat.suggest.ranker`, built once (the lexical one at the first message that needs it)."""
+        if self._ranker is None:
+            self._ranker = make_ranker(self.settings.suggest_ranker)
+        return self._ranker
 
     # -- entry point -----------------------------------------------------------------------
     async def handle(self, message: Message) -> None:
@@ -127,10 +182,15 @@ class Dispatcher:
             del self._confirmations[key]
             if time.monotonic() > pending.expires:
                 await self.say(message, "That confirmation has expired; send the command again.")
+            elif text.lower() in _YES and pending.command is not None:
+                # A suggestion: the filled text takes the whole command path again (match, authorise,
+                # the alias's own confirmation, audit), as if the person had typed it.
+                await self._handle(replace(pending.message, text=pending.command), pending.command)
             elif text.lower() in _YES:
                 await self._run(pending.match, pending.message)
             else:
-                await self.say(message, f"OK, not running {pending.match.alias.action_ref}.")
+                what = pending.match.alias.action_ref if pending.command is None else "that"
+                await self.say(message, f"OK, not running {what}.")
             return
         if not text:
             await self.say(message, f"Yes? Try `{self.settings.prefix}help`.")
@@ -156,8 +216,7 @@ class Dispatcher:
                 await builtin(message, rest.strip())
                 return
             metrics.count(metrics.chat_commands, message.adapter, "unmatched")
-            hint = f" Did you mean: {', '.join(f'`{s}`' for s in exc.suggestions)}?" if exc.suggestions else ""
-            await self.say(message, f"I don't know `{short(text)}`.{hint} Try `{self.settings.prefix}help`.")
+            await self._unknown(message, text, exc.suggestions)
             return
         try:
             await self.commands.authorise(match, Message(**{**message.__dict__, "text": text}), "chat")
@@ -177,6 +236,54 @@ class Dispatcher:
                            buttons=[{"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}])
             return
         await self._run(match, message)
+
+    # -- free text -------------------------------------------------------------------------------
+    async def _unknown(self, message: Message, text: str, near: list[str]) -> None:
+        """Nothing matched: offer the one alias the ranker finds standing out (filled from the
+        message, with Run / Cancel), else the display strings near the first word."""
+        prefix = self.settings.prefix
+        best = self._stand_out(message, text)
+        if best is not None and best.filled is not None and self._means(best.filled, best.alias):
+            key = (message.adapter, message.channel, message.user)
+            ttl = self.settings.confirm_ttl
+            self._confirmations[key] = PendingConfirmation(None, message, time.monotonic() + ttl, best.filled)
+            await self.say(message, f"Did you mean `{prefix}{short(best.filled, 300)}`? ({best.alias.ref}) "
+                                    f"Reply `yes` within {ttl:g}s to run it, or `no`.",
+                           buttons=[{"text": "Run", "value": "yes"}, {"text": "Cancel", "value": "no"}])
+            return
+        if best is not None:
+            shown = next((f.display for f in best.alias.formats if f.display), best.alias.representations[0])
+            await self.say(message, f"I don't know `{short(text)}`. Did you mean `{prefix}{shown}`? "
+                                    f"`{prefix}help {best.alias.ref}` shows its parameters.")
+            return
+        allowed = {d for a in chat_help.visible(self.matcher.aliases, self.auth, message)
+                   for d in (f.display for f in a.formats) if d}
+        near = [s for s in near if s in allowed]
+        hint = f" Did you mean: {', '.join(f'`{s}`' for s in near)}?" if near else ""
+        await self.say(message, f"I don't know `{short(text)}`.{hint} Try `{prefix}help`.")
+
+    def _stand_out(self, message: Message, text: str) -> Ranked | None:
+        """The ranker's best alias for `text` if it clears the threshold and the margin over the
+        runner-up, and its sender may run it; None otherwise ("I don't know" beats a wrong guess)."""
+        ranked = self.ranker.rank(text, self.matcher.aliases)
+        if not ranked:
+            return None
+        threshold = self.settings.suggest_threshold
+        margin = self.settings.suggest_margin
+        threshold = self.ranker.threshold if threshold is None else threshold
+        margin = self.ranker.margin if margin is None else margin
+        best = ranked[0]
+        runner_up = ranked[1].score if len(ranked) > 1 else 0.0
+        if best.score < threshold or best.score - runner_up < margin:
+            return None
+        return best if self.auth.check(best.alias, message).allowed else None
+
+    def _means(self, command: str, alias: Alias) -> bool:
+        """Whether `command` matches `alias` exactly (and nothing else as well)."""
+        try:
+            return self.commands.match(command).alias is alias
+        except (NoMatch, AmbiguousCommand):
+            return False
 
     def _masked(self, action_ref: str, parameters: dict[str, Any]) -> dict[str, Any]:
         action = self.engine.registry.actions.get(action_ref)
@@ -264,20 +371,43 @@ class Dispatcher:
 
     # -- built-in commands ---------------------------------------------------------------------
     async def _builtin_help(self, message: Message, rest: str) -> None:
-        # Literal, not a regex: a chat user must not be able to hand the bot a catastrophic pattern.
-        entries = self.matcher.help(re.escape(rest) if rest else None,
-                                    allowed=lambda alias: self.auth.check(alias, message).allowed)
-        builtins = ["help [filter]", "executions", "execution <id>", "cancel <id>", "retry <id>",
-                    "respond <inquiry-id> <answer>"]
+        """`help`: what the asker may run here, by pack; `help COMMAND`: one alias in full; any
+        other word filters the list (literally: a chat user must not hand the bot a regex)."""
         prefix = self.settings.prefix
-        lines = [f"{prefix}{entry['display']}" + (f" — {entry['description']}" if entry.get("description") else "")
-                 for entry in entries]
+        mine = chat_help.visible(self.matcher.aliases, self.auth, message)
         if not rest:
-            lines += [f"{prefix}{b}" for b in builtins]
-        if not lines:
+            hidden = (chat_help.hidden_count(self.matcher.aliases, self.auth, message)
+                      if self.auth.is_admin(message) else None)
+            await self._say_blocks(message, chat_help.listing(mine, prefix, hidden))
+            return
+        named = chat_help.find(mine, rest) or self._typed(rest, mine)
+        if len(named) == 1:
+            alias = named[0]
+            who = chat_help.who_may_run(alias, self.auth)
+            await self.say(message, chat_help.details(alias, self.engine.registry.actions.get(alias.action_ref),
+                                                      prefix, who))
+            return
+        refs = {a.ref for a in named} or {e["ref"] for e in self.matcher.help(
+            re.escape(rest), allowed=lambda alias: self.auth.check(alias, message).allowed)}
+        if not refs:
             await self.say(message, f"No commands match `{short(rest)}`.")
             return
-        await self.say(message, "\n".join(lines))
+        blocks = chat_help.listing([a for a in mine if a.ref in refs], prefix, None)[:-1]
+        await self._say_blocks(message, [*blocks, f"`{prefix}help <pack.alias>` shows one in full."])
+
+    def _typed(self, text: str, mine: list[Alias]) -> list[Alias]:
+        """The alias a whole command means (`help restart nginx on web1`), if the asker may run it."""
+        try:
+            alias = self.commands.match(text).alias
+        except (NoMatch, AmbiguousCommand):
+            return []
+        return [alias] if alias in mine else []
+
+    async def _say_blocks(self, message: Message, blocks: list[str]) -> None:
+        adapter = self.adapters.get(message.adapter)
+        limit = adapter.capabilities.max_length if adapter is not None else 4000
+        for text in chat_help.packed(blocks, max(200, limit)):
+            await self.say(message, text)
 
     async def _builtin_executions(self, message: Message, rest: str) -> None:
         recent = await self.engine.executions.list(limit=200)

@@ -1,0 +1,166 @@
+"""`help` and `help COMMAND` for the person asking, in the channel they ask in (issue 20).
+
+`help` lists what the asker may run there, by the same `Authorizer.check` the command path applies,
+grouped by pack, each alias with its formats; admins also learn how many commands ordinary people
+do not see there. `help COMMAND` (an alias name, its ref, or the first words of one of its formats)
+shows the action's parameters from its schema, the formats, and who may run it. Plain lines with
+backticks only: every platform (IRC included) reads them, and the text is split into replies by
+pack so that no platform turns help into an attached file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from adapters.base import Message
+from aliases import Alias
+from bot.chat.auth import Authorizer
+from bot.chat.replies import short
+
+#: Built-in commands, shown after the packs' aliases.
+BUILTINS = ["help [command]", "executions", "execution <id>", "cancel <id>", "retry <id>",
+            "respond <inquiry-id> <answer>"]
+_PLACEHOLDER = re.compile(r"\{\{.*?\}\}", re.DOTALL)
+
+
+def visible(aliases: Sequence[Alias], auth: Authorizer, message: Message) -> list[Alias]:
+    """The enabled aliases `message`'s sender may run in its channel (what the command path allows)."""
+    return [a for a in aliases if a.enabled and auth.check(a, message).allowed]
+
+
+def hidden_count(aliases: Sequence[Alias], auth: Authorizer, message: Message) -> int:
+    """How many enabled aliases a person with no group and no admin right may not run in this channel."""
+    ordinary = replace(message, user="", groups=[])
+    return sum(1 for a in aliases if a.enabled and not auth.check(a, ordinary).allowed)
+
+
+def listing(aliases: Sequence[Alias], prefix: str, hidden: int | None) -> list[str]:
+    """The help text as blocks, one per pack (then the built-ins and the admin's note): the caller
+    joins blocks into replies that fit the platform."""
+    blocks: list[str] = []
+    by_pack: dict[str, list[Alias]] = {}
+    for alias in aliases:
+        by_pack.setdefault(alias.pack, []).append(alias)
+    for pack in sorted(by_pack):
+        lines = [f"{pack}:"]
+        entries = [(alias, [f.display or f.representations[0] for f in alias.formats
+                            if f.display or f.representations]) for alias in by_pack[pack]]
+        for alias, shown in sorted((e for e in entries if e[1]), key=lambda e: e[1][0].lower()):
+            description = f" — {alias.description}" if alias.description else ""
+            lines.append(f"  {prefix}{shown[0]}{description}")
+            lines += [f"      {prefix}{other}" for other in shown[1:]]
+        blocks.append("\n".join(lines))
+    blocks.append("built in: " + ", ".join(f"{prefix}{b}" for b in BUILTINS))
+    if hidden:
+        blocks.append(f"(admin) {hidden} command{'s' if hidden != 1 else ''} here are hidden from people "
+                      "without a group or user permission; `help <command>` shows who may run one.")
+    return blocks
+
+
+def find(aliases: Sequence[Alias], query: str) -> list[Alias]:
+    """Aliases `query` names: by ref, by name, else by the first words of one of their formats."""
+    wanted = query.strip().lower()
+    exact = [a for a in aliases if wanted in (a.ref.lower(), a.name.lower())]
+    if exact:
+        return exact
+    words = wanted.split()
+    found = []
+    for alias in aliases:
+        for fmt in alias.formats:
+            for text in [*([fmt.display] if fmt.display else []), *fmt.representations]:
+                leading = _PLACEHOLDER.split(text)[0].lower().split()
+                if words and leading[:len(words)] == words:
+                    found.append(alias)
+                    break
+            else:
+                continue
+            break
+    return found
+
+
+def details(alias: Alias, action: Any, prefix: str, who: str) -> str:
+    """One alias in full: description, formats, the parameters a person may give, who may run it."""
+    lines = [f"{alias.ref} → {alias.action_ref}" + (f": {alias.description}" if alias.description else "")]
+    lines.append("formats:")
+    for fmt in alias.formats:
+        if fmt.display:
+            lines.append(f"  {prefix}{fmt.display}")
+        lines += [f"  {prefix}{r}" for r in fmt.representations if r != fmt.display]
+    lines.append("parameters:")
+    lines += parameter_lines(alias, action) or ["  (none)"]
+    if alias.confirm:
+        lines.append("asks for confirmation before it runs")
+    lines.append(f"who may run it: {who}")
+    return "\n".join(lines)
+
+
+def parameter_lines(alias: Alias, action: Any) -> list[str]:
+    """`name (type, required|default …) — description` for each parameter a chat command may set:
+    the action's own, less the immutable ones, plus runner parameters the alias opens."""
+    if action is None:
+        return ["  (the action is not loaded)"]
+    runner = action.runner_parameter_names
+    lines = []
+    for name, spec in action.parameters.items():
+        if spec.get("immutable") or name in alias.immutable_parameters:
+            continue
+        if name in runner and name not in alias.allow_overrides:
+            continue
+        facts = [str(spec.get("type", "any"))]
+        if spec.get("required"):
+            facts.append("required")
+        if "default" in spec:
+            default = "********" if spec.get("secret") else short(str(spec["default"]), 60)
+            facts.append(f"default {default}")
+        if spec.get("enum"):
+            facts.append("one of " + ", ".join(map(str, spec["enum"])))
+        description = f" — {spec['description']}" if spec.get("description") else ""
+        lines.append(f"  {name} ({', '.join(facts)}){description}")
+    return lines
+
+
+def who_may_run(alias: Alias, auth: Authorizer) -> str:
+    """The alias's allow and deny lists in words (admins may run everything)."""
+    rules = auth.rules_for(alias)
+    if not rules:
+        return "everyone"
+    parts = []
+    allow = rules.get("allow")
+    if allow is not None:
+        named = _names(allow)
+        parts.append(f"only {named}" if named else "nobody")
+    else:
+        parts.append("everyone")
+    deny = _names(rules.get("deny") or {})
+    if deny:
+        parts.append(f"except {deny}")
+    return " ".join(parts) + "; admins always"
+
+
+def _names(section: dict[str, Any]) -> str:
+    kinds = [(kind, section.get(kind) or []) for kind in ("users", "groups", "channels")]
+    return "; ".join(f"{kind} {', '.join(map(str, names))}" for kind, names in kinds if names)
+
+
+def packed(blocks: Sequence[str], limit: int) -> list[str]:
+    """Blocks joined into as few replies as fit `limit` characters each; a block longer than that
+    is cut between lines (a single line longer still is left to the outbox's fitting)."""
+    pieces: list[str] = []
+    for block in blocks:
+        pieces += [block] if len(block) <= limit else block.split("\n")
+    replies: list[str] = []
+    current = ""
+    for block in pieces:
+        candidate = f"{current}\n{block}" if current else block
+        if current and len(candidate) > limit:
+            replies.append(current)
+            current = block
+        else:
+            current = candidate
+    if current:
+        replies.append(current)
+    return replies
+

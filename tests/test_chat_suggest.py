@@ -1,0 +1,165 @@
+"""Free text that matches no alias (issue 20): "Did you mean `…`?" with the command filled from the
+message and Run / Cancel, only when one alias the asker may run stands out; a confirmed suggestion
+takes the whole command path (match, authorise, audit), and the message's words stay data."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from adapters.loopback import LoopbackAdapter
+from aliases import Alias, AliasFormat
+from aliases.rank import LexicalRanker, fill
+from bot.app import Squall
+from engine.config import ConfigError, load_config
+from tests.test_chat_help import ask, ops_pack
+
+
+async def _start(home: Path, chat: str = "") -> tuple[Squall, LoopbackAdapter]:
+    ops_pack(home, chat)
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    return squall, loopback
+
+
+@pytest.fixture
+async def chat(home: Path) -> AsyncIterator[tuple[Squall, object, LoopbackAdapter]]:
+    squall, loopback = await _start(home)
+    try:
+        yield squall, squall.chat, loopback
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
+async def test_a_confirmed_suggestion_runs_through_the_command_path(chat) -> None:
+    squall, _, loopback = chat
+    offer = await ask(chat, "!please bounce nginx on web2", "alice")
+    assert offer.startswith("Did you mean `!restart nginx on web2`? (ops.restart)")
+    assert [b["text"] for b in loopback.posted[-1].reply.buttons] == ["Run", "Cancel"]
+    assert loopback.posted[-1].reply.asker == "alice"  # only the one asked may click
+    assert await squall.executions.list(action="ops.restart") == []  # nothing runs before the yes
+
+    await ask(chat, "!yes", "mallory")  # someone else's yes confirms nothing
+    assert await squall.executions.list(action="ops.restart") == []
+    done = await ask(chat, "!yes", "alice")
+    assert "restarting nginx on web2" in done
+    [execution] = await squall.executions.list(action="ops.restart")
+    assert {k: execution["parameters"][k] for k in ("service", "host")} == {"service": "nginx", "host": "web2"}
+    assert execution["context"]["chat"]["alias"] == "ops.restart" and execution["context"]["user"] == "alice"
+    [audited] = await squall.db(squall.store.audit_list, 10, "chat.execution")
+    assert audited["actor"] == "alice" and audited["target"] == "ops.restart"
+
+
+async def test_a_refused_suggestion_runs_nothing(chat) -> None:
+    squall = chat[0]
+    assert (await ask(chat, "!could you restart redis on cache1", "alice")).startswith("Did you mean")
+    assert await ask(chat, "!no", "alice") == "OK, not running that."
+    assert await squall.executions.list(action="ops.restart") == []
+    assert await squall.db(squall.store.audit_list, 10, "chat.execution") == []
+    assert "Did you mean" not in await ask(chat, "!yes", "alice")  # the offer is gone with the no
+    assert await squall.executions.list(action="ops.restart") == []
+
+
+async def test_no_suggestion_when_nothing_stands_out(chat) -> None:
+    squall, _, loopback = chat
+    for text in ("!what's the weather in paris", "!nginx web1", "!show me"):
+        answer = await ask(chat, text, "alice")
+        assert answer.startswith("I don't know") and "Did you mean `!restart" not in answer, text
+        assert not loopback.posted[-1].reply.buttons
+    assert "Did you mean" not in await ask(chat, "!yes", "alice")
+    assert await squall.executions.list() == []
+
+
+async def test_no_suggestion_of_an_alias_the_asker_may_not_run(chat) -> None:
+    squall, _, loopback = chat
+    bob = await ask(chat, "!please wipe the disk sdb", "bob")
+    assert bob.startswith("I don't know") and "wipe disk" not in bob and not loopback.posted[-1].reply.buttons
+    olivia = await ask(chat, "!please wipe the disk sdb", "olivia")  # operators may: offered to her
+    assert olivia.startswith("Did you mean `!wipe disk sdb`?")
+    await ask(chat, "!yes", "bob")
+    assert await squall.executions.list(action="ops.wipe") == []
+
+
+async def test_a_hostile_message_is_shown_as_data_and_never_rendered_or_run(chat, tmp_path: Path) -> None:
+    squall = chat[0]
+    marker = tmp_path / "canary" / "ran"
+    marker.parent.mkdir()
+    host = f"$(touch {marker})"
+    offer = await ask(chat, f"!please bounce {{{{7*7}}}} on {host}", "alice")
+    assert f"`!restart {{{{7*7}}}} on {host}`" in offer and "49" not in offer
+    done = await ask(chat, "!yes", "alice")  # confirmed: the words reach the action as data
+    assert f"\nrestarting {{{{7*7}}}} on {host}" in done and "restarting 49" not in done
+    [execution] = await squall.executions.list(action="ops.restart")
+    assert {k: execution["parameters"][k] for k in ("service", "host")} == {"service": "{{7*7}}", "host": host}
+    backticks = await ask(chat, f"!please bounce nginx on `touch {marker}`;touch {marker}", "alice")
+    assert backticks.startswith("Did you mean")
+    await ask(chat, "!yes", "alice")
+    assert not marker.exists() and list(marker.parent.iterdir()) == []
+
+
+def test_the_filled_command_is_a_substitution_of_the_message_words() -> None:
+    assert fill("restart {{service}} on {{host}}", "please bounce nginx on web1") == "restart nginx on web1"
+    assert fill("restart {{service}} on {{host}}", "restart nginx") is None  # host cannot be recovered
+    assert fill("deploy {{app}} to {{env=staging}}", "ship billing") == "deploy billing to staging"
+    assert fill("echo {{message}}", "say {{ 7*7 }} $(id)") == "echo {{ 7*7 }} $(id)"
+    assert fill("(run|execute) {{cmd}}", "run ls") is None  # a regex format is not filled by substitution
+
+
+def test_the_lexical_ranker_ranks_by_shared_words() -> None:
+    restart = Alias("restart", "ops", "ops.restart", "Restart a service.",
+                    formats=[AliasFormat("restart {{service}}", ["restart {{service}}"])])
+    stop = Alias("stop", "ops", "ops.stop", "Stop a service.", formats=[AliasFormat("stop {{service}}",
+                                                                                    ["stop {{service}}"])])
+    ranked = LexicalRanker().rank("bounce nginx", [restart, stop])
+    assert [r.alias.name for r in ranked] == ["restart"] and ranked[0].filled == "restart nginx"
+    assert LexicalRanker().rank("order a pizza", [restart, stop]) == []
+
+
+@pytest.mark.parametrize(("suggest", "error"), [
+    ("{treshold: 0.5}", "unknown key 'chat.suggest.treshold'"),
+    ("{threshold: 2}", "'chat.suggest.threshold' must be a number from 0 to 1"),
+    ("{margin: x}", "'chat.suggest.margin' must be a number from 0 to 1"),
+    ("{ranker: neural}", "'chat.suggest.ranker' must be one of lexical, embedding"),
+    ("on", "'chat.suggest' must be a mapping"),
+])
+async def test_suggest_settings_are_checked_with_the_key_named(home: Path, suggest: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error.replace("(", r"\(")):
+        await _start(home, f"chat:\n          suggest: {suggest}")
+
+
+@pytest.mark.parametrize(("suggest", "offered"), [("{}", True), ("{threshold: 0.8}", False), ("{margin: 0.3}", False)])
+async def test_threshold_and_margin_come_from_config(home: Path, suggest: str, offered: bool) -> None:
+    # "bounce the disk": ops.restart (bounce is restart) scores 0.7, ops.wipe (the word "disk") 0.5 as runner-up
+    squall, loopback = await _start(home, f"chat:\n          suggest: {suggest}")
+    try:
+        answer = await ask((squall, squall.chat, loopback), "!bounce the disk", "alice")
+        assert answer.startswith("Did you mean `!restart disk`?" if offered else "I don't know"), answer
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
+async def test_the_embedding_ranker_works_with_networking_disabled(home: Path, monkeypatch) -> None:
+    pytest.importorskip("wordllama")
+
+    def refused(*args, **kwargs):
+        raise OSError("networking is disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refused)
+    monkeypatch.setattr(socket, "getaddrinfo", refused)
+    squall, loopback = await _start(home, "chat:\n          suggest: {ranker: embedding}")
+    try:
+        chat = (squall, squall.chat, loopback)
+        offer = await ask(chat, "!please bounce nginx on web2", "alice")
+        assert offer.startswith("Did you mean `!restart nginx on web2`?")
+        assert type(squall.chat.dispatcher.ranker).__name__ == "EmbeddingRanker"
+        assert "restarting nginx on web2" in await ask(chat, "!yes", "alice")
+        assert (await ask(chat, "!tell me a joke", "alice")).startswith("I don't know")
+    finally:
+        await squall.chat.stop()
+        await squall.close()
