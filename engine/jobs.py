@@ -16,7 +16,7 @@ imports nothing of it).
   execution id) keeps it to one waiting job.
 - Workflows are conducted in steps (`JobExecutor.advance`): each task that ends queues a job for
   its workflow, which a worker takes to replay the workflow's stored tasks and request what comes
-  next, then lets go. Every job of an execution carries its id as procrastinate's `lock`, so two
+  next, then lets go. Every job of a workflow carries its id as procrastinate's `lock`, so two
   steps of one workflow never run at once, and any worker of its queue may take the next; no worker
   holds a workflow while its tasks run, and the death of any node loses no step.
 - `worker_app` is the procrastinate App a `squall worker` runs: one task, which claims and runs
@@ -60,7 +60,7 @@ _LIVE = ("running", "pausing", "canceling", "resuming")
 _CHILD_LIVE = ("requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming")
 
 _DEFER = sa.text(
-    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, 0, :lock, :lock, "
+    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, 0, CAST(:lock AS text), :queueing_lock, "
     "CAST(:args AS jsonb), CAST(NULL AS timestamptz))]::procrastinate_job_to_defer_v1[]))")
 _ABORT = sa.text("SELECT procrastinate_cancel_job_v1(:job_id, true, false)")
 _STALLED = sa.text(
@@ -82,13 +82,16 @@ def libpq_url(database_url: str) -> str:
     return sa.engine.make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def defer(store: Store, execution_id: str, queue: str) -> int | None:
+def defer(store: Store, execution_id: str, queue: str, *, steps: bool = False) -> int | None:
     """Queue a job for `execution_id`; its id, or None when one already waits (the queueing lock).
-    The id is the job's lock too: a workflow's steps run one at a time, one after the other."""
+    A workflow's jobs (`steps`) carry its id as their lock too, so its steps run one at a time. An
+    action's do not: procrastinate checks a job's lock against every other waiting job's as it
+    fetches, which with thousands queued cost a worker more than the action itself."""
     with store._write() as conn:
         try:
             with conn.begin_nested():
-                return int(conn.execute(_DEFER, {"queue": queue, "task": TASK, "lock": execution_id,
+                return int(conn.execute(_DEFER, {"queue": queue, "task": TASK, "queueing_lock": execution_id,
+                                                 "lock": execution_id if steps else None,
                                                  "args": json.dumps({"execution_id": execution_id})}).scalar_one())
         except sa.exc.IntegrityError:
             return None
@@ -165,7 +168,8 @@ class JobExecutor:
 
     async def _defer(self, record: dict[str, Any]) -> None:
         queue = self.config.queue_for(record["action"])
-        job = await self.executions.db(defer, self.executions.db.store, record["id"], queue)
+        job = await self.executions.db(defer, self.executions.db.store, record["id"], queue,
+                                       steps=self.executions.resumable(record["runner"]))
         if job is not None:
             log.debug("execution %s (%s) queued as job %s on %s", record["id"], record["status"], job, queue)
 
