@@ -31,12 +31,11 @@ from engine.notifications import Notifier
 from engine.packs import Registry, load_registry
 from engine.policies import PolicyExecutor
 from engine.rules import RulesEngine
-from engine.runners import RunAs, RunRequest
+from engine.runners import LazyRunner, RunAs, RunRequest
 from engine.runners.announcement import AnnouncementRunner
 from engine.runners.http import HttpRunner
 from engine.runners.noop import NoopRunner
 from engine.runners.python import PythonRunner
-from engine.runners.remote import RemoteShellRunner
 from engine.runners.shell import LocalShellRunner
 from engine.sensors import SensorContainer, load_sensors
 from engine.storage import Database, Store
@@ -82,8 +81,8 @@ class Engine:
             "local-shell-script": shell,
             "python-script": self.python,
             "http-request": HttpRunner(),
-            "remote-shell-cmd": RemoteShellRunner(),
-            "remote-shell-script": RemoteShellRunner(),
+            "remote-shell-cmd": (remote := LazyRunner("engine.runners.remote", "RemoteShellRunner")),
+            "remote-shell-script": remote,
             "noop": NoopRunner(),
             "announcement": AnnouncementRunner(self._announce),
         }
