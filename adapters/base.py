@@ -43,6 +43,9 @@ class Message:
     raw: Any = None
     #: The channel's human name where `channel` is a platform id (Slack `C0123`): auth lists may use either.
     channel_name: str | None = None
+    #: What lets the bot open a form for this person now (Slack's and Mattermost's `trigger_id` of a
+    #: slash command or a button click; valid for seconds), None where the platform gave none.
+    trigger: str | None = None
 
 
 @dataclass
@@ -77,6 +80,47 @@ class Reply:
 
 
 MessageHandler = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One input of a form, as the bot asks for it: `kind` is one of `bot.forms.KINDS`; `options`
+    the texts an enum offers; `initial` the text the input starts with (never a secret's)."""
+
+    name: str
+    label: str
+    kind: str
+    required: bool
+    hint: str = ""
+    initial: str = ""
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Form:
+    """A form to open: `state` is the bot's own (opaque to the adapter), handed back on submission."""
+
+    title: str
+    fields: tuple[FormField, ...]
+    state: str
+    submit: str = "Run"
+
+
+@dataclass
+class FormSubmission:
+    """What a person sent back from a form: the text of each field (a ticked checkbox is "true", an
+    unticked one absent), and who sent it, with their platform groups for the permission check.
+    Where the form was opened from is the bot's to remember (by `state`), not the platform's to say."""
+
+    adapter: str
+    user: str
+    state: str
+    values: dict[str, str]
+    groups: list[str] = field(default_factory=list)
+
+
+#: Checks a submission and takes it; returns a message per wrong field (empty: accepted).
+FormHandler = Callable[[FormSubmission], Awaitable[dict[str, str]]]
 
 
 class AdapterConfigError(Exception):
@@ -124,6 +168,15 @@ class Adapter(Protocol):
 
     # Optional: `online: bool`, a property: whether the adapter holds its connection to the platform
     # now (the web UI's status page shows it; adapters without a connection of their own leave it out).
+
+    # Optional, together: `open_form(trigger: str, form: Form) -> None` opens `form` for the person whose
+    # interaction gave `trigger` (`Message.trigger`; Slack modal, Mattermost dialog), raising
+    # `DeliveryError` when the platform refuses; and `on_form: FormHandler | None`, set by the bot,
+    # which the adapter calls with each submission before it answers the platform, so the errors go
+    # back on the fields. Adapters without them get forms as questions in chat (`bot/chat/forms.py`).
+
+    # Optional: `private_channel(user: str) -> str`: the channel of a private exchange with `user` (IRC:
+    # their nick), where a form without `open_form` asks its questions; without it, in the same channel.
 
     # Optional: `mount(app: FastAPI) -> None` adds the platform's HTTP routes (signed or token-checked
     # by the adapter, not by API key) to Squall's API server.

@@ -514,6 +514,10 @@ class IrcAdapter:
         self._partial.pop(key, None)
         return f"{target}:{next(self._ids)}"
 
+    def private_channel(self, user: str) -> str:
+        """Where a private exchange with `user` happens: their nick (a private PRIVMSG's channel)."""
+        return user
+
     async def _wait_registered(self) -> None:
         if self.registered.is_set():
             return

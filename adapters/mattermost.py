@@ -14,6 +14,10 @@ A custom slash command posts to `POST /mattermost/command` on Squall's API serve
 against `slash_token` (Mattermost sends it in the form and as `Authorization: Token ...`), answered
 at once (with the dispatcher's first reply when it comes quickly, else a short "working" note), and
 later replies of that command go back through the command's `response_url`.
+
+Forms (issue 20): `open_form` opens an interactive dialog (`POST /actions/dialogs/open`, with the
+`trigger_id` of a slash command or a button click) that submits to `actions_url`; the bot's check
+(`on_form`) answers the submission, with `errors` per field.
 """
 
 from __future__ import annotations
@@ -40,7 +44,18 @@ import aiohttp
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from adapters.base import AdapterConfigError, Capabilities, DeliveryError, Message, MessageHandler, Reply
+from adapters.base import (
+    AdapterConfigError,
+    Capabilities,
+    DeliveryError,
+    Form,
+    FormField,
+    FormHandler,
+    FormSubmission,
+    Message,
+    MessageHandler,
+    Reply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +225,8 @@ class MattermostAdapter:
         self._channel_types: dict[str, str] = {}
         self._seen: deque[str] = deque(maxlen=1000)
         self._slash: dict[str, _SlashCommand] = {}
+        #: The bot's check of a submitted form (`adapters.base`: set by the bot when it has forms).
+        self.on_form: FormHandler | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     @property
@@ -591,6 +608,8 @@ class MattermostAdapter:
         if not isinstance(body, dict):
             return JSONResponse({"error": {"message": "the action request must be a JSON object with user_id, "
                                                       "channel_id and context"}}, status_code=400)
+        if body.get("type") == "dialog_submission":
+            return await self._dialog_submission(body)
         context = body.get("context")
         # Ours hold strings only: anything else was not made here (and is not worth hashing).
         if not (isinstance(context, dict) and all(isinstance(v, str) for v in context.values())
@@ -613,7 +632,8 @@ class MattermostAdapter:
         message = Message(adapter=self.name, channel=channel, user=user, text=str(context["value"]),
                           thread=str(context.get("thread") or "") or None, mentioned=True,
                           direct=await self._channel_type(channel) == "D", raw={"action": body},
-                          channel_name=body.get("channel_name") or None)
+                          channel_name=body.get("channel_name") or None,
+                          trigger=body["trigger_id"] if isinstance(body.get("trigger_id"), str) else None)
         task = asyncio.create_task(self._handle(message), name="mattermost-button")
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
@@ -621,6 +641,32 @@ class MattermostAdapter:
             return JSONResponse({})  # someone else's click: the buttons stay for the one asked
         chosen = f"_{user} chose **{context.get('label', context['value'])}**_"
         return JSONResponse({"update": {"message": f"{context.get('prompt', '')}\n\n{chosen}".strip(), "props": {}}})
+
+    # -- interactive dialogs (forms) -------------------------------------------------------------------
+    async def open_form(self, trigger: str, form: Form) -> None:
+        """`POST /actions/dialogs/open`: the form as an interactive dialog, submitted to `actions_url`."""
+        if not self.settings.actions_url:
+            raise DeliveryError("forms need adapters.mattermost.actions_url", permanent=True)
+        try:
+            await self._call("POST", "/actions/dialogs/open",
+                             body={"trigger_id": trigger, "url": self.settings.actions_url, "dialog": dialog(form)})
+        except MattermostError as exc:
+            raise DeliveryError(f"Mattermost refused to open the form: {exc}", permanent=True) from None
+
+    async def _dialog_submission(self, body: dict[str, Any]) -> JSONResponse:
+        """A dialog sent back (the server forwards it with the submitter's user_id): the bot's check
+        answers at once, `errors` per field keep the dialog open, `error` is about the whole form."""
+        submitted, user_id = body.get("submission"), body.get("user_id")
+        if body.get("cancelled") or self.on_form is None:
+            return JSONResponse({})
+        if not isinstance(submitted, dict) or not isinstance(user_id, str) or not isinstance(body.get("state"), str):
+            return JSONResponse({"error": "the dialog submission lacks user_id, state or submission"}, status_code=400)
+        values = {k: ("true" if v is True else str(v)) for k, v in submitted.items()
+                  if v is not None and v is not False and v != ""}
+        errors = await self.on_form(FormSubmission(adapter=self.name, user=await self._username(user_id),
+                                                   state=body["state"], values=values))
+        general = errors.pop("", None)
+        return JSONResponse({**({"errors": errors} if errors else {}), **({"error": general} if general else {})})
 
     # -- slash commands ------------------------------------------------------------------------------
     def mount(self, app: Any) -> None:  # app: fastapi.FastAPI
@@ -674,7 +720,7 @@ class MattermostAdapter:
         user = form.get("user_name") or await self._username(form["user_id"])
         message = Message(adapter=self.name, channel=form["channel_id"], user=user, text=form.get("text", "").strip(),
                           thread=_SLASH + key, mentioned=True, id=_SLASH + key, raw=form,
-                          channel_name=form.get("channel_name") or None)
+                          channel_name=form.get("channel_name") or None, trigger=form.get("trigger_id") or None)
         task = asyncio.create_task(self._handle(message), name="mattermost-slash")
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
@@ -738,6 +784,29 @@ class MattermostAdapter:
             raise MattermostError("POST response_url: no answer in time") from None
         command.uses += 1
         return f"{_SLASH}{id(command)}:{command.uses}"
+
+
+def _element(item: FormField) -> dict[str, Any]:
+    """A dialog element for a field's kind (Mattermost's limits: display_name 24, help_text 150)."""
+    element: dict[str, Any] = {"display_name": item.label[:24], "name": item.name, "optional": not item.required,
+                               "help_text": item.hint[:150], "type": "text"}
+    if item.kind == "enum":
+        element |= {"type": "select", "options": [{"text": o, "value": o} for o in item.options]}
+    elif item.kind == "boolean":
+        element |= {"type": "bool", "placeholder": item.label}
+    elif item.kind in ("array", "object"):
+        element |= {"type": "textarea", "max_length": 3000}
+    elif item.kind in ("integer", "number", "secret"):
+        element["subtype"] = "password" if item.kind == "secret" else "number"
+    if item.initial and item.kind != "secret":
+        element["default"] = item.initial
+    return element
+
+
+def dialog(form: Form) -> dict[str, Any]:
+    """A form as an interactive dialog; `state` comes back with the submission."""
+    return {"callback_id": "squall_form", "title": form.title, "elements": [_element(f) for f in form.fields],
+            "submit_label": form.submit, "state": form.state, "notify_on_cancel": False}
 
 
 def _response_payload(text: str, extra_attachments: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,6 +9,11 @@ socket that went silent; a failing handler is logged and the adapter goes on. In
 is checked before bolt sees it: a missing, malformed or stale timestamp or a wrong signature is 401, a
 signed payload with a field of the wrong type (`payload_problem`) is 400 and one log line.
 
+Forms (issue 20): `open_form` is `views.open` with the bot's fields as Block Kit inputs; a
+`view_submission` is checked by the bot (`on_form`) before the ack, so errors go back on the fields
+(`response_action: errors`). A message shortcut sends the command its `callback_id` names
+(`run-form` in the app's manifest) on the message's text, with the shortcut's `trigger_id`.
+
 Config (`adapters.slack`): `mode` (`socket`|`http`), `bot_token`, `app_token`, `signing_secret`
 (tokens default to `SLACK_BOT_TOKEN`, `SLACK_APP_TOKEN`, `SLACK_SIGNING_SECRET`), `base_url`,
 `slash_command`, `thread_replies`, `file_threshold`, `watchdog_seconds`, `status_reactions`.
@@ -36,7 +41,18 @@ from slack_bolt.request.internals import parse_body
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import AdapterConfigError, Capabilities, DeliveryError, Message, MessageHandler, Reply
+from adapters.base import (
+    AdapterConfigError,
+    Capabilities,
+    DeliveryError,
+    Form,
+    FormField,
+    FormHandler,
+    FormSubmission,
+    Message,
+    MessageHandler,
+    Reply,
+)
 from adapters.slack_format import ACTION_PREFIX, MAX_TEXT, clicked_summary, message_arguments, plain_text
 
 log = logging.getLogger(__name__)
@@ -63,6 +79,8 @@ OUTBOX_EVENT = "squall_reply"
 #: own advice: older requests may be replays).
 MAX_CLOCK_SKEW = 300
 _UNIX_TIME = re.compile(r"[0-9]{1,12}")
+#: The `callback_id` of Squall's form modals (`open_form`), by which their `view_submission` comes back.
+FORM_CALLBACK = "squall_form"
 #: A Slack message timestamp (its id in a channel), e.g. 1700000000.000100.
 _SLACK_TS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
 
@@ -293,6 +311,8 @@ class SlackAdapter:
         self.bot_id: str | None = None
         self.reconnects = 0  # watchdog reconnects, for operators and tests
         self._on_message: MessageHandler | None = None
+        #: The bot's check of a submitted form (`adapters.base`: set by the bot when it has forms).
+        self.on_form: FormHandler | None = None
         self._seen = _Seen()
         self._users: dict[str, tuple[str, float]] = {}
         self._user_lookups: dict[str, asyncio.Future[str | None]] = {}
@@ -476,6 +496,8 @@ class SlackAdapter:
         app.event("message")(self._on_message_event)
         app.command(self.settings.slash_command)(self._on_command)
         app.action(re.compile(f"^{ACTION_PREFIX}"))(self._on_button)
+        app.view(FORM_CALLBACK)(self._on_form)
+        app.message_shortcut(re.compile(".+"))(self._on_shortcut)
         # Anything else subscribed is acknowledged, never 404 (which makes Slack retry it).
         app.event(re.compile(".*"))(self._ignore)
         app.error(self._on_error)
@@ -551,7 +573,7 @@ class SlackAdapter:
         message = Message(adapter=self.name, channel=channel, user=user, text=text, mentioned=True,
                           direct=channel.startswith("D") or command.get("channel_name") == "directmessage",
                           groups=await self._groups_of(user_id), raw={"command": command},
-                          channel_name=command.get("channel_name"))
+                          channel_name=command.get("channel_name"), trigger=command.get("trigger_id"))
         await self._deliver(message, user_id)
 
     async def _on_button(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
@@ -579,8 +601,56 @@ class SlackAdapter:
                 log.warning("Slack: could not update the answered prompt: %s", _error(exc))
         message = Message(adapter=self.name, channel=channel, user=user, text=str(action.get("value", "")),
                           thread=thread, mentioned=True, direct=channel.startswith("D"),
-                          groups=await self._groups_of(user_id), raw={"action": body})
+                          groups=await self._groups_of(user_id), raw={"action": body}, trigger=body.get("trigger_id"))
         await self._deliver(message, user_id)
+
+    async def _on_shortcut(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
+        await ack()
+        if self._well_formed(body):
+            await self._guarded(self._shortcut(body))
+
+    async def _shortcut(self, body: dict[str, Any]) -> None:
+        """A message shortcut: the command its `callback_id` names (the app's manifest: `run-form`) on
+        the message's text, in the message's thread, with the shortcut's trigger to open a form."""
+        user = body.get("user") or {}
+        channel = body.get("channel") or {}
+        original = body.get("message") or {}
+        if not isinstance(user.get("id"), str) or not isinstance(channel.get("id"), str):
+            return
+        text, _ = plain_text(str(original.get("text") or ""), self.bot_user_id, addressed=True)
+        name = await self._user_name(user["id"], user.get("name"))
+        thread = original.get("thread_ts") or original.get("ts")
+        message = Message(adapter=self.name, channel=channel["id"], user=name, text=f"{body.get('callback_id')} {text}",
+                          thread=thread, mentioned=True, direct=channel["id"].startswith("D"),
+                          groups=await self._groups_of(user["id"]), raw={"shortcut": body},
+                          channel_name=channel.get("name"), trigger=body.get("trigger_id"))
+        await self._deliver(message, user["id"])
+
+    async def _on_form(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], view: dict[str, Any]) -> None:
+        """A form modal submitted: the bot checks it before the ack, so its errors go back on the fields
+        (`response_action: errors`, within Slack's 3 s) and the modal stays open to fix them."""
+        user = body.get("user") or {}
+        if self.on_form is None or not self._well_formed(body) or not isinstance(user.get("id"), str):
+            await ack()
+            return
+        submission = FormSubmission(adapter=self.name, user=await self._user_name(user["id"], user.get("username")),
+                                    state=str(view.get("private_metadata") or ""), values=form_values(view),
+                                    groups=await self._groups_of(user["id"]))
+        errors = await self.on_form(submission)
+        if not errors:
+            await ack()
+            return
+        blocks = [b.get("block_id") for b in view.get("blocks") or [] if b.get("type") == "input"]
+        await ack(response_action="errors",
+                  errors={(name if name in blocks else blocks[0] if blocks else name): text[:2000]
+                          for name, text in errors.items()})
+
+    async def open_form(self, trigger: str, form: Form) -> None:
+        """`views.open` with the form as a modal (Block Kit inputs, `private_metadata` the bot's state)."""
+        try:
+            await self.client.views_open(trigger_id=trigger, view=form_view(form))
+        except SlackApiError as exc:
+            raise DeliveryError(f"Slack refused to open the form: {_error(exc)}", permanent=True) from None
 
     async def _deliver(self, message: Message, user_id: str) -> None:
         if self._on_message is None:
@@ -789,6 +859,68 @@ class SlackAdapter:
         payload = {"response_type": "in_channel", **message_arguments(Reply(**{**reply.__dict__, "text": text}))}
         async with aiohttp.ClientSession() as session, session.post(url, json=payload) as response:
             return 200 <= response.status < 300
+
+
+def _plain(text: str, limit: int) -> dict[str, Any]:
+    return {"type": "plain_text", "text": text[:limit] or " "}
+
+
+def _element(item: FormField) -> dict[str, Any]:
+    """The Block Kit input for a field's kind; a secret is a plain text input that starts empty."""
+    element: dict[str, Any] = {"action_id": item.name}
+    if item.kind in ("integer", "number"):
+        element |= {"type": "number_input", "is_decimal_allowed": item.kind == "number"}
+    elif item.kind == "enum":
+        options = [{"text": _plain(o, 75), "value": o[:150]} for o in item.options[:100]]
+        element |= {"type": "static_select", "options": options}
+        chosen = next((o for o in options if o["value"] == item.initial), None)
+        if chosen:
+            element["initial_option"] = chosen
+        return element
+    elif item.kind == "boolean":
+        element |= {"type": "checkboxes", "options": [{"text": _plain("yes", 75), "value": "true"}]}
+        if item.initial == "true":
+            element["initial_options"] = element["options"]
+        return element
+    else:
+        element |= {"type": "plain_text_input", "multiline": item.kind in ("array", "object")}
+    if item.initial and item.kind != "secret":
+        element["initial_value"] = item.initial
+    return element
+
+
+def form_view(form: Form) -> dict[str, Any]:
+    """A form as a modal view: one input block per field, named by the field (block and action id)."""
+    blocks = []
+    for item in form.fields:
+        block: dict[str, Any] = {"type": "input", "block_id": item.name, "label": _plain(item.label, 2000),
+                                 "optional": not item.required, "element": _element(item)}
+        if item.hint:
+            block["hint"] = _plain(item.hint, 2000)
+        blocks.append(block)
+    return {"type": "modal", "callback_id": FORM_CALLBACK, "private_metadata": form.state,
+            "title": _plain(form.title, 24), "submit": _plain(form.submit, 24), "close": _plain("Cancel", 24),
+            "blocks": blocks}
+
+
+def form_values(view: dict[str, Any]) -> dict[str, str]:
+    """A submitted modal's state as text per field, as every form sends: a select's chosen value, a
+    ticked checkbox as "true" (unticked: absent), an input's text."""
+    values: dict[str, str] = {}
+    for block in ((view.get("state") or {}).get("values") or {}).values():
+        for name, state in (block or {}).items():
+            if not isinstance(state, dict):
+                continue
+            if state.get("type") == "static_select":
+                chosen = state.get("selected_option") or {}
+                if chosen.get("value") is not None:
+                    values[name] = str(chosen["value"])
+            elif state.get("type") == "checkboxes":
+                if state.get("selected_options"):
+                    values[name] = "true"
+            elif state.get("value") is not None:
+                values[name] = str(state["value"])
+    return values
 
 
 def _remember(table: OrderedDict[str, str], key: str, value: str, size: int = SEEN_SIZE) -> None:

@@ -3,7 +3,7 @@
 `load_aliases(registry)` turns the registry's `aliases` documents into `Alias` objects. A bad alias file
 becomes a `ContentError` and is skipped; everything else loads. Squall extensions kept as plain data for
 the bot to enforce: `permissions: {allow: {users, groups, channels}, deny: {...}}` and
-`confirm: true | {ttl: seconds}`.
+`confirm: true | {ttl: seconds}`, `approval: {groups, count, self_approval, ttl}`.
 
 `cast_alias_parameters` casts matched values by the action's parameter types (spec §3.1: arrays split on
 commas and stripped, via `engine.parameters.cast`), and `inject_immutable` adds the alias's
@@ -20,7 +20,7 @@ from typing import Any
 import jinja2
 
 from aliases.grammar import AliasFormatError, compile_format
-from engine.actions import Action
+from engine.actions import Action, ApprovalProblem, approval_policy
 from engine.packs import Registry, UnknownAction
 from engine.parameters import ParameterError, cast
 from engine.templates import TemplateRenderError, render_values
@@ -29,6 +29,7 @@ from engine.yamlfile import ContentError, LineMap
 ALIAS_KEYS = {
     "name", "pack", "action_ref", "description", "enabled", "formats", "ack", "result", "extra",
     "immutable_parameters", "metadata_file", "permissions", "confirm", "ref", "uid", "id", "allow_overrides",
+    "approval",
 }
 FORMAT_KEYS = {"display", "representation", "match_multiple"}
 ACK_KEYS = {"enabled", "format", "extra", "append_url"}
@@ -70,6 +71,9 @@ class Alias:
     metadata_file: str = ""
     #: Runner parameters (env, cwd, timeout...) a chat command may set as key=value; none by default.
     allow_overrides: list[str] = field(default_factory=list)
+    #: `approval: {groups, count, self_approval, ttl}` (`engine.actions.approval_policy`): chat holds
+    #: the command until enough approvers said yes; None leaves it to the action's own `approval`.
+    approval: dict[str, Any] | None = None
 
     @property
     def ref(self) -> str:
@@ -96,6 +100,7 @@ class Alias:
             "permissions": self.permissions,
             "confirm": self.confirm,
             "allow_overrides": self.allow_overrides,
+            "approval": self.approval,
             "metadata_file": self.metadata_file,
         }
 
@@ -224,6 +229,13 @@ def _allow_overrides(data: dict[str, Any], fail: Any) -> list[str]:
     return list(names)
 
 
+def _approval(data: dict[str, Any], fail: Any) -> dict[str, Any] | None:
+    try:
+        return approval_policy(data.get("approval"))
+    except ApprovalProblem as exc:
+        raise fail(str(exc), "approval", *([exc.key] if exc.key else [])) from None
+
+
 def build_alias(data: Any, lines: LineMap, *, pack: str, file: str, registry: Registry) -> Alias:
     """Check one alias document; raise `_Invalid` with the first problem."""
 
@@ -273,6 +285,7 @@ def build_alias(data: Any, lines: LineMap, *, pack: str, file: str, registry: Re
         confirm=_confirm(data, fail),
         metadata_file=file,
         allow_overrides=_allow_overrides(data, fail),
+        approval=_approval(data, fail),
     )
 
 

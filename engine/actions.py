@@ -25,7 +25,7 @@ PARAMETER_KEYS = _EXTENSION_KEYS | _DRAFT4_KEYS
 _OVERRIDABLE = {"default", "description", "enum", "immutable", "required"}
 _ACTION_KEYS = {
     "name", "runner_type", "entry_point", "description", "enabled", "pack", "parameters", "output_schema",
-    "notify", "tags", "metadata_file", "ref", "uid", "id",
+    "notify", "tags", "metadata_file", "ref", "uid", "id", "approval",
 }
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class Action:
     metadata_file: str
     pack_path: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    #: `approval:` (a Squall extension), checked by `approval_policy`: chat holds the action until approved.
+    approval: dict[str, Any] | None = None
 
     @property
     def ref(self) -> str:
@@ -97,6 +99,49 @@ def notify_problem(notify: Any) -> str | None:
         if key not in NOTIFY_SECTIONS:
             return f"unknown notify section '{key}'{_suggest(str(key), list(NOTIFY_SECTIONS))}"
     return None
+
+
+APPROVAL_KEYS = {"groups", "count", "self_approval", "ttl"}
+_TTL = re.compile(r"^(\d+)([smhd]?)$")
+_TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ApprovalProblem(ValueError):
+    """What is wrong with an `approval:` mapping, and the key under `approval` it is about (if one)."""
+
+    def __init__(self, reason: str, key: str | None = None) -> None:
+        super().__init__(reason)
+        self.key = key
+
+
+def approval_policy(value: Any) -> dict[str, Any] | None:
+    """An alias's or action's `approval: {groups, count: 1, self_approval: false, ttl: 1h}` with its
+    defaults filled and `ttl` in seconds (None when absent); `ApprovalProblem` names the bad key.
+    Checked at pack load: a typo must not let a command run unapproved or hold it forever."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ApprovalProblem("'approval' must be a mapping such as {groups: [oncall], count: 1, ttl: 1h}")
+    for key in value:
+        if key not in APPROVAL_KEYS:
+            raise ApprovalProblem(f"unknown approval attribute '{key}'{_suggest(str(key), APPROVAL_KEYS)}; "
+                                  f"allowed: {', '.join(sorted(APPROVAL_KEYS))}", str(key))
+    groups = value.get("groups")
+    if not isinstance(groups, list) or not groups or not all(isinstance(g, str) and g for g in groups):
+        raise ApprovalProblem("'approval.groups' must be a non-empty list of group names", "groups")
+    count = value.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ApprovalProblem("'approval.count' must be a whole number >= 1", "count")
+    self_approval = value.get("self_approval", False)
+    if not isinstance(self_approval, bool):
+        raise ApprovalProblem("'approval.self_approval' must be true or false", "self_approval")
+    ttl = value.get("ttl", "1h")
+    found = _TTL.match(str(ttl)) if not isinstance(ttl, bool) and isinstance(ttl, int | str) else None
+    seconds = int(found.group(1)) * _TTL_UNITS[found.group(2)] if found else 0
+    if seconds <= 0:
+        raise ApprovalProblem(f"'approval.ttl' must be seconds or a duration such as 30m, 1h or 2d, not {ttl!r}",
+                              "ttl")
+    return {"groups": list(groups), "count": count, "self_approval": self_approval, "ttl": seconds}
 
 
 def _suggest(word: str, choices: set[str] | list[str]) -> str:
@@ -243,6 +288,10 @@ def build_action(data: Any, lines: LineMap, *, pack: str, pack_path: Path, file:
     output_schema = data.get("output_schema")
     if output_schema is not None and not isinstance(output_schema, dict):
         raise fail("'output_schema' must be a JSON schema mapping", "output_schema")
+    try:
+        approval = approval_policy(data.get("approval"))
+    except ApprovalProblem as exc:
+        raise fail(str(exc), "approval", *([exc.key] if exc.key else [])) from None
 
     return Action(
         name=name,
@@ -258,4 +307,5 @@ def build_action(data: Any, lines: LineMap, *, pack: str, pack_path: Path, file:
         output_schema=output_schema,
         metadata_file=file,
         pack_path=pack_path,
+        approval=approval,
     )

@@ -210,6 +210,35 @@ execution_output = sa.Table(
     sa.Index("ix_execution_output_execution", "execution_id", "id"),
 )
 
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    # A chat command held until enough approvers said yes (`bot/chat/approvals.py`).
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("alias", sa.String(255), nullable=False),
+    sa.Column("action", sa.String(255), nullable=False),
+    # The request as the command path would make it: typed values are data, `render` names the
+    # alias author's templates; the context it would have run with.
+    sa.Column("parameters", sa.JSON, nullable=False),
+    sa.Column("render", sa.JSON, nullable=False),
+    sa.Column("context", sa.JSON, nullable=False),
+    sa.Column("requester", sa.String(255), nullable=False),
+    sa.Column("adapter", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(255), nullable=False),
+    sa.Column("thread", sa.String(255), nullable=True),
+    sa.Column("groups", sa.JSON, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("self_approval", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | approved | denied | expired
+    sa.Column("decisions", sa.JSON, nullable=False),  # [{user, at, adapter, channel, thread, verdict, reason}]
+    # Bumped by every decision: two deciders at once cannot both win (nor lose a decision).
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("execution_id", sa.String(32), nullable=True),
+    sa.Index("ix_approvals_status_expires", "status", "expires_at"),
+)
+
 _GET_EXECUTION = sa.select(executions).where(executions.c.id == sa.bindparam("_id"))
 _KEYED_ROW = sa.select(outbox.c.id).where(outbox.c.execution_id == sa.bindparam("execution_id"),
                                           outbox.c.kind == sa.bindparam("kind"))
@@ -328,7 +357,7 @@ def create_engine(url: str) -> Engine:
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0013"
+HEAD_REVISION = "0014"
 
 
 def _revision(engine: Engine) -> str | None:
@@ -1102,6 +1131,37 @@ class Store:
                      .order_by(execution_output.c.id).limit(limit))
         if stream is not None:
             statement = statement.where(execution_output.c.stream == stream)
+        with self._read() as conn:
+            return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
+
+    def approval_add(self, record: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(approvals.insert(), record)
+
+    def approval_get(self, approval_id: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            return _row(conn.execute(sa.select(approvals).where(approvals.c.id == approval_id)).first())
+
+    def approval_update(self, approval_id: str, revision: int, fields: dict[str, Any]) -> bool:
+        """Write `fields` (and the next revision) if the row is still pending at `revision`: whether
+        this caller's decision won."""
+        statement = (approvals.update()
+                     .where(approvals.c.id == approval_id, approvals.c.revision == revision,
+                            approvals.c.status == "pending")
+                     .values(**fields, revision=revision + 1))
+        with self._write() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def approval_ran(self, approval_id: str, execution_id: str) -> None:
+        """Name the execution an approved command became."""
+        with self._write() as conn:
+            conn.execute(approvals.update().where(approvals.c.id == approval_id).values(execution_id=execution_id))
+
+    def approvals_pending(self, due_before: datetime | None = None) -> list[dict[str, Any]]:
+        """Pending approvals (only those expiring by `due_before`, when given), oldest first."""
+        statement = sa.select(approvals).where(approvals.c.status == "pending").order_by(approvals.c.created_at)
+        if due_before is not None:
+            statement = statement.where(approvals.c.expires_at <= due_before)
         with self._read() as conn:
             return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
 

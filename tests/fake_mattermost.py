@@ -8,7 +8,9 @@ bot's own posts echoed back, `authentication_challenge` answered with `seq_reply
 connections (`?connection_id=&sequence_number=` replays what was queued while the socket was down).
 
 Test controls are plain methods on `FakeMattermost` (it runs on the test's event loop): `say()`
-(a person posts), `slash()` (Mattermost calls the bot's slash-command URL), `rate_limit()`,
+(a person posts), `slash()` (Mattermost calls the bot's slash-command URL), `click()` (a message
+button), `submit_dialog()` (an interactive dialog opened through `POST /actions/dialogs/open`, whose
+trigger must be one this server issued to a slash command or a click, once), `rate_limit()`,
 `drop_websockets()`, `refuse_websockets`, and `calls`, a record of every REST call (never tokens).
 """
 
@@ -90,6 +92,10 @@ class FakeMattermost:
         self.calls: list[dict[str, Any]] = []
         #: Slash-command answers: {"hook", "payload", "via": "answer" (the HTTP answer) or "response_url"}.
         self.responses: list[dict[str, Any]] = []
+        #: Interactive dialogs opened: {"trigger_id", "url", "dialog", "user_id"} (the trigger's user).
+        self.dialogs: list[dict[str, Any]] = []
+        #: Trigger ids issued with slash commands and clicks, by the user they belong to (single use).
+        self.triggers: dict[str, str] = {}
         #: Every websocket upgrade: {"query": {...}}.
         self.ws_connects: list[dict[str, str]] = []
         self.connections: dict[str, Connection] = {}
@@ -169,6 +175,7 @@ class FakeMattermost:
         r.add_put("/api/v4/posts/{id}/patch", self._patch_post)
         r.add_put("/api/v4/posts/{id}", self._update_post)
         r.add_post("/api/v4/files", self._upload)
+        r.add_post("/api/v4/actions/dialogs/open", self._open_dialog)
         r.add_post("/hooks/commands/{id}", self._command_hook)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
@@ -236,7 +243,7 @@ class FakeMattermost:
         self.hooks[hook] = {"channel_id": channel["id"], "user_id": user["id"], "uses": 0, "created": time.time()}
         form = {"channel_id": channel["id"], "channel_name": channel["name"], "command": command,
                 "response_url": f"{self.url}/hooks/commands/{hook}", "team_domain": self.team["name"],
-                "team_id": self.team["id"], "text": text, "trigger_id": mmid(), "user_id": user["id"],
+                "team_id": self.team["id"], "text": text, "trigger_id": self._trigger(user), "user_id": user["id"],
                 "user_name": user["username"]}
         headers = {}
         if token is not None:
@@ -264,7 +271,7 @@ class FakeMattermost:
         channel = self.channels[post["channel_id"]]
         request = {"user_id": user["id"], "user_name": user["username"], "channel_id": channel["id"],
                    "channel_name": channel["name"], "team_id": self.team["id"], "team_domain": self.team["name"],
-                   "post_id": post["id"], "trigger_id": mmid(), "type": "", "data_source": "",
+                   "post_id": post["id"], "trigger_id": self._trigger(user), "type": "", "data_source": "",
                    "context": integration.get("context") or {}}
         if self._client is None:
             self._client = aiohttp.ClientSession()
@@ -279,6 +286,28 @@ class FakeMattermost:
             await self._publish("post_edited", {"post": json.dumps(stored)}, {"channel_id": stored["channel_id"]},
                                 stored["channel_id"])
         return status, answer
+
+    def _trigger(self, user: dict[str, Any]) -> str:
+        trigger = mmid()
+        self.triggers[trigger] = user["id"]
+        return trigger
+
+    async def submit_dialog(self, opened: dict[str, Any], values: dict[str, Any], *,
+                            user: dict[str, Any] | None = None, cancelled: bool = False) -> tuple[int, Any]:
+        """A person submits an opened dialog: the server POSTs a SubmitDialogRequest to the dialog's
+        url, with the submitter's user_id (and the dialog's state); returns (status, answer). A bool
+        element is sent as true/false, the others as the text typed (absent when left empty)."""
+        dialog = opened["dialog"]
+        user = user or self.users[opened["user_id"]]
+        submission = {e["name"]: (bool(values.get(e["name"])) if e["type"] == "bool" else values[e["name"]])
+                      for e in dialog["elements"] if e["type"] == "bool" or values.get(e["name"]) is not None}
+        request = {"type": "dialog_submission", "url": opened["url"], "callback_id": dialog.get("callback_id", ""),
+                   "state": dialog.get("state", ""), "user_id": user["id"], "channel_id": self.town_square["id"],
+                   "team_id": self.team["id"], "submission": {} if cancelled else submission, "cancelled": cancelled}
+        if self._client is None:
+            self._client = aiohttp.ClientSession()
+        async with self._client.post(opened["url"], json=request) as response:
+            return response.status, await response.json(content_type=None)
 
     # -- middleware ---------------------------------------------------------------------------------
     @web.middleware
@@ -321,6 +350,20 @@ class FakeMattermost:
         return self.tokens.get(request.cookies.get("MMAUTHTOKEN", ""))
 
     # -- REST -----------------------------------------------------------------------------------------
+    async def _open_dialog(self, request: web.Request) -> web.Response:
+        body = request[CALL]["body"] or {}
+        user_id = self.triggers.pop(str(body.get("trigger_id")), None)
+        dialog = body.get("dialog")
+        if user_id is None:
+            return error(400, "interactive_message.decode_trigger_id.expired", "Trigger ID for interactive "
+                         "dialog is expired.")
+        if not isinstance(dialog, dict) or not body.get("url") or not dialog.get("elements"):
+            return error(400, "api.context.invalid_body_param.app_error", "Invalid or missing dialog in request body.")
+        self.dialogs.append({"trigger_id": body["trigger_id"], "url": body["url"], "dialog": dialog,
+                             "user_id": user_id})
+        await self._notify()
+        return J({"status": "OK"})
+
     async def _users_me(self, request: web.Request) -> web.Response:
         return J(self.users[request[USER_ID]])
 

@@ -8,6 +8,9 @@ verified against slack-bolt 1.30 / slack_sdk 3.48 (../shared/reference/chat-prot
 - `/link/`: the Socket Mode socket. `hello` at once; envelopes carry an `envelope_id`; acks
   (`{"envelope_id", "payload"?}`) are recorded.
 - `/upload/{file_id}` (files_upload_v2's step 2) and `/response/{n}` (slash commands' response_url).
+- `views.open` opens a modal (recorded in `views`, answered with the view and its id, `expired_trigger_id`
+  for a trigger used before); `submit_view` sends its `view_submission` as Slack does (an
+  `interactive` envelope whose ack may carry `response_action`) and returns that ack's payload.
 It runs on the test's own event loop, on a free 127.0.0.1 port, and records every call.
 """
 
@@ -63,6 +66,7 @@ class FakeSlack:
     uploads: dict[str, bytes] = field(default_factory=dict)
     responses: list[dict[str, Any]] = field(default_factory=list)  # what was POSTed to response_urls
     connections: int = 0
+    views: list[dict[str, Any]] = field(default_factory=list)  # modals opened by views.open, as Slack holds them
     #: Methods that answer `{"ok": false, "error": <value>}` (a missing scope, say).
     errors: dict[str, str] = field(default_factory=dict)
     #: Channels the bot is not a member of: chat.postMessage answers `not_in_channel`.
@@ -196,11 +200,57 @@ class FakeSlack:
             container["thread_ts"] = stored["thread_ts"] = message["thread_ts"]
         return {"type": "block_actions", "team": {"id": TEAM, "domain": "fake"},
                 "user": {"id": user, "username": self.users.get(user, {}).get("name", user), "team_id": TEAM},
-                "api_app_id": "A0000001", "token": "legacy", "container": container, "trigger_id": "trig.click",
+                "api_app_id": "A0000001", "token": "legacy", "container": container,
+                "trigger_id": f"trig.click.{next(self._ts)}",
                 "channel": {"id": message["channel"], "name": self.channels.get(message["channel"], {}).get("name")},
                 "message": stored, "response_url": f"{self.url}/response/click",
                 "actions": [{"action_id": button["action_id"], "block_id": "squall_buttons", "value": value,
                              "type": "button", "text": button["text"], "action_ts": str(time.time())}]}
+
+    def message_shortcut(self, message: dict[str, Any], callback_id: str, *, user: str = "UALICE01") -> dict[str, Any]:
+        """The `message_action` payload of a message shortcut used on `message` (an event's or a post's)."""
+        channel = message["channel"]
+        shown = {"type": "message", "user": message.get("user", BOT_USER), "ts": message["ts"],
+                 "text": message.get("text", "")}
+        if message.get("thread_ts"):
+            shown["thread_ts"] = message["thread_ts"]
+        return {"type": "message_action", "token": "legacy", "action_ts": str(time.time()),
+                "team": {"id": TEAM, "domain": "fake"},
+                "user": {"id": user, "name": self.users.get(user, {}).get("name", user), "team_id": TEAM},
+                "channel": {"id": channel, "name": self.channels.get(channel, {}).get("name") or "directmessage"},
+                "is_enterprise_install": False, "callback_id": callback_id,
+                "trigger_id": f"trig.shortcut.{next(self._ts)}", "response_url": f"{self.url}/response/shortcut",
+                "message_ts": message["ts"], "message": shown}
+
+    async def submit_view(self, view: dict[str, Any], values: dict[str, Any], *,
+                          user: str = "UALICE01") -> dict[str, Any]:
+        """Submit an opened modal with `values` (per field: text, an option's value, or True/False for
+        a checkbox), as Slack's `view_submission`; returns the ack's payload ({} for a plain ack)."""
+        state: dict[str, dict[str, Any]] = {}
+        for block in view.get("blocks") or []:
+            if block.get("type") != "input":
+                continue
+            element = block["element"]
+            value = values.get(block["block_id"])
+            entry: dict[str, Any] = {"type": element["type"]}
+            if element["type"] == "static_select":
+                entry["selected_option"] = next((o for o in element["options"] if o["value"] == value), None)
+            elif element["type"] == "checkboxes":
+                entry["selected_options"] = element["options"][:1] if value else []
+            else:
+                entry["value"] = None if value is None else str(value)
+            state[block["block_id"]] = {element["action_id"]: entry}
+        payload = {"type": "view_submission", "team": {"id": TEAM, "domain": "fake"},
+                   "user": {"id": user, "username": self.users.get(user, {}).get("name", user),
+                            "name": self.users.get(user, {}).get("name", user), "team_id": TEAM},
+                   "api_app_id": "A0000001", "token": "legacy", "trigger_id": f"trig.view.{next(self._ts)}",
+                   "view": {**{k: v for k, v in view.items() if k != "trigger_id"}, "state": {"values": state}},
+                   "response_urls": [],
+                   "is_enterprise_install": False, "enterprise": None}
+        envelope = await self.push("interactive", payload)
+        ack = await self.wait_for(lambda: next((a for a in self.acks if a["envelope_id"] == envelope), None),
+                                  what="the view_submission's ack")
+        return ack.get("payload") or {}
 
     # -- the Web API -------------------------------------------------------------------------------
     async def _params(self, request: web.Request) -> dict[str, Any]:
@@ -234,6 +284,18 @@ class FakeSlack:
         body = handler(params) if handler is not None else {"ok": False, "error": "unknown_method"}
         await self._record(Call(method, params))
         return web.json_response(body)
+
+    def _m_views_open(self, p: dict[str, Any]) -> dict[str, Any]:
+        """A trigger opens one view, once (Slack: valid 3 s, single use)."""
+        view = json.loads(p["view"]) if isinstance(p.get("view"), str) else p.get("view")
+        if not p.get("trigger_id") or not isinstance(view, dict):
+            return {"ok": False, "error": "invalid_arguments"}
+        if any(v["trigger_id"] == p["trigger_id"] for v in self.views):
+            return {"ok": False, "error": "expired_trigger_id"}
+        opened = {**view, "id": f"V{len(self.views) + 1:08d}", "team_id": TEAM, "app_id": "A0000001",
+                  "bot_id": BOT_ID, "state": {"values": {}}, "hash": uuid.uuid4().hex, "trigger_id": p["trigger_id"]}
+        self.views.append(opened)
+        return {"ok": True, "view": opened}
 
     def _m_auth_test(self, p: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": "https://fake.slack.com/", "team": "Fake", "user": "squall", "team_id": TEAM,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from adapters.base import Adapter
 from bot.chat.announce import Announcer
+from bot.chat.approvals import ApprovalChat
 from bot.chat.auth import Authorizer
 from bot.chat.commands import CommandService
 from bot.chat.dispatcher import ChatSettings, Dispatcher
@@ -55,8 +56,11 @@ class ChatBot:
         auth = Authorizer.from_config(config.section("auth"))
         #: The one command path (chat, the HTTP API, forms): match, authorise, request, audit, ack.
         self.commands = CommandService(engine, self.index, auth)
+        #: Commands held for approvers; it sets itself as the command path's holder.
+        self.approvals = ApprovalChat(engine, self.commands, self.outbox, auth, settings.prefix)
         self.dispatcher = Dispatcher(engine=engine, index=self.index, outbox=self.outbox, adapters=self.adapters,
-                                     inquiries=self.inquiries, commands=self.commands, auth=auth, settings=settings)
+                                     inquiries=self.inquiries, commands=self.commands, auth=auth, settings=settings,
+                                     approvals=self.approvals)
         engine.events.subscribe(EXECUTION_FINISHED, self.dispatcher.on_finished)
         self._began = False
         self._stopped = False
@@ -76,6 +80,9 @@ class ChatBot:
         self._began = True
         await self.outbox.poll()
         await self.sweep(RESULT_HORIZON)
+        waiting = await self.approvals.pending()
+        if waiting:
+            log.info("%d held command(s) wait for approvers", waiting)
 
     async def start(self) -> None:
         await self.begin()
@@ -97,6 +104,10 @@ class ChatBot:
             posted += await self.notices.post_missing(since)
         except Exception:
             log.exception("looking for notifications that were never stored failed; trying again later")
+        try:  # approvals past their time: told in their thread once (the row's status guards it)
+            await self.approvals.sweep()
+        except Exception:
+            log.exception("expiring approvals failed; trying again later")
         return posted
 
     async def _sweep_forever(self) -> None:

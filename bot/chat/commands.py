@@ -8,11 +8,15 @@ parameters (what a person typed is data; only the format's own defaults are rend
 parameters win), request the execution, audit it, and render the ack.
 
 Confirmation and where the ack goes are the caller's: the chat holds a command until `yes` and
-posts the ack in the thread; the API returns the ack's text.
+posts the ack in the thread; the API returns the ack's text. A command whose alias (or action)
+declares `approval:` is held after authorisation by `holder` (`bot/chat/approvals.py`) and requested
+later through `request`, with the parameters and context taken here; where there is no chat to ask
+approvers in (the API), it is refused rather than run unapproved.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,11 +49,36 @@ class Accepted:
     ack_extra: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Held:
+    """A command waiting for approvers: the stored approval row."""
+
+    approval: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HeldRequest:
+    """What an approved command will be requested with: the command path's parameters (the
+    alias author's templates named in `render`; everything typed is data) and its context."""
+
+    alias: Alias
+    message: Message
+    parameters: dict[str, Any]
+    render: list[str]
+    context: dict[str, Any]
+    policy: dict[str, Any]
+
+
+Holder = Callable[[HeldRequest], Awaitable[Held]]
+
+
 class CommandService:
     def __init__(self, engine: Engine, index: AliasIndex, auth: Authorizer) -> None:
         self.engine = engine
         self.index = index
         self.auth = auth
+        #: Holds commands that need approval (the chat side sets it); None refuses them.
+        self.holder: Holder | None = None
 
     def match(self, text: str) -> AliasMatch:
         """The alias `text` means; `NoMatch` (with suggestions) or `AmbiguousCommand` otherwise."""
@@ -64,14 +93,31 @@ class CommandService:
             raise CommandRefused(decision.reason)
 
     async def run(self, match: AliasMatch, message: Message, source: str,
-                  chat: dict[str, Any] | None = None) -> Accepted:
-        """Request the execution `match` means for `message`'s sender (audited as `<source>.execution`).
-        `chat` is where results go back (adapter, channel, thread…), for commands from chat."""
+                  chat: dict[str, Any] | None = None) -> Accepted | Held:
+        """Request the execution `match` means for `message`'s sender (audited as `<source>.execution`),
+        or hold it for approvers (`Held`). `chat` is where results go back (adapter, channel, thread…),
+        for commands from chat."""
         alias = match.alias
         context = self.context(alias, message, source, chat)
         try:
-            parameters, render = match.request_parameters(self.engine.registry.action(alias.action_ref), context)
-            execution = await self.engine.executions.request(alias.action_ref, parameters, context, render=render)
+            action = self.engine.registry.action(alias.action_ref)
+            parameters, render = match.request_parameters(action, context)
+        except (ParameterError, UnknownAction, ValueError) as exc:
+            raise CommandFailed(str(exc)) from exc
+        policy = alias.approval or action.approval
+        if policy is not None:
+            if self.holder is None or chat is None:
+                raise CommandFailed(f"{alias.ref} needs approval from {', '.join(policy['groups'])}; "
+                                    "send it in chat, where approvers can be asked")
+            return await self.holder(HeldRequest(alias, message, parameters, sorted(render), context, policy))
+        return await self.request(alias, message, source, parameters, render, context)
+
+    async def request(self, alias: Alias, message: Message, source: str, parameters: dict[str, Any],
+                      render: Iterable[str], context: dict[str, Any]) -> Accepted:
+        """The request step: the execution, its audit event and its ack (also for an approved command)."""
+        try:
+            execution = await self.engine.executions.request(alias.action_ref, parameters, context,
+                                                             render=set(render))
         except (ParameterError, UnknownAction, ValueError) as exc:
             raise CommandFailed(str(exc)) from exc
         await self._audit(f"{source}.execution", message, alias.ref,

@@ -21,8 +21,10 @@ from adapters.base import Adapter, Message, Reply
 from aliases import Alias, AliasMatcher, AmbiguousCommand, NoMatch
 from aliases.rank import RANKERS, Ranked, Ranker, make_ranker
 from bot.chat import help as chat_help
+from bot.chat.approvals import APPROVE, DENY, ApprovalChat
 from bot.chat.auth import Authorizer
-from bot.chat.commands import CommandFailed, CommandRefused, CommandService
+from bot.chat.commands import CommandFailed, CommandRefused, CommandService, Held
+from bot.chat.forms import ChatForms
 from bot.chat.index import AliasIndex
 from bot.chat.inquiries import InquiryChat
 from bot.chat.outbox import Outbox
@@ -118,6 +120,10 @@ class Dispatcher:
     settings: ChatSettings = field(default_factory=ChatSettings)
     _confirmations: dict[tuple[str, str, str], PendingConfirmation] = field(default_factory=dict)
     _ranker: Ranker | None = None
+    #: Commands held for approvers (`bot/chat/approvals.py`); `approve` / `deny` answer them.
+    approvals: ApprovalChat | None = None
+    #: Chat forms (`run-form`, and the offer of a form when a typed command misses a parameter).
+    forms: ChatForms = field(init=False)
 
     @property
     def matcher(self) -> AliasMatcher:
@@ -128,6 +134,7 @@ class Dispatcher:
         return self.index.aliases
 
     def __post_init__(self) -> None:
+        self.forms = ChatForms(self)
         if self.settings.suggest_ranker != "lexical":
             self.ranker  # noqa: B018 (a model loads at start-up, where a broken install shows, not at a message)
 
@@ -151,6 +158,8 @@ class Dispatcher:
             adapter = self.adapters.get(message.adapter)
             if await self._inquiry_answer(message, text, adapter is None or adapter.capabilities.threads):
                 return
+            if await self.forms.answer(message, text):
+                return  # a question of a form asked in chat: answers need no prefix
             if text is None:
                 return  # chatter: the adapters pass every message on, the dispatcher decides
             metrics.count(metrics.chat_messages, message.adapter)
@@ -192,6 +201,8 @@ class Dispatcher:
                 what = pending.match.alias.action_ref if pending.command is None else "that"
                 await self.say(message, f"OK, not running {what}.")
             return
+        if await self.forms.command(message, text):
+            return
         if not text:
             await self.say(message, f"Yes? Try `{self.settings.prefix}help`.")
             return
@@ -218,8 +229,14 @@ class Dispatcher:
             metrics.count(metrics.chat_commands, message.adapter, "unmatched")
             await self._unknown(message, text, exc.suggestions)
             return
+        await self.run_matched(match, message, text)
+
+    async def run_matched(self, match: Any, message: Message, text: str | None = None) -> None:
+        """Authorise, confirm (if the alias asks) and run a matched command: for typed commands (`text`
+        without its prefix) and chat forms (`bot/chat/forms.py`) alike."""
+        key = (message.adapter, message.channel, message.user)
         try:
-            await self.commands.authorise(match, Message(**{**message.__dict__, "text": text}), "chat")
+            await self.commands.authorise(match, Message(**{**message.__dict__, "text": text or message.text}), "chat")
         except CommandRefused as exc:
             metrics.count(metrics.chat_commands, message.adapter, "denied")
             await self.say(message, f"Sorry {message.user}, you may not run that: {exc}.")
@@ -296,8 +313,13 @@ class Dispatcher:
         try:
             accepted = await self.commands.run(match, message, "chat", chat=where)
         except CommandFailed as exc:
+            if self.forms.missing(match):  # offer the form, the error saying why
+                await self.forms.offer(message, match.alias, f"I can't run that: {exc}", match.parameters)
+                return
             await self.say(message, f"I can't run that: {exc}")
             return
+        if isinstance(accepted, Held):
+            return  # the approvers were asked in the thread; it runs once they said yes
         if accepted.ack is not None:
             # Keyed (execution, "ack"): the result's edit of it finds its row in the database, after
             # a restart as well as in this process.
@@ -463,6 +485,22 @@ class Dispatcher:
     async def _builtin_respond(self, message: Message, rest: str) -> None:
         """`respond <inquiry-id> <json or value>`: answer an inquiry (spec §11.2)."""
         await self.say(message, await self.inquiries.respond_command(message, rest, self.settings.prefix))
+
+    async def _builtin_approve(self, message: Message, rest: str) -> None:
+        """`approve <id>` (typed anywhere, or an Approve button): one approver's yes to a held command."""
+        await self._decide(message, APPROVE, rest)
+
+    async def _builtin_deny(self, message: Message, rest: str) -> None:
+        """`deny <id> <reason>` (or a Deny button): ends a held command at once."""
+        await self._decide(message, DENY, rest)
+
+    async def _decide(self, message: Message, verdict: str, rest: str) -> None:
+        if self.approvals is None:
+            await self.say(message, "Approvals are not handled here.")
+            return
+        said = await self.approvals.decide(message, verdict, rest)
+        if said is not None:
+            await self.say(message, said)
 
     async def _inquiry_answer(self, message: Message, text: str | None, threaded: bool) -> bool:
         """A bare answer (or a button's value) in the thread an inquiry was asked in. Where there

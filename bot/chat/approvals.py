@@ -1,0 +1,230 @@
+"""Approvals (issue 20): a chat command whose alias or action declares `approval:` is held after
+authorisation, stored in `approvals`, and run through the command path's request step once
+`count` distinct approvers from its groups said yes.
+
+Everything lives in the table, read again at each decision, so a restart loses nothing and several
+`squall serve` processes agree: a decision is written only if the row is still pending at the
+revision it was read at (`Store.approval_update`), so one decider wins a race and the command is
+requested once. Approvers are the chat's groups as `Authorizer.groups_of` resolves them, and admins;
+the requester may approve only with `self_approval: true`. Every decision, refusal, expiry and
+the final run is an audit event (`chat.approval.*`), and the execution's `context.approval` names
+who approved, when and from where. The approvers' words (a deny reason) are shown, never rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from adapters.base import Message, Reply
+from bot.chat.auth import Authorizer
+from bot.chat.commands import CommandFailed, CommandService, Held, HeldRequest
+from bot.chat.outbox import Outbox
+from bot.chat.replies import short
+from engine.storage import iso, utcnow
+
+if TYPE_CHECKING:
+    from engine.core import Engine
+
+log = logging.getLogger(__name__)
+APPROVE, DENY = "approve", "deny"
+
+
+class ApprovalChat:
+    """Holds commands for approvers, takes their decisions, runs or ends them, expires them."""
+
+    def __init__(self, engine: Engine, commands: CommandService, outbox: Outbox, auth: Authorizer,
+                 prefix: str) -> None:
+        self.engine = engine
+        self.commands = commands
+        self.outbox = outbox
+        self.auth = auth
+        self.prefix = prefix
+        commands.holder = self.hold
+
+    # -- holding ---------------------------------------------------------------------------------
+    async def hold(self, held: HeldRequest) -> Held:
+        """Store the command with its policy and ask its thread for approvers (Approve / Deny)."""
+        action = self.engine.registry.action(held.alias.action_ref)
+        secret = sorted(action.secret_names & set(held.parameters))
+        if secret:  # the table is not sealed: a secret typed in chat must not wait there in clear
+            raise CommandFailed(f"{held.alias.ref} needs approval, and approvals cannot hold secret parameters "
+                                f"({', '.join(secret)}) yet")
+        chat = held.context["chat"]
+        policy = held.policy
+        now = utcnow()
+        row = {"id": secrets.token_hex(4), "alias": held.alias.ref, "action": held.alias.action_ref,
+               "parameters": held.parameters, "render": held.render, "context": held.context,
+               "requester": held.message.user, "adapter": chat["adapter"], "channel": chat["channel"],
+               "thread": chat.get("thread"), "groups": policy["groups"], "count": policy["count"],
+               "self_approval": policy["self_approval"], "created_at": now,
+               "expires_at": now + timedelta(seconds=policy["ttl"]), "status": "pending", "decisions": [],
+               "revision": 0, "execution_id": None}
+        db = self.engine.db
+        await db(db.store.approval_add, row)
+        await self._audit("chat.approval.request", held.message.user, _where(held.message), row,
+                          {"parameters": _shown(held.parameters, action.secret_names)})
+        shown = ", ".join(f"{k}={short(str(v), 60)}" for k, v in held.parameters.items()) or "no parameters"
+        await self._tell(row, f"{held.alias.action_ref} with {shown} is waiting for {_approvals(row['count'])} "
+                              f"from {', '.join(row['groups'])} (approval {row['id']}, expires in "
+                              f"{_duration(policy['ttl'])}). `{self.prefix}approve {row['id']}` or "
+                              f"`{self.prefix}deny {row['id']} <reason>`.",
+                         buttons=_buttons(row["id"]))
+        return Held(row)
+
+    # -- deciding --------------------------------------------------------------------------------
+    async def decide(self, message: Message, verdict: str, rest: str) -> str | None:
+        """`approve ID` / `deny ID reason` from `message`'s sender: what to tell them (None when
+        the outcome was told in the thread they typed in)."""
+        approval_id, _, reason = rest.strip().partition(" ")
+        if not approval_id:
+            return f"Which one? `{self.prefix}{verdict} <approval-id>{' <reason>' if verdict == DENY else ''}`"
+        db = self.engine.db
+        for _attempt in range(5):  # a concurrent decision moved the revision on: read again
+            row = await db(db.store.approval_get, approval_id)
+            if row is None:
+                return f"There is no approval {short(approval_id, 40)}."
+            if row["status"] == "pending" and row["expires_at"] <= utcnow():
+                await self._expire(row)
+                row = await db(db.store.approval_get, approval_id) or row
+            refusal = self._refusal(row, message, verdict)
+            if refusal is not None:
+                await self._audit("chat.approval.refused", message.user, _where(message), row,
+                                  {"verdict": verdict, "reason": refusal})
+                return refusal
+            decision = {"user": message.user, "at": iso(utcnow()), "adapter": message.adapter,
+                        "channel": message.channel, "thread": message.thread, "verdict": verdict,
+                        "reason": reason.strip() or None}
+            decisions = [*row["decisions"], decision]
+            approved = sum(d["verdict"] == APPROVE for d in decisions)
+            status = "denied" if verdict == DENY else ("approved" if approved >= row["count"] else "pending")
+            if await db(db.store.approval_update, row["id"], row["revision"],
+                        {"decisions": decisions, "status": status}):
+                break
+        else:
+            return f"Approval {approval_id} is busy; try again."
+        row = {**row, "decisions": decisions, "status": status}
+        await self._audit(f"chat.approval.{verdict}", message.user, _where(message), row,
+                          {"reason": decision["reason"], "status": status})
+        if status == "denied":
+            text = f"Approval {row['id']} was denied by {message.user}: {decision['reason'] or 'no reason given'}. " \
+                   f"Not running {row['action']}."
+        elif status == "approved":
+            text = f"Approval {row['id']} approved by {', '.join(_approvers(row))}; running {row['action']}."
+        else:
+            text = f"{message.user} approved {row['id']} ({approved} of {row['count']})."
+        # Slack and Mattermost take the buttons off a clicked prompt: the next approvers get fresh ones.
+        await self._tell(row, text, _buttons(row["id"]) if status == "pending" else None)
+        if status == "approved":
+            await self._run(row)
+        return None if self._in_thread(row, message) else text
+
+    def _refusal(self, row: dict[str, Any], message: Message, verdict: str) -> str | None:
+        """Why `message`'s sender may not decide `row` now, or None."""
+        if row["status"] != "pending":
+            return f"Approval {row['id']} is already {row['status']}."
+        member = self.auth.is_admin(message) or bool(self.auth.groups_of(message) & set(row["groups"]))
+        own = message.user == row["requester"]
+        if not member and not (own and verdict == DENY):  # the requester may always withdraw
+            return f"Sorry {message.user}, only {', '.join(row['groups'])} may decide {row['id']}."
+        if own and verdict == APPROVE and not row["self_approval"]:
+            return f"{message.user}, you asked for {row['id']}: someone else from {', '.join(row['groups'])} " \
+                   "must approve it."
+        if any(d["user"] == message.user for d in row["decisions"]):
+            return f"{message.user}, you already decided {row['id']}; each approver counts once."
+        return None
+
+    # -- running and expiring --------------------------------------------------------------------
+    async def _run(self, row: dict[str, Any]) -> None:
+        """The command path's request step, with the context it was held with plus the decisions."""
+        alias = self.commands.index.aliases.get(row["alias"])
+        requester = Message(adapter=row["adapter"], channel=row["channel"], user=row["requester"], text="",
+                            thread=row["thread"])
+        if alias is None:
+            await self._tell(row, f"Cannot run {row['id']}: the alias {row['alias']} is no longer loaded.")
+            return
+        context = {**row["context"], "approval": {"id": row["id"], "groups": row["groups"], "count": row["count"],
+                                                  "decisions": row["decisions"]}}
+        try:
+            accepted = await self.commands.request(alias, requester, "chat", row["parameters"], row["render"],
+                                                   context)
+        except CommandFailed as exc:
+            await self._tell(row, f"I can't run {row['id']}: {exc}")
+            return
+        db = self.engine.db
+        await db(db.store.approval_ran, row["id"], accepted.execution["id"])
+        await self._audit("chat.approval.run", row["requester"], f"{row['adapter']}:{row['channel']}", row,
+                          {"execution": accepted.execution["id"], "approvers": _approvers(row)})
+        if accepted.ack is not None:
+            reply = Reply(adapter=row["adapter"], channel=row["channel"], thread=row["thread"], text=accepted.ack,
+                          extra=accepted.ack_extra)
+            await self.outbox.post_keyed(accepted.execution["id"], "ack", [reply])
+
+    async def sweep(self) -> int:
+        """Expire pending approvals past their time, telling each thread once; how many."""
+        db = self.engine.db
+        due = await db(db.store.approvals_pending, utcnow())
+        return sum([await self._expire(row) for row in due])
+
+    async def pending(self) -> int:
+        """How many approvals wait (read at start: they live in the table, nothing to rebuild)."""
+        db = self.engine.db
+        return len(await db(db.store.approvals_pending))
+
+    async def _expire(self, row: dict[str, Any]) -> bool:
+        db = self.engine.db
+        if not await db(db.store.approval_update, row["id"], row["revision"], {"status": "expired"}):
+            return False  # decided or expired by someone else meanwhile
+        await self._audit("chat.approval.expire", None, f"{row['adapter']}:{row['channel']}", row,
+                          {"approvals": len(_approvers(row)), "count": row["count"]})
+        await self._tell(row, f"Approval {row['id']} expired with {len(_approvers(row))} of {row['count']} "
+                              f"approval(s); {row['action']} was not run.")
+        return True
+
+    # -- telling ---------------------------------------------------------------------------------
+    async def _tell(self, row: dict[str, Any], text: str, buttons: list[dict[str, str]] | None = None) -> None:
+        """Post in the requester's thread; buttons ask anyone (the approvers), not the requester."""
+        await self.outbox.post(Reply(adapter=row["adapter"], channel=row["channel"], thread=row["thread"], text=text,
+                                     buttons=buttons or []))
+
+    @staticmethod
+    def _in_thread(row: dict[str, Any], message: Message) -> bool:
+        """Whether `message` was typed where the outcome is told (so it needs no second answer)."""
+        return (message.adapter, message.channel) == (row["adapter"], row["channel"]) \
+            and (row["thread"] is None or message.thread == row["thread"])
+
+    async def _audit(self, event: str, actor: str | None, source: str, row: dict[str, Any],
+                     detail: dict[str, Any]) -> None:
+        db = self.engine.db
+        await db(db.store.audit_add, event, actor, source, row["alias"],
+                 {"approval": row["id"], "action": row["action"], **detail})
+
+
+def _buttons(approval_id: str) -> list[dict[str, str]]:
+    return [{"text": "Approve", "value": f"{APPROVE} {approval_id}"},
+            {"text": "Deny", "value": f"{DENY} {approval_id}"}]
+
+
+def _approvers(row: dict[str, Any]) -> list[str]:
+    return [d["user"] for d in row["decisions"] if d["verdict"] == APPROVE]
+
+
+def _approvals(count: int) -> str:
+    return f"{count} approval{'s' if count != 1 else ''}"
+
+
+def _where(message: Message) -> str:
+    return f"{message.adapter}:{message.channel}"
+
+
+def _shown(parameters: dict[str, Any], secret: set[str]) -> dict[str, Any]:
+    return {k: "********" if k in secret else v for k, v in parameters.items()}
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -1,0 +1,274 @@
+"""Forms in chat (issue 20): `!run-form ACTION_OR_ALIAS` asks for an alias's parameters with a form
+built from the action's schema (`bot/forms.py`), and sends what comes back through the one command
+path, like a typed command.
+
+Where the platform draws forms (an adapter with `open_form`: Slack modals, Mattermost dialogs) the
+form opens on the interaction that allows it (`Message.trigger`: a slash command or a button click);
+a typed `!run-form` gets an "Open form" button, whose click is that interaction. Elsewhere (IRC, the
+console, loopback) the bot asks for the values one question at a time, in a private message where
+the adapter has one (`private_channel`), and each answer is checked as the form would check it.
+
+What a form opened for is kept here (by a random `state`), never taken from the platform's payload:
+a submission cannot name another channel or alias, and only the person it was opened for may send
+it (Mattermost shows the state to the client, which could replay it as someone else). A submission
+runs as a command of its sender, in the channel the form came from: authorised, confirmed and
+audited by the dispatcher as typed commands are. Values are data (the match has no format, so
+nothing counts as the alias's own default text and everything passes `check_overrides`); secrets
+appear in no reply and no audit.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from adapters.base import Adapter, DeliveryError, Form, FormField, FormSubmission, Message
+from aliases import Alias, AliasMatch, AliasMatcher, AmbiguousCommand, NoMatch
+from bot.chat.auth import Authorizer
+from bot.chat.commands import CommandService
+from bot.forms import Field, action_fields, parse
+
+if TYPE_CHECKING:
+    from engine.core import Engine
+
+
+class Chat(Protocol):
+    """What forms use of the dispatcher (which owns them; named by shape, so this module does not
+    import it): its adapters, aliases and permissions, its replies and its command path."""
+
+    engine: Engine
+    adapters: dict[str, Adapter]
+    auth: Authorizer
+    commands: CommandService
+
+    @property
+    def matcher(self) -> AliasMatcher: ...
+
+    @property
+    def settings(self) -> Any: ...
+
+    async def say(self, message: Message, text: str, *, extra: dict[str, Any] | None = None,
+                  buttons: list[dict[str, str]] | None = None) -> int: ...
+
+    async def run_matched(self, match: Any, message: Message, text: str | None = None) -> None: ...
+
+#: The built-in command's word (not a valid Python name, so not a `_builtin_` method).
+WORD = "run-form"
+#: How long an opened form stays answerable (Slack keeps a modal's view for as long).
+FORM_TTL = 1800.0
+#: How long a question waits for its answer.
+ASK_TTL = 600.0
+CANCEL = {"cancel", "stop", "abort"}
+SKIP = "-"
+EXPIRED = "This form is no longer open (it expired or was sent already); open it again."
+
+
+@dataclass
+class _Opened:
+    """A form handed to a platform: which alias, and where it came from (channel, thread)."""
+
+    alias: Alias
+    origin: Message
+    expires: float
+
+
+@dataclass
+class _Asking:
+    """A question-by-question form: the fields still to ask and the answers so far (text, as a form sends)."""
+
+    alias: Alias
+    origin: Message
+    fields: list[Field]
+    answers: dict[str, str]
+    expires: float
+    #: Values the typed command already gave (a form offered for a missing parameter asks only the rest).
+    given: dict[str, Any]
+
+
+class ChatForms:
+    """The dispatcher's forms: the ones opened on platforms (by state) and the questions being asked
+    (by adapter, channel and person). Both live in memory: a restart closes them, as it ends a
+    confirmation; the person opens the form again."""
+
+    def __init__(self, dispatcher: Chat) -> None:
+        self.dispatcher = dispatcher
+        self._opened: dict[str, _Opened] = {}
+        self._asking: dict[tuple[str, str, str], _Asking] = {}
+        for adapter in dispatcher.adapters.values():
+            if hasattr(adapter, "open_form"):
+                adapter.on_form = self.submit  # type: ignore[attr-defined]
+
+    # -- entry points from the dispatcher ----------------------------------------------------------
+    async def answer(self, message: Message, text: str | None) -> bool:
+        """An answer to a question this person is being asked here (addressed to the bot or not: the
+        exchange is a conversation); False when none is asked."""
+        asking = self._asking.get((message.adapter, message.channel, message.user))
+        if asking is None or time.monotonic() > asking.expires:
+            return False
+        await self._answer(message, asking, message.text.strip() if text is None else text)
+        return True
+
+    async def command(self, message: Message, text: str) -> bool:
+        """`run-form NAME`: offer its form; False for any other command."""
+        word, _, rest = text.partition(" ")
+        if word.lower() != WORD:
+            return False
+        found = self._resolve(rest.strip(), message)
+        if isinstance(found, str):
+            await self.dispatcher.say(message, found)
+        else:
+            await self.offer(message, *found)
+        return True
+
+    async def offer(self, message: Message, alias: Alias, explanation: str = "",
+                    given: dict[str, Any] | None = None) -> None:
+        """Open `alias`'s form for `message`'s sender: the platform's form when the message came with a
+        trigger, an "Open form" button when it did not, questions where there are no forms.
+        `explanation` (why a form is offered, e.g. a missing parameter) leads the offer; `given` are
+        the values a typed command had, which the questions do not ask again."""
+        lead = f"{explanation}\n" if explanation else ""
+        adapter = self.dispatcher.adapters.get(message.adapter)
+        # A platform's form needs the platform to reach Squall, as its buttons do (Mattermost: actions_url).
+        if adapter is None or not hasattr(adapter, "open_form") or not adapter.capabilities.buttons:
+            await self._ask_first(message, alias, lead, given or {})
+            return
+        if not message.trigger:
+            await self.dispatcher.say(message, f"{lead}Fill in the parameters of {alias.ref} in a form:",
+                                      buttons=[{"text": "Open form", "value": f"{WORD} {alias.ref}"}])
+            return
+        state = secrets.token_urlsafe(16)
+        self._forget_expired()
+        self._opened[state] = _Opened(alias, message, time.monotonic() + FORM_TTL)
+        fields = tuple(_form_field(f, (given or {}).get(f.name)) for f in self.fields(alias))
+        form = Form(title=_title(alias), fields=fields, state=state)
+        try:
+            await adapter.open_form(message.trigger, form)
+        except DeliveryError as exc:  # a trigger lives seconds: a slow click or a retry outlives it
+            del self._opened[state]
+            await self.dispatcher.say(message, f"I could not open the form ({exc}); try again.",
+                                      buttons=[{"text": "Open form", "value": f"{WORD} {alias.ref}"}])
+
+    async def submit(self, submission: FormSubmission) -> dict[str, str]:
+        """A platform form sent back: a message per wrong field (the form stays open to fix them), or
+        {} once the command took the dispatcher's path. An unknown state is an error on the form."""
+        opened = self._opened.get(submission.state)
+        if opened is None or time.monotonic() > opened.expires or opened.origin.adapter != submission.adapter:
+            return {"": EXPIRED}
+        if submission.user != opened.origin.user:  # a form is its opener's (a client may see the state)
+            return {"": f"This form was opened for {opened.origin.user}; open your own."}
+        parsed = parse(self.fields(opened.alias), submission.values)
+        if not parsed.ok:
+            return parsed.errors
+        del self._opened[submission.state]
+        sender = replace(opened.origin, user=submission.user, groups=list(submission.groups), trigger=None)
+        await self._run(opened.alias, sender, parsed.values)
+        return {}
+
+    def missing(self, match: AliasMatch) -> bool:
+        """Whether a typed command left out a parameter its form would ask for (then the form is offered)."""
+        return any(f.required and f.name not in match.parameters for f in self.fields(match.alias))
+
+    def fields(self, alias: Alias) -> list[Field]:
+        """What a form for `alias` asks: the action's parameters, without the alias's immutable ones and
+        the runner parameters it does not open (`allow_overrides`), which no chat command may set."""
+        action = self.dispatcher.engine.registry.actions.get(alias.action_ref)
+        if action is None:
+            return []
+        closed = set(alias.immutable_parameters) | (action.runner_parameter_names - set(alias.allow_overrides))
+        return [f for f in action_fields(action) if f.name not in closed]
+
+    # -- the question exchange ---------------------------------------------------------------------
+    async def _ask_first(self, message: Message, alias: Alias, lead: str, given: dict[str, Any]) -> None:
+        fields = [f for f in self.fields(alias) if f.name not in given]
+        asked = [f for f in fields if f.required] or fields
+        if not asked:
+            await self._run(alias, message, given)
+            return
+        private = getattr(self.dispatcher.adapters.get(message.adapter), "private_channel", None)
+        where = replace(message, channel=private(message.user), thread=None, direct=True) if private else message
+        if where is not message:
+            await self.dispatcher.say(message, f"{lead}I'll ask for the parameters of {alias.ref} in a private "
+                                               "message.")
+            lead = ""
+        asking = _Asking(alias, message, asked, {}, time.monotonic() + ASK_TTL, given)
+        self._asking[(where.adapter, where.channel, where.user)] = asking
+        await self.dispatcher.say(where, f"{lead}Running {alias.ref}: {len(asked)} question(s); reply `cancel` to "
+                                         f"stop.\n{_question(asked[0])}")
+
+    async def _answer(self, message: Message, asking: _Asking, text: str) -> None:
+        key = (message.adapter, message.channel, message.user)
+        if text.strip().lower() in CANCEL:
+            del self._asking[key]
+            await self.dispatcher.say(message, f"OK, not running {asking.alias.ref}.")
+            return
+        item = asking.fields[len(asking.answers)]
+        answer = "" if text.strip() == SKIP and not item.required else text
+        error = parse([item], {item.name: answer}).errors.get(item.name)
+        if error is not None:
+            await self.dispatcher.say(message, f"{error}\n{_question(item)}")
+            return
+        asking.answers[item.name] = answer
+        asking.expires = time.monotonic() + ASK_TTL
+        if len(asking.answers) < len(asking.fields):
+            await self.dispatcher.say(message, _question(asking.fields[len(asking.answers)]))
+            return
+        del self._asking[key]
+        await self._run(asking.alias, asking.origin, {**asking.given, **parse(asking.fields, asking.answers).values})
+
+    # -- running -----------------------------------------------------------------------------------
+    async def _run(self, alias: Alias, sender: Message, values: dict[str, Any]) -> None:
+        """The values as a command of `sender` in the form's channel: no format, so every value is a
+        key=value pair to `check_overrides` and none is the format's own (rendered) default text."""
+        match = AliasMatch(alias=alias, display=None, representation="", parameters=values)
+        await self.dispatcher.run_matched(match, replace(sender, text=f"{WORD} {alias.ref}"))
+
+    def _resolve(self, name: str, message: Message) -> tuple[Alias, str, dict[str, Any]] | str:
+        """The alias `name` means (its ref, its name, the ref of its action, or a whole command such as
+        `deploy web1`, whose values fill the form in), among those the sender may run here, with the
+        form's lead and values; or why there is none, in words."""
+        prefix = self.dispatcher.settings.prefix
+        name = name.removeprefix(prefix).strip() if prefix else name  # a shortcut on `!deploy web1`
+        if not name:
+            return f"Which one? `{prefix}{WORD} <action or alias>`"
+        aliases = [a for a in self.dispatcher.matcher.aliases if a.enabled]
+        named = ([a for a in aliases if a.ref == name] or [a for a in aliases if a.name == name]
+                 or [a for a in aliases if a.action_ref == name])
+        given: dict[str, Any] = {}
+        if not named:
+            try:
+                match = self.dispatcher.commands.match(name)
+            except (NoMatch, AmbiguousCommand):
+                return f"No alias runs `{name}`: chat runs actions through their aliases. Try `{prefix}help`."
+            named, given = [match.alias], match.parameters
+        allowed = [a for a in named if self.dispatcher.auth.check(a, message).allowed]
+        if not allowed:
+            return f"Sorry {message.user}, you may not run {named[0].ref}: " \
+                   f"{self.dispatcher.auth.check(named[0], message).reason}."
+        return allowed[0], "", given
+
+    def _forget_expired(self) -> None:
+        now = time.monotonic()
+        for state in [s for s, opened in self._opened.items() if opened.expires < now]:
+            del self._opened[state]
+
+
+def _title(alias: Alias) -> str:
+    return alias.name.replace("_", " ")[:24]  # Slack caps a modal's title at 24 characters
+
+
+def _form_field(item: Field, typed: Any = None) -> FormField:
+    """A field as the adapters draw it; `typed` (what a typed command gave) fills it in, a secret aside."""
+    initial = str(typed) if typed is not None and item.kind != "secret" else item.initial
+    return FormField(name=item.name, label=item.name.replace("_", " "), kind=item.kind, required=item.required,
+                     hint=item.description, initial=initial, options=tuple(t for t, _ in item.options))
+
+
+def _question(item: Field) -> str:
+    """One field as a question: its name, what kind of value, the choices, how to skip."""
+    what = {"enum": "one of " + ", ".join(f"`{t}`" for t, _ in item.options), "boolean": "yes/no as true or false",
+            "secret": "secret", "array": "a JSON array", "object": "a JSON object"}.get(item.kind, item.kind)
+    about = f" ({item.description})" if item.description else ""
+    skip = f"; `{SKIP}` for the default" if not item.required else ""
+    return f"{item.name}{about}? ({what}{skip})"

@@ -1,0 +1,242 @@
+"""Approvals (issue 20 item 2): a command held for approvers from chat groups, through the loopback chat."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from adapters.loopback import LoopbackAdapter, Posted
+from aliases.model import load_aliases
+from bot.app import Squall
+from bot.chat.bot import ChatBot
+from engine.config import load_config
+from engine.core import load_packs
+from engine.storage import utcnow
+from tests.conftest import write
+from tests.test_chat import _config, settle
+
+
+def _approval_config(home: Path, ttl: str = "1h") -> None:
+    _config(home)
+    config = (home / "config.yml").read_text()
+    line = next(line for line in config.splitlines() if line.strip() == "operators: [olivia]")
+    approvers = line.replace("operators: [olivia]", "approvers: [ann, bea]")
+    (home / "config.yml").write_text(config.replace(line, f"{line}\n{approvers}"))
+    pack = home / "packs" / "demo"
+    write(pack / "aliases" / "deploy.yaml", f"""
+        name: deploy
+        action_ref: demo.wipe
+        description: Two approvers needed.
+        formats: ["deploy {{{{target}}}}"]
+        approval: {{groups: [approvers], count: 2, ttl: {ttl}}}
+    """)
+    write(pack / "actions" / "restart.yaml", """
+        name: restart
+        runner_type: local-shell-cmd
+        parameters:
+          service: {type: string, required: true}
+          cmd: {default: 'echo restarted {{service}}', immutable: true}
+        approval: {groups: [approvers]}
+    """)
+    write(pack / "aliases" / "restart.yaml", """
+        name: restart
+        action_ref: demo.restart
+        description: The action asks one approver.
+        formats: ["restart {{service}}"]
+    """)
+
+
+@pytest.fixture
+async def chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
+    _approval_config(home)
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    try:
+        yield squall, squall.chat, loopback
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
+def _prompt(loopback: LoopbackAdapter) -> Posted:
+    return next(p for p in loopback.posted if p.reply.buttons)
+
+
+def _approval_id(loopback: LoopbackAdapter) -> str:
+    return _prompt(loopback).reply.buttons[0]["value"].split()[1]
+
+
+async def _events(squall: Squall, event: str) -> list[dict]:
+    return await squall.db(squall.store.audit_list, 100, event)
+
+
+async def test_two_approvers_needed_and_the_execution_names_them(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!deploy web1", user="alice", channel="#ops")
+    await settle(squall, bot)
+    prompt = _prompt(loopback)
+    approval_id = _approval_id(loopback)
+    assert "waiting for 2 approvals from approvers" in prompt.text
+    assert prompt.reply.thread == "m1" and prompt.reply.asker is None  # anyone may click; approvers decide
+    assert [b["value"] for b in prompt.reply.buttons] == [f"approve {approval_id}", f"deny {approval_id}"]
+    assert await squall.executions.list(action="demo.wipe") == []
+
+    await loopback.say(f"approve {approval_id}", user="ann", channel="#ops", thread="m1", mentioned=True)  # a click
+    await loopback.say(f"approve {approval_id}", user="ann", channel="#ops", thread="m1", mentioned=True)  # again
+    await settle(squall, bot)
+    assert await squall.executions.list(action="demo.wipe") == []  # one approver counts once
+    assert "counts once" in loopback.texts()[-1]
+    partial = next(p for p in loopback.posted if "(1 of 2)" in p.text)
+    assert partial.reply.buttons == prompt.reply.buttons  # fresh buttons: platforms clear clicked ones
+
+    await loopback.say(f"!approve {approval_id}", user="bea", channel="#elsewhere")  # typed anywhere
+    await settle(squall, bot)
+    [execution] = await squall.executions.list(action="demo.wipe")
+    assert execution["status"] == "succeeded"
+    thread = [p.text for p in loopback.posted if p.reply.thread == "m1"]
+    assert any("wiped web1" in t for t in thread)  # the result in the requester's thread
+    assert any("approved by ann, bea" in t for t in loopback.texts("#elsewhere"))
+    context = execution["context"]
+    assert context["user"] == "alice" and context["chat"]["thread"] == "m1"
+    decisions = context["approval"]["decisions"]
+    assert [(d["user"], d["verdict"], d["channel"]) for d in decisions] == [
+        ("ann", "approve", "#ops"), ("bea", "approve", "#elsewhere")]
+    assert all(d["at"] for d in decisions)
+    assert len(await _events(squall, "chat.approval.approve")) == 2
+    [run] = await _events(squall, "chat.approval.run")
+    assert run["detail"]["execution"] == execution["id"] and run["detail"]["approvers"] == ["ann", "bea"]
+    row = await squall.db(squall.store.approval_get, approval_id)
+    assert row["status"] == "approved" and row["execution_id"] == execution["id"]
+
+
+async def test_self_approval_is_refused_and_an_action_can_ask_for_approval(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!restart nginx", user="ann")
+    await settle(squall, bot)
+    approval_id = _approval_id(loopback)
+    assert "waiting for 1 approval from approvers" in _prompt(loopback).text
+    await loopback.say(f"!approve {approval_id}", user="ann", thread="m1")
+    await settle(squall, bot)
+    assert "someone else" in loopback.texts()[-1]
+    assert await squall.executions.list(action="demo.restart") == []
+    [refused] = await _events(squall, "chat.approval.refused")
+    assert refused["actor"] == "ann" and "someone else" in refused["detail"]["reason"]
+
+    await loopback.say(f"!approve {approval_id}", user="root-admin", thread="m1")  # admins are approvers
+    await settle(squall, bot)
+    [execution] = await squall.executions.list(action="demo.restart")
+    assert execution["context"]["approval"]["decisions"][0]["user"] == "root-admin"
+
+
+async def test_a_non_member_is_refused_and_audited(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!deploy web2", user="alice")
+    await settle(squall, bot)
+    approval_id = _approval_id(loopback)
+    await loopback.say(f"!approve {approval_id}", user="mallory", groups=["operators"])
+    await settle(squall, bot)
+    assert "only approvers may decide" in loopback.texts()[-1]
+    [refused] = await _events(squall, "chat.approval.refused")
+    assert refused["actor"] == "mallory" and refused["detail"]["approval"] == approval_id
+    row = await squall.db(squall.store.approval_get, approval_id)
+    assert row["status"] == "pending" and row["decisions"] == []
+
+
+async def test_a_denial_ends_it_and_tells_the_thread_who_and_why(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!deploy web3", user="alice")
+    await settle(squall, bot)
+    approval_id = _approval_id(loopback)
+    await loopback.say(f"!deny {approval_id} not during the {{{{ freeze }}}}", user="bea", channel="#elsewhere")
+    await loopback.say(f"!approve {approval_id}", user="ann", thread="m1")
+    await settle(squall, bot)
+    told = [p.text for p in loopback.posted if p.reply.thread == "m1"]
+    assert any("denied by bea: not during the {{ freeze }}" in t for t in told)  # shown as typed, not rendered
+    assert "already denied" in told[-1]
+    assert await squall.executions.list(action="demo.wipe") == []
+    [denied] = await _events(squall, "chat.approval.deny")
+    assert denied["actor"] == "bea" and denied["detail"]["reason"] == "not during the {{ freeze }}"
+
+
+async def test_expiry_across_a_restart_is_told_once(home: Path) -> None:
+    _approval_config(home, ttl="1")
+    config = load_config(home / "config.yml")
+    first = LoopbackAdapter()
+    squall = await Squall.start(config, adapters=[first])
+    await squall.chat.start()
+    await first.say("!deploy web4", user="alice")
+    await settle(squall, squall.chat)
+    approval_id = _approval_id(first)
+    row = await squall.db(squall.store.approval_get, approval_id)
+    await squall.chat.stop()
+    await squall.close()
+    while utcnow() <= row["expires_at"]:  # wait out the 1 s ttl while nothing runs
+        await asyncio.sleep(0.05)
+
+    second = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[second])
+    try:
+        await squall.chat.start()  # its first sweep expires what waited
+        await settle(squall, squall.chat)
+        await squall.chat.sweep(timedelta(0))  # a later sweep finds nothing left to tell
+        await settle(squall, squall.chat)
+        expired = [p for p in second.posted if "expired" in p.text]
+        assert len(expired) == 1 and approval_id in expired[0].text and expired[0].reply.thread == "m1"
+        assert len(await _events(squall, "chat.approval.expire")) == 1
+        assert (await squall.db(squall.store.approval_get, approval_id))["status"] == "expired"
+        await second.say(f"!approve {approval_id}", user="ann")
+        await settle(squall, squall.chat)
+        assert "already expired" in second.texts()[-1]
+        assert await squall.executions.list(action="demo.wipe") == []
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
+async def test_a_hostile_value_is_stored_and_run_as_data(chat, tmp_path: Path) -> None:
+    squall, bot, loopback = chat
+    marker = tmp_path / "marker"
+    hostile = f"{{{{ 7 * 7 }}}}$(touch {marker});touch {marker}`touch {marker}`"
+    await loopback.say(f"!deploy {hostile}", user="alice")
+    await settle(squall, bot)
+    approval_id = _approval_id(loopback)
+    row = await squall.db(squall.store.approval_get, approval_id)
+    assert row["parameters"]["target"] == hostile and "target" not in row["render"]
+    for approver in ("ann", "bea"):
+        await loopback.say(f"!approve {approval_id}", user=approver, thread="m1")
+    await settle(squall, bot)
+    [execution] = await squall.executions.list(action="demo.wipe")
+    assert execution["parameters"]["target"] == hostile
+    assert "49" not in execution["result"]["stdout"] and "{{ 7 * 7 }}" in execution["result"]["stdout"]
+    assert not marker.exists()
+
+
+def test_a_bad_approval_is_refused_at_load_naming_file_and_key(home: Path) -> None:
+    _approval_config(home)
+    pack = home / "packs" / "demo"
+    write(pack / "aliases" / "typo.yaml", """
+        name: typo
+        action_ref: demo.wipe
+        formats: ["typo {{target}}"]
+        approval: {groups: [approvers], cuont: 2}
+    """)
+    write(pack / "aliases" / "forever.yaml", """
+        name: forever
+        action_ref: demo.wipe
+        formats: ["forever {{target}}"]
+        approval: {groups: [approvers], ttl: soon}
+    """)
+    registry = load_packs(load_config(home / "config.yml"))
+    aliases, errors = load_aliases(registry)
+    assert {a.ref for a in aliases} >= {"demo.deploy", "demo.restart"}
+    assert registry.actions["demo.restart"].approval == {"groups": ["approvers"], "count": 1,
+                                                          "self_approval": False, "ttl": 3600}
+    problems = {Path(e.file).name: str(e) for e in errors}
+    assert "unknown approval attribute 'cuont'" in problems["typo.yaml"]
+    assert "did you mean 'count'" in problems["typo.yaml"]
+    assert "'approval.ttl'" in problems["forever.yaml"]

@@ -1,0 +1,401 @@
+"""Chat forms (issue 20): `!run-form` as a Slack modal, a Mattermost dialog, and questions on the
+platforms that draw no forms; every submission through the command path a typed command takes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from adapters.base import Capabilities
+from adapters.loopback import LoopbackAdapter
+from adapters.mattermost import create as create_mattermost
+from adapters.slack import create as create_slack
+from bot.app import Squall
+from bot.chat.bot import ChatBot
+from bot.chat.forms import EXPIRED
+from engine.config import load_config
+from engine.parameters import ParameterError, cast, check_parameter
+from tests.conftest import free_port, write
+from tests.fake_mattermost import BOT_TOKEN as MM_BOT_TOKEN
+from tests.fake_mattermost import FakeMattermost
+from tests.fake_slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack
+from tests.test_chat import settle
+
+SECRET = "hunter2-do-not-show"
+COUNT_SPEC = {"type": "integer", "required": True, "minimum": 1}
+HOST_SPEC = {"type": "string", "required": True, "description": "where to deploy"}
+
+
+def _pack(home: Path) -> None:
+    """An action with a field of each kind, an alias for it, a confirming one and a restricted one."""
+    write(home / "config.yml", (home / "config.yml").read_text() + "auth:\n  admins: [root-admin]\n")
+    pack = home / "packs" / "demo"
+    write(pack / "pack.yaml", "ref: demo\nname: demo\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "actions" / "deploy.yaml", f"""
+        name: deploy
+        runner_type: local-shell-cmd
+        parameters:
+          host: {json.dumps(HOST_SPEC)}
+          count: {json.dumps(COUNT_SPEC)}
+          stage: {{type: string, enum: [dev, prod], default: dev}}
+          verbose: {{type: boolean, default: false}}
+          token: {{type: string, secret: true, required: true}}
+          tags: {{type: array}}
+          cmd: {{default: 'echo "deployed {{{{host}}}} x{{{{count}}}} to {{{{stage}}}}"', immutable: true}}
+    """)
+    write(pack / "aliases" / "deploy.yaml", """
+        name: deploy
+        action_ref: demo.deploy
+        description: Deploy.
+        formats: ["deploy {{host}}"]
+        ack: {format: "deploying {{ execution.parameters.host }}"}
+        result: {format: "{{ execution.result.stdout }}"}
+    """)
+    write(pack / "aliases" / "careful.yaml", """
+        name: careful
+        action_ref: demo.deploy
+        description: Deploy, asking first.
+        formats: ["carefully deploy {{host}}"]
+        confirm: true
+        ack: {enabled: false}
+        result: {format: "{{ execution.result.stdout }}"}
+    """)
+    write(pack / "actions" / "reboot.yaml", """
+        name: reboot
+        runner_type: local-shell-cmd
+        parameters:
+          host: {type: string, required: true}
+          cmd: {default: 'echo "rebooted {{host}}"', immutable: true}
+    """)
+    write(pack / "aliases" / "reboot.yaml", """
+        name: reboot
+        action_ref: demo.reboot
+        description: Operators only.
+        formats: ["reboot {{host}}"]
+        ack: {enabled: false}
+        result: {format: "{{ execution.result.stdout }}"}
+        permissions:
+          allow: {users: [olivia]}
+    """)
+
+
+def engine_message(name: str, text: str, spec: dict[str, Any]) -> str:
+    """What the engine (`squall run`, the API) says about `text` for this parameter."""
+    with pytest.raises(ParameterError) as raised:
+        cast(name, text, spec)
+    return str(raised.value)
+
+
+def host_required() -> str:
+    """What the engine says of a request without `host`."""
+    with pytest.raises(ParameterError) as raised:
+        check_parameter('action "demo.deploy"', "host", HOST_SPEC, None)
+    return str(raised.value)
+
+
+async def _nothing_shows_the_secret(squall: Squall, texts: list[str]) -> None:
+    assert not any(SECRET in t for t in texts)
+    with squall.store.engine.connect() as db:
+        payloads = [str(row[0]) for row in db.execute(sa.text("SELECT payload FROM outbox"))]
+        audit = [str(row[0]) for row in db.execute(sa.text("SELECT detail FROM audit"))]
+    assert payloads and not any(SECRET in p for p in payloads)
+    assert not any(SECRET in a for a in audit)
+
+
+# -- questions in chat (loopback, IRC) ---------------------------------------------------------------
+
+@pytest.fixture
+async def loop(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
+    _pack(home)
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    try:
+        yield squall, squall.chat, loopback
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
+async def test_run_form_asks_the_required_fields_and_runs_with_the_answers(loop) -> None:
+    squall, bot, loopback = loop
+    await loopback.say("!run-form demo.deploy")
+    await settle(squall, bot)
+    assert "host (where to deploy)?" in loopback.texts()[-1]
+    await loopback.say("web1")  # answers need no prefix: the exchange is a conversation
+    await settle(squall, bot)
+    assert loopback.texts()[-1].startswith("count?")
+    await loopback.say("zero")
+    await settle(squall, bot)
+    assert loopback.texts()[-1] == f"{engine_message('count', 'zero', COUNT_SPEC)}\ncount? (integer)"
+    await loopback.say("3")
+    await settle(squall, bot)
+    assert loopback.texts()[-1].startswith("token?")
+    await loopback.say(SECRET)
+    await settle(squall, bot)
+    assert "deploying web1" in [p.reply.text for p in loopback.posted]  # the ack (edited to the status since)
+    assert "deployed web1 x3 to dev" in loopback.texts("#ops")
+    [execution] = await squall.executions.list(limit=5)
+    assert execution["parameters"]["token"] == "********" and execution["context"]["chat"]["channel"] == "#ops"
+    await _nothing_shows_the_secret(squall, loopback.texts())
+
+
+async def test_a_form_of_a_confirming_alias_asks_first_and_masks_the_secret(loop) -> None:
+    squall, bot, loopback = loop
+    await loopback.say("!run-form careful")
+    for answer in ("web1", "1", SECRET):
+        await loopback.say(answer)
+    await settle(squall, bot)
+    assert loopback.texts()[-1].startswith("About to run demo.deploy with host=web1, count=1, token=********.")
+    assert await squall.executions.list(limit=5) == []
+    await loopback.say("!yes")
+    await settle(squall, bot)
+    assert "deployed web1 x1 to dev" in loopback.texts()
+    await _nothing_shows_the_secret(squall, loopback.texts())
+
+
+async def test_cancel_stops_the_questions(loop) -> None:
+    squall, bot, loopback = loop
+    await loopback.say("!run-form deploy")
+    await loopback.say("web1")
+    await loopback.say("cancel")
+    await settle(squall, bot)
+    assert loopback.texts()[-1] == "OK, not running demo.deploy."
+    await loopback.say("3")  # no longer an answer: chatter
+    await settle(squall, bot)
+    assert loopback.texts()[-1] == "OK, not running demo.deploy."
+    assert await squall.executions.list(limit=5) == []
+
+
+async def test_a_typed_command_missing_a_parameter_offers_the_questions(loop) -> None:
+    squall, bot, loopback = loop
+    await loopback.say("!deploy web2")
+    await settle(squall, bot)
+    offer = loopback.texts()[-1]
+    assert offer.startswith("I can't run that: ") and "count" in offer and offer.endswith("count? (integer)")
+    await loopback.say("2")
+    await loopback.say(SECRET)
+    await settle(squall, bot)
+    assert "deployed web2 x2 to dev" in loopback.texts()
+
+
+async def test_a_form_is_refused_to_who_may_not_run_its_alias(loop) -> None:
+    squall, bot, loopback = loop
+    await loopback.say("!run-form demo.reboot", user="mallory")
+    await settle(squall, bot)
+    assert loopback.texts()[-1].startswith("Sorry mallory, you may not run demo.reboot")
+    await loopback.say("!run-form reboot", user="olivia")
+    await loopback.say("db1", user="olivia")
+    await settle(squall, bot)
+    assert "rebooted db1" in loopback.texts()
+
+
+async def test_questions_go_to_a_private_channel_where_the_adapter_has_one(home: Path) -> None:
+    _pack(home)
+
+    class Private(LoopbackAdapter):
+        def private_channel(self, user: str) -> str:
+            return f"@{user}"
+
+    loopback = Private(capabilities=Capabilities(max_length=400))
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    try:
+        await loopback.say("!run-form reboot", user="olivia", channel="#ops")
+        await settle(squall, squall.chat)
+        assert loopback.texts("#ops")[-1] == "I'll ask for the parameters of demo.reboot in a private message."
+        assert loopback.texts("@olivia")[-1].endswith("host? (string)")
+        await loopback.say("db2", user="olivia", channel="@olivia", direct=True)
+        await settle(squall, squall.chat)
+        assert "rebooted db2" in loopback.texts("#ops")  # the result goes where the form came from
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
+# -- Slack: a modal ---------------------------------------------------------------------------------
+
+@pytest.fixture
+async def slack(home: Path) -> AsyncIterator[tuple[Squall, FakeSlack]]:
+    _pack(home)
+    fake = await FakeSlack().start()
+    adapter = create_slack({"enabled": True, "bot_token": BOT_TOKEN, "app_token": APP_TOKEN,
+                            "signing_secret": SIGNING_SECRET, "base_url": fake.base_url}, None)
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[adapter])
+    await squall.chat.start()
+    try:
+        yield squall, fake
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+        await fake.close()
+
+
+async def _slack_posted(fake: FakeSlack, predicate: Any, what: str) -> dict[str, Any]:
+    return await fake.wait_for(lambda: next((m for m in fake.messages if predicate(m)), None), what=what)
+
+
+async def _open_from_button(fake: FakeSlack, command: str, ref: str, user: str = "UALICE01") -> dict[str, Any]:
+    opened = len(fake.views)
+    await fake.push("events_api", fake.event(fake.message_event(command, user=user)))
+    offer = await _slack_posted(fake, lambda m: f"{ref} in a form" in m.get("text", ""), "the form's button")
+    await fake.push("interactive", fake.click(offer, f"run-form {ref}", user=user))
+    return await fake.wait_for(lambda: fake.views[opened] if len(fake.views) > opened else None, what="views.open")
+
+
+async def test_slack_modal_end_to_end(slack) -> None:
+    squall, fake = slack
+    view = await _open_from_button(fake, "!run-form demo.deploy", "demo.deploy")
+    assert view["callback_id"] == "squall_form" and view["trigger_id"].startswith("trig.click.")
+    elements = {b["block_id"]: b["element"] for b in view["blocks"]}
+    assert [b["block_id"] for b in view["blocks"]][:3] == ["host", "count", "token"]  # required first
+    assert {k: e["type"] for k, e in elements.items()} == {
+        "host": "plain_text_input", "count": "number_input", "token": "plain_text_input",
+        "stage": "static_select", "verbose": "checkboxes", "tags": "plain_text_input"}
+    assert elements["stage"]["initial_option"]["value"] == "dev" and elements["tags"]["multiline"]
+    assert not elements["count"]["is_decimal_allowed"] and "initial_value" not in elements["token"]
+
+    refused = await fake.submit_view(view, {"count": "0", "token": SECRET, "tags": "[oops"})
+    with pytest.raises(ParameterError) as minimum:
+        check_parameter('action "demo.deploy"', "count", COUNT_SPEC, 0)
+    assert refused["response_action"] == "errors"
+    assert refused["errors"]["count"] == str(minimum.value)
+    assert refused["errors"]["host"] == host_required()
+    assert refused["errors"]["tags"].startswith('parameter "tags" is not valid JSON')
+    assert await squall.executions.list(limit=5) == []
+
+    accepted = await fake.submit_view(view, {"host": "web1", "count": "2", "stage": "prod", "verbose": True,
+                                             "token": SECRET, "tags": '["a"]'})
+    assert accepted == {}
+    result = await _slack_posted(fake, lambda m: m.get("text") == "deployed web1 x2 to prod", "the result")
+    assert result["channel"] == "COPS0001"
+    [execution] = await squall.executions.list(limit=5)
+    assert execution["parameters"]["verbose"] is True and execution["parameters"]["tags"] == ["a"]
+    assert execution["context"]["user"] == "alice"
+    again = await fake.submit_view(view, {"host": "web1", "count": "2", "token": SECRET})
+    assert again["errors"] == {"host": EXPIRED}  # sent once: a second submission runs nothing
+    await _nothing_shows_the_secret(squall, [json.dumps(m) for m in fake.messages] + [json.dumps(fake.views)])
+
+
+async def test_slack_missing_parameter_offers_the_form(slack) -> None:
+    _, fake = slack
+    await fake.push("events_api", fake.event(fake.message_event("!deploy web3")))
+    offer = await _slack_posted(fake, lambda m: "in a form" in m.get("text", ""), "the offer")
+    assert offer["text"].startswith('I can\'t run that: parameter "count" is required')
+    await fake.push("interactive", fake.click(offer, "run-form demo.deploy"))
+    view = await fake.wait_for(lambda: fake.views[-1] if fake.views else None, what="views.open")
+    assert view["blocks"][0]["block_id"] == "host"
+    await fake.push("slash_commands", fake.slash("deploy web4"))  # a trigger at hand: the modal at once
+    view = await fake.wait_for(lambda: fake.views[1] if len(fake.views) > 1 else None, what="views.open")
+    assert view["blocks"][0]["element"]["initial_value"] == "web4"  # what was typed is filled in
+
+
+async def test_slack_message_shortcut_opens_the_form_of_the_message_s_command(slack) -> None:
+    _, fake = slack
+    event = fake.message_event("!deploy web5 stage=prod")
+    await fake.push("interactive", fake.message_shortcut(event, "run-form"))
+    view = await fake.wait_for(lambda: fake.views[-1] if fake.views else None, what="views.open")
+    assert view["trigger_id"].startswith("trig.shortcut.")
+    elements = {b["block_id"]: b["element"] for b in view["blocks"]}
+    assert elements["host"]["initial_value"] == "web5" and elements["stage"]["initial_option"]["value"] == "prod"
+    assert await fake.submit_view(view, {"host": "web5", "count": "1", "stage": "prod", "token": SECRET}) == {}
+    result = await _slack_posted(fake, lambda m: m.get("text") == "deployed web5 x1 to prod", "the result")
+    assert result["thread_ts"] == event["ts"]  # in the thread of the message the shortcut was used on
+
+
+async def test_slack_form_runs_only_for_who_may_run_it(slack) -> None:
+    squall, fake = slack
+    view = await _open_from_button(fake, "!run-form reboot", "demo.reboot", user="UOLIVIA1")
+    forged = await fake.submit_view(view, {"host": "db1"}, user="UBOB0001")  # a form is its opener's
+    assert forged["errors"] == {"host": "This form was opened for olivia; open your own."}
+    # Permission taken away while the form is open: the submission meets the typed command's check.
+    view = await _open_from_button(fake, "!run-form deploy", "demo.deploy")
+    squall.chat.dispatcher.auth.rules["demo.deploy"] = {"deny": {"users": ["alice"]}}
+    assert await fake.submit_view(view, {"host": "web1", "count": "1", "token": SECRET}) == {}
+    await _slack_posted(fake, lambda m: m.get("text", "").startswith("Sorry alice, you may not run that"), "refusal")
+    assert await squall.executions.list(limit=5) == []
+    with squall.store.engine.connect() as db:
+        denied = db.execute(sa.text("SELECT actor, target FROM audit WHERE event = 'chat.denied'")).all()
+    assert [tuple(row) for row in denied] == [("alice", "demo.deploy")]
+    await fake.push("events_api", fake.event(fake.message_event("!run-form reboot", user="UBOB0001")))
+    await _slack_posted(fake, lambda m: m.get("text", "").startswith("Sorry bob, you may not run demo.reboot"),
+                        "refusal of the form")
+    assert len(fake.views) == 2
+
+
+# -- Mattermost: an interactive dialog ---------------------------------------------------------------
+
+@pytest.fixture
+async def mattermost(home: Path) -> AsyncIterator[tuple[Squall, FakeMattermost, str]]:
+    from bot.http import ApiServer
+
+    _pack(home)
+    fake = FakeMattermost()
+    await fake.start()
+    port = free_port()
+    adapter = create_mattermost({"enabled": True, "url": fake.url, "token": MM_BOT_TOKEN, "team": "ops",
+                                 "slash_token": "slash-token",
+                                 "actions_url": f"http://127.0.0.1:{port}/mattermost/actions"}, None)
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[adapter])
+    await squall.chat.start()
+    server = ApiServer(squall, host="127.0.0.1", port=port)
+    await server.start()
+    try:
+        yield squall, fake, f"http://127.0.0.1:{port}/mattermost/command"
+    finally:
+        await server.stop()
+        await squall.chat.stop()
+        await squall.close()
+        await fake.stop()
+
+
+def _said(fake: FakeMattermost) -> list[str]:
+    """Everything the bot said: its posts and its slash-command answers."""
+    return ([p["message"] for p in fake.bot_posts()]
+            + [str(r["payload"].get("text", "")) for r in fake.responses])
+
+
+async def test_mattermost_dialog_end_to_end(mattermost) -> None:
+    squall, fake, slash_url = mattermost
+    status, _ = await fake.slash(slash_url, "run-form demo.deploy")  # the slash command's trigger opens it
+    assert status == 200
+    [opened] = await fake.wait_for(lambda: fake.dialogs)
+    assert opened["user_id"] == fake.alice["id"] and opened["url"].endswith("/mattermost/actions")
+    elements = {e["name"]: e for e in opened["dialog"]["elements"]}
+    assert [(e["type"], e.get("subtype")) for e in elements.values()] == [
+        ("text", None), ("text", "number"), ("text", "password"), ("select", None), ("bool", None),
+        ("textarea", None)]
+    assert elements["stage"]["default"] == "dev" and "default" not in elements["token"]
+
+    status, answer = await fake.submit_dialog(opened, {"count": "x", "token": SECRET})
+    assert status == 200
+    assert answer["errors"] == {"count": engine_message("count", "x", COUNT_SPEC),
+                                "host": host_required()}
+    status, answer = await fake.submit_dialog(opened, {"host": "web1", "count": "2", "stage": "prod",
+                                                       "token": SECRET}, user=fake.bob)
+    assert answer == {"error": "This form was opened for alice; open your own."}
+    status, answer = await fake.submit_dialog(opened, {"host": "web1", "count": "2", "stage": "prod",
+                                                       "verbose": True, "token": SECRET})
+    assert (status, answer) == (200, {})
+    await fake.wait_for(lambda: any("deployed web1 x2 to prod" in t for t in _said(fake)))
+    [execution] = await squall.executions.list(limit=5)
+    assert execution["parameters"]["verbose"] is True and execution["context"]["chat"]["channel"] == \
+        fake.town_square["id"]
+    await _nothing_shows_the_secret(squall, [*_said(fake), json.dumps(fake.dialogs)])
+
+
+async def test_mattermost_missing_parameter_offers_the_dialog(mattermost) -> None:
+    _, fake, _ = mattermost
+    await fake.say(fake.alice, fake.town_square, "@squallbot deploy web3")
+    [offer] = await fake.wait_for(lambda: [p for p in fake.bot_posts(fake.town_square["id"])
+                                           if (p.get("props") or {}).get("attachments")])
+    assert offer["message"].startswith('I can\'t run that: parameter "count" is required')
+    status, _ = await fake.click(offer, 0)
+    assert status == 200
+    [opened] = await fake.wait_for(lambda: fake.dialogs)
+    assert opened["dialog"]["elements"][0]["name"] == "host"
