@@ -144,6 +144,13 @@ def approval_policy(value: Any) -> dict[str, Any] | None:
     return {"groups": list(groups), "count": count, "self_approval": self_approval, "ttl": seconds}
 
 
+def unapproved(ref: str, policy: dict[str, Any]) -> str:
+    """Why a request that cannot be held for approvers (the API, the web UI) is refused: an action or
+    alias declaring `approval:` never runs unapproved, wherever it is asked for."""
+    return (f"{ref} needs approval from {', '.join(policy['groups'])}; ask for it in chat, where the approvers "
+            "are asked")
+
+
 def _suggest(word: str, choices: set[str] | list[str]) -> str:
     near = difflib.get_close_matches(word, sorted(choices), n=1)
     return f" (did you mean '{near[0]}'?)" if near else ""

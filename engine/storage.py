@@ -1157,6 +1157,31 @@ class Store:
         with self._write() as conn:
             conn.execute(approvals.update().where(approvals.c.id == approval_id).values(execution_id=execution_id))
 
+    def approvals_unran(self) -> list[dict[str, Any]]:
+        """Approved commands with no execution named: a crash came between the last approval and
+        the run (or the run is under way this moment; `approval_claim` and the caller's grace tell)."""
+        statement = sa.select(approvals).where(approvals.c.status == "approved", approvals.c.execution_id.is_(None))
+        with self._read() as conn:
+            return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
+
+    def approval_claim(self, approval_id: str, revision: int) -> bool:
+        """Take an approved, unran command for running again (one node wins, by its revision)."""
+        statement = (approvals.update()
+                     .where(approvals.c.id == approval_id, approvals.c.revision == revision,
+                            approvals.c.status == "approved", approvals.c.execution_id.is_(None))
+                     .values(revision=revision + 1))
+        with self._write() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def execution_of_approval(self, approval_id: str, since: datetime) -> str | None:
+        """The execution an approved command became (its `context.approval.id`), requested after `since`."""
+        statement = (sa.select(executions.c.id)
+                     .where(executions.c.start_timestamp >= since,
+                            executions.c.context["approval"]["id"].as_string() == approval_id)
+                     .limit(1))
+        with self._read() as conn:
+            return conn.execute(statement).scalar()
+
     def approvals_pending(self, due_before: datetime | None = None) -> list[dict[str, Any]]:
         """Pending approvals (only those expiring by `due_before`, when given), oldest first."""
         statement = sa.select(approvals).where(approvals.c.status == "pending").order_by(approvals.c.created_at)

@@ -240,3 +240,89 @@ def test_a_bad_approval_is_refused_at_load_naming_file_and_key(home: Path) -> No
     assert "unknown approval attribute 'cuont'" in problems["typo.yaml"]
     assert "did you mean 'count'" in problems["typo.yaml"]
     assert "'approval.ttl'" in problems["forever.yaml"]
+
+
+async def test_the_api_and_the_web_refuse_what_needs_approval(home: Path) -> None:
+    """Where nobody can be asked (the API, the web UI), an approval-gated action or alias is refused,
+    never run unapproved."""
+    from tests.test_api import KEY, _home
+    from tests.test_web_auth import started_web
+
+    _home(home)
+    write(home / "packs" / "demo" / "actions" / "guarded.yaml", """
+        name: guarded
+        runner_type: local-shell-cmd
+        parameters:
+          cmd: {default: 'echo ran', immutable: true}
+        approval: {groups: [approvers]}
+    """)
+    write(home / "packs" / "demo" / "aliases" / "guarded.yaml", """
+        name: guarded
+        action_ref: demo.guarded
+        formats: ["guarded"]
+    """)
+    async with started_web(home) as web:
+        api = web.client()
+        api.headers["St2-Api-Key"] = KEY
+        direct = await api.post("/api/v1/executions", json={"action": "demo.guarded"})
+        assert direct.status_code == 403 and "needs approval from approvers" in direct.text
+        typed = await api.post("/api/v1/aliasexecution", json={"command": "guarded", "user": "zed"})
+        assert typed.status_code == 403 and "needs approval from approvers" in typed.text
+        browser, csrf = await web.signed_in("olga", "operator")
+        form = await browser.post("/actions/demo.guarded", data={"csrf_token": csrf})
+        assert form.status_code == 403 and "needs approval from approvers" in form.text
+        assert await web.squall.executions.list(action="demo.guarded") == []
+
+
+async def test_an_approved_command_a_crash_left_unrun_runs_once_after_a_restart(home: Path) -> None:
+    """The crash windows between the last approval and the run: before the request (it runs at the
+    next start) and between the request and its record (the execution is found, not run again)."""
+    import sqlalchemy as sa
+
+    from engine.storage import approvals, iso
+
+    _approval_config(home)
+    first = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[first])
+    await squall.chat.start()
+    await first.say("!deploy web5", user="alice")
+    await first.say("!deploy web6", user="alice")
+    await settle(squall, squall.chat)
+    lost, recorded = [p.reply.buttons[0]["value"].split()[1] for p in first.posted if p.reply.buttons]
+    long_ago = iso(utcnow() - timedelta(minutes=5))
+
+    async def approved_then_crashed(approval_id: str) -> None:  # as if the process died before running it
+        row = await squall.db(squall.store.approval_get, approval_id)
+        decisions = [{"user": u, "at": long_ago, "adapter": "loopback", "channel": "#general", "thread": None,
+                      "verdict": "approve", "reason": None} for u in ("ann", "bea")]
+        assert await squall.db(squall.store.approval_update, approval_id, row["revision"],
+                               {"decisions": decisions, "status": "approved"})
+
+    await approved_then_crashed(recorded)
+    await squall.chat.sweep(timedelta(0))  # it runs; then "crashes" before its execution is recorded
+    await settle(squall, squall.chat)
+    ran = (await squall.db(squall.store.approval_get, recorded))["execution_id"]
+    assert ran is not None
+    with squall.store.engine.begin() as conn:
+        conn.execute(sa.update(approvals).where(approvals.c.id == recorded).values(execution_id=None))
+    await approved_then_crashed(lost)
+    await squall.chat.stop()
+    await squall.close()
+
+    second = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[second])
+    try:
+        await squall.chat.start()  # its first sweep recovers both
+        await settle(squall, squall.chat)
+        await squall.chat.sweep(timedelta(0))
+        await settle(squall, squall.chat)
+        executions = await squall.executions.list(action="demo.wipe")
+        assert sorted(e["parameters"]["target"] for e in executions) == ["web5", "web6"]  # each once
+        assert all(e["status"] == "succeeded" for e in executions)
+        assert (await squall.db(squall.store.approval_get, recorded))["execution_id"] == ran
+        by_target = {e["parameters"]["target"]: e["id"] for e in executions}
+        assert by_target["web6"] == ran
+        assert (await squall.db(squall.store.approval_get, lost))["execution_id"] == by_target["web5"]
+    finally:
+        await squall.chat.stop()
+        await squall.close()

@@ -5,7 +5,9 @@ authorisation, stored in `approvals`, and run through the command path's request
 Everything lives in the table, read again at each decision, so a restart loses nothing and several
 `squall serve` processes agree: a decision is written only if the row is still pending at the
 revision it was read at (`Store.approval_update`), so one decider wins a race and the command is
-requested once. Approvers are the chat's groups as `Authorizer.groups_of` resolves them, and admins;
+requested once. A command approved just before a crash is run by the sweep, after it looked for the
+execution it may already have become (`_recover`). Approvers are the chat's groups as
+`Authorizer.groups_of` resolves them, and admins;
 the requester may approve only with `self_approval: true`. Every decision, refusal, expiry and
 the final run is an audit event (`chat.approval.*`), and the execution's `context.approval` names
 who approved, when and from where. The approvers' words (a deny reason) are shown, never rendered.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 APPROVE, DENY = "approve", "deny"
+#: How long an approved command may take to be requested before the sweep takes it for lost in a crash.
+RUN_GRACE = timedelta(seconds=60)
 
 
 class ApprovalChat:
@@ -163,10 +167,31 @@ class ApprovalChat:
             await self.outbox.post_keyed(accepted.execution["id"], "ack", [reply])
 
     async def sweep(self) -> int:
-        """Expire pending approvals past their time, telling each thread once; how many."""
+        """Expire pending approvals past their time, telling each thread once, and run approved
+        commands a crash left without their execution; how many were expired."""
         db = self.engine.db
         due = await db(db.store.approvals_pending, utcnow())
-        return sum([await self._expire(row) for row in due])
+        expired = sum([await self._expire(row) for row in due])
+        for row in await db(db.store.approvals_unran):
+            await self._recover(row)
+        return expired
+
+    async def _recover(self, row: dict[str, Any]) -> None:
+        """An approved command whose run was never recorded: name its execution if it was requested
+        (the crash came before `approval_ran`), else run it, once (`approval_claim`). A run under way
+        this moment in another process is left alone for `RUN_GRACE`."""
+        approved_at = max(datetime.fromisoformat(d["at"].replace("Z", "+00:00")) for d in row["decisions"])
+        if utcnow() - approved_at < RUN_GRACE:
+            return
+        db = self.engine.db
+        if not await db(db.store.approval_claim, row["id"], row["revision"]):
+            return
+        execution_id = await db(db.store.execution_of_approval, row["id"], row["created_at"])
+        if execution_id is not None:
+            await db(db.store.approval_ran, row["id"], execution_id)
+            return
+        log.warning("approval %s was approved but never ran (a restart in between?); running it now", row["id"])
+        await self._run(row)
 
     async def pending(self) -> int:
         """How many approvals wait (read at start: they live in the table, nothing to rebuild)."""

@@ -25,6 +25,7 @@ from aliases import Alias, AliasMatch
 from bot.chat.auth import Authorizer
 from bot.chat.index import AliasIndex
 from bot.chat.replies import render_ack, short
+from engine.actions import unapproved
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
 
@@ -107,8 +108,7 @@ class CommandService:
         policy = alias.approval or action.approval
         if policy is not None:
             if self.holder is None or chat is None:
-                raise CommandFailed(f"{alias.ref} needs approval from {', '.join(policy['groups'])}; "
-                                    "send it in chat, where approvers can be asked")
+                raise CommandRefused(unapproved(alias.ref, policy))
             return await self.holder(HeldRequest(alias, message, parameters, sorted(render), context, policy))
         return await self.request(alias, message, source, parameters, render, context)
 

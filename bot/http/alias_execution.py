@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel
 
 from adapters.base import Message
-from bot.chat.commands import CommandFailed, CommandRefused
+from bot.chat.commands import Accepted, CommandFailed, CommandRefused
 from bot.http.aliases import match_command
 from bot.http.executions import execution_doc
 from bot.http.key_auth import request_user
@@ -37,7 +37,8 @@ async def _execute(request: Request, body: AliasExecutionRequest) -> dict[str, A
                       text=body.command)
     try:
         await commands.authorise(match, message, "api")
-        accepted = await commands.run(match, message, "api")
+        accepted = await commands.run(match, message, "api")  # never Held: without chat it is refused
+        assert isinstance(accepted, Accepted)
     except CommandRefused as exc:
         raise HTTPException(403, f"{user} may not run {match.alias.ref}: {exc}") from exc
     except CommandFailed as exc:

@@ -20,6 +20,7 @@ from bot.http.actions import action_public
 from bot.http.key_auth import request_user
 from bot.http.runners import runner_public
 from bot.http.state import api_state
+from engine.actions import unapproved
 from engine.executions import ExecutionNotFound, ExecutionStateError
 from engine.live import follow_output
 from engine.packs import Registry, UnknownAction
@@ -133,6 +134,9 @@ async def create_execution(body: ExecutionRequest, request: Request) -> dict[str
         raise HTTPException(403, f"This API key ({key_name or 'a configured key'}) may not ask for parameters "
                                  "to be rendered as templates; list a stored key's name in api.render_keys "
                                  "to allow it, or send the values as data.")
+    action = state.squall.registry.actions.get(body.action)
+    if action is not None and action.approval is not None:
+        raise HTTPException(403, unapproved(action.ref, action.approval))
     try:
         record = await state.squall.executions.request(body.action, body.parameters, context, render=body.render)
     except (ParameterError, UnknownAction, ValueError) as exc:

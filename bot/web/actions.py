@@ -20,7 +20,7 @@ from bot.accounts import Session
 from bot.forms import Field, action_fields, parse
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import form_fields, operator, viewer
-from engine.actions import Action
+from engine.actions import Action, unapproved
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
 
@@ -78,6 +78,9 @@ async def action_run(request: Request, ref: str, session: Session = Depends(oper
     submitted = await form_fields(request)
     # What the person typed goes back into the form on an error, but never a secret.
     shown = {f.name: submitted.get(f.name, "") for f in fields if f.kind != "secret"}
+    if action.approval is not None:
+        return _page(request, session, action, fields, shown, problem=unapproved(action.ref, action.approval),
+                     status=403)
     parsed = parse(fields, submitted)
     if not parsed.ok:
         return _page(request, session, action, fields, shown, parsed.errors, status=400)
