@@ -4,6 +4,11 @@ An inquiry is the execution itself (as in StackStorm): its result holds the sche
 who may answer and the TTL. Answering validates the response against the schema, checks the
 responder, and finishes the execution `succeeded` with `result.response`; the workflow waiting
 on it is conducted on by the workflow service's listener. An expired inquiry finishes `timeout`.
+
+Squall adds chat approvals' rules (`count`, `self_approval`): every answer is kept in
+`result.responses` (who, when, what); the inquiry finishes once `count` distinct people answered,
+or at once when one says no to a yes/no field, with their answers `merged`. Answers are taken one
+at a time in a process, so two people answering together both count.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import jsonschema
 from engine.events import INQUIRY_PENDING
 from engine.parameters import draft4
 from engine.runners import RunOutcome, RunRequest
-from engine.storage import utcnow
+from engine.storage import iso, utcnow
 
 if TYPE_CHECKING:
     from engine.executions import ExecutionService
@@ -49,6 +54,10 @@ class InquirerRunner:
             "users": list(params.get("users") or []),
             "route": params.get("route") or "",
             "ttl": int(params.get("ttl") if params.get("ttl") is not None else 1440),
+            "count": int(params.get("count") or 1),
+            "self_approval": params.get("self_approval") is not False,
+            "requester": request.context.get("user"),
+            "responses": [],
         })
 
 
@@ -58,7 +67,18 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
     return {"id": record["id"], "route": result.get("route", ""), "ttl": result.get("ttl"),
             "users": result.get("users", []), "roles": result.get("roles", []), "schema": result.get("schema", {}),
             "status": record["status"], "parent": record.get("parent"),
-            "start_timestamp": record.get("start_timestamp"), "response": result.get("response")}
+            "start_timestamp": record.get("start_timestamp"), "response": result.get("response"),
+            "count": result.get("count", 1), "self_approval": result.get("self_approval", True),
+            "responses": result.get("responses", [])}
+
+
+def merged(responses: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What several people's answers tell the workflow: the last answer, with every yes/no field a
+    yes only if everyone said yes (a two-person approval is two yeses; one no is a no)."""
+    answer = dict(responses[-1])
+    for key in {k for r in responses for k, v in r.items() if isinstance(v, bool)}:
+        answer[key] = all(r.get(key) is True for r in responses if key in r)
+    return answer
 
 
 class InquiryService:
@@ -69,6 +89,8 @@ class InquiryService:
         self.triggers = triggers
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Answers are read, checked and written one at a time: a count of 2 must not lose one of two.
+        self._answering = asyncio.Lock()
         executions.on_finished(self._on_finished)
 
     def _on_finished(self, record: dict[str, Any]) -> Any:
@@ -152,6 +174,10 @@ class InquiryService:
     async def respond(self, inquiry_id: str, response: Any, user: str | None,
                       groups: Sequence[str] = ()) -> dict[str, Any]:
         """Validate and record the answer; raises `InquiryError` saying what is wrong."""
+        async with self._answering:
+            return await self._respond(inquiry_id, response, user, groups)
+
+    async def _respond(self, inquiry_id: str, response: Any, user: str | None, groups: Sequence[str]) -> dict[str, Any]:
         record = await self._record(inquiry_id)
         if record["status"] != "pending":
             why = "it expired" if record["status"] == "timeout" else f"it is {record['status']}"
@@ -161,6 +187,13 @@ class InquiryService:
         if (users or roles) and user not in users and not set(groups) & set(roles):
             raise InquiryError(f'{user or "you"} may not respond to inquiry {record["id"]}: only '
                                + ", ".join([*users, *(f"role {r}" for r in roles)]), 403)
+        if result.get("self_approval") is False and user is not None and user == result.get("requester"):
+            raise InquiryError(f"{user} started the workflow of inquiry {record['id']}: someone else must answer it",
+                               403)
+        earlier = list(result.get("responses") or [])
+        if any(r.get("user") == user for r in earlier):
+            raise InquiryError(f"{user or 'you'} already answered inquiry {record['id']}; each person counts once",
+                               409)
         if not isinstance(response, dict):
             raise InquiryError("the response must be a JSON object, e.g. {\"continue\": true}")
         schema = draft4(result.get("schema") or {})
@@ -171,8 +204,18 @@ class InquiryService:
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "response"
             raise InquiryError(f"the response does not fit the inquiry's schema at {where}: {error.message}")
+        responses = [*earlier, {"user": user, "at": iso(utcnow()), "response": response}]
+        answers = [r["response"] for r in responses]
+        said_no = any(v is False for v in response.values())
+        if len(responses) < int(result.get("count") or 1) and not said_no:  # more people must answer
+            waiting = {**result, "responses": responses}
+            if not await self.executions.db(self.executions.db.store.update_execution, record["id"],
+                                            {"result": waiting}, expect=("pending",)):
+                raise InquiryError(f'inquiry {record["id"]} was answered or expired meanwhile', 409)
+            return public({**record, "result": waiting})
         done = await self.executions.complete(record["id"], "succeeded",
-                                              {**result, "response": response, "responder": user}, ("pending",))
+                                              {**result, "response": merged(answers), "responder": user,
+                                               "responses": responses}, ("pending",))
         if done is None:
             raise InquiryError(f'inquiry {record["id"]} was answered or expired meanwhile', 409)
         return public(done)

@@ -50,6 +50,9 @@ output:
   - answer: <% ctx(answer) %>
 """
 
+TWO_PEOPLE = APPROVAL.replace("users: [olivia]",
+                              "users: [tester, ann, bea]\n      count: 2\n      self_approval: false")
+
 CHOICE = """
 chain:
   - name: ask
@@ -81,7 +84,8 @@ async def chat(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter]]:
         api:
           keys: [test-key-123456]
     """)
-    workflow_pack(home, {"approval": ("orquesta", "", APPROVAL), "choice": ("action-chain", "", CHOICE)})
+    workflow_pack(home, {"approval": ("orquesta", "", APPROVAL), "two": ("orquesta", "", TWO_PEOPLE),
+                         "choice": ("action-chain", "", CHOICE)})
     loopback = LoopbackAdapter()
     squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
     assert squall.registry.errors == []
@@ -230,3 +234,36 @@ async def test_recover_expires_overdue_inquiries(chat) -> None:
     assert await squall.inquiries.recover() == 0  # overdue: expired at once, no timer armed
     assert (await squall.executions.get(inquiry["id"]))["status"] == "timeout"
     assert (await _final(squall, workflow_id))["status"] == "failed"
+
+
+async def test_an_inquiry_with_approver_rules_needs_two_others_and_one_no_ends_it(chat) -> None:
+    """`count` and `self_approval` on core.ask (as chat approvals): the requester may not answer, each
+    person counts once, the workflow goes on after the second yes, and a single no ends it."""
+    squall, loopback = chat
+    workflow_id, inquiry = await _paused(squall, "wf.two")
+    with pytest.raises(InquiryError, match="someone else must answer") as own:
+        await squall.inquiries.respond(inquiry["id"], {"approved": True}, "tester")
+    assert own.value.status == 403
+    first = await squall.inquiries.respond(inquiry["id"], {"approved": True}, "ann")
+    assert first["status"] == "pending" and [r["user"] for r in first["responses"]] == ["ann"]
+    with pytest.raises(InquiryError, match="counts once"):
+        await squall.inquiries.respond(inquiry["id"], {"approved": True}, "ann")
+    assert (await squall.executions.get(workflow_id))["status"] == "paused"
+
+    question = next(p for p in await loopback.wait_for(lambda p: any(inquiry["id"] in x.text for x in p))
+                    if inquiry["id"] in p.text)
+    await loopback.say("yes", user="bea", channel="#approvals", thread=question.id, mentioned=True)
+    done = await _final(squall, workflow_id)
+    assert done["status"] == "succeeded" and done["result"]["output"] == {"answer": True}
+    answered = (await squall.executions.get(inquiry["id"]))["result"]
+    assert [(r["user"], r["response"]) for r in answered["responses"]] == [
+        ("ann", {"approved": True}), ("bea", {"approved": True})]
+    assert all(r["at"] for r in answered["responses"]) and answered["responder"] == "bea"
+    assert task_names(await children(squall, workflow_id)) == ["prepare", "approve", "deploy"]
+
+    refused_id, refused = await _paused(squall, "wf.two")
+    said = await squall.inquiries.respond(refused["id"], {"approved": False}, "bea")  # one no is enough
+    assert said["status"] == "succeeded" and said["response"] == {"approved": False}
+    ended = await _final(squall, refused_id)
+    assert "deploy" not in task_names(await children(squall, refused_id)) and ended["result"]["output"] == {
+        "answer": None}

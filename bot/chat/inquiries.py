@@ -132,14 +132,17 @@ class InquiryChat:
             return None
         where, store = f"{message.adapter}:{message.channel}", self.engine.store
         try:
-            await self.engine.inquiries.respond(inquiry["id"], response, message.user, message.groups)
+            answered = await self.engine.inquiries.respond(inquiry["id"], response, message.user, message.groups)
         except InquiryError as exc:
             await self.engine.db(store.audit_add, "chat.inquiry.denied", message.user, where, inquiry["id"],
                                  {"reason": str(exc)})
             return f"Sorry {message.user}: {exc}"
         await self.engine.db(store.audit_add, "chat.inquiry.respond", message.user, where, inquiry["id"],
                              {"response": response})
-        return f"Thanks {message.user}, inquiry {inquiry['id']} answered: {json.dumps(response)}"
+        if answered["status"] == "pending":  # `count` people must answer
+            return (f"Thanks {message.user}, your answer to inquiry {inquiry['id']} is recorded "
+                    f"({len(answered['responses'])} of {answered['count']}): {json.dumps(response)}")
+        return f"Thanks {message.user}, inquiry {inquiry['id']} answered: {json.dumps(answered['response'])}"
 
     async def respond_command(self, message: Message, rest: str, prefix: str) -> str:
         """`respond <inquiry-id> <json or value>`."""

@@ -203,6 +203,12 @@ RUNNER_TYPES: dict[str, RunnerType] = {
                 "roles": {"type": "array", "default": [], "description": "Groups/roles who may respond."},
                 "ttl": {"type": "integer", "default": 1440,
                         "description": "Minutes before the inquiry expires (0: never)."},
+                "count": {"type": "integer", "default": 1, "minimum": 1,
+                          "description": "Distinct people who must answer before the workflow goes on "
+                                         "(a Squall extension, as chat approvals' count)."},
+                "self_approval": {"type": "boolean", "default": True,
+                                  "description": "Whether the person who started the workflow may answer "
+                                                 "(a Squall extension)."},
             },
         ),
         RunnerType(
