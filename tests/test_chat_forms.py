@@ -295,6 +295,18 @@ async def test_slack_missing_parameter_offers_the_form(slack) -> None:
     assert view["blocks"][0]["element"]["initial_value"] == "web4"  # what was typed is filled in
 
 
+async def test_slack_slash_command_alone_offers_what_the_person_may_run(slack) -> None:
+    _, fake = slack
+    await fake.push("slash_commands", fake.slash("", user="UBOB0001"))
+    pick = await _slack_posted(fake, lambda m: "Which command?" in m.get("text", ""), "the pick")
+    blocks = json.loads(pick["blocks"]) if isinstance(pick.get("blocks"), str) else pick["blocks"]
+    offered = [e["value"] for b in blocks if b.get("type") == "actions" for e in b["elements"]]
+    assert "run-form demo.deploy" in offered and "run-form demo.reboot" not in offered  # bob may not reboot
+    await fake.push("interactive", fake.click(pick, "run-form demo.deploy", user="UBOB0001"))
+    view = await fake.wait_for(lambda: fake.views[-1] if fake.views else None, what="views.open")
+    assert view["blocks"][0]["block_id"] == "host"
+
+
 async def test_slack_message_shortcut_opens_the_form_of_the_message_s_command(slack) -> None:
     _, fake = slack
     event = fake.message_event("!deploy web5 stage=prod")

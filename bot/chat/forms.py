@@ -28,6 +28,7 @@ from adapters.base import Adapter, DeliveryError, Form, FormField, FormSubmissio
 from aliases import Alias, AliasMatch, AliasMatcher, AmbiguousCommand, NoMatch
 from bot.chat.auth import Authorizer
 from bot.chat.commands import CommandService
+from bot.chat.help import visible
 from bot.forms import Field, action_fields, parse
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ FORM_TTL = 1800.0
 ASK_TTL = 600.0
 CANCEL = {"cancel", "stop", "abort"}
 SKIP = "-"
+#: How many commands `run-form` alone offers as buttons.
+PICK = 10
 EXPIRED = "This form is no longer open (it expired or was sent already); open it again."
 
 
@@ -111,10 +114,17 @@ class ChatForms:
         return True
 
     async def command(self, message: Message, text: str) -> bool:
-        """`run-form NAME`: offer its form; False for any other command."""
+        """`run-form NAME`: offer its form; `run-form` alone, or an empty slash command (which comes with
+        a trigger to open a form), offers a pick of the commands the sender may run there. False for
+        any other command."""
         word, _, rest = text.partition(" ")
+        if not text and message.trigger:
+            word = WORD
         if word.lower() != WORD:
             return False
+        if not rest.strip():
+            await self._pick(message)
+            return True
         found = self._resolve(rest.strip(), message)
         if isinstance(found, str):
             await self.dispatcher.say(message, found)
@@ -149,6 +159,21 @@ class ChatForms:
             del self._opened[state]
             await self.dispatcher.say(message, f"I could not open the form ({exc}); try again.",
                                       buttons=[{"text": "Open form", "value": f"{WORD} {alias.ref}"}])
+
+    async def _pick(self, message: Message) -> None:
+        """The commands `message`'s sender may run here, as buttons that open their forms (the first
+        `PICK`, by pack and name; the rest by name)."""
+        dispatcher = self.dispatcher
+        allowed = sorted((a for a in visible(dispatcher.matcher.aliases, dispatcher.auth, message) if a.enabled),
+                         key=lambda a: a.ref)
+        prefix = dispatcher.settings.prefix
+        if not allowed:
+            await dispatcher.say(message, f"There is nothing you may run here, {message.user}.")
+            return
+        rest = len(allowed) - PICK
+        more = f"; or `{prefix}{WORD} <name>` for the {rest} other(s) (`{prefix}help` lists them)" if rest > 0 else ""
+        await dispatcher.say(message, f"Which command? Pick one to fill in its form{more}.",
+                             buttons=[{"text": a.ref, "value": f"{WORD} {a.ref}"} for a in allowed[:PICK]])
 
     async def submit(self, submission: FormSubmission) -> dict[str, str]:
         """A platform form sent back: a message per wrong field (the form stays open to fix them), or
