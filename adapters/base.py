@@ -123,6 +123,10 @@ class FormSubmission:
 FormHandler = Callable[[FormSubmission], Awaitable[dict[str, str]]]
 
 
+#: The buttons a person's home on the platform shows (Slack's App Home tab): the commands they may run.
+HomeHandler = Callable[[Message], Awaitable[list[dict[str, str]]]]
+
+
 class AdapterConfigError(Exception):
     """An adapter's settings cannot be used (a missing token, a refused login): nothing will ever
     work, so `squall serve` stops with this message, which names the key (and the variable) to fix."""
@@ -174,6 +178,10 @@ class Adapter(Protocol):
     # `DeliveryError` when the platform refuses; and `on_form: FormHandler | None`, set by the bot,
     # which the adapter calls with each submission before it answers the platform, so the errors go
     # back on the fields. Adapters without them get forms as questions in chat (`bot/chat/forms.py`).
+
+    # Optional: `on_home: HomeHandler | None`, set by the bot: the adapter asks it for the buttons of a
+    # person's home on the platform (Slack's App Home tab) when they open it; a click there is a
+    # message from them in their private channel with the app, with a trigger to open a form.
 
     # Optional: `private_channel(user: str) -> str`: the channel of a private exchange with `user` (IRC:
     # their nick), where a form without `open_form` asks its questions; without it, in the same channel.

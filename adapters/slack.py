@@ -49,11 +49,19 @@ from adapters.base import (
     FormField,
     FormHandler,
     FormSubmission,
+    HomeHandler,
     Message,
     MessageHandler,
     Reply,
 )
-from adapters.slack_format import ACTION_PREFIX, MAX_TEXT, clicked_summary, message_arguments, plain_text
+from adapters.slack_format import (
+    ACTION_PREFIX,
+    MAX_TEXT,
+    clicked_summary,
+    home_view,
+    message_arguments,
+    plain_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +267,9 @@ def payload_problem(body: Any) -> str | None:  # noqa: C901 (a check per field o
             return problem
         if not isinstance(body.get("user"), dict) or not isinstance(body["user"].get("id"), str):
             return "user must be an object with an id string"
-        if not ((body.get("channel") or {}).get("id") or container.get("channel_id")):
-            return "a block_actions payload needs channel.id or container.channel_id"
+        home = isinstance(body.get("view"), dict) and body["view"].get("type") == "home"
+        if not ((body.get("channel") or {}).get("id") or container.get("channel_id") or home):
+            return "a block_actions payload needs channel.id or container.channel_id (or a home view)"
     return None
 
 
@@ -313,6 +322,8 @@ class SlackAdapter:
         self._on_message: MessageHandler | None = None
         #: The bot's check of a submitted form (`adapters.base`: set by the bot when it has forms).
         self.on_form: FormHandler | None = None
+        #: The buttons of a person's App Home tab (`adapters.base`: set by the bot when it has forms).
+        self.on_home: HomeHandler | None = None
         self._seen = _Seen()
         self._users: dict[str, tuple[str, float]] = {}
         self._user_lookups: dict[str, asyncio.Future[str | None]] = {}
@@ -498,6 +509,7 @@ class SlackAdapter:
         app.action(re.compile(f"^{ACTION_PREFIX}"))(self._on_button)
         app.view(FORM_CALLBACK)(self._on_form)
         app.message_shortcut(re.compile(".+"))(self._on_shortcut)
+        app.event("app_home_opened")(self._on_home)
         # Anything else subscribed is acknowledged, never 404 (which makes Slack retry it).
         app.event(re.compile(".*"))(self._ignore)
         app.error(self._on_error)
@@ -586,6 +598,8 @@ class SlackAdapter:
         action = (body.get("actions") or [{}])[0]
         user_id = str((body.get("user") or {}).get("id", ""))
         channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", ""))
+        if not channel and (body.get("view") or {}).get("type") == "home":
+            channel = user_id  # a click in the App Home tab: answered in the person's DM with the app
         original = body.get("message") or {}
         thread = original.get("thread_ts") or (body.get("container") or {}).get("thread_ts")
         user = await self._user_name(user_id, fallback=(body.get("user") or {}).get("username"))
@@ -644,6 +658,26 @@ class SlackAdapter:
         await ack(response_action="errors",
                   errors={(name if name in blocks else blocks[0] if blocks else name): text[:2000]
                           for name, text in errors.items()})
+
+    async def _on_home(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        if self._well_formed(body):
+            await self._guarded(self._home(event))
+
+    async def _home(self, event: dict[str, Any]) -> None:
+        """The App Home tab opened: publish the commands this person may run, as buttons that open
+        their forms (the bot decides which, by the same check as a typed command, in their DM)."""
+        user_id = event.get("user")
+        if self.on_home is None or event.get("tab", "home") != "home" or not isinstance(user_id, str):
+            return
+        person = Message(adapter=self.name, channel=str(event.get("channel") or user_id),
+                         user=await self._user_name(user_id), text="", direct=True, mentioned=True,
+                         groups=await self._groups_of(user_id))
+        buttons = await self.on_home(person)
+        view = home_view("Commands you may run", buttons, "There is nothing you may run here yet.")
+        try:
+            await self.client.views_publish(user_id=user_id, view=view)
+        except SlackApiError as exc:
+            log.warning("Slack: could not publish the App Home tab: %s", _error(exc))
 
     async def open_form(self, trigger: str, form: Form) -> None:
         """`views.open` with the form as a modal (Block Kit inputs, `private_metadata` the bot's state)."""

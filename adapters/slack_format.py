@@ -21,6 +21,8 @@ from adapters.base import Reply
 
 #: Every button the adapter renders has an action_id with this prefix, so clicks route back to it.
 ACTION_PREFIX = "squall_button_"
+#: The most buttons the App Home tab shows (four actions blocks; a view holds at most 100 blocks).
+HOME_BUTTONS = 100
 #: Slack refuses a section block's text above 3000 characters, and more than 50 blocks a message.
 SECTION_LIMIT = 3000
 MAX_BLOCKS = 50
@@ -85,6 +87,16 @@ def buttons_block(buttons: list[dict[str, str]]) -> dict[str, Any]:
             element["style"] = "danger"
         elements.append(element)
     return {"type": "actions", "block_id": "squall_buttons", "elements": elements}
+
+
+def home_view(title: str, buttons: list[dict[str, str]], empty: str) -> dict[str, Any]:
+    """The App Home tab (`views.publish`): a title and the buttons, 25 to an actions block."""
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": title[:150]}}]
+    if not buttons:
+        blocks += _sections(escape(empty))
+    for start in range(0, min(len(buttons), HOME_BUTTONS), 25):
+        blocks.append({**buttons_block(buttons[start:start + 25]), "block_id": f"squall_buttons_{start // 25}"})
+    return {"type": "home", "blocks": blocks}
 
 
 def message_arguments(reply: Reply) -> dict[str, Any]:

@@ -11,6 +11,8 @@ verified against slack-bolt 1.30 / slack_sdk 3.48 (../shared/reference/chat-prot
 - `views.open` opens a modal (recorded in `views`, answered with the view and its id, `expired_trigger_id`
   for a trigger used before); `submit_view` sends its `view_submission` as Slack does (an
   `interactive` envelope whose ack may carry `response_action`) and returns that ack's payload.
+- `views.publish` records each user's App Home tab (`homes`); `chat.postMessage` to a user id
+  posts in that user's DM with the app, as Slack does.
 It runs on the test's own event loop, on a free 127.0.0.1 port, and records every call.
 """
 
@@ -67,6 +69,7 @@ class FakeSlack:
     responses: list[dict[str, Any]] = field(default_factory=list)  # what was POSTed to response_urls
     connections: int = 0
     views: list[dict[str, Any]] = field(default_factory=list)  # modals opened by views.open, as Slack holds them
+    homes: dict[str, dict[str, Any]] = field(default_factory=dict)  # App Home tabs by user, from views.publish
     #: Methods that answer `{"ok": false, "error": <value>}` (a missing scope, say).
     errors: dict[str, str] = field(default_factory=dict)
     #: Channels the bot is not a member of: chat.postMessage answers `not_in_channel`.
@@ -207,6 +210,23 @@ class FakeSlack:
                 "actions": [{"action_id": button["action_id"], "block_id": "squall_buttons", "value": value,
                              "type": "button", "text": button["text"], "action_ts": str(time.time())}]}
 
+    def home_opened(self, user: str = "UALICE01") -> dict[str, Any]:
+        """The `app_home_opened` event of `user` opening the app's Home tab."""
+        return {"type": "app_home_opened", "user": user, "channel": f"D{user[1:]}", "tab": "home",
+                "event_ts": f"{int(time.time())}.{next(self._ts):06d}"}
+
+    def click_home(self, value: str, *, user: str = "UALICE01") -> dict[str, Any]:
+        """The block_actions payload of a click on the button with `value` in `user`'s App Home tab."""
+        view = self.homes[user]
+        button = next(e for b in view["blocks"] if b.get("type") == "actions" for e in b["elements"]
+                      if e.get("value") == value)
+        return {"type": "block_actions", "team": {"id": TEAM, "domain": "fake"},
+                "user": {"id": user, "username": self.users.get(user, {}).get("name", user), "team_id": TEAM},
+                "api_app_id": "A0000001", "token": "legacy", "container": {"type": "view", "view_id": view["id"]},
+                "trigger_id": f"trig.home.{next(self._ts)}", "view": view,
+                "actions": [{"action_id": button["action_id"], "block_id": "squall_buttons_0", "value": value,
+                             "type": "button", "text": button["text"], "action_ts": str(time.time())}]}
+
     def message_shortcut(self, message: dict[str, Any], callback_id: str, *, user: str = "UALICE01") -> dict[str, Any]:
         """The `message_action` payload of a message shortcut used on `message` (an event's or a post's)."""
         channel = message["channel"]
@@ -297,6 +317,16 @@ class FakeSlack:
         self.views.append(opened)
         return {"ok": True, "view": opened}
 
+    def _m_views_publish(self, p: dict[str, Any]) -> dict[str, Any]:
+        """A user's App Home tab (a `home` view, at most 100 blocks)."""
+        view = json.loads(p["view"]) if isinstance(p.get("view"), str) else p.get("view")
+        if p.get("user_id") not in self.users or not isinstance(view, dict) or view.get("type") != "home":
+            return {"ok": False, "error": "invalid_arguments"}
+        if len(view.get("blocks") or []) > 100:
+            return {"ok": False, "error": "invalid_blocks"}
+        self.homes[p["user_id"]] = {**view, "id": f"VH{p['user_id']}"}
+        return {"ok": True, "view": self.homes[p["user_id"]]}
+
     def _m_auth_test(self, p: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": "https://fake.slack.com/", "team": "Fake", "user": "squall", "team_id": TEAM,
                 "user_id": BOT_USER, "bot_id": BOT_ID}
@@ -306,7 +336,7 @@ class FakeSlack:
 
     def _m_chat_postMessage(self, p: dict[str, Any]) -> dict[str, Any]:
         channel = p.get("channel", "")
-        if channel not in self.channels:
+        if channel not in self.channels and channel not in self.users:  # a user id: the DM with the app
             return {"ok": False, "error": "channel_not_found"}
         if channel in self.not_member:
             return {"ok": False, "error": "not_in_channel"}

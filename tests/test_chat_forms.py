@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -305,6 +306,25 @@ async def test_slack_slash_command_alone_offers_what_the_person_may_run(slack) -
     await fake.push("interactive", fake.click(pick, "run-form demo.deploy", user="UBOB0001"))
     view = await fake.wait_for(lambda: fake.views[-1] if fake.views else None, what="views.open")
     assert view["blocks"][0]["block_id"] == "host"
+
+
+async def test_slack_app_home_lists_the_person_s_commands_and_opens_their_forms(slack) -> None:
+    squall, fake = slack
+    squall.chat.dispatcher.settings = replace(squall.chat.dispatcher.settings, favourites=("demo.deploy",))
+    await fake.push("events_api", fake.event(fake.home_opened("UBOB0001")))
+    home = await fake.wait_for(lambda: fake.homes.get("UBOB0001"), what="views.publish")
+    offered = [e["value"] for b in home["blocks"] if b.get("type") == "actions" for e in b["elements"]]
+    assert offered[0] == "run-form demo.deploy" and "run-form demo.reboot" not in offered  # favourite first
+    await fake.push("events_api", fake.event(fake.home_opened("UOLIVIA1")))
+    olivia = await fake.wait_for(lambda: fake.homes.get("UOLIVIA1"), what="olivia's home")
+    assert "run-form demo.reboot" in [e["value"] for b in olivia["blocks"] if b.get("type") == "actions"
+                                      for e in b["elements"]]
+
+    await fake.push("interactive", fake.click_home("run-form demo.deploy", user="UBOB0001"))
+    view = await fake.wait_for(lambda: fake.views[-1] if fake.views else None, what="views.open")
+    assert await fake.submit_view(view, {"host": "web9", "count": "1", "token": SECRET}, user="UBOB0001") == {}
+    result = await _slack_posted(fake, lambda m: m.get("text") == "deployed web9 x1 to dev", "the result")
+    assert result["channel"] == "UBOB0001"  # the DM with the app, where the Home tab's form came from
 
 
 async def test_slack_message_shortcut_opens_the_form_of_the_message_s_command(slack) -> None:

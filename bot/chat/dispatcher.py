@@ -59,6 +59,9 @@ class ChatSettings:
     suggest_ranker: str = "lexical"
     suggest_threshold: float | None = None
     suggest_margin: float | None = None
+    #: `chat.favourites`: alias or action refs the Slack App Home tab offers first, in this order
+    #: (empty: every command the person may run there).
+    favourites: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> ChatSettings:
@@ -66,7 +69,16 @@ class ChatSettings:
         return cls(prefix=str(section.get("prefix", "!")), bot_name=str(section.get("bot_name", "squall")),
                    thread_replies=bool(section.get("thread_replies", True)),
                    confirm_ttl=float(section.get("confirm_ttl", 60)), suggest_ranker=ranker,
-                   suggest_threshold=threshold, suggest_margin=margin)
+                   suggest_threshold=threshold, suggest_margin=margin,
+                   favourites=_favourites(section.get("favourites")))
+
+
+def _favourites(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(ref, str) and ref for ref in value):
+        raise ConfigError("'chat.favourites' must be a list of alias or action refs, such as [linux.restart]")
+    return tuple(value)
 
 
 _SUGGEST_KEYS = {"ranker", "threshold", "margin"}

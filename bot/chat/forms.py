@@ -102,6 +102,8 @@ class ChatForms:
         for adapter in dispatcher.adapters.values():
             if hasattr(adapter, "open_form"):
                 adapter.on_form = self.submit  # type: ignore[attr-defined]
+            if hasattr(adapter, "on_home"):
+                adapter.on_home = self.home  # type: ignore[attr-defined]
 
     # -- entry points from the dispatcher ----------------------------------------------------------
     async def answer(self, message: Message, text: str | None) -> bool:
@@ -160,12 +162,30 @@ class ChatForms:
             await self.dispatcher.say(message, f"I could not open the form ({exc}); try again.",
                                       buttons=[{"text": "Open form", "value": f"{WORD} {alias.ref}"}])
 
-    async def _pick(self, message: Message) -> None:
-        """The commands `message`'s sender may run here, as buttons that open their forms (the first
-        `PICK`, by pack and name; the rest by name)."""
+    def _allowed(self, message: Message) -> list[Alias]:
+        """The commands `message`'s sender may run where it was sent: `chat.favourites` first, in their
+        order (an alias ref, or an action ref for its first alias), then the rest by ref."""
         dispatcher = self.dispatcher
         allowed = sorted((a for a in visible(dispatcher.matcher.aliases, dispatcher.auth, message) if a.enabled),
                          key=lambda a: a.ref)
+        favourites = dispatcher.settings.favourites
+        rank = {ref: index for index, ref in reversed(list(enumerate(favourites)))}
+
+        def place(alias: Alias) -> tuple[int, bool]:  # an alias named outranks another of a named action
+            own, of_action = rank.get(alias.ref, len(rank)), rank.get(alias.action_ref, len(rank))
+            return min(own, of_action), own > of_action
+
+        return sorted(allowed, key=place)
+
+    async def home(self, message: Message) -> list[dict[str, str]]:
+        """The buttons of `message`'s sender's home on the platform (Slack's App Home tab)."""
+        return [{"text": a.ref, "value": f"{WORD} {a.ref}"} for a in self._allowed(message)]
+
+    async def _pick(self, message: Message) -> None:
+        """The commands `message`'s sender may run here, as buttons that open their forms (the first
+        `PICK`; the rest by name)."""
+        dispatcher = self.dispatcher
+        allowed = self._allowed(message)
         prefix = dispatcher.settings.prefix
         if not allowed:
             await dispatcher.say(message, f"There is nothing you may run here, {message.user}.")
