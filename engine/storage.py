@@ -219,8 +219,10 @@ approvals = sa.Table(
     sa.Column("action", sa.String(255), nullable=False),
     # The request as the command path would make it: typed values are data, `render` names the
     # alias author's templates; the context it would have run with.
+    # Secrets masked; their values sealed with the datastore key, as an execution's are.
     sa.Column("parameters", sa.JSON, nullable=False),
     sa.Column("render", sa.JSON, nullable=False),
+    sa.Column("sealed", sa.Text, nullable=True),
     sa.Column("context", sa.JSON, nullable=False),
     sa.Column("requester", sa.String(255), nullable=False),
     sa.Column("adapter", sa.String(64), nullable=False),

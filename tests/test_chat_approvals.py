@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from adapters.loopback import LoopbackAdapter, Posted
 from aliases.model import load_aliases
@@ -41,6 +43,19 @@ def _approval_config(home: Path, ttl: str = "1h") -> None:
           service: {type: string, required: true}
           cmd: {default: 'echo restarted {{service}}', immutable: true}
         approval: {groups: [approvers]}
+    """)
+    write(pack / "actions" / "login.yaml", """
+        name: login
+        runner_type: local-shell-cmd
+        parameters:
+          token: {type: string, secret: true, required: true}
+          cmd: {default: 'test "{{token}}" = "s3cret-value-9" && echo token-ok', immutable: true}
+        approval: {groups: [approvers]}
+    """)
+    write(pack / "aliases" / "login.yaml", """
+        name: login
+        action_ref: demo.login
+        formats: ["login {{token}}"]
     """)
     write(pack / "aliases" / "restart.yaml", """
         name: restart
@@ -216,6 +231,24 @@ async def test_a_hostile_value_is_stored_and_run_as_data(chat, tmp_path: Path) -
     assert not marker.exists()
 
 
+async def test_a_secret_waits_sealed_and_reaches_the_action_once_approved(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!login s3cret-value-9", user="alice")
+    await settle(squall, bot)
+    approval_id = _approval_id(loopback)
+    with squall.store.engine.connect() as conn:
+        stored = json.dumps([list(r) for r in conn.execute(sa.text("SELECT * FROM approvals"))], default=str)
+        audited = json.dumps([list(r) for r in conn.execute(sa.text("SELECT * FROM audit"))], default=str)
+    assert "s3cret-value-9" not in stored + audited + json.dumps(loopback.texts())
+    row = await squall.db(squall.store.approval_get, approval_id)
+    assert row["parameters"] == {"token": "********"} and row["sealed"]
+    await loopback.say(f"!approve {approval_id}", user="ann", thread="m1")
+    await settle(squall, bot)
+    [execution] = await squall.executions.list(action="demo.login")
+    assert execution["status"] == "succeeded" and "token-ok" in execution["result"]["stdout"]
+    assert execution["parameters"]["token"] == "********"
+
+
 def test_a_bad_approval_is_refused_at_load_naming_file_and_key(home: Path) -> None:
     _approval_config(home)
     pack = home / "packs" / "demo"
@@ -277,8 +310,6 @@ async def test_the_api_and_the_web_refuse_what_needs_approval(home: Path) -> Non
 async def test_an_approved_command_a_crash_left_unrun_runs_once_after_a_restart(home: Path) -> None:
     """The crash windows between the last approval and the run: before the request (it runs at the
     next start) and between the request and its record (the execution is found, not run again)."""
-    import sqlalchemy as sa
-
     from engine.storage import approvals, iso
 
     _approval_config(home)

@@ -15,6 +15,7 @@ who approved, when and from where. The approvers' words (a deny reason) are show
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from datetime import datetime, timedelta
@@ -52,15 +53,15 @@ class ApprovalChat:
     async def hold(self, held: HeldRequest) -> Held:
         """Store the command with its policy and ask its thread for approvers (Approve / Deny)."""
         action = self.engine.registry.action(held.alias.action_ref)
-        secret = sorted(action.secret_names & set(held.parameters))
-        if secret:  # the table is not sealed: a secret typed in chat must not wait there in clear
-            raise CommandFailed(f"{held.alias.ref} needs approval, and approvals cannot hold secret parameters "
-                                f"({', '.join(secret)}) yet")
+        secret = {k: v for k, v in held.parameters.items() if k in action.secret_names}
+        # A secret typed in chat waits sealed with the datastore key, as a queued execution's does.
+        sealed = self.engine.executions.keys.encrypt(json.dumps(secret)) if secret else None
         chat = held.context["chat"]
         policy = held.policy
         now = utcnow()
         row = {"id": secrets.token_hex(4), "alias": held.alias.ref, "action": held.alias.action_ref,
-               "parameters": held.parameters, "render": held.render, "context": held.context,
+               "parameters": _shown(held.parameters, set(secret)), "sealed": sealed, "render": held.render,
+               "context": held.context,
                "requester": held.message.user, "adapter": chat["adapter"], "channel": chat["channel"],
                "thread": chat.get("thread"), "groups": policy["groups"], "count": policy["count"],
                "self_approval": policy["self_approval"], "created_at": now,
@@ -70,7 +71,7 @@ class ApprovalChat:
         await db(db.store.approval_add, row)
         await self._audit("chat.approval.request", held.message.user, _where(held.message), row,
                           {"parameters": _shown(held.parameters, action.secret_names)})
-        shown = ", ".join(f"{k}={short(str(v), 60)}" for k, v in held.parameters.items()) or "no parameters"
+        shown = ", ".join(f"{k}={short(str(v), 60)}" for k, v in row["parameters"].items()) or "no parameters"
         await self._tell(row, f"{held.alias.action_ref} with {shown} is waiting for {_approvals(row['count'])} "
                               f"from {', '.join(row['groups'])} (approval {row['id']}, expires in "
                               f"{_duration(policy['ttl'])}). `{self.prefix}approve {row['id']}` or "
@@ -151,9 +152,10 @@ class ApprovalChat:
             return
         context = {**row["context"], "approval": {"id": row["id"], "groups": row["groups"], "count": row["count"],
                                                   "decisions": row["decisions"]}}
+        parameters = {**row["parameters"],
+                      **(json.loads(self.engine.executions.keys.decrypt(row["sealed"])) if row.get("sealed") else {})}
         try:
-            accepted = await self.commands.request(alias, requester, "chat", row["parameters"], row["render"],
-                                                   context)
+            accepted = await self.commands.request(alias, requester, "chat", parameters, row["render"], context)
         except CommandFailed as exc:
             await self._tell(row, f"I can't run {row['id']}: {exc}")
             return

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("action", sa.String(255), nullable=False),
         sa.Column("parameters", sa.JSON, nullable=False),
         sa.Column("render", sa.JSON, nullable=False),
+        sa.Column("sealed", sa.Text, nullable=True),
         sa.Column("context", sa.JSON, nullable=False),
         sa.Column("requester", sa.String(255), nullable=False),
         sa.Column("adapter", sa.String(64), nullable=False),
