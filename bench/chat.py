@@ -1,13 +1,51 @@
-"""Chat round trip: loopback message → alias → core.noop (durable records) → result reply.
+"""Chat round trip: loopback message → alias → action (durable records) → result reply, next to
+errbot's TestBot answering the same three commands in the same process run.
 
-    .venv/bin/python bench/chat.py [--commands N] [--in-flight K]
+    .venv/bin/python bench/chat.py [--commands N] [--in-flight K] [--rate R] [--rounds M] [--no-errbot]
 
-Measures commands per second and the latency from a message to its result reply with K
-commands in flight, against a baseline measured in the same run: the same core.noop executions
-requested directly from the engine (no chat), so the ratio is the chat layer's own cost.
-Targets (issue 4): >= 1,000 commands/s, p99 <= 20 ms with 100 in flight.
+Three command shapes, cycled in order, on both sides:
 
-Two loads, because one number cannot show both targets: with K commands always in flight
+    !ping                   → pong                    (Squall: the shipped `squall.ping` alias, core.noop)
+    !bounce nginx on web1   → bounced nginx on web1   (two arguments from the alias format)
+    !flush redis ttl=30     → flushed redis (ttl 30)  (an argument and a trailing key=value option)
+
+Squall's two argument-taking aliases live in a pack this bench writes into its temporary home
+(`chatbench`, so bench/packs/ and bench/nl.py's alias set stay as they are). They run
+`chatbench.noop_args`, an action on the noop runner (core.noop's runner) that declares the
+parameters: core.noop itself declares none, and Squall, as StackStorm, refuses parameters an action
+does not declare. Every Squall command is stored as an execution with its status changes and its
+reply in the outbox (SQLite, WAL) before anything is acknowledged, and the result reply is rendered
+from the alias's `result.format` template. errbot's commands are a plugin in
+bench/errbot_plugins/ (`split_args_with=None`, an f-string reply) on TestBot's in-memory storage:
+errbot stores nothing.
+
+How each side is measured:
+- Squall runs on this process's asyncio loop (plus Squall's database thread). A command's time runs
+  from handing the message to the loopback adapter's handler to the result reply reaching the
+  adapter's `send` (the outbox's delivery), so it includes the dispatcher, the stored execution,
+  the noop run, the stored result and the outbox.
+- errbot runs as TestBot runs it: its backend in its own thread, commands on errbot's thread pool
+  (BOT_ASYNC, 10 threads), replies on a queue; a command's time runs from `push_message` to the
+  `pop_message` of its reply. TestBot is started with loglevel WARNING, the level Squall's side
+  logs at here, so neither side pays for INFO lines.
+- The two never run at the same time: errbot is driven by blocking calls from the loop's own
+  thread after Squall's outbox has drained (Squall's loop does nothing meanwhile), and errbot's
+  threads sit blocked on their queues while Squall is measured. The side-by-side rounds alternate
+  (errbot, Squall, errbot, Squall, ...) so a busy neighbour or a warming cache falls on both; the
+  figures are medians over `--rounds`.
+- "sequential": one command at a time (TestBot's push/pop, and Squall awaiting each result).
+  "K in flight": a closed loop with K commands outstanding (errbot: K pushed, one more pushed
+  per reply popped; Squall: K coroutines). Every reply is checked against the expected text (a
+  wrong Squall reply stops the bench; errbot's are counted and shown: with commands in flight
+  TestBackend's shared Markdown converter now and then fails a reply, and errbot still answers
+  each command once).
+
+Also, on Squall's side only: with K in flight (closed loop) against a baseline measured in the
+same run, the same number of core.noop executions requested directly from the engine (no chat), so
+the ratio is the chat layer's own cost; and the open loop. Targets (issues 4 and 21): >= 1,000
+commands/s, p99 <= 20 ms at 1,000/s arrivals with up to 100 in flight, and Squall >= 1.0x errbot.
+
+Two loads, because one number cannot show both latency targets: with K commands always in flight
 (closed loop) the mean latency is K / throughput by Little's law, so 100 in flight at
 1,000/s means 100 ms whatever the code does. The open loop sends commands as people do,
 at a fixed arrival rate (default 1,000/s) whatever the replies do, with at most K in flight,
@@ -18,6 +56,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import queue
 import statistics
 import sys
 import tempfile
@@ -26,31 +66,168 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.base import Capabilities, Reply
+from adapters.base import Capabilities, Message, Reply
 from adapters.loopback import LoopbackAdapter
 from bench.metrics_cost import compare
 from bot.app import Squall
 from bot.service import settle_heap
 from engine.config import load_config
 
+BENCH = Path(__file__).resolve().parent
+#: (message, expected reply): the same text on both sides.
+COMMANDS = [("!ping", "pong"), ("!bounce nginx on web1", "bounced nginx on web1"),
+            ("!flush redis ttl=30", "flushed redis (ttl 30)")]
+
+PACK = {
+    "pack.yaml": "ref: chatbench\nname: chatbench\ndescription: bench/chat.py's commands.\nversion: 1.0.0\n"
+                 "author: Squall\n",
+    "actions/noop_args.yaml": "name: noop_args\nrunner_type: noop\ndescription: Does nothing, with parameters.\n"
+                              "parameters:\n  service: {type: string}\n  host: {type: string}\n"
+                              "  cache: {type: string}\n  ttl: {type: integer}\n",
+    "aliases/bounce.yaml": "name: bounce\naction_ref: chatbench.noop_args\ndescription: Two arguments.\n"
+                           "formats: ['bounce {{service}} on {{host}}']\nack: {enabled: false}\n"
+                           "result: {format: 'bounced {{ execution.parameters.service }} on "
+                           "{{ execution.parameters.host }}'}\n",
+    "aliases/flush.yaml": "name: flush\naction_ref: chatbench.noop_args\ndescription: A key=value option.\n"
+                          "formats: ['flush {{cache}}']\nack: {enabled: false}\n"
+                          "result: {format: 'flushed {{ execution.parameters.cache }} (ttl "
+                          "{{ execution.parameters.ttl }})'}\n",
+}
+
 
 class TimedLoopback(LoopbackAdapter):
-    """Loopback that notes when each command's result arrives (without an edits round trip)."""
+    """Loopback that notes when each command's first reply in its thread arrives (the result: the
+    bench aliases send no ack), without an edits round trip."""
 
     def __init__(self) -> None:
         super().__init__(capabilities=Capabilities(threads=True, max_length=4000))
-        self.results: dict[str, float] = {}
-        self.waiters: dict[str, asyncio.Future[float]] = {}
+        self.waiters: dict[str, asyncio.Future[tuple[float, str]]] = {}
 
     async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
-        if reply.text == "pong" and reply.thread in self.waiters:
-            self.waiters.pop(reply.thread).set_result(time.perf_counter())
+        if edit_of is None and reply.thread in self.waiters:
+            self.waiters.pop(reply.thread).set_result((time.perf_counter(), reply.text))
         return await super().send(reply, edit_of)
 
 
-async def main(commands: int, in_flight: int, arrival_rate: float) -> None:
+class Errbot:
+    """errbot's TestBot with bench/errbot_plugins/ loaded; blocking calls, as TestBot is driven."""
+
+    def __init__(self) -> None:
+        import errbot.backends.test as errbot_test  # a test dependency: installed with .[test]
+
+        root = logging.getLogger()
+        self._handlers, self._level = list(root.handlers), root.level
+        self.bot = errbot_test.TestBot(extra_plugin_dir=str(BENCH / "errbot_plugins"), loglevel=logging.WARNING)
+        self.bot.start(timeout=10)
+        self.wrong = 0
+
+    def _pop(self, expected: str) -> None:
+        if self.bot.pop_message(timeout=10) != expected:
+            self.wrong += 1
+
+    def sequential(self, n: int) -> float:
+        start = time.perf_counter()
+        for i in range(n):
+            text, expected = COMMANDS[i % 3]
+            self.bot.push_message(text)
+            self._pop(expected)
+        return n / (time.perf_counter() - start)
+
+    def in_flight(self, n: int, k: int) -> float:
+        """k commands outstanding: k pushed, then one more pushed per reply popped. Replies come back
+        in any order (errbot's pool), so they are checked as a multiset."""
+        start = time.perf_counter()
+        pushed = 0
+        expected: dict[str, int] = {}
+        got: dict[str, int] = {}
+        while pushed < min(k, n):
+            text, reply = COMMANDS[pushed % 3]
+            self.bot.push_message(text)
+            expected[reply] = expected.get(reply, 0) + 1
+            pushed += 1
+        for _ in range(n):
+            try:
+                reply = self.bot.pop_message(timeout=10)
+            except queue.Empty:
+                raise SystemExit("errbot stopped answering") from None
+            got[reply] = got.get(reply, 0) + 1
+            if pushed < n:
+                text, reply = COMMANDS[pushed % 3]
+                self.bot.push_message(text)
+                expected[reply] = expected.get(reply, 0) + 1
+                pushed += 1
+        elapsed = time.perf_counter() - start
+        self.wrong += sum(abs(expected.get(r, 0) - got.get(r, 0)) for r in set(expected) | set(got)) // 2
+        return n / elapsed
+
+    def stop(self) -> None:
+        self.bot.stop()
+        root = logging.getLogger()
+        for handler in root.handlers:  # TestBot adds a log file handler to the root logger; close it
+            if handler not in self._handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(self._level)
+
+
+def _write_pack(home: Path) -> None:
+    for name, text in PACK.items():
+        path = home / "packs" / "chatbench" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+
+
+async def side_by_side(commands: int, in_flight: int, rounds: int, with_errbot: bool, sequential, closed,
+                       drain) -> dict[str, list[float] | Errbot | None]:
+    """Alternating rounds: errbot sequential, Squall sequential, errbot with K in flight, Squall with K."""
+    pairs: dict[str, list[float]] = {"errbot 1": [], "squall 1": [], "errbot k": [], "squall k": []}
+    errbot = Errbot() if with_errbot else None
+    try:
+        if errbot is not None:
+            errbot.sequential(300)  # warm up
+            errbot.in_flight(300, in_flight)
+        for _ in range(rounds):
+            if errbot is not None:
+                pairs["errbot 1"].append(errbot.sequential(commands))
+            pairs["squall 1"].append(await sequential(commands))
+            await drain()
+            if errbot is not None:
+                pairs["errbot k"].append(errbot.in_flight(commands, in_flight))
+            pairs["squall k"].append((await closed())[0])
+            await drain()
+    finally:
+        if errbot is not None:
+            errbot.stop()
+    return {**pairs, "errbot": errbot}
+
+
+def print_side_by_side(pairs, commands: int, in_flight: int, rounds: int) -> None:
+    errbot = pairs["errbot"]
+    med = {key: statistics.median(values) if values else 0.0 for key, values in pairs.items() if key != "errbot"}
+    print(f"side by side, median of {rounds} alternating rounds of {commands} commands (commands/s):")
+    for label, k in (("sequential (push, pop; 1 in flight)", "1"), (f"{in_flight} in flight (closed loop)", "k")):
+        squall_rate, errbot_rate = med[f"squall {k}"], med[f"errbot {k}"]
+        ratio = f"{squall_rate / errbot_rate:.2f}x" if errbot_rate else "n/a"
+        print(f"  {label:38} squall {squall_rate:7,.0f}   errbot TestBot {errbot_rate:7,.0f}   "
+              f"squall / errbot {ratio}")
+    if errbot is not None:
+        best = max(med["squall 1"] / med["errbot 1"], med["squall k"] / med["errbot k"])
+        print(f"target squall >= 1.0x errbot: {'met' if best >= 1 else 'NOT met'} (best of the two loads: {best:.2f}x)")
+        if errbot.wrong:  # one reply per command still: the rate counts them
+            print(f"errbot answered {errbot.wrong} of its commands wrongly (TestBackend's one Markdown converter, "
+                  f"shared by errbot's pool threads, fails now and then under concurrency)")
+
+
+async def main(commands: int, in_flight: int, arrival_rate: float, rounds: int, with_errbot: bool) -> None:
     home = Path(tempfile.mkdtemp(prefix="squall-bench-chat-"))
-    (home / "config.yml").write_text(f"database: {{url: 'sqlite:///{home}/s.db'}}\n")
+    _write_pack(home)
+    (home / "config.yml").write_text(f"database: {{url: 'sqlite:///{home}/s.db'}}\n"
+                                     f"packs: {{paths: ['{home}/packs']}}\n")
     loopback = TimedLoopback()
     squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
     bot = squall.chat
@@ -58,16 +235,22 @@ async def main(commands: int, in_flight: int, arrival_rate: float) -> None:
     settle_heap()  # as `squall serve` does once it is up
     loop = asyncio.get_running_loop()
     counter = 0
+    wrong: list[tuple[str, str]] = []
 
     async def one_chat() -> float:
         nonlocal counter
+        text, expected = COMMANDS[counter % 3]
         counter += 1
         message_id = f"m{counter}"
-        future: asyncio.Future[float] = loop.create_future()
+        future: asyncio.Future[tuple[float, str]] = loop.create_future()
         loopback.waiters[message_id] = future
         start = time.perf_counter()
-        await loopback._handler(_message(message_id))  # type: ignore[misc]
-        return await future - start
+        await loopback._handler(Message(adapter="loopback", channel="#bench", user="bench", text=text,  # type: ignore[misc]
+                                        id=message_id))
+        done, reply = await future
+        if reply != expected:
+            wrong.append((text, reply))
+        return done - start
 
     async def one_direct() -> float:
         start = time.perf_counter()
@@ -75,8 +258,8 @@ async def main(commands: int, in_flight: int, arrival_rate: float) -> None:
         await squall.executions.wait(record["id"])
         return time.perf_counter() - start
 
-    async def run(kind, n: int) -> tuple[float, list[float]]:
-        semaphore = asyncio.Semaphore(in_flight)
+    async def run(kind, n: int, k: int = in_flight) -> tuple[float, list[float]]:
+        semaphore = asyncio.Semaphore(k)
         latencies: list[float] = []
 
         async def guarded() -> None:
@@ -86,6 +269,12 @@ async def main(commands: int, in_flight: int, arrival_rate: float) -> None:
         start = time.perf_counter()
         await asyncio.gather(*(guarded() for _ in range(n)))
         return n / (time.perf_counter() - start), latencies
+
+    async def sequential(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            await one_chat()
+        return n / (time.perf_counter() - start)
 
     async def open_loop(kind, n: int, rate: float) -> tuple[float, list[float], int]:
         """Arrivals every 1/rate s (on schedule, not after replies); at most `in_flight` at once."""
@@ -111,24 +300,27 @@ async def main(commands: int, in_flight: int, arrival_rate: float) -> None:
         await asyncio.gather(*tasks)
         return n / (time.perf_counter() - start), latencies, most
 
-    await run(one_chat, 200)  # warm up
+    await run(one_chat, 300)  # warm up: every shape, every path
+    if wrong:
+        raise SystemExit(f"Squall answered {wrong[:3]} (expected {COMMANDS})")
     base_rate, base_lat = await run(one_direct, commands)
     rate, latencies = await run(one_chat, commands)
     await bot.outbox.drain(60)
     open_rate, open_latencies, most = await open_loop(one_chat, commands, arrival_rate)
     await bot.outbox.drain(60)
 
-    def p(values: list[float], q: float) -> float:
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+    pairs = await side_by_side(commands, in_flight, rounds, with_errbot, sequential,
+                               lambda: run(one_chat, commands), lambda: bot.outbox.drain(60))
+    if wrong:
+        raise SystemExit(f"Squall's wrong replies: {len(wrong)}, as {wrong[:3]}")
 
-    print(f"{commands} commands, {in_flight} in flight")
-    print(f"{'what':40} {'per s':>9} {'median ms':>10} {'p99 ms':>8}")
-    print(f"{'baseline: core.noop via the engine':40} {base_rate:9,.0f} {statistics.median(base_lat) * 1000:10.2f} "
+    print(f"{commands} commands, {in_flight} in flight; commands cycled: {', '.join(c for c, _ in COMMANDS)}")
+    print(f"{'what':44} {'per s':>9} {'median ms':>10} {'p99 ms':>8}")
+    print(f"{'baseline: core.noop via the engine':44} {base_rate:9,.0f} {statistics.median(base_lat) * 1000:10.2f} "
           f"{p(base_lat, 0.99):8.2f}")
-    print(f"{'chat: !ping → alias → core.noop → pong':40} {rate:9,.0f} {statistics.median(latencies) * 1000:10.2f} "
+    print(f"{'chat: message → alias → action → reply':44} {rate:9,.0f} {statistics.median(latencies) * 1000:10.2f} "
           f"{p(latencies, 0.99):8.2f}")
-    print(f"{f'chat, open loop at {arrival_rate:,.0f}/s arrivals':40} {open_rate:9,.0f} "
+    print(f"{f'chat, open loop at {arrival_rate:,.0f}/s arrivals':44} {open_rate:9,.0f} "
           f"{statistics.median(open_latencies) * 1000:10.2f} {p(open_latencies, 0.99):8.2f}   "
           f"(at most {most} in flight)")
     p99 = p(open_latencies, 0.99)
@@ -136,6 +328,7 @@ async def main(commands: int, in_flight: int, arrival_rate: float) -> None:
           f"({'met' if rate >= 1000 else 'NOT met'}), p99 <= 20 ms at {arrival_rate:,.0f}/s with up to {in_flight} "
           f"in flight ({'met' if p99 <= 20 else 'NOT met'}); closed loop: p99 {p(latencies, 0.99):.0f} ms, mean "
           f"{statistics.fmean(latencies) * 1000:.0f} ms = {in_flight} in flight / {rate:,.0f} per s (Little's law)")
+    print_side_by_side(pairs, commands, in_flight, rounds)
     print(await compare(lambda: _rate(run, one_chat, commands)))
     await bot.stop()
     await squall.close()
@@ -146,16 +339,13 @@ async def _rate(run, kind, n: int) -> float:
     return rate
 
 
-def _message(message_id: str):
-    from adapters.base import Message
-
-    return Message(adapter="loopback", channel="#bench", user="bench", text="!ping", id=message_id)
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commands", type=int, default=3000)
     parser.add_argument("--in-flight", type=int, default=100)
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop arrivals per second")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the errbot comparison")
+    parser.add_argument("--no-errbot", action="store_true", help="Squall's figures only")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.commands, arguments.in_flight, arguments.rate))
+    asyncio.run(main(arguments.commands, arguments.in_flight, arguments.rate, arguments.rounds,
+                     not arguments.no_errbot))
