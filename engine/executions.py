@@ -22,6 +22,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from engine import tracing
@@ -36,7 +37,7 @@ from engine.output import OutputRecorder
 from engine.packs import Registry
 from engine.parameters import MASK, ParameterError, Resolution, mask, needs_rendering, resolve
 from engine.processes import LEDGER, ledger_directory, owner_file_state, process_identity, running_since, sweep
-from engine.runners import WAITING_ON_TASKS, Runner, RunOutcome, RunRequest
+from engine.runners import RUNNER_TYPES, WAITING_ON_TASKS, Runner, RunOutcome, RunRequest
 from engine.storage import Database, iso, utcnow
 from engine.templates import KVNamespace, build_environment
 from engine.tokens import mint, revoke, revoke_ended
@@ -69,6 +70,19 @@ def _render_pool() -> ThreadPoolExecutor:
     """The process's render threads: few (templates are CPU work under the GIL), and apart from
     asyncio's default pool and the database thread, so slow templates only wait for each other."""
     return ThreadPoolExecutor(max_workers=_RENDER_THREADS, thread_name_prefix="squall-render")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """An audit event stored in the request's own transaction (`request(audit=...)`): a request is
+    never stored without the event saying who asked, and the pair costs one commit, not two. Its
+    `detail` gains `execution`: the new execution's id."""
+
+    event: str
+    actor: str | None
+    source: str | None
+    target: str | None
+    detail: dict[str, Any]
 
 
 class ExecutionNotFound(LookupError):
@@ -108,6 +122,12 @@ def scrub(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, list):
         return [scrub(v, secrets) for v in value]
     return value
+
+
+def _tokened(record: Mapping[str, Any]) -> bool:
+    """Whether the execution's runs get an API token (its runner's `token`; an unknown runner: yes)."""
+    runner = RUNNER_TYPES.get(record.get("runner") or "")
+    return runner is None or runner.token
 
 
 def public(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,7 +239,8 @@ class ExecutionService:
     async def request(self, ref: str, parameters: Mapping[str, Any] | None = None,
                       context: Mapping[str, Any] | None = None, *, parent: str | None = None,
                       extra_template_context: dict[str, Any] | None = None,
-                      render: bool | Collection[str] = (), delay: float = 0.0) -> dict[str, Any]:
+                      render: bool | Collection[str] = (), delay: float = 0.0,
+                      audit: AuditEntry | None = None) -> dict[str, Any]:
         """Validate, store as `requested`, and hand to the executor. Raises on bad input.
 
         `delay` (an Orquesta task's `delay`) stores it `delayed` and hands it over that many seconds
@@ -227,7 +248,8 @@ class ExecutionService:
 
         `parameters` are data, taken as given, except those `render` names (True: all), which are
         templates a pack author wrote: a rule's action parameters, an alias format's defaults.
-        `extra_template_context` adds names those templates may use (rules pass `trigger`)."""
+        `extra_template_context` adds names those templates may use (rules pass `trigger`).
+        `audit` is stored with the request, in its transaction."""
         action = self.registry.action(ref)
         context = {"user": os.environ.get("USER", "squall"), **(context or {}), "pack": action.pack}
         traced = tracing.traceparent()
@@ -240,9 +262,10 @@ class ExecutionService:
             resolution, revealed = await asyncio.get_running_loop().run_in_executor(
                 _render_pool(), self._resolve, action, supplied, context, extra_template_context, render)
             record = await self.db(self._store, action, supplied, context, parent, extra_template_context,
-                                   resolution, revealed)
+                                   resolution, revealed, audit)
         else:  # nothing to render: checked and stored in one step, without a thread hop
-            record = await self.db(self._prepare, ref, supplied, context, parent, extra_template_context, render)
+            record = await self.db(self._prepare, ref, supplied, context, parent, extra_template_context, render,
+                                   audit)
         if delay > 0:
             await self._hold(record, delay)
         elif self.executor is not None:
@@ -272,11 +295,11 @@ class ExecutionService:
 
     def _prepare(self, ref: str, supplied: dict[str, Any], context: dict[str, Any],
                  parent: str | None, extra_template_context: dict[str, Any] | None = None,
-                 render: bool | Collection[str] = ()) -> dict[str, Any]:
+                 render: bool | Collection[str] = (), audit: AuditEntry | None = None) -> dict[str, Any]:
         """Resolve parameters and store the request, for requests with nothing to render (`request`)."""
         action = self.registry.action(ref)
         resolution, revealed = self._resolve(action, supplied, context, extra_template_context, render)
-        return self._store(action, supplied, context, parent, extra_template_context, resolution, revealed)
+        return self._store(action, supplied, context, parent, extra_template_context, resolution, revealed, audit)
 
     def _resolve(self, action: Action, supplied: dict[str, Any], context: dict[str, Any],
                  extra_template_context: dict[str, Any] | None,
@@ -296,8 +319,9 @@ class ExecutionService:
 
     def _store(self, action: Action, supplied: dict[str, Any], context: dict[str, Any], parent: str | None,
                extra_template_context: dict[str, Any] | None, resolution: Resolution,
-               revealed: list[str]) -> dict[str, Any]:
-        """Store a resolved request as `requested` (on the database's side of `Database`)."""
+               revealed: list[str], audit: AuditEntry | None = None) -> dict[str, Any]:
+        """Store a resolved request as `requested` (on the database's side of `Database`), with its
+        audit event."""
         values = resolution.values
         secret_names = action.secret_names
         secrets = _scrubbable([v for k, v in values.items() if k in secret_names], revealed)
@@ -330,6 +354,9 @@ class ExecutionService:
             "end_timestamp": None,
         }
         self.db.store.insert_execution(record)
+        if audit is not None:
+            self.db.store.audit_add(audit.event, audit.actor, audit.source, audit.target,
+                                    {"execution": record["id"], **audit.detail})
         # Kept for this process's claim; not where other processes run what it requests (they finish it).
         if self.executor is not None and not getattr(self.executor, "shared", False):
             self._prepared[record["id"]] = record
@@ -452,10 +479,11 @@ class ExecutionService:
         except (CryptoError, ParameterError, LookupError) as exc:
             return record, exc
         # The action's API token, stored in this claim's transaction; scrubbed from the result like a secret.
-        context = record["context"]
-        request.auth_token = mint(store, execution_id, context.get("user") or context.get("api_user"),
-                                  request.runner_parameters.get("timeout"))
-        request.revealed.append(request.auth_token)
+        if _tokened(record):
+            context = record["context"]
+            request.auth_token = mint(store, execution_id, context.get("user") or context.get("api_user"),
+                                      request.runner_parameters.get("timeout"))
+            request.revealed.append(request.auth_token)
         return record, (request, secrets)
 
     def _claim_resuming(self, execution_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
@@ -538,7 +566,8 @@ class ExecutionService:
         if known["status"] == "running":  # the common case: still as we claimed it, one write
             complete = {**fields, "log": [*(known.get("log") or []), entry]}
             if store.update_execution(execution_id, complete, expect=("running",)):
-                revoke(store, execution_id)  # its API token ends with the run, in the same transaction
+                if _tokened(known):
+                    revoke(store, execution_id)  # its API token ends with the run, in the same transaction
                 return {**known, **complete}
         while True:
             current = store.get_execution(execution_id)
@@ -546,7 +575,8 @@ class ExecutionService:
                 return None
             complete = {**fields, "log": [*(current.get("log") or []), entry]}
             if store.update_execution(execution_id, complete, expect=(current["status"],)):
-                revoke(store, execution_id)
+                if _tokened(current):
+                    revoke(store, execution_id)
                 return {**current, **complete}
 
     async def complete(self, execution_id: str, status: str, result: Any,

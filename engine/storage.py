@@ -565,6 +565,7 @@ class Store:
         self._batch = threading.local()
         # SQLite only: a connection that never waits for a lock, for calls made on the event loop.
         self._nowait: Engine | None = None
+        self._nowait_conn: sa.Connection | None = None
         if self.is_sqlite:
             self._nowait = sa.create_engine(engine.url, connect_args={"check_same_thread": False},
                                             poolclass=sa.pool.StaticPool)
@@ -596,8 +597,20 @@ class Store:
 
         With `nowait` (SQLite), the transaction uses the connection that never waits for a lock.
         """
-        engine = self._nowait if nowait and self._nowait is not None else self.engine
-        with engine.begin() as conn:
+        if nowait and self._nowait is not None:
+            # The loop's own connection stays checked out: a transaction on it costs half of a pool
+            # checkout, begin, commit and return (~30 µs of ~55, at up to six a chat command).
+            if self._nowait_conn is None or self._nowait_conn.closed or self._nowait_conn.invalidated:
+                self._nowait_conn = self._nowait.connect()
+            conn = self._nowait_conn
+            with conn.begin():
+                self._batch.conn = conn
+                try:
+                    yield
+                finally:
+                    self._batch.conn = None
+            return
+        with self.engine.begin() as conn:
             self._batch.conn = conn
             try:
                 yield
@@ -633,6 +646,8 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._nowait_conn is not None:
+            self._nowait_conn.close()
         if self._nowait is not None:
             self._nowait.dispose()
 

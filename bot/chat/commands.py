@@ -26,6 +26,7 @@ from bot.chat.auth import Authorizer
 from bot.chat.index import AliasIndex
 from bot.chat.replies import render_ack, short
 from engine.actions import unapproved
+from engine.executions import AuditEntry
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
 
@@ -115,13 +116,13 @@ class CommandService:
     async def request(self, alias: Alias, message: Message, source: str, parameters: dict[str, Any],
                       render: Iterable[str], context: dict[str, Any]) -> Accepted:
         """The request step: the execution, its audit event and its ack (also for an approved command)."""
+        audit = AuditEntry(f"{source}.execution", message.user, f"{message.adapter}:{message.channel}", alias.ref,
+                           {"action": alias.action_ref})
         try:
             execution = await self.engine.executions.request(alias.action_ref, parameters, context,
-                                                             render=set(render))
+                                                             render=set(render), audit=audit)
         except (ParameterError, UnknownAction, ValueError) as exc:
             raise CommandFailed(str(exc)) from exc
-        await self._audit(f"{source}.execution", message, alias.ref,
-                          {"execution": execution["id"], "action": alias.action_ref})
         text, extra = render_ack(alias, execution)
         return Accepted(execution, text, extra or {})
 

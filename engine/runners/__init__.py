@@ -63,6 +63,9 @@ class RunnerType:
     forbids_entry_point: bool = False
     #: Checks the entry point file at pack load; raises `ContentInvalid` (workflows use it).
     check_entry_point: Callable[[Path, str], None] | None = None
+    #: Whether its runs get StackStorm's per-execution API token (`engine/tokens.py`). Runners that
+    #: run in Squall's process and call no API need none: minting one is a write per run.
+    token: bool = True
 
 
 def _check_workflow(kind: str, path: Path, display: str) -> None:
@@ -144,7 +147,7 @@ RUNNER_TYPES: dict[str, RunnerType] = {
             },
             output_key="body",
         ),
-        RunnerType("noop", "Does nothing, successfully.", {}),
+        RunnerType("noop", "Does nothing, successfully.", {}, token=False),
         RunnerType(
             "action-chain",
             "Runs a chain of actions one after another, each a child execution (ActionChain).",
@@ -210,6 +213,7 @@ RUNNER_TYPES: dict[str, RunnerType] = {
                                   "description": "Whether the person who started the workflow may answer "
                                                  "(a Squall extension)."},
             },
+            token=False,
         ),
         RunnerType(
             "announcement",
@@ -219,6 +223,7 @@ RUNNER_TYPES: dict[str, RunnerType] = {
                           "description": "Named route from config (adapter and channel), or any label."},
                 "experimental": {"type": "boolean", "default": True, "description": "Kept for StackStorm packs."},
             },
+            token=False,
         ),
     )
 }
