@@ -599,3 +599,31 @@ def test_the_fast_schema_check_knows_the_newest_migration() -> None:
     config = AlembicConfig()
     config.set_main_option("script_location", str(storage._MIGRATIONS))
     assert storage.HEAD_REVISION == ScriptDirectory.from_config(config).get_current_head() == HEAD
+
+
+async def test_the_loop_s_commits_leave_checkpoints_to_their_own_thread(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's connection never checkpoints (a checkpoint inside a commit stalled it); the
+    Database's checkpointer keeps the WAL from growing with every write."""
+    monkeypatch.setattr(storage, "CHECKPOINT_SECONDS", 0.02)
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    db = Database(store)
+    checkpoints = []
+    checkpoint = store.checkpoint
+    monkeypatch.setattr(store, "checkpoint", lambda: checkpoints.append(1) or checkpoint())
+    wal = tmp_path / "s.db-wal"
+    sizes = []
+    try:
+        for _round in range(5):
+            for n in range(200):
+                await db(store.audit_add, "bench", "me", "test", None, {"n": n, "pad": "x" * 500})
+            await asyncio.sleep(0.2)  # the checkpoint runs meanwhile
+            sizes.append(wal.stat().st_size)
+        with sqlite3.connect(tmp_path / "s.db") as conn:
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000  # other connections: as ever
+        assert checkpoints  # on its own thread, after the loop's commits
+        assert sizes[-1] <= sizes[0] * 1.5, sizes  # reused, not grown: 1,000 rows of 500 bytes would be ~5x
+        assert len(await db(store.audit_list, 2000)) == 1000
+    finally:
+        db.close()
+        store.close()
