@@ -1225,6 +1225,8 @@ class Store:
 T = TypeVar("T")
 
 
+#: How long a call deferred by `Database.later` waits for other calls to ride with.
+LATER_SECONDS = 0.05
 #: How long after the loop's first uncheckpointed commit the WAL is checkpointed (SQLite).
 CHECKPOINT_SECONDS = 1.0
 
@@ -1254,6 +1256,9 @@ class Database:
         self._checkpoint_due = False
         self._uncheckpointed = False
         self._closed = False
+        #: Calls deferred by `later`, and the timer that sends them on their own.
+        self._later: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._later_timer: asyncio.TimerHandle | None = None
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -1268,7 +1273,39 @@ class Database:
             self._to_thread([(call, future)])
         return await future
 
+    def later(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run `fn(*args)` with the next group of calls, or on its own within `LATER_SECONDS`: for
+        bookkeeping nobody waits on (an outbox row marked sent after its post), which then costs no
+        commit of its own whenever other work is under way. Call it on the loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._later.append((functools.partial(fn, *args), future))
+        if self._later_timer is None:
+            self._later_timer = loop.call_later(LATER_SECONDS, self._flush_later)
+        return future
+
+    def _take_later(self) -> list[tuple[Callable[[], Any], asyncio.Future[Any]]]:
+        """The deferred calls, to ride with a group going out now."""
+        if self._later_timer is not None:
+            self._later_timer.cancel()
+            self._later_timer = None
+        taken, self._later = self._later, []
+        return taken
+
+    def _flush_later(self) -> None:
+        self._later_timer = None
+        if self._closed:
+            return
+        if self.store.is_sqlite and not self._draining:
+            if not self._inline:
+                asyncio.get_running_loop().call_soon(self._flush_inline)
+            self._inline.extend(self._take_later())
+        else:
+            self._to_thread([])
+
     def _to_thread(self, calls: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> None:
+        if self._later:  # on the loop (the drain thread never defers)
+            calls = [*self._take_later(), *calls]
         with self._lock:
             self._pending.extend(calls)
             start = not self._draining
@@ -1277,7 +1314,7 @@ class Database:
             self._pool.submit(self._drain)
 
     def _flush_inline(self) -> None:
-        batch, self._inline = self._inline, []
+        batch, self._inline = [*self._take_later(), *self._inline], []
         if self._draining:  # the thread is at work: join its queue, keeping the order
             self._to_thread(batch)
             return
@@ -1351,6 +1388,14 @@ class Database:
 
     def close(self) -> None:
         self._closed = True
+        deferred = self._take_later()
+        if deferred:  # not left behind: written now, on the caller's thread, before the pool stops
+            with self.store.batch():
+                for call, future in deferred:
+                    try:
+                        _settle(future, True, call())
+                    except Exception as exc:
+                        _settle(future, False, exc)
         self._pool.shutdown(wait=True)
         self._checkpointer.shutdown(wait=True)
 

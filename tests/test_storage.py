@@ -627,3 +627,37 @@ async def test_the_loop_s_commits_leave_checkpoints_to_their_own_thread(tmp_path
     finally:
         db.close()
         store.close()
+
+
+async def test_a_deferred_call_rides_with_the_next_group_or_goes_alone(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Database.later` (an outbox row marked sent): no commit of its own while other calls come,
+    its own within LATER_SECONDS when none do, and never left behind at close."""
+    import contextlib
+
+    monkeypatch.setattr(storage, "LATER_SECONDS", 0.2)
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    db = Database(store)
+    groups: list[int] = []
+    batch = store.batch
+
+    @contextlib.contextmanager
+    def counted(**options: Any):
+        groups.append(1)
+        with batch(**options):
+            yield
+
+    monkeypatch.setattr(store, "batch", counted)
+    rode = db.later(store.audit_add, "deferred", None, None, None, {})
+    await db(store.audit_add, "now", None, None, None, {})
+    assert rode.done() and len(groups) == 1  # one transaction for both
+    alone = db.later(store.audit_add, "alone", None, None, None, {})
+    await asyncio.sleep(0.05)
+    assert not alone.done()
+    await asyncio.wait_for(alone, 1)
+    assert len(groups) == 2
+    last = db.later(store.audit_add, "at-close", None, None, None, {})
+    db.close()
+    assert last.done() and last.exception() is None
+    assert sorted(row["event"] for row in store.audit_list()) == ["alone", "at-close", "deferred", "now"]
+    store.close()

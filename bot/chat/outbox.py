@@ -282,8 +282,10 @@ class Outbox:
                     self._mark(outbox_id, sent)
 
     def _mark(self, outbox_id: int, fields: dict[str, Any]) -> None:
-        """Record a delivery in the background; the reply counts as pending until it is recorded."""
-        mark = asyncio.ensure_future(self.db(self.db.store.outbox_update, outbox_id, fields))
+        """Record a delivery in the background, with the next writes (`Database.later`: no commit of
+        its own while work goes on); the reply counts as pending until it is recorded. A crash first
+        posts it again at start-up, except where the adapter finds what it sent (`find_sent`)."""
+        mark = self.db.later(self.db.store.outbox_update, outbox_id, fields)
         self._marks.add(mark)
 
         def marked(future: asyncio.Future[Any]) -> None:
