@@ -541,3 +541,19 @@ async def test_squall_serve_answers_in_the_channel(home: Path, ircd: IrcServer) 
             server.kill()
             output = server.communicate()
     assert server.returncode == 0, output[0].decode(errors="replace")[-3000:]
+
+
+async def test_run_form_asks_in_a_private_message_and_answers_in_the_channel(chat) -> None:
+    """Chat forms on IRC (issue 20): the missing parameters are asked one by one in a private
+    message; the result goes to the channel the form was asked for in."""
+    _, _, alice = chat
+    mark = len(alice.lines)
+    await alice.say("#ops", "!run-form echo")
+    await alice.wait_for(lambda words, raw: b"private message" in raw and words[2] == "#ops", start=mark)
+    asked = await alice.wait_privmsgs("squall", 1, "alice", start=mark)
+    assert "message" in " ".join(asked)
+    mark = len(alice.lines)
+    await alice.say("squall", "sent from a form")
+    await alice.wait_for(lambda words, raw: b"sent from a form" in raw and words[2] == "#ops", start=mark)
+    assert any("sent from a form" in text for text in alice.privmsgs("squall", "#ops", start=mark))
+    assert not any("sent from a form" in text for text in alice.privmsgs("squall", "alice", start=mark))
