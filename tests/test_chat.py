@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -100,9 +101,9 @@ def _config(home: Path, extra: str = "") -> None:
     """)
 
 
-@pytest.fixture
-async def chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
-    _config(home)
+@contextlib.asynccontextmanager
+async def loopback_chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
+    """Squall started on `home`'s config with the loopback chat (the test backend), stopped after."""
     loopback = LoopbackAdapter()
     squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
     bot = squall.chat
@@ -112,6 +113,13 @@ async def chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapt
     finally:
         await bot.stop()
         await squall.close()
+
+
+@pytest.fixture
+async def chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
+    _config(home)
+    async with loopback_chat(home) as started:
+        yield started
 
 
 async def settle(squall: Squall, bot: ChatBot) -> None:

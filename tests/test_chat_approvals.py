@@ -19,7 +19,7 @@ from engine.config import load_config
 from engine.core import load_packs
 from engine.storage import utcnow
 from tests.conftest import write
-from tests.test_chat import _config, settle
+from tests.test_chat import _config, loopback_chat, settle
 
 
 def _approval_config(home: Path, ttl: str = "1h") -> None:
@@ -68,14 +68,8 @@ def _approval_config(home: Path, ttl: str = "1h") -> None:
 @pytest.fixture
 async def chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
     _approval_config(home)
-    loopback = LoopbackAdapter()
-    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
-    await squall.chat.start()
-    try:
-        yield squall, squall.chat, loopback
-    finally:
-        await squall.chat.stop()
-        await squall.close()
+    async with loopback_chat(home) as started:
+        yield started
 
 
 def _prompt(loopback: LoopbackAdapter) -> Posted:

@@ -25,7 +25,7 @@ from tests.conftest import free_port, write
 from tests.fake_mattermost import BOT_TOKEN as MM_BOT_TOKEN
 from tests.fake_mattermost import FakeMattermost
 from tests.fake_slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack
-from tests.test_chat import settle
+from tests.test_chat import loopback_chat, settle
 
 SECRET = "hunter2-do-not-show"
 COUNT_SPEC = {"type": "integer", "required": True, "minimum": 1}
@@ -113,14 +113,8 @@ async def _nothing_shows_the_secret(squall: Squall, texts: list[str]) -> None:
 @pytest.fixture
 async def loop(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
     _pack(home)
-    loopback = LoopbackAdapter()
-    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
-    await squall.chat.start()
-    try:
-        yield squall, squall.chat, loopback
-    finally:
-        await squall.chat.stop()
-        await squall.close()
+    async with loopback_chat(home) as started:
+        yield started
 
 
 async def test_run_form_asks_the_required_fields_and_runs_with_the_answers(loop) -> None:

@@ -14,7 +14,7 @@ from bot.app import Squall
 from bot.chat.bot import ChatBot
 from engine.config import load_config
 from tests.conftest import write
-from tests.test_chat import settle
+from tests.test_chat import loopback_chat, settle
 
 
 def ops_pack(home: Path, chat: str = "") -> None:
@@ -73,14 +73,8 @@ def ops_pack(home: Path, chat: str = "") -> None:
 @pytest.fixture
 async def chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
     ops_pack(home)
-    loopback = LoopbackAdapter()
-    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
-    await squall.chat.start()
-    try:
-        yield squall, squall.chat, loopback
-    finally:
-        await squall.chat.stop()
-        await squall.close()
+    async with loopback_chat(home) as started:
+        yield started
 
 
 async def ask(chat, text: str, user: str, channel: str = "#ops") -> str:
