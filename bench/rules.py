@@ -165,7 +165,7 @@ def _succeeded(client, base: str) -> tuple[int, int]:
 def end_to_end(requests: int, concurrency: int, processes: int) -> None:
     import httpx
 
-    from bench.webhooks import KEY, free_port
+    from bench.webhooks import KEY, free_port, wait_answering
 
     home = Path(tempfile.mkdtemp(prefix="squall-bench-rules-"))
     pack = home / "packs" / "benchhooks"
@@ -184,15 +184,7 @@ def end_to_end(requests: int, concurrency: int, processes: int) -> None:
     base = f"http://127.0.0.1:{port}"
     body = {"event": "alert", "host": "web1"}
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"squall serve did not start: {(home / 'serve.log').read_text()[-2000:]}")
+        wait_answering(base, server, 60, home / "serve.log")
         hook_url, bare_url = f"{base}/api/v1/webhooks/bench", f"{base}/healthz"
         client = httpx.Client(headers={"St2-Api-Key": KEY}, timeout=30)
         with ProcessPoolExecutor(processes) as pool:

@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from bench.webhooks import wait_answering  # noqa: E402
 from bot.accounts import create_user, hash_password  # noqa: E402
 from bot.app import Squall  # noqa: E402
 from bot.http import create_api  # noqa: E402
@@ -342,16 +343,7 @@ def live_delay(lines: int) -> None:
                               stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("squall serve did not start")
-            time.sleep(0.1)
+        wait_answering(base, server, 60)
         if httpx.get(f"{base}/live/executions/{'0' * 24}", timeout=5).status_code == 404:
             print("\nlive output: not measured: this build has no /live/executions/ID stream")
             return
