@@ -152,6 +152,13 @@ class SquallThread:
             loop.run_until_complete(self._main())
         finally:
             try:
+                # As asyncio.run does: any task still pending is cancelled and awaited here, never
+                # destroyed with the closed loop (an outbox sender once was, in a full test run).
+                left = asyncio.all_tasks(loop)
+                for task in left:
+                    task.cancel()
+                if left:
+                    loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.run_until_complete(loop.shutdown_default_executor())
             finally:
