@@ -33,7 +33,6 @@ from engine.policies import PolicyExecutor
 from engine.rules import RulesEngine
 from engine.runners import LazyRunner, RunAs, RunRequest
 from engine.runners.announcement import AnnouncementRunner
-from engine.runners.http import HttpRunner
 from engine.runners.noop import NoopRunner
 from engine.runners.python import PythonRunner
 from engine.runners.shell import LocalShellRunner
@@ -80,7 +79,7 @@ class Engine:
             "local-shell-cmd": shell,
             "local-shell-script": shell,
             "python-script": self.python,
-            "http-request": HttpRunner(),
+            "http-request": LazyRunner("engine.runners.http", "HttpRunner"),  # requests: ~30 ms at start
             "remote-shell-cmd": (remote := LazyRunner("engine.runners.remote", "RemoteShellRunner")),
             "remote-shell-script": remote,
             "noop": NoopRunner(),

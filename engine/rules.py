@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jinja2
-import jsonpath_ng
-import jsonschema
 
 from engine import tracing
 from engine.executions import new_id
@@ -103,6 +101,8 @@ def compile_key(key: str) -> Callable[[Mapping[str, Any]], Any]:
     Raises `jsonpath_ng` parse errors (a load error). Simple paths use a dict/list walk with the
     same results as jsonpath-ng (a field of a non-dict or an index past the end is no match).
     """
+    import jsonpath_ng  # with the first rule that has criteria, not at start
+
     expression = jsonpath_ng.parse(key)  # always parsed: a bad path is a load error
     steps = _simple_steps(key)
     if steps is not None and steps[0] in ("trigger", "item"):
@@ -305,6 +305,8 @@ def load_rule(data: Any, pack: str, file: str, registry: Registry, lines: LineMa
     if not isinstance(parameters, dict):
         raise _fail(file, lines, ("trigger", "parameters"), "trigger parameters must be a mapping")
     if trigger_type is not None and trigger_type.parameters_schema:
+        import jsonschema  # here, not at the top: ~35 ms that `squall serve` need not pay before it answers
+
         error = jsonschema.exceptions.best_match(
             jsonschema.Draft4Validator(draft4(trigger_type.parameters_schema)).iter_errors(parameters))
         if error is not None:

@@ -21,11 +21,9 @@ import os.path
 import re
 import time
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import jinja2
-import jsonpath_ng.ext
-import semver
 import yaml
 from jinja2 import meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
@@ -33,6 +31,9 @@ from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import Namespace, generate_lorem_ipsum
 
 from engine.config import TemplateLimits
+
+if TYPE_CHECKING:
+    import semver
 
 __all__ = [
     "NONE_MAGIC_VALUE",
@@ -263,6 +264,8 @@ def json_escape(value: Any) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _jsonpath(query: str) -> Any:
+    import jsonpath_ng.ext  # at the first `jsonpath_query`, not at start (~10 ms)
+
     # jsonpath_ng builds a PLY parser per call; parsed expressions are immutable and reusable.
     return jsonpath_ng.ext.parse(query)
 
@@ -325,6 +328,8 @@ def use_none(value: Any) -> Any:
 
 
 def _version(value: Any) -> semver.Version:
+    import semver  # at the first `version_*` filter, not at start (~5 ms)
+
     return semver.Version.parse(_text(value))
 
 

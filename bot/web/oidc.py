@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-import httpx
 from fastapi import FastAPI
 
 from bot.accounts import NAME_PATTERN, ROLES, external_marker
 from engine.config import ConfigError, OidcSettings
 
 if TYPE_CHECKING:
+    import httpx
     from joserfc.jwk import KeySet
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ class OidcLogin:
 
     # -- the provider's documents -----------------------------------------------------------------------
     async def _get_json(self, url: str, what: str) -> dict[str, Any]:
+        import httpx  # here, not at the top: only a configured `web.oidc` needs it (~20 ms at start)
+
         try:
             async with httpx.AsyncClient(transport=self._transport, timeout=HTTP_TIMEOUT) as client:
                 response = await client.get(url, headers={"Accept": "application/json"})
@@ -215,6 +217,7 @@ class OidcLogin:
 
     async def _exchange(self, pending: Pending, code: str) -> str:
         """The ID token of the code (client authentication as the provider supports it, Core §9)."""
+        import httpx  # here, not at the top: only a configured `web.oidc` needs it (~20 ms at start)
         from authlib.oauth2.rfc6749.parameters import prepare_token_request
 
         metadata = await self.metadata()

@@ -24,6 +24,7 @@ from yaql.language import factory, specs, yaqltypes
 from engine import templates
 from engine.runners.shell_template import shell_command, shell_environment
 from engine.templates import build_environment
+from engine.workflows.model import NO_DEFAULT
 
 _YAQL_BLOCK = re.compile(r"<%(.*?)%>", re.DOTALL)
 _JINJA_BLOCK = re.compile(r"\{\{(.*?)\}\}|\{%.*?%\}", re.DOTALL)
@@ -58,9 +59,6 @@ class VariableUndefinedError(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(f'The variable "{name}" is undefined.')
 
-
-#: `st2kv(key)` without `default`: a missing key is an error, while `default=null` returns null.
-NO_DEFAULT: Any = type("NoDefault", (), {"__repr__": lambda self: "NO_DEFAULT"})()
 
 
 class Scope:

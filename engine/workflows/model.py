@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 COMPLETED = frozenset({"succeeded", "failed", "timeout", "canceled", "abandoned"})
 FAILED = frozenset({"failed", "timeout", "abandoned"})
+#: `st2kv(key)` without `default`: a missing key is an error, while `default=null` returns null.
+NO_DEFAULT: Any = type("NoDefault", (), {"__repr__": lambda self: "NO_DEFAULT"})()
 
 
 @dataclass
