@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
-import jsonschema
 
 from engine.actions import Action
 from engine.templates import (
@@ -394,6 +393,37 @@ def validate(action: Action, values: Mapping[str, Any]) -> None:
         check_parameter(f'action "{action.ref}"', name, spec, values.get(name))
 
 
+#: JSON types whose check is an isinstance (a bool is none of them but `boolean`, as in JSON schema).
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "boolean": (bool,), "integer": (int,),
+                                            "number": (int, float), "object": (dict,), "array": (list,)}
+_PLAIN_KEYS = _EXTENSION_KEYS | {"type"}
+#: Each parameter spec's validator, built once (a spec's id, kept alive with it, so ids are not reused).
+_VALIDATORS: dict[int, tuple[Mapping[str, Any], Any]] = {}
+
+
+def _plain(spec: Mapping[str, Any], value: Any) -> bool:
+    """Whether `spec` asks nothing but a type `value` has: most parameters, checked without jsonschema."""
+    plain = _PLAIN_TYPES.get(spec.get("type"))  # type: ignore[arg-type]
+    return (plain is not None and isinstance(value, plain)
+            and (spec["type"] == "boolean" or not isinstance(value, bool))
+            and all(key in _PLAIN_KEYS for key in spec))
+
+
+def _validator(spec: Mapping[str, Any]) -> Any:
+    """The Draft 4 validator of a parameter's spec, built once (one per value was 3% of a chat command)."""
+    cached = _VALIDATORS.get(id(spec))
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+    import jsonschema  # here, not at the top: ~35 ms that `squall serve` need not pay before it answers
+
+    check = draft4({k: v for k, v in spec.items() if k not in _EXTENSION_KEYS})
+    validator = jsonschema.Draft4Validator(check)
+    if len(_VALIDATORS) >= 4096:  # pack reloads leave old specs behind: start again rather than grow
+        _VALIDATORS.clear()
+    _VALIDATORS[id(spec)] = (spec, validator)
+    return validator
+
+
 def check_parameter(owner: str, name: str, spec: Mapping[str, Any], value: Any) -> None:
     """One parameter's value (None: not given) against its spec: present if required, valid for its
     schema. `owner` says whose parameter it is (`action "core.local"`) in the required message.
@@ -409,8 +439,11 @@ def check_parameter(owner: str, name: str, spec: Mapping[str, Any], value: Any) 
                 + (f" ({spec['description']})" if spec.get("description") else "")
             )
         return
-    check = draft4({k: v for k, v in spec.items() if k not in _EXTENSION_KEYS})
-    error = jsonschema.exceptions.best_match(jsonschema.Draft4Validator(check).iter_errors(value))
+    if _plain(spec, value):
+        return
+    import jsonschema  # here, not at the top: ~35 ms that `squall serve` need not pay before it answers
+
+    error = jsonschema.exceptions.best_match(_validator(spec).iter_errors(value))
     if error is not None:
         where = "".join(f"[{p!r}]" for p in error.absolute_path)
         shown = MASK if spec.get("secret") else repr(value)

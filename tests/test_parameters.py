@@ -539,3 +539,28 @@ def test_validate_directly() -> None:
     validate(action, {"n": 3})
     with pytest.raises(ParameterError, match="required"):
         validate(action, {})
+
+
+@pytest.mark.parametrize(("spec", "value", "ok"), [
+    ({"type": "string"}, "web1", True),
+    ({"type": "integer"}, 3, True),
+    ({"type": "integer"}, True, False),          # a bool is no integer, as in JSON schema
+    ({"type": "number"}, False, False),
+    ({"type": "number"}, 2.5, True),
+    ({"type": "boolean"}, 1, False),
+    ({"type": "string", "minLength": 3}, "ab", False),  # more than a type: jsonschema checks it
+    ({"type": "string", "enum": ["a", "b"]}, "c", False),
+    ({"type": "array", "items": {"type": "integer"}}, [1, "x"], False),
+    ({"type": "object"}, {"any": 1}, True),
+])
+def test_plain_types_are_checked_without_jsonschema_and_the_rest_with_it(spec: dict, value: Any, ok: bool) -> None:
+    """The fast path for parameters that ask only a type, and the validator built once per spec,
+    decide as jsonschema does (twice: the second call takes the cached validator)."""
+    from engine.parameters import check_parameter
+
+    for _ in range(2):
+        if ok:
+            check_parameter('action "demo.x"', "p", spec, value)
+        else:
+            with pytest.raises(ParameterError, match='parameter "p"'):
+                check_parameter('action "demo.x"', "p", spec, value)
