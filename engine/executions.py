@@ -256,19 +256,29 @@ class ExecutionService:
         if traced:  # its run joins this trace, wherever and whenever it happens
             context["trace_context"] = {**(context.get("trace_context") or {}), "traceparent": traced}
         supplied = dict(parameters or {})
+        execution_id = new_id()
         if needs_rendering(action, supplied, render):
             # Templates render on threads of their own, never on the event loop nor the database thread: one
             # may take up to templates.max_seconds. Their st2kv reads take a pooled connection of their own.
             resolution, revealed = await asyncio.get_running_loop().run_in_executor(
                 _render_pool(), self._resolve, action, supplied, context, extra_template_context, render)
-            record = await self.db(self._store, action, supplied, context, parent, extra_template_context,
-                                   resolution, revealed, audit)
+            stored = self.db.submit(self._store, action, supplied, context, parent, extra_template_context,
+                                    resolution, revealed, audit, execution_id)
         else:  # nothing to render: checked and stored in one step, without a thread hop
-            record = await self.db(self._prepare, ref, supplied, context, parent, extra_template_context, render,
-                                   audit)
+            stored = self.db.submit(self._prepare, ref, supplied, context, parent, extra_template_context, render,
+                                    audit, execution_id)
+        # This process's executor claims an action's request in the transaction that stores it: its
+        # claim is queued while the request still waits in the group (a failed request leaves it nothing
+        # to claim). Workflows (whose slots depend on the stored row), delays and executors of other
+        # processes (which must not see the job before the row) wait for the request's commit.
+        early = (delay <= 0 and self.executor is not None and not getattr(self.executor, "shared", False)
+                 and not _resumable(self.runners.get(action.runner_type)))
+        if early:
+            await self.executor.submit(execution_id)  # type: ignore[union-attr]
+        record = await stored
         if delay > 0:
             await self._hold(record, delay)
-        elif self.executor is not None:
+        elif self.executor is not None and not early:
             await self.executor.submit(record["id"])
         return public(record)
 
@@ -295,11 +305,13 @@ class ExecutionService:
 
     def _prepare(self, ref: str, supplied: dict[str, Any], context: dict[str, Any],
                  parent: str | None, extra_template_context: dict[str, Any] | None = None,
-                 render: bool | Collection[str] = (), audit: AuditEntry | None = None) -> dict[str, Any]:
+                 render: bool | Collection[str] = (), audit: AuditEntry | None = None,
+                 execution_id: str | None = None) -> dict[str, Any]:
         """Resolve parameters and store the request, for requests with nothing to render (`request`)."""
         action = self.registry.action(ref)
         resolution, revealed = self._resolve(action, supplied, context, extra_template_context, render)
-        return self._store(action, supplied, context, parent, extra_template_context, resolution, revealed, audit)
+        return self._store(action, supplied, context, parent, extra_template_context, resolution, revealed, audit,
+                           execution_id)
 
     def _resolve(self, action: Action, supplied: dict[str, Any], context: dict[str, Any],
                  extra_template_context: dict[str, Any] | None,
@@ -319,7 +331,8 @@ class ExecutionService:
 
     def _store(self, action: Action, supplied: dict[str, Any], context: dict[str, Any], parent: str | None,
                extra_template_context: dict[str, Any] | None, resolution: Resolution,
-               revealed: list[str], audit: AuditEntry | None = None) -> dict[str, Any]:
+               revealed: list[str], audit: AuditEntry | None = None,
+               execution_id: str | None = None) -> dict[str, Any]:
         """Store a resolved request as `requested` (on the database's side of `Database`), with its
         audit event."""
         values = resolution.values
@@ -329,7 +342,7 @@ class ExecutionService:
         sealed_values = {k: v for k, v in values.items() if shown[k] != v}
         revealed = _scrubbable([], revealed)
         record = {
-            "id": new_id(),
+            "id": execution_id or new_id(),
             "action": action.ref,
             "runner": action.runner_type,
             "status": "requested",
@@ -373,9 +386,9 @@ class ExecutionService:
         LEDGER.ensure()  # the owner file says this process lives (to other containers) before it owns anything
         runner_info = {**self.owner, **(owner or {})}
         transitions = [{"status": "scheduled", "timestamp": iso(now)}, {"status": "running", "timestamp": iso(now)}]
-        claim = asyncio.ensure_future(
-            self.db(self._claim, execution_id, {"status": "running", "runner_info": runner_info, "log": transitions})
-        )
+        # Queued now, not at a task's first step: with its request's store when that is still queued.
+        claim = self.db.submit(self._claim, execution_id,
+                               {"status": "running", "runner_info": runner_info, "log": transitions})
         try:
             claimed = await asyncio.shield(claim)
         except asyncio.CancelledError:

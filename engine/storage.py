@@ -1241,10 +1241,10 @@ class Database:
     transaction (each in its own savepoint on PostgreSQL) and answered only after that
     transaction commits: durability is unchanged, but a burst of executions pays for one commit
     instead of one each. On SQLite, while that thread is idle, calls run on the event loop
-    instead: those made in one loop iteration share one transaction, through a connection that
-    never waits for a lock (a commit to a WAL file costs less than the two thread wake-ups). If
-    another process holds the lock, the whole group goes to the thread, which may wait; nothing of
-    it was committed, so nothing runs twice.
+    instead: those made in one loop iteration (and by the tasks it started, a turn later) share one
+    transaction, through a connection that never waits for a lock (a commit to a WAL file costs
+    less than the two thread wake-ups). If another process holds the lock, the whole group goes to
+    the thread, which may wait; nothing of it was committed, so nothing runs twice.
     """
 
     def __init__(self, store: Store) -> None:
@@ -1264,17 +1264,23 @@ class Database:
         self._later_timer: asyncio.TimerHandle | None = None
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self.submit(fn, *args, **kwargs)
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """Queue a call now and return its future (`await db(...)` queues it at the coroutine's first
+        step): a caller can queue a call, start work that queues the next, and both share a group."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         call = functools.partial(fn, *args, **kwargs)
         if self.store.is_sqlite and not self._draining:
-            # Calls made in the same loop iteration share one transaction on the loop (see class doc).
+            # Calls made in the same loop iteration, or by the tasks it started, share one transaction
+            # on the loop (see class doc): the flush waits one more turn, for those tasks' first steps.
             self._inline.append((call, future))
             if len(self._inline) == 1:
-                loop.call_soon(self._flush_inline)
+                loop.call_soon(loop.call_soon, self._flush_inline)
         else:
             self._to_thread([(call, future)])
-        return await future
+        return future
 
     def later(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run `fn(*args)` with the next group of calls, or on its own within `LATER_SECONDS`: for

@@ -193,6 +193,33 @@ async def test_bad_requests_are_refused_and_nothing_is_stored(squall: Squall) ->
     assert await squall.executions.list() == []
 
 
+async def test_a_request_and_its_claim_share_a_commit_and_a_refused_one_leaves_nothing(squall: Squall) -> None:
+    """This process's executor claims an action's request in the transaction that stores it; a
+    request refused in that transaction leaves its claim nothing to run and no slot held."""
+    groups = []
+    flush = squall.db._flush_inline
+
+    def counted() -> None:
+        groups.append([getattr(call.func, "__name__", "?") for call, _future in squall.db._inline])
+        flush()
+
+    squall.db._flush_inline = counted  # type: ignore[method-assign]
+    requested = await squall.executions.request("core.noop")
+    await squall.executions.wait(requested["id"], timeout=30)
+    assert ["_prepare", "_claim"] in groups  # one commit stores and claims it
+    for _ in range(80):  # more than the executor's 64 slots: a leaked slot would stall the next run
+        with pytest.raises(ParameterError, match="unknown parameter"):
+            await squall.executions.request("core.noop", {"surprise": 1})
+    for _ in range(200):  # the last one's task ends a loop turn after its claim found nothing
+        if not squall.executor.running:
+            break
+        await asyncio.sleep(0.01)
+    assert not squall.executor.running
+    again = await squall.executions.request("core.noop")
+    assert (await squall.executions.wait(again["id"], timeout=30))["status"] == "succeeded"
+    assert len(await squall.executions.list()) == 2
+
+
 async def test_parameters_show_supplied_and_templated_defaults_only(squall: Squall) -> None:
     plain = await squall.executions.wait((await squall.executions.request("exectest.defaults"))["id"], timeout=30)
     assert plain["status"] == "succeeded"
