@@ -165,7 +165,8 @@ def _succeeded(client, base: str) -> tuple[int, int]:
 def end_to_end(requests: int, concurrency: int, processes: int) -> None:
     import httpx
 
-    from bench.webhooks import KEY, free_port, wait_answering
+    from bench.webhooks import KEY, free_port
+    from tests.conftest import wait_until_answering
 
     home = Path(tempfile.mkdtemp(prefix="squall-bench-rules-"))
     pack = home / "packs" / "benchhooks"
@@ -184,7 +185,7 @@ def end_to_end(requests: int, concurrency: int, processes: int) -> None:
     base = f"http://127.0.0.1:{port}"
     body = {"event": "alert", "host": "web1"}
     try:
-        wait_answering(base, server, 60, home / "serve.log")
+        wait_until_answering(base, server, 60)  # on failure, serve.log in the home says why
         hook_url, bare_url = f"{base}/api/v1/webhooks/bench", f"{base}/healthz"
         client = httpx.Client(headers={"St2-Api-Key": KEY}, timeout=30)
         with ProcessPoolExecutor(processes) as pool:

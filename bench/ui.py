@@ -60,12 +60,12 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from bench.webhooks import wait_answering  # noqa: E402
 from bot.accounts import create_user, hash_password  # noqa: E402
 from bot.app import Squall  # noqa: E402
 from bot.http import create_api  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.storage import Store  # noqa: E402
+from tests.conftest import wait_until_answering  # noqa: E402
 from tests.pgcluster import Cluster, free_port, initdb_path  # noqa: E402
 
 KEY = "bench-ui-key-0123456789"
@@ -343,7 +343,7 @@ def live_delay(lines: int) -> None:
                               stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_answering(base, server, 60)
+        wait_until_answering(base, server, 60)
         if httpx.get(f"{base}/live/executions/{'0' * 24}", timeout=5).status_code == 404:
             print("\nlive output: not measured: this build has no /live/executions/ID stream")
             return

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -33,23 +32,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_answering(base: str, server: subprocess.Popen[Any], seconds: float, log: Path | None = None) -> None:
-    """Wait until the server at `base` answers /healthz; exit naming why (its log's tail) if it died
-    or took longer than `seconds`."""
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"squall serve did not start{': ' + log.read_text()[-2000:] if log else ''}")
-        time.sleep(0.1)
 
 
 async def serve(config_path: str, port: int) -> None:
@@ -143,7 +125,9 @@ def main() -> None:
     try:
         import httpx
 
-        wait_answering(base, server, 30)
+        from tests.conftest import wait_until_answering
+
+        wait_until_answering(base, server, 30)
         body = {"trigger": "core.st2.webhook", "payload": {"headers": {}, "headers_lower": {},
                                                            "body": {"event": "push", "n": 1}}}
         hook_url, bare_url = f"{base}/api/v1/webhooks/st2", f"{base}/healthz"

@@ -26,6 +26,7 @@ from bot.chat.auth import Authorizer
 from bot.chat.commands import CommandFailed, CommandService, Held, HeldRequest
 from bot.chat.outbox import Outbox
 from bot.chat.replies import short
+from engine.parameters import mask
 from engine.storage import iso, utcnow
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class ApprovalChat:
         policy = held.policy
         now = utcnow()
         row = {"id": secrets.token_hex(4), "alias": held.alias.ref, "action": held.alias.action_ref,
-               "parameters": _shown(held.parameters, set(secret)), "sealed": sealed, "render": held.render,
+               "parameters": mask(held.parameters, action.secret_names), "sealed": sealed, "render": held.render,
                "context": held.context,
                "requester": held.message.user, "adapter": chat["adapter"], "channel": chat["channel"],
                "thread": chat.get("thread"), "groups": policy["groups"], "count": policy["count"],
@@ -70,7 +71,7 @@ class ApprovalChat:
         db = self.engine.db
         await db(db.store.approval_add, row)
         await self._audit("chat.approval.request", held.message.user, _where(held.message), row,
-                          {"parameters": _shown(held.parameters, action.secret_names)})
+                          {"parameters": row["parameters"]})
         shown = ", ".join(f"{k}={short(str(v), 60)}" for k, v in row["parameters"].items()) or "no parameters"
         await self._tell(row, f"{held.alias.action_ref} with {shown} is waiting for {_approvals(row['count'])} "
                               f"from {', '.join(row['groups'])} (approval {row['id']}, expires in "
@@ -244,10 +245,6 @@ def _approvals(count: int) -> str:
 
 def _where(message: Message) -> str:
     return f"{message.adapter}:{message.channel}"
-
-
-def _shown(parameters: dict[str, Any], secret: set[str]) -> dict[str, Any]:
-    return {k: "********" if k in secret else v for k, v in parameters.items()}
 
 
 def _duration(seconds: int) -> str:

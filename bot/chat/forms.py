@@ -131,7 +131,8 @@ class ChatForms:
         if isinstance(found, str):
             await self.dispatcher.say(message, found)
         else:
-            await self.offer(message, *found)
+            alias, given = found
+            await self.offer(message, alias, given=given)
         return True
 
     async def offer(self, message: Message, alias: Alias, explanation: str = "",
@@ -148,7 +149,7 @@ class ChatForms:
             return
         if not message.trigger:
             await self.dispatcher.say(message, f"{lead}Fill in the parameters of {alias.ref} in a form:",
-                                      buttons=[{"text": "Open form", "value": f"{WORD} {alias.ref}"}])
+                                      buttons=[_button(alias, "Open form")])
             return
         state = secrets.token_urlsafe(16)
         self._forget_expired()
@@ -160,7 +161,7 @@ class ChatForms:
         except DeliveryError as exc:  # a trigger lives seconds: a slow click or a retry outlives it
             del self._opened[state]
             await self.dispatcher.say(message, f"I could not open the form ({exc}); try again.",
-                                      buttons=[{"text": "Open form", "value": f"{WORD} {alias.ref}"}])
+                                      buttons=[_button(alias, "Open form")])
 
     def _allowed(self, message: Message) -> list[Alias]:
         """The commands `message`'s sender may run where it was sent: `chat.favourites` first, in their
@@ -179,7 +180,7 @@ class ChatForms:
 
     async def home(self, message: Message) -> list[dict[str, str]]:
         """The buttons of `message`'s sender's home on the platform (Slack's App Home tab)."""
-        return [{"text": a.ref, "value": f"{WORD} {a.ref}"} for a in self._allowed(message)]
+        return [_button(alias) for alias in self._allowed(message)]
 
     async def _pick(self, message: Message) -> None:
         """The commands `message`'s sender may run here, as buttons that open their forms (the first
@@ -193,7 +194,7 @@ class ChatForms:
         rest = len(allowed) - PICK
         more = f"; or `{prefix}{WORD} <name>` for the {rest} other(s) (`{prefix}help` lists them)" if rest > 0 else ""
         await dispatcher.say(message, f"Which command? Pick one to fill in its form{more}.",
-                             buttons=[{"text": a.ref, "value": f"{WORD} {a.ref}"} for a in allowed[:PICK]])
+                             buttons=[_button(alias) for alias in allowed[:PICK]])
 
     async def submit(self, submission: FormSubmission) -> dict[str, str]:
         """A platform form sent back: a message per wrong field (the form stays open to fix them), or
@@ -269,10 +270,10 @@ class ChatForms:
         match = AliasMatch(alias=alias, display=None, representation="", parameters=values)
         await self.dispatcher.run_matched(match, replace(sender, text=f"{WORD} {alias.ref}"))
 
-    def _resolve(self, name: str, message: Message) -> tuple[Alias, str, dict[str, Any]] | str:
+    def _resolve(self, name: str, message: Message) -> tuple[Alias, dict[str, Any]] | str:
         """The alias `name` means (its ref, its name, the ref of its action, or a whole command such as
         `deploy web1`, whose values fill the form in), among those the sender may run here, with the
-        form's lead and values; or why there is none, in words."""
+        form's values; or why there is none, in words."""
         prefix = self.dispatcher.settings.prefix
         name = name.removeprefix(prefix).strip() if prefix else name  # a shortcut on `!deploy web1`
         if not name:
@@ -287,16 +288,21 @@ class ChatForms:
             except (NoMatch, AmbiguousCommand):
                 return f"No alias runs `{name}`: chat runs actions through their aliases. Try `{prefix}help`."
             named, given = [match.alias], match.parameters
-        allowed = [a for a in named if self.dispatcher.auth.check(a, message).allowed]
+        decisions = [(alias, self.dispatcher.auth.check(alias, message)) for alias in named]
+        allowed = [alias for alias, decision in decisions if decision.allowed]
         if not allowed:
-            return f"Sorry {message.user}, you may not run {named[0].ref}: " \
-                   f"{self.dispatcher.auth.check(named[0], message).reason}."
-        return allowed[0], "", given
+            return f"Sorry {message.user}, you may not run {named[0].ref}: {decisions[0][1].reason}."
+        return allowed[0], given
 
     def _forget_expired(self) -> None:
         now = time.monotonic()
         for state in [s for s, opened in self._opened.items() if opened.expires < now]:
             del self._opened[state]
+
+
+def _button(alias: Alias, text: str | None = None) -> dict[str, str]:
+    """A button that opens `alias`'s form (its click is the interaction a platform's form needs)."""
+    return {"text": text or alias.ref, "value": f"{WORD} {alias.ref}"}
 
 
 def _title(alias: Alias) -> str:
