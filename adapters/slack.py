@@ -46,7 +46,6 @@ from adapters.base import (
     Capabilities,
     DeliveryError,
     Form,
-    FormField,
     FormHandler,
     FormSubmission,
     HomeHandler,
@@ -56,8 +55,11 @@ from adapters.base import (
 )
 from adapters.slack_format import (
     ACTION_PREFIX,
+    FORM_CALLBACK,
     MAX_TEXT,
     clicked_summary,
+    form_values,
+    form_view,
     home_view,
     message_arguments,
     plain_text,
@@ -87,8 +89,6 @@ OUTBOX_EVENT = "squall_reply"
 #: own advice: older requests may be replays).
 MAX_CLOCK_SKEW = 300
 _UNIX_TIME = re.compile(r"[0-9]{1,12}")
-#: The `callback_id` of Squall's form modals (`open_form`), by which their `view_submission` comes back.
-FORM_CALLBACK = "squall_form"
 #: A Slack message timestamp (its id in a channel), e.g. 1700000000.000100.
 _SLACK_TS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
 
@@ -893,68 +893,6 @@ class SlackAdapter:
         payload = {"response_type": "in_channel", **message_arguments(Reply(**{**reply.__dict__, "text": text}))}
         async with aiohttp.ClientSession() as session, session.post(url, json=payload) as response:
             return 200 <= response.status < 300
-
-
-def _plain(text: str, limit: int) -> dict[str, Any]:
-    return {"type": "plain_text", "text": text[:limit] or " "}
-
-
-def _element(item: FormField) -> dict[str, Any]:
-    """The Block Kit input for a field's kind; a secret is a plain text input that starts empty."""
-    element: dict[str, Any] = {"action_id": item.name}
-    if item.kind in ("integer", "number"):
-        element |= {"type": "number_input", "is_decimal_allowed": item.kind == "number"}
-    elif item.kind == "enum":
-        options = [{"text": _plain(o, 75), "value": o[:150]} for o in item.options[:100]]
-        element |= {"type": "static_select", "options": options}
-        chosen = next((o for o in options if o["value"] == item.initial), None)
-        if chosen:
-            element["initial_option"] = chosen
-        return element
-    elif item.kind == "boolean":
-        element |= {"type": "checkboxes", "options": [{"text": _plain("yes", 75), "value": "true"}]}
-        if item.initial == "true":
-            element["initial_options"] = element["options"]
-        return element
-    else:
-        element |= {"type": "plain_text_input", "multiline": item.kind in ("array", "object")}
-    if item.initial and item.kind != "secret":
-        element["initial_value"] = item.initial
-    return element
-
-
-def form_view(form: Form) -> dict[str, Any]:
-    """A form as a modal view: one input block per field, named by the field (block and action id)."""
-    blocks = []
-    for item in form.fields:
-        block: dict[str, Any] = {"type": "input", "block_id": item.name, "label": _plain(item.label, 2000),
-                                 "optional": not item.required, "element": _element(item)}
-        if item.hint:
-            block["hint"] = _plain(item.hint, 2000)
-        blocks.append(block)
-    return {"type": "modal", "callback_id": FORM_CALLBACK, "private_metadata": form.state,
-            "title": _plain(form.title, 24), "submit": _plain(form.submit, 24), "close": _plain("Cancel", 24),
-            "blocks": blocks}
-
-
-def form_values(view: dict[str, Any]) -> dict[str, str]:
-    """A submitted modal's state as text per field, as every form sends: a select's chosen value, a
-    ticked checkbox as "true" (unticked: absent), an input's text."""
-    values: dict[str, str] = {}
-    for block in ((view.get("state") or {}).get("values") or {}).values():
-        for name, state in (block or {}).items():
-            if not isinstance(state, dict):
-                continue
-            if state.get("type") == "static_select":
-                chosen = state.get("selected_option") or {}
-                if chosen.get("value") is not None:
-                    values[name] = str(chosen["value"])
-            elif state.get("type") == "checkboxes":
-                if state.get("selected_options"):
-                    values[name] = "true"
-            elif state.get("value") is not None:
-                values[name] = str(state["value"])
-    return values
 
 
 def _remember(table: OrderedDict[str, str], key: str, value: str, size: int = SEEN_SIZE) -> None:

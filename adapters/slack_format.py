@@ -8,7 +8,8 @@ Out: a `Reply` becomes `chat.postMessage` arguments. Alias `extra.slack` follows
 hubot adapter: its keys are attachment fields (`color`, `pretext`, `fields`, ...) merged around the
 reply text; `extra.slack.blocks` or `extra.slack.attachments` are passed through as given.
 Confirmation buttons become an `actions` block whose button values are what the person would
-otherwise have typed (`yes`/`no`).
+otherwise have typed (`yes`/`no`). A `Form` becomes a modal view of Block Kit inputs (`form_view`),
+and a submitted modal's state text per field again (`form_values`); the App Home tab is `home_view`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import html
 import re
 from typing import Any
 
-from adapters.base import Reply
+from adapters.base import Form, FormField, Reply
 
 #: Every button the adapter renders has an action_id with this prefix, so clicks route back to it.
 ACTION_PREFIX = "squall_button_"
+#: The `callback_id` of Squall's form modals (`open_form`), by which their `view_submission` comes back.
+FORM_CALLBACK = "squall_form"
 #: The most buttons the App Home tab shows (four actions blocks; a view holds at most 100 blocks).
 HOME_BUTTONS = 100
 #: Slack refuses a section block's text above 3000 characters, and more than 50 blocks a message.
@@ -126,3 +129,65 @@ def clicked_summary(original: str, user: str, choice: str) -> list[dict[str, Any
     """The blocks a confirmation becomes once answered: the question, then who chose what."""
     return [*_sections(original)[: MAX_BLOCKS - 1],
             {"type": "context", "elements": [{"type": "mrkdwn", "text": f"{escape(user)} chose *{escape(choice)}*"}]}]
+
+
+def _plain(text: str, limit: int) -> dict[str, Any]:
+    return {"type": "plain_text", "text": text[:limit] or " "}
+
+
+def _element(item: FormField) -> dict[str, Any]:
+    """The Block Kit input for a field's kind; a secret is a plain text input that starts empty."""
+    element: dict[str, Any] = {"action_id": item.name}
+    if item.kind in ("integer", "number"):
+        element |= {"type": "number_input", "is_decimal_allowed": item.kind == "number"}
+    elif item.kind == "enum":
+        options = [{"text": _plain(o, 75), "value": o[:150]} for o in item.options[:100]]
+        element |= {"type": "static_select", "options": options}
+        chosen = next((o for o in options if o["value"] == item.initial), None)
+        if chosen:
+            element["initial_option"] = chosen
+        return element
+    elif item.kind == "boolean":
+        element |= {"type": "checkboxes", "options": [{"text": _plain("yes", 75), "value": "true"}]}
+        if item.initial == "true":
+            element["initial_options"] = element["options"]
+        return element
+    else:
+        element |= {"type": "plain_text_input", "multiline": item.kind in ("array", "object")}
+    if item.initial and item.kind != "secret":
+        element["initial_value"] = item.initial
+    return element
+
+
+def form_view(form: Form) -> dict[str, Any]:
+    """A form as a modal view: one input block per field, named by the field (block and action id)."""
+    blocks = []
+    for item in form.fields:
+        block: dict[str, Any] = {"type": "input", "block_id": item.name, "label": _plain(item.label, 2000),
+                                 "optional": not item.required, "element": _element(item)}
+        if item.hint:
+            block["hint"] = _plain(item.hint, 2000)
+        blocks.append(block)
+    return {"type": "modal", "callback_id": FORM_CALLBACK, "private_metadata": form.state,
+            "title": _plain(form.title, 24), "submit": _plain(form.submit, 24), "close": _plain("Cancel", 24),
+            "blocks": blocks}
+
+
+def form_values(view: dict[str, Any]) -> dict[str, str]:
+    """A submitted modal's state as text per field, as every form sends: a select's chosen value, a
+    ticked checkbox as "true" (unticked: absent), an input's text."""
+    values: dict[str, str] = {}
+    for block in ((view.get("state") or {}).get("values") or {}).values():
+        for name, state in (block or {}).items():
+            if not isinstance(state, dict):
+                continue
+            if state.get("type") == "static_select":
+                chosen = state.get("selected_option") or {}
+                if chosen.get("value") is not None:
+                    values[name] = str(chosen["value"])
+            elif state.get("type") == "checkboxes":
+                if state.get("selected_options"):
+                    values[name] = "true"
+            elif state.get("value") is not None:
+                values[name] = str(state["value"])
+    return values
