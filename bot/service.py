@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import functools
 import gc
 import importlib
 import logging
@@ -120,6 +121,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     if (warning := action_user_warning(config)) is not None:
         log.warning("%s", warning)
     squall = await Squall.start(config, adapters=configured_adapters(config) if adapters is None else adapters)
+    squall.executions.reload_packs = functools.partial(reload, squall)
     bot = squall.chat
     # First what earlier runs left to send and the results they owed, then recovery's own results
     # behind them; the bot listens already, so abandoned executions are told in chat.

@@ -20,7 +20,7 @@ import socket
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +34,7 @@ from engine.executor import Executor
 from engine.logs import bind
 from engine.metrics import metrics
 from engine.output import OutputRecorder
-from engine.packs import Registry
+from engine.packs import Registry, UnknownAction
 from engine.parameters import MASK, ParameterError, Resolution, mask, needs_rendering, resolve
 from engine.processes import LEDGER, ledger_directory, owner_file_state, process_identity, running_since, sweep
 from engine.runners import RUNNER_TYPES, WAITING_ON_TASKS, Runner, RunOutcome, RunRequest
@@ -184,9 +184,12 @@ class ExecutionService:
         self.conducting: set[str] = set()
         # Requested here and not yet claimed: the claim need not read back what this process wrote.
         self._prepared: dict[str, dict[str, Any]] = {}
-        self._held: set[asyncio.Future[None]] = set()
+        self._held: set[asyncio.Future[None]] = set()  # delayed requests' submits, kept from collection
         #: Store the action's pack content hash with each request (`executor.kind: procrastinate`).
-        self.pack_hashes = False  # delayed requests' submits, kept from collection
+        self.pack_hashes = False
+        #: Load the pack folders again (`squall serve`): a request another process stored (the CLI's
+        #: `--async`) may name an action installed after this process last loaded them.
+        self.reload_packs: Callable[[], Awaitable[Any]] | None = None
 
     # -- listening -----------------------------------------------------------------------
     def on_finished(self, listener: Callable[[dict[str, Any]], Any]) -> None:
@@ -402,6 +405,12 @@ class ExecutionService:
         record, prepared = claimed
         bind(action=record["action"], user=(record.get("context") or {}).get("user"))
         metrics.started(record)
+        if isinstance(prepared, UnknownAction) and self.reload_packs is not None:
+            await self.reload_packs()
+            try:
+                prepared = self._run_request(record)
+            except (CryptoError, ParameterError, LookupError) as exc:
+                prepared = exc
         if isinstance(prepared, Exception):
             await self._finish(record, RunOutcome("failed", {"error": str(prepared)}), [])
             return

@@ -7,6 +7,7 @@ commands really run under bash and the records really go through SQLite.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from bot.app import Squall
+from bot.service import reload
 from engine.config import Config, load_config
 from engine.executions import (
     COMPLETED,
@@ -612,6 +614,41 @@ async def test_wait_returns_an_execution_run_by_another_instance(config: Config)
     finally:
         await worker.close()
         await requester.close()
+
+
+async def test_a_request_for_a_pack_installed_after_the_server_loaded_its_packs_runs(config: Config) -> None:
+    """The CLI's `--async` request can name an action of a pack installed after `squall serve` last
+    loaded its packs (the install landed between its look at the pack files and its poll): the
+    server loads them again instead of failing the request; an action that is gone still fails."""
+    server = await Squall.start(config)
+    server.executions.reload_packs = functools.partial(reload, server)
+    try:
+        write(config.pack_paths[0] / "late" / "pack.yaml", "name: late\nversion: 0.1.0\nauthor: t\ndescription: d\n")
+        write(config.pack_paths[0] / "late" / "actions" / "hello.yaml", """
+            name: hello
+            runner_type: local-shell-cmd
+            parameters:
+              cmd: {default: echo late pack}
+        """)
+        write(config.pack_paths[0] / "late" / "actions" / "gone.yaml", "name: gone\nrunner_type: noop\n")
+        requester = await Squall.start(config)
+        requester.executions.executor = None
+        try:
+            hello = await requester.executions.request("late.hello")
+            gone = await requester.executions.request("late.gone")
+        finally:
+            await requester.close()
+        assert "late.hello" not in server.registry.actions
+        (config.pack_paths[0] / "late" / "actions" / "gone.yaml").unlink()
+        await server.executions.poll()
+        done = await server.executions.wait(hello["id"], timeout=30)
+        assert done["status"] == "succeeded", done
+        assert done["result"]["stdout"] == "late pack"
+        failed = await server.executions.wait(gone["id"], timeout=30)
+        assert failed["status"] == "failed"
+        assert "late.gone" in failed["result"]["error"]
+    finally:
+        await server.close()
 
 
 async def test_wait_times_out_for_an_execution_nobody_runs(squall: Squall) -> None:
