@@ -25,7 +25,7 @@ import socket
 from typing import Any
 
 from bot.app import Squall
-from bot.service import configured_adapters
+from bot.service import configured_adapters, settle_heap
 from engine.config import Config, ConfigError
 from engine.executions import STEPPING
 from engine.jobs import HEARTBEAT_SECONDS, STALLED_SECONDS, pack_mismatch, reap_forever, worker_app
@@ -111,6 +111,7 @@ async def work(config: Config, queues: list[str] | None, concurrency: int, drain
     log.info("squall worker %s: queues %s, %d at once, %d packs, %d actions", worker.name,
              ", ".join(queues) if queues else "all", concurrency, len(squall.registry.packs),
              len(squall.registry.actions))
+    settle_heap()  # as squall serve does once it is up
     try:
         async with app.open_async():
             jobs = asyncio.create_task(app.run_worker_async(
