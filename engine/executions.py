@@ -20,7 +20,7 @@ import socket
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +38,7 @@ from engine.packs import Registry, UnknownAction
 from engine.parameters import MASK, ParameterError, Resolution, mask, needs_rendering, resolve
 from engine.processes import LEDGER, ledger_directory, owner_file_state, process_identity, running_since, sweep
 from engine.runners import RUNNER_TYPES, WAITING_ON_TASKS, Runner, RunOutcome, RunRequest
-from engine.storage import Database, iso, utcnow
+from engine.storage import Database, Store, iso, utcnow
 from engine.templates import KVNamespace, build_environment
 from engine.tokens import mint, revoke, revoke_ended
 
@@ -83,6 +83,19 @@ class AuditEntry:
     source: str | None
     target: str | None
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CompletionWrite:
+    """What a listener stores in the transaction that stores an execution's end (the chat's result
+    reply, from `on_completing`): the end and what it says of it commit together, and a command's
+    round trip pays one commit for both instead of one each. `write(store)` runs in that
+    transaction; once it committed, `committed(what write returned)` runs on the loop, before the
+    `EXECUTION_FINISHED` listeners hear of the end. A write that fails is logged and rolled back
+    alone: the end is stored all the same, and its listeners store what they owe as before."""
+
+    write: Callable[[Store], Any]
+    committed: Callable[[Any], None]
 
 
 class ExecutionNotFound(LookupError):
@@ -190,12 +203,18 @@ class ExecutionService:
         #: Load the pack folders again (`squall serve`): a request another process stored (the CLI's
         #: `--async`) may name an action installed after this process last loaded them.
         self.reload_packs: Callable[[], Awaitable[Any]] | None = None
+        self._completing: list[Callable[[dict[str, Any]], CompletionWrite | None]] = []
 
     # -- listening -----------------------------------------------------------------------
     def on_finished(self, listener: Callable[[dict[str, Any]], Any]) -> None:
         """Call `listener(public_record)` whenever an execution finishes in this process (a
         subscription to `EXECUTION_FINISHED`; a coroutine it returns runs as a task)."""
         self.events.subscribe(EXECUTION_FINISHED, listener)
+
+    def on_completing(self, hook: Callable[[dict[str, Any]], CompletionWrite | None]) -> None:
+        """Call `hook(public_record)` as a run's end is about to be stored; a `CompletionWrite` it
+        returns is stored with that end (see there). Only ends a runner reported take this path."""
+        self._completing.append(hook)
 
     @property
     def notifying(self) -> int:
@@ -211,11 +230,11 @@ class ExecutionService:
         so it must not hold one of the executor's slots (64 workflows would starve their own tasks)."""
         return execution_id in self.conducting
 
-    def _finished(self, record: dict[str, Any]) -> None:
+    def _finished(self, record: dict[str, Any], shown: dict[str, Any] | None = None) -> None:
         self._prepared.pop(record["id"], None)  # never claimed (a policy canceled it): forget it here
         if record.get("status") != "paused":
             self.conducting.discard(record["id"])
-        shown = public(record)
+        shown = shown if shown is not None else public(record)
         self._recent[record["id"]] = shown
         if len(self._recent) > _RECENT:
             self._recent.popitem(last=False)
@@ -573,16 +592,44 @@ class ExecutionService:
         now = utcnow()
         fields = {"status": outcome.status, "result": scrub(outcome.result, secrets), "end_timestamp": now}
         entry = {"status": outcome.status, "timestamp": iso(now)}
-        finished = await self.db(self._complete, record, fields, entry, ("running", "canceling", "pausing"))
+        shown, writes = self._completion_writes(record, fields, entry)
+        finished, written = await self.db(self._complete, record, fields, entry, ("running", "canceling", "pausing"),
+                                          writes)
         if finished is not None:
             log.debug("%s %s", record["action"], outcome.status)
             record.update(finished)
-            self._finished(record)
+            for write, (ok, value) in zip(writes, written or (), strict=False):
+                if ok:
+                    write.committed(value)
+            self._finished(record, shown if written is not None else None)
+
+    def _completion_writes(self, record: dict[str, Any], fields: dict[str, Any],
+                           entry: dict[str, Any]) -> tuple[dict[str, Any] | None, list[CompletionWrite]]:
+        """The end as it will read once stored as claimed (the common case), and what the
+        `on_completing` hooks store with it."""
+        if not self._completing or record["status"] != "running":
+            return None, []
+        shown = public({**record, **fields, "log": [*(record.get("log") or []), entry]})
+        writes = []
+        for hook in self._completing:
+            try:
+                write = hook(shown)
+            except Exception:
+                log.exception("what to store with the end of %s could not be made; its listeners store it",
+                              record["id"])
+                continue
+            if write is not None:
+                writes.append(write)
+        return shown, writes
 
     def _complete(self, known: dict[str, Any], fields: dict[str, Any], entry: dict[str, Any],
-                  expect: tuple[str, ...]) -> dict[str, Any] | None:
+                  expect: tuple[str, ...], writes: Sequence[CompletionWrite] = ()
+                  ) -> tuple[dict[str, Any] | None, list[tuple[bool, Any]] | None]:
         """Finish an execution, appending to the log as stored now: a `canceling` another caller
-        recorded meanwhile stays in it (compare-and-set on the status, retried if it moved)."""
+        recorded meanwhile stays in it (compare-and-set on the status, retried if it moved).
+        `writes` are stored with it only if it was still as claimed (what they say was made from
+        that): then with (True, what each returned) or (False, None) for one that failed; with None
+        if it had moved."""
         store = self.db.store
         execution_id = known["id"]
         if known["status"] == "running":  # the common case: still as we claimed it, one write
@@ -590,16 +637,16 @@ class ExecutionService:
             if store.update_execution(execution_id, complete, expect=("running",)):
                 if _tokened(known):
                     revoke(store, execution_id)  # its API token ends with the run, in the same transaction
-                return {**known, **complete}
+                return {**known, **complete}, [_written(write, store, execution_id) for write in writes]
         while True:
             current = store.get_execution(execution_id)
             if current is None or current["status"] not in expect:
-                return None
+                return None, None
             complete = {**fields, "log": [*(current.get("log") or []), entry]}
             if store.update_execution(execution_id, complete, expect=(current["status"],)):
                 if _tokened(current):
                     revoke(store, execution_id)
-                return {**current, **complete}
+                return {**current, **complete}, None
 
     async def complete(self, execution_id: str, status: str, result: Any,
                        expect: tuple[str, ...]) -> dict[str, Any] | None:
@@ -608,7 +655,7 @@ class ExecutionService:
         record = await self.db(self._find, execution_id)
         now = utcnow()
         fields = {"status": status, "result": result, "end_timestamp": now}
-        finished = await self.db(self._complete, record, fields, {"status": status, "timestamp": iso(now)}, expect)
+        finished, _ = await self.db(self._complete, record, fields, {"status": status, "timestamp": iso(now)}, expect)
         if finished is None:
             return None
         record.update(finished)
@@ -951,6 +998,16 @@ class ExecutionService:
                 record = await self.db(self.db.store.get_execution, row["id"])
                 if record is not None and record["status"] == "canceling":
                     await self._cancel_orphan(record)
+
+
+def _written(write: CompletionWrite, store: Store, execution_id: str) -> tuple[bool, Any]:
+    """Run one `CompletionWrite` in the end's transaction; a failure rolls back its own writes alone."""
+    try:
+        with store.isolated():
+            return True, write.write(store)
+    except Exception:
+        log.exception("storing what is owed with the end of %s failed; its listeners store it", execution_id)
+        return False, None
 
 
 def _resumable(runner: Any) -> bool:

@@ -637,6 +637,27 @@ class Store:
                 yield conn
 
     @contextlib.contextmanager
+    def isolated(self) -> Iterator[None]:
+        """Inside a batch, the calls made here roll back together and alone if one of them raises
+        (a savepoint: on SQLite a failing call otherwise undoes only its failing statement)."""
+        conn = getattr(self._batch, "conn", None)
+        if conn is None:  # no batch: each call is its own transaction
+            yield
+        elif not self.is_sqlite:
+            with conn.begin_nested():
+                yield
+        else:
+            driver = conn.connection.driver_connection
+            driver.execute("SAVEPOINT squall_isolated")
+            try:
+                yield
+            except BaseException:
+                driver.execute("ROLLBACK TO squall_isolated")
+                driver.execute("RELEASE squall_isolated")
+                raise
+            driver.execute("RELEASE squall_isolated")
+
+    @contextlib.contextmanager
     def _read(self) -> Iterator[sa.Connection]:
         conn = getattr(self._batch, "conn", None)
         if conn is None:

@@ -159,9 +159,58 @@ async def test_a_result_is_stored_once_with_its_ack_edit_in_one_go(chat) -> None
     assert loopback.texts("#ops").count("hello once") == 1
 
 
-async def test_recovery_stores_a_result_whose_reply_was_never_stored(chat) -> None:
-    """As after a kill between the commit of the final status and the insert of the reply."""
+async def test_a_result_is_stored_in_the_transaction_that_stores_the_end(chat) -> None:
+    """A process that dies right after an execution's end committed has its result stored already:
+    nothing is owed to recovery, and the reply goes out."""
     squall, bot, loopback = chat
+    squall.events.unsubscribe(EXECUTION_FINISHED, bot.dispatcher.on_finished)  # it "died" before telling chat
+    try:
+        await loopback.say("!greet kept", user="alice", channel="#ops")
+        [execution] = await squall.executions.list(action="demo.greet")
+        await squall.executions.wait(execution["id"], 10)
+        await settle(squall, bot)
+    finally:
+        squall.events.subscribe(EXECUTION_FINISHED, bot.dispatcher.on_finished)
+    rows = _replies_of(squall.store, execution["id"])
+    assert [row["kind"] for row in rows] == ["ack", "status", "result"]
+    assert await bot.sweep(timedelta(days=1)) == 0
+    assert loopback.texts("#ops").count("hello kept") == 1
+
+
+async def test_a_result_that_fails_to_store_with_its_end_is_stored_by_the_listener(chat, monkeypatch) -> None:
+    """The end is stored all the same (the failed write is rolled back alone), and the result comes
+    by the listener, once."""
+    squall, bot, loopback = chat
+    from bot.chat.outbox import Keyed
+
+    store = Keyed.store
+    failed: list[str] = []
+
+    def fail_once(self: Keyed, target: Store) -> Any:
+        if self.key == "result" and not failed:
+            failed.append(self.execution_id)
+            adapter, channel = self.rows[0][:2]
+            target.outbox_add(adapter, channel, Reply(adapter=adapter, channel=channel,
+                                                      text="a row rolled back with its failure").to_json())
+            raise RuntimeError("injected: the result could not be stored")
+        return store(self, target)
+
+    monkeypatch.setattr(Keyed, "store", fail_once)
+    await loopback.say("!greet retried", user="alice", channel="#ops")
+    [execution] = await squall.executions.list(action="demo.greet")
+    done = await squall.executions.wait(execution["id"], 10)
+    await settle(squall, bot)
+    assert failed == [execution["id"]] and done["status"] == "succeeded"
+    assert [row["kind"] for row in _replies_of(squall.store, execution["id"])] == ["ack", "status", "result"]
+    assert loopback.texts("#ops").count("hello retried") == 1
+    assert "a row rolled back with its failure" not in loopback.texts()
+
+
+async def test_recovery_stores_a_result_whose_reply_was_never_stored(chat) -> None:
+    """As for an end stored without its result: the write with the end failed and the process died
+    before its listener stored it (or a version before results were stored with their end)."""
+    squall, bot, loopback = chat
+    squall.executions._completing.remove(bot.dispatcher.completing)
     squall.events.unsubscribe(EXECUTION_FINISHED, bot.dispatcher.on_finished)  # the process "died" before telling chat
     try:
         await loopback.say("!greet lost", user="alice", channel="#ops")
@@ -170,6 +219,7 @@ async def test_recovery_stores_a_result_whose_reply_was_never_stored(chat) -> No
         await settle(squall, bot)
     finally:
         squall.events.subscribe(EXECUTION_FINISHED, bot.dispatcher.on_finished)
+        squall.executions.on_completing(bot.dispatcher.completing)
     assert "hello lost" not in loopback.texts()
     assert await bot.sweep(timedelta(days=1)) == 1
     await settle(squall, bot)
@@ -368,19 +418,20 @@ def die():
 
 
 if point.startswith("finished:"):
-    # Right after the final status of the nth chat execution committed, before its result was stored.
+    # Right after the final status of the nth chat execution committed (with its result), before
+    # its listeners (the notifications) ran.
     from engine import executions
 
     limit = int(point.split(":", 1)[1])
     finished = executions.ExecutionService._finished
     seen = []
 
-    def _finished(self, record):
+    def _finished(self, record, shown=None):
         if (record.get("context") or {}).get("chat") and record.get("status") in executions.COMPLETED:
             seen.append(record["id"])
             if len(seen) >= limit:
                 die()
-        return finished(self, record)
+        return finished(self, record, shown)
 
     executions.ExecutionService._finished = _finished
 elif point.startswith("delivered:"):
@@ -670,14 +721,17 @@ def _stored_texts(store: Store) -> Counter[str]:
 
 
 @pytest.mark.slow
-async def test_a_kill_between_the_final_status_and_the_result_loses_no_result(service) -> None:
+async def test_a_kill_right_after_the_final_status_loses_no_result(service) -> None:
+    """The result is stored in the transaction of the final status: a kill right after that commit
+    finds it stored, not sent, and the next start sends it once."""
     home, fake, started, store = service
     first = await _serve(home, fake, started, kill_at="finished:1")
     await fake.say(fake.alice, fake.town_square, "!quick k1")
     await first.died()
     [execution] = _chat_executions(store)
     assert execution["status"] == "succeeded"
-    assert [row for row in _rows(store) if row["execution_id"] == execution["id"]] == []  # the reply was not stored
+    assert [(row["kind"], row["status"]) for row in _rows(store)
+            if row["execution_id"] == execution["id"]] == [("result", "pending")]
 
     await _serve(home, fake, started)
     posts = await _delivered(fake, store, {"succeeded k1"})
@@ -692,7 +746,9 @@ async def test_a_kill_before_the_result_still_edits_the_ack_and_sends_the_notifi
     await fake.say(fake.alice, fake.town_square, "!noted n1")
     await first.died()
     [execution] = _chat_executions(store)
-    assert [row["kind"] for row in _rows(store) if row["execution_id"] == execution["id"]] == ["ack"]
+    # The result and the ack's edit came with the final status; the notification comes after it.
+    assert [row["kind"] for row in _rows(store) if row["execution_id"] == execution["id"]] == ["ack", "status",
+                                                                                              "result"]
 
     await _serve(home, fake, started)
     posts = await _delivered(fake, store, {"succeeded n1", "noted n1"})
@@ -805,7 +861,7 @@ async def test_forty_results_finishing_at_once_survive_a_kill_in_the_burst(servi
     await first.died()
     finished = [row for row in _chat_executions(store) if row["status"] in COMPLETED]
     stored = {row["execution_id"] for row in _rows(store) if row["kind"] == "result"}
-    assert len(finished) >= 20 and any(row["id"] not in stored for row in finished)  # the kill left one owed
+    assert len(finished) >= 20 and all(row["id"] in stored for row in finished)  # each end with its result
 
     await _serve(home, fake, started)
     await _until(lambda: all(row["status"] in COMPLETED for row in _chat_executions(store)), 30, "recovery")

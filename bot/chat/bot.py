@@ -61,6 +61,7 @@ class ChatBot:
         self.dispatcher = Dispatcher(engine=engine, index=self.index, outbox=self.outbox, adapters=self.adapters,
                                      inquiries=self.inquiries, commands=self.commands, auth=auth, settings=settings,
                                      approvals=self.approvals)
+        engine.executions.on_completing(self.dispatcher.completing)
         engine.events.subscribe(EXECUTION_FINISHED, self.dispatcher.on_finished)
         self._began = False
         self._stopped = False

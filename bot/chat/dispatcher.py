@@ -31,7 +31,7 @@ from bot.chat.outbox import Outbox
 from bot.chat.replies import render_result, short, status_line
 from engine import tracing
 from engine.config import ConfigError
-from engine.executions import COMPLETED, ExecutionNotFound, ExecutionStateError, public
+from engine.executions import COMPLETED, CompletionWrite, ExecutionNotFound, ExecutionStateError, public
 from engine.logs import logging_context
 from engine.metrics import metrics
 from engine.packs import UnknownAction
@@ -136,6 +136,8 @@ class Dispatcher:
     approvals: ApprovalChat | None = None
     #: Chat forms (`run-form`, and the offer of a form when a typed command misses a parameter).
     forms: ChatForms = field(init=False)
+    #: Executions whose result was stored with their end (`completing`): their listener posts nothing.
+    _stored_with_end: set[str] = field(default_factory=set)
 
     @property
     def matcher(self) -> AliasMatcher:
@@ -344,11 +346,33 @@ class Dispatcher:
         return {"adapter": message.adapter, "channel": message.channel, "user": message.user,
                 "thread": self._thread(message), "message_id": message.id}
 
+    def completing(self, execution: dict[str, Any]) -> CompletionWrite | None:
+        """The result of an execution started from chat, to store with its end (`on_completing`):
+        one commit for both, and the result is queued before the end's listeners run."""
+        chat = (execution.get("context") or {}).get("chat")
+        if not chat or chat.get("adapter") not in self.adapters or execution["status"] not in COMPLETED:
+            return None
+        with tracing.span("chat.result", tracing.parent_of(execution.get("context")), execution_id=execution["id"],
+                          adapter=chat["adapter"], channel=chat["channel"]):
+            replies, status = self._result_replies(execution, chat)
+            keyed = self.outbox.keyed(execution["id"], "result", replies, adapter=chat["adapter"],
+                                      channel=chat["channel"], status=status)
+        assert keyed is not None  # with adapter and channel given, there is always a row to store
+
+        def committed(stored: Any) -> None:
+            keyed.queue(stored)
+            self._stored_with_end.add(execution["id"])
+
+        return CompletionWrite(keyed.store, committed)
+
     def on_finished(self, execution: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
         """Post the result of an execution started from chat, in its channel and thread (None, and
-        no task, for the others)."""
+        no task, for the others and for results stored with the end)."""
         chat = (execution.get("context") or {}).get("chat")
         if not chat or chat.get("adapter") not in self.adapters:
+            return None
+        if execution["id"] in self._stored_with_end:
+            self._stored_with_end.discard(execution["id"])
             return None
         return self._post_result(execution, chat)
 
@@ -362,13 +386,18 @@ class Dispatcher:
                           adapter=chat["adapter"], channel=chat["channel"]):
             await self._store_result(execution, chat)
 
-    async def _store_result(self, execution: dict[str, Any], chat: dict[str, Any]) -> None:
+    def _result_replies(self, execution: dict[str, Any], chat: dict[str, Any]) -> tuple[list[Reply], list[Reply]]:
+        """(the result's replies, the ack's edits to the final status) in the command's thread."""
         alias = self.aliases.get(chat.get("alias")) if chat.get("alias") else None
         text, extra = render_result(alias, execution)
         where = {"adapter": chat["adapter"], "channel": chat["channel"], "thread": chat.get("thread")}
         edits = self.adapters[chat["adapter"]].capabilities.edits
         status = [Reply(**where, text=status_line(execution))] if edits else []
         replies = [Reply(**where, text=text, extra=extra)] if text is not None else []
+        return replies, status
+
+    async def _store_result(self, execution: dict[str, Any], chat: dict[str, Any]) -> None:
+        replies, status = self._result_replies(execution, chat)
         if execution["status"] not in COMPLETED:
             ack = await self.engine.db(self.engine.store.outbox_keyed_id, execution["id"], "ack") if status else None
             for reply in [*(Reply(**{**line.__dict__, "edit": ack}) for line in status if ack is not None), *replies]:

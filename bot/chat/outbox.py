@@ -42,7 +42,7 @@ from typing import Any
 from adapters.base import Adapter, DeliveryError, Reply
 from bot.chat.replies import fit
 from engine.metrics import metrics
-from engine.storage import Database, utcnow
+from engine.storage import Database, Store, utcnow
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 12
@@ -57,6 +57,35 @@ def keyed_rows(key: str, replies: Sequence[Reply]) -> list[tuple[str, str, dict[
     `key`, `key.2`, `key.3`..., all pending."""
     return [(reply.adapter, reply.channel, reply.to_json(), key if n == 1 else f"{key}.{n}", "pending")
             for n, reply in enumerate(replies, 1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Keyed:
+    """One execution's replies of one key, fitted into outbox rows: `store` them, then `queue` what
+    was stored (see `Outbox.post_keyed`)."""
+
+    outbox: Outbox
+    execution_id: str
+    key: str
+    rows: list[tuple[str, str, dict[str, Any], str, str]]
+    parts: list[Reply]
+    edits: str | None
+
+    def store(self, store: Store) -> list[tuple[int | None, int | None]] | None:
+        return store.outbox_add_keyed(self.execution_id, self.key, self.rows, edits=self.edits)
+
+    def queue(self, stored: list[tuple[int | None, int | None]] | None) -> list[int] | None:
+        """Queue the stored rows for delivery; their ids, or None if the key was stored before."""
+        if stored is None:
+            return None
+        ids = [outbox_id for outbox_id, _edit in stored if outbox_id is not None]
+        for outbox_id in ids:
+            self.outbox._stored(outbox_id)
+        # The `skipped` row, last, is not sent.
+        for (outbox_id, edit), reply in zip(stored, self.parts, strict=False):
+            if outbox_id is not None:
+                self.outbox._enqueue(outbox_id, reply if edit is None else Reply(**{**reply.__dict__, "edit": edit}))
+        return ids
 
 
 class Outbox:
@@ -138,26 +167,24 @@ class Outbox:
         transaction, keyed (execution_id, key / key.N), then queue them; their ids, or None (nothing
         stored) if that key was stored before. With no reply and `adapter`/`channel` given, a
         `skipped` row records that there is nothing to send; with neither, nothing is stored."""
+        keyed = self.keyed(execution_id, key, replies, adapter=adapter, channel=channel, status=status)
+        if keyed is None:
+            return []
+        return keyed.queue(await self.db(keyed.store, self.db.store))
+
+    def keyed(self, execution_id: str, key: str, replies: Sequence[Reply], *, adapter: str | None = None,
+              channel: str | None = None, status: Sequence[Reply] = ()) -> Keyed | None:
+        """`post_keyed`'s replies, fitted, ready to store (`Keyed.store`, in any transaction: the
+        result's is the execution's end's) and then to queue; None when there is nothing to store."""
         status = [part for reply in status for part in self.parts(reply)]
         replies = [part for reply in replies for part in self.parts(reply)]
         rows = [*keyed_rows("status", status), *keyed_rows(key, replies)]
         if not replies:
             if adapter is None or channel is None:
-                return []
+                return None
             rows.append((adapter, channel, Reply(adapter=adapter, channel=channel, text="").to_json(), key,
                          "skipped"))
-        stored = await self.db(self.db.store.outbox_add_keyed, execution_id, key, rows,
-                               edits="ack" if status else None)
-        if stored is None:
-            return None
-        ids = [outbox_id for outbox_id, _edit in stored if outbox_id is not None]
-        for outbox_id in ids:
-            self._stored(outbox_id)
-        # The `skipped` row, last, is not sent.
-        for (outbox_id, edit), reply in zip(stored, [*status, *replies], strict=False):
-            if outbox_id is not None:
-                self._enqueue(outbox_id, reply if edit is None else Reply(**{**reply.__dict__, "edit": edit}))
-        return ids
+        return Keyed(self, execution_id, key, rows, [*status, *replies], "ack" if status else None)
 
     def _stored(self, outbox_id: int) -> None:
         """Note an id this process stored. Ids below it it has not seen mean another process stored
