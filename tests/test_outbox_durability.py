@@ -159,18 +159,26 @@ async def test_a_result_is_stored_once_with_its_ack_edit_in_one_go(chat) -> None
     assert loopback.texts("#ops").count("hello once") == 1
 
 
-async def test_a_result_is_stored_in_the_transaction_that_stores_the_end(chat) -> None:
-    """A process that dies right after an execution's end committed has its result stored already:
-    nothing is owed to recovery, and the reply goes out."""
+async def _greet_unheard(chat: tuple[Squall, ChatBot, LoopbackAdapter], who: str) -> dict[str, Any]:
+    """`!greet who` run to its end by a process that "dies" before its `EXECUTION_FINISHED`
+    listeners hear of it (the chat's is unsubscribed meanwhile); the execution."""
     squall, bot, loopback = chat
-    squall.events.unsubscribe(EXECUTION_FINISHED, bot.dispatcher.on_finished)  # it "died" before telling chat
+    squall.events.unsubscribe(EXECUTION_FINISHED, bot.dispatcher.on_finished)
     try:
-        await loopback.say("!greet kept", user="alice", channel="#ops")
+        await loopback.say(f"!greet {who}", user="alice", channel="#ops")
         [execution] = await squall.executions.list(action="demo.greet")
         await squall.executions.wait(execution["id"], 10)
         await settle(squall, bot)
     finally:
         squall.events.subscribe(EXECUTION_FINISHED, bot.dispatcher.on_finished)
+    return execution
+
+
+async def test_a_result_is_stored_in_the_transaction_that_stores_the_end(chat) -> None:
+    """A process that dies right after an execution's end committed has its result stored already:
+    nothing is owed to recovery, and the reply goes out."""
+    squall, bot, loopback = chat
+    execution = await _greet_unheard(chat, "kept")
     rows = _replies_of(squall.store, execution["id"])
     assert [row["kind"] for row in rows] == ["ack", "status", "result"]
     assert await bot.sweep(timedelta(days=1)) == 0
@@ -211,14 +219,9 @@ async def test_recovery_stores_a_result_whose_reply_was_never_stored(chat) -> No
     before its listener stored it (or a version before results were stored with their end)."""
     squall, bot, loopback = chat
     squall.executions._completing.remove(bot.dispatcher.completing)
-    squall.events.unsubscribe(EXECUTION_FINISHED, bot.dispatcher.on_finished)  # the process "died" before telling chat
     try:
-        await loopback.say("!greet lost", user="alice", channel="#ops")
-        [execution] = await squall.executions.list(action="demo.greet")
-        await squall.executions.wait(execution["id"], 10)
-        await settle(squall, bot)
+        execution = await _greet_unheard(chat, "lost")
     finally:
-        squall.events.subscribe(EXECUTION_FINISHED, bot.dispatcher.on_finished)
         squall.executions.on_completing(bot.dispatcher.completing)
     assert "hello lost" not in loopback.texts()
     assert await bot.sweep(timedelta(days=1)) == 1
