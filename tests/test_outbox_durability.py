@@ -47,7 +47,22 @@ from tests.test_chat import _config, settle
 
 @pytest.fixture
 async def chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
+    async for started in _chat(home):
+        yield started
+
+
+@pytest.fixture
+async def chat_on(home: Path, database_url: str) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
+    """`chat` on SQLite and on PostgreSQL."""
+    async for started in _chat(home, database_url):
+        yield started
+
+
+async def _chat(home: Path, url: str = "") -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
     _config(home)
+    if url:
+        config = home / "config.yml"
+        config.write_text(config.read_text().replace("sqlite:///data/squall.db", url))
     loopback = LoopbackAdapter()
     squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
     bot = squall.chat
@@ -174,21 +189,21 @@ async def _greet_unheard(chat: tuple[Squall, ChatBot, LoopbackAdapter], who: str
     return execution
 
 
-async def test_a_result_is_stored_in_the_transaction_that_stores_the_end(chat) -> None:
+async def test_a_result_is_stored_in_the_transaction_that_stores_the_end(chat_on) -> None:
     """A process that dies right after an execution's end committed has its result stored already:
     nothing is owed to recovery, and the reply goes out."""
-    squall, bot, loopback = chat
-    execution = await _greet_unheard(chat, "kept")
+    squall, bot, loopback = chat_on
+    execution = await _greet_unheard(chat_on, "kept")
     rows = _replies_of(squall.store, execution["id"])
     assert [row["kind"] for row in rows] == ["ack", "status", "result"]
     assert await bot.sweep(timedelta(days=1)) == 0
     assert loopback.texts("#ops").count("hello kept") == 1
 
 
-async def test_a_result_that_fails_to_store_with_its_end_is_stored_by_the_listener(chat, monkeypatch) -> None:
+async def test_a_result_that_fails_to_store_with_its_end_is_stored_by_the_listener(chat_on, monkeypatch) -> None:
     """The end is stored all the same (the failed write is rolled back alone), and the result comes
     by the listener, once."""
-    squall, bot, loopback = chat
+    squall, bot, loopback = chat_on
     from bot.chat.outbox import Keyed
 
     store = Keyed.store
