@@ -624,14 +624,19 @@ class Store:
             finally:
                 self._batch.conn = None
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sa.Connection]:
+    def _write(self) -> contextlib.AbstractContextManager[sa.Connection]:
         conn = getattr(self._batch, "conn", None)
+        if conn is not None and self.is_sqlite:
+            # SQLite rolls back just the failing statement; the batch stays usable. (No generator
+            # here: the hot writes of a chat command come this way five times.)
+            return contextlib.nullcontext(conn)
+        return self._write_apart(conn)
+
+    @contextlib.contextmanager
+    def _write_apart(self, conn: sa.Connection | None) -> Iterator[sa.Connection]:
         if conn is None:
             with self._engine.begin() as conn:
                 yield conn
-        elif self.is_sqlite:
-            yield conn  # SQLite rolls back just the failing statement; the batch stays usable
         else:
             with conn.begin_nested():  # a savepoint: one failing call does not spoil the batch
                 yield conn

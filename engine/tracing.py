@@ -74,12 +74,20 @@ def shutdown() -> None:
     _tracer = _provider = None
 
 
-@contextlib.contextmanager
-def span(name: str, parent: str | None = None, **attributes: Any) -> Iterator[Any]:
+#: What `span` gives when tracing is off: one reusable no-op (a chat command opens three spans).
+_NO_SPAN = contextlib.nullcontext()
+
+
+def span(name: str, parent: str | None = None, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
     """A span around the block, child of the current one, or of `parent` (a stored traceparent)."""
     if _tracer is None:
-        yield None
-        return
+        return _NO_SPAN
+    return _span(name, parent, attributes)
+
+
+@contextlib.contextmanager
+def _span(name: str, parent: str | None, attributes: dict[str, Any]) -> Iterator[Any]:
+    assert _tracer is not None
     context = _propagator.extract({"traceparent": parent}) if parent else None
     shown = {f"squall.{key}": value for key, value in attributes.items() if value is not None}
     with _tracer.start_as_current_span(name, context=context, attributes=shown) as current:
