@@ -661,3 +661,30 @@ async def test_a_deferred_call_rides_with_the_next_group_or_goes_alone(tmp_path:
     assert last.done() and last.exception() is None
     assert sorted(row["event"] for row in store.audit_list()) == ["alone", "at-close", "deferred", "now"]
     store.close()
+
+
+class _Text(str):
+    pass
+
+
+@pytest.mark.parametrize("value", [
+    None, True, False, 0, -1, 2**70, 1.5, 1e300, float("nan"), float("inf"), "x", "é✓\n\"\\", _Text("sub"),
+    [], {}, (1, 2), {"a": [1, {"b": None}], "é": "ü"}, {1: "int key", 2.5: "f", False: "b", None: "n"},
+    {"log": [{"status": "requested", "timestamp": "2026-12-03T05:00:00Z"}], "runner_info": {"pid": 1}},
+])
+def test_the_hot_json_encoder_writes_what_json_dumps_writes(value: Any) -> None:
+    import json
+
+    assert storage.json_dumps()(value) == json.dumps(value)
+
+
+def test_the_hot_json_encoder_refuses_what_json_dumps_refuses() -> None:
+    dumps = storage.json_dumps()
+    for bad in (object(), {"set": {1, 2}}, {(1, 2): "tuple key"}):
+        with pytest.raises(TypeError):
+            dumps(bad)
+    circular: list[Any] = []
+    circular.append(circular)
+    with pytest.raises(ValueError, match="Circular"):
+        dumps(circular)
+    assert dumps({"after": "a refusal"}) == '{"after": "a refusal"}'  # nothing left over from the failures
