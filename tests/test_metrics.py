@@ -192,3 +192,19 @@ async def test_statsd_gets_the_same_events_in_stackstorm_keys(home: Path) -> Non
 async def test_bad_statsd_settings_are_named(home: Path, statsd: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         await Squall.start(load_config(_home(home, f"metrics: {{statsd: {statsd}}}") / "config.yml"))
+
+
+def test_counts_noted_between_scrapes_are_all_exported_and_held_in_bounded_memory() -> None:
+    from engine import metrics as module
+
+    fresh = module.Metrics()
+    for n in range(module._FOLD_AT + 5):
+        fresh.count(fresh.chat_messages, "slack" if n % 2 else "irc")
+        fresh.evaluated("core.st2.webhook", 3)
+    assert len(fresh._counts) <= module._FOLD_AT  # added to the series on the way, not kept without end
+    samples = _samples(fresh.exposition().decode())
+    total = module._FOLD_AT + 5
+    assert _value(samples, "squall_chat_messages_total", adapter="slack") == total // 2
+    assert _value(samples, "squall_chat_messages_total", adapter="irc") == total - total // 2
+    assert _value(samples, "squall_rules_evaluated_total", trigger_type="core.st2.webhook") == 3 * total
+    assert not fresh._counts
