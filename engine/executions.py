@@ -426,10 +426,7 @@ class ExecutionService:
         metrics.started(record)
         if isinstance(prepared, UnknownAction) and self.reload_packs is not None:
             await self.reload_packs()
-            try:
-                prepared = self._run_request(record)
-            except (CryptoError, ParameterError, LookupError) as exc:
-                prepared = exc
+            prepared = await self.db(self._prepare_run, record)
         if isinstance(prepared, Exception):
             await self._finish(record, RunOutcome("failed", {"error": str(prepared)}), [])
             return
@@ -515,17 +512,22 @@ class ExecutionService:
             record = self._claim_resuming(execution_id, fields)
             if record is None:
                 return None
+        return record, self._prepare_run(record)
+
+    def _prepare_run(self, record: dict[str, Any]) -> tuple[RunRequest, list[str]] | Exception:
+        """The claimed execution's run request with its API token (on the database thread: the
+        token is stored in the caller's transaction), or why it cannot run."""
         try:
             request, secrets = self._run_request(record)
         except (CryptoError, ParameterError, LookupError) as exc:
-            return record, exc
-        # The action's API token, stored in this claim's transaction; scrubbed from the result like a secret.
+            return exc
+        # The action's API token; scrubbed from the result like a secret.
         if _tokened(record):
             context = record["context"]
-            request.auth_token = mint(store, execution_id, context.get("user") or context.get("api_user"),
+            request.auth_token = mint(self.db.store, record["id"], context.get("user") or context.get("api_user"),
                                       request.runner_parameters.get("timeout"))
             request.revealed.append(request.auth_token)
-        return record, (request, secrets)
+        return request, secrets
 
     def _claim_resuming(self, execution_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         """A workflow marked `resuming` (paused, recovered or re-run), or an execution a policy

@@ -8,6 +8,7 @@ bot and the engine can never disagree about what a command means.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import re
@@ -352,8 +353,7 @@ class Dispatcher:
         chat = (execution.get("context") or {}).get("chat")
         if not chat or chat.get("adapter") not in self.adapters or execution["status"] not in COMPLETED:
             return None
-        with tracing.span("chat.result", tracing.parent_of(execution.get("context")), execution_id=execution["id"],
-                          adapter=chat["adapter"], channel=chat["channel"]):
+        with _result_span(execution, chat):
             replies, status = self._result_replies(execution, chat)
             keyed = self.outbox.keyed(execution["id"], "result", replies, adapter=chat["adapter"],
                                       channel=chat["channel"], status=status)
@@ -382,8 +382,7 @@ class Dispatcher:
         The ack's row (kind "ack") is found in that transaction, so a result stored after a restart
         edits the ack too; platforms without edits get no edit. A `paused` or `pending` (inquiry)
         notice is not the result and is posted as it comes."""
-        with tracing.span("chat.result", tracing.parent_of(execution.get("context")), execution_id=execution["id"],
-                          adapter=chat["adapter"], channel=chat["channel"]):
+        with _result_span(execution, chat):
             await self._store_result(execution, chat)
 
     def _result_replies(self, execution: dict[str, Any], chat: dict[str, Any]) -> tuple[list[Reply], list[Reply]]:
@@ -577,3 +576,9 @@ class Dispatcher:
 
 def _params(parameters: dict[str, Any]) -> str:
     return ", ".join(f"{k}={short(str(v), 60)}" for k, v in parameters.items()) or "no parameters"
+
+
+def _result_span(execution: dict[str, Any], chat: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
+    """The trace span of storing a chat command's result, a child of the command's trace."""
+    return tracing.span("chat.result", tracing.parent_of(execution.get("context")), execution_id=execution["id"],
+                        adapter=chat["adapter"], channel=chat["channel"])
