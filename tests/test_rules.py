@@ -107,7 +107,7 @@ PAYLOAD = {"headers": {"X-Source": "grafana"}, "list": [{"n": 1}, {"n": 2}], "a"
 @pytest.mark.parametrize("key", [
     "trigger.headers['X-Source']", "trigger.headers.'X-Source'", 'trigger.headers["X-Source"]', "trigger.list[0].n",
     "trigger.list[1].n", "trigger.list[5].n", "trigger.list[*].n", "trigger.a.b", "trigger.a.b.c", "trigger.id",
-    "trigger.body.value", "trigger.missing", "trigger.list.n", "trigger",
+    "trigger.body.value", "trigger.missing", "trigger.list.n", "trigger", "trigger.id.x", "trigger.headers.X-Source.y",
 ])
 def test_compiled_keys_agree_with_jsonpath(key: str) -> None:
     context = {"trigger": PAYLOAD}
