@@ -44,8 +44,10 @@ _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900
 _HTTP_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 _LIVE = ("running", "pausing", "canceling", "resuming")
 _WAITING = ("requested", "scheduled", "delayed")
-#: Counter increments held before they are added to their series without waiting for a scrape.
-_FOLD_AT = 10_000
+#: Counter increments held before they are added to their series without waiting for a scrape: a
+#: chat command notes about five, and adding 1,000 takes ~0.25 ms of the loop (10,000 took 2.5 ms,
+#: a stall every 2,000 commands that showed in the open loop's p99).
+_FOLD_AT = 1_000
 
 
 def source_of(context: Mapping[str, Any] | None) -> str:
