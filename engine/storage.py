@@ -241,6 +241,17 @@ approvals = sa.Table(
     sa.Index("ix_approvals_status_expires", "status", "expires_at"),
 )
 
+chat_sessions = sa.Table(
+    "chat_sessions",
+    metadata,
+    # A chat form open on a platform, or a question-by-question form under way (`bot/chat/forms.py`),
+    # so a restart does not close it. `state` is its JSON encrypted with the datastore key: answers
+    # may be secrets.
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 _GET_EXECUTION = sa.select(executions).where(executions.c.id == sa.bindparam("_id"))
 _KEYED_ROW = sa.select(outbox.c.id).where(outbox.c.execution_id == sa.bindparam("execution_id"),
                                           outbox.c.kind == sa.bindparam("kind"))
@@ -366,7 +377,7 @@ def create_engine(url: str) -> Engine:
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0014"
+HEAD_REVISION = "0015"
 
 
 def _revision(engine: Engine) -> str | None:
@@ -1259,6 +1270,23 @@ class Store:
             statement = statement.where(approvals.c.expires_at <= due_before)
         with self._read() as conn:
             return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
+
+    def chat_session_put(self, key: str, state: str, expires_at: datetime) -> None:
+        """Store (or replace) the chat session `key`."""
+        with self._write() as conn:
+            conn.execute(chat_sessions.delete().where(chat_sessions.c.key == key))
+            conn.execute(chat_sessions.insert(), {"key": key, "state": state, "expires_at": expires_at})
+
+    def chat_session_delete(self, key: str) -> None:
+        with self._write() as conn:
+            conn.execute(chat_sessions.delete().where(chat_sessions.c.key == key))
+
+    def chat_sessions_open(self, now: datetime) -> list[tuple[str, str, datetime]]:
+        """The sessions not expired by `now`, as (key, state, expires_at); the expired are deleted."""
+        with self._write() as conn:
+            conn.execute(chat_sessions.delete().where(chat_sessions.c.expires_at <= now))
+            rows = conn.execute(sa.select(chat_sessions.c.key, chat_sessions.c.state, chat_sessions.c.expires_at))
+            return [(key, state, as_utc(expires_at)) for key, state, expires_at in rows]  # type: ignore[misc]
 
     def checkpoint(self) -> None:
         """SQLite: copy what the WAL holds back into the database, without waiting for anyone."""

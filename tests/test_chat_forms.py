@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from bot.chat.bot import ChatBot
 from bot.chat.forms import EXPIRED
 from engine.config import load_config
 from engine.parameters import ParameterError, cast, check_parameter
+from engine.storage import chat_sessions
 from tests.conftest import free_port, write
 from tests.fake_mattermost import BOT_TOKEN as MM_BOT_TOKEN
 from tests.fake_mattermost import FakeMattermost
@@ -213,6 +215,58 @@ async def test_questions_go_to_a_private_channel_where_the_adapter_has_one(home:
         await squall.close()
 
 
+def _sessions(squall: Squall) -> list[tuple[str, str]]:
+    with squall.store.engine.connect() as db:
+        return [(key, state) for key, state in db.execute(sa.select(chat_sessions.c.key, chat_sessions.c.state))]
+
+
+async def test_questions_go_on_after_a_restart_from_their_stored_and_encrypted_state(home: Path) -> None:
+    _pack(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!deploy web2")  # host given by the typed command: count and token asked
+        await loopback.say("2")
+        await settle(squall, bot)
+        assert loopback.texts()[-1].startswith("token?")
+        [(key, state)] = _sessions(squall)
+        assert key.startswith("ask:")
+        assert "web2" not in state and "web2" in squall.keys.decrypt(state)  # answers may be secrets
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say(SECRET)
+        await settle(squall, bot)
+        assert "deployed web2 x2 to dev" in loopback.texts("#ops")
+        assert _sessions(squall) == []  # the exchange is over
+        await _nothing_shows_the_secret(squall, loopback.texts())
+
+
+async def test_a_form_past_its_time_is_not_taken_up_after_a_restart(home: Path) -> None:
+    _pack(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!run-form demo.deploy")
+        await loopback.say("web1")
+        await settle(squall, bot)
+        with squall.store.engine.begin() as db:
+            db.execute(chat_sessions.update().values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("3")  # no longer an answer: chatter
+        await settle(squall, bot)
+        assert loopback.texts() == [] and await squall.executions.list(limit=5) == []
+        assert _sessions(squall) == []  # deleted when the open ones were loaded
+
+
+async def test_a_form_whose_alias_is_gone_after_a_restart_is_dropped(home: Path, caplog) -> None:
+    _pack(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!run-form reboot", user="olivia")
+        await settle(squall, bot)
+        assert loopback.texts()[-1].endswith("host? (string)")
+    (home / "packs" / "demo" / "aliases" / "reboot.yaml").unlink()
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("db1", user="olivia")
+        await settle(squall, bot)
+        assert loopback.texts() == [] and _sessions(squall) == []
+    assert "its alias demo.reboot is no longer loaded" in caplog.text
+
+
 # -- Slack: a modal ---------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -275,6 +329,34 @@ async def test_slack_modal_end_to_end(slack) -> None:
     again = await fake.submit_view(view, {"host": "web1", "count": "2", "token": SECRET})
     assert again["errors"] == {"host": EXPIRED}  # sent once: a second submission runs nothing
     await _nothing_shows_the_secret(squall, [json.dumps(m) for m in fake.messages] + [json.dumps(fake.views)])
+
+
+async def test_slack_modal_opened_before_a_restart_can_still_be_sent(home: Path) -> None:
+    _pack(home)
+    fake = await FakeSlack().start()
+    config = {"enabled": True, "bot_token": BOT_TOKEN, "app_token": APP_TOKEN, "signing_secret": SIGNING_SECRET,
+              "base_url": fake.base_url}
+    try:
+        squall = await Squall.start(load_config(home / "config.yml"), adapters=[create_slack(config, None)])
+        await squall.chat.start()
+        view = await _open_from_button(fake, "!run-form demo.deploy", "demo.deploy")
+        await squall.chat.stop()
+        await squall.close()
+
+        squall = await Squall.start(load_config(home / "config.yml"), adapters=[create_slack(config, None)])
+        await squall.chat.start()
+        try:
+            accepted = await fake.submit_view(view, {"host": "web3", "count": "1", "token": SECRET})
+            assert accepted == {}
+            result = await _slack_posted(fake, lambda m: m.get("text") == "deployed web3 x1 to dev", "the result")
+            assert result["channel"] == "COPS0001"  # where the form came from, before the restart
+            again = await fake.submit_view(view, {"host": "web3", "count": "1", "token": SECRET})
+            assert again["errors"] == {"host": EXPIRED}
+        finally:
+            await squall.chat.stop()
+            await squall.close()
+    finally:
+        await fake.close()
 
 
 async def test_slack_missing_parameter_offers_the_form(slack) -> None:

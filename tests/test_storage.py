@@ -21,7 +21,7 @@ from engine.config import load_config
 from engine.storage import Database, Store, utcnow
 from tests.conftest import REPO, write
 
-HEAD = "0014"  # the newest migration; a new one must update this and storage.HEAD_REVISION
+HEAD = "0015"  # the newest migration; a new one must update this and storage.HEAD_REVISION
 
 
 def _execution(execution_id: str, **fields: Any) -> dict[str, Any]:

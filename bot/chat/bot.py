@@ -84,6 +84,9 @@ class ChatBot:
         waiting = await self.approvals.pending()
         if waiting:
             log.info("%d held command(s) wait for approvers", waiting)
+        forms = await self.dispatcher.forms.restore()
+        if forms:
+            log.info("%d chat form(s) opened before the restart are still open", forms)
 
     async def start(self) -> None:
         await self.begin()

@@ -15,13 +15,21 @@ runs as a command of its sender, in the channel the form came from: authorised, 
 audited by the dispatcher as typed commands are. Values are data (the match has no format, so
 nothing counts as the alias's own default text and everything passes `check_overrides`); secrets
 appear in no reply and no audit.
+
+Open forms and question exchanges are also stored (`chat_sessions`, encrypted with the datastore
+key, as answers may be secrets), so a restart does not close them: a modal opened before it can
+still be sent, and the questions go on where they were.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from adapters.base import Adapter, DeliveryError, Form, FormField, FormSubmission, Message
@@ -33,6 +41,8 @@ from bot.forms import Field, action_fields, parse
 
 if TYPE_CHECKING:
     from engine.core import Engine
+
+log = logging.getLogger(__name__)
 
 
 class Chat(Protocol):
@@ -70,7 +80,8 @@ EXPIRED = "This form is no longer open (it expired or was sent already); open it
 
 @dataclass
 class _Opened:
-    """A form handed to a platform: which alias, and where it came from (channel, thread)."""
+    """A form handed to a platform: which alias, and where it came from (channel, thread).
+    `expires` is wall-clock time (`time.time()`): it must mean the same after a restart."""
 
     alias: Alias
     origin: Message
@@ -90,10 +101,23 @@ class _Asking:
     given: dict[str, Any]
 
 
+#: Stored sessions' keys: a platform form by its state, a question exchange by where it is asked.
+_FORM, _ASK = "form:", "ask:"
+
+
+def _ask_key(adapter: str, channel: str, user: str) -> str:
+    return _ASK + json.dumps([adapter, channel, user])
+
+
+def _origin(message: Message) -> dict[str, Any]:
+    """A message as stored with its session (not the platform's raw payload: only what Squall reads)."""
+    return {f.name: getattr(message, f.name) for f in dataclasses.fields(Message) if f.name != "raw"}
+
+
 class ChatForms:
     """The dispatcher's forms: the ones opened on platforms (by state) and the questions being asked
-    (by adapter, channel and person). Both live in memory: a restart closes them, as it ends a
-    confirmation; the person opens the form again."""
+    (by adapter, channel and person). Both are kept in memory and stored as they change, and
+    `restore` takes them up again after a restart."""
 
     def __init__(self, dispatcher: Chat) -> None:
         self.dispatcher = dispatcher
@@ -110,7 +134,7 @@ class ChatForms:
         """An answer to a question this person is being asked here (addressed to the bot or not: the
         exchange is a conversation); False when none is asked."""
         asking = self._asking.get((message.adapter, message.channel, message.user))
-        if asking is None or time.monotonic() > asking.expires:
+        if asking is None or time.time() > asking.expires:
             return False
         await self._answer(message, asking, message.text.strip() if text is None else text)
         return True
@@ -153,13 +177,15 @@ class ChatForms:
             return
         state = secrets.token_urlsafe(16)
         self._forget_expired()
-        self._opened[state] = _Opened(alias, message, time.monotonic() + FORM_TTL)
+        opened = self._opened[state] = _Opened(alias, message, time.time() + FORM_TTL)
+        await self._keep(_FORM + state, opened)  # before the platform has it: a quick submission finds it
         fields = tuple(_form_field(f, (given or {}).get(f.name)) for f in self.fields(alias))
         form = Form(title=_title(alias), fields=fields, state=state)
         try:
             await adapter.open_form(message.trigger, form)
         except DeliveryError as exc:  # a trigger lives seconds: a slow click or a retry outlives it
             del self._opened[state]
+            await self._drop(_FORM + state)
             await self.dispatcher.say(message, f"I could not open the form ({exc}); try again.",
                                       buttons=[_button(alias, "Open form")])
 
@@ -200,7 +226,7 @@ class ChatForms:
         """A platform form sent back: a message per wrong field (the form stays open to fix them), or
         {} once the command took the dispatcher's path. An unknown state is an error on the form."""
         opened = self._opened.get(submission.state)
-        if opened is None or time.monotonic() > opened.expires or opened.origin.adapter != submission.adapter:
+        if opened is None or time.time() > opened.expires or opened.origin.adapter != submission.adapter:
             return {"": EXPIRED}
         if submission.user != opened.origin.user:  # a form is its opener's (a client may see the state)
             return {"": f"This form was opened for {opened.origin.user}; open your own."}
@@ -208,6 +234,7 @@ class ChatForms:
         if not parsed.ok:
             return parsed.errors
         del self._opened[submission.state]
+        await self._drop(_FORM + submission.state)
         sender = replace(opened.origin, user=submission.user, groups=list(submission.groups), trigger=None)
         await self._run(opened.alias, sender, parsed.values)
         return {}
@@ -238,8 +265,9 @@ class ChatForms:
             await self.dispatcher.say(message, f"{lead}I'll ask for the parameters of {alias.ref} in a private "
                                                "message.")
             lead = ""
-        asking = _Asking(alias, message, asked, {}, time.monotonic() + ASK_TTL, given)
+        asking = _Asking(alias, message, asked, {}, time.time() + ASK_TTL, given)
         self._asking[(where.adapter, where.channel, where.user)] = asking
+        await self._keep(_ask_key(where.adapter, where.channel, where.user), asking)
         await self.dispatcher.say(where, f"{lead}Running {alias.ref}: {len(asked)} question(s); reply `cancel` to "
                                          f"stop.\n{_question(asked[0])}")
 
@@ -247,6 +275,7 @@ class ChatForms:
         key = (message.adapter, message.channel, message.user)
         if text.strip().lower() in CANCEL:
             del self._asking[key]
+            await self._drop(_ask_key(*key))
             await self.dispatcher.say(message, f"OK, not running {asking.alias.ref}.")
             return
         item = asking.fields[len(asking.answers)]
@@ -256,11 +285,13 @@ class ChatForms:
             await self.dispatcher.say(message, f"{error}\n{_question(item)}")
             return
         asking.answers[item.name] = answer
-        asking.expires = time.monotonic() + ASK_TTL
+        asking.expires = time.time() + ASK_TTL
         if len(asking.answers) < len(asking.fields):
+            await self._keep(_ask_key(*key), asking)
             await self.dispatcher.say(message, _question(asking.fields[len(asking.answers)]))
             return
         del self._asking[key]
+        await self._drop(_ask_key(*key))
         await self._run(asking.alias, asking.origin, {**asking.given, **parse(asking.fields, asking.answers).values})
 
     # -- running -----------------------------------------------------------------------------------
@@ -295,9 +326,58 @@ class ChatForms:
         return allowed[0], given
 
     def _forget_expired(self) -> None:
-        now = time.monotonic()
+        """Expired forms leave memory here; their rows go at the next start (`restore`)."""
+        now = time.time()
         for state in [s for s, opened in self._opened.items() if opened.expires < now]:
             del self._opened[state]
+
+    # -- sessions that outlive a restart -----------------------------------------------------------
+    async def _keep(self, key: str, session: _Opened | _Asking) -> None:
+        """Store a session as it is now. A failure is logged: the session goes on in this process."""
+        state: dict[str, Any] = {"alias": session.alias.ref, "origin": _origin(session.origin)}
+        if isinstance(session, _Asking):
+            state.update(fields=[f.name for f in session.fields], answers=session.answers, given=session.given)
+        engine = self.dispatcher.engine
+        try:
+            token = engine.keys.encrypt(json.dumps(state))
+            await engine.db(engine.store.chat_session_put, key, token, datetime.fromtimestamp(session.expires, UTC))
+        except Exception as exc:
+            log.warning("the %s form of %s could not be stored (a restart would close it): %s",
+                        session.alias.ref, session.origin.user, exc)
+
+    async def _drop(self, key: str) -> None:
+        engine = self.dispatcher.engine
+        try:
+            await engine.db(engine.store.chat_session_delete, key)
+        except Exception as exc:  # it expires in the table all the same
+            log.warning("a closed chat form could not be removed from the database: %s", exc)
+
+    async def restore(self) -> int:
+        """Take up the forms and question exchanges stored before a restart (at the chat's start);
+        how many. One whose alias is gone, or that cannot be read, is dropped and logged."""
+        engine = self.dispatcher.engine
+        restored = 0
+        for key, token, expires_at in await engine.db(engine.store.chat_sessions_open, datetime.now(UTC)):
+            try:
+                state = json.loads(engine.keys.decrypt(token))
+                alias = {a.ref: a for a in self.dispatcher.matcher.aliases}.get(state["alias"])
+                if alias is None:
+                    raise LookupError(f'its alias {state["alias"]} is no longer loaded')
+                origin = Message(**state["origin"])
+                expires = expires_at.timestamp()
+                if key.startswith(_FORM):
+                    self._opened[key.removeprefix(_FORM)] = _Opened(alias, origin, expires)
+                else:
+                    named = {f.name: f for f in self.fields(alias)}
+                    fields = [named[name] for name in state["fields"]]
+                    adapter, channel, user = json.loads(key.removeprefix(_ASK))
+                    self._asking[adapter, channel, user] = _Asking(alias, origin, fields, state["answers"],
+                                                                   expires, state["given"])
+                restored += 1
+            except Exception as exc:  # a pack changed under it, or another key: the person opens it again
+                log.warning("a chat form stored before the restart was dropped: %s", exc)
+                await self._drop(key)
+        return restored
 
 
 def _button(alias: Alias, text: str | None = None) -> dict[str, str]:
