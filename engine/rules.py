@@ -474,14 +474,15 @@ class Evaluator:
         """RuleFilter.filter: disabled no; empty criteria yes; empty payload no; ANDed in order.
 
         Raises `MatchFailure` when a criterion raises (the caller records a failed enforcement)."""
+        return self.matches_in(rule, self.context(payload) if payload else None, checks)
+
+    def matches_in(self, rule: Rule, context: Mapping[str, Any] | None, checks: list[Check] | None = None) -> bool:
+        """`matches` with the context made once for all the rules one instance is checked against
+        (None: the payload is empty)."""
         if not rule.criteria:
             return True
-        if not payload:
+        if context is None:
             return False
-        return self.matches_in(rule, self.context(payload), checks)
-
-    def matches_in(self, rule: Rule, context: Mapping[str, Any], checks: list[Check] | None = None) -> bool:
-        """`matches` with the context made once for all the rules one instance is checked against."""
         check = self._check
         for criterion in rule.criteria:  # noqa: SIM110 - a loop: all() over a generator costs 7% of a storm
             if not check(criterion, context, checks):
@@ -645,7 +646,7 @@ class RulesEngine:
         for rule in bucket.candidates(payload):
             evaluated += 1
             try:
-                if not rule.criteria or (context is not None and matches(rule, context)):
+                if matches(rule, context):
                     matched.append(rule)
             except MatchFailure as failure:
                 log.warning("%s", failure)

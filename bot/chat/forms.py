@@ -58,6 +58,9 @@ class Chat(Protocol):
     def matcher(self) -> AliasMatcher: ...
 
     @property
+    def aliases(self) -> dict[str, Alias]: ...
+
+    @property
     def settings(self) -> Any: ...
 
     async def say(self, message: Message, text: str, *, extra: dict[str, Any] | None = None,
@@ -360,7 +363,7 @@ class ChatForms:
         for key, token, expires_at in await engine.db(engine.store.chat_sessions_open, datetime.now(UTC)):
             try:
                 state = json.loads(engine.keys.decrypt(token))
-                alias = {a.ref: a for a in self.dispatcher.matcher.aliases}.get(state["alias"])
+                alias = self.dispatcher.aliases.get(state["alias"])
                 if alias is None:
                     raise LookupError(f'its alias {state["alias"]} is no longer loaded')
                 origin = Message(**state["origin"])
