@@ -470,7 +470,10 @@ class ExecutionService:
         """Run a claimed execution's runner and record how it ended; a workflow that conducts in
         steps and now waits on tasks running elsewhere is let go, to be stepped on when one ends."""
         runner = self.runners.get(record["runner"])
-        sink = request.on_output = self.output.sink(record["id"], lambda: _scrubbable(secrets, request.revealed))
+        # The sink holds the revealed list, not the request that holds the sink: a cycle would leave every
+        # run's request to the garbage collector, whose collections then stall the loop for milliseconds.
+        revealed = request.revealed
+        sink = request.on_output = self.output.sink(record["id"], lambda: _scrubbable(secrets, revealed))
         try:
             if runner is None:
                 outcome = RunOutcome("failed", {"error": f'runner "{record["runner"]}" is not available'})

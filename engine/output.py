@@ -136,7 +136,8 @@ class OutputSink:
         self.recorder = recorder
         self.execution_id = execution_id
         self.secrets = secrets
-        self._decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in STREAMS}
+        #: Made at a stream's first bytes: most runs (noop, Python actions returning a value) print nothing.
+        self._decoders: dict[str, codecs.IncrementalDecoder] = {}
         self._held = dict.fromkeys(STREAMS, "")
         self._stored = dict.fromkeys(STREAMS, 0)
         self._wrote = False
@@ -144,7 +145,13 @@ class OutputSink:
     def __call__(self, stream: str, data: bytes | str) -> None:
         if stream not in STREAMS:
             raise ValueError(f"output stream must be one of {', '.join(STREAMS)}, not {stream!r}")
-        text = self._decoders[stream].decode(data) if isinstance(data, bytes) else data
+        if isinstance(data, bytes):
+            decoder = self._decoders.get(stream)
+            if decoder is None:
+                decoder = self._decoders[stream] = codecs.getincrementaldecoder("utf-8")("replace")
+            text = decoder.decode(data)
+        else:
+            text = data
         if text:
             self._release(stream, self._held[stream] + text, final=False)
 
@@ -172,7 +179,8 @@ class OutputSink:
     async def close(self) -> None:
         """Let out what was held and write it, so the table has all of it before the execution ends."""
         for stream in STREAMS:
-            rest = self._held[stream] + self._decoders[stream].decode(b"", final=True)
+            decoder = self._decoders.get(stream)
+            rest = self._held[stream] + (decoder.decode(b"", final=True) if decoder is not None else "")
             if rest:
                 self._release(stream, rest, final=True)
         if self._wrote:

@@ -7,7 +7,9 @@ commands really run under bash and the records really go through SQLite.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
+import gc
 import hashlib
 import json
 import os
@@ -148,6 +150,27 @@ async def test_public_record_shape_for_a_noop_run(squall: Squall) -> None:
     assert await squall.executions.get(done["id"]) == done
     listed = await squall.executions.list(action="core.noop")
     assert [r["id"] for r in listed] == [done["id"]]
+
+
+async def test_finished_runs_leave_nothing_in_reference_cycles(squall: Squall) -> None:
+    """What a run builds is freed by reference counting once it ends. Garbage in cycles is left to
+    the collector, whose collections stop the event loop for milliseconds (the chat's p99)."""
+    for _ in range(3):  # first-time caches are not garbage
+        await squall.executions.wait((await squall.executions.request("core.noop"))["id"], timeout=30)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds stays in gc.garbage, to be looked at
+    try:
+        runs = 30
+        for _ in range(runs):
+            await squall.executions.wait((await squall.executions.request("core.noop"))["id"], timeout=30)
+        gc.collect()
+        kinds = collections.Counter(type(thing).__qualname__ for thing in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not [kind for kind, count in kinds.items() if count >= runs], kinds
 
 
 async def test_context_user_defaults_and_pack_cannot_be_forged(squall: Squall) -> None:
