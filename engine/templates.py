@@ -43,6 +43,7 @@ __all__ = [
     "TemplateLimits",
     "TemplateRenderError",
     "build_environment",
+    "compiled",
     "configure_limits",
     "is_jinja_expression",
     "render_template",
@@ -1088,14 +1089,21 @@ def _compile(env: jinja2.Environment, text: str) -> jinja2.Template:
     return env.from_string(text)
 
 
+def compiled(env: jinja2.Environment, text: str) -> jinja2.Template:
+    """`env.from_string(text)`, kept for the next render of the same text (unless it is long):
+    compiling costs far more than rendering, and each compiled template is garbage in reference
+    cycles, left to the garbage collector. Templates are shared across threads; rendering keeps
+    its state in the context it makes."""
+    return _compile(env, text) if len(text) <= _CACHED_TEMPLATE_MAX else env.from_string(text)
+
+
 def render_template(text: str, context: Mapping[str, Any], env: jinja2.Environment | None = None) -> str:
     """Render ``text`` with ``context``; every failure becomes :class:`TemplateRenderError`."""
     if env is None and "{" not in text and "\r" not in text and not text.endswith("\n"):
         return text  # nothing Jinja would change (it normalises line ends, drops a last newline)
     environment = env if env is not None else _default_environment()
     try:
-        template = _compile(environment, text) if len(text) <= _CACHED_TEMPLATE_MAX else environment.from_string(text)
-        return template.render(context)
+        return compiled(environment, text).render(context)
     except TemplateLimitError as exc:
         raise TemplateLimitError(f"Failed to render template {_preview(text)!r}: {exc.reason}", reason=exc.reason,
                                  template=text) from exc

@@ -152,18 +152,21 @@ async def test_public_record_shape_for_a_noop_run(squall: Squall) -> None:
     assert [r["id"] for r in listed] == [done["id"]]
 
 
-async def test_finished_runs_leave_nothing_in_reference_cycles(squall: Squall) -> None:
+@pytest.mark.parametrize(("ref", "parameters"), [("core.noop", {}), ("core.echo", {"message": "hi"})])
+async def test_finished_runs_leave_nothing_in_reference_cycles(squall: Squall, ref: str,
+                                                               parameters: dict[str, Any]) -> None:
     """What a run builds is freed by reference counting once it ends. Garbage in cycles is left to
-    the collector, whose collections stop the event loop for milliseconds (the chat's p99)."""
+    the collector, whose collections stop the event loop for milliseconds (the chat's p99). core.echo
+    renders a `cmd` template."""
     for _ in range(3):  # first-time caches are not garbage
-        await squall.executions.wait((await squall.executions.request("core.noop"))["id"], timeout=30)
+        await squall.executions.wait((await squall.executions.request(ref, parameters))["id"], timeout=30)
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds stays in gc.garbage, to be looked at
     try:
         runs = 30
         for _ in range(runs):
-            await squall.executions.wait((await squall.executions.request("core.noop"))["id"], timeout=30)
+            await squall.executions.wait((await squall.executions.request(ref, parameters))["id"], timeout=30)
         gc.collect()
         kinds = collections.Counter(type(thing).__qualname__ for thing in gc.garbage)
     finally:

@@ -26,7 +26,7 @@ import jinja2
 import jinja2.nodes
 
 from engine.runners import RunRequest
-from engine.templates import TemplateRenderError, build_environment
+from engine.templates import TemplateRenderError, build_environment, compiled
 
 _PLACEHOLDER = "\x00{}\x00"
 _PLACEHOLDER_RE = re.compile("\x00([0-9]+)\x00")
@@ -55,7 +55,7 @@ def render_shell_command(template: str, context: dict[str, Any],
 
     def render(_mark: Callable[[Any], str]) -> str:  # the overlay's finalize marks each value itself
         try:
-            return shell_env.from_string(template).render(context)
+            return compiled(shell_env, template).render(context)
         except Exception as exc:  # jinja raises many types; callers want one
             raise TemplateRenderError(f"cannot render cmd {template!r}: {exc}", template=template) from exc
 

@@ -23,7 +23,7 @@ from yaql.language import factory, specs, yaqltypes
 
 from engine import templates
 from engine.runners.shell_template import shell_command, shell_environment
-from engine.templates import build_environment
+from engine.templates import build_environment, compiled
 from engine.workflows.model import NO_DEFAULT
 
 _YAQL_BLOCK = re.compile(r"<%(.*?)%>", re.DOTALL)
@@ -333,7 +333,7 @@ def evaluate_shell(text: str, scope: Scope) -> tuple[str, dict[str, str]]:
 
     def render(_mark: Any) -> str:
         try:
-            return shell_environment(_jinja()).from_string(text).render(_jinja_names(scope))
+            return compiled(shell_environment(_jinja()), text).render(_jinja_names(scope))
         except Exception as exc:
             raise ExpressionError(text, f"{type(exc).__name__}: {exc}", language="jinja") from exc
 
