@@ -27,6 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
+from engine import writeback
+
 metadata = sa.MetaData()
 
 executions = sa.Table(
@@ -1306,6 +1308,8 @@ T = TypeVar("T")
 LATER_SECONDS = 0.05
 #: How long after the loop's first uncheckpointed commit the WAL is checkpointed (SQLite).
 CHECKPOINT_SECONDS = 1.0
+#: How often, at most, the kernel is asked to start writing the WAL back (`engine.writeback`).
+WRITEBACK_SECONDS = 0.05
 
 
 class Database:
@@ -1332,6 +1336,11 @@ class Database:
         self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="squall-checkpoint")
         self._checkpoint_due = False
         self._uncheckpointed = False
+        database = store.engine.url.database if store.is_sqlite else None
+        #: SQLite: the WAL, written back ahead of the checkpoint's fsync (see `_write_back_soon`).
+        self._wal = f"{database}-wal" if database and database != ":memory:" and writeback.available() else None
+        self._written_back_at = 0.0
+        self._writing_back = False
         self._closed = False
         #: Calls deferred by `later`, and the timer that sends them on their own.
         self._later: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
@@ -1421,6 +1430,7 @@ class Database:
         for (ok, value), (_call, future) in zip(outcomes, batch, strict=True):
             _settle(future, ok, value)
         self._checkpoint_soon()
+        self._write_back_soon()
 
     def _drain(self) -> None:
         while True:
@@ -1468,6 +1478,25 @@ class Database:
                 self._checkpoint_soon()
 
         loop.call_later(CHECKPOINT_SECONDS, start)
+
+    def _write_back_soon(self) -> None:
+        """After commits on the loop, have the kernel start writing the WAL to disk (on the
+        checkpoint thread, at most every `WRITEBACK_SECONDS`), so that the checkpoint's fsync, which
+        holds up the loop's next commits while it runs, finds little left to write."""
+        if self._wal is None or self._writing_back or self._closed:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._written_back_at < WRITEBACK_SECONDS:
+            return
+        self._written_back_at = now
+        self._writing_back = True
+        self._checkpointer.submit(self._write_back)
+
+    def _write_back(self) -> None:
+        try:
+            writeback.start(self._wal)  # type: ignore[arg-type]
+        finally:
+            self._writing_back = False
 
     def close(self) -> None:
         self._closed = True

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.app import Squall
-from engine import storage
+from engine import storage, writeback
 from engine.config import load_config
 from engine.storage import Database, Store, utcnow
 from tests.conftest import REPO, write
@@ -627,6 +627,35 @@ async def test_the_loop_s_commits_leave_checkpoints_to_their_own_thread(tmp_path
     finally:
         db.close()
         store.close()
+
+
+@pytest.mark.skipif(not writeback.available(), reason="sync_file_range is Linux's")
+async def test_the_wal_is_written_back_ahead_of_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the loop's commits the kernel is asked to start writing the WAL to disk, off the loop and
+    at most every WRITEBACK_SECONDS, so the checkpoint's fsync (which holds up the loop's next
+    commits while it runs) has little left to write."""
+    monkeypatch.setattr(storage, "WRITEBACK_SECONDS", 0.05)
+    started: list[tuple[str, bool, str]] = []
+    start = writeback.start
+    monkeypatch.setattr(writeback, "start", lambda path: started.append(
+        (path, start(path), threading.current_thread().name)))
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    db = Database(store)
+    try:
+        began = time.monotonic()
+        for _round in range(3):
+            for n in range(50):
+                await db(store.audit_add, "bench", "me", "test", None, {"n": n})
+            await asyncio.sleep(0.1)
+        elapsed = time.monotonic() - began
+        assert started, "no write-back was started"
+        assert {(path, ok) for path, ok, _thread in started} == {(f"{tmp_path}/s.db-wal", True)}
+        assert all(thread.startswith("squall-checkpoint") for _path, _ok, thread in started)
+        assert len(started) <= 1 + elapsed / 0.05  # 150 commits: at most one write-back a WRITEBACK_SECONDS
+    finally:
+        db.close()
+        store.close()
+    assert not writeback.start(f"{tmp_path}/missing-wal")
 
 
 async def test_a_deferred_call_rides_with_the_next_group_or_goes_alone(tmp_path: Path,
