@@ -185,6 +185,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
                     await _queued_work(squall)
                 if ticks % int(PURGE_SECONDS / POLL_SECONDS) == 0:
                     await squall.db(squall.datastore.purge_expired)
+                    await squall.db(squall.triggers.purge_deliveries)
             except Exception:
                 log.exception("background housekeeping failed; retrying")
     finally:

@@ -27,6 +27,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import jinja2
@@ -600,12 +601,15 @@ class RulesEngine:
         key = binding(WEBHOOK, {"url": url})
         return [*getattr(self._standard.get(key), "rules", []), *getattr(self._backstop.get(key), "rules", [])]
 
-    async def dispatch_webhook(self, url: str, payload: Any, *, trace_tag: str | None = None) -> dict[str, Any]:
-        """Store a `core.st2.webhook` instance for hook `url`; only that hook's rules see it."""
+    async def dispatch_webhook(self, url: str, payload: Any, *, trace_tag: str | None = None,
+                               delivery: tuple[str, datetime] | None = None) -> dict[str, Any]:
+        """Store a `core.st2.webhook` instance for hook `url`; only that hook's rules see it
+        (`delivery`: as `TriggerService.dispatch`)."""
         url = url.strip("/")
         if not self.webhook_rules(url):
             raise LookupError(f"Webhook {url} not registered with st2")
-        return await self.triggers.dispatch(WEBHOOK, payload, parameters={"url": url}, trace_tag=trace_tag)
+        return await self.triggers.dispatch(WEBHOOK, payload, parameters={"url": url}, trace_tag=trace_tag,
+                                            delivery=delivery)
 
     def triggers_of(self, trigger_ref: str) -> list[dict[str, Any]]:
         """The distinct parameter sets enabled rules give `trigger_ref` (timers and sensors serve these)."""

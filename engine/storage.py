@@ -127,6 +127,17 @@ trigger_instances = sa.Table(
     sa.Index("ix_trigger_instances_status", "status"),
 )
 
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    # A sender's delivery accepted as a trigger instance (a signed webhook request: its hook and
+    # signature), kept until the sender's signature would be refused as too old anyway: the same
+    # delivery sent again meanwhile is not fired again (`Store.trigger_instance_add`).
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("trigger_instance_id", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 rule_enforcements = sa.Table(
     "rule_enforcements",
     metadata,
@@ -297,6 +308,16 @@ def _kv_upsert(sqlite: bool, keys: tuple[str, ...]) -> sa.Insert:
     )
 
 
+def _insert_once(sqlite: bool, table: sa.Table) -> sa.Insert:
+    """An insert that stores nothing where the primary key is taken, instead of failing (a failed
+    statement would spoil a PostgreSQL transaction); with RETURNING, no row says it stored nothing."""
+    if sqlite:
+        insert = sqlite_insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    return insert(table).on_conflict_do_nothing(index_elements=list(table.primary_key.columns))
+
+
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 0x5371_7561_6C6C  # "Squall": the advisory lock migrations take on PostgreSQL
 _DATETIME_COLUMNS = ("start_timestamp", "end_timestamp", "expire_at", "updated_at", "timestamp", "occurrence_time",
@@ -360,6 +381,14 @@ def _is_locked(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.OperationalError) and ("locked" in str(exc.orig) or "busy" in str(exc.orig))
 
 
+class DuplicateDelivery(Exception):
+    """A delivery was accepted already, as trigger instance `instance_id`, and has not expired."""
+
+    def __init__(self, key: str, instance_id: str) -> None:
+        super().__init__(f"delivery {key} was accepted already as trigger instance {instance_id}")
+        self.instance_id = instance_id
+
+
 class Busy(Exception):
     """Another process holds SQLite's write lock; the call must wait on the database thread."""
 
@@ -379,7 +408,7 @@ def create_engine(url: str) -> Engine:
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0015"
+HEAD_REVISION = "0016"
 
 
 def _revision(engine: Engine) -> str | None:
@@ -1081,8 +1110,32 @@ class Store:
             return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
 
     # -- trigger instances and rule enforcements ---------------------------------------------
-    def trigger_instance_add(self, record: dict[str, Any]) -> None:
-        self._insert(trigger_instances, record)
+    def trigger_instance_add(self, record: dict[str, Any], delivery: tuple[str, datetime] | None = None) -> None:
+        """Store an instance. With `delivery` (its key and when it expires), only if no unexpired
+        delivery has that key (`DuplicateDelivery` otherwise): both are stored in one transaction, so
+        of two processes given the same delivery at once, one stores it."""
+        if delivery is None:
+            self._insert(trigger_instances, record)
+            return
+        key, expires_at = delivery
+        with self.isolated(), self._write() as conn:
+            existing = conn.execute(sa.select(deliveries.c.trigger_instance_id, deliveries.c.expires_at)
+                                    .where(deliveries.c.key == key)).first()
+            if existing is not None:
+                if as_utc(existing.expires_at) > record["occurrence_time"]:  # type: ignore[operator]
+                    raise DuplicateDelivery(key, existing.trigger_instance_id)
+                conn.execute(deliveries.delete().where(deliveries.c.key == key))
+            stored = conn.execute(_insert_once(self.is_sqlite, deliveries).returning(deliveries.c.key),
+                                  {"key": key, "trigger_instance_id": record["id"], "expires_at": expires_at}).first()
+            if stored is None:  # another process stored it since the select
+                taken = conn.execute(sa.select(deliveries.c.trigger_instance_id)
+                                     .where(deliveries.c.key == key)).scalar()
+                raise DuplicateDelivery(key, taken or "?")
+            conn.execute(_insert_statement(trigger_instances), record)
+
+    def deliveries_purge_expired(self, now: datetime) -> int:
+        with self._write() as conn:
+            return conn.execute(deliveries.delete().where(deliveries.c.expires_at <= now)).rowcount
 
     def trigger_instance_status(self, instance_id: str, status: str) -> None:
         self._update(trigger_instances, instance_id, {"status": status})

@@ -14,6 +14,7 @@ import difflib
 import json
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Protocol
 
 from engine.executions import new_id
@@ -89,16 +90,19 @@ class TriggerService:
                 raise TriggerError(f'payload for "{trigger_ref}" is invalid at {where}: {error.message}')
 
     async def dispatch(self, trigger_ref: str, payload: Any, *, parameters: Mapping[str, Any] | None = None,
-                       trace_tag: str | None = None, validate: bool = True) -> dict[str, Any]:
+                       trace_tag: str | None = None, validate: bool = True,
+                       delivery: tuple[str, datetime] | None = None) -> dict[str, Any]:
         """Store one instance (durable before this returns), then process it in the background.
 
         `parameters` names the trigger it fired for (a hook URL, a schedule): only rules with the
-        same trigger parameters see it. Without, only rules on the bare type do."""
+        same trigger parameters see it. Without, only rules on the bare type do. `delivery` (a key
+        and when it expires) makes it the only instance of that delivery until then: the same one
+        again raises `DuplicateDelivery` (a signed webhook request sent twice fires once)."""
         if validate:
             self.check(trigger_ref, payload)
         record = {"id": new_id(), "trigger": trigger_ref, "payload": payload, "occurrence_time": utcnow(),
                   "status": "pending", "trace_tag": trace_tag, "trigger_parameters": dict(parameters or {}) or None}
-        await self.db(self.db.store.trigger_instance_add, record)
+        await self.db(self.db.store.trigger_instance_add, record, delivery)
         metrics.count(metrics.trigger_instances, trigger_ref)
         self._spawn(record)
         return public(record)
@@ -122,6 +126,10 @@ class TriggerService:
                 log.exception("processing trigger instance %s (%s) failed", record["id"], record["trigger"])
                 status = "processing_failed"
         await self.db(store.trigger_instance_status, record["id"], status)
+
+    def purge_deliveries(self) -> int:
+        """Forget the deliveries whose senders' signatures have expired (on the database's side)."""
+        return self.db.store.deliveries_purge_expired(utcnow())
 
     async def get(self, instance_id: str) -> dict[str, Any]:
         record = await self.db(self.db.store.trigger_instance_get, instance_id)

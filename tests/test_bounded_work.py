@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from bot.app import Squall
+from bot.headers import INSTANCE_HEADER
 from bot.http import create_api, sign_webhook
 from engine.config import ConfigError, load_config
 from engine.parameters import ParameterError
@@ -397,6 +398,43 @@ async def test_webhook_signatures_carry_a_timestamp(squall: Squall, anon: httpx.
     answer = await anon.post("/api/v1/webhooks/short", content=body,
                              headers={**json_type, **sign_webhook(SECRET, body)})
     assert answer.status_code == 202
+
+
+async def test_a_signed_request_sent_again_fires_nothing(squall: Squall, anon: httpx.AsyncClient,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Within its window a captured request passes the signature check, but the delivery it names was
+    accepted already: 200 with the first instance, nothing stored or run again. Signed anew (another
+    timestamp), or for another hook, it is another delivery."""
+    body = json.dumps({"event": "deploy"}).encode()
+    json_type = {"Content-Type": "application/json"}
+    signed = {**json_type, **sign_webhook(SECRET, body)}
+    first = await anon.post("/api/v1/webhooks/signed", content=body, headers=signed)
+    assert first.status_code == 202 and "X-Squall-Duplicate" not in first.headers
+    instance = first.headers[INSTANCE_HEADER]
+    await squall.rules.settle()
+    with caplog.at_level(logging.WARNING, logger="bot.http.webhooks"):
+        for _ in range(2):
+            again = await anon.post("/api/v1/webhooks/signed", content=body, headers=signed)
+            assert again.status_code == 200 and again.headers["X-Squall-Duplicate"] == "true"
+            assert again.headers[INSTANCE_HEADER] == instance and again.json() == {"event": "deploy"}
+    assert [r for r in caplog.records if instance in r.getMessage() and "came again" in r.getMessage()]
+    await squall.rules.settle()
+    stored = await squall.db(squall.store.trigger_instance_list, "core.st2.webhook")
+    assert [i["id"] for i in stored] == [instance]
+    assert len(await squall.executions.list(action="demo.num")) == 1
+
+    resigned = {**json_type, **sign_webhook(SECRET, body, time.time() + 1)}
+    assert (await anon.post("/api/v1/webhooks/signed", content=body, headers=resigned)).status_code == 202
+    other_hook = await anon.post("/api/v1/webhooks/strict", content=body, headers=signed)  # same secret
+    assert other_hook.status_code == 202 and other_hook.headers[INSTANCE_HEADER] != instance
+    await squall.rules.settle()
+    assert len(await squall.db(squall.store.trigger_instance_list, "core.st2.webhook")) == 3
+    # not signed with a secret (an API key instead): each request is its own delivery, as before
+    keyed = {**json_type, "St2-Api-Key": KEY}
+    st2_body = json.dumps({"trigger": "core.st2.webhook", "payload": {"a": 1}}).encode()
+    answers = [await anon.post("/api/v1/webhooks/st2", content=st2_body, headers=keyed) for _ in range(2)]
+    assert [a.status_code for a in answers] == [202, 202]
+    assert answers[0].headers[INSTANCE_HEADER] != answers[1].headers[INSTANCE_HEADER]
 
 
 async def test_the_old_signature_is_accepted_with_a_deprecation(squall: Squall, anon: httpx.AsyncClient,

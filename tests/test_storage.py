@@ -18,10 +18,11 @@ import sqlalchemy as sa
 from bot.app import Squall
 from engine import storage, writeback
 from engine.config import load_config
-from engine.storage import Database, Store, utcnow
+from engine.executions import new_id
+from engine.storage import Database, DuplicateDelivery, Store, utcnow
 from tests.conftest import REPO, write
 
-HEAD = "0015"  # the newest migration; a new one must update this and storage.HEAD_REVISION
+HEAD = "0016"  # the newest migration; a new one must update this and storage.HEAD_REVISION
 
 
 def _execution(execution_id: str, **fields: Any) -> dict[str, Any]:
@@ -626,6 +627,42 @@ async def test_the_loop_s_commits_leave_checkpoints_to_their_own_thread(tmp_path
         assert len(await db(store.audit_list, 2000)) == 1000
     finally:
         db.close()
+        store.close()
+
+
+def test_a_delivery_is_stored_once_until_it_expires(database_url: str) -> None:
+    """A delivery key (a signed webhook request) stores one trigger instance until it expires, across
+    processes and restarts; refused inside a group commit, it spoils none of the group's other writes."""
+    def instance() -> dict[str, Any]:
+        return {"id": new_id(), "trigger": "core.st2.webhook", "payload": {"n": 1}, "occurrence_time": utcnow(),
+                "status": "pending", "trace_tag": None, "trigger_parameters": None}
+
+    soon = utcnow() + timedelta(minutes=5)
+    first = instance()
+    store = Store.open(database_url)
+    store.trigger_instance_add(first, ("webhook one", soon))
+    store.close()
+    store = Store.open(database_url)  # another process, or the same after a restart
+    try:
+        with pytest.raises(DuplicateDelivery) as refused:
+            store.trigger_instance_add(instance(), ("webhook one", soon))
+        assert refused.value.instance_id == first["id"]
+        before, after = instance(), instance()
+        with store.batch():
+            store.trigger_instance_add(before, ("webhook two", soon))
+            with pytest.raises(DuplicateDelivery):
+                store.trigger_instance_add(instance(), ("webhook one", soon))
+            store.trigger_instance_add(after)
+        stored = {row["id"] for row in store.trigger_instance_list("core.st2.webhook", limit=100)}
+        assert stored == {first["id"], before["id"], after["id"]}
+
+        expired = instance()
+        store.trigger_instance_add(expired, ("webhook old", utcnow() - timedelta(seconds=1)))
+        again = instance()
+        store.trigger_instance_add(again, ("webhook old", soon))  # its first delivery expired: a new one
+        assert store.deliveries_purge_expired(utcnow() + timedelta(minutes=10)) == 3
+        store.trigger_instance_add(instance(), ("webhook one", soon))  # purged: accepted again
+    finally:
         store.close()
 
 

@@ -1,5 +1,6 @@
 """Webhook signatures: how a sender signs (`sign_webhook`) and how a hook with a secret checks it, so a
-hook can be called without an API key yet not by anyone, nor replayed later."""
+hook can be called without an API key yet not by anyone, nor replayed: later, the signature is too
+old; meanwhile, the delivery it names was accepted already and fires nothing (`HookAuth.delivery`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import hmac
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -20,6 +23,16 @@ SIGNATURE_HEADER = "x-squall-signature"
 TIMESTAMP_HEADER = "x-squall-timestamp"
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HookAuth:
+    """What checking a webhook's caller found: headers for the answer (`Deprecation` for the old
+    scheme), and for a `v1=` signature the delivery it names (a key, and when the signature will be
+    refused as too old), stored with the trigger instance so the same request sent again fires nothing."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    delivery: tuple[str, datetime] | None = None
 
 
 def sign_webhook(secret: str, body: bytes, timestamp: float | None = None) -> dict[str, str]:
@@ -75,14 +88,13 @@ def _check_age(hook: str, stamp: str, tolerance: float) -> None:
                                  "request when it is sent, and keep the sender's clock right.")
 
 
-async def authorize_hook(request: Request, hook: str, raw: bytes) -> dict[str, str]:
-    """Check a webhook's signature (or, for a hook without a secret, the API key); the headers the
-    answer should carry (`Deprecation` for a signature of the old scheme)."""
+async def authorize_hook(request: Request, hook: str, raw: bytes) -> HookAuth:
+    """Check a webhook's signature (or, for a hook without a secret, the API key)."""
     state = api_state(request)
     settings = state.settings.webhooks.get(hook) or {}
     if not settings.get("secret"):
         await require_key(request)
-        return {}
+        return HookAuth()
     signature = request.headers.get(SIGNATURE_HEADER, "").strip()
     expected, stamp = _expected_signature(hook, settings, signature, request.headers, raw)
     if not hmac.compare_digest(signature.encode(), expected.encode()):
@@ -92,6 +104,8 @@ async def authorize_hook(request: Request, hook: str, raw: bytes) -> dict[str, s
             state.legacy_warned.add(hook)
             log.warning("webhook %s was signed with the deprecated sha256= scheme, which a replay passes; "
                         "the next release refuses it: sign with X-Squall-Timestamp and v1= (README)", hook)
-        return {"Deprecation": "true"}
-    _check_age(hook, stamp, state.settings.tolerance(hook))
-    return {}
+        return HookAuth(headers={"Deprecation": "true"})
+    tolerance = state.settings.tolerance(hook)
+    _check_age(hook, stamp, tolerance)
+    key = "webhook " + hashlib.sha256(f"{hook}\n{signature}".encode()).hexdigest()  # the signature covers the body
+    return HookAuth(delivery=(key, datetime.fromtimestamp(int(stamp) + tolerance + 1, UTC)))

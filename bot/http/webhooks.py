@@ -3,6 +3,7 @@ router-wide API key: a hook with a secret is signed instead (`webhook_signatures
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 from urllib.parse import parse_qsl
@@ -13,14 +14,19 @@ from fastapi.responses import JSONResponse
 from bot.headers import INSTANCE_HEADER
 from bot.http.json_body import NOT_JSON, JsonBodyError, decode_json
 from bot.http.state import api_state
-from bot.http.webhook_signatures import SIGNATURE_HEADER, authorize_hook
+from bot.http.webhook_signatures import SIGNATURE_HEADER, HookAuth, authorize_hook
 from engine import tracing
+from engine.storage import DuplicateDelivery
 from engine.triggers import TriggerError
 
 #: Removed from the headers a webhook passes on in its payload (spec §6.3).
 _SECRET_HEADERS = {"x-auth-token", "st2-api-key", "authorization", "cookie", SIGNATURE_HEADER}
 
+#: On the answer to a signed request that came before: it was accepted then and fires nothing now.
+DUPLICATE_HEADER = "X-Squall-Duplicate"
+
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 async def _read_body(request: Request) -> bytes:
@@ -59,11 +65,24 @@ def _trace_tag(request: Request, hook: str) -> str:
     return request.headers.get("st2-trace-tag") or f"webhook-{hook}-{uuid.uuid4().hex}"
 
 
+def _accepted(body: Any, instance_id: str, auth: HookAuth) -> JSONResponse:
+    return JSONResponse(body, status_code=202, headers={INSTANCE_HEADER: instance_id, **auth.headers})
+
+
+def _accepted_before(hook: str, body: Any, duplicate: DuplicateDelivery, auth: HookAuth) -> JSONResponse:
+    """A signed request sent again (a sender's retry, or a replay): 200 with the instance it made the
+    first time, and nothing fired again."""
+    log.warning("webhook %s: a signed request accepted before (trigger instance %s) came again; it fires "
+                "nothing", hook, duplicate.instance_id)
+    return JSONResponse(body, status_code=200, headers={INSTANCE_HEADER: duplicate.instance_id,
+                                                        DUPLICATE_HEADER: "true", **auth.headers})
+
+
 @router.post("/webhooks/st2", status_code=202, tags=["webhooks"])
 async def generic_webhook(request: Request) -> Any:
     squall = api_state(request).squall
     raw = await _read_body(request)
-    answer_headers = await authorize_hook(request, "st2", raw)
+    auth = await authorize_hook(request, "st2", raw)
     body = _parse_body(request, raw)
     if not isinstance(body, dict):
         raise HTTPException(400, "The body must be a JSON object with \"trigger\" and \"payload\".")
@@ -73,10 +92,12 @@ async def generic_webhook(request: Request) -> Any:
     try:
         with tracing.span("webhook", hook="st2", trigger=str(trigger)):
             instance = await squall.triggers.dispatch(str(trigger), body.get("payload") or {},
-                                                      trace_tag=_trace_tag(request, "st2"))
+                                                      trace_tag=_trace_tag(request, "st2"), delivery=auth.delivery)
     except TriggerError as exc:
         raise HTTPException(400, str(exc)) from exc
-    return JSONResponse(body, status_code=202, headers={INSTANCE_HEADER: instance["id"], **answer_headers})
+    except DuplicateDelivery as duplicate:
+        return _accepted_before("st2", body, duplicate, auth)
+    return _accepted(body, instance["id"], auth)
 
 
 @router.post("/webhooks/{name:path}", status_code=202, tags=["webhooks"])
@@ -88,7 +109,7 @@ async def custom_webhook(name: str, request: Request) -> Any:
         # Authenticate first: an unauthenticated caller must not learn which hooks exist.
         await authorize_hook(request, hook, raw)
         raise HTTPException(404, f"Webhook {hook} not registered")
-    answer_headers = await authorize_hook(request, hook, raw)
+    auth = await authorize_hook(request, hook, raw)
     body = _parse_body(request, raw)
     if not isinstance(body, (dict, list)):
         raise HTTPException(400, "The body must be a JSON object or array.")
@@ -97,9 +118,12 @@ async def custom_webhook(name: str, request: Request) -> Any:
     try:
         # The instance is tied to this hook's rules only (its trigger parameters are the URL).
         with tracing.span("webhook", hook=hook):
-            instance = await squall.rules.dispatch_webhook(hook, payload, trace_tag=_trace_tag(request, hook))
+            instance = await squall.rules.dispatch_webhook(hook, payload, trace_tag=_trace_tag(request, hook),
+                                                           delivery=auth.delivery)
     except TriggerError as exc:
         raise HTTPException(400, str(exc)) from exc
     except LookupError as exc:  # the rule went away meanwhile
         raise HTTPException(404, f"Webhook {hook} not registered") from exc
-    return JSONResponse(body, status_code=202, headers={INSTANCE_HEADER: instance["id"], **answer_headers})
+    except DuplicateDelivery as duplicate:
+        return _accepted_before(hook, body, duplicate, auth)
+    return _accepted(body, instance["id"], auth)
