@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import json
 import logging
 import os
@@ -21,7 +20,6 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +37,7 @@ from engine.parameters import MASK, ParameterError, Resolution, mask, needs_rend
 from engine.processes import LEDGER, ledger_directory, owner_file_state, process_identity, running_since, sweep
 from engine.runners import RUNNER_TYPES, WAITING_ON_TASKS, Runner, RunOutcome, RunRequest
 from engine.storage import Database, Store, iso, utcnow
-from engine.templates import KVNamespace, build_environment
+from engine.templates import KVNamespace, build_environment, render_pool
 from engine.tokens import mint, revoke, revoke_ended
 
 log = logging.getLogger(__name__)
@@ -61,17 +59,6 @@ _SWEEP_POLLS = 30
 _RECENT = 1024
 #: Plaintexts `decrypt_kv` produced while one request's parameters were rendered.
 _revealed: contextvars.ContextVar[list[str]] = contextvars.ContextVar("squall_revealed")
-#: Threads that render requests' parameter templates (see `ExecutionService.request`).
-_RENDER_THREADS = 4
-
-
-@functools.cache
-def _render_pool() -> ThreadPoolExecutor:
-    """The process's render threads: few (templates are CPU work under the GIL), and apart from
-    asyncio's default pool and the database thread, so slow templates only wait for each other."""
-    return ThreadPoolExecutor(max_workers=_RENDER_THREADS, thread_name_prefix="squall-render")
-
-
 @dataclass(frozen=True)
 class AuditEntry:
     """An audit event stored in the request's own transaction (`request(audit=...)`): a request is
@@ -283,7 +270,7 @@ class ExecutionService:
             # Templates render on threads of their own, never on the event loop nor the database thread: one
             # may take up to templates.max_seconds. Their st2kv reads take a pooled connection of their own.
             resolution, revealed = await asyncio.get_running_loop().run_in_executor(
-                _render_pool(), self._resolve, action, supplied, context, extra_template_context, render)
+                render_pool(), self._resolve, action, supplied, context, extra_template_context, render)
             stored = self.db.submit(self._store, action, supplied, context, parent, extra_template_context,
                                     resolution, revealed, audit, execution_id)
         else:  # nothing to render: checked and stored in one step, without a thread hop

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.events import EXECUTION_FINISHED, NOTIFICATION_DUE, Events
 from engine.executions import FAILED
-from engine.templates import TemplateRenderError, render_template, render_value
+from engine.templates import TemplateRenderError, render_template, render_value, rendered
 
 if TYPE_CHECKING:
     from engine.packs import Registry
@@ -80,7 +80,7 @@ class Notifier:
                 "action_ref": execution["action"], "runner_ref": execution["runner"],
                 "parameters": execution["parameters"], "result": execution.get("result"),
             }, validate=False)
-        told = messages(execution, notify, data=triggers.wanted(NOTIFY_TRIGGER))
+        told = await rendered(messages, execution, notify, triggers.wanted(NOTIFY_TRIGGER))
         if told:
             self.events.publish(NOTIFICATION_DUE, execution, [(route, message) for route, message, _ in told])
         if triggers.wanted(NOTIFY_TRIGGER):

@@ -13,6 +13,7 @@ third-party packs), and compiled templates are cached so hot paths do not re-par
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import itertools
@@ -21,7 +22,8 @@ import os.path
 import re
 import time
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
-from typing import TYPE_CHECKING, Any, NoReturn
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import jinja2
 import yaml
@@ -36,19 +38,24 @@ if TYPE_CHECKING:
     import semver
 
 __all__ = [
+    "BRIEF_SECONDS",
     "NONE_MAGIC_VALUE",
     "KVNamespace",
     "KVValue",
     "TemplateLimitError",
     "TemplateLimits",
     "TemplateRenderError",
+    "TooLongForTheLoop",
+    "briefly",
     "build_environment",
     "compiled",
     "configure_limits",
     "is_jinja_expression",
+    "render_pool",
     "render_template",
     "render_value",
     "render_values",
+    "rendered",
     "undeclared_variables",
 ]
 
@@ -446,13 +453,14 @@ def current_limits() -> TemplateLimits:
 
 
 class _Budget:
-    """One render's deadline (renders nested inside it share it)."""
+    """One render's deadline (renders nested inside it share it); a `brief` one is the event loop's."""
 
-    __slots__ = ("deadline", "seconds")
+    __slots__ = ("brief", "deadline", "seconds")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, brief: bool = False) -> None:
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
+        self.brief = brief
 
 
 _budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("squall_template_budget", default=None)
@@ -472,9 +480,56 @@ def _tick() -> None:
     """Called at every step the sandbox sees (calls, attributes, operators, loop items, output)."""
     budget = _budget.get()
     if budget is not None and time.monotonic() > budget.deadline:
+        if budget.brief:
+            raise TooLongForTheLoop
         reason = (f"the template ran longer than {budget.seconds:g} s, the limit set by templates.max_seconds "
                   "in the config")
         raise TemplateLimitError(reason, reason=reason)
+
+
+# --------------------------------------------------------------------------------------------
+# Where renders run: briefly on the event loop, else on a render thread
+# --------------------------------------------------------------------------------------------
+
+#: How long a render may hold the event loop before it is given up there and done on a render thread.
+BRIEF_SECONDS = 0.02
+#: Threads that render what may take long (parameter templates, and renders too long for the loop).
+_RENDER_THREADS = 4
+T = TypeVar("T")
+
+
+class TooLongForTheLoop(Exception):
+    """A render run with `briefly` went past `BRIEF_SECONDS`: do it again on a render thread."""
+
+
+@functools.cache
+def render_pool() -> ThreadPoolExecutor:
+    """The process's render threads: few (templates are CPU work under the GIL), and apart from
+    asyncio's default pool and the database thread, so slow templates only wait for each other."""
+    return ThreadPoolExecutor(max_workers=_RENDER_THREADS, thread_name_prefix="squall-render")
+
+
+def briefly(render: Callable[..., T], *args: Any) -> T:
+    """`render(*args)` within `BRIEF_SECONDS` for the templates it renders, or `TooLongForTheLoop`:
+    for renders on the event loop, which nearly all take microseconds, where a pack's slow template or
+    a loop over a huge result would stop every other chat command and request for up to
+    `templates.max_seconds`. `render` must only render (it may be called again elsewhere)."""
+    token = _budget.set(_Budget(BRIEF_SECONDS, brief=True))
+    try:
+        return render(*args)
+    finally:
+        _budget.reset(token)
+
+
+async def rendered(render: Callable[..., T], *args: Any, on_loop: bool = True) -> T:
+    """`render(*args)` on the event loop if it is brief (`briefly`), else on a render thread with the
+    whole `templates.max_seconds` (at once, without `on_loop`: it was found too long already)."""
+    if on_loop:
+        try:
+            return briefly(render, *args)
+        except TooLongForTheLoop:
+            pass
+    return await asyncio.get_running_loop().run_in_executor(render_pool(), render, *args)
 
 
 def _too_big(what: str) -> NoReturn:
@@ -1104,6 +1159,8 @@ def render_template(text: str, context: Mapping[str, Any], env: jinja2.Environme
     environment = env if env is not None else _default_environment()
     try:
         return compiled(environment, text).render(context)
+    except TooLongForTheLoop:
+        raise
     except TemplateLimitError as exc:
         raise TemplateLimitError(f"Failed to render template {_preview(text)!r}: {exc.reason}", reason=exc.reason,
                                  template=text) from exc

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,8 +18,10 @@ from hypothesis import strategies as st
 from adapters.base import Capabilities, Reply
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
+from bot.chat import commands, dispatcher
 from bot.chat.bot import ChatBot
 from bot.chat.outbox import Outbox
+from engine import templates
 from engine.config import load_config
 from tests.conftest import write
 from tests.test_cli import SQUALL
@@ -150,6 +154,63 @@ async def test_command_gets_ack_then_result_in_its_thread(chat) -> None:
                             "message_id": "m1", "alias": "demo.greet"}
     assert execution["context"]["api_user"] == "alice"
     assert execution["context"]["source_channel"] == "#ops"
+
+
+def _where_rendered(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(ack or result, the thread it was rendered on) of each render of an alias's replies."""
+    seen: list[tuple[str, str]] = []
+    for module, name in ((commands, "render_ack"), (dispatcher, "render_result")):
+        def spy(*args: Any, _real: Any = getattr(module, name), _name: str = name) -> Any:
+            seen.append((_name, threading.current_thread().name))
+            return _real(*args)
+        monkeypatch.setattr(module, name, spy)
+    return seen
+
+
+async def test_ack_and_result_render_on_the_loop_when_brief(chat, monkeypatch: pytest.MonkeyPatch) -> None:
+    squall, bot, loopback = chat
+    seen = _where_rendered(monkeypatch)
+    await loopback.say("!greet world", channel="#ops")
+    await settle(squall, bot)
+    assert [p.reply.text for p in loopback.posted if p.reply.thread == "m1"] == ["greeting world", "hello world"]
+    assert seen == [("render_ack", "MainThread"), ("render_result", "MainThread")]  # no thread hop
+
+
+async def test_a_render_too_long_for_the_loop_is_done_on_a_render_thread(home: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack's slow result format (or a loop over a huge result) would stop every other command for up
+    to templates.max_seconds: past templates.BRIEF_SECONDS it is given up on the loop and rendered on a
+    render thread instead, with the whole limit, and the reply is the same, posted once."""
+    _config(home)
+    write(home / "packs" / "demo" / "aliases" / "slow.yaml", """
+        name: slow
+        action_ref: demo.greet
+        description: A result format that takes a while.
+        formats: ["slowly greet {{who}}"]
+        ack: {enabled: false}
+        result:
+          format: "{% for i in range(300) %}{% for j in range(1000) %}{% endfor %}{% endfor %}done {{
+            execution.parameters.who }}"
+    """)
+    seen = _where_rendered(monkeypatch)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!slowly greet world", channel="#ops")
+        await settle(squall, bot)
+        assert [p.reply.text for p in loopback.posted if p.reply.thread == "m1"] == ["done world"]
+        results = [thread for what, thread in seen if what == "render_result"]
+        assert results[0] == "MainThread" and results[-1].startswith("squall-render")  # given up on the loop
+
+        seen.clear()
+        monkeypatch.setattr(templates, "BRIEF_SECONDS", 0.0)  # every render is too long for the loop
+        await loopback.say("!greet you", channel="#ops")
+        await settle(squall, bot)
+        [thread] = {p.reply.thread for p in loopback.posted if p.reply.text == "greeting you"}
+        assert [p.reply.text for p in loopback.posted if p.reply.thread == thread] == ["greeting you", "hello you"]
+        assert [(what, thread.startswith("squall-render")) for what, thread in seen] == [
+            ("render_ack", False), ("render_ack", True),
+            ("render_result", False), ("render_result", True)]  # tried once on the loop, then on a thread
+        [ack] = [p for p in loopback.posted if p.reply.text == "greeting you"]
+        assert ack.edits and "succeeded" in ack.edits[-1]  # the result stored by the listener edits the ack
 
 
 async def test_most_specific_format_wins_and_typed_values_cast(chat) -> None:

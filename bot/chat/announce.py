@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.base import Reply
 from bot.chat.replies import render_result
 from engine.events import ANNOUNCE
+from engine.templates import rendered
 
 if TYPE_CHECKING:
     from bot.chat.index import AliasIndex
@@ -58,7 +59,7 @@ class Announcer:
         if request.action.name == "post_result":
             execution = await self.engine.executions.get(str(params["execution_id"]))
             alias_ref = (execution["context"].get("chat") or {}).get("alias")
-            text, extra = render_result(self.index.aliases.get(alias_ref), execution)
+            text, extra = await rendered(render_result, self.index.aliases.get(alias_ref), execution)
             if text is None:
                 return {"skipped": "the alias turns results off"}
         else:

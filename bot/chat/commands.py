@@ -29,6 +29,7 @@ from engine.actions import unapproved
 from engine.executions import AuditEntry
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
+from engine.templates import rendered
 
 if TYPE_CHECKING:
     from engine.core import Engine
@@ -123,7 +124,7 @@ class CommandService:
                                                              render=set(render), audit=audit)
         except (ParameterError, UnknownAction, ValueError) as exc:
             raise CommandFailed(str(exc)) from exc
-        text, extra = render_ack(alias, execution)
+        text, extra = await rendered(render_ack, alias, execution)
         return Accepted(execution, text, extra or {})
 
     @staticmethod

@@ -37,6 +37,7 @@ from engine.logs import logging_context
 from engine.metrics import metrics
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
+from engine.templates import TooLongForTheLoop, briefly, rendered
 
 if TYPE_CHECKING:
     from engine.core import Engine
@@ -139,6 +140,8 @@ class Dispatcher:
     forms: ChatForms = field(init=False)
     #: Executions whose result was stored with their end (`completing`): their listener posts nothing.
     _stored_with_end: set[str] = field(default_factory=set)
+    #: Executions whose result took too long to render on the loop: their listener renders it on a thread.
+    _render_elsewhere: set[str] = field(default_factory=set)
 
     @property
     def matcher(self) -> AliasMatcher:
@@ -354,7 +357,11 @@ class Dispatcher:
         if not chat or chat.get("adapter") not in self.adapters or execution["status"] not in COMPLETED:
             return None
         with _result_span(execution, chat):
-            replies, status = self._result_replies(execution, chat)
+            try:
+                replies, status = briefly(self._result_replies, execution, chat)
+            except TooLongForTheLoop:  # rendered on a render thread by its listener (`on_finished`), stored then
+                self._render_elsewhere.add(execution["id"])
+                return None
             keyed = self.outbox.keyed(execution["id"], "result", replies, adapter=chat["adapter"],
                                       channel=chat["channel"], status=status)
         assert keyed is not None  # with adapter and channel given, there is always a row to store
@@ -396,7 +403,9 @@ class Dispatcher:
         return replies, status
 
     async def _store_result(self, execution: dict[str, Any], chat: dict[str, Any]) -> None:
-        replies, status = self._result_replies(execution, chat)
+        elsewhere = execution["id"] in self._render_elsewhere
+        self._render_elsewhere.discard(execution["id"])
+        replies, status = await rendered(self._result_replies, execution, chat, on_loop=not elsewhere)
         if execution["status"] not in COMPLETED:
             ack = await self.engine.db(self.engine.store.outbox_keyed_id, execution["id"], "ack") if status else None
             for reply in [*(Reply(**{**line.__dict__, "edit": ack}) for line in status if ack is not None), *replies]:

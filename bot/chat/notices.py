@@ -20,6 +20,7 @@ from adapters.base import Reply
 from engine.events import NOTIFICATION_DUE
 from engine.executions import COMPLETED, public
 from engine.notifications import by_route, messages
+from engine.templates import rendered
 
 if TYPE_CHECKING:
     from bot.chat.announce import Announcer
@@ -66,7 +67,7 @@ class Notices:
             notify = engine.notifier.notify_of(execution)
             if not notify:
                 continue
-            told = [(route, text) for route, text, _data in messages(execution, notify)]
+            told = [(route, text) for route, text, _data in await rendered(messages, execution, notify)]
             for route, texts in by_route(told).items():
                 if route in routes and f"notify:{route}" not in stored:
                     try:
