@@ -110,26 +110,19 @@ def compile_key(key: str) -> Callable[[Mapping[str, Any]], Any]:
 
     expression = jsonpath_ng.parse(key)  # always parsed: a bad path is a load error
     steps = _simple_steps(key)
-    if steps is not None and steps[0] in ("trigger", "item") and all(isinstance(step, str) for step in steps):
-        # The usual key (`trigger.a.b`): a missing field and a field of a non-dict are both None.
-        def walk_fields(context: Mapping[str, Any]) -> Any:
-            current: Any = context
-            for step in steps:
-                if not isinstance(current, dict):
-                    return None
-                current = current.get(step)
-            return current
-        return walk_fields
     if steps is not None and steps[0] in ("trigger", "item"):
+        # A missing field, a field of a non-dict and an index past a list's end are all None.
         def walk(context: Mapping[str, Any]) -> Any:
             current: Any = context
             for step in steps:
                 if isinstance(step, int):
                     if not isinstance(current, list) or step >= len(current):
                         return None
-                elif not isinstance(current, dict) or step not in current:
+                    current = current[step]
+                elif isinstance(current, dict):
+                    current = current.get(step)
+                else:
                     return None
-                current = current[step]
             return current
         return walk
 

@@ -1119,15 +1119,11 @@ class Store:
             return
         key, expires_at = delivery
         with self.isolated(), self._write() as conn:
-            existing = conn.execute(sa.select(deliveries.c.trigger_instance_id, deliveries.c.expires_at)
-                                    .where(deliveries.c.key == key)).first()
-            if existing is not None:
-                if as_utc(existing.expires_at) > record["occurrence_time"]:  # type: ignore[operator]
-                    raise DuplicateDelivery(key, existing.trigger_instance_id)
-                conn.execute(deliveries.delete().where(deliveries.c.key == key))
+            conn.execute(deliveries.delete().where(deliveries.c.key == key,  # an expired one is a new delivery
+                                                   deliveries.c.expires_at <= record["occurrence_time"]))
             stored = conn.execute(_insert_once(self.is_sqlite, deliveries).returning(deliveries.c.key),
                                   {"key": key, "trigger_instance_id": record["id"], "expires_at": expires_at}).first()
-            if stored is None:  # another process stored it since the select
+            if stored is None:  # stored before (by this process or another) and not expired
                 taken = conn.execute(sa.select(deliveries.c.trigger_instance_id)
                                      .where(deliveries.c.key == key)).scalar()
                 raise DuplicateDelivery(key, taken or "?")
