@@ -354,11 +354,23 @@ def _row_dict(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+#: SQLite: how long a connection waits for another's lock (the loop's own connection never waits).
+BUSY_TIMEOUT_MS = 10_000
+#: SQLite: a WAL longer than this after a checkpoint is restarted (see `Store.checkpoint`).
+WAL_RESTART_BYTES = 1 << 30
+#: SQLite: how long a restarting checkpoint waits for readers before it tries again next time.
+RESTART_WAIT_MS = 100
+#: SQLite: the WAL file is cut back to this size when it starts over (`journal_size_limit`), so the
+#: disk a burst took is given back.
+WAL_KEEP_BYTES = 64 << 20
+
+
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # First, so that even switching a new file to WAL waits for another process instead of failing.
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
     # WAL with synchronous=NORMAL survives a process crash without losing commits; only an OS crash
     # or power loss can lose the last transactions, the trade StackStorm users expect of an embedded DB.
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -372,6 +384,7 @@ def _on_nowait_connect(dbapi_connection: Any, _record: Any) -> None:
     # The loop's commits never checkpoint: one that did stalled the loop for milliseconds (the open
     # loop's p99). `Database` checkpoints on a thread of its own instead.
     cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
@@ -640,6 +653,7 @@ class Store:
                                             poolclass=sa.pool.StaticPool)
             sa.event.listen(self._nowait, "connect", _on_nowait_connect)
         self._direct = _Direct(engine.dialect) if self.is_sqlite else None
+        self._page_bytes: int | None = None
 
     @contextlib.contextmanager
     def without_waiting(self) -> Iterator[None]:
@@ -1340,9 +1354,32 @@ class Store:
             return [(key, state, as_utc(expires_at)) for key, state, expires_at in rows]  # type: ignore[misc]
 
     def checkpoint(self) -> None:
-        """SQLite: copy what the WAL holds back into the database, without waiting for anyone."""
+        """SQLite: copy what the WAL holds back into the database, without waiting for anyone.
+
+        The WAL starts over from its beginning only when a write begins after a checkpoint copied all
+        of it. Under writes that never pause (an alert storm: a thousand chat commands a second), each
+        checkpoint ends with newer commits behind it, and the WAL grew by ~80 MB a second for as long
+        as the storm lasted, until the disk was full. Past `WAL_RESTART_BYTES` a second PASSIVE copy
+        (of what came during the first) is followed by a RESTART, which holds writers off while it
+        copies the rest and syncs (10-250 ms measured here: the loop's commits wait on the database
+        thread meanwhile, so a storm's chat sees one such pause every ~13 s) and has the next write
+        start the WAL over; `journal_size_limit` then cuts the file back to `WAL_KEEP_BYTES`."""
         with self.engine.connect() as conn:
+            _busy, frames, _copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+            if frames * self._page_size(conn) <= WAL_RESTART_BYTES:
+                return
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            # Readers still in the WAL are waited for with writers held off: briefly, else next time.
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+            try:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(RESTART)")
+            finally:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    def _page_size(self, conn: sa.Connection) -> int:
+        if self._page_bytes is None:
+            self._page_bytes = int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
+        return self._page_bytes
 
     def kv_purge_expired(self, now: datetime) -> int:
         with self._write() as conn:
@@ -1371,7 +1408,8 @@ class Database:
     instead: those made in one loop iteration (and by the tasks it started, a turn later) share one
     transaction, through a connection that never waits for a lock (a commit to a WAL file costs
     less than the two thread wake-ups). If another process holds the lock, the whole group goes to
-    the thread, which may wait; nothing of it was committed, so nothing runs twice.
+    the thread, which may wait; nothing of it was committed, so nothing runs twice. The calls that
+    queued behind it meanwhile come back to the loop once it is committed.
     """
 
     def __init__(self, store: Store) -> None:
@@ -1498,8 +1536,34 @@ class Database:
                             outcomes.append((False, exc))
             except Exception as exc:  # the commit itself failed: nobody's call took effect
                 outcomes = [(False, exc)] * len(batch)
+            loop = batch[0][1].get_loop()
             for (ok, value), (_call, future) in zip(outcomes, batch, strict=True):
-                future.get_loop().call_soon_threadsafe(_settle, future, ok, value)
+                loop.call_soon_threadsafe(_settle, future, ok, value)
+            if self.store.is_sqlite and not self._closed and self._hand_back_to(loop):
+                return
+
+    def _hand_back_to(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """SQLite: the group that waited for another connection's lock is committed; whatever queued
+        behind it goes back to the loop's own transactions. Drained here instead, a steady stream of
+        calls (a thousand chat commands a second) kept the thread's queue from ever emptying, and every
+        later call paid the thread's wake-ups and GIL hand-offs: one lock held elsewhere for a moment
+        (a CLI's write, a WAL restart) left the chat slower for as long as the stream lasted."""
+        try:
+            loop.call_soon_threadsafe(self._take_back)
+        except RuntimeError:  # the loop is closed: the thread drains what is left
+            return False
+        return True
+
+    def _take_back(self) -> None:
+        """On the loop: run the calls that queued behind the thread's group inline, in their order."""
+        if self._closed:
+            return  # `close` wrote them
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self._draining = False
+        if batch:
+            self._inline[:0] = batch  # ahead of any made since this callback was queued: none were (draining)
+            self._flush_inline()
 
     def _checkpoint_soon(self) -> None:
         """After commits on the loop (whose connection never checkpoints), copy the WAL back into the
@@ -1549,15 +1613,17 @@ class Database:
 
     def close(self) -> None:
         self._closed = True
-        deferred = self._take_later()
-        if deferred:  # not left behind: written now, on the caller's thread, before the pool stops
+        self._pool.shutdown(wait=True)  # a group on the database thread commits first
+        with self._lock:  # calls handed back to a loop that has not taken them yet
+            leftover, self._pending = self._pending, []
+        left = [*self._take_later(), *leftover]
+        if left:  # not left behind: written now, on the caller's thread
             with self.store.batch():
-                for call, future in deferred:
+                for call, future in left:
                     try:
                         _settle(future, True, call())
                     except Exception as exc:
                         _settle(future, False, exc)
-        self._pool.shutdown(wait=True)
         self._checkpointer.shutdown(wait=True)
 
 

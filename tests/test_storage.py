@@ -496,6 +496,64 @@ async def test_sqlite_lock_held_elsewhere_never_stalls_the_event_loop(tmp_path: 
         store.close()
 
 
+async def test_calls_queued_behind_a_lock_held_elsewhere_come_back_to_the_loop(tmp_path: Path) -> None:
+    """A lock held by another connection sends the loop's group to the database thread, which waits
+    for it. Once that group is committed, the calls that queued behind it run in the loop's own
+    transactions again, in their order: left on the thread, a steady stream of calls kept its queue
+    from ever emptying, and the chat paid the thread's hand-offs for as long as the stream lasted."""
+    store = Store.open(f"sqlite:///{tmp_path / 'locked.db'}")
+    db = Database(store)
+    holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    ran: list[tuple[str, int]] = []
+
+    def write(name: str) -> None:
+        store.kv_put(_kv(name, "v"))
+        ran.append((name, threading.get_ident()))
+
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # as a CLI writing would
+        first = db.submit(write, "first")
+        await asyncio.sleep(0.2)  # its group found the lock held: it waits on the database thread
+        assert not first.done()
+        queued = [db.submit(write, f"queued{n}") for n in range(3)]
+        holder.execute("COMMIT")
+        await asyncio.wait_for(asyncio.gather(first, *queued), 10)
+        await db(write, "after")
+        assert [name for name, _thread in ran] == ["first", "queued0", "queued1", "queued2", "after"]
+        threads = dict(ran)
+        assert threads["first"] != threading.get_ident()
+        assert {name for name, thread in ran if thread == threading.get_ident()} == {
+            "queued0", "queued1", "queued2", "after"}
+        assert {row["name"] for row in store.kv_list("system", "", utcnow())} == {name for name, _ in ran}
+    finally:
+        holder.close()
+        db.close()
+        store.close()
+
+
+async def test_a_wal_that_never_gets_a_quiet_moment_is_restarted(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes back to back leave every PASSIVE checkpoint behind, so the WAL would grow for as long as
+    they last (an alert storm filling the disk); past WAL_RESTART_BYTES the checkpoint restarts it,
+    and its file is cut back to WAL_KEEP_BYTES. Nothing written is lost."""
+    monkeypatch.setattr(storage, "CHECKPOINT_SECONDS", 0.01)
+    monkeypatch.setattr(storage, "WAL_RESTART_BYTES", 256 << 10)
+    monkeypatch.setattr(storage, "WAL_KEEP_BYTES", 256 << 10)
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    db = Database(store)
+    wal = tmp_path / "s.db-wal"
+    largest = 0
+    try:
+        for n in range(3000):  # ~36 MB of WAL if it never started over
+            await db(store.audit_add, "bench", "me", "test", None, {"n": n, "pad": "x" * 500})
+            largest = max(largest, wal.stat().st_size)
+        assert largest < 8 << 20, f"the WAL grew to {largest:,} bytes"
+        assert len(await db(store.audit_list, 5000)) == 3000
+    finally:
+        db.close()
+        store.close()
+
+
 async def test_database_batches_isolate_a_failing_call(store: Store) -> None:
     """Calls that share one group commit: one failing does not undo or fail the others."""
     db = Database(store)
