@@ -10,7 +10,7 @@ unmeasured warm-up round first, which also writes the bytecode caches):
 - `squall serve` on a fresh home (SQLite, the console adapter off, the API on a free port): time
   from spawn to the first `200` from `GET /healthz`, polled every 5 ms; then its resident memory
   (VmRSS) after 3 s idle, and the time to exit after SIGTERM. A fresh home means a new database,
-  so this start also runs every migration (Alembic);
+  so this start also creates the schema (at once on SQLite; Alembic only upgrades older databases);
 - `squall serve` again on that home (a restart: the database is current, one query checks it).
 
 Targets (issue 21): first `/healthz` answer <= 1.5 s on an idle machine, idle RSS <= 120 MB.
