@@ -1,7 +1,8 @@
 """Chat round trip: loopback message → alias → action (durable records) → result reply, next to
 errbot's TestBot answering the same three commands in the same process run.
 
-    .venv/bin/python bench/chat.py [--commands N] [--in-flight K] [--rate R] [--rounds M] [--no-errbot]
+    .venv/bin/python bench/chat.py [--commands N] [--in-flight K] [--rate R] [--rounds M] [--open-rounds M]
+                                   [--no-errbot]
 
 Three command shapes, cycled in order, on both sides:
 
@@ -49,7 +50,9 @@ Two loads, because one number cannot show both latency targets: with K commands 
 (closed loop) the mean latency is K / throughput by Little's law, so 100 in flight at
 1,000/s means 100 ms whatever the code does. The open loop sends commands as people do,
 at a fixed arrival rate (default 1,000/s) whatever the replies do, with at most K in flight,
-and reports the latency each one saw.
+and reports the latency each one saw. It runs `--open-rounds` times (3): a p99 is the slowest 1% of
+one run, which a neighbour's burst on a shared machine can decide, so every run's p99 is printed and
+the target is judged on the median one.
 """
 
 from __future__ import annotations
@@ -225,7 +228,8 @@ def print_side_by_side(pairs, commands: int, in_flight: int, rounds: int) -> Non
                   f"shared by errbot's pool threads, fails now and then under concurrency)")
 
 
-async def main(commands: int, in_flight: int, arrival_rate: float, rounds: int, with_errbot: bool) -> None:
+async def main(commands: int, in_flight: int, arrival_rate: float, rounds: int, with_errbot: bool,
+               open_rounds: int) -> None:
     home = Path(tempfile.mkdtemp(prefix="squall-bench-chat-"))
     _write_pack(home)
     (home / "config.yml").write_text(f"database: {{url: 'sqlite:///{home}/s.db'}}\n"
@@ -308,8 +312,14 @@ async def main(commands: int, in_flight: int, arrival_rate: float, rounds: int, 
     base_rate, base_lat = await run(one_direct, commands)
     rate, latencies = await run(one_chat, commands)
     await bot.outbox.drain(60)
-    open_rate, open_latencies, most = await open_loop(one_chat, commands, arrival_rate)
-    await bot.outbox.drain(60)
+    # A p99 is the 30 slowest of 3,000 commands: one run's can be a neighbour's burst on a shared
+    # machine. Every run's is printed; the target is judged on the run with the median p99.
+    open_runs = []
+    for _ in range(open_rounds):
+        open_runs.append(await open_loop(one_chat, commands, arrival_rate))
+        await bot.outbox.drain(60)
+    open_runs.sort(key=lambda run: p(run[1], 0.99))
+    open_rate, open_latencies, most = open_runs[len(open_runs) // 2]
 
     pairs = await side_by_side(commands, in_flight, rounds, with_errbot, sequential,
                                lambda: run(one_chat, commands), lambda: bot.outbox.drain(60))
@@ -324,7 +334,8 @@ async def main(commands: int, in_flight: int, arrival_rate: float, rounds: int, 
           f"{p(latencies, 0.99):8.2f}")
     print(f"{f'chat, open loop at {arrival_rate:,.0f}/s arrivals':44} {open_rate:9,.0f} "
           f"{statistics.median(open_latencies) * 1000:10.2f} {p(open_latencies, 0.99):8.2f}   "
-          f"(at most {most} in flight)")
+          f"(at most {most} in flight; the median of {open_rounds} runs' p99s: "
+          f"{', '.join(f'{p(run[1], 0.99):.1f}' for run in open_runs)} ms)")
     p99 = p(open_latencies, 0.99)
     print(f"chat round trip at {rate / base_rate:.2f}x the engine-only rate; targets: >= 1,000 commands/s "
           f"({'met' if rate >= 1000 else 'NOT met'}), p99 <= 20 ms at {arrival_rate:,.0f}/s with up to {in_flight} "
@@ -347,7 +358,8 @@ if __name__ == "__main__":
     parser.add_argument("--in-flight", type=int, default=100)
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop arrivals per second")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the errbot comparison")
+    parser.add_argument("--open-rounds", type=int, default=3, help="open-loop runs (the median p99 is judged)")
     parser.add_argument("--no-errbot", action="store_true", help="Squall's figures only")
     arguments = parser.parse_args()
     asyncio.run(main(arguments.commands, arguments.in_flight, arguments.rate, arguments.rounds,
-                     not arguments.no_errbot))
+                     not arguments.no_errbot, arguments.open_rounds))
