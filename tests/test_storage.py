@@ -683,14 +683,18 @@ def test_a_new_sqlite_database_has_the_migrated_schema(tmp_path: Path) -> None:
     revision, instead of by Alembic's revisions one by one: both must give the same schema, or the
     next revision would find a database it was not written for."""
     made, migrated = tmp_path / "made.db", tmp_path / "migrated.db"
-    storage.migrate(sa.create_engine(f"sqlite:///{made}"))
-    storage._upgrade(sa.create_engine(f"sqlite:///{migrated}"))
-    assert _sqlite_schema(made) == _sqlite_schema(migrated)
-    with contextlib.closing(sqlite3.connect(made)) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
-    # A database that has tables is left to Alembic (here: current already, one query).
-    storage.migrate(sa.create_engine(f"sqlite:///{made}"))
-    assert _sqlite_schema(made) == _sqlite_schema(migrated)
+    engines = [sa.create_engine(f"sqlite:///{path}") for path in (made, migrated, made)]
+    try:
+        storage.migrate(engines[0])
+        storage._upgrade(engines[1])
+        assert _sqlite_schema(made) == _sqlite_schema(migrated)
+        with contextlib.closing(sqlite3.connect(made)) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+        storage.migrate(engines[2])  # a database that has tables is left to Alembic (current: one query)
+        assert _sqlite_schema(made) == _sqlite_schema(migrated)
+    finally:
+        for engine in engines:
+            engine.dispose()
 
 
 async def test_the_loop_s_commits_leave_checkpoints_to_their_own_thread(tmp_path: Path,
