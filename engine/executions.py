@@ -59,6 +59,8 @@ _SWEEP_POLLS = 30
 _RECENT = 1024
 #: Plaintexts `decrypt_kv` produced while one request's parameters were rendered.
 _revealed: contextvars.ContextVar[list[str]] = contextvars.ContextVar("squall_revealed")
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     """An audit event stored in the request's own transaction (`request(audit=...)`): a request is

@@ -466,18 +466,8 @@ def _upgrade(engine: Engine) -> None:
     # Several processes (`squall serve`, a CLI command) may open a new database at once: one
     # migrates while the others wait, instead of all creating the same tables and failing.
     if engine.dialect.name == "sqlite":
-        with engine.connect() as connection:
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            raw = connection.connection.dbapi_connection
-            connection.exec_driver_sql("BEGIN IMMEDIATE")  # SQLite's write lock, waits busy_timeout
-            try:
-                upgrade(connection)
-            except BaseException:
-                if raw.in_transaction:
-                    connection.exec_driver_sql("ROLLBACK")
-                raise
-            if raw.in_transaction:  # Alembic commits its own transaction, which is this one
-                connection.exec_driver_sql("COMMIT")
+        with _write_locked(engine) as connection:
+            upgrade(connection)
         return
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
@@ -485,26 +475,37 @@ def _upgrade(engine: Engine) -> None:
         upgrade(connection)
 
 
+@contextlib.contextmanager
+def _write_locked(engine: Engine) -> Iterator[sa.Connection]:
+    """SQLite: a connection holding the write lock (`BEGIN IMMEDIATE`, which waits `busy_timeout`
+    for another process's), committed at the end unless what ran inside committed already (Alembic
+    commits its own transaction, which is this one), rolled back if it raised."""
+    with engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        raw = connection.connection.dbapi_connection
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            if raw.in_transaction:
+                connection.exec_driver_sql("ROLLBACK")
+            raise
+        if raw.in_transaction:
+            connection.exec_driver_sql("COMMIT")
+
+
 def _create_new(engine: Engine) -> bool:
     """SQLite: a database with no tables yet gets the newest schema at once, as the tables above
     declare it, stamped with `HEAD_REVISION`; False (nothing done) if it has tables. Importing Alembic
     and running every revision took ~0.5 s of a first `squall serve` (`make run`'s first start);
-    `test_a_new_sqlite_database_has_the_migrated_schema` keeps the two schemas the same, DDL for DDL."""
-    with engine.connect() as connection:
-        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        connection.exec_driver_sql("BEGIN IMMEDIATE")  # another process may be creating it too: one does
-        try:
-            if connection.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar():
-                connection.exec_driver_sql("ROLLBACK")
-                return False
-            metadata.create_all(connection)
-            connection.exec_driver_sql(_ALEMBIC_VERSION_DDL)
-            connection.exec_driver_sql("INSERT INTO alembic_version (version_num) VALUES (?)", (HEAD_REVISION,))
-        except BaseException:
-            if connection.connection.dbapi_connection.in_transaction:
-                connection.exec_driver_sql("ROLLBACK")
-            raise
-        connection.exec_driver_sql("COMMIT")
+    `test_a_new_sqlite_database_has_the_migrated_schema` keeps the two schemas the same, DDL for DDL.
+    Under the write lock: of processes opening a new database at once, one creates it."""
+    with _write_locked(engine) as connection:
+        if connection.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar():
+            return False
+        metadata.create_all(connection)
+        connection.exec_driver_sql(_ALEMBIC_VERSION_DDL)
+        connection.exec_driver_sql("INSERT INTO alembic_version (version_num) VALUES (?)", (HEAD_REVISION,))
     return True
 
 
@@ -683,7 +684,6 @@ class Store:
                                             poolclass=sa.pool.StaticPool)
             sa.event.listen(self._nowait, "connect", _on_nowait_connect)
         self._direct = _Direct(engine.dialect) if self.is_sqlite else None
-        self._page_bytes: int | None = None
 
     @contextlib.contextmanager
     def without_waiting(self) -> Iterator[None]:
@@ -1398,7 +1398,7 @@ class Store:
         1 GiB took 0.84 s on a disk mounted with `discard`."""
         with self.engine.connect() as conn:
             _busy, frames, _copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
-            if frames * self._page_size(conn) <= WAL_RESTART_BYTES:
+            if frames * conn.exec_driver_sql("PRAGMA page_size").scalar_one() <= WAL_RESTART_BYTES:
                 return
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
             # Readers still in the WAL are waited for with writers held off: briefly, else next time.
@@ -1407,11 +1407,6 @@ class Store:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(RESTART)")
             finally:
                 conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-
-    def _page_size(self, conn: sa.Connection) -> int:
-        if self._page_bytes is None:
-            self._page_bytes = int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
-        return self._page_bytes
 
     def kv_purge_expired(self, now: datetime) -> int:
         with self._write() as conn:
