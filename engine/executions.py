@@ -85,6 +85,8 @@ class CompletionWrite:
 
     write: Callable[[Store], Any]
     committed: Callable[[Any], None]
+    #: `write` makes a single statement: on SQLite it needs no savepoint to fail alone (`Store.isolated`).
+    one_statement: bool = False
 
 
 class ExecutionNotFound(LookupError):
@@ -997,7 +999,7 @@ class ExecutionService:
 def _written(write: CompletionWrite, store: Store, execution_id: str) -> tuple[bool, Any]:
     """Run one `CompletionWrite` in the end's transaction; a failure rolls back its own writes alone."""
     try:
-        with store.isolated():
+        with store.isolated(write.one_statement):
             return True, write.write(store)
     except Exception:
         log.exception("storing what is owed with the end of %s failed; its listeners store it", execution_id)

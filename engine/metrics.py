@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from engine.storage import Store, as_utc, executions, outbox, utcnow
+from engine.storage import OUTBOX_PENDING, Store, as_utc, executions, outbox, utcnow
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "metrics", "source_of"]
 
@@ -285,7 +285,7 @@ def _age(now: datetime, since: datetime | None) -> float:
 
 _BY_STATUS = (sa.select(executions.c.status, sa.func.count()).where(executions.c.status.in_([*_LIVE, *_WAITING]))
               .group_by(executions.c.status))
-_OUTBOX = sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(outbox.c.status == "pending")
+_OUTBOX = sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(OUTBOX_PENDING)
 _INQUIRIES = sa.select(sa.func.count()).where(executions.c.status == "pending", executions.c.runner == "inquirer")
 # The age of a queue's oldest job is its execution's (procrastinate keeps the defer time in its events).
 _QUEUES = sa.text(

@@ -55,7 +55,9 @@ executions = sa.Table(
     sa.Index("ix_executions_status", "status"),
     sa.Index("ix_executions_action_start", "action", "start_timestamp"),
     sa.Index("ix_executions_start", "start_timestamp"),
-    sa.Index("ix_executions_parent", "parent"),
+    # A workflow's children; top-level executions (most) are not in it (migration 0017).
+    sa.Index("ix_executions_parent", "parent", sqlite_where=sa.text("parent IS NOT NULL"),
+             postgresql_where=sa.text("parent IS NOT NULL")),
 )
 
 kv_pairs = sa.Table(
@@ -92,10 +94,14 @@ outbox = sa.Table(
     # keying began (`outbox_keyed_since`).
     sa.Column("execution_id", sa.String(32), nullable=True),
     sa.Column("kind", sa.String(255), nullable=True),
-    sa.Index("ix_outbox_status", "status", "id"),
+    # Partial indexes (migration 0017): a row's writes touch an index only while it is read there.
+    # The replies still to send, oldest first (queries write the condition as `OUTBOX_PENDING`).
+    sa.Index("ix_outbox_pending", "id", sqlite_where=sa.text("status = 'pending'"),
+             postgresql_where=sa.text("status = 'pending'")),
     sa.Index("ux_outbox_execution_kind", "execution_id", "kind", unique=True),
-    # An inquiry's question (kind "question") found by where it was asked: the answer in its thread.
-    sa.Index("ix_outbox_kind_place", "kind", "adapter", "channel"),
+    # An inquiry's question found by where it was asked: the answer in its thread (`_QUESTION`).
+    sa.Index("ix_outbox_question_place", "adapter", "channel", sqlite_where=sa.text("kind = 'question'"),
+             postgresql_where=sa.text("kind = 'question'")),
 )
 
 audit = sa.Table(
@@ -265,10 +271,25 @@ chat_sessions = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+#: The partial indexes' conditions as their queries must write them: SQLite uses a partial index only
+#: for a query whose WHERE has the index's own terms, so a literal, not a bound parameter.
+OUTBOX_PENDING = outbox.c.status == sa.literal_column("'pending'")
+_QUESTION = outbox.c.kind == sa.literal_column("'question'")
+
 _GET_EXECUTION = sa.select(executions).where(executions.c.id == sa.bindparam("_id"))
 _KEYED_ROW = sa.select(outbox.c.id).where(outbox.c.execution_id == sa.bindparam("execution_id"),
                                           outbox.c.kind == sa.bindparam("kind"))
 _KEYED_ROW_SQL = "SELECT id FROM outbox WHERE execution_id = ? AND kind = ?"
+#: The columns of `ux_outbox_execution_kind`: a reply of one kind per execution.
+_OUTBOX_KEY = ("execution_id", "kind")
+
+
+def keyed_in_one_statement(key: str, rows: Sequence[tuple[str, str, dict[str, Any], str, str]],
+                           edits: str | None) -> bool:
+    """Whether `Store.outbox_add_keyed` stores these rows with one statement (one row, the key's, and
+    no edits): an insert that the unique index turns into nothing if the key is taken. SQLite undoes a
+    failing statement alone, so such a store needs no savepoint around it (`Store.isolated`)."""
+    return len(rows) == 1 and rows[0][3] == key and edits is None
 #: When keying began: a `skipped` row (execution_id "", kind "keyed_since" or "keyed_since:notify").
 _KEYED_SINCE = sa.select(outbox.c.created_at).where(outbox.c.execution_id == "",
                                                     outbox.c.kind == sa.bindparam("kind"))
@@ -308,14 +329,15 @@ def _kv_upsert(sqlite: bool, keys: tuple[str, ...]) -> sa.Insert:
     )
 
 
-def _insert_once(sqlite: bool, table: sa.Table) -> sa.Insert:
-    """An insert that stores nothing where the primary key is taken, instead of failing (a failed
-    statement would spoil a PostgreSQL transaction); with RETURNING, no row says it stored nothing."""
+def _insert_once(sqlite: bool, table: sa.Table, unique: Sequence[str] = ()) -> sa.Insert:
+    """An insert that stores nothing where the primary key (or the `unique` columns) is taken, instead
+    of failing (a failed statement would spoil a PostgreSQL transaction); with RETURNING, no row says
+    it stored nothing."""
     if sqlite:
         insert = sqlite_insert
     else:
         from sqlalchemy.dialects.postgresql import insert
-    return insert(table).on_conflict_do_nothing(index_elements=list(table.primary_key.columns))
+    return insert(table).on_conflict_do_nothing(index_elements=list(unique) or list(table.primary_key.columns))
 
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -416,7 +438,7 @@ def create_engine(url: str) -> Engine:
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0016"
+HEAD_REVISION = "0017"
 
 
 def _revision(engine: Engine) -> str | None:
@@ -572,6 +594,18 @@ class _Direct:
             columns = ", ".join(f'"{name}"' for name in record)
             sql = self._sql[key] = f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(record))})'
         return _execute(conn, sql, self._encode(table, record)).lastrowid
+
+    def insert_once(self, conn: sa.Connection, table: sa.Table, record: dict[str, Any],
+                    unique: tuple[str, ...]) -> int | None:
+        """Insert one row unless its `unique` columns are taken: its rowid, or None if it stored nothing."""
+        key = (table.name, tuple(record), unique)
+        sql = self._sql.get(key)
+        if sql is None:
+            columns = ", ".join(f'"{name}"' for name in record)
+            sql = self._sql[key] = (f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(record))}) '
+                                    f'ON CONFLICT ({", ".join(unique)}) DO NOTHING RETURNING rowid')
+        row = _execute(conn, sql, self._encode(table, record)).fetchone()
+        return None if row is None else row[0]
 
     def update(self, conn: sa.Connection, table: sa.Table, row_id: Any, fields: dict[str, Any],
                expect: Sequence[str] | None = None, returning: bool = False) -> Any:
@@ -748,11 +782,12 @@ class Store:
                 yield conn
 
     @contextlib.contextmanager
-    def isolated(self) -> Iterator[None]:
+    def isolated(self, one_statement: bool = False) -> Iterator[None]:
         """Inside a batch, the calls made here roll back together and alone if one of them raises
-        (a savepoint: on SQLite a failing call otherwise undoes only its failing statement)."""
+        (a savepoint: on SQLite a failing call otherwise undoes only its failing statement). Calls that
+        make `one_statement` need none on SQLite, which undoes a failing statement alone."""
         conn = getattr(self._batch, "conn", None)
-        if conn is None:  # no batch: each call is its own transaction
+        if conn is None or (one_statement and self.is_sqlite):  # each call is its own transaction, or atomic
             yield
         elif not self.is_sqlite:
             with conn.begin_nested():
@@ -992,10 +1027,10 @@ class Store:
 
     def pending_questions(self, adapter: str, channel: str) -> list[dict[str, Any]]:
         """Questions of inquiries still `pending` asked in this channel, newest first: their inquiry
-        (`execution_id`), post id and thread (an indexed lookup, `ix_outbox_kind_place`)."""
+        (`execution_id`), post id and thread (an indexed lookup, `ix_outbox_question_place`)."""
         statement = (sa.select(outbox.c.execution_id, outbox.c.platform_id, outbox.c.payload)
                      .join(executions, executions.c.id == outbox.c.execution_id)
-                     .where(outbox.c.kind == "question", outbox.c.adapter == adapter, outbox.c.channel == channel,
+                     .where(_QUESTION, outbox.c.adapter == adapter, outbox.c.channel == channel,
                             executions.c.status == "pending")
                      .order_by(outbox.c.id.desc()))
         with self._read() as conn:
@@ -1017,6 +1052,17 @@ class Store:
         execution, found here in the same transaction (so after a restart as well as live); with no
         such row they are not stored (their id is None): there is nothing to edit."""
         now = utcnow()
+        if keyed_in_one_statement(key, rows, edits):  # a result, an ack: no look-up first, no savepoint
+            adapter, channel, payload, kind, status = rows[0]
+            record = {"adapter": adapter, "channel": channel, "payload": payload, "status": status,
+                      "attempts": 0, "created_at": now, "execution_id": execution_id, "kind": kind}
+            with self._write() as conn:
+                if self._direct:
+                    row_id = self._direct.insert_once(conn, outbox, record, _OUTBOX_KEY)
+                else:
+                    row_id = conn.execute(_insert_once(False, outbox, _OUTBOX_KEY).values(record)
+                                          .returning(outbox.c.id)).scalar()
+            return None if row_id is None else [(int(row_id), None)]
         try:
             with self._write() as conn:
                 if self._keyed_id(conn, execution_id, key) is not None:
@@ -1043,7 +1089,7 @@ class Store:
 
     def outbox_pending(self, adapters: Sequence[str], after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
         """Undelivered replies for these adapters, oldest first (so each channel keeps its order)."""
-        statement = (sa.select(outbox).where(outbox.c.status == "pending", outbox.c.id > after,
+        statement = (sa.select(outbox).where(OUTBOX_PENDING, outbox.c.id > after,
                                              outbox.c.adapter.in_(list(adapters)))
                      .order_by(outbox.c.id).limit(limit))
         with self._read() as conn:
@@ -1052,7 +1098,7 @@ class Store:
     def outbox_pending_ids(self, adapters: Sequence[str], after: int = 0, limit: int = 1000) -> list[int]:
         """Ids of undelivered replies for these adapters above `after` (a page, not a high-water
         mark: the outbox pages from 0 on every poll), oldest first."""
-        statement = (sa.select(outbox.c.id).where(outbox.c.status == "pending", outbox.c.id > after,
+        statement = (sa.select(outbox.c.id).where(OUTBOX_PENDING, outbox.c.id > after,
                                                   outbox.c.adapter.in_(list(adapters)))
                      .order_by(outbox.c.id).limit(limit))
         with self._read() as conn:

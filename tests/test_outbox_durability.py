@@ -37,7 +37,7 @@ from engine import storage
 from engine.config import load_config
 from engine.events import EXECUTION_FINISHED
 from engine.executions import COMPLETED
-from engine.storage import Store, utcnow
+from engine.storage import Store, keyed_in_one_statement, utcnow
 from tests.conftest import write
 from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
 from tests.test_chat import _config, settle
@@ -410,6 +410,18 @@ def test_a_result_is_stored_once_on_each_database(database_url: str) -> None:
         stored = store.outbox_add_keyed("n3", "result", [("loopback", "#c", reply, "status", "pending"),
                                                          ("loopback", "#c", reply, "result", "pending")], edits="ack")
         assert stored is not None and stored[0][1] == ack and stored[1][1] is None
+
+        # A lone row of its key (a result, an ack) is stored by one statement: where the key is taken
+        # it stores nothing and, inside a group commit, spoils none of the group's other writes.
+        lone = [("loopback", "#c", reply, "result", "pending")]
+        assert keyed_in_one_statement("result", lone, None) and not keyed_in_one_statement("result", rows, None)
+        [(first_lone, _)] = store.outbox_add_keyed("n4", "result", lone)
+        with store.batch():
+            with store.isolated(one_statement=True):
+                assert store.outbox_add_keyed("n4", "result", lone) is None
+            kept = store.outbox_add("loopback", "#c", reply)
+        assert store.outbox_get(kept) is not None
+        assert store.outbox_keyed_id("n4", "result") == first_lone
     finally:
         store.close()
 

@@ -370,7 +370,7 @@ class Dispatcher:
             keyed.queue(stored)
             self._stored_with_end.add(execution["id"])
 
-        return CompletionWrite(keyed.store, committed)
+        return CompletionWrite(keyed.store, committed, keyed.one_statement)
 
     def on_finished(self, execution: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
         """Post the result of an execution started from chat, in its channel and thread (None, and

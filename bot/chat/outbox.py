@@ -42,7 +42,7 @@ from typing import Any
 from adapters.base import Adapter, DeliveryError, Reply
 from bot.chat.replies import fit
 from engine.metrics import metrics
-from engine.storage import Database, Store, utcnow
+from engine.storage import Database, Store, keyed_in_one_statement, utcnow
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 12
@@ -70,6 +70,11 @@ class Keyed:
     rows: list[tuple[str, str, dict[str, Any], str, str]]
     parts: list[Reply]
     edits: str | None
+
+    @property
+    def one_statement(self) -> bool:
+        """Whether `store` makes a single statement (a lone result or ack)."""
+        return keyed_in_one_statement(self.key, self.rows, self.edits)
 
     def store(self, store: Store) -> list[tuple[int | None, int | None]] | None:
         return store.outbox_add_keyed(self.execution_id, self.key, self.rows, edits=self.edits)
