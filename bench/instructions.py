@@ -1,0 +1,137 @@
+"""CPU instructions per chat command, Squall against errbot's TestBot: a figure the machine's load cannot move.
+
+    .venv/bin/python bench/instructions.py [--commands N]
+
+Why: on a shared machine the speed of one core drifts by 20-40% from minute to minute, so two runs of
+bench/chat.py cannot tell a change that saves 3% from noise, and the issue 21 target (Squall >= 1.0x
+errbot's commands/s) is a ratio of two such rates. Valgrind's callgrind counts the instructions a
+process executes, the same on every run to within ~0.3% here, whatever the neighbours do.
+
+How: each row is two fresh processes run under `valgrind --tool=callgrind` (needs Debian's
+`valgrind`), one sending 30 commands and one 30 + N (default 300); the difference over N is the
+cost of one command, without the start-up both pay. Commands are sequential (one at a time), the
+three shapes bench/chat.py cycles:
+
+- `errbot TestBot`: errbot answers `!ping`, `!bounce ...`, `!flush ...` (bench/errbot_plugins/),
+  pushed and popped as bench/chat.py does: the baseline;
+- `squall chat`: the same three through the loopback adapter: alias, the stored execution, its
+  run, the stored result and its delivery through the outbox, as bench/chat.py measures them;
+- `squall engine only`: `core.noop` requested and awaited on the engine (no chat): what the chat
+  layer adds is the difference.
+
+Counted: user-space instructions of every thread of the process (errbot's pool threads, Squall's
+database thread). Not counted: the kernel's work, which for Squall is mostly SQLite's writes to its
+WAL (two `pwrite`s per page; ~34 a command); errbot makes none. So a ratio here is Squall's best case,
+and lower instruction counts are necessary, not sufficient, for the commands/s target. The child
+processes run with PYTHONHASHSEED=0 so that dict and set layouts repeat. Printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+#: Commands each child sends before the counted ones: the difference of two runs starts after them.
+BASE = 30
+KINDS = {"errbot": "errbot TestBot (the baseline)", "chat": "squall chat", "engine": "squall engine only"}
+
+
+def child(kind: str, n: int) -> None:
+    """Send `n` commands of `kind`, one at a time (run inside valgrind)."""
+    from bench.chat import COMMANDS
+
+    if kind == "errbot":
+        from bench.chat import Errbot
+
+        errbot = Errbot()
+        for i in range(n):
+            text, expected = COMMANDS[i % 3]
+            errbot.bot.push_message(text)
+            if errbot.bot.pop_message(timeout=60) != expected:
+                raise SystemExit(f"errbot answered {text!r} wrongly")
+        errbot.stop()
+        return
+    asyncio.run(_squall(kind, n))
+
+
+async def _squall(kind: str, n: int) -> None:
+    from adapters.base import Message
+    from bench.chat import COMMANDS, TimedLoopback, _write_pack
+    from bot.app import Squall
+    from bot.service import settle_heap
+    from engine.config import load_config
+
+    home = Path(tempfile.mkdtemp(prefix="squall-bench-instructions-"))
+    try:
+        _write_pack(home)
+        (home / "config.yml").write_text(f"database: {{url: 'sqlite:///{home}/s.db'}}\n"
+                                         f"packs: {{paths: ['{home}/packs']}}\n")
+        loopback = TimedLoopback()
+        squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+        await squall.chat.start()
+        settle_heap()  # as `squall serve` does once it is up
+        loop = asyncio.get_running_loop()
+        for i in range(n):
+            if kind == "engine":
+                record = await squall.executions.request("core.noop", {})
+                await squall.executions.wait(record["id"])
+                continue
+            text, expected = COMMANDS[i % 3]
+            future: asyncio.Future[tuple[float, str]] = loop.create_future()
+            loopback.waiters[f"m{i}"] = future
+            await loopback._handler(Message(adapter="loopback", channel="#bench", user="bench",  # type: ignore[misc]
+                                            text=text, id=f"m{i}"))
+            _done, reply = await future
+            if reply != expected:
+                raise SystemExit(f"Squall answered {text!r} with {reply!r}")
+        await squall.chat.outbox.drain(60)
+        await squall.chat.stop()
+        await squall.close()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def count(kind: str, n: int) -> int:
+    """Instructions a child sending `n` commands of `kind` executes, as callgrind counts them."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                           __file__, "--child", kind, str(n)], env=env, capture_output=True, text=True)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"the {kind} child under valgrind failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main(commands: int) -> None:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed; on Debian: apt-get install valgrind")
+    print(f"instructions per command, sequential: ({BASE} + {commands}) - {BASE} commands under callgrind, "
+          f"each row two fresh processes")
+    per: dict[str, float] = {}
+    for kind, label in KINDS.items():
+        per[kind] = (count(kind, BASE + commands) - count(kind, BASE)) / commands
+        print(f"  {label:32} {per[kind]:12,.0f}", flush=True)
+    ratio = per["errbot"] / per["chat"]
+    print(f"errbot / squall chat: {ratio:.2f} (the commands/s ratio if both paid only for instructions; "
+          f"target >= 1.0); the chat layer adds {per['chat'] - per['engine']:,.0f} to the engine's "
+          f"{per['engine']:,.0f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commands", type=int, default=300, help="counted commands per row")
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.child:
+        child(arguments.child[0], int(arguments.child[1]))
+    else:
+        main(arguments.commands)
