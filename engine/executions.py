@@ -137,6 +137,7 @@ def _tokened(record: Mapping[str, Any]) -> bool:
 def public(record: Mapping[str, Any]) -> dict[str, Any]:
     """The execution as the CLI, the API and chat show it (StackStorm's ActionExecution shape)."""
     start, end = record["start_timestamp"], record.get("end_timestamp")
+    started = iso(start)
     return {
         "id": record["id"],
         "action": record["action"],
@@ -146,10 +147,10 @@ def public(record: Mapping[str, Any]) -> dict[str, Any]:
         "result": record.get("result"),
         "context": record["context"],
         "parent": record.get("parent"),
-        "start_timestamp": iso(start),
+        "start_timestamp": started,
         "end_timestamp": iso(end),
         "elapsed_seconds": round((end - start).total_seconds(), 6) if end else None,
-        "log": [{"status": "requested", "timestamp": iso(start)}, *(record.get("log") or [])],
+        "log": [{"status": "requested", "timestamp": started}, *(record.get("log") or [])],
         "runner_info": record.get("runner_info"),
     }
 
@@ -264,7 +265,9 @@ class ExecutionService:
         `extra_template_context` adds names those templates may use (rules pass `trigger`).
         `audit` is stored with the request, in its transaction."""
         action = self.registry.action(ref)
-        context = {"user": os.environ.get("USER", "squall"), **(context or {}), "pack": action.pack}
+        context = {**(context or {}), "pack": action.pack}
+        if "user" not in context:  # (looked up only then: a missing variable raises a KeyError inside os.environ)
+            context = {"user": os.environ.get("USER", "squall"), **context}
         traced = tracing.traceparent()
         if traced:  # its run joins this trace, wherever and whenever it happens
             context["trace_context"] = {**(context.get("trace_context") or {}), "traceparent": traced}
@@ -398,7 +401,8 @@ class ExecutionService:
         now = utcnow()
         LEDGER.ensure()  # the owner file says this process lives (to other containers) before it owns anything
         runner_info = {**self.owner, **(owner or {})}
-        transitions = [{"status": "scheduled", "timestamp": iso(now)}, {"status": "running", "timestamp": iso(now)}]
+        at = iso(now)
+        transitions = [{"status": "scheduled", "timestamp": at}, {"status": "running", "timestamp": at}]
         # Queued now, not at a task's first step: with its request's store when that is still queued.
         claim = self.db.submit(self._claim, execution_id,
                                {"status": "running", "runner_info": runner_info, "log": transitions})

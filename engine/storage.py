@@ -351,8 +351,22 @@ def utcnow() -> datetime:
 
 
 def iso(value: datetime | None) -> str | None:
-    """A stored time as StackStorm's APIs show it: ISO 8601 in UTC with a `Z` (None stays None)."""
-    return value.isoformat().replace("+00:00", "Z") if value else None
+    """A stored time as StackStorm's APIs show it: ISO 8601 in UTC with a `Z` (None stays None), as
+    `isoformat` writes it (no fraction when the microseconds are 0). Squall's own times (UTC) are
+    formatted here with one `%`: `datetime.isoformat` costs ~7,000 instructions (callgrind), three
+    times as much, and a chat command shows six times."""
+    if not value:
+        return None
+    if value.tzinfo is not UTC:
+        return value.isoformat().replace("+00:00", "Z")
+    if value.microsecond:
+        return _ISO_MICRO % (value.year, value.month, value.day, value.hour, value.minute, value.second,
+                             value.microsecond)
+    return _ISO % (value.year, value.month, value.day, value.hour, value.minute, value.second)
+
+
+_ISO = "%04d-%02d-%02dT%02d:%02d:%02dZ"
+_ISO_MICRO = "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ"
 
 
 def as_utc(value: datetime | None) -> datetime | None:

@@ -1008,6 +1008,10 @@ def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> Any
 # --------------------------------------------------------------------------------------------
 
 
+#: What `getattr` finds on any dict (its class's attributes): other names are the dict's items.
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
 class _SquallSandbox(SandboxedEnvironment):
     """Sandbox where ``x.name`` on a datastore lookup always means the key, never a str method.
 
@@ -1027,6 +1031,14 @@ class _SquallSandbox(SandboxedEnvironment):
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         _tick()
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            # What Jinja's lookup comes to for a plain dict (the common `execution.parameters.host`): a
+            # dict instance has no attributes of its own, so getattr fails and the item is taken. Taken
+            # at once here, without raising and formatting the AttributeError first.
+            try:
+                return obj[attribute]
+            except LookupError:
+                return self.undefined(obj=obj, name=attribute)
         if isinstance(obj, KVValue | KVNamespace) and not attribute.startswith("_"):
             return obj._kv_child(attribute)
         return super().getattr(obj, attribute)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from bot.app import Squall
 from engine import storage, writeback
 from engine.config import load_config
 from engine.executions import new_id
-from engine.storage import Database, DuplicateDelivery, Store, utcnow
+from engine.storage import Database, DuplicateDelivery, Store, iso, utcnow
 from tests.conftest import REPO, write
 
 HEAD = "0017"  # the newest migration; a new one must update this and storage.HEAD_REVISION
@@ -849,3 +849,14 @@ def test_the_hot_json_encoder_refuses_what_json_dumps_refuses() -> None:
     with pytest.raises(ValueError, match="Circular"):
         dumps(circular)
     assert dumps({"after": "a refusal"}) == '{"after": "a refusal"}'  # nothing left over from the failures
+
+
+def test_iso_writes_what_isoformat_writes() -> None:
+    """`iso` formats UTC times itself (fast); it must read exactly as `isoformat` with a `Z`."""
+    offset = timezone(timedelta(hours=2))
+    for value in (utcnow(), datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC),
+                  datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=UTC), datetime(2026, 1, 2, 3, 4, 5, 7),
+                  datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=offset)):
+        assert iso(value) == value.isoformat().replace("+00:00", "Z")
+    assert iso(None) is None
+

@@ -41,6 +41,21 @@ def test_environment_is_sandboxed_strict_and_cached() -> None:
     assert build_environment(decrypt=lambda s: s) is not env
 
 
+def test_dot_lookups_on_dicts_read_as_jinja_reads_them() -> None:
+    """`d.name` on a plain dict is taken as an item without Jinja's failed getattr first: the same
+    value, the same refusal, and a dict's own methods still win over keys of their names."""
+    reference = SandboxedEnvironment(undefined=jinja2.StrictUndefined)
+    data = {"d": {"host": "web1", "items": "a key", "nested": {"port": 22}, "n": None}}
+    for text in ("{{ d.host }}", "{{ d.nested.port }}", "{{ d['items'] }}", "{{ d.get('host') }}",
+                 "{{ d.items() | list | length }}", "{{ d.n }}", "{{ d.missing | default('dflt') }}"):
+        assert render(text, **data) == reference.from_string(text).render(**data), text
+    with pytest.raises(TemplateRenderError) as info:
+        render("{{ d.missing }}", **data)
+    with pytest.raises(jinja2.UndefinedError) as expected:
+        reference.from_string("{{ d.missing }}").render(**data)
+    assert str(expected.value) in str(info.value)
+
+
 def test_trim_and_lstrip_blocks() -> None:
     text = "items:\n    {% for i in xs %}\n- {{ i }}\n    {% endfor %}\nend"
     assert render(text, xs=[1, 2]) == "items:\n- 1\n- 2\nend"
