@@ -352,21 +352,48 @@ def utcnow() -> datetime:
 
 def iso(value: datetime | None) -> str | None:
     """A stored time as StackStorm's APIs show it: ISO 8601 in UTC with a `Z` (None stays None), as
-    `isoformat` writes it (no fraction when the microseconds are 0). Squall's own times (UTC) are
-    formatted here with one `%`: `datetime.isoformat` costs ~7,000 instructions (callgrind), three
-    times as much, and a chat command shows six times."""
+    `isoformat` writes it (no fraction when the microseconds are 0). Squall's own times (UTC) take
+    their whole seconds from `_seconds`."""
     if not value:
         return None
     if value.tzinfo is not UTC:
         return value.isoformat().replace("+00:00", "Z")
-    if value.microsecond:
-        return _ISO_MICRO % (value.year, value.month, value.day, value.hour, value.minute, value.second,
-                             value.microsecond)
-    return _ISO % (value.year, value.month, value.day, value.hour, value.minute, value.second)
+    micro = value.microsecond
+    if micro:
+        return f"{_seconds(value)[1]}.{str(micro + 1_000_000)[1:]}Z"
+    return f"{_seconds(value)[1]}Z"
 
 
-_ISO = "%04d-%02d-%02dT%02d:%02d:%02dZ"
-_ISO_MICRO = "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ"
+#: (SQLite's text, ISO 8601's) of the whole seconds lately formatted: see `_seconds`.
+_SECONDS: dict[tuple[int, ...], tuple[str, str]] = {}
+
+
+def _seconds(value: datetime) -> tuple[str, str]:
+    """`value`'s date and time to the second as SQLite stores it ("2026-12-03 15:06:13") and as ISO
+    8601 writes it ("2026-12-03T15:06:13"), kept while that second is in use. Formatting a datetime,
+    by `isoformat` or by `%`, costs 7,000-13,000 instructions (callgrind), this look-up ~1,000, and a
+    chat command formats eleven times."""
+    key = (value.year, value.month, value.day, value.hour, value.minute, value.second)
+    texts = _SECONDS.get(key)
+    if texts is None:
+        if len(_SECONDS) >= 64:
+            _SECONDS.clear()
+        year, month, day, hour, minute, second = key
+        stored = f"{year:04d}-{month:02d}-{day:02d} {hour:02d}:{minute:02d}:{second:02d}"
+        texts = _SECONDS[key] = (stored, stored.replace(" ", "T"))
+    return texts
+
+
+def _stored_datetime(fallback: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """SQLAlchemy's SQLite DATETIME bind processor's text ("2026-12-03 15:06:13.717850", the time zone
+    dropped) for a datetime, by `_seconds`; anything else (None, a date) goes to SQLAlchemy's own."""
+
+    def process(value: Any) -> Any:
+        if type(value) is datetime:
+            return f"{_seconds(value)[0]}.{str(value.microsecond + 1_000_000)[1:]}"
+        return fallback(value) if fallback is not None else value
+
+    return process
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -588,7 +615,9 @@ class _Direct:
         for table in metadata.tables.values():
             impls = {column.name: column.type.dialect_impl(dialect) for column in table.c}
             self._binds[table.name] = {
-                name: json_bind if isinstance(impl, sa.JSON) else impl.bind_processor(dialect)
+                name: json_bind if isinstance(impl, sa.JSON) else
+                _stored_datetime(impl.bind_processor(dialect)) if isinstance(impl, sa.DateTime) else
+                impl.bind_processor(dialect)
                 for name, impl in impls.items()}
             self._results[table.name] = {name: impl.result_processor(dialect, None) for name, impl in impls.items()}
         self._sql: dict[tuple[Any, ...], str] = {}

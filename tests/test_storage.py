@@ -10,12 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from bot.app import Squall
 from engine import storage, writeback
@@ -851,12 +852,19 @@ def test_the_hot_json_encoder_refuses_what_json_dumps_refuses() -> None:
     assert dumps({"after": "a refusal"}) == '{"after": "a refusal"}'  # nothing left over from the failures
 
 
-def test_iso_writes_what_isoformat_writes() -> None:
-    """`iso` formats UTC times itself (fast); it must read exactly as `isoformat` with a `Z`."""
+def test_times_are_written_as_isoformat_and_sqlalchemy_write_them() -> None:
+    """`iso` and the hot writes' DATETIME binds format times themselves (fast, a second's text kept);
+    they must read exactly as `isoformat` with a `Z`, and as SQLAlchemy's SQLite processor stores them."""
+    dialect = sqlite_dialect()
+    reference = sa.DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+    stored = storage._stored_datetime(reference)
     offset = timezone(timedelta(hours=2))
-    for value in (utcnow(), datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC),
-                  datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=UTC), datetime(2026, 1, 2, 3, 4, 5, 7),
-                  datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=offset)):
+    now = utcnow()
+    for value in (now, now, now.replace(microsecond=0), datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+                  datetime(1, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=UTC),
+                  datetime(2026, 1, 2, 3, 4, 5, 7), datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=offset)):
         assert iso(value) == value.isoformat().replace("+00:00", "Z")
-    assert iso(None) is None
+        assert stored(value) == reference(value)
+    assert iso(None) is None and stored(None) is None
+    assert stored(date(2026, 1, 2)) == reference(date(2026, 1, 2))
 
