@@ -5,7 +5,8 @@
 Why: on a shared machine the speed of one core drifts by 20-40% from minute to minute, so two runs of
 bench/chat.py cannot tell a change that saves 3% from noise, and the issue 21 target (Squall >= 1.0x
 errbot's commands/s) is a ratio of two such rates. Valgrind's callgrind counts the instructions a
-process executes, the same on every run to within ~0.3% here, whatever the neighbours do.
+process executes, the same on every run to within ~1% here, whatever the neighbours do (what varies
+is timing: under valgrind a command takes 50 times as long, so timers fire at other points).
 
 How: each row is two fresh processes run under `valgrind --tool=callgrind` (needs Debian's
 `valgrind`), one sending 30 commands and one 30 + N (default 300); the difference over N is the

@@ -59,7 +59,8 @@ class Events:
         for handler in self._handlers.get(topic, ()):
             try:
                 outcome = handler(*args)
-                if asyncio.iscoroutine(outcome):
+                # Most handlers return None: asyncio.iscoroutine on it walks an ABC's instance check.
+                if outcome is not None and asyncio.iscoroutine(outcome):
                     task = asyncio.ensure_future(outcome)
                     self._tasks.add(task)
                     task.add_done_callback(self._done)
