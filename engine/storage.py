@@ -282,6 +282,9 @@ _KEYED_ROW = sa.select(outbox.c.id).where(outbox.c.execution_id == sa.bindparam(
 _KEYED_ROW_SQL = "SELECT id FROM outbox WHERE execution_id = ? AND kind = ?"
 #: The columns of `ux_outbox_execution_kind`: a reply of one kind per execution.
 _OUTBOX_KEY = ("execution_id", "kind")
+#: When keying began: a `skipped` row (execution_id "", kind "keyed_since" or "keyed_since:notify").
+_KEYED_SINCE = sa.select(outbox.c.created_at).where(outbox.c.execution_id == "",
+                                                    outbox.c.kind == sa.bindparam("kind"))
 
 
 def keyed_in_one_statement(key: str, rows: Sequence[tuple[str, str, dict[str, Any], str, str]],
@@ -290,9 +293,6 @@ def keyed_in_one_statement(key: str, rows: Sequence[tuple[str, str, dict[str, An
     no edits): an insert that the unique index turns into nothing if the key is taken. SQLite undoes a
     failing statement alone, so such a store needs no savepoint around it (`Store.isolated`)."""
     return len(rows) == 1 and rows[0][3] == key and edits is None
-#: When keying began: a `skipped` row (execution_id "", kind "keyed_since" or "keyed_since:notify").
-_KEYED_SINCE = sa.select(outbox.c.created_at).where(outbox.c.execution_id == "",
-                                                    outbox.c.kind == sa.bindparam("kind"))
 
 
 @functools.cache
@@ -1095,15 +1095,15 @@ class Store:
         execution, found here in the same transaction (so after a restart as well as live); with no
         such row they are not stored (their id is None): there is nothing to edit."""
         now = utcnow()
+        records = [{"adapter": adapter, "channel": channel, "payload": payload, "status": status, "attempts": 0,
+                    "created_at": now, "execution_id": execution_id, "kind": kind}
+                   for adapter, channel, payload, kind, status in rows]
         if keyed_in_one_statement(key, rows, edits):  # a result, an ack: no look-up first, no savepoint
-            adapter, channel, payload, kind, status = rows[0]
-            record = {"adapter": adapter, "channel": channel, "payload": payload, "status": status,
-                      "attempts": 0, "created_at": now, "execution_id": execution_id, "kind": kind}
             with self._write() as conn:
                 if self._direct:
-                    row_id = self._direct.insert_once(conn, outbox, record, _OUTBOX_KEY)
+                    row_id = self._direct.insert_once(conn, outbox, records[0], _OUTBOX_KEY)
                 else:
-                    row_id = conn.execute(_insert_once(False, outbox, _OUTBOX_KEY).values(record)
+                    row_id = conn.execute(_insert_once(False, outbox, _OUTBOX_KEY).values(records[0])
                                           .returning(outbox.c.id)).scalar()
             return None if row_id is None else [(int(row_id), None)]
         try:
@@ -1112,15 +1112,13 @@ class Store:
                     return None
                 target = self._keyed_id(conn, execution_id, edits) if edits is not None else None
                 stored: list[tuple[int | None, int | None]] = []
-                for adapter, channel, payload, kind, status in rows:
+                for record in records:
                     edit = None
-                    if edits is not None and kind.split(".", 1)[0] == "status":
+                    if edits is not None and record["kind"].split(".", 1)[0] == "status":
                         if target is None:
                             stored.append((None, None))
                             continue
-                        payload, edit = {**payload, "edit": target}, target
-                    record = {"adapter": adapter, "channel": channel, "payload": payload, "status": status,
-                              "attempts": 0, "created_at": now, "execution_id": execution_id, "kind": kind}
+                        record["payload"], edit = {**record["payload"], "edit": target}, target
                     if self._direct:
                         stored.append((int(self._direct.insert(conn, outbox, record)), edit))
                     else:
