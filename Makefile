@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/ui.py --quick
+	$(BIN)/python bench/instructions.py  # needs valgrind (Debian: apt-get install valgrind)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache *.egg-info
