@@ -801,15 +801,18 @@ async def test_a_deferred_call_rides_with_the_next_group_or_goes_alone(tmp_path:
     store = Store.open(f"sqlite:///{tmp_path}/s.db")
     db = Database(store)
     groups: list[int] = []
-    batch = store.batch
 
-    @contextlib.contextmanager
-    def counted(**options: Any):
-        groups.append(1)
-        with batch(**options):
-            yield
+    def counting(transaction: Any) -> Any:
+        @contextlib.contextmanager
+        def counted():
+            groups.append(1)
+            with transaction():
+                yield
+        return counted
 
-    monkeypatch.setattr(store, "batch", counted)
+    # A group is one transaction, on the loop's connection or (if its lock is taken) the thread's.
+    monkeypatch.setattr(store, "batch", counting(store.batch))
+    monkeypatch.setattr(store, "batch_without_waiting", counting(store.batch_without_waiting))
     rode = db.later(store.audit_add, "deferred", None, None, None, {})
     await db(store.audit_add, "now", None, None, None, {})
     assert rode.done() and len(groups) == 1  # one transaction for both
