@@ -182,6 +182,19 @@ def _write_pack(home: Path) -> None:
         path.write_text(text)
 
 
+async def start_squall(home: Path) -> tuple[Squall, TimedLoopback]:
+    """Squall on `home` (SQLite, the bench's pack) with the timed loopback up and the heap settled, as
+    `squall serve` settles it once it is up (bench/instructions.py starts it so too)."""
+    _write_pack(home)
+    (home / "config.yml").write_text(f"database: {{url: 'sqlite:///{home}/s.db'}}\n"
+                                     f"packs: {{paths: ['{home}/packs']}}\n")
+    loopback = TimedLoopback()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    settle_heap()
+    return squall, loopback
+
+
 def p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
@@ -230,15 +243,8 @@ def print_side_by_side(pairs, commands: int, in_flight: int, rounds: int) -> Non
 
 async def main(commands: int, in_flight: int, arrival_rate: float, rounds: int, with_errbot: bool,
                open_rounds: int) -> None:
-    home = Path(tempfile.mkdtemp(prefix="squall-bench-chat-"))
-    _write_pack(home)
-    (home / "config.yml").write_text(f"database: {{url: 'sqlite:///{home}/s.db'}}\n"
-                                     f"packs: {{paths: ['{home}/packs']}}\n")
-    loopback = TimedLoopback()
-    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    squall, loopback = await start_squall(Path(tempfile.mkdtemp(prefix="squall-bench-chat-")))
     bot = squall.chat
-    await bot.start()
-    settle_heap()  # as `squall serve` does once it is up
     loop = asyncio.get_running_loop()
     counter = 0
     wrong: list[tuple[str, str]] = []

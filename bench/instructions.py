@@ -66,20 +66,11 @@ def child(kind: str, n: int) -> None:
 
 async def _squall(kind: str, n: int) -> None:
     from adapters.base import Message
-    from bench.chat import COMMANDS, TimedLoopback, _write_pack
-    from bot.app import Squall
-    from bot.service import settle_heap
-    from engine.config import load_config
+    from bench.chat import COMMANDS, start_squall
 
     home = Path(tempfile.mkdtemp(prefix="squall-bench-instructions-"))
     try:
-        _write_pack(home)
-        (home / "config.yml").write_text(f"database: {{url: 'sqlite:///{home}/s.db'}}\n"
-                                         f"packs: {{paths: ['{home}/packs']}}\n")
-        loopback = TimedLoopback()
-        squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
-        await squall.chat.start()
-        settle_heap()  # as `squall serve` does once it is up
+        squall, loopback = await start_squall(home)
         loop = asyncio.get_running_loop()
         for i in range(n):
             if kind == "engine":

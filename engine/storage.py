@@ -329,15 +329,18 @@ def _kv_upsert(sqlite: bool, keys: tuple[str, ...]) -> sa.Insert:
     )
 
 
-def _insert_once(sqlite: bool, table: sa.Table, unique: Sequence[str] = ()) -> sa.Insert:
+@functools.lru_cache(maxsize=8)
+def _insert_once(sqlite: bool, table: sa.Table, returning: str, unique: tuple[str, ...] = ()) -> sa.Insert:
     """An insert that stores nothing where the primary key (or the `unique` columns) is taken, instead
-    of failing (a failed statement would spoil a PostgreSQL transaction); with RETURNING, no row says
-    it stored nothing."""
+    of failing (a failed statement would spoil a PostgreSQL transaction), returning its `returning`
+    column: no row says it stored nothing. Built once (SQLAlchemy's construction costs more than the
+    statement)."""
     if sqlite:
         insert = sqlite_insert
     else:
         from sqlalchemy.dialects.postgresql import insert
-    return insert(table).on_conflict_do_nothing(index_elements=list(unique) or list(table.primary_key.columns))
+    return (insert(table).on_conflict_do_nothing(index_elements=list(unique) or list(table.primary_key.columns))
+            .returning(table.c[returning]))
 
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -796,15 +799,9 @@ class Store:
         try:
             try:
                 yield
-                if conn.in_transaction():
-                    conn.commit()
-                else:
-                    driver.commit()  # type: ignore[union-attr]
+                (conn if conn.in_transaction() else driver).commit()  # type: ignore[union-attr]
             except BaseException:
-                if conn.in_transaction():
-                    conn.rollback()
-                else:
-                    driver.rollback()  # type: ignore[union-attr]
+                (conn if conn.in_transaction() else driver).rollback()  # type: ignore[union-attr]
                 raise
         except sqlite3.Error as exc:  # the driver's commit: as SQLAlchemy raises it
             error = sa.exc.DBAPIError.instance("COMMIT", [], exc, sqlite3.Error)
@@ -1114,8 +1111,7 @@ class Store:
                 if self._direct:
                     row_id = self._direct.insert_once(conn, outbox, records[0], _OUTBOX_KEY)
                 else:
-                    row_id = conn.execute(_insert_once(False, outbox, _OUTBOX_KEY).values(records[0])
-                                          .returning(outbox.c.id)).scalar()
+                    row_id = conn.execute(_insert_once(False, outbox, "id", _OUTBOX_KEY), records[0]).scalar()
             return None if row_id is None else [(int(row_id), None)]
         try:
             with self._write() as conn:
@@ -1263,7 +1259,7 @@ class Store:
         with self.isolated(), self._write() as conn:
             conn.execute(deliveries.delete().where(deliveries.c.key == key,  # an expired one is a new delivery
                                                    deliveries.c.expires_at <= record["occurrence_time"]))
-            stored = conn.execute(_insert_once(self.is_sqlite, deliveries).returning(deliveries.c.key),
+            stored = conn.execute(_insert_once(self.is_sqlite, deliveries, "key"),
                                   {"key": key, "trigger_instance_id": record["id"], "expires_at": expires_at}).first()
             if stored is None:  # stored before (by this process or another) and not expired
                 taken = conn.execute(sa.select(deliveries.c.trigger_instance_id)
