@@ -404,13 +404,14 @@ class ExecutionService:
         at = iso(now)
         transitions = [{"status": "scheduled", "timestamp": at}, {"status": "running", "timestamp": at}]
         # Queued now, not at a task's first step: with its request's store when that is still queued.
-        claim = self.db.submit(self._claim, execution_id,
-                               {"status": "running", "runner_info": runner_info, "log": transitions})
+        claim = self.db.submit_firm(self._claim, execution_id,
+                                    {"status": "running", "runner_info": runner_info, "log": transitions})
         try:
-            claimed = await asyncio.shield(claim)
-        except asyncio.CancelledError:
-            # The database thread claims it all the same: record how it ended, never leave it `running`.
             claimed = await claim
+        except asyncio.CancelledError:
+            # The claim goes through all the same (its future is firm, and done by now): record how
+            # it ended, never leave it `running`.
+            claimed = claim.result()
             if claimed is not None:
                 await asyncio.shield(self._finish(claimed[0], self._interrupted(), []))
             return

@@ -1561,8 +1561,16 @@ class Database:
         """Queue a call now and return its future (`await db(...)` queues it at the coroutine's first
         step): a caller can queue a call, start work that queues the next, and both share a group."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        call = functools.partial(fn, *args, **kwargs)
+        return self._queue(functools.partial(fn, *args, **kwargs), loop.create_future(), loop)
+
+    def submit_firm(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """`submit`, with a future that cancelling its waiter leaves alone (`Firm`): for a call whose
+        effect its caller must see through (a claim) even when the caller is cancelled meanwhile."""
+        loop = asyncio.get_running_loop()
+        return self._queue(functools.partial(fn, *args), Firm(loop=loop), loop)
+
+    def _queue(self, call: Callable[[], T], future: asyncio.Future[T],
+               loop: asyncio.AbstractEventLoop) -> asyncio.Future[T]:
         if self.store.is_sqlite and not self._draining:
             # Calls made in the same loop iteration, or by the tasks it started, share one transaction
             # on the loop (see class doc): the flush waits one more turn, for those tasks' first steps.
@@ -1746,6 +1754,15 @@ class Database:
                     except Exception as exc:
                         _settle(future, False, exc)
         self._checkpointer.shutdown(wait=True)
+
+
+class Firm(asyncio.Future[Any]):
+    """A future that refuses `cancel`. A task cancelled while it awaits one gets its CancelledError
+    once the future is done, and can then read the outcome: what `asyncio.shield` gives, without the
+    second future and the loop turn its hand-over costs."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

@@ -457,6 +457,38 @@ def _raise(exc: Exception) -> None:
     raise exc
 
 
+async def test_a_firm_call_s_waiter_cancelled_meanwhile_still_reads_its_outcome(store: Store) -> None:
+    """`submit_firm` (an execution's claim): cancelling the task that awaits it cancels neither the
+    call nor its future; the task's CancelledError comes once the call is committed, and the task
+    reads what it did."""
+    db = Database(store)
+    seen: list[Any] = []
+
+    async def claimer() -> None:
+        call = db.submit_firm(store.kv_put, _kv("firm", "v"))
+        try:
+            await call
+        except asyncio.CancelledError:
+            seen.append(("cancelled after the call", call.done(), call.result()))
+            raise
+
+    try:
+        task = asyncio.ensure_future(claimer())
+        await asyncio.sleep(0)  # the call is queued, not yet run
+        assert task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == [("cancelled after the call", True, None)]
+        assert (await db(store.kv_get, "system", "firm", now=utcnow()))["value"] == "v"
+        # A plain call's future is cancelled with its waiter (what `submit_firm` is for).
+        plain = db.submit(store.kv_put, _kv("plain", "v"))
+        assert plain.cancel() and plain.cancelled()
+        firm = db.submit_firm(store.kv_put, _kv("firm-2", "v"))
+        assert not firm.cancel() and (await firm) is None
+    finally:
+        db.close()
+
+
 @pytest.mark.postgres
 async def test_postgres_calls_run_off_the_event_loop_thread(postgres_url: str) -> None:
     store = Store.open(postgres_url)
