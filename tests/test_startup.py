@@ -11,7 +11,7 @@ from tests.conftest import REPO
 
 #: Libraries only some configurations or requests need; none may load while the engine starts.
 LAZY = ("requests", "asyncssh", "yaql", "orquesta", "jsonschema", "jsonpath_ng", "semver", "httpx",
-        "psycopg", "procrastinate", "wordllama", "opentelemetry.sdk")
+        "psycopg", "procrastinate", "wordllama", "opentelemetry.sdk", "sqlalchemy.dialects.postgresql")
 
 PROBE = """
 import asyncio, json, sys
