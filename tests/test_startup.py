@@ -35,3 +35,21 @@ def test_the_engine_starts_without_the_libraries_its_config_does_not_use(home: P
                           capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": ""})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+#: What the `squall` command itself (every command group, as `squall serve` and `squall --help` load it)
+#: leaves to the commands that use it.
+CLI_LAZY = ("rich.table", "sqlalchemy", "fastapi", "uvicorn", "jinja2", "engine.storage", "bot.app")
+
+CLI_PROBE = """
+import json, sys
+import bot.cli
+print(json.dumps([name for name in json.loads(sys.argv[1]) if name in sys.modules]))
+"""
+
+
+def test_the_squall_command_loads_tables_and_the_engine_only_for_commands_that_use_them() -> None:
+    done = subprocess.run([sys.executable, "-c", CLI_PROBE, json.dumps(CLI_LAZY)], capture_output=True, text=True,
+                          timeout=120, env={"PYTHONPATH": str(REPO), "PATH": ""})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

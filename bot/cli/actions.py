@@ -10,9 +10,8 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from bot.cli.common import JsonOption, current_config, fail, group, load_packs, out, print_json
+from bot.cli.common import JsonOption, current_config, fail, group, load_packs, new_table, out, print_json
 
 action_app = group("List and show actions.")
 
@@ -29,7 +28,7 @@ def action_list(pack: Annotated[str | None, typer.Option("--pack", help="Only th
     if as_json:
         print_json([a.summary() for a in actions])
         return
-    table = Table("ref", "runner", "description")
+    table = new_table("ref", "runner", "description")
     for a in actions:
         table.add_row(a.ref, a.runner_type, a.description)
     out.print(table)
@@ -49,7 +48,7 @@ def action_get(ref: Annotated[str, typer.Argument(help="Action ref.")], as_json:
         print_json(action.summary())
         return
     out.print(f"[bold]{action.ref}[/bold] ({action.runner_type}) {action.description}")
-    table = Table("parameter", "type", "required", "default", "description")
+    table = new_table("parameter", "type", "required", "default", "description")
     for name, spec in sorted(action.parameters.items()):
         default = "********" if spec.get("secret") and spec.get("default") is not None else spec.get("default")
         flags = "yes" if spec.get("required") else ""

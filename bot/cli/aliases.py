@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from bot.cli.common import JsonOption, current_config, err, group, load_packs, out, print_json, warn_problems
+from bot.cli.common import JsonOption, current_config, err, group, load_packs, new_table, out, print_json, warn_problems
 
 if TYPE_CHECKING:
     from aliases.model import Alias
@@ -49,7 +48,7 @@ def alias_list(as_json: JsonOption = False) -> None:
     if as_json:
         print_json([a.summary() for a in aliases])
         return
-    table = Table("ref", "action", "enabled", "formats", "description")
+    table = new_table("ref", "action", "enabled", "formats", "description")
     for alias in aliases:
         formats = "\n".join(rep for f in alias.formats for rep in (f.representations or [f"({f.display})"]))
         table.add_row(alias.ref, alias.action_ref, "yes" if alias.enabled else "no", formats, alias.description)

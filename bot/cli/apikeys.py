@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from bot.cli.common import JsonOption, fail, group, out, print_json, with_store
+from bot.cli.common import JsonOption, fail, group, new_table, out, print_json, with_store
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -51,7 +50,7 @@ def apikey_list(as_json: JsonOption = False) -> None:
     if as_json:
         print_json(keys)
         return
-    table = Table("id", "name", "created", "enabled")
+    table = new_table("id", "name", "created", "enabled")
     for key in keys:
         table.add_row(key["id"], key["name"] or "", key["created_at"] or "", "yes" if key["enabled"] else "no")
     out.print(table)

@@ -10,7 +10,6 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from bot.cli.common import (
     JsonOption,
@@ -18,6 +17,7 @@ from bot.cli.common import (
     current_user,
     fail,
     group,
+    new_table,
     out,
     parse_assignments,
     print_json,
@@ -107,7 +107,7 @@ def execution_list(
     if as_json:
         print_json(records)
         return
-    table = Table("id", "action", "status", "started", "elapsed")
+    table = new_table("id", "action", "status", "started", "elapsed")
     table.columns[0].no_wrap = True
     for r in records:
         elapsed = f"{r['elapsed_seconds']:.3f}s" if r["elapsed_seconds"] is not None else ""

@@ -10,9 +10,8 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from bot.cli.common import JsonOption, current_user, fail, group, out, print_json, with_app
+from bot.cli.common import JsonOption, current_user, fail, group, new_table, out, print_json, with_app
 
 if TYPE_CHECKING:
     from bot.app import Squall
@@ -37,7 +36,7 @@ def inquiry_list(as_json: JsonOption = False) -> None:
     if as_json:
         print_json(items)
         return
-    table = Table("id", "route", "users", "ttl (min)", "parent")
+    table = new_table("id", "route", "users", "ttl (min)", "parent")
     for item in items:
         table.add_row(item["id"], item["route"], ", ".join(item["users"]) or "anyone", str(item["ttl"]),
                       item["parent"] or "")

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.table import Table
 
-from bot.cli.common import JsonOption, current_user, err, fail, group, out, print_json, with_app, with_store
+from bot.cli.common import JsonOption, current_user, err, fail, group, new_table, out, print_json, with_app, with_store
 
 if TYPE_CHECKING:
     from bot.app import Squall
@@ -132,7 +131,7 @@ def key_list(prefix: Annotated[str | None, typer.Option("--prefix", "-p", help="
     if as_json:
         print_json(items)
         return
-    table = Table("name", "value", "scope", "user", "expires")
+    table = new_table("name", "value", "scope", "user", "expires")
     for item in items:
         value = item["value"] if item.get("error") is None else f"[red]{item['error']}[/red]"
         table.add_row(item["name"], value, item["scope"], item["user"] or "", item["expire_timestamp"] or "")

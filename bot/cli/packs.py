@@ -15,7 +15,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from bot.cli.common import (
     JsonOption,
@@ -25,6 +24,7 @@ from bot.cli.common import (
     fail,
     group,
     load_packs,
+    new_table,
     out,
     print_json,
     problem_document,
@@ -47,7 +47,7 @@ def pack_list(as_json: JsonOption = False) -> None:
     if as_json:
         print_json({"packs": packs, "problems": [problem_document(e) for e in registry.errors]})
         return
-    table = Table("ref", "version", "actions", "path", "description")
+    table = new_table("ref", "version", "actions", "path", "description")
     for pack in packs:
         table.add_row(pack["ref"], pack["version"], str(pack["content"]["actions"]), pack["path"],
                       pack["description"])

@@ -11,9 +11,8 @@ import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from bot.cli.common import JsonOption, fail, group, out, print_json, with_store
+from bot.cli.common import JsonOption, fail, group, new_table, out, print_json, with_store
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -97,7 +96,7 @@ def user_list(as_json: JsonOption = False) -> None:
     if as_json:
         print_json(users)
         return
-    table = Table("name", "role", "created", "password changed")
+    table = new_table("name", "role", "created", "password changed")
     for user in users:
         table.add_row(user["name"], user["role"], user["created_at"] or "", user["password_changed_at"] or "")
     out.print(table)
