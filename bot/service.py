@@ -142,6 +142,8 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     await squall.inquiries.recover()  # TTL timers of inquiries still waiting for an answer
     await squall.triggers.recover()
     await bot.start()
+    if bot.adapters and not squall.db.store.is_sqlite:  # workers' and other nodes' replies, sent at once
+        bot.outbox.follow(config.database_url)
     timers = asyncio.create_task(squall.timers.run(), name="squall-timers")
     await squall.sync_sensors()
     api = None

@@ -42,6 +42,7 @@ from engine.config import Config
 from engine.executions import STEPPING
 from engine.packs import Registry
 from engine.storage import Store, as_utc
+from engine.wakeups import libpq_url
 
 if TYPE_CHECKING:
     from engine.executions import ExecutionService
@@ -75,11 +76,6 @@ _UNATTENDED = sa.text(
 ).bindparams(sa.bindparam("stepping", expanding=True), sa.bindparam("runners", expanding=True),
              sa.bindparam("live", expanding=True))
 _FAIL = sa.text("SELECT procrastinate_finish_job_v1(:job_id, 'failed', false)")
-
-
-def libpq_url(database_url: str) -> str:
-    """The DSN procrastinate's psycopg connector takes (SQLAlchemy's URL names its driver too)."""
-    return sa.engine.make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def defer(store: Store, execution_id: str, queue: str, *, steps: bool = False) -> int | None:

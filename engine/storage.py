@@ -477,12 +477,15 @@ def create_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+    from engine.wakeups import PROCESS_NAME  # the payload of its outbox inserts' notifications
+
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8,
+                            connect_args={"application_name": PROCESS_NAME})
 
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0017"
+HEAD_REVISION = "0018"
 
 
 def _revision(engine: Engine) -> str | None:

@@ -41,6 +41,7 @@ from typing import Any
 
 from adapters.base import Adapter, DeliveryError, Reply
 from bot.chat.replies import fit
+from engine import wakeups
 from engine.metrics import metrics
 from engine.storage import Database, Store, keyed_in_one_statement, utcnow
 
@@ -112,6 +113,7 @@ class Outbox:
         self._polling = asyncio.Lock()
         self._again = False
         self._catch_up: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._pending = 0
         self._marks: set[asyncio.Future[Any]] = set()
         #: Posts earlier runs left pending (found by the first poll), not yet looked up on their platform.
@@ -198,6 +200,12 @@ class Outbox:
             self._kick()
         self._newest = max(self._newest, outbox_id)
 
+    def follow(self, database_url: str) -> None:
+        """Look for replies as soon as another process (a `squall worker`) stores some, not at the
+        next poll: PostgreSQL notifies each insert (`engine/wakeups.py`)."""
+        self._listener = asyncio.create_task(wakeups.listen(database_url, wakeups.OUTBOX, self._kick),
+                                             name="outbox-listener")
+
     def _kick(self) -> None:
         if self._closed:
             return
@@ -283,7 +291,7 @@ class Outbox:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [*self._workers.values(), *([self._catch_up] if self._catch_up is not None else [])]
+        tasks = [*self._workers.values(), *(task for task in (self._catch_up, self._listener) if task is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, *self._marks, return_exceptions=True)
