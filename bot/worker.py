@@ -3,9 +3,10 @@
 A worker is the engine with its chat side but no HTTP API. Its adapters are built from config, never
 connected: what its executions owe chat (results in their thread, questions, `notify` messages,
 `chatops.post_*`) is fitted to them and stored in the durable outbox, which stays held here; the
-`squall serve` nodes deliver it on their next outbox poll. It takes jobs from its queues through
-procrastinate (woken by `LISTEN/NOTIFY`, polling as a safety net), at most `concurrency` at once:
-an action's run, or one step of a workflow (whose tasks are jobs of their own, on their queues).
+`squall serve` nodes deliver it as soon as it commits (PostgreSQL notifies them, `engine/wakeups.py`).
+It takes jobs from its queues through procrastinate (woken by `LISTEN/NOTIFY`, polling as a safety
+net), at most `concurrency` at once: an action's run, or one step of a workflow (whose tasks are
+jobs of their own, on their queues).
 Every worker also ends what workers that stopped answering left (`engine.jobs.reap_stalled`).
 
 SIGTERM or SIGINT stops taking jobs; running actions get up to `drain` seconds to finish (what

@@ -59,6 +59,15 @@ _SWEEP_POLLS = 30
 _RECENT = 1024
 #: Plaintexts `decrypt_kv` produced while one request's parameters were rendered.
 _revealed: contextvars.ContextVar[list[str]] = contextvars.ContextVar("squall_revealed")
+#: The procrastinate job a `squall worker` conducts a workflow under (set by `run` and `step` for
+#: that task): the workflow's children are requested only while its `runner_info` still names it.
+_conducting_job: contextvars.ContextVar[int | None] = contextvars.ContextVar("squall_conducting_job", default=None)
+
+
+class StaleStep(Exception):
+    """A worker's step of a workflow was handed to another worker meanwhile (it stopped answering
+    for longer than the heartbeat limit, then came back): it must request and write nothing more,
+    or the workflow's next task could run twice."""
 
 
 @dataclass(frozen=True)
@@ -273,16 +282,17 @@ class ExecutionService:
             context["trace_context"] = {**(context.get("trace_context") or {}), "traceparent": traced}
         supplied = dict(parameters or {})
         execution_id = new_id()
+        fence = _conducting_job.get() if parent is not None else None
         if needs_rendering(action, supplied, render):
             # Templates render on threads of their own, never on the event loop nor the database thread: one
             # may take up to templates.max_seconds. Their st2kv reads take a pooled connection of their own.
             resolution, revealed = await asyncio.get_running_loop().run_in_executor(
                 render_pool(), self._resolve, action, supplied, context, extra_template_context, render)
             stored = self.db.submit(self._store, action, supplied, context, parent, extra_template_context,
-                                    resolution, revealed, audit, execution_id)
+                                    resolution, revealed, audit, execution_id, fence)
         else:  # nothing to render: checked and stored in one step, without a thread hop
             stored = self.db.submit(self._prepare, ref, supplied, context, parent, extra_template_context, render,
-                                    audit, execution_id)
+                                    audit, execution_id, fence)
         # This process's executor claims an action's request in the transaction that stores it: its
         # claim is queued while the request still waits in the group (a failed request leaves it nothing
         # to claim). Workflows (whose slots depend on the stored row), delays and executors of other
@@ -322,12 +332,12 @@ class ExecutionService:
     def _prepare(self, ref: str, supplied: dict[str, Any], context: dict[str, Any],
                  parent: str | None, extra_template_context: dict[str, Any] | None = None,
                  render: bool | Collection[str] = (), audit: AuditEntry | None = None,
-                 execution_id: str | None = None) -> dict[str, Any]:
+                 execution_id: str | None = None, fence: int | None = None) -> dict[str, Any]:
         """Resolve parameters and store the request, for requests with nothing to render (`request`)."""
         action = self.registry.action(ref)
         resolution, revealed = self._resolve(action, supplied, context, extra_template_context, render)
         return self._store(action, supplied, context, parent, extra_template_context, resolution, revealed, audit,
-                           execution_id)
+                           execution_id, fence)
 
     def _resolve(self, action: Action, supplied: dict[str, Any], context: dict[str, Any],
                  extra_template_context: dict[str, Any] | None,
@@ -348,9 +358,12 @@ class ExecutionService:
     def _store(self, action: Action, supplied: dict[str, Any], context: dict[str, Any], parent: str | None,
                extra_template_context: dict[str, Any] | None, resolution: Resolution,
                revealed: list[str], audit: AuditEntry | None = None,
-               execution_id: str | None = None) -> dict[str, Any]:
+               execution_id: str | None = None, fence: int | None = None) -> dict[str, Any]:
         """Store a resolved request as `requested` (on the database's side of `Database`), with its
-        audit event."""
+        audit event. With `fence` (a worker's job conducting the `parent` workflow), only while that
+        job still conducts it (`StaleStep` otherwise)."""
+        if fence is not None and parent is not None and not self.db.store.conducts(parent, fence):
+            raise StaleStep(f"workflow {parent}: another worker conducts it now; this step stops")
         values = resolution.values
         secret_names = action.secret_names
         secrets = _scrubbable([v for k, v in values.items() if k in secret_names], revealed)
@@ -401,6 +414,8 @@ class ExecutionService:
         now = utcnow()
         LEDGER.ensure()  # the owner file says this process lives (to other containers) before it owns anything
         runner_info = {**self.owner, **(owner or {})}
+        if owner is not None and "job_id" in owner:  # a worker's job: the workflow it conducts is fenced by it
+            _conducting_job.set(owner["job_id"])
         at = iso(now)
         transitions = [{"status": "scheduled", "timestamp": at}, {"status": "running", "timestamp": at}]
         # Queued now, not at a task's first step: with its request's store when that is still queued.
@@ -434,6 +449,8 @@ class ExecutionService:
         of its tasks ended, or it was asked to pause or cancel). The job's lock keeps steps of one
         workflow apart; `owner` names the job and worker in its `runner_info`."""
         runner_info = {**self.owner, **(owner or {})}
+        if owner is not None and "job_id" in owner:
+            _conducting_job.set(owner["job_id"])
         record = await self.db(self._take_step, execution_id, runner_info)
         if record is None:
             return
@@ -475,6 +492,10 @@ class ExecutionService:
                 outcome = RunOutcome("failed", {"error": f'runner "{record["runner"]}" is not available'})
             else:
                 outcome = await runner.run(request)
+        except StaleStep as exc:  # another worker conducts it on from what is stored: leave it all to that one
+            log.warning("%s", exc)
+            await sink.close()
+            return
         except asyncio.CancelledError:
             if _resumable(runner) and getattr(self.executor, "closing", False):
                 return  # a workflow stays `running`: it is conducted on from its stored children
@@ -487,9 +508,18 @@ class ExecutionService:
         if outcome.status == WAITING_ON_TASKS:
             info = record.get("runner_info") or {}
             between = {"between_steps": True, **{k: info[k] for k in ("worker", "hostname", "job_id") if k in info}}
-            await self.db(self.db.store.update_execution, record["id"], {"runner_info": between}, expect=STEPPING)
+            await self.db(self._let_go, record["id"], between)
             return
         await self._finish(record, outcome, _scrubbable(secrets, request.revealed))
+
+    def _let_go(self, execution_id: str, between: dict[str, Any]) -> None:
+        """A workflow waits on its tasks: say so in its `runner_info`, unless a worker's step was
+        handed to another meanwhile (whose step this must not overwrite: it fences that one's requests)."""
+        job = between.get("job_id")
+        if job is not None and not self.db.store.conducts(execution_id, job):
+            log.warning("workflow %s: another worker conducts it now; this step stops", execution_id)
+            return
+        self.db.store.update_execution(execution_id, {"runner_info": between}, expect=STEPPING)
 
     def _interrupted(self) -> RunOutcome:
         """How a run that was stopped midway ends: shut down with Squall, or canceled."""

@@ -537,3 +537,47 @@ def test_a_worker_holds_no_workflow_while_its_tasks_run(cluster: Cluster, tmp_pa
         done = cluster.wait(flow, "succeeded", "failed", seconds=120)
         assert done["status"] == "succeeded" and done["result"]["output"] == {"said": "hello second"}
     assert all((tmp_path / str(n)).read_text() == "ran\n" for n in range(3))
+
+
+async def test_a_workflow_step_handed_to_another_worker_requests_nothing_more(home: Path, postgres_url: str,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker frozen mid-step past the heartbeat limit, whose step another worker took meanwhile,
+    comes back: its requests are refused (so no task runs twice) and it does not overwrite the
+    other's claim on the workflow (which would fence that one out instead)."""
+    from bot.app import Squall
+
+    squall = await Squall.start(load_config(_home(home, postgres_url) / "config.yml"))
+    executions, store = squall.executions, squall.store
+    try:
+        flow = await executions.request("demo.flow")
+        await executions.run(flow["id"], {"job_id": 1})  # the first step requests task `one`
+        [one] = store.list_executions(parent=flow["id"])
+        await executions.run(one["id"], {"job_id": 2})
+        assert store.get_execution(one["id"])["status"] == "succeeded"
+
+        real_request = executions.request
+        handed_over = []
+
+        async def frozen_meanwhile(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            if not handed_over:  # the reaper failed job 3 and job 4's step took the workflow
+                store.update_execution(flow["id"], {"runner_info": {"job_id": 4}})
+                handed_over.append(True)
+            return await real_request(*args, **kwargs)
+
+        monkeypatch.setattr(executions, "request", frozen_meanwhile)
+        await executions.step(flow["id"], {"job_id": 3})  # comes back, and would request task `two`
+        assert handed_over
+        assert [c["action"] for c in store.list_executions(parent=flow["id"])] == ["demo.hello"]  # nothing new
+        stale = store.get_execution(flow["id"])
+        assert stale["status"] == "running" and stale["runner_info"] == {"job_id": 4}
+
+        monkeypatch.setattr(executions, "request", real_request)
+        await executions.step(flow["id"], {"job_id": 4})  # the step that holds it requests `two`, once
+        children = store.list_executions(parent=flow["id"], oldest_first=True)
+        assert [(c["context"]["workflow_task"]["task"]) for c in children] == ["one", "two"]
+        await executions.run(children[1]["id"], {"job_id": 5})
+        await executions.step(flow["id"], {"job_id": 6})
+        done = store.get_execution(flow["id"])
+        assert done["status"] == "succeeded" and done["result"]["output"] == {"said": "hello one"}
+    finally:
+        await squall.close()

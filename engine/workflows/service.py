@@ -156,7 +156,9 @@ class Flow:
             requested, calls = calls, []
             for call, outcome in zip(requested, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
-                    if isinstance(outcome, asyncio.CancelledError):
+                    from engine.executions import StaleStep
+
+                    if isinstance(outcome, (asyncio.CancelledError, StaleStep)):  # a stale step stops whole
                         raise outcome
                     calls += self.conductor.on_done(call.key, "failed", {"error": str(outcome)}, None)
                 elif outcome["status"] in COMPLETED:  # canceled at once (a policy), or finished already
