@@ -53,6 +53,9 @@ _QUEUED = ("requested", "scheduled", "delayed")
 #: A workflow conducted in steps (`executor.kind: procrastinate`) is in one of these between them.
 STEPPING = ("running", "pausing", "canceling")
 _LIVE = ("scheduled", "running", "canceling", "pausing", "paused", "resuming")
+#: The context keys that say who asked for an execution, from where, and where its replies go.
+_ORIGIN = frozenset({"user", "api_user", "source", "source_channel", "action_alias_ref", "chat", "approval",
+                     "trace_context"})
 _MIN_SCRUB = 4
 #: `poll` also sweeps what dead Squall processes on this machine left running, every this many calls.
 _SWEEP_POLLS = 30
@@ -845,7 +848,12 @@ class ExecutionService:
 
     async def rerun(self, execution_id: str, parameters: Mapping[str, Any] | None = None,
                     context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """A new execution of the same action with the original parameters, overridden by `parameters`."""
+        """A new execution of the same action with the original parameters, overridden by `parameters`.
+
+        Without `context` it is the same request again (a retry policy): the original's context, so
+        its result goes where the original's went. With one, it is that requester's request: who
+        asked and where replies go (`_ORIGIN`) are theirs, never the original's (a re-run from the web
+        of a chat command must not post into that chat thread)."""
         record = await self.db(self._find, execution_id)
         spec = record["spec"]
         supplied = spec.get("supplied", list(record["parameters"]))
@@ -865,7 +873,9 @@ class ExecutionService:
                 original[name] = templates[name]
                 rendered.add(name)
         merged = {**original, **(parameters or {})}
-        new_context = {**record["context"], **(context or {}), "re-run": {"ref": record["id"]}}
+        kept = record["context"] if context is None else {
+            k: v for k, v in record["context"].items() if k not in _ORIGIN}
+        new_context = {**kept, **(context or {}), "re-run": {"ref": record["id"]}}
         new_context.pop("pack", None)
         # What rendered the first time renders again; whatever the caller now gives is data.
         return await self.request(record["action"], merged, new_context,

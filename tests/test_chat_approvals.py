@@ -123,6 +123,20 @@ async def test_two_approvers_needed_and_the_execution_names_them(chat) -> None:
     assert row["status"] == "approved" and row["execution_id"] == execution["id"]
 
 
+async def test_retry_of_an_approved_command_asks_for_approval_again(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!restart web", user="alice", channel="#ops")
+    await settle(squall, bot)
+    await loopback.say(f"!approve {_approval_id(loopback)}", user="ann", channel="#ops")
+    await settle(squall, bot)
+    [done] = await squall.executions.list(action="demo.restart")
+    await squall.executions.wait(done["id"], timeout=30)
+    await loopback.say(f"!retry {done['id']}", user="alice", channel="#ops")
+    await settle(squall, bot)
+    assert "demo.restart needs approval from approvers: type the command again" in loopback.texts()[-1]
+    assert len(await squall.executions.list(action="demo.restart")) == 1
+
+
 async def test_self_approval_is_refused_and_an_action_can_ask_for_approval(chat) -> None:
     squall, bot, loopback = chat
     await loopback.say("!restart nginx", user="ann")
@@ -299,6 +313,53 @@ async def test_the_api_and_the_web_refuse_what_needs_approval(home: Path) -> Non
         form = await browser.post("/actions/demo.guarded", data={"csrf_token": csrf})
         assert form.status_code == 403 and "needs approval from approvers" in form.text
         assert await web.squall.executions.list(action="demo.guarded") == []
+
+
+async def test_a_rerun_is_never_a_way_around_the_approvers(home: Path) -> None:
+    """Re-running what needs approval (an action's `approval:`, or the alias's the original came
+    through) is refused by the API and the web, edited parameters or not; what needs none re-runs."""
+    from tests.test_api import KEY, _home
+    from tests.test_web_auth import started_web
+
+    _home(home)
+    write(home / "packs" / "demo" / "actions" / "guarded.yaml", """
+        name: guarded
+        runner_type: local-shell-cmd
+        parameters:
+          cmd: {default: 'echo ran', immutable: true}
+        approval: {groups: [approvers]}
+    """)
+    write(home / "packs" / "demo" / "aliases" / "gated_noop.yaml", """
+        name: gated_noop
+        action_ref: core.noop
+        formats: ["gated noop"]
+        approval: {groups: [approvers]}
+    """)
+    async with started_web(home) as web:
+        squall = web.squall
+        approved = [  # as an approved command's run is requested: by the engine, once approvers said yes
+            await squall.executions.request("demo.guarded", context={"user": "alice"}),
+            await squall.executions.request("core.noop", context={
+                "user": "alice", "action_alias_ref": {"id": "demo.gated_noop", "name": "gated_noop"}})]
+        free = await squall.executions.request("core.noop", context={"user": "alice"})
+        for record in (*approved, free):
+            await squall.executions.wait(record["id"], timeout=30)
+        api = web.client()
+        api.headers["St2-Api-Key"] = KEY
+        browser, csrf = await web.signed_in("olga", "operator")
+        for record in approved:
+            again = await api.post(f"/api/v1/executions/{record['id']}/re_run", json={"parameters": {}})
+            assert again.status_code == 403 and "needs approval from approvers" in again.text
+            assert 'href="/executions/' + record["id"] + '/rerun"' not in (
+                await browser.get(f"/executions/{record['id']}")).text
+            assert (await browser.get(f"/executions/{record['id']}/rerun")).status_code == 403
+            posted = await browser.post(f"/executions/{record['id']}/rerun", data={"csrf_token": csrf})
+            assert posted.status_code == 403 and "needs approval from approvers" in posted.text
+        assert len(await squall.executions.list(action="demo.guarded")) == 1
+        assert len(await squall.executions.list(action="core.noop")) == 2
+        again = await api.post(f"/api/v1/executions/{free['id']}/re_run", json={})
+        assert again.status_code == 201 and again.json()["context"]["source"] == "api"
+        assert f'href="/executions/{free["id"]}/rerun"' in (await browser.get(f"/executions/{free['id']}")).text
 
 
 async def test_an_approved_command_a_crash_left_unrun_runs_once_after_a_restart(home: Path) -> None:

@@ -447,6 +447,25 @@ async def test_rerun_same_action_and_parameters_with_overrides(squall: Squall) -
     assert (await squall.executions.wait(changed["id"], timeout=30))["result"]["stdout"] == "two"
 
 
+async def test_a_rerun_someone_asks_for_is_theirs_and_a_retry_keeps_the_original_origin(squall: Squall) -> None:
+    """A person's re-run (the web's, the API's) is their request: the original's user, source and chat
+    thread are not carried over, or the web's re-run of a chat command would post into that thread.
+    A retry policy's re-run (no context) is the same request again: its result goes where the first's did."""
+    chat = {"adapter": "slack", "channel": "C1", "thread": "111.2", "alias": "demo.greet"}
+    first = await squall.executions.request("core.noop", context={
+        "user": "ann", "api_user": "ann", "source": "chat", "source_channel": "C1", "chat": chat,
+        "action_alias_ref": {"id": "demo.greet", "name": "greet"}, "ticket": "OPS-1"})
+    await squall.executions.wait(first["id"], timeout=30)
+
+    theirs = await squall.executions.rerun(first["id"], context={"user": "vic", "source": "web"})
+    assert theirs["context"]["user"] == "vic" and theirs["context"]["source"] == "web"
+    assert not {"chat", "api_user", "source_channel", "action_alias_ref"} & set(theirs["context"])
+    assert theirs["context"]["ticket"] == "OPS-1"  # what the request itself carried stays
+
+    retried = await squall.executions.rerun(first["id"])
+    assert retried["context"]["chat"] == chat and retried["context"]["user"] == "ann"
+
+
 async def test_rerun_recomputes_templated_defaults(squall: Squall) -> None:
     first = await squall.executions.request("exectest.defaults", {"who": "Ann"})
     await squall.executions.wait(first["id"], timeout=30)

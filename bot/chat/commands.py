@@ -114,6 +114,30 @@ class CommandService:
             return await self.holder(HeldRequest(alias, message, parameters, sorted(render), context, policy))
         return await self.request(alias, message, source, parameters, render, context)
 
+    def approval_for(self, record: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """The approval a new run of `record` would need, with the alias or action that declares it:
+        the alias's it came through (chat, the alias API), else its action's; None if neither has one."""
+        context = record.get("context") or {}
+        alias_ref = (context.get("chat") or {}).get("alias") or (context.get("action_alias_ref") or {}).get("id")
+        alias = self.index.aliases.get(alias_ref) if alias_ref else None
+        if alias is not None and alias.approval is not None:
+            return alias.ref, alias.approval
+        action = self.engine.registry.actions.get(record["action"])
+        if action is not None and action.approval is not None:
+            return action.ref, action.approval
+        return None
+
+    async def rerun(self, execution_id: str, parameters: dict[str, Any] | None,
+                    context: dict[str, Any]) -> dict[str, Any]:
+        """A person's re-run (chat `retry`, the API's re_run, the web's re-run) as `context`'s requester:
+        `CommandRefused` when it needs approval, as a new request of it would (a re-run, with edited
+        parameters or not, is never a way around the approvers)."""
+        record = await self.engine.executions.get(execution_id)
+        needed = self.approval_for(record)
+        if needed is not None:
+            raise CommandRefused(unapproved(*needed))
+        return await self.engine.executions.rerun(record["id"], parameters, context)
+
     async def request(self, alias: Alias, message: Message, source: str, parameters: dict[str, Any],
                       render: Iterable[str], context: dict[str, Any]) -> Accepted:
         """The request step: the execution, its audit event and its ack (also for an approved command)."""

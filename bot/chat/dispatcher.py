@@ -523,12 +523,15 @@ class Dispatcher:
             if verb == "cancel":
                 done = await self.engine.executions.cancel(execution["id"])
                 await self.say(message, f"{done['id']} is {done['status']}.")
+            elif (needed := self.commands.approval_for(execution)) is not None:
+                await self.say(message, f"{needed[0]} needs approval from {', '.join(needed[1]['groups'])}: "
+                                        "type the command again, and its approvers are asked.")
             else:
                 context = (self.commands.context(alias, message, "chat", self._where(message)) if alias
                            else {"user": message.user, "source": "chat"})
-                again = await self.engine.executions.rerun(execution["id"], context=context)
+                again = await self.commands.rerun(execution["id"], None, context)
                 await self.say(message, f"Retrying as {again['id']}.")
-        except (ExecutionNotFound, ExecutionStateError, ParameterError, UnknownAction) as exc:
+        except (ExecutionNotFound, ExecutionStateError, ParameterError, UnknownAction, CommandRefused) as exc:
             await self.say(message, str(exc))
 
     async def _builtin_respond(self, message: Message, rest: str) -> None:

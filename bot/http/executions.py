@@ -16,6 +16,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
+from bot.chat.commands import CommandRefused
 from bot.http.actions import action_public
 from bot.http.key_auth import request_user
 from bot.http.runners import runner_public
@@ -128,7 +129,8 @@ async def execution_children(execution_id: str, request: Request, depth: int = -
 async def create_execution(body: ExecutionRequest, request: Request) -> dict[str, Any]:
     state = api_state(request)
     who = request_user(request)
-    context = {"source": "api", **({"user": who} if who else {}), **(body.context or {})}
+    # Who asks and from where is the API's to say, not the caller's (`source` is a metric's label too).
+    context = {**(body.context or {}), "source": "api", **({"user": who} if who else {})}
     key_name = request.state.api_key_name
     if body.render and key_name not in state.settings.render_keys:
         raise HTTPException(403, f"This API key ({key_name or 'a configured key'}) may not ask for parameters "
@@ -222,10 +224,15 @@ async def execution_output_stream(execution_id: str, request: Request, output_ty
 
 @router.post("/executions/{execution_id}/re_run", status_code=201, tags=["executions"])
 async def rerun_execution(execution_id: str, request: Request, body: RerunRequest | None = None) -> dict[str, Any]:
+    who = request_user(request)
+    context = {"source": "api", **({"user": who} if who else {})}
     try:
-        record = await api_state(request).squall.executions.rerun(execution_id, body.parameters if body else None)
+        record = await api_state(request).squall.chat.commands.rerun(execution_id, body.parameters if body else None,
+                                                                     context)
     except ExecutionNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
+    except CommandRefused as exc:
+        raise HTTPException(403, str(exc)) from exc
     except (ParameterError, UnknownAction, ValueError) as exc:
         raise HTTPException(400, str(exc)) from exc
     await _audit(request, "api.execution.rerun", record, {"action": record["action"], "of": execution_id,

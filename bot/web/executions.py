@@ -18,9 +18,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 
 from bot.accounts import Session
+from bot.chat.commands import CommandRefused
 from bot.web import ansi, graph, origin
 from bot.web.pages import PageError, PageRoute, form_time, render
 from bot.web.session import MAX_FIELDS, form_fields, operator, viewer
+from engine.actions import unapproved
 from engine.executions import CANCELABLE, COMPLETED, STATUSES, ExecutionNotFound, ExecutionStateError
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
@@ -123,7 +125,20 @@ def controls(squall: Any, session: Session, record: dict[str, Any]) -> dict[str,
     """Which buttons the page shows this account: only those it may use, while they apply."""
     operator_ = session.account.may("operator")
     return {"cancelable": operator_ and record["status"] in CANCELABLE,
-            "rerunnable": operator_ and record["action"] in squall.registry.actions}
+            "rerunnable": operator_ and _not_rerunnable(squall, record) is None}
+
+
+def _not_rerunnable(squall: Any, record: dict[str, Any]) -> PageError | None:
+    """Why `record` cannot be run again from here (its action gone or disabled, or it needs approval,
+    which the web cannot ask for), as the page to show; None if it can."""
+    action = squall.registry.actions.get(record["action"])
+    if action is None:
+        return PageError(f"{record['action']} is no longer loaded (its pack was removed): it cannot run again.", 409)
+    if not action.enabled:
+        return PageError(f"{record['action']} is disabled (enabled: false in its pack): it cannot run again.", 409)
+    if (needed := squall.chat.commands.approval_for(record)) is not None:
+        return PageError(unapproved(*needed), 403)
+    return None
 
 
 @router.post("/executions/{execution_id}/cancel")
@@ -178,8 +193,8 @@ def _rerun_fields(squall: Any, record: dict[str, Any]) -> list[dict[str, Any]]:
 async def rerun_form(request: Request, execution_id: str, session: Session = Depends(operator)) -> Response:
     squall = request.app.state.squall
     record = await find_execution(request, execution_id)
-    if record["action"] not in squall.registry.actions:
-        raise PageError(f"{record['action']} is no longer loaded (its pack was removed): it cannot run again.", 409)
+    if (refused := _not_rerunnable(squall, record)) is not None:
+        raise refused
     return render(request, "rerun.html", {"session": session, "record": record,
                                           "fields": _rerun_fields(squall, record), "error": None})
 
@@ -190,8 +205,8 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
     (`ExecutionService.rerun`, as the API's re_run); an empty secret keeps the original."""
     squall = request.app.state.squall
     record = await find_execution(request, execution_id)
-    if record["action"] not in squall.registry.actions:
-        raise PageError(f"{record['action']} is no longer loaded (its pack was removed): it cannot run again.", 409)
+    if (refused := _not_rerunnable(squall, record)) is not None:
+        raise refused
     form = await form_fields(request)
     fields = _rerun_fields(squall, record)
     changed: dict[str, Any] = {}
@@ -202,7 +217,9 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
                 continue
             changed[field["name"]] = sent if field["type"] == "string" else _json_field(field["name"], sent)
         context = {"user": session.account.name, "source": "web"}
-        new = await squall.executions.rerun(record["id"], changed, context)
+        new = await squall.chat.commands.rerun(record["id"], changed, context)
+    except CommandRefused as exc:  # it came to need approval since the form was shown
+        raise PageError(str(exc), 403) from exc
     except (ParameterError, UnknownAction, ValueError) as exc:
         shown = [{**f, "value": form.get(f"p.{f['name']}", f["value"]) if not f["secret"] else ""} for f in fields]
         return render(request, "rerun.html", {"session": session, "record": record, "fields": shown,
