@@ -430,3 +430,17 @@ def test_user_cli_refusals_exit_2_and_change_nothing(home: Path) -> None:
         refused = _user(home, *args, stdin=stdin)
         assert refused.returncode == 2 and said in refused.stderr, (args, refused.stderr)
     assert [u["name"] for u in json.loads(_user(home, "list", "--json").stdout)] == ["ann"]
+
+
+def test_every_file_the_ui_serves_is_in_the_installed_package() -> None:
+    """The wheel carries the templates and static files by pyproject's package-data globs: a file no
+    glob names (the favicon once) works from a checkout and is a 404 once installed."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["bot"]
+    served = [path.relative_to(root / "bot").as_posix() for folder in ("web/templates", "web/static")
+              for path in (root / "bot" / folder).iterdir() if path.is_file()]
+    assert "web/static/favicon.svg" in served
+    assert [name for name in served if not any(fnmatch.fnmatch(name, glob) for glob in globs)] == []
