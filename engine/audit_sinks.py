@@ -62,15 +62,23 @@ def line(record: Mapping[str, Any]) -> str:
     return json.dumps(entry(record), default=str, ensure_ascii=False, sort_keys=False)
 
 
+class _PrivateRotatingFile(logging.handlers.RotatingFileHandler):
+    """Who ran what is for the operators, not every local user: each file the handler opens (the
+    first, and the new one after every rotation; rotated ones keep their mode) is made 0600."""
+
+    def _open(self) -> Any:
+        stream = super()._open()
+        os.chmod(self.baseFilename, 0o600)
+        return stream
+
+
 class FileSink:
-    """JSON lines appended to `path`, rotated at `max_bytes` keeping `backups` old files."""
+    """JSON lines appended to `path`, rotated at `max_bytes` keeping `backups` old files (all 0600)."""
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
-                                                            encoding="utf-8")
+        self.handler = _PrivateRotatingFile(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(message)s"))
-        os.chmod(path, 0o600)  # who ran what is for the operators, not every local user
 
     def __call__(self, record: Mapping[str, Any]) -> None:
         self.handler.emit(logging.makeLogRecord({"msg": line(record), "levelno": logging.INFO}))

@@ -145,11 +145,14 @@ class Metrics:
             return
         if not isinstance(statsd, dict) or set(statsd) - {"host", "port", "prefix"} or "host" not in statsd:
             raise ConfigError(f"{config.path}: 'metrics.statsd' must be a mapping with host (and port, default "
-                              f"8125; prefix, default st2), such as {{host: 127.0.0.1, port: 8125}}, not {statsd!r}")
+                              f"8125; prefix, put after st2. as StackStorm's metrics.prefix), such as "
+                              f"{{host: 127.0.0.1, port: 8125}}, not {statsd!r}")
         port = statsd.get("port", 8125)
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ConfigError(f"{config.path}: 'metrics.statsd.port' must be a UDP port number, not {port!r}")
-        self.statsd = Statsd(str(statsd["host"]), port, str(statsd.get("prefix", "st2")))
+        # StackStorm's keys start `st2.`, then its `metrics.prefix` if set: `st2.prod.action.executions`.
+        prefix = str(statsd.get("prefix") or "").strip(".")
+        self.statsd = Statsd(str(statsd["host"]), port, f"st2.{prefix}" if prefix else "st2")
 
     # -- events ---------------------------------------------------------------------------------
     def started(self, record: Mapping[str, Any]) -> None:
@@ -287,10 +290,12 @@ _BY_STATUS = (sa.select(executions.c.status, sa.func.count()).where(executions.c
               .group_by(executions.c.status))
 _OUTBOX = sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(OUTBOX_PENDING)
 _INQUIRIES = sa.select(sa.func.count()).where(executions.c.status == "pending", executions.c.runner == "inquirer")
-# The age of a queue's oldest job is its execution's (procrastinate keeps the defer time in its events).
+# The age of a queue's oldest job is from when it was queued (procrastinate's `deferred` event), not its
+# execution's start: a workflow's steps are jobs queued all along its life, under its id.
 _QUEUES = sa.text(
-    "SELECT j.queue_name, count(*), min(e.start_timestamp) FROM procrastinate_jobs j "
-    "LEFT JOIN executions e ON e.id = j.args ->> 'execution_id' WHERE j.status = 'todo' GROUP BY j.queue_name")
+    "SELECT j.queue_name, count(*), min(e.at) FROM procrastinate_jobs j "
+    "LEFT JOIN procrastinate_events e ON e.job_id = j.id AND e.type = 'deferred' "
+    "WHERE j.status = 'todo' GROUP BY j.queue_name")
 
 #: This process's metrics.
 metrics = Metrics()

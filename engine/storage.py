@@ -775,12 +775,17 @@ class Store:
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Group the calls made inside into one transaction (group commit; see `Database`)."""
-        with self.engine.begin() as conn:
-            self._batch.conn = conn
-            try:
-                yield
-            finally:
-                self._batch.conn = None
+        audited = self._batch.audited = []
+        try:
+            with self.engine.begin() as conn:
+                self._batch.conn = conn
+                try:
+                    yield
+                finally:
+                    self._batch.conn = None
+        finally:
+            self._batch.audited = None
+        self._tell_audited(audited)
 
     @contextlib.contextmanager
     def batch_without_waiting(self) -> Iterator[None]:
@@ -799,10 +804,12 @@ class Store:
         conn = self._nowait_conn
         driver = conn.connection.driver_connection
         self._batch.engine, self._batch.conn = self._nowait, conn
+        audited = self._batch.audited = []
         try:
             try:
                 yield
                 (conn if conn.in_transaction() else driver).commit()  # type: ignore[union-attr]
+                self._tell_audited(audited)
             except BaseException:
                 (conn if conn.in_transaction() else driver).rollback()  # type: ignore[union-attr]
                 raise
@@ -816,7 +823,7 @@ class Store:
                 raise Busy(str(exc.orig)) from exc
             raise
         finally:
-            self._batch.engine = self._batch.conn = None
+            self._batch.engine = self._batch.conn = self._batch.audited = None
 
     def _write(self) -> contextlib.AbstractContextManager[sa.Connection]:
         conn = getattr(self._batch, "conn", None)
@@ -1252,8 +1259,18 @@ class Store:
         record = {"timestamp": utcnow(), "event": event, "actor": actor, "source": source, "target": target,
                   "detail": detail}
         self._insert(audit, record)
-        for listener in self.audit_listeners:
-            listener(record)
+        if not self.audit_listeners:
+            return
+        audited = getattr(self._batch, "audited", None)
+        if audited is not None:  # told once the batch commits: a sink never streams what was rolled back
+            audited.append(record)
+        else:
+            self._tell_audited([record])
+
+    def _tell_audited(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            for listener in self.audit_listeners:
+                listener(record)
 
     def audit_list(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
         statement = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)

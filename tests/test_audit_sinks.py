@@ -16,6 +16,7 @@ import pytest
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
 from engine.config import ConfigError, load_config
+from engine.storage import Store
 from tests.conftest import write
 from tests.test_chat import _config, settle
 from tests.test_cli import SQUALL
@@ -61,6 +62,7 @@ async def test_chat_commands_reach_the_file_and_syslog_with_secrets_masked(home:
     current = home / "data" / "audit.jsonl"
     rotated = home / "data" / "audit.jsonl.1"
     assert rotated.exists() and current.stat().st_size <= 2000 + 500
+    assert [oct(path.stat().st_mode & 0o777) for path in (current, rotated)] == ["0o600", "0o600"]  # rotated too
     lines = [json.loads(line) for path in (rotated, current) for line in path.read_text().splitlines()]
     assert all(set(entry) == {"time", "event", "actor", "source", "target", "detail"} for entry in lines)
     chat = next(entry for entry in _all_lines(home) if entry["event"] == "chat.execution")
@@ -95,6 +97,27 @@ async def test_stdout_sink_and_a_failing_sink_stops_nothing(home: Path, capsys: 
     assert [row["event"] for row in stored] == ["cli.key.delete"]  # stored though the syslog sink failed
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(p["event"], p["actor"], p["target"]) for p in printed] == [("cli.key.delete", "ops", "k")]
+
+
+def test_a_sink_hears_of_an_event_once_it_is_committed(database_url: str) -> None:
+    """Inside a group of writes the event reaches the sinks after the commit, never when it rolls back."""
+    store = Store.open(database_url)
+    heard: list[str] = []
+    store.audit_listeners.append(lambda record: heard.append(record["event"]))
+    try:
+        with pytest.raises(RuntimeError), store.batch():
+            store.audit_add("test.rolled_back", "ops", "cli", None, {})
+            assert heard == []
+            raise RuntimeError("the group fails")
+        with store.batch():
+            store.audit_add("test.committed", "ops", "cli", None, {})
+            assert heard == []
+        assert heard == ["test.committed"]
+        store.audit_add("test.alone", "ops", "cli", None, {})  # its own transaction: told at once
+        assert heard == ["test.committed", "test.alone"]
+        assert [row["event"] for row in store.audit_list()] == ["test.alone", "test.committed"]
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(("sinks", "message"), [

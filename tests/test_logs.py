@@ -132,3 +132,22 @@ async def test_a_secret_parameter_never_reaches_the_logs(home: Path, restore_log
     text = stream.getvalue()
     assert record["id"] in text  # the run was logged (at debug), and its lines name it
     assert "tok-SECRET-9931" not in text
+
+
+async def test_the_http_servers_lines_follow_the_logging_config(home: Path, restore_logging: None) -> None:
+    """uvicorn logs through Squall's handler: JSON when asked, at `logging.libraries`' level (its own
+    logging config printed text past `format: json` and pinned its loggers at warning)."""
+    from bot.http.server import ApiServer
+    from tests.conftest import free_port
+
+    stream = _configured(home, "logging:\n  format: json\n  libraries: info\n")
+    squall = await Squall.start(load_config(home / "config.yml"))
+    server = ApiServer(squall, port=free_port())
+    try:
+        await server.start()
+        logging.getLogger("uvicorn.error").info("a line of the server's")
+    finally:
+        await server.stop()
+        await squall.close()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]  # every line JSON
+    assert any(line["logger"] == "uvicorn.error" and line["message"] == "a line of the server's" for line in lines)

@@ -94,7 +94,7 @@ async def test_counters_move_by_exactly_what_happened(served) -> None:
     assert moved("squall_executions_finished_total", action="core.local", pack="core", status="failed",
                  source="api") == 1
     assert moved("squall_execution_duration_seconds_count", runner="local-shell-cmd") == 3
-    assert moved("squall_webhook_requests_total", hook="ci/build/", status="202") == 1
+    assert moved("squall_webhook_requests_total", hook="ci/build", status="202") == 1  # the hook, not the path
     assert moved("squall_trigger_instances_total", trigger_type="core.st2.webhook") == 1
     assert moved("squall_rules_matched_total", rule="demo.on_build") == 1
     assert moved("squall_rules_evaluated_total", trigger_type="core.st2.webhook") >= 1
@@ -208,3 +208,52 @@ def test_counts_noted_between_scrapes_are_all_exported_and_held_in_bounded_memor
     assert _value(samples, "squall_chat_messages_total", adapter="irc") == total - total // 2
     assert _value(samples, "squall_rules_evaluated_total", trigger_type="core.st2.webhook") == 3 * total
     assert not fresh._counts
+
+
+@pytest.mark.postgres
+async def test_queue_gauges_count_waiting_jobs_and_age_them_from_when_they_were_queued(home: Path,
+                                                                                     postgres_url: str) -> None:
+    """Under the scale-out executor with no worker up, a request's job waits on its queue: counted, and
+    aged from its queueing (a workflow's step jobs carry its id: its start would read hours old)."""
+    import re
+    from datetime import timedelta
+
+    from engine.metrics import Metrics
+    from engine.storage import utcnow
+
+    config = _home(home, "executor: {kind: procrastinate, queues: {core: ops}}") / "config.yml"
+    config.write_text(config.read_text().replace("sqlite:///data/squall.db", postgres_url))
+    squall = await Squall.start(load_config(config))
+    try:
+        record = await squall.executions.request("core.noop")
+        await squall.db(squall.store.update_execution, record["id"],
+                        {"start_timestamp": utcnow() - timedelta(hours=1)})
+        fresh = Metrics()
+        await squall.db(fresh.observe, squall.store, leader=False, adapters={}, queues=True)
+        text = fresh.exposition().decode()
+        assert 'squall_queue_jobs{queue="ops"} 1.0' in text and 'squall_executions{state="waiting"} 1.0' in text
+        found = re.search(r'squall_queue_oldest_job_age_seconds\{queue="ops"\} (\S+)', text)
+        assert found is not None and 0 <= float(found.group(1)) < 600  # queued now; not its execution's hour
+    finally:
+        await squall.close()
+
+
+async def test_statsd_puts_its_prefix_after_st2_as_stackstorm_does(home: Path) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(10)
+    port = listener.getsockname()[1]
+    squall = await Squall.start(load_config(_home(
+        home, f"metrics: {{statsd: {{host: 127.0.0.1, port: {port}, prefix: prod}}}}") / "config.yml"))
+    try:
+        made = await squall.executions.request("core.noop")
+        await squall.executions.wait(made["id"], timeout=30)
+        lines: list[str] = []
+        with contextlib.suppress(TimeoutError):
+            while not any(line.startswith("st2.prod.action.executions:") for line in lines):
+                lines += listener.recv(65536).decode().splitlines()
+    finally:
+        listener.close()
+        await squall.close()
+    assert "st2.prod.action.executions:1|c" in lines
+    assert all(line.startswith("st2.prod.") for line in lines)

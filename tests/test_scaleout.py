@@ -30,6 +30,7 @@ from tests.pgcluster import free_port
 from tests.test_cli import SQUALL
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+SCRAPE_KEY = "scrape-key-for-the-worker-metrics"
 
 SLOW_FLOW = """
 version: 1.0
@@ -113,6 +114,7 @@ def _home(home: Path, database_url: str) -> Path:
           unserved_after: 2
         api:
           enabled: false
+          keys: [{SCRAPE_KEY}]
         adapters:
           console:
             enabled: false
@@ -315,7 +317,11 @@ def test_sigterm_lets_running_actions_finish(cluster: Cluster, tmp_path: Path) -
     health = _healthz(port)
     assert health["status"] == "ok" and health["worker"].endswith(f":{worker.pid}")
     assert health["queues"] == ["default", "zone-a"] and health["running"] == [napping]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+    with pytest.raises(urllib.error.HTTPError) as keyless:  # behind the API's keys, as on serve
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert keyless.value.code == 401
+    scrape = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"St2-Api-Key": SCRAPE_KEY})
+    with urllib.request.urlopen(scrape, timeout=10) as response:
         scraped = response.read().decode()
     assert 'squall_executions_started_total{action="demo.nap",pack="demo",source="cli"} 1.0' in scraped
     assert 'squall_executions{state="running"} 1.0' in scraped

@@ -58,6 +58,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 
 class _State:
     config_path: str | None = None
+    #: `-v`: the long-running commands (serve, worker) then log at debug.
+    verbose = False
 
 
 @app.callback()
@@ -67,8 +69,14 @@ def _main(
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log what Squall does.")] = False,
 ) -> None:
     _State.config_path = config
+    _State.verbose = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def log_level() -> str | None:
+    """The level `-v` asks the long-running commands for (debug), or None: config `logging.level` decides."""
+    return "debug" if _State.verbose else None
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -144,11 +152,10 @@ def with_store(work: Callable[[Store, Config], T]) -> T:
 def audit(event: str, target: str | None, detail: dict[str, Any]) -> None:
     """Record what a command changed without starting Squall (a pack installed or removed) in the
     audit log, as the local user, and in `audit.sinks` as any audit event goes."""
-    from engine.audit_sinks import build
+    from engine.audit_sinks import install
 
     def write(store: Store, config: Config) -> None:
-        sinks = build(config)
-        store.audit_listeners.extend(sinks)
+        sinks = install(store, config)  # guarded: a sink that fails must not fail what is already done
         try:
             store.audit_add(event, current_user(), "cli", target, detail)
         finally:

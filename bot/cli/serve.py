@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli.common import current_config, current_user, fail
+from bot.cli.common import current_config, current_user, fail, log_level
 
 
 def chat(
@@ -42,7 +42,7 @@ def serve() -> None:
 
     config = current_config()
     try:
-        configure_logging(config)
+        configure_logging(config, log_level())
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_forever(config, stop_signals=(signal.SIGINT, signal.SIGTERM)))
     except (ConfigError, AdapterConfigError) as exc:  # settings found wanting at start: say which, no traceback
@@ -69,7 +69,7 @@ def worker(
     config = current_config()
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
-        configure_logging(config)
+        configure_logging(config, log_level())
         health = (health_host, health_port) if health_port is not None else None
         asyncio.run(work(config, names, concurrency, drain, health))
     except ConfigError as exc:

@@ -1,16 +1,18 @@
 """`GET /healthz`: for load balancers and probes, so it needs no API key and touches no database.
 
 `squall serve` answers it beside the API; a `squall worker` started with `--health-port` answers
-it (`worker_api`), with what the worker runs, and its `/metrics` beside it."""
+it (`worker_api`), with what the worker runs, and its `/metrics` beside it (behind an API key unless
+`metrics.public`, as on serve)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from bot.http.state import api_state
+from bot.http.key_auth import require_key
+from bot.http.state import ApiSettings, ApiState, api_state
 from engine.metrics import CONTENT_TYPE_LATEST, metrics
 
 router = APIRouter()
@@ -25,13 +27,16 @@ async def healthz(request: Request) -> dict[str, Any]:
 def worker_api(worker: Any) -> FastAPI:
     """The HTTP face of a `squall worker` (`bot.worker.Worker`): `/healthz`, which says 503 once
     the worker is stopping (an orchestrator sees the drain), and `/metrics`."""
+    squall = worker.squall
     app = FastAPI(title="Squall worker", openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.api = ApiState(squall=squall, settings=ApiSettings.from_config(squall.config.section("api")))
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False,
+             dependencies=[] if squall.config.metrics_public else [Depends(require_key)])
     async def worker_metrics() -> Response:
-        """The worker's Prometheus metrics (its executions, queues, the process), for a scraper on
-        the worker's own network: the health port binds to loopback unless told otherwise."""
-        squall = worker.squall
+        """The worker's Prometheus metrics (its executions, queues, the process), behind the API's
+        keys (config `api.keys`, `$SQUALL_API_KEYS`, the stored ones) unless `metrics.public`, as on
+        `squall serve`: its labels describe the installation."""
         await squall.db(metrics.observe, squall.store, leader=squall.sensor_lead, adapters={}, queues=True)
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

@@ -80,5 +80,6 @@ class RequestMetrics:
 
 
 def _hook(template: str, scope: dict[str, Any], status: int) -> str:
-    name = _WEBHOOKS[template] or str((scope.get("path_params") or {}).get("name") or "")
+    # As the route reads it: `ci/build`, `ci/build/` and `ci/build//` are one hook, so one series.
+    name = _WEBHOOKS[template] or str((scope.get("path_params") or {}).get("name") or "").strip("/")
     return name if 200 <= status < 300 else "other"

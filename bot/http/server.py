@@ -20,8 +20,10 @@ class ApiServer:
         section = squall.config.section("api")
         self.host = host or str(section.get("host", "127.0.0.1"))
         self.port = int(port if port is not None else section.get("port", 9101))
-        config = uvicorn.Config(app or create_api(squall), host=self.host, port=self.port, log_level="warning",
-                                lifespan="off", access_log=False)
+        # No logging config of uvicorn's own: its handlers print text past `logging.format: json` and
+        # its level would override `logging.libraries` (engine/logs.py sets both for its loggers).
+        config = uvicorn.Config(app or create_api(squall), host=self.host, port=self.port, log_config=None,
+                                log_level=None, lifespan="off", access_log=False)
         self.server = uvicorn.Server(config)
         # The service owns SIGINT/SIGTERM (loop.add_signal_handler): uvicorn must not replace them.
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
