@@ -218,15 +218,8 @@ _DANGEROUS_ENV = re.compile(r"^(BASH_ENV|ENV|PATH|BASH_FUNC_.*|LD_.*|PYTHON.*|PE
                             r"SHELLOPTS|BASHOPTS|PS4|PROMPT_COMMAND|IFS|GCONV_PATH)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# Complex by nature: StackStorm's parameter resolution order, one step per rule (spec §1.2).
-def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, Any],  # noqa: C901
-            env: jinja2.Environment | None = None, *, render: bool | Collection[str] = False) -> Resolution:
-    """Check, render, cast and validate the parameters of one request for `action`.
-
-    Defaults are templates a pack author wrote, and render. A supplied value renders only when
-    `render` names it (or is True): rule parameters and alias defaults are a pack author's text,
-    but a value a person typed is data and reaches the action exactly as given, so a chat user
-    cannot write templates that run with the service's datastore (docs/security.md)."""
+def _check_names(action: Action, supplied: Mapping[str, Any]) -> None:
+    """Every supplied name is one of the action's parameters, and none is immutable."""
     schema = action.parameters
     unknown = [name for name in supplied if name not in schema]
     if unknown:
@@ -242,6 +235,35 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
     immutable = sorted(n for n in supplied if schema[n].get("immutable"))
     if immutable:
         raise ParameterError(f"Override of immutable parameter(s) {immutable} is unsupported.")
+
+
+def check_unrendered(action: Action, supplied: Mapping[str, Any], render: bool | Collection[str] = False) -> None:
+    """What `resolve` would refuse without rendering anything: unknown and immutable names, a required
+    parameter missing with no default, and each value given as data (not a template `render` names)
+    cast and checked against its spec, in `resolve`'s words. A command held for approvers is checked
+    so first: a bad one is refused now, not after they said yes."""
+    _check_names(action, supplied)
+    renders = _rendered_names(supplied, render)
+    for name, spec in action.parameters.items():
+        value = supplied.get(name)
+        if value is None:
+            if "default" not in spec:
+                check_parameter(f'action "{action.ref}"', name, spec, None)
+        elif name not in renders:
+            check_parameter(f'action "{action.ref}"', name, spec, cast(name, value, spec))
+
+
+# Complex by nature: StackStorm's parameter resolution order, one step per rule (spec §1.2).
+def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, Any],  # noqa: C901
+            env: jinja2.Environment | None = None, *, render: bool | Collection[str] = False) -> Resolution:
+    """Check, render, cast and validate the parameters of one request for `action`.
+
+    Defaults are templates a pack author wrote, and render. A supplied value renders only when
+    `render` names it (or is True): rule parameters and alias defaults are a pack author's text,
+    but a value a person typed is data and reaches the action exactly as given, so a chat user
+    cannot write templates that run with the service's datastore (docs/security.md)."""
+    schema = action.parameters
+    _check_names(action, supplied)
 
     raw: dict[str, Any] = {}
     live: list[str] = []

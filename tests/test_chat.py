@@ -272,7 +272,7 @@ async def test_confirmation_needs_yes_from_the_same_user(chat) -> None:
     squall, bot, loopback = chat
     await loopback.say("!wipe db1", user="alice")
     await settle(squall, bot)
-    assert "Reply `yes`" in loopback.texts()[-1]
+    assert "Reply `!yes`" in loopback.texts()[-1]  # as it reaches Squall in a channel: addressed
     assert loopback.posted[-1].reply.buttons  # buttons where the platform has them
     await loopback.say("!yes", user="mallory")  # someone else cannot confirm it
     await settle(squall, bot)
@@ -280,6 +280,11 @@ async def test_confirmation_needs_yes_from_the_same_user(chat) -> None:
     await loopback.say("!yes", user="alice")
     await settle(squall, bot)
     assert any("wiped db1" in t for t in loopback.texts())
+
+    await loopback.say("wipe db3", user="alice", channel="alice", direct=True)
+    await settle(squall, bot)
+    assert "Reply `yes`" in loopback.texts("alice")[-1]  # in a private message a bare `yes` reaches Squall
+    await loopback.say("no", user="alice", channel="alice", direct=True)
 
     await loopback.say("!wipe db2", user="alice")
     await loopback.say("!no", user="alice")

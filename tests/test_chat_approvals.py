@@ -123,6 +123,32 @@ async def test_two_approvers_needed_and_the_execution_names_them(chat) -> None:
     assert row["status"] == "approved" and row["execution_id"] == execution["id"]
 
 
+async def test_a_command_that_cannot_run_is_refused_before_its_approvers_are_asked(home: Path) -> None:
+    _approval_config(home)
+    write(home / "packs" / "demo" / "actions" / "scale.yaml", """
+        name: scale
+        runner_type: local-shell-cmd
+        parameters:
+          replicas: {type: integer, required: true}
+          cmd: {default: 'echo scaled to {{replicas}}', immutable: true}
+        approval: {groups: [approvers]}
+    """)
+    write(home / "packs" / "demo" / "aliases" / "scale.yaml", """
+        name: scale
+        action_ref: demo.scale
+        formats: ["scale to {{replicas}}"]
+    """)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!scale to many", user="alice", channel="#ops")
+        await settle(squall, bot)
+        assert 'parameter "replicas"' in loopback.texts()[-1] and "many" in loopback.texts()[-1]
+        assert not any(p.reply.buttons and "approval" in p.text for p in loopback.posted)  # nobody was asked
+        assert await _events(squall, "chat.approval.request") == []
+        await loopback.say("!scale to 3", user="alice", channel="#ops")
+        await settle(squall, bot)
+        assert "waiting for 1 approval from approvers" in _prompt(loopback).text
+
+
 async def test_retry_of_an_approved_command_asks_for_approval_again(chat) -> None:
     squall, bot, loopback = chat
     await loopback.say("!restart web", user="alice", channel="#ops")
@@ -146,6 +172,9 @@ async def test_self_approval_is_refused_and_an_action_can_ask_for_approval(chat)
     await loopback.say(f"!approve {approval_id}", user="ann", thread="m1")
     await settle(squall, bot)
     assert "someone else" in loopback.texts()[-1]
+    # A click takes a prompt's buttons off (Slack, Mattermost): the refusal brings them back for the approvers.
+    assert loopback.posted[-1].reply.buttons == _prompt(loopback).reply.buttons
+    assert loopback.posted[-1].reply.thread == "m1"
     assert await squall.executions.list(action="demo.restart") == []
     [refused] = await _events(squall, "chat.approval.refused")
     assert refused["actor"] == "ann" and "someone else" in refused["detail"]["reason"]

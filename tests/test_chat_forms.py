@@ -119,66 +119,86 @@ async def loop(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapt
         yield started
 
 
+async def _say_privately(loopback: LoopbackAdapter, text: str) -> None:
+    """A direct message to Squall (where it asks for secrets: nobody else reads it)."""
+    await loopback.say(text, channel=DM, direct=True)
+
+
+DM = "dm-alice"
+
+
 async def test_run_form_asks_the_required_fields_and_runs_with_the_answers(loop) -> None:
+    squall, bot, loopback = loop
+    await _say_privately(loopback, "run-form demo.deploy")
+    await settle(squall, bot)
+    assert "host (where to deploy)?" in loopback.texts(DM)[-1]
+    await _say_privately(loopback, "web1")  # answers need no prefix: the exchange is a conversation
+    await settle(squall, bot)
+    assert loopback.texts(DM)[-1].startswith("count?")
+    await _say_privately(loopback, "zero")
+    await settle(squall, bot)
+    assert loopback.texts(DM)[-1] == f"{engine_message('count', 'zero', COUNT_SPEC)}\ncount? (integer)"
+    await _say_privately(loopback, "3")
+    await settle(squall, bot)
+    assert loopback.texts(DM)[-1].startswith("token?")
+    await _say_privately(loopback, SECRET)
+    await settle(squall, bot)
+    assert "deploying web1" in [p.reply.text for p in loopback.posted]  # the ack (edited to the status since)
+    assert "deployed web1 x3 to dev" in loopback.texts(DM)
+    [execution] = await squall.executions.list(limit=5)
+    assert execution["parameters"]["token"] == "********" and execution["context"]["chat"]["channel"] == DM
+    await _nothing_shows_the_secret(squall, loopback.texts(DM))
+
+
+async def test_a_secret_is_never_asked_for_in_a_channel_others_read(loop) -> None:
     squall, bot, loopback = loop
     await loopback.say("!run-form demo.deploy")
     await settle(squall, bot)
-    assert "host (where to deploy)?" in loopback.texts()[-1]
-    await loopback.say("web1")  # answers need no prefix: the exchange is a conversation
+    said = loopback.texts("#ops")[-1]
+    assert said.startswith("demo.deploy needs the secret token, which I will not ask for in a channel")
+    assert "direct message" in said
+    await loopback.say("web1")  # no exchange was started: chatter
     await settle(squall, bot)
-    assert loopback.texts()[-1].startswith("count?")
-    await loopback.say("zero")
-    await settle(squall, bot)
-    assert loopback.texts()[-1] == f"{engine_message('count', 'zero', COUNT_SPEC)}\ncount? (integer)"
-    await loopback.say("3")
-    await settle(squall, bot)
-    assert loopback.texts()[-1].startswith("token?")
-    await loopback.say(SECRET)
-    await settle(squall, bot)
-    assert "deploying web1" in [p.reply.text for p in loopback.posted]  # the ack (edited to the status since)
-    assert "deployed web1 x3 to dev" in loopback.texts("#ops")
-    [execution] = await squall.executions.list(limit=5)
-    assert execution["parameters"]["token"] == "********" and execution["context"]["chat"]["channel"] == "#ops"
-    await _nothing_shows_the_secret(squall, loopback.texts())
+    assert loopback.texts("#ops")[-1] == said and await squall.executions.list(limit=5) == []
 
 
 async def test_a_form_of_a_confirming_alias_asks_first_and_masks_the_secret(loop) -> None:
     squall, bot, loopback = loop
-    await loopback.say("!run-form careful")
+    await _say_privately(loopback, "run-form careful")
     for answer in ("web1", "1", SECRET):
-        await loopback.say(answer)
+        await _say_privately(loopback, answer)
     await settle(squall, bot)
-    assert loopback.texts()[-1].startswith("About to run demo.deploy with host=web1, count=1, token=********.")
+    assert loopback.texts(DM)[-1].startswith("About to run demo.deploy with host=web1, count=1, token=********.")
     assert await squall.executions.list(limit=5) == []
-    await loopback.say("!yes")
+    await _say_privately(loopback, "yes")
     await settle(squall, bot)
-    assert "deployed web1 x1 to dev" in loopback.texts()
-    await _nothing_shows_the_secret(squall, loopback.texts())
+    assert "deployed web1 x1 to dev" in loopback.texts(DM)
+    await _nothing_shows_the_secret(squall, loopback.texts(DM))
 
 
 async def test_cancel_stops_the_questions(loop) -> None:
     squall, bot, loopback = loop
-    await loopback.say("!run-form deploy")
-    await loopback.say("web1")
-    await loopback.say("cancel")
+    await _say_privately(loopback, "run-form deploy")
+    await _say_privately(loopback, "web1")
+    await _say_privately(loopback, "cancel")
     await settle(squall, bot)
-    assert loopback.texts()[-1] == "OK, not running demo.deploy."
-    await loopback.say("3")  # no longer an answer: chatter
+    assert loopback.texts(DM)[-1] == "OK, not running demo.deploy."
+    await _say_privately(loopback, "3")  # no longer an answer (in a DM: an unknown command)
     await settle(squall, bot)
-    assert loopback.texts()[-1] == "OK, not running demo.deploy."
+    assert loopback.texts(DM)[-1].startswith("I don't know `3`")
     assert await squall.executions.list(limit=5) == []
 
 
 async def test_a_typed_command_missing_a_parameter_offers_the_questions(loop) -> None:
     squall, bot, loopback = loop
-    await loopback.say("!deploy web2")
+    await _say_privately(loopback, "deploy web2")
     await settle(squall, bot)
-    offer = loopback.texts()[-1]
+    offer = loopback.texts(DM)[-1]
     assert offer.startswith("I can't run that: ") and "count" in offer and offer.endswith("count? (integer)")
-    await loopback.say("2")
-    await loopback.say(SECRET)
+    await _say_privately(loopback, "2")
+    await _say_privately(loopback, SECRET)
     await settle(squall, bot)
-    assert "deployed web2 x2 to dev" in loopback.texts()
+    assert "deployed web2 x2 to dev" in loopback.texts(DM)
 
 
 async def test_a_form_is_refused_to_who_may_not_run_its_alias(loop) -> None:
@@ -223,19 +243,19 @@ def _sessions(squall: Squall) -> list[tuple[str, str]]:
 async def test_questions_go_on_after_a_restart_from_their_stored_and_encrypted_state(home: Path) -> None:
     _pack(home)
     async with loopback_chat(home) as (squall, bot, loopback):
-        await loopback.say("!deploy web2")  # host given by the typed command: count and token asked
-        await loopback.say("2")
+        await _say_privately(loopback, "deploy web2")  # host given by the typed command: count and token asked
+        await _say_privately(loopback, "2")
         await settle(squall, bot)
-        assert loopback.texts()[-1].startswith("token?")
+        assert loopback.texts(DM)[-1].startswith("token?")
         [(key, state)] = _sessions(squall)
         assert key.startswith("ask:")
         assert "web2" not in state and "web2" in squall.keys.decrypt(state)  # answers may be secrets
     async with loopback_chat(home) as (squall, bot, loopback):
-        await loopback.say(SECRET)
+        await _say_privately(loopback, SECRET)
         await settle(squall, bot)
-        assert "deployed web2 x2 to dev" in loopback.texts("#ops")
+        assert "deployed web2 x2 to dev" in loopback.texts(DM)
         assert _sessions(squall) == []  # the exchange is over
-        await _nothing_shows_the_secret(squall, loopback.texts())
+        await _nothing_shows_the_secret(squall, loopback.texts(DM))
 
 
 async def test_a_form_past_its_time_is_not_taken_up_after_a_restart(home: Path) -> None:

@@ -267,3 +267,37 @@ async def test_an_inquiry_with_approver_rules_needs_two_others_and_one_no_ends_i
     ended = await _final(squall, refused_id)
     assert "deploy" not in task_names(await children(squall, refused_id)) and ended["result"]["output"] == {
         "answer": None}
+
+
+async def test_an_inquirys_roles_are_the_chats_groups_config_ones_included(home: Path) -> None:
+    """`roles: [approvers]` answered in chat: a member by config `auth.groups` may answer (as with
+    approvals), someone outside it may not."""
+    write(home / "config.yml", """
+        database:
+          url: sqlite:///data/squall.db
+        packs:
+          paths: [packs]
+        routes:
+          ops: {adapter: loopback, channel: "#approvals"}
+        auth:
+          groups:
+            approvers: [ann]
+    """)
+    workflow_pack(home, {"roles": ("orquesta", "", APPROVAL.replace("users: [olivia]", "roles: [approvers]"))})
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    try:
+        workflow_id, inquiry = await _paused(squall, "wf.roles")
+        question = next(p for p in await loopback.wait_for(lambda p: any(inquiry["id"] in x.text for x in p))
+                        if inquiry["id"] in p.text)
+        await loopback.say("yes", user="bea", channel="#approvals", thread=question.id, mentioned=True)
+        await loopback.wait_for(lambda posted: any("Sorry bea" in p.text for p in posted))
+        assert (await squall.executions.get(inquiry["id"]))["status"] == "pending"
+        await loopback.say("yes", user="ann", channel="#approvals", thread=question.id, mentioned=True)
+        done = await _final(squall, workflow_id)
+        assert done["status"] == "succeeded" and done["result"]["output"] == {"answer": True}
+        assert (await squall.executions.get(inquiry["id"]))["result"]["responder"] == "ann"
+    finally:
+        await squall.chat.stop()
+        await squall.close()

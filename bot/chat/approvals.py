@@ -99,6 +99,11 @@ class ApprovalChat:
             if refusal is not None:
                 await self._audit("chat.approval.refused", message.user, _where(message), row,
                                   {"verdict": verdict, "reason": refusal})
+                if row["status"] == "pending" and self._in_thread(row, message):
+                    # A refused click (the requester's own, an outsider's) took the prompt's buttons off
+                    # on Slack and Mattermost too: the approvers get them again with the answer.
+                    await self._tell(row, refusal, _buttons(row["id"]))
+                    return None
                 return refusal
             decision = {"user": message.user, "at": iso(utcnow()), "adapter": message.adapter,
                         "channel": message.channel, "thread": message.thread, "verdict": verdict,

@@ -52,8 +52,8 @@ class ChatBot:
         settings = ChatSettings.from_config(config.section("chat"))
         self.announcer = Announcer(engine, self.outbox, self.index)
         self.notices = Notices(engine, self.announcer, self.outbox)
-        self.inquiries = InquiryChat(engine, self.announcer, self.outbox, settings.prefix)
         auth = Authorizer.from_config(config.section("auth"))
+        self.inquiries = InquiryChat(engine, self.announcer, self.outbox, auth, settings.prefix)
         #: The one command path (chat, the HTTP API, forms): match, authorise, request, audit, ack.
         self.commands = CommandService(engine, self.index, auth)
         #: Commands held for approvers; it sets itself as the command path's holder.

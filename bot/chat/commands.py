@@ -28,7 +28,7 @@ from bot.chat.replies import render_ack, short
 from engine.actions import unapproved
 from engine.executions import AuditEntry
 from engine.packs import UnknownAction
-from engine.parameters import ParameterError
+from engine.parameters import ParameterError, check_unrendered
 from engine.templates import rendered
 
 if TYPE_CHECKING:
@@ -111,6 +111,10 @@ class CommandService:
         if policy is not None:
             if self.holder is None or chat is None:
                 raise CommandRefused(unapproved(alias.ref, policy))
+            try:  # a command that cannot run is refused now, not after its approvers said yes
+                check_unrendered(action, parameters, render)
+            except ParameterError as exc:
+                raise CommandFailed(str(exc)) from exc
             return await self.holder(HeldRequest(alias, message, parameters, sorted(render), context, policy))
         return await self.request(alias, message, source, parameters, render, context)
 

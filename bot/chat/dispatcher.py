@@ -189,6 +189,13 @@ class Dispatcher:
             log.exception("handling a message from %s failed", message.user)
             await self.say(message, f"Sorry, something went wrong handling that: {exc}")
 
+    def _answer(self, message: Message, word: str) -> str:
+        """How to say `word` so it reaches Squall where `message` was typed (for a platform without
+        buttons): bare in a direct message, else addressed as any command (`_addressed`)."""
+        if message.direct:
+            return f"`{word}`"
+        return f"`{self.settings.prefix}{word}`" if self.settings.prefix else f"`@{self.settings.bot_name} {word}`"
+
     def _addressed(self, message: Message) -> str | None:
         """The command text if the message is for the bot (prefix, mention or DM), else None."""
         text = _SPACES.sub(" ", message.text.translate(_QUOTES)).strip()
@@ -267,7 +274,8 @@ class Dispatcher:
             self._confirmations[key] = PendingConfirmation(match, message, time.monotonic() + ttl)
             shown = self._masked(match.alias.action_ref, match.parameters)
             await self.say(message, f"About to run {match.alias.action_ref} with "
-                                    f"{_params(shown)}. Reply `yes` within {ttl:g}s to go ahead, or `no`.",
+                                    f"{_params(shown)}. Reply {self._answer(message, 'yes')} within {ttl:g}s to go "
+                                    f"ahead, or {self._answer(message, 'no')}.",
                            buttons=[{"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}])
             return
         await self._run(match, message)
@@ -283,7 +291,8 @@ class Dispatcher:
             ttl = self.settings.confirm_ttl
             self._confirmations[key] = PendingConfirmation(None, message, time.monotonic() + ttl, best.filled)
             await self.say(message, f"Did you mean `{prefix}{short(best.filled, 300)}`? ({best.alias.ref}) "
-                                    f"Reply `yes` within {ttl:g}s to run it, or `no`.",
+                                    f"Reply {self._answer(message, 'yes')} within {ttl:g}s to run it, or "
+                                    f"{self._answer(message, 'no')}.",
                            buttons=[{"text": "Run", "value": "yes"}, {"text": "Cancel", "value": "no"}])
             return
         if best is not None:

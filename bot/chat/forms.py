@@ -264,6 +264,12 @@ class ChatForms:
             return
         private = getattr(self.dispatcher.adapters.get(message.adapter), "private_channel", None)
         where = replace(message, channel=private(message.user), thread=None, direct=True) if private else message
+        secret = next((f.name for f in asked if f.kind == "secret"), None)
+        if secret is not None and not where.direct:  # what a person types there, everyone there reads
+            await self.dispatcher.say(message, f"{lead}{alias.ref} needs the secret {secret}, which I will not ask "
+                                               "for in a channel others read: send me the command in a direct "
+                                               "message, or run it from the web UI's form.")
+            return
         if where is not message:
             await self.dispatcher.say(message, f"{lead}I'll ask for the parameters of {alias.ref} in a private "
                                                "message.")

@@ -17,6 +17,7 @@ from engine.inquiries import RUNNER, InquiryError
 
 if TYPE_CHECKING:
     from bot.chat.announce import Announcer
+    from bot.chat.auth import Authorizer
     from bot.chat.outbox import Outbox
     from engine.core import Engine
 
@@ -83,10 +84,12 @@ def parse_answer(schema: dict[str, Any], text: str) -> dict[str, Any] | None:
 class InquiryChat:
     """Posts questions of new inquiries and turns chat answers into responses."""
 
-    def __init__(self, engine: Engine, announcer: Announcer, outbox: Outbox, prefix: str) -> None:
+    def __init__(self, engine: Engine, announcer: Announcer, outbox: Outbox, auth: Authorizer, prefix: str) -> None:
         self.engine = engine
         self.announcer = announcer
         self.outbox = outbox
+        #: An inquiry's `roles` are the chat's groups, as approvals' are: config `auth.groups` and the platform's.
+        self.auth = auth
         self.prefix = prefix
         engine.events.subscribe(INQUIRY_PENDING, self.post)
 
@@ -132,7 +135,8 @@ class InquiryChat:
             return None
         where, store = f"{message.adapter}:{message.channel}", self.engine.store
         try:
-            answered = await self.engine.inquiries.respond(inquiry["id"], response, message.user, message.groups)
+            answered = await self.engine.inquiries.respond(inquiry["id"], response, message.user,
+                                                           sorted(self.auth.groups_of(message)))
         except InquiryError as exc:
             await self.engine.db(store.audit_add, "chat.inquiry.denied", message.user, where, inquiry["id"],
                                  {"reason": str(exc)})
