@@ -201,6 +201,25 @@ async def test_the_list_streams_new_rows_and_changed_ones(web: Web) -> None:
         assert refused.status_code == 400 and said in refused.text
 
 
+async def test_a_filtered_list_sends_the_end_of_a_row_that_stops_matching(web: Web) -> None:
+    """On a list of running executions, one that ends is sent once more as it ended (it would show
+    running for ever), then leaves the stream's memory; one that starts running is added."""
+    session = Session(Account("otto", "operator"), "csrf", "hash")
+    first = await _running(web)
+    events = live._list_stream(web.squall, session, ExecutionFilter(status="running"), first)
+    refreshed = await anext(events)
+    assert refreshed["event"] == f"row-{first}"
+    await web.squall.executions.cancel(first)
+    await web.squall.executions.wait(first, 30)
+    ended = await asyncio.wait_for(anext(events), 10)
+    assert ended["event"] == f"row-{first}" and "status-canceled" in ended["data"]
+    late = await _running(web)  # newer than the page's top: new
+    got = await asyncio.wait_for(anext(events), 10)
+    assert got["event"] == "new" and f'href="/executions/{late}"' in got["data"]
+    await events.aclose()
+    await web.squall.executions.cancel(late)
+
+
 # -- workflows ----------------------------------------------------------------------------------------
 
 async def test_the_workflow_graph_lists_each_task_with_its_status(web: Web) -> None:

@@ -123,20 +123,31 @@ async def list_events(request: Request, top: str = "", session: Session = Depend
 
 async def _list_stream(squall: Any, session: Session, where: ExecutionFilter,
                        top: str) -> AsyncIterator[dict[str, str]]:
-    known: dict[str, tuple[str, Any]] = {}
+    """Each look at the list's first page sends: rows the page does not have yet (`new`, prepended:
+    newer than `top`, or new to this page since the last look: a row that came to match the filter,
+    or one another process committed late), and rows whose status changed (`row-<id>`). A row that
+    left the page unfinished (a filter on `running` it no longer matches) is sent once more as it
+    ended, so the page does not show it running for ever. Only the rows of the last look are kept."""
+    known: dict[str, tuple[str, Any]] | None = None  # None before the first look: the page's rows
     with Wakeup(squall.executions, None) as wakeup:
         while True:
             rows = await squall.db(squall.store.execution_keyset, where, limit=PAGE_SIZE)
-            fresh = [row for row in rows if row["id"] > top]
+            fresh = [row for row in rows if row["id"] > top or (known is not None and row["id"] not in known)]
             if fresh:
                 yield {"event": "new", "data": "".join(_row_html(session, row) for row in fresh)}
-                top = fresh[0]["id"]
+                top = max(top, *(row["id"] for row in fresh))
+            shown = known or {}
+            states = {row["id"]: (row["status"], row["end_timestamp"]) for row in rows}
             for row in rows:
                 # Every row once at first (it may have changed since the page was made), then on change.
-                state = (row["status"], row["end_timestamp"])
-                if row["id"] <= top and known.get(row["id"]) != state and not (fresh and row in fresh):
+                if row not in fresh and (known is None or shown.get(row["id"]) != states[row["id"]]):
                     yield {"event": f"row-{row['id']}", "data": _row_html(session, row)}
-                known[row["id"]] = state
+            for gone, (status, _ended) in shown.items():
+                if gone not in states and status not in COMPLETED:
+                    record = await squall.db(squall.store.get_execution, gone)
+                    if record is not None:
+                        yield {"event": f"row-{gone}", "data": _row_html(session, record)}
+            known = states
             await wakeup.wait(POLL_SECONDS * 2)
 
 
