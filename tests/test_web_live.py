@@ -17,7 +17,7 @@ import uvicorn
 from bot.accounts import Account, Session
 from bot.web import graph, live
 from bot.web.ansi import AnsiRenderer, render
-from engine.storage import ExecutionFilter
+from engine.storage import ExecutionFilter, utcnow
 from tests.conftest import free_port, write
 from tests.test_web_auth import PASSWORD, Web, login, started_web
 
@@ -135,6 +135,30 @@ async def test_the_page_and_its_stream_show_script_and_colours_as_text(web: Web)
     finished = (await client.get(f"/executions/{execution_id}")).text
     assert "sse-connect" not in finished and "<script>alert" not in finished
     assert '<span class="ansi-red">&lt;script&gt;alert(1)&lt;/script&gt;</span>' in finished
+
+
+async def test_a_colour_and_an_escape_cut_at_the_page_s_last_chunk_carry_on_into_the_stream(web: Web) -> None:
+    """The page shows the output so far; the stream goes on from its last chunk in the state that
+    output left: still green, and an escape sequence cut at the seam is neither lost nor shown."""
+    client, _ = await web.signed_in("vic", "viewer")
+    execution_id = await _running(web)
+    store = web.squall.store
+
+    def chunk(data: str) -> dict:
+        return {"execution_id": execution_id, "stream": "stdout", "data": data, "timestamp": utcnow()}
+
+    await web.squall.db(store.execution_output_add, [chunk("\x1b[32mgreen "), chunk("cut \x1b[")])
+    page = (await client.get(f"/executions/{execution_id}")).text
+    after = int(re.search(rf'sse-connect="/live/executions/{execution_id}\?after=(\d+)"', page).group(1))
+    assert '<span class="ansi-green">green cut </span></pre>' in page  # the cut escape waits for the stream
+    await web.squall.db(store.execution_output_add, [chunk("1mbold green")])
+    session = Session(Account("vic", "viewer"), "csrf", "hash")
+    events = live._execution_stream(web.squall, session, execution_id, after)
+    first = await asyncio.wait_for(anext(events), 10)
+    await events.aclose()
+    assert first["event"] == "stdout" and first["data"] == '<span class="ansi-green ansi-bold">bold green</span>'
+    await web.squall.executions.cancel(execution_id)
+    await web.squall.executions.wait(execution_id, 30)
 
 
 @pytest.mark.slow

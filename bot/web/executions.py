@@ -112,7 +112,9 @@ async def execution_page(request: Request, execution_id: str, session: Session =
     if live:  # what was printed so far; the page's stream goes on from the last chunk shown
         rows = await squall.db(squall.store.execution_output_list, record["id"], limit=MAX_LIVE_CHUNKS)
         after = rows[-1]["id"] if rows else 0
-        streams = {name: ansi.render("".join(r["data"] for r in rows if r["stream"] == name)) for name in STREAMS}
+        # Not final: an escape sequence cut at the last chunk waits for the stream (`live._renderers_at`).
+        streams = {name: ansi.AnsiRenderer().feed("".join(r["data"] for r in rows if r["stream"] == name))
+                   for name in STREAMS}
     else:
         streams = {name: ansi.render(str(result[name])) for name in STREAMS
                    if isinstance(result, dict) and result.get(name)}

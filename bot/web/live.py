@@ -70,7 +70,7 @@ async def execution_events(request: Request, execution_id: str, after: int = 0,
 async def _execution_stream(squall: Any, session: Session, execution_id: str,
                             after: int) -> AsyncIterator[dict[str, str]]:
     store = squall.store
-    renderers = {name: ansi.AnsiRenderer() for name in STREAMS}
+    renderers = await _renderers_at(squall, execution_id, after)
     shown: tuple[Any, ...] | None = None
     with Wakeup(squall.executions, execution_id) as wakeup:
         while True:
@@ -98,6 +98,23 @@ async def _execution_stream(squall: Any, session: Session, execution_id: str,
                 return
             if len(rows) < _OUTPUT_BATCH:
                 await wakeup.wait(POLL_SECONDS)
+
+
+async def _renderers_at(squall: Any, execution_id: str, upto: int) -> dict[str, ansi.AnsiRenderer]:
+    """Each stream's renderer as the output up to chunk `upto` left it (what the page showed, or the
+    browser had before it reconnected): a colour set there, or an escape sequence cut at that chunk's
+    end, carries on into what the stream sends next."""
+    renderers = {name: ansi.AnsiRenderer() for name in STREAMS}
+    after = 0
+    while after < upto:
+        rows = await squall.db(squall.store.execution_output_list, execution_id, after=after, limit=_OUTPUT_BATCH)
+        taken = [row for row in rows if row["id"] <= upto]
+        for stream, text, _last in _runs(taken):
+            renderers[stream].feed(text)
+        if len(taken) < _OUTPUT_BATCH:
+            break
+        after = taken[-1]["id"]
+    return renderers
 
 
 def _runs(rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
