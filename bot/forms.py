@@ -27,6 +27,10 @@ _TYPED_KINDS = ("integer", "number", "boolean", "array", "object")
 _JSON_EXAMPLES = {"array": 'a JSON array such as ["a", "b"]', "object": 'a JSON object such as {"key": "value"}'}
 
 
+#: Form fields the web UI's pages send besides the parameters (the CSRF token: `bot/web/session.py`).
+PAGE_FIELDS = frozenset({"csrf_token"})
+
+
 @dataclass(frozen=True)
 class Field:
     """One value a form asks for.
@@ -47,6 +51,12 @@ class Field:
     choices: tuple[Any, ...] = ()
     has_default: bool = False
     default: Any = None
+
+    @property
+    def input_name(self) -> str:
+        """The form input's name: the parameter's, unless a form field of the page's own has it (the
+        CSRF token, `csrf_token`), which would hide it: then `p.` before it."""
+        return f"p.{self.name}" if self.name in PAGE_FIELDS or self.name.startswith("p.") else self.name
 
     @property
     def templated(self) -> bool:
@@ -145,8 +155,8 @@ def _json(item: Field, text: str) -> Any:
 def _value(item: Field, submitted: Mapping[str, str]) -> Any:
     """The typed value of one field, None when not given; raises `ParameterError` in the engine's words."""
     if item.kind == "boolean":  # a checkbox: sent when ticked, absent when not
-        return cast(item.name, submitted.get(item.name, ""), item.spec)
-    text = submitted.get(item.name, "")
+        return cast(item.name, submitted.get(item.input_name, ""), item.spec)
+    text = submitted.get(item.input_name, "")
     if text == "" or (item.kind not in ("string", "secret") and not text.strip()):
         return None  # not given: the default applies
     if item.kind in ("array", "object"):

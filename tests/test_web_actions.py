@@ -157,6 +157,30 @@ async def test_a_good_run_opens_the_new_execution_from_the_web(web: Web) -> None
     assert page.status_code == 200 and "olga" in page.text
 
 
+async def test_a_parameter_named_as_the_csrf_field_gets_its_own_input(web: Web) -> None:
+    """A parameter called `csrf_token` would share its input's name with the page's token: it is
+    sent as `p.csrf_token`, so the token still guards the post and the value reaches the action."""
+    from bot.forms import PAGE_FIELDS
+    from bot.web.session import CSRF_FIELD
+
+    assert CSRF_FIELD in PAGE_FIELDS
+    write(Path(web.squall.config.path).parent / "packs" / "forms" / "actions" / "clash.yaml", """
+        name: clash
+        runner_type: local-shell-cmd
+        parameters:
+          csrf_token: {type: string, required: true}
+          cmd: {default: 'echo "got {{ csrf_token }}"', immutable: true}
+    """)
+    await web.squall.reload_packs()
+    client, csrf = await web.signed_in("olga", "operator")
+    form = (await client.get("/actions/forms.clash")).text
+    assert 'name="p.csrf_token"' in form
+    done = await client.post("/actions/forms.clash", data={"csrf_token": csrf, "p.csrf_token": "mine"})
+    assert done.status_code == 303
+    record = await web.squall.executions.wait(done.headers["location"].removeprefix("/executions/"), 30)
+    assert record["result"]["stdout"].strip() == "got mine"
+
+
 async def test_an_actions_description_is_text(web: Web) -> None:
     client, _ = await web.signed_in("vic", "viewer")
     for url in ("/actions", "/actions/forms.kinds"):

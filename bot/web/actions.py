@@ -77,7 +77,7 @@ async def action_run(request: Request, ref: str, session: Session = Depends(oper
     fields = action_fields(action)
     submitted = await form_fields(request)
     # What the person typed goes back into the form on an error, but never a secret.
-    shown = {f.name: submitted.get(f.name, "") for f in fields if f.kind != "secret"}
+    shown = {f.name: submitted.get(f.input_name, "") for f in fields if f.kind != "secret"}
     if action.approval is not None:
         return _page(request, session, action, fields, shown, problem=unapproved(action.ref, action.approval),
                      status=403)

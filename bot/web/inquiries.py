@@ -99,7 +99,7 @@ async def inquiry_answer(request: Request, inquiry_id: str, session: Session = D
     inquiry, record = await _inquiry(request, inquiry_id)
     fields = _fields(inquiry)
     submitted = await form_fields(request)
-    shown = {f.name: submitted.get(f.name, "") for f in fields if f.kind != "secret"}
+    shown = {f.name: submitted.get(f.input_name, "") for f in fields if f.kind != "secret"}
     parsed = parse(fields, submitted)
     workflow = await _workflow(request, inquiry["parent"])
     if not parsed.ok:
