@@ -339,6 +339,8 @@ async def test_the_api_and_the_web_refuse_what_needs_approval(home: Path) -> Non
         typed = await api.post("/api/v1/aliasexecution", json={"command": "guarded", "user": "zed"})
         assert typed.status_code == 403 and "needs approval from approvers" in typed.text
         browser, csrf = await web.signed_in("olga", "operator")
+        page = (await browser.get("/actions/demo.guarded")).text
+        assert "needs approval from approvers" in page and "Run demo.guarded</button>" not in page  # said at once
         form = await browser.post("/actions/demo.guarded", data={"csrf_token": csrf})
         assert form.status_code == 403 and "needs approval from approvers" in form.text
         assert await web.squall.executions.list(action="demo.guarded") == []

@@ -61,7 +61,9 @@ def _page(request: Request, session: Session, action: Action, fields: list[Field
           errors: Mapping[str, str] | None = None, problem: str | None = None, status: int = 200) -> Response:
     return render(request, "action.html", {
         "session": session, "action": action, "fields": fields, "values": values, "errors": errors or {},
-        "problem": problem, "may_run": session.account.may("operator") and action.enabled}, status_code=status)
+        "problem": problem, "may_run": session.account.may("operator") and action.enabled and action.approval is None,
+        "needs_approval": unapproved(action.ref, action.approval) if action.approval is not None else None},
+        status_code=status)
 
 
 @router.get("/actions/{ref}")
