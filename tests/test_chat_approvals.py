@@ -149,6 +149,21 @@ async def test_a_command_that_cannot_run_is_refused_before_its_approvers_are_ask
         assert "waiting for 1 approval from approvers" in _prompt(loopback).text
 
 
+async def test_help_names_the_approvals_and_the_commands_that_decide_them(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!help deploy", user="alice")
+    await settle(squall, bot)
+    assert "held until 2 of approvers approve it (not the requester)" in loopback.texts()[-1]
+    await loopback.say("!help restart", user="alice")  # the action's approval, the alias has none
+    await settle(squall, bot)
+    assert "held until 1 of approvers approve it" in loopback.texts()[-1]
+    await loopback.say("!help", user="alice")
+    await settle(squall, bot)
+    listed = "\n".join(loopback.texts())
+    assert "!approve <approval-id>" in listed and "!deny <approval-id> <reason>" in listed
+    assert "!run-form [command]" in listed
+
+
 async def test_retry_of_an_approved_command_asks_for_approval_again(chat) -> None:
     squall, bot, loopback = chat
     await loopback.say("!restart web", user="alice", channel="#ops")

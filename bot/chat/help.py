@@ -21,8 +21,8 @@ from bot.chat.auth import Authorizer
 from bot.chat.replies import short
 
 #: Built-in commands, shown after the packs' aliases.
-BUILTINS = ["help [command]", "executions", "execution <id>", "cancel <id>", "retry <id>",
-            "respond <inquiry-id> <answer>"]
+BUILTINS = ["help [command]", "run-form [command]", "executions", "execution <id>", "cancel <id>", "retry <id>",
+            "respond <inquiry-id> <answer>", "approve <approval-id>", "deny <approval-id> <reason>"]
 _PLACEHOLDER = re.compile(r"\{\{.*?\}\}", re.DOTALL)
 
 
@@ -93,6 +93,10 @@ def details(alias: Alias, action: Any, prefix: str, who: str) -> str:
     lines += parameter_lines(alias, action) or ["  (none)"]
     if alias.confirm:
         lines.append("asks for confirmation before it runs")
+    approval = alias.approval or getattr(action, "approval", None)
+    if approval:
+        lines.append(f"held until {approval['count']} of {', '.join(approval['groups'])} approve it"
+                     + ("" if approval.get("self_approval") else " (not the requester)"))
     lines.append(f"who may run it: {who}")
     return "\n".join(lines)
 
