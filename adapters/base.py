@@ -65,18 +65,24 @@ class Reply:
     #: The reply's outbox id, set by the outbox as it sends (not stored in the payload): adapters
     #: that can look their posts up again carry it on the post (see `Adapter.find_sent`).
     outbox_id: int | None = None
+    #: With tracing on, the traceparent of the span that stored it: its sending is a child span there.
+    trace: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"adapter": self.adapter, "channel": self.channel, "text": self.text, "thread": self.thread,
+        data = {"adapter": self.adapter, "channel": self.channel, "text": self.text, "thread": self.thread,
                 "extra": self.extra, "file": list(self.file) if self.file else None, "buttons": self.buttons,
                 "edit": self.edit, "asker": self.asker}
+        if self.trace is not None:
+            data["trace"] = self.trace
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Reply:
         file = data.get("file")
         return cls(adapter=data["adapter"], channel=data["channel"], text=data["text"], thread=data.get("thread"),
                    extra=data.get("extra") or {}, file=(file[0], file[1]) if file else None,
-                   buttons=data.get("buttons") or [], edit=data.get("edit"), asker=data.get("asker"))
+                   buttons=data.get("buttons") or [], edit=data.get("edit"), asker=data.get("asker"),
+                   trace=data.get("trace"))
 
 
 MessageHandler = Callable[[Message], Awaitable[None]]

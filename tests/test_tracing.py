@@ -58,7 +58,13 @@ async def test_a_chat_message_is_one_trace_to_its_reply(home: Path, spans: InMem
     ran = _one(spans, "execution.run", execution_id=execution["id"])
     assert _child_of(ran, message) and ran.attributes["squall.status"] == "succeeded"
     assert ran.attributes["squall.action"] == "demo.greet" and ran.attributes["squall.runner"] == "local-shell-cmd"
-    assert _child_of(_one(spans, "chat.result", execution_id=execution["id"]), message)
+    result = _one(spans, "chat.result", execution_id=execution["id"])
+    assert _child_of(result, message)
+    # The trace ends where the reply reached the platform: its sending is a span under the result's.
+    sent = [s for s in spans.get_finished_spans() if s.name == "chat.reply" and _child_of(s, result)]
+    assert sent and all(s.attributes["squall.adapter"] == "loopback" for s in sent)  # the result, the ack's edit
+    assert len({s.attributes["squall.outbox_id"] for s in sent}) == len(sent)
+    assert any(s.name == "chat.reply" and _child_of(s, message) for s in spans.get_finished_spans())  # the ack
     assert execution["context"]["trace_context"]["traceparent"].split("-")[1] == f"{message.context.trace_id:032x}"
     assert "world" not in str([dict(s.attributes) for s in spans.get_finished_spans()])  # no parameter values
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from adapters.base import Adapter, DeliveryError, Reply
 from bot.chat.replies import fit
-from engine import wakeups
+from engine import tracing, wakeups
 from engine.metrics import metrics
 from engine.storage import Database, Store, keyed_in_one_statement, utcnow
 
@@ -140,6 +140,8 @@ class Outbox:
     def parts(self, reply: Reply) -> list[Reply]:
         """`reply` fitted to its adapter's capabilities (split, or uploaded as a file): the one place
         replies are fitted. An adapter not running here (a CLI run) is fitted at delivery instead."""
+        if reply.trace is None and (trace := tracing.traceparent()) is not None:  # None at once when tracing is off
+            reply = dataclasses.replace(reply, trace=trace)
         adapter = self.adapters.get(reply.adapter)
         return fit(reply, adapter.capabilities) if adapter is not None else [reply]
 
@@ -377,7 +379,14 @@ class Outbox:
         self._found.update({outbox_id: platform_id for outbox_id, platform_id in found.items() if outbox_id in rows})
 
     async def _deliver_one(self, adapter: Adapter, outbox_id: int, reply: Reply) -> dict[str, Any] | None:
-        """Send one reply, retrying; returns the fields that record it sent, or None once it failed for good."""
+        """Send one reply, retrying; returns the fields that record it sent, or None once it failed for good.
+        A reply stored in a trace is sent in a `chat.reply` span of it: the trace ends at the platform."""
+        if reply.trace is None:
+            return await self._send_retrying(adapter, outbox_id, reply)
+        with tracing.span("chat.reply", reply.trace, adapter=reply.adapter, outbox_id=outbox_id):
+            return await self._send_retrying(adapter, outbox_id, reply)
+
+    async def _send_retrying(self, adapter: Adapter, outbox_id: int, reply: Reply) -> dict[str, Any] | None:
         if outbox_id in self._unchecked:
             await self._look_up(adapter, reply.channel)
         if outbox_id in self._found:
