@@ -195,8 +195,11 @@ class Metrics:
         self._child(self.http_duration, route, method, str(status)).observe(seconds)
         if self.statsd is not None:
             service = "auth" if route.startswith("/auth/") else "stream" if route.startswith("/stream/") else "api"
-            self.statsd.send((f"{service}.requests", 1, "c"), (f"{service}.requests.method.{method}", 1, "c"),
-                             (f"{service}.responses.status.{status}", 1, "c"))
+            # As StackStorm's instrumentation middleware: a counter and a timer, the method, and the status
+            # as a gauge it increments.
+            self.statsd.send((f"{service}.requests", 1, "c"), (f"{service}.requests", seconds * 1000, "ms"),
+                             (f"{service}.requests.method.{method}", 1, "c"),
+                             (f"{service}.responses.status.{status}", "+1", "g"))
 
     def _add(self, counter: Counter, labels: tuple[str, ...], amount: float = 1) -> None:
         self._counts.append((counter, labels, amount))
@@ -263,8 +266,10 @@ class Statsd:
         self.socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         self.socket.setblocking(False)
 
-    def send(self, *samples: tuple[str, float, str]) -> None:
-        payload = "\n".join(f"{self.prefix}.{key}:{value:g}|{kind}" for key, value, kind in samples)
+    def send(self, *samples: tuple[str, float | str, str]) -> None:
+        """Samples of (key, value, type); a text value is sent as it is (`+1` moves a gauge by one)."""
+        payload = "\n".join(f"{self.prefix}.{key}:{value if isinstance(value, str) else format(value, 'g')}|{kind}"
+                             for key, value, kind in samples)
         with contextlib.suppress(OSError):  # nobody listening, or a full buffer: statsd is lossy by design
             self.socket.sendto(payload.encode(), self.address)
 

@@ -178,11 +178,12 @@ async def test_statsd_gets_the_same_events_in_stackstorm_keys(home: Path) -> Non
         await squall.close()
     keys = {(line.split(":")[0], line.split("|")[1]) for line in lines}
     for key, kind in (("st2.action.executions", "c"), ("st2.action.core.noop", "c"), ("st2.action.succeeded", "c"),
-                      ("st2.api.requests", "c"), ("st2.api.requests.method.POST", "c"),
-                      ("st2.api.responses.status.201", "c"), ("st2.rule.matched", "c"), ("st2.rule.demo.on_build", "c"),
+                      ("st2.api.requests", "c"), ("st2.api.requests", "ms"), ("st2.api.requests.method.POST", "c"),
+                      ("st2.api.responses.status.201", "g"), ("st2.rule.matched", "c"), ("st2.rule.demo.on_build", "c"),
                       ("st2.trigger.core.st2.webhook", "c"), ("st2.rule.processed", "c")):
         assert (key, kind) in keys, (key, sorted(keys))
     assert ("st2.action.core.noop", "ms") in keys and ("st2.action.executions", "ms") in keys  # timers
+    assert any(line.startswith("st2.api.responses.status.201:+1|g") for line in lines)  # a gauge moved by one
 
 
 @pytest.mark.parametrize(("statsd", "message"), [
