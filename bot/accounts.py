@@ -133,10 +133,16 @@ def delete_user(store: Any, name: str) -> bool:
     return store.web_user_delete(name)
 
 
-def public_user(record: dict[str, Any]) -> dict[str, Any]:
-    """An account as `squall user list` shows it (never the hash)."""
+def end_sessions(store: Any, name: str) -> int | None:
+    """Log an account out everywhere without touching its password; how many sessions ended, None
+    for an unknown name."""
+    return store.web_sessions_end(name)
+
+
+def public_user(record: dict[str, Any], sessions: int = 0) -> dict[str, Any]:
+    """An account as `squall user list` shows it (never the hash), with its open sessions."""
     return {"name": record["name"], "role": record["role"], "created_at": iso(record["created_at"]),
-            "password_changed_at": iso(record["password_changed_at"])}
+            "password_changed_at": iso(record["password_changed_at"]), "sessions": sessions}
 
 
 async def bootstrap_admin(db: Database) -> str | None:

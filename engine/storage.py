@@ -1398,6 +1398,21 @@ class Store:
             conn.execute(web_sessions.delete().where(web_sessions.c.user == name))
             return conn.execute(web_users.delete().where(web_users.c.name == name)).rowcount > 0
 
+    def web_sessions_end(self, name: str) -> int | None:
+        """End every session of an account (its browsers must log in again); how many, None for an
+        unknown name."""
+        with self._write() as conn:
+            if conn.execute(sa.select(web_users.c.name).where(web_users.c.name == name)).first() is None:
+                return None
+            return int(conn.execute(web_sessions.delete().where(web_sessions.c.user == name)).rowcount)
+
+    def web_session_counts(self, now: datetime) -> dict[str, int]:
+        """How many unexpired sessions each account has (`squall user list`)."""
+        statement = (sa.select(web_sessions.c.user, sa.func.count()).where(web_sessions.c.expires_at > now)
+                     .group_by(web_sessions.c.user))
+        with self._read() as conn:
+            return {str(user): int(count) for user, count in conn.execute(statement)}
+
     def web_session_add(self, record: dict[str, Any], now: datetime) -> None:
         """Store a session, sweeping expired ones (logins are rare; the sweep reads an index)."""
         with self._write() as conn:

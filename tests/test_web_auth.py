@@ -411,6 +411,15 @@ def test_user_cli_create_list_passwd_delete(home: Path) -> None:
         assert new_password != generated.group(1) and password_matches(store.web_user_get("ann"), new_password)
         assert find_session(store, token) is None  # the old password's session ended with it
         token, _ = open_session(store, Account("bob", "admin"))
+        second, _ = open_session(store, Account("bob", "admin"))
+        assert [u["sessions"] for u in json.loads(_user(home, "list", "--json").stdout)] == [0, 2]
+        logout = _user(home, "logout", "bob")
+        assert logout.returncode == 0 and "ended 2 sessions of bob" in logout.stdout
+        assert find_session(store, token) is None and find_session(store, second) is None
+        assert password_matches(store.web_user_get("bob"), "bob's long password")  # kept
+        assert [e["target"] for e in store.audit_list(10, "cli.user.logout")] == ["bob"]
+        assert _user(home, "logout", "nobody").returncode == 2
+        token, _ = open_session(store, Account("bob", "admin"))
         assert _user(home, "delete", "bob").returncode == 0
         assert find_session(store, token) is None and store.web_user_get("bob") is None
     finally:

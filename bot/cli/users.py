@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bot.cli.common import JsonOption, fail, group, new_table, out, print_json, with_store
+from bot.cli.common import JsonOption, audit, fail, group, new_table, out, print_json, with_store
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -88,18 +88,36 @@ def user_passwd(name: NameArgument, password_stdin: PasswordStdinOption = False,
 def user_list(as_json: JsonOption = False) -> None:
     """The users and their roles (never their passwords)."""
     from bot.accounts import public_user
+    from engine.storage import utcnow
 
     def work(store: Store, config: Config) -> list[dict[str, Any]]:
-        return [public_user(r) for r in store.web_user_list()]
+        sessions = store.web_session_counts(utcnow())
+        return [public_user(r, sessions.get(r["name"], 0)) for r in store.web_user_list()]
 
     users = with_store(work)
     if as_json:
         print_json(users)
         return
-    table = new_table("name", "role", "created", "password changed")
+    table = new_table("name", "role", "created", "password changed", "sessions")
     for user in users:
-        table.add_row(user["name"], user["role"], user["created_at"] or "", user["password_changed_at"] or "")
+        table.add_row(user["name"], user["role"], user["created_at"] or "", user["password_changed_at"] or "",
+                      str(user["sessions"]))
     out.print(table)
+
+
+@user_app.command("logout")
+def user_logout(name: NameArgument) -> None:
+    """End the user's web sessions now (every browser they are logged in from), keeping their password."""
+    from bot.accounts import end_sessions
+
+    def work(store: Store, config: Config) -> int | None:
+        return end_sessions(store, name)
+
+    ended = with_store(work)
+    if ended is None:
+        raise fail(f"no user named {name} (see `squall user list`)")
+    audit("cli.user.logout", name, {"sessions": ended})
+    out.print(f"ended {ended} session{'s' if ended != 1 else ''} of {name}")
 
 
 @user_app.command("delete")
