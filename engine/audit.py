@@ -24,6 +24,8 @@ class AuditFilter:
     actor: str | None = None
     kind: str | None = None
     action: str | None = None
+    #: Where from: `web`, `api`, `cli`, an adapter (`slack`: all its channels) or one channel (`slack:C1`).
+    source: str | None = None
     since: datetime | None = None
     until: datetime | None = None
 
@@ -33,6 +35,9 @@ def _narrowed(statement: Any, where: AuditFilter, store: Store) -> Any:
         statement = statement.where(audit.c.actor == where.actor)
     if where.kind:
         statement = statement.where(audit.c.event == where.kind)
+    if where.source:
+        within = where.source.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
+        statement = statement.where(sa.or_(audit.c.source == where.source, audit.c.source.like(within, escape="\\")))
     if where.action:
         named = (sa.func.json_extract(audit.c.detail, "$.action") if store.is_sqlite
                  else audit.c.detail["action"].as_string())

@@ -527,5 +527,10 @@ def test_audit_page_filters_on_both_databases(database_url: str) -> None:
         assert [r["event"] for r in audit_page(store, AuditFilter(), before=newest["id"])] == [
             "web.key.set", "chat.execution"]
         assert audit_kinds(store) == ["api.execution", "chat.execution", "web.key.set"]
+        store.audit_add("chat.execution", "bob", "slack_x:C2", "demo.greet", {})  # `_` is no wildcard
+        assert events(source="slack") == ["chat.execution"] and events(source="slack:C1") == ["chat.execution"]
+        assert events(source="web") == ["web.key.set"] and events(source="api:api") == ["api.execution"]
+        assert events(source="slack:C2") == [] and [r["actor"] for r in audit_page(
+            store, AuditFilter(source="slack_x"))] == ["bob"]
     finally:
         store.close()

@@ -20,13 +20,13 @@ from engine.audit import AuditFilter, audit_kinds, audit_page
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 PAGE_SIZE = 50
 #: The filters, in the order the form shows them.
-FILTERS = ("user", "kind", "action", "from", "to")
+FILTERS = ("user", "kind", "action", "source", "from", "to")
 
 
 def audit_filter(values: dict[str, str]) -> AuditFilter:
     """The query's filters (blanks ignored) as the reader's; a bad time is a 400 saying why."""
     return AuditFilter(actor=values.get("user") or None, kind=values.get("kind") or None,
-                       action=values.get("action") or None,
+                       action=values.get("action") or None, source=values.get("source") or None,
                        since=form_time("from", values["from"]) if values.get("from") else None,
                        until=form_time("to", values["to"]) if values.get("to") else None)
 
