@@ -703,6 +703,8 @@ class ExecutionFilter:
     user: str | None = None
     #: `context.source`: `chat`, `api`, `cli`, `web`.
     source: str | None = None
+    #: The chat channel a command came from (`context.chat.channel`: a Slack id, `#ops` on IRC).
+    channel: str | None = None
     #: Only executions a rule requested (`context.rule`).
     rule: bool = False
     #: Only executions requested for an instance of one of these trigger types (timers, say).
@@ -737,6 +739,7 @@ def _narrowed(statement: Any, where: ExecutionFilter, *, steered: bool = False) 
         status == where.status if where.status else None,
         context["user"].as_string() == where.user if where.user else None,
         context["source"].as_string() == where.source if where.source else None,
+        context[("chat", "channel")].as_string() == where.channel if where.channel else None,
         context[("rule", "ref")].as_string().is_not(None) if where.rule else None,
         context[("trigger_instance", "name")].as_string().in_(where.triggers) if where.triggers else None,
         column.start_timestamp >= where.since if where.since else None,

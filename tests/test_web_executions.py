@@ -71,7 +71,8 @@ def test_keyset_pages_visit_every_execution_once_newest_first(database_url: str)
 def test_keyset_filters(database_url: str) -> None:
     store = Store.open(database_url)
     try:
-        chat = stored(store, T0, context={"user": "alice", "source": "chat", "chat": {"adapter": "slack"}})
+        chat = stored(store, T0, context={"user": "alice", "source": "chat",
+                                          "chat": {"adapter": "slack", "channel": "C1"}})
         api = stored(store, T0 + timedelta(minutes=1), action="core.local", status="failed",
                      context={"user": "ci", "source": "api"})
         rule = stored(store, T0 + timedelta(minutes=2), action="demonic.x",
@@ -87,7 +88,8 @@ def test_keyset_filters(database_url: str) -> None:
         assert ids() == {chat, api, rule, timer}
         assert ids(pack="demo") == {chat, timer}  # not demonic.x: a pack is the text before the dot
         assert ids(action="core.local") == ids(status="failed") == ids(source="api") == {api}
-        assert ids(user="alice") == ids(source="chat") == {chat}
+        assert ids(user="alice") == ids(source="chat") == ids(channel="C1") == {chat}
+        assert ids(channel="C2") == set()
         assert ids(rule=True) == {rule, timer}
         assert ids(triggers=("core.st2.IntervalTimer", "core.st2.CronTimer")) == {timer}
         assert ids(since=T0 + timedelta(minutes=1), until=T0 + timedelta(minutes=3)) == {api, rule}
@@ -135,6 +137,9 @@ async def test_the_list_filters_as_a_get_form(viewer: tuple[Web, httpx.AsyncClie
     assert _listed(by_chat.text) == [chat] and "chat slack C42" in by_chat.text
     assert 'value="alice"' in by_chat.text and '<option value="chat" selected>' in by_chat.text  # kept in the form
     assert _listed((await client.get("/executions", params={"source": "rule"})).text) == [rule]
+    in_channel = await client.get("/executions", params={"channel": "C42"})
+    assert _listed(in_channel.text) == [chat]
+    assert 'id="f-channel" name="channel" type="text" value="C42"' in in_channel.text  # kept in the form
     ranged = await client.get("/executions", params={"from": "2026-03-01T12:30", "to": "2026-03-01T14:00",
                                                      "pack": "", "status": ""})
     assert _listed(ranged.text) == [failed]

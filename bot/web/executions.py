@@ -33,7 +33,7 @@ PAGE_SIZE = 50
 #: The most children an execution's page lists (a with-items task over a long list has thousands).
 MAX_CHILDREN = 500
 #: The list's filters, in the order the form shows them.
-FILTERS = ("status", "action", "pack", "user", "source", "from", "to")
+FILTERS = ("status", "action", "pack", "user", "source", "channel", "from", "to")
 EXECUTION_ID = re.compile(r"[0-9a-f]{24}\Z")
 #: Output the page shows apart from the result's JSON.
 STREAMS = ("stdout", "stderr")
@@ -51,6 +51,7 @@ def execution_filter(values: dict[str, str]) -> ExecutionFilter:
     return ExecutionFilter(
         action=values.get("action") or None, pack=values.get("pack") or None, status=status or None,
         user=values.get("user") or None, **(origin.SOURCES[source] if source else {}),
+        channel=values.get("channel") or None,
         since=form_time("from", values["from"]) if values.get("from") else None,
         until=form_time("to", values["to"]) if values.get("to") else None)
 
