@@ -20,12 +20,18 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
+from engine.wakeups import PROCESS_NAME
+
 log = logging.getLogger(__name__)
 #: The lead's own connection notices a dead peer within ~25 s (TCP keepalives) and never waits long on
 #: a statement, so a half-open connection cannot stall the timers and the service's housekeeping.
 _LEAD_CONNECTION = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
                     "connect_timeout": 10, "options": "-c statement_timeout=5000"}
 _LOCK_KEY = 0x5371_7561_6C6C_01  # "Squall" + 1: the lead's advisory lock (0x…6C6C is migrations')
+#: Who holds a bigint advisory lock: PostgreSQL keeps its high and low halves, and objsubid 1.
+_HOLDER = sa.text("SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                  "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :high AND l.objid = :low "
+                  "AND l.objsubid = 1")
 
 
 class Leadership(Protocol):
@@ -35,12 +41,19 @@ class Leadership(Protocol):
     def close(self) -> None:
         """Give the lead up, so another process can take it at once."""
 
+    def holder(self) -> str | None:
+        """Which process leads now (`engine.wakeups.PROCESS_NAME`: `squall PID@HOST`), None if none
+        does; for people (the status page), never for deciding anything."""
+
 
 class Alone:
     """A database only this process can use (SQLite in memory): it always leads."""
 
     def lead(self) -> bool:
         return True
+
+    def holder(self) -> str | None:
+        return PROCESS_NAME
 
     def close(self) -> None:
         pass
@@ -85,8 +98,29 @@ class FileLock(_Held):
             os.close(fd)
             return False
         self._fd = fd
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, PROCESS_NAME.encode(), 0)  # who leads, for the status page of the others
         log.info("this process now leads: timers and sensors run here (it holds %s)", self.path)
         return True
+
+    def holder(self) -> str | None:
+        """The name the leader wrote in the lock file, while the lock is held (a shared lock taken
+        for a moment tells: it is refused while the leader holds its exclusive one)."""
+        if self._fd is not None:
+            return PROCESS_NAME
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None  # nobody holds it: the name in it is a dead leader's
+        finally:
+            os.close(fd)
 
     def _close(self) -> None:
         if self._fd is not None:
@@ -99,7 +133,8 @@ class AdvisoryLock(_Held):
 
     def __init__(self, engine: sa.Engine) -> None:
         super().__init__()
-        self.engine = sa.create_engine(engine.url, poolclass=sa.pool.NullPool, connect_args=_LEAD_CONNECTION)
+        self.engine = sa.create_engine(engine.url, poolclass=sa.pool.NullPool,
+                                       connect_args={**_LEAD_CONNECTION, "application_name": PROCESS_NAME})
         self._conn: sa.Connection | None = None
 
     def _lead(self) -> bool:
@@ -127,6 +162,14 @@ class AdvisoryLock(_Held):
     def close(self) -> None:
         super().close()
         self.engine.dispose()
+
+    def holder(self) -> str | None:
+        """The `application_name` of the session that holds the lead's advisory lock (every Squall
+        connection names its process), None when nobody holds it."""
+        if self._conn is not None:
+            return PROCESS_NAME
+        with self.engine.connect() as conn:
+            return conn.execute(_HOLDER, {"high": _LOCK_KEY >> 32, "low": _LOCK_KEY & 0xFFFF_FFFF}).scalar()
 
     def _close(self) -> None:
         if self._conn is not None:

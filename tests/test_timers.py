@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from engine.leader import leadership
 from engine.rules import load_rules
 from engine.storage import create_engine
 from engine.timers import CRON, DATE, INTERVAL, TimerService, schedule
+from engine.wakeups import PROCESS_NAME
 from tests.conftest import REPO
 from tests.test_rules import make_pack, started
 
@@ -233,7 +235,7 @@ async def test_of_several_processes_on_one_database_only_the_leader_fires(databa
 @pytest.mark.postgres
 def test_a_lead_dies_with_its_holder(database_url: str, tmp_path: Path) -> None:
     """A process that dies holding the lead (no clean close) hands it on: the lock is the kernel's
-    or the database session's, never a row someone must clean up."""
+    or the database session's, never a row someone must clean up. Meanwhile the others can name it."""
     script = tmp_path / "hold.py"
     script.write_text(
         "import os, sys\n"
@@ -253,12 +255,14 @@ def test_a_lead_dies_with_its_holder(database_url: str, tmp_path: Path) -> None:
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "leading"
         assert not lead.lead()
+        assert lead.holder() == f"squall {holder.pid}@{socket.gethostname()}"[:63]  # named for the status page
         holder.kill()
         holder.wait(10)
         deadline = time.monotonic() + 10
         while not lead.lead():  # PostgreSQL notices the dropped session at once or within moments
             assert time.monotonic() < deadline, "the lead was not released when its holder died"
             time.sleep(0.05)
+        assert lead.holder() == PROCESS_NAME
     finally:
         holder.kill()
         lead.close()

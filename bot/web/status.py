@@ -1,5 +1,5 @@
 """`/status`: the chat adapters and whether each holds its connection, whether this process leads
-(fires the timers, runs the sensors), the replies waiting to be sent and, under the scale-out
+(fires the timers, runs the sensors) or which one does, the replies waiting to be sent and, under the scale-out
 executor, procrastinate's workers and how many jobs wait and run per queue.
 
 Adapters say whether they are connected through their optional `online` property
@@ -10,6 +10,7 @@ the lead, which is `squall serve`'s decision, not a page's.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -31,8 +32,12 @@ def _adapters(squall: Any) -> list[dict[str, Any]]:
 async def status(request: Request, session: Session = Depends(viewer)) -> Response:
     squall = request.app.state.squall
     queues = await squall.db(queue_status, squall.store) if squall.jobs is not None else None
+    try:
+        leader = None if squall.sensor_lead else await asyncio.to_thread(squall.leader.holder)
+    except Exception as exc:  # the page shows the rest; the lead's own check logs its troubles
+        leader = f"unknown ({exc.__class__.__name__})"
     return render(request, "status.html", {
-        "session": session, "adapters": _adapters(squall), "leads": squall.sensor_lead,
+        "session": session, "adapters": _adapters(squall), "leads": squall.sensor_lead, "leader": leader,
         "executor": squall.config.executor_kind, "queues": queues, "stalled_after": STALLED_SECONDS,
         "outbox_pending": squall.chat.outbox.pending, "packs": len(squall.registry.packs),
         "actions": len(squall.registry.actions)})
