@@ -151,6 +151,11 @@ def test_audit_export_jsonl_and_csv_oldest_first_within_the_range(home: Path) ->
     assert [e["actor"] for e in entries] == ["user0", "user1", "user2"]
     assert entries[0]["detail"] == {"token": "********", "n": 0}
     assert export("--since", "2999-01-01") == ""
+    assert export("--until", "2000-01-01") == ""  # all of them are newer
+    assert [json.loads(line)["actor"] for line in export("--since", "2000-01-01", "--until", "2999-01-01")
+            .splitlines()] == ["user0", "user1", "user2"]
+    last = entries[2]["time"]
+    assert [json.loads(line)["actor"] for line in export("--since", last).splitlines()][-1] == "user2"
     rows = list(csv.reader(io.StringIO(export("--format", "csv"))))
     assert rows[0] == ["time", "event", "actor", "source", "target", "detail"] and len(rows) == 4
     assert rows[3][2] == "user2" and json.loads(rows[3][5]) == {"token": "********", "n": 2}

@@ -19,6 +19,7 @@ from bot.app import Squall
 from bot.http.app import create_api
 from engine.config import ConfigError, load_config
 from engine.metrics import metrics
+from tests.conftest import write
 from tests.test_api import KEY, _home
 from tests.test_chat import settle
 
@@ -84,7 +85,8 @@ async def test_counters_move_by_exactly_what_happened(served) -> None:
     assert moved("squall_chat_messages_total", adapter="loopback") == 2
     assert moved("squall_chat_commands_total", adapter="loopback", outcome="matched") == 1
     assert moved("squall_chat_commands_total", adapter="loopback", outcome="unmatched") == 1
-    assert moved("squall_chat_replies_total", adapter="loopback", outcome="sent") >= 3  # ack, result, "don't know"
+    # The ack, its edit to the final status, the result, and "I don't know" for the unmatched one.
+    assert moved("squall_chat_replies_total", adapter="loopback", outcome="sent") == 4
     assert moved("squall_executions_started_total", action="demo.greet", pack="demo", source="chat") == 1
     assert moved("squall_executions_started_total", action="demo.greet", pack="demo", source="rule") == 1
     assert moved("squall_executions_finished_total", action="demo.greet", pack="demo", status="succeeded",
@@ -97,7 +99,7 @@ async def test_counters_move_by_exactly_what_happened(served) -> None:
     assert moved("squall_webhook_requests_total", hook="ci/build", status="202") == 1  # the hook, not the path
     assert moved("squall_trigger_instances_total", trigger_type="core.st2.webhook") == 1
     assert moved("squall_rules_matched_total", rule="demo.on_build") == 1
-    assert moved("squall_rules_evaluated_total", trigger_type="core.st2.webhook") >= 1
+    assert moved("squall_rules_evaluated_total", trigger_type="core.st2.webhook") == 1  # the pack's one webhook rule
     assert moved("squall_http_request_duration_seconds_count", route="/api/v1/executions", method="POST",
                  status="201") == 1
     assert _value(after, "squall_executions", state="running") == 0
@@ -258,3 +260,54 @@ async def test_statsd_puts_its_prefix_after_st2_as_stackstorm_does(home: Path) -
         await squall.close()
     assert "st2.prod.action.executions:1|c" in lines
     assert all(line.startswith("st2.prod.") for line in lines)
+
+
+class _Offline(LoopbackAdapter):
+    """An adapter whose connection is down."""
+
+    online = False
+
+
+async def test_refusals_ambiguity_builtins_failed_replies_and_every_source_are_counted(home: Path) -> None:
+    """The outcomes and sources the first test does not drive, each moved by exactly what happened."""
+    _home(home)
+    for name in ("hi_one", "hi_two"):  # two aliases that read the same command: ambiguous
+        write(home / "packs" / "demo" / "aliases" / f"{name}.yaml", f"""
+            name: {name}
+            action_ref: demo.greet
+            formats: ["hi {{{{who}}}}"]
+        """)
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback, _Offline(name="down")])
+    await squall.chat.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(squall)), base_url="http://squall",
+                                     headers={"St2-Api-Key": KEY}) as client:
+            before = await _scrape(client)
+            await loopback.say("!secretgreet x", user="bob")  # only alice may
+            await loopback.say("!hi bob", user="bob")
+            loopback.refusals_to_inject = 1  # the platform refuses the next reply for good
+            await loopback.say("!help", user="bob")
+            for context in ({"source": "web"}, {"rule": {"ref": "demo.hourly"},
+                                                "trigger_instance": {"name": "core.st2.IntervalTimer"}}):
+                made = await squall.executions.request("core.noop", context=context)
+                await squall.executions.wait(made["id"], timeout=30)
+            await squall.executions.request("core.ask", {"ttl": 60})
+            await settle(squall, squall.chat)
+            after = await _scrape(client)
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+    def moved(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    for outcome in ("denied", "ambiguous", "builtin"):
+        assert moved("squall_chat_commands_total", adapter="loopback", outcome=outcome) == 1, outcome
+    assert moved("squall_chat_replies_total", adapter="loopback", outcome="failed") == 1
+    assert moved("squall_chat_replies_total", adapter="loopback", outcome="sent") == 2  # the refusal, ambiguity
+    for source in ("web", "timer"):
+        assert moved("squall_executions_started_total", action="core.noop", pack="core", source=source) == 1
+    assert _value(after, "squall_inquiries_pending") == 1
+    assert _value(after, "squall_adapter_connected", adapter="down") == 0
+    assert _value(after, "squall_adapter_connected", adapter="loopback") == 1
