@@ -265,6 +265,41 @@ async def test_expiry_across_a_restart_is_told_once(home: Path) -> None:
         await squall.close()
 
 
+async def test_one_approval_before_a_restart_and_one_after_run_it_once(home: Path) -> None:
+    _approval_config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!deploy web5", user="alice")
+        await settle(squall, bot)
+        approval_id = _approval_id(loopback)
+        await loopback.say(f"!approve {approval_id}", user="ann", thread="m1")
+        await settle(squall, bot)
+        assert "(1 of 2)" in loopback.texts()[-1]
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say(f"!approve {approval_id}", user="ann")  # still counts once
+        await settle(squall, bot)
+        assert "counts once" in loopback.texts()[-1] and await squall.executions.list(action="demo.wipe") == []
+        await loopback.say(f"!approve {approval_id}", user="bea")
+        await settle(squall, bot)
+        [execution] = await squall.executions.list(action="demo.wipe")
+        assert (await squall.executions.wait(execution["id"], timeout=30))["status"] == "succeeded"
+        assert [d["user"] for d in execution["context"]["approval"]["decisions"]] == ["ann", "bea"]
+        assert execution["context"]["chat"]["thread"] == "m1"  # the result goes to the thread asked in
+
+
+async def test_the_requester_may_withdraw_their_own_request(chat) -> None:
+    squall, bot, loopback = chat
+    await loopback.say("!deploy web6", user="alice")
+    await settle(squall, bot)
+    approval_id = _approval_id(loopback)
+    await loopback.say(f"!deny {approval_id} changed my mind", user="alice", thread="m1")
+    await settle(squall, bot)
+    assert "was denied by alice: changed my mind" in loopback.texts()[-1]
+    assert (await squall.db(squall.store.approval_get, approval_id))["status"] == "denied"
+    await loopback.say(f"!approve {approval_id}", user="ann", thread="m1")
+    await settle(squall, bot)
+    assert "already denied" in loopback.texts()[-1] and await squall.executions.list(action="demo.wipe") == []
+
+
 async def test_a_hostile_value_is_stored_and_run_as_data(chat, tmp_path: Path) -> None:
     squall, bot, loopback = chat
     marker = tmp_path / "marker"
