@@ -419,6 +419,52 @@ async def test_confirmation_buttons_answer_for_the_person_asked(home: Path, fake
         await squall.close()
 
 
+async def test_approval_buttons_ask_the_approvers_and_a_refused_click_brings_them_back(home: Path,
+                                                                                      fake: FakeMattermost) -> None:
+    """An approval's Approve/Deny are buttons anyone may click: a click from outside the approvers is
+    refused and (Mattermost took the clicked prompt's buttons off) the answer carries them again; an
+    approver's click runs the command, whose result goes to the thread it was asked in."""
+    from bot.http import ApiServer
+
+    write(home / "config.yml", (home / "config.yml").read_text() + "auth:\n  groups:\n    approvers: [bob]\n")
+    write(home / "packs" / "demo" / "aliases" / "guarded.yaml", """
+        name: guarded
+        action_ref: demo.greet
+        formats: ["guarded greet {{who}}"]
+        result:
+          format: "{{ execution.result.stdout }}"
+        approval: {groups: [approvers]}
+    """)
+    port = free_port()
+    squall, bot, _adapter = await _chat(home, fake, actions_url=f"http://127.0.0.1:{port}/mattermost/actions")
+    server = ApiServer(squall, host="127.0.0.1", port=port)
+    await server.start()
+    try:
+        post = await fake.say(fake.alice, fake.town_square, "@squallbot guarded greet carol")
+
+        def prompts() -> list[dict[str, Any]]:
+            return [p for p in fake.bot_posts(fake.town_square["id"]) if p["root_id"] == post["id"]
+                    and (p.get("props") or {}).get("attachments")]
+
+        [prompt] = await fake.wait_for(prompts)
+        assert "waiting for 1 approval from approvers" in prompt["message"]
+        assert [a["name"] for a in prompt["props"]["attachments"][0]["actions"]] == ["Approve", "Deny"]
+        status, _answer = await fake.click(prompt, 0)  # alice, no approver, approves her own request
+        assert status == 200
+        again = await fake.wait_for(lambda: [p for p in prompts() if p["id"] != prompt["id"]])
+        assert "only approvers may decide" in again[0]["message"]  # the refusal, with buttons for the approvers
+        assert squall.store.list_executions(action="demo.greet") == []
+        status, _answer = await fake.click(again[0], 0, user=fake.bob)
+        assert status == 200
+        await replies_to(fake, post, "hello carol")
+        [execution] = squall.store.list_executions(action="demo.greet")
+        assert [d["user"] for d in execution["context"]["approval"]["decisions"]] == ["bob"]
+    finally:
+        await server.stop()
+        await bot.stop()
+        await squall.close()
+
+
 # -- configuration ---------------------------------------------------------------------------------------
 
 def test_missing_url_and_token_name_the_key_and_the_environment_variable(monkeypatch) -> None:
