@@ -7,7 +7,8 @@ connected: what its executions owe chat (results in their thread, questions, `no
 It takes jobs from its queues through procrastinate (woken by `LISTEN/NOTIFY`, polling as a safety
 net), at most `concurrency` at once: an action's run, or one step of a workflow (whose tasks are
 jobs of their own, on their queues).
-Every worker also ends what workers that stopped answering left (`engine.jobs.reap_stalled`).
+Every worker also ends what workers that stopped answering left (`engine.jobs.reap_stalled`) and
+submits what waits for a node to (`_poll_forever`: delays that are over, what a policy delayed).
 
 SIGTERM or SIGINT stops taking jobs; running actions get up to `drain` seconds to finish (what
 still runs then ends `abandoned`). Workflows need no hand-back: between steps no worker holds
@@ -29,7 +30,7 @@ from bot.app import Squall
 from bot.service import configured_adapters, settle_heap
 from engine.config import Config, ConfigError
 from engine.executions import STEPPING
-from engine.jobs import HEARTBEAT_SECONDS, STALLED_SECONDS, pack_mismatch, reap_forever, worker_app
+from engine.jobs import HEARTBEAT_SECONDS, REAP_SECONDS, STALLED_SECONDS, pack_mismatch, reap_forever, worker_app
 
 log = logging.getLogger("squall.worker")
 
@@ -83,6 +84,19 @@ class Worker:
         jobs.cancel()  # procrastinate takes no new job and gives running ones `drain` seconds
 
 
+async def _poll_forever(squall: Squall) -> None:
+    """Every `REAP_SECONDS`, submit what waits for a node to do it, as serve's poll does: what a
+    concurrency policy delayed (admitted once a slot is free), workflow tasks whose `delay` is over
+    (their step's worker may be gone), requests whose job was never written. So a cluster runs them
+    with no serve node up."""
+    while True:
+        await asyncio.sleep(REAP_SECONDS)
+        try:
+            await squall.executions.poll()
+        except Exception:  # the next pass tries again; a worker must not die of it
+            log.exception("could not look for executions waiting to be submitted")
+
+
 async def work(config: Config, queues: list[str] | None, concurrency: int, drain: float | None = 600.0,
                health: tuple[str, int] | None = None) -> None:
     """Run jobs of `queues` (all when None) until a stop signal; `health`: where to answer `/healthz`."""
@@ -95,7 +109,8 @@ async def work(config: Config, queues: list[str] | None, concurrency: int, drain
     await asyncio.to_thread(lambda: [pack.content_hash() for pack in squall.registry.packs.values()])
     worker = Worker(squall, queues)
     app = worker_app(config, worker.run_job)
-    helpers = [asyncio.create_task(reap_forever(squall.executions, squall.jobs), name="squall-reaper")]
+    helpers = [asyncio.create_task(reap_forever(squall.executions, squall.jobs), name="squall-reaper"),
+               asyncio.create_task(_poll_forever(squall), name="squall-poll")]
     server = None
     if health is not None:
         from bot.http.health import worker_api

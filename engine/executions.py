@@ -21,6 +21,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from engine import tracing
@@ -313,12 +314,16 @@ class ExecutionService:
 
     async def _hold(self, record: dict[str, Any], delay: float) -> None:
         """Mark a request `delayed` and submit it after `delay` seconds (a cancel meanwhile ends it
-        `canceled`, and the claim then finds nothing to run)."""
-        entries = [*(record.get("log") or []), {"status": "delayed", "timestamp": iso(utcnow())}]
-        if not await self.db(self.db.store.update_execution, record["id"], {"status": "delayed", "log": entries},
-                             expect=("requested",)):
+        `canceled`, and the claim then finds nothing to run). When it is due is stored with it
+        (`runner_info.delayed_until`), so under the scale-out executor any node's poll submits it
+        once due, should this process stop meanwhile."""
+        now = utcnow()
+        entries = [*(record.get("log") or []), {"status": "delayed", "timestamp": iso(now)}]
+        due = {"delayed_until": iso(now + timedelta(seconds=delay))}
+        if not await self.db(self.db.store.update_execution, record["id"],
+                             {"status": "delayed", "log": entries, "runner_info": due}, expect=("requested",)):
             return
-        record.update({"status": "delayed", "log": entries})
+        record.update({"status": "delayed", "log": entries, "runner_info": due})
         self._prepared.pop(record["id"], None)  # claimed from the table, as a policy's `delayed` is
         if self.executor is None:
             return

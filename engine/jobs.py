@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from engine.config import Config
 from engine.executions import STEPPING
 from engine.packs import Registry
-from engine.storage import Store, as_utc
+from engine.storage import Store, as_utc, utcnow
 from engine.wakeups import libpq_url
 
 if TYPE_CHECKING:
@@ -115,6 +115,12 @@ def pack_mismatch(registry: Registry, record: dict[str, Any]) -> str | None:
             "then run it again")
 
 
+def due(record: dict[str, Any]) -> bool:
+    """Whether `record` is a `delayed` request whose delay (`runner_info.delayed_until`) is over."""
+    until = (record.get("runner_info") or {}).get("delayed_until") if record["status"] == "delayed" else None
+    return until is not None and datetime.fromisoformat(until.replace("Z", "+00:00")) <= utcnow()
+
+
 def waiting_since(store: Store, before: datetime, limit: int = 1000) -> list[dict[str, Any]]:
     """Executions still `requested` (no worker took their job) since before `before`, oldest first."""
     rows = store.list_executions(status="requested", limit=limit, oldest_first=True)
@@ -151,8 +157,9 @@ class JobExecutor:
     async def submit(self, execution_id: str) -> None:
         store = self.executions.db.store
         record = await self.executions.db(store.get_execution, execution_id)
-        # Not `delayed`: a concurrency policy admits those (to `scheduled`) first.
-        if record is not None and record["status"] in ("requested", "scheduled", "resuming"):
+        # `delayed` only once due (a workflow task's `delay`): a concurrency policy admits its own
+        # `delayed` ones (to `scheduled`) before they get here.
+        if record is not None and (record["status"] in ("requested", "scheduled", "resuming") or due(record)):
             await self._defer(record)
 
     async def advance(self, execution_id: str) -> None:

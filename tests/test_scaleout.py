@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from engine.config import ConfigError, load_config
 from engine.jobs import STALLED_SECONDS
@@ -585,5 +586,49 @@ async def test_a_workflow_step_handed_to_another_worker_requests_nothing_more(ho
         await executions.step(flow["id"], {"job_id": 6})
         done = store.get_execution(flow["id"])
         assert done["status"] == "succeeded" and done["result"]["output"] == {"said": "hello one"}
+    finally:
+        await squall.close()
+
+
+DELAYED_FLOW = """
+version: 1.0
+tasks:
+  later:
+    delay: 30
+    action: demo.hello who=later
+"""
+
+
+async def test_a_delayed_workflow_task_is_submitted_by_any_node_once_due(home: Path, postgres_url: str) -> None:
+    """A task's `delay` is stored with the task (`runner_info.delayed_until`): a poll before then
+    submits nothing; once due, any node's poll (a worker's or serve's: the step's worker may be
+    gone) queues its job, and the job runs it."""
+    from bot.app import Squall
+    from engine.storage import iso, utcnow
+
+    _home(home, postgres_url)
+    write(home / "packs" / "demo" / "actions" / "delayed.yaml",
+          "name: delayed\nrunner_type: orquesta\nentry_point: workflows/delayed.yaml\n")
+    write(home / "packs" / "demo" / "actions" / "workflows" / "delayed.yaml", DELAYED_FLOW)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    executions, store = squall.executions, squall.store
+
+    def jobs() -> list[str]:
+        with store.engine.connect() as conn:
+            return [str(row[0]) for row in conn.execute(sa.text(
+                "SELECT args ->> 'execution_id' FROM procrastinate_jobs WHERE status = 'todo'"))]
+
+    try:
+        flow = await executions.request("demo.delayed")
+        await executions.run(flow["id"], {"job_id": 1})
+        [later] = store.list_executions(parent=flow["id"])
+        assert later["status"] == "delayed" and later["runner_info"]["delayed_until"]
+        await executions.poll()
+        assert later["id"] not in jobs()  # not before it is due
+        store.update_execution(later["id"], {"runner_info": {"delayed_until": iso(utcnow())}})  # 30 s later
+        await executions.poll()
+        assert jobs().count(later["id"]) == 1
+        await executions.run(later["id"], {"job_id": 2})
+        assert store.get_execution(later["id"])["status"] == "succeeded"
     finally:
         await squall.close()
