@@ -384,9 +384,10 @@ async def test_slack_missing_parameter_offers_the_form(slack) -> None:
     await fake.push("events_api", fake.event(fake.message_event("!deploy web3")))
     offer = await _slack_posted(fake, lambda m: "in a form" in m.get("text", ""), "the offer")
     assert offer["text"].startswith('I can\'t run that: parameter "count" is required')
-    await fake.push("interactive", fake.click(offer, "run-form demo.deploy"))
+    await fake.push("interactive", fake.click(offer, "run-form deploy web3"))  # the button carries the command
     view = await fake.wait_for(lambda: fake.views[-1] if fake.views else None, what="views.open")
     assert view["blocks"][0]["block_id"] == "host"
+    assert view["blocks"][0]["element"]["initial_value"] == "web3"  # what was typed is not lost
     await fake.push("slash_commands", fake.slash("deploy web4"))  # a trigger at hand: the modal at once
     view = await fake.wait_for(lambda: fake.views[1] if len(fake.views) > 1 else None, what="views.open")
     assert view["blocks"][0]["element"]["initial_value"] == "web4"  # what was typed is filled in
@@ -527,3 +528,4 @@ async def test_mattermost_missing_parameter_offers_the_dialog(mattermost) -> Non
     assert status == 200
     [opened] = await fake.wait_for(lambda: fake.dialogs)
     assert opened["dialog"]["elements"][0]["name"] == "host"
+    assert opened["dialog"]["elements"][0]["default"] == "web3"  # what was typed fills the dialog in

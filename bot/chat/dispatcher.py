@@ -278,7 +278,7 @@ class Dispatcher:
                                     f"ahead, or {self._answer(message, 'no')}.",
                            buttons=[{"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}])
             return
-        await self._run(match, message)
+        await self._run(match, message, text)
 
     # -- free text -------------------------------------------------------------------------------
     async def _unknown(self, message: Message, text: str, near: list[str]) -> None:
@@ -335,13 +335,13 @@ class Dispatcher:
         return {k: ("********" if k in secret else v) for k, v in parameters.items()}
 
     # -- running -------------------------------------------------------------------------------
-    async def _run(self, match: Any, message: Message) -> None:
+    async def _run(self, match: Any, message: Message, text: str | None = None) -> None:
         where = self._where(message)
         try:
             accepted = await self.commands.run(match, message, "chat", chat=where)
         except CommandFailed as exc:
             if self.forms.missing(match):  # offer the form, the error saying why
-                await self.forms.offer(message, match.alias, f"I can't run that: {exc}", match.parameters)
+                await self.forms.offer(message, match.alias, f"I can't run that: {exc}", match.parameters, text)
                 return
             await self.say(message, f"I can't run that: {exc}")
             return

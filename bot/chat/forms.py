@@ -76,6 +76,8 @@ FORM_TTL = 1800.0
 ASK_TTL = 600.0
 CANCEL = {"cancel", "stop", "abort"}
 SKIP = "-"
+#: The longest typed command an "Open form" button carries (Slack takes 2,000 characters in a value).
+MAX_BUTTON_COMMAND = 1000
 #: How many commands `run-form` alone offers as buttons.
 PICK = 10
 EXPIRED = "This form is no longer open (it expired or was sent already); open it again."
@@ -163,11 +165,13 @@ class ChatForms:
         return True
 
     async def offer(self, message: Message, alias: Alias, explanation: str = "",
-                    given: dict[str, Any] | None = None) -> None:
+                    given: dict[str, Any] | None = None, command: str | None = None) -> None:
         """Open `alias`'s form for `message`'s sender: the platform's form when the message came with a
         trigger, an "Open form" button when it did not, questions where there are no forms.
         `explanation` (why a form is offered, e.g. a missing parameter) leads the offer; `given` are
-        the values a typed command had, which the questions do not ask again."""
+        the values a typed command had, which the questions do not ask again and the form starts
+        with; `command` is that command's text, which the button carries to fill the form in too
+        (unless it holds a secret: a button's value is in the platform's copy of the message)."""
         lead = f"{explanation}\n" if explanation else ""
         adapter = self.dispatcher.adapters.get(message.adapter)
         # A platform's form needs the platform to reach Squall, as its buttons do (Mattermost: actions_url).
@@ -175,8 +179,11 @@ class ChatForms:
             await self._ask_first(message, alias, lead, given or {})
             return
         if not message.trigger:
+            action = self.dispatcher.engine.registry.actions.get(alias.action_ref)
+            secret = bool(action is not None and action.secret_names & set(given or {}))
+            typed = command if command and not secret and len(command) <= MAX_BUTTON_COMMAND else None
             await self.dispatcher.say(message, f"{lead}Fill in the parameters of {alias.ref} in a form:",
-                                      buttons=[_button(alias, "Open form")])
+                                      buttons=[_button(alias, "Open form", typed)])
             return
         state = secrets.token_urlsafe(16)
         self._forget_expired()
@@ -389,9 +396,10 @@ class ChatForms:
         return restored
 
 
-def _button(alias: Alias, text: str | None = None) -> dict[str, str]:
-    """A button that opens `alias`'s form (its click is the interaction a platform's form needs)."""
-    return {"text": text or alias.ref, "value": f"{WORD} {alias.ref}"}
+def _button(alias: Alias, text: str | None = None, command: str | None = None) -> dict[str, str]:
+    """A button that opens `alias`'s form (its click is the interaction a platform's form needs),
+    filled in from `command` (a typed command of the alias) when given."""
+    return {"text": text or alias.ref, "value": f"{WORD} {command or alias.ref}"}
 
 
 def _title(alias: Alias) -> str:
