@@ -62,6 +62,21 @@ def _demo_workflows(home: Path) -> None:
           - name: alert
             ref: core.noop
     """)
+    write(pack / "actions" / "outer.yaml", """
+        name: outer
+        runner_type: orquesta
+        entry_point: workflows/outer.yaml
+    """)
+    write(pack / "actions" / "workflows" / "outer.yaml", """
+        version: 1.0
+        tasks:
+          inner:
+            action: demo.flow
+            next:
+              - do: last
+          last:
+            action: core.noop
+    """)
     write(pack / "actions" / "legacy.yaml", """
         name: legacy
         runner_type: mistral-v2
@@ -261,6 +276,18 @@ async def test_the_workflow_graph_lists_each_task_with_its_status(web: Web) -> N
         link = f'<a href="/executions/{by_task[task]}"><g class="graph-task status-succeeded" data-task="{task}">'
         assert link in svg
     assert svg.count("graph-edge-success") == 1 and svg.count("graph-edge-failure") == 1
+
+
+async def test_the_task_tree_opens_a_sub_workflows_tasks_under_the_task_that_ran_it(web: Web) -> None:
+    client, _ = await web.signed_in("vic", "viewer")
+    record = await web.squall.executions.request("demo.outer", {}, {"user": "t", "source": "api"})
+    assert (await web.squall.executions.wait(record["id"], 30))["status"] == "succeeded"
+    page = (await client.get(f"/executions/{record['id']}")).text
+    tree = page[page.index('id="children-title"'):page.index("</table>", page.index('id="children-title"'))]
+    rows = re.findall(r'<tr( class="subtask depth-(\d)")?>\s*<td>(?:<span class="visually-hidden">[^<]*</span>)?'
+                      r'<a href="/executions/[0-9a-f]{24}">([a-z]+)</a>', tree)
+    assert [(depth or "0", task) for _, depth, task in rows] == [
+        ("0", "inner"), ("1", "first"), ("1", "second"), ("0", "last")]
 
 
 def test_graphs_of_action_chains_and_mistral_workflows(web: Web) -> None:

@@ -37,6 +37,11 @@ FILTERS = ("status", "action", "pack", "user", "source", "channel", "from", "to"
 EXECUTION_ID = re.compile(r"[0-9a-f]{24}\Z")
 #: Output the page shows apart from the result's JSON.
 STREAMS = ("stdout", "stderr")
+#: Runners whose executions have tasks of their own (child executions): the task tree opens them.
+WORKFLOW_RUNNERS = frozenset({"orquesta", "action-chain", "mistral-v2"})
+#: How deep the task tree opens sub-workflows, and how many rows it lists in all.
+MAX_TREE_DEPTH = 4
+MAX_TREE_ROWS = 1000
 #: The most output chunks a running execution's page shows at first (the live stream goes on from there).
 MAX_LIVE_CHUNKS = 5000
 
@@ -90,16 +95,34 @@ async def find_execution(request: Request, execution_id: str) -> dict[str, Any]:
         raise PageError(str(exc), 404) from exc
 
 
-def execution_view(squall: Any, record: dict[str, Any], children: list[dict[str, Any]]) -> dict[str, Any]:
+def execution_view(squall: Any, record: dict[str, Any], children: list[dict[str, Any]],
+                   tasks: list[tuple[int, dict[str, Any]]] | None = None) -> dict[str, Any]:
     """What an execution's page and its live updates show: the result without the output streams
-    (shown apart), and for a workflow the graph of its tasks with their statuses."""
+    (shown apart), and for a workflow the graph of its tasks with their statuses and the task tree
+    (`tasks`, from `task_tree`; its direct tasks alone when not given)."""
     result = record.get("result")
     if isinstance(result, dict):
         result = {key: value for key, value in result.items() if key not in STREAMS}
     action = squall.registry.actions.get(record["action"])
     return {"record": record, "result": result, "children": children,
+            "tasks": tasks if tasks is not None else [(0, child) for child in children],
             "more_children": len(children) == MAX_CHILDREN,
             "graph": graph.svg(action, children) if action is not None else None}
+
+
+async def task_tree(squall: Any, children: list[dict[str, Any]], depth: int = 0) -> list[tuple[int, dict[str, Any]]]:
+    """A workflow's tasks in order, each followed by the tasks of the sub-workflow it ran (as (depth,
+    execution) rows, at most `MAX_TREE_DEPTH` deep and `MAX_TREE_ROWS` in all): the whole run on one
+    page, where st2web expands one level at a time."""
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for child in children:
+        if len(rows) >= MAX_TREE_ROWS:
+            break
+        rows.append((depth, child))
+        if child["runner"] in WORKFLOW_RUNNERS and depth + 1 < MAX_TREE_DEPTH:
+            below = await squall.executions.list(parent=child["id"], limit=MAX_CHILDREN, oldest_first=True)
+            rows += await task_tree(squall, below, depth + 1)
+    return rows[:MAX_TREE_ROWS]
 
 
 @router.get("/executions/{execution_id}")
@@ -121,7 +144,8 @@ async def execution_page(request: Request, execution_id: str, session: Session =
                    if isinstance(result, dict) and result.get(name)}
     return render(request, "execution.html", {
         "session": session, "origin": origin.details(record), "streams": streams, "live": live, "after": after,
-        **controls(squall, session, record), **execution_view(squall, record, children)})
+        **controls(squall, session, record),
+        **execution_view(squall, record, children, await task_tree(squall, children))})
 
 
 def controls(squall: Any, session: Session, record: dict[str, Any]) -> dict[str, bool]:

@@ -36,6 +36,7 @@ from bot.web.executions import (
     execution_view,
     find_execution,
     list_row,
+    task_tree,
 )
 from bot.web.pages import PageError, PageRoute, templates
 from bot.web.session import viewer
@@ -82,9 +83,10 @@ async def _execution_stream(squall: Any, session: Session, execution_id: str,
             if rows:
                 after = rows[-1]["id"]
             children = await squall.executions.list(parent=execution_id, limit=MAX_CHILDREN, oldest_first=True)
-            state = (record["status"], len(record["log"]), tuple((c["id"], c["status"]) for c in children))
+            tasks = await task_tree(squall, children)
+            state = (record["status"], len(record["log"]), tuple((c["id"], c["status"]) for _, c in tasks))
             if state != shown:
-                view = execution_view(squall, record, children)
+                view = execution_view(squall, record, children, tasks)
                 yield {"event": "status", "data": fragment("_execution_status.html", record=record, session=session,
                                                            **controls(squall, session, record))}
                 yield {"event": "log", "data": fragment("_execution_log.html", record=record)}
