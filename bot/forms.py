@@ -13,6 +13,7 @@ every field's problem at once, beside the field.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,17 @@ KINDS = ("string", "integer", "number", "boolean", "enum", "secret", "array", "o
 #: Types that are their own kind; every other type (none, several, null) is asked for as text.
 _TYPED_KINDS = ("integer", "number", "boolean", "array", "object")
 _JSON_EXAMPLES = {"array": 'a JSON array such as ["a", "b"]', "object": 'a JSON object such as {"key": "value"}'}
+
+
+#: The parameter an engine message is about, when it names one (`parameter "env": ...`).
+_NAMED = re.compile(r'parameter "([^"]+)"')
+
+
+def parameter_named(message: str) -> str | None:
+    """The parameter an engine message starts with naming (`parameter "count" is required ...`), so a
+    form shows the message beside that field; None when it names none."""
+    found = _NAMED.match(message)
+    return found.group(1) if found else None
 
 
 #: Form fields the web UI's pages send besides the parameters (the CSRF token: `bot/web/session.py`).

@@ -315,6 +315,10 @@ async def test_rerun_with_an_edited_parameter_makes_a_new_execution(web: Web) ->
     assert form.status_code == 200 and 'name="p.who" type="text" value="ann"' in form.text
     assert "hunter2" not in form.text and 'name="p.password" type="password" value=""' in form.text
     assert 'name="p.cmd"' not in form.text  # immutable: not offered
+    bare = await web.squall.executions.request("demo.greet", {"who": "ann"}, {"user": "t", "source": "api"})
+    await web.squall.executions.wait(bare["id"], 30)
+    offered = await client.get(f"/executions/{bare['id']}/rerun")
+    assert 'name="p.password" type="password" value=""' in offered.text  # not given the first time: offered too
     answer = await client.post(f"/executions/{record['id']}/rerun",
                                data={"csrf_token": csrf, "p.who": "bob", "p.password": ""})
     assert answer.status_code == 303
@@ -333,8 +337,10 @@ async def test_a_rerun_value_that_is_not_json_is_refused_beside_the_form(web: We
     form = (await client.get(f"/executions/{record['id']}/rerun")).text
     assert 'name="p.timeout" rows="3">5</textarea>' in form and 'value="echo x"' in form
     wrong = await client.post(f"/executions/{record['id']}/rerun", data={"csrf_token": csrf, "p.timeout": "soon"})
-    assert wrong.status_code == 400 and "parameter &#39;timeout&#39; must be JSON" in wrong.text
-    assert 'name="p.timeout" rows="3">soon</textarea>' in wrong.text  # kept, to be corrected
+    assert wrong.status_code == 400 and "parameter &#34;timeout&#34; must be JSON" in wrong.text
+    assert ('name="p.timeout" rows="3" aria-invalid="true" aria-describedby="p-timeout-error">soon</textarea>'
+            in wrong.text)  # kept, to be corrected, and the message is beside it
+    assert '<p class="field-error" id="p-timeout-error">parameter &#34;timeout&#34; must be JSON' in wrong.text
     assert len(await web.squall.executions.list(action="core.local", limit=10)) == 1
 
 

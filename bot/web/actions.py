@@ -9,7 +9,6 @@ audited as the UI's cancel is, and the browser goes on to the new execution's pa
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +16,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 
 from bot.accounts import Session
-from bot.forms import Field, action_fields, parse
+from bot.forms import Field, action_fields, parameter_named, parse
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import form_fields, operator, viewer
 from engine.actions import Action, unapproved
@@ -27,8 +26,6 @@ from engine.parameters import ParameterError
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: A search longer than this is cut (no ref or description needs more).
 MAX_QUERY = 200
-#: The field an engine message is about, when it names one (`parameter "env": ...`).
-_NAMED = re.compile(r'parameter "([^"]+)"')
 
 
 def matches(action: Action, query: str) -> bool:
@@ -91,9 +88,9 @@ async def action_run(request: Request, ref: str, session: Session = Depends(oper
     try:
         record = await squall.executions.request(action.ref, parsed.values, context)
     except (ParameterError, UnknownAction, ValueError) as exc:
-        named = _NAMED.match(str(exc))
-        if named and any(f.name == named.group(1) for f in fields):
-            return _page(request, session, action, fields, shown, {named.group(1): str(exc)}, status=400)
+        named = parameter_named(str(exc))
+        if named and any(f.name == named for f in fields):
+            return _page(request, session, action, fields, shown, {named: str(exc)}, status=400)
         return _page(request, session, action, fields, shown, problem=str(exc), status=400)
     await squall.db(squall.store.audit_add, "web.execution.request", session.account.name, "web", record["id"],
                     {"action": action.ref})

@@ -19,6 +19,7 @@ from fastapi.responses import RedirectResponse
 
 from bot.accounts import Session
 from bot.chat.commands import CommandRefused
+from bot.forms import parameter_named
 from bot.web import ansi, graph, origin
 from bot.web.pages import PageError, PageRoute, form_time, render
 from bot.web.session import MAX_FIELDS, form_fields, operator, viewer
@@ -202,15 +203,19 @@ async def bulk_cancel(request: Request, session: Session = Depends(operator)) ->
 
 
 def _rerun_fields(squall: Any, record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The re-run form's fields: each parameter the execution had, as text (JSON for non-strings),
-    secrets empty (left empty, the original value is used again), immutable ones left out."""
+    """The re-run form's fields: each parameter of the action (immutable ones left out), with the
+    execution's value as text (JSON for non-strings) or empty where it had none (left empty, it is
+    still not given: its default applies), secrets empty (left empty, the original value is used
+    again)."""
     action = squall.registry.action(record["action"])
+    given = record["parameters"]
     fields = []
-    for name, value in record["parameters"].items():
-        spec = action.parameters.get(name, {})
+    for name, spec in action.parameters.items():
         if spec.get("immutable"):
             continue
-        text = value if isinstance(value, str) and spec.get("type", "string") == "string" else json.dumps(value)
+        value = given.get(name)
+        text = "" if name not in given else (
+            value if isinstance(value, str) and spec.get("type", "string") == "string" else json.dumps(value))
         fields.append({"name": name, "type": spec.get("type", "string"), "secret": bool(spec.get("secret")),
                        "value": "" if spec.get("secret") else text, "description": spec.get("description", "")})
     return fields
@@ -223,7 +228,7 @@ async def rerun_form(request: Request, execution_id: str, session: Session = Dep
     if (refused := _not_rerunnable(squall, record)) is not None:
         raise refused
     return render(request, "rerun.html", {"session": session, "record": record,
-                                          "fields": _rerun_fields(squall, record), "error": None})
+                                          "fields": _rerun_fields(squall, record), "error": None, "errors": {}})
 
 
 @router.post("/executions/{execution_id}/rerun")
@@ -249,8 +254,10 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
         raise PageError(str(exc), 403) from exc
     except (ParameterError, UnknownAction, ValueError) as exc:
         shown = [{**f, "value": form.get(f"p.{f['name']}", f["value"]) if not f["secret"] else ""} for f in fields]
+        named = parameter_named(str(exc))
+        errors = {named: str(exc)} if named and any(f["name"] == named for f in fields) else {}
         return render(request, "rerun.html", {"session": session, "record": record, "fields": shown,
-                                              "error": str(exc)}, status_code=400)
+                                              "error": str(exc), "errors": errors}, status_code=400)
     await squall.db(squall.store.audit_add, "web.execution.rerun", session.account.name, "web", new["id"],
                     {"of": record["id"], "changed": sorted(changed)})
     return RedirectResponse(f"/executions/{new['id']}", status_code=303)
@@ -260,5 +267,5 @@ def _json_field(name: str, text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise ValueError(f"parameter {name!r} must be JSON (such as 3, true, [\"a\"] or {{\"k\": 1}}), "
+        raise ValueError(f'parameter "{name}" must be JSON (such as 3, true, ["a"] or {{"k": 1}}), '
                          f"not {text!r}: {exc}") from None
