@@ -223,6 +223,21 @@ def test_cli_lists_and_responds(home: Path) -> None:
     assert workflow["status"] == "resuming"
 
 
+async def test_an_inquiry_that_expires_unanswered_is_told_where_it_was_asked(chat) -> None:
+    squall, loopback = chat
+    workflow_id, inquiry = await _paused(squall, "wf.approval")
+    question = next(p for p in await loopback.wait_for(lambda p: any(inquiry["id"] in x.text for x in p))
+                    if inquiry["id"] in p.text)
+    await squall.inquiries.expire(inquiry["id"])
+    await loopback.wait_for(lambda posted: any("expired before anyone answered" in p.text for p in posted))
+    told = [p for p in loopback.posted if "expired before anyone answered" in p.text]
+    assert len(told) == 1 and inquiry["id"] in told[0].text
+    assert (told[0].reply.channel, told[0].reply.thread) == (question.reply.channel, question.reply.thread)
+    assert (await _final(squall, workflow_id))["status"] == "failed"
+    await squall.chat.outbox.post_keyed(inquiry["id"], "expired", [told[0].reply])  # told once: a second is refused
+    assert len([p for p in loopback.posted if "expired before anyone answered" in p.text]) == 1
+
+
 async def test_recover_expires_overdue_inquiries(chat) -> None:
     from datetime import timedelta
 

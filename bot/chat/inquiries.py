@@ -12,7 +12,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
-from engine.events import INQUIRY_PENDING
+from engine.events import EXECUTION_FINISHED, INQUIRY_PENDING
 from engine.inquiries import RUNNER, InquiryError
 
 if TYPE_CHECKING:
@@ -92,6 +92,20 @@ class InquiryChat:
         self.auth = auth
         self.prefix = prefix
         engine.events.subscribe(INQUIRY_PENDING, self.post)
+        engine.events.subscribe(EXECUTION_FINISHED, self.expired)
+
+    async def expired(self, record: dict[str, Any]) -> None:
+        """An inquiry asked in chat ran out of time unanswered: say so where it was asked, once (keyed
+        by the inquiry), as an approval's expiry is told."""
+        if record.get("runner") != RUNNER or record.get("status") != "timeout":
+            return
+        where = (record.get("result") or {}).get("chat")
+        if not where:
+            return
+        text = (f"Inquiry {record['id']} expired before anyone answered it; its workflow goes on as its "
+                "definition says for a task that failed.")
+        await self.outbox.post_keyed(record["id"], "expired", [Reply(adapter=where["adapter"], channel=where["channel"],
+                                                                     thread=where.get("thread"), text=text)])
 
     async def post(self, record: dict[str, Any]) -> None:
         result = record.get("result") or {}
