@@ -362,11 +362,9 @@ def test_a_bad_approval_is_refused_at_load_naming_file_and_key(home: Path) -> No
     assert "'approval.ttl'" in problems["forever.yaml"]
 
 
-async def test_the_api_and_the_web_refuse_what_needs_approval(home: Path) -> None:
-    """Where nobody can be asked (the API, the web UI), an approval-gated action or alias is refused,
-    never run unapproved."""
-    from tests.test_api import KEY, _home
-    from tests.test_web_auth import started_web
+def _guarded_home(home: Path) -> None:
+    """test_api's home and demo pack, with an action that needs approval (`demo.guarded`)."""
+    from tests.test_api import _home
 
     _home(home)
     write(home / "packs" / "demo" / "actions" / "guarded.yaml", """
@@ -376,6 +374,15 @@ async def test_the_api_and_the_web_refuse_what_needs_approval(home: Path) -> Non
           cmd: {default: 'echo ran', immutable: true}
         approval: {groups: [approvers]}
     """)
+
+
+async def test_the_api_and_the_web_refuse_what_needs_approval(home: Path) -> None:
+    """Where nobody can be asked (the API, the web UI), an approval-gated action or alias is refused,
+    never run unapproved."""
+    from tests.test_api import KEY
+    from tests.test_web_auth import started_web
+
+    _guarded_home(home)
     write(home / "packs" / "demo" / "aliases" / "guarded.yaml", """
         name: guarded
         action_ref: demo.guarded
@@ -399,17 +406,10 @@ async def test_the_api_and_the_web_refuse_what_needs_approval(home: Path) -> Non
 async def test_a_rerun_is_never_a_way_around_the_approvers(home: Path) -> None:
     """Re-running what needs approval (an action's `approval:`, or the alias's the original came
     through) is refused by the API and the web, edited parameters or not; what needs none re-runs."""
-    from tests.test_api import KEY, _home
+    from tests.test_api import KEY
     from tests.test_web_auth import started_web
 
-    _home(home)
-    write(home / "packs" / "demo" / "actions" / "guarded.yaml", """
-        name: guarded
-        runner_type: local-shell-cmd
-        parameters:
-          cmd: {default: 'echo ran', immutable: true}
-        approval: {groups: [approvers]}
-    """)
+    _guarded_home(home)
     write(home / "packs" / "demo" / "aliases" / "gated_noop.yaml", """
         name: gated_noop
         action_ref: core.noop

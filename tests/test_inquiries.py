@@ -72,18 +72,15 @@ chain:
 """
 
 
+def _config(home: Path, more: str) -> None:
+    """SQLite, the test packs, questions routed to #approvals on the loopback chat, and `more`."""
+    (home / "config.yml").write_text("database:\n  url: sqlite:///data/squall.db\npacks:\n  paths: [packs]\n"
+                                     'routes:\n  ops: {adapter: loopback, channel: "#approvals"}\n' + more)
+
+
 @pytest.fixture
 async def chat(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter]]:
-    write(home / "config.yml", """
-        database:
-          url: sqlite:///data/squall.db
-        packs:
-          paths: [packs]
-        routes:
-          ops: {adapter: loopback, channel: "#approvals"}
-        api:
-          keys: [test-key-123456]
-    """)
+    _config(home, "api:\n  keys: [test-key-123456]\n")
     workflow_pack(home, {"approval": ("orquesta", "", APPROVAL), "two": ("orquesta", "", TWO_PEOPLE),
                          "choice": ("action-chain", "", CHOICE)})
     loopback = LoopbackAdapter()
@@ -287,17 +284,7 @@ async def test_an_inquiry_with_approver_rules_needs_two_others_and_one_no_ends_i
 async def test_an_inquirys_roles_are_the_chats_groups_config_ones_included(home: Path) -> None:
     """`roles: [approvers]` answered in chat: a member by config `auth.groups` may answer (as with
     approvals), someone outside it may not."""
-    write(home / "config.yml", """
-        database:
-          url: sqlite:///data/squall.db
-        packs:
-          paths: [packs]
-        routes:
-          ops: {adapter: loopback, channel: "#approvals"}
-        auth:
-          groups:
-            approvers: [ann]
-    """)
+    _config(home, "auth:\n  groups:\n    approvers: [ann]\n")
     workflow_pack(home, {"roles": ("orquesta", "", APPROVAL.replace("users: [olivia]", "roles: [approvers]"))})
     loopback = LoopbackAdapter()
     squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
