@@ -33,7 +33,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -56,6 +56,7 @@ TASK = "squall.run_execution"
 STALLED_SECONDS = 20.0
 HEARTBEAT_SECONDS = 5.0
 REAP_SECONDS = 5.0
+DUE_SLACK = timedelta(milliseconds=100)
 _LIVE = ("running", "pausing", "canceling", "resuming")
 #: A task in one of these will queue its workflow's next step when it ends.
 _CHILD_LIVE = ("requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming")
@@ -116,9 +117,10 @@ def pack_mismatch(registry: Registry, record: dict[str, Any]) -> str | None:
 
 
 def due(record: dict[str, Any]) -> bool:
-    """Whether `record` is a `delayed` request whose delay (`runner_info.delayed_until`) is over."""
+    """Whether `record` is a `delayed` request whose delay (`runner_info.delayed_until`) is over (to
+    within `DUE_SLACK`: the timer that held it fires on the monotonic clock, a hair before the wall one)."""
     until = (record.get("runner_info") or {}).get("delayed_until") if record["status"] == "delayed" else None
-    return until is not None and datetime.fromisoformat(until.replace("Z", "+00:00")) <= utcnow()
+    return until is not None and datetime.fromisoformat(until.replace("Z", "+00:00")) <= utcnow() + DUE_SLACK
 
 
 def waiting_since(store: Store, before: datetime, limit: int = 1000) -> list[dict[str, Any]]:
