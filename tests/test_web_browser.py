@@ -513,6 +513,22 @@ def test_run_an_action_from_its_form_and_watch_the_output_arrive_live(served: Se
     assert tab.errors == []
 
 
+def test_core_local_from_its_form_streams_its_output(served: Served, tab: Tab) -> None:
+    """StackStorm's own `core.local`, run from its generated form: its lines arrive while it runs."""
+    tab.go("/actions/core.local")
+    form = tab.page.locator("form.run-form")
+    form.get_by_label("cmd").fill('for i in 1 2 3; do echo "local $i"; sleep 1.5; done')
+    form.get_by_role("button", name="Run core.local").click()
+    tab.page.wait_for_url(re.compile(r"/executions/[0-9a-f]{24}$"))
+    output = tab.page.locator("pre.output-stdout")
+    output.filter(has_text="local 1").wait_for(timeout=15_000)
+    assert "local 3" not in output.inner_text()  # seen while it runs: the last line comes 3 s after the first
+    tab.page.locator("h1 .status", has_text="succeeded").wait_for(timeout=15_000)
+    assert output.inner_text().splitlines() == ["local 1", "local 2", "local 3"]
+    assert served.execution(_new_id(tab.page.url))["action"]["ref"] == "core.local"
+    assert tab.errors == []
+
+
 def test_the_list_shows_a_new_execution_without_reloading(served: Served, tab: Tab, shots: Path) -> None:
     tab.go("/executions")
     tab.page.evaluate("window.sameDocument = true")
