@@ -485,7 +485,7 @@ def create_engine(url: str) -> Engine:
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0018"
+HEAD_REVISION = "0019"
 
 
 def _revision(engine: Engine) -> str | None:
@@ -720,6 +720,12 @@ _LISTED = (executions.c.id, executions.c.action, executions.c.runner, executions
            executions.c.parent, executions.c.start_timestamp, executions.c.end_timestamp)
 
 
+def _context_text(key: str) -> Any:
+    """`json_extract_path_text(context, 'key')`, the key a literal: the expression PostgreSQL's
+    indexes on an execution's user and source are made of."""
+    return sa.func.json_extract_path_text(executions.c.context, sa.literal_column(f"'{key}'"))
+
+
 def _narrowed(statement: Any, where: ExecutionFilter, *, steered: bool = False) -> Any:
     """`statement` with `where`'s conditions. A pack is a range of actions (`pack.` up to `pack/`, the
     character after `.`), not a LIKE, which SQLite cannot take from an index.
@@ -733,12 +739,16 @@ def _narrowed(statement: Any, where: ExecutionFilter, *, steered: bool = False) 
     parent, status, action = ((sa.func.coalesce(column.parent, ""), sa.func.coalesce(column.status, ""),
                                sa.func.coalesce(column.action, "")) if steered else
                               (column.parent, column.status, column.action))
+    # PostgreSQL: the expressions of its indexes on (user, start) and (source, start), key written
+    # out (a bound key would not match the index's expression), migration 0019.
+    user, source = ((context["user"].as_string(), context["source"].as_string()) if steered else
+                    (_context_text("user"), _context_text("source")))
     conditions = [
         column.action == where.action if where.action else None,
         sa.and_(action >= f"{where.pack}.", action < f"{where.pack}/") if where.pack else None,
         status == where.status if where.status else None,
-        context["user"].as_string() == where.user if where.user else None,
-        context["source"].as_string() == where.source if where.source else None,
+        user == where.user if where.user else None,
+        source == where.source if where.source else None,
         context[("chat", "channel")].as_string() == where.channel if where.channel else None,
         context[("rule", "ref")].as_string().is_not(None) if where.rule else None,
         context[("trigger_instance", "name")].as_string().in_(where.triggers) if where.triggers else None,

@@ -98,6 +98,31 @@ def test_keyset_filters(database_url: str) -> None:
         store.close()
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize(("where", "index"), [(ExecutionFilter(user="carol"), "ix_executions_context_user"),
+                                              (ExecutionFilter(source="chat"), "ix_executions_context_source")])
+def test_postgresql_reads_a_user_or_source_filter_from_its_index(postgres_url: str, where: ExecutionFilter,
+                                                                 index: str) -> None:
+    """The list's query on PostgreSQL is written with the expressions its indexes are made of: with
+    sequential scans priced out, the plan reads the index (a bound JSON key would match none)."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import postgresql
+
+    from engine import storage
+
+    store = Store.open(postgres_url)
+    try:
+        statement = storage._narrowed(sa.select(storage.executions.c.id).order_by(
+            storage.executions.c.start_timestamp.desc()), where).limit(51)
+        query = str(statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+        with store.engine.connect() as conn:
+            conn.execute(sa.text("SET enable_seqscan = off"))
+            plan = "\n".join(row[0] for row in conn.execute(sa.text(f"EXPLAIN {query}")))
+        assert index in plan, plan
+    finally:
+        store.close()
+
+
 # -- the pages ---------------------------------------------------------------------------------------
 
 @pytest.fixture
