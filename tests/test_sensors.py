@@ -134,6 +134,13 @@ async def run_sensors(squall: Squall) -> None:
 
 
 async def test_sensors_dispatch_restart_after_a_crash_and_get_their_triggers(home: Path) -> None:
+    from engine.metrics import metrics
+    from tests.test_metrics import _samples, _value
+
+    def restarts() -> float:
+        return _value(_samples(metrics.exposition().decode()), "squall_sensor_restarts_total", sensor="demo.Counter")
+
+    before = restarts()
     sensor_pack(home)
     squall = await started(home)
     try:
@@ -159,6 +166,7 @@ async def test_sensors_dispatch_restart_after_a_crash_and_get_their_triggers(hom
         spawns = [s for s in await squall.triggers.list(trigger="core.st2.sensor.process_spawn")
                   if s["payload"]["object"]["ref"] == "demo.Counter"]
         assert len(spawns) >= 2
+        assert restarts() - before == 1  # the metric counts the one restart after the crash
         # The datastore keys are local to the sensor class, as StackStorm's.
         assert (await squall.db(squall.datastore.get, "demo.Counter:crash_once"))["value"] == "done"
         # An invalid payload was refused (and logged); none was stored with it.
