@@ -788,7 +788,7 @@ class Store:
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Group the calls made inside into one transaction (group commit; see `Database`)."""
-        audited = self._batch.audited = []
+        audited = self._batch.audited = [] if self.audit_listeners else None
         try:
             with self.engine.begin() as conn:
                 self._batch.conn = conn
@@ -798,7 +798,8 @@ class Store:
                     self._batch.conn = None
         finally:
             self._batch.audited = None
-        self._tell_audited(audited)
+        if audited:
+            self._tell_audited(audited)
 
     @contextlib.contextmanager
     def batch_without_waiting(self) -> Iterator[None]:
@@ -817,12 +818,13 @@ class Store:
         conn = self._nowait_conn
         driver = conn.connection.driver_connection
         self._batch.engine, self._batch.conn = self._nowait, conn
-        audited = self._batch.audited = []
+        audited = self._batch.audited = [] if self.audit_listeners else None  # none to tell: no list a group
         try:
             try:
                 yield
                 (conn if conn.in_transaction() else driver).commit()  # type: ignore[union-attr]
-                self._tell_audited(audited)
+                if audited:
+                    self._tell_audited(audited)
             except BaseException:
                 (conn if conn.in_transaction() else driver).rollback()  # type: ignore[union-attr]
                 raise

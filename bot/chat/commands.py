@@ -39,6 +39,16 @@ class CommandRefused(Exception):
     """The person may not run the command (the reason says who may); the refusal was audited."""
 
 
+class NeedsApproval(CommandRefused):
+    """A re-run of what needs approval (`CommandService.rerun`): the alias or action that asks for
+    it, and its approval policy, for the caller to say how to get it."""
+
+    def __init__(self, ref: str, policy: dict[str, Any]) -> None:
+        super().__init__(unapproved(ref, policy))
+        self.ref = ref
+        self.policy = policy
+
+
 class CommandFailed(Exception):
     """The command matched, but its request was refused (a bad parameter, an unknown action)."""
 
@@ -134,12 +144,12 @@ class CommandService:
     async def rerun(self, execution_id: str, parameters: dict[str, Any] | None,
                     context: dict[str, Any]) -> dict[str, Any]:
         """A person's re-run (chat `retry`, the API's re_run, the web's re-run) as `context`'s requester:
-        `CommandRefused` when it needs approval, as a new request of it would (a re-run, with edited
+        `NeedsApproval` when it needs approval, as a new request of it would (a re-run, with edited
         parameters or not, is never a way around the approvers)."""
         record = await self.engine.executions.get(execution_id)
         needed = self.approval_for(record)
         if needed is not None:
-            raise CommandRefused(unapproved(*needed))
+            raise NeedsApproval(*needed)
         return await self.engine.executions.rerun(record["id"], parameters, context)
 
     async def request(self, alias: Alias, message: Message, source: str, parameters: dict[str, Any],

@@ -24,7 +24,7 @@ from aliases.rank import RANKERS, Ranked, Ranker, make_ranker
 from bot.chat import help as chat_help
 from bot.chat.approvals import APPROVE, DENY, ApprovalChat
 from bot.chat.auth import Authorizer
-from bot.chat.commands import CommandFailed, CommandRefused, CommandService, Held
+from bot.chat.commands import CommandFailed, CommandRefused, CommandService, Held, NeedsApproval
 from bot.chat.forms import ChatForms
 from bot.chat.index import AliasIndex
 from bot.chat.inquiries import InquiryChat
@@ -532,15 +532,15 @@ class Dispatcher:
             if verb == "cancel":
                 done = await self.engine.executions.cancel(execution["id"])
                 await self.say(message, f"{done['id']} is {done['status']}.")
-            elif (needed := self.commands.approval_for(execution)) is not None:
-                await self.say(message, f"{needed[0]} needs approval from {', '.join(needed[1]['groups'])}: "
-                                        "type the command again, and its approvers are asked.")
             else:
                 context = (self.commands.context(alias, message, "chat", self._where(message)) if alias
                            else {"user": message.user, "source": "chat"})
                 again = await self.commands.rerun(execution["id"], None, context)
                 await self.say(message, f"Retrying as {again['id']}.")
-        except (ExecutionNotFound, ExecutionStateError, ParameterError, UnknownAction, CommandRefused) as exc:
+        except NeedsApproval as exc:
+            await self.say(message, f"{exc.ref} needs approval from {', '.join(exc.policy['groups'])}: "
+                                    "type the command again, and its approvers are asked.")
+        except (ExecutionNotFound, ExecutionStateError, ParameterError, UnknownAction) as exc:
             await self.say(message, str(exc))
 
     async def _builtin_respond(self, message: Message, rest: str) -> None:

@@ -97,16 +97,16 @@ async def find_execution(request: Request, execution_id: str) -> dict[str, Any]:
 
 
 def execution_view(squall: Any, record: dict[str, Any], children: list[dict[str, Any]],
-                   tasks: list[tuple[int, dict[str, Any]]] | None = None) -> dict[str, Any]:
+                   tasks: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     """What an execution's page and its live updates show: the result without the output streams
     (shown apart), and for a workflow the graph of its tasks with their statuses and the task tree
-    (`tasks`, from `task_tree`; its direct tasks alone when not given)."""
+    (`tasks`, from `task_tree`)."""
     result = record.get("result")
     if isinstance(result, dict):
         result = {key: value for key, value in result.items() if key not in STREAMS}
     action = squall.registry.actions.get(record["action"])
     return {"record": record, "result": result, "children": children,
-            "tasks": tasks if tasks is not None else [(0, child) for child in children],
+            "tasks": tasks,
             "more_children": len(children) == MAX_CHILDREN,
             "graph": graph.svg(action, children) if action is not None else None}
 
