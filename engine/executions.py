@@ -102,6 +102,10 @@ class CompletionWrite:
     one_statement: bool = False
 
 
+#: An end stored in its claim's call (`_settle_at_once`): `_ended`'s arguments after the record.
+_Settled = tuple[dict[str, Any] | None, list[tuple[bool, Any]] | None, list[CompletionWrite], dict[str, Any] | None]
+
+
 class ExecutionNotFound(LookupError):
     pass
 
@@ -435,14 +439,19 @@ class ExecutionService:
             # The claim goes through all the same (its future is firm, and done by now): record how
             # it ended, never leave it `running`.
             claimed = claim.result()
-            if claimed is not None:
+            if claimed is not None and claimed[2] is not None:
+                self._ended(claimed[0], *claimed[2])
+            elif claimed is not None:
                 await asyncio.shield(self._finish(claimed[0], self._interrupted(), []))
             return
         if claimed is None:
             return  # canceled meanwhile, or claimed by another process
-        record, prepared = claimed
+        record, prepared, settled = claimed
         bind(action=record["action"], user=(record.get("context") or {}).get("user"))
         metrics.started(record)
+        if settled is not None:  # ended in its claim's transaction (`_settle_at_once`)
+            self._ended(record, *settled)
+            return
         if isinstance(prepared, UnknownAction) and self.reload_packs is not None:
             await self.reload_packs()
             prepared = await self.db(self._prepare_run, record)
@@ -535,10 +544,15 @@ class ExecutionService:
             return RunOutcome("abandoned", {"error": "Squall shut down while it was running"})
         return RunOutcome("canceled", {"error": "canceled by request"})
 
-    def _claim(self, execution_id: str, fields: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
-        """Claim a queued execution and build its run request, in one trip to the database thread."""
+    def _claim(self, execution_id: str, fields: dict[str, Any]) -> tuple[dict[str, Any], Any, _Settled | None] | None:
+        """Claim a queued execution and build its run request, in one trip to the database thread
+        (with how it ended, when it ends at once: `_claim_at_once`)."""
         store = self.db.store
         known = self._prepared.pop(execution_id, None)
+        if known is not None and (at_once := self._at_once(known)) is not None:
+            settled = self._claim_at_once(known, fields, at_once)
+            if settled is not None:
+                return settled
         if known is None:
             record = store.claim_execution(execution_id, fields, ("requested", "scheduled"))
         elif store.update_execution(execution_id, fields, expect=("requested", "scheduled")):
@@ -549,7 +563,42 @@ class ExecutionService:
             record = self._claim_resuming(execution_id, fields)
             if record is None:
                 return None
-        return record, self._prepare_run(record)
+        return record, self._prepare_run(record), None
+
+    def _at_once(self, record: dict[str, Any]) -> Callable[[RunRequest], RunOutcome] | None:
+        """The runner's `run_at_once` when `record` may end inside its claim's call (`_claim_at_once`):
+        on SQLite, where that call runs on the event loop (the end's `on_completing` hooks render the
+        chat result there anyway), with tracing off (a run's span times the run), and without an API
+        token to mint and revoke."""
+        at_once = getattr(self.runners.get(record["runner"]), "run_at_once", None)
+        if at_once is None or not self.db.store.is_sqlite or tracing.enabled() or _tokened(record):
+            return None
+        return at_once
+
+    def _claim_at_once(self, known: dict[str, Any], fields: dict[str, Any],
+                       run_at_once: Callable[[RunRequest], RunOutcome]) -> tuple[dict[str, Any], Any, _Settled] | None:
+        """Claim, run and end a request this process prepared, in one write, when its runner has
+        nothing to wait for and no effect outside the store (core.noop). With the request stored in the
+        same group, its request, claim, end and chat result commit together: one commit a command
+        instead of two, and nothing was done before that commit that a crash could leave unrecorded.
+        None to claim it as any other (its run request cannot be made, or it is no longer requested)."""
+        store = self.db.store
+        record = {**known, **fields}
+        prepared = self._prepare_run(record)
+        if isinstance(prepared, Exception):
+            return None
+        request, secrets = prepared
+        try:
+            outcome = run_at_once(request)
+        except Exception as exc:
+            outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
+        end, entry = _ending(outcome, _scrubbable(secrets, request.revealed))
+        complete = {**fields, **end, "log": [*fields["log"], entry]}
+        if not store.update_execution(record["id"], complete, expect=("requested", "scheduled")):
+            return None
+        shown, writes = self._completion_writes(record, end, entry)
+        return record, prepared, ({**record, **complete}, [_written(w, store, record["id"]) for w in writes],
+                                  writes, shown)
 
     def _prepare_run(self, record: dict[str, Any]) -> tuple[RunRequest, list[str]] | Exception:
         """The claimed execution's run request with its API token (on the database thread: the
@@ -628,14 +677,18 @@ class ExecutionService:
         return document["values"], document["revealed"]
 
     async def _finish(self, record: dict[str, Any], outcome: RunOutcome, secrets: list[str]) -> None:
-        now = utcnow()
-        fields = {"status": outcome.status, "result": scrub(outcome.result, secrets), "end_timestamp": now}
-        entry = {"status": outcome.status, "timestamp": iso(now)}
+        fields, entry = _ending(outcome, secrets)
         shown, writes = self._completion_writes(record, fields, entry)
         finished, written = await self.db(self._complete, record, fields, entry, ("running", "canceling", "pausing"),
                                           writes)
+        self._ended(record, finished, written, writes, shown)
+
+    def _ended(self, record: dict[str, Any], finished: dict[str, Any] | None,
+               written: list[tuple[bool, Any]] | None, writes: list[CompletionWrite],
+               shown: dict[str, Any] | None) -> None:
+        """Once an end is committed: what was stored with it is told, then the end's listeners."""
         if finished is not None:
-            log.debug("%s %s", record["action"], outcome.status)
+            log.debug("%s %s", record["action"], finished["status"])
             record.update(finished)
             for write, (ok, value) in zip(writes, written or (), strict=False):
                 if ok:
@@ -1044,6 +1097,13 @@ class ExecutionService:
                 record = await self.db(self.db.store.get_execution, row["id"])
                 if record is not None and record["status"] == "canceling":
                     await self._cancel_orphan(record)
+
+
+def _ending(outcome: RunOutcome, secrets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An execution's end as stored: its fields (the result scrubbed of `secrets`) and its log entry."""
+    now = utcnow()
+    return ({"status": outcome.status, "result": scrub(outcome.result, secrets), "end_timestamp": now},
+            {"status": outcome.status, "timestamp": iso(now)})
 
 
 def _written(write: CompletionWrite, store: Store, execution_id: str) -> tuple[bool, Any]:

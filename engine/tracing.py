@@ -60,6 +60,11 @@ def configure(exporter: Any = None) -> bool:
     return True
 
 
+def enabled() -> bool:
+    """Whether spans are recorded (work that would go untimed otherwise takes the timed path)."""
+    return _tracer is not None
+
+
 def flush() -> None:
     """Send what is buffered now (an engine is closing; the process may end next)."""
     if _provider is not None:

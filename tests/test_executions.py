@@ -248,6 +248,31 @@ async def test_a_request_and_its_claim_share_a_commit_and_a_refused_one_leaves_n
     assert len(await squall.executions.list()) == 2
 
 
+async def test_a_noop_run_ends_in_the_commit_that_stores_its_request(squall: Squall) -> None:
+    """core.noop has nothing to wait for and no effect outside the store: its request, claim and end
+    are one group, one commit, and what is stored reads as any run's (scheduled, running, the end)."""
+    groups = []
+    flush = squall.db._flush_inline
+
+    def counted() -> None:
+        groups.append([getattr(call.func, "__name__", "?") for call, _future in squall.db._inline])
+        flush()
+
+    squall.db._flush_inline = counted  # type: ignore[method-assign]
+    requested = await squall.executions.request("core.noop")
+    done = await squall.executions.wait(requested["id"], timeout=30)
+    squall.db._flush_inline = flush  # type: ignore[method-assign]
+    assert groups == [["_prepare", "_claim"]]
+    assert done["status"] == "succeeded" and done["result"] == {"failed": False, "succeeded": True, "return_code": 0}
+    assert [entry["status"] for entry in done["log"]] == ["requested", "scheduled", "running", "succeeded"]
+    stored = squall.store.get_execution(requested["id"])
+    assert stored["status"] == "succeeded" and stored["runner_info"]["pid"] == os.getpid()
+
+    canceled = await squall.executions.request("core.noop", delay=30)  # canceled before its claim: never run
+    await squall.executions.cancel(canceled["id"])
+    assert (await squall.executions.wait(canceled["id"], timeout=30))["status"] == "canceled"
+
+
 async def test_parameters_show_supplied_and_templated_defaults_only(squall: Squall) -> None:
     plain = await squall.executions.wait((await squall.executions.request("exectest.defaults"))["id"], timeout=30)
     assert plain["status"] == "succeeded"

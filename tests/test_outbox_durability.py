@@ -579,7 +579,13 @@ def _service_home(home: Path, fake: FakeMattermost) -> None:
         ack: {{format: "noting {{{{ execution.parameters.who }}}}"}}
         result: {{format: "{RESULT}"}}
     """)
-    for name in ("quick", "held"):
+    write(pack / "actions" / "instant.yaml", """
+        name: instant
+        runner_type: noop
+        parameters:
+          who: {type: string, required: true}
+    """)
+    for name in ("quick", "held", "instant"):
         write(pack / "aliases" / f"{name}.yaml", f"""
             name: {name}
             action_ref: demo.{name}
@@ -748,6 +754,32 @@ def _expected_results(store: Store) -> set[str]:
 
 def _stored_texts(store: Store) -> Counter[str]:
     return Counter(row["payload"]["text"] for row in _rows(store) if row["status"] != "skipped")
+
+
+@pytest.mark.slow
+async def test_a_kill_in_a_burst_of_commands_that_end_in_their_request_s_commit_loses_nothing(service) -> None:
+    """A noop command's request, claim, end and result commit in one group (`_claim_at_once`), and a
+    burst shares groups: killed after the 20th end, every stored command has its end and its result
+    stored, each result reaches the channel, and nothing is left requested or running for a restart
+    to run again. What was not stored was never acknowledged: no reply names it."""
+    home, fake, started, store = service
+    first = await _serve(home, fake, started, kill_at="finished:20")
+    for n in range(40):
+        await fake.say(fake.alice, fake.town_square, f"!instant i{n}")
+    await first.died()
+    stored = _chat_executions(store)
+    assert len(stored) >= 20
+    assert all(row["status"] == "succeeded" for row in stored)  # never stored requested without its end
+    results = {row["execution_id"] for row in _rows(store) if row["kind"] == "result"}
+    assert {row["id"] for row in stored} <= results  # each end with its result
+
+    await _serve(home, fake, started)
+    expected = _expected_results(store)  # every chat execution's result, those the restart took up too
+    assert {row["id"]: row["status"] for row in _chat_executions(store) if row["id"] in results} == {
+        row["id"]: "succeeded" for row in stored}  # the restart ran none of them again
+    posts = await _delivered(fake, store, expected)
+    assert _stored_texts(store) == dict.fromkeys(expected, 1)
+    assert sum(count - 1 for count in posts.values()) <= 2, posts
 
 
 @pytest.mark.slow
