@@ -106,6 +106,10 @@ class CompletionWrite:
 _Settled = tuple[dict[str, Any] | None, list[tuple[bool, Any]] | None, list[CompletionWrite], dict[str, Any] | None]
 
 
+#: A stored request (`_store`), with each `stored_with` write and how it went (`_written`).
+_Stored = tuple[dict[str, Any], list[tuple[CompletionWrite, tuple[bool, Any]]]]
+
+
 class ExecutionNotFound(LookupError):
     pass
 
@@ -271,7 +275,8 @@ class ExecutionService:
                       context: Mapping[str, Any] | None = None, *, parent: str | None = None,
                       extra_template_context: dict[str, Any] | None = None,
                       render: bool | Collection[str] = (), delay: float = 0.0,
-                      audit: AuditEntry | None = None) -> dict[str, Any]:
+                      audit: AuditEntry | None = None,
+                      stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None) -> dict[str, Any]:
         """Validate, store as `requested`, and hand to the executor. Raises on bad input.
 
         `delay` (an Orquesta task's `delay`) stores it `delayed` and hands it over that many seconds
@@ -280,7 +285,10 @@ class ExecutionService:
         `parameters` are data, taken as given, except those `render` names (True: all), which are
         templates a pack author wrote: a rule's action parameters, an alias format's defaults.
         `extra_template_context` adds names those templates may use (rules pass `trigger`).
-        `audit` is stored with the request, in its transaction."""
+        `audit` is stored with the request, in its transaction. So is what `stored_with(the request
+        as shown)` returns (the chat's ack), on SQLite with tracing off, where that transaction is the
+        event loop's: stored first, it comes before anything the run stores (a noop's result ends in
+        the same commit). Elsewhere it is not called, and the caller stores its part after."""
         action = self.registry.action(ref)
         context = {**(context or {}), "pack": action.pack}
         if "user" not in context:  # (looked up only then: a missing variable raises a KeyError inside os.environ)
@@ -290,6 +298,8 @@ class ExecutionService:
             context["trace_context"] = {**(context.get("trace_context") or {}), "traceparent": traced}
         supplied = dict(parameters or {})
         execution_id = new_id()
+        if stored_with is not None and (not self.db.store.is_sqlite or tracing.enabled()):
+            stored_with = None
         fence = _conducting_job.get() if parent is not None else None
         if needs_rendering(action, supplied, render):
             # Templates render on threads of their own, never on the event loop nor the database thread: one
@@ -297,10 +307,10 @@ class ExecutionService:
             resolution, revealed = await asyncio.get_running_loop().run_in_executor(
                 render_pool(), self._resolve, action, supplied, context, extra_template_context, render)
             stored = self.db.submit(self._store, action, supplied, context, parent, extra_template_context,
-                                    resolution, revealed, audit, execution_id, fence)
+                                    resolution, revealed, audit, execution_id, fence, stored_with)
         else:  # nothing to render: checked and stored in one step, without a thread hop
             stored = self.db.submit(self._prepare, ref, supplied, context, parent, extra_template_context, render,
-                                    audit, execution_id, fence)
+                                    audit, execution_id, fence, stored_with)
         # This process's executor claims an action's request in the transaction that stores it: its
         # claim is queued while the request still waits in the group (a failed request leaves it nothing
         # to claim). Workflows (whose slots depend on the stored row), delays and executors of other
@@ -309,7 +319,10 @@ class ExecutionService:
                  and not _resumable(self.runners.get(action.runner_type)))
         if early:
             await self.executor.submit(execution_id)  # type: ignore[union-attr]
-        record = await stored
+        record, told = await stored
+        for write, (ok, value) in told:
+            if ok:
+                write.committed(value)
         if delay > 0:
             await self._hold(record, delay)
         elif self.executor is not None and not early:
@@ -344,12 +357,13 @@ class ExecutionService:
     def _prepare(self, ref: str, supplied: dict[str, Any], context: dict[str, Any],
                  parent: str | None, extra_template_context: dict[str, Any] | None = None,
                  render: bool | Collection[str] = (), audit: AuditEntry | None = None,
-                 execution_id: str | None = None, fence: int | None = None) -> dict[str, Any]:
+                 execution_id: str | None = None, fence: int | None = None,
+                 stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None) -> _Stored:
         """Resolve parameters and store the request, for requests with nothing to render (`request`)."""
         action = self.registry.action(ref)
         resolution, revealed = self._resolve(action, supplied, context, extra_template_context, render)
         return self._store(action, supplied, context, parent, extra_template_context, resolution, revealed, audit,
-                           execution_id, fence)
+                           execution_id, fence, stored_with)
 
     def _resolve(self, action: Action, supplied: dict[str, Any], context: dict[str, Any],
                  extra_template_context: dict[str, Any] | None,
@@ -370,10 +384,11 @@ class ExecutionService:
     def _store(self, action: Action, supplied: dict[str, Any], context: dict[str, Any], parent: str | None,
                extra_template_context: dict[str, Any] | None, resolution: Resolution,
                revealed: list[str], audit: AuditEntry | None = None,
-               execution_id: str | None = None, fence: int | None = None) -> dict[str, Any]:
+               execution_id: str | None = None, fence: int | None = None,
+               stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None) -> _Stored:
         """Store a resolved request as `requested` (on the database's side of `Database`), with its
-        audit event. With `fence` (a worker's job conducting the `parent` workflow), only while that
-        job still conducts it (`StaleStep` otherwise)."""
+        audit event and what `stored_with` makes of it (`request`). With `fence` (a worker's job
+        conducting the `parent` workflow), only while that job still conducts it (`StaleStep` otherwise)."""
         if fence is not None and parent is not None and not self.db.store.conducts(parent, fence):
             raise StaleStep(f"workflow {parent}: another worker conducts it now; this step stops")
         values = resolution.values
@@ -411,12 +426,21 @@ class ExecutionService:
         if audit is not None:
             self.db.store.audit_add(audit.event, audit.actor, audit.source, audit.target,
                                     {"execution": record["id"], **audit.detail})
+        told = []
+        if stored_with is not None:
+            try:
+                write = stored_with(public(record))
+            except Exception:
+                log.exception("what to store with the request %s could not be made; its caller stores it", record["id"])
+                write = None
+            if write is not None:
+                told.append((write, _written(write, self.db.store, record["id"])))
         # Kept for this process's claim; not where other processes run what it requests (they finish it).
         if self.executor is not None and not getattr(self.executor, "shared", False):
             self._prepared[record["id"]] = record
             if _resumable(self.runners.get(record["runner"])):
                 self.conducting.add(record["id"])
-        return record
+        return record, told
 
     # -- running -----------------------------------------------------------------------------
     async def run(self, execution_id: str, owner: Mapping[str, Any] | None = None) -> None:

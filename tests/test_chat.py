@@ -156,6 +156,39 @@ async def test_command_gets_ack_then_result_in_its_thread(chat) -> None:
     assert execution["context"]["source_channel"] == "#ops"
 
 
+async def test_a_noop_command_s_ack_request_and_result_share_one_commit_ack_first(home: Path) -> None:
+    """A noop ends in its request's commit, and the ack is stored in that transaction, before the
+    result: the person sees the ack, edited to the final status, then the result."""
+    _config(home)
+    write(home / "packs" / "demo" / "aliases" / "nothing.yaml", """
+        name: nothing
+        action_ref: core.noop
+        description: Do nothing.
+        formats: ["nothing"]
+        result: {format: "did nothing"}
+    """)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        groups = []
+        flush = squall.db._flush_inline
+
+        def counted() -> None:
+            groups.append([getattr(call.func, "__name__", "?") for call, _future in squall.db._inline])
+            flush()
+
+        squall.db._flush_inline = counted  # type: ignore[method-assign]
+        await loopback.say("!nothing", channel="#ops")
+        await settle(squall, bot)
+        squall.db._flush_inline = flush  # type: ignore[method-assign]
+        [execution] = await squall.executions.list(action="core.noop")
+        ack, result = loopback.posted
+        assert ack.reply.text == f"Running core.noop ({execution['id']})" and ack.reply.thread == "m1"
+        assert ack.edits and "succeeded" in ack.edits[-1]
+        assert result.reply.text == "did nothing" and result.reply.thread == "m1"
+        assert ["_prepare", "_claim"] in groups  # one commit: the request with its ack, the run's end with its result
+        assert squall.store.outbox_keyed_id(execution["id"], "ack") < squall.store.outbox_keyed_id(execution["id"],
+                                                                                                     "result")
+
+
 def _where_rendered(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """(ack or result, the thread it was rendered on) of each render of an alias's replies."""
     seen: list[tuple[str, str]] = []

@@ -169,7 +169,7 @@ class ApprovalChat:
         await db(db.store.approval_ran, row["id"], accepted.execution["id"])
         await self._audit("chat.approval.run", row["requester"], f"{row['adapter']}:{row['channel']}", row,
                           {"execution": accepted.execution["id"], "approvers": _approvers(row)})
-        if accepted.ack is not None:
+        if accepted.ack is not None and not accepted.ack_stored:
             reply = Reply(adapter=row["adapter"], channel=row["channel"], thread=row["thread"], text=accepted.ack,
                           extra=accepted.ack_extra)
             await self.outbox.post_keyed(accepted.execution["id"], "ack", [reply])

@@ -56,6 +56,7 @@ class ChatBot:
         self.inquiries = InquiryChat(engine, self.announcer, self.outbox, auth, settings.prefix)
         #: The one command path (chat, the HTTP API, forms): match, authorise, request, audit, ack.
         self.commands = CommandService(engine, self.index, auth)
+        self.commands.outbox = self.outbox
         #: Commands held for approvers; it sets itself as the command path's holder.
         self.approvals = ApprovalChat(engine, self.commands, self.outbox, auth, settings.prefix)
         self.dispatcher = Dispatcher(engine=engine, index=self.index, outbox=self.outbox, adapters=self.adapters,

@@ -20,18 +20,19 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adapters.base import Message
+from adapters.base import Message, Reply
 from aliases import Alias, AliasMatch
 from bot.chat.auth import Authorizer
 from bot.chat.index import AliasIndex
 from bot.chat.replies import render_ack, short
 from engine.actions import unapproved
-from engine.executions import AuditEntry
+from engine.executions import AuditEntry, CompletionWrite
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError, check_unrendered
-from engine.templates import rendered
+from engine.templates import TooLongForTheLoop, briefly, rendered
 
 if TYPE_CHECKING:
+    from bot.chat.outbox import Outbox
     from engine.core import Engine
 
 
@@ -55,11 +56,22 @@ class CommandFailed(Exception):
 
 @dataclass(frozen=True)
 class Accepted:
-    """A requested execution and its ack (None when the alias turns acks off)."""
+    """A requested execution and its ack (None when the alias turns acks off); `ack_stored` when the
+    ack was stored with the request (`CommandService.outbox`), else its caller posts it."""
 
     execution: dict[str, Any]
     ack: str | None
     ack_extra: dict[str, Any]
+    ack_stored: bool = False
+
+
+@dataclass
+class _Ack:
+    """What became of an ack offered to the request's transaction (`CommandService._ack`)."""
+
+    rendered: tuple[str | None, dict[str, Any]] | None = None
+    too_long: bool = False
+    stored: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,9 @@ class CommandService:
         self.auth = auth
         #: Holds commands that need approval (the chat side sets it); None refuses them.
         self.holder: Holder | None = None
+        #: Where a chat command's ack is stored with its request (the chat side sets it): in that
+        #: transaction it comes before the result, which a noop stores in the same commit.
+        self.outbox: Outbox | None = None
 
     def match(self, text: str) -> AliasMatch:
         """The alias `text` means; `NoMatch` (with suggestions) or `AmbiguousCommand` otherwise."""
@@ -157,13 +172,46 @@ class CommandService:
         """The request step: the execution, its audit event and its ack (also for an approved command)."""
         audit = AuditEntry(f"{source}.execution", message.user, f"{message.adapter}:{message.channel}", alias.ref,
                            {"action": alias.action_ref})
+        chat = context.get("chat")
+        ack = _Ack()
+        stored_with = self._ack(alias, chat, ack) if chat and self.outbox is not None else None
         try:
             execution = await self.engine.executions.request(alias.action_ref, parameters, context,
-                                                             render=set(render), audit=audit)
+                                                             render=set(render), audit=audit, stored_with=stored_with)
         except (ParameterError, UnknownAction, ValueError) as exc:
             raise CommandFailed(str(exc)) from exc
-        text, extra = await rendered(render_ack, alias, execution)
-        return Accepted(execution, text, extra or {})
+        if ack.rendered is None:  # not offered, or too long for the request's transaction (then not on the loop)
+            ack.rendered = await rendered(render_ack, alias, execution, on_loop=not ack.too_long)
+        text, extra = ack.rendered
+        return Accepted(execution, text, extra or {}, ack_stored=ack.stored)
+
+    def _ack(self, alias: Alias, chat: dict[str, Any], ack: _Ack) -> Callable[[dict[str, Any]], CompletionWrite | None]:
+        """The ack to store with the request, in the command's thread (`ack` tells what became of it).
+        None, and the caller posts it after, when the alias turns acks off or its format takes too long
+        to render inside the request's transaction."""
+        assert self.outbox is not None
+        outbox = self.outbox
+
+        def write(execution: dict[str, Any]) -> CompletionWrite | None:
+            try:
+                text, extra = ack.rendered = briefly(render_ack, alias, execution)
+            except TooLongForTheLoop:
+                ack.too_long = True
+                return None
+            if text is None:
+                return None
+            reply = Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"), text=text,
+                          extra=extra or {})
+            keyed = outbox.keyed(execution["id"], "ack", [reply])
+            assert keyed is not None  # a reply: always a row to store
+
+            def committed(stored: Any) -> None:
+                keyed.queue(stored)
+                ack.stored = True
+
+            return CompletionWrite(keyed.store, committed, keyed.one_statement)
+
+        return write
 
     @staticmethod
     def context(alias: Alias, message: Message, source: str, chat: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -347,7 +347,7 @@ class Dispatcher:
             return
         if isinstance(accepted, Held):
             return  # the approvers were asked in the thread; it runs once they said yes
-        if accepted.ack is not None:
+        if accepted.ack is not None and not accepted.ack_stored:
             # Keyed (execution, "ack"): the result's edit of it finds its row in the database, after
             # a restart as well as in this process.
             reply = Reply(adapter=message.adapter, channel=message.channel, thread=where["thread"], text=accepted.ack,
