@@ -102,12 +102,11 @@ class CompletionWrite:
     one_statement: bool = False
 
 
-#: An end stored in its claim's call (`_settle_at_once`): `_ended`'s arguments after the record.
-_Settled = tuple[dict[str, Any] | None, list[tuple[bool, Any]] | None, list[CompletionWrite], dict[str, Any] | None]
-
-
-#: A stored request (`_store`), with each `stored_with` write and how it went (`_written`).
-_Stored = tuple[dict[str, Any], list[tuple[CompletionWrite, tuple[bool, Any]]]]
+#: A stored request (`_store`), with each `stored_with` write and how it went (`_written`), and, for
+#: one that ended as it was stored (`_end_at_once`), `_ended`'s arguments.
+_Stored = tuple[dict[str, Any], list[tuple[CompletionWrite, tuple[bool, Any]]],
+                tuple[dict[str, Any], dict[str, Any], list[tuple[bool, Any]], list[CompletionWrite],
+                      dict[str, Any] | None] | None]
 
 
 class ExecutionNotFound(LookupError):
@@ -298,8 +297,16 @@ class ExecutionService:
             context["trace_context"] = {**(context.get("trace_context") or {}), "traceparent": traced}
         supplied = dict(parameters or {})
         execution_id = new_id()
-        if stored_with is not None and (not self.db.store.is_sqlite or tracing.enabled()):
+        inline = self.db.store.is_sqlite and not tracing.enabled()  # the request's transaction is the loop's
+        if not inline:
             stored_with = None
+        # This process's executor claims an action's request in the transaction that stores it: its
+        # claim is queued while the request still waits in the group (a failed request leaves it nothing
+        # to claim). Workflows (whose slots depend on the stored row), delays and executors of other
+        # processes (which must not see the job before the row) wait for the request's commit.
+        early = (delay <= 0 and self.executor is not None and not getattr(self.executor, "shared", False)
+                 and not _resumable(self.runners.get(action.runner_type)))
+        at_once = self._at_once(action) if early and inline else None
         fence = _conducting_job.get() if parent is not None else None
         if needs_rendering(action, supplied, render):
             # Templates render on threads of their own, never on the event loop nor the database thread: one
@@ -307,22 +314,20 @@ class ExecutionService:
             resolution, revealed = await asyncio.get_running_loop().run_in_executor(
                 render_pool(), self._resolve, action, supplied, context, extra_template_context, render)
             stored = self.db.submit(self._store, action, supplied, context, parent, extra_template_context,
-                                    resolution, revealed, audit, execution_id, fence, stored_with)
+                                    resolution, revealed, audit, execution_id, fence, stored_with, at_once)
         else:  # nothing to render: checked and stored in one step, without a thread hop
             stored = self.db.submit(self._prepare, ref, supplied, context, parent, extra_template_context, render,
-                                    audit, execution_id, fence, stored_with)
-        # This process's executor claims an action's request in the transaction that stores it: its
-        # claim is queued while the request still waits in the group (a failed request leaves it nothing
-        # to claim). Workflows (whose slots depend on the stored row), delays and executors of other
-        # processes (which must not see the job before the row) wait for the request's commit.
-        early = (delay <= 0 and self.executor is not None and not getattr(self.executor, "shared", False)
-                 and not _resumable(self.runners.get(action.runner_type)))
-        if early:
+                                    audit, execution_id, fence, stored_with, at_once)
+        if early and at_once is None:
             await self.executor.submit(execution_id)  # type: ignore[union-attr]
-        record, told = await stored
+        record, told, ended = await stored
         for write, (ok, value) in told:
             if ok:
                 write.committed(value)
+        if ended is not None:
+            metrics.started(ended[0])
+            self._ended(*ended)
+            return public(record)
         if delay > 0:
             await self._hold(record, delay)
         elif self.executor is not None and not early:
@@ -358,12 +363,13 @@ class ExecutionService:
                  parent: str | None, extra_template_context: dict[str, Any] | None = None,
                  render: bool | Collection[str] = (), audit: AuditEntry | None = None,
                  execution_id: str | None = None, fence: int | None = None,
-                 stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None) -> _Stored:
+                 stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None,
+                 at_once: Callable[[RunRequest], RunOutcome] | None = None) -> _Stored:
         """Resolve parameters and store the request, for requests with nothing to render (`request`)."""
         action = self.registry.action(ref)
         resolution, revealed = self._resolve(action, supplied, context, extra_template_context, render)
         return self._store(action, supplied, context, parent, extra_template_context, resolution, revealed, audit,
-                           execution_id, fence, stored_with)
+                           execution_id, fence, stored_with, at_once)
 
     def _resolve(self, action: Action, supplied: dict[str, Any], context: dict[str, Any],
                  extra_template_context: dict[str, Any] | None,
@@ -385,10 +391,12 @@ class ExecutionService:
                extra_template_context: dict[str, Any] | None, resolution: Resolution,
                revealed: list[str], audit: AuditEntry | None = None,
                execution_id: str | None = None, fence: int | None = None,
-               stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None) -> _Stored:
+               stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None,
+               at_once: Callable[[RunRequest], RunOutcome] | None = None) -> _Stored:
         """Store a resolved request as `requested` (on the database's side of `Database`), with its
-        audit event and what `stored_with` makes of it (`request`). With `fence` (a worker's job
-        conducting the `parent` workflow), only while that job still conducts it (`StaleStep` otherwise)."""
+        audit event and what `stored_with` makes of it (`request`); with `at_once`, as it ended
+        (`_end_at_once`). With `fence` (a worker's job conducting the `parent` workflow), only while
+        that job still conducts it (`StaleStep` otherwise)."""
         if fence is not None and parent is not None and not self.db.store.conducts(parent, fence):
             raise StaleStep(f"workflow {parent}: another worker conducts it now; this step stops")
         values = resolution.values
@@ -422,7 +430,8 @@ class ExecutionService:
             "start_timestamp": utcnow(),
             "end_timestamp": None,
         }
-        self.db.store.insert_execution(record)
+        ending = self._end_at_once(record, at_once) if at_once is not None else None
+        self.db.store.insert_execution(record if ending is None else ending[0])
         if audit is not None:
             self.db.store.audit_add(audit.event, audit.actor, audit.source, audit.target,
                                     {"execution": record["id"], **audit.detail})
@@ -435,12 +444,16 @@ class ExecutionService:
                 write = None
             if write is not None:
                 told.append((write, _written(write, self.db.store, record["id"])))
+        if ending is not None:  # what the end's listeners store with it, after the ack
+            ended, shown, writes = ending
+            return record, told, (ended, ended, [_written(w, self.db.store, record["id"]) for w in writes], writes,
+                                  shown)
         # Kept for this process's claim; not where other processes run what it requests (they finish it).
         if self.executor is not None and not getattr(self.executor, "shared", False):
             self._prepared[record["id"]] = record
             if _resumable(self.runners.get(record["runner"])):
                 self.conducting.add(record["id"])
-        return record, told
+        return record, told, None
 
     # -- running -----------------------------------------------------------------------------
     async def run(self, execution_id: str, owner: Mapping[str, Any] | None = None) -> None:
@@ -463,19 +476,14 @@ class ExecutionService:
             # The claim goes through all the same (its future is firm, and done by now): record how
             # it ended, never leave it `running`.
             claimed = claim.result()
-            if claimed is not None and claimed[2] is not None:
-                self._ended(claimed[0], *claimed[2])
-            elif claimed is not None:
+            if claimed is not None:
                 await asyncio.shield(self._finish(claimed[0], self._interrupted(), []))
             return
         if claimed is None:
             return  # canceled meanwhile, or claimed by another process
-        record, prepared, settled = claimed
+        record, prepared = claimed
         bind(action=record["action"], user=(record.get("context") or {}).get("user"))
         metrics.started(record)
-        if settled is not None:  # ended in its claim's transaction (`_settle_at_once`)
-            self._ended(record, *settled)
-            return
         if isinstance(prepared, UnknownAction) and self.reload_packs is not None:
             await self.reload_packs()
             prepared = await self.db(self._prepare_run, record)
@@ -568,15 +576,10 @@ class ExecutionService:
             return RunOutcome("abandoned", {"error": "Squall shut down while it was running"})
         return RunOutcome("canceled", {"error": "canceled by request"})
 
-    def _claim(self, execution_id: str, fields: dict[str, Any]) -> tuple[dict[str, Any], Any, _Settled | None] | None:
-        """Claim a queued execution and build its run request, in one trip to the database thread
-        (with how it ended, when it ends at once: `_claim_at_once`)."""
+    def _claim(self, execution_id: str, fields: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
+        """Claim a queued execution and build its run request, in one trip to the database thread."""
         store = self.db.store
         known = self._prepared.pop(execution_id, None)
-        if known is not None and (at_once := self._at_once(known)) is not None:
-            settled = self._claim_at_once(known, fields, at_once)
-            if settled is not None:
-                return settled
         if known is None:
             record = store.claim_execution(execution_id, fields, ("requested", "scheduled"))
         elif store.update_execution(execution_id, fields, expect=("requested", "scheduled")):
@@ -587,42 +590,44 @@ class ExecutionService:
             record = self._claim_resuming(execution_id, fields)
             if record is None:
                 return None
-        return record, self._prepare_run(record), None
+        return record, self._prepare_run(record)
 
-    def _at_once(self, record: dict[str, Any]) -> Callable[[RunRequest], RunOutcome] | None:
-        """The runner's `run_at_once` when `record` may end inside its claim's call (`_claim_at_once`):
-        on SQLite, where that call runs on the event loop (the end's `on_completing` hooks render the
-        chat result there anyway), with tracing off (a run's span times the run), and without an API
-        token to mint and revoke."""
-        at_once = getattr(self.runners.get(record["runner"]), "run_at_once", None)
-        if at_once is None or not self.db.store.is_sqlite or tracing.enabled() or _tokened(record):
+    def _at_once(self, action: Action) -> Callable[[RunRequest], RunOutcome] | None:
+        """The runner's `run_at_once` when a request of `action` may be run and ended inside the call
+        that stores it (`_end_at_once`): without an API token to mint and revoke, and unless a
+        concurrency policy may hold or refuse it (the executor `holds` it: then it waits for a claim)."""
+        at_once = getattr(self.runners.get(action.runner_type), "run_at_once", None)
+        runner_type = RUNNER_TYPES.get(action.runner_type)
+        executor = self.executor
+        if (at_once is None or runner_type is None or runner_type.token or getattr(executor, "closing", False)
+                or getattr(executor, "holds", lambda _ref: False)(action.ref)):
             return None
         return at_once
 
-    def _claim_at_once(self, known: dict[str, Any], fields: dict[str, Any],
-                       run_at_once: Callable[[RunRequest], RunOutcome]) -> tuple[dict[str, Any], Any, _Settled] | None:
-        """Claim, run and end a request this process prepared, in one write, when its runner has
-        nothing to wait for and no effect outside the store (core.noop). With the request stored in the
-        same group, its request, claim, end and chat result commit together: one commit a command
-        instead of two, and nothing was done before that commit that a crash could leave unrecorded.
-        None to claim it as any other (its run request cannot be made, or it is no longer requested)."""
-        store = self.db.store
-        record = {**known, **fields}
-        prepared = self._prepare_run(record)
+    def _end_at_once(self, requested: dict[str, Any], run_at_once: Callable[[RunRequest], RunOutcome]
+                     ) -> tuple[dict[str, Any], dict[str, Any] | None, list[CompletionWrite]]:
+        """Claim, run and end a request before it is first stored, when its runner has nothing to wait
+        for and no effect outside the store (core.noop): its row is stored as it ended, and its request,
+        audit event, ack, end and chat result commit together: one write and one commit a command, and
+        nothing was done that a crash could leave unrecorded. (The row as it ended, the end as its
+        listeners see it, and what they store with it.)"""
+        at = iso(utcnow())
+        transitions = [{"status": "scheduled", "timestamp": at}, {"status": "running", "timestamp": at}]
+        claimed = {**requested, "status": "running", "runner_info": dict(self.owner), "log": transitions}
+        prepared = self._prepare_run(claimed)
+        secrets: list[str] = []
         if isinstance(prepared, Exception):
-            return None
-        request, secrets = prepared
-        try:
-            outcome = run_at_once(request)
-        except Exception as exc:
-            outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
-        end, entry = _ending(outcome, _scrubbable(secrets, request.revealed))
-        complete = {**fields, **end, "log": [*fields["log"], entry]}
-        if not store.update_execution(record["id"], complete, expect=("requested", "scheduled")):
-            return None
-        shown, writes = self._completion_writes(record, end, entry)
-        return record, prepared, ({**record, **complete}, [_written(w, store, record["id"]) for w in writes],
-                                  writes, shown)
+            outcome = RunOutcome("failed", {"error": str(prepared)})
+        else:
+            request, secrets = prepared
+            try:
+                outcome = run_at_once(request)
+            except Exception as exc:
+                outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
+            secrets = _scrubbable(secrets, request.revealed)
+        end, entry = _ending(outcome, secrets)
+        shown, writes = self._completion_writes(claimed, end, entry)
+        return {**claimed, **end, "log": [*transitions, entry]}, shown, writes
 
     def _prepare_run(self, record: dict[str, Any]) -> tuple[RunRequest, list[str]] | Exception:
         """The claimed execution's run request with its API token (on the database thread: the

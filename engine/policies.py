@@ -127,6 +127,11 @@ class PolicyExecutor:
         """Whether other processes run what this one submits (then concurrency counts in the database)."""
         return bool(getattr(self.inner, "shared", False))
 
+    def holds(self, action_ref: str) -> bool:
+        """Whether a concurrency policy may delay or cancel runs of `action_ref`: those are submitted,
+        never run in the call that stores them (`ExecutionService._at_once`)."""
+        return any(p.policy_type.startswith("action.concurrency") for p in self.policies.get(action_ref, ()))
+
     async def cancel(self, execution_id: str) -> bool:
         return await self.inner.cancel(execution_id)
 

@@ -232,25 +232,26 @@ async def test_a_request_and_its_claim_share_a_commit_and_a_refused_one_leaves_n
         flush()
 
     squall.db._flush_inline = counted  # type: ignore[method-assign]
-    requested = await squall.executions.request("core.noop")
+    requested = await squall.executions.request("core.local", {"cmd": "true"})
     await squall.executions.wait(requested["id"], timeout=30)
     assert ["_prepare", "_claim"] in groups  # one commit stores and claims it
     for _ in range(80):  # more than the executor's 64 slots: a leaked slot would stall the next run
         with pytest.raises(ParameterError, match="unknown parameter"):
-            await squall.executions.request("core.noop", {"surprise": 1})
+            await squall.executions.request("core.local", {"cmd": "true", "surprise": 1})
     for _ in range(200):  # the last one's task ends a loop turn after its claim found nothing
         if not squall.executor.running:
             break
         await asyncio.sleep(0.01)
     assert not squall.executor.running
-    again = await squall.executions.request("core.noop")
+    again = await squall.executions.request("core.local", {"cmd": "true"})
     assert (await squall.executions.wait(again["id"], timeout=30))["status"] == "succeeded"
     assert len(await squall.executions.list()) == 2
 
 
-async def test_a_noop_run_ends_in_the_commit_that_stores_its_request(squall: Squall) -> None:
-    """core.noop has nothing to wait for and no effect outside the store: its request, claim and end
-    are one group, one commit, and what is stored reads as any run's (scheduled, running, the end)."""
+async def test_a_noop_run_ends_in_the_write_that_stores_its_request(squall: Squall) -> None:
+    """core.noop has nothing to wait for and no effect outside the store: it is claimed, run and ended
+    in the call that stores it (one row written, one commit), and what is stored reads as any run's
+    (requested, scheduled, running, the end). Under a concurrency policy it waits for a claim instead."""
     groups = []
     flush = squall.db._flush_inline
 
@@ -262,7 +263,8 @@ async def test_a_noop_run_ends_in_the_commit_that_stores_its_request(squall: Squ
     requested = await squall.executions.request("core.noop")
     done = await squall.executions.wait(requested["id"], timeout=30)
     squall.db._flush_inline = flush  # type: ignore[method-assign]
-    assert groups == [["_prepare", "_claim"]]
+    assert groups == [["_prepare"]]
+    assert requested["status"] == "requested"  # what was asked for, as `request` always answers
     assert done["status"] == "succeeded" and done["result"] == {"failed": False, "succeeded": True, "return_code": 0}
     assert [entry["status"] for entry in done["log"]] == ["requested", "scheduled", "running", "succeeded"]
     stored = squall.store.get_execution(requested["id"])

@@ -119,3 +119,30 @@ def test_bad_policy_files_are_named(home: Path) -> None:
     errors = asyncio.run(start())
     assert any("policies/bad.yaml" in e and "'threshold'" in e for e in errors)
     assert any("policies/kind.yaml" in e and "unknown policy_type 'action.nope'" in e for e in errors)
+
+
+async def test_a_noop_action_under_a_concurrency_policy_waits_for_a_claim(home: Path) -> None:
+    """core.noop-like runs end in the call that stores them, which no policy sees: an action a
+    concurrency policy may hold is submitted and claimed as any other (`PolicyExecutor.holds`)."""
+    _pack(home, {"limit": "name: limit\nresource_ref: pol.instant\npolicy_type: action.concurrency\n"
+                          "parameters: {threshold: 1, action: delay}\n"})
+    write(home / "packs" / "pol" / "actions" / "instant.yaml", "name: instant\nrunner_type: noop\n")
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        groups = []
+        flush = squall.db._flush_inline
+
+        def counted() -> None:
+            groups.append([getattr(call.func, "__name__", "?") for call, _future in squall.db._inline])
+            flush()
+
+        squall.db._flush_inline = counted  # type: ignore[method-assign]
+        held = await squall.executions.request("pol.instant")
+        assert (await squall.executions.wait(held["id"], timeout=20))["status"] == "succeeded"
+        free = await squall.executions.request("core.noop")
+        assert (await squall.executions.wait(free["id"], timeout=20))["status"] == "succeeded"
+        squall.db._flush_inline = flush  # type: ignore[method-assign]
+        assert any("_claim" in group for group in groups[:-1])  # the held one: stored, then claimed
+        assert groups[-1] == ["_prepare"]  # the free one: ended as it was stored
+    finally:
+        await squall.close()

@@ -10,6 +10,6 @@ class NoopRunner:
         return self.run_at_once(request)
 
     def run_at_once(self, request: RunRequest) -> RunOutcome:
-        """Nothing to wait for and no effect outside the store: the engine ends such a run inside its
-        claim's transaction (`ExecutionService._settle_at_once`)."""
+        """Nothing to wait for and no effect outside the store: the engine runs and ends such a request
+        in the call that stores it (`ExecutionService._end_at_once`)."""
         return RunOutcome("succeeded", dict(_SUCCEEDED))
