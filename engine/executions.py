@@ -276,7 +276,9 @@ class ExecutionService:
                       render: bool | Collection[str] = (), delay: float = 0.0,
                       audit: AuditEntry | None = None,
                       stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None) -> dict[str, Any]:
-        """Validate, store as `requested`, and hand to the executor. Raises on bad input.
+        """Validate, store as `requested`, and hand to the executor. Raises on bad input. A request
+        whose runner has nothing to wait for (core.noop) ends in the call that stores it instead
+        (`_end_at_once`); it is answered as requested all the same.
 
         `delay` (an Orquesta task's `delay`) stores it `delayed` and hands it over that many seconds
         later, so the child is there to see and cancel meanwhile, as StackStorm's scheduler holds it.
