@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import textwrap
@@ -26,6 +27,24 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip("\n"))
     return path
+
+
+@contextlib.contextmanager
+def commit_groups(squall: Squall) -> Iterator[list[list[str]]]:
+    """The groups of calls the event loop commits together (`Database._flush_inline`) while inside:
+    for each group, its calls' function names, in order."""
+    groups: list[list[str]] = []
+    flush = squall.db._flush_inline
+
+    def counted() -> None:
+        groups.append([getattr(call.func, "__name__", "?") for call, _future in squall.db._inline])
+        flush()
+
+    squall.db._flush_inline = counted  # type: ignore[method-assign]
+    try:
+        yield groups
+    finally:
+        squall.db._flush_inline = flush  # type: ignore[method-assign]
 
 
 @pytest.fixture

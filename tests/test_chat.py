@@ -23,7 +23,7 @@ from bot.chat.bot import ChatBot
 from bot.chat.outbox import Outbox
 from engine import templates
 from engine.config import load_config
-from tests.conftest import write
+from tests.conftest import commit_groups, write
 from tests.test_cli import SQUALL
 
 
@@ -168,17 +168,9 @@ async def test_a_noop_command_s_ack_request_and_result_share_one_commit_ack_firs
         result: {format: "did nothing"}
     """)
     async with loopback_chat(home) as (squall, bot, loopback):
-        groups = []
-        flush = squall.db._flush_inline
-
-        def counted() -> None:
-            groups.append([getattr(call.func, "__name__", "?") for call, _future in squall.db._inline])
-            flush()
-
-        squall.db._flush_inline = counted  # type: ignore[method-assign]
-        await loopback.say("!nothing", channel="#ops")
-        await settle(squall, bot)
-        squall.db._flush_inline = flush  # type: ignore[method-assign]
+        with commit_groups(squall) as groups:
+            await loopback.say("!nothing", channel="#ops")
+            await settle(squall, bot)
         [execution] = await squall.executions.list(action="core.noop")
         ack, result = loopback.posted
         assert ack.reply.text == f"Running core.noop ({execution['id']})" and ack.reply.thread == "m1"

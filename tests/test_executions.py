@@ -35,7 +35,7 @@ from engine.executions import (
 from engine.packs import UnknownAction
 from engine.parameters import MASK, ParameterError
 from engine.storage import Store, utcnow
-from tests.conftest import write
+from tests.conftest import commit_groups, write
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -224,16 +224,9 @@ async def test_bad_requests_are_refused_and_nothing_is_stored(squall: Squall) ->
 async def test_a_request_and_its_claim_share_a_commit_and_a_refused_one_leaves_nothing(squall: Squall) -> None:
     """This process's executor claims an action's request in the transaction that stores it; a
     request refused in that transaction leaves its claim nothing to run and no slot held."""
-    groups = []
-    flush = squall.db._flush_inline
-
-    def counted() -> None:
-        groups.append([getattr(call.func, "__name__", "?") for call, _future in squall.db._inline])
-        flush()
-
-    squall.db._flush_inline = counted  # type: ignore[method-assign]
-    requested = await squall.executions.request("core.local", {"cmd": "true"})
-    await squall.executions.wait(requested["id"], timeout=30)
+    with commit_groups(squall) as groups:
+        requested = await squall.executions.request("core.local", {"cmd": "true"})
+        await squall.executions.wait(requested["id"], timeout=30)
     assert ["_prepare", "_claim"] in groups  # one commit stores and claims it
     for _ in range(80):  # more than the executor's 64 slots: a leaked slot would stall the next run
         with pytest.raises(ParameterError, match="unknown parameter"):
@@ -252,17 +245,9 @@ async def test_a_noop_run_ends_in_the_write_that_stores_its_request(squall: Squa
     """core.noop has nothing to wait for and no effect outside the store: it is claimed, run and ended
     in the call that stores it (one row written, one commit), and what is stored reads as any run's
     (requested, scheduled, running, the end). Under a concurrency policy it waits for a claim instead."""
-    groups = []
-    flush = squall.db._flush_inline
-
-    def counted() -> None:
-        groups.append([getattr(call.func, "__name__", "?") for call, _future in squall.db._inline])
-        flush()
-
-    squall.db._flush_inline = counted  # type: ignore[method-assign]
-    requested = await squall.executions.request("core.noop")
-    done = await squall.executions.wait(requested["id"], timeout=30)
-    squall.db._flush_inline = flush  # type: ignore[method-assign]
+    with commit_groups(squall) as groups:
+        requested = await squall.executions.request("core.noop")
+        done = await squall.executions.wait(requested["id"], timeout=30)
     assert groups == [["_prepare"]]
     assert requested["status"] == "requested"  # what was asked for, as `request` always answers
     assert done["status"] == "succeeded" and done["result"] == {"failed": False, "succeeded": True, "return_code": 0}

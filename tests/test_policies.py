@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bot.app import Squall
 from engine.config import load_config
-from tests.conftest import write
+from tests.conftest import commit_groups, write
 
 
 def _pack(home: Path, policies: dict[str, str]) -> None:
@@ -129,19 +129,11 @@ async def test_a_noop_action_under_a_concurrency_policy_waits_for_a_claim(home: 
     write(home / "packs" / "pol" / "actions" / "instant.yaml", "name: instant\nrunner_type: noop\n")
     squall = await Squall.start(load_config(home / "config.yml"))
     try:
-        groups = []
-        flush = squall.db._flush_inline
-
-        def counted() -> None:
-            groups.append([getattr(call.func, "__name__", "?") for call, _future in squall.db._inline])
-            flush()
-
-        squall.db._flush_inline = counted  # type: ignore[method-assign]
-        held = await squall.executions.request("pol.instant")
-        assert (await squall.executions.wait(held["id"], timeout=20))["status"] == "succeeded"
-        free = await squall.executions.request("core.noop")
-        assert (await squall.executions.wait(free["id"], timeout=20))["status"] == "succeeded"
-        squall.db._flush_inline = flush  # type: ignore[method-assign]
+        with commit_groups(squall) as groups:
+            held = await squall.executions.request("pol.instant")
+            assert (await squall.executions.wait(held["id"], timeout=20))["status"] == "succeeded"
+            free = await squall.executions.request("core.noop")
+            assert (await squall.executions.wait(free["id"], timeout=20))["status"] == "succeeded"
         assert any("_claim" in group for group in groups[:-1])  # the held one: stored, then claimed
         assert groups[-1] == ["_prepare"]  # the free one: ended as it was stored
     finally:
