@@ -186,9 +186,9 @@ class CommandService:
         return Accepted(execution, text, extra or {}, ack_stored=ack.stored)
 
     def _ack(self, alias: Alias, chat: dict[str, Any], ack: _Ack) -> Callable[[dict[str, Any]], CompletionWrite | None]:
-        """The ack to store with the request, in the command's thread (`ack` tells what became of it).
-        None, and the caller posts it after, when the alias turns acks off or its format takes too long
-        to render inside the request's transaction."""
+        """What stores the ack with the request, in the command's thread (`ack` tells what became of
+        it). It stores nothing, and the caller posts the ack after, when its format takes too long to
+        render inside the request's transaction; nothing either when the alias turns acks off."""
         assert self.outbox is not None
         outbox = self.outbox
 
