@@ -103,10 +103,9 @@ class CompletionWrite:
 
 
 #: A stored request (`_store`), with each `stored_with` write and how it went (`_written`), and, for
-#: one that ended as it was stored (`_end_at_once`), `_ended`'s arguments.
+#: one that ended as it was stored (`_end_at_once`), `_ended`'s arguments after the record.
 _Stored = tuple[dict[str, Any], list[tuple[CompletionWrite, tuple[bool, Any]]],
-                tuple[dict[str, Any], dict[str, Any], list[tuple[bool, Any]], list[CompletionWrite],
-                      dict[str, Any] | None] | None]
+                tuple[dict[str, Any], list[tuple[bool, Any]], list[CompletionWrite], dict[str, Any] | None] | None]
 
 
 class ExecutionNotFound(LookupError):
@@ -326,9 +325,10 @@ class ExecutionService:
         for write, (ok, value) in told:
             if ok:
                 write.committed(value)
-        if ended is not None:
-            metrics.started(ended[0])
-            self._ended(*ended)
+        if ended is not None:  # answered as requested; its listeners hear of the end
+            finished = ended[0]
+            metrics.started(finished)
+            self._ended(finished, *ended)
             return public(record)
         if delay > 0:
             await self._hold(record, delay)
@@ -448,8 +448,7 @@ class ExecutionService:
                 told.append((write, _written(write, self.db.store, record["id"])))
         if ending is not None:  # what the end's listeners store with it, after the ack
             ended, shown, writes = ending
-            return record, told, (ended, ended, [_written(w, self.db.store, record["id"]) for w in writes], writes,
-                                  shown)
+            return record, told, (ended, [_written(w, self.db.store, record["id"]) for w in writes], writes, shown)
         # Kept for this process's claim; not where other processes run what it requests (they finish it).
         if self.executor is not None and not getattr(self.executor, "shared", False):
             self._prepared[record["id"]] = record
@@ -599,10 +598,10 @@ class ExecutionService:
         that stores it (`_end_at_once`): without an API token to mint and revoke, and unless a
         concurrency policy may hold or refuse it (the executor `holds` it: then it waits for a claim)."""
         at_once = getattr(self.runners.get(action.runner_type), "run_at_once", None)
-        runner_type = RUNNER_TYPES.get(action.runner_type)
         executor = self.executor
-        if (at_once is None or runner_type is None or runner_type.token or getattr(executor, "closing", False)
-                or getattr(executor, "holds", lambda _ref: False)(action.ref)):
+        holds = getattr(executor, "holds", None)
+        if (at_once is None or _tokened({"runner": action.runner_type}) or getattr(executor, "closing", False)
+                or (holds is not None and holds(action.ref))):
             return None
         return at_once
 

@@ -758,10 +758,10 @@ def _stored_texts(store: Store) -> Counter[str]:
 
 @pytest.mark.slow
 async def test_a_kill_in_a_burst_of_commands_that_end_in_their_request_s_commit_loses_nothing(service) -> None:
-    """A noop command's request, claim, end and result commit in one group (`_claim_at_once`), and a
-    burst shares groups: killed after the 20th end, every stored command has its end and its result
-    stored, each result reaches the channel, and nothing is left requested or running for a restart
-    to run again. What was not stored was never acknowledged: no reply names it."""
+    """A noop command's request is stored as it ended, with its result, in one write and one commit
+    (`_end_at_once`), and a burst shares commits: killed after the 20th end, every stored command has
+    its end and its result stored, each result reaches the channel, and nothing is left requested or
+    running for a restart to run again. What was not stored was never acknowledged: no reply names it."""
     home, fake, started, store = service
     first = await _serve(home, fake, started, kill_at="finished:20")
     for n in range(40):
