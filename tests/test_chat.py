@@ -23,6 +23,7 @@ from bot.chat.bot import ChatBot
 from bot.chat.outbox import Outbox
 from engine import templates
 from engine.config import load_config
+from engine.events import EXECUTION_FINISHED
 from tests.conftest import commit_groups, write
 from tests.test_cli import SQUALL
 
@@ -179,6 +180,28 @@ async def test_a_noop_command_s_ack_request_and_result_share_one_commit_ack_firs
         assert ["_prepare"] in groups  # one write, one commit: the request with its ack, its end and its result
         assert squall.store.outbox_keyed_id(execution["id"], "ack") < squall.store.outbox_keyed_id(execution["id"],
                                                                                                      "result")
+
+
+async def test_a_finished_execution_with_nothing_to_tell_starts_no_task(chat) -> None:
+    """Every finished execution is published to every listener: those with nothing to do (no notify, no
+    inquiry, no rule on the action trigger, a result already stored) answer None, and no task is made
+    for it. A task each would be a cost every command pays."""
+    squall, bot, loopback = chat
+    await loopback.say("!greet world", channel="#ops")
+    await settle(squall, bot)
+    [execution] = await squall.executions.list()
+    assert execution["status"] == "succeeded"
+    # core.noop has no notify, and this one is not from chat: the dispatcher has nothing to post either.
+    quiet = {**execution, "action": "core.noop", "runner": "noop", "context": {}}
+    squall.events.publish(EXECUTION_FINISHED, quiet)
+    assert squall.events.busy == 0
+    # The same listeners do start one when there is something to tell: an inquiry that timed out in chat.
+    asked = {**quiet, "runner": "inquirer", "status": "timeout",
+             "result": {"chat": {"adapter": "loopback", "channel": "#ops", "thread": None}}}
+    squall.events.publish(EXECUTION_FINISHED, asked)
+    assert squall.events.busy == 1
+    await settle(squall, bot)
+    assert any("expired before anyone answered" in posted.reply.text for posted in loopback.posted)
 
 
 def _where_rendered(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:

@@ -16,6 +16,8 @@ from engine.events import EXECUTION_FINISHED, INQUIRY_PENDING
 from engine.inquiries import RUNNER, InquiryError
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from bot.chat.announce import Announcer
     from bot.chat.auth import Authorizer
     from bot.chat.outbox import Outbox
@@ -94,14 +96,18 @@ class InquiryChat:
         engine.events.subscribe(INQUIRY_PENDING, self.post)
         engine.events.subscribe(EXECUTION_FINISHED, self.expired)
 
-    async def expired(self, record: dict[str, Any]) -> None:
+    def expired(self, record: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
         """An inquiry asked in chat ran out of time unanswered: say so where it was asked, once (keyed
-        by the inquiry), as an approval's expiry is told."""
+        by the inquiry), as an approval's expiry is told. None, and no task, for every other finished
+        execution (this listener hears them all)."""
         if record.get("runner") != RUNNER or record.get("status") != "timeout":
-            return
+            return None
         where = (record.get("result") or {}).get("chat")
         if not where:
-            return
+            return None
+        return self._tell_expired(record, where)
+
+    async def _tell_expired(self, record: dict[str, Any], where: dict[str, Any]) -> None:
         text = (f"Inquiry {record['id']} expired before anyone answered it; its workflow goes on as its "
                 "definition says for a task that failed.")
         await self.outbox.post_keyed(record["id"], "expired", [Reply(adapter=where["adapter"], channel=where["channel"],
