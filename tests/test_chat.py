@@ -247,6 +247,7 @@ async def test_a_render_too_long_for_the_loop_is_done_on_a_render_thread(home: P
         assert [p.reply.text for p in loopback.posted if p.reply.thread == "m1"] == ["done world"]
         results = [thread for what, thread in seen if what == "render_result"]
         assert results[0] == "MainThread" and results[-1].startswith("squall-render")  # given up on the loop
+        assert "render_ack" not in {what for what, _thread in seen}  # acks off: nothing to render or store
 
         seen.clear()
         monkeypatch.setattr(templates, "BRIEF_SECONDS", 0.0)  # every render is too long for the loop

@@ -24,7 +24,7 @@ from adapters.base import Message, Reply
 from aliases import Alias, AliasMatch
 from bot.chat.auth import Authorizer
 from bot.chat.index import AliasIndex
-from bot.chat.replies import render_ack, short
+from bot.chat.replies import acks, render_ack, short
 from engine.actions import unapproved
 from engine.executions import AuditEntry, CompletionWrite
 from engine.packs import UnknownAction
@@ -174,7 +174,9 @@ class CommandService:
                            {"action": alias.action_ref})
         chat = context.get("chat")
         ack = _Ack()
-        stored_with = self._ack(alias, chat, ack) if chat and self.outbox is not None else None
+        if not acks(alias):  # nothing to render, nothing to store with the request
+            ack.rendered = (None, {})
+        stored_with = self._ack(alias, chat, ack) if chat and self.outbox is not None and ack.rendered is None else None
         try:
             execution = await self.engine.executions.request(alias.action_ref, parameters, context,
                                                              render=set(render), audit=audit, stored_with=stored_with)

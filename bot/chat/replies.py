@@ -64,11 +64,16 @@ def default_result(execution: dict[str, Any]) -> str:
     return status_line(execution) + (f"\n```\n{body}\n```" if body else "")
 
 
+def acks(alias: Any) -> bool:
+    """Whether the alias acknowledges its commands (`ack: {enabled: false}` turns that off)."""
+    return (alias.ack or {}).get("enabled") is not False
+
+
 def render_ack(alias: Any, execution: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """The ack text (None when the alias turns acks off) and its rendered `extra`."""
-    ack = alias.ack or {}
-    if ack.get("enabled") is False:
+    if not acks(alias):
         return None, {}
+    ack = alias.ack or {}
     context = {"execution": execution, "actionalias": _alias_dict(alias)}
     try:
         text = render_template(ack.get("format") or DEFAULT_ACK, context)
