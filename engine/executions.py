@@ -127,6 +127,8 @@ def new_id() -> str:
 
 def _scrubbable(values: list[Any], revealed: list[str]) -> list[str]:
     """Secret texts long enough to scrub from output without mangling it, longest first."""
+    if not values and not revealed:  # most requests: no secret parameter, nothing decrypted
+        return []
     texts = {str(v) for v in [*values, *revealed] if v not in (None, "")}
     return sorted((t for t in texts if len(t) >= _MIN_SCRUB), key=len, reverse=True)
 

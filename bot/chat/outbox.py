@@ -394,7 +394,7 @@ class Outbox:
                      reply.adapter)
             platform_id = self._platform_ids[outbox_id] = self._found.pop(outbox_id)
             return {"status": "sent", "platform_id": platform_id, "sent_at": utcnow(), "error": None}
-        reply = dataclasses.replace(reply, outbox_id=outbox_id)
+        reply = Reply(**{**reply.__dict__, "outbox_id": outbox_id})  # (dataclasses.replace re-reads the fields)
         delay = 0.25
         for attempt in range(1, MAX_ATTEMPTS + 1):
             edit_of = await self._platform_id(reply.edit) if reply.edit is not None else None
