@@ -173,9 +173,7 @@ class CommandService:
         audit = AuditEntry(f"{source}.execution", message.user, f"{message.adapter}:{message.channel}", alias.ref,
                            {"action": alias.action_ref})
         chat = context.get("chat")
-        ack = _Ack()
-        if not acks(alias):  # nothing to render, nothing to store with the request
-            ack.rendered = (None, {})
+        ack = _Ack() if acks(alias) else _Ack(rendered=(None, {}))  # acks off: nothing to render or store
         stored_with = self._ack(alias, chat, ack) if chat and self.outbox is not None and ack.rendered is None else None
         try:
             execution = await self.engine.executions.request(alias.action_ref, parameters, context,
@@ -190,7 +188,7 @@ class CommandService:
     def _ack(self, alias: Alias, chat: dict[str, Any], ack: _Ack) -> Callable[[dict[str, Any]], CompletionWrite | None]:
         """What stores the ack with the request, in the command's thread (`ack` tells what became of
         it). It stores nothing, and the caller posts the ack after, when its format takes too long to
-        render inside the request's transaction; nothing either when the alias turns acks off."""
+        render inside the request's transaction. Only offered when the alias acknowledges (`acks`)."""
         assert self.outbox is not None
         outbox = self.outbox
 
@@ -200,8 +198,7 @@ class CommandService:
             except TooLongForTheLoop:
                 ack.too_long = True
                 return None
-            if text is None:
-                return None
+            assert text is not None  # the alias acknowledges: there is always a text
             reply = Reply(adapter=chat["adapter"], channel=chat["channel"], thread=chat.get("thread"), text=text,
                           extra=extra or {})
             keyed = outbox.keyed(execution["id"], "ack", [reply])
