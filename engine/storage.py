@@ -346,7 +346,7 @@ def _insert_once(sqlite: bool, table: sa.Table, returning: str, unique: tuple[st
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 0x5371_7561_6C6C  # "Squall": the advisory lock migrations take on PostgreSQL
 _DATETIME_COLUMNS = ("start_timestamp", "end_timestamp", "expire_at", "updated_at", "timestamp", "occurrence_time",
-                     "enforced_at", "created_at", "password_changed_at", "last_seen", "expires_at")
+                     "enforced_at", "created_at", "password_changed_at", "last_seen", "expires_at", "sent_at")
 
 
 def utcnow() -> datetime:
@@ -658,20 +658,24 @@ class _Direct:
         cursor = _execute(conn, sql, self._encode(table, record))
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
-    def update(self, conn: sa.Connection, table: sa.Table, row_id: Any, fields: dict[str, Any],
-               expect: Sequence[str] | None = None, returning: bool = False) -> Any:
-        """Update the row with this id (while its status is one of `expect`, if given); returns
-        whether a row changed, or with `returning` the changed row (None if none did)."""
-        key = (table.name, tuple(fields), len(expect) if expect is not None else -1, returning)
+    def _update_sql(self, table: sa.Table, fields: tuple[str, ...], expect: int, returning: bool) -> str:
+        key = (table.name, fields, expect, returning)
         sql = self._sql.get(key)
         if sql is None:
             assignments = ", ".join(f'"{name}" = ?' for name in fields)
             sql = f'UPDATE "{table.name}" SET {assignments} WHERE "id" = ?'
-            if expect is not None:
-                sql += f' AND "status" IN ({", ".join("?" * len(expect))})'
+            if expect >= 0:
+                sql += f' AND "status" IN ({", ".join("?" * expect)})'
             if returning:
                 sql += " RETURNING *"
             self._sql[key] = sql
+        return sql
+
+    def update(self, conn: sa.Connection, table: sa.Table, row_id: Any, fields: dict[str, Any],
+               expect: Sequence[str] | None = None, returning: bool = False) -> Any:
+        """Update the row with this id (while its status is one of `expect`, if given); returns
+        whether a row changed, or with `returning` the changed row (None if none did)."""
+        sql = self._update_sql(table, tuple(fields), len(expect) if expect is not None else -1, returning)
         cursor = _execute(conn, sql, [*self._encode(table, fields), row_id, *(expect or ())])
         if not returning:
             return cursor.rowcount == 1
@@ -684,6 +688,20 @@ class _Direct:
             process = results[name]
             record[name] = value if process is None or value is None else process(value)
         return _row_dict(record)
+
+
+    def update_many(self, conn: sa.Connection, table: sa.Table, updates: Sequence[tuple[Any, dict[str, Any]]]) -> None:
+        """`update` of each (id, fields), one `executemany` per set of field names: a delivery round's
+        sent marks cost one statement's overhead, not one each."""
+        shapes: dict[tuple[str, ...], list[list[Any]]] = {}
+        for row_id, fields in updates:
+            shapes.setdefault(tuple(fields), []).append([*self._encode(table, fields), row_id])
+        for fields, rows in shapes.items():
+            sql = self._update_sql(table, fields, -1, False)
+            try:
+                conn.connection.driver_connection.executemany(sql, rows)  # type: ignore[union-attr]
+            except sqlite3.Error as exc:
+                raise sa.exc.DBAPIError.instance(sql, rows, exc, sqlite3.Error) from exc
 
 
 def _execute(conn: sa.Connection, sql: str, parameters: list[Any]) -> sqlite3.Cursor:
@@ -1193,13 +1211,12 @@ class Store:
 
     def outbox_get(self, outbox_id: int) -> dict[str, Any] | None:
         with self._read() as conn:
-            row = conn.execute(sa.select(outbox).where(outbox.c.id == outbox_id)).first()
-            return dict(row._mapping) if row else None
+            return _row(conn.execute(sa.select(outbox).where(outbox.c.id == outbox_id)).first())
 
     def outbox_get_many(self, outbox_ids: Sequence[int]) -> list[dict[str, Any]]:
         """These rows, oldest first."""
         with self._read() as conn:
-            return [dict(row._mapping) for row in conn.execute(
+            return [_row_dict(dict(row._mapping)) for row in conn.execute(
                 sa.select(outbox).where(outbox.c.id.in_(list(outbox_ids))).order_by(outbox.c.id))]
 
     def executions_owing_results(self, adapters: Sequence[str], statuses: Sequence[str],
@@ -1270,6 +1287,15 @@ class Store:
 
     def outbox_update(self, outbox_id: int, fields: dict[str, Any]) -> None:
         self._update(outbox, outbox_id, fields)
+
+    def outbox_update_many(self, updates: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """`outbox_update` of each (id, fields), in one statement per set of fields on SQLite."""
+        if not self._direct:
+            for outbox_id, fields in updates:
+                self._update(outbox, outbox_id, fields)
+            return
+        with self._write() as conn:
+            self._direct.update_many(conn, outbox, updates)
 
     def audit_add(self, event: str, actor: str | None, source: str | None, target: str | None,
                   detail: dict[str, Any]) -> None:
@@ -1617,6 +1643,8 @@ class Database:
         #: Calls deferred by `later`, and the timer that sends them on their own.
         self._later: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._later_timer: asyncio.TimerHandle | None = None
+        #: `later_together`'s open calls: function → (its items so far, the call's future).
+        self._together: dict[Callable[..., Any], tuple[list[Any], asyncio.Future[Any]]] = {}
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.submit(fn, *args, **kwargs)
@@ -1656,12 +1684,25 @@ class Database:
             self._later_timer = loop.call_later(LATER_SECONDS, self._flush_later)
         return future
 
+    def later_together(self, fn: Callable[[list[T]], Any], item: T) -> asyncio.Future[Any]:
+        """`later`, for many small items of one kind (the sent marks of a delivery round): the items
+        queued for `fn` until the deferred calls go out are handed to one call, `fn(items)`, whose
+        future they share. One statement for a round, not one each. Call it on the loop."""
+        together = self._together.get(fn)
+        if together is None:
+            items: list[T] = []
+            together = self._together[fn] = (items, self.later(fn, items))
+        together[0].append(item)
+        return together[1]
+
     def _take_later(self) -> list[tuple[Callable[[], Any], asyncio.Future[Any]]]:
-        """The deferred calls, to ride with a group going out now."""
+        """The deferred calls, to ride with a group going out now (on the loop: their items are
+        complete from here on)."""
         if self._later_timer is not None:
             self._later_timer.cancel()
             self._later_timer = None
         taken, self._later = self._later, []
+        self._together.clear()
         return taken
 
     def _flush_later(self) -> None:

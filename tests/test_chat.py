@@ -413,24 +413,25 @@ async def test_a_delivered_reply_that_cannot_be_marked_sent_is_not_lost_or_block
     """The sent mark is written in the background; if it fails, the reply was still delivered, the
     channel goes on, and the row stays pending so a restart sends it again (at least once)."""
     squall, bot, loopback = chat
-    real_update = squall.store.outbox_update
+    real_update = squall.store.outbox_update_many
     refused: list[int] = []
 
-    def update(outbox_id: int, fields: dict) -> None:
-        if fields.get("status") == "sent" and not refused:
-            refused.append(outbox_id)
+    def update(updates: list) -> None:
+        if not refused:  # the first round of sent marks
+            assert all(fields["status"] == "sent" for _, fields in updates)
+            refused.extend(outbox_id for outbox_id, _ in updates)
             raise sa.exc.OperationalError("UPDATE outbox", {}, Exception("disk I/O error"))
-        real_update(outbox_id, fields)
+        real_update(updates)
 
-    squall.store.outbox_update = update  # type: ignore[method-assign]
+    squall.store.outbox_update_many = update  # type: ignore[method-assign]
     await loopback.say("!greet one", user="alice", channel="#marks")
     await loopback.say("!greet two", user="alice", channel="#marks")
     await settle(squall, bot)
     acks = [p.reply.text for p in loopback.posted if p.reply.channel == "#marks" and p.reply.text.startswith("gr")]
     assert acks == ["greeting one", "greeting two"]
-    assert f"reply {refused[0]} was delivered but could not be marked sent" in caplog.text
+    assert all(f"reply {outbox_id} was delivered but could not be marked sent" in caplog.text for outbox_id in refused)
     pending = await squall.db(squall.store.outbox_pending, ["loopback"])
-    assert [row["id"] for row in pending] == refused
+    assert refused and [row["id"] for row in pending] == refused
 
 
 async def test_a_reply_posted_while_shutting_down_is_sent_at_the_next_start(chat) -> None:

@@ -228,6 +228,24 @@ def test_direct_writes_store_exactly_what_sqlalchemy_core_stores(tmp_path: Path)
         store.close()
 
 
+def test_a_round_of_outbox_marks_updates_each_row_with_its_own_fields(store: Store) -> None:
+    """A delivery round's sent marks go as one call (one statement per set of field names on SQLite):
+    each row gets its own fields, rows outside the round keep theirs."""
+    ids = [store.outbox_add("loopback", "#c", {"text": f"r{n}"}) for n in range(4)]
+    sent_at = utcnow()
+    store.outbox_update_many([
+        (ids[0], {"status": "sent", "attempts": 1, "platform_id": "p0", "sent_at": sent_at, "error": None}),
+        (ids[2], {"status": "sent", "platform_id": "p2", "sent_at": sent_at, "error": None}),
+        (ids[1], {"status": "sent", "attempts": 2, "platform_id": "p1", "sent_at": sent_at, "error": None}),
+    ])
+    rows = {row["id"]: row for row in (store.outbox_get(outbox_id) for outbox_id in ids)}
+    assert [(rows[i]["status"], rows[i]["platform_id"], rows[i]["attempts"]) for i in ids] == [
+        ("sent", "p0", 1), ("sent", "p1", 2), ("sent", "p2", 0), ("pending", None, 0)]
+    assert rows[ids[1]]["sent_at"] == sent_at and rows[ids[3]]["sent_at"] is None
+    store.outbox_update_many([])  # an empty round changes nothing
+    assert [row["id"] for row in store.outbox_pending(["loopback"])] == [ids[3]]
+
+
 @pytest.mark.postgres
 def test_timestamps_read_back_in_utc_whatever_the_server_time_zone(postgres_url: str) -> None:
     with sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://")).connect() as conn:
@@ -857,6 +875,32 @@ async def test_a_deferred_call_rides_with_the_next_group_or_goes_alone(tmp_path:
     db.close()
     assert last.done() and last.exception() is None
     assert sorted(row["event"] for row in store.audit_list()) == ["alone", "at-close", "deferred", "now"]
+    store.close()
+
+
+async def test_deferred_items_of_one_kind_go_in_one_call_per_group(tmp_path: Path) -> None:
+    """`Database.later_together` (a delivery round's sent marks): items queued before the deferred
+    calls go out share one call and its future; an item queued after that starts the next call."""
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    db = Database(store)
+    calls: list[list[str]] = []
+
+    def record(events: list[str]) -> int:
+        calls.append(list(events))
+        for event in events:
+            store.audit_add(event, None, None, None, {})
+        return len(events)
+
+    first = db.later_together(record, "a")
+    assert db.later_together(record, "b") is first
+    await db(store.audit_add, "group", None, None, None, {})  # the deferred call rides with this group
+    assert first.done() and first.result() == 2
+    second = db.later_together(record, "c")
+    assert second is not first
+    await asyncio.wait_for(second, 1)  # alone, within LATER_SECONDS
+    assert calls == [["a", "b"], ["c"]]
+    assert sorted(row["event"] for row in store.audit_list()) == ["a", "b", "c", "group"]
+    db.close()
     store.close()
 
 

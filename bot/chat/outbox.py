@@ -36,7 +36,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from adapters.base import Adapter, DeliveryError, Reply
@@ -325,9 +325,10 @@ class Outbox:
 
     def _mark(self, outbox_id: int, fields: dict[str, Any]) -> None:
         """Record a delivery in the background, with the next writes (`Database.later`: no commit of
-        its own while work goes on); the reply counts as pending until it is recorded. A crash first
-        posts it again at start-up, except where the adapter finds what it sent (`find_sent`)."""
-        mark = self.db.later(self.db.store.outbox_update, outbox_id, fields)
+        its own while work goes on; with the other deliveries meanwhile, in one statement); the reply
+        counts as pending until it is recorded. A crash first posts it again at start-up, except
+        where the adapter finds what it sent (`find_sent`)."""
+        mark = self.db.later_together(self.db.store.outbox_update_many, (outbox_id, fields))
         self._marks.add(mark)
 
         def marked(future: asyncio.Future[Any]) -> None:
@@ -368,7 +369,7 @@ class Outbox:
         find_sent = getattr(adapter, "find_sent", None)
         if find_sent is None:
             return
-        since = min(_aware(created_at) for _reply, created_at in rows.values()) - CLOCK_SKEW
+        since = min(created_at for _reply, created_at in rows.values()) - CLOCK_SKEW
         try:
             found = await find_sent([dataclasses.replace(reply, outbox_id=outbox_id)
                                      for outbox_id, (reply, _created) in rows.items()], since)
@@ -430,6 +431,3 @@ class Outbox:
         self._settled_ids.append(outbox_id)
         return None
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
