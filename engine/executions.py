@@ -319,7 +319,7 @@ class ExecutionService:
             stored = self.db.submit(self._store, action, supplied, context, parent, extra_template_context,
                                     resolution, revealed, audit, execution_id, fence, stored_with, at_once)
         else:  # nothing to render: checked and stored in one step, without a thread hop
-            stored = self.db.submit(self._prepare, ref, supplied, context, parent, extra_template_context, render,
+            stored = self.db.submit(self._prepare, action, supplied, context, parent, extra_template_context, render,
                                     audit, execution_id, fence, stored_with, at_once)
         if early and at_once is None:
             await self.executor.submit(execution_id)  # type: ignore[union-attr]
@@ -363,16 +363,17 @@ class ExecutionService:
 
         loop.call_later(delay, submit)
 
-    def _prepare(self, ref: str, supplied: dict[str, Any], context: dict[str, Any],
+    def _prepare(self, action: Action, supplied: dict[str, Any], context: dict[str, Any],
                  parent: str | None, extra_template_context: dict[str, Any] | None = None,
                  render: bool | Collection[str] = (), audit: AuditEntry | None = None,
                  execution_id: str | None = None, fence: int | None = None,
                  stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None,
                  at_once: Callable[[RunRequest], RunOutcome] | None = None) -> _Stored:
-        """Resolve parameters and store the request, for requests with nothing to render (`request`)."""
-        action = self.registry.action(ref)
-        resolution, revealed = self._resolve(action, supplied, context, extra_template_context, render)
-        return self._store(action, supplied, context, parent, extra_template_context, resolution, revealed, audit,
+        """Resolve parameters and store the request, for requests with nothing to render (`request`):
+        nothing reads a template context then, so none is built (nor can a `decrypt_kv` reveal anything).
+        `action` is the one `request` found nothing to render in (a pack reloaded meanwhile changes nothing)."""
+        resolution = resolve(action, supplied, {}, env=self.jinja, render=render)
+        return self._store(action, supplied, context, parent, extra_template_context, resolution, [], audit,
                            execution_id, fence, stored_with, at_once)
 
     def _resolve(self, action: Action, supplied: dict[str, Any], context: dict[str, Any],
