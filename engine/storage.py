@@ -598,6 +598,10 @@ def json_dumps() -> Callable[[Any], str]:
     return dumps
 
 
+#: `Store.isolated` where there is nothing to isolate (shared: a nullcontext keeps no state).
+_NOTHING_TO_ISOLATE: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+
+
 class _Direct:
     """The hot writes, executed on SQLite's driver directly, encoded by SQLAlchemy's own type
     processors (so rows read the same whichever path wrote them).
@@ -688,7 +692,6 @@ class _Direct:
             process = results[name]
             record[name] = value if process is None or value is None else process(value)
         return _row_dict(record)
-
 
     def update_many(self, conn: sa.Connection, table: sa.Table, updates: Sequence[tuple[Any, dict[str, Any]]]) -> None:
         """`update` of each (id, fields), one `executemany` per set of field names: a delivery round's
@@ -877,15 +880,19 @@ class Store:
             with conn.begin_nested():  # a savepoint: one failing call does not spoil the batch
                 yield conn
 
-    @contextlib.contextmanager
-    def isolated(self, one_statement: bool = False) -> Iterator[None]:
+    def isolated(self, one_statement: bool = False) -> contextlib.AbstractContextManager[None]:
         """Inside a batch, the calls made here roll back together and alone if one of them raises
         (a savepoint: on SQLite a failing call otherwise undoes only its failing statement). Calls that
-        make `one_statement` need none on SQLite, which undoes a failing statement alone."""
+        make `one_statement` need none on SQLite, which undoes a failing statement alone (a chat
+        command's result: no generator then, as in `_write`)."""
         conn = getattr(self._batch, "conn", None)
         if conn is None or (one_statement and self.is_sqlite):  # each call is its own transaction, or atomic
-            yield
-        elif not self.is_sqlite:
+            return _NOTHING_TO_ISOLATE
+        return self._savepoint(conn)
+
+    @contextlib.contextmanager
+    def _savepoint(self, conn: sa.Connection) -> Iterator[None]:
+        if not self.is_sqlite:
             with conn.begin_nested():
                 yield
         else:
