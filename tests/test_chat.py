@@ -311,6 +311,7 @@ async def test_denial_is_answered_and_audited(chat) -> None:
     assert await squall.executions.list(action="core.local") == []
     [entry] = await squall.db(squall.store.audit_list, 10, "chat.denied")
     assert entry["actor"] == "bob" and entry["target"] == "squall.run"
+    assert entry["detail"]["command"] == "run id"  # what was typed, without the prefix
 
     await loopback.say("!run echo allowed", user="olivia", channel="#ops")  # operators group
     await settle(squall, bot)

@@ -112,12 +112,13 @@ class CommandService:
         """The alias `text` means; `NoMatch` (with suggestions) or `AmbiguousCommand` otherwise."""
         return self.index.matcher.match(text)
 
-    async def authorise(self, match: AliasMatch, message: Message, source: str) -> None:
-        """`CommandRefused` (audited as `<source>.denied`) unless `message`'s sender may run it."""
+    async def authorise(self, match: AliasMatch, message: Message, source: str, command: str | None = None) -> None:
+        """`CommandRefused` (audited as `<source>.denied`, with `command`, else the message's text)
+        unless `message`'s sender may run it."""
         decision = self.auth.check(match.alias, message)
         if not decision.allowed:
             await self._audit(f"{source}.denied", message, match.alias.ref,
-                              {"command": short(message.text, 500), "reason": decision.reason})
+                              {"command": short(command or message.text, 500), "reason": decision.reason})
             raise CommandRefused(decision.reason)
 
     async def run(self, match: AliasMatch, message: Message, source: str,

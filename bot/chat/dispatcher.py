@@ -261,7 +261,7 @@ class Dispatcher:
         without its prefix) and chat forms (`bot/chat/forms.py`) alike."""
         key = (message.adapter, message.channel, message.user)
         try:
-            await self.commands.authorise(match, Message(**{**message.__dict__, "text": text or message.text}), "chat")
+            await self.commands.authorise(match, message, "chat", text)
         except CommandRefused as exc:
             metrics.count(metrics.chat_commands, message.adapter, "denied")
             await self.say(message, f"Sorry {message.user}, you may not run that: {exc}.")

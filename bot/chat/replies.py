@@ -90,7 +90,8 @@ def render_result(alias: Any | None, execution: dict[str, Any]) -> tuple[str | N
         return None, {}
     if not result.get("format"):
         return default_result(execution), _extra(result, execution, alias)
-    context = {"execution": execution, "alias": _alias_dict(alias), "actionalias": _alias_dict(alias)}
+    shown = _alias_dict(alias)
+    context = {"execution": execution, "alias": shown, "actionalias": shown}
     try:
         text = render_template(result["format"], context)
     except TemplateRenderError as exc:
