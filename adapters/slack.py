@@ -11,7 +11,8 @@ signed payload with a field of the wrong type (`payload_problem`) is 400 and one
 
 Forms (issue 20): `open_form` is `views.open` with the bot's fields as Block Kit inputs; a
 `view_submission` is checked by the bot (`on_form`) before the ack, so errors go back on the fields
-(`response_action: errors`). A message shortcut sends the command its `callback_id` names
+(`response_action: errors`); a valid one is acked once its command is stored, or within 2 s
+(`bot.chat.forms.ANSWER_WITHIN`) if that takes longer. A message shortcut sends the command its `callback_id` names
 (`run-form` in the app's manifest) on the message's text, with the shortcut's `trigger_id`.
 
 Config (`adapters.slack`): `mode` (`socket`|`http`), `bot_token`, `app_token`, `signing_secret`

@@ -3,6 +3,7 @@ platforms that draw no forms; every submission through the command path a typed 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -18,6 +19,7 @@ from adapters.loopback import LoopbackAdapter
 from adapters.mattermost import create as create_mattermost
 from adapters.slack import create as create_slack
 from bot.app import Squall
+from bot.chat import forms
 from bot.chat.bot import ChatBot
 from bot.chat.forms import EXPIRED
 from engine.config import load_config
@@ -349,6 +351,45 @@ async def test_slack_modal_end_to_end(slack) -> None:
     again = await fake.submit_view(view, {"host": "web1", "count": "2", "token": SECRET})
     assert again["errors"] == {"host": EXPIRED}  # sent once: a second submission runs nothing
     await _nothing_shows_the_secret(squall, [json.dumps(m) for m in fake.messages] + [json.dumps(fake.views)])
+
+
+async def test_a_slack_form_whose_command_is_slow_is_answered_in_time_and_still_runs(slack, monkeypatch) -> None:
+    """Slack drops a view_submission not answered within 3 s: a command slower than ANSWER_WITHIN to
+    store (a database lock held elsewhere, say) answers the form first and goes on running."""
+    squall, fake = slack
+    dispatcher = squall.chat.dispatcher
+    monkeypatch.setattr(forms, "ANSWER_WITHIN", 0.2)
+    released = asyncio.Event()
+    run_matched = dispatcher.run_matched
+
+    async def slow(*args: Any, **kwargs: Any) -> None:
+        await released.wait()
+        await run_matched(*args, **kwargs)
+
+    monkeypatch.setattr(dispatcher, "run_matched", slow)
+    view = await _open_from_button(fake, "!run-form demo.deploy", "demo.deploy")
+    accepted = await fake.submit_view(view, {"host": "web7", "count": "1", "token": SECRET})
+    assert accepted == {}  # answered while the command still waits
+    assert not released.is_set() and await squall.executions.list(limit=5) == []
+    released.set()
+    await _slack_posted(fake, lambda m: m.get("text") == "deployed web7 x1 to dev", "the result")
+    [execution] = await squall.executions.list(limit=5)
+    assert execution["parameters"]["host"] == "web7" and execution["context"]["user"] == "alice"
+
+
+async def test_a_form_whose_command_fails_says_so_in_its_channel(slack, monkeypatch) -> None:
+    squall, fake = slack
+    dispatcher = squall.chat.dispatcher
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the command path broke")
+
+    monkeypatch.setattr(dispatcher, "run_matched", broken)
+    view = await _open_from_button(fake, "!run-form demo.deploy", "demo.deploy")
+    assert await fake.submit_view(view, {"host": "web8", "count": "1", "token": SECRET}) == {}
+    said = await _slack_posted(fake, lambda m: "something went wrong running that" in m.get("text", ""), "the error")
+    assert said["text"].endswith("the command path broke") and said["channel"] == "COPS0001"
+    assert await squall.executions.list(limit=5) == []
 
 
 async def test_slack_modal_opened_before_a_restart_can_still_be_sent(home: Path) -> None:

@@ -23,6 +23,8 @@ still be sent, and the questions go on where they were.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -106,6 +108,9 @@ class _Asking:
     given: dict[str, Any]
 
 
+#: Seconds a submitted platform form waits for its command to be stored before it is answered anyway:
+#: Slack drops a `view_submission` not answered within 3 s (and shows the person an error).
+ANSWER_WITHIN = 2.0
 #: Stored sessions' keys: a platform form by its state, a question exchange by where it is asked.
 _FORM, _ASK = "form:", "ask:"
 
@@ -127,6 +132,8 @@ class ChatForms:
     def __init__(self, dispatcher: Chat) -> None:
         self.dispatcher = dispatcher
         self._opened: dict[str, _Opened] = {}
+        #: Submitted forms' commands still running (held: a task nobody references may be collected).
+        self._running: set[asyncio.Future[None]] = set()
         self._asking: dict[tuple[str, str, str], _Asking] = {}
         for adapter in dispatcher.adapters.values():
             if hasattr(adapter, "open_form"):
@@ -244,10 +251,25 @@ class ChatForms:
         if not parsed.ok:
             return parsed.errors
         del self._opened[submission.state]
-        await self._drop(_FORM + submission.state)
         sender = replace(opened.origin, user=submission.user, groups=list(submission.groups), trigger=None)
-        await self._run(opened.alias, sender, parsed.values)
+        run = asyncio.ensure_future(self._submitted(submission.state, opened.alias, sender, parsed.values))
+        self._running.add(run)
+        run.add_done_callback(self._running.discard)
+        # The form is answered once its command is stored (a crash then loses nothing that was accepted),
+        # or after ANSWER_WITHIN if that takes longer: the platform would drop the submission instead.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(run), ANSWER_WITHIN)
         return {}
+
+    async def _submitted(self, state: str, alias: Alias, sender: Message, values: dict[str, Any]) -> None:
+        """A valid form's command, run as a typed one; what goes wrong is said in its channel (the form
+        may be closed already)."""
+        try:
+            await self._drop(_FORM + state)
+            await self._run(alias, sender, values)
+        except Exception as exc:
+            log.exception("running the form of %s for %s failed", alias.ref, sender.user)
+            await self.dispatcher.say(sender, f"Sorry, something went wrong running that: {exc}")
 
     def missing(self, match: AliasMatch) -> bool:
         """Whether a typed command left out a parameter its form would ask for (then the form is offered)."""
