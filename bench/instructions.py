@@ -1,6 +1,6 @@
 """CPU instructions per chat command, Squall against errbot's TestBot: a figure the machine's load cannot move.
 
-    .venv/bin/python bench/instructions.py [--commands N]
+    .venv/bin/python bench/instructions.py [--commands N] [--in-flight K]
 
 Why: on a shared machine the speed of one core drifts by 20-40% from minute to minute, so two runs of
 bench/chat.py cannot tell a change that saves 3% from noise, and the issue 21 target (Squall >= 1.0x
@@ -10,8 +10,9 @@ is timing: under valgrind a command takes 50 times as long, so timers fire at ot
 
 How: each row is two fresh processes run under `valgrind --tool=callgrind` (needs Debian's
 `valgrind`), one sending 30 commands and one 30 + N (default 300); the difference over N is the
-cost of one command, without the start-up both pay. Commands are sequential (one at a time), the
-three shapes bench/chat.py cycles:
+cost of one command, without the start-up both pay. Commands are sequential (one at a time), or
+with `--in-flight K` K outstanding as bench/chat.py's closed loop keeps them (errbot: K pushed, one
+more per reply popped; Squall: K workers), the three shapes bench/chat.py cycles:
 
 - `errbot TestBot`: errbot answers `!ping`, `!bounce ...`, `!flush ...` (bench/errbot_plugins/),
   pushed and popped as bench/chat.py does: the baseline;
@@ -46,37 +47,43 @@ BASE = 30
 KINDS = {"errbot": "errbot TestBot (the baseline)", "chat": "squall chat", "engine": "squall engine only"}
 
 
-def child(kind: str, n: int) -> None:
-    """Send `n` commands of `kind`, one at a time (run inside valgrind)."""
+def child(kind: str, n: int, k: int) -> None:
+    """Send `n` commands of `kind`, `k` at a time (run inside valgrind)."""
     from bench.chat import COMMANDS
 
     if kind == "errbot":
         from bench.chat import Errbot
 
         errbot = Errbot()
-        for i in range(n):
+        if k > 1:  # as bench/chat.py: k pushed, one more per reply popped
+            errbot.in_flight(n, k)
+        for i in range(n if k <= 1 else 0):
             text, expected = COMMANDS[i % 3]
             errbot.bot.push_message(text)
             if errbot.bot.pop_message(timeout=60) != expected:
                 raise SystemExit(f"errbot answered {text!r} wrongly")
         errbot.stop()
         return
-    asyncio.run(_squall(kind, n))
+    asyncio.run(_squall(kind, n, k))
 
 
-async def _squall(kind: str, n: int) -> None:
+async def _squall(kind: str, n: int, k: int) -> None:
     from adapters.base import Message
-    from bench.chat import COMMANDS, start_squall
+    from bench.chat import COMMANDS, closed_loop, start_squall
 
     home = Path(tempfile.mkdtemp(prefix="squall-bench-instructions-"))
     try:
         squall, loopback = await start_squall(home)
         loop = asyncio.get_running_loop()
-        for i in range(n):
+        sent = 0
+
+        async def one() -> float:
+            nonlocal sent
+            i, sent = sent, sent + 1
             if kind == "engine":
                 record = await squall.executions.request("core.noop", {})
                 await squall.executions.wait(record["id"])
-                continue
+                return 0.0
             text, expected = COMMANDS[i % 3]
             future: asyncio.Future[tuple[float, str]] = loop.create_future()
             loopback.waiters[f"m{i}"] = future
@@ -85,6 +92,9 @@ async def _squall(kind: str, n: int) -> None:
             _done, reply = await future
             if reply != expected:
                 raise SystemExit(f"Squall answered {text!r} with {reply!r}")
+            return 0.0
+
+        await closed_loop(one, n, k)  # k = 1: one at a time
         await squall.chat.outbox.drain(60)
         await squall.chat.stop()
         await squall.close()
@@ -92,25 +102,26 @@ async def _squall(kind: str, n: int) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def count(kind: str, n: int) -> int:
-    """Instructions a child sending `n` commands of `kind` executes, as callgrind counts them."""
+def count(kind: str, n: int, k: int) -> int:
+    """Instructions a child sending `n` commands of `kind`, `k` at a time, executes, as callgrind counts them."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-                           __file__, "--child", kind, str(n)], env=env, capture_output=True, text=True)
+                           __file__, "--child", kind, str(n), str(k)], env=env, capture_output=True, text=True)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode != 0 or found is None:
         raise SystemExit(f"the {kind} child under valgrind failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     return int(found.group(1))
 
 
-def main(commands: int) -> None:
+def main(commands: int, in_flight: int) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed; on Debian: apt-get install valgrind")
-    print(f"instructions per command, sequential: ({BASE} + {commands}) - {BASE} commands under callgrind, "
+    load = "sequential" if in_flight <= 1 else f"{in_flight} in flight"
+    print(f"instructions per command, {load}: ({BASE} + {commands}) - {BASE} commands under callgrind, "
           f"each row two fresh processes")
     per: dict[str, float] = {}
     for kind, label in KINDS.items():
-        per[kind] = (count(kind, BASE + commands) - count(kind, BASE)) / commands
+        per[kind] = (count(kind, BASE + commands, in_flight) - count(kind, BASE, in_flight)) / commands
         print(f"  {label:32} {per[kind]:12,.0f}", flush=True)
     ratio = per["errbot"] / per["chat"]
     print(f"errbot / squall chat: {ratio:.2f} (the commands/s ratio if both paid only for instructions; "
@@ -121,9 +132,11 @@ def main(commands: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commands", type=int, default=300, help="counted commands per row")
-    parser.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--in-flight", type=int, default=1,
+                        help="commands outstanding at once (bench/chat.py's closed loop; default 1: sequential)")
+    parser.add_argument("--child", nargs=3, metavar=("KIND", "N", "K"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.child:
-        child(arguments.child[0], int(arguments.child[1]))
+        child(arguments.child[0], int(arguments.child[1]), int(arguments.child[2]))
     else:
-        main(arguments.commands)
+        main(arguments.commands, arguments.in_flight)
