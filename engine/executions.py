@@ -380,8 +380,8 @@ class ExecutionService:
                  extra_template_context: dict[str, Any] | None,
                  render: bool | Collection[str]) -> tuple[Resolution, list[str]]:
         """The request's parameters checked, rendered and cast, and the plaintexts `decrypt_kv` revealed.
-        Runs on a render thread when there are templates (st2kv reads are synchronous: thread-safe, each
-        read takes a connection of the store's pool), else inside `_prepare`."""
+        Runs on a render thread, for requests with templates (st2kv reads are synchronous: thread-safe,
+        each read takes a connection of the store's pool); `_prepare` resolves the others itself."""
         pack = self.registry.packs[action.pack]
         revealed: list[str] = []
         token = _revealed.set(revealed)
