@@ -700,17 +700,15 @@ class _Direct:
         for row_id, fields in updates:
             shapes.setdefault(tuple(fields), []).append([*self._encode(table, fields), row_id])
         for fields, rows in shapes.items():
-            sql = self._update_sql(table, fields, -1, False)
-            try:
-                conn.connection.driver_connection.executemany(sql, rows)  # type: ignore[union-attr]
-            except sqlite3.Error as exc:
-                raise sa.exc.DBAPIError.instance(sql, rows, exc, sqlite3.Error) from exc
+            _execute(conn, self._update_sql(table, fields, -1, False), rows, many=True)
 
 
-def _execute(conn: sa.Connection, sql: str, parameters: list[Any]) -> sqlite3.Cursor:
-    """Run on the driver, raising SQLAlchemy's exceptions as Core would (callers catch those)."""
+def _execute(conn: sa.Connection, sql: str, parameters: list[Any], many: bool = False) -> sqlite3.Cursor:
+    """Run on the driver (`many`: once per parameter list), raising SQLAlchemy's exceptions as Core
+    would (callers catch those)."""
+    driver = conn.connection.driver_connection
     try:
-        return conn.connection.driver_connection.execute(sql, parameters)  # type: ignore[union-attr]
+        return (driver.executemany if many else driver.execute)(sql, parameters)  # type: ignore[union-attr]
     except sqlite3.Error as exc:
         raise sa.exc.DBAPIError.instance(sql, parameters, exc, sqlite3.Error) from exc
 

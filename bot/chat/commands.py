@@ -174,8 +174,9 @@ class CommandService:
         audit = AuditEntry(f"{source}.execution", message.user, f"{message.adapter}:{message.channel}", alias.ref,
                            {"action": alias.action_ref})
         chat = context.get("chat")
-        ack = _Ack() if acks(alias) else _Ack(rendered=(None, {}))  # acks off: nothing to render or store
-        stored_with = self._ack(alias, chat, ack) if chat and self.outbox is not None and ack.rendered is None else None
+        acking = acks(alias)
+        ack = _Ack() if acking else _Ack(rendered=(None, {}))  # acks off: nothing to render or store
+        stored_with = self._ack(alias, chat, ack) if acking and chat and self.outbox is not None else None
         try:
             execution = await self.engine.executions.request(alias.action_ref, parameters, context,
                                                              render=set(render), audit=audit, stored_with=stored_with)
