@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import jinja2
 import pytest
@@ -17,6 +18,7 @@ from engine.templates import (
     KVValue,
     TemplateRenderError,
     build_environment,
+    compiled,
     render_template,
     render_value,
     render_values,
@@ -502,3 +504,98 @@ def test_plain_text_renders_as_jinja_would_render_it() -> None:
     assert render_template("pong", {}) == "pong"
     assert render_template("a\r\nb", {}) == "a\nb"
     assert render_template("done\n", {}) == "done"
+
+
+# ---------------------------------------------------------------------------------------------
+# Look-up templates rendered without Jinja's render (`_lookups`, `_looked_up`)
+# ---------------------------------------------------------------------------------------------
+
+LOOKUP_CONTEXT = {
+    "execution": {"parameters": {"service": "nginx", "host": "web1", "ttl": 30, "none": None, "on": True,
+                                 "items": "an item named items", "nested": {"k": [1, "two"]}},
+                  "result": ["a", "list"], "status": "succeeded", "text": "a str"},
+    "alias": {},
+}
+
+
+@pytest.mark.parametrize("template", [
+    "bounced {{ execution.parameters.service }} on {{ execution['parameters'].host }}",
+    "{{ execution.parameters.ttl }} {{ execution.parameters.none }} {{ execution.parameters.on }}",
+    "{{ execution.parameters.nested }} {{ execution.parameters }}",
+    "{{ execution.parameters['items'] }}",  # an item by [...], though dicts have an `items` attribute
+    "{{execution.status}}\r\nline two\n",  # line ends normalised, the last newline dropped, as Jinja does
+    "{{ execution }}",
+    "{{ alias }} and no look-up at all",
+])
+def test_a_lookup_template_renders_as_jinja_renders_it(template: str) -> None:
+    env = build_environment()
+    jinja = env.from_string(template)  # made outside the cache: no look-up plan, Jinja's own render
+    assert jinja.squall_lookups is None
+    assert compiled(env, template).squall_lookups is not None
+    assert render_template(template, LOOKUP_CONTEXT) == jinja.render(LOOKUP_CONTEXT)
+
+
+@pytest.mark.parametrize(("template", "expected"), [
+    ("{{ execution.parameters.items }}", "<built-in method items"),  # dict's attribute, as Jinja finds it
+    ("{{ execution.result.count }}", "<built-in method count"),  # not a dict: Jinja's attribute look-up
+    ("{{ execution.text.upper }}", "<built-in method upper"),
+    ("{{ range }}", "<function safe_range"),  # a global, not a variable of the render
+])
+def test_a_lookup_it_cannot_be_sure_of_goes_to_jinja(template: str, expected: str) -> None:
+    env = build_environment()
+    assert compiled(env, template).squall_lookups is not None
+    rendered = render_template(template, LOOKUP_CONTEXT)
+    assert rendered.startswith(expected)
+    assert rendered == env.from_string(template).render(LOOKUP_CONTEXT)
+
+
+@pytest.mark.parametrize("template", ["{{ execution.parameters.missing }}", "{{ nothing.here }}",
+                                      "{{ execution.status.missing }}x"])
+def test_a_lookup_that_finds_nothing_fails_as_jinja_fails(template: str) -> None:
+    env = build_environment()
+    try:
+        env.from_string(template).render(LOOKUP_CONTEXT)
+    except jinja2.UndefinedError as exc:
+        error = str(exc)  # e.g. "'dict object' has no attribute 'missing'"
+    else:
+        raise AssertionError(f"{template} renders in Jinja")
+    with pytest.raises(TemplateRenderError, match=re.escape(f"UndefinedError: {error}")):
+        render_template(template, LOOKUP_CONTEXT)
+
+
+@pytest.mark.parametrize("template", ["{{ execution.parameters.service | upper }}", "{{ execution.status == 'x' }}",
+                                      "{% if execution %}{{ execution.status }}{% endif %}",
+                                      "{{ execution.parameters[execution.status] }}", "{{ execution.result[0] }}",
+                                      "{{ f() }}"])
+def test_anything_but_text_and_lookups_is_left_to_jinja(template: str) -> None:
+    assert compiled(build_environment(), template).squall_lookups is None
+
+
+def test_a_lookup_template_renders_without_a_jinja_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    template = "bounced {{ execution.parameters.service }} on {{ execution.parameters.host }}"
+    env = build_environment()
+    compiled(env, template)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("rendered through Jinja's context")
+
+    monkeypatch.setattr(type(compiled(env, template)), "new_context", refuse)
+    assert render_template(template, LOOKUP_CONTEXT) == "bounced nginx on web1"
+    with pytest.raises(TemplateRenderError, match="rendered through Jinja's context"):
+        render_template("{{ execution.parameters.missing }}", LOOKUP_CONTEXT)  # what it cannot render goes there
+
+
+def test_a_lookup_template_keeps_to_the_output_limit() -> None:
+    from engine.config import TemplateLimits
+    from engine.templates import TemplateLimitError, configure_limits, current_limits
+
+    before = current_limits()
+    configure_limits(TemplateLimits(max_output_chars=200))
+    try:
+        context = {"a": {"b": "x" * 150}}
+        assert render_template("{{ a.b }}", context) == "x" * 150
+        for template in ("{{ a.b }}{{ a.b }}", "{{ a.b }}" + "y" * 60, "{{ a }}"):
+            with pytest.raises(TemplateLimitError, match="200 characters"):
+                render_template(template, {"a": {"b": "x" * 150}} if template != "{{ a }}" else {"a": {"b": "x" * 250}})
+    finally:
+        configure_limits(before)
