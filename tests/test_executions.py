@@ -176,6 +176,24 @@ async def test_finished_runs_leave_nothing_in_reference_cycles(squall: Squall, r
     assert not [kind for kind, count in kinds.items() if count >= runs], kinds
 
 
+def test_ids_are_unique_and_a_forked_child_makes_its_own() -> None:
+    """Ids are made without a system call (Python's generator): a forked child must not repeat its
+    parent's random part, or two processes could name two executions alike in one microsecond."""
+    ids = [new_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[0-9a-f]{24}", i) for i in ids)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.write(write, "".join(new_id()[14:] for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        theirs = pipe.read()
+    ours = "".join(new_id()[14:] for _ in range(50))
+    assert len(theirs) == len(ours) == 500 and theirs != ours
+
+
 async def test_context_user_defaults_and_pack_cannot_be_forged(squall: Squall) -> None:
     record = await squall.executions.request("core.noop", context={"pack": "forged"})
     assert record["context"]["pack"] == "core"
