@@ -1208,7 +1208,7 @@ def _lookups(env: jinja2.Environment, text: str) -> _Lookups | None:
             else:
                 return None
             node = node.node
-        if not isinstance(node, nodes.Name):
+        if not isinstance(node, nodes.Name) or node.name == "self":  # Jinja's `self` is the template, not a variable
             return None
         parts.append((node.name, tuple(reversed(path))))
     return tuple(parts)

@@ -566,7 +566,7 @@ def test_a_lookup_that_finds_nothing_fails_as_jinja_fails(template: str) -> None
 @pytest.mark.parametrize("template", ["{{ execution.parameters.service | upper }}", "{{ execution.status == 'x' }}",
                                       "{% if execution %}{{ execution.status }}{% endif %}",
                                       "{{ execution.parameters[execution.status] }}", "{{ execution.result[0] }}",
-                                      "{{ f() }}"])
+                                      "{{ f() }}", "{{ self }}"])
 def test_anything_but_text_and_lookups_is_left_to_jinja(template: str) -> None:
     assert compiled(build_environment(), template).squall_lookups is None
 
