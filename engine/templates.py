@@ -1187,10 +1187,10 @@ def _lookups(env: jinja2.Environment, text: str) -> _Lookups | None:
     """The parts of a template that is only text and look-ups such as `{{ execution.parameters.host }}`
     or `{{ trigger.body['ref'] }}` (no filter, test, call or statement), or None for any other.
 
-    Why: most result formats, acks and rule parameters are such templates, and Jinja's render costs
-    them ~10 µs in fixed work (its context, its generator, the budget) around a few dict look-ups.
-    `_looked_up` renders them directly in about a tenth of that; whatever it is unsure of goes
-    through Jinja's render as before."""
+    Why: most result formats, acks and rule parameters are such templates, and Jinja's render spends
+    most of its ~10 µs on them in fixed work (its context, its generator, the budget) around a few
+    dict look-ups. `render_template` takes ~3 µs with `_looked_up` instead; whatever that is unsure
+    of goes through Jinja's render as before."""
     body = env.parse(text).body
     if len(body) != 1 or not isinstance(body[0], nodes.Output):
         return None
