@@ -1178,8 +1178,9 @@ def _compile(env: jinja2.Environment, text: str) -> jinja2.Template:
     # environment alive, so an entry can never be served to a different environment that
     # happens to reuse a freed object's id().
     template = env.from_string(text)
-    if isinstance(template, _BoundedTemplate) and env.autoescape is False:
-        template.squall_lookups = _lookups(env, text)
+    if type(env) is _SquallSandbox and env.finalize is None and env.autoescape is False:
+        # Not for an overlay that changes what a {{ }} writes: the shell runner's `finalize` quotes each value.
+        template.squall_lookups = _lookups(env, text)  # type: ignore[attr-defined]
     return template
 
 
@@ -1222,7 +1223,7 @@ def _looked_up(env: jinja2.Environment, lookups: _Lookups, variables: dict[str, 
     The same steps as the compiled template's: a name is the render's variable; `.key` of a plain
     dict is its item unless dicts have an attribute of that name (`_SquallSandbox.getattr`);
     `['key']` is its item (the sandbox's `getitem`); each value goes through `squall_output`, then
-    `str`; the output is capped as `_bounded_join` caps it."""
+    `str`; the output is capped, and the deadline checked, as `_bounded_join` does."""
     out: list[str] = []
     size = 0
     for part in lookups:
@@ -1243,7 +1244,10 @@ def _looked_up(env: jinja2.Environment, lookups: _Lookups, variables: dict[str, 
                 return None
         size += len(text)
         out.append(text)
-    return "".join(out) if size <= _limits.max_output_chars else None
+    if size > _limits.max_output_chars:
+        return None
+    _tick()  # the deadline, as `_bounded_join` checks it at a render's end (`briefly` gives up past it)
+    return "".join(out)
 
 
 def compiled(env: jinja2.Environment, text: str) -> jinja2.Template:

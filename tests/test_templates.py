@@ -599,3 +599,28 @@ def test_a_lookup_template_keeps_to_the_output_limit() -> None:
                 render_template(template, {"a": {"b": "x" * 150}} if template != "{{ a }}" else {"a": {"b": "x" * 250}})
     finally:
         configure_limits(before)
+
+
+def test_an_environment_that_changes_what_a_value_writes_keeps_jinjas_render() -> None:
+    """The shell runner's overlay quotes each {{ }} value through `finalize`: a look-up template in it
+    must never be written as plain text."""
+    from engine.runners.shell_template import render_shell_command
+
+    overlay = build_environment().overlay(finalize=lambda value: f"<{value}>")
+    assert compiled(overlay, "{{ a.b }} and {{ a['b'] }}").squall_lookups is None
+    assert render_template("{{ a.b }} and {{ a['b'] }}", {"a": {"b": "x"}}, env=overlay) == "<x> and <x>"
+    hostile = "web; touch pwned"
+    command, variables = render_shell_command("echo {{ trigger.body.host }}", {"trigger": {"body": {"host": hostile}}})
+    assert hostile not in command and list(variables.values()) == [hostile]  # a variable's value, never bash text
+
+
+def test_a_lookup_template_is_given_up_on_the_loop_past_the_brief_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import templates
+    from engine.templates import TooLongForTheLoop, briefly
+
+    template = "hello {{ execution.parameters.service }}"
+    assert compiled(build_environment(), template).squall_lookups is not None
+    assert briefly(render_template, template, LOOKUP_CONTEXT) == "hello nginx"
+    monkeypatch.setattr(templates, "BRIEF_SECONDS", 0.0)
+    with pytest.raises(TooLongForTheLoop):
+        briefly(render_template, template, LOOKUP_CONTEXT)
