@@ -6,7 +6,10 @@ Why: on a shared machine the speed of one core drifts by 20-40% from minute to m
 bench/chat.py cannot tell a change that saves 3% from noise, and the issue 21 target (Squall >= 1.0x
 errbot's commands/s) is a ratio of two such rates. Valgrind's callgrind counts the instructions a
 process executes, the same on every run to within ~1% here, whatever the neighbours do (what varies
-is timing: under valgrind a command takes 50 times as long, so timers fire at other points).
+is timing: under valgrind a command takes 50 times as long, so timers fire at other points). The
+sequential count is the one timing moves: a reply's sent mark rides with the next command's commit or
+goes alone on its 50 ms timer, depending on how fast the process runs. Compare sequential counts from
+runs made one at a time on an idle machine (two at once hid a 1.9% change).
 
 How: each row is two fresh processes run under `valgrind --tool=callgrind` (needs Debian's
 `valgrind`), one sending 30 commands and one 30 + N (default 300); the difference over N is the

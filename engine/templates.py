@@ -884,7 +884,8 @@ class _BoundedExpression:
 
 #: A template that is only text and `{{ }}` look-ups into the render's dicts, as `_lookups` found it:
 #: each part is a text, or a variable's name and the keys to follow from it (True: by `[...]`).
-_Lookups = tuple[str | tuple[str, tuple[tuple[bool, str], ...]], ...]
+_Part = str | tuple[str, tuple[tuple[bool, str], ...]]
+_Lookups = tuple[_Part, ...]
 #: A look-up that found nothing (None is a value).
 _NOT_FOUND = object()
 
@@ -1195,7 +1196,7 @@ def _lookups(env: jinja2.Environment, text: str) -> _Lookups | None:
     body = env.parse(text).body
     if len(body) != 1 or not isinstance(body[0], nodes.Output):
         return None
-    parts: list[str | tuple[str, tuple[tuple[bool, str], ...]]] = []
+    parts: list[_Part] = []
     for node in body[0].nodes:
         if isinstance(node, nodes.TemplateData):
             parts.append(node.data)
