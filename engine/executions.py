@@ -75,7 +75,8 @@ class StaleStep(Exception):
     or the workflow's next task could run twice."""
 
 
-@dataclass(frozen=True)
+# slots=True, not frozen: one is made per chat command, and a frozen __init__ costs 4x (docs/architecture.md)
+@dataclass(slots=True)
 class AuditEntry:
     """An audit event stored in the request's own transaction (`request(audit=...)`): a request is
     never stored without the event saying who asked, and the pair costs one commit, not two. Its
@@ -88,7 +89,8 @@ class AuditEntry:
     detail: dict[str, Any]
 
 
-@dataclass(frozen=True)
+# slots=True, not frozen: one is made per chat command, and a frozen __init__ costs 4x (docs/architecture.md)
+@dataclass(slots=True)
 class CompletionWrite:
     """What a listener stores in the transaction that stores an execution's end (the chat's result
     reply, from `on_completing`): the end and what it says of it commit together, and a command's

@@ -22,6 +22,10 @@ class Decision:
     reason: str = ""
 
 
+#: Every allowed command's answer: one made once, not one per command.
+ALLOWED = Decision(True)
+
+
 @dataclass
 class Authorizer:
     admins: set[str] = field(default_factory=set)
@@ -44,10 +48,10 @@ class Authorizer:
 
     def check(self, alias: Any, message: Message) -> Decision:
         if message.user in self.admins:
-            return Decision(True)
+            return ALLOWED
         rules = self.rules_for(alias)
         if not rules:
-            return Decision(True)
+            return ALLOWED
         groups = self.groups_of(message)
         deny = rules.get("deny") or {}
         channels = _channels(message)
@@ -55,9 +59,9 @@ class Authorizer:
             return Decision(False, f"{message.user} is denied {alias.ref} ({_why(deny, message, groups)})")
         allow = rules.get("allow")
         if allow is None:
-            return Decision(True)
+            return ALLOWED
         if _hits(allow, message.user, groups, channels):
-            return Decision(True)
+            return ALLOWED
         names = ", ".join(f"{kind} {', '.join(map(str, allow.get(kind) or []))}"
                           for kind in ("users", "groups", "channels") if allow.get(kind))
         return Decision(False, f"{alias.ref} is allowed only for {names or 'nobody'}")

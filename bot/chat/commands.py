@@ -54,7 +54,8 @@ class CommandFailed(Exception):
     """The command matched, but its request was refused (a bad parameter, an unknown action)."""
 
 
-@dataclass(frozen=True)
+# slots=True, not frozen: one is made per chat command, and a frozen __init__ costs 4x (docs/architecture.md)
+@dataclass(slots=True)
 class Accepted:
     """A requested execution and its ack (None when the alias turns acks off); `ack_stored` when the
     ack was stored with the request (`CommandService.outbox`), else its caller posts it."""

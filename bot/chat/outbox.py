@@ -60,7 +60,8 @@ def keyed_rows(key: str, replies: Sequence[Reply]) -> list[tuple[str, str, dict[
             for n, reply in enumerate(replies, 1)]
 
 
-@dataclasses.dataclass(frozen=True)
+# slots=True, not frozen: one is made per chat command, and a frozen __init__ costs 4x (docs/architecture.md)
+@dataclasses.dataclass(slots=True)
 class Keyed:
     """One execution's replies of one key, fitted into outbox rows: `store` them, then `queue` what
     was stored (see `Outbox.post_keyed`)."""
