@@ -75,7 +75,7 @@ class StaleStep(Exception):
     or the workflow's next task could run twice."""
 
 
-# slots=True, not frozen: one is made per chat command, and a frozen __init__ costs 4x (docs/architecture.md)
+# Made for every chat command: slotted, not frozen (see docs/architecture.md, "Value objects").
 @dataclass(slots=True)
 class AuditEntry:
     """An audit event stored in the request's own transaction (`request(audit=...)`): a request is
@@ -89,7 +89,7 @@ class AuditEntry:
     detail: dict[str, Any]
 
 
-# slots=True, not frozen: one is made per chat command, and a frozen __init__ costs 4x (docs/architecture.md)
+# Made for every chat command: slotted, not frozen (see docs/architecture.md, "Value objects").
 @dataclass(slots=True)
 class CompletionWrite:
     """What a listener stores in the transaction that stores an execution's end (the chat's result

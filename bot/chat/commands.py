@@ -54,7 +54,7 @@ class CommandFailed(Exception):
     """The command matched, but its request was refused (a bad parameter, an unknown action)."""
 
 
-# slots=True, not frozen: one is made per chat command, and a frozen __init__ costs 4x (docs/architecture.md)
+# Made for every chat command: slotted, not frozen (see docs/architecture.md, "Value objects").
 @dataclass(slots=True)
 class Accepted:
     """A requested execution and its ack (None when the alias turns acks off); `ack_stored` when the

@@ -60,7 +60,7 @@ def keyed_rows(key: str, replies: Sequence[Reply]) -> list[tuple[str, str, dict[
             for n, reply in enumerate(replies, 1)]
 
 
-# slots=True, not frozen: one is made per chat command, and a frozen __init__ costs 4x (docs/architecture.md)
+# Made for every chat command: slotted, not frozen (see docs/architecture.md, "Value objects").
 @dataclasses.dataclass(slots=True)
 class Keyed:
     """One execution's replies of one key, fitted into outbox rows: `store` them, then `queue` what
