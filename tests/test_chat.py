@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import threading
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from bot.chat.outbox import Outbox
 from engine import templates
 from engine.config import load_config
 from engine.events import EXECUTION_FINISHED
+from engine.storage import chat_sessions
 from tests.conftest import commit_groups, write
 from tests.test_cli import SQUALL
 
@@ -340,6 +342,70 @@ async def test_confirmation_needs_yes_from_the_same_user(chat) -> None:
     await loopback.say("!no", user="alice")
     await settle(squall, bot)
     assert not any("wiped db2" in t for t in loopback.texts())
+
+
+def _confirmations_stored(squall: Squall) -> list[tuple[str, str]]:
+    with squall.store.engine.connect() as db:
+        return [(key, state) for key, state in db.execute(sa.select(chat_sessions.c.key, chat_sessions.c.state))
+                if key.startswith("confirm:")]
+
+
+async def test_a_confirmation_asked_before_a_restart_is_answered_after_it(home: Path) -> None:
+    _config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!wipe db1", user="alice")
+        await settle(squall, bot)
+        assert "Reply `!yes`" in loopback.texts()[-1]
+        [(key, state)] = _confirmations_stored(squall)
+        assert json.loads(key.removeprefix("confirm:")) == ["loopback", "#ops", "alice"]
+        assert "db1" not in state and "db1" in squall.keys.decrypt(state)  # parameters may be secrets
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!yes", user="mallory")  # still only the one asked may confirm it
+        await settle(squall, bot)
+        assert await squall.executions.list(action="demo.wipe") == []
+        await loopback.say("!yes", user="alice")
+        await settle(squall, bot)
+        assert any("wiped db1" in t for t in loopback.texts())
+        [execution] = await squall.executions.list(action="demo.wipe")
+        assert execution["parameters"]["target"] == "db1" and execution["context"]["user"] == "alice"
+        assert _confirmations_stored(squall) == []  # taken once
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!yes", user="alice")  # nothing is held any more: it does not run again
+        await settle(squall, bot)
+        assert len(await squall.executions.list(action="demo.wipe")) == 1
+
+
+async def test_a_confirmation_taken_up_after_a_restart_is_authorised_again(home: Path) -> None:
+    _config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!wipe db1", user="alice")
+        await settle(squall, bot)
+        assert "Reply `!yes`" in loopback.texts()[-1]
+    config = (home / "config.yml").read_text()  # the restart brings a rule that denies alice the alias
+    denied = "  aliases:\n    demo.dangerous: {deny: {users: [alice]}}\n"
+    (home / "config.yml").write_text(config.replace("  admins: [root-admin]\n", "  admins: [root-admin]\n" + denied))
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!yes", user="alice")
+        await settle(squall, bot)
+        assert loopback.texts()[-1].startswith("Sorry alice, you may not run that: alice is denied demo.dangerous")
+        assert await squall.executions.list(action="demo.wipe") == []
+        [denied] = await squall.db(squall.store.audit_list, 10, "chat.denied")
+        assert denied["actor"] == "alice" and denied["target"] == "demo.dangerous"
+
+
+async def test_a_confirmation_whose_alias_changed_over_a_restart_is_dropped(home: Path, caplog) -> None:
+    _config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!wipe db1", user="alice")
+        await settle(squall, bot)
+    alias = home / "packs" / "demo" / "aliases" / "dangerous.yaml"
+    alias.write_text(alias.read_text().replace("wipe {{target}}", "erase {{target}}"))
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!yes", user="alice")
+        await settle(squall, bot)
+        assert await squall.executions.list(action="demo.wipe") == []
+        assert _confirmations_stored(squall) == []
+    assert 'demo.dangerous no longer has the format "wipe {{target}}"' in caplog.text
 
 
 async def test_builtins_executions_cancel_retry(chat) -> None:

@@ -55,6 +55,25 @@ async def test_a_confirmed_suggestion_runs_through_the_command_path(chat) -> Non
     assert audited["actor"] == "alice" and audited["target"] == "ops.restart"
 
 
+async def test_a_did_you_mean_offer_outlives_a_restart(home: Path) -> None:
+    squall, loopback = await _start(home)
+    try:
+        offer = await ask((squall, squall.chat, loopback), "!please bounce nginx on web2", "alice")
+        assert offer.startswith("Did you mean `!restart nginx on web2`?")
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+    squall, loopback = await _start(home)
+    try:
+        done = await ask((squall, squall.chat, loopback), "!yes", "alice")
+        assert "restarting nginx on web2" in done
+        [execution] = await squall.executions.list(action="ops.restart")
+        assert execution["context"]["user"] == "alice"
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
 async def test_a_refused_suggestion_runs_nothing(chat) -> None:
     squall = chat[0]
     assert (await ask(chat, "!could you restart redis on cache1", "alice")).startswith("Did you mean")

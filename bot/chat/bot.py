@@ -88,6 +88,9 @@ class ChatBot:
         forms = await self.dispatcher.forms.restore()
         if forms:
             log.info("%d chat form(s) opened before the restart are still open", forms)
+        confirmations = await self.dispatcher.restore()
+        if confirmations:
+            log.info("%d confirmation(s) asked before the restart still wait for their answer", confirmations)
 
     async def start(self) -> None:
         await self.begin()

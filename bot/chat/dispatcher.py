@@ -19,9 +19,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Adapter, Message, Reply
-from aliases import Alias, AliasMatcher, AmbiguousCommand, NoMatch
+from aliases import Alias, AliasMatch, AliasMatcher, AmbiguousCommand, NoMatch
 from aliases.rank import RANKERS, Ranked, Ranker, make_ranker
 from bot.chat import help as chat_help
+from bot.chat import sessions
 from bot.chat.approvals import APPROVE, DENY, ApprovalChat
 from bot.chat.auth import Authorizer
 from bot.chat.commands import CommandFailed, CommandRefused, CommandService, Held, NeedsApproval
@@ -114,12 +115,20 @@ def _suggest_settings(section: Any) -> tuple[str, float | None, float | None]:
 @dataclass
 class PendingConfirmation:
     """A command held until its sender says `yes`: a matched alias, or (for a "did you mean"
-    suggestion) the filled command text, which is matched and authorised again when confirmed."""
+    suggestion) the filled command text, which is matched and authorised again when confirmed.
+    `expires` is wall-clock time (`time.time()`): it must mean the same after a restart. A match
+    taken up after a restart is authorised again when confirmed (`authorised` False): the
+    permissions may have changed with it."""
 
-    match: Any
+    match: AliasMatch | None
     message: Message
     expires: float
     command: str | None = None
+    authorised: bool = True
+
+
+#: Stored confirmations' keys (`bot/chat/sessions.py`): by where they wait, as question exchanges are.
+_CONFIRM = "confirm:"
 
 
 @dataclass
@@ -214,17 +223,19 @@ class Dispatcher:
         pending = self._confirmations.get(key)
         if pending is not None and text.lower() in _YES | _NO:
             del self._confirmations[key]
-            if time.monotonic() > pending.expires:
+            await sessions.drop(self.engine, sessions.place_key(_CONFIRM, *key))  # taken once, restart or not
+            if time.time() > pending.expires:
                 await self.say(message, "That confirmation has expired; send the command again.")
-            elif text.lower() in _YES and pending.command is not None:
+            elif text.lower() in _NO:
+                what = pending.match.alias.action_ref if pending.match is not None else "that"
+                await self.say(message, f"OK, not running {what}.")
+            elif pending.command is not None:
                 # A suggestion: the filled text takes the whole command path again (match, authorise,
                 # the alias's own confirmation, audit), as if the person had typed it.
                 await self._handle(replace(pending.message, text=pending.command), pending.command)
-            elif text.lower() in _YES:
+            elif pending.match is not None and (pending.authorised
+                                                or await self._authorised(pending.match, pending.message)):
                 await self._run(pending.match, pending.message)
-            else:
-                what = pending.match.alias.action_ref if pending.command is None else "that"
-                await self.say(message, f"OK, not running {what}.")
             return
         if await self.forms.command(message, text):
             return
@@ -259,19 +270,14 @@ class Dispatcher:
     async def run_matched(self, match: Any, message: Message, text: str | None = None) -> None:
         """Authorise, confirm (if the alias asks) and run a matched command: for typed commands (`text`
         without its prefix) and chat forms (`bot/chat/forms.py`) alike."""
-        key = (message.adapter, message.channel, message.user)
-        try:
-            await self.commands.authorise(match, message, "chat", text)
-        except CommandRefused as exc:
-            metrics.count(metrics.chat_commands, message.adapter, "denied")
-            await self.say(message, f"Sorry {message.user}, you may not run that: {exc}.")
+        if not await self._authorised(match, message, text):
             return
         metrics.count(metrics.chat_commands, message.adapter, "matched")
         if match.alias.confirm:
             ttl = self.settings.confirm_ttl
             if isinstance(match.alias.confirm, dict):
                 ttl = float(match.alias.confirm.get("ttl", ttl))
-            self._confirmations[key] = PendingConfirmation(match, message, time.monotonic() + ttl)
+            await self._hold(PendingConfirmation(match, message, time.time() + ttl))
             shown = self._masked(match.alias.action_ref, match.parameters)
             await self.say(message, f"About to run {match.alias.action_ref} with "
                                     f"{_params(shown)}. Reply {self._answer(message, 'yes')} within {ttl:g}s to go "
@@ -280,6 +286,56 @@ class Dispatcher:
             return
         await self._run(match, message, text)
 
+    async def _authorised(self, match: AliasMatch, message: Message, text: str | None = None) -> bool:
+        """Whether `message`'s sender may run `match`; if not, they are told why (and it is audited)."""
+        try:
+            await self.commands.authorise(match, message, "chat", text)
+        except CommandRefused as exc:
+            metrics.count(metrics.chat_commands, message.adapter, "denied")
+            await self.say(message, f"Sorry {message.user}, you may not run that: {exc}.")
+            return False
+        return True
+
+    # -- confirmations that outlive a restart (`bot/chat/sessions.py`) --------------------------------
+    async def _hold(self, pending: PendingConfirmation) -> None:
+        """Hold a command for its sender's `yes` (replacing what they were asked before there), in
+        memory and stored: a restart before the answer does not lose it."""
+        message = pending.message
+        key = (message.adapter, message.channel, message.user)
+        self._confirmations[key] = pending
+        state: dict[str, Any] = {"origin": sessions.origin(message), "command": pending.command}
+        if pending.match is not None:
+            match = pending.match
+            state["match"] = {"alias": match.alias.ref, "display": match.display,
+                              "representation": match.representation, "parameters": match.parameters}
+        await sessions.keep(self.engine, sessions.place_key(_CONFIRM, *key), state, pending.expires,
+                            f"the confirmation asked of {message.user}")
+
+    async def restore(self) -> int:
+        """Take up the confirmations and "did you mean" offers stored before a restart (at the chat's
+        start); how many. One whose alias or format is gone is dropped and logged."""
+        restored = 0
+        for key, state, expires in await sessions.stored(self.engine, _CONFIRM):
+            try:
+                message = Message(**state["origin"])
+                match = None
+                if state.get("match") is not None:
+                    kept = state["match"]
+                    alias = self.aliases.get(kept["alias"])
+                    if alias is None:
+                        raise LookupError(f'its alias {kept["alias"]} is no longer loaded')
+                    # A typed command's format must still be the alias's (a form's match has none).
+                    if kept["representation"] and kept["representation"] not in alias.representations:
+                        raise LookupError(f'{alias.ref} no longer has the format "{kept["representation"]}"')
+                    match = AliasMatch(alias, kept["display"], kept["representation"], kept["parameters"])
+                self._confirmations[message.adapter, message.channel, message.user] = PendingConfirmation(
+                    match, message, expires, state.get("command"), authorised=False)
+                restored += 1
+            except Exception as exc:  # a pack changed under it: the person sends the command again
+                log.warning("a confirmation asked before the restart was dropped: %s", exc)
+                await sessions.drop(self.engine, key)
+        return restored
+
     # -- free text -------------------------------------------------------------------------------
     async def _unknown(self, message: Message, text: str, near: list[str]) -> None:
         """Nothing matched: offer the one alias the ranker finds standing out (filled from the
@@ -287,9 +343,8 @@ class Dispatcher:
         prefix = self.settings.prefix
         best = self._stand_out(message, text)
         if best is not None and best.filled is not None and self._means(best.filled, best.alias):
-            key = (message.adapter, message.channel, message.user)
             ttl = self.settings.confirm_ttl
-            self._confirmations[key] = PendingConfirmation(None, message, time.monotonic() + ttl, best.filled)
+            await self._hold(PendingConfirmation(None, message, time.time() + ttl, best.filled))
             await self.say(message, f"Did you mean `{prefix}{short(best.filled, 300)}`? ({best.alias.ref}) "
                                     f"Reply {self._answer(message, 'yes')} within {ttl:g}s to run it, or "
                                     f"{self._answer(message, 'no')}.",

@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import secrets
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from adapters.base import Adapter, DeliveryError, Form, FormField, FormSubmission, Message
 from aliases import Alias, AliasMatch, AliasMatcher, AmbiguousCommand, NoMatch
+from bot.chat import sessions
 from bot.chat.auth import Authorizer
 from bot.chat.commands import CommandService
 from bot.chat.help import visible
@@ -116,12 +115,7 @@ _FORM, _ASK = "form:", "ask:"
 
 
 def _ask_key(adapter: str, channel: str, user: str) -> str:
-    return _ASK + json.dumps([adapter, channel, user])
-
-
-def _origin(message: Message) -> dict[str, Any]:
-    """A message as stored with its session (not the platform's raw payload: only what Squall reads)."""
-    return {f.name: getattr(message, f.name) for f in dataclasses.fields(Message) if f.name != "raw"}
+    return sessions.place_key(_ASK, adapter, channel, user)
 
 
 class ChatForms:
@@ -369,40 +363,28 @@ class ChatForms:
         for state in [s for s, opened in self._opened.items() if opened.expires < now]:
             del self._opened[state]
 
-    # -- sessions that outlive a restart -----------------------------------------------------------
+    # -- sessions that outlive a restart (`bot/chat/sessions.py`) --------------------------------------
     async def _keep(self, key: str, session: _Opened | _Asking) -> None:
-        """Store a session as it is now. A failure is logged: the session goes on in this process."""
-        state: dict[str, Any] = {"alias": session.alias.ref, "origin": _origin(session.origin)}
+        """Store a session as it is now."""
+        state: dict[str, Any] = {"alias": session.alias.ref, "origin": sessions.origin(session.origin)}
         if isinstance(session, _Asking):
             state.update(fields=[f.name for f in session.fields], answers=session.answers, given=session.given)
-        engine = self.dispatcher.engine
-        try:
-            token = engine.keys.encrypt(json.dumps(state))
-            await engine.db(engine.store.chat_session_put, key, token, datetime.fromtimestamp(session.expires, UTC))
-        except Exception as exc:
-            log.warning("the %s form of %s could not be stored (a restart would close it): %s",
-                        session.alias.ref, session.origin.user, exc)
+        await sessions.keep(self.dispatcher.engine, key, state, session.expires,
+                            f"the {session.alias.ref} form of {session.origin.user}")
 
     async def _drop(self, key: str) -> None:
-        engine = self.dispatcher.engine
-        try:
-            await engine.db(engine.store.chat_session_delete, key)
-        except Exception as exc:  # it expires in the table all the same
-            log.warning("a closed chat form could not be removed from the database: %s", exc)
+        await sessions.drop(self.dispatcher.engine, key)
 
     async def restore(self) -> int:
         """Take up the forms and question exchanges stored before a restart (at the chat's start);
-        how many. One whose alias is gone, or that cannot be read, is dropped and logged."""
-        engine = self.dispatcher.engine
+        how many. One whose alias is gone is dropped and logged."""
         restored = 0
-        for key, token, expires_at in await engine.db(engine.store.chat_sessions_open, datetime.now(UTC)):
+        for key, state, expires in await sessions.stored(self.dispatcher.engine, _FORM, _ASK):
             try:
-                state = json.loads(engine.keys.decrypt(token))
                 alias = self.dispatcher.aliases.get(state["alias"])
                 if alias is None:
                     raise LookupError(f'its alias {state["alias"]} is no longer loaded')
                 origin = Message(**state["origin"])
-                expires = expires_at.timestamp()
                 if key.startswith(_FORM):
                     self._opened[key.removeprefix(_FORM)] = _Opened(alias, origin, expires)
                 else:
@@ -412,7 +394,7 @@ class ChatForms:
                     self._asking[adapter, channel, user] = _Asking(alias, origin, fields, state["answers"],
                                                                    expires, state["given"])
                 restored += 1
-            except Exception as exc:  # a pack changed under it, or another key: the person opens it again
+            except Exception as exc:  # a pack changed under it: the person opens it again
                 log.warning("a chat form stored before the restart was dropped: %s", exc)
                 await self._drop(key)
         return restored

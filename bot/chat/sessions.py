@@ -1,0 +1,67 @@
+"""Chat exchanges that outlive a restart: open forms, question exchanges, confirmations and "did you
+mean" offers, each stored as it changes in `chat_sessions` under a key naming its kind and place.
+
+A session's state is encrypted with the datastore key: answers, a command's parameters and the
+message that asked may hold secrets. The owner of each kind (`bot/chat/forms.py`, the dispatcher)
+keeps its sessions in memory and takes up its own keys at the chat's start (`stored`); a row past
+its expiry is deleted then, unread. Storing is best effort: a failure is logged and the exchange
+goes on in this process, as it did before sessions were stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from adapters.base import Message
+
+if TYPE_CHECKING:
+    from engine.core import Engine
+
+log = logging.getLogger(__name__)
+
+
+def place_key(kind: str, adapter: str, channel: str, user: str) -> str:
+    """The key of a session held for one person in one channel (a question exchange, a confirmation)."""
+    return kind + json.dumps([adapter, channel, user])
+
+
+def origin(message: Message) -> dict[str, Any]:
+    """A message as stored with its session (not the platform's raw payload: only what Squall reads)."""
+    return {f.name: getattr(message, f.name) for f in dataclasses.fields(Message) if f.name != "raw"}
+
+
+async def keep(engine: Engine, key: str, state: dict[str, Any], expires: float, what: str) -> None:
+    """Store (or replace) the session `key` until `expires` (wall clock, `time.time()`). `what` names
+    it in the warning a failure logs."""
+    try:
+        token = engine.keys.encrypt(json.dumps(state))
+        await engine.db(engine.store.chat_session_put, key, token, datetime.fromtimestamp(expires, UTC))
+    except Exception as exc:
+        log.warning("%s could not be stored (a restart would end it): %s", what, exc)
+
+
+async def drop(engine: Engine, key: str) -> None:
+    """Forget the session `key` (answered, cancelled or replaced)."""
+    try:
+        await engine.db(engine.store.chat_session_delete, key)
+    except Exception as exc:  # it expires in the table all the same
+        log.warning("a closed chat session could not be removed from the database: %s", exc)
+
+
+async def stored(engine: Engine, *kinds: str) -> list[tuple[str, dict[str, Any], float]]:
+    """The open sessions whose key starts with one of `kinds`, as (key, state, expires); one that
+    cannot be read (the datastore key changed) is dropped and logged."""
+    sessions = []
+    for key, token, expires_at in await engine.db(engine.store.chat_sessions_open, datetime.now(UTC)):
+        if not key.startswith(kinds):
+            continue
+        try:
+            sessions.append((key, json.loads(engine.keys.decrypt(token)), expires_at.timestamp()))
+        except Exception as exc:
+            log.warning("a chat session stored before the restart was dropped: it cannot be read (%s)", exc)
+            await drop(engine, key)
+    return sessions
