@@ -350,7 +350,8 @@ def _confirmations_stored(squall: Squall) -> list[tuple[str, str]]:
                 if key.startswith("confirm:")]
 
 
-async def test_a_confirmation_asked_before_a_restart_is_answered_after_it(home: Path) -> None:
+async def _asked_to_wipe(home: Path) -> None:
+    """alice types a command of a confirming alias; Squall stops before her answer (a restart)."""
     _config(home)
     async with loopback_chat(home) as (squall, bot, loopback):
         await loopback.say("!wipe db1", user="alice")
@@ -359,6 +360,10 @@ async def test_a_confirmation_asked_before_a_restart_is_answered_after_it(home: 
         [(key, state)] = _confirmations_stored(squall)
         assert json.loads(key.removeprefix("confirm:")) == ["loopback", "#ops", "alice"]
         assert "db1" not in state and "db1" in squall.keys.decrypt(state)  # parameters may be secrets
+
+
+async def test_a_confirmation_asked_before_a_restart_is_answered_after_it(home: Path) -> None:
+    await _asked_to_wipe(home)
     async with loopback_chat(home) as (squall, bot, loopback):
         await loopback.say("!yes", user="mallory")  # still only the one asked may confirm it
         await settle(squall, bot)
@@ -376,14 +381,10 @@ async def test_a_confirmation_asked_before_a_restart_is_answered_after_it(home: 
 
 
 async def test_a_confirmation_taken_up_after_a_restart_is_authorised_again(home: Path) -> None:
-    _config(home)
-    async with loopback_chat(home) as (squall, bot, loopback):
-        await loopback.say("!wipe db1", user="alice")
-        await settle(squall, bot)
-        assert "Reply `!yes`" in loopback.texts()[-1]
+    await _asked_to_wipe(home)
     config = (home / "config.yml").read_text()  # the restart brings a rule that denies alice the alias
-    denied = "  aliases:\n    demo.dangerous: {deny: {users: [alice]}}\n"
-    (home / "config.yml").write_text(config.replace("  admins: [root-admin]\n", "  admins: [root-admin]\n" + denied))
+    rule = "  aliases:\n    demo.dangerous: {deny: {users: [alice]}}\n"
+    (home / "config.yml").write_text(config.replace("  admins: [root-admin]\n", "  admins: [root-admin]\n" + rule))
     async with loopback_chat(home) as (squall, bot, loopback):
         await loopback.say("!yes", user="alice")
         await settle(squall, bot)
@@ -394,10 +395,7 @@ async def test_a_confirmation_taken_up_after_a_restart_is_authorised_again(home:
 
 
 async def test_a_confirmation_whose_alias_changed_over_a_restart_is_dropped(home: Path, caplog) -> None:
-    _config(home)
-    async with loopback_chat(home) as (squall, bot, loopback):
-        await loopback.say("!wipe db1", user="alice")
-        await settle(squall, bot)
+    await _asked_to_wipe(home)
     alias = home / "packs" / "demo" / "aliases" / "dangerous.yaml"
     alias.write_text(alias.read_text().replace("wipe {{target}}", "erase {{target}}"))
     async with loopback_chat(home) as (squall, bot, loopback):
