@@ -1,11 +1,12 @@
 """Chat exchanges that outlive a restart: open forms, question exchanges, confirmations and "did you
-mean" offers, each stored as it changes in `chat_sessions` under a key naming its kind and place.
+mean" offers, each stored as it changes in `chat_sessions` under a key naming its kind and where
+it waits (`place_key`: adapter, channel and person), or for a platform's form its random state.
 
 A session's state is encrypted with the datastore key: answers, a command's parameters and the
 message that asked may hold secrets. The owner of each kind (`bot/chat/forms.py`, the dispatcher)
 keeps its sessions in memory and takes up its own keys at the chat's start (`stored`); a row past
 its expiry is deleted then, unread. Storing is best effort: a failure is logged and the exchange
-goes on in this process, as it did before sessions were stored.
+goes on in this process.
 """
 
 from __future__ import annotations
