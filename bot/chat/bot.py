@@ -85,10 +85,9 @@ class ChatBot:
         waiting = await self.approvals.pending()
         if waiting:
             log.info("%d held command(s) wait for approvers", waiting)
-        forms = await self.dispatcher.forms.restore()
+        forms, confirmations = await self.dispatcher.restore()
         if forms:
             log.info("%d chat form(s) opened before the restart are still open", forms)
-        confirmations = await self.dispatcher.restore()
         if confirmations:
             log.info("%d confirmation(s) asked before the restart still wait for their answer", confirmations)
 

@@ -233,9 +233,10 @@ class Dispatcher:
                 # A suggestion: the filled text takes the whole command path again (match, authorise,
                 # the alias's own confirmation, audit), as if the person had typed it.
                 await self._handle(replace(pending.message, text=pending.command), pending.command)
-            elif pending.match is not None and (pending.authorised
-                                                or await self._authorised(pending.match, pending.message)):
+            elif pending.authorised:
                 await self._run(pending.match, pending.message)
+            else:  # taken up after a restart: authorised again, not asked again
+                await self.run_matched(pending.match, pending.message, confirmed=True)
             return
         if await self.forms.command(message, text):
             return
@@ -267,13 +268,18 @@ class Dispatcher:
             return
         await self.run_matched(match, message, text)
 
-    async def run_matched(self, match: Any, message: Message, text: str | None = None) -> None:
-        """Authorise, confirm (if the alias asks) and run a matched command: for typed commands (`text`
-        without its prefix) and chat forms (`bot/chat/forms.py`) alike."""
-        if not await self._authorised(match, message, text):
+    async def run_matched(self, match: Any, message: Message, text: str | None = None,
+                          confirmed: bool = False) -> None:
+        """Authorise, confirm (if the alias asks, unless `confirmed` already) and run a matched command:
+        for typed commands (`text` without its prefix) and chat forms (`bot/chat/forms.py`) alike."""
+        try:
+            await self.commands.authorise(match, message, "chat", text)
+        except CommandRefused as exc:
+            metrics.count(metrics.chat_commands, message.adapter, "denied")
+            await self.say(message, f"Sorry {message.user}, you may not run that: {exc}.")
             return
         metrics.count(metrics.chat_commands, message.adapter, "matched")
-        if match.alias.confirm:
+        if match.alias.confirm and not confirmed:
             ttl = self.settings.confirm_ttl
             if isinstance(match.alias.confirm, dict):
                 ttl = float(match.alias.confirm.get("ttl", ttl))
@@ -285,16 +291,6 @@ class Dispatcher:
                            buttons=[{"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}])
             return
         await self._run(match, message, text)
-
-    async def _authorised(self, match: AliasMatch, message: Message, text: str | None = None) -> bool:
-        """Whether `message`'s sender may run `match`; if not, they are told why (and it is audited)."""
-        try:
-            await self.commands.authorise(match, message, "chat", text)
-        except CommandRefused as exc:
-            metrics.count(metrics.chat_commands, message.adapter, "denied")
-            await self.say(message, f"Sorry {message.user}, you may not run that: {exc}.")
-            return False
-        return True
 
     # -- confirmations that outlive a restart (`bot/chat/sessions.py`) --------------------------------
     async def _hold(self, pending: PendingConfirmation) -> None:
@@ -311,11 +307,17 @@ class Dispatcher:
         await sessions.keep(self.engine, sessions.place_key(_CONFIRM, *key), state, pending.expires,
                             f"the confirmation asked of {message.user}")
 
-    async def restore(self) -> int:
-        """Take up the confirmations and "did you mean" offers stored before a restart (at the chat's
-        start); how many. One whose alias or format is gone is dropped and logged."""
+    async def restore(self) -> tuple[int, int]:
+        """Take up the chat sessions stored before a restart (at the chat's start), read once: open
+        forms and question exchanges (`ChatForms.restore`), confirmations and "did you mean" offers.
+        How many forms, and how many confirmations. One whose alias or format is gone is dropped and
+        logged."""
+        stored = await sessions.stored(self.engine)
+        forms = await self.forms.restore([row for row in stored if not row[0].startswith(_CONFIRM)])
         restored = 0
-        for key, state, expires in await sessions.stored(self.engine, _CONFIRM):
+        for key, state, expires in stored:
+            if not key.startswith(_CONFIRM):
+                continue
             try:
                 message = Message(**state["origin"])
                 match = None
@@ -334,7 +336,7 @@ class Dispatcher:
             except Exception as exc:  # a pack changed under it: the person sends the command again
                 log.warning("a confirmation asked before the restart was dropped: %s", exc)
                 await sessions.drop(self.engine, key)
-        return restored
+        return forms, restored
 
     # -- free text -------------------------------------------------------------------------------
     async def _unknown(self, message: Message, text: str, near: list[str]) -> None:

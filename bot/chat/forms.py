@@ -375,11 +375,12 @@ class ChatForms:
     async def _drop(self, key: str) -> None:
         await sessions.drop(self.dispatcher.engine, key)
 
-    async def restore(self) -> int:
-        """Take up the forms and question exchanges stored before a restart (at the chat's start);
-        how many. One whose alias is gone is dropped and logged."""
+    async def restore(self, stored: list[tuple[str, dict[str, Any], float]]) -> int:
+        """Take up the forms and question exchanges among the sessions `stored` before a restart
+        (`sessions.stored`, read by the dispatcher at the chat's start); how many. One whose alias
+        is gone is dropped and logged."""
         restored = 0
-        for key, state, expires in await sessions.stored(self.dispatcher.engine, _FORM, _ASK):
+        for key, state, expires in stored:
             try:
                 alias = self.dispatcher.aliases.get(state["alias"])
                 if alias is None:

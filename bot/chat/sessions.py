@@ -4,9 +4,9 @@ it waits (`place_key`: adapter, channel and person), or for a platform's form it
 
 A session's state is encrypted with the datastore key: answers, a command's parameters and the
 message that asked may hold secrets. The owner of each kind (`bot/chat/forms.py`, the dispatcher)
-keeps its sessions in memory and takes up its own keys at the chat's start (`stored`); a row past
-its expiry is deleted then, unread. Storing is best effort: a failure is logged and the exchange
-goes on in this process.
+keeps its sessions in memory and takes up its own keys from the rows the dispatcher reads once at
+the chat's start (`stored`); a row past its expiry is deleted then, unread. Storing is best effort:
+a failure is logged and the exchange goes on in this process.
 """
 
 from __future__ import annotations
@@ -53,13 +53,11 @@ async def drop(engine: Engine, key: str) -> None:
         log.warning("a closed chat session could not be removed from the database: %s", exc)
 
 
-async def stored(engine: Engine, *kinds: str) -> list[tuple[str, dict[str, Any], float]]:
-    """The open sessions whose key starts with one of `kinds`, as (key, state, expires); one that
-    cannot be read (the datastore key changed) is dropped and logged."""
+async def stored(engine: Engine) -> list[tuple[str, dict[str, Any], float]]:
+    """The open sessions, as (key, state, expires); one that cannot be read (the datastore key
+    changed) is dropped and logged."""
     sessions = []
     for key, token, expires_at in await engine.db(engine.store.chat_sessions_open, datetime.now(UTC)):
-        if not key.startswith(kinds):
-            continue
         try:
             sessions.append((key, json.loads(engine.keys.decrypt(token)), expires_at.timestamp()))
         except Exception as exc:
