@@ -315,9 +315,7 @@ class Dispatcher:
         stored = await sessions.stored(self.engine)
         forms = await self.forms.restore([row for row in stored if not row[0].startswith(_CONFIRM)])
         restored = 0
-        for key, state, expires in stored:
-            if not key.startswith(_CONFIRM):
-                continue
+        for key, state, expires in (row for row in stored if row[0].startswith(_CONFIRM)):
             try:
                 message = Message(**state["origin"])
                 match = None

@@ -56,11 +56,11 @@ async def drop(engine: Engine, key: str) -> None:
 async def stored(engine: Engine) -> list[tuple[str, dict[str, Any], float]]:
     """The open sessions, as (key, state, expires); one that cannot be read (the datastore key
     changed) is dropped and logged."""
-    sessions = []
+    rows = []
     for key, token, expires_at in await engine.db(engine.store.chat_sessions_open, datetime.now(UTC)):
         try:
-            sessions.append((key, json.loads(engine.keys.decrypt(token)), expires_at.timestamp()))
+            rows.append((key, json.loads(engine.keys.decrypt(token)), expires_at.timestamp()))
         except Exception as exc:
             log.warning("a chat session stored before the restart was dropped: it cannot be read (%s)", exc)
             await drop(engine, key)
-    return sessions
+    return rows
