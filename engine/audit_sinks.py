@@ -13,9 +13,10 @@ secret, token, key, credential) is shown as `********`, whatever the caller alre
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
-import logging.handlers
 import os
 import re
 import socket
@@ -62,29 +63,70 @@ def line(record: Mapping[str, Any]) -> str:
     return json.dumps(entry(record), default=str, ensure_ascii=False, sort_keys=False)
 
 
-class _PrivateRotatingFile(logging.handlers.RotatingFileHandler):
-    """Who ran what is for the operators, not every local user: each file the handler opens (the
-    first, and the new one after every rotation; rotated ones keep their mode) is made 0600."""
-
-    def _open(self) -> Any:
-        stream = super()._open()
-        os.chmod(self.baseFilename, 0o600)
-        return stream
-
-
 class FileSink:
-    """JSON lines appended to `path`, rotated at `max_bytes` keeping `backups` old files (all 0600)."""
+    """JSON lines appended to `path`, rotated at `max_bytes` keeping `backups` old files (all 0600).
+
+    Several processes write the same file: `squall serve`, its workers on the same host and every
+    CLI command that records an event (`squall key set`, `squall user add`). logging's rotating handler
+    rotates from what its own process saw: a second process's rename left the first writing into a
+    backup, which it then rotated again over newer ones, and four writers kept 62% of their lines
+    (the rest overwritten or renamed away). So each write takes an exclusive `flock` on a lock file
+    beside it (`.audit.jsonl.lock`: hidden, so a shipper's `audit.jsonl*` does not read it), reopens
+    `path` if another process (or logrotate) moved it since, rotates by the file's real size, then
+    appends the line with one `write`: every process's line lands once, in a file no bigger than
+    `max_bytes` (unless one line is). `backups: 0` or `max_bytes: 0` never rotates (leave it to
+    logrotate). Who ran what is for the operators, not every local user: every file is 0600.
+    """
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.handler = _PrivateRotatingFile(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
-        self.handler.setFormatter(logging.Formatter("%(message)s"))
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self._lock = os.open(path.with_name(f".{path.name}.lock"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if os.fstat(fd).st_mode & 0o077:  # made by someone else, or by an older Squall: private now
+            os.fchmod(fd, 0o600)
+        return fd
 
     def __call__(self, record: Mapping[str, Any]) -> None:
-        self.handler.emit(logging.makeLogRecord({"msg": line(record), "levelno": logging.INFO}))
+        data = (line(record) + "\n").encode("utf-8")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            size = self._current_size()
+            if 0 < self.max_bytes < size + len(data) and self.backups > 0 and size > 0:
+                self._rotate()
+            os.write(self._fd, data)
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def _current_size(self) -> int:
+        """The size of `path` now, reopened first if another process rotated (or someone removed) it."""
+        opened = os.fstat(self._fd)
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            named = None
+        if named is None or (named.st_ino, named.st_dev) != (opened.st_ino, opened.st_dev):
+            os.close(self._fd)
+            self._fd = self._open()
+            return os.fstat(self._fd).st_size
+        return opened.st_size
+
+    def _rotate(self) -> None:
+        """`path.N-1` → `path.N` … `path` → `path.1` (the oldest beyond `backups` replaced), then a new `path`."""
+        for n in range(self.backups - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
+        os.replace(self.path, f"{self.path}.1")
+        os.close(self._fd)
+        self._fd = self._open()
 
     def close(self) -> None:
-        self.handler.close()
+        for fd in (self._fd, self._lock):
+            with contextlib.suppress(OSError):  # closed already
+                os.close(fd)
 
 
 class SyslogSink:

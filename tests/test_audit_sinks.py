@@ -9,6 +9,7 @@ import io
 import json
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,74 @@ async def test_stdout_sink_and_a_failing_sink_stops_nothing(home: Path, capsys: 
     assert [row["event"] for row in stored] == ["cli.key.delete"]  # stored though the syslog sink failed
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(p["event"], p["actor"], p["target"]) for p in printed] == [("cli.key.delete", "ops", "k")]
+
+
+#: One process's share of a shared audit file: `count` events through its own FileSink, as `squall serve`,
+#: a worker and a CLI command each hold one on the same path.
+_WRITER = """
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from engine.audit_sinks import FileSink
+path, who, count, max_bytes, backups = Path(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:6])
+sink = FileSink(path, max_bytes, backups)
+for n in range(count):
+    sink({"timestamp": datetime.now(UTC), "event": "cli.key.set", "actor": who, "source": "cli",
+          "target": f"{who}-{n}", "detail": {"token": "t-1"}})
+sink.close()
+"""
+
+
+def _write_from_processes(path: Path, writers: int, count: int, max_bytes: int, backups: int) -> None:
+    processes = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), f"p{w}", str(count), str(max_bytes),
+                                   str(backups)], cwd=Path(__file__).resolve().parents[1]) for w in range(writers)]
+    assert [process.wait(timeout=120) for process in processes] == [0] * writers
+
+
+def test_processes_sharing_the_file_rotate_it_without_losing_a_line(tmp_path: Path) -> None:
+    """Four processes append 600 events each to one file rotated every 4,000 bytes: each event is in
+    exactly one file, once, whole; no file passes 4,000 bytes; every file is private."""
+    path = tmp_path / "data" / "audit.jsonl"
+    _write_from_processes(path, writers=4, count=600, max_bytes=4000, backups=1000)
+    files = sorted(tmp_path.joinpath("data").glob("audit.jsonl*"))
+    assert len(files) > 50  # it rotated, many times, under contention
+    targets = [json.loads(text)["target"] for file in files for text in file.read_text().splitlines()]
+    assert sorted(targets) == sorted(f"p{w}-{n}" for w in range(4) for n in range(600))
+    assert max(file.stat().st_size for file in files) <= 4000
+    assert {oct(file.stat().st_mode & 0o777) for file in files} == {"0o600"}
+    assert "t-1" not in "".join(file.read_text() for file in files)
+    for file in files:  # each process's events stay in order within a file
+        in_file = [json.loads(text)["target"] for text in file.read_text().splitlines()]
+        for who in ("p0", "p1", "p2", "p3"):
+            mine = [int(target.split("-")[1]) for target in in_file if target.startswith(f"{who}-")]
+            assert mine == sorted(mine)
+
+
+def test_backups_keep_the_newest_events_and_a_moved_file_is_reopened(tmp_path: Path) -> None:
+    """With `backups: 2` the file and its two backups hold the newest events, none twice; when
+    logrotate (here, a rename) moves the file away, the next event goes to a new file at the path."""
+    from engine.audit_sinks import FileSink
+
+    path = tmp_path / "audit.jsonl"
+    _write_from_processes(path, writers=2, count=300, max_bytes=3000, backups=2)
+    kept = [path.with_name("audit.jsonl.2"), path.with_name("audit.jsonl.1"), path]
+    assert sorted(p.name for p in tmp_path.glob("audit.jsonl*")) == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
+    targets = [json.loads(text)["target"] for file in kept for text in file.read_text().splitlines()]
+    assert len(targets) == len(set(targets)) > 20
+    for who in ("p0", "p1"):  # oldest file first: each writer's newest events, contiguous, up to its last
+        mine = [int(t.split("-")[1]) for t in targets if t.startswith(f"{who}-")]
+        assert mine == list(range(300 - len(mine), 300))
+
+    sink = FileSink(path, 0, 0)  # max_bytes 0: never rotates itself, as under logrotate
+    try:
+        sink({"event": "one", "detail": {}})
+        path.rename(path.with_name("audit.jsonl.rotated"))
+        sink({"event": "two", "detail": {}})
+    finally:
+        sink.close()
+    assert json.loads(path.read_text())["event"] == "two"
+    assert json.loads(path.with_name("audit.jsonl.rotated").read_text().splitlines()[-1])["event"] == "one"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
 def test_a_sink_hears_of_an_event_once_it_is_committed(database_url: str) -> None:
