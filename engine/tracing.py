@@ -3,8 +3,9 @@
 
 Off unless the standard variables ask for it (`OTEL_EXPORTER_OTLP_ENDPOINT`,
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_TRACES_EXPORTER=otlp`; `OTEL_SDK_DISABLED=true` wins),
-and then only with the `squall[otel]` extra installed: without it, nothing here imports
-OpenTelemetry and every call is a no-op that costs a global read.
+sent over HTTP (the default) or gRPC as `OTEL_EXPORTER_OTLP_PROTOCOL` says, and then only with the
+`squall[otel]` extra installed: without it, nothing here imports OpenTelemetry and every call is a
+no-op that costs a global read.
 
 Work that goes on elsewhere (an execution run later, or by a `squall worker` on another machine)
 carries its parent as a W3C `traceparent` in the execution's context (`trace_context.traceparent`,
@@ -15,6 +16,7 @@ asked for it, whichever process runs it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -46,18 +48,48 @@ def configure(exporter: Any = None) -> bool:
     except ImportError:
         log.warning("OTEL_* asks for traces, but OpenTelemetry is not installed: pip install 'squall[otel]'")
         return False
+    if exporter is None:
+        exporter = _otlp_exporter()
+        if exporter is None:
+            return False
+        processor: Any = BatchSpanProcessor(exporter)
+    else:
+        processor = SimpleSpanProcessor(exporter)
     provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME",
                                                                                       "squall")}))
-    if exporter is None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # endpoint and headers from OTEL_*
-    else:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(processor)
     if _provider is not None:
         _provider.shutdown()
     _provider, _tracer, _propagator = provider, provider.get_tracer("squall"), TraceContextTextMapPropagator()
     return True
+
+
+#: `OTEL_EXPORTER_OTLP_PROTOCOL` values and the exporter module each needs (the standard's default: HTTP).
+_PROTOCOLS = {"http/protobuf": "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+              "grpc": "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"}
+
+
+def _otlp_exporter() -> Any:
+    """The OTLP span exporter `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` (else `OTEL_EXPORTER_OTLP_PROTOCOL`)
+    names, its endpoint and headers read by OpenTelemetry from the same variables; None, said in the
+    log, for a protocol Squall cannot send. A collector listening for gRPC on 4317 answers nothing
+    useful to HTTP, so the protocol asked for is the one spoken, never a silent fallback."""
+    variable = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+    if not os.environ.get(variable):
+        variable = "OTEL_EXPORTER_OTLP_PROTOCOL"
+    protocol = os.environ.get(variable) or "http/protobuf"
+    module = _PROTOCOLS.get(protocol)
+    if module is None:
+        log.warning("%s=%s is not a protocol Squall sends traces over: set %s (the default) or grpc; traces are off",
+                    variable, protocol, "http/protobuf")
+        return None
+    try:
+        exporter_class = importlib.import_module(module).OTLPSpanExporter
+    except ImportError:
+        log.warning("%s=%s asks for traces over %s, but its exporter is not installed: pip install 'squall[otel]'",
+                    variable, protocol, protocol)
+        return None
+    return exporter_class()
 
 
 def enabled() -> bool:

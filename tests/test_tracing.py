@@ -4,12 +4,17 @@ webhook's trace holds its rule and the action the rule asked for. Off, nothing i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from adapters.loopback import LoopbackAdapter
@@ -118,3 +123,113 @@ async def test_nothing_is_traced_when_off(home: Path) -> None:
         assert tracing.traceparent() is None
     finally:
         await squall.close()
+
+
+class _Collector:
+    """A real OTLP receiver on 127.0.0.1, over gRPC (opentelemetry-proto's TraceService on a grpc
+    server) or HTTP (`POST /v1/traces`, protobuf): the spans Squall exported, decoded."""
+
+    def __init__(self, protocol: str) -> None:
+        self.requests: list[Any] = []
+        #: (path, content type) of each HTTP request
+        self.posted: list[tuple[str, str]] = []
+        self.protocol = protocol
+        if protocol == "grpc":
+            collector = self
+
+            class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+                def Export(self, request: Any, context: Any) -> Any:
+                    collector.requests.append(request)
+                    return trace_service_pb2.ExportTraceServiceResponse()
+
+            self.server = grpc.server(ThreadPoolExecutor(2))
+            trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+            self.server.start()
+        else:
+            requests, posted = self.requests, self.posted
+
+            class Handler(BaseHTTPRequestHandler):
+                def do_POST(self) -> None:
+                    body = self.rfile.read(int(self.headers["Content-Length"]))
+                    posted.append((self.path, self.headers["Content-Type"]))
+                    requests.append(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
+                    answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/x-protobuf")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+
+                def log_message(self, *args: Any) -> None:
+                    pass
+
+            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            self.port = self.server.server_address[1]
+            threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def spans(self) -> list[tuple[str, str, Any]]:
+        """(service.name, span name, span) of everything received."""
+        found = []
+        for request in self.requests:
+            for resource_spans in request.resource_spans:
+                service = next(a.value.string_value for a in resource_spans.resource.attributes
+                               if a.key == "service.name")
+                found += [(service, span.name, span) for scope in resource_spans.scope_spans for span in scope.spans]
+        return found
+
+    def stop(self) -> None:
+        if self.protocol == "grpc":
+            self.server.stop(None)
+        else:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_traces_reach_a_collector_over_the_protocol_asked_for(home: Path, protocol: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_EXPORTER_OTLP_PROTOCOL`, as an operator sets them: a chat
+    command's spans arrive at a real collector, one trace, under `OTEL_SERVICE_NAME`."""
+    collector = _Collector(protocol)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "squall-ops")
+    tracing.shutdown()
+    loopback = LoopbackAdapter()
+    try:
+        squall = await Squall.start(load_config(_home(home) / "config.yml"), adapters=[loopback])
+        await squall.chat.start()
+        try:
+            await loopback.say("!greet world", user="alice", channel="#ops")
+            await settle(squall, squall.chat)
+        finally:
+            await squall.chat.stop()
+            await squall.close()  # flushes the spans to the collector
+        received = collector.spans()
+    finally:
+        tracing.shutdown()
+        collector.stop()
+    names = {name for _, name, _ in received}
+    assert {"chat.message", "alias.match", "execution.run"} <= names, names
+    assert {service for service, _, _ in received} == {"squall-ops"}
+    message = next(span for _, name, span in received if name == "chat.message")
+    ran = next(span for _, name, span in received if name == "execution.run")
+    assert ran.trace_id == message.trace_id and len(message.trace_id) == 16
+    if protocol == "http/protobuf":
+        assert set(collector.posted) == {("/v1/traces", "application/x-protobuf")}
+
+
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not a protocol"),
+    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "thrift", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=thrift is not a protocol"),
+])
+def test_a_protocol_squall_cannot_send_is_named_and_traces_stay_off(
+        variable: str, value: str, said: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    monkeypatch.setenv(variable, value)
+    tracing.shutdown()
+    assert tracing.configure() is False
+    assert not tracing.enabled()
+    assert said in caplog.text and "http/protobuf (the default) or grpc" in caplog.text
