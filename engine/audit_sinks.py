@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +82,7 @@ class FileSink:
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self._threads = threading.Lock()
         self._lock = os.open(path.with_name(f".{path.name}.lock"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._fd = self._open()
 
@@ -91,15 +93,18 @@ class FileSink:
         return fd
 
     def __call__(self, record: Mapping[str, Any]) -> None:
-        data = (line(record) + "\n").encode("utf-8")
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
-        try:
-            size = self._current_size()
-            if 0 < self.max_bytes < size + len(data) and self.backups > 0 and size > 0:
-                self._rotate()
-            os.write(self._fd, data)
-        finally:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
+        data = memoryview((line(record) + "\n").encode("utf-8"))
+        # The thread lock first: threads of one process share the flock (it belongs to the open file).
+        with self._threads:
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+            try:
+                size = self._current_size()
+                if 0 < self.max_bytes < size + len(data) and self.backups > 0 and size > 0:
+                    self._rotate()
+                while data:
+                    data = data[os.write(self._fd, data):]
+            finally:
+                fcntl.flock(self._lock, fcntl.LOCK_UN)
 
     def _current_size(self) -> int:
         """The size of `path` now, reopened first if another process rotated (or someone removed) it."""
@@ -124,9 +129,10 @@ class FileSink:
         self._fd = self._open()
 
     def close(self) -> None:
-        for fd in (self._fd, self._lock):
-            with contextlib.suppress(OSError):  # closed already
-                os.close(fd)
+        with self._threads:
+            for fd in (self._fd, self._lock):
+                with contextlib.suppress(OSError):  # closed already
+                    os.close(fd)
 
 
 class SyslogSink:

@@ -86,8 +86,8 @@ def _otlp_exporter() -> Any:
     try:
         exporter_class = importlib.import_module(module).OTLPSpanExporter
     except ImportError:
-        log.warning("%s=%s asks for traces over %s, but its exporter is not installed: pip install 'squall[otel]'",
-                    variable, protocol, protocol)
+        log.warning("traces over %s need its OTLP exporter, which is not installed: pip install 'squall[otel]'",
+                    protocol)
         return None
     return exporter_class()
 

@@ -10,6 +10,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,29 @@ def test_processes_sharing_the_file_rotate_it_without_losing_a_line(tmp_path: Pa
         for who in ("p0", "p1", "p2", "p3"):
             mine = [int(target.split("-")[1]) for target in in_file if target.startswith(f"{who}-")]
             assert mine == sorted(mine)
+
+
+def test_threads_of_one_process_share_a_sink(tmp_path: Path) -> None:
+    """The database threads of one process call one sink: every event lands once, files stay in size."""
+    from engine.audit_sinks import FileSink
+
+    path = tmp_path / "audit.jsonl"
+    sink = FileSink(path, 2000, 1000)
+
+    def write(who: str) -> None:
+        for n in range(300):
+            sink({"event": "web.login", "target": f"{who}-{n}", "detail": {}})
+
+    threads = [threading.Thread(target=write, args=(f"t{t}",)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sink.close()
+    files = list(tmp_path.glob("audit.jsonl*"))
+    targets = [json.loads(text)["target"] for file in files for text in file.read_text().splitlines()]
+    assert sorted(targets) == sorted(f"t{t}-{n}" for t in range(4) for n in range(300))
+    assert len(files) > 20 and max(file.stat().st_size for file in files) <= 2000
 
 
 def test_backups_keep_the_newest_events_and_a_moved_file_is_reopened(tmp_path: Path) -> None:
