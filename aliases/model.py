@@ -13,7 +13,7 @@ commas and stripped, via `engine.parameters.cast`), and `inject_immutable` adds 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,8 @@ FORMAT_KEYS = {"display", "representation", "match_multiple"}
 ACK_KEYS = {"enabled", "format", "extra", "append_url"}
 RESULT_KEYS = {"enabled", "format", "extra"}
 PERMISSION_SIDES = {"allow", "deny"}
-PERMISSION_KINDS = {"users", "groups", "channels"}
+#: What an allow or deny list names, in the order help and refusals list them.
+PERMISSION_KINDS = ("users", "groups", "channels", "adapters")
 CONFIRM_KEYS = {"ttl"}
 
 
@@ -111,12 +112,12 @@ class _Invalid(Exception):
         self.error = error
 
 
-def _suggest(word: Any, choices: set[str]) -> str:
+def _suggest(word: Any, choices: Collection[str]) -> str:
     near = difflib.get_close_matches(str(word), sorted(choices), n=1)
     return f" (did you mean '{near[0]}'?)" if near else ""
 
 
-def _check_keys(value: dict[str, Any], allowed: set[str], what: str, fail: Any, *path: Any) -> None:
+def _check_keys(value: dict[str, Any], allowed: Collection[str], what: str, fail: Any, *path: Any) -> None:
     for key in value:
         if key not in allowed:
             raise fail(f"unknown {what} '{key}'{_suggest(key, allowed)}; allowed: {', '.join(sorted(allowed))}",
@@ -196,8 +197,8 @@ def _permissions(data: dict[str, Any], fail: Any) -> dict[str, Any]:
         if rules is None:
             continue
         if not isinstance(rules, dict):
-            raise fail(f"'permissions.{side}' must be a mapping of users, groups and channels", "permissions",
-                       side)
+            raise fail(f"'permissions.{side}' must be a mapping of users, groups, channels and adapters",
+                       "permissions", side)
         _check_keys(rules, PERMISSION_KINDS, f"permissions.{side} list", fail, "permissions", side)
         for kind, names in rules.items():
             if names is None:

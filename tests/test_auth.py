@@ -1,4 +1,5 @@
-"""Per-alias authorisation: users, groups and channels (by id or by name), deny before allow, admins."""
+"""Per-alias authorisation: users, groups, channels (by id or by name, on any adapter or on one) and adapters,
+deny before allow, admins."""
 
 from __future__ import annotations
 
@@ -24,6 +25,26 @@ def test_channels_match_by_id_or_by_name() -> None:
     assert not refused.allowed and refused.reason == "ops.restart is allowed only for channels #ops"
     by_id = Authorizer.from_config({"aliases": {"ops": {"allow": {"channels": ["C024BE91L"]}}}})
     assert by_id.check(ALIAS, message(channel_name="ops")).allowed
+
+
+def test_a_qualified_channel_or_an_adapter_matches_on_that_adapter_only() -> None:
+    """People choose channel names on every platform: `irc:#ops` is IRC's #ops only, and `adapters:
+    [console]` the terminal only, whatever a Slack channel is called."""
+    irc_ops = Authorizer.from_config({"aliases": {"ops": {"allow": {"channels": ["irc:#ops"]}}}})
+    assert irc_ops.check(ALIAS, Message(adapter="irc", channel="#ops", user="alice", text="restart")).allowed
+    assert not irc_ops.check(ALIAS, message(channel_name="ops")).allowed  # a Slack channel named ops
+    slack_id = Authorizer.from_config({"aliases": {"ops": {"allow": {"channels": ["slack:C024BE91L"]}}}})
+    assert slack_id.check(ALIAS, message()).allowed
+    assert not slack_id.check(ALIAS, Message(adapter="mattermost", channel="C024BE91L", user="alice",
+                                             text="restart")).allowed
+    terminal = Authorizer.from_config({"aliases": {"ops": {"allow": {"adapters": ["console"]}}}})
+    assert terminal.check(ALIAS, Message(adapter="console", channel="console", user="root", text="restart")).allowed
+    refused = terminal.check(ALIAS, message(channel="CEVIL001", channel_name="console"))
+    assert not refused.allowed and refused.reason == "ops.restart is allowed only for adapters console"
+    no_bots = Authorizer.from_config({"aliases": {"ops": {"deny": {"adapters": ["irc"]}}}})
+    denied = no_bots.check(ALIAS, Message(adapter="irc", channel="#ops", user="alice", text="restart"))
+    assert not denied.allowed and denied.reason == "alice is denied ops.restart (adapter irc)"
+    assert no_bots.check(ALIAS, message()).allowed
 
 
 def test_deny_wins_over_allow_and_admins_pass() -> None:

@@ -109,9 +109,10 @@ def _config(home: Path, extra: str = "") -> None:
 
 
 @contextlib.asynccontextmanager
-async def loopback_chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
-    """Squall started on `home`'s config with the loopback chat (the test backend), stopped after."""
-    loopback = LoopbackAdapter()
+async def loopback_chat(home: Path, name: str = "loopback") -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
+    """Squall started on `home`'s config with the loopback chat (the test backend) as adapter `name`
+    (`console`: the terminal, as permissions see it), stopped after."""
+    loopback = LoopbackAdapter(name)
     squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
     bot = squall.chat
     await bot.start()
@@ -434,13 +435,13 @@ async def test_builtins_executions_cancel_retry(chat) -> None:
 
 async def test_key_commands_run_in_the_service_and_never_show_a_secret(chat) -> None:
     squall, bot, loopback = chat
-    await loopback.say("!key set deploy.env prod", user="alice", channel="console")
-    await loopback.say("!key set api.token s3cr3t-value encrypt=true", user="alice", channel="console")
+    await loopback.say("!key set deploy.env prod", user="olivia")  # an operator
+    await loopback.say("!key set api.token s3cr3t-value encrypt=true", user="olivia")
     await settle(squall, bot)
     assert {"set st2kv.system key deploy.env", "set st2kv.system key api.token (encrypted)"} <= set(loopback.texts())
     assert (await squall.db(squall.datastore.get, "api.token"))["secret"] is True
     for name in ("deploy.env", "api.token", "nope"):
-        await loopback.say(f"!key get {name}", user="alice", channel="console")
+        await loopback.say(f"!key get {name}", user="olivia")
         await settle(squall, bot)
     texts = loopback.texts()
     assert texts[-5::2] == ["prod", "********", "key 'nope' does not exist in scope system"]  # each after its ack

@@ -102,8 +102,15 @@ async def test_admins_see_how_many_commands_ordinary_people_do_not(chat) -> None
     assert "!wipe disk {{disk}}" in admin
     # ops.wipe, squall.run, squall.http, squall.key_set and squall.pack_install (operators or the console)
     assert "(admin) 5 commands here are hidden" in admin
-    in_console = await ask(chat, "!help", "root-admin", channel="console")
-    assert "(admin) 1 command here are hidden" in in_console  # the console may run the squall ones: wipe
+    in_console = await ask(chat, "!help", "root-admin", channel="console")  # a channel named console
+    assert "(admin) 5 commands here are hidden" in in_console  # is not the terminal
+
+
+async def test_in_the_terminal_only_what_needs_a_group_is_hidden(home: Path) -> None:
+    ops_pack(home)
+    async with loopback_chat(home, name="console") as console:
+        in_console = await ask(console, "!help", "root-admin", channel="console")
+    assert "(admin) 1 command here is hidden" in in_console  # the console may run the squall ones: wipe
 
 
 async def test_help_command_shows_parameters_formats_and_who_may_run_it(chat) -> None:

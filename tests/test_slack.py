@@ -381,6 +381,20 @@ async def test_slack_user_groups_grant_alias_permissions(slack, fake: FakeSlack)
     assert fake.called("usergroups.users.list")  # oncall's members were asked for
 
 
+async def test_a_slack_channel_named_console_is_not_the_terminal(slack, fake: FakeSlack, tmp_path: Path) -> None:
+    """The shipped `!run` (any shell command) is for the terminal and operators: any member may create a
+    channel called `console`, and bob is refused there as anywhere; nothing runs."""
+    marker = tmp_path / "ran"
+    fake.channels["CEVIL001"] = {"name": "console"}
+    await fake.push("events_api", fake.event(fake.message_event(f"!run touch {marker}", user="UBOB0001",
+                                                                channel="CEVIL001")))
+    refusal = await _posted(fake, lambda m: m.get("channel") == "CEVIL001" and "may not run" in (m.get("text") or ""),
+                            "the refusal")
+    assert "groups operators, adapters console" in refusal["text"]
+    assert not marker.exists()
+    assert not [m for m in fake.messages if m.get("channel") == "CEVIL001" and "core.local" in (m.get("text") or "")]
+
+
 async def test_dropped_socket_reconnects_and_answers_again(slack, fake: FakeSlack) -> None:
     assert fake.connections == 1
     await fake.drop_sockets()

@@ -1,10 +1,16 @@
-"""Who may run which alias: allow and deny lists of users, groups and channels.
+"""Who may run which alias: allow and deny lists of users, groups, channels and adapters.
 
 Rules come from the alias itself (`permissions:` in its YAML, a Squall extension) or else from
 config, per alias ref or per pack (`auth.aliases: {"<pack>": {...}, "<pack>.<alias>": {...}}`).
 A deny always wins; an allow list, when present, admits only what it names; admins (config
 `auth.admins`) may run everything. Groups are config `auth.groups` plus whatever platform groups
 the adapter reports for the user.
+
+A channel is named by its id, its name or `#name`, on any adapter, or qualified by one,
+`slack:C024BE91L` or `irc:#ops`: only there. A name is whatever the platform reports, and people
+choose names: anyone may create a Slack channel called `console` or join an unregistered
+`#ops` on IRC. So what only the terminal may do is allowed by `adapters: [console]` (the
+adapter's name, which no one in a chat can choose), never by a channel's name.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.base import Message
+from aliases.model import PERMISSION_KINDS
 
 
 @dataclass(frozen=True)
@@ -55,15 +62,15 @@ class Authorizer:
         groups = self.groups_of(message)
         deny = rules.get("deny") or {}
         channels = _channels(message)
-        if _hits(deny, message.user, groups, channels):
+        if _hits(deny, message, groups, channels):
             return Decision(False, f"{message.user} is denied {alias.ref} ({_why(deny, message, groups)})")
         allow = rules.get("allow")
         if allow is None:
             return ALLOWED
-        if _hits(allow, message.user, groups, channels):
+        if _hits(allow, message, groups, channels):
             return ALLOWED
         names = ", ".join(f"{kind} {', '.join(map(str, allow.get(kind) or []))}"
-                          for kind in ("users", "groups", "channels") if allow.get(kind))
+                          for kind in PERMISSION_KINDS if allow.get(kind))
         return Decision(False, f"{alias.ref} is allowed only for {names or 'nobody'}")
 
     def is_admin(self, message: Message) -> bool:
@@ -71,16 +78,18 @@ class Authorizer:
 
 
 def _channels(message: Message) -> set[str]:
-    """How config may name the message's channel: its id, its name, and its name with `#`."""
+    """How config may name the message's channel: its id, its name and its name with `#`, each also
+    qualified by the adapter (`slack:C024BE91L`)."""
     names = {message.channel}
     if message.channel_name:
         names |= {message.channel_name, f"#{message.channel_name.lstrip('#')}"}
-    return names
+    return names | {f"{message.adapter}:{name}" for name in names}
 
 
-def _hits(section: Mapping[str, Any], user: str, groups: Iterable[str], channels: set[str]) -> bool:
-    return (user in (section.get("users") or []) or bool(set(groups) & set(section.get("groups") or []))
-            or bool(channels & {str(c) for c in section.get("channels") or []}))
+def _hits(section: Mapping[str, Any], message: Message, groups: Iterable[str], channels: set[str]) -> bool:
+    return (message.user in (section.get("users") or []) or bool(set(groups) & set(section.get("groups") or []))
+            or bool(channels & {str(c) for c in section.get("channels") or []})
+            or message.adapter in (section.get("adapters") or []))
 
 
 def _why(section: Mapping[str, Any], message: Message, groups: set[str]) -> str:
@@ -89,4 +98,6 @@ def _why(section: Mapping[str, Any], message: Message, groups: set[str]) -> str:
     shared = groups & set(section.get("groups") or [])
     if shared:
         return f"group {', '.join(sorted(shared))}"
+    if message.adapter in (section.get("adapters") or []):
+        return f"adapter {message.adapter}"
     return f"channel {message.channel_name or message.channel}"

@@ -17,6 +17,7 @@ from typing import Any
 
 from adapters.base import Message
 from aliases import Alias
+from aliases.model import PERMISSION_KINDS
 from bot.chat.auth import Authorizer
 from bot.chat.replies import short
 
@@ -55,7 +56,7 @@ def listing(aliases: Sequence[Alias], prefix: str, hidden: int | None) -> list[s
         blocks.append("\n".join(lines))
     blocks.append("built in: " + ", ".join(f"{prefix}{b}" for b in BUILTINS))
     if hidden:
-        blocks.append(f"(admin) {hidden} command{'s' if hidden != 1 else ''} here are hidden from people "
+        blocks.append(f"(admin) {hidden} command{'s here are' if hidden != 1 else ' here is'} hidden from people "
                       "without a group or user permission; `help <command>` shows who may run one.")
     return blocks
 
@@ -145,7 +146,7 @@ def who_may_run(alias: Alias, auth: Authorizer) -> str:
 
 
 def _names(section: dict[str, Any]) -> str:
-    kinds = [(kind, section.get(kind) or []) for kind in ("users", "groups", "channels")]
+    kinds = [(kind, section.get(kind) or []) for kind in PERMISSION_KINDS]
     return "; ".join(f"{kind} {', '.join(map(str, names))}" for kind, names in kinds if names)
 
 
