@@ -1,7 +1,7 @@
 """Where quoting a `cmd` value is not enough: bash's arithmetic contexts, and options (docs/security.md).
 
 Bash evaluates the *contents* of a variable as arithmetic in `$(( ))`, `(( ))`, `$[ ]`, `[[ -eq ]]`,
-`let`, `declare -i`, array subscripts and substring offsets, and arithmetic runs `$( )` inside an
+`[ -v ]`, `let`, `declare -i`, array subscripts and substring offsets, and arithmetic runs `$( )` inside an
 array subscript: `n='a[$(touch pwned)]'; echo $(( n ))` runs `touch` however `n` is quoted. So a
 `{{ }}` there must be a number: a string parameter there fails to load, and any value that is not a
 plain number is refused before bash starts (templates from rules or `squall run` are checked too).
@@ -49,6 +49,8 @@ MORE_CONTEXTS: list[tuple[str, str, str, str]] = [
     ("local -i", "f() { local -i n={{ v }}; echo $n; }; f", "41", "41"),
     ("array subscript of an assignment", "a[{{ v }}]=x; echo ${!a[@]}", "3", "3"),
     ("array subscript of an assignment", "a=([{{ v }}]=x); echo ${!a[@]}", "3", "3"),
+    ("[ -v ]", 'a=(x y z); if [ -v "a[{{ v }}]" ]; then echo set; fi', "1", "set"),
+    ("test -v", "a=(x y z); test ! -v 'a[{{ v }}]' || echo set", "2", "set"),
 ]
 
 
@@ -244,6 +246,8 @@ def test_integer_and_number_parameters_load(context: str, template: str, number:
     ("echo {{ v }}; let x={{ v }}", '"v" has no type'),
     ("[[ {{ v }} == x || {{ v }} -gt 1 ]]", '"v" has no type'),
     ("[[ -v a[{{ v }}] ]]", '"v" has no type'),
+    ("[ -v {{ v }} ]", '"v" has no type'),
+    ('echo ok && test -v "{{ v }}"', '"v" has no type'),
 ])
 def test_what_fails_to_load(cmd: str, ending: str) -> None:
     with pytest.raises(ContentInvalid) as caught:
@@ -264,6 +268,7 @@ def test_what_fails_to_load(cmd: str, ending: str) -> None:
     "{% macro m(a) %}$(( {{ a }} )){% endmacro %}echo {{ m(v) }}",
     "cat <<'EOF'\n$(( {{ v }} ))\nEOF",  # a quoted here-document expands nothing
     "echo {{ unclosed",  # not Jinja: rendering reports it
+    '[ -n "{{ v }}" ] && [ -v HOME ]; test "{{ v }}" = x; [ -v PATH ]; echo {{ v }}',  # -v names no value here
 ])
 def test_what_loads_with_a_string_parameter(cmd: str) -> None:
     assert action(cmd, "string").runner_type == "local-shell-cmd"

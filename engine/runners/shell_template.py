@@ -6,7 +6,7 @@ double or single quotes, `$'...'`, command substitutions, backticks, comments an
 Bash then expands the variable as data. StackStorm pastes the text in and is injectable.
 
 Quoting is not enough where bash evaluates a variable's contents as arithmetic (`$(( ))`, `(( ))`,
-`$[ ]`, `[[ -eq ]]`, `let`, array subscripts...), because arithmetic runs the `$( )` in an array
+`$[ ]`, `[[ -eq ]]`, `[ -v ]`, `let`, array subscripts...), because arithmetic runs the `$( )` in an array
 subscript: there a value must be a plain number, or rendering fails. `numeric_placeholder_problem`
 finds such spots in a template at load time, where only integer and number parameters may go
 (docs/security.md, "Shell templates").
@@ -84,7 +84,8 @@ _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _BRACE = re.compile(r"([#!]?)([A-Za-z_][A-Za-z0-9_]*|[0-9]+|[@*])(?:(\[)|(:)(?![-=?+]))?")
 #: A word starting `name[`: an array element, which `name[...]=` assigns with an arithmetic subscript.
 _ELEMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[")
-#: The operators of `[[ ]]` whose operands bash evaluates as arithmetic (`-v` evaluates a name's subscript).
+#: The operators of `[[ ]]` whose operands bash evaluates as arithmetic (`-v` evaluates a name's subscript,
+#: in `[ ]` and `test` too).
 _ARITH_TEST = re.compile(r"-(eq|ne|lt|le|gt|ge|v)(?=[ \t\n)]|\Z)")
 #: A command name, possibly quoted (`"let"` runs let too).
 _COMMAND_WORD = re.compile(r"""(?:[A-Za-z_]|\\.|'[A-Za-z_]*'|"[A-Za-z_]*")+(?=[ \t]|\Z)""")
@@ -123,6 +124,7 @@ class _Frame:
     pending: list[int] | None = None
     decided: str | None = None
     name: str = ""  # the array of a subscript
+    test: str = ""  # `test` or `[` when the simple command being read is one (its `-v` is arithmetic)
 
 
 class _ShellQuoter:
@@ -136,9 +138,9 @@ class _ShellQuoter:
     document early.
 
     Quoting does not help where bash evaluates a variable's *contents* as arithmetic, which runs
-    `$( )` inside array subscripts: `$(( ))`, `(( ))`, `$[ ]`, `[[ ]]` with -eq/-lt/... or -v, the
-    arguments of `let` and `declare -i`, array subscripts (`${a[i]}`, `a[i]=`) and substring offsets
-    (`${s:i}`). A value there must be a plain number. With `analysis` the values are not looked at:
+    `$( )` inside array subscripts: `$(( ))`, `(( ))`, `$[ ]`, `[[ ]]` with -eq/-lt/... or -v, `[ -v ]`
+    and `test -v`, the arguments of `let` and `declare -i`, array subscripts (`${a[i]}`, `a[i]=`) and
+    substring offsets (`${s:i}`). A value there must be a plain number. With `analysis` the values are not looked at:
     the context of each placeholder is recorded there instead (None where it is not numeric).
     """
 
@@ -229,6 +231,11 @@ class _ShellQuoter:
                     owner.decided = owner.decided or f"[[ {test[0]} ]]"
                 if owner.role != "group":
                     break
+            if test[0] == "-v" and frame.test:  # `[ -v name ]`, `test -v name`: bash evaluates its subscript
+                frame.command = frame.command or ("[ -v ]" if frame.test == "[" else "test -v")
+            return None
+        if text.startswith("[", i) and text[i + 1 : i + 2] in (" ", "\t") and self.at_command_start(i):
+            frame.test = "["
             return None
         element = _ELEMENT.match(text, i)
         if element and element[0][:-1] not in self.associative:
@@ -239,16 +246,23 @@ class _ShellQuoter:
             self.out.append(char)
             self.stack.append(_Frame("arith", "]", role="element", pending=[]))
             return i + 1
-        word = _COMMAND_WORD.match(text, i)
+        self.command_word(frame, i)
+        return None
+
+    def command_word(self, frame: _Frame, i: int) -> None:
+        """A command's name at `i`: `let` and `declare -i` make its arguments arithmetic, and `test`
+        its `-v` operand."""
+        word = _COMMAND_WORD.match(self.text, i)
         if word and self.at_command_start(i):
             name = re.sub(r"""['"\\]""", "", word[0])
             if name == "let":
                 frame.command = "let"
+            elif name == "test":
+                frame.test = "test"
             elif name in _DECLARE:
-                options = _OPTIONS.match(text, word.end())
+                options = _OPTIONS.match(self.text, word.end())
                 if options and re.search(r"-[A-Za-z]*i", options[0]):
                     frame.command = f"{name} -i"
-        return None
 
     def open_brace(self, kind: str, i: int) -> int:
         """At `${`: an array subscript or a substring offset is arithmetic. Returns the next index."""
@@ -333,7 +347,7 @@ class _ShellQuoter:
                     kind = frame.kind
                 self.out.append(char)
                 self.prev = char
-                frame.command = None
+                frame.command, frame.test = None, ""
                 at_line_start = True
                 if self.pending and kind in ("plain", "arith"):
                     self.stack.extend(_Frame("qheredoc" if quoted else "heredoc", (delimiter, strip), numeric="")
@@ -426,7 +440,7 @@ class _ShellQuoter:
                 self.pop()
                 return i + 1
             elif kind == "plain" and char in ";&|":
-                frame.command = None
+                frame.command, frame.test = None, ""
             elif kind == "plain" and char == "#" and self.prev in _WORD_BREAKS:
                 self.push("comment", numeric="")
             elif kind == "plain" and char == "<" and self.text.startswith("<<", i) \
