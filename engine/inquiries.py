@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from engine.events import INQUIRY_PENDING
-from engine.parameters import draft4
+from engine.parameters import MASK, draft4
 from engine.runners import RunOutcome, RunRequest
 from engine.storage import iso, utcnow
 
@@ -59,9 +59,51 @@ class InquirerRunner:
         })
 
 
+def masked(schema: Mapping[str, Any], value: Any) -> Any:
+    """An answer with the values of the schema's `secret: true` properties (in nested objects and
+    arrays too) shown as `********`, as StackStorm's `mask_inquiry_response` shows them: a PIN or a
+    password asked for stays in the record, for the workflow, and is shown nowhere."""
+    if not isinstance(schema, Mapping):
+        return value
+    if isinstance(value, dict):
+        properties = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
+        return {key: (MASK if isinstance(properties.get(key), Mapping) and properties[key].get("secret")
+                      and item is not None else masked(properties.get(key) or {}, item))
+                for key, item in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [masked(schema["items"], item) for item in value]
+    return value
+
+
+def shown(result: Any) -> Any:
+    """An inquiry's result as shown (the API, the web, chat, the audit log): its answers masked."""
+    if not isinstance(result, dict) or not _secret(result.get("schema")):
+        return result
+    schema = result["schema"]
+    return {**result, "response": masked(schema, result.get("response")),
+            "responses": [{**entry, "response": masked(schema, entry.get("response"))} if isinstance(entry, dict)
+                          else entry for entry in result.get("responses") or []]}
+
+
+def shown_execution(record: dict[str, Any]) -> dict[str, Any]:
+    """An execution as shown: an inquiry's with its answers masked (`shown`); any other as it is."""
+    if record.get("runner") != RUNNER:
+        return record
+    return {**record, "result": shown(record.get("result"))}
+
+
+def _secret(schema: Any) -> bool:
+    """Whether any property of the schema, at any depth, is `secret: true`."""
+    if not isinstance(schema, Mapping):
+        return False
+    properties = schema.get("properties")
+    children = [*(properties.values() if isinstance(properties, Mapping) else ()), schema.get("items")]
+    return bool(schema.get("secret")) or any(_secret(child) for child in children)
+
+
 def public(record: dict[str, Any]) -> dict[str, Any]:
-    """StackStorm's InquiryResponseAPI shape, plus status and parent."""
-    result = record.get("result") or {}
+    """StackStorm's InquiryResponseAPI shape, plus status and parent, the answers masked (`shown`)."""
+    result = shown(record.get("result") or {})
     return {"id": record["id"], "route": result.get("route", ""), "ttl": result.get("ttl"),
             "users": result.get("users", []), "roles": result.get("roles", []), "schema": result.get("schema", {}),
             "status": record["status"], "parent": record.get("parent"),
@@ -162,11 +204,13 @@ class InquiryService:
 
     async def answered(self, limit: int = 50) -> list[dict[str, Any]]:
         """The `limit` inquiries asked most recently that were answered, newest first, as execution
-        records: `result.responder` says who answered and `end_timestamp` when (`respond` stores both)."""
+        records shown (`shown_execution`): `result.responder` says who answered and `end_timestamp`
+        when (`respond` stores both)."""
         refs = [ref for ref, action in self.executions.registry.actions.items() if action.runner_type == RUNNER]
         rows = [row for ref in refs for row in await self.executions.list(action=ref, status="succeeded",
                                                                            limit=limit)]
-        return sorted(rows, key=lambda row: (row["start_timestamp"], row["id"]), reverse=True)[:limit]
+        ordered = sorted(rows, key=lambda row: (row["start_timestamp"], row["id"]), reverse=True)[:limit]
+        return [shown_execution(row) for row in ordered]
 
     # -- answering ---------------------------------------------------------------------------------
     async def respond(self, inquiry_id: str, response: Any, user: str | None,

@@ -303,3 +303,22 @@ async def test_an_inquirys_roles_are_the_chats_groups_config_ones_included(home:
     finally:
         await squall.chat.stop()
         await squall.close()
+
+
+def test_secret_answers_are_masked_at_any_depth() -> None:
+    from engine.inquiries import masked, shown
+
+    schema = {"type": "object", "properties": {
+        "pin": {"type": "string", "secret": True},
+        "account": {"type": "object", "properties": {"token": {"secret": True}, "name": {"type": "string"}}},
+        "keys": {"type": "array", "items": {"type": "object", "properties": {"value": {"secret": True}}}},
+        "ok": {"type": "boolean"}}}
+    answer = {"pin": "1234", "account": {"token": "t-1", "name": "ops"}, "keys": [{"value": "k-1"}, {}],
+              "ok": True, "unlisted": "kept"}
+    assert masked(schema, answer) == {"pin": "********", "account": {"token": "********", "name": "ops"},
+                                      "keys": [{"value": "********"}, {}], "ok": True, "unlisted": "kept"}
+    assert masked(schema, {"pin": None}) == {"pin": None}  # nothing given: nothing to hide
+    result = {"schema": schema, "response": answer, "responses": [{"user": "ann", "response": answer}]}
+    assert "1234" not in str(shown(result)) and shown(result)["responses"][0]["user"] == "ann"
+    plain = {"schema": {"properties": {"ok": {"type": "boolean"}}}, "response": {"ok": True}}
+    assert shown(plain) is plain  # no secret in the schema: shown as stored

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.test_api import KEY
 from tests.test_web_auth import Web, started_web
 from tests.workflow_helpers import children, workflow_pack
 
@@ -41,16 +42,36 @@ output:
 """
 
 
+#: An inquiry asking for a secret (a PIN): the workflow compares it, and shows only whether it matched.
+UNLOCK = """
+version: 1.0
+tasks:
+  unlock:
+    action: core.ask
+    input:
+      schema:
+        type: object
+        properties:
+          pin: {type: string, secret: true, description: "Your PIN", required: true}
+          note: {type: string}
+    next:
+      - when: <% succeeded() %>
+        publish: [matched: <% result().response.pin = "4711-secret" %>]
+output:
+  - matched: <% ctx(matched) %>
+"""
+
+
 @pytest.fixture
 async def web(home: Path) -> AsyncIterator[Web]:
-    workflow_pack(home, {"deploy": ("orquesta", "", DEPLOY)})
+    workflow_pack(home, {"deploy": ("orquesta", "", DEPLOY), "unlock": ("orquesta", "", UNLOCK)})
     async with started_web(home) as started:
         yield started
 
 
-async def _asked(web: Web) -> tuple[str, str]:
-    """A deploy workflow paused on its question: the workflow's id and the inquiry's."""
-    record = await web.squall.executions.request("wf.deploy", {}, {"user": "tester"})
+async def _asked(web: Web, workflow: str = "wf.deploy") -> tuple[str, str]:
+    """A workflow paused on its question: the workflow's id and the inquiry's."""
+    record = await web.squall.executions.request(workflow, {}, {"user": "tester"})
     paused = await web.squall.executions.wait(record["id"], timeout=20)
     assert paused["status"] == "paused", paused
     (inquiry,) = [c for c in await children(web.squall, record["id"]) if c["runner"] == "inquirer"]
@@ -158,3 +179,28 @@ async def test_answering_resumes_the_workflow_and_shows_who_and_when(web: Web) -
     assert entry["actor"] == "olivia" and entry["target"] == inquiry_id
     again = await client.post(f"/inquiries/{inquiry_id}", data={"csrf_token": csrf, "reason": "twice"})
     assert again.status_code == 409 and "cannot be answered: it is succeeded" in again.text
+
+
+async def test_a_secret_answer_reaches_the_workflow_and_is_shown_nowhere(web: Web) -> None:
+    """A `secret: true` property of the response schema, answered through the API: the workflow gets
+    the real value; the API's answers, every page a viewer sees and the audit log show `********`."""
+    workflow_id, inquiry_id = await _asked(web, "wf.unlock")
+    api = web.client()
+    api.headers["St2-Api-Key"] = KEY
+    answered = await api.put(f"/api/v1/inquiries/{inquiry_id}", json={"response": {"pin": "4711-secret",
+                                                                                   "note": "on call"}})
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["response"] == {"pin": "********", "note": "on call"}
+    final = await _final(web, workflow_id)
+    assert final["status"] == "succeeded" and final["result"]["output"] == {"matched": True}
+    viewer, _ = await web.signed_in("vic", "viewer")
+    shown = [(await viewer.get(url)).text for url in ("/inquiries", f"/inquiries/{inquiry_id}",
+                                                       f"/executions/{inquiry_id}", "/audit")]
+    shown += [(await api.get(url)).text for url in (f"/api/v1/inquiries/{inquiry_id}",
+                                                     f"/api/v1/executions/{inquiry_id}",
+                                                     "/api/v1/executions?action=core.ask")]
+    assert all("4711-secret" not in text for text in shown)
+    assert "********" in shown[1] and "on call" in shown[1]  # the inquiry's page shows the rest
+    assert '"pin":"********"' in shown[5].replace(" ", "")
+    (entry,) = await web.squall.db(web.squall.store.audit_list, 10, "api.inquiry.respond")
+    assert entry["detail"]["response"] == {"pin": "********", "note": "on call"}

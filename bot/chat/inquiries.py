@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
 from engine.events import EXECUTION_FINISHED, INQUIRY_PENDING
-from engine.inquiries import RUNNER, InquiryError
+from engine.inquiries import RUNNER, InquiryError, masked
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -162,10 +162,10 @@ class InquiryChat:
                                  {"reason": str(exc)})
             return f"Sorry {message.user}: {exc}"
         await self.engine.db(store.audit_add, "chat.inquiry.respond", message.user, where, inquiry["id"],
-                             {"response": response})
+                             {"response": masked(schema, response)})
         if answered["status"] == "pending":  # `count` people must answer
             return (f"Thanks {message.user}, your answer to inquiry {inquiry['id']} is recorded "
-                    f"({len(answered['responses'])} of {answered['count']}): {json.dumps(response)}")
+                    f"({len(answered['responses'])} of {answered['count']}): {json.dumps(masked(schema, response))}")
         return f"Thanks {message.user}, inquiry {inquiry['id']} answered: {json.dumps(answered['response'])}"
 
     async def respond_command(self, message: Message, rest: str, prefix: str) -> str:

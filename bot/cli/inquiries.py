@@ -70,10 +70,12 @@ def inquiry_respond(
     async def work(squall: Squall) -> dict[str, Any]:
         import asyncio
 
+        from engine.inquiries import masked
+
         squall.executions.executor = None  # the workflow is resumed by `squall serve`, not here
         answered = await squall.inquiries.respond(inquiry_id, value, current_user())
         await squall.db(squall.store.audit_add, "cli.inquiry.respond", current_user(), "cli", answered["id"],
-                        {"response": value})
+                        {"response": masked(answered["schema"], value)})
         while squall.executions.notifying:  # the listener marking the workflow `resuming`
             await asyncio.sleep(0.01)
         return answered

@@ -23,6 +23,7 @@ from bot.http.runners import runner_public
 from bot.http.state import api_state
 from engine.actions import unapproved
 from engine.executions import ExecutionNotFound, ExecutionStateError
+from engine.inquiries import shown_execution
 from engine.live import follow_output
 from engine.packs import Registry, UnknownAction
 from engine.parameters import ParameterError
@@ -50,7 +51,8 @@ class RerunRequest(BaseModel):
 
 def execution_doc(record: dict[str, Any], registry: Registry) -> dict[str, Any]:
     """An execution as StackStorm's API shows it; an action whose pack is gone keeps its ref, pack
-    and name (the record outlives the pack)."""
+    and name (the record outlives the pack). An inquiry's secret answers are masked (`shown_execution`)."""
+    record = shown_execution(record)
     ref, runner_name = record["action"], record["runner"]
     action = registry.actions.get(ref)
     pack, _, name = ref.partition(".")

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from bot.http.key_auth import request_user
 from bot.http.state import api_state
-from engine.inquiries import InquiryError
+from engine.inquiries import InquiryError, masked
 
 router = APIRouter()
 
@@ -45,5 +45,5 @@ async def respond_inquiry(inquiry_id: str, body: InquiryResponse, request: Reque
         await squall.db(squall.store.audit_add, "api.inquiry.denied", user, "api", inquiry_id, {"reason": str(exc)})
         raise HTTPException(exc.status, str(exc)) from exc
     await squall.db(squall.store.audit_add, "api.inquiry.respond", user, "api", answered["id"],
-                    {"response": body.response})
+                    {"response": masked(answered["schema"], body.response)})
     return answered

@@ -25,6 +25,7 @@ from bot.web.pages import PageError, PageRoute, form_time, render
 from bot.web.session import MAX_FIELDS, form_fields, operator, viewer
 from engine.actions import unapproved
 from engine.executions import CANCELABLE, COMPLETED, STATUSES, ExecutionNotFound, ExecutionStateError
+from engine.inquiries import shown_execution
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
 from engine.storage import ExecutionFilter
@@ -100,7 +101,8 @@ def execution_view(squall: Any, record: dict[str, Any], children: list[dict[str,
                    tasks: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     """What an execution's page and its live updates show: the result without the output streams
     (shown apart), and for a workflow the graph of its tasks with their statuses and the task tree
-    (`tasks`, from `task_tree`)."""
+    (`tasks`, from `task_tree`). An inquiry's secret answers are masked (`shown_execution`)."""
+    record = shown_execution(record)
     result = record.get("result")
     if isinstance(result, dict):
         result = {key: value for key, value in result.items() if key not in STREAMS}

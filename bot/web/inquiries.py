@@ -21,7 +21,7 @@ from bot.forms import Field, parse, schema_fields, with_defaults
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import form_fields, operator, viewer
 from engine.executions import ExecutionNotFound
-from engine.inquiries import InquiryError
+from engine.inquiries import InquiryError, shown_execution
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: How many answered inquiries the list shows.
@@ -69,7 +69,7 @@ async def _inquiry(request: Request, inquiry_id: str) -> tuple[dict[str, Any], d
         inquiry = await squall.inquiries.get(inquiry_id)
     except InquiryError as exc:
         raise PageError(str(exc), exc.status) from exc
-    return inquiry, await squall.executions.get(inquiry["id"])
+    return inquiry, shown_execution(await squall.executions.get(inquiry["id"]))
 
 
 def _page(request: Request, session: Session, inquiry: dict[str, Any], record: dict[str, Any],
