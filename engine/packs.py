@@ -214,6 +214,28 @@ def _config_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return draft4({"type": "object", "properties": properties})
 
 
+def _holds_secret(schema: Any, path: list[Any]) -> bool:
+    """Whether the value at `path` of a config is, is inside or holds a `secret: true` property:
+    a load problem about it must not quote it (the pages show problems to every viewer)."""
+    for key in path:
+        if not isinstance(schema, dict) or schema.get("secret"):
+            return isinstance(schema, dict)
+        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        child = properties.get(key) if isinstance(key, str) else schema.get("items")
+        if child is None and isinstance(key, str):
+            child = schema.get("additionalProperties")
+        schema = child
+    return _any_secret(schema)
+
+
+def _any_secret(schema: Any) -> bool:
+    if not isinstance(schema, dict):
+        return False
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    return bool(schema.get("secret")) or any(
+        _any_secret(child) for child in [*properties.values(), schema.get("items"), schema.get("additionalProperties")])
+
+
 # Complex by nature: a check per pack.yaml key and folder.
 def load_pack(path: Path, registry: Registry, configs_path: Path, system_path: Path | None) -> Pack | None:  # noqa: C901
     """Load one pack into `registry`; returns None when its pack.yaml itself is unusable."""
@@ -332,12 +354,14 @@ def _load_config(pack: Pack, registry: Registry, configs_path: Path) -> None:
     if pack.config_schema:
         import jsonschema
 
-        validator = jsonschema.Draft4Validator(_config_json_schema(pack.config_schema))
-        for error in validator.iter_errors(values):
+        schema = _config_json_schema(pack.config_schema)
+        for error in jsonschema.Draft4Validator(schema).iter_errors(values):
             path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-            registry.errors.append(ContentError(
-                _display(config_file), None, f"config of pack '{pack.ref}': {path}: {error.message}"
-            ))
+            message = error.message
+            if _holds_secret(schema, list(error.absolute_path)):  # jsonschema's messages quote the value's repr
+                message = message.replace(repr(error.instance), "********")
+            registry.errors.append(ContentError(_display(config_file), None,
+                                                f"config of pack '{pack.ref}': {path}: {message}"))
     pack.config = values
 
 

@@ -262,6 +262,34 @@ def test_pack_config_nested_required_is_enforced(tmp_path: Path) -> None:
     assert registry.packs["demo"].config == {"api": {"port": 8443}}
 
 
+def test_a_secret_config_value_that_does_not_fit_is_not_quoted(tmp_path: Path) -> None:
+    """Load problems are shown to every viewer of /packs and logged: a secret's value is masked in
+    them, wherever it sits (itself, inside a section, in a list), and other values are still quoted."""
+    packs = tmp_path / "packs"
+    manifest(packs, "demo")
+    write(packs / "demo" / "config.schema.yaml", """
+        api_token: {type: string, secret: true, minLength: 32}
+        pin: {type: string, secret: true}
+        db:
+          type: object
+          properties:
+            password: {type: string, secret: true}
+        keys: {type: array, items: {type: string, secret: true}}
+        retries: {type: integer}
+    """)
+    write(tmp_path / "configs" / "demo.yaml", "api_token: tok-LEAKED-8f3a\npin: 90210777\n"
+                                             "db: pw-LEAKED-77\nkeys: [k-LEAKED-1, 42]\nretries: many\n")
+    registry = load(tmp_path)
+    reasons = sorted(e.reason for e in errors_for(registry, "configs/demo.yaml"))
+    assert len(reasons) == 5, reasons
+    assert not [r for r in reasons if "LEAKED" in r or "90210777" in r or "42" in r]
+    assert "api_token: ******** is too short" in reasons[0]
+    assert "db: ******** is not of type 'object'" in reasons[1]
+    assert "keys.1: ******** is not of type 'string'" in reasons[2]
+    assert "pin: ******** is not of type 'string'" in reasons[3]
+    assert "retries: 'many' is not of type 'integer'" in reasons[4]
+
+
 def test_pack_config_required_inside_list_items_is_enforced(tmp_path: Path) -> None:
     packs = tmp_path / "packs"
     manifest(packs, "demo")
