@@ -125,6 +125,20 @@ async def test_healthz_and_openapi_need_no_key(anon: httpx.AsyncClient) -> None:
     assert "/api/v1/executions" in spec["paths"] and "/api/v1/webhooks/st2" in spec["paths"]
 
 
+@pytest.mark.parametrize("path", ["/api/v1/executions?offset=99999999999999999999999",
+                                  "/api/v1/executions?offset=9223372036854775808",
+                                  "/api/v1/keys?limit=99999999999999999999999",
+                                  "/api/v1/actions?offset=9223372036854775808",
+                                  "/api/v1/actions?limit=99999999999999999999999"])
+async def test_a_number_past_64_bits_is_a_4xx_not_a_500(client: httpx.AsyncClient, path: str) -> None:
+    """SQLite takes 64-bit integers: a larger offset or limit is refused, named, before any query."""
+    answer = await client.get(path)
+    assert answer.status_code == 400, answer.text
+    assert "less than or equal to 9223372036854775807" in answer.json()["faultstring"]
+    assert (await client.get(path.replace("99999999999999999999999", "9223372036854775807")
+                             .replace("9223372036854775808", "9223372036854775807"))).status_code == 200
+
+
 async def test_auth_none_wrong_header_bearer_query(anon: httpx.AsyncClient) -> None:
     missing = await anon.get("/api/v1/actions")
     assert missing.status_code == 401 and "API key required" in missing.json()["faultstring"]

@@ -147,6 +147,11 @@ async def test_the_page_and_its_stream_show_script_and_colours_as_text(web: Web)
     resumed = await client.get(f"/live/executions/{execution_id}", headers={"Last-Event-ID": str(chunks[-1]["id"])})
     assert "event: stdout" not in resumed.text and "event: stderr" not in resumed.text  # nothing twice
     assert "event: end" in resumed.text
+    for last in (b"99999999999999999999999", b"\xb2"):  # past 64 bits; ² (Latin-1), a digit int() refuses
+        anew = await client.get(f"/live/executions/{execution_id}", headers={"Last-Event-ID": last})
+        assert anew.status_code == 200 and f"id: {stdout_id}\r\nevent: stdout" in anew.text
+    too_far = await client.get(f"/live/executions/{execution_id}?after=99999999999999999999999")
+    assert too_far.status_code == 400 and "less than or equal to 9223372036854775807" in too_far.text
     finished = (await client.get(f"/executions/{execution_id}")).text
     assert "sse-connect" not in finished and "<script>alert" not in finished
     assert '<span class="ansi-red">&lt;script&gt;alert(1)&lt;/script&gt;</span>' in finished

@@ -26,7 +26,7 @@ from engine.executions import ExecutionNotFound, ExecutionStateError
 from engine.inquiries import shown_execution
 from engine.live import follow_output
 from engine.packs import Registry, UnknownAction
-from engine.parameters import ParameterError
+from engine.parameters import MAX_INTEGER, ParameterError
 from engine.runners import RUNNER_TYPES
 from engine.storage import iso
 
@@ -77,7 +77,7 @@ def _doc(request: Request, record: dict[str, Any]) -> dict[str, Any]:
 @router.get("/executions", tags=["executions"])
 async def list_executions(request: Request, response: Response, action: str | None = None,
                           status: str | None = None, parent: str | None = None,
-                          limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+                          limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_INTEGER),
                           sort_asc: bool = False) -> list[dict[str, Any]]:
     """Newest first (`sort_asc=true` for oldest first); `parent=null` keeps top-level executions only,
     as `st2 execution list` asks."""

@@ -11,7 +11,7 @@ from bot.http.key_auth import request_user
 from bot.http.state import api_state
 from engine.crypto import CryptoError
 from engine.datastore import DatastoreError
-from engine.parameters import MASK
+from engine.parameters import MASK, MAX_INTEGER
 
 #: The longest `ttl` of a key (100 years, in seconds): longer ones overflow the expiry date.
 MAX_KEY_TTL = 100 * 365 * 24 * 3600
@@ -52,7 +52,8 @@ async def _datastore(squall: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 @router.get("/keys", tags=["keys"])
 async def list_keys(request: Request, prefix: str | None = None, scope: str = "system", user: str | None = None,
-                    decrypt: bool = False, limit: int | None = Query(None, ge=1)) -> list[dict[str, Any]]:
+                    decrypt: bool = False,
+                    limit: int | None = Query(None, ge=1, le=MAX_INTEGER)) -> list[dict[str, Any]]:
     squall = api_state(request).squall
     items = await _datastore(squall, squall.datastore.list, prefix=prefix, scope=scope,
                              user=_user(request, scope, user), decrypt=decrypt, limit=limit)

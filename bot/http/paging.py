@@ -9,13 +9,16 @@ from typing import TypeVar
 
 from fastapi import Query, Response
 
+from engine.parameters import MAX_INTEGER
+
 T = TypeVar("T")
 
 
 class Paging:
     """A route's `Depends(Paging)`: without `limit`, everything (what Squall's API always answered)."""
 
-    def __init__(self, limit: int | None = Query(None, ge=1), offset: int = Query(0, ge=0)) -> None:
+    def __init__(self, limit: int | None = Query(None, ge=1, le=MAX_INTEGER),
+                 offset: int = Query(0, ge=0, le=MAX_INTEGER)) -> None:
         self.limit = limit
         self.offset = offset
 

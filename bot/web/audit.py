@@ -16,6 +16,7 @@ from bot.accounts import Session
 from bot.web.pages import PageError, PageRoute, form_time, render
 from bot.web.session import viewer
 from engine.audit import AuditFilter, audit_kinds, audit_page
+from engine.parameters import MAX_INTEGER
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 PAGE_SIZE = 50
@@ -35,7 +36,7 @@ def audit_filter(values: dict[str, str]) -> AuditFilter:
 async def audit_list(request: Request, before: str | None = None, session: Session = Depends(viewer)) -> Response:
     values = {name: request.query_params.get(name, "").strip() for name in FILTERS}
     shown = {name: value for name, value in values.items() if value}
-    if before is not None and not before.isdigit():
+    if before is not None and not (before.isascii() and before.isdigit() and int(before) <= MAX_INTEGER):
         raise PageError(f"'before' must be an audit entry's number, not {before!r}")
     squall = request.app.state.squall
     where = audit_filter(values)

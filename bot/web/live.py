@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from sse_starlette import EventSourceResponse
 
 from bot.accounts import Session
@@ -42,6 +42,7 @@ from bot.web.pages import PageError, PageRoute, templates
 from bot.web.session import viewer
 from engine.executions import COMPLETED
 from engine.live import Wakeup
+from engine.parameters import MAX_INTEGER
 from engine.storage import ExecutionFilter
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -58,13 +59,13 @@ def fragment(name: str, **context: Any) -> str:
 
 
 @router.get("/live/executions/{execution_id}")
-async def execution_events(request: Request, execution_id: str, after: int = 0,
+async def execution_events(request: Request, execution_id: str, after: int = Query(0, ge=0, le=MAX_INTEGER),
                            session: Session = Depends(viewer)) -> EventSourceResponse:
     squall = request.app.state.squall
     record = await find_execution(request, execution_id)
     # A browser that lost the connection reconnects by itself, naming the last chunk it got.
     resumed = request.headers.get("last-event-id", "")
-    after = max(after, int(resumed) if resumed.isdigit() else 0)
+    after = max(after, int(resumed) if resumed.isascii() and resumed.isdigit() and int(resumed) <= MAX_INTEGER else 0)
     return EventSourceResponse(_execution_stream(squall, session, record["id"], after), ping=PING_SECONDS)
 
 
