@@ -349,6 +349,21 @@ async def test_a_rerun_value_that_is_not_json_is_refused_beside_the_form(web: We
     assert len(await web.squall.executions.list(action="core.local", limit=10)) == 1
 
 
+def test_a_secret_that_is_not_json_is_not_quoted_back() -> None:
+    """The re-run page comes back with the refusal: a secret field's text (an integer PIN mistyped) is
+    not in it, as the run form and the engine's errors show `********`."""
+    from bot.web.executions import _json_field
+
+    with pytest.raises(ValueError) as secret:
+        _json_field("pin", "x-787878", secret=True)
+    assert "787878" not in str(secret.value) and 'parameter "pin" must be JSON' in str(secret.value)
+    assert "not ********" in str(secret.value)
+    with pytest.raises(ValueError) as plain:
+        _json_field("timeout", "soon", secret=False)
+    assert "not 'soon'" in str(plain.value)
+    assert _json_field("pin", "4711", secret=True) == 4711
+
+
 @pytest.mark.slow  # two signed-in accounts and several runs: seconds
 async def test_a_viewer_cannot_rerun_or_cancel_and_a_forged_post_is_refused(web: Web) -> None:
     running = await _running(web)

@@ -27,7 +27,7 @@ from engine.actions import unapproved
 from engine.executions import CANCELABLE, COMPLETED, STATUSES, ExecutionNotFound, ExecutionStateError
 from engine.inquiries import shown_execution
 from engine.packs import UnknownAction
-from engine.parameters import ParameterError
+from engine.parameters import MASK, ParameterError
 from engine.storage import ExecutionFilter
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -249,7 +249,8 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
             sent = form.get(f"p.{field['name']}", field["value"])
             if sent == field["value"] or (field["secret"] and not sent):
                 continue
-            changed[field["name"]] = sent if field["type"] == "string" else _json_field(field["name"], sent)
+            changed[field["name"]] = (sent if field["type"] == "string" else
+                                      _json_field(field["name"], sent, secret=field["secret"]))
         context = {"user": session.account.name, "source": "web"}
         new = await squall.chat.commands.rerun(record["id"], changed, context)
     except CommandRefused as exc:  # it came to need approval since the form was shown
@@ -265,9 +266,11 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
     return RedirectResponse(f"/executions/{new['id']}", status_code=303)
 
 
-def _json_field(name: str, text: str) -> Any:
+def _json_field(name: str, text: str, *, secret: bool) -> Any:
+    """A re-run field of a non-string type, read as JSON; the error quotes what was typed unless it is a
+    secret's (the page is shown again, and the engine's own errors show `********` too)."""
     try:
         return json.loads(text)
     except ValueError as exc:
         raise ValueError(f'parameter "{name}" must be JSON (such as 3, true, ["a"] or {{"k": 1}}), '
-                         f"not {text!r}: {exc}") from None
+                         f"not {MASK if secret else repr(text)}: {exc}") from None
