@@ -76,7 +76,8 @@ _KEYS = {"enabled", "mode", "base_url", "slash_command", "thread_replies", "file
          "status_reactions", *_TOKENS}
 #: Errors after which a reply can still reach the channel through a slash command's response_url.
 _USE_RESPONSE_URL = {"not_in_channel", "channel_not_found", "is_archived"}
-#: Errors worth the outbox's retry; any other refusal of an edit makes it a new message instead.
+#: Errors worth the outbox's retry (with HTTP 5xx, `_transient`); any other refusal of an edit makes it a
+#: new message instead, and of an upload the start of the output posted inline.
 _TRANSIENT = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout",
               "team_added_to_org"}
 IDENTITY_TTL = 3600.0
@@ -798,7 +799,7 @@ class SlackAdapter:
                                      **arguments)
                     return edit_of
                 except SlackApiError as exc:
-                    if _retry_after(exc) is not None or _error(exc) in _TRANSIENT:
+                    if _transient(exc):
                         raise
                     # Too old, deleted, or not editable: the news must still reach the channel.
                     log.info("Slack: cannot edit %s (%s); posting the update as a new message", edit_of,
@@ -870,7 +871,7 @@ class SlackAdapter:
             response = await self.client.files_upload_v2(channel=channel, filename=name, title=name, content=content,
                                                          initial_comment=reply.text, thread_ts=reply.thread)
         except SlackApiError as exc:
-            if _retry_after(exc) is not None or _error(exc) in _USE_RESPONSE_URL:
+            if _transient(exc) or _error(exc) in _USE_RESPONSE_URL:
                 raise
             # No files:write scope (or uploads disabled): the head of the output beats no output at all.
             log.warning("Slack: uploading %s failed (%s); posting the start of it instead", name, _error(exc))
@@ -909,6 +910,14 @@ def _error(exc: Exception) -> str:
         with contextlib.suppress(Exception):
             return str(exc.response.get("error") or exc.response.status_code)
     return type(exc).__name__
+
+
+def _transient(exc: SlackApiError) -> bool:
+    """A refusal the outbox should retry (rate limits, Slack's own errors, any HTTP 5xx such as an HTML
+    503 from its edge): never a reason to post an edit anew or cut an upload short."""
+    status = getattr(exc.response, "status_code", None) if exc.response is not None else None
+    return (_retry_after(exc) is not None or _error(exc) in _TRANSIENT
+            or (isinstance(status, int) and status >= 500))
 
 
 def _retry_after(exc: SlackApiError) -> float | None:

@@ -77,6 +77,7 @@ class FakeSlack:
 
     def __post_init__(self) -> None:
         self._ratelimits: dict[str, list[float]] = {}
+        self._outages: dict[str, int] = {}
         self._sockets: set[web.WebSocketResponse] = set()
         self._zombies: set[web.WebSocketResponse] = set()
         self._silent = False
@@ -119,6 +120,11 @@ class FakeSlack:
     def ratelimit(self, method: str, times: int = 1, retry_after: float = 1) -> None:
         """The next `times` calls of `method` get HTTP 429 with `Retry-After: retry_after`."""
         self._ratelimits[method] = [retry_after] * times
+
+    def outage(self, prefix: str, times: int = 1) -> None:
+        """The next `times` calls of methods starting `prefix` get an HTML 503, as Slack's edge answers
+        in an outage (no JSON, no error code)."""
+        self._outages[prefix] = times
 
     def go_silent(self, silent: bool = True) -> None:
         """Keep sockets open but deliver nothing (no envelopes, no hello): a zombie connection."""
@@ -287,6 +293,11 @@ class FakeSlack:
         method = request.match_info["method"]
         params = await self._params(request)
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or params.pop("token", "")
+        down = next((prefix for prefix, left in self._outages.items() if left and method.startswith(prefix)), None)
+        if down is not None:
+            self._outages[down] -= 1
+            await self._record(Call(method, params, status=503))
+            return web.Response(status=503, text="<html>503 Service Unavailable</html>", content_type="text/html")
         limits = self._ratelimits.get(method)
         if limits:
             wait = limits.pop(0)

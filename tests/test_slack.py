@@ -17,10 +17,11 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from adapters.base import AdapterConfigError, Reply
+from adapters.base import AdapterConfigError, DeliveryError, Reply
 from adapters.slack import SlackSettings, create
 from adapters.slack_format import message_arguments, plain_text
 from bot.app import Squall
+from bot.chat.replies import fit
 from engine.config import load_config
 from tests.conftest import REPO, free_port, write
 from tests.fake_slack import APP_TOKEN, BOT_TOKEN, BOT_USER, SIGNING_SECRET, FakeSlack
@@ -286,6 +287,31 @@ async def test_rate_limited_reply_waits_and_keeps_the_channel_order(slack, fake:
     texts = [m["text"] for m in fake.messages]
     assert texts.index("greeting first") < texts.index("hello first") < texts.index("greeting second")
     assert texts.index("greeting second") < texts.index("hello second")
+
+
+async def test_a_5xx_on_an_edit_or_an_upload_is_retried_not_worked_around(fake: FakeSlack, config) -> None:
+    """An HTML 503 from Slack's edge is an outage, not a refusal: the send fails to be retried (the
+    outbox's DeliveryError), and the retry edits the message and uploads the whole file; nothing is
+    posted anew or cut to its first 3,500 characters meanwhile."""
+    adapter = create(_settings(fake), config)
+    first = await adapter.send(Reply(adapter="slack", channel="COPS0001", text="Running demo.greet (e1)"))
+    fake.outage("chat.update")
+    with pytest.raises(DeliveryError) as edit:
+        await adapter.send(Reply(adapter="slack", channel="COPS0001", text="✔ demo.greet succeeded"), edit_of=first)
+    assert not edit.value.permanent and [m["text"] for m in fake.messages] == ["Running demo.greet (e1)"]
+    assert await adapter.send(Reply(adapter="slack", channel="COPS0001", text="✔ demo.greet succeeded"),
+                              edit_of=first) == first
+    assert len(fake.messages) == 1 and [e["text"] for e in fake.messages[0]["edits"]] == ["✔ demo.greet succeeded"]
+    output = "\n".join(f"line {i:05d}" for i in range(2000))
+    [part] = fit(Reply(adapter="slack", channel="COPS0001", text="✔ demo.dump succeeded\n" + output),
+                 adapter.capabilities)
+    assert part.file is not None
+    fake.outage("files.")
+    with pytest.raises(DeliveryError) as upload:
+        await adapter.send(part)
+    assert not upload.value.permanent and len(fake.messages) == 1 and not fake.uploads
+    assert (await adapter.send(part) or "").startswith("file:")
+    assert len(fake.messages) == 1 and list(fake.uploads.values()) == [part.file[1].encode()]
 
 
 async def test_an_edit_slack_refuses_is_posted_as_a_new_message(fake: FakeSlack, config) -> None:
