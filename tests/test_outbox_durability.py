@@ -29,9 +29,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from adapters.base import Reply
+from adapters.base import Capabilities, DeliveryError, Reply
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall, load_packs
+from bot.chat import outbox as outbox_module
 from bot.chat.bot import ChatBot
 from engine import storage
 from engine.config import load_config
@@ -934,3 +935,54 @@ async def test_forty_results_finishing_at_once_survive_a_kill_in_the_burst(servi
     assert _stored_texts(store) == dict.fromkeys(expected, 1)  # each result stored once
     resent = sum(count - 1 for count in posts.values())
     assert resent <= 2, posts  # only replies the platform took just before the kill, not yet marked sent
+
+
+async def test_an_outage_longer_than_a_few_minutes_loses_no_reply(chat, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transient refusals (429, 5xx, a disconnect) are retried until the platform takes the reply, in
+    order: 40 in a row (a quarter of an hour at the real backoff) lose nothing; only a reply refused
+    for `GIVE_UP_AFTER` is marked failed, so one no platform takes cannot hold its channel forever."""
+    squall, bot, loopback = chat
+    loopback.failures_to_inject = 40  # each with Retry-After 0.01 s
+    first = await bot.outbox.post(Reply(adapter="loopback", channel="#ops", text="the result"))
+    second = await bot.outbox.post(Reply(adapter="loopback", channel="#ops", text="the next"))
+    await settle(squall, bot)
+    assert loopback.texts("#ops") == ["the result", "the next"]
+    row = await squall.db(squall.store.outbox_get, first)
+    assert row["status"] == "sent" and row["attempts"] == 41
+    assert (await squall.db(squall.store.outbox_get, second))["status"] == "sent"
+
+    monkeypatch.setattr(outbox_module, "GIVE_UP_AFTER", 0.3)
+    loopback.failures_to_inject = 10_000
+    stuck = await bot.outbox.post(Reply(adapter="loopback", channel="#ops", text="never taken"))
+    await settle(squall, bot)
+    row = await squall.db(squall.store.outbox_get, stuck)
+    assert row["status"] == "failed" and row["attempts"] >= 3 and "injected failure" in row["error"]
+    loopback.failures_to_inject = 0
+
+
+async def test_a_long_reply_sent_in_parts_goes_on_after_a_failed_part(chat, home: Path) -> None:
+    """A reply stored where its adapter was not running (a CLI run) is split when it is sent; when a
+    later part is refused for a moment, the retry sends the rest, not the first part again."""
+    squall, bot, loopback = chat
+    real_send, calls = loopback.send, []
+
+    async def second_part_fails_once(reply: Reply, edit_of: str | None = None) -> str | None:
+        calls.append(reply.text.split("\n", 1)[0])
+        if len(calls) == 2:
+            raise DeliveryError("HTTP 503", retry_after=0.01)
+        return await real_send(reply, edit_of)
+
+    loopback.send = second_part_fails_once  # type: ignore[method-assign]
+    loopback.capabilities = Capabilities(threads=True, edits=True, files=False, max_length=4000)
+    text = "\n".join(f"line {i:04d} " + "x" * 90 for i in range(80))  # about 8,000 characters: two parts
+    cli = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
+    try:
+        outbox_id = cli.outbox_add("loopback", "#ops", Reply(adapter="loopback", channel="#ops", text=text).to_json())
+    finally:
+        cli.close()
+    await bot.outbox.poll()
+    await settle(squall, bot)
+    firsts = [posted.text.split("\n", 1)[0] for posted in loopback.posted]
+    assert len(firsts) >= 2 and len(firsts) == len(set(firsts)), firsts  # each part once
+    assert "\n".join(posted.text for posted in loopback.posted).count("line 0079") == 1
+    assert (await squall.db(squall.store.outbox_get, outbox_id))["status"] == "sent"

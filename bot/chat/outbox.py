@@ -10,8 +10,9 @@ them the platform already has, once per channel, and marks those sent instead: e
 there, at no cost on the hot path. Adapters that cannot look up (IRC, the console) deliver at
 least once.
 
-A reply the platform refuses now (rate limit, disconnect) is retried with backoff while the
-replies behind it in the same channel wait, so a channel never sees them out of order. Replies
+A reply the platform refuses now (rate limit, 5xx, disconnect) is retried with backoff (at most
+`MAX_BACKOFF` apart, for up to `GIVE_UP_AFTER`) while the replies behind it in the same channel
+wait, so a channel never sees them out of order. Replies
 stored by another process (a CLI run of `chatops.post_message`) are picked up by `poll()`. On
 start-up, whatever was still pending is sent: nothing accepted is lost.
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,7 +48,10 @@ from engine.metrics import metrics
 from engine.storage import Database, Store, keyed_in_one_statement, utcnow
 
 log = logging.getLogger(__name__)
-MAX_ATTEMPTS = 12
+#: How long a reply is retried through refusals that may pass (rate limits, 5xx, a disconnect) before it
+#: is marked failed: an outage of hours loses nothing, and a reply no platform ever takes does not
+#: hold its channel forever. (A refusal that cannot pass, `DeliveryError.permanent`, fails it at once.)
+GIVE_UP_AFTER = 24 * 3600.0
 MAX_BACKOFF = 30.0
 PAGE = 1000
 #: How far before a leftover reply was stored the platform is searched for it (clocks differ).
@@ -104,6 +109,9 @@ class Outbox:
         self._queues: dict[tuple[str, str], asyncio.Queue[tuple[int, Reply]]] = {}
         self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._platform_ids: dict[int, str | None] = {}
+        #: Replies longer than their platform takes, sent in parts: outbox id → (parts sent, the first's
+        #: id), so a retry after a part failed goes on from there instead of posting the first again.
+        self._parts_sent: dict[int, tuple[int, str | None]] = {}
         #: Ids queued, being sent, or settled but not yet past a poll that began after they settled.
         self._known: set[int] = set()
         #: Ids whose `sent`/`failed` status committed (or whose delivery failed here) since the last poll began.
@@ -349,15 +357,22 @@ class Outbox:
         if self._pending == 0:
             self._idle.set()
 
-    @staticmethod
-    async def _send(adapter: Adapter, reply: Reply, edit_of: str | None) -> str | None:
+    async def _send(self, adapter: Adapter, outbox_id: int, reply: Reply, edit_of: str | None) -> str | None:
         """Send one stored row. A row stored where its adapter was not running (a CLI run) may be
-        longer than the platform takes: it is fitted now, its parts sent in order; the first part's
-        id stands for the row."""
+        longer than the platform takes: it is fitted now, its parts sent in order, and a retry goes
+        on after the parts already sent; the first part's id stands for the row."""
         parts = fit(reply, adapter.capabilities)
-        first = await adapter.send(parts[0], edit_of=edit_of)
-        for part in parts[1:]:
+        if len(parts) == 1:
+            return await adapter.send(parts[0], edit_of=edit_of)
+        sent, first = self._parts_sent.get(outbox_id, (0, None))
+        if sent == 0:
+            first = await adapter.send(parts[0], edit_of=edit_of)
+            sent = 1
+        for part in parts[sent:]:
+            self._parts_sent[outbox_id] = (sent, first)
             await adapter.send(part)
+            sent += 1
+        self._parts_sent.pop(outbox_id, None)
         return first
 
     async def _look_up(self, adapter: Adapter, channel: str) -> None:
@@ -397,24 +412,28 @@ class Outbox:
             platform_id = self._platform_ids[outbox_id] = self._found.pop(outbox_id)
             return {"status": "sent", "platform_id": platform_id, "sent_at": utcnow(), "error": None}
         reply = Reply(**{**reply.__dict__, "outbox_id": outbox_id})  # (dataclasses.replace re-reads the fields)
-        delay = 0.25
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        delay, attempt, since = 0.25, 0, time.monotonic()
+        while True:
+            attempt += 1
             edit_of = await self._platform_id(reply.edit) if reply.edit is not None else None
             try:
                 if reply.edit is not None and edit_of is None:
                     # The message to edit never got an id (or cannot be edited): post it anew instead.
                     reply = Reply(**{**reply.__dict__, "edit": None})
-                platform_id = await self._send(adapter, reply, edit_of)
+                platform_id = await self._send(adapter, outbox_id, reply, edit_of)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if isinstance(exc, DeliveryError) and exc.permanent:  # retrying cannot help: do not hold the channel
                     log.error("reply %s to %s %s cannot be delivered: %s", outbox_id, reply.adapter, reply.channel, exc)
+                    self._parts_sent.pop(outbox_id, None)
                     await self.db(self.db.store.outbox_update, outbox_id,
                                   {"status": "failed", "attempts": attempt, "error": str(exc)})
                     metrics.count(metrics.chat_replies, adapter.name, "failed")
                     self._settled_ids.append(outbox_id)
                     return None
+                if time.monotonic() - since >= GIVE_UP_AFTER:
+                    break
                 wait = exc.retry_after if isinstance(exc, DeliveryError) and exc.retry_after else delay
                 log.warning("sending reply %s to %s %s failed (attempt %d): %s; retrying in %.1fs",
                             outbox_id, reply.adapter, reply.channel, attempt, exc, wait)
@@ -425,8 +444,9 @@ class Outbox:
             self._platform_ids[outbox_id] = platform_id
             return {"status": "sent", "attempts": attempt, "platform_id": platform_id, "sent_at": utcnow(),
                     "error": None}
-        log.error("giving up on reply %s to %s %s after %d attempts", outbox_id, reply.adapter, reply.channel,
-                  MAX_ATTEMPTS)
+        log.error("giving up on reply %s to %s %s: %d attempts over %.0f hours all failed", outbox_id, reply.adapter,
+                  reply.channel, attempt, GIVE_UP_AFTER / 3600)
+        self._parts_sent.pop(outbox_id, None)
         await self.db(self.db.store.outbox_update, outbox_id, {"status": "failed"})
         metrics.count(metrics.chat_replies, adapter.name, "failed")
         self._settled_ids.append(outbox_id)
