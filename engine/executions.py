@@ -22,7 +22,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from engine import tracing
@@ -159,6 +159,17 @@ def _tokened(record: Mapping[str, Any]) -> bool:
     """Whether the execution's runs get an API token (its runner's `token`; an unknown runner: yes)."""
     runner = RUNNER_TYPES.get(record.get("runner") or "")
     return runner is None or runner.token
+
+
+def _until_due(row: Mapping[str, Any]) -> float:
+    """Seconds until a `delayed` request's `runner_info.delayed_until` (0: due, or held by a policy)."""
+    until = (row.get("runner_info") or {}).get("delayed_until") if row.get("status") == "delayed" else None
+    if not isinstance(until, str):
+        return 0.0
+    try:
+        return max(0.0, (datetime.fromisoformat(until.replace("Z", "+00:00")) - utcnow()).total_seconds())
+    except ValueError:
+        return 0.0
 
 
 def public(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -357,17 +368,20 @@ class ExecutionService:
             return
         record.update({"status": "delayed", "log": entries, "runner_info": due})
         self._prepared.pop(record["id"], None)  # claimed from the table, as a policy's `delayed` is
+        self._submit_later(record["id"], delay)
+
+    def _submit_later(self, execution_id: str, delay: float) -> None:
+        """Hand a `delayed` request to the executor in `delay` seconds (none: nothing runs here)."""
         if self.executor is None:
             return
-        loop = asyncio.get_running_loop()
         executor = self.executor
 
         def submit() -> None:
-            task = asyncio.ensure_future(executor.submit(record["id"]))
+            task = asyncio.ensure_future(executor.submit(execution_id))
             self._held.add(task)
             task.add_done_callback(self._held.discard)
 
-        loop.call_later(delay, submit)
+        asyncio.get_running_loop().call_later(delay, submit)
 
     def _prepare(self, action: Action, supplied: dict[str, Any], context: dict[str, Any],
                  parent: str | None, extra_template_context: dict[str, Any] | None = None,
@@ -921,11 +935,14 @@ class ExecutionService:
                 return public(record)
             return await self.cancel(execution_id)  # it started meanwhile
         entries.append({"status": "canceling", "timestamp": iso(now)})
-        await self.db(self.db.store.update_execution, record["id"], {"status": "canceling", "log": entries},
-                      expect=(status,))
+        if not await self.db(self.db.store.update_execution, record["id"], {"status": "canceling", "log": entries},
+                             expect=(status,)):
+            return await self.cancel(execution_id)  # it moved meanwhile (claimed, ended): look again
         if await self._cancel_here(record["id"]):
             return await self.get(record["id"])
-        if status == "paused" and _resumable(self.runners.get(record["runner"])):
+        # Paused, or marked `resuming` and not claimed yet: nobody conducts it, so it ends here (its
+        # children still live are canceled by the workflows' listener).
+        if status in ("paused", "resuming") and _resumable(self.runners.get(record["runner"])):
             done = await self.complete(record["id"], "canceled", {**(record.get("result") or {}),
                                                                   "error": "canceled by request"}, ("canceling",))
             if done is not None:
@@ -944,13 +961,14 @@ class ExecutionService:
         return await self.executor.cancel(execution_id)
 
     async def rerun(self, execution_id: str, parameters: Mapping[str, Any] | None = None,
-                    context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    context: Mapping[str, Any] | None = None, *, delay: float = 0.0) -> dict[str, Any]:
         """A new execution of the same action with the original parameters, overridden by `parameters`.
 
         Without `context` it is the same request again (a retry policy): the original's context, so
         its result goes where the original's went. With one, it is that requester's request: who
         asked and where replies go (`_ORIGIN`) are theirs, never the original's (a re-run from the web
-        of a chat command must not post into that chat thread)."""
+        of a chat command must not post into that chat thread). `delay` holds it `delayed` that long
+        (a retry policy's delay), stored so that a restart meanwhile still runs it."""
         record = await self.db(self._find, execution_id)
         spec = record["spec"]
         supplied = spec.get("supplied", list(record["parameters"]))
@@ -977,7 +995,7 @@ class ExecutionService:
         # What rendered the first time renders again; whatever the caller now gives is data.
         return await self.request(record["action"], merged, new_context,
                                   extra_template_context=spec.get("extra_context"),
-                                  render=rendered - set(parameters or {}))
+                                  render=rendered - set(parameters or {}), delay=delay)
 
     # -- ownership ---------------------------------------------------------------------
     def _owner_state(self, info: Mapping[str, Any] | None) -> str:
@@ -1050,7 +1068,11 @@ class ExecutionService:
         for row in rows:
             if row["status"] in _QUEUED:
                 if self.executor is not None and row["id"] not in running_here:
-                    await self.executor.submit(row["id"])
+                    wait = _until_due(row)
+                    if wait > 0:  # held for a delay (a task's `delay`, a retry policy's) that is not over
+                        self._submit_later(row["id"], wait)
+                    else:
+                        await self.executor.submit(row["id"])
                     started += 1
                 continue
             if row["id"] in running_here:

@@ -10,7 +10,7 @@ failed (or timed out) one with `context.policies.retry.retry_count` counted up.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -106,7 +106,8 @@ class PolicyExecutor:
         self._admitted: dict[tuple[Any, ...], set[str]] = defaultdict(set)
         self._key_of: dict[str, tuple[Any, ...]] = {}
         self._queues: dict[tuple[Any, ...], deque[str]] = defaultdict(deque)
-        self._retry_tasks: set[asyncio.Task[Any]] = set()
+        #: Each queued execution's key: one that ends while it waits (canceled) leaves its queue.
+        self._queued: dict[str, tuple[Any, ...]] = {}
         executions.on_finished(self._on_finished)
 
     def rebuild(self, registry: Registry) -> list[ContentError]:
@@ -136,9 +137,6 @@ class PolicyExecutor:
         return await self.inner.cancel(execution_id)
 
     async def close(self) -> None:
-        for task in list(self._retry_tasks):
-            task.cancel()
-        await asyncio.gather(*self._retry_tasks, return_exceptions=True)
         await self.inner.close()
 
     async def submit(self, execution_id: str) -> None:
@@ -176,6 +174,7 @@ class PolicyExecutor:
                      expect=("requested",))
         if execution_id not in self._queues[key]:
             self._queues[key].append(execution_id)
+            self._queued[execution_id] = key
 
     async def _submit_shared(self, record: dict[str, Any], policy: Policy, key: tuple[Any, ...]) -> None:
         """Several processes share the executions (`squall worker`s): the count is the database's,
@@ -199,19 +198,36 @@ class PolicyExecutor:
     def _on_finished(self, record: dict[str, Any]) -> Any:
         key = self._key_of.pop(record["id"], None)
         tasks = []
+        waited = self._queued.pop(record["id"], None)
+        if waited is not None:  # ended while it waited for a slot (canceled): it leaves the queue
+            with contextlib.suppress(ValueError):
+                self._queues[waited].remove(record["id"])
         if key is not None:
             self._admitted[key].discard(record["id"])
-            queue = self._queues.get(key)
-            if queue:
-                next_id = queue.popleft()
-                self._admit(key, next_id)
-                tasks.append(self.inner.submit(next_id))
+            if self._queues.get(key):
+                tasks.append(self._admit_next(key))
         retry = self._retry(record)
         if retry is not None:
             tasks.append(retry)
         if not tasks:
             return None
         return _all(tasks)
+
+    async def _admit_next(self, key: tuple[Any, ...]) -> None:
+        """Give the freed slot to the first queued execution still waiting. One canceled from another
+        process (a CLI) ended there, unheard here: it is skipped, or the slot would stay taken by a
+        run whose claim finds nothing, and the queue behind it would wait until a restart."""
+        db, queue = self.executions.db, self._queues.get(key)
+        while queue:
+            next_id = queue.popleft()
+            self._queued.pop(next_id, None)
+            self._admit(key, next_id)  # taken before looking, so no new request slips past the queue
+            record = await db(db.store.get_execution, next_id)
+            if record is not None and record["status"] in ("requested", "delayed"):
+                await self.inner.submit(next_id)
+                return
+            self._admitted[key].discard(next_id)
+            self._key_of.pop(next_id, None)
 
     def _retry(self, record: dict[str, Any]) -> Any:
         if record.get("parent"):
@@ -229,12 +245,12 @@ class PolicyExecutor:
         return None
 
     async def _retry_later(self, record: dict[str, Any], policy: Policy, count: int) -> None:
+        """Request the retry now, held `delayed` for the policy's delay: stored, so a restart during the
+        delay runs it still (a retry waiting in memory was lost with the process)."""
         delay = float(policy.parameters.get("delay", 0) or 0)
-        if delay:
-            await asyncio.sleep(delay)  # the policy's own delay, not a polling loop
         context = {"policies": {"retry": {"retry_count": count, "applied_policy": policy.ref}}}
         try:
-            await self.executions.rerun(record["id"], context=context)
+            await self.executions.rerun(record["id"], context=context, delay=delay)
         except Exception:
             log.exception("retry policy %s could not re-run %s", policy.ref, record["id"])
 

@@ -102,6 +102,57 @@ async def test_retry_policy_reruns_a_failure_with_a_count(home: Path) -> None:
         await squall.close()
 
 
+async def test_a_delayed_run_canceled_here_or_elsewhere_gives_its_place_up(home: Path) -> None:
+    """Threshold 1: of four queued behind a running one, the second is canceled here and the third in
+    another process (its end unheard here). When the first ends the fourth runs, and then a new
+    request does: no slot stays taken by a run that will never start."""
+    _pack(home, {"limit": "name: limit\nresource_ref: pol.gate\npolicy_type: action.concurrency\n"
+                          "parameters: {threshold: 1, action: delay}\n"})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        gate = home / "gate"
+        first, second, third, fourth = [await squall.executions.request("pol.gate", {"gate": str(gate), "tag": tag})
+                                        for tag in ("one", "two", "three", "four")]
+        await _status(squall, first["id"], {"running"})
+        assert (await squall.executions.cancel(second["id"]))["status"] == "canceled"
+        assert await squall.db(squall.store.update_execution, third["id"], {"status": "canceled"},
+                               expect=("delayed",))  # as `squall execution cancel` in another process does
+        gate.touch()
+        assert (await squall.executions.wait(fourth["id"], timeout=20))["result"]["stdout"] == "four"
+        fifth = await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "five"})
+        assert (await squall.executions.wait(fifth["id"], timeout=20))["status"] == "succeeded"
+        assert {key: list(queue) for key, queue in squall.executor._queues.items() if queue} == {}
+        assert not any(squall.executor._admitted.values())
+    finally:
+        await squall.close()
+
+
+async def test_a_retry_waiting_out_its_delay_survives_a_restart(home: Path) -> None:
+    """The retry is stored `delayed` when the failure is (not held in memory for the policy's delay):
+    a restart during the delay runs it once that delay is over."""
+    _pack(home, {"retry": "name: retry\nresource_ref: pol.flaky\npolicy_type: action.retry\n"
+                          "parameters: {retry_on: failure, max_retry_count: 1, delay: 2}\n"})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        record = await squall.executions.request("pol.flaky", {"marker": str(home / "count")})
+        assert (await squall.executions.wait(record["id"], timeout=20))["status"] == "failed"
+        while len(rows := await squall.executions.list(action="pol.flaky")) < 2:
+            await asyncio.sleep(0.02)
+        retry = next(r for r in rows if r["id"] != record["id"])
+        assert retry["status"] == "delayed" and retry["runner_info"]["delayed_until"]
+    finally:
+        await squall.close()  # stopped during the delay
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        await squall.executions.recover()
+        assert (await squall.executions.get(retry["id"]))["status"] == "delayed"  # its delay is not over yet
+        done = await squall.executions.wait(retry["id"], timeout=20)
+        assert done["status"] == "failed" and done["context"]["policies"]["retry"]["retry_count"] == 1
+        assert (home / "count").read_text().strip() == "2"  # ran once more: the first run, then the retry
+    finally:
+        await squall.close()
+
+
 def test_bad_policy_files_are_named(home: Path) -> None:
     from bot.app import Squall as _Squall  # noqa: F401  (policies load with the app)
 

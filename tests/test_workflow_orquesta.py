@@ -257,6 +257,29 @@ output:
 """
 
 
+#: A question asked while another branch runs; `done` waits for both.
+ASK_BESIDE = """
+version: 1.0
+input: [gate]
+tasks:
+  start:
+    next: [{do: [ask, slow]}]
+  ask:
+    action: core.ask
+    input: {schema: {type: object, properties: {ok: {type: boolean}}}}
+    next: [{do: done}]
+  slow:
+    action: core.local
+    input:
+      cmd: "while [ ! -f {{ ctx('gate') }} ]; do sleep 0.02; done"
+      timeout: 30
+    next: [{do: done}]
+  done:
+    join: all
+    action: core.noop
+"""
+
+
 @pytest.fixture
 async def wf(home: Path) -> Squall:
     workflow_pack(home, {
@@ -275,6 +298,7 @@ async def wf(home: Path) -> Squall:
         "pausable": ("orquesta", "gate: {type: string}", PAUSABLE),
         "nested": ("orquesta", "gate: {type: string}", NESTED),
         "shell": ("orquesta", "who: {type: string, required: true}", SHELL),
+        "ask_beside": ("orquesta", "gate: {type: string}", ASK_BESIDE),
     })
     app = await Squall.start(load_config(home / "config.yml"))
     assert app.registry.errors == []
@@ -414,6 +438,55 @@ async def test_pause_resume_and_cancel(wf: Squall, tmp_path: Path) -> None:
     assert canceled["status"] == "canceled"
     rows = await children(wf, again["id"])
     assert [(n, r["status"]) for n, r in zip(task_names(rows), rows, strict=True)] == [("wait", "succeeded")]
+
+
+async def test_a_workflow_canceled_before_its_resume_is_claimed_ends_canceled(wf: Squall, tmp_path: Path) -> None:
+    """`squall execution resume` stores `resuming` for serve to claim; a cancel in between used to
+    leave it `canceling` for ever (nobody conducts it). It ends `canceled` now, and stays so."""
+    gate = tmp_path / "gate"
+    record = await wf.executions.request("wf.pausable", {"gate": str(gate)}, {"user": "tester"})
+    while len(await children(wf, record["id"])) < 1:
+        await wf.executions.get(record["id"])
+    await wf.executions.pause(record["id"])
+    gate.touch()
+    assert (await wf.executions.wait(record["id"], timeout=20))["status"] == "paused"
+    executor, wf.executions.executor = wf.executions.executor, None  # resumed as the CLI does: no executor
+    try:
+        assert (await wf.executions.resume(record["id"]))["status"] == "resuming"
+        canceled = await wf.executions.cancel(record["id"])
+    finally:
+        wf.executions.executor = executor
+    assert canceled["status"] == "canceled"
+    await wf.executions.poll()
+    final = await wf.executions.get(record["id"])
+    assert final["status"] == "canceled" and [e["status"] for e in final["log"]][-3:] == [
+        "resuming", "canceling", "canceled"]
+    assert task_names(await children(wf, record["id"])) == ["wait"]  # `after` never started
+
+
+async def test_an_answer_heard_only_in_another_process_still_resumes_the_workflow(wf: Squall, tmp_path: Path) -> None:
+    """An inquiry answered by `squall inquiry respond` (another process: its end is not heard here)
+    while another branch still runs: once that branch ends the workflow would pause for an answer
+    already given. It goes on instead."""
+    gate = tmp_path / "gate"
+    record = await wf.executions.request("wf.ask_beside", {"gate": str(gate)}, {"user": "tester"})
+    while True:
+        rows = await children(wf, record["id"])
+        ask = [r for r in rows if r["action"] == "core.ask" and r["status"] == "pending"]
+        if ask and any(r["action"] == "core.local" and r["status"] == "running" for r in rows):
+            break
+        await asyncio.sleep(0.02)
+    answer = {**ask[0]["result"], "response": {"ok": True}, "responder": "someone"}
+    assert await wf.db(wf.store.update_execution, ask[0]["id"], {"status": "succeeded", "result": answer},
+                       expect=("pending",))  # stored by the other process; no event here
+    gate.touch()
+    for _ in range(200):
+        wf.executions._recent.pop(record["id"], None)
+        done = await wf.executions.wait(record["id"], timeout=20)
+        if done["status"] not in ("paused", "resuming", "running"):
+            break
+    assert done["status"] == "succeeded", done
+    assert sorted(task_names(await children(wf, record["id"]))) == ["ask", "done", "slow"]
 
 
 async def test_pausing_a_workflow_pauses_its_sub_workflows_and_resuming_resumes_them(wf: Squall,

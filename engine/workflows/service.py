@@ -546,6 +546,10 @@ class WorkflowService:
                 return self._wake_paused(parent)
         if record["runner"] in self.runners and record["status"] == "canceled":
             return self._cancel_leftovers(record["id"])
+        if record["runner"] in self.runners and record["status"] == "paused":
+            # An answer given in another process (`squall inquiry respond`) while other tasks still ran
+            # was heard only there: if nothing is pending any more, conduct it on now.
+            return self._wake_paused(record["id"])
         return None
 
     async def _step_on(self, parent_id: str, record: dict[str, Any]) -> None:
