@@ -68,7 +68,8 @@ _JINJA_START_MARKERS = ("{{", "{%")
 # StackStorm rewrites a JSON string that is exactly "{{name}}" to {{name | to_complex}} so a
 # whole-value reference keeps the referenced value's type (int, list, dict...) in dict/list
 # parameters.  Only a bare identifier qualifies; anything else renders as a string.
-_COMPLEX_REFERENCE = re.compile(r'"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}"')
+#: A dict or list leaf that is one bare reference (`"{{items}}"`): it keeps the referenced value's type.
+_WHOLE_REFERENCE = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")
 
 _TEMPLATE_CACHE_SIZE = 2048
 _ERROR_TEMPLATE_PREVIEW = 500
@@ -1291,40 +1292,50 @@ def _contains_template(value: Any) -> bool:
 
 
 def render_value(value: Any, context: Mapping[str, Any], env: jinja2.Environment | None = None) -> Any:
-    """Render one parameter value the way StackStorm's ``render_values`` does.
+    """Render one parameter value the way StackStorm's ``render_values`` does, minus its flaw.
 
     * strings without ``{{``/``{%`` and non-string scalars come back untouched (no Jinja call);
     * other strings are rendered, and if the output equals the input the original is returned;
-    * dicts and lists are JSON-encoded, every ``"{{name}}"`` string becomes
-      ``{{name | to_complex}}`` so the referenced value keeps its type, the JSON text is
-      rendered and decoded again; unchanged output returns the original object.
+    * in dicts and lists each string (key or leaf) renders on its own, and a leaf that is exactly
+      ``"{{name}}"`` takes the referenced value with its type (``to_complex``); an unchanged
+      container comes back as the original object.
+
+    StackStorm JSON-encodes a dict or list, renders that text whole and decodes it again: a value
+    with a quote (a webhook's `x", "GIT_SSH_COMMAND": "…`) then adds keys of its own choosing to an
+    `env`, or breaks the JSON. Rendering leaf by leaf keeps what a payload says inside its string.
     """
     if isinstance(value, str):
         if not is_jinja_expression(value):
             return value
         rendered = render_template(value, context, env)
         return value if rendered == value else rendered
-
     if not isinstance(value, dict | list) or not _contains_template(value):
         return value
+    return _render_leaves(value, context, env)
 
-    try:
-        encoded = json.dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise TemplateRenderError(
-            f"Cannot render {type(value).__name__} value: it is not JSON-serialisable ({exc})"
-        ) from exc
-    template = _COMPLEX_REFERENCE.sub(r"{{\1 | to_complex}}", encoded)
-    rendered = render_template(template, context, env)
-    if rendered == encoded:
-        return value
-    try:
-        return json.loads(rendered)
-    except ValueError as exc:
-        raise TemplateRenderError(
-            f"Template {_preview(template)!r} rendered to invalid JSON {_preview(rendered)!r}: {exc}",
-            template=template,
-        ) from exc
+
+def _render_leaves(value: Any, context: Mapping[str, Any], env: jinja2.Environment | None) -> Any:
+    """`render_value` inside a dict or list: each string alone; the container unchanged if nothing changed."""
+    if isinstance(value, str):
+        reference = _WHOLE_REFERENCE.fullmatch(value)
+        if reference is None:
+            return render_value(value, context, env)
+        text = render_template(f"{{{{{reference[1]} | to_complex}}}}", context, env)
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise TemplateRenderError(f"{value!r} rendered to invalid JSON {_preview(text)!r}: {exc}",
+                                      template=value) from exc
+    if isinstance(value, dict):
+        items = [(_render_leaves(k, context, env) if isinstance(k, str) else k, _render_leaves(v, context, env))
+                 for k, v in value.items()]
+        if all(new_k is k and new_v is v for (new_k, new_v), (k, v) in zip(items, value.items(), strict=True)):
+            return value
+        return dict(items)
+    if isinstance(value, list):
+        rendered = [_render_leaves(item, context, env) for item in value]
+        return value if all(new is old for new, old in zip(rendered, value, strict=True)) else rendered
+    return value
 
 
 def render_values(

@@ -34,6 +34,7 @@ def make_pack(home: Path, rules: dict[str, str]) -> Path:
           count: {type: integer}
           message: {type: string}
           items: {type: array}
+          env: {type: object}
     """)
     write(pack / "triggers" / "event.yaml", """
         name: event
@@ -297,6 +298,38 @@ async def test_webhook_rules_are_routed_by_url(home: Path) -> None:
         bare = await squall.triggers.dispatch("core.st2.webhook", {"headers": {}, "headers_lower": {}, "body": {}})
         await squall.rules.settle()
         assert await squall.rules.enforcements(trigger_instance_id=bare["id"]) == []
+    finally:
+        await squall.close()
+
+
+async def test_a_payload_cannot_add_keys_to_an_object_parameter(home: Path) -> None:
+    """A rule's `env: {BRANCH: "{{ trigger.body.branch }}"}`: a branch with quotes in it is the value
+    of BRANCH, whole. (StackStorm renders the object as JSON text, so such a branch adds keys: a
+    `GIT_SSH_COMMAND` that a git-using action then runs.) A quote no longer breaks the enforcement."""
+    make_pack(home, {"hook": """
+        name: hook
+        enabled: true
+        trigger: {type: core.st2.webhook, parameters: {url: deploy}}
+        action:
+          ref: demo.take
+          parameters:
+            env: {BRANCH: "{{ trigger.body.branch }}", FROM: "{{trigger}}"}
+            items: ["{{ trigger.body.branch }}", "{{ trigger.body.n }}"]
+    """})
+    squall = await started(home)
+    try:
+        hostile = 'x", "GIT_SSH_COMMAND": "touch pwned #'
+        for branch in (hostile, 'say "hi"\n\\'):
+            instance = await squall.rules.dispatch_webhook("deploy", {"headers": {}, "headers_lower": {},
+                                                                      "body": {"branch": branch, "n": 5}})
+            await squall.rules.settle()
+            [enforcement] = await squall.rules.enforcements(trigger_instance_id=instance["id"])
+            assert enforcement["status"] == "succeeded", enforcement
+            record = await squall.executions.get(enforcement["execution_id"])
+            env = record["parameters"]["env"]
+            assert set(env) == {"BRANCH", "FROM"} and env["BRANCH"] == branch
+            assert env["FROM"]["body"]["branch"] == branch  # a whole reference keeps its type
+            assert record["parameters"]["items"] == [branch, "5"]
     finally:
         await squall.close()
 
