@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import fnmatch
 import operator as _op
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+
+from engine import patterns
 
 try:  # StackStorm parses timestamps with dateutil; ISO 8601 covers what Squall itself emits
     from dateutil import parser as _dateutil_parser
@@ -138,21 +139,22 @@ def match_regex(value: Any, pattern: Any) -> bool:
     if pattern is None:
         return False
     value, pattern = ensure_str(value, pattern)
-    return re.compile(pattern, re.DOTALL).match(value) is not None
+    return patterns.match(pattern, value, patterns.DOTALL) is not None
 
 
 def regex(value: Any, pattern: Any) -> bool:
+    """`pattern` found in `value`, bounded in time (`engine.patterns`): a payload cannot stall the loop."""
     if pattern is None:
         return False
     value, pattern = ensure_str(value, pattern)
-    return re.compile(pattern).search(value) is not None
+    return patterns.search(pattern, value) is not None
 
 
 def iregex(value: Any, pattern: Any) -> bool:
     if pattern is None:
         return False
     value, pattern = ensure_str(value, pattern)
-    return re.compile(pattern, re.IGNORECASE).search(value) is not None
+    return patterns.search(pattern, value, patterns.IGNORECASE) is not None
 
 
 def _parse_utc(value: Any) -> datetime:

@@ -32,6 +32,7 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import Namespace, generate_lorem_ipsum
 
+from engine import patterns
 from engine.config import TemplateLimits
 
 if TYPE_CHECKING:
@@ -289,24 +290,26 @@ def to_complex(value: Any) -> str:
 
 
 def _regex_flags(ignorecase: bool) -> int:
-    return re.IGNORECASE if ignorecase else 0
+    return patterns.IGNORECASE if ignorecase else 0
 
 
+# The regex filters run a pack author's pattern over whatever a template is given (a payload):
+# bounded in time by `engine.patterns`.
 def regex_match(value: Any, pattern: str, ignorecase: bool = False) -> bool:
-    return bool(re.match(pattern, _text(value), _regex_flags(ignorecase)))
+    return bool(patterns.match(pattern, _text(value), _regex_flags(ignorecase)))
 
 
 def regex_search(value: Any, pattern: str, ignorecase: bool = False) -> bool:
-    return bool(re.search(pattern, _text(value), _regex_flags(ignorecase)))
+    return bool(patterns.search(pattern, _text(value), _regex_flags(ignorecase)))
 
 
 def regex_replace(value: Any, pattern: str, replacement: str, ignorecase: bool = False) -> str:
-    return re.compile(pattern, _regex_flags(ignorecase)).sub(replacement, _text(value))
+    return patterns.sub(pattern, replacement, _text(value), _regex_flags(ignorecase))
 
 
 def regex_substring(value: Any, pattern: str, result_index: int = 0, ignorecase: bool = False) -> Any:
-    """The ``result_index``-th ``re.findall`` result; no match raises IndexError, as in StackStorm."""
-    return re.findall(pattern, _text(value), _regex_flags(ignorecase))[result_index]
+    """The ``result_index``-th ``findall`` result; no match raises IndexError, as in StackStorm."""
+    return patterns.findall(pattern, _text(value), _regex_flags(ignorecase))[result_index]
 
 
 _TIME_UNITS = (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))

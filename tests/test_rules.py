@@ -334,6 +334,50 @@ async def test_a_payload_cannot_add_keys_to_an_object_parameter(home: Path) -> N
         await squall.close()
 
 
+async def test_a_pattern_that_backtracks_without_end_fails_its_rule_not_the_service(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`^(a|aa)+$` over forty `a`s and a `b` backtracks for minutes in Python's `re`, on the event
+    loop. The match stops at `engine.patterns.TIMEOUT`: that rule's enforcement fails and says why,
+    and the other rule on the same instance, and the next instance, are enforced as usual."""
+    from engine import patterns
+
+    monkeypatch.setattr(patterns, "TIMEOUT", 0.2)
+    make_pack(home, {
+        "slow": """
+            name: slow
+            enabled: true
+            trigger: {type: core.st2.webhook, parameters: {url: text}}
+            criteria: {trigger.body.text: {type: regex, pattern: '^(a|aa)+$'}}
+            action: {ref: demo.take}
+        """,
+        "plain": """
+            name: plain
+            enabled: true
+            trigger: {type: core.st2.webhook, parameters: {url: text}}
+            criteria: {trigger.body.text: {type: iregex, pattern: 'B$'}}
+            action: {ref: demo.take, parameters: {message: "{{ trigger.body.text | regex_replace('^(a|aa)+$', 'x') }}"}}
+        """,
+    })
+    squall = await started(home)
+    try:
+        instance = await squall.rules.dispatch_webhook("text", {"headers": {}, "headers_lower": {},
+                                                                "body": {"text": "a" * 40 + "b"}})
+        await squall.rules.settle()
+        by_rule = {e["rule"]["ref"]: e for e in await squall.rules.enforcements(trigger_instance_id=instance["id"])}
+        assert by_rule["demo.slow"]["status"] == "failed"
+        assert "regex timed out" in by_rule["demo.slow"]["failure_reason"]
+        assert by_rule["demo.plain"]["status"] == "failed"  # its parameter's filter timed out in turn
+        assert "regex timed out" in by_rule["demo.plain"]["failure_reason"]
+        fine = await squall.rules.dispatch_webhook("text", {"headers": {}, "headers_lower": {},
+                                                            "body": {"text": "aab"}})
+        await squall.rules.settle()
+        [plain] = await squall.rules.enforcements(trigger_instance_id=fine["id"])
+        assert plain["rule"]["ref"] == "demo.plain" and plain["status"] == "succeeded"
+        assert (await squall.executions.get(plain["execution_id"]))["parameters"]["message"] == "aab"
+    finally:
+        await squall.close()
+
+
 async def test_reload_rebuilds_rules(home: Path) -> None:
     pack = make_pack(home, {"one": rule("one")})
     squall = await started(home)
