@@ -303,6 +303,7 @@ def load_pack(path: Path, registry: Registry, configs_path: Path, system_path: P
             payload_schema=data.get("payload_schema") or {},
             parameters_schema=data.get("parameters_schema") or {}, metadata_file=_display(file),
         )
+        _check_payload_schema(trigger, registry)
         registry.trigger_types[trigger.ref] = trigger
 
     for kind in CONTENT_KINDS:
@@ -315,8 +316,25 @@ def load_pack(path: Path, registry: Registry, configs_path: Path, system_path: P
             registry.documents.append(ContentDocument(kind, ref, _display(file), data, dmap))
             if kind == "sensors":
                 for trigger in sensor_trigger_types(ref, data, _display(file)):
-                    registry.trigger_types.setdefault(trigger.ref, trigger)
+                    if trigger.ref not in registry.trigger_types:
+                        _check_payload_schema(trigger, registry)
+                        registry.trigger_types[trigger.ref] = trigger
     return pack
+
+
+def _check_payload_schema(trigger: TriggerType, registry: Registry) -> None:
+    """A `payload_schema` that is no JSON schema (`type: int`) is a load problem: every instance of the
+    trigger would be refused (a webhook's 4xx, a sensor's dispatch logged and dropped)."""
+    if not trigger.payload_schema:
+        return
+    import jsonschema  # only for packs that declare payload schemas
+
+    try:
+        jsonschema.Draft4Validator.check_schema(trigger.payload_schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        where = ".".join(str(p) for p in exc.absolute_path) or "(top level)"
+        registry.errors.append(ContentError(trigger.metadata_file, None, f"trigger type '{trigger.ref}': "
+                                            f"payload_schema {where}: {exc.message}"))
 
 
 def sensor_trigger_types(pack: str, data: Any, file: str) -> list[TriggerType]:

@@ -259,6 +259,8 @@ class SensorContainer:
                                     or f"sensor-{spec.ref}-{os.urandom(8).hex()}")
             except TriggerError as exc:  # as StackStorm: a bad payload is logged, the sensor goes on
                 log.warning("sensor %s dispatched an invalid trigger instance: %s", spec.ref, exc)
+            except Exception:  # whatever else one instance does, the sensor goes on
+                log.exception("sensor %s dispatched a trigger instance that could not be stored", spec.ref)
         elif op == "call":
             reply: dict[str, Any] = {"op": "reply", "id": message.get("id")}
             try:

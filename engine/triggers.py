@@ -83,8 +83,14 @@ class TriggerService:
         if trigger.payload_schema:
             import jsonschema  # here, not at the top: ~35 ms that `squall serve` need not pay before it answers
 
-            error = jsonschema.exceptions.best_match(
-                jsonschema.Draft4Validator(trigger.payload_schema).iter_errors(payload))
+            try:
+                error = jsonschema.exceptions.best_match(
+                    jsonschema.Draft4Validator(trigger.payload_schema).iter_errors(payload))
+            except (jsonschema.exceptions.SchemaError, jsonschema.exceptions.UnknownType) as exc:
+                problem = (f"unknown type {exc.type!r}" if isinstance(exc, jsonschema.exceptions.UnknownType)
+                           else exc.message)
+                raise TriggerError(f'trigger type "{trigger_ref}" has an invalid payload_schema, so no payload can be '
+                                   f'checked against it ({problem}): fix {trigger.metadata_file}') from None
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path) or "payload"
                 raise TriggerError(f'payload for "{trigger_ref}" is invalid at {where}: {error.message}')

@@ -361,6 +361,30 @@ async def test_keys_crud_and_masking(client: httpx.AsyncClient) -> None:
 
 # -- webhooks ----------------------------------------------------------------------------------------
 
+async def test_a_trigger_type_whose_schema_is_no_schema_is_a_load_problem_and_a_4xx(home: Path) -> None:
+    """`payload_schema: {properties: {n: {type: int}}}` (no JSON schema type): named when the pack
+    loads, and an instance of it is refused with a 400 that says so, not a 500; other triggers work."""
+    _home(home)
+    write(home / "packs" / "demo" / "triggers" / "broken.yaml",
+          "name: broken\npack: demo\npayload_schema: {type: object, properties: {n: {type: int}}}\n")
+    app = await Squall.start(load_config(home / "config.yml"))
+    try:
+        assert [e.reason for e in app.registry.errors if "broken" in e.file] == [
+            "trigger type 'demo.broken': payload_schema properties.n.type: 'int' is not valid under any of the "
+            "given schemas"]
+        transport = httpx.ASGITransport(app=create_api(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://squall", headers={"St2-Api-Key": KEY}) as c:
+            refused = await c.post("/api/v1/webhooks/st2", json={"trigger": "demo.broken", "payload": {"n": 1}})
+            assert refused.status_code == 400
+            assert ('trigger type "demo.broken" has an invalid payload_schema, so no payload can be checked against '
+                    "it (unknown type 'int')") in refused.json()["faultstring"]
+            fine = await c.post("/api/v1/webhooks/st2", json={"trigger": "demo.event", "payload": {"n": 1}})
+            assert fine.status_code == 202
+    finally:
+        await app.triggers.settle()
+        await app.close()
+
+
 async def test_generic_webhook_stores_before_202(squall: Squall, client: httpx.AsyncClient,
                                                  anon: httpx.AsyncClient) -> None:
     body = {"trigger": "demo.event", "payload": {"n": 7}}
