@@ -310,7 +310,7 @@ class SquallBot:
     def webhook(self, hook: str, body: Any, /, headers: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """POST `body` to `/api/v1/webhooks/<hook>` as far as the rules can tell: a `core.st2.webhook`
         instance for that hook with the payload the API builds (`headers`, `headers_lower`, `body`)."""
-        sent = dict(headers or {})
+        sent = {name.title(): value for name, value in (headers or {}).items()}  # as the API names them
         payload = {"headers": sent, "headers_lower": {k.lower(): v for k, v in sent.items()}, "body": body}
         return self.emit("core.st2.webhook", payload, url=hook.strip("/"))
 

@@ -428,14 +428,18 @@ async def test_custom_webhook(squall: Squall, client: httpx.AsyncClient, anon: h
     assert len(stored) == 1
     payload = stored[0]["payload"]
     assert payload["body"] == {"a": 1} and payload["headers_lower"]["x-custom"] == "yes"
+    assert payload["headers"]["X-Custom"] == "yes" and payload["headers"]["Content-Type"] == "application/json"
     assert stored[0]["trigger_parameters"] == {"url": "ci/build"}
     lowered = {k.lower() for k in payload["headers"]}
     assert not lowered & {"st2-api-key", "cookie", "authorization"}
     assert stored[0]["trace_tag"].startswith("webhook-ci/build-")
     listed = await client.post("/api/v1/webhooks/ci/build", json=[1, 2])
     assert listed.status_code == 202 and listed.json() == [1, 2]
-    form = await client.post("/api/v1/webhooks/ci/build", data={"k": "v"})
+    form = await client.post("/api/v1/webhooks/ci/build", data={"k": "v", "many": ["1", "2"], "blank": ""})
     assert form.status_code == 202
+    formed = await squall.db(squall.store.trigger_instance_list, "core.st2.webhook")
+    # As StackStorm's parse_qs: every field a list (a rule reads `trigger.body.k[0]`).
+    assert {"k": ["v"], "many": ["1", "2"], "blank": [""]} in [row["payload"]["body"] for row in formed]
     malformed = await client.post("/api/v1/webhooks/ci/build", content=b"{oops",
                                   headers={"Content-Type": "application/json"})
     assert malformed.status_code == 400 and "Failed to parse" in malformed.json()["faultstring"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -43,10 +43,11 @@ async def _read_body(request: Request) -> bytes:
 
 
 def _parse_body(request: Request, raw: bytes) -> Any:
-    """Form data as a dict, an empty body as `{}`, anything else as JSON (what the body guard decoded)."""
+    """Form data as StackStorm parses it (`parse_qs`: each field a list, `body.form[0]`), an empty body
+    as `{}`, anything else as JSON (what the body guard decoded)."""
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type == "application/x-www-form-urlencoded":
-        return dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+        return parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
     if not raw.strip():
         return {}
     decoded = getattr(request.state, "json_body", NOT_JSON)  # the body guard decoded it already
@@ -113,7 +114,8 @@ async def custom_webhook(name: str, request: Request) -> Any:
     body = _parse_body(request, raw)
     if not isinstance(body, (dict, list)):
         raise HTTPException(400, "The body must be a JSON object or array.")
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _SECRET_HEADERS}
+    # Named as StackStorm's webob names them (`X-Source`, `Content-Type`): rules read `trigger.headers['X-Source']`.
+    headers = {k.title(): v for k, v in request.headers.items() if k.lower() not in _SECRET_HEADERS}
     payload = {"headers": headers, "headers_lower": {k.lower(): v for k, v in headers.items()}, "body": body}
     try:
         # The instance is tied to this hook's rules only (its trigger parameters are the URL).
