@@ -322,19 +322,38 @@ def load_pack(path: Path, registry: Registry, configs_path: Path, system_path: P
     return pack
 
 
-def _check_payload_schema(trigger: TriggerType, registry: Registry) -> None:
-    """A `payload_schema` that is no JSON schema (`type: int`) is a load problem: every instance of the
-    trigger would be refused (a webhook's 4xx, a sensor's dispatch logged and dropped)."""
-    if not trigger.payload_schema:
-        return
-    import jsonschema  # only for packs that declare payload schemas
+#: JSON schema's type names (draft 4).
+_JSON_TYPES = frozenset({"array", "boolean", "integer", "null", "number", "object", "string"})
 
-    try:
-        jsonschema.Draft4Validator.check_schema(trigger.payload_schema)
-    except jsonschema.exceptions.SchemaError as exc:
-        where = ".".join(str(p) for p in exc.absolute_path) or "(top level)"
-        registry.errors.append(ContentError(trigger.metadata_file, None, f"trigger type '{trigger.ref}': "
-                                            f"payload_schema {where}: {exc.message}"))
+
+def _check_payload_schema(trigger: TriggerType, registry: Registry) -> None:
+    """A `payload_schema` whose `type` is no JSON schema type (`type: int`, the usual slip) is a load
+    problem: every instance of the trigger would be refused (a webhook's 400, a sensor's dispatch
+    logged and dropped). Checked by hand, not by jsonschema, which `squall serve` loads only when a
+    payload is first checked; `TriggerService.check` names any other schema error then."""
+    problem = _type_problem(trigger.payload_schema, "")
+    if problem is not None:
+        registry.errors.append(ContentError(trigger.metadata_file, None,
+                                            f"trigger type '{trigger.ref}': payload_schema {problem}"))
+
+
+def _type_problem(schema: Any, where: str) -> str | None:
+    if not isinstance(schema, dict):
+        return None
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
+    for name in kinds:
+        if not isinstance(name, str) or name not in _JSON_TYPES:
+            return (f"{where or '(top level)'}: type {name!r} is not a JSON schema type; use one of "
+                    f"{', '.join(sorted(_JSON_TYPES))}")
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    children = [(f"{where}.{key}".lstrip("."), child) for key, child in properties.items()]
+    children.append((f"{where}[]", schema.get("items")))
+    for child_where, child in children:
+        problem = _type_problem(child, child_where)
+        if problem is not None:
+            return problem
+    return None
 
 
 def sensor_trigger_types(pack: str, data: Any, file: str) -> list[TriggerType]:

@@ -370,8 +370,8 @@ async def test_a_trigger_type_whose_schema_is_no_schema_is_a_load_problem_and_a_
     app = await Squall.start(load_config(home / "config.yml"))
     try:
         assert [e.reason for e in app.registry.errors if "broken" in e.file] == [
-            "trigger type 'demo.broken': payload_schema properties.n.type: 'int' is not valid under any of the "
-            "given schemas"]
+            "trigger type 'demo.broken': payload_schema n: type 'int' is not a JSON schema type; use one of array, "
+            "boolean, integer, null, number, object, string"]
         transport = httpx.ASGITransport(app=create_api(app))
         async with httpx.AsyncClient(transport=transport, base_url="http://squall", headers={"St2-Api-Key": KEY}) as c:
             refused = await c.post("/api/v1/webhooks/st2", json={"trigger": "demo.broken", "payload": {"n": 1}})
