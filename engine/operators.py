@@ -211,6 +211,11 @@ CheckFunction = Callable[[str, dict[str, Any], Any], bool]
 _CONDITIONS = {"any": (any, all), "all": (all, all), "any2any": (any, any), "all2any": (all, any)}
 
 
+#: Items one `search` criterion checks at most: a 1 MiB body holds ~340,000 empty objects, which took
+#: 5 s of the event loop (chat, the API and timers wait meanwhile); real alert lists hold dozens.
+SEARCH_MAX_ITEMS = 10_000
+
+
 def search(value: Any, pattern: dict[str, Any], condition: str | None, check: Callable[[Any, Any], bool]) -> bool:
     """StackStorm's `search`: `check(child, item)` evaluates one child criterion against one list item.
 
@@ -224,6 +229,9 @@ def search(value: Any, pattern: dict[str, Any], condition: str | None, check: Ca
             f'not "{condition}"')
     if isinstance(value, dict):
         value = [value]
+    if isinstance(value, list | tuple) and len(value) > SEARCH_MAX_ITEMS:
+        raise ValueError(f"the search is over {len(value):,} items, more than the {SEARCH_MAX_ITEMS:,} one criterion "
+                         "may check (every rule waits while it runs): filter the list before it is sent")
     over_items, over_children = _CONDITIONS[condition]
     children = list(pattern.items()) if isinstance(pattern, dict) else pattern
     return over_items(over_children(check(child, item) for child in children) for item in value)

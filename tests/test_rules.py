@@ -378,6 +378,40 @@ async def test_a_pattern_that_backtracks_without_end_fails_its_rule_not_the_serv
         await squall.close()
 
 
+async def test_a_search_over_too_many_items_fails_its_rule_with_the_reason(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One payload's list cannot hold every rule (a 1 MiB body of empty objects took 5 s of the loop):
+    a `search` over more than `SEARCH_MAX_ITEMS` fails that rule's enforcement and says why."""
+    from engine import operators
+
+    monkeypatch.setattr(operators, "SEARCH_MAX_ITEMS", 5)
+    make_pack(home, {"alerts": """
+        name: alerts
+        enabled: true
+        trigger: {type: core.st2.webhook, parameters: {url: alerts}}
+        criteria:
+          trigger.body.alerts:
+            type: search
+            condition: any
+            pattern: {item.status: {type: equals, pattern: firing}}
+        action: {ref: demo.take}
+    """})
+    squall = await started(home)
+    try:
+        results = {}
+        for count in (5, 6):
+            alerts = [{"status": "resolved"}] * (count - 1) + [{"status": "firing"}]
+            instance = await squall.rules.dispatch_webhook("alerts", {"headers": {}, "headers_lower": {},
+                                                                      "body": {"alerts": alerts}})
+            await squall.rules.settle()
+            [results[count]] = await squall.rules.enforcements(trigger_instance_id=instance["id"])
+        assert results[5]["status"] == "succeeded"
+        assert results[6]["status"] == "failed"
+        assert "the search is over 6 items, more than the 5 one criterion may check" in results[6]["failure_reason"]
+    finally:
+        await squall.close()
+
+
 async def test_reload_rebuilds_rules(home: Path) -> None:
     pack = make_pack(home, {"one": rule("one")})
     squall = await started(home)
