@@ -248,7 +248,9 @@ class PolicyExecutor:
         """Request the retry now, held `delayed` for the policy's delay: stored, so a restart during the
         delay runs it still (a retry waiting in memory was lost with the process)."""
         delay = float(policy.parameters.get("delay", 0) or 0)
-        context = {"policies": {"retry": {"retry_count": count, "applied_policy": policy.ref}}}
+        # The same request again: who asked and where its replies go (a chat thread) are the original's.
+        context = {**(record.get("context") or {}),
+                   "policies": {"retry": {"retry_count": count, "applied_policy": policy.ref}}}
         try:
             await self.executions.rerun(record["id"], context=context, delay=delay)
         except Exception:

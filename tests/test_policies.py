@@ -86,7 +86,8 @@ async def test_retry_policy_reruns_a_failure_with_a_count(home: Path) -> None:
                           "parameters: {retry_on: failure, max_retry_count: 3}\n"})
     squall = await Squall.start(load_config(home / "config.yml"))
     try:
-        record = await squall.executions.request("pol.flaky", {"marker": str(home / "count")})
+        asked = {"user": "alice", "source": "chat", "chat": {"adapter": "slack", "channel": "C1", "thread": "t1"}}
+        record = await squall.executions.request("pol.flaky", {"marker": str(home / "count")}, asked)
         first = await squall.executions.wait(record["id"], timeout=20)
         assert first["status"] == "failed"
         while True:
@@ -98,6 +99,8 @@ async def test_retry_policy_reruns_a_failure_with_a_count(home: Path) -> None:
         assert [r["status"] for r in rows] == ["failed", "failed", "succeeded"]
         assert [r["context"].get("policies", {}).get("retry", {}).get("retry_count") for r in rows] == [None, 1, 2]
         assert rows[1]["context"]["policies"]["retry"]["applied_policy"] == "pol.retry"
+        for retry in rows[1:]:  # the same request again: its replies go where the first's went
+            assert {k: retry["context"].get(k) for k in asked} == asked
     finally:
         await squall.close()
 
