@@ -58,7 +58,8 @@ class Worker:
         record = await executions.db(store.get_execution, execution_id)
         if record is None:
             return
-        queued = ("requested", "scheduled")  # not yet run: a resumed workflow runs on what it started with
+        # Not yet run (a delayed one too): a resumed workflow runs on what it started with.
+        queued = ("requested", "scheduled", "delayed")
         refused = pack_mismatch(self.squall.registry, record) if record["status"] in queued else None
         if refused is not None:
             log.error("execution %s refused: %s", execution_id, refused)

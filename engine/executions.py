@@ -161,15 +161,22 @@ def _tokened(record: Mapping[str, Any]) -> bool:
     return runner is None or runner.token
 
 
-def _until_due(row: Mapping[str, Any]) -> float:
-    """Seconds until a `delayed` request's `runner_info.delayed_until` (0: due, or held by a policy)."""
+#: How early a delayed request counts as due: the timer that holds it fires on the monotonic clock, a
+#: hair before the wall one.
+DUE_SLACK = timedelta(milliseconds=100)
+
+
+def until_due(row: Mapping[str, Any]) -> float:
+    """Seconds until a `delayed` request's `runner_info.delayed_until` is reached (within `DUE_SLACK`);
+    0 when it is due, or when it has none (a concurrency policy holds it, not a clock)."""
     until = (row.get("runner_info") or {}).get("delayed_until") if row.get("status") == "delayed" else None
     if not isinstance(until, str):
         return 0.0
     try:
-        return max(0.0, (datetime.fromisoformat(until.replace("Z", "+00:00")) - utcnow()).total_seconds())
+        left = datetime.fromisoformat(until.replace("Z", "+00:00")) - utcnow() - DUE_SLACK
     except ValueError:
         return 0.0
+    return max(0.0, left.total_seconds())
 
 
 def public(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -422,8 +429,9 @@ class ExecutionService:
         audit event and what `stored_with` makes of it (`request`); with `at_once`, as it ended
         (`_end_at_once`). With `fence` (a worker's job conducting the `parent` workflow), only while
         that job still conducts it (`StaleStep` otherwise)."""
-        if fence is not None and parent is not None and not self.db.store.conducts(parent, fence):
-            raise StaleStep(f"workflow {parent}: another worker conducts it now; this step stops")
+        if fence is not None and parent is not None and not self.db.store.conducts(parent, fence, starting=True):
+            raise StaleStep(f"workflow {parent}: another worker conducts it now, or it was canceled meanwhile; "
+                            "this step stops")
         values = resolution.values
         secret_names = action.secret_names
         secrets = _scrubbable([v for k, v in values.items() if k in secret_names], revealed)
@@ -1068,7 +1076,7 @@ class ExecutionService:
         for row in rows:
             if row["status"] in _QUEUED:
                 if self.executor is not None and row["id"] not in running_here:
-                    wait = _until_due(row)
+                    wait = until_due(row)
                     if wait > 0:  # held for a delay (a task's `delay`, a retry policy's) that is not over
                         self._submit_later(row["id"], wait)
                     else:

@@ -33,15 +33,15 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from engine.config import Config
-from engine.executions import STEPPING
+from engine.executions import STEPPING, until_due
 from engine.packs import Registry
-from engine.storage import Store, as_utc, utcnow
+from engine.storage import Store, as_utc
 from engine.wakeups import libpq_url
 
 if TYPE_CHECKING:
@@ -56,7 +56,6 @@ TASK = "squall.run_execution"
 STALLED_SECONDS = 20.0
 HEARTBEAT_SECONDS = 5.0
 REAP_SECONDS = 5.0
-DUE_SLACK = timedelta(milliseconds=100)
 _LIVE = ("running", "pausing", "canceling", "resuming")
 #: A task in one of these will queue its workflow's next step when it ends.
 _CHILD_LIVE = ("requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming")
@@ -77,6 +76,12 @@ _UNATTENDED = sa.text(
 ).bindparams(sa.bindparam("stepping", expanding=True), sa.bindparam("runners", expanding=True),
              sa.bindparam("live", expanding=True))
 _FAIL = sa.text("SELECT procrastinate_finish_job_v1(:job_id, 'failed', false)")
+_ORPHANED = sa.text(
+    "SELECT e.id FROM executions e WHERE e.status IN :live AND e.runner NOT IN :workflows "
+    "AND (e.runner_info ->> 'job_id') IS NOT NULL "
+    "AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.id = CAST(e.runner_info ->> 'job_id' AS bigint) "
+    "AND j.status IN ('todo', 'doing', 'aborting'))"
+).bindparams(sa.bindparam("live", expanding=True), sa.bindparam("workflows", expanding=True))
 
 
 def defer(store: Store, execution_id: str, queue: str, *, steps: bool = False) -> int | None:
@@ -117,10 +122,9 @@ def pack_mismatch(registry: Registry, record: dict[str, Any]) -> str | None:
 
 
 def due(record: dict[str, Any]) -> bool:
-    """Whether `record` is a `delayed` request whose delay (`runner_info.delayed_until`) is over (to
-    within `DUE_SLACK`: the timer that held it fires on the monotonic clock, a hair before the wall one)."""
-    until = (record.get("runner_info") or {}).get("delayed_until") if record["status"] == "delayed" else None
-    return until is not None and datetime.fromisoformat(until.replace("Z", "+00:00")) <= utcnow() + DUE_SLACK
+    """Whether `record` is a `delayed` request whose delay (`runner_info.delayed_until`) is over."""
+    return ((record.get("runner_info") or {}).get("delayed_until") is not None and record["status"] == "delayed"
+            and until_due(record) == 0)
 
 
 def waiting_since(store: Store, before: datetime, limit: int = 1000) -> list[dict[str, Any]]:
@@ -212,21 +216,44 @@ async def reap_stalled(executions: ExecutionService, jobs: JobExecutor) -> int:
     store = executions.db.store
     stalled = await executions.db(_stalled, store)
     for job_id, execution_id in stalled:
-        await executions.db(_job_sql, store, _FAIL, job_id)  # its lock is free for the next step
         record = await executions.db(store.get_execution, execution_id)
-        if record is None or record["status"] not in _LIVE:
-            continue
-        if executions.resumable(record["runner"]):
+        if record is not None and record["status"] in _LIVE and executions.resumable(record["runner"]):
+            await executions.db(_job_sql, store, _FAIL, job_id)  # its lock is free for the next step
             log.warning("workflow %s: its worker stopped answering mid-step; another worker conducts it on",
                         execution_id)
             await jobs.advance(execution_id)
-        else:
-            await executions.complete(execution_id, "abandoned", _lost(record), _LIVE)
+            continue
+        if record is not None and record["status"] in _LIVE:  # ended first: a pass cut short leaves the job
+            await _end_lost(executions, record)
+        await executions.db(_job_sql, store, _FAIL, job_id)
     workflows = [name for name in executions.runners if executions.resumable(name)]
+    for execution_id in await executions.db(_orphaned, store, workflows):
+        record = await executions.db(store.get_execution, execution_id)
+        if record is not None and record["status"] in _LIVE:
+            log.warning("execution %s: its job ended without it (its end could not be stored); ending it",
+                        execution_id)
+            await _end_lost(executions, record)
     for execution_id in await executions.db(_unattended, store, workflows):
         log.warning("workflow %s waits on no task and had no job: queued its next step", execution_id)
         await jobs.advance(execution_id)
     return len(stalled)
+
+
+async def _end_lost(executions: ExecutionService, record: dict[str, Any]) -> None:
+    """An action whose worker is gone: `canceled` if a cancel was asked for, else `abandoned`."""
+    if record["status"] == "canceling":
+        await executions.complete(record["id"], "canceled", {**(record.get("result") or {}),
+                                                             "error": "canceled by request; its worker stopped"},
+                                  ("canceling",))
+    else:
+        await executions.complete(record["id"], "abandoned", _lost(record), _LIVE)
+
+
+def _orphaned(store: Store, workflows: list[str]) -> list[str]:
+    """Actions still live whose worker's job has ended: the task raised before the execution's end
+    was stored (the database unreachable for a moment), and nothing else would ever end them."""
+    with store._read() as conn:
+        return [str(row.id) for row in conn.execute(_ORPHANED, {"live": list(_LIVE), "workflows": workflows or [""]})]
 
 
 def _stalled(store: Store) -> list[tuple[int, str]]:

@@ -16,6 +16,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.executions import until_due
 from engine.yamlfile import ContentError
 
 if TYPE_CHECKING:
@@ -149,6 +150,8 @@ class PolicyExecutor:
             "action.concurrency")), None) if record else None
         if record is None or policy is None or record["status"] not in ("requested", "delayed"):
             await self.inner.submit(execution_id)
+            return
+        if until_due(record) > 0:  # held by a clock (a retry's or a task's delay): its timer, or a poll, brings it back
             return
         key: tuple[Any, ...] = (record["action"],)
         if policy.policy_type.endswith(".attr"):

@@ -956,17 +956,21 @@ class Store:
         """Update one execution; with `expect`, only while its status is one of those (atomic)."""
         return self._update(executions, execution_id, fields, None if expect is None else tuple(expect))
 
-    def conducts(self, execution_id: str, job_id: int) -> bool:
-        """Whether the worker's job `job_id` still conducts this workflow (its `runner_info` names it).
-        On PostgreSQL the row is read under a share lock held to the caller's commit, so a step that
-        takes the workflow over (`ExecutionService.step` writes its own job there) waits for what the
-        caller writes, and then sees it."""
-        statement = sa.select(executions.c.runner_info).where(executions.c.id == execution_id)
+    def conducts(self, execution_id: str, job_id: int, *, starting: bool = False) -> bool:
+        """Whether the worker's job `job_id` still conducts this workflow (its `runner_info` names it);
+        with `starting` (a step about to request a task), also whether the workflow may still start
+        one: not once it is canceling, paused or ended. On PostgreSQL the row is read under a share
+        lock held to the caller's commit, so a step that takes the workflow over (`ExecutionService.step`
+        writes its own job there), or a cancel's status write, waits for what the caller writes, and
+        then sees it."""
+        statement = sa.select(executions.c.runner_info, executions.c.status).where(executions.c.id == execution_id)
         if not self.is_sqlite:
             statement = statement.with_for_update(read=True)
         with self._write() as conn:
-            info = conn.execute(statement).scalar()
-        return (info or {}).get("job_id") == job_id
+            row = conn.execute(statement).first()
+        if row is None or (starting and row.status not in ("running", "pausing", "resuming")):
+            return False
+        return (row.runner_info or {}).get("job_id") == job_id
 
     def claim_execution(self, execution_id: str, fields: dict[str, Any], expect: Sequence[str]) -> dict | None:
         """Move an execution on from one of `expect` and return it, in one statement.

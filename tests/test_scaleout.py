@@ -632,3 +632,147 @@ async def test_a_delayed_workflow_task_is_submitted_by_any_node_once_due(home: P
         assert store.get_execution(later["id"])["status"] == "succeeded"
     finally:
         await squall.close()
+
+
+# -- nothing stuck or run early around workers (found by review, each failed before its fix) --------
+
+async def test_a_time_delayed_request_waits_out_its_delay_under_a_concurrency_policy(home: Path,
+                                                                                    postgres_url: str) -> None:
+    """A poll hands every `delayed` request to the policy layer, which admitted it at once, whatever
+    its `delayed_until` (a retry's or a task's delay): it waits now."""
+    from bot.app import Squall
+
+    _home(home, postgres_url)
+    write(home / "packs" / "demo" / "policies" / "five.yaml", """
+        name: five
+        resource_ref: demo.hello
+        policy_type: action.concurrency
+        parameters: {threshold: 5, action: delay}
+    """)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        later = await squall.executions.request("demo.hello", {"who": "later"}, delay=300)
+        await squall.executions.poll()
+        with squall.store.engine.connect() as conn:
+            queued = [str(r[0]) for r in conn.execute(sa.text(
+                "SELECT args ->> 'execution_id' FROM procrastinate_jobs WHERE status = 'todo'"))]
+        assert squall.store.get_execution(later["id"])["status"] == "delayed" and later["id"] not in queued
+    finally:
+        await squall.close()
+
+
+async def test_a_delayed_request_is_refused_by_a_worker_with_other_pack_content(home: Path,
+                                                                               postgres_url: str) -> None:
+    from bot.app import Squall
+    from bot.worker import Worker
+    from engine.storage import iso, utcnow
+
+    _home(home, postgres_url)
+    serve = await Squall.start(load_config(home / "config.yml"))  # requests with the pack as it is
+    try:
+        asked = await serve.executions.request("demo.hello", {"who": "held"}, delay=30)
+    finally:
+        await serve.close()
+    script = home / "packs" / "demo" / "actions" / "hello.yaml"
+    script.write_text(script.read_text().replace("echo hello", "echo HELLO"))  # the worker's differs
+    worker = await Squall.start(load_config(home / "config.yml"))
+    try:
+        worker.store.update_execution(asked["id"], {"runner_info": {"delayed_until": iso(utcnow())}})  # now due
+        await Worker(worker).run_job(asked["id"], {"job_id": 99, "worker_id": 1, "worker": "w"})
+        done = worker.store.get_execution(asked["id"])
+        assert done["status"] == "failed"
+        assert "differs from the one the request was made with" in done["result"]["error"]
+    finally:
+        await worker.close()
+
+
+async def test_an_action_whose_job_ended_first_is_ended_by_the_reaper(home: Path, postgres_url: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reaping pass cut short after it failed a dead worker's job (its node killed) left the
+    execution `running` for ever: later passes only look at jobs still `doing`. Now the execution
+    ends first, and a sweep ends any action whose job ended without it."""
+    from bot.app import Squall
+    from engine.jobs import defer, reap_stalled
+
+    squall = await Squall.start(load_config(_home(home, postgres_url) / "config.yml"))
+    executions, store = squall.executions, squall.store
+    try:
+        for cut_after_the_job in (False, True):
+            asked = await executions.request("demo.hello", {"who": "x"})
+            defer(store, asked["id"], "default")
+            with store.engine.begin() as conn:  # a worker took it, claimed it, then was SIGKILLed
+                job = conn.execute(sa.text("SELECT max(id) FROM procrastinate_jobs")).scalar()
+                conn.execute(sa.text("UPDATE procrastinate_jobs SET status = 'doing', worker_id = NULL WHERE id = :j"),
+                             {"j": job})
+            store.update_execution(asked["id"], {"status": "running", "runner_info": {
+                "job_id": job, "worker": "dead:1", "hostname": "elsewhere", "pid": 1}})
+            if cut_after_the_job:  # the job failed, the execution not ended: the node died in between
+                with store.engine.begin() as conn:
+                    conn.execute(sa.text("SELECT procrastinate_finish_job_v1(:j, 'failed', false)"), {"j": job})
+            else:  # the pass is cut short where the old order had failed the job already
+                real = executions.complete
+
+                async def dies(*args: Any, **kwargs: Any) -> Any:
+                    raise RuntimeError("the reaping node is killed here")
+
+                monkeypatch.setattr(executions, "complete", dies)
+                with pytest.raises(RuntimeError):
+                    await reap_stalled(executions, squall.jobs)
+                monkeypatch.setattr(executions, "complete", real)
+            await reap_stalled(executions, squall.jobs)
+            row = store.get_execution(asked["id"])
+            assert row["status"] == "abandoned", (cut_after_the_job, row["status"])
+    finally:
+        await squall.close()
+
+
+CANCELED_CHAIN = """
+chain:
+  - name: one
+    ref: demo.hello
+    parameters: {who: one}
+    on-success: two
+  - name: two
+    ref: demo.hello
+    parameters: {who: two}
+"""
+
+
+@pytest.mark.parametrize("ref", ["demo.flow", "demo.chain"])
+async def test_a_cancel_during_a_workers_step_starts_no_next_task(home: Path, postgres_url: str,
+                                                                   monkeypatch: pytest.MonkeyPatch, ref: str) -> None:
+    """The step read `running` when it began; the cancel lands just before it requests the next task.
+    The step's request is fenced by the workflow's status too: task two never runs."""
+    from bot.app import Squall
+
+    _home(home, postgres_url)
+    write(home / "packs" / "demo" / "actions" / "chain.yaml",
+          "name: chain\nrunner_type: action-chain\nentry_point: workflows/chain.yaml\n")
+    write(home / "packs" / "demo" / "actions" / "workflows" / "chain.yaml", CANCELED_CHAIN)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    executions, store = squall.executions, squall.store
+    try:
+        flow = await executions.request(ref)
+        await executions.run(flow["id"], {"job_id": 1})  # the first step requests task one
+        [one] = store.list_executions(parent=flow["id"])
+        await executions.run(one["id"], {"job_id": 2})
+        real_request, canceled = executions.request, []
+
+        async def the_cancel_lands_now(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            if not canceled:  # `squall execution cancel` on a serve node, while job 3's step conducts
+                canceled.append((await executions.cancel(flow["id"]))["status"])
+            return await real_request(*args, **kwargs)
+
+        monkeypatch.setattr(executions, "request", the_cancel_lands_now)
+        await executions.step(flow["id"], {"job_id": 3})
+        monkeypatch.setattr(executions, "request", real_request)
+        for child in store.list_executions(parent=flow["id"]):
+            if child["status"] == "requested":
+                await executions.run(child["id"], {"job_id": 4})
+        if store.get_execution(flow["id"])["status"] in ("running", "canceling"):
+            await executions.step(flow["id"], {"job_id": 5})
+        tasks = [(c["parameters"].get("who"), c["status"]) for c in store.list_executions(parent=flow["id"])]
+        assert canceled and all(who != "two" or status == "canceled" for who, status in tasks), tasks
+        assert store.get_execution(flow["id"])["status"] == "canceled"
+    finally:
+        await squall.close()

@@ -209,8 +209,7 @@ class Flow:
             launch(self.conductor.on_done(item.key, child["status"], child.get("result"), child["id"]))
         if self.waiting:
             self.pausing = True
-        if cancel_pending:
-            self.conductor.cancel()  # type: ignore[attr-defined]
+        self._start_nothing_if_canceled(cancel_pending, to_request)
         if canceled_task and self.service.stepping:
             await self._canceled_task()
         await self._request(to_request)
@@ -218,6 +217,17 @@ class Flow:
         for child_id in unclaimed if executor is not None else ():
             await executor.submit(child_id)
         return await self._loop()
+
+    def _start_nothing_if_canceled(self, cancel_pending: bool, to_request: list[TaskCall]) -> None:
+        """A step of a workflow canceled meanwhile starts no task: what ended after the cancel was
+        replayed to a canceled conductor already; the conductor is canceled now for what ended
+        before it, and no call is requested (a cancel that landed between a task's end and the
+        next task's request must not start that next task)."""
+        if not self.cancel_requested:
+            return
+        if cancel_pending:
+            self.conductor.cancel()  # type: ignore[attr-defined]
+        to_request.clear()
 
     def _done(self) -> bool:
         if self.cancel_requested:  # what never started never will
