@@ -339,14 +339,16 @@ class MattermostAdapter:
         except TimeoutError:
             raise MattermostError(f"{method} {path}: {self.settings.url} did not answer in time") from None
 
-    async def _username(self, user_id: str, fallback: str = "") -> str:
+    async def _username(self, user_id: str) -> str:
+        """The user's name from the server; the id when the lookup fails (never a name in the event,
+        which a webhook's poster chooses): permissions that name people then do not match."""
         if user_id not in self._usernames:
             try:
                 user = await self._call("GET", f"/users/{_quote(user_id)}")
                 self._usernames[user_id] = str(user.get("username") or user_id)
             except MattermostError as exc:
                 log.warning("Mattermost: cannot look up user %s (%s)", user_id, exc)
-                return fallback.lstrip("@") or user_id
+                return user_id
         return self._usernames[user_id]
 
     async def channel_id(self, channel: str) -> str:
@@ -554,6 +556,10 @@ class MattermostAdapter:
         user_id = str(post.get("user_id") or "")
         if user_id == self.me.get("id") or post.get("type") or post["id"] in self._seen:
             return None  # our own posts, system messages (joins, header changes), replays already handled
+        if str((post.get("props") or {}).get("from_webhook") or "").lower() == "true":
+            # Posted through a webhook or as a slash command's answer, which the server posts as the
+            # person who ran the command: never that person's command (or Squall's answers run again).
+            return None
         self._seen.append(post["id"])
         text = str(post.get("message") or "")
         mentions = data.get("mentions")
@@ -566,7 +572,7 @@ class MattermostAdapter:
         self._known_channels.add(channel)
         kind = data.get("channel_type") or await self._channel_type(channel)
         return Message(adapter=self.name, channel=channel,
-                       user=await self._username(user_id, str(data.get("sender_name") or "")), text=text,
+                       user=await self._username(user_id), text=text,
                        thread=post.get("root_id") or None, mentioned=mentioned, direct=kind == "D", id=post["id"],
                        raw=post, channel_name=data.get("channel_name") or None)
 
@@ -628,7 +634,7 @@ class MattermostAdapter:
                                 status_code=400)
         if self._on_message is None:
             return JSONResponse({"error": {"message": "Squall's chat is not running"}}, status_code=503)
-        user = await self._username(user_id, str(body.get("user_name") or ""))
+        user = await self._username(user_id)
         message = Message(adapter=self.name, channel=channel, user=user, text=str(context["value"]),
                           thread=str(context.get("thread") or "") or None, mentioned=True,
                           direct=await self._channel_type(channel) == "D", raw={"action": body},

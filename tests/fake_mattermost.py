@@ -236,7 +236,8 @@ class FakeMattermost:
                     command: str = "/squall") -> tuple[int, Any]:
         """Mattermost runs a custom slash command: POST the form (and `Authorization: Token`) to the bot.
 
-        Like the server, an `in_channel` answer becomes a post as the bot; returns (status, answer)."""
+        Like the server, an `in_channel` answer becomes a post by the person who ran the command, marked
+        `from_webhook`; returns (status, answer)."""
         user = user or self.alice
         channel = channel or self.town_square
         hook = mmid()
@@ -515,10 +516,12 @@ class FakeMattermost:
         hook = self.hooks[hook_id]
         self.responses.append({"hook": hook_id, "payload": payload, "via": via})
         if payload.get("response_type") == "in_channel":
-            props = {"from_bot": "true"}
+            # As the server posts a command's answer (app/command.go, HandleCommandResponsePost): as the
+            # person who ran the command, marked `from_webhook`.
+            props = {"from_webhook": "true"}
             if payload.get("attachments"):
                 props["attachments"] = payload["attachments"]
-            await self.make_post(self.bot["id"], hook["channel_id"], payload.get("text", ""), "", props)
+            await self.make_post(hook["user_id"], hook["channel_id"], payload.get("text", ""), "", props)
         else:
             await self._notify()
 

@@ -19,7 +19,7 @@ from bot.app import Squall
 from bot.chat.bot import ChatBot
 from engine.config import load_config
 from tests.conftest import free_port, write
-from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
+from tests.fake_mattermost import BOT_TOKEN, FakeMattermost, mmid, now_ms
 from tests.test_cli import SQUALL
 
 SLASH_TOKEN = "slash-token"
@@ -361,8 +361,24 @@ async def test_slash_command_answers_at_once_and_later_through_response_url(api)
     # The ack was either the immediate answer or a response_url post; either way the channel saw it.
     texts = [answer["text"]] + [r["payload"].get("text", "") for r in fake.responses]
     assert "greeting slash" in texts
-    # In-channel answers become posts by the bot in the command's channel.
-    assert any("hello slash" in p["message"] for p in fake.bot_posts(fake.town_square["id"]))
+    # In-channel answers become posts in the command's channel as the server makes them: by the person
+    # who ran the command, marked `from_webhook`.
+    answers = [p for p in fake.posts_by(fake.alice["id"], fake.town_square["id"]) if "hello slash" in p["message"]]
+    assert answers and all(p["props"].get("from_webhook") == "true" for p in answers)
+
+
+async def test_a_slash_commands_answers_are_not_taken_for_its_users_commands(api) -> None:
+    """The server posts a slash command's answers as the person who ran it: `/squall echo !greet eve`
+    answers `!greet eve` in alice's name, which must not run as alice's command; in a direct channel
+    the bot would answer its own answers without end."""
+    fake, url = api
+    await fake.slash(url, "echo !greet eve")
+    await fake.slash(url, "greet dm", channel=fake.dm_alice)
+    await fake.wait_for(lambda: any("hello dm" in r["payload"].get("text", "") for r in fake.responses))
+    await fake.wait_for(lambda: any("!greet eve" in p["message"] for p in fake.posts_by(fake.alice["id"])))
+    await asyncio.sleep(1)  # what a re-run would have posted by now
+    assert not any("hello eve" in p["message"] for p in fake.posts.values())
+    assert not fake.bot_posts(fake.dm_alice["id"])
 
 
 async def test_slash_command_with_a_bad_or_missing_token_is_refused(api) -> None:
@@ -562,3 +578,27 @@ async def _slash_when_up(fake: FakeMattermost, url: str) -> tuple[int, Any]:
         except aiohttp.ClientConnectionError:
             await asyncio.sleep(0.1)
     raise AssertionError("the API server never listened")
+
+
+async def test_a_user_the_server_cannot_name_now_is_their_id_not_a_name_from_the_event(chat) -> None:
+    """When `GET /users/{id}` fails (a 429), the person is their id: never the event's `sender_name`,
+    which a webhook's poster chooses (`override_username: alice` would get alice's permissions)."""
+    fake, adapter = chat
+    seen: list[tuple[str, str]] = []
+    handler = adapter._on_message
+
+    async def spy(message: Any) -> None:
+        seen.append((message.user, message.text))
+        await handler(message)
+
+    adapter._on_message = spy
+    mallory = fake.add_user("mallory")
+    fake.rate_limit(times=1, retry_after=1, method="GET", path=f"/api/v4/users/{mallory['id']}")
+    post = {"id": mmid(), "create_at": now_ms(), "update_at": now_ms(), "edit_at": 0, "delete_at": 0,
+            "user_id": mallory["id"], "channel_id": fake.town_square["id"], "root_id": "", "message": "!greet x",
+            "type": "", "props": {}}
+    await fake._publish("posted", {"channel_type": "O", "channel_name": "town-square", "post": json.dumps(post),
+                                   "sender_name": "alice", "team_id": fake.team["id"]},
+                        {"channel_id": fake.town_square["id"]}, fake.town_square["id"])
+    await fake.wait_for(lambda: seen)
+    assert seen[0] == (mallory["id"], "!greet x")
