@@ -307,6 +307,10 @@ class IrcAdapter:
     #: Seconds between attempts to take the configured nick back after a collision.
     regain_interval = 30.0
     rejoin_delay = 1.0
+    #: A channel not joined (banned, invite-only, full, a kick's rejoin refused) is tried again this long
+    #: after the last attempt, the wait doubling up to `rejoin_max`: a lifted ban is noticed by itself.
+    rejoin_retry = 30.0
+    rejoin_max = 600.0
     #: Silence after which the server is PINGed, and after which the connection is given up as dead.
     idle_ping = 90.0
     idle_timeout = 180.0
@@ -322,6 +326,8 @@ class IrcAdapter:
         self.settings = settings
         self.wanted: list[str] = list(settings.channels)  # configured channels, then any a reply was sent to
         self.joined: set[str] = set()
+        #: Channel (lower case) → (when to try joining it again, the wait after that).
+        self._rejoin: dict[str, tuple[float, float]] = {}
         self.registered = asyncio.Event()
         self.connections = 0  # successful registrations so far (a reconnect makes it 2)
         self._lost = asyncio.Event()
@@ -478,8 +484,21 @@ class IrcAdapter:
                         and time.monotonic() - self._last_regain > self.regain_interval):
                     self._last_regain = time.monotonic()
                     conn.nick(self.settings.nick)
+                self._rejoin_missing()
             except irc.client.ServerNotConnectedError:
                 continue
+
+    def _rejoin_missing(self) -> None:
+        """Join again each wanted channel the bot is not in, once its wait is over (then wait longer)."""
+        now = time.monotonic()
+        for channel in list(self.wanted):
+            name = channel.split(" ")[0].lower()
+            if name in self.joined:
+                continue
+            due, wait = self._rejoin.get(name, (0.0, self.rejoin_retry))
+            if now >= due:
+                self._join(channel)
+                self._rejoin[name] = (now + wait, min(wait * 2, self.rejoin_max))
 
     # -- sending --------------------------------------------------------------------------------
     async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
@@ -538,6 +557,7 @@ class IrcAdapter:
         if conn is None or not self.registered.is_set():
             return
         name, _, key = channel.partition(" ")
+        self._rejoin.setdefault(name.lower(), (time.monotonic() + self.rejoin_retry, self.rejoin_retry * 2))
         with contextlib.suppress(irc.client.ServerNotConnectedError):
             conn.join(name, key)
 
@@ -610,6 +630,7 @@ class IrcAdapter:
     def _on_join(self, conn: Any, event: Any) -> None:
         if event.source.nick == conn.real_nickname:
             self.joined.add(event.target.lower())
+            self._rejoin.pop(event.target.lower(), None)  # in: the next loss starts the waits afresh
             configured = {c.split(" ")[0].lower() for c in self.settings.channels}
             if configured <= self.joined:
                 self._joined_all.set()

@@ -282,6 +282,34 @@ async def test_kicked_bot_rejoins(home: Path, ircd: IrcServer) -> None:
         await squall.close()
 
 
+async def test_a_kick_ban_is_outwaited_and_the_channel_rejoined_once_lifted(home: Path, ircd: IrcServer) -> None:
+    """The rejoin a second after a kick-ban is refused (474). The bot tries again, waiting longer each
+    time; once the ban is lifted it is back in the channel and answers there, with no reconnect."""
+    alice = await Person("alice").connect(ircd.port)
+    await alice.join("#kick")
+    squall, bot, adapter = await _start(home, _section(ircd, channels=["#ops", "#kick"]))
+    adapter.rejoin_retry = 1.0  # (30 s in service)
+    try:
+        await alice.wait_member("#kick", "squall")
+        await alice.send("MODE #kick +b squall!*@*")
+        mark = len(alice.lines)
+        await alice.send("KICK #kick squall :kickban")
+        await alice.wait_for(lambda words, raw: words[1] == "KICK", start=mark)
+        await asyncio.sleep(3)  # the rejoin after 1 s and the next after 1 more are refused
+        assert "#kick" not in adapter.joined and adapter.connections == 1
+        mark = len(alice.lines)
+        await alice.send("MODE #kick -b squall!*@*")
+        await alice.wait_for(lambda words, raw: words[1] == "JOIN" and raw.startswith(b":squall!"), start=mark,
+                             timeout=30)
+        await alice.say("#kick", "!echo back again")
+        await alice.wait_for(lambda words, raw: b"back again" in raw and raw.startswith(b":squall!"), start=mark)
+        assert adapter.connections == 1  # rejoined on the same connection
+    finally:
+        await alice.close()
+        await bot.stop()
+        await squall.close()
+
+
 async def test_server_restart_reconnects_rejoins_and_answers(chat) -> None:
     server, adapter, alice = chat
     await alice.close()
