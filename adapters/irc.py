@@ -180,9 +180,12 @@ def _channels(value: Any, key: str) -> tuple[str, ...]:
 
 # -- lines ------------------------------------------------------------------------------------------
 
-def line_budget(nick: str, target: str) -> int:
-    """Bytes of text one PRIVMSG may carry so the relayed line, prefix and CRLF included, fits 512."""
-    overhead = f":{nick}!{'u' * _USER_ROOM}@{'h' * _HOST_ROOM} PRIVMSG {target} :\r\n"
+def line_budget(nick: str, target: str, username: str = "") -> int:
+    """Bytes of text one PRIVMSG may carry so the relayed line, prefix and CRLF included, fits 512. The
+    user name is the bot's own when longer than ten characters (the name defaults to the nick, and a
+    server such as ngircd keeps it whole: the line came out over 512 and lost its end)."""
+    user = "u" * max(_USER_ROOM, 1 + len(username))
+    overhead = f":{nick}!{user}@{'h' * _HOST_ROOM} PRIVMSG {target} :\r\n"
     return MAX_LINE - len(overhead.encode())
 
 
@@ -518,7 +521,7 @@ class IrcAdapter:
             lines, done = saved[1], saved[2]
         else:
             text = reply.text if reply.file is None else f"{reply.text}\n{reply.file[1]}"
-            lines, done = split_lines(text, line_budget(self.nick, target)), 0
+            lines, done = split_lines(text, line_budget(self.nick, target, self.settings.username)), 0
         if target[0] in _CHANNEL_TYPES and target.lower() not in self.joined:
             self._want(target)
         for index in range(done, len(lines)):

@@ -105,6 +105,11 @@ def test_budget_leaves_room_for_the_relay_prefix() -> None:
     prefix = f":squall!{'u' * 11}@{'h' * 63} PRIVMSG #ops :"
     assert budget == 512 - len(prefix) - 2
     assert line_budget("squall", "#a-much-longer-channel-name") < budget
+    assert line_budget("squall", "#ops", "squall") == budget  # up to ten characters: the usual room
+    # A longer user name (it defaults to the nick) takes its own room: the relayed line stays in 512 bytes.
+    long_name = "squallchatopsbot"
+    relayed = f":{long_name}!~{long_name}@{'h' * 63} PRIVMSG #ops :".encode()
+    assert len(relayed) + line_budget(long_name, "#ops", long_name) + 2 <= 512
 
 
 @settings(max_examples=300, deadline=None)
