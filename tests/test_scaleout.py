@@ -182,6 +182,15 @@ def _home(home: Path, database_url: str) -> Path:
     return home
 
 
+def _workflow(home: Path, postgres_url: str, name: str, runner: str, text: str) -> Any:
+    """`_home`'s config with one more workflow action, `demo.<name>`, whose definition is `text`."""
+    _home(home, postgres_url)
+    write(home / "packs" / "demo" / "actions" / f"{name}.yaml",
+          f"name: {name}\nrunner_type: {runner}\nentry_point: workflows/{name}.yaml\n")
+    write(home / "packs" / "demo" / "actions" / "workflows" / f"{name}.yaml", text)
+    return load_config(home / "config.yml")
+
+
 class Cluster:
     """`squall worker` processes on one home, and the CLI against it."""
 
@@ -606,11 +615,7 @@ async def test_a_delayed_workflow_task_is_submitted_by_any_node_once_due(home: P
     from bot.app import Squall
     from engine.storage import iso, utcnow
 
-    _home(home, postgres_url)
-    write(home / "packs" / "demo" / "actions" / "delayed.yaml",
-          "name: delayed\nrunner_type: orquesta\nentry_point: workflows/delayed.yaml\n")
-    write(home / "packs" / "demo" / "actions" / "workflows" / "delayed.yaml", DELAYED_FLOW)
-    squall = await Squall.start(load_config(home / "config.yml"))
+    squall = await Squall.start(_workflow(home, postgres_url, "delayed", "orquesta", DELAYED_FLOW))
     executions, store = squall.executions, squall.store
 
     def jobs() -> list[str]:
@@ -745,11 +750,7 @@ async def test_a_cancel_during_a_workers_step_starts_no_next_task(home: Path, po
     The step's request is fenced by the workflow's status too: task two never runs."""
     from bot.app import Squall
 
-    _home(home, postgres_url)
-    write(home / "packs" / "demo" / "actions" / "chain.yaml",
-          "name: chain\nrunner_type: action-chain\nentry_point: workflows/chain.yaml\n")
-    write(home / "packs" / "demo" / "actions" / "workflows" / "chain.yaml", CANCELED_CHAIN)
-    squall = await Squall.start(load_config(home / "config.yml"))
+    squall = await Squall.start(_workflow(home, postgres_url, "chain", "action-chain", CANCELED_CHAIN))
     executions, store = squall.executions, squall.store
     try:
         flow = await executions.request(ref)
