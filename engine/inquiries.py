@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from engine.events import INQUIRY_PENDING
-from engine.parameters import MASK, draft4
+from engine.parameters import MASK, draft4, holds_secret
 from engine.runners import RunOutcome, RunRequest
 from engine.storage import iso, utcnow
 
@@ -77,7 +77,7 @@ def masked(schema: Mapping[str, Any], value: Any) -> Any:
 
 def shown(result: Any) -> Any:
     """An inquiry's result as shown (the API, the web, chat, the audit log): its answers masked."""
-    if not isinstance(result, dict) or not _secret(result.get("schema")):
+    if not isinstance(result, dict) or not holds_secret(result.get("schema")):
         return result
     schema = result["schema"]
     return {**result, "response": masked(schema, result.get("response")),
@@ -90,15 +90,6 @@ def shown_execution(record: dict[str, Any]) -> dict[str, Any]:
     if record.get("runner") != RUNNER:
         return record
     return {**record, "result": shown(record.get("result"))}
-
-
-def _secret(schema: Any) -> bool:
-    """Whether any property of the schema, at any depth, is `secret: true`."""
-    if not isinstance(schema, Mapping):
-        return False
-    properties = schema.get("properties")
-    children = [*(properties.values() if isinstance(properties, Mapping) else ()), schema.get("items")]
-    return bool(schema.get("secret")) or any(_secret(child) for child in children)
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:

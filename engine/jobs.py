@@ -217,13 +217,14 @@ async def reap_stalled(executions: ExecutionService, jobs: JobExecutor) -> int:
     stalled = await executions.db(_stalled, store)
     for job_id, execution_id in stalled:
         record = await executions.db(store.get_execution, execution_id)
-        if record is not None and record["status"] in _LIVE and executions.resumable(record["runner"]):
+        live = record is not None and record["status"] in _LIVE
+        if live and executions.resumable(record["runner"]):
             await executions.db(_job_sql, store, _FAIL, job_id)  # its lock is free for the next step
             log.warning("workflow %s: its worker stopped answering mid-step; another worker conducts it on",
                         execution_id)
             await jobs.advance(execution_id)
             continue
-        if record is not None and record["status"] in _LIVE:  # ended first: a pass cut short leaves the job
+        if live:  # ended before its job fails: a pass cut short in between leaves nothing running
             await _end_lost(executions, record)
         await executions.db(_job_sql, store, _FAIL, job_id)
     workflows = [name for name in executions.runners if executions.resumable(name)]

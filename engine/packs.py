@@ -225,15 +225,9 @@ def _holds_secret(schema: Any, path: list[Any]) -> bool:
         if child is None and isinstance(key, str):
             child = schema.get("additionalProperties")
         schema = child
-    return _any_secret(schema)
+    from engine.parameters import holds_secret  # with the config's schema check (see `_config_json_schema`)
 
-
-def _any_secret(schema: Any) -> bool:
-    if not isinstance(schema, dict):
-        return False
-    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-    return bool(schema.get("secret")) or any(
-        _any_secret(child) for child in [*properties.values(), schema.get("items"), schema.get("additionalProperties")])
+    return holds_secret(schema)
 
 
 # Complex by nature: a check per pack.yaml key and folder.

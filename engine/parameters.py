@@ -475,6 +475,17 @@ def check_parameter(owner: str, name: str, spec: Mapping[str, Any], value: Any) 
         )
 
 
+def holds_secret(schema: Any) -> bool:
+    """Whether a JSON schema is, or has at any depth (properties, items, additional properties), a
+    `secret: true` property: a value it describes must not be quoted or shown as it is."""
+    if not isinstance(schema, Mapping):
+        return False
+    properties = schema.get("properties")
+    children = [*(properties.values() if isinstance(properties, Mapping) else ()), schema.get("items"),
+                schema.get("additionalProperties")]
+    return bool(schema.get("secret")) or any(holds_secret(child) for child in children)
+
+
 def mask(values: Mapping[str, Any], secret_names: set[str]) -> dict[str, Any]:
     """A copy with every secret value replaced by `********` (None stays None)."""
     return {k: (MASK if k in secret_names and v is not None else v) for k, v in values.items()}

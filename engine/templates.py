@@ -66,10 +66,8 @@ NONE_MAGIC_VALUE = "%*****__%NONE%__*****%"
 
 _JINJA_START_MARKERS = ("{{", "{%")
 
-# StackStorm rewrites a JSON string that is exactly "{{name}}" to {{name | to_complex}} so a
-# whole-value reference keeps the referenced value's type (int, list, dict...) in dict/list
-# parameters.  Only a bare identifier qualifies; anything else renders as a string.
-#: A dict or list leaf that is one bare reference (`"{{items}}"`): it keeps the referenced value's type.
+#: A dict or list leaf that is exactly one bare reference (`"{{items}}"`): as in StackStorm, it takes
+#: the referenced value with its type (int, list, dict...); any other leaf renders as a string.
 _WHOLE_REFERENCE = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")
 
 _TEMPLATE_CACHE_SIZE = 2048

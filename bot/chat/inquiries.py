@@ -161,11 +161,12 @@ class InquiryChat:
             await self.engine.db(store.audit_add, "chat.inquiry.denied", message.user, where, inquiry["id"],
                                  {"reason": str(exc)})
             return f"Sorry {message.user}: {exc}"
+        shown = masked(schema, response)
         await self.engine.db(store.audit_add, "chat.inquiry.respond", message.user, where, inquiry["id"],
-                             {"response": masked(schema, response)})
+                             {"response": shown})
         if answered["status"] == "pending":  # `count` people must answer
             return (f"Thanks {message.user}, your answer to inquiry {inquiry['id']} is recorded "
-                    f"({len(answered['responses'])} of {answered['count']}): {json.dumps(masked(schema, response))}")
+                    f"({len(answered['responses'])} of {answered['count']}): {json.dumps(shown)}")
         return f"Thanks {message.user}, inquiry {inquiry['id']} answered: {json.dumps(answered['response'])}"
 
     async def respond_command(self, message: Message, rest: str, prefix: str) -> str:

@@ -13,10 +13,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Request, Response
 
 from bot.accounts import Session
-from bot.web.pages import PageError, PageRoute, form_time, render
+from bot.web.pages import PageError, PageRoute, form_time, render, row_number
 from bot.web.session import viewer
 from engine.audit import AuditFilter, audit_kinds, audit_page
-from engine.parameters import MAX_INTEGER
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 PAGE_SIZE = 50
@@ -36,12 +35,12 @@ def audit_filter(values: dict[str, str]) -> AuditFilter:
 async def audit_list(request: Request, before: str | None = None, session: Session = Depends(viewer)) -> Response:
     values = {name: request.query_params.get(name, "").strip() for name in FILTERS}
     shown = {name: value for name, value in values.items() if value}
-    if before is not None and not (before.isascii() and before.isdigit() and int(before) <= MAX_INTEGER):
+    number = None if before is None else row_number(before)
+    if before is not None and number is None:
         raise PageError(f"'before' must be an audit entry's number, not {before!r}")
     squall = request.app.state.squall
     where = audit_filter(values)
-    rows = await squall.db(audit_page, squall.store, where, before=int(before) if before else None,
-                           limit=PAGE_SIZE + 1)
+    rows = await squall.db(audit_page, squall.store, where, before=number, limit=PAGE_SIZE + 1)
     older = urlencode({**shown, "before": rows[PAGE_SIZE - 1]["id"]}) if len(rows) > PAGE_SIZE else None
     return render(request, "audit.html", {
         "session": session, "rows": rows[:PAGE_SIZE], "values": values, "filtered": bool(shown), "older": older,

@@ -38,7 +38,7 @@ from bot.web.executions import (
     list_row,
     task_tree,
 )
-from bot.web.pages import PageError, PageRoute, templates
+from bot.web.pages import PageError, PageRoute, row_number, templates
 from bot.web.session import viewer
 from engine.executions import COMPLETED
 from engine.live import Wakeup
@@ -64,8 +64,7 @@ async def execution_events(request: Request, execution_id: str, after: int = Que
     squall = request.app.state.squall
     record = await find_execution(request, execution_id)
     # A browser that lost the connection reconnects by itself, naming the last chunk it got.
-    resumed = request.headers.get("last-event-id", "")
-    after = max(after, int(resumed) if resumed.isascii() and resumed.isdigit() and int(resumed) <= MAX_INTEGER else 0)
+    after = max(after, row_number(request.headers.get("last-event-id", "")) or 0)
     return EventSourceResponse(_execution_stream(squall, session, record["id"], after), ping=PING_SECONDS)
 
 

@@ -20,6 +20,8 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.templating import Jinja2Templates
 
+from engine.parameters import MAX_INTEGER
+
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -80,6 +82,13 @@ def form_time(name: str, value: str) -> datetime:
     except ValueError:
         raise PageError(f"'{name}' must be a date and time such as 2026-01-31T14:00, not {value!r}") from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def row_number(text: str) -> int | None:
+    """A row's number as a query or header gives it (an audit entry's, an output chunk's), or None
+    when it is none: ASCII digits only (`isdigit` says yes to `²`, which `int` refuses) and at most
+    SQLite's largest integer (a larger one makes the query raise)."""
+    return int(text) if text.isascii() and text.isdigit() and int(text) <= MAX_INTEGER else None
 
 
 def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
