@@ -20,12 +20,14 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
+from engine.storage import PG_LIVENESS
 from engine.wakeups import PROCESS_NAME
 
 log = logging.getLogger(__name__)
-#: The lead's own connection notices a dead peer within ~25 s (TCP keepalives) and never waits long on
-#: a statement, so a half-open connection cannot stall the timers and the service's housekeeping.
-_LEAD_CONNECTION = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+#: The lead's own connection notices a dead peer within ~25 s (TCP keepalives, and `tcp_user_timeout`
+#: for a `SELECT 1` sent into a dead network) and never waits long on a statement, so a half-open
+#: connection cannot stall the timers and the service's housekeeping.
+_LEAD_CONNECTION = {**PG_LIVENESS, "keepalives_idle": 10, "keepalives_interval": 5, "tcp_user_timeout": 25_000,
                     "connect_timeout": 10, "options": "-c statement_timeout=5000"}
 _LOCK_KEY = 0x5371_7561_6C6C_01  # "Squall" + 1: the lead's advisory lock (0x…6C6C is migrations')
 #: Who holds a bigint advisory lock: PostgreSQL keeps its high and low halves, and objsubid 1.

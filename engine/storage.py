@@ -480,7 +480,17 @@ def create_engine(url: str) -> Engine:
     from engine.wakeups import PROCESS_NAME  # the payload of its outbox inserts' notifications
 
     return sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8,
-                            connect_args={"application_name": PROCESS_NAME})
+                            connect_args={**PG_LIVENESS, "application_name": PROCESS_NAME})
+
+
+#: libpq settings on every PostgreSQL connection Squall makes, so that one whose peer vanished (a
+#: failover that moved the server's address, a cut network) fails instead of hanging: keepalives find
+#: an idle one dead within a minute (a `LISTEN` connection, or a pooled one, would otherwise wait
+#: for ever), and `tcp_user_timeout` ends one whose statement went out and was never acknowledged
+#: (TCP would retransmit it for about 15 minutes). A long query is not cut short by either: the
+#: server's kernel acknowledges what it received and answers the keepalives while the query runs.
+PG_LIVENESS = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+               "tcp_user_timeout": 30_000}
 
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current

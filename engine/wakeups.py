@@ -32,10 +32,15 @@ RETRY_SECONDS = 5.0
 
 
 def libpq_url(database_url: str) -> str:
-    """The libpq DSN of a SQLAlchemy URL (which names its driver too), for psycopg's own connections."""
+    """The libpq DSN of a SQLAlchemy URL (which names its driver too), for psycopg's own connections
+    (the `LISTEN` here, procrastinate's pool), with `storage.PG_LIVENESS` where the URL sets none."""
     import sqlalchemy as sa
 
-    return sa.engine.make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    from engine.storage import PG_LIVENESS
+
+    url = sa.engine.make_url(database_url)
+    query = {**{name: str(value) for name, value in PG_LIVENESS.items()}, **url.query}
+    return url.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
 
 
 async def listen(database_url: str, channel: str, wake: Callable[[], None], *,

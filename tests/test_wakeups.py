@@ -4,6 +4,8 @@ the next poll, and a process is not woken by its own inserts."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import sqlalchemy as sa
 
 from adapters.base import Reply
 from engine import wakeups
+from engine.leader import leadership
 from engine.storage import Store
 from tests.test_outbox_durability import _chat
 
@@ -59,3 +62,34 @@ async def test_a_reply_a_worker_stores_is_sent_without_waiting_for_a_poll(home: 
             assert loopback.texts().count("from a worker") == 1
         finally:
             worker.close()
+
+
+def _liveness(fd: int) -> tuple[bool, int]:
+    """Whether TCP keepalives are on for a connection's socket, and its TCP_USER_TIMEOUT (ms)."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        return (bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+
+
+async def test_every_connection_to_postgresql_fails_fast_when_its_peer_vanishes(postgres_url: str) -> None:
+    """A failover that moves the server's address leaves half-open connections: without keepalives an
+    idle one (the `LISTEN`, a pooled one) waits for ever, and a statement sent into it is retransmitted
+    for ~15 minutes. The pool's, the lead's and psycopg's own (`LISTEN`, procrastinate) connections all
+    set both; a setting the URL names itself is kept."""
+    import psycopg
+
+    store = Store.open(postgres_url)
+    lead = leadership(store.engine)
+    try:
+        with store.engine.connect() as conn:
+            assert _liveness(conn.connection.dbapi_connection.fileno()) == (True, 30_000)
+        assert lead.lead()
+        assert _liveness(lead._conn.connection.dbapi_connection.fileno()) == (True, 25_000)
+        with psycopg.connect(wakeups.libpq_url(postgres_url)) as conn:
+            assert _liveness(conn.fileno()) == (True, 30_000)
+        own = f"{postgres_url}?tcp_user_timeout=7000"
+        with psycopg.connect(wakeups.libpq_url(own)) as conn:
+            assert _liveness(conn.fileno()) == (True, 7_000)
+    finally:
+        lead.close()
+        store.close()
