@@ -235,6 +235,15 @@ tasks:
     action: core.noop
 """
 
+#: Three levels: the top runs `nested`, which runs `pausable`.
+NESTED_TWICE = """
+version: 1.0
+input: [gate]
+tasks:
+  mid:
+    action: wf.nested gate=<% ctx(gate) %>
+"""
+
 
 SHELL = """
 version: 1.0
@@ -297,6 +306,7 @@ async def wf(home: Path) -> Squall:
         "loop": ("orquesta", "", LOOP),
         "pausable": ("orquesta", "gate: {type: string}", PAUSABLE),
         "nested": ("orquesta", "gate: {type: string}", NESTED),
+        "nested_twice": ("orquesta", "gate: {type: string}", NESTED_TWICE),
         "shell": ("orquesta", "who: {type: string, required: true}", SHELL),
         "ask_beside": ("orquesta", "gate: {type: string}", ASK_BESIDE),
     })
@@ -514,6 +524,32 @@ async def test_pausing_a_workflow_pauses_its_sub_workflows_and_resuming_resumes_
     assert final["status"] == "succeeded", final["result"]
     assert task_names(await children(wf, sub)) == ["wait", "after"]
     assert task_names(await children(wf, record["id"])) == ["sub", "done"]
+
+
+async def test_canceling_a_paused_workflow_cancels_every_paused_workflow_under_it(wf: Squall,
+                                                                                 tmp_path: Path) -> None:
+    """The cancel reaches the paused sub-workflow, and from it the paused sub-sub-workflow, which
+    otherwise stayed `paused` for ever."""
+    gate = tmp_path / "gate"
+    record = await wf.executions.request("wf.nested_twice", {"gate": str(gate)}, {"user": "tester"})
+    while True:  # until the innermost workflow runs its task
+        mids = await children(wf, record["id"])
+        subs = await children(wf, mids[0]["id"]) if mids else []
+        if subs and await children(wf, subs[0]["id"]):
+            break
+        await asyncio.sleep(0.01)
+    await wf.executions.pause(record["id"])
+    gate.touch()
+    assert (await wf.executions.wait(record["id"], timeout=20))["status"] == "paused"
+    tree = [record["id"], mids[0]["id"], subs[0]["id"]]
+    assert [(await wf.executions.get(i))["status"] for i in tree] == ["paused"] * 3
+
+    await wf.executions.cancel(record["id"])
+    deadline = asyncio.get_running_loop().time() + 20
+    while [(await wf.executions.get(i))["status"] for i in tree] != ["canceled"] * 3:
+        assert asyncio.get_running_loop().time() < deadline, [(await wf.executions.get(i))["status"] for i in tree]
+        await asyncio.sleep(0.05)
+    assert task_names(await children(wf, subs[0]["id"])) == ["wait"]  # nothing new started
 
 
 async def test_rerun_from_the_failed_task_keeps_finished_ones(wf: Squall, tmp_path: Path) -> None:

@@ -553,7 +553,7 @@ class WorkflowService:
                 flow.events.put_nowait(record)
                 return None
             if record["status"] in COMPLETED:
-                return self._wake_paused(parent)
+                return self._child_ended(parent, record)
         if record["runner"] in self.runners and record["status"] == "canceled":
             return self._cancel_leftovers(record["id"])
         if record["runner"] in self.runners and record["status"] == "paused":
@@ -573,6 +573,14 @@ class WorkflowService:
                 await self._wake_paused(parent_id)
         else:
             await self.jobs.advance(parent_id)  # type: ignore[union-attr]
+        if record["runner"] in self.runners and record["status"] == "canceled":
+            await self._cancel_leftovers(record["id"])
+
+    async def _child_ended(self, parent_id: str, record: dict[str, Any]) -> None:
+        """A child of a workflow no flow here conducts ended: its paused parent is woken, and a
+        sub-workflow canceled with its parent cancels its own children, or a paused one among them
+        would wait for ever (`_step_on` does both, in steps)."""
+        await self._wake_paused(parent_id)
         if record["runner"] in self.runners and record["status"] == "canceled":
             await self._cancel_leftovers(record["id"])
 
