@@ -147,6 +147,25 @@ tasks:
       when: <% failed() %>
 """
 
+#: Polling: a success is retried while `when` says so; `count` is an expression.
+RETRY_POLL = """
+version: 1.0
+input: [marker, tries]
+tasks:
+  poll:
+    action: core.local
+    input:
+      cmd: "n=$(cat {{ ctx('marker') }} 2>/dev/null || echo 0); echo $((n+1)) > {{ ctx('marker') }}; echo $n"
+    retry:
+      count: <% ctx(tries) %>
+      when: <% succeeded() and result().stdout < 2 %>
+    next:
+      - when: <% succeeded() %>
+        publish: [last: <% result().stdout %>]
+output:
+  - last: <% ctx(last) %>
+"""
+
 RETRY_ITEMS = """
 version: 1.0
 input: [dir]
@@ -300,6 +319,7 @@ async def wf(home: Path) -> Squall:
         "remediate": ("orquesta", "", REMEDIATE),
         "fail_command": ("orquesta", "", FAIL_COMMAND),
         "retry": ("orquesta", "marker: {type: string}", RETRY),
+        "retry_poll": ("orquesta", "marker: {type: string}\ntries: {default: 5}", RETRY_POLL),
         "retry_items": ("orquesta", "dir: {type: string}", RETRY_ITEMS),
         "expression_error": ("orquesta", "", EXPRESSION_ERROR),
         "st2kv": ("orquesta", "", ST2KV),
@@ -382,6 +402,24 @@ async def test_retry_runs_the_task_again_until_it_succeeds(wf: Squall, tmp_path:
     assert done["status"] == "succeeded", done["result"]
     rows = await children(wf, done["id"])
     assert [r["status"] for r in rows] == ["failed", "failed", "succeeded"]
+
+
+async def test_retry_when_polls_a_succeeding_task_and_its_count_may_be_an_expression(wf: Squall,
+                                                                                     tmp_path: Path) -> None:
+    """As Orquesta: `when` decides after a success too (poll until a condition holds), and `count`
+    is evaluated; one that is no integer fails the workflow, naming the task."""
+    done = await run(wf, "wf.retry_poll", {"marker": str(tmp_path / "count")})
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["output"] == {"last": 2}
+    assert [r["status"] for r in await children(wf, done["id"])] == ["succeeded"] * 3
+
+    done = await run(wf, "wf.retry_poll", {"marker": str(tmp_path / "again"), "tries": 1})
+    assert done["status"] == "succeeded" and done["result"]["output"] == {"last": 1}  # the count held it to 2 runs
+
+    done = await run(wf, "wf.retry_poll", {"marker": str(tmp_path / "bad"), "tries": "x"})
+    assert done["status"] == "failed"
+    assert {"type": "error", "message": 'ValueError: The retry count for task "poll" is not an integer.',
+            "task_id": "poll", "route": 0} in done["result"]["errors"]
 
 
 async def test_retry_of_a_with_items_task_runs_every_item_again(wf: Squall, tmp_path: Path) -> None:

@@ -522,15 +522,24 @@ class OrquestaConductor:
         return self._complete(run, status, result)
 
     def _retrying(self, run: _Run, status: str, result: Any) -> bool:
-        """Whether the task's `retry` asks for another attempt after this outcome."""
+        """Whether the task's `retry` asks for another attempt after this outcome. As Orquesta: without
+        `when` a failure is retried; with it, `when` decides whatever the outcome (a success can be
+        retried: polling until a condition holds); `count` may be an expression."""
         retry = run.task.retry
-        if not retry or status == "succeeded" or self.canceled or run.attempt >= int(retry.get("count", 0)):
+        if not retry or status == "canceled" or self.canceled:
             return False
+        scope = self._scope(result=result, status=status, task_name=run.task.name, task_route=run.route)
         try:
+            count = evaluate(retry.get("count", 0), scope)
+            if isinstance(count, bool) or not isinstance(count, int):
+                self._fail(f'ValueError: The retry count for task "{run.task.name}" is not an integer.',
+                           run.task.name, route=run.route)
+                return False
+            if run.attempt >= count:
+                return False
             if retry.get("when") is None:
                 return status in FAILED
-            return bool(evaluate(retry["when"], self._scope(result=result, status=status, task_name=run.task.name,
-                                                             task_route=run.route)))
+            return bool(evaluate(retry["when"], scope))
         except ExpressionError as exc:
             self._fail(exc.logged, run.task.name, route=run.route)
             return False
