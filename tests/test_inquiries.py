@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from adapters.loopback import LoopbackAdapter
+from bot.apikeys import create_key
 from bot.app import Squall
 from bot.http import create_api
 from engine.config import load_config
@@ -185,6 +186,28 @@ async def test_api_lists_gets_and_answers_inquiries(chat) -> None:
     done = await _final(squall, workflow_id)
     assert done["status"] == "succeeded", done["result"]  # approved: false deploys nothing
     assert task_names(await children(squall, workflow_id)) == ["prepare", "approve"]
+
+
+async def test_a_key_that_names_a_user_answers_only_as_that_user(chat) -> None:
+    """A stored key (or a token) speaks for its user: naming another responder in the body is refused,
+    or bob's key could answer an inquiry meant for olivia. The config's key, which names nobody (a
+    bridge such as a chat bot), may name the responder (the test above)."""
+    squall, _ = chat
+    workflow_id, inquiry = await _paused(squall, "wf.approval")
+    bob_key, _ = await squall.db(create_key, squall.store, "bob")
+    olivia_key, _ = await squall.db(create_key, squall.store, "olivia")
+    transport = httpx.ASGITransport(app=create_api(squall))
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall") as client:
+        url = f"/api/v1/inquiries/{inquiry['id']}"
+        forged = await client.put(url, headers={"St2-Api-Key": bob_key},
+                                  json={"response": {"approved": True}, "user": "olivia"})
+        assert forged.status_code == 403 and "speaks for bob" in forged.json()["faultstring"]
+        own = await client.put(url, headers={"St2-Api-Key": bob_key}, json={"response": {"approved": True}})
+        assert own.status_code == 403  # bob is not among the inquiry's users
+        assert (await squall.inquiries.get(inquiry["id"]))["status"] == "pending"
+        ok = await client.put(url, headers={"St2-Api-Key": olivia_key}, json={"response": {"approved": False}})
+        assert ok.status_code == 200, ok.text
+    assert (await _final(squall, workflow_id))["status"] == "succeeded"
 
 
 async def test_expired_inquiry_times_out_and_fails_the_task(chat) -> None:

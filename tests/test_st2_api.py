@@ -136,6 +136,21 @@ async def test_match_and_execute_answers_results_like_stackstorm(squall: Squall,
     assert refused.status_code == 403 and "mallory" in refused.json()["faultstring"]
 
 
+async def test_a_users_own_key_runs_commands_only_as_that_user(squall: Squall) -> None:
+    """`user` in the body is for a bridge holding the config's key (which names nobody); mallory's own
+    key naming alice would pass the alias's permission as alice's."""
+    key, _record = await squall.db(create_key, squall.store, "mallory")
+    async with _client(squall, **{"St2-Api-Key": key}) as mallory:
+        forged = await mallory.post("/api/v1/aliasexecution", json={"command": "secretgreet x", "user": "alice"})
+        assert forged.status_code == 403 and "speaks for mallory" in forged.json()["faultstring"]
+        own = await mallory.post("/api/v1/aliasexecution", json={"command": "secretgreet x"})
+        assert own.status_code == 403 and "mallory may not run" in own.json()["faultstring"]
+        allowed = await mallory.post("/api/v1/aliasexecution", json={"command": "greet zed", "user": "mallory"})
+        assert allowed.status_code == 201, allowed.text
+        assert allowed.json()["execution"]["context"]["user"] == "mallory"
+    assert [r for r in await squall.executions.list(limit=100) if r["action"] == "demo.secretgreet"] == []
+
+
 async def test_login_with_an_api_key_gives_a_token_that_speaks_for_its_name(squall: Squall) -> None:
     key, _record = await squall.db(create_key, squall.store, "alice")
     async with _client(squall) as anon:

@@ -12,7 +12,7 @@ from adapters.base import Message
 from bot.chat.commands import Accepted, CommandFailed, CommandRefused
 from bot.http.aliases import match_command
 from bot.http.executions import execution_doc
-from bot.http.key_auth import request_user
+from bot.http.key_auth import acting_user
 from bot.http.state import api_state
 
 router = APIRouter()
@@ -32,7 +32,7 @@ async def _execute(request: Request, body: AliasExecutionRequest) -> dict[str, A
     state = api_state(request)
     commands = state.squall.chat.commands
     match = match_command(state, body.command)
-    user = body.user or request_user(request) or "api"
+    user = acting_user(request, body.user)
     message = Message(adapter="api", channel=body.channel or body.source_channel or "api", user=user,
                       text=body.command)
     try:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
 
-from bot.http.key_auth import request_user
+from bot.http.key_auth import acting_user
 from bot.http.state import api_state
 from engine.inquiries import InquiryError, masked
 
@@ -35,9 +35,9 @@ async def get_inquiry(inquiry_id: str, request: Request) -> dict[str, Any]:
 
 @router.put("/inquiries/{inquiry_id}", tags=["inquiries"])
 async def respond_inquiry(inquiry_id: str, body: InquiryResponse, request: Request) -> dict[str, Any]:
-    """`user` names the responder checked against the inquiry's users (default: who the key or token
-    speaks for, else `api`)."""
-    user = body.user or request_user(request) or "api"
+    """The responder checked against the inquiry's users is who the key or token speaks for; `user`
+    names someone else only with a key from config (`acting_user`)."""
+    user = acting_user(request, body.user)
     squall = api_state(request).squall
     try:
         answered = await squall.inquiries.respond(inquiry_id, body.response, user)

@@ -94,3 +94,18 @@ def request_user(request: Request) -> str | None:
     """Who a request speaks for, as StackStorm records it: an auth token's user, else the stored API
     key's name (StackStorm's keys belong to a user); None for a key from config, which names nobody."""
     return getattr(request.state, "auth_user", None)
+
+
+def acting_user(request: Request, named: str | None) -> str:
+    """Who a request acts as when its body may name a person (an inquiry's responder, an alias
+    execution's user): a key from config names nobody, so a bridge holding one (a chat bot relaying its
+    users, as hubot does) may name anyone; a token or a stored key speaks for its own user and may name
+    only that user, or the checks made per person (an inquiry's `users` and `self_approval`, an alias's
+    permissions) would be anyone's to pass. 403 when it names someone else."""
+    own = request_user(request)
+    if own is None:
+        return named or "api"
+    if named and named != own:
+        raise HTTPException(403, f"this credential speaks for {own}; it may not act as {named} (only a key "
+                                 "from the config file, which names nobody, may name another user)")
+    return own
