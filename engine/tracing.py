@@ -141,5 +141,8 @@ def traceparent() -> str | None:
 
 
 def parent_of(context: Mapping[str, Any] | None) -> str | None:
-    """The traceparent an execution's context carries, if any."""
-    return ((context or {}).get("trace_context") or {}).get("traceparent")
+    """The traceparent an execution's context carries, if any: a caller's context (`POST
+    /api/v1/executions`) may hold anything under `trace_context`, and a run must not fail on it."""
+    carried = (context or {}).get("trace_context")
+    parent = carried.get("traceparent") if isinstance(carried, Mapping) else None
+    return parent if isinstance(parent, str) else None

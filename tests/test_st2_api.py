@@ -123,6 +123,21 @@ async def test_runner_types_rules_and_packs_one_by_one(client: httpx.AsyncClient
     assert len(everything.json()) == int(everything.headers["X-Total-Count"])
 
 
+async def test_a_callers_context_cannot_break_a_run_or_speak_for_squall(squall: Squall,
+                                                                       client: httpx.AsyncClient) -> None:
+    """A malformed `trace_context` left the execution `running` for good (its run raised before the
+    runner), and a caller's `chat` would have sent the result into a chat thread of its choosing."""
+    for context in ({"trace_context": 5}, {"trace_context": {"traceparent": ["x"]}},
+                    {"chat": {"adapter": "loopback", "channel": "#ops"}, "approval": "yes", "team": "blue"}):
+        created = await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "x"},
+                                                                "context": context})
+        assert created.status_code == 201, created.text
+        done = await squall.executions.wait(created.json()["id"], timeout=20)
+        assert done["status"] == "succeeded", done["result"]
+        assert "chat" not in done["context"] and "approval" not in done["context"]
+    assert done["context"]["team"] == "blue"  # the caller's own keys are kept, as StackStorm keeps them
+
+
 async def test_match_and_execute_answers_results_like_stackstorm(squall: Squall, client: httpx.AsyncClient) -> None:
     answer = await client.post("/api/v1/aliasexecution/match_and_execute",
                                json={"command": "greet zed", "user": "", "source_channel": "cli"})

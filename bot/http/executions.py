@@ -127,12 +127,19 @@ async def execution_children(execution_id: str, request: Request, depth: int = -
     return found
 
 
+#: Context keys only Squall writes: a chat command's thread (a caller's would post its result into any
+#: channel, and a malformed one broke the result hooks), its approval, the alias and the API user.
+_SQUALLS_OWN = frozenset({"chat", "approval", "api_user", "action_alias_ref"})
+
+
 @router.post("/executions", status_code=201, tags=["executions"])
 async def create_execution(body: ExecutionRequest, request: Request) -> dict[str, Any]:
     state = api_state(request)
     who = request_user(request)
-    # Who asks and from where is the API's to say, not the caller's (`source` is a metric's label too).
-    context = {**(body.context or {}), "source": "api", **({"user": who} if who else {})}
+    # Who asks and from where is the API's to say, not the caller's (`source` is a metric's label too),
+    # and where a chat command's replies go or what approved it is Squall's own record, never a caller's.
+    given = {k: v for k, v in (body.context or {}).items() if k not in _SQUALLS_OWN}
+    context = {**given, "source": "api", **({"user": who} if who else {})}
     key_name = request.state.api_key_name
     if body.render and key_name not in state.settings.render_keys:
         raise HTTPException(403, f"This API key ({key_name or 'a configured key'}) may not ask for parameters "
