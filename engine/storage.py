@@ -1093,8 +1093,8 @@ class Store:
         ).order_by(kv_pairs.c.scope, kv_pairs.c.name)
         if scope:
             statement = statement.where(kv_pairs.c.scope == scope)
-        if prefix:
-            statement = statement.where(kv_pairs.c.name.startswith(prefix, autoescape=True))
+        if prefix:  # case-sensitive on both databases (SQLite's LIKE is not): "ap" is not "Apple", "bob:" not "Bob:"
+            statement = statement.where(sa.func.substr(kv_pairs.c.name, 1, len(prefix)) == prefix)
         if limit:
             statement = statement.limit(limit)
         with self._read() as conn:

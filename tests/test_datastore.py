@@ -288,6 +288,20 @@ def test_user_prefix_does_not_leak_into_a_longer_user_name(ds: Datastore) -> Non
     assert [r["value"] for r in ds.list(scope="user", user="al")] == ["short"]
 
 
+def test_prefixes_match_case_sensitively(ds: Datastore) -> None:
+    """As StackStorm's (and PostgreSQL's): SQLite's LIKE ignored case, so deleting by the prefix `ap`
+    took `Apple` too, and bob's user-scoped list showed `Bob`'s keys and values."""
+    for name in ("apricot", "Apple", "april"):
+        ds.set(name, "v")
+    assert [r["name"] for r in ds.list(prefix="ap")] == ["apricot", "april"]
+    assert [r["name"] for r in ds.list(prefix="A")] == ["Apple"]
+    assert [r["name"] for r in ds.list(prefix="a%")] == []  # no wildcards either
+    ds.set("token", "bob's", scope="user", user="bob")
+    ds.set("token", "Bob's", scope="user", user="Bob")
+    assert [r["value"] for r in ds.list(scope="user", user="bob")] == ["bob's"]
+    assert [r["value"] for r in ds.list(scope="all", user="bob") if r["user"]] == ["bob's"]
+
+
 def test_listing_all_scopes_for_a_user_shows_system_keys_and_only_their_own(ds: Datastore) -> None:
     ds.set("shared", "s")
     ds.set("mine", "a", scope="user", user="ann")
