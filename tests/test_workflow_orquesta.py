@@ -61,6 +61,30 @@ tasks:
     action: core.noop
 """
 
+#: Orquesta's own join-on-fail fixture: task6 joins task3 (on failure) and task5 (on failure); only one arrives.
+JOIN_UNREACHABLE = """
+version: 1.0
+tasks:
+  task1:
+    action: core.noop
+    next: [{when: <% succeeded() %>, do: [task2, task4]}]
+  task2:
+    action: core.noop
+    next: [{when: <% succeeded() %>, do: task3}]
+  task3:
+    action: core.local cmd="exit 1"
+    next: [{when: <% failed() %>, do: task6}]
+  task4:
+    action: core.noop
+    next: [{when: <% succeeded() %>, do: task5}]
+  task5:
+    action: core.noop
+    next: [{when: <% failed() %>, do: task6}]
+  task6:
+    join: all
+    action: core.noop
+"""
+
 ITEMS = """
 version: 1.0
 input: [count, concurrency]
@@ -313,6 +337,7 @@ async def wf(home: Path) -> Squall:
     workflow_pack(home, {
         "sequence": ("orquesta", "who: {type: string, required: true}\ngreeting: {type: string}", SEQUENCE),
         "parallel": ("orquesta", "", PARALLEL_JOIN),
+        "join_unreachable": ("orquesta", "", JOIN_UNREACHABLE),
         "items": ("orquesta", "count: {type: integer}\nconcurrency: {type: integer, default: 0}", ITEMS),
         "items_echo": ("orquesta", "", ITEMS_ECHO),
         "failure": ("orquesta", "", FAILURE),
@@ -395,6 +420,17 @@ async def test_fail_command_fails_after_the_branch(wf: Squall) -> None:
     done = await run(wf, "wf.fail_command")
     assert done["status"] == "failed"
     assert "notify" in task_names(await children(wf, done["id"]))
+
+
+async def test_a_join_some_branches_reached_and_the_rest_never_can_fails_the_workflow(wf: Squall) -> None:
+    """As Orquesta: the workflow ran out of work with task6 waiting on a branch that went elsewhere,
+    so it fails naming the join; it ended `succeeded` without running it."""
+    done = await run(wf, "wf.join_unreachable")
+    assert done["status"] == "failed", done["result"]
+    assert "task6" not in task_names(await children(wf, done["id"]))
+    assert done["result"]["errors"][-1] == {
+        "type": "error", "task_id": "task6", "route": 0,
+        "message": 'UnreachableJoinError: The join task|route "task6|0" is partially satisfied but unreachable.'}
 
 
 async def test_retry_runs_the_task_again_until_it_succeeds(wf: Squall, tmp_path: Path) -> None:

@@ -305,6 +305,8 @@ class OrquestaConductor:
         self.occurrences: Counter[str] = Counter()
         self.arrivals: dict[str, set[str]] = {}
         self.fired: set[str] = set()
+        #: The route of each join's first arrival: an unreachable join is named by task and route.
+        self._join_routes: dict[str, int] = {}
         self.runs: dict[str, tuple[_Run, int | None]] = {}
         self.active: set[int] = set()
         self._runs_by_id: dict[int, _Run] = {}
@@ -596,6 +598,7 @@ class OrquestaConductor:
             return []
         arrived = self.arrivals.setdefault(target, set())
         arrived.add(source)
+        self._join_routes.setdefault(target, route)
         needed = len(self.spec.inbound[target]) if join == "all" else int(join)
         if len(arrived) >= needed:
             self.fired.add(target)
@@ -613,6 +616,9 @@ class OrquestaConductor:
         output = self._output()
         if self.canceled:
             return Outcome("canceled", {"output": output or None})
+        for target in [t for t in self.arrivals if t not in self.fired]:  # some arrived, the rest never will
+            self._fail(f'UnreachableJoinError: The join task|route "{target}|{self._join_routes[target]}" is '
+                       "partially satisfied but unreachable.", target, route=self._join_routes[target])
         status = "failed" if self.failing else "succeeded"
         result: dict[str, Any] = {"output": output or None}
         if status == "failed":
