@@ -321,14 +321,18 @@ _JSON_TYPES = frozenset({"array", "boolean", "integer", "null", "number", "objec
 
 
 def _check_payload_schema(trigger: TriggerType, registry: Registry) -> None:
-    """A `payload_schema` whose `type` is no JSON schema type (`type: int`, the usual slip) is a load
-    problem: every instance of the trigger would be refused (a webhook's 400, a sensor's dispatch
-    logged and dropped). Checked by hand, not by jsonschema, which `squall serve` loads only when a
-    payload is first checked; `TriggerService.check` names any other schema error then."""
-    problem = _type_problem(trigger.payload_schema, "")
-    if problem is not None:
-        registry.errors.append(ContentError(trigger.metadata_file, None,
-                                            f"trigger type '{trigger.ref}': payload_schema {problem}"))
+    """A `payload_schema` or `parameters_schema` that is no mapping, or whose `type` is no JSON schema
+    type (`type: int`, the usual slip), is a load problem: every instance of the trigger would be
+    refused (a webhook's 400, a sensor's dispatch logged and dropped), and every rule on it fails to
+    load. Checked by hand, not by jsonschema, which `squall serve` loads only when a payload is first
+    checked; `TriggerService.check` and `rules.load_rule` name any other schema error then."""
+    for name in ("payload_schema", "parameters_schema"):
+        schema = getattr(trigger, name)
+        problem = (_type_problem(schema, "") if isinstance(schema, dict) or not schema
+                   else f"must be a mapping (a JSON schema), not {type(schema).__name__}")
+        if problem is not None:
+            registry.errors.append(ContentError(trigger.metadata_file, None,
+                                                f"trigger type '{trigger.ref}': {name} {problem}"))
 
 
 def _type_problem(schema: Any, where: str) -> str | None:

@@ -316,8 +316,14 @@ def load_rule(data: Any, pack: str, file: str, registry: Registry, lines: LineMa
     if trigger_type is not None and trigger_type.parameters_schema:
         import jsonschema  # here, not at the top: ~35 ms that `squall serve` need not pay before it answers
 
-        error = jsonschema.exceptions.best_match(
-            jsonschema.Draft4Validator(draft4(trigger_type.parameters_schema)).iter_errors(parameters))
+        try:
+            error = jsonschema.exceptions.best_match(
+                jsonschema.Draft4Validator(draft4(trigger_type.parameters_schema)).iter_errors(parameters))
+        except (jsonschema.exceptions.SchemaError, jsonschema.exceptions.UnknownType, AttributeError,
+                TypeError) as exc:  # the trigger type's own schema is broken (named at its pack's load too)
+            raise _fail(file, lines, ("trigger", "type"), f'trigger type "{trigger_ref}" has a parameters_schema '
+                        f"that is not a valid JSON schema ({type(exc).__name__}), so its parameters cannot be "
+                        "checked") from exc
         if error is not None:
             at = "/".join(str(p) for p in error.absolute_path)
             raise _fail(file, lines, ("trigger", "parameters", *error.absolute_path),

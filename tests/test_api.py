@@ -385,6 +385,33 @@ async def test_a_trigger_type_whose_schema_is_no_schema_is_a_load_problem_and_a_
         await app.close()
 
 
+async def test_a_broken_parameters_schema_costs_only_the_rules_on_it(home: Path) -> None:
+    """A trigger type's `parameters_schema` slip (`type: str`, or no mapping at all) reached jsonschema
+    when a rule with trigger parameters loaded, and the exception stopped `squall serve` from starting.
+    Now the pack load names it, the rules on it are skipped with the reason, and the rest load."""
+    _home(home)
+    write(home / "packs" / "demo" / "triggers" / "slip.yaml",
+          "name: slip\npack: demo\nparameters_schema: {type: object, properties: {path: {type: str}}}\n")
+    write(home / "packs" / "demo" / "triggers" / "text.yaml", "name: text\npack: demo\nparameters_schema: oops\n")
+    for name in ("slip", "text"):
+        write(home / "packs" / "demo" / "rules" / f"on_{name}.yaml",
+              f"name: on_{name}\npack: demo\ntrigger: {{type: demo.{name}, parameters: {{path: /x}}}}\n"
+              "action: {ref: core.noop}\n")
+    app = await Squall.start(load_config(home / "config.yml"))
+    try:
+        reasons = [e.reason for e in app.registry.errors]
+        assert ("trigger type 'demo.slip': parameters_schema path: type 'str' is not a JSON schema type; use one of "
+                "array, boolean, integer, null, number, object, string") in reasons
+        assert "trigger type 'demo.text': parameters_schema must be a mapping (a JSON schema), not str" in reasons
+        assert any('trigger type "demo.slip" has a parameters_schema that is not a valid JSON schema' in r
+                   for r in reasons), reasons
+        loaded = set(app.rules.rules)
+        assert "demo.on_slip" not in loaded and "demo.on_text" not in loaded
+        assert "demo.on_build" in loaded  # the pack's other rules
+    finally:
+        await app.close()
+
+
 async def test_generic_webhook_stores_before_202(squall: Squall, client: httpx.AsyncClient,
                                                  anon: httpx.AsyncClient) -> None:
     body = {"trigger": "demo.event", "payload": {"n": 7}}
