@@ -307,6 +307,10 @@ class _Unreachable(Exception):
     """Slack could not be reached (network, DNS, timeout): worth retrying, unlike a refused token."""
 
 
+class UnknownPerson(Exception):
+    """Slack could not say who sent something (`users.info` failed for someone never looked up)."""
+
+
 class SlackAdapter:
     name = "slack"
 
@@ -320,6 +324,9 @@ class SlackAdapter:
                             logger=logging.getLogger("adapters.slack.bolt"))
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
+        #: The installation's workspace and Enterprise Grid organisation (auth.test): whose names count.
+        self.team_id: str | None = None
+        self.enterprise_id: str | None = None
         self.reconnects = 0  # watchdog reconnects, for operators and tests
         self._on_message: MessageHandler | None = None
         #: The bot's check of a submitted form (`adapters.base`: set by the bot when it has forms).
@@ -369,6 +376,7 @@ class SlackAdapter:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _Unreachable(f"the Web API at {self.settings.base_url} cannot be reached ({_error(exc)})") from None
         self.bot_user_id, self.bot_id = auth.get("user_id"), auth.get("bot_id")
+        self.team_id, self.enterprise_id = auth.get("team_id"), auth.get("enterprise_id")
         log.info("Slack: connected to team %s as %s (%s mode)", auth.get("team"), auth.get("user"), self.settings.mode)
         if self.settings.mode == "socket":
             await self._start_socket()
@@ -545,6 +553,8 @@ class SlackAdapter:
         """A dispatcher bug is logged; the adapter keeps serving."""
         try:
             await work
+        except UnknownPerson as exc:
+            log.warning("Slack: %s", exc)
         except Exception:
             log.exception("Slack: handling a payload failed")
 
@@ -583,7 +593,7 @@ class SlackAdapter:
         if command.get("response_url"):
             self._response_urls[channel] = (str(command["response_url"]), time.monotonic() + 1800, 0)
         text, _ = plain_text(str(command.get("text") or ""), self.bot_user_id)
-        user = await self._user_name(user_id, fallback=command.get("user_name"))
+        user = await self._user_name(user_id)
         message = Message(adapter=self.name, channel=channel, user=user, text=text, mentioned=True,
                           direct=channel.startswith("D") or command.get("channel_name") == "directmessage",
                           groups=await self._groups_of(user_id), raw={"command": command},
@@ -604,7 +614,7 @@ class SlackAdapter:
             channel = user_id  # a click in the App Home tab: answered in the person's DM with the app
         original = body.get("message") or {}
         thread = original.get("thread_ts") or (body.get("container") or {}).get("thread_ts")
-        user = await self._user_name(user_id, fallback=(body.get("user") or {}).get("username"))
+        user = await self._user_name(user_id)
         asker = self._askers.get(f"{channel}:{original.get('ts')}")  # whom the prompt asks, by name
         answered = asker in (None, user)  # someone else's click leaves the buttons to the one asked
         if answered and original.get("ts") and not (body.get("container") or {}).get("is_ephemeral"):
@@ -634,7 +644,7 @@ class SlackAdapter:
         if not isinstance(user.get("id"), str) or not isinstance(channel.get("id"), str):
             return
         text, _ = plain_text(str(original.get("text") or ""), self.bot_user_id, addressed=True)
-        name = await self._user_name(user["id"], user.get("name"))
+        name = await self._user_name(user["id"])
         thread = original.get("thread_ts") or original.get("ts")
         message = Message(adapter=self.name, channel=channel["id"], user=name, text=f"{body.get('callback_id')} {text}",
                           thread=thread, mentioned=True, direct=channel["id"].startswith("D"),
@@ -649,14 +659,19 @@ class SlackAdapter:
         if self.on_form is None or not self._well_formed(body) or not isinstance(user.get("id"), str):
             await ack()
             return
-        submission = FormSubmission(adapter=self.name, user=await self._user_name(user["id"], user.get("username")),
-                                    state=str(view.get("private_metadata") or ""), values=form_values(view),
-                                    groups=await self._groups_of(user["id"]))
-        errors = await self.on_form(submission)
+        blocks = [b.get("block_id") for b in view.get("blocks") or [] if b.get("type") == "input"]
+        try:
+            name = await self._user_name(user["id"])
+        except UnknownPerson as exc:
+            log.warning("Slack: %s", exc)
+            errors = {"": "Slack could not say who you are just now; submit the form again in a moment."}
+        else:
+            errors = await self.on_form(FormSubmission(
+                adapter=self.name, user=name, state=str(view.get("private_metadata") or ""),
+                values=form_values(view), groups=await self._groups_of(user["id"])))
         if not errors:
             await ack()
             return
-        blocks = [b.get("block_id") for b in view.get("blocks") or [] if b.get("type") == "input"]
         await ack(response_action="errors",
                   errors={(name if name in blocks else blocks[0] if blocks else name): text[:2000]
                           for name, text in errors.items()})
@@ -707,10 +722,16 @@ class SlackAdapter:
                 await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
-    async def _user_name(self, user_id: str, fallback: Any = None) -> str:
+    async def _user_name(self, user_id: str) -> str:
         """A person's name, cached for an hour; concurrent messages of one person share one
         `users.info` call (every message is passed on, chatter too, so a busy channel must not
-        cost a call per message)."""
+        cost a call per message).
+
+        A name is who the person is to permissions and approvals, so it comes from `users.info`
+        alone, never from a payload's own `user_name`: were a click named by the payload and a typed
+        message by the id when a lookup failed, one person would be two, and could approve their own
+        request. When the lookup fails the name last looked up stands; a person never looked up
+        cannot be named, and what they sent is dropped (`UnknownPerson`)."""
         cached = self._users.get(user_id)
         if cached and cached[1] > time.monotonic():
             return cached[0]
@@ -719,9 +740,11 @@ class SlackAdapter:
             lookup = self._user_lookups[user_id] = asyncio.ensure_future(self._look_up_user(user_id))
             lookup.add_done_callback(lambda _done: self._user_lookups.pop(user_id, None))
         name = await asyncio.shield(lookup)
-        if name is None:
-            return str(fallback or user_id)
-        return name
+        if name is not None:
+            return name
+        if cached:
+            return cached[0]
+        raise UnknownPerson(f"Slack could not say who {user_id} is (users.info failed); what they sent is dropped")
 
     async def _look_up_user(self, user_id: str) -> str | None:
         try:
@@ -730,8 +753,21 @@ class SlackAdapter:
             log.warning("Slack: users.info for %s failed (%s)", user_id, _error(exc))
             return None
         name = str(user.get("name") or (user.get("profile") or {}).get("display_name") or user_id)
+        if not self._of_this_organisation(user):
+            # A Slack Connect member of another organisation: Slack names are unique within one
+            # workspace only, so theirs may be a local admin's. The id is theirs alone and matches
+            # no name a permission lists.
+            name = user_id
         self._users[user_id] = (name, time.monotonic() + IDENTITY_TTL)
         return name
+
+    def _of_this_organisation(self, user: dict[str, Any]) -> bool:
+        """Whether `users.info`'s person belongs to the workspace the bot is installed in (or, on
+        Enterprise Grid, to its organisation); unknown when auth.test named no team."""
+        if self.team_id is None or user.get("team_id") in (None, self.team_id):
+            return True
+        enterprise = (user.get("enterprise_user") or {}).get("enterprise_id")
+        return self.enterprise_id is not None and enterprise == self.enterprise_id
 
     async def _channel_name(self, channel_id: str) -> str | None:
         cached = self._channels.get(channel_id)

@@ -398,8 +398,10 @@ class FakeSlack:
         user = self.users.get(p.get("user", ""))
         if user is None:
             return {"ok": False, "error": "user_not_found"}
-        return {"ok": True, "user": {"id": p["user"], "team_id": TEAM, "name": user["name"], "is_bot": False,
-                                     "deleted": False, "real_name": user["real_name"], "tz": "Europe/London",
+        # A Slack Connect member of another organisation keeps their own team (`team_id` in `users`).
+        return {"ok": True, "user": {"id": p["user"], "team_id": user.get("team_id", TEAM), "name": user["name"],
+                                     "is_bot": False, "deleted": False, "real_name": user["real_name"],
+                                     "tz": "Europe/London",
                                      "profile": {"display_name": user["name"], "real_name": user["real_name"]}}}
 
     def _m_conversations_info(self, p: dict[str, Any]) -> dict[str, Any]:

@@ -179,6 +179,30 @@ async def test_prefixed_channel_message_runs_and_chatter_and_own_messages_do_not
     assert [c.params["user"] for c in fake.called("users.info")] == ["UALICE01"]
 
 
+async def test_a_person_is_named_by_users_info_alone_and_never_two_names(slack, fake: FakeSlack) -> None:
+    """When users.info fails, the name last looked up stands, and someone never looked up is not
+    guessed at (their id here, a payload's `user_name` there made one person two names, who could then
+    approve their own request): what they sent is dropped. A Slack Connect member of another
+    organisation named like a local user is known by their id, which matches no permission's name."""
+    squall, _, adapter = slack
+    fake.users["UEVE0001"] = {"name": "alice", "real_name": "Eve (another organisation)", "team_id": "TOTHER01"}
+    await fake.push("events_api", fake.event(fake.message_event("!greet stranger", user="UEVE0001")))
+    await fake.push("events_api", fake.event(fake.message_event("!greet one")))
+    await _posted(fake, lambda m: m.get("text") == "hello one", "alice's first result")
+    await _posted(fake, lambda m: m.get("text") == "hello stranger", "the stranger's result")
+
+    fake.errors["users.info"] = "ratelimited"
+    adapter._users["UALICE01"] = ("alice", 0.0)  # her name's hour is over; the lookup now fails
+    await fake.push("events_api", fake.event(fake.message_event("!greet two")))
+    await fake.push("events_api", fake.event(fake.message_event("!greet three", user="UBOB0001")))
+    await _posted(fake, lambda m: m.get("text") == "hello two", "alice's second result")
+    await fake.wait_for(lambda: fake.methods().count("users.info") >= 4, what="bob's failed lookup")
+    await asyncio.sleep(0.3)
+    runs = {r["parameters"]["who"]: r["context"]["user"] for r in await squall.executions.list(limit=10)}
+    assert runs == {"stranger": "UEVE0001", "one": "alice", "two": "alice"}  # bob's is dropped
+    assert "hello three" not in [m.get("text") for m in fake.messages]
+
+
 async def test_mention_and_its_message_twin_run_once(slack, fake: FakeSlack) -> None:
     mention = fake.message_event(f"<@{BOT_USER}> greet twins", kind="app_mention")
     twin = {**mention, "type": "message", "channel_type": "channel"}
