@@ -51,6 +51,21 @@ MORE_CONTEXTS: list[tuple[str, str, str, str]] = [
     ("array subscript of an assignment", "a=([{{ v }}]=x); echo ${!a[@]}", "3", "3"),
     ("[ -v ]", 'a=(x y z); if [ -v "a[{{ v }}]" ]; then echo set; fi', "1", "set"),
     ("test -v", "a=(x y z); test ! -v 'a[{{ v }}]' || echo set", "2", "set"),
+    # A variable given the integer attribute (`declare -i`, `local -ai`...) anywhere in the template
+    # evaluates whatever is later assigned to it, and `unset` evaluates the subscript of its names.
+    ("an assignment to the integer variable n", "declare -i n=0; n={{ v }}; echo $n", "41", "41"),
+    ("an assignment to the integer variable n", 'declare -i n=1; n+="{{ v }}"; echo $n', "41", "42"),
+    ("an assignment to the integer variable n", 'f() { local -i n; n="{{ v }}"; echo $n; }; f', "41", "41"),
+    ("an assignment to the integer variable arr", 'declare -ai arr; arr=("{{ v }}"); echo "${arr[0]}"', "41", "41"),
+    ("an assignment to the integer variable arr", "typeset -ia arr; arr[1]+={{ v }}; echo ${arr[1]}", "41", "41"),
+    ("an assignment to the integer variable n", 'declare -gi n; declare n="{{ v }}"; echo $n', "41", "41"),
+    ("an assignment to the integer variable n", "declare -i n; export n={{ v }}; echo $n", "41", "41"),
+    ("an assignment to the integer variable r", "declare -i n; declare -n r=n; r={{ v }}; echo $n", "41", "41"),
+    ("unset", 'a=(x y z); unset "a[{{ v }}]"; echo "${a[*]}"', "1", "x z"),
+    ("${n:=}", 'declare -i n; : "${n:={{ v }}}"; echo $n', "41", "41"),
+    ("${n:=}", "declare -i n; : ${n={{ v }}}; echo $n", "41", "41"),
+    ("printf -v n", 'declare -i n; printf -v n %s "{{ v }}"; echo $n', "41", "41"),
+    ("for n in", "declare -i n; for n in {{ v }}; do echo $n; done", "41", "41"),
 ]
 
 
@@ -126,6 +141,15 @@ def test_the_runtime_check_leaves_other_places_alone(scratch: Path) -> None:
         ("cat <<EOF\n$(( 1 )) {{ v }}\nEOF", f"1 {value}"),
     ]:
         assert render_and_run(template, value, scratch) == expected, template
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_here_string_is_no_here_document(scratch: Path) -> None:
+    """`<<< 'x'` once opened a quoted here-document on the next line, where values are written as they
+    are: the value on that line ran as shell code. A here-string's word is a word like any other."""
+    value = f"$(touch {scratch}/pwned)"
+    assert render_and_run("cat <<< 'x'\necho {{ v }}", value, scratch) == f"x\n{value}"
+    assert render_and_run('read -r line <<< "{{ v }}"; echo "$line"', value, scratch) == value
     assert list(scratch.iterdir()) == []
 
 
@@ -208,6 +232,26 @@ async def test_a_template_from_the_caller_is_checked_at_run_time(squall: Squall,
     assert (done["status"], str(done["result"]["stdout"])) == ("succeeded", expected)
 
 
+#: The templates a review found running a string value's `$( )` through an integer variable or `unset`.
+INTEGER_VARIABLE_TEMPLATES = [
+    "declare -i n=0; n={{ v }}",
+    'declare -i n; n+="{{ v }}"',
+    'f() { local -i n; n="{{ v }}"; }; f',
+    'declare -ai arr; arr=("{{ v }}")',
+    'a=(x y); unset "a[{{ v }}]"',
+]
+
+
+@pytest.mark.parametrize("template", INTEGER_VARIABLE_TEMPLATES)
+async def test_an_integer_variable_assignment_from_the_caller_is_checked(squall: Squall, scratch: Path,
+                                                                         template: str) -> None:
+    """End to end through a rule-style `cmd`: the value never reaches bash, so `touch` never runs."""
+    done = await run(squall, "ctx.free", {"cmd": template, "v": canary(scratch)})
+    assert done["status"] == "failed"
+    assert "is not a plain number" in str(done["result"])
+    assert list(scratch.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # At load time: only integer and number parameters may go where bash does arithmetic
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +316,42 @@ def test_what_fails_to_load(cmd: str, ending: str) -> None:
 ])
 def test_what_loads_with_a_string_parameter(cmd: str) -> None:
     assert action(cmd, "string").runner_type == "local-shell-cmd"
+
+
+def test_only_the_declared_integer_variables_are_arithmetic() -> None:
+    """The integer attribute belongs to the names declared with it: other assignments, words that only
+    look like assignments and `for`/`printf -v` into other variables still take a string, while the
+    same template assigning the declared name does not load."""
+    kept = ('declare -i n=0; m={{ v }}; echo n={{ v }}; n=1 env X={{ v }} true; printf -v out %s "{{ v }}"; '
+            'for x in {{ v }}; do echo "$x $n"; done; read -r line <<< "{{ v }}"; echo "${m:={{ v }}}"')
+    assert action(kept, "string").runner_type == "local-shell-cmd"
+    for assigned in ("m={{ v }}", "printf -v out %s", "for x in", "m:="):
+        changed = kept.replace(assigned, assigned.replace("m", "n").replace("out", "n").replace("x", "n"), 1)
+        with pytest.raises(ContentInvalid, match="where bash evaluates it as arithmetic"):
+            action(changed, "string")
+
+
+@pytest.mark.parametrize("template", [
+    'declare -i n; read n <<< "{{ v }}"',
+    'declare -i n; echo "{{ v }}" | while read -r n; do echo $n; done',
+    'declare -ai a; mapfile -t a < <(echo "{{ v }}")',
+    'local -ia a; echo {{ v }} | readarray a',
+])
+def test_reading_into_an_integer_variable_is_refused(template: str, scratch: Path) -> None:
+    """What `read` or `mapfile` assigns to an integer variable is arithmetic, and where it comes from
+    (stdin) cannot be followed: such a template does not load, whatever the parameter's type, and
+    does not render, whatever the value."""
+    reader = "mapfile" if "mapfile" in template else "readarray" if "readarray" in template else "read"
+    for ptype in ("string", "integer"):
+        with pytest.raises(ContentInvalid) as caught:
+            action(template, ptype)
+        assert caught.value.error.reason.startswith(f"cmd: {reader} assigns what it reads to the integer variable")
+        assert "pass the number as an integer parameter" in caught.value.error.reason
+    for value in ("41", canary(scratch)):
+        with pytest.raises(TemplateRenderError, match=f"{reader} assigns what it reads to the integer variable"):
+            render_shell_command(template, {"v": value})
+    assert action(template.replace("{{ v }}", "x"), "string")  # no value can reach it
+    assert list(scratch.iterdir()) == []
 
 
 def test_the_load_error_names_the_file_and_line(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ double or single quotes, `$'...'`, command substitutions, backticks, comments an
 Bash then expands the variable as data. StackStorm pastes the text in and is injectable.
 
 Quoting is not enough where bash evaluates a variable's contents as arithmetic (`$(( ))`, `(( ))`,
-`$[ ]`, `[[ -eq ]]`, `[ -v ]`, `let`, array subscripts...), because arithmetic runs the `$( )` in an array
-subscript: there a value must be a plain number, or rendering fails. `numeric_placeholder_problem`
+`$[ ]`, `[[ -eq ]]`, `[ -v ]`, `let`, `unset`, array subscripts, assignments to `declare -i` variables...),
+because arithmetic runs the `$( )` in an array subscript: there a value must be a plain number, or
+rendering fails. `numeric_placeholder_problem`
 finds such spots in a template at load time, where only integer and number parameters may go
 (docs/security.md, "Shell templates").
 """
@@ -98,6 +99,27 @@ _DECLARE = frozenset({"declare", "typeset", "local", "export", "readonly"})
 _OPTIONS = re.compile(r"(?:[ \t]+[-+][A-Za-z]+)+")
 #: `declare -A name`: the subscripts of an associative array are strings, not arithmetic.
 _ASSOCIATIVE = re.compile(r"\b(?:declare|typeset|local)[ \t]([^;&|\n]*)")
+#: The arguments of a declaration: with `-i` (`-ai`, `-gi`...) its names get the integer attribute.
+_DECLARATION = re.compile(r"\b(?:declare|typeset|local|export|readonly)[ \t]([^;&|\n]*)")
+_DECLARED_NAME = re.compile(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)(?=[=\s\[+]|$)")
+#: A word assigning a variable: `name=`, `name+=`, `name[...]=` (and `name=(` for an array).
+_ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[[^\]\n]*\])?\+?=")
+#: After `printf`: the `-v name` it assigns its output to.
+_PRINTF_TARGET = re.compile(r"[ \t]+-v[ \t]*['\"]?([A-Za-z_][A-Za-z0-9_]*)")
+#: After `for` or `select`: the variable each word is assigned to.
+_LOOP_VARIABLE = re.compile(r"[ \t]+([A-Za-z_][A-Za-z0-9_]*)[ \t]+in(?=[ \t;\n]|\Z)")
+#: The rest of a simple command (for the variables `read` and `mapfile` assign).
+_REST_OF_COMMAND = re.compile(r"[^;&|\n]*")
+_READERS = frozenset({"read", "mapfile", "readarray"})
+
+
+def _declared(text: str, flag: str) -> set[str]:
+    """The names that a declaration in `text` gives the attribute `flag` (`declare -i n`, `local -ai a`).
+
+    Flow-insensitive on purpose: a name declared anywhere counts everywhere, which can only make
+    more places arithmetic, never fewer."""
+    return {name for args in _DECLARATION.findall(text) if re.search(rf"(?:^|\s)-[A-Za-z]*{flag}", args)
+            for name in _DECLARED_NAME.findall(args)}
 
 
 @dataclass(eq=False)
@@ -125,6 +147,12 @@ class _Frame:
     decided: str | None = None
     name: str = ""  # the array of a subscript
     test: str = ""  # `test` or `[` when the simple command being read is one (its `-v` is arithmetic)
+    assigning: bool = False  # `command` comes from an assignment word, and ends with it
+    declaring: bool = False  # the command is `declare`/`local`/...: its arguments may be assignments
+
+    def end_command(self) -> None:
+        """At `;`, `&`, `|` or a newline: the simple command being read is over."""
+        self.command, self.test, self.assigning, self.declaring = None, "", False, False
 
 
 class _ShellQuoter:
@@ -139,8 +167,10 @@ class _ShellQuoter:
 
     Quoting does not help where bash evaluates a variable's *contents* as arithmetic, which runs
     `$( )` inside array subscripts: `$(( ))`, `(( ))`, `$[ ]`, `[[ ]]` with -eq/-lt/... or -v, `[ -v ]`
-    and `test -v`, the arguments of `let` and `declare -i`, array subscripts (`${a[i]}`, `a[i]=`) and
-    substring offsets (`${s:i}`). A value there must be a plain number. With `analysis` the values are not looked at:
+    and `test -v`, the arguments of `let`, `unset` and `declare -i`, array subscripts (`${a[i]}`, `a[i]=`),
+    substring offsets (`${s:i}`) and what is assigned to a variable declared with `-i` anywhere in the
+    template (`n=`, `n+=`, `n[i]=`, `n=( )`, `${n:=}`, `printf -v n`, `for n in`); `read` into one
+    is refused outright. A value there must be a plain number. With `analysis` the values are not looked at:
     the context of each placeholder is recorded there instead (None where it is not numeric).
     """
 
@@ -156,9 +186,22 @@ class _ShellQuoter:
         self.prev = "\n"
         self.associative = {name for args in _ASSOCIATIVE.findall(text) if re.search(r"(?:^|\s)-[A-Za-z]*A", args)
                             for name in re.findall(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)(?=[=\s]|$)", args)}
+        # Assigning to a variable with the integer attribute evaluates the value as arithmetic; so does
+        # assigning through a nameref (`declare -n r=n`), which may point at one.
+        self.integer = _declared(text, "i")
+        if self.integer:
+            self.integer |= _declared(text, "n")
+        self.unsupported: str | None = None  # with `analysis`: why the template cannot be made safe
 
     def fail(self, reason: str) -> TemplateRenderError:
         return TemplateRenderError(f"cannot render cmd {self.template!r}: {reason}", template=self.template)
+
+    def refuse(self, reason: str) -> None:
+        """A construct whose values cannot be checked: rendering fails, and the analysis records it
+        (so the action fails to load, whatever its parameters' types)."""
+        if self.analysis is None:
+            raise self.fail(reason)
+        self.unsupported = self.unsupported or reason
 
     def reference(self, kind: str, index: int) -> str:
         ref = f"${{SQUALL_ARG_{index}}}"
@@ -212,8 +255,11 @@ class _ShellQuoter:
 
     def word_start(self, frame: _Frame, char: str, i: int) -> int | None:
         """At the start of an unquoted word in plain text: note `[[`, its arithmetic operators, `let`,
-        `declare -i` and `name[` words. Returns the next index when it copied something itself."""
+        `declare -i`, assignments to integer variables and `name[` words. Returns the next index when it
+        copied something itself."""
         text = self.text
+        if frame.assigning:  # the assignment word before this one is over
+            frame.command, frame.assigning = None, False
         if text.startswith("[[", i) and text[i + 2 : i + 3] in ("", " ", "\t", "\n"):
             self.out.append("[[")
             self.stack.append(_Frame("plain", "]]", role="cond", pending=[]))
@@ -237,6 +283,7 @@ class _ShellQuoter:
         if text.startswith("[", i) and text[i + 1 : i + 2] in (" ", "\t") and self.at_command_start(i):
             frame.test = "["
             return None
+        self.assignment(frame, i)
         element = _ELEMENT.match(text, i)
         if element and element[0][:-1] not in self.associative:
             self.out.append(element[0])
@@ -249,20 +296,44 @@ class _ShellQuoter:
         self.command_word(frame, i)
         return None
 
+    def assignment(self, frame: _Frame, i: int) -> None:
+        """A word at `i` that assigns an integer variable (`n=`, `n+=`, `n[i]=`, `n=(...)`), as a command
+        or an argument of `declare`/`local`/...: bash evaluates the value as arithmetic, to the word's end."""
+        word = _ASSIGNMENT.match(self.text, i)
+        if word and word[1] in self.integer and frame.command is None \
+                and (frame.declaring or self.at_command_start(i)):
+            frame.command, frame.assigning = f"an assignment to the integer variable {word[1]}", True
+
     def command_word(self, frame: _Frame, i: int) -> None:
         """A command's name at `i`: `let` and `declare -i` make its arguments arithmetic, and `test`
-        its `-v` operand."""
-        word = _COMMAND_WORD.match(self.text, i)
+        its `-v` operand; so do `unset` (it evaluates a subscript in a name) and the commands that
+        assign their arguments to an integer variable (`printf -v n`, `for n in`)."""
+        text = self.text
+        word = _COMMAND_WORD.match(text, i)
         if word and self.at_command_start(i):
             name = re.sub(r"""['"\\]""", "", word[0])
-            if name == "let":
-                frame.command = "let"
+            if name in ("let", "unset"):
+                frame.command = name
             elif name == "test":
                 frame.test = "test"
             elif name in _DECLARE:
-                options = _OPTIONS.match(self.text, word.end())
+                options = _OPTIONS.match(text, word.end())
                 if options and re.search(r"-[A-Za-z]*i", options[0]):
                     frame.command = f"{name} -i"
+                frame.declaring = True
+            elif name in ("printf", "for", "select"):
+                target = (_PRINTF_TARGET if name == "printf" else _LOOP_VARIABLE).match(text, word.end())
+                if target and target[1] in self.integer:
+                    frame.command = f"printf -v {target[1]}" if name == "printf" else f"{name} {target[1]} in"
+            elif name in _READERS and self.values:
+                rest = _REST_OF_COMMAND.match(text, word.end())
+                words = re.findall(r"""(?:^|[\s'"])([A-Za-z_][A-Za-z0-9_]*)""", rest[0] if rest else "")
+                read = self.integer.intersection(words)
+                if read:
+                    self.refuse(f"{name} assigns what it reads to the integer variable {min(read)}, and bash "
+                                "evaluates that as arithmetic (which runs $( ) inside array subscripts), so no "
+                                "{{ }} value may reach it; read into a variable without -i, or pass the number as "
+                                "an integer parameter and assign it directly")
 
     def open_brace(self, kind: str, i: int) -> int:
         """At `${`: an array subscript or a substring offset is arithmetic. Returns the next index."""
@@ -274,6 +345,9 @@ class _ShellQuoter:
             if plain:
                 self.stack.append(_Frame("plain", "}", role="brace"))
                 self.prev = "a"
+            if match is not None and not match[1] and match[2] in self.integer \
+                    and re.match(r":?=", self.text[match.end() : match.end() + 2]):  # `${n:=value}` assigns n
+                self.numeric_brace(f"${{{match[2]}:=}}")
             return i + 2
         self.out.append("${" + match[0])
         name = match[2]
@@ -289,7 +363,10 @@ class _ShellQuoter:
 
     def offset(self, name: str) -> None:
         """After `${name:` (or `${name[...]:`): the rest up to `}` is an offset and a length."""
-        context = f"${{{name}:offset}}"
+        self.numeric_brace(f"${{{name}:offset}}")
+
+    def numeric_brace(self, context: str) -> None:
+        """The rest of the `${ }` being read, up to its `}`, is arithmetic."""
         top = self.stack[-1]
         if top.role == "brace":
             top.kind, top.numeric = "arith", context
@@ -347,7 +424,7 @@ class _ShellQuoter:
                     kind = frame.kind
                 self.out.append(char)
                 self.prev = char
-                frame.command, frame.test = None, ""
+                frame.end_command()
                 at_line_start = True
                 if self.pending and kind in ("plain", "arith"):
                     self.stack.extend(_Frame("qheredoc" if quoted else "heredoc", (delimiter, strip), numeric="")
@@ -440,11 +517,14 @@ class _ShellQuoter:
                 self.pop()
                 return i + 1
             elif kind == "plain" and char in ";&|":
-                frame.command, frame.test = None, ""
+                frame.end_command()
             elif kind == "plain" and char == "#" and self.prev in _WORD_BREAKS:
                 self.push("comment", numeric="")
-            elif kind == "plain" and char == "<" and self.text.startswith("<<", i) \
-                    and not self.text.startswith("<<<", i):
+            elif kind == "plain" and char == "<" and self.text.startswith("<<<", i):
+                emit("<<<")  # a here-string: its word is a word, not a here-document's delimiter
+                self.prev = "<"
+                return i + 3
+            elif kind == "plain" and char == "<" and self.text.startswith("<<", i):
                 return self.heredoc_operator(i)
             emit(char)
             self.prev = char
@@ -560,7 +640,13 @@ _NUMERIC_TYPES = {"integer", "number"}
 
 def numeric_placeholders(template: str, env: jinja2.Environment | None = None) -> list[tuple[str, str]]:
     """The `{{ }}` expressions of a `cmd` template that land where bash evaluates text as arithmetic,
-    each as (its source, that context), e.g. ("n", "$(( ))").
+    each as (its source, that context), e.g. ("n", "$(( ))")."""
+    return _analyse(template, env)[0]
+
+
+def _analyse(template: str, env: jinja2.Environment | None) -> tuple[list[tuple[str, str]], str | None]:
+    """`numeric_placeholders`, and why no value can be made safe in the template (a construct the
+    quoter refuses whatever the value, such as `read` into an integer variable), or None.
 
     Static: every `{{ }}` becomes a placeholder, `{% %}` tags are dropped (so every branch and one
     pass of each loop is looked at) and the bodies of `{% set %}` blocks, macros and calls are left
@@ -571,7 +657,7 @@ def numeric_placeholders(template: str, env: jinja2.Environment | None = None) -
     try:
         tokens = list(env.lex(template))
     except jinja2.TemplateSyntaxError:
-        return []
+        return [], None
     pieces: list[str] = []
     sources: list[str] = []
     skipping: list[str] = []  # the end tags of the blocks being left out
@@ -598,9 +684,10 @@ def numeric_placeholders(template: str, env: jinja2.Environment | None = None) -
             pieces.append(tokens[i][2])
         i += 1
     contexts: dict[int, str | None] = {}
+    quoter = _ShellQuoter("".join(pieces), ["0"] * len(sources), template, analysis=contexts)
     with contextlib.suppress(TemplateRenderError):  # e.g. a {{ }} here-document delimiter: rendering says so
-        _ShellQuoter("".join(pieces), ["0"] * len(sources), template, analysis=contexts).run()
-    return [(sources[index], context) for index, context in sorted(contexts.items()) if context]
+        quoter.run()
+    return [(sources[index], context) for index, context in sorted(contexts.items()) if context], quoter.unsupported
 
 
 def numeric_placeholder_problem(template: str, parameters: dict[str, dict[str, Any]],
@@ -608,7 +695,10 @@ def numeric_placeholder_problem(template: str, parameters: dict[str, dict[str, A
     """Why a `cmd` template cannot be loaded: a `{{ }}` where bash does arithmetic that is not an
     integer or number parameter (optionally through `| int`); None when there is no such `{{ }}`."""
     env = env or build_environment()
-    for source, context in numeric_placeholders(template, env):
+    found, unsupported = _analyse(template, env)
+    if unsupported:
+        return unsupported
+    for source, context in found:
         try:
             node = env.parse(f"{{{{ {source} }}}}").body[0].nodes[0]  # type: ignore[attr-defined]
         except (jinja2.TemplateSyntaxError, AttributeError, IndexError):
