@@ -7,8 +7,10 @@ in warm per-pack worker processes; crashes and timeouts must cost only that work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,18 @@ def home(home: Path) -> Path:
                     os._exit(3)
                 if mode == "sys_exit":
                     sys.exit(4)
+                if mode == "orphan":  # a background program outlives the action's process
+                    os.system(f"sleep 60 >/dev/null 2>&1 & echo $! > {value}")
+                    os._exit(3)
+                if mode == "fork_orphan":  # the same, forked without exec
+                    if os.fork() == 0:
+                        with open(value, "w") as handle:
+                            handle.write(str(os.getpid()))
+                        time.sleep(60)
+                        os._exit(0)
+                    while not os.path.exists(value) or not open(value).read():
+                        time.sleep(0.01)
+                    os._exit(3)
                 if mode == "env":
                     names = json.loads(value)
                     return {name: os.environ.get(name) for name in names}
@@ -425,6 +439,23 @@ async def test_timeout_kills_the_worker_and_the_next_run_succeeds(squall: Squall
     assert after["result"]["result"] != pid
 
 
+@pytest.mark.parametrize("mode", ["orphan", "fork_orphan"])
+async def test_worker_crash_is_seen_while_its_background_child_lives(squall: Squall, tmp_path: Path,
+                                                                     mode: str) -> None:
+    """The worker's protocol pipes are its own: a child the action left running does not hold the reply
+    pipe open, so the crash is reported as such instead of as a timeout once `timeout` has passed."""
+    pidfile = tmp_path / "child.pid"
+    try:
+        done = await behave(squall, mode, str(pidfile), timeout=30)
+        assert done["status"] == "failed", done["result"]
+        assert "died" in done["result"]["error"]
+        assert done["result"]["exit_code"] == 3
+    finally:
+        if pidfile.exists() and pidfile.read_text().strip():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
 async def test_worker_crash_fails_the_execution_and_the_next_run_succeeds(squall: Squall) -> None:
     before = await behave(squall, "pid")
     done = await behave(squall, "exit")
@@ -483,9 +514,11 @@ async def test_environment_of_the_action(squall: Squall, monkeypatch: pytest.Mon
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-do-not-leak")
     monkeypatch.setenv("IRC_PASSWORD", "irc-do-not-leak")
     monkeypatch.setenv("SQUALL_SECRET_KEY", "key-do-not-leak")
+    monkeypatch.setenv("SQUALL_OIDC_SECRET", "oidc-do-not-leak")  # the name docs/ui.md suggests
+    monkeypatch.setenv("PGPASSWORD", "pg-do-not-leak")
     names = ["ST2_ACTION_PACK_NAME", "ST2_ACTION_EXECUTION_ID", "SQUALL_ACTION_PACK_NAME",
              "SQUALL_ACTION_EXECUTION_ID", "ST2_ACTION_API_URL", "ST2_API_URL", "FOO", "SLACK_BOT_TOKEN",
-             "IRC_PASSWORD", "SQUALL_SECRET_KEY"]
+             "IRC_PASSWORD", "SQUALL_SECRET_KEY", "SQUALL_OIDC_SECRET", "PGPASSWORD"]
     record = await squall.executions.request(
         f"{PACK}.behave", {"mode": "env", "value": json.dumps(names), "env": {"FOO": "bar"}}
     )
@@ -495,7 +528,8 @@ async def test_environment_of_the_action(squall: Squall, monkeypatch: pytest.Mon
         "ST2_ACTION_PACK_NAME": PACK, "ST2_ACTION_EXECUTION_ID": record["id"], "SQUALL_ACTION_PACK_NAME": PACK,
         "SQUALL_ACTION_EXECUTION_ID": record["id"], "ST2_ACTION_API_URL": squall.config.api_url, "FOO": "bar",
         "ST2_API_URL": squall.config.api_url,
-        "SLACK_BOT_TOKEN": None, "IRC_PASSWORD": None, "SQUALL_SECRET_KEY": None,
+        "SLACK_BOT_TOKEN": None, "IRC_PASSWORD": None, "SQUALL_SECRET_KEY": None, "SQUALL_OIDC_SECRET": None,
+        "PGPASSWORD": None,
     }
     # the same (warm) worker: the previous execution's env is gone, this one's id is set
     again = await squall.executions.request(f"{PACK}.behave", {"mode": "env", "value": json.dumps(names)})

@@ -291,7 +291,10 @@ async def test_missing_cwd_fails(squall: Squall, scratch: Path) -> None:
 
 async def test_environment_of_the_action(squall: Squall, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-do-not-leak")
-    monkeypatch.setenv("SQUALL_TEST_VISIBLE", "inherited")
+    monkeypatch.setenv("ACTION_TEST_VISIBLE", "inherited")
+    monkeypatch.setenv("SQUALL_OIDC_SECRET", "oidc-do-not-leak")  # the name docs/ui.md suggests
+    monkeypatch.setenv("PGPASSWORD", "pg-do-not-leak")
+    monkeypatch.setenv("SQUALL_CLI", "/usr/bin/squall")  # the `squall` pack's actions need it
     cmd = f"{PY} -c 'import json, os; print(json.dumps(dict(os.environ)))'"
     record = await squall.executions.request(
         "core.local", {"cmd": cmd, "env": {"FOO": "bar baz", "N": 5, "ST2_ACTION_PACK_NAME": "spoofed"}}
@@ -309,9 +312,11 @@ async def test_environment_of_the_action(squall: Squall, monkeypatch: pytest.Mon
     assert env["ST2_ACTION_API_URL"] == squall.config.api_url
     assert env["SQUALL_ACTION_API_URL"] == squall.config.api_url
     assert env["ST2_ACTION_DEBUG"] == "False"
-    assert env["SQUALL_TEST_VISIBLE"] == "inherited"
-    assert "SLACK_BOT_TOKEN" not in env
-    assert "xoxb-do-not-leak" not in json.dumps(env)
+    assert env["ACTION_TEST_VISIBLE"] == "inherited"
+    assert env["SQUALL_CLI"] == "/usr/bin/squall"
+    for name in ("SLACK_BOT_TOKEN", "SQUALL_OIDC_SECRET", "PGPASSWORD"):
+        assert name not in env
+    assert not {"xoxb-do-not-leak", "oidc-do-not-leak", "pg-do-not-leak"} & set(env.values())
 
 
 async def test_pack_name_of_a_custom_pack(squall: Squall) -> None:

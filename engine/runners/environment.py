@@ -8,8 +8,21 @@ from typing import Any
 
 from engine.runners import RunAs, RunRequest
 
-#: Variables that hold Squall's own credentials; an action must never inherit them.
-_WITHHELD_PREFIXES = ("SLACK_", "MATTERMOST_", "SQUALL_API_KEYS", "IRC_", "SQUALL_SECRET")
+#: Variables that hold the service's credentials; an action must never inherit them. `SQUALL_` covers
+#: Squall's own settings, whatever their name (`SQUALL_API_KEYS`, the OIDC client secret that
+#: `web.oidc.client_secret_env` names in docs/ui.md, a deployment's own), and `PG` libpq's (`PGPASSWORD`,
+#: `PGPASSFILE`...), which would let an action log in to Squall's database.
+_WITHHELD_PREFIXES = ("SLACK_", "MATTERMOST_", "IRC_", "SQUALL_", "PG")
+
+#: The `SQUALL_` variables an action may inherit: the `squall` pack's actions run `$SQUALL_CLI` against
+#: `$SQUALL_CONFIG` (both set by `engine.core`), and that CLI honours `$SQUALL_PACK_CACHE`. None is a secret.
+#: (`SQUALL_ACTION_*` and `SQUALL_ARG_*` are not inherited: each run sets its own.)
+_INHERITED_SQUALL = frozenset({"SQUALL_CLI", "SQUALL_CONFIG", "SQUALL_PACK_CACHE"})
+
+
+def _withheld(name: str) -> bool:
+    """Whether the service's variable `name` stays out of an action's environment."""
+    return name.startswith(_WITHHELD_PREFIXES) and name not in _INHERITED_SQUALL
 
 
 def inherited_environment(run_as: RunAs | None = None) -> dict[str, str]:
@@ -17,7 +30,7 @@ def inherited_environment(run_as: RunAs | None = None) -> dict[str, str]:
 
     For an action started as another user (`runners.user`), HOME, USER and LOGNAME name that user.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_WITHHELD_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if not _withheld(k)}
     if run_as is not None:
         env.update(run_as.environment())
     return env
