@@ -35,6 +35,11 @@ class Channel:
     """The JSON-lines pipes to the parent."""
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
+        # The parent passed these inheritable (`pass_fds`); a program the action starts in the
+        # background would keep the reply pipe open after this worker died, and the parent, seeing no
+        # EOF, would wait out the action's whole timeout. Nothing an action starts may hold them.
+        os.set_inheritable(read_fd, False)
+        os.set_inheritable(write_fd, False)
         self.reader = os.fdopen(read_fd, "rb")
         self.writer = os.fdopen(write_fd, "wb")
 
@@ -256,12 +261,28 @@ def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
     return {"op": "done", "status": None, "result": stored_result(returned), "exit_code": 0}
 
 
+def _release_in_forked_child(fds: tuple[int, ...]) -> None:
+    """In a child the action forks without exec (os.fork, multiprocessing): point the worker's own
+    descriptors (the protocol pipes, the saved stdout and stderr pipe) at /dev/null.
+
+    Non-inheritable descriptors survive a fork that never execs; a child outliving the worker would
+    hold the pipes open as above. The numbers stay taken, so the worker's file objects, copied into the
+    child, can never close a descriptor the child opens later.
+    """
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in fds:
+        os.dup2(null, fd, inheritable=False)
+    os.close(null)
+
+
 def main() -> None:
     channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
     squall_paths.install_from_environment()
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     channel.send({"op": "ready", "pid": os.getpid()})
-    original_out, original_err = os.dup(1), os.dup(2)
+    original_out, original_err = os.dup(1), os.dup(2)  # not inheritable (os.dup's default)
+    own = (channel.reader.fileno(), channel.writer.fileno(), original_out, original_err)
+    os.register_at_fork(after_in_child=lambda: _release_in_forked_child(own))
     captures: dict[str, int] = {}
     while (request := channel.receive()) is not None:
         # The parent names one pair of capture files per worker; they are reused, emptied each time.
