@@ -140,8 +140,13 @@ def _scrubbable(values: list[Any], revealed: list[str]) -> list[str]:
 
 
 def scrub(value: Any, secrets: list[str]) -> Any:
-    """Replace every occurrence of a secret value inside strings, recursively."""
-    if not secrets:
+    """Replace every occurrence of a secret value, recursively: inside strings, dict keys included.
+
+    A number, boolean or null whose text holds a secret becomes the masked string: the shell runner
+    JSON-decodes an action's stdout, so an echoed numeric PIN arrives here as an int, and a key is as
+    visible in the stored record as a value (two keys masked alike keep the later value).
+    """
+    if not secrets:  # most executions: return at once
         return value
     if isinstance(value, str):
         for secret in secrets:
@@ -149,10 +154,18 @@ def scrub(value: Any, secrets: list[str]) -> Any:
                 value = value.replace(secret, MASK)
         return value
     if isinstance(value, dict):
-        return {k: scrub(v, secrets) for k, v in value.items()}
+        return {scrub(k, secrets): scrub(v, secrets) for k, v in value.items()}
     if isinstance(value, list):
         return [scrub(v, secrets) for v in value]
+    if value is None or isinstance(value, (int, float)):  # bool is an int
+        return _scrub_scalar(value, secrets)
     return value
+
+
+def _scrub_scalar(value: float | None, secrets: list[str]) -> Any:
+    """`value`, or the mask when a secret is in its text: Python's (`str`) or the JSON the action printed."""
+    texts = (str(value), json.dumps(value))
+    return MASK if any(secret in text for secret in secrets for text in texts) else value
 
 
 def _tokened(record: Mapping[str, Any]) -> bool:

@@ -112,3 +112,22 @@ def test_secrets_never_reach_an_output_channel(home: Path) -> None:
         data = file.read_bytes()
         assert PARAM_SECRET.encode() not in data, file
         assert STORED_SECRET.encode() not in data, file
+
+
+def test_scrub_masks_secrets_in_numbers_booleans_and_keys() -> None:
+    """The shell runner stores an action's JSON stdout decoded: a numeric secret echoed is an int there,
+    and a secret may be a key; both are masked as a string would be."""
+    from engine.executions import scrub
+    from engine.parameters import MASK
+
+    secrets = ["84736251", "tok-s3cr3t", "true"]
+    assert scrub(84736251, secrets) == MASK
+    assert scrub(847362519.5, secrets) == MASK  # the secret is part of the number's text
+    assert scrub(True, secrets) == MASK  # printed as JSON `true`
+    assert scrub({"tok-s3cr3t": "ok", "n": 84736251, "list": [84736251, 7]}, secrets) == {
+        MASK: "ok", "n": MASK, "list": [MASK, 7]}
+    assert scrub({"prefix-tok-s3cr3t": 1}, secrets) == {f"prefix-{MASK}": 1}
+    # numbers that do not hold a secret, null and other keys stay as they are
+    assert scrub({"a": 1, "b": 2.5, "c": None, "d": False, 3: "x"}, secrets) == {
+        "a": 1, "b": 2.5, "c": None, "d": False, 3: "x"}
+    assert scrub({"a": 84736251}, []) == {"a": 84736251}
