@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import threading
@@ -15,6 +16,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from bot.app import Squall
+from engine.runners import OUTPUT_LIMIT
 from engine.runners.http import _VERSION
 
 
@@ -43,6 +45,20 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _stream(self, chunks: Iterator[bytes], pause: float) -> None:
+        """A body of unknown length, ended by closing the connection; stops when the client has gone."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            for chunk in chunks:
+                if self.server.record.release.wait(pause):
+                    return
+                self.wfile.write(chunk)
+                self.wfile.flush()
+
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -67,6 +83,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, json.dumps(payload).encode(), "application/json")
         elif route == "/redirect":
             self._reply(302, b"", extra={"Location": "/json"})
+        elif route == "/redirect-to":  # to the URL in ?to=, another host's
+            self._reply(302, b"", extra={"Location": parse_qs(parsed.query)["to"][0]})
+        elif route == "/drip":  # a byte now and then, each well within a read timeout, for 8 s
+            self._stream((b"x" for _ in range(40)), pause=0.2)
+        elif route == "/big":  # more than any runner keeps
+            self._stream((b"y" * 1048576 for _ in range(OUTPUT_LIMIT // 1048576 + 1)), pause=0)
         elif route == "/slow":
             self.server.record.release.wait(10)
             self._reply(200, b"late")
@@ -259,6 +281,38 @@ async def test_url_hosts_whitelist(squall: Squall, server: Server) -> None:
     assert done["status"] == "failed"
     assert "exclusive" in done["result"]["error"]
     assert len(server.seen) == 1
+
+
+@pytest.mark.parametrize("lists", [{"url_hosts_blacklist": ["127.0.0.1"]}, {"url_hosts_whitelist": ["localhost"]}])
+async def test_a_redirect_cannot_lead_to_a_host_the_lists_refuse(squall: Squall, server: Server,
+                                                                 lists: dict[str, list[str]]) -> None:
+    """The host lists hold for every hop: the refused host is never asked anything."""
+    start = server.url.replace("127.0.0.1", "localhost")
+    target = f"{server.url}/json"
+    done = await run(squall, {"url": f"{start}/redirect-to?to={target}", "allow_redirects": True, **lists})
+    assert done["status"] == "failed", done["result"]
+    assert f'redirects to {target}, whose host "127.0.0.1" is not allowed' in done["result"]["error"]
+    assert [seen["path"] for seen in server.seen] == ["/redirect-to"]
+    # a redirect to an allowed host is followed
+    done = await run(squall, {"url": f"{start}/redirect-to?to={start}/json", "allow_redirects": True, **lists})
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["body"] == {"hello": "world", "n": [1, 2]}
+
+
+async def test_timeout_bounds_the_whole_request(squall: Squall, server: Server) -> None:
+    """A body that keeps trickling in, each byte within a read timeout, still ends at `timeout`."""
+    done = await run(squall, {"url": f"{server.url}/drip", "timeout": 1})
+    assert done["status"] == "timeout", done["result"]
+    assert "/drip" in done["result"]["error"]
+
+
+async def test_body_is_cut_at_the_output_limit(squall: Squall, server: Server) -> None:
+    done = await run(squall, {"url": f"{server.url}/big"})
+    assert done["status"] == "succeeded"
+    assert len(done["result"]["body"]) == OUTPUT_LIMIT
+    assert str(OUTPUT_LIMIT) in done["result"]["truncated"]
+    small = await run(squall, {"url": f"{server.url}/text"})
+    assert "truncated" not in small["result"]
 
 
 async def test_request_timeout(squall: Squall, server: Server) -> None:

@@ -6,12 +6,13 @@ import ast
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import requests
 
-from engine.runners import RunOutcome, RunRequest
+from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
 
 _VERSION = "3.9.0"
 
@@ -25,6 +26,53 @@ def _json_body(body: Any) -> str:
     return json.dumps(body)
 
 
+#: How much of a body is read at a time; the deadline is checked between reads.
+_CHUNK = 64 * 1024
+
+
+class _HostRefused(requests.RequestException):
+    """A redirect leads to a host this action may not call: raised before that host is asked anything."""
+
+
+def _refused(host: str, blacklist: Any, whitelist: Any) -> bool:
+    """Whether `url_hosts_blacklist` / `url_hosts_whitelist` forbid this action to call `host`."""
+    return bool((blacklist and host in blacklist) or (whitelist and host not in whitelist))
+
+
+def _guard_redirects(session: requests.Session, blacklist: Any, whitelist: Any) -> Any:
+    """A response hook that checks where each redirect leads before requests follows it.
+
+    The host lists hold for every hop, not only the first URL: otherwise an allowed server could send
+    the request on to a host the lists keep out (an internal address). The target is computed as
+    requests computes it (`get_redirect_target`, relative to the response's URL)."""
+    def check(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        target = session.get_redirect_target(response) if response.is_redirect else None
+        if target is None:
+            return
+        target = urljoin(response.url, target)
+        host = urlparse(target).hostname or ""
+        if _refused(host, blacklist, whitelist):
+            raise _HostRefused(f'{response.url} redirects to {target}, whose host "{host}" is not allowed '
+                               "for this action")
+    return check
+
+
+def _read_body(response: requests.Response, deadline: float) -> tuple[bytes, bool]:
+    """The body, at most `OUTPUT_LIMIT` bytes (and whether more was cut off), read before `deadline`.
+
+    `timeout` in requests bounds each socket read only; a server sending a byte now and then would
+    hold the run forever. Reading one chunk at a time (`read1`: what one read returns) lets the
+    deadline end it, at most one read's timeout late. Raises `TimeoutError` past the deadline."""
+    body = bytearray()
+    while chunk := response.raw.read1(_CHUNK, decode_content=True):
+        body.extend(chunk)
+        if len(body) > OUTPUT_LIMIT:
+            return bytes(body[:OUTPUT_LIMIT]), True
+        if time.monotonic() > deadline:
+            raise TimeoutError
+    return bytes(body), False
+
+
 def _send(request: RunRequest) -> RunOutcome:
     runner = request.runner_parameters
     params = request.action_parameters
@@ -33,8 +81,9 @@ def _send(request: RunRequest) -> RunOutcome:
     blacklist, whitelist = runner.get("url_hosts_blacklist"), runner.get("url_hosts_whitelist")
     if blacklist and whitelist:
         return RunOutcome("failed", {"error": '"url_hosts_blacklist" and "url_hosts_whitelist" are exclusive'})
-    if (blacklist and host in blacklist) or (whitelist and host not in whitelist):
-        return RunOutcome("failed", {"error": f'URL "{url}" uses a host that is not allowed for this action'})
+    if _refused(host, blacklist, whitelist):
+        return RunOutcome("failed", {"error": f'URL "{url}" uses the host "{host}", which is not allowed for '
+                                              "this action"})
     headers = {str(k): str(v) for k, v in (runner.get("headers") or {}).items()}
     headers.setdefault("User-Agent", f"st2/v{_VERSION}")
     headers["X-Stanley-Action"] = request.action.name
@@ -49,24 +98,36 @@ def _send(request: RunRequest) -> RunOutcome:
         body = _json_body(body)
     proxies = {k: v for k, v in (("http", runner.get("http_proxy")), ("https", runner.get("https_proxy"))) if v}
     auth = (runner["username"], runner.get("password") or "") if runner.get("username") else None
+    timeout = float(params.get("timeout") or 60)
+    deadline = time.monotonic() + timeout
+    truncated = False
     try:
-        response = requests.request(
-            method, url, headers=headers, params=params.get("params") or None, data=body, files=files,
-            cookies=runner.get("cookies") or None, auth=auth, proxies=proxies or None,
-            allow_redirects=bool(runner.get("allow_redirects")), verify=runner.get("verify_ssl_cert", True),
-            timeout=float(params.get("timeout") or 60),
-        )
-    except requests.Timeout as exc:
-        return RunOutcome("timeout", {"error": f"request to {url} timed out: {exc}"})
+        with requests.Session() as session:
+            response = session.request(
+                method, url, headers=headers, params=params.get("params") or None, data=body, files=files,
+                cookies=runner.get("cookies") or None, auth=auth, proxies=proxies or None,
+                allow_redirects=bool(runner.get("allow_redirects")), verify=runner.get("verify_ssl_cert", True),
+                timeout=timeout, stream=True, hooks={"response": _guard_redirects(session, blacklist, whitelist)},
+            )
+            with response:
+                content, truncated = _read_body(response, deadline)
+    except (requests.Timeout, TimeoutError) as exc:
+        return RunOutcome("timeout", {"error": f"request to {url} timed out after {timeout:g} seconds: {exc}"})
+    except _HostRefused as exc:
+        return RunOutcome("failed", {"error": f"request to {url} refused: {exc}"})
     except requests.RequestException as exc:
         return RunOutcome("failed", {"error": f"request to {url} failed: {exc}"})
+    # What was read, for `text` and `json()` to decode as they would the whole body (charset rules).
+    response._content, response._content_consumed = content, True
     parsed = False
     payload: Any = response.text
-    if "application/json" in response.headers.get("Content-Type", ""):
+    if "application/json" in response.headers.get("Content-Type", "") and not truncated:
         with contextlib.suppress(ValueError):
             payload, parsed = response.json(), True
     result = {"status_code": response.status_code, "body": payload, "parsed": parsed,
               "headers": dict(response.headers)}
+    if truncated:  # StackStorm keeps the whole body; Squall keeps what every runner keeps of output
+        result["truncated"] = f"the body was cut at {OUTPUT_LIMIT} bytes"
     return RunOutcome("succeeded" if 200 <= response.status_code <= 206 else "failed", result)
 
 
