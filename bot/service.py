@@ -121,6 +121,15 @@ async def reload(squall: Squall) -> None:
         log.warning("pack content skipped: %s", error)
 
 
+def _check_start(config: Config) -> None:
+    """What only serving needs, checked before anything starts: the OIDC client's secret variable (read
+    now, not when the file loads, since the `squall` pack's actions load the file without it)."""
+    if (warning := action_user_warning(config)) is not None:
+        log.warning("%s", warning)
+    if config.oidc is not None and api_enabled(config):
+        config.oidc.secret()
+
+
 async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...] = (),
                         adapters: list[Adapter] | None = None) -> None:
     """Start, recover pending work, then keep running stored requests until told to stop."""
@@ -128,8 +137,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     loop = asyncio.get_running_loop()
     for sig in stop_signals:
         loop.add_signal_handler(sig, stop.set)
-    if (warning := action_user_warning(config)) is not None:
-        log.warning("%s", warning)
+    _check_start(config)
     squall = await Squall.start(config, adapters=configured_adapters(config) if adapters is None else adapters)
     squall.executions.reload_packs = functools.partial(reload, squall)
     bot = squall.chat

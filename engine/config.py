@@ -65,7 +65,9 @@ class OidcSettings:
 
     issuer: str
     client_id: str
+    #: The secret from the file, or "" when `client_secret_env` names the variable holding it.
     client_secret: str = field(repr=False)
+    client_secret_env: str | None = None
     scopes: tuple[str, ...] = ("openid", "profile", "email")
     #: The ID token claim holding the person's groups (a list, or one string).
     role_claim: str = "groups"
@@ -73,6 +75,19 @@ class OidcSettings:
     roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: The role of a person in none of those groups; None refuses them.
     default_role: str | None = None
+
+    def secret(self) -> str:
+        """The client's secret, read from `client_secret_env` when that is set.
+
+        Read here, when the web app starts, not when the file loads: actions inherit no `SQUALL_*`
+        variable (`engine/runners/environment.py`), yet the `squall` pack's actions load this file."""
+        if self.client_secret_env is None:
+            return self.client_secret
+        secret = os.environ.get(self.client_secret_env, "")
+        if not secret:
+            raise ConfigError(f"'web.oidc.client_secret_env': the environment variable {self.client_secret_env} "
+                              "is not set or empty; it must hold the client's secret")
+        return secret
 
 
 @dataclass
@@ -250,20 +265,17 @@ def _oidc_issuer(path: Path | None, oidc: dict[str, Any]) -> str:
     return issuer
 
 
-def _oidc_secret(path: Path | None, oidc: dict[str, Any]) -> str:
-    """`client_secret`, or the environment variable `client_secret_env` names (kept out of the file)."""
+def _oidc_secret(path: Path | None, oidc: dict[str, Any]) -> tuple[str, str | None]:
+    """`client_secret`, or the name of the environment variable holding it (`client_secret_env`, kept
+    out of the file; `OidcSettings.secret` reads it)."""
     if "client_secret" in oidc and "client_secret_env" in oidc:
         raise ConfigError(f"{path}: 'web.oidc.client_secret' and 'web.oidc.client_secret_env' are both set: "
                           "give the secret one way")
     if "client_secret_env" not in oidc:
-        return _oidc_text(path, oidc, "client_secret", "the client's secret from the provider (or name an "
-                                                       "environment variable holding it with 'client_secret_env')")
-    variable = _oidc_text(path, oidc, "client_secret_env", "the name of an environment variable")
-    secret = os.environ.get(variable, "")
-    if not secret:
-        raise ConfigError(f"{path}: 'web.oidc.client_secret_env': the environment variable {variable} is not set "
-                          "or empty; it must hold the client's secret")
-    return secret
+        what = "the client's secret from the provider (or name an environment variable holding it with " \
+               "'client_secret_env')"
+        return _oidc_text(path, oidc, "client_secret", what), None
+    return "", _oidc_text(path, oidc, "client_secret_env", "the name of an environment variable")
 
 
 def _oidc_roles(path: Path | None, oidc: dict[str, Any]) -> tuple[dict[str, tuple[str, ...]], str | None]:
@@ -310,10 +322,12 @@ def _oidc(path: Path | None, web: dict[str, Any]) -> OidcSettings | None:
         raise ConfigError(f"{path}: 'web.oidc.scopes' must be a list of scopes including openid, such as "
                           f"[openid, profile, email, groups], not {scopes!r}")
     roles, default = _oidc_roles(path, oidc)
+    secret, secret_env = _oidc_secret(path, oidc)
     return OidcSettings(
         issuer=_oidc_issuer(path, oidc),
         client_id=_oidc_text(path, oidc, "client_id", "the client id registered at the provider"),
-        client_secret=_oidc_secret(path, oidc),
+        client_secret=secret,
+        client_secret_env=secret_env,
         scopes=tuple(scopes),
         role_claim=_oidc_text(path, oidc, "role_claim", "the name of the ID token claim with the groups",
                               default="groups"),

@@ -17,6 +17,7 @@ import html
 import json
 import re
 import secrets
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -421,8 +422,6 @@ GOOD = f"issuer: '{ISSUER}', client_id: c, client_secret: s"
     (f"{{issuer: '{ISSUER}', client_secret: s, roles: {ROLES_CONFIG}}}", "'web.oidc.client_id' is missing"),
     (f"{{issuer: '{ISSUER}', client_id: c, roles: {ROLES_CONFIG}}}", "'web.oidc.client_secret' is missing"),
     (f"{{{GOOD}, client_secret_env: X, roles: {ROLES_CONFIG}}}", "are both set"),
-    (f"{{issuer: '{ISSUER}', client_id: c, client_secret_env: SQUALL_TEST_NO_SUCH_VAR, roles: {ROLES_CONFIG}}}",
-     "'web.oidc.client_secret_env': the environment variable SQUALL_TEST_NO_SUCH_VAR is not set"),
     (f"{{{GOOD}}}", "'web.oidc.roles' is missing"),
     (f"{{{GOOD}, roles: {{root: [wheel]}}}}", "'web.oidc.roles.root': unknown role; use viewer, operator, admin"),
     (f"{{{GOOD}, roles: {{admin: [1]}}}}", "'web.oidc.roles.admin' must be a list of group names"),
@@ -445,10 +444,33 @@ def test_config_unknown_web_key_and_secret_from_the_environment(tmp_path: Path,
     write(tmp_path / "config.yml", f"web:\n  oidc: {{issuer: '{ISSUER}/realms/ops', client_id: c, "
                                    "client_secret_env: SQUALL_TEST_OIDC_SECRET, default_role: viewer}\n")
     settings = load_config(tmp_path / "config.yml").oidc
-    assert settings is not None and settings.client_secret == "from the environment"
+    assert settings is not None and settings.secret() == "from the environment"
     assert settings.scopes == ("openid", "profile", "email") and settings.role_claim == "groups"
     assert settings.roles == {} and settings.default_role == "viewer"
     assert "from the environment" not in repr(settings)
+
+
+def test_a_missing_secret_variable_stops_serve_not_the_squall_packs_commands(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Actions inherit no `SQUALL_*` variable, yet the `squall` pack's (`!pack list`) load the file: the
+    variable is read when the web app starts, and `squall serve` stops there naming it."""
+    monkeypatch.delenv("SQUALL_TEST_NO_SUCH_VAR", raising=False)
+    write(tmp_path / "config.yml", f"web:\n  oidc: {{issuer: '{ISSUER}', client_id: c, "
+                                   f"client_secret_env: SQUALL_TEST_NO_SUCH_VAR, roles: {ROLES_CONFIG}}}\n")
+    settings = load_config(tmp_path / "config.yml").oidc
+    assert settings is not None and settings.client_secret_env == "SQUALL_TEST_NO_SUCH_VAR"
+    listed = subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(tmp_path / "config.yml"), "pack", "list"],
+                            capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert listed.returncode == 0, listed.stderr
+    assert "core" in listed.stdout
+    served = subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(tmp_path / "config.yml"), "serve"],
+                            capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert served.returncode != 0
+    assert "'web.oidc.client_secret_env': the environment variable SQUALL_TEST_NO_SUCH_VAR is not set" in served.stderr
+    with pytest.raises(ConfigError, match="SQUALL_TEST_NO_SUCH_VAR is not set"):
+        OidcLogin(settings)
+    monkeypatch.setenv("SQUALL_TEST_NO_SUCH_VAR", "now set")
+    assert settings.secret() == "now set"
 
 
 def test_a_missing_extra_stops_the_app_naming_it(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -110,6 +110,7 @@ class OidcLogin:
     def __init__(self, settings: OidcSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         require_libraries()
         self.settings = settings
+        self._secret = settings.secret()  # here, so a missing variable stops `squall serve` at start
         self.host = urlsplit(settings.issuer).hostname or settings.issuer
         self._transport = transport
         self._pending: OrderedDict[str, Pending] = OrderedDict()
@@ -225,9 +226,9 @@ class OidcLogin:
         extra: dict[str, str] = {}
         auth: httpx.BasicAuth | None = None
         if "client_secret_basic" in methods:  # RFC 6749 §2.3.1: both form-encoded before Basic
-            auth = httpx.BasicAuth(quote(self.settings.client_id, safe=""), quote(self.settings.client_secret, safe=""))
+            auth = httpx.BasicAuth(quote(self.settings.client_id, safe=""), quote(self._secret, safe=""))
         elif "client_secret_post" in methods:
-            extra = {"client_id": self.settings.client_id, "client_secret": self.settings.client_secret}
+            extra = {"client_id": self.settings.client_id, "client_secret": self._secret}
         else:
             raise OidcError(f"{self.host} accepts neither client_secret_basic nor client_secret_post at its "
                             "token endpoint.", 502)
