@@ -1,9 +1,18 @@
 """Orquesta workflows (spec §7.2): the spec model, its checks at load, and the conductor.
 
-The conductor keeps one workflow context (inputs, vars and what transitions publish) and a
-record per task and route; it never runs anything itself. Fail-fast: once a task fails without a
-transition that remediates it (one that matched and leads somewhere other than `continue`), or a
-transition says `fail`, nothing new starts and the workflow fails when the running branches end.
+The conductor keeps contexts as Orquesta's conductor does (`ctxs`): a list whose first entry is
+the workflow's initial context (its parent context, input and vars) and each later entry what one
+taken transition published. A task's run is given the indexes of its inbound transitions' contexts
+and sees their merge, in order; a transition publishes on a copy of its task's context, so neither
+a parallel branch nor a sibling transition of the same task sees it. A join merges the contexts of
+the transitions that arrived, in arrival order; the output is rendered from the merge of the
+terminal tasks' contexts. The contexts are rebuilt by replaying the children (see `service.py`),
+so nothing of them is stored. The conductor also keeps a record per task and route; it never runs
+anything itself.
+
+Fail-fast: once a task fails without a transition that remediates it (one that matched and leads
+somewhere other than `continue`), or a transition says `fail`, nothing new starts and the workflow
+fails when the running branches end.
 A task with `join` starts once all (or N) inbound branches arrived; without it, every inbound
 transition starts the task again, each on a route of its own (Orquesta's split), so
 `task(name)` finds the run of the branch it is asked from.
@@ -17,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,6 +252,12 @@ class _Run:
     failed: bool = False
     unevaluable: bool = False  # an item's input did not evaluate: retrying cannot help
     execution_ids: list[str] = field(default_factory=list)
+    #: Orquesta's `ctxs.in`: indexes of the conductor's contexts whose merge this run sees.
+    ctxs: list[int] = field(default_factory=lambda: [0])
+    #: That merge, built once when the run is scheduled (its inbound transitions are all known then).
+    ctx: dict[str, Any] = field(default_factory=dict)
+    #: Its place in Orquesta's task sequence (the order runs start): terminal contexts merge in it.
+    seq: int = 0
 
     @property
     def prefix(self) -> str:
@@ -262,6 +277,29 @@ def _split_facts(spec: WorkflowSpec) -> tuple[Counter[str], set[str]]:
                     edges[task.name].append(target)
     cyclic = {name for name in spec.tasks if name in graph.reachable(edges[name], edges)}
     return inbound, cyclic
+
+
+def _merge_into(left: dict[str, Any], right: Mapping[str, Any]) -> None:
+    """Orquesta's `merge_dicts(left, right, overwrite=True)`: a mapping merged into a mapping key by
+    key, anything else overwritten. Only `left` (the caller's own) is written to: a nested mapping is
+    copied before it changes, so the stored contexts never do."""
+    for key, value in right.items():
+        old = left.get(key)
+        if key in left and isinstance(old, dict) and isinstance(value, dict):
+            merged = dict(old)
+            _merge_into(merged, value)
+            left[key] = merged
+        else:
+            left[key] = value
+
+
+def _without_initial(ctxs: list[int]) -> list[int]:
+    """Inbound indexes without the initial context, as Orquesta adds a later arrival's to a join (and
+    a later terminal task's to the output's): the initial context would overwrite what was published."""
+    rest = list(ctxs)
+    if 0 in rest:
+        rest.remove(0)
+    return rest
 
 
 def _logged(exc: Exception) -> str:
@@ -289,12 +327,21 @@ class OrquestaConductor:
         self.shell_command = shell_command
         self.parameters = parameters
         self.st2kv = st2kv
-        self.ctx: dict[str, Any] = {"st2": st2}
+        initial: dict[str, Any] = {"st2": st2}
         if parent:
-            self.ctx["parent"] = parent  # StackStorm's `ctx().parent`: the execution's own context
+            initial["parent"] = parent  # StackStorm's `ctx().parent`: the execution's own context
+        #: Orquesta's `contexts`: [0] the initial one (input and vars too, once `start` rendered them),
+        #: then what each taken transition published (only the published names).
+        self.contexts: list[dict[str, Any]] = [initial]
+        #: Orquesta's terminal tasks as (sequence, ctxs): runs of a task without `next`, and each taken
+        #: transition to `continue`, `noop` or `fail` (its published context); the output merges them.
+        self._terminal: list[tuple[int, list[int]]] = []
+        self._sequence = 0
+        #: The run completed last: the one that ends the workflow is terminal too (as Orquesta marks it).
+        self._last: _Run | None = None
         #: Input or vars did not evaluate: nothing ran, and no output is rendered (as Orquesta).
         self.aborted = False
-        #: Some task finished: the output is rendered from the workflow's context, else from nothing.
+        #: Some task finished: the output is rendered from the terminal tasks' contexts, else from nothing.
         self.completed_any = False
         self.errors: list[dict[str, Any]] = []
         #: Task records by (task, route): what `task(name)` returns.
@@ -304,6 +351,8 @@ class OrquestaConductor:
         self._inbound_transitions, self._cyclic = _split_facts(spec)
         self.occurrences: Counter[str] = Counter()
         self.arrivals: dict[str, set[str]] = {}
+        #: Each join's inbound context indexes, gathered in arrival order until it starts.
+        self._join_ctxs: dict[str, list[int]] = {}
         self.fired: set[str] = set()
         #: The route of each join's first arrival: an unreachable join is named by task and route.
         self._join_routes: dict[str, int] = {}
@@ -315,8 +364,26 @@ class OrquestaConductor:
         self.output: Any = None
 
     # -- evaluation ---------------------------------------------------------------------------
-    def _scope(self, **kwargs: Any) -> Scope:
-        return Scope(self.ctx, routed_tasks=self._record, st2kv=self.st2kv, **kwargs)
+    @property
+    def ctx(self) -> dict[str, Any]:
+        """The initial context (parent context, input, vars): what the start tasks see."""
+        return self.contexts[0]
+
+    def _scope(self, run: _Run | None = None, **kwargs: Any) -> Scope:
+        """What an expression sees: the run's own context (the initial one before any task runs)."""
+        ctx = run.ctx if run is not None else self.contexts[0]
+        return Scope(ctx, routed_tasks=self._record, st2kv=self.st2kv, **kwargs)
+
+    def _context(self, ctxs: list[int]) -> dict[str, Any]:
+        """Orquesta's `get_task_context`: the merge of these contexts, in order."""
+        merged: dict[str, Any] = {}
+        for index in ctxs:
+            _merge_into(merged, self.contexts[index])
+        return merged
+
+    def _next_sequence(self) -> int:
+        self._sequence += 1
+        return self._sequence
 
     def _record(self, name: str, route: int) -> dict[str, Any] | None:
         """A task's record on a route; on a route after a split, a task before it is found on the
@@ -383,12 +450,17 @@ class OrquestaConductor:
             calls += self._schedule(name)
         return calls
 
-    def _schedule(self, name: str, route: int = 0) -> list[TaskCall]:
+    def _schedule(self, name: str, route: int = 0, ctxs: list[int] | None = None,
+                  ctx: dict[str, Any] | None = None) -> list[TaskCall]:
+        """Start a run of the task on these inbound contexts (`ctx`: their merge, when the caller
+        has it already)."""
         if self.failing or self.canceled:
             return []
         task = self.spec.tasks[name]
         self.occurrences[name] += 1
-        run = _Run(task, self.occurrences[name], route)
+        inbound = list(ctxs) if ctxs else [0]
+        run = _Run(task, self.occurrences[name], route, ctxs=inbound,
+                   ctx=dict(ctx) if ctx is not None else self._context(inbound), seq=self._next_sequence())
         self._runs_by_id[id(run)] = run
         self.active.add(id(run))
         self.records[(name, route)] = {
@@ -399,11 +471,11 @@ class OrquestaConductor:
             return self._complete(run, "succeeded", None)
         if task.items is not None:
             try:
-                items = evaluate(task.items, self._scope())
+                items = evaluate(task.items, self._scope(run))
                 if isinstance(items, dict) or not hasattr(items, "__iter__") or isinstance(items, str):
                     raise ExpressionError(str(task.items), f"The value of with items is not a list: {items!r}")
                 run.items = list(items)
-                concurrency = evaluate(task.concurrency, self._scope()) if task.concurrency is not None else 0
+                concurrency = evaluate(task.concurrency, self._scope(run)) if task.concurrency is not None else 0
                 run.concurrency = int(concurrency or 0)
             except (ExpressionError, TypeError, ValueError) as exc:
                 self._fail(_logged(exc), name, route=route)
@@ -444,7 +516,7 @@ class OrquestaConductor:
     def _call(self, run: _Run, index: int | None) -> TaskCall | None:
         task = run.task
         item = self._item_value(run, index) if index is not None else None
-        scope = self._scope(item=item, task_name=task.name, task_route=run.route)
+        scope = self._scope(run, item=item, task_name=task.name, task_route=run.route)
         try:
             parameters = self._input(task, scope)
             delay = self._delay(run, index, scope)
@@ -530,7 +602,7 @@ class OrquestaConductor:
         retry = run.task.retry
         if not retry or status == "canceled" or self.canceled:
             return False
-        scope = self._scope(result=result, status=status, task_name=run.task.name, task_route=run.route)
+        scope = self._scope(run, result=result, status=status, task_name=run.task.name, task_route=run.route)
         try:
             count = evaluate(retry.get("count", 0), scope)
             if isinstance(count, bool) or not isinstance(count, int):
@@ -551,14 +623,18 @@ class OrquestaConductor:
         self.active.discard(id(run))
         self._runs_by_id.pop(id(run), None)
         self.records[(task.name, run.route)].update({"status": status, "result": _task_result(run, result)})
+        self._last = run
+        if not task.next:
+            self._terminal.append((run.seq, run.ctxs))
         if status == "canceled" or self.canceled or not transitions:
             return []
-        scope = self._scope(result=result, status=status, task_name=task.name, task_route=run.route)
-        targets: list[tuple[str, int]] = []
+        targets: list[tuple[str, int, tuple[list[int], dict[str, Any]]]] = []
         remediated = fail = False
         for index, transition in enumerate(task.next):
+            scope = self._scope(run, result=result, status=status, task_name=task.name, task_route=run.route)
             try:
-                if not self._transition(transition, scope):
+                out = self._transition(transition, scope, run.ctxs)
+                if out is None:
                     continue
             except ExpressionError as exc:
                 for target in transition.do or ["continue"]:
@@ -566,43 +642,62 @@ class OrquestaConductor:
                 return []
             for target in transition.do or ["continue"]:
                 remediated = remediated or target != "continue"  # `continue` carries the failure on
-                if target == "fail":
-                    fail = True
+                if target in ("fail", "noop", "continue"):  # an engine command ends its branch here
+                    self._terminal.append((self._next_sequence(), out[0]))
+                    fail = fail or target == "fail"
                 elif target == "retry":
-                    targets.append((task.name, index))
-                elif target not in ("noop", "continue"):
-                    targets.append((target, index))
+                    targets.append((task.name, index, out))
+                else:
+                    targets.append((target, index, out))
         if status != "succeeded" and not remediated:
             self.failing = True  # its "Execution failed" entry was logged with its outcome
         calls: list[TaskCall] = []
-        for target, index in targets:
-            calls += self._arrive(target, task.name, self._route(target, task.name, index, run.route))
+        for target, index, out in targets:
+            calls += self._arrive(target, task.name, self._route(target, task.name, index, run.route), out)
         if fail:  # the other tasks of the transition still run; nothing after them does
             self._fail("Execution failed. See result for details.", "fail")
         return calls
 
-    def _transition(self, transition: Transition, scope: Scope) -> bool:
-        """Whether the transition is taken; if so its `publish` is evaluated into the context."""
+    def _transition(self, transition: Transition, scope: Scope,
+                    ctxs: list[int]) -> tuple[list[int], dict[str, Any]] | None:
+        """None if the transition is not taken; else the context indexes it passes on (the task's
+        own, plus a new context of what its `publish` set) and their merge. As Orquesta's
+        `finalize_context`, the publish is evaluated on a copy of the task's context (each name sees
+        the ones before it), so what one transition publishes is never seen by a sibling transition."""
         if transition.when is not None and not evaluate(transition.when, scope):
-            return False
+            return None
+        if not transition.publish:
+            return list(ctxs), dict(scope.ctx)
+        own = scope.ctx
+        rolling = dict(own)
+        published: dict[str, Any] = {}
+        scope.ctx = rolling
         for name, value in transition.publish:
-            self.ctx[name] = evaluate(value, scope)
-            scope.ctx = self.ctx
-        return True
+            rolling[name] = published[name] = evaluate(value, scope)
+        self.contexts.append(published)
+        merged = dict(own)  # what `_context` would make of the indexes passed on, without merging them all again
+        _merge_into(merged, published)
+        return [*ctxs, len(self.contexts) - 1], merged
 
-    def _arrive(self, target: str, source: str, route: int) -> list[TaskCall]:
+    def _arrive(self, target: str, source: str, route: int, out: tuple[list[int], dict[str, Any]]) -> list[TaskCall]:
+        """A transition reached `target` with its context indexes (and their merge): a task without
+        `join` runs on them; a join gathers every arrival's (the later ones without the initial
+        context, as Orquesta extends a staged task's) and runs on them all once enough arrived."""
+        ctxs, ctx = out
         join = self.spec.tasks[target].join
         if join is None:
-            return self._schedule(target, route)
+            return self._schedule(target, route, ctxs, ctx)
         if target in self.fired:
             return []
+        gathered = self._join_ctxs.get(target)
+        self._join_ctxs[target] = list(ctxs) if gathered is None else [*gathered, *_without_initial(ctxs)]
         arrived = self.arrivals.setdefault(target, set())
         arrived.add(source)
         self._join_routes.setdefault(target, route)
         needed = len(self.spec.inbound[target]) if join == "all" else int(join)
         if len(arrived) >= needed:
             self.fired.add(target)
-            return self._schedule(target, route)
+            return self._schedule(target, route, self._join_ctxs[target])
         return []
 
     # -- the end ------------------------------------------------------------------------------
@@ -625,12 +720,31 @@ class OrquestaConductor:
             result["errors"] = self.errors
         return Outcome(status, result)
 
+    def _terminal_context(self) -> dict[str, Any]:
+        """Orquesta's `get_workflow_terminal_context`: the first terminal task's context, then each
+        later one's merged over it (without the initial context), in the order the tasks started. The
+        task whose end ended the workflow is terminal too, as Orquesta marks it. Nothing if no task
+        finished."""
+        if not self.completed_any:
+            return {}
+        entries = list(self._terminal)
+        last = self._last
+        if last is not None and not any(seq == last.seq for seq, _ in entries):
+            entries.append((last.seq, last.ctxs))
+        if not entries:
+            return self._context([0])
+        entries.sort(key=lambda entry: entry[0])
+        ctxs = [*entries[0][1]]
+        for _, more in entries[1:]:
+            ctxs += _without_initial(more)
+        return self._context(ctxs)
+
     def _output(self) -> dict[str, Any] | None:
-        """The workflow's `output`, rendered from its context (from nothing if no task finished, as
-        Orquesta renders it from the terminal tasks' context); an error fails the workflow."""
+        """The workflow's `output`, rendered from the terminal tasks' context (see
+        `_terminal_context`); an error fails the workflow."""
         if self.aborted or not self.spec.output:
             return None
-        context = self.ctx if self.completed_any else {}
+        context = self._terminal_context()
         output: dict[str, Any] = {}
         try:
             for name, value in self.spec.output:
