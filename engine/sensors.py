@@ -4,6 +4,11 @@ A sensor that raises, exits or hangs only ever costs its own process: the contai
 with a growing delay (reset once it has stayed up a while), emits the sensor lifecycle triggers,
 and on stop sends SIGTERM, then SIGKILL to one that does not leave. Sensors dispatch through the
 parent, which stores every instance before processing it, exactly as webhooks and timers do.
+
+A sensor leads a process group of its own. What it starts (`tail -F`, a watcher) inherits its
+output and stays in that group, so the container waits for the sensor process itself to exit,
+never for its pipes to close, and then kills what is left of the group: a helper can neither
+keep a crashed sensor from being restarted nor outlive it.
 """
 
 from __future__ import annotations
@@ -15,14 +20,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.metrics import metrics
 from engine.packs import Registry, sensor_trigger_types
-from engine.processes import LEDGER
+from engine.processes import LEDGER, kill_group, start_time
 from engine.runners import RunAs
 from engine.runners.python import COMPAT_PATH, spawn_pack_process
 from engine.triggers import TriggerError
@@ -32,6 +37,8 @@ log = logging.getLogger(__name__)
 
 SENSOR_SCRIPT = COMPAT_PATH / "squall_sensor.py"
 SPAWN, EXIT = "core.st2.sensor.process_spawn", "core.st2.sensor.process_exit"
+#: A line of the sensor's output longer than this is dropped (with a warning), not the relay with it.
+_LOG_LINE_LIMIT = 1024 * 1024
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
            "CRITICAL": logging.CRITICAL}
 
@@ -121,6 +128,8 @@ class _Running:
     triggers: dict[str, dict[str, Any]] = field(default_factory=dict)
     restarts: int = 0
     stopping: bool = False
+    #: The process's start time, so its group is never confused with a later one of the same pid.
+    started: int | None = None
 
     def send(self, message: dict[str, Any]) -> None:
         if self.writer is not None and not self.writer.is_closing():
@@ -132,7 +141,7 @@ class SensorContainer:
 
     def __init__(self, dispatch: Dispatch, datastore_call: DatastoreCall, virtualenvs: Path, *,
                  backoff: float = 2.5, max_backoff: float = 60.0, stable_after: float = 10.0,
-                 stop_timeout: float = 5.0, run_as: RunAs | None = None) -> None:
+                 stop_timeout: float = 5.0, drain_timeout: float = 5.0, run_as: RunAs | None = None) -> None:
         self.dispatch = dispatch
         #: Sensors are pack code like actions: they start as `runners.user` too.
         self.run_as = run_as
@@ -140,12 +149,17 @@ class SensorContainer:
         self.virtualenvs = virtualenvs
         self.backoff, self.max_backoff, self.stable_after = backoff, max_backoff, stable_after
         self.stop_timeout = stop_timeout
+        #: How long what an exited sensor wrote is still read, for a helper that left its group.
+        self.drain_timeout = drain_timeout
         self.running: dict[str, _Running] = {}
+        #: The registered trigger type refs (the registry's, updated at each `sync`).
+        self.trigger_types: Collection[str] = ()
 
     # -- what should run ---------------------------------------------------------------------
     async def sync(self, registry: Registry, sensors: list[SensorSpec],
                    triggers_of: Callable[[str], list[dict[str, Any]]]) -> None:
         """Start new and changed sensors, stop removed ones, tell the others about trigger changes."""
+        self.trigger_types = registry.trigger_types.keys()
         wanted = {}
         for spec in sensors:
             pack = registry.packs.get(spec.pack)
@@ -180,7 +194,7 @@ class SensorContainer:
         process = running.process
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                process.terminate()
+                process.terminate()  # the sensor alone first: its cleanup() may stop its helpers itself
             try:
                 await asyncio.wait_for(process.wait(), self.stop_timeout)
             except TimeoutError:
@@ -189,11 +203,17 @@ class SensorContainer:
                     os.killpg(process.pid, 9)
                 await process.wait()
         if process is not None and process.returncode is not None:
-            LEDGER.untrack(process.pid)
+            await self._end_group(running, process)
         if running.task is not None:
             running.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running.task
+
+    async def _end_group(self, running: _Running, process: asyncio.subprocess.Process) -> None:
+        """Kill what the exited sensor left in its process group (helpers it started, which would
+        otherwise be orphans holding its output pipe), then take the group off the owner file."""
+        await asyncio.to_thread(kill_group, process.pid, running.started, 1.0)
+        LEDGER.untrack(process.pid)
 
     # -- one sensor's life -------------------------------------------------------------------
     async def _supervise(self, running: _Running) -> None:
@@ -222,45 +242,77 @@ class SensorContainer:
             await asyncio.sleep(delay)
 
     async def _run_once(self, running: _Running) -> int:
+        """One life of the sensor process: its end is the process's own exit, whoever holds its pipes."""
         spec = running.spec
-        process, reader, running.writer = await spawn_pack_process(
-            SENSOR_SCRIPT, spec.file.parent.parent, running.venv, cwd=spec.file.parent,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, run_as=self.run_as)
-        running.process = process
-        running.send({"file": str(spec.file), "class_name": spec.class_name, "pack": spec.pack,
-                      "config": running.config, "poll_interval": spec.poll_interval,
-                      "triggers": list(running.triggers.values())})
-        await self._lifecycle(SPAWN, spec, process.pid)
-        logs = asyncio.get_running_loop().create_task(self._relay_logs(spec, process))
+        loop = asyncio.get_running_loop()
+        # The sensor's output goes to a pipe of our own, not to the process's transport: asyncio's
+        # `wait()` would otherwise wait for every writer of it, a helper the sensor started included.
+        log_read, log_write = os.pipe()
+        log_file = os.fdopen(log_read, "rb", buffering=0)
+        output = asyncio.StreamReader(limit=_LOG_LINE_LIMIT)
         try:
-            while line := await reader.readline():
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    log.warning("sensor %s sent a line that is not JSON: %r", spec.ref, line[:200])
-                    continue
-                await self._handle(running, message)
+            log_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(output), log_file)
+        except BaseException:
+            log_file.close()
+            os.close(log_write)
+            raise
+        try:
+            process, reader, running.writer = await spawn_pack_process(
+                SENSOR_SCRIPT, spec.file.parent.parent, running.venv, cwd=spec.file.parent,
+                stdout=log_write, stderr=asyncio.subprocess.STDOUT, run_as=self.run_as)
+        except BaseException:
+            log_transport.close()
+            raise
+        finally:
+            os.close(log_write)
+        running.process = process
+        running.started = start_time(process.pid)
+        logs = loop.create_task(self._relay_logs(spec, output, log_transport), name=f"sensor-log-{spec.ref}")
+        messages = loop.create_task(self._read_messages(running, reader), name=f"sensor-messages-{spec.ref}")
+        try:
+            running.send({"file": str(spec.file), "class_name": spec.class_name, "pack": spec.pack,
+                          "config": running.config, "poll_interval": spec.poll_interval,
+                          "triggers": list(running.triggers.values())})
+            await self._lifecycle(SPAWN, spec, process.pid)
             code = await process.wait()
+            running.writer.close()
+            await self._end_group(running, process)  # its helpers gone, both pipes reach their end
+            running.process = None  # waited for and untracked: its pid may name another process now
+            # What it sent before it died (dispatches, last log lines) is still handled; a helper that
+            # left the group and holds a pipe is not waited for longer than this.
+            await asyncio.wait((messages, logs), timeout=self.drain_timeout)
         finally:
             running.writer.close()
-            await logs
-            if process.returncode is not None:
-                LEDGER.untrack(process.pid)
+            for task in (messages, logs):
+                task.cancel()
+            _close_reader(reader)
+            log_transport.close()
         await self._lifecycle(EXIT, spec, process.pid, code)
         return code
+
+    async def _read_messages(self, running: _Running, reader: asyncio.StreamReader) -> None:
+        """The sensor's JSON lines (dispatches, datastore calls) until its end of the pipe closes."""
+        spec = running.spec
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:  # longer than the stream's limit: that line is dropped, the sensor goes on
+                log.warning("sensor %s sent a message longer than the limit; it was dropped", spec.ref)
+                continue
+            if not line:
+                return
+            try:
+                message = json.loads(line)
+            except ValueError:
+                log.warning("sensor %s sent a line that is not JSON: %r", spec.ref, line[:200])
+                continue
+            await self._handle(running, message)
 
     async def _handle(self, running: _Running, message: dict[str, Any]) -> None:
         op = message.get("op")
         spec = running.spec
         if op == "dispatch":
-            try:
-                await self.dispatch(message.get("trigger"), message.get("payload"),
-                                    parameters=message.get("parameters"), trace_tag=message.get("trace_tag")
-                                    or f"sensor-{spec.ref}-{os.urandom(8).hex()}")
-            except TriggerError as exc:  # as StackStorm: a bad payload is logged, the sensor goes on
-                log.warning("sensor %s dispatched an invalid trigger instance: %s", spec.ref, exc)
-            except Exception:  # whatever else one instance does, the sensor goes on
-                log.exception("sensor %s dispatched a trigger instance that could not be stored", spec.ref)
+            await self._dispatch(running, message)
         elif op == "call":
             reply: dict[str, Any] = {"op": "reply", "id": message.get("id")}
             try:
@@ -271,21 +323,62 @@ class SensorContainer:
         elif op == "running":
             log.info("sensor %s is running (pid %s)", spec.ref, message.get("pid"))
 
-    async def _relay_logs(self, spec: SensorSpec, process: asyncio.subprocess.Process) -> None:
+    def _trigger_named(self, running: _Running, name: str) -> dict[str, Any] | None:
+        """The trigger (as given to `add_trigger`) whose ref, uid or id is `name`: this sensor's own
+        first, then any other running sensor's, as StackStorm finds any stored Trigger by ref."""
+        for candidate in (running, *self.running.values()):
+            for trigger in candidate.triggers.values():
+                if name in (trigger["ref"], trigger["uid"], trigger["id"]):
+                    return trigger
+        return None
+
+    async def _dispatch(self, running: _Running, message: dict[str, Any]) -> None:
+        """One `sensor_service.dispatch`: `trigger` is a trigger type ref (`pack.name`), or the ref of
+        a trigger the sensor was given (StackStorm's FileWatchSensor keeps `trigger["ref"]`), which
+        stands for that trigger's type and parameters."""
+        spec = running.spec
+        name, parameters = str(message.get("trigger")), message.get("parameters")
+        trigger_type = name
+        if (trigger := self._trigger_named(running, name)) is not None:
+            trigger_type, parameters = trigger["type"], parameters or trigger["parameters"]
+        elif trigger_type not in self.trigger_types:
+            log.warning('sensor %s dispatched for an unknown trigger "%s": it is neither a registered trigger type '
+                        "(pack.name) nor the ref of a trigger given to the sensor's add_trigger; the instance is "
+                        "dropped", spec.ref, name)
+            return
+        try:
+            await self.dispatch(trigger_type, message.get("payload"), parameters=parameters,
+                                trace_tag=message.get("trace_tag") or f"sensor-{spec.ref}-{os.urandom(8).hex()}")
+        except TriggerError as exc:  # as StackStorm: a bad payload is logged, the sensor goes on
+            log.warning("sensor %s dispatched an invalid trigger instance: %s", spec.ref, exc)
+        except Exception:  # whatever else one instance does, the sensor goes on
+            log.exception("sensor %s dispatched a trigger instance that could not be stored", spec.ref)
+
+    async def _relay_logs(self, spec: SensorSpec, output: asyncio.StreamReader,
+                          transport: asyncio.ReadTransport) -> None:
         """The sensor's stdout, stderr and logging, as log records of Squall's, levels kept."""
-        assert process.stdout is not None
         logger = logging.getLogger(f"squall.sensor.{spec.ref}")
         level = logging.INFO
-        while raw := await process.stdout.readline():
-            text = raw.decode("utf-8", "replace").rstrip()
-            first = text.split(" ", 1)[0]
-            if first in _LEVELS:  # a record of the sensor's logging
-                level = _LEVELS[first]
-            elif text.startswith("Traceback"):  # what killed it: its lines stay errors
-                level = logging.ERROR
-            elif not text.startswith(" "):
-                level = level if level == logging.ERROR and ":" in text else logging.INFO
-            logger.log(level, "%s", text)
+        try:
+            while True:
+                try:
+                    raw = await output.readline()
+                except ValueError:
+                    logger.warning("a line of the sensor's output longer than %d bytes was dropped", _LOG_LINE_LIMIT)
+                    continue
+                if not raw:
+                    return
+                text = raw.decode("utf-8", "replace").rstrip()
+                first = text.split(" ", 1)[0]
+                if first in _LEVELS:  # a record of the sensor's logging
+                    level = _LEVELS[first]
+                elif text.startswith("Traceback"):  # what killed it: its lines stay errors
+                    level = logging.ERROR
+                elif not text.startswith(" "):
+                    level = level if level == logging.ERROR and ":" in text else logging.INFO
+                logger.log(level, "%s", text)
+        finally:
+            transport.close()
 
     async def _lifecycle(self, trigger_ref: str, spec: SensorSpec, pid: int, code: int | None = None) -> None:
         payload = {"object": {"ref": spec.ref, "pack": spec.pack, "class_name": spec.class_name, "pid": pid,
@@ -294,6 +387,14 @@ class SensorContainer:
             await self.dispatch(trigger_ref, payload, validate=False)
         except Exception:
             log.exception("could not store the %s trigger for sensor %s", trigger_ref, spec.ref)
+
+
+def _close_reader(reader: asyncio.StreamReader) -> None:
+    """Close the pipe behind a reader of `spawn_pack_process`, which returns the reader only: a
+    process that left the sensor's group could otherwise keep the pipe, and its transport, open."""
+    transport = getattr(reader, "_transport", None)
+    if transport is not None:
+        transport.close()
 
 
 __all__ = ["SensorContainer", "SensorSpec", "load_sensors"]

@@ -2,7 +2,10 @@
 
 The parent sends the sensor's spec as the first JSON line on a private pipe, then trigger
 changes (`add_trigger`, `update_trigger`, `remove_trigger`) and answers to datastore calls. The
-sensor's `run()` blocks the main thread, so a reader thread takes the parent's messages. SIGTERM
+sensor's `run()` blocks the main thread, so a reader thread takes the parent's messages: it hands
+answers to the threads waiting for them and queues trigger changes for a callback thread, which
+calls the sensor's methods one at a time, in order. The reader itself never runs sensor code, so
+a callback may call the datastore (`sensor_service.get_value`) and still get its answer. SIGTERM
 (or the parent going away) runs `cleanup()` and exits. Standard library only: it runs under the
 pack's virtualenv interpreter.
 """
@@ -13,6 +16,7 @@ import inspect
 import itertools
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -23,6 +27,7 @@ from squall_worker import ActionService, Channel, ConfigDict, load_module
 from st2reactor.sensor.base import BaseSensor, PollingSensor
 
 log = logging.getLogger("squall.sensor")
+TRIGGER_CALLBACKS = ("add_trigger", "update_trigger", "remove_trigger")
 
 
 class SensorService(ActionService):
@@ -114,18 +119,33 @@ def make_sensor(cls: type, service: SensorService, config: ConfigDict, poll_inte
     return sensor
 
 
-def _read(channel: Channel, service: SensorService, sensor: BaseSensor) -> None:
-    """The reader thread: answers, trigger changes, and the end of the parent."""
+def _read(channel: Channel, service: SensorService, callbacks: queue.SimpleQueue[dict[str, Any]]) -> None:
+    """The reader thread: answers to datastore calls, trigger changes (queued for `_call_back`),
+    and the end of the parent. It calls no sensor code, so it is free to read the answer to a
+    datastore call that a trigger callback makes."""
     while (message := channel.receive()) is not None:
         op = message.get("op")
-        try:
-            if op == "reply":
+        if op == "reply":
+            try:
                 service.answer(message)
-            elif op in ("add_trigger", "update_trigger", "remove_trigger"):
-                getattr(sensor, op)(message["trigger"])
+            except Exception:  # a malformed answer must not end the only reader
+                log.exception("the parent sent an answer the sensor could not take: %r", message)
+        elif op in TRIGGER_CALLBACKS:
+            callbacks.put(message)
+    os.kill(os.getpid(), signal.SIGTERM)  # the parent is gone: clean up and stop
+
+
+def _call_back(sensor: BaseSensor, callbacks: queue.SimpleQueue[dict[str, Any]], ready: threading.Event) -> None:
+    """The callback thread: the sensor's `add_trigger`/`update_trigger`/`remove_trigger`, in the
+    order the parent sent them, after the triggers it started with were added."""
+    ready.wait()
+    while True:
+        message = callbacks.get()
+        op = message["op"]
+        try:
+            getattr(sensor, op)(message["trigger"])
         except Exception:
             log.exception("%s failed in the sensor", op)
-    os.kill(os.getpid(), signal.SIGTERM)  # the parent is gone: clean up and stop
 
 
 def main() -> None:
@@ -139,12 +159,17 @@ def main() -> None:
     cls = load_sensor_class(spec["file"], spec["class_name"])
     service = SensorService(channel, spec["pack"], spec["class_name"])
     sensor = make_sensor(cls, service, ConfigDict(spec.get("config") or {}), spec.get("poll_interval"))
-    threading.Thread(target=_read, args=(channel, service, sensor), name="squall-sensor-reader",
+    callbacks: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+    ready = threading.Event()
+    threading.Thread(target=_read, args=(channel, service, callbacks), name="squall-sensor-reader",
+                     daemon=True).start()
+    threading.Thread(target=_call_back, args=(sensor, callbacks, ready), name="squall-sensor-callbacks",
                      daemon=True).start()
     try:
         sensor.setup()
         for trigger in spec.get("triggers") or []:
             sensor.add_trigger(trigger)
+        ready.set()  # the changes since the spec was sent come after the triggers it named
         service.send({"op": "running", "pid": os.getpid()})
         sensor.run()
     finally:
