@@ -635,8 +635,12 @@ class MattermostAdapter:
         if self._on_message is None:
             return JSONResponse({"error": {"message": "Squall's chat is not running"}}, status_code=503)
         user = await self._username(user_id)
+        # A prompt at the top of a channel (an inquiry asked through a route) is its own thread's root:
+        # its post id names it, so the click answers that question as a reply in its thread would.
+        post_id = body.get("post_id") if isinstance(body.get("post_id"), str) else ""
+        thread = str(context.get("thread") or "") or post_id or None
         message = Message(adapter=self.name, channel=channel, user=user, text=str(context["value"]),
-                          thread=str(context.get("thread") or "") or None, mentioned=True,
+                          thread=thread, mentioned=True,
                           direct=await self._channel_type(channel) == "D", raw={"action": body},
                           channel_name=body.get("channel_name") or None,
                           trigger=body["trigger_id"] if isinstance(body.get("trigger_id"), str) else None)

@@ -62,6 +62,7 @@ from adapters.slack_format import (
     form_values,
     form_view,
     home_view,
+    mentioned_users,
     message_arguments,
     plain_text,
 )
@@ -570,7 +571,6 @@ class SlackAdapter:
             log.info("Slack: event %s delivered again (retry); ignored", body["event_id"])
             return
         channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
-        text, mentioned = plain_text(str(event.get("text") or ""), self.bot_user_id, addressed=mention)
         direct = event.get("channel_type") == "im" or channel.startswith("D")
         # Every person's message goes on (the dispatcher decides what is addressed to the bot: a
         # bare answer in an inquiry's thread has no prefix); names are cached, so chatter costs a
@@ -578,6 +578,9 @@ class SlackAdapter:
         if not self._seen.add(f"message:{channel}:{ts}"):
             return  # the app_mention and the message event of one message
         user = await self._user_name(event["user"])
+        raw_text = str(event.get("text") or "")
+        text, mentioned = plain_text(raw_text, self.bot_user_id, addressed=mention,
+                                     names=await self._mention_names(raw_text))
         message = Message(adapter=self.name, channel=channel, user=user, text=text, thread=event.get("thread_ts"),
                           mentioned=mention or mentioned, direct=direct, groups=await self._groups_of(event["user"]),
                           id=ts, raw={"event": event}, channel_name=await self._channel_name(channel))
@@ -592,8 +595,9 @@ class SlackAdapter:
         channel, user_id = str(command.get("channel_id", "")), str(command.get("user_id", ""))
         if command.get("response_url"):
             self._response_urls[channel] = (str(command["response_url"]), time.monotonic() + 1800, 0)
-        text, _ = plain_text(str(command.get("text") or ""), self.bot_user_id)
         user = await self._user_name(user_id)
+        raw_text = str(command.get("text") or "")
+        text, _ = plain_text(raw_text, self.bot_user_id, names=await self._mention_names(raw_text))
         message = Message(adapter=self.name, channel=channel, user=user, text=text, mentioned=True,
                           direct=channel.startswith("D") or command.get("channel_name") == "directmessage",
                           groups=await self._groups_of(user_id), raw={"command": command},
@@ -614,6 +618,10 @@ class SlackAdapter:
             channel = user_id  # a click in the App Home tab: answered in the person's DM with the app
         original = body.get("message") or {}
         thread = original.get("thread_ts") or (body.get("container") or {}).get("thread_ts")
+        if not thread and self.capabilities.threads:
+            # A prompt at the top of a channel (an inquiry asked through a route) is its own thread's
+            # root: its ts names it, so the click answers that question as a reply in its thread would.
+            thread = original.get("ts") or None
         user = await self._user_name(user_id)
         asker = self._askers.get(f"{channel}:{original.get('ts')}")  # whom the prompt asks, by name
         answered = asker in (None, user)  # someone else's click leaves the buttons to the one asked
@@ -643,8 +651,9 @@ class SlackAdapter:
         original = body.get("message") or {}
         if not isinstance(user.get("id"), str) or not isinstance(channel.get("id"), str):
             return
-        text, _ = plain_text(str(original.get("text") or ""), self.bot_user_id, addressed=True)
         name = await self._user_name(user["id"])
+        raw_text = str(original.get("text") or "")
+        text, _ = plain_text(raw_text, self.bot_user_id, addressed=True, names=await self._mention_names(raw_text))
         thread = original.get("thread_ts") or original.get("ts")
         message = Message(adapter=self.name, channel=channel["id"], user=name, text=f"{body.get('callback_id')} {text}",
                           thread=thread, mentioned=True, direct=channel["id"].startswith("D"),
@@ -745,6 +754,22 @@ class SlackAdapter:
         if cached:
             return cached[0]
         raise UnknownPerson(f"Slack could not say who {user_id} is (users.info failed); what they sent is dropped")
+
+    async def _mention_names(self, text: str) -> dict[str, str]:
+        """The names of the people `text` mentions (`<@U123>`), so a mention typed as a parameter reaches
+        the alias as the `@name` the person typed, as hubot-slack and st2chatops give it. Looked up as
+        senders are (`_user_name`: cached, shared, a foreign organisation's member by id); a failed
+        lookup leaves the id and never drops the message. The bot's own id is not looked up: a leading
+        mention of it addresses the bot and is removed."""
+        ids = [user_id for user_id in mentioned_users(text) if user_id != self.bot_user_id]
+        names = await asyncio.gather(*(self._mention_name(user_id) for user_id in ids))
+        return {user_id: name for user_id, name in zip(ids, names, strict=True) if name}
+
+    async def _mention_name(self, user_id: str) -> str | None:
+        try:
+            return await self._user_name(user_id)
+        except UnknownPerson:
+            return None
 
     async def _look_up_user(self, user_id: str) -> str | None:
         try:

@@ -7,9 +7,10 @@ the person typed, not as Slack's markup (a peer pain point: URLs broke st2 alias
 Out: a `Reply` becomes `chat.postMessage` arguments. Alias `extra.slack` follows StackStorm's
 hubot adapter: its keys are attachment fields (`color`, `pretext`, `fields`, ...) merged around the
 reply text; `extra.slack.blocks` or `extra.slack.attachments` are passed through as given.
-Confirmation buttons become an `actions` block whose button values are what the person would
-otherwise have typed (`yes`/`no`). A `Form` becomes a modal view of Block Kit inputs (`form_view`),
-and a submitted modal's state text per field again (`form_values`); the App Home tab is `home_view`.
+Buttons become an `actions` block whose values are what the person would otherwise have typed
+(`yes`/`no`, `approve <id>`), or for a confirmation `yes:<token>`/`no:<token>`, naming the prompt.
+A `Form` becomes a modal view of Block Kit inputs (`form_view`), and a submitted modal's state
+text per field again (`form_values`); the App Home tab is `home_view`.
 """
 
 from __future__ import annotations
@@ -35,11 +36,20 @@ MAX_TEXT = 40_000
 _ANGLE = re.compile(r"<([^<>]*)>")
 
 
-def _unwrap(match: re.Match[str]) -> str:
+#: A user mention in Slack's markup, `<@U123>` (`<@W123>` on Enterprise Grid; `|label` only in old clients).
+_USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^<>]*)?>")
+
+
+def mentioned_users(text: str, limit: int = 20) -> list[str]:
+    """The ids of the people `text` mentions, first `limit` distinct ones in order (each costs a lookup)."""
+    return list(dict.fromkeys(_USER_MENTION.findall(text)))[:limit]
+
+
+def _unwrap(match: re.Match[str], names: dict[str, str] | None = None) -> str:
     inner = match.group(1)
     target, _, label = inner.partition("|")
-    if target.startswith("@"):           # <@U123> or <@U123|alice>
-        return f"@{label or target[1:]}"
+    if target.startswith("@"):           # <@U123> or <@U123|alice>: the name the person typed
+        return f"@{(names or {}).get(target[1:]) or label or target[1:]}"
     if target.startswith("#"):           # <#C123|ops>
         return f"#{label or target[1:]}"
     if target.startswith("!"):           # <!here>, <!subteam^S123|@oncall>
@@ -52,11 +62,15 @@ def _unwrap(match: re.Match[str]) -> str:
 _LEADING_MENTION = re.compile(r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>[\s:,]*")
 
 
-def plain_text(text: str, bot_user_id: str | None = None, addressed: bool = False) -> tuple[str, bool]:
+def plain_text(text: str, bot_user_id: str | None = None, addressed: bool = False,
+               names: dict[str, str] | None = None) -> tuple[str, bool]:
     """Slack markup → what the person typed; also whether it @mentioned the bot.
 
     A leading `<@BOT>` is removed (it addresses the bot, it is not part of the command); in an
-    `app_mention` (`addressed`) any leading mention is, since that event exists only for the bot."""
+    `app_mention` (`addressed`) any leading mention is, since that event exists only for the bot.
+    Any other mention becomes `@name` by `names` (user id → name, the adapter's lookups of
+    `mentioned_users`), as hubot-slack and st2chatops give it to aliases; an id not in `names`
+    stays `@U123`."""
     mentioned = False
     if bot_user_id:
         mention = re.compile(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>")
@@ -64,7 +78,7 @@ def plain_text(text: str, bot_user_id: str | None = None, addressed: bool = Fals
         text = mention.sub("", text, count=1) if mention.match(text.lstrip()) else text
     if addressed and not mentioned:
         text = _LEADING_MENTION.sub("", text, count=1)
-    text = _ANGLE.sub(_unwrap, text)
+    text = _ANGLE.sub(lambda match: _unwrap(match, names), text)
     return html.unescape(text).strip(), mentioned
 
 
@@ -84,9 +98,10 @@ def buttons_block(buttons: list[dict[str, str]]) -> dict[str, Any]:
         element: dict[str, Any] = {"type": "button", "action_id": f"{ACTION_PREFIX}{index}",
                                    "text": {"type": "plain_text", "text": str(button.get("text", ""))[:75] or "?"},
                                    "value": str(button.get("value", ""))[:2000]}
-        if str(button.get("value", "")).lower() in ("yes", "y", "confirm", "ok"):
+        word = str(button.get("value", "")).partition(":")[0].lower()  # a confirmation's `yes:<token>` too
+        if word in ("yes", "y", "confirm", "ok"):
             element["style"] = "primary"
-        elif str(button.get("value", "")).lower() in ("no", "n", "cancel", "abort"):
+        elif word in ("no", "n", "cancel", "abort"):
             element["style"] = "danger"
         elements.append(element)
     return {"type": "actions", "block_id": "squall_buttons", "elements": elements}

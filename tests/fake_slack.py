@@ -197,10 +197,13 @@ class FakeSlack:
                 "response_url": f"{self.url}/response/{n}", "trigger_id": f"trig.{n}"}
 
     def click(self, message: dict[str, Any], value: str, *, user: str = "UALICE01") -> dict[str, Any]:
-        """The block_actions payload of a click on the button with `value` in a posted message."""
+        """The block_actions payload of a click on the button with `value` in a posted message (`yes`
+        finds a confirmation's `yes:<token>` too; the payload carries the button's own value)."""
         blocks = json.loads(message["blocks"]) if isinstance(message.get("blocks"), str) else message.get("blocks")
-        button = next(e for b in blocks or [] if b.get("type") == "actions" for e in b["elements"]
-                      if e.get("value") == value)
+        buttons = [e for b in blocks or [] if b.get("type") == "actions" for e in b["elements"]]
+        button = next((e for e in buttons if e.get("value") == value), None) or next(
+            e for e in buttons if str(e.get("value")).partition(":")[0] == value)
+        value = button["value"]
         container = {"type": "message", "message_ts": message["ts"], "channel_id": message["channel"],
                      "is_ephemeral": False}
         stored = {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "ts": message["ts"],

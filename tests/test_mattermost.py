@@ -4,6 +4,7 @@ the websocket, slash commands through Squall's API server, and `squall serve` as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -433,6 +434,62 @@ async def test_confirmation_buttons_answer_for_the_person_asked(home: Path, fake
         await server.stop()
         await bot.stop()
         await squall.close()
+
+
+@contextlib.asynccontextmanager
+async def _with_buttons(home: Path, fake: FakeMattermost) -> AsyncIterator[tuple[Squall, MattermostAdapter]]:
+    """A chat whose Mattermost adapter has buttons: `actions_url` on Squall's API server."""
+    from bot.http import ApiServer
+
+    port = free_port()
+    squall, bot, adapter = await _chat(home, fake, actions_url=f"http://127.0.0.1:{port}/mattermost/actions")
+    server = ApiServer(squall, host="127.0.0.1", port=port)
+    await server.start()
+    try:
+        yield squall, adapter
+    finally:
+        await server.stop()
+        await bot.stop()
+        await squall.close()
+
+
+async def test_a_click_on_an_older_confirmation_runs_nothing(home: Path, fake: FakeMattermost) -> None:
+    """Each prompt's buttons name it (a token in their signed context's value): Yes on an older prompt,
+    replaced by the person's newer command in the same channel, runs neither, and says so."""
+    async with _with_buttons(home, fake) as (squall, _adapter):
+        posts, prompts = [], []
+        for who in ("staging", "production"):
+            posts.append(await fake.say(fake.alice, fake.town_square, f"@squallbot careful {who}"))
+            prompts.append((await fake.wait_for(lambda: [p for p in fake.bot_posts(fake.town_square["id"])
+                                                         if p["root_id"] == posts[-1]["id"]
+                                                         and (p.get("props") or {}).get("attachments")]))[0])
+        status, _answer = await fake.click(prompts[0], 0)
+        assert status == 200
+        thread = await replies_to(fake, posts[0], "no longer pending")
+        refusal = next(p for p in thread if "no longer pending" in p["message"])
+        assert "your newer command (demo.greet) replaced it" in refusal["message"]
+        assert await squall.executions.list(action="demo.greet") == []
+        await fake.click(prompts[1], 0)
+        await replies_to(fake, posts[1], "hello production")
+        assert [r["parameters"]["who"] for r in await squall.executions.list(action="demo.greet")] == ["production"]
+
+
+async def test_a_button_on_a_top_level_inquiry_question_answers_it(home: Path, fake: FakeMattermost) -> None:
+    """A question asked through a route is a post at the top of its channel: the click's post id names
+    it (its thread's root), so Yes answers it rather than being taken for the command `yes`."""
+    with (home / "config.yml").open("a") as config:
+        config.write(f"routes:\n  ops: {{adapter: mattermost, channel: {fake.town_square['id']}}}\n")
+    async with _with_buttons(home, fake) as (squall, _adapter):
+        schema = {"type": "object", "properties": {"continue": {"type": "boolean", "required": True}}}
+        record = await squall.executions.request("core.ask", {"route": "ops", "schema": schema})
+        [question] = await fake.wait_for(lambda: [p for p in fake.bot_posts(fake.town_square["id"])
+                                                  if (p.get("props") or {}).get("attachments")])
+        assert question["root_id"] == ""
+        status, _answer = await fake.click(question, 0)
+        assert status == 200
+        await replies_to(fake, question, "Thanks alice")
+        answered = await squall.executions.wait(record["id"], timeout=10)
+        assert answered["status"] == "succeeded" and answered["result"]["response"] == {"continue": True}
 
 
 async def test_approval_buttons_ask_the_approvers_and_a_refused_click_brings_them_back(home: Path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -19,7 +20,7 @@ import pytest
 
 from adapters.base import AdapterConfigError, DeliveryError, Reply
 from adapters.slack import SlackSettings, create
-from adapters.slack_format import message_arguments, plain_text
+from adapters.slack_format import mentioned_users, message_arguments, plain_text
 from bot.app import Squall
 from bot.chat.replies import fit
 from engine.config import load_config
@@ -122,11 +123,10 @@ def _settings(fake: FakeSlack, **extra: Any) -> dict[str, Any]:
             "base_url": fake.base_url, **extra}
 
 
-@pytest.fixture
-async def slack(home: Path, fake: FakeSlack, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Any, ...]]:
+@contextlib.asynccontextmanager
+async def _slack_chat(home: Path, fake: FakeSlack, **extra: Any) -> AsyncIterator[tuple[Any, ...]]:
     """A Squall with the demo pack and a ChatBot whose only adapter is Slack, pointed at the fake."""
     _pack(home)
-    extra = getattr(request, "param", {})
     config = load_config(home / "config.yml")
     adapter = create(_settings(fake, **extra), config)
     squall = await Squall.start(config, adapters=[adapter])
@@ -137,6 +137,13 @@ async def slack(home: Path, fake: FakeSlack, request: pytest.FixtureRequest) -> 
     finally:
         await bot.stop()
         await squall.close()
+
+
+@pytest.fixture
+async def slack(home: Path, fake: FakeSlack, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Any, ...]]:
+    """A Squall with the demo pack and a ChatBot whose only adapter is Slack, pointed at the fake."""
+    async with _slack_chat(home, fake, **getattr(request, "param", {})) as chat:
+        yield chat
 
 
 async def _posted(fake: FakeSlack, predicate: Any, what: str) -> dict[str, Any]:
@@ -409,7 +416,8 @@ async def test_confirmation_by_button_click(slack, fake: FakeSlack) -> None:
     await fake.push("events_api", fake.event(fake.message_event("!wipe disk")))
     prompt = await _posted(fake, lambda m: m.get("blocks") and "About to run" in m["text"], "the prompt")
     await fake.push("interactive", fake.click(prompt, "yes", user="UBOB0001"))  # someone else: not theirs
-    await _posted(fake, lambda m: m["text"].startswith("I don't know `yes`"), "bob's click answered as his own")
+    await _posted(fake, lambda m: m["text"].startswith("That prompt asks alice, not you, bob"),
+                  "bob told the prompt is alice's")
     assert not prompt["edits"]  # bob's click leaves alice's buttons in place
     await fake.push("interactive", fake.click(prompt, "yes"))
     await _posted(fake, lambda m: m.get("text") == "wiped disk", "the confirmed result")
@@ -419,6 +427,81 @@ async def test_confirmation_by_button_click(slack, fake: FakeSlack) -> None:
     assert not any(b["type"] == "actions" for b in blocks)  # buttons gone once answered
     squall, _, _ = slack
     assert len(await squall.executions.list(limit=10)) == 1
+
+
+async def test_a_click_on_an_older_confirmation_runs_nothing_and_says_it_was_replaced(slack,
+                                                                                     fake: FakeSlack) -> None:
+    """A person's prompts in one channel share one pending slot: each prompt's buttons name it, so Yes
+    (or No) on an older prompt neither runs nor cancels the newer command; the newest prompt's Yes runs
+    exactly its own command."""
+    squall, _, _ = slack
+    await fake.push("events_api", fake.event(fake.message_event("!wipe staging")))
+    older = await _posted(fake, lambda m: "who=staging" in (m.get("text") or ""), "the first prompt")
+    await fake.push("events_api", fake.event(fake.message_event("!wipe production")))
+    newer = await _posted(fake, lambda m: "who=production" in (m.get("text") or ""), "the second prompt")
+    def refusals() -> int:
+        return sum("replaced it" in (m.get("text") or "") for m in fake.messages)
+
+    await fake.push("interactive", fake.click(older, "yes"))
+    await fake.wait_for(lambda: refusals() == 1, what="the older prompt's Yes refused")
+    await fake.push("interactive", fake.click(older, "no"))
+    await fake.wait_for(lambda: refusals() == 2, what="the older prompt's No refused")
+    refusal = next(m for m in fake.messages if "replaced it" in (m.get("text") or ""))
+    assert refusal["text"].startswith("That prompt is no longer pending: your newer command (demo.greet)")
+    assert "Nothing was run" in refusal["text"]
+    assert await squall.executions.list(action="demo.greet") == []
+    await fake.push("interactive", fake.click(newer, "yes"))
+    await _posted(fake, lambda m: m.get("text") == "wiped production", "the newest prompt's command")
+    assert [r["parameters"]["who"] for r in await squall.executions.list(action="demo.greet")] == ["production"]
+    await fake.push("interactive", fake.click(newer, "yes"))  # answered already: runs nothing again
+    await _posted(fake, lambda m: (m.get("text") or "").startswith("That prompt is no longer pending (answered"),
+                  "the second click refused")
+    assert len(await squall.executions.list(action="demo.greet")) == 1
+
+
+async def test_yes_typed_still_confirms_the_newest_prompt(slack, fake: FakeSlack) -> None:
+    squall, _, _ = slack
+    await fake.push("events_api", fake.event(fake.message_event("!wipe staging")))
+    await _posted(fake, lambda m: "who=staging" in (m.get("text") or ""), "the first prompt")
+    await fake.push("events_api", fake.event(fake.message_event("!wipe production")))
+    await _posted(fake, lambda m: "who=production" in (m.get("text") or ""), "the second prompt")
+    await fake.push("events_api", fake.event(fake.message_event("!yes")))
+    await _posted(fake, lambda m: m.get("text") == "wiped production", "the typed yes's command")
+    assert [r["parameters"]["who"] for r in await squall.executions.list(action="demo.greet")] == ["production"]
+
+
+async def test_a_button_on_a_top_level_inquiry_question_answers_it(home: Path, fake: FakeSlack) -> None:
+    """A question asked through a route sits at the top of its channel: the click carries no thread,
+    and the question's own ts names it (its thread's root), so Yes answers it rather than being taken
+    for the command `yes`."""
+    with (home / "config.yml").open("a") as config:
+        config.write("routes:\n  ops: {adapter: slack, channel: COPS0001}\n")
+    async with _slack_chat(home, fake) as (squall, _, _):
+        schema = {"type": "object", "properties": {"continue": {"type": "boolean", "required": True}}}
+        record = await squall.executions.request("core.ask", {"route": "ops", "schema": schema})
+        question = await _posted(fake, lambda m: bool(m.get("blocks")), "the question")
+        assert "thread_ts" not in question
+        await fake.push("interactive", fake.click(question, "yes"))
+        thanks = await _posted(fake, lambda m: (m.get("text") or "").startswith("Thanks alice"), "the answer taken")
+        assert thanks["thread_ts"] == question["ts"]  # told in the question's thread
+        answered = await squall.executions.wait(record["id"], timeout=10)
+        assert answered["status"] == "succeeded" and answered["result"]["response"] == {"continue": True}
+        assert not any("I don't know" in (m.get("text") or "") for m in fake.messages)
+
+
+async def test_a_mention_typed_as_a_parameter_reaches_the_alias_as_the_name(slack, fake: FakeSlack) -> None:
+    """`<@U…>` becomes the `@name` the person typed (as hubot-slack and st2chatops give it), looked up
+    through the cached users.info; a person Slack cannot name stays their id and the message still runs;
+    the bot's own leading mention still addresses it."""
+    await fake.push("events_api", fake.event(fake.message_event("!greet <@UBOB0001>")))
+    await _posted(fake, lambda m: m.get("text") == "hello @bob", "the result with bob's name")
+    await fake.push("events_api", fake.event(fake.message_event("!greet <@UNOBODY1>")))
+    await _posted(fake, lambda m: m.get("text") == "hello @UNOBODY1", "the result with the unknown id")
+    mention = fake.message_event(f"<@{BOT_USER}> greet <@UBOB0001> <@UOLIVIA1>", kind="app_mention")
+    await fake.push("events_api", fake.event(mention))
+    await _posted(fake, lambda m: m.get("text") == "hello @bob @olivia", "the mention's result")
+    looked_up = [c.params["user"] for c in fake.called("users.info")]
+    assert looked_up.count("UBOB0001") == 1 and BOT_USER not in looked_up  # cached; the bot is not looked up
 
 
 async def test_slack_user_groups_grant_alias_permissions(slack, fake: FakeSlack) -> None:
@@ -576,11 +659,18 @@ def test_markup_and_rendering() -> None:
     # an app_mention naming the bot by an id auth.test did not give: the leading mention still goes
     assert plain_text("<@UOTHER1> greet x", BOT_USER, addressed=True) == ("greet x", False)
     assert plain_text(f"<@{BOT_USER}> greet <@U123>", BOT_USER, addressed=True) == ("greet @U123", True)
+    names = {"U123": "bob", BOT_USER: "squall"}
+    assert plain_text(f"<@{BOT_USER}> greet <@U123> <@U999|old>", BOT_USER, addressed=True, names=names) == \
+        ("greet @bob @old", True)
+    assert mentioned_users("<@U1> <@W2|x> <@U1> <#C3>") == ["U1", "W2"]
     arguments = message_arguments(Reply(adapter="slack", channel="C", text="a < b", buttons=[
         {"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}]))
     assert arguments["text"] == "a &lt; b"
     actions = arguments["blocks"][-1]
     assert [e["value"] for e in actions["elements"]] == ["yes", "no"]
+    tokened = message_arguments(Reply(adapter="slack", channel="C", text="q", buttons=[
+        {"text": "Yes", "value": "yes:0123456789abcdef"}, {"text": "No", "value": "no:0123456789abcdef"}]))
+    assert [e["style"] for e in tokened["blocks"][-1]["elements"]] == ["primary", "danger"]
     assert arguments["blocks"][0]["text"]["text"] == "a &lt; b"
 
 

@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import logging
 import re
+import secrets
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _YES = {"yes", "y", "confirm", "ok"}
 _NO = {"no", "n", "cancel", "abort"}
+#: A confirmation button's value: the answer and the token of the prompt it sits on (`PendingConfirmation.token`),
+#: so a click on an older prompt can never confirm whatever the person was asked last.
+_CLICKED = re.compile(r"(yes|no):([0-9a-f]{16})")
 _SPACES = re.compile(r"[\u00a0\u2000-\u200b\u202f\u205f\u3000]")
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 MAX_COMMAND = 100_000
@@ -125,6 +129,13 @@ class PendingConfirmation:
     expires: float
     command: str | None = None
     authorised: bool = True
+    #: Names this prompt: its buttons carry it (`yes:<token>`), so a click answers this prompt and no
+    #: other. None for one stored before tokens existed (its buttons say a bare `yes`, as typed).
+    token: str | None = field(default_factory=lambda: secrets.token_hex(8))
+
+    def buttons(self, yes: str, no: str) -> list[dict[str, str]]:
+        """The prompt's two buttons, each naming this prompt."""
+        return [{"text": yes, "value": f"yes:{self.token}"}, {"text": no, "value": f"no:{self.token}"}]
 
 
 #: Stored confirmations' keys (`bot/chat/sessions.py`): by where they wait, as question exchanges are.
@@ -183,9 +194,12 @@ class Dispatcher:
         try:
             text = self._addressed(message)
             adapter = self.adapters.get(message.adapter)
-            if await self._inquiry_answer(message, text, adapter is None or adapter.capabilities.threads):
+            # A confirmation's button click names its prompt: never an inquiry's answer or a form's.
+            clicked = text is not None and _CLICKED.fullmatch(text) is not None
+            if not clicked and await self._inquiry_answer(message, text,
+                                                          adapter is None or adapter.capabilities.threads):
                 return
-            if await self.forms.answer(message, text):
+            if not clicked and await self.forms.answer(message, text):
                 return  # a question of a form asked in chat: answers need no prefix
             if text is None:
                 return  # chatter: the adapters pass every message on, the dispatcher decides
@@ -220,23 +234,13 @@ class Dispatcher:
 
     async def _handle(self, message: Message, text: str) -> None:
         key = (message.adapter, message.channel, message.user)
+        clicked = _CLICKED.fullmatch(text)
+        if clicked is not None:  # a confirmation's button: it answers the prompt it sits on, or nothing
+            await self._clicked(message, clicked[1] == "yes", clicked[2])
+            return
         pending = self._confirmations.get(key)
-        if pending is not None and text.lower() in _YES | _NO:
-            del self._confirmations[key]
-            await sessions.drop(self.engine, sessions.place_key(_CONFIRM, *key))  # taken once, restart or not
-            if time.time() > pending.expires:
-                await self.say(message, "That confirmation has expired; send the command again.")
-            elif text.lower() in _NO:
-                what = pending.match.alias.action_ref if pending.match is not None else "that"
-                await self.say(message, f"OK, not running {what}.")
-            elif pending.command is not None:
-                # A suggestion: the filled text takes the whole command path again (match, authorise,
-                # the alias's own confirmation, audit), as if the person had typed it.
-                await self._handle(replace(pending.message, text=pending.command), pending.command)
-            elif pending.authorised:
-                await self._run(pending.match, pending.message)
-            else:  # taken up after a restart: authorised again, not asked again
-                await self.run_matched(pending.match, pending.message, confirmed=True)
+        if pending is not None and text.lower() in _YES | _NO:  # typed: the newest prompt asked of them here
+            await self._settle(message, pending, text.lower() in _YES)
             return
         if await self.forms.command(message, text):
             return
@@ -283,14 +287,57 @@ class Dispatcher:
             ttl = self.settings.confirm_ttl
             if isinstance(match.alias.confirm, dict):
                 ttl = float(match.alias.confirm.get("ttl", ttl))
-            await self._hold(PendingConfirmation(match, message, time.time() + ttl))
+            pending = PendingConfirmation(match, message, time.time() + ttl)
+            await self._hold(pending)
             shown = self._masked(match.alias.action_ref, match.parameters)
             await self.say(message, f"About to run {match.alias.action_ref} with "
                                     f"{_params(shown)}. Reply {self._answer(message, 'yes')} within {ttl:g}s to go "
                                     f"ahead, or {self._answer(message, 'no')}.",
-                           buttons=[{"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}])
+                           buttons=pending.buttons("Yes", "No"))
             return
         await self._run(match, message, text)
+
+    async def _settle(self, message: Message, pending: PendingConfirmation, yes: bool) -> None:
+        """Take `message`'s sender's answer to `pending` (theirs in that channel): once, restart or not."""
+        key = (message.adapter, message.channel, message.user)
+        del self._confirmations[key]
+        await sessions.drop(self.engine, sessions.place_key(_CONFIRM, *key))
+        if time.time() > pending.expires:
+            await self.say(message, "That confirmation has expired; send the command again.")
+        elif not yes:
+            what = pending.match.alias.action_ref if pending.match is not None else "that"
+            await self.say(message, f"OK, not running {what}.")
+        elif pending.command is not None:
+            # A suggestion: the filled text takes the whole command path again (match, authorise,
+            # the alias's own confirmation, audit), as if the person had typed it.
+            await self._handle(replace(pending.message, text=pending.command), pending.command)
+        elif pending.authorised:
+            await self._run(pending.match, pending.message)
+        else:  # taken up after a restart: authorised again, not asked again
+            await self.run_matched(pending.match, pending.message, confirmed=True)
+
+    async def _clicked(self, message: Message, yes: bool, token: str) -> None:
+        """A Yes/No (Run/Cancel) click: it answers the prompt whose token its button carries. A prompt
+        replaced by a newer one, answered, expired or asked of someone else runs nothing, and says so:
+        one person's prompts in one channel share one pending slot, and an older prompt's Yes must not
+        confirm the newer command."""
+        key = (message.adapter, message.channel, message.user)
+        pending = self._confirmations.get(key)
+        if pending is not None and pending.token == token:
+            await self._settle(message, pending, yes)
+            return
+        owner = next((user for (adapter, channel, user), other in self._confirmations.items()
+                      if other.token == token and (adapter, channel) == key[:2]), None)
+        if owner is not None:
+            await self.say(message, f"That prompt asks {owner}, not you, {message.user}; only {owner} can answer "
+                                    "it. Nothing was run.")
+        elif pending is not None:
+            what = pending.match.alias.action_ref if pending.match is not None else f"`{short(pending.command or '')}`"
+            await self.say(message, f"That prompt is no longer pending: your newer command ({what}) replaced it. "
+                                    "Nothing was run; answer the newest prompt, or send the command again.")
+        else:
+            await self.say(message, "That prompt is no longer pending (answered, expired or replaced). Nothing was "
+                                    "run; send the command again.")
 
     # -- confirmations that outlive a restart (`bot/chat/sessions.py`) --------------------------------
     async def _hold(self, pending: PendingConfirmation) -> None:
@@ -299,7 +346,8 @@ class Dispatcher:
         message = pending.message
         key = (message.adapter, message.channel, message.user)
         self._confirmations[key] = pending
-        state: dict[str, Any] = {"origin": sessions.origin(message), "command": pending.command}
+        state: dict[str, Any] = {"origin": sessions.origin(message), "command": pending.command,
+                                 "token": pending.token}
         if pending.match is not None:
             match = pending.match
             state["match"] = {"alias": match.alias.ref, "display": match.display,
@@ -329,7 +377,7 @@ class Dispatcher:
                         raise LookupError(f'{alias.ref} no longer has the format "{kept["representation"]}"')
                     match = AliasMatch(alias, kept["display"], kept["representation"], kept["parameters"])
                 self._confirmations[message.adapter, message.channel, message.user] = PendingConfirmation(
-                    match, message, expires, state.get("command"), authorised=False)
+                    match, message, expires, state.get("command"), authorised=False, token=state.get("token"))
                 restored += 1
             except Exception as exc:  # a pack changed under it: the person sends the command again
                 log.warning("a confirmation asked before the restart was dropped: %s", exc)
@@ -344,11 +392,12 @@ class Dispatcher:
         best = self._stand_out(message, text)
         if best is not None and best.filled is not None and self._means(best.filled, best.alias):
             ttl = self.settings.confirm_ttl
-            await self._hold(PendingConfirmation(None, message, time.time() + ttl, best.filled))
+            pending = PendingConfirmation(None, message, time.time() + ttl, best.filled)
+            await self._hold(pending)
             await self.say(message, f"Did you mean `{prefix}{short(best.filled, 300)}`? ({best.alias.ref}) "
                                     f"Reply {self._answer(message, 'yes')} within {ttl:g}s to run it, or "
                                     f"{self._answer(message, 'no')}.",
-                           buttons=[{"text": "Run", "value": "yes"}, {"text": "Cancel", "value": "no"}])
+                           buttons=pending.buttons("Run", "Cancel"))
             return
         if best is not None:
             shown = next((f.display for f in best.alias.formats if f.display), best.alias.representations[0])

@@ -1,0 +1,59 @@
+"""Confirmation buttons name their prompt: a click answers that prompt and no other, across restarts.
+
+A click reaches the dispatcher as the button's value, `yes:<token>` or `no:<token>`, addressed to the
+bot (Slack and Mattermost send a click as a mentioned message); the loopback chat sends the same."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from adapters.loopback import LoopbackAdapter
+from tests.test_chat import _asked_to_wipe, _config, _confirmations_stored, loopback_chat, settle
+
+
+def _buttons(loopback: LoopbackAdapter) -> dict[str, str]:
+    """The newest prompt's buttons, by their text."""
+    prompt = next(p for p in reversed(loopback.posted) if p.reply.buttons)
+    return {button["text"]: button["value"] for button in prompt.reply.buttons}
+
+
+async def test_a_confirmations_buttons_carry_its_token_and_answer_it_after_a_restart(home: Path) -> None:
+    await _asked_to_wipe(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!wipe db2", user="bob")  # bob's own prompt in the same channel
+        await settle(squall, bot)
+        bobs = _buttons(loopback)
+        assert bobs["Yes"].startswith("yes:") and bobs["No"].startswith("no:")
+        assert bobs["Yes"].partition(":")[2] == bobs["No"].partition(":")[2]
+        await loopback.say(bobs["Yes"], user="alice", mentioned=True)  # bob's prompt is not alice's
+        await settle(squall, bot)
+        assert loopback.texts()[-1].startswith("That prompt asks bob, not you, alice; only bob can answer it.")
+        assert await squall.executions.list(action="demo.wipe") == []
+        [(_, alices)] = [(k, s) for k, s in _confirmations_stored(squall) if '"alice"' in k]
+        # The token was stored with her confirmation: her prompt's buttons work after the restart.
+        clicked = f"yes:{json.loads(squall.keys.decrypt(alices))['token']}"
+        await loopback.say(clicked, user="alice", mentioned=True)
+        await settle(squall, bot)
+        [execution] = await squall.executions.list(action="demo.wipe")
+        assert execution["parameters"]["target"] == "db1"
+        await loopback.say(clicked, user="alice", mentioned=True)  # answered: a second click runs nothing
+        await settle(squall, bot)
+        assert loopback.texts()[-1].startswith("That prompt is no longer pending (answered, expired or replaced).")
+        assert len(await squall.executions.list(action="demo.wipe")) == 1
+
+
+async def test_an_older_prompts_no_cancels_nothing_and_the_newer_command_still_runs(home: Path) -> None:
+    _config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!wipe db1", user="alice")
+        await settle(squall, bot)
+        older = _buttons(loopback)
+        await loopback.say("!wipe db3", user="alice")  # replaces the first prompt
+        await settle(squall, bot)
+        await loopback.say(older["No"], user="alice", mentioned=True)
+        await settle(squall, bot)
+        assert "your newer command (demo.wipe) replaced it" in loopback.texts()[-1]
+        await loopback.say(_buttons(loopback)["Yes"], user="alice", mentioned=True)  # the newer still stands
+        await settle(squall, bot)
+        assert [e["parameters"]["target"] for e in await squall.executions.list(action="demo.wipe")] == ["db3"]
