@@ -1,4 +1,11 @@
-"""API keys: made once, shown once, stored as SHA-256 hashes (no FastAPI import: the CLI uses this)."""
+"""API keys: made once, shown once, stored as SHA-256 hashes (no FastAPI import: the CLI uses this).
+
+A login token (`st2 login`, `POST /auth/v1/tokens`) is obtained with a key and lives only as long as that
+key does: the token records it (`key_issuer`, `engine.tokens.issue`) and `authenticate_token` refuses a
+token whose key was deleted, disabled or (a configured key) removed from the config. StackStorm's API has
+no call that revokes a token, so deleting or disabling its key is how one revokes it (`squall apikey
+delete`). The token rows themselves are `engine.tokens`'.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,13 @@ from typing import Any
 
 from engine.executions import new_id
 from engine.storage import utcnow
+from engine.tokens import authenticate
 
 KEYS_ENV = "SQUALL_API_KEYS"
+#: How a token names the configured key it was obtained with: this and the first `CONFIG_DIGITS` hex digits
+#: of the key's SHA-256 (a configured key has no id; 96 bits tell the configured keys apart).
+CONFIG_KEY_PREFIX = "config:"
+CONFIG_DIGITS = 24
 
 
 def hash_key(key: str) -> str:
@@ -43,3 +55,27 @@ def static_keys(config_section: Mapping[str, Any]) -> list[str]:
         configured = [configured]
     env = [k.strip() for k in os.environ.get(KEYS_ENV, "").split(",")]
     return [str(k) for k in [*configured, *env] if k]
+
+
+def key_issuer(record: Mapping[str, Any] | None, key_hash: str) -> str:
+    """What a token obtained with this key records (`auth_tokens.api_key_id`): the stored key's id, or
+    `config:` and the start of a configured key's hash (`record` None or without an id)."""
+    key_id = (record or {}).get("id")
+    return str(key_id) if key_id else CONFIG_KEY_PREFIX + key_hash[:CONFIG_DIGITS]
+
+
+def authenticate_token(store: Any, token: str, static_hashes: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """`engine.tokens.authenticate`, and for a person's token also its key's check: who the token speaks
+    for, or None when it is unknown, expired, its execution ended, or the key it was obtained with was
+    deleted, disabled or (a configured key) is no longer among `static_hashes`. A token that names no key
+    (issued before migration 0020) is left to its expiry."""
+    who = authenticate(store, token)
+    if who is None or who["execution_id"] is not None or who["api_key_id"] is None:
+        return who
+    issuer = who["api_key_id"]
+    if issuer.startswith(CONFIG_KEY_PREFIX):
+        digits = issuer.removeprefix(CONFIG_KEY_PREFIX)
+        alive = any(known[:CONFIG_DIGITS] == digits for known in static_hashes)
+    else:
+        alive = bool(who["api_key_enabled"])  # None: the key was deleted
+    return who if alive else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from engine.crypto import CryptoError, KeyRing
@@ -84,8 +84,44 @@ class Datastore:
         record = self.store.kv_get(scope, name, utcnow())
         return record["value"] if record else None
 
+    def _refuse_mask(self, name: str, text: str, scope: str, stored: str, secret: bool, now: datetime) -> None:
+        """A DatastoreError when `text` is the mask Squall shows in place of a secret (`st2 key list -j`
+        without `--decrypt` exports it) and writing it would put the mask where a secret is or is meant
+        to be: as a secret, or over a key that holds one. Restoring such an export once replaced every
+        secret with eight asterisks."""
+        from engine.parameters import MASK  # only on writes: `squall key get` never imports Jinja
+
+        if text != MASK:
+            return
+        if not secret:
+            existing = self.store.kv_get(scope, stored, now)
+            if existing is None or not existing["secret"]:
+                return
+        raise DatastoreError(
+            f"key '{name}': the value {MASK!r} is the mask shown in place of a secret, not the secret, and "
+            "writing it would replace the secret with the mask; export secrets with their values "
+            "(st2 key list --decrypt -j, or squall key list --decrypt --json) and load that file: items "
+            "with secret: true are encrypted again here")
+
+    def _ciphertext(self, name: str, text: str) -> str:
+        """`text` when it is ciphertext this server's key ring decrypts (an `encrypted: true` value, stored
+        as given, as StackStorm verifies it), else a DatastoreError naming the problem and the way out."""
+        try:
+            self.keys.decrypt(text)
+        except CryptoError as exc:
+            raise DatastoreError(
+                f"key '{name}': encrypted: true says the value is already ciphertext under this server's "
+                f"key, but it is not valid ciphertext for it ({exc}); send the plain value with secret: true "
+                "instead (st2 key list --decrypt exports it) and it is encrypted here") from None
+        return text
+
     def set(self, name: str, value: Any, *, scope: str = "system", user: str | None = None,
-            encrypt: bool = False, ttl: int | None = None, description: str | None = None) -> dict[str, Any]:
+            encrypt: bool = False, ttl: int | None = None, description: str | None = None,
+            encrypted: bool = False) -> dict[str, Any]:
+        """Store one pair. `encrypt` seals the value with the key ring; `encrypted` says it is ciphertext
+        already (StackStorm's `encrypted: true`, what `st2 key set --encrypted` and a ciphertext export
+        send), which is checked to decrypt and stored as given. Either makes the pair a secret, and a
+        secret is never overwritten with the mask that stands for it (`_refuse_mask`)."""
         scope = normalise_scope(scope)
         if not name:
             raise DatastoreError("a key needs a name")
@@ -93,11 +129,15 @@ class Datastore:
             raise DatastoreError(f"ttl must be a positive number of seconds, not {ttl}")
         now = utcnow()
         text = str(value)
+        stored = self._stored_name(name, scope, user)
+        self._refuse_mask(name, text, scope, stored, encrypt or encrypted, now)
+        if encrypted:
+            text = self._ciphertext(name, text)
         record = {
             "scope": scope,
-            "name": self._stored_name(name, scope, user),
-            "value": self.keys.encrypt(text) if encrypt else text,
-            "secret": bool(encrypt),
+            "name": stored,
+            "value": text if encrypted else self.keys.encrypt(text) if encrypt else text,
+            "secret": bool(encrypt or encrypted),
             "description": description,
             "expire_at": now + timedelta(seconds=int(ttl)) if ttl else None,
             "updated_at": now,

@@ -890,11 +890,12 @@ class ExecutionService:
     async def page(self, *, limit: int, offset: int = 0, oldest_first: bool = False,
                    **filters: Any) -> tuple[list[dict[str, Any]], int]:
         """One page of the executions `filters` select, and how many they select in all (the API's
-        `X-Total-Count`). `parent="null"` selects executions without a parent, as StackStorm's API."""
-        store = self.db.store
-        records = await self.db(store.list_executions, limit=limit, offset=offset, oldest_first=oldest_first,
-                                **filters)
-        return [public(r) for r in records], await self.db(store.count_executions, **filters)
+        `X-Total-Count`). `parent="null"` selects executions without a parent, as StackStorm's API;
+        `user`, `trigger_instance`, `since` and `until` are `st2 execution list`'s other filters
+        (`Store._execution_filters`)."""
+        records, total = await self.db(self.db.store.page_executions, limit=limit, offset=offset,
+                                       oldest_first=oldest_first, **filters)
+        return [public(r) for r in records], total
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The finished execution; waits for one that runs in this process."""

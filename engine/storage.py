@@ -190,6 +190,10 @@ auth_tokens = sa.Table(
     sa.Column("user", sa.String(255), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    # What the token was obtained with (migration 0020): the stored API key's id, or `config:` and the first
+    # 24 hex digits of a configured key's hash. The token works only while that key does; NULL (tokens
+    # issued before 0020) leaves it to its expiry.
+    sa.Column("api_key_id", sa.String(32), nullable=True),
 )
 
 web_users = sa.Table(
@@ -495,7 +499,7 @@ PG_LIVENESS = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0019"
+HEAD_REVISION = "0020"
 
 
 def _revision(engine: Engine) -> str | None:
@@ -1009,44 +1013,47 @@ class Store:
         with self._read() as conn:
             return [row[0] for row in conn.execute(statement)]
 
-    @staticmethod
-    def _execution_filters(statement: Any, action: str | None, status: str | Sequence[str] | None,
-                           parent: str | None) -> Any:
-        """`parent="null"` keeps executions without a parent (StackStorm's API spells it so)."""
-        if action:
-            statement = statement.where(executions.c.action == action)
-        if isinstance(status, str):
-            statement = statement.where(executions.c.status == status)
-        elif status:
-            statement = statement.where(executions.c.status.in_(list(status)))
-        if parent == "null":
-            statement = statement.where(executions.c.parent.is_(None))
-        elif parent:
-            statement = statement.where(executions.c.parent == parent)
-        return statement
+    def _execution_filters(self, statement: Any, action: str | None = None,
+                           status: str | Sequence[str] | None = None, parent: str | None = None,
+                           user: str | None = None, trigger_instance: str | None = None,
+                           since: datetime | None = None, until: datetime | None = None) -> Any:
+        """`parent="null"` keeps executions without a parent (StackStorm's API spells it so). `user` is
+        who asked (`context.user`; on PostgreSQL the expression of migration 0019's index),
+        `trigger_instance` the id of the trigger instance a rule requested it for, and `since`/`until`
+        bound `start_timestamp` strictly, as StackStorm's `timestamp_gt`/`timestamp_lt`."""
+        column, context = executions.c, executions.c.context
+        conditions = [
+            column.action == action if action else None,
+            column.status == status if isinstance(status, str) else column.status.in_(list(status)) if status
+            else None,
+            column.parent.is_(None) if parent == "null" else column.parent == parent if parent else None,
+            (context["user"].as_string() if self.is_sqlite else _context_text("user")) == user
+            if user is not None else None,
+            context[("trigger_instance", "id")].as_string() == trigger_instance if trigger_instance is not None
+            else None,
+            column.start_timestamp > since.astimezone(UTC) if since is not None else None,
+            column.start_timestamp < until.astimezone(UTC) if until is not None else None,
+        ]
+        return statement.where(*(c for c in conditions if c is not None))
 
-    def list_executions(
-        self,
-        *,
-        action: str | None = None,
-        status: str | Sequence[str] | None = None,
-        parent: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-        oldest_first: bool = False,
-    ) -> list[dict[str, Any]]:
+    def list_executions(self, *, limit: int = 50, offset: int = 0, oldest_first: bool = False,
+                        **filters: Any) -> list[dict[str, Any]]:
+        """Executions `filters` select (`_execution_filters`), newest first unless `oldest_first`."""
+        return self.page_executions(limit=limit, offset=offset, oldest_first=oldest_first, count=False, **filters)[0]
+
+    def page_executions(self, *, limit: int = 50, offset: int = 0, oldest_first: bool = False, count: bool = True,
+                        **filters: Any) -> tuple[list[dict[str, Any]], int]:
+        """One page of the executions `filters` select and, with `count`, how many they select in all (the
+        API's `X-Total-Count`; else -1), in one read."""
         columns = (executions.c.start_timestamp, executions.c.id)
         order = columns if oldest_first else tuple(c.desc() for c in columns)
-        statement = self._execution_filters(sa.select(executions).order_by(*order), action, status, parent)
+        statement = self._execution_filters(sa.select(executions).order_by(*order), **filters)
         with self._read() as conn:
-            return [_row(row) for row in conn.execute(statement.limit(limit).offset(offset))]  # type: ignore[misc]
-
-    def count_executions(self, *, action: str | None = None, status: str | Sequence[str] | None = None,
-                         parent: str | None = None) -> int:
-        statement = self._execution_filters(sa.select(sa.func.count()).select_from(executions), action, status,
-                                            parent)
-        with self._read() as conn:
-            return int(conn.execute(statement).scalar_one())
+            records = [_row(row) for row in conn.execute(statement.limit(limit).offset(offset))]  # type: ignore[misc]
+            if not count:
+                return records, -1
+            counted = self._execution_filters(sa.select(sa.func.count()).select_from(executions), **filters)
+            return records, int(conn.execute(counted).scalar_one())
 
     def execution_keyset(self, where: ExecutionFilter, *, before: str | None = None,
                          limit: int = 50) -> list[dict[str, Any]]:

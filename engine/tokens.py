@@ -13,7 +13,9 @@ too) never ran: a crash, another process's recovery writing `abandoned`. `revoke
 rows at recovery. No import of `bot/`: the HTTP API's key check calls `authenticate` from there.
 
 A person's token (`issue`) is what StackStorm's auth service hands `st2 login`: it speaks for its user
-until `expires_at`; expired rows are deleted when recovery runs `revoke_ended`.
+until `expires_at`; expired rows are deleted when recovery runs `revoke_ended`. It records the API key
+it was obtained with (`api_key_id`, migration 0020), and `authenticate` says whether that key still
+exists and is enabled: the HTTP API refuses a token whose key is gone (`bot.apikeys.authenticate_token`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from engine.storage import Store, _execute, action_tokens, as_utc, auth_tokens, executions, iso, utcnow
+from engine.storage import Store, _execute, action_tokens, api_keys, as_utc, auth_tokens, executions, iso, utcnow
 
 #: Statuses in which an execution's action may still be running and so may use its token.
 LIVE_STATUSES = ("running", "pausing", "canceling")
@@ -39,6 +41,14 @@ _LOOKUP = (
     .select_from(action_tokens.join(executions, executions.c.id == action_tokens.c.execution_id))
     .where(action_tokens.c.token_hash == sa.bindparam("token_hash"),
            executions.c.status.in_(LIVE_STATUSES))
+)
+
+#: A person's token, with the stored key it was obtained with (`enabled` NULL: deleted, or not a stored key).
+_PERSON = (
+    sa.select(sa.null().label("execution_id"), auth_tokens.c.user, auth_tokens.c.expires_at,
+              auth_tokens.c.api_key_id, api_keys.c.enabled)
+    .select_from(auth_tokens.outerjoin(api_keys, api_keys.c.id == auth_tokens.c.api_key_id))
+    .where(auth_tokens.c.token_hash == sa.bindparam("token_hash"))
 )
 
 
@@ -89,13 +99,14 @@ def revoke_ended(store: Store) -> int:
         return ended + conn.execute(auth_tokens.delete().where(auth_tokens.c.expires_at <= utcnow())).rowcount
 
 
-def issue(store: Store, user: str, ttl: float) -> dict[str, Any]:
+def issue(store: Store, user: str, ttl: float, api_key_id: str | None = None) -> dict[str, Any]:
     """A new token for `user`, valid `ttl` seconds: `{"id", "user", "token", "expiry"}` as StackStorm's
-    auth service answers `st2 login` (the token is in this answer only; its hash is stored)."""
+    auth service answers `st2 login` (the token is in this answer only; its hash is stored). `api_key_id`
+    names the key it was obtained with (`bot.apikeys.key_issuer`): the token works only while that does."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
     record = {"token_hash": hash_token(token), "id": secrets.token_hex(12), "user": user[:255], "created_at": now,
-              "expires_at": now + timedelta(seconds=ttl)}
+              "expires_at": now + timedelta(seconds=ttl), "api_key_id": api_key_id}
     with store._write() as conn:
         conn.execute(auth_tokens.insert().values(**record))
     return {"id": record["id"], "user": record["user"], "token": token, "expiry": iso(record["expires_at"]),
@@ -103,19 +114,24 @@ def issue(store: Store, user: str, ttl: float) -> dict[str, Any]:
 
 
 def authenticate(store: Store, token: str) -> dict[str, Any] | None:
-    """Who a presented token speaks for, `{"execution_id", "user", "expires_at"}` (`execution_id` None for
-    a person's token), or None when it is unknown, revoked, expired, or its execution is no longer running."""
+    """Who a presented token speaks for, `{"execution_id", "user", "expires_at"}`, or None when it is
+    unknown, revoked, expired, or its execution is no longer running. A person's token (`execution_id`
+    None) also has `api_key_id`, the key it was obtained with, and `api_key_enabled`: whether that stored
+    key still exists and is enabled (None when it names a configured key, or none; the caller knows the
+    configured ones)."""
     if not token:
         return None
     digest = hash_token(token)
     with store._read() as conn:
         row = conn.execute(_LOOKUP, {"token_hash": digest}).first()
         if row is None:
-            row = conn.execute(sa.select(sa.null().label("execution_id"), auth_tokens.c.user,
-                                         auth_tokens.c.expires_at).where(auth_tokens.c.token_hash == digest)).first()
+            row = conn.execute(_PERSON, {"token_hash": digest}).first()
     if row is None:
         return None
     expires = as_utc(row.expires_at)
     if expires is not None and expires <= utcnow():
         return None
-    return {"execution_id": row.execution_id, "user": row.user, "expires_at": expires}
+    who = {"execution_id": row.execution_id, "user": row.user, "expires_at": expires}
+    if row.execution_id is None:
+        who.update(api_key_id=row.api_key_id, api_key_enabled=None if row.enabled is None else bool(row.enabled))
+    return who

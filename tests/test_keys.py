@@ -92,6 +92,26 @@ def test_load_json_and_yaml_all_or_nothing(home: Path) -> None:
     assert typo.returncode == 2 and "'name' and 'value'" in typo.stderr
 
 
+def test_load_refuses_a_masked_export_and_restores_a_decrypted_one(home: Path) -> None:
+    """`key list --json` shows a secret as the mask; loaded back, it replaced the secret with eight
+    asterisks. The load is refused, nothing written, and the message says to export with --decrypt."""
+    assert squall(home, "key", "set", "db_password", "hunter22", "--encrypt").returncode == 0
+    assert squall(home, "key", "set", "region", "eu-west-1").returncode == 0
+    masked = squall(home, "key", "list", "--json")
+    write(home / "masked.json", masked.stdout)
+    refused = squall(home, "key", "load", str(home / "masked.json"))
+    assert refused.returncode == 2 and "--decrypt" in refused.stderr and "db_password" in refused.stderr
+    assert squall(home, "key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
+
+    clear = squall(home, "key", "list", "--decrypt", "--json")
+    write(home / "clear.json", clear.stdout)
+    assert squall(home, "key", "delete", "db_password").returncode == 0
+    loaded = squall(home, "key", "load", str(home / "clear.json"))
+    assert loaded.returncode == 0, loaded.stderr
+    assert squall(home, "key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
+    assert squall(home, "key", "get", "db_password").stdout.strip() == "********"
+
+
 def test_rotate_reencrypts_every_secret_and_retires_the_old_key(home: Path) -> None:
     for n in range(3):
         assert squall(home, "key", "set", f"s{n}", f"value-{n}", "--encrypt").returncode == 0

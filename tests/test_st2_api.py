@@ -7,17 +7,19 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from bot.apikeys import create_key
+from bot.apikeys import KEYS_ENV, create_key
 from bot.app import Squall
 from bot.http import create_api
 from engine.config import load_config
-from engine.storage import auth_tokens, utcnow
+from engine.parameters import MASK
+from engine.storage import Store, api_keys, auth_tokens, utcnow
 from engine.tokens import revoke_ended
 from tests.test_api import KEY, _home
 from tests.workflow_helpers import children, workflow_pack
@@ -84,6 +86,115 @@ async def test_executions_have_stackstorms_shape_and_pagination(squall: Squall, 
     assert [e["id"] for e in rest.json()] == [ids[0]]
     oldest = await client.get("/api/v1/executions", params={"limit": 1, "sort_asc": "true"})
     assert [e["id"] for e in oldest.json()] == [ids[0]]
+
+
+async def test_execution_list_takes_st2s_user_time_and_trigger_instance_filters(
+        squall: Squall, client: httpx.AsyncClient) -> None:
+    """`st2 execution list --user/--timestamp-gt/--timestamp-lt/--trigger_instance` send `user`,
+    `timestamp_gt`, `timestamp_lt` and `trigger_instance`; they were ignored, so every execution was listed
+    and counted in `X-Total-Count`."""
+    bob_key, _record = await squall.db(create_key, squall.store, "bob")
+    async with _client(squall, **{"St2-Api-Key": bob_key}) as bob:
+        by_bob = (await bob.post("/api/v1/executions", json={"action": "demo.greet",
+                                                             "parameters": {"who": "b"}})).json()
+    await squall.executions.wait(by_bob["id"], timeout=20)
+    hooked = await client.post("/api/v1/webhooks/ci/build/", json={"who": "hook"})
+    assert hooked.status_code == 202
+    await squall.triggers.settle()
+    (instance,) = await squall.db(squall.store.trigger_instance_list, "core.st2.webhook")
+    by_rule = [e for e in await squall.executions.list(limit=10) if e["context"].get("trigger_instance")]
+    assert [e["context"]["trigger_instance"]["id"] for e in by_rule] == [instance["id"]]
+    await squall.executions.wait(by_rule[0]["id"], timeout=20)
+
+    async def listed(**params: str) -> tuple[list[str], str]:
+        page = await client.get("/api/v1/executions", params={"parent": "null", **params})
+        assert page.status_code == 200, page.text
+        return [e["id"] for e in page.json()], page.headers["X-Total-Count"]
+
+    assert await listed(user="bob") == ([by_bob["id"]], "1")
+    assert await listed(user="nobody") == ([], "0")
+    assert await listed(trigger_instance=instance["id"]) == ([by_rule[0]["id"]], "1")
+    assert await listed(trigger_instance="000000000000000000000000") == ([], "0")
+    assert await listed(timestamp_gt="2999-01-01T00:00:00.000Z") == ([], "0")
+    assert await listed(timestamp_lt="2000-01-01T00:00:00Z") == ([], "0")
+    both = ([by_rule[0]["id"], by_bob["id"]], "2")
+    assert await listed(timestamp_gt="2000-01-01T00:00:00.000Z", timestamp_lt="2999-01-01T00:00:00Z") == both
+    assert await listed(timestamp_gt=by_bob["start_timestamp"]) == ([by_rule[0]["id"]], "1")  # strictly after
+    assert await listed(timestamp_lt=by_rule[0]["start_timestamp"].replace("Z", "+00:00")) == ([by_bob["id"]], "1")
+    assert await listed(timestamp_gt="2000-01-01T02:00:00+02:00", user="bob", limit="1") == ([by_bob["id"]], "1")
+    for name, value in (("timestamp_gt", "yesterday"), ("timestamp_lt", "2024-13-01T00:00:00Z"),
+                        ("timestamp_lt", "9999-12-31T23:59:59-23:00")):
+        bad = await client.get("/api/v1/executions", params={name: value})
+        assert bad.status_code == 400 and name in bad.json()["faultstring"] and value in bad.json()["faultstring"]
+
+
+def test_execution_list_filters_on_sqlite_and_postgresql(database_url: str) -> None:
+    """The filters of `st2 execution list` as SQL on both databases (PostgreSQL reads `context.user` by
+    the expression of migration 0019's index)."""
+    store = Store.open(database_url)
+    try:
+        start = datetime(2025, 1, 1, tzinfo=UTC)
+        rows = [("e1", "ann", None, start), ("e2", "bob", "ti-1", start + timedelta(hours=1)),
+                ("e3", "bob", "ti-2", start + timedelta(hours=2)), ("e4", "bob", None, start + timedelta(hours=3))]
+        for execution_id, user, instance, started in rows:
+            context = {"user": user, **({"trigger_instance": {"id": instance, "name": "t"}} if instance else {})}
+            store.insert_execution({
+                "id": execution_id, "action": "core.noop", "runner": "noop", "status": "succeeded",
+                "parameters": {}, "spec": {"values": {}, "templates": {}}, "sealed": None, "result": None,
+                "context": context, "log": [], "parent": "e1" if execution_id == "e4" else None,
+                "runner_info": None, "start_timestamp": started, "end_timestamp": None})
+
+        def ids(**filters: Any) -> tuple[list[str], int]:
+            found, total = store.page_executions(limit=2, offset=0, oldest_first=False, **filters)
+            return [r["id"] for r in found], total
+
+        assert ids(user="bob") == (["e4", "e3"], 3)
+        assert ids(user="bob", parent="null") == (["e3", "e2"], 2)
+        assert ids(trigger_instance="ti-2") == (["e3"], 1)
+        assert ids(since=start + timedelta(hours=1)) == (["e4", "e3"], 2)  # strictly after
+        assert ids(until=start + timedelta(hours=1)) == (["e1"], 1)  # strictly before
+        later = (start + timedelta(minutes=90)).astimezone(timezone(timedelta(hours=-5)))  # the same instant
+        assert ids(since=later, user="bob", status="succeeded", action="core.noop") == (["e4", "e3"], 2)
+    finally:
+        store.close()
+
+
+async def test_key_put_stores_encrypted_values_as_given_and_never_the_mask_over_a_secret(
+        squall: Squall, client: httpx.AsyncClient) -> None:
+    """StackStorm's backup and restore (`st2 key list -j` then `st2 key load`): `encrypted: true` means the
+    value is ciphertext already, checked and stored as given (it was encrypted again, or stored plain by
+    `st2 key set --encrypted`); Squall's export shows a secret as the mask, which loaded back replaced the
+    secret with eight asterisks. Only an export with `--decrypt` restores secrets, encrypted again here."""
+    sealed = squall.datastore.keys.encrypt("hunter2")
+    for body in ({"value": sealed, "encrypted": True}, {"value": sealed, "secret": True, "encrypted": True}):
+        put = await client.put("/api/v1/keys/dbpass", json=body)
+        assert put.status_code == 200 and put.json()["secret"] is True, put.text
+        assert await squall.db(squall.datastore.lookup, "system", "dbpass") == sealed  # as given, not sealed again
+        shown = await client.get("/api/v1/keys/dbpass", params={"decrypt": "true"})
+        assert shown.json()["value"] == "hunter2"
+    forged = await client.put("/api/v1/keys/k2", json={"value": "not-a-ciphertext", "encrypted": True})
+    assert forged.status_code == 400 and "not valid ciphertext" in forged.json()["faultstring"]
+    assert (await client.get("/api/v1/keys/k2")).status_code == 404
+
+    (exported,) = (await client.get("/api/v1/keys")).json()  # `st2 key list -j`
+    assert exported["value"] == MASK and exported["encrypted"] is True
+    for body in (exported, {"value": MASK, "secret": True}, {"value": MASK}):
+        refused = await client.put("/api/v1/keys/dbpass", json=body)
+        assert refused.status_code == 400 and "--decrypt" in refused.json()["faultstring"], refused.text
+    assert (await client.delete("/api/v1/keys/dbpass")).status_code == 204
+    refused = await client.put("/api/v1/keys/dbpass", json=exported)  # restoring into an empty datastore
+    assert refused.status_code == 400 and "--decrypt" in refused.json()["faultstring"]
+    assert (await client.get("/api/v1/keys/dbpass")).status_code == 404
+
+    await client.put("/api/v1/keys/dbpass", json={"value": "hunter2", "secret": True})
+    (clear,) = (await client.get("/api/v1/keys", params={"decrypt": "true"})).json()  # `st2 key list -d -j`
+    assert (await client.delete("/api/v1/keys/dbpass")).status_code == 204
+    restored = await client.put("/api/v1/keys/dbpass", json=clear)
+    assert restored.status_code == 200 and restored.json()["value"] == MASK
+    assert (await client.get("/api/v1/keys/dbpass", params={"decrypt": "true"})).json()["value"] == "hunter2"
+    assert await squall.db(squall.datastore.lookup, "system", "dbpass") != "hunter2"
+    plain = await client.put("/api/v1/keys/stars", json={"value": MASK})  # not a secret, over none: just text
+    assert plain.status_code == 200 and (await client.get("/api/v1/keys/stars")).json()["value"] == MASK
 
 
 async def test_workflow_children_are_listed_with_their_task(squall: Squall, client: httpx.AsyncClient) -> None:
@@ -208,6 +319,48 @@ async def test_login_with_an_api_key_gives_a_token_that_speaks_for_its_name(squa
     assert await squall.db(_count_tokens, squall) == 3  # stored hashed until recovery sweeps the expired
     assert await squall.db(revoke_ended, squall.store) == 3
     assert await squall.db(_count_tokens, squall) == 0
+
+
+async def test_a_login_token_ends_with_the_api_key_it_was_obtained_with(squall: Squall,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`squall apikey delete` promises that requests with the key are refused from now on: that includes
+    the tokens `st2 login` obtained with it, which outlived it until they expired. StackStorm's API has no
+    call that revokes a token, so deleting or disabling its key (or removing a configured key from the
+    config) is how one is revoked; tokens of other keys go on working."""
+    monkeypatch.setenv(KEYS_ENV, "bridge-key-1")  # a configured key, as api.keys: in this app only
+    keys = {name: await squall.db(create_key, squall.store, name) for name in ("bob", "dan", "ann")}
+    tokens = {}
+    async with _client(squall) as anon:
+        for name, (key, _record) in keys.items():
+            login = await anon.post("/auth/v1/tokens", headers={"Authorization": _basic(name, key)}, json={})
+            assert login.status_code == 201, login.text
+            tokens[name] = login.json()["token"]
+        for name, key in (("carol", KEY), ("bridge", "bridge-key-1")):
+            login = await anon.post("/auth/v1/tokens", headers={"Authorization": _basic(name, key)}, json={})
+            assert login.status_code == 201, login.text
+            tokens[name] = login.json()["token"]
+
+    await squall.db(squall.store.api_key_delete, keys["bob"][1]["id"])  # what `squall apikey delete` does
+    await squall.db(_disable_key, squall, keys["dan"][1]["id"])
+    monkeypatch.delenv(KEYS_ENV)  # the configured key is gone from the config: apps made now lack it
+    for name, works in (("bob", False), ("dan", False), ("bridge", False), ("ann", True), ("carol", True)):
+        async with _client(squall, **{"X-Auth-Token": tokens[name]}) as holder:
+            me = await holder.get("/api/v1/user")
+            ran = await holder.post("/api/v1/executions", json={"action": "demo.greet",
+                                                                "parameters": {"who": f"after-{name}"}})
+        if works:
+            assert me.status_code == 200 and me.json()["username"] == name, (name, me.text)
+            assert ran.status_code == 201, ran.text
+            await squall.executions.wait(ran.json()["id"], timeout=20)
+        else:
+            assert me.status_code == 401 and "deleted or disabled" in me.json()["faultstring"], (name, me.text)
+            assert ran.status_code == 401, (name, ran.text)
+    assert {e["parameters"]["who"] for e in await squall.executions.list(limit=10)} == {"after-ann", "after-carol"}
+
+
+def _disable_key(squall: Squall, key_id: str) -> None:
+    with squall.store._write() as conn:
+        conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(enabled=False))
 
 
 def _expire_all(squall: Squall) -> None:

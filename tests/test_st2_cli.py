@@ -313,3 +313,30 @@ def test_login_with_an_api_key_then_commands_use_the_token(server: Server) -> No
     assert 'Currently logged in as "alice"' in whoami and "authentication token" in whoami
     ran = server.json("run", "st2e.greet", "who=fay", key=False)
     assert ran["result"]["stdout"] == "Hello fay" and ran["context"]["user"] == "alice"
+
+
+def test_key_backup_restore_and_execution_list_filters(server: Server) -> None:
+    """StackStorm's datastore backup (`st2 key list -j`, `st2 key load`): the masked export is refused
+    instead of replacing the secret with the mask, the `--decrypt` export restores it encrypted, and
+    `--encrypted` takes only this server's ciphertext. `st2 execution list`'s filters are applied."""
+    server.run("key", "set", "vault", "hunter2", "--encrypt")
+    write(server.home / "masked.json", server.run("key", "list", "-j").stdout)
+    refused = server.run("key", "load", str(server.home / "masked.json"), check=False)
+    assert refused.returncode != 0 and "--decrypt" in refused.stdout + refused.stderr
+    assert server.json("key", "get", "vault", "--decrypt")["value"] == "hunter2"
+    write(server.home / "clear.json", server.run("key", "list", "--decrypt", "-j").stdout)
+    server.run("key", "delete", "vault")
+    server.run("key", "load", str(server.home / "clear.json"))
+    assert server.json("key", "get", "vault", "--decrypt")["value"] == "hunter2"
+    assert server.json("key", "get", "vault")["value"] == "********"
+    forged = server.run("key", "set", "k2", "not-a-ciphertext", "--encrypted", check=False)
+    assert forged.returncode != 0 and "not valid ciphertext" in forged.stdout + forged.stderr
+
+    ran = server.json("run", "st2e.greet", "who=gus")
+    mine = [e["id"] for e in server.json("execution", "list", "--user", "alice", "-n", "100")]
+    assert ran["id"] in mine
+    for flags in (("--user", "nobody"), ("--timestamp-gt", "2999-01-01T00:00:00.000Z"),
+                  ("--timestamp-lt", "2000-01-01T00:00:00.000Z"), ("--trigger_instance", "0" * 24)):
+        assert server.json("execution", "list", *flags) == [], flags
+    later = server.run("execution", "list", "--timestamp-gt", "tomorrow", check=False)
+    assert later.returncode != 0 and "timestamp_gt" in later.stdout + later.stderr

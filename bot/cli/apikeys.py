@@ -1,6 +1,7 @@
 """`squall apikey create | list | delete`: keys for the HTTP API, stored as SHA-256 hashes.
 
-`create` prints the key once; nothing can show it again. Keys from config `api.keys` and
+`create` prints the key once; nothing can show it again. `delete` also ends the login tokens (`st2 login`)
+obtained with the key: a token records its key and works only while that key does. Keys from config `api.keys` and
 `$SQUALL_API_KEYS` work too but are not listed here (they live outside the database).
 These commands touch the `api_keys` table only, so they open the database without starting Squall.
 """
@@ -58,7 +59,7 @@ def apikey_list(as_json: JsonOption = False) -> None:
 
 @apikey_app.command("delete")
 def apikey_delete(key_id: Annotated[str, typer.Argument(help="Key id (from `squall apikey list`).")]) -> None:
-    """Delete a key; requests with it are refused from now on."""
+    """Delete a key; requests with it, and with the login tokens obtained with it, are refused from now on."""
 
     def work(store: Store, config: Config) -> bool:
         return store.api_key_delete(key_id)

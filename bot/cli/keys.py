@@ -157,7 +157,8 @@ def key_delete(name: Annotated[str, typer.Argument(help="Key name.")], scope: Sc
     out.print(f"deleted {name}")
 
 
-_LOAD_FIELDS = {"name", "value", "secret", "encrypted", "scope", "user", "ttl", "description"}
+#: `expire_timestamp` is in what `key list --json` exports; it is read and left aside, as `st2 key load` does.
+_LOAD_FIELDS = {"name", "value", "secret", "encrypted", "scope", "user", "ttl", "description", "expire_timestamp"}
 
 
 def _load_items(path: Path, convert: bool) -> list[dict[str, Any]]:
@@ -188,11 +189,24 @@ def _load_items(path: Path, convert: bool) -> list[dict[str, Any]]:
                 raise fail(f"{where} ('{item['name']}'): value is a {type(value).__name__}, not a string; "
                            "use --convert to store it as JSON")
             value = json.dumps(value)
+        if item.get("encrypted") or item.get("secret"):
+            _refuse_masked(where, item["name"], value)
         if item.get("encrypted"):
             raise fail(f"{where}: pre-encrypted values from another system cannot be imported; "
                        "give the plain value with secret: true")
         items.append({**item, "value": value})
     return items
+
+
+def _refuse_masked(where: str, name: str, value: str) -> None:
+    """Refuse a secret whose value is the mask (`key list --json` without `--decrypt` exports it): loaded,
+    it would replace the secret with eight asterisks. Checked while reading, so nothing is written."""
+    from engine.parameters import MASK
+
+    if value == MASK:
+        raise fail(f"{where} ('{name}'): the value {MASK!r} is the mask shown in place of a secret, not the "
+                   "secret; export with the values (squall key list --decrypt --json, or st2 key list "
+                   "--decrypt -j) and load that: items with secret: true are encrypted again")
 
 
 @key_app.command("load")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -74,15 +75,34 @@ def _doc(request: Request, record: dict[str, Any]) -> dict[str, Any]:
     return execution_doc(record, api_state(request).squall.registry)
 
 
+def _timestamp(name: str, value: str | None) -> datetime | None:
+    """A `timestamp_gt`/`timestamp_lt` query value (ISO 8601, `Z` or an offset; UTC when it names no zone),
+    or a 400 naming the parameter and the form st2client documents."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves it past year 9999 in UTC
+        raise HTTPException(400, f"{name} must be an ISO 8601 date and time such as 2000-01-01T12:00:00.000Z, "
+                                 f"not {value!r}") from None
+
+
 @router.get("/executions", tags=["executions"])
 async def list_executions(request: Request, response: Response, action: str | None = None,
-                          status: str | None = None, parent: str | None = None,
+                          status: str | None = None, parent: str | None = None, user: str | None = None,
+                          trigger_instance: str | None = None, timestamp_gt: str | None = None,
+                          timestamp_lt: str | None = None,
                           limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_INTEGER),
                           sort_asc: bool = False) -> list[dict[str, Any]]:
     """Newest first (`sort_asc=true` for oldest first); `parent=null` keeps top-level executions only,
-    as `st2 execution list` asks."""
+    as `st2 execution list` asks. Its other filters are StackStorm's too: `user` (who asked, the
+    execution's `context.user`), `trigger_instance` (the id of the trigger instance a rule ran it for),
+    `timestamp_gt`/`timestamp_lt` (started strictly after/before, ISO 8601)."""
     executions = api_state(request).squall.executions
-    filters = {"action": action, "status": status, "parent": parent}
+    filters = {"action": action, "status": status, "parent": parent, "user": user,
+               "trigger_instance": trigger_instance, "since": _timestamp("timestamp_gt", timestamp_gt),
+               "until": _timestamp("timestamp_lt", timestamp_lt)}
     records, total = await executions.page(limit=limit, offset=offset, oldest_first=sort_asc, **filters)
     response.headers["X-Total-Count"] = str(total)
     response.headers["X-Limit"] = str(limit)

@@ -3,7 +3,8 @@ secret call it too. Keys are stored and made by `bot.apikeys`, which the CLI sha
 
 An auth token (header `X-Auth-Token`, as st2client sends it) is accepted in place of a key: a running
 execution's (`ST2_ACTION_AUTH_TOKEN`) until the execution ends, a person's (`st2 login`) until it
-expires. `engine.tokens` mints and checks both."""
+expires or the API key it was obtained with is deleted or disabled. `engine.tokens` mints and checks
+both; `bot.apikeys.authenticate_token` adds the key's check."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
-from bot.apikeys import hash_key
+from bot.apikeys import authenticate_token, hash_key
 from bot.http.state import ApiState, api_state
-from engine.tokens import authenticate as authenticate_token
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,18 @@ def _presented_key(request: Request) -> str | None:
 
 
 async def _require_token(request: Request, token: str) -> None:
-    """401 unless `token` is a live execution's or an unexpired login's; it acts as an anonymous key
-    (no `render: true`).
+    """401 unless `token` is a live execution's, or an unexpired login's whose API key still works; it acts
+    as an anonymous key (no `render: true`).
 
     Who it speaks for goes to `request.state.auth_user` and `auth_execution`, and to the log at debug:
     StackStorm records a token's user on what it does; routes that audit may read it from there."""
-    squall = api_state(request).squall
-    who = await squall.db(authenticate_token, squall.store, token)
+    state = api_state(request)
+    squall = state.squall
+    who = await squall.db(authenticate_token, squall.store, token, state.settings.static_hashes)
     if who is None:
-        raise HTTPException(401, "Unauthorized - the auth token is not valid (unknown, expired, or its "
-                                 "execution has ended); log in again (st2 login) or send an API key.",
+        raise HTTPException(401, "Unauthorized - the auth token is not valid (unknown, expired, its "
+                                 "execution has ended, or the API key it was obtained with was deleted or "
+                                 "disabled); log in again (st2 login) or send an API key.",
                             headers={"WWW-Authenticate": "Bearer"})
     request.state.api_key_name = None
     request.state.auth_user = who["user"]

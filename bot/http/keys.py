@@ -1,4 +1,9 @@
-"""`/api/v1/keys`: the datastore's key-value pairs; secret values show masked unless `decrypt` is asked."""
+"""`/api/v1/keys`: the datastore's key-value pairs; secret values show masked unless `decrypt` is asked.
+
+A PUT with `encrypted: true` (`st2 key set --encrypted`, `st2 key load` of a ciphertext export) stores
+the value as given once it decrypts under this server's key, as StackStorm does; anything else is a 400.
+The mask a secret shows as is never written over a secret (a masked export loaded back): a 400 says to
+export with `--decrypt` instead. `engine.datastore.Datastore.set` makes both checks."""
 
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ class KeyRequest(BaseModel):
     value: Any
     secret: bool = False
     encrypt: bool = False
+    #: The value is ciphertext under this server's key already: stored as given (implies a secret).
+    encrypted: bool = False
     ttl: int | None = None
     scope: str = "system"
     user: str | None = None
@@ -78,9 +85,11 @@ async def put_key(name: str, body: KeyRequest, request: Request) -> dict[str, An
     squall = api_state(request).squall
     item = await _datastore(squall, squall.datastore.set, name, body.value, scope=body.scope,
                             user=_user(request, body.scope, body.user),
-                            encrypt=body.secret or body.encrypt, ttl=body.ttl, description=body.description)
+                            encrypt=body.secret or body.encrypt, encrypted=body.encrypted, ttl=body.ttl,
+                            description=body.description)
     await squall.db(squall.store.audit_add, "api.key.set", request_user(request), "api", item["name"],
-                    {"scope": item["scope"], "secret": bool(item["secret"]), "ttl": body.ttl})
+                    {"scope": item["scope"], "secret": bool(item["secret"]), "encrypted": body.encrypted,
+                     "ttl": body.ttl})
     return _shown(item, False)
 
 

@@ -3,7 +3,10 @@
 Until Squall has accounts of its own, a person proves who they are with an API key: as the password of
 HTTP basic auth (`st2 login NAME --password KEY`, NAME being the stored key's name) or in the
 `St2-Api-Key` header. The token then speaks for that name (a key from config names nobody, so the login
-name is taken) for `api.token_ttl` seconds, or less if the request's `ttl` asks."""
+name is taken) for `api.token_ttl` seconds, or less if the request's `ttl` asks, and only while that key
+works: the token records the key (`bot.apikeys.key_issuer`), so deleting or disabling it (or removing a
+configured key from the config) ends every token obtained with it. StackStorm's API has no call that
+revokes a token; this is how one is revoked."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel
 
+from bot.apikeys import hash_key, key_issuer
 from bot.http.key_auth import authenticated_key
 from bot.http.state import api_state
 from engine.tokens import issue
@@ -39,8 +43,9 @@ def _basic(request: Request) -> tuple[str, str] | None:
     return (user, password) if sep and user else None
 
 
-async def _who(request: Request) -> str:
-    """The name a new token speaks for; 401 unless the request carries a valid API key."""
+async def _who(request: Request) -> tuple[str, str]:
+    """The name a new token speaks for and the key it is obtained with (`key_issuer`: the token works
+    only while that key does); 401 unless the request carries a valid API key."""
     state = api_state(request)
     header_key = request.headers.get("st2-api-key")
     credentials = None if header_key else _basic(request)
@@ -60,7 +65,7 @@ async def _who(request: Request) -> str:
     if not user:
         raise HTTPException(401, "Unauthorized - this API key (from config) names nobody; log in with a user name "
                                  "and the key as the password.", headers=_REALM)
-    return user
+    return user, key_issuer(who, hash_key(key))
 
 
 @router.post("/tokens", status_code=201, tags=["auth"])
@@ -73,12 +78,12 @@ async def create_token(request: Request, body: TokenRequest | None = None) -> di
                                  "(api.token_ttl).")
     squall = state.squall
     try:
-        user = await _who(request)
+        user, issuer = await _who(request)
     except HTTPException as refused:
         credentials = None if request.headers.get("st2-api-key") else _basic(request)
         await squall.db(squall.store.audit_add, "api.login.failed", credentials[0] if credentials else None, "api",
                         None, {"reason": refused.detail})
         raise
-    token = await squall.db(issue, squall.store, user, ttl)
+    token = await squall.db(issue, squall.store, user, ttl, issuer)
     await squall.db(squall.store.audit_add, "api.login", user, "api", None, {"ttl": ttl})
     return token
