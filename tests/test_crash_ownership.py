@@ -68,9 +68,10 @@ from st2common.runners.base_action import Action
 
 class Pid(Action):
     def run(self, path):
+        # The pack's warm worker: each run is a child it forks, and exits when it answers.
         with open(path, "w") as handle:
-            handle.write(str(os.getpid()))
-        return os.getpid()
+            handle.write(str(os.getppid()))
+        return os.getppid()
 '''
 
 IDLE_SENSOR = '''

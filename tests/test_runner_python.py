@@ -126,6 +126,8 @@ def home(home: Path) -> Path:
                     return "printed"
                 if mode == "pid":
                     return os.getpid()
+                if mode == "pids":  # the run's process and the warm worker that forked it
+                    return [os.getpid(), os.getppid()]
                 if mode == "sleep":
                     print(os.getpid(), flush=True)
                     time.sleep(30 if value is None else float(value))
@@ -418,12 +420,15 @@ async def test_user_info(squall: Squall) -> None:
 
 
 async def test_worker_is_reused(squall: Squall) -> None:
-    first = await behave(squall, "pid")
-    second = await behave(squall, "pid")
+    """The warm worker serves both runs; each run has a process of its own, forked from it."""
+    first = await behave(squall, "pids")
+    second = await behave(squall, "pids")
     assert first["status"] == second["status"] == "succeeded"
-    assert isinstance(first["result"]["result"], int)
-    assert first["result"]["result"] == second["result"]["result"]
-    assert first["result"]["result"] != os.getpid()
+    (first_run, first_worker), (second_run, second_worker) = first["result"]["result"], second["result"]["result"]
+    assert isinstance(first_worker, int)
+    assert first_worker == second_worker
+    assert first_worker != os.getpid()
+    assert len({first_run, second_run, first_worker}) == 3
 
 
 async def test_timeout_kills_the_worker_and_the_next_run_succeeds(squall: Squall) -> None:

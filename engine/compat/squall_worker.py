@@ -1,14 +1,23 @@
-"""A warm worker for one pack's Python actions (StackStorm's python_action_wrapper, kept alive).
+"""A warm fork server for one pack's Python actions (StackStorm's python_action_wrapper, kept warm).
 
-StackStorm starts a fresh interpreter per Python action, paying 0.2-2 s each time (spec §12).
-Squall keeps one or more of these per pack: the parent sends one request at a time as a JSON
-line on a private pipe, the worker runs the action with fd 1 and 2 redirected to the files the
-parent named, and answers with a JSON line. Datastore calls from `action_service` travel the
-same pipes back to the parent. Standard library only: it runs under the pack's virtualenv.
+StackStorm starts a fresh interpreter per Python action, paying 0.2-2 s each time (spec §12), and
+packs rely on that freshness: module-level code runs once per execution (reading
+`ST2_ACTION_EXECUTION_ID` or building clients at import), and globals, `os.environ`, the working
+folder and monkeypatches die with the run. Squall keeps one or more of these per pack, each with
+the interpreter started, the compat modules and the other packages the pack's actions import
+already imported. The parent sends one request at a time as a JSON line on a private pipe; the
+worker forks, and the child imports the action's file, runs it with fd 1 and 2 redirected to the
+files the parent named, answers with a JSON line and exits. The worker then reports the child's
+exit (`{"op": "exit"}`) and waits for the next request in the state it started in: nothing a run
+does reaches the next one. Datastore calls from `action_service` travel the same pipes between the
+child and the parent. Standard library only: it runs under the pack's virtualenv.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import ctypes
 import dataclasses
 import datetime
 import enum
@@ -18,10 +27,12 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import traceback
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import squall_paths
 from st2common.runners.base_action import Action
@@ -29,6 +40,12 @@ from st2common.runners.utils import get_action_class_instance
 
 INVALID_STATUS_EXIT = 220
 AUDIT_LEVEL = 25  # StackStorm's AUDIT, between INFO and WARNING (st2common.log)
+
+
+#: The protocol's own JSON coders, bound before any action runs: an action that patches `json.dumps`
+#: (or mocks it in a test it runs) must not garble its run's answer to the parent.
+_encode = json.JSONEncoder(default=str).encode
+_decode = json.JSONDecoder().decode
 
 
 class Channel:
@@ -44,12 +61,12 @@ class Channel:
         self.writer = os.fdopen(write_fd, "wb")
 
     def send(self, message: dict[str, Any]) -> None:
-        self.writer.write(json.dumps(message, default=str).encode("utf-8") + b"\n")
+        self.writer.write(_encode(message).encode("utf-8") + b"\n")
         self.writer.flush()
 
     def receive(self) -> dict[str, Any] | None:
         line = self.reader.readline()
-        return json.loads(line) if line else None
+        return _decode(line.decode("utf-8")) if line else None
 
 
 class ConfigDict(dict):
@@ -127,9 +144,6 @@ class ActionService:
         return self._call("delete_value", name=self._name(name, local))
 
 
-_modules: dict[tuple[str, float], Any] = {}
-
-
 def load_module(path: str, prefix: str) -> Any:
     """Import a pack's Python file by path, its folder importable (as StackStorm's wrappers do)."""
     folder = os.path.dirname(path)
@@ -155,11 +169,9 @@ def load_action_class(path: str) -> type:
     changes): among the classes defined in the file itself, ordered by name, the first whose `run()` is
     implemented, whether or not it derives from `Action` (the jira pack's classes do not). A file whose
     only action class is imported from elsewhere, which StackStorm refuses, keeps working as before.
+    Imported afresh by every run (each runs in a new child), so its module-level code runs per execution.
     """
-    key = (path, os.stat(path).st_mtime)
-    module = _modules.get(key)
-    if module is None:
-        module = _modules[key] = load_module(path, "squall_action_")
+    module = load_module(path, "squall_action_")
     classes = sorted((obj for obj in vars(module).values() if inspect.isclass(obj)), key=lambda obj: obj.__name__)
     own = [obj for obj in classes if obj.__module__ == module.__name__ and _implements_run(obj)]
     if own:
@@ -217,17 +229,12 @@ def stored_result(value: Any) -> Any:
         return str(value)
 
 
-def _restore_environment(saved: dict[str, str]) -> None:
-    """Undo what the run changed in os.environ, touching only the variables that differ."""
-    for key in [k for k in os.environ if k not in saved]:
-        del os.environ[key]
-    for key, value in saved.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
-
-
 def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
-    saved_env = os.environ.copy()
+    """Run the requested action in this (forked, single-use) process and say how it ended.
+
+    The execution's variables are set before the action's file is imported, as StackStorm's wrapper
+    has them in its environment from the start; nothing is restored: the process ends with the run.
+    """
     os.environ.update(request.get("env") or {})
     level_name = str(request.get("log_level", "DEBUG")).upper()
     level = AUDIT_LEVEL if level_name == "AUDIT" else getattr(logging, level_name, logging.DEBUG)
@@ -248,7 +255,6 @@ def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        _restore_environment(saved_env)
     if isinstance(returned, tuple) and len(returned) == 2:
         status, result = returned
         if isinstance(status, bool):
@@ -262,12 +268,13 @@ def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _release_in_forked_child(fds: tuple[int, ...]) -> None:
-    """In a child the action forks without exec (os.fork, multiprocessing): point the worker's own
-    descriptors (the protocol pipes, the saved stdout and stderr pipe) at /dev/null.
+    """In a child the action forks without exec (os.fork, multiprocessing): point the protocol pipes
+    at /dev/null.
 
-    Non-inheritable descriptors survive a fork that never execs; a child outliving the worker would
-    hold the pipes open as above. The numbers stay taken, so the worker's file objects, copied into the
-    child, can never close a descriptor the child opens later.
+    Non-inheritable descriptors survive a fork that never execs; a child outliving the run would
+    hold the pipes open, and the parent, seeing no EOF, would wait out the action's whole timeout.
+    The numbers stay taken, so the run's file objects, copied into the child, can never close a
+    descriptor the child opens later.
     """
     null = os.open(os.devnull, os.O_RDWR)
     for fd in fds:
@@ -275,33 +282,140 @@ def _release_in_forked_child(fds: tuple[int, ...]) -> None:
     os.close(null)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _find_prctl() -> Any:
+    """libc's `prctl`, looked up once in the worker (a lookup per run would cost each run ~1 ms)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _find_prctl()
+
+
+def _die_with(parent: int) -> None:
+    """Make this run's process get SIGKILL when the worker ends (a fork does not inherit the worker's
+    parent-death signal), so a run never outlives the service; exit now if the worker already ended."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(137)
+
+
+def _run_child(channel: Channel, request: dict[str, Any], worker: int) -> NoReturn:
+    """The forked child: redirect fd 1 and 2 to this run's capture files, run, answer, exit.
+
+    Never returns into the worker's loop, whatever happens: a second copy of the loop would read the
+    parent's next request. Exits without running exit handlers (`os._exit`), as the run's output is
+    flushed and its answer sent; the worker reports the exit code."""
+    code = 70  # EX_SOFTWARE: the run could not even be set up
+    try:
+        _die_with(worker)
+        own = (channel.reader.fileno(), channel.writer.fileno())
+        os.register_at_fork(after_in_child=lambda: _release_in_forked_child(own))
+        for fd, path in ((1, request["stdout_path"]), (2, request["stderr_path"])):
+            capture = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(capture, fd)
+            os.close(capture)
+        reply = run_one(channel, request)
+        reply["stdout_size"] = os.fstat(1).st_size
+        reply["stderr_size"] = os.fstat(2).st_size
+        channel.send(reply)
+        code = 0
+    except BaseException:  # reported on the run's stderr; the exit code tells the parent
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+            sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+#: Most action files scanned for the packages a worker imports ahead of the runs.
+_SCAN_LIMIT = 500
+
+
+def _imported_names(tree: ast.Module) -> set[str]:
+    """The modules (dotted names) a module imports absolutely at its top level (try blocks included)."""
+    names: set[str] = set()
+    statements = list(tree.body)
+    while statements:
+        node = statements.pop()
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Try):
+            statements.extend([*node.body, *node.orelse, *node.finalbody,
+                               *(stmt for handler in node.handlers for stmt in handler.body)])
+    return names
+
+
+def _outside(spec: Any, folder: str) -> bool:
+    """Whether a module's files are outside `folder` (the pack): a package from the virtualenv,
+    Squall's site-packages or the standard library, not the pack's own code."""
+    places = [spec.origin] if spec.origin and spec.origin not in ("built-in", "frozen") else []
+    places.extend(spec.submodule_search_locations or [])
+    return all(not os.path.realpath(place).startswith(folder + os.sep) for place in places)
+
+
+def preimport(pack_path: str) -> list[str]:
+    """Import, once in the worker, the packages the pack's code (`actions/`, `lib/`) imports from outside
+    the pack (`requests`, `boto3`, `yaml`...), so a run's child finds them loaded instead of paying their
+    import.
+
+    Only packages outside the pack: the pack's own modules (`actions/lib`, files beside the actions)
+    are imported afresh by every run, as their module-level code may read the execution's variables.
+    A name that also names a module beside an action file is skipped (the action may mean its own).
+    A package that fails to import is left for the run, which reports the failure itself."""
+    folder = os.path.realpath(pack_path)
+    files = sorted(path for sub in ("actions", "lib") for path in (Path(folder) / sub).rglob("*.py"))[:_SCAN_LIMIT]
+    names: set[str] = set()
+    for path in files:
+        with contextlib.suppress(OSError, SyntaxError, ValueError):
+            names |= _imported_names(ast.parse(path.read_bytes(), str(path)))
+    beside = {path.parent for path in files}
+    loaded = []
+    for name in sorted(names - set(sys.modules)):
+        top = name.partition(".")[0]
+        if any((place / f"{top}.py").exists() or (place / top).is_dir() for place in beside):
+            continue
+        try:
+            spec = importlib.util.find_spec(top)
+            if spec is None or not _outside(spec, folder):
+                continue
+            importlib.import_module(name)
+            loaded.append(name)
+        except (Exception, SystemExit):  # the run imports it again and reports the error
+            continue
+    return loaded
+
+
+def serve(channel: Channel) -> None:
+    """The fork server's loop: one request, one child, its exit reported; until the parent closes."""
+    worker = os.getpid()
+    while (request := channel.receive()) is not None:
+        if request.get("op") != "run":  # a reply meant for a run that ended: never a request
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        child = os.fork()
+        if child == 0:
+            _run_child(channel, request, worker)
+        _, status = os.waitpid(child, 0)
+        channel.send({"op": "exit", "pid": child, "code": os.waitstatus_to_exitcode(status)})
+
+
 def main() -> None:
     channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
+    pack_path = os.environ.get(squall_paths.PACK_PATH_VARIABLE) or os.getcwd()
     squall_paths.install_from_environment()
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    preimport(pack_path)
     channel.send({"op": "ready", "pid": os.getpid()})
-    original_out, original_err = os.dup(1), os.dup(2)  # not inheritable (os.dup's default)
-    own = (channel.reader.fileno(), channel.writer.fileno(), original_out, original_err)
-    os.register_at_fork(after_in_child=lambda: _release_in_forked_child(own))
-    captures: dict[str, int] = {}
-    while (request := channel.receive()) is not None:
-        # The parent names one pair of capture files per worker; they are reused, emptied each time.
-        for path in (request["stdout_path"], request["stderr_path"]):
-            if path not in captures:
-                captures[path] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            else:
-                os.ftruncate(captures[path], 0)
-                os.lseek(captures[path], 0, os.SEEK_SET)
-        os.dup2(captures[request["stdout_path"]], 1)
-        os.dup2(captures[request["stderr_path"]], 2)
-        try:
-            reply = run_one(channel, request)
-        finally:
-            os.dup2(original_out, 1)
-            os.dup2(original_err, 2)
-        reply["stdout_size"] = os.fstat(captures[request["stdout_path"]]).st_size
-        reply["stderr_size"] = os.fstat(captures[request["stderr_path"]]).st_size
-        channel.send(reply)
+    serve(channel)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""`python-script`: StackStorm Python actions, run unmodified in warm per-pack worker processes.
+"""`python-script`: StackStorm Python actions, run unmodified, each in a fresh process.
 
-Each pack gets a small pool of long-lived `squall_worker.py` processes under the pack's
-virtualenv interpreter (or Squall's own when the pack has none), so an execution costs a pipe
-round trip instead of an interpreter start. A worker runs one action at a time; a crash or a
-timeout kills that worker only, and the pool starts another when it is next needed.
+Each pack gets a small pool of long-lived `squall_worker.py` fork servers under the pack's
+virtualenv interpreter (or Squall's own when the pack has none), with the interpreter started and
+shared packages imported. A run is a pipe round trip and a fork: the worker's child imports the
+action, runs it, answers and exits, so no module state, environment change or working folder of one
+run reaches the next (StackStorm's fresh interpreter per run, without its start-up cost). A worker
+serves one run at a time; a timeout or cancel kills that worker and its run, a crash of the run
+retires that worker, and the pool starts another when it is next needed.
 """
 
 from __future__ import annotations
@@ -38,7 +41,12 @@ CallHandler = Callable[[str, dict[str, Any], RunRequest], Awaitable[Any]]
 
 
 class WorkerDied(Exception):
-    """The worker process ended while running an action."""
+    """The process running an action ended without answering (the run's child, or the worker)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        #: The run's exit code, when the worker reported it (None when the worker itself ended).
+        self.code = code
 
 
 class Worker:
@@ -69,7 +77,10 @@ class Worker:
         if not line:
             await self.process.wait()
             raise WorkerDied(f"the worker exited with code {self.process.returncode}")
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError as exc:  # a run killed halfway through writing its answer
+            raise WorkerDied(f"the worker sent a garbled message ({exc}): {line[:200]!r}") from exc
 
     def kill(self) -> None:
         if self.alive:
@@ -300,7 +311,8 @@ class PythonRunner:
                 reply = {"exit_code": -9, "result": None}
             except WorkerDied as exc:
                 error = f"the action's process died: {exc}"
-                reply = {"exit_code": worker.process.returncode or 1, "result": None}
+                code = exc.code if exc.code is not None else worker.process.returncode
+                reply = {"exit_code": code or 1, "result": None}
             except asyncio.CancelledError:
                 await worker.close()
                 raise
@@ -327,12 +339,21 @@ class PythonRunner:
         return RunOutcome(status, result)
 
     async def _converse(self, worker: Worker, request: RunRequest) -> dict[str, Any]:
-        """Answer the action's datastore calls until it reports that it is done."""
+        """Answer the action's datastore calls until it reports that it is done and the worker reports
+        that the run's process exited (so the worker is ready for the next run).
+
+        An exit without a `done` is the run's crash (`os._exit`, a signal): `WorkerDied` with its code."""
+        done: dict[str, Any] | None = None
         while True:
             message = await worker.receive()
             if message.get("op") == "done":
-                return message
-            if message.get("op") == "call":
+                done = message
+            elif message.get("op") == "exit":
+                if done is not None:
+                    return done
+                code = int(message.get("code", 1))
+                raise WorkerDied(f"it exited with code {code} before it answered", code)
+            elif message.get("op") == "call":
                 try:
                     result = await self.on_call(message["method"], message.get("args") or {}, request)
                     worker.send({"op": "reply", "result": result})
@@ -373,12 +394,12 @@ TAIL_SECONDS = 0.05
 
 
 class _Tail:
-    """A Python action's live output: its worker writes stdout and stderr to capture files (so output
+    """A Python action's live output: its run writes stdout and stderr to capture files (so output
     of C code and subprocesses is kept too), which this reads as they grow, every `TAIL_SECONDS`.
 
-    The files still hold the worker's previous run until the worker empties them for this one, so
-    they are emptied here first (the worker has them open, and empties them again, harmlessly); a
-    file the worker has not made yet is read once it appears."""
+    The files still hold the worker's previous run until the run's process empties them as it opens
+    them, so they are emptied here first (harmlessly twice); a file not made yet is read once it
+    appears."""
 
     def __init__(self, paths: dict[str, Path], on_output: Callable[[str, bytes], None]) -> None:
         self.paths = paths
