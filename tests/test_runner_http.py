@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -25,6 +27,8 @@ class Server:
     url: str
     seen: list[dict[str, Any]] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
+    #: Set by `/endless` and `/hold` once the client has closed its connection.
+    gone: threading.Event = field(default_factory=threading.Event)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -59,6 +63,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(chunk)
                 self.wfile.flush()
 
+    def _hold(self) -> None:
+        """Keep the request unanswered, watching the connection: the client's close makes it readable at EOF."""
+        for _ in range(600):
+            if self.server.record.release.is_set():
+                return
+            readable, _, _ = select.select([self.connection], [], [], 0.1)
+            if readable and self.connection.recv(1, socket.MSG_PEEK) == b"":
+                self.server.record.gone.set()
+                return
+
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -92,6 +106,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif route == "/slow":
             self.server.record.release.wait(10)
             self._reply(200, b"late")
+        elif route == "/endless":  # a byte every 0.1 s for a minute, until the client goes
+            self._stream((b"z" for _ in range(600)), pause=0.1)
+            self.server.record.gone.set()  # the stream only stops early when a write failed
+        elif route == "/hold":  # no answer for a minute; notes when the client hangs up
+            self._hold()
         else:
             self._reply(404, b"no such page")
 
@@ -329,3 +348,20 @@ async def test_connection_refused_fails(squall: Squall) -> None:
     done = await run(squall, {"url": f"http://127.0.0.1:{port}/"})
     assert done["status"] == "failed"
     assert f"127.0.0.1:{port}" in done["result"]["error"]
+
+
+@pytest.mark.parametrize("route", ["/endless", "/hold"])
+async def test_cancel_aborts_the_request(squall: Squall, server: Server, route: str) -> None:
+    """A canceled run's request ends with it, whether the body is arriving or the answer is awaited: the
+    server sees the connection closed, instead of serving the request to its end or its timeout (60 s)."""
+    record = await squall.executions.request("core.http", {"url": f"{server.url}{route}", "timeout": 60})
+    for _ in range(400):
+        if any(seen["path"] == route for seen in server.seen):
+            break
+        await asyncio.sleep(0.05)
+    assert server.seen, "the request never reached the server"
+    await asyncio.sleep(0.3)  # well into the body or the wait for headers
+    await squall.executions.cancel(record["id"])
+    done = await squall.executions.wait(record["id"], timeout=30)
+    assert done["status"] == "canceled"
+    assert await asyncio.to_thread(server.gone.wait, 20), "the canceled request's connection stayed open"

@@ -6,11 +6,14 @@ import ast
 import asyncio
 import contextlib
 import json
+import socket
+import threading
 import time
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
 
@@ -73,7 +76,79 @@ def _read_body(response: requests.Response, deadline: float) -> tuple[bytes, boo
     return bytes(body), False
 
 
-def _send(request: RunRequest) -> RunOutcome:
+class _Abort:
+    """The sockets of one run's request, shut down when the run is canceled.
+
+    The request runs in a thread blocked in socket calls, which asyncio's cancellation cannot reach;
+    shutting its sockets down makes the blocked call return at once (the server sees the connection
+    end), so the thread ends instead of finishing a request nobody waits for. A socket connected
+    after the cancel is shut down as soon as it is connected."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.aborted = False
+
+    def track(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            if not self.aborted:
+                self._sockets.append(sock)
+                return
+        _shut(sock)
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted, sockets, self._sockets = True, self._sockets, []
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut the connection down at the socket level (`socket.socket.shutdown`, bypassing `SSLSocket`'s,
+    which would drop its TLS state under the thread reading it); the blocked read then sees the end.
+    A socket the request already closed refuses (EBADF), harmlessly."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _AbortableAdapter(HTTPAdapter):
+    """requests' adapter whose connections report their sockets to an `_Abort` once connected.
+
+    The session, and so its pools, belong to one run: the pool's connection factory is wrapped in place."""
+
+    def __init__(self, abort: _Abort) -> None:
+        self._abort = abort
+        super().__init__()
+
+    def get_connection_with_tls_context(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tracked(super().get_connection_with_tls_context(*args, **kwargs))
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:  # what requests before 2.32.2 calls
+        return self._tracked(super().get_connection(*args, **kwargs))
+
+    def _tracked(self, pool: Any) -> Any:
+        if not getattr(pool, "_squall_abortable", False):
+            new_conn, abort = pool._new_conn, self._abort
+
+            def tracked_conn() -> Any:
+                conn = new_conn()
+                connect = conn.connect
+
+                def tracked_connect() -> None:
+                    connect()
+                    abort.track(conn.sock)
+
+                conn.connect = tracked_connect
+                return conn
+
+            pool._new_conn = tracked_conn
+            pool._squall_abortable = True
+        return pool
+
+
+def _send(request: RunRequest, abort: _Abort | None = None) -> RunOutcome:
     runner = request.runner_parameters
     params = request.action_parameters
     url = runner["url"]
@@ -103,6 +178,10 @@ def _send(request: RunRequest) -> RunOutcome:
     truncated = False
     try:
         with requests.Session() as session:
+            if abort is not None:
+                adapter = _AbortableAdapter(abort)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
             response = session.request(
                 method, url, headers=headers, params=params.get("params") or None, data=body, files=files,
                 cookies=runner.get("cookies") or None, auth=auth, proxies=proxies or None,
@@ -131,7 +210,27 @@ def _send(request: RunRequest) -> RunOutcome:
     return RunOutcome("succeeded" if 200 <= response.status_code <= 206 else "failed", result)
 
 
+#: How long a canceled run waits for its request's thread to notice the shut-down sockets.
+_ABORT_WAIT = 5.0
+
+
 class HttpRunner:
     async def run(self, request: RunRequest) -> RunOutcome:
-        return await asyncio.to_thread(_send, request)
+        """Send the request in a thread; a cancel shuts its connection down and ends the thread with it,
+        instead of leaving the request to run to its end or its timeout."""
+        abort = _Abort()
+        sending = asyncio.ensure_future(asyncio.to_thread(_send, request, abort))
+        try:
+            return await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            abort.abort()
+            await asyncio.wait([sending], timeout=_ABORT_WAIT)  # a connect under way ends at its timeout
+            sending.add_done_callback(_ignore_result)
+            raise
+
+
+def _ignore_result(task: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a canceled run's request (an error from its shut socket), unwanted."""
+    if not task.cancelled():
+        task.exception()
 
