@@ -46,6 +46,9 @@ class Message:
     #: What lets the bot open a form for this person now (Slack's and Mattermost's `trigger_id` of a
     #: slash command or a button click; valid for seconds), None where the platform gave none.
     trigger: str | None = None
+    #: A button click: `text` is the button's value, an answer to the prompt it sits on, never a command
+    #: typed (a stale inquiry's `yes` must not confirm what the person was asked since, nor run an alias).
+    clicked: bool = False
 
 
 @dataclass

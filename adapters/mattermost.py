@@ -643,7 +643,8 @@ class MattermostAdapter:
                           thread=thread, mentioned=True,
                           direct=await self._channel_type(channel) == "D", raw={"action": body},
                           channel_name=body.get("channel_name") or None,
-                          trigger=body["trigger_id"] if isinstance(body.get("trigger_id"), str) else None)
+                          trigger=body["trigger_id"] if isinstance(body.get("trigger_id"), str) else None,
+                          clicked=True)
         task = asyncio.create_task(self._handle(message), name="mattermost-button")
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)

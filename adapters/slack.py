@@ -23,6 +23,7 @@ Config (`adapters.slack`): `mode` (`socket`|`http`), `bot_token`, `app_token`, `
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -82,6 +83,12 @@ _USE_RESPONSE_URL = {"not_in_channel", "channel_not_found", "is_archived"}
 _TRANSIENT = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout",
               "team_added_to_org"}
 IDENTITY_TTL = 3600.0
+#: `users.info` calls per minute for people mentioned (`<@U…>`) and not known yet. Every message is
+#: passed on, chatter too, so made-up mentions would otherwise spend the rate limit senders' names
+#: need (a sender not yet named is dropped); past it, and for a while after a failed lookup
+#: (`MENTION_RETRY`), a mention stays `@U…`.
+MENTION_LOOKUPS_PER_MINUTE = 20
+MENTION_RETRY = 600.0
 GROUPS_TTL = 300.0
 SEEN_SIZE = 5000
 #: Characters of a file's content posted inline when the upload itself is refused.
@@ -337,6 +344,8 @@ class SlackAdapter:
         self._seen = _Seen()
         self._users: dict[str, tuple[str, float]] = {}
         self._user_lookups: dict[str, asyncio.Future[str | None]] = {}
+        self._mention_lookups: collections.deque[float] = collections.deque()
+        self._unknown_mentions: OrderedDict[str, float] = OrderedDict()
         self._channels: dict[str, tuple[str, float]] = {}
         self._channel_ids: dict[str, str] = {}
         self._groups: tuple[dict[str, list[str]], float] = ({}, 0.0)
@@ -635,7 +644,8 @@ class SlackAdapter:
                 log.warning("Slack: could not update the answered prompt: %s", _error(exc))
         message = Message(adapter=self.name, channel=channel, user=user, text=str(action.get("value", "")),
                           thread=thread, mentioned=True, direct=channel.startswith("D"),
-                          groups=await self._groups_of(user_id), raw={"action": body}, trigger=body.get("trigger_id"))
+                          groups=await self._groups_of(user_id), raw={"action": body}, trigger=body.get("trigger_id"),
+                          clicked=True)
         await self._deliver(message, user_id)
 
     async def _on_shortcut(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
@@ -766,10 +776,31 @@ class SlackAdapter:
         return {user_id: name for user_id, name in zip(ids, names, strict=True) if name}
 
     async def _mention_name(self, user_id: str) -> str | None:
+        """A mentioned person's name if known or looked up within the budget, else None (`@U…` stays)."""
+        now = time.monotonic()
+        cached = self._users.get(user_id)
+        if cached and cached[1] > now:
+            return cached[0]
+        if self._unknown_mentions.get(user_id, 0.0) > now or (
+                user_id not in self._user_lookups and not self._mention_budget(now)):  # one in flight is shared
+            return cached[0] if cached else None
         try:
             return await self._user_name(user_id)
         except UnknownPerson:
+            self._unknown_mentions[user_id] = now + MENTION_RETRY
+            self._unknown_mentions.move_to_end(user_id)
+            while len(self._unknown_mentions) > SEEN_SIZE:
+                self._unknown_mentions.popitem(last=False)
             return None
+
+    def _mention_budget(self, now: float) -> bool:
+        """Whether one more mention may be looked up this minute (`MENTION_LOOKUPS_PER_MINUTE`)."""
+        while self._mention_lookups and self._mention_lookups[0] <= now - 60:
+            self._mention_lookups.popleft()
+        if len(self._mention_lookups) >= MENTION_LOOKUPS_PER_MINUTE:
+            return False
+        self._mention_lookups.append(now)
+        return True
 
     async def _look_up_user(self, user_id: str) -> str | None:
         try:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from adapters.base import AdapterConfigError, DeliveryError, Reply
-from adapters.slack import SlackSettings, create
+from adapters.slack import MENTION_LOOKUPS_PER_MINUTE, SlackSettings, create
 from adapters.slack_format import mentioned_users, message_arguments, plain_text
 from bot.app import Squall
 from bot.chat.replies import fit
@@ -487,6 +487,47 @@ async def test_a_button_on_a_top_level_inquiry_question_answers_it(home: Path, f
         answered = await squall.executions.wait(record["id"], timeout=10)
         assert answered["status"] == "succeeded" and answered["result"]["response"] == {"continue": True}
         assert not any("I don't know" in (m.get("text") or "") for m in fake.messages)
+
+
+async def test_a_stale_inquiry_button_confirms_nothing_and_runs_nothing(home: Path, fake: FakeSlack) -> None:
+    """An inquiry answered elsewhere keeps its buttons in Slack: a later click on its Yes is an answer to
+    nothing, not the person's `yes` to the command they were asked to confirm since."""
+    with (home / "config.yml").open("a") as config:
+        config.write("routes:\n  ops: {adapter: slack, channel: COPS0001}\n")
+    async with _slack_chat(home, fake) as (squall, _, _):
+        schema = {"type": "object", "properties": {"continue": {"type": "boolean", "required": True}}}
+        record = await squall.executions.request("core.ask", {"route": "ops", "schema": schema})
+        question = await _posted(fake, lambda m: bool(m.get("blocks")), "the question")
+        await squall.inquiries.respond(record["id"], {"continue": False}, "bob")
+        await squall.executions.wait(record["id"], timeout=10)
+        await fake.push("events_api", fake.event(fake.message_event("!wipe production", channel="COPS0001")))
+        await _posted(fake, lambda m: "who=production" in (m.get("text") or ""), "the confirmation prompt")
+        await fake.push("interactive", fake.click(question, "yes"))
+        stale = await _posted(fake, lambda m: (m.get("text") or "").startswith("That question is no longer waiting"),
+                              "the stale click refused")
+        assert "Nothing was run" in stale["text"]
+        assert await squall.executions.list(action="demo.greet") == []
+        await fake.push("events_api", fake.event(fake.message_event("!yes", channel="COPS0001")))  # typed: still ok
+        await _posted(fake, lambda m: m.get("text") == "wiped production", "the typed yes's command")
+
+
+async def test_made_up_mentions_in_chatter_cannot_spend_the_users_info_budget(slack, fake: FakeSlack) -> None:
+    """Every message is passed on, chatter too: mentions of people not known yet are looked up at most
+    `MENTION_LOOKUPS_PER_MINUTE` a minute, and a failed one is not retried for a while, so made-up
+    `<@U…>` cannot use up the rate limit a sender's name needs."""
+    _, _, adapter = slack
+    junk = " ".join(f"<@U{n:08d}>" for n in range(12))
+    for round_ in range(4):  # one message after another, as chatter arrives: each made-up id is asked once
+        assert await adapter._mention_names(f"lunch {round_}? {junk} <@U9{round_:07d}>") == {}
+    assert len(fake.called("users.info")) == 12 + 4
+    await fake.push("events_api", fake.event(fake.message_event("!greet <@UBOB0001>", user="UOLIVIA1")))
+    await _posted(fake, lambda m: m.get("text") == "hello @bob", "olivia's command, bob named within the budget")
+    await fake.push("events_api", fake.event(fake.message_event(f"lunch again? {junk}")))
+    await fake.push("events_api", fake.event(fake.message_event("!greet <@UALICE01>")))
+    await _posted(fake, lambda m: m.get("text") == "hello @alice", "alice's command")
+    asked = [c.params["user"] for c in fake.called("users.info")]
+    assert len(asked) <= MENTION_LOOKUPS_PER_MINUTE + 2  # the budget, and the two senders
+    assert asked.count("U00000000") == 1
 
 
 async def test_a_mention_typed_as_a_parameter_reaches_the_alias_as_the_name(slack, fake: FakeSlack) -> None:

@@ -238,6 +238,9 @@ class Dispatcher:
         if clicked is not None:  # a confirmation's button: it answers the prompt it sits on, or nothing
             await self._clicked(message, clicked[1] == "yes", clicked[2])
             return
+        if message.clicked:
+            await self._button(message, text)
+            return
         pending = self._confirmations.get(key)
         if pending is not None and text.lower() in _YES | _NO:  # typed: the newest prompt asked of them here
             await self._settle(message, pending, text.lower() in _YES)
@@ -338,6 +341,17 @@ class Dispatcher:
         else:
             await self.say(message, "That prompt is no longer pending (answered, expired or replaced). Nothing was "
                                     "run; send the command again.")
+
+    async def _button(self, message: Message, value: str) -> None:
+        """Any other click: an Approve/Deny or a form's button does what it says; anything else is the
+        answer to a question no longer waiting for one (an inquiry answered elsewhere or expired), and
+        runs nothing: neither the person's held confirmation nor an alias named like the value."""
+        word, _, rest = value.partition(" ")
+        if word.lower() in (APPROVE, DENY):
+            await self._decide(message, word.lower(), rest.strip())
+        elif not await self.forms.command(message, value):
+            await self.say(message, "That question is no longer waiting for an answer (answered, expired or "
+                                    "canceled). Nothing was run.")
 
     # -- confirmations that outlive a restart (`bot/chat/sessions.py`) --------------------------------
     async def _hold(self, pending: PendingConfirmation) -> None:
