@@ -88,6 +88,17 @@ async def test_executions_have_stackstorms_shape_and_pagination(squall: Squall, 
     assert [e["id"] for e in oldest.json()] == [ids[0]]
 
 
+async def test_a_nul_in_the_url_is_a_400_naming_it(client: httpx.AsyncClient) -> None:
+    """PostgreSQL refuses NUL in text, so a filter or id holding one was a 500 there; no id, name or filter
+    holds one, so any URL with one is refused before a route runs, on every database."""
+    for url, params in (("/api/v1/executions", {"user": "a\x00b"}), ("/api/v1/executions", {"action": "x\x00"}),
+                        ("/api/v1/executions/abc%00def", {}), ("/api/v1/keys/k%00", {})):
+        answer = await client.get(url, params=params)
+        assert answer.status_code == 400, (url, params, answer.text)
+        assert "NUL character (%00)" in answer.json()["faultstring"]
+    assert (await client.get("/api/v1/executions", params={"user": "a%00b"})).status_code == 200  # "%" is fine
+
+
 async def test_execution_list_takes_st2s_user_time_and_trigger_instance_filters(
         squall: Squall, client: httpx.AsyncClient) -> None:
     """`st2 execution list --user/--timestamp-gt/--timestamp-lt/--trigger_instance` send `user`,

@@ -1,5 +1,6 @@
 """The ASGI middleware that reads every request's body once, before any route (ours or an adapter's) sees
-it, so size limits and JSON rules hold everywhere, not only where a route remembered them."""
+it, so size limits and JSON rules hold everywhere, not only where a route remembered them. It also
+refuses a NUL character in the URL, which no id, name or filter holds and PostgreSQL refuses in text."""
 
 from __future__ import annotations
 
@@ -100,6 +101,10 @@ class BodyGuard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b"").lower():
+            await fault(400, "The URL holds a NUL character (%00); no id, name or filter value may contain one.")(
+                scope, receive, send)
             return
         try:
             body = await self._checked_body(scope, receive)
