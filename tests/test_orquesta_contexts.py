@@ -48,7 +48,7 @@ tasks:
   a:
     action: core.noop
     next:
-      - publish: x=from_a
+      - publish: [x: from_a]
         do: a2
   a2:
     action: core.noop
@@ -61,7 +61,7 @@ tasks:
   b:
     action: core.noop
     next:
-      - publish: x=from_b
+      - publish: [x: from_b]
 """
 
 
@@ -84,9 +84,9 @@ tasks:
   t:
     action: core.noop
     next:
-      - publish: a=one
+      - publish: [a: one]
         do: x
-      - publish: b=<% ctx(a) %>
+      - publish: [b: <% ctx(a) %>]
         do: y
   x:
     action: core.echo
@@ -198,7 +198,7 @@ tasks:
   c:
     action: core.noop
     next:
-      - publish: hidden=yes
+      - publish: [hidden: yes]
         do: c2
   c2:
     action: core.noop
@@ -236,7 +236,7 @@ tasks:
   one:
     action: core.noop
     next:
-      - publish: x=one
+      - publish: [x: one]
         do: two
   two:
     action: core.noop
@@ -263,7 +263,7 @@ tasks:
   a:
     action: core.noop
     next:
-      - publish: x=from_a
+      - publish: [x: from_a]
         do: a2
   a2:
     action: core.local
@@ -277,14 +277,14 @@ tasks:
     input:
       message: <% ctx(x) %>
     next:
-      - publish: a3_saw=<% result().stdout %>
+      - publish: [a3_saw: <% result().stdout %>]
   b:
     action: core.local
     input:
       cmd: "while [ ! -f {{ ctx('gate_b') }} ]; do sleep 0.02; done"
       timeout: 30
     next:
-      - publish: x=from_b
+      - publish: [x: from_b]
 output:
   - a3_saw: <% ctx(a3_saw) %>
 """

@@ -162,7 +162,7 @@ output:
 version: 1.0
 tasks:
   first:
-    action: core.echo message=hi
+    action: core.echo message="hi"
     next:
       - publish:
           - by_yaql: <% task().task_id %>
@@ -296,7 +296,7 @@ input: [seconds]
 tasks:
   later:
     delay: <% ctx(seconds) %>
-    action: core.echo message=later
+    action: core.echo message="later"
     next:
       - publish: said=<% result().stdout %>
 output:

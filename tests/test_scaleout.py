@@ -43,7 +43,7 @@ tasks:
       - when: <% succeeded() %>
         do: second
   second:
-    action: demo.hello who=second
+    action: demo.hello who="second"
 output:
   - said: <% task(second).result.stdout %>
 """
@@ -52,14 +52,14 @@ FLOW = """
 version: 1.0
 tasks:
   one:
-    action: demo.hello who=one
+    action: demo.hello who="one"
     next:
       - when: <% succeeded() %>
         publish:
           - said: <% result().stdout %>
         do: two
   two:
-    action: demo.hello who=two
+    action: demo.hello who="two"
 output:
   - said: <% ctx(said) %>
 """
@@ -69,7 +69,7 @@ ZONED_FLOW = """
 version: 1.0
 tasks:
   local:
-    action: demo.hello who=here
+    action: demo.hello who="here"
     next:
       - when: <% succeeded() %>
         do: remote
@@ -79,7 +79,7 @@ tasks:
       - when: <% succeeded() %>
         do: back
   back:
-    action: demo.hello who=back
+    action: demo.hello who="back"
 output:
   - said: <% task(remote).result.stdout %>
 """
@@ -604,7 +604,7 @@ version: 1.0
 tasks:
   later:
     delay: 30
-    action: demo.hello who=later
+    action: demo.hello who="later"
 """
 
 

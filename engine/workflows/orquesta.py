@@ -7,15 +7,18 @@ and sees their merge, in order; a transition publishes on a copy of its task's c
 a parallel branch nor a sibling transition of the same task sees it. A join merges the contexts of
 the transitions that arrived, in arrival order; the output is rendered from the merge of the
 terminal tasks' contexts. The contexts are rebuilt by replaying the children (see `service.py`),
-so nothing of them is stored. The conductor also keeps a record per task and route; it never runs
-anything itself.
+so nothing of them is stored. The conductor also keeps a record per task and route, and Orquesta's
+task state entries (one per task and route at a time); it never runs anything itself.
 
 Fail-fast: once a task fails without a transition that remediates it (one that matched and leads
-somewhere other than `continue`), or a transition says `fail`, nothing new starts and the workflow
-fails when the running branches end.
-A task with `join` starts once all (or N) inbound branches arrived; without it, every inbound
-transition starts the task again, each on a route of its own (Orquesta's split), so
-`task(name)` finds the run of the branch it is asked from.
+somewhere other than `continue`), or a transition says `fail`, nothing new starts (but what was
+staged with the `fail`) and the workflow fails when the running branches end; every task that ends
+from then on is terminal, as Orquesta marks it.
+A task with `join` is staged by each arriving transition and starts once all (or N) of its inbound
+tasks took a transition into it; a later arrival stages and starts it again (Orquesta's, and so
+StackStorm's, `join: N`). Without `join`, every inbound transition starts the task again, each on
+a route of its own (Orquesta's split), so `task(name)` finds the run of the branch it is asked from.
+The behaviour is checked against real orquesta in `tests/test_orquesta_differential.py`.
 
 What the workflow returns is shaped as StackStorm shapes it: `{"output": ...}` (null when empty),
 plus `errors` when it failed, each entry as Orquesta's `log_entry` makes it (`type`, `message`,
@@ -24,6 +27,8 @@ and only where known `task_id`, `route`, `task_transition_id`, `result`).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -36,7 +41,12 @@ from engine.workflows.model import FAILED, Outcome, TaskCall
 from engine.yamlfile import ContentError, ContentInvalid, LineMap
 
 ENGINE_COMMANDS = frozenset({"continue", "fail", "noop", "retry"})
-_INLINE_PAIR = re.compile(r"""([\w]+)=(<%.*?%>|\{\{.*?\}\}|"[^"]*"|'[^']*'|\S+)""")
+#: Orquesta's `REGEX_INLINE_PARAMS` (utils/parameters.py): the value forms an inline `k=v` may take, tried
+#: in this order. A value of none of these forms (a bare word such as `x=hello`) is not a parameter.
+_INLINE_VALUE_FORMS = (r"\[.*\]\s*", r"\"[^\"]*\"\s*", r"'[^']*'\s*", r"[-]?\d*\.\d+", r"[-]?\d+",
+                       r"(?i:true)", r"(?i:false)", r"null", r"<%.*?%>", r"{{.*?}}")
+_INLINE_PARAMS = re.compile(r"([\w]+)=(" + "|".join(_INLINE_VALUE_FORMS) + ")")
+_INLINE_QUOTED = (re.compile(r"\"[^\"]*\"\s*"), re.compile(r"'[^']*'\s*"))
 _WITH_NAMES = re.compile(r"^\s*([\w]+(?:\s*,\s*[\w]+)*)\s+in\s+(.+)$", re.DOTALL)
 _TOP_KEYS = {"version", "description", "input", "vars", "tasks", "output"}
 _TASK_KEYS = {"action", "input", "next", "join", "with", "retry", "delay"}
@@ -75,12 +85,26 @@ class WorkflowSpec:
     inbound: dict[str, set[str]]
 
 
-def _inline(text: str) -> dict[str, Any]:
-    pairs = {}
-    for key, value in _INLINE_PAIR.findall(text):
-        if value[:1] in "\"'" and value[-1:] == value[:1]:
-            value = value[1:-1]
-        pairs[key] = value
+def parse_inline_params(text: Any) -> list[tuple[str, Any]]:
+    """Orquesta's `parse_inline_params`, ported as it is, so `publish: k=v ...` and `action: ref k=v ...`
+    mean in Squall what they mean in StackStorm: a value in brackets, a number, `true`/`false` (any
+    case) or `null` is JSON-decoded (`n=1` is the number 1, `l=[1,2]` a list); a quoted value is the
+    text inside the quotes, left a string (`q="1"` is "1"), unless it is a JSON object in quotes; an
+    expression is kept for evaluation. Anything else, a bare word such as `x=hello`, is no parameter
+    at all (StackStorm drops it), so write `x="hello"` or the list form. Pairs keep their order."""
+    pairs: list[tuple[str, Any]] = []
+    if not isinstance(text, str) or not text:
+        return pairs
+    for key, raw in _INLINE_PARAMS.findall(text):
+        value: Any = raw.strip()
+        quoted = any(pattern.search(value) for pattern in _INLINE_QUOTED)
+        value = re.sub('"$', "", re.sub('^"', "", value))
+        value = re.sub("'$", "", re.sub("^'", "", value))
+        quotes_in_string = bool(value) and quoted and not (value[0] == "{" and value[-1] == "}")
+        if not quotes_in_string:
+            with contextlib.suppress(ValueError, RecursionError):  # not JSON: the text as it is
+                value = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+        pairs.append((key, value))
     return pairs
 
 
@@ -89,7 +113,7 @@ def _pairs(value: Any, what: str) -> list[tuple[str, Any]]:
     if value is None:
         return []
     if isinstance(value, str):
-        return list(_inline(value).items())
+        return parse_inline_params(value)
     if isinstance(value, dict):
         return list(value.items())
     if isinstance(value, list):
@@ -98,7 +122,7 @@ def _pairs(value: Any, what: str) -> list[tuple[str, Any]]:
             if isinstance(entry, dict) and len(entry) == 1:
                 pairs.extend(entry.items())
             elif isinstance(entry, str):
-                pairs.extend(_inline(entry).items()) if "=" in entry else pairs.append((entry, None))
+                pairs.extend(parse_inline_params(entry)) if "=" in entry else pairs.append((entry, None))
             else:
                 raise ValueError(f"each entry of '{what}' must be a one-key mapping, not {entry!r}")
         return pairs
@@ -154,10 +178,11 @@ def parse(data: Any, lines: LineMap, file: str) -> WorkflowSpec:  # noqa: C901 (
         if action is not None:
             if not isinstance(action, str) or not action.strip():
                 raise fail(f"task '{name}': 'action' must be an action ref", *where, "action")
-            ref, _, inline = action.strip().partition(" ")
-            action = ref
-            task_input.update(_inline(inline))
-        if body.get("input") is not None:
+            action = action.strip()
+            inline = dict(parse_inline_params(action))
+            if inline and " " in action:  # as Orquesta's TaskSpec: the inline parameters are the input
+                action, task_input = action[:action.index(" ")], inline
+        if body.get("input") is not None and not task_input:
             if not isinstance(body["input"], dict):
                 raise fail(f"task '{name}': 'input' must be a mapping", *where, "input")
             task_input.update(body["input"])
@@ -236,6 +261,24 @@ def parse(data: Any, lines: LineMap, file: str) -> WorkflowSpec:  # noqa: C901 (
 
 
 @dataclass
+class _Entry:
+    """Orquesta's task state entry: one per task and route at a time, made when a run of the task
+    starts while none is active there. A run started while one is active shares it (Orquesta keys task
+    state by task and route): the first of them to end completes it, and the others' ends change
+    nothing."""
+
+    #: Its place in Orquesta's task sequence (the order entries are made): terminal contexts merge in it.
+    seq: int
+    #: Orquesta's `ctxs.in`: indexes of the conductor's contexts whose merge the task's transitions see.
+    ctxs: list[int]
+    #: That merge, built once when the entry is made (its inbound transitions are all known then).
+    ctx: dict[str, Any]
+    #: Orquesta's `next`: the (target, transition index) pairs taken when it completed, what a join counts.
+    taken: set[tuple[str, int]] = field(default_factory=set)
+    done: bool = False
+
+
+@dataclass
 class _Run:
     """One occurrence of a task: its attempt, and for `with` items their progress."""
 
@@ -252,31 +295,35 @@ class _Run:
     failed: bool = False
     unevaluable: bool = False  # an item's input did not evaluate: retrying cannot help
     execution_ids: list[str] = field(default_factory=list)
-    #: Orquesta's `ctxs.in`: indexes of the conductor's contexts whose merge this run sees.
-    ctxs: list[int] = field(default_factory=lambda: [0])
-    #: That merge, built once when the run is scheduled (its inbound transitions are all known then).
+    #: The context its action's input is rendered on: the merge of the contexts it was staged with.
     ctx: dict[str, Any] = field(default_factory=dict)
-    #: Its place in Orquesta's task sequence (the order runs start): terminal contexts merge in it.
-    seq: int = 0
+    #: Its task state entry (its own, or the one of a run of the task still active on the route).
+    entry: _Entry = field(default_factory=lambda: _Entry(0, [0], {}))
+    #: Staged together with a `fail` command (Orquesta's `run_on_fail`): it runs though the workflow fails.
+    on_fail: bool = False
 
     @property
     def prefix(self) -> str:
         return f"{self.task.name}.{self.occurrence}.{self.attempt}"
 
 
-def _split_facts(spec: WorkflowSpec) -> tuple[Counter[str], set[str]]:
+def _split_facts(spec: WorkflowSpec) -> tuple[Counter[str], set[str], dict[str, dict[str, set[int]]]]:
     """How many transitions lead to each task, and which tasks are in a cycle: what decides
-    whether reaching a task starts a new route."""
+    whether reaching a task starts a new route. And for each join, its inbound tasks with the indexes
+    of their transitions into it: a join counts an inbound task as arrived once one of them was taken."""
     inbound: Counter[str] = Counter()
     edges: dict[str, list[str]] = {name: [] for name in spec.tasks}
+    sources: dict[str, dict[str, set[int]]] = {name: {} for name, task in spec.tasks.items() if task.join}
     for task in spec.tasks.values():
-        for transition in task.next:
+        for index, transition in enumerate(task.next):
             for target in dict.fromkeys(transition.do):
                 if target in spec.tasks:
                     inbound[target] += 1
                     edges[task.name].append(target)
+                if target in sources:
+                    sources[target].setdefault(task.name, set()).add(index)
     cyclic = {name for name in spec.tasks if name in graph.reachable(edges[name], edges)}
-    return inbound, cyclic
+    return inbound, cyclic, sources
 
 
 def _merge_into(left: dict[str, Any], right: Mapping[str, Any]) -> None:
@@ -333,9 +380,11 @@ class OrquestaConductor:
         #: Orquesta's `contexts`: [0] the initial one (input and vars too, once `start` rendered them),
         #: then what each taken transition published (only the published names).
         self.contexts: list[dict[str, Any]] = [initial]
-        #: Orquesta's terminal tasks as (sequence, ctxs): runs of a task without `next`, and each taken
-        #: transition to `continue`, `noop` or `fail` (its published context); the output merges them.
-        self._terminal: list[tuple[int, list[int]]] = []
+        #: Orquesta's terminal tasks, sequence -> ctxs: entries of a task without `next`, each taken
+        #: transition to `continue`, `noop` or `fail` (its published context), and once the workflow
+        #: fails every entry that completes or changes after (Orquesta marks a task terminal whenever
+        #: its update leaves the workflow completed). The output merges them in sequence order.
+        self._terminal: dict[int, list[int]] = {}
         self._sequence = 0
         #: The run completed last: the one that ends the workflow is terminal too (as Orquesta marks it).
         self._last: _Run | None = None
@@ -348,14 +397,18 @@ class OrquestaConductor:
         self.records: dict[tuple[str, int], dict[str, Any]] = {}
         #: Orquesta's routes: route n is the list of split transitions (`task__tN`) taken to reach it.
         self.routes: list[list[str]] = [[]]
-        self._inbound_transitions, self._cyclic = _split_facts(spec)
+        self._inbound_transitions, self._cyclic, self._join_sources = _split_facts(spec)
         self.occurrences: Counter[str] = Counter()
-        self.arrivals: dict[str, set[str]] = {}
-        #: Each join's inbound context indexes, gathered in arrival order until it starts.
-        self._join_ctxs: dict[str, list[int]] = {}
-        self.fired: set[str] = set()
-        #: The route of each join's first arrival: an unreachable join is named by task and route.
-        self._join_routes: dict[str, int] = {}
+        #: Orquesta's task state: the latest entry of each task on each route.
+        self._entries: dict[tuple[str, int], _Entry] = {}
+        #: Orquesta's staged joins not yet ready, by task and route: the context indexes of the
+        #: transitions that arrived, in arrival order. A join starts once enough inbound tasks took a
+        #: transition into it, and leaves the stage; an arrival after that stages it anew.
+        self._staged: dict[tuple[str, int], list[int]] = {}
+        #: A task was ready but not started because the workflow was failing or canceled (Orquesta
+        #: leaves it staged): a join still waiting on an inbound task that never ran is then not
+        #: reported unreachable, as Orquesta's criteria call it "in progress".
+        self._unstarted = False
         self.runs: dict[str, tuple[_Run, int | None]] = {}
         self.active: set[int] = set()
         self._runs_by_id: dict[int, _Run] = {}
@@ -369,9 +422,11 @@ class OrquestaConductor:
         """The initial context (parent context, input, vars): what the start tasks see."""
         return self.contexts[0]
 
-    def _scope(self, run: _Run | None = None, **kwargs: Any) -> Scope:
-        """What an expression sees: the run's own context (the initial one before any task runs)."""
-        ctx = run.ctx if run is not None else self.contexts[0]
+    def _scope(self, run: _Run | None = None, ctx: dict[str, Any] | None = None, **kwargs: Any) -> Scope:
+        """What an expression sees: `ctx`, else the run's own context (the initial one before any task
+        runs)."""
+        if ctx is None:
+            ctx = run.ctx if run is not None else self.contexts[0]
         return Scope(ctx, routed_tasks=self._record, st2kv=self.st2kv, **kwargs)
 
     def _context(self, ctxs: list[int]) -> dict[str, Any]:
@@ -384,6 +439,10 @@ class OrquestaConductor:
     def _next_sequence(self) -> int:
         self._sequence += 1
         return self._sequence
+
+    def _mark_terminal(self, seq: int, ctxs: list[int]) -> None:
+        """Orquesta's `term` flag: set once per entry, whatever marks it."""
+        self._terminal.setdefault(seq, list(ctxs))
 
     def _record(self, name: str, route: int) -> dict[str, Any] | None:
         """A task's record on a route; on a route after a split, a task before it is found on the
@@ -451,21 +510,25 @@ class OrquestaConductor:
         return calls
 
     def _schedule(self, name: str, route: int = 0, ctxs: list[int] | None = None,
-                  ctx: dict[str, Any] | None = None) -> list[TaskCall]:
+                  ctx: dict[str, Any] | None = None, on_fail: bool = False) -> list[TaskCall]:
         """Start a run of the task on these inbound contexts (`ctx`: their merge, when the caller
-        has it already)."""
-        if self.failing or self.canceled:
+        has it already). While the workflow fails only a task staged with a `fail` command starts."""
+        if (self.failing and not on_fail) or self.canceled:
+            self._unstarted = True
             return []
         task = self.spec.tasks[name]
         self.occurrences[name] += 1
         inbound = list(ctxs) if ctxs else [0]
-        run = _Run(task, self.occurrences[name], route, ctxs=inbound,
-                   ctx=dict(ctx) if ctx is not None else self._context(inbound), seq=self._next_sequence())
+        run_ctx = dict(ctx) if ctx is not None else self._context(inbound)
+        entry = self._entries.get((name, route))
+        if entry is None or entry.done:
+            entry = self._entries[(name, route)] = _Entry(self._next_sequence(), inbound, run_ctx)
+            self.records[(name, route)] = {
+                "task_name": name, "task_id": name, "route": route, "status": "running", "result": None,
+                "workflow_execution_id": self.ctx["st2"].get("workflow_execution_id"), "task_execution_id": None}
+        run = _Run(task, self.occurrences[name], route, ctx=run_ctx, entry=entry, on_fail=on_fail)
         self._runs_by_id[id(run)] = run
         self.active.add(id(run))
-        self.records[(name, route)] = {
-            "task_name": name, "task_id": name, "route": route, "status": "running", "result": None,
-            "workflow_execution_id": self.ctx["st2"].get("workflow_execution_id"), "task_execution_id": None}
         if task.action is None:
             self.completed_any = True
             return self._complete(run, "succeeded", None)
@@ -542,10 +605,18 @@ class OrquestaConductor:
             return 0.0
         return float(evaluate(task.delay, scope) or 0)
 
+    def _may_dispatch(self, run: _Run) -> bool:
+        """Whether more items may start, as Orquesta decides: not once the workflow fails or is
+        canceled; after an item failed, only while another item is still running (the task fails once
+        none is)."""
+        if self.canceled or run.unevaluable or (self.failing and not run.on_fail):
+            return False
+        return not (run.failed and run.running == 0)
+
     def _next_items(self, run: _Run) -> list[TaskCall]:
         calls = []
         assert run.items is not None
-        while run.next_item < len(run.items) and not run.failed and not self.canceled:
+        while run.next_item < len(run.items) and self._may_dispatch(run):
             if run.concurrency and run.running >= run.concurrency:
                 break
             index = run.next_item
@@ -557,7 +628,12 @@ class OrquestaConductor:
                 break
             run.running += 1
             calls.append(call)
-        if run.running == 0 and (run.failed or run.next_item >= len(run.items) or self.canceled):
+        if run.running == 0 and not (run.failed or run.next_item >= len(run.items) or self.canceled):
+            if self.failing and not run.on_fail:  # items never started: Orquesta leaves the task running
+                self.active.discard(id(run))
+                self._runs_by_id.pop(id(run), None)
+                self._last = run
+        elif run.running == 0:
             status = "failed" if run.failed else ("canceled" if self.canceled else "succeeded")
             if status == "failed" and not run.unevaluable and self._retrying(run, status, run.results):
                 run.attempt += 1  # the task runs again whole, every item, as Orquesta retries it
@@ -587,7 +663,10 @@ class OrquestaConductor:
             run.statuses[index] = status
             if status != "succeeded":
                 run.failed = True
-            return self._next_items(run)
+            calls = self._next_items(run)
+            if self.failing:  # Orquesta marks the task terminal on any update once the workflow failed
+                self._mark_terminal(run.entry.seq, run.entry.ctxs)
+            return calls
         if self._retrying(run, status, result):
             run.attempt += 1
             call = self._call(run, None)
@@ -600,8 +679,8 @@ class OrquestaConductor:
         `when` a failure is retried; with it, `when` decides whatever the outcome (a success can be
         retried: polling until a condition holds); `count` may be an expression."""
         retry = run.task.retry
-        if not retry or status == "canceled" or self.canceled:
-            return False
+        if not retry or status == "canceled" or self.canceled or self.failing:
+            return False  # Orquesta retries only while the workflow is active
         scope = self._scope(run, result=result, status=status, task_name=run.task.name, task_route=run.route)
         try:
             count = evaluate(retry.get("count", 0), scope)
@@ -619,21 +698,40 @@ class OrquestaConductor:
             return False
 
     def _complete(self, run: _Run, status: str, result: Any, *, transitions: bool = True) -> list[TaskCall]:
-        task = run.task
+        """The run ended: it completes its task state entry and the transitions taken are followed,
+        unless another run of the task on this route completed the entry first (Orquesta ignores
+        this end then). Once the workflow fails, the entry is terminal (Orquesta marks every task
+        terminal whose update leaves the workflow completed), so what it saw is in the output."""
+        task, entry = run.task, run.entry
         self.active.discard(id(run))
         self._runs_by_id.pop(id(run), None)
-        self.records[(task.name, run.route)].update({"status": status, "result": _task_result(run, result)})
         self._last = run
-        if not task.next:
-            self._terminal.append((run.seq, run.ctxs))
-        if status == "canceled" or self.canceled or not transitions:
-            return []
-        targets: list[tuple[str, int, tuple[list[int], dict[str, Any]]]] = []
+        calls: list[TaskCall] = []
+        if not entry.done:
+            entry.done = True
+            self.records[(task.name, run.route)].update({"status": status, "result": _task_result(run, result)})
+            if not task.next:
+                self._mark_terminal(entry.seq, entry.ctxs)
+            if transitions and status != "canceled" and not self.canceled:
+                calls = self._follow(run, status, result)
+        if self.failing and transitions:
+            self._mark_terminal(entry.seq, entry.ctxs)
+        return calls
+
+    def _follow(self, run: _Run, status: str, result: Any) -> list[TaskCall]:
+        """Evaluate the task's transitions, as Orquesta's `update_task_state` does: every taken one
+        stages its target with the transition's contexts first (a target reached by two transitions of
+        this task gathers both), then what is ready starts: a task without `join` at once, a join once
+        enough of its inbound tasks took a transition into it."""
+        task, entry = run.task, run.entry
+        order: list[tuple[str, int]] = []
+        staged: dict[tuple[str, int], tuple[list[int], dict[str, Any] | None]] = {}
         remediated = fail = False
         for index, transition in enumerate(task.next):
-            scope = self._scope(run, result=result, status=status, task_name=task.name, task_route=run.route)
+            scope = self._scope(run, ctx=entry.ctx, result=result, status=status, task_name=task.name,
+                                task_route=run.route)
             try:
-                out = self._transition(transition, scope, run.ctxs)
+                out = self._transition(transition, scope, entry.ctxs)
                 if out is None:
                     continue
             except ExpressionError as exc:
@@ -643,20 +741,59 @@ class OrquestaConductor:
             for target in transition.do or ["continue"]:
                 remediated = remediated or target != "continue"  # `continue` carries the failure on
                 if target in ("fail", "noop", "continue"):  # an engine command ends its branch here
-                    self._terminal.append((self._next_sequence(), out[0]))
+                    self._mark_terminal(self._next_sequence(), out[0])
                     fail = fail or target == "fail"
-                elif target == "retry":
-                    targets.append((task.name, index, out))
-                else:
-                    targets.append((target, index, out))
+                    continue
+                name = task.name if target == "retry" else target
+                entry.taken.add((name, index))
+                key = (name, self._route(name, task.name, index, run.route))
+                self._stage(key, out, staged)
+                if key not in order:
+                    order.append(key)
         if status != "succeeded" and not remediated:
             self.failing = True  # its "Execution failed" entry was logged with its outcome
         calls: list[TaskCall] = []
-        for target, index, out in targets:
-            calls += self._arrive(target, task.name, self._route(target, task.name, index, run.route), out)
+        for name, route in order:  # a task staged with a `fail` command runs though the workflow fails
+            if (name, route) in staged:
+                ctxs, ctx = staged[(name, route)]
+                calls += self._schedule(name, route, ctxs, ctx, on_fail=fail)
+            elif self._join_ready(name, run.route):
+                calls += self._schedule(name, route, self._staged.pop((name, route)), on_fail=fail)
         if fail:  # the other tasks of the transition still run; nothing after them does
             self._fail("Execution failed. See result for details.", "fail")
         return calls
+
+    def _stage(self, key: tuple[str, int], out: tuple[list[int], dict[str, Any]],
+               staged: dict[tuple[str, int], tuple[list[int], dict[str, Any] | None]]) -> None:
+        """A transition reached task and route `key` with its context indexes (and their merge). As
+        Orquesta stages it: a task already staged there gathers them too, without the initial context
+        (it would overwrite what the earlier arrivals published). A join stays staged until it is
+        ready; any other task is staged only until this completion's transitions are all evaluated."""
+        ctxs, ctx = out
+        if self.spec.tasks[key[0]].join is not None:
+            gathered = self._staged.get(key)
+            self._staged[key] = list(ctxs) if gathered is None else [*gathered, *_without_initial(ctxs)]
+        elif key in staged:
+            staged[key] = ([*staged[key][0], *_without_initial(ctxs)], None)
+        else:
+            staged[key] = (list(ctxs), ctx)
+
+    def _join_ready(self, name: str, route: int) -> bool:
+        """Orquesta's inbound criteria: a join is ready once as many of its inbound tasks as it needs
+        (`all` of them, or its count) took, in their latest run on this route, a transition into it.
+        An inbound task counts once however many of its transitions lead to the join."""
+        sources = self._join_sources[name]
+        arrived = 0
+        for source, indexes in sources.items():
+            entry = self._entries.get((source, route))
+            arrived += entry is not None and any((name, index) in entry.taken for index in indexes)
+        join = self.spec.tasks[name].join
+        return arrived >= (len(sources) if join == "all" else int(join))
+
+    def _join_waits(self, name: str, route: int) -> bool:
+        """Orquesta's "in progress" criteria for a join not ready when the workflow ended: an inbound
+        task never ran on the route while some ready task was left unstarted."""
+        return self._unstarted and any((source, route) not in self._entries for source in self._join_sources[name])
 
     def _transition(self, transition: Transition, scope: Scope,
                     ctxs: list[int]) -> tuple[list[int], dict[str, Any]] | None:
@@ -679,27 +816,6 @@ class OrquestaConductor:
         _merge_into(merged, published)
         return [*ctxs, len(self.contexts) - 1], merged
 
-    def _arrive(self, target: str, source: str, route: int, out: tuple[list[int], dict[str, Any]]) -> list[TaskCall]:
-        """A transition reached `target` with its context indexes (and their merge): a task without
-        `join` runs on them; a join gathers every arrival's (the later ones without the initial
-        context, as Orquesta extends a staged task's) and runs on them all once enough arrived."""
-        ctxs, ctx = out
-        join = self.spec.tasks[target].join
-        if join is None:
-            return self._schedule(target, route, ctxs, ctx)
-        if target in self.fired:
-            return []
-        gathered = self._join_ctxs.get(target)
-        self._join_ctxs[target] = list(ctxs) if gathered is None else [*gathered, *_without_initial(ctxs)]
-        arrived = self.arrivals.setdefault(target, set())
-        arrived.add(source)
-        self._join_routes.setdefault(target, route)
-        needed = len(self.spec.inbound[target]) if join == "all" else int(join)
-        if len(arrived) >= needed:
-            self.fired.add(target)
-            return self._schedule(target, route, self._join_ctxs[target])
-        return []
-
     # -- the end ------------------------------------------------------------------------------
     @property
     def finished(self) -> bool:
@@ -711,9 +827,10 @@ class OrquestaConductor:
         output = self._output()
         if self.canceled:
             return Outcome("canceled", {"output": output or None})
-        for target in [t for t in self.arrivals if t not in self.fired]:  # some arrived, the rest never will
-            self._fail(f'UnreachableJoinError: The join task|route "{target}|{self._join_routes[target]}" is '
-                       "partially satisfied but unreachable.", target, route=self._join_routes[target])
+        for target, route in list(self._staged):  # some arrived, not enough ever will
+            if not self._join_waits(target, route):
+                self._fail(f'UnreachableJoinError: The join task|route "{target}|{route}" is '
+                           "partially satisfied but unreachable.", target, route=route)
         status = "failed" if self.failing else "succeeded"
         result: dict[str, Any] = {"output": output or None}
         if status == "failed":
@@ -727,15 +844,14 @@ class OrquestaConductor:
         finished."""
         if not self.completed_any:
             return {}
-        entries = list(self._terminal)
-        last = self._last
-        if last is not None and not any(seq == last.seq for seq, _ in entries):
-            entries.append((last.seq, last.ctxs))
+        entries = dict(self._terminal)
+        if self._last is not None:
+            entries.setdefault(self._last.entry.seq, self._last.entry.ctxs)
         if not entries:
             return self._context([0])
-        entries.sort(key=lambda entry: entry[0])
-        ctxs = [*entries[0][1]]
-        for _, more in entries[1:]:
+        ordered = [entries[seq] for seq in sorted(entries)]
+        ctxs = [*ordered[0]]
+        for more in ordered[1:]:
             ctxs += _without_initial(more)
         return self._context(ctxs)
 
