@@ -27,6 +27,7 @@ import pytest
 from engine.workflows.model import TaskCall
 from engine.workflows.orquesta import OrquestaConductor, parse_inline_params
 from engine.workflows.service import load_spec
+from engine.yamlfile import ContentInvalid
 from tests.conftest import write
 
 
@@ -801,13 +802,22 @@ def test_inline_parameters_parse_as_orquesta_parses_them(text: str, pairs: list[
     assert parse_inline_params(text) == pairs
 
 
-def test_an_action_whose_inline_words_are_no_parameters_keeps_them_in_its_ref(tmp_path: Path) -> None:
-    """As orquesta's TaskSpec: with no inline parameter parsed, the whole text is the action ref, so
-    StackStorm (and Squall) report that action missing instead of running `core.echo` without input."""
-    spec = load_spec("orquesta", write(tmp_path / "w.yaml", """
+def test_an_action_whose_inline_words_are_no_parameters_is_refused_at_load(tmp_path: Path) -> None:
+    """As orquesta's TaskSpec, with no inline parameter parsed the whole text would be the action ref,
+    and StackStorm fails that task at run time for a missing action `core.echo message=hello`; Squall says
+    so when the pack loads, naming the fix. A quoted value is a parameter."""
+    with pytest.raises(ContentInvalid, match=r"task 'a': action 'core.echo message=hello': no inline parameter .* "
+                                        r"quote text values \(who=\"one\"\)"):
+        load_spec("orquesta", write(tmp_path / "w.yaml", """
 version: 1.0
 tasks:
   a:
     action: core.echo message=hello
 """), "w.yaml")
-    assert (spec.tasks["a"].action, spec.tasks["a"].input) == ("core.echo message=hello", {})
+    spec = load_spec("orquesta", write(tmp_path / "w.yaml", """
+version: 1.0
+tasks:
+  a:
+    action: core.echo message="hello"
+"""), "w.yaml")
+    assert (spec.tasks["a"].action, spec.tasks["a"].input) == ("core.echo", {"message": "hello"})

@@ -182,6 +182,10 @@ def parse(data: Any, lines: LineMap, file: str) -> WorkflowSpec:  # noqa: C901 (
             inline = dict(parse_inline_params(action))
             if inline and " " in action:  # as Orquesta's TaskSpec: the inline parameters are the input
                 action, task_input = action[:action.index(" ")], inline
+            elif " " in action:  # StackStorm would look for an action named all of it, and fail at run time
+                raise fail(f"task '{name}': action {action!r}: no inline parameter here is one Orquesta reads, "
+                           "so the whole text would be taken for the action's name; quote text values "
+                           "(who=\"one\") or give them as 'input'", *where, "action")
         if body.get("input") is not None and not task_input:
             if not isinstance(body["input"], dict):
                 raise fail(f"task '{name}': 'input' must be a mapping", *where, "input")
