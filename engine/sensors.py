@@ -9,6 +9,13 @@ A sensor leads a process group of its own. What it starts (`tail -F`, a watcher)
 output and stays in that group, so the container waits for the sensor process itself to exit,
 never for its pipes to close, and then kills what is left of the group: a helper can neither
 keep a crashed sensor from being restarted nor outlive it.
+
+Nothing a sensor dispatched before it exited is lost: once its process has exited (crashed,
+returned, or stopped, its `cleanup()` dispatching as it leaves), the container reads its message
+pipe to the end, however long handling the instances takes. Only a pipe that makes no progress,
+and the log pipe, are given up after `drain_timeout`. Stopping signals every sensor at once and
+kills what is left after one `stop_timeout`; one `sync` or `stop` runs at a time, and a `stop`
+supersedes a `sync` under way, so no sensor is started out of a later stop's reach.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -130,6 +138,9 @@ class _Running:
     stopping: bool = False
     #: The process's start time, so its group is never confused with a later one of the same pid.
     started: int | None = None
+    #: Since when the message reader has waited for a line (None while it handles one): after the
+    #: sensor exited, a pipe that stays silent this long is held by something else and given up.
+    waiting_since: float | None = None
 
     def send(self, message: dict[str, Any]) -> None:
         if self.writer is not None and not self.writer.is_closing():
@@ -154,20 +165,37 @@ class SensorContainer:
         self.running: dict[str, _Running] = {}
         #: The registered trigger type refs (the registry's, updated at each `sync`).
         self.trigger_types: Collection[str] = ()
+        #: One `sync` or `stop` at a time: a sync interleaved with a stop started sensors that the
+        #: stop then forgot, and that no later stop could reach.
+        self._lock = asyncio.Lock()
+        #: How many stops were asked for: a sync asked for before the last of them starts nothing.
+        self._stops = 0
 
     # -- what should run ---------------------------------------------------------------------
     async def sync(self, registry: Registry, sensors: list[SensorSpec],
                    triggers_of: Callable[[str], list[dict[str, Any]]]) -> None:
-        """Start new and changed sensors, stop removed ones, tell the others about trigger changes."""
+        """Start new and changed sensors, stop removed ones, tell the others about trigger changes.
+
+        A `stop()` asked for while this sync waits for its turn or stops removed sensors wins: the
+        sync starts nothing (the lead may be lost, and the stop would not see what it started). A
+        sync asked for after a stop began runs once that stop is over."""
+        asked = self._stops
+        async with self._lock:
+            if self._stops == asked:
+                await self._sync(registry, sensors, triggers_of, asked)
+
+    async def _sync(self, registry: Registry, sensors: list[SensorSpec],
+                    triggers_of: Callable[[str], list[dict[str, Any]]], asked: int) -> None:
         self.trigger_types = registry.trigger_types.keys()
         wanted = {}
         for spec in sensors:
             pack = registry.packs.get(spec.pack)
             if spec.enabled and pack is not None:
                 wanted[spec.ref] = (spec, pack.config)
-        for ref in [r for r in self.running if r not in wanted or wanted[r] != (self.running[r].spec,
-                                                                                 self.running[r].config)]:
-            await self._stop(self.running.pop(ref))
+        changed = [ref for ref, running in self.running.items() if wanted.get(ref) != (running.spec, running.config)]
+        await self._stop_all([self.running.pop(ref) for ref in changed])
+        if self._stops != asked:
+            return  # a stop() came while the removed sensors stopped: it stops the rest, nothing starts
         for ref, (spec, config) in wanted.items():
             triggers = {item["key"]: trigger_object(item) for ref_ in spec.trigger_types
                         for item in triggers_of(ref_) if item["parameters"]}
@@ -185,29 +213,52 @@ class SensorContainer:
             running.triggers = triggers
 
     async def stop(self) -> None:
-        for running in list(self.running.values()):
-            await self._stop(running)
-        self.running.clear()
+        """Stop every sensor (serve's end, the lead lost); a sync under way first gives up."""
+        self._stops += 1
+        async with self._lock:
+            await self._stop_all(list(self.running.values()))
+            self.running.clear()
 
-    async def _stop(self, running: _Running) -> None:
+    async def _stop_all(self, sensors: list[_Running]) -> None:
+        """SIGTERM all of `sensors` at once, wait for them together and kill those still there after
+        one `stop_timeout`: K sensors that ignore SIGTERM cost one timeout, not K (a reload's sync
+        blocks serve's poll loop meanwhile). Returns once every supervisor has ended, what each
+        sensor dispatched before it exited handled."""
+        for running in sensors:
+            self._ask_to_stop(running)
+        if sensors:
+            deadline = asyncio.get_running_loop().time() + self.stop_timeout
+            await asyncio.gather(*(self._stopped(running, deadline) for running in sensors))
+
+    def _ask_to_stop(self, running: _Running) -> None:
         running.stopping = True
         process = running.process
+        if process is not None:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()  # the sensor alone first: its cleanup() may stop its helpers itself
+        elif running.task is not None:
+            # No process: starting (`spawn_pack_process` kills what it forked when cancelled) or
+            # waiting to restart. A process, once there, is never cancelled away from its supervisor.
+            running.task.cancel()
+
+    async def _stopped(self, running: _Running, deadline: float) -> None:
+        """Wait for one sensor asked to stop: kill its group at `deadline`, then let its supervisor
+        finish (it reads the message pipe to its end, kills the group's rest, closes the pipes)."""
+        process = running.process
         if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()  # the sensor alone first: its cleanup() may stop its helpers itself
             try:
-                await asyncio.wait_for(process.wait(), self.stop_timeout)
+                await asyncio.wait_for(process.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
             except TimeoutError:
                 log.warning("sensor %s did not stop within %gs; killing it", running.spec.ref, self.stop_timeout)
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, 9)
+                    os.killpg(process.pid, signal.SIGKILL)  # not waited for yet: the pid is still its own
                 await process.wait()
-        if process is not None and process.returncode is not None:
-            await self._end_group(running, process)
-        if running.task is not None:
-            running.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running.task
+        task = running.task
+        if task is not None:
+            await asyncio.wait((task,))
+            if not task.cancelled() and task.exception() is not None:
+                log.error("the supervisor of sensor %s failed", running.spec.ref, exc_info=task.exception())
 
     async def _end_group(self, running: _Running, process: asyncio.subprocess.Process) -> None:
         """Kill what the exited sensor left in its process group (helpers it started, which would
@@ -265,6 +316,8 @@ class SensorContainer:
             raise
         finally:
             os.close(log_write)
+        # Set until this life is over, waited for or not: a stop then lets the supervisor finish
+        # instead of cancelling it. Once waited for (`returncode` set) the pid is never signalled.
         running.process = process
         running.started = start_time(process.pid)
         logs = loop.create_task(self._relay_logs(spec, output, log_transport), name=f"sensor-log-{spec.ref}")
@@ -275,30 +328,54 @@ class SensorContainer:
                           "triggers": list(running.triggers.values())})
             await self._lifecycle(SPAWN, spec, process.pid)
             code = await process.wait()
+            exited = loop.time()
             running.writer.close()
             await self._end_group(running, process)  # its helpers gone, both pipes reach their end
-            running.process = None  # waited for and untracked: its pid may name another process now
-            # What it sent before it died (dispatches, last log lines) is still handled; a helper that
-            # left the group and holds a pipe is not waited for longer than this.
-            await asyncio.wait((messages, logs), timeout=self.drain_timeout)
+            await self._drain(running, messages, logs, exited)
+            if not running.stopping:  # as StackStorm's container: no exit trigger for a sensor it stops
+                await self._lifecycle(EXIT, spec, process.pid, code)
         finally:
             running.writer.close()
             for task in (messages, logs):
                 task.cancel()
             _close_reader(reader)
             log_transport.close()
-        await self._lifecycle(EXIT, spec, process.pid, code)
+            running.process = None
         return code
+
+    async def _drain(self, running: _Running, messages: asyncio.Task[None], logs: asyncio.Task[None],
+                     exited: float) -> None:
+        """What the exited sensor wrote: every message to the end of the pipe, however long handling
+        them takes (each is an instance it dispatched, in `cleanup()` too), and its last log lines.
+
+        The message pipe cannot be held by a helper (the sensor's end of it is not inheritable), so
+        its end comes once the buffered lines are read; should a forked child that left the group
+        hold it, it is given up after `drain_timeout` without a line. The log pipe, which helpers
+        inherit, is read for at most `drain_timeout` after the exit."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()  # a reader that waited since long before the exit has not been idle since
+        while not messages.done():
+            idle = 0.0 if running.waiting_since is None else loop.time() - max(running.waiting_since, began)
+            if idle >= self.drain_timeout:
+                log.warning("sensor %s exited but its message pipe stayed open and silent for %gs (a process it "
+                            "forked holds it?); no longer reading it", running.spec.ref, self.drain_timeout)
+                break
+            await asyncio.wait((messages,), timeout=self.drain_timeout - idle)
+        await asyncio.wait((logs,), timeout=max(0.0, exited + self.drain_timeout - loop.time()))
 
     async def _read_messages(self, running: _Running, reader: asyncio.StreamReader) -> None:
         """The sensor's JSON lines (dispatches, datastore calls) until its end of the pipe closes."""
         spec = running.spec
+        loop = asyncio.get_running_loop()
         while True:
+            running.waiting_since = loop.time()
             try:
                 line = await reader.readline()
             except ValueError:  # longer than the stream's limit: that line is dropped, the sensor goes on
                 log.warning("sensor %s sent a message longer than the limit; it was dropped", spec.ref)
                 continue
+            finally:
+                running.waiting_since = None
             if not line:
                 return
             try:

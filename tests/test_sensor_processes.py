@@ -3,6 +3,7 @@ with a trigger's ref (spec §6.4): real sensor processes under a real `SensorCon
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from bot.app import Squall
+from engine.sensors import SensorContainer
 from tests.conftest import write
 from tests.test_rules import make_pack, started
 from tests.test_sensors import eventually, run_sensors
@@ -282,3 +284,300 @@ async def test_a_sensor_dispatches_with_its_triggers_ref(home: Path, caplog: pyt
     finally:
         await squall.close()
     assert any('unknown trigger "demo.nosuch"' in r.getMessage() for r in caplog.records), caplog.text
+
+
+# -- stopping: nothing dispatched is lost, nothing started is left, stubborn sensors stop together ----
+
+FLUSHER = '''
+import time
+
+from st2reactor.sensor.base import Sensor
+
+
+class Flusher(Sensor):
+    def setup(self):
+        pass
+
+    def run(self):
+        self.sensor_service.dispatch("demo.flusher", {{"phase": "run"}})
+        {after_run}
+
+    def cleanup(self):  # StackStorm's wrapper runs it on SIGTERM; what it dispatches is published
+        for i in range({count}):
+            self.sensor_service.dispatch("demo.flusher", {{"phase": "cleanup", "i": i}})
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+BURST = '''
+from st2reactor.sensor.base import Sensor
+
+
+class Burst(Sensor):
+    def setup(self):
+        pass
+
+    def run(self):
+        for i in range({count}):
+            self.sensor_service.dispatch("demo.burst", {{"i": i}})
+        raise RuntimeError("poll failed")
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+STUBBORN = '''
+import os
+import signal
+import time
+
+from st2reactor.sensor.base import Sensor
+
+
+def _note(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, (text + "\\n").encode())
+    os.close(fd)
+
+
+class {name}(Sensor):  # ignores SIGTERM, noting that it got it: only SIGKILL ends it
+    def setup(self):
+        signal.signal(signal.SIGTERM, lambda *_: _note({terms!r}, "{name}"))
+        _note({ready!r}, "{name} %d" % os.getpid())
+
+    def run(self):
+        while True:
+            time.sleep(0.05)
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+
+def add_sensor(pack: Path, class_name: str, code: str) -> None:
+    """A sensor `class_name` with one trigger type of its own, `demo.<class_name lowercased>`."""
+    name = class_name.lower()
+    write(pack / "sensors" / f"{name}.yaml", f"""
+        class_name: {class_name}
+        entry_point: {name}.py
+        trigger_types:
+          - name: {name}
+    """)
+    (pack / "sensors" / f"{name}.py").write_text(code)
+
+
+def sensor_processes() -> list[int]:
+    """This test process's live sensor processes (its children running the sensor wrapper)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue
+        if int(ppid) == os.getpid() and state not in ("Z", "X") and b"squall_sensor.py" in command:
+            found.append(int(entry))
+    return found
+
+
+def sensors_for(squall: Squall, **timings: float) -> None:
+    squall.sensors = SensorContainer(squall.triggers.dispatch, squall.datastore_call, squall.config.virtualenvs_path,
+                                     **{"backoff": 0.1, "stable_after": 30, "stop_timeout": 0.5, **timings})
+
+
+async def test_what_a_sensor_dispatches_in_cleanup_when_stopped_is_stored(home: Path) -> None:
+    """Stopping a sensor (serve's end, a reload that changes it, the lead lost) runs its cleanup();
+    every instance it dispatches there is stored: its supervisor reads the pipe to the end."""
+    count = 300
+    add_sensor(make_pack(home, {}), "Flusher", FLUSHER.format(count=count, after_run="time.sleep(300)"))
+    squall = await started(home)
+    try:
+        sensors_for(squall, stop_timeout=30)
+        await squall.sync_sensors()
+
+        async def ran() -> list[dict[str, Any]]:
+            return await squall.triggers.list(trigger="demo.flusher")
+
+        assert await eventually(ran), "the sensor never dispatched"
+        await squall.sensors.stop()
+        stored = [i for i in await squall.triggers.list(trigger="demo.flusher", limit=10 * count)
+                  if i["payload"]["phase"] == "cleanup"]
+        assert sorted(i["payload"]["i"] for i in stored) == list(range(count))
+    finally:
+        await squall.close()
+
+
+async def test_what_a_sensor_dispatched_before_it_crashed_is_stored_however_long_that_takes(home: Path) -> None:
+    """A sensor that dispatches a burst and dies: each instance is handled after the exit, even
+    when that takes much longer than `drain_timeout` (which is for a pipe that makes no progress)."""
+    count = 5000
+    add_sensor(make_pack(home, {}), "Burst", BURST.format(count=count))
+    squall = await started(home)
+    try:
+        sensors_for(squall, backoff=600, drain_timeout=0.5)  # no restart within the test
+
+        async def exited() -> list[dict[str, Any]]:
+            return await squall.triggers.list(trigger="core.st2.sensor.process_exit")
+
+        await squall.sync_sensors()
+        assert await eventually(exited, 120), "the sensor's exit was never recorded"
+        stored = await squall.triggers.list(trigger="demo.burst", limit=10 * count)
+        assert sorted(i["payload"]["i"] for i in stored) == list(range(count))
+    finally:
+        await squall.close()
+
+
+async def test_a_sensor_stopped_while_starting_leaves_no_process(home: Path) -> None:
+    """A stop may come at any point of a sensor's start, the fork included (the process exists but
+    the supervisor does not know it yet): once `stop()` returns, no sensor process is left."""
+    add_sensor(make_pack(home, {}), "Flusher", FLUSHER.format(count=0, after_run="time.sleep(300)"))
+    squall = await started(home)
+    try:
+        sensors_for(squall)
+        left = {}
+        for steps in range(30):
+            await squall.sync_sensors()
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            await squall.sensors.stop()
+            if found := sensor_processes():
+                left[steps] = found
+                for pid in found:
+                    os.killpg(pid, signal.SIGKILL)
+        assert left == {}, f"sensor processes left after stop() (by loop steps between sync and stop): {left}"
+    finally:
+        await squall.close()
+
+
+def stubborn_pack(home: Path, names: list[str]) -> tuple[Path, Path, Path]:
+    """Sensors that ignore SIGTERM; each notes its pid when ready and its name when it gets SIGTERM."""
+    pack = make_pack(home, {})
+    ready, terms = home / "ready.txt", home / "terms.txt"
+    for name in names:
+        add_sensor(pack, name, STUBBORN.format(name=name, ready=str(ready), terms=str(terms)))
+    return pack, ready, terms
+
+
+def noted(path: Path) -> list[str]:
+    return path.read_text().split("\n") if path.exists() else []
+
+
+async def all_ready(ready: Path, names: list[str]) -> None:
+    async def check() -> bool:
+        return {line.split()[0] for line in noted(ready) if line} >= set(names)
+
+    assert await eventually(check), f"not all of {names} started: {noted(ready)}"
+
+
+async def test_a_stop_during_a_sync_leaves_no_sensor_running(home: Path) -> None:
+    """The lead is lost (stop) while a reload's sync is stopping a removed, stubborn sensor: the sync
+    starts nothing after that, so when both are over no sensor runs."""
+    pack, ready, _ = stubborn_pack(home, ["Stubborn"])
+    squall = await started(home)
+    try:
+        sensors_for(squall, stop_timeout=1.0)
+        await squall.sync_sensors()
+        await all_ready(ready, ["Stubborn"])
+        (pack / "sensors" / "stubborn.yaml").unlink()
+        add_sensor(pack, "Flusher", FLUSHER.format(count=0, after_run="time.sleep(300)"))
+        squall.reload()
+        syncing = asyncio.create_task(squall.sync_sensors())
+        await asyncio.sleep(0.2)  # the sync waits for Stubborn, which ignores SIGTERM
+        await squall.sensors.stop()
+        await syncing
+        left = sensor_processes()
+        assert squall.sensors.running == {} and left == [], f"after the stop: {squall.sensors.running}, pids {left}"
+    finally:
+        await squall.close()
+        kill_left(sensor_processes())
+
+
+async def test_a_sync_during_a_stop_starts_nothing_a_later_stop_misses(home: Path) -> None:
+    """A reload's sync comes while a stop waits for a stubborn sensor: it runs after the stop, and
+    what it starts is stopped by the next stop (before, it was dropped by the first and ran on)."""
+    pack, ready, _ = stubborn_pack(home, ["Stubborn"])
+    squall = await started(home)
+    try:
+        sensors_for(squall, stop_timeout=1.0)
+        await squall.sync_sensors()
+        await all_ready(ready, ["Stubborn"])
+        add_sensor(pack, "Flusher", FLUSHER.format(count=0, after_run="time.sleep(300)"))
+        squall.reload()
+        stopping = asyncio.create_task(squall.sensors.stop())
+        await asyncio.sleep(0.2)
+        await squall.sync_sensors()
+        await stopping
+        await squall.sensors.stop()
+        left = sensor_processes()
+        assert left == [], f"sensor processes outlived every stop: {left}"
+    finally:
+        await squall.close()
+        kill_left(sensor_processes())
+
+
+class _KillWatch(logging.Handler):
+    """At each 'did not stop ... killing it', which sensors had got SIGTERM (their notes) so far."""
+
+    def __init__(self, terms: Path) -> None:
+        super().__init__(logging.WARNING)
+        self.terms, self.seen = terms, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "did not stop" in record.getMessage():
+            self.seen.append(set(noted(self.terms)) - {""})
+
+
+async def test_sensors_ignoring_sigterm_all_get_it_before_any_is_killed(home: Path) -> None:
+    """Stubborn sensors are stopped together, in a reload that removes several as in `stop()`: each
+    gets SIGTERM before the first is killed, so K of them cost one stop timeout, not K."""
+    names = ["StubbornA", "StubbornB", "StubbornC", "StubbornD"]
+    pack, ready, terms = stubborn_pack(home, names)
+    watch = _KillWatch(terms)
+    logger = logging.getLogger("engine.sensors")
+    logger.addHandler(watch)
+    squall = await started(home)
+    try:
+        sensors_for(squall, stop_timeout=2.0)
+        await squall.sync_sensors()
+        await all_ready(ready, names)
+        for name in names[:2]:
+            (pack / "sensors" / f"{name.lower()}.yaml").unlink()
+        squall.reload()
+        await squall.sync_sensors()
+        assert len(watch.seen) == 2 and all(seen == {"StubbornA", "StubbornB"} for seen in watch.seen), watch.seen
+        assert set(squall.sensors.running) == {"demo.StubbornC", "demo.StubbornD"}
+        await squall.sensors.stop()
+        assert len(watch.seen) == 4 and all(seen == set(names) for seen in watch.seen[2:]), watch.seen
+    finally:
+        logger.removeHandler(watch)
+        await squall.close()
+        kill_left([int(line.split()[1]) for line in noted(ready) if line])

@@ -178,8 +178,27 @@ async def spawn_pack_process(script: Path, pack_path: Path, venv: Path, *, cwd: 
         os.close(request_read)
         os.close(reply_write)
     reader = asyncio.StreamReader(limit=_STREAM_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(reply_read, "rb"))
-    writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(request_write, "wb"))
+    request_file = os.fdopen(request_write, "wb")
+    read_transport: asyncio.BaseTransport | None = None
+    try:
+        read_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                         os.fdopen(reply_read, "rb"))
+        writer, _ = await loop.connect_write_pipe(asyncio.Protocol, request_file)
+    except BaseException:
+        # Cancelled (a sensor stopped while starting) or failed after the fork: nobody else knows
+        # of this process, so it is killed, with its group, and reaped here, and its pipes closed.
+        # A `connect_*_pipe` that did not finish closes its transport, and with it the pipe, itself.
+        if read_transport is not None:
+            read_transport.close()
+        else:
+            request_file.close()  # not handed to a transport yet
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # not reaped yet: the group is still this process's
+        try:
+            await process.wait()
+        finally:
+            LEDGER.untrack(process.pid)
+        raise
     return process, reader, writer  # type: ignore[return-value]
 
 
