@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,77 @@ class Sleeps(Action):
         time.sleep(60)
 """
 
+SECRETIVE = """
+from st2common.runners.base_action import Action
+
+
+class Secretive(Action):
+    def run(self, padding, password):
+        return len(password)
+"""
+
+SCANS_MEMORY = r"""
+import re
+
+from st2common.runners.base_action import Action
+
+
+# Every readable mapping of this process searched for `prefix` and 24 hex digits (the shape of the
+# test's secrets); with `plant`, one made here first, to show the search finds what is in memory.
+class ScansMemory(Action):
+    def run(self, prefix, plant=False):
+        planted = prefix + "".join(["ab"] * 12) if plant else None
+        pattern = re.compile(re.escape(prefix.encode()) + rb"[0-9a-f]{24}")
+        found = set()
+        with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+            for line in maps:
+                fields = line.split()
+                if "r" not in fields[1] or line.rstrip().endswith(("[vvar]", "[vvar_vclock]", "[vsyscall]")):
+                    continue
+                start, end = (int(part, 16) for part in fields[0].split("-"))
+                if end - start > 1 << 28:
+                    continue
+                try:
+                    mem.seek(start)
+                    data = mem.read(end - start)
+                except (OSError, ValueError, OverflowError):
+                    continue
+                found.update(match.group().decode() for match in pattern.finditer(data))
+        return {"found": sorted(found), "planted": planted}
+"""
+
+LEAVES_A_WRITER = """
+import subprocess
+
+from st2common.runners.base_action import Action
+
+# Writes to the stdout it inherited (this run's) once the next run has started, then says it did.
+WRITER = 'while [ ! -e "$1/go" ]; do sleep 0.01; done; echo LEFT-BEHIND; touch "$1/written"'
+
+
+class LeavesAWriter(Action):
+    def run(self, folder):
+        subprocess.Popen(["sh", "-c", WRITER, "sh", folder])
+        return "left a writer behind"
+"""
+
+PRINTS_WHILE_IT_WRITES = """
+import os
+import time
+
+from st2common.runners.base_action import Action
+
+
+class PrintsWhileItWrites(Action):
+    def run(self, folder):
+        print("own output", flush=True)
+        open(os.path.join(folder, "go"), "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(folder, "written")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return os.path.exists(os.path.join(folder, "written"))
+"""
+
 
 @pytest.fixture
 def home(home: Path) -> Path:
@@ -124,6 +196,15 @@ def home(home: Path) -> Path:
         entry_point: reads_relative.py
     """)
     write(pack / "actions" / "sleeps.py", SLEEPS)
+    for name, code, parameters in (
+        ("secretive", SECRETIVE, "{padding: {type: string}, password: {type: string, secret: true}}"),
+        ("scans_memory", SCANS_MEMORY, "{prefix: {type: string}, plant: {type: boolean}}"),
+        ("leaves_a_writer", LEAVES_A_WRITER, "{folder: {type: string}}"),
+        ("prints_while_it_writes", PRINTS_WHILE_IT_WRITES, "{folder: {type: string}}"),
+    ):
+        write(pack / "actions" / f"{name}.py", code)
+        write(pack / "actions" / f"{name}.yaml",
+              f"name: {name}\nrunner_type: python-script\nentry_point: {name}.py\nparameters: {parameters}\n")
     write(pack / "actions" / "sleeps.yaml", """
         name: sleeps
         runner_type: python-script
@@ -175,9 +256,57 @@ async def test_what_a_run_changes_does_not_reach_the_next(squall: Squall) -> Non
     assert (await run(squall, f"{PACK}.reads_relative"))["result"]["result"] == "pack data"
 
 
+async def _preloaded(squall: Squall) -> bool:
+    """Whether a run finds `colorsys` imported by its worker: the worker imports the pack's packages in
+    its idle time after it started, so the first runs may come before it did."""
+    for _ in range(300):
+        if (await run(squall, f"{PACK}.stateful", {"who": "x"}))["result"]["result"]["preloaded"]:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
 async def test_packages_from_outside_the_pack_are_imported_by_the_warm_worker(squall: Squall) -> None:
-    out = (await run(squall, f"{PACK}.stateful", {"who": "x"}))["result"]["result"]
-    assert out["preloaded"] is True
+    assert await _preloaded(squall)
+
+
+async def test_a_package_whose_import_blocks_delays_no_run(squall: Squall) -> None:
+    """An import that blocks (connecting to a host that never answers, say) is tried only in a probe
+    process: the worker is ready at once, the pack's actions run within their timeouts, and the other
+    packages are still imported (the stuck one is skipped)."""
+    site = squall.config.virtualenvs_path / PACK / "lib" / "python3.0" / "site-packages"
+    write(site / "aaa_hangs_at_import.py", "import time\ntime.sleep(300)\n")  # tried first, before colorsys
+    write(squall.registry.packs[PACK].path / "actions" / "never_run.py", "import aaa_hangs_at_import\n")
+    record = await squall.executions.request(f"{PACK}.reads_relative", {"timeout": 20})
+    done = await squall.executions.wait(record["id"], timeout=60)
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["result"] == "pack data"
+    assert await _preloaded(squall)
+
+
+async def test_a_run_holds_no_secret_of_an_earlier_run(squall: Squall) -> None:
+    """A run is a fork of its worker: the worker must never have read a request (secret parameters, the
+    execution's token), or every later run of the pack could read them in its own memory."""
+    secret = "SECRET-MARK-" + secrets.token_hex(12)
+    # Padding ahead of the secret (the line still fits a pipe's 4 KiB read buffer), so that the next,
+    # shorter request read into the same buffer would not overwrite it: the secret must be absent
+    # because the worker never read it, not by chance.
+    parameters = {"padding": "x" * 2000, "password": secret}
+    assert (await run(squall, f"{PACK}.secretive", parameters))["result"]["result"] == len(secret)
+    scan = (await run(squall, f"{PACK}.scans_memory", {"prefix": "SECRET-MARK-", "plant": True}))["result"]
+    assert scan["result"]["planted"] in scan["result"]["found"]  # the search does find what is in memory
+    assert secret not in scan["result"]["found"]
+
+
+async def test_a_program_an_earlier_run_left_writes_nothing_into_a_later_runs_output(
+        squall: Squall, tmp_path: Path) -> None:
+    """Each run has capture files of its own: a background program a run left behind (still holding
+    that run's stdout) cannot write into the output of the next run of the same worker."""
+    first = await run(squall, f"{PACK}.leaves_a_writer", {"folder": str(tmp_path)})
+    second = await run(squall, f"{PACK}.prints_while_it_writes", {"folder": str(tmp_path)})
+    assert second["result"]["result"] is True  # the writer did write, while the second run ran
+    assert second["result"]["stdout"] == "own output\n"
+    assert "LEFT-BEHIND" not in first["result"]["stdout"] + second["result"]["stdout"]
 
 
 async def test_a_run_dies_with_its_worker(squall: Squall, tmp_path: Path) -> None:

@@ -80,9 +80,11 @@ def home(home: Path) -> Path:
             default: "{{ n }} items"
     """)
     write(pack / "actions" / "behave.py", """
+        import atexit
         import json
         import os
         import sys
+        import threading
         import time
 
         from st2common import log as logging
@@ -170,8 +172,78 @@ def home(home: Path) -> Path:
                     return self.config["not_configured"]
                 if mode == "user":
                     return self.action_service.get_user_info()
+                if mode == "thread_after_return":  # a non-daemon thread finishes its work after run()
+                    def later():
+                        time.sleep(0.2)
+                        print("thread finished", flush=True)
+                    threading.Thread(target=later).start()
+                    return "started"
+                if mode == "atexit":
+                    atexit.register(lambda: print("atexit ran", flush=True))
+                    return "registered"
+                if mode == "close2":
+                    os.close(2)
+                    return "closed fd 2"
+                if mode == "devnull1":  # silence fd 1 (a noisy C library) after printing
+                    print("visible line", flush=True)
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+                    return "silenced"
+                if mode == "kbint":
+                    print("interrupted", flush=True)
+                    raise KeyboardInterrupt()
+                if mode == "daemon_calls":  # datastore calls still on their way as the run ends
+                    def hammer():
+                        while True:
+                            self.action_service.get_value("from_the_daemon")
+                    self.action_service.set_value("from_the_daemon", "stale")
+                    for _ in range(4):
+                        threading.Thread(target=hammer, daemon=True).start()
+                    time.sleep(0.05)
+                    return "left"
                 raise ValueError("unknown mode " + mode)
     """)
+    write(pack / "actions" / "threads_kv.py", """
+        import threading
+
+        from st2common.runners.base_action import Action
+
+
+        class ThreadsKv(Action):
+            def run(self):
+                svc = self.action_service
+                svc.set_value("a", "value-of-a")
+                svc.set_value("b", "value-of-b")
+                wrong = []
+
+                def reader(key):
+                    for _ in range(100):
+                        got = svc.get_value(key)
+                        if got != "value-of-" + key:
+                            wrong.append([key, got])
+
+                threads = [threading.Thread(target=reader, args=(key,)) for key in ("a", "b")]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                return wrong[:3]
+    """)
+    write(pack / "actions" / "threads_kv.yaml", """
+        name: threads_kv
+        runner_type: python-script
+        entry_point: threads_kv.py
+    """)
+    slow = home / "packs" / "slowstart"
+    write(slow / "pack.yaml", "name: slowstart\ndescription: a slow worker\nversion: 0.1.0\nauthor: tests\n")
+    write(slow / "actions" / "hello.py", """
+        from st2common.runners.base_action import Action
+
+
+        class Hello(Action):
+            def run(self):
+                return "hello"
+    """)
+    write(slow / "actions" / "hello.yaml", "name: hello\nrunner_type: python-script\nentry_point: hello.py\n")
     write(pack / "actions" / "behave.yaml", """
         name: behave
         runner_type: python-script
@@ -541,3 +613,67 @@ async def test_environment_of_the_action(squall: Squall, monkeypatch: pytest.Mon
     second = await squall.executions.wait(again["id"], timeout=60)
     assert second["result"]["result"]["FOO"] is None
     assert second["result"]["result"]["ST2_ACTION_EXECUTION_ID"] == again["id"]
+
+
+async def test_threads_calling_the_datastore_at_once_each_get_their_own_answer(squall: Squall) -> None:
+    """Datastore calls share one pipe: two threads of an action calling at once must not read each
+    other's answers (another key's value, maybe a secret)."""
+    record = await squall.executions.request(f"{PACK}.threads_kv", {"timeout": 20})
+    done = await squall.executions.wait(record["id"], timeout=60)
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["result"] == []
+
+
+async def test_answers_to_an_ended_runs_calls_never_reach_the_next_run(squall: Squall) -> None:
+    """Daemon threads' datastore calls may be under way as their run ends: their answers never reach
+    the next run of the worker as its own, and none of those threads reads the next run's request
+    (which the parent sends as soon as the run answered)."""
+    for _ in range(20):
+        assert (await behave(squall, "daemon_calls"))["status"] == "succeeded"
+        record = await squall.executions.request(f"{PACK}.threads_kv", {"timeout": 10})
+        done = await squall.executions.wait(record["id"], timeout=60)
+        assert done["status"] == "succeeded", done["result"]
+        assert done["result"]["result"] == []
+
+
+async def test_threads_and_exit_handlers_finish_before_the_run_is_done(squall: Squall) -> None:
+    """As at StackStorm's interpreter exit: non-daemon threads the action left are waited for and
+    `atexit` handlers run, and what they print is the run's output."""
+    threaded = await behave(squall, "thread_after_return")
+    assert threaded["status"] == "succeeded", threaded["result"]
+    assert threaded["result"]["stdout"] == "thread finished\n"
+    handled = await behave(squall, "atexit")
+    assert handled["status"] == "succeeded", handled["result"]
+    assert handled["result"]["stdout"] == "atexit ran\n"
+
+
+async def test_an_action_that_closes_or_silences_its_streams(squall: Squall) -> None:
+    """The output is measured through the run's own descriptors of its capture files, so an action
+    that closes fd 2 still succeeds and one that points fd 1 at /dev/null keeps what it printed."""
+    closed = await behave(squall, "close2")
+    assert closed["status"] == "succeeded", closed["result"]
+    assert closed["result"]["result"] == "closed fd 2"
+    silenced = await behave(squall, "devnull1")
+    assert silenced["status"] == "succeeded", silenced["result"]
+    assert silenced["result"]["stdout"] == "visible line\n"
+
+
+async def test_keyboard_interrupt_ends_the_run_as_sigint(squall: Squall) -> None:
+    """An uncaught KeyboardInterrupt ends a Python interpreter by SIGINT: exit code -2, as before."""
+    done = await behave(squall, "kbint")
+    assert done["status"] == "failed"
+    assert done["result"]["exit_code"] == -2
+    assert done["result"]["stdout"] == "interrupted\n"
+    assert "KeyboardInterrupt" in done["result"]["stderr"]
+    assert (await behave(squall, "ok", 1))["status"] == "succeeded"
+
+
+async def test_a_worker_that_does_not_start_in_the_runs_timeout_times_the_run_out(squall: Squall) -> None:
+    """Starting the worker counts against the run's timeout, and the error says what did not start."""
+    site = squall.config.virtualenvs_path / "slowstart" / "lib" / "python3.0" / "site-packages"
+    write(site / "sitecustomize.py", "import time\ntime.sleep(300)\n")  # run by every interpreter start
+    record = await squall.executions.request("slowstart.hello", {"timeout": 2})
+    done = await squall.executions.wait(record["id"], timeout=60)
+    assert done["status"] == "timeout", done["result"]
+    assert "Action failed to complete in 2 seconds" in done["result"]["error"]
+    assert "the Python worker for slowstart did not say it was ready within 2 seconds" in done["result"]["error"]

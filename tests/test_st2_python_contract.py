@@ -7,11 +7,13 @@ declaring it, results that are not plain JSON, and `/opt/stackstorm/packs/<pack>
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from glob import glob
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,26 @@ from tests.conftest import write
 PACK = "st2contract"
 
 ACTIONS: dict[str, str] = {
+    # Ends as a StackStorm interpreter does: its thread waited for, its exit handler run.
+    "interpreter_end": """
+        import atexit
+        import sys
+        import threading
+        import time
+
+        from st2common.runners.base_action import Action
+
+
+        class InterpreterEnd(Action):
+            def run(self):
+                def later():
+                    time.sleep(0.1)
+                    print("thread finished", flush=True)
+
+                threading.Thread(target=later).start()
+                atexit.register(lambda: print("atexit ran", flush=True))
+                return list(sys.version_info[:2])
+    """,
     # An old-style constructor, as in the aws, pagerduty, jenkins, vault... packs.
     "config_only": """
         from st2common.runners.base_action import Action
@@ -389,3 +411,39 @@ def test_nan_is_null_and_big_integers_fall_back_to_text() -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [None, str({"n": 2 ** 70}), "{1: 'int key'}"]
 
+
+# -- the pack's interpreter -------------------------------------------------------------------
+
+
+def test_compat_code_is_python_3_8() -> None:
+    """Everything in engine/compat runs under the pack's virtualenv, which may be Python 3.8 (the one
+    StackStorm 3.8 ships)."""
+    for path in sorted(COMPAT_PATH.rglob("*.py")):
+        ast.parse(path.read_text(), str(path), feature_version=(3, 8))
+
+
+#: A real Python 3.8 on this machine, if any (pyenv's or the system's).
+PYTHON_3_8 = next(iter(sorted(glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8")))), None) or \
+    next((path for path in ("/usr/bin/python3.8", "/usr/local/bin/python3.8") if os.path.exists(path)), None)
+
+
+@pytest.mark.parametrize("interpreter", ["without_3_9_functions", "python3.8"])
+async def test_a_pack_virtualenv_of_python_3_8(squall: Squall, tmp_path: Path, interpreter: str) -> None:
+    """The worker uses nothing newer than Python 3.8 offers (`os.waitstatus_to_exitcode` is 3.9's):
+    checked with this Python minus that function, and with a real 3.8 where there is one."""
+    venv_python = squall.config.virtualenvs_path / PACK / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    if interpreter == "python3.8":
+        if PYTHON_3_8 is None:
+            pytest.skip("no Python 3.8 on this machine")
+        venv_python.symlink_to(PYTHON_3_8)
+    else:
+        write(tmp_path / "shim" / "sitecustomize.py", "import os\ndel os.waitstatus_to_exitcode\n")
+        venv_python.write_text(f'#!/bin/sh\nPYTHONPATH={tmp_path / "shim"}:$PYTHONPATH exec {sys.executable} "$@"\n')
+        venv_python.chmod(0o755)
+    for _ in range(2):  # the worker reports the first run's exit and serves the next
+        done = await run(squall, "interpreter_end")
+        assert done["status"] == "succeeded", done["result"]
+        assert done["result"]["stdout"] == "thread finished\natexit ran\n"
+    if interpreter == "python3.8":
+        assert done["result"]["result"] == [3, 8]

@@ -5,30 +5,39 @@ packs rely on that freshness: module-level code runs once per execution (reading
 `ST2_ACTION_EXECUTION_ID` or building clients at import), and globals, `os.environ`, the working
 folder and monkeypatches die with the run. Squall keeps one or more of these per pack, each with
 the interpreter started, the compat modules and the other packages the pack's actions import
-already imported. The parent sends one request at a time as a JSON line on a private pipe; the
-worker forks, and the child imports the action's file, runs it with fd 1 and 2 redirected to the
-files the parent named, answers with a JSON line and exits. The worker then reports the child's
-exit (`{"op": "exit"}`) and waits for the next request in the state it started in: nothing a run
-does reaches the next one. Datastore calls from `action_service` travel the same pipes between the
-child and the parent. Standard library only: it runs under the pack's virtualenv.
+already imported. For each run the parent sends a `fork` line followed by the request, a JSON line,
+on a private pipe. The worker reads the `fork` line alone and forks; the child reads the request
+itself, imports the action's file, runs it with fd 1 and 2 redirected to the files the parent named,
+answers with a JSON line and exits. The worker never reads a request: every later run is a copy of
+its memory, so an earlier run's secret parameters or token must never be in it. The worker then
+reports the child's exit (`{"op": "exit"}`) and waits for the next run in the state it started in:
+nothing a run does reaches the next one. Datastore calls from `action_service` travel the same pipes
+between the child and the parent. Standard library only, and Python 3.8 syntax and library: it runs
+under the pack's virtualenv (StackStorm 3.8 ships Python 3.8).
 """
 
 from __future__ import annotations
 
 import ast
+import atexit
 import contextlib
 import ctypes
 import dataclasses
 import datetime
 import enum
+import gc
+import importlib
 import importlib.util
 import inspect
 import json
 import logging
 import math
 import os
+import select
 import signal
 import sys
+import threading
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -48,6 +57,10 @@ _encode = json.JSONEncoder(default=str).encode
 _decode = json.JSONDecoder().decode
 
 
+#: The command that asks the worker for a run's process; the request follows it on the pipe.
+FORK = b"fork"
+
+
 class Channel:
     """The JSON-lines pipes to the parent."""
 
@@ -57,8 +70,13 @@ class Channel:
         # EOF, would wait out the action's whole timeout. Nothing an action starts may hold them.
         os.set_inheritable(read_fd, False)
         os.set_inheritable(write_fd, False)
+        self.read_fd = read_fd
         self.reader = os.fdopen(read_fd, "rb")
         self.writer = os.fdopen(write_fd, "wb")
+        #: Held by whoever reads the pipe in a run: one datastore call at a time (an action's threads
+        #: calling at once would otherwise read each other's answers: another key's value, or secret),
+        #: and by the run's end, so that no thread of it still reads the pipe once it answered.
+        self.call_lock = threading.Lock()
 
     def send(self, message: dict[str, Any]) -> None:
         self.writer.write(_encode(message).encode("utf-8") + b"\n")
@@ -67,6 +85,25 @@ class Channel:
     def receive(self) -> dict[str, Any] | None:
         line = self.reader.readline()
         return _decode(line.decode("utf-8")) if line else None
+
+    def command(self) -> bytes | None:
+        """The worker's next command line (`fork`), or None at the end of the pipe.
+
+        Read a byte at a time straight from the pipe, never through `reader`, whose buffer would read
+        ahead into the request behind the command: the worker must hold no request, as every later run
+        is a copy of it. Any other line (the answer to a datastore call whose run ended before reading
+        it) is skipped byte by byte, only its first bytes kept, so it is never in the worker either."""
+        byte = bytearray(1)
+        line = bytearray()
+        try:
+            while os.readv(self.read_fd, [byte]):
+                if byte == b"\n":
+                    return bytes(line) if len(line) <= len(FORK) else b""
+                if len(line) <= len(FORK):
+                    line += byte
+            return None
+        finally:
+            byte[0] = 0
 
 
 class ConfigDict(dict):
@@ -110,8 +147,9 @@ class ActionService:
             raise ValueError(f"Scope {scope} is unsupported.")
 
     def _call(self, method: str, **arguments: Any) -> Any:
-        self._channel.send({"op": "call", "method": method, "args": arguments})
-        reply = self._channel.receive()
+        with self._channel.call_lock:
+            self._channel.send({"op": "call", "method": method, "args": arguments})
+            reply = self._channel.receive()
         if reply is None:
             raise SystemExit(0)
         if reply.get("error"):
@@ -253,8 +291,9 @@ def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
         return {"op": "done", "status": None, "result": "None", "exit_code": code or 1}
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        with contextlib.suppress(Exception):  # a stream the action closed has nothing left to flush
+            sys.stdout.flush()
+            sys.stderr.flush()
     if isinstance(returned, tuple) and len(returned) == 2:
         status, result = returned
         if isinstance(status, bool):
@@ -305,24 +344,75 @@ def _die_with(parent: int) -> None:
         os._exit(137)
 
 
-def _run_child(channel: Channel, request: dict[str, Any], worker: int) -> NoReturn:
-    """The forked child: redirect fd 1 and 2 to this run's capture files, run, answer, exit.
+def _end_interpreter() -> None:
+    """What the end of StackStorm's interpreter does after the action: wait for the non-daemon threads
+    the action left, then run the exit handlers (`atexit`). The child ends with `os._exit`, which does
+    neither, so they run here, before the output is measured and the answer sent (the run's timeout
+    still bounds them). Their failures are reported on stderr, as at an interpreter's exit."""
+    with contextlib.suppress(BaseException):
+        threading._shutdown()  # type: ignore[attr-defined]  # what Py_FinalizeEx calls; 3.8 and later
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+
+
+def _size(fd: int) -> int | None:
+    """The size of a capture file by the run's own descriptor of it (None if the action closed that too:
+    the parent then reads the file)."""
+    try:
+        return os.fstat(fd).st_size
+    except OSError:
+        return None
+
+
+def _flush() -> None:
+    with contextlib.suppress(Exception):  # a stream the action closed has nothing left to flush
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _interrupted() -> NoReturn:
+    """End as an interpreter ends on an uncaught KeyboardInterrupt: killed by SIGINT (exit code -2)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+    os._exit(128 + signal.SIGINT)  # only if the action blocked SIGINT
+
+
+def _run_child(channel: Channel, worker: int) -> NoReturn:
+    """The forked child: read the request, redirect fd 1 and 2 to this run's capture files, run,
+    answer, exit.
 
     Never returns into the worker's loop, whatever happens: a second copy of the loop would read the
-    parent's next request. Exits without running exit handlers (`os._exit`), as the run's output is
-    flushed and its answer sent; the worker reports the exit code."""
+    parent's next command. Exits by `os._exit` once the action's threads and exit handlers are done
+    (`_end_interpreter`), so nothing of the worker's own shutdown runs; the worker reports the exit code.
+    The capture files are measured through private descriptors: the action may close or redirect fd 1
+    and 2 (silencing a noisy library), and what it wrote before still counts."""
     code = 70  # EX_SOFTWARE: the run could not even be set up
     try:
         _die_with(worker)
-        own = (channel.reader.fileno(), channel.writer.fileno())
+        own = (channel.read_fd, channel.writer.fileno())
         os.register_at_fork(after_in_child=lambda: _release_in_forked_child(own))
+        request = channel.receive()
+        if request is None or request.get("op") != "run":
+            raise RuntimeError(f"expected a run request after the fork command, got {request!r}")
+        captures = []
         for fd, path in ((1, request["stdout_path"]), (2, request["stderr_path"])):
-            capture = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            capture = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.dup2(capture, fd)
-            os.close(capture)
-        reply = run_one(channel, request)
-        reply["stdout_size"] = os.fstat(1).st_size
-        reply["stderr_size"] = os.fstat(2).st_size
+            captures.append(capture)  # kept (not inheritable) to measure the file at the end
+        try:
+            reply = run_one(channel, request)
+        except KeyboardInterrupt:
+            traceback.print_exc()
+            _end_interpreter()
+            _flush()
+            _interrupted()
+        _end_interpreter()
+        _flush()
+        reply["stdout_size"], reply["stderr_size"] = _size(captures[0]), _size(captures[1])
+        # Kept until the process ends: a daemon thread's datastore call still waiting for its answer
+        # gets it first, and after the answer below no thread reads the pipe, where the parent may
+        # already have written the next run's request.
+        channel.call_lock.acquire()
         channel.send(reply)
         code = 0
     except BaseException:  # reported on the run's stderr; the exit code tells the parent
@@ -331,6 +421,14 @@ def _run_child(channel: Channel, request: dict[str, Any], worker: int) -> NoRetu
             sys.stderr.flush()
     finally:
         os._exit(code)
+
+
+def _exit_code(status: int) -> int:
+    """A wait status as an exit code, negative for a signal (`os.waitstatus_to_exitcode`, which Python
+    3.8 lacks)."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
 
 
 #: Most action files scanned for the packages a worker imports ahead of the runs.
@@ -361,51 +459,176 @@ def _outside(spec: Any, folder: str) -> bool:
     return all(not os.path.realpath(place).startswith(folder + os.sep) for place in places)
 
 
-def preimport(pack_path: str) -> list[str]:
-    """Import, once in the worker, the packages the pack's code (`actions/`, `lib/`) imports from outside
-    the pack (`requests`, `boto3`, `yaml`...), so a run's child finds them loaded instead of paying their
-    import.
+def _candidates(folder: str) -> list[str]:
+    """The packages the pack's code (`actions/`, `lib/`) imports from outside the pack (`requests`,
+    `boto3`, `yaml`...), which the worker imports ahead of the runs.
 
     Only packages outside the pack: the pack's own modules (`actions/lib`, files beside the actions)
     are imported afresh by every run, as their module-level code may read the execution's variables.
-    A name that also names a module beside an action file is skipped (the action may mean its own).
-    A package that fails to import is left for the run, which reports the failure itself."""
-    folder = os.path.realpath(pack_path)
+    A name that also names a module beside an action file is skipped (the action may mean its own)."""
     files = sorted(path for sub in ("actions", "lib") for path in (Path(folder) / sub).rglob("*.py"))[:_SCAN_LIMIT]
     names: set[str] = set()
     for path in files:
         with contextlib.suppress(OSError, SyntaxError, ValueError):
             names |= _imported_names(ast.parse(path.read_bytes(), str(path)))
     beside = {path.parent for path in files}
-    loaded = []
-    for name in sorted(names - set(sys.modules)):
+    chosen = []
+    for name in sorted(names):
         top = name.partition(".")[0]
-        if any((place / f"{top}.py").exists() or (place / top).is_dir() for place in beside):
-            continue
-        try:
-            spec = importlib.util.find_spec(top)
-            if spec is None or not _outside(spec, folder):
+        if not any((place / f"{top}.py").exists() or (place / top).is_dir() for place in beside):
+            chosen.append(name)
+    return chosen
+
+
+def _import_outside(name: str, folder: str) -> bool:
+    """Import `name` if it comes from outside the pack; whether it did. A package that fails to import
+    is left for the run, which reports the failure itself."""
+    try:
+        spec = importlib.util.find_spec(name.partition(".")[0])
+        if spec is None or not _outside(spec, folder):
+            return False
+        importlib.import_module(name)
+        return True
+    except (Exception, SystemExit):
+        return False
+
+
+def _probe(pack_path: str, skip: set[str], out: int, worker: int, protocol: tuple[int, ...]) -> NoReturn:
+    """A forked probe: try each candidate package, writing `?name` before and `+name` after each import
+    that worked, then exit. Runs in its own process so that an import that blocks blocks only it."""
+    try:
+        _die_with(worker)
+        _release_in_forked_child(protocol)
+        folder = os.path.realpath(pack_path)
+        for name in _candidates(folder):
+            if name in skip or name in sys.modules:
                 continue
-            importlib.import_module(name)
-            loaded.append(name)
-        except (Exception, SystemExit):  # the run imports it again and reports the error
-            continue
-    return loaded
+            os.write(out, b"?" + name.encode() + b"\n")
+            if _import_outside(name, folder):
+                os.write(out, b"+" + name.encode() + b"\n")
+    finally:
+        os._exit(0)
 
 
-def serve(channel: Channel) -> None:
-    """The fork server's loop: one request, one child, its exit reported; until the parent closes."""
+#: Seconds a probe may spend on one package before it counts as stuck (an import that connects to an
+#: unreachable host, say): killed, and that package left to the runs.
+PROBE_STALL = 5.0
+
+
+class Warmer:
+    """Imports, in the worker's idle time, the packages the pack imports from outside itself, so a run's
+    child finds them loaded instead of paying their import, without ever delaying or failing a run.
+
+    An import cannot be interrupted safely, and a package's import-time code may block. So the worker
+    sends `ready` first, and a probe (a fork of the worker, `_probe`) tries the packages; the worker
+    imports only those the probe imported, one at a time, and only while no command waits (each took
+    the probe less than `PROBE_STALL`). A probe silent for `PROBE_STALL` is killed and its package
+    skipped, and a new probe goes on with the rest. Meanwhile the worker serves runs as they come; a
+    run that comes early imports what it needs itself, as every run does in StackStorm."""
+
+    def __init__(self, pack_path: str, protocol: tuple[int, ...]) -> None:
+        self.pack_path = pack_path
+        self.folder = os.path.realpath(pack_path)
+        self.protocol = protocol
+        self.tried: set[str] = set()
+        self.to_import: list[str] = []
+        self.probe: int | None = None
+        self.probe_out = -1
+        self.partial = b""
+        self.trying: str | None = None
+        self.deadline = 0.0
+        self.probed = False
+
+    @property
+    def done(self) -> bool:
+        return self.probed and not self.to_import
+
+    def work(self, command_fd: int) -> None:
+        """Warm the worker until a command is waiting on `command_fd`, or there is nothing left to do."""
+        while not self.done:
+            if self.to_import:
+                if select.select([command_fd], [], [], 0)[0]:
+                    return
+                _import_outside(self.to_import.pop(0), self.folder)
+            elif self.probe is None:
+                self._start_probe()
+            else:
+                wait = max(0.0, self.deadline - time.monotonic())
+                ready = select.select([command_fd, self.probe_out], [], [], wait)[0]
+                if self.probe_out in ready:
+                    self._read_probe()
+                elif command_fd in ready:
+                    return
+                else:
+                    self._end_probe(stuck=True)
+
+    def _start_probe(self) -> None:
+        read, write = os.pipe()
+        worker = os.getpid()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            _probe(self.pack_path, self.tried, write, worker, self.protocol)
+        os.close(write)
+        self.probe, self.probe_out, self.partial, self.trying = pid, read, b"", None
+        self.deadline = time.monotonic() + PROBE_STALL
+
+    def _read_probe(self) -> None:
+        data = os.read(self.probe_out, 65536)
+        if not data:
+            self._end_probe(stuck=False)
+            return
+        self.deadline = time.monotonic() + PROBE_STALL
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            name = line[1:].decode()
+            if line[:1] == b"?":
+                self.tried.add(name)
+                self.trying = name
+            elif line[:1] == b"+":
+                self.to_import.append(name)
+                self.trying = None
+
+    def _end_probe(self, stuck: bool) -> None:
+        assert self.probe is not None
+        if stuck:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.probe, signal.SIGKILL)
+        os.waitpid(self.probe, 0)
+        os.close(self.probe_out)
+        # A probe stuck before it named a package (scanning the pack) would be stuck again: give up.
+        self.probed = not stuck or self.trying is None
+        self.probe, self.probe_out = None, -1
+
+
+def serve(channel: Channel, warmer: Warmer) -> None:
+    """The fork server's loop: one `fork` command, one child, its exit reported; until the parent closes.
+
+    The collector's objects are frozen across the fork, so the child's collections never walk (and
+    copy) the worker's memory."""
     worker = os.getpid()
-    while (request := channel.receive()) is not None:
-        if request.get("op") != "run":  # a reply meant for a run that ended: never a request
+    while True:
+        try:
+            warmer.work(channel.read_fd)
+        except Exception:  # warming is only an optimization (a fork refused, say): runs go on without it
+            traceback.print_exc()
+            warmer.probed, warmer.to_import = True, []
+        command = channel.command()
+        if command is None:
+            return
+        if command != FORK:  # an answer meant for a run that ended: never a command
             continue
         sys.stdout.flush()
         sys.stderr.flush()
+        gc.freeze()
         child = os.fork()
         if child == 0:
-            _run_child(channel, request, worker)
+            _run_child(channel, worker)
+        gc.unfreeze()
         _, status = os.waitpid(child, 0)
-        channel.send({"op": "exit", "pid": child, "code": os.waitstatus_to_exitcode(status)})
+        channel.send({"op": "exit", "pid": child, "code": _exit_code(status)})
 
 
 def main() -> None:
@@ -413,9 +636,8 @@ def main() -> None:
     pack_path = os.environ.get(squall_paths.PACK_PATH_VARIABLE) or os.getcwd()
     squall_paths.install_from_environment()
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    preimport(pack_path)
     channel.send({"op": "ready", "pid": os.getpid()})
-    serve(channel)
+    serve(channel, Warmer(pack_path, (channel.read_fd, channel.writer.fileno())))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import signal
 import sys
 import sysconfig
@@ -58,6 +59,8 @@ class Worker:
         self.reader = reader
         self.writer = writer
         self.stderr_tail = bytearray()
+        #: The last run answered, and the worker's report of its process's exit is still to be read.
+        self.settling = False
         self._drain = asyncio.ensure_future(self._keep_stderr())
 
     async def _keep_stderr(self) -> None:
@@ -71,6 +74,13 @@ class Worker:
 
     def send(self, message: dict[str, Any]) -> None:
         self.writer.write(json.dumps(message).encode("utf-8") + b"\n")
+
+    def start_run(self, request: dict[str, Any]) -> None:
+        """Ask the worker for a run's process (`fork`) and hand that process the request.
+
+        The worker reads only the `fork` line; the forked child reads the request behind it, so the
+        worker, which every later run copies, never holds a request's secrets (squall_worker.py)."""
+        self.writer.write(b"fork\n" + json.dumps(request).encode("utf-8") + b"\n")
 
     async def receive(self) -> dict[str, Any]:
         line = await self.reader.readline()
@@ -211,8 +221,18 @@ def _access_hint(pack_path: Path, venv: Path, run_as: RunAs) -> str:
             f"the interpreter {shown} and the folders above it, the pack folder {pack_path} and {COMPAT_PATH}")
 
 
-async def spawn_worker(pack_path: Path, venv: Path, run_as: RunAs | None = None) -> Worker:
-    """Start one worker and wait until it says it is ready."""
+#: Longest a worker may take to say it is ready (the interpreter and `engine/compat` imported; the
+#: pack's packages are imported later, in its idle time), whatever the run's timeout.
+START_TIMEOUT = 60.0
+
+
+class WorkerStartTimeout(WorkerDied):
+    """A worker did not say it was ready in time."""
+
+
+async def spawn_worker(pack_path: Path, venv: Path, run_as: RunAs | None = None,
+                       timeout: float = START_TIMEOUT) -> Worker:
+    """Start one worker and wait until it says it is ready, at most `timeout` seconds."""
     try:
         process, reader, writer = await spawn_pack_process(
             WORKER_SCRIPT, pack_path, venv, cwd=pack_path, stdout=asyncio.subprocess.DEVNULL,
@@ -224,15 +244,22 @@ async def spawn_worker(pack_path: Path, venv: Path, run_as: RunAs | None = None)
                          f"{_access_hint(pack_path, venv, run_as)}") from exc
     worker = Worker(process, reader, writer)
     try:
-        hello = await asyncio.wait_for(worker.receive(), 60)
+        hello = await asyncio.wait_for(worker.receive(), timeout)
     except asyncio.CancelledError:
         await worker.close()  # canceled while starting: no half-started worker is left behind
         raise
     except (WorkerDied, TimeoutError) as exc:
         await worker.close()
         hint = f" ({_access_hint(pack_path, venv, run_as)})" if run_as is not None else ""
-        raise WorkerDied(f"the Python worker for {pack_path.name} did not start: {exc}; "
-                         f"{worker.stderr_tail.decode('utf-8', 'replace')}{hint}") from exc
+        tail = worker.stderr_tail.decode("utf-8", "replace").strip()
+        output = f"; its last output: {tail}" if tail else "; it wrote nothing on stderr"
+        if isinstance(exc, TimeoutError):
+            raise WorkerStartTimeout(
+                f"the Python worker for {pack_path.name} did not say it was ready within {timeout:g} seconds "
+                f"(it runs {_interpreter(venv)}: what that interpreter runs as it starts, such as a "
+                f"sitecustomize module, must not block){output}"
+                f"{hint}") from exc
+        raise WorkerDied(f"the Python worker for {pack_path.name} did not start: {exc}{output}{hint}") from exc
     if hello.get("op") != "ready":
         await worker.close()
         raise WorkerDied(f"unexpected first message from the worker: {hello}")
@@ -295,15 +322,23 @@ class PythonRunner:
         action = request.action
         pool = self._pool(action.pack)
         timeout = float(request.runner_parameters.get("timeout") or 600)
+        loop = asyncio.get_running_loop()
         async with pool.slots:
+            deadline = loop.time() + timeout  # the run's timeout counts from when it may start
             worker = pool.idle.pop() if pool.idle else None
             if worker is not None and not worker.alive:  # died while idle: reap it, start another
                 await worker.close()
                 worker = None
             if worker is None:
-                worker = await spawn_worker(action.pack_path, self.virtualenvs / action.pack, self.run_as)
-            out_path = self._capture_dir / f"{worker.process.pid}.out"
-            err_path = self._capture_dir / f"{worker.process.pid}.err"
+                try:
+                    worker = await spawn_worker(action.pack_path, self.virtualenvs / action.pack, self.run_as,
+                                                min(timeout, START_TIMEOUT))
+                except WorkerStartTimeout as exc:
+                    if timeout > START_TIMEOUT:
+                        raise
+                    return RunOutcome("timeout", {"result": None, "stdout": "", "stderr": "", "exit_code": -9,
+                                                  "error": f"Action failed to complete in {timeout:g} seconds: {exc}"})
+            out_path, err_path = _capture_paths(self._capture_dir, request.execution_id)
             message = {
                 "op": "run",
                 "file": str(action.entry_path),
@@ -322,8 +357,8 @@ class PythonRunner:
             reply: dict[str, Any] = {}
             tail = _Tail({"stdout": out_path, "stderr": err_path}, request.on_output) if request.on_output else None
             try:
-                worker.send(message)
-                reply = await asyncio.wait_for(self._converse(worker, request), timeout)
+                worker.start_run(message)
+                reply = await asyncio.wait_for(self._converse(worker, request), max(deadline - loop.time(), 0))
                 reusable = True
             except TimeoutError:
                 status, error = "timeout", f"Action failed to complete in {timeout:g} seconds"
@@ -339,8 +374,8 @@ class PythonRunner:
                 if tail is not None:
                     await asyncio.shield(tail.stop())
                 keep = reusable and worker.alive
-                stdout = _read_capture(out_path, keep, reply.get("stdout_size"))
-                stderr = _read_capture(err_path, keep, reply.get("stderr_size"))
+                stdout = _read_capture(out_path, reply.get("stdout_size"))
+                stderr = _read_capture(err_path, reply.get("stderr_size"))
                 if keep:
                     pool.idle.append(worker)
                 else:
@@ -358,18 +393,21 @@ class PythonRunner:
         return RunOutcome(status, result)
 
     async def _converse(self, worker: Worker, request: RunRequest) -> dict[str, Any]:
-        """Answer the action's datastore calls until it reports that it is done and the worker reports
-        that the run's process exited (so the worker is ready for the next run).
+        """Answer the action's datastore calls until it reports that it is done.
 
+        After `done` the run's process only exits, so the run ends there, and the worker's report of
+        that exit is read at the start of the worker's next run (`Worker.settling`), off the run's path.
         An exit without a `done` is the run's crash (`os._exit`, a signal): `WorkerDied` with its code."""
-        done: dict[str, Any] | None = None
+        while worker.settling:  # the previous run's process answered already: its exit comes first
+            # A call read here came from a daemon thread of that process, which ended as it exited: no
+            # answer (one sent now would reach this run's process, behind its request, as its own).
+            worker.settling = (await worker.receive()).get("op") != "exit"
         while True:
             message = await worker.receive()
             if message.get("op") == "done":
-                done = message
+                worker.settling = True
+                return message
             elif message.get("op") == "exit":
-                if done is not None:
-                    return done
                 code = int(message.get("code", 1))
                 raise WorkerDied(f"it exited with code {code} before it answered", code)
             elif message.get("op") == "call":
@@ -416,17 +454,13 @@ class _Tail:
     """A Python action's live output: its run writes stdout and stderr to capture files (so output
     of C code and subprocesses is kept too), which this reads as they grow, every `TAIL_SECONDS`.
 
-    The files still hold the worker's previous run until the run's process empties them as it opens
-    them, so they are emptied here first (harmlessly twice); a file not made yet is read once it
-    appears."""
+    The files are the run's own (`_capture_paths`), made by its process; a file not made yet is read
+    once it appears."""
 
     def __init__(self, paths: dict[str, Path], on_output: Callable[[str, bytes], None]) -> None:
         self.paths = paths
         self.on_output = on_output
         self.offsets = dict.fromkeys(paths, 0)
-        for path in paths.values():
-            with contextlib.suppress(OSError):
-                os.truncate(path, 0)
         self._stopped = asyncio.Event()
         self._task = asyncio.ensure_future(self._follow())
 
@@ -454,18 +488,24 @@ class _Tail:
         await self._task
 
 
-def _read_capture(path: Path, keep: bool, size: int | None) -> str:
-    """What the action wrote; the file stays for the worker's next run unless the worker is gone.
+def _capture_paths(folder: Path, execution_id: str) -> tuple[Path, Path]:
+    """A run's own stdout and stderr capture files, named for it alone (the execution and a random
+    part): a program an earlier run left behind still writes to that run's file, never to this one."""
+    name = f"{re.sub(r'[^A-Za-z0-9_-]', '_', execution_id)[:64]}-{secrets.token_hex(4)}"
+    return folder / f"{name}.out", folder / f"{name}.err"
 
-    A worker that answered says how much it wrote, so an empty capture costs no read.
+
+def _read_capture(path: Path, size: int | None) -> str:
+    """What the action wrote, and the file deleted (a program the run left still writes to it, unseen).
+
+    A run that answered says how much it wrote, so an empty capture costs no read.
     """
-    if keep and size == 0:
-        return ""
+    data = b""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(OUTPUT_LIMIT)
-        if not keep:
-            path.unlink()
+        if size != 0:
+            with open(path, "rb") as handle:
+                data = handle.read(OUTPUT_LIMIT)
+        path.unlink()
     except FileNotFoundError:
-        return ""
+        pass
     return data.decode("utf-8", "replace")
