@@ -254,6 +254,8 @@ class ExecutionService:
         #: `--async`) may name an action installed after this process last loaded them.
         self.reload_packs: Callable[[], Awaitable[Any]] | None = None
         self._completing: list[Callable[[dict[str, Any]], CompletionWrite | None]] = []
+        #: What `recover` runs once it is done (the retry policy's look for retries a crash lost).
+        self._after_recovery: list[Callable[[], Awaitable[Any]]] = []
 
     # -- listening -----------------------------------------------------------------------
     def on_finished(self, listener: Callable[[dict[str, Any]], Any]) -> None:
@@ -265,6 +267,12 @@ class ExecutionService:
         """Call `hook(public_record)` as a run's end is about to be stored; a `CompletionWrite` it
         returns is stored with that end (see there). Only ends a runner reported take this path."""
         self._completing.append(hook)
+
+    def after_recovery(self, hook: Callable[[], Awaitable[Any]]) -> None:
+        """Await `hook()` at the end of every `recover`, once what the crash left running has ended
+        (abandoned) and its listeners heard of it: work a crash may have lost after an end was
+        committed (a retry policy's retry) is looked for then."""
+        self._after_recovery.append(hook)
 
     @property
     def notifying(self) -> int:
@@ -313,7 +321,8 @@ class ExecutionService:
                       extra_template_context: dict[str, Any] | None = None,
                       render: bool | Collection[str] = (), delay: float = 0.0,
                       audit: AuditEntry | None = None,
-                      stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None) -> dict[str, Any]:
+                      stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None,
+                      execution_id: str | None = None) -> dict[str, Any]:
         """Validate, store as `requested`, and hand to the executor. Raises on bad input. A request
         whose runner has nothing to wait for (core.noop) ends in the call that stores it instead
         (`_end_at_once`); it is answered as requested all the same.
@@ -327,7 +336,11 @@ class ExecutionService:
         `audit` is stored with the request, in its transaction. So is what `stored_with(the request
         as shown)` returns (the chat's ack), on SQLite with tracing off, where that transaction is the
         event loop's: stored first, it comes before anything the run stores (a noop's result ends in
-        the same commit). Elsewhere it is not called, and the caller stores its part after."""
+        the same commit). Elsewhere it is not called, and the caller stores its part after.
+
+        `execution_id` names the new execution instead of a fresh id: a retry policy's retry
+        (`engine.policies.retry_id`), which is then one row whoever requests it; a second request
+        of it raises `sqlalchemy.exc.IntegrityError` and stores nothing."""
         action = self.registry.action(ref)
         context = {**(context or {}), "pack": action.pack}
         if "user" not in context:  # (looked up only then: a missing variable raises a KeyError inside os.environ)
@@ -336,7 +349,7 @@ class ExecutionService:
         if traced:  # its run joins this trace, wherever and whenever it happens
             context["trace_context"] = {**(context.get("trace_context") or {}), "traceparent": traced}
         supplied = dict(parameters or {})
-        execution_id = new_id()
+        execution_id = execution_id or new_id()
         inline = self.db.store.is_sqlite and not tracing.enabled()  # the request's transaction is the loop's
         if not inline:
             stored_with = None
@@ -983,14 +996,16 @@ class ExecutionService:
         return await self.executor.cancel(execution_id)
 
     async def rerun(self, execution_id: str, parameters: Mapping[str, Any] | None = None,
-                    context: Mapping[str, Any] | None = None, *, delay: float = 0.0) -> dict[str, Any]:
+                    context: Mapping[str, Any] | None = None, *, delay: float = 0.0,
+                    rerun_id: str | None = None) -> dict[str, Any]:
         """A new execution of the same action with the original parameters, overridden by `parameters`.
 
         Without `context` it is the same request again (a retry policy): the original's context, so
         its result goes where the original's went. With one, it is that requester's request: who
         asked and where replies go (`_ORIGIN`) are theirs, never the original's (a re-run from the web
         of a chat command must not post into that chat thread). `delay` holds it `delayed` that long
-        (a retry policy's delay), stored so that a restart meanwhile still runs it."""
+        (a retry policy's delay), stored so that a restart meanwhile still runs it. `rerun_id` names the
+        re-run (see `request`'s `execution_id`)."""
         record = await self.db(self._find, execution_id)
         spec = record["spec"]
         supplied = spec.get("supplied", list(record["parameters"]))
@@ -1017,7 +1032,7 @@ class ExecutionService:
         # What rendered the first time renders again; whatever the caller now gives is data.
         return await self.request(record["action"], merged, new_context,
                                   extra_template_context=spec.get("extra_context"),
-                                  render=rendered - set(parameters or {}), delay=delay)
+                                  render=rendered - set(parameters or {}), delay=delay, execution_id=rerun_id)
 
     # -- ownership ---------------------------------------------------------------------
     def _owner_state(self, info: Mapping[str, Any] | None) -> str:
@@ -1140,7 +1155,17 @@ class ExecutionService:
             for execution_id in resumed:  # after their children were abandoned, so they see it
                 self.conducting.add(execution_id)
                 await self.executor.submit(execution_id)
+        await self._run_after_recovery()
         return {"abandoned": abandoned, "started": started + len(resumed)}
+
+    async def _run_after_recovery(self) -> None:
+        """The `after_recovery` hooks, each on its own: one that fails is logged, the start goes on
+        (the next start looks again)."""
+        for hook in self._after_recovery:
+            try:
+                await hook()
+            except Exception:
+                log.exception("a step of recovery after the executions' own failed: %r", hook)
 
     def foreign_note(self) -> str | None:
         """What `squall serve` says at start about executions other hosts' processes hold, if any."""

@@ -6,17 +6,31 @@ queued, and the moment one of that action's runs ends the next queued one is adm
 polling). Delayed executions are stored as such, so after a restart `recover()` submits them
 again and the policy decides anew. Retry listens for finished executions and re-requests a
 failed (or timed out) one with `context.policies.retry.retry_count` counted up.
+
+A failure is committed before its retry is requested, so a crash between the two would lose the
+retry: at recovery (`recover_retries`) the failures of the last `RETRY_LOOKBACK` that were never
+re-run have their retry requested then. A retry's id is derived from the failed execution's
+(`retry_id`), so it is one row whoever requests it: the listener, a recovery of this process or of
+another node on the same database; a second request conflicts on the key and stores nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import logging
+import os
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.executions import until_due
+import sqlalchemy as sa
+
+from engine.executions import FAILED, until_due
+from engine.storage import utcnow
 from engine.yamlfile import ContentError
 
 if TYPE_CHECKING:
@@ -26,6 +40,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 POLICY_TYPES = ("action.concurrency", "action.concurrency.attr", "action.retry")
+#: How far back recovery looks for failures whose retry was never requested (by their start: the
+#: range of an index, however big the table).
+RETRY_LOOKBACK = timedelta(days=1)
+#: Tests only: a file path. The retry listener writes the failed execution's id there and then waits
+#: for ever instead of requesting the retry, holding open the window a crash falls into.
+HOLD_RETRY_ENV = "SQUALL_TEST_HOLD_RETRY"
+
+
+def retry_id(original_id: str) -> str:
+    """The id of the retry a policy requests for `original_id`: the same whoever requests it, so the
+    execution table's primary key lets only one of them store it. It sorts just after the original
+    (its creation microsecond plus one, then 40 bits of a hash of the original's id), as a retry's
+    own fresh id would have."""
+    digest = hashlib.sha256(f"retry:{original_id}".encode()).hexdigest()
+    try:
+        micros = int(original_id[:14], 16) + 1
+    except ValueError:  # not one of Squall's ids (made by hand): a hash alone
+        return digest[:24]
+    return f"{micros:014x}{digest[:10]}"
 
 
 @dataclass
@@ -109,7 +142,10 @@ class PolicyExecutor:
         self._queues: dict[tuple[Any, ...], deque[str]] = defaultdict(deque)
         #: Each queued execution's key: one that ends while it waits (canceled) leaves its queue.
         self._queued: dict[str, tuple[Any, ...]] = {}
+        #: Failed executions whose retry this process is requesting now (the listener's or recovery's).
+        self._retrying: set[str] = set()
         executions.on_finished(self._on_finished)
+        executions.after_recovery(self.recover_retries)
 
     def rebuild(self, registry: Registry) -> list[ContentError]:
         self.policies, errors = load_policies(registry)
@@ -233,6 +269,14 @@ class PolicyExecutor:
             self._key_of.pop(next_id, None)
 
     def _retry(self, record: dict[str, Any]) -> Any:
+        found = self._retry_policy(record)
+        if found is None or record["id"] in self._retrying:
+            return None
+        self._retrying.add(record["id"])  # before any await: recovery skips it meanwhile
+        return self._retry_later(record, *found)
+
+    def _retry_policy(self, record: dict[str, Any]) -> tuple[Policy, int] | None:
+        """The retry policy that retries this ended execution, and the retry's count; None if none does."""
         if record.get("parent"):
             return None  # inside workflows, retry is the workflow's (`retry:` on the task)
         for policy in self.policies.get(record["action"], []):
@@ -244,25 +288,74 @@ class PolicyExecutor:
             done = int(((record.get("context") or {}).get("policies") or {}).get("retry", {}).get("retry_count", 0))
             if done >= int(policy.parameters.get("max_retry_count", 2)):
                 continue
-            return self._retry_later(record, policy, done + 1)
+            return policy, done + 1
         return None
 
     async def _retry_later(self, record: dict[str, Any], policy: Policy, count: int) -> None:
         """Request the retry now, held `delayed` for the policy's delay: stored, so a restart during the
-        delay runs it still (a retry waiting in memory was lost with the process)."""
+        delay runs it still (a retry waiting in memory was lost with the process). Its id is
+        `retry_id(original)`: if it is stored already (another node's recovery), nothing is."""
         delay = float(policy.parameters.get("delay", 0) or 0)
         # The same request again: who asked and where its replies go (a chat thread) are the original's.
         context = {**(record.get("context") or {}),
                    "policies": {"retry": {"retry_count": count, "applied_policy": policy.ref}}}
         try:
-            await self.executions.rerun(record["id"], context=context, delay=delay)
+            if hold := os.environ.get(HOLD_RETRY_ENV):
+                await _hold_for_tests(hold, record["id"])
+            await self.executions.rerun(record["id"], context=context, delay=delay, rerun_id=retry_id(record["id"]))
+        except sa.exc.IntegrityError:
+            log.info("retry policy %s: the retry of %s (%s) was requested already", policy.ref, record["id"],
+                     retry_id(record["id"]))
         except Exception:
             log.exception("retry policy %s could not re-run %s", policy.ref, record["id"])
+        finally:
+            self._retrying.discard(record["id"])
+
+    async def recover_retries(self) -> int:
+        """Request the retries a crash lost: top-level executions started within `RETRY_LOOKBACK` that
+        ended in a status their action's retry policy retries, below its count, and that nothing re-ran
+        (no execution's `context.re-run.ref` names them). Run at the end of `ExecutionService.recover`,
+        after the executions it abandoned were heard of (those retries are this process's listener's,
+        and under way). Returns how many it requested."""
+        actions = sorted(ref for ref, policies in self.policies.items()
+                         if any(p.policy_type == "action.retry" for p in policies))
+        if not actions:
+            return 0
+        db = self.executions.db
+        rows = await db(db.store.recent_top_level, actions, utcnow() - RETRY_LOOKBACK)
+        rerun = {row["rerun_of"] for row in rows if row["rerun_of"]}
+        requested = 0
+        for row in rows:
+            if row["status"] not in FAILED or row["id"] in rerun or row["id"] in self._retrying:
+                continue
+            record = await db(db.store.get_execution, row["id"])
+            found = self._retry_policy(record) if record is not None else None
+            if found is None or row["id"] in self._retrying:
+                continue
+            self._retrying.add(row["id"])
+            log.warning("execution %s of %s ended %s and its retry (policy %s) was never requested: "
+                        "Squall stopped first; requesting it now", row["id"], record["action"], record["status"],
+                        found[0].ref)
+            await self._retry_later(record, *found)
+            requested += 1
+        return requested
 
 
 async def _all(awaitables: list[Any]) -> None:
+    """Await each in turn; one that fails (a slot's admission) must not keep the next (a retry) from running."""
     for awaitable in awaitables:
-        await awaitable
+        try:
+            await awaitable
+        except Exception:
+            log.exception("a policy's step after a run ended failed")
+
+
+async def _hold_for_tests(path: str, execution_id: str) -> None:
+    """Tests only (`HOLD_RETRY_ENV`): say which failure's retry is held, then hold it for ever, so a
+    test can kill the process between the failure's commit and its retry's request."""
+    Path(path).write_text(execution_id)
+    log.warning("%s is set: the retry of %s is held and never requested", HOLD_RETRY_ENV, execution_id)
+    await asyncio.Event().wait()
 
 
 #: Statuses that hold a slot of a concurrency policy when the count is shared between processes.
