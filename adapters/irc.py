@@ -189,12 +189,23 @@ def line_budget(nick: str, target: str, username: str = "") -> int:
     return MAX_LINE - len(overhead.encode())
 
 
+#: C0 control characters a reply may not carry: \x01 starts CTCP (an ACTION, a DCC offer in the bot's
+#: name), the rest mean nothing to clients. Kept: tab, and the formatting codes clients render (bold
+#: \x02, colour \x03, monospace \x11, reset \x0f, reverse \x16, italic \x1d, strikethrough \x1e,
+#: underline \x1f). Line breaks are split on before this applies.
+_CONTROLS = re.compile("[\x00\x01\x04-\x08\x0b\x0c\x0e\x10\x12-\x15\x17-\x1c]")
+
+
 def split_lines(text: str, budget: int) -> list[str]:
     """IRC lines for `text`: one per text line, long ones cut by bytes (at a space when one is near the
     end, never inside a UTF-8 sequence); inner blank lines become a single space, as empty PRIVMSGs
-    are refused."""
+    are refused. Control characters other than tab and formatting codes are dropped (`_CONTROLS`), and
+    what UTF-8 cannot encode (a lone surrogate, half an emoji from an action) becomes `?`: an action's
+    result must never make the send fail, nor send CTCP in the bot's name."""
     budget = max(budget, 16)
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "").strip("\n")
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROLS.sub("", text).strip("\n")
     if not text.strip():
         return []
     out: list[str] = []
@@ -323,6 +334,13 @@ class IrcAdapter:
     start_wait = 10.0
     send_wait = 10.0
     reconnect_min = 1.0
+    #: How long `send()` waits for the JOIN of a channel the bot is not in (kicked, or a new route)
+    #: before handing the reply back to the outbox to try again, and for the server to answer a
+    #: private reply (a 401 means the nick is gone: not delivered).
+    join_wait = 10.0
+    confirm_wait = 10.0
+    #: Nick changes and quits remembered for private replies (the oldest are forgotten first).
+    nick_memory = 1000
 
     def __init__(self, settings: IrcSettings, name: str = "irc") -> None:
         self.name = name
@@ -348,6 +366,15 @@ class IrcAdapter:
         self._stopping = False
         self._joined_all = asyncio.Event()
         self._registered_at = 0.0
+        #: Set (and replaced) whenever the bot's own JOIN or a refusal to join arrives: `send()` waits on it.
+        self._join_news = asyncio.Event()
+        self._join_refused: dict[str, str] = {}  # channel (lower case) → the server's last refusal
+        #: Old nick (lower case) → new nick, from NICK events seen in shared channels, and nicks seen to
+        #: QUIT: a private reply follows its asker to a new nick and never goes to whoever took the old one.
+        self._renamed: dict[str, str] = {}
+        self._quit: dict[str, None] = {}
+        #: PING token → (private target, the 401 seen for it, or None): `send()` knows if a nick was gone.
+        self._confirming: dict[str, tuple[str, asyncio.Future[str | None]]] = {}
 
     @property
     def nick(self) -> str:
@@ -513,6 +540,11 @@ class IrcAdapter:
         if not target or any(c in target for c in " ,\r\n\x00"):
             raise DeliveryError(f"IRC: {reply.channel!r} is not a channel or nick")
         await self._wait_registered()
+        private = target[0] not in _CHANNEL_TYPES
+        if private:
+            target = self._current_nick(target)
+        else:
+            await self._ensure_joined(target)
         conn = self._conn
         assert conn is not None
         key = id(reply)
@@ -522,8 +554,6 @@ class IrcAdapter:
         else:
             text = reply.text if reply.file is None else f"{reply.text}\n{reply.file[1]}"
             lines, done = split_lines(text, line_budget(self.nick, target, self.settings.username)), 0
-        if target[0] in _CHANNEL_TYPES and target.lower() not in self.joined:
-            self._want(target)
         for index in range(done, len(lines)):
             await self._bucket.take()
             try:
@@ -534,7 +564,73 @@ class IrcAdapter:
                 self._partial[key] = (reply, lines, index)
                 raise DeliveryError(f"IRC: disconnected after {index} of {len(lines)} lines to {target}") from None
         self._partial.pop(key, None)
+        if private and lines:
+            await self._confirm_private(conn, target)
         return f"{target}:{next(self._ids)}"
+
+    def _current_nick(self, nick: str) -> str:
+        """The nick a private reply to `nick` goes to now: its asker's new nick after a rename seen in a
+        shared channel (never whoever took the old one). A nick seen to quit is undeliverable: the
+        reply is failed rather than handed to a stranger who connects under that nick."""
+        seen = {nick.lower()}
+        while nick.lower() in self._renamed:
+            nick = self._renamed[nick.lower()]
+            if nick.lower() in seen:  # a rename back and forth: the loop ends at the nick we came to
+                break
+            seen.add(nick.lower())
+        if nick.lower() in self._quit:
+            raise DeliveryError(f"IRC: {nick} quit before the reply was sent; not sending it to whoever uses "
+                                "that nick now", permanent=True)
+        return nick
+
+    def _remember(self, table: dict[str, Any], key: str, value: Any) -> None:
+        table.pop(key, None)
+        table[key] = value
+        while len(table) > self.nick_memory:
+            del table[next(iter(table))]
+
+    async def _confirm_private(self, conn: Any, target: str) -> None:
+        """PING after a private reply and wait for the PONG: the server answers in order, so a 401 (no such
+        nick) for `target` comes first. Then the reply was not delivered, and is failed, not marked sent."""
+        token = f"squall-{next(self._ids)}"
+        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._confirming[token] = (target.lower(), answer)
+        try:
+            conn.ping(token)
+            async with asyncio.timeout(self.confirm_wait):
+                refused = await answer
+        except (TimeoutError, irc.client.ServerNotConnectedError):
+            return  # no answer: the lines were written; count them delivered (at least once, as before)
+        finally:
+            self._confirming.pop(token, None)
+        if refused is not None:
+            raise DeliveryError(f"IRC: {target} is not on the server ({refused}); the private reply was not "
+                                "delivered", permanent=True)
+
+    async def _ensure_joined(self, channel: str) -> None:
+        """Be in `channel` before writing to it: join it (with the key configured for it) and wait for our
+        own JOIN. A reply written to a channel the bot is not in is dropped by the server, so when the
+        JOIN does not come (banned, invite-only, a wrong key) the outbox keeps the reply and tries again."""
+        name = channel.lower()
+        if name in self.joined:
+            return
+        full = next((c for c in self.wanted if c.split(" ")[0].lower() == name), channel)
+        self._join_refused.pop(name, None)  # an earlier refusal says nothing about this attempt
+        self._want(full)
+        try:
+            async with asyncio.timeout(self.join_wait):
+                while name not in self.joined and name not in self._join_refused:
+                    await self._join_news.wait()
+        except TimeoutError:
+            pass
+        if name not in self.joined:
+            refused = self._join_refused.pop(name, "no JOIN came back")
+            raise DeliveryError(f"IRC: not in {channel} and cannot join it now ({refused}); the reply waits "
+                                f"for the bot to get back in")
+
+    def _join_happened(self) -> None:
+        news, self._join_news = self._join_news, asyncio.Event()
+        news.set()
 
     def private_channel(self, user: str) -> str:
         """Where a private exchange with `user` happens: their nick (a private PRIVMSG's channel)."""
@@ -551,7 +647,7 @@ class IrcAdapter:
 
     def _want(self, channel: str) -> None:
         """Join a channel a reply goes to (a notification route may name one not configured)."""
-        if channel.lower() not in (c.split(" ")[0].lower() for c in self.wanted):
+        if channel.split(" ")[0].lower() not in (c.split(" ")[0].lower() for c in self.wanted):
             self.wanted.append(channel)
         self._join(channel)
 
@@ -596,6 +692,10 @@ class IrcAdapter:
         self.registered.clear()
         self.joined.clear()
         self._lost.set()
+        self._join_happened()
+        for _target, answer in self._confirming.values():
+            if not answer.done():
+                answer.set_result(None)  # the lines were written: delivered at least once, as before
 
     def _fallback_nick(self, conn: Any, event: Any) -> None:
         if self.registered.is_set():
@@ -624,15 +724,22 @@ class IrcAdapter:
             self._last_regain = time.monotonic()
             conn.nick(wanted)
 
-    _on_quit = _regain_if_freed
+    def _on_quit(self, conn: Any, event: Any) -> None:
+        if event.source and event.source.nick.lower() != conn.real_nickname.lower():
+            self._remember(self._quit, event.source.nick.lower(), None)
+        self._regain_if_freed(conn, event)
 
     def _on_nick(self, conn: Any, event: Any) -> None:
         if event.source and event.source.nick != conn.real_nickname:
+            old, new = event.source.nick, event.target
+            if new and new.lower() != conn.real_nickname.lower() and old.lower() != new.lower():
+                self._remember(self._renamed, old.lower(), new)
             self._regain_if_freed(conn, event)
 
     def _on_join(self, conn: Any, event: Any) -> None:
         if event.source.nick == conn.real_nickname:
             self.joined.add(event.target.lower())
+            self._join_happened()
             self._rejoin.pop(event.target.lower(), None)  # in: the next loss starts the waits afresh
             configured = {c.split(" ")[0].lower() for c in self.settings.channels}
             if configured <= self.joined:
@@ -660,6 +767,9 @@ class IrcAdapter:
         sender = event.source.nick if event.source else None
         if not sender or sender == conn.real_nickname or not event.arguments:
             return
+        # Whoever writes as `sender` now is who replies to that nick are for: forget an older holder.
+        self._renamed.pop(sender.lower(), None)
+        self._quit.pop(sender.lower(), None)
         text = event.arguments[0]
         addressed = re.match(rf"^@?{re.escape(conn.real_nickname)}\s*[:,]\s*", text, re.IGNORECASE)
         if addressed:
@@ -716,13 +826,33 @@ class IrcAdapter:
         log.warning("IRC: %s %s: %s", event.type, event.arguments[0] if event.arguments else "",
                     event.arguments[-1] if len(event.arguments) > 1 else "")
 
+    def _join_refusal(self, conn: Any, event: Any) -> None:
+        """A JOIN refused (banned, invite-only, a wrong key, full): a `send()` waiting for it stops waiting."""
+        self._warn(conn, event)
+        if event.arguments:
+            self._join_refused[event.arguments[0].lower()] = f"{event.type}: {event.arguments[-1]}"
+            self._join_happened()
+
+    def _on_nosuchnick(self, conn: Any, event: Any) -> None:
+        """401: a private reply's nick is not on the server; `_confirm_private` fails that reply."""
+        self._warn(conn, event)
+        nick = event.arguments[0].lower() if event.arguments else ""
+        for target, answer in self._confirming.values():
+            if target == nick and not answer.done():
+                answer.set_result(event.arguments[-1] if len(event.arguments) > 1 else "no such nick")
+
+    def _on_pong(self, conn: Any, event: Any) -> None:
+        for word in (event.target, *event.arguments):
+            entry = self._confirming.get(str(word))
+            if entry is not None and not entry[1].done():
+                entry[1].set_result(None)
+
     _on_cannotsendtochan = _warn
-    _on_nosuchnick = _warn
-    _on_nosuchchannel = _warn
-    _on_bannedfromchan = _warn
-    _on_inviteonlychan = _warn
-    _on_badchannelkey = _warn
-    _on_channelisfull = _warn
+    _on_nosuchchannel = _join_refusal
+    _on_bannedfromchan = _join_refusal
+    _on_inviteonlychan = _join_refusal
+    _on_badchannelkey = _join_refusal
+    _on_channelisfull = _join_refusal
     _on_yourebannedcreep = _warn
 
 

@@ -22,7 +22,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.base import AdapterConfigError, Reply
-from adapters.irc import IrcAdapter, IrcConfigError, IrcSettings, TokenBucket, create, line_budget, split_lines
+from adapters.irc import (
+    _CONTROLS,
+    IrcAdapter,
+    IrcConfigError,
+    IrcSettings,
+    TokenBucket,
+    create,
+    line_budget,
+    split_lines,
+)
 from bot.app import Squall
 from bot.chat.bot import ChatBot
 from engine.config import load_config
@@ -119,8 +128,9 @@ def test_split_lines_respects_bytes_and_utf8(text: str, budget: int) -> None:
     for line in lines:
         assert "\n" not in line and "\r" not in line and "\x00" not in line
         assert 0 < len(line.encode()) <= budget  # encodes: no half characters anywhere
-    # nothing but the whitespace at the cuts and line ends is lost or reordered
-    kept = "".join(text.replace("\x00", "").split())
+    # nothing but the whitespace at the cuts and line ends (and the control characters that are not
+    # formatting codes) is lost or reordered
+    kept = "".join(_CONTROLS.sub("", text.replace("\r", "\n")).split())
     assert "".join("".join(lines).split()) == kept
 
 

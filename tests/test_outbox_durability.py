@@ -986,3 +986,27 @@ async def test_a_long_reply_sent_in_parts_goes_on_after_a_failed_part(chat, home
     assert len(firsts) >= 2 and len(firsts) == len(set(firsts)), firsts  # each part once
     assert "\n".join(posted.text for posted in loopback.posted).count("line 0079") == 1
     assert (await squall.db(squall.store.outbox_get, outbox_id))["status"] == "sent"
+
+
+async def test_a_reply_the_adapter_cannot_send_fails_and_does_not_hold_its_channel(chat) -> None:
+    """An exception that is not a `DeliveryError` (here the encode error a lone surrogate caused in an
+    adapter) is not a refusal that may pass: after `UNEXPECTED_LIMIT` attempts the reply is recorded
+    as failed, with the reason, and the channel's next reply goes out instead of waiting 24 hours."""
+    squall, bot, loopback = chat
+    real_send, tries = loopback.send, []
+
+    async def cannot_encode(reply: Reply, edit_of: str | None = None) -> str | None:
+        if "bad" in reply.text:
+            tries.append(reply.text)
+            reply.text.encode()  # raises UnicodeEncodeError: a bug the adapter has, every time
+        return await real_send(reply, edit_of)
+
+    loopback.send = cannot_encode  # type: ignore[method-assign]
+    bad = await bot.outbox.post(Reply(adapter="loopback", channel="#ops", text="bad \ud83d"))
+    good = await bot.outbox.post(Reply(adapter="loopback", channel="#ops", text="the next"))
+    await asyncio.wait_for(settle(squall, bot), 60)  # without the limit: retried for GIVE_UP_AFTER (24 h)
+    assert loopback.texts("#ops") == ["the next"]
+    assert len(tries) == outbox_module.UNEXPECTED_LIMIT
+    row = await squall.db(squall.store.outbox_get, bad)
+    assert row["status"] == "failed" and "UnicodeEncodeError" in row["error"], row
+    assert (await squall.db(squall.store.outbox_get, good))["status"] == "sent"

@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 #: hold its channel forever. (A refusal that cannot pass, `DeliveryError.permanent`, fails it at once.)
 GIVE_UP_AFTER = 24 * 3600.0
 MAX_BACKOFF = 30.0
+#: Attempts after which an exception that is not a `DeliveryError` (an adapter bug, text the adapter
+#: cannot encode) counts as permanent: it is not a refusal that may pass, and retrying it for
+#: `GIVE_UP_AFTER` would hold every later reply of its channel behind it.
+UNEXPECTED_LIMIT = 3
 PAGE = 1000
 #: How far before a leftover reply was stored the platform is searched for it (clocks differ).
 CLOCK_SKEW = timedelta(minutes=2)
@@ -412,7 +416,7 @@ class Outbox:
             platform_id = self._platform_ids[outbox_id] = self._found.pop(outbox_id)
             return {"status": "sent", "platform_id": platform_id, "sent_at": utcnow(), "error": None}
         reply = Reply(**{**reply.__dict__, "outbox_id": outbox_id})  # (dataclasses.replace re-reads the fields)
-        delay, attempt, since = 0.25, 0, time.monotonic()
+        delay, attempt, unexpected, since = 0.25, 0, 0, time.monotonic()
         while True:
             attempt += 1
             edit_of = await self._platform_id(reply.edit) if reply.edit is not None else None
@@ -426,12 +430,16 @@ class Outbox:
             except Exception as exc:
                 if isinstance(exc, DeliveryError) and exc.permanent:  # retrying cannot help: do not hold the channel
                     log.error("reply %s to %s %s cannot be delivered: %s", outbox_id, reply.adapter, reply.channel, exc)
-                    self._parts_sent.pop(outbox_id, None)
-                    await self.db(self.db.store.outbox_update, outbox_id,
-                                  {"status": "failed", "attempts": attempt, "error": str(exc)})
-                    metrics.count(metrics.chat_replies, adapter.name, "failed")
-                    self._settled_ids.append(outbox_id)
-                    return None
+                    return await self._fail(adapter, outbox_id, attempt, str(exc))
+                if not isinstance(exc, DeliveryError):
+                    unexpected += 1
+                    if unexpected >= UNEXPECTED_LIMIT:  # not a refusal that may pass: a bug, or text it cannot take
+                        reason = f"{exc.__class__.__name__}: {exc}"
+                        log.error("reply %s to %s %s failed %d times with an unexpected error (%s); recording it "
+                                  "as failed so the channel's later replies are not held behind it", outbox_id,
+                                  reply.adapter, reply.channel, unexpected, reason,
+                                  exc_info=(type(exc), exc, exc.__traceback__))
+                        return await self._fail(adapter, outbox_id, attempt, reason)
                 if time.monotonic() - since >= GIVE_UP_AFTER:
                     break
                 wait = exc.retry_after if isinstance(exc, DeliveryError) and exc.retry_after else delay
@@ -452,3 +460,10 @@ class Outbox:
         self._settled_ids.append(outbox_id)
         return None
 
+    async def _fail(self, adapter: Adapter, outbox_id: int, attempt: int, reason: str) -> None:
+        """Record a reply that retrying cannot deliver as failed, with why, so its channel moves on."""
+        self._parts_sent.pop(outbox_id, None)
+        await self.db(self.db.store.outbox_update, outbox_id,
+                      {"status": "failed", "attempts": attempt, "error": reason})
+        metrics.count(metrics.chat_replies, adapter.name, "failed")
+        self._settled_ids.append(outbox_id)
