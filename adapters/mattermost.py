@@ -73,6 +73,10 @@ OTHER_PLATFORMS = {"slack", "irc", "console", "msteams", "hipchat", "rocketchat"
                    "errbot", "loopback"}
 REST_TIMEOUT = aiohttp.ClientTimeout(total=30)
 _MM_ID = re.compile(r"^[a-z0-9]{26}$")
+#: How long a user id's name is trusted without asking the server again. A rename is announced on the
+#: websocket (`user_updated`, which drops the name at once), but one made while the socket was down is
+#: not: without an expiry the renamed account would keep its old name, and its permissions, for good.
+IDENTITY_TTL = 3600.0
 _ID_LIKE = re.compile(r"^[A-Za-z0-9]{8,}$")
 _SLASH = "slash:"
 #: The post prop that carries a reply's outbox id (`find_sent`).
@@ -219,7 +223,7 @@ class MattermostAdapter:
         self._connection_id: str | None = None
         self._next_seq = 0
         self._mention: re.Pattern[str] | None = None
-        self._usernames: dict[str, str] = {}
+        self._usernames: dict[str, tuple[str, float]] = {}  # user id → (username, when to ask again)
         self._channels: dict[str, str] = {}
         self._known_channels: set[str] = set()
         self._channel_types: dict[str, str] = {}
@@ -298,7 +302,7 @@ class MattermostAdapter:
             raise
         username = str(self.me.get("username") or "")
         self._mention = re.compile(rf"(?<![\w.@-])@{re.escape(username)}(?![\w-]|\.\w)[:,]?", re.IGNORECASE)
-        self._usernames[str(self.me.get("id"))] = username
+        self._usernames[str(self.me.get("id"))] = (username, time.monotonic() + IDENTITY_TTL)
         if self.settings.team and self.team_id is None:
             await self._find_team()
         with contextlib.suppress(MattermostError, ValueError, TypeError, KeyError):
@@ -342,14 +346,24 @@ class MattermostAdapter:
     async def _username(self, user_id: str) -> str:
         """The user's name from the server; the id when the lookup fails (never a name in the event,
         which a webhook's poster chooses): permissions that name people then do not match."""
-        if user_id not in self._usernames:
-            try:
-                user = await self._call("GET", f"/users/{_quote(user_id)}")
-                self._usernames[user_id] = str(user.get("username") or user_id)
-            except MattermostError as exc:
-                log.warning("Mattermost: cannot look up user %s (%s)", user_id, exc)
-                return user_id
-        return self._usernames[user_id]
+        cached = self._usernames.get(user_id)
+        if cached is not None and time.monotonic() < cached[1]:
+            return cached[0]
+        try:
+            user = await self._call("GET", f"/users/{_quote(user_id)}")
+        except MattermostError as exc:
+            log.warning("Mattermost: cannot look up user %s (%s)", user_id, exc)
+            return user_id
+        name = str(user.get("username") or user_id)
+        self._usernames[user_id] = (name, time.monotonic() + IDENTITY_TTL)
+        return name
+
+    def _user_updated(self, event: dict[str, Any]) -> None:
+        """`user_updated`: a user changed (a rename, say). Their cached name is dropped, so the next
+        message from them is named as the server names them now, and two accounts never share a name."""
+        user = (event.get("data") or {}).get("user")
+        if isinstance(user, dict) and user.get("id"):
+            self._usernames.pop(str(user["id"]), None)
 
     async def channel_id(self, channel: str) -> str:
         """A channel id from an id, a channel name of the team (`ops`, `~ops`) or a user (`@alice`, a DM)."""
@@ -502,6 +516,18 @@ class MattermostAdapter:
             finally:
                 self._ws = None
 
+    def _on_hello(self, event: dict[str, Any], seq: Any) -> None:
+        """`hello`: the websocket is up; whether it resumed the session (no events lost) or began a new one."""
+        connection_id = (event.get("data") or {}).get("connection_id")
+        if self._connection_id and connection_id != self._connection_id:
+            log.warning("Mattermost websocket could not resume its session: events sent while it was down "
+                        "are lost")
+        elif self._connection_id:
+            log.info("Mattermost websocket resumed")
+        self._connection_id = connection_id
+        self._next_seq = seq + 1 if isinstance(seq, int) else 0
+        self.connected.set()
+
     async def _on_frame(self, data: str) -> None:
         """One websocket frame; a malformed or failing event is logged and skipped, never fatal."""
         try:
@@ -518,20 +544,15 @@ class MattermostAdapter:
         seq = event.get("seq")
         name = event.get("event")
         if name == "hello":
-            connection_id = (event.get("data") or {}).get("connection_id")
-            if self._connection_id and connection_id != self._connection_id:
-                log.warning("Mattermost websocket could not resume its session: events sent while it was down "
-                            "are lost")
-            elif self._connection_id:
-                log.info("Mattermost websocket resumed")
-            self._connection_id = connection_id
-            self._next_seq = seq + 1 if isinstance(seq, int) else 0
-            self.connected.set()
+            self._on_hello(event, seq)
             return
         if isinstance(seq, int):
             if seq != self._next_seq:
                 log.warning("Mattermost websocket: expected event %d, got %d", self._next_seq, seq)
             self._next_seq = seq + 1
+        if name == "user_updated":
+            self._user_updated(event)
+            return
         if name != "posted":
             return
         try:

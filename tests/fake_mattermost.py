@@ -132,6 +132,18 @@ class FakeMattermost:
                 self.members[channel["id"]].add(user["id"])
         return user
 
+    async def rename(self, user: dict[str, Any], username: str, *, announce: bool = True) -> None:
+        """An admin renames `user`; like the server, `user_updated` goes to every session (unless
+        `announce` is false: a rename made while the bot's websocket was down, whose event it missed)."""
+        user["username"] = username
+        user["update_at"] = now_ms()
+        if announce:
+            for connection in list(self.connections.values()):
+                await self._send(connection, {"event": "user_updated", "data": {"user": dict(user)},
+                                              "broadcast": {"omit_users": None, "user_id": "", "channel_id": "",
+                                                            "team_id": ""}})
+            await self._notify()
+
     def add_channel(self, name: str, kind: str = "O", members: list[str] | None = None) -> dict[str, Any]:
         channel = {"id": mmid(), "create_at": now_ms(), "update_at": now_ms(), "delete_at": 0,
                    "team_id": self.team["id"] if kind in "OP" else "", "type": kind, "display_name": name.title(),

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from adapters import mattermost as mattermost_module
 from adapters.base import AdapterConfigError, DeliveryError, Reply
 from adapters.mattermost import MattermostAdapter, attachments, create, retry_after
 from bot.app import Squall
@@ -659,3 +660,45 @@ async def test_a_user_the_server_cannot_name_now_is_their_id_not_a_name_from_the
                         {"channel_id": fake.town_square["id"]}, fake.town_square["id"])
     await fake.wait_for(lambda: seen)
     assert seen[0] == (mallory["id"], "!greet x")
+
+
+async def _names_seen(fake: FakeMattermost, adapter: MattermostAdapter) -> list[tuple[str, str]]:
+    """Spy on the adapter: (user id, `Message.user`) of each message it hands on, from now."""
+    seen: list[tuple[str, str]] = []
+    handler = adapter._on_message
+
+    async def spy(message: Any) -> None:
+        seen.append((message.raw["user_id"], message.user))
+        await handler(message)
+
+    adapter._on_message = spy
+    return seen
+
+
+async def test_a_renamed_user_is_named_anew_and_never_shares_a_name(chat) -> None:
+    """alice is renamed `alice.old` and bob given `alice` (the server says so on the websocket,
+    `user_updated`): alice's next message is from `alice.old`, bob's from `alice`; never both `alice`."""
+    fake, adapter = chat
+    seen = await _names_seen(fake, adapter)
+    await fake.say(fake.alice, fake.town_square, "hello")
+    await fake.wait_for(lambda: len(seen) == 1)
+    await fake.rename(fake.alice, "alice.old")
+    await fake.rename(fake.bob, "alice")
+    await fake.say(fake.alice, fake.town_square, "again")
+    await fake.say(fake.bob, fake.town_square, "me too")
+    await fake.wait_for(lambda: len(seen) == 3)
+    assert seen == [(fake.alice["id"], "alice"), (fake.alice["id"], "alice.old"), (fake.bob["id"], "alice")]
+
+
+async def test_a_rename_the_websocket_missed_is_seen_once_the_name_expires(chat, monkeypatch) -> None:
+    """A rename made while the websocket was down sends no event the bot gets: a name is only trusted
+    for `IDENTITY_TTL`, then asked for again (here at once)."""
+    fake, adapter = chat
+    monkeypatch.setattr(mattermost_module, "IDENTITY_TTL", 0.0)
+    seen = await _names_seen(fake, adapter)
+    await fake.say(fake.alice, fake.town_square, "hello")
+    await fake.wait_for(lambda: len(seen) == 1)
+    await fake.rename(fake.alice, "alice.old", announce=False)
+    await fake.say(fake.alice, fake.town_square, "again")
+    await fake.wait_for(lambda: len(seen) == 2)
+    assert [name for _id, name in seen] == ["alice", "alice.old"]
