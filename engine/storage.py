@@ -1039,21 +1039,23 @@ class Store:
     def list_executions(self, *, limit: int = 50, offset: int = 0, oldest_first: bool = False,
                         **filters: Any) -> list[dict[str, Any]]:
         """Executions `filters` select (`_execution_filters`), newest first unless `oldest_first`."""
-        return self.page_executions(limit=limit, offset=offset, oldest_first=oldest_first, count=False, **filters)[0]
+        with self._read() as conn:
+            return self._listed(conn, limit, offset, oldest_first, filters)
 
-    def page_executions(self, *, limit: int = 50, offset: int = 0, oldest_first: bool = False, count: bool = True,
+    def page_executions(self, *, limit: int = 50, offset: int = 0, oldest_first: bool = False,
                         **filters: Any) -> tuple[list[dict[str, Any]], int]:
-        """One page of the executions `filters` select and, with `count`, how many they select in all (the
-        API's `X-Total-Count`; else -1), in one read."""
+        """One page of the executions `filters` select and how many they select in all (the API's
+        `X-Total-Count`), in one read."""
+        counted = self._execution_filters(sa.select(sa.func.count()).select_from(executions), **filters)
+        with self._read() as conn:
+            return self._listed(conn, limit, offset, oldest_first, filters), int(conn.execute(counted).scalar_one())
+
+    def _listed(self, conn: Any, limit: int, offset: int, oldest_first: bool,
+                filters: dict[str, Any]) -> list[dict[str, Any]]:
         columns = (executions.c.start_timestamp, executions.c.id)
         order = columns if oldest_first else tuple(c.desc() for c in columns)
         statement = self._execution_filters(sa.select(executions).order_by(*order), **filters)
-        with self._read() as conn:
-            records = [_row(row) for row in conn.execute(statement.limit(limit).offset(offset))]  # type: ignore[misc]
-            if not count:
-                return records, -1
-            counted = self._execution_filters(sa.select(sa.func.count()).select_from(executions), **filters)
-            return records, int(conn.execute(counted).scalar_one())
+        return [_row(row) for row in conn.execute(statement.limit(limit).offset(offset))]  # type: ignore[misc]
 
     def execution_keyset(self, where: ExecutionFilter, *, before: str | None = None,
                          limit: int = 50) -> list[dict[str, Any]]:
