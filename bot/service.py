@@ -23,10 +23,13 @@ from bot.app import Squall
 from engine.config import SYSTEM_PACKS_PATH, Config, ConfigError
 from engine.jobs import REAP_SECONDS, reap_stalled, waiting_note, waiting_since
 from engine.packs import fingerprint
+from engine.policies import RETRY_SETTLE
 from engine.storage import utcnow
 
 log = logging.getLogger("squall")
 POLL_SECONDS = 1.0
+#: How often the lead of workers looks for retries lost with a killed worker (`_queued_work`).
+RETRY_SWEEP_SECONDS = 60.0
 #: The chat platforms Squall speaks; each is the module `adapters.<name>`.
 ADAPTER_NAMES = ["console", "slack", "mattermost", "irc"]
 PURGE_SECONDS = 60.0
@@ -192,7 +195,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
                     await squall.sync_sensors()  # the lead changed hands: start or stop the sensors
                 ticks += 1
                 if reaps and ticks % int(REAP_SECONDS / POLL_SECONDS) == 0:
-                    await _queued_work(squall)
+                    await _queued_work(squall, sweep_retries=ticks % int(RETRY_SWEEP_SECONDS / POLL_SECONDS) == 0)
                 if ticks % int(PURGE_SECONDS / POLL_SECONDS) == 0:
                     await squall.db(squall.datastore.purge_expired)
                     await squall.db(squall.triggers.purge_deliveries)
@@ -224,12 +227,15 @@ async def _first_admin(squall: Squall, address: str) -> None:
               f"(shown only now; `squall user passwd {FIRST_ADMIN}` sets another)", file=sys.stderr, flush=True)
 
 
-async def _queued_work(squall: Squall) -> None:
+async def _queued_work(squall: Squall, sweep_retries: bool = False) -> None:
     """`executor.kind: procrastinate`: the leading node ends what stalled workers left (also when no
-    worker is left to do it); every node tells the chat threads whose executions no worker has
-    taken for `executor.unserved_after` seconds (once each: the reply is keyed)."""
+    worker is left to do it) and, with `sweep_retries`, requests the retries that killed workers never
+    did; every node tells the chat threads whose executions no worker has taken for
+    `executor.unserved_after` seconds (once each: the reply is keyed)."""
     if squall.sensor_lead:
         await reap_stalled(squall.executions, squall.jobs)  # type: ignore[arg-type]
+        if sweep_retries:
+            await squall.policies.recover_retries(settled=RETRY_SETTLE)
     config = squall.config
     if config.unserved_after <= 0:
         return

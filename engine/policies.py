@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from engine.executions import FAILED, until_due
-from engine.storage import utcnow
+from engine.storage import as_utc, utcnow
 from engine.yamlfile import ContentError
 
 if TYPE_CHECKING:
@@ -43,6 +43,10 @@ POLICY_TYPES = ("action.concurrency", "action.concurrency.attr", "action.retry")
 #: How far back recovery looks for failures whose retry was never requested (by their start: the
 #: range of an index, however big the table).
 RETRY_LOOKBACK = timedelta(days=1)
+#: With workers (`executor.kind: procrastinate`) the lead looks for lost retries while it runs, not only
+#: at its start: a worker killed between a failure's commit and its retry's request has no restart of
+#: its own to recover it. A failure younger than this is left to its worker's listener, still at work.
+RETRY_SETTLE = timedelta(minutes=1)
 #: Tests only: a file path. The retry listener writes the failed execution's id there and then waits
 #: for ever instead of requesting the retry, holding open the window a crash falls into.
 HOLD_RETRY_ENV = "SQUALL_TEST_HOLD_RETRY"
@@ -311,12 +315,13 @@ class PolicyExecutor:
         finally:
             self._retrying.discard(record["id"])
 
-    async def recover_retries(self) -> int:
+    async def recover_retries(self, settled: timedelta = timedelta(0)) -> int:
         """Request the retries a crash lost: top-level executions started within `RETRY_LOOKBACK` that
-        ended in a status their action's retry policy retries, below its count, and that nothing re-ran
-        (no execution's `context.re-run.ref` names them). Run at the end of `ExecutionService.recover`,
-        after the executions it abandoned were heard of (those retries are this process's listener's,
-        and under way). Returns how many it requested."""
+        ended at least `settled` ago in a status their action's retry policy retries, below its count,
+        and that nothing re-ran (no execution's `context.re-run.ref` names them). Run at the end of
+        `ExecutionService.recover`, after the executions it abandoned were heard of (those retries are
+        this process's listener's, and under way), and by the lead of workers every minute with
+        `settled=RETRY_SETTLE`. Returns how many it requested."""
         actions = sorted(ref for ref, policies in self.policies.items()
                          if any(p.policy_type == "action.retry" for p in policies))
         if not actions:
@@ -324,18 +329,21 @@ class PolicyExecutor:
         db = self.executions.db
         rows = await db(db.store.recent_top_level, actions, utcnow() - RETRY_LOOKBACK)
         rerun = {row["rerun_of"] for row in rows if row["rerun_of"]}
+        ended_before = utcnow() - settled
         requested = 0
         for row in rows:
             if row["status"] not in FAILED or row["id"] in rerun or row["id"] in self._retrying:
                 continue
+            if row["end_timestamp"] is not None and as_utc(row["end_timestamp"]) > ended_before:
+                continue  # its own process's listener may be requesting it right now
             record = await db(db.store.get_execution, row["id"])
             found = self._retry_policy(record) if record is not None else None
             if found is None or row["id"] in self._retrying:
                 continue
             self._retrying.add(row["id"])
             log.warning("execution %s of %s ended %s and its retry (policy %s) was never requested: "
-                        "Squall stopped first; requesting it now", row["id"], record["action"], record["status"],
-                        found[0].ref)
+                        "the process that ran it stopped first; requesting it now", row["id"], record["action"],
+                        record["status"], found[0].ref)
             await self._retry_later(record, *found)
             requested += 1
         return requested

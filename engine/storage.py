@@ -1092,11 +1092,11 @@ class Store:
             return [dict(row._mapping) for row in conn.execute(statement)]
 
     def recent_top_level(self, actions: Sequence[str], since: datetime) -> list[dict[str, Any]]:
-        """Executions of `actions` without a parent started after `since`: `id`, `status` and
-        `rerun_of` (`context.re-run.ref`, the execution it re-runs, or None), for the retry policy's
+        """Executions of `actions` without a parent started after `since`: `id`, `status`,
+        `end_timestamp` and `rerun_of` (`context.re-run.ref`, the execution it re-runs, or None), for the retry policy's
         look at recovery (`PolicyExecutor.recover_retries`). A range of the index on (action,
         start_timestamp), reading none of the rows' large columns (spec, result, log)."""
-        statement = sa.select(executions.c.id, executions.c.status,
+        statement = sa.select(executions.c.id, executions.c.status, executions.c.end_timestamp,
                               executions.c.context[("re-run", "ref")].as_string().label("rerun_of")).where(
             executions.c.action.in_(list(actions)), executions.c.start_timestamp > since.astimezone(UTC),
             executions.c.parent.is_(None))

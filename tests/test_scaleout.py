@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -775,5 +775,44 @@ async def test_a_cancel_during_a_workers_step_starts_no_next_task(home: Path, po
         tasks = [(c["parameters"].get("who"), c["status"]) for c in store.list_executions(parent=flow["id"])]
         assert canceled and all(who != "two" or status == "canceled" for who, status in tasks), tasks
         assert store.get_execution(flow["id"])["status"] == "canceled"
+    finally:
+        await squall.close()
+
+
+async def test_the_lead_requests_a_retry_a_killed_worker_never_did(home: Path, postgres_url: str) -> None:
+    """A worker killed between a failure's commit and its retry's request has no restart of its own
+    whose recovery would find it: the lead's periodic pass requests the retry once the failure is a
+    minute old (younger, the worker's own listener may be at it), and once only."""
+    from bot.app import Squall
+    from bot.service import _queued_work
+    from engine.policies import RETRY_SETTLE, retry_id
+
+    _home(home, postgres_url)
+    write(home / "packs" / "demo" / "policies" / "retry.yaml",
+          "name: retry\nresource_ref: demo.hello\npolicy_type: action.retry\n"
+          "parameters: {retry_on: failure, max_retry_count: 1}\n")
+    squall = await Squall.start(load_config(home / "config.yml"))
+    store = squall.store
+    try:
+        await squall.sync_sensors()
+        assert squall.sensor_lead
+        asked = await squall.executions.request("demo.hello", {"who": "x"})
+        # What a worker that then died committed: the run's failure, and nothing more.
+        store.update_execution(asked["id"], {"status": "failed", "end_timestamp": datetime.now(tz=UTC)})
+        await _queued_work(squall, sweep_retries=True)
+        assert store.get_execution(retry_id(asked["id"])) is None  # a fresh failure is its worker's to retry
+
+        store.update_execution(asked["id"], {"end_timestamp": datetime.now(tz=UTC) - RETRY_SETTLE * 2})
+        await _queued_work(squall, sweep_retries=False)  # the 5-second pass does not look
+        assert store.get_execution(retry_id(asked["id"])) is None
+        await _queued_work(squall, sweep_retries=True)
+        retry = store.get_execution(retry_id(asked["id"]))
+        assert retry is not None and retry["parameters"]["who"] == "x"
+        assert retry["context"]["re-run"] == {"ref": asked["id"]}
+        assert retry["context"]["policies"]["retry"] == {"retry_count": 1, "applied_policy": "demo.retry"}
+
+        await _queued_work(squall, sweep_retries=True)  # the next sweep sees it was retried
+        assert [r["id"] for r in store.list_executions(action="demo.hello")].count(retry_id(asked["id"])) == 1
+        assert len(store.list_executions(action="demo.hello")) == 2
     finally:
         await squall.close()
