@@ -103,9 +103,10 @@ class Datastore:
             "(st2 key list --decrypt -j, or squall key list --decrypt --json) and load that file: items "
             "with secret: true are encrypted again here")
 
-    def _ciphertext(self, name: str, text: str) -> str:
+    def ciphertext(self, name: str, text: str) -> str:
         """`text` when it is ciphertext this server's key ring decrypts (an `encrypted: true` value, stored
-        as given, as StackStorm verifies it), else a DatastoreError naming the problem and the way out."""
+        as given, as StackStorm verifies it), else a DatastoreError naming the problem and the way out.
+        Public so that `squall key load` checks every item before it writes any."""
         try:
             self.keys.decrypt(text)
         except CryptoError as exc:
@@ -132,7 +133,7 @@ class Datastore:
         stored = self._stored_name(name, scope, user)
         self._refuse_mask(name, text, scope, stored, encrypt or encrypted, now)
         if encrypted:
-            text = self._ciphertext(name, text)
+            text = self.ciphertext(name, text)
         record = {
             "scope": scope,
             "name": stored,

@@ -177,3 +177,25 @@ def test_missing_key_file_is_named_and_nothing_falls_back_to_plaintext(home: Pat
     assert done.returncode == 2
     assert "datastore.key" in done.stderr and "secret-t" not in done.stdout + done.stderr
     assert not (home / "data" / "datastore.key").exists()  # no new key was made up
+
+
+def test_load_takes_ciphertext_marked_encrypted_and_refuses_a_foreign_one(home: Path) -> None:
+    """An `encrypted: true` item (ciphertext under this server's key, as `st2 key load` sends it and the
+    API takes it) is stored as given, a secret; one that does not decrypt here is refused with the way
+    out named, and nothing of its file is written."""
+    sealed = KeyRing(home / "data" / "datastore.key").encrypt("hunter22")  # the server's key, made here
+    write(home / "sealed.json", json.dumps([{"name": "plain", "value": "x"},
+                                            {"name": "db_password", "value": sealed, "encrypted": True}]))
+    loaded = squall(home, "key", "load", str(home / "sealed.json"))
+    assert loaded.returncode == 0, loaded.stderr
+    assert squall(home, "key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
+    assert squall(home, "key", "get", "db_password").stdout.strip() == "********"
+
+    foreign = KeyRing(home / "elsewhere.key").encrypt("other")
+    write(home / "foreign.json", json.dumps([{"name": "first", "value": "1"},
+                                             {"name": "stolen", "value": foreign, "encrypted": True}]))
+    refused = squall(home, "key", "load", str(home / "foreign.json"))
+    assert refused.returncode == 2
+    assert "item 2" in refused.stderr and "stolen" in refused.stderr and "secret: true" in refused.stderr
+    assert squall(home, "key", "get", "first").returncode == 2  # nothing of the refused file was written
+    assert "Traceback" not in refused.stderr

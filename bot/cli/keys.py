@@ -191,10 +191,7 @@ def _load_items(path: Path, convert: bool) -> list[dict[str, Any]]:
             value = json.dumps(value)
         if item.get("encrypted") or item.get("secret"):
             _refuse_masked(where, item["name"], value)
-        if item.get("encrypted"):
-            raise fail(f"{where}: pre-encrypted values from another system cannot be imported; "
-                       "give the plain value with secret: true")
-        items.append({**item, "value": value})
+        items.append({**item, "value": value, "where": where})
     return items
 
 
@@ -214,15 +211,26 @@ def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {na
                                                         "user, ttl, description}.")],
              convert: Annotated[bool, typer.Option("--convert", "-c", help="Store non-string values as "
                                                    "JSON.")] = False) -> None:
-    """Load many keys from a file (as `st2 key load`); nothing is written if any item is bad."""
+    """Load many keys from a file (as `st2 key load`); nothing is written if any item is bad. An item
+    with `encrypted: true` holds ciphertext under this server's key (a `--json` export of `st2 key list`
+    from it, as StackStorm's API takes it): it must decrypt here, and is stored as given."""
+    from engine.datastore import DatastoreError
+
     items = _load_items(file, convert)
 
     async def work(squall: Squall) -> int:
+        for item in items:  # every ciphertext is checked before anything is written
+            if item.get("encrypted"):
+                try:
+                    squall.datastore.ciphertext(item["name"], item["value"])
+                except DatastoreError as exc:
+                    raise DatastoreError(f"{item['where']}: {exc}") from None
         for number, item in enumerate(items, 1):
             scope = item.get("scope") or "system"
+            encrypted = bool(item.get("encrypted"))
             await squall.db(squall.datastore.set, item["name"], item["value"], scope=scope,
-                            user=_owner(scope, item.get("user")), encrypt=bool(item.get("secret")),
-                            ttl=item.get("ttl"), description=item.get("description"))
+                            user=_owner(scope, item.get("user")), encrypt=bool(item.get("secret")) and not encrypted,
+                            encrypted=encrypted, ttl=item.get("ttl"), description=item.get("description"))
             if number % 500 == 0:
                 err.print(f"[dim]…[/dim] {number}/{len(items)}", markup=True)
         return len(items)
