@@ -373,7 +373,8 @@ class IrcAdapter:
         #: QUIT: a private reply follows its asker to a new nick and never goes to whoever took the old one.
         self._renamed: dict[str, str] = {}
         self._quit: dict[str, None] = {}
-        #: PING token → (private target, the 401 seen for it, or None): `send()` knows if a nick was gone.
+        #: PING token → (reply target, the 401/404 seen for it, or None): `send()` knows if a nick was gone
+        #: or the channel refused the lines.
         self._confirming: dict[str, tuple[str, asyncio.Future[str | None]]] = {}
 
     @property
@@ -564,8 +565,8 @@ class IrcAdapter:
                 self._partial[key] = (reply, lines, index)
                 raise DeliveryError(f"IRC: disconnected after {index} of {len(lines)} lines to {target}") from None
         self._partial.pop(key, None)
-        if private and lines:
-            await self._confirm_private(conn, target)
+        if lines:
+            await self._confirm(conn, target, private)
         return f"{target}:{next(self._ids)}"
 
     def _current_nick(self, nick: str) -> str:
@@ -589,9 +590,11 @@ class IrcAdapter:
         while len(table) > self.nick_memory:
             del table[next(iter(table))]
 
-    async def _confirm_private(self, conn: Any, target: str) -> None:
-        """PING after a private reply and wait for the PONG: the server answers in order, so a 401 (no such
-        nick) for `target` comes first. Then the reply was not delivered, and is failed, not marked sent."""
+    async def _confirm(self, conn: Any, target: str, private: bool) -> None:
+        """PING after a reply and wait for the PONG: the server answers in order, so a refusal of the lines
+        comes first. A 401 (no such nick) fails a private reply for good; a 404 (cannot send to channel: the
+        bot is banned or muted while still in it) leaves a channel's reply in the outbox, retried, as one
+        the bot cannot join is. Either way it is not marked sent: IRC has no other acknowledgement."""
         token = f"squall-{next(self._ids)}"
         answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._confirming[token] = (target.lower(), answer)
@@ -603,9 +606,13 @@ class IrcAdapter:
             return  # no answer: the lines were written; count them delivered (at least once, as before)
         finally:
             self._confirming.pop(token, None)
-        if refused is not None:
+        if refused is None:
+            return
+        if private:
             raise DeliveryError(f"IRC: {target} is not on the server ({refused}); the private reply was not "
                                 "delivered", permanent=True)
+        raise DeliveryError(f"IRC: {target} refused the reply ({refused}: the bot is banned or muted there); "
+                            "it stays in the outbox and is tried again")
 
     async def _ensure_joined(self, channel: str) -> None:
         """Be in `channel` before writing to it: join it (with the key configured for it) and wait for our
@@ -833,13 +840,14 @@ class IrcAdapter:
             self._join_refused[event.arguments[0].lower()] = f"{event.type}: {event.arguments[-1]}"
             self._join_happened()
 
-    def _on_nosuchnick(self, conn: Any, event: Any) -> None:
-        """401: a private reply's nick is not on the server; `_confirm_private` fails that reply."""
+    def _on_refused(self, conn: Any, event: Any) -> None:
+        """401 (a private reply's nick is not on the server) and 404 (a channel refused the bot's lines):
+        `_confirm` fails the reply being confirmed to that target."""
         self._warn(conn, event)
-        nick = event.arguments[0].lower() if event.arguments else ""
+        name = event.arguments[0].lower() if event.arguments else ""
         for target, answer in self._confirming.values():
-            if target == nick and not answer.done():
-                answer.set_result(event.arguments[-1] if len(event.arguments) > 1 else "no such nick")
+            if target == name and not answer.done():
+                answer.set_result(event.arguments[-1] if len(event.arguments) > 1 else event.type)
 
     def _on_pong(self, conn: Any, event: Any) -> None:
         for word in (event.target, *event.arguments):
@@ -847,7 +855,8 @@ class IrcAdapter:
             if entry is not None and not entry[1].done():
                 entry[1].set_result(None)
 
-    _on_cannotsendtochan = _warn
+    _on_nosuchnick = _on_refused
+    _on_cannotsendtochan = _on_refused
     _on_nosuchchannel = _join_refusal
     _on_bannedfromchan = _join_refusal
     _on_inviteonlychan = _join_refusal

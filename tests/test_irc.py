@@ -593,8 +593,8 @@ async def test_run_form_asks_in_a_private_message_and_answers_in_the_channel(cha
     mark = len(alice.lines)
     await alice.say("#ops", "!run-form echo")
     await alice.wait_for(lambda words, raw: b"private message" in raw and words[2] == "#ops", start=mark)
-    asked = await alice.wait_privmsgs("squall", 1, "alice", start=mark)
-    assert "message" in " ".join(asked)
+    asked = await alice.wait_privmsgs("squall", 2, "alice", start=mark)  # the form's opening, then its question
+    assert asked[0].startswith("Running squall.echo: 1 question(s)") and "message" in asked[1]
     mark = len(alice.lines)
     await alice.say("squall", "sent from a form")
     await alice.wait_for(lambda words, raw: b"sent from a form" in raw and words[2] == "#ops", start=mark)

@@ -128,6 +128,25 @@ async def test_a_reply_to_a_channel_the_bot_cannot_join_stays_in_the_outbox(irc:
     assert await alice.wait_privmsgs("squall", 1, "#ban", start=mark) == ["RESULT-BANNED"]
 
 
+async def test_a_reply_to_a_channel_that_bans_the_bot_while_in_it_stays_in_the_outbox(irc: Any) -> None:
+    """Banned but not kicked, the bot is still in #ban and the server refuses its lines with a 404 after
+    they are written: the reply is not reported sent but refused for now, and delivered once the ban is
+    lifted (it was lost, marked sent)."""
+    _, alice, adapter, _ = irc
+    mark = len(alice.lines)
+    await alice.send("MODE #ban +b squall!*@*")
+    await alice.wait_for(lambda words, raw: words[1] == "MODE" and "+b" in words, start=mark)
+    assert "#ban" in adapter.joined
+    with pytest.raises(DeliveryError, match="#ban") as refused:
+        await adapter.send(Reply(adapter="irc", channel="#ban", text="RESULT-MUTED"))
+    assert not refused.value.permanent
+    mark = len(alice.lines)
+    await alice.send("MODE #ban -b squall!*@*")
+    await alice.wait_for(lambda words, raw: words[1] == "MODE" and "-b" in words, start=mark)
+    await adapter.send(Reply(adapter="irc", channel="#ban", text="RESULT-MUTED"))
+    assert await alice.wait_privmsgs("squall", 1, "#ban", start=mark) == ["RESULT-MUTED"]
+
+
 async def test_a_private_reply_follows_its_asker_to_a_new_nick(irc: Any) -> None:
     """alice asks privately, then changes nick (seen in #ops); someone else takes `alice`: the result
     goes to alice under her new nick, never to the new holder of the old one."""
