@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import functools
+import hashlib
 import json
 import logging
 import re
@@ -201,6 +202,13 @@ class Rule:
         return f"{self.pack}.{self.name}"
 
     @property
+    def id(self) -> str:
+        """StackStorm's `id` of the rule (st2client updates a rule at `PUT /rules/{id}`): 24 hex digits, as
+        a MongoDB id, derived from the ref, so every process and every restart gives the same one. A rule
+        is its pack file here, with no row to number, and its ref is what names it for good."""
+        return rule_id(self.ref)
+
+    @property
     def live(self) -> bool:
         """Whether trigger instances can reach it: enabled, and nothing it names is missing."""
         return self.enabled and not self.waiting
@@ -218,13 +226,18 @@ class Rule:
 
     def public(self) -> dict[str, Any]:
         return {
-            "ref": self.ref, "name": self.name, "pack": self.pack, "description": self.description,
+            "id": self.id, "ref": self.ref, "name": self.name, "pack": self.pack, "description": self.description,
             "enabled": self.enabled, "type": {"ref": self.type, "parameters": {}},
             "trigger": {"type": self.trigger_type, "parameters": self.trigger_parameters, "ref": self.trigger_type},
             "criteria": self.data.get("criteria") or {},
             "action": {"ref": self.action_ref, "parameters": self.action_parameters},
             "context": self.context, "tags": self.tags, "metadata_file": self.file,
         }
+
+
+def rule_id(ref: str) -> str:
+    """The `id` of the rule `ref` (`Rule.id`)."""
+    return hashlib.sha256(f"rule:{ref}".encode()).hexdigest()[:24]
 
 
 def _fail(file: str, lines: LineMap | None, path: tuple[str | int, ...], reason: str) -> RuleError:
@@ -744,4 +757,4 @@ def default_evaluator(kv: Mapping[str, str] | None = None) -> Evaluator:
 
 __all__ = ["Check", "Criterion", "Evaluator", "MatchFailure", "Rule", "RuleError", "RulesEngine", "compile_key",
            "default_evaluator", "enforcement_public", "failure_reason", "load_rule", "load_rules", "render_pattern",
-           "strip_tag", "waiting_problem"]
+           "rule_id", "strip_tag", "waiting_problem"]

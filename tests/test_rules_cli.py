@@ -89,3 +89,14 @@ def test_trigger_emit_instances_and_enforcements(home: Path) -> None:
     assert bad.returncode == 2 and "not valid JSON" in bad.stderr
     unknown = squall(home, "trigger", "emit", "demo.evnt", "--payload", "{}")
     assert unknown.returncode == 2 and "did you mean demo.event" in unknown.stderr
+
+
+def test_a_rules_id_is_the_same_in_every_process(home: Path) -> None:
+    """`st2 rule enable` reads a rule's `id` from one request and updates `PUT /rules/{id}` in the next,
+    which another `squall serve` on the database may answer, after a restart even: the id is derived
+    from the ref, so every process shows the same one, and differs between rules."""
+    make_pack(home, {"alert": ALERT, "other": ALERT.replace("name: alert", "name: other")})
+    listed = {r["ref"]: r["id"] for r in json.loads(squall(home, "rule", "list", "--json").stdout)}
+    assert listed["demo.alert"] == json.loads(squall(home, "rule", "get", "demo.alert", "--json").stdout)["id"]
+    assert len(listed["demo.alert"]) == 24 and int(listed["demo.alert"], 16) >= 0
+    assert listed["demo.alert"] != listed["demo.other"]

@@ -384,3 +384,79 @@ def _count_tokens(squall: Squall) -> int:
         rows = conn.execute(auth_tokens.select()).fetchall()
     assert all(len(row.token_hash) == 64 for row in rows)
     return len(rows)
+
+
+#: Every list route with a `limit`, and whether it tells the total in `X-Total-Count`.
+LIMITED_LISTS = {"/api/v1/executions": True, "/api/v1/rules": True, "/api/v1/triggertypes": True,
+                 "/api/v1/triggerinstances": False, "/api/v1/ruleenforcements": False, "/api/v1/actions": True,
+                 "/api/v1/actionalias": True, "/api/v1/packs": True}
+
+
+async def test_limit_minus_one_lists_everything_on_every_list_route(squall: Squall,
+                                                                    client: httpx.AsyncClient) -> None:
+    """StackStorm's `limit=-1` is the full result set (`st2 execution|rule|trigger-instance list -n -1`,
+    hubot-stackstorm's `GET /actionalias?limit=-1`); it was a 400 ("greater than or equal to 1")
+    everywhere. 0 and below -1 stay refused, with what to send instead."""
+    for who in ("a", "b"):
+        assert (await client.post("/api/v1/webhooks/ci/build/", json={"who": who})).status_code == 202
+    await squall.triggers.settle()
+    for execution in await squall.executions.list(limit=10):
+        await squall.executions.wait(execution["id"], timeout=20)
+    for path, counted in LIMITED_LISTS.items():
+        everything = await client.get(path, params={"limit": -1})
+        assert everything.status_code == 200, (path, everything.text)
+        unpaged = await client.get(path, params={"limit": 1000} if not counted or path.endswith("executions")
+                                   else {})
+        assert everything.json() == unpaged.json() and len(everything.json()) >= 2, path
+        assert "X-Limit" not in everything.headers, path  # StackStorm sends none for the whole set
+        if counted:
+            assert everything.headers["X-Total-Count"] == str(len(everything.json())), path
+        one = await client.get(path, params={"limit": 1})
+        assert len(one.json()) == 1 and one.headers.get("X-Limit", "1") == "1", path
+        for wrong in (0, -2):
+            refused = await client.get(path, params={"limit": wrong})
+            assert refused.status_code == 400, (path, wrong, refused.text)
+            assert "-1 for the full result set" in refused.json()["faultstring"], path
+    skipped = await client.get("/api/v1/actions", params={"limit": -1, "offset": 1})
+    assert len(skipped.json()) == int(skipped.headers["X-Total-Count"]) - 1
+    ordered = await client.get("/api/v1/executions", params={"limit": -1, "offset": 1, "sort_asc": "true"})
+    assert len(ordered.json()) == int(ordered.headers["X-Total-Count"]) - 1
+
+
+async def test_put_rule_turns_it_on_and_off_in_its_file_at_once(squall: Squall, home: Path,
+                                                                client: httpx.AsyncClient) -> None:
+    """`st2 rule enable|disable` read the rule, then `PUT /rules/{id}` the whole document (less `ref`) with
+    `enabled` changed; rules had no `id` and no PUT route (405). The change is written to the rule's pack
+    file and used at once; any other change is refused, since rules are edited in their pack files."""
+    rule = (await client.get("/api/v1/rules/demo.on_build")).json()
+    assert len(rule["id"]) == 24 and int(rule["id"], 16) >= 0
+    assert (await client.get(f"/api/v1/rules/{rule['id']}")).json() == rule
+    assert rule["id"] != (await client.get("/api/v1/rules/demo.on_signed")).json()["id"]
+    sent = {k: v for k, v in rule.items() if k != "ref"}
+
+    off = await client.put(f"/api/v1/rules/{rule['id']}", json={**sent, "enabled": False})
+    assert off.status_code == 200, off.text
+    assert off.json()["enabled"] is False and off.json()["id"] == rule["id"]
+    rule_file = home / "packs" / "demo" / "rules" / "on_build.yaml"
+    assert "enabled: false" in rule_file.read_text()
+    assert squall.rules.rules["demo.on_build"].enabled is False
+    assert (await client.post("/api/v1/webhooks/ci/build/", json={"who": "x"})).status_code == 404  # not live
+    on = await client.put("/api/v1/rules/demo.on_build", json={**sent, "enabled": True})
+    assert on.status_code == 200 and on.json()["enabled"] is True and "enabled: true" in rule_file.read_text()
+    assert (await client.post("/api/v1/webhooks/ci/build/", json={"who": "y"})).status_code == 202
+    events = [e["event"] for e in await squall.db(squall.store.audit_list, 10)]
+    assert "api.rule.disable" in events and "api.rule.enable" in events
+
+    renamed = await client.put(f"/api/v1/rules/{rule['id']}", json={**sent, "enabled": False, "description": "x",
+                                                                    "action": {"ref": "core.local"}})
+    assert renamed.status_code == 400
+    assert "edited in their pack files" in renamed.json()["faultstring"]
+    assert "action, description" in renamed.json()["faultstring"]
+    unsaid = await client.put("/api/v1/rules/demo.on_build", json={"description": rule["description"]})
+    assert unsaid.status_code == 400 and '"enabled": true or false' in unsaid.json()["faultstring"]
+    assert "enabled: true" in rule_file.read_text() and squall.rules.rules["demo.on_build"].enabled
+    missing = await client.put("/api/v1/rules/demo.nope", json={"enabled": False})
+    assert missing.status_code == 404 and "GET /api/v1/rules" in missing.json()["faultstring"]
+    async with _client(squall) as anon:
+        assert (await anon.put("/api/v1/rules/demo.on_build", json={"enabled": False})).status_code == 401
+    assert squall.rules.rules["demo.on_build"].enabled

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import free_port, server_missing, wait_until_answering, write
@@ -340,3 +341,36 @@ def test_key_backup_restore_and_execution_list_filters(server: Server) -> None:
         assert server.json("execution", "list", *flags) == [], flags
     later = server.run("execution", "list", "--timestamp-gt", "tomorrow", check=False)
     assert later.returncode != 0 and "timestamp_gt" in later.stdout + later.stderr
+
+
+def test_n_minus_one_lists_everything_and_rules_enable_and_disable(server: Server) -> None:
+    """`-n -1` is st2's "all of them" and `st2 rule enable|disable` updates the rule at `PUT /rules/{id}`;
+    both failed (a 400 on the limit; `'Rule' object has no attribute 'id'` then a 405)."""
+    keyed = {"St2-Api-Key": server.key}
+    ran = server.json("run", "st2e.greet", "who=hal")
+    assert httpx.post(f"{server.url}/api/v1/webhooks/st2e", json={"who": "ivy"}, headers=keyed).status_code == 202
+    assert ran["id"] in [e["id"] for e in server.json("execution", "list", "-n", "-1")]
+    assert "st2e.on_hook" in [r["ref"] for r in server.json("rule", "list", "-n", "-1")]
+    deadline = time.monotonic() + 60
+    while not server.json("rule-enforcement", "list", "-n", "-1") and time.monotonic() < deadline:
+        time.sleep(0.2)  # the hook's rule is enforced after its trigger instance is stored
+    assert server.json("rule-enforcement", "list", "-n", "-1")
+    assert server.json("trigger-instance", "list", "-n", "-1")
+    # How hubot-stackstorm loads the aliases (`st2 action-alias list` sends no limit).
+    aliases = httpx.get(f"{server.url}/api/v1/actionalias", params={"limit": -1}, headers=keyed)
+    assert aliases.status_code == 200 and "st2e.greet" in [a["ref"] for a in aliases.json()]
+
+    rule_file = server.home / "packs" / "st2e" / "rules" / "on_hook.yaml"
+    disabled = server.json("rule", "disable", "st2e.on_hook")
+    assert disabled["enabled"] is False and disabled["ref"] == "st2e.on_hook" and len(disabled["id"]) == 24
+    assert "enabled: false" in rule_file.read_text()
+    assert server.json("rule", "get", "st2e.on_hook")["enabled"] is False  # the server uses it at once
+    silent = httpx.post(f"{server.url}/api/v1/webhooks/st2e", json={"who": "jo"}, headers=keyed)
+    assert silent.status_code == 404  # no live rule behind the hook any more
+    assert server.json("rule", "get", disabled["id"])["ref"] == "st2e.on_hook"
+    enabled = server.json("rule", "enable", disabled["id"])
+    assert enabled["enabled"] is True and "enabled: true" in rule_file.read_text()
+    shown = server.run("rule", "enable", "st2e.on_hook").stdout  # already so: the table, no error
+    assert "st2e.on_hook" in shown and "True" in shown
+    missing = server.run("rule", "disable", "st2e.nope", check=False)
+    assert missing.returncode != 0 and "st2e.nope" in missing.stdout + missing.stderr

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
@@ -20,6 +20,7 @@ from sse_starlette import EventSourceResponse
 from bot.chat.commands import CommandRefused
 from bot.http.actions import action_public
 from bot.http.key_auth import request_user
+from bot.http.paging import ALL_ROWS, page_limit
 from bot.http.runners import runner_public
 from bot.http.state import api_state
 from engine.actions import unapproved
@@ -93,19 +94,23 @@ async def list_executions(request: Request, response: Response, action: str | No
                           status: str | None = None, parent: str | None = None, user: str | None = None,
                           trigger_instance: str | None = None, timestamp_gt: str | None = None,
                           timestamp_lt: str | None = None,
-                          limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_INTEGER),
+                          limit: int | None = Depends(page_limit(50, 1000)),
+                          offset: int = Query(0, ge=0, le=MAX_INTEGER),
                           sort_asc: bool = False) -> list[dict[str, Any]]:
     """Newest first (`sort_asc=true` for oldest first); `parent=null` keeps top-level executions only,
     as `st2 execution list` asks. Its other filters are StackStorm's too: `user` (who asked, the
     execution's `context.user`), `trigger_instance` (the id of the trigger instance a rule ran it for),
-    `timestamp_gt`/`timestamp_lt` (started strictly after/before, ISO 8601)."""
+    `timestamp_gt`/`timestamp_lt` (started strictly after/before, ISO 8601). `limit=-1` lists them all
+    (`st2 execution list -n -1`), as StackStorm does for an admin."""
     executions = api_state(request).squall.executions
     filters = {"action": action, "status": status, "parent": parent, "user": user,
                "trigger_instance": trigger_instance, "since": _timestamp("timestamp_gt", timestamp_gt),
                "until": _timestamp("timestamp_lt", timestamp_lt)}
-    records, total = await executions.page(limit=limit, offset=offset, oldest_first=sort_asc, **filters)
+    records, total = await executions.page(limit=ALL_ROWS if limit is None else limit, offset=offset,
+                                           oldest_first=sort_asc, **filters)
     response.headers["X-Total-Count"] = str(total)
-    response.headers["X-Limit"] = str(limit)
+    if limit is not None:
+        response.headers["X-Limit"] = str(limit)
     return [_doc(request, r) for r in records]
 
 

@@ -1,16 +1,30 @@
-"""`/api/v1/rules` and `/api/v1/ruleenforcements`: the loaded rules and what they did."""
+"""`/api/v1/rules` and `/api/v1/ruleenforcements`: the loaded rules and what they did, and turning a
+rule on or off (`st2 rule enable|disable`).
+
+A rule is addressed by its ref or its `id` (`Rule.id`, derived from the ref), as StackStorm's
+`/rules/{ref_or_id}`. Its state is its pack file's `enabled:` line (`engine/rule_files.py`), so
+`PUT /rules/{ref_or_id}` writes that line and reloads the packs, as the web UI's switch does: the
+rules engine fires the rule or not at once, and every other process on the pack folder follows at
+its next reload. Any other change is refused: rules are edited in their pack files."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 
-from bot.http.paging import Paging
+from bot.http.key_auth import request_user
+from bot.http.paging import ALL_ROWS, Paging, page_limit
 from bot.http.state import api_state
-from engine.rules import enforcement_public
+from engine.rule_files import RuleFileError, set_rule_enabled
+from engine.rules import Rule, enforcement_public
 
 router = APIRouter()
+#: Fields a `PUT` body may carry beside `enabled` whatever their value: the rule's names, which the URL
+#: already gives (st2client drops `ref` and sends `id`; StackStorm's documents also carry `uid`).
+_NAMES = frozenset({"id", "ref", "uid"})
 
 
 @router.get("/rules", tags=["rules"])
@@ -21,18 +35,69 @@ async def list_rules(request: Request, response: Response, pack: str | None = No
     return [rules[ref].public() for ref in paging.page(refs, response)]
 
 
-@router.get("/rules/{ref}", tags=["rules"])
-async def get_rule(ref: str, request: Request) -> dict[str, Any]:
-    rule = api_state(request).squall.rules.rules.get(ref)
+def _find_rule(request: Request, ref_or_id: str) -> Rule:
+    """The loaded rule `ref_or_id` names (its ref, or its `id`); 404 naming where the rules are listed."""
+    rules = api_state(request).squall.rules.rules
+    rule = rules.get(ref_or_id) or next((r for r in rules.values() if r.id == ref_or_id), None)
     if rule is None:
-        raise HTTPException(404, f'Rule "{ref}" is not loaded; GET /api/v1/rules lists the rules.')
-    return rule.public()
+        raise HTTPException(404, f'Rule "{ref_or_id}" is not loaded (no rule has that ref or id); '
+                                 "GET /api/v1/rules lists the rules.")
+    return rule
+
+
+@router.get("/rules/{ref_or_id}", tags=["rules"])
+async def get_rule(ref_or_id: str, request: Request) -> dict[str, Any]:
+    return _find_rule(request, ref_or_id).public()
+
+
+def _wanted_enabled(rule: Rule, body: dict[str, Any]) -> bool:
+    """The `enabled` a PUT body asks for; 400 when it has none, or asks to change anything else."""
+    enabled = body.get("enabled")
+    if not isinstance(enabled, bool):
+        raise HTTPException(400, f'Send "enabled": true or false to turn rule {rule.ref} on or off, '
+                                 f"not {enabled!r}.")
+    current = rule.public()
+    changed = sorted(key for key, value in body.items()
+                     if key != "enabled" and key not in _NAMES and current.get(key, object()) != value)
+    if changed:
+        raise HTTPException(400, f"Only a rule's 'enabled' can be changed through the API; rules are edited in "
+                                 f"their pack files ({rule.file}), and this request also changes: "
+                                 f"{', '.join(changed)}. Edit the file and reload the packs instead.")
+    return enabled
+
+
+@router.put("/rules/{ref_or_id}", tags=["rules"])
+async def update_rule(ref_or_id: str, request: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    """StackStorm's rule update, as `st2 rule enable|disable` send it (the whole rule, `enabled` changed):
+    writes `enabled:` into the rule's pack file and reloads the packs, so the rule fires, or stops
+    firing, at once. A rule of a pack shipped with Squall is not changed (409): its files are Squall's."""
+    squall = api_state(request).squall
+    rule = _find_rule(request, ref_or_id)
+    enabled = _wanted_enabled(rule, body)
+    pack = squall.registry.packs.get(rule.pack)
+    if pack is None or pack.system:
+        raise HTTPException(409, f"{rule.ref} belongs to a pack shipped with Squall, whose files are not changed "
+                                 "here: install a pack of your own with the rule you want.")
+    try:
+        changed = await asyncio.to_thread(set_rule_enabled, Path(rule.file), enabled)
+    except RuleFileError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    if changed:
+        await squall.reload_packs()
+    await squall.db(squall.store.audit_add, f"api.rule.{'enable' if enabled else 'disable'}", request_user(request),
+                    "api", rule.ref, {"file": rule.file})
+    reloaded = squall.rules.rules.get(rule.ref)
+    if reloaded is None:  # the reload no longer loads it (its file was broken meanwhile): say what was written
+        return {**rule.public(), "enabled": enabled}
+    return reloaded.public()
 
 
 @router.get("/ruleenforcements", tags=["rules"])
 async def list_enforcements(request: Request, rule: str | None = None, trigger_instance: str | None = None,
                             execution: str | None = None,
-                            limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+                            limit: int | None = Depends(page_limit(50, 1000))) -> list[dict[str, Any]]:
+    """Newest first; `limit=-1` lists them all (`st2 rule-enforcement list -n -1`)."""
     squall = api_state(request).squall
-    rows = await squall.db(squall.store.rule_enforcement_list, rule, trigger_instance, execution, limit)
+    rows = await squall.db(squall.store.rule_enforcement_list, rule, trigger_instance, execution,
+                           ALL_ROWS if limit is None else limit)
     return [enforcement_public(row) for row in rows]

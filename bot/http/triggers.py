@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
-from bot.http.paging import Paging
+from bot.http.paging import ALL_ROWS, Paging, page_limit
 from bot.http.state import api_state
 
 router = APIRouter()
@@ -23,8 +23,10 @@ async def list_trigger_types(request: Request, response: Response,
 
 @router.get("/triggerinstances", tags=["triggers"])
 async def list_trigger_instances(request: Request, trigger: str | None = None, status: str | None = None,
-                                 limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
-    return await api_state(request).squall.triggers.list(trigger=trigger, status=status, limit=limit)
+                                 limit: int | None = Depends(page_limit(50, 1000))) -> list[dict[str, Any]]:
+    """Newest first; `limit=-1` lists them all (`st2 trigger-instance list -n -1`)."""
+    return await api_state(request).squall.triggers.list(trigger=trigger, status=status,
+                                                         limit=ALL_ROWS if limit is None else limit)
 
 
 @router.get("/triggerinstances/{instance_id}", tags=["triggers"])
