@@ -167,6 +167,8 @@ async def test_api_lists_gets_and_answers_inquiries(chat) -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://squall") as client:
         listed = (await client.get("/api/v1/inquiries", headers=headers)).json()
         assert [i["id"] for i in listed] == [inquiry["id"]]
+        everything = await client.get("/api/v1/inquiries", headers=headers, params={"limit": -1})
+        assert everything.status_code == 200 and everything.json() == listed  # StackStorm's -1: all of them
         one = (await client.get(f"/api/v1/inquiries/{inquiry['id']}", headers=headers)).json()
         assert one["route"] == "ops" and one["users"] == ["olivia"] and one["ttl"] == 60
         bad = await client.put(f"/api/v1/inquiries/{inquiry['id']}", headers=headers,

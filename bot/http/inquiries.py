@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel
 
 from bot.http.key_auth import acting_user
+from bot.http.paging import ALL_ROWS, page_limit
 from bot.http.state import api_state
 from engine.inquiries import InquiryError, masked
 
@@ -21,8 +22,10 @@ class InquiryResponse(BaseModel):
 
 
 @router.get("/inquiries", tags=["inquiries"])
-async def list_inquiries(request: Request, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
-    return await api_state(request).squall.inquiries.list(limit=limit)
+async def list_inquiries(request: Request,
+                         limit: int | None = Depends(page_limit(100, 1000))) -> list[dict[str, Any]]:
+    """The pending ones; `limit=-1` lists them all (`st2 inquiry list -n -1`)."""
+    return await api_state(request).squall.inquiries.list(limit=ALL_ROWS if limit is None else limit)
 
 
 @router.get("/inquiries/{inquiry_id}", tags=["inquiries"])
