@@ -204,11 +204,22 @@ def open_session(store: Any, account: Account) -> tuple[str, Session]:
 def find_session(store: Any, token: str, now: datetime | None = None) -> Session | None:
     """The live session of this cookie, its last use recorded now and then; None if unknown, expired,
     idle too long or its account is gone."""
-    now = now or utcnow()
-    row = store.web_session_get(_token_hash(token))
+    return _live_session(store, _token_hash(token), now or utcnow(), use=True)
+
+
+def current_session(store: Any, session: Session) -> Session | None:
+    """`session` as stored now (with its account's role today), or None once it ended: logged out,
+    expired, idle too long, its password changed or its account deleted (`find_session`'s rules).
+    Unlike `find_session` it records no use: a live stream left open in a tab, which looks again
+    every few seconds, is not someone using the UI, and must not keep an idle session alive."""
+    return _live_session(store, session.token_hash, utcnow(), use=False)
+
+
+def _live_session(store: Any, token_hash: str, now: datetime, use: bool) -> Session | None:
+    row = store.web_session_get(token_hash)
     if row is None or row["expires_at"] <= now or row["last_seen"] + SESSION_IDLE <= now:
         return None
-    if now - row["last_seen"] >= TOUCH_EVERY:
+    if use and now - row["last_seen"] >= TOUCH_EVERY:
         store.web_session_touch(row["token_hash"], now)
     return Session(Account(row["user"], row["role"]), row["csrf_token"], row["token_hash"])
 

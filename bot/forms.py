@@ -23,7 +23,8 @@ from engine.parameters import ParameterError, cast, check_parameter, check_stora
 
 #: What a field asks for: a surface picks its input by the kind.
 KINDS = ("string", "integer", "number", "boolean", "enum", "secret", "array", "object")
-#: Types that are their own kind; every other type (none, several, null) is asked for as text.
+#: Types that are their own kind; every other type (none, several, null) is asked for as text. Text
+#: for several types without `string` among them (`[integer, "null"]`) is read as JSON (`_several`).
 _TYPED_KINDS = ("integer", "number", "boolean", "array", "object")
 _JSON_EXAMPLES = {"array": 'a JSON array such as ["a", "b"]', "object": 'a JSON object such as {"key": "value"}'}
 
@@ -164,6 +165,16 @@ def _json(item: Field, text: str) -> Any:
                              f"{_JSON_EXAMPLES[item.kind]}") from None
 
 
+def _several(text: str) -> Any:
+    """The value of a field whose parameter has several types, none of them `string` (`[integer, "null"]`):
+    the text as JSON (`7`, `null`), as an array's or object's is read. Text that is no JSON stays text, so
+    the schema check refuses it naming the parameter (`cast` does not choose between several types)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
 def _value(item: Field, submitted: Mapping[str, str]) -> Any:
     """The typed value of one field, None when not given; raises `ParameterError` in the engine's words."""
     if item.kind == "boolean":  # a checkbox: sent when ticked, absent when not
@@ -177,6 +188,9 @@ def _value(item: Field, submitted: Mapping[str, str]) -> Any:
         for shown, choice in item.options:
             if shown == text:
                 return choice
+    kinds = item.spec.get("type")
+    if isinstance(kinds, list) and "string" not in kinds:
+        return _several(text)
     return cast(item.name, text, item.spec)
 
 

@@ -424,8 +424,10 @@ _VALIDATORS: dict[int, tuple[Mapping[str, Any], Any]] = {}
 
 
 def _plain(spec: Mapping[str, Any], value: Any) -> bool:
-    """Whether `spec` asks nothing but a type `value` has: most parameters, checked without jsonschema."""
-    plain = _PLAIN_TYPES.get(spec.get("type"))  # type: ignore[arg-type]
+    """Whether `spec` asks nothing but a type `value` has: most parameters, checked without jsonschema.
+    A list of types (`[integer, "null"]`, which JSON schema allows) is not plain: jsonschema checks it."""
+    kind = spec.get("type")
+    plain = _PLAIN_TYPES.get(kind) if isinstance(kind, str) else None
     return (plain is not None and isinstance(value, plain)
             and (spec["type"] == "boolean" or not isinstance(value, bool))
             and all(key in _PLAIN_KEYS for key in spec))

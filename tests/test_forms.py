@@ -129,6 +129,22 @@ def test_json_fields_say_what_is_wrong_with_the_json() -> None:
     assert parsed.errors["labels"].endswith('write a JSON object such as {"key": "value"}')
 
 
+def test_a_parameter_of_several_types_is_asked_as_text_and_read_as_json() -> None:
+    """`type: [integer, "null"]` is asked as text: `7` is the number; text that fits none of the types is
+    refused as the engine refuses it. With `string` among the types the text is the value."""
+    action = make({"ni": {"type": ["integer", "null"]}, "sn": {"type": ["string", "integer"]},
+                   "nb": {"type": ["number", "boolean"], "secret": True}})
+    fields = fields_by_name(action)
+    assert (fields["ni"].kind, fields["sn"].kind, fields["nb"].kind) == ("string", "string", "secret")
+    parsed = parse(action_fields(action), {"ni": "7", "sn": "7", "nb": "true"})
+    assert parsed.ok, parsed.errors
+    assert parsed.values == {"ni": 7, "sn": "7", "nb": True}
+    wrong = parse(action_fields(action), {"ni": "x", "nb": "[" * 5000 + "]" * 5000})
+    assert wrong.errors["ni"] == engine_error(action, {"ni": "x"})
+    assert wrong.errors["ni"].startswith("parameter \"ni\" = 'x' breaks the rule type")
+    assert wrong.errors["nb"] == f'parameter "nb" = {MASK} breaks the rule type: the value breaks \'type\''
+
+
 def test_a_secrets_value_is_never_in_its_message() -> None:
     action = make({"pin": {"type": "integer", "secret": True}, "code": {"type": "string", "secret": True,
                                                                         "pattern": "^[0-9]+$"}})

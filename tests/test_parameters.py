@@ -340,6 +340,17 @@ def test_cast_leaves_untyped_and_multi_typed_values_alone() -> None:
     assert cast("x", [1], {"type": "array"}) == [1]
 
 
+def test_a_list_of_types_is_checked_by_the_schema() -> None:
+    """`type: [integer, "null"]` is JSON schema's: such a value is validated, never a crash."""
+    params = {"ni": {"type": ["integer", "null"]}, "sn": {"type": ["string", "number"]}}
+    assert values(params, {"ni": 7, "sn": 2.5}) == {"ni": 7, "sn": 2.5}
+    assert values(params, {"ni": None, "sn": "x"}) == {"ni": None, "sn": "x"}
+    message = error(params, {"ni": "x"})
+    assert message.startswith("parameter \"ni\" = 'x' breaks the rule type: 'x' is not of type 'integer', 'null'")
+    assert error(params, {"ni": True}).startswith('parameter "ni" = True breaks the rule type')
+    assert error(params, {"sn": [1]}).startswith('parameter "sn" = [1] breaks the rule type')
+
+
 # ---------------------------------------------------------------------------------------------
 # Complex values keep types
 # ---------------------------------------------------------------------------------------------

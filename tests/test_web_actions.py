@@ -31,6 +31,7 @@ parameters:
   token: {type: string, secret: true}
   tags: {type: array, default: [a]}
   labels: {type: object}
+  ni: {type: [integer, "null"], description: "A number or nothing"}
 """
 
 
@@ -155,6 +156,27 @@ async def test_a_good_run_opens_the_new_execution_from_the_web(web: Web) -> None
     assert entry["actor"] == "olga" and entry["target"] == execution_id and entry["source"] == "web"
     page = await client.get(done.headers["location"])
     assert page.status_code == 200 and "olga" in page.text
+
+
+async def test_a_parameter_of_several_types_runs_from_the_form_and_the_api(web: Web) -> None:
+    """`type: [integer, "null"]` (a JSON schema type list): validated, never a 500."""
+    client, csrf = await web.signed_in("olga", "operator")
+    page = await client.get("/actions/forms.kinds")
+    assert page.status_code == 200 and 'type="text"' in _field(page.text, "ni")
+    done = await client.post("/actions/forms.kinds", data={"csrf_token": csrf, "who": "ann", "ni": "7"})
+    assert done.status_code == 303
+    record = await web.squall.executions.wait(done.headers["location"].removeprefix("/executions/"), 30)
+    assert record["parameters"]["ni"] == 7
+    wrong = await client.post("/actions/forms.kinds", data={"csrf_token": csrf, "who": "ann", "ni": "x"})
+    assert wrong.status_code == 400
+    assert "parameter &#34;ni&#34; = &#39;x&#39; breaks the rule type" in _field(wrong.text, "ni")
+    for value, status in ((7, 201), (None, 201), ("x", 400)):
+        answer = await client.post("/api/v1/executions", headers={"St2-Api-Key": "test-key-123"},
+                                   json={"action": "forms.kinds", "parameters": {"who": "ann", "ni": value}})
+        assert answer.status_code == status, (value, answer.text)
+        if status == 201:
+            assert (await web.squall.executions.wait(answer.json()["id"], 30))["parameters"].get("ni") == value
+    assert answer.json()["faultstring"].startswith("parameter \"ni\" = 'x' breaks the rule type")
 
 
 async def test_a_parameter_named_as_the_csrf_field_gets_its_own_input(web: Web) -> None:

@@ -166,6 +166,48 @@ async def test_failed_logins_are_throttled_per_user_and_per_address(web: Web) ->
     assert (await login(elsewhere, "bob")).status_code == 303
 
 
+async def test_logins_sent_at_once_check_no_more_passwords_than_the_throttle_allows(web: Web) -> None:
+    """Each login is counted before its password check: guesses in flight together cannot all pass."""
+    await web.user("ann", "viewer")
+    browsers = [web.client("10.0.0.1") for _ in range(12)]  # each with its own login form's cookie
+    tokens = [csrf_of((await browser.get("/login")).text) for browser in browsers]
+
+    async def guess(browser: httpx.AsyncClient, token: str, password: str) -> int:
+        form = {"username": "ann", "password": password, "csrf_token": token}
+        return (await browser.post("/login", data=form)).status_code
+
+    codes = await asyncio.gather(*(guess(browser, token, f"guess-{i}")
+                                   for i, (browser, token) in enumerate(zip(browsers, tokens, strict=True))))
+    assert sorted(codes) == [401] * 5 + [429] * 7
+    assert (await login(web.client("10.0.0.9"), "ann")).status_code == 429  # the right password, after the limit
+    failed = [row for row in await web.squall.db(web.squall.store.audit_list) if row["event"] == "web.login.failed"]
+    assert len(failed) == 5
+
+
+async def test_a_right_password_does_not_count_against_the_address(web: Web) -> None:
+    await web.user("ann", "viewer")
+    await web.user("bob", "viewer")
+    client = web.client("10.0.0.3")
+    for _ in range(4):
+        assert (await login(client, "bob", "guess")).status_code == 401
+    for _ in range(3):
+        assert (await login(client, "ann")).status_code == 303
+    assert (await login(client, "bob", "guess")).status_code == 401  # the address's fifth failure
+    assert (await login(client, "ann")).status_code == 429
+
+
+def test_the_throttle_counts_an_attempt_when_it_lets_it_through() -> None:
+    now = [1000.0]
+    throttle = LoginThrottle(limit=2, window=60, clock=lambda: now[0])
+    assert throttle.reserve("user:a", "address:x") == (0, 1000.0)
+    now[0] += 1
+    assert throttle.reserve("user:a", "address:x") == (0, 1001.0)
+    assert throttle.reserve("user:b", "address:x") == (59, 0.0)  # the address is at its limit
+    throttle.release(1001.0, "address:x")
+    assert throttle.wait("address:x") == 0 and throttle.wait("user:a") == 59
+    assert throttle.reserve("user:b", "address:x")[0] == 0
+
+
 def test_the_throttle_forgets_failures_after_its_window() -> None:
     now = [1000.0]
     throttle = LoginThrottle(limit=2, window=60, clock=lambda: now[0])

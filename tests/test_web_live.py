@@ -14,8 +14,9 @@ import httpx
 import pytest
 import uvicorn
 
-from bot.accounts import Account, Session
+from bot.accounts import Account, Session, close_session, delete_user, hash_password, open_session, set_password
 from bot.web import graph, live
+from bot.web import session as sessions
 from bot.web.ansi import AnsiRenderer, render
 from engine.storage import ExecutionFilter, utcnow
 from tests.conftest import free_port, write
@@ -116,6 +117,12 @@ async def _running(web: Web, cmd: str = "sleep 30") -> str:
     raise AssertionError(f"{record['id']} never ran")
 
 
+async def _stored_session(web: Web, account: Account) -> Session:
+    """A session as a login stores it (of an existing account): a stream looks at its session again."""
+    _token, session = await web.squall.db(open_session, web.squall.store, account)
+    return session
+
+
 # -- output as text ---------------------------------------------------------------------------------
 
 def test_ansi_colours_become_classes_and_text_stays_escaped() -> None:
@@ -172,7 +179,7 @@ async def test_a_colour_and_an_escape_cut_at_the_page_s_last_chunk_carry_on_into
     after = int(re.search(rf'sse-connect="/live/executions/{execution_id}\?after=(\d+)"', page).group(1))
     assert '<span class="ansi-green">green cut </span></pre>' in page  # the cut escape waits for the stream
     await web.squall.db(store.execution_output_add, [chunk("1mbold green")])
-    session = Session(Account("vic", "viewer"), "csrf", "hash")
+    session = await _stored_session(web, Account("vic", "viewer"))
     events = live._execution_stream(web.squall, session, execution_id, after)
     first = await asyncio.wait_for(anext(events), 10)
     await events.aclose()
@@ -222,7 +229,7 @@ async def test_the_list_streams_new_rows_and_changed_ones(web: Web) -> None:
     page = (await client.get("/executions")).text
     assert f'sse-connect="/live/executions?top={first}"' in page
     assert f'sse-swap="row-{first}"' in page and 'sse-swap="new"' in page
-    session = Session(Account("otto", "operator"), "csrf", "hash")
+    session = await _stored_session(web, Account("otto", "operator"))
     events = live._list_stream(web.squall, session, ExecutionFilter(), first)
     refreshed = await anext(events)  # every row once at first: it may have changed since the page
     assert refreshed["event"] == f"row-{first}" and "status-running" in refreshed["data"]
@@ -248,7 +255,8 @@ async def test_the_list_streams_new_rows_and_changed_ones(web: Web) -> None:
 async def test_a_filtered_list_sends_the_end_of_a_row_that_stops_matching(web: Web) -> None:
     """On a list of running executions, one that ends is sent once more as it ended (it would show
     running for ever), then leaves the stream's memory; one that starts running is added."""
-    session = Session(Account("otto", "operator"), "csrf", "hash")
+    await web.user("otto", "operator")
+    session = await _stored_session(web, Account("otto", "operator"))
     first = await _running(web)
     events = live._list_stream(web.squall, session, ExecutionFilter(status="running"), first)
     refreshed = await anext(events)
@@ -262,6 +270,76 @@ async def test_a_filtered_list_sends_the_end_of_a_row_that_stops_matching(web: W
     assert got["event"] == "new" and f'href="/executions/{late}"' in got["data"]
     await events.aclose()
     await web.squall.executions.cancel(late)
+
+
+# -- streams end with their session ----------------------------------------------------------------
+
+def _end_session(web: Web, session: Session, how: str) -> None:
+    """What a logout, `squall user passwd` and `squall user delete` do to the stored session."""
+    store = web.squall.store
+    if how == "logout":
+        close_session(store, session)
+    elif how == "new password":
+        assert set_password(store, session.account.name, hash_password("another password"))
+    else:
+        assert delete_user(store, session.account.name)
+
+
+@pytest.mark.parametrize("how", ["logout", "new password", "deleted account"])
+async def test_an_execution_s_stream_ends_when_its_session_does(web: Web, monkeypatch: pytest.MonkeyPatch,
+                                                                how: str) -> None:
+    """The output goes on, but not to a browser whose session ended after it opened the stream."""
+    monkeypatch.setattr(sessions, "RECHECK_SECONDS", 0.0)  # look at the session on every round
+    await web.user("vic", "viewer")
+    session = await _stored_session(web, Account("vic", "viewer"))
+    execution_id = await _running(web, "for i in $(seq 600); do echo line $i; sleep 0.05; done")
+    events = live._execution_stream(web.squall, session, execution_id, 0)
+    while (await asyncio.wait_for(anext(events), 10))["event"] != "stdout":
+        pass
+    await web.squall.db(_end_session, web, session, how)
+    while (event := await asyncio.wait_for(anext(events), 10))["event"] not in ("stdout", "end"):
+        pass  # the rest of the round that sent the output (status, log)
+    assert event == {"event": "end", "data": "signed-out"}
+    with pytest.raises(StopAsyncIteration):
+        await anext(events)
+    await web.squall.executions.cancel(execution_id)
+    await web.squall.executions.wait(execution_id, 30)
+
+
+@pytest.mark.parametrize("how", ["logout", "new password", "deleted account"])
+async def test_the_list_s_stream_ends_when_its_session_does(web: Web, monkeypatch: pytest.MonkeyPatch,
+                                                            how: str) -> None:
+    monkeypatch.setattr(sessions, "RECHECK_SECONDS", 0.0)
+    await web.user("otto", "operator")
+    session = await _stored_session(web, Account("otto", "operator"))
+    first = await _running(web)
+    events = live._list_stream(web.squall, session, ExecutionFilter(), first)
+    assert (await asyncio.wait_for(anext(events), 10))["event"] == f"row-{first}"
+    await web.squall.db(_end_session, web, session, how)
+    later = await _running(web)
+    assert await asyncio.wait_for(anext(events), 10) == {"event": "end", "data": "signed-out"}
+    with pytest.raises(StopAsyncIteration):
+        await anext(events)
+    for execution_id in (first, later):
+        await web.squall.executions.cancel(execution_id)
+
+
+async def test_a_stream_s_look_at_its_session_records_no_use(web: Web) -> None:
+    """`current_session` applies the login's rules but writes no `last_seen`: a tab left open on a
+    live page does not keep an idle session from ending."""
+    from datetime import timedelta
+
+    from bot.accounts import SESSION_IDLE, TOUCH_EVERY, current_session
+
+    await web.user("ann", "operator")
+    session = await _stored_session(web, Account("ann", "operator"))
+    store = web.squall.store
+    seen = utcnow() - TOUCH_EVERY - timedelta(minutes=1)  # a request now would record its use
+    await web.squall.db(store.web_session_touch, session.token_hash, seen)
+    assert await web.squall.db(current_session, store, session) == session
+    assert (await web.squall.db(store.web_session_get, session.token_hash))["last_seen"] == seen
+    await web.squall.db(store.web_session_touch, session.token_hash, utcnow() - SESSION_IDLE)
+    assert await web.squall.db(current_session, store, session) is None
 
 
 # -- workflows ----------------------------------------------------------------------------------------
@@ -346,6 +424,22 @@ async def test_a_rerun_value_that_is_not_json_is_refused_beside_the_form(web: We
     assert ('name="p.timeout" rows="3" aria-invalid="true" aria-describedby="p-timeout-error">soon</textarea>'
             in wrong.text)  # kept, to be corrected, and the message is beside it
     assert '<p class="field-error" id="p-timeout-error">parameter &#34;timeout&#34; must be JSON' in wrong.text
+    assert len(await web.squall.executions.list(action="core.local", limit=10)) == 1
+
+
+async def test_a_rerun_value_nested_too_deeply_is_refused_beside_the_form(web: Web) -> None:
+    """JSON nested past Python's recursion limit is a 400 with the form, as the run form answers."""
+    client, csrf = await web.signed_in("otto", "operator")
+    record = await web.squall.executions.request("core.local", {"cmd": "echo x", "timeout": 5}, {"user": "t"})
+    await web.squall.executions.wait(record["id"], 30)
+    deep = "[" * 1900 + "]" * 1900  # past the recursion limit; unescaped, to stay within api.max_body_bytes
+    wrong = await client.post(f"/executions/{record['id']}/rerun", content=f"csrf_token={csrf}&p.timeout={deep}",
+                              headers={"content-type": "application/x-www-form-urlencoded"})
+    assert wrong.status_code == 400
+    assert '<p class="field-error" id="p-timeout-error">parameter &#34;timeout&#34; must be JSON' in wrong.text
+    assert "it is nested too deeply" in wrong.text
+    error = re.search(r'<p class="field-error" id="p-timeout-error">(.*?)</p>', wrong.text, re.S).group(1)
+    assert "[" * 80 + "&#39;…" in error and "[" * 81 not in error  # the field keeps it all, not the message
     assert len(await web.squall.executions.list(action="core.local", limit=10)) == 1
 
 

@@ -266,11 +266,19 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
     return RedirectResponse(f"/executions/{new['id']}", status_code=303)
 
 
+#: Characters of a re-run value that is not JSON quoted back in the message (the field shows it all).
+_QUOTED = 80
+
+
 def _json_field(name: str, text: str, *, secret: bool) -> Any:
     """A re-run field of a non-string type, read as JSON; the error quotes what was typed unless it is a
-    secret's (the page is shown again, and the engine's own errors show `********` too)."""
+    secret's (the page is shown again, and the engine's own errors show `********` too), and at most
+    `_QUOTED` characters of it. JSON nested deeper than Python's recursion limit is refused too (a
+    RecursionError, not a ValueError), as the run form refuses it (`bot.forms`)."""
     try:
         return json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        problem = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        quoted = repr(text) if len(text) <= _QUOTED else f"{text[:_QUOTED]!r}…"
         raise ValueError(f'parameter "{name}" must be JSON (such as 3, true, ["a"] or {{"k": 1}}), '
-                         f"not {MASK if secret else repr(text)}: {exc}") from None
+                         f"not {MASK if secret else quoted}: {problem}") from None

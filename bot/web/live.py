@@ -10,6 +10,10 @@ the page by event name (`sse-swap`): no script of Squall's own runs in the brows
 - `/live/executions`: the list's first page. `new` carries rows newer than the newest shown (put on
   top), `row-<id>` a row whose status changed (replacing it).
 
+A stream outlives the request that opened it, so it looks at its session again every
+`session.RECHECK_SECONDS`: after a logout, a new password or the account's deletion it sends `end`
+(data `signed-out`) and closes, instead of going on showing what the person may no longer see.
+
 They read the database, as the pages do, so what a `squall worker` runs shows too; in the process
 that runs it, `engine.live.Wakeup` wakes them at once, otherwise they look every `POLL_SECONDS`. A
 browser that goes away ends its stream (sse-starlette watches the connection).
@@ -17,14 +21,16 @@ browser that goes away ends its stream (sse-starlette watches the connection).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from sse_starlette import EventSourceResponse
 
-from bot.accounts import Session
+from bot.accounts import Session, current_session
 from bot.web import ansi
+from bot.web import session as sessions
 from bot.web.executions import (
     EXECUTION_ID,
     FILTERS,
@@ -53,6 +59,31 @@ PING_SECONDS = 15
 _OUTPUT_BATCH = 1000
 
 
+#: The `end` event's data when the stream's session ended.
+SIGNED_OUT = "signed-out"
+
+
+class _SessionWatch:
+    """A stream's session, looked at again in the database every `RECHECK_SECONDS` (the check when the
+    stream opened is the request's; a logout or a deleted account must end the stream too)."""
+
+    def __init__(self, squall: Any, session: Session) -> None:
+        self.squall = squall
+        self.session = session
+        self._due = time.monotonic() + sessions.RECHECK_SECONDS
+
+    async def alive(self) -> bool:
+        """False once the session ended; otherwise `session` is refreshed (its account's role today)."""
+        if time.monotonic() < self._due:
+            return True
+        current = await self.squall.db(current_session, self.squall.store, self.session)
+        self._due = time.monotonic() + sessions.RECHECK_SECONDS
+        if current is None:
+            return False
+        self.session = current
+        return True
+
+
 def fragment(name: str, **context: Any) -> str:
     """A template rendered alone (the parts of a page that live events replace), autoescaped."""
     return templates.get_template(name).render(**context)
@@ -71,10 +102,15 @@ async def execution_events(request: Request, execution_id: str, after: int = Que
 async def _execution_stream(squall: Any, session: Session, execution_id: str,
                             after: int) -> AsyncIterator[dict[str, str]]:
     store = squall.store
+    watch = _SessionWatch(squall, session)
     renderers = await _renderers_at(squall, execution_id, after)
     shown: tuple[Any, ...] | None = None
     with Wakeup(squall.executions, execution_id) as wakeup:
         while True:
+            if not await watch.alive():
+                yield {"event": "end", "data": SIGNED_OUT}
+                return
+            session = watch.session
             record = await squall.executions.get(execution_id)
             ended = record["status"] in COMPLETED
             rows = await squall.db(store.execution_output_list, execution_id, after=after, limit=_OUTPUT_BATCH)
@@ -148,8 +184,13 @@ async def _list_stream(squall: Any, session: Session, where: ExecutionFilter,
     left the page unfinished (a filter on `running` it no longer matches) is sent once more as it
     ended, so the page does not show it running for ever. Only the rows of the last look are kept."""
     known: dict[str, tuple[str, Any]] | None = None  # None before the first look: the page's rows
+    watch = _SessionWatch(squall, session)
     with Wakeup(squall.executions, None) as wakeup:
         while True:
+            if not await watch.alive():
+                yield {"event": "end", "data": SIGNED_OUT}
+                return
+            session = watch.session
             rows = await squall.db(squall.store.execution_keyset, where, limit=PAGE_SIZE)
             fresh = [row for row in rows if row["id"] > top or (known is not None and row["id"] not in known)]
             if fresh:

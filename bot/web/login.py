@@ -4,8 +4,9 @@ executions).
 The login form is protected against cross-site posts too (a forged login would sign a victim in as
 the attacker): `GET /login` sets a random cookie and puts the same value in the form, and the post
 must carry both (double submit; there is no session yet to hold a token). Failed logins are counted
-per name and per address (`throttle.py`); a name that does not exist costs the same argon2 check as
-a wrong password, so timing does not tell which names exist.
+per name and per address (`throttle.py`), each from before its password check, so logins sent at once
+cannot all be checked; a name that does not exist costs the same argon2 check as a wrong password, so
+timing does not tell which names exist.
 
 An OpenID Connect login (`oidc.py`) ends as a password login does: a session in the same cookie,
 with its CSRF token, and the browser sent to `next` (a path of this site only). Its failures (the
@@ -80,7 +81,10 @@ async def login(request: Request) -> Response:
     address = request.client.host if request.client else "unknown"
     keys = (f"user:{name.lower()}", f"address:{address}")
     throttle = _throttle(request)
-    if wait := throttle.wait(*keys):
+    # Counted as a failure before the password is checked (given back if right): logins sent at once
+    # would otherwise all pass the limit while their checks run.
+    wait, stamp = throttle.reserve(*keys)
+    if wait:
         response = _login_page(request, 429, f"Too many failed logins for this user or from this address: "
                                              f"try again in {wait} seconds.", name, next_url)
         response.headers["Retry-After"] = str(wait)
@@ -88,10 +92,10 @@ async def login(request: Request) -> Response:
     squall = request.app.state.squall
     record = await squall.db(squall.store.web_user_get, name) if name else None
     if not await asyncio.to_thread(password_matches, record, password):
-        throttle.failed(*keys)
         await squall.db(squall.store.audit_add, "web.login.failed", name or None, f"web:{address}", None,
                         {"method": "password"})
         return _login_page(request, 401, "Wrong user name or password.", name, next_url)
+    throttle.release(stamp, keys[1])
     throttle.succeeded(keys[0])
     return await _signed_in(request, Account(record["name"], record["role"]), next_url, "password")
 

@@ -6,6 +6,9 @@ looked up server-side (`bot.accounts`), so a deleted user or a changed password 
 the next request. A state-changing request (anything but GET and HEAD) must also carry the session's
 CSRF token, as form field `csrf_token` or header `X-CSRF-Token` (htmx sends it from the body's
 `hx-headers`); without it the answer is 403, before any role or route is looked at.
+
+A live stream (`live.py`) outlives the request that opened it, so it looks at its session again every
+`RECHECK_SECONDS` (`bot.accounts.current_session`) and ends once the session has.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ COOKIE = "squall_session"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+#: Seconds at most a live stream goes on after its session ended (logout, new password, deleted account).
+RECHECK_SECONDS = 5.0
 #: Fields a posted form may have at most (parsing a huge one is work for nothing).
 MAX_FIELDS = 200
 
