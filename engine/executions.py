@@ -607,7 +607,8 @@ class ExecutionService:
             if _resumable(runner) and getattr(self.executor, "closing", False):
                 return  # a workflow stays `running`: it is conducted on from its stored children
             await asyncio.shield(sink.close())
-            await asyncio.shield(self._finish(record, self._interrupted(), secrets))
+            kept = getattr(runner, "interrupted_result", None)  # a workflow's tasks so far (an ActionChain's)
+            await asyncio.shield(self._finish(record, self._interrupted(kept(record["id"]) if kept else None), secrets))
             return
         except Exception as exc:
             outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
@@ -628,11 +629,12 @@ class ExecutionService:
             return
         self.db.store.update_execution(execution_id, {"runner_info": between}, expect=STEPPING)
 
-    def _interrupted(self) -> RunOutcome:
-        """How a run that was stopped midway ends: shut down with Squall, or canceled."""
+    def _interrupted(self, kept: dict[str, Any] | None = None) -> RunOutcome:
+        """How a run that was stopped midway ends: shut down with Squall, or canceled (with what the
+        runner `kept` of its work, as a canceled ActionChain keeps its `tasks`)."""
         if self.executor is not None and getattr(self.executor, "closing", False):
             return RunOutcome("abandoned", {"error": "Squall shut down while it was running"})
-        return RunOutcome("canceled", {"error": "canceled by request"})
+        return RunOutcome("canceled", {**(kept or {}), "error": "canceled by request"})
 
     def _claim(self, execution_id: str, fields: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
         """Claim a queued execution and build its run request, in one trip to the database thread."""

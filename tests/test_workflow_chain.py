@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -92,7 +94,7 @@ async def test_chain_renders_publishes_and_takes_on_success(chains: Squall) -> N
     assert set(task) >= {"id", "name", "execution_id", "state", "result"} and task["state"] == "succeeded"
     rows = await children(chains, done["id"])
     assert task_names(rows) == ["first", "second", "done"]
-    assert rows[0]["context"]["chain"] == {"node": "first"} and rows[0]["parent"] == done["id"]
+    assert rows[0]["parent"] == done["id"]
 
 
 async def test_a_chain_task_cmd_gets_its_values_as_data(chains: Squall, tmp_path: Path) -> None:
@@ -134,15 +136,12 @@ def test_bad_chains_are_rejected_at_load(home: Path) -> None:
         "unknown": ("action-chain", "", "chain:\n  - name: a\n    ref: core.noop\n    on-success: zzz\n"),
         "loop": ("action-chain", "", "chain:\n  - name: a\n    ref: core.noop\n    on-success: b\n    on-failure: b\n"
                                      "  - name: b\n    ref: core.noop\n    on-success: a\n    on-failure: a\n"),
-        "orphan": ("action-chain", "", "default: a\nchain:\n  - name: a\n    ref: core.noop\n"
-                                       "  - name: b\n    ref: core.noop\n"),
         "badnotify": ("action-chain", "", "chain:\n  - name: a\n    ref: core.noop\n"
                                           "    notify: {on-succes: {routes: [x]}}\n"),
     }, pack="badchain")
     errors = [str(e) for e in load_packs(load_config(home / "config.yml")).errors]
     assert any("chains/unknown.yaml" in e and "task 'a': 'on-success' names unknown task 'zzz'" in e for e in errors)
     assert any("chains/loop.yaml" in e and "has no exit" in e for e in errors)
-    assert any("chains/orphan.yaml" in e and "task 'b': unreachable" in e for e in errors)
     assert any("chains/badnotify.yaml" in e and "task 'a': unknown notify section 'on-succes' (did you mean "
                "'on-success'?)" in e for e in errors)
 
@@ -202,6 +201,154 @@ async def test_workflow_tasks_notify_as_stackstorm_decides(home: Path) -> None:
                           "wfn.flow": ["flow-route"], "listed": ["flow-route"], "unlisted": []}
     finally:
         await squall.close()
+
+
+SCHEDULE_FAILS = """
+chain:
+  - name: a
+    ref: core.local
+    parameters: {timeout: 5}
+    publish: {out: "{{ a.stdout }}"}
+    on-failure: handler
+  - name: handler
+    ref: core.echo
+    parameters: {message: "handled"}
+"""
+
+NO_SUCH_ACTION = """
+chain:
+  - name: a
+    ref: nope.nothing
+    on-failure: handler
+  - name: handler
+    ref: core.echo
+    parameters: {message: "handled"}
+"""
+
+RENDER_FAILS_HANDLED = """
+chain:
+  - name: a
+    ref: core.echo
+    parameters: {message: "{{ nothing_here }}"}
+    on-failure: handler
+  - name: handler
+    ref: core.echo
+    parameters: {message: "handled"}
+"""
+
+
+async def test_a_task_whose_child_cannot_be_requested_takes_on_failure_without_publishing(home: Path) -> None:
+    """StackStorm renders `publish` only for a child that ran: a request refused (core.local without
+    its required `cmd`) fails the task, which takes on-failure, instead of failing the chain."""
+    workflow_pack(home, {"sched": ("action-chain", "", SCHEDULE_FAILS)})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        done = await run(squall, "wf.sched")
+        assert done["status"] == "succeeded", done["result"]
+        tasks = done["result"]["tasks"]
+        assert [(t["name"], t["state"]) for t in tasks] == [("a", "failed"), ("handler", "succeeded")]
+        assert tasks[0]["execution_id"] is None and "cmd" in tasks[0]["result"]["error"]
+        assert done["result"]["published"] == {} and "error" not in done["result"]
+    finally:
+        await squall.close()
+
+
+async def test_a_task_naming_no_action_or_failing_to_render_ends_the_chain(home: Path) -> None:
+    """StackStorm's `_get_next_action`: an unregistered ref or a parameter that fails to render ends
+    the chain failed with a top-level error; the task's on-failure does not run."""
+    workflow_pack(home, {"unknown": ("action-chain", "", NO_SUCH_ACTION),
+                         "render": ("action-chain", "", RENDER_FAILS_HANDLED)})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        done = await run(squall, "wf.unknown")
+        assert done["status"] == "failed"
+        assert done["result"]["tasks"] == []
+        assert done["result"]["error"] == 'Failed to run task "a". Action with reference "nope.nothing" doesn\'t exist.'
+        assert await children(squall, done["id"]) == []
+        rendered = await run(squall, "wf.render")
+        assert rendered["status"] == "failed" and rendered["result"]["tasks"] == []
+        assert rendered["result"]["error"].startswith('Failed to run task "a". Parameter rendering failed:')
+    finally:
+        await squall.close()
+
+
+async def test_a_canceled_chain_keeps_its_tasks_and_published(home: Path) -> None:
+    """StackStorm's test_chain_cancel: a canceled chain's result still has its `tasks`."""
+    workflow_pack(home, {"slow": ("action-chain", "", """
+chain:
+  - name: first
+    ref: core.echo
+    parameters: {message: "first done"}
+    publish: {said: "{{ first.stdout }}"}
+    on-success: second
+  - name: second
+    ref: core.local
+    parameters: {cmd: "sleep 30", timeout: 60}
+""")})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        record = await squall.executions.request("wf.slow", {}, {"user": "tester"})
+        for _ in range(600):  # until `second` runs (a deadline, not a timing assertion)
+            rows = await children(squall, record["id"])
+            if any(r["context"]["workflow_task"]["task"] == "second" and r["status"] == "running" for r in rows):
+                break
+            await asyncio.sleep(0.05)
+        await squall.executions.cancel(record["id"])
+        done = await squall.executions.wait(record["id"], timeout=30)
+        assert done["status"] == "canceled"
+        result = done["result"]
+        assert [(t["name"], t["state"]) for t in result["tasks"]] == [("first", "succeeded"), ("second", "canceled")]
+        assert result["published"] == {"said": "first done"}
+        assert result["error"] == "canceled by request"
+    finally:
+        await squall.close()
+
+
+async def test_an_unreachable_task_is_a_warning_and_the_chain_runs(home: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """StackStorm's ChainHolder.validate checks only that transitions name tasks: a task nothing leads
+    to (or a cycle nothing enters) loads and never runs. A cycle that is entered and never left is
+    still refused."""
+    workflow_pack(home, {
+        "orphan": ("action-chain", "", "default: a\nchain:\n  - name: a\n    ref: core.noop\n"
+                                       "  - name: b\n    ref: core.noop\n"
+                                       "  - {name: c, ref: core.noop, on-success: d, on-failure: d}\n"
+                                       "  - {name: d, ref: core.noop, on-success: c, on-failure: c}\n"),
+        "loop": ("action-chain", "", "chain:\n  - {name: a, ref: core.noop, on-success: b}\n"
+                                     "  - {name: b, ref: core.noop, on-success: c, on-failure: c}\n"
+                                     "  - {name: c, ref: core.noop, on-success: b, on-failure: b}\n"),
+    })
+    with caplog.at_level(logging.WARNING, logger="engine.workflows.chain"):
+        squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        errors = [str(e) for e in squall.registry.errors]
+        assert not any("orphan.yaml" in e for e in errors), errors
+        assert any("chains/loop.yaml" in e and "has no exit" in e for e in errors), errors
+        assert any("orphan.yaml" in r.getMessage() and "'b', 'c', 'd' unreachable from the start task 'a'"
+                   in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        done = await run(squall, "wf.orphan")
+        assert done["status"] == "succeeded", done["result"]
+        assert [t["name"] for t in done["result"]["tasks"]] == ["a"]
+    finally:
+        await squall.close()
+
+
+async def test_chain_tasks_carry_their_times_and_children_get_their_node(chains: Squall) -> None:
+    """Spec §7.1: each task has `created_at`/`updated_at`; a child's `context.chain` is its node
+    (StackStorm's `vars(action_node)`), and `node` names it as before."""
+    done = await run(chains, "wf.chain", {"who": "ann"})
+    assert done["status"] == "succeeded", done["result"]
+    rows = await children(chains, done["id"])
+    for task, row in zip(done["result"]["tasks"], rows, strict=True):
+        assert list(task) == ["id", "name", "execution_id", "liveaction_id", "workflow", "created_at", "updated_at",
+                              "state", "result"]
+        assert task["execution_id"] == row["id"]
+        assert (task["created_at"], task["updated_at"]) == (row["start_timestamp"], row["end_timestamp"])
+    assert rows[0]["context"]["chain"] == {
+        "node": "first", "name": "first", "ref": "core.echo", "params": None,
+        "parameters": {"message": "{{ base }} {{ st2kv.system.colour }}"}, "on_success": "second",
+        "on_failure": None, "publish": {"said": "{{ first.stdout }}"}, "notify": None}
+    assert rows[1]["context"]["chain"]["on_failure"] == "recover"
 
 
 # -- durability: kill -9 mid-workflow and start again -------------------------------------------

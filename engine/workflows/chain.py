@@ -23,7 +23,8 @@ from engine.yamlfile import ContentError, ContentInvalid, LineMap
 log = logging.getLogger(__name__)
 
 _TOP_KEYS = {"chain", "default", "vars"}
-_NODE_KEYS = {"name", "ref", "params", "parameters", "on-success", "on-failure", "publish", "notify"}
+_SPEC_KEYS = ("name", "ref", "params", "parameters", "on-success", "on-failure", "publish", "notify")
+_NODE_KEYS = set(_SPEC_KEYS)
 
 
 @dataclass
@@ -35,6 +36,9 @@ class Node:
     on_failure: str | None
     publish: dict[str, Any]
     notify: dict[str, Any] | None = None  # the task's own, replacing the chain's for this task
+    #: The task as StackStorm hands it to its child in `context.chain` (its runner's `vars(action_node)`:
+    #: every node key, underscored, None when absent), so an action written for StackStorm finds it there.
+    spec: dict[str, Any] | None = None
 
 
 @dataclass
@@ -90,8 +94,9 @@ def parse(data: Any, lines: LineMap, file: str) -> ChainSpec:  # noqa: C901 (a c
         notify = body.get("notify")
         if notify is not None and (problem := notify_problem(notify)):
             raise fail(f"task '{name}': {problem}", *where)
+        spec = {key.replace("-", "_"): body.get(key) for key in _SPEC_KEYS}
         nodes[name] = Node(name, body["ref"], parameters, body.get("on-success"), body.get("on-failure"), publish,
-                           notify)
+                           notify, spec)
     referenced: set[str] = set()
     edges: dict[str, list[str]] = {n: [] for n in nodes}
     for node in nodes.values():
@@ -114,11 +119,15 @@ def parse(data: Any, lines: LineMap, file: str) -> ChainSpec:  # noqa: C901 (a c
     else:
         start = next((n for n in nodes if n not in referenced), next(iter(nodes)))
     reached = graph.reachable([start], edges)
-    for name in nodes:
-        if name not in reached:
-            raise fail(f"task '{name}': unreachable from the start task '{start}'", "chain")
+    unreached = [name for name in nodes if name not in reached]
+    if unreached:
+        # StackStorm's ChainHolder.validate checks only that transitions name tasks; a task nothing
+        # leads to never runs there and the chain loads. So here: a warning, not a refused pack.
+        log.warning("%s: task(s) %s unreachable from the start task '%s' (never run; lead to them with "
+                    "on-success/on-failure, or remove them)", file, ", ".join(f"'{n}'" for n in unreached), start)
     can_stop = {n.name: n.on_success is None or n.on_failure is None for n in nodes.values()}
-    for cycle in graph.closed_cycles(list(nodes), edges, can_stop):
+    # A cycle that can never be entered cannot hang a run: only the reachable tasks are checked.
+    for cycle in graph.closed_cycles([n for n in nodes if n in reached], edges, can_stop):
         raise fail(f"task '{cycle[0]}': cycle {' -> '.join(cycle)} has no exit (on-success and on-failure "
                    "both stay in the cycle)", "chain")
     return ChainSpec(file, nodes, start, variables)
@@ -128,8 +137,11 @@ class ChainConductor:
     """Runs the chain one task at a time."""
 
     def __init__(self, spec: ChainSpec, parameters: dict[str, Any], base_context: dict[str, Any], jinja: Any,
-                 display_published: bool = True, shell_command: Callable[[str], bool] = lambda ref: False) -> None:
+                 display_published: bool = True, shell_command: Callable[[str], bool] = lambda ref: False,
+                 action_exists: Callable[[str], bool] = lambda ref: True) -> None:
         self.spec = spec
+        #: Whether an action ref is registered: a task naming none ends the chain, as StackStorm's does.
+        self.action_exists = action_exists
         #: Whether an action's `cmd` is shell text (a `*-shell-cmd` runner): its values must be quoted.
         self.shell_command = shell_command
         self.parameters = parameters
@@ -169,6 +181,11 @@ class ChainConductor:
         node = self.spec.nodes.get(name)
         if node is None:
             return self._fail(f'Unable to find node with name "{name}".')
+        if not self.action_exists(node.ref):
+            # StackStorm (`_get_next_action`, InvalidActionReferencedException): the chain ends failed,
+            # no on-failure runs and no task is recorded. A disabled action exists: its request fails
+            # the task, which takes on-failure.
+            return self._fail(f'Failed to run task "{name}". Action with reference "{node.ref}" doesn\'t exist.')
         try:
             parameters = self._render(node)
         except TemplateRenderError as exc:
@@ -176,7 +193,7 @@ class ChainConductor:
         self.occurrences[name] += 1
         self.current = name
         key = f"{name}.{self.occurrences[name]}"
-        context: dict[str, Any] = {"chain": {"node": name}}
+        context: dict[str, Any] = {"chain": {"node": name, **(node.spec or {})}}
         if node.notify is not None:
             context["notify"] = node.notify
         return [TaskCall(key, name, node.ref, parameters, context)]
@@ -199,14 +216,20 @@ class ChainConductor:
             parameters["env"] = {**(env if isinstance(env, dict) else {}), **variables}
         return parameters
 
-    def on_done(self, key: str, status: str, result: Any, execution_id: str | None) -> list[TaskCall]:
+    def on_done(self, key: str, status: str, result: Any, execution_id: str | None, *,
+                created_at: str | None = None, updated_at: str | None = None) -> list[TaskCall]:
+        """A task ended; `execution_id` None: its child could not be requested (bad parameters, say).
+        `created_at`/`updated_at` (ISO 8601) are when its child was requested and last changed."""
         name = key.rsplit(".", 1)[0]
         node = self.spec.nodes[name]
         self.tasks.append({"id": name, "name": name, "execution_id": execution_id, "liveaction_id": execution_id,
-                           "workflow": None, "state": status, "result": result})
+                           "workflow": None, "created_at": created_at, "updated_at": updated_at, "state": status,
+                           "result": result})
         self.results[name] = result
         self.status = status
-        if node.publish:
+        # StackStorm renders `publish` only for a child that ran (the `else:` of its scheduling `try`):
+        # a request refused has no result to publish from, and the task takes on-failure.
+        if node.publish and execution_id is not None:
             try:
                 published = render_values(node.publish, {**self._context(), name: result}, self.jinja)
             except TemplateRenderError as exc:

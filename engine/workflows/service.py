@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.runners import SHELL_COMMAND_RUNNERS, WAITING_ON_TASKS, RunOutcome, RunRequest
-from engine.storage import as_utc
+from engine.storage import as_utc, iso
 from engine.templates import KVNamespace
 from engine.workflows import chain
 from engine.workflows.model import COMPLETED, NO_DEFAULT, Conductor, TaskCall
@@ -66,8 +66,9 @@ def load_spec(kind: str, path: Path, display: str) -> Any:
 
 
 def check_entry_point(kind: str, path: Path, display: str) -> None:
-    """At pack load: reject a workflow file with a syntax error, unknown or unreachable task, or
-    a cycle without exit (raises `ContentInvalid` naming file, task and reason)."""
+    """At pack load: reject a workflow file with a syntax error, an unknown task, or a cycle without
+    exit (raises `ContentInvalid` naming file, task and reason). An unreachable task is refused in
+    Orquesta and Mistral, and only logged as a warning in an ActionChain, as StackStorm loads those."""
     load_spec(kind, path, display)
 
 
@@ -160,12 +161,41 @@ class Flow:
 
                     if isinstance(outcome, (asyncio.CancelledError, StaleStep)):  # a stale step stops whole
                         raise outcome
-                    calls += self.conductor.on_done(call.key, "failed", {"error": str(outcome)}, None)
+                    calls += self._answer(call.key, "failed", {"error": str(outcome)}, None)
                 elif outcome["status"] in COMPLETED:  # canceled at once (a policy), or finished already
-                    calls += self.conductor.on_done(call.key, outcome["status"], outcome["result"], outcome["id"])
+                    calls += self._answer(call.key, outcome["status"], outcome["result"], outcome)
                 else:
                     self.live[outcome["id"]] = call.key
                     self.calls[call.key] = call
+
+    def _answer(self, key: str, status: str, result: Any, child: dict[str, Any] | None) -> list[TaskCall]:
+        """Tell the conductor a task ended; `child` is its execution (None: it could not be requested).
+        An ActionChain also records when the child was requested and last changed (`created_at`,
+        `updated_at` in its `tasks`, as StackStorm's)."""
+        child_id = child["id"] if child is not None else None
+        if not isinstance(self.conductor, chain.ChainConductor):
+            return self.conductor.on_done(key, status, result, child_id)
+        if child is None:  # refused at once: requested and ended now
+            created = updated = _stamp(_now())
+        else:
+            created = _stamp(child.get("start_timestamp"))
+            updated = _stamp(child.get("end_timestamp")) or created
+        return self.conductor.on_done(key, status, result, child_id, created_at=created, updated_at=updated)
+
+    def interrupted_result(self) -> dict[str, Any] | None:
+        """An ActionChain stopped by a cancel keeps what it did (`tasks`, `published`), as StackStorm's
+        does: the children the cancel just ended are recorded too; nothing starts any more. None for
+        the other kinds (their result on a cancel is their own runner's business)."""
+        if not isinstance(self.conductor, chain.ChainConductor):
+            return None
+        while not self.events.empty():
+            event = self.events.get_nowait()
+            key = self.live.pop(event["id"], None) or self.waiting.pop(event["id"], None)
+            if key is not None and event.get("status") in COMPLETED:
+                self._answer(key, event["status"], event.get("result"), event)  # the calls it returns never start
+        snapshot = self.conductor.snapshot()
+        snapshot.pop("error", None)  # the cancel is the error
+        return snapshot
 
     # -- conducting ---------------------------------------------------------------------------
     async def conduct(self) -> RunOutcome:
@@ -206,7 +236,7 @@ class Flow:
                 cancel_pending = False
                 self.conductor.cancel()  # type: ignore[attr-defined]  # what ended since starts nothing
             canceled_task |= child["status"] == "canceled"
-            launch(self.conductor.on_done(item.key, child["status"], child.get("result"), child["id"]))
+            launch(self._answer(item.key, child["status"], child.get("result"), child))
         if self.waiting:
             self.pausing = True
         self._start_nothing_if_canceled(cancel_pending, to_request)
@@ -270,7 +300,7 @@ class Flow:
             await self._request([self.calls[key]])
             return
         self.calls.pop(key, None)
-        calls = self.conductor.on_done(key, status, event.get("result"), child_id)
+        calls = self._answer(key, status, event.get("result"), event)
         if not self.waiting and not self.pause_requested:
             self.pausing = False  # the answer came while other branches still ran
         if status == "canceled":
@@ -325,6 +355,10 @@ class WorkflowRunner:
     async def resume(self, execution_id: str) -> None:
         await self.service.resume_children(execution_id)
 
+    def interrupted_result(self, execution_id: str) -> dict[str, Any] | None:
+        """What a workflow stopped by a cancel had done, for its canceled result (taken once)."""
+        return self.service.interrupted.pop(execution_id, None)
+
 
 class WorkflowService:
     """Conducts workflows of this process; `attach()` it to the ExecutionService once built."""
@@ -334,6 +368,8 @@ class WorkflowService:
         #: The scale-out executor's jobs: workflows then conduct in steps (see the module's docstring).
         self.jobs: JobExecutor | None = None
         self.flows: dict[str, Flow] = {}
+        #: What a workflow canceled midway had done, until its canceled result is stored (`interrupted_result`).
+        self.interrupted: dict[str, dict[str, Any]] = {}
         self._pausing: set[asyncio.Future[None]] = set()
         self.runners = {"action-chain": WorkflowRunner(self, "action-chain"),
                         "orquesta": WorkflowRunner(self, "orquesta"),
@@ -384,7 +420,8 @@ class WorkflowService:
             base["system"] = base["st2kv"]["system"]
             return chain.ChainConductor(spec, dict(request.action_parameters), base, request.jinja,
                                         bool(request.runner_parameters.get("display_published", True)),
-                                        shell_command=self._shell_command)
+                                        shell_command=self._shell_command,
+                                        action_exists=lambda ref: ref in service.registry.actions)
         from engine.workflows import mistral, orquesta  # loaded already by `load_spec` above
 
         if kind == "mistral-v2":
@@ -416,6 +453,9 @@ class WorkflowService:
         except asyncio.CancelledError:
             if not getattr(self.executions.executor, "closing", False):
                 await asyncio.shield(flow.cancel_children())
+                kept = flow.interrupted_result()
+                if kept is not None:  # read by the ExecutionService as it records the cancel
+                    self.interrupted[flow.id] = kept
             raise
         finally:
             self.flows.pop(flow.id, None)
@@ -669,6 +709,14 @@ def _now() -> Any:
     from engine.storage import utcnow
 
     return utcnow()
+
+
+def _stamp(value: datetime | str | None) -> str | None:
+    """A child's time as StackStorm's chain shows it: ISO 8601 UTC (a stored row has datetimes, a
+    finished record's event has them as text already)."""
+    if value is None or isinstance(value, str):
+        return value
+    return iso(as_utc(value))
 
 
 __all__ = ["KVNamespace", "WorkflowService", "check_entry_point", "load_spec"]
