@@ -605,3 +605,35 @@ async def test_script_exit_code_and_stderr(squall: Squall, home: Path) -> None:
     assert done["status"] == "failed"
     assert done["result"]["return_code"] == 4
     assert done["result"]["stderr"] == "went wrong"
+
+
+async def test_a_canceled_command_leaves_no_unretrieved_error_behind(tmp_path: Path) -> None:
+    """Canceling a run (a workflow's cancel) stops its output readers; their gather ended with an error
+    nobody read, which asyncio logged as a traceback ("exception was never retrieved") at every cancel."""
+    import gc
+
+    from engine.runners.shell import run_process
+
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        started = tmp_path / "started"
+        run = asyncio.create_task(run_process(["sh", "-c", f"echo out; touch {started}; sleep 30"],
+                                              env=dict(os.environ), cwd=str(tmp_path), timeout=60))
+        for _ in range(400):
+            if started.exists():
+                break
+            await asyncio.sleep(0.02)
+        assert started.exists()
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert [c.get("message") for c in reported] == []

@@ -104,6 +104,13 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def _stop_reading(readers: asyncio.Future[Any]) -> None:
+    """Cancel the output readers, and take their outcome when it comes: a canceled gather ends with a
+    CancelledError as its exception, which asyncio logs as "never retrieved" if nobody reads it."""
+    readers.cancel()
+    readers.add_done_callback(lambda future: future.cancelled() or future.exception())
+
+
 async def run_process(
     argv: list[str], *, env: dict[str, str], cwd: str | None, timeout: float, stdin: bytes | None = None,
     run_as: RunAs | None = None, on_output: Callable[[str, bytes], None] | None = None,
@@ -158,10 +165,10 @@ async def _communicate(process: asyncio.subprocess.Process, stdin: bytes | None,
             try:
                 await asyncio.wait_for(asyncio.shield(readers), 2)
             except TimeoutError:
-                readers.cancel()
+                _stop_reading(readers)
     except asyncio.CancelledError:
         _kill_group(process)
-        readers.cancel()
+        _stop_reading(readers)
         await asyncio.shield(process.wait())
         raise
     code = -9 if timed_out else process.returncode
