@@ -13,9 +13,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from engine.crypto import CryptoError, KeyRing
-from engine.storage import Store, utcnow
+from engine.storage import Store, kv_pairs, utcnow
 
 SCOPES = ("system", "user")
+
+#: The longest `ttl` of a key (100 years, in seconds): longer ones overflow the expiry date. Held here, in
+#: `set`, so the API, the CLI, the web UI and actions' `set_value` all stop at the same place.
+MAX_KEY_TTL = 100 * 365 * 24 * 3600
+
+#: The longest stored name (the `kv_pairs.name` column): a user-scoped key's counts its `<user>:` prefix.
+#: PostgreSQL refused a longer one with a 500 and SQLite kept it, so it is checked before either sees it.
+MAX_NAME_LENGTH: int = kv_pairs.c.name.type.length  # type: ignore[attr-defined]
 
 
 class DatastoreError(ValueError):
@@ -23,10 +31,44 @@ class DatastoreError(ValueError):
 
 
 def normalise_scope(scope: str | None) -> str:
-    value = (scope or "system").removeprefix("st2kv.")
-    if value not in SCOPES:
+    value = scope or "system"
+    if not isinstance(value, str) or value.removeprefix("st2kv.") not in SCOPES:
         raise DatastoreError(f"unknown scope '{scope}'; use 'system' or 'user'")
-    return value
+    return value.removeprefix("st2kv.")
+
+
+def check_ttl(ttl: Any) -> int | None:
+    """`ttl` as a whole number of seconds from 1 to `MAX_KEY_TTL`, or None for a key that never expires.
+    Anything else is a DatastoreError that says so: a string such as "soon" was a ValueError traceback,
+    and a huge number an OverflowError, after a `squall key load` had written the items before it."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise DatastoreError(f"ttl must be a whole number of seconds from 1 to {MAX_KEY_TTL}, not {ttl!r}")
+    if ttl <= 0:
+        raise DatastoreError(f"ttl must be a positive number of seconds, not {ttl}")
+    if ttl > MAX_KEY_TTL:
+        raise DatastoreError(f"ttl must be at most {MAX_KEY_TTL} seconds (100 years), not {ttl}.")
+    return ttl
+
+
+def check_key(name: Any, *, scope: str | None = "system", user: str | None = None,
+              ttl: Any = None) -> tuple[str, str, int | None]:
+    """Everything `Datastore.set` checks before it writes: the scope, the name (a non-empty string whose
+    stored form fits `MAX_NAME_LENGTH`), the user of a user-scoped key and the ttl. Returns the scope, the
+    stored name and the ttl. Public so that `squall key load` checks every item before it writes any."""
+    scope = normalise_scope(scope)
+    if not isinstance(name, str) or not name:
+        raise DatastoreError(f"a key needs a name (a non-empty string), not {name!r}")
+    if scope == "user" and user is not None and not isinstance(user, str):
+        raise DatastoreError(f"key '{name}': the user of a user-scoped key is a name (a string), not {user!r}")
+    stored = Datastore.stored_name(name, scope, user)
+    if len(stored) > MAX_NAME_LENGTH:
+        shown = name if len(name) <= 40 else f"{name[:40]}…"
+        counted = f" (counting its '{user}:' prefix)" if scope == "user" else ""
+        raise DatastoreError(f"key name '{shown}' is too long: {len(stored)} characters{counted}; "
+                             f"the longest a key's stored name may be is {MAX_NAME_LENGTH}")
+    return scope, stored, check_ttl(ttl)
 
 
 #: `changed(kind, payload)`: kind is create, update, delete or value_change (StackStorm's KV triggers).
@@ -41,7 +83,8 @@ class Datastore:
     on_change: ChangeListener | None = None
 
     @staticmethod
-    def _stored_name(name: str, scope: str, user: str | None) -> str:
+    def stored_name(name: str, scope: str, user: str | None) -> str:
+        """The name a pair is stored under: `<user>:<name>` in the user scope, as StackStorm stores it."""
         if scope == "user":
             if not user:
                 raise DatastoreError("a user-scoped key needs a user")
@@ -76,7 +119,7 @@ class Datastore:
     def get(self, name: str, *, scope: str = "system", user: str | None = None,
             decrypt: bool = False) -> dict[str, Any] | None:
         scope = normalise_scope(scope)
-        record = self.store.kv_get(scope, self._stored_name(name, scope, user), utcnow())
+        record = self.store.kv_get(scope, self.stored_name(name, scope, user), utcnow())
         return self._public(record, decrypt) if record else None
 
     def lookup(self, scope: str, name: str) -> str | None:
@@ -116,6 +159,16 @@ class Datastore:
                 "instead (st2 key list --decrypt exports it) and it is encrypted here") from None
         return text
 
+    def check_write(self, name: str, value: Any, *, scope: str = "system", user: str | None = None,
+                    encrypt: bool = False, ttl: Any = None, encrypted: bool = False) -> None:
+        """A DatastoreError for anything `set` with these arguments would refuse, writing nothing: so that
+        `squall key load` checks every item (the mask over a stored secret included) before it writes any."""
+        scope, stored, _ = check_key(name, scope=scope, user=user, ttl=ttl)
+        text = str(value)
+        self._refuse_mask(name, text, scope, stored, encrypt or encrypted, utcnow())
+        if encrypted:
+            self.ciphertext(name, text)
+
     def set(self, name: str, value: Any, *, scope: str = "system", user: str | None = None,
             encrypt: bool = False, ttl: int | None = None, description: str | None = None,
             encrypted: bool = False) -> dict[str, Any]:
@@ -123,14 +176,9 @@ class Datastore:
         already (StackStorm's `encrypted: true`, what `st2 key set --encrypted` and a ciphertext export
         send), which is checked to decrypt and stored as given. Either makes the pair a secret, and a
         secret is never overwritten with the mask that stands for it (`_refuse_mask`)."""
-        scope = normalise_scope(scope)
-        if not name:
-            raise DatastoreError("a key needs a name")
-        if ttl is not None and int(ttl) <= 0:
-            raise DatastoreError(f"ttl must be a positive number of seconds, not {ttl}")
+        scope, stored, ttl = check_key(name, scope=scope, user=user, ttl=ttl)
         now = utcnow()
         text = str(value)
-        stored = self._stored_name(name, scope, user)
         self._refuse_mask(name, text, scope, stored, encrypt or encrypted, now)
         if encrypted:
             text = self.ciphertext(name, text)
@@ -140,7 +188,7 @@ class Datastore:
             "value": text if encrypted else self.keys.encrypt(text) if encrypt else text,
             "secret": bool(encrypt or encrypted),
             "description": description,
-            "expire_at": now + timedelta(seconds=int(ttl)) if ttl else None,
+            "expire_at": now + timedelta(seconds=ttl) if ttl else None,
             "updated_at": now,
         }
         listener = self.on_change
@@ -155,7 +203,7 @@ class Datastore:
 
     def delete(self, name: str, *, scope: str = "system", user: str | None = None) -> bool:
         scope = normalise_scope(scope)
-        stored = self._stored_name(name, scope, user)
+        stored = self.stored_name(name, scope, user)
         listener = self.on_change
         old = self.store.kv_get(scope, stored, utcnow()) if listener is not None else None
         deleted = self.store.kv_delete(scope, stored)
@@ -164,21 +212,19 @@ class Datastore:
         return deleted
 
     def list(self, *, prefix: str | None = None, scope: str | None = "system", user: str | None = None,
-             decrypt: bool = False, limit: int | None = None) -> list[dict[str, Any]]:
+             decrypt: bool = False, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        """The live pairs of `scope` ("all" or None: both), sorted by scope and stored name. `prefix` is a
+        prefix of the key's own name, a user-scoped key's included (not of its stored `<user>:<name>`).
+        With `user`, the user-scoped pairs are only that user's (with scope "all": the system keys and
+        their own, never another user's); without, every user's (an administrator's view)."""
         scope = None if scope in (None, "all") else normalise_scope(scope)
-        now = utcnow()
-        if scope is None and user:
-            # Everything this user may see: the system keys and their own, never another user's.
-            records = self.store.kv_list("system", prefix, now, limit)
-            if not limit or len(records) < limit:
-                remaining = limit - len(records) if limit else None
-                records += self.store.kv_list("user", f"{user}:{prefix or ''}", now, remaining)
-            return [self._public(r, decrypt, strict=False) for r in records]
-        stored_prefix = prefix
-        if scope == "user" and user:
-            stored_prefix = f"{user}:{prefix or ''}"
-        records = self.store.kv_list(scope, stored_prefix, now, limit)
+        records = self.store.kv_list(scope, None, utcnow(), limit, offset=offset, name_prefix=prefix, user=user)
         return [self._public(r, decrypt, strict=False) for r in records]
+
+    def count(self, *, prefix: str | None = None, scope: str | None = "system", user: str | None = None) -> int:
+        """How many pairs `list` with the same arguments and no limit returns (the API's `X-Total-Count`)."""
+        scope = None if scope in (None, "all") else normalise_scope(scope)
+        return self.store.kv_count(scope, utcnow(), name_prefix=prefix, user=user)
 
     def purge_expired(self) -> int:
         return self.store.kv_purge_expired(utcnow())

@@ -1108,18 +1108,49 @@ class Store:
         with self._read() as conn:
             return _row(conn.execute(_KV_GET_LIVE, {"scope": scope, "name": name, "now": now}).first())
 
-    def kv_list(self, scope: str | None, prefix: str | None, now: datetime, limit: int | None = None) -> list[dict]:
-        statement = sa.select(kv_pairs).where(
-            sa.or_(kv_pairs.c.expire_at.is_(None), kv_pairs.c.expire_at > now)
-        ).order_by(kv_pairs.c.scope, kv_pairs.c.name)
-        if scope:
-            statement = statement.where(kv_pairs.c.scope == scope)
-        if prefix:  # case-sensitive on both databases (SQLite's LIKE is not): "ap" is not "Apple", "bob:" not "Bob:"
-            statement = statement.where(sa.func.substr(kv_pairs.c.name, 1, len(prefix)) == prefix)
+    def kv_list(self, scope: str | None, prefix: str | None, now: datetime, limit: int | None = None, *,
+                offset: int = 0, name_prefix: str | None = None, user: str | None = None) -> list[dict]:
+        """Live pairs by scope and stored name. `prefix` is a prefix of the stored name; `name_prefix` of the
+        key's own (`_kv_where`), and `user` keeps only that user's user-scoped pairs."""
+        statement = sa.select(kv_pairs).where(*self._kv_where(scope, prefix, now, name_prefix, user)).order_by(
+            kv_pairs.c.scope, kv_pairs.c.name)
         if limit:
             statement = statement.limit(limit)
+        if offset:
+            statement = statement.offset(offset)
         with self._read() as conn:
             return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
+
+    def kv_count(self, scope: str | None, now: datetime, *, name_prefix: str | None = None,
+                 user: str | None = None) -> int:
+        """How many live pairs `kv_list` with the same filters (and no limit) returns."""
+        statement = sa.select(sa.func.count()).select_from(kv_pairs).where(
+            *self._kv_where(scope, None, now, name_prefix, user))
+        with self._read() as conn:
+            return int(conn.execute(statement).scalar_one())
+
+    def _kv_where(self, scope: str | None, prefix: str | None, now: datetime, name_prefix: str | None,
+                  user: str | None) -> list[sa.ColumnElement[bool]]:
+        """The filters of `kv_list` and `kv_count`. Every prefix is compared with `substr`, so it is
+        case-sensitive on both databases (SQLite's LIKE is not: "ap" is not "Apple", "bob:" not "Bob:") and
+        has no wildcards. A user-scoped pair is stored as `<user>:<name>` (user names hold no ':'), so
+        `name_prefix` is compared after the first ':' there: `theme` is found by "them", not by "carol"."""
+        where: list[sa.ColumnElement[bool]] = [sa.or_(kv_pairs.c.expire_at.is_(None), kv_pairs.c.expire_at > now)]
+        name, is_user = kv_pairs.c.name, kv_pairs.c.scope == "user"
+        if scope:
+            where.append(kv_pairs.c.scope == scope)
+        if prefix:
+            where.append(sa.func.substr(name, 1, len(prefix)) == prefix)
+        if user:
+            mine = sa.func.substr(name, 1, len(user) + 1) == f"{user}:"
+            where.append(mine if scope == "user" else sa.or_(kv_pairs.c.scope != "user", mine))
+        if name_prefix:
+            whole = sa.func.substr(name, 1, len(name_prefix)) == name_prefix
+            colon = sa.func.instr(name, ":") if self.is_sqlite else sa.func.strpos(name, ":")
+            own = sa.func.substr(name, colon + 1, len(name_prefix)) == name_prefix
+            where.append(own if scope == "user" else whole if scope else sa.or_(sa.and_(is_user, own),
+                                                                                 sa.and_(~is_user, whole)))
+        return where
 
     def kv_put(self, record: dict[str, Any]) -> dict[str, Any] | None:
         """Insert or replace one pair; returns the previous live record, if any."""

@@ -17,7 +17,7 @@ from bot.app import Squall
 from engine import datastore as datastore_module
 from engine.config import Config
 from engine.crypto import CryptoError, KeyRing
-from engine.datastore import Datastore, DatastoreError, normalise_scope
+from engine.datastore import MAX_KEY_TTL, MAX_NAME_LENGTH, Datastore, DatastoreError, check_key, normalise_scope
 from engine.storage import Store, kv_pairs
 from tests.conftest import write
 
@@ -387,6 +387,67 @@ def test_ttl_must_be_positive(ds: Datastore, ttl: int) -> None:
     with pytest.raises(DatastoreError, match="ttl"):
         ds.set("k", "v", ttl=ttl)
     assert ds.get("k") is None
+
+
+def test_a_prefix_matches_the_own_name_of_every_users_keys(ds: Datastore) -> None:
+    """User-scoped keys are stored as `<user>:<name>`: without a user (the administrator's view, and
+    scope "all"), the prefix was compared with that, so `them` missed carol's `theme` and `car` found it."""
+    ds.set("theme", "dark", scope="user", user="carol")
+    ds.set("theme", "light", scope="user", user="al")
+    ds.set("team", "x", scope="user", user="al")
+    ds.set("pack.Class:them", "colon in a name", scope="user", user="al")
+    ds.set("themes", "system")
+    ds.set("carrot", "system")
+    assert [(r["user"], r["name"]) for r in ds.list(scope="user", prefix="them")] == [
+        ("al", "theme"), ("carol", "theme")]
+    assert [(r["user"], r["name"]) for r in ds.list(scope="all", prefix="them")] == [
+        (None, "themes"), ("al", "theme"), ("carol", "theme")]
+    assert ds.count(scope="all", prefix="them") == 3
+    assert ds.list(scope="user", prefix="car") == []
+    assert [r["name"] for r in ds.list(scope="all", prefix="car")] == ["carrot"]
+    assert [r["name"] for r in ds.list(scope="user", prefix="pack.Class:")] == ["pack.Class:them"]
+    assert [(r["user"], r["name"]) for r in ds.list(scope="all", user="al", prefix="the")] == [
+        (None, "themes"), ("al", "theme")]
+
+
+def test_listing_pages_by_offset_and_counts_what_it_would_list(ds: Datastore) -> None:
+    for n in range(4):
+        ds.set(f"k{n}", "v")
+    ds.set("k9", "ann's", scope="user", user="ann")
+    ds.set("k9", "bob's", scope="user", user="bob")
+    assert [r["name"] for r in ds.list(prefix="k", limit=2, offset=1)] == ["k1", "k2"]
+    assert [r["value"] for r in ds.list(scope="all", user="ann", limit=2, offset=3)] == ["v", "ann's"]
+    assert ds.count(scope="all", user="ann") == 5
+    assert ds.count(scope="all") == 6
+    assert ds.count(scope="user", user="bob", prefix="k") == 1
+
+
+def test_a_stored_name_over_the_column_is_refused_before_the_database_sees_it(ds: Datastore) -> None:
+    """PostgreSQL's `name` is String(512): a longer one was a 500 there and stored on SQLite."""
+    assert MAX_NAME_LENGTH == 512
+    with pytest.raises(DatastoreError, match=r"too long: 600 characters; the longest .* is 512"):
+        ds.set("k" * 600, "v")
+    with pytest.raises(DatastoreError, match=r"513 characters \(counting its 'ann:' prefix\)"):
+        ds.set("k" * 509, "v", scope="user", user="ann")
+    assert ds.list(scope="all") == []
+    ds.set("s" * 512, "fits")
+    ds.set("u" * 508, "fits", scope="user", user="ann")
+    assert [len(r["name"]) for r in ds.list(scope="all")] == [512, 508]
+
+
+@pytest.mark.parametrize(("ttl", "message"), [
+    ("soon", "whole number of seconds"), (1.5, "whole number of seconds"), (True, "whole number of seconds"),
+    (MAX_KEY_TTL + 1, f"at most {MAX_KEY_TTL} seconds"), (99999999999999, "at most"), (10 ** 30, "at most")])
+def test_a_ttl_that_is_not_a_whole_number_up_to_100_years_is_refused(ds: Datastore, ttl: object,
+                                                                      message: str) -> None:
+    """Checked in `set`, so the CLI and actions stop where the API does: "soon" was a ValueError and a
+    huge number an OverflowError, both tracebacks, and 10**11 seconds was taken from the CLI."""
+    with pytest.raises(DatastoreError, match=message):
+        ds.set("k", "v", ttl=ttl)
+    with pytest.raises(DatastoreError, match=message):
+        check_key("k", ttl=ttl)
+    assert ds.get("k") is None
+    assert ds.set("k", "v", ttl=MAX_KEY_TTL)["expire_timestamp"]
 
 
 # -- from Python actions ----------------------------------------------------------------------------

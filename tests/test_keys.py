@@ -199,3 +199,44 @@ def test_load_takes_ciphertext_marked_encrypted_and_refuses_a_foreign_one(home: 
     assert "item 2" in refused.stderr and "stolen" in refused.stderr and "secret: true" in refused.stderr
     assert squall(home, "key", "get", "first").returncode == 2  # nothing of the refused file was written
     assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize(("second", "said"), [
+    ({"name": "second", "value": "2", "scope": "bogus"}, "unknown scope 'bogus'"),
+    ({"name": "second", "value": "2", "ttl": "soon"}, "ttl must be a whole number of seconds"),
+    ({"name": "second", "value": "2", "ttl": 100_000_000_000}, "ttl must be at most"),
+    ({"name": "k" * 600, "value": "2"}, "the longest a key's stored name may be is 512"),
+    ({"name": 7, "value": "2"}, "a key needs a name"),
+    ({"name": "second", "value": "2", "secret": "false"}, "secret must be true or false"),
+    ({"name": "db_password", "value": "********"}, "mask shown in place of a secret"),
+])
+def test_load_checks_every_item_before_writing_any(home: Path, second: dict, said: str) -> None:
+    """"Nothing is written if any item is bad": a bad scope, ttl or name in item 2 was found only while
+    writing it, after item 1 was stored (and `ttl: soon` was a traceback)."""
+    assert squall(home, "key", "set", "db_password", "hunter22", "--encrypt").returncode == 0
+    write(home / "keys.json", json.dumps([{"name": "first", "value": "1"}, second]))
+    refused = squall(home, "key", "load", str(home / "keys.json"))
+    assert refused.returncode == 2 and "item 2" in refused.stderr and said in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert squall(home, "key", "get", "first").returncode == 2  # nothing of the file was written
+    assert squall(home, "key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
+
+
+def test_set_refuses_a_ttl_past_100_years_and_a_name_too_long_without_a_traceback(home: Path) -> None:
+    for ttl, said in (("99999999999999", "ttl must be at most"), ("100000000000", "ttl must be at most"),
+                      ("0", "positive")):
+        done = squall(home, "key", "set", "big", "x", "--ttl", ttl)
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
+    long = squall(home, "key", "set", "k" * 510, "x", "--scope", "user", "--user", "ann")
+    assert long.returncode == 2 and "'ann:' prefix" in long.stderr and "512" in long.stderr
+    assert squall(home, "key", "list", "--scope", "all", "--json").stdout.strip() == "[]"
+    assert squall(home, "key", "set", "big", "x", "--ttl", "3153600000").returncode == 0  # 100 years
+
+
+def test_list_prefix_matches_user_scoped_keys_by_their_own_name(home: Path) -> None:
+    assert squall(home, "key", "set", "theme", "dark", "--scope", "user", "--user", "carol").returncode == 0
+    assert squall(home, "key", "set", "carrot", "orange").returncode == 0
+    _, every = key_json(home, "list", "--scope", "all", "--prefix", "them")
+    assert [(i["user"], i["name"]) for i in every] == [("carol", "theme")]
+    _, by_user = key_json(home, "list", "--scope", "all", "--prefix", "car")
+    assert [(i["user"], i["name"]) for i in by_user] == [(None, "carrot")]

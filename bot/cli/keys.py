@@ -189,10 +189,29 @@ def _load_items(path: Path, convert: bool) -> list[dict[str, Any]]:
                 raise fail(f"{where} ('{item['name']}'): value is a {type(value).__name__}, not a string; "
                            "use --convert to store it as JSON")
             value = json.dumps(value)
+        _check_item(where, item)
         if item.get("encrypted") or item.get("secret"):
             _refuse_masked(where, item["name"], value)
         items.append({**item, "value": value, "where": where})
     return items
+
+
+def _check_item(where: str, item: dict[str, Any]) -> None:
+    """Everything `Datastore.set` would refuse (scope, name and its stored length, user, ttl), and the
+    types of the flags, checked while reading: a bad scope or `ttl: soon` in item 2 once left item 1
+    written, or ended in a traceback."""
+    from engine.datastore import DatastoreError, check_key, normalise_scope
+
+    try:
+        scope = normalise_scope(item.get("scope"))
+        check_key(item["name"], scope=scope, user=_owner(scope, item.get("user")), ttl=item.get("ttl"))
+    except DatastoreError as exc:
+        raise fail(f"{where} ('{item['name']}'): {exc}") from None
+    for flag in ("secret", "encrypted"):
+        if not isinstance(item.get(flag, False), bool):
+            raise fail(f"{where} ('{item['name']}'): {flag} must be true or false, not {item[flag]!r}")
+    if not isinstance(item.get("description") or "", str):
+        raise fail(f"{where} ('{item['name']}'): description must be a string, not {item['description']!r}")
 
 
 def _refuse_masked(where: str, name: str, value: str) -> None:
@@ -218,19 +237,21 @@ def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {na
 
     items = _load_items(file, convert)
 
+    def arguments(item: dict[str, Any]) -> dict[str, Any]:
+        scope = item.get("scope") or "system"
+        encrypted = bool(item.get("encrypted"))
+        return {"scope": scope, "user": _owner(scope, item.get("user")), "ttl": item.get("ttl"),
+                "encrypt": bool(item.get("secret")) and not encrypted, "encrypted": encrypted}
+
     async def work(squall: Squall) -> int:
-        for item in items:  # every ciphertext is checked before anything is written
-            if item.get("encrypted"):
-                try:
-                    squall.datastore.ciphertext(item["name"], item["value"])
-                except DatastoreError as exc:
-                    raise DatastoreError(f"{item['where']}: {exc}") from None
+        for item in items:  # every ciphertext, and every mask over a stored secret, before anything is written
+            try:
+                await squall.db(squall.datastore.check_write, item["name"], item["value"], **arguments(item))
+            except DatastoreError as exc:
+                raise DatastoreError(f"{item['where']}: {exc}") from None
         for number, item in enumerate(items, 1):
-            scope = item.get("scope") or "system"
-            encrypted = bool(item.get("encrypted"))
-            await squall.db(squall.datastore.set, item["name"], item["value"], scope=scope,
-                            user=_owner(scope, item.get("user")), encrypt=bool(item.get("secret")) and not encrypted,
-                            encrypted=encrypted, ttl=item.get("ttl"), description=item.get("description"))
+            await squall.db(squall.datastore.set, item["name"], item["value"], **arguments(item),
+                            description=item.get("description"))
             if number % 500 == 0:
                 err.print(f"[dim]…[/dim] {number}/{len(items)}", markup=True)
         return len(items)

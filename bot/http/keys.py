@@ -3,23 +3,28 @@
 A PUT with `encrypted: true` (`st2 key set --encrypted`, `st2 key load` of a ciphertext export) stores
 the value as given once it decrypts under this server's key, as StackStorm does; anything else is a 400.
 The mask a secret shows as is never written over a secret (a masked export loaded back): a 400 says to
-export with `--decrypt` instead. `engine.datastore.Datastore.set` makes both checks."""
+export with `--decrypt` instead. `engine.datastore.Datastore.set` makes both checks, and those of the
+name's length and the ttl.
+
+A credential speaks for its own user (docs/security.md): a token or a stored API key reads and writes its
+own user-scoped keys, and naming another `user` is a 403; only a key from the config file, which names
+nobody, may name anyone (and, naming nobody, lists every user's keys). A value is a string, as in
+StackStorm's schema: anything else is a 400 (`st2 key load -c` sends JSON as a string)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
-from bot.http.key_auth import request_user
+from bot.http.key_auth import acting_user, request_user
+from bot.http.paging import checked_limit
 from bot.http.state import api_state
 from engine.crypto import CryptoError
-from engine.datastore import DatastoreError
+from engine.datastore import MAX_KEY_TTL as MAX_KEY_TTL  # re-exported by bot.http; `Datastore.set` checks it
+from engine.datastore import Datastore, DatastoreError
 from engine.parameters import MASK, MAX_INTEGER
-
-#: The longest `ttl` of a key (100 years, in seconds): longer ones overflow the expiry date.
-MAX_KEY_TTL = 100 * 365 * 24 * 3600
 
 router = APIRouter()
 
@@ -43,10 +48,30 @@ def _shown(item: dict[str, Any], decrypt: bool) -> dict[str, Any]:
 
 
 def _user(request: Request, scope: str | None, user: str | None) -> str | None:
-    """The user of a user-scoped key: the one named, else the requester (as `st2 key set --scope user`)."""
+    """The user whose keys a request reads or writes: the one named, else the requester (as `st2 key set
+    --scope user`). A token or a stored key may name only its own user (`acting_user`'s 403), whatever the
+    scope, or bob's key could read and overwrite alice's secrets; a key from the config names nobody, so it
+    may name anyone, and naming nobody it sees every user's keys."""
+    if user and request_user(request) is not None:
+        acting_user(request, user)
     if user or (scope or "").removeprefix("st2kv.") not in ("user", "all"):
         return user
     return request_user(request)
+
+
+_JSON_TYPES = ((type(None), "null"), (bool, "a boolean"), ((int, float), "a number"), (dict, "an object"),
+               (list, "an array"))
+
+
+def _string_value(value: Any) -> str:
+    """The value of a PUT, which StackStorm's schema requires to be a string: anything else was stored as
+    Python's repr ("{'a': 1}", "None", "True"), which no reader could parse back."""
+    if isinstance(value, str):
+        return value
+    kind = next((name for types, name in _JSON_TYPES if isinstance(value, types)), type(value).__name__)
+    raise HTTPException(400, f"value must be a string, not {kind}: a key's value is stored as a string (as "
+                             "StackStorm's API requires); to store JSON, send it encoded as a string, as "
+                             "st2 key load -c (--convert) and squall key load --convert do")
 
 
 async def _datastore(squall: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -58,12 +83,26 @@ async def _datastore(squall: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 @router.get("/keys", tags=["keys"])
-async def list_keys(request: Request, prefix: str | None = None, scope: str = "system", user: str | None = None,
-                    decrypt: bool = False,
-                    limit: int | None = Query(None, ge=1, le=MAX_INTEGER)) -> list[dict[str, Any]]:
+async def list_keys(request: Request, response: Response, prefix: str | None = None, scope: str = "system",
+                    user: str | None = None, decrypt: bool = False,
+                    limit: int | None = Query(None, le=MAX_INTEGER),
+                    offset: int = Query(0, ge=0, le=MAX_INTEGER)) -> list[dict[str, Any]]:
+    """StackStorm's paging, as `bot.http.paging` gives the lists held in memory: `limit` (-1 or none: all,
+    as `st2 key list -n -1`), `offset`, and the whole count in `X-Total-Count` (st2 prints "Only first N"
+    from it). Paged in SQL, so a page decrypts only its own secrets."""
+    page = checked_limit(limit)
     squall = api_state(request).squall
-    items = await _datastore(squall, squall.datastore.list, prefix=prefix, scope=scope,
-                             user=_user(request, scope, user), decrypt=decrypt, limit=limit)
+    owner = _user(request, scope, user)
+
+    def read(datastore: Datastore) -> tuple[int, list[dict[str, Any]]]:
+        total = datastore.count(prefix=prefix, scope=scope, user=owner)
+        return total, datastore.list(prefix=prefix, scope=scope, user=owner, decrypt=decrypt, limit=page,
+                                     offset=offset)
+
+    total, items = await _datastore(squall, read, squall.datastore)
+    response.headers["X-Total-Count"] = str(total)
+    if page is not None:
+        response.headers["X-Limit"] = str(page)
     return [_shown(item, decrypt) for item in items]
 
 
@@ -80,22 +119,23 @@ async def get_key(name: str, request: Request, scope: str = "system", user: str 
 
 @router.put("/keys/{name}", tags=["keys"])
 async def put_key(name: str, body: KeyRequest, request: Request) -> dict[str, Any]:
-    if body.ttl is not None and body.ttl > MAX_KEY_TTL:
-        raise HTTPException(400, f"ttl must be at most {MAX_KEY_TTL} seconds (100 years), not {body.ttl}.")
+    value = _string_value(body.value)
     squall = api_state(request).squall
-    item = await _datastore(squall, squall.datastore.set, name, body.value, scope=body.scope,
-                            user=_user(request, body.scope, body.user),
+    owner = _user(request, body.scope, body.user)
+    item = await _datastore(squall, squall.datastore.set, name, value, scope=body.scope, user=owner,
                             encrypt=body.secret or body.encrypt, encrypted=body.encrypted, ttl=body.ttl,
                             description=body.description)
     await squall.db(squall.store.audit_add, "api.key.set", request_user(request), "api", item["name"],
-                    {"scope": item["scope"], "secret": bool(item["secret"]), "encrypted": body.encrypted,
-                     "ttl": body.ttl})
+                    {"scope": item["scope"], "user": item["user"], "secret": bool(item["secret"]),
+                     "encrypted": body.encrypted, "ttl": body.ttl})
     return _shown(item, False)
 
 
 @router.delete("/keys/{name}", status_code=204, tags=["keys"])
 async def delete_key(name: str, request: Request, scope: str = "system", user: str | None = None) -> None:
     squall = api_state(request).squall
-    if not await _datastore(squall, squall.datastore.delete, name, scope=scope, user=_user(request, scope, user)):
+    owner = _user(request, scope, user)
+    if not await _datastore(squall, squall.datastore.delete, name, scope=scope, user=owner):
         raise HTTPException(404, f'Resource with a name "{name}" not found')
-    await squall.db(squall.store.audit_add, "api.key.delete", request_user(request), "api", name, {"scope": scope})
+    await squall.db(squall.store.audit_add, "api.key.delete", request_user(request), "api", name,
+                    {"scope": scope, "user": owner})
