@@ -296,7 +296,8 @@ def prepare(message: str) -> Prepared:
 
 # -- the format ----------------------------------------------------------------------------------
 
-_PLACEHOLDER = re.compile(
+#: One `{{ name[:kind] [= default] }}` of a format, with the whitespace before it (chat help masks defaults with it).
+PLACEHOLDER = re.compile(
     r"""(?P<ws>\s*)\{\{\s*(?P<name>[^\s=:{}]+?)(?::(?P<kind>[A-Za-z%]+))?\s*"""
     r"""(?:=\s*(?:(?P<empty>""|'')|"(?P<dq>.+?)"|'(?P<sq>.+?)'|(?P<brace>\{.+?\})|(?P<bare>.+?))\s*)?\}\}""",
     re.DOTALL,
@@ -674,7 +675,7 @@ def compile_format(fmt: str) -> CompiledFormat:  # noqa: C901 (one branch per to
     pieces: list[str | Placeholder] = []
     placeholders: dict[str, Placeholder] = {}
     pos = 0
-    for m in _PLACEHOLDER.finditer(text):
+    for m in PLACEHOLDER.finditer(text):
         name, kind = m.group("name"), m.group("kind")
         if not _IDENTIFIER.match(name):
             raise _fail(fmt, f"placeholder name '{name}' must be an identifier (letters, digits, '_')")

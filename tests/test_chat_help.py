@@ -11,6 +11,7 @@ import pytest
 from adapters.base import Capabilities
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
+from bot.chat import help as chat_help
 from bot.chat.bot import ChatBot
 from engine.config import load_config
 from tests.conftest import write
@@ -143,3 +144,88 @@ async def test_long_help_is_split_by_pack_instead_of_attached(home: Path) -> Non
     finally:
         await squall.chat.stop()
         await squall.close()
+
+
+def hidden_pack(home: Path) -> None:
+    """Pack `demo`: `backdoor` has a representation-only format (StackStorm's way to keep a command
+    out of help), `login` has a secret parameter whose default its formats spell out."""
+    pack = home / "packs" / "demo"
+    write(pack / "pack.yaml", "ref: demo\nname: demo\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "actions" / "greet.yaml", """
+        name: greet
+        runner_type: local-shell-cmd
+        parameters:
+          who: {type: string, required: true}
+          key: {type: string}
+          cmd: {default: 'echo hello {{who}}', immutable: true}
+    """)
+    write(pack / "aliases" / "greet.yaml", """
+        name: greet
+        action_ref: demo.greet
+        description: Greet.
+        formats: ["greet {{who}}"]
+    """)
+    write(pack / "aliases" / "backdoor.yaml", """
+        name: backdoor
+        action_ref: demo.greet
+        description: undocumented maintenance command
+        formats:
+          - representation: ["maint-xyzzy {{who}} {{key=internal-k3y-777}}"]
+    """)
+    write(pack / "actions" / "login.yaml", """
+        name: login
+        runner_type: local-shell-cmd
+        parameters:
+          user: {type: string, required: true}
+          token: {type: string, secret: true, default: "svc-Tok3n-999"}
+          realm: {type: string, default: corp}
+          cmd: {default: 'echo ok', immutable: true}
+    """)
+    write(pack / "aliases" / "login.yaml", """
+        name: login
+        action_ref: demo.login
+        description: Log in.
+        formats:
+          - display: "login <user>"
+            representation: ["login {{user}} {{token=svc-Tok3n-999}}"]
+          - "sign in {{user}} {{ token = \\"svc-Tok3n-999\\" }} {{realm=corp}}"
+          - representation: ["relogin {{user}} {{realm=hidden-realm-42}}"]
+    """)
+
+
+async def test_help_lists_only_display_strings_and_never_a_secret_default(home: Path) -> None:
+    """StackStorm's help (and `AliasMatcher.help`) lists only formats with a display; a secret
+    parameter's default must not reach the channel through a format either."""
+    ops_pack(home)
+    hidden_pack(home)
+    async with loopback_chat(home) as started:
+        listed = await ask(started, "!help", "bob")
+        login = await ask(started, "!help demo.login", "bob")
+        by_words = await ask(started, "!help maint-xyzzy", "bob")
+        backdoor = await ask(started, "!help demo.backdoor", "bob")
+    assert "  !greet {{who}} — Greet." in listed
+    assert "maint-xyzzy" not in listed and "internal-k3y-777" not in listed and "backdoor" not in listed
+    assert "relogin" not in listed and "hidden-realm-42" not in listed
+    assert "  !login <user> — Log in." in listed
+    assert "svc-Tok3n-999" not in login  # nor in the formats: not `{{token=svc-Tok3n-999}}`
+    assert "  token (string, default ********)" in login
+    assert "  !login <user>\n  !login {{user}} {{token=********}}\n" in login
+    assert '  !sign in {{user}} {{ token = "********" }} {{realm=corp}}' in login  # others as written
+    assert "relogin" not in login and "hidden-realm-42" not in login  # its hidden format is left out
+    assert by_words == "No commands match `maint-xyzzy`."  # not found by the words of its hidden format
+    assert backdoor.startswith("demo.backdoor → demo.greet")  # by ref the alias itself is still described,
+    assert "  (none listed in help)" in backdoor and "internal-k3y-777" not in backdoor  # not its format
+
+
+async def test_listing_masks_secret_defaults_in_displays_given_the_actions(home: Path) -> None:
+    """A plain-string format is its own display: given the actions, the listing masks a secret
+    parameter's default in it (and leaves other defaults as written)."""
+    ops_pack(home)
+    hidden_pack(home)
+    async with loopback_chat(home) as (_squall, bot, _adapter):
+        login = next(a for a in bot.index.matcher.aliases if a.ref == "demo.login")
+        text = "\n".join(chat_help.listing([login], "!", None, bot.engine.registry.actions))
+        unknown = chat_help.details(login, None, "!", "everyone")
+    assert "      !sign in {{user}} {{ token = \"********\" }} {{realm=corp}}" in text
+    assert "svc-Tok3n-999" not in text
+    assert "svc-Tok3n-999" not in unknown and "corp" not in unknown.split("parameters:")[0]  # no schema: all masked

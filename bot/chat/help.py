@@ -11,12 +11,13 @@ pack so that no platform turns help into an attached file.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from adapters.base import Message
 from aliases import Alias
+from aliases.grammar import PLACEHOLDER as _FORMAT_PLACEHOLDER
 from aliases.model import PERMISSION_KINDS
 from bot.chat.auth import Authorizer
 from bot.chat.replies import short
@@ -25,6 +26,9 @@ from bot.chat.replies import short
 BUILTINS = ["help [command]", "run-form [command]", "executions", "execution <id>", "cancel <id>", "retry <id>",
             "respond <inquiry-id> <answer>", "approve <approval-id>", "deny <approval-id> <reason>"]
 _PLACEHOLDER = re.compile(r"\{\{.*?\}\}", re.DOTALL)
+#: What a secret parameter's `{{ name = default }}` default is shown as (as `parameter_lines` masks it).
+MASK = "********"
+_DEFAULT_GROUPS = ("dq", "sq", "brace", "bare")
 
 
 def visible(aliases: Sequence[Alias], auth: Authorizer, message: Message) -> list[Alias]:
@@ -38,17 +42,21 @@ def hidden_count(aliases: Sequence[Alias], auth: Authorizer, message: Message) -
     return sum(1 for a in aliases if a.enabled and not auth.check(a, ordinary).allowed)
 
 
-def listing(aliases: Sequence[Alias], prefix: str, hidden: int | None) -> list[str]:
+def listing(aliases: Sequence[Alias], prefix: str, hidden: int | None,
+            actions: Mapping[str, Any] | None = None) -> list[str]:
     """The help text as blocks, one per pack (then the built-ins and the admin's note): the caller
-    joins blocks into replies that fit the platform."""
+    joins blocks into replies that fit the platform.
+
+    Only formats with a `display` are listed, as StackStorm's help and `AliasMatcher.help` do: a
+    format with `representation` only is how a pack author keeps a command out of help. With
+    `actions` (action ref → action) a display's default for a secret parameter is masked."""
     blocks: list[str] = []
     by_pack: dict[str, list[Alias]] = {}
     for alias in aliases:
         by_pack.setdefault(alias.pack, []).append(alias)
     for pack in sorted(by_pack):
         lines = [f"{pack}:"]
-        entries = [(alias, [f.display or f.representations[0] for f in alias.formats
-                            if f.display or f.representations]) for alias in by_pack[pack]]
+        entries = [(alias, [masked(d, _secrets(alias, actions)) for d in displays(alias)]) for alias in by_pack[pack]]
         for alias, shown in sorted((e for e in entries if e[1]), key=lambda e: e[1][0].lower()):
             description = f" — {alias.description}" if alias.description else ""
             lines.append(f"  {prefix}{shown[0]}{description}")
@@ -62,7 +70,8 @@ def listing(aliases: Sequence[Alias], prefix: str, hidden: int | None) -> list[s
 
 
 def find(aliases: Sequence[Alias], query: str) -> list[Alias]:
-    """Aliases `query` names: by ref, by name, else by the first words of one of their formats."""
+    """Aliases `query` names: by ref, by name, else by the first words of one of their formats that
+    help lists (one with a display; a representation-only format is kept out of help)."""
     wanted = query.strip().lower()
     exact = [a for a in aliases if wanted in (a.ref.lower(), a.name.lower())]
     if exact:
@@ -71,7 +80,9 @@ def find(aliases: Sequence[Alias], query: str) -> list[Alias]:
     found = []
     for alias in aliases:
         for fmt in alias.formats:
-            for text in [*([fmt.display] if fmt.display else []), *fmt.representations]:
+            if not fmt.display:
+                continue
+            for text in [fmt.display, *fmt.representations]:
                 leading = _PLACEHOLDER.split(text)[0].lower().split()
                 if words and leading[:len(words)] == words:
                     found.append(alias)
@@ -86,10 +97,13 @@ def details(alias: Alias, action: Any, prefix: str, who: str) -> str:
     """One alias in full: description, formats, the parameters a person may give, who may run it."""
     lines = [f"{alias.ref} → {alias.action_ref}" + (f": {alias.description}" if alias.description else "")]
     lines.append("formats:")
-    for fmt in alias.formats:
-        if fmt.display:
-            lines.append(f"  {prefix}{fmt.display}")
-        lines += [f"  {prefix}{r}" for r in fmt.representations if r != fmt.display]
+    secrets = secret_names(action)
+    shown = [fmt for fmt in alias.formats if fmt.display]  # a format without display is kept out of help
+    for fmt in shown:
+        lines.append(f"  {prefix}{masked(str(fmt.display), secrets)}")
+        lines += [f"  {prefix}{masked(r, secrets)}" for r in fmt.representations if r != fmt.display]
+    if not shown:
+        lines.append("  (none listed in help)")
     lines.append("parameters:")
     lines += parameter_lines(alias, action) or ["  (none)"]
     if alias.confirm:
@@ -100,6 +114,42 @@ def details(alias: Alias, action: Any, prefix: str, who: str) -> str:
                      + ("" if approval.get("self_approval") else " (not the requester)"))
     lines.append(f"who may run it: {who}")
     return "\n".join(lines)
+
+
+def displays(alias: Alias) -> list[str]:
+    """The display strings of `alias`'s formats, in order: what help may show of it."""
+    return [fmt.display for fmt in alias.formats if fmt.display]
+
+
+def secret_names(action: Any) -> Collection[str] | None:
+    """The action's secret parameter names; None when the action is not loaded (then every
+    default is treated as secret: help cannot tell which are)."""
+    return None if action is None else action.secret_names
+
+
+def _secrets(alias: Alias, actions: Mapping[str, Any] | None) -> Collection[str] | None:
+    if actions is None:
+        return ()  # the caller gave no schemas: displays are shown as the author wrote them
+    return secret_names(actions.get(alias.action_ref))
+
+
+def masked(text: str, secrets: Collection[str] | None) -> str:
+    """`text` (a display or representation) with the default of each `{{ name = default }}`
+    placeholder whose parameter is secret replaced by `MASK` (every default when `secrets` is
+    None), so help never shows a secret default in clear; placeholders are read as the matcher
+    reads them (`aliases.grammar`)."""
+    if secrets is not None and not secrets:
+        return text
+    pieces: list[str] = []
+    end = 0
+    for m in _FORMAT_PLACEHOLDER.finditer(text):
+        group = next((g for g in _DEFAULT_GROUPS if m.group(g) is not None), None)
+        if group is None or (secrets is not None and m.group("name") not in secrets):
+            continue
+        start, stop = m.span(group)
+        pieces += [text[end:start], MASK]
+        end = stop
+    return "".join(pieces) + text[end:]
 
 
 def parameter_lines(alias: Alias, action: Any) -> list[str]:
@@ -118,7 +168,7 @@ def parameter_lines(alias: Alias, action: Any) -> list[str]:
         if spec.get("required"):
             facts.append("required")
         if "default" in spec:
-            default = "********" if spec.get("secret") else short(str(spec["default"]), 60)
+            default = MASK if spec.get("secret") else short(str(spec["default"]), 60)
             facts.append(f"default {default}")
         if spec.get("enum"):
             facts.append("one of " + ", ".join(map(str, spec["enum"])))
