@@ -8,7 +8,8 @@ stops the event from being stored or the action from going on: the database copy
 the sinks are its stream.
 
 What leaves through a sink is masked once more: any detail key that names a secret (password,
-secret, token, key, credential) is shown as `********`, whatever the caller already masked.
+secret, token, key, credential) is shown as `********`, whatever the caller already masked; a
+boolean there (a flag such as `api.key.set`'s `secret`), null or "" is shown as it is.
 """
 
 from __future__ import annotations
@@ -42,10 +43,18 @@ _NOTICE, _WARNING = 5, 4
 _DENIALS = re.compile(r"denied|refused|failed")
 
 
+def _maskable(v: Any) -> bool:
+    """Whether a value under a secret-named key could hold a secret: not null, "" or a boolean. A
+    boolean is a flag about a secret (`api.key.set`'s `"secret": true`), and the database keeps it:
+    masked, every export said `"secret": "********"` of secret and plain keys alike."""
+    return v is not None and v != "" and not isinstance(v, bool)
+
+
 def masked(value: Any) -> Any:
-    """`value` with every mapping entry whose key names a secret masked, at any depth."""
+    """`value` with every mapping entry whose key names a secret masked, at any depth (flags and
+    empty values kept: `_maskable`)."""
     if isinstance(value, Mapping):
-        return {k: MASK if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, "") else masked(v)
+        return {k: MASK if isinstance(k, str) and _SECRET_KEY.search(k) and _maskable(v) else masked(v)
                 for k, v in value.items()}
     if isinstance(value, list):
         return [masked(item) for item in value]

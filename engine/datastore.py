@@ -122,10 +122,15 @@ class Datastore:
         record = self.store.kv_get(scope, self.stored_name(name, scope, user), utcnow())
         return self._public(record, decrypt) if record else None
 
-    def lookup(self, scope: str, name: str) -> str | None:
-        """The raw stored value (ciphertext for secrets), for `st2kv.*` in templates."""
+    def lookup(self, scope: str, name: str, on_secret: Callable[[str], Any] | None = None) -> str | None:
+        """The raw stored value (ciphertext for secrets), for `st2kv.*` in templates; a secret's is also
+        handed to `on_secret` (a request notes it, so that none of its errors quotes it)."""
         record = self.store.kv_get(scope, name, utcnow())
-        return record["value"] if record else None
+        if record is None:
+            return None
+        if on_secret is not None and record["secret"]:
+            on_secret(record["value"])
+        return record["value"]
 
     def _refuse_mask(self, name: str, text: str, scope: str, stored: str, secret: bool, now: datetime) -> None:
         """A DatastoreError when `text` is the mask Squall shows in place of a secret (`st2 key list -j`

@@ -64,6 +64,8 @@ _SWEEP_POLLS = 30
 _RECENT = 1024
 #: Plaintexts `decrypt_kv` produced while one request's parameters were rendered.
 _revealed: contextvars.ContextVar[list[str]] = contextvars.ContextVar("squall_revealed")
+#: What no error of a request may quote: those plaintexts, and the ciphertexts of secret keys its templates read.
+_sensitive: contextvars.ContextVar[list[str]] = contextvars.ContextVar("squall_sensitive")
 #: The procrastinate job a `squall worker` conducts a workflow under (set by `run` and `step` for
 #: that task): the workflow's children are requested only while its `runner_info` still names it.
 _conducting_job: contextvars.ContextVar[int | None] = contextvars.ContextVar("squall_conducting_job", default=None)
@@ -137,6 +139,22 @@ def _scrubbable(values: list[Any], revealed: list[str]) -> list[str]:
         return []
     texts = {str(v) for v in [*values, *revealed] if v not in (None, "")}
     return sorted((t for t in texts if len(t) >= _MIN_SCRUB), key=len, reverse=True)
+
+
+def _scrubbed_error(exc: Exception, sensitive: list[str]) -> Exception:
+    """`exc`, or a `ParameterError` saying the same with every `sensitive` text masked when it or its
+    causes quote one: a request's error goes to whoever asked (API, chat, CLI), the rule's enforcement, the
+    logs and the trace. `resolve` quotes no such value; this catches any other message that does."""
+    texts = [text for text in sensitive if len(text) >= _MIN_SCRUB]  # `resolve` masks shorter ones whole
+    if not texts:
+        return exc
+    told = "".join(traceback.format_exception(exc))  # its causes too: a traceback or a span shows them
+    if not any(text in told for text in texts):
+        return exc
+    message = str(exc)
+    for text in sorted(texts, key=len, reverse=True):
+        message = message.replace(text, MASK)
+    return ParameterError(message)
 
 
 def scrub(value: Any, secrets: list[str]) -> Any:
@@ -305,11 +323,18 @@ class ExecutionService:
     def template_context(self, pack_config: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
         """What parameter templates may refer to besides other parameters (spec §1.3)."""
         user = context.get("api_user") or context.get("user")
-        store = self.datastore
+        datastore = self.datastore
+
+        def lookup(scope: str, name: str) -> str | None:
+            """A key's stored value; a secret's ciphertext, which Squall shows nobody, is noted for
+            `_resolve`, so that no error of the request quotes it."""
+            read = _sensitive.get(None)
+            return datastore.lookup(scope, name, read.append if read is not None else None)
+
         return {
             "st2kv": {
-                "system": KVNamespace(lambda key: store.lookup("system", key), label="st2kv.system"),
-                "user": KVNamespace(lambda key: store.lookup("user", f"{user}:{key}"), label="st2kv.user"),
+                "system": KVNamespace(lambda key: lookup("system", key), label="st2kv.system"),
+                "user": KVNamespace(lambda key: lookup("user", f"{user}:{key}"), label="st2kv.user"),
             },
             "action_context": dict(context),
             "config_context": dict(pack_config),
@@ -437,12 +462,21 @@ class ExecutionService:
         each read takes a connection of the store's pool); `_prepare` resolves the others itself."""
         pack = self.registry.packs[action.pack]
         revealed: list[str] = []
-        token = _revealed.set(revealed)
+        sensitive: list[str] = []
+        token, read = _revealed.set(revealed), _sensitive.set(sensitive)
         try:
             template_context = {**self.template_context(pack.config, context), **(extra_template_context or {})}
-            resolution = resolve(action, supplied, template_context, env=self.jinja, render=render)
+            resolution = resolve(action, supplied, template_context, env=self.jinja, render=render,
+                                 sensitive=sensitive)
+        except Exception as exc:
+            problem = _scrubbed_error(exc, sensitive)
+            if problem is exc:
+                raise
+            # not `from exc`: its message, and its cause's, hold the clear text (tracebacks, spans, logs)
+            raise problem from None
         finally:
             _revealed.reset(token)
+            _sensitive.reset(read)
         return resolution, revealed
 
     def _store(self, action: Action, supplied: dict[str, Any], context: dict[str, Any], parent: str | None,
@@ -746,11 +780,15 @@ class ExecutionService:
         return request, secrets
 
     def _decrypt_revealing(self, token: str) -> str:
-        """`decrypt_kv` for parameter templates: what it reveals is scrubbed like a secret."""
+        """`decrypt_kv` for parameter templates: what it reveals is scrubbed like a secret, and quoted in
+        no error of the request (`_resolve`)."""
         plaintext = self.keys.decrypt(token)
         bucket = _revealed.get(None)
         if bucket is not None:
             bucket.append(plaintext)
+        read = _sensitive.get(None)
+        if read is not None:
+            read.append(plaintext)
         return plaintext
 
     def _seal(self, values: dict[str, Any], revealed: list[str]) -> str | None:

@@ -13,7 +13,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,12 +86,13 @@ MAX_VALUE_DEPTH = 100
 
 
 # Complex by nature: one branch per JSON value kind.
-def check_storable(name: str, value: Any, spec: Mapping[str, Any]) -> None:  # noqa: C901
+def check_storable(name: str, value: Any, spec: Mapping[str, Any], *, masked: bool = False) -> None:  # noqa: C901
     """Refuse a value the execution record cannot hold faithfully, before anything is stored: a number
     that is not finite (`1e400` cast to a number is infinity; PostgreSQL's JSON refuses it and SQLite's
     reads it back as null), a whole number past 64 bits, a lone UTF-16 surrogate (not storable as
-    UTF-8), or lists and objects nested deeper than `MAX_VALUE_DEPTH`."""
-    secret = bool(spec.get("secret"))
+    UTF-8), or lists and objects nested deeper than `MAX_VALUE_DEPTH`. `masked`: quote the value as a
+    secret's, although its spec is not one (it was rendered from a decrypted datastore value)."""
+    secret = bool(spec.get("secret")) or masked
 
     def shown(number: float) -> str:
         if secret:
@@ -140,8 +141,10 @@ _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n", ""}
 
 
-def cast(name: str, value: Any, spec: Mapping[str, Any]) -> Any:
-    """Cast a rendered value to its declared type, as StackStorm's `casts.py` does."""
+def cast(name: str, value: Any, spec: Mapping[str, Any], *, masked: bool = False) -> Any:
+    """Cast a rendered value to its declared type, as StackStorm's `casts.py` does. `masked`: the value
+    is never quoted, as for a `secret` parameter (`resolve` says so for one that holds what `decrypt_kv`
+    revealed, or a secret key's ciphertext: a failed cast must not hand either to whoever asked)."""
     if isinstance(value, str) and value == NONE_MAGIC_VALUE:
         return None
     ptype = spec.get("type")
@@ -184,7 +187,7 @@ def cast(name: str, value: Any, spec: Mapping[str, Any]) -> Any:
             "array": "a comma-separated list or a JSON array",
             "object": 'a JSON object such as {"key": "value"}',
         }
-        secret = bool(spec.get("secret"))
+        secret = bool(spec.get("secret")) or masked
         problem = ParameterError(
             f'parameter "{name}": {MASK if secret else repr(value)} is not '
             f'{"an" if ptype[0] in "aeiou" else "a"} {ptype} (expected {examples[ptype]})'
@@ -255,13 +258,20 @@ def check_unrendered(action: Action, supplied: Mapping[str, Any], render: bool |
 
 # Complex by nature: StackStorm's parameter resolution order, one step per rule (spec §1.2).
 def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, Any],  # noqa: C901
-            env: jinja2.Environment | None = None, *, render: bool | Collection[str] = False) -> Resolution:
+            env: jinja2.Environment | None = None, *, render: bool | Collection[str] = False,
+            sensitive: Sequence[str] = ()) -> Resolution:
     """Check, render, cast and validate the parameters of one request for `action`.
 
     Defaults are templates a pack author wrote, and render. A supplied value renders only when
     `render` names it (or is True): rule parameters and alias defaults are a pack author's text,
     but a value a person typed is data and reaches the action exactly as given, so a chat user
-    cannot write templates that run with the service's datastore (docs/security.md)."""
+    cannot write templates that run with the service's datastore (docs/security.md).
+
+    `sensitive` is the list the template context fills while templates render: what `decrypt_kv`
+    revealed and the ciphertexts of secret keys read (`ExecutionService._resolve`). A parameter whose
+    rendering added to it, or whose value holds one of its texts, is quoted in no error, as if it
+    were `secret`: its spec may not say so (a pack author's integer parameter defaulting to a
+    decrypted key), and the error goes to whoever asked, the logs and the trace."""
     schema = action.parameters
     _check_names(action, supplied)
 
@@ -284,6 +294,7 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
 
     env = env or build_environment()
     pending = {name: value for name, value in raw.items() if name not in literal and _has_template(value)}
+    masked: set[str] = set()
     templates = {name: _template_text(value) for name, value in pending.items()}
     values = {name: value for name, value in raw.items() if name not in pending}
     graph = {name: _dependencies(env, name, value, bool(schema[name].get("secret")))
@@ -302,25 +313,66 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
             )
         for name in sorted(ready):
             scope = {**context, **values}
+            seen = len(sensitive)
             try:
                 values[name] = render_value(pending.pop(name), scope, env)
             except TemplateLimitError as exc:  # the reason names the limit and never quotes the template
-                shown = exc.reason if schema[name].get("secret") else str(exc)
-                raise ParameterError(f'Failed to render parameter "{name}": {shown}') from None
+                shown = exc.reason if schema[name].get("secret") else _withheld(str(exc), sensitive, seen)
+                raise ParameterError(f'Failed to render parameter "{name}": {shown or exc.reason}') from None
             except TemplateRenderError as exc:
+                cause = type(exc.__cause__ or exc).__name__
                 if schema[name].get("secret"):  # the message quotes the template, i.e. the secret
-                    cause = type(exc.__cause__ or exc).__name__
                     raise ParameterError(f'Failed to render parameter "{name}": its (secret) value failed '
                                          f"to render ({cause})") from None
-                raise ParameterError(f'Failed to render parameter "{name}": {exc}') from exc
+                shown = _withheld(str(exc), sensitive, seen)
+                if shown is None:
+                    raise ParameterError(f'Failed to render parameter "{name}": it failed to render ({cause}) '
+                                         "after reading a secret datastore value, which its message could "
+                                         "quote") from None
+                # the cause's message is the one unmasked: keep it out of tracebacks once anything was read
+                raise ParameterError(f'Failed to render parameter "{name}": {shown}') from (
+                    None if sensitive else exc)
+            if len(sensitive) > seen:
+                masked.add(name)
 
     for name, spec in schema.items():
-        values[name] = cast(name, values.get(name), spec)
-        check_storable(name, values[name], spec)
+        hidden = name in masked or _holds(values.get(name), sensitive)
+        if hidden:
+            masked.add(name)
+        values[name] = cast(name, values.get(name), spec, masked=hidden)
+        check_storable(name, values[name], spec, masked=hidden)
     if "env" in supplied:
         check_environment(action, values.get("env"))
-    validate(action, values)
+    validate(action, values, masked)
     return Resolution(values=values, live=live, templates=templates)
+
+
+def _holds(value: Any, sensitive: Sequence[str]) -> bool:
+    """Whether a rendered value holds any of the `sensitive` texts (`resolve`)."""
+    if not sensitive or value is None:
+        return False
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return any(secret and secret in text for secret in sensitive)
+
+
+#: A sensitive text shorter than this is not replaced in a message (the letters left around the mask
+#: would tell it): the message is withheld instead.
+_MIN_REPLACED = 4
+
+
+def _withheld(message: str, sensitive: Sequence[str], seen: int) -> str | None:
+    """A render error's `message` with every sensitive text masked (a template may quote one it read, or
+    a parameter it uses that holds one), or None when one is too short to mask in place and the template
+    read it (`sensitive[seen:]`) or the message holds it: then the message must not be shown."""
+    if any(text and len(text) < _MIN_REPLACED for text in sensitive[seen:]):
+        return None
+    for text in sorted((t for t in sensitive if t), key=len, reverse=True):
+        if len(text) < _MIN_REPLACED:
+            if text in message:
+                return None
+        else:
+            message = message.replace(text, MASK)
+    return message
 
 
 def check_environment(action: Action, env: Any) -> None:
@@ -409,10 +461,11 @@ def draft4(schema: Any) -> Any:
     return out
 
 
-def validate(action: Action, values: Mapping[str, Any]) -> None:
-    """Required parameters present, and every present value valid for its schema."""
+def validate(action: Action, values: Mapping[str, Any], masked: Collection[str] = ()) -> None:
+    """Required parameters present, and every present value valid for its schema (those named in
+    `masked` never quoted)."""
     for name, spec in action.parameters.items():
-        check_parameter(f'action "{action.ref}"', name, spec, values.get(name))
+        check_parameter(f'action "{action.ref}"', name, spec, values.get(name), masked=name in masked)
 
 
 #: JSON types whose check is an isinstance (a bool is none of them but `boolean`, as in JSON schema).
@@ -448,12 +501,13 @@ def _validator(spec: Mapping[str, Any]) -> Any:
     return validator
 
 
-def check_parameter(owner: str, name: str, spec: Mapping[str, Any], value: Any) -> None:
+def check_parameter(owner: str, name: str, spec: Mapping[str, Any], value: Any, *, masked: bool = False) -> None:
     """One parameter's value (None: not given) against its spec: present if required, valid for its
     schema. `owner` says whose parameter it is (`action "core.local"`) in the required message.
 
     `validate` checks a request with it, and the web UI's forms (`bot/forms.py`) each field, so a form
-    shows every field's problem at once in the words the CLI and the API use."""
+    shows every field's problem at once in the words the CLI and the API use. `masked`: the value is
+    never quoted, as for a `secret` parameter (see `cast`)."""
     if value is None:
         # A required parameter whose default is null is satisfied by it, as in StackStorm (which
         # fills defaults in before it checks `required`): the action gets it unset.
@@ -470,8 +524,9 @@ def check_parameter(owner: str, name: str, spec: Mapping[str, Any], value: Any) 
     error = jsonschema.exceptions.best_match(_validator(spec).iter_errors(value))
     if error is not None:
         where = "".join(f"[{p!r}]" for p in error.absolute_path)
-        shown = MASK if spec.get("secret") else repr(value)
-        message = error.message if not spec.get("secret") else f"the value breaks '{error.validator}'"
+        secret = bool(spec.get("secret")) or masked
+        shown = MASK if secret else repr(value)
+        message = error.message if not secret else f"the value breaks '{error.validator}'"
         raise ParameterError(
             f'parameter "{name}"{where} = {shown} breaks the rule {error.validator}: {message}'
         )

@@ -308,3 +308,45 @@ async def test_key_changes_logins_and_pack_changes_are_audited(home: Path) -> No
     assert "hunter2" not in (home / "data" / "audit.jsonl").read_text()
     failed = next(e for e in _all_lines(home) if e["event"] == "api.login.failed")
     assert failed["actor"] == "mallory" and "not a valid API key" in failed["detail"]["reason"]
+
+
+def test_masking_keeps_flags_and_masks_values_under_secret_names() -> None:
+    """A boolean under a secret-named key is a flag about a secret (`api.key.set`'s `secret`), not one:
+    the sinks and the export show it as stored. Strings, numbers and nested values there stay masked."""
+    from engine.audit_sinks import entry
+
+    detail = {"secret": True, "plain": {"secret": False}, "token": None, "password": "", "api_key": "k-1",
+              "pin_secret": 4321, "credential": {"user": "u"}, "list": [{"secret": True, "private_key": "p"}]}
+    assert entry({"event": "api.key.set", "detail": detail})["detail"] == {
+        "secret": True, "plain": {"secret": False}, "token": None, "password": "", "api_key": "********",
+        "pin_secret": "********", "credential": "********", "list": [{"secret": True, "private_key": "********"}]}
+
+
+async def test_key_set_events_say_whether_the_key_is_secret(home: Path) -> None:
+    """`api.key.set` through the API: the file sink and `squall audit export` say `secret: true` for a
+    secret key and `false` for a plain one, as the database does; the value is in neither."""
+    import httpx
+
+    from bot.http.app import create_api
+    from tests.test_api import KEY
+    from tests.test_api import _home as api_home
+
+    config = api_home(home, "audit: {sinks: [{type: file, path: data/audit.jsonl}]}")
+    squall = await Squall.start(load_config(config / "config.yml"))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(squall)),
+                                     base_url="http://squall", headers={"St2-Api-Key": KEY}) as client:
+            for name, secret in (("plain_key", False), ("hidden_key", True)):
+                put = await client.put(f"/api/v1/keys/{name}", json={"value": "v-Lk29-value", "secret": secret})
+                assert put.status_code == 200, put.text
+    finally:
+        await squall.close()
+    sink = {e["target"]: e["detail"] for e in _all_lines(home) if e["event"] == "api.key.set"}
+    done = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "audit", "export"], capture_output=True,
+                          text=True, timeout=60, cwd=home)
+    assert done.returncode == 0, done.stderr
+    exported = {e["target"]: e["detail"] for e in map(json.loads, done.stdout.splitlines())
+                if e["event"] == "api.key.set"}
+    for shown in (sink, exported):
+        assert shown["plain_key"]["secret"] is False and shown["hidden_key"]["secret"] is True, shown
+    assert "v-Lk29-value" not in (home / "data" / "audit.jsonl").read_text() + done.stdout
