@@ -1604,6 +1604,17 @@ class Store:
         with self._write() as conn:
             return conn.execute(statement).rowcount == 1
 
+    def approval_fail(self, approval_id: str, revision: int, decisions: list[dict[str, Any]]) -> bool:
+        """End an approved command that cannot start: `failed`, with `decisions` (which end with why),
+        if it is still approved, unran and at `revision`; whether this caller ended it. One update,
+        so the sweep never claims it again and only one process tells its thread."""
+        statement = (approvals.update()
+                     .where(approvals.c.id == approval_id, approvals.c.revision == revision,
+                            approvals.c.status == "approved", approvals.c.execution_id.is_(None))
+                     .values(status="failed", decisions=decisions, revision=revision + 1))
+        with self._write() as conn:
+            return conn.execute(statement).rowcount == 1
+
     def execution_of_approval(self, approval_id: str, since: datetime) -> str | None:
         """The execution an approved command became (its `context.approval.id`), requested after `since`."""
         statement = (sa.select(executions.c.id)

@@ -493,3 +493,109 @@ async def test_an_approved_command_a_crash_left_unrun_runs_once_after_a_restart(
     finally:
         await squall.chat.stop()
         await squall.close()
+
+
+# -- approved, but it cannot run ------------------------------------------------------------------------
+
+def _change_deploy(home: Path, change: str) -> None:
+    """Change the approval alias `demo.deploy` on disk (a pack reload then loads it)."""
+    alias = home / "packs" / "demo" / "aliases" / "deploy.yaml"
+    if change == "revoke":
+        alias.write_text(alias.read_text() + "permissions: {allow: {users: [bob]}}\n")
+    elif change == "disable":
+        alias.write_text(alias.read_text() + "enabled: false\n")
+    elif change == "delete":
+        alias.unlink()
+
+
+DEPLOY_REFUSED = {"revoke": "demo.deploy is allowed only for users bob",
+                  "disable": "the alias demo.deploy is disabled (enabled: false)",
+                  "delete": "the alias demo.deploy is no longer loaded (a pack reload removed it)"}
+
+
+@pytest.mark.parametrize("change", ["revoke", "disable", "delete"])
+async def test_an_approved_command_whose_alias_changed_meanwhile_fails_once_and_never_runs(
+        home: Path, change: str, monkeypatch) -> None:
+    """The requester is authorised again, with the alias as loaded when the last approver says yes; a
+    command that cannot start ends `failed` (the reason kept with the decisions), told once: no sweep
+    tries it again, and it does not run late when the alias comes back."""
+    from bot.chat import approvals
+
+    _approval_config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!deploy web1", user="alice")
+        await settle(squall, bot)
+        approval_id = _approval_id(loopback)
+        original = (home / "packs" / "demo" / "aliases" / "deploy.yaml").read_text()
+        _change_deploy(home, change)
+        await squall.reload_packs()
+        await loopback.say(f"!approve {approval_id}", user="ann")
+        await loopback.say(f"!approve {approval_id}", user="bea")
+        await settle(squall, bot)
+        failure = f"Cannot run {approval_id}: {DEPLOY_REFUSED[change]}. demo.wipe was not run, and will not be"
+        assert [t for t in loopback.texts() if t.startswith("Cannot run")] == [
+            f"{failure}: send the command again once it can run."]
+        row = await squall.db(squall.store.approval_get, approval_id)
+        assert row["status"] == "failed" and row["execution_id"] is None
+        assert row["decisions"][-1]["verdict"] == "failed"
+        assert row["decisions"][-1]["reason"] == DEPLOY_REFUSED[change]
+        [failed] = await _events(squall, "chat.approval.failed")
+        assert failed["detail"]["reason"] == DEPLOY_REFUSED[change]
+        [denied] = await _events(squall, "chat.denied")
+        assert denied["actor"] == "alice" and denied["target"] == "demo.deploy"
+
+        monkeypatch.setattr(approvals, "RUN_GRACE", timedelta(0))  # every sweep may take it for lost
+        (home / "packs" / "demo" / "aliases" / "deploy.yaml").write_text(original)  # the alias comes back
+        await squall.reload_packs()
+        for _ in range(3):
+            await bot.approvals.sweep()
+        await settle(squall, bot)
+        assert len([t for t in loopback.texts() if t.startswith("Cannot run")]) == 1
+        assert (await squall.db(squall.store.approval_get, approval_id))["revision"] == row["revision"]
+        assert await squall.executions.list(action="demo.wipe") == []
+
+
+async def test_an_approved_command_recovered_after_its_expiry_is_not_run_late(home: Path) -> None:
+    """A crash left an approved command unrun, and its approval expired before the sweep found it:
+    it ends `failed`, told once, instead of running long after the approvers' yes."""
+    from engine.storage import iso
+
+    _approval_config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!deploy web7", user="alice")
+        await settle(squall, bot)
+        approval_id = _approval_id(loopback)
+        row = await squall.db(squall.store.approval_get, approval_id)
+        long_ago = iso(utcnow() - timedelta(hours=2))
+        decisions = [{"user": u, "at": long_ago, "adapter": "loopback", "channel": "#ops", "thread": None,
+                      "verdict": "approve", "reason": None} for u in ("ann", "bea")]
+        assert await squall.db(squall.store.approval_update, approval_id, row["revision"],
+                               {"decisions": decisions, "status": "approved",
+                                "expires_at": utcnow() - timedelta(hours=1)})
+        await bot.approvals.sweep()
+        await bot.approvals.sweep()
+        await settle(squall, bot)
+        assert await squall.executions.list(action="demo.wipe") == []
+        row = await squall.db(squall.store.approval_get, approval_id)
+        assert row["status"] == "failed" and "expired" in row["decisions"][-1]["reason"]
+        told = [t for t in loopback.texts() if t.startswith(f"Cannot run {approval_id}: its approval expired")]
+        assert len(told) == 1
+
+
+async def test_an_approved_command_runs_for_a_requester_allowed_by_a_platform_group(home: Path) -> None:
+    """The requester is authorised again once approved with the platform groups their command came
+    with (kept with the approval), so a permission by such a group still holds."""
+    _approval_config(home)
+    _change_deploy(home, "revoke")
+    alias = home / "packs" / "demo" / "aliases" / "deploy.yaml"
+    alias.write_text(alias.read_text().replace("users: [bob]", "groups: [platform-sre]"))
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!deploy web8", user="alice", groups=["platform-sre"])
+        await settle(squall, bot)
+        approval_id = _approval_id(loopback)
+        await loopback.say(f"!approve {approval_id}", user="ann")
+        await loopback.say(f"!approve {approval_id}", user="bea")
+        await settle(squall, bot)
+        [execution] = await squall.executions.list(action="demo.wipe")
+        assert execution["status"] == "succeeded" and execution["parameters"]["target"] == "web8"
+        assert "approval_asked" not in execution["context"]  # what was checked is no part of the run

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from adapters.loopback import LoopbackAdapter
 from tests.test_chat import _asked_to_wipe, _config, _confirmations_stored, loopback_chat, settle
 
@@ -57,3 +59,56 @@ async def test_an_older_prompts_no_cancels_nothing_and_the_newer_command_still_r
         await loopback.say(_buttons(loopback)["Yes"], user="alice", mentioned=True)  # the newer still stands
         await settle(squall, bot)
         assert [e["parameters"]["target"] for e in await squall.executions.list(action="demo.wipe")] == ["db3"]
+
+
+def _change_dangerous(home: Path, change: str) -> None:
+    """Change the confirming alias `demo.dangerous` on disk (a pack reload or a restart then loads it)."""
+    alias = home / "packs" / "demo" / "aliases" / "dangerous.yaml"
+    if change == "revoke":
+        alias.write_text(alias.read_text() + "permissions: {allow: {users: [bob]}}\n")
+    elif change == "disable":
+        alias.write_text(alias.read_text() + "enabled: false\n")
+    elif change == "delete":
+        alias.unlink()
+    elif change == "describe":  # a reload that changes nothing the command depends on
+        alias.write_text(alias.read_text().replace("(asks first)", "(asks first, always)"))
+
+
+REFUSED = {"revoke": "demo.dangerous is allowed only for users bob", "disable": "the alias demo.dangerous is disabled",
+           "delete": "the alias demo.dangerous is no longer loaded"}
+
+
+@pytest.mark.parametrize("answer", ["typed", "button"])
+@pytest.mark.parametrize("change", ["revoke", "disable", "delete", "describe"])
+async def test_a_yes_after_a_pack_reload_runs_only_what_may_run_now(home: Path, change: str, answer: str) -> None:
+    """A confirmation holds the alias's copy from its prompt; a reload in between that takes the
+    person's permission, disables or removes the alias refuses the `yes` (said, and audited) as a newly
+    typed command is refused. A reload that changes nothing it depends on still runs it."""
+    _config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!wipe db1", user="alice")
+        await settle(squall, bot)
+        yes = _buttons(loopback)["Yes"]
+        _change_dangerous(home, change)
+        await squall.reload_packs()
+        await loopback.say("!yes" if answer == "typed" else yes, user="alice", mentioned=answer == "button")
+        await settle(squall, bot)
+        ran = await squall.executions.list(action="demo.wipe")
+        if change == "describe":
+            assert [e["parameters"]["target"] for e in ran] == ["db1"]
+            return
+        assert ran == []
+        assert loopback.texts()[-1].startswith(f"Sorry alice, you may not run that: {REFUSED[change]}")
+        [denied] = await squall.db(squall.store.audit_list, 10, "chat.denied")
+        assert denied["actor"] == "alice" and denied["target"] == "demo.dangerous"
+
+
+async def test_a_confirmation_whose_alias_was_disabled_over_a_restart_is_dropped(home: Path, caplog) -> None:
+    await _asked_to_wipe(home)
+    _change_dangerous(home, "disable")
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!yes", user="alice")
+        await settle(squall, bot)
+        assert await squall.executions.list(action="demo.wipe") == []
+        assert _confirmations_stored(squall) == []
+    assert "its alias demo.dangerous is disabled" in caplog.text

@@ -570,3 +570,121 @@ async def test_mattermost_missing_parameter_offers_the_dialog(mattermost) -> Non
     [opened] = await fake.wait_for(lambda: fake.dialogs)
     assert opened["dialog"]["elements"][0]["name"] == "host"
     assert opened["dialog"]["elements"][0]["default"] == "web3"  # what was typed fills the dialog in
+
+
+# -- a pack reload while a form is open ---------------------------------------------------------------
+
+def _change_reboot(home: Path, change: str) -> None:
+    """Change `demo.reboot` (olivia's alias) on disk; a pack reload then loads it."""
+    alias = home / "packs" / "demo" / "aliases" / "reboot.yaml"
+    if change == "revoke":
+        alias.write_text(alias.read_text().replace("users: [olivia]", "users: [bob]"))
+    elif change == "disable":
+        alias.write_text(alias.read_text() + "enabled: false\n")
+    elif change == "delete":
+        alias.unlink()
+    elif change == "describe":  # a reload that changes nothing the form depends on
+        alias.write_text(alias.read_text().replace("Operators only.", "Operators only, please."))
+
+
+REBOOT_REFUSED = {"revoke": "demo.reboot is allowed only for users bob",
+                  "disable": "the alias demo.reboot is disabled", "delete": "the alias demo.reboot is no longer loaded"}
+
+
+@pytest.mark.parametrize("change", ["revoke", "disable", "delete", "describe"])
+async def test_a_question_answered_after_a_pack_reload_runs_only_what_may_run_now(home: Path, change: str) -> None:
+    """The exchange holds the alias's ref, never its copy: each answer looks it up again, so a reload
+    that takes the person's permission, disables or removes it ends the exchange with the reason
+    (audited as a typed command's refusal) and runs nothing."""
+    _pack(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!run-form reboot", user="olivia")
+        await settle(squall, bot)
+        assert loopback.texts()[-1].endswith("host? (string)")
+        _change_reboot(home, change)
+        await squall.reload_packs()
+        await loopback.say("db1", user="olivia")
+        await settle(squall, bot)
+        if change == "describe":
+            assert "rebooted db1" in loopback.texts()
+            return
+        assert await squall.executions.list(limit=5) == []
+        assert loopback.texts()[-1] == (f"Sorry olivia, you may not run that: {REBOOT_REFUSED[change]}"
+                                        + (" (enabled: false)" if change == "disable" else "")
+                                        + (" (a pack reload removed it)" if change == "delete" else "")
+                                        + ". The form is closed; nothing was run.")
+        [denied] = await squall.db(squall.store.audit_list, 10, "chat.denied")
+        assert denied["actor"] == "olivia" and denied["target"] == "demo.reboot"
+        assert _sessions(squall) == []
+        await loopback.say("db2", user="olivia")  # the exchange is over: chatter
+        await settle(squall, bot)
+        assert await squall.executions.list(limit=5) == []
+
+
+async def test_a_question_whose_alias_was_disabled_over_a_restart_is_dropped(home: Path, caplog) -> None:
+    _pack(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!run-form reboot", user="olivia")
+        await settle(squall, bot)
+    _change_reboot(home, "disable")
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("db1", user="olivia")
+        await settle(squall, bot)
+        assert loopback.texts() == [] and _sessions(squall) == []
+        assert await squall.executions.list(limit=5) == []
+    assert "its alias demo.reboot is disabled" in caplog.text
+
+
+@pytest.mark.parametrize("change", ["revoke", "disable", "delete"])
+async def test_a_slack_form_sent_after_a_pack_reload_runs_only_what_may_run_now(slack, home: Path,
+                                                                                change: str) -> None:
+    squall, fake = slack
+    view = await _open_from_button(fake, "!run-form reboot", "demo.reboot", user="UOLIVIA1")
+    _change_reboot(home, change)
+    await squall.reload_packs()
+    answer = await fake.submit_view(view, {"host": "db1"}, user="UOLIVIA1")
+    if change == "revoke":  # the form was fine: the refusal is said in its channel, as a typed command's
+        assert answer == {}
+        await _slack_posted(fake, lambda m: m.get("text", "").startswith(
+            f"Sorry olivia, you may not run that: {REBOOT_REFUSED[change]}"), "refusal")
+    else:  # nothing left to run: the form says why, and is closed
+        assert answer["errors"]["host"].startswith(f"Sorry olivia, you may not run that: {REBOOT_REFUSED[change]}")
+        assert (await fake.submit_view(view, {"host": "db1"}, user="UOLIVIA1"))["errors"] == {"host": EXPIRED}
+    assert await squall.executions.list(limit=5) == []  # a sent form is answered once its command is stored
+
+
+# -- commands while a question waits ---------------------------------------------------------------------
+
+async def test_a_command_while_a_question_waits_runs_as_a_command_not_as_the_answer(loop) -> None:
+    """`!help` sent while a form asks in the channel is the help command, not the value "help"; the
+    question stays open, plain text answers it, and `!cancel` still stops it."""
+    squall, bot, loopback = loop
+    await loopback.say("!run-form reboot", user="olivia")
+    await settle(squall, bot)
+    assert loopback.texts()[-1].endswith("host? (string)")
+    await loopback.say("!help", user="olivia")
+    await loopback.say("squall: executions", user="olivia", mentioned=True)
+    await settle(squall, bot)
+    assert any("built in:" in t for t in loopback.texts())
+    assert loopback.texts()[-1] == "No executions from this channel yet."
+    assert await squall.executions.list(limit=5) == []
+    await loopback.say("db1", user="olivia")  # the question still waits
+    await settle(squall, bot)
+    assert "rebooted db1" in loopback.texts()
+    [execution] = await squall.executions.list(limit=5)
+    assert execution["parameters"]["host"] == "db1"
+    await loopback.say("!run-form reboot", user="olivia")
+    await loopback.say("!cancel", user="olivia")  # the form's cancel, not the executions' built-in
+    await settle(squall, bot)
+    assert loopback.texts()[-1] == "OK, not running demo.reboot."
+
+
+async def test_in_a_direct_message_a_bare_word_answers_and_a_prefixed_command_runs(loop) -> None:
+    squall, bot, loopback = loop
+    await _say_privately(loopback, "run-form deploy")
+    await _say_privately(loopback, "!help")  # addressed with the prefix: a command
+    await settle(squall, bot)
+    assert any("built in:" in t for t in loopback.texts(DM))
+    await _say_privately(loopback, "help")  # bare, in a direct message: the answer
+    await settle(squall, bot)
+    assert loopback.texts(DM)[-1].startswith("count?")

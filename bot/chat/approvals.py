@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
 from bot.chat.auth import Authorizer
-from bot.chat.commands import CommandFailed, CommandService, Held, HeldRequest
+from bot.chat.commands import CommandFailed, CommandRefused, CommandService, Held, HeldRequest
 from bot.chat.outbox import Outbox
 from bot.chat.replies import short
 from engine.parameters import mask
@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 APPROVE, DENY = "approve", "deny"
+#: An approved command that could not start (its alias disabled or gone, the requester's permission
+#: taken, a parameter refused): the row's status, and the verdict of the entry that says why.
+FAILED = "failed"
+#: The row's context key for what the requester's permission is checked against again once approved
+#: (taken out before the run: it is no part of the execution's context).
+_ASKED = "approval_asked"
 #: How long an approved command may take to be requested before the sweep takes it for lost in a crash.
 RUN_GRACE = timedelta(seconds=60)
 
@@ -60,9 +66,12 @@ class ApprovalChat:
         chat = held.context["chat"]
         policy = held.policy
         now = utcnow()
+        # What the requester's permission is checked against again once approved (beside the user,
+        # adapter and channel the row has): the platform's groups and the channel's name as they were.
+        asked = {"groups": list(held.message.groups), "channel_name": held.message.channel_name}
         row = {"id": secrets.token_hex(4), "alias": held.alias.ref, "action": held.alias.action_ref,
                "parameters": mask(held.parameters, action.secret_names), "sealed": sealed, "render": held.render,
-               "context": held.context,
+               "context": {**held.context, _ASKED: asked},
                "requester": held.message.user, "adapter": chat["adapter"], "channel": chat["channel"],
                "thread": chat.get("thread"), "groups": policy["groups"], "count": policy["count"],
                "self_approval": policy["self_approval"], "created_at": now,
@@ -116,7 +125,7 @@ class ApprovalChat:
                 break
         else:
             return f"Approval {approval_id} is busy; try again."
-        row = {**row, "decisions": decisions, "status": status}
+        row = {**row, "decisions": decisions, "status": status, "revision": row["revision"] + 1}
         await self._audit(f"chat.approval.{verdict}", message.user, _where(message), row,
                           {"reason": decision["reason"], "status": status})
         if status == "denied":
@@ -149,21 +158,29 @@ class ApprovalChat:
 
     # -- running and expiring --------------------------------------------------------------------
     async def _run(self, row: dict[str, Any]) -> None:
-        """The command path's request step, with the context it was held with plus the decisions."""
-        alias = self.commands.index.aliases.get(row["alias"])
+        """The command path's request step, with the context it was held with plus the decisions
+        (`row` as approved or claimed: its `revision` is the row's now). The alias is the one loaded
+        now, and the requester is authorised again: a pack reload may have disabled or removed it, or
+        taken their permission, while the approvers decided. A command that cannot start ends `failed`
+        (`_fail`): no sweep tries it again."""
+        asked = row["context"].get(_ASKED) or {}  # rows held before it was kept: no platform groups
         requester = Message(adapter=row["adapter"], channel=row["channel"], user=row["requester"], text="",
-                            thread=row["thread"])
-        if alias is None:
-            await self._tell(row, f"Cannot run {row['id']}: the alias {row['alias']} is no longer loaded.")
+                            thread=row["thread"], groups=list(asked.get("groups") or []),
+                            channel_name=asked.get("channel_name"))
+        try:
+            alias = await self.commands.allowed_alias(row["alias"], requester, "chat", f"approval {row['id']}")
+        except CommandRefused as exc:
+            await self._fail(row, f"{exc}")
             return
-        context = {**row["context"], "approval": {"id": row["id"], "groups": row["groups"], "count": row["count"],
-                                                  "decisions": row["decisions"]}}
+        context = {key: value for key, value in row["context"].items() if key != _ASKED}
+        context["approval"] = {"id": row["id"], "groups": row["groups"], "count": row["count"],
+                               "decisions": row["decisions"]}
         parameters = {**row["parameters"],
                       **(json.loads(self.engine.executions.keys.decrypt(row["sealed"])) if row.get("sealed") else {})}
         try:
             accepted = await self.commands.request(alias, requester, "chat", parameters, row["render"], context)
         except CommandFailed as exc:
-            await self._tell(row, f"I can't run {row['id']}: {exc}")
+            await self._fail(row, str(exc))
             return
         db = self.engine.db
         await db(db.store.approval_ran, row["id"], accepted.execution["id"])
@@ -173,6 +190,20 @@ class ApprovalChat:
             reply = Reply(adapter=row["adapter"], channel=row["channel"], thread=row["thread"], text=accepted.ack,
                           extra=accepted.ack_extra)
             await self.outbox.post_keyed(accepted.execution["id"], "ack", [reply])
+
+    async def _fail(self, row: dict[str, Any], reason: str) -> None:
+        """End an approved command that cannot start (`failed`, the reason in its decisions, in one
+        update guarded by its revision) and tell its thread, once: a sweep retrying it would post
+        the failure again every time, and run it late, past its expiry, if its alias came back."""
+        entry = {"user": None, "at": iso(utcnow()), "adapter": None, "channel": None, "thread": None,
+                 "verdict": FAILED, "reason": reason}
+        db = self.engine.db
+        if not await db(db.store.approval_fail, row["id"], row["revision"], [*row["decisions"], entry]):
+            return  # another process ran or ended it meanwhile: it told the thread
+        await self._audit("chat.approval.failed", None, f"{row['adapter']}:{row['channel']}", row,
+                          {"reason": reason})
+        await self._tell(row, f"Cannot run {row['id']}: {reason.rstrip('.')}. {row['action']} was not run, and "
+                              "will not be: send the command again once it can run.")
 
     async def sweep(self) -> int:
         """Expire pending approvals past their time, telling each thread once, and run approved
@@ -187,16 +218,21 @@ class ApprovalChat:
     async def _recover(self, row: dict[str, Any]) -> None:
         """An approved command whose run was never recorded: name its execution if it was requested
         (the crash came before `approval_ran`), else run it, once (`approval_claim`). A run under way
-        this moment in another process is left alone for `RUN_GRACE`."""
+        this moment in another process is left alone for `RUN_GRACE`. One whose approval expired
+        meanwhile is not run late: it ends `failed`."""
         approved_at = max(datetime.fromisoformat(d["at"].replace("Z", "+00:00")) for d in row["decisions"])
         if utcnow() - approved_at < RUN_GRACE:
             return
         db = self.engine.db
         if not await db(db.store.approval_claim, row["id"], row["revision"]):
             return
+        row = {**row, "revision": row["revision"] + 1}
         execution_id = await db(db.store.execution_of_approval, row["id"], row["created_at"])
         if execution_id is not None:
             await db(db.store.approval_ran, row["id"], execution_id)
+            return
+        if row["expires_at"] <= utcnow():
+            await self._fail(row, f"its approval expired at {iso(row['expires_at'])} before it could run")
             return
         log.warning("approval %s was approved but never ran (a restart in between?); running it now", row["id"])
         await self._run(row)

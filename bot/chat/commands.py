@@ -17,7 +17,7 @@ approvers in (the API), it is refused rather than run unapproved.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
@@ -113,14 +113,37 @@ class CommandService:
         """The alias `text` means; `NoMatch` (with suggestions) or `AmbiguousCommand` otherwise."""
         return self.index.matcher.match(text)
 
-    async def authorise(self, match: AliasMatch, message: Message, source: str, command: str | None = None) -> None:
-        """`CommandRefused` (audited as `<source>.denied`, with `command`, else the message's text)
-        unless `message`'s sender may run it."""
-        decision = self.auth.check(match.alias, message)
-        if not decision.allowed:
-            await self._audit(f"{source}.denied", message, match.alias.ref,
-                              {"command": short(command or message.text, 500), "reason": decision.reason})
-            raise CommandRefused(decision.reason)
+    async def authorise(self, match: AliasMatch, message: Message, source: str,
+                        command: str | None = None) -> AliasMatch:
+        """`match` with its alias as loaded now, if `message`'s sender may run it (`allowed_alias`);
+        `CommandRefused` (audited) otherwise. Run what this returns: a match held across a pack
+        reload (a confirmation, a form) names a copy of the alias the reload may have disabled,
+        removed or given other permissions."""
+        alias = await self.allowed_alias(match.alias.ref, message, source, command, match.representation)
+        return match if alias is match.alias else replace(match, alias=alias)
+
+    async def allowed_alias(self, ref: str, message: Message, source: str, command: str | None = None,
+                            representation: str = "") -> Alias:
+        """The alias `ref` as loaded now, if it is enabled (with the format `representation`, when one
+        is named) and `message`'s sender may run it; else `CommandRefused`, audited as
+        `<source>.denied` with `command` (else the message's text) and the reason. Looked up at every
+        use, never taken from a caller's copy: commands held for an answer, a form or approvers are
+        refused as a newly typed one would be, whatever a pack reload changed meanwhile."""
+        alias = self.index.aliases.get(ref)
+        if alias is None:
+            reason = f"the alias {ref} is no longer loaded (a pack reload removed it)"
+        elif not alias.enabled:
+            reason = f"the alias {ref} is disabled (enabled: false)"
+        elif representation and representation not in alias.representations:
+            reason = f'{ref} no longer has the format "{representation}"; send the command again'
+        else:
+            decision = self.auth.check(alias, message)
+            if decision.allowed:
+                return alias
+            reason = decision.reason
+        await self._audit(f"{source}.denied", message, ref, {"command": short(command or message.text, 500),
+                                                              "reason": reason})
+        raise CommandRefused(reason)
 
     async def run(self, match: AliasMatch, message: Message, source: str,
                   chat: dict[str, Any] | None = None) -> Accepted | Held:

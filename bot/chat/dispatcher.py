@@ -27,7 +27,8 @@ from bot.chat import sessions
 from bot.chat.approvals import APPROVE, DENY, ApprovalChat
 from bot.chat.auth import Authorizer
 from bot.chat.commands import CommandFailed, CommandRefused, CommandService, Held, NeedsApproval
-from bot.chat.forms import ChatForms
+from bot.chat.forms import CANCEL, ChatForms
+from bot.chat.forms import WORD as FORM_WORD
 from bot.chat.index import AliasIndex
 from bot.chat.inquiries import InquiryChat
 from bot.chat.outbox import Outbox
@@ -120,15 +121,14 @@ def _suggest_settings(section: Any) -> tuple[str, float | None, float | None]:
 class PendingConfirmation:
     """A command held until its sender says `yes`: a matched alias, or (for a "did you mean"
     suggestion) the filled command text, which is matched and authorised again when confirmed.
-    `expires` is wall-clock time (`time.time()`): it must mean the same after a restart. A match
-    taken up after a restart is authorised again when confirmed (`authorised` False): the
-    permissions may have changed with it."""
+    `expires` is wall-clock time (`time.time()`): it must mean the same after a restart. A match is
+    authorised again when confirmed, with its alias as loaded then (`run_matched`): a pack reload or
+    a restart may have changed its permissions, disabled it or removed it meanwhile."""
 
     match: AliasMatch | None
     message: Message
     expires: float
     command: str | None = None
-    authorised: bool = True
     #: Names this prompt: its buttons carry it (`yes:<token>`), so a click answers this prompt and no
     #: other. None for one stored before tokens existed (its buttons say a bare `yes`, as typed).
     token: str | None = field(default_factory=lambda: secrets.token_hex(8))
@@ -199,7 +199,8 @@ class Dispatcher:
             if not clicked and await self._inquiry_answer(message, text,
                                                           adapter is None or adapter.capabilities.threads):
                 return
-            if not clicked and await self.forms.answer(message, text):
+            answers = not clicked and not self._command_amid_questions(message, text)
+            if answers and await self.forms.answer(message, text):
                 return  # a question of a form asked in chat: answers need no prefix
             if text is None:
                 return  # chatter: the adapters pass every message on, the dispatcher decides
@@ -211,6 +212,30 @@ class Dispatcher:
         except Exception as exc:
             log.exception("handling a message from %s failed", message.user)
             await self.say(message, f"Sorry, something went wrong handling that: {exc}")
+
+    def _command_amid_questions(self, message: Message, text: str | None) -> bool:
+        """Whether `message`, sent while a form's question waits for its sender's answer there, is a
+        command rather than the answer: addressed to Squall explicitly (the prefix or a mention; in a
+        direct message every line is addressed, so there a bare word is an answer) and naming an
+        alias or a built-in. Otherwise `!help` would become the answer, and the form's action would
+        run with "help" as its value. The form's own `cancel` stays the form's."""
+        if text is None or not self.forms.asks(message):
+            return False
+        prefix = self.settings.prefix
+        explicit = bool(prefix) and _SPACES.sub(" ", message.text.translate(_QUOTES)).strip().startswith(prefix)
+        if not (explicit or message.mentioned) or text.lower() in CANCEL:
+            return False
+        word = text.partition(" ")[0].lower()
+        pending = (message.adapter, message.channel, message.user) in self._confirmations
+        if word == FORM_WORD or (pending and text.lower() in _YES | _NO):
+            return True
+        try:
+            self.commands.match(text)
+        except AmbiguousCommand:
+            return True  # a command, if not a clear one: its answer says so
+        except NoMatch:
+            return word.isalpha() and hasattr(self, f"_builtin_{word}")
+        return True
 
     def _answer(self, message: Message, word: str) -> str:
         """How to say `word` so it reaches Squall where `message` was typed (for a platform without
@@ -278,9 +303,11 @@ class Dispatcher:
     async def run_matched(self, match: Any, message: Message, text: str | None = None,
                           confirmed: bool = False) -> None:
         """Authorise, confirm (if the alias asks, unless `confirmed` already) and run a matched command:
-        for typed commands (`text` without its prefix) and chat forms (`bot/chat/forms.py`) alike."""
+        for typed commands (`text` without its prefix) and chat forms (`bot/chat/forms.py`) alike.
+        Always authorised here, with the alias as loaded now (`CommandService.authorise`): a confirmed
+        or form-filled command may have waited across a pack reload."""
         try:
-            await self.commands.authorise(match, message, "chat", text)
+            match = await self.commands.authorise(match, message, "chat", text)
         except CommandRefused as exc:
             metrics.count(metrics.chat_commands, message.adapter, "denied")
             await self.say(message, f"Sorry {message.user}, you may not run that: {exc}.")
@@ -314,9 +341,7 @@ class Dispatcher:
             # A suggestion: the filled text takes the whole command path again (match, authorise,
             # the alias's own confirmation, audit), as if the person had typed it.
             await self._handle(replace(pending.message, text=pending.command), pending.command)
-        elif pending.authorised:
-            await self._run(pending.match, pending.message)
-        else:  # taken up after a restart: authorised again, not asked again
+        else:  # authorised again with the alias loaded now (a reload may have disabled it), not asked again
             await self.run_matched(pending.match, pending.message, confirmed=True)
 
     async def _clicked(self, message: Message, yes: bool, token: str) -> None:
@@ -384,14 +409,15 @@ class Dispatcher:
                 if state.get("match") is not None:
                     kept = state["match"]
                     alias = self.aliases.get(kept["alias"])
-                    if alias is None:
-                        raise LookupError(f'its alias {kept["alias"]} is no longer loaded')
+                    if alias is None or not alias.enabled:
+                        state_word = "no longer loaded" if alias is None else "disabled"
+                        raise LookupError(f'its alias {kept["alias"]} is {state_word}')
                     # A typed command's format must still be the alias's (a form's match has none).
                     if kept["representation"] and kept["representation"] not in alias.representations:
                         raise LookupError(f'{alias.ref} no longer has the format "{kept["representation"]}"')
                     match = AliasMatch(alias, kept["display"], kept["representation"], kept["parameters"])
                 self._confirmations[message.adapter, message.channel, message.user] = PendingConfirmation(
-                    match, message, expires, state.get("command"), authorised=False, token=state.get("token"))
+                    match, message, expires, state.get("command"), token=state.get("token"))
                 restored += 1
             except Exception as exc:  # a pack changed under it: the person sends the command again
                 log.warning("a confirmation asked before the restart was dropped: %s", exc)

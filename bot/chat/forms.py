@@ -36,7 +36,7 @@ from adapters.base import Adapter, DeliveryError, Form, FormField, FormSubmissio
 from aliases import Alias, AliasMatch, AliasMatcher, AmbiguousCommand, NoMatch
 from bot.chat import sessions
 from bot.chat.auth import Authorizer
-from bot.chat.commands import CommandService
+from bot.chat.commands import CommandRefused, CommandService
 from bot.chat.help import visible
 from bot.forms import Field, action_fields, parse
 
@@ -86,19 +86,21 @@ EXPIRED = "This form is no longer open (it expired or was sent already); open it
 
 @dataclass
 class _Opened:
-    """A form handed to a platform: which alias, and where it came from (channel, thread).
-    `expires` is wall-clock time (`time.time()`): it must mean the same after a restart."""
+    """A form handed to a platform: which alias (its ref: the alias is looked up again when the form
+    comes back, as a pack reload may have disabled or removed it), and where it came from (channel,
+    thread). `expires` is wall-clock time (`time.time()`): it must mean the same after a restart."""
 
-    alias: Alias
+    ref: str
     origin: Message
     expires: float
 
 
 @dataclass
 class _Asking:
-    """A question-by-question form: the fields still to ask and the answers so far (text, as a form sends)."""
+    """A question-by-question form: the alias's ref (looked up again at each answer), the fields still
+    to ask and the answers so far (text, as a form sends)."""
 
-    alias: Alias
+    ref: str
     origin: Message
     fields: list[Field]
     answers: dict[str, str]
@@ -145,6 +147,11 @@ class ChatForms:
         await self._answer(message, asking, message.text.strip() if text is None else text)
         return True
 
+    def asks(self, message: Message) -> bool:
+        """Whether a question of a form waits for `message`'s sender's answer where it was sent."""
+        asking = self._asking.get((message.adapter, message.channel, message.user))
+        return asking is not None and time.time() <= asking.expires
+
     async def command(self, message: Message, text: str) -> bool:
         """`run-form NAME`: offer its form; `run-form` alone, or an empty slash command (which comes with
         a trigger to open a form), offers a pick of the commands the sender may run there. False for
@@ -188,7 +195,7 @@ class ChatForms:
             return
         state = secrets.token_urlsafe(16)
         self._forget_expired()
-        opened = self._opened[state] = _Opened(alias, message, time.time() + FORM_TTL)
+        opened = self._opened[state] = _Opened(alias.ref, message, time.time() + FORM_TTL)
         await self._keep(_FORM + state, opened)  # before the platform has it: a quick submission finds it
         fields = tuple(_form_field(f, (given or {}).get(f.name)) for f in self.fields(alias))
         form = Form(title=_title(alias), fields=fields, state=state)
@@ -241,12 +248,18 @@ class ChatForms:
             return {"": EXPIRED}
         if submission.user != opened.origin.user:  # a form is its opener's (a client may see the state)
             return {"": f"This form was opened for {opened.origin.user}; open your own."}
-        parsed = parse(self.fields(opened.alias), submission.values)
+        sender = replace(opened.origin, user=submission.user, groups=list(submission.groups), trigger=None)
+        alias = self.dispatcher.aliases.get(opened.ref)
+        if alias is None or not alias.enabled:  # a reload disabled or removed it: the form is closed, and says why
+            del self._opened[submission.state]
+            await self._drop(_FORM + submission.state)
+            return {"": str(await self._current(opened.ref, sender))}
+        # The sender's permission is checked (and a refusal said in the form's channel) by `run_matched`.
+        parsed = parse(self.fields(alias), submission.values)
         if not parsed.ok:
             return parsed.errors
         del self._opened[submission.state]
-        sender = replace(opened.origin, user=submission.user, groups=list(submission.groups), trigger=None)
-        run = asyncio.ensure_future(self._submitted(submission.state, opened.alias, sender, parsed.values))
+        run = asyncio.ensure_future(self._submitted(submission.state, alias, sender, parsed.values))
         self._running.add(run)
         run.add_done_callback(self._running.discard)
         # The form is answered once its command is stored (a crash then loses nothing that was accepted),
@@ -297,7 +310,7 @@ class ChatForms:
             await self.dispatcher.say(message, f"{lead}I'll ask for the parameters of {alias.ref} in a private "
                                                "message.")
             lead = ""
-        asking = _Asking(alias, message, asked, {}, time.time() + ASK_TTL, given)
+        asking = _Asking(alias.ref, message, asked, {}, time.time() + ASK_TTL, given)
         self._asking[(where.adapter, where.channel, where.user)] = asking
         await self._keep(_ask_key(where.adapter, where.channel, where.user), asking)
         await self.dispatcher.say(where, f"{lead}Running {alias.ref}: {len(asked)} question(s); reply `cancel` to "
@@ -308,7 +321,13 @@ class ChatForms:
         if text.strip().lower() in CANCEL:
             del self._asking[key]
             await self._drop(_ask_key(*key))
-            await self.dispatcher.say(message, f"OK, not running {asking.alias.ref}.")
+            await self.dispatcher.say(message, f"OK, not running {asking.ref}.")
+            return
+        alias = await self._current(asking.ref, asking.origin)
+        if isinstance(alias, str):  # a reload disabled or removed the alias, or took the person's permission
+            del self._asking[key]
+            await self._drop(_ask_key(*key))
+            await self.dispatcher.say(message, f"{alias} The form is closed; nothing was run.")
             return
         item = asking.fields[len(asking.answers)]
         answer = "" if text.strip() == SKIP and not item.required else text
@@ -324,12 +343,13 @@ class ChatForms:
             return
         del self._asking[key]
         await self._drop(_ask_key(*key))
-        await self._run(asking.alias, asking.origin, {**asking.given, **parse(asking.fields, asking.answers).values})
+        await self._run(alias, asking.origin, {**asking.given, **parse(asking.fields, asking.answers).values})
 
     # -- running -----------------------------------------------------------------------------------
     async def _run(self, alias: Alias, sender: Message, values: dict[str, Any]) -> None:
         """The values as a command of `sender` in the form's channel: no format, so every value is a
-        key=value pair to `check_overrides` and none is the format's own (rendered) default text."""
+        key=value pair to `check_overrides` and none is the format's own (rendered) default text.
+        `run_matched` authorises it again, with the alias as loaded then."""
         match = AliasMatch(alias=alias, display=None, representation="", parameters=values)
         await self.dispatcher.run_matched(match, replace(sender, text=f"{WORD} {alias.ref}"))
 
@@ -357,6 +377,14 @@ class ChatForms:
             return f"Sorry {message.user}, you may not run {named[0].ref}: {decisions[0][1].reason}."
         return allowed[0], given
 
+    async def _current(self, ref: str, sender: Message) -> Alias | str:
+        """The alias `ref` as loaded now if `sender` may run it (an open form holds only the ref), else
+        why not, as a newly typed command is refused (audited as `chat.denied`)."""
+        try:
+            return await self.dispatcher.commands.allowed_alias(ref, sender, "chat", f"{WORD} {ref}")
+        except CommandRefused as exc:
+            return f"Sorry {sender.user}, you may not run that: {exc}."
+
     def _forget_expired(self) -> None:
         """Expired forms leave memory here; their rows go at the next start (`restore`)."""
         now = time.time()
@@ -366,11 +394,11 @@ class ChatForms:
     # -- sessions that outlive a restart (`bot/chat/sessions.py`) --------------------------------------
     async def _keep(self, key: str, session: _Opened | _Asking) -> None:
         """Store a session as it is now."""
-        state: dict[str, Any] = {"alias": session.alias.ref, "origin": sessions.origin(session.origin)}
+        state: dict[str, Any] = {"alias": session.ref, "origin": sessions.origin(session.origin)}
         if isinstance(session, _Asking):
             state.update(fields=[f.name for f in session.fields], answers=session.answers, given=session.given)
         await sessions.keep(self.dispatcher.engine, key, state, session.expires,
-                            f"the {session.alias.ref} form of {session.origin.user}")
+                            f"the {session.ref} form of {session.origin.user}")
 
     async def _drop(self, key: str) -> None:
         await sessions.drop(self.dispatcher.engine, key)
@@ -378,21 +406,22 @@ class ChatForms:
     async def restore(self, stored: list[tuple[str, dict[str, Any], float]]) -> int:
         """Take up the forms and question exchanges among the sessions `stored` before a restart
         (`sessions.stored`, read by the dispatcher at the chat's start); how many. One whose alias
-        is gone is dropped and logged."""
+        is gone or disabled is dropped and logged (and every answer looks the alias up again)."""
         restored = 0
         for key, state, expires in stored:
             try:
                 alias = self.dispatcher.aliases.get(state["alias"])
-                if alias is None:
-                    raise LookupError(f'its alias {state["alias"]} is no longer loaded')
+                if alias is None or not alias.enabled:
+                    state_word = "no longer loaded" if alias is None else "disabled"
+                    raise LookupError(f'its alias {state["alias"]} is {state_word}')
                 origin = Message(**state["origin"])
                 if key.startswith(_FORM):
-                    self._opened[key.removeprefix(_FORM)] = _Opened(alias, origin, expires)
+                    self._opened[key.removeprefix(_FORM)] = _Opened(alias.ref, origin, expires)
                 else:
                     named = {f.name: f for f in self.fields(alias)}
                     fields = [named[name] for name in state["fields"]]
                     adapter, channel, user = json.loads(key.removeprefix(_ASK))
-                    self._asking[adapter, channel, user] = _Asking(alias, origin, fields, state["answers"],
+                    self._asking[adapter, channel, user] = _Asking(alias.ref, origin, fields, state["answers"],
                                                                    expires, state["given"])
                 restored += 1
             except Exception as exc:  # a pack changed under it: the person opens it again
