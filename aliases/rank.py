@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -40,13 +40,18 @@ class Ranked(NamedTuple):
     filled: str | None
 
 
+#: The names of an alias's parameters whose defaults a filled command must not spell (its secret ones).
+Withheld = Callable[[Alias], Collection[str]]
+
+
 class Ranker(Protocol):
     #: Default `chat.suggest.threshold` and `chat.suggest.margin` for this ranker's scores.
     threshold: float
     margin: float
 
-    def rank(self, message: str, aliases: Sequence[Alias]) -> list[Ranked]:
-        """The best `TOP` enabled aliases with a score above 0, best first, each with its filled command."""
+    def rank(self, message: str, aliases: Sequence[Alias], withheld: Withheld | None = None) -> list[Ranked]:
+        """The best `TOP` enabled aliases with a score above 0, best first, each with its filled command
+        (without the defaults of the parameters `withheld` names for its alias: see `fill`)."""
         ...
 
 
@@ -165,7 +170,8 @@ def _quoted(value: str, last: bool) -> str | None:
     return None
 
 
-def fill(representation: str, message: str, vocabulary: frozenset[str] = frozenset()) -> str | None:  # noqa: C901 (one alignment rule per placeholder position)
+def fill(representation: str, message: str, vocabulary: frozenset[str] = frozenset(),  # noqa: C901 (one alignment rule per placeholder position)
+         withheld: Collection[str] = ()) -> str | None:
     """`representation` with its placeholders replaced by the message's words found where each sits;
     None when a required placeholder gets no words or the format is a regex.
 
@@ -174,7 +180,9 @@ def fill(representation: str, message: str, vocabulary: frozenset[str] = frozens
     one before a found literal takes the word just before it; the format's last placeholder takes
     the rest of the message; an optional one keeps its default unless it sits between two found
     literal words. Words of the alias's own `vocabulary` (its command words) and
-    stopwords at a value's edges are not values. Values are text: nothing in them is interpreted."""
+    stopwords at a value's edges are not values. Values are text: nothing in them is interpreted.
+    An optional placeholder named in `withheld` (a secret parameter's) that keeps its default is left
+    out, not spelled: the filled command is shown to the person, and matching it applies the default."""
     pieces = _pieces(representation)
     if pieces is None:
         return None
@@ -224,7 +232,8 @@ def fill(representation: str, message: str, vocabulary: frozenset[str] = frozens
             continue
         start, end = bound_left(index), bound_right(index)
         if value.default is not None and not (start > 0 and end is not None):
-            out.append(value.default)  # an optional value is taken only from between two literal words
+            if value.name not in withheld:
+                out.append(value.default)  # an optional value is taken only from between two literal words
             continue
         start = max([start, *(i + 1 for i in taken)])
         span = list(range(start, len(words) if end is None else end))
@@ -246,6 +255,8 @@ def fill(representation: str, message: str, vocabulary: frozenset[str] = frozens
         if not text:
             if value.default is None:
                 return None
+            if value.name in withheld:
+                continue
             text = value.default
         quoted = _quoted(text, index == last_ph and end is None)
         if quoted is None:
@@ -274,6 +285,8 @@ def _document(alias: Alias) -> _Doc:
 
     formats: list[tuple[str, frozenset[str]]] = []
     for fmt in alias.formats:
+        if not fmt.display:
+            continue  # a format with `representation` only is kept out of help, and out of suggestions
         for text in [*([fmt.display] if fmt.display else []), *fmt.representations]:
             literal = _PIECE.sub(" ", text)
             add(literal, 1.0)
@@ -339,17 +352,18 @@ class LexicalRanker:
             scored.append((doc, 0.6 * said / total + 0.4 * covered))
         return scored
 
-    def rank(self, message: str, aliases: Sequence[Alias]) -> list[Ranked]:
+    def rank(self, message: str, aliases: Sequence[Alias], withheld: Withheld | None = None) -> list[Ranked]:
         scored = heapq.nlargest(TOP, self.scores(message, aliases), key=lambda item: item[1])
-        return [Ranked(doc.alias, round(score, 4), _filled(doc, message)) for doc, score in scored]
+        return [Ranked(doc.alias, round(score, 4), _filled(doc, message, withheld)) for doc, score in scored]
 
 
-def _filled(doc: _Doc, message: str) -> str | None:
+def _filled(doc: _Doc, message: str, withheld: Withheld | None) -> str | None:
     """The command filled from `message` with the format whose literal words it says most of."""
     query = set(tokens(message))
     ordered = sorted(doc.formats, key=lambda f: -len(f[1] & query))
+    names = withheld(doc.alias) if withheld is not None else ()
     for representation, _ in ordered:
-        filled = fill(representation, message, doc.vocabulary)
+        filled = fill(representation, message, doc.vocabulary, names)
         if filled is not None:
             return filled
     return None
@@ -388,7 +402,7 @@ class EmbeddingRanker:
         self._vectors = (tuple(aliases), vectors)
         return vectors
 
-    def rank(self, message: str, aliases: Sequence[Alias]) -> list[Ranked]:
+    def rank(self, message: str, aliases: Sequence[Alias], withheld: Withheld | None = None) -> list[Ranked]:
         vectors = self._alias_vectors(aliases)
         if vectors is None:
             return []
@@ -400,7 +414,8 @@ class EmbeddingRanker:
         similarity = vectors @ query
         blended = self.weight * similarity.clip(min=0.0) + (1 - self.weight) * self._lexical_vector(docs, lexical)
         best = [i for i in blended.argsort()[::-1][:TOP] if blended[i] > 0]
-        return [Ranked(docs[i].alias, round(float(blended[i]), 4), _filled(docs[i], message)) for i in best]
+        return [Ranked(docs[i].alias, round(float(blended[i]), 4), _filled(docs[i], message, withheld))
+                for i in best]
 
     @staticmethod
     def _lexical_vector(docs: list[_Doc], lexical: dict[int, float]) -> Any:

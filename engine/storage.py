@@ -256,7 +256,7 @@ approvals = sa.Table(
     sa.Column("self_approval", sa.Boolean, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # pending | approved | denied | expired
+    sa.Column("status", sa.String(16), nullable=False),  # pending | approved | denied | expired | failed
     sa.Column("decisions", sa.JSON, nullable=False),  # [{user, at, adapter, channel, thread, verdict, reason}]
     # Bumped by every decision: two deciders at once cannot both win (nor lose a decision).
     sa.Column("revision", sa.Integer, nullable=False),

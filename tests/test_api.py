@@ -306,6 +306,19 @@ async def test_alias_execution_checks_permissions_with_bot(squall: Squall) -> No
     assert audit and audit[0]["actor"] == "mallory"
 
 
+async def test_a_refused_commands_audit_masks_its_secret_parameters(squall: Squall) -> None:
+    """The refusal's audit row keeps the command as typed, and a secret parameter's value with it: the
+    row, the audit sinks and the export showed it in clear (the allowed run's audit never holds it)."""
+    transport = httpx.ASGITransport(app=create_api(squall))
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall", headers={"St2-Api-Key": KEY}) as c:
+        denied = await c.post("/api/v1/aliasexecution", json={
+            "command": "secretgreet x password=hunter2-Sx77", "user": "mallory", "channel": "c"})
+        assert denied.status_code == 403
+    [entry] = await squall.db(squall.store.audit_list, 10, "api.denied")
+    assert entry["detail"]["command"] == "secretgreet x password=********"
+    assert "hunter2-Sx77" not in json.dumps(await squall.db(squall.store.audit_list, 100), default=str)
+
+
 # -- rules, triggers, keys -----------------------------------------------------------------------------
 
 async def test_rules_and_enforcements(squall: Squall, client: httpx.AsyncClient) -> None:

@@ -203,7 +203,12 @@ async def test_help_lists_only_display_strings_and_never_a_secret_default(home: 
         login = await ask(started, "!help demo.login", "bob")
         by_words = await ask(started, "!help maint-xyzzy", "bob")
         backdoor = await ask(started, "!help demo.backdoor", "bob")
+        typo = await ask(started, "!maint-xyzy bob", "bob")  # near a hidden format only
+        near = await ask(started, "!please login bob", "bob")  # filled from `login {{user}} {{token=...}}`
     assert "  !greet {{who}} — Greet." in listed
+    assert "svc-Tok3n-999" not in listed  # the plain-string format `sign in ...` is listed, its default masked
+    assert "maint-xyzzy" not in typo and "internal-k3y-777" not in typo  # "did you mean" shows no hidden format
+    assert near.startswith("Did you mean `!login bob`?")  # the secret default is not spelled; matching applies it
     assert "maint-xyzzy" not in listed and "internal-k3y-777" not in listed and "backdoor" not in listed
     assert "relogin" not in listed and "hidden-realm-42" not in listed
     assert "  !login <user> — Log in." in listed

@@ -125,6 +125,9 @@ def test_the_filled_command_is_a_substitution_of_the_message_words() -> None:
     assert fill("restart {{service}} on {{host}}", "please bounce nginx on web1") == "restart nginx on web1"
     assert fill("restart {{service}} on {{host}}", "restart nginx") is None  # host cannot be recovered
     assert fill("deploy {{app}} to {{env=staging}}", "ship billing") == "deploy billing to staging"
+    # A secret parameter's default is not spelled: the filled command is shown, and matching applies it.
+    assert fill("login {{user}} {{token=svc-Tok3n}}", "please login bob", withheld={"token"}) == "login bob"
+    assert fill("login {{user}} {{token=svc-Tok3n}}", "please login bob") == "login bob svc-Tok3n"
     assert fill("echo {{message}}", "say {{ 7*7 }} $(id)") == "echo {{ 7*7 }} $(id)"
     assert fill("(run|execute) {{cmd}}", "run ls") is None  # a regex format is not filled by substitution
 

@@ -28,7 +28,7 @@ from bot.chat.replies import acks, render_ack, short
 from engine.actions import unapproved
 from engine.executions import AuditEntry, CompletionWrite
 from engine.packs import UnknownAction
-from engine.parameters import ParameterError, check_unrendered
+from engine.parameters import MASK, ParameterError, check_unrendered
 from engine.templates import TooLongForTheLoop, briefly, rendered
 
 if TYPE_CHECKING:
@@ -119,8 +119,20 @@ class CommandService:
         `CommandRefused` (audited) otherwise. Run what this returns: a match held across a pack
         reload (a confirmation, a form) names a copy of the alias the reload may have disabled,
         removed or given other permissions."""
-        alias = await self.allowed_alias(match.alias.ref, message, source, command, match.representation)
+        shown = self._masked(match, command or message.text)
+        alias = await self.allowed_alias(match.alias.ref, message, source, shown, match.representation)
         return match if alias is match.alias else replace(match, alias=alias)
+
+    def _masked(self, match: AliasMatch, command: str) -> str:
+        """`command` as a refusal's audit shows it: the values it gives secret parameters masked (the
+        audit row, its sinks and `squall audit export` keep it). Every value, when the action is not
+        loaded and which are secret cannot be told."""
+        action = self.engine.registry.actions.get(match.alias.action_ref)
+        for name, value in match.parameters.items():
+            secret = action is None or bool((action.parameters.get(name) or {}).get("secret"))
+            if secret and isinstance(value, str) and value:
+                command = command.replace(value, MASK)
+        return command
 
     async def allowed_alias(self, ref: str, message: Message, source: str, command: str | None = None,
                             representation: str = "") -> Alias:

@@ -14,7 +14,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -115,6 +115,16 @@ def _suggest_settings(section: Any) -> tuple[str, float | None, float | None]:
             raise ConfigError(f"'chat.suggest.{key}' must be a number from 0 to 1, not {value!r}")
         numbers.append(None if value is None else float(value))
     return str(ranker), numbers[0], numbers[1]
+
+
+class _EveryName(frozenset[str]):
+    """Holds every name: the secret parameters of an alias whose action is not loaded (none can be told)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+_EVERY_NAME = _EveryName()
 
 
 @dataclass
@@ -439,9 +449,11 @@ class Dispatcher:
                                     f"{self._answer(message, 'no')}.",
                            buttons=pending.buttons("Run", "Cancel"))
             return
-        if best is not None:
-            shown = next((f.display for f in best.alias.formats if f.display), best.alias.representations[0])
-            await self.say(message, f"I don't know `{short(text)}`. Did you mean `{prefix}{shown}`? "
+        shown = chat_help.displays(best.alias) if best is not None else []
+        if best is not None and shown:  # an alias without a display string is kept out of help, and of this
+            action = self.engine.registry.actions.get(best.alias.action_ref)
+            shown_text = chat_help.masked(shown[0], chat_help.secret_names(action))
+            await self.say(message, f"I don't know `{short(text)}`. Did you mean `{prefix}{shown_text}`? "
                                     f"`{prefix}help {best.alias.ref}` shows its parameters.")
             return
         allowed = {d for a in chat_help.visible(self.matcher.aliases, self.auth, message)
@@ -453,7 +465,7 @@ class Dispatcher:
     def _stand_out(self, message: Message, text: str) -> Ranked | None:
         """The ranker's best alias for `text` if it clears the threshold and the margin over the
         runner-up, and its sender may run it; None otherwise ("I don't know" beats a wrong guess)."""
-        ranked = self.ranker.rank(text, self.matcher.aliases)
+        ranked = self.ranker.rank(text, self.matcher.aliases, self._secret_names)
         if not ranked:
             return None
         threshold = self.settings.suggest_threshold
@@ -472,6 +484,11 @@ class Dispatcher:
             return self.commands.match(command).alias is alias
         except (NoMatch, AmbiguousCommand):
             return False
+
+    def _secret_names(self, alias: Alias) -> Collection[str]:
+        """The secret parameters of `alias`'s action (a suggestion spells none of their defaults)."""
+        action = self.engine.registry.actions.get(alias.action_ref)
+        return action.secret_names if action is not None else _EVERY_NAME  # which are secret is unknown
 
     def _masked(self, action_ref: str, parameters: dict[str, Any]) -> dict[str, Any]:
         action = self.engine.registry.actions.get(action_ref)
@@ -602,7 +619,7 @@ class Dispatcher:
         if not rest:
             hidden = (chat_help.hidden_count(self.matcher.aliases, self.auth, message)
                       if self.auth.is_admin(message) else None)
-            await self._say_blocks(message, chat_help.listing(mine, prefix, hidden))
+            await self._say_blocks(message, chat_help.listing(mine, prefix, hidden, self.engine.registry.actions))
             return
         named = chat_help.find(mine, rest) or self._typed(rest, mine)
         if len(named) == 1:
@@ -616,7 +633,8 @@ class Dispatcher:
         if not refs:
             await self.say(message, f"No commands match `{short(rest)}`.")
             return
-        blocks = chat_help.listing([a for a in mine if a.ref in refs], prefix, None)[:-1]
+        blocks = chat_help.listing([a for a in mine if a.ref in refs], prefix, None,
+                                   self.engine.registry.actions)[:-1]
         await self._say_blocks(message, [*blocks, f"`{prefix}help <pack.alias>` shows one in full."])
 
     def _typed(self, text: str, mine: list[Alias]) -> list[Alias]:
