@@ -314,6 +314,22 @@ def _update_statement(table: sa.Table, keys: tuple[str, ...], guarded: bool, ret
     return statement.returning(*table.c) if returning else statement
 
 
+def _trigger_instance_where(trigger: str | None, status: str | Sequence[str] | None) -> list[Any]:
+    where = [trigger_instances.c.trigger == trigger] if trigger else []
+    if isinstance(status, str):
+        where.append(trigger_instances.c.status == status)
+    elif status:
+        where.append(trigger_instances.c.status.in_(list(status)))
+    return where
+
+
+def _enforcement_where(rule: str | None, trigger_instance_id: str | None, execution_id: str | None) -> list[Any]:
+    columns = rule_enforcements.c
+    return [column == value for column, value in ((columns.rule, rule), (columns.trigger_instance_id,
+                                                                         trigger_instance_id),
+                                                  (columns.execution_id, execution_id)) if value]
+
+
 _KV_KEY = (kv_pairs.c.scope == sa.bindparam("scope")) & (kv_pairs.c.name == sa.bindparam("name"))
 _KV_GET = sa.select(kv_pairs).where(_KV_KEY)
 _KV_GET_LIVE = _KV_GET.where(sa.or_(kv_pairs.c.expire_at.is_(None), kv_pairs.c.expire_at > sa.bindparam("now")))
@@ -1427,32 +1443,46 @@ class Store:
 
     def trigger_instance_list(self, trigger: str | None = None, status: str | Sequence[str] | None = None,
                               limit: int = 50) -> list[dict[str, Any]]:
-        statement = sa.select(trigger_instances).order_by(trigger_instances.c.occurrence_time.desc(),
-                                                          trigger_instances.c.id.desc()).limit(limit)
-        if trigger:
-            statement = statement.where(trigger_instances.c.trigger == trigger)
-        if isinstance(status, str):
-            statement = statement.where(trigger_instances.c.status == status)
-        elif status:
-            statement = statement.where(trigger_instances.c.status.in_(list(status)))
-        with self._read() as conn:
-            return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
+        """Newest first."""
+        return self._newest(trigger_instances, _trigger_instance_where(trigger, status), limit)
+
+    def trigger_instance_page(self, trigger: str | None = None, status: str | Sequence[str] | None = None,
+                              limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """One page of `trigger_instance_list`, and how many there are in all (the API's `X-Total-Count`)."""
+        return self._newest_page(trigger_instances, _trigger_instance_where(trigger, status), limit, offset)
 
     def rule_enforcement_add(self, record: dict[str, Any]) -> None:
         self._insert(rule_enforcements, record)
 
     def rule_enforcement_list(self, rule: str | None = None, trigger_instance_id: str | None = None,
                               execution_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        statement = sa.select(rule_enforcements).order_by(rule_enforcements.c.enforced_at.desc(),
-                                                          rule_enforcements.c.id.desc()).limit(limit)
-        if rule:
-            statement = statement.where(rule_enforcements.c.rule == rule)
-        if trigger_instance_id:
-            statement = statement.where(rule_enforcements.c.trigger_instance_id == trigger_instance_id)
-        if execution_id:
-            statement = statement.where(rule_enforcements.c.execution_id == execution_id)
+        """Newest first."""
+        return self._newest(rule_enforcements, _enforcement_where(rule, trigger_instance_id, execution_id), limit)
+
+    def rule_enforcement_page(self, rule: str | None = None, trigger_instance_id: str | None = None,
+                              execution_id: str | None = None, limit: int = 50,
+                              offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """One page of `rule_enforcement_list`, and how many there are in all (the API's `X-Total-Count`)."""
+        return self._newest_page(rule_enforcements, _enforcement_where(rule, trigger_instance_id, execution_id),
+                                 limit, offset)
+
+    def _newest(self, table: sa.Table, where: list[Any], limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """Rows of a log table (`occurrence_time` or `enforced_at`, then id) newest first."""
         with self._read() as conn:
-            return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
+            return self._newest_rows(conn, table, where, limit, offset)
+
+    def _newest_page(self, table: sa.Table, where: list[Any], limit: int,
+                     offset: int) -> tuple[list[dict[str, Any]], int]:
+        counted = sa.select(sa.func.count()).select_from(table).where(*where)
+        with self._read() as conn:
+            return self._newest_rows(conn, table, where, limit, offset), int(conn.execute(counted).scalar_one())
+
+    @staticmethod
+    def _newest_rows(conn: sa.Connection, table: sa.Table, where: list[Any], limit: int,
+                     offset: int) -> list[dict[str, Any]]:
+        time = table.c.occurrence_time if table is trigger_instances else table.c.enforced_at
+        statement = sa.select(table).where(*where).order_by(time.desc(), table.c.id.desc()).limit(limit).offset(offset)
+        return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
 
     # -- API keys (hashes only) -----------------------------------------------------------------
     def api_key_add(self, record: dict[str, Any]) -> None:

@@ -146,6 +146,11 @@ class TriggerService:
     async def list(self, **filters: Any) -> list[dict[str, Any]]:
         return [public(r) for r in await self.db(self.db.store.trigger_instance_list, **filters)]
 
+    async def page(self, **filters: Any) -> tuple[list[dict[str, Any]], int]:
+        """One page (`limit`, `offset`) of what `filters` select, and how many they select in all."""
+        rows, total = await self.db(self.db.store.trigger_instance_page, **filters)
+        return [public(r) for r in rows], total
+
     async def re_emit(self, instance_id: str) -> dict[str, Any]:
         """A new instance with the same trigger and payload (StackStorm's re_emit)."""
         original = await self.get(instance_id)

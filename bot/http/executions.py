@@ -20,7 +20,7 @@ from sse_starlette import EventSourceResponse
 from bot.chat.commands import CommandRefused
 from bot.http.actions import action_public
 from bot.http.key_auth import request_user
-from bot.http.paging import ALL_ROWS, page_limit
+from bot.http.paging import ALL_ROWS, page_limit, tell_page
 from bot.http.runners import runner_public
 from bot.http.state import api_state
 from engine.actions import unapproved
@@ -108,9 +108,7 @@ async def list_executions(request: Request, response: Response, action: str | No
                "until": _timestamp("timestamp_lt", timestamp_lt)}
     records, total = await executions.page(limit=ALL_ROWS if limit is None else limit, offset=offset,
                                            oldest_first=sort_asc, **filters)
-    response.headers["X-Total-Count"] = str(total)
-    if limit is not None:
-        response.headers["X-Limit"] = str(limit)
+    tell_page(response, total, limit)
     return [_doc(request, r) for r in records]
 
 

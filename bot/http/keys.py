@@ -19,7 +19,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
 from bot.http.key_auth import acting_user, request_user
-from bot.http.paging import checked_limit
+from bot.http.paging import checked_limit, tell_page
 from bot.http.state import api_state
 from engine.crypto import CryptoError
 from engine.datastore import MAX_KEY_TTL as MAX_KEY_TTL  # re-exported by bot.http; `Datastore.set` checks it
@@ -100,9 +100,7 @@ async def list_keys(request: Request, response: Response, prefix: str | None = N
                                      offset=offset)
 
     total, items = await _datastore(squall, read, squall.datastore)
-    response.headers["X-Total-Count"] = str(total)
-    if page is not None:
-        response.headers["X-Limit"] = str(page)
+    tell_page(response, total, page)
     return [_shown(item, decrypt) for item in items]
 
 

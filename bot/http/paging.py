@@ -65,3 +65,10 @@ def page_limit(default: int, maximum: int) -> Callable[[int], int | None]:
         return checked_limit(limit)
 
     return limit
+
+
+def tell_page(response: Response, total: int, limit: int | None) -> None:
+    """The headers of a page of a list read in SQL: the whole count, and the limit unless it was `-1`."""
+    response.headers["X-Total-Count"] = str(total)
+    if limit is not None:
+        response.headers["X-Limit"] = str(limit)

@@ -13,11 +13,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 
 from bot.http.key_auth import request_user
-from bot.http.paging import ALL_ROWS, Paging, page_limit
+from bot.http.paging import ALL_ROWS, Paging, page_limit, tell_page
 from bot.http.state import api_state
+from engine.parameters import MAX_INTEGER
 from engine.rule_files import RuleFileError, set_rule_enabled
 from engine.rules import Rule, enforcement_public
 
@@ -93,11 +94,13 @@ async def update_rule(ref_or_id: str, request: Request, body: dict[str, Any] = B
 
 
 @router.get("/ruleenforcements", tags=["rules"])
-async def list_enforcements(request: Request, rule: str | None = None, trigger_instance: str | None = None,
-                            execution: str | None = None,
-                            limit: int | None = Depends(page_limit(50, 1000))) -> list[dict[str, Any]]:
+async def list_enforcements(request: Request, response: Response, rule: str | None = None,
+                            trigger_instance: str | None = None, execution: str | None = None,
+                            limit: int | None = Depends(page_limit(50, 1000)),
+                            offset: int = Query(0, ge=0, le=MAX_INTEGER)) -> list[dict[str, Any]]:
     """Newest first; `limit=-1` lists them all (`st2 rule-enforcement list -n -1`)."""
     squall = api_state(request).squall
-    rows = await squall.db(squall.store.rule_enforcement_list, rule, trigger_instance, execution,
-                           ALL_ROWS if limit is None else limit)
+    rows, total = await squall.db(squall.store.rule_enforcement_page, rule, trigger_instance, execution,
+                                  ALL_ROWS if limit is None else limit, offset)
+    tell_page(response, total, limit)
     return [enforcement_public(row) for row in rows]

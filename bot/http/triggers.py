@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
-from bot.http.paging import ALL_ROWS, Paging, page_limit
+from bot.http.paging import ALL_ROWS, Paging, page_limit, tell_page
 from bot.http.state import api_state
+from engine.parameters import MAX_INTEGER
 
 router = APIRouter()
 
@@ -22,11 +23,14 @@ async def list_trigger_types(request: Request, response: Response,
 
 
 @router.get("/triggerinstances", tags=["triggers"])
-async def list_trigger_instances(request: Request, trigger: str | None = None, status: str | None = None,
-                                 limit: int | None = Depends(page_limit(50, 1000))) -> list[dict[str, Any]]:
+async def list_trigger_instances(request: Request, response: Response, trigger: str | None = None,
+                                 status: str | None = None, limit: int | None = Depends(page_limit(50, 1000)),
+                                 offset: int = Query(0, ge=0, le=MAX_INTEGER)) -> list[dict[str, Any]]:
     """Newest first; `limit=-1` lists them all (`st2 trigger-instance list -n -1`)."""
-    return await api_state(request).squall.triggers.list(trigger=trigger, status=status,
-                                                         limit=ALL_ROWS if limit is None else limit)
+    records, total = await api_state(request).squall.triggers.page(
+        trigger=trigger, status=status, limit=ALL_ROWS if limit is None else limit, offset=offset)
+    tell_page(response, total, limit)
+    return records
 
 
 @router.get("/triggerinstances/{instance_id}", tags=["triggers"])
