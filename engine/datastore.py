@@ -52,6 +52,17 @@ def check_ttl(ttl: Any) -> int | None:
     return ttl
 
 
+def owner(user: str | None) -> str:
+    """The user of user-scoped keys, checked: their keys are stored as `<user>:<name>` and read back by the
+    first `:`, so a user named `a:b` would read and write user `a`'s keys named `b:...`."""
+    if not user:
+        raise DatastoreError("a user-scoped key needs a user")
+    if ":" in user:
+        raise DatastoreError(f"user '{user}' cannot have user-scoped keys: a user name with ':' would name "
+                             "another user's keys (they are stored as <user>:<name>)")
+    return user
+
+
 def check_key(name: Any, *, scope: str | None = "system", user: str | None = None,
               ttl: Any = None) -> tuple[str, str, int | None]:
     """Everything `Datastore.set` checks before it writes: the scope, the name (a non-empty string whose
@@ -86,9 +97,7 @@ class Datastore:
     def stored_name(name: str, scope: str, user: str | None) -> str:
         """The name a pair is stored under: `<user>:<name>` in the user scope, as StackStorm stores it."""
         if scope == "user":
-            if not user:
-                raise DatastoreError("a user-scoped key needs a user")
-            return f"{user}:{name}"
+            return f"{owner(user)}:{name}"
         return name
 
     def _public(self, record: dict[str, Any], decrypt: bool, strict: bool = True) -> dict[str, Any]:
@@ -223,12 +232,14 @@ class Datastore:
         With `user`, the user-scoped pairs are only that user's (with scope "all": the system keys and
         their own, never another user's); without, every user's (an administrator's view)."""
         scope = None if scope in (None, "all") else normalise_scope(scope)
+        user = owner(user) if user is not None else None
         records = self.store.kv_list(scope, None, utcnow(), limit, offset=offset, name_prefix=prefix, user=user)
         return [self._public(r, decrypt, strict=False) for r in records]
 
     def count(self, *, prefix: str | None = None, scope: str | None = "system", user: str | None = None) -> int:
         """How many pairs `list` with the same arguments and no limit returns (the API's `X-Total-Count`)."""
         scope = None if scope in (None, "all") else normalise_scope(scope)
+        user = owner(user) if user is not None else None
         return self.store.kv_count(scope, utcnow(), name_prefix=prefix, user=user)
 
     def purge_expired(self) -> int:

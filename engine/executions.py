@@ -334,7 +334,8 @@ class ExecutionService:
         return {
             "st2kv": {
                 "system": KVNamespace(lambda key: lookup("system", key), label="st2kv.system"),
-                "user": KVNamespace(lambda key: lookup("user", f"{user}:{key}"), label="st2kv.user"),
+                "user": KVNamespace(lambda key: lookup("user", Datastore.stored_name(key, "user", user))
+                                    if user else None, label="st2kv.user"),
             },
             "action_context": dict(context),
             "config_context": dict(pack_config),

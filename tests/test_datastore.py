@@ -511,3 +511,21 @@ async def test_python_action_service_pages_through_values(home: Path, config: Co
         assert "hidden-value" not in (await app.db(app.datastore.get, "kvpy.Lister:pw"))["value"]
     finally:
         await app.close()
+
+
+def test_a_user_name_with_a_colon_owns_no_user_scoped_keys(keyring: KeyRing, tmp_path: Path) -> None:
+    """User-scoped keys are stored as `<user>:<name>` and read back by the first `:`: a user `a:b` would
+    have read and overwritten user `a`'s key `b:x`. Such a name gets a clear error, and `a`'s key is safe."""
+    store = Store.open(f"sqlite:///{tmp_path / 'colon.db'}")
+    try:
+        datastore = Datastore(store, keyring)
+        datastore.set("b:x", "a-secret", scope="user", user="a", encrypt=True)
+        for attempt in (lambda: datastore.get("x", scope="user", user="a:b", decrypt=True),
+                        lambda: datastore.set("x", "overwritten", scope="user", user="a:b"),
+                        lambda: datastore.delete("x", scope="user", user="a:b"),
+                        lambda: datastore.list(scope="user", user="a:b", decrypt=True)):
+            with pytest.raises(DatastoreError, match="user name with ':'"):
+                attempt()
+        assert datastore.get("b:x", scope="user", user="a", decrypt=True)["value"] == "a-secret"
+    finally:
+        store.close()
