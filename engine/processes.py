@@ -162,6 +162,28 @@ def _processes() -> Iterator[tuple[int, str, int]]:
                 yield int(name), fields[0], int(fields[2])
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid`, from /proc's children lists (empty where the kernel keeps none):
+    a sensor's helpers in other process groups, which a sensor process adopts as their subreaper
+    (engine/compat/squall_sensor.py has the same walk, without Squall's imports)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                children = [int(child) for child in Path(f"/proc/{parent}/task/{thread}/children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(children)
+            todo.extend(children)
+    return found
+
+
 def _group_members(pgid: int) -> list[int]:
     return [pid for pid, state, group in _processes() if group == pgid and state not in ("Z", "X")]
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from engine.metrics import metrics
 from engine.packs import Registry, sensor_trigger_types
-from engine.processes import LEDGER, kill_group, start_time
+from engine.processes import LEDGER, descendants, kill_group, start_time
 from engine.runners import RunAs
 from engine.runners.python import COMPAT_PATH, spawn_pack_process
 from engine.triggers import TriggerError
@@ -251,6 +251,10 @@ class SensorContainer:
                 await asyncio.wait_for(process.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
             except TimeoutError:
                 log.warning("sensor %s did not stop within %gs; killing it", running.spec.ref, self.stop_timeout)
+                # Its helpers in other groups first, found while the sensor lives to have them as descendants.
+                for pid in await asyncio.to_thread(descendants, process.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)  # not waited for yet: the pid is still its own
                 await process.wait()

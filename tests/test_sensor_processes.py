@@ -29,7 +29,11 @@ PIDS = {pids!r}
 
 class Spawner(Sensor):
     def setup(self):
-        helper = subprocess.Popen(["sleep", "300"])  # inherits the sensor's stdout and stderr
+        if {escape!r}:  # helpers outside the sensor's process group: one in a session of its own, one daemonised
+            helper = subprocess.Popen(["sleep", "300"], start_new_session=True)
+            subprocess.run(["sh", "-c", "setsid sleep 300 > /dev/null 2>&1 & echo $! >> " + PIDS], check=True)
+        else:
+            helper = subprocess.Popen(["sleep", "300"])  # inherits the sensor's stdout and stderr
         with open(PIDS, "a") as f:
             f.write("%d\\n" % helper.pid)
 
@@ -132,7 +136,7 @@ def pids_in(path: Path) -> list[int]:
     return [int(line) for line in path.read_text().split()] if path.exists() else []
 
 
-def spawner_pack(home: Path, *, crash: bool) -> Path:
+def spawner_pack(home: Path, *, crash: bool, escape: bool = False) -> Path:
     pack = make_pack(home, {})
     write(pack / "sensors" / "spawner.yaml", """
         class_name: Spawner
@@ -141,7 +145,7 @@ def spawner_pack(home: Path, *, crash: bool) -> Path:
           - name: spawned
     """)
     pids = home / "helpers.pids"
-    (pack / "sensors" / "spawner.py").write_text(SPAWNER.format(pids=str(pids), crash=crash))
+    (pack / "sensors" / "spawner.py").write_text(SPAWNER.format(pids=str(pids), crash=crash, escape=escape))
     return pids
 
 
@@ -152,22 +156,27 @@ def kill_left(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-async def test_a_crashed_sensor_whose_helper_holds_its_output_is_restarted_and_its_helper_killed(home: Path) -> None:
+@pytest.mark.parametrize("escape", [False, True], ids=["in-its-group", "left-its-group"])
+async def test_a_crashed_sensor_whose_helper_holds_its_output_is_restarted_and_its_helper_killed(
+        home: Path, escape: bool) -> None:
     """The helper keeps the sensor's stdout open after the sensor died: the container still sees
-    the sensor's exit, restarts it, and kills the helper with the sensor's process group."""
-    pids = spawner_pack(home, crash=True)
+    the sensor's exit, restarts it, and kills the helper with the sensor's process group. Helpers that
+    left the group (a session of their own, a daemon forked twice) go too: the sensor process is
+    their subreaper and kills what is left as it ends."""
+    pids = spawner_pack(home, crash=True, escape=escape)
+    per_run = 2 if escape else 1
     squall = await started(home)
     try:
         await run_sensors(squall)
 
         async def restarted() -> bool:
-            return len(pids_in(pids)) >= 3
+            return len(pids_in(pids)) >= 3 * per_run
 
         assert await eventually(restarted), f"the crashed sensor was not restarted: helpers {pids_in(pids)}"
-        first = pids_in(pids)[0]
+        first = pids_in(pids)[:per_run]
 
         async def first_helper_gone() -> bool:
-            return not alive(first)
+            return not any(alive(pid) for pid in first)
 
         assert await eventually(first_helper_gone), "the helper of the first, crashed run was left running"
         exits = await squall.triggers.list(trigger="core.st2.sensor.process_exit")
@@ -179,21 +188,23 @@ async def test_a_crashed_sensor_whose_helper_holds_its_output_is_restarted_and_i
     assert left == [], "helpers of the sensor outlived the service's stop"
 
 
-async def test_a_sensor_helper_does_not_outlive_the_stop_of_its_sensor(home: Path,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("escape", [False, True], ids=["in-its-group", "left-its-group"])
+async def test_a_sensor_helper_does_not_outlive_the_stop_of_its_sensor(home: Path, caplog: pytest.LogCaptureFixture,
+                                                                       escape: bool) -> None:
     """The sensor leaves when asked; the helper holding its output does not make it look hung (it
-    is not reported, nor killed, as one that would not stop), and goes with the sensor's group."""
-    pids = spawner_pack(home, crash=False)
+    is not reported, nor killed, as one that would not stop), and goes with the sensor's group.
+    Helpers that left the group (`setsid`, `start_new_session`, a daemon) go as well."""
+    pids = spawner_pack(home, crash=False, escape=escape)
     caplog.set_level(logging.WARNING, logger="engine.sensors")
     squall = await started(home)
     try:
         await run_sensors(squall)
 
-        async def helper_started() -> list[int]:
-            return pids_in(pids)
+        async def helpers_started() -> list[int]:
+            return pids_in(pids) if len(pids_in(pids)) == (2 if escape else 1) else []
 
-        (helper,) = await eventually(helper_started)
-        assert alive(helper)
+        helpers = await eventually(helpers_started)
+        assert all(alive(helper) for helper in helpers)
     finally:
         await squall.close()
     left = [pid for pid in pids_in(pids) if alive(pid)]
@@ -581,3 +592,37 @@ async def test_sensors_ignoring_sigterm_all_get_it_before_any_is_killed(home: Pa
         logger.removeHandler(watch)
         await squall.close()
         kill_left([int(line.split()[1]) for line in noted(ready) if line])
+
+
+async def test_a_stubborn_sensors_helpers_outside_its_group_are_killed_with_it(home: Path) -> None:
+    """A sensor that ignores SIGTERM is killed at the stop timeout; its helpers that left its process
+    group (a session of their own, a daemon forked twice) are found as its descendants (it is their
+    subreaper) and killed with it: killing the group missed them."""
+    pack = make_pack(home, {})
+    ready, terms, pids = home / "ready.txt", home / "terms.txt", home / "helpers.pids"
+    code = STUBBORN.format(name="Stubborn", ready=str(ready), terms=str(terms)).replace(
+        "    def run(self):\n",
+        "    def run(self):\n"
+        "        import subprocess\n"
+        f"        helper = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+        f"        _note({str(pids)!r}, str(helper.pid))\n"
+        f"        subprocess.run(['sh', '-c', 'setsid sleep 300 > /dev/null 2>&1 & echo $! >> {pids}'], check=True)\n")
+    add_sensor(pack, "Stubborn", code)
+    squall = await started(home)
+    try:
+        sensors_for(squall, stop_timeout=1.0)
+        await squall.sync_sensors()
+
+        async def helpers_started() -> list[int]:
+            return pids_in(pids) if len(pids_in(pids)) == 2 else []
+
+        helpers = await eventually(helpers_started)
+        assert all(alive(pid) for pid in helpers)
+        await squall.sensors.stop()
+        assert noted(terms)[0] == "Stubborn"  # it was asked, ignored it, and was killed
+        left = [pid for pid in helpers if alive(pid)]
+    finally:
+        await squall.close()
+        kill_left(pids_in(pids))
+        kill_left([int(line.split()[1]) for line in noted(ready) if line])
+    assert left == [], "helpers outside the stubborn sensor's group outlived its kill"

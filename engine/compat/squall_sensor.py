@@ -8,10 +8,17 @@ calls the sensor's methods one at a time, in order. The reader itself never runs
 a callback may call the datastore (`sensor_service.get_value`) and still get its answer. SIGTERM
 (or the parent going away) runs `cleanup()` and exits. Standard library only: it runs under the
 pack's virtualenv interpreter.
+
+The process is the subreaper of everything its sensor starts (Linux's PR_SET_CHILD_SUBREAPER): a
+helper that leaves the sensor's process group (`setsid`, `start_new_session`), even one that daemonises
+by forking twice, stays its descendant instead of becoming init's. So when the sensor ends, after
+`cleanup()`, every descendant left is killed, and Squall's supervisor finds them all to kill when the
+sensor ignores SIGTERM; killing the process group alone missed them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import logging
@@ -23,10 +30,11 @@ import threading
 from typing import Any
 
 import squall_paths
-from squall_worker import ActionService, Channel, ConfigDict, load_module
+from squall_worker import ActionService, Channel, ConfigDict, load_module, prctl
 from st2reactor.sensor.base import BaseSensor, PollingSensor
 
 log = logging.getLogger("squall.sensor")
+_PR_SET_CHILD_SUBREAPER = 36
 TRIGGER_CALLBACKS = ("add_trigger", "update_trigger", "remove_trigger")
 
 
@@ -148,7 +156,39 @@ def _call_back(sensor: BaseSensor, callbacks: queue.SimpleQueue[dict[str, Any]],
             log.exception("%s failed in the sensor", op)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid`, from /proc's children lists (empty where the kernel keeps none).
+    Squall's supervisor has the same walk (`engine.processes.descendants`): this file imports nothing
+    of Squall's engine, as it runs under the pack's interpreter."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                with open(f"/proc/{parent}/task/{thread}/children") as f:
+                    children = [int(child) for child in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(children)
+            todo.extend(children)
+    return found
+
+
+def _end_descendants() -> None:
+    """Kill what the sensor started and left, its own process group's or not (see the module's docstring)."""
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def main() -> None:
+    if prctl is not None:
+        prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
     squall_paths.install_from_environment()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -177,6 +217,7 @@ def main() -> None:
             sensor.cleanup()
         except Exception:
             log.exception("cleanup() failed")
+        _end_descendants()
         sys.stdout.flush()
         sys.stderr.flush()
 
