@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from bot.http import (
     actions,
     alias_execution,
+    apikeys,
     aliases,
     executions,
     health,
@@ -23,6 +24,7 @@ from bot.http import (
     packs,
     rules,
     runners,
+    stream,
     tokens,
     triggers,
     user,
@@ -44,7 +46,8 @@ AUTH_PREFIX = "/auth/v1"
 STREAM_PREFIX = "/stream/v1"
 #: Routers under `API_PREFIX` whose every route needs an API key, in the order they are matched.
 KEYED_ROUTERS = (actions.router, runners.router, packs.router, executions.router, aliases.router,
-                 alias_execution.router, rules.router, triggers.router, keys.router, inquiries.router, user.router)
+                 alias_execution.router, rules.router, triggers.router, keys.router, inquiries.router, user.router,
+                 apikeys.router)
 
 
 async def openapi(request: Request) -> dict[str, Any]:
@@ -76,6 +79,7 @@ def create_api(squall: Squall) -> FastAPI:
     for router in KEYED_ROUTERS:
         app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(require_key)])
     app.include_router(executions.stream_router, prefix=STREAM_PREFIX, dependencies=[Depends(require_key)])
+    app.include_router(stream.router, prefix=STREAM_PREFIX, dependencies=[Depends(require_key)])
     app.include_router(webhooks.router, prefix=API_PREFIX)
     app.include_router(tokens.router, prefix=AUTH_PREFIX)
     mount_web(app)
