@@ -14,8 +14,8 @@ from fastapi import Depends, FastAPI, Request
 from bot.http import (
     actions,
     alias_execution,
-    apikeys,
     aliases,
+    apikeys,
     executions,
     health,
     inquiries,
