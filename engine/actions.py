@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -59,6 +60,14 @@ class Action:
         return f"{self.pack}.{self.name}"
 
     @property
+    def id(self) -> str:
+        """StackStorm's `id` of the action (st2client updates, deletes, enables and disables an action at
+        `/actions/{id}` after reading it): 24 hex digits derived from the ref, as a rule's
+        (`engine.rules.rule_id`), so every process and restart shows the same one. An action is its pack
+        file here, with no row to number; an `id:` written in that file is not used."""
+        return action_id(self.ref)
+
+    @property
     def entry_path(self) -> Path | None:
         return (self.pack_path / "actions" / self.entry_point) if self.entry_point else None
 
@@ -73,6 +82,7 @@ class Action:
     def summary(self) -> dict[str, Any]:
         """The record shown by `squall action list/get --json` and the API."""
         return {
+            "id": self.id,
             "ref": self.ref,
             "name": self.name,
             "pack": self.pack,
@@ -86,6 +96,11 @@ class Action:
             "output_schema": self.output_schema,
             "metadata_file": self.metadata_file,
         }
+
+
+def action_id(ref: str) -> str:
+    """The `id` of the action `ref` (`Action.id`)."""
+    return hashlib.sha256(f"action:{ref}".encode()).hexdigest()[:24]
 
 
 NOTIFY_SECTIONS = ("on-complete", "on-success", "on-failure")

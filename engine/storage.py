@@ -1459,6 +1459,11 @@ class Store:
         """Newest first."""
         return self._newest(rule_enforcements, _enforcement_where(rule, trigger_instance_id, execution_id), limit)
 
+    def rule_enforcement_get(self, enforcement_id: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            return _row(conn.execute(sa.select(rule_enforcements)
+                                     .where(rule_enforcements.c.id == enforcement_id)).first())
+
     def rule_enforcement_page(self, rule: str | None = None, trigger_instance_id: str | None = None,
                               execution_id: str | None = None, limit: int = 50,
                               offset: int = 0) -> tuple[list[dict[str, Any]], int]:

@@ -152,9 +152,14 @@ class TriggerService:
         return [public(r) for r in rows], total
 
     async def re_emit(self, instance_id: str) -> dict[str, Any]:
-        """A new instance with the same trigger and payload (StackStorm's re_emit)."""
+        """A new instance with the same trigger and payload (StackStorm's re_emit). As StackStorm's, a
+        mapping payload gets `__context: {original_id: <instance_id>}` (replacing one an earlier re-emit
+        set), so rules and their actions can tell a re-sent event from the original (`trigger.__context`)."""
         original = await self.get(instance_id)
-        return await self.dispatch(original["trigger"], original["payload"], trace_tag=original["trace_tag"],
+        payload = original["payload"]
+        if isinstance(payload, dict):
+            payload = {**payload, "__context": {"original_id": instance_id}}
+        return await self.dispatch(original["trigger"], payload, trace_tag=original["trace_tag"],
                                    parameters=original["trigger_parameters"], validate=False)
 
     async def recover(self) -> int:

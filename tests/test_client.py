@@ -406,7 +406,7 @@ async def test_async_rules_triggers_and_enforcements(service: Service) -> None:
         assert ran.stdout == "hello number 7"
 
         again = await client.triggers.re_emit(fired.id)
-        assert again.id != fired.id and again.payload == {"n": 7}
+        assert again.id != fired.id and again.payload == {"n": 7, "__context": {"original_id": fired.id}}
         assert (await client.triggers.instance(again.id)).trigger == "clt.event"
         with pytest.raises(ApiError) as unknown:
             await client.triggers.re_emit("nope")

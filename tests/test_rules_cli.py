@@ -81,7 +81,8 @@ def test_trigger_emit_instances_and_enforcements(home: Path) -> None:
     got = json.loads(squall(home, "trigger-instance", "get", instance["id"], "--json").stdout)
     assert got["enforcements"][0]["rule"]["ref"] == "demo.alert"
     again = json.loads(squall(home, "trigger-instance", "re-emit", instance["id"], "--json").stdout)
-    assert again["id"] != instance["id"] and again["payload"] == instance["payload"]
+    assert again["id"] != instance["id"]
+    assert again["payload"] == {**instance["payload"], "__context": {"original_id": instance["id"]}}
     assert len(json.loads(squall(home, "rule-enforcement", "list", "--json").stdout)) == 2
 
     assert squall(home, "trigger-instance", "get", "nope").returncode == 2

@@ -1,4 +1,9 @@
-"""`/api/v1/actions`: the registry's actions, with secret parameters' defaults masked."""
+"""`/api/v1/actions`: the registry's actions, with secret parameters' defaults masked.
+
+An action is addressed by its ref or its `id` (`Action.id`, derived from the ref), as StackStorm's
+`/actions/{ref_or_id}`. Actions are pack content in Squall, kept in their packs' metadata files, so
+`st2 action create|update|delete|enable|disable` are answered with what to edit instead: `POST /actions`
+is a 405 and `PUT`/`DELETE /actions/{ref_or_id}` a 409 naming the action's file."""
 
 from __future__ import annotations
 
@@ -8,10 +13,14 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from bot.http.paging import Paging
 from bot.http.state import api_state
+from engine.actions import Action
 from engine.packs import UnknownAction
 from engine.parameters import MASK
 
 router = APIRouter()
+#: What `squall serve` does with a changed pack file, said where an API write to an action is refused.
+_RELOADED = ("squall serve reloads the packs when their files change (`squall pack reload` checks them "
+             "and lists what did not load)")
 
 
 def action_public(action: Any) -> dict[str, Any]:
@@ -30,9 +39,64 @@ async def list_actions(request: Request, response: Response, pack: str | None = 
     return [action_public(a) for a in paging.page([a for a in actions if pack in (None, a.pack)], response)]
 
 
-@router.get("/actions/{ref}", tags=["actions"])
-async def get_action(ref: str, request: Request) -> dict[str, Any]:
+def _find_action(request: Request, ref_or_id: str) -> Action:
+    """The loaded action `ref_or_id` names (its ref or its `id`), disabled ones included, as StackStorm
+    shows them (`st2 action enable` reads the action first); 404 naming the nearest refs."""
+    registry = api_state(request).squall.registry
+    action = registry.actions.get(ref_or_id) or next(
+        (a for a in registry.actions.values() if a.id == ref_or_id), None)
+    if action is not None:
+        return action
     try:
-        return action_public(api_state(request).squall.registry.action(ref))
+        registry.action(ref_or_id)  # only for its message, which names the nearest refs
     except UnknownAction as exc:
         raise HTTPException(404, str(exc)) from exc
+    raise HTTPException(404, f'Action "{ref_or_id}" is not loaded; GET /api/v1/actions lists the actions.')
+
+
+@router.get("/actions/{ref_or_id}", tags=["actions"])
+async def get_action(ref_or_id: str, request: Request) -> dict[str, Any]:
+    return action_public(_find_action(request, ref_or_id))
+
+
+@router.post("/actions", tags=["actions"])
+async def create_action() -> None:
+    """StackStorm's action create (`st2 action create FILE`): refused, since Squall keeps no action the API
+    could store; the answer says where an action is written instead."""
+    raise HTTPException(405, "Actions are not created through the API in Squall: they are kept in pack files. "
+                             "Write the action's metadata file (actions/<name>.yaml, with its entry point) in a "
+                             f"pack of your own; {_RELOADED}. `squall pack install <folder|git url>` installs a "
+                             "new pack.", headers={"Allow": "GET"})
+
+
+def _shipped(request: Request, action: Action) -> bool:
+    """Whether `action` belongs to a pack shipped with Squall (core, chatops, squall), whose files are Squall's."""
+    pack = api_state(request).squall.registry.packs.get(action.pack)
+    return pack is None or pack.system
+
+
+_SHIPPED = ("it belongs to a pack shipped with Squall, whose files are not changed: write the action you want "
+            "in a pack of your own")
+
+
+@router.put("/actions/{ref_or_id}", tags=["actions"])
+async def update_action(ref_or_id: str, request: Request) -> None:
+    """StackStorm's action update, as `st2 action update|enable|disable` send it: refused (409) with the
+    action's metadata file to edit, or 404 for an action that is not loaded."""
+    action = _find_action(request, ref_or_id)
+    instead = _SHIPPED if _shipped(request, action) else (
+        f"edit {action.metadata_file} instead (`enabled: false` there disables it)")
+    raise HTTPException(409, f"Action {action.ref} cannot be changed through the API in Squall, where actions are "
+                             f"kept in pack files: {instead}; {_RELOADED}.")
+
+
+@router.delete("/actions/{ref_or_id}", tags=["actions"])
+async def delete_action(ref_or_id: str, request: Request) -> None:
+    """StackStorm's action delete: refused (409, never 404 for a loaded action: st2client takes a 404 for
+    a delete done) with the action's metadata file to remove."""
+    action = _find_action(request, ref_or_id)
+    instead = _SHIPPED if _shipped(request, action) else (
+        f"remove {action.metadata_file} (and its entry point) from pack {action.pack}, or the whole pack with "
+        f"`squall pack remove {action.pack}`")
+    raise HTTPException(409, f"Action {action.ref} cannot be deleted through the API in Squall, where actions are "
+                             f"kept in pack files: {instead}; {_RELOADED}.")

@@ -104,3 +104,14 @@ async def list_enforcements(request: Request, response: Response, rule: str | No
                                   ALL_ROWS if limit is None else limit, offset)
     tell_page(response, total, limit)
     return [enforcement_public(row) for row in rows]
+
+
+@router.get("/ruleenforcements/{enforcement_id}", tags=["rules"])
+async def get_enforcement(enforcement_id: str, request: Request) -> dict[str, Any]:
+    """One enforcement by its id (`st2 rule-enforcement get ID`)."""
+    squall = api_state(request).squall
+    found = await squall.db(squall.store.rule_enforcement_get, enforcement_id)
+    if found is None:
+        raise HTTPException(404, f'Rule enforcement "{enforcement_id}" not found; GET /api/v1/ruleenforcements '
+                                 "lists them, newest first.")
+    return enforcement_public(found)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -17,9 +18,25 @@ router = APIRouter()
 async def list_trigger_types(request: Request, response: Response,
                              paging: Paging = Depends()) -> list[dict[str, Any]]:
     types = sorted(api_state(request).squall.registry.trigger_types.items())
-    return [{"ref": t.ref, "name": t.name, "pack": t.pack, "description": t.description,
-             "payload_schema": t.payload_schema, "parameters_schema": t.parameters_schema}
-            for _ref, t in paging.page(types, response)]
+    return [_trigger_type_public(t) for _ref, t in paging.page(types, response)]
+
+
+def _trigger_type_public(trigger_type: Any) -> dict[str, Any]:
+    return {"ref": trigger_type.ref, "name": trigger_type.name, "pack": trigger_type.pack,
+            "description": trigger_type.description, "payload_schema": trigger_type.payload_schema,
+            "parameters_schema": trigger_type.parameters_schema}
+
+
+@router.get("/triggertypes/{ref}", tags=["triggers"])
+async def get_trigger_type(ref: str, request: Request) -> dict[str, Any]:
+    """One trigger type by its ref (`st2 trigger get core.st2.webhook`); 404 naming the nearest refs."""
+    types = api_state(request).squall.registry.trigger_types
+    found = types.get(ref)
+    if found is None:
+        near = difflib.get_close_matches(ref, list(types), n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else "; GET /api/v1/triggertypes lists them."
+        raise HTTPException(404, f'Trigger type "{ref}" is not registered{hint}')
+    return _trigger_type_public(found)
 
 
 @router.get("/triggerinstances", tags=["triggers"])
@@ -41,9 +58,14 @@ async def get_trigger_instance(instance_id: str, request: Request) -> dict[str, 
         raise HTTPException(404, str(exc)) from exc
 
 
-@router.post("/triggerinstances/{instance_id}/re_emit", status_code=201, tags=["triggers"])
+@router.post("/triggerinstances/{instance_id}/re_emit", tags=["triggers"])
 async def re_emit(instance_id: str, request: Request) -> dict[str, Any]:
+    """StackStorm's re_emit: 200 with its `message` (which `st2 trigger-instance re-emit` prints) and the new
+    instance's `payload` (`__context.original_id` names the instance sent again), and the new instance's
+    other fields beside them, as Squall's clients read it."""
     try:
-        return await api_state(request).squall.triggers.re_emit(instance_id)
+        emitted = await api_state(request).squall.triggers.re_emit(instance_id)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from exc
+    # StackStorm's words, its spelling included: scripts match on them.
+    return {**emitted, "message": f"Trigger instance {instance_id} succesfully re-sent."}

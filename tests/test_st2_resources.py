@@ -1,0 +1,177 @@
+"""st2client's resource verbs beyond reading lists: actions by id and the writes Squall refuses with what to do
+instead (actions live in pack files), `st2 pack install|remove|register|search`, `st2 apikey ...` (read from
+the stored keys, managed by `squall apikey`), `st2 trigger get`, `st2 rule-enforcement get` and
+`st2 trigger-instance re-emit`. The real `st2` CLI drives the API in test_st2_cli.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bot.apikeys import create_key
+from bot.app import Squall
+from bot.http import create_api
+from engine.actions import action_id
+from engine.config import load_config
+from engine.executions import new_id
+from engine.parameters import MASK
+from engine.storage import utcnow
+from tests.test_api import KEY, _home
+
+
+@pytest.fixture
+async def squall(home: Path) -> AsyncIterator[Squall]:
+    app = await Squall.start(load_config(_home(home) / "config.yml"))
+    try:
+        yield app
+    finally:
+        await app.triggers.settle()
+        await app.rules.settle()
+        await app.close()
+
+
+def _client(squall: Squall, key: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(squall)), base_url="http://squall",
+                             headers={"St2-Api-Key": key})
+
+
+@pytest.fixture
+async def client(squall: Squall) -> AsyncIterator[httpx.AsyncClient]:
+    async with _client(squall, KEY) as c:
+        yield c
+
+
+# -- actions -------------------------------------------------------------------------------------------
+
+async def test_actions_have_a_stable_id_and_are_read_by_ref_or_id(client: httpx.AsyncClient) -> None:
+    listed = {a["ref"]: a for a in (await client.get("/api/v1/actions", params={"pack": "demo"})).json()}
+    greet = listed["demo.greet"]
+    assert greet["id"] == action_id("demo.greet") and len(greet["id"]) == 24
+    assert greet["id"] != listed["demo.slow"]["id"]
+    by_id = (await client.get(f"/api/v1/actions/{greet['id']}")).json()
+    assert by_id == (await client.get("/api/v1/actions/demo.greet")).json() == greet
+
+
+async def test_a_disabled_action_is_still_read(squall: Squall, client: httpx.AsyncClient) -> None:
+    """`st2 action enable` reads the action first: a disabled one must be found, showing `enabled: false`."""
+    squall.registry.actions["demo.slow"].enabled = False
+    got = await client.get(f"/api/v1/actions/{action_id('demo.slow')}")
+    assert got.status_code == 200 and got.json()["enabled"] is False
+
+
+async def test_action_writes_are_refused_naming_the_file_to_edit(squall: Squall, client: httpx.AsyncClient) -> None:
+    greet = (await client.get("/api/v1/actions/demo.greet")).json()
+    file = squall.registry.actions["demo.greet"].metadata_file
+    created = await client.post("/api/v1/actions", json={"name": "made", "pack": "demo",
+                                                         "runner_type": "local-shell-cmd"})
+    assert created.status_code == 405 and created.headers["allow"] == "GET"
+    assert "pack files" in created.json()["faultstring"] and "actions/<name>.yaml" in created.json()["faultstring"]
+    for ref_or_id in ("demo.greet", greet["id"]):
+        updated = await client.put(f"/api/v1/actions/{ref_or_id}", json={**greet, "enabled": False})
+        assert updated.status_code == 409 and file in updated.json()["faultstring"]
+        assert "enabled: false" in updated.json()["faultstring"]
+        deleted = await client.delete(f"/api/v1/actions/{ref_or_id}")
+        assert deleted.status_code == 409 and file in deleted.json()["faultstring"]
+        assert "squall pack remove demo" in deleted.json()["faultstring"]
+    assert squall.registry.actions["demo.greet"].enabled is True  # nothing was changed
+    shipped = await client.delete("/api/v1/actions/core.local")
+    assert shipped.status_code == 409 and "shipped with Squall" in shipped.json()["faultstring"]
+    assert (await client.put("/api/v1/actions/demo.nope", json={})).status_code == 404
+
+
+# -- packs ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("path", "body", "status", "says"), [
+    ("/api/v1/packs/install", {"packs": ["aws"], "force": False, "skip_dependencies": False}, 405,
+     "squall pack install <folder|git url>"),
+    ("/api/v1/packs/uninstall", {"packs": ["demo"]}, 405, "squall pack remove <pack>"),
+    ("/api/v1/packs/register", {"packs": ["demo"]}, 405, "squall pack reload"),
+    ("/api/v1/packs/index/search", {"query": "aws"}, 404, "squall pack install <git url>"),
+    ("/api/v1/packs/index/search", {"pack": "aws"}, 404, "no pack index"),
+])
+async def test_pack_management_points_to_the_squall_cli(client: httpx.AsyncClient, path: str, body: dict,
+                                                        status: int, says: str) -> None:
+    answered = await client.post(path, json=body)
+    assert answered.status_code == status and says in answered.json()["faultstring"]
+
+
+# -- API keys ------------------------------------------------------------------------------------------
+
+async def test_apikeys_are_listed_and_read_without_their_secret(squall: Squall, client: httpx.AsyncClient) -> None:
+    alice_key, alice = create_key(squall.store, "alice")
+    bob_key, bob = create_key(squall.store, "bob")
+    listed = await client.get("/api/v1/apikeys")
+    assert listed.status_code == 200
+    assert [(k["id"], k["user"], k["enabled"]) for k in listed.json()] == [(alice["id"], "alice", True),
+                                                                            (bob["id"], "bob", True)]
+    assert all(k["key_hash"] == MASK and k["created_at"].endswith("Z") for k in listed.json())
+    assert alice_key not in listed.text and bob_key not in listed.text
+    assert [k["user"] for k in (await client.get("/api/v1/apikeys", params={"user": "bob"})).json()] == ["bob"]
+    by_id = (await client.get(f"/api/v1/apikeys/{alice['id']}")).json()
+    by_key = (await client.get(f"/api/v1/apikeys/{alice_key}")).json()
+    assert by_id == by_key == listed.json()[0]
+    assert alice_key not in str(by_key)
+    missing = await client.get("/api/v1/apikeys/nope")
+    assert missing.status_code == 404 and "nope" not in missing.json()["faultstring"]  # it may be a key
+    # A stored key speaks for its user, and sees that user's keys only.
+    async with _client(squall, alice_key) as as_alice:
+        assert [k["user"] for k in (await as_alice.get("/api/v1/apikeys")).json()] == ["alice"]
+        assert (await as_alice.get(f"/api/v1/apikeys/{bob['id']}")).status_code == 404
+
+
+async def test_apikey_changes_point_to_the_squall_cli(squall: Squall, client: httpx.AsyncClient) -> None:
+    _key, alice = create_key(squall.store, "alice")
+    for method, path in (("POST", "/api/v1/apikeys"), ("PUT", f"/api/v1/apikeys/{alice['id']}"),
+                         ("DELETE", f"/api/v1/apikeys/{alice['id']}")):
+        answered = await client.request(method, path, json={"user": "alice", "enabled": False})
+        assert answered.status_code == 405, (method, answered.text)
+        fault = answered.json()["faultstring"]
+        assert "squall apikey create" in fault and "squall apikey delete <id>" in fault
+    assert [k["enabled"] for k in squall.store.api_key_list()] == [True]  # still there, still enabled
+
+
+# -- trigger types, enforcements, re-emit --------------------------------------------------------------
+
+async def test_trigger_type_by_ref(client: httpx.AsyncClient) -> None:
+    listed = {t["ref"]: t for t in (await client.get("/api/v1/triggertypes")).json()}
+    got = await client.get("/api/v1/triggertypes/core.st2.webhook")
+    assert got.status_code == 200 and got.json() == listed["core.st2.webhook"]
+    missing = await client.get("/api/v1/triggertypes/core.st2.webhok")
+    assert missing.status_code == 404 and "did you mean core.st2.webhook" in missing.json()["faultstring"]
+
+
+async def test_rule_enforcement_by_id(squall: Squall, client: httpx.AsyncClient) -> None:
+    hook = await client.post("/api/v1/webhooks/ci/build", json={"who": "x"})
+    assert hook.status_code == 202, hook.text
+    await squall.rules.settle()
+    listed = (await client.get("/api/v1/ruleenforcements")).json()
+    assert [e["rule"]["ref"] for e in listed] == ["demo.on_build"]
+    got = await client.get(f"/api/v1/ruleenforcements/{listed[0]['id']}")
+    assert got.status_code == 200 and got.json() == listed[0]
+    newer = new_id()
+    squall.store.rule_enforcement_add({"id": newer, "rule": "demo.on_signed", "trigger_instance_id": "t",
+                                       "execution_id": None, "status": "failed", "failure_reason": "x",
+                                       "enforced_at": utcnow()})
+    assert (await client.get(f"/api/v1/ruleenforcements/{listed[0]['id']}")).json() == listed[0]
+    assert (await client.get(f"/api/v1/ruleenforcements/{newer}")).json()["failure_reason"] == "x"
+    for unknown in (new_id(), "0" * 24, "nope"):
+        missing = await client.get(f"/api/v1/ruleenforcements/{unknown}")
+        assert missing.status_code == 404 and "GET /api/v1/ruleenforcements" in missing.json()["faultstring"]
+
+
+async def test_re_emit_answers_as_stackstorm(squall: Squall, client: httpx.AsyncClient) -> None:
+    """`st2 trigger-instance re-emit` prints `message` only from a 200; the new payload names the original."""
+    original = await squall.triggers.dispatch("demo.event", {"n": 1})
+    emitted = await client.post(f"/api/v1/triggerinstances/{original['id']}/re_emit")
+    assert emitted.status_code == 200
+    body = emitted.json()
+    assert body["message"] == f"Trigger instance {original['id']} succesfully re-sent."
+    assert body["payload"] == {"n": 1, "__context": {"original_id": original["id"]}}
+    assert body["id"] != original["id"] and body["trigger"] == "demo.event"
+    stored = (await client.get(f"/api/v1/triggerinstances/{body['id']}")).json()
+    assert stored["payload"] == body["payload"]
+    again = (await client.post(f"/api/v1/triggerinstances/{body['id']}/re_emit")).json()
+    assert again["payload"] == {"n": 1, "__context": {"original_id": body["id"]}}
