@@ -376,6 +376,9 @@ class ExecutionService:
             context["trace_context"] = {**(context.get("trace_context") or {}), "traceparent": traced}
         supplied = dict(parameters or {})
         execution_id = execution_id or new_id()
+        # When it was requested, taken before anything may claim it: an early claim (below) stamps its
+        # `scheduled`/`running` when it runs, which may be before the store step gets to the request.
+        requested_at = utcnow()
         inline = self.db.store.is_sqlite and not tracing.enabled()  # the request's transaction is the loop's
         if not inline:
             stored_with = None
@@ -393,10 +396,11 @@ class ExecutionService:
             resolution, revealed = await asyncio.get_running_loop().run_in_executor(
                 render_pool(), self._resolve, action, supplied, context, extra_template_context, render)
             stored = self.db.submit(self._store, action, supplied, context, parent, extra_template_context,
-                                    resolution, revealed, audit, execution_id, fence, stored_with, at_once)
+                                    resolution, revealed, audit, execution_id, fence, stored_with, at_once,
+                                    requested_at)
         else:  # nothing to render: checked and stored in one step, without a thread hop
             stored = self.db.submit(self._prepare, action, supplied, context, parent, extra_template_context, render,
-                                    audit, execution_id, fence, stored_with, at_once)
+                                    audit, execution_id, fence, stored_with, at_once, requested_at)
         if early and at_once is None:
             await self.executor.submit(execution_id)  # type: ignore[union-attr]
         record, told, ended = await stored
@@ -447,13 +451,14 @@ class ExecutionService:
                  render: bool | Collection[str] = (), audit: AuditEntry | None = None,
                  execution_id: str | None = None, fence: int | None = None,
                  stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None,
-                 at_once: Callable[[RunRequest], RunOutcome] | None = None) -> _Stored:
+                 at_once: Callable[[RunRequest], RunOutcome] | None = None,
+                 requested_at: datetime | None = None) -> _Stored:
         """Resolve parameters and store the request, for requests with nothing to render (`request`):
         nothing reads a template context then, so none is built (nor can a `decrypt_kv` reveal anything).
         `action` is the one `request` found nothing to render in (a pack reloaded meanwhile changes nothing)."""
         resolution = resolve(action, supplied, {}, env=self.jinja, render=render)
         return self._store(action, supplied, context, parent, extra_template_context, resolution, [], audit,
-                           execution_id, fence, stored_with, at_once)
+                           execution_id, fence, stored_with, at_once, requested_at)
 
     def _resolve(self, action: Action, supplied: dict[str, Any], context: dict[str, Any],
                  extra_template_context: dict[str, Any] | None,
@@ -485,11 +490,14 @@ class ExecutionService:
                revealed: list[str], audit: AuditEntry | None = None,
                execution_id: str | None = None, fence: int | None = None,
                stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None,
-               at_once: Callable[[RunRequest], RunOutcome] | None = None) -> _Stored:
+               at_once: Callable[[RunRequest], RunOutcome] | None = None,
+               requested_at: datetime | None = None) -> _Stored:
         """Store a resolved request as `requested` (on the database's side of `Database`), with its
         audit event and what `stored_with` makes of it (`request`); with `at_once`, as it ended
         (`_end_at_once`). With `fence` (a worker's job conducting the `parent` workflow), only while
-        that job still conducts it (`StaleStep` otherwise)."""
+        that job still conducts it (`StaleStep` otherwise). `requested_at` (`request`'s clock, read
+        before anything could claim it) is its `start_timestamp`, the log's `requested` entry: read
+        here instead, it could come after the `running` an early claim had already stamped."""
         if fence is not None and parent is not None and not self.db.store.conducts(parent, fence, starting=True):
             raise StaleStep(f"workflow {parent}: another worker conducts it now, or it was canceled meanwhile; "
                             "this step stops")
@@ -521,7 +529,7 @@ class ExecutionService:
             "log": [],
             "parent": parent,
             "runner_info": None,
-            "start_timestamp": utcnow(),
+            "start_timestamp": requested_at or utcnow(),
             "end_timestamp": None,
         }
         ending = self._end_at_once(record, at_once) if at_once is not None else None

@@ -194,15 +194,20 @@ class CommandService:
         return None
 
     async def rerun(self, execution_id: str, parameters: dict[str, Any] | None,
-                    context: dict[str, Any]) -> dict[str, Any]:
+                    context: dict[str, Any], *, tasks: list[str] | None = None,
+                    delay: float = 0.0) -> dict[str, Any]:
         """A person's re-run (chat `retry`, the API's re_run, the web's re-run) as `context`'s requester:
         `NeedsApproval` when it needs approval, as a new request of it would (a re-run, with edited
-        parameters or not, is never a way around the approvers)."""
+        parameters or not, whole or from some of a workflow's `tasks`, is never a way around the
+        approvers). With `tasks`, the finished workflow is re-run in place from them
+        (`WorkflowService.rerun`); otherwise a new execution, `delay` seconds from now."""
         record = await self.engine.executions.get(execution_id)
         needed = self.approval_for(record)
         if needed is not None:
             raise NeedsApproval(*needed)
-        return await self.engine.executions.rerun(record["id"], parameters, context)
+        if tasks:
+            return await self.engine.workflows.rerun(record["id"], tasks)
+        return await self.engine.executions.rerun(record["id"], parameters, context, delay=delay)
 
     async def request(self, alias: Alias, message: Message, source: str, parameters: dict[str, Any],
                       render: Iterable[str], context: dict[str, Any]) -> Accepted:

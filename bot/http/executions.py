@@ -1,5 +1,5 @@
-"""`/api/v1/executions`: request, list, read, cancel and re-run executions, and read their output (stored, or
-live at `/stream/v1/executions/{id}/output`).
+"""`/api/v1/executions`: request, list, read, cancel, pause, resume and re-run executions, and read their
+output (stored, or live at `/stream/v1/executions/{id}/output`).
 
 Executions leave here in StackStorm's ActionExecution shape (spec §11): `action` and `runner` are the
 full documents and `liveaction` is beside them, so st2client and the `st2` CLI read them as they read
@@ -24,7 +24,7 @@ from bot.http.paging import ALL_ROWS, page_limit, tell_page
 from bot.http.runners import runner_public
 from bot.http.state import api_state
 from engine.actions import unapproved
-from engine.executions import ExecutionNotFound, ExecutionStateError
+from engine.executions import COMPLETED, ExecutionNotFound, ExecutionStateError
 from engine.inquiries import shown_execution
 from engine.live import follow_output
 from engine.packs import Registry, UnknownAction
@@ -47,8 +47,23 @@ class ExecutionRequest(BaseModel):
     render: bool = False
 
 
+#: The longest `delay` a re-run may ask for (ms, as StackStorm's): 30 days.
+MAX_RERUN_DELAY_MS = 30 * 24 * 3600 * 1000
+
+
 class RerunRequest(BaseModel):
+    """StackStorm's re-run body (`st2 execution re-run ID [k=v ...] [--tasks T ...] [--no-reset T ...]
+    [--delay MS]`): st2client sends `reset` = tasks minus `--no-reset`."""
     parameters: dict[str, Any] = Field(default_factory=dict)
+    tasks: list[str] = Field(default_factory=list)
+    reset: list[str] = Field(default_factory=list)
+    delay: int | None = Field(None, ge=0, le=MAX_RERUN_DELAY_MS)
+
+
+class ExecutionUpdate(BaseModel):
+    """StackStorm's `PUT /executions/{id}` body, as `st2 execution pause|resume` send it (other
+    LiveAction fields are ignored): only `status` is read."""
+    status: str
 
 
 def execution_doc(record: dict[str, Any], registry: Registry) -> dict[str, Any]:
@@ -254,19 +269,91 @@ async def execution_output_stream(execution_id: str, request: Request, output_ty
     return EventSourceResponse(events(), ping=PING_SECONDS)
 
 
+#: `PUT /executions/{id}` statuses (StackStorm's): what each asks for, and its audit event.
+_STATUS_CHANGES = {"pausing": "pause", "paused": "pause", "resuming": "resume", "canceling": "cancel",
+                   "canceled": "cancel"}
+
+
+@router.put("/executions/{execution_id}", tags=["executions"])
+async def update_execution(execution_id: str, body: ExecutionUpdate, request: Request) -> dict[str, Any]:
+    """StackStorm's pause, resume and cancel by status (spec §10.2): `{"status": "pausing"}` asks a running
+    workflow to pause, `{"status": "resuming"}` resumes a paused one, `canceling` cancels (as DELETE).
+    Other statuses are the engine's to set, never a caller's (400); an execution in the wrong state is a 409."""
+    change = _STATUS_CHANGES.get(body.status)
+    if change is None:
+        raise HTTPException(400, f"status {body.status!r} cannot be asked for: send pausing (pause a running "
+                                 "workflow), resuming (resume a paused one) or canceling (cancel it)")
+    squall = api_state(request).squall
+    record = await _find_execution(request, execution_id)
+    if change != "cancel" and record["runner"] not in squall.workflows.runners:
+        raise HTTPException(400, f"execution {record['id']} is a {record['runner']} action; only workflows "
+                                 f"({', '.join(sorted(squall.workflows.runners))}) pause and resume")
+    try:
+        record = await getattr(squall.executions, change)(record["id"])
+    except ExecutionStateError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    await _audit(request, f"api.execution.{change}", record, {"action": record["action"], "status": record["status"]})
+    return _doc(request, record)
+
+
+async def _check_tasks(request: Request, record: dict[str, Any], tasks: list[str], reset: list[str]) -> None:
+    """What StackStorm refuses of a re-run from `tasks` (spec §10.4), and what Squall cannot do: a 400
+    for a workflow-less execution, a task that never ran in it, or a with-items task left out of `reset`
+    (`--no-reset`: StackStorm would re-run only its failed items; Squall re-runs every item); a 409 for a
+    workflow that has not finished (Squall re-runs it in place, so it must have ended)."""
+    squall = api_state(request).squall
+    if record["runner"] not in squall.workflows.runners:
+        raise HTTPException(400, f"execution {record['id']} is a {record['runner']} action, not a workflow: "
+                                 "--tasks re-runs tasks of a workflow; re-run it without --tasks")
+    if record["status"] not in COMPLETED:
+        raise HTTPException(409, f"execution {record['id']} is {record['status']}; a workflow is re-run from "
+                                 "tasks once it has finished")
+    children = await squall.db(squall.store.list_executions, parent=record["id"], limit=ALL_ROWS)
+    keys: dict[str, list[str]] = {}
+    for child in children:
+        call = (child.get("context") or {}).get("workflow_task") or {}
+        if call.get("task"):
+            keys.setdefault(call["task"], []).append(str(call.get("key") or ""))
+    if unknown := [t for t in tasks if t not in keys]:
+        raise HTTPException(400, f"no task {', '.join(unknown)} ran in workflow {record['id']}; "
+                                 f"tasks that ran: {', '.join(sorted(keys)) or 'none'}")
+    items = sorted(t for t in set(tasks) - set(reset) if any(k.endswith("]") for k in keys[t]))
+    if items:
+        raise HTTPException(400, f"with-items task(s) {', '.join(items)} are not in reset (--no-reset): Squall "
+                                 "re-runs every item of a with-items task, not only the failed ones; "
+                                 "re-run them without --no-reset")
+
+
 @router.post("/executions/{execution_id}/re_run", status_code=201, tags=["executions"])
 async def rerun_execution(execution_id: str, request: Request, body: RerunRequest | None = None) -> dict[str, Any]:
+    """A new execution of the same action, with `parameters` over the original's and after `delay` ms;
+    or, with `tasks`, the finished workflow re-run in place from those tasks, its other finished tasks
+    kept (`WorkflowService.rerun`: the same execution is answered, its context's `re-run` naming the
+    tasks). Either way what needs approval is refused (`CommandService.rerun`)."""
+    body = body or RerunRequest()
+    if body.tasks or body.reset:
+        if body.parameters:
+            raise HTTPException(400, "Parameters override is not supported when re-running task(s) for a workflow.")
+        if set(body.reset) - set(body.tasks):
+            raise HTTPException(400, "List of tasks to reset does not match the tasks to rerun.")
+        if body.delay:
+            raise HTTPException(400, "delay is not supported when re-running task(s) for a workflow: Squall "
+                                     "re-runs the workflow in place at once; leave --delay out")
+        await _check_tasks(request, await _find_execution(request, execution_id), body.tasks, body.reset)
     who = request_user(request)
     context = {"source": "api", **({"user": who} if who else {})}
     try:
-        record = await api_state(request).squall.chat.commands.rerun(execution_id, body.parameters if body else None,
-                                                                     context)
+        record = await api_state(request).squall.chat.commands.rerun(
+            execution_id, body.parameters, context, tasks=body.tasks or None, delay=(body.delay or 0) / 1000)
     except ExecutionNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except CommandRefused as exc:
         raise HTTPException(403, str(exc)) from exc
+    except ExecutionStateError as exc:  # the workflow moved meanwhile (another re-run, a restart)
+        raise HTTPException(409, str(exc)) from exc
     except (ParameterError, UnknownAction, ValueError) as exc:
         raise HTTPException(400, str(exc)) from exc
     await _audit(request, "api.execution.rerun", record, {"action": record["action"], "of": execution_id,
-                                                          "parameters": record["parameters"]})
+                                                          "parameters": record["parameters"],
+                                                          **({"tasks": body.tasks} if body.tasks else {})})
     return _doc(request, record)
