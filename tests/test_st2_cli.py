@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,6 +101,31 @@ def _pack(home: Path) -> None:
           who: {type: string, default: world}
     """)
     write(pack / "actions" / "workflows" / "ask.yaml", ASK)
+    write(pack / "actions" / "gated.yaml", """
+        name: gated
+        runner_type: local-shell-cmd
+        description: Print, wait for a file, print again.
+        parameters:
+          gate: {type: string, required: true}
+          cmd: {default: 'echo first; echo oops >&2; while [ ! -e {{gate}} ]; do sleep 0.05; done; echo last',
+                immutable: true}
+    """)
+    write(pack / "actions" / "flow.yaml", """
+        name: flow
+        runner_type: orquesta
+        entry_point: workflows/flow.yaml
+        description: Two tasks that print.
+    """)
+    write(pack / "actions" / "workflows" / "flow.yaml", """
+        version: 1.0
+        tasks:
+          one:
+            action: core.local cmd="echo from one"
+            next:
+              - do: two
+          two:
+            action: core.local cmd="echo from two >&2"
+    """)
     write(pack / "aliases" / "greet.yaml", """
         name: greet
         action_ref: st2e.greet
@@ -153,15 +180,20 @@ class Server:
     key: str
     st2: Path
 
-    def run(self, *args: str, key: bool = True, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """`st2 ARGS` with the API key (or, `key=False`, with what `st2 login` cached in HOME)."""
+    def env(self, key: bool = True) -> dict[str, str]:
+        """`st2`'s environment: this server's URLs, and the API key (or, `key=False`, what `st2 login`
+        cached in HOME)."""
         env = {**os.environ, "HOME": str(self.home / "user"), "ST2_API_URL": f"{self.url}/api/v1",
                "ST2_AUTH_URL": f"{self.url}/auth/v1", "ST2_STREAM_URL": f"{self.url}/stream/v1"}
         env.pop("ST2_API_KEY", None)
         env.pop("ST2_AUTH_TOKEN", None)
         if key:
             env["ST2_API_KEY"] = self.key
-        done = subprocess.run([str(self.st2), *args], capture_output=True, text=True, env=env, timeout=120)
+        return env
+
+    def run(self, *args: str, key: bool = True, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`st2 ARGS` with the API key (or, `key=False`, with what `st2 login` cached in HOME)."""
+        done = subprocess.run([str(self.st2), *args], capture_output=True, text=True, env=self.env(key), timeout=120)
         if check:
             assert done.returncode == 0, f"st2 {' '.join(args)}: {done.stdout}\n{done.stderr}"
         return done
@@ -224,7 +256,7 @@ def server(st2_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def test_actions_runs_and_executions(server: Server) -> None:
     refs = [a["ref"] for a in server.json("action", "list", "-p", "st2e")]
-    assert refs == ["st2e.ask", "st2e.greet", "st2e.nap"]
+    assert refs == ["st2e.ask", "st2e.flow", "st2e.gated", "st2e.greet", "st2e.nap"]
     assert server.json("action", "get", "st2e.greet")["runner_type"] == "local-shell-cmd"
 
     ran = server.json("run", "st2e.greet", "who=ann")
@@ -255,7 +287,8 @@ def test_actions_runs_and_executions(server: Server) -> None:
 def test_a_pack_action_calls_the_api_with_st2client_and_its_token(server: Server) -> None:
     ran = server.json("run", "st2c.who", "pack=st2e")
     assert ran["status"] == "succeeded", ran
-    assert ran["result"]["result"] == {"actions": ["st2e.ask", "st2e.greet", "st2e.nap"], "key": "st2e"}
+    assert ran["result"]["result"] == {"actions": ["st2e.ask", "st2e.flow", "st2e.gated", "st2e.greet", "st2e.nap"],
+                                       "key": "st2e"}
     assert server.json("key", "get", "seen_by_st2client")["value"] == "st2e"
 
 
@@ -374,3 +407,49 @@ def test_n_minus_one_lists_everything_and_rules_enable_and_disable(server: Serve
     assert "st2e.on_hook" in shown and "True" in shown
     missing = server.run("rule", "disable", "st2e.nope", check=False)
     assert missing.returncode != 0 and "st2e.nope" in missing.stdout + missing.stderr
+
+
+def test_tail_prints_a_running_execution_s_output_and_run_tail_a_workflow_s(server: Server) -> None:
+    """`st2 execution tail` of a running execution printed nothing and exited 0 (no `/stream/v1/stream`):
+    now its lines come while it runs and the tail ends with it; an ended one's output is printed;
+    `st2 run --tail` of a workflow shows each task's start, output and end, then the workflow's."""
+    gate = server.home / "gate"
+    running = _id(server.run("run", "-a", "st2e.gated", f"gate={gate}").stdout)
+    server.wait(running, "running")
+    tail = subprocess.Popen([str(server.st2), "execution", "tail", running], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**server.env(), "PYTHONUNBUFFERED": "1"})
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert tail.stdout is not None
+        for line in tail.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    printed: list[str] = []
+    try:
+        while "first\n" not in printed:
+            line = lines.get(timeout=60)
+            assert line is not None, f"st2 execution tail ended before printing the output: {printed}"
+            printed.append(line)
+        assert server.json("execution", "get", running)["status"] == "running"  # printed while it runs
+        gate.touch()
+        assert tail.wait(timeout=60) == 0
+    finally:
+        tail.kill()
+    while (line := lines.get(timeout=10)) is not None:
+        printed.append(line)
+    text = "".join(printed)
+    assert text.index("first") < text.index("last") < text.index(
+        f"Execution {running} has completed (status=succeeded).")
+    assert "oops" in text
+    after = server.run("execution", "tail", running).stdout
+    assert "first" in after and "last" in after and f"Execution {running} has completed (status=succeeded)." in after
+
+    ran = server.run("run", "--tail", "st2e.flow").stdout
+    started = [line for line in ran.splitlines() if line.startswith("Child execution (task=")]
+    assert [line.split(")")[0] + ")" for line in started] == ["Child execution (task=one)"] * 2 + [
+        "Child execution (task=two)"] * 2, ran
+    assert ran.index("task=one") < ran.index("from one") < ran.index("task=two") < ran.index("from two")
+    assert "has finished (status=succeeded)" in ran and "has completed (status=succeeded)" in ran
