@@ -165,6 +165,24 @@ async def test_a_tail_of_an_ended_execution_gives_its_output_then_its_end(api: A
     assert refused.status_code == 401
 
 
+async def test_a_login_token_in_the_query_opens_the_stream(api: Api) -> None:
+    """After `st2 login`, st2client's stream reader sends the token as query parameter `x-auth-token` (as
+    StackStorm takes it), not as a header: the tail was a 401."""
+    from bot.apikeys import create_key
+
+    key, _ = await api.squall.db(create_key, api.squall.store, "ann")
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as anon:
+        login = await anon.post("/auth/v1/tokens", headers={"St2-Api-Key": key}, json={})
+        assert login.status_code == 201
+        record = await api.squall.executions.request("demo.greet", {"who": "ann"}, {"user": "t"})
+        await api.squall.executions.wait(record["id"], 30)
+        tail = {**TAIL, "end_execution_id": record["id"]}
+        answer = await anon.get("/stream/v1/stream", params={**tail, "x-auth-token": login.json()["token"]})
+        assert answer.status_code == 200 and _shown(_events(answer.text))[-1] == (record["id"], "update", "succeeded")
+        forged = await anon.get("/stream/v1/stream", params={**tail, "x-auth-token": "not-a-token"})
+        assert forged.status_code == 401
+
+
 async def test_a_workflow_s_tail_shows_each_task_before_its_output_and_ends_with_the_workflow(api: Api) -> None:
     record = await api.squall.executions.request("demo.flow", {}, {"user": "t"})
     answer = await api.client.get("/stream/v1/stream", params={**TAIL, "end_execution_id": record["id"]})

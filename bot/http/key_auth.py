@@ -74,14 +74,16 @@ async def require_key(request: Request) -> None:
     `request.state.api_key_name` (None for a configured key or a token), which `render: true` is checked
     against. A token is tried only without a key: st2client sends one or the other."""
     key = _presented_key(request)
-    token = request.headers.get("x-auth-token")
+    # The query parameter as StackStorm takes it: st2client's stream reader (`st2 execution tail` after
+    # `st2 login`) sends the token there, as it sends a key as `st2-api-key`.
+    token = request.headers.get("x-auth-token") or request.query_params.get("x-auth-token")
     if token and not key:
         await _require_token(request, token)
         return
     if not key:
         raise HTTPException(401, "Unauthorized - API key required: send header St2-Api-Key, "
                                  "Authorization: Bearer <key> or query parameter st2-api-key "
-                                 "(or an action's X-Auth-Token).",
+                                 "(or a token: header X-Auth-Token or query parameter x-auth-token).",
                             headers={"WWW-Authenticate": "Bearer"})
     who = await authenticated_key(api_state(request), key)
     if who is None:
