@@ -1181,7 +1181,9 @@ class ExecutionService:
                     "error": "canceled by request; Squall stopped while it was running"}, ("canceling",))
                 continue
             if _resumable(self.runners.get(record["runner"])):
-                # A workflow's state is its stored children: conduct it on instead of abandoning it.
+                # A workflow's state is its stored children: conduct it on instead of abandoning it. A
+                # `pausing` one is marked `resuming` too (the one status a claim takes); its log still shows
+                # the pause, which `WorkflowService.run` reads and stores `pausing` again.
                 if row["status"] != "paused" and await self.db(
                         self.db.store.update_execution, row["id"],
                         {"status": "resuming", "log": [*(record.get("log") or []),

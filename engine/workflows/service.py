@@ -99,6 +99,7 @@ class Flow:
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.live: dict[str, str] = {}  # child id -> key
         self.waiting: dict[str, str] = {}  # child id -> key: pending inquiries, paused sub-workflows
+        self.waiting_status: dict[str, str] = {}  # child id -> `pending` or `paused`: why it pauses (`paused_by`)
         self.calls: dict[str, TaskCall] = {}  # key -> the call a live or waiting child answers
         self.pausing = False
         self.pause_requested = False
@@ -144,13 +145,16 @@ class Flow:
             return inherited or None
         return None
 
-    async def _request(self, calls: list[TaskCall]) -> None:
+    async def _request(self, calls: list[TaskCall], crashed: bool = False) -> None:
         """Request children for new calls at once (their inserts share one commit); a call that
         cannot be requested (unknown action, bad parameters) fails its task right away. A call with
-        a `delay` is a child `delayed` that long (seen, and cancelable, meanwhile)."""
+        a `delay` is a child `delayed` that long (seen, and cancelable, meanwhile). `crashed` calls
+        replace children a stop abandoned mid-run: they were running, and a pause lets running tasks
+        finish, so they are requested even while pausing (what they lead to is not)."""
         while calls:
-            if self.pausing:
+            if self.pausing and not crashed:
                 return  # they are asked for again when the workflow resumes
+            crashed = False
             outcomes = await asyncio.gather(*(self.service.executions.request(
                 c.ref, c.parameters, self._child_context(c), parent=self.id, delay=c.delay) for c in calls),
                 return_exceptions=True)
@@ -209,19 +213,23 @@ class Flow:
                 existing[key] = child  # the latest child of a key wins
         replay: list[_Replay] = []
         to_request: list[TaskCall] = []
+        again: list[TaskCall] = []  # their child was abandoned by a stop: they were running
         unclaimed: list[str] = []  # requested before a crash and never started: started here (claimed once)
 
         def launch(calls: list[TaskCall]) -> None:
             for call in calls:
                 self.calls[call.key] = call
                 child = existing.pop(call.key, None)
-                if child is None or _crashed(child):
+                if child is None:
                     to_request.append(call)
+                elif _crashed(child):
+                    again.append(call)
                 elif child["status"] in COMPLETED:
                     order = (child.get("end_timestamp") or child["start_timestamp"], child["id"])
                     heapq.heappush(replay, _Replay(order, call.key, child))
                 elif child["status"] in _WAITING:
                     self.waiting[child["id"]] = call.key
+                    self.waiting_status[child["id"]] = child["status"]
                 else:
                     self.live[child["id"]] = call.key
                     if child["status"] == "requested":
@@ -239,16 +247,17 @@ class Flow:
             launch(self._answer(item.key, child["status"], child.get("result"), child))
         if self.waiting:
             self.pausing = True
-        self._start_nothing_if_canceled(cancel_pending, to_request)
+        self._start_nothing_if_canceled(cancel_pending, to_request, again)
         if canceled_task and self.service.stepping:
             await self._canceled_task()
+        await self._request(again, crashed=True)
         await self._request(to_request)
         executor = self.service.executions.executor
         for child_id in unclaimed if executor is not None else ():
             await executor.submit(child_id)
         return await self._loop()
 
-    def _start_nothing_if_canceled(self, cancel_pending: bool, to_request: list[TaskCall]) -> None:
+    def _start_nothing_if_canceled(self, cancel_pending: bool, *to_request: list[TaskCall]) -> None:
         """A step of a workflow canceled meanwhile starts no task: what ended after the cancel was
         replayed to a canceled conductor already; the conductor is canceled now for what ended
         before it, and no call is requested (a cancel that landed between a task's end and the
@@ -257,7 +266,8 @@ class Flow:
             return
         if cancel_pending:
             self.conductor.cancel()  # type: ignore[attr-defined]
-        to_request.clear()
+        for calls in to_request:
+            calls.clear()
 
     def _done(self) -> bool:
         if self.cancel_requested:  # what never started never will
@@ -279,12 +289,20 @@ class Flow:
                 outcome = self.conductor.outcome()
                 return RunOutcome(outcome.status, outcome.result)
             if self.pausing and not self.live:
-                return RunOutcome("paused", {**self.conductor.snapshot(),
-                                             "paused_by": "request" if self.pause_requested else "inquiry"})
+                return RunOutcome("paused", {**self.conductor.snapshot(), "paused_by": self._paused_by()})
             if self.service.stepping and self.events.empty():
                 return RunOutcome(WAITING_ON_TASKS, None)  # the next step is queued when a task ends
             event = await self.events.get()
             await self._handle(event)
+
+    def _paused_by(self) -> str:
+        """Why it pauses, stored as `paused_by`: `request` (a pause asked of it: only a resume goes on),
+        `inquiry` (a task of its own waits for an answer), or `child` (a sub-workflow of its own is
+        paused). Only a `request` pause pauses sub-workflows, so only its resume resumes them."""
+        if self.pause_requested:
+            return "request"
+        waiting = [self.waiting_status.get(child_id) for child_id in self.waiting]
+        return "child" if waiting and "pending" not in waiting else "inquiry"
 
     async def _handle(self, event: dict[str, Any]) -> None:
         child_id = event["id"]
@@ -294,10 +312,11 @@ class Flow:
         status = event["status"]
         if status in _WAITING:
             self.waiting[child_id] = key
+            self.waiting_status[child_id] = status
             self.pausing = True
             return
         if _crashed(event) and key in self.calls:
-            await self._request([self.calls[key]])
+            await self._request([self.calls[key]], crashed=True)
             return
         self.calls.pop(key, None)
         calls = self._answer(key, status, event.get("result"), event)
@@ -353,7 +372,10 @@ class WorkflowRunner:
         return await self.service.cancel(execution_id)
 
     async def resume(self, execution_id: str) -> None:
+        """A workflow resumes the sub-workflows its own pause paused, and the paused workflow above
+        it that waited only on it (StackStorm's resume cascades up, never to peers)."""
         await self.service.resume_children(execution_id)
+        await self.service.resume_parent(execution_id)
 
     def interrupted_result(self, execution_id: str) -> dict[str, Any] | None:
         """What a workflow stopped by a cancel had done, for its canceled result (taken once)."""
@@ -437,16 +459,19 @@ class WorkflowService:
         except ContentInvalid as exc:
             return RunOutcome("failed", {"error": f"invalid workflow: {exc}"})
         flow = Flow(self, request, conductor)
-        if self.stepping:  # a pause or cancel asked for since the last step is in the stored status
-            record = await self.executions.db(self.executions.db.store.get_execution, flow.id)
-            status = (record or {}).get("status")
-            flow.pausing = flow.pause_requested = status == "pausing"
-            if status == "canceling":
-                if getattr(conductor, "cancel", None) is None:
-                    return RunOutcome("canceled", {"error": "canceled by request"})
-                asked = [e["timestamp"] for e in record.get("log") or [] if e.get("status") == "canceling"]
-                flow.canceled_at = datetime.fromisoformat(asked[-1].replace("Z", "+00:00")) if asked else None
-                flow.cancel_requested = True
+        # A pause asked for before a restart (or since the last step) is in the stored status or log.
+        record = await self.executions.db(self.executions.db.store.get_execution, flow.id) or {}
+        status = record.get("status")
+        if status == "pausing" or _pause_interrupted(record):
+            flow.pausing = flow.pause_requested = True
+            if status == "running":
+                await self._pausing_again(record)
+        if self.stepping and status == "canceling":  # a cancel asked for since the last step
+            if getattr(conductor, "cancel", None) is None:
+                return RunOutcome("canceled", {"error": "canceled by request"})
+            asked = [e["timestamp"] for e in record.get("log") or [] if e.get("status") == "canceling"]
+            flow.canceled_at = datetime.fromisoformat(asked[-1].replace("Z", "+00:00")) if asked else None
+            flow.cancel_requested = True
         self.flows[flow.id] = flow
         try:
             return await flow.conduct()
@@ -459,6 +484,14 @@ class WorkflowService:
             raise
         finally:
             self.flows.pop(flow.id, None)
+
+    async def _pausing_again(self, record: dict[str, Any]) -> None:
+        """A workflow asked to pause when Squall stopped is claimed `running` (recovery marks it
+        `resuming`, the one status a claim takes): it shows `pausing` again, as it was, so the steps
+        after this one, a later restart and whoever looks see the pause still under way."""
+        entries = [*(record.get("log") or []), {"status": "pausing", "timestamp": iso(_now())}]
+        await self.executions.db(self.executions.db.store.update_execution, record["id"],
+                                 {"status": "pausing", "log": entries}, expect=("running",))
 
     def pause(self, execution_id: str) -> bool:
         """Pause a workflow conducted here (a request, or its conductor's own: Mistral's
@@ -540,15 +573,43 @@ class WorkflowService:
                 await self.executions.pause(child_id)
 
     async def resume_children(self, execution_id: str) -> None:
-        """Resume the sub-workflows a pause of this workflow paused, before it conducts on."""
+        """Resume the sub-workflows a pause of this workflow paused, before it conducts on: only when
+        its own pause was asked for (`paused_by: request`), and only those paused since (one paused
+        on its own before, by a request of its own, stays paused, and this workflow waits for it)."""
         from engine.executions import ExecutionStateError
 
         store = self.executions.db.store
+        record = await self.executions.db(store.get_execution, execution_id)
+        if record is None or (record.get("result") or {}).get("paused_by") != "request":
+            return
+        since = _last_entry(record, ("pausing", "running"))  # its pause was asked (Mistral's own: this run)
         for child in await self.executions.db(store.list_executions, parent=execution_id, status="paused",
                                               limit=100_000):
-            if (child.get("result") or {}).get("paused_by") == "request":
-                with contextlib.suppress(ExecutionStateError, LookupError):
-                    await self.executions.resume(child["id"])
+            if (child.get("result") or {}).get("paused_by") != "request":
+                continue
+            asked = _last_entry(child, ("pausing",))
+            if since is not None and (asked is None or asked < since):
+                continue
+            with contextlib.suppress(ExecutionStateError, LookupError):
+                await self.executions.resume(child["id"])
+
+    async def resume_parent(self, execution_id: str) -> None:
+        """A sub-workflow resumed: its paused parent goes on too, once nothing else of its own waits
+        (a pending inquiry, another paused sub-workflow); the parent then waits for this one to end."""
+        from engine.executions import ExecutionStateError
+
+        store = self.executions.db.store
+        record = await self.executions.db(store.get_execution, execution_id)
+        parent_id = (record or {}).get("parent")
+        if not parent_id:
+            return
+        parent = await self.executions.db(store.get_execution, parent_id)
+        if parent is None or parent["status"] != "paused" or parent["runner"] not in self.runners:
+            return
+        if await self.executions.db(store.list_executions, parent=parent_id, status=list(_WAITING), limit=1):
+            return
+        with contextlib.suppress(ExecutionStateError, LookupError):  # resumed or canceled meanwhile
+            await self.executions.resume(parent_id)
 
     async def cancel(self, execution_id: str) -> bool:
         """An Orquesta cancel, as StackStorm's: the workflow stays `canceling` while its running
@@ -625,7 +686,10 @@ class WorkflowService:
             await self._cancel_leftovers(record["id"])
 
     async def _wake_paused(self, parent_id: str) -> None:
-        """A child of a paused workflow finished (an inquiry was answered): conduct it on."""
+        """A child of a paused workflow finished (an inquiry was answered): conduct it on, unless
+        something of its own still waits: a pending inquiry, or a paused sub-workflow (for an answer
+        further down, or paused by request). Resumed while one waits, it would pause again at once,
+        and its pause would wake it again: a loop until the answer came."""
         from engine.executions import ExecutionStateError
 
         try:
@@ -633,9 +697,10 @@ class WorkflowService:
             if parent["status"] != "paused" or parent["runner"] not in self.runners:
                 return
             store = self.executions.db.store
-            children = await self.executions.db(store.list_executions, parent=parent_id, status=["pending"])
+            children = await self.executions.db(store.list_executions, parent=parent_id, status=list(_WAITING),
+                                                limit=1)
             if children:
-                return  # still waiting on another answer
+                return  # still waiting on another answer, or on a paused sub-workflow
             if (parent.get("result") or {}).get("paused_by") == "request":
                 return
             await self.executions.resume(parent_id)
@@ -703,6 +768,24 @@ def _st2_context(request: RunRequest) -> dict[str, Any]:
         if context.get(name):
             st2[name] = context[name]
     return st2
+
+
+def _pause_interrupted(record: dict[str, Any]) -> bool:
+    """Whether a pause was asked and Squall stopped before it was done: the log's last `pausing` is
+    followed only by what recovery (`resuming`) and a claim (`running`) write."""
+    for entry in reversed(record.get("log") or []):
+        status = entry.get("status")
+        if status not in ("requested", "scheduled", "running", "resuming"):
+            return status == "pausing"
+    return False
+
+
+def _last_entry(record: dict[str, Any], statuses: tuple[str, ...]) -> datetime | None:
+    """When the record's log last shows one of `statuses` (None if never)."""
+    for entry in reversed(record.get("log") or []):
+        if entry.get("status") in statuses and entry.get("timestamp"):
+            return datetime.fromisoformat(str(entry["timestamp"]).replace("Z", "+00:00"))
+    return None
 
 
 def _now() -> Any:
