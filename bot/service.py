@@ -13,7 +13,9 @@ import os
 import pwd
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from adapters.base import Adapter
@@ -174,33 +176,14 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     log.info("Squall is serving: %d packs, %d actions, adapters %s, database %s", len(squall.registry.packs),
              len(squall.registry.actions), ", ".join(bot.adapters) or "none", config.database_url.split("@")[-1])
     settle_heap()
-    pack_paths = [SYSTEM_PACKS_PATH, *config.pack_paths, config.configs_path]
-    seen = await asyncio.to_thread(fingerprint, pack_paths)
-    ticks = 0
-    reaps = config.executor_kind == "procrastinate"
+    housekeeping = Housekeeping(squall, [SYSTEM_PACKS_PATH, *config.pack_paths, config.configs_path])
+    await housekeeping.start()
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_SECONDS):  # not wait_for: it can swallow a cancel on 3.11
                     await stop.wait()
-            try:
-                # Packs first: a request stored by the CLI may name an action installed just before.
-                current = await asyncio.to_thread(fingerprint, pack_paths)
-                if current != seen:
-                    seen = current
-                    await reload(squall)
-                await squall.executions.poll()
-                await bot.outbox.poll()
-                if await squall.leading() != squall.sensor_lead:
-                    await squall.sync_sensors()  # the lead changed hands: start or stop the sensors
-                ticks += 1
-                if reaps and ticks % int(REAP_SECONDS / POLL_SECONDS) == 0:
-                    await _queued_work(squall, sweep_retries=ticks % int(RETRY_SWEEP_SECONDS / POLL_SECONDS) == 0)
-                if ticks % int(PURGE_SECONDS / POLL_SECONDS) == 0:
-                    await squall.db(squall.datastore.purge_expired)
-                    await squall.db(squall.triggers.purge_deliveries)
-            except Exception:
-                log.exception("background housekeeping failed; retrying")
+            await housekeeping.tick()
     finally:
         log.info("Squall is stopping")
         timers.cancel()
@@ -209,6 +192,56 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
         if api is not None:
             await api.stop()
         await squall.close()
+
+
+class Housekeeping:
+    """What `squall serve` does every `POLL_SECONDS`, each step on its own: one that fails (a pack file it
+    cannot read, a database hiccup) is logged and tried again at the next tick, and never keeps the
+    others (stored requests, the outbox, the sensors' lead) from running."""
+
+    def __init__(self, squall: Squall, pack_paths: list[Path]) -> None:
+        self.squall = squall
+        self.pack_paths = pack_paths
+        self.seen: tuple[int, int] | None = None
+        self.ticks = 0
+
+    async def start(self) -> None:
+        """What the pack folders look like now: later ticks reload the packs when that changes."""
+        try:
+            self.seen = await asyncio.to_thread(fingerprint, self.pack_paths)
+        except Exception:  # the first tick reloads the packs then, and says what failed if it fails again
+            log.exception("could not look at the pack folders")
+
+    async def tick(self) -> None:
+        squall = self.squall
+        self.ticks += 1
+        steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+            ("reloading changed packs", self._packs),  # first: a request stored by the CLI may need them
+            ("running stored requests", squall.executions.poll),
+            ("sending the outbox", squall.chat.outbox.poll),
+            ("following the sensors' lead", self._lead),
+        ]
+        if squall.config.executor_kind == "procrastinate" and self.ticks % int(REAP_SECONDS / POLL_SECONDS) == 0:
+            sweep = self.ticks % int(RETRY_SWEEP_SECONDS / POLL_SECONDS) == 0
+            steps.append(("looking after queued work", functools.partial(_queued_work, squall, sweep_retries=sweep)))
+        if self.ticks % int(PURGE_SECONDS / POLL_SECONDS) == 0:
+            steps.append(("purging expired keys", functools.partial(squall.db, squall.datastore.purge_expired)))
+            steps.append(("purging old deliveries", functools.partial(squall.db, squall.triggers.purge_deliveries)))
+        for what, step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("background housekeeping (%s) failed; retrying at the next tick", what)
+
+    async def _packs(self) -> None:
+        current = await asyncio.to_thread(fingerprint, self.pack_paths)
+        if current != self.seen:
+            self.seen = current
+            await reload(self.squall)
+
+    async def _lead(self) -> None:
+        if await self.squall.leading() != self.squall.sensor_lead:
+            await self.squall.sync_sensors()  # the lead changed hands: start or stop the sensors
 
 
 def ui_address(host: str, port: int) -> str:

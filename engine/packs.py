@@ -422,7 +422,8 @@ def load_registry(pack_paths: list[Path], configs_path: Path, system_path: Path)
 
 
 def fingerprint(paths: list[Path]) -> tuple[int, int]:
-    """A cheap summary of the pack folders (file count, newest mtime) to notice edits and installs."""
+    """A cheap summary of the pack folders (file count, newest mtime) to notice edits and installs. A file
+    it cannot stat is left out: `squall serve` calls it every second, and one bad file must not stop it."""
     count = newest = 0
     for base in paths:
         if not base.is_dir():
@@ -430,11 +431,10 @@ def fingerprint(paths: list[Path]) -> tuple[int, int]:
         for folder, dirs, files in os.walk(base):
             dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
             count += len(files) + 1
-            newest = max(newest, os.stat(folder).st_mtime_ns)
-            for name in files:
+            for path in (folder, *(os.path.join(folder, name) for name in files)):
                 try:
-                    newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime_ns)
-                except FileNotFoundError:
+                    newest = max(newest, os.stat(path).st_mtime_ns)
+                except OSError:  # gone meanwhile, a symlink loop or one pointing nowhere: the loader reports it
                     continue
     return count, newest
 

@@ -95,3 +95,22 @@ def test_every_command_that_loads_packs_warns(home: Path, broken_pack: Path) -> 
     got = squall(home, "key", "get", "k")
     assert got.returncode == 0 and got.stdout == "v\n"
     assert _warned(got.stderr) == []
+
+
+def test_pack_list_shows_alias_rule_and_sensor_files_that_do_not_load(home: Path, broken_pack: Path) -> None:
+    """`squall serve` only logged these: the listing showed the broken action, not a bad alias format, a
+    rule file that is no mapping, nor a sensor whose entry point is missing."""
+    write(broken_pack / "aliases" / "bad.yaml", """
+        name: bad
+        formats: ["run it"]
+    """)  # no action_ref
+    write(broken_pack / "rules" / "bad.yaml", "- not\n- a mapping\n")
+    write(broken_pack / "sensors" / "bad.yaml", "class_name: Watcher\nentry_point: missing.py\n")
+    listed = squall(home, "pack", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    files = {Path(p["file"]).parent.name + "/" + Path(p["file"]).name for p in json.loads(listed.stdout)["problems"]}
+    assert {"aliases/bad.yaml", "rules/bad.yaml", "sensors/bad.yaml", "actions/broken.yaml"} <= files
+    table = squall(home, "pack", "list")
+    tail = table.stdout[table.stdout.index("problems"):]
+    assert "aliases/bad.yaml" in tail and "rules/bad.yaml" in tail and "sensors/bad.yaml" in tail
+    assert len(_warned(listed.stderr)) == len(files)  # --json warns on stderr for each, as before

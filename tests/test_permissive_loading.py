@@ -317,3 +317,46 @@ async def test_rules_waiting_for_a_pack_are_loaded_reported_and_go_live_with_it(
         assert (await squall.executions.get(to_late["execution_id"]))["action"] == "late.act"
     finally:
         await squall.close()
+
+
+def test_the_pack_watch_skips_a_symlink_loop(tmp_path: Path) -> None:
+    """`squall serve` looks at the pack folders every second: a symlink loop (or one pointing nowhere)
+    raised ELOOP there, which stopped serve at start and, later, every housekeeping step after it."""
+    from engine.packs import fingerprint
+
+    pack = tmp_path / "packs" / "demo"
+    write(pack / "pack.yaml", "ref: demo\nname: demo\nversion: 1.0.0\n")
+    (pack / "loop.yaml").symlink_to(pack / "loop.yaml")
+    (pack / "gone.yaml").symlink_to(pack / "nowhere.yaml")
+    count, newest = fingerprint([tmp_path / "packs"])
+    assert count == 5 and newest > 0  # two folders and three files; the mtime of what could be read
+    (pack / "more.yaml").write_text("x: 1\n")
+    assert fingerprint([tmp_path / "packs"])[0] == 6  # still watching
+
+
+async def test_one_failing_housekeeping_step_does_not_stop_the_others(squall: Squall, monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """serve's loop ran its steps in one `try`: a pack folder it could not read stopped stored requests,
+    the outbox and the sensors' lead at every tick. Each step now fails on its own."""
+    from bot import service
+
+    def unreadable(paths: list[Path]) -> Any:
+        raise PermissionError(13, "Permission denied", str(paths[0]))
+
+    polled: list[str] = []
+
+    async def poll() -> None:
+        polled.append("executions")
+
+    async def outbox_poll() -> None:
+        polled.append("outbox")
+
+    monkeypatch.setattr(service, "fingerprint", unreadable)
+    monkeypatch.setattr(squall.executions, "poll", poll)
+    monkeypatch.setattr(squall.chat.outbox, "poll", outbox_poll)
+    housekeeping = service.Housekeeping(squall, [Path("/nowhere")])
+    await housekeeping.start()
+    await housekeeping.tick()
+    await housekeeping.tick()
+    assert polled == ["executions", "outbox", "executions", "outbox"]
+    assert caplog.text.count("background housekeeping (reloading changed packs) failed") == 2

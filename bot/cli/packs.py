@@ -11,7 +11,7 @@ command exits 1.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -31,6 +31,10 @@ from bot.cli.common import (
     warn_problems,
 )
 
+if TYPE_CHECKING:
+    from engine.packs import Registry
+    from engine.yamlfile import ContentError
+
 pack_app = group("List, install, remove and reload packs.")
 
 
@@ -42,20 +46,33 @@ def _progress(message: str) -> None:
 def pack_list(as_json: JsonOption = False) -> None:
     """Loaded packs and how much content each has, then the pack files that did not load."""
     # The table ends with the problems, so they are not printed a second time on stderr.
-    registry = load_packs(current_config(), warn=as_json)
+    registry = load_packs(current_config(), warn=False)
+    problems = [*registry.errors, *_content_problems(registry)]
     packs = [registry.packs[ref].summary(registry.counts(ref)) for ref in sorted(registry.packs)]
     if as_json:
-        print_json({"packs": packs, "problems": [problem_document(e) for e in registry.errors]})
+        warn_problems(problems)
+        print_json({"packs": packs, "problems": [problem_document(e) for e in problems]})
         return
     table = new_table("ref", "version", "actions", "path", "description")
     for pack in packs:
         table.add_row(pack["ref"], pack["version"], str(pack["content"]["actions"]), pack["path"],
                       pack["description"])
     out.print(table)
-    if registry.errors:
+    if problems:
         out.print("problems (pack content that did not load):", style="bold yellow")
-        for error in registry.errors:
+        for error in problems:
             out.print(f"  {error}", markup=False)
+
+
+def _content_problems(registry: Registry) -> list[ContentError]:
+    """What `squall serve` finds past the pack loader and only logs: alias, rule and sensor files that do
+    not load (the listing is where a pack author looks)."""
+    from aliases import load_aliases
+    from engine.rules import load_rules
+    from engine.sensors import load_sensors
+
+    found = [problem for load in (load_aliases, load_rules, load_sensors) for problem in load(registry)[1]]
+    return [problem for problem in found if problem not in registry.errors]
 
 
 @pack_app.command("install")
