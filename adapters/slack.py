@@ -93,6 +93,8 @@ GROUPS_TTL = 300.0
 SEEN_SIZE = 5000
 #: Characters of a file's content posted inline when the upload itself is refused.
 UPLOAD_FALLBACK = 3500
+#: The `block_id` prefix of a prompt's buttons that ask one person (`_with_asker`): whose click removes them.
+ASKER_BLOCK = "squall_buttons.asker."
 #: The metadata event type that carries a reply's outbox id (`find_sent`).
 OUTBOX_EVENT = "squall_reply"
 #: HTTP mode: how far `X-Slack-Request-Timestamp` may be from this server's clock, either way (Slack's
@@ -351,7 +353,6 @@ class SlackAdapter:
         self._groups: tuple[dict[str, list[str]], float] = ({}, 0.0)
         self._groups_lock = asyncio.Lock()
         self._response_urls: dict[str, tuple[str, float, int]] = {}
-        self._askers: OrderedDict[str, str] = OrderedDict()
         self._socket: Any = None
         self._connected = asyncio.Event()
         self._last_frame = time.monotonic()
@@ -571,6 +572,13 @@ class SlackAdapter:
     async def _event(self, body: dict[str, Any], event: dict[str, Any], mention: bool) -> None:
         if event.get("subtype") not in _PERSON_SUBTYPES or event.get("bot_id") or not event.get("user"):
             return
+        if event.get("edited"):
+            # An edit of a message that mentions the bot comes again as `app_mention` with an `edited`
+            # field (a new event_id, the original's ts; bolt-js #960). The original already ran: an
+            # edit is never a new command, whether or not `_seen` (memory only) still holds its ts.
+            log.debug("Slack: the edit of %s:%s ignored (edits never run commands)", event.get("channel"),
+                      event.get("ts"))
+            return
         if self.bot_user_id is None:  # auth.test said nothing of it: the envelope names the bot too
             self.bot_user_id = next((str(a["user_id"]) for a in body.get("authorizations") or []
                                      if a.get("is_bot") and a.get("user_id")), None)
@@ -632,8 +640,7 @@ class SlackAdapter:
             # root: its ts names it, so the click answers that question as a reply in its thread would.
             thread = original.get("ts") or None
         user = await self._user_name(user_id)
-        asker = self._askers.get(f"{channel}:{original.get('ts')}")  # whom the prompt asks, by name
-        answered = asker in (None, user)  # someone else's click leaves the buttons to the one asked
+        answered = _asked(action, user)  # someone else's click leaves the buttons to the one asked
         if answered and original.get("ts") and not (body.get("container") or {}).get("is_ephemeral"):
             try:  # the question stays, the buttons go: no second click on an answered prompt
                 await self.client.chat_update(channel=channel, ts=original["ts"], text=original.get("text", ""),
@@ -880,7 +887,7 @@ class SlackAdapter:
         try:
             if reply.file is not None:
                 return await self._upload(channel, reply)
-            arguments = message_arguments(reply)
+            arguments = _with_asker(message_arguments(reply), reply.asker)
             if not (reply.text.strip() or arguments.get("blocks") or arguments.get("attachments")):
                 log.debug("Slack: an empty reply to %s skipped (Slack refuses it: no_text)", reply.channel)
                 return None
@@ -900,8 +907,6 @@ class SlackAdapter:
                 arguments["metadata"] = {"event_type": OUTBOX_EVENT, "event_payload": {"outbox_id": reply.outbox_id}}
             response = await self._post(self.client.chat_postMessage, reply, channel=channel,
                                         thread_ts=reply.thread, **arguments)
-            if reply.buttons and reply.asker and response is not None:
-                _remember(self._askers, f"{response.get('channel') or channel}:{response.get('ts')}", reply.asker)
             return f"{response.get('channel') or channel}:{response.get('ts', '')}" if response is not None else None
         except SlackApiError as exc:
             wait = _retry_after(exc)
@@ -954,8 +959,8 @@ class SlackAdapter:
             # A hand-written extra.slack Slack rejects must not lose the reply: send the plain text.
             log.warning("Slack rejected the reply's blocks/attachments (%s); sending plain text", _error(exc))
             plain = {k: v for k, v in arguments.items() if k not in ("blocks", "attachments")}
-            return await call(**{**plain, **message_arguments(Reply(adapter=reply.adapter, channel=reply.channel,
-                                                                     text=reply.text, buttons=reply.buttons))})
+            bare = Reply(adapter=reply.adapter, channel=reply.channel, text=reply.text, buttons=reply.buttons)
+            return await call(**{**plain, **_with_asker(message_arguments(bare), reply.asker)})
 
     async def _upload(self, channel: str, reply: Reply) -> str | None:
         name, content = reply.file or ("output.txt", "")
@@ -989,11 +994,30 @@ class SlackAdapter:
             return 200 <= response.status < 300
 
 
-def _remember(table: OrderedDict[str, str], key: str, value: str, size: int = SEEN_SIZE) -> None:
-    table[key] = value
-    table.move_to_end(key)
-    if len(table) > size:
-        table.popitem(last=False)
+def _asker_tag(name: str) -> str:
+    """The `block_id` of a prompt's buttons that ask `name` alone: a digest, so any name fits Slack's
+    255 characters."""
+    return ASKER_BLOCK + hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
+
+
+def _with_asker(arguments: dict[str, Any], asker: str | None) -> dict[str, Any]:
+    """`arguments` with the buttons' block (`squall_buttons`) naming whom the prompt asks.
+
+    The prompt itself carries it, so a click after a restart still knows it (a table in memory did
+    not). Blocks are replaced, never changed in place: the others may be an alias's `extra.slack`."""
+    blocks = arguments.get("blocks")
+    if asker and blocks:
+        arguments["blocks"] = [{**block, "block_id": _asker_tag(asker)}
+                               if block.get("type") == "actions" and block.get("block_id") == "squall_buttons"
+                               else block for block in blocks]
+    return arguments
+
+
+def _asked(action: dict[str, Any], user: str) -> bool:
+    """Whether a click by `user` answers its prompt and so removes the buttons: the prompt asks anyone,
+    or asks `user`. Only that: the dispatcher decides who may answer, never this tag."""
+    block_id = str(action.get("block_id") or "")
+    return not block_id.startswith(ASKER_BLOCK) or block_id == _asker_tag(user)
 
 
 def _error(exc: Exception) -> str:

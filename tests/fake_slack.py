@@ -200,9 +200,11 @@ class FakeSlack:
         """The block_actions payload of a click on the button with `value` in a posted message (`yes`
         finds a confirmation's `yes:<token>` too; the payload carries the button's own value)."""
         blocks = json.loads(message["blocks"]) if isinstance(message.get("blocks"), str) else message.get("blocks")
-        buttons = [e for b in blocks or [] if b.get("type") == "actions" for e in b["elements"]]
-        button = next((e for e in buttons if e.get("value") == value), None) or next(
-            e for e in buttons if str(e.get("value")).partition(":")[0] == value)
+        # Slack's block_actions names the clicked button's own block (`actions[].block_id`).
+        buttons = [(e, b.get("block_id") or "generated") for b in blocks or [] if b.get("type") == "actions"
+                   for e in b["elements"]]
+        button, block_id = next((p for p in buttons if p[0].get("value") == value), None) or next(
+            p for p in buttons if str(p[0].get("value")).partition(":")[0] == value)
         value = button["value"]
         container = {"type": "message", "message_ts": message["ts"], "channel_id": message["channel"],
                      "is_ephemeral": False}
@@ -216,7 +218,7 @@ class FakeSlack:
                 "trigger_id": f"trig.click.{next(self._ts)}",
                 "channel": {"id": message["channel"], "name": self.channels.get(message["channel"], {}).get("name")},
                 "message": stored, "response_url": f"{self.url}/response/click",
-                "actions": [{"action_id": button["action_id"], "block_id": "squall_buttons", "value": value,
+                "actions": [{"action_id": button["action_id"], "block_id": block_id, "value": value,
                              "type": "button", "text": button["text"], "action_ts": str(time.time())}]}
 
     def home_opened(self, user: str = "UALICE01") -> dict[str, Any]:

@@ -232,6 +232,29 @@ async def test_retried_event_runs_once(slack, fake: FakeSlack) -> None:
     assert [m.get("text") for m in fake.messages].count("hello once") == 1
 
 
+async def test_an_edited_mention_never_runs_its_command_again_even_after_a_restart(home: Path,
+                                                                                    fake: FakeSlack) -> None:
+    """Editing a message that mentions the bot makes Slack send `app_mention` again, with an `edited`
+    field, a new event_id and the original's ts (bolt-js #960). Squall's memory of the ts is gone after
+    a restart, so the edit itself must say it is no command: fixing a typo in yesterday's
+    `@squall deploy prod` must not deploy again."""
+    original = fake.message_event(f"<@{BOT_USER}> greet world", kind="app_mention")
+    async with _slack_chat(home, fake) as (squall, _, _):
+        await fake.push("events_api", fake.event(original))
+        await _posted(fake, lambda m: m.get("text") == "hello world", "the original's result")
+    async with _slack_chat(home, fake) as (squall, _, _):  # restarted: nothing of the original in memory
+        edited = {**original, "text": f"<@{BOT_USER}> greet world!",
+                  "edited": {"user": original["user"], "ts": "1800000000.000000"}}
+        await fake.push("events_api", fake.event(edited))
+        await fake.push("events_api", fake.event(fake.message_event(f"<@{BOT_USER}> greet later",
+                                                                    kind="app_mention")))
+        await _posted(fake, lambda m: m.get("text") == "hello later", "a new command's result")
+        await fake.wait_for(lambda: len(fake.acks) >= 3, what="all three envelopes acked")
+        await asyncio.sleep(0.3)
+        assert sorted(r["parameters"]["who"] for r in await squall.executions.list(limit=10)) == ["later", "world"]
+        assert not any((m.get("text") or "").startswith("hello world!") for m in fake.messages)
+
+
 async def test_slash_command_is_acked_and_answered_in_the_channel(slack, fake: FakeSlack) -> None:
     envelope = await fake.push("slash_commands", fake.slash("greet slashed"))
     ack = await fake.wait_for(lambda: next((a for a in fake.acks if a["envelope_id"] == envelope), None),
@@ -427,6 +450,29 @@ async def test_confirmation_by_button_click(slack, fake: FakeSlack) -> None:
     assert not any(b["type"] == "actions" for b in blocks)  # buttons gone once answered
     squall, _, _ = slack
     assert len(await squall.executions.list(limit=10)) == 1
+
+
+async def test_a_bystanders_click_after_a_restart_leaves_the_askers_buttons(home: Path, fake: FakeSlack) -> None:
+    """Whom a prompt asks travels with the prompt (its buttons' block), not in memory: after a restart a
+    refused click by someone else still leaves the buttons to the one asked, whose click then answers."""
+    def has_buttons(message: dict[str, Any]) -> bool:
+        blocks = (message["edits"][-1] if message["edits"] else message).get("blocks")
+        blocks = json.loads(blocks) if isinstance(blocks, str) else blocks or []
+        return any(b.get("type") == "actions" for b in blocks)
+
+    async with _slack_chat(home, fake):
+        await fake.push("events_api", fake.event(fake.message_event("!wipe disk")))
+        prompt = await _posted(fake, lambda m: m.get("blocks") and "About to run" in m["text"], "the prompt")
+    async with _slack_chat(home, fake) as (squall, _, _):
+        await fake.push("interactive", fake.click(prompt, "yes", user="UBOB0001"))
+        await _posted(fake, lambda m: m["text"].startswith("That prompt asks alice, not you, bob"),
+                      "bob told the prompt is alice's")
+        assert not prompt["edits"] and has_buttons(prompt)
+        await fake.push("interactive", fake.click(prompt, "yes"))
+        await _posted(fake, lambda m: m.get("text") == "wiped disk", "alice's confirmed result")
+        await fake.wait_for(lambda: prompt["edits"], what="the prompt updated")
+        assert not has_buttons(prompt)  # answered by the one asked: the buttons go
+        assert len(await squall.executions.list(action="demo.greet")) == 1
 
 
 async def test_a_click_on_an_older_confirmation_runs_nothing_and_says_it_was_replaced(slack,
