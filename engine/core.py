@@ -100,7 +100,7 @@ class Engine:
         registry.errors.extend(self.policies.rebuild(registry))
         self.executor = self.policies
         self.triggers = TriggerService(registry, self.db)
-        self.notifier = Notifier(lambda: self.registry, self.triggers, self.events)
+        self.notifier = Notifier(lambda: self.registry, self.triggers, self.events, self.executions)
         self.executions.executor = self.executor
         self.workflows.attach(self.executions, self.jobs)
         self.inquiries = InquiryService(self.executions, self.triggers)

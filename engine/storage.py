@@ -138,7 +138,9 @@ deliveries = sa.Table(
     metadata,
     # A sender's delivery accepted as a trigger instance (a signed webhook request: its hook and
     # signature), kept until the sender's signature would be refused as too old anyway: the same
-    # delivery sent again meanwhile is not fired again (`Store.trigger_instance_add`).
+    # delivery sent again meanwhile is not fired again (`Store.trigger_instance_add`). Also the engine's
+    # `notified <trigger> <execution>` keys: a completed execution's triggers fire once
+    # (`Store.trigger_instances_add_once`), whether the listener or the sweep after a crash fires them.
     sa.Column("key", sa.String(512), primary_key=True),
     sa.Column("trigger_instance_id", sa.String(32), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
@@ -1428,6 +1430,54 @@ class Store:
                                      .where(deliveries.c.key == key)).scalar()
                 raise DuplicateDelivery(key, taken or "?")
             conn.execute(_insert_statement(trigger_instances), record)
+
+    def trigger_instances_add_once(self, records: Sequence[dict[str, Any]], key: str, expires_at: datetime) -> bool:
+        """Store `records` (the instances of one occurrence, none if it owed none) with `key` in one
+        transaction, unless `key` is stored already; whether they were stored. An execution's action and
+        notify triggers come this way (`Notifier`): the listener and the sweep, in any process, fire them
+        once between them. Unlike `trigger_instance_add`, an expired key is not replaced: such keys name
+        one execution's end, which never comes again, and the purge removes them."""
+        with self.isolated(), self._write() as conn:
+            stored = conn.execute(_insert_once(self.is_sqlite, deliveries, "key"),
+                                  {"key": key, "trigger_instance_id": records[0]["id"] if records else "",
+                                   "expires_at": expires_at}).first()
+            if stored is None:
+                return False
+            if records:
+                conn.execute(_insert_statement(trigger_instances), list(records))
+        return True
+
+    def keyed_since_while(self, kind: str, keyed: bool) -> datetime | None:
+        """`outbox_keyed_since(kind)` while `keyed`; otherwise None, and that row is forgotten, so that
+        keying begun again later counts from then. For the triggers the sweep fires (`Notifier`): an
+        execution that ended while no rule listened was owed none, and must not get one from a rule
+        added since."""
+        if keyed:
+            return self.outbox_keyed_since(kind)
+        with self._read() as conn:
+            found = conn.execute(_KEYED_SINCE, {"kind": kind}).scalar()
+        if found is not None:
+            with self._write() as conn:
+                conn.execute(outbox.delete().where(outbox.c.execution_id == "", outbox.c.kind == kind))
+        return None
+
+    def executions_owing_trigger(self, key_prefix: str, since: datetime, ended_since: datetime,
+                                 statuses: Sequence[str], actions: Sequence[str] | None = None
+                                 ) -> list[dict[str, Any]]:
+        """Executions started since `since`, finished (`statuses`) since `ended_since`, with no
+        delivery keyed `key_prefix` + their id (`trigger_instances_add_once`): a trigger a crash kept
+        from firing. With `actions`, only those that may have a `notify` (their action is one of
+        `actions`, or their context carries one). Oldest finish first."""
+        fired = sa.exists().where(deliveries.c.key == sa.literal(key_prefix, sa.String) + executions.c.id)
+        where = [executions.c.start_timestamp >= since, executions.c.end_timestamp >= ended_since, ~fired]
+        if actions is not None:
+            where.append(sa.or_(executions.c.action.in_(list(actions)),
+                                executions.c.context["notify"].as_string().is_not(None)))
+        statement = sa.select(executions).where(*where).order_by(executions.c.end_timestamp, executions.c.id)
+        wanted = set(statuses)
+        with self._read() as conn:  # the status is checked here, as in `executions_owing_results`
+            rows = [_row(row) for row in conn.execute(statement)]
+        return [row for row in rows if row["status"] in wanted]  # type: ignore[index]
 
     def deliveries_purge_expired(self, now: datetime) -> int:
         with self._write() as conn:

@@ -113,6 +113,22 @@ class TriggerService:
         self._spawn(record)
         return public(record)
 
+    async def dispatch_once(self, trigger_ref: str, payloads: list[Any], key: str,
+                            expires_at: datetime) -> list[dict[str, Any]]:
+        """Store the instances of one occurrence (durable before this returns) under `key`, all or
+        none, then process them in the background; [] if `key` was stored before, by anyone (in this
+        process or another). With no payloads, only the key is stored: the occurrence owed nothing.
+        The payloads are the engine's own (action and notify triggers): not checked."""
+        now = utcnow()
+        records = [{"id": new_id(), "trigger": trigger_ref, "payload": payload, "occurrence_time": now,
+                    "status": "pending", "trace_tag": None, "trigger_parameters": None} for payload in payloads]
+        if not await self.db(self.db.store.trigger_instances_add_once, records, key, expires_at):
+            return []
+        for record in records:
+            metrics.count(metrics.trigger_instances, trigger_ref)
+            self._spawn(record)
+        return [public(record) for record in records]
+
     def _spawn(self, record: dict[str, Any]) -> None:
         task = asyncio.get_running_loop().create_task(self.process(record), name=f"trigger-{record['id']}")
         self._tasks.add(task)

@@ -5,8 +5,8 @@ The engine publishes `NOTIFICATION_DUE` with an execution's rendered messages
 gets them there. A route's messages are stored keyed (execution_id, "notify:<route>"), in one
 transaction: stored once, whoever tries. A crash between an execution's final status and its
 notification, or a process with no chat side (a worker), is made up for by `post_missing` (the
-chat's sweep), which stores the chat messages still owed, at most once; triggers are not fired
-again.
+chat's sweep), which stores the chat messages still owed, at most once, and fires the action and
+notify triggers still owed (`Notifier.fire_missing`: keyed, so once, whoever fires them).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.base import Reply
 from engine.events import NOTIFICATION_DUE
 from engine.executions import COMPLETED, public
-from engine.notifications import by_route, messages
+from engine.notifications import by_route
 from engine.templates import rendered
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ class Notices:
         """The sweep: store the chat messages of every `notify` route (one with a chat target) owed
         by executions started since `since` that finished since notifications are keyed, and have
         none stored for that route (a crash came between the final status and the insert); returns
-        how many routes. Safe beside the listener and other processes: the rows are keyed."""
+        how many routes. Then the action and notify triggers still owed (`Notifier.fire_missing`).
+        Safe beside the listener and other processes: the rows are keyed."""
         engine = self.engine
         actions = sorted(ref for ref, action in engine.registry.actions.items() if action.notify)
         # Off the event loop: the read spans every execution started in the window.
@@ -67,11 +68,12 @@ class Notices:
             notify = engine.notifier.notify_of(execution)
             if not notify:
                 continue
-            told = [(route, text) for route, text, _data in await rendered(messages, execution, notify)]
+            told = [(route, text) for route, text, _data in await rendered(engine.notifier.messages, execution, notify)]
             for route, texts in by_route(told).items():
                 if route in routes and f"notify:{route}" not in stored:
                     try:
                         posted += await self._deliver(route, texts, execution)
                     except LookupError as exc:
                         log.warning("notify route %r of %s has no chat target: %s", route, execution["id"], exc)
+        await engine.notifier.fire_missing(since)
         return posted

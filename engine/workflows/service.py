@@ -132,18 +132,34 @@ class Flow:
     def _child_notify(self, call: TaskCall) -> dict[str, Any] | None:
         """A task's `notify` as StackStorm decides it (spec §4); None leaves it to the task's action.
 
-        Action-chain: tasks in `skip_notify` get none, a task's own `notify` replaces the chain's,
-        the others inherit the chain's. Orquesta: only the tasks its `notify` parameter lists get
-        the workflow's."""
+        What the workflow hands a task: Action-chain, nothing to tasks in `skip_notify`, else the
+        task's own `notify` or the chain's; Orquesta, the workflow's to the tasks its `notify`
+        parameter lists, nothing to the others; Mistral, the workflow's to tasks not in `skip_notify`.
+        Then, as in StackStorm's `action_service.create_request`, the task's action's own `notify`
+        wins unless the task is skipped (`_is_notify_skipped`: a chain's `skip_notify` task, an
+        unlisted Orquesta task; never a Mistral task, whose `skip_notify` drops only the workflow's):
+        a skipped task gets {}, which keeps its action's own `notify` from applying."""
         request = self.request
+        runner_parameters = request.runner_parameters
         inherited = request.context.get("notify", request.action.notify)  # a nested workflow's own is inherited
-        if request.action.runner_type == "action-chain":
-            if call.task in (request.runner_parameters.get("skip_notify") or []):
-                return {}
-            return call.context.get("notify") or inherited or None
-        if call.task in (request.runner_parameters.get("notify") or []):
-            return inherited or None
-        return None
+        child = self.service.executions.registry.actions.get(call.ref)
+        # For a skipped task: {} silences its action's own notify; None where it has none (no key stored).
+        skipped: dict[str, Any] | None = {} if child is not None and child.notify else None
+        runner = request.action.runner_type
+        if runner == "action-chain":
+            if call.task in (runner_parameters.get("skip_notify") or []):
+                return skipped
+            handed = call.context.get("notify") or inherited
+        elif runner == "mistral-v2":  # a marker (a pause or a wait that happened) is no task of Mistral's
+            marker = (call.context.get("mistral") or {}).get("marker")
+            handed = None if marker or call.task in (runner_parameters.get("skip_notify") or []) else inherited
+        else:
+            if call.task not in (runner_parameters.get("notify") or []):
+                return skipped
+            handed = inherited
+        if skipped is not None:  # not skipped: the action's own wins (over a chain task's, which its call carries)
+            return child.notify  # type: ignore[union-attr]
+        return handed or None
 
     async def _request(self, calls: list[TaskCall], crashed: bool = False) -> None:
         """Request children for new calls at once (their inserts share one commit); a call that
