@@ -1,7 +1,7 @@
 """Mattermost: posts through the REST API v4, messages from the websocket, `/squall` as a slash command.
 
 The adapter stays thin: a `posted` event becomes a `Message` (a mention of the bot or a direct
-channel needs no prefix; the bot's own and system posts are dropped) and a `Reply` becomes a post
+channel needs no prefix; the bot's own, other bots' and system posts are dropped) and a `Reply` becomes a post
 in the command's thread (`root_id`), an edit through the patch API, or a file upload when the text
 is longer than the server takes. Alias `extra` (`extra.mattermost`, or a generic `extra`) becomes
 message attachments (`props.attachments`). Mattermost's rate limit (429) becomes a `DeliveryError`
@@ -95,6 +95,13 @@ class MattermostError(DeliveryError):
 
 class _AuthFailed(Exception):
     """The websocket refused our token."""
+
+
+class UnknownPerson(Exception):
+    """Mattermost could not say who sent something (`GET /users/{id}` failed for someone never named).
+
+    Naming them by their id instead would make one person two names (the id now, the username later),
+    and a request made under one name could be approved under the other (`self_approval: false`)."""
 
 
 @dataclass(frozen=True)
@@ -344,17 +351,26 @@ class MattermostAdapter:
             raise MattermostError(f"{method} {path}: {self.settings.url} did not answer in time") from None
 
     async def _username(self, user_id: str) -> str:
-        """The user's name from the server; the id when the lookup fails (never a name in the event,
-        which a webhook's poster chooses): permissions that name people then do not match."""
+        """The user's name from the server (never a name in the event, which a webhook's poster chooses).
+
+        A name is who the person is to permissions and approvals, so it has one source: when the lookup
+        fails (a 429, a timeout) the name last looked up stands, even if it expired; a person never named
+        (or renamed since, `user_updated`) cannot be named, and `UnknownPerson` is raised: what they sent
+        is dropped rather than run under their id, which would make them two people."""
         cached = self._usernames.get(user_id)
         if cached is not None and time.monotonic() < cached[1]:
             return cached[0]
         try:
             user = await self._call("GET", f"/users/{_quote(user_id)}")
+            name = str(user.get("username") or "") if isinstance(user, dict) else ""
+            if not name:
+                raise MattermostError(f"GET /users/{user_id}: the answer has no username")
         except MattermostError as exc:
-            log.warning("Mattermost: cannot look up user %s (%s)", user_id, exc)
-            return user_id
-        name = str(user.get("username") or user_id)
+            if cached is not None:
+                log.warning("Mattermost: cannot look up user %s (%s); keeping the name %r", user_id, exc, cached[0])
+                return cached[0]
+            raise UnknownPerson(f"Mattermost could not say who user {user_id} is ({exc}); what they sent is "
+                                "dropped") from None
         self._usernames[user_id] = (name, time.monotonic() + IDENTITY_TTL)
         return name
 
@@ -423,6 +439,15 @@ class MattermostAdapter:
             post["props"] = {"attachments": extra_attachments}
         if reply.outbox_id is not None:  # `find_sent` finds the post by it after a crash
             post.setdefault("props", {})[OUTBOX_PROP] = reply.outbox_id
+        try:
+            return await self._post(post, file)
+        except MattermostError as exc:
+            if command is None or exc.status not in (403, 404):
+                raise
+            return await self._answer_slash_instead(command, reply, text, extra_attachments, exc)
+
+    async def _post(self, post: dict[str, Any], file: tuple[str, str] | None) -> str:
+        """`POST /posts` (after uploading `file`); a reply to a thread that is gone goes to the channel."""
         if file is not None:
             post["file_ids"] = [await self._upload(post["channel_id"], *file)]
         try:
@@ -434,6 +459,24 @@ class MattermostAdapter:
             log.warning("Mattermost: thread %s is gone; posting to the channel instead", post.pop("root_id"))
             created = await self._call("POST", "/posts", body=post)
         return str(created["id"])
+
+    async def _answer_slash_instead(self, command: _SlashCommand, reply: Reply, text: str,
+                                    extra_attachments: list[dict[str, Any]], refused: MattermostError) -> str:
+        """A slash command's reply the channel refused as a post (the bot is not a member of a direct
+        or private channel; a long output's file cannot be uploaded there either) goes through the
+        command's response_url instead, a file as the start of its text with a note saying it was cut.
+        Past the response_url's limits (5 posts, 30 minutes) nothing can reach that channel: the
+        refusal stands, with the reason."""
+        inline = _inline(text, reply.file, self.capabilities.max_length)
+        answered = await self._answer_slash(command, reply, inline, extra_attachments)
+        if answered is None:
+            raise MattermostError(f"{refused}; the bot cannot post in channel {command.channel} (invite it there) "
+                                  f"and the slash command's response_url is used up ({RESPONSE_URL_USES} posts) or "
+                                  f"expired ({RESPONSE_URL_TTL / 60:g} minutes)", status=refused.status,
+                                  error_id=refused.error_id) from None
+        log.info("Mattermost: channel %s refused a slash command's reply (%s); sent through its response_url",
+                 command.channel, refused)
+        return answered
 
     async def find_sent(self, replies: Sequence[Reply], since: datetime) -> dict[int, str]:
         """Which of these replies (left pending by a crash) the bot already posted: outbox id → post id,
@@ -557,6 +600,9 @@ class MattermostAdapter:
             return
         try:
             message = await self._message(event)
+        except UnknownPerson as exc:
+            log.warning("Mattermost: %s", exc)
+            return
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             log.warning("Mattermost: a malformed posted event was skipped (%s: %s)", type(exc).__name__, exc)
             return
@@ -577,9 +623,14 @@ class MattermostAdapter:
         user_id = str(post.get("user_id") or "")
         if user_id == self.me.get("id") or post.get("type") or post["id"] in self._seen:
             return None  # our own posts, system messages (joins, header changes), replays already handled
-        if str((post.get("props") or {}).get("from_webhook") or "").lower() == "true":
+        props = post.get("props") or {}
+        if str(props.get("from_webhook") or "").lower() == "true":
             # Posted through a webhook or as a slash command's answer, which the server posts as the
             # person who ran the command: never that person's command (or Squall's answers run again).
+            return None
+        if str(props.get("from_bot") or "").lower() == "true":
+            # The server marks every bot account's post so (app/post.go): another bot's output, or its
+            # relay of something, is never a command (two bots could also answer each other forever).
             return None
         self._seen.append(post["id"])
         text = str(post.get("message") or "")
@@ -655,7 +706,12 @@ class MattermostAdapter:
                                 status_code=400)
         if self._on_message is None:
             return JSONResponse({"error": {"message": "Squall's chat is not running"}}, status_code=503)
-        user = await self._username(user_id)
+        try:
+            user = await self._username(user_id)
+        except UnknownPerson as exc:  # refused, not guessed: the buttons stay for a click a moment later
+            log.warning("Mattermost: a button click refused: %s", exc)
+            return JSONResponse({"ephemeral_text": "Mattermost could not say who you are just now, so your "
+                                                   "click was not taken; click again in a moment."})
         # A prompt at the top of a channel (an inquiry asked through a route) is its own thread's root:
         # its post id names it, so the click answers that question as a reply in its thread would.
         post_id = body.get("post_id") if isinstance(body.get("post_id"), str) else ""
@@ -695,8 +751,13 @@ class MattermostAdapter:
             return JSONResponse({"error": "the dialog submission lacks user_id, state or submission"}, status_code=400)
         values = {k: ("true" if v is True else str(v)) for k, v in submitted.items()
                   if v is not None and v is not False and v != ""}
-        errors = await self.on_form(FormSubmission(adapter=self.name, user=await self._username(user_id),
-                                                   state=body["state"], values=values))
+        try:
+            user = await self._username(user_id)
+        except UnknownPerson as exc:  # the dialog stays open, to be submitted again
+            log.warning("Mattermost: a dialog submission refused: %s", exc)
+            return JSONResponse({"error": "Mattermost could not say who you are just now; submit the form again "
+                                          "in a moment."})
+        errors = await self.on_form(FormSubmission(adapter=self.name, user=user, state=body["state"], values=values))
         general = errors.pop("", None)
         return JSONResponse({**({"errors": errors} if errors else {}), **({"error": general} if general else {})})
 
@@ -744,12 +805,18 @@ class MattermostAdapter:
         if self._on_message is None:
             return JSONResponse({"response_type": "ephemeral", "text": "Squall's chat is not running"},
                                 status_code=503)
+        try:
+            user = form.get("user_name") or await self._username(form["user_id"])
+        except UnknownPerson as exc:
+            log.warning("Mattermost: a slash command refused: %s", exc)
+            return JSONResponse({"response_type": "ephemeral",
+                                 "text": "Mattermost could not say who you are just now, so the command did not "
+                                         "run; try again in a moment."})
         self._expire_slash()
         key = secrets.token_hex(8)
         command = _SlashCommand(response_url=form["response_url"], channel=form["channel_id"],
                                 first=asyncio.get_running_loop().create_future())
         self._slash[key] = command
-        user = form.get("user_name") or await self._username(form["user_id"])
         message = Message(adapter=self.name, channel=form["channel_id"], user=user, text=form.get("text", "").strip(),
                           thread=_SLASH + key, mentioned=True, id=_SLASH + key, raw=form,
                           channel_name=form.get("channel_name") or None, trigger=form.get("trigger_id") or None)
@@ -839,6 +906,29 @@ def dialog(form: Form) -> dict[str, Any]:
     """A form as an interactive dialog; `state` comes back with the submission."""
     return {"callback_id": "squall_form", "title": form.title, "elements": [_element(f) for f in form.fields],
             "submit_label": form.submit, "state": form.state, "notify_on_cancel": False}
+
+
+#: The line `bot.chat.replies.fit` puts under the head of an output it attaches as a file.
+_ATTACHED_NOTE = "(full output attached)"
+
+
+def _inline(text: str, file: tuple[str, str] | None, limit: int) -> str:
+    """A reply's text, with its file (if any) inline: as much of the start as one post takes, cut at a
+    line, and a note saying how much was left out, since the file itself could not be posted."""
+    if file is None:
+        return text
+    name, content = file
+    caption = "\n".join(line for line in text.split("\n") if line.strip() != _ATTACHED_NOTE).strip()
+    if caption and content.startswith(caption):
+        caption = ""  # the head of the output, which follows anyway
+    room = max(0, limit - len(caption) - 300)
+    head = content[:room]
+    if len(head) < len(content) and "\n" in head:
+        head = head.rsplit("\n", 1)[0]
+    note = "" if len(head) == len(content) else (
+        f"\n(output truncated: the first {len(head):,} of {len(content):,} characters; {name} could not be "
+        "uploaded to this channel, where the bot is not a member)")
+    return f"{caption}\n```\n{head}\n```{note}".lstrip("\n")
 
 
 def _response_payload(text: str, extra_attachments: list[dict[str, Any]]) -> dict[str, Any]:

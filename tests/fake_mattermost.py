@@ -4,7 +4,8 @@ No Mattermost server can be installed here, so this one is built from the docume
 (shared/reference/chat-protocols.md §2): `Content-Type: application/json` exactly, Mattermost-shaped
 errors (`{"id", "message", "detailed_error", "request_id", "status_code"}`), 201 for created posts,
 `posted` events whose `data.post` (and `data.mentions`) are JSON *strings*, hello at seq 0, the
-bot's own posts echoed back, `authentication_challenge` answered with `seq_reply`, and resumable
+bot's own posts echoed back, a bot account's posts marked `props.from_bot`, uploads and posts refused
+(403) in channels the caller is not a member of, `authentication_challenge` answered with `seq_reply`, and resumable
 connections (`?connection_id=&sequence_number=` replays what was queued while the socket was down).
 
 Test controls are plain methods on `FakeMattermost` (it runs on the test's event loop): `say()`
@@ -509,6 +510,10 @@ class FakeMattermost:
         request[CALL]["body"] = {"channel_id": channel_id, "files": [i["name"] for i in infos]}
         if not infos or channel_id not in self.channels:
             return error(400, "api.file.upload_file.incorrect_number_of_files.app_error", "Unable to upload files.")
+        if request[USER_ID] not in self.members[channel_id]:  # the server checks upload_file on the channel
+            for info in infos:
+                del self.files[info["id"]]
+            return error(403, "api.context.permissions.app_error", "You do not have the appropriate permissions.")
         return J({"file_infos": infos, "client_ids": []}, 201)
 
     async def _command_hook(self, request: web.Request) -> web.Response:
@@ -541,9 +546,12 @@ class FakeMattermost:
     async def make_post(self, user_id: str, channel_id: str, message: str, root_id: str = "",
                         props: dict[str, Any] | None = None, file_ids: list[str] | None = None) -> dict[str, Any]:
         t = now_ms()
+        props = dict(props or {})
+        if self.users[user_id].get("is_bot"):  # as the server marks a bot account's posts (app/post.go)
+            props["from_bot"] = "true"
         post = {"id": mmid(), "create_at": t, "update_at": t, "edit_at": 0, "delete_at": 0, "is_pinned": False,
                 "user_id": user_id, "channel_id": channel_id, "root_id": root_id, "original_id": "",
-                "message": message, "type": "", "props": props or {}, "hashtags": "", "pending_post_id": "",
+                "message": message, "type": "", "props": props, "hashtags": "", "pending_post_id": "",
                 "reply_count": 0, "file_ids": file_ids or [], "metadata": {}}
         if file_ids:
             post["metadata"]["files"] = []

@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from adapters import mattermost as mattermost_module
@@ -392,6 +394,25 @@ async def test_slash_command_with_a_bad_or_missing_token_is_refused(api) -> None
     assert not fake.bot_posts() and all("intruder" not in json.dumps(r) for r in fake.responses)
 
 
+async def test_a_slash_commands_long_result_reaches_a_channel_the_bot_is_not_in(api) -> None:
+    """A slash command in a direct channel between two people: the bot can neither upload the long
+    result's file there nor post (403), so the start of it goes through the command's response_url,
+    with a note that it was cut; nothing is posted by the bot, and the post fits the server's limit."""
+    fake, url = api
+    dm_ab = fake.add_channel("alice-bob", "D", [fake.alice["id"], fake.bob["id"]])
+    status, _answer = await fake.slash(url, "spew 5000", channel=dm_ab)
+    assert status == 200
+    [answer] = await fake.wait_for(lambda: [r for r in fake.responses if "output truncated" in
+                                            r["payload"].get("text", "")])
+    text = answer["payload"]["text"]
+    assert answer["via"] == "response_url" and answer["payload"]["response_type"] == "in_channel"
+    assert text.startswith("```\n1\n2\n3\n") and "output.txt could not be uploaded" in text
+    assert len(text) <= fake.max_post_size
+    assert text in [p["message"] for p in fake.posts_by(fake.alice["id"], dm_ab["id"])]
+    assert [c["status"] for c in fake.calls if c["path"] == "/api/v4/files"] == [403]
+    assert not fake.bot_posts(dm_ab["id"])
+
+
 async def test_confirmation_buttons_answer_for_the_person_asked(home: Path, fake: FakeMattermost) -> None:
     """With `actions_url`, a confirmation is a pair of buttons: someone else's click leaves them, the
     asker's click runs the command and the prompt keeps a line saying who chose what; a context
@@ -638,9 +659,11 @@ async def _slash_when_up(fake: FakeMattermost, url: str) -> tuple[int, Any]:
     raise AssertionError("the API server never listened")
 
 
-async def test_a_user_the_server_cannot_name_now_is_their_id_not_a_name_from_the_event(chat) -> None:
-    """When `GET /users/{id}` fails (a 429), the person is their id: never the event's `sender_name`,
-    which a webhook's poster chooses (`override_username: alice` would get alice's permissions)."""
+async def test_a_user_the_server_cannot_name_now_is_dropped_not_named_by_id_or_by_the_event(chat) -> None:
+    """When `GET /users/{id}` fails (a 429) for someone never named, what they sent is dropped: never
+    named by the event's `sender_name`, which a webhook's poster chooses (`override_username: alice`
+    would get alice's permissions), nor by their id (one person would be two names: the id now, the
+    username later, and could approve their own request). Their next message, looked up, goes on."""
     fake, adapter = chat
     seen: list[tuple[str, str]] = []
     handler = adapter._on_message
@@ -658,8 +681,106 @@ async def test_a_user_the_server_cannot_name_now_is_their_id_not_a_name_from_the
     await fake._publish("posted", {"channel_type": "O", "channel_name": "town-square", "post": json.dumps(post),
                                    "sender_name": "alice", "team_id": fake.team["id"]},
                         {"channel_id": fake.town_square["id"]}, fake.town_square["id"])
+    await fake.say(mallory, fake.town_square, "!greet y")  # events are handled in order: x was handled first
     await fake.wait_for(lambda: seen)
-    assert seen[0] == (mallory["id"], "!greet x")
+    assert seen == [("mallory", "!greet y")]
+
+
+async def test_a_failed_lookup_keeps_the_name_so_self_approval_stays_refused(home: Path, fake: FakeMattermost,
+                                                                            monkeypatch) -> None:
+    """alice's name has expired and the lookup for her request is rate-limited: she is still `alice`
+    (the name last looked up stands), so approving her own request is refused (`self_approval: false`)
+    rather than her id's request being approved by `alice`."""
+    write(home / "config.yml", (home / "config.yml").read_text() + "auth:\n  groups:\n    approvers: [alice, bob]\n")
+    write(home / "packs" / "demo" / "aliases" / "guarded.yaml", """
+        name: guarded
+        action_ref: demo.greet
+        formats: ["guarded greet {{who}}"]
+        result:
+          format: "{{ execution.result.stdout }}"
+        approval: {groups: [approvers], self_approval: false}
+    """)
+    monkeypatch.setattr(mattermost_module, "IDENTITY_TTL", 0.0)  # every name is looked up again
+    squall, bot, adapter = await _chat(home, fake)
+    try:
+        seen = await _names_seen(fake, adapter)
+        await fake.say(fake.alice, fake.town_square, "hello")
+        await fake.wait_for(lambda: seen)
+        fake.rate_limit(times=1, method="GET", path=f"/api/v4/users/{fake.alice['id']}")
+        post = await fake.say(fake.alice, fake.town_square, "@squallbot guarded greet carol")
+        thread = await replies_to(fake, post, "waiting for 1 approval")
+        prompt = next(p for p in thread if "waiting for 1 approval" in p["message"])
+        approval = re.search(r"approve (\S+)`", prompt["message"]).group(1)
+        await fake.say(fake.alice, fake.town_square, f"@squallbot approve {approval}", root_id=post["id"])
+        decided = await fake.wait_for(lambda: [p["message"] for p in fake.bot_posts(fake.town_square["id"])
+                                               if p["root_id"] == post["id"] and ("hello carol" in p["message"]
+                                               or "someone else from approvers must approve" in p["message"])])
+        assert not any("hello carol" in m for m in decided), "alice approved her own request"
+        assert [name for _id, name in seen] == ["alice", "alice", "alice"]
+        assert squall.store.list_executions(action="demo.greet") == []
+    finally:
+        await bot.stop()
+        await squall.close()
+
+
+async def test_a_click_slash_command_or_dialog_from_someone_unnamed_is_refused(home: Path,
+                                                                               fake: FakeMattermost) -> None:
+    """A button click, a slash command (without the server's user_name) or a dialog submission from
+    someone the server cannot name just now is refused with a word to them, not taken under their id;
+    the buttons stay, and a click once the lookup works runs the command."""
+    async with _with_buttons(home, fake) as (squall, adapter):
+        actions_url = adapter.settings.actions_url
+        assert actions_url is not None
+        post = await fake.say(fake.alice, fake.town_square, "@squallbot careful bob")
+        [prompt] = await fake.wait_for(lambda: [p for p in fake.bot_posts(fake.town_square["id"])
+                                                if (p.get("props") or {}).get("attachments")])
+        await fake.rename(fake.alice, "alice")  # `user_updated`: the adapter forgets her name
+        while fake.alice["id"] in adapter._usernames:
+            await asyncio.sleep(0.05)
+        fake.rate_limit(times=1, method="GET", path=f"/api/v4/users/{fake.alice['id']}")
+        status, answer = await fake.click(prompt, 0)
+        assert status == 200 and "update" not in answer and "click again" in answer["ephemeral_text"]
+        assert fake.posts[prompt["id"]]["props"]["attachments"]
+
+        dave = fake.add_user("dave")
+        for _ in range(2):
+            fake.rate_limit(times=1, method="GET", path=f"/api/v4/users/{dave['id']}")
+        form = {"token": SLASH_TOKEN, "channel_id": fake.town_square["id"], "user_id": dave["id"],
+                "command": "/squall", "text": "greet dave", "response_url": f"{fake.url}/hooks/commands/x"}
+        submissions: list[Any] = []
+
+        async def on_form(submission: Any) -> dict[str, str]:
+            submissions.append(submission)
+            return {}
+
+        adapter.on_form = on_form
+        async with aiohttp.ClientSession() as session:
+            async with session.post(actions_url.replace("/actions", "/command"), data=form) as response:
+                assert response.status == 200
+                assert "did not run" in (await response.json())["text"]
+            dialog = {"type": "dialog_submission", "user_id": dave["id"], "state": "s", "submission": {"a": "b"},
+                      "callback_id": "squall_form", "channel_id": fake.town_square["id"], "cancelled": False}
+            async with session.post(actions_url, json=dialog) as response:
+                assert response.status == 200
+                assert "submit the form again" in (await response.json())["error"]
+        assert submissions == []
+
+        status, answer = await fake.click(prompt, 0)  # the lookup works again
+        assert status == 200 and "alice chose **Yes**" in answer["update"]["message"]
+        await replies_to(fake, post, "hello bob")
+        assert [r["parameters"]["who"] for r in await squall.executions.list(action="demo.greet")] == ["bob"]
+
+
+async def test_another_bot_accounts_posts_are_never_commands(chat) -> None:
+    """Mattermost marks a bot account's post `props.from_bot` (app/post.go): another bot's `!greet`
+    runs nothing (two bots could answer each other forever); a person's still does."""
+    fake, _adapter = chat
+    relay = fake.add_user("relaybot", "relay-token-0123456789", is_bot=True)
+    await fake.say(relay, fake.town_square, "!greet robots")
+    await fake.say(relay, fake.town_square, "@squallbot greet robots")
+    post = await fake.say(fake.alice, fake.town_square, "!greet people")
+    await replies_to(fake, post, "hello people")
+    assert not any("robots" in p["message"] for p in fake.bot_posts())
 
 
 async def _names_seen(fake: FakeMattermost, adapter: MattermostAdapter) -> list[tuple[str, str]]:
