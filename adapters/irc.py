@@ -375,7 +375,7 @@ class IrcAdapter:
         self._quit: dict[str, None] = {}
         #: PING token → (reply target, the 401/404 seen for it, or None): `send()` knows if a nick was gone
         #: or the channel refused the lines.
-        self._confirming: dict[str, tuple[str, asyncio.Future[str | None]]] = {}
+        self._confirming: dict[str, _Confirming] = {}
 
     @property
     def nick(self) -> str:
@@ -566,7 +566,7 @@ class IrcAdapter:
                 raise DeliveryError(f"IRC: disconnected after {index} of {len(lines)} lines to {target}") from None
         self._partial.pop(key, None)
         if lines:
-            await self._confirm(conn, target, private)
+            await self._confirm(conn, target, private, len(lines))
         return f"{target}:{next(self._ids)}"
 
     def _current_nick(self, nick: str) -> str:
@@ -590,29 +590,35 @@ class IrcAdapter:
         while len(table) > self.nick_memory:
             del table[next(iter(table))]
 
-    async def _confirm(self, conn: Any, target: str, private: bool) -> None:
-        """PING after a reply and wait for the PONG: the server answers in order, so a refusal of the lines
-        comes first. A 401 (no such nick) fails a private reply for good; a 404 (cannot send to channel: the
-        bot is banned or muted while still in it) leaves a channel's reply in the outbox, retried, as one
-        the bot cannot join is. Either way it is not marked sent: IRC has no other acknowledgement."""
+    async def _confirm(self, conn: Any, target: str, private: bool, lines: int) -> None:
+        """PING after a reply's `lines` and wait for the PONG: the server answers in order, so its refusals
+        of the lines come first. A 401 (no such nick) fails a private reply for good. A 404 for every line
+        (cannot send to channel: the bot is banned or muted while still in it) leaves a channel's reply in
+        the outbox, retried, as one the bot cannot join is: IRC has no other acknowledgement. A 404 for
+        some lines only (a channel mode or filter refusing what they hold) is logged, and the reply counts
+        as delivered: sending it again would repeat the lines the channel got, and be refused again."""
+        confirming = _Confirming(target.lower(), asyncio.get_running_loop().create_future())
         token = f"squall-{next(self._ids)}"
-        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._confirming[token] = (target.lower(), answer)
+        self._confirming[token] = confirming
         try:
             conn.ping(token)
             async with asyncio.timeout(self.confirm_wait):
-                refused = await answer
+                await confirming.answered
         except (TimeoutError, irc.client.ServerNotConnectedError):
             return  # no answer: the lines were written; count them delivered (at least once, as before)
         finally:
             self._confirming.pop(token, None)
-        if refused is None:
+        refused = confirming.refusals
+        if not refused:
             return
         if private:
-            raise DeliveryError(f"IRC: {target} is not on the server ({refused}); the private reply was not "
+            raise DeliveryError(f"IRC: {target} is not on the server ({refused[0]}); the private reply was not "
                                 "delivered", permanent=True)
-        raise DeliveryError(f"IRC: {target} refused the reply ({refused}: the bot is banned or muted there); "
-                            "it stays in the outbox and is tried again")
+        if len(refused) >= lines:
+            raise DeliveryError(f"IRC: {target} refused the reply ({refused[0]}: the bot is banned or muted "
+                                "there); it stays in the outbox and is tried again")
+        log.warning("IRC: %s refused %d of the %d lines of a reply (%s); the others were delivered", target,
+                    len(refused), lines, refused[0])
 
     async def _ensure_joined(self, channel: str) -> None:
         """Be in `channel` before writing to it: join it (with the key configured for it) and wait for our
@@ -700,9 +706,9 @@ class IrcAdapter:
         self.joined.clear()
         self._lost.set()
         self._join_happened()
-        for _target, answer in self._confirming.values():
-            if not answer.done():
-                answer.set_result(None)  # the lines were written: delivered at least once, as before
+        for confirming in self._confirming.values():
+            if not confirming.answered.done():
+                confirming.answered.set_result(None)  # the lines were written: delivered at least once, as before
 
     def _fallback_nick(self, conn: Any, event: Any) -> None:
         if self.registered.is_set():
@@ -841,19 +847,19 @@ class IrcAdapter:
             self._join_happened()
 
     def _on_refused(self, conn: Any, event: Any) -> None:
-        """401 (a private reply's nick is not on the server) and 404 (a channel refused the bot's lines):
-        `_confirm` fails the reply being confirmed to that target."""
+        """401 (a private reply's nick is not on the server) and 404 (a channel refused a line of the bot's):
+        counted against the reply being confirmed to that target (`_confirm`)."""
         self._warn(conn, event)
         name = event.arguments[0].lower() if event.arguments else ""
-        for target, answer in self._confirming.values():
-            if target == name and not answer.done():
-                answer.set_result(event.arguments[-1] if len(event.arguments) > 1 else event.type)
+        for confirming in self._confirming.values():
+            if confirming.target == name and not confirming.answered.done():
+                confirming.refusals.append(event.arguments[-1] if len(event.arguments) > 1 else event.type)
 
     def _on_pong(self, conn: Any, event: Any) -> None:
         for word in (event.target, *event.arguments):
-            entry = self._confirming.get(str(word))
-            if entry is not None and not entry[1].done():
-                entry[1].set_result(None)
+            confirming = self._confirming.get(str(word))
+            if confirming is not None and not confirming.answered.done():
+                confirming.answered.set_result(None)
 
     _on_nosuchnick = _on_refused
     _on_cannotsendtochan = _on_refused
@@ -863,6 +869,16 @@ class IrcAdapter:
     _on_badchannelkey = _join_refusal
     _on_channelisfull = _join_refusal
     _on_yourebannedcreep = _warn
+
+
+@dataclass
+class _Confirming:
+    """A reply being confirmed (`IrcAdapter._confirm`): where it went, the PONG that ends the wait, and the
+    server's refusals (401/404) of its lines seen before it."""
+
+    target: str
+    answered: asyncio.Future[None]
+    refusals: list[str] = field(default_factory=list)
 
 
 def _describe(exc: BaseException) -> str:

@@ -184,3 +184,34 @@ async def test_a_private_reply_to_a_nick_not_on_the_server_is_not_delivered(irc:
     with pytest.raises(DeliveryError, match="nobody") as refused:
         await adapter.send(Reply(adapter="irc", channel="nobody", text="for nobody"))
     assert refused.value.permanent
+
+
+@pytest.mark.parametrize(("refused", "outcome"), [(0, "sent"), (1, "sent"), (3, "kept")])
+async def test_a_channel_reply_is_kept_only_when_every_line_was_refused(refused: int, outcome: str,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A 404 may refuse one line (a channel mode or filter on what it holds) while the others get
+    through: retrying the whole reply re-posted the lines the channel had, again at every retry. Only a
+    reply refused line for line (the bot banned or muted) stays in the outbox."""
+    import irc.client
+
+    adapter = IrcAdapter(IrcSettings.from_section({"server": "127.0.0.1", "port": 6667, "nick": "squall",
+                                                   "channels": ["#ops"]}))
+    loop = asyncio.get_running_loop()
+
+    class Server:
+        """Answers a PING as a server does: the refusals of the lines written before it, then the PONG."""
+
+        def ping(self, token: str) -> None:
+            for _ in range(refused):
+                loop.call_soon(adapter._on_refused, self, irc.client.Event(
+                    "cannotsendtochan", "server", "squall", ["#ops", "Cannot send to channel"]))
+            loop.call_soon(adapter._on_pong, self, irc.client.Event("pong", "server", "server", [token]))
+
+    if outcome == "sent":
+        await adapter._confirm(Server(), "#ops", False, 3)
+        assert ("refused 1 of the 3 lines" in caplog.text) == (refused == 1)
+    else:
+        with pytest.raises(DeliveryError, match="banned or muted") as kept:
+            await adapter._confirm(Server(), "#ops", False, 3)
+        assert not kept.value.permanent
+    assert adapter._confirming == {}
