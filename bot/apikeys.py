@@ -31,7 +31,11 @@ def hash_key(key: str) -> str:
 
 
 def generate_key() -> str:
-    return secrets.token_urlsafe(32)
+    """32 random bytes, URL-safe, never starting with `-`: one in 64 did, and a command line then read the
+    key as an option (`st2 login alice --password -Xb...`, `st2 --api-key -Xb...`: "expected one argument")."""
+    while (key := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return key
 
 
 def create_key(store: Any, name: str | None = None) -> tuple[str, dict[str, Any]]:

@@ -153,3 +153,13 @@ async def test_a_name_too_long_to_store_is_a_400_naming_the_limit(squall: Squall
         assert (await client.get("/api/v1/keys", params={"scope": "all"})).json() == []
         fits = await client.put("/api/v1/keys/" + "k" * 508, json={"value": "v", "scope": "user", "user": "ann"})
         assert fits.status_code == 200, fits.text
+
+
+def test_a_new_api_key_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One key in 64 started with `-`, and a command line then took it for an option: `st2 login alice
+    --password -Xb...` failed with "expected one argument" (a CI run met one)."""
+    from bot import apikeys
+
+    drawn = iter(["-Xb9first", "Yc8second"])
+    monkeypatch.setattr(apikeys.secrets, "token_urlsafe", lambda nbytes: next(drawn))
+    assert apikeys.generate_key() == "Yc8second"
