@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adapters.base import Adapter
 from bot.chat.bot import ChatBot
 from engine.config import Config
 from engine.core import Engine, load_packs
 from engine.packs import Registry
+from engine.rule_files import RuleFileError, set_rule_enabled
 from engine.storage import Store
+
+if TYPE_CHECKING:
+    from engine.rules import Rule
 
 __all__ = ["Squall", "load_packs"]
 
@@ -42,6 +48,19 @@ class Squall(Engine):
         await self.python.recycle()
         await self.sync_sensors()
         return registry
+
+    async def set_rule_enabled(self, rule: Rule, enabled: bool, event: str, actor: str | None, source: str) -> None:
+        """Turn `rule` on or off in its pack file and reload the packs, so it fires, or stops, at once: the
+        web UI's switch and `st2 rule enable|disable` alike; audited as `event`. `RuleFileError` for a
+        rule of a pack shipped with Squall (its files are Squall's), or a file laid out so that it will
+        not be rewritten."""
+        pack = self.registry.packs.get(rule.pack)
+        if pack is None or pack.system:
+            raise RuleFileError(f"{rule.ref} belongs to a pack shipped with Squall, whose files are not changed "
+                                "here: install a pack of your own with the rule you want.")
+        if await asyncio.to_thread(set_rule_enabled, Path(rule.file), enabled):
+            await self.reload_packs()
+        await self.db(self.store.audit_add, event, actor, source, rule.ref, {"file": rule.file})
 
     async def close(self) -> None:
         await self.chat.stop()

@@ -9,8 +9,6 @@ its next reload. Any other change is refused: rules are edited in their pack fil
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
@@ -19,7 +17,7 @@ from bot.http.key_auth import request_user
 from bot.http.paging import ALL_ROWS, Paging, page_limit, tell_page
 from bot.http.state import api_state
 from engine.parameters import MAX_INTEGER
-from engine.rule_files import RuleFileError, set_rule_enabled
+from engine.rule_files import RuleFileError
 from engine.rules import Rule, enforcement_public
 
 router = APIRouter()
@@ -75,18 +73,11 @@ async def update_rule(ref_or_id: str, request: Request, body: dict[str, Any] = B
     squall = api_state(request).squall
     rule = _find_rule(request, ref_or_id)
     enabled = _wanted_enabled(rule, body)
-    pack = squall.registry.packs.get(rule.pack)
-    if pack is None or pack.system:
-        raise HTTPException(409, f"{rule.ref} belongs to a pack shipped with Squall, whose files are not changed "
-                                 "here: install a pack of your own with the rule you want.")
     try:
-        changed = await asyncio.to_thread(set_rule_enabled, Path(rule.file), enabled)
+        await squall.set_rule_enabled(rule, enabled, f"api.rule.{'enable' if enabled else 'disable'}",
+                                      request_user(request), "api")
     except RuleFileError as exc:
         raise HTTPException(409, str(exc)) from exc
-    if changed:
-        await squall.reload_packs()
-    await squall.db(squall.store.audit_add, f"api.rule.{'enable' if enabled else 'disable'}", request_user(request),
-                    "api", rule.ref, {"file": rule.file})
     reloaded = squall.rules.rules.get(rule.ref)
     if reloaded is None:  # the reload no longer loads it (its file was broken meanwhile): say what was written
         return {**rule.public(), "enabled": enabled}

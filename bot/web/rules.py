@@ -10,16 +10,13 @@ fires the rule or not, and every other process on the pack folder follows at its
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
-
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 
 from bot.accounts import Session
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import admin, form_fields, viewer
-from engine.rule_files import RuleFileError, set_rule_enabled
+from engine.rule_files import RuleFileError
 from engine.rules import Rule
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -62,16 +59,9 @@ async def rule_enable(request: Request, ref: str, session: Session = Depends(adm
     wanted = (await form_fields(request)).get("enabled", "")
     if wanted not in ("true", "false"):
         raise PageError(f"'enabled' must be true or false, not {wanted!r}")
-    pack = squall.registry.packs.get(rule.pack)
-    if pack is None or pack.system:
-        raise PageError(f"{rule.ref} belongs to a pack shipped with Squall, whose files are not changed here: "
-                        "install a pack of your own with the rule you want.", 409)
     try:
-        changed = await asyncio.to_thread(set_rule_enabled, Path(rule.file), wanted == "true")
+        await squall.set_rule_enabled(rule, wanted == "true", f"web.rule.{'enable' if wanted == 'true' else 'disable'}",
+                                      session.account.name, "web")
     except RuleFileError as exc:
         raise PageError(str(exc), 409) from exc
-    if changed:
-        await squall.reload_packs()
-    await squall.db(squall.store.audit_add, f"web.rule.{'enable' if wanted == 'true' else 'disable'}",
-                    session.account.name, "web", rule.ref, {"file": rule.file})
     return RedirectResponse(f"/rules/{rule.ref}", status_code=303)
