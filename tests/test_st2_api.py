@@ -139,6 +139,33 @@ async def test_execution_list_takes_st2s_user_time_and_trigger_instance_filters(
         assert bad.status_code == 400 and name in bad.json()["faultstring"] and value in bad.json()["faultstring"]
 
 
+async def test_include_and_exclude_attributes_project_executions_as_stackstorm_does(
+        squall: Squall, client: httpx.AsyncClient) -> None:
+    """st2web's history and `st2 execution list` ask for the attributes they show
+    (`include_attributes=id,status,action.ref,...`) so that no result is shipped to a list; they
+    were ignored, and each listed execution came with its whole result (up to 2 MiB of output)."""
+    created = (await client.post("/api/v1/executions", json={"action": "demo.greet",
+                                                             "parameters": {"who": "ann"}})).json()
+    await squall.executions.wait(created["id"], timeout=20)
+    listed = await client.get("/api/v1/executions",
+                              params={"include_attributes": "status,action.ref,action.name,context.user,rule.ref"})
+    assert listed.status_code == 200, listed.text
+    (shown,) = listed.json()
+    assert shown == {"id": created["id"], "status": "succeeded", "action": {"ref": "demo.greet", "name": "greet"},
+                     "context": {"user": "squall"}}
+    one = (await client.get(f"/api/v1/executions/{created['id']}", params={"include_attributes": "result"})).json()
+    assert set(one) == {"id", "result"} and "hello ann" in one["result"]["stdout"]
+    without = (await client.get("/api/v1/executions", params={"exclude_attributes": "result,liveaction"})).json()
+    assert "result" not in without[0] and "liveaction" not in without[0] and without[0]["status"] == "succeeded"
+    for params, named in (({"include_attributes": "status,nosuch.field"}, "nosuch.field"),
+                          ({"exclude_attributes": "resul"}, "resul"),
+                          ({"include_attributes": "status", "exclude_attributes": "result"}, "mutually exclusive")):
+        bad = await client.get("/api/v1/executions", params=params)
+        assert bad.status_code == 400 and named in bad.json()["faultstring"], bad.text
+        bad_one = await client.get(f"/api/v1/executions/{created['id']}", params=params)
+        assert bad_one.status_code == 400 and named in bad_one.json()["faultstring"], bad_one.text
+
+
 def test_execution_list_filters_on_sqlite_and_postgresql(database_url: str) -> None:
     """The filters of `st2 execution list` as SQL on both databases (PostgreSQL reads `context.user` by
     the expression of migration 0019's index)."""

@@ -19,6 +19,7 @@ from sse_starlette import EventSourceResponse
 
 from bot.chat.commands import CommandRefused
 from bot.http.actions import action_public
+from bot.http.attributes import Projection
 from bot.http.key_auth import request_user
 from bot.http.paging import ALL_ROWS, page_limit, tell_page
 from bot.http.runners import runner_public
@@ -111,12 +112,13 @@ async def list_executions(request: Request, response: Response, action: str | No
                           timestamp_lt: str | None = None,
                           limit: int | None = Depends(page_limit(50, 1000)),
                           offset: int = Query(0, ge=0, le=MAX_INTEGER),
-                          sort_asc: bool = False) -> list[dict[str, Any]]:
+                          sort_asc: bool = False, shown: Projection = Depends()) -> list[dict[str, Any]]:
     """Newest first (`sort_asc=true` for oldest first); `parent=null` keeps top-level executions only,
     as `st2 execution list` asks. Its other filters are StackStorm's too: `user` (who asked, the
     execution's `context.user`), `trigger_instance` (the id of the trigger instance a rule ran it for),
     `timestamp_gt`/`timestamp_lt` (started strictly after/before, ISO 8601). `limit=-1` lists them all
-    (`st2 execution list -n -1`), as StackStorm does for an admin."""
+    (`st2 execution list -n -1`), as StackStorm does for an admin. `include_attributes` and
+    `exclude_attributes` answer with some attributes only (`bot/http/attributes.py`)."""
     executions = api_state(request).squall.executions
     filters = {"action": action, "status": status, "parent": parent, "user": user,
                "trigger_instance": trigger_instance, "since": _timestamp("timestamp_gt", timestamp_gt),
@@ -124,7 +126,7 @@ async def list_executions(request: Request, response: Response, action: str | No
     records, total = await executions.page(limit=ALL_ROWS if limit is None else limit, offset=offset,
                                            oldest_first=sort_asc, **filters)
     tell_page(response, total, limit)
-    return [_doc(request, r) for r in records]
+    return [shown(_doc(request, r)) for r in records]
 
 
 async def _find_execution(request: Request, execution_id: str) -> dict[str, Any]:
@@ -141,10 +143,10 @@ async def _children(request: Request, execution_id: str) -> list[dict[str, Any]]
 
 
 @router.get("/executions/{execution_id}", tags=["executions"])
-async def get_execution(execution_id: str, request: Request) -> dict[str, Any]:
+async def get_execution(execution_id: str, request: Request, shown: Projection = Depends()) -> dict[str, Any]:
     record = await _find_execution(request, execution_id)
     record["children"] = [c["id"] for c in await _children(request, execution_id)]
-    return _doc(request, record)
+    return shown(_doc(request, record))
 
 
 @router.get("/executions/{execution_id}/children", tags=["executions"])
