@@ -117,6 +117,11 @@ class ExecutionNotFound(LookupError):
     pass
 
 
+class AmbiguousExecution(ExecutionNotFound):
+    """A start of an id that starts several; the message lists them (for the CLI's operator: chat,
+    which anyone may type into, says less)."""
+
+
 class ExecutionStateError(ValueError):
     """An operation the execution's current status does not allow."""
 
@@ -939,7 +944,7 @@ class ExecutionService:
             if len(matches) == 1:
                 record = store.get_execution(matches[0])
             elif len(matches) > 1:
-                raise ExecutionNotFound(
+                raise AmbiguousExecution(
                     f'execution id "{execution_id}" is ambiguous: it starts {", ".join(matches)}; type more of it'
                 )
         if record is None:

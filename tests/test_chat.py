@@ -433,6 +433,59 @@ async def test_builtins_executions_cancel_retry(chat) -> None:
     assert "hello again" in loopback.texts()[-1]
 
 
+async def _said_to(loopback: LoopbackAdapter, squall: Squall, bot: ChatBot, text: str, user: str) -> str:
+    """What the bot answers `user` typing `text`."""
+    before = len(loopback.posted)
+    await loopback.say(text, user=user)
+    await settle(squall, bot)
+    [answer] = loopback.texts()[before:]
+    return answer
+
+
+async def test_execution_shows_a_chat_command_s_output_only_to_who_may_run_its_alias(chat) -> None:
+    """`!run` is for operators: its output (a password echoed) is not for bob, who may not run it,
+    by full id or by prefix; olivia (an operator) and an admin see it, as they may retry it."""
+    squall, bot, loopback = chat
+    await loopback.say("!run echo db_password: hunter2", user="olivia")
+    await settle(squall, bot)
+    [record] = await squall.executions.list(action="core.local")
+    for typed in (record["id"], record["id"][:6]):
+        answer = await _said_to(loopback, squall, bot, f"!execution {typed}", "bob")
+        assert "hunter2" not in answer
+        assert answer == "Sorry bob, you may not see that."
+    for user in ("olivia", "root-admin"):
+        assert "db_password: hunter2" in await _said_to(loopback, squall, bot, f"!execution {record['id']}", user)
+
+
+async def test_execution_not_from_chat_shows_only_to_its_user_or_an_admin(chat) -> None:
+    """An execution started outside chat (the API, the CLI) names no alias to check: only the person
+    who started it and admins see its output, as only they may cancel or retry it."""
+    squall, bot, loopback = chat
+    started = await squall.executions.request("core.local", {"cmd": "echo token=abc123"}, {"user": "carol"})
+    await settle(squall, bot)
+    answer = await _said_to(loopback, squall, bot, f"!execution {started['id']}", "olivia")
+    assert "abc123" not in answer
+    assert answer == "Only admins may see executions not started from chat by you."
+    for user in ("carol", "root-admin"):
+        assert "token=abc123" in await _said_to(loopback, squall, bot, f"!execution {started['id']}", user)
+
+
+async def test_an_ambiguous_execution_prefix_names_no_execution_in_chat(chat) -> None:
+    """A prefix that starts several ids says so without listing them: the list would let anyone
+    walk every execution's id, whoever started it."""
+    squall, bot, loopback = chat
+    ids = ["abcd" + "0" * 19 + "1", "abcd" + "0" * 19 + "2"]
+    for execution_id in ids:
+        await squall.executions.request("core.local", {"cmd": "true"}, {"user": "carol"}, execution_id=execution_id)
+    await settle(squall, bot)
+    for command in ("execution", "cancel", "retry"):
+        answer = await _said_to(loopback, squall, bot, f"!{command} abcd", "root-admin")
+        assert not any(execution_id in answer for execution_id in ids), answer
+        assert answer == '"abcd" starts more than one execution id; type more of it.'
+    too_long = "abcd" + "0" * 26  # not an id: the engine's own answer, which echoes only what was typed
+    assert "is not an execution id" in await _said_to(loopback, squall, bot, f"!execution {too_long}", "root-admin")
+
+
 async def test_key_commands_run_in_the_service_and_never_show_a_secret(chat) -> None:
     squall, bot, loopback = chat
     await loopback.say("!key set deploy.env prod", user="olivia")  # an operator

@@ -35,7 +35,14 @@ from bot.chat.outbox import Outbox
 from bot.chat.replies import render_result, short, status_line
 from engine import tracing
 from engine.config import ConfigError
-from engine.executions import COMPLETED, CompletionWrite, ExecutionNotFound, ExecutionStateError, public
+from engine.executions import (
+    COMPLETED,
+    AmbiguousExecution,
+    CompletionWrite,
+    ExecutionNotFound,
+    ExecutionStateError,
+    public,
+)
 from engine.logs import logging_context
 from engine.metrics import metrics
 from engine.packs import UnknownAction
@@ -661,15 +668,13 @@ class Dispatcher:
         await self.say(message, "\n".join(status_line(e) for e in mine))
 
     async def _builtin_execution(self, message: Message, rest: str) -> None:
-        if not rest:
-            await self.say(message, f"Which one? `{self.settings.prefix}execution <id>`")
+        """`execution <id>`: one execution's result, for those who may cancel or retry it: its output
+        may hold what the asker could not have run (a console `!run`'s stdout)."""
+        execution = await self._execution_named(message, rest, "execution")
+        if execution is None:
             return
-        try:
-            execution = await self.engine.executions.get(rest.split()[0])
-        except ExecutionNotFound as exc:
-            await self.say(message, str(exc))
-            return
-        await self.say(message, render_result(None, execution)[0] or status_line(execution))
+        if await self._permitted(message, execution, self._alias_of(execution), "see"):
+            await self.say(message, render_result(None, execution)[0] or status_line(execution))
 
     async def _builtin_cancel(self, message: Message, rest: str) -> None:
         await self._on_execution(message, rest, "cancel")
@@ -677,20 +682,47 @@ class Dispatcher:
     async def _builtin_retry(self, message: Message, rest: str) -> None:
         await self._on_execution(message, rest, "retry")
 
-    async def _on_execution(self, message: Message, rest: str, verb: str) -> None:
+    async def _execution_named(self, message: Message, rest: str, command: str) -> dict[str, Any] | None:
+        """The execution the first word of `rest` names (an id or a unique start of one), or None
+        once the asker is told why not. An ambiguous start is answered without the ids it starts:
+        listing them would let anyone walk every execution's id, whoever started it."""
         if not rest:
-            await self.say(message, f"Which one? `{self.settings.prefix}{verb} <id>`")
+            await self.say(message, f"Which one? `{self.settings.prefix}{command} <id>`")
+            return None
+        typed = rest.split()[0]
+        try:
+            return await self.engine.executions.get(typed)
+        except AmbiguousExecution:
+            await self.say(message, f'"{short(typed, 40)}" starts more than one execution id; type more of it.')
+            return None
+        except ExecutionNotFound as exc:
+            await self.say(message, str(exc))
+            return None
+
+    def _alias_of(self, execution: dict[str, Any]) -> Alias | None:
+        """The alias a chat command's execution was started through (None when not from chat)."""
+        alias_ref = (execution["context"].get("chat") or {}).get("alias")
+        return self.aliases.get(alias_ref) if alias_ref else None
+
+    async def _permitted(self, message: Message, execution: dict[str, Any], alias: Alias | None, verb: str) -> bool:
+        """Whether the asker may `verb` (see, cancel, retry) `execution`, having told them why not: a
+        chat command's alias's permission decides; another execution is its own user's and the admins'."""
+        if alias is not None and not self.auth.check(alias, message).allowed:
+            await self.say(message, f"Sorry {message.user}, you may not {verb} that.")
+            return False
+        if alias is None and not self.auth.is_admin(message) and execution["context"].get("user") != message.user:
+            await self.say(message, f"Only admins may {verb} executions not started from chat by you.")
+            return False
+        return True
+
+    async def _on_execution(self, message: Message, rest: str, verb: str) -> None:
+        execution = await self._execution_named(message, rest, verb)
+        if execution is None:
+            return
+        alias = self._alias_of(execution)
+        if not await self._permitted(message, execution, alias, verb):
             return
         try:
-            execution = await self.engine.executions.get(rest.split()[0])
-            alias_ref = (execution["context"].get("chat") or {}).get("alias")
-            alias = self.aliases.get(alias_ref) if alias_ref else None
-            if alias is not None and not self.auth.check(alias, message).allowed:
-                await self.say(message, f"Sorry {message.user}, you may not {verb} that.")
-                return
-            if alias is None and not self.auth.is_admin(message) and execution["context"].get("user") != message.user:
-                await self.say(message, f"Only admins may {verb} executions not started from chat by you.")
-                return
             if verb == "cancel":
                 done = await self.engine.executions.cancel(execution["id"])
                 await self.say(message, f"{done['id']} is {done['status']}.")
