@@ -456,6 +456,46 @@ wf.parent:
     sub_state: <% $.sub_state %>
 """
 
+ITEMS_FAILING = """
+version: '2.0'
+wf.items_failing:
+  input: [concurrency]
+  tasks:
+    each:
+      with-items: i in [1, 2, 3, 4, 5]
+      concurrency: <% $.concurrency %>
+      action: core.local cmd="echo <% $.i %>; test <% $.i %> -ne 2"
+"""
+
+RETRY_ITEMS = """
+version: '2.0'
+wf.retry_items:
+  tasks:
+    each:
+      with-items: i in [1, 2, 3]
+      action: core.local cmd="test <% $.i %> -ne 2"
+      retry:
+        count: 1
+        delay: 0
+"""
+
+ON_ERROR_CONDITION = """
+version: '2.0'
+wf.on_error_condition:
+  input: [page_ops]
+  tasks:
+    deploy:
+      action: core.local cmd="exit 3"
+      on-error:
+        - page: <% $.page_ops %>
+      on-complete:
+        - cleanup
+    page:
+      action: core.noop
+    cleanup:
+      action: core.noop
+"""
+
 SIMPLE = """
 version: '2.0'
 wf.reverse_param:
@@ -491,6 +531,9 @@ FLOWS = {
     "inline_input": ("", INLINE_INPUT),
     "fail_on": ("word: {type: string}", FAIL_ON),
     "parent": ("gate: {type: string}", PARENT),
+    "items_failing": ("concurrency: {type: integer, default: 0}", ITEMS_FAILING),
+    "on_error_condition": ("page_ops: {type: boolean}", ON_ERROR_CONDITION),
+    "retry_items": ("", RETRY_ITEMS),
 }
 
 
@@ -610,6 +653,35 @@ async def test_with_items_literal_list_and_std_echo(wf: Squall) -> None:
     assert await children(wf, done["id"]) == []  # std.echo runs inside the workflow
 
 
+@pytest.mark.parametrize("concurrency", [1, 2, 0])
+async def test_with_items_goes_on_after_a_failed_item_and_the_task_fails(wf: Squall, concurrency: int) -> None:
+    # Mistral's WithItemsTask schedules the next items whatever the earlier ones did; the task ends once
+    # every item ran, in ERROR if any failed
+    done = await run(wf, "wf.items_failing", {"concurrency": concurrency})
+    assert done["status"] == "failed"
+    rows = await children(wf, done["id"])
+    assert sorted((r["context"]["mistral"]["item_id"], r["status"]) for r in rows) == [
+        (0, "succeeded"), (1, "failed"), (2, "succeeded"), (3, "succeeded"), (4, "succeeded")]
+    (task,) = done["result"]["tasks"]
+    assert task["state"] == "ERROR"
+    assert [item["stdout"] for item in task["result"]] == [1, 2, 3, 4, 5]  # every item ran, in item order
+    assert done["result"]["result"].startswith("Failure caused by error in tasks: each")
+
+
+@pytest.mark.parametrize("page_ops,status,ran", [(True, "succeeded", ["cleanup", "deploy", "page"]),
+                                                 (False, "failed", ["cleanup", "deploy"])])
+async def test_an_error_is_handled_only_by_an_on_error_clause_that_matches(wf: Squall, page_ops: bool,
+                                                                           status: str, ran: list[str]) -> None:
+    # Mistral's all_errors_handled evaluates the on-error clauses: none true leaves the error unhandled,
+    # and on-complete (which still runs) does not handle it
+    done = await run(wf, "wf.on_error_condition", {"page_ops": page_ops})
+    assert done["status"] == status, done["result"]
+    assert sorted(task_names(await children(wf, done["id"]))) == ran
+    if status == "failed":
+        assert done["result"]["result"].startswith("Failure caused by error in tasks: deploy")
+        assert done["result"]["extra"]["state"] == "ERROR"
+
+
 async def test_retry_runs_the_task_again_until_it_succeeds(wf: Squall, tmp_path: Path) -> None:
     done = await run(wf, "wf.retry", {"marker": str(tmp_path / "count")})
     assert done["status"] == "succeeded", done["result"]
@@ -629,6 +701,18 @@ async def test_retry_continue_on_repeats_a_successful_task(wf: Squall, tmp_path:
     assert done["status"] == "succeeded", done["result"]
     assert done["result"]["n"] == 3
     assert [r["status"] for r in await children(wf, done["id"])] == ["succeeded"] * 3
+
+
+async def test_retry_of_a_with_items_task_runs_every_item_again(wf: Squall) -> None:
+    # Mistral 6.0.0's RetryPolicy invalidates every action execution of the task (data_flow.
+    # invalidate_task_execution_result), so all items run again, as its docs say ("relaunch all
+    # action/workflow calls"); only a re-run from the failed task (reset: false) keeps the items that succeeded
+    done = await run(wf, "wf.retry_items")
+    assert done["status"] == "failed"
+    rows = await children(wf, done["id"])
+    assert sorted((r["context"]["workflow_task"]["key"], r["status"]) for r in rows) == [
+        ("each.1.0[0]", "succeeded"), ("each.1.0[1]", "failed"), ("each.1.0[2]", "succeeded"),
+        ("each.1.1[0]", "succeeded"), ("each.1.1[1]", "failed"), ("each.1.1[2]", "succeeded")]
 
 
 async def test_wait_before_delays_the_task_and_wait_after_holds_the_transitions(wf: Squall) -> None:

@@ -332,6 +332,21 @@ tasks:
 """
 
 
+TASK_STATUS = """
+version: 1.0
+tasks:
+  check:
+    action: core.noop
+    next:
+      - when: <% task_status(check) = 'succeeded' %>
+        publish:
+          - yaql: <% task_status(check) %>
+          - jinja: "{{ task_status('check') }}"
+output:
+  - yaql: <% ctx(yaql) %>
+  - jinja: <% ctx(jinja) %>
+"""
+
 @pytest.fixture
 async def wf(home: Path) -> Squall:
     workflow_pack(home, {
@@ -354,6 +369,7 @@ async def wf(home: Path) -> Squall:
         "nested_twice": ("orquesta", "gate: {type: string}", NESTED_TWICE),
         "shell": ("orquesta", "who: {type: string, required: true}", SHELL),
         "ask_beside": ("orquesta", "gate: {type: string}", ASK_BESIDE),
+        "task_status": ("orquesta", "", TASK_STATUS),
     })
     app = await Squall.start(load_config(home / "config.yml"))
     assert app.registry.errors == []
@@ -373,6 +389,12 @@ async def test_sequence_publishes_renders_both_languages_and_outputs(wf: Squall)
     assert all(r["parent"] == done["id"] and r["context"]["parent"]["execution_id"] == done["id"] for r in rows)
     assert rows[0]["context"]["orquesta"]["task_name"] == "one"
     assert rows[0]["context"]["user"] == "tester"
+
+
+async def test_task_status_is_known_to_yaql_as_to_jinja(wf: Squall) -> None:
+    done = await run(wf, "wf.task_status")
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["output"] == {"yaql": "succeeded", "jinja": "succeeded"}
 
 
 async def test_parallel_branches_join_all_and_counted(wf: Squall) -> None:

@@ -210,8 +210,8 @@ def _yaql() -> tuple[Any, Any]:
         "yaql.memoryQuota": 64 * 1024 * 1024,
     })
     root = yaql.create_context()
-    for name in _SCOPE_FUNCTIONS:
-        root.register_function(_yaql_scope_function(name))
+    for name in _SCOPE_FUNCTIONS:  # named as written: without `name=` yaql would register task_status as taskStatus
+        root.register_function(_yaql_scope_function(name), name=name)
     for name, function in _PLAIN_FUNCTIONS.items():
         root.register_function(function, name=name)
     return engine, root

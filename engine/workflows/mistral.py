@@ -11,8 +11,8 @@ child (a *marker*): replaying the workflow after a resume or a crash finds it fi
 on, instead of pausing or waiting again.
 
 Semantics follow Mistral's documentation: publish is per branch (a task's context is the one of
-the task that triggered it; a join merges its inbound branches); an error is handled only by a
-task that has an `on-error` clause (`on-complete` runs but does not handle it); the workflow ends
+the task that triggered it; a join merges its inbound branches); an error is handled only by an
+`on-error` clause that applies (`on-complete` runs but does not handle it); the workflow ends
 when nothing is running and nothing is left to start, failed if an error went unhandled; without
 `output` the result carries the whole final context.
 """
@@ -472,6 +472,8 @@ class _Run:
     running: int = 0
     concurrency: int = 0
     failed: bool = False
+    #: An `on-error` clause of this (failed) run applied: its error is handled (Mistral's all_errors_handled).
+    handled: bool = False
     delay: float = 0.0
     builtin: dict[int, tuple[str, Any]] = field(default_factory=dict)
 
@@ -692,8 +694,11 @@ class MistralConductor:
         return self.canceled or self.ended is not None
 
     def _next_items(self, run: _Run) -> list[TaskCall]:
+        """Start the items a free slot allows. A failed item does not stop the others (Mistral's
+        WithItemsTask schedules on whatever earlier items did): the attempt is over once every item
+        was started and none runs, or sooner when the workflow stops."""
         calls: list[TaskCall] = []
-        while run.next_item < run.size and not run.failed and not self._stopped:
+        while run.next_item < run.size and not self._stopped:
             if run.concurrency and run.running >= run.concurrency:
                 break
             index = run.next_item
@@ -704,7 +709,7 @@ class MistralConductor:
                 calls.append(made)
             else:
                 self._item_done(run, index, *made)
-        if run.running == 0 and (run.failed or run.next_item >= run.size or self._stopped):
+        if run.running == 0 and (run.next_item >= run.size or self._stopped):
             calls += self._attempt_done(run)
         return calls
 
@@ -825,8 +830,6 @@ class MistralConductor:
                        task.transitions["on-success"] if state == "SUCCESS" else [])
         if state in ("SUCCESS", "ERROR"):
             clauses += task.transitions["on-complete"]
-        if state == "ERROR" and not task.transitions["on-error"]:
-            self.unhandled.append(task.name)
         return clauses
 
     def _transitions(self, run: _Run, outbound: dict[str, Any]) -> list[TaskCall]:
@@ -837,8 +840,12 @@ class MistralConductor:
 
     def _follow(self, run: _Run, outbound: dict[str, Any], clauses: list[Transition], start: int,
                 triggered: set[str]) -> list[TaskCall]:
-        """Process the clauses from `start` in order; `pause` holds the rest until the workflow resumes."""
+        """Process the clauses from `start` in order; `pause` holds the rest until the workflow resumes.
+        A failed task's error is handled only if one of its on-error clauses applied (Mistral's
+        all_errors_handled): on-complete runs but does not handle it."""
         name = run.task.name
+        failed = run.record["state"] == "ERROR"
+        errors = len(run.task.transitions["on-error"]) if failed else 0  # the first clauses are on-error's
         calls: list[TaskCall] = []
         for position in range(start, len(clauses)):
             if self.ended or self.canceled:
@@ -851,6 +858,7 @@ class MistralConductor:
             except ExpressionError as exc:
                 self._end("failed", f"Failed to evaluate a transition of task '{name}': {exc}")
                 break
+            run.handled = run.handled or position < errors
             if clause.target in self.spec.tasks:
                 triggered.add(clause.target)
                 calls += self._arrive(clause.target, name, outbound)
@@ -864,6 +872,8 @@ class MistralConductor:
                     message = f'Failed by the "fail" command of task "{name}"'
                 self._end("failed" if clause.target == "fail" else "succeeded",
                           str(message) if message is not None else None)
+        if failed and not run.handled:
+            self.unhandled.append(name)
         return calls + self._leave(run, outbound, triggered)
 
     def _leave(self, run: _Run, outbound: dict[str, Any], triggered: set[str]) -> list[TaskCall]:
