@@ -444,6 +444,11 @@ async def test_generic_webhook_stores_before_202(squall: Squall, client: httpx.A
     assert malformed.status_code == 400 and "Failed to parse request body" in malformed.json()["faultstring"]
     array = await client.post("/api/v1/webhooks/st2", json=[1, 2])
     assert array.status_code == 400
+    # `curl -F` sends multipart, which neither StackStorm nor Squall reads: the answer says what to send
+    multipart = await client.post("/api/v1/webhooks/st2", files={"trigger": (None, "demo.event")})
+    assert multipart.status_code == 400, multipart.text
+    assert "multipart/form-data" in multipart.json()["faultstring"]
+    assert "application/x-www-form-urlencoded" in multipart.json()["faultstring"]
     big = await client.post("/api/v1/webhooks/st2", json={"trigger": "demo.event", "payload": {"s": "x" * 5000}})
     assert big.status_code == 413
 

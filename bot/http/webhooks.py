@@ -48,6 +48,9 @@ def _parse_body(request: Request, raw: bytes) -> Any:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type == "application/x-www-form-urlencoded":
         return parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
+    if content_type == "multipart/form-data":  # `curl -F`: StackStorm does not read it either
+        raise HTTPException(400, "A multipart/form-data body is not read: send JSON (UTF-8) or "
+                                 "application/x-www-form-urlencoded form data (`curl --data a=1`, not `-F`).")
     if not raw.strip():
         return {}
     decoded = getattr(request.state, "json_body", NOT_JSON)  # the body guard decoded it already
@@ -58,8 +61,8 @@ def _parse_body(request: Request, raw: bytes) -> Any:
     except JsonBodyError as exc:
         raise HTTPException(400, str(exc)) from exc
     except ValueError as exc:  # UnicodeDecodeError too
-        raise HTTPException(400, f"Failed to parse request body: {exc}; send JSON (UTF-8) or form data.") \
-            from exc
+        raise HTTPException(400, f"Failed to parse request body: {exc}; send JSON (UTF-8) or "
+                                 "application/x-www-form-urlencoded form data.") from exc
 
 
 def _trace_tag(request: Request, hook: str) -> str:
