@@ -37,7 +37,7 @@ from aliases.grammar import (
     compile_format,
     prepare,
 )
-from aliases.model import Alias, check_overrides, inject_immutable
+from aliases.model import Alias, check_overrides, datastore_immutables, inject_immutable
 from engine.actions import Action
 
 __all__ = ["AliasMatch", "AliasMatchError", "AliasMatcher", "AmbiguousCommand", "NoMatch"]
@@ -78,9 +78,11 @@ class AliasMatch:
         """The parameters to request the alias's action with, and the names among them that render.
 
         Key=value pairs may not set runner parameters the alias does not open (`check_overrides`);
-        the alias's immutable parameters are added, rendered once, here."""
+        the alias's immutable parameters are added, rendered once, here, except those that read the
+        datastore, which are added as written and render in the engine (`datastore_immutables`)."""
         check_overrides(self.alias, action, self.pairs)
-        return inject_immutable(self.alias, dict(self.parameters), context), self.authored
+        return (inject_immutable(self.alias, dict(self.parameters), context),
+                self.authored | datastore_immutables(self.alias))
 
 
 class AliasMatchError(LookupError):

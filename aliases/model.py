@@ -7,12 +7,14 @@ the bot to enforce: `permissions: {allow: {users, groups, channels}, deny: {...}
 
 `cast_alias_parameters` casts matched values by the action's parameter types (spec §3.1: arrays split on
 commas and stripped, via `engine.parameters.cast`), and `inject_immutable` adds the alias's
-`immutable_parameters`, rendered with Jinja, refusing a user-supplied value for any of them.
+`immutable_parameters`, rendered with Jinja, refusing a user-supplied value for any of them; those that
+read the datastore (`datastore_immutables`) are left for the engine to render.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -337,9 +339,30 @@ def check_overrides(alias: Alias, action: Action, names: Iterable[str]) -> None:
                 f"have to list it in allow_overrides)")
 
 
+#: What marks a template that reads the datastore: the names only the engine's template context has.
+_DATASTORE_NAMES = ("st2kv", "decrypt_kv")
+
+
+def _reads_datastore(value: Any) -> bool:
+    """Whether an immutable parameter's value is a template that reads the datastore."""
+    text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, dict | list) else ""
+    return ("{{" in text or "{%" in text) and any(name in text for name in _DATASTORE_NAMES)
+
+
+def datastore_immutables(alias: Alias) -> set[str]:
+    """The names of the alias's `immutable_parameters` whose templates read the datastore
+    (`{{ st2kv.system.token | decrypt_kv }}`). `inject_immutable` passes them on unrendered and the
+    request must name them among the values that render (`CommandService.run`): the engine renders
+    them like a format's defaults, with `st2kv.system`, `st2kv.user` of the requester and
+    `decrypt_kv`, and keeps what `decrypt_kv` reveals out of acks, approvals, records and the audit
+    log. Rendered here, they would have no datastore, or a decrypted value nothing tracks."""
+    return {name for name, value in (alias.immutable_parameters or {}).items() if _reads_datastore(value)}
+
+
 def inject_immutable(alias: Alias, params: Mapping[str, Any], context: Mapping[str, Any],
                      env: jinja2.Environment | None = None) -> dict[str, Any]:
-    """`params` plus the alias's `immutable_parameters` rendered with Jinja against `context`.
+    """`params` plus the alias's `immutable_parameters` rendered with Jinja against `context`, except
+    those that read the datastore (`datastore_immutables`), which are added as written, for the engine.
 
     A value the user supplied for an immutable parameter is refused, as StackStorm does:
     `ParameterError("Immutable arguments cannot be overriden: <names>")`.
@@ -350,8 +373,9 @@ def inject_immutable(alias: Alias, params: Mapping[str, Any], context: Mapping[s
     overridden = [name for name in immutable if name in params]
     if overridden:
         raise ParameterError(f"Immutable arguments cannot be overriden: {','.join(overridden)}")
+    deferred = datastore_immutables(alias)
     try:
-        rendered = render_values(immutable, context, env)
+        rendered = render_values({k: v for k, v in immutable.items() if k not in deferred}, context, env)
     except TemplateRenderError as exc:
         raise ParameterError(f"alias '{alias.ref}': cannot render immutable_parameters: {exc}") from exc
-    return {**params, **rendered}
+    return {**params, **{name: immutable[name] if name in deferred else rendered[name] for name in immutable}}

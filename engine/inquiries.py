@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,56 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
             "start_timestamp": record.get("start_timestamp"), "response": result.get("response"),
             "count": result.get("count", 1), "self_approval": result.get("self_approval", True),
             "responses": result.get("responses", [])}
+
+
+def _child(schema: Mapping[str, Any], step: Any) -> Any:
+    """The subschema that describes `step` (a key or an index) of a value `schema` describes, or None
+    when the schema does not say which (a combinator, an undeclared key)."""
+    if isinstance(step, str):
+        properties = schema.get("properties")
+        if isinstance(properties, Mapping) and step in properties:
+            return properties[step]
+        patterns = schema.get("patternProperties")
+        for pattern, child in (patterns.items() if isinstance(patterns, Mapping) else ()):
+            try:
+                if re.search(pattern, step):
+                    return child
+            except (re.error, TypeError):
+                return None  # a pattern Python cannot read: the path cannot be followed
+        extra = schema.get("additionalProperties")
+        return extra if isinstance(extra, Mapping) else None
+    items = schema.get("items")
+    if isinstance(items, Mapping):
+        return items
+    if isinstance(items, list) and isinstance(step, int) and 0 <= step < len(items):
+        return items[step]
+    extra = schema.get("additionalItems")
+    return extra if isinstance(extra, Mapping) else None
+
+
+def _secret_depth(schema: Mapping[str, Any], path: Sequence[Any]) -> int | None:
+    """How much of `path` may be shown when the part of an answer there is, is inside or holds a
+    `secret: true` property (the keys below a secret are part of it); None when it holds none. A path
+    the schema cannot be followed along is cut there if the schema has a secret anywhere."""
+    node: Any = schema
+    for depth, step in enumerate(path):
+        if isinstance(node, Mapping) and node.get("secret"):
+            return depth
+        node = _child(node, step) if isinstance(node, Mapping) else None
+        if node is None:
+            return depth if holds_secret(schema) else None
+    return len(path) if holds_secret(node) else None
+
+
+def problem(schema: Mapping[str, Any], error: Any) -> str:
+    """Where in an answer a jsonschema `error` is and what it says; where the value it is about holds
+    a secret (a PIN mistyped), only which rule it breaks, in `check_parameter`'s words for a secret
+    parameter: jsonschema's message quotes the value, and the refusal goes to chat, the API and the
+    audit log. A missing property's message names the property only, so it is kept."""
+    path = list(error.absolute_path)
+    depth = None if error.validator == "required" else _secret_depth(schema, path)
+    where = "/".join(str(step) for step in path[:len(path) if depth is None else depth]) or "response"
+    return f"at {where}: " + (str(error.message) if depth is None else f"the value breaks '{error.validator}'")
 
 
 def merged(responses: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -237,8 +288,8 @@ class InquiryService:
         except jsonschema.exceptions.SchemaError as exc:
             raise InquiryError(f"the inquiry's schema is invalid: {exc.message}") from exc
         if error is not None:
-            where = "/".join(str(p) for p in error.absolute_path) or "response"
-            raise InquiryError(f"the response does not fit the inquiry's schema at {where}: {error.message}")
+            raise InquiryError("the response does not fit the inquiry's schema "
+                               + problem(result.get("schema") or {}, error))
         responses = [*earlier, {"user": user, "at": iso(utcnow()), "response": response}]
         answers = [r["response"] for r in responses]
         said_no = any(v is False for v in response.values())

@@ -462,3 +462,90 @@ def test_inject_immutable_renders_jinja() -> None:
         inject_immutable(a, {"env": "prod", "n": 1}, {"user": "ann"})
     with pytest.raises(ParameterError, match="immutable_parameters"):
         inject_immutable(alias("z", "z", immutable_parameters={"v": "{{ missing.attr }}"}), {}, {})
+
+
+KV_TOKEN = "TOPSECRET-kv-token-42"
+
+
+def _kv_pack(home: Path) -> None:
+    """An alias whose immutable parameters read the datastore, as StackStorm packs write them: a plain
+    system key, the requester's own key, and an encrypted key through `decrypt_kv` into a parameter
+    that is not `secret` (what the engine's reveal tracking alone must keep out of sight)."""
+    pack = home / "packs" / "kv"
+    write(pack / "pack.yaml", "ref: kv\nname: kv\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "actions" / "say.yaml", """
+        name: say
+        runner_type: local-shell-cmd
+        parameters:
+          message: {type: string, required: true}
+          target: {type: string}
+          team: {type: string}
+          token: {type: string}
+          cmd:
+            immutable: true
+            default: 'echo "{{message}} to {{target}} for {{team}}"; printf %s "{{token}}" | sha256sum | cut -c1-64'
+    """)
+    write(pack / "aliases" / "say.yaml", """
+        name: say
+        action_ref: kv.say
+        formats: ['say {{message}}']
+        immutable_parameters:
+          target: "{{ st2kv.system.target }}"
+          team: "{{ st2kv.user.team }}"
+          token: "{{ st2kv.system.token | decrypt_kv }}"
+        ack: {format: "saying to {{ execution.parameters.target }} with {{ execution.parameters.token }}"}
+        result: {format: "{{ execution.result.stdout }}"}
+    """)
+
+
+def test_immutable_parameters_reading_the_datastore_are_left_to_the_engine() -> None:
+    """Without the datastore here, a template that reads it (`st2kv`, `decrypt_kv`) is passed on as
+    written, for the engine to render like a format's default; the others render here as before."""
+    from aliases.model import datastore_immutables
+
+    a = alias("kv", "kv", immutable_parameters={"who": "{{ user }}", "t": "{{ st2kv.system.t }}",
+                                                "s": {"k": "{{ st2kv.user.s | decrypt_kv }}"}, "n": 3})
+    assert datastore_immutables(a) == {"t", "s"}
+    assert inject_immutable(a, {"p": 1}, {"user": "ann"}) == {
+        "p": 1, "who": "ann", "t": "{{ st2kv.system.t }}", "s": {"k": "{{ st2kv.user.s | decrypt_kv }}"}, "n": 3}
+    with pytest.raises(ParameterError, match="Immutable arguments cannot be overriden: t"):
+        inject_immutable(a, {"t": "{{ st2kv.system.other }}"}, {"user": "ann"})
+
+
+async def test_an_alias_with_immutable_st2kv_parameters_runs_with_the_values_masked(home: Path) -> None:
+    import hashlib
+    import json
+
+    from adapters.loopback import LoopbackAdapter
+    from bot.app import Squall
+    from engine.config import load_config
+
+    _kv_pack(home)
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    try:
+        assert squall.registry.errors == []
+        await squall.db(squall.datastore.set, "target", "prod-cluster")
+        await squall.db(squall.datastore.set, "team", "blue", scope="user", user="alice")
+        await squall.db(squall.datastore.set, "token", KV_TOKEN, encrypt=True)
+        await loopback.say("!say hi", user="alice", channel="#ops")
+        digest = hashlib.sha256(KV_TOKEN.encode()).hexdigest()
+        await loopback.wait_for(lambda posted: any(digest in p.text for p in posted))  # the action had the token
+        [record] = await squall.executions.list(action="kv.say")
+        assert record["status"] == "succeeded", record
+        assert record["parameters"]["target"] == "prod-cluster" and record["parameters"]["token"] == "********"
+        assert "hi to prod-cluster for blue" in record["result"]["stdout"]
+        ack = next(p for p in loopback.posted if p.reply.text.startswith("saying"))
+        assert ack.reply.text == "saying to prod-cluster with ********"
+        # a person may not set it, whatever they type
+        await loopback.say("!say hi token=mine", user="alice", channel="#ops")
+        await loopback.wait_for(lambda posted: any("Immutable arguments cannot be overriden: token" in p.text
+                                                   for p in posted))
+        audit = await squall.db(squall.store.audit_list, 100)
+        shown = json.dumps([[p.reply.text, *p.edits] for p in loopback.posted]) + json.dumps(audit, default=str)
+        shown += json.dumps(await squall.executions.list(action="kv.say"), default=str)
+        assert KV_TOKEN not in shown and any(row["event"] == "chat.execution" for row in audit)
+    finally:
+        await squall.chat.stop()
+        await squall.close()

@@ -347,3 +347,60 @@ def test_secret_answers_are_masked_at_any_depth() -> None:
     assert "1234" not in str(shown(result)) and shown(result)["responses"][0]["user"] == "ann"
     plain = {"schema": {"properties": {"ok": {"type": "boolean"}}}, "response": {"ok": True}}
     assert shown(plain) is plain  # no secret in the schema: shown as stored
+
+
+SECRET_SCHEMA = {"type": "object", "maxProperties": 2, "properties": {
+    "pin": {"type": "string", "pattern": "^[0-9]{4}$", "secret": True, "required": True},
+    "account": {"type": "object", "properties": {"token": {"type": "string", "minLength": 8, "secret": True}}},
+    "colour": {"type": "string", "enum": ["red", "green"]},
+    "vault": {"type": "object", "secret": True, "additionalProperties": {"type": "string", "maxLength": 5}}}}
+
+
+async def _secret_inquiry(squall: Squall, loopback: LoopbackAdapter) -> dict:
+    """A standalone core.ask for a PIN, pending once its question is posted in #approvals."""
+    record = await squall.executions.request("core.ask", {"schema": SECRET_SCHEMA, "route": "ops"}, {"user": "wf"})
+    await loopback.wait_for(lambda posted: any(record["id"] in p.text for p in posted))
+    inquiry = await squall.executions.get(record["id"])
+    assert inquiry["status"] == "pending", inquiry
+    return inquiry
+
+
+async def test_a_wrong_secret_answer_is_never_quoted_back(chat) -> None:
+    """A mistyped PIN (a `secret: true` property) is refused naming the rule it breaks, never the value:
+    the message goes to chat, the API's 400 and the audit log. What is not secret is still quoted."""
+    squall, loopback = chat
+    inquiry = await _secret_inquiry(squall, loopback)
+    cases = [({"pin": "hunter2-SECRET-PIN"}, "at pin: the value breaks 'pattern'"),
+             ({"pin": "1234", "account": {"token": "short-S"}}, "at account/token: the value breaks 'minLength'"),
+             # the keys inside a secret are part of it: the place named stops at the secret
+             ({"pin": "1234", "vault": {"SECRET-name": "too-long"}}, "at vault: the value breaks 'maxLength'"),
+             # the whole answer breaks a rule: jsonschema's message would quote every value in it
+             ({"pin": "9-SECRET-9", "account": {}, "colour": "red"}, "at response: the value breaks 'maxProperties'")]
+    for answer, said in cases:
+        with pytest.raises(InquiryError) as refused:
+            await squall.inquiries.respond(inquiry["id"], answer, "ann")
+        assert said in str(refused.value) and "SECRET" not in str(refused.value) and "short-S" not in str(refused.value)
+    with pytest.raises(InquiryError, match="'purple' is not one of"):  # not a secret: quoted, as before
+        await squall.inquiries.respond(inquiry["id"], {"pin": "1234", "colour": "purple"}, "ann")
+    with pytest.raises(InquiryError, match="'pin' is a required property"):  # names the field, quotes no value
+        await squall.inquiries.respond(inquiry["id"], {"colour": "red"}, "ann")
+    assert (await squall.executions.get(inquiry["id"]))["status"] == "pending"
+
+
+async def test_a_wrong_secret_answer_is_not_in_the_api_400_the_chat_reply_or_the_audit(chat) -> None:
+    squall, loopback = chat
+    inquiry = await _secret_inquiry(squall, loopback)
+    transport = httpx.ASGITransport(app=create_api(squall))
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall") as client:
+        bad = await client.put(f"/api/v1/inquiries/{inquiry['id']}", headers={"St2-Api-Key": "test-key-123456"},
+                               json={"response": {"pin": "api-SECRET-PIN-99"}, "user": "ann"})
+    assert bad.status_code == 400, bad.text
+    assert "at pin: the value breaks 'pattern'" in bad.json()["faultstring"] and "SECRET" not in bad.text
+    await loopback.say(f'!respond {inquiry["id"]} {{"pin": "chat-SECRET-PIN"}}', user="bea", channel="#ops")
+    reply = next(p for p in await loopback.wait_for(lambda posted: any("Sorry bea" in p.text for p in posted))
+                 if "Sorry bea" in p.text)
+    assert "the value breaks 'pattern'" in reply.text and "SECRET" not in reply.text
+    denied = [row for row in await squall.db(squall.store.audit_list, 100) if row["event"].endswith("inquiry.denied")]
+    assert sorted(row["event"] for row in denied) == ["api.inquiry.denied", "chat.inquiry.denied"]
+    assert all("the value breaks 'pattern'" in row["detail"]["reason"] for row in denied)
+    assert "SECRET" not in json.dumps(denied, default=str)
