@@ -86,6 +86,13 @@ class Alias:
     def representations(self) -> list[str]:
         return [r for f in self.formats for r in f.representations]
 
+    @property
+    def format_parameters(self) -> set[str]:
+        """The parameters its formats name (`run {{cmd}}`): a person sets them by typing a format, so
+        a form asks for them and a key=value pair may give them, runner parameters included."""
+        return {name for representation in self.representations
+                for name in compile_format(representation).placeholders}
+
     def summary(self) -> dict[str, Any]:
         """The record shown by `squall alias list --json` (StackStorm's ActionAliasAPI fields)."""
         return {
@@ -329,10 +336,13 @@ def cast_alias_parameters(action: Action, params: Mapping[str, Any]) -> dict[str
 def check_overrides(alias: Alias, action: Action, names: Iterable[str]) -> None:
     """Refuse key=value pairs of a chat command that name a runner parameter (env, cwd, timeout,
     sudo, hosts...) the alias does not open with `allow_overrides`: a person in a channel may set
-    the action's own parameters, not how and where it runs."""
-    runner = action.runner_parameter_names
+    the action's own parameters, not how and where it runs. One that a format of the alias names
+    (`run {{cmd}} on {{hosts}}`) is open: typing that format would set it all the same."""
+    runner = action.runner_parameter_names - set(alias.allow_overrides)
+    if runner & set(names):
+        runner -= alias.format_parameters
     for name in sorted(names):
-        if name in runner and name not in alias.allow_overrides:
+        if name in runner:
             raise ParameterError(
                 f'"{name}" is a parameter of the {action.runner_type} runner, which a chat command may not set; '
                 f'only {action.ref}\'s own parameters may be given as key=value (the alias {alias.ref} would '

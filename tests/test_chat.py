@@ -90,6 +90,12 @@ def _config(home: Path, extra: str = "") -> None:
         formats: ["greet slowly {{who}}"]
         allow_overrides: [timeout]
     """)
+    write(pack / "aliases" / "remote_greet.yaml", """
+        name: remote_greet
+        action_ref: demo.greet
+        description: Greet, where the runner's cwd may be named in the command.
+        formats: ["greet {{who}} from here", "greet {{who}} from {{cwd}}"]
+    """)
     write(pack / "actions" / "wipe.yaml", """
         name: wipe
         runner_type: local-shell-cmd
@@ -662,9 +668,20 @@ async def test_key_value_pairs_set_runner_parameters_only_where_the_alias_opens_
                and "allow_overrides" in t for t in loopback.texts())
     assert await squall.executions.list(action="demo.greet") == []
 
-    await loopback.say("!greet slowly bob timeout=7")
+    # a runner parameter one of the alias's formats names may be given as key=value with another:
+    # typing that format would set it all the same
+    await loopback.say("!greet dee from here cwd=/tmp")
     await settle(squall, bot)
     [execution] = await squall.executions.list(action="demo.greet")
+    assert execution["parameters"]["cwd"] == "/tmp" and execution["status"] == "succeeded", execution
+    await loopback.say("!greet dee from here timeout=1")  # one no format names stays closed
+    await settle(squall, bot)
+    assert loopback.texts()[-1].startswith('I can\'t run that: "timeout" is a parameter of the local-shell-cmd')
+    assert len(await squall.executions.list(action="demo.greet")) == 1
+
+    await loopback.say("!greet slowly bob timeout=7")
+    await settle(squall, bot)
+    execution = (await squall.executions.list(action="demo.greet"))[0]
     assert execution["parameters"]["timeout"] == 7 and execution["status"] == "succeeded"
     await loopback.say('!greet slowly cy env={"GREETING": "hi"}')
     await settle(squall, bot)

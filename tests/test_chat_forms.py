@@ -653,6 +653,31 @@ async def test_a_slack_form_sent_after_a_pack_reload_runs_only_what_may_run_now(
     assert await squall.executions.list(limit=5) == []  # a sent form is answered once its command is stored
 
 
+async def test_a_form_asks_for_the_runner_parameters_its_alias_formats_name(home: Path) -> None:
+    """`run {{cmd}}` (the shipped `squall.run`, an alias of core.local) sets the runner's `cmd` from
+    its format, so a form for it must ask for `cmd`: it left `cmd` out as a runner parameter, ran
+    at once and failed with "cmd is required"."""
+    _pack(home)
+    write(home / "packs" / "demo" / "aliases" / "shell.yaml", """
+        name: shell
+        action_ref: core.local
+        description: A shell command.
+        formats: ["shell {{cmd}}"]
+        ack: {enabled: false}
+        result: {format: "{{ execution.result.stdout }}"}
+    """)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await _say_privately(loopback, "run-form demo.shell")
+        await settle(squall, bot)
+        assert loopback.texts(DM)[-1].startswith("Running demo.shell: 1 question(s)")
+        assert "cmd" in loopback.texts(DM)[-1]
+        await _say_privately(loopback, "echo formed")
+        await settle(squall, bot)
+        assert "formed" in loopback.texts(DM)
+        [execution] = await squall.executions.list(action="core.local")
+        assert execution["parameters"]["cmd"] == "echo formed"
+
+
 # -- commands while a question waits ---------------------------------------------------------------------
 
 async def test_a_command_while_a_question_waits_runs_as_a_command_not_as_the_answer(loop) -> None:

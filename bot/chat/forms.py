@@ -284,11 +284,13 @@ class ChatForms:
 
     def fields(self, alias: Alias) -> list[Field]:
         """What a form for `alias` asks: the action's parameters, without the alias's immutable ones and
-        the runner parameters it does not open (`allow_overrides`), which no chat command may set."""
+        the runner parameters no chat command may set (those neither opened by `allow_overrides` nor
+        named in a format, as `run {{cmd}}` names core.local's `cmd`)."""
         action = self.dispatcher.engine.registry.actions.get(alias.action_ref)
         if action is None:
             return []
-        closed = set(alias.immutable_parameters) | (action.runner_parameter_names - set(alias.allow_overrides))
+        closed = set(alias.immutable_parameters) | (action.runner_parameter_names - set(alias.allow_overrides)
+                                                    - alias.format_parameters)
         return [f for f in action_fields(action) if f.name not in closed]
 
     # -- the question exchange ---------------------------------------------------------------------
