@@ -420,3 +420,71 @@ def test_without_double_dash_a_value_can_be_an_option(repo: Path, scratch: Path)
     proc = git_log("git log --oneline {{ ref }}", f"--output={scratch}/pwned", repo)
     assert proc.returncode == 0, proc.stderr
     assert (scratch / "pwned").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The associative-array exemption: only a `declare -A` that bash is sure to have run counts
+# ---------------------------------------------------------------------------------------------
+
+#: Templates a review found running a string key's `$( )`: each has a `declare -A` for the array's name
+#: that bash does not run (or runs elsewhere, later, or undoes) before the `${a[...]}`/`a[...]=` it exempted.
+ASSOCIATIVE_BYPASSES = {
+    "function-local, top-level indexed": (
+        'show() { local -A names=([web]="Web tier" [db]=Database); echo "${names[$1]:-unknown}"; }\n'
+        'names=(primary secondary)\necho "$(show "{{ v }}") on ${names[{{ v }}]:-none}"'),
+    "declared after the use": 'echo "slot: ${slots[{{ v }}]}"\ndeclare -A slots=([web]=1)',
+    "assigned before the declaration": "a[{{ v }}]=1; declare -A a",
+    "in a comment": '# TODO: declare -A slots once the hosts have bash 4\nslots=(a b c)\necho "${slots[{{ v }}]}"',
+    "in a here-document": "cat <<E\ndeclare -A a\nE\na[{{ v }}]=1",
+    "an argument of :": ": declare -A a; a[{{ v }}]=1",
+    "an argument after a line continuation": "echo \\\ndeclare -A a\na[{{ v }}]=1",
+    "in an if false branch": "if false; then declare -A a; fi; a[{{ v }}]=1",
+    "after &&": "false && declare -A a; a[{{ v }}]=1",
+    "in a pipeline (a subshell)": "declare -A a | cat; a[{{ v }}]=1",
+    "in a pipeline across lines": "echo x |\ndeclare -A a\na[{{ v }}]=1",
+    "in a function body": "f() {\n  declare -A a\n}\na[{{ v }}]=1",
+    "in a subshell": "(declare -A a); a[{{ v }}]=1",
+    "refused by bash (already indexed)": "declare -a a; declare -A a 2>/dev/null; a[{{ v }}]=1",
+    "unset afterwards": "declare -A a 2>/dev/null; unset a; a[{{ v }}]=1",
+    "unset in a subshell": "declare -A a; (unset a; a[{{ v }}]=1)",
+    "shadowed by a local": "declare -A a; f() { local a; a[{{ v }}]=1; }; f",
+    "unset through a nameref": "declare -A a; declare -n r=a; unset r; echo ${a[{{ v }}]}",
+    "a word inside a quoted value": 'declare -A m=([k]="x y z"); y[{{ v }}]=1',
+    "a pipeline continued past a comment": "echo x | # the map\ndeclare -A a\na[{{ v }}]=1",
+    "a function keyword body": "function f {\n  declare -A a\n}\na[{{ v }}]=1",
+    "a case branch after a fi| pattern": "case x in fi|y) declare -A a;; esac; a[{{ v }}]=1",
+    "unset through ${!a*}": "declare -A a=([k]=1); unset ${!a*}; a[{{ v }}]=1",
+    "an array bash keeps indexed": "declare -A GROUPS 2>/dev/null; echo ${GROUPS[{{ v }}]}",
+}
+
+
+@pytest.mark.parametrize("template", ASSOCIATIVE_BYPASSES.values(), ids=ASSOCIATIVE_BYPASSES.keys())
+def test_a_declare_a_bash_does_not_run_first_exempts_nothing(template: str, scratch: Path) -> None:
+    """The array is indexed where the value lands, so its subscript is arithmetic: a string parameter
+    there fails to load, and a value that is no number is refused before bash starts."""
+    text, env = render_shell_command(template, {"v": "1"})  # a number passes; the canary would run:
+    bash(text, {name: canary(scratch) for name in env}, scratch)
+    assert (scratch / "pwned").exists(), text
+    (scratch / "pwned").unlink()
+    with pytest.raises(ContentInvalid) as caught:
+        action(template, "string")
+    assert "where bash evaluates it as arithmetic" in caught.value.error.reason
+    with pytest.raises(TemplateRenderError, match="is not a plain number such as 42"):
+        render_shell_command(template, {"v": canary(scratch)})
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize(("template", "key", "expected"), [
+    ('declare -A m=([a]=1 [b]=2)\necho "${m[{{ v }}]}"', "b", "2"),
+    ('set -e\ndeclare -A m=([a]=1 [b]=2); echo "${m[{{ v }}]:-none} ${m[a]}"', "b", "2 1"),
+    ("typeset -A m; m[{{ v }}]=x; echo ${m[{{ v }}]} ${!m[@]}", "web tier", "x web tier"),
+    ('f() { :; }\nif true; then :; fi\n  declare -gA m=([a]=1) # keys\nm[{{ v }}]+=2; echo "${m[{{ v }}]}"', "a", "12"),
+])
+def test_a_top_level_declare_a_before_the_use_exempts_its_keys(template: str, key: str, expected: str,
+                                                              scratch: Path) -> None:
+    """The legitimate case: a `declare -A` run at top level before the array is used. A string parameter
+    loads, any string is a key, and the canary's `$( )` is only text."""
+    assert action(template, "string").runner_type == "local-shell-cmd"
+    assert render_and_run(template, key, scratch) == expected
+    render_and_run(template, canary(scratch), scratch)
+    assert list(scratch.iterdir()) == []

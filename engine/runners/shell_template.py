@@ -97,8 +97,24 @@ _COMMAND_START = re.compile(
 )
 _DECLARE = frozenset({"declare", "typeset", "local", "export", "readonly"})
 _OPTIONS = re.compile(r"(?:[ \t]+[-+][A-Za-z]+)+")
-#: `declare -A name`: the subscripts of an associative array are strings, not arithmetic.
-_ASSOCIATIVE = re.compile(r"\b(?:declare|typeset|local)[ \t]([^;&|\n]*)")
+#: `declare -A name` (or `typeset`, options combined as in `-gA`): the subscripts of an associative
+#: array are strings, not arithmetic. Only the first name counts: later words may be inside quotes.
+_ASSOCIATIVE_DECLARATION = re.compile(
+    r"(?:declare|typeset)((?:[ \t]+-[A-Za-z]+)+)[ \t]+([A-Za-z_][A-Za-z0-9_]*)(?=[=\s;<>]|\Z)")
+#: The options such a declaration may have (not `-a`, `-n`, `-f`, `-p`...: they make it something else).
+_ASSOCIATIVE_OPTIONS = frozenset("-Agilrtux")
+#: Words that open a compound command (`f() {` too), counted wherever they stand at top level: a word
+#: miscounted as one only withdraws exemptions.
+_COMPOUND_OPEN = re.compile(r"(?:if|case|while|until|for|select|\{)(?=[ \t\n;&|()<>]|\Z)")
+#: Words that close one, counted only as the first word after a separator; not before `)` or `|`
+#: (`fi)` is a `case` pattern).
+_COMPOUND_CLOSE = re.compile(r"(?:fi|done|esac|\})(?=[ \t\n;&<>]|\Z)(?![ \t]*[)|])")
+#: Text just before a name that only reads the variable: `$a`, `${a`, `${#a`, `${!a[` (its keys; but
+#: `${!a*}` lists the names starting with `a`, which may be handed to `unset`).
+_EXPANSION_BEFORE = re.compile(r"\$(?:\{#?)?\Z")
+_KEYS_BEFORE = re.compile(r"\$\{!\Z")
+#: Arrays bash makes indexed itself, which `declare -A` cannot convert (it fails, and they stay indexed).
+_BASH_ARRAYS = re.compile(r"BASH_[A-Z_]+|DIRSTACK|FUNCNAME|GROUPS|PIPESTATUS")
 #: The arguments of a declaration: with `-i` (`-ai`, `-gi`...) its names get the integer attribute.
 _DECLARATION = re.compile(r"\b(?:declare|typeset|local|export|readonly)[ \t]([^;&|\n]*)")
 _DECLARED_NAME = re.compile(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)(?=[=\s\[+]|$)")
@@ -167,7 +183,8 @@ class _ShellQuoter:
 
     Quoting does not help where bash evaluates a variable's *contents* as arithmetic, which runs
     `$( )` inside array subscripts: `$(( ))`, `(( ))`, `$[ ]`, `[[ ]]` with -eq/-lt/... or -v, `[ -v ]`
-    and `test -v`, the arguments of `let`, `unset` and `declare -i`, array subscripts (`${a[i]}`, `a[i]=`),
+    and `test -v`, the arguments of `let`, `unset` and `declare -i`, array subscripts (`${a[i]}`, `a[i]=`;
+    not those of an array a top-level `declare -A` surely made associative first: `top_word`),
     substring offsets (`${s:i}`) and what is assigned to a variable declared with `-i` anywhere in the
     template (`n=`, `n+=`, `n[i]=`, `n=( )`, `${n:=}`, `printf -v n`, `for n in`); `read` into one
     is refused outright. A value there must be a plain number. With `analysis` the values are not looked at:
@@ -184,8 +201,11 @@ class _ShellQuoter:
         self.stack: list[_Frame] = [_Frame("plain", numeric="")]
         self.pending: list[tuple[str, bool, bool]] = []  # here-documents opened on the current line
         self.prev = "\n"
-        self.associative = {name for args in _ASSOCIATIVE.findall(text) if re.search(r"(?:^|\s)-[A-Za-z]*A", args)
-                            for name in re.findall(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)(?=[=\s]|$)", args)}
+        # Associative arrays, added as the scan passes a `declare -A` that bash surely runs first (`declaration`).
+        self.associative: set[str] = set()
+        self.declaration: tuple[str, int] | None = None  # (name, start) until its command ends
+        self.separator = "\n"  # at top level: what ended the last command ("" inside one)
+        self.compound: int | None = 0  # compound commands open at top level; None when lost count
         # Assigning to a variable with the integer attribute evaluates the value as arithmetic; so does
         # assigning through a nameref (`declare -n r=n`), which may point at one.
         self.integer = _declared(text, "i")
@@ -389,6 +409,49 @@ class _ShellQuoter:
             return i + 2
         return i + 1
 
+    # -- associative arrays ---------------------------------------------------------------------
+
+    def top_word(self, i: int) -> None:
+        """A word at top level (outside any quote, substitution, subshell or here-document): count the
+        compound commands it opens or closes, and note a `declare -A name` that starts a command there."""
+        first, self.separator = self.separator, ""
+        if _COMPOUND_OPEN.match(self.text, i):
+            self.compound = None if self.compound is None else self.compound + 1
+        elif first and _COMPOUND_CLOSE.match(self.text, i):
+            self.compound = self.compound - 1 if self.compound else None
+        elif first in ("\n", ";") and self.compound == 0:
+            declaration = _ASSOCIATIVE_DECLARATION.match(self.text, i)
+            flags = set(declaration[1].replace(" ", "").replace("\t", "")) if declaration else set()
+            if declaration and "A" in flags and flags <= _ASSOCIATIVE_OPTIONS:
+                self.declaration = (declaration[2], i)
+
+    def top_separator(self, char: str, i: int) -> None:
+        """`;`, `&`, `|` or a newline at top level. A pending `declare -A` ends here: it counts when bash
+        runs it in this shell (`;`, a newline, `&&`, `||`), not in the background or a pipeline."""
+        if self.declaration is not None:
+            name, start = self.declaration
+            self.declaration = None
+            if (char in ";\n" or self.text.startswith(char * 2, i)) and self.keeps_associative(name, start, i):
+                self.associative.add(name)
+        if char != "\n" or self.separator not in ("|", "&"):  # after `|`, `&&`, `||` the command goes on
+            self.separator = char
+
+    def keeps_associative(self, name: str, start: int, end: int) -> bool:
+        """Whether `name`, declared associative in `self.text[start:end]`, stays so wherever it is used:
+        it appears nowhere before, and afterwards only read (`$name`, `${name...}`) or as a `name[key]=`
+        command. Any other mention (`unset name`, `local name`, `name=(`, `declare -a name`, `r=name` for
+        a nameref, a comment) may make it an indexed array again, and withdraws the exemption."""
+        mention = re.compile(rf"(?<![A-Za-z0-9_]){name}(?![A-Za-z0-9_])")
+        if _BASH_ARRAYS.fullmatch(name) or mention.search(self.text, 0, start):
+            return False
+        for found in mention.finditer(self.text, end):
+            at, subscript = found.start(), self.text.startswith("[", found.end())
+            read = _EXPANSION_BEFORE.search(self.text, max(0, at - 3), at) is not None \
+                or (subscript and _KEYS_BEFORE.search(self.text, max(0, at - 3), at) is not None)
+            if not (read or (subscript and self.at_command_start(at))):
+                return False
+        return True
+
     # -- the scanner ----------------------------------------------------------------------------
 
     def run(self) -> str:
@@ -414,6 +477,8 @@ class _ShellQuoter:
                     raise self.fail("a {% filter %} block cut a {{ }} value apart; apply the filter inside {{ }}")
                 self.out.append(self.reference(frame.quote or kind, int(match[1])))
                 self.land(int(match[1]))
+                if frame is self.stack[0]:
+                    self.separator = ""
                 self.prev = "a"
                 i = match.end()
                 continue
@@ -425,6 +490,8 @@ class _ShellQuoter:
                 self.out.append(char)
                 self.prev = char
                 frame.end_command()
+                if frame is self.stack[0]:
+                    self.top_separator(char, i)
                 at_line_start = True
                 if self.pending and kind in ("plain", "arith"):
                     self.stack.extend(_Frame("qheredoc" if quoted else "heredoc", (delimiter, strip), numeric="")
@@ -451,6 +518,8 @@ class _ShellQuoter:
         kind, closer = frame.kind, frame.closer
         emit = self.out.append
         if kind == "plain" and (self.prev in _WORD_BREAKS or self.prev == "`") and char not in _WORD_BREAKS:
+            if frame is self.stack[0] and char != "#":
+                self.top_word(i)
             done = self.word_start(frame, char, i)
             if done is not None:
                 return done
@@ -518,6 +587,8 @@ class _ShellQuoter:
                 return i + 1
             elif kind == "plain" and char in ";&|":
                 frame.end_command()
+                if frame is self.stack[0]:
+                    self.top_separator(char, i)
             elif kind == "plain" and char == "#" and self.prev in _WORD_BREAKS:
                 self.push("comment", numeric="")
             elif kind == "plain" and char == "<" and self.text.startswith("<<<", i):
