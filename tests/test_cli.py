@@ -317,6 +317,48 @@ def test_reload_reports_bad_files_with_line_and_keeps_the_rest(home: Path, demo_
     assert code == 0 and record["result"]["result"] == {"sum": 3}
 
 
+def test_pack_messages_show_square_brackets_as_written(home: Path) -> None:
+    """Rich reads `[...]` as markup: unescaped, the ref rule lost its `[a-z0-9_]` and `[/...]` crashed."""
+    write(home / "src" / "bad" / "pack.yaml", "name: My-Pack\nversion: 1.0.0\n")
+    bad_name = squall(home, "pack", "install", str(home / "src" / "bad"))
+    assert bad_name.returncode == 2 and "must match ^[a-z0-9_]+$" in bad_name.stderr, bad_name.stderr
+    for args, shown in ((("install", "/srv/packs[/old]"), "/srv/packs[/old]"),
+                        (("remove", "x[/y]"), "'x[/y]'"),
+                        (("install", "file:///tmp/x[/y].git"), "cloning file:///tmp/x[/y].git")):
+        done = squall(home, "pack", *args)
+        assert done.returncode == 2, done.stderr
+        assert shown in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+    write(home / "src" / "odd" / "pack.yaml", "ref: odd\nname: odd\nversion: 1.0.0\ndescription: 'see [/docs] [red]'\n")
+    write(home / "src" / "odd" / "actions" / "run.yaml", "name: run\nrunner_type: noop\n")
+    assert squall(home, "pack", "install", str(home / "src" / "odd")).returncode == 0
+    listed = squall(home, "pack", "list")
+    assert listed.returncode == 0 and "see [/docs] [red]" in listed.stdout, listed.stderr
+
+
+def test_pack_install_reports_aliases_and_rules_that_do_not_load(home: Path, demo_pack: Path) -> None:
+    """`pack list` and `squall serve` name an alias or rule whose action does not exist; the install must too."""
+    write(demo_pack / "aliases" / "good.yaml", "name: good\naction_ref: demo.add\nformats: ['add {{a}}']\n")
+    write(demo_pack / "aliases" / "bad.yaml", "name: bad\naction_ref: demo.missing_action\nformats: ['do it']\n")
+    write(demo_pack / "rules" / "r.yaml", """
+        name: r
+        pack: demo
+        trigger: {type: core.st2.webhook, parameters: {url: x}}
+        action: {ref: demo.nosuch}
+    """)
+    installed = squall(home, "pack", "install", str(demo_pack))
+    assert installed.returncode == 1, installed.stderr
+    assert "(2 actions, 1 aliases, 0 rules)" in installed.stdout
+    assert 'bad.yaml:2: action_ref: action "demo.missing_action" not found' in installed.stderr
+    assert 'r.yaml:4: action "demo.nosuch" not found' in installed.stderr
+
+    again = squall(home, "pack", "install", str(demo_pack), "--json")
+    assert again.returncode == 1
+    report = json.loads(again.stdout)
+    assert (report["content"]["aliases"], report["content"]["rules"]) == (1, 0)
+    assert sorted(error.split(": ", 1)[0].rsplit("/", 1)[1] for error in report["errors"]) == ["bad.yaml:2", "r.yaml:4"]
+
+
 def test_config_errors_are_clear(home: Path) -> None:
     write(home / "bad.yml", "databse:\n  url: sqlite:///x.db\n")
     done = subprocess.run([str(SQUALL), "-c", str(home / "bad.yml"), "action", "list"], capture_output=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -346,6 +347,33 @@ async def test_install_from_a_folder_shows_progress_then_the_outcome(web: Web, t
     empty = await admin.post("/packs/install", data={"source": " ", "csrf_token": token})
     assert empty.status_code == 400 and "git URL" in empty.text
     assert (await admin.get("/packs/installs/nope")).status_code == 404
+
+
+async def test_install_shows_aliases_and_rules_that_do_not_load(web: Web, tmp_path: Path) -> None:
+    """As `squall pack list` and `squall pack install` do: counted as not loaded, each problem shown."""
+    admin, token = await signed_in(web, "ada", "admin")
+    source = tmp_path / "src" / "halfway"
+    write(source / "pack.yaml", "ref: halfway\nname: halfway\nversion: 1.0.0\n")
+    write(source / "actions" / "hi.yaml", "name: hi\nrunner_type: noop\n")
+    write(source / "aliases" / "good.yaml", "name: good\naction_ref: halfway.hi\nformats: ['say hi']\n")
+    write(source / "aliases" / "bad.yaml", "name: bad\naction_ref: halfway.missing_action\nformats: ['do it']\n")
+    write(source / "rules" / "r.yaml", """
+        name: r
+        pack: halfway
+        trigger: {type: core.st2.webhook, parameters: {url: halfway}}
+        action: {ref: halfway.nosuch}
+    """)
+    started = await admin.post("/packs/install", data={"source": str(source), "csrf_token": token})
+    for _ in range(500):
+        fragment = await admin.get(started.headers["location"], headers={"HX-Request": "true"})
+        if "Done:" in fragment.text or "Failed:" in fragment.text:
+            break
+        await asyncio.sleep(0.02)
+    shown = html.unescape(fragment.text)
+    assert "Done: installed halfway 1.0.0" in shown and "(1 actions, 1 aliases, 0 rules)" in shown, shown
+    assert 'bad.yaml:2: action_ref: action "halfway.missing_action" not found' in shown
+    assert 'r.yaml:4: action "halfway.nosuch" not found' in shown
+    assert "good.yaml" not in shown
 
 
 # -- keys ------------------------------------------------------------------------------------------

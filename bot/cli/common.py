@@ -80,8 +80,9 @@ def log_level() -> str | None:
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Say what is wrong on stderr; the caller raises the returned exit (2: bad input)."""
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    """Say what is wrong on stderr; the caller raises the returned exit (2: bad input). The message is
+    escaped: it quotes what was given (a path, a URL, a pattern), and rich would read `[...]` as markup."""
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
     return typer.Exit(code)
 
 

@@ -6,7 +6,13 @@ first command after a change; `--json` prints `{"packs": [...], "problems": [{"f
 
 `pack install` keeps a pack whose requirements did not all install: each failed line is said in one
 paragraph (the line, pip's reason, what to do), listed in `--json` as `requirements_failed`, and the
-command exits 1.
+command exits 1. It checks the new pack's aliases, rules and sensors as `pack list` does: each one that
+does not load (an alias or rule naming an action that does not exist) is a warning and one of `--json`'s
+`errors`, the counts are of what loaded, and the command exits 1.
+
+Every message quotes text from the user or a pack (paths, URLs, descriptions, load problems) and is
+escaped before rich prints it: rich reads `[...]` as markup, which hid `[a-z0-9_]` in the ref rule and
+crashed on a `[/...]`.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ pack_app = group("List, install, remove and reload packs.")
 
 
 def _progress(message: str) -> None:
-    err.print(f"[dim]…[/dim] {message}", markup=True, highlight=False)
+    err.print(f"[dim]…[/dim] {escape(message)}", markup=True, highlight=False)
 
 
 @pack_app.command("list")
@@ -54,9 +60,9 @@ def pack_list(as_json: JsonOption = False) -> None:
         print_json({"packs": packs, "problems": [problem_document(e) for e in problems]})
         return
     table = new_table("ref", "version", "actions", "path", "description")
-    for pack in packs:
-        table.add_row(pack["ref"], pack["version"], str(pack["content"]["actions"]), pack["path"],
-                      pack["description"])
+    for pack in packs:  # a cell is markup too
+        table.add_row(*(escape(str(value)) for value in (pack["ref"], pack["version"], pack["content"]["actions"],
+                                                         pack["path"], pack["description"])))
     out.print(table)
     if problems:
         out.print("problems (pack content that did not load):", style="bold yellow")
@@ -67,12 +73,9 @@ def pack_list(as_json: JsonOption = False) -> None:
 def _content_problems(registry: Registry) -> list[ContentError]:
     """What `squall serve` finds past the pack loader and only logs: alias, rule and sensor files that do
     not load (the listing is where a pack author looks)."""
-    from aliases import load_aliases
-    from engine.rules import load_rules
-    from engine.sensors import load_sensors
+    from bot.pack_content import check_content
 
-    found = [problem for load in (load_aliases, load_rules, load_sensors) for problem in load(registry)[1]]
-    return [problem for problem in found if problem not in registry.errors]
+    return [problem for problem in check_content(registry).problems if problem not in registry.errors]
 
 
 @pack_app.command("install")
@@ -80,6 +83,7 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
                                                              "branch, tag or commit).")],
                  as_json: JsonOption = False) -> None:
     """Install a pack: copy or clone it, build its virtualenv, check its content."""
+    from bot.pack_content import check_content
     from engine.pack_manager import (
         PackInstallError,
         failed_requirements,
@@ -95,9 +99,13 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
     except PackInstallError as exc:
         raise fail(str(exc)) from exc
     registry = load_packs(config, warn=False)
+    # Its aliases, rules and sensors built as `squall serve` builds them: one naming an action that does
+    # not exist loads no more than an action file that does not parse, and is said the same way.
+    check = check_content(registry)
+    errors = [*errors, *(e for e in check.problems_under(pack.path) if str(e) not in {str(i) for i in errors})]
     audit("cli.pack.install", pack.ref, {"source": source, "version": pack.version, "errors": len(errors)})
     for error in errors:
-        err.print(f"[yellow]warning:[/yellow] {error}", markup=True, highlight=False)
+        err.print(f"[yellow]warning:[/yellow] {escape(str(error))}", markup=True, highlight=False)
     # The other packs' problems too, as every command that loads packs shows them (each once); a
     # config file not written yet is said once below, as the keys it needs, not as a failure.
     _, others = split_missing_config(pack.ref, config.configs_path, registry.errors)
@@ -109,16 +117,17 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
         err.print(f"[yellow]requirement failed:[/yellow] "
                   f"{escape(failure.paragraph(pack.ref, pack.path / 'requirements.txt'))}",
                   markup=True, highlight=False)
+    counts = check.counts(registry, pack.ref)  # what loaded, not the files found
     if as_json:
-        print_json({**pack.summary(registry.counts(pack.ref)), "errors": [str(e) for e in errors],
+        print_json({**pack.summary(counts), "errors": [str(e) for e in errors],
                     "config_needed": needed, "requirements_failed": [f.document() for f in failed]})
     else:
-        counts = registry.counts(pack.ref)
         incomplete = f"; {len(failed)} of its requirements did not install (said above)" if failed else ""
         out.print(f"installed {pack.ref} {pack.version} at {pack.path} "
-                  f"({counts['actions']} actions, {counts['aliases']} aliases, {counts['rules']} rules){incomplete}")
+                  f"({counts['actions']} actions, {counts['aliases']} aliases, {counts['rules']} rules){incomplete}",
+                  markup=False)
     if needed:
-        err.print(f"[yellow]config needed:[/yellow] {pack.ref}'s actions need {', '.join(needed)} "
+        err.print(f"[yellow]config needed:[/yellow] {escape(pack.ref)}'s actions need {escape(', '.join(needed))} "
                   f"(required by its config.schema.yaml, no default); set them in "
                   f"{escape(str(config.configs_path / f'{pack.ref}.yaml'))}", markup=True, highlight=False)
     # Exit 1 for pack content that did not load and for requirements that did not install (the pack
@@ -137,7 +146,7 @@ def pack_remove(name: Annotated[str, typer.Argument(help="Pack ref.")]) -> None:
     except PackInstallError as exc:
         raise fail(str(exc)) from exc
     audit("cli.pack.remove", name, {"path": str(path)})
-    out.print(f"removed {name} ({path})")
+    out.print(f"removed {name} ({path})", markup=False)
 
 
 @pack_app.command("reload")
@@ -152,5 +161,5 @@ def pack_reload(as_json: JsonOption = False) -> None:
         out.print(f"loaded {len(registry.packs)} packs, {len(registry.actions)} actions, "
                   f"{len(registry.trigger_types)} trigger types")
         for error in errors:
-            err.print(f"[red]skipped:[/red] {error}", markup=True, highlight=False)
+            err.print(f"[red]skipped:[/red] {escape(error)}", markup=True, highlight=False)
     raise typer.Exit(1 if errors else 0)

@@ -5,7 +5,9 @@ Everything is the registry's and `engine/pack_manager.py`'s, as `squall pack lis
 use them: an install runs `install_pack` on a thread with a progress callback, as the CLI does, and
 its lines are kept in memory for the install's page, which htmx polls every second (a plain browser
 reloads it). After an install, and for Reload, the process reloads its packs with
-`Squall.reload_packs`, what `squall serve` does when pack files change. Installs are per process
+`Squall.reload_packs`, what `squall serve` does when pack files change. An install then checks the new
+pack's aliases, rules and sensors with `bot.pack_content`, as `squall pack install` does: each that does
+not load is a warning on the install's page, and the counts are of what loaded. Installs are per process
 and forgotten at restart; what they did is in the audit log.
 """
 
@@ -24,6 +26,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 
 from bot.accounts import Session
+from bot.pack_content import check_content
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import admin, form_fields, viewer
 from engine.pack_manager import PackInstallError, failed_requirements, install_pack, needed_config_keys
@@ -98,7 +101,12 @@ async def _run(squall: Any, job: Install, source: str) -> None:
                                                lambda line: job.lines.append(shown_source(line)))
         job.lines.append("reloading the packs")
         registry = await squall.reload_packs()
-        counts = registry.counts(pack.ref)
+        # Its aliases, rules and sensors built as `squall pack list` builds them: one naming an action that
+        # does not exist is shown as an action file that does not load is, and not counted.
+        check = await asyncio.to_thread(check_content, registry)
+        counts = check.counts(registry, pack.ref)
+        shown = {str(e) for e in errors}
+        errors = [*errors, *(e for e in check.problems_under(pack.path) if str(e) not in shown)]
         failed = failed_requirements(config.virtualenvs_path / pack.ref)
         job.warnings = [str(e) for e in errors] + [f.paragraph(pack.ref, pack.path / "requirements.txt")
                                                    for f in failed]
