@@ -36,7 +36,7 @@ from engine.metrics import metrics
 from engine.output import OutputRecorder
 from engine.packs import Registry, UnknownAction
 from engine.parameters import MASK, ParameterError, Resolution, mask, needs_rendering, resolve
-from engine.processes import LEDGER, ledger_directory, owner_file_state, process_identity, running_since, sweep
+from engine.processes import LEDGER, ledger_directory, owner_state, process_identity, sweep
 from engine.runners import RUNNER_TYPES, WAITING_ON_TASKS, Runner, RunOutcome, RunRequest
 from engine.storage import Database, Store, iso, utcnow
 from engine.templates import KVNamespace, build_environment, render_pool
@@ -1093,37 +1093,11 @@ class ExecutionService:
         """Who holds an execution this process did not start: "here" (this process), "alive" (a
         live process on this machine), "gone", "elsewhere" (another host's, PostgreSQL only), or
         "queued" (a workflow between steps under the scale-out executor: no process holds it).
-
-        On one machine the owner is a process, told apart from a later one with its pid by its start
-        time, the boot and the pid namespace; the host name plays no part (a container restart may
-        change it). A process in another pid namespace (container) on this machine is alive while it
-        holds its owner file. SQLite is one machine by definition; on PostgreSQL an owner of another
-        boot counts as another host's unless it has this host's name (this host, rebooted)."""
+        Owners are told apart as `engine.processes.owner_state` says (trigger instances' too)."""
         info = info or {}
         if info.get("between_steps"):
             return "queued"  # a workflow between steps: its next step is a job any worker may take
-        pid = info.get("pid")
-        if not isinstance(pid, int):
-            return "gone"
-        sqlite = self.db.store.is_sqlite
-        if not info.get("boot_id"):  # recorded before owners carried more than host and pid
-            if not sqlite and info.get("hostname") not in (None, self.host):
-                return "elsewhere"
-            if pid == os.getpid():
-                return "here"
-            return "alive" if _alive(pid) else "gone"
-        if info["boot_id"] != self.owner["boot_id"]:
-            return "gone" if sqlite or info.get("hostname") == self.host else "elsewhere"
-        if info.get("pid_ns") == self.owner["pid_ns"]:
-            if pid == os.getpid() and info.get("started") == self.owner["started"]:
-                return "here"
-            if info.get("started") is None:
-                return "alive" if pid != os.getpid() and _alive(pid) else "gone"
-            return "alive" if running_since(pid, info["started"]) else "gone"
-        held = owner_file_state(self.ledger, info)
-        if held == "held":
-            return "alive"
-        return "gone" if held == "free" or sqlite else "elsewhere"
+        return owner_state(info, self.owner, self.ledger, one_machine=self.db.store.is_sqlite)
 
     async def _sweep(self) -> int:
         """Kill what dead Squall processes on this machine left running (their owner files say what)."""
@@ -1283,13 +1257,3 @@ def _written(write: CompletionWrite, store: Store, execution_id: str) -> tuple[b
 def _resumable(runner: Any) -> bool:
     """Workflow runners conduct on from stored state after a pause, a crash or a shutdown."""
     return bool(getattr(runner, "resumable", False))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

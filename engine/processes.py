@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,51 @@ def process_identity() -> dict[str, Any]:
     """Who this process is on this machine, for as long as it lives: pid, start time, boot, pid namespace."""
     pid = os.getpid()
     return {"pid": pid, "started": start_time(pid), "boot_id": boot_id(), "pid_ns": _pid_namespace(pid)}
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner_state(info: Mapping[str, Any] | None, me: Mapping[str, Any], ledger: Path, *, one_machine: bool) -> str:
+    """Whether the process an owner record names (`me` is this process's: its hostname plus
+    `process_identity()`) still lives: "here" (this process), "alive", "gone", or "elsewhere" (of
+    another host, whose processes nobody here can see). Without a pid it is "gone".
+
+    On one machine a process is told apart from a later one with its pid by its start time, the boot
+    and the pid namespace; the host name plays no part (a container restart may change it). One in
+    another pid namespace (container) lives while it holds its owner file in `ledger`. With
+    `one_machine` (an SQLite file) every owner is of this machine; otherwise (PostgreSQL) an owner of
+    another boot is another host's unless it has this host's name (this host, rebooted). These are
+    the rules `ExecutionService` applies to an execution's `runner_info`; trigger instances' owners use
+    this function."""
+    info = info or {}
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        return "gone"
+    if not info.get("boot_id"):  # recorded where /proc told no boot: the host and the pid alone
+        if not one_machine and info.get("hostname") not in (None, me.get("hostname")):
+            return "elsewhere"
+        return "here" if pid == os.getpid() else "alive" if alive(pid) else "gone"
+    if info["boot_id"] != me.get("boot_id"):
+        return "gone" if one_machine or info.get("hostname") == me.get("hostname") else "elsewhere"
+    if info.get("pid_ns") == me.get("pid_ns"):
+        if pid == os.getpid() and info.get("started") == me.get("started"):
+            return "here"
+        if info.get("started") is None:
+            return "alive" if pid != os.getpid() and alive(pid) else "gone"
+        return "alive" if running_since(pid, info["started"]) else "gone"
+    held = owner_file_state(ledger, dict(info))
+    if held == "held":
+        return "alive"
+    return "gone" if held == "free" or one_machine else "elsewhere"
 
 
 def owner_name(identity: dict[str, Any]) -> str:

@@ -32,9 +32,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+import sqlalchemy as sa
 
 from engine import tracing
-from engine.executions import new_id
+from engine.executions import CompletionWrite
 from engine.metrics import metrics
 from engine.operators import OPERATORS, PATTERNLESS, SEARCH, canonical, search
 from engine.packs import Registry
@@ -238,6 +239,31 @@ class Rule:
 def rule_id(ref: str) -> str:
     """The `id` of the rule `ref` (`Rule.id`)."""
     return hashlib.sha256(f"rule:{ref}".encode()).hexdigest()[:24]
+
+
+_INSTANCE_ID = re.compile(r"[0-9a-f]{24}\Z")
+
+
+def _derived_id(kind: str, rule_ref: str, instance_id: str) -> str:
+    """24 hex digits named by (kind, rule, instance), the same in every process and attempt; as
+    `engine.policies.retry_id`, they sort just after the instance (its microsecond plus one, then 40
+    bits of a hash), as an id made when the rule acted would."""
+    digest = hashlib.sha256(f"{kind}\n{rule_ref}\n{instance_id}".encode()).hexdigest()
+    if not _INSTANCE_ID.match(instance_id):  # not one of Squall's ids (made by hand): a hash alone
+        return digest[:24]
+    return f"{int(instance_id[:14], 16) + 1:014x}{digest[:10]}"
+
+
+def enforcement_id(rule_ref: str, instance_id: str) -> str:
+    """The id of the enforcement of rule `rule_ref` for trigger instance `instance_id`: one per pair,
+    so a second attempt (a recovery after a crash) is refused by the primary key."""
+    return _derived_id("enforcement", rule_ref, instance_id)
+
+
+def enforced_execution_id(rule_ref: str, instance_id: str) -> str:
+    """The id of the execution rule `rule_ref` requests for trigger instance `instance_id`: requested
+    again, it is one row still (`ExecutionService.request`'s `execution_id`)."""
+    return _derived_id("execution", rule_ref, instance_id)
 
 
 def _fail(file: str, lines: LineMap | None, path: tuple[str | int, ...], reason: str) -> RuleError:
@@ -672,42 +698,99 @@ class RulesEngine:
             metrics.evaluated(instance["trigger"], evaluated)
         return matched
 
-    async def process(self, instance: dict[str, Any]) -> None:
+    async def process(self, instance: dict[str, Any], resumed: bool = False) -> None:
+        """Enforce the rules `instance` matches. `resumed` (a process that died was at it): only those
+        with no enforcement for it yet; the ids make a second attempt store nothing in any case."""
         failures: list[tuple[Rule, str]] = []
         # Datastore lookups in patterns are synchronous reads: evaluate on the database thread.
-        matched = await self.db(self.matching_rules, instance, failures)
+        if resumed:
+            matched, acted = await self.db(self._matching_rules_left, instance, failures)
+        else:
+            matched, acted = await self.db(self.matching_rules, instance, failures), set()
         for rule, reason in failures:
-            await self._record(rule, instance, None, "failed", reason)
+            if rule.ref not in acted:
+                await self._record(rule, instance, None, "failed", reason)
         for rule in matched:
+            if rule.ref in acted:
+                continue
             metrics.count(metrics.rules_matched, rule.ref)
             await self.enforce(rule, instance)
 
+    def _matching_rules_left(self, instance: Mapping[str, Any],
+                             failures: list[tuple[Rule, str]]) -> tuple[list[Rule], set[str]]:
+        """`matching_rules`, and the refs of the rules that acted for the instance already (on the
+        database's side, in one trip)."""
+        return self.matching_rules(instance, failures), self.db.store.rules_enforced_for(instance["id"])
+
     async def enforce(self, rule: Rule, instance: Mapping[str, Any]) -> dict[str, Any]:
-        context = {
+        """Request the rule's action for `instance` and record the enforcement, once for the pair.
+
+        Both ids are derived from (rule, instance). The execution is requested first, under its
+        derived id; the enforcement is stored with the request, in its transaction where the
+        request's transaction is the loop's (SQLite), else right after it, and never twice. After a
+        crash at any point the next attempt finds either nothing (and acts), the execution alone
+        (the primary key refuses a second request of it, and the enforcement is stored naming the
+        first), or the enforcement (`process(resumed=True)` skips the rule; here it is kept)."""
+        execution_id = enforced_execution_id(rule.ref, instance["id"])
+        record = self._enforcement(rule, instance, execution_id, "succeeded", None)
+        stored: list[bool] = []
+
+        def with_request(_shown: dict[str, Any]) -> CompletionWrite:
+            return CompletionWrite(lambda store: store.rule_enforcement_add_once(record), stored.append,
+                                   one_statement=True)
+
+        try:
+            with tracing.span("rule.enforce", rule=rule.ref, trigger_instance_id=instance["id"]):
+                await self.executions.request(
+                    rule.action_ref, rule.action_parameters, self._context(rule, instance),
+                    extra_template_context={"trigger": instance.get("payload")}, render=True,
+                    execution_id=execution_id, stored_with=with_request)
+        except sa.exc.IntegrityError as exc:
+            if await self.db(self.db.store.get_execution, execution_id) is None:  # not our id's conflict
+                return await self._request_failed(rule, instance, exc)
+            log.info("rule %s: the action for trigger instance %s was requested before (%s)", rule.ref,
+                     instance["id"], execution_id)
+        except Exception as exc:
+            return await self._request_failed(rule, instance, exc)
+        if stored and stored[0]:  # in the request's transaction
+            return enforcement_public(record)
+        return await self._store(record)
+
+    @staticmethod
+    def _context(rule: Rule, instance: Mapping[str, Any]) -> dict[str, Any]:
+        return {
             "user": "squall",
             "rule": {"ref": rule.ref, "name": rule.name},
             "trigger_instance": {"id": instance["id"], "name": instance["trigger"]},
             "trace_context": {"trace_tag": instance.get("trace_tag"), "trigger_instance_id": instance["id"]},
         }
-        try:
-            with tracing.span("rule.enforce", rule=rule.ref, trigger_instance_id=instance["id"]):
-                execution = await self.executions.request(
-                    rule.action_ref, rule.action_parameters, context,
-                    extra_template_context={"trigger": instance.get("payload")}, render=True)
-        except Exception as exc:
-            reason = f'Failed to request action "{rule.action_ref}" for rule "{rule.ref}" and trigger instance ' \
-                     f'"{instance["id"]}": {exc}'
-            log.warning("%s", reason)
-            return await self._record(rule, instance, None, "failed", reason)
-        return await self._record(rule, instance, execution["id"], "succeeded", None)
+
+    async def _request_failed(self, rule: Rule, instance: Mapping[str, Any], problem: Any) -> dict[str, Any]:
+        reason = f'Failed to request action "{rule.action_ref}" for rule "{rule.ref}" and trigger instance ' \
+                 f'"{instance["id"]}": {problem}'
+        log.warning("%s", reason)
+        return await self._record(rule, instance, None, "failed", reason)
+
+    @staticmethod
+    def _enforcement(rule: Rule, instance: Mapping[str, Any], execution_id: str | None, status: str,
+                     reason: str | None) -> dict[str, Any]:
+        return {"id": enforcement_id(rule.ref, instance["id"]), "rule": rule.ref,
+                "trigger_instance_id": instance["id"], "execution_id": execution_id, "status": status,
+                "failure_reason": reason, "enforced_at": utcnow()}
 
     async def _record(self, rule: Rule, instance: Mapping[str, Any], execution_id: str | None, status: str,
                       reason: str | None) -> dict[str, Any]:
-        record = {"id": new_id(), "rule": rule.ref, "trigger_instance_id": instance["id"],
-                  "execution_id": execution_id, "status": status, "failure_reason": reason,
-                  "enforced_at": utcnow()}
-        await self.db(self.db.store.rule_enforcement_add, record)
-        return enforcement_public(record)
+        return await self._store(self._enforcement(rule, instance, execution_id, status, reason))
+
+    async def _store(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Store an enforcement unless its rule has one for the instance: the one stored, either way."""
+        return enforcement_public(await self.db(self._stored_once, record))
+
+    def _stored_once(self, record: dict[str, Any]) -> dict[str, Any]:
+        store = self.db.store
+        if store.rule_enforcement_add_once(record):
+            return record
+        return store.rule_enforcement_get(record["id"]) or record
 
     async def enforcements(self, *, rule: str | None = None, trigger_instance_id: str | None = None,
                            execution_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
@@ -756,5 +839,5 @@ def default_evaluator(kv: Mapping[str, str] | None = None) -> Evaluator:
 
 
 __all__ = ["Check", "Criterion", "Evaluator", "MatchFailure", "Rule", "RuleError", "RulesEngine", "compile_key",
-           "default_evaluator", "enforcement_public", "failure_reason", "load_rule", "load_rules", "render_pattern",
-           "rule_id", "strip_tag", "waiting_problem"]
+           "default_evaluator", "enforced_execution_id", "enforcement_id", "enforcement_public", "failure_reason",
+           "load_rule", "load_rules", "render_pattern", "rule_id", "strip_tag", "waiting_problem"]

@@ -129,6 +129,9 @@ trigger_instances = sa.Table(
     sa.Column("trace_tag", sa.String(255), nullable=True),
     # The parameters of the trigger (hook URL, schedule) it fired for; null for the bare type.
     sa.Column("trigger_parameters", sa.JSON, nullable=True),
+    # The process that claimed it for processing (`engine.triggers.encode_owner`: JSON text, compared
+    # as text when a recovery takes over a dead one's); null while pending, and on rows before 0021.
+    sa.Column("owner", sa.Text, nullable=True),
     sa.Index("ix_trigger_instances_trigger", "trigger", "occurrence_time"),
     sa.Index("ix_trigger_instances_status", "status"),
 )
@@ -521,7 +524,7 @@ PG_LIVENESS = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0020"
+HEAD_REVISION = "0021"
 
 
 def _revision(engine: Engine) -> str | None:
@@ -1487,8 +1490,26 @@ class Store:
         with self._write() as conn:
             return conn.execute(deliveries.delete().where(deliveries.c.expires_at <= now)).rowcount
 
-    def trigger_instance_status(self, instance_id: str, status: str) -> None:
-        self._update(trigger_instances, instance_id, {"status": status})
+    def trigger_instance_claim(self, instance_id: str, owner: str) -> bool:
+        """Mark a `pending` instance `processing` by `owner` (the claiming process); False if it is not
+        pending any more: another process (or this one's recovery) claimed it first, and processes it."""
+        return bool(self._update(trigger_instances, instance_id, {"status": "processing", "owner": owner},
+                                 expect=("pending",)))
+
+    def trigger_instance_take_over(self, instance_id: str, dead: str | None, owner: str) -> bool:
+        """Make `owner` the owner of an instance still `processing` by `dead` (a process that died; None:
+        a row from before owners were recorded). Of several recoveries that found it, one takes it."""
+        column = trigger_instances.c
+        statement = (trigger_instances.update()
+                     .where(column.id == instance_id, column.status == "processing",
+                            column.owner.is_not_distinct_from(dead))
+                     .values(owner=owner))
+        with self._write() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def trigger_instance_status(self, instance_id: str, status: str, expect: Sequence[str] | None = None) -> bool:
+        """Set an instance's status (while it is one of `expect`, if given); whether it changed."""
+        return bool(self._update(trigger_instances, instance_id, {"status": status}, expect))
 
     def trigger_instance_get(self, instance_id: str) -> dict[str, Any] | None:
         with self._read() as conn:
@@ -1507,6 +1528,22 @@ class Store:
 
     def rule_enforcement_add(self, record: dict[str, Any]) -> None:
         self._insert(rule_enforcements, record)
+
+    def rule_enforcement_add_once(self, record: dict[str, Any]) -> bool:
+        """Store an enforcement unless one with its id is stored: whether it was. Its id is derived from
+        its rule and trigger instance (`engine.rules.enforcement_id`), so a rule enforced again for the
+        same instance (a recovery after a crash) records nothing more."""
+        with self._write() as conn:
+            if self._direct:
+                return self._direct.insert_once(conn, rule_enforcements, record, ("id",)) is not None
+            return conn.execute(_insert_once(self.is_sqlite, rule_enforcements, "id"), record).first() is not None
+
+    def rules_enforced_for(self, trigger_instance_id: str) -> set[str]:
+        """The refs of the rules that have an enforcement (succeeded or failed) for this instance."""
+        statement = (sa.select(rule_enforcements.c.rule).distinct()
+                     .where(rule_enforcements.c.trigger_instance_id == trigger_instance_id))
+        with self._read() as conn:
+            return {row[0] for row in conn.execute(statement)}
 
     def rule_enforcement_list(self, rule: str | None = None, trigger_instance_id: str | None = None,
                               execution_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

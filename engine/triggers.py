@@ -5,6 +5,12 @@ Webhooks, timers, sensors, the API and the engine itself (action and notify trig
 one; processing moves it to `processing` and then `processed` or `processing_failed`
 (StackStorm's statuses). Consumers (the rules engine) register as processors; `wanted(ref)`
 lets the engine skip emitting trigger types nobody listens to.
+
+Several `squall serve` processes may share the database. A process claims an instance atomically
+(`pending` → `processing`, recording itself as its owner: host, pid, start time, boot, pid
+namespace), so of those that try, one processes it. Recovery at start processes what is `pending`
+and resumes what a process that died left `processing` (never what a live one holds): the rules
+engine then enforces only the rules that had not acted for it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import difflib
 import json
 import logging
+import socket
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
@@ -20,6 +27,7 @@ from typing import Any, Protocol
 from engine.executions import new_id
 from engine.metrics import metrics
 from engine.packs import Registry
+from engine.processes import LEDGER, ledger_directory, owner_state, process_identity
 from engine.storage import Database, iso, utcnow
 
 log = logging.getLogger(__name__)
@@ -47,8 +55,24 @@ class TriggerProcessor(Protocol):
     def interested(self, trigger_ref: str) -> bool:
         """Whether instances of this trigger type matter to this processor."""
 
-    async def process(self, instance: dict[str, Any]) -> None:
-        """Handle one stored instance; raising marks it `processing_failed`."""
+    async def process(self, instance: dict[str, Any], resumed: bool = False) -> None:
+        """Handle one stored instance; raising marks it `processing_failed`. `resumed`: a process that
+        died was processing it, and may have done part of the work."""
+
+
+def encode_owner(identity: Mapping[str, Any]) -> str:
+    """An instance's `owner` as stored: JSON text, keys sorted, so a recovery can compare it as
+    text when it takes the instance over (`Store.trigger_instance_take_over`)."""
+    return json.dumps(dict(identity), sort_keys=True, separators=(",", ":"))
+
+
+def decode_owner(text: str | None) -> dict[str, Any] | None:
+    """The owner record `encode_owner` stored (None: none, or unreadable, which counts as gone)."""
+    try:
+        owner = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return owner if isinstance(owner, dict) else None
 
 
 def public(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,6 +93,13 @@ class TriggerService:
         self.db = db
         self.processors: list[TriggerProcessor] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Who claims the instances this process processes (as an execution's `runner_info`).
+        self.identity: dict[str, Any] = {"hostname": socket.gethostname(), **process_identity()}
+        self.owner = encode_owner(self.identity)
+        store = getattr(db, "store", None)
+        self._sqlite = bool(getattr(store, "is_sqlite", False))
+        #: Where processes of other containers on this machine keep their owner files (`engine.processes`).
+        self.ledger = ledger_directory(store.engine.url.database if self._sqlite and store is not None else None)
 
     def wanted(self, trigger_ref: str) -> bool:
         return any(processor.interested(trigger_ref) for processor in self.processors)
@@ -129,25 +160,32 @@ class TriggerService:
             self._spawn(record)
         return [public(record) for record in records]
 
-    def _spawn(self, record: dict[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(self.process(record), name=f"trigger-{record['id']}")
+    def _spawn(self, record: dict[str, Any], resumed: bool = False) -> None:
+        task = asyncio.get_running_loop().create_task(self.process(record, resumed=resumed),
+                                                      name=f"trigger-{record['id']}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def process(self, record: dict[str, Any]) -> None:
+    async def process(self, record: dict[str, Any], resumed: bool = False) -> None:
+        """Claim a `pending` instance and hand it to the processors; nothing if another process (or
+        another task of this one) claimed it first. `resumed`: this process took the instance over
+        from one that died while processing it (`recover`), and holds it already."""
         store = self.db.store
-        await self.db(store.trigger_instance_status, record["id"], "processing")
+        if not resumed:
+            LEDGER.ensure()  # the owner file says this process lives (to other containers) before it claims
+            if not await self.db(store.trigger_instance_claim, record["id"], self.owner):
+                return
         status = "processed"
         instance = public({**record, "status": "processing"})
         for processor in self.processors:
             if not processor.interested(record["trigger"]):
                 continue
             try:
-                await processor.process(instance)
+                await processor.process(instance, resumed=resumed)
             except Exception:
                 log.exception("processing trigger instance %s (%s) failed", record["id"], record["trigger"])
                 status = "processing_failed"
-        await self.db(store.trigger_instance_status, record["id"], status)
+        await self.db(store.trigger_instance_status, record["id"], status, ("processing",))
 
     def purge_deliveries(self) -> int:
         """Forget the deliveries whose senders' signatures have expired (on the database's side)."""
@@ -179,14 +217,36 @@ class TriggerService:
                                    parameters=original["trigger_parameters"], validate=False)
 
     async def recover(self) -> int:
-        """Process what a crash left `pending`; what was mid-processing is marked failed (it may have acted)."""
+        """Process what is `pending` (the claim lets one process have each, should its own process be
+        at it too), and resume what a process that died left `processing`: its processors do what
+        it had not done yet (the rules engine enforces the rules that had not acted). What a live
+        process (another `squall serve` on this database) is processing is left to it; so is what
+        one of another host holds (PostgreSQL). Returns how many instances it took up."""
+        LEDGER.ensure()  # the owner file says this process lives (to other containers) before it claims
         rows = await self.db(self.db.store.trigger_instance_list, None, ("pending", "processing"), 10_000)
+        taken = 0
         for row in reversed(rows):
             if row["status"] == "pending":
                 self._spawn(row)
-            else:
-                await self.db(self.db.store.trigger_instance_status, row["id"], "processing_failed")
-        return len(rows)
+                taken += 1
+            elif await self._take_over(row):
+                self._spawn(row, resumed=True)
+                taken += 1
+        return taken
+
+    async def _take_over(self, row: Mapping[str, Any]) -> bool:
+        """Make this process the owner of a `processing` instance whose owner died; False if it may
+        live (this process, a live one, or one of another host, which nobody here can see) or if
+        another process's recovery took the instance first. No owner (a row from before 0021) or an
+        unreadable one is a dead process's."""
+        owner = row.get("owner")
+        if owner_state(decode_owner(owner), self.identity, self.ledger, one_machine=self._sqlite) != "gone":
+            return False
+        if not await self.db(self.db.store.trigger_instance_take_over, row["id"], owner, self.owner):
+            return False
+        log.info("resuming trigger instance %s (%s): the process that was processing it is gone", row["id"],
+                 row["trigger"])
+        return True
 
     @property
     def busy(self) -> int:

@@ -412,6 +412,29 @@ async def test_a_search_over_too_many_items_fails_its_rule_with_the_reason(
         await squall.close()
 
 
+async def test_a_rule_acts_once_per_trigger_instance(home: Path) -> None:
+    """Enforcing a rule again for the same instance (a recovery after a crash) stores no second
+    enforcement and requests no second execution (a failed one stores no second record either)."""
+    make_pack(home, {"once": rule("once", params="{message: '{{ trigger.level }}'}"),
+                     "bad": rule("bad", params="{count: '{{ trigger.level }}'}")})
+    squall = await started(home)
+    try:
+        instance = await squall.triggers.dispatch("demo.event", {"level": "high"})
+        await squall.rules.settle()
+        first = {e["rule"]["ref"]: e for e in await squall.rules.enforcements(trigger_instance_id=instance["id"])}
+        assert first["demo.once"]["status"] == "succeeded" and first["demo.bad"]["status"] == "failed"
+        for ref in ("demo.once", "demo.bad"):
+            again = await squall.rules.enforce(squall.rules.rules[ref], instance)
+            assert again["id"] == first[ref]["id"] and again["execution_id"] == first[ref]["execution_id"]
+        await squall.rules.settle()
+        assert sorted(e["id"] for e in await squall.rules.enforcements(trigger_instance_id=instance["id"])) == \
+            sorted(e["id"] for e in first.values())
+        executions = await squall.executions.list(trigger_instance=instance["id"])
+        assert [e["id"] for e in executions] == [first["demo.once"]["execution_id"]]
+    finally:
+        await squall.close()
+
+
 async def test_reload_rebuilds_rules(home: Path) -> None:
     pack = make_pack(home, {"one": rule("one")})
     squall = await started(home)
