@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from bot.app import Squall
 from engine.runners.shell_template import render_shell_command
-from engine.templates import TemplateRenderError
+from engine.templates import TemplateRenderError, render_values
 from tests.conftest import write
 
 PY = shlex.quote(sys.executable)
@@ -433,13 +433,19 @@ def _expand(text: str, env: dict[str, str]) -> str:
 
 
 def test_render_shell_command_numbers_each_output_and_keeps_blocks_literal() -> None:
+    """Each value is its own variable. None is written "None", as Jinja writes it elsewhere (the
+    command stored with the execution) and StackStorm runs it: it ran as "" while the record showed
+    "None"."""
     template = '{% if flag %}cp {{ src }} "{{ dst }}"{% else %}no{% endif %} {{ none }} {{ n + 1 }} {{ "lit" }}'
     rendered, env = render_shell_command(template, {"flag": True, "src": "a b", "dst": "c", "none": None, "n": 1})
-    assert _expand(rendered, env) == 'cp "<a b>" "<c>" "<>" "<2>" "<lit>"'
-    assert sorted(env.values()) == sorted(["a b", "c", "", "2", "lit"])
+    assert _expand(rendered, env) == 'cp "<a b>" "<c>" "<None>" "<2>" "<lit>"'
+    assert sorted(env.values()) == sorted(["a b", "c", "None", "2", "lit"])
     assert sorted(env) == [f"SQUALL_ARG_{n}" for n in range(5)]
+    assert rendered.replace("$SQUALL_ARG_", "").count("None") == 0  # the text is a variable, never pasted
+    assert render_values({"cmd": template}, {"flag": True, "src": "a b", "dst": "c", "none": None, "n": 1}
+                         )["cmd"] == 'cp a b "c" None 2 lit'
     rendered, env = render_shell_command(template, {"flag": False, "none": None, "n": 1})
-    assert _expand(rendered, env) == 'no "<>" "<2>" "<lit>"'
+    assert _expand(rendered, env) == 'no "<None>" "<2>" "<lit>"'
     assert len(env) == 3
 
 

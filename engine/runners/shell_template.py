@@ -36,7 +36,7 @@ _collected: contextvars.ContextVar[list[str]] = contextvars.ContextVar("squall_s
 
 def _capture(value: Any) -> str:
     values = _collected.get()
-    text = "" if value is None else str(value)
+    text = str(value)  # None is "None", as Jinja (and StackStorm) writes it and the stored command shows it
     if "\x00" in text:  # output captured by {% set %}/{% filter %}/macros: give back the real values
         text = _PLACEHOLDER_RE.sub(lambda m: values[int(m[1])], text)
     values.append(text)
