@@ -387,3 +387,71 @@ def test_run_passes_values_as_given_unless_asked_to_render(home: Path) -> None:
     assert code == 0 and plain["result"]["stdout"] == "{{ st2kv.system.greeting }}"
     code, rendered = run_json(home, "core.local", "cmd=echo {{ st2kv.system.greeting }}", "--render")
     assert code == 0 and rendered["result"]["stdout"] == "hello"
+
+
+@pytest.fixture
+def bracket_pack(home: Path) -> Path:
+    """A pack whose texts hold what rich reads as markup: a closing tag that crashes it, a tag it swallows."""
+    pack = home / "packs" / "odd"
+    write(pack / "pack.yaml", "ref: odd\nname: odd\nversion: 1.0.0\n")
+    write(pack / "actions" / "run.yaml", """
+        name: run
+        runner_type: noop
+        description: "see [/x] [a-z0-9_]"
+        parameters:
+          host: {type: string, description: "a [/h] name"}
+    """)
+    write(pack / "aliases" / "greet.yaml", """
+        name: greet
+        action_ref: odd.run
+        description: "greets [/y]"
+        formats: ["ping [/x] {{host}}"]
+    """)
+    write(pack / "rules" / "r.yaml", """
+        name: r
+        pack: odd
+        description: "fires [/z]"
+        trigger: {type: core.st2.webhook, parameters: {url: odd}}
+        action: {ref: odd.run}
+    """)
+    return pack
+
+
+# (commands run first, the command, its exit code, the stream, what it must show as written)
+_BRACKETED = {
+    "key set": ([], ("key", "set", "a[/b]", "v"), 0, "stdout", "key a[/b]"),
+    "key delete": ([("key", "set", "a[/b]", "v")], ("key", "delete", "a[/b]"), 0, "stdout", "deleted a[/b]"),
+    "key delete missing": ([], ("key", "delete", "a[/b]"), 2, "stderr", "key 'a[/b]' does not exist"),
+    "key list": ([("key", "set", "k[/x]", "[a-z0-9_] :x:")], ("key", "list"), 0, "stdout", "[a-z0-9_] :x:"),
+    "key list name": ([("key", "set", "k[/x]", "v")], ("key", "list"), 0, "stdout", "k[/x]"),
+    "key get": ([("key", "set", "k", ":smile: [/x]")], ("key", "get", "k"), 0, "stdout", ":smile: [/x]\n"),
+    "alias match": ([], ("alias", "match", "hi [/x]"), 1, "stderr", "'hi [/x]'"),
+    "alias list format": ([], ("alias", "list"), 0, "stdout", "ping [/x]"),
+    "alias list description": ([], ("alias", "list"), 0, "stdout", "greets [/y]"),
+    "action list": ([], ("action", "list", "--pack", "odd"), 0, "stdout", "see [/x] [a-z0-9_]"),
+    "action get": ([], ("action", "get", "odd.run"), 0, "stdout", "odd.run (noop) see [/x] [a-z0-9_]"),
+    "action get parameter": ([], ("action", "get", "odd.run"), 0, "stdout", "a [/h] name"),
+    "run echo": ([], ("run", "core.echo", "message=[/x] [b]"), 0, "stdout", '"message": "[/x] [b]"}'),
+    "rule list": ([], ("rule", "list"), 0, "stdout", "fires [/z]"),
+    "rule get missing": ([], ("rule", "get", "a[/b]"), 2, "stderr", 'rule "a[/b]" not found'),
+    "apikey create": ([], ("apikey", "create", "--name", "ci[/x]"), 0, "stdout", "(ci[/x])"),
+    "apikey list": ([("apikey", "create", "--name", "ci[/x]")], ("apikey", "list"), 0, "stdout", "ci[/x]"),
+    "apikey delete missing": ([], ("apikey", "delete", "i[/d]"), 2, "stderr", "no API key with id i[/d]"),
+    # User names are letters, digits and ._@- only: a bracketed one is refused, and said as given.
+    "user create": ([], ("user", "create", "a[/b]"), 2, "stderr", "'a[/b]' is not a usable user name"),
+    "user passwd missing": ([], ("user", "passwd", "a[/b]"), 2, "stderr", "no user named a[/b]"),
+}
+
+
+@pytest.mark.parametrize(("setup", "args", "code", "stream", "shown"), list(_BRACKETED.values()), ids=list(_BRACKETED))
+def test_user_and_pack_text_is_shown_as_written(home: Path, bracket_pack: Path, setup: list[tuple[str, ...]],
+                                                 args: tuple[str, ...], code: int, stream: str, shown: str) -> None:
+    """Rich reads `[...]` as markup (and `:name:` as an emoji): names, values, descriptions and errors quoted
+    unescaped crashed on a `[/x]` with a MarkupError traceback, and lost a `[a-z0-9_]` without a word."""
+    for before in setup:
+        assert squall(home, *before).returncode == 0
+    done = squall(home, *args)
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output and "MarkupError" not in output, output
+    assert done.returncode == code, output
+    assert shown in getattr(done, stream), output

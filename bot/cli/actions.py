@@ -1,7 +1,8 @@
 """`squall action list | get`: the actions of the packs, read from the pack folders.
 
 Neither starts Squall: they load the packs only (no database, runners or chat), and warn on
-stderr about each pack file that did not load.
+stderr about each pack file that did not load. A pack's texts (descriptions, defaults) are printed as
+written: rich would read a `[...]` in them as markup.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from bot.cli.common import JsonOption, current_config, fail, group, load_packs, new_table, out, print_json
+from bot.cli.common import JsonOption, add_row, current_config, fail, group, load_packs, new_table, out, print_json
 
 action_app = group("List and show actions.")
 
@@ -30,7 +32,7 @@ def action_list(pack: Annotated[str | None, typer.Option("--pack", help="Only th
         return
     table = new_table("ref", "runner", "description")
     for a in actions:
-        table.add_row(a.ref, a.runner_type, a.description)
+        add_row(table, a.ref, a.runner_type, a.description)
     out.print(table)
 
 
@@ -47,11 +49,11 @@ def action_get(ref: Annotated[str, typer.Argument(help="Action ref.")], as_json:
     if as_json:
         print_json(action.summary())
         return
-    out.print(f"[bold]{action.ref}[/bold] ({action.runner_type}) {action.description}")
+    out.print(f"[bold]{escape(action.ref)}[/bold] ({escape(action.runner_type)}) {escape(action.description or '')}")
     table = new_table("parameter", "type", "required", "default", "description")
     for name, spec in sorted(action.parameters.items()):
         default = "********" if spec.get("secret") and spec.get("default") is not None else spec.get("default")
         flags = "yes" if spec.get("required") else ""
-        table.add_row(name, str(spec.get("type", "")), flags, "" if default is None else json.dumps(default),
-                      str(spec.get("description", "")))
+        add_row(table, name, spec.get("type", ""), flags, "" if default is None else json.dumps(default),
+                spec.get("description", ""))
     out.print(table)

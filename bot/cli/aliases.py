@@ -4,6 +4,8 @@
 "parameters": {...}}` and exits 0; a `match_multiple` format that fits several times prints a list of
 such objects. No match exits 1 with suggestions on stderr, an ambiguity exits 1 listing the candidates
 (with `--json`, stdout then holds `{"error", "suggestions"}` or `{"error", "candidates"}`).
+
+The message, formats and descriptions are printed as written: rich would read a `[...]` in them as markup.
 """
 
 from __future__ import annotations
@@ -13,8 +15,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from bot.cli.common import JsonOption, current_config, err, group, load_packs, new_table, out, print_json, warn_problems
+from bot.cli.common import (
+    JsonOption,
+    add_row,
+    current_config,
+    err,
+    group,
+    load_packs,
+    new_table,
+    out,
+    print_json,
+    warn_problems,
+)
 
 if TYPE_CHECKING:
     from aliases.model import Alias
@@ -37,7 +51,7 @@ def _load() -> tuple[list[Alias], list[ContentError]]:
 
 def _warn(errors: list[ContentError]) -> None:
     for error in errors:
-        err.print(f"[yellow]alias skipped:[/yellow] {error}", markup=True, highlight=False)
+        err.print(f"[yellow]alias skipped:[/yellow] {escape(str(error))}", markup=True, highlight=False)
 
 
 @alias_app.command("list")
@@ -51,7 +65,7 @@ def alias_list(as_json: JsonOption = False) -> None:
     table = new_table("ref", "action", "enabled", "formats", "description")
     for alias in aliases:
         formats = "\n".join(rep for f in alias.formats for rep in (f.representations or [f"({f.display})"]))
-        table.add_row(alias.ref, alias.action_ref, "yes" if alias.enabled else "no", formats, alias.description)
+        add_row(table, alias.ref, alias.action_ref, "yes" if alias.enabled else "no", formats, alias.description)
     out.print(table)
 
 
@@ -72,7 +86,7 @@ def alias_match(text: Annotated[str, typer.Argument(help="A chat message, withou
     try:
         matches = matcher.match_all(text)
     except NoMatch as exc:
-        err.print(f"[red]no match:[/red] no alias matches {text!r}", markup=True, highlight=False)
+        err.print(f"[red]no match:[/red] no alias matches {escape(repr(text))}", markup=True, highlight=False)
         if exc.suggestions:
             err.print("did you mean:", highlight=False)
             for suggestion in exc.suggestions:
@@ -81,8 +95,8 @@ def alias_match(text: Annotated[str, typer.Argument(help="A chat message, withou
             print_json({"error": str(exc), "suggestions": exc.suggestions})
         raise typer.Exit(1) from None
     except AmbiguousCommand as exc:
-        err.print(f"[red]ambiguous:[/red] {text!r} matches several aliases equally well:", markup=True,
-                  highlight=False)
+        err.print(f"[red]ambiguous:[/red] {escape(repr(text))} matches several aliases equally well:",
+                  markup=True, highlight=False)
         for candidate in exc.candidates:
             err.print(f"  {candidate.alias.ref}: {candidate.representation}", markup=False, highlight=False)
         if as_json:

@@ -4,6 +4,7 @@
 obtained with the key: a token records its key and works only while that key does. Keys from config `api.keys` and
 `$SQUALL_API_KEYS` work too but are not listed here (they live outside the database).
 These commands touch the `api_keys` table only, so they open the database without starting Squall.
+A key's name is printed as written: rich would read a `[...]` in it as markup.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bot.cli.common import JsonOption, fail, group, new_table, out, print_json, with_store
+from bot.cli.common import JsonOption, add_row, fail, group, new_table, out, print_json, with_store
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -34,8 +35,8 @@ def apikey_create(name: Annotated[str | None, typer.Option("--name", "-n", help=
     if as_json:
         print_json({**record, "key": key})
     else:
-        out.print(f"API key {record['id']}" + (f" ({name})" if name else "") + ":")
-        out.print(key)
+        out.print(f"API key {record['id']}" + (f" ({name})" if name else "") + ":", markup=False)
+        out.print(key, markup=False)
         out.print("Keep it now: it cannot be shown again.")
 
 
@@ -53,7 +54,7 @@ def apikey_list(as_json: JsonOption = False) -> None:
         return
     table = new_table("id", "name", "created", "enabled")
     for key in keys:
-        table.add_row(key["id"], key["name"] or "", key["created_at"] or "", "yes" if key["enabled"] else "no")
+        add_row(table, key["id"], key["name"] or "", key["created_at"] or "", "yes" if key["enabled"] else "no")
     out.print(table)
 
 
@@ -66,4 +67,4 @@ def apikey_delete(key_id: Annotated[str, typer.Argument(help="Key id (from `squa
 
     if not with_store(work):
         raise fail(f"no API key with id {key_id} (see `squall apikey list`)")
-    out.print(f"deleted API key {key_id}")
+    out.print(f"deleted API key {key_id}", markup=False)

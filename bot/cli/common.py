@@ -40,8 +40,10 @@ def group(help: str) -> typer.Typer:
     """A command group (`squall key ...`), with the root's plain help."""
     return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None)
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# `emoji=False`: rich turns `:smile:` into 😄 even with markup off, and a key's value, a parameter or a
+# description is printed as written (`squall key get` feeds scripts). Squall's own lines use no emoji codes.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def new_table(*headers: str) -> Table:
@@ -50,6 +52,16 @@ def new_table(*headers: str) -> Table:
     from rich.table import Table
 
     return Table(*headers)
+
+
+def add_row(table: Table, *cells: object) -> None:
+    """Add a listing's row with every cell shown as written. rich reads a cell as markup, and cells hold
+    names, values and descriptions from users and packs: a `[/x]` in one crashed the listing, a
+    `[a-z0-9_]` vanished. A cell that is already a rich `Text` (a styled error) is added as it is; None is
+    an empty cell, as rich shows it."""
+    from rich.text import Text
+
+    table.add_row(*(cell if isinstance(cell, Text) else "" if cell is None else escape(str(cell)) for cell in cells))
 
 T = TypeVar("T")
 

@@ -1,7 +1,8 @@
 """`squall run` and `squall execution list | get | cancel | pause | resume | re-run`.
 
 `run` exits 0 if the action succeeded, 1 if it failed or timed out, 2 on bad input; with `--async`
-it stores the request and `squall serve` runs it.
+it stores the request and `squall serve` runs it. Parameters and results are printed as written: rich
+would read a `[...]` in them as markup (a `[/x]` in a message crashed `squall run`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from bot.cli.common import (
     JsonOption,
+    add_row,
     current_config,
     current_user,
     fail,
@@ -35,12 +38,12 @@ def show_execution(record: dict[str, Any]) -> None:
     """An execution for people: status in colour, then the result's parts a person looks for first."""
     colour = {"succeeded": "green", "failed": "red", "timeout": "red", "abandoned": "red",
               "canceled": "yellow"}.get(record["status"], "cyan")
-    out.print(f"id: {record['id']}")
-    out.print(f"action: {record['action']}")
-    out.print(f"status: [{colour}]{record['status']}[/{colour}]"
+    out.print(f"id: {record['id']}", markup=False)
+    out.print(f"action: {record['action']}", markup=False)
+    out.print(f"status: [{colour}]{escape(record['status'])}[/{colour}]"
               + (f" ({record['elapsed_seconds']:.3f} s)" if record.get("elapsed_seconds") is not None else ""))
     if record["parameters"]:
-        out.print("parameters: " + json.dumps(record["parameters"], default=str))
+        out.print("parameters: " + json.dumps(record["parameters"], default=str), markup=False)
     result = record.get("result")
     if isinstance(result, dict):
         for key in ("stdout", "stderr", "result", "error", "body", "status_code"):
@@ -85,7 +88,7 @@ def run(
     elif run_async:
         runs = "a `squall worker`" if current_config().executor_kind == "procrastinate" else "`squall serve`"
         out.print(f"requested {record['id']} ({record['action']}); {runs} runs it. "
-                  f"See it with: squall execution get {record['id']}")
+                  f"See it with: squall execution get {record['id']}", markup=False)
     else:
         show_execution(record)
     raise typer.Exit(0 if run_async else _exit_for(record))
@@ -111,7 +114,7 @@ def execution_list(
     table.columns[0].no_wrap = True
     for r in records:
         elapsed = f"{r['elapsed_seconds']:.3f}s" if r["elapsed_seconds"] is not None else ""
-        table.add_row(r["id"], r["action"], r["status"], r["start_timestamp"], elapsed)
+        add_row(table, r["id"], r["action"], r["status"], r["start_timestamp"], elapsed)
     out.print(table)
 
 
@@ -146,7 +149,7 @@ def execution_get(execution_id: Annotated[str, typer.Argument(help="Execution id
     started = datetime.fromisoformat(record["start_timestamp"].replace("Z", "+00:00"))
     note = waiting_note(current_config(), {**record, "start_timestamp": started}, utcnow())
     if note is not None:
-        out.print(f"[yellow]{note}[/yellow]")
+        out.print(f"[yellow]{escape(note)}[/yellow]")
     if tree:
         out.print("children:", style="bold")
     for depth, row in tree:
@@ -163,14 +166,14 @@ def execution_cancel(execution_id: Annotated[str, typer.Argument(help="Execution
     if as_json:
         print_json(record)
     else:
-        out.print(f"execution {record['id']} is {record['status']}")
+        out.print(f"execution {record['id']} is {record['status']}", markup=False)
 
 
 @execution_app.command("pause")
 def execution_pause(execution_id: Annotated[str, typer.Argument(help="Workflow execution id.")]) -> None:
     """Pause a running workflow: nothing new starts; it is paused once its running tasks end."""
     record = with_app(lambda s: s.executions.pause(execution_id))
-    out.print(f"execution {record['id']} is {record['status']}")
+    out.print(f"execution {record['id']} is {record['status']}", markup=False)
 
 
 @execution_app.command("resume")
@@ -182,7 +185,7 @@ def execution_resume(execution_id: Annotated[str, typer.Argument(help="Workflow 
         return await squall.executions.resume(execution_id)
 
     record = with_app(work)
-    out.print(f"execution {record['id']} is {record['status']}")
+    out.print(f"execution {record['id']} is {record['status']}", markup=False)
 
 
 @execution_app.command("re-run")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bot.cli.common import JsonOption, current_user, fail, group, new_table, out, print_json, with_app
+from bot.cli.common import JsonOption, add_row, current_user, fail, group, new_table, out, print_json, with_app
 
 if TYPE_CHECKING:
     from bot.app import Squall
@@ -38,8 +38,8 @@ def inquiry_list(as_json: JsonOption = False) -> None:
         return
     table = new_table("id", "route", "users", "ttl (min)", "parent")
     for item in items:
-        table.add_row(item["id"], item["route"], ", ".join(item["users"]) or "anyone", str(item["ttl"]),
-                      item["parent"] or "")
+        add_row(table, item["id"], item["route"], ", ".join(item["users"]) or "anyone", item["ttl"],
+                item["parent"] or "")  # route and users come from the workflow: a cell is markup to rich
     out.print(table)
 
 

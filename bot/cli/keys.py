@@ -3,6 +3,8 @@
 Encrypted values print as `********` unless `--decrypt` is given, in tables and JSON alike.
 Reads (`get`, `list`) open the database alone; writes start Squall, because a rule on
 `core.st2.key_value_pair.*` may have to fire.
+
+Names, values, users and errors are printed as written: rich would read a `[...]` in them as markup.
 """
 
 from __future__ import annotations
@@ -13,8 +15,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 
-from bot.cli.common import JsonOption, current_user, err, fail, group, new_table, out, print_json, with_app, with_store
+from bot.cli.common import (
+    JsonOption,
+    add_row,
+    current_user,
+    err,
+    fail,
+    group,
+    new_table,
+    out,
+    print_json,
+    with_app,
+    with_store,
+)
 
 if TYPE_CHECKING:
     from bot.app import Squall
@@ -100,7 +115,7 @@ def key_set(
         print_json(_shown(item, False))
     else:
         out.print(f"set {item['scope']} key {item['name']}" + (" (encrypted)" if item["secret"] else "")
-                  + (f", expires {item['expire_timestamp']}" if item["expire_timestamp"] else ""))
+                  + (f", expires {item['expire_timestamp']}" if item["expire_timestamp"] else ""), markup=False)
 
 
 @key_app.command("get")
@@ -131,14 +146,17 @@ def key_list(prefix: Annotated[str | None, typer.Option("--prefix", "-p", help="
     if as_json:
         print_json(items)
         return
+    from rich.text import Text
+
     table = new_table("name", "value", "scope", "user", "expires")
     for item in items:
-        value = item["value"] if item.get("error") is None else f"[red]{item['error']}[/red]"
-        table.add_row(item["name"], value, item["scope"], item["user"] or "", item["expire_timestamp"] or "")
+        value = item["value"] if item.get("error") is None else Text(str(item["error"]), style="red")
+        add_row(table, item["name"], value, item["scope"], item["user"] or "", item["expire_timestamp"] or "")
     out.print(table)
     for item in items:
         if item.get("error"):
-            err.print(f"[red]error:[/red] key {item['name']}: {item['error']}", markup=True, highlight=False)
+            err.print(f"[red]error:[/red] key {escape(item['name'])}: {escape(str(item['error']))}", markup=True,
+                      highlight=False)
 
 
 @key_app.command("delete")
@@ -154,7 +172,7 @@ def key_delete(name: Annotated[str, typer.Argument(help="Key name.")], scope: Sc
 
     if not _datastore_call(work):
         raise fail(f"key '{name}' does not exist in scope {scope}")
-    out.print(f"deleted {name}")
+    out.print(f"deleted {name}", markup=False)
 
 
 #: `expire_timestamp` is in what `key list --json` exports; it is read and left aside, as `st2 key load` does.
@@ -257,7 +275,7 @@ def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {na
         return len(items)
 
     count = _datastore_call(work)
-    out.print(f"loaded {count} keys from {file}")
+    out.print(f"loaded {count} keys from {file}", markup=False)
 
 
 @key_app.command("rotate")
@@ -268,16 +286,16 @@ def key_rotate() -> None:
 
     async def work(squall: Squall) -> Any:
         def progress(message: str) -> None:
-            err.print(f"[dim]…[/dim] {message}", markup=True, highlight=False)
+            err.print(f"[dim]…[/dim] {escape(message)}", markup=True, highlight=False)
 
         return await squall.db(rotate_key, squall.store, squall.keys, progress)
 
     report = _datastore_call(work)
     for problem in report.unreadable:
-        err.print(f"[red]unreadable:[/red] {problem}", markup=True, highlight=False)
+        err.print(f"[red]unreadable:[/red] {escape(str(problem))}", markup=True, highlight=False)
     if report.unreadable:
         out.print(f"re-encrypted {report.reencrypted} secrets under key {report.key_id}; "
-                  f"{len(report.unreadable)} could not be read and the old keys were kept for them")
+                  f"{len(report.unreadable)} could not be read and the old keys were kept for them", markup=False)
         raise typer.Exit(1)
     out.print(f"re-encrypted {report.reencrypted} secrets under key {report.key_id}; "
-              f"retired {report.retired} old key(s)")
+              f"retired {report.retired} old key(s)", markup=False)

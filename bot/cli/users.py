@@ -2,7 +2,8 @@
 
 A password is generated and printed once unless `--password-stdin` gives one; only its argon2 hash
 is stored. `passwd` and `delete` end the user's web sessions at once. These commands touch the
-account tables only, so they open the database without starting Squall.
+account tables only, so they open the database without starting Squall. Names and passwords are printed
+as written (rich would read a `[...]` in them as markup; a password given on stdin may hold one).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bot.cli.common import JsonOption, audit, fail, group, new_table, out, print_json, with_store
+from bot.cli.common import JsonOption, add_row, audit, fail, group, new_table, out, print_json, with_store
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -40,9 +41,9 @@ def _show(document: dict[str, Any], password: str, generated: bool, as_json: boo
     if as_json:
         print_json({**document, **({"password": password} if generated else {})})
         return
-    out.print(said)
+    out.print(said, markup=False)
     if generated:
-        out.print(f"password: {password}")
+        out.print(f"password: {password}", markup=False)
         out.print("Keep it now: it cannot be shown again.")
 
 
@@ -100,8 +101,8 @@ def user_list(as_json: JsonOption = False) -> None:
         return
     table = new_table("name", "role", "created", "password changed", "sessions")
     for user in users:
-        table.add_row(user["name"], user["role"], user["created_at"] or "", user["password_changed_at"] or "",
-                      str(user["sessions"]))
+        add_row(table, user["name"], user["role"], user["created_at"] or "", user["password_changed_at"] or "",
+                user["sessions"])
     out.print(table)
 
 
@@ -117,7 +118,7 @@ def user_logout(name: NameArgument) -> None:
     if ended is None:
         raise fail(f"no user named {name} (see `squall user list`)")
     audit("cli.user.logout", name, {"sessions": ended})
-    out.print(f"ended {ended} session{'s' if ended != 1 else ''} of {name}")
+    out.print(f"ended {ended} session{'s' if ended != 1 else ''} of {name}", markup=False)
 
 
 @user_app.command("delete")
@@ -130,4 +131,4 @@ def user_delete(name: NameArgument) -> None:
 
     if not with_store(work):
         raise fail(f"no user named {name} (see `squall user list`)")
-    out.print(f"deleted user {name}")
+    out.print(f"deleted user {name}", markup=False)
