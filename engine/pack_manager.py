@@ -1,57 +1,192 @@
-"""Installing and removing packs: copy or clone, validate, and build the pack's virtualenv.
+"""Installing and removing packs: fetch (copy or clone), install dependencies first, build the pack's
+virtualenv, then put the pack and its virtualenv in place.
 
-Long steps report progress through a callback, so the CLI (and later the API) can show it.
+Long steps report progress through a callback, so the CLI and the web UI can show it. An install
+interrupted at any point (a crash, SIGKILL) leaves the installed version working: the new copy is
+built in a dot-folder (`.<ref>.installing`, which pack discovery skips) and its virtualenv beside the
+live one (`<venv>.new`), and each is put in place by one rename once complete; the next install
+clears what an interrupted one left. An install or removal holds the pack's lock (`.<ref>.lock`) from
+start to end, so two of them (the CLI, chat and the web UI can each start one) run one after the other.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
 import json
 import os
 import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.packs import REPLACEABLE_PACKS, SYSTEM_PACKS, Pack, Registry, load_pack
-from engine.yamlfile import ContentError
+from engine.config import SYSTEM_PACKS_PATH
+from engine.packs import REPLACEABLE_PACKS, SYSTEM_PACKS, Pack, Registry, discover, load_pack
+from engine.processes import dying_with_service
+from engine.yamlfile import ContentError, ContentInvalid, load_yaml
 
 Progress = Callable[[str], None]
+
+#: How long one git command may take (a whole clone included) before it is stopped.
+GIT_TIMEOUT = 300.0
+#: Seconds without a step of pip's after which the install says that it is still at work.
+HEARTBEAT = 10.0
 
 
 class PackInstallError(Exception):
     """A pack that cannot be installed or removed; the message says why and what to do."""
 
 
-def _is_git(source: str) -> bool:
-    return "://" in source or source.startswith("git@") or source.endswith(".git")
+# -- child processes ---------------------------------------------------------------------------------
 
 
-def _fetch(source: str, workdir: Path, progress: Progress) -> Path:
-    if _is_git(source):
-        ref = None
-        if "=" in source.rsplit("/", 1)[-1]:
-            source, ref = source.rsplit("=", 1)
-        target = workdir / "clone"
-        progress(f"cloning {source}" + (f" at {ref}" if ref else ""))
-        command = ["git", "clone", "--quiet", *([] if ref else ["--depth", "1"]), source, str(target)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise PackInstallError(f"git clone {source} failed: {done.stderr.strip()}")
-        if ref:
-            checkout = subprocess.run(["git", "-C", str(target), "checkout", "--quiet", ref],
-                                      capture_output=True, text=True)
-            if checkout.returncode != 0:
-                raise PackInstallError(f"git checkout {ref} failed: {checkout.stderr.strip()}")
-        return target
-    folder = Path(source).expanduser().resolve()
-    if not folder.is_dir():
-        raise PackInstallError(f"{source} is neither a folder nor a git URL")
-    return folder
+@contextlib.contextmanager
+def _child(argv: list[str], **options: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process (git, venv, pip) that does not outlive the install.
+
+    It gets SIGKILL when the installing thread ends (`dying_with_service`, as actions' processes
+    do), so a killed `squall pack install` takes its pip along instead of leaving it to write into a
+    virtualenv nobody uses. It leads a session of its own: without a terminal, neither git nor ssh
+    can ask anyone anything, and leaving this block early (an error, Ctrl-C, a timeout) kills its
+    whole process group (pip's build processes too)."""
+    argv, dying = dying_with_service(argv)
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, **dying, **options) as process:
+        try:
+            yield process
+        finally:
+            if process.poll() is None:  # still ours: not reaped, so its pid names its group
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+
+
+def _run(argv: list[str], timeout: float | None = None, **options: Any) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of a `_child`; `subprocess.TimeoutExpired` after `timeout` seconds."""
+    with _child(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options) as process:
+        out, err = process.communicate(timeout=timeout)
+        return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+# -- sources: folders and git repositories ------------------------------------------------------------
+
+#: A version as `st2 pack install NAME=1.0.0` takes one (st2's PACK_VERSION_REGEX): its tag may be v1.0.0.
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+#: git set so that it never waits for a person (as st2's clone_repo sets it): no terminal prompt, and an
+#: askpass program that answers nothing.
+_GIT_QUIET = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/echo"}
+_CREDENTIALS = re.compile(r"Authentication failed|could not read (Username|Password)|terminal prompts disabled|"
+                          r"Permission denied \(publickey|Host key verification failed")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a pack comes from: a git URL or a folder, and the branch, tag or commit asked for."""
+
+    location: str  #: the URL, or the folder's absolute path
+    ref: str | None  #: what followed `=`, if anything
+    clone: bool  #: cloned with git (a URL, a folder given with =ref, a folder named *.git), else copied
+
+
+def _parse_source(text: str, base: Path | None = None) -> _Source:
+    """`URL[=ref]` or `FOLDER[=ref]`, as `st2 pack install` takes them.
+
+    The ref is what follows the first `=` after the repository part, so `URL=release/1.x` names a
+    branch with a slash. A folder is the whole text if that is one, else the text before the first
+    `=` that leaves a folder (`/path/to/repo=v1.0.0`); a relative one is relative to `base` (the
+    folder of the pack whose dependency it is), else to the working folder."""
+    if "://" in text or text.startswith("git@"):
+        at = text.find("=", text.find("://") + 3 if "://" in text else 0)
+        return _checked(_Source(text, None, True) if at < 0 else _Source(text[:at], text[at + 1:], True), text)
+    for at in [len(text), *(index for index, char in enumerate(text) if char == "=" and index)]:
+        folder = Path(text[:at]).expanduser()
+        folder = (base / folder if base is not None else folder).resolve()
+        if folder.is_dir():
+            ref = text[at + 1:] if at < len(text) else None
+            return _checked(_Source(str(folder), ref, ref is not None or folder.suffix == ".git"), text)
+    raise PackInstallError(f"{text} is neither a folder nor a git URL (a URL has :// or is git@host:path; "
+                           f"add =REF for a branch, tag or commit)")
+
+
+def _checked(source: _Source, text: str) -> _Source:
+    if source.ref is not None and (not source.ref or source.ref.startswith("-")):
+        raise PackInstallError(f"{text}: {source.ref!r} after '=' is not a branch, tag or commit; give one "
+                               f"(URL=v1.0.0, URL=main), or leave '=' out for the repository's default branch")
+    return source
+
+
+def _git(*args: str, what: str) -> tuple[int, str, str]:
+    """Run git without a terminal, a prompt or stdin, stopped after `GIT_TIMEOUT` seconds."""
+    try:
+        return _run(["git", *args], timeout=GIT_TIMEOUT, env={**os.environ, **_GIT_QUIET})
+    except subprocess.TimeoutExpired:
+        raise PackInstallError(
+            f"{what} did not finish within {GIT_TIMEOUT:g} s and was stopped: the server did not answer, or the "
+            f"repository is too large for this link; clone it yourself and install the folder") from None
+    except FileNotFoundError:
+        raise PackInstallError(f"{what}: git is not installed; install git, or install the pack from a "
+                               f"folder") from None
+
+
+def _git_failed(what: str, stderr: str) -> PackInstallError:
+    said = stderr.strip() or "git said nothing"
+    if _CREDENTIALS.search(said):
+        said += ("; the repository needs credentials, and Squall never asks for them: give git credentials it "
+                 "can use without asking (a credential helper for an https URL, an SSH key in the agent or "
+                 "~/.ssh for a git@ URL), or clone it yourself and install the folder")
+    return PackInstallError(f"{what} failed: {said}")
+
+
+def _fetch(source: _Source, workdir: Path, progress: Progress) -> Path:
+    """The pack's files: the folder itself, or a clone in `workdir` checked out at the ref asked for."""
+    if not source.clone:
+        return Path(source.location)
+    target = workdir / "clone"
+    progress(f"cloning {source.location}" + (f" at {source.ref}" if source.ref else ""))
+    what = f"git clone {source.location}"
+    options = ["--no-checkout"] if source.ref else ["--depth", "1"]
+    code, _, err = _git("clone", "--quiet", *options, "--", source.location, str(target), what=what)
+    if code != 0:
+        hint = "" if "://" in source.location or source.location.startswith("git@") else (
+            f" ({source.location}=REF needs a git repository; without =REF the folder is copied as it is)")
+        raise _git_failed(what, err + hint)
+    if source.ref:
+        commit = _commit_of(target, source)
+        code, _, err = _git("-C", str(target), "checkout", "--quiet", "--detach", commit, what=what)
+        if code != 0:
+            raise _git_failed(f"git checkout {source.ref}", err)
+    return target
+
+
+def _commit_of(repo: Path, source: _Source) -> str:
+    """The commit `source.ref` names, tried as st2's clone_repo tries it: a branch, then a tag or a
+    commit, then (for a version such as 1.0.0) the tag v1.0.0."""
+    ref = str(source.ref)
+    candidates = [f"refs/remotes/origin/{ref}", ref, *([f"refs/tags/v{ref}"] if _VERSION.match(ref) else [])]
+    for candidate in candidates:
+        code, out, _ = _git("-C", str(repo), "rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}",
+                            what=f"git rev-parse {ref}")
+        if code == 0:
+            return out.strip()
+    said = f'"{ref}" is not a branch, tag or commit of {source.location}'
+    _, tags, _ = _git("-C", str(repo), "tag", "--list", what="git tag")
+    versions = {tag.removeprefix("v") for tag in tags.split() if _VERSION.match(tag.removeprefix("v"))}
+    if versions:
+        ordered = sorted(versions, key=lambda version: tuple(int(part) for part in version.split(".")))
+        raise PackInstallError(f"{said}; its versions (tags vX.Y.Z) are: {', '.join(ordered)}")
+    _, branches, _ = _git("-C", str(repo), "branch", "--remotes", "--format=%(refname:lstrip=3)", what="git branch")
+    names = [name for name in branches.split() if name != "HEAD"]
+    raise PackInstallError(f"{said}; it has no version tags, and its branches are: {', '.join(names) or 'none'}")
 
 
 #: Written into a pack's virtualenv folder when some of its requirements could not be installed; a
@@ -103,28 +238,29 @@ class RequirementFailure:
 
 def build_virtualenv(pack: str, requirements: Path, venv: Path, progress: Progress, *,
                      shown_as: Path | None = None, source: str | None = None) -> list[RequirementFailure]:
-    """A fresh virtualenv for the pack with its requirements installed (replaces an old one).
+    """A fresh virtualenv at `venv` (whatever is there is deleted first) with the pack's requirements.
 
-    Returns the requirement lines that could not be installed, also recorded in the virtualenv
-    folder (`FAILED_REQUIREMENTS_FILE`), so the pack's Python actions can say why an import fails.
-    `shown_as` is where people will find the requirements file (the installed copy, not the staging
-    one) and `source` what to install again; both only word the advice.
+    `install_pack` builds it beside the live one (`<venv>.new`) and swaps it in once complete, so
+    the installed version's actions keep theirs until then. Returns the requirement lines that could
+    not be installed, also recorded in the virtualenv folder (`FAILED_REQUIREMENTS_FILE`), so the
+    pack's Python actions can say why an import fails. `shown_as` is where people will find the
+    requirements file (the installed copy, not the staging one) and `source` what to install again;
+    both only word the advice.
     """
     progress(f"creating virtualenv {venv}")
-    if venv.exists():
-        shutil.rmtree(venv)
+    _delete(venv)
     venv.parent.mkdir(parents=True, exist_ok=True)
-    created = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
-    if created.returncode != 0:
-        raise PackInstallError(f"cannot create a virtualenv for {pack}: {created.stderr.strip()}")
+    code, _, err = _run([sys.executable, "-m", "venv", str(venv)])
+    if code != 0:
+        raise PackInstallError(f"cannot create a virtualenv for {pack}: {err.strip()}")
     progress(f"installing {requirements.name} of {pack}")
-    code, output = _pip_install(venv, requirements, progress)
+    code, output = _pip_install(venv, requirements, progress, pack)
     if code == 0:
         return []
     # pip installs nothing when one requirement fails, so one line at a time now: the others are
     # installed and each failing line is named with its own reason.
     progress(f"pip could not install {requirements.name} as a whole; installing its requirements one at a time")
-    failures = _install_line_by_line(venv, requirements, progress, shown_as or requirements, source)
+    failures = _install_line_by_line(venv, requirements, progress, pack, shown_as or requirements, source)
     if not failures:  # every line installs alone, not together: conflicting pins
         failures = [RequirementFailure(
             requirement=requirements.name, line=0, problem="could not be installed as a whole",
@@ -136,21 +272,51 @@ def build_virtualenv(pack: str, requirements: Path, venv: Path, progress: Progre
     return failures
 
 
-def _pip_install(venv: Path, requirements: Path, progress: Progress) -> tuple[int, str]:
-    """Run the virtualenv's pip on a requirements file (from its folder, where relative paths point)."""
-    process = subprocess.Popen(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-         "--no-input", "-r", str(requirements)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(requirements.parent),
-    )
+#: The lines of pip's that say what it is doing: each names a requirement or a step of one (the steps
+#: are indented under their requirement).
+_PIP_STEPS = ("Collecting", "Processing", "Downloading", "Using cached", "Preparing", "Building", "Installing",
+              "Successfully")
+
+
+def _pip_install(venv: Path, requirements: Path, progress: Progress, pack: str) -> tuple[int, str]:
+    """Run the virtualenv's pip on a requirements file (from its folder, where relative paths point).
+
+    Its steps are shown as they come, and while it says nothing (a long build) a line every
+    `HEARTBEAT` seconds says that it still works: an install may take minutes."""
+    argv = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+            "-r", str(requirements)]
+    with _child(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(requirements.parent),
+                bufsize=0) as process:
+        assert process.stdout is not None
+        lines = _follow(process.stdout.fileno(), progress, f"still installing {pack}'s requirements")
+        return process.wait(), "\n".join(lines)
+
+
+def _follow(fd: int, progress: Progress, waiting: str) -> list[str]:
+    """Every line read from `fd` until it closes. pip's steps go to `progress` as they come, and
+    `waiting (N s)` after each `HEARTBEAT` seconds without one."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     lines: list[str] = []
-    assert process.stdout is not None
-    for line in process.stdout:
-        line = line.rstrip()
-        lines.append(line)
-        if line.startswith(("Collecting", "Processing", "Successfully", "Installing")):
-            progress("  " + line)
-    return process.wait(), "\n".join(lines)
+    pending = ""
+    poller = select.poll()  # not select(): `squall serve` may hold more than 1024 descriptors
+    poller.register(fd, select.POLLIN)
+    started = told = time.monotonic()
+    while True:
+        if not poller.poll(max(0.0, told + HEARTBEAT - time.monotonic()) * 1000):
+            told = time.monotonic()
+            progress(f"  {waiting} ({round(told - started)} s)")
+            continue
+        chunk = os.read(fd, 65536)
+        *complete, pending = re.split(r"\r\n?|\n", pending + decoder.decode(chunk, final=not chunk))
+        if not chunk and pending:
+            complete.append(pending)
+        for line in complete:
+            lines.append(line.rstrip())
+            if line.strip().startswith(_PIP_STEPS):
+                progress("  " + line.strip())
+                told = time.monotonic()
+        if not chunk:
+            return lines
 
 
 def requirement_lines(text: str) -> tuple[list[str], list[tuple[int, str]]]:
@@ -185,7 +351,7 @@ _COMMENT = re.compile(r"(^|\s+)#.*$")
 _OWN_LINE_OPTION = re.compile(r"^(-r|--requirement|-e|--editable)\b")
 
 
-def _install_line_by_line(venv: Path, requirements: Path, progress: Progress, shown_as: Path,
+def _install_line_by_line(venv: Path, requirements: Path, progress: Progress, pack: str, shown_as: Path,
                           source: str | None) -> list[RequirementFailure]:
     """Install each requirement line alone (with the file's options); the lines that fail, explained.
 
@@ -198,7 +364,7 @@ def _install_line_by_line(venv: Path, requirements: Path, progress: Progress, sh
         for index, (number, line) in enumerate(lines, start=1):
             progress(f"requirement {index}/{len(lines)}: {line}")
             single.write_text("\n".join([*options, line]) + "\n")
-            code, output = _pip_install(venv, single, progress)
+            code, output = _pip_install(venv, single, progress, pack)
             if code == 0:
                 continue
             reason = pip_reason(output, single.name, requirements.name) or "pip failed without saying why"
@@ -334,50 +500,6 @@ def incomplete_virtualenv_reason(pack: str, venv: Path) -> str | None:
     return f"pack {pack}'s virtualenv is incomplete: {told}; then {failures[0].again}"
 
 
-def install_pack(source: str, install_path: Path, configs_path: Path, virtualenvs: Path,
-                 progress: Progress) -> tuple[Pack, list[ContentError]]:
-    """Install a pack from a folder or git URL into `install_path`; returns it and its content errors."""
-    with tempfile.TemporaryDirectory(prefix="squall-pack-") as tmp:
-        folder = _fetch(source, Path(tmp), progress)
-        if not (folder / "pack.yaml").is_file():
-            raise PackInstallError(f"{source} has no pack.yaml at its top; is it a StackStorm pack?")
-        probe = Registry()
-        pack = load_pack(folder, probe, configs_path, None)
-        if pack is None:
-            raise PackInstallError("; ".join(str(e) for e in probe.errors) or "pack.yaml is invalid")
-        if pack.ref in SYSTEM_PACKS:  # load_pack refuses these names already; kept for a clear message
-            raise PackInstallError(f"'{pack.ref}' is a system pack shipped with Squall and cannot be replaced")
-        if pack.ref in REPLACEABLE_PACKS:
-            progress(f"this {pack.ref} pack replaces the {pack.ref} pack shipped with Squall: {pack.ref}.* actions "
-                     f"come from it from now on; `squall pack remove {pack.ref}` brings the shipped one back")
-        target = install_path / pack.ref
-        progress(f"copying {pack.ref} {pack.version} to {target}")
-        install_path.mkdir(parents=True, exist_ok=True)
-        staging = install_path / f".{pack.ref}.installing"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc"))
-        if (staging / "requirements.txt").is_file():
-            try:
-                # Requirements that cannot be installed do not stop the install: they are recorded in
-                # the virtualenv (`failed_requirements`), so the pack's aliases, rules and other
-                # actions work while its Python actions say what is missing.
-                build_virtualenv(pack.ref, staging / "requirements.txt", virtualenvs / pack.ref, progress,
-                                 shown_as=target / "requirements.txt", source=source)
-            except PackInstallError:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-        else:  # no requirements any more: nothing can have failed
-            (virtualenvs / pack.ref / FAILED_REQUIREMENTS_FILE).unlink(missing_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    registry = Registry()
-    installed = load_pack(target, registry, configs_path, None)
-    assert installed is not None
-    _, errors = split_missing_config(installed.ref, configs_path, registry.errors)
-    return installed, errors
-
-
 def split_missing_config(ref: str, configs_path: Path,
                          errors: Iterable[ContentError]) -> tuple[list[ContentError], list[ContentError]]:
     """(the problems that only say `configs/<ref>.yaml` does not exist yet, every other problem).
@@ -417,19 +539,347 @@ def _needed(schema: dict[str, Any], values: Any, prefix: str) -> list[str]:
     return needed
 
 
+# -- installing --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A pack fetched and checked, to be installed in plan order (dependencies first)."""
+
+    source: str  #: as given: for messages and "install it again"
+    folder: Path  #: its files (the source folder, or a clone in the install's temporary folder)
+    pack: Pack
+    needs: tuple[str, ...]  #: dependencies given by name (`name` or `name=version`): installed already
+    needed_by: str | None  #: the pack that depends on it (None: the pack asked for)
+
+
+def install_pack(source: str, install_path: Path, configs_path: Path, virtualenvs: Path, progress: Progress,
+                 *, pack_paths: Iterable[Path] = ()) -> tuple[Pack, list[ContentError]]:
+    """Install a pack from a folder or git URL into `install_path`; returns it and its content errors.
+
+    As `st2 pack install`, the dependencies its pack.yaml lists are installed first when given as a
+    folder or git URL (recursively, each once; a cycle is refused). One given by name (`name` or
+    `name=version`) must be installed already (in `install_path`, `pack_paths` or the shipped packs),
+    at that version when one is given: Squall has no pack index to fetch it from. Everything is
+    fetched and checked before anything installed is touched."""
+    with tempfile.TemporaryDirectory(prefix="squall-pack-") as tmp:
+        plan = _plan(source, Path(tmp), configs_path, progress)
+        _check_named(plan, _installed([install_path, *pack_paths]))
+        for item in plan:
+            _refuse_link(install_path / item.pack.ref)
+        for item in plan:
+            if item.needed_by is not None:
+                progress(f"{item.needed_by} depends on {item.pack.ref} ({item.source}): installing it first")
+            _install_one(item, install_path, virtualenvs, progress)
+    registry = Registry()
+    installed = load_pack(install_path / plan[-1].pack.ref, registry, configs_path, None)
+    assert installed is not None
+    _, errors = split_missing_config(installed.ref, configs_path, registry.errors)
+    return installed, errors
+
+
+def _plan(source: str, workdir: Path, configs_path: Path, progress: Progress) -> list[_Planned]:
+    """Every pack this install puts in place, dependencies first, each once: the pack asked for and,
+    recursively, the dependencies given as a folder or git URL, each fetched into `workdir` and checked."""
+    planned: dict[str, _Planned] = {}
+    fetched: dict[_Source, str] = {}  # -> the ref found there
+
+    def visit(text: str, base: Path | None, chain: tuple[str, ...]) -> None:
+        where = _parse_source(text, base)
+        if where in fetched:  # planned already, or on the chain: a cycle
+            _refuse_cycle(chain, fetched[where])
+            return
+        folder = _fetch(where, workdir / str(len(fetched)), progress)
+        pack = _probe(text, folder, configs_path)
+        fetched[where] = pack.ref
+        _refuse_cycle(chain, pack.ref)
+        if (other := planned.get(pack.ref)) is not None:
+            if other.pack.version != pack.version:
+                raise PackInstallError(f"pack {pack.ref} is a dependency twice, in two versions: {other.source} "
+                                       f"({other.pack.version}) and {text} ({pack.version}); depend on one of them")
+            return
+        urls, names = _dependencies(pack)
+        for dependency in urls:
+            visit(dependency, folder, (*chain, pack.ref))
+        # A dependency is named as it can be installed from anywhere (its folder made absolute).
+        shown = where.location + (f"={where.ref}" if where.ref else "") if chain else text
+        planned[pack.ref] = _Planned(shown, folder, pack, tuple(names), chain[-1] if chain else None)
+
+    visit(source, None, ())
+    return list(planned.values())
+
+
+def _refuse_cycle(chain: tuple[str, ...], ref: str) -> None:
+    if ref in chain:
+        raise PackInstallError(f"the packs' dependencies form a cycle: {' -> '.join([*chain, ref])} (each pack.yaml's "
+                               f"dependencies); remove one of them")
+
+
+def _probe(source: str, folder: Path, configs_path: Path) -> Pack:
+    """The pack in `folder`, loaded to check it before anything is installed."""
+    if not (folder / "pack.yaml").is_file():
+        raise PackInstallError(f"{source} has no pack.yaml at its top; is it a StackStorm pack?")
+    probe = Registry()
+    pack = load_pack(folder, probe, configs_path, None)
+    if pack is None:
+        raise PackInstallError("; ".join(str(e) for e in probe.errors) or "pack.yaml is invalid")
+    if pack.ref in SYSTEM_PACKS:  # load_pack refuses these names already; kept for a clear message
+        raise PackInstallError(f"'{pack.ref}' is a system pack shipped with Squall and cannot be replaced")
+    return pack
+
+
+def _dependencies(pack: Pack) -> tuple[list[str], list[str]]:
+    """(dependencies given as a folder or git URL, dependencies given by name).
+
+    As st2 tells them apart: a dependency with no `/` before its `=` is a pack's name (st2 looks it
+    up in the Exchange's index), anything else a URL or a folder (`~` and `..` are folders too)."""
+    declared = pack.metadata.get("dependencies") or []
+    if not isinstance(declared, list) or not all(isinstance(item, str) and item.strip() for item in declared):
+        raise PackInstallError(f"{pack.ref}'s pack.yaml: dependencies must be a list of pack names (name or "
+                               f"name=version), folders or git URLs (URL=ref); it is {declared!r}")
+    urls: list[str] = []
+    names: list[str] = []
+    for item in (text.strip() for text in declared):
+        named = "/" not in item.split("=", 1)[0] and not item.startswith(("~", ".."))
+        (names if named else urls).append(item)
+    return urls, names
+
+
+def _installed(folders: Iterable[Path]) -> dict[str, str]:
+    """ref -> version of the packs in `folders` and of the shipped packs (read from their pack.yaml only)."""
+    found: dict[str, str] = {}
+    for folder in discover([SYSTEM_PACKS_PATH, *folders]):
+        try:
+            metadata, _ = load_yaml(folder / "pack.yaml")
+        except ContentInvalid:
+            continue
+        if isinstance(metadata, dict):
+            found.setdefault(str(metadata.get("ref") or metadata.get("name")), str(metadata.get("version", "0.0.0")))
+    return found
+
+
+def _check_named(plan: list[_Planned], installed: dict[str, str]) -> None:
+    """Refuse, before anything is touched, when a dependency given by name is not installed (nor in
+    this install), or not at the version given."""
+    have = {**installed, **{item.pack.ref: item.pack.version for item in plan}}
+    problems: list[str] = []
+    for item in plan:
+        missing = []
+        for need in item.needs:
+            name, _, version = need.partition("=")
+            present = have.get(name)
+            if present is None:
+                missing.append(f"{need} (not installed)")
+            elif version and present.removeprefix("v") != version.removeprefix("v"):
+                missing.append(f"{need} ({present} is installed)")
+        if missing:
+            problems.append(f"{item.pack.ref} {item.pack.version} depends on {', '.join(missing)}")
+    if problems:
+        root = plan[-1].source
+        raise PackInstallError(
+            f"{'; '.join(problems)}. Nothing was installed. Squall has no pack index to fetch a pack by its name "
+            f"from (StackStorm's Exchange): install each first from its folder or git URL (`squall pack install "
+            f"<folder|git URL>[=<version>]`; an Exchange pack is https://github.com/StackStorm-Exchange/"
+            f"stackstorm-<name>), or give its folder or URL in the dependencies instead of its name; then "
+            f"run `squall pack install {root}` again")
+
+
+def _refuse_link(target: Path) -> None:
+    """A pack linked into the packs folder (a checkout being developed) is not replaced by an install."""
+    if target.is_symlink():
+        raise PackInstallError(
+            f"{target} is a symlink to {os.readlink(target)} (a pack linked in, such as a checkout being developed), "
+            f"and an install would replace it; nothing was done. Remove the link first (`squall pack remove "
+            f"{target.name}` removes only the link, never what it points to), then install again")
+
+
+def _install_one(item: _Planned, install_path: Path, virtualenvs: Path, progress: Progress) -> None:
+    """Copy one pack and build its virtualenv beside the installed ones, then put both in place."""
+    ref = item.pack.ref
+    target, venv = install_path / ref, virtualenvs / ref
+    with _pack_lock(install_path, ref, progress):
+        _refuse_link(target)  # again: linked while this install waited
+        _clear_leftovers(install_path, virtualenvs, ref)
+        if ref in REPLACEABLE_PACKS:
+            progress(f"this {ref} pack replaces the {ref} pack shipped with Squall: {ref}.* actions come from it "
+                     f"from now on; `squall pack remove {ref}` brings the shipped one back")
+        staging, fresh = install_path / f".{ref}.installing", venv.with_name(f"{ref}.new")
+        progress(f"copying {ref} {item.pack.version} to {target}")
+        try:
+            shutil.copytree(item.folder, staging, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc"))
+            requirements = (staging / "requirements.txt").is_file()
+            if requirements:
+                # Requirements that cannot be installed do not stop the install: they are recorded in
+                # the virtualenv (`failed_requirements`), so the pack's aliases, rules and other
+                # actions work while its Python actions say what is missing.
+                build_virtualenv(ref, staging / "requirements.txt", fresh, progress,
+                                 shown_as=target / "requirements.txt", source=item.source)
+                _relocate(fresh, venv)
+            _replace(staging, target)  # the pack first, then the virtualenv its new version uses
+            if requirements:
+                _replace(fresh, venv)
+            else:  # no requirements any more: nothing can have failed
+                (venv / FAILED_REQUIREMENTS_FILE).unlink(missing_ok=True)
+        finally:
+            _delete(staging)
+            _delete(fresh)
+
+
+# -- locks and swaps ---------------------------------------------------------------------------------
+
+
+def _open_lock(folder: Path, ref: str) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    return os.open(folder / f".{ref}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+
+
+@contextlib.contextmanager
+def _pack_lock(folder: Path, ref: str, progress: Progress) -> Iterator[None]:
+    """Hold `<folder>/.<ref>.lock` (an flock, gone with the process) for a whole install or removal:
+    a second one waits for the first instead of sharing its staging folder and virtualenv. The file
+    stays: deleting a lock file that others may have open races."""
+    fd = _open_lock(folder, ref)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another install or removal of {ref} to finish (it holds {folder / f'.{ref}.lock'})")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+#: What an interrupted install leaves in the packs folder (`.<ref>.installing`) and in the virtualenvs
+#: folder (`<ref>.new`), and in either (where the file system cannot swap two folders) `.<ref>.replaced`.
+_LEFTOVERS = (re.compile(r"^\.(?P<ref>[a-z0-9_]+)\.(installing|replaced)$"),
+              re.compile(r"^(?P<ref>[a-z0-9_]+)\.new$|^\.(?P<old>[a-z0-9_]+)\.replaced$"))
+
+
+def _clear_leftovers(install_path: Path, virtualenvs: Path, ref: str) -> None:
+    """Delete what interrupted installs left, of this pack (whose lock is held) and of every other
+    pack no install holds now. A replaced folder whose successor is missing (a crash between two
+    renames) is put back instead."""
+    found: dict[str, list[Path]] = {}
+    for folder, pattern in zip((install_path, virtualenvs), _LEFTOVERS, strict=True):
+        with contextlib.suppress(OSError):
+            for name in sorted(os.listdir(folder)):
+                if match := pattern.match(name):
+                    found.setdefault(match["ref"] or match.groupdict().get("old") or "", []).append(folder / name)
+    for owner, paths in found.items():
+        if owner == ref:
+            _clear(paths)
+            continue
+        fd = _open_lock(install_path, owner)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _clear(paths)
+        except BlockingIOError:
+            continue  # its install runs now
+        finally:
+            os.close(fd)
+
+
+def _clear(paths: list[Path]) -> None:
+    for path in paths:
+        live = path.with_name(path.name[1:-len(".replaced")]) if path.name.endswith(".replaced") else None
+        if live is not None and not os.path.lexists(live):
+            path.rename(live)
+        else:
+            _delete(path)
+
+
+def _delete(path: Path) -> None:
+    """Delete a folder (a link or file: only itself), if it is there."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _replace(new: Path, live: Path) -> None:
+    """Put the folder `new` at `live` in one step, then delete what was there: a crash at any point
+    leaves the old folder or the new one at `live`. One atomic exchange where the file system has it;
+    elsewhere two renames, and a crash between them leaves `.<name>.replaced`, which the next install
+    puts back."""
+    if not os.path.lexists(live):
+        new.rename(live)
+        return
+    if not _exchange(new, live):
+        old = live.with_name(f".{live.name}.replaced")
+        _delete(old)
+        live.rename(old)
+        new.rename(live)
+        new = old
+    _delete(new)  # what was live
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    try:
+        call = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically (Linux's renameat2 with RENAME_EXCHANGE); False where the C library
+    or the file system cannot."""
+    call = _renameat2()
+    if call is None:
+        return False
+    if call(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
+
+
+def _relocate(built: Path, final: Path) -> None:
+    """Make a virtualenv built at `built` right at `final`, where it is moved: its scripts' `#!`
+    lines, `activate` and pyvenv.cfg name the folder it was built in (its interpreter finds its
+    folder by itself)."""
+    old, new = os.fsencode(built), os.fsencode(final)
+    bin_folder = built / "bin"
+    for file in [built / "pyvenv.cfg", *(bin_folder.iterdir() if bin_folder.is_dir() else [])]:
+        if file.is_symlink() or not file.is_file():
+            continue
+        data = file.read_bytes()
+        if old in data and b"\0" not in data:  # text only: a binary keeps its bytes
+            file.write_bytes(data.replace(old, new))
+
+
 def remove_pack(ref: str, registry: Registry, virtualenvs: Path, progress: Progress) -> Path:
-    """Delete an installed pack's folder and virtualenv; system packs stay."""
+    """Delete an installed pack's folder and virtualenv; system packs stay.
+
+    A pack linked into the packs folder (a checkout being developed) loses only the link: what it
+    points to stays. An install of the pack running now is waited for."""
     pack = registry.packs.get(ref)
     if pack is None:
         raise PackInstallError(f"pack '{ref}' is not installed; installed: {', '.join(sorted(registry.packs))}")
     if pack.system:
         raise PackInstallError(f"'{ref}' is a system pack shipped with Squall and cannot be removed")
-    progress(f"removing {pack.path}")
-    if ref in REPLACEABLE_PACKS:
-        progress(f"the {ref} pack shipped with Squall is used again")
-    shutil.rmtree(pack.path)
-    venv = virtualenvs / ref
-    if venv.exists():
-        progress(f"removing virtualenv {venv}")
-        shutil.rmtree(venv)
+    with _pack_lock(pack.path.parent, ref, progress):
+        if pack.path.is_symlink():
+            progress(f"removing the link {pack.path} (what it points to, {os.readlink(pack.path)}, stays)")
+            pack.path.unlink()
+        elif pack.path.exists():
+            progress(f"removing {pack.path}")
+            shutil.rmtree(pack.path)
+        else:
+            progress(f"{pack.path} is gone already")
+        if ref in REPLACEABLE_PACKS:
+            progress(f"the {ref} pack shipped with Squall is used again")
+        venv = virtualenvs / ref
+        if os.path.lexists(venv):
+            progress(f"removing virtualenv {venv}")
+            _delete(venv)
     return pack.path

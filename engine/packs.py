@@ -172,14 +172,24 @@ def _display(path: Path) -> str:
         return text
 
 
+def hidden(name: str) -> bool:
+    """A folder under a pack path that is never a pack: a dot-folder (`.<ref>.installing`, the copy
+    `squall pack install` is still building; `.git`), loaded by nobody, as its name says."""
+    return name.startswith(".")
+
+
 def discover(paths: list[Path]) -> list[Path]:
-    """Pack folders (those holding a pack.yaml) under each path, in path order, each once."""
+    """Pack folders (those holding a pack.yaml) under each path, in path order, each once; `hidden`
+    folders are skipped."""
     seen: set[Path] = set()
     found: list[Path] = []
     for base in paths:
         if not base.is_dir():
             continue
-        candidates = [base] if (base / "pack.yaml").is_file() else sorted(base.iterdir())
+        if (base / "pack.yaml").is_file():
+            candidates = [base]
+        else:
+            candidates = sorted(path for path in base.iterdir() if not hidden(path.name))
         for candidate in candidates:
             real = candidate.resolve()
             if real in seen or not (candidate / "pack.yaml").is_file():
@@ -511,8 +521,8 @@ def registry_fingerprint(pack_paths: list[Path], configs_path: Path, system_path
 
 def _pack_folders(root: Path, digest: Any) -> list[Path]:
     """The folders `discover` would load under `root`, their names fed to `digest`: only folders
-    holding a pack.yaml count, so a data folder under a pack path (a database written on every
-    command) does not invalidate the cache."""
+    holding a pack.yaml and not `hidden` count, so neither a data folder under a pack path (a
+    database written on every command) nor an install's staging copy invalidates the cache."""
     if (root / "pack.yaml").is_file():
         return [root]
     try:
@@ -522,7 +532,7 @@ def _pack_folders(root: Path, digest: Any) -> list[Path]:
         return []
     folders = []
     for name in names:
-        if (root / name / "pack.yaml").is_file():
+        if not hidden(name) and (root / name / "pack.yaml").is_file():
             digest.update(f"N{name}\0".encode())
             folders.append(root / name)
     return folders

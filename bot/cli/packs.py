@@ -95,7 +95,7 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
     config = current_config()
     try:
         pack, errors = install_pack(source, config.install_path, config.configs_path, config.virtualenvs_path,
-                                    _progress)
+                                    _progress, pack_paths=config.pack_paths)
     except PackInstallError as exc:
         raise fail(str(exc)) from exc
     registry = load_packs(config, warn=False)

@@ -14,6 +14,7 @@ and forgotten at restart; what they did is in the audit log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import uuid
@@ -96,9 +97,9 @@ async def _run(squall: Any, job: Install, source: str) -> None:
     """Install as `squall pack install` does, then reload; every outcome ends up on the job."""
     config = squall.config
     try:
-        pack, errors = await asyncio.to_thread(install_pack, source, config.install_path, config.configs_path,
-                                               config.virtualenvs_path,
-                                               lambda line: job.lines.append(shown_source(line)))
+        pack, errors = await asyncio.to_thread(functools.partial(
+            install_pack, source, config.install_path, config.configs_path, config.virtualenvs_path,
+            lambda line: job.lines.append(shown_source(line)), pack_paths=config.pack_paths))
         job.lines.append("reloading the packs")
         registry = await squall.reload_packs()
         # Its aliases, rules and sensors built as `squall pack list` builds them: one naming an action that
