@@ -39,7 +39,7 @@ from engine.runners.shell import LocalShellRunner
 from engine.sensors import SensorContainer, load_sensors
 from engine.storage import Database, Store
 from engine.templates import configure_limits
-from engine.timers import TIMER_TYPES, TimerService
+from engine.timers import TIMER_TYPES, TimerService, store_history
 from engine.triggers import TriggerService
 from engine.workflows.service import WorkflowService
 
@@ -109,7 +109,7 @@ class Engine:
         #: Of several `squall serve` processes on one database, the one that fires timers and runs sensors.
         self.leader = leadership(store.engine)
         self.sensor_lead = False  # whether this process runs the sensors (it led at the last sync)
-        self.timers = TimerService(self.triggers.dispatch, leader=self.leader)
+        self.timers = TimerService(self.triggers.dispatch, leader=self.leader, history=store_history(self.db))
         self._follow_rules()
         self.sensors = SensorContainer(self.triggers.dispatch, self.datastore_call, config.virtualenvs_path,
                                        run_as=self.run_as)

@@ -1526,6 +1526,30 @@ class Store:
         """One page of `trigger_instance_list`, and how many there are in all (the API's `X-Total-Count`)."""
         return self._newest_page(trigger_instances, _trigger_instance_where(trigger, status), limit, offset)
 
+    def trigger_instance_latest(self, trigger: str, parameters: dict[str, Any], since: datetime) -> datetime | None:
+        """When the newest instance of `trigger` with exactly `parameters` occurred, if at or after
+        `since` (None if none did): where an interval timer that takes the lead picks its phase up
+        (`engine.timers`). A JSON column has no equality both databases share, so the parameters'
+        text and whole-number values narrow the rows in SQL, and each row left, newest first, is
+        compared whole (a timer with one more parameter is another timer)."""
+        column = trigger_instances.c
+        narrowed = [column.trigger == trigger, column.occurrence_time >= since]
+        for key, value in parameters.items():
+            if isinstance(value, str):
+                narrowed.append(column.trigger_parameters[key].as_string() == value)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                # As text on PostgreSQL, where a cast fails on any other row's non-number (SQLite's never does).
+                narrowed.append(column.trigger_parameters[key].as_integer() == value if self.is_sqlite
+                                else column.trigger_parameters[key].as_string() == str(value))
+        statement = (sa.select(column.occurrence_time, column.trigger_parameters).where(*narrowed)
+                     .order_by(column.occurrence_time.desc()))
+        wanted = dict(parameters) or None
+        with self._read() as conn:
+            for occurred, stored in conn.execute(statement):
+                if (stored or None) == wanted:
+                    return as_utc(occurred)
+        return None
+
     def rule_enforcement_add(self, record: dict[str, Any]) -> None:
         self._insert(rule_enforcements, record)
 

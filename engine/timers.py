@@ -8,8 +8,16 @@ coalesced into one: a timer fires at most once per wake-up and then looks ahead 
 restart never replays a burst of old runs.
 
 With several `squall serve` processes on one database, each keeps every schedule but only the
-leader (`engine.leader`) dispatches; the others let their timers' runs pass, so one that takes
-over fires what comes next, not what the old leader already fired.
+leader (`engine.leader`) dispatches; the others let their timers' runs pass. An interval timer's
+phase is the time its schedule started, which differs from process to process, so a process that
+takes the lead (from a leader that went, or at its own start) first puts each interval timer back
+in step with its newest stored run (`TimerService.look`): it fires what comes next, one interval
+after what the old leader fired, never again what the old leader already fired. A run that came
+due while nobody led fires once at the takeover if it is less than `TAKEOVER_GRACE` late, and is
+let go otherwise. A single process that restarts is the same case: rather than starting its
+interval timers over one interval after the restart, it keeps their phase and fires at most the
+one run the restart made it miss, never a burst. Cron and date timers need none of this: their
+times are absolute.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +37,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from engine.leader import Leadership, leads
+from engine.storage import Database
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +46,22 @@ TIMER_TYPES = (INTERVAL, DATE, CRON)
 _CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
 #: The longest the loop sleeps at once, so a changed wall clock is noticed within this many seconds.
 MAX_SLEEP = 60.0
+#: While another process leads, how often (seconds) the loop asks whether this one leads now, so a
+#: takeover is in step with the old leader's runs before the next is due, not at this process's own.
+FOLLOWER_LOOK = 5.0
+#: How late a process that takes the lead may be for an interval run nobody fired and still fire it
+#: (once, at once); a run missed by more is let go, and the timer waits for its next one. It is the
+#: longest a takeover should take: a crashed leader's lock is free at once, and one cut off from the
+#: database is dropped within ~25 s (`engine.leader`, with the server keepalives docs/scale-out.md
+#: asks for); the others look each second (`squall serve`) and this loop every `FOLLOWER_LOOK`; a
+#: restarted process needs some seconds of its own. Not min(interval, ...): the run that passed last
+#: is less than one interval ago anyway, so a timer of a minute or less always fires its missed run.
+TAKEOVER_GRACE = timedelta(seconds=60)
 _TICK = timedelta(microseconds=1)
+
+#: `(trigger type, parameters, since)` → when the newest stored instance of that timer (same type,
+#: same parameters) occurred, if at or after `since`; None if none did.
+History = Callable[[str, dict[str, Any], datetime], Awaitable[datetime | None]]
 
 
 def schedule(trigger_ref: str, parameters: Mapping[str, Any], start: datetime | None = None) -> BaseTrigger:
@@ -84,16 +108,44 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def resumed(last: datetime, every: timedelta, now: datetime) -> datetime:
+    """When an interval timer whose newest stored run was at `last` runs next, in step with it.
+
+    One interval after `last` if that is still ahead. Otherwise the runs since went unfired (the lead
+    was changing hands, or the only process was down): the latest of them, if it passed less than
+    `TAKEOVER_GRACE` ago (a time not after `now`: it fires at once, once), else the one after it."""
+    following = last + every
+    if following > now:
+        return following
+    passed = last + every * ((now - last) // every)
+    return passed if now - passed < TAKEOVER_GRACE else passed + every
+
+
+def store_history(db: Database) -> History:
+    """The `History` of the trigger instances stored in `db` (`Store.trigger_instance_latest`)."""
+
+    async def latest(trigger_ref: str, parameters: dict[str, Any], since: datetime) -> datetime | None:
+        return await db(db.store.trigger_instance_latest, trigger_ref, parameters, since)
+
+    return latest
+
+
 class TimerService:
-    """The timers enabled rules ask for; `sync` on every reload, `run` in `squall serve`."""
+    """The timers enabled rules ask for; `sync` on every reload, `run` in `squall serve`.
+
+    `history` tells when each timer last fired (`store_history`); without it, interval timers keep
+    their own start's phase."""
 
     def __init__(self, dispatch: Callable[..., Any], clock: Callable[[], datetime] = utc_now,
-                 leader: Leadership | None = None) -> None:
+                 leader: Leadership | None = None, history: History | None = None) -> None:
         self.dispatch = dispatch
         self.clock = clock
         self.leader = leader
+        self.history = history
         self.timers: dict[str, Timer] = {}
         self._changed = asyncio.Event()
+        #: Whether this process led when it last looked: when that turns true, the timers catch up (`look`).
+        self._led = False
 
     def sync(self, wanted: Iterable[Mapping[str, Any]]) -> None:
         """Keep timers whose rules remain (their schedule goes on), add new ones, drop the rest."""
@@ -121,15 +173,17 @@ class TimerService:
         due = [t.next_at for t in self.timers.values() if t.next_at is not None]
         return min(due) if due else None
 
+    def _due(self, now: datetime) -> list[Timer]:
+        return [t for t in self.timers.values() if t.next_at is not None and t.next_at <= now]
+
     async def fire_due(self) -> int:
         """Fire every timer whose time has come (once each, however late), and schedule its next run."""
         now = self.clock()
         fired = 0
-        due = [t for t in self.timers.values() if t.next_at is not None and t.next_at <= now]
-        if not due:
+        if not self._due(now):
             return 0
-        leading = await self._leading()
-        for timer in due:
+        leading = await self.look()
+        for timer in self._due(now):  # a takeover may have moved them (`look`)
             scheduled = timer.next_at
             following = timer.trigger.get_next_fire_time(scheduled, now)
             if following is not None and following <= now:  # runs were missed: coalesce, no burst
@@ -149,17 +203,53 @@ class TimerService:
     async def _leading(self) -> bool:
         return self.leader is None or await leads(self.leader)
 
+    async def look(self) -> bool:
+        """Whether this process leads. When it has just taken the lead (the first time too: a
+        process that starts alone takes it at its start), each interval timer is first put in step
+        with its newest stored run (`resumed`), so that a restart or a takeover neither fires early
+        on this process's own phase nor late, and never fires again what was fired."""
+        leading = await self._leading()
+        if leading and not self._led:
+            await self._catch_up()
+        self._led = leading
+        return leading
+
+    async def _catch_up(self) -> None:
+        """Move each interval timer onto the phase of its newest run stored within the last two
+        intervals and `TAKEOVER_GRACE`: enough for a takeover however late it comes, and only that
+        many runs' rows to read. With none (a new timer; all processes down for longer), it keeps
+        the phase of its own start: its first run one interval after that, as it always had."""
+        for timer in [t for t in self.timers.values() if t.type == INTERVAL]:
+            every = timedelta(**{timer.parameters["unit"]: timer.parameters["delta"]})
+            now = self.clock()
+            try:
+                last = None if self.history is None else await self.history(
+                    timer.type, timer.parameters, now - 2 * every - TAKEOVER_GRACE)
+            except Exception as exc:  # the schedule it has is the next best
+                log.warning("timer %s keeps its own schedule: could not read when it last fired (%s)", timer.key, exc)
+                continue
+            if last is not None:
+                timer.next_at = resumed(last, every, now)
+                timer.trigger = schedule(timer.type, timer.parameters, start=timer.next_at - every)
+
+    def _keeps_interval_timers(self) -> bool:
+        return any(t.type == INTERVAL for t in self.timers.values())
+
     async def run(self) -> None:
-        """Sleep until the soonest timer, fire, repeat; a `sync` wakes it to look again."""
+        """Sleep until the soonest timer, fire, repeat; a `sync` wakes it to look again. While it
+        does not lead, it asks every `FOLLOWER_LOOK` seconds, so a takeover catches up at once."""
         while True:
             self._changed.clear()
+            following = not self._led and self._keeps_interval_timers()
+            if following:
+                following = not await self.look()
             due = self.next_due()
             delay = MAX_SLEEP if due is None else (due - self.clock()).total_seconds()
             if delay > 0:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that arrives
                 # as the wait ends, and this loop would then outlive the service's shutdown.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(delay, MAX_SLEEP)):
+                    async with asyncio.timeout(min(delay, FOLLOWER_LOOK if following else MAX_SLEEP)):
                         await self._changed.wait()
                 continue
             await self.fire_due()

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,8 +16,8 @@ import pytest
 from bot.app import Squall
 from engine.leader import leadership
 from engine.rules import load_rules
-from engine.storage import create_engine
-from engine.timers import CRON, DATE, INTERVAL, TimerService, schedule
+from engine.storage import Store, create_engine
+from engine.timers import CRON, DATE, INTERVAL, TAKEOVER_GRACE, TimerService, schedule
 from engine.wakeups import PROCESS_NAME
 from tests.conftest import REPO
 from tests.test_rules import make_pack, started
@@ -43,8 +44,9 @@ class Clock:
 
 
 async def with_clock(squall: Squall, clock: Clock) -> TimerService:
-    """Replace the app's timers with ones on `clock`, synced to the loaded rules."""
-    squall.timers = TimerService(squall.triggers.dispatch, clock)
+    """Replace the app's timers with ones on `clock`, synced to the loaded rules, reading the runs
+    stored in the app's database as the app's own read them (`Engine` wires that `history`)."""
+    squall.timers = TimerService(squall.triggers.dispatch, clock, history=squall.timers.history)
     squall._follow_rules()
     return squall.timers
 
@@ -192,6 +194,203 @@ async def test_the_loop_fires_on_the_real_clock(home: Path) -> None:
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
+        await squall.close()
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+EVERY10 = {"key": "every10", "type": INTERVAL, "parameters": {"unit": "seconds", "delta": 10}}
+EVERY5M = {"key": "every5m", "type": INTERVAL, "parameters": {"unit": "minutes", "delta": 5}}
+
+
+class Lead:
+    """A lead the test hands from one node to another (`engine.leader`'s lock does it between processes)."""
+
+    def __init__(self, leads: bool) -> None:
+        self.leads = leads
+
+    def lead(self) -> bool:
+        return self.leads
+
+    def close(self) -> None:
+        self.leads = False
+
+    def holder(self) -> str | None:
+        return PROCESS_NAME if self.leads else None
+
+
+class Node:
+    """One `squall serve` process's timers on a shared database: what it fires is stored as
+    `TriggerService.dispatch` stores it (at its clock's now, with the timer's parameters)."""
+
+    def __init__(self, store: Store, clock: Clock, *, leads: bool) -> None:
+        self.store, self.clock = store, clock
+        self.lead = Lead(leads)
+        self.fired: list[datetime] = []
+        self.timers = TimerService(self.dispatch, clock, leader=self.lead, history=self.history)
+
+    def start(self, moment: datetime, *wanted: dict) -> Node:
+        self.clock.now = moment
+        self.timers.sync(wanted or [EVERY10])
+        return self
+
+    async def dispatch(self, trigger_ref: str, payload: dict, *, parameters: dict, trace_tag: str) -> None:
+        store_instance(self.store, trigger_ref, parameters, self.clock())
+        self.fired.append(self.clock())
+
+    async def history(self, trigger_ref: str, parameters: dict, since: datetime) -> datetime | None:
+        return self.store.trigger_instance_latest(trigger_ref, parameters, since)
+
+    async def fire_at(self, moment: datetime) -> int:
+        self.clock.now = moment
+        return await self.timers.fire_due()
+
+
+def store_instance(store: Store, trigger_ref: str, parameters: dict | None, when: datetime) -> None:
+    store.trigger_instance_add({"id": uuid.uuid4().hex, "trigger": trigger_ref, "occurrence_time": when,
+                                "payload": {"executed_at": str(when), "schedule": None}, "status": "processed",
+                                "trace_tag": None, "trigger_parameters": parameters or None})
+
+
+def hand_over(old: Node, new: Node) -> None:
+    old.lead.leads, new.lead.leads = False, True
+
+
+@pytest.fixture
+def shared_store(database_url: str):
+    store = Store.open(database_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+async def test_a_follower_that_takes_over_fires_one_interval_after_the_leaders_last_run(
+        shared_store: Store) -> None:
+    """The follower started 3 s after the leader: its own runs would be at 13, 23, 33... It takes the
+    lead at 21, after the leader's run at 20: the next run is at 30, not at its own 23."""
+    clock = Clock(T0)
+    a = Node(shared_store, clock, leads=True).start(T0)
+    b = Node(shared_store, clock, leads=False).start(at(3))
+    assert await a.fire_at(at(10)) == 1
+    assert await b.fire_at(at(13)) == 0
+    assert await a.fire_at(at(20)) == 1
+    hand_over(a, b)
+    assert await b.fire_at(at(23)) == 0  # it leads now, but its own phase is not the timer's
+    assert b.timers.next_due() == at(30)
+    assert await b.fire_at(at(30)) == 1
+    assert await b.fire_at(at(40)) == 1
+    assert a.fired == [at(10), at(20)] and b.fired == [at(30), at(40)]
+
+
+async def test_a_follower_looks_for_the_lead_between_its_own_runs(shared_store: Store) -> None:
+    """`run` asks every `FOLLOWER_LOOK` seconds while it follows (`look`): a node that took the lead
+    at 21 is in step before its own run at 23, and fires at 30."""
+    clock = Clock(T0)
+    a = Node(shared_store, clock, leads=True).start(T0)
+    b = Node(shared_store, clock, leads=False).start(at(3))
+    assert await a.fire_at(at(10)) == 1 and await b.fire_at(at(13)) == 0 and await a.fire_at(at(20)) == 1
+    clock.now = at(21)
+    assert not await b.timers.look()
+    assert b.timers.next_due() == at(23)  # a follower keeps its own schedule
+    hand_over(a, b)
+    assert await b.timers.look()
+    assert b.timers.next_due() == at(30)
+    assert await b.fire_at(at(23)) == 0 and await b.fire_at(at(30)) == 1
+    assert b.fired == [at(30)]
+
+
+async def test_a_takeover_just_after_a_missed_run_fires_it_once_within_the_grace(shared_store: Store) -> None:
+    """The leader died just before its run at 30; the follower (own runs at 33, 43...) takes over at
+    33: 3 s late, within the grace, it fires that run once now and goes on at 40, not at 43."""
+    clock = Clock(T0)
+    a = Node(shared_store, clock, leads=True).start(T0)
+    b = Node(shared_store, clock, leads=False).start(at(3))
+    assert await a.fire_at(at(10)) == 1 and await a.fire_at(at(20)) == 1
+    assert await b.fire_at(at(23)) == 0
+    clock.now = at(29)
+    hand_over(a, b)
+    assert await b.fire_at(at(33)) == 1
+    assert await b.fire_at(at(33)) == 0  # once
+    assert b.timers.next_due() == at(40)
+    assert await b.fire_at(at(40)) == 1
+    assert a.fired == [at(10), at(20)] and b.fired == [at(33), at(40)]
+
+
+async def test_a_takeover_long_after_a_missed_run_waits_for_the_next_one(shared_store: Store) -> None:
+    """Missed by more than the grace, a run is skipped: the next comes on the timer's phase."""
+    late = TAKEOVER_GRACE + timedelta(seconds=10)
+    assert late < timedelta(minutes=5)  # the follower's own run falls between the timer's two
+    clock = Clock(T0)
+    a = Node(shared_store, clock, leads=True).start(T0, EVERY5M)
+    b = Node(shared_store, clock, leads=False).start(T0 + late, EVERY5M)  # its own runs: 300 s + late...
+    assert await a.fire_at(at(300)) == 1
+    assert await b.fire_at(at(300) + late) == 0
+    clock.now = at(599)
+    hand_over(a, b)  # the leader died a second before its run at 600
+    assert await b.fire_at(at(600) + late) == 0
+    assert b.timers.next_due() == at(900)
+    assert await b.fire_at(at(900)) == 1
+    assert a.fired == [at(300)] and b.fired == [at(900)]
+
+
+async def test_with_no_run_of_its_own_stored_a_timer_starts_one_interval_after_now(shared_store: Store) -> None:
+    """Runs of other timers of the type (another interval, one more parameter) are not this timer's."""
+    store_instance(shared_store, INTERVAL, {"unit": "seconds", "delta": 30}, T0 - timedelta(seconds=5))
+    store_instance(shared_store, INTERVAL, {"unit": "seconds", "delta": 10, "timezone": "UTC"},
+                   T0 - timedelta(seconds=4))
+    store_instance(shared_store, INTERVAL, None, T0 - timedelta(seconds=3))
+    clock = Clock(T0)
+    node = Node(shared_store, clock, leads=True).start(T0)
+    assert await node.timers.look()
+    assert node.timers.next_due() == at(10)
+    assert await node.fire_at(at(10)) == 1 and node.fired == [at(10)]
+
+
+async def test_a_restarted_node_keeps_the_phase_and_never_fires_a_missed_run_twice(shared_store: Store) -> None:
+    """A single node that restarts takes the lead at its start: the same rule as a takeover."""
+    clock = Clock(T0)
+    first = Node(shared_store, clock, leads=True).start(T0)
+    assert await first.fire_at(at(10)) == 1 and await first.fire_at(at(20)) == 1
+    first.lead.close()
+
+    again = Node(shared_store, clock, leads=True).start(at(25))  # restarted between two runs
+    assert await again.timers.look() and again.timers.next_due() == at(30)  # not 35
+    assert await again.fire_at(at(30)) == 1
+    again.lead.close()
+
+    # Down while the runs at 40, 50 and 60 were due: the latest, 2 s ago, fires once; no burst.
+    late = Node(shared_store, clock, leads=True).start(at(62))
+    assert await late.timers.look()
+    assert await late.fire_at(at(62)) == 1
+    assert await late.fire_at(at(62)) == 0
+    assert late.timers.next_due() == at(70)
+    late.lead.close()
+
+    # Down for longer than two intervals and the grace: nothing recent to keep in step with.
+    start = at(62) + 2 * timedelta(seconds=10) + TAKEOVER_GRACE + timedelta(seconds=5)
+    fresh = Node(shared_store, clock, leads=True).start(start)
+    assert await fresh.timers.look() and fresh.timers.next_due() == start + timedelta(seconds=10)
+    assert (first.fired, again.fired, late.fired) == ([at(10), at(20)], [at(30)], [at(62)])
+
+
+async def test_serve_picks_the_phase_up_from_the_stored_instances(home: Path) -> None:
+    """As `squall serve` builds it (with its database's history), the timer reads the runs that
+    another process stored: here one of every 10 s at 20, so a process starting at 27 fires at 30."""
+    make_pack(home, {
+        "every10": timer_rule("every10", "{type: core.st2.IntervalTimer, parameters: {unit: seconds, delta: 10}}"),
+    })
+    squall = await started(home)
+    try:
+        store_instance(squall.db.store, INTERVAL, {"unit": "seconds", "delta": 10}, at(20))
+        store_instance(squall.db.store, INTERVAL, {"unit": "seconds", "delta": 30}, at(25))
+        timers = await with_clock(squall, Clock(at(27)))
+        assert timers.next_due() == at(37)  # its own start's phase, until it knows it leads
+        assert await timers.look()
+        assert timers.next_due() == at(30)
+    finally:
         await squall.close()
 
 
