@@ -65,6 +65,8 @@ class ContentDocument:
 
 #: Folders a pack's content hash leaves out: what tools write beside the pack, not the pack.
 _UNHASHED = frozenset({"__pycache__", ".git", ".pytest_cache", ".ruff_cache", ".mypy_cache"})
+#: A pack's top folders only `squall serve` reads (never a worker's run): left out of its content hash.
+SERVE_ONLY = frozenset({"rules", "aliases", "sensors"})
 
 
 @dataclass
@@ -86,13 +88,17 @@ class Pack:
         return self.path / "requirements.txt"
 
     def content_hash(self) -> str:
-        """SHA-256 over the pack's files (names and bytes; caches and git data left out): equal on
-        every machine that holds the same pack, whatever the files' times. Worked out once per
-        process, at the first request of one of its actions under the scale-out executor."""
+        """SHA-256 over the files that make the pack's actions run (names and bytes; caches, git data
+        and what only `squall serve` reads, `SERVE_ONLY`, left out): equal on every machine that holds
+        the same pack, whatever the files' times. Worked out once per process, at the first request of
+        one of its actions under the scale-out executor. Rules, aliases and sensors are left out: the
+        web UI's rule switch (and `st2 rule disable`) rewrites a rule file on one serve node, which
+        must not stop the workers running the pack's actions."""
         if self._content_hash is None:
             digest = hashlib.sha256()
             for file in sorted(p for p in self.path.rglob("*") if p.is_file() and not _UNHASHED.intersection(
-                    p.relative_to(self.path).parts) and p.suffix != ".pyc"):
+                    p.relative_to(self.path).parts) and p.suffix != ".pyc"
+                    and p.relative_to(self.path).parts[0] not in SERVE_ONLY):
                 digest.update(file.relative_to(self.path).as_posix().encode() + b"\0")
                 digest.update(hashlib.sha256(file.read_bytes()).digest())
             self._content_hash = digest.hexdigest()
@@ -200,16 +206,20 @@ def discover(paths: list[Path]) -> list[Path]:
 
 
 def _apply_defaults(schema: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the schema's defaults where a key is missing, inside the objects it holds too (an
+    empty section, `api:`, included), as StackStorm's config loader fills them: an object the config
+    leaves out (and whose schema gives it no default) stays out, so the `required` keys inside an
+    optional one are not asked for (the github pack's `repository_sensor`)."""
     result = dict(values)
     for key, spec in schema.items():
         if not isinstance(spec, dict):
             continue
         if key not in result and "default" in spec:
             result[key] = spec["default"]
-        if (spec.get("type") == "object" and isinstance(spec.get("properties"), dict)
-                and isinstance(result.get(key), dict | None)):
+        if (spec.get("type") == "object" and isinstance(spec.get("properties"), dict) and key in result
+                and isinstance(result[key], dict | None)):
             # A value of the wrong type is left alone for validation to report.
-            result[key] = _apply_defaults(spec["properties"], result.get(key) or {})
+            result[key] = _apply_defaults(spec["properties"], result[key] or {})
     return result
 
 

@@ -322,6 +322,52 @@ def test_pack_config_empty_object_section_gets_nested_defaults(tmp_path: Path) -
     assert registry.packs["demo"].config == {"api": {"port": 443}}
 
 
+def test_pack_config_leaves_an_optional_object_it_does_not_hold_out(tmp_path: Path) -> None:
+    """The github pack's schema has an optional `repository_sensor` object with required keys and
+    defaults inside: a config without it was reported ("'repositories' is a required property") and
+    `squall pack reload` exited 1. As StackStorm, an object the config leaves out stays out; one it
+    holds is checked whole."""
+    packs = tmp_path / "packs"
+    manifest(packs, "demo")
+    write(packs / "demo" / "config.schema.yaml", """
+        token: {type: string, required: true, secret: true}
+        repository_sensor:
+          type: object
+          required: false
+          properties:
+            event_type_whitelist: {type: array, default: [IssuesEvent]}
+            repositories: {type: array, required: true}
+    """)
+    write(tmp_path / "configs" / "demo.yaml", "token: abc\n")
+    registry = load(tmp_path)
+    assert registry.errors == []
+    assert registry.packs["demo"].config == {"token": "abc"}
+    write(tmp_path / "configs" / "demo.yaml", "token: abc\nrepository_sensor: {event_type_whitelist: []}\n")
+    error = only_error(load(tmp_path))
+    assert "'repositories' is a required property" in error.reason
+
+
+def test_a_packs_content_hash_leaves_out_what_only_serve_reads(tmp_path: Path) -> None:
+    """Workers refuse a request made with another hash of the pack. The web UI's rule switch (and `st2
+    rule disable`) rewrites a rule file on the serve node it reaches, which broke every action of the
+    pack on the workers; rules, aliases and sensors run on serve nodes only."""
+    packs = tmp_path / "packs"
+    manifest(packs, "demo")
+    write(packs / "demo" / "actions" / "hello.yaml", "name: hello\nrunner_type: noop\n")
+    write(packs / "demo" / "rules" / "r.yaml", "enabled: true\n")
+
+    def content_hash() -> str:
+        return load(tmp_path).packs["demo"].content_hash()
+
+    before = content_hash()
+    write(packs / "demo" / "rules" / "r.yaml", "enabled: false\n")
+    write(packs / "demo" / "aliases" / "a.yaml", "name: a\n")
+    write(packs / "demo" / "sensors" / "s.yaml", "class_name: S\n")
+    assert content_hash() == before
+    write(packs / "demo" / "actions" / "hello.yaml", "name: hello\nrunner_type: noop\ndescription: x\n")
+    assert content_hash() != before
+
+
 def test_pack_config_that_is_not_a_mapping_is_reported(tmp_path: Path) -> None:
     packs = tmp_path / "packs"
     manifest(packs, "demo")
