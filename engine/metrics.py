@@ -63,6 +63,10 @@ def source_of(context: Mapping[str, Any] | None) -> str:
     return str(context.get("source") or "api")
 
 
+#: The statuses `EXECUTION_FINISHED` carries that are no end (a workflow paused, an inquiry awaiting its answer).
+_NOT_ENDED = frozenset({"paused", "pending"})
+
+
 class Metrics:
     """The process's metrics; `enabled` False makes every recording call return at once."""
 
@@ -163,8 +167,9 @@ class Metrics:
                 self.statsd.send(("action.executions", 1, "c"), (f"action.{action}", 1, "c"))
 
     def finished(self, record: Mapping[str, Any]) -> None:
-        """An `EXECUTION_FINISHED` listener (a paused workflow is not finished: not counted)."""
-        if not self.enabled or record.get("status") == "paused":
+        """An `EXECUTION_FINISHED` listener. Only ends are counted: a paused workflow and an inquiry
+        `pending` its answer are told to the listeners too, and end (and are counted) later."""
+        if not self.enabled or record.get("status") in _NOT_ENDED:
             return
         action = record["action"]
         self._add(self.executions_finished,

@@ -111,6 +111,30 @@ async def test_counters_move_by_exactly_what_happened(served) -> None:
     assert _value(await _scrape(client), "squall_leader") == 1
 
 
+async def test_an_inquiry_waiting_for_its_answer_is_not_counted_as_finished(served) -> None:
+    """A core.ask is `pending` until answered: it was counted as finished (status "pending"), then
+    again when answered, so dashboards of ended executions counted it twice."""
+    squall, _loopback, client = served
+    before = await _scrape(client)
+    asked = await squall.executions.request("core.ask", {"schema": {"type": "object", "properties": {
+        "ok": {"type": "boolean"}}}})
+    for _ in range(200):
+        if (await squall.executions.get(asked["id"]))["status"] == "pending":
+            break
+        await asyncio.sleep(0.05)
+    waiting = await _scrape(client)
+    assert _value(waiting, "squall_executions_finished_total", action="core.ask", pack="core", status="pending",
+                  source="api") == 0
+    assert _value(waiting, "squall_execution_duration_seconds_count", runner="inquirer") == _value(
+        before, "squall_execution_duration_seconds_count", runner="inquirer")
+    await squall.inquiries.respond(asked["id"], {"ok": True}, None)
+    await squall.executions.wait(asked["id"], timeout=20)
+    after = await _scrape(client)
+    ended = {dict(labels)["status"]: value for (name, labels), value in after.items()
+             if name == "squall_executions_finished_total" and dict(labels).get("action") == "core.ask"}
+    assert ended == {"succeeded": 1.0}
+
+
 async def test_states_are_read_when_scraped_and_values_never_become_labels(served) -> None:
     squall, _loopback, client = served
     secret = "hunter2-Zq81"
