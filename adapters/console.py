@@ -7,8 +7,10 @@ can type `!help` (or just `help`) the moment the service starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sys
+import threading
 from typing import Any, TextIO
 
 from adapters.base import Capabilities, Message, MessageHandler, Reply
@@ -34,13 +36,12 @@ class ConsoleAdapter:
         self._reader = asyncio.create_task(self._read(on_message), name="console-reader")
 
     async def _read(self, on_message: MessageHandler) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while True:
                 if self.prompt:
                     self.stdout.write(f"{self.user}> ")
                     self.stdout.flush()
-                line = await loop.run_in_executor(None, self.stdin.readline)
+                line = await self._readline()
                 if not line:
                     break
                 text = line.rstrip("\n")
@@ -50,6 +51,24 @@ class ConsoleAdapter:
                                          direct=True, id=f"c{next(self._ids)}"))
         finally:
             self.finished.set()
+
+    async def _readline(self) -> str:
+        """The next line of input, read on a daemon thread of its own: a thread of the loop's default
+        executor blocked in `readline` held `squall serve` up at exit (asyncio waits for that executor's
+        threads) until one more line was typed, whatever SIGTERM said."""
+        loop = asyncio.get_running_loop()
+        line: asyncio.Future[str] = loop.create_future()
+
+        def read() -> None:
+            try:
+                text = self.stdin.readline()
+            except (OSError, ValueError):  # closed under it: the end of input
+                text = ""
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(lambda: line.done() or line.set_result(text))
+
+        threading.Thread(target=read, name="console-readline", daemon=True).start()
+        return await line
 
     async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
         text = reply.text if reply.file is None else f"{reply.text}\n{reply.file[1]}"

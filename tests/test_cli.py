@@ -367,6 +367,29 @@ def test_config_errors_are_clear(home: Path) -> None:
     assert "databse" in done.stderr and "database" in done.stderr
 
 
+def test_serve_stops_on_sigterm_while_the_console_waits_for_a_line(home: Path) -> None:
+    """The console chat reads its input on a thread; one of the loop's executor blocked in `readline`
+    kept `squall serve` from exiting after SIGTERM until one more line was typed (under systemd, until
+    the stop timeout's SIGKILL)."""
+    config = home / "config.yml"
+    config.write_text(config.read_text() + "adapters:\n  console: {enabled: true, user: ops}\n")
+    server = subprocess.Popen([str(SQUALL), "-c", str(config), "serve"], cwd=home, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.write("!ping\n")
+        server.stdin.flush()
+        for line in server.stdout:  # serving, and the console answered: its reader waits for the next line
+            if "pong" in line:
+                break
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0  # stdin still open, nothing more typed
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
 def test_serve_names_bad_adapter_settings_without_a_traceback(home: Path) -> None:
     config = home / "config.yml"
     base = config.read_text()
