@@ -205,21 +205,25 @@ def discover(paths: list[Path]) -> list[Path]:
     return found
 
 
-def _apply_defaults(schema: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+def _apply_defaults(schema: dict[str, Any], values: dict[str, Any], *, absent_objects: bool) -> dict[str, Any]:
     """`values` with the schema's defaults where a key is missing, inside the objects it holds too (an
-    empty section, `api:`, included), as StackStorm's config loader fills them: an object the config
-    leaves out (and whose schema gives it no default) stays out, so the `required` keys inside an
-    optional one are not asked for (the github pack's `repository_sensor`)."""
+    empty section, `api:`, included). StackStorm fills them twice, differently: its registration
+    checks a config with an object the file leaves out still left out (`absent_objects` False), so
+    the `required` keys inside an optional one are not asked for (the github pack's
+    `repository_sensor`); its loader then hands actions every object filled in from its nested
+    defaults (`absent_objects` True)."""
     result = dict(values)
     for key, spec in schema.items():
         if not isinstance(spec, dict):
             continue
         if key not in result and "default" in spec:
             result[key] = spec["default"]
-        if (spec.get("type") == "object" and isinstance(spec.get("properties"), dict) and key in result
-                and isinstance(result[key], dict | None)):
-            # A value of the wrong type is left alone for validation to report.
-            result[key] = _apply_defaults(spec["properties"], result[key] or {})
+        if spec.get("type") != "object" or not isinstance(spec.get("properties"), dict):
+            continue
+        if key not in result and absent_objects:
+            result[key] = {}
+        if key in result and isinstance(result[key], dict | None):  # another type is validation's to report
+            result[key] = _apply_defaults(spec["properties"], result[key] or {}, absent_objects=absent_objects)
     return result
 
 
@@ -405,19 +409,19 @@ def _load_config(pack: Pack, registry: Registry, configs_path: Path) -> None:
             registry.errors.append(ContentError(_display(config_file), 1, "a pack config must be a mapping"))
         elif loaded:
             values = loaded
-    values = _apply_defaults(pack.config_schema, values)
     if pack.config_schema:
         import jsonschema
 
         schema = _config_json_schema(pack.config_schema)
-        for error in jsonschema.Draft4Validator(schema).iter_errors(values):
+        checked = _apply_defaults(pack.config_schema, values, absent_objects=False)
+        for error in jsonschema.Draft4Validator(schema).iter_errors(checked):
             path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
             message = error.message
             if _holds_secret(schema, list(error.absolute_path)):  # jsonschema's messages quote the value's repr
                 message = message.replace(repr(error.instance), "********")
             registry.errors.append(ContentError(_display(config_file), None,
                                                 f"config of pack '{pack.ref}': {path}: {message}"))
-    pack.config = values
+    pack.config = _apply_defaults(pack.config_schema, values, absent_objects=True)
 
 
 def load_registry(pack_paths: list[Path], configs_path: Path, system_path: Path) -> Registry:
