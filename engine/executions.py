@@ -34,12 +34,13 @@ from engine.executor import Executor
 from engine.logs import bind
 from engine.metrics import metrics
 from engine.output import OutputRecorder
-from engine.packs import Registry, UnknownAction
-from engine.parameters import MASK, ParameterError, Resolution, mask, needs_rendering, resolve
+from engine.pack_config import PYTHON_RUNNER, config_facts, config_value_error, render_dynamic_config
+from engine.packs import Pack, Registry, UnknownAction
+from engine.parameters import MASK, MIN_REPLACED, ParameterError, Resolution, mask, needs_rendering, resolve
 from engine.processes import LEDGER, ledger_directory, owner_state, process_identity, sweep
 from engine.runners import RUNNER_TYPES, WAITING_ON_TASKS, Runner, RunOutcome, RunRequest
 from engine.storage import Database, Store, iso, utcnow
-from engine.templates import KVNamespace, build_environment, render_pool
+from engine.templates import KVNamespace, TemplateRenderError, build_environment, render_pool, render_template
 from engine.tokens import mint, revoke, revoke_ended
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,6 @@ _LIVE = ("scheduled", "running", "canceling", "pausing", "paused", "resuming")
 #: The context keys that say who asked for an execution, from where, and where its replies go.
 _ORIGIN = frozenset({"user", "api_user", "source", "source_channel", "action_alias_ref", "chat", "approval",
                      "trace_context"})
-_MIN_SCRUB = 4
 #: `poll` also sweeps what dead Squall processes on this machine left running, every this many calls.
 _SWEEP_POLLS = 30
 _RECENT = 1024
@@ -143,14 +143,14 @@ def _scrubbable(values: list[Any], revealed: list[str]) -> list[str]:
     if not values and not revealed:  # most requests: no secret parameter, nothing decrypted
         return []
     texts = {str(v) for v in [*values, *revealed] if v not in (None, "")}
-    return sorted((t for t in texts if len(t) >= _MIN_SCRUB), key=len, reverse=True)
+    return sorted((t for t in texts if len(t) >= MIN_REPLACED), key=len, reverse=True)
 
 
 def _scrubbed_error(exc: Exception, sensitive: list[str]) -> Exception:
     """`exc`, or a `ParameterError` saying the same with every `sensitive` text masked when it or its
     causes quote one: a request's error goes to whoever asked (API, chat, CLI), the rule's enforcement, the
     logs and the trace. `resolve` quotes no such value; this catches any other message that does."""
-    texts = [text for text in sensitive if len(text) >= _MIN_SCRUB]  # `resolve` masks shorter ones whole
+    texts = [text for text in sensitive if len(text) >= MIN_REPLACED]  # `resolve` masks shorter ones whole
     if not texts:
         return exc
     told = "".join(traceback.format_exception(exc))  # its causes too: a traceback or a span shows them
@@ -189,6 +189,11 @@ def _scrub_scalar(value: float | None, secrets: list[str]) -> Any:
     """`value`, or the mask when a secret is in its text: Python's (`str`) or the JSON the action printed."""
     texts = (str(value), json.dumps(value))
     return MASK if any(secret in text for secret in secrets for text in texts) else value
+
+
+def scrubbable(values: Sequence[Any]) -> list[str]:
+    """`values` as texts to scrub (`scrub`): those long enough not to mangle output, longest first."""
+    return _scrubbable(list(values), [])
 
 
 def _tokened(record: Mapping[str, Any]) -> bool:
@@ -279,6 +284,8 @@ class ExecutionService:
         self._completing: list[Callable[[dict[str, Any]], CompletionWrite | None]] = []
         #: What `recover` runs once it is done (the retry policy's look for retries a crash lost).
         self._after_recovery: list[Callable[[], Awaitable[Any]]] = []
+        #: Per pack ref: the Pack read, whether its config is dynamic, its secret config values (`config_facts`).
+        self._config_facts: dict[str, tuple[Pack, bool, list[Any]]] = {}
 
     # -- listening -----------------------------------------------------------------------
     def on_finished(self, listener: Callable[[dict[str, Any]], Any]) -> None:
@@ -767,13 +774,21 @@ class ExecutionService:
         return {**current, **update}
 
     def _run_request(self, record: dict[str, Any]) -> tuple[RunRequest, list[str]]:
+        """The run's request and the secret texts to scrub from what it shows: its secret parameters,
+        what `decrypt_kv` revealed in them, and its pack's secret config values. A Python action gets
+        its pack's config with the dynamic values rendered (`_render_config`); what that reveals is in
+        the request's `revealed`, scrubbed as well."""
         action = self.registry.action(record["action"])
         pack = self.registry.packs[action.pack]
         sealed, revealed = self._unseal(record)
         values = {**record["spec"]["values"], **sealed}
         runner_names = action.runner_parameter_names
-        secrets = _scrubbable([values.get(k) for k in action.secret_names], revealed)
+        dynamic, config_secrets = self._pack_config_facts(pack)
+        secrets = _scrubbable([*(values.get(k) for k in action.secret_names), *config_secrets], revealed)
         context = record["context"]
+        pack_config, config_revealed = pack.config, []
+        if dynamic and action.runner_type == PYTHON_RUNNER:
+            pack_config = self._render_config(pack, context, config_revealed)
         templates = record["spec"].get("templates") or {}
         template_context = {}
         if templates:
@@ -785,13 +800,50 @@ class ExecutionService:
             runner_parameters={k: v for k, v in values.items() if k in runner_names},
             action_parameters={k: v for k, v in values.items() if k not in runner_names},
             context=context,
-            pack_config=pack.config,
+            pack_config=pack_config,
             templates=templates,
             template_context=template_context,
             api_url=self.api_url,
             jinja=self.jinja,
+            revealed=config_revealed,
         )
         return request, secrets
+
+    def _pack_config_facts(self, pack: Pack) -> tuple[bool, list[Any]]:
+        """`config_facts` of the pack's config, worked out once per loaded pack (a reload makes new ones)."""
+        known = self._config_facts.get(pack.ref)
+        if known is None or known[0] is not pack:
+            known = (pack, *config_facts(pack.config, pack.config_schema))
+            self._config_facts[pack.ref] = known
+        return known[1], known[2]
+
+    def _render_config(self, pack: Pack, context: Mapping[str, Any], revealed: list[str]) -> dict[str, Any]:
+        """The pack's config as the run's action gets it: each dynamic value rendered with `st2kv.system`,
+        `st2kv.user` (the execution's user) and `decrypt_kv`, as StackStorm renders it per run; a value at
+        or under a `secret: true` item that renders to a secret key's ciphertext is decrypted, as StackStorm
+        decrypts those. What is decrypted goes to `revealed`. On the database thread (`_claim`), whose
+        connection its datastore reads take."""
+        st2kv = self.template_context({}, context)["st2kv"]
+        return render_dynamic_config(pack.ref, pack.config, pack.config_schema,
+                                     lambda template, secret: self._config_value(template, st2kv, secret, revealed))
+
+    def _config_value(self, template: str, st2kv: Mapping[str, Any], secret: bool, revealed: list[str]) -> Any:
+        """One dynamic config value rendered (None when it renders empty, as in StackStorm's loader)."""
+        read: list[str] = []  # the ciphertexts of the secret keys it reads, and what decrypt_kv reveals
+        shown: list[str] = []  # what decrypt_kv reveals
+        tokens = _sensitive.set(read), _revealed.set(shown)
+        try:
+            text = render_template(template, {"st2kv": st2kv}, self.jinja)
+        except TemplateRenderError as exc:
+            raise config_value_error(exc, template, secret, read) from None
+        finally:
+            _revealed.reset(tokens[1])
+            _sensitive.reset(tokens[0])
+        revealed.extend(shown)
+        if secret and text in read and text not in shown:  # a secret key's ciphertext, as it is stored
+            text = self.keys.decrypt(text)
+            revealed.append(text)
+        return text or None
 
     def _decrypt_revealing(self, token: str) -> str:
         """`decrypt_kv` for parameter templates: what it reveals is scrubbed like a secret, and quoted in

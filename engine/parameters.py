@@ -355,19 +355,20 @@ def _holds(value: Any, sensitive: Sequence[str]) -> bool:
     return any(secret and secret in text for secret in sensitive)
 
 
-#: A sensitive text shorter than this is not replaced in a message (the letters left around the mask
-#: would tell it): the message is withheld instead.
-_MIN_REPLACED = 4
+#: A sensitive text shorter than this is never replaced inside other text (the letters left around
+#: the mask would tell it, and a short one would mangle output): a message is withheld instead, and a
+#: run's output keeps it (`engine.executions` scrubs only longer ones).
+MIN_REPLACED = 4
 
 
 def _withheld(message: str, sensitive: Sequence[str], seen: int) -> str | None:
     """A render error's `message` with every sensitive text masked (a template may quote one it read, or
     a parameter it uses that holds one), or None when one is too short to mask in place and the template
     read it (`sensitive[seen:]`) or the message holds it: then the message must not be shown."""
-    if any(text and len(text) < _MIN_REPLACED for text in sensitive[seen:]):
+    if any(text and len(text) < MIN_REPLACED for text in sensitive[seen:]):
         return None
     for text in sorted((t for t in sensitive if t), key=len, reverse=True):
-        if len(text) < _MIN_REPLACED:
+        if len(text) < MIN_REPLACED:
             if text in message:
                 return None
         else:

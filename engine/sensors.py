@@ -33,11 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.executions import scrub, scrubbable
 from engine.metrics import metrics
+from engine.pack_config import config_facts, config_value_error, render_dynamic_config
 from engine.packs import Registry, sensor_trigger_types
 from engine.processes import LEDGER, descendants, kill_group, start_time
 from engine.runners import RunAs
 from engine.runners.python import COMPAT_PATH, spawn_pack_process
+from engine.templates import KVNamespace, TemplateRenderError, build_environment, render_template
 from engine.triggers import TriggerError
 from engine.yamlfile import ContentError
 
@@ -125,11 +128,94 @@ DatastoreCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
 Dispatch = Callable[..., Awaitable[Any]]
 
 
+#: Most datastore values the dynamic values of one sensor's config may read.
+_CONFIG_READS = 100
+
+
+class _Unread(Exception):
+    """A datastore value a config template asks for that `_SensorConfig` has not read yet."""
+
+    def __init__(self, name: str, decrypt: bool) -> None:
+        super().__init__(name)
+        self.wanted = (name, decrypt)
+
+
+class _SensorConfig:
+    """A sensor's pack config with its dynamic values rendered, as StackStorm's sensor wrapper loads it
+    at the sensor's start: `st2kv.system` and `decrypt_kv`; `st2kv.user` reads nothing (a sensor runs
+    for no user of Squall's; StackStorm's reads its system user's keys). A value at or under a
+    `secret: true` item that renders to an encrypted key's stored value is decrypted.
+
+    The values are read through the sensor service's datastore calls, which are asynchronous, and Jinja
+    renders synchronously: a render that asks for a value not read yet stops (`_Unread`), the value is
+    read, and the whole config is rendered again, until every value it asks for was read."""
+
+    def __init__(self, datastore_call: DatastoreCall) -> None:
+        self.datastore_call = datastore_call
+        self.values: dict[tuple[str, bool], Any] = {}
+        #: Every value read, to the key it was read from: what `decrypt_kv` and a secret item decrypt.
+        self.names: dict[str, str] = {}
+        self.revealed: list[str] = []
+        self.env = build_environment(decrypt=self._decrypt)
+        self.context = {"st2kv": {"system": KVNamespace(self._lookup, label="st2kv.system"),
+                                  "user": KVNamespace(lambda _name: None, label="st2kv.user")}}
+
+    async def render(self, pack: str, config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+        for _ in range(_CONFIG_READS + 1):
+            self.revealed = []
+            try:
+                return render_dynamic_config(pack, config, schema, self._value)
+            except _Unread as unread:
+                name, decrypt = unread.wanted
+                self.values[unread.wanted] = await self.datastore_call("get_value", {"name": name, "decrypt": decrypt})
+        raise ValueError(f'the dynamic values of pack "{pack}"\'s config read more than {_CONFIG_READS} '
+                         "datastore values; a sensor's config reads fewer")
+
+    def _read(self, name: str, decrypt: bool = False) -> Any:
+        if (name, decrypt) not in self.values:
+            raise _Unread(name, decrypt)
+        return self.values[(name, decrypt)]
+
+    def _lookup(self, name: str) -> str | None:
+        value = self._read(name)
+        if isinstance(value, str) and value:
+            self.names.setdefault(value, name)
+        return value
+
+    def _decrypt(self, text: str) -> str:
+        """`decrypt_kv` of a value this config read: its key read again, decrypted."""
+        name = self.names.get(text)
+        if name is None:
+            raise ValueError("decrypt_kv decrypts a datastore value: write {{ st2kv.system.<key> | decrypt_kv }}")
+        plain = self._read(name, decrypt=True)
+        if plain == text:
+            raise ValueError(f'datastore item "st2kv.system.{name}" is not encrypted: drop decrypt_kv')
+        self.revealed.append(plain)
+        return plain
+
+    def _value(self, template: str, secret: bool) -> Any:
+        """One dynamic value rendered (None when it renders empty, as in StackStorm's loader)."""
+        try:
+            text = render_template(template, self.context, self.env)
+        except TemplateRenderError as exc:
+            if isinstance(exc.__cause__, _Unread):
+                raise exc.__cause__ from None
+            raise config_value_error(exc, template, secret, [*self.names, *self.revealed]) from None
+        if secret and text in self.names:
+            plain = self._read(self.names[text], decrypt=True)
+            if plain != text:  # the key is encrypted: StackStorm decrypts a secret item's value
+                self.revealed.append(plain)
+                text = plain
+        return text or None
+
+
 @dataclass
 class _Running:
     spec: SensorSpec
     config: dict[str, Any]
     venv: Path
+    #: The pack's config schema (which values are secret).
+    schema: dict[str, Any] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     process: asyncio.subprocess.Process | None = None
     writer: asyncio.WriteTransport | None = None
@@ -191,17 +277,18 @@ class SensorContainer:
         for spec in sensors:
             pack = registry.packs.get(spec.pack)
             if spec.enabled and pack is not None:
-                wanted[spec.ref] = (spec, pack.config)
-        changed = [ref for ref, running in self.running.items() if wanted.get(ref) != (running.spec, running.config)]
+                wanted[spec.ref] = (spec, pack.config, pack.config_schema)
+        changed = [ref for ref, running in self.running.items()
+                   if wanted.get(ref) != (running.spec, running.config, running.schema)]
         await self._stop_all([self.running.pop(ref) for ref in changed])
         if self._stops != asked:
             return  # a stop() came while the removed sensors stopped: it stops the rest, nothing starts
-        for ref, (spec, config) in wanted.items():
+        for ref, (spec, config, schema) in wanted.items():
             triggers = {item["key"]: trigger_object(item) for ref_ in spec.trigger_types
                         for item in triggers_of(ref_) if item["parameters"]}
             running = self.running.get(ref)
             if running is None:
-                running = _Running(spec, config, self.virtualenvs / spec.pack, triggers=triggers)
+                running = _Running(spec, config, self.virtualenvs / spec.pack, schema, triggers=triggers)
                 self.running[ref] = running
                 running.task = asyncio.get_running_loop().create_task(self._supervise(running),
                                                                       name=f"sensor-{ref}")
@@ -296,10 +383,22 @@ class SensorContainer:
                         running.restarts)
             await asyncio.sleep(delay)
 
+    async def _config(self, running: _Running) -> tuple[dict[str, Any], list[str]]:
+        """The config the sensor starts with (its dynamic values rendered, `_SensorConfig`), and the
+        secret texts to scrub from its log lines: its pack's secret config values and what rendering
+        decrypted. A value that does not render keeps the sensor from starting (an error naming its key)."""
+        dynamic, secrets = config_facts(running.config, running.schema)
+        if not dynamic:
+            return running.config, scrubbable(secrets)
+        rendering = _SensorConfig(self.datastore_call)
+        config = await rendering.render(running.spec.pack, running.config, running.schema)
+        return config, scrubbable([*secrets, *rendering.revealed])
+
     async def _run_once(self, running: _Running) -> int:
         """One life of the sensor process: its end is the process's own exit, whoever holds its pipes."""
         spec = running.spec
         loop = asyncio.get_running_loop()
+        config, secrets = await self._config(running)
         # The sensor's output goes to a pipe of our own, not to the process's transport: asyncio's
         # `wait()` would otherwise wait for every writer of it, a helper the sensor started included.
         log_read, log_write = os.pipe()
@@ -324,11 +423,11 @@ class SensorContainer:
         # instead of cancelling it. Once waited for (`returncode` set) the pid is never signalled.
         running.process = process
         running.started = start_time(process.pid)
-        logs = loop.create_task(self._relay_logs(spec, output, log_transport), name=f"sensor-log-{spec.ref}")
+        logs = loop.create_task(self._relay_logs(spec, output, log_transport, secrets), name=f"sensor-log-{spec.ref}")
         messages = loop.create_task(self._read_messages(running, reader), name=f"sensor-messages-{spec.ref}")
         try:
             running.send({"file": str(spec.file), "class_name": spec.class_name, "pack": spec.pack,
-                          "config": running.config, "poll_interval": spec.poll_interval,
+                          "config": config, "poll_interval": spec.poll_interval,
                           "triggers": list(running.triggers.values())})
             await self._lifecycle(SPAWN, spec, process.pid)
             code = await process.wait()
@@ -436,8 +535,9 @@ class SensorContainer:
             log.exception("sensor %s dispatched a trigger instance that could not be stored", spec.ref)
 
     async def _relay_logs(self, spec: SensorSpec, output: asyncio.StreamReader,
-                          transport: asyncio.ReadTransport) -> None:
-        """The sensor's stdout, stderr and logging, as log records of Squall's, levels kept."""
+                          transport: asyncio.ReadTransport, secrets: list[str]) -> None:
+        """The sensor's stdout, stderr and logging, as log records of Squall's, levels kept; `secrets`
+        (its pack's secret config values) masked."""
         logger = logging.getLogger(f"squall.sensor.{spec.ref}")
         level = logging.INFO
         try:
@@ -449,7 +549,7 @@ class SensorContainer:
                     continue
                 if not raw:
                     return
-                text = raw.decode("utf-8", "replace").rstrip()
+                text = scrub(raw.decode("utf-8", "replace").rstrip(), secrets)
                 first = text.split(" ", 1)[0]
                 if first in _LEVELS:  # a record of the sensor's logging
                     level = _LEVELS[first]

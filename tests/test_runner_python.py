@@ -228,6 +228,21 @@ def home(home: Path) -> Path:
                     thread.join()
                 return wrong[:3]
     """)
+    write(pack / "actions" / "init_logs.py", """
+        from st2common.runners.base_action import Action
+
+
+        class InitLogs(Action):
+            def __init__(self, config=None, action_service=None):
+                super().__init__(config, action_service)
+                self.logger.info("logged in __init__")
+
+            def run(self):
+                self.logger.info("logged in run")
+                return self.logger.name
+    """)
+    write(pack / "actions" / "init_logs.yaml",
+          "name: init_logs\nrunner_type: python-script\nentry_point: init_logs.py\n")
     write(pack / "actions" / "threads_kv.yaml", """
         name: threads_kv
         runner_type: python-script
@@ -406,7 +421,9 @@ async def test_stdout_stderr_and_logger_are_captured_per_execution(squall: Squal
     assert quiet["result"]["stdout"] == "to stdout v2\n"
     assert "error from self.logger" in quiet["result"]["stderr"]
     assert "info from self.logger" not in quiet["result"]["stderr"]
-    assert "warning from the module logger" not in quiet["result"]["stderr"]
+    # `log_level` sets the action's own logger alone, as in StackStorm's wrapper: a module's logger is not
+    # configured, so its warnings reach stderr through Python's last resort whatever the level.
+    assert "warning from the module logger" in quiet["result"]["stderr"]
 
     audit = await behave(squall, "print", "v3", log_level="AUDIT")
     assert "warning from the module logger" in audit["result"]["stderr"]
@@ -415,6 +432,19 @@ async def test_stdout_stderr_and_logger_are_captured_per_execution(squall: Squal
     later = await behave(squall, "ok", "x")
     assert later["result"]["stdout"] == ""
     assert later["result"]["stderr"] == ""
+
+
+async def test_self_logger_is_stackstorms_from_the_constructor_on(squall: Squall) -> None:
+    """`self.logger` is `actions.python.<ClassName>` with StackStorm's line format; what the constructor
+    logs through it is captured at the run's level too."""
+    done = await run(squall, f"{PACK}.init_logs", {"log_level": "INFO"})
+    assert done["status"] == "succeeded", done
+    assert done["result"]["result"] == "actions.python.InitLogs"
+    stderr = done["result"]["stderr"]
+    assert "logged in __init__" in stderr
+    assert "actions.python.InitLogs: INFO     logged in run\n" in stderr
+    quiet = await run(squall, f"{PACK}.init_logs", {"log_level": "WARNING"})
+    assert quiet["result"]["stderr"] == ""
 
 
 async def test_stdout_is_not_json_decoded(squall: Squall) -> None:

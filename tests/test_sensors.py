@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bot.app import Squall
 from engine.sensors import SensorContainer, load_sensors
@@ -222,3 +226,112 @@ async def test_of_two_services_on_one_database_only_the_leader_runs_sensors(home
     finally:
         await first.close()
         await second.close()
+
+
+SENSOR_TOKEN = "sensor-Tok3n-encrypted"
+SENSOR_PASSWORD = "sensor-Pa55-decrypt-kv"
+STATIC_SECRET = "static-Secr3t-of-the-config"
+
+PROBE = f'''
+import json
+import time
+
+from st2reactor.sensor.base import Sensor
+
+
+class Probe(Sensor):
+    def setup(self):
+        config = self.config
+        self.sensor_service.set_value("seen", json.dumps({{
+            "region": config["region"], "hosts": config["hosts"], "mine": config["mine"],
+            "token_ok": config["token"] == "{SENSOR_TOKEN}",
+            "password_ok": config["auth"]["password"] == "{SENSOR_PASSWORD}",
+        }}))
+        self.sensor_service.get_logger("probe").info("token %s password %s static %s", config["token"],
+                                                     config["auth"]["password"], config["static"])
+
+    def run(self):
+        while True:
+            time.sleep(1)
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+
+async def test_a_sensor_starts_with_its_configs_dynamic_values_rendered(home: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """As StackStorm's sensor wrapper loads it: `st2kv.system` and `decrypt_kv` rendered, a secret item's
+    encrypted key decrypted, `st2kv.user` reading nothing; the secrets masked in the sensor's log lines."""
+    pack = make_pack(home, {})
+    write(pack / "config.schema.yaml", """
+        token: {type: string, secret: true, default: "{{ st2kv.system.sensor_token }}"}
+        auth: {type: object, properties: {password: {type: string, secret: true}}}
+        static: {type: string, secret: true}
+        region: {type: string}
+        hosts: {type: array, items: {type: string}}
+        mine: {type: string}
+    """)
+    write(home / "configs" / "demo.yaml", f"""
+        auth: {{password: "{{{{ st2kv.system.sensor_pw | decrypt_kv }}}}"}}
+        static: "{STATIC_SECRET}"
+        region: "{{{{ st2kv.system.sensor_region }}}}"
+        hosts: ["{{{{ st2kv.system.sensor_host }}}}", static.example]
+        mine: "{{{{ st2kv.user.sensor_mine }}}}"
+    """)
+    write(pack / "sensors" / "probe.yaml", "class_name: Probe\nentry_point: probe.py\n")
+    (pack / "sensors" / "probe.py").write_text(PROBE)
+    caplog.set_level(logging.INFO, logger="squall.sensor.demo.Probe")
+    squall = await started(home)
+    try:
+        ds = squall.datastore
+        await squall.db(ds.set, "sensor_token", SENSOR_TOKEN, encrypt=True)
+        await squall.db(ds.set, "sensor_pw", SENSOR_PASSWORD, encrypt=True)
+        await squall.db(ds.set, "sensor_region", "eu-north-1")
+        await squall.db(ds.set, "sensor_host", "sensors.example")
+        await squall.db(ds.set, "sensor_mine", "nobodys", scope="user", user="sensor_service")
+        await run_sensors(squall)
+
+        async def seen() -> Any:
+            return await squall.db(ds.get, "demo.Probe:seen")
+
+        record = await eventually(seen)
+        assert record is not None, "the sensor never started"
+        assert json.loads(record["value"]) == {"region": "eu-north-1", "hosts": ["sensors.example", "static.example"],
+                                               "mine": None, "token_ok": True, "password_ok": True}
+        assert await eventually(lambda: asyncio.sleep(0, "token ********" in caplog.text))
+        assert "password ******** static ********" in caplog.text
+        for secret in (SENSOR_TOKEN, SENSOR_PASSWORD, STATIC_SECRET):
+            assert secret not in caplog.text
+        # The pack's loaded config is left as written.
+        assert squall.registry.packs["demo"].config["region"] == "{{ st2kv.system.sensor_region }}"
+    finally:
+        await squall.close()
+
+
+async def test_a_sensor_whose_config_value_does_not_render_does_not_start(home: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    pack = make_pack(home, {})
+    write(pack / "config.schema.yaml", "token: {type: string, secret: true}\n")
+    write(home / "configs" / "demo.yaml", 'token: "{{ st2kv.system.sensor_missing | decrypt_kv }}"\n')
+    write(pack / "sensors" / "probe.yaml", "class_name: Probe\nentry_point: probe.py\n")
+    (pack / "sensors" / "probe.py").write_text(PROBE)
+    caplog.set_level(logging.ERROR, logger="engine.sensors")
+    squall = await started(home)
+    try:
+        await run_sensors(squall)
+        assert await eventually(lambda: asyncio.sleep(0, 'config key "token"' in caplog.text))
+        assert "sensor demo.Probe could not start" in caplog.text
+        assert 'st2kv.system.sensor_missing' in caplog.text
+        assert await squall.db(squall.datastore.get, "demo.Probe:seen") is None
+    finally:
+        await squall.close()

@@ -191,6 +191,9 @@ def main() -> None:
         prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
     squall_paths.install_from_environment()
+    # Unlike an action's wrapper, StackStorm's sensor wrapper configures the root logger (its sensor
+    # container's logging config: handlers at INFO), so libraries' INFO lines show and their DEBUG lines
+    # (urllib3's request lines, an API key in a query string) do not. Squall relays these to its log.
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     spec = channel.receive()
     if spec is None:

@@ -49,6 +49,8 @@ from st2common.runners.utils import get_action_class_instance
 
 INVALID_STATUS_EXIT = 220
 AUDIT_LEVEL = 25  # StackStorm's AUDIT, between INFO and WARNING (st2common.log)
+#: The format of `self.logger`'s lines: StackStorm's `get_logger_for_python_runner_action`.
+ACTION_LOG_FORMAT = "%(name)-12s: %(levelname)-8s %(message)s"
 
 
 #: The protocol's own JSON coders, bound before any action runs: an action that patches `json.dumps`
@@ -221,6 +223,45 @@ def load_action_class(path: str) -> type:
     return imported[0]
 
 
+def log_level(name: Any) -> int:
+    """The run's `log_level` runner parameter as a logging level (DEBUG for a name logging does not know,
+    as StackStorm's wrapper reads it)."""
+    level_name = str(name or "DEBUG").upper()
+    return AUDIT_LEVEL if level_name == "AUDIT" else getattr(logging, level_name, logging.DEBUG)
+
+
+def action_logger(class_name: str, level: int) -> logging.Logger:
+    """`self.logger` as StackStorm's Python wrapper makes it: `actions.python.<ClassName>`, with a handler
+    of its own to stderr, both at the run's `log_level`.
+
+    Nothing else is configured, the root logger least of all: a library's logger (urllib3, which logs
+    each request line, query string and the API key in it included, at DEBUG) has no handler, so only
+    its warnings and errors reach stderr, through Python's last resort, as under StackStorm."""
+    logger = logging.getLogger(f"actions.python.{class_name}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter(ACTION_LOG_FORMAT))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    return logger
+
+
+def make_action(cls: type, config: dict[str, Any], service: ActionService, level: int) -> Any:
+    """The action instance, its `self.logger` StackStorm's (`action_logger`).
+
+    The compat `Action` names its logger after the class's module; until its constructor is done that
+    logger logs as the action's own (same handler and level), then `self.logger` becomes StackStorm's.
+    An action that set `self.logger` itself keeps its own."""
+    logger = action_logger(cls.__name__, level)
+    provisional = logging.getLogger(f"{cls.__module__}.{cls.__name__}")
+    provisional.handlers, provisional.propagate = list(logger.handlers), False
+    provisional.setLevel(level)
+    action = get_action_class_instance(cls, config=ConfigDict(config), action_service=service)
+    if getattr(action, "logger", None) is provisional:
+        action.logger = logger
+    return action
+
+
 def _orjson_like(value: Any) -> Any:
     """`value` as StackStorm's orjson serializes it, or TypeError where orjson refuses it.
 
@@ -274,14 +315,10 @@ def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
     has them in its environment from the start; nothing is restored: the process ends with the run.
     """
     os.environ.update(request.get("env") or {})
-    level_name = str(request.get("log_level", "DEBUG")).upper()
-    level = AUDIT_LEVEL if level_name == "AUDIT" else getattr(logging, level_name, logging.DEBUG)
-    logging.getLogger().setLevel(level)
     try:
         cls = load_action_class(request["file"])
         service = ActionService(channel, request["pack"], cls.__name__, request.get("user"))
-        action = get_action_class_instance(cls, config=ConfigDict(request.get("config") or {}),
-                                           action_service=service)
+        action = make_action(cls, request.get("config") or {}, service, log_level(request.get("log_level")))
         returned = action.run(**(request.get("parameters") or {}))
     except BaseException as exc:  # the action's failure, whatever it is, belongs to the execution
         if isinstance(exc, KeyboardInterrupt):
@@ -637,7 +674,6 @@ def main() -> None:
     channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
     pack_path = os.environ.get(squall_paths.PACK_PATH_VARIABLE) or os.getcwd()
     squall_paths.install_from_environment()
-    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     channel.send({"op": "ready", "pid": os.getpid()})
     serve(channel, Warmer(pack_path, (channel.read_fd, channel.writer.fileno())))
 

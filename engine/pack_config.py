@@ -1,0 +1,145 @@
+"""Pack config values as StackStorm's `ContentPackConfigLoader` gives them to a run (spec §9.2).
+
+A config string holding `{{` or `{%` is a dynamic value, rendered per run (for the execution's
+user) or at a sensor's start, with `st2kv` and `decrypt_kv`; a value at or under a `secret: true`
+item is secret: scrubbed from what the pack's runs show, and quoted in no error. The walk finds each
+value's schema as StackStorm's loader does. `ExecutionService` and the sensor container use these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jinja2
+
+from engine import patterns
+from engine.crypto import CryptoError
+from engine.parameters import MASK, MIN_REPLACED, ParameterError
+from engine.templates import TemplateRenderError, is_jinja_expression
+
+#: The runner whose actions get the pack's config rendered (StackStorm loads it for the Python runner alone).
+PYTHON_RUNNER = "python-script"
+
+
+class ConfigValueError(ParameterError):
+    """A dynamic pack config value that did not render; the message quotes no secret."""
+
+
+#: Renders one dynamic config value: `(its template, whether it is or is under a secret item) -> value`.
+ConfigRender = Callable[[str, bool], Any]
+#: What a config leaf becomes: `(its key path, its value, whether it is secret) -> new value`.
+_Leaf = Callable[[tuple[str, ...], Any, bool], Any]
+
+
+def render_dynamic_config(pack: str, config: Mapping[str, Any], schema: Mapping[str, Any],
+                          render: ConfigRender) -> dict[str, Any]:
+    """A copy of a pack's config with each dynamic value replaced by `render(template, secret)`, as
+    StackStorm's `ContentPackConfigLoader` resolves them when an action or sensor starts.
+
+    A dynamic value is a string holding `{{` or `{%`, at any depth: in nested objects and list items,
+    whose schema is found as StackStorm finds it (`properties`, then `patternProperties`, then
+    `additionalProperties`; `items`, positional or not, then `additionalItems`). Other values are kept
+    as they are. The config itself is not changed: the next run renders it again, for its own user.
+    A failure is a ParameterError naming the pack and the key (`auth.token`, `servers.0.password`)."""
+
+    def leaf(path: tuple[str, ...], value: Any, secret: bool) -> Any:
+        if not is_jinja_expression(value):
+            return value
+        try:
+            return render(value, secret)
+        except (ParameterError, CryptoError) as exc:
+            raise ParameterError(f'pack "{pack}" config key "{".".join(path)}": its dynamic value could not be '
+                                 f"rendered: {exc}") from None
+
+    return _map_config(config, {"properties": schema}, (), False, leaf)
+
+
+def config_facts(config: Mapping[str, Any], schema: Mapping[str, Any]) -> tuple[bool, list[Any]]:
+    """Whether a pack's config holds dynamic values, and its values at or under a `secret: true` item
+    (nested ones included) that are not templates: scrubbed from what its actions' runs show. Texts and
+    numbers only: a flag under a secret object (`enabled: true`) would mask every `true` in a result."""
+    dynamic = False
+    secrets: list[Any] = []
+
+    def leaf(path: tuple[str, ...], value: Any, secret: bool) -> Any:
+        nonlocal dynamic
+        if is_jinja_expression(value):
+            dynamic = True
+        elif secret and isinstance(value, str | int | float) and not isinstance(value, bool):
+            secrets.append(value)
+        return value
+
+    _map_config(config, {"properties": schema}, (), False, leaf)
+    return dynamic, secrets
+
+
+def _map_config(value: Any, schema: Any, path: tuple[str, ...], secret: bool, leaf: _Leaf) -> Any:
+    """`value` rebuilt with `leaf` applied to each of its scalars, told whether it is secret."""
+    schema = schema if isinstance(schema, dict) else {}
+    secret = secret or schema.get("secret") is True
+    if isinstance(value, dict):
+        properties = _property_schemas(schema, value)
+        return {key: _map_config(item, properties[key], (*path, str(key)), secret, leaf)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        items = _item_schemas(schema, len(value))
+        return [_map_config(item, items[index] if index < len(items) else {}, (*path, str(index)), secret, leaf)
+                for index, item in enumerate(value)]
+    return leaf(path, value, secret)
+
+
+def _property_schemas(schema: dict[str, Any], value: dict[Any, Any]) -> dict[Any, Any]:
+    """Each key's schema, as StackStorm's loader flattens an object's: its `properties` entry, else
+    every matching `patternProperties` schema merged, else `additionalProperties` (when a schema)."""
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    by_pattern = schema.get("patternProperties") if isinstance(schema.get("patternProperties"), dict) else {}
+    additional = schema.get("additionalProperties")
+    found: dict[Any, Any] = {}
+    for key in value:
+        if key in properties:
+            found[key] = properties[key]
+            continue
+        matched = [sub for pattern, sub in by_pattern.items() if isinstance(sub, dict) and _matches(pattern, key)]
+        found[key] = {k: v for sub in matched for k, v in sub.items()} if matched else (
+            additional if isinstance(additional, dict) else {})
+    return found
+
+
+def _matches(pattern: Any, key: Any) -> bool:
+    """Whether a pack author's `patternProperties` pattern finds `key` (a bad or runaway one: no)."""
+    try:
+        return patterns.search(str(pattern), str(key)) is not None
+    except Exception:  # the `regex` package's error or its TimeoutError: the pattern applies to nothing
+        return False
+
+
+def _item_schemas(schema: dict[str, Any], count: int) -> list[Any]:
+    """Each list item's schema, as StackStorm's loader flattens an array's: one `items` schema for all,
+    or positional `items` followed by `additionalItems` (when a schema)."""
+    items = schema.get("items")
+    if isinstance(items, dict):
+        return [items] * count
+    found = list(items) if isinstance(items, list) else []
+    additional = schema.get("additionalItems")
+    if len(found) < count and isinstance(additional, dict):
+        found.extend([additional] * (count - len(found)))
+    return found
+
+
+def config_value_error(exc: TemplateRenderError, template: str, secret: bool,
+                       hidden: Sequence[str]) -> ConfigValueError:
+    """Why a dynamic config value did not render, quoting none of `hidden` (what it read of secret keys
+    and what `decrypt_kv` revealed) and, for a secret item, not its text: a secret that merely holds `{{`
+    is rendered too (as StackStorm renders it), and a syntax or undefined-name error would quote a part."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if secret and isinstance(cause, jinja2.TemplateSyntaxError | jinja2.UndefinedError):
+        return ConfigValueError(
+            f"{type(cause).__name__} (not quoted: the item is secret). A value holding {{{{ or {{% is rendered "
+            "as a template, as StackStorm renders it; keep such a secret in the datastore, encrypted, and "
+            "write {{ st2kv.system.<key> }} here")
+    reason = f"{type(cause).__name__}: {cause}" if secret else str(exc)
+    texts = [*hidden, *([template, *(line.strip() for line in template.splitlines())] if secret else [])]
+    for text in sorted((t for t in texts if len(t) >= MIN_REPLACED), key=len, reverse=True):
+        reason = reason.replace(text, MASK)
+    return ConfigValueError(reason)
