@@ -10,7 +10,8 @@ admin's password that `squall serve` prints, and does in the browser what a pers
 and its filters, an execution's page, a chat-started execution with its channel, cancel, the run
 form with the output arriving live, the list taking a new execution live, an inquiry answered from
 the inbox while the workflow's page (graph and status) follows it, a re-run with an edited
-parameter, and the keyboard alone reaching the main controls with a visible focus. "Live" is
+parameter, the keyboard alone reaching the main controls with a visible focus, and live pages whose
+stream a proxy cuts and answers 502 to (`CuttingProxy`) showing nothing twice. "Live" is
 checked as "without reloading": a marker set on `window` must still be there at the end. Every
 page's console is watched: a Content-Security-Policy violation or a script error shows there, and
 fails the test.
@@ -634,3 +635,182 @@ def test_rerun_an_execution_with_an_edited_parameter(served: Served, tab: Tab) -
     assert served.execution(again)["parameters"]["count"] == 3
     assert served.execution(first)["parameters"]["count"] == 2
     assert tab.errors == []
+
+
+# -- live streams through a proxy that fails -------------------------------------------------------------
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        sink.close()
+
+
+class CuttingProxy:
+    """A reverse proxy in front of `squall serve`, as nginx would be, that fails as one does: `cut()`
+    severs every connection through it (a network blip: the browser reconnects by itself, naming the
+    last event it got) and answers the next `failing` live streams asked for with 502 (the proxy while
+    squall restarts: the browser's EventSource gives up, and htmx opens the stream anew from the page's
+    `sse-connect` URL, naming nothing)."""
+
+    def __init__(self, loop: LoopThread, upstream: str) -> None:
+        self.loop = loop
+        self.upstream = httpx.URL(upstream)
+        self.connections: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self.failing = 0
+        self.failed = 0  # live streams answered 502
+        self.streams: list[str] = []  # the request line of each live stream asked for
+        self.server = loop.run(lambda: asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.base = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        line = head.split(b"\r\n", 1)[0].decode()
+        if " /live/" in line:
+            self.streams.append(line)
+            if self.failing:
+                self.failing -= 1
+                self.failed += 1
+                writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n"
+                             b"Connection: close\r\n\r\nBad Gateway")
+                await writer.drain()
+                writer.close()
+                return
+        upstream_reader, upstream_writer = await asyncio.open_connection(self.upstream.host, self.upstream.port)
+        # One request a connection, so each request's head is read here (and a live one can fail).
+        upstream_writer.write(re.sub(rb"(?im)^connection:[^\r\n]*\r\n", b"", head)[:-2] + b"Connection: close\r\n\r\n")
+        pair = (writer, upstream_writer)
+        self.connections.add(pair)
+        try:
+            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        finally:
+            self.connections.discard(pair)
+
+    def cut(self, failing: int = 0) -> None:
+        """Sever every connection now (idle ones too, so the browser's next request opens a new one)."""
+        async def sever() -> None:
+            self.failing = failing
+            for writer, upstream_writer in list(self.connections):
+                writer.transport.abort()
+                upstream_writer.transport.abort()
+        self.loop.run(sever)
+
+    def close(self) -> None:
+        async def close() -> None:
+            self.server.close()
+            for writer, upstream_writer in list(self.connections):
+                writer.transport.abort()
+                upstream_writer.transport.abort()
+        self.loop.run(close)
+
+
+@pytest.fixture
+def proxy(served: Served) -> Iterator[CuttingProxy]:
+    """A `CuttingProxy` in front of the module's `squall serve` (the session cookie goes with it: cookies
+    are per host, not per port)."""
+    opened = CuttingProxy(served.loop, served.base)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _not_the_cut(errors: list[str]) -> list[str]:
+    """The console errors a cut and a 502 do not explain: the failed loads Chromium reports, and htmx's
+    log of the stream's error event."""
+    explained = ("502", "[object Event]", "net::ERR_", "EventSource's response has a MIME type")
+    return [error for error in errors if not any(part in error for part in explained)]
+
+
+def test_an_executions_output_is_not_shown_twice_when_its_stream_comes_back(served: Served, tab: Tab,
+                                                                            proxy: CuttingProxy) -> None:
+    """The stream is cut while the action prints, and the proxy answers 502 to the browser's reconnect:
+    htmx opens the stream anew from the page's URL, which must go on from the last chunk the page
+    shows (static/live.js keeps it there), not from the page's first (every chunk since came twice)."""
+    execution_id = served.run("webui.lines", count=8, pause=0.5)
+    served.wait(execution_id, "running")
+    tab.base = proxy.base
+    tab.go(f"/executions/{execution_id}")
+    tab.page.evaluate("window.sameDocument = true")
+    output = tab.page.locator("pre.output-stdout")
+    output.filter(has_text="line 2 of 8").wait_for(timeout=15_000)
+    proxy.cut(failing=1)
+    tab.page.locator("h1 .status", has_text="succeeded").wait_for(timeout=30_000)
+    assert output.inner_text().splitlines() == [f"line {i} of 8" for i in range(1, 9)]
+    assert proxy.failed == 1 and len(proxy.streams) >= 3, proxy.streams  # the first, the 502, htmx's new one
+    assert tab.page.evaluate("window.sameDocument") is True
+    assert _not_the_cut(tab.errors) == []
+
+
+def test_the_list_shows_each_row_once_when_its_stream_comes_back(served: Served, tab: Tab,
+                                                                 proxy: CuttingProxy) -> None:
+    """Rows prepended live, then the stream cut and a 502: the stream htmx opens anew must not send
+    them as new again (the page showed them twice)."""
+    tab.base = proxy.base
+    tab.go("/executions?action=core.noop")
+    tab.page.evaluate("window.sameDocument = true")
+    before = [served.run("core.noop") for _ in range(3)]
+    for execution_id in before:
+        tab.page.locator(f"tr#row-{execution_id}", has_text="succeeded").wait_for(timeout=15_000)
+    proxy.cut(failing=1)
+    after = served.run("core.noop")  # shown only once the stream is back
+    tab.page.locator(f"tr#row-{after}", has_text="succeeded").wait_for(timeout=30_000)
+    rows = tab.page.locator("table.list tbody tr").evaluate_all("rows => rows.map(row => row.id)")
+    assert rows[:4] == [f"row-{execution_id}" for execution_id in [after, *reversed(before)]]
+    assert len(rows) == len(set(rows)), rows
+    assert proxy.failed == 1 and len(proxy.streams) >= 3, proxy.streams
+    assert tab.page.evaluate("window.sameDocument") is True
+    assert _not_the_cut(tab.errors) == []
+
+
+def _stream(*events: tuple[str, str, str]) -> str:
+    """A server-sent event stream's text: (id, event, data) each."""
+    return "".join((f"id: {id_}\n" if id_ else "") + f"event: {name}\n"
+                   + "".join(f"data: {line}\n" for line in data.split("\n")) + "\n" for id_, name, data in events)
+
+
+def _serve_once(tab: Tab, url: str, body: str) -> None:
+    """The next request for a stream matching `url` answered with `body`; later ones reach the server."""
+    tab.page.route(re.compile(url), lambda route: route.fulfill(
+        status=200, headers={"content-type": "text/event-stream", "cache-control": "no-store"}, body=body), times=1)
+
+
+def test_a_repeated_output_event_is_shown_once(served: Served, tab: Tab) -> None:
+    """An output event the page has applied already (same id) is dropped, not appended again, whatever
+    stream brings it back."""
+    execution_id = served.run("core.local", cmd="sleep 60")
+    served.wait(execution_id, "running")
+    chunk = ("9000000001", "stdout", "once\n")
+    _serve_once(tab, rf"/live/executions/{execution_id}\?", _stream(chunk, chunk, ("9000000002", "stdout", "twice\n")))
+    tab.go(f"/executions/{execution_id}")
+    output = tab.page.locator("pre.output-stdout")
+    output.filter(has_text="twice").wait_for(timeout=15_000)
+    assert output.inner_text().splitlines() == ["once", "twice"]
+    served.api.delete(f"/api/v1/executions/{execution_id}")
+    tab.page.locator("h1 .status", has_text="canceled").wait_for(timeout=15_000)  # the real stream took over
+    assert output.inner_text().splitlines() == ["once", "twice"]
+    assert [error for error in tab.errors if not error.startswith("console: [object Event] ")] == []
+
+
+def test_a_new_row_the_list_has_already_is_kept_once(served: Served, tab: Tab) -> None:
+    """A `new` event that brings a row the page shows (a stream that started from an older top) leaves
+    one row of that id: the new copy, on top."""
+    shown = served.run("webui.lines", count=1, pause=0)
+    served.wait(shown, "succeeded")
+    tab.go("/executions")
+    row = tab.page.locator(f"tr#row-{shown}").evaluate("row => row.outerHTML")
+    fake = "f" * 24
+    _serve_once(tab, r"/live/executions\?", _stream((fake, "new", row.replace(shown, fake) + "\n" + row)))
+    tab.go("/executions")
+    tab.page.locator(f"tr#row-{fake}").wait_for(timeout=15_000)
+    rows = tab.page.locator("table.list tbody tr").evaluate_all("rows => rows.map(row => row.id)")
+    assert rows[:2] == [f"row-{fake}", f"row-{shown}"] and rows.count(f"row-{shown}") == 1, rows
+    assert [error for error in tab.errors if not error.startswith("console: [object Event] ")] == []

@@ -6,6 +6,8 @@ who may do either (a viewer may not; a post without the session's CSRF token is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,17 +17,19 @@ import pytest
 import uvicorn
 
 from bot.accounts import Account, Session, close_session, delete_user, hash_password, open_session, set_password
+from bot.http import ApiServer
 from bot.web import graph, live
 from bot.web import session as sessions
 from bot.web.ansi import AnsiRenderer, render
 from engine.storage import ExecutionFilter, utcnow
 from tests.conftest import free_port, write
+from tests.test_api import KEY
 from tests.test_web_auth import PASSWORD, Web, login, started_web
 
 
 def _demo_workflows(home: Path) -> None:
-    """An Orquesta workflow, an ActionChain and a Mistral workflow in the demo pack that `started_web`
-    completes."""
+    """Orquesta workflows (one waits on an inquiry), an ActionChain and a Mistral workflow in the demo
+    pack that `started_web` completes."""
     pack = home / "packs" / "demo"
     write(pack / "actions" / "flow.yaml", """
         name: flow
@@ -77,6 +81,22 @@ def _demo_workflows(home: Path) -> None:
               - do: last
           last:
             action: core.noop
+    """)
+    write(pack / "actions" / "ask.yaml", """
+        name: ask
+        runner_type: orquesta
+        entry_point: workflows/ask.yaml
+    """)
+    write(pack / "actions" / "workflows" / "ask.yaml", """
+        version: 1.0
+        tasks:
+          approve:
+            action: core.ask
+            input:
+              schema:
+                type: object
+                properties:
+                  approved: {type: boolean, required: true}
     """)
     write(pack / "actions" / "legacy.yaml", """
         name: legacy
@@ -221,6 +241,122 @@ async def test_the_stream_carries_lines_before_the_execution_ends(web: Web) -> N
         await serving
 
 
+@contextlib.asynccontextmanager
+async def _served(web: Web) -> AsyncIterator[str]:
+    """The app on a real server (`ApiServer`, as `squall serve` runs it): its address."""
+    server = ApiServer(web.squall, host="127.0.0.1", port=free_port())
+    await server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.stop()
+
+
+async def _events(response: httpx.Response) -> AsyncIterator[dict[str, str]]:
+    """A server-sent event stream's events, each as its fields (`data` lines joined)."""
+    event: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            event[name] = f"{event[name]}\n{value}" if name == "data" and name in event else value
+
+
+async def _open_streams(stack: contextlib.AsyncExitStack, web: Web, base: str,
+                        execution_id: str) -> list[httpx.Response]:
+    """The four kinds of live stream, open on a real server: the UI's list and execution page (signed
+    in), the API's event stream and an execution's output tail (with a key)."""
+    await web.user("vic", "viewer")
+    browser = await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=30))
+    assert (await login(browser, "vic", PASSWORD)).status_code == 303
+    api = await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=30, headers={"St2-Api-Key": KEY}))
+    opened = [await stack.enter_async_context(client.stream("GET", path)) for client, path in (
+        (browser, "/live/executions"), (browser, f"/live/executions/{execution_id}"),
+        (api, "/stream/v1/stream"), (api, f"/stream/v1/executions/{execution_id}/output"))]
+    assert [response.status_code for response in opened] == [200] * 4
+    return opened
+
+
+@pytest.mark.slow
+async def test_the_server_stops_with_live_streams_open_and_a_next_one_streams_again(web: Web) -> None:
+    """`squall serve` on SIGTERM stops its server while browsers follow live pages: every stream ends
+    (cleanly, with the chunked body's end, not cut off by uvicorn's backstop), so the server does not
+    wait for the browsers to leave while it holds the leader lock. A server started after it in the
+    same process streams again (the shutdown flag it raised was lowered)."""
+    execution_id = await _running(web, "echo started; sleep 60")
+    server = ApiServer(web.squall, host="127.0.0.1", port=free_port())
+    await server.start()
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            opened = await _open_streams(stack, web, f"http://127.0.0.1:{server.port}", execution_id)
+            async with asyncio.timeout(30):  # a hang fails here instead of hanging the test run
+                await server.stop()
+                for response in opened:
+                    await response.aread()  # the end of the body: raises if the connection was cut instead
+        finally:
+            await server.stop()
+    try:
+        async with (_served(web) as base, httpx.AsyncClient(base_url=base, headers={"St2-Api-Key": KEY},
+                                                             timeout=30) as api,
+                    api.stream("GET", f"/stream/v1/executions/{execution_id}/output") as tail):
+            first = await asyncio.wait_for(anext(_events(tail)), 10)
+            assert json.loads(first["data"])["data"] == "started\n"
+    finally:
+        await web.squall.executions.cancel(execution_id)
+        await web.squall.executions.wait(execution_id, 30)
+
+
+async def _statuses_until_end(events: AsyncIterator[dict[str, str]]) -> list[str]:
+    """The `status` events' data a stream sends until its `end`."""
+    seen: list[str] = []
+    while (event := await asyncio.wait_for(anext(events), 30))["event"] != "end":
+        if event["event"] == "status":
+            seen.append(event["data"])
+    return seen
+
+
+def _times(html: str) -> dict[str, str]:
+    """The Started, Ended and Took facts in a page or fragment (`datetime` of a time, else the text)."""
+    found = re.findall(r'<dt>(Started|Ended|Took)</dt><dd>(?:<time datetime="([^"]+)">[^<]*</time>|([^<]*))</dd>',
+                       html)
+    return {name: when or text for name, when, text in found}
+
+
+async def test_the_times_follow_the_status_live_and_a_paused_workflow_has_not_ended(web: Web) -> None:
+    """A paused workflow has an end time stored (the pause's) but has not ended: no Ended or Took on
+    its page. Followed live, the times come with the status: a plain action's page gets Ended and Took
+    when it ends, and a workflow's the time it really ended (the live page kept the pause's)."""
+    client, _ = await web.signed_in("vic", "viewer")
+    session = await _stored_session(web, Account("vic", "viewer"))
+    workflow = (await web.squall.executions.request("demo.ask", {}, {"user": "t", "source": "api"}))["id"]
+    paused = await web.squall.executions.wait(workflow, 30)
+    assert paused["status"] == "paused" and paused["end_timestamp"] is not None
+    page = (await client.get(f"/executions/{workflow}")).text
+    assert set(_times(page)) == {"Started"}
+    events = live._execution_stream(web.squall, session, workflow, 0)
+    while (event := await asyncio.wait_for(anext(events), 10))["event"] != "status":
+        pass
+    assert set(_times(event["data"])) == {"Started"} and "status-paused" in event["data"]
+    (inquiry,) = await web.squall.executions.list(parent=workflow)
+    await web.squall.inquiries.respond(inquiry["id"], {"approved": True}, "vic")
+    last = (await _statuses_until_end(events))[-1]
+    ended = await web.squall.executions.get(workflow)
+    assert ended["status"] == "succeeded" and ended["end_timestamp"] != paused["end_timestamp"]
+    assert _times(last) == {"Started": ended["start_timestamp"], "Ended": ended["end_timestamp"],
+                            "Took": f"{ended['elapsed_seconds']:.1f} s"}
+    assert _times(last) == _times((await client.get(f"/executions/{workflow}")).text)
+
+    action = await _running(web, "sleep 0.3")
+    assert set(_times((await client.get(f"/executions/{action}")).text)) == {"Started"}
+    last = (await _statuses_until_end(live._execution_stream(web.squall, session, action, 0)))[-1]
+    done = await web.squall.executions.get(action)
+    assert _times(last) == {"Started": done["start_timestamp"], "Ended": done["end_timestamp"],
+                            "Took": f"{done['elapsed_seconds']:.1f} s"}
+
+
 # -- the list, live ---------------------------------------------------------------------------------
 
 async def test_the_list_streams_new_rows_and_changed_ones(web: Web) -> None:
@@ -250,6 +386,37 @@ async def test_the_list_streams_new_rows_and_changed_ones(web: Web) -> None:
     for bad, said in (({"status": "bogus"}, "unknown status"), ({"top": "x"}, "execution id")):
         refused = await client.get("/live/executions", params=bad)
         assert refused.status_code == 400 and said in refused.text
+
+
+async def test_the_list_s_stream_resumes_from_its_last_event_id(web: Web) -> None:
+    """Each `new` event names the newest row the page has then (its id); a browser that reconnects
+    sends it back, and the rows it already has are not sent as new again (they were prepended twice)."""
+    first, second, third = [(await web.squall.executions.request("core.noop", {}, {"user": "t"}))["id"]
+                            for _ in range(3)]
+    for execution_id in (first, second, third):
+        await web.squall.executions.wait(execution_id, 30)
+    await web.user("otto", "operator")
+    async with _served(web) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        assert (await login(client, "otto", PASSWORD)).status_code == 303
+        got: dict[str, dict[str, str]] = {}
+        async with client.stream("GET", "/live/executions", params={"top": first}) as stream:
+            events = _events(stream)
+            while (event := await asyncio.wait_for(anext(events), 10))["event"] != f"row-{first}":
+                got[event["event"]] = event
+        assert got["new"]["id"] == third and f'id="row-{second}"' in got["new"]["data"]
+        got = {}
+        # The browser that got that `new` comes back (its page still says top=first) naming `third`.
+        async with client.stream("GET", "/live/executions", params={"top": first},
+                                 headers={"Last-Event-ID": third}) as stream:
+            events = _events(stream)
+            while (event := await asyncio.wait_for(anext(events), 10))["event"] != f"row-{first}":
+                got[event["event"]] = event
+        assert "new" not in got and set(got) == {f"row-{third}", f"row-{second}"}
+        assert got[f"row-{third}"]["id"] == third
+        for wrong in ("not-an-id", "f" * 25):  # a Last-Event-ID that is no execution id is no cursor
+            async with client.stream("GET", "/live/executions", params={"top": first},
+                                     headers={"Last-Event-ID": wrong}) as stream:
+                assert (await asyncio.wait_for(anext(_events(stream)), 10))["event"] == "new"
 
 
 async def test_a_filtered_list_sends_the_end_of_a_row_that_stops_matching(web: Web) -> None:

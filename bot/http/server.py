@@ -9,6 +9,10 @@ from typing import Any
 
 from bot.http.app import create_api
 
+#: How long `stop()` lets requests still running finish before uvicorn cancels them: a backstop, for a
+#: stream the shutdown flag below does not reach (one that is not sse-starlette's) or a slow request.
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
 
 class ApiServer:
     """The API under uvicorn on the running loop: `start()` makes `serve()` a task, `stop()` ends it."""
@@ -23,7 +27,8 @@ class ApiServer:
         # No logging config of uvicorn's own: its handlers print text past `logging.format: json` and
         # its level would override `logging.libraries` (engine/logs.py sets both for its loggers).
         config = uvicorn.Config(app or create_api(squall), host=self.host, port=self.port, log_config=None,
-                                log_level=None, lifespan="off", access_log=False)
+                                log_level=None, lifespan="off", access_log=False,
+                                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
         self.server = uvicorn.Server(config)
         # The service owns SIGINT/SIGTERM (loop.add_signal_handler): uvicorn must not replace them.
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
@@ -38,9 +43,22 @@ class ApiServer:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
+        """Stop serving, ending the live streams (server-sent events) still open.
+
+        uvicorn waits for every open connection to finish, and a live page's stream never does by itself
+        (it pings until the browser leaves). sse-starlette ends its streams when its `AppStatus.should_exit`
+        is set, which it does itself only from uvicorn's signal handler, and the service owns the signals
+        (`capture_signals` above): so it is set here, for as long as this server stops, then lowered again
+        for a server started later in the same process (a test's)."""
         if self.task is None:
             return
+        from sse_starlette.sse import AppStatus
+
         self.server.should_exit = True
-        with contextlib.suppress(Exception, SystemExit):
-            await self.task
+        AppStatus.should_exit = True
+        try:
+            with contextlib.suppress(Exception, SystemExit):
+                await self.task
+        finally:
+            AppStatus.should_exit = False
         self.task = None

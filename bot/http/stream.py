@@ -261,7 +261,8 @@ class Follower:
 
     async def events(self) -> AsyncIterator[Event]:
         """Until the end event was sent, or for as long as the client stays (sse-starlette ends the
-        generator when it goes; its pings keep an idle stream open meanwhile)."""
+        generator when it goes, or when the server stops: `ApiServer.stop`; its pings keep an idle
+        stream open meanwhile)."""
         with Wakeup(self.squall.executions, self.roots[0] if self.roots else None) as wakeup:
             while True:
                 async for event in self.look():

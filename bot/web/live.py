@@ -1,14 +1,21 @@
 """The UI's live updates, as server-sent events (`sse-starlette`) that htmx's SSE extension swaps into
-the page by event name (`sse-swap`): no script of Squall's own runs in the browser.
+the page by event name (`sse-swap`). The one script of Squall's own, `static/live.js`, only keeps the
+stream's URL at the page's last event, so that a stream htmx opens anew goes on from there.
 
 - `/live/executions/{id}`: a running execution's page. `stdout`/`stderr` carry the output printed
   since the chunk the page showed last (`after`, or the `Last-Event-ID` of a browser that reconnects),
-  as escaped HTML with colours (`ansi.py`), appended;
-  `status`, `log`, `tasks` (the task list and graph of a workflow) and `result` replace their parts
-  when they change; `end` comes last, when the execution has ended and all its output was sent, and
-  closes the stream (`sse-close`).
-- `/live/executions`: the list's first page. `new` carries rows newer than the newest shown (put on
-  top), `row-<id>` a row whose status changed (replacing it).
+  as escaped HTML with colours (`ansi.py`), appended, each with the id of its last chunk;
+  `status` (the head: status, controls, times), `log`, `tasks` (the task list and graph of a
+  workflow) and `result` replace their parts when they change; `end` comes last, when the execution
+  has ended and all its output was sent, and closes the stream (`sse-close`).
+- `/live/executions`: the list's first page. `new` carries rows newer than the newest shown (`top`,
+  or the `Last-Event-ID` of a browser that reconnects; put on top), `row-<id>` a row whose status
+  changed (replacing it); each names the newest row the page then has as its id.
+
+A browser that reconnects by itself names the last event it got; one whose stream failed with an
+error status (a proxy's 502) is given a new stream by htmx, from the `sse-connect` URL, which
+`live.js` moved along. Either way nothing the page shows is sent again. The server ends every
+stream when it stops (`bot.http.server.ApiServer.stop`).
 
 A stream outlives the request that opened it, so it looks at its session again every
 `session.RECHECK_SECONDS`: after a logout, a new password or the account's deletion it sends `end`
@@ -29,7 +36,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from sse_starlette import EventSourceResponse
 
 from bot.accounts import Session, current_session
-from bot.web import ansi
+from bot.web import ansi, origin
 from bot.web import session as sessions
 from bot.web.executions import (
     EXECUTION_ID,
@@ -124,6 +131,7 @@ async def _execution_stream(squall: Any, session: Session, execution_id: str,
             if state != shown:
                 view = execution_view(squall, record, children, tasks)
                 yield {"event": "status", "data": fragment("_execution_status.html", record=record, session=session,
+                                                           origin=origin.details(record),
                                                            **controls(squall, session, record))}
                 yield {"event": "log", "data": fragment("_execution_log.html", record=record)}
                 if children:
@@ -169,9 +177,12 @@ def _runs(rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
 
 @router.get("/live/executions")
 async def list_events(request: Request, top: str = "", session: Session = Depends(viewer)) -> EventSourceResponse:
-    """The list's first page as it changes; `top` is the newest id the page showed (new rows are newer)."""
+    """The list's first page as it changes; `top` is the newest id the page showed (new rows are newer),
+    or the `Last-Event-ID` of a browser that reconnects, when newer: the rows it prepended since."""
     if top and not EXECUTION_ID.match(top):
         raise PageError("'top' must be an execution id (24 hexadecimal digits)")
+    if EXECUTION_ID.fullmatch(resumed := request.headers.get("last-event-id", "")):
+        top = max(top, resumed)
     where = execution_filter({name: request.query_params.get(name, "").strip() for name in FILTERS})
     return EventSourceResponse(_list_stream(request.app.state.squall, session, where, top), ping=PING_SECONDS)
 
@@ -182,7 +193,8 @@ async def _list_stream(squall: Any, session: Session, where: ExecutionFilter,
     newer than `top`, or new to this page since the last look: a row that came to match the filter,
     or one another process committed late), and rows whose status changed (`row-<id>`). A row that
     left the page unfinished (a filter on `running` it no longer matches) is sent once more as it
-    ended, so the page does not show it running for ever. Only the rows of the last look are kept."""
+    ended, so the page does not show it running for ever. Only the rows of the last look are kept.
+    Each event's id is `top` once it is applied (`_cursor`)."""
     known: dict[str, tuple[str, Any]] | None = None  # None before the first look: the page's rows
     watch = _SessionWatch(squall, session)
     with Wakeup(squall.executions, None) as wakeup:
@@ -194,21 +206,28 @@ async def _list_stream(squall: Any, session: Session, where: ExecutionFilter,
             rows = await squall.db(squall.store.execution_keyset, where, limit=PAGE_SIZE)
             fresh = [row for row in rows if row["id"] > top or (known is not None and row["id"] not in known)]
             if fresh:
-                yield {"event": "new", "data": "".join(_row_html(session, row) for row in fresh)}
                 top = max(top, *(row["id"] for row in fresh))
+                yield _cursor({"event": "new", "data": "".join(_row_html(session, row) for row in fresh)}, top)
             shown = known or {}
             states = {row["id"]: (row["status"], row["end_timestamp"]) for row in rows}
             for row in rows:
                 # Every row once at first (it may have changed since the page was made), then on change.
                 if row not in fresh and (known is None or shown.get(row["id"]) != states[row["id"]]):
-                    yield {"event": f"row-{row['id']}", "data": _row_html(session, row)}
+                    yield _cursor({"event": f"row-{row['id']}", "data": _row_html(session, row)}, top)
             for gone, (status, _ended) in shown.items():
                 if gone not in states and status not in COMPLETED:
                     record = await squall.db(squall.store.get_execution, gone)
                     if record is not None:
-                        yield {"event": f"row-{gone}", "data": _row_html(session, record)}
+                        yield _cursor({"event": f"row-{gone}", "data": _row_html(session, record)}, top)
             known = states
             await wakeup.wait(POLL_SECONDS * 2)
+
+
+def _cursor(event: dict[str, str], top: str) -> dict[str, str]:
+    """`event` with the newest row the page has once it is applied as its id: what a browser that
+    reconnects sends back (`Last-Event-ID`) and `static/live.js` puts into the stream's URL, so rows
+    prepended already are not sent as new again. None yet (an empty list): no id."""
+    return {**event, "id": top} if top else event
 
 
 def _row_html(session: Session, row: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.templating import Jinja2Templates
 
+from engine.executions import COMPLETED
 from engine.parameters import MAX_INTEGER
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -58,6 +59,8 @@ def _environment() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["pretty_json"] = _pretty_json
     env.filters["when"] = _when
+    # `status is ended`: a status nothing follows (a paused workflow has an end time, but goes on).
+    env.tests["ended"] = COMPLETED.__contains__
     return env
 
 
