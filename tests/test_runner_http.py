@@ -73,6 +73,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.record.gone.set()
                 return
 
+    def _slow_headers(self) -> None:
+        """The status line, then one header a byte every 0.2 s for 8 s; notes when the client hangs up."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            for _ in range(40):
+                if self.server.record.release.wait(0.2):
+                    return
+                self.wfile.write(b"a")
+            self.wfile.write(b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")  # no body to time out
+            return
+        self.server.record.gone.set()  # a write failed: the client shut the connection
+
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -111,27 +124,44 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.record.gone.set()  # the stream only stops early when a write failed
         elif route == "/hold":  # no answer for a minute; notes when the client hangs up
             self._hold()
+        elif route == "/slow-headers":
+            self._slow_headers()
         else:
             self._reply(404, b"no such page")
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle
 
 
-@pytest.fixture
-def server() -> Iterator[Server]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+@contextlib.contextmanager
+def _listening(address: str, record: Server | None = None) -> Iterator[tuple[Server, str]]:
+    """A test server on `address` and its URL, recording into `record` (a new one when None)."""
+    httpd = ThreadingHTTPServer((address, 0), _Handler)
     httpd.daemon_threads = True
-    record = Server(url=f"http://127.0.0.1:{httpd.server_address[1]}")
+    url = f"http://{address}:{httpd.server_address[1]}"
+    record = record or Server(url=url)
     httpd.record = record  # type: ignore[attr-defined]
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield record
+        yield record, url
     finally:
         record.release.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    with _listening("127.0.0.1") as (record, _):
+        yield record
+
+
+@pytest.fixture
+def other_host(server: Server) -> Iterator[str]:
+    """The URL of a second listener, on 127.0.0.2 (another host), recording into `server`'s record."""
+    with _listening("127.0.0.2", server) as (_, url):
+        yield url
 
 
 async def run(app: Squall, params: dict[str, Any]) -> dict[str, Any]:
@@ -303,10 +333,11 @@ async def test_url_hosts_whitelist(squall: Squall, server: Server) -> None:
 
 
 @pytest.mark.parametrize("lists", [{"url_hosts_blacklist": ["127.0.0.1"]}, {"url_hosts_whitelist": ["localhost"]}])
-async def test_a_redirect_cannot_lead_to_a_host_the_lists_refuse(squall: Squall, server: Server,
+async def test_a_redirect_cannot_lead_to_a_host_the_lists_refuse(squall: Squall, server: Server, other_host: str,
                                                                  lists: dict[str, list[str]]) -> None:
-    """The host lists hold for every hop: the refused host is never asked anything."""
-    start = server.url.replace("127.0.0.1", "localhost")
+    """The host lists hold for every hop: the refused host is never asked anything. (Against the
+    blacklist the first hop is 127.0.0.2: localhost is refused too, being 127.0.0.1.)"""
+    start = other_host if "url_hosts_blacklist" in lists else server.url.replace("127.0.0.1", "localhost")
     target = f"{server.url}/json"
     done = await run(squall, {"url": f"{start}/redirect-to?to={target}", "allow_redirects": True, **lists})
     assert done["status"] == "failed", done["result"]
@@ -316,6 +347,52 @@ async def test_a_redirect_cannot_lead_to_a_host_the_lists_refuse(squall: Squall,
     done = await run(squall, {"url": f"{start}/redirect-to?to={start}/json", "allow_redirects": True, **lists})
     assert done["status"] == "succeeded", done["result"]
     assert done["result"]["body"] == {"hello": "world", "n": [1, 2]}
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "127.1", "0177.0.0.1", "127.0.0.1.", "LOCALHOST.",
+                                  "[::ffff:127.0.0.1]"])
+async def test_the_blacklist_holds_for_every_spelling_of_a_host(squall: Squall, server: Server, host: str) -> None:
+    """Names are compared without case or a trailing dot, addresses as addresses: 2130706433, 0x7f000001,
+    127.1 and 0177.0.0.1 are all 127.0.0.1 to the resolver, so all are refused before any connection."""
+    port = urlparse(server.url).port
+    done = await run(squall, {"url": f"http://{host}:{port}/json", "url_hosts_blacklist": ["127.0.0.1", "localhost"]})
+    assert done["status"] == "failed", done["result"]
+    assert "which is not allowed for this action" in done["result"]["error"]
+    assert server.seen == []
+
+
+@pytest.mark.parametrize("entry", ["Localhost", "localhost.", "LOCALHOST"])
+async def test_a_whitelist_entry_matches_whatever_its_case(squall: Squall, server: Server, entry: str) -> None:
+    done = await run(squall, {"url": f"{server.url.replace('127.0.0.1', 'Localhost')}/json",
+                              "url_hosts_whitelist": [entry]})
+    assert done["status"] == "succeeded", done["result"]
+    done = await run(squall, {"url": f"{server.url}/json", "url_hosts_whitelist": ["0x7f000001"]})
+    assert done["status"] == "succeeded", done["result"]
+
+
+async def test_the_blacklist_holds_for_the_address_a_name_leads_to(squall: Squall, server: Server,
+                                                                   other_host: str) -> None:
+    """An address in the blacklist is checked against the address connected to, before anything is
+    sent: a name that resolves to it (localhost is 127.0.0.1) is refused, on the first hop or a redirect."""
+    by_name = server.url.replace("127.0.0.1", "localhost")
+    done = await run(squall, {"url": f"{by_name}/json", "url_hosts_blacklist": ["127.0.0.1"]})
+    assert done["status"] == "failed", done["result"]
+    assert 'the host "localhost" is at 127.0.0.1, which url_hosts_blacklist lists' in done["result"]["error"]
+    assert server.seen == []
+    done = await run(squall, {"url": f"{other_host}/redirect-to?to={by_name}/json", "allow_redirects": True,
+                              "url_hosts_blacklist": ["127.0.0.1"]})
+    assert done["status"] == "failed", done["result"]
+    assert "is at 127.0.0.1" in done["result"]["error"]
+    assert [seen["path"] for seen in server.seen] == ["/redirect-to"]
+
+
+async def test_timeout_bounds_the_wait_for_the_headers(squall: Squall, server: Server) -> None:
+    """Headers that keep trickling in, each byte within a read timeout, end at `timeout` too, and the
+    connection is closed then (the server's next write fails)."""
+    done = await run(squall, {"url": f"{server.url}/slow-headers", "timeout": 1})
+    assert done["status"] == "timeout", done["result"]
+    assert "/slow-headers" in done["result"]["error"] and "1 seconds" in done["result"]["error"]
+    assert await asyncio.to_thread(server.gone.wait, 20), "the timed-out request's connection stayed open"
 
 
 async def test_timeout_bounds_the_whole_request(squall: Squall, server: Server) -> None:

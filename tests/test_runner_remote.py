@@ -9,12 +9,14 @@ engine end to end. The "remote" processes run on this machine, so their pids can
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import pytest
 
 from bot.app import Squall
@@ -257,6 +259,48 @@ async def test_runner_error_names_the_key_path_itself(squall: Squall, sshd: SSHS
     outcome = await RemoteShellRunner().run(request)
     assert outcome.status == "failed"
     assert missing in outcome.result[sshd.host]["error"]
+
+
+def _pieces(secret: str, size: int = 6) -> list[str]:
+    """Every `size`-character run of `secret`: none may show in an error (masking hides only the whole)."""
+    return [secret[i : i + size] for i in range(len(secret) - size + 1)]
+
+
+@pytest.mark.parametrize("joined", ["", "\n"], ids=["one-line", "lines"])
+async def test_key_material_without_its_armor_is_not_quoted(squall: Squall, joined: str) -> None:
+    """The base64 body of a key whose BEGIN/END lines were lost is no file path: the error says what
+    private_key must be and quotes none of it (it once quoted the "file" and "folder", most of the key)."""
+    key = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+    body = joined.join(line for line in key.splitlines() if "PRIVATE KEY" not in line)
+    params = {"hosts": "127.0.0.1:1", "private_key": body, "cmd": "true"}
+    outcome = await RemoteShellRunner().run(RunRequest("x1", squall.registry.action("core.remote"), params,
+                                                       {}, {}, {}))
+    error = outcome.result["127.0.0.1:1"]["error"]
+    assert outcome.status == "failed"
+    assert "private_key is neither a readable key file nor key material" in error
+    assert [piece for piece in _pieces(body) if piece in error] == []
+    done = await run(squall, "core.remote", params)  # and so the stored record
+    stored = squall.store.get_execution(done["id"])["result"]["127.0.0.1:1"]["error"]
+    assert [piece for piece in _pieces(body) if piece in stored] == []
+
+
+async def test_key_import_errors_do_not_quote_what_they_read(squall: Squall) -> None:
+    """asyncssh names what it could not use ("Unknown cipher: <the bytes read>"): a mangled key's bytes
+    stand there, so the error keeps asyncssh's words up to the colon."""
+    def string(data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + data
+
+    field = b"k3y-m4teri4l-s3cret"
+    blob = (b"openssh-key-v1\0" + string(field) + string(b"bcrypt") + string(b"") + (1).to_bytes(4, "big")
+            + string(b"") + string(b""))
+    key = ("-----BEGIN OPENSSH PRIVATE KEY-----\n" + base64.b64encode(blob).decode()
+           + "\n-----END OPENSSH PRIVATE KEY-----\n")
+    params = {"hosts": "127.0.0.1:1", "private_key": key, "passphrase": "pass", "cmd": "true"}
+    outcome = await RemoteShellRunner().run(RunRequest("x1", squall.registry.action("core.remote"), params,
+                                                       {}, {}, {}))
+    error = outcome.result["127.0.0.1:1"]["error"]
+    assert "cannot use the private_key given: Unknown cipher" in error
+    assert field.decode() not in error
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import ipaddress
 import json
+import re
 import socket
 import threading
 import time
@@ -37,9 +39,64 @@ class _HostRefused(requests.RequestException):
     """A redirect leads to a host this action may not call: raised before that host is asked anything."""
 
 
+class _AddressRefused(Exception):
+    """A connection reached an address `url_hosts_blacklist` lists: raised before anything is sent.
+
+    Not an `OSError` (as requests' errors are): urllib3 would take it for a network error, retry and
+    wrap it; this one leaves the request as it is."""
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: What the resolver may read as an IPv4 address in the old forms `inet_aton` takes (2130706433,
+#: 0x7f000001, 127.1, 0177.0.0.1): digits, hex digits, x and dots, nothing else.
+_NUMERIC_HOST = re.compile(r"[0-9a-fx.]+")
+
+
+def _address(host: str) -> _Address | None:
+    """`host` as an IP address when the resolver would read it as one (an IPv4-mapped IPv6 address as
+    its IPv4 address), else None. `host` is lower case, without brackets or a trailing dot."""
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(host)
+        mapped = getattr(address, "ipv4_mapped", None)
+        return mapped or address
+    if _NUMERIC_HOST.fullmatch(host):
+        with contextlib.suppress(OSError):
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+    return None
+
+
+def _host_key(host: Any) -> str | _Address:
+    """What a host is compared by: its address when it is one, however written, else its name in lower
+    case without the trailing dot (`Example.COM.` is `example.com`)."""
+    name = str(host).strip().lower().removeprefix("[").removesuffix("]").rstrip(".")
+    return _address(name) or name
+
+
 def _refused(host: str, blacklist: Any, whitelist: Any) -> bool:
-    """Whether `url_hosts_blacklist` / `url_hosts_whitelist` forbid this action to call `host`."""
-    return bool((blacklist and host in blacklist) or (whitelist and host not in whitelist))
+    """Whether `url_hosts_blacklist` / `url_hosts_whitelist` forbid this action to call `host`.
+
+    Both sides are compared by `_host_key`: `http://2130706433/` is refused by a blacklisted
+    `127.0.0.1` as `http://127.0.0.1/` is, and a whitelisted `Localhost` allows `http://localhost/`."""
+    key = _host_key(host)
+    if blacklist:
+        return any(key == _host_key(entry) for entry in blacklist)
+    return bool(whitelist) and not any(key == _host_key(entry) for entry in whitelist)
+
+
+def _blocked_addresses(blacklist: Any) -> frozenset[_Address]:
+    """The addresses `url_hosts_blacklist` lists, for checking the address each connection reaches."""
+    keys = (_host_key(entry) for entry in blacklist or ())
+    return frozenset(key for key in keys if not isinstance(key, str))
+
+
+def _check_peer(sock: socket.socket, host: str, blocked: frozenset[_Address]) -> None:
+    """Refuse a connection whose far end is a blacklisted address, whatever name led there (a DNS name
+    of 127.0.0.1 passes the name check). Closes the socket before raising: nothing was sent on it."""
+    peer = _host_key(sock.getpeername()[0].split("%", 1)[0])
+    if peer in blocked:
+        sock.close()
+        raise _AddressRefused(f'the host "{host}" is at {peer}, which url_hosts_blacklist lists')
 
 
 def _guard_redirects(session: requests.Session, blacklist: Any, whitelist: Any) -> Any:
@@ -114,12 +171,15 @@ def _shut(sock: socket.socket) -> None:
 
 
 class _AbortableAdapter(HTTPAdapter):
-    """requests' adapter whose connections report their sockets to an `_Abort` once connected.
+    """requests' adapter whose connections report their sockets to an `_Abort` once connected, and
+    whose new sockets are checked against the blacklist's addresses (`_check_peer`) before use.
 
-    The session, and so its pools, belong to one run: the pool's connection factory is wrapped in place."""
+    The session, and so its pools, belong to one run: the pool's connection factory is wrapped in place.
+    Through a proxy the socket reaches the proxy, not the host, so it is not checked."""
 
-    def __init__(self, abort: _Abort) -> None:
+    def __init__(self, abort: _Abort, blocked: frozenset[_Address] = frozenset()) -> None:
         self._abort = abort
+        self._blocked = blocked
         super().__init__()
 
     def get_connection_with_tls_context(self, *args: Any, **kwargs: Any) -> Any:
@@ -131,10 +191,13 @@ class _AbortableAdapter(HTTPAdapter):
     def _tracked(self, pool: Any) -> Any:
         if not getattr(pool, "_squall_abortable", False):
             new_conn, abort = pool._new_conn, self._abort
+            blocked = self._blocked if getattr(pool, "proxy", None) is None else frozenset()
 
             def tracked_conn() -> Any:
                 conn = new_conn()
                 connect = conn.connect
+                if blocked:
+                    conn._new_conn = _checked_socket(conn, blocked)
 
                 def tracked_connect() -> None:
                     connect()
@@ -146,6 +209,24 @@ class _AbortableAdapter(HTTPAdapter):
             pool._new_conn = tracked_conn
             pool._squall_abortable = True
         return pool
+
+
+def _checked_socket(conn: Any, blocked: frozenset[_Address]) -> Any:
+    """Wrap a urllib3 connection's socket factory (what its `connect` calls first, before TLS) so the
+    socket is checked by `_check_peer` as soon as it is connected."""
+    new_socket = conn._new_conn
+
+    def checked() -> socket.socket:
+        sock = new_socket()
+        _check_peer(sock, conn.host, blocked)
+        return sock
+
+    return checked
+
+
+def _timeout(request: RunRequest) -> float:
+    """The run's `timeout` parameter in seconds (StackStorm's default, 60)."""
+    return float(request.action_parameters.get("timeout") or 60)
 
 
 def _send(request: RunRequest, abort: _Abort | None = None) -> RunOutcome:
@@ -173,15 +254,14 @@ def _send(request: RunRequest, abort: _Abort | None = None) -> RunOutcome:
         body = _json_body(body)
     proxies = {k: v for k, v in (("http", runner.get("http_proxy")), ("https", runner.get("https_proxy"))) if v}
     auth = (runner["username"], runner.get("password") or "") if runner.get("username") else None
-    timeout = float(params.get("timeout") or 60)
+    timeout = _timeout(request)
     deadline = time.monotonic() + timeout
     truncated = False
     try:
         with requests.Session() as session:
-            if abort is not None:
-                adapter = _AbortableAdapter(abort)
-                session.mount("http://", adapter)
-                session.mount("https://", adapter)
+            adapter = _AbortableAdapter(abort or _Abort(), _blocked_addresses(blacklist))
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             response = session.request(
                 method, url, headers=headers, params=params.get("params") or None, data=body, files=files,
                 cookies=runner.get("cookies") or None, auth=auth, proxies=proxies or None,
@@ -192,7 +272,7 @@ def _send(request: RunRequest, abort: _Abort | None = None) -> RunOutcome:
                 content, truncated = _read_body(response, deadline)
     except (requests.Timeout, TimeoutError) as exc:
         return RunOutcome("timeout", {"error": f"request to {url} timed out after {timeout:g} seconds: {exc}"})
-    except _HostRefused as exc:
+    except (_HostRefused, _AddressRefused) as exc:
         return RunOutcome("failed", {"error": f"request to {url} refused: {exc}"})
     except requests.RequestException as exc:
         return RunOutcome("failed", {"error": f"request to {url} failed: {exc}"})
@@ -213,20 +293,37 @@ def _send(request: RunRequest, abort: _Abort | None = None) -> RunOutcome:
 #: How long a canceled run waits for its request's thread to notice the shut-down sockets.
 _ABORT_WAIT = 5.0
 
+#: How long past its `timeout` a request may take before the run ends it: the thread's own checks (a
+#: connect's or a read's timeout, the body's deadline) usually end it first and say where it was.
+_TIMEOUT_SLACK = 1.0
+
 
 class HttpRunner:
     async def run(self, request: RunRequest) -> RunOutcome:
-        """Send the request in a thread; a cancel shuts its connection down and ends the thread with it,
-        instead of leaving the request to run to its end or its timeout."""
+        """Send the request in a thread; a cancel, or the run's `timeout` passing, shuts its connection
+        down and ends the thread with it, instead of leaving the request to run to its end.
+
+        requests' `timeout` bounds each socket read only, so a server sending its headers a byte at a
+        time would hold the thread far past it; the whole send is bounded here."""
         abort = _Abort()
         sending = asyncio.ensure_future(asyncio.to_thread(_send, request, abort))
+        timeout = _timeout(request)
         try:
-            return await asyncio.shield(sending)
+            return await asyncio.wait_for(asyncio.shield(sending), timeout + _TIMEOUT_SLACK)
+        except TimeoutError:
+            await _end(abort, sending)
+            url = request.runner_parameters["url"]
+            return RunOutcome("timeout", {"error": f"request to {url} timed out after {timeout:g} seconds"})
         except asyncio.CancelledError:
-            abort.abort()
-            await asyncio.wait([sending], timeout=_ABORT_WAIT)  # a connect under way ends at its timeout
-            sending.add_done_callback(_ignore_result)
+            await _end(abort, sending)
             raise
+
+
+async def _end(abort: _Abort, sending: asyncio.Future[RunOutcome]) -> None:
+    """Shut the request's connection down and give its thread a moment to notice; its outcome is dropped."""
+    abort.abort()
+    await asyncio.wait([sending], timeout=_ABORT_WAIT)  # a connect under way ends at its timeout
+    sending.add_done_callback(_ignore_result)
 
 
 def _ignore_result(task: asyncio.Future[Any]) -> None:

@@ -192,16 +192,36 @@ def _load_key(private_key: str, passphrase: str | None) -> asyncssh.SSHKey:
     return asyncssh.read_private_key(private_key, passphrase)
 
 
+#: What a private_key that names a file looks like: one short line of path characters, starting as a
+#: path does. Only such a value is quoted in an error (its file name and folder); anything else may be
+#: key material that lost its BEGIN/END lines, and masking hides only the whole value, not a piece.
+_KEY_PATH = re.compile(r"[/~.][\w./~+@=,: -]{0,254}")
+
+
 def _key_error(private_key: str, exc: Exception) -> str:
     if "PRIVATE KEY" in private_key:
-        return f"cannot use the private_key given: {_describe(exc)}"
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _describe(exc)
+        return f"cannot use the private_key given: {_key_reason(exc)}"
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _key_reason(exc)
+    if not _KEY_PATH.fullmatch(private_key):
+        return ("private_key is neither a readable key file nor key material: give the path of a key file "
+                f"(starting with /, ~ or .) or the whole key, its BEGIN and END lines included ({reason})")
     reason = reason.replace(private_key, "the file")
     path = Path(private_key)
     # The path is a secret parameter's value, so the execution record masks it; the folder and the
     # file name stay readable there.
     return (f"cannot read the private_key file {private_key} (file {path.name!r} in folder {str(path.parent)!r}): "
             f"{reason}")
+
+
+def _key_reason(exc: Exception) -> str:
+    """Why asyncssh could not use a key, without what it read from it.
+
+    asyncssh appends what it found to some messages ("Unknown cipher: <field>", "Unknown PEM key type:
+    <name>"); in a mangled key that field may be key bytes, so only the words before the colon are
+    kept. A decoding error quotes a byte and its position: it is said in words instead."""
+    if isinstance(exc, UnicodeError):
+        return "the key is not ASCII text"
+    return _describe(exc).split(":", 1)[0]
 
 
 class RemoteShellRunner:
