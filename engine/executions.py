@@ -754,8 +754,11 @@ class ExecutionService:
         # The action's API token; scrubbed from the result like a secret.
         if _tokened(record):
             context = record["context"]
+            runner = RUNNER_TYPES.get(record["runner"])
+            limit = (runner.longest(request.runner_parameters) if runner is not None
+                     else request.runner_parameters.get("timeout"))
             request.auth_token = mint(self.db.store, record["id"], context.get("user") or context.get("api_user"),
-                                      request.runner_parameters.get("timeout"))
+                                      limit)
             request.revealed.append(request.auth_token)
         return request, secrets
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,9 +24,10 @@ import yaml
 
 from bot.app import Squall
 from bot.http import ApiServer
-from engine import tokens
+from engine import executions, tokens
 from engine.config import load_config
 from engine.executions import new_id
+from engine.runners import RUNNER_TYPES
 from engine.storage import Store, action_tokens, utcnow
 from tests.conftest import free_port, write
 
@@ -155,6 +157,34 @@ async def test_a_canceled_execution_s_token_is_revoked_and_tokens_are_no_api_key
     assert final["status"] == "canceled"
     assert (await env.api.get(f"/executions/{requested['id']}", headers=headers)).status_code == 401
     assert _token_rows(env.squall.store, requested["id"]) == []
+
+
+def test_a_remote_runs_token_lasts_as_long_as_its_hosts_may_take() -> None:
+    """`timeout` bounds each host's connection and command, one host after the other unless
+    `parallel`: a token bound by one `timeout` (plus the grace) stopped working under the later hosts
+    of a long sequential run."""
+    remote, local = RUNNER_TYPES["remote-shell-cmd"], RUNNER_TYPES["local-shell-cmd"]
+    assert remote.longest({"timeout": 30, "hosts": "h1, h2,h3,"}) == 180
+    assert remote.longest({"timeout": 30, "hosts": "h1,h2,h3", "parallel": True}) == 60
+    assert RUNNER_TYPES["remote-shell-script"].longest({"timeout": 10, "hosts": "h1,h2"}) == 40
+    assert local.longest({"timeout": 30, "hosts": "h1,h2,h3"}) == 30
+    assert local.longest({"timeout": 0}) is None and remote.longest({"hosts": "h1"}) is None
+
+
+async def test_a_remote_runs_token_is_minted_for_all_its_hosts(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim mints the token with the runner's `longest`: 3 hosts one after the other, 20 s each."""
+    limits: list[Any] = []
+    mint = executions.mint
+
+    def minting(store: Store, execution_id: str, user: str | None, timeout: Any = None) -> str:
+        limits.append(timeout)
+        return mint(store, execution_id, user, timeout)
+
+    monkeypatch.setattr(executions, "mint", minting)
+    requested = await env.squall.executions.request("core.remote", {
+        "hosts": "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "cmd": "true", "timeout": 20})
+    await env.squall.executions.wait(requested["id"], timeout=60)
+    assert limits == [120.0]
 
 
 def _dead_pid() -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import pwd
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -66,6 +66,22 @@ class RunnerType:
     #: Whether its runs get StackStorm's per-execution API token (`engine/tokens.py`). Runners that
     #: run in Squall's process and call no API need none: minting one is a write per run.
     token: bool = True
+    #: Whether `timeout` bounds each of its `hosts`, its connection and its command each, one host after
+    #: the other unless `parallel` (the remote runners).
+    per_host: bool = False
+
+    def longest(self, parameters: Mapping[str, Any]) -> float | None:
+        """The longest a run with these runner parameters may take, in seconds (its API token lasts
+        that long at most); None when nothing bounds it. A remote run of 13 hosts one after the other
+        may take 26 times its `timeout`: a token bound by one `timeout` died under its later hosts."""
+        timeout = parameters.get("timeout")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            return None
+        if not self.per_host:
+            return float(timeout)
+        hosts = 1 if parameters.get("parallel") else max(1, sum(
+            1 for host in str(parameters.get("hosts") or "").split(",") if host.strip()))
+        return float(timeout) * 2 * hosts
 
 
 def _check_workflow(kind: str, path: Path, display: str) -> None:
@@ -104,12 +120,14 @@ RUNNER_TYPES: dict[str, RunnerType] = {
                 "dir": {**_REMOTE_DIR, "immutable": True},
             },
             forbids_entry_point=True,
+            per_host=True,
         ),
         RunnerType(
             "remote-shell-script",
             "Copies the action's script to one or more hosts over SSH and runs it with its parameters.",
             {**_REMOTE_COMMON, "dir": _REMOTE_DIR},
             needs_entry_point=True,
+            per_host=True,
         ),
         RunnerType(
             "python-script",
