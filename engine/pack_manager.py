@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import functools
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import libc
 from engine.config import SYSTEM_PACKS_PATH
 from engine.packs import REPLACEABLE_PACKS, SYSTEM_PACKS, Pack, Registry, discover, load_pack
 from engine.processes import dying_with_service
@@ -818,15 +818,9 @@ _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
 
-@functools.cache
 def _renameat2() -> Callable[..., int] | None:
-    try:
-        call = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    call.restype = ctypes.c_int
-    return call
+    return libc.function("renameat2", (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint),
+                         ctypes.c_int)
 
 
 def _exchange(first: Path, second: Path) -> bool:

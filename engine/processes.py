@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from engine import libc
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -158,17 +160,11 @@ def _setpriv() -> str | None:
     return path if "--pdeathsig" in usage else None
 
 
-@functools.cache
 def _prctl() -> Callable[..., int] | None:
-    try:
-        import ctypes
+    import ctypes
 
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl
+    return libc.function("prctl", (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong),
+                         ctypes.c_int)
 
 
 def dying_with_service(argv: list[str]) -> tuple[list[str], dict[str, Any]]:

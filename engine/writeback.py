@@ -14,28 +14,21 @@ Elsewhere than Linux it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
 import os
 import sys
 from collections.abc import Callable
+
+from engine import libc
 
 #: `SYNC_FILE_RANGE_WRITE` (linux/fs.h): start writing back the dirty pages of the range, do not wait.
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-@functools.cache
 def _sync_file_range() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        function = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
+    return libc.function("sync_file_range", (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint),
+                         ctypes.c_int)
 
 
 def available() -> bool:
