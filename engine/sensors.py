@@ -3,7 +3,9 @@
 A sensor that raises, exits or hangs only ever costs its own process: the container restarts it
 with a growing delay (reset once it has stayed up a while), emits the sensor lifecycle triggers,
 and on stop sends SIGTERM, then SIGKILL to one that does not leave. Sensors dispatch through the
-parent, which stores every instance before processing it, exactly as webhooks and timers do.
+parent, which stores every instance before processing it, exactly as webhooks and timers do. Its
+output goes to Squall's log, masked of the secrets it was given or has decrypted, at most
+`LOG_LINES_PER_SECOND` lines a second, so a sensor stuck printing holds neither the log nor the loop.
 
 A sensor leads a process group of its own. What it starts (`tail -F`, a watcher) inherits its
 output and stays in that group, so the container waits for the sensor process itself to exit,
@@ -22,11 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import itertools
 import json
 import logging
+import math
 import os
 import signal
+import stat
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -50,6 +56,16 @@ SENSOR_SCRIPT = COMPAT_PATH / "squall_sensor.py"
 SPAWN, EXIT = "core.st2.sensor.process_spawn", "core.st2.sensor.process_exit"
 #: A line of the sensor's output longer than this is dropped (with a warning), not the relay with it.
 _LOG_LINE_LIMIT = 1024 * 1024
+#: Lines relayed (or messages handled) between two yields to the event loop. A stream reader hands
+#: out lines already in its buffer without awaiting anything, and a sensor writing short lines as fast
+#: as it can keeps that buffer full: without a yield, serve's loop (API, chat, timers) stalled for seconds.
+_YIELD_EVERY = 100
+#: Lines of one sensor's output relayed to the log in a second; past it they are dropped and counted.
+LOG_LINES_PER_SECOND = 1000
+#: What a sensor's process imports besides its entry point's folder: the pack folders on its import
+#: path (`engine.runners.python._pythonpath`), and the files in them that are code.
+_CODE_FOLDERS = ("sensors", "lib", "actions/lib")
+_CODE_SUFFIXES = (".py", ".so")
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
            "CRITICAL": logging.CRITICAL}
 
@@ -120,6 +136,84 @@ def trigger_object(item: dict[str, Any]) -> dict[str, Any]:
     digest = hashlib.sha1(item["key"].encode()).hexdigest()[:24]
     return {"id": digest, "ref": f"{pack}.{digest}", "uid": f"trigger:{pack}:{digest}", "name": digest,
             "pack": pack, "type": item["type"], "parameters": item["parameters"], "description": ""}
+
+
+def code_fingerprint(spec: SensorSpec) -> str:
+    """A summary of the code a sensor's process imports, from the file system alone: path, size,
+    mtime, ctime and inode of its entry point and of the code files under its folder and the pack's
+    `sensors/`, `lib/` and `actions/lib/` (no file is read; the pack folder is the one `_run_once`
+    gives the process). A reload compares it with the one the running sensor started with, so an
+    edited sensor is restarted, as StackStorm restarts a sensor registered again, instead of running
+    its old code until serve restarts. Only code files count: a sensor that writes its state beside
+    its code is not restarted for that."""
+    digest = hashlib.sha256()
+    _stat_into(digest, spec.file)
+    seen: set[str] = set()
+    pack_path = spec.file.parent.parent
+    for root in (spec.file.parent, *(pack_path / folder for folder in _CODE_FOLDERS)):
+        _code_files_into(digest, root, seen)
+    return digest.hexdigest()
+
+
+def _stat_into(digest: Any, path: str | Path, info: os.stat_result | None = None) -> None:
+    try:
+        info = info or os.stat(path)
+    except OSError:  # gone or unreadable: still part of the summary
+        digest.update(f"?{path}\0".encode())
+        return
+    digest.update(f"F{path}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}\0{info.st_ino}\0".encode())
+
+
+def _code_files_into(digest: Any, root: Path, seen: set[str]) -> None:
+    """`_stat_into` for every code file under `root`, symlinked folders followed, each real folder once."""
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:  # no such folder (most packs have no lib/): nothing it could import
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat()  # follows symlinks: a link to a changed file counts as changed
+            except OSError:
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                if entry.name != "__pycache__" and not entry.name.startswith("."):
+                    stack.append(entry.path)
+            elif entry.name.endswith(_CODE_SUFFIXES):
+                _stat_into(digest, entry.path, info)
+
+
+#: A sensor to run: its spec, its pack's config and config schema, and its `code_fingerprint`.
+_Wanted = tuple[SensorSpec, dict[str, Any], dict[str, Any], str]
+
+
+def _wanted(registry: Registry, sensors: list[SensorSpec]) -> dict[str, _Wanted]:
+    """The enabled sensors of loaded packs, by ref (a thread's work: it looks at their files)."""
+    wanted = {}
+    for spec in sensors:
+        pack = registry.packs.get(spec.pack)
+        if spec.enabled and pack is not None:
+            wanted[spec.ref] = (spec, pack.config, pack.config_schema, code_fingerprint(spec))
+    return wanted
+
+
+def _what_changed(running: _Running, now: _Wanted) -> str:
+    """What differs between a running sensor and the one to run now ("" when nothing does)."""
+    spec, config, schema, code = now
+    parts = []
+    if running.spec != spec:
+        parts.append("its metadata")
+    if (running.config, running.schema) != (config, schema):
+        parts.append("its pack's config")
+    if running.code != code:
+        parts.append("its code")
+    return ", ".join(parts)
 
 
 #: `datastore_call(method, args)`: the sensor service's datastore methods, answered by the service.
@@ -227,6 +321,15 @@ class _Running:
     #: Since when the message reader has waited for a line (None while it handles one): after the
     #: sensor exited, a pipe that stays silent this long is held by something else and given up.
     waiting_since: float | None = None
+    #: `code_fingerprint` of the files it was started from: a reload that finds other ones restarts it.
+    code: str = ""
+    #: The plaintexts of encrypted datastore values it was handed (`get_value(..., decrypt=True)`); grows.
+    revealed: list[str] = field(default_factory=list)
+    #: What its log lines are scrubbed of, longest first: its pack's secret config values, what rendering
+    #: its config decrypted, and `revealed`. Replaced (not changed) as it grows; the relay reads it per line.
+    secrets: list[str] = field(default_factory=list)
+    #: Whether this life's run() returned (the wrapper says so): only then is an exit 0 the sensor's end.
+    returned: bool = False
 
     def send(self, message: dict[str, Any]) -> None:
         if self.writer is not None and not self.writer.is_closing():
@@ -238,8 +341,11 @@ class SensorContainer:
 
     def __init__(self, dispatch: Dispatch, datastore_call: DatastoreCall, virtualenvs: Path, *,
                  backoff: float = 2.5, max_backoff: float = 60.0, stable_after: float = 10.0,
-                 stop_timeout: float = 5.0, drain_timeout: float = 5.0, run_as: RunAs | None = None) -> None:
+                 stop_timeout: float = 5.0, drain_timeout: float = 5.0, run_as: RunAs | None = None,
+                 log_lines_per_second: int = LOG_LINES_PER_SECOND) -> None:
         self.dispatch = dispatch
+        #: Lines of one sensor's output relayed a second (`_LineBudget`).
+        self.log_lines_per_second = log_lines_per_second
         #: Sensors are pack code like actions: they start as `runners.user` too.
         self.run_as = run_as
         self.datastore_call = datastore_call
@@ -273,22 +379,16 @@ class SensorContainer:
     async def _sync(self, registry: Registry, sensors: list[SensorSpec],
                     triggers_of: Callable[[str], list[dict[str, Any]]], asked: int) -> None:
         self.trigger_types = registry.trigger_types.keys()
-        wanted = {}
-        for spec in sensors:
-            pack = registry.packs.get(spec.pack)
-            if spec.enabled and pack is not None:
-                wanted[spec.ref] = (spec, pack.config, pack.config_schema)
-        changed = [ref for ref, running in self.running.items()
-                   if wanted.get(ref) != (running.spec, running.config, running.schema)]
-        await self._stop_all([self.running.pop(ref) for ref in changed])
+        wanted = await asyncio.to_thread(_wanted, registry, sensors)
+        await self._stop_all([self.running.pop(ref) for ref in self._changed(wanted)])
         if self._stops != asked:
             return  # a stop() came while the removed sensors stopped: it stops the rest, nothing starts
-        for ref, (spec, config, schema) in wanted.items():
+        for ref, (spec, config, schema, code) in wanted.items():
             triggers = {item["key"]: trigger_object(item) for ref_ in spec.trigger_types
                         for item in triggers_of(ref_) if item["parameters"]}
             running = self.running.get(ref)
             if running is None:
-                running = _Running(spec, config, self.virtualenvs / spec.pack, schema, triggers=triggers)
+                running = _Running(spec, config, self.virtualenvs / spec.pack, schema, code=code, triggers=triggers)
                 self.running[ref] = running
                 running.task = asyncio.get_running_loop().create_task(self._supervise(running),
                                                                       name=f"sensor-{ref}")
@@ -298,6 +398,21 @@ class SensorContainer:
             for key in triggers.keys() - running.triggers.keys():
                 running.send({"op": "add_trigger", "trigger": triggers[key]})
             running.triggers = triggers
+
+    def _changed(self, wanted: dict[str, _Wanted]) -> list[str]:
+        """The running sensors to stop: those no longer wanted, and those whose metadata, pack config or
+        code (`code_fingerprint`) changed since they started, which are then started again."""
+        changed = []
+        for ref, running in self.running.items():
+            now = wanted.get(ref)
+            if now is None:
+                log.info("sensor %s was removed or disabled; stopping it", ref)
+            elif what := _what_changed(running, now):
+                log.info("sensor %s changed; restarting (%s)", ref, what)
+            else:
+                continue
+            changed.append(ref)
+        return changed
 
     async def stop(self) -> None:
         """Stop every sensor (serve's end, the lead lost); a sync under way first gives up."""
@@ -359,19 +474,22 @@ class SensorContainer:
 
     # -- one sensor's life -------------------------------------------------------------------
     async def _supervise(self, running: _Running) -> None:
+        """Run the sensor until it is stopped or its run() returns: any other end (a crash, a signal, a
+        SIGTERM from outside Squall) restarts it, after a delay that doubles with each quick restart."""
         spec = running.spec
         while not running.stopping:
             started = time.monotonic()
             try:
                 code = await self._run_once(running)
+                why = _exit_reason(code)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.error("sensor %s could not start: %s", spec.ref, exc)
-                code = -1
+                code, why = None, "could not start"
             if running.stopping:
                 return
-            if code == 0:
+            if code == 0 and running.returned:
                 log.info("sensor %s finished (its run() returned)", spec.ref)
                 return
             if time.monotonic() - started >= self.stable_after:
@@ -379,8 +497,7 @@ class SensorContainer:
             delay = min(self.backoff * (2 ** running.restarts), self.max_backoff)
             running.restarts += 1
             metrics.count(metrics.sensor_restarts, spec.ref)
-            log.warning("sensor %s exited with status %s; restarting in %.1fs (restart %d)", spec.ref, code, delay,
-                        running.restarts)
+            log.warning("sensor %s %s; restarting in %.1fs (restart %d)", spec.ref, why, delay, running.restarts)
             await asyncio.sleep(delay)
 
     async def _config(self, running: _Running) -> tuple[dict[str, Any], list[str]]:
@@ -399,6 +516,8 @@ class SensorContainer:
         spec = running.spec
         loop = asyncio.get_running_loop()
         config, secrets = await self._config(running)
+        running.secrets = scrubbable([*secrets, *running.revealed])
+        running.returned = False
         # The sensor's output goes to a pipe of our own, not to the process's transport: asyncio's
         # `wait()` would otherwise wait for every writer of it, a helper the sensor started included.
         log_read, log_write = os.pipe()
@@ -423,7 +542,7 @@ class SensorContainer:
         # instead of cancelling it. Once waited for (`returncode` set) the pid is never signalled.
         running.process = process
         running.started = start_time(process.pid)
-        logs = loop.create_task(self._relay_logs(spec, output, log_transport, secrets), name=f"sensor-log-{spec.ref}")
+        logs = loop.create_task(self._relay_logs(running, output, log_transport), name=f"sensor-log-{spec.ref}")
         messages = loop.create_task(self._read_messages(running, reader), name=f"sensor-messages-{spec.ref}")
         try:
             running.send({"file": str(spec.file), "class_name": spec.class_name, "pack": spec.pack,
@@ -467,19 +586,22 @@ class SensorContainer:
         await asyncio.wait((logs,), timeout=max(0.0, exited + self.drain_timeout - loop.time()))
 
     async def _read_messages(self, running: _Running, reader: asyncio.StreamReader) -> None:
-        """The sensor's JSON lines (dispatches, datastore calls) until its end of the pipe closes."""
+        """The sensor's JSON lines (dispatches, datastore calls) until its end of the pipe closes,
+        yielding to the loop every `_YIELD_EVERY` of them (a burst is all in the buffer)."""
         spec = running.spec
         loop = asyncio.get_running_loop()
-        while True:
+        for count in itertools.count(1):
+            if count % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             running.waiting_since = loop.time()
             try:
-                line = await reader.readline()
-            except ValueError:  # longer than the stream's limit: that line is dropped, the sensor goes on
+                line = await _next_line(reader)
+            except _LineTooLong:  # that message is dropped, the sensor goes on
                 log.warning("sensor %s sent a message longer than the limit; it was dropped", spec.ref)
                 continue
             finally:
                 running.waiting_since = None
-            if not line:
+            if line is None:
                 return
             try:
                 message = json.loads(line)
@@ -496,12 +618,27 @@ class SensorContainer:
         elif op == "call":
             reply: dict[str, Any] = {"op": "reply", "id": message.get("id")}
             try:
-                reply["result"] = await self.datastore_call(str(message.get("method")), message.get("args") or {})
+                reply["result"] = await self._call(running, str(message.get("method")), message.get("args") or {})
             except Exception as exc:
                 reply["error"] = f"{exc.__class__.__name__}: {exc}"
             running.send(reply)
         elif op == "running":
             log.info("sensor %s is running (pid %s)", spec.ref, message.get("pid"))
+        elif op == "returned":
+            running.returned = True
+
+    async def _call(self, running: _Running, method: str, args: dict[str, Any]) -> Any:
+        """One datastore call of the sensor's. A value it has decrypted is added to what its log lines
+        are scrubbed of, before it gets the value (and could log it), when the key is encrypted: read
+        as stored, without decrypting, it differs from the plaintext (as `_SensorConfig` tells)."""
+        result = await self.datastore_call(method, args)
+        if method == "get_value" and args.get("decrypt") and isinstance(result, str) and result \
+                and result not in running.revealed:
+            stored = await self.datastore_call(method, {**args, "decrypt": False})
+            if stored != result:
+                running.revealed.append(result)
+                running.secrets = scrubbable([*running.secrets, result])
+        return result
 
     def _trigger_named(self, running: _Running, name: str) -> dict[str, Any] | None:
         """The trigger (as given to `add_trigger`) whose ref, uid or id is `name`: this sensor's own
@@ -534,31 +671,36 @@ class SensorContainer:
         except Exception:  # whatever else one instance does, the sensor goes on
             log.exception("sensor %s dispatched a trigger instance that could not be stored", spec.ref)
 
-    async def _relay_logs(self, spec: SensorSpec, output: asyncio.StreamReader,
-                          transport: asyncio.ReadTransport, secrets: list[str]) -> None:
-        """The sensor's stdout, stderr and logging, as log records of Squall's, levels kept; `secrets`
-        (its pack's secret config values) masked."""
+    async def _relay_logs(self, running: _Running, output: asyncio.StreamReader,
+                          transport: asyncio.ReadTransport) -> None:
+        """The sensor's stdout, stderr and logging, as log records of Squall's, levels kept, and
+        `running.secrets` masked: read per line, so a secret the sensor decrypts is masked from then on.
+
+        It yields to the loop every `_YIELD_EVERY` lines, and relays at most `log_lines_per_second`
+        lines a second: past that they are dropped and counted (`_LineBudget`)."""
+        spec = running.spec
         logger = logging.getLogger(f"squall.sensor.{spec.ref}")
+        budget = _LineBudget(self.log_lines_per_second, functools.partial(_report_dropped, spec.ref,
+                                                                          self.log_lines_per_second))
         level = logging.INFO
         try:
-            while True:
+            for count in itertools.count(1):
+                if count % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
                 try:
-                    raw = await output.readline()
-                except ValueError:
+                    raw = await _next_line(output)
+                except _LineTooLong:
                     logger.warning("a line of the sensor's output longer than %d bytes was dropped", _LOG_LINE_LIMIT)
                     continue
-                if not raw:
+                if raw is None:
                     return
-                text = scrub(raw.decode("utf-8", "replace").rstrip(), secrets)
-                first = text.split(" ", 1)[0]
-                if first in _LEVELS:  # a record of the sensor's logging
-                    level = _LEVELS[first]
-                elif text.startswith("Traceback"):  # what killed it: its lines stay errors
-                    level = logging.ERROR
-                elif not text.startswith(" "):
-                    level = level if level == logging.ERROR and ":" in text else logging.INFO
+                if not budget.take():
+                    continue
+                text = scrub(raw.decode("utf-8", "replace").rstrip(), running.secrets)
+                level = _line_level(text, level)
                 logger.log(level, "%s", text)
         finally:
+            budget.flush()
             transport.close()
 
     async def _lifecycle(self, trigger_ref: str, spec: SensorSpec, pid: int, code: int | None = None) -> None:
@@ -568,6 +710,106 @@ class SensorContainer:
             await self.dispatch(trigger_ref, payload, validate=False)
         except Exception:
             log.exception("could not store the %s trigger for sensor %s", trigger_ref, spec.ref)
+
+
+def _line_level(text: str, previous: int) -> int:
+    """The log level of a line of a sensor's output: a record of its logging keeps its own, a traceback
+    (what killed it) and the lines that go with it are errors, anything else is INFO."""
+    first = text.split(" ", 1)[0]
+    if first in _LEVELS:  # a record of the sensor's logging
+        return _LEVELS[first]
+    if text.startswith("Traceback"):
+        return logging.ERROR
+    if text.startswith(" "):
+        return previous
+    return previous if previous == logging.ERROR and ":" in text else logging.INFO
+
+
+class _LineTooLong(ValueError):
+    """A line longer than its stream's limit: read to its end and dropped, all of it."""
+
+
+async def _next_line(stream: asyncio.StreamReader) -> bytes | None:
+    """The stream's next line (the last may lack its newline); None at its end.
+
+    A line longer than the stream's limit is read to its newline and dropped whole (`_LineTooLong`):
+    `readline` drops only what it has buffered of such a line, so the rest came out as a line."""
+    try:
+        return await stream.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial or None
+    except asyncio.LimitOverrunError as exc:
+        excess = exc.consumed
+    while True:
+        await stream.readexactly(excess)  # the part of the line buffered so far (up to its newline, if there)
+        try:
+            await stream.readuntil(b"\n")
+        except asyncio.IncompleteReadError:
+            pass
+        except asyncio.LimitOverrunError as exc:
+            excess = exc.consumed
+            continue
+        raise _LineTooLong("a line longer than the stream's limit")
+
+
+class _LineBudget:
+    """At most `per_second` lines of a sensor's output relayed a second; the rest are dropped and
+    counted, and the count is reported as that second ends (and at the output's end). A sensor stuck
+    printing fills neither serve's log nor its loop: dropping a line costs less than logging it."""
+
+    def __init__(self, per_second: int, report: Callable[[int], None]) -> None:
+        self.per_second = per_second
+        self.report = report
+        self.loop = asyncio.get_running_loop()
+        #: When the current second began, and how many lines it relayed.
+        self.since = -math.inf
+        self.used = 0
+        #: Lines dropped since the last report, and the report due at the end of their second.
+        self.dropped = 0
+        self.reporting: asyncio.TimerHandle | None = None
+
+    def take(self) -> bool:
+        """Whether one more line may be relayed now."""
+        now = self.loop.time()
+        if now - self.since >= 1.0:
+            self.since, self.used = now, 0
+        if self.used < self.per_second:
+            self.used += 1
+            return True
+        self.dropped += 1
+        if self.reporting is None:
+            self.reporting = self.loop.call_at(self.since + 1.0, self.flush)
+        return False
+
+    def flush(self) -> None:
+        """Report the lines dropped since the last report, if any."""
+        if self.reporting is not None:
+            self.reporting.cancel()
+            self.reporting = None
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            self.report(dropped)
+
+
+def _report_dropped(ref: str, per_second: int, dropped: int) -> None:
+    log.warning("sensor %s writes over %d lines a second to its output: %d lines suppressed", ref, per_second, dropped)
+
+
+def _exit_reason(code: int) -> str:
+    """How a sensor's process ended, for the log: a signal that ended it is named. The wrapper exits
+    with 128 + the signal's number on SIGTERM (after `cleanup()`): an operator's `kill PID`."""
+    if code < 0:
+        return f"was killed by {_signal_name(-code) or f'signal {-code}'}"
+    if code > 128 and (name := _signal_name(code - 128)) is not None:
+        return f"ended on {name} (exit status {code})"
+    return f"exited with status {code}"
+
+
+def _signal_name(number: int) -> str | None:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return None
 
 
 def _close_reader(reader: asyncio.StreamReader) -> None:

@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -626,3 +628,163 @@ async def test_a_stubborn_sensors_helpers_outside_its_group_are_killed_with_it(h
         kill_left(pids_in(pids))
         kill_left([int(line.split()[1]) for line in noted(ready) if line])
     assert left == [], "helpers outside the stubborn sensor's group outlived its kill"
+
+
+# -- a sensor killed from outside is restarted; one whose run() returns is not ---------------------
+
+ENDING = '''
+import os
+import time
+
+from st2reactor.sensor.base import Sensor
+
+
+class {name}(Sensor):
+    def setup(self):
+        fd = os.open({starts!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, b"{name} %d\\n" % os.getpid())
+        os.close(fd)
+
+    def run(self):
+        if {returns!r}:
+            return
+        while True:
+            time.sleep(0.1)
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+
+async def test_a_sensor_killed_with_sigterm_from_outside_is_restarted(home: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """An operator's `kill PID` of a sensor process is a crash to the supervisor: the sensor is restarted
+    and the log says it got SIGTERM. Only a run() that really returned ends a sensor for good."""
+    pack = make_pack(home, {})
+    starts = home / "starts.txt"
+    add_sensor(pack, "Killed", ENDING.format(name="Killed", starts=str(starts), returns=False))
+    add_sensor(pack, "Returning", ENDING.format(name="Returning", starts=str(starts), returns=True))
+    caplog.set_level(logging.INFO, logger="engine.sensors")
+    squall = await started(home)
+
+    def started_pids(name: str) -> list[int]:
+        return [int(line.split()[1]) for line in noted(starts) if line.startswith(name + " ")]
+
+    try:
+        sensors_for(squall)
+        await squall.sync_sensors()
+        assert await eventually(lambda: asyncio.sleep(0, started_pids("Killed"))), "the sensor never started"
+        assert await eventually(lambda: asyncio.sleep(0, "sensor demo.Returning finished" in caplog.text))
+        os.kill(started_pids("Killed")[0], signal.SIGTERM)
+        assert await eventually(lambda: asyncio.sleep(0, len(started_pids("Killed")) >= 2)), \
+            "the sensor killed from outside was not restarted"
+        assert "sensor demo.Killed finished" not in caplog.text
+        assert any("demo.Killed" in r.getMessage() and "SIGTERM" in r.getMessage() and "restarting" in r.getMessage()
+                   for r in caplog.records), caplog.text
+        assert len(started_pids("Returning")) == 1, "a sensor whose run() returned was restarted"
+    finally:
+        await squall.close()
+
+
+# -- a sensor module that monkey-patches eventlet ----------------------------------------------------
+
+EVENTLET_PATCHED = '''
+import eventlet
+eventlet.monkey_patch()
+
+from st2reactor.sensor.base import Sensor
+
+
+class Patched(Sensor):
+    def setup(self):
+        self.sensor_service.set_value("setup", "ran")
+
+    def run(self):
+        n = 0
+        while True:
+            n += 1
+            self.sensor_service.dispatch("demo.patched", {"n": n})
+            self.sensor_service.set_value("polls", str(n))
+            eventlet.sleep(0.05)
+
+    def cleanup(self):
+        self.sensor_service.set_value("cleanup", "ran")
+
+    def add_trigger(self, trigger):
+        self.sensor_service.set_value("added", trigger["parameters"]["path"])
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+
+@pytest.fixture(scope="module")
+def eventlet_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pack virtualenv with eventlet, made once (StackStorm packs' sensors import it)."""
+    venv = tmp_path_factory.mktemp("eventlet") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "eventlet"],
+                         capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, f"pip could not install eventlet: {pip.stderr[-1500:]}"
+    return venv
+
+
+async def test_a_sensor_that_monkey_patches_eventlet_runs_and_stops(home: Path, eventlet_venv: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """`eventlet.monkey_patch()` at the top of a sensor module (harmless under StackStorm, whose wrapper
+    is green already) must not turn the wrapper's reader and callback threads into greenthreads: the
+    sensor sets up, runs, dispatches, gets its triggers and datastore answers, and stops on SIGTERM."""
+    pack = make_pack(home, {"on_patched": """
+        name: on_patched
+        pack: demo
+        enabled: true
+        trigger: {type: demo.patched, parameters: {path: /var/log/p}}
+        action: {ref: demo.take}
+    """})
+    write(pack / "sensors" / "patched.yaml", """
+        class_name: Patched
+        entry_point: patched.py
+        trigger_types:
+          - name: patched
+            parameters_schema: {type: object, properties: {path: {type: string}}}
+    """)
+    (pack / "sensors" / "patched.py").write_text(EVENTLET_PATCHED)
+    caplog.set_level(logging.WARNING, logger="engine.sensors")
+    caplog.set_level(logging.WARNING, logger="squall.sensor.demo.Patched")
+    squall = await started(home)
+    squall.config.virtualenvs_path.mkdir(parents=True, exist_ok=True)
+    (squall.config.virtualenvs_path / "demo").symlink_to(eventlet_venv)
+
+    async def kv(name: str) -> Any:
+        record = await squall.db(squall.datastore.get, f"demo.Patched:{name}")
+        return record["value"] if record else None
+
+    try:
+        sensors_for(squall, stop_timeout=10)
+        await squall.sync_sensors()
+        assert await eventually(lambda: kv("setup")) == "ran", "setup() never ran"
+        assert await eventually(lambda: kv("added")) == "/var/log/p", "add_trigger was never called"
+
+        async def polled_twice() -> bool:
+            return int(await kv("polls") or 0) >= 2
+
+        assert await eventually(polled_twice), "run() did not go on"
+        assert await squall.triggers.list(trigger="demo.patched")
+        await squall.sensors.stop()
+        assert "did not stop" not in caplog.text, "the sensor ignored SIGTERM and was killed"
+        assert await kv("cleanup") == "ran"
+        assert "monkey-patched threading with eventlet" in caplog.text  # what its trigger callbacks cannot do
+    finally:
+        await squall.close()

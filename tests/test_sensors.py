@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bot.app import Squall
-from engine.sensors import SensorContainer, load_sensors
+from engine.sensors import _YIELD_EVERY, SensorContainer, SensorSpec, _Running, load_sensors
 from tests.conftest import write
 from tests.test_rules import make_pack, started
 
@@ -333,5 +333,222 @@ async def test_a_sensor_whose_config_value_does_not_render_does_not_start(home: 
         assert "sensor demo.Probe could not start" in caplog.text
         assert 'st2kv.system.sensor_missing' in caplog.text
         assert await squall.db(squall.datastore.get, "demo.Probe:seen") is None
+    finally:
+        await squall.close()
+
+
+# -- an edited sensor runs its new code -----------------------------------------------------------
+
+VERSIONED = '''
+import time
+
+from shared import LIB
+from st2reactor.sensor.base import Sensor
+
+VERSION = "{version}"
+
+
+class Versioned(Sensor):
+    def setup(self):
+        self.sensor_service.set_value("running", VERSION + " " + LIB)
+
+    def run(self):
+        while True:
+            time.sleep(1)
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+
+async def test_an_edited_sensor_restarts_with_its_new_code(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A reload after an edit of the sensor's file, or of the pack's lib/ it imports, restarts the
+    sensor (as StackStorm restarts a re-registered one); a reload that changed nothing of it does not."""
+    pack = make_pack(home, {})
+    write(pack / "sensors" / "versioned.yaml", "class_name: Versioned\nentry_point: versioned.py\n")
+    (pack / "sensors" / "versioned.py").write_text(VERSIONED.format(version="v1"))
+    write(pack / "lib" / "shared.py", 'LIB = "lib1"\n')
+    caplog.set_level(logging.INFO, logger="engine.sensors")
+    squall = await started(home)
+
+    async def running() -> Any:
+        record = await squall.db(squall.datastore.get, "demo.Versioned:running")
+        return record["value"] if record else None
+
+    async def reloaded() -> None:
+        squall.reload()
+        await squall.sync_sensors()
+
+    try:
+        await run_sensors(squall)
+        assert await eventually(running) == "v1 lib1"
+        first = squall.sensors.running["demo.Versioned"]
+        await reloaded()
+        assert squall.sensors.running["demo.Versioned"] is first, "a reload that changed nothing restarted it"
+        (pack / "sensors" / "versioned.py").write_text(VERSIONED.format(version="v2.0"))
+        await reloaded()
+        assert await eventually(lambda: _is(running, "v2.0 lib1")), "the edited sensor kept its old code"
+        assert "sensor demo.Versioned changed; restarting" in caplog.text
+        assert first.process is None
+        write(pack / "lib" / "shared.py", 'LIB = "lib2.0"\n')
+        await reloaded()
+        assert await eventually(lambda: _is(running, "v2.0 lib2.0")), "an edit of the pack's lib/ was not picked up"
+    finally:
+        await squall.close()
+
+
+async def _is(read: Callable[[], Awaitable[Any]], wanted: Any) -> bool:
+    return await read() == wanted
+
+
+# -- the relay of a sensor's output ---------------------------------------------------------------
+
+class _Pipe:
+    """What `_relay_logs` closes at the end: the log pipe's transport."""
+
+    def close(self) -> None:
+        pass
+
+
+def _relaying(container: SensorContainer, output: asyncio.StreamReader) -> asyncio.Task[None]:
+    """`container` relaying `output` as the output of a sensor demo.Noisy, in a task."""
+    spec = SensorSpec(pack="demo", class_name="Noisy", file=Path("/nonexistent/demo/sensors/noisy.py"),
+                      metadata_file="demo/sensors/noisy.yaml")
+    pipe: Any = _Pipe()
+    return asyncio.get_running_loop().create_task(container._relay_logs(_Running(spec, {}, Path()), output, pipe))
+
+
+def _container(**options: Any) -> SensorContainer:
+    async def unused(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("not called by the relay")
+
+    return SensorContainer(unused, unused, Path("/nonexistent"), **options)
+
+
+async def test_relaying_a_flood_of_output_lines_leaves_the_event_loop_free(caplog: pytest.LogCaptureFixture) -> None:
+    """Lines already in the buffer are read without awaiting anything: the relay yields to the loop
+    every `_YIELD_EVERY` lines, so a sensor writing short lines as fast as it can does not stall
+    serve (its API, chat, other sensors)."""
+    caplog.set_level(logging.INFO, logger="squall.sensor.demo.Noisy")
+    lines = 20 * _YIELD_EVERY
+    output = asyncio.StreamReader(limit=2 ** 20)
+    output.feed_data(b"x\n" * lines)
+    output.feed_eof()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.get_running_loop().create_task(ticker())
+    relay = _relaying(_container(log_lines_per_second=10 * lines), output)
+    await relay
+    ticking.cancel()
+    assert ticks >= lines // _YIELD_EVERY - 1, f"the ticker ran {ticks} times while {lines} lines were relayed"
+    assert sum(r.getMessage() == "x" for r in caplog.records) == lines
+
+
+async def test_a_sensors_output_over_its_line_budget_is_dropped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """Past `log_lines_per_second` lines in a second, a sensor's lines are dropped; how many is logged
+    (once a second at most), so a sensor stuck printing cannot fill serve's log or hold its loop."""
+    caplog.set_level(logging.INFO)
+    lines = 5000
+    output = asyncio.StreamReader(limit=2 ** 20)
+    output.feed_data(b"".join(b"line %d\n" % i for i in range(lines)))
+    output.feed_eof()
+    relay = _relaying(_container(log_lines_per_second=10), output)
+    await relay
+    relayed = [r.getMessage() for r in caplog.records if r.name == "squall.sensor.demo.Noisy"
+               and r.getMessage().startswith("line ")]
+    suppressed = [r.getMessage() for r in caplog.records if "lines suppressed" in r.getMessage()]
+    counts = [int(text.split(" lines suppressed")[0].rsplit(" ", 1)[-1]) for text in suppressed]
+    assert relayed[:10] == [f"line {i}" for i in range(10)]
+    assert 10 <= len(relayed) < lines and counts, (len(relayed), suppressed)
+    assert len(relayed) + sum(counts) == lines, (len(relayed), suppressed)
+    assert all("demo.Noisy" in text and "over 10 lines a second" in text for text in suppressed), suppressed
+
+
+async def test_an_overlong_output_line_is_dropped_whole(caplog: pytest.LogCaptureFixture) -> None:
+    """A line longer than the limit that arrives in parts: the warning says it was dropped, and none
+    of it is logged (its tail was, as a line of its own)."""
+    caplog.set_level(logging.INFO, logger="squall.sensor.demo.Noisy")
+    output = asyncio.StreamReader(limit=1024)
+    relay = _relaying(_container(), output)
+    output.feed_data(b"ok before\n" + b"a" * 3000)
+    for _ in range(100):  # the relay reads what is buffered, over the limit, and waits for the rest
+        await asyncio.sleep(0)
+    output.feed_data(b"aaa TAIL of the long line\nok after\n")
+    output.feed_eof()
+    await relay
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "ok before" and messages[-1] == "ok after", messages
+    assert sum("was dropped" in text for text in messages) == 1, messages
+    assert not any("TAIL" in text or text.startswith("aaa") for text in messages), messages
+
+
+# -- secrets a sensor decrypts --------------------------------------------------------------------
+
+DECRYPTING = '''
+import time
+
+from st2reactor.sensor.base import Sensor
+
+
+class Decrypting(Sensor):
+    def setup(self):
+        log = self.sensor_service.get_logger("decrypting")
+        token = self.sensor_service.get_value("api_token", local=False, decrypt=True)
+        plain = self.sensor_service.get_value("api_region", local=False, decrypt=True)
+        log.info("token %s region %s", token, plain)
+        print("printed token " + token, flush=True)
+        self.sensor_service.set_value("done", "yes")
+
+    def run(self):
+        while True:
+            time.sleep(1)
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+
+async def test_a_value_a_sensor_decrypts_is_masked_in_its_log_lines(home: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """docs/security.md: decrypted datastore values are masked in logs. A sensor's `get_value(...,
+    decrypt=True)` of an encrypted key adds the plaintext to what its log lines are scrubbed of; the
+    value of a key that is not encrypted is not masked."""
+    pack = make_pack(home, {})
+    write(pack / "sensors" / "decrypting.yaml", "class_name: Decrypting\nentry_point: decrypting.py\n")
+    (pack / "sensors" / "decrypting.py").write_text(DECRYPTING)
+    caplog.set_level(logging.INFO, logger="squall.sensor.demo.Decrypting")
+    squall = await started(home)
+    try:
+        await squall.db(squall.datastore.set, "api_token", "tok-PLAINTEXT-9f8e7d", encrypt=True)
+        await squall.db(squall.datastore.set, "api_region", "eu-north-1")
+        await run_sensors(squall)
+        assert await eventually(lambda: asyncio.sleep(0, "printed token" in caplog.text)), "the sensor never logged"
+        assert "token ******** region eu-north-1" in caplog.text
+        assert "printed token ********" in caplog.text
+        assert "tok-PLAINTEXT-9f8e7d" not in caplog.text
     finally:
         await squall.close()

@@ -6,8 +6,15 @@ sensor's `run()` blocks the main thread, so a reader thread takes the parent's m
 answers to the threads waiting for them and queues trigger changes for a callback thread, which
 calls the sensor's methods one at a time, in order. The reader itself never runs sensor code, so
 a callback may call the datastore (`sensor_service.get_value`) and still get its answer. SIGTERM
-(or the parent going away) runs `cleanup()` and exits. Standard library only: it runs under the
-pack's virtualenv interpreter.
+(or the parent going away) runs `cleanup()` and exits with status 143 (128 + SIGTERM); a run()
+that returns is told to the parent (`{"op": "returned"}`) before the exit, so the supervisor
+restarts a sensor after any other end, an operator's `kill PID` included. Standard library only:
+it runs under the pack's virtualenv interpreter.
+
+The reader and callback threads, and the locks they share with the sensor's thread, are made with
+`_thread`'s functions taken before the sensor's module is imported: a module that calls
+`eventlet.monkey_patch()` (harmless under StackStorm, whose wrapper is green already) replaces
+them in place, and as greenthreads the reader's blocking pipe read held up the whole process.
 
 The process is the subreaper of everything its sensor starts (Linux's PR_SET_CHILD_SUBREAPER): a
 helper that leaves the sensor's process group (`setsid`, `start_new_session`), even one that daemonises
@@ -18,6 +25,7 @@ sensor ignores SIGTERM; killing the process group alone missed them.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import inspect
 import itertools
@@ -26,7 +34,7 @@ import os
 import queue
 import signal
 import sys
-import threading
+from collections.abc import Callable
 from typing import Any
 
 import squall_paths
@@ -36,6 +44,37 @@ from st2reactor.sensor.base import BaseSensor, PollingSensor
 log = logging.getLogger("squall.sensor")
 _PR_SET_CHILD_SUBREAPER = 36
 TRIGGER_CALLBACKS = ("add_trigger", "update_trigger", "remove_trigger")
+#: The real thread and lock makers, taken before any sensor module runs (see the module's docstring):
+#: `eventlet.monkey_patch()` swaps these attributes of `_thread` and `threading` for green ones, and
+#: `threading.Event` and `threading.Condition` find the swapped lock maker when they wait.
+_start_thread = _thread.start_new_thread
+_allocate_lock = _thread.allocate_lock
+#: The exit status after SIGTERM, as a shell reports a process the signal ended; never 0, which
+#: would read as a sensor that chose to end.
+TERMINATED = 128 + signal.SIGTERM
+
+
+class _Terminated(SystemExit):
+    """SIGTERM: unwinds the main thread through the sensor's code, `cleanup()` runs, the exit is 143."""
+
+
+def _terminate(*_: Any) -> None:
+    raise _Terminated(TERMINATED)
+
+
+class _Gate:
+    """Closed until `open()`; then `wait()` returns at once. A real lock, whatever the sensor patches."""
+
+    def __init__(self) -> None:
+        self._lock = _allocate_lock()
+        self._lock.acquire()
+
+    def open(self) -> None:
+        self._lock.release()
+
+    def wait(self) -> None:
+        with self._lock:
+            pass
 
 
 class SensorService(ActionService):
@@ -44,10 +83,14 @@ class SensorService(ActionService):
     def __init__(self, channel: Channel, pack: str, class_name: str) -> None:
         super().__init__(channel, pack, class_name, "sensor_service")
         self._pack, self._class_name = pack, class_name
-        self._send_lock = threading.Lock()
+        self._send_lock = _allocate_lock()
         self._ids = itertools.count(1)
-        self._waiting: dict[int, dict[str, Any]] = {}
-        self._answered = threading.Condition()
+        #: Guards `_waiting` and `_answers`.
+        self._lock = _allocate_lock()
+        #: Each datastore call waiting for its answer: the lock its thread blocks on until the reader
+        #: releases it (real locks: see `_allocate_lock`).
+        self._waiting: dict[int, Any] = {}
+        self._answers: dict[int, dict[str, Any]] = {}
 
     def send(self, message: dict[str, Any]) -> None:
         with self._send_lock:
@@ -55,16 +98,23 @@ class SensorService(ActionService):
 
     def answer(self, message: dict[str, Any]) -> None:
         """Called by the reader thread with the parent's answer to a datastore call."""
-        with self._answered:
-            self._waiting[message["id"]] = message
-            self._answered.notify_all()
+        with self._lock:
+            waiting = self._waiting.pop(message["id"], None)
+            if waiting is None:
+                return  # nobody waits for it any more
+            self._answers[message["id"]] = message
+        waiting.release()
 
     def _call(self, method: str, **arguments: Any) -> Any:
         call_id = next(self._ids)
+        waiting = _allocate_lock()
+        waiting.acquire()
+        with self._lock:
+            self._waiting[call_id] = waiting
         self.send({"op": "call", "id": call_id, "method": method, "args": arguments})
-        with self._answered:
-            self._answered.wait_for(lambda: call_id in self._waiting)
-            reply = self._waiting.pop(call_id)
+        waiting.acquire()  # released by the reader with the answer
+        with self._lock:
+            reply = self._answers.pop(call_id)
         if reply.get("error"):
             raise RuntimeError(reply["error"])
         return reply.get("result")
@@ -143,7 +193,7 @@ def _read(channel: Channel, service: SensorService, callbacks: queue.SimpleQueue
     os.kill(os.getpid(), signal.SIGTERM)  # the parent is gone: clean up and stop
 
 
-def _call_back(sensor: BaseSensor, callbacks: queue.SimpleQueue[dict[str, Any]], ready: threading.Event) -> None:
+def _call_back(sensor: BaseSensor, callbacks: queue.SimpleQueue[dict[str, Any]], ready: _Gate) -> None:
     """The callback thread: the sensor's `add_trigger`/`update_trigger`/`remove_trigger`, in the
     order the parent sent them, after the triggers it started with were added."""
     ready.wait()
@@ -198,23 +248,39 @@ def main() -> None:
     spec = channel.receive()
     if spec is None:
         return
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    cls = load_sensor_class(spec["file"], spec["class_name"])
+    signal.signal(signal.SIGTERM, _terminate)
     service = SensorService(channel, spec["pack"], spec["class_name"])
-    sensor = make_sensor(cls, service, ConfigDict(spec.get("config") or {}), spec.get("poll_interval"))
     callbacks: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-    ready = threading.Event()
-    threading.Thread(target=_read, args=(channel, service, callbacks), name="squall-sensor-reader",
-                     daemon=True).start()
-    threading.Thread(target=_call_back, args=(sensor, callbacks, ready), name="squall-sensor-callbacks",
-                     daemon=True).start()
+    ready = _Gate()
+    _start_thread(_read, (channel, service, callbacks))
+    cls = load_sensor_class(spec["file"], spec["class_name"])
+    if _eventlet_patched():
+        log.warning("the sensor's module monkey-patched threading with eventlet: its add_trigger, update_trigger "
+                    "and remove_trigger run on a real thread of Squall's, not a greenthread beside run(), so a "
+                    "lock, event or queue they share with run() (green now) does not wake it; share plain data "
+                    "that run() polls instead")
+    sensor = make_sensor(cls, service, ConfigDict(spec.get("config") or {}), spec.get("poll_interval"))
+    _start_thread(_call_back, (sensor, callbacks, ready))
+    _run(sensor, spec, service, ready.open)
+
+
+def _eventlet_patched() -> bool:
+    """Whether the sensor's module ran `eventlet.monkey_patch()` with threads patched."""
+    is_patched = getattr(sys.modules.get("eventlet.patcher"), "is_monkey_patched", None)
+    return bool(is_patched is not None and is_patched("thread"))
+
+
+def _run(sensor: BaseSensor, spec: dict[str, Any], service: SensorService, started: Callable[[], None]) -> None:
+    """The sensor's life: setup(), the triggers it starts with, run(), then cleanup() however run()
+    ended. A run() that returns is told to the parent: it alone ends the sensor for good."""
     try:
         sensor.setup()
         for trigger in spec.get("triggers") or []:
             sensor.add_trigger(trigger)
-        ready.set()  # the changes since the spec was sent come after the triggers it named
+        started()  # the changes since the spec was sent come after the triggers it named
         service.send({"op": "running", "pid": os.getpid()})
         sensor.run()
+        service.send({"op": "returned"})
     finally:
         try:
             sensor.cleanup()
