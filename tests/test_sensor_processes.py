@@ -741,6 +741,7 @@ def eventlet_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+@pytest.mark.integration  # pip installs eventlet
 async def test_a_sensor_that_monkey_patches_eventlet_runs_and_stops(home: Path, eventlet_venv: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """`eventlet.monkey_patch()` at the top of a sensor module (harmless under StackStorm, whose wrapper
