@@ -135,6 +135,9 @@ FormHandler = Callable[[FormSubmission], Awaitable[dict[str, str]]]
 #: The buttons a person's home on the platform shows (Slack's App Home tab): the commands they may run.
 HomeHandler = Callable[[Message], Awaitable[list[dict[str, str]]]]
 
+#: Told (adapter name, user) when `user` may no longer be the person the bot knew by that name.
+GoneHandler = Callable[[str, str], Awaitable[None]]
+
 
 class AdapterConfigError(Exception):
     """An adapter's settings cannot be used (a missing token, a refused login): nothing will ever
@@ -194,6 +197,12 @@ class Adapter(Protocol):
 
     # Optional: `private_channel(user: str) -> str`: the channel of a private exchange with `user` (IRC:
     # their nick), where a form without `open_form` asks its questions; without it, in the same channel.
+
+    # Optional: `on_gone: GoneHandler | None`, set by the bot: where anyone may take a name another
+    # person let go of (an IRC nick), the adapter awaits it with (its name, the user) when it sees that
+    # person leave the name (renamed away, quit) or a name change hands, in order with the messages it
+    # hands on, so nothing still open for the old holder (a form's questions, a confirmation) can be
+    # answered by the next one.
 
     # Optional: `mount(app: FastAPI) -> None` adds the platform's HTTP routes (signed or token-checked
     # by the adapter, not by API key) to Squall's API server.

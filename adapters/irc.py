@@ -9,7 +9,13 @@ sender's nick, and a `Reply` becomes PRIVMSG lines. What IRC itself demands is h
 - the 512-byte line limit: every line is split by bytes, never inside a UTF-8 sequence, with room
   for the `:nick!user@host PRIVMSG target :` prefix the server puts in front when relaying it;
 - flood control: a token bucket shared by every target (servers throttle or kill per client);
-- reconnect with exponential backoff, rejoining channels, after a restart, an ERROR or a kick.
+- reconnect with exponential backoff, rejoining channels, after a restart, an ERROR or a kick;
+- delivery at least once: IRC acknowledges nothing, so a PING follows each burst of a reply's lines
+  and its PONG confirms the server read them; a connection lost before the last PONG fails the send
+  (the outbox retries), and the retry resumes after the last line a PONG confirmed;
+- a private reply is for the person who asked, not for their nick: a direct message's channel is
+  `nick~tag`, the tag naming who held the nick then, followed through the renames and quits the bot
+  sees; the chat side is told (`on_gone`) when a person leaves a nick, to close what it held for them.
 
 The `irc` library calls handlers synchronously from the protocol's `data_received`; an exception
 there would close the connection, so every handler is wrapped, and messages go through a queue to
@@ -27,6 +33,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import ssl
 import time
 from collections.abc import Callable
@@ -38,7 +45,15 @@ import irc.client_aio
 import irc.connection
 from jaraco.stream.buffer import LenientDecodingLineBuffer
 
-from adapters.base import AdapterConfigError, Capabilities, DeliveryError, Message, MessageHandler, Reply
+from adapters.base import (
+    AdapterConfigError,
+    Capabilities,
+    DeliveryError,
+    GoneHandler,
+    Message,
+    MessageHandler,
+    Reply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -335,12 +350,15 @@ class IrcAdapter:
     send_wait = 10.0
     reconnect_min = 1.0
     #: How long `send()` waits for the JOIN of a channel the bot is not in (kicked, or a new route)
-    #: before handing the reply back to the outbox to try again, and for the server to answer a
-    #: private reply (a 401 means the nick is gone: not delivered).
+    #: before handing the reply back to the outbox to try again, and for each PONG that confirms the
+    #: server read a reply's lines (none in time: the reply is tried again from the last confirmed line).
     join_wait = 10.0
     confirm_wait = 10.0
     #: Nick changes and quits remembered for private replies (the oldest are forgotten first).
     nick_memory = 1000
+    #: People (nick holders with a tag: who sent a private message) remembered; a reply to one forgotten
+    #: fails rather than going to whoever holds the nick.
+    holder_memory = 10000
 
     def __init__(self, settings: IrcSettings, name: str = "irc") -> None:
         self.name = name
@@ -355,10 +373,14 @@ class IrcAdapter:
         self._reactor: _Reactor | None = None
         self._conn: _Connection | None = None
         self._handler: MessageHandler | None = None
-        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._queue: asyncio.Queue[Message | _Gone] = asyncio.Queue()
+        #: Set by the chat side: told, in order with the messages, when a person leaves a nick.
+        self.on_gone: GoneHandler | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._bucket = TokenBucket(settings.flood_burst, settings.flood_interval)
-        self._partial: dict[int, tuple[Reply, list[str], int]] = {}
+        #: id(reply) → (the reply, its target, its lines, the line a retry resumes at): the reply a send
+        #: failed for now, which the outbox retries (the same object) and which then goes on from there.
+        self._partial: dict[int, tuple[Reply, str, list[str], int]] = {}
         self._ids = itertools.count(1)
         self._fallbacks = 0
         self._last_regain = 0.0
@@ -369,13 +391,19 @@ class IrcAdapter:
         #: Set (and replaced) whenever the bot's own JOIN or a refusal to join arrives: `send()` waits on it.
         self._join_news = asyncio.Event()
         self._join_refused: dict[str, str] = {}  # channel (lower case) → the server's last refusal
-        #: Old nick (lower case) → new nick, from NICK events seen in shared channels, and nicks seen to
-        #: QUIT: a private reply follows its asker to a new nick and never goes to whoever took the old one.
+        #: Nick (lower case) → the tag of its holder, the person a private reply is for (`private_channel`).
+        self._holders: dict[str, str] = {}
+        #: Tag → (the nick and tag its person went on to), or None once they quit: from NICK and QUIT events
+        #: seen in shared channels. A private reply follows its person, never a nick's next holder.
+        self._moved: dict[str, tuple[str, str] | None] = {}
+        #: For a bare nick (a notification route naming one): old nick (lower case) → new nick, and nicks
+        #: seen to QUIT, forgotten when the nick speaks again.
         self._renamed: dict[str, str] = {}
         self._quit: dict[str, None] = {}
-        #: PING token → (reply target, the 401/404 seen for it, or None): `send()` knows if a nick was gone
-        #: or the channel refused the lines.
-        self._confirming: dict[str, _Confirming] = {}
+        #: PING token → (the reply being confirmed, how many of its lines the PONG confirms read).
+        self._confirming: dict[str, tuple[_Confirming, int]] = {}
+        #: The replies being written or confirmed: the refusals (401/404) and a disconnect go to them.
+        self._sending: list[_Confirming] = []
 
     @property
     def nick(self) -> str:
@@ -485,14 +513,20 @@ class IrcAdapter:
         return {"ssl": context, "server_hostname": self.settings.server}
 
     async def _consume(self) -> None:
-        """Hand messages to the dispatcher one at a time, in the order they arrived."""
+        """Hand messages to the dispatcher one at a time, in the order they arrived, and tell the chat side
+        of a person leaving a nick in that order too (a message from the nick's next holder comes after)."""
         while True:
-            message = await self._queue.get()
+            item = await self._queue.get()
             try:
+                if isinstance(item, _Gone):
+                    if self.on_gone is not None:
+                        await self.on_gone(self.name, item.user)
+                    continue
                 assert self._handler is not None
-                await self._handler(message)
+                await self._handler(item)
             except Exception:
-                log.exception("IRC: handling a message from %s in %s failed", message.user, message.channel)
+                log.exception("IRC: handling %s from %s failed",
+                              "a departure" if isinstance(item, _Gone) else f"a message in {item.channel}", item.user)
 
     async def _housekeeping(self) -> None:
         """PING a silent server and drop a dead connection; take the configured nick back when free."""
@@ -533,46 +567,118 @@ class IrcAdapter:
 
     # -- sending --------------------------------------------------------------------------------
     async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
-        """Post `reply` as PRIVMSG lines, paced by the token bucket.
+        """Post `reply` as PRIVMSG lines, paced by the token bucket, and wait until the server confirms it
+        read them all (`_confirm`).
 
-        If the connection drops halfway, `DeliveryError` lets the outbox retry, and the retry resumes
-        after the lines already written instead of repeating them."""
+        A connection lost before that raises `DeliveryError` (the outbox retries the same reply), and
+        the retry resumes after the last line the server confirmed: a few lines twice at worst, none
+        missing. A private reply goes to its person's nick as it is now (`_recipient`)."""
         target = reply.channel.strip()
         if not target or any(c in target for c in " ,\r\n\x00"):
             raise DeliveryError(f"IRC: {reply.channel!r} is not a channel or nick")
         await self._wait_registered()
         private = target[0] not in _CHANNEL_TYPES
         if private:
-            target = self._current_nick(target)
+            try:
+                target = self._recipient(target)
+            except DeliveryError:  # for good: nothing to resume
+                self._partial.pop(id(reply), None)
+                raise
         else:
             await self._ensure_joined(target)
         conn = self._conn
         assert conn is not None
-        key = id(reply)
-        saved = self._partial.get(key)
-        if saved is not None and saved[0] is reply:
-            lines, done = saved[1], saved[2]
-        else:
-            text = reply.text if reply.file is None else f"{reply.text}\n{reply.file[1]}"
-            lines, done = split_lines(text, line_budget(self.nick, target, self.settings.username)), 0
-        for index in range(done, len(lines)):
-            await self._bucket.take()
+        lines, done = self._resume(reply, target)
+        if done < len(lines):
+            sending = self._track(target, done, len(lines))
             try:
-                if not self.registered.is_set():
-                    raise irc.client.ServerNotConnectedError("Not connected.")
-                conn.privmsg(target, lines[index])
-            except irc.client.ServerNotConnectedError:
-                self._partial[key] = (reply, lines, index)
-                raise DeliveryError(f"IRC: disconnected after {index} of {len(lines)} lines to {target}") from None
-        self._partial.pop(key, None)
-        if lines:
-            await self._confirm(conn, target, private, len(lines))
+                await self._write(conn, target, lines, sending)
+                await self._confirm(conn, target, private, len(lines), sending)
+            except DeliveryError as exc:
+                if exc.permanent:
+                    self._partial.pop(id(reply), None)
+                else:
+                    self._partial[id(reply)] = (reply, target, lines, sending.resume)
+                raise
+            finally:
+                self._untrack(sending)
+        self._partial.pop(id(reply), None)
         return f"{target}:{next(self._ids)}"
 
+    def _resume(self, reply: Reply, target: str) -> tuple[list[str], int]:
+        """The lines of `reply` and the first one to write: where an earlier attempt to the same target
+        left off (the outbox retries the same object), else all of them."""
+        saved = self._partial.get(id(reply))
+        if saved is not None and saved[0] is reply and saved[1] == target:
+            return saved[2], saved[3]
+        text = reply.text if reply.file is None else f"{reply.text}\n{reply.file[1]}"
+        return split_lines(text, line_budget(self.nick, target, self.settings.username)), 0
+
+    async def _write(self, conn: Any, target: str, lines: list[str], sending: _Confirming) -> None:
+        """Write lines `sending.start` on, with a PING after each burst: its PONG confirms the server read
+        the lines before it, so a retry after a lost connection repeats only what the server had not
+        confirmed reading (about a burst at the default pace, which a server reads as fast as it comes)."""
+        burst = self.settings.flood_burst
+        for index in range(sending.start, len(lines)):
+            if index > sending.start and (index - sending.start) % burst == 0:
+                self._checkpoint(conn, sending, index)
+            await self._bucket.take()
+            if sending.lost or not self.registered.is_set():
+                raise _lost(sending, target)
+            try:
+                conn.privmsg(target, lines[index])
+            except irc.client.ServerNotConnectedError:
+                raise _lost(sending, target) from None
+
+    def _track(self, target: str, start: int, end: int) -> _Confirming:
+        sending = _Confirming(target.lower(), start, end)
+        self._sending.append(sending)
+        return sending
+
+    def _untrack(self, sending: _Confirming) -> None:
+        with contextlib.suppress(ValueError):
+            self._sending.remove(sending)
+        for token in sending.tokens:
+            self._confirming.pop(token, None)
+
+    def _checkpoint(self, conn: Any, sending: _Confirming, upto: int) -> None:
+        """PING: the server answers once it has read every line written before, lines `..upto` of `sending`.
+        A PING that cannot be written (the connection is gone) marks the reply lost."""
+        token = f"squall-{next(self._ids)}"
+        self._confirming[token] = (sending, upto)
+        sending.tokens.append(token)
+        try:
+            conn.ping(token)
+        except irc.client.ServerNotConnectedError:
+            sending.lost = True
+
+    def _recipient(self, target: str) -> str:
+        """The nick a private reply to `target` goes to now. `nick~tag` (a private message's channel) is
+        the person who held the nick when they wrote: followed along the renames seen in shared
+        channels, and failed for good once they quit, or when the tag is not known here (given out
+        before a restart, or forgotten), rather than sent to whoever holds a nick now. A bare nick (a
+        notification route naming one) is `_current_nick`."""
+        nick, _, tag = target.partition("~")
+        if not tag:
+            return self._current_nick(nick)
+        asked = nick
+        for _ in range(len(self._moved) + 1):
+            if self._holders.get(nick.lower()) == tag:
+                return nick
+            if tag not in self._moved:
+                break
+            step = self._moved[tag]
+            if step is None:
+                raise DeliveryError(f"IRC: {nick} (who asked as {asked}) quit before the private reply was sent; "
+                                    "not sending it to whoever uses that nick now", permanent=True)
+            nick, tag = step
+        raise DeliveryError(f"IRC: the private reply is for whoever used the nick {asked} when they asked, and the "
+                            "bot cannot tell who that is now (it did not see where they went, or Squall restarted "
+                            f"since); not sending it to whoever uses {nick} now", permanent=True)
+
     def _current_nick(self, nick: str) -> str:
-        """The nick a private reply to `nick` goes to now: its asker's new nick after a rename seen in a
-        shared channel (never whoever took the old one). A nick seen to quit is undeliverable: the
-        reply is failed rather than handed to a stranger who connects under that nick."""
+        """The nick a reply to the bare nick `nick` goes to now: a rename seen in a shared channel is
+        followed; a nick seen to quit is undeliverable until someone speaks from it again."""
         seen = {nick.lower()}
         while nick.lower() in self._renamed:
             nick = self._renamed[nick.lower()]
@@ -584,41 +690,61 @@ class IrcAdapter:
                                 "that nick now", permanent=True)
         return nick
 
-    def _remember(self, table: dict[str, Any], key: str, value: Any) -> None:
+    def _remember(self, table: dict[str, Any], key: str, value: Any, limit: int | None = None) -> None:
         table.pop(key, None)
         table[key] = value
-        while len(table) > self.nick_memory:
+        while len(table) > (limit or self.nick_memory):
             del table[next(iter(table))]
 
-    async def _confirm(self, conn: Any, target: str, private: bool, lines: int) -> None:
-        """PING after a reply's `lines` and wait for the PONG: the server answers in order, so its refusals
-        of the lines come first. A 401 (no such nick) fails a private reply for good. A 404 for every line
-        (cannot send to channel: the bot is banned or muted while still in it) leaves a channel's reply in
-        the outbox, retried, as one the bot cannot join is: IRC has no other acknowledgement. A 404 for
+    def _holder(self, nick: str) -> str:
+        """The tag of the person holding `nick` now (a new one if none was given out since they took it)."""
+        tag = self._holders.get(nick.lower()) or secrets.token_hex(4)
+        self._remember(self._holders, nick.lower(), tag, self.holder_memory)  # in use: forgotten last
+        return tag
+
+    async def _confirm(self, conn: Any, target: str, private: bool, lines: int,
+                       sending: _Confirming | None = None) -> None:
+        """PING after a reply's `lines` and wait for the PONG: the server answers in order, so once it
+        comes the server has read every line, and its refusals of them came first. No PONG (the
+        connection lost, or no answer in `confirm_wait` since the last one) is a `DeliveryError` the
+        outbox retries, from the last line a PONG confirmed. A 401 (no such nick) fails a private reply
+        for good. A 404 for every line (cannot send to channel: the bot is banned or muted while still
+        in it) leaves a channel's reply in the outbox, retried, as one the bot cannot join is. A 404 for
         some lines only (a channel mode or filter refusing what they hold) is logged, and the reply counts
         as delivered: sending it again would repeat the lines the channel got, and be refused again."""
-        confirming = _Confirming(target.lower(), asyncio.get_running_loop().create_future())
-        token = f"squall-{next(self._ids)}"
-        self._confirming[token] = confirming
+        if sending is None:
+            sending = self._track(target, 0, lines)
         try:
-            conn.ping(token)
-            async with asyncio.timeout(self.confirm_wait):
-                await confirming.answered
-        except (TimeoutError, irc.client.ServerNotConnectedError):
-            return  # no answer: the lines were written; count them delivered (at least once, as before)
+            self._checkpoint(conn, sending, lines)
+            await self._confirmed(sending, target)
         finally:
-            self._confirming.pop(token, None)
-        refused = confirming.refusals
+            self._untrack(sending)
+        refused = sending.refusals
         if not refused:
             return
         if private:
             raise DeliveryError(f"IRC: {target} is not on the server ({refused[0]}); the private reply was not "
                                 "delivered", permanent=True)
-        if len(refused) >= lines:
+        if len(refused) >= sending.end - sending.start:
+            sending.again_from = sending.start  # none of them got through: all of them again
             raise DeliveryError(f"IRC: {target} refused the reply ({refused[0]}: the bot is banned or muted "
                                 "there); it stays in the outbox and is tried again")
         log.warning("IRC: %s refused %d of the %d lines of a reply (%s); the others were delivered", target,
-                    len(refused), lines, refused[0])
+                    len(refused), sending.end - sending.start, refused[0])
+
+    async def _confirmed(self, sending: _Confirming, target: str) -> None:
+        """Wait until a PONG confirms every line of `sending`; each PONG (one per burst) restarts the wait."""
+        while sending.confirmed < sending.end:
+            if sending.lost:
+                raise _lost(sending, target)
+            sending.news.clear()
+            try:
+                async with asyncio.timeout(self.confirm_wait):
+                    await sending.news.wait()
+            except TimeoutError:
+                raise DeliveryError(f"IRC: the server did not answer the PING after line {sending.end} to {target} "
+                                    f"in {self.confirm_wait:g}s; lines {sending.confirmed + 1}-{sending.end} are "
+                                    "sent again") from None
 
     async def _ensure_joined(self, channel: str) -> None:
         """Be in `channel` before writing to it: join it (with the key configured for it) and wait for our
@@ -646,8 +772,9 @@ class IrcAdapter:
         news.set()
 
     def private_channel(self, user: str) -> str:
-        """Where a private exchange with `user` happens: their nick (a private PRIVMSG's channel)."""
-        return user
+        """Where a private exchange with `user` happens: `nick~tag`, the channel of their private messages,
+        which names them rather than the nick (`_recipient`)."""
+        return f"{user}~{self._holder(user)}"
 
     async def _wait_registered(self) -> None:
         if self.registered.is_set():
@@ -706,9 +833,9 @@ class IrcAdapter:
         self.joined.clear()
         self._lost.set()
         self._join_happened()
-        for confirming in self._confirming.values():
-            if not confirming.answered.done():
-                confirming.answered.set_result(None)  # the lines were written: delivered at least once, as before
+        for sending in self._sending:  # what the server had not confirmed reading may be lost with it
+            sending.lost = True
+            sending.news.set()
 
     def _fallback_nick(self, conn: Any, event: Any) -> None:
         if self.registered.is_set():
@@ -739,7 +866,12 @@ class IrcAdapter:
 
     def _on_quit(self, conn: Any, event: Any) -> None:
         if event.source and event.source.nick.lower() != conn.real_nickname.lower():
-            self._remember(self._quit, event.source.nick.lower(), None)
+            nick = event.source.nick
+            self._remember(self._quit, nick.lower(), None)
+            tag = self._holders.pop(nick.lower(), None)
+            if tag is not None:
+                self._remember(self._moved, tag, None)
+            self._queue.put_nowait(_Gone(nick))
         self._regain_if_freed(conn, event)
 
     def _on_nick(self, conn: Any, event: Any) -> None:
@@ -747,7 +879,19 @@ class IrcAdapter:
             old, new = event.source.nick, event.target
             if new and new.lower() != conn.real_nickname.lower() and old.lower() != new.lower():
                 self._remember(self._renamed, old.lower(), new)
+                self._renamed_person(old, new)
             self._regain_if_freed(conn, event)
+
+    def _renamed_person(self, old: str, new: str) -> None:
+        """`old` is now `new`: their private replies follow them under a new tag (whoever takes `old` next
+        is someone else), an earlier holder of `new` (gone unseen) is forgotten, and the chat side closes
+        what it held for either name (`on_gone`)."""
+        tag = self._holders.pop(old.lower(), None)
+        self._holders.pop(new.lower(), None)
+        if tag is not None:
+            self._remember(self._moved, tag, (new, self._holder(new)))
+        self._queue.put_nowait(_Gone(old))
+        self._queue.put_nowait(_Gone(new))
 
     def _on_join(self, conn: Any, event: Any) -> None:
         if event.source.nick == conn.real_nickname:
@@ -780,7 +924,8 @@ class IrcAdapter:
         sender = event.source.nick if event.source else None
         if not sender or sender == conn.real_nickname or not event.arguments:
             return
-        # Whoever writes as `sender` now is who replies to that nick are for: forget an older holder.
+        # Replies to the bare nick (a route naming it) are for whoever writes as it now; a private
+        # message's own replies are for its sender, whoever holds the nick later (`private_channel`).
         self._renamed.pop(sender.lower(), None)
         self._quit.pop(sender.lower(), None)
         text = event.arguments[0]
@@ -788,7 +933,8 @@ class IrcAdapter:
         if addressed:
             text = text[addressed.end():]
         self._queue.put_nowait(Message(
-            adapter=self.name, channel=sender if direct else event.target, user=sender, text=text,
+            adapter=self.name, channel=self.private_channel(sender) if direct else event.target, user=sender,
+            text=text,
             mentioned=bool(addressed), direct=direct, id=f"i{next(self._ids)}",
             raw={"source": str(event.source), "target": event.target, "text": event.arguments[0]}))
 
@@ -848,18 +994,21 @@ class IrcAdapter:
 
     def _on_refused(self, conn: Any, event: Any) -> None:
         """401 (a private reply's nick is not on the server) and 404 (a channel refused a line of the bot's):
-        counted against the reply being confirmed to that target (`_confirm`)."""
+        counted against the reply being sent to that target (`_confirm`)."""
         self._warn(conn, event)
         name = event.arguments[0].lower() if event.arguments else ""
-        for confirming in self._confirming.values():
-            if confirming.target == name and not confirming.answered.done():
-                confirming.refusals.append(event.arguments[-1] if len(event.arguments) > 1 else event.type)
+        for sending in self._sending:
+            if sending.target == name and sending.confirmed < sending.end:
+                sending.refusals.append(event.arguments[-1] if len(event.arguments) > 1 else event.type)
 
     def _on_pong(self, conn: Any, event: Any) -> None:
+        """The server read every line written before the PING: those of its reply are confirmed."""
         for word in (event.target, *event.arguments):
-            confirming = self._confirming.get(str(word))
-            if confirming is not None and not confirming.answered.done():
-                confirming.answered.set_result(None)
+            entry = self._confirming.pop(str(word), None)
+            if entry is not None:
+                sending, upto = entry
+                sending.confirmed = max(sending.confirmed, upto)
+                sending.news.set()
 
     _on_nosuchnick = _on_refused
     _on_cannotsendtochan = _on_refused
@@ -873,12 +1022,40 @@ class IrcAdapter:
 
 @dataclass
 class _Confirming:
-    """A reply being confirmed (`IrcAdapter._confirm`): where it went, the PONG that ends the wait, and the
-    server's refusals (401/404) of its lines seen before it."""
+    """A reply being written and confirmed (`IrcAdapter.send`): where it goes (lower case), the lines this
+    attempt writes (`start` to `end`), how many of them the server has confirmed reading (each PONG
+    moves it on), its refusals (401/404) of them, and whether the connection was lost meanwhile."""
 
     target: str
-    answered: asyncio.Future[None]
+    start: int
+    end: int
+    confirmed: int = -1
     refusals: list[str] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    news: asyncio.Event = field(default_factory=asyncio.Event)  # a PONG came, or the connection went
+    lost: bool = False
+    #: Where a retry starts when not after the confirmed lines (all of them refused: from the start).
+    again_from: int | None = None
+
+    def __post_init__(self) -> None:
+        self.confirmed = max(self.confirmed, self.start)
+
+    @property
+    def resume(self) -> int:
+        """The line a retry starts at: the first one the server did not confirm reading."""
+        return self.confirmed if self.again_from is None else self.again_from
+
+
+@dataclass(frozen=True)
+class _Gone:
+    """In the message queue: the person known as `user` left that nick (renamed away or quit)."""
+
+    user: str
+
+
+def _lost(sending: _Confirming, target: str) -> DeliveryError:
+    return DeliveryError(f"IRC: disconnected before the server confirmed reading lines {sending.confirmed + 1}-"
+                         f"{sending.end} to {target}; they are sent again")
 
 
 def _describe(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -713,3 +714,47 @@ async def test_in_a_direct_message_a_bare_word_answers_and_a_prefixed_command_ru
     await _say_privately(loopback, "help")  # bare, in a direct message: the answer
     await settle(squall, bot)
     assert loopback.texts(DM)[-1].startswith("count?")
+
+
+class _Renaming(LoopbackAdapter):
+    """A loopback chat that, as IRC does, tells the bot when someone's name may change hands (`on_gone`)."""
+
+    on_gone: Any = None
+
+
+async def test_whoever_left_the_platform_leaves_no_open_form_or_confirmation_to_the_next_holder_of_the_name(
+        home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """olivia is asked a form's question in #ops, alice a confirmation in her direct messages, bob a
+    form's question in his. The adapter says olivia and alice are gone (IRC: renamed away or quit):
+    their exchanges close, in memory and stored, silently (nobody is there to read it); whoever uses
+    their names next answers nothing. bob's exchange goes on."""
+    caplog.set_level(logging.INFO, logger="bot.chat.bot")
+    _pack(home)
+    loopback = _Renaming()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    try:
+        await loopback.say("!run-form reboot", user="olivia")
+        await _say_privately(loopback, "run-form careful")
+        for answer in ("web1", "1", SECRET):
+            await _say_privately(loopback, answer)
+        await loopback.say("run-form deploy", user="bob", channel="dm-bob", direct=True)
+        await settle(squall, squall.chat)
+        assert loopback.texts(DM)[-1].startswith("About to run demo.deploy")
+        assert len(_sessions(squall)) == 3
+        said = len(loopback.posted)
+        await loopback.on_gone("loopback", "olivia")
+        await loopback.on_gone("loopback", "alice")
+        await settle(squall, squall.chat)
+        assert len(loopback.posted) == said  # told nothing: they are gone
+        assert [json.loads(key.partition(":")[2])[2] for key, _ in _sessions(squall)] == ["bob"]
+        assert "olivia" in caplog.text and "alice" in caplog.text
+        await loopback.say("db1", user="olivia")  # the names' next holders
+        await _say_privately(loopback, "yes")
+        await loopback.say("web3", user="bob", channel="dm-bob", direct=True)
+        await settle(squall, squall.chat)
+        assert await squall.executions.list(limit=5) == []
+        assert loopback.texts("dm-bob")[-1].startswith("count?")
+    finally:
+        await squall.chat.stop()
+        await squall.close()

@@ -2,7 +2,8 @@
 
 Unit tests cover line splitting, the flood-control bucket and the settings; the rest drive a real
 server: a `!` command, `squall:` addressing, private messages, a nick collision, a long multi-line
-UTF-8 reply, a kick, a server password, SASL, TLS, a server restart, and `squall serve` itself.
+UTF-8 reply, a kick, a server password, SASL, TLS, a server restart (also just after a reply: no line
+lost), private replies and forms after their person renamed or quit, and `squall serve` itself.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import irc.client
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.base import AdapterConfigError, Reply
+from adapters.base import AdapterConfigError, DeliveryError, Message, Reply
 from adapters.irc import (
     _CONTROLS,
     IrcAdapter,
@@ -33,6 +35,7 @@ from adapters.irc import (
     split_lines,
 )
 from bot.app import Squall
+from bot.chat import sessions
 from bot.chat.bot import ChatBot
 from engine.config import load_config
 from tests.conftest import free_port, server_missing, write
@@ -600,3 +603,254 @@ async def test_run_form_asks_in_a_private_message_and_answers_in_the_channel(cha
     await alice.wait_for(lambda words, raw: b"sent from a form" in raw and words[2] == "#ops", start=mark)
     assert any("sent from a form" in text for text in alice.privmsgs("squall", "#ops", start=mark))
     assert not any("sent from a form" in text for text in alice.privmsgs("squall", "alice", start=mark))
+
+
+# -- at least once: a server lost before it confirmed a reply's lines ---------------------------------
+
+class _Server:
+    """Stands in for the adapter's connection: records the lines written to it and answers each PING as
+    `answers` says, in turn: `pong` (the server read everything before it), `lost` (the connection drops
+    before the server reads it: nothing written after it is ever read, or answered) or `silent`."""
+
+    real_nickname = "squall"
+
+    def __init__(self, adapter: IrcAdapter, answers: list[str]) -> None:
+        self.adapter = adapter
+        self.answers = answers
+        self.written: list[str] = []
+        self.down = False
+
+    def privmsg(self, target: str, text: str) -> None:
+        self.written.append(text)
+
+    def ping(self, token: str) -> None:
+        answer = self.answers.pop(0) if self.answers else "pong"
+        if self.down or answer == "silent":
+            return
+        loop = asyncio.get_running_loop()
+        if answer == "lost":
+            self.down = True
+            loop.call_soon(self.adapter._on_disconnect, self, irc.client.Event("disconnect", "server", "", []))
+        else:
+            loop.call_soon(self.adapter._on_pong, self, irc.client.Event("pong", "server", "server", [token]))
+
+
+def _online(answers: list[str]) -> tuple[IrcAdapter, _Server]:
+    """An adapter registered and in #ops on a `_Server`, sending without pauses (bursts of 5 lines)."""
+    adapter = IrcAdapter(IrcSettings.from_section({"server": "127.0.0.1", "nick": "squall", "channels": ["#ops"],
+                                                   "flood_interval": 0}, environ={}))
+    server = _Server(adapter, answers)
+    adapter._conn = server  # type: ignore[assignment]
+    adapter.registered.set()
+    adapter.joined.add("#ops")
+    return adapter, server
+
+
+PARTS = [f"part-{i}" for i in range(1, 13)]
+LINES = [f"line-{i}" for i in range(1, 21)]
+
+
+async def test_a_reply_resumes_after_the_lines_the_server_confirmed_not_the_lines_written() -> None:
+    """Twelve lines: a PING follows each burst of five. The first is answered; the connection drops
+    before the second: lines 6-12 were written but never confirmed read (a restarting server loses
+    what sits in its input buffer). The send fails for now, and its retry starts at line 6."""
+    adapter, server = _online(["pong", "lost"])
+    reply = Reply(adapter="irc", channel="#ops", text="\n".join(PARTS))
+    with pytest.raises(DeliveryError, match="disconnected") as lost:
+        await adapter.send(reply)
+    assert not lost.value.permanent  # the outbox keeps it and tries again
+    assert server.written == PARTS
+    adapter.registered.set()  # reconnected
+    adapter.joined.add("#ops")
+    server.written.clear()
+    server.down = False
+    await adapter.send(reply)
+    assert server.written == PARTS[5:]
+    assert adapter._confirming == {} and adapter._partial == {}
+
+
+async def test_a_reply_the_server_never_confirms_is_sent_again_from_the_last_confirmed_line() -> None:
+    adapter, server = _online(["pong", "silent", "silent"])
+    adapter.confirm_wait = 0.2
+    reply = Reply(adapter="irc", channel="#ops", text="\n".join(PARTS))
+    with pytest.raises(DeliveryError, match="did not answer") as unanswered:
+        await adapter.send(reply)
+    assert not unanswered.value.permanent
+    server.written.clear()
+    await adapter.send(reply)
+    assert server.written == PARTS[5:]
+
+
+async def test_a_server_restart_just_after_a_reply_loses_none_of_its_lines(home: Path, ircd: IrcServer) -> None:
+    """The reviewer's case: a result written in one burst, the server stopped (SIGTERM) as its first line
+    arrives and started again. ngircd reads about ten lines at once, then a few a second, so part of
+    the reply is still in its input buffer when it dies. Every line arrives, before or after the
+    restart (some twice at worst), and the outbox records the reply sent only then."""
+    squall, bot, _ = await _start(home, _section(ircd, flood_burst=len(LINES)))
+    alice = await Person("alice").connect(ircd.port)
+    try:
+        await alice.join("#ops", wait_for="squall")
+        outbox_id = await bot.outbox.post(Reply(adapter="irc", channel="#ops", text="\n".join(LINES)))
+        await alice.wait_for(lambda words, raw: b"line-1" in raw and words[1] == "PRIVMSG")
+        await asyncio.to_thread(ircd.stop)
+        await alice.wait_for(lambda words, raw: words[0] == "ERROR")  # the server's last line: all before it read
+        before = alice.privmsgs("squall", "#ops")
+        assert set(before) < set(LINES)  # ngircd reads about ten lines at once, then a few a second
+        await alice.close()
+        ircd.start()
+        alice = await Person("alice").connect(ircd.port)
+        await alice.join("#ops", wait_for="squall")
+        await alice.wait_for(lambda words, raw: f"line-{len(LINES)}".encode() in raw and words[1] == "PRIVMSG",
+                             timeout=30)
+        assert set(LINES) <= set(before + alice.privmsgs("squall", "#ops"))
+        await bot.outbox.drain(20)
+        for _ in range(200):  # the mark is written in the background
+            row = await squall.db(squall.store.outbox_get, outbox_id)
+            if row["status"] != "pending":
+                break
+            await asyncio.sleep(0.05)
+        assert row["status"] == "sent" and row["attempts"] > 1  # not marked sent by the attempt the restart cut
+    finally:
+        await alice.close()
+        await bot.stop()
+        await squall.close()
+
+
+# -- a private reply is for the person who asked, not for whoever holds their nick later -------------
+
+@pytest.fixture
+async def watched(ircd: IrcServer) -> AsyncIterator[tuple[IrcServer, Person, IrcAdapter, list[Message]]]:
+    """The adapter alone in #ops with alice, keeping every message it hands on."""
+    got: list[Message] = []
+
+    async def keep(message: Message) -> None:
+        got.append(message)
+
+    alice = await Person("alice").connect(ircd.port)
+    await alice.join("#ops")
+    adapter = IrcAdapter(IrcSettings.from_section(_section(ircd), environ={}))
+    await adapter.start(keep)
+    try:
+        await alice.wait_member("#ops", "squall")
+        yield ircd, alice, adapter, got
+    finally:
+        await alice.close()
+        await adapter.stop()
+
+
+async def _handed_on(got: list[Message], text: str) -> Message:
+    """The message with `text` once the adapter has handed it on (everything the server sent before it,
+    such as a NICK or a QUIT, was read first)."""
+    for _ in range(400):
+        found = [message for message in got if message.text == text]
+        if found:
+            return found[-1]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the adapter never handed on {text!r}")
+
+
+async def test_a_private_reply_never_goes_to_whoever_took_the_askers_nick_and_spoke_first(watched) -> None:
+    """alice asks privately and renames; a stranger takes `alice` and says something to the bot before the
+    result is ready. The result goes to alice under her new nick: the stranger's message does not make
+    the old nick's replies theirs."""
+    server, alice, adapter, got = watched
+    await alice.say("squall", "secret show db_password")
+    asked = await _handed_on(got, "secret show db_password")
+    mark = len(alice.lines)
+    await alice.send("NICK alice2")
+    await alice.wait_for(lambda words, raw: words[1] == "NICK", start=mark)
+    mallory = await Person("alice").connect(server.port)
+    try:
+        await mallory.say("squall", "help")
+        assert (await _handed_on(got, "help")).channel != asked.channel  # a different person: a different place
+        await adapter.send(Reply(adapter="irc", channel=asked.channel, text="db_password=hunter2"))
+        assert await alice.wait_privmsgs("squall", 1, "alice2", start=mark) == ["db_password=hunter2"]
+        await mallory.join("#ops")  # once the server answers mallory here, a leak would have shown
+        assert not any(b"hunter2" in raw for raw in mallory.lines)
+    finally:
+        await mallory.close()
+
+
+async def test_a_private_reply_to_an_asker_who_quit_fails_though_the_nick_s_new_holder_spoke(watched) -> None:
+    server, alice, adapter, got = watched
+    bob = await Person("bob").connect(server.port)
+    await bob.join("#ops")
+    await bob.say("squall", "what is the root password")
+    asked = await _handed_on(got, "what is the root password")
+    mark = len(alice.lines)
+    await bob.close()  # QUIT, seen by the bot in #ops
+    await alice.wait_for(lambda words, raw: words[1] == "QUIT", start=mark)
+    stranger = await Person("bob").connect(server.port)
+    try:
+        await stranger.say("squall", "hello")
+        await _handed_on(got, "hello")
+        with pytest.raises(DeliveryError, match="bob") as refused:
+            await adapter.send(Reply(adapter="irc", channel=asked.channel, text="root password: hunter2"))
+        assert refused.value.permanent
+        await stranger.join("#ops")
+        assert not any(b"hunter2" in raw for raw in stranger.lines)
+    finally:
+        await stranger.close()
+
+
+def _seen(adapter: IrcAdapter, kind: str, source: str, target: str = "") -> None:
+    """The adapter sees a NICK or QUIT in a channel it shares (`source` is `nick!user@host`)."""
+    handler = adapter._on_nick if kind == "nick" else adapter._on_quit
+    handler(_Server(adapter, []), irc.client.Event(kind, irc.client.NickMask(source), target, []))
+
+
+def test_a_private_place_follows_its_person_and_fails_once_they_are_gone() -> None:
+    """Where replies to a private message go, as renames and quits are seen: along the person's renames
+    (back to the first nick too), never to a new holder of a nick the person left, never after the
+    person quit, nor to a tag this process did not give out (one from before a restart)."""
+    adapter, _ = _online([])
+    alice = adapter.private_channel("alice")
+    assert alice.startswith("alice~") and adapter.private_channel("alice") == alice  # the same person: the same place
+    assert adapter._recipient(alice) == "alice"
+    _seen(adapter, "nick", "alice!a@h", "alice2")
+    assert adapter._recipient(alice) == "alice2"
+    stranger = adapter.private_channel("alice")  # someone new takes `alice`
+    assert stranger != alice and adapter._recipient(stranger) == "alice"
+    _seen(adapter, "quit", "alice!m@h")  # the stranger leaves; alice takes her nick back
+    _seen(adapter, "nick", "alice2!a@h", "alice")
+    assert adapter._recipient(alice) == "alice"
+    with pytest.raises(DeliveryError, match="quit") as quit_:
+        adapter._recipient(stranger)
+    assert quit_.value.permanent
+    _seen(adapter, "quit", "alice!a@h")
+    with pytest.raises(DeliveryError, match="quit"):
+        adapter._recipient(alice)
+    with pytest.raises(DeliveryError, match="restart") as unknown:
+        adapter._recipient("carol~0badc0de")
+    assert unknown.value.permanent
+    assert adapter._recipient("carol") == "carol"  # a bare nick (a notification route): whoever holds it
+
+
+async def test_a_form_asked_privately_is_closed_when_its_person_renames(home: Path, ircd: IrcServer) -> None:
+    """alice's form asks in a private message; she renames. Her open exchange is closed (memory and the
+    stored session), so a stranger who takes `alice` and answers runs nothing: they get the answer to
+    an unknown command."""
+    squall, bot, _ = await _start(home, _section(ircd))
+    alice = await Person("alice").connect(ircd.port)
+    mallory = Person("alice")
+    try:
+        await alice.join("#ops", wait_for="squall")
+        mark = len(alice.lines)
+        await alice.say("#ops", "!run-form echo")
+        await alice.wait_privmsgs("squall", 2, "alice", start=mark)
+        assert [key for key, _, _ in await sessions.stored(squall) if key.startswith("ask:")]
+        mark = len(alice.lines)
+        await alice.send("NICK alice_away")
+        await alice.wait_for(lambda words, raw: words[1] == "NICK", start=mark)
+        await mallory.connect(ircd.port)
+        await mallory.say("squall", "answer-from-mallory")
+        [said] = await mallory.wait_privmsgs("squall", 1, "alice")
+        assert said.startswith("I don't know")
+        assert await sessions.stored(squall) == []
+        assert await squall.executions.list(limit=5) == []
+        assert not any("answer-from-mallory" in text for text in alice.privmsgs("squall", "#ops", start=mark))
+    finally:
+        await mallory.close()
+        await alice.close()
+        await bot.stop()
+        await squall.close()

@@ -62,6 +62,9 @@ class ChatBot:
         self.dispatcher = Dispatcher(engine=engine, index=self.index, outbox=self.outbox, adapters=self.adapters,
                                      inquiries=self.inquiries, commands=self.commands, auth=auth, settings=settings,
                                      approvals=self.approvals)
+        for adapter in adapters:  # an adapter where names change hands says when someone leaves one
+            if hasattr(adapter, "on_gone"):
+                adapter.on_gone = self.gone  # type: ignore[attr-defined]
         engine.executions.on_completing(self.dispatcher.completing)
         engine.events.subscribe(EXECUTION_FINISHED, self.dispatcher.on_finished)
         self._began = False
@@ -90,6 +93,17 @@ class ChatBot:
             log.info("%d chat form(s) opened before the restart are still open", forms)
         if confirmations:
             log.info("%d confirmation(s) asked before the restart still wait for their answer", confirmations)
+
+    async def gone(self, adapter: str, user: str) -> None:
+        """The person known as `user` on `adapter` left that name (IRC: renamed away or quit; the adapter's
+        `on_gone`): close the forms, question exchanges, confirmations and "did you mean" offers held for
+        it, stored ones too, so whoever takes the name next cannot answer them and run a command as
+        them. Nobody is told (they are gone); it is logged."""
+        forms = await self.dispatcher.forms.close(adapter, user)
+        confirmations = await self.dispatcher.close_confirmations(adapter, user)
+        if forms or confirmations:
+            log.info("%s on %s renamed away or quit: closed the %d form(s) and %d confirmation(s) held for that "
+                     "name, which its next holder must not answer", user, adapter, forms, confirmations)
 
     async def start(self) -> None:
         await self.begin()

@@ -411,6 +411,16 @@ class Dispatcher:
         await sessions.keep(self.engine, sessions.place_key(_CONFIRM, *key), state, pending.expires,
                             f"the confirmation asked of {message.user}")
 
+    async def close_confirmations(self, adapter: str, user: str) -> int:
+        """Forget the confirmation or "did you mean" offer held for `user` in each channel of `adapter` (they
+        left that name: its next holder must not say `yes` to it), in memory and stored; how many. Names
+        are compared without case, as IRC compares nicks."""
+        keys = [key for key in self._confirmations if key[0] == adapter and key[2].lower() == user.lower()]
+        for key in keys:
+            del self._confirmations[key]
+            await sessions.drop(self.engine, sessions.place_key(_CONFIRM, *key))
+        return len(keys)
+
     async def restore(self) -> tuple[int, int]:
         """Take up the chat sessions stored before a restart (at the chat's start), read once: open
         forms and question exchanges (`ChatForms.restore`), confirmations and "did you mean" offers.

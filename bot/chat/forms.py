@@ -387,6 +387,22 @@ class ChatForms:
         except CommandRefused as exc:
             return f"Sorry {sender.user}, you may not run that: {exc}."
 
+    async def close(self, adapter: str, user: str) -> int:
+        """Close every form and question exchange held for `user` on `adapter` (they left that name: its
+        next holder must not answer them), in memory and stored, saying nothing; how many. Names are
+        compared without case, as IRC compares nicks."""
+        name = user.lower()
+        asking = [key for key in self._asking if key[0] == adapter and key[2].lower() == name]
+        for key in asking:
+            del self._asking[key]
+            await self._drop(_ask_key(*key))
+        opened = [state for state, form in self._opened.items()
+                  if form.origin.adapter == adapter and form.origin.user.lower() == name]
+        for state in opened:
+            del self._opened[state]
+            await self._drop(_FORM + state)
+        return len(asking) + len(opened)
+
     def _forget_expired(self) -> None:
         """Expired forms leave memory here; their rows go at the next start (`restore`)."""
         now = time.time()
