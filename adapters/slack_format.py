@@ -6,7 +6,10 @@ the person typed, not as Slack's markup (a peer pain point: URLs broke st2 alias
 
 Out: a `Reply` becomes `chat.postMessage` arguments. Alias `extra.slack` follows StackStorm's
 hubot adapter: its keys are attachment fields (`color`, `pretext`, `fields`, ...) merged around the
-reply text; `extra.slack.blocks` or `extra.slack.attachments` are passed through as given.
+reply text; `extra.slack.blocks` or `extra.slack.attachments` are passed through as given. A result
+split at hubot's `{~}` (`bot.chat.replies.split_pretext`, which marks it with `ATTACHED_TAIL`) is
+posted as hubot's Slack adapter posts it: the pretext as the message, the rest as an attachment
+(with `extra.slack`'s keys).
 Buttons become an `actions` block whose values are what the person would otherwise have typed
 (`yes`/`no`, `approve <id>`), or for a confirmation `yes:<token>`/`no:<token>`, naming the prompt.
 A `Form` becomes a modal view of Block Kit inputs (`form_view`), and a submitted modal's state
@@ -32,6 +35,10 @@ SECTION_LIMIT = 3000
 MAX_BLOCKS = 50
 #: chat.postMessage truncates text above 40,000 characters.
 MAX_TEXT = 40_000
+#: The `extra.slack` key by which a result split at hubot's `{~}` tells how many characters at the end of
+#: its text came after the delimiter (the rest follows the pretext and one newline): those become the
+#: attachment. A count, not the text, so the outbox stores the output once; checked against the text.
+ATTACHED_TAIL = "squall_attached_tail"
 
 _ANGLE = re.compile(r"<([^<>]*)>")
 
@@ -117,6 +124,16 @@ def home_view(title: str, buttons: list[dict[str, str]], empty: str) -> dict[str
     return {"type": "home", "blocks": blocks}
 
 
+def _pretext_split(reply: Reply, slack: dict[str, Any]) -> tuple[str, str] | None:
+    """(pretext, rest) of a result split at `{~}` (`ATTACHED_TAIL`), when the text still ends with the rest
+    after a newline; None for any other reply, or one whose pack gave its own blocks, attachments or buttons."""
+    size, text = slack.get(ATTACHED_TAIL), reply.text
+    if (not isinstance(size, int) or isinstance(size, bool) or not 0 < size < len(text) or text[-size - 1] != "\n"
+            or reply.buttons or "blocks" in slack or "attachments" in slack):
+        return None
+    return text[:-size - 1], text[-size:]
+
+
 def message_arguments(reply: Reply) -> dict[str, Any]:
     """`chat.postMessage`/`chat.update` arguments (text, blocks, attachments) for a reply."""
     text = escape(reply.text)[:MAX_TEXT]
@@ -128,8 +145,14 @@ def message_arguments(reply: Reply) -> dict[str, Any]:
             blocks = list(slack["blocks"])
         if isinstance(slack.get("attachments"), list):
             arguments["attachments"] = slack["attachments"]
-        fields = {k: v for k, v in slack.items() if k not in ("blocks", "attachments")}
-        if fields and "attachments" not in arguments and blocks is None:
+        fields = {k: v for k, v in slack.items() if k not in ("blocks", "attachments", ATTACHED_TAIL)}
+        split = _pretext_split(reply, slack)
+        if split is not None:
+            # hubot's Slack adapter: the pretext above, the rest in one attachment the extra keys decorate.
+            pretext, rest = escape(split[0])[:MAX_TEXT], escape(split[1])[:MAX_TEXT]
+            attachment = {"mrkdwn_in": ["text", "pretext"], **fields, "text": rest, "fallback": rest}
+            arguments = {"text": pretext, "attachments": [attachment]}
+        elif fields and "attachments" not in arguments and blocks is None:
             # StackStorm's hubot adapter: the extra keys decorate one attachment carrying the text.
             attachment = {"mrkdwn_in": ["text", "pretext"], **fields, "text": text, "fallback": text}
             arguments = {"text": None, "attachments": [attachment]}

@@ -12,17 +12,18 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import pytest
 
-from adapters.base import AdapterConfigError, DeliveryError, Reply
+from adapters.base import AdapterConfigError, Capabilities, DeliveryError, Reply
 from adapters.slack import MENTION_LOOKUPS_PER_MINUTE, SlackSettings, create
-from adapters.slack_format import mentioned_users, message_arguments, plain_text
+from adapters.slack_format import ATTACHED_TAIL, escape, mentioned_users, message_arguments, plain_text
 from bot.app import Squall
-from bot.chat.replies import fit
+from bot.chat.replies import fit, render_result
 from engine.config import load_config
 from tests.conftest import REPO, free_port, write
 from tests.fake_slack import APP_TOKEN, BOT_TOKEN, BOT_USER, SIGNING_SECRET, FakeSlack
@@ -308,6 +309,34 @@ async def test_alias_extra_slack_blocks_are_sent_as_blocks(slack, fake: FakeSlac
     blocks = json.loads(posted["blocks"]) if isinstance(posted["blocks"], str) else posted["blocks"]
     assert blocks[0] == {"type": "header", "text": {"type": "plain_text", "text": "Greeting carol"}}
     assert posted["text"] == "blocky hello carol"  # the notification / accessibility fallback
+
+
+async def test_a_result_split_at_the_pretext_delimiter_is_text_and_an_attachment(home: Path, fake: FakeSlack) -> None:
+    """hubot-stackstorm's Slack adapter posts a result's part before `{~}` as the message and the rest as an
+    attachment (decorated by `extra.slack`'s keys), as the st2 pack's `Found N actions:{~}...` expects; the
+    delimiter was posted as typed."""
+    for name, extra in (("listing", ""), ("colored", 'extra: {slack: {color: "#00ff00"}}')):
+        write(home / "packs" / "demo" / "aliases" / f"{name}.yaml", f"""
+            name: {name}
+            action_ref: demo.greet
+            description: Greet, as a list.
+            formats: ["{name} {{{{who}}}}"]
+            ack: {{enabled: false}}
+            result:
+              format: "Found 1 greeting:{{~}}{{{{ execution.result.stdout }}}}"
+              {extra}
+        """)
+    async with _slack_chat(home, fake):
+        await fake.push("events_api", fake.event(fake.message_event("!listing ann")))
+        await fake.push("events_api", fake.event(fake.message_event("!colored bo&lt;b&gt;")))
+        plain = await _posted(fake, lambda m: "ann" in str(m.get("attachments")), "the listing")
+        colored = await _posted(fake, lambda m: "bo" in str(m.get("attachments")), "the colored listing")
+    for posted, text, color in ((plain, "hello ann", None), (colored, "hello bo&lt;b&gt;", "#00ff00")):
+        attachments = json.loads(posted["attachments"]) if isinstance(posted["attachments"], str) else \
+            posted["attachments"]
+        assert posted["text"] == "Found 1 greeting:"
+        assert attachments == [{"mrkdwn_in": ["text", "pretext"], **({"color": color} if color else {}),
+                                "text": text, "fallback": text}]
 
 
 async def test_long_output_is_uploaded_as_a_file(slack, fake: FakeSlack) -> None:
@@ -759,6 +788,36 @@ def test_markup_and_rendering() -> None:
         {"text": "Yes", "value": "yes:0123456789abcdef"}, {"text": "No", "value": "no:0123456789abcdef"}]))
     assert [e["style"] for e in tokened["blocks"][-1]["elements"]] == ["primary", "danger"]
     assert arguments["blocks"][0]["text"]["text"] == "a &lt; b"
+
+
+def test_only_a_whole_result_split_at_the_pretext_becomes_an_attachment() -> None:
+    """The attachment comes of the split `bot.chat.replies` marks, and only of that: a reply cut into parts
+    (no marker left) or with its own blocks or attachments keeps its text whole."""
+    text = "Found 2:\n• a\n• b"
+    split = render_split(text)
+    arguments = message_arguments(split)
+    assert arguments["text"] == "Found 2:" and arguments["attachments"][0]["text"] == "• a\n• b"
+    parts = fit(Reply(**{**split.__dict__, "text": text + "\n" + "x" * 400}), Capabilities(max_length=200))
+    assert len(parts) > 1 and all(ATTACHED_TAIL not in str(p.extra) for p in parts)
+    assert all("attachments" not in message_arguments(p) for p in parts)
+    uploaded = fit(Reply(**{**split.__dict__, "text": text + "\n" + "x" * 400}),
+                   Capabilities(files=True, max_length=200))
+    assert [ATTACHED_TAIL in str(p.extra) for p in uploaded] == [False]
+    blocks = [{"type": "divider"}]
+    own = message_arguments(Reply(**{**split.__dict__, "extra": {"slack": {**split.extra["slack"], "blocks": blocks}}}))
+    assert own["text"] == escape(text) and own["blocks"] == blocks and "attachments" not in own
+    assert message_arguments(Reply(**{**split.__dict__, "text": "edited"}))["text"] == "edited"  # not its text
+
+
+def render_split(text: str) -> Reply:
+    """A reply as `render_result` gives a result whose format wrote `{~}` after its first line."""
+    pretext, _, rest = text.partition("\n")
+    alias = SimpleNamespace(ref="demo.x", name="x", pack="demo", action_ref="demo.x", description="",
+                            result={"format": "{{ execution.result }}"})
+    rendered, extra = render_result(alias, {"id": "e1", "action": "demo.x", "status": "succeeded",
+                                            "runner": "noop", "result": f"{pretext}{{~}}{rest}"})
+    assert rendered == text
+    return Reply(adapter="slack", channel="C", text=text, extra=extra)
 
 
 # -- HTTP mode -------------------------------------------------------------------------------------------

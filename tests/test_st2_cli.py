@@ -140,6 +140,14 @@ def _pack(home: Path) -> None:
         trigger: {type: core.st2.webhook, parameters: {url: st2e}}
         action: {ref: st2e.greet, parameters: {who: "{{ trigger.body.who }}"}}
     """)
+    write(pack / "sensors" / "watch.yaml", """
+        class_name: Watch
+        entry_point: watch.py
+        description: Watches nothing (disabled, so serve never starts it).
+        enabled: false
+        trigger_types: [{name: tick}]
+    """)
+    write(pack / "sensors" / "watch.py", "from st2reactor.sensor.base import Sensor\n")
 
 
 WHO = """
@@ -407,6 +415,22 @@ def test_n_minus_one_lists_everything_and_rules_enable_and_disable(server: Serve
     assert "st2e.on_hook" in shown and "True" in shown
     missing = server.run("rule", "disable", "st2e.nope", check=False)
     assert missing.returncode != 0 and "st2e.nope" in missing.stdout + missing.stderr
+
+
+def test_sensor_list_get_and_a_running_execution_without_an_end(server: Server) -> None:
+    """`st2 sensor list|get` read `/sensortypes` (a 404 before); `st2 sensor disable` is told the file to edit.
+    A running execution has no `end_timestamp` (null before, which pack templates took for a value)."""
+    (sensor,) = server.json("sensor", "list", "-p", "st2e")
+    assert sensor["ref"] == "st2e.Watch" and sensor["enabled"] is False
+    got = server.json("sensor", "get", "st2e.Watch")
+    assert got["trigger_types"] == ["st2e.tick"] and got["uid"] == "sensor_type:st2e:Watch"
+    refused = server.run("sensor", "enable", "st2e.Watch", check=False)
+    assert refused.returncode != 0 and "sensors/watch.yaml" in refused.stdout + refused.stderr
+    napping = _id(server.run("run", "-a", "st2e.nap").stdout)
+    running = server.wait(napping, "running")
+    assert "end_timestamp" not in running and "elapsed_seconds" not in running, running
+    assert napping in server.run("execution", "list", "-n", "5").stdout
+    server.run("execution", "cancel", napping)
 
 
 def test_tail_prints_a_running_execution_s_output_and_run_tail_a_workflow_s(server: Server) -> None:

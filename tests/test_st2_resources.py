@@ -19,6 +19,7 @@ from engine.config import load_config
 from engine.executions import new_id
 from engine.parameters import MASK
 from engine.storage import utcnow
+from tests.conftest import write
 from tests.test_api import KEY, _home
 
 
@@ -175,3 +176,76 @@ async def test_re_emit_answers_as_stackstorm(squall: Squall, client: httpx.Async
     assert stored["payload"] == body["payload"]
     again = (await client.post(f"/api/v1/triggerinstances/{body['id']}/re_emit")).json()
     assert again["payload"] == {"n": 1, "__context": {"original_id": body["id"]}}
+
+
+# -- sensor types ------------------------------------------------------------------------------------------
+
+def _sensors(home: Path) -> None:
+    """Two sensors of the demo pack (one disabled) and one of another pack."""
+    for pack, name, meta in (
+            ("demo", "watch", """
+                class_name: Watch
+                entry_point: watch.py
+                description: Watches the thing.
+                poll_interval: 30
+                trigger_types:
+                  - name: tick
+                    payload_schema: {type: object}
+            """),
+            ("demo", "quiet", "class_name: Quiet\nentry_point: quiet.py\nenabled: false\n"),
+            ("other", "ping", "class_name: Ping\nentry_point: ping.py\n")):
+        folder = home / "packs" / pack
+        if not (folder / "pack.yaml").exists():
+            write(folder / "pack.yaml", f"ref: {pack}\nname: {pack}\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+        write(folder / "sensors" / f"{name}.yaml", meta)
+        write(folder / "sensors" / f"{name}.py", "from st2reactor.sensor.base import PollingSensor\n")
+
+
+async def test_sensor_types_are_listed_filtered_and_read_as_stackstorm_shows_them(home: Path) -> None:
+    """`st2 sensor list|get`, st2client's `Client.sensors` (the st2 pack's `st2.sensors.list` and its
+    `!st2 list sensors`) read `/sensortypes`, which was a 404 though the sensors ran."""
+    _home(home)
+    _sensors(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        async with _client(squall, KEY) as client:
+            listed = await client.get("/api/v1/sensortypes", params={"pack": "demo"})
+            assert listed.status_code == 200, listed.text
+            assert listed.headers["X-Total-Count"] == "2" and "X-Limit" not in listed.headers
+            quiet, watch = listed.json()
+            sensors = home.resolve() / "packs" / "demo" / "sensors"
+            assert watch == {
+                "id": watch["id"], "uid": "sensor_type:demo:Watch", "ref": "demo.Watch", "pack": "demo",
+                "name": "Watch", "class_name": "Watch", "entry_point": "sensors.watch.Watch",
+                "artifact_uri": f"file://{sensors / 'watch.py'}", "description": "Watches the thing.",
+                "poll_interval": 30, "enabled": True, "trigger_types": ["demo.tick"],
+                "metadata_file": next(d.file for d in squall.registry.documents if d.file.endswith("watch.yaml"))}
+            assert len(watch["id"]) == 24 and watch["id"] != quiet["id"]
+            assert (quiet["ref"], quiet["enabled"], quiet["trigger_types"]) == ("demo.Quiet", False, [])
+            assert "poll_interval" not in quiet  # none given: StackStorm shows none
+
+            everything = (await client.get("/api/v1/sensortypes", params={"limit": -1})).json()
+            assert [s["ref"] for s in everything] == ["demo.Quiet", "demo.Watch", "other.Ping"]  # by pack, name
+            paged = await client.get("/api/v1/sensortypes", params={"limit": 1, "offset": 1})
+            assert [s["ref"] for s in paged.json()] == ["demo.Watch"] and paged.headers["X-Total-Count"] == "3"
+            for params, refs in (({"name": "Ping"}, ["other.Ping"]), ({"enabled": "false"}, ["demo.Quiet"]),
+                                 ({"enabled": "true", "pack": "demo"}, ["demo.Watch"]),
+                                 ({"trigger": "demo.tick"}, ["demo.Watch"]), ({"pack": "nopack"}, [])):
+                assert [s["ref"] for s in (await client.get("/api/v1/sensortypes", params=params)).json()] == refs
+
+            for ref_or_id in ("demo.Watch", watch["id"]):
+                got = await client.get(f"/api/v1/sensortypes/{ref_or_id}")
+                assert got.status_code == 200 and got.json() == watch
+            missing = await client.get("/api/v1/sensortypes/demo.Wacth")
+            assert missing.status_code == 404 and "demo.Watch" in missing.json()["faultstring"]
+            assert (await client.get("/api/v1/sensortypes", params={"limit": 0})).status_code == 400
+
+            for ref_or_id in ("demo.Watch", watch["id"]):  # st2 sensor enable|disable: the file to edit instead
+                refused = await client.put(f"/api/v1/sensortypes/{ref_or_id}", json={**watch, "enabled": False})
+                assert refused.status_code == 405 and refused.headers["allow"] == "GET", refused.text
+                fault = refused.json()["faultstring"]
+                assert watch["metadata_file"] in fault and "enabled: false" in fault
+            assert (await client.put("/api/v1/sensortypes/demo.nope", json={})).status_code == 404
+            assert (await client.get("/api/v1/sensortypes/demo.Watch")).json()["enabled"] is True
+    finally:
+        await squall.close()

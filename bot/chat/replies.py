@@ -3,6 +3,11 @@
 Templates render in the sandboxed StackStorm environment with `execution` and `actionalias`
 (StackStorm's ack context) plus `alias` (its result context). A template that fails to render
 never loses the reply: the person gets the default text and the reason.
+
+A result is split at its first `{~}`, hubot-stackstorm's pretext delimiter (`splitMessage`): every
+platform gets the pretext and the rest joined by a newline, and Slack, which shows the rest as an
+attachment under the pretext (as hubot's Slack adapter does), is told where the rest starts
+(`extra.slack`'s `ATTACHED_TAIL`). Acks are posted as rendered, as hubot posts them (`msg.send`).
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ import json
 from typing import Any
 
 from adapters.base import Capabilities, Reply
+from adapters.slack_format import ATTACHED_TAIL
 from engine.templates import TemplateRenderError, render_template, render_value, to_human_time_from_seconds
 
 DEFAULT_ACK = "Running {{ execution.action }} ({{ execution.id }})"
+#: hubot-stackstorm's delimiter between a message's pretext and its text (src/lib/utils.js).
+PRETEXT_DELIMITER = "{~}"
 _MARK = {"succeeded": "✔", "failed": "✖", "timeout": "⏱", "canceled": "⊘", "abandoned": "✖"}
 _SHOWN_KEYS = ("stdout", "stderr", "return_code", "error", "result", "exit_code", "body", "status_code")
 
@@ -89,14 +97,32 @@ def render_result(alias: Any | None, execution: dict[str, Any]) -> tuple[str | N
     if result.get("enabled") is False:
         return None, {}
     if not result.get("format"):
-        return default_result(execution), _extra(result, execution, alias)
+        return split_pretext(default_result(execution), _extra(result, execution, alias))
     shown = _alias_dict(alias)
     context = {"execution": execution, "alias": shown, "actionalias": shown}
     try:
         text = render_template(result["format"], context)
     except TemplateRenderError as exc:
         text = f"{default_result(execution)}\n(the alias's result format failed: {exc})"
-    return text, _extra(result, execution, alias)
+    return split_pretext(text, _extra(result, execution, alias))
+
+
+def split_pretext(text: str, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """`text` split at its first `{~}` as hubot-stackstorm splits every result: the pretext and the rest
+    joined by one newline (the newlines around the delimiter are the template's layout, not content),
+    and `extra.slack` told how long the rest is, for Slack's attachment. Only the first `{~}` splits;
+    hubot keeps only what lies between the first and a second one, which would lose the rest of the
+    output, so a later one stays as written. Either part empty: the other alone, with no attachment."""
+    pretext, found, rest = text.partition(PRETEXT_DELIMITER)
+    if not found:
+        return text, extra
+    pretext, rest = pretext.rstrip("\r\n"), rest.lstrip("\r\n")
+    if not (pretext and rest):
+        return pretext or rest, extra
+    slack = extra.get("slack", {})
+    if not isinstance(slack, dict):  # a pack's own extra.slack of another shape: Slack gets the text whole
+        return f"{pretext}\n{rest}", extra
+    return f"{pretext}\n{rest}", {**extra, "slack": {**slack, ATTACHED_TAIL: len(rest)}}
 
 
 def _extra(section: dict[str, Any], execution: dict[str, Any], alias: Any) -> dict[str, Any]:
@@ -123,10 +149,12 @@ def short(text: str, limit: int = 80) -> str:
 
 
 def fit(reply: Reply, capabilities: Capabilities) -> list[Reply]:
-    """Split text longer than the platform allows, or upload it as a file where files exist."""
+    """Split text longer than the platform allows, or upload it as a file where files exist. A reply
+    cut so loses its pretext split (`split_pretext`): the attachment's length no longer fits its text."""
     limit = max(200, capabilities.max_length)
     if len(reply.text) <= limit:
         return [reply]
+    reply = Reply(**{**reply.__dict__, "extra": _unsplit(reply.extra)})
     if capabilities.files and reply.file is None:
         head = reply.text.split("\n", 1)[0][: limit - 40]
         return [Reply(**{**reply.__dict__, "text": f"{head}\n(full output attached)",
@@ -152,3 +180,12 @@ def fit(reply: Reply, capabilities: Capabilities) -> list[Reply]:
     rest = [Reply(**{**reply.__dict__, "text": chunk, "edit": None, "extra": {}, "buttons": []})
             for chunk in chunks[1:]]
     return [first, *rest]
+
+
+def _unsplit(extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` without the pretext split's mark (`split_pretext`), the pack's own `extra.slack` kept."""
+    slack = extra.get("slack") if isinstance(extra, dict) else None
+    if not isinstance(slack, dict) or ATTACHED_TAIL not in slack:
+        return extra
+    kept = {k: v for k, v in slack.items() if k != ATTACHED_TAIL}
+    return {**{k: v for k, v in extra.items() if k != "slack"}, **({"slack": kept} if kept else {})}

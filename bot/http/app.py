@@ -24,6 +24,7 @@ from bot.http import (
     packs,
     rules,
     runners,
+    sensors,
     stream,
     tokens,
     triggers,
@@ -46,8 +47,8 @@ AUTH_PREFIX = "/auth/v1"
 STREAM_PREFIX = "/stream/v1"
 #: Routers under `API_PREFIX` whose every route needs an API key, in the order they are matched.
 KEYED_ROUTERS = (actions.router, runners.router, packs.router, executions.router, aliases.router,
-                 alias_execution.router, rules.router, triggers.router, keys.router, inquiries.router, user.router,
-                 apikeys.router)
+                 alias_execution.router, rules.router, triggers.router, sensors.router, keys.router, inquiries.router,
+                 user.router, apikeys.router)
 
 
 async def openapi(request: Request) -> dict[str, Any]:

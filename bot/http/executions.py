@@ -69,13 +69,18 @@ class ExecutionUpdate(BaseModel):
 
 def execution_doc(record: dict[str, Any], registry: Registry) -> dict[str, Any]:
     """An execution as StackStorm's API shows it; an action whose pack is gone keeps its ref, pack
-    and name (the record outlives the pack). An inquiry's secret answers are masked (`shown_execution`)."""
+    and name (the record outlives the pack). An inquiry's secret answers are masked (`shown_execution`).
+
+    Only the attributes that have a value are there, as StackStorm's `ActionExecutionAPI.from_model`
+    keeps them (`if value`, at the top level only): a running execution has no `end_timestamp`,
+    `elapsed_seconds` or `parent`, and an empty `result`, `parameters` or `children` is left out.
+    Pack templates test for the key (`{% if 'end_timestamp' in exe %}`), which a null passed."""
     record = shown_execution(record)
     ref, runner_name = record["action"], record["runner"]
     action = registry.actions.get(ref)
     pack, _, name = ref.partition(".")
     runner = RUNNER_TYPES.get(runner_name)
-    return {
+    document = {
         **record,
         "action": action_public(action) if action is not None else
         {"ref": ref, "pack": pack, "name": name, "runner_type": runner_name},
@@ -86,6 +91,7 @@ def execution_doc(record: dict[str, Any], registry: Registry) -> dict[str, Any]:
         "children": record.get("children") or [],
         **({"task": task} if (task := (record["context"].get("workflow_task") or {}).get("task")) else {}),
     }
+    return {key: value for key, value in document.items() if value}
 
 
 def _doc(request: Request, record: dict[str, Any]) -> dict[str, Any]:

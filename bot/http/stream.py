@@ -151,8 +151,9 @@ class Follower:
                                         oldest_first=True)
         doc = self._doc(record, children)
         if seen.status is None and ended and any(e.get("status") == "running" for e in record.get("log") or []):
-            was = {**doc, "status": "running", "result": None, "end_timestamp": None, "elapsed_seconds": None,
-                   "liveaction": {**doc["liveaction"], "status": "running"}}
+            # as it read while running: no result nor end yet (left out, as `execution_doc` leaves them)
+            was = {**{k: v for k, v in doc.items() if k not in ("result", "end_timestamp", "elapsed_seconds")},
+                   "status": "running", "liveaction": {**doc["liveaction"], "status": "running"}}
             for event in self._event(EXECUTION_UPDATE, record["action"], record["id"], was):
                 yield event
             seen.status = "running"

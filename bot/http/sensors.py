@@ -1,0 +1,99 @@
+"""`/api/v1/sensortypes`: the sensors of the loaded packs, as StackStorm's SensorTypeAPI shows them.
+
+`st2 sensor list|get`, st2client's `Client.sensors` and the Exchange's `st2` pack (`st2.sensors.list`,
+`!st2 list sensors`) read them. A sensor is addressed by its ref (`pack.ClassName`) or its `id`
+(24 hex digits derived from the ref, as an action's and a rule's), as StackStorm's
+`/sensortypes/{ref_or_id}`. The list is what `engine.sensors.load_sensors` reads from the registry,
+the sensors `squall serve` runs (enabled or not), sorted by pack and name as StackStorm sorts it.
+
+A sensor is switched on or off in its pack file, so `st2 sensor enable|disable` (`PUT`) is a 405
+naming that file: Squall keeps no sensor the API could change."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+
+from bot.http.paging import Paging
+from bot.http.state import api_state
+from engine.packs import Registry
+from engine.sensors import SensorSpec, load_sensors
+
+router = APIRouter()
+
+
+def sensor_type_id(ref: str) -> str:
+    """The `id` of the sensor `ref`: derived from it, so every process and restart shows the same one
+    (a sensor is its pack file here, with no row to number)."""
+    return hashlib.sha256(f"sensor_type:{ref}".encode()).hexdigest()[:24]
+
+
+def _entry_point(spec: SensorSpec, registry: Registry) -> str:
+    """StackStorm's `entry_point` of a pack sensor: its module under the pack, dotted, then its class
+    (`sensors.watch.Watch`)."""
+    pack = registry.packs.get(spec.pack)
+    try:
+        module = spec.file.relative_to(pack.path.resolve()) if pack is not None else Path(spec.file.name)
+    except ValueError:  # the file is a link out of the pack's folder: its own name
+        module = Path("sensors") / spec.file.name
+    return ".".join((*module.with_suffix("").parts, spec.class_name))
+
+
+def sensor_type_public(spec: SensorSpec, registry: Registry) -> dict[str, Any]:
+    """A sensor as StackStorm's API shows it; `poll_interval` only where the file gives one, as there."""
+    document = {"id": sensor_type_id(spec.ref), "uid": f"sensor_type:{spec.pack}:{spec.class_name}",
+                "ref": spec.ref, "pack": spec.pack, "name": spec.class_name, "class_name": spec.class_name,
+                "entry_point": _entry_point(spec, registry), "artifact_uri": f"file://{spec.file}",
+                "description": spec.description, "poll_interval": spec.poll_interval, "enabled": spec.enabled,
+                "trigger_types": list(spec.trigger_types), "metadata_file": spec.metadata_file}
+    return {key: value for key, value in document.items() if value is not None}
+
+
+def _sensors(request: Request) -> list[SensorSpec]:
+    """The loaded packs' sensors that load (a broken file is `squall pack reload`'s to report), by pack, name."""
+    specs, _errors = load_sensors(api_state(request).squall.registry)
+    return sorted(specs, key=lambda spec: (spec.pack, spec.class_name))
+
+
+@router.get("/sensortypes", tags=["sensors"])
+async def list_sensor_types(request: Request, response: Response, pack: str | None = None, name: str | None = None,
+                            enabled: bool | None = None, trigger: str | None = None,
+                            paging: Paging = Depends()) -> list[dict[str, Any]]:
+    """StackStorm's filters: `pack`, `name` (the class name), `enabled`, and `trigger` (a trigger type's
+    ref the sensor emits); `limit=-1` lists them all."""
+    chosen = [spec for spec in _sensors(request)
+              if pack in (None, spec.pack) and name in (None, spec.class_name)
+              and enabled in (None, spec.enabled) and (trigger is None or trigger in spec.trigger_types)]
+    registry = api_state(request).squall.registry
+    return [sensor_type_public(spec, registry) for spec in paging.page(chosen, response)]
+
+
+def _find_sensor(request: Request, ref_or_id: str) -> SensorSpec:
+    """The sensor `ref_or_id` names (its ref or its `id`); 404 naming the nearest refs."""
+    specs = _sensors(request)
+    found = next((s for s in specs if ref_or_id in (s.ref, sensor_type_id(s.ref))), None)
+    if found is not None:
+        return found
+    near = difflib.get_close_matches(ref_or_id, [s.ref for s in specs], n=3)
+    hint = f"; did you mean {', '.join(near)}?" if near else "; GET /api/v1/sensortypes lists them."
+    raise HTTPException(404, f'Sensor "{ref_or_id}" is not loaded (no sensor has that ref or id){hint}')
+
+
+@router.get("/sensortypes/{ref_or_id}", tags=["sensors"])
+async def get_sensor_type(ref_or_id: str, request: Request) -> dict[str, Any]:
+    return sensor_type_public(_find_sensor(request, ref_or_id), api_state(request).squall.registry)
+
+
+@router.put("/sensortypes/{ref_or_id}", tags=["sensors"])
+async def update_sensor_type(ref_or_id: str, request: Request) -> None:
+    """StackStorm's sensor update, as `st2 sensor enable|disable` send it: refused (405) with the sensor's
+    metadata file to edit, or 404 for a sensor that is not loaded."""
+    spec = _find_sensor(request, ref_or_id)
+    raise HTTPException(405, f"Sensor {spec.ref} cannot be changed through the API in Squall, where sensors are "
+                             f"kept in pack files: edit {spec.metadata_file} instead (`enabled: false` there "
+                             "disables it); squall serve reloads the packs when their files change and starts "
+                             "or stops the sensor.", headers={"Allow": "GET"})
