@@ -51,16 +51,17 @@ class Squall(Engine):
 
     async def set_rule_enabled(self, rule: Rule, enabled: bool, event: str, actor: str | None, source: str) -> None:
         """Turn `rule` on or off in its pack file and reload the packs, so it fires, or stops, at once: the
-        web UI's switch and `st2 rule enable|disable` alike; audited as `event`. `RuleFileError` for a
-        rule of a pack shipped with Squall (its files are Squall's), or a file laid out so that it will
-        not be rewritten."""
+        web UI's switch and `st2 rule enable|disable` alike; audited as `event` when the state changed. A
+        request for the state the rule is in already (`st2 rule enable` of an enabled rule) changes
+        nothing, and writes no row that would say it did. `RuleFileError` for a rule of a pack shipped
+        with Squall (its files are Squall's), or a file laid out so that it will not be rewritten."""
         pack = self.registry.packs.get(rule.pack)
         if pack is None or pack.system:
             raise RuleFileError(f"{rule.ref} belongs to a pack shipped with Squall, whose files are not changed "
                                 "here: install a pack of your own with the rule you want.")
         if await asyncio.to_thread(set_rule_enabled, Path(rule.file), enabled):
             await self.reload_packs()
-        await self.db(self.store.audit_add, event, actor, source, rule.ref, {"file": rule.file})
+            await self.db(self.store.audit_add, event, actor, source, rule.ref, {"file": rule.file})
 
     async def close(self) -> None:
         await self.chat.stop()

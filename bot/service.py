@@ -251,13 +251,45 @@ def ui_address(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
+#: Where `squall serve` without a terminal leaves the first admin's password, under the data dir.
+INITIAL_PASSWORD_FILE = "initial-admin-password"
+
+
 async def _first_admin(squall: Squall, address: str) -> None:
-    """On a database without web accounts, make `admin` and print its password, once: `make run`, then
-    log in. Later starts find the account and say nothing."""
+    """On a database without web accounts, make `admin` and hand its password over, once: `make run`,
+    then log in. Later starts find the account and say nothing.
+
+    At a terminal the password is printed there. Under systemd or docker stderr is the log stream, and a
+    log pipeline keeps (and ships) what it is given: the password goes to a file only this user reads
+    (`<data_dir>/initial-admin-password`), and the log says where, never what."""
     password = await bootstrap_admin(squall.db)
-    if password is not None:  # to the terminal, never to the logs (a log pipeline keeps what it is given)
+    if password is None:
+        return
+    if sys.stderr.isatty():
         print(f"Created the web UI's first account: log in at {address} as {FIRST_ADMIN} with password {password}\n"
               f"(shown only now; `squall user passwd {FIRST_ADMIN}` sets another)", file=sys.stderr, flush=True)
+        return
+    path = squall.config.data_dir / INITIAL_PASSWORD_FILE
+    try:
+        _write_private(path, f"{password}\n")
+    except OSError as exc:
+        log.error("created the web UI's first account %s, but could not write its password to %s (%s); set "
+                  "one with `squall user passwd %s`", FIRST_ADMIN, path, exc, FIRST_ADMIN)
+        return
+    log.warning("created the web UI's first account: log in at %s as %s with the password in %s (readable by "
+                "this user only); read it, then delete the file (or set another with `squall user passwd %s`)",
+                address, FIRST_ADMIN, path, FIRST_ADMIN)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """`text` in a new file at `path` that only this user may read (0600): one left from an earlier
+    database is replaced, and a symlink planted there is removed, never followed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(text)
 
 
 async def _queued_work(squall: Squall, sweep_retries: bool = False) -> None:

@@ -10,6 +10,12 @@ the sinks are its stream.
 What leaves through a sink is masked once more: any detail key that names a secret (password,
 secret, token, key, credential) is shown as `********`, whatever the caller already masked; a
 boolean there (a flag such as `api.key.set`'s `secret`), null or "" is shown as it is.
+
+The stdout sink is the service's (`squall serve`, `squall worker`): a log collector reads their standard
+output. A CLI command's standard output is its answer (`--json` prints one JSON document; an action that
+runs the CLI returns it as its result, shown in chat), so a CLI process leaves the stdout sink out
+(`leave_out_stdout`): its events are stored and go to the other sinks, and the service's stdout carries
+the service's own events.
 """
 
 from __future__ import annotations
@@ -40,7 +46,25 @@ FACILITIES = {"kern": 0, "user": 1, "daemon": 3, "auth": 4, "syslog": 5, "authpr
     f"local{n}": 16 + n for n in range(8)}}
 _NOTICE, _WARNING = 5, 4
 #: Events that are refusals: sent to syslog as warnings.
-_DENIALS = re.compile(r"denied|refused|failed")
+_DENIALS = re.compile(r"denied|refused|failed|throttled")
+#: The default cap of one syslog message, header included (rsyslog's default `maxMessageSize`): one UDP
+#: datagram holds at most 65,507 bytes, and a bigger event failed with "Message too long", lost to the SIEM.
+SYSLOG_MAX_BYTES = 8192
+#: The least a syslog message may be capped to: room for the header and an event's names.
+_SYSLOG_MIN_BYTES = 480
+
+
+class _Process:
+    """What this process's sinks may be (`leave_out_stdout`)."""
+
+    #: False in a CLI command's process: its standard output is the command's answer.
+    stdout = True
+
+
+def leave_out_stdout() -> None:
+    """Build no stdout sink in this process from now on: a CLI command's standard output is its answer
+    (`bot.cli.common`), not the service's log stream; `squall serve` and `squall worker` keep theirs."""
+    _Process.stdout = False
 
 
 def _maskable(v: Any) -> bool:
@@ -146,25 +170,92 @@ class FileSink:
 
 class SyslogSink:
     """RFC 5424 messages: `<PRI>1 TIME HOST squall PID EVENT - JSON`, over UDP to `host:port` or to a
-    local datagram socket (`/dev/log`). Refusals go at warning severity, the rest at notice."""
+    local datagram socket (`/dev/log`). Refusals go at warning severity, the rest at notice.
 
-    def __init__(self, facility: int, address: tuple[str, int] | str) -> None:
+    A message is at most `max_bytes` long (`fitted`): an event bigger than a datagram (a 70 kB parameter)
+    failed to send and never reached the SIEM, so its long detail values are cut, each marked, and its
+    event, actor, source and target always arrive."""
+
+    def __init__(self, facility: int, address: tuple[str, int] | str, max_bytes: int = SYSLOG_MAX_BYTES) -> None:
         self.facility = facility
         self.address = address
+        self.max_bytes = max_bytes
         family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET6 if ":" in address[0] \
             else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_DGRAM)
         self.host = socket.gethostname() or "-"
 
     def __call__(self, record: Mapping[str, Any]) -> None:
+        self.socket.sendto(self.message(record), self.address)
+
+    def message(self, record: Mapping[str, Any]) -> bytes:
+        """The datagram for `record`: header, a space, the event's JSON, in at most `max_bytes`."""
         shown = entry(record)
         severity = _WARNING if _DENIALS.search(str(shown["event"] or "")) else _NOTICE
         msgid = re.sub(r"[^!-~]", "_", str(shown["event"] or "-"))[:32]
         header = f"<{self.facility * 8 + severity}>1 {shown['time'] or '-'} {self.host} squall {os.getpid()} {msgid} -"
-        self.socket.sendto(f"{header} {json.dumps(shown, default=str)}".encode(), self.address)
+        return f"{header} {fitted(shown, self.max_bytes - len(header.encode()) - 1)}".encode()
 
     def close(self) -> None:
         self.socket.close()
+
+
+def _dumps(value: Any) -> str:
+    """JSON as syslog carries it: ASCII only, so its length is its size in bytes."""
+    return json.dumps(value, default=str)
+
+
+def _cut(value: Any, keep: int) -> Any:
+    """`value` with every string longer than `keep` characters cut to its first `keep`, marked with how
+    much was cut (where the mark is shorter than what it replaces), at any depth."""
+    if isinstance(value, str):
+        mark = f"...[{len(value) - keep} more characters cut]"
+        return value[:keep] + mark if len(value) > keep + len(mark) else value
+    if isinstance(value, Mapping):
+        return {k: _cut(v, keep) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut(item, keep) for item in value]
+    return value
+
+
+def _longest(value: Any) -> int:
+    """The length of the longest string in `value`, at any depth."""
+    if isinstance(value, str):
+        return len(value)
+    items = value.values() if isinstance(value, Mapping) else value if isinstance(value, list) else ()
+    return max((_longest(item) for item in items), default=0)
+
+
+def _largest_cut(make: Callable[[int], str], longest: int, budget: int) -> str | None:
+    """`make(keep)` for the largest `keep` (0 … `longest`) whose JSON fits `budget`; None if none does."""
+    best, low, high = None, 0, longest
+    while low <= high:
+        keep = (low + high) // 2
+        body = make(keep)
+        if len(body) <= budget:
+            best, low = body, keep + 1
+        else:
+            high = keep - 1
+    return best
+
+
+def fitted(shown: Mapping[str, Any], budget: int) -> str:
+    """The JSON of the event `shown` in at most `budget` bytes where it can be: as it is if it fits; else
+    with the detail's strings cut to the longest length that fits; else with the detail left out (said
+    in `detail.truncated`); else (a target of kilobytes) with every string cut. Event, actor, source and
+    target are kept whole while the detail alone can make room."""
+    body = _dumps(shown)
+    if len(body) <= budget:
+        return body
+    detail = shown.get("detail") or {}
+    cut = _largest_cut(lambda keep: _dumps({**shown, "detail": _cut(detail, keep)}), _longest(detail), budget)
+    if cut is not None:
+        return cut
+    bare = {**shown, "detail": {"truncated": f"{len(_dumps(detail))} bytes of detail left out"}}
+    body = _dumps(bare)
+    if len(body) <= budget:
+        return body
+    return _largest_cut(lambda keep: _dumps(_cut(bare, keep)), _longest(bare), budget) or body
 
 
 class StreamSink:
@@ -200,15 +291,17 @@ def build(config: Any) -> list[Any]:
         kind = spec.get("type") if isinstance(spec, dict) else None
         if kind not in KINDS:
             raise ConfigError(f"{config.path}: '{where}.type' must be one of {', '.join(KINDS)}, not {kind!r}")
-        sinks.append(_sink(config, where, kind, spec))
+        sink = _sink(config, where, kind, spec)  # checked in every process, built where it belongs
+        if kind != "stdout" or _Process.stdout:
+            sinks.append(sink)
     return sinks
 
 
 def _sink(config: Any, where: str, kind: str, spec: dict[str, Any]) -> Any:
     from engine.config import ConfigError
 
-    known = {"file": {"type", "path", "max_bytes", "backups"}, "syslog": {"type", "host", "port", "socket",
-                                                                         "facility"}, "stdout": {"type"}}[kind]
+    known = {"file": {"type", "path", "max_bytes", "backups"},
+             "syslog": {"type", "host", "port", "socket", "facility", "max_bytes"}, "stdout": {"type"}}[kind]
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ConfigError(f"{config.path}: unknown key '{where}.{unknown[0]}' for a {kind} sink; known: "
@@ -225,10 +318,22 @@ def _sink(config: Any, where: str, kind: str, spec: dict[str, Any]) -> Any:
                                   f"not {facility!r}")
             address = spec["socket"] if "socket" in spec else (str(spec.get("host", "127.0.0.1")),
                                                                int(spec.get("port", 514)))
-            return SyslogSink(FACILITIES[facility], address)
+            return SyslogSink(FACILITIES[facility], address, _syslog_max_bytes(config, where, spec))
     except (TypeError, ValueError, OSError) as exc:
         raise ConfigError(f"{config.path}: '{where}': {exc}") from None
     return StreamSink()
+
+
+def _syslog_max_bytes(config: Any, where: str, spec: dict[str, Any]) -> int:
+    """A syslog sink's `max_bytes`: a whole number from 480 (a header and the event's names) to 65,507 (one
+    UDP datagram); `ConfigError` naming the entry otherwise."""
+    from engine.config import ConfigError
+
+    value = spec.get("max_bytes", SYSLOG_MAX_BYTES)
+    if isinstance(value, bool) or not isinstance(value, int) or not _SYSLOG_MIN_BYTES <= value <= 65507:
+        raise ConfigError(f"{config.path}: '{where}.max_bytes' must be a whole number of bytes from "
+                          f"{_SYSLOG_MIN_BYTES} to 65507 (one UDP datagram), not {value!r}")
+    return value
 
 
 def install(store: Any, config: Any) -> list[Any]:

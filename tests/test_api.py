@@ -612,3 +612,57 @@ async def test_only_keys_named_in_render_keys_may_ask_for_rendering(squall: Squa
                               headers={"St2-Api-Key": deployer})
     assert allowed.status_code == 201, allowed.text
     assert (await squall.executions.wait(allowed.json()["id"], timeout=30))["result"]["stdout"] == "hello"
+
+
+# -- what the API audits --------------------------------------------------------------------------------
+
+async def _audited(squall: Squall, event: str) -> list[dict]:
+    return await squall.db(squall.store.audit_list, 20, event)
+
+
+async def test_api_logins_are_audited_with_the_client_s_address(squall: Squall) -> None:
+    """`st2 login` tried from where: as the web's logins (`web:<address>`), `api:<address>`, failed or not."""
+    import base64
+
+    transport = httpx.ASGITransport(app=create_api(squall), client=("203.0.113.9", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall") as anon:
+        guess = base64.b64encode(b"bob:not-a-key").decode()
+        assert (await anon.post("/auth/v1/tokens", headers={"Authorization": f"Basic {guess}"})).status_code == 401
+        right = base64.b64encode(f"carol:{KEY}".encode()).decode()
+        assert (await anon.post("/auth/v1/tokens", headers={"Authorization": f"Basic {right}"})).status_code == 201
+    [failed] = await _audited(squall, "api.login.failed")
+    assert (failed["actor"], failed["source"]) == ("bob", "api:203.0.113.9")
+    [login] = await _audited(squall, "api.login")
+    assert (login["actor"], login["source"]) == ("carol", "api:203.0.113.9")
+
+
+async def test_an_api_re_emit_is_audited_as_the_web_s(squall: Squall, client: httpx.AsyncClient) -> None:
+    instance = await squall.triggers.dispatch("demo.event", {"n": 1})
+    emitted = (await client.post(f"/api/v1/triggerinstances/{instance['id']}/re_emit")).json()
+    [row] = await _audited(squall, "api.trigger.re_emit")
+    assert (row["source"], row["target"]) == ("api", "demo.event")
+    assert row["detail"] == {"instance": instance["id"], "new_instance": emitted["id"]}
+    assert (await client.post("/api/v1/triggerinstances/nope/re_emit")).status_code == 404
+    assert len(await _audited(squall, "api.trigger.re_emit")) == 1
+
+
+async def test_key_set_and_delete_rows_name_the_scope_alike(squall: Squall, client: httpx.AsyncClient) -> None:
+    """`api.key.set` and `api.key.delete` say `"scope": "system"` however the request spelled it (as the
+    web's rows do), so a search of the audit for one key's scope finds both."""
+    for spelled in ("system", "st2kv.system"):
+        assert (await client.put("/api/v1/keys/k1", json={"value": "v", "scope": spelled})).status_code == 200
+        assert (await client.delete("/api/v1/keys/k1", params={"scope": spelled})).status_code == 204
+    rows = await _audited(squall, "api.key.set") + await _audited(squall, "api.key.delete")
+    assert [row["detail"]["scope"] for row in rows] == ["system"] * 4
+
+
+async def test_a_rule_put_that_changes_nothing_writes_no_audit_row(squall: Squall, client: httpx.AsyncClient) -> None:
+    """`st2 rule enable` of an enabled rule changes nothing: no `api.rule.enable` row says it did."""
+    rule = {k: v for k, v in (await client.get("/api/v1/rules/demo.on_build")).json().items() if k != "ref"}
+    assert rule["enabled"] is True
+    assert (await client.put("/api/v1/rules/demo.on_build", json=rule)).status_code == 200
+    assert await _audited(squall, "api.rule.enable") == []
+    assert (await client.put("/api/v1/rules/demo.on_build", json={**rule, "enabled": False})).status_code == 200
+    assert (await client.put("/api/v1/rules/demo.on_build", json={**rule, "enabled": False})).status_code == 200
+    [row] = await _audited(squall, "api.rule.disable")
+    assert row["target"] == "demo.on_build"

@@ -7,10 +7,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -296,7 +298,7 @@ async def test_key_changes_logins_and_pack_changes_are_audited(home: Path) -> No
         assert done.returncode == 0, done.stderr
     events = [(e["event"], e["source"], e["target"]) for e in _all_lines(home)]
     assert ("api.key.set", "api", "db_pass") in events and ("api.key.delete", "api", "db_pass") in events
-    assert ("api.login.failed", "api", None) in events
+    assert ("api.login.failed", "api:127.0.0.1", None) in events
     assert ("api.execution", "api", ran.json()["id"]) in events and ("api.execution.cancel", "api", slow) in events
     assert ("api.execution.rerun", "api", again.json()["id"]) in events
     requested = next(e for e in _all_lines(home) if e["event"] == "api.execution" and e["target"] == ran.json()["id"])
@@ -350,3 +352,187 @@ async def test_key_set_events_say_whether_the_key_is_secret(home: Path) -> None:
     for shown in (sink, exported):
         assert shown["plain_key"]["secret"] is False and shown["hidden_key"]["secret"] is True, shown
     assert "v-Lk29-value" not in (home / "data" / "audit.jsonl").read_text() + done.stdout
+
+
+# -- syslog: an event bigger than a datagram --------------------------------------------------------
+
+def _udp_listener() -> socket.socket:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(10)
+    return listener
+
+
+async def test_syslog_caps_a_big_event_and_keeps_who_did_what(home: Path) -> None:
+    """A 70 kB parameter made the datagram too long ("Message too long"): the event never reached syslog.
+    Now the message is at most 8 KiB (or the sink's `max_bytes`), the long value is cut and marked, and
+    the event, actor, source and target arrive whole; small values arrive as they are."""
+    listener, small = _udp_listener(), _udp_listener()
+    config = _with(home, f"""    - {{type: syslog, host: 127.0.0.1, port: {listener.getsockname()[1]}}}
+    - {{type: syslog, host: 127.0.0.1, port: {small.getsockname()[1]}, max_bytes: 1024}}
+""")
+    squall = await Squall.start(load_config(config))
+    try:
+        await squall.db(squall.store.audit_add, "api.execution", "ann", "api", "5f0c0ffee",
+                        {"action": "demo.echo", "parameters": {"msg": "A" * 70_000, "count": 3}})
+    finally:
+        await squall.close()
+    try:
+        for capture, cap in ((listener, 8192), (small, 1024)):
+            datagram = capture.recv(65536)
+            assert len(datagram) <= cap
+            body = json.loads(datagram.decode().partition(" - ")[2])
+            assert (body["event"], body["actor"], body["source"], body["target"]) == (
+                "api.execution", "ann", "api", "5f0c0ffee")
+            msg = body["detail"]["parameters"]["msg"]
+            assert msg.startswith("A" * 100) and msg.endswith("more characters cut]"), msg[-60:]
+            assert body["detail"]["action"] == "demo.echo" and body["detail"]["parameters"]["count"] == 3
+    finally:
+        listener.close()
+        small.close()
+
+
+def test_syslog_leaves_out_a_detail_that_cannot_be_cut_to_fit() -> None:
+    """Thousands of small values cannot be cut short enough: the detail is left out, said so, and the
+    event still arrives with who did what."""
+    from engine.audit_sinks import SyslogSink
+
+    listener = _udp_listener()
+    sink = SyslogSink(4, ("127.0.0.1", listener.getsockname()[1]), 1024)
+    try:
+        sink({"timestamp": datetime.now(UTC), "event": "cli.key.load", "actor": "root", "source": "cli", "target": None,
+              "detail": {"names": [f"key{n}" for n in range(5000)]}})
+        datagram = listener.recv(65536)
+    finally:
+        sink.close()
+        listener.close()
+    body = json.loads(datagram.decode().partition(" - ")[2])
+    assert len(datagram) <= 1024 and (body["event"], body["actor"]) == ("cli.key.load", "root")
+    assert body["detail"]["truncated"].endswith("bytes of detail left out")
+
+
+@pytest.mark.parametrize("value", [100, 70000, "big", True])
+async def test_a_bad_syslog_max_bytes_is_named(home: Path, value: object) -> None:
+    with pytest.raises(ConfigError, match=r"'audit.sinks\[0\].max_bytes' must be a whole number of bytes from 480 "
+                                          r"to 65507"):
+        await Squall.start(load_config(_with(home, f"    - {{type: syslog, max_bytes: {json.dumps(value)}}}\n")))
+
+
+# -- the stdout sink and the CLI --------------------------------------------------------------------
+
+def test_a_cli_commands_stdout_is_its_answer_not_the_audit_stream(home: Path) -> None:
+    """With a stdout sink configured, `squall run ... --json` printed the audit event before its document,
+    and a chat action running the CLI showed it in its result. A CLI process builds no stdout sink: its
+    output is one JSON document, and the event is stored and reaches the other sinks all the same."""
+    config = _with(home, "    - {type: stdout}\n    - {type: file, path: data/audit.jsonl}\n")
+    ran = subprocess.run([str(SQUALL), "-c", str(config), "run", "core.noop", "--json"], capture_output=True,
+                         text=True, timeout=120, cwd=home)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["action"] == "core.noop"  # one document, nothing before it
+    done = subprocess.run([str(SQUALL), "-c", str(config), "key", "set", "region", "eu"], capture_output=True,
+                          text=True, timeout=120, cwd=home)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "set st2kv.system key region\n"
+    assert [e["event"] for e in _all_lines(home)] == ["cli.execution", "cli.key.set"]
+
+
+# -- who a CLI command run by an action acts for ------------------------------------------------------
+
+_CLI_ACTION = """
+name: cli_key
+runner_type: local-shell-cmd
+parameters:
+  value: {type: string, required: true}
+  cmd:
+    default: '"$SQUALL_CLI" key set from_chat {{value}} && "$SQUALL_CLI" apikey create --name from-chat'
+    immutable: true
+"""
+_CLI_FLOW = """
+version: 1.0
+input: [value]
+tasks:
+  set:
+    action: demo.cli_key value=<% ctx(value) %>
+"""
+
+
+async def _chat_runs(squall: Squall, loopback: LoopbackAdapter, text: str, ref: str) -> dict:
+    """Say `text` as alice in #ops; the execution of `ref` it started, once finished."""
+    await loopback.say(text, user="alice", channel="#ops")
+    [started] = await squall.executions.list(action=ref)
+    done = await squall.executions.wait(started["id"], timeout=120)
+    assert done["status"] == "succeeded", done["result"]
+    return done
+
+
+async def test_a_cli_command_run_by_a_chat_action_is_audited_as_the_chat_user(home: Path) -> None:
+    """The `squall` pack's actions run "$SQUALL_CLI": a `!pack install` from chat was audited as `root`
+    from `cli`. A CLI command inside an action now acts for whoever asked for the execution, from where
+    they asked (the chat channel, as chat events say, also for a workflow's task), with the execution and
+    the OS user in the detail; one whose execution id is set by hand, without its token, is the shell's."""
+    import getpass
+
+    _config(home)
+    write(home / "packs" / "demo" / "actions" / "cli_key.yaml", _CLI_ACTION)
+    write(home / "packs" / "demo" / "actions" / "cli_flow.yaml", "name: cli_flow\nrunner_type: orquesta\n"
+          "entry_point: workflows/cli_flow.yaml\nparameters:\n  value: {type: string, required: true}\n")
+    write(home / "packs" / "demo" / "actions" / "workflows" / "cli_flow.yaml", _CLI_FLOW)
+    write(home / "packs" / "demo" / "aliases" / "cli.yaml", "name: cli_key\naction_ref: demo.cli_key\n"
+          "formats: ['clikey {{value}}']\n")
+    write(home / "packs" / "demo" / "aliases" / "cli_flow.yaml", "name: cli_flow\naction_ref: demo.cli_flow\n"
+          "formats: ['cliflow {{value}}']\n")
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    try:
+        assert squall.registry.errors == []
+        direct = await _chat_runs(squall, loopback, "!clikey one", "demo.cli_key")
+        flow = await _chat_runs(squall, loopback, "!cliflow two", "demo.cli_flow")
+        [task] = await squall.executions.list(parent=flow["id"])
+        await settle(squall, squall.chat)
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+    forged = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "key", "set", "forged", "x"], cwd=home,
+                            env={**os.environ, "ST2_ACTION_EXECUTION_ID": direct["id"],
+                                 "ST2_ACTION_AUTH_TOKEN": "made-up"}, capture_output=True, text=True, timeout=120)
+    assert forged.returncode == 0, forged.stderr
+    store = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
+    try:
+        events = [row for row in reversed(store.audit_list()) if row["event"].startswith("cli.")]
+    finally:
+        store.close()
+    me = getpass.getuser()
+    assert [(e["event"], e["actor"], e["source"], e["detail"].get("execution"), e["detail"].get("os_user"))
+            for e in events] == [
+        ("cli.key.set", "alice", "loopback:#ops", direct["id"], me),
+        ("cli.apikey.create", "alice", "loopback:#ops", direct["id"], me),
+        ("cli.key.set", "alice", "loopback:#ops", task["id"], me),  # a task of the chat's workflow
+        ("cli.apikey.create", "alice", "loopback:#ops", task["id"], me),
+        ("cli.key.set", me, "cli", None, None),  # an execution id without its token: the shell's
+    ]
+
+
+async def test_a_cli_command_run_by_an_api_execution_acts_for_its_api_user(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside chat the source is the execution's origin (`api` here, as the metrics name it); the token
+    stops speaking for it once the execution ends, and the shell's attribution is back."""
+    from bot.cli.common import acting_for, current_user
+    from engine.tokens import mint
+
+    _config(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        squall.executions.executor = None  # stored, not run: this test plays its runner
+        record = await squall.executions.request("demo.greet", {"who": "x"}, {"user": "ann", "source": "api"})
+        store = squall.store
+        token = await squall.db(mint, store, record["id"], "ann")
+        assert await squall.db(store.update_execution, record["id"], {"status": "running"}, expect=("requested",))
+        monkeypatch.setenv("ST2_ACTION_EXECUTION_ID", record["id"])
+        monkeypatch.setenv("ST2_ACTION_AUTH_TOKEN", token)
+        assert await squall.db(acting_for, store) == ("ann", "api", {"execution": record["id"],
+                                                                     "os_user": current_user()})
+        assert await squall.db(store.update_execution, record["id"], {"status": "succeeded"})
+        assert await squall.db(acting_for, store) == (current_user(), "cli", {})
+    finally:
+        await squall.close()

@@ -686,3 +686,131 @@ async def test_key_value_pairs_set_runner_parameters_only_where_the_alias_opens_
     await loopback.say('!greet slowly cy env={"GREETING": "hi"}')
     await settle(squall, bot)
     assert any("\"env\" is a parameter of the local-shell-cmd runner" in t for t in loopback.texts())
+
+
+async def test_a_result_is_split_at_the_pretext_delimiter_as_hubot_does(home: Path) -> None:
+    """hubot-stackstorm splits a result at `{~}` (the st2, github and networking_utils packs' aliases
+    write `Found N actions:{~}...`): the part before is the pretext, the rest the text, joined by a
+    newline where the platform has no attachments. It was posted with the delimiter in it. A `{~}` the
+    person typed, echoed in the result, splits it too (as in hubot); only the first one splits."""
+    _config(home)
+    write(home / "packs" / "demo" / "aliases" / "listing.yaml", """
+        name: listing
+        action_ref: demo.greet
+        description: Greet, as a list.
+        formats: ["list greetings for {{who}}"]
+        ack: {enabled: false}
+        result:
+          format: |
+            Found 1 greeting:{~}
+            {{ execution.result.stdout }}
+    """)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!list greetings for ann", channel="#ops")
+        await loopback.say("!greet bo{~}b", channel="#typed")
+        await settle(squall, bot)
+        assert loopback.texts("#ops") == ["Found 1 greeting:\nhello ann"]
+        posted = next(p for p in loopback.posted if p.reply.channel == "#ops")
+        assert "{~}" not in json.dumps(posted.reply.extra)
+        assert "hello bo\nb" in loopback.texts("#typed")
+        await loopback.say("!list greetings for x{~}y", channel="#both")
+        await settle(squall, bot)
+        assert loopback.texts("#both") == ["Found 1 greeting:\nhello x{~}y"]  # a second one stays as typed
+
+
+async def test_cancel_and_retry_in_chat_are_audited_and_so_are_their_refusals(chat) -> None:
+    """`!cancel` and `!retry` change what runs, as the API's and the web's do: each is audited
+    (`chat.execution.cancel`, `chat.execution.rerun` naming the execution re-run), and a refusal as the
+    chat's other refusals are (`chat.denied`, with what was typed and why)."""
+    squall, bot, loopback = chat
+    await loopback.say("!run echo hi", user="olivia")  # squall.run: for operators
+    await settle(squall, bot)
+    [ran] = await squall.executions.list(action="core.local")
+    for verb in ("retry", "cancel"):
+        answer = await _said_to(loopback, squall, bot, f"!{verb} {ran['id']}", "bob")
+        assert answer == f"Sorry bob, you may not {verb} that."
+    assert len(await squall.executions.list(action="core.local")) == 1
+    denied = await squall.db(squall.store.audit_list, 10, "chat.denied")
+    assert [(row["actor"], row["source"], row["target"], row["detail"]["command"]) for row in denied] == [
+        ("bob", "loopback:#ops", ran["id"], f"cancel {ran['id']}"),
+        ("bob", "loopback:#ops", ran["id"], f"retry {ran['id']}")]
+    assert all(row["detail"]["reason"].startswith("squall.run is allowed only for") for row in denied)
+
+    await loopback.say(f"!retry {ran['id']}", user="olivia")
+    await settle(squall, bot)
+    again = next(e for e in await squall.executions.list(action="core.local") if e["id"] != ran["id"])
+    assert f"Retrying as {again['id']}." in loopback.texts()
+    [rerun] = await squall.db(squall.store.audit_list, 10, "chat.execution.rerun")
+    assert (rerun["actor"], rerun["source"], rerun["target"]) == ("olivia", "loopback:#ops", again["id"])
+    assert rerun["detail"] == {"action": "core.local", "of": ran["id"], "parameters": again["parameters"]}
+
+    await loopback.say("!nap 30", user="alice")
+    for _ in range(1500):  # up to 30 s on a busy machine
+        if running := await squall.executions.list(action="demo.snooze", status="running"):
+            break
+        await asyncio.sleep(0.02)
+    [napping] = running
+    await loopback.say(f"!cancel {napping['id']}", user="alice")
+    await settle(squall, bot)
+    [canceled] = await squall.db(squall.store.audit_list, 10, "chat.execution.cancel")
+    assert (canceled["actor"], canceled["source"], canceled["target"]) == ("alice", "loopback:#ops", napping["id"])
+    assert canceled["detail"] == {"action": "demo.snooze",
+                                  "status": (await squall.executions.get(napping["id"]))["status"]}
+
+
+async def test_a_retry_that_needs_approval_is_a_refusal_audited_as_one(home: Path) -> None:
+    """A re-run is never a way around approvers: `!retry` of what needs approval is refused, and
+    audited as `chat.denied` as a refused command is."""
+    _config(home)
+    write(home / "packs" / "demo" / "aliases" / "guarded.yaml", """
+        name: guarded
+        action_ref: demo.wipe
+        description: Wipe, once approved.
+        formats: ["guarded wipe {{target}}"]
+        approval: {groups: [operators]}
+    """)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        wiped = await squall.executions.request("demo.wipe", {"target": "db1"}, {
+            "user": "alice", "chat": {"adapter": "loopback", "channel": "#ops", "alias": "demo.guarded"}})
+        await settle(squall, bot)
+        answer = await _said_to(loopback, squall, bot, f"!retry {wiped['id']}", "alice")
+        assert answer.startswith("demo.guarded needs approval from operators")
+        [denied] = await squall.db(squall.store.audit_list, 10, "chat.denied")
+        assert (denied["actor"], denied["target"]) == ("alice", wiped["id"])
+        assert denied["detail"]["command"] == f"retry {wiped['id']}" and "approv" in denied["detail"]["reason"]
+        assert len(await squall.executions.list(action="demo.wipe")) == 1
+
+
+async def test_a_chat_command_s_audit_row_has_its_parameters_with_secrets_masked(home: Path) -> None:
+    """The audit says with which parameters a command ran (docs/observability.md), as the API's and the
+    CLI's rows do: a secret parameter as ********, and a parameter the engine renders from a template
+    (a datastore read) as its template text, never what rendering it revealed."""
+    _config(home)
+    pack = home / "packs" / "demo"
+    write(pack / "actions" / "deploy.yaml", """
+        name: deploy
+        runner_type: local-shell-cmd
+        parameters:
+          stage: {type: string, required: true}
+          password: {type: string, secret: true, required: true}
+          token: {type: string}
+          cmd: {default: "echo deployed {{ stage }}", immutable: true}
+    """)
+    write(pack / "aliases" / "deploy.yaml", """
+        name: deploy
+        action_ref: demo.deploy
+        description: Deploy.
+        formats: ["deploy {{stage}} with {{password}}"]
+        immutable_parameters:
+          token: "{{ st2kv.system.deploy_token | decrypt_kv }}"
+    """)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await squall.db(squall.datastore.set, "deploy_token", "kv-Tok-9931", encrypt=True)
+        await loopback.say("!deploy prod with hunter2-Pw", user="alice")
+        await settle(squall, bot)
+        [record] = await squall.executions.list(action="demo.deploy")
+        [entry] = await squall.db(squall.store.audit_list, 10, "chat.execution")
+        assert entry["detail"] == {"execution": record["id"], "action": "demo.deploy", "parameters": {
+            "stage": "prod", "password": "********", "token": "{{ st2kv.system.deploy_token | decrypt_kv }}"}}
+        written = json.dumps(entry, default=str)
+        assert "hunter2-Pw" not in written and "kv-Tok-9931" not in written

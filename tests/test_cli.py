@@ -20,9 +20,9 @@ from tests.conftest import write
 SQUALL = Path(sys.executable).parent / "squall"
 
 
-def squall(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def squall(home: Path, *args: str, timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=home)
+                          text=True, timeout=timeout, cwd=home, input=stdin)
 
 
 def run_json(home: Path, *args: str) -> tuple[int, dict]:
@@ -180,6 +180,73 @@ def _poll(home: Path, execution_id: str, done, seconds: float = 20) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError(f"execution never reached the expected state: {record}")
         time.sleep(0.2)
+
+
+def _audited(home: Path) -> list[dict]:
+    """The audit log as `squall audit export` gives it, oldest first."""
+    done = squall(home, "audit", "export")
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def _ok(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    done = squall(home, *args, stdin=stdin, timeout=120)
+    assert done.returncode == 0, f"{args}: {done.stderr}"
+    return done
+
+
+def test_state_changes_from_the_cli_are_audited(home: Path) -> None:
+    """Users (an admin too), API keys, cancels, re-runs, pauses, resumes, trigger emits and re-emits and
+    pack reloads from the CLI wrote no audit row, where the web's and the API's are audited. Each is now
+    `cli.<thing>.<verb>`, by the OS user from `cli`, naming what changed and never a password or a key."""
+    import getpass
+
+    from engine.storage import Store
+    from tests.workflow_helpers import workflow_pack
+
+    workflow_pack(home, {"flow": ("orquesta", "", "version: 1.0\ntasks:\n  a:\n    action: core.noop\n")})
+    _ok(home, "user", "create", "zed", "--role", "admin", "--password-stdin", stdin="First1Passw0rd-long\n")
+    _ok(home, "user", "passwd", "zed", "--password-stdin", stdin="Second2Passw0rd-long\n")
+    _ok(home, "user", "delete", "zed")
+    key = json.loads(_ok(home, "apikey", "create", "--name", "ci-bot", "--json").stdout)
+    _ok(home, "apikey", "delete", key["id"])
+    queued = json.loads(_ok(home, "run", "core.noop", "--async", "--json").stdout)["id"]
+    _ok(home, "execution", "cancel", queued)
+    ran = json.loads(_ok(home, "run", "core.noop", "--json").stdout)["id"]
+    again = json.loads(_ok(home, "execution", "re-run", ran, "--json").stdout)["id"]
+    flow = json.loads(_ok(home, "run", "wf.flow", "--async", "--json").stdout)["id"]
+    store = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
+    try:  # as if `squall serve` ran it, then paused it
+        assert store.update_execution(flow, {"status": "running"}, expect=("requested",))
+        _ok(home, "execution", "pause", flow)
+        assert store.update_execution(flow, {"status": "paused"}, expect=("pausing",))
+        _ok(home, "execution", "resume", flow)
+    finally:
+        store.close()
+    instance = json.loads(_ok(home, "trigger", "emit", "core.st2.sensor.process_spawn", "--payload",
+                              '{"object": {"pid": 1}}').stdout)["id"]
+    emitted = json.loads(_ok(home, "trigger-instance", "re-emit", instance, "--json").stdout)["id"]
+    packs = len(json.loads(_ok(home, "pack", "reload", "--json").stdout)["packs"])
+
+    events = _audited(home)
+    assert {(e["actor"], e["source"]) for e in events} == {(getpass.getuser(), "cli")}
+    changes = [(e["event"], e["target"], e["detail"]) for e in events if e["event"] != "cli.execution"]
+    assert changes == [
+        ("cli.user.create", "zed", {"role": "admin"}),
+        ("cli.user.passwd", "zed", {}),
+        ("cli.user.delete", "zed", {}),
+        ("cli.apikey.create", key["id"], {"name": "ci-bot"}),
+        ("cli.apikey.delete", key["id"], {"name": "ci-bot"}),
+        ("cli.execution.cancel", queued, {"action": "core.noop", "status": "canceled"}),
+        ("cli.execution.rerun", again, {"action": "core.noop", "of": ran, "parameters": {}}),
+        ("cli.execution.pause", flow, {"action": "wf.flow", "status": "pausing"}),
+        ("cli.execution.resume", flow, {"action": "wf.flow", "status": "resuming"}),
+        ("cli.trigger.emit", "core.st2.sensor.process_spawn", {"instance": instance}),
+        ("cli.trigger.re_emit", "core.st2.sensor.process_spawn", {"instance": instance, "new_instance": emitted}),
+        ("cli.pack.reload", None, {"packs": packs, "problems": 0}),
+    ]
+    exported = squall(home, "audit", "export").stdout
+    assert "Passw0rd" not in exported and key["key"] not in exported
 
 
 def test_actions_list_and_get(home: Path) -> None:

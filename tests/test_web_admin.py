@@ -120,7 +120,9 @@ async def test_admin_actions_are_refused_for_viewers_and_operators(web: Web) -> 
     assert web.squall.rules.rules["demo.on_build"].enabled
     assert (await web.squall.db(web.squall.datastore.get, "k"))["value"] == "kept"
     assert len(await web.squall.triggers.list(trigger="demo.event")) == 1
-    assert await _changes(web) == []
+    changes = await _changes(web, 20)  # nothing changed; each refusal is audited as one
+    assert sorted((row["event"], row["actor"], row["target"]) for row in changes) == sorted(
+        ("web.denied", f"{role}1", url) for role in ("viewer", "operator") for url, _ in admin_only)
 
 
 async def test_forged_posts_without_the_csrf_token_are_refused(web: Web) -> None:
@@ -565,3 +567,18 @@ def test_audit_page_filters_on_both_databases(database_url: str) -> None:
             store, AuditFilter(source="slack_x"))] == ["bob"]
     finally:
         store.close()
+
+
+async def test_a_run_from_the_web_is_audited_with_its_parameters_secrets_masked(web: Web) -> None:
+    """`web.execution.request` says with which parameters, as `api.execution` and `cli.execution` do:
+    as the execution stores them (its defaults too), a secret as ********."""
+    client, token = await signed_in(web, "olga", "operator")
+    done = await client.post("/actions/demo.greet", data={"csrf_token": token, "who": "ann", "password": "hunter2"})
+    assert done.status_code == 303, done.text
+    execution_id = done.headers["location"].removeprefix("/executions/")
+    [entry] = await web.squall.db(web.squall.store.audit_list, 10, "web.execution.request")
+    record = await web.squall.executions.wait(execution_id, 30)
+    assert entry["target"] == execution_id
+    assert entry["detail"] == {"action": "demo.greet", "parameters": record["parameters"]}
+    assert entry["detail"]["parameters"]["who"] == "ann" and entry["detail"]["parameters"]["password"] == MASK
+    assert "hunter2" not in str(entry)

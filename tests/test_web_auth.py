@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
@@ -20,7 +21,15 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.accounts import Account, bootstrap_admin, create_user, find_session, hash_password, open_session
+from bot.accounts import (
+    Account,
+    bootstrap_admin,
+    create_user,
+    find_session,
+    hash_password,
+    open_session,
+    password_matches,
+)
 from bot.app import Squall
 from bot.http import create_api
 from bot.web.throttle import LoginThrottle
@@ -182,6 +191,52 @@ async def test_logins_sent_at_once_check_no_more_passwords_than_the_throttle_all
     assert (await login(web.client("10.0.0.9"), "ann")).status_code == 429  # the right password, after the limit
     failed = [row for row in await web.squall.db(web.squall.store.audit_list) if row["event"] == "web.login.failed"]
     assert len(failed) == 5
+
+
+async def test_throttled_logins_are_audited_once_per_window_for_each_limit_reached(web: Web) -> None:
+    """A login refused by the throttle (429) is audited as `web.login.throttled`, naming who was tried and
+    from where; but only the first refusal per limit reached (a name's, an address's) in the throttle's
+    window, so a flood of guesses writes one row, not one per guess."""
+    now = [1000.0]
+    web.app.state.web_throttle = LoginThrottle(clock=lambda: now[0])
+    await web.user("ann", "viewer")
+    attacker = web.client("10.0.0.1")
+
+    async def throttled() -> list[dict[str, Any]]:
+        rows = await web.squall.db(web.squall.store.audit_list)
+        return [row for row in rows if row["event"] == "web.login.throttled"]
+
+    codes = [(await login(attacker, "ann", f"guess-{i}")).status_code for i in range(12)]
+    assert codes == [401] * 5 + [429] * 7
+    failed = [row for row in await web.squall.db(web.squall.store.audit_list) if row["event"] == "web.login.failed"]
+    assert len(failed) == 5
+    [row] = await throttled()
+    assert (row["actor"], row["source"], row["target"]) == ("ann", "web:10.0.0.1", None)
+    assert row["detail"] == {"method": "password", "limits": ["user", "address"], "retry_after": 60}
+    assert (await login(web.client("10.0.0.2"), "ann")).status_code == 429  # the name's limit: audited already
+    assert (await login(attacker, "bob")).status_code == 429  # the address's: audited already
+    assert len(await throttled()) == 1
+
+    now[0] += 61  # the window has passed: a new flood is audited again, once
+    for i in range(5):
+        assert (await login(attacker, "ann", f"again-{i}")).status_code == 401
+    assert [(await login(attacker, "ann")).status_code for _ in range(3)] == [429] * 3
+    assert len(await throttled()) == 2
+
+
+async def test_a_role_refusal_is_audited(web: Web) -> None:
+    """A signed-in account asking for what its role does not allow (an operator changing keys, rules or
+    packs) is answered 403 and audited as `web.denied`: who, the page, and the role it needs."""
+    operator, csrf = await web.signed_in("otto", "operator")
+    asked = [("/keys", {"scope": "system", "name": "opkey", "value": "x"}), ("/rules/demo.on_build/enabled",
+             {"enabled": "false"}), ("/packs/reload", {})]
+    for path, fields in asked:
+        refused = await operator.post(path, data={"csrf_token": csrf, **fields})
+        assert refused.status_code == 403 and "admin role" in refused.text
+    denied = await web.squall.db(web.squall.store.audit_list, 10, "web.denied")
+    assert [(row["actor"], row["source"], row["target"], row["detail"]) for row in reversed(denied)] == [
+        ("otto", "web", path, {"method": "POST", "needs": "admin", "role": "operator"}) for path, _ in asked]
+    assert await web.squall.db(web.squall.datastore.get, "opkey") is None
 
 
 async def test_a_right_password_does_not_count_against_the_address(web: Web) -> None:
@@ -383,11 +438,15 @@ async def test_no_first_admin_where_accounts_exist(web: Web) -> None:
 
 
 @pytest.mark.slow
-def test_squall_serve_prints_the_first_admins_password_once(home: Path) -> None:
+def test_squall_serve_as_a_service_puts_the_first_admins_password_in_a_private_file_not_the_log(home: Path) -> None:
+    """Under systemd or docker stderr is the log stream: the password printed there went to the log
+    pipeline. Without a terminal `squall serve` writes it to `data/initial-admin-password` (0600) and
+    logs only where it is; a restart says nothing."""
     port = free_port()
     _home(home, """
         adapters:
           console: {enabled: false}
+        logging: {format: json}
     """)
     text = (home / "config.yml").read_text().replace("max_body_bytes: 4096", f"max_body_bytes: 4096\n  port: {port}")
     (home / "config.yml").write_text(text)
@@ -395,7 +454,8 @@ def test_squall_serve_prints_the_first_admins_password_once(home: Path) -> None:
     outputs = []
     for _ in range(2):
         server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home,
-                                  env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                  env=dict(os.environ), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
         try:
             wait_until_answering(base, server, 30)
             if not outputs:
@@ -405,18 +465,61 @@ def test_squall_serve_prints_the_first_admins_password_once(home: Path) -> None:
             server.terminate()
             outputs.append(server.communicate(timeout=30)[0])
     first, second = outputs
-    found = re.search(rf"log in at {re.escape(base)}/ as admin with password (\S+)\s", first)
-    assert found, first
-    assert "password" not in second and f"web UI and HTTP API on {base}/" in second
+    secret = home / "data" / "initial-admin-password"
+    password = secret.read_text().strip()
+    assert oct(secret.stat().st_mode & 0o777) == "0o600" and len(password) >= 16
+    assert password not in first + second
+    lines = [json.loads(line) for line in first.splitlines() if line.strip()]  # every line JSON: none printed raw
+    said = next(line["message"] for line in lines if "initial-admin-password" in line["message"])
+    assert f"log in at {base}/ as admin with the password in {secret}" in said
+    assert "delete" in said and "squall user passwd admin" in said
+    assert "initial-admin-password" not in second and "web UI and HTTP API on" in second
     store = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
     try:
-        users = store.web_user_list()
-        from bot.accounts import password_matches
-
-        assert [u["name"] for u in users] == ["admin"]
-        assert password_matches(store.web_user_get("admin"), found.group(1))
+        assert [u["name"] for u in store.web_user_list()] == ["admin"]
+        assert password_matches(store.web_user_get("admin"), password)
     finally:
         store.close()
+
+
+async def test_without_a_terminal_the_first_admins_password_goes_to_a_private_file(
+        web: Web, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """stderr a pipe (systemd, docker): nothing on it, the log names the file, the file (0600) holds the
+    password; a file left from an earlier database is replaced, not appended to."""
+    from bot.service import _first_admin
+
+    secret = web.squall.config.data_dir / "initial-admin-password"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text("an old password\n")
+    pipe = io.StringIO()
+    monkeypatch.setattr("sys.stderr", pipe)
+    with caplog.at_level("INFO", logger="squall"):
+        await _first_admin(web.squall, "http://127.0.0.1:9101/")
+    password = secret.read_text().strip()
+    assert oct(secret.stat().st_mode & 0o777) == "0o600" and "old" not in password
+    assert password_matches(await web.squall.db(web.squall.store.web_user_get, "admin"), password)
+    assert pipe.getvalue() == "" and password not in caplog.text
+    assert f"as admin with the password in {secret}" in caplog.text
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_at_a_terminal_the_first_admins_password_is_printed_once_and_no_file_written(
+        web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make run`: a person reads the terminal, so the password is shown there, once."""
+    from bot.service import _first_admin
+
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    await _first_admin(web.squall, "http://127.0.0.1:9101/")
+    await _first_admin(web.squall, "http://127.0.0.1:9101/")
+    shown = re.findall(r"log in at http://127.0.0.1:9101/ as admin with password (\S+)\s", terminal.getvalue())
+    assert len(shown) == 1
+    assert password_matches(await web.squall.db(web.squall.store.web_user_get, "admin"), shown[0])
+    assert not (web.squall.config.data_dir / "initial-admin-password").exists()
 
 
 # -- squall user ... ------------------------------------------------------------------------------

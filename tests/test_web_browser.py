@@ -47,7 +47,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 KEY = "browser-test-key-0123"
 VIEWPORT = {"width": 1280, "height": 800}
-_PASSWORD_LINE = re.compile(r"log in at (\S+) as admin with password (\S+)")
+#: `squall serve` without a terminal (stderr a pipe, as here) logs where the first admin's password is.
+_PASSWORD_LINE = re.compile(r"log in at (\S+) as admin with the password in (\S+)")
 
 APPROVAL = """
 version: 1.0
@@ -211,7 +212,7 @@ def served(chromium: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             assert time.monotonic() < deadline, "squall serve printed no first admin password:\n" + "".join(output)
             time.sleep(0.05)
         assert found.group(1) == f"{base}/"
-        yield Served(base, found.group(2), api, chat, loop, output)
+        yield Served(base, Path(found.group(2)).read_text().strip(), api, chat, loop, output)
     finally:
         api.close()
         if server.poll() is None:

@@ -153,8 +153,7 @@ class CommandService:
             if decision.allowed:
                 return alias
             reason = decision.reason
-        await self._audit(f"{source}.denied", message, ref, {"command": short(command or message.text, 500),
-                                                              "reason": reason})
+        await self.refused(message, source, ref, command or message.text, reason)
         raise CommandRefused(reason)
 
     async def run(self, match: AliasMatch, message: Message, source: str,
@@ -213,7 +212,8 @@ class CommandService:
                       render: Iterable[str], context: dict[str, Any]) -> Accepted:
         """The request step: the execution, its audit event and its ack (also for an approved command)."""
         audit = AuditEntry(f"{source}.execution", message.user, f"{message.adapter}:{message.channel}", alias.ref,
-                           {"action": alias.action_ref})
+                           {"action": alias.action_ref, "parameters": _audited(parameters, alias.action_ref,
+                                                                               self.engine)})
         chat = context.get("chat")
         acking = acks(alias)
         ack = _Ack() if acking else _Ack(rendered=(None, {}))  # acks off: nothing to render or store
@@ -266,6 +266,24 @@ class CommandService:
             context["chat"] = {**chat, "alias": alias.ref}
         return context
 
-    async def _audit(self, kind: str, message: Message, subject: str, detail: dict[str, Any]) -> None:
+    async def refused(self, message: Message, source: str, subject: str, command: str, reason: str) -> None:
+        """Audit a refusal of what `message`'s sender asked as `<source>.denied`: `subject` (an alias, an
+        execution), what they typed (`command`, secrets already masked by the caller) and why. One shape
+        for every refusal of a chat person, a command's or a built-in's (`!cancel`, `!retry`)."""
+        await self.audit(f"{source}.denied", message, subject, {"command": short(command, 500), "reason": reason})
+
+    async def audit(self, kind: str, message: Message, subject: str, detail: dict[str, Any]) -> None:
+        """An audit event of `message`'s sender, from where they typed it (`<adapter>:<channel>`)."""
         db = self.engine.db
         await db(db.store.audit_add, kind, message.user, f"{message.adapter}:{message.channel}", subject, detail)
+
+
+def _audited(parameters: dict[str, Any], action_ref: str, engine: Engine) -> dict[str, Any]:
+    """A request's parameters as its audit row shows them: secret ones (the action's `secret: true`;
+    all of them when the action is not loaded) as `********`; a template (`render`) as written, since
+    what rendering reveals (`decrypt_kv`) must stay out of the audit. One pass over what was given,
+    on the chat's hot path: no copy of the action's schema, no JSON round trip."""
+    action = engine.registry.actions.get(action_ref)
+    schema = action.parameters if action is not None else {}
+    return {name: (MASK if value is not None and (action is None or (schema.get(name) or {}).get("secret"))
+                   else value) for name, value in parameters.items()}

@@ -683,7 +683,7 @@ class Dispatcher:
         execution = await self._execution_named(message, rest, "execution")
         if execution is None:
             return
-        if await self._permitted(message, execution, self._alias_of(execution), "see"):
+        if await self._permitted(message, execution, self._alias_of(execution), "see", f"execution {rest}"):
             await self.say(message, render_result(None, execution)[0] or status_line(execution))
 
     async def _builtin_cancel(self, message: Message, rest: str) -> None:
@@ -714,38 +714,58 @@ class Dispatcher:
         alias_ref = (execution["context"].get("chat") or {}).get("alias")
         return self.aliases.get(alias_ref) if alias_ref else None
 
-    async def _permitted(self, message: Message, execution: dict[str, Any], alias: Alias | None, verb: str) -> bool:
-        """Whether the asker may `verb` (see, cancel, retry) `execution`, having told them why not: a
-        chat command's alias's permission decides; another execution is its own user's and the admins'."""
-        if alias is not None and not self.auth.check(alias, message).allowed:
-            await self.say(message, f"Sorry {message.user}, you may not {verb} that.")
-            return False
-        if alias is None and not self.auth.is_admin(message) and execution["context"].get("user") != message.user:
-            await self.say(message, f"Only admins may {verb} executions not started from chat by you.")
-            return False
-        return True
+    async def _permitted(self, message: Message, execution: dict[str, Any], alias: Alias | None, verb: str,
+                         command: str) -> bool:
+        """Whether the asker may `verb` (see, cancel, retry) `execution`, having told them why not and
+        audited the refusal (`chat.denied`, with what they typed: `command`): a chat command's alias's
+        permission decides; another execution is its own user's and the admins'."""
+        if alias is not None:
+            decision = self.auth.check(alias, message)
+            if decision.allowed:
+                return True
+            said, reason = f"Sorry {message.user}, you may not {verb} that.", decision.reason
+        elif self.auth.is_admin(message) or execution["context"].get("user") == message.user:
+            return True
+        else:
+            said = f"Only admins may {verb} executions not started from chat by you."
+            reason = f"{execution['id']} was not started from chat by {message.user}, who is not an admin"
+        await self.commands.refused(message, "chat", execution["id"], command, reason)
+        await self.say(message, said)
+        return False
 
     async def _on_execution(self, message: Message, rest: str, verb: str) -> None:
+        """`cancel <id>` / `retry <id>`, for who may run the execution's alias (`_permitted`): audited as
+        `chat.execution.cancel` / `chat.execution.rerun` (the new execution, `of` the one re-run) as the
+        API's and the web's are; a retry that needs approval is refused, and audited as refusals are."""
         execution = await self._execution_named(message, rest, verb)
         if execution is None:
             return
         alias = self._alias_of(execution)
-        if not await self._permitted(message, execution, alias, verb):
+        if not await self._permitted(message, execution, alias, verb, f"{verb} {rest}"):
             return
         try:
             if verb == "cancel":
                 done = await self.engine.executions.cancel(execution["id"])
+                await self.commands.audit("chat.execution.cancel", message, done["id"],
+                                          {"action": done["action"], "status": done["status"]})
                 await self.say(message, f"{done['id']} is {done['status']}.")
             else:
-                context = (self.commands.context(alias, message, "chat", self._where(message)) if alias
-                           else {"user": message.user, "source": "chat"})
-                again = await self.commands.rerun(execution["id"], None, context)
-                await self.say(message, f"Retrying as {again['id']}.")
+                await self._retry(message, execution, alias)
         except NeedsApproval as exc:
+            await self.commands.refused(message, "chat", execution["id"], f"{verb} {rest}", str(exc))
             await self.say(message, f"{exc.ref} needs approval from {', '.join(exc.policy['groups'])}: "
                                     "type the command again, and its approvers are asked.")
         except (ExecutionNotFound, ExecutionStateError, ParameterError, UnknownAction) as exc:
             await self.say(message, str(exc))
+
+    async def _retry(self, message: Message, execution: dict[str, Any], alias: Alias | None) -> None:
+        """A new run of `execution` as `message`'s sender (`CommandService.rerun`), audited."""
+        context = (self.commands.context(alias, message, "chat", self._where(message)) if alias
+                   else {"user": message.user, "source": "chat"})
+        again = await self.commands.rerun(execution["id"], None, context)
+        await self.commands.audit("chat.execution.rerun", message, again["id"], {
+            "action": again["action"], "of": execution["id"], "parameters": again["parameters"]})
+        await self.say(message, f"Retrying as {again['id']}.")
 
     async def _builtin_respond(self, message: Message, rest: str) -> None:
         """`respond <inquiry-id> <json or value>`: answer an inquiry (spec §11.2)."""

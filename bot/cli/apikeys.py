@@ -4,6 +4,7 @@
 obtained with the key: a token records its key and works only while that key does. Keys from config `api.keys` and
 `$SQUALL_API_KEYS` work too but are not listed here (they live outside the database).
 These commands touch the `api_keys` table only, so they open the database without starting Squall.
+`create` and `delete` are audited (`cli.apikey.create`, `cli.apikey.delete`) with the key's id and name.
 A key's name is printed as written: rich would read a `[...]` in it as markup.
 """
 
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bot.cli.common import JsonOption, add_row, fail, group, new_table, out, print_json, with_store
+from bot.cli.common import JsonOption, add_row, audit, fail, group, new_table, out, print_json, with_store
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -32,6 +33,7 @@ def apikey_create(name: Annotated[str | None, typer.Option("--name", "-n", help=
         return create_key(store, name)
 
     key, record = with_store(work)
+    audit("cli.apikey.create", record["id"], {"name": name})  # the id and name, never the key
     if as_json:
         print_json({**record, "key": key})
     else:
@@ -62,9 +64,12 @@ def apikey_list(as_json: JsonOption = False) -> None:
 def apikey_delete(key_id: Annotated[str, typer.Argument(help="Key id (from `squall apikey list`).")]) -> None:
     """Delete a key; requests with it, and with the login tokens obtained with it, are refused from now on."""
 
-    def work(store: Store, config: Config) -> bool:
-        return store.api_key_delete(key_id)
+    def work(store: Store, config: Config) -> dict[str, Any] | None:
+        found = next((r for r in store.api_key_list() if r["id"] == key_id), None)
+        return found if found is not None and store.api_key_delete(key_id) else None
 
-    if not with_store(work):
+    deleted = with_store(work)
+    if deleted is None:
         raise fail(f"no API key with id {key_id} (see `squall apikey list`)")
+    audit("cli.apikey.delete", key_id, {"name": deleted["name"]})
     out.print(f"deleted API key {key_id}", markup=False)

@@ -132,6 +132,7 @@ def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False) -
     from engine.parameters import ParameterError
 
     config = current_config()
+    one_shot()
 
     async def main() -> T:
         squall = await Squall.start(config, recover=recover)
@@ -144,6 +145,14 @@ def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False) -
         return asyncio.run(main())
     except (UnknownAction, ParameterError, ExecutionNotFound, ExecutionStateError, CryptoError) as exc:
         raise fail(str(exc)) from exc
+
+
+def one_shot() -> None:
+    """This process is a command, not the service: no stdout audit sink (`engine.audit_sinks`), since
+    its standard output is its answer (one JSON document with `--json`; an action's result in chat)."""
+    from engine.audit_sinks import leave_out_stdout
+
+    leave_out_stdout()
 
 
 def with_store(work: Callable[[Store, Config], T]) -> T:
@@ -163,19 +172,81 @@ def with_store(work: Callable[[Store, Config], T]) -> T:
 
 
 def audit(event: str, target: str | None, detail: dict[str, Any]) -> None:
-    """Record what a command changed without starting Squall (a pack installed or removed) in the
-    audit log, as the local user, and in `audit.sinks` as any audit event goes."""
+    """Record what a command changed without starting Squall (a pack installed, a user made) in the
+    audit log, as whoever the command acts for (`acting_for`), and in `audit.sinks` as any audit event
+    goes (but stdout: `one_shot`)."""
     from engine.audit_sinks import install
+
+    one_shot()
 
     def write(store: Store, config: Config) -> None:
         sinks = install(store, config)  # guarded: a sink that fails must not fail what is already done
         try:
-            store.audit_add(event, current_user(), "cli", target, detail)
+            record_audit(store, event, target, detail)
         finally:
             for sink in sinks:
                 sink.close()
 
     with_store(write)
+
+
+def record_audit(store: Store, event: str, target: str | None, detail: dict[str, Any]) -> None:
+    """Store one audit event of this command, as whoever it acts for (`acting_for`); on the database
+    thread (`await squall.db(record_audit, squall.store, ...)`) or a store of `with_store`."""
+    actor, source, more = acting_for(store)
+    store.audit_add(event, actor, source, target, {**detail, **more})
+
+
+def acting_for(store: Store) -> tuple[str, str, dict[str, Any]]:
+    """Who a command acts for, where from, and what to add to its events' detail.
+
+    A person at a shell: their OS user, from `cli`. The same command run by an action (the `squall`
+    pack's `!pack install` runs `"$SQUALL_CLI" pack install ...`) acts for whoever asked for that
+    execution: its requester (`context.user`, else `api_user`) from the execution's origin (the chat
+    command's `adapter:channel`, as chat events say, or `api`, `web`, `rule`, ...), with the execution
+    and the OS user in the detail. An execution proves itself with the token the runner gave it
+    (`ST2_ACTION_AUTH_TOKEN`, valid only while it runs): a variable set by hand, an execution that ended
+    or an unknown id leave the shell's attribution."""
+    import os
+
+    shell = (current_user(), "cli", {})
+    execution_id = os.environ.get("ST2_ACTION_EXECUTION_ID")
+    if not execution_id:
+        return shell
+    record = _running_execution(store, execution_id, os.environ.get("ST2_ACTION_AUTH_TOKEN", ""))
+    if record is None:
+        return shell
+    context = record.get("context") or {}
+    actor = context.get("user") or context.get("api_user")
+    if not actor:
+        return shell
+    return str(actor), _origin(store, record), {"execution": record["id"], "os_user": current_user()}
+
+
+def _running_execution(store: Store, execution_id: str, token: str) -> dict[str, Any] | None:
+    """The execution `execution_id` if `token` is its own live token, else None."""
+    from engine.tokens import authenticate
+
+    who = authenticate(store, token) if token else None
+    if who is None or who.get("execution_id") != execution_id:
+        return None
+    return store.get_execution(execution_id)
+
+
+def _origin(store: Store, record: dict[str, Any]) -> str:
+    """Where the work `record` is part of came from: its workflow's root execution's chat channel as
+    `adapter:channel` (chat events' source), else its origin as the metrics name it (`api`, `web`,
+    `cli`, `rule`, `timer`)."""
+    from engine.metrics import source_of
+
+    context = record.get("context") or {}
+    root_id = (context.get("parent") or {}).get("root_id")
+    root = store.get_execution(root_id) if root_id and root_id != record["id"] else None
+    origin = (root or record).get("context") or {}
+    chat = origin.get("chat") or context.get("chat") or (context.get("parent") or {}).get("chat") or {}
+    if chat.get("adapter") and chat.get("channel"):
+        return f"{chat['adapter']}:{chat['channel']}"
+    return source_of(origin)
 
 
 def load_packs(config: Config, *, warn: bool = True) -> Registry:

@@ -24,6 +24,7 @@ from bot.cli.common import (
     out,
     parse_assignments,
     print_json,
+    record_audit,
     with_app,
     with_store,
 )
@@ -78,7 +79,7 @@ def run(
         if run_async and squall.config.executor_kind == "local":
             squall.executions.executor = None  # stored as requested; `squall serve` runs it
         record = await squall.executions.request(ref, params, context, render=render)  # else: queued
-        await squall.db(squall.store.audit_add, "cli.execution", current_user(), "cli", record["id"],
+        await squall.db(record_audit, squall.store, "cli.execution", record["id"],
                         {"action": record["action"], "parameters": record["parameters"]})
         return record if run_async else await squall.executions.wait(record["id"])
 
@@ -158,11 +159,20 @@ def execution_get(execution_id: Annotated[str, typer.Argument(help="Execution id
                   markup=False)
 
 
+async def _changed(squall: Squall, change: str, execution_id: str) -> dict[str, Any]:
+    """Cancel, pause or resume the execution and audit it (`cli.execution.<change>`, as the API's
+    `api.execution.<change>`): the execution as it is now."""
+    record = await getattr(squall.executions, change)(execution_id)
+    await squall.db(record_audit, squall.store, f"cli.execution.{change}", record["id"],
+                    {"action": record["action"], "status": record["status"]})
+    return record
+
+
 @execution_app.command("cancel")
 def execution_cancel(execution_id: Annotated[str, typer.Argument(help="Execution id.")],
                      as_json: JsonOption = False) -> None:
     """Cancel a requested or running execution."""
-    record = with_app(lambda s: s.executions.cancel(execution_id))
+    record = with_app(lambda s: _changed(s, "cancel", execution_id))
     if as_json:
         print_json(record)
     else:
@@ -172,7 +182,7 @@ def execution_cancel(execution_id: Annotated[str, typer.Argument(help="Execution
 @execution_app.command("pause")
 def execution_pause(execution_id: Annotated[str, typer.Argument(help="Workflow execution id.")]) -> None:
     """Pause a running workflow: nothing new starts; it is paused once its running tasks end."""
-    record = with_app(lambda s: s.executions.pause(execution_id))
+    record = with_app(lambda s: _changed(s, "pause", execution_id))
     out.print(f"execution {record['id']} is {record['status']}", markup=False)
 
 
@@ -182,7 +192,7 @@ def execution_resume(execution_id: Annotated[str, typer.Argument(help="Workflow 
 
     async def work(squall: Squall) -> dict[str, Any]:
         squall.executions.executor = None  # the server picks `resuming` up; this process exits now
-        return await squall.executions.resume(execution_id)
+        return await _changed(squall, "resume", execution_id)
 
     record = with_app(work)
     out.print(f"execution {record['id']} is {record['status']}", markup=False)
@@ -204,8 +214,12 @@ def execution_rerun(
     async def work(squall: Squall) -> dict[str, Any]:
         if tasks:
             record = await squall.workflows.rerun(execution_id, tasks)
-            return await squall.executions.wait(record["id"])
-        record = await squall.executions.rerun(execution_id, params, {"user": current_user(), "source": "cli"})
+        else:
+            record = await squall.executions.rerun(execution_id, params, {"user": current_user(), "source": "cli"})
+        # Audited when asked for, as the API's `api.execution.rerun`: the wait may outlast the command.
+        await squall.db(record_audit, squall.store, "cli.execution.rerun", record["id"], {
+            "action": record["action"], "of": execution_id, "parameters": record["parameters"],
+            **({"tasks": tasks} if tasks else {})})
         return await squall.executions.wait(record["id"])
 
     record = with_app(work)

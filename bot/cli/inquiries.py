@@ -11,7 +11,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bot.cli.common import JsonOption, add_row, current_user, fail, group, new_table, out, print_json, with_app
+from bot.cli.common import (
+    JsonOption,
+    add_row,
+    current_user,
+    fail,
+    group,
+    new_table,
+    out,
+    print_json,
+    record_audit,
+    with_app,
+)
 
 if TYPE_CHECKING:
     from bot.app import Squall
@@ -74,7 +85,7 @@ def inquiry_respond(
 
         squall.executions.executor = None  # the workflow is resumed by `squall serve`, not here
         answered = await squall.inquiries.respond(inquiry_id, value, current_user())
-        await squall.db(squall.store.audit_add, "cli.inquiry.respond", current_user(), "cli", answered["id"],
+        await squall.db(record_audit, squall.store, "cli.inquiry.respond", answered["id"],
                         {"response": masked(answered["schema"], value)})
         while squall.executions.notifying:  # the listener marking the workflow `resuming`
             await asyncio.sleep(0.01)

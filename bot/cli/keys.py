@@ -27,6 +27,7 @@ from bot.cli.common import (
     new_table,
     out,
     print_json,
+    record_audit,
     with_app,
     with_store,
 )
@@ -104,10 +105,12 @@ def key_set(
     """Create or replace a key."""
 
     async def work(squall: Squall) -> dict[str, Any]:
+        from engine.datastore import normalise_scope
+
         item = await squall.db(squall.datastore.set, name, value, scope=scope, user=_owner(scope, user),
                                encrypt=encrypt, ttl=ttl)
-        await squall.db(squall.store.audit_add, "cli.key.set", current_user(), "cli", item["name"],
-                        {"scope": item["scope"], "secret": bool(item["secret"]), "ttl": ttl})
+        await squall.db(record_audit, squall.store, "cli.key.set", item["name"],
+                        {"scope": normalise_scope(item["scope"]), "secret": bool(item["secret"]), "ttl": ttl})
         return item
 
     item = _datastore_call(work)
@@ -165,9 +168,11 @@ def key_delete(name: Annotated[str, typer.Argument(help="Key name.")], scope: Sc
     """Delete a key; exit 2 if it does not exist."""
 
     async def work(squall: Squall) -> bool:
+        from engine.datastore import normalise_scope
+
         deleted = await squall.db(squall.datastore.delete, name, scope=scope, user=_owner(scope, user))
         if deleted:
-            await squall.db(squall.store.audit_add, "cli.key.delete", current_user(), "cli", name, {"scope": scope})
+            await squall.db(record_audit, squall.store, "cli.key.delete", name, {"scope": normalise_scope(scope)})
         return deleted
 
     if not _datastore_call(work):
@@ -272,6 +277,8 @@ def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {na
                             description=item.get("description"))
             if number % 500 == 0:
                 err.print(f"[dim]…[/dim] {number}/{len(items)}", markup=True)
+        await squall.db(record_audit, squall.store, "cli.key.load", str(file),
+                        {"count": len(items), "scopes": sorted({arguments(item)["scope"] for item in items})})
         return len(items)
 
     count = _datastore_call(work)
@@ -288,7 +295,11 @@ def key_rotate() -> None:
         def progress(message: str) -> None:
             err.print(f"[dim]…[/dim] {escape(message)}", markup=True, highlight=False)
 
-        return await squall.db(rotate_key, squall.store, squall.keys, progress)
+        report = await squall.db(rotate_key, squall.store, squall.keys, progress)
+        await squall.db(record_audit, squall.store, "cli.key.rotate", str(report.key_id),
+                        {"reencrypted": report.reencrypted, "retired": report.retired,
+                         "unreadable": len(report.unreadable)})
+        return report
 
     report = _datastore_call(work)
     for problem in report.unreadable:

@@ -154,6 +154,7 @@ def pack_reload(as_json: JsonOption = False) -> None:
     """Load every pack again and report what is wrong; exit 1 if any file was skipped."""
     registry = load_packs(current_config(), warn=False)  # its own report below names every problem
     errors = [str(e) for e in registry.errors]
+    audit("cli.pack.reload", None, {"packs": len(registry.packs), "problems": len(errors)})  # as web.pack.reload
     if as_json:
         print_json({"packs": sorted(registry.packs), "actions": len(registry.actions),
                     "trigger_types": len(registry.trigger_types), "errors": errors})

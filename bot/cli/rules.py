@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bot.cli.common import JsonOption, current_config, fail, group, out, print_json, with_app
+from bot.cli.common import JsonOption, audit, current_config, fail, group, out, print_json, record_audit, with_app
 
 if TYPE_CHECKING:
     import requests
@@ -193,6 +193,8 @@ def trigger_emit(
                 instance = await squall.triggers.dispatch(trigger_type, body, trace_tag=trace_tag)
         except (TriggerError, LookupError) as exc:
             raise fail(str(exc)) from exc
+        await squall.db(record_audit, squall.store, "cli.trigger.emit", instance["trigger"],
+                        _emitted(instance["id"], url, trace_tag))
         await squall.rules.settle()
         return (await squall.triggers.get(instance["id"]),
                 await squall.rules.enforcements(trigger_instance_id=instance["id"]))
@@ -230,6 +232,7 @@ def _emit_through(service: ServiceApi, trigger_type: str, body: Any, trace_tag: 
         if answer.status_code != 202:
             raise fail(_fault(answer))
         instance_id = answer.headers[INSTANCE_HEADER]
+        audit("cli.trigger.emit", trigger_type, _emitted(instance_id, url, trace_tag))
         deadline = time.monotonic() + 60
         while True:
             instance = service.request("GET", f"/triggerinstances/{instance_id}").json()
@@ -241,6 +244,12 @@ def _emit_through(service: ServiceApi, trigger_type: str, body: Any, trace_tag: 
     except requests.RequestException as exc:
         raise fail(f"the running service at {service.base} did not answer: {exc}") from exc
     return instance, enforcements
+
+
+def _emitted(instance_id: str, url: str | None, trace_tag: str | None) -> dict[str, Any]:
+    """`cli.trigger.emit`'s detail: the instance stored (its payload is there, not in the audit log)."""
+    return {"instance": instance_id, **({"url": url} if url is not None else {}),
+            **({"trace_tag": trace_tag} if trace_tag else {})}
 
 
 def _fault(answer: requests.Response) -> str:
@@ -308,6 +317,8 @@ def instance_re_emit(instance_id: Annotated[str, typer.Argument(help="Trigger in
             instance = await squall.triggers.re_emit(instance_id)
         except LookupError as exc:
             raise fail(str(exc).strip("'\"")) from exc
+        await squall.db(record_audit, squall.store, "cli.trigger.re_emit", instance["trigger"],
+                        {"instance": instance_id, "new_instance": instance["id"]})
         await squall.rules.settle()
         return await squall.triggers.get(instance["id"])
 

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli.common import current_config, current_user, fail, log_level
+from bot.cli.common import current_config, current_user, fail, log_level, one_shot
 
 
 def chat(
@@ -25,6 +25,7 @@ def chat(
     from bot.service import chat_session
 
     config = current_config()
+    one_shot()  # standard output is the conversation, not the audit stream
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(chat_session(config, user or current_user(), channel))
 

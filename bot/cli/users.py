@@ -1,7 +1,8 @@
 """`squall user create | passwd | list | delete`: the web UI's accounts (`bot/accounts.py`).
 
 A password is generated and printed once unless `--password-stdin` gives one; only its argon2 hash
-is stored. `passwd` and `delete` end the user's web sessions at once. These commands touch the
+is stored. `passwd` and `delete` end the user's web sessions at once. Each change is audited
+(`cli.user.create`, `.passwd`, `.delete`, `.logout`), never with the password. These commands touch the
 account tables only, so they open the database without starting Squall. Names and passwords are printed
 as written (rich would read a `[...]` in them as markup; a password given on stdin may hold one).
 """
@@ -67,6 +68,7 @@ def user_create(name: NameArgument,
 
     if not with_store(work):
         raise fail(f"a user named {name} exists (`squall user passwd {name}` sets a new password)")
+    audit("cli.user.create", name, {"role": role})
     _show({"name": name, "role": role}, password, generated, as_json, f"created user {name} ({role})")
 
 
@@ -82,6 +84,7 @@ def user_passwd(name: NameArgument, password_stdin: PasswordStdinOption = False,
 
     if not with_store(work):
         raise fail(f"no user named {name} (see `squall user list`)")
+    audit("cli.user.passwd", name, {})  # that it changed, never the password
     _show({"name": name}, password, generated, as_json, f"new password for {name}; their sessions have ended")
 
 
@@ -131,4 +134,5 @@ def user_delete(name: NameArgument) -> None:
 
     if not with_store(work):
         raise fail(f"no user named {name} (see `squall user list`)")
+    audit("cli.user.delete", name, {})
     out.print(f"deleted user {name}", markup=False)

@@ -9,7 +9,10 @@ name's length and the ttl.
 A credential speaks for its own user (docs/security.md): a token or a stored API key reads and writes its
 own user-scoped keys, and naming another `user` is a 403; only a key from the config file, which names
 nobody, may name anyone (and, naming nobody, lists every user's keys). A value is a string, as in
-StackStorm's schema: anything else is a 400 (`st2 key load -c` sends JSON as a string)."""
+StackStorm's schema: anything else is a 400 (`st2 key load -c` sends JSON as a string).
+
+The audit rows (`api.key.set`, `api.key.delete`) name the scope as the web's and the CLI's do, `system` or
+`user`, however the request spelled it (`st2kv.system`)."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from bot.http.paging import checked_limit, tell_page
 from bot.http.state import api_state
 from engine.crypto import CryptoError
 from engine.datastore import MAX_KEY_TTL as MAX_KEY_TTL  # re-exported by bot.http; `Datastore.set` checks it
-from engine.datastore import Datastore, DatastoreError
+from engine.datastore import Datastore, DatastoreError, normalise_scope
 from engine.parameters import MASK, MAX_INTEGER
 
 router = APIRouter()
@@ -124,7 +127,7 @@ async def put_key(name: str, body: KeyRequest, request: Request) -> dict[str, An
                             encrypt=body.secret or body.encrypt, encrypted=body.encrypted, ttl=body.ttl,
                             description=body.description)
     await squall.db(squall.store.audit_add, "api.key.set", request_user(request), "api", item["name"],
-                    {"scope": item["scope"], "user": item["user"], "secret": bool(item["secret"]),
+                    {"scope": normalise_scope(item["scope"]), "user": item["user"], "secret": bool(item["secret"]),
                      "encrypted": body.encrypted, "ttl": body.ttl})
     return _shown(item, False)
 
@@ -136,4 +139,4 @@ async def delete_key(name: str, request: Request, scope: str = "system", user: s
     if not await _datastore(squall, squall.datastore.delete, name, scope=scope, user=owner):
         raise HTTPException(404, f'Resource with a name "{name}" not found')
     await squall.db(squall.store.audit_add, "api.key.delete", request_user(request), "api", name,
-                    {"scope": scope, "user": owner})
+                    {"scope": normalise_scope(scope), "user": owner})

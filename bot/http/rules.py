@@ -5,7 +5,8 @@ A rule is addressed by its ref or its `id` (`Rule.id`, derived from the ref), as
 `/rules/{ref_or_id}`. Its state is its pack file's `enabled:` line (`engine/rule_files.py`), so
 `PUT /rules/{ref_or_id}` writes that line and reloads the packs, as the web UI's switch does: the
 rules engine fires the rule or not at once, and every other process on the pack folder follows at
-its next reload. Any other change is refused: rules are edited in their pack files."""
+its next reload; audited (`api.rule.enable|disable`) only when the rule's state changed. Any other change
+is refused: rules are edited in their pack files."""
 
 from __future__ import annotations
 

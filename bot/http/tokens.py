@@ -77,13 +77,15 @@ async def create_token(request: Request, body: TokenRequest | None = None) -> di
         raise HTTPException(400, f"TTL specified {ttl} is not between 1 and the max allowed {limit} seconds "
                                  "(api.token_ttl).")
     squall = state.squall
+    # From where, as the web's logins are audited (`web:<address>`): a guesser's address is what to block.
+    source = f"api:{request.client.host if request.client else 'unknown'}"
     try:
         user, issuer = await _who(request)
     except HTTPException as refused:
         credentials = None if request.headers.get("st2-api-key") else _basic(request)
-        await squall.db(squall.store.audit_add, "api.login.failed", credentials[0] if credentials else None, "api",
+        await squall.db(squall.store.audit_add, "api.login.failed", credentials[0] if credentials else None, source,
                         None, {"reason": refused.detail})
         raise
     token = await squall.db(issue, squall.store, user, ttl, issuer)
-    await squall.db(squall.store.audit_add, "api.login", user, "api", None, {"ttl": ttl})
+    await squall.db(squall.store.audit_add, "api.login", user, source, None, {"ttl": ttl})
     return token

@@ -1,4 +1,5 @@
-"""`/api/v1/triggertypes` and `/api/v1/triggerinstances`: what can fire, what fired, and firing again."""
+"""`/api/v1/triggertypes` and `/api/v1/triggerinstances`: what can fire, what fired, and firing again
+(audited as `api.trigger.re_emit`, as the web UI's re-emit is)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
+from bot.http.key_auth import request_user
 from bot.http.paging import ALL_ROWS, Paging, page_limit, tell_page
 from bot.http.state import api_state
 from engine.parameters import MAX_INTEGER
@@ -63,9 +65,12 @@ async def re_emit(instance_id: str, request: Request) -> dict[str, Any]:
     """StackStorm's re_emit: 200 with its `message` (which `st2 trigger-instance re-emit` prints) and the new
     instance's `payload` (`__context.original_id` names the instance sent again), and the new instance's
     other fields beside them, as Squall's clients read it."""
+    squall = api_state(request).squall
     try:
-        emitted = await api_state(request).squall.triggers.re_emit(instance_id)
+        emitted = await squall.triggers.re_emit(instance_id)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from exc
+    await squall.db(squall.store.audit_add, "api.trigger.re_emit", request_user(request), "api", emitted["trigger"],
+                    {"instance": instance_id, "new_instance": emitted["id"]})  # as the web's `web.trigger.re_emit`
     # StackStorm's words, its spelling included: scripts match on them.
     return {**emitted, "message": f"Trigger instance {instance_id} succesfully re-sent."}

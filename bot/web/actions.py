@@ -92,6 +92,7 @@ async def action_run(request: Request, ref: str, session: Session = Depends(oper
         if named and any(f.name == named for f in fields):
             return _page(request, session, action, fields, shown, {named: str(exc)}, status=400)
         return _page(request, session, action, fields, shown, problem=str(exc), status=400)
+    # With which parameters, as the API's and the CLI's rows: as the execution stores them, secrets masked.
     await squall.db(squall.store.audit_add, "web.execution.request", session.account.name, "web", record["id"],
-                    {"action": action.ref})
+                    {"action": action.ref, "parameters": record["parameters"]})
     return RedirectResponse(f"/executions/{record['id']}", status_code=303)

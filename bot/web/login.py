@@ -6,7 +6,9 @@ the attacker): `GET /login` sets a random cookie and puts the same value in the 
 must carry both (double submit; there is no session yet to hold a token). Failed logins are counted
 per name and per address (`throttle.py`), each from before its password check, so logins sent at once
 cannot all be checked; a name that does not exist costs the same argon2 check as a wrong password, so
-timing does not tell which names exist.
+timing does not tell which names exist. A login the throttle refuses is audited (`web.login.throttled`),
+but once per limit reached in the throttle's window (`_newly_throttled`): a flood of guesses cannot flood
+the audit.
 
 An OpenID Connect login (`oidc.py`) ends as a password login does: a session in the same cookie,
 with its CSRF token, and the browser sent to `next` (a path of this site only). Its failures (the
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import secrets
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -35,7 +38,7 @@ from bot.accounts import (
 from bot.web.oidc import PENDING_SECONDS, OidcError, OidcLogin
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import COOKIE, CSRF_FIELD, form_fields, safe_next, set_cookie, viewer
-from bot.web.throttle import LoginThrottle
+from bot.web.throttle import MAX_KEYS, LoginThrottle
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: The double-submit cookie of the login form.
@@ -46,6 +49,28 @@ OIDC_COOKIE = "squall_oidc"
 
 def _throttle(request: Request) -> LoginThrottle:
     return request.app.state.web_throttle
+
+
+def _newly_throttled(request: Request, keys: tuple[str, ...]) -> list[str] | None:
+    """The limits (`user`, `address`) a refused login reached, when one of them has not been audited
+    yet in the throttle's window; None when all have (that refusal writes no row). Keyed by the
+    throttle's own keys, so a flood spread over many names from one address writes one row for the
+    address, and one over many addresses for one name one row for the name, per window. Remembers at
+    most `MAX_KEYS` keys, as the throttle does."""
+    throttle = _throttle(request)
+    state = request.app.state
+    noted: dict[str, float] | None = getattr(state, "web_throttle_noted", None)
+    if noted is None:
+        noted = state.web_throttle_noted = {}
+    now = throttle.clock()
+    reached = [key for key in keys if throttle.wait(key)]
+    fresh = [key for key in reached if now - noted.get(key, -math.inf) >= throttle.window]
+    for key in fresh:
+        noted.pop(key, None)
+        noted[key] = now  # (re-)inserted last: the dict's order is staleness
+    while len(noted) > MAX_KEYS:
+        del noted[next(iter(noted))]
+    return [key.partition(":")[0] for key in reached] if fresh else None
 
 
 def _login_page(request: Request, status: int = 200, error: str | None = None, username: str = "",
@@ -85,6 +110,10 @@ async def login(request: Request) -> Response:
     # would otherwise all pass the limit while their checks run.
     wait, stamp = throttle.reserve(*keys)
     if wait:
+        if (limits := _newly_throttled(request, keys)) is not None:
+            squall = request.app.state.squall
+            await squall.db(squall.store.audit_add, "web.login.throttled", name or None, f"web:{address}", None,
+                            {"method": "password", "limits": limits, "retry_after": wait})
         response = _login_page(request, 429, f"Too many failed logins for this user or from this address: "
                                              f"try again in {wait} seconds.", name, next_url)
         response.headers["Retry-After"] = str(wait)

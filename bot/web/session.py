@@ -100,8 +100,13 @@ async def _session(request: Request) -> Session:
 
 
 async def _with_role(request: Request, role: str) -> Session:
+    """The request's session if its account has `role` (or one above it); else 403, audited as
+    `web.denied` (who, the page, the role it needs): a refusal is recorded wherever it comes from."""
     session = await _session(request)
     if not session.account.may(role):
+        squall = request.app.state.squall
+        await squall.db(squall.store.audit_add, "web.denied", session.account.name, "web", request.url.path,
+                        {"method": request.method, "needs": role, "role": session.account.role})
         raise Refused(f"This needs the {role} role; {session.account.name} is a {session.account.role}: "
                       "ask an admin.")
     return session
