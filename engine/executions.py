@@ -845,6 +845,7 @@ class ExecutionService:
         revealed.extend(shown)
         if secret and text in read and text not in shown:  # a secret key's ciphertext, as it is stored
             text = self.keys.decrypt(text)
+        if secret and text:  # whatever a secret item renders to is masked, as its written values are
             revealed.append(text)
         return text or None
 

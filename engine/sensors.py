@@ -298,8 +298,9 @@ class _SensorConfig:
         if secret and text in self.names:
             plain = self._read(self.names[text], decrypt=True)
             if plain != text:  # the key is encrypted: StackStorm decrypts a secret item's value
-                self.revealed.append(plain)
                 text = plain
+        if secret and text:  # whatever a secret item renders to is masked, as its written values are
+            self.revealed.append(text)
         return text or None
 
 

@@ -1550,9 +1550,6 @@ class Store:
                     return as_utc(occurred)
         return None
 
-    def rule_enforcement_add(self, record: dict[str, Any]) -> None:
-        self._insert(rule_enforcements, record)
-
     def rule_enforcement_add_once(self, record: dict[str, Any]) -> bool:
         """Store an enforcement unless one with its id is stored: whether it was. Its id is derived from
         its rule and trigger instance (`engine.rules.enforcement_id`), so a rule enforced again for the

@@ -329,7 +329,7 @@ async def test_rules_and_enforcements(squall: Squall, client: httpx.AsyncClient)
     assert (await client.get("/api/v1/ruleenforcements")).json() == []
     from engine.storage import utcnow
 
-    await squall.db(squall.store.rule_enforcement_add, {
+    await squall.db(squall.store.rule_enforcement_add_once, {
         "id": "e1", "rule": "demo.r", "trigger_instance_id": "t1", "execution_id": None, "status": "failed",
         "failure_reason": "boom", "enforced_at": utcnow()})
     enforcements = (await client.get("/api/v1/ruleenforcements", params={"rule": "demo.r"})).json()

@@ -104,6 +104,7 @@ def home(home: Path) -> Path:
                 config = dict(self.config)
                 return {{
                     "token_ok": config["token"] == "{KV_TOKEN}",
+                    "plain_ok": config["plain"] == "plain-kv-value",
                     "password_ok": config["api"]["password"] == "{KV_PASSWORD}",
                     "token": config["token"],
                     "api": config["api"],
@@ -169,7 +170,8 @@ async def test_dynamic_config_values_are_rendered_for_the_runs_user(squall: Squa
     assert result["region"] == "eu-west-1"
     assert result["hosts"] == ["api.example", "static.example"]
     assert result["mine"] == "alice-own-value"  # st2kv.user: the execution's user
-    assert result["plain"] == "plain-kv-value"  # a secret item reading an unencrypted key gets it as it is
+    # a secret item reading an unencrypted key gets it as it is, and it is masked as the item's other values
+    assert result["plain_ok"] and result["plain"] == MASK
     assert result["literal"] == "{ not a template }"
     assert result["empty"] is None  # rendered empty: None, as StackStorm's loader makes it
     assert result["count"] == 3

@@ -153,7 +153,7 @@ async def test_rule_enforcement_by_id(squall: Squall, client: httpx.AsyncClient)
     got = await client.get(f"/api/v1/ruleenforcements/{listed[0]['id']}")
     assert got.status_code == 200 and got.json() == listed[0]
     newer = new_id()
-    squall.store.rule_enforcement_add({"id": newer, "rule": "demo.on_signed", "trigger_instance_id": "t",
+    squall.store.rule_enforcement_add_once({"id": newer, "rule": "demo.on_signed", "trigger_instance_id": "t",
                                        "execution_id": None, "status": "failed", "failure_reason": "x",
                                        "enforced_at": utcnow()})
     assert (await client.get(f"/api/v1/ruleenforcements/{listed[0]['id']}")).json() == listed[0]

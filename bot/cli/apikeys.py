@@ -29,7 +29,7 @@ def apikey_create(name: Annotated[str | None, typer.Option("--name", "-n", help=
     """Make a key and print it (once: only its hash is stored)."""
     from bot.apikeys import create_key
 
-    def work(store: Store, config: Config) -> tuple[str, dict[str, Any]]:
+    def work(store: Store, _config: Config) -> tuple[str, dict[str, Any]]:
         return create_key(store, name)
 
     key, record = with_store(work)
@@ -47,7 +47,7 @@ def apikey_list(as_json: JsonOption = False) -> None:
     """The stored keys (ids and names; never the keys)."""
     from bot.apikeys import public_key
 
-    def work(store: Store, config: Config) -> list[dict[str, Any]]:
+    def work(store: Store, _config: Config) -> list[dict[str, Any]]:
         return [public_key(r) for r in store.api_key_list()]
 
     keys = with_store(work)
@@ -64,7 +64,7 @@ def apikey_list(as_json: JsonOption = False) -> None:
 def apikey_delete(key_id: Annotated[str, typer.Argument(help="Key id (from `squall apikey list`).")]) -> None:
     """Delete a key; requests with it, and with the login tokens obtained with it, are refused from now on."""
 
-    def work(store: Store, config: Config) -> dict[str, Any] | None:
+    def work(store: Store, _config: Config) -> dict[str, Any] | None:
         found = next((r for r in store.api_key_list() if r["id"] == key_id), None)
         return found if found is not None and store.api_key_delete(key_id) else None
 
