@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from engine.events import INQUIRY_PENDING
-from engine.parameters import MASK, draft4, holds_secret
+from engine.parameters import MASK, draft4, holds_secret, item_schema, property_schema
 from engine.runners import RunOutcome, RunRequest
 from engine.storage import iso, utcnow
 
@@ -104,31 +103,6 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
             "responses": result.get("responses", [])}
 
 
-def _child(schema: Mapping[str, Any], step: Any) -> Any:
-    """The subschema that describes `step` (a key or an index) of a value `schema` describes, or None
-    when the schema does not say which (a combinator, an undeclared key)."""
-    if isinstance(step, str):
-        properties = schema.get("properties")
-        if isinstance(properties, Mapping) and step in properties:
-            return properties[step]
-        patterns = schema.get("patternProperties")
-        for pattern, child in (patterns.items() if isinstance(patterns, Mapping) else ()):
-            try:
-                if re.search(pattern, step):
-                    return child
-            except (re.error, TypeError):
-                return None  # a pattern Python cannot read: the path cannot be followed
-        extra = schema.get("additionalProperties")
-        return extra if isinstance(extra, Mapping) else None
-    items = schema.get("items")
-    if isinstance(items, Mapping):
-        return items
-    if isinstance(items, list) and isinstance(step, int) and 0 <= step < len(items):
-        return items[step]
-    extra = schema.get("additionalItems")
-    return extra if isinstance(extra, Mapping) else None
-
-
 def _secret_depth(schema: Mapping[str, Any], path: Sequence[Any]) -> int | None:
     """How much of `path` may be shown when the part of an answer there is, is inside or holds a
     `secret: true` property (the keys below a secret are part of it); None when it holds none. A path
@@ -137,7 +111,8 @@ def _secret_depth(schema: Mapping[str, Any], path: Sequence[Any]) -> int | None:
     for depth, step in enumerate(path):
         if isinstance(node, Mapping) and node.get("secret"):
             return depth
-        node = _child(node, step) if isinstance(node, Mapping) else None
+        node = ((property_schema(node, step) if isinstance(step, str) else item_schema(node, step))
+                if isinstance(node, Mapping) and isinstance(step, str | int) else None)
         if node is None:
             return depth if holds_secret(schema) else None
     return len(path) if holds_secret(node) else None

@@ -13,9 +13,8 @@ from typing import Any
 
 import jinja2
 
-from engine import patterns
 from engine.crypto import CryptoError
-from engine.parameters import MASK, MIN_REPLACED, ParameterError
+from engine.parameters import MASK, MIN_REPLACED, ParameterError, item_schema, property_schema
 from engine.templates import TemplateRenderError, is_jinja_expression
 
 #: The runner whose actions get the pack's config rendered (StackStorm loads it for the Python runner alone).
@@ -79,52 +78,12 @@ def _map_config(value: Any, schema: Any, path: tuple[str, ...], secret: bool, le
     schema = schema if isinstance(schema, dict) else {}
     secret = secret or schema.get("secret") is True
     if isinstance(value, dict):
-        properties = _property_schemas(schema, value)
-        return {key: _map_config(item, properties[key], (*path, str(key)), secret, leaf)
+        return {key: _map_config(item, property_schema(schema, key), (*path, str(key)), secret, leaf)
                 for key, item in value.items()}
     if isinstance(value, list):
-        items = _item_schemas(schema, len(value))
-        return [_map_config(item, items[index] if index < len(items) else {}, (*path, str(index)), secret, leaf)
+        return [_map_config(item, item_schema(schema, index), (*path, str(index)), secret, leaf)
                 for index, item in enumerate(value)]
     return leaf(path, value, secret)
-
-
-def _property_schemas(schema: dict[str, Any], value: dict[Any, Any]) -> dict[Any, Any]:
-    """Each key's schema, as StackStorm's loader flattens an object's: its `properties` entry, else
-    every matching `patternProperties` schema merged, else `additionalProperties` (when a schema)."""
-    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-    by_pattern = schema.get("patternProperties") if isinstance(schema.get("patternProperties"), dict) else {}
-    additional = schema.get("additionalProperties")
-    found: dict[Any, Any] = {}
-    for key in value:
-        if key in properties:
-            found[key] = properties[key]
-            continue
-        matched = [sub for pattern, sub in by_pattern.items() if isinstance(sub, dict) and _matches(pattern, key)]
-        found[key] = {k: v for sub in matched for k, v in sub.items()} if matched else (
-            additional if isinstance(additional, dict) else {})
-    return found
-
-
-def _matches(pattern: Any, key: Any) -> bool:
-    """Whether a pack author's `patternProperties` pattern finds `key` (a bad or runaway one: no)."""
-    try:
-        return patterns.search(str(pattern), str(key)) is not None
-    except Exception:  # the `regex` package's error or its TimeoutError: the pattern applies to nothing
-        return False
-
-
-def _item_schemas(schema: dict[str, Any], count: int) -> list[Any]:
-    """Each list item's schema, as StackStorm's loader flattens an array's: one `items` schema for all,
-    or positional `items` followed by `additionalItems` (when a schema)."""
-    items = schema.get("items")
-    if isinstance(items, dict):
-        return [items] * count
-    found = list(items) if isinstance(items, list) else []
-    additional = schema.get("additionalItems")
-    if len(found) < count and isinstance(additional, dict):
-        found.extend([additional] * (count - len(found)))
-    return found
 
 
 def config_value_error(exc: TemplateRenderError, template: str, secret: bool,

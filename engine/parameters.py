@@ -533,6 +533,44 @@ def check_parameter(owner: str, name: str, spec: Mapping[str, Any], value: Any, 
         )
 
 
+def property_schema(schema: Mapping[str, Any], key: Any) -> Any:
+    """The subschema describing key `key` of an object `schema` describes: its `properties` entry, else
+    every `patternProperties` schema whose pattern finds the key, merged (each applies, as in
+    jsonschema and StackStorm's config loader; a pack author's pattern stops after
+    `engine.patterns.TIMEOUT`, and a bad one finds nothing), else `additionalProperties` when that is
+    a schema; None when the schema says nothing of it."""
+    properties = schema.get("properties")
+    if isinstance(properties, Mapping) and key in properties:
+        return properties[key]
+    by_pattern = schema.get("patternProperties")
+    if isinstance(by_pattern, Mapping) and by_pattern:
+        from engine import patterns
+
+        matched = []
+        for pattern, sub in by_pattern.items():
+            try:
+                if isinstance(sub, Mapping) and patterns.search(str(pattern), str(key)) is not None:
+                    matched.append(sub)
+            except Exception:  # the `regex` package's error or its TimeoutError: the pattern finds nothing
+                continue
+        if matched:
+            return {k: v for sub in matched for k, v in sub.items()}
+    extra = schema.get("additionalProperties")
+    return extra if isinstance(extra, Mapping) else None
+
+
+def item_schema(schema: Mapping[str, Any], index: int) -> Any:
+    """The subschema describing item `index` of an array `schema` describes: `items` (one schema for
+    all, or positional ones), else `additionalItems` when that is a schema; None when it says nothing."""
+    items = schema.get("items")
+    if isinstance(items, Mapping):
+        return items
+    if isinstance(items, list) and 0 <= index < len(items):
+        return items[index]
+    extra = schema.get("additionalItems")
+    return extra if isinstance(extra, Mapping) else None
+
+
 def holds_secret(schema: Any) -> bool:
     """Whether a JSON schema is, or has at any depth (properties, items, additional properties), a
     `secret: true` property: a value it describes must not be quoted or shown as it is."""
