@@ -866,6 +866,11 @@ class ExecutionService:
             return None
         return self.keys.encrypt(json.dumps({"values": values, "revealed": revealed}))
 
+    def unseal(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The real values of `record`'s secret parameters, which its `spec` holds masked: a concurrency
+        policy keyed on one (`engine.policies`) must tell two values apart."""
+        return self._unseal(record)[0]
+
     def _unseal(self, record: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The real values of sealed parameters, and the decrypted datastore values to scrub."""
         if not record.get("sealed"):

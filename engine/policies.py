@@ -1,10 +1,13 @@
 """Action policies (spec §11.1): concurrency (delay or cancel) before a run, retry after one.
 
 Policies come from packs' `policies/*.yaml` (parsed by the pack loader). Concurrency sits in
-front of the executor: an execution over its action's threshold is marked `delayed` and
-queued, and the moment one of that action's runs ends the next queued one is admitted (no
-polling). Delayed executions are stored as such, so after a restart `recover()` submits them
-again and the policy decides anew. Retry listens for finished executions and re-requests a
+front of the executor: every concurrency policy of an action counts its runs under a key of its
+own (the action, and for `.attr` the hashed values of its attributes, secrets unsealed); a run is
+admitted only while each of its keys is under its threshold, and holds a slot under each. One over
+a threshold is marked `delayed` and queued (or canceled, as the first full policy says), and the
+moment one of that action's runs ends, the queued ones whose keys all have room are admitted, in
+order (no polling). Delayed executions are stored as such, so after a restart `recover()` submits
+them again and the policy decides anew. Retry listens for finished executions and re-requests a
 failed (or timed out) one with `context.policies.retry.retry_count` counted up.
 
 A failure is committed before its retry is requested, so a crash between the two would lose the
@@ -18,10 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import hashlib
+import hmac
+import json
 import logging
 import os
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -29,11 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from engine.executions import FAILED, until_due
-from engine.storage import as_utc, utcnow
+from engine.executions import COMPLETED, FAILED, until_due
+from engine.storage import as_utc, iso, utcnow
 from engine.yamlfile import ContentError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
     from engine.executions import ExecutionService
     from engine.executor import Executor
     from engine.packs import Registry
@@ -72,6 +80,45 @@ class Policy:
     resource_ref: str
     policy_type: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    file: str = ""  # where it is written, for the problems reported about it
+    line: int | None = None  # of its `resource_ref`
+
+    @property
+    def concurrency(self) -> bool:
+        return self.policy_type.startswith("action.concurrency")
+
+
+#: Keys hash attribute values with this process's own secret: a key in memory tells no secret parameter
+#: (a bare hash of a short secret is guessed by trying values). Keys are compared within one process only
+#: (the shared count reads the holding rows' values and hashes them here, in the same call).
+_KEY_SECRET = os.urandom(32)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One concurrency policy as it applies to one execution: the key it counts that execution under."""
+
+    policy: Policy
+    key: tuple[str, ...]
+
+    @property
+    def threshold(self) -> int:
+        return int(self.policy.parameters["threshold"])
+
+
+def concurrency_key(policy: Policy, action: str, values: Mapping[str, Any]) -> tuple[str, ...]:
+    """The key `policy` counts a run of `action` under: the policy and the action, and for `.attr`
+    each attribute's value (`values`: the real ones, secrets unsealed) as an HMAC-SHA256, so no
+    secret is kept. The policy is part of it: two policies never share a count."""
+    key = (policy.ref, action)
+    if not policy.policy_type.endswith(".attr"):
+        return key
+    return key + tuple(_hashed(values.get(name)) for name in policy.parameters["attributes"])
+
+
+def _hashed(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hmac.new(_KEY_SECRET, text.encode(), hashlib.sha256).hexdigest()
 
 
 def load_policies(registry: Registry) -> tuple[dict[str, list[Policy]], list[ContentError]]:
@@ -109,8 +156,25 @@ def load_policies(registry: Registry) -> tuple[dict[str, list[Policy]], list[Con
         if problem:
             bad(f"policy '{name}': {problem}", "parameters")
             continue
-        found[resource].append(Policy(name, f"{document.pack}.{name}", resource, kind, dict(params)))
+        found[resource].append(Policy(name, f"{document.pack}.{name}", resource, kind, dict(params), document.file,
+                                      lines.line("resource_ref") if lines is not None else None))
     return dict(found), errors
+
+
+def unbound_policies(policies: Mapping[str, list[Policy]], registry: Registry) -> list[ContentError]:
+    """A problem per policy whose `resource_ref` names no loaded action: it is kept (a reload that
+    brings the action makes it apply), but until then it holds and retries nothing, which its author
+    must hear of rather than find out when runs are not limited."""
+    problems = []
+    for ref, found in policies.items():
+        if ref in registry.actions:
+            continue
+        near = difflib.get_close_matches(ref, list(registry.actions), n=3)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        problems.extend(ContentError(policy.file, policy.line, f'policy "{policy.ref}" names action "{ref}", which '
+                                     f"is not loaded{hint}: it applies to nothing until an action {ref} is loaded")
+                        for policy in found)
+    return problems
 
 
 def _check(kind: str, params: dict[str, Any]) -> str | None:
@@ -141,11 +205,14 @@ class PolicyExecutor:
         self.inner = inner
         self.executions = executions
         self.policies: dict[str, list[Policy]] = {}
-        self._admitted: dict[tuple[Any, ...], set[str]] = defaultdict(set)
-        self._key_of: dict[str, tuple[Any, ...]] = {}
-        self._queues: dict[tuple[Any, ...], deque[str]] = defaultdict(deque)
-        #: Each queued execution's key: one that ends while it waits (canceled) leaves its queue.
-        self._queued: dict[str, tuple[Any, ...]] = {}
+        #: The executions holding a slot under each key (`concurrency_key`).
+        self._admitted: dict[tuple[str, ...], set[str]] = defaultdict(set)
+        #: Each admitted execution's keys, one per concurrency policy of its action: all freed at its end.
+        self._keys_of: dict[str, tuple[tuple[str, ...], ...]] = {}
+        #: Each action's delayed executions, in the order they were delayed.
+        self._queues: dict[str, deque[str]] = defaultdict(deque)
+        #: Each queued execution's action and limits: one that ends while it waits (canceled) leaves its queue.
+        self._queued: dict[str, tuple[str, tuple[Limit, ...]]] = {}
         #: Failed executions whose retry this process is requesting now (the listener's or recovery's).
         self._retrying: set[str] = set()
         executions.on_finished(self._on_finished)
@@ -153,6 +220,9 @@ class PolicyExecutor:
 
     def rebuild(self, registry: Registry) -> list[ContentError]:
         self.policies, errors = load_policies(registry)
+        for problem in unbound_policies(self.policies, registry):
+            log.warning("policy waiting: %s", problem)
+            errors.append(problem)
         return errors
 
     # -- the Executor interface -------------------------------------------------------------------
@@ -172,7 +242,7 @@ class PolicyExecutor:
     def holds(self, action_ref: str) -> bool:
         """Whether a concurrency policy may delay or cancel runs of `action_ref`: those are submitted,
         never run in the call that stores them (`ExecutionService._at_once`)."""
-        return any(p.policy_type.startswith("action.concurrency") for p in self.policies.get(action_ref, ()))
+        return any(p.concurrency for p in self.policies.get(action_ref, ()))
 
     async def cancel(self, execution_id: str) -> bool:
         return await self.inner.cancel(execution_id)
@@ -181,74 +251,106 @@ class PolicyExecutor:
         await self.inner.close()
 
     async def submit(self, execution_id: str) -> None:
-        if not self.policies or execution_id in self._key_of:
+        if not self.policies or execution_id in self._keys_of:
             await self.inner.submit(execution_id)
             return
         db = self.executions.db
         record = await db(db.store.get_execution, execution_id)
-        policy = next((p for p in self.policies.get(record["action"], []) if p.policy_type.startswith(
-            "action.concurrency")), None) if record else None
-        if record is None or policy is None or record["status"] not in ("requested", "delayed"):
+        if execution_id in self._queued:
+            return  # waiting for room already (submitted twice: a request's submit and a poll's)
+        limits = self._limits(record) if record is not None and record["status"] in ("requested", "delayed") else ()
+        if not limits or execution_id in self._keys_of:
             await self.inner.submit(execution_id)
             return
         if until_due(record) > 0:  # held by a clock (a retry's or a task's delay): its timer, or a poll, brings it back
             return
-        key: tuple[Any, ...] = (record["action"],)
-        if policy.policy_type.endswith(".attr"):
-            values = record["spec"]["values"]
-            key += tuple(repr(values.get(name)) for name in policy.parameters["attributes"])
-        if getattr(self.inner, "shared", False):
-            await self._submit_shared(record, policy, key)
+        if self.shared:
+            await self._submit_shared(record, limits)
             return
-        if len(self._admitted[key]) < policy.parameters["threshold"]:
-            self._admit(key, execution_id)
+        full = self._full(limits)
+        if full is None:
+            self._admit(execution_id, limits)
             await self.inner.submit(execution_id)
-            return
-        if policy.parameters.get("action", "delay") == "cancel":
-            await self.executions.complete(execution_id, "canceled", {
-                "error": f'canceled by policy "{policy.ref}": {policy.parameters["threshold"]} of '
-                         f'{record["action"]} already running'}, ("requested", "delayed"))
-            return
-        if record["status"] == "requested":
-            from engine.storage import iso, utcnow
+        elif full.policy.parameters.get("action", "delay") == "cancel":
+            await self._cancel(record, full)
+        else:
+            # Queued before anything is awaited: a run that ends while the `delayed` mark is stored must
+            # find it waiting, or it would free the slot with nobody queued and nothing would admit this one.
+            self._enqueue(record["action"], execution_id, limits)
+            if record["status"] == "requested":
+                entries = [*(record.get("log") or []), {"status": "delayed", "timestamp": iso(utcnow())}]
+                await db(db.store.update_execution, execution_id, {"status": "delayed", "log": entries},
+                         expect=("requested",))
 
-            log_entries = [*(record.get("log") or []), {"status": "delayed", "timestamp": iso(utcnow())}]
-            await db(db.store.update_execution, execution_id, {"status": "delayed", "log": log_entries},
-                     expect=("requested",))
-        if execution_id not in self._queues[key]:
-            self._queues[key].append(execution_id)
-            self._queued[execution_id] = key
+    def _limits(self, record: Mapping[str, Any]) -> tuple[Limit, ...]:
+        """Every concurrency policy of the record's action, with the key it counts the record under."""
+        policies = [p for p in self.policies.get(record["action"], ()) if p.concurrency]
+        values = self._values(record) if any(p.policy_type.endswith(".attr") for p in policies) else {}
+        return tuple(Limit(p, concurrency_key(p, record["action"], values)) for p in policies)
 
-    async def _submit_shared(self, record: dict[str, Any], policy: Policy, key: tuple[Any, ...]) -> None:
+    def _values(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """A run's parameter values as requested: its `spec` holds secrets masked, so they are unsealed
+        (each run's mask is the same, and would count every value as one)."""
+        return {**((record.get("spec") or {}).get("values") or {}), **self.executions.unseal(record)}
+
+    async def _cancel(self, record: Mapping[str, Any], full: Limit) -> None:
+        params = full.policy.parameters
+        which = f" with the same {', '.join(params['attributes'])}" if full.policy.policy_type.endswith(".attr") else ""
+        await self.executions.complete(record["id"], "canceled", {
+            "error": f'canceled by policy "{full.policy.ref}": {full.threshold} of {record["action"]}{which} '
+                     "already running"}, ("requested", "delayed"))
+
+    async def _submit_shared(self, record: dict[str, Any], limits: tuple[Limit, ...]) -> None:
         """Several processes share the executions (`squall worker`s): the count is the database's,
-        taken under a lock per key, and admitting is moving the execution to `scheduled` in that
+        taken under a lock per action, and admitting is moving the execution to `scheduled` in that
         transaction. A delayed one is admitted when the poll submits it again after a run ended."""
         db = self.executions.db
-        admitted = await db(admit_shared, db.store, record, key, policy.parameters.get("attributes") or [],
-                            policy.parameters["threshold"])
+        admitted, full = await db(admit_shared, db.store, record, limits, self._values)
         if admitted:
             await self.inner.submit(record["id"])
-        elif policy.parameters.get("action", "delay") == "cancel":
-            await self.executions.complete(record["id"], "canceled", {
-                "error": f'canceled by policy "{policy.ref}": {policy.parameters["threshold"]} of '
-                         f'{record["action"]} already running'}, ("requested", "delayed"))
+        elif full is not None and full.policy.parameters.get("action", "delay") == "cancel":
+            await self._cancel(record, full)
 
-    def _admit(self, key: tuple[Any, ...], execution_id: str) -> None:
-        self._admitted[key].add(execution_id)
-        self._key_of[execution_id] = key
+    def _full(self, limits: tuple[Limit, ...]) -> Limit | None:
+        """The first of `limits` whose key holds its threshold already; None when all have room."""
+        return next((limit for limit in limits if len(self._admitted.get(limit.key, ())) >= limit.threshold), None)
+
+    def _admit(self, execution_id: str, limits: tuple[Limit, ...]) -> None:
+        for limit in limits:
+            self._admitted[limit.key].add(execution_id)
+        self._keys_of[execution_id] = tuple(limit.key for limit in limits)
+
+    def _release(self, execution_id: str) -> None:
+        """Free every slot the execution holds (keys of values seen once are dropped, not kept empty)."""
+        for key in self._keys_of.pop(execution_id, ()):
+            holders = self._admitted.get(key)
+            if holders is not None:
+                holders.discard(execution_id)
+                if not holders:
+                    del self._admitted[key]
+
+    def _enqueue(self, action: str, execution_id: str, limits: tuple[Limit, ...]) -> None:
+        self._queues[action].append(execution_id)
+        self._queued[execution_id] = (action, limits)
+
+    def _dequeue(self, execution_id: str) -> None:
+        action, _limits = self._queued.pop(execution_id, (None, ()))
+        queue = self._queues.get(action) if action is not None else None
+        if queue is None:
+            return
+        with contextlib.suppress(ValueError):
+            queue.remove(execution_id)
+        if not queue:
+            del self._queues[action]
 
     # -- after a run ------------------------------------------------------------------------------
     def _on_finished(self, record: dict[str, Any]) -> Any:
-        key = self._key_of.pop(record["id"], None)
         tasks = []
-        waited = self._queued.pop(record["id"], None)
-        if waited is not None:  # ended while it waited for a slot (canceled): it leaves the queue
-            with contextlib.suppress(ValueError):
-                self._queues[waited].remove(record["id"])
-        if key is not None:
-            self._admitted[key].discard(record["id"])
-            if self._queues.get(key):
-                tasks.append(self._admit_next(key))
+        self._dequeue(record["id"])  # ended while it waited for a slot (canceled): it leaves the queue
+        if record["id"] in self._keys_of:
+            self._release(record["id"])
+            if ready := self._take_ready(record["action"]):
+                tasks.append(self._start(record["action"], ready))
         retry = self._retry(record)
         if retry is not None:
             tasks.append(retry)
@@ -256,21 +358,35 @@ class PolicyExecutor:
             return None
         return _all(tasks)
 
-    async def _admit_next(self, key: tuple[Any, ...]) -> None:
-        """Give the freed slot to the first queued execution still waiting. One canceled from another
-        process (a CLI) ended there, unheard here: it is skipped, or the slot would stay taken by a
-        run whose claim finds nothing, and the queue behind it would wait until a restart."""
-        db, queue = self.executions.db, self._queues.get(key)
-        while queue:
-            next_id = queue.popleft()
-            self._queued.pop(next_id, None)
-            self._admit(key, next_id)  # taken before looking, so no new request slips past the queue
-            record = await db(db.store.get_execution, next_id)
-            if record is not None and record["status"] in ("requested", "delayed"):
-                await self.inner.submit(next_id)
-                return
-            self._admitted[key].discard(next_id)
-            self._key_of.pop(next_id, None)
+    def _take_ready(self, action: str) -> list[str]:
+        """Admit each queued execution of `action` whose keys all have room, in the order they wait.
+        Done as the slot is freed, before anything is awaited, so no new request slips past the queue."""
+        ready = []
+        for execution_id in list(self._queues.get(action, ())):
+            limits = self._queued[execution_id][1]
+            if self._full(limits) is None:
+                self._dequeue(execution_id)
+                self._admit(execution_id, limits)
+                ready.append(execution_id)
+        return ready
+
+    async def _start(self, action: str, ready: list[str]) -> None:
+        """Hand the admitted executions on. One that ended while it waited, unheard here (canceled from
+        another process: a CLI), gives its slots back and the queue is looked at again: otherwise the
+        slots would stay taken by a run that never starts, and the queue behind it would wait until a
+        restart."""
+        db = self.executions.db
+        while ready:
+            gone = []
+            for execution_id in ready:
+                record = await db(db.store.get_execution, execution_id)
+                if record is not None and record["status"] in ("requested", "delayed"):
+                    await self.inner.submit(execution_id)
+                elif record is None or record["status"] in COMPLETED:
+                    gone.append(execution_id)
+            for execution_id in gone:
+                self._release(execution_id)
+            ready = self._take_ready(action) if gone else []
 
     def _retry(self, record: dict[str, Any]) -> Any:
         found = self._retry_policy(record)
@@ -370,28 +486,40 @@ async def _hold_for_tests(path: str, execution_id: str) -> None:
 SHARED_HOLDING = ("scheduled", "running", "pausing", "canceling", "resuming")
 
 
-def admit_shared(store: Any, record: dict[str, Any], key: tuple[Any, ...], attributes: list[str],
-                 threshold: int) -> bool:
-    """Admit `record` under its policy if fewer than `threshold` executions of its key hold a slot:
-    counted and moved to `scheduled` in one PostgreSQL transaction under an advisory lock on the key,
-    so two serve nodes never both admit the last slot; otherwise it is marked `delayed`."""
-    import sqlalchemy as sa
+def admit_shared(store: Any, record: dict[str, Any], limits: tuple[Limit, ...],
+                 values_of: Callable[[Mapping[str, Any]], dict[str, Any]]) -> tuple[bool, Limit | None]:
+    """Admit `record` if each of its `limits` has fewer than its threshold executions of its key holding
+    a slot: counted and moved to `scheduled` in one PostgreSQL transaction under an advisory lock on the
+    action, so two serve nodes never both admit the last slot; otherwise it is marked `delayed`. The
+    holding rows' keys are made as the record's (`values_of`: their values, secrets unsealed). Returns
+    whether it was admitted, and the first limit that was full (None if none was)."""
+    from engine.storage import executions
 
-    from engine.storage import executions, iso, utcnow
-
-    values = record["spec"]["values"]
-    mine = tuple(repr(values.get(name)) for name in attributes)
+    action = record["action"]
     with store._write() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": repr(key)})
-        rows = conn.execute(sa.select(executions.c.spec).where(
-            executions.c.action == record["action"], executions.c.status.in_(SHARED_HOLDING))).all()
-        holding = sum(1 for (spec,) in rows
-                      if tuple(repr((spec or {}).get("values", {}).get(name)) for name in attributes) == mine)
-        status = "scheduled" if holding < threshold else "delayed"
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"squall.policy:{action}"})
+        rows = conn.execute(sa.select(executions.c.spec, executions.c.sealed).where(
+            executions.c.action == action, executions.c.status.in_(SHARED_HOLDING))).all()
+        holding = _holding([{"spec": spec, "sealed": sealed} for spec, sealed in rows], action, limits, values_of)
+        full = next((limit for limit in limits if holding[limit.key] >= limit.threshold), None)
+        status = "scheduled" if full is None else "delayed"
         if status == record["status"]:
-            return False
+            return False, full
         entries = [*(record.get("log") or []), {"status": status, "timestamp": iso(utcnow())}]
         changed = conn.execute(executions.update().where(
             executions.c.id == record["id"], executions.c.status.in_(("requested", "delayed"))).values(
             status=status, log=entries)).rowcount
-        return bool(changed) and status == "scheduled"
+        return bool(changed) and full is None, full
+
+
+def _holding(rows: list[dict[str, Any]], action: str, limits: tuple[Limit, ...],
+             values_of: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Counter[tuple[str, ...]]:
+    """How many of `rows` (executions of `action` holding a slot) count under each limit's key."""
+    attributes = any(limit.policy.policy_type.endswith(".attr") for limit in limits)
+    counts: Counter[tuple[str, ...]] = Counter()
+    for row in rows:
+        values = values_of(row) if attributes else {}
+        for limit in limits:
+            if concurrency_key(limit.policy, action, values) == limit.key:
+                counts[limit.key] += 1
+    return counts

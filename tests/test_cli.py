@@ -171,6 +171,68 @@ def test_async_request_is_run_by_the_server_and_cancel_reaches_it(home: Path, de
     assert server.returncode == 0, output
 
 
+def _held_pack(home: Path) -> None:
+    """`pol.slow` waits for its `gate` file; one run at a time (a concurrency policy, delay)."""
+    pack = home / "packs" / "pol"
+    write(pack / "pack.yaml", "ref: pol\nname: pol\nversion: 0.1.0\n")
+    write(pack / "actions" / "slow.yaml", """
+        name: slow
+        runner_type: local-shell-cmd
+        parameters:
+          gate: {type: string}
+          cmd: {default: "while [ ! -f {{gate}} ]; do sleep 0.02; done; echo through", immutable: true}
+    """)
+    write(pack / "policies" / "one.yaml", "name: one\nresource_ref: pol.slow\npolicy_type: action.concurrency\n"
+                                          "parameters: {threshold: 1, action: delay}\n")
+
+
+def test_run_of_a_held_action_is_counted_by_the_running_server(home: Path) -> None:
+    """`squall run` of an action a concurrency policy holds, while `squall serve` runs on the same
+    database: the server runs it, counted with its own runs (it waits while one runs there); the
+    command waits for its end and shows it as any run. Without a server it runs in the command."""
+    _held_pack(home)
+    alone = home / "gate-alone"
+    alone.touch()
+    code, record = run_json(home, "pol.slow", f"gate={alone}")
+    assert code == 0 and record["result"]["stdout"] == "through"
+
+    with open(home / "serve.log", "w") as log:
+        server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home,
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, text=True)
+    waiter = None
+    try:
+        deadline = time.monotonic() + 60
+        while "Squall is serving" not in (home / "serve.log").read_text():
+            assert server.poll() is None and time.monotonic() < deadline, (home / "serve.log").read_text()
+            time.sleep(0.1)
+        first = json.loads(squall(home, "run", "pol.slow", f"gate={home / 'gate-1'}", "--async", "--json").stdout)
+        _poll(home, first["id"], lambda r: r["status"] == "running")
+        waiter = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "run", "pol.slow",
+                                   f"gate={home / 'gate-2'}", "--json"], cwd=home, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while len(rows := json.loads(squall(home, "execution", "list", "--action", "pol.slow", "--json").stdout)) < 3:
+            assert waiter.poll() is None and time.monotonic() < deadline, waiter.communicate()
+            time.sleep(0.2)
+        second = next(r for r in rows if r["id"] not in (first["id"], record["id"]))
+        _poll(home, second["id"], lambda r: r["status"] == "delayed")  # the server's one runs
+        (home / "gate-1").touch()
+        (home / "gate-2").touch()
+        output, errors = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0, errors
+        done = json.loads(output)
+        assert done["id"] == second["id"] and done["result"]["stdout"] == "through"
+        assert done["runner_info"]["pid"] == server.pid
+        statuses = [entry["status"] for entry in done["log"]]
+        assert statuses.index("delayed") < statuses.index("running")
+    finally:
+        if waiter is not None and waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def _poll(home: Path, execution_id: str, done, seconds: float = 20) -> dict:
     deadline = time.monotonic() + seconds
     while True:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from bot.app import Squall
 from engine.config import load_config
@@ -190,5 +195,211 @@ async def test_a_noop_action_under_a_concurrency_policy_waits_for_a_claim(home: 
             assert (await squall.executions.wait(free["id"], timeout=20))["status"] == "succeeded"
         assert any("_claim" in group for group in groups[:-1])  # the held one: stored, then claimed
         assert groups[-1] == ["_prepare"]  # the free one: ended as it was stored
+    finally:
+        await squall.close()
+
+
+class _EndDuringDelayMark:
+    """The execution service's database, except that the first time a policy stores a request's
+    `delayed` mark, `end` runs to its end first: the run holding the slot ends exactly while that
+    mark is being stored, the interleaving that left the delayed run queued with nothing to admit it."""
+
+    def __init__(self, db: Any, end: Callable[[], Awaitable[None]]) -> None:
+        self._db, self._end, self.hit = db, end, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not self.hit and fn == self._db.store.update_execution and args[1].get("status") == "delayed":
+            self.hit = True
+            await self._end()
+        return await self._db(fn, *args, **kwargs)
+
+
+async def test_a_run_that_ends_while_the_next_is_marked_delayed_admits_it(home: Path) -> None:
+    _pack(home, {"limit": "name: limit\nresource_ref: pol.gate\npolicy_type: action.concurrency\n"
+                          "parameters: {threshold: 1, action: delay}\n"})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        gate = home / "gate"
+        first = await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "one"})
+        await _status(squall, first["id"], {"running"})
+
+        async def end_first() -> None:
+            gate.touch()
+            assert (await squall.executions.wait(first["id"], timeout=20))["status"] == "succeeded"
+
+        hook = squall.executions.db = _EndDuringDelayMark(squall.executions.db, end_first)
+        second = await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "two"})
+        assert hook.hit  # the first ended while the second's `delayed` was being stored
+        done = await squall.executions.wait(second["id"], timeout=20)
+        assert done["status"] == "succeeded" and done["result"]["stdout"] == "two"
+        assert {key: list(queue) for key, queue in squall.executor._queues.items() if queue} == {}
+        assert not any(squall.executor._admitted.values())
+    finally:
+        await squall.close()
+
+
+_PER_TAG_AND_GLOBAL = {
+    # File names sort the per-tag policy first: it was the only one applied.
+    "a_per_tag": "name: per_tag\nresource_ref: pol.gate\npolicy_type: action.concurrency.attr\n"
+                 "parameters: {threshold: 1, action: delay, attributes: [tag]}\n",
+    "b_global": "name: global\nresource_ref: pol.gate\npolicy_type: action.concurrency\n"
+                "parameters: {threshold: 2, action: delay}\n",
+}
+
+
+async def test_every_concurrency_policy_of_an_action_holds_its_runs(home: Path) -> None:
+    """One run per tag and two in all: a run waits while any of its keys is full, and starts once
+    all of them have room, in the order they were requested, each once."""
+    _pack(home, _PER_TAG_AND_GLOBAL)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        gates = {name: home / f"gate-{name}" for name in "abcd"}
+        ids = {name: (await squall.executions.request("pol.gate", {"gate": str(gates[name]), "tag": tag}))["id"]
+               for name, tag in zip("abcd", ("x", "x", "y", "z"), strict=True)}
+        await _status(squall, ids["a"], {"running"})
+        await _status(squall, ids["c"], {"running"})
+        assert (await squall.executions.get(ids["b"]))["status"] == "delayed"  # tag x is taken
+        assert (await squall.executions.get(ids["d"]))["status"] == "delayed"  # two run already
+        gates["a"].touch()
+        await _status(squall, ids["b"], {"running"})  # x is free, and one of two runs
+        assert (await squall.executions.get(ids["d"]))["status"] == "delayed"  # b took the second slot
+        gates["c"].touch()
+        await _status(squall, ids["d"], {"running"})
+        gates["b"].touch()
+        gates["d"].touch()
+        for name, execution_id in ids.items():
+            done = await squall.executions.wait(execution_id, timeout=20)
+            assert done["status"] == "succeeded", (name, done)
+            assert [e["status"] for e in done["log"]].count("running") == 1
+        assert {key: list(queue) for key, queue in squall.executor._queues.items() if queue} == {}
+        assert not any(squall.executor._admitted.values())
+    finally:
+        await squall.close()
+
+
+def _secret_gate(home: Path) -> None:
+    write(home / "packs" / "pol" / "actions" / "vault.yaml", """
+        name: vault
+        runner_type: local-shell-cmd
+        parameters:
+          gate: {type: string}
+          account: {type: string, secret: true}
+          cmd: {default: "while [ ! -f {{gate}} ]; do sleep 0.02; done; echo done", immutable: true}
+    """)
+
+
+_PER_ACCOUNT = {"per_account": "name: per_account\nresource_ref: pol.vault\npolicy_type: action.concurrency.attr\n"
+                               "parameters: {threshold: 1, action: cancel, attributes: [account]}\n"}
+
+
+async def test_a_policy_keyed_on_a_secret_parameter_counts_each_value(home: Path) -> None:
+    """The stored values of a secret are all the mask: the key is made of the real values, hashed."""
+    _pack(home, _PER_ACCOUNT)
+    _secret_gate(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        gate = home / "gate"
+        first, other, same = [await squall.executions.request("pol.vault", {"gate": str(gate), "account": account})
+                              for account in ("acct-AAA", "acct-BBB", "acct-AAA")]
+        canceled = await squall.executions.wait(same["id"], timeout=20)
+        assert canceled["status"] == "canceled" and 'policy "pol.per_account"' in canceled["result"]["error"]
+        assert "acct-" not in repr(dict(squall.executor._admitted))  # keys hold no secret
+        gate.touch()
+        assert (await squall.executions.wait(first["id"], timeout=20))["status"] == "succeeded"
+        assert (await squall.executions.wait(other["id"], timeout=20))["status"] == "succeeded"
+    finally:
+        await squall.close()
+
+
+def test_a_policy_for_an_action_that_does_not_exist_is_reported(home: Path, caplog: pytest.LogCaptureFixture
+                                                                 ) -> None:
+    _pack(home, {"ghost": "name: ghost\nresource_ref: pol.nope\npolicy_type: action.concurrency\n"
+                          "parameters: {threshold: 1}\n"})
+
+    async def start() -> list[str]:
+        squall = await Squall.start(load_config(home / "config.yml"))
+        try:
+            return [str(e) for e in squall.registry.errors]
+        finally:
+            await squall.close()
+
+    with caplog.at_level(logging.WARNING, logger="engine.policies"):
+        errors = asyncio.run(start())
+    reported = [e for e in errors if "policies/ghost.yaml" in e]
+    assert len(reported) == 1 and '"pol.ghost"' in reported[0] and '"pol.nope"' in reported[0]
+    assert "applies to nothing until" in reported[0]
+    warned = [r.getMessage() for r in caplog.records if r.name == "engine.policies"]
+    assert any("policies/ghost.yaml" in m and "pol.nope" in m and "applies to nothing" in m for m in warned)
+
+
+# -- where workers run the executions (the count is the database's) -------------------------------
+
+class _Workers:
+    """Stands in for `squall worker`s (`JobExecutor`): what the policies admit is handed on, and
+    would run in another process."""
+
+    shared = True
+    closing = False
+    running: set[str] = set()
+
+    def __init__(self) -> None:
+        self.handed: list[str] = []
+
+    async def submit(self, execution_id: str) -> None:
+        self.handed.append(execution_id)
+
+    async def cancel(self, execution_id: str) -> bool:
+        return False
+
+    async def close(self) -> None:
+        pass
+
+
+async def _shared(home: Path, database_url: str) -> tuple[Squall, _Workers]:
+    write(home / "config.yml", f"database:\n  url: {database_url}\npacks:\n  paths: [packs]\n"
+                               "api:\n  enabled: false\n")
+    squall = await Squall.start(load_config(home / "config.yml"))
+    workers = squall.executor.inner = _Workers()
+    return squall, workers
+
+
+@pytest.mark.postgres
+async def test_every_concurrency_policy_counts_where_workers_run(home: Path, postgres_url: str) -> None:
+    _pack(home, _PER_TAG_AND_GLOBAL)
+    squall, workers = await _shared(home, postgres_url)
+    try:
+        ids = {name: (await squall.executions.request("pol.gate", {"gate": "-", "tag": tag}))["id"]
+               for name, tag in zip("abcd", ("x", "x", "y", "z"), strict=True)}
+
+        async def statuses() -> dict[str, str]:
+            return {name: (await squall.executions.get(i))["status"] for name, i in ids.items()}
+
+        assert await statuses() == {"a": "scheduled", "b": "delayed", "c": "scheduled", "d": "delayed"}
+        assert workers.handed == [ids["a"], ids["c"]]
+        assert await squall.db(squall.store.update_execution, ids["a"], {"status": "succeeded"})  # a worker ended it
+        for name in "bd":  # as the poll submits `delayed` ones again
+            await squall.executor.submit(ids[name])
+        assert await statuses() == {"a": "succeeded", "b": "scheduled", "c": "scheduled", "d": "delayed"}
+        assert workers.handed == [ids["a"], ids["c"], ids["b"]]
+    finally:
+        await squall.close()
+
+
+@pytest.mark.postgres
+async def test_a_secret_key_counts_each_value_where_workers_run(home: Path, postgres_url: str) -> None:
+    _pack(home, _PER_ACCOUNT)
+    _secret_gate(home)
+    squall, workers = await _shared(home, postgres_url)
+    try:
+        first, other, same = [await squall.executions.request("pol.vault", {"gate": "-", "account": account})
+                              for account in ("acct-AAA", "acct-BBB", "acct-AAA")]
+        assert (await squall.executions.get(first["id"]))["status"] == "scheduled"
+        assert (await squall.executions.get(other["id"]))["status"] == "scheduled"
+        canceled = await squall.executions.get(same["id"])
+        assert canceled["status"] == "canceled" and 'policy "pol.per_account"' in canceled["result"]["error"]
+        assert workers.handed == [first["id"], other["id"]]
     finally:
         await squall.close()

@@ -1,7 +1,9 @@
 """`squall run` and `squall execution list | get | cancel | pause | resume | re-run`.
 
 `run` exits 0 if the action succeeded, 1 if it failed or timed out, 2 on bad input; with `--async`
-it stores the request and `squall serve` runs it. Parameters and results are printed as written: rich
+it stores the request and `squall serve` runs it. So does a plain `run` of an action a concurrency
+policy holds while `squall serve` runs on the database (it counts the runs in its own memory); the
+command then waits for the end and shows it as usual. Parameters and results are printed as written: rich
 would read a `[...]` in them as markup (a `[/x]` in a message crashed `squall run`).
 """
 
@@ -18,6 +20,7 @@ from bot.cli.common import (
     add_row,
     current_config,
     current_user,
+    err,
     fail,
     group,
     new_table,
@@ -76,9 +79,14 @@ def run(
 
     async def work(squall: Squall) -> dict[str, Any]:
         context = {"user": current_user(), "source": "cli"}
-        if run_async and squall.config.executor_kind == "local":
+        server = None if run_async else await _counting_server(squall, ref)
+        if (run_async or server is not None) and squall.config.executor_kind == "local":
             squall.executions.executor = None  # stored as requested; `squall serve` runs it
         record = await squall.executions.request(ref, params, context, render=render)  # else: queued
+        if server is not None:
+            err.print(f"{record['action']} is held by a concurrency policy and `squall serve` ({server}) runs "
+                      f"on this database: it runs {record['id']}, counted with its own runs. Waiting for its "
+                      "end (Ctrl-C stops the wait, not the run).", markup=False)
         await squall.db(record_audit, squall.store, "cli.execution", record["id"],
                         {"action": record["action"], "parameters": record["parameters"]})
         return record if run_async else await squall.executions.wait(record["id"])
@@ -93,6 +101,22 @@ def run(
     else:
         show_execution(record)
     raise typer.Exit(0 if run_async else _exit_for(record))
+
+
+async def _counting_server(squall: Squall, ref: str) -> str | None:
+    """The `squall serve` that must run a request of `ref`, or None to run it here. A concurrency
+    policy counts runs in the memory of the process that runs them, so a run in this command would
+    pass the count of a server's runs: when a policy holds `ref` and a server leads on this database
+    (only `squall serve` takes the lead), the server runs it. Workers (`executor.kind: procrastinate`)
+    count in the database, wherever the request comes from."""
+    import asyncio
+
+    from engine.wakeups import PROCESS_NAME
+
+    if squall.config.executor_kind != "local" or not squall.policies.holds(ref):
+        return None
+    holder = await asyncio.to_thread(squall.leader.holder)
+    return holder if holder not in (None, PROCESS_NAME) else None
 
 
 @execution_app.command("list")
