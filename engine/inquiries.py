@@ -7,8 +7,11 @@ on it is conducted on by the workflow service's listener. An expired inquiry fin
 
 Squall adds chat approvals' rules (`count`, `self_approval`): every answer is kept in
 `result.responses` (who, when, what); the inquiry finishes once `count` distinct people answered,
-or at once when one says no to a yes/no field, with their answers `merged`. Answers are taken one
-at a time in a process, so two people answering together both count.
+or at once when one says no to a yes/no field that decides it (`deciding`), with their answers
+`merged`. Answers are taken one at a time in a process, so two people answering together both count.
+
+Who may answer is StackStorm's `check_permission`: with `users` the responder must be one of them,
+and with `roles` also in one of them (both checks, as StackStorm's `roles_passed and users_passed`).
 """
 
 from __future__ import annotations
@@ -129,13 +132,54 @@ def problem(schema: Mapping[str, Any], error: Any) -> str:
     return f"at {where}: " + (str(error.message) if depth is None else f"the value breaks '{error.validator}'")
 
 
-def merged(responses: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def merged(responses: Sequence[dict[str, Any]], count: int = 1) -> dict[str, Any]:
     """What several people's answers tell the workflow: the last answer, with every yes/no field a
-    yes only if everyone said yes (a two-person approval is two yeses; one no is a no)."""
+    yes only if everyone said yes and at least `count` people answered (a two-person approval is two
+    yeses; one no is a no): an inquiry a no ended early never tells the workflow yes."""
     answer = dict(responses[-1])
+    enough = len(responses) >= count
     for key in {k for r in responses for k, v in r.items() if isinstance(v, bool)}:
-        answer[key] = all(r.get(key) is True for r in responses if key in r)
+        answer[key] = enough and all(r.get(key) is True for r in responses if key in r)
     return answer
+
+
+def _is_boolean(spec: Any) -> bool:
+    kind = spec.get("type") if isinstance(spec, Mapping) else None
+    return kind == "boolean" or (isinstance(kind, list) and "boolean" in kind)
+
+
+def deciding(schema: Any, answer: Mapping[str, Any]) -> set[str]:
+    """The yes/no fields whose no denies the inquiry: the schema's required booleans (`approved`), else
+    its booleans, else (a schema naming none) every boolean in `answer`. A no to one of them decides
+    the `merged` result (a yes only if everyone said yes), so the inquiry ends at once; an optional
+    flag beside a required one (`notify_team: false`) is no no, or one person could end a two-person
+    approval early."""
+    plain = draft4(schema) if isinstance(schema, dict) else {}
+    properties = plain.get("properties") if isinstance(plain.get("properties"), dict) else {}
+    booleans = {name for name, spec in properties.items() if _is_boolean(spec)}
+    required = set(plain["required"]) if isinstance(plain.get("required"), list) else set()
+    return (booleans & required or booleans) if booleans else {k for k, v in answer.items() if isinstance(v, bool)}
+
+
+def who_may(users: Sequence[str], roles: Sequence[str]) -> str:
+    """Who may answer, in words (`ann or bea (who must also be in role dba)`): both lists must be met."""
+    people = " or ".join(users)
+    groups = "role " + " or ".join(roles)
+    if users and roles:
+        return f"{people} (who must also be in {groups})"
+    return people or (f"members of {groups}" if roles else "anyone")
+
+
+def refusal(user: str | None, groups: Sequence[str], users: Sequence[str], roles: Sequence[str]) -> str | None:
+    """Why `user` (in `groups`) may not answer an inquiry for `users` and `roles`, or None if they may.
+    Both must hold, as StackStorm's `check_permission`: with `users` set they must be listed, and with
+    `roles` set be in one; either alone would let anyone in a role answer what names one person."""
+    name = f"{user} is" if user else "you are"
+    if users and user not in users:
+        return f"{name} not one of its users"
+    if roles and not set(groups) & set(roles):
+        return f"{name} in none of its roles" + (f" (in {', '.join(sorted(groups))})" if groups else "")
+    return None
 
 
 class InquiryService:
@@ -243,9 +287,10 @@ class InquiryService:
             raise InquiryError(f'inquiry {record["id"]} cannot be answered: {why}', 409)
         result = record.get("result") or {}
         users, roles = result.get("users") or [], result.get("roles") or []
-        if (users or roles) and user not in users and not set(groups) & set(roles):
+        why = refusal(user, groups, users, roles)
+        if why is not None:
             raise InquiryError(f'{user or "you"} may not respond to inquiry {record["id"]}: only '
-                               + ", ".join([*users, *(f"role {r}" for r in roles)]), 403)
+                               f'{who_may(users, roles)} may, and {why}', 403)
         if result.get("self_approval") is False and user is not None and user == result.get("requester"):
             raise InquiryError(f"{user} started the workflow of inquiry {record['id']}: someone else must answer it",
                                403)
@@ -267,15 +312,16 @@ class InquiryService:
                                + problem(result.get("schema") or {}, error))
         responses = [*earlier, {"user": user, "at": iso(utcnow()), "response": response}]
         answers = [r["response"] for r in responses]
-        said_no = any(v is False for v in response.values())
-        if len(responses) < int(result.get("count") or 1) and not said_no:  # more people must answer
+        count = int(result.get("count") or 1)
+        said_no = any(response.get(key) is False for key in deciding(result.get("schema"), response))
+        if len(responses) < count and not said_no:  # more people must answer
             waiting = {**result, "responses": responses}
             if not await self.executions.db(self.executions.db.store.update_execution, record["id"],
                                             {"result": waiting}, expect=("pending",)):
                 raise InquiryError(f'inquiry {record["id"]} was answered or expired meanwhile', 409)
             return public({**record, "result": waiting})
         done = await self.executions.complete(record["id"], "succeeded",
-                                              {**result, "response": merged(answers), "responder": user,
+                                              {**result, "response": merged(answers, count), "responder": user,
                                                "responses": responses}, ("pending",))
         if done is None:
             raise InquiryError(f'inquiry {record["id"]} was answered or expired meanwhile', 409)

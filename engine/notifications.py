@@ -4,11 +4,12 @@
 abandoned; the default message is StackStorm's ("Action <ref> succeeded."). `message` and `data`
 render with `st2kv` (the datastore, as parameter templates read it) besides `action_parameters`,
 `action_context` and `action_results`; a value `decrypt_kv` revealed is masked in what they say,
-as in results. The engine fires `core.st2.generic.actiontrigger` and `notifytrigger` (for rules)
-and publishes `NOTIFICATION_DUE` with the rendered messages; the chat side (`bot/chat/notices.py`)
-posts those whose route is a configured chat target. Unlike StackStorm, an action's own `notify`
-never suppresses the result of a chat-started execution: that reply is the dispatcher's,
-independent of this.
+as in results, and so is an inquiry's answer to a `secret: true` property (there and in the
+triggers' payloads, which are stored and handed to rules). The engine fires
+`core.st2.generic.actiontrigger` and `notifytrigger` (for rules) and publishes `NOTIFICATION_DUE`
+with the rendered messages; the chat side (`bot/chat/notices.py`) posts those whose route is a
+configured chat target. Unlike StackStorm, an action's own `notify` never suppresses the result of
+a chat-started execution: that reply is the dispatcher's, independent of this.
 
 Each trigger of a completed execution is stored under a key (`trigger_key`) in the deliveries
 table, with its instances, in one transaction: the listener here and the sweep (`fire_missing`,
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.events import EXECUTION_FINISHED, NOTIFICATION_DUE, Events
 from engine.executions import COMPLETED, FAILED, public, scrub
+from engine.inquiries import shown_execution
 from engine.storage import utcnow
 from engine.templates import TemplateRenderError, build_environment, render_template, render_value, rendered
 
@@ -84,6 +86,9 @@ def _masking(revealed: list[str]) -> list[str]:
 
 
 def _action_payload(execution: dict[str, Any]) -> dict[str, Any]:
+    """The action trigger's payload, of the execution as shown (`shown_execution`): a trigger instance
+    is stored, listed by the API and handed to rules' actions, so an inquiry's secret answer is masked."""
+    execution = shown_execution(execution)
     return {"execution_id": execution["id"], "status": execution["status"],
             "start_timestamp": execution["start_timestamp"], "action_name": execution["action"].split(".", 1)[-1],
             "action_ref": execution["action"], "runner_ref": execution["runner"],
@@ -91,11 +96,12 @@ def _action_payload(execution: dict[str, Any]) -> dict[str, Any]:
 
 
 def _notify_payloads(execution: dict[str, Any], told: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One notify trigger payload per route told, in order."""
+    """One notify trigger payload per route told, in order; the result as shown (`_action_payload`)."""
+    result = shown_execution(execution).get("result")
     return [{"execution_id": execution["id"], "status": execution["status"],
              "start_timestamp": execution["start_timestamp"], "end_timestamp": execution["end_timestamp"],
              "action_ref": execution["action"], "runner_ref": execution["runner"], "route": route, "channel": route,
-             "message": message, "data": {**data, "result": json.dumps(execution.get("result"))}}
+             "message": message, "data": {**data, "result": json.dumps(result)}}
             for route, message, data in told]
 
 
@@ -217,7 +223,9 @@ class Notifier:
 def messages(execution: dict[str, Any], notify: dict[str, Any], data: bool = False, *,
              st2kv: Any = None, env: jinja2.Environment | None = None) -> list[tuple[str, str, dict[str, Any]]]:
     """(route, message, rendered data if `data`) for each route of each section that applies, in
-    order; templates see `st2kv` when given (and render with `env`: its `decrypt_kv`)."""
+    order; templates see `st2kv` when given (and render with `env`: its `decrypt_kv`), and the
+    execution as shown (`shown_execution`: an inquiry's secret answers masked, as routes are chat)."""
+    execution = shown_execution(execution)
     told = []
     for name, section in sections_for(notify, execution["status"]):
         routes = section.get("routes") or section.get("channels") or []

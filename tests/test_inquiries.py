@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -54,6 +55,10 @@ output:
 TWO_PEOPLE = APPROVAL.replace("users: [olivia]",
                               "users: [tester, ann, bea]\n      count: 2\n      self_approval: false")
 
+#: A two-person approval whose answer also carries an optional flag: its `false` is no no.
+FLAGGED = TWO_PEOPLE.replace("required: true}",
+                             "required: true}\n          notify_team: {type: boolean, default: true}")
+
 CHOICE = """
 chain:
   - name: ask
@@ -83,7 +88,7 @@ def _config(home: Path, more: str) -> None:
 async def chat(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter]]:
     _config(home, "api:\n  keys: [test-key-123456]\n")
     workflow_pack(home, {"approval": ("orquesta", "", APPROVAL), "two": ("orquesta", "", TWO_PEOPLE),
-                         "choice": ("action-chain", "", CHOICE)})
+                         "flagged": ("orquesta", "", FLAGGED), "choice": ("action-chain", "", CHOICE)})
     loopback = LoopbackAdapter()
     squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
     assert squall.registry.errors == []
@@ -304,6 +309,124 @@ async def test_an_inquiry_with_approver_rules_needs_two_others_and_one_no_ends_i
     ended = await _final(squall, refused_id)
     assert "deploy" not in task_names(await children(squall, refused_id)) and ended["result"]["output"] == {
         "answer": None}
+
+
+async def test_a_false_optional_flag_does_not_end_a_two_person_approval_early(chat) -> None:
+    """Only a no to a field that decides the approval (its required yes/no) ends it at once: ann's
+    `notify_team: false` beside her yes leaves it waiting for bea, and deploy runs only after two yeses.
+    A no that does end it early tells the workflow no on every yes/no field: one person never says yes
+    for two."""
+    squall, _ = chat
+    workflow_id, inquiry = await _paused(squall, "wf.flagged")
+    first = await squall.inquiries.respond(inquiry["id"], {"approved": True, "notify_team": False}, "ann")
+    assert first["status"] == "pending" and [r["user"] for r in first["responses"]] == ["ann"]
+    assert (await squall.executions.get(workflow_id))["status"] == "paused"
+    assert "deploy" not in task_names(await children(squall, workflow_id))
+    done = await squall.inquiries.respond(inquiry["id"], {"approved": True, "notify_team": True}, "bea")
+    assert done["status"] == "succeeded" and done["response"] == {"approved": True, "notify_team": False}
+    final = await _final(squall, workflow_id)
+    assert final["result"]["output"] == {"answer": True}
+    assert task_names(await children(squall, workflow_id)) == ["prepare", "approve", "deploy"]
+
+    refused_id, refused = await _paused(squall, "wf.flagged")
+    said = await squall.inquiries.respond(refused["id"], {"approved": False, "notify_team": True}, "ann")
+    assert said["status"] == "succeeded" and said["response"] == {"approved": False, "notify_team": False}
+    await _final(squall, refused_id)
+    assert "deploy" not in task_names(await children(squall, refused_id))
+
+
+def test_which_yes_no_fields_decide_and_an_answer_short_of_count_is_never_yes() -> None:
+    from engine.inquiries import deciding, merged
+
+    flagged = {"type": "object", "properties": {"approved": {"type": "boolean", "required": True},
+                                                "notify": {"type": "boolean"}}}
+    assert deciding(flagged, {"approved": True, "notify": False}) == {"approved"}
+    listed = {"type": "object", "required": ["ok"], "properties": {"ok": {"type": ["boolean", "null"]},
+                                                                  "loud": {"type": "boolean"}}}
+    assert deciding(listed, {}) == {"ok"}
+    assert deciding({"properties": {"ok": {"type": "boolean"}, "why": {"type": "string"}}}, {}) == {"ok"}
+    assert deciding({}, {"continue": False, "note": "x"}) == {"continue"}  # a schema naming no field
+    assert merged([{"approved": True, "notify": True}], 2) == {"approved": False, "notify": False}
+    assert merged([{"approved": True, "notify": False}, {"approved": True, "notify": True}], 2) == {
+        "approved": True, "notify": False}
+
+
+async def test_an_inquiry_with_users_and_roles_needs_a_listed_user_in_one_of_the_roles(chat) -> None:
+    """StackStorm's `check_permission` passes only when both pass: bob in role dba but not among the
+    users is refused, as is ann without the role; ann in dba answers. The refusal says both rules."""
+    squall, _ = chat
+    record = await squall.executions.request("core.ask", {"users": ["ann", "bea"], "roles": ["dba"]}, {"user": "wf"})
+    assert (await squall.executions.wait(record["id"], timeout=10))["status"] == "pending"
+    rules = f"may not respond to inquiry {record['id']}: only ann or bea (who must also be in role dba) may"
+    with pytest.raises(InquiryError) as outsider:
+        await squall.inquiries.respond(record["id"], {"continue": True}, "bob", ["dba"])
+    assert outsider.value.status == 403
+    assert str(outsider.value) == f"bob {rules}, and bob is not one of its users"
+    with pytest.raises(InquiryError) as roleless:
+        await squall.inquiries.respond(record["id"], {"continue": True}, "ann", ["ops"])
+    assert str(roleless.value) == f"ann {rules}, and ann is in none of its roles (in ops)"
+    assert (await squall.inquiries.get(record["id"]))["status"] == "pending"
+    done = await squall.inquiries.respond(record["id"], {"continue": True}, "ann", ["dba"])
+    assert done["status"] == "succeeded"
+    assert (await squall.executions.get(record["id"]))["result"]["responder"] == "ann"
+
+
+async def test_a_roles_only_inquiry_is_answered_through_the_api_by_a_member_of_a_config_group(home: Path) -> None:
+    """`roles` are config `auth.groups` outside chat too: bob (in approvers) answers with his own key,
+    and a config key naming him answers for him; eve, in no such group, is refused."""
+    _config(home, "api:\n  keys: [test-key-123456]\nauth:\n  groups:\n    approvers: [bob]\n")
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        asked = [await squall.executions.request("core.ask", {"roles": ["approvers"]}, {"user": "wf"})
+                 for _ in range(2)]
+        for record in asked:
+            assert (await squall.executions.wait(record["id"], timeout=10))["status"] == "pending"
+        bob_key, _ = await squall.db(create_key, squall.store, "bob")
+        eve_key, _ = await squall.db(create_key, squall.store, "eve")
+        transport = httpx.ASGITransport(app=create_api(squall))
+        async with httpx.AsyncClient(transport=transport, base_url="http://squall") as client:
+            url = f"/api/v1/inquiries/{asked[0]['id']}"
+            own = await client.put(url, headers={"St2-Api-Key": bob_key}, json={"response": {"continue": True}})
+            assert own.status_code == 200, own.text
+            denied = await client.put(f"/api/v1/inquiries/{asked[1]['id']}", headers={"St2-Api-Key": eve_key},
+                                      json={"response": {"continue": True}})
+            assert denied.status_code == 403
+            assert "eve is in none of its roles" in denied.json()["faultstring"]
+            named = await client.put(f"/api/v1/inquiries/{asked[1]['id']}", headers={"St2-Api-Key": "test-key-123456"},
+                                     json={"response": {"continue": True}, "user": "bob"})
+            assert named.status_code == 200, named.text
+        assert [(await squall.executions.get(r["id"]))["result"]["responder"] for r in asked] == ["bob", "bob"]
+    finally:
+        await squall.close()
+
+
+def test_cli_answers_a_roles_only_inquiry_for_a_member_of_a_config_group(home: Path) -> None:
+    """`squall inquiry respond` answers as the shell's user, in the config `auth.groups` that list them:
+    an inquiry for their group is answered, one for another group refused (exit 2, saying why)."""
+    import getpass
+
+    me = getpass.getuser()
+    write(home / "config.yml", "database:\n  url: sqlite:///data/squall.db\npacks:\n  paths: [packs]\n"
+                               f"auth:\n  groups:\n    approvers: [{me}]\n    others: [nobody-else]\n")
+    workflow_pack(home, {"mine": ("action-chain", "", CHOICE.replace("route: ops", "roles: [approvers]")),
+                         "theirs": ("action-chain", "", CHOICE.replace("route: ops", "roles: [others]"))})
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(SQUALL_CLI), "-c", str(home / "config.yml"), *args], capture_output=True,
+                              text=True, timeout=60, cwd=home)
+
+    for ref in ("wf.mine", "wf.theirs"):
+        started = cli("run", ref, "--json")
+        assert json.loads(started.stdout)["status"] == "paused", started.stdout + started.stderr
+    listed = {item["roles"][0]: item["id"] for item in json.loads(cli("inquiry", "list", "--json").stdout)}
+    table = subprocess.run([str(SQUALL_CLI), "-c", str(home / "config.yml"), "inquiry", "list"], capture_output=True,
+                           text=True, timeout=60, cwd=home, env={**os.environ, "COLUMNS": "200"}).stdout
+    assert "who may answer" in table and "members of role approvers" in table and "anyone" not in table
+    good = cli("inquiry", "respond", listed["approvers"], "--response", '{"colour": "red"}', "--json")
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["status"] == "succeeded"
+    refused = cli("inquiry", "respond", listed["others"], "--response", '{"colour": "red"}')
+    assert refused.returncode == 2 and f"{me} is in none of its roles (in approvers)" in refused.stderr
 
 
 async def test_an_inquirys_roles_are_the_chats_groups_config_ones_included(home: Path) -> None:

@@ -261,3 +261,40 @@ def test_trigger_keys_are_stored_once_and_owed_executions_found_on_both_database
         assert store.keyed_since_while("keyed_since:test", True) >= began
     finally:
         store.close()
+
+
+async def test_a_secret_inquiry_answer_is_masked_in_the_action_and_notify_triggers(home: Path) -> None:
+    """An answer to a `secret: true` property (a PIN) is `********` in what rules and routes are told,
+    as in the API: the action and notify triggers' payloads are stored and readable at
+    `/api/v1/triggerinstances`, and a rule's action gets them. The inquiry keeps it for its workflow."""
+    pack = _pack(home)
+    write(pack / "rules" / "noted.yaml", NOTED_RULE)
+    write(pack / "rules" / "asked.yaml", ACTED_RULE.replace("name: acted", "name: asked").replace(
+        "trigger.action_ref: {type: equals, pattern: demo.job}",
+        "trigger.runner_ref: {type: equals, pattern: inquirer}"))
+    pin = "PIN-4711-secret"
+    schema = {"type": "object", "properties": {"pin": {"type": "string", "secret": True, "required": True},
+                                               "note": {"type": "string"}}}
+    notify = {"on-complete": {"message": "pin {{ action_results.response.pin }}", "routes": ["ops"],
+                              "data": {"pin": "{{ action_results.response.pin }}"}}}
+    async with loopback_chat(home) as (squall, bot, loopback):
+        assert not squall.registry.errors, squall.registry.errors
+        record = await squall.executions.request("core.ask", {"schema": schema}, {"user": "wf", "notify": notify})
+        assert (await squall.executions.wait(record["id"], 10))["status"] == "pending"
+        await squall.inquiries.respond(record["id"], {"pin": pin, "note": "on call"}, "ann")
+        await settle(squall, bot)
+        await squall.triggers.settle()
+        await squall.rules.settle()
+        acted = [p for p in await _notified(squall, ACTION_TRIGGER) if p["execution_id"] == record["id"]]
+        assert sorted(p["status"] for p in acted) == ["pending", "succeeded"] and pin not in str(acted)
+        [answered] = [p for p in acted if p["status"] == "succeeded"]
+        assert answered["result"]["response"] == {"pin": "********", "note": "on call"}
+        noted = [p for p in await _notified(squall, NOTIFY_TRIGGER) if p["execution_id"] == record["id"]]
+        [told] = [p for p in noted if p["status"] == "succeeded"]  # (a pending inquiry is told too)
+        assert pin not in str(noted) and '"pin": "********"' in told["data"]["result"]
+        assert told["message"] == "pin ********" and told["data"]["pin"] == "********"
+        assert pin not in str(loopback.texts("#alerts"))
+        enforced = {e["rule"] for e in await squall.db(squall.store.rule_enforcement_list)}
+        assert enforced == {"demo.asked", "demo.noted"}  # the rules were handed the masked payloads
+        stored = await squall.db(squall.store.get_execution, record["id"])
+        assert stored["result"]["response"]["pin"] == pin  # the workflow still reads what was answered

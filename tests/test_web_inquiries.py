@@ -14,6 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.app import Squall
+from bot.http import create_api
+from engine.config import load_config
+from tests.conftest import write
 from tests.test_api import KEY
 from tests.test_web_auth import Web, started_web
 from tests.workflow_helpers import children, workflow_pack
@@ -24,8 +28,8 @@ tasks:
   approve:
     action: core.ask
     input:
-      users: [olivia]
-      roles: [admin]
+      users: [olivia, ada]
+      roles: [admin, operator]
       schema:
         type: object
         description: "Deploy <b>web</b> to production?"
@@ -101,7 +105,7 @@ async def test_pending_inquiries_are_listed_with_workflow_and_who_may_answer(web
     assert row, pending
     assert "Deploy &lt;b&gt;web&lt;/b&gt; to production?" in row.group(0)  # the question, as text
     assert f'<a href="/executions/{workflow_id}">wf.deploy</a>' in row.group(0)
-    assert "<td>olivia, role admin</td>" in row.group(0)
+    assert "<td>olivia or ada (who must also be in role admin or operator)</td>" in row.group(0)
     assert "No inquiry has been answered yet." in page
 
 
@@ -113,7 +117,7 @@ async def test_the_answer_form_comes_from_the_schema(web: Web) -> None:
     assert '<label for="a-approved" class="inline-label">approved' in page
     assert re.search(r'<input id="a-reason" name="reason" required aria-describedby="a-reason-help" type="text"', page)
     assert '<option value="now" selected>now</option>' in page and '<option value="tonight">' in page
-    assert "<dt>Who may answer</dt><dd>olivia, role admin</dd>" in page
+    assert "<dt>Who may answer</dt><dd>olivia or ada (who must also be in role admin or operator)</dd>" in page
     viewer, _ = await web.signed_in("vic", "viewer")
     assert 'name="reason"' not in (await viewer.get(f"/inquiries/{inquiry_id}")).text
 
@@ -124,7 +128,8 @@ async def test_a_user_not_in_the_inquirys_users_cannot_answer(web: Web) -> None:
     refused = await client.post(f"/inquiries/{inquiry_id}", data={"csrf_token": csrf, "approved": "true",
                                                                     "reason": "ok"})
     assert refused.status_code == 403
-    assert f"oscar may not respond to inquiry {inquiry_id}: only olivia, role admin" in refused.text
+    assert (f"oscar may not respond to inquiry {inquiry_id}: only olivia or ada (who must also be in role admin "
+            "or operator) may, and oscar is not one of its users") in refused.text
     assert (await web.squall.inquiries.get(inquiry_id))["status"] == "pending"
     viewer, viewer_csrf = await web.signed_in("vic", "viewer")
     as_viewer = await viewer.post(f"/inquiries/{inquiry_id}", data={"csrf_token": viewer_csrf, "reason": "x"})
@@ -204,3 +209,34 @@ async def test_a_secret_answer_reaches_the_workflow_and_is_shown_nowhere(web: We
     assert '"pin":"********"' in shown[5].replace(" ", "")
     (entry,) = await web.squall.db(web.squall.store.audit_list, 10, "api.inquiry.respond")
     assert entry["detail"]["response"] == {"pin": "********", "note": "on call"}
+
+
+async def test_a_roles_only_inquiry_is_answered_by_a_member_of_a_config_group(home: Path) -> None:
+    """An account's groups are its role and the config `auth.groups` listing its name, as a chat user's
+    are: olivia (an operator, in deployers) answers an inquiry for `roles: [deployers]`; oscar, an
+    operator in no such group, is refused, told why."""
+    write(home / "config.yml", "database:\n  url: sqlite:///data/squall.db\npacks:\n  paths: [packs]\n"
+                               "auth:\n  groups:\n    deployers: [olivia]\n")
+    workflow_pack(home, {"deploy": ("orquesta", "", DEPLOY.replace("      users: [olivia, ada]\n", "").replace(
+        "roles: [admin, operator]", "roles: [deployers]"))})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    web = Web(squall, create_api(squall))
+    try:
+        assert not squall.registry.errors, squall.registry.errors
+        workflow_id, inquiry_id = await _asked(web)
+        outsider, outsider_csrf = await _operator(web, "oscar")
+        refused = await outsider.post(f"/inquiries/{inquiry_id}", data={"csrf_token": outsider_csrf,
+                                                                        "approved": "true", "reason": "ok"})
+        assert refused.status_code == 403
+        assert "oscar is in none of its roles (in operator)" in refused.text
+        client, csrf = await _operator(web, "olivia")
+        assert "<dd>members of role deployers</dd>" in (await client.get(f"/inquiries/{inquiry_id}")).text
+        done = await client.post(f"/inquiries/{inquiry_id}", data={"csrf_token": csrf, "approved": "true",
+                                                                     "reason": "member"})
+        assert done.status_code == 303, done.text
+        assert (await _final(web, workflow_id))["result"]["output"]["answer"]["reason"] == "member"
+        assert (await squall.executions.get(inquiry_id))["result"]["responder"] == "olivia"
+    finally:
+        for opened in web.clients:
+            await opened.aclose()
+        await squall.close()

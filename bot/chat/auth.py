@@ -46,7 +46,14 @@ class Authorizer:
                    rules=dict(section.get("aliases") or {}))
 
     def groups_of(self, message: Message) -> set[str]:
-        return {name for name, members in self.groups.items() if message.user in members} | set(message.groups)
+        return self.member_of(message.user) | set(message.groups)
+
+    def member_of(self, user: str | None) -> set[str]:
+        """The config groups (`auth.groups`) that list `user`: all there is of their groups where no
+        platform reports any (the API, the CLI, the web answering an inquiry's `roles`)."""
+        if not user:
+            return set()
+        return {name for name, members in self.groups.items() if user in members}
 
     def rules_for(self, alias: Any) -> dict[str, Any] | None:
         if getattr(alias, "permissions", None):

@@ -42,14 +42,16 @@ def _call(work: Any) -> Any:
 
 @inquiry_app.command("list")
 def inquiry_list(as_json: JsonOption = False) -> None:
-    """Inquiries waiting for an answer."""
+    """Inquiries waiting for an answer, with who may (its `users` and `roles`, both applying)."""
+    from engine.inquiries import who_may
+
     items = _call(lambda s: s.inquiries.list())
     if as_json:
         print_json(items)
         return
-    table = new_table("id", "route", "users", "ttl (min)", "parent")
+    table = new_table("id", "route", "who may answer", "ttl (min)", "parent")
     for item in items:
-        add_row(table, item["id"], item["route"], ", ".join(item["users"]) or "anyone", item["ttl"],
+        add_row(table, item["id"], item["route"], who_may(item["users"], item["roles"]), item["ttl"],
                 item["parent"] or "")  # route and users come from the workflow: a cell is markup to rich
     out.print(table)
 
@@ -84,7 +86,9 @@ def inquiry_respond(
         from engine.inquiries import masked
 
         squall.executions.executor = None  # the workflow is resumed by `squall serve`, not here
-        answered = await squall.inquiries.respond(inquiry_id, value, current_user())
+        me = current_user()  # in the config `auth.groups` that list them, as chat reads them, for `roles`
+        groups = sorted(squall.chat.inquiries.auth.member_of(me))
+        answered = await squall.inquiries.respond(inquiry_id, value, me, groups)
         await squall.db(record_audit, squall.store, "cli.inquiry.respond", answered["id"],
                         {"response": masked(answered["schema"], value)})
         while squall.executions.notifying:  # the listener marking the workflow `resuming`

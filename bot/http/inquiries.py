@@ -39,11 +39,13 @@ async def get_inquiry(inquiry_id: str, request: Request) -> dict[str, Any]:
 @router.put("/inquiries/{inquiry_id}", tags=["inquiries"])
 async def respond_inquiry(inquiry_id: str, body: InquiryResponse, request: Request) -> dict[str, Any]:
     """The responder checked against the inquiry's users is who the key or token speaks for; `user`
-    names someone else only with a key from config (`acting_user`)."""
+    names someone else only with a key from config (`acting_user`). Their groups, checked against its
+    `roles`, are the config `auth.groups` listing them, as the chat's `Authorizer` reads them."""
     user = acting_user(request, body.user)
     squall = api_state(request).squall
+    groups = sorted(squall.chat.inquiries.auth.member_of(user))
     try:
-        answered = await squall.inquiries.respond(inquiry_id, body.response, user)
+        answered = await squall.inquiries.respond(inquiry_id, body.response, user, groups)
     except InquiryError as exc:
         await squall.db(squall.store.audit_add, "api.inquiry.denied", user, "api", inquiry_id, {"reason": str(exc)})
         raise HTTPException(exc.status, str(exc)) from exc

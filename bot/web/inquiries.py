@@ -2,10 +2,12 @@
 
 Everything goes through `InquiryService`, as the API, the CLI and chat do: the list, the expiry of
 overdue questions, and the answer, which the service checks against the schema and the inquiry's
-`users` and `roles` and stores with its responder (the execution's `result.responder`; the time is
-its `end_timestamp`). The answer form is `bot.forms`' fields of the response schema. An account's
-role (`viewer`, `operator`, `admin`) stands for its groups, so an inquiry for `roles: [admin]` may be
-answered by the UI's admins, as by a chat user in a group of that name.
+`users` and `roles` (both, when both are set) and stores with its responder (the execution's
+`result.responder`; the time is its `end_timestamp`). The answer form is `bot.forms`' fields of the
+response schema. An account's groups are its role (`viewer`, `operator`, `admin`) and the config
+`auth.groups` that list its name (the chat's `Authorizer.member_of`), so an inquiry for
+`roles: [admin]` may be answered by the UI's admins, and one for `roles: [approvers]` by the
+accounts config puts in approvers, as by a chat user in a group of that name.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import form_fields, operator, viewer
 from engine.executions import ExecutionNotFound
 from engine.inquiries import InquiryError, shown_execution
+from engine.inquiries import who_may as who_may_answer
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: How many answered inquiries the list shows.
@@ -38,8 +41,9 @@ def question(schema: Mapping[str, Any]) -> str:
 
 
 def who_may(inquiry: Mapping[str, Any]) -> str:
-    """Who may answer, as the service's refusal names them (`ann, role admin`), or `anyone`."""
-    return ", ".join([*inquiry["users"], *(f"role {role}" for role in inquiry["roles"])]) or "anyone"
+    """Who may answer, as the service's refusal names them (`ann (who must also be in role admin)`),
+    or `anyone`."""
+    return who_may_answer(inquiry["users"], inquiry["roles"])
 
 
 async def _workflow(request: Request, parent: str | None) -> dict[str, Any] | None:
@@ -106,9 +110,9 @@ async def inquiry_answer(request: Request, inquiry_id: str, session: Session = D
         return _page(request, session, inquiry, record, workflow, fields, shown, parsed.errors, status=400)
     squall = request.app.state.squall
     name = session.account.name
+    groups = sorted({session.account.role} | squall.chat.inquiries.auth.member_of(name))
     try:
-        await squall.inquiries.respond(inquiry["id"], with_defaults(fields, parsed.values), name,
-                                       (session.account.role,))
+        await squall.inquiries.respond(inquiry["id"], with_defaults(fields, parsed.values), name, groups)
     except InquiryError as exc:
         if exc.status != 400:  # not allowed, gone, or no longer pending: nothing to correct in the form
             raise PageError(str(exc), exc.status) from exc
