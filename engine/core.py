@@ -10,16 +10,19 @@ happened through `events` (`engine/events.py`); the chat side subscribes there. 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any, Self
 
+import sqlalchemy as sa
+
 from engine import audit_sinks, tracing
 from engine.config import SYSTEM_PACKS_PATH, Config
 from engine.crypto import KeyRing
-from engine.datastore import Datastore
+from engine.datastore import Datastore, st2_ttl
 from engine.events import ANNOUNCE, EXECUTION_FINISHED, Events
 from engine.executions import ExecutionService
 from engine.executor import LocalExecutor
@@ -30,6 +33,7 @@ from engine.metrics import metrics
 from engine.notifications import Notifier
 from engine.packs import Registry, load_registry
 from engine.policies import PolicyExecutor
+from engine.processes import owner_file_state, owner_name, process_identity
 from engine.rules import RulesEngine
 from engine.runners import LazyRunner, RunAs, RunRequest
 from engine.runners.announcement import AnnouncementRunner
@@ -41,6 +45,7 @@ from engine.storage import Database, Store
 from engine.templates import configure_limits
 from engine.timers import TIMER_TYPES, TimerService, store_history
 from engine.triggers import TriggerService
+from engine.wakeups import PROCESS_NAME
 from engine.workflows.service import WorkflowService
 
 log = logging.getLogger(__name__)
@@ -200,6 +205,27 @@ class Engine:
         watched = any(self.triggers.wanted(f"core.st2.key_value_pair.{kind}") for kind in KV_CHANGES)
         self.datastore.on_change = self._datastore_changed if watched else None
 
+    def other_processes(self) -> list[str]:
+        """The other Squall processes using this database now, by name, for a command that must not act
+        under a running service (`squall key rotate` retiring the old keys, which such a process may still
+        hold secrets sealed under). They are: the one that leads (every `squall serve` takes the lead when
+        it is free, `engine.leader`); beside an SQLite database, those holding an owner file (they run or
+        claimed work, `engine.processes`); on PostgreSQL, every Squall session on the database (each names
+        its process, `engine.wakeups.PROCESS_NAME`), `squall worker`s on other hosts included. Blocking:
+        call it on the database thread."""
+        names: set[str] = set()
+        holder = self.leader.holder()
+        if holder is not None and holder != PROCESS_NAME:
+            names.add(holder)
+        if self.store.is_sqlite:
+            for pid in _owner_pids(self.executions.ledger):
+                if not any(name.startswith(f"squall {pid}@") for name in names):
+                    names.add(f"squall {pid}")
+        else:
+            with self.store.engine.connect() as conn:
+                names.update(conn.execute(_SQUALL_SESSIONS, {"me": PROCESS_NAME}).scalars())
+        return sorted(names)
+
     async def datastore_call(self, method: str, args: dict[str, Any], request: RunRequest | None = None) -> Any:
         """Datastore calls from Python actions' `action_service` and sensors' `sensor_service`
         (names already pack-local); secrets a Python action decrypts are masked in its output."""
@@ -210,7 +236,7 @@ class Engine:
                 request.revealed.append(record["value"])
             return record["value"] if record else None
         if method == "set_value":
-            await self.db(ds.set, args["name"], args["value"], ttl=args.get("ttl"),
+            await self.db(ds.set, args["name"], args["value"], ttl=st2_ttl(args.get("ttl")),
                           encrypt=bool(args.get("encrypt")))
             return True
         if method == "delete_value":
@@ -235,6 +261,28 @@ class Engine:
         for sink in self.audit_sinks:
             sink.close()
         tracing.flush()
+
+
+#: The other Squall processes' sessions on this PostgreSQL database (each names its process).
+_SQUALL_SESSIONS = sa.text("SELECT DISTINCT application_name FROM pg_stat_activity WHERE datname = "
+                           "current_database() AND application_name LIKE 'squall %' AND application_name <> :me")
+
+
+def _owner_pids(ledger: Path) -> list[int]:
+    """The pids of the other processes that hold their owner file in `ledger` (they live): each file is
+    named by its owner's identity (`processes.owner_name`), and held under `flock` while it lives."""
+    mine = owner_name(process_identity())
+    pids = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(ledger):
+            parts = entry.name.split("_")
+            if entry.name == mine or entry.name.startswith(".") or len(parts) != 4 or not parts[2].isdigit():
+                continue
+            boot, namespace, pid, started = parts
+            identity = {"boot_id": boot, "pid_ns": namespace, "pid": pid, "started": started}
+            if owner_file_state(ledger, identity) == "held":
+                pids.append(int(pid))
+    return pids
 
 
 def action_account(config: Config) -> RunAs | None:

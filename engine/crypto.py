@@ -7,6 +7,13 @@ The file is a small key ring: the first key encrypts, every key listed can decry
 ciphertext names the key that sealed it. That is what makes `squall key rotate` safe: the new key
 is added before anything is re-encrypted and the old one is dropped only after every secret was
 re-encrypted, so a crash at any point leaves every secret readable.
+
+Another process may rotate the ring while this one runs (`squall key rotate` beside `squall serve`),
+so a `KeyRing` does not trust its copy of the file: before it encrypts it looks whether the file
+changed (one `os.stat`), so it never seals under a key the file no longer holds, and a ciphertext
+naming a key it does not know makes it read the file again before it gives up. Decrypting under a
+known key costs no system call. The rotation itself keeps the old keys while another Squall process
+runs (`engine.datastore.rotate_key`): such a process may hold ciphertext it sealed a moment earlier.
 """
 
 from __future__ import annotations
@@ -32,6 +39,15 @@ class CryptoError(Exception):
     """A key file or ciphertext that cannot be used; the message says which and why."""
 
 
+class NotEncrypted(CryptoError):
+    """The value to decrypt is no ciphertext at all: a plain value (a key stored without encryption)."""
+
+
+#: What a `KeyRing` knows of its file when it read it: device, inode, size, modification time. A rotation
+#: replaces the file (a new inode), so a changed one is seen even within one tick of the clock.
+_Signature = tuple[int, int, int, int]
+
+
 def _key_id(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()[:4]
 
@@ -41,7 +57,8 @@ class KeyRing:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._keys: list[tuple[bytes, AESGCM]] | None = None
+        #: The keys as read, with the file's signature then (one attribute: threads never see half of it).
+        self._loaded: tuple[_Signature | None, list[tuple[bytes, AESGCM]]] | None = None
 
     # -- the file ------------------------------------------------------------------------
     @staticmethod
@@ -68,7 +85,7 @@ class KeyRing:
                     os.link(temporary, self.path)
         finally:
             temporary.unlink(missing_ok=True)
-        self._keys = None
+        self._loaded = None
 
     def _read(self) -> list[bytes]:
         try:
@@ -89,21 +106,48 @@ class KeyRing:
                 raise CryptoError(f"encryption key file {self.path} holds a {len(key)}-byte key; AES-256 needs 32")
         return keys
 
-    def _load(self, *, create: bool = True) -> list[tuple[bytes, AESGCM]]:
+    def _signature(self) -> _Signature | None:
+        """The key file's signature now; None if there is no file."""
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+    def _load(self, *, create: bool = True, fresh: bool = False) -> list[tuple[bytes, AESGCM]]:
+        """The keys, current key first: read once, and read again when `fresh` asks and the file changed
+        since (another process rotated them). The file is made on first use only if `create` and this
+        ring never read one: a file removed under a running process is not replaced by a new key."""
         # Imported on first use: reading a plain key (`squall key get`) never pays for it.
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        if self._keys is not None:
-            return self._keys
-        if not self.path.exists():
-            if not create:
-                raise CryptoError(
-                    f"encryption key file {self.path} does not exist, so nothing sealed under a key can be "
-                    "decrypted; restore the key file (or fix datastore.encryption_key_path)"
-                )
+        loaded = self._loaded
+        if loaded is not None and not fresh:
+            return loaded[1]
+        signature = self._signature()  # taken before reading: a change made meanwhile is seen next time
+        if loaded is not None and signature == loaded[0]:
+            return loaded[1]
+        if signature is None:
+            self._refuse_missing(create=create, loaded=loaded is not None)
             self._write([AESGCM.generate_key(bit_length=256)], replace=False)
-        self._keys = [(_key_id(key), AESGCM(key)) for key in self._read()]
-        return self._keys
+            signature = self._signature()
+        keys = [(_key_id(key), AESGCM(key)) for key in self._read()]
+        self._loaded = (signature, keys)
+        return keys
+
+    def _refuse_missing(self, *, create: bool, loaded: bool) -> None:
+        """A CryptoError for a key file that is not there, unless this ring may make it (`create`)."""
+        if loaded:
+            raise CryptoError(
+                f"encryption key file {self.path} was removed after this process read it: restore it from a "
+                "backup (every secret sealed so far needs its keys); nothing is sealed under keys that only "
+                "this process's memory holds, which would be lost when it stops"
+            )
+        if not create:
+            raise CryptoError(
+                f"encryption key file {self.path} does not exist, so nothing sealed under a key can be "
+                "decrypted; restore the key file (or fix datastore.encryption_key_path)"
+            )
 
     # -- rotation ------------------------------------------------------------------------
     def add_key(self) -> str:
@@ -123,46 +167,63 @@ class KeyRing:
 
     @property
     def current_key_id(self) -> str:
-        return self._load()[0][0].hex()
+        """The key that encrypts now (the file's first, as it is now)."""
+        return self._load(fresh=True)[0][0].hex()
 
     def key_id_of(self, token: str) -> str | None:
         """Which key sealed `token` (None for the single-key format, which names none)."""
         raw = base64.urlsafe_b64decode(token.encode("ascii"))
         return raw[1:5].hex() if raw[:1] == _V2 else None
 
+    def _parse(self, token: str) -> tuple[bytes | None, bytes, bytes]:
+        """The key id (None: the single-key format), nonce and sealed body of `token`; NotEncrypted when
+        it is no ciphertext of this format at all (not base64, no version byte, too short)."""
+        try:
+            raw = base64.urlsafe_b64decode(token.encode("ascii"))
+        except (ValueError, UnicodeError):
+            raw = b""
+        if raw[:1] == _V2 and len(raw) >= 33:
+            return raw[1:5], raw[5:17], raw[17:]
+        if raw[:1] == _V1 and len(raw) >= 29:
+            return None, raw[1:13], raw[13:]
+        raise NotEncrypted(
+            f"the value is not encrypted: it is no ciphertext sealed with the keys in {self.path} (a key "
+            "stored without encryption holds its plain value)"
+        )
+
     # -- sealing -------------------------------------------------------------------------
     def encrypt(self, plaintext: str) -> str:
-        key_id, aead = self._load()[0]
+        """Seal under the current key, as the file holds it now: never under one a rotation retired."""
+        key_id, aead = self._load(fresh=True)[0]
         nonce = os.urandom(12)
         sealed = aead.encrypt(nonce, plaintext.encode("utf-8"), None)
         return base64.urlsafe_b64encode(_V2 + key_id + nonce + sealed).decode("ascii")
 
+    def _candidates(self, key_id: bytes | None) -> list[AESGCM]:
+        """The keys that may have sealed a ciphertext naming `key_id` (every key for the single-key
+        format); a key this ring does not know makes it read the file again, as another process may
+        have rotated it."""
+        keys = self._load(create=False)
+        if key_id is None:
+            return [aead for _, aead in keys]
+        found = [aead for known, aead in keys if known == key_id]
+        if not found:
+            found = [aead for known, aead in self._load(create=False, fresh=True) if known == key_id]
+        if not found:
+            raise CryptoError(
+                f"ciphertext was sealed under key {key_id.hex()}, which {self.path} no longer holds "
+                "(was the key file replaced?)"
+            )
+        return found
+
     def decrypt(self, token: str) -> str:
         from cryptography.exceptions import InvalidTag
 
-        try:
-            raw = base64.urlsafe_b64decode(token.encode("ascii"))
-            keys = self._load(create=False)
-            if raw[:1] == _V2 and len(raw) >= 33:
-                candidates = [aead for key_id, aead in keys if key_id == raw[1:5]]
-                nonce, body = raw[5:17], raw[17:]
-                if not candidates:
-                    raise CryptoError(
-                        f"ciphertext was sealed under key {raw[1:5].hex()}, which {self.path} no longer holds "
-                        "(was the key file replaced?)"
-                    )
-            elif raw[:1] == _V1 and len(raw) >= 29:
-                candidates, nonce, body = [aead for _, aead in keys], raw[1:13], raw[13:]
-            else:
-                raise ValueError("unknown format")
-            for aead in candidates:
-                with contextlib.suppress(InvalidTag):
-                    return aead.decrypt(nonce, body, None).decode("utf-8")
-            raise InvalidTag()
-        except CryptoError:
-            raise
-        except (InvalidTag, ValueError, UnicodeError) as exc:
-            raise CryptoError(
-                f"ciphertext cannot be decrypted with the key in {self.path} (corrupted, or sealed "
-                "under another key)"
-            ) from exc
+        key_id, nonce, body = self._parse(token)
+        for aead in self._candidates(key_id):
+            with contextlib.suppress(InvalidTag, UnicodeError):
+                return aead.decrypt(nonce, body, None).decode("utf-8")
+        raise CryptoError(
+            f"ciphertext cannot be decrypted with the key in {self.path} (corrupted, or sealed "
+            "under another key)"
+        )

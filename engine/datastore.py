@@ -8,12 +8,12 @@ their own. Encrypted values stay ciphertext unless a caller asks for decryption.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from engine.crypto import CryptoError, KeyRing
-from engine.storage import Store, kv_pairs, utcnow
+from engine.storage import Store, executions, kv_pairs, utcnow
 
 SCOPES = ("system", "user")
 
@@ -46,10 +46,19 @@ def check_ttl(ttl: Any) -> int | None:
     if isinstance(ttl, bool) or not isinstance(ttl, int):
         raise DatastoreError(f"ttl must be a whole number of seconds from 1 to {MAX_KEY_TTL}, not {ttl!r}")
     if ttl <= 0:
-        raise DatastoreError(f"ttl must be a positive number of seconds, not {ttl}")
+        raise DatastoreError(f"ttl must be a positive number of seconds, not {ttl}; leave the ttl out for a key "
+                             "that never expires")
     if ttl > MAX_KEY_TTL:
         raise DatastoreError(f"ttl must be at most {MAX_KEY_TTL} seconds (100 years), not {ttl}.")
     return ttl
+
+
+def st2_ttl(ttl: Any) -> Any:
+    """A ttl as StackStorm's datastore service and API read it: a falsy one (0, None) is a key that never
+    expires (they set the ttl only `if ttl:`, so a pack config's `cache_ttl: 0` passed to `set_value` means
+    "keep it"); any other is left for `check_ttl`. For what actions, sensors and the API send; Squall's
+    own CLI refuses `--ttl 0` (leaving `--ttl` out is how it says "never expires")."""
+    return ttl or None
 
 
 def owner(user: str | None) -> str:
@@ -252,32 +261,99 @@ class RotationReport:
     reencrypted: int
     unreadable: list[str]
     retired: int
+    #: The other Squall processes that used the database when the old keys were to go: they were kept.
+    in_use_by: list[str] = field(default_factory=list)
+    #: Secrets still changing under the rotation after its last pass (old keys kept for them).
+    changed: int = 0
 
 
-def rotate_key(store: Store, keys: KeyRing, progress: Callable[[str], None] = lambda _m: None) -> RotationReport:
+#: Passes over the secrets: a secret changed during one pass (compare-and-swap missed) is taken again.
+_ROTATION_PASSES = 3
+
+
+def _nobody() -> list[str]:
+    return []
+
+
+def _sealed_by(keys: KeyRing, value: str) -> str | None:
+    """The key id `value` names, None for the single-key format or a value that is no ciphertext."""
+    try:
+        return keys.key_id_of(value)
+    except (ValueError, UnicodeError):
+        return None
+
+
+def _reencrypted(keys: KeyRing, value: str) -> str:
+    return keys.encrypt(keys.decrypt(value))
+
+
+def _swap_unchanged(store: Store, pairs: list[tuple[str, str, str, str]], sealed: list[tuple[str, str, str]]) -> int:
+    """Write each new ciphertext only where the one it was made from is still stored (compare-and-swap),
+    in one transaction: a secret the service stored meanwhile is newer than the value re-encrypted, and is
+    kept. Returns how many rows changed meanwhile (stored anew, or deleted)."""
+    missed = 0
+    with store._write() as conn:
+        for scope, name, old, new in pairs:
+            done = conn.execute(kv_pairs.update().where(
+                kv_pairs.c.scope == scope, kv_pairs.c.name == name, kv_pairs.c.secret.is_(True),
+                kv_pairs.c.value == old).values(value=new))
+            missed += done.rowcount == 0
+        for execution_id, old, new in sealed:
+            done = conn.execute(executions.update().where(
+                executions.c.id == execution_id, executions.c.sealed == old).values(sealed=new))
+            missed += done.rowcount == 0
+    return missed
+
+
+def _reencrypt_pass(store: Store, keys: KeyRing, new_id: str) -> tuple[int, int, list[str]]:
+    """Every ciphertext not sealed under `new_id` yet, re-encrypted under it and swapped in where it did
+    not change meanwhile. Returns how many were written, how many changed meanwhile, and the unreadable."""
+    pairs, sealed = store.sealed_values()
+    unreadable: list[str] = []
+    new_pairs: list[tuple[str, str, str, str]] = []
+    new_sealed: list[tuple[str, str, str]] = []
+    for scope, name, value in pairs:
+        if _sealed_by(keys, value) != new_id:
+            try:
+                new_pairs.append((scope, name, value, _reencrypted(keys, value)))
+            except CryptoError as exc:
+                unreadable.append(f"key {scope}:{name}: {exc}")
+    for execution_id, value in sealed:
+        if _sealed_by(keys, value) != new_id:
+            try:
+                new_sealed.append((execution_id, value, _reencrypted(keys, value)))
+            except CryptoError as exc:
+                unreadable.append(f"sealed parameters of execution {execution_id}: {exc}")
+    missed = _swap_unchanged(store, new_pairs, new_sealed)
+    return len(new_pairs) + len(new_sealed) - missed, missed, unreadable
+
+
+def rotate_key(store: Store, keys: KeyRing, progress: Callable[[str], None] = lambda _m: None, *,
+               others: Callable[[], list[str]] = _nobody) -> RotationReport:
     """Re-encrypt every secret under a new key without a moment where any secret is unreadable.
 
-    The new key is added to the ring first; the old keys are retired only when every ciphertext
-    was re-encrypted. Ciphertexts that cannot be decrypted are reported by name and left as they
-    were, and then the old keys stay too, so nothing that could be read before is lost.
+    The new key is added to the ring first (a running service's `KeyRing` encrypts under it from then
+    on); each ciphertext is replaced only if it did not change meanwhile, and one that did is taken
+    again in another pass. Ciphertexts that cannot be decrypted are reported by name and left as they
+    were, and then the old keys stay too, so nothing that could be read before is lost. The old keys
+    also stay while `others()` names another Squall process using the database (`Engine.other_processes`;
+    the default, none, is for a caller that knows it is alone): it may have sealed a secret under an old
+    key just before the new one was added, or hold one it read. A later rotation, with it stopped,
+    retires them.
     """
     new_id = keys.add_key()
     progress(f"added key {new_id}; re-encrypting secrets")
-    pairs, sealed = store.sealed_values()
-    unreadable: list[str] = []
-    new_pairs: list[tuple[str, str, str]] = []
-    new_sealed: list[tuple[str, str]] = []
-    for scope, name, value in pairs:
-        try:
-            new_pairs.append((scope, name, keys.encrypt(keys.decrypt(value))))
-        except CryptoError as exc:
-            unreadable.append(f"key {scope}:{name}: {exc}")
-    for execution_id, value in sealed:
-        try:
-            new_sealed.append((execution_id, keys.encrypt(keys.decrypt(value))))
-        except CryptoError as exc:
-            unreadable.append(f"sealed parameters of execution {execution_id}: {exc}")
-    store.replace_sealed_values(new_pairs, new_sealed)
-    progress(f"re-encrypted {len(new_pairs)} keys and {len(new_sealed)} executions' sealed parameters")
-    retired = 0 if unreadable else keys.retire_old_keys()
-    return RotationReport(new_id, len(new_pairs) + len(new_sealed), unreadable, retired)
+    reencrypted, changed, unreadable = 0, 0, []
+    for _ in range(_ROTATION_PASSES):
+        written, changed, unreadable = _reencrypt_pass(store, keys, new_id)
+        reencrypted += written
+        if not changed:
+            break
+        progress(f"{changed} secrets changed while they were re-encrypted; taking them again")
+    progress(f"re-encrypted {reencrypted} secrets (keys and executions' sealed parameters)")
+    if unreadable or changed:
+        return RotationReport(new_id, reencrypted, unreadable, 0, changed=changed)
+    in_use_by = others()
+    if in_use_by:
+        return RotationReport(new_id, reencrypted, [], 0, in_use_by=in_use_by)
+    return RotationReport(new_id, reencrypted, [], keys.retire_old_keys())

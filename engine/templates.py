@@ -34,6 +34,7 @@ from jinja2.utils import Namespace, generate_lorem_ipsum
 
 from engine import patterns
 from engine.config import TemplateLimits
+from engine.crypto import NotEncrypted
 
 if TYPE_CHECKING:
     import semver
@@ -400,7 +401,15 @@ def _decrypt_kv(decrypt: Callable[[str], str] | None, value: Any) -> str:
         raise jinja2.exceptions.TemplateRuntimeError(
             "decrypt_kv: datastore decryption is not configured for this template environment"
         )
-    return decrypt(text)
+    try:
+        return decrypt(text)
+    except NotEncrypted:  # a plain value, which is not quoted: it may be a secret stored in clear by mistake
+        what = f'datastore item "{value._kv_full_name()}"' if isinstance(value, KVValue) else "the value"
+        raise jinja2.exceptions.TemplateRuntimeError(
+            f"decrypt_kv: {what} is not encrypted (the key was stored without encryption): drop | decrypt_kv "
+            "to use it as it is, or store the key encrypted (squall key set --encrypt, st2 key set --encrypt, "
+            "or secret: true in the API)"
+        ) from None
 
 
 def _filters(decrypt: Callable[[str], str] | None) -> dict[str, Callable[..., Any]]:

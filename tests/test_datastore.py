@@ -183,6 +183,111 @@ def test_key_rings_racing_to_create_the_key_agree_on_one_key(tmp_path: Path) -> 
         assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_a_key_ring_follows_a_rotation_another_process_made(tmp_path: Path) -> None:
+    """`squall serve` keeps its key ring while `squall key rotate` (another KeyRing on the same file) adds a
+    key, re-encrypts and retires the old one: the service then read none of the rotated secrets, and sealed
+    new ones under the retired key, which no process could ever read again."""
+    path = tmp_path / "keys" / "datastore.key"
+    service = KeyRing(path)
+    before = service.encrypt("sealed before the rotation")
+    rotation = KeyRing(path)
+    new_id = rotation.add_key()
+    rotated = rotation.encrypt(rotation.decrypt(before))
+    assert rotation.retire_old_keys() == 1
+
+    assert service.decrypt(rotated) == "sealed before the rotation"  # a key it did not know: the file read again
+    after = service.encrypt("sealed after the rotation")
+    assert service.key_id_of(after) == new_id  # the current key, never the retired one
+    assert KeyRing(path).decrypt(after) == "sealed after the rotation"
+
+
+def test_a_key_ring_encrypts_under_a_key_added_elsewhere_at_once(tmp_path: Path) -> None:
+    """Before anything is re-encrypted, a rotation only adds its key: what a running service seals from
+    then on is under it, so that nothing new is left under the keys a rotation is about to retire."""
+    path = tmp_path / "datastore.key"
+    service = KeyRing(path)
+    old_id = service.current_key_id
+    new_id = KeyRing(path).add_key()
+    assert service.key_id_of(service.encrypt("v")) == new_id != old_id
+    assert service.current_key_id == new_id
+
+
+def test_a_key_ring_whose_file_was_removed_refuses_to_encrypt(tmp_path: Path) -> None:
+    """A secret sealed under keys that exist only in this process's memory would be lost at its next start."""
+    path = tmp_path / "datastore.key"
+    ring = KeyRing(path)
+    token = ring.encrypt("kept")
+    path.unlink()
+    with pytest.raises(CryptoError, match=r"datastore\.key.*removed.*restore it"):
+        ring.encrypt("lost")
+    assert not path.exists()  # no new key was made up under a running service
+    assert ring.decrypt(token) == "kept"  # what it sealed under a key it holds still reads
+
+
+def test_decrypting_a_value_that_is_not_ciphertext_says_it_is_not_encrypted(keyring: KeyRing) -> None:
+    keyring.encrypt("makes the key file")
+    for plain in ("hello", "abcd", "plain value with spaces", "eu-west-1"):
+        with pytest.raises(CryptoError, match="not encrypted") as caught:
+            keyring.decrypt(plain)
+        assert plain not in str(caught.value)  # a secret stored in clear by mistake is not quoted
+
+
+def _stored_secret(store: Store, name: str) -> str:
+    with store._read() as conn:
+        return conn.execute(sa.select(kv_pairs.c.value).where(kv_pairs.c.name == name)).scalar_one()
+
+
+def test_rotation_keeps_the_old_keys_while_another_squall_process_uses_them(tmp_path: Path) -> None:
+    """A running service may hold ciphertext sealed under the old key (a value it just read, a secret it
+    sealed a moment before the new key was added): the old keys stay until no other process runs."""
+    path = tmp_path / "datastore.key"
+    store = Store.open(f"sqlite:///{tmp_path / 'rotate.db'}")
+    try:
+        Datastore(store, KeyRing(path)).set("before", "s3cret-before", encrypt=True)
+        service = KeyRing(path)
+        in_flight = service.encrypt("sealed by the service under the old key")
+        report = datastore_module.rotate_key(store, KeyRing(path), others=lambda: ["squall 4242@elsewhere"])
+        assert (report.reencrypted, report.retired, report.unreadable) == (1, 0, [])
+        assert report.in_use_by == ["squall 4242@elsewhere"]
+        assert len(json.loads(path.read_text())["keys"]) == 2
+        assert service.decrypt(in_flight) == "sealed by the service under the old key"
+        assert service.key_id_of(_stored_secret(store, "before")) == report.key_id
+        assert Datastore(store, service).get("before", decrypt=True)["value"] == "s3cret-before"
+
+        alone = datastore_module.rotate_key(store, KeyRing(path), others=lambda: [])
+        assert (alone.reencrypted, alone.retired, alone.in_use_by) == (1, 2, [])
+        assert [k["id"] for k in json.loads(path.read_text())["keys"]] == [alone.key_id]
+        assert Datastore(store, service).get("before", decrypt=True)["value"] == "s3cret-before"
+    finally:
+        store.close()
+
+
+def test_rotation_never_overwrites_a_secret_written_while_it_reencrypted(tmp_path: Path, database_url: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A secret the service stores between the rotation's read and its write is newer than the value the
+    rotation re-encrypted: it is kept (compare-and-swap on the old ciphertext), not put back to the old value."""
+    path = tmp_path / "datastore.key"
+    store = Store.open(database_url)
+    try:
+        service = Datastore(store, KeyRing(path))
+        service.set("pw", "old-value", encrypt=True)
+        read = store.sealed_values
+
+        def read_then_the_service_writes() -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+            found = read()
+            if service.get("pw", decrypt=True)["value"] == "old-value":  # once: the first pass's read
+                service.set("pw", "new-value", encrypt=True)
+            return found
+
+        monkeypatch.setattr(store, "sealed_values", read_then_the_service_writes)
+        report = datastore_module.rotate_key(store, KeyRing(path))
+        assert report.unreadable == [] and report.retired == 1
+        assert Datastore(store, KeyRing(path)).get("pw", decrypt=True)["value"] == "new-value"
+        assert KeyRing(path).key_id_of(_stored_secret(store, "pw")) == report.key_id
+    finally:
+        store.close()
+
+
 # -- datastore ----------------------------------------------------------------------------------
 
 def test_scope_names_and_bad_scope() -> None:
@@ -340,6 +445,24 @@ def test_encrypted_values_are_ciphertext_at_rest_and_masked_unless_decrypted(
     ds.set("mine", "user-secret", scope="user", user="ann", encrypt=True)
     assert "user-secret" not in _raw_row(store, "user", "ann:mine")["value"]
     assert ds.get("mine", scope="user", user="ann", decrypt=True)["value"] == "user-secret"
+
+
+def test_decrypt_kv_of_a_key_stored_in_clear_says_it_is_not_encrypted(ds: Datastore, keyring: KeyRing) -> None:
+    """It said "ciphertext cannot be decrypted ... (corrupted, or sealed under another key)", which sent
+    people after their key file; the key was only stored without encryption."""
+    from engine.templates import KVNamespace, TemplateRenderError, build_environment, render_template
+
+    ds.set("region", "eu-west-1")
+    ds.set("token", "tok-123", encrypt=True)
+    context = {"st2kv": {"system": KVNamespace(lambda name: ds.lookup("system", name))}}
+    env = build_environment(decrypt=keyring.decrypt)
+    assert render_template("{{ st2kv.system.token | decrypt_kv }}", context, env) == "tok-123"
+    with pytest.raises(TemplateRenderError) as caught:
+        render_template("{{ st2kv.system.region | decrypt_kv }}", context, env)
+    said = str(caught.value)
+    assert 'datastore item "st2kv.system.region" is not encrypted' in said
+    assert "drop | decrypt_kv" in said and "--encrypt" in said
+    assert "eu-west-1" not in said and "corrupted" not in said
 
 
 def test_encrypted_value_cannot_be_read_with_another_key(ds: Datastore, store: Store, tmp_path: Path) -> None:
@@ -509,6 +632,46 @@ async def test_python_action_service_pages_through_values(home: Path, config: Co
         stored = await app.db(app.datastore.get, "kvpy.Lister:k3")
         assert stored["value"] == "3"
         assert "hidden-value" not in (await app.db(app.datastore.get, "kvpy.Lister:pw"))["value"]
+    finally:
+        await app.close()
+
+
+async def test_a_falsy_ttl_from_an_action_or_the_api_means_no_expiry(home: Path) -> None:
+    """StackStorm's datastore service and API set a ttl only `if ttl:`: `set_value(..., ttl=0)` (a pack
+    config's `cache_ttl: 0`) and a PUT with `"ttl": 0` store a key that never expires. Squall refused them."""
+    import httpx
+
+    from bot.http import create_api
+    from engine.config import load_config
+
+    write(home / "config.yml", """
+        database:
+          url: sqlite:///data/squall.db
+        packs:
+          paths: [packs]
+        api:
+          keys: [ttl-test-key]
+    """)
+    app = await Squall.start(load_config(home / "config.yml"))
+    try:
+        for ttl in (0, None):
+            assert await app.datastore_call("set_value", {"name": f"action_{ttl}", "value": "v", "ttl": ttl}) is True
+            stored = await app.db(app.datastore.get, f"action_{ttl}")
+            assert stored["value"] == "v" and stored["expire_timestamp"] is None
+        with pytest.raises(DatastoreError, match="positive"):  # a negative one is still an error
+            await app.datastore_call("set_value", {"name": "action_negative", "value": "v", "ttl": -1})
+        assert await app.datastore_call("set_value", {"name": "expires", "value": "v", "ttl": 60}) is True
+        assert (await app.db(app.datastore.get, "expires"))["expire_timestamp"] is not None
+
+        transport = httpx.ASGITransport(app=create_api(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://squall",
+                                     headers={"St2-Api-Key": "ttl-test-key"}) as client:
+            for ttl in (0, None):
+                answer = await client.put(f"/api/v1/keys/api_{ttl}", json={"value": "v", "ttl": ttl})
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["expire_timestamp"] is None
+            refused = await client.put("/api/v1/keys/api_negative", json={"value": "v", "ttl": -5})
+            assert refused.status_code == 400 and "positive" in refused.json()["faultstring"]
     finally:
         await app.close()
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from bot.app import Squall
+from engine.config import load_config
 from engine.crypto import CryptoError, KeyRing
 from engine.datastore import Datastore, rotate_key
 from engine.storage import Store
@@ -140,6 +146,90 @@ def test_rotate_reencrypts_every_secret_and_retires_the_old_key(home: Path) -> N
     assert rerun["status"] == "succeeded" and rerun["result"]["stdout"] == "same"
 
 
+#: Stands for another Squall process: does what the given code says, tells the test, then waits for its stdin to close.
+_OTHER_PROCESS = """
+import fcntl, os, sys
+from pathlib import Path
+what, target = sys.argv[1], sys.argv[2]
+if what == "lead":  # what a `squall serve` does when it takes the lead (engine.leader.FileLock)
+    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.pwrite(fd, b"squall 4242@another-host", 0)
+elif what == "owner":  # a process that ran an execution: its owner file (engine.processes)
+    from engine.processes import LEDGER
+    class Holder: pass
+    holder = Holder()
+    LEDGER.register(Path(target), holder)
+    LEDGER.ensure()
+elif what == "session":  # a Squall process's session on PostgreSQL, named as each names its own
+    import sqlalchemy as sa
+    conn = sa.create_engine(target, connect_args={"application_name": "squall 4242@another-host"}).connect()
+    conn.exec_driver_sql("SELECT 1")
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def another_process(what: str, target: str) -> Iterator[int]:
+    """Another process holding what a running Squall process holds (`what`: lead, owner or session)."""
+    child = subprocess.Popen([sys.executable, "-c", _OTHER_PROCESS, what, target], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        yield child.pid
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=30)
+
+
+def test_rotate_keeps_the_old_keys_while_squall_serve_runs_and_retires_them_later(home: Path) -> None:
+    """`squall key rotate` beside a running service once retired the key the service still sealed with;
+    what it stored afterwards was lost for good. Now the old keys stay until a rotation finds it alone."""
+    assert squall(home, "key", "set", "before", "s3cret-before", "--encrypt").returncode == 0
+    key_file = home / "data" / "datastore.key"
+    old = json.loads(key_file.read_text())["keys"][0]["id"]
+    with another_process("lead", str(home / "data" / "squall.db.leader")):
+        rotated = squall(home, "key", "rotate")
+        assert rotated.returncode == 0, rotated.stderr
+        assert "kept the old keys: squall 4242@another-host" in rotated.stdout
+        assert "run squall key rotate again while no squall serve or worker runs" in rotated.stdout
+        ring = [k["id"] for k in json.loads(key_file.read_text())["keys"]]
+        assert len(ring) == 2 and ring[1] == old
+        assert squall(home, "key", "get", "before", "--decrypt").stdout.strip() == "s3cret-before"
+    alone = squall(home, "key", "rotate")
+    assert alone.returncode == 0, alone.stderr
+    assert "retired 2 old key(s)" in alone.stdout
+    assert len(json.loads(key_file.read_text())["keys"]) == 1
+    assert squall(home, "key", "get", "before", "--decrypt").stdout.strip() == "s3cret-before"
+
+
+async def test_other_processes_are_those_holding_an_owner_file_beside_the_database(home: Path) -> None:
+    app = await Squall.start(load_config(home / "config.yml"))
+    try:
+        assert await app.db(app.other_processes) == []
+        with another_process("owner", str(app.executions.ledger)) as pid:
+            assert await app.db(app.other_processes) == [f"squall {pid}"]
+        assert await app.db(app.other_processes) == []
+    finally:
+        await app.close()
+
+
+@pytest.mark.postgres
+async def test_other_processes_on_postgresql_are_the_squall_sessions_on_the_database(home: Path,
+                                                                                     postgres_url: str) -> None:
+    config = home / "config.yml"
+    config.write_text(config.read_text().replace("sqlite:///data/squall.db", postgres_url))
+    app = await Squall.start(load_config(config))
+    try:
+        assert await app.db(app.other_processes) == []  # its own sessions are not another process's
+        with another_process("session", postgres_url):
+            assert await app.db(app.other_processes) == ["squall 4242@another-host"]
+    finally:
+        await app.close()
+
+
 def test_rotation_keeps_old_keys_when_a_ciphertext_is_unreadable(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
     keys = KeyRing(tmp_path / "k.key")
@@ -222,9 +312,21 @@ def test_load_checks_every_item_before_writing_any(home: Path, second: dict, sai
     assert squall(home, "key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
 
 
+def test_load_reads_a_ttl_of_0_as_no_expiry_as_stackstorm_does(home: Path) -> None:
+    """`st2 key load` sends each item to StackStorm's API, which sets a ttl only `if ttl:`."""
+    write(home / "keys.json", json.dumps([{"name": "zero", "value": "1", "ttl": 0},
+                                          {"name": "negative", "value": "2", "ttl": -1}]))
+    refused = squall(home, "key", "load", str(home / "keys.json"))
+    assert refused.returncode == 2 and "item 2" in refused.stderr and "positive" in refused.stderr
+    write(home / "keys.json", json.dumps([{"name": "zero", "value": "1", "ttl": 0}]))
+    assert squall(home, "key", "load", str(home / "keys.json")).returncode == 0
+    code, item = key_json(home, "get", "zero")
+    assert code == 0 and item["value"] == "1" and item["expire_timestamp"] is None
+
+
 def test_set_refuses_a_ttl_past_100_years_and_a_name_too_long_without_a_traceback(home: Path) -> None:
     for ttl, said in (("99999999999999", "ttl must be at most"), ("100000000000", "ttl must be at most"),
-                      ("0", "positive")):
+                      ("0", "positive"), ("0", "leave --ttl out for a key that never expires")):
         done = squall(home, "key", "set", "big", "x", "--ttl", ttl)
         assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
     long = squall(home, "key", "set", "k" * 510, "x", "--scope", "user", "--user", "ann")

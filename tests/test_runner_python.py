@@ -150,6 +150,9 @@ def home(home: Path) -> Path:
                     os._exit(3)
                 if mode == "sys_exit":
                     sys.exit(4)
+                if mode == "sys_exit_with":  # value: the arguments of sys.exit ([] for a bare sys.exit())
+                    print("work done", flush=True)
+                    sys.exit(*value)
                 if mode == "orphan":  # a background program outlives the action's process
                     os.system(f"sleep 60 >/dev/null 2>&1 & echo $! > {value}")
                     os._exit(3)
@@ -403,6 +406,29 @@ async def test_sys_exit_fails_with_its_code(squall: Squall) -> None:
     done = await behave(squall, "sys_exit")
     assert done["status"] == "failed"
     assert done["result"]["exit_code"] == 4
+
+
+@pytest.mark.parametrize(
+    ("arguments", "status", "exit_code", "stderr"),
+    [
+        ([], "succeeded", 0, ""),  # a bare sys.exit(): exit status 0, as the interpreter ends
+        ([0], "succeeded", 0, ""),
+        ([None], "succeeded", 0, ""),
+        ([3], "failed", 3, ""),  # the code is the process's exit status; no traceback, as in StackStorm
+        (["gave up: no host"], "failed", 1, "gave up: no host\n"),  # printed to stderr, exit status 1
+    ],
+)
+async def test_sys_exit_ends_the_run_as_the_interpreter_would(squall: Squall, arguments: list[Any], status: str,
+                                                               exit_code: int, stderr: str) -> None:
+    """StackStorm's wrapper lets SystemExit end its process: None or 0 is a success, another int that
+    exit status, anything else is printed on stderr with status 1; never a traceback."""
+    done = await behave(squall, "sys_exit_with", arguments)
+    assert done["status"] == status, done["result"]
+    assert done["result"]["exit_code"] == exit_code
+    assert done["result"]["stderr"] == stderr
+    assert done["result"]["stdout"] == "work done\n"
+    if status == "succeeded":
+        assert done["result"]["result"] == "None"
 
 
 async def test_stdout_stderr_and_logger_are_captured_per_execution(squall: Squall) -> None:

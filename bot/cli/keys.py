@@ -103,6 +103,9 @@ def key_set(
     as_json: JsonOption = False,
 ) -> None:
     """Create or replace a key."""
+    if ttl is not None and ttl <= 0:  # StackStorm's API reads 0 as "no expiry"; here, leaving --ttl out says so
+        raise fail(f"--ttl must be a positive number of seconds, not {ttl}; leave --ttl out for a key that "
+                   "never expires")
 
     async def work(squall: Squall) -> dict[str, Any]:
         from engine.datastore import normalise_scope
@@ -223,11 +226,11 @@ def _check_item(where: str, item: dict[str, Any]) -> None:
     """Everything `Datastore.set` would refuse (scope, name and its stored length, user, ttl), and the
     types of the flags, checked while reading: a bad scope or `ttl: soon` in item 2 once left item 1
     written, or ended in a traceback."""
-    from engine.datastore import DatastoreError, check_key, normalise_scope
+    from engine.datastore import DatastoreError, check_key, normalise_scope, st2_ttl
 
     try:
         scope = normalise_scope(item.get("scope"))
-        check_key(item["name"], scope=scope, user=_owner(scope, item.get("user")), ttl=item.get("ttl"))
+        check_key(item["name"], scope=scope, user=_owner(scope, item.get("user")), ttl=st2_ttl(item.get("ttl")))
     except DatastoreError as exc:
         raise fail(f"{where} ('{item['name']}'): {exc}") from None
     for flag in ("secret", "encrypted"):
@@ -256,14 +259,14 @@ def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {na
     """Load many keys from a file (as `st2 key load`); nothing is written if any item is bad. An item
     with `encrypted: true` holds ciphertext under this server's key (a `--json` export of `st2 key list`
     from it, as StackStorm's API takes it): it must decrypt here, and is stored as given."""
-    from engine.datastore import DatastoreError
+    from engine.datastore import DatastoreError, st2_ttl
 
     items = _load_items(file, convert)
 
     def arguments(item: dict[str, Any]) -> dict[str, Any]:
         scope = item.get("scope") or "system"
-        encrypted = bool(item.get("encrypted"))
-        return {"scope": scope, "user": _owner(scope, item.get("user")), "ttl": item.get("ttl"),
+        encrypted = bool(item.get("encrypted"))  # a ttl of 0 never expires, as `st2 key load` through the API
+        return {"scope": scope, "user": _owner(scope, item.get("user")), "ttl": st2_ttl(item.get("ttl")),
                 "encrypt": bool(item.get("secret")) and not encrypted, "encrypted": encrypted}
 
     async def work(squall: Squall) -> int:
@@ -287,7 +290,8 @@ def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {na
 
 @key_app.command("rotate")
 def key_rotate() -> None:
-    """Re-encrypt every secret under a new key; the old key is dropped only when all succeeded."""
+    """Re-encrypt every secret under a new key; the old keys are dropped only when all succeeded and no
+    other Squall process (`squall serve`, a worker) uses the database: run it again once they are stopped."""
 
     from engine.datastore import rotate_key
 
@@ -295,18 +299,27 @@ def key_rotate() -> None:
         def progress(message: str) -> None:
             err.print(f"[dim]…[/dim] {escape(message)}", markup=True, highlight=False)
 
-        report = await squall.db(rotate_key, squall.store, squall.keys, progress)
+        report = await squall.db(rotate_key, squall.store, squall.keys, progress, others=squall.other_processes)
         await squall.db(record_audit, squall.store, "cli.key.rotate", str(report.key_id),
                         {"reencrypted": report.reencrypted, "retired": report.retired,
-                         "unreadable": len(report.unreadable)})
+                         "unreadable": len(report.unreadable), "in_use_by": report.in_use_by})
         return report
 
     report = _datastore_call(work)
     for problem in report.unreadable:
         err.print(f"[red]unreadable:[/red] {escape(str(problem))}", markup=True, highlight=False)
+    done = f"re-encrypted {report.reencrypted} secrets under key {report.key_id}"
     if report.unreadable:
-        out.print(f"re-encrypted {report.reencrypted} secrets under key {report.key_id}; "
-                  f"{len(report.unreadable)} could not be read and the old keys were kept for them", markup=False)
+        out.print(f"{done}; {len(report.unreadable)} could not be read and the old keys were kept for them",
+                  markup=False)
         raise typer.Exit(1)
-    out.print(f"re-encrypted {report.reencrypted} secrets under key {report.key_id}; "
-              f"retired {report.retired} old key(s)", markup=False)
+    if report.changed:
+        out.print(f"{done}; {report.changed} kept changing while they were re-encrypted, so the old keys were "
+                  "kept for them: run squall key rotate again", markup=False)
+        raise typer.Exit(1)
+    if report.in_use_by:
+        out.print(f"{done}; kept the old keys: {', '.join(report.in_use_by)} use(s) this database and may hold "
+                  "secrets sealed under them. Every secret reads as before; to retire the old keys, run "
+                  "squall key rotate again while no squall serve or worker runs", markup=False)
+        return
+    out.print(f"{done}; retired {report.retired} old key(s)", markup=False)

@@ -1,5 +1,7 @@
 """`/api/v1/keys`: the datastore's key-value pairs; secret values show masked unless `decrypt` is asked.
 
+A `ttl` of 0 (or null) is a key that never expires, as StackStorm's API reads it.
+
 A PUT with `encrypted: true` (`st2 key set --encrypted`, `st2 key load` of a ciphertext export) stores
 the value as given once it decrypts under this server's key, as StackStorm does; anything else is a 400.
 The mask a secret shows as is never written over a secret (a masked export loaded back): a 400 says to
@@ -26,7 +28,7 @@ from bot.http.paging import checked_limit, tell_page
 from bot.http.state import api_state
 from engine.crypto import CryptoError
 from engine.datastore import MAX_KEY_TTL as MAX_KEY_TTL  # re-exported by bot.http; `Datastore.set` checks it
-from engine.datastore import Datastore, DatastoreError, normalise_scope
+from engine.datastore import Datastore, DatastoreError, normalise_scope, st2_ttl
 from engine.parameters import MASK, MAX_INTEGER
 
 router = APIRouter()
@@ -123,12 +125,13 @@ async def put_key(name: str, body: KeyRequest, request: Request) -> dict[str, An
     value = _string_value(body.value)
     squall = api_state(request).squall
     owner = _user(request, body.scope, body.user)
+    ttl = st2_ttl(body.ttl)  # 0, as null: no expiry, as StackStorm's API reads it
     item = await _datastore(squall, squall.datastore.set, name, value, scope=body.scope, user=owner,
-                            encrypt=body.secret or body.encrypt, encrypted=body.encrypted, ttl=body.ttl,
+                            encrypt=body.secret or body.encrypt, encrypted=body.encrypted, ttl=ttl,
                             description=body.description)
     await squall.db(squall.store.audit_add, "api.key.set", request_user(request), "api", item["name"],
                     {"scope": normalise_scope(item["scope"]), "user": item["user"], "secret": bool(item["secret"]),
-                     "encrypted": body.encrypted, "ttl": body.ttl})
+                     "encrypted": body.encrypted, "ttl": ttl})
     return _shown(item, False)
 
 

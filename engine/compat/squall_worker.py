@@ -308,6 +308,21 @@ def stored_result(value: Any) -> Any:
         return str(value)
 
 
+def exit_status(exc: SystemExit) -> int:
+    """The exit status the interpreter gives `sys.exit(code)`, which is how StackStorm's wrapper process
+    ends when an action calls it: None is 0 (a success: `sys.exit()` after the work is done), an int is
+    that status (modulo 256, as the kernel keeps it), anything else is printed on stderr and is 1. No
+    traceback: a deliberate exit is not a crash."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code % 256
+    with contextlib.suppress(Exception):  # an object whose str() fails still ends the run with 1
+        print(code, file=sys.stderr, flush=True)
+    return 1
+
+
 def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
     """Run the requested action in this (forked, single-use) process and say how it ended.
 
@@ -320,13 +335,14 @@ def run_one(channel: Channel, request: dict[str, Any]) -> dict[str, Any]:
         service = ActionService(channel, request["pack"], cls.__name__, request.get("user"))
         action = make_action(cls, request.get("config") or {}, service, log_level(request.get("log_level")))
         returned = action.run(**(request.get("parameters") or {}))
+    except SystemExit as exc:  # ends StackStorm's wrapper process as any Python program ends
+        return {"op": "done", "status": None, "result": "None", "exit_code": exit_status(exc)}
     except BaseException as exc:  # the action's failure, whatever it is, belongs to the execution
         if isinstance(exc, KeyboardInterrupt):
             raise
         traceback.print_exc()
         sys.stderr.flush()
-        code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
-        return {"op": "done", "status": None, "result": "None", "exit_code": code or 1}
+        return {"op": "done", "status": None, "result": "None", "exit_code": 1}
     finally:
         with contextlib.suppress(Exception):  # a stream the action closed has nothing left to flush
             sys.stdout.flush()
