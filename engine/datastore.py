@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from engine.crypto import CryptoError, KeyRing
-from engine.storage import Store, executions, kv_pairs, utcnow
+from engine.storage import Store, kv_pairs, utcnow
 
 SCOPES = ("system", "user")
 
@@ -287,24 +287,6 @@ def _reencrypted(keys: KeyRing, value: str) -> str:
     return keys.encrypt(keys.decrypt(value))
 
 
-def _swap_unchanged(store: Store, pairs: list[tuple[str, str, str, str]], sealed: list[tuple[str, str, str]]) -> int:
-    """Write each new ciphertext only where the one it was made from is still stored (compare-and-swap),
-    in one transaction: a secret the service stored meanwhile is newer than the value re-encrypted, and is
-    kept. Returns how many rows changed meanwhile (stored anew, or deleted)."""
-    missed = 0
-    with store._write() as conn:
-        for scope, name, old, new in pairs:
-            done = conn.execute(kv_pairs.update().where(
-                kv_pairs.c.scope == scope, kv_pairs.c.name == name, kv_pairs.c.secret.is_(True),
-                kv_pairs.c.value == old).values(value=new))
-            missed += done.rowcount == 0
-        for execution_id, old, new in sealed:
-            done = conn.execute(executions.update().where(
-                executions.c.id == execution_id, executions.c.sealed == old).values(sealed=new))
-            missed += done.rowcount == 0
-    return missed
-
-
 def _reencrypt_pass(store: Store, keys: KeyRing, new_id: str) -> tuple[int, int, list[str]]:
     """Every ciphertext not sealed under `new_id` yet, re-encrypted under it and swapped in where it did
     not change meanwhile. Returns how many were written, how many changed meanwhile, and the unreadable."""
@@ -324,7 +306,7 @@ def _reencrypt_pass(store: Store, keys: KeyRing, new_id: str) -> tuple[int, int,
                 new_sealed.append((execution_id, value, _reencrypted(keys, value)))
             except CryptoError as exc:
                 unreadable.append(f"sealed parameters of execution {execution_id}: {exc}")
-    missed = _swap_unchanged(store, new_pairs, new_sealed)
+    missed = store.swap_sealed_values(new_pairs, new_sealed)
     return len(new_pairs) + len(new_sealed) - missed, missed, unreadable
 
 

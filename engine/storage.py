@@ -1202,14 +1202,23 @@ class Store:
                                   .where(executions.c.sealed.is_not(None))).all()
         return [tuple(row) for row in pairs], [tuple(row) for row in sealed]  # type: ignore[misc]
 
-    def replace_sealed_values(self, pairs: list[tuple[str, str, str]], sealed: list[tuple[str, str]]) -> None:
-        """Write re-encrypted ciphertexts, all in one transaction."""
+    def swap_sealed_values(self, pairs: list[tuple[str, str, str, str]], sealed: list[tuple[str, str, str]]) -> int:
+        """Write re-encrypted ciphertexts ((scope, name, old, new) of secret pairs, (id, old, new) of
+        executions), each only where the one it was made from is still stored (compare-and-swap), in one
+        transaction: a secret stored meanwhile is newer than the value re-encrypted, and is kept. Returns
+        how many rows changed meanwhile (stored anew, or deleted)."""
+        missed = 0
         with self._write() as conn:
-            for scope, name, value in pairs:
-                conn.execute(kv_pairs.update().where(kv_pairs.c.scope == scope, kv_pairs.c.name == name)
-                             .values(value=value))
-            for execution_id, value in sealed:
-                conn.execute(executions.update().where(executions.c.id == execution_id).values(sealed=value))
+            for scope, name, old, new in pairs:
+                done = conn.execute(kv_pairs.update().where(
+                    kv_pairs.c.scope == scope, kv_pairs.c.name == name, kv_pairs.c.secret.is_(True),
+                    kv_pairs.c.value == old).values(value=new))
+                missed += done.rowcount == 0
+            for execution_id, old, new in sealed:
+                done = conn.execute(executions.update().where(
+                    executions.c.id == execution_id, executions.c.sealed == old).values(sealed=new))
+                missed += done.rowcount == 0
+        return missed
 
     # -- chat outbox and audit log ---------------------------------------------------------
     def outbox_add(self, adapter: str, channel: str, payload: dict[str, Any]) -> int:
