@@ -417,16 +417,17 @@ class MattermostAdapter:
     async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
         text, file = reply.text, reply.file  # fitted to `capabilities` by the outbox
         extra_attachments = attachments(reply.extra)
+        if reply.buttons and self.settings.actions_url:
+            extra_attachments = [*extra_attachments, self._buttons(reply, text)]
         if edit_of is not None:
             if edit_of.startswith(_SLASH):
                 return edit_of  # an answer through response_url has no post id to edit; the result follows
+            # An edit with buttons puts them back (a question whose click was refused): a click took them off.
             patch: dict[str, Any] = {"message": text}
             if extra_attachments:
                 patch["props"] = {"attachments": extra_attachments}
             await self._call("PUT", f"/posts/{_quote(edit_of)}/patch", body=patch)
             return edit_of
-        if reply.buttons and self.settings.actions_url:
-            extra_attachments = [*extra_attachments, self._buttons(reply, text)]
         command = self._slash_command(reply.thread)
         if command is not None and file is None:
             answered = await self._answer_slash(command, reply, text, extra_attachments)

@@ -126,7 +126,8 @@ async def test_question_in_chat_with_buttons_and_only_allowed_users_answer(chat)
     question = next(p for p in posted if inquiry["id"] in p.text)
     assert question.reply.channel == "#approvals"
     assert "Deploy to production?" in question.text
-    assert question.reply.buttons == [{"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}]
+    assert question.reply.buttons == [{"text": "Yes", "value": f"yes:inquiry:{inquiry['id']}"},
+                                      {"text": "No", "value": f"no:inquiry:{inquiry['id']}"}]
 
     # Mallory may not answer; the workflow stays paused.
     await loopback.say("yes", user="mallory", channel="#approvals", thread=question.id, mentioned=True)

@@ -514,6 +514,34 @@ async def test_a_button_on_a_top_level_inquiry_question_answers_it(home: Path, f
         assert answered["status"] == "succeeded" and answered["result"]["response"] == {"continue": True}
 
 
+async def test_a_refused_click_on_a_question_puts_its_buttons_back(home: Path, fake: FakeMattermost) -> None:
+    """The click's answer takes a question's buttons off (`_bob chose **Yes**_`): bob may not answer, so the
+    question is edited back as it was asked, buttons (each naming the inquiry) and all, before his refusal
+    shows; alice's click on them answers it."""
+    with (home / "config.yml").open("a") as config:
+        config.write(f"routes:\n  ops: {{adapter: mattermost, channel: {fake.town_square['id']}}}\n")
+    async with _with_buttons(home, fake) as (squall, _adapter):
+        schema = {"type": "object", "properties": {"continue": {"type": "boolean", "required": True}}}
+        record = await squall.executions.request("core.ask", {"route": "ops", "schema": schema, "users": ["alice"]})
+        [question] = await fake.wait_for(lambda: [p for p in fake.bot_posts(fake.town_square["id"])
+                                                  if (p.get("props") or {}).get("attachments")])
+        asked = question["message"]
+        status, answer = await fake.click(question, 0, user=fake.bob)
+        assert status == 200 and "bob chose" in answer["update"]["message"]
+        thread = await replies_to(fake, question, "Sorry bob")
+        assert "may not respond" in next(p["message"] for p in thread if "Sorry bob" in p["message"])
+        stored = fake.posts[question["id"]]
+        assert stored["message"] == asked
+        actions = [a for attachment in stored["props"]["attachments"] for a in attachment["actions"]]
+        assert [a["integration"]["context"]["value"] for a in actions] == [
+            f"yes:inquiry:{record['id']}", f"no:inquiry:{record['id']}"]
+        assert (await squall.executions.get(record["id"]))["status"] == "pending"
+        await fake.click(stored, 0)
+        await replies_to(fake, question, "Thanks alice")
+        answered = await squall.executions.wait(record["id"], timeout=10)
+        assert answered["result"]["response"] == {"continue": True} and answered["result"]["responder"] == "alice"
+
+
 async def test_approval_buttons_ask_the_approvers_and_a_refused_click_brings_them_back(home: Path,
                                                                                       fake: FakeMattermost) -> None:
     """An approval's Approve/Deny are buttons anyone may click: a click from outside the approvers is

@@ -586,6 +586,70 @@ async def test_a_stale_inquiry_button_confirms_nothing_and_runs_nothing(home: Pa
         await _posted(fake, lambda m: m.get("text") == "wiped production", "the typed yes's command")
 
 
+async def test_a_click_on_one_of_two_questions_in_a_thread_answers_that_one(home: Path, fake: FakeSlack) -> None:
+    """A workflow started from Slack asks two questions at once, both in the command's thread: No on the
+    first answers the first (its button names its inquiry), not the newest question in the thread."""
+    from tests.workflow_helpers import children, workflow_pack
+
+    workflow_pack(home, {"two": ("orquesta", "", """
+        version: 1.0
+        tasks:
+          start:
+            action: core.noop
+            next: [{do: [ask_db, ask_web]}]
+          ask_db:
+            action: core.ask
+            input: {schema: {type: object, description: DATABASE?, properties: {db: {type: boolean}}}}
+          ask_web:
+            action: core.ask
+            input: {schema: {type: object, description: WEB?, properties: {web: {type: boolean}}}}
+    """.replace("\n        ", "\n"))})
+    write(home / "packs" / "wf" / "aliases" / "two.yaml", "name: two\naction_ref: wf.two\nformats: ['release']\n")
+    async with _slack_chat(home, fake) as (squall, _, _):
+        await fake.push("events_api", fake.event(fake.message_event("!release")))
+        asked = await fake.wait_for(lambda: (lambda q: q if len(q) == 2 else None)(
+            [m for m in fake.messages if "needs an answer" in (m.get("text") or "")]), what="the two questions")
+        db = next(m for m in asked if "DATABASE" in m["text"])
+        assert {m.get("thread_ts") for m in asked} == {db["thread_ts"]}  # one thread
+        await fake.push("interactive", fake.click(db, "no"))
+        await _posted(fake, lambda m: (m.get("text") or "").startswith("Thanks alice"), "the answer taken")
+        (workflow,) = await squall.executions.list(action="wf.two")
+        inquiries = {c["context"]["workflow_task"]["task"]: await squall.executions.get(c["id"])
+                     for c in await children(squall, workflow["id"]) if c["runner"] == "inquirer"}
+        assert inquiries["ask_db"]["status"] == "succeeded" and inquiries["ask_db"]["result"]["response"] == {
+            "db": False}
+        assert inquiries["ask_web"]["status"] == "pending"
+
+
+async def test_a_refused_click_on_a_question_puts_its_buttons_back(home: Path, fake: FakeSlack) -> None:
+    """A click takes a question's buttons off (`<name> chose *Yes*`): when it is refused (bob is not among
+    the inquiry's users) the question is edited back as it was asked, buttons and all, before the refusal
+    shows; alice's click then answers it and leaves who chose what."""
+    with (home / "config.yml").open("a") as config:
+        config.write("routes:\n  ops: {adapter: slack, channel: COPS0001}\n")
+    async with _slack_chat(home, fake) as (squall, _, _):
+        schema = {"type": "object", "properties": {"continue": {"type": "boolean", "required": True}}}
+        record = await squall.executions.request("core.ask", {"route": "ops", "schema": schema, "users": ["alice"]})
+        question = await _posted(fake, lambda m: bool(m.get("blocks")), "the question")
+        await fake.push("interactive", fake.click(question, "yes", user="UBOB0001"))
+        refusal = await _posted(fake, lambda m: (m.get("text") or "").startswith("Sorry bob"), "the refusal")
+        assert "may not respond" in refusal["text"] and not refusal.get("blocks")
+
+        def blocks(edit: dict[str, Any]) -> list[dict[str, Any]]:
+            return json.loads(edit["blocks"]) if isinstance(edit.get("blocks"), str) else edit.get("blocks") or []
+
+        assert "bob chose" in json.dumps(blocks(question["edits"][0]))  # the click took the buttons off
+        back = blocks(question["edits"][-1])
+        assert [e["value"] for b in back if b["type"] == "actions" for e in b["elements"]] == [
+            f"yes:inquiry:{record['id']}", f"no:inquiry:{record['id']}"]
+        assert (await squall.executions.get(record["id"]))["status"] == "pending"
+        await fake.push("interactive", fake.click({**question, **question["edits"][-1]}, "yes"))
+        await _posted(fake, lambda m: (m.get("text") or "").startswith("Thanks alice"), "the answer taken")
+        answered = await squall.executions.wait(record["id"], timeout=10)
+        assert answered["result"]["response"] == {"continue": True} and answered["result"]["responder"] == "alice"
+        assert "alice chose" in json.dumps(blocks(question["edits"][-1]))
+
+
 async def test_made_up_mentions_in_chatter_cannot_spend_the_users_info_budget(slack, fake: FakeSlack) -> None:
     """Every message is passed on, chatter too: mentions of people not known yet are looked up at most
     `MENTION_LOOKUPS_PER_MINUTE` a minute, and a failed one is not retried for a while, so made-up

@@ -238,19 +238,28 @@ class Dispatcher:
         run with "help" as its value. The form's own `cancel` stays the form's."""
         if text is None or not self.forms.asks(message):
             return False
-        prefix = self.settings.prefix
-        explicit = bool(prefix) and _SPACES.sub(" ", message.text.translate(_QUOTES)).strip().startswith(prefix)
-        if not (explicit or message.mentioned) or text.lower() in CANCEL:
+        if not self._explicit(message) or text.lower() in CANCEL:
             return False
-        word = text.partition(" ")[0].lower()
         pending = (message.adapter, message.channel, message.user) in self._confirmations
-        if word == FORM_WORD or (pending and text.lower() in _YES | _NO):
+        if text.partition(" ")[0].lower() == FORM_WORD or (pending and text.lower() in _YES | _NO):
             return True
+        return self._names_command(text)
+
+    def _explicit(self, message: Message) -> bool:
+        """Whether `message` is addressed to Squall explicitly: the prefix or a mention (in a direct
+        message every line is addressed, so there a bare word is no command but an answer)."""
+        prefix = self.settings.prefix
+        typed = _SPACES.sub(" ", message.text.translate(_QUOTES)).strip()
+        return (bool(prefix) and typed.startswith(prefix)) or message.mentioned
+
+    def _names_command(self, text: str) -> bool:
+        """Whether `text` (without its prefix) names an alias, or a built-in no alias claims."""
         try:
             self.commands.match(text)
         except AmbiguousCommand:
             return True  # a command, if not a clear one: its answer says so
         except NoMatch:
+            word = text.partition(" ")[0].lower()
             return word.isalpha() and hasattr(self, f"_builtin_{word}")
         return True
 
@@ -788,20 +797,24 @@ class Dispatcher:
             await self.say(message, said)
 
     async def _inquiry_answer(self, message: Message, text: str | None, threaded: bool) -> bool:
-        """A bare answer (or a button's value) in the thread an inquiry was asked in. Where there
-        are no threads (IRC), the answer in the question's channel must be addressed to the bot
-        (`squall: yes`): a bare "ok" in a busy channel must not approve anything."""
-        if threaded and not message.thread:
-            return False
-        if not threaded and (text is None or not (message.mentioned or message.direct)):
-            return False  # `!command` stays a command
-        text = message.text.strip() if text is None else text
-        inquiry = await self.inquiries.in_thread(message, threaded)
-        if inquiry is None:
-            return False
-        said = await self.inquiries.answer(message, inquiry, text)
+        """A click on a question's button (it answers the inquiry its value names), or a bare answer in
+        the thread an inquiry was asked in. Where there are no threads (IRC), the answer in the
+        question's channel must be addressed to the bot (`squall: yes`): a bare "ok" in a busy channel
+        must not approve anything. A message addressed explicitly (prefix or mention) that names an
+        alias or a built-in is that command, never an answer (`!help` where a free-text question
+        waits); chatter in the thread is no answer either: both are handled as usual."""
+        if message.clicked:
+            said = await self.inquiries.clicked(message, threaded)
+        else:
+            if threaded and not message.thread:
+                return False
+            if not threaded and (text is None or not (message.mentioned or message.direct)):
+                return False  # `!command` stays a command
+            if text is not None and self._explicit(message) and self._names_command(text):
+                return False
+            said = await self.inquiries.typed(message, message.text.strip() if text is None else text, threaded)
         if said is None:
-            return False  # chatter in the thread, or a command: handled as usual
+            return False
         await self.say(message, said)
         return True
 

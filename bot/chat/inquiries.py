@@ -4,16 +4,21 @@ The question is a Reply with buttons when the answer is a choice (a boolean, or 
 person answers with a button, with a bare `yes`/`no`/choice (or a JSON object) in the thread of
 the question, or anywhere with `respond <inquiry-id> <json or value>`. Where the question was
 posted is stored on the inquiry, so answers in its thread still work after a restart.
+
+A button names its inquiry (`<choice>:inquiry:<id>`): several questions may sit in one thread (a
+workflow's parallel branches), and a click answers the one it sits on. A bare answer that fits
+more than one question waiting in the thread answers none: the person is asked for `respond <id>`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
 from engine.events import EXECUTION_FINISHED, INQUIRY_PENDING
-from engine.inquiries import RUNNER, InquiryError, masked
+from engine.inquiries import RUNNER, InquiryError, masked, refusal
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -36,16 +41,41 @@ def _choice(schema: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     return (name, spec) if isinstance(spec, dict) else None
 
 
-def buttons(schema: dict[str, Any]) -> list[dict[str, str]]:
+#: A button's value: the choice and the inquiry it answers. Slack keeps 2,000 characters of a value
+#: (`MAX_VALUE`), Mattermost's signed context more: a choice too long for it is typed instead.
+_CLICK = re.compile(r"(?P<choice>.*):inquiry:(?P<id>[0-9a-f]{24})", re.DOTALL)
+MAX_VALUE = 2000
+
+
+def _choices(schema: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (label, choice) of each button a question gets: yes/no, or each of up to 10 options."""
     choice = _choice(schema)
     if choice is None:
         return []
     _, spec = choice
     if spec.get("type") == "boolean":
-        return [{"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}]
+        return [("Yes", "yes"), ("No", "no")]
     if isinstance(spec.get("enum"), list) and len(spec["enum"]) <= 10:
-        return [{"text": str(v), "value": str(v)} for v in spec["enum"]]
+        return [(str(v), str(v)) for v in spec["enum"]]
     return []
+
+
+def buttons(schema: dict[str, Any], inquiry_id: str) -> list[dict[str, str]]:
+    """The question's buttons, each naming the inquiry it answers (`<choice>:inquiry:<id>`): a click
+    answers that inquiry, however many others wait in the same thread. None when an option is too
+    long to fit a button's value with the id (Slack's limit): then every answer is typed."""
+    values = [(label, f"{choice}:inquiry:{inquiry_id}") for label, choice in _choices(schema)]
+    if any(len(value) > MAX_VALUE for _, value in values):
+        return []
+    return [{"text": label, "value": value} for label, value in values]
+
+
+def _free_text(schema: dict[str, Any], text: str) -> bool:
+    """Whether `text` answers `schema` only because any text would: its one property is a string with
+    no choices, and `text` is no JSON object (which says explicitly that it is an answer)."""
+    choice = _choice(schema)
+    return (choice is not None and choice[1].get("type") == "string" and not isinstance(choice[1].get("enum"), list)
+            and not text.strip().startswith("{"))
 
 
 def parse_answer(schema: dict[str, Any], text: str) -> dict[str, Any] | None:
@@ -123,7 +153,8 @@ class InquiryChat:
             return  # no chat to ask in: `squall inquiry respond` and the API still work
         schema = result.get("schema") or {}
         text = question_text(record["id"], schema, self.prefix)
-        reply = Reply(adapter=adapter, channel=channel, thread=thread, text=text, buttons=buttons(schema))
+        reply = Reply(adapter=adapter, channel=channel, thread=thread, text=text,
+                      buttons=buttons(schema, record["id"]))
         # Keyed by the inquiry (kind "question"): asked once, and found again by where it was asked.
         stored = await self.outbox.post_keyed(record["id"], "question", [reply])
         if not stored:
@@ -132,24 +163,104 @@ class InquiryChat:
         db = self.engine.db
         await db(db.store.update_execution, record["id"], {"result": {**result, "chat": where}}, expect=("pending",))
 
-    async def in_thread(self, message: Message, threaded: bool = True) -> dict[str, Any] | None:
-        """The pending inquiry `message` may answer: the one whose question was posted in its thread
-        (or is the thread's first message). On a platform without threads (`threaded` false; IRC) the
-        channel is the thread: the newest question asked there."""
+    async def waiting(self, message: Message, threaded: bool = True) -> list[dict[str, Any]]:
+        """The pending inquiries `message` may answer, newest first: those whose question was posted in
+        its thread (or is the thread's first message). On a platform without threads (`threaded`
+        false; IRC) the channel is the thread: every question asked there."""
         if threaded and not message.thread:
-            return None
+            return []
         db = self.engine.db
+        found = []
         for question in await db(db.store.pending_questions, message.adapter, message.channel):
             if not threaded or message.thread in (question["thread"], _post_ts(question["platform_id"])):
                 try:
-                    return await self.engine.executions.get(question["inquiry"])
+                    found.append(await self.engine.executions.get(question["inquiry"]))
                 except LookupError:
-                    return None
-        return None
+                    continue  # gone since: nothing to answer
+        return found
+
+    async def typed(self, message: Message, text: str, threaded: bool = True) -> str | None:
+        """A bare answer typed where questions wait: the answer to the one question it fits, what to say
+        when it fits several (it answers none; `respond <id>` says which), or None when it is no answer
+        (chatter: it fits none, or only a free-text question of people other than its sender)."""
+        fits = [inquiry for inquiry in await self.waiting(message, threaded) if self._fits(message, inquiry, text)]
+        if len(fits) > 1:
+            return self._ambiguous(fits)
+        return await self.answer(message, fits[0], text) if fits else None
+
+    async def clicked(self, message: Message, threaded: bool = True) -> str | None:
+        """A click on a question's button (`message.text` is its value): it answers the inquiry the
+        value names, wherever it was clicked. A plain `yes`/choice (a button posted before values named
+        their inquiry) answers the question of the thread it was clicked in, if just one there offers
+        it. None when the value is no inquiry's button (an approval's, a form's, a confirmation's)."""
+        value = message.text.strip()
+        named = _CLICK.fullmatch(value)
+        if named is not None:
+            return await self._click(message, named["id"], named["choice"])
+        offered = [inquiry for inquiry in await self.waiting(message, threaded)
+                   if value in (choice for _, choice in _choices(_schema(inquiry)))]
+        if len(offered) > 1:
+            return self._ambiguous(offered)
+        return await self._click(message, offered[0]["id"], value) if offered else None
+
+    async def _click(self, message: Message, inquiry_id: str, choice: str) -> str:
+        """Answer `inquiry_id` with a button's `choice`; what to say."""
+        try:
+            inquiry = await self.engine.executions.get(inquiry_id)
+        except LookupError:
+            inquiry = None
+        if inquiry is None or inquiry["runner"] != RUNNER or inquiry["status"] != "pending":
+            return ("That question is no longer waiting for an answer (answered, expired or canceled). "
+                    "Nothing was run.")
+        said = await self.answer(message, inquiry, choice) or (
+            f"Sorry {message.user}: {choice!r} is not an answer to inquiry {inquiry_id}.")
+        if (await self.engine.executions.get(inquiry_id))["status"] == "pending":
+            await self._ask_again(inquiry)
+        return said
+
+    async def _ask_again(self, inquiry: dict[str, Any]) -> None:
+        """Slack and Mattermost took the clicked question's buttons off (and said who chose what), yet
+        the inquiry still waits: the click was refused, or more people must answer. The question is
+        edited back as it was asked, buttons and all; queued before the answer to the click (its
+        channel's replies go out in order), it is back by the time that answer shows."""
+        where = (inquiry.get("result") or {}).get("chat") or {}
+        if not where.get("outbox_id"):
+            return  # never posted (no chat to ask in): nothing to put back
+        schema = _schema(inquiry)
+        await self.outbox.post(Reply(adapter=where["adapter"], channel=where["channel"], thread=where.get("thread"),
+                                     text=question_text(inquiry["id"], schema, self.prefix),
+                                     buttons=buttons(schema, inquiry["id"]), edit=where["outbox_id"]))
+
+    def _fits(self, message: Message, inquiry: dict[str, Any], text: str) -> bool:
+        """Whether `text` from `message`'s sender is an answer to `inquiry`: it parses as one, and any
+        text being an answer (a free-text question), the inquiry asks its sender."""
+        schema = _schema(inquiry)
+        if parse_answer(schema, text) is None:
+            return False
+        return not _free_text(schema, text) or self._asks(message, inquiry)
+
+    def _asks(self, message: Message, inquiry: dict[str, Any]) -> bool:
+        """Whether `inquiry` asks `message`'s sender: its `users` and `roles` let them answer (the
+        engine's own rule, `refusal`), they did not start its workflow if `self_approval` is false, and
+        they did not answer it already. Only tells an answer from chatter: answering checks again."""
+        result = inquiry.get("result") or {}
+        users, roles = result.get("users") or [], result.get("roles") or []
+        if refusal(message.user, sorted(self.auth.groups_of(message)), users, roles) is not None:
+            return False
+        if result.get("self_approval") is False and message.user == result.get("requester"):
+            return False
+        return not any(r.get("user") == message.user for r in result.get("responses") or [])
+
+    def _ambiguous(self, inquiries: list[dict[str, Any]]) -> str:
+        """What to say to a bare answer that fits several questions waiting in one thread."""
+        ids = ", ".join(inquiry["id"] for inquiry in inquiries)
+        return (f"Several questions wait for an answer here (inquiries {ids}), so that answered none: say which "
+                f"with `{self.prefix}respond <inquiry-id> <answer>`, such as "
+                f"`{self.prefix}respond {inquiries[0]['id']} <answer>`.")
 
     async def answer(self, message: Message, inquiry: dict[str, Any], text: str) -> str | None:
         """Respond to `inquiry` with `text`; the words to say back, or None if `text` is no answer."""
-        schema = (inquiry.get("result") or {}).get("schema") or {}
+        schema = _schema(inquiry)
         response = parse_answer(schema, text)
         if response is None:
             return None
@@ -186,6 +297,10 @@ class InquiryChat:
             return (f"That is not an answer to inquiry {inquiry['id']}; send a JSON object that fits "
                     f"{json.dumps(schema)}")
         return said
+
+
+def _schema(inquiry: dict[str, Any]) -> dict[str, Any]:
+    return (inquiry.get("result") or {}).get("schema") or {}
 
 
 def _post_ts(platform_id: str | None) -> str | None:

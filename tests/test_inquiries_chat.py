@@ -1,0 +1,283 @@
+"""Inquiries answered in chat: which inquiry a click or a bare answer answers, and when a message in
+a question's thread is a command or chatter rather than an answer (`bot/chat/inquiries.py`,
+`Dispatcher._inquiry_answer`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.base import Capabilities, Message
+from adapters.loopback import LoopbackAdapter, Posted
+from bot.app import Squall
+from engine.config import load_config
+from tests.conftest import write
+from tests.workflow_helpers import children, workflow_pack
+
+#: A workflow started from chat that asks two yes/no questions at once: both go to the command's thread.
+PARALLEL = """
+version: 1.0
+tasks:
+  start:
+    action: core.noop
+    next: [{do: [ask_db, ask_web]}]
+  ask_db:
+    action: core.ask
+    input:
+      schema: {type: object, description: "Migrate the DATABASE?", properties: {db: {type: boolean, required: true}}}
+  ask_web:
+    action: core.ask
+    input:
+      schema: {type: object, description: "Restart the WEB tier?", properties: {web: {type: boolean, required: true}}}
+"""
+
+#: A workflow started from chat that asks a free-text question (one string) in the command's thread.
+WHY = """
+version: 1.0
+tasks:
+  ask:
+    action: core.ask
+    input:
+      users: [alice]
+      schema:
+        type: object
+        properties:
+          reason: {type: string, description: "Why deploy now?", required: true}
+"""
+
+BOOLEAN = {"type": "object", "properties": {"continue": {"type": "boolean", "required": True}}}
+FREE_TEXT = {"type": "object", "properties": {"reason": {"type": "string", "required": True}}}
+
+
+@pytest.fixture
+async def chat(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter]]:
+    """A loopback chat (threads, buttons) with the two workflows behind `!release` and `!deploy-why`, and
+    `greet <who>` (core.echo); the route `ops` is #ops."""
+    write(home / "config.yml", (home / "config.yml").read_text()
+          + 'routes:\n  ops: {adapter: loopback, channel: "#ops"}\n')
+    workflow_pack(home, {"two": ("orquesta", "", PARALLEL), "why": ("orquesta", "", WHY)})
+    write(home / "packs" / "wf" / "aliases" / "two.yaml", "name: two\naction_ref: wf.two\nformats: ['release']\n")
+    write(home / "packs" / "wf" / "aliases" / "why.yaml", "name: why\naction_ref: wf.why\nformats: ['deploy-why']\n")
+    write(home / "packs" / "wf" / "aliases" / "greet.yaml",
+          "name: greet\naction_ref: core.echo\nformats: ['greet {{message}}']\n")
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    assert squall.registry.errors == []
+    await squall.chat.start()
+    try:
+        yield squall, loopback
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
+async def click(loopback: LoopbackAdapter, posted: Posted, text: str, *, user: str = "alice") -> None:
+    """`user` clicks the button labelled `text` on `posted`, as Slack and Mattermost pass a click on:
+    the button's value, in the prompt's thread (or the prompt's own, at the top of a channel)."""
+    value = next(b["value"] for b in posted.reply.buttons if b["text"] == text)
+    await clicked(loopback, value, thread=posted.reply.thread or posted.id, user=user)
+
+
+async def clicked(loopback: LoopbackAdapter, value: str, *, thread: str, user: str = "alice",
+                  channel: str = "#ops") -> None:
+    assert loopback._handler is not None
+    await loopback._handler(Message(adapter=loopback.name, channel=channel, user=user, text=value, thread=thread,
+                                    mentioned=True, clicked=True, id=f"click-{user}-{value}"))
+
+
+async def questions(loopback: LoopbackAdapter, count: int) -> list[Posted]:
+    posted = await loopback.wait_for(lambda p: len([x for x in p if "needs an answer" in x.text]) >= count)
+    return [p for p in posted if "needs an answer" in p.text]
+
+
+async def asked(squall: Squall, ref: str) -> dict[str, dict[str, Any]]:
+    """The inquiries of the workflow `ref` started from chat, by task, as stored now."""
+    (workflow,) = await squall.executions.list(action=ref)
+    rows = [c for c in await children(squall, workflow["id"]) if c["runner"] == "inquirer"]
+    return {c["context"]["workflow_task"]["task"]: await squall.executions.get(c["id"]) for c in rows}
+
+
+async def _two_questions(squall: Squall, loopback: LoopbackAdapter) -> tuple[Posted, Posted]:
+    await loopback.say("!release", user="alice", channel="#ops")
+    posted = await questions(loopback, 2)
+    db = next(p for p in posted if "DATABASE" in p.text)
+    web = next(p for p in posted if "WEB" in p.text)
+    assert db.reply.thread == web.reply.thread is not None  # both in the command's thread
+    return db, web
+
+
+async def test_a_click_answers_the_inquiry_its_button_names_not_the_newest_in_the_thread(chat) -> None:
+    squall, loopback = chat
+    db, _web = await _two_questions(squall, loopback)
+    inquiries = await asked(squall, "wf.two")
+    # Each button names its inquiry, within Slack's 2,000 characters for a button's value.
+    assert db.reply.buttons == [{"text": "Yes", "value": f"yes:inquiry:{inquiries['ask_db']['id']}"},
+                                {"text": "No", "value": f"no:inquiry:{inquiries['ask_db']['id']}"}]
+    await click(loopback, db, "No")
+    await loopback.wait_for(lambda p: any(x.text.startswith("Thanks alice") for x in p))
+    inquiries = await asked(squall, "wf.two")
+    assert inquiries["ask_db"]["status"] == "succeeded" and inquiries["ask_db"]["result"]["response"] == {"db": False}
+    assert inquiries["ask_web"]["status"] == "pending"
+    thanks = next(p for p in loopback.posted if p.text.startswith("Thanks alice"))
+    assert inquiries["ask_db"]["id"] in thanks.text and thanks.reply.thread == db.reply.thread
+    assert thanks.reply.buttons == []  # answered: no buttons come back
+
+
+async def test_a_bare_answer_where_several_questions_wait_answers_none_and_names_them(chat) -> None:
+    squall, loopback = chat
+    db, _web = await _two_questions(squall, loopback)
+    ids = {task: row["id"] for task, row in (await asked(squall, "wf.two")).items()}
+    await loopback.say("no", user="alice", channel="#ops", thread=db.reply.thread)
+    said = (await loopback.wait_for(lambda p: any("Several questions" in x.text for x in p)))[-1]
+    assert ids["ask_db"] in said.text and ids["ask_web"] in said.text and "respond" in said.text
+    assert said.reply.thread == db.reply.thread
+    assert {row["status"] for row in (await asked(squall, "wf.two")).values()} == {"pending"}
+    # Chatter that answers neither gets no reply; `respond <id>` names the one meant.
+    await loopback.say("lunch first?", user="alice", channel="#ops", thread=db.reply.thread)
+    await loopback.say(f"!respond {ids['ask_web']} yes", user="alice", channel="#ops", thread=db.reply.thread)
+    await loopback.wait_for(lambda p: any(x.text.startswith("Thanks alice") for x in p))
+    # Replies in a channel are sent in order: one to the chatter would be posted by now.
+    assert [p.text for p in loopback.posted[loopback.posted.index(said) + 1:]
+            if p.reply.thread == db.reply.thread and not p.text.startswith("Thanks alice")] == []
+    inquiries = await asked(squall, "wf.two")
+    assert inquiries["ask_web"]["result"]["response"] == {"web": True}
+    assert inquiries["ask_db"]["status"] == "pending"
+
+
+async def test_a_plain_button_value_posted_before_buttons_named_their_inquiry_still_answers(chat) -> None:
+    """A question posted before an upgrade has buttons whose values are a bare `yes`/`no`: a click on
+    one answers the question in the thread it was clicked in, as before."""
+    squall, loopback = chat
+    record = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN})
+    (question,) = await questions(loopback, 1)
+    await clicked(loopback, "no", thread=question.id)
+    answered = await squall.executions.wait(record["id"], timeout=10)
+    assert answered["status"] == "succeeded" and answered["result"]["response"] == {"continue": False}
+
+
+async def test_a_refused_click_puts_the_question_back_as_asked(chat) -> None:
+    """Slack and Mattermost take a clicked question's buttons off: a click that is refused (bob may not
+    answer) edits the question back as it was asked, before the refusal is told, so the inquiry that
+    still waits keeps its buttons; alice then answers with them, and an accepted answer edits nothing."""
+    squall, loopback = chat
+    record = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN, "users": ["alice"]})
+    (question,) = await questions(loopback, 1)
+    await click(loopback, question, "Yes", user="bob")
+    refusal = (await loopback.wait_for(lambda p: any(x.text.startswith("Sorry bob") for x in p)))[-1]
+    assert "may not respond" in refusal.text and refusal.reply.buttons == [] and refusal.reply.thread == question.id
+    assert question.edits == [question.reply.text]  # edited back (the outbox sends a channel's replies in order)
+    (edit,) = [row for row in await squall.db(squall.store.outbox_get_many, range(1, 100))
+               if (row["payload"] or {}).get("edit") is not None]
+    assert edit["payload"]["buttons"] == question.reply.buttons and edit["payload"]["asker"] is None
+    assert (await squall.executions.get(record["id"]))["status"] == "pending"
+    await click(loopback, question, "Yes", user="alice")
+    answered = await squall.executions.wait(record["id"], timeout=10)
+    assert answered["result"]["response"] == {"continue": True} and answered["result"]["responder"] == "alice"
+    await loopback.wait_for(lambda p: any(x.text.startswith("Thanks alice") for x in p))
+    assert question.edits == [question.reply.text]
+
+
+async def test_a_click_that_leaves_the_inquiry_waiting_for_more_people_puts_the_question_back(chat) -> None:
+    """`count: 2`: alice's click is recorded (1 of 2), and the question is edited back with its buttons
+    (the platform took them off) for the second person, whose click then answers it."""
+    squall, loopback = chat
+    record = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN, "count": 2})
+    (question,) = await questions(loopback, 1)
+    await click(loopback, question, "Yes", user="alice")
+    await loopback.wait_for(lambda p: any("recorded (1 of 2)" in x.text for x in p))
+    assert question.edits == [question.reply.text]
+    await click(loopback, question, "Yes", user="bob")
+    answered = await squall.executions.wait(record["id"], timeout=10)
+    assert [r["user"] for r in answered["result"]["responses"]] == ["alice", "bob"]
+    await loopback.wait_for(lambda p: any(x.text.startswith("Thanks bob") for x in p))
+    assert question.edits == [question.reply.text]  # answered: left as the platform shows it
+
+
+async def test_a_click_on_an_answered_question_runs_nothing(chat) -> None:
+    squall, loopback = chat
+    record = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN})
+    (question,) = await questions(loopback, 1)
+    await squall.inquiries.respond(record["id"], {"continue": False}, "bob")
+    await click(loopback, question, "Yes")
+    stale = (await loopback.wait_for(lambda p: any("no longer waiting" in x.text for x in p)))[-1]
+    assert "Nothing was run" in stale.text and stale.reply.buttons == []
+    assert (await squall.executions.get(record["id"]))["result"]["response"] == {"continue": False}
+
+
+async def test_a_command_typed_in_a_free_text_questions_thread_runs_as_the_command(chat) -> None:
+    """`!help` (a built-in) or `!greet bob` (an alias) typed where a free-text question waits is the
+    command, never the answer; text that names no command is the answer."""
+    squall, loopback = chat
+    await loopback.say("!deploy-why", user="alice", channel="#ops")
+    (question,) = await questions(loopback, 1)
+    thread = question.reply.thread
+    await loopback.say("!help", user="alice", channel="#ops", thread=thread)
+    await loopback.say("@squall greet bob", user="alice", channel="#ops", thread=thread, mentioned=True)
+    await loopback.wait_for(lambda p: any("core.echo succeeded" in x.text and "bob" in x.text for x in p))
+    assert any("respond" in p.text and "help" in p.text for p in loopback.posted)  # help's listing
+    assert (await asked(squall, "wf.why"))["ask"]["status"] == "pending"
+    await loopback.say("!hotfix for the login outage", user="alice", channel="#ops", thread=thread)
+    await loopback.wait_for(lambda p: any(x.text.startswith("Thanks alice") for x in p))
+    assert (await asked(squall, "wf.why"))["ask"]["result"]["response"] == {"reason": "hotfix for the login outage"}
+
+
+async def test_chatter_of_people_not_asked_is_no_answer_to_a_free_text_question(chat) -> None:
+    squall, loopback = chat
+    await loopback.say("!deploy-why", user="alice", channel="#ops")
+    (question,) = await questions(loopback, 1)
+    await loopback.say("looks fine to me", user="bob", channel="#ops", thread=question.reply.thread)
+    assert (await asked(squall, "wf.why"))["ask"]["status"] == "pending"
+    await loopback.say("customers are waiting", user="alice", channel="#ops", thread=question.reply.thread)
+    await loopback.wait_for(lambda p: any(x.text.startswith("Thanks alice") for x in p))
+    assert (await asked(squall, "wf.why"))["ask"]["result"]["response"] == {"reason": "customers are waiting"}
+    # bob is not asked (users: [alice]): his chatter got no reply (one would be posted by now, in order).
+    assert not any("bob" in p.text for p in loopback.posted)
+
+
+async def test_without_threads_a_command_addressed_by_name_runs_and_is_no_answer(home: Path) -> None:
+    """On IRC the channel is the question's thread: `squall: greet bob` where a free-text question waits
+    runs greet; `squall: <text>` that names no command is the answer."""
+    write(home / "config.yml", (home / "config.yml").read_text() + "routes:\n  ops: {adapter: irc, channel: '#ops'}\n")
+    write(home / "packs" / "demo" / "pack.yaml", "ref: demo\nname: demo\nversion: 0.1.0\n")
+    write(home / "packs" / "demo" / "aliases" / "greet.yaml",
+          "name: greet\naction_ref: core.echo\nformats: ['greet {{message}}']\n")
+    irc = LoopbackAdapter(name="irc", capabilities=Capabilities(threads=False, edits=False, rich=False, files=False,
+                                                                max_length=1600))
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[irc])
+    await squall.chat.start()
+    try:
+        record = await squall.executions.request("core.ask", {"route": "ops", "schema": FREE_TEXT}, {"user": "wf"})
+        await questions(irc, 1)
+        await irc.say("squall: greet bob", user="carol", channel="#ops", mentioned=True)
+        await irc.wait_for(lambda p: any("core.echo succeeded" in x.text and "bob" in x.text for x in p))
+        assert len(await squall.executions.list(action="core.echo")) == 1
+        assert (await squall.executions.get(record["id"]))["status"] == "pending"
+        await irc.say("squall: the fix is ready", user="carol", channel="#ops", mentioned=True)
+        answered = await squall.executions.wait(record["id"], timeout=10)
+        assert answered["result"]["response"] == {"reason": "the fix is ready"}
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
+async def test_without_threads_a_bare_answer_where_two_questions_wait_names_both(home: Path) -> None:
+    write(home / "config.yml", (home / "config.yml").read_text() + "routes:\n  ops: {adapter: irc, channel: '#ops'}\n")
+    irc = LoopbackAdapter(name="irc", capabilities=Capabilities(threads=False, edits=False, rich=False, files=False,
+                                                                max_length=1600))
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[irc])
+    await squall.chat.start()
+    try:
+        first = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN}, {"user": "wf"})
+        second = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN}, {"user": "wf"})
+        await questions(irc, 2)
+        await irc.say("squall: yes", user="carol", channel="#ops", mentioned=True)
+        said = (await irc.wait_for(lambda p: any("Several questions" in x.text for x in p)))[-1]
+        assert set(re.findall(r"[0-9a-f]{24}", said.text)) == {first["id"], second["id"]}
+        assert {(await squall.executions.get(r["id"]))["status"] for r in (first, second)} == {"pending"}
+    finally:
+        await squall.chat.stop()
+        await squall.close()
