@@ -10,6 +10,7 @@ echo a secret, are scrubbed as well.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -20,7 +21,7 @@ import socket
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -360,7 +361,7 @@ class ExecutionService:
                       render: bool | Collection[str] = (), delay: float = 0.0,
                       audit: AuditEntry | None = None,
                       stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None,
-                      execution_id: str | None = None) -> dict[str, Any]:
+                      execution_id: str | None = None, secrets: Sequence[str] = ()) -> dict[str, Any]:
         """Validate, store as `requested`, and hand to the executor. Raises on bad input. A request
         whose runner has nothing to wait for (core.noop) ends in the call that stores it instead
         (`_end_at_once`); it is answered as requested all the same.
@@ -378,7 +379,11 @@ class ExecutionService:
 
         `execution_id` names the new execution instead of a fresh id: a retry policy's retry
         (`engine.policies.retry_id`), which is then one row whoever requests it; a second request
-        of it raises `sqlalchemy.exc.IntegrityError` and stores nothing."""
+        of it raises `sqlalchemy.exc.IntegrityError` and stores nothing.
+
+        `secrets` are plaintexts the caller decrypted into `parameters` (a workflow's `decrypt_kv` or
+        `st2kv(..., decrypt=>true)`): a value holding one is masked and sealed, and its run's output and
+        result are scrubbed of them, as of what `decrypt_kv` reveals in the request's own templates."""
         action = self.registry.action(ref)
         context = {**(context or {}), "pack": action.pack}
         if "user" not in context:  # (looked up only then: a missing variable raises a KeyError inside os.environ)
@@ -408,11 +413,11 @@ class ExecutionService:
             resolution, revealed = await asyncio.get_running_loop().run_in_executor(
                 render_pool(), self._resolve, action, supplied, context, extra_template_context, render)
             stored = self.db.submit(self._store, action, supplied, context, parent, extra_template_context,
-                                    resolution, revealed, audit, execution_id, fence, stored_with, at_once,
+                                    resolution, [*secrets, *revealed], audit, execution_id, fence, stored_with, at_once,
                                     requested_at)
         else:  # nothing to render: checked and stored in one step, without a thread hop
             stored = self.db.submit(self._prepare, action, supplied, context, parent, extra_template_context, render,
-                                    audit, execution_id, fence, stored_with, at_once, requested_at)
+                                    audit, execution_id, fence, stored_with, at_once, requested_at, secrets)
         if early and at_once is None:
             await self.executor.submit(execution_id)  # type: ignore[union-attr]
         record, told, ended = await stored
@@ -464,12 +469,13 @@ class ExecutionService:
                  execution_id: str | None = None, fence: int | None = None,
                  stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None,
                  at_once: Callable[[RunRequest], RunOutcome] | None = None,
-                 requested_at: datetime | None = None) -> _Stored:
+                 requested_at: datetime | None = None, secrets: Sequence[str] = ()) -> _Stored:
         """Resolve parameters and store the request, for requests with nothing to render (`request`):
-        nothing reads a template context then, so none is built (nor can a `decrypt_kv` reveal anything).
+        nothing reads a template context then, so none is built (nor can a `decrypt_kv` reveal anything;
+        `secrets` are what the caller decrypted into them).
         `action` is the one `request` found nothing to render in (a pack reloaded meanwhile changes nothing)."""
         resolution = resolve(action, supplied, {}, env=self.jinja, render=render)
-        return self._store(action, supplied, context, parent, extra_template_context, resolution, [], audit,
+        return self._store(action, supplied, context, parent, extra_template_context, resolution, list(secrets), audit,
                            execution_id, fence, stored_with, at_once, requested_at)
 
     def _resolve(self, action: Action, supplied: dict[str, Any], context: dict[str, Any],
@@ -663,7 +669,8 @@ class ExecutionService:
                 return  # a workflow stays `running`: it is conducted on from its stored children
             await asyncio.shield(sink.close())
             kept = getattr(runner, "interrupted_result", None)  # a workflow's tasks so far (an ActionChain's)
-            await asyncio.shield(self._finish(record, self._interrupted(kept(record["id"]) if kept else None), secrets))
+            await asyncio.shield(self._finish(record, self._interrupted(kept(record["id"]) if kept else None),
+                                              _scrubbable(secrets, request.revealed)))
             return
         except Exception as exc:
             outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
@@ -877,6 +884,34 @@ class ExecutionService:
             return {}, []
         document = json.loads(self.keys.decrypt(record["sealed"]))
         return document["values"], document["revealed"]
+
+    def revealed(self, record: Mapping[str, Any]) -> list[str]:
+        """The decrypted datastore values sealed with `record`: a workflow hands them to its tasks as
+        `secrets` (`request`), since its parameters, and so its tasks' parameters, may hold them."""
+        return self._unseal(record)[1]
+
+    @contextlib.contextmanager
+    def revealing(self, bucket: list[str]) -> Iterator[None]:
+        """Inside, what `decrypt_kv` reveals goes to `bucket`: a workflow's own renders (an ActionChain's
+        vars, task parameters and publish), whose plaintexts its tasks and its result must not show."""
+        token = _revealed.set(bucket)
+        try:
+            yield
+        finally:
+            _revealed.reset(token)
+
+    def seal_revealed(self, execution_id: str, revealed: Sequence[str]) -> bool:
+        """Add `revealed` to the decrypted values sealed with the execution (on the database thread), so
+        a workflow's later steps, on any worker or after a restart, scrub them from what they store and
+        hand them to the tasks they request. False when there was nothing new to seal."""
+        record = self.db.store.get_execution(execution_id)
+        if record is None:
+            return False
+        values, known = self._unseal(record)
+        texts = _scrubbable([], [*known, *revealed])
+        if set(texts) <= set(known):
+            return False
+        return self.db.store.update_execution(execution_id, {"sealed": self._seal(values, texts)})
 
     async def _finish(self, record: dict[str, Any], outcome: RunOutcome, secrets: list[str]) -> None:
         fields, entry = _ending(outcome, secrets)
@@ -1125,7 +1160,8 @@ class ExecutionService:
         spec = record["spec"]
         supplied = spec.get("supplied", list(record["parameters"]))
         original = {k: v for k, v in spec["values"].items() if k in supplied}
-        sealed, _ = self._unseal(record)
+        # What was decrypted into them (a workflow's `decrypt_kv`, its `st2kv`) is masked again (`secrets`).
+        sealed, revealed = self._unseal(record)
         original.update({k: v for k, v in sealed.items() if k in original})
         # A supplied template is supplied again, not what it rendered to: the rendering is stale,
         # and a `cmd` must get values through the shell runner's quoting, never pasted into its text.
@@ -1147,7 +1183,8 @@ class ExecutionService:
         # What rendered the first time renders again; whatever the caller now gives is data.
         return await self.request(record["action"], merged, new_context,
                                   extra_template_context=spec.get("extra_context"),
-                                  render=rendered - set(parameters or {}), delay=delay, execution_id=rerun_id)
+                                  render=rendered - set(parameters or {}), delay=delay, execution_id=rerun_id,
+                                  secrets=revealed)
 
     # -- ownership ---------------------------------------------------------------------
     def _owner_state(self, info: Mapping[str, Any] | None) -> str:

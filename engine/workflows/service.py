@@ -91,11 +91,19 @@ class _Replay:
 class Flow:
     """One workflow execution being conducted in this process."""
 
-    def __init__(self, service: WorkflowService, request: RunRequest, conductor: Conductor) -> None:
+    def __init__(self, service: WorkflowService, request: RunRequest, conductor: Conductor,
+                 revealed: list[str] | None = None) -> None:
         self.service = service
         self.request = request
         self.id = request.execution_id
         self.conductor = conductor
+        #: The datastore values decrypted for this workflow: sealed with it (what earlier steps, its own
+        #: parameters and its parent revealed), then what its conductor decrypts (`decrypt_kv`, `st2kv`).
+        #: Its tasks get them as secrets to mask; its result is scrubbed of them.
+        self.revealed: list[str] = revealed if revealed is not None else []
+        #: Those its record holds sealed already, and how long `revealed` was when they were (`_seal_revealed`).
+        self._sealed: set[str] = set(self.revealed)
+        self._seen = len(self.revealed)
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.live: dict[str, str] = {}  # child id -> key
         self.waiting: dict[str, str] = {}  # child id -> key: pending inquiries, paused sub-workflows
@@ -171,9 +179,11 @@ class Flow:
             if self.pausing and not crashed:
                 return  # they are asked for again when the workflow resumes
             crashed = False
+            await self._seal_revealed()
+            secrets = tuple(self.revealed)
             outcomes = await asyncio.gather(*(self.service.executions.request(
-                c.ref, c.parameters, self._child_context(c), parent=self.id, delay=c.delay) for c in calls),
-                return_exceptions=True)
+                c.ref, c.parameters, self._child_context(c), parent=self.id, delay=c.delay, secrets=secrets)
+                for c in calls), return_exceptions=True)
             requested, calls = calls, []
             for call, outcome in zip(requested, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
@@ -194,13 +204,33 @@ class Flow:
         `updated_at` in its `tasks`, as StackStorm's)."""
         child_id = child["id"] if child is not None else None
         if not isinstance(self.conductor, chain.ChainConductor):
-            return self.conductor.on_done(key, status, result, child_id)
+            with self._revealing():
+                return self.conductor.on_done(key, status, result, child_id)
         if child is None:  # refused at once: requested and ended now
             created = updated = _stamp(_now())
         else:
             created = _stamp(child.get("start_timestamp"))
             updated = _stamp(child.get("end_timestamp")) or created
-        return self.conductor.on_done(key, status, result, child_id, created_at=created, updated_at=updated)
+        with self._revealing():
+            return self.conductor.on_done(key, status, result, child_id, created_at=created, updated_at=updated)
+
+    def _revealing(self) -> contextlib.AbstractContextManager[None]:
+        """Around the conductor's work: what its templates' `decrypt_kv` reveals (an ActionChain's) joins
+        `revealed` (Orquesta's and Mistral's `st2kv` lookups add theirs themselves, `WorkflowService._st2kv`)."""
+        return self.service.executions.revealing(self.revealed)
+
+    async def _seal_revealed(self) -> None:
+        """Seal what the conductor revealed since with the workflow's record, before a task that may hold
+        it is requested: a later step (another worker's, or after a restart) starts from it."""
+        if len(self.revealed) == self._seen:
+            return
+        self.revealed[:] = dict.fromkeys(self.revealed)  # in place: a text decrypted again on each replay, once
+        fresh = [text for text in self.revealed if text not in self._sealed]
+        if fresh:
+            executions = self.service.executions
+            await executions.db(executions.seal_revealed, self.id, fresh)
+            self._sealed.update(fresh)
+        self._seen = len(self.revealed)
 
     def interrupted_result(self) -> dict[str, Any] | None:
         """An ActionChain stopped by a cancel keeps what it did (`tasks`, `published`), as StackStorm's
@@ -251,7 +281,8 @@ class Flow:
                     if child["status"] == "requested":
                         unclaimed.append(child["id"])
 
-        launch(self.conductor.start())
+        with self._revealing():
+            launch(self.conductor.start())
         canceled_task, cancel_pending = False, self.cancel_requested  # a step of a workflow canceled meanwhile
         while replay:
             item = heapq.heappop(replay)
@@ -302,7 +333,8 @@ class Flow:
     async def _loop(self) -> RunOutcome:
         while True:
             if self._done() and not self._pause_first():
-                outcome = self.conductor.outcome()
+                with self._revealing():
+                    outcome = self.conductor.outcome()
                 return RunOutcome(outcome.status, outcome.result)
             if self.pausing and not self.live:
                 return RunOutcome("paused", {**self.conductor.snapshot(), "paused_by": self._paused_by()})
@@ -424,7 +456,9 @@ class WorkflowService:
         return self.jobs is not None
 
     # -- building ----------------------------------------------------------------------------
-    def _st2kv(self, user: str | None) -> Any:
+    def _st2kv(self, user: str | None, revealed: list[str]) -> Any:
+        """Orquesta's and Mistral's `st2kv(key, decrypt, default)`; a secret it decrypts joins `revealed`
+        (the workflow's `Flow.revealed`), so that its tasks and its result mask it."""
         datastore = self.executions.datastore
         keys = self.executions.keys
 
@@ -437,7 +471,11 @@ class WorkflowService:
                     return default
                 raise KeyError(f'The key "{bare}" does not exist in the StackStorm datastore.')
             value = record["value"]
-            return keys.decrypt(value) if decrypt and record.get("secret") else value
+            if not (decrypt and record.get("secret")):
+                return value
+            plaintext = keys.decrypt(value)
+            revealed.append(plaintext)
+            return plaintext
 
         return lookup
 
@@ -445,7 +483,7 @@ class WorkflowService:
         action = self.executions.registry.actions.get(ref)
         return action is not None and action.runner_type in SHELL_COMMAND_RUNNERS
 
-    def _conductor(self, kind: str, request: RunRequest) -> Conductor:
+    def _conductor(self, kind: str, request: RunRequest, revealed: list[str]) -> Conductor:
         action = request.action
         path = action.entry_path
         spec = load_spec(kind, path, str(path))  # checked at pack load; a file edited since is checked again
@@ -463,20 +501,21 @@ class WorkflowService:
         from engine.workflows import mistral, orquesta  # loaded already by `load_spec` above
 
         if kind == "mistral-v2":
-            return mistral.build(spec, request, self._st2kv(user), self._shell_command, self.pause)
+            return mistral.build(spec, request, self._st2kv(user, revealed), self._shell_command, self.pause)
         return orquesta.OrquestaConductor(spec, dict(request.action_parameters), _st2_context(request),
-                                          self._st2kv(user), shell_command=self._shell_command,
+                                          self._st2kv(user, revealed), shell_command=self._shell_command,
                                           parent=dict(context))
 
     # -- running -----------------------------------------------------------------------------
     async def run(self, kind: str, request: RunRequest) -> RunOutcome:
+        # A pause asked for before a restart (or since the last step) is in the stored status or log.
+        record = await self.executions.db(self.executions.db.store.get_execution, request.execution_id) or {}
+        revealed = self.executions.revealed(record)
         try:
-            conductor = self._conductor(kind, request)
+            conductor = self._conductor(kind, request, revealed)
         except ContentInvalid as exc:
             return RunOutcome("failed", {"error": f"invalid workflow: {exc}"})
-        flow = Flow(self, request, conductor)
-        # A pause asked for before a restart (or since the last step) is in the stored status or log.
-        record = await self.executions.db(self.executions.db.store.get_execution, flow.id) or {}
+        flow = Flow(self, request, conductor, revealed)
         status = record.get("status")
         if status == "pausing" or _pause_interrupted(record):
             flow.pausing = flow.pause_requested = True
@@ -500,6 +539,7 @@ class WorkflowService:
             raise
         finally:
             self.flows.pop(flow.id, None)
+            request.revealed.extend(flow.revealed)  # its result, as it is stored, is scrubbed of them
 
     async def _pausing_again(self, record: dict[str, Any]) -> None:
         """A workflow asked to pause when Squall stopped is claimed `running` (recovery marks it

@@ -1,0 +1,323 @@
+"""A secret decrypted inside a workflow (ActionChain's `decrypt_kv`, Orquesta's and Mistral's
+`st2kv(..., decrypt=>true)`) reaches the task's action as it is, and is masked everywhere it is
+stored or shown: the workflow's and its tasks' records, their output, and the API's documents."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from bot.app import Squall
+from bot.http import create_api
+from engine.config import load_config
+from engine.executions import public
+from engine.parameters import MASK
+from tests.conftest import free_port, write
+from tests.workflow_helpers import children, run, workflow_pack
+
+SECRET = "tok-Vx93-osprey-workflow"
+KEY = "workflow-secrets-key"
+
+# A task's action that writes what it was given to a marker file (so the test sees the real value
+# arrived) and echoes it (so its output and result would show it).
+RECORD = """
+name: record
+runner_type: local-shell-cmd
+parameters:
+  text: {type: string, required: true}
+  marker: {type: string, required: true}
+  cmd:
+    immutable: true
+    default: 'printf %s "{{ text }}" > "{{ marker }}"; echo "got {{ text }}"'
+"""
+
+CHAIN = """
+vars:
+  early: "{{ st2kv.system.api_token | decrypt_kv }}"
+chain:
+  - name: first
+    ref: wf.record
+    params:
+      text: "{{ st2kv.system.api_token | decrypt_kv }}"
+      marker: "{{ marker }}"
+    publish:
+      tok: "{{ st2kv.system.api_token | decrypt_kv }}"
+      said: "{{ first.stdout }}"
+    on-success: second
+  - name: second
+    ref: core.echo
+    params:
+      message: "{{ tok }} {{ early }}"
+"""
+
+ORQUESTA = """
+version: 1.0
+input:
+  - marker
+vars:
+  - tok: <% st2kv('system.api_token', decrypt=>true) %>
+tasks:
+  t1:
+    action: wf.record text="<% ctx(tok) %>" marker="<% ctx(marker) %>"
+    next:
+      - when: <% succeeded() %>
+        publish:
+          - again: "{{ st2kv('system.api_token', decrypt=true) }}"
+        do: t2
+  t2:
+    action: core.echo message="<% ctx(again) %>"
+output:
+  - tok: <% ctx(tok) %>
+  - again: <% ctx(again) %>
+"""
+
+# Canceled while its second task runs: its result keeps what it published.
+SLOW_CHAIN = """
+chain:
+  - name: first
+    ref: wf.record
+    params:
+      text: "{{ st2kv.system.api_token | decrypt_kv }}"
+      marker: "{{ marker }}"
+    publish:
+      tok: "{{ st2kv.system.api_token | decrypt_kv }}"
+    on-success: second
+  - name: second
+    ref: core.local
+    params: {cmd: "sleep 30", timeout: 60}
+"""
+
+# A workflow that hands the secret to a sub-workflow, which hands it on to its own task.
+OUTER = """
+version: 1.0
+input:
+  - marker
+vars:
+  - tok: <% st2kv('system.api_token', decrypt=>true) %>
+tasks:
+  inner:
+    action: wf.inner text="<% ctx(tok) %>" marker="<% ctx(marker) %>"
+output:
+  - echoed: <% task(inner).result.output.echoed %>
+"""
+
+INNER = """
+version: 1.0
+input:
+  - text
+  - marker
+tasks:
+  t1:
+    action: wf.record text="<% ctx(text) %>" marker="<% ctx(marker) %>"
+output:
+  - echoed: <% ctx(text) %>
+"""
+
+MISTRAL = """
+version: '2.0'
+wf.mistral:
+  type: direct
+  input:
+    - marker
+  vars:
+    tok: <% st2kv('system.api_token', decrypt=>true) %>
+  tasks:
+    one:
+      action: wf.record text="<% $.tok %>" marker="<% $.marker %>"
+      publish:
+        again: "{{ st2kv('system.api_token', decrypt=true) }}"
+      on-success:
+        - two
+    two:
+      action: core.echo message="<% $.again %>"
+  output:
+    tok: <% $.tok %>
+    again: <% $.again %>
+"""
+
+
+def _pack(home: Path, database_url: str, executor: str = "local") -> Path:
+    """The config (on `database_url`, with `executor`) and the pack of workflows; returns the config's path."""
+    write(home / "config.yml", f"""
+        database:
+          url: {database_url}
+        executor:
+          kind: {executor}
+        packs:
+          paths: [packs]
+        api:
+          port: {free_port()}
+          keys: [{KEY}]
+        adapters:
+          console:
+            enabled: false
+    """)
+    workflow_pack(home, {
+        "chain": ("action-chain", "marker: {type: string}", CHAIN),
+        "orquesta": ("orquesta", "marker: {type: string}", ORQUESTA),
+        "mistral": ("mistral-v2", "marker: {type: string}", MISTRAL),
+        "slow_chain": ("action-chain", "marker: {type: string}", SLOW_CHAIN),
+        "outer": ("orquesta", "marker: {type: string}", OUTER),
+        "inner": ("orquesta", "text: {type: string}\nmarker: {type: string}", INNER),
+    })
+    write(home / "packs" / "wf" / "actions" / "record.yaml", RECORD)
+    return home / "config.yml"
+
+
+async def _started(config: Path) -> Squall:
+    app = await Squall.start(load_config(config))
+    assert app.registry.errors == []
+    return app
+
+
+@pytest.fixture
+async def wf(home: Path) -> AsyncIterator[Squall]:
+    app = await _started(_pack(home, "sqlite:///data/squall.db"))
+    await app.db(app.datastore.set, "api_token", SECRET, encrypt=True)
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+async def _api_documents(squall: Squall, execution_id: str) -> list[Any]:
+    """Everything the API answers about the workflow and its tasks: records, lists and output."""
+    transport = httpx.ASGITransport(app=create_api(squall))
+    shown: list[Any] = []
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall", headers={"St2-Api-Key": KEY}) as c:
+        tasks = (await c.get(f"/api/v1/executions/{execution_id}/children")).json()
+        shown += [tasks, (await c.get("/api/v1/executions", params={"parent": execution_id})).json()]
+        for one in [execution_id, *(task["id"] for task in tasks)]:
+            shown.append((await c.get(f"/api/v1/executions/{one}")).json())
+            shown.append((await c.get(f"/api/v1/executions/{one}/output")).text)
+    return shown
+
+
+def _stored_rows(squall: Squall) -> list[Any]:
+    """Every stored execution row (result, parameters, spec, context...) and every output chunk."""
+    with squall.store.engine.connect() as conn:
+        return [*conn.execute(sa.text("SELECT * FROM executions")),
+                *conn.execute(sa.text("SELECT * FROM execution_output"))]
+
+
+async def _assert_masked_everywhere(squall: Squall, done: dict[str, Any], marker: Path) -> None:
+    assert done["status"] == "succeeded", done["result"]
+    assert marker.read_text() == SECRET  # the task's action was given the real value
+    rows = _stored_rows(squall)
+    assert rows and SECRET not in repr(rows)
+    shown = await _api_documents(squall, done["id"])
+    assert SECRET not in repr(shown)
+    recorded = await squall.executions.list(action="wf.record", limit=10)
+    assert [r["parameters"]["text"] for r in recorded] == [MASK]  # masked, not dropped: it was there
+    assert recorded[0]["result"]["stdout"].strip() == f"got {MASK}"
+    # What the workflow revealed is sealed with it: its later steps (any worker's, after a restart) mask it too.
+    stored = await squall.db(squall.store.get_execution, done["id"])
+    assert SECRET in squall.executions.revealed(stored)
+
+
+async def test_actionchain_decrypt_kv_is_masked_in_tasks_and_the_chain(wf: Squall, tmp_path: Path) -> None:
+    marker = tmp_path / "chain-marker"
+    done = await run(wf, "wf.chain", {"marker": str(marker)})
+    await _assert_masked_everywhere(wf, done, marker)
+    assert done["result"]["published"]["tok"] == MASK
+    echoed = next(t for t in await children(wf, done["id"]) if t["action"] == "core.echo")
+    assert echoed["parameters"]["message"] == f"{MASK} {MASK}"
+
+
+async def test_orquesta_st2kv_decrypt_is_masked_in_tasks_and_the_output(wf: Squall, tmp_path: Path) -> None:
+    marker = tmp_path / "orquesta-marker"
+    done = await run(wf, "wf.orquesta", {"marker": str(marker)})
+    await _assert_masked_everywhere(wf, done, marker)
+    assert done["result"]["output"] == {"tok": MASK, "again": MASK}
+
+
+async def test_mistral_st2kv_decrypt_is_masked_in_tasks_and_the_output(wf: Squall, tmp_path: Path) -> None:
+    marker = tmp_path / "mistral-marker"
+    done = await run(wf, "wf.mistral", {"marker": str(marker)})
+    await _assert_masked_everywhere(wf, done, marker)
+    assert (done["result"]["tok"], done["result"]["again"]) == (MASK, MASK)
+
+
+async def test_a_sub_workflow_given_the_secret_masks_it_in_its_own_tasks(wf: Squall, tmp_path: Path) -> None:
+    """The sub-workflow's input holds the secret its parent decrypted: it is sealed with the
+    sub-workflow, which hands it on to its own tasks as a secret to mask."""
+    marker = tmp_path / "inner-marker"
+    done = await run(wf, "wf.outer", {"marker": str(marker)})
+    await _assert_masked_everywhere(wf, done, marker)
+    assert done["result"]["output"] == {"echoed": MASK}
+    [inner] = await children(wf, done["id"])
+    assert inner["parameters"]["text"] == MASK
+
+
+async def test_a_canceled_chain_masks_what_it_published(wf: Squall, tmp_path: Path) -> None:
+    """A chain canceled midway keeps its `tasks` and `published` in its result (as StackStorm's): a
+    secret it published is masked there too."""
+    marker = tmp_path / "canceled-marker"
+    record = await wf.executions.request("wf.slow_chain", {"marker": str(marker)}, {"user": "tester"})
+    for _ in range(600):  # until `second` runs (a deadline, not a timing assertion)
+        rows = await children(wf, record["id"])
+        if any(r["context"]["workflow_task"]["task"] == "second" and r["status"] == "running" for r in rows):
+            break
+        await asyncio.sleep(0.05)
+    await wf.executions.cancel(record["id"])
+    done = await wf.executions.wait(record["id"], timeout=30)
+    assert done["status"] == "canceled"
+    assert done["result"]["published"] == {"tok": MASK}
+    assert marker.read_text() == SECRET
+    assert SECRET not in repr(_stored_rows(wf))
+    assert SECRET not in repr(await _api_documents(wf, done["id"]))
+
+
+@pytest.mark.postgres
+async def test_orquesta_in_steps_across_a_restart_masks_it(home: Path, postgres_url: str, tmp_path: Path) -> None:
+    """Under the scale-out executor each step of the workflow is conducted afresh (here: by two
+    processes in turn, one stopped between them): every step masks what the workflow revealed, in
+    the tasks it requests and in the output the last one stores."""
+    config = _pack(home, postgres_url, "procrastinate")
+    marker = tmp_path / "stepped-marker"
+    first = await _started(config)
+    try:
+        await first.db(first.datastore.set, "api_token", SECRET, encrypt=True)
+        flow = await first.executions.request("wf.orquesta", {"marker": str(marker)}, {"user": "tester"})
+        await first.executions.run(flow["id"], {"job_id": 1})  # the first step requests t1
+        [t1] = first.store.list_executions(parent=flow["id"])
+        await first.executions.run(t1["id"], {"job_id": 2})
+        for _ in range(600):  # until its end's listeners (queueing the next step) are done: a deadline
+            if not first.executions.notifying:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await first.close()
+    second = await _started(config)  # another process, after a restart
+    try:
+        executions, store = second.executions, second.store
+        await executions.step(flow["id"], {"job_id": 3})  # t1 ended: this step requests t2
+        t2 = next(c for c in store.list_executions(parent=flow["id"]) if c["action"] == "core.echo")
+        await executions.run(t2["id"], {"job_id": 4})
+        await executions.step(flow["id"], {"job_id": 5})
+        done = public(store.get_execution(flow["id"]))
+        await _assert_masked_everywhere(second, done, marker)
+        assert done["result"]["output"] == {"tok": MASK, "again": MASK}
+    finally:
+        await second.close()
+
+
+async def test_a_task_run_again_masks_the_secret_its_workflow_gave_it(wf: Squall, tmp_path: Path) -> None:
+    """A workflow's task re-run on its own (`st2 execution re-run`, a retry policy's retry) gets its
+    sealed values again, and masks them as the task did."""
+    marker = tmp_path / "rerun-marker"
+    done = await run(wf, "wf.orquesta", {"marker": str(marker)})
+    [task] = await wf.executions.list(action="wf.record", limit=10)
+    marker.unlink()
+    again = await wf.executions.wait((await wf.executions.rerun(task["id"]))["id"], timeout=30)
+    assert again["status"] == "succeeded", again["result"]
+    assert marker.read_text() == SECRET
+    assert again["parameters"]["text"] == MASK
+    assert SECRET not in repr(_stored_rows(wf))
+    assert SECRET not in repr(await _api_documents(wf, done["id"]))
