@@ -1,6 +1,7 @@
 """A secret decrypted inside a workflow (ActionChain's `decrypt_kv`, Orquesta's and Mistral's
-`st2kv(..., decrypt=>true)`) reaches the task's action as it is, and is masked everywhere it is
-stored or shown: the workflow's and its tasks' records, their output, and the API's documents."""
+`st2kv(..., decrypt=>true)`), or given to it as a parameter of its own marked `secret: true`,
+reaches the task's action as it is, and is masked everywhere it is stored or shown: the workflow's
+and its tasks' records, their output, and the API's documents."""
 
 from __future__ import annotations
 
@@ -141,6 +142,92 @@ wf.mistral:
     again: <% $.again %>
 """
 
+# Workflows given the secret as a parameter of their own marked `secret: true`, which they hand to
+# tasks whose parameters are not secret, publish, and put in their output.
+PARAMETERS = "password: {type: string, secret: true}\nmarker: {type: string}"
+
+CHAIN_PARAMETER = """
+chain:
+  - name: first
+    ref: wf.record
+    params:
+      text: "{{ password }}"
+      marker: "{{ marker }}"
+    publish:
+      pw: "{{ password }}"
+    on-success: second
+  - name: second
+    ref: core.echo
+    params:
+      message: "said {{ pw }}"
+"""
+
+ORQUESTA_PARAMETER = """
+version: 1.0
+input:
+  - password
+  - marker
+tasks:
+  t1:
+    action: wf.record text="<% ctx(password) %>" marker="<% ctx(marker) %>"
+    next:
+      - when: <% succeeded() %>
+        publish:
+          - pw: <% ctx(password) %>
+        do: t2
+  t2:
+    action: core.echo message="said <% ctx(pw) %>"
+output:
+  - pw: <% ctx(pw) %>
+  - said: <% task(t2).result.stdout %>
+"""
+
+MISTRAL_PARAMETER = """
+version: '2.0'
+wf.mistral_parameter:
+  type: direct
+  input:
+    - password
+    - marker
+  tasks:
+    one:
+      action: wf.record text="<% $.password %>" marker="<% $.marker %>"
+      publish:
+        pw: <% $.password %>
+      on-success:
+        - two
+    two:
+      action: core.echo message="said <% $.pw %>"
+  output:
+    pw: <% $.pw %>
+"""
+
+# The secret parameter handed on to a sub-workflow whose own parameter (`text`) is not secret.
+OUTER_PARAMETER = """
+version: 1.0
+input:
+  - password
+  - marker
+tasks:
+  inner:
+    action: wf.inner text="<% ctx(password) %>" marker="<% ctx(marker) %>"
+output:
+  - echoed: <% task(inner).result.output.echoed %>
+"""
+
+# A secret parameter that is an object: every value in it is secret, the one a task is handed too.
+ORQUESTA_OBJECT = """
+version: 1.0
+input:
+  - creds
+  - marker
+tasks:
+  t1:
+    action: wf.record text="<% ctx(creds).token %>" marker="<% ctx(marker) %>"
+output:
+  - token: <% ctx(creds).token %>
+"""
+
 
 def _pack(home: Path, database_url: str, executor: str = "local") -> Path:
     """The config (on `database_url`, with `executor`) and the pack of workflows; returns the config's path."""
@@ -165,6 +252,12 @@ def _pack(home: Path, database_url: str, executor: str = "local") -> Path:
         "slow_chain": ("action-chain", "marker: {type: string}", SLOW_CHAIN),
         "outer": ("orquesta", "marker: {type: string}", OUTER),
         "inner": ("orquesta", "text: {type: string}\nmarker: {type: string}", INNER),
+        "chain_parameter": ("action-chain", PARAMETERS, CHAIN_PARAMETER),
+        "orquesta_parameter": ("orquesta", PARAMETERS, ORQUESTA_PARAMETER),
+        "mistral_parameter": ("mistral-v2", PARAMETERS, MISTRAL_PARAMETER),
+        "outer_parameter": ("orquesta", PARAMETERS, OUTER_PARAMETER),
+        "orquesta_object": ("orquesta", "creds: {type: object, secret: true}\nmarker: {type: string}",
+                            ORQUESTA_OBJECT),
     })
     write(home / "packs" / "wf" / "actions" / "record.yaml", RECORD)
     return home / "config.yml"
@@ -207,6 +300,14 @@ def _stored_rows(squall: Squall) -> list[Any]:
 
 
 async def _assert_masked_everywhere(squall: Squall, done: dict[str, Any], marker: Path) -> None:
+    await _assert_masked(squall, done, marker)
+    # What the workflow revealed is sealed with it: its later steps (any worker's, after a restart) mask it too.
+    stored = await squall.db(squall.store.get_execution, done["id"])
+    assert SECRET in squall.executions.revealed(stored)
+
+
+async def _assert_masked(squall: Squall, done: dict[str, Any], marker: Path) -> None:
+    """The task's action got the real value; nothing stored or shown holds it; the task shows it masked."""
     assert done["status"] == "succeeded", done["result"]
     assert marker.read_text() == SECRET  # the task's action was given the real value
     rows = _stored_rows(squall)
@@ -216,9 +317,6 @@ async def _assert_masked_everywhere(squall: Squall, done: dict[str, Any], marker
     recorded = await squall.executions.list(action="wf.record", limit=10)
     assert [r["parameters"]["text"] for r in recorded] == [MASK]  # masked, not dropped: it was there
     assert recorded[0]["result"]["stdout"].strip() == f"got {MASK}"
-    # What the workflow revealed is sealed with it: its later steps (any worker's, after a restart) mask it too.
-    stored = await squall.db(squall.store.get_execution, done["id"])
-    assert SECRET in squall.executions.revealed(stored)
 
 
 async def test_actionchain_decrypt_kv_is_masked_in_tasks_and_the_chain(wf: Squall, tmp_path: Path) -> None:
@@ -321,3 +419,88 @@ async def test_a_task_run_again_masks_the_secret_its_workflow_gave_it(wf: Squall
     assert again["parameters"]["text"] == MASK
     assert SECRET not in repr(_stored_rows(wf))
     assert SECRET not in repr(await _api_documents(wf, done["id"]))
+
+
+async def _run_with_secret_parameter(squall: Squall, ref: str, marker: Path) -> dict[str, Any]:
+    """`ref` run with the secret as its own `secret: true` parameter (as `squall run ref password=...`),
+    checked masked everywhere, with the echo task's message masked too (its parameter is not secret)."""
+    done = await run(squall, ref, {"password": SECRET, "marker": str(marker)})
+    await _assert_masked(squall, done, marker)
+    assert done["parameters"]["password"] == MASK
+    echoed = await squall.executions.list(action="core.echo", limit=10)
+    assert [(t["parameters"]["message"], t["result"]["stdout"].strip()) for t in echoed] == [
+        (f"said {MASK}", f"said {MASK}")]
+    return done
+
+
+async def test_actionchain_hands_its_secret_parameter_to_tasks_masked(wf: Squall, tmp_path: Path) -> None:
+    done = await _run_with_secret_parameter(wf, "wf.chain_parameter", tmp_path / "chain-parameter-marker")
+    assert done["result"]["published"]["pw"] == MASK
+
+
+async def test_orquesta_hands_its_secret_parameter_to_tasks_masked(wf: Squall, tmp_path: Path) -> None:
+    done = await _run_with_secret_parameter(wf, "wf.orquesta_parameter", tmp_path / "orquesta-parameter-marker")
+    assert done["result"]["output"] == {"pw": MASK, "said": f"said {MASK}"}
+
+
+async def test_mistral_hands_its_secret_parameter_to_tasks_masked(wf: Squall, tmp_path: Path) -> None:
+    done = await _run_with_secret_parameter(wf, "wf.mistral_parameter", tmp_path / "mistral-parameter-marker")
+    assert done["result"]["pw"] == MASK
+
+
+async def test_a_sub_workflow_given_a_secret_parameter_masks_it_in_its_own_tasks(
+        wf: Squall, tmp_path: Path) -> None:
+    """The parent's secret parameter handed to a sub-workflow's parameter that is not secret: the
+    sub-workflow masks it in its parameters, its tasks and its output, and seals it for its later steps."""
+    marker = tmp_path / "inner-parameter-marker"
+    done = await run(wf, "wf.outer_parameter", {"password": SECRET, "marker": str(marker)})
+    await _assert_masked(wf, done, marker)
+    assert done["result"]["output"] == {"echoed": MASK}
+    [inner] = await children(wf, done["id"])
+    assert inner["parameters"]["text"] == MASK
+    stored = await wf.db(wf.store.get_execution, inner["id"])
+    assert SECRET in wf.executions.revealed(stored)
+
+
+async def test_a_value_inside_a_secret_object_parameter_is_masked(wf: Squall, tmp_path: Path) -> None:
+    """A `secret: true` object's values are secret too: the one a task is handed, and the workflow's
+    output that holds it, are masked (the object is masked whole in the workflow's own parameters)."""
+    marker = tmp_path / "object-marker"
+    done = await run(wf, "wf.orquesta_object", {"creds": {"user": "ops", "token": SECRET}, "marker": str(marker)})
+    await _assert_masked(wf, done, marker)
+    assert done["parameters"]["creds"] == MASK
+    assert done["result"]["output"] == {"token": MASK}
+
+
+@pytest.mark.postgres
+async def test_a_secret_parameter_in_steps_across_a_restart_is_masked(
+        home: Path, postgres_url: str, tmp_path: Path) -> None:
+    """Under the scale-out executor each step is conducted afresh, the last one by another process
+    after a restart: each hands the workflow's sealed secret parameter to its tasks as a secret."""
+    config = _pack(home, postgres_url, "procrastinate")
+    marker = tmp_path / "stepped-parameter-marker"
+    first = await _started(config)
+    try:
+        flow = await first.executions.request("wf.orquesta_parameter", {"password": SECRET, "marker": str(marker)},
+                                              {"user": "tester"})
+        await first.executions.run(flow["id"], {"job_id": 1})  # the first step requests t1
+        [t1] = first.store.list_executions(parent=flow["id"])
+        await first.executions.run(t1["id"], {"job_id": 2})
+        for _ in range(600):  # until its end's listeners (queueing the next step) are done: a deadline
+            if not first.executions.notifying:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await first.close()
+    second = await _started(config)  # another process, after a restart
+    try:
+        executions, store = second.executions, second.store
+        await executions.step(flow["id"], {"job_id": 3})  # t1 ended: this step requests t2
+        t2 = next(c for c in store.list_executions(parent=flow["id"]) if c["action"] == "core.echo")
+        await executions.run(t2["id"], {"job_id": 4})
+        await executions.step(flow["id"], {"job_id": 5})
+        done = public(store.get_execution(flow["id"]))
+        await _assert_masked(second, done, marker)
+        assert done["result"]["output"] == {"pw": MASK, "said": f"said {MASK}"}
+    finally:
+        await second.close()

@@ -97,6 +97,10 @@ class Flow:
         self.request = request
         self.id = request.execution_id
         self.conductor = conductor
+        #: The values of its own `secret: true` parameters (sealed with it, so no step seals them again):
+        #: its tasks get them as secrets to mask, as they get `revealed`, for a task's own parameter (a
+        #: `cmd`, a `message`) that the workflow hands them to is not secret.
+        self.secrets: tuple[str, ...] = tuple(_secret_texts(request))
         #: The datastore values decrypted for this workflow: sealed with it (what earlier steps, its own
         #: parameters and its parent revealed), then what its conductor decrypts (`decrypt_kv`, `st2kv`).
         #: Its tasks get them as secrets to mask; its result is scrubbed of them.
@@ -180,7 +184,7 @@ class Flow:
                 return  # they are asked for again when the workflow resumes
             crashed = False
             await self._seal_revealed()
-            secrets = tuple(self.revealed)
+            secrets = (*self.secrets, *self.revealed)
             outcomes = await asyncio.gather(*(self.service.executions.request(
                 c.ref, c.parameters, self._child_context(c), parent=self.id, delay=c.delay, secrets=secrets)
                 for c in calls), return_exceptions=True)
@@ -539,7 +543,9 @@ class WorkflowService:
             raise
         finally:
             self.flows.pop(flow.id, None)
-            request.revealed.extend(flow.revealed)  # its result, as it is stored, is scrubbed of them
+            # Its result, as it is stored, is scrubbed of them (and of its secret parameters' values within an
+            # object or a list, which the runner's own scrub, of each parameter's text, does not find).
+            request.revealed.extend([*flow.secrets, *flow.revealed])
 
     async def _pausing_again(self, record: dict[str, Any]) -> None:
         """A workflow asked to pause when Squall stopped is claimed `running` (recovery marks it
@@ -811,6 +817,27 @@ class WorkflowService:
             executions.conducting.add(record["id"])
             await executions.executor.submit(record["id"])
         return await executions.get(record["id"])
+
+
+def _secret_texts(request: RunRequest) -> list[str]:
+    """The texts of the workflow's own `secret: true` parameters' values, every value inside an object or
+    a list included (all of it is secret). The request holds them unsealed already (`_run_request`), so a
+    step reads and decrypts nothing for them, and a workflow without secret parameters costs nothing."""
+    names = request.action.secret_names
+    if not names:
+        return []
+    given = {**request.runner_parameters, **request.action_parameters}
+    pending = [given[name] for name in names if name in given]
+    texts: list[str] = []
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool) and value != "":
+            texts.append(str(value))
+    return texts
 
 
 def _st2_context(request: RunRequest) -> dict[str, Any]:
