@@ -37,13 +37,21 @@ class LocalExecutor:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.closing = False
+        #: Told each execution whose run here returned, however it went (`PolicyExecutor` frees its slots:
+        #: a run that found nothing to claim, canceled or claimed by another process, ends unheard).
+        self.on_done: Callable[[str], None] | None = None
 
     async def submit(self, execution_id: str) -> None:
         if self.closing or execution_id in self._tasks:
             return
         task = asyncio.get_running_loop().create_task(self._guarded(execution_id), name=f"execution-{execution_id}")
         self._tasks[execution_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(execution_id, None))
+        task.add_done_callback(lambda _t: self._done(execution_id))
+
+    def _done(self, execution_id: str) -> None:
+        self._tasks.pop(execution_id, None)
+        if self.on_done is not None:
+            self.on_done(execution_id)
 
     async def _guarded(self, execution_id: str) -> None:
         if self._unbounded(execution_id):

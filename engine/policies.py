@@ -6,8 +6,10 @@ own (the action, and for `.attr` the hashed values of its attributes, secrets un
 admitted only while each of its keys is under its threshold, and holds a slot under each. One over
 a threshold is marked `delayed` and queued (or canceled, as the first full policy says), and the
 moment one of that action's runs ends, the queued ones whose keys all have room are admitted, in
-order (no polling). Delayed executions are stored as such, so after a restart `recover()` submits
-them again and the policy decides anew. Retry listens for finished executions and re-requests a
+order (no polling). A run admitted here and then canceled from another process, or claimed by another,
+before its claim ends unheard here: its slots are freed when its run returns (`LocalExecutor.on_done`).
+Delayed executions are stored as such, so after a restart `recover()` submits them again and the
+policy decides anew. Retry listens for finished executions and re-requests a
 failed (or timed out) one with `context.policies.retry.retry_count` counted up.
 
 A failure is committed before its retry is requested, so a crash between the two would lose the
@@ -209,13 +211,18 @@ class PolicyExecutor:
         self._admitted: dict[tuple[str, ...], set[str]] = defaultdict(set)
         #: Each admitted execution's keys, one per concurrency policy of its action: all freed at its end.
         self._keys_of: dict[str, tuple[tuple[str, ...], ...]] = {}
+        #: Each admitted execution's action (whose queue its end looks at).
+        self._action_of: dict[str, str] = {}
         #: Each action's delayed executions, in the order they were delayed.
         self._queues: dict[str, deque[str]] = defaultdict(deque)
         #: Each queued execution's action and limits: one that ends while it waits (canceled) leaves its queue.
         self._queued: dict[str, tuple[str, tuple[Limit, ...]]] = {}
         #: Failed executions whose retry this process is requesting now (the listener's or recovery's).
         self._retrying: set[str] = set()
+        self._starting: set[asyncio.Task[None]] = set()
         executions.on_finished(self._on_finished)
+        if hasattr(inner, "on_done"):  # the local executor: it tells each run that returned
+            inner.on_done = self._run_returned
         executions.after_recovery(self.recover_retries)
 
     def rebuild(self, registry: Registry) -> list[ContentError]:
@@ -267,18 +274,24 @@ class PolicyExecutor:
         if self.shared:
             await self._submit_shared(record, limits)
             return
+        await self._submit_here(record, limits)
+
+    async def _submit_here(self, record: dict[str, Any], limits: tuple[Limit, ...]) -> None:
+        """Admit, delay or cancel a run this process counts."""
+        execution_id, action = record["id"], record["action"]
         full = self._full(limits)
         if full is None:
-            self._admit(execution_id, limits)
+            self._admit(execution_id, action, limits)
             await self.inner.submit(execution_id)
         elif full.policy.parameters.get("action", "delay") == "cancel":
             await self._cancel(record, full)
         else:
             # Queued before anything is awaited: a run that ends while the `delayed` mark is stored must
             # find it waiting, or it would free the slot with nobody queued and nothing would admit this one.
-            self._enqueue(record["action"], execution_id, limits)
+            self._enqueue(action, execution_id, limits)
             if record["status"] == "requested":
                 entries = [*(record.get("log") or []), {"status": "delayed", "timestamp": iso(utcnow())}]
+                db = self.executions.db
                 await db(db.store.update_execution, execution_id, {"status": "delayed", "log": entries},
                          expect=("requested",))
 
@@ -315,13 +328,15 @@ class PolicyExecutor:
         """The first of `limits` whose key holds its threshold already; None when all have room."""
         return next((limit for limit in limits if len(self._admitted.get(limit.key, ())) >= limit.threshold), None)
 
-    def _admit(self, execution_id: str, limits: tuple[Limit, ...]) -> None:
+    def _admit(self, execution_id: str, action: str, limits: tuple[Limit, ...]) -> None:
         for limit in limits:
             self._admitted[limit.key].add(execution_id)
         self._keys_of[execution_id] = tuple(limit.key for limit in limits)
+        self._action_of[execution_id] = action
 
     def _release(self, execution_id: str) -> None:
         """Free every slot the execution holds (keys of values seen once are dropped, not kept empty)."""
+        self._action_of.pop(execution_id, None)
         for key in self._keys_of.pop(execution_id, ()):
             holders = self._admitted.get(key)
             if holders is not None:
@@ -358,6 +373,21 @@ class PolicyExecutor:
             return None
         return _all(tasks)
 
+    def _run_returned(self, execution_id: str) -> None:
+        """A run the local executor ran returned: whatever slots it still holds are freed. Its end freed
+        them already, unless it ended unheard here: admitted, then canceled from another process (`squall
+        execution cancel`) or claimed by another (a second `squall serve`) before its claim, it found
+        nothing to claim, and its slots would stay taken, the runs queued behind them `delayed`, until a
+        restart."""
+        action = self._action_of.get(execution_id)
+        if action is None:
+            return
+        self._release(execution_id)
+        if ready := self._take_ready(action):
+            task = asyncio.get_running_loop().create_task(self._start(action, ready))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
     def _take_ready(self, action: str) -> list[str]:
         """Admit each queued execution of `action` whose keys all have room, in the order they wait.
         Done as the slot is freed, before anything is awaited, so no new request slips past the queue."""
@@ -366,7 +396,7 @@ class PolicyExecutor:
             limits = self._queued[execution_id][1]
             if self._full(limits) is None:
                 self._dequeue(execution_id)
-                self._admit(execution_id, limits)
+                self._admit(execution_id, action, limits)
                 ready.append(execution_id)
         return ready
 

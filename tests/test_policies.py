@@ -403,3 +403,115 @@ async def test_a_secret_key_counts_each_value_where_workers_run(home: Path, post
         assert workers.handed == [first["id"], other["id"]]
     finally:
         await squall.close()
+
+
+# -- a run admitted, then canceled or claimed elsewhere before its claim -----------------------------
+
+class _BeforeTheClaim:
+    """The execution service's database, except that before the first run's claim (right after a
+    policy admitted it) `meddle(execution_id)` runs to its end: the claim then finds nothing to run."""
+
+    def __init__(self, db: Any, claim: Callable[..., Any], meddle: Callable[[str], Awaitable[None]]) -> None:
+        self._db, self._claim, self._meddle = db, claim, meddle
+        self.claimed: asyncio.Future[Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await self._db(fn, *args, **kwargs)
+
+    def submit_firm(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.claimed is not None or fn != self._claim:
+            return self._db.submit_firm(fn, *args, **kwargs)
+
+        async def meddled() -> Any:
+            await self._meddle(args[0])
+            return await self._db.submit_firm(fn, *args, **kwargs)
+
+        self.claimed = asyncio.ensure_future(meddled())
+        return self.claimed
+
+
+def _meddle(squall: Squall, how: str) -> Callable[[str], Awaitable[None]]:
+    """What lands between the admission and the claim: a cancel here (the API's), a cancel in another
+    process (`squall execution cancel`: its end is not heard here), or another process's claim (a
+    second `squall serve` on the database), which then runs the execution to its end there."""
+    from engine.storage import iso, utcnow
+
+    store = squall.store
+
+    async def meddle(execution_id: str) -> None:
+        if how == "canceled here":
+            assert (await squall.executions.cancel(execution_id))["status"] == "canceled"
+        elif how == "canceled elsewhere":
+            assert await squall.db(store.update_execution, execution_id,
+                                   {"status": "canceled", "end_timestamp": utcnow()}, expect=("requested",))
+        else:
+            elsewhere = {"hostname": "elsewhere", "pid": 1}
+            log = [{"status": "running", "timestamp": iso(utcnow())}]
+            assert await squall.db(store.claim_execution, execution_id,
+                                   {"status": "running", "runner_info": elsewhere, "log": log}, ("requested",))
+
+    return meddle
+
+
+@pytest.mark.parametrize("how", ["canceled here", "canceled elsewhere", "claimed elsewhere"])
+async def test_a_run_admitted_then_gone_before_its_claim_gives_its_place_up(home: Path, how: str) -> None:
+    """Threshold 1: a run admitted and then canceled, or claimed by another process, before its claim
+    finds nothing to run, and its run returns without an end heard here (unless canceled here). The
+    next request of the action runs: its slot is not kept by a run that never starts."""
+    _pack(home, {"limit": "name: limit\nresource_ref: pol.gate\npolicy_type: action.concurrency\n"
+                          "parameters: {threshold: 1, action: delay}\n"})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        gate = home / "gate"
+        gate.touch()
+        hook = squall.executions.db = _BeforeTheClaim(squall.executions.db, squall.executions._claim,
+                                                      _meddle(squall, how))
+        first = await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "one"})
+        while hook.claimed is None:  # the run's task starts on the loop's next turns
+            await asyncio.sleep(0.01)
+        assert await hook.claimed is None  # nothing left to claim
+        assert (await squall.executions.get(first["id"]))["status"] == ("running" if how == "claimed elsewhere"
+                                                                         else "canceled")
+        second = await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "two"})
+        assert (await squall.executions.get(second["id"]))["status"] != "delayed"
+        done = await squall.executions.wait(second["id"], timeout=20)
+        assert done["status"] == "succeeded" and done["result"]["stdout"] == "two"
+        assert not any(squall.executor._admitted.values())
+    finally:
+        await squall.close()
+
+
+@pytest.mark.parametrize("how", ["canceled elsewhere", "claimed elsewhere"])
+async def test_a_run_delayed_behind_one_gone_before_its_claim_starts_when_that_run_returns(home: Path,
+                                                                                          how: str) -> None:
+    """Threshold 1: a second run is delayed behind the first, which is then canceled or claimed in
+    another process before its claim. When the first's run returns having claimed nothing, the second
+    starts: no third request is needed to notice the slot is free."""
+    _pack(home, {"limit": "name: limit\nresource_ref: pol.gate\npolicy_type: action.concurrency\n"
+                          "parameters: {threshold: 1, action: delay}\n"})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        gate = home / "gate"
+        gate.touch()
+        meddle = _meddle(squall, how)
+        second: dict[str, Any] = {}
+
+        async def delay_one_then_meddle(execution_id: str) -> None:
+            second.update(await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "two"}))
+            assert (await squall.executions.get(second["id"]))["status"] == "delayed"
+            await meddle(execution_id)
+
+        hook = squall.executions.db = _BeforeTheClaim(squall.executions.db, squall.executions._claim,
+                                                      delay_one_then_meddle)
+        await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "one"})
+        while hook.claimed is None:
+            await asyncio.sleep(0.01)
+        assert await hook.claimed is None  # nothing left to claim
+        done = await squall.executions.wait(second["id"], timeout=20)
+        assert done["status"] == "succeeded" and done["result"]["stdout"] == "two"
+        assert not any(squall.executor._admitted.values())
+    finally:
+        await squall.close()
