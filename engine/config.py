@@ -43,6 +43,9 @@ class TemplateLimits:
 #: The queue of executions `executor.queues` does not place (a `squall worker` without `--queues` serves all).
 DEFAULT_QUEUE = "default"
 EXECUTOR_KINDS = ("local", "procrastinate")
+#: The `database.url` schemes Squall runs on: SQLite with Python's own driver, PostgreSQL with psycopg 3
+#: (`engine.storage.create_engine`); any other would fail at the first command, on a driver not installed.
+DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
 
 
 class ConfigError(Exception):
@@ -341,6 +344,18 @@ def _resolve(base: Path, value: str | os.PathLike[str]) -> Path:
     return candidate if candidate.is_absolute() else (base / candidate).resolve()
 
 
+def _check_database_url(path: Path | None, url: str) -> None:
+    """Refuse a `database.url` Squall cannot run on, naming the schemes it can. The URL itself is not
+    quoted: it may hold a password."""
+    scheme, sep, _rest = url.partition("://")
+    if sep and scheme in DATABASE_SCHEMES:
+        return
+    given = f"a {scheme!r} URL" if sep and scheme else "not a URL"
+    raise ConfigError(f"{path}: 'database.url' must be sqlite:///PATH (SQLite) or "
+                      f"postgresql://USER:PASSWORD@HOST:PORT/DATABASE (PostgreSQL); this one is {given} "
+                      f"(supported schemes: {', '.join(DATABASE_SCHEMES)})")
+
+
 _SQLITE_URL = re.compile(r"^(sqlite(?:\+\w+)?:///)([^?]*)(\?.*)?$")
 
 
@@ -406,6 +421,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     )
     database = raw.get("database") or {}
     url = database.get("url") or f"sqlite:///{data_dir / 'squall.db'}"
+    _check_database_url(config_path, str(url))
     executor = raw.get("executor") or {}
     api = raw.get("api") or {}
     api_url = f"http://{api.get('host', '127.0.0.1')}:{api.get('port', 9101)}/api/v1"

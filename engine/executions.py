@@ -57,6 +57,8 @@ _QUEUED = ("requested", "scheduled", "delayed")
 #: A workflow conducted in steps (`executor.kind: procrastinate`) is in one of these between them.
 STEPPING = ("running", "pausing", "canceling")
 _LIVE = ("scheduled", "running", "canceling", "pausing", "paused", "resuming")
+#: What the poll's sweep ends when its owner died (`_end_dead_owners`); a `canceling` one it ends at every poll.
+_ORPHANABLE = ("running", "pausing")
 #: The context keys that say who asked for an execution, from where, and where its replies go.
 _ORIGIN = frozenset({"user", "api_user", "source", "source_channel", "action_alias_ref", "chat", "approval",
                      "trace_context"})
@@ -1248,43 +1250,62 @@ class ExecutionService:
                 host = str(info.get("hostname"))
                 foreign[host] = foreign.get(host, 0) + 1
                 continue
-            record = await self.db(self.db.store.get_execution, row["id"])
-            if record is None:
-                continue
-            now = utcnow()
-            if row["status"] == "canceling":  # asked to cancel, and its owner is gone: it is
-                await self.complete(row["id"], "canceled", {
-                    **(record.get("result") or {}),
-                    "error": "canceled by request; Squall stopped while it was running"}, ("canceling",))
-                continue
-            if _resumable(self.runners.get(record["runner"])):
-                # A workflow's state is its stored children: conduct it on instead of abandoning it. A
-                # `pausing` one is marked `resuming` too (the one status a claim takes); its log still shows
-                # the pause, which `WorkflowService.run` reads and stores `pausing` again.
-                if row["status"] != "paused" and await self.db(
-                        self.db.store.update_execution, row["id"],
-                        {"status": "resuming", "log": [*(record.get("log") or []),
-                                                       {"status": "resuming", "timestamp": iso(now)}]},
-                        expect=(row["status"],)):
-                    resumed.append(row["id"])
-                continue
-            fields = {"status": "abandoned", "end_timestamp": now,
-                      "result": {**(record.get("result") or {}),
-                                 "error": "Squall stopped while this execution was running; it was abandoned"},
-                      "log": [*(record.get("log") or []), {"status": "abandoned", "timestamp": iso(now)}]}
-            if await self.db(self.db.store.update_execution, row["id"], fields, expect=(row["status"],)):
+            ended = await self._end_orphaned(row)
+            if ended == "abandoned":
                 abandoned += 1
-                record.update(fields)
-                self._finished(record)
+            elif ended == "resuming":
+                resumed.append(row["id"])
         self.foreign_owners = foreign
         # API tokens of what the crash left (abandoned above, resuming, or ended by another process).
         await self.db(revoke_ended, self.db.store)
-        if self.executor is not None:
-            for execution_id in resumed:  # after their children were abandoned, so they see it
-                self.conducting.add(execution_id)
-                await self.executor.submit(execution_id)
+        await self._conduct_on(resumed)
         await self._run_after_recovery()
         return {"abandoned": abandoned, "started": started + len(resumed)}
+
+    async def _end_orphaned(self, row: Mapping[str, Any]) -> str | None:
+        """End a live execution whose owner is gone, as nothing else ever would (at start, and in the
+        poll's sweep): a `canceling` one ends `canceled`, a workflow is marked `resuming` (the caller
+        submits it, `_conduct_on`), anything else ends `abandoned` and its listeners hear of it (retry
+        policies, chat). What became of it, or None when it changed meanwhile (another process took
+        it on, or ended it)."""
+        record = await self.db(self.db.store.get_execution, row["id"])
+        if record is None or record["status"] != row["status"] or record.get("runner_info") != row.get("runner_info"):
+            return None
+        now = utcnow()
+        if row["status"] == "canceling":  # asked to cancel, and its owner is gone: it is
+            await self.complete(row["id"], "canceled", {
+                **(record.get("result") or {}),
+                "error": "canceled by request; Squall stopped while it was running"}, ("canceling",))
+            return "canceled"
+        if _resumable(self.runners.get(record["runner"])):
+            # A workflow's state is its stored children: conduct it on instead of abandoning it. A
+            # `pausing` one is marked `resuming` too (the one status a claim takes); its log still shows
+            # the pause, which `WorkflowService.run` reads and stores `pausing` again.
+            if row["status"] != "paused" and await self.db(
+                    self.db.store.update_execution, row["id"],
+                    {"status": "resuming", "log": [*(record.get("log") or []),
+                                                   {"status": "resuming", "timestamp": iso(now)}]},
+                    expect=(row["status"],)):
+                return "resuming"
+            return None
+        fields = {"status": "abandoned", "end_timestamp": now,
+                  "result": {**(record.get("result") or {}),
+                             "error": "Squall stopped while this execution was running; it was abandoned"},
+                  "log": [*(record.get("log") or []), {"status": "abandoned", "timestamp": iso(now)}]}
+        if not await self.db(self.db.store.update_execution, row["id"], fields, expect=(row["status"],)):
+            return None
+        record.update(fields)
+        self._finished(record)
+        return "abandoned"
+
+    async def _conduct_on(self, resumed: list[str]) -> None:
+        """Submit the workflows `_end_orphaned` marked `resuming`: after their children were abandoned,
+        so their conductors see it."""
+        if self.executor is None:
+            return
+        for execution_id in resumed:
+            self.conducting.add(execution_id)
+            await self.executor.submit(execution_id)
 
     async def _run_after_recovery(self) -> None:
         """The `after_recovery` hooks, each on its own: one that fails is logged, the start goes on
@@ -1306,12 +1327,13 @@ class ExecutionService:
 
     async def poll(self) -> None:
         """Pick up work other processes stored (CLI `--async` requests, cancels of our executions),
-        and end cancels whose owner is gone."""
+        and end cancels whose owner is gone; every `_SWEEP_POLLS`, end what dead owners left running."""
         if self.executor is None:
             return
         self._polls += 1
         if self._polls % _SWEEP_POLLS == 0:
             await self._sweep()
+            await self._end_dead_owners()
         # Where other processes run the executions (`squall worker`s), what a policy delayed or admitted
         # is submitted again too: the policy's count is the database's, and a run that ended elsewhere
         # frees its slot only there.
@@ -1333,6 +1355,32 @@ class ExecutionService:
                 record = await self.db(self.db.store.get_execution, row["id"])
                 if record is not None and record["status"] == "canceling":
                     await self._cancel_orphan(record)
+
+    async def _end_dead_owners(self) -> None:
+        """The sweep's second half, after their process groups were killed: end the runs of owners
+        that died, as `recover` does at start. A `squall run` killed by SIGKILL or the OOM killer left
+        its execution `running`, and nothing else would ever end it before the next restart. Only
+        owners known dead: a live one's (a CLI run, a worker's: the owner ledger tells), a workflow's
+        between steps and another host's are theirs. A `squall worker`'s job (`job_id` in its owner) is
+        left to `engine.jobs.reap_stalled`, which ends it by the worker's heartbeat on any host and tells
+        its chat thread that the worker stopped answering."""
+        rows = await self.db(self.db.store.execution_ids_with_status, _ORPHANABLE)
+        running_here: set[str] = getattr(self.executor, "running", set())
+        resumed: list[str] = []
+        ended = 0
+        for row in rows:
+            info = row.get("runner_info") or {}
+            if row["id"] in running_here or "job_id" in info or self._owner_state(info) != "gone":
+                continue
+            outcome = await self._end_orphaned(row)
+            if outcome is not None:
+                ended += 1
+            if outcome == "resuming":
+                resumed.append(row["id"])
+        if ended:
+            log.warning("ended %d execution(s) whose Squall process died while running them", ended)
+            await self.db(revoke_ended, self.db.store)  # their API tokens
+        await self._conduct_on(resumed)
 
 
 def _ending(outcome: RunOutcome, secrets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write
+from tests.pgcluster import free_port
 
 SQUALL = Path(sys.executable).parent / "squall"
 
@@ -607,3 +609,227 @@ def test_user_and_pack_text_is_shown_as_written(home: Path, bracket_pack: Path, 
     assert "Traceback" not in output and "MarkupError" not in output, output
     assert done.returncode == code, output
     assert shown in getattr(done, stream), output
+
+
+# -- signals: a stopped `squall run` ends its execution ---------------------------------------------
+
+def _gone(pid: int, seconds: float = 20) -> bool:
+    """Whether process `pid` ended (polled: a guard against hanging, not an assertion about time)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[-1].startswith("Z"):
+            return True  # dead, its parent not yet told
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_signal_to_run_abandons_the_execution_and_ends_the_action(home: Path, sig: signal.Signals) -> None:
+    """`timeout`, a CI job's cancel, `kill` (SIGTERM), a closed terminal (SIGHUP) and Ctrl-C (SIGINT) stop
+    `squall run` alike: the action's processes are killed, the execution is recorded `abandoned` (SIGTERM
+    left it `running` for good, its action orphaned), and one line says so; the exit is 128 + the signal."""
+    marker = home / "action.pid"
+    runner = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "run", "core.local",
+                               f"cmd=echo $$ > {marker}; exec sleep 60"], cwd=home, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (marker.exists() and marker.read_text().strip()):
+            assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
+            time.sleep(0.05)
+        action = int(marker.read_text())
+        runner.send_signal(sig)  # to `squall run` alone, as `timeout` and `kill` send it
+        output, errors = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    assert runner.returncode == 128 + sig, errors
+    record = json.loads(squall(home, "execution", "list", "-n", "1", "--json").stdout)[0]
+    assert record["status"] == "abandoned", record
+    assert errors.strip() == (f"interrupted: execution {record['id']} abandoned "
+                              f"(see: squall execution get {record['id']})")
+    assert output == ""
+    assert _gone(action), "the action's process outlived `squall run`"
+
+
+def test_a_stop_signal_the_command_was_started_ignoring_stays_ignored(home: Path) -> None:
+    """`nohup squall run ...` must outlive its terminal: a SIGHUP it was started ignoring is not taken up."""
+    gate, marker = home / "gate", home / "action.pid"
+    runner = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "run", "core.local",
+                               f"cmd=echo $$ > {marker}; while [ ! -f {gate} ]; do sleep 0.05; done; echo through"],
+                              cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 30
+        while not (marker.exists() and marker.read_text().strip()):
+            assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
+            time.sleep(0.05)
+        runner.send_signal(signal.SIGHUP)
+        gate.touch()
+        output, errors = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    assert runner.returncode == 0, errors
+    assert "status: succeeded" in output and "through" in output and "interrupted" not in errors
+
+
+# -- setup mistakes: one line, exit 3 ---------------------------------------------------------------
+
+def _setup_failure(done: subprocess.CompletedProcess[str]) -> str:
+    """The one line a setup mistake prints (exit 3, no traceback)."""
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_a_database_path_that_cannot_be_opened_is_one_line(home: Path) -> None:
+    (home / "data" / "squall.db").mkdir(parents=True)  # what SQLite cannot open, even for root
+    for args in (("execution", "list"), ("run", "core.noop"), ("key", "list")):
+        line = _setup_failure(squall(home, *args))
+        assert str(home / "data" / "squall.db") in line and "unable to open database file" in line, line
+        assert "writable" in line, line
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(home: Path) -> None:
+    config = home / "config.yml"
+    config.write_text(config.read_text().replace("sqlite:///data/squall.db", "sqlite:///blocker/squall.db"))
+    (home / "blocker").write_text("x")
+    for args in (("key", "list"), ("run", "core.noop")):
+        line = _setup_failure(squall(home, *args))
+        assert str(home / "blocker") in line and "File exists" in line, line
+
+
+def test_an_unreachable_postgresql_is_one_line_without_its_password(home: Path) -> None:
+    port = free_port()
+    config = home / "config.yml"
+    config.write_text(config.read_text().replace("sqlite:///data/squall.db",
+                                                 f"postgresql://squall:hunter2secret@127.0.0.1:{port}/squall"))
+    for args in (("execution", "list"), ("run", "core.noop")):
+        done = squall(home, *args)
+        line = _setup_failure(done)
+        assert "hunter2secret" not in done.stderr + done.stdout
+        assert f"postgresql://squall:***@127.0.0.1:{port}/squall" in line, line
+        assert "Connection refused" in line and "server" in line, line
+
+
+def test_an_unsupported_database_url_is_bad_input(home: Path) -> None:
+    config = home / "config.yml"
+    config.write_text(config.read_text().replace("sqlite:///data/squall.db", "mysql://u:pw1234@127.0.0.1/db"))
+    done = squall(home, "execution", "list")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "'mysql'" in done.stderr and "postgresql://" in done.stderr and "sqlite:///" in done.stderr
+    assert "pw1234" not in done.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(home: Path) -> None:
+    import socket
+
+    port = int(re.search(r"port: (\d+)", (home / "config.yml").read_text()).group(1))
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        done = squall(home, "serve", timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr and "never retrieved" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0] and "api.port" in errors[0], done.stderr
+
+
+# -- trigger emit through a running serve waits for the executions -----------------------------------
+
+def test_trigger_emit_through_serve_waits_for_the_executions(home: Path) -> None:
+    """`squall trigger emit` waits for "the rules and the executions they start": through a running
+    `squall serve` it returned once the instance was processed, the rule's execution still running."""
+    write(home / "packs" / "hooks" / "pack.yaml", "ref: hooks\nname: hooks\nversion: 0.1.0\n")
+    write(home / "packs" / "hooks" / "rules" / "slow.yaml", """
+        name: slow
+        pack: hooks
+        enabled: true
+        trigger: {type: core.st2.webhook, parameters: {url: slow}}
+        action: {ref: core.local, parameters: {cmd: "sleep 2; echo finished"}}
+    """)
+    with open(home / "serve.log", "w") as log:
+        server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home,
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "Squall is serving" not in (home / "serve.log").read_text():
+            assert server.poll() is None and time.monotonic() < deadline, (home / "serve.log").read_text()
+            time.sleep(0.1)
+        done = squall(home, "trigger", "emit", "core.st2.webhook", "--url", "slow", "--payload", "{}")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["status"] == "processed"
+        execution_id = re.search(r"rule hooks\.slow: succeeded \(execution (\w+)\)", done.stderr).group(1)
+        record = json.loads(squall(home, "execution", "get", execution_id, "--json").stdout)
+        assert record["status"] == "succeeded" and record["result"]["stdout"] == "finished", record
+        assert record["runner_info"]["pid"] == server.pid  # run by the serve, not by the command
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+# -- listings at common widths: key columns whole ----------------------------------------------------
+
+def _listed_at(home: Path, columns: int, *args: str) -> str:
+    """A listing's standard output as a terminal (or a pipe: 80) `columns` wide gets it, no line wider."""
+    done = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), *args], capture_output=True, text=True,
+                          timeout=60, cwd=home, env={**os.environ, "COLUMNS": str(columns)})
+    assert done.returncode == 0, done.stderr
+    assert all(len(line) <= columns for line in done.stdout.splitlines()), done.stdout
+    return done.stdout
+
+
+def _first_cells(listing: str) -> str:
+    """A table's first column read down, its cells joined: an id folded onto more lines is whole again."""
+    return "".join(line.split("│")[1].strip() for line in listing.splitlines() if line.startswith("│"))
+
+
+@pytest.mark.parametrize("columns", [40, 60, 80])
+def test_execution_list_shows_each_action_and_status_whole(home: Path, columns: int) -> None:
+    """At 40 columns only the ids showed (action, status and start empty), at 60 `succ…`, and at 80 (what
+    a pipe gets) every start was `2026-12-05T10…`. Each execution's action and status are now whole on
+    one line, its id whole (or folded), its start as date and time in UTC; `--json` keeps ISO 8601."""
+    from datetime import datetime
+
+    records = [run_json(home, *args)[1] for args in (("core.echo", "message=one"), ("core.local", "cmd=exit 1"),
+                                                     ("core.noop",))]
+    listing = _listed_at(home, columns, "execution", "list")
+    for record in records:
+        whole = re.compile(rf"(^|\s){re.escape(record['action'])}\s.*\s{record['status']}(\s|$)")
+        assert any(whole.search(line) for line in listing.splitlines()), listing
+        started = datetime.fromisoformat(record["start_timestamp"])
+        assert started.strftime("%Y-%m-%d") in listing and started.strftime("%H:%M:%S") in listing, listing
+        assert record["id"] in listing + _first_cells(listing), listing
+    listed = json.loads(squall(home, "execution", "list", "--json").stdout)
+    assert [r["start_timestamp"] for r in listed] == [r["start_timestamp"] for r in reversed(records)]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", r["start_timestamp"]) for r in listed)
+
+
+def test_user_apikey_and_inquiry_lists_keep_times_and_ids_whole(home: Path) -> None:
+    """`user list` and `apikey list` cut their ISO times in 80 columns (`2026-12-05T10:33:15.30…`), and
+    40 columns cut the ids `apikey delete` and `inquiry respond` take (`0661…`)."""
+    from datetime import datetime
+
+    def shown(value: str) -> str:
+        return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S")
+
+    key = json.loads(squall(home, "apikey", "create", "--name", "ci", "--json").stdout)
+    assert squall(home, "user", "create", "alice", "--password-stdin", stdin="password123\n").returncode == 0
+    user = json.loads(squall(home, "user", "list", "--json").stdout)[0]
+    inquiry = run_json(home, "core.ask", "route=ops")[1]
+    assert inquiry["status"] == "pending", inquiry
+
+    assert shown(user["created_at"]) in _listed_at(home, 80, "user", "list")
+    assert shown(key["created_at"]) in _listed_at(home, 80, "apikey", "list")
+    assert key["id"] in _first_cells(_listed_at(home, 40, "apikey", "list"))
+    assert inquiry["id"] in _first_cells(_listed_at(home, 40, "inquiry", "list"))

@@ -185,6 +185,20 @@ def test_other_database_urls_are_kept(tmp_path: Path, elsewhere: Path, url: str)
     assert load_config(file).database_url == url
 
 
+@pytest.mark.parametrize("url", ["mysql://u:s3cretpw@127.0.0.1:1/db", "postgres://u:s3cretpw@db/squall",
+                                 "postgresql+psycopg2://u:s3cretpw@db/squall", "squall.db", "sqlite+aiosqlite:///x.db"])
+def test_an_unsupported_database_url_is_named_with_the_supported_ones(tmp_path: Path, url: str) -> None:
+    """A `mysql://` URL ended in a ModuleNotFoundError traceback at the first command (and `postgres://` in
+    SQLAlchemy's NoSuchModuleError): the config names what Squall runs on, and quotes no password."""
+    file = write(tmp_path / "config.yml", f"database:\n  url: '{url}'\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(file)
+    message = str(raised.value)
+    assert str(file) in message and "database.url" in message
+    assert "sqlite:///" in message and "postgresql://" in message
+    assert "s3cretpw" not in message
+
+
 def test_home_fixture_config_is_absolute(config: Config, home: Path) -> None:
     assert config.path == home / "config.yml"
     assert config.database_url == f"sqlite:///{home / 'data' / 'squall.db'}"

@@ -641,6 +641,46 @@ async def test_start_without_recover_leaves_records_alone(config: Config) -> Non
         await app.close()
 
 
+async def test_the_poll_ends_runs_whose_owner_died_as_recovery_does(config: Config) -> None:
+    """A `squall run` killed (SIGKILL, an OOM kill) leaves its execution `running`: the serve's periodic
+    sweep ends it as `recover()` does at start, with the same status and error, and tells its
+    listeners. Runs of live owners and the serve's own runs are left alone, and so is a worker's job,
+    which `reap_stalled` ends by the worker's heartbeat (telling its thread the worker stopped answering)."""
+    host = socket.gethostname()
+    live = subprocess.Popen(["sleep", "60"])
+    app = await Squall.start(config)
+    try:
+        dead = _running_record("core.noop", "noop", {"hostname": host, "pid": _dead_pid()})
+        alive = _running_record("core.noop", "noop", {"hostname": host, "pid": live.pid})
+        job = _running_record("core.noop", "noop", {"hostname": host, "pid": _dead_pid(), "job_id": 7,
+                                                    "worker": "w1"})
+        for record in (dead, alive, job):
+            await app.db(app.db.store.insert_execution, record)
+        mine = await app.executions.request("core.local", {"cmd": "sleep 30"})
+
+        async def running() -> bool:
+            return await status_of(app, mine["id"]) == "running"
+
+        await until(running, "the serve's own execution to run")
+        heard = asyncio.ensure_future(app.executions.wait(dead["id"], timeout=30))
+        for _ in range(200):  # the sweep comes every few polls
+            await app.executions.poll()
+            if await status_of(app, dead["id"]) != "running":
+                break
+        ended = await app.executions.get(dead["id"])
+        assert ended["status"] == "abandoned"
+        assert ended["result"]["error"] == "Squall stopped while this execution was running; it was abandoned"
+        assert ended["end_timestamp"] is not None and ended["log"][-1]["status"] == "abandoned"
+        assert (await heard)["status"] == "abandoned"
+        assert await status_of(app, alive["id"]) == "running"
+        assert await status_of(app, mine["id"]) == "running"
+        assert await status_of(app, job["id"]) == "running"
+    finally:
+        await app.close()
+        live.kill()
+        live.wait()
+
+
 async def test_shutdown_records_running_executions_as_abandoned(config: Config) -> None:
     app = await Squall.start(config)
     record = await app.executions.request("core.local", {"cmd": "sleep 30"})

@@ -5,7 +5,8 @@ config, errors as exits, pack loading) and `client.py` the line to a running `sq
 Imports go one way, this package → groups → `common`, so there is no cycle; the whole command
 tree is wired here, in the order `squall --help` lists it.
 
-Exit codes are a contract: 0 success, 1 the action failed (or timed out), 2 bad input. Every
+Exit codes are a contract (README's list; `common.py`): 0 success, 1 the action failed (or timed
+out), 2 bad input, 3 Squall cannot work on this machine's setup, 128 + N stopped by signal N. Every
 read command takes `--json` and then prints exactly one JSON document on stdout.
 """
 

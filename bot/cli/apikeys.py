@@ -54,9 +54,13 @@ def apikey_list(as_json: JsonOption = False) -> None:
     if as_json:
         print_json(keys)
         return
-    table = new_table("id", "name", "created", "enabled")
-    for key in keys:
-        add_row(table, key["id"], key["name"] or "", key["created_at"] or "", "yes" if key["enabled"] else "no")
+    from bot.cli.executions import shown_time
+
+    table = new_table("id", "name", "created (UTC)", "enabled")
+    for column in table.columns:  # the id `apikey delete` takes whole over more lines, never `0661…`
+        column.overflow = "fold"
+    for key in keys:  # the ISO time (27 characters) was cut short in 80 columns
+        add_row(table, key["id"], key["name"] or "", shown_time(key["created_at"]), "yes" if key["enabled"] else "no")
     out.print(table)
 
 

@@ -1,7 +1,9 @@
 """What every `squall` command shares: the root app, the consoles, config, errors as exits, packs.
 
-Exit codes are a contract: 0 success, 1 the action failed (or timed out), 2 bad input. Every
-read command takes `--json` and then prints exactly one JSON document on stdout.
+Exit codes are a contract (README's list): 0 success, 1 the action failed (or timed out), 2 bad input,
+3 Squall cannot work here (a database it cannot open or reach, a folder it cannot write, the API's port
+taken), 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM). Every read command takes `--json` and
+then prints exactly one JSON document on stdout.
 
 This module and every command group are imported for any command, `squall --help` included, so
 they import only typer and rich's console at the top: the engine, the database layer, the chat side
@@ -11,10 +13,13 @@ buys).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -22,6 +27,8 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
+    import asyncio
+
     from rich.table import Table
 
     from bot.app import Squall
@@ -91,9 +98,15 @@ def log_level() -> str | None:
     return "debug" if _State.verbose else None
 
 
+#: The exit of a command that cannot work on this machine's setup (README's exit codes): 1 is "the
+#: action failed", which a database that cannot be opened is not.
+SETUP_FAILED = 3
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Say what is wrong on stderr; the caller raises the returned exit (2: bad input). The message is
-    escaped: it quotes what was given (a path, a URL, a pattern), and rich would read `[...]` as markup."""
+    """Say what is wrong on stderr; the caller raises the returned exit (2: bad input, `SETUP_FAILED`).
+    The message is escaped: it quotes what was given (a path, a URL, a pattern), and rich would read
+    `[...]` as markup."""
     err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
     return typer.Exit(code)
 
@@ -122,7 +135,11 @@ def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False) -
     """Run `work` against a started Squall, turning known errors into clear exits.
 
     Starting Squall loads the packs and warns about each file that did not load (the assembly
-    logs them at start, on stderr), so commands run through here need no warning of their own."""
+    logs them at start, on stderr), so commands run through here need no warning of their own.
+
+    SIGTERM (`timeout`, a CI job's cancel, `kill`) and SIGHUP (a closed terminal) stop the command as
+    Ctrl-C does (`_Stop`): what it runs is stopped and recorded `abandoned`, and one line says so. With
+    their default action the process died at once, its execution left `running` and its action orphaned."""
     import asyncio
 
     from bot.app import Squall
@@ -133,18 +150,127 @@ def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False) -
 
     config = current_config()
     one_shot()
+    stop = _Stop()
 
     async def main() -> T:
+        stop.listen(asyncio.get_running_loop(), asyncio.current_task())
         squall = await Squall.start(config, recover=recover)
+        squall.executions.on_finished(stop.heard)
         try:
             return await work(squall)
         finally:
             await squall.close()
 
+    with setup_errors(config):
+        try:
+            return asyncio.run(main())
+        except asyncio.CancelledError:
+            if stop.signal is None:
+                raise
+            raise stop.report() from None
+        except (UnknownAction, ParameterError, ExecutionNotFound, ExecutionStateError, CryptoError) as exc:
+            raise fail(str(exc)) from exc
+
+
+class _Stop:
+    """The signals that stop a one-shot command, all taken as asyncio takes Ctrl-C: the first cancels the
+    command's task, so Squall closes as it does at the end of any command (its runs are stopped, their
+    process groups killed, their executions recorded `abandoned`); a second stops at once. What ended
+    meanwhile is reported in one line each."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        #: Top-level executions that ended after the signal (a workflow's tasks end with it, unreported).
+        self.ended: list[dict[str, Any]] = []
+
+    def listen(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None) -> None:
+        """Take the signals on `loop` for `task` (only the main thread may; elsewhere, a test's thread, the
+        defaults stay). One this process was started ignoring stays ignored: `nohup squall run ...` must
+        outlive its terminal, and a shell script's `squall run ... &` is deaf to Ctrl-C."""
+        import threading
+
+        if task is None or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                loop.add_signal_handler(sig, self._received, sig, task)
+
+    def _received(self, sig: signal.Signals, task: asyncio.Task[Any]) -> None:
+        if self.signal is not None or task.done():
+            raise KeyboardInterrupt  # asked again while closing: stop now
+        self.signal = sig
+        task.cancel()
+
+    def heard(self, record: dict[str, Any]) -> None:
+        """An execution finished in this process (`on_finished`): kept if the stop ended it."""
+        if self.signal is not None and record.get("parent") is None:
+            self.ended.append(record)
+
+    def report(self) -> typer.Exit:
+        """One line per execution the stop ended, on stderr (which a closed terminal may no longer take),
+        and the exit a process stopped by the signal gives: 128 + its number (130 for Ctrl-C)."""
+        lines = [f"interrupted: execution {r['id']} {r['status']} (see: squall execution get {r['id']})"
+                 for r in self.ended] or ["interrupted"]
+        with contextlib.suppress(OSError):
+            for line in lines:
+                err.print(line, markup=False)
+        return typer.Exit(128 + (self.signal or signal.SIGINT))
+
+
+@contextlib.contextmanager
+def setup_errors(config: Config) -> Iterator[None]:
+    """Turn what this machine's setup makes fail into one line and exit 3 (`SETUP_FAILED`): a database
+    that cannot be opened or reached, a folder or file under `data_dir` that cannot be written (read-only,
+    a file where a folder must be). These ended in 50 to 160 lines of traceback and exit 1, the code of
+    a failed action. The line names the path or the URL (its password masked) and what to check."""
+    from sqlalchemy.exc import OperationalError
+
     try:
-        return asyncio.run(main())
-    except (UnknownAction, ParameterError, ExecutionNotFound, ExecutionStateError, CryptoError) as exc:
-        raise fail(str(exc)) from exc
+        yield
+    except OperationalError as exc:
+        raise fail(_database_problem(config, exc), SETUP_FAILED) from None
+    except OSError as exc:
+        if exc.filename is None:  # not about a path of the setup (a broken pipe, a socket): a bug to see whole
+            raise
+        raise fail(_path_problem(config, exc), SETUP_FAILED) from None
+
+
+def _config_name(config: Config) -> str:
+    return str(config.path) if config.path is not None else "the built-in defaults (no config file)"
+
+
+def _database_problem(config: Config, exc: Exception) -> str:
+    """What an `OperationalError` of the database says, with the database it is about and what to check."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(config.database_url)
+    cause = getattr(exc, "orig", None) or exc
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    if url.password:  # libpq quotes none, but a driver's message might: masked where it stands alone
+        import re
+
+        reason = re.sub(rf"(?<!\w){re.escape(str(url.password))}(?!\w)", "***", reason)
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database or "")
+        return (f"cannot use the SQLite database {path}: {reason}; check that {path.parent} is a folder and "
+                f"{path.name} in it a file, both writable by this user ({current_user()}), or set "
+                f"database.url in {_config_name(config)}")
+    return (f"cannot reach the database {url.render_as_string(hide_password=True)}: {reason}; check that "
+            "PostgreSQL runs at that host and port and accepts connections from here, and the user, password "
+            f"and database name of database.url in {_config_name(config)}")
+
+
+def _path_problem(config: Config, exc: OSError) -> str:
+    """What an `OSError` on a path of the setup says, with what to check."""
+    import errno
+
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        reason += " (a file is where a folder must be)"
+    return (f"cannot use {exc.filename}: {reason}; check that data_dir ({config.data_dir}) and the other paths "
+            f"in {_config_name(config)} are folders this user ({current_user()}) can write")
 
 
 def one_shot() -> None:
@@ -162,13 +288,14 @@ def with_store(work: Callable[[Store, Config], T]) -> T:
     from engine.storage import Store
 
     config = current_config()
-    store = Store.open(config.database_url)
-    try:
-        return work(store, config)
-    except CryptoError as exc:
-        raise fail(str(exc)) from exc
-    finally:
-        store.close()
+    with setup_errors(config):
+        store = Store.open(config.database_url)
+        try:
+            return work(store, config)
+        except CryptoError as exc:
+            raise fail(str(exc)) from exc
+        finally:
+            store.close()
 
 
 def audit(event: str, target: str | None, detail: dict[str, Any]) -> None:

@@ -5,14 +5,20 @@ it stores the request and `squall serve` runs it. So does a plain `run` of an ac
 policy holds while `squall serve` runs on the database (it counts the runs in its own memory); the
 command then waits for the end and shows it as usual. Parameters and results are printed as written: rich
 would read a `[...]` in them as markup (a `[/x]` in a message crashed `squall run`).
+
+`execution list` keeps each action and status whole at any width: a narrower terminal puts a start time
+on two lines, then folds the id; narrower than that table can be, each execution gets lines of its own.
+Times are UTC (`2026-12-05 10:11:12`), as everywhere in the CLI; `--json` keeps ISO 8601.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.cells import cell_len
 from rich.markup import escape
 
 from bot.cli.common import (
@@ -33,6 +39,8 @@ from bot.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from bot.app import Squall
 
 execution_app = group("Inspect, cancel and re-run executions.")
@@ -135,12 +143,56 @@ def execution_list(
     if as_json:
         print_json(records)
         return
-    table = new_table("id", "action", "status", "started", "elapsed")
-    table.columns[0].no_wrap = True
-    for r in records:
-        elapsed = f"{r['elapsed_seconds']:.3f}s" if r["elapsed_seconds"] is not None else ""
-        add_row(table, r["id"], r["action"], r["status"], r["start_timestamp"], elapsed)
-    out.print(table)
+    rows = [(r["id"], r["action"], r["status"], shown_time(r["start_timestamp"]),
+             f"{r['elapsed_seconds']:.3f}s" if r["elapsed_seconds"] is not None else "") for r in records]
+    table = _execution_table(rows, out.width)
+    if table is not None:
+        out.print(table)
+        return
+    for ident, ref, state, started, elapsed in rows:  # narrower than any table that shows them whole
+        out.print(f"{ident}\n  {ref}  {state}\n  {started} UTC" + (f"  {elapsed}" if elapsed else ""), markup=False)
+
+
+def shown_time(value: str | None) -> str:
+    """A stored time (ISO 8601 in UTC, `2026-12-05T10:11:12.345678Z`) as the listings show it,
+    `2026-12-05 10:11:12`: the 27 characters of the ISO form were cut to `2026-12-05T10…` in an
+    80-column table. UTC, as every time the CLI prints; an empty cell for no time."""
+    if not value:
+        return ""
+    moment = datetime.fromisoformat(value)
+    return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)).strftime(
+        "%Y-%m-%d %H:%M:%S")
+
+
+_EXECUTION_HEADERS = ("id", "action", "status", "started (UTC)", "elapsed")
+#: A start time on two lines, its date over its time.
+_DATE_WIDTH = len("2026-12-05")
+#: Narrower than this, an id folded onto more lines takes more room than it is worth: `execution list`
+#: then prints each execution on lines of its own.
+_ID_FOLDED_MIN = 8
+
+
+def _execution_table(rows: list[tuple[str, str, str, str, str]], width: int) -> Table | None:
+    """The `execution list` table fitting `width` columns with every action and status whole: rich
+    shrinks every column alike, and `succ…`, or an empty cell beside a whole id, hid what a person scans
+    a listing for. Too wide, the start time goes on two lines (date over time) first, then the id folds
+    onto more lines; None when even then it would not fit."""
+    table = new_table(*_EXECUTION_HEADERS)
+    widths = [max(cell_len(cell) for cell in column) for column in zip(_EXECUTION_HEADERS, *rows, strict=True)]
+    room = width - 3 * len(widths) - 1  # each column's padding (a space either side) and border
+    for column in table.columns if rows else ():  # no rows: the headers alone wrap as rich wraps them
+        column.no_wrap = True
+    if rows and sum(widths) > room:
+        started, ident = table.columns[3], table.columns[0]
+        started.no_wrap, started.max_width = False, _DATE_WIDTH
+        id_room = room - sum(widths[1:3]) - _DATE_WIDTH - widths[4]
+        if id_room < min(widths[0], _ID_FOLDED_MIN):
+            return None
+        if id_room < widths[0]:
+            ident.no_wrap, ident.overflow, ident.width = False, "fold", id_room
+    for row in rows:
+        add_row(table, *row)
+    return table
 
 
 @execution_app.command("get")

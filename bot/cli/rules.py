@@ -12,9 +12,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bot.cli.common import JsonOption, audit, current_config, fail, group, out, print_json, record_audit, with_app
+from bot.cli.common import (
+    JsonOption,
+    audit,
+    current_config,
+    fail,
+    group,
+    out,
+    print_json,
+    record_audit,
+    setup_errors,
+    with_app,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import requests
 
     from bot.app import Squall
@@ -199,7 +212,8 @@ def trigger_emit(
         return (await squall.triggers.get(instance["id"]),
                 await squall.rules.enforcements(trigger_instance_id=instance["id"]))
 
-    with running_service(current_config()) as service:
+    config = current_config()
+    with setup_errors(config), running_service(config) as service:  # its temporary key is in the database
         if service is not None:
             instance, enforcements = _emit_through(service, trigger_type, body, trace_tag, url)
         else:
@@ -211,9 +225,15 @@ def trigger_emit(
                    + (f": {item['failure_reason']}" if item["failure_reason"] else ""), err=True)
 
 
+#: How long `trigger emit` waits for the instance and its rules' executions (`RulesEngine.settle`'s too).
+EMIT_WAIT_SECONDS = 60.0
+
+
 def _emit_through(service: ServiceApi, trigger_type: str, body: Any, trace_tag: str | None,
                   url: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """`trigger emit` against the running service: its webhook routes, then its records."""
+    """`trigger emit` against the running service: its webhook routes, then its records, once the
+    instance is processed and the executions its rules started have ended (as `RulesEngine.settle`
+    waits for them without a service, and within the same 60 s)."""
     import time
 
     import requests
@@ -233,17 +253,44 @@ def _emit_through(service: ServiceApi, trigger_type: str, body: Any, trace_tag: 
             raise fail(_fault(answer))
         instance_id = answer.headers[INSTANCE_HEADER]
         audit("cli.trigger.emit", trigger_type, _emitted(instance_id, url, trace_tag))
-        deadline = time.monotonic() + 60
-        while True:
-            instance = service.request("GET", f"/triggerinstances/{instance_id}").json()
-            if instance["status"] in ("processed", "processing_failed") or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        deadline = time.monotonic() + EMIT_WAIT_SECONDS
+        instance = _polled(service, f"/triggerinstances/{instance_id}", deadline,
+                           lambda found: found.get("status") in ("processed", "processing_failed"))
         enforcements = service.request("GET", "/ruleenforcements",
                                        params={"trigger_instance": instance_id}).json()
+        _wait_for_executions(service, enforcements, deadline)
     except requests.RequestException as exc:
         raise fail(f"the running service at {service.base} did not answer: {exc}") from exc
     return instance, enforcements
+
+
+def _polled(service: ServiceApi, path: str, deadline: float, done: Callable[[dict[str, Any]], bool],
+            every: float = 0.05) -> dict[str, Any]:
+    """The service's record at `path` once `done` holds for it, or as it is at `deadline`; asked again
+    `every` seconds."""
+    import time
+
+    while True:
+        found = service.request("GET", path).json()
+        if done(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(every)
+
+
+def _wait_for_executions(service: ServiceApi, enforcements: list[dict[str, Any]], deadline: float) -> None:
+    """Wait until the execution of each enforcement has ended; one still running at `deadline` is named on
+    stderr, with how to follow it."""
+    from engine.executions import COMPLETED
+
+    for item in enforcements:
+        execution_id = item.get("execution_id")
+        if not execution_id:
+            continue
+        record = _polled(service, f"/executions/{execution_id}", deadline,
+                         lambda found: found.get("status") in COMPLETED, every=0.2)
+        if record.get("status") not in COMPLETED:
+            typer.echo(f"execution {execution_id} is still {record.get('status')} after {EMIT_WAIT_SECONDS:.0f} s "
+                       f"(see: squall execution get {execution_id})", err=True)
 
 
 def _emitted(instance_id: str, url: str | None, trace_tag: str | None) -> dict[str, Any]:

@@ -7,11 +7,14 @@ the adapters, the HTTP server and every runner, which no other command needs.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bot.cli.common import current_config, current_user, fail, log_level, one_shot
+from bot.cli.common import SETUP_FAILED, current_config, current_user, fail, log_level, one_shot, setup_errors
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 
 def chat(
@@ -26,7 +29,7 @@ def chat(
 
     config = current_config()
     one_shot()  # standard output is the conversation, not the audit stream
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt), setup_errors(config):
         asyncio.run(chat_session(config, user or current_user(), channel))
 
 
@@ -42,12 +45,46 @@ def serve() -> None:
     from engine.logs import configure as configure_logging
 
     config = current_config()
+    _check_api_address(config)
     try:
         configure_logging(config, log_level())
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt), setup_errors(config):
             asyncio.run(serve_forever(config, stop_signals=(signal.SIGINT, signal.SIGTERM)))
     except (ConfigError, AdapterConfigError) as exc:  # settings found wanting at start: say which, no traceback
         raise fail(str(exc)) from exc
+
+
+def _check_api_address(config: Config) -> None:
+    """Exit 3 with one line if the API's address cannot be listened on (the port in use, an address not
+    this machine's, a port below 1024 without the right). Checked before anything starts: uvicorn, finding
+    it so, raises SystemExit inside its task, which ended serve with its error, a "Task exception was never
+    retrieved" traceback and exit 3 besides. Bound as asyncio's server binds (SO_REUSEADDR, IPv6 only on
+    IPv6 sockets), then let go."""
+    import socket
+
+    from bot.service import api_enabled
+
+    if not api_enabled(config):
+        return
+    section = config.section("api")
+    host = str(section.get("host", "127.0.0.1"))
+    try:
+        port = int(section.get("port", 9101))
+    except (TypeError, ValueError):
+        raise fail(f"{config.path}: 'api.port' must be a port number, not {section.get('port')!r}") from None
+    try:
+        for family, kind, proto, _name, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                       flags=socket.AI_PASSIVE):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
+    except OSError as exc:
+        where = config.path or "the config"
+        raise fail(f"api.port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}; stop what listens "
+                   f"there (ss -ltnp 'sport = :{port}' names it), or set another api.port or api.host in {where} "
+                   "(api.enabled: false serves without the web UI and API)", SETUP_FAILED) from None
 
 
 def worker(
@@ -72,6 +109,7 @@ def worker(
     try:
         configure_logging(config, log_level())
         health = (health_host, health_port) if health_port is not None else None
-        asyncio.run(work(config, names, concurrency, drain, health))
+        with setup_errors(config):
+            asyncio.run(work(config, names, concurrency, drain, health))
     except ConfigError as exc:
         raise fail(str(exc)) from exc

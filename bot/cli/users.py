@@ -102,10 +102,14 @@ def user_list(as_json: JsonOption = False) -> None:
     if as_json:
         print_json(users)
         return
-    table = new_table("name", "role", "created", "password changed", "sessions")
-    for user in users:
-        add_row(table, user["name"], user["role"], user["created_at"] or "", user["password_changed_at"] or "",
-                user["sessions"])
+    from bot.cli.executions import shown_time
+
+    table = new_table("name", "role", "created (UTC)", "password changed (UTC)", "sessions")
+    for column in table.columns:  # a narrow terminal folds a cell onto more lines, never cuts it (`adm…`)
+        column.overflow = "fold"
+    for user in users:  # the ISO times (27 characters) were cut to `2026-12-05T10:33:15.30…` in 80 columns
+        add_row(table, user["name"], user["role"], shown_time(user["created_at"]),
+                shown_time(user["password_changed_at"]), user["sessions"])
     out.print(table)
 
 
