@@ -833,3 +833,17 @@ def test_user_apikey_and_inquiry_lists_keep_times_and_ids_whole(home: Path) -> N
     assert shown(key["created_at"]) in _listed_at(home, 80, "apikey", "list")
     assert key["id"] in _first_cells(_listed_at(home, 40, "apikey", "list"))
     assert inquiry["id"] in _first_cells(_listed_at(home, 40, "inquiry", "list"))
+
+
+def test_key_list_keeps_scopes_and_expiry_whole_in_narrow_terminals(home: Path) -> None:
+    """`key list` cut the scope to `st2k…` in 40 and 60 columns, and its ISO expiry in 80."""
+    from datetime import datetime
+
+    assert squall(home, "key", "set", "deploy_target", "web1", "--ttl", "3600").returncode == 0
+    item = json.loads(squall(home, "key", "get", "deploy_target", "--json").stdout)
+    expires = datetime.fromisoformat(item["expire_timestamp"]).strftime("%Y-%m-%d %H:%M:%S")
+    assert expires in _listed_at(home, 80, "key", "list")
+    for columns in (40, 60):
+        listed = _listed_at(home, columns, "key", "list")
+        scope = "".join(line.split("│")[3].strip() for line in listed.splitlines() if line.startswith("│"))
+        assert scope == "st2kv.system" and "…" not in listed, listed

@@ -14,7 +14,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bot.cli.common import JsonOption, add_row, audit, fail, group, new_table, out, print_json, with_store
+from bot.cli.common import (
+    JsonOption,
+    add_row,
+    audit,
+    fail,
+    group,
+    new_table,
+    out,
+    print_json,
+    shown_time,
+    with_store,
+)
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -54,11 +65,7 @@ def apikey_list(as_json: JsonOption = False) -> None:
     if as_json:
         print_json(keys)
         return
-    from bot.cli.executions import shown_time
-
     table = new_table("id", "name", "created (UTC)", "enabled")
-    for column in table.columns:  # the id `apikey delete` takes whole over more lines, never `0661…`
-        column.overflow = "fold"
     for key in keys:  # the ISO time (27 characters) was cut short in 80 columns
         add_row(table, key["id"], key["name"] or "", shown_time(key["created_at"]), "yes" if key["enabled"] else "no")
     out.print(table)

@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -55,10 +56,26 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 def new_table(*headers: str) -> Table:
     """A table with these column headers, for the listing commands. rich's table module loads here,
-    at the first listing: `squall serve` and most commands print none (~17 ms of every start)."""
+    at the first listing: `squall serve` and most commands print none (~17 ms of every start). A cell too
+    wide for a narrow terminal folds onto more lines, never cut short: an id or ref cut to `0661…` is of no
+    use to the command that takes it."""
     from rich.table import Table
 
-    return Table(*headers)
+    table = Table(*headers)
+    for column in table.columns:
+        column.overflow = "fold"
+    return table
+
+
+def shown_time(value: str | None) -> str:
+    """A stored time (ISO 8601 in UTC, `2026-12-05T10:11:12.345678Z`) as the listings show it,
+    `2026-12-05 10:11:12`: the 27 characters of the ISO form were cut to `2026-12-05T10…` in an
+    80-column table. UTC, as every time the CLI prints; an empty cell for no time."""
+    if not value:
+        return ""
+    moment = datetime.fromisoformat(value)
+    return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)).strftime(
+        "%Y-%m-%d %H:%M:%S")
 
 
 def add_row(table: Table, *cells: object) -> None:

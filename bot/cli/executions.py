@@ -14,7 +14,6 @@ Times are UTC (`2026-12-05 10:11:12`), as everywhere in the CLI; `--json` keeps 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -34,6 +33,7 @@ from bot.cli.common import (
     parse_assignments,
     print_json,
     record_audit,
+    shown_time,
     with_app,
     with_store,
 )
@@ -151,17 +151,6 @@ def execution_list(
         return
     for ident, ref, state, started, elapsed in rows:  # narrower than any table that shows them whole
         out.print(f"{ident}\n  {ref}  {state}\n  {started} UTC" + (f"  {elapsed}" if elapsed else ""), markup=False)
-
-
-def shown_time(value: str | None) -> str:
-    """A stored time (ISO 8601 in UTC, `2026-12-05T10:11:12.345678Z`) as the listings show it,
-    `2026-12-05 10:11:12`: the 27 characters of the ISO form were cut to `2026-12-05T10…` in an
-    80-column table. UTC, as every time the CLI prints; an empty cell for no time."""
-    if not value:
-        return ""
-    moment = datetime.fromisoformat(value)
-    return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)).strftime(
-        "%Y-%m-%d %H:%M:%S")
 
 
 _EXECUTION_HEADERS = ("id", "action", "status", "started (UTC)", "elapsed")

@@ -50,8 +50,6 @@ def inquiry_list(as_json: JsonOption = False) -> None:
         print_json(items)
         return
     table = new_table("id", "route", "who may answer", "ttl (min)", "parent")
-    for column in table.columns:  # ids whole over more lines: `0661…` answered no inquiry at 40 columns
-        column.overflow = "fold"
     for item in items:
         add_row(table, item["id"], item["route"], who_may(item["users"], item["roles"]), item["ttl"],
                 item["parent"] or "")  # route and users come from the workflow: a cell is markup to rich

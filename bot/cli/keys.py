@@ -28,6 +28,7 @@ from bot.cli.common import (
     out,
     print_json,
     record_audit,
+    shown_time,
     with_app,
     with_store,
 )
@@ -154,10 +155,10 @@ def key_list(prefix: Annotated[str | None, typer.Option("--prefix", "-p", help="
         return
     from rich.text import Text
 
-    table = new_table("name", "value", "scope", "user", "expires")
+    table = new_table("name", "value", "scope", "user", "expires (UTC)")
     for item in items:
         value = item["value"] if item.get("error") is None else Text(str(item["error"]), style="red")
-        add_row(table, item["name"], value, item["scope"], item["user"] or "", item["expire_timestamp"] or "")
+        add_row(table, item["name"], value, item["scope"], item["user"] or "", shown_time(item["expire_timestamp"]))
     out.print(table)
     for item in items:
         if item.get("error"):

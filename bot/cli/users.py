@@ -14,7 +14,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bot.cli.common import JsonOption, add_row, audit, fail, group, new_table, out, print_json, with_store
+from bot.cli.common import (
+    JsonOption,
+    add_row,
+    audit,
+    fail,
+    group,
+    new_table,
+    out,
+    print_json,
+    shown_time,
+    with_store,
+)
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -102,11 +113,7 @@ def user_list(as_json: JsonOption = False) -> None:
     if as_json:
         print_json(users)
         return
-    from bot.cli.executions import shown_time
-
     table = new_table("name", "role", "created (UTC)", "password changed (UTC)", "sessions")
-    for column in table.columns:  # a narrow terminal folds a cell onto more lines, never cuts it (`adm…`)
-        column.overflow = "fold"
     for user in users:  # the ISO times (27 characters) were cut to `2026-12-05T10:33:15.30…` in 80 columns
         add_row(table, user["name"], user["role"], shown_time(user["created_at"]),
                 shown_time(user["password_changed_at"]), user["sessions"])
