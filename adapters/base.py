@@ -51,6 +51,33 @@ class Message:
     clicked: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One post of a reply too long for its platform, sent in several (`Reply.part`): its number (from
+    1) of `count`, and `end`, where it ends in the stored reply's text. Adapters with `find_sent` carry
+    it on the post beside the outbox id, so after a crash the outbox goes on after the last part the
+    platform has, from that point of the text even if the split changed since (another post limit)."""
+
+    number: int
+    count: int
+    end: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"part": self.number, "parts": self.count, "end": self.end}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Part | None:
+        """The part `to_json` wrote into `data` (a post's metadata); None where it names none."""
+        if not isinstance(data, dict):
+            return None
+        values = (data.get("part"), data.get("parts"), data.get("end"))
+        return cls(*values) if all(isinstance(value, int) for value in values) else None
+
+
+#: A post `find_sent` found of a reply: its platform id, and the `Part` it is (None: the whole reply).
+FoundPost = tuple[str, Part | None]
+
+
 @dataclass
 class Reply:
     """Something to post. `edit` names the outbox id of an earlier reply to replace, if possible;
@@ -68,6 +95,9 @@ class Reply:
     #: The reply's outbox id, set by the outbox as it sends (not stored in the payload): adapters
     #: that can look their posts up again carry it on the post (see `Adapter.find_sent`).
     outbox_id: int | None = None
+    #: Set by the outbox, not stored either: which post of a reply sent in parts this is, carried
+    #: beside `outbox_id` so `find_sent` can tell how far the reply got.
+    part: Part | None = None
     #: With tracing on, the traceparent of the span that stored it: its sending is a child span there.
     trace: str | None = None
 
@@ -176,11 +206,13 @@ class Adapter(Protocol):
     # command (adapters pass every message on and never decide that themselves): a platform's
     # "seen it" mark, such as Slack's `:eyes:` status reaction.
 
-    # Optional: `find_sent(replies: Sequence[Reply], since: datetime) -> dict[int, str]` finds, among
-    # replies (each with its `outbox_id`) an earlier run may have posted after `since`, those the
-    # platform already has, by the outbox id the post carries: their platform ids. The outbox asks it
-    # at start-up before sending again what a crash left unmarked, so a reply the platform took just
-    # before a kill is not posted twice. Adapters without it deliver at least once.
+    # Optional: `find_sent(replies: Sequence[Reply], since: datetime) -> dict[int, list[FoundPost]]`
+    # finds, among replies (each with its `outbox_id`) an earlier run may have posted after `since`,
+    # those the platform already has, by the outbox id the post carries: for each, its posts' platform
+    # ids with the `Part` each carries (None: the reply went out in one post). The outbox asks it at
+    # start-up before sending again what a crash left unmarked, so a reply the platform took just
+    # before a kill is not posted twice, and a reply killed between its parts goes on after the last
+    # part the platform has. Adapters without it deliver at least once.
 
     # Optional: `online: bool`, a property: whether the adapter holds its connection to the platform
     # now (the web UI's status page shows it; adapters without a connection of their own leave it out).

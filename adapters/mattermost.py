@@ -52,8 +52,10 @@ from adapters.base import (
     FormField,
     FormHandler,
     FormSubmission,
+    FoundPost,
     Message,
     MessageHandler,
+    Part,
     Reply,
 )
 
@@ -81,6 +83,8 @@ _ID_LIKE = re.compile(r"^[A-Za-z0-9]{8,}$")
 _SLASH = "slash:"
 #: The post prop that carries a reply's outbox id (`find_sent`).
 OUTBOX_PROP = "squall_outbox_id"
+#: The post prop that carries, for a reply sent in several posts, which one this is (`Part.to_json`).
+OUTBOX_PART_PROP = "squall_outbox_part"
 
 
 class MattermostError(DeliveryError):
@@ -439,7 +443,10 @@ class MattermostAdapter:
         if extra_attachments:
             post["props"] = {"attachments": extra_attachments}
         if reply.outbox_id is not None:  # `find_sent` finds the post by it after a crash
-            post.setdefault("props", {})[OUTBOX_PROP] = reply.outbox_id
+            props = post.setdefault("props", {})
+            props[OUTBOX_PROP] = reply.outbox_id
+            if reply.part is not None:
+                props[OUTBOX_PART_PROP] = reply.part.to_json()
         try:
             return await self._post(post, file)
         except MattermostError as exc:
@@ -479,23 +486,26 @@ class MattermostAdapter:
                  command.channel, refused)
         return answered
 
-    async def find_sent(self, replies: Sequence[Reply], since: datetime) -> dict[int, str]:
-        """Which of these replies (left pending by a crash) the bot already posted: outbox id → post id,
-        read from each channel's posts since `since` (`GET /channels/{id}/posts?since=`, which includes
-        thread replies) by the outbox id the post carries in its props."""
+    async def find_sent(self, replies: Sequence[Reply], since: datetime) -> dict[int, list[FoundPost]]:
+        """Which of these replies (left pending by a crash) the bot already posted: outbox id → its posts
+        (post id, the `Part` it is of a reply sent in several, or None), read from each channel's posts
+        since `since` (`GET /channels/{id}/posts?since=`, which includes thread replies) by the outbox
+        id the post carries in its props."""
         wanted: dict[str, set[int]] = {}
         for reply in replies:
             if reply.outbox_id is not None and not (reply.thread or "").startswith(_SLASH):
                 wanted.setdefault(await self.channel_id(reply.channel), set()).add(reply.outbox_id)
-        found: dict[int, str] = {}
+        found: dict[int, list[FoundPost]] = {}
         for channel_id, ids in wanted.items():
             listing = await self._call("GET", f"/channels/{_quote(channel_id)}/posts",
                                        params={"since": str(int(since.timestamp() * 1000))})
             for post in (listing.get("posts") or {}).values():
-                outbox_id = (post.get("props") or {}).get(OUTBOX_PROP)
+                props = post.get("props") or {}
+                outbox_id = props.get(OUTBOX_PROP)
                 if (post.get("user_id") == self.me.get("id") and not post.get("delete_at")
                         and isinstance(outbox_id, int) and outbox_id in ids):
-                    found[outbox_id] = str(post["id"])
+                    part = Part.from_json(props.get(OUTBOX_PART_PROP))
+                    found.setdefault(outbox_id, []).append((str(post["id"]), part))
         return found
 
     async def _upload(self, channel_id: str, name: str, content: str) -> str:

@@ -50,9 +50,11 @@ from adapters.base import (
     Form,
     FormHandler,
     FormSubmission,
+    FoundPost,
     HomeHandler,
     Message,
     MessageHandler,
+    Part,
     Reply,
 )
 from adapters.slack_format import (
@@ -904,7 +906,8 @@ class SlackAdapter:
                     log.info("Slack: cannot edit %s (%s); posting the update as a new message", edit_of,
                              _error(exc))
             if reply.outbox_id is not None:  # `find_sent` finds the message by it after a crash
-                arguments["metadata"] = {"event_type": OUTBOX_EVENT, "event_payload": {"outbox_id": reply.outbox_id}}
+                payload = {"outbox_id": reply.outbox_id, **(reply.part.to_json() if reply.part else {})}
+                arguments["metadata"] = {"event_type": OUTBOX_EVENT, "event_payload": payload}
             response = await self._post(self.client.chat_postMessage, reply, channel=channel,
                                         thread_ts=reply.thread, **arguments)
             return f"{response.get('channel') or channel}:{response.get('ts', '')}" if response is not None else None
@@ -919,10 +922,11 @@ class SlackAdapter:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise DeliveryError(f"Slack unreachable: {type(exc).__name__}") from None
 
-    async def find_sent(self, replies: Sequence[Reply], since: datetime) -> dict[int, str]:
-        """Which of these replies (left pending by a crash) the bot already posted: outbox id →
-        "channel:ts", read with `conversations.history` (or `.replies` in a thread) since `since`,
-        by the outbox id in the message's metadata (`include_all_metadata`; needs the history scopes)."""
+    async def find_sent(self, replies: Sequence[Reply], since: datetime) -> dict[int, list[FoundPost]]:
+        """Which of these replies (left pending by a crash) the bot already posted: outbox id → its
+        messages ("channel:ts", the `Part` it is of a reply sent in several, or None), read with
+        `conversations.history` (or `.replies` in a thread) since `since`, by the outbox id in the
+        message's metadata (`include_all_metadata`; needs the history scopes)."""
         wanted: dict[tuple[str, str | None], set[int]] = {}
         for reply in replies:
             if reply.outbox_id is not None and reply.file is None:
@@ -930,7 +934,7 @@ class SlackAdapter:
                 wanted.setdefault((channel, reply.thread), set()).add(reply.outbox_id)
         if wanted and self.bot_user_id is None:  # not connected yet: whose messages are ours
             self.bot_user_id = (await self.client.auth_test()).get("user_id")
-        found: dict[int, str] = {}
+        found: dict[int, list[FoundPost]] = {}
         oldest = f"{since.timestamp():.6f}"
         for (channel, thread), ids in wanted.items():
             arguments: dict[str, Any] = {"channel": channel, "oldest": oldest, "include_all_metadata": "true",
@@ -941,10 +945,12 @@ class SlackAdapter:
                                         **arguments, **({"cursor": cursor} if cursor else {}))
                 for message in page.get("messages") or []:
                     metadata = message.get("metadata") or {}
-                    outbox_id = (metadata.get("event_payload") or {}).get("outbox_id")
+                    payload = metadata.get("event_payload") or {}
+                    outbox_id = payload.get("outbox_id")
                     if (metadata.get("event_type") == OUTBOX_EVENT and isinstance(outbox_id, int) and outbox_id in ids
                             and message.get("user") == self.bot_user_id):
-                        found[outbox_id] = f"{channel}:{message.get('ts', '')}"
+                        found.setdefault(outbox_id, []).append((f"{channel}:{message.get('ts', '')}",
+                                                                Part.from_json(payload)))
                 cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
                 if cursor is None:
                     break

@@ -17,10 +17,11 @@ import aiohttp
 import pytest
 
 from adapters import mattermost as mattermost_module
-from adapters.base import AdapterConfigError, DeliveryError, Reply
+from adapters.base import AdapterConfigError, Capabilities, DeliveryError, Reply
 from adapters.mattermost import MattermostAdapter, attachments, create, retry_after
 from bot.app import Squall
 from bot.chat.bot import ChatBot
+from bot.chat.outbox import Outbox
 from engine.config import load_config
 from tests.conftest import free_port, write
 from tests.fake_mattermost import BOT_TOKEN, FakeMattermost, mmid, now_ms
@@ -231,6 +232,63 @@ async def test_long_output_is_split_at_the_servers_limit(home: Path) -> None:
         await squall.close()
         await fake.stop()
 
+
+
+async def _sends_until_killed(adapter: MattermostAdapter, outbox: Outbox, posts: int) -> None:
+    """Run `outbox` until the server took `posts` posts, then leave it as a SIGKILL would: the send
+    that took the last of them never returns, so nothing after it is written or posted."""
+    real_send, taken, killed = adapter.send, [], asyncio.Event()
+
+    async def send(reply: Reply, edit_of: str | None = None) -> str | None:
+        taken.append(await real_send(reply, edit_of))
+        if len(taken) == posts:
+            killed.set()
+            await asyncio.Future()  # dead: no `sent` mark, no next part
+        return taken[-1]
+
+    adapter.send = send  # type: ignore[method-assign]
+    try:
+        await outbox.poll()
+        await asyncio.wait_for(killed.wait(), 10)
+    finally:
+        await outbox.close()
+        del adapter.send
+
+
+@pytest.mark.parametrize(("killed_after", "limit_after"), [(1, 400), (3, 400), (1, 1000), (3, 250)])
+async def test_a_long_reply_killed_between_its_parts_goes_on_from_the_next_part(
+        squall: Squall, home: Path, killed_after: int, limit_after: int) -> None:
+    """A reply stored whole (a CLI run) and split as it is sent (files off): a kill after the server took
+    some of its parts leaves the row pending; the next start finds those parts by the outbox id, part
+    and end each carries, and posts the rest, every line once, in order, the row marked sent as its
+    first part. Also when the post limit differs after the restart (the server's `MaxPostSize`)."""
+    fake = FakeMattermost(max_post_size=400)
+    await fake.start()
+    adapter = create(_section(fake, files=False), load_config(home / "config.yml"))
+    try:
+        await adapter.start(lambda message: asyncio.sleep(0))
+        assert adapter.capabilities.max_length == 400
+        db = squall.db
+        text = "\n".join(f"line {i:03d} " + "x" * 60 for i in range(30))  # about 2,000 characters: 6 parts
+        row = Reply(adapter="mattermost", channel="town-square", text=text)
+        outbox_id = await db(db.store.outbox_add, row.adapter, row.channel, row.to_json())
+        await _sends_until_killed(adapter, Outbox(db, {"mattermost": adapter}), killed_after)
+        assert len(fake.bot_posts()) == killed_after
+        assert (await db(db.store.outbox_get, outbox_id))["status"] == "pending"
+
+        fake.max_post_size = limit_after  # read again at the restart's login
+        adapter.capabilities = Capabilities(**{**adapter.capabilities.__dict__, "max_length": limit_after})
+        outbox = Outbox(db, {"mattermost": adapter})
+        await outbox.poll()
+        await outbox.drain(10)
+        await outbox.close()
+        posts = fake.bot_posts(fake.town_square["id"])
+        assert "\n".join(post["message"] for post in posts) == text  # every line once, in order
+        stored = await db(db.store.outbox_get, outbox_id)
+        assert stored["status"] == "sent" and stored["platform_id"] == posts[0]["id"]
+    finally:
+        await adapter.stop()
+        await fake.stop()
 
 async def test_rate_limit_is_honoured(chat) -> None:
     fake, adapter = chat

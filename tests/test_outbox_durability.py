@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from adapters.base import Capabilities, DeliveryError, Reply
+from adapters.base import Capabilities, DeliveryError, Part, Reply
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall, load_packs
 from bot.chat import outbox as outbox_module
@@ -987,6 +987,43 @@ async def test_a_long_reply_sent_in_parts_goes_on_after_a_failed_part(chat, home
     assert "\n".join(posted.text for posted in loopback.posted).count("line 0079") == 1
     assert (await squall.db(squall.store.outbox_get, outbox_id))["status"] == "sent"
 
+
+
+def test_the_posts_found_of_a_reply_sent_in_parts_say_how_far_it_got() -> None:
+    """After a crash: a reply found whole, or with its last part, is sent (as its first part); else it
+    goes on after the furthest part found, also across a split that changed at an earlier restart,
+    and a part missing before that one (deleted since) is not posted again."""
+    left_of, progress = outbox_module._left_of, outbox_module.Progress
+    assert left_of([("p1", None)]) == "p1"
+    assert left_of([("p1", Part(1, 3, 100)), ("p2", Part(2, 3, 200)), ("p3", Part(3, 3, 250))]) == "p1"
+    assert left_of([("p2", Part(2, 3, 200)), ("p3", Part(3, 3, 250))]) is None  # its first part deleted
+    assert left_of([("p2", Part(2, 3, 200)), ("p1", Part(1, 3, 100))]) == progress("p1", 2, 200)
+    assert left_of([("p1", Part(1, 3, 100)), ("p3", Part(2, 5, 160))]) == progress("p1", 2, 160)  # split anew
+    assert left_of([("p1", Part(1, 4, 100)), ("p3", Part(3, 4, 300))]) == progress("p1", 3, 300)  # p2 deleted
+
+
+async def test_a_long_reply_split_anew_after_a_restart_keeps_every_line_once(chat, home: Path) -> None:
+    """A row whose first part an earlier run posted (found by the lookup) goes on from where that part
+    ended, split at today's limit, each part tagged with where it ends; the row is sent as its first."""
+    squall, bot, loopback = chat
+    loopback.capabilities = Capabilities(threads=True, edits=True, files=False, max_length=300)
+    text = "\n".join(f"line {i:03d} " + "x" * 60 for i in range(30))
+    cli = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
+    try:
+        outbox_id = cli.outbox_add("loopback", "#ops", Reply(adapter="loopback", channel="#ops", text=text).to_json())
+    finally:
+        cli.close()
+    head = text[:text.index("line 004") - 1]  # what an earlier run's first part, at a limit of 400, carried
+    bot.outbox._progress[outbox_id] = outbox_module.Progress("earlier-1", 1, len(head))
+    await bot.outbox.poll()
+    await settle(squall, bot)
+    assert "\n".join([head, *(posted.text for posted in loopback.posted)]) == text
+    parts = [posted.reply.part for posted in loopback.posted]
+    assert [part.number for part in parts] == list(range(2, len(parts) + 2))
+    assert {part.count for part in parts} == {len(parts) + 1} and parts[-1].end == len(text)
+    assert all(text[:part.end].endswith(posted.text) for part, posted in zip(parts, loopback.posted, strict=True))
+    row = await squall.db(squall.store.outbox_get, outbox_id)
+    assert row["status"] == "sent" and row["platform_id"] == "earlier-1"
 
 async def test_a_reply_the_adapter_cannot_send_fails_and_does_not_hold_its_channel(chat) -> None:
     """An exception that is not a `DeliveryError` (here the encode error a lone surrogate caused in an

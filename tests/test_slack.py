@@ -436,6 +436,58 @@ async def test_a_reply_slack_took_before_a_crash_is_found_and_not_posted_again(f
     assert {c.method for c in fake.called("conversations.history")} and fake.called("conversations.replies")
 
 
+
+async def _sends_until_killed(adapter: Any, outbox: Any, posts: int) -> None:
+    """Run `outbox` until Slack took `posts` messages, then leave it as a SIGKILL would: the send that
+    took the last of them never returns, so nothing after it is written or posted."""
+    real_send, taken, killed = adapter.send, [], asyncio.Event()
+
+    async def send(reply: Reply, edit_of: str | None = None) -> str | None:
+        taken.append(await real_send(reply, edit_of))
+        if len(taken) == posts:
+            killed.set()
+            await asyncio.Future()  # dead: no `sent` mark, no next part
+        return taken[-1]
+
+    adapter.send = send
+    try:
+        await outbox.poll()
+        await asyncio.wait_for(killed.wait(), 10)
+    finally:
+        await outbox.close()
+        del adapter.send
+
+
+@pytest.mark.parametrize(("killed_after", "limit_after"), [(1, 300), (3, 300), (1, 900), (3, 200)])
+@pytest.mark.parametrize("thread", [None, "1700000000.000001"])
+async def test_a_long_reply_killed_between_its_parts_goes_on_from_the_next_part(
+        fake: FakeSlack, config, squall, killed_after: int, limit_after: int, thread: str | None) -> None:
+    """A reply stored whole (a CLI run) and split as it is sent (an adapter without files): a kill after
+    Slack took some of its parts leaves the row pending; the next start finds those parts by the
+    metadata each carries (outbox id, part, end) and posts the rest, every line once, in order, the row
+    marked sent as its first part. Also when the limit differs after the restart."""
+    from bot.chat.outbox import Outbox
+
+    adapter = create(_settings(fake), config)
+    adapter.capabilities = Capabilities(**{**adapter.capabilities.__dict__, "files": False, "max_length": 300})
+    db = squall.db
+    text = "\n".join(f"line {i:03d} " + "x" * 60 for i in range(30))  # about 2,000 characters: 8 parts
+    row = Reply(adapter="slack", channel="COPS0001", text=text, thread=thread)
+    outbox_id = await db(db.store.outbox_add, row.adapter, row.channel, row.to_json())
+    await _sends_until_killed(adapter, Outbox(db, {"slack": adapter}), killed_after)
+    assert len(fake.messages) == killed_after
+    assert (await db(db.store.outbox_get, outbox_id))["status"] == "pending"
+
+    adapter.capabilities = Capabilities(**{**adapter.capabilities.__dict__, "max_length": limit_after})
+    outbox = Outbox(db, {"slack": adapter})
+    await outbox.poll()
+    await outbox.drain(10)
+    await outbox.close()
+    assert "\n".join(m["text"] for m in fake.messages) == text  # every line once, in order
+    assert all(m.get("thread_ts") == thread for m in fake.messages)
+    stored = await db(db.store.outbox_get, outbox_id)
+    assert stored["status"] == "sent" and stored["platform_id"] == f"COPS0001:{fake.messages[0]['ts']}"
+
 async def test_a_failed_lookup_sends_the_leftover_again(fake: FakeSlack, config, squall) -> None:
     from bot.chat.outbox import Outbox
 

@@ -7,8 +7,13 @@ commits leaves a reply the platform has as `pending`. So every post carries its 
 (`Reply.outbox_id`), and at start-up, before sending again what earlier runs left pending, the
 outbox asks each adapter that can look its posts up (`find_sent`: Mattermost, Slack) which of
 them the platform already has, once per channel, and marks those sent instead: exactly once
-there, at no cost on the hot path. Adapters that cannot look up (IRC, the console) deliver at
-least once.
+there, at no cost on the hot path. A row longer than its platform takes (stored by a CLI run, where
+the adapter is not running to fit it) is split as it is sent, and each of its posts carries its
+`Part` too (number, count, where it ends in the text): a kill between two parts leaves the row
+pending, and the lookup makes it go on after the furthest part the platform has, the rest split
+anew from where that part ended (the split may differ after a restart: another post limit, files
+turned on), and marks it sent only once its last part is there. No write per part either. Adapters
+that cannot look up (IRC, the console) deliver at least once.
 
 A reply the platform refuses now (rate limit, 5xx, disconnect) is retried with backoff (at most
 `MAX_BACKOFF` apart, for up to `GIVE_UP_AFTER`) while the replies behind it in the same channel
@@ -41,7 +46,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from adapters.base import Adapter, DeliveryError, Reply
+from adapters.base import Adapter, DeliveryError, FoundPost, Part, Reply
 from bot.chat.replies import fit
 from engine import tracing, wakeups
 from engine.metrics import metrics
@@ -60,6 +65,47 @@ UNEXPECTED_LIMIT = 3
 PAGE = 1000
 #: How far before a leftover reply was stored the platform is searched for it (clocks differ).
 CLOCK_SKEW = timedelta(minutes=2)
+
+
+@dataclasses.dataclass(slots=True)
+class Progress:
+    """How far a row sent in parts got: the platform id of its first part (it stands for the row),
+    the number of the last part posted, and where that part ended in the row's text."""
+
+    first: str | None
+    number: int
+    end: int
+
+
+def _rest(reply: Reply, end: int) -> Reply:
+    """What is left of a row sent in parts once its text up to `end` went out, as `fit` makes the
+    parts after the first: no edit, extra or buttons (they rode on the first)."""
+    return Reply(**{**reply.__dict__, "text": reply.text[end:].lstrip("\n"), "edit": None, "extra": {},
+                    "buttons": []})
+
+
+def _ends(text: str, parts: Sequence[Reply], start: int) -> list[int]:
+    """Where each part ends in `text`, the parts being split from it after `start`: `fit` cuts text
+    into pieces of it, in order, with only newlines between them, so each is found after the one
+    before. The last ends the text, whatever it carries (the head of a file)."""
+    ends, position = [], start
+    for part in parts[:-1]:
+        position = text.index(part.text, position) + len(part.text)
+        ends.append(position)
+    return [*ends, len(text)]
+
+
+def _left_of(posts: Sequence[FoundPost]) -> str | Progress | None:
+    """What the posts `find_sent` found of one row say: the platform id that stands for it once it is
+    all there (posted whole, or its last part found; None if its first part is gone), else how far
+    its parts got. A part goes out only once the platform took the one before, so the furthest one
+    found is where it stopped: a part missing before it was deleted since, and is not posted again."""
+    parts = [(platform_id, part) for platform_id, part in posts if part is not None]
+    if len(parts) < len(posts):
+        return next(platform_id for platform_id, part in posts if part is None)
+    first = next((platform_id for platform_id, part in parts if part.number == 1), None)
+    last = max((part for _platform_id, part in parts), key=lambda part: part.end)
+    return first if last.number == last.count else Progress(first, last.number, last.end)
 
 
 def keyed_rows(key: str, replies: Sequence[Reply]) -> list[tuple[str, str, dict[str, Any], str, str]]:
@@ -113,9 +159,9 @@ class Outbox:
         self._queues: dict[tuple[str, str], asyncio.Queue[tuple[int, Reply]]] = {}
         self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._platform_ids: dict[int, str | None] = {}
-        #: Replies longer than their platform takes, sent in parts: outbox id → (parts sent, the first's
-        #: id), so a retry after a part failed goes on from there instead of posting the first again.
-        self._parts_sent: dict[int, tuple[int, str | None]] = {}
+        #: Rows longer than their platform takes, sent in parts: how far each got (here, or found on the
+        #: platform after a crash), so a retry goes on from there instead of posting the first part again.
+        self._progress: dict[int, Progress] = {}
         #: Ids queued, being sent, or settled but not yet past a poll that began after they settled.
         self._known: set[int] = set()
         #: Ids whose `sent`/`failed` status committed (or whose delivery failed here) since the last poll began.
@@ -131,8 +177,8 @@ class Outbox:
         self._marks: set[asyncio.Future[Any]] = set()
         #: Posts earlier runs left pending (found by the first poll), not yet looked up on their platform.
         self._unchecked: dict[int, tuple[Reply, datetime]] = {}
-        #: Of those, the ones the platform already had: outbox id → platform id.
-        self._found: dict[int, str] = {}
+        #: Of those, the ones the platform already had whole: outbox id → platform id.
+        self._found: dict[int, str | None] = {}
         self._polled = False
         self._closed = False
         self._idle = asyncio.Event()
@@ -363,21 +409,27 @@ class Outbox:
 
     async def _send(self, adapter: Adapter, outbox_id: int, reply: Reply, edit_of: str | None) -> str | None:
         """Send one stored row. A row stored where its adapter was not running (a CLI run) may be
-        longer than the platform takes: it is fitted now, its parts sent in order, and a retry goes
-        on after the parts already sent; the first part's id stands for the row."""
-        parts = fit(reply, adapter.capabilities)
-        if len(parts) == 1:
-            return await adapter.send(parts[0], edit_of=edit_of)
-        sent, first = self._parts_sent.get(outbox_id, (0, None))
-        if sent == 0:
-            first = await adapter.send(parts[0], edit_of=edit_of)
-            sent = 1
-        for part in parts[sent:]:
-            self._parts_sent[outbox_id] = (sent, first)
-            await adapter.send(part)
-            sent += 1
-        self._parts_sent.pop(outbox_id, None)
-        return first
+        longer than the platform takes: it is fitted now and its parts sent in order, each carrying
+        its `Part` (how far the row got, for `find_sent` after a crash); a retry, or a start that
+        found some parts posted, goes on after the last one, the rest split anew from where it
+        ended. The first part's id stands for the row."""
+        progress = self._progress.get(outbox_id)
+        if progress is None:
+            parts = fit(reply, adapter.capabilities)
+            if len(parts) == 1:
+                return await adapter.send(parts[0], edit_of=edit_of)
+            progress = Progress(None, 0, 0)
+        else:
+            parts = fit(_rest(reply, progress.end), adapter.capabilities)
+        count = progress.number + len(parts)
+        for part, end in zip(parts, _ends(reply.text, parts, progress.end), strict=True):
+            number = progress.number + 1
+            part = Reply(**{**part.__dict__, "part": Part(number, count, end)})
+            platform_id = await adapter.send(part, edit_of=edit_of if number == 1 else None)
+            first = platform_id if number == 1 else progress.first
+            progress = self._progress[outbox_id] = Progress(first, number, end)
+        del self._progress[outbox_id]
+        return progress.first
 
     async def _look_up(self, adapter: Adapter, channel: str) -> None:
         """Ask the platform which of the channel's leftover replies it already has (one call per
@@ -397,7 +449,16 @@ class Outbox:
             log.warning("cannot ask %s which of %d replies left pending in %s it already has (%s); sending them "
                         "again", adapter.name, len(rows), channel, exc)
             return
-        self._found.update({outbox_id: platform_id for outbox_id, platform_id in found.items() if outbox_id in rows})
+        for outbox_id, posts in found.items():
+            if outbox_id not in rows:
+                continue
+            left = _left_of(posts)
+            if isinstance(left, Progress):
+                log.info("reply %s was sent up to its part %d to %s before the last stop (found there); sending "
+                         "the rest", outbox_id, left.number, adapter.name)
+                self._progress[outbox_id] = left
+            else:
+                self._found[outbox_id] = left
 
     async def _deliver_one(self, adapter: Adapter, outbox_id: int, reply: Reply) -> dict[str, Any] | None:
         """Send one reply, retrying; returns the fields that record it sent, or None once it failed for good.
@@ -454,7 +515,7 @@ class Outbox:
                     "error": None}
         log.error("giving up on reply %s to %s %s: %d attempts over %.0f hours all failed", outbox_id, reply.adapter,
                   reply.channel, attempt, GIVE_UP_AFTER / 3600)
-        self._parts_sent.pop(outbox_id, None)
+        self._progress.pop(outbox_id, None)
         await self.db(self.db.store.outbox_update, outbox_id, {"status": "failed"})
         metrics.count(metrics.chat_replies, adapter.name, "failed")
         self._settled_ids.append(outbox_id)
@@ -462,7 +523,7 @@ class Outbox:
 
     async def _fail(self, adapter: Adapter, outbox_id: int, attempt: int, reason: str) -> None:
         """Record a reply that retrying cannot deliver as failed, with why, so its channel moves on."""
-        self._parts_sent.pop(outbox_id, None)
+        self._progress.pop(outbox_id, None)
         await self.db(self.db.store.outbox_update, outbox_id,
                       {"status": "failed", "attempts": attempt, "error": reason})
         metrics.count(metrics.chat_replies, adapter.name, "failed")
