@@ -906,6 +906,16 @@ def test_markup_and_rendering() -> None:
     assert arguments["blocks"][0]["text"]["text"] == "a &lt; b"
 
 
+def test_a_long_reply_with_its_own_file_uploads_it_with_its_first_part_only() -> None:
+    """A reply that carries a file and text longer than the platform allows is cut into parts: the file
+    goes with the first, not uploaded again with every part."""
+    reply = Reply(adapter="slack", channel="COPS0001", text="\n".join(f"line {i:03}" for i in range(60)),
+                  file=("report.csv", "a,b\n1,2\n"))
+    parts = fit(reply, Capabilities(files=True, max_length=200))
+    assert len(parts) > 1 and "\n".join(p.text for p in parts) == reply.text
+    assert [p.file for p in parts] == [("report.csv", "a,b\n1,2\n")] + [None] * (len(parts) - 1)
+
+
 def test_only_a_whole_result_split_at_the_pretext_becomes_an_attachment() -> None:
     """The attachment comes of the split `bot.chat.replies` marks, and only of that: a reply cut into parts
     (no marker left) or with its own blocks or attachments keeps its text whole."""

@@ -177,7 +177,8 @@ def fit(reply: Reply, capabilities: Capabilities) -> list[Reply]:
     if current:
         chunks.append(current)
     first = Reply(**{**reply.__dict__, "text": chunks[0]})
-    rest = [Reply(**{**reply.__dict__, "text": chunk, "edit": None, "extra": {}, "buttons": []})
+    # A file the reply carries goes with its first part only: each part is a post, and uploads what it holds.
+    rest = [Reply(**{**reply.__dict__, "text": chunk, "edit": None, "extra": {}, "buttons": [], "file": None})
             for chunk in chunks[1:]]
     return [first, *rest]
 
