@@ -288,31 +288,27 @@ def _reencrypted(keys: KeyRing, value: str) -> str:
 
 
 def _reencrypt_pass(store: Store, keys: KeyRing, new_id: str) -> tuple[int, int, list[str]]:
-    """Every ciphertext not sealed under `new_id` yet, re-encrypted under it and swapped in where it did
-    not change meanwhile. Returns how many were written, how many changed meanwhile, and the unreadable."""
-    pairs, sealed = store.sealed_values()
+    """Every ciphertext not sealed under `new_id` yet (each column `Store.SEALED_COLUMNS` names: secret
+    keys, executions' and approvals' sealed parameters, chat sessions), re-encrypted under it and swapped
+    in where it did not change meanwhile. Returns how many were written, how many changed meanwhile, and
+    the unreadable."""
     unreadable: list[str] = []
-    new_pairs: list[tuple[str, str, str, str]] = []
-    new_sealed: list[tuple[str, str, str]] = []
-    for scope, name, value in pairs:
+    swaps: list[tuple[str, tuple[Any, ...], str, str]] = []
+    for what, key, value in store.sealed_values():
         if _sealed_by(keys, value) != new_id:
             try:
-                new_pairs.append((scope, name, value, _reencrypted(keys, value)))
+                swaps.append((what, key, value, _reencrypted(keys, value)))
             except CryptoError as exc:
-                unreadable.append(f"key {scope}:{name}: {exc}")
-    for execution_id, value in sealed:
-        if _sealed_by(keys, value) != new_id:
-            try:
-                new_sealed.append((execution_id, value, _reencrypted(keys, value)))
-            except CryptoError as exc:
-                unreadable.append(f"sealed parameters of execution {execution_id}: {exc}")
-    missed = store.swap_sealed_values(new_pairs, new_sealed)
-    return len(new_pairs) + len(new_sealed) - missed, missed, unreadable
+                unreadable.append(f"{what} {':'.join(map(str, key))}: {exc}")
+    missed = store.swap_sealed_values(swaps)
+    return len(swaps) - missed, missed, unreadable
 
 
 def rotate_key(store: Store, keys: KeyRing, progress: Callable[[str], None] = lambda _m: None, *,
                others: Callable[[], list[str]] = _nobody) -> RotationReport:
-    """Re-encrypt every secret under a new key without a moment where any secret is unreadable.
+    """Re-encrypt every secret under a new key without a moment where any secret is unreadable: every
+    ciphertext the database holds (`Store.SEALED_COLUMNS`: secret keys, executions' and held approvals'
+    sealed parameters, open chat sessions), or retiring the old keys would lose what it still seals.
 
     The new key is added to the ring first (a running service's `KeyRing` encrypts under it from then
     on); each ciphertext is replaced only if it did not change meanwhile, and one that did is taken
@@ -332,7 +328,8 @@ def rotate_key(store: Store, keys: KeyRing, progress: Callable[[str], None] = la
         if not changed:
             break
         progress(f"{changed} secrets changed while they were re-encrypted; taking them again")
-    progress(f"re-encrypted {reencrypted} secrets (keys and executions' sealed parameters)")
+    progress(f"re-encrypted {reencrypted} secrets (secret keys, executions' and approvals' sealed parameters, "
+             "chat sessions)")
     if unreadable or changed:
         return RotationReport(new_id, reencrypted, unreadable, 0, changed=changed)
     in_use_by = others()

@@ -1193,30 +1193,42 @@ class Store:
             )
             return result.rowcount == 1
 
-    def sealed_values(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
-        """Every ciphertext stored: (scope, name, value) of secret pairs, (id, sealed) of executions."""
-        with self._read() as conn:
-            pairs = conn.execute(sa.select(kv_pairs.c.scope, kv_pairs.c.name, kv_pairs.c.value)
-                                 .where(kv_pairs.c.secret.is_(True))).all()
-            sealed = conn.execute(sa.select(executions.c.id, executions.c.sealed)
-                                  .where(executions.c.sealed.is_not(None))).all()
-        return [tuple(row) for row in pairs], [tuple(row) for row in sealed]  # type: ignore[misc]
+    #: Every column holding ciphertext under the datastore key: what `squall key rotate` re-encrypts
+    #: (`engine.datastore.rotate_key`) before it retires the old keys. Each is (what a row of it is
+    #: called, the table, the columns naming a row, the ciphertext's column, which rows hold ciphertext:
+    #: None for every row where it is not null). A table storing `KeyRing.encrypt` output belongs here,
+    #: or a rotation retires the key its rows need and they can never be read again.
+    SEALED_COLUMNS: tuple[tuple[str, sa.Table, tuple[str, ...], str, sa.ColumnElement[bool] | None], ...] = (
+        ("key", kv_pairs, ("scope", "name"), "value", kv_pairs.c.secret.is_(True)),
+        ("sealed parameters of execution", executions, ("id",), "sealed", None),
+        ("sealed parameters of approval", approvals, ("id",), "sealed", None),  # a command held for approvers
+        ("chat session", chat_sessions, ("key",), "state", None),  # an open chat form or confirmation
+    )
 
-    def swap_sealed_values(self, pairs: list[tuple[str, str, str, str]], sealed: list[tuple[str, str, str]]) -> int:
-        """Write re-encrypted ciphertexts ((scope, name, old, new) of secret pairs, (id, old, new) of
-        executions), each only where the one it was made from is still stored (compare-and-swap), in one
-        transaction: a secret stored meanwhile is newer than the value re-encrypted, and is kept. Returns
-        how many rows changed meanwhile (stored anew, or deleted)."""
+    def sealed_values(self) -> list[tuple[str, tuple[Any, ...], str]]:
+        """Every ciphertext stored, as (what, key, ciphertext): `what` names its `SEALED_COLUMNS` entry,
+        `key` the row (its key columns' values)."""
+        found: list[tuple[str, tuple[Any, ...], str]] = []
+        with self._read() as conn:
+            for what, table, key, column, only in self.SEALED_COLUMNS:
+                query = sa.select(*(table.c[name] for name in key), table.c[column]).where(
+                    table.c[column].is_not(None), *([] if only is None else [only]))
+                found.extend((what, tuple(row[:-1]), row[-1]) for row in conn.execute(query))
+        return found
+
+    def swap_sealed_values(self, swaps: list[tuple[str, tuple[Any, ...], str, str]]) -> int:
+        """Write re-encrypted ciphertexts ((what, key, old, new), as `sealed_values` named them), each only
+        where the one it was made from is still stored (compare-and-swap), in one transaction: a secret
+        stored meanwhile is newer than the value re-encrypted, and is kept. Returns how many rows changed
+        meanwhile (stored anew, or deleted)."""
+        columns = {entry[0]: entry[1:] for entry in self.SEALED_COLUMNS}
         missed = 0
         with self._write() as conn:
-            for scope, name, old, new in pairs:
-                done = conn.execute(kv_pairs.update().where(
-                    kv_pairs.c.scope == scope, kv_pairs.c.name == name, kv_pairs.c.secret.is_(True),
-                    kv_pairs.c.value == old).values(value=new))
-                missed += done.rowcount == 0
-            for execution_id, old, new in sealed:
-                done = conn.execute(executions.update().where(
-                    executions.c.id == execution_id, executions.c.sealed == old).values(sealed=new))
+            for what, key, old, new in swaps:
+                table, names, column, only = columns[what]
+                done = conn.execute(table.update().where(
+                    *(table.c[name] == value for name, value in zip(names, key, strict=True)),
+                    table.c[column] == old, *([] if only is None else [only])).values({column: new}))
                 missed += done.rowcount == 0
         return missed
 

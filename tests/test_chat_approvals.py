@@ -17,7 +17,9 @@ from bot.app import Squall
 from bot.chat.bot import ChatBot
 from engine.config import load_config
 from engine.core import load_packs
-from engine.storage import utcnow
+from engine.crypto import KeyRing
+from engine.datastore import RotationReport, rotate_key
+from engine.storage import Store, utcnow
 from tests.conftest import write
 from tests.test_chat import _config, loopback_chat, settle
 
@@ -334,6 +336,72 @@ async def test_a_secret_waits_sealed_and_reaches_the_action_once_approved(chat) 
     [execution] = await squall.executions.list(action="demo.login")
     assert execution["status"] == "succeeded" and "token-ok" in execution["result"]["stdout"]
     assert execution["parameters"]["token"] == "********"
+
+
+def _rotate_with_serve_stopped(home: Path) -> RotationReport:
+    """`squall key rotate` while nothing else runs: the old keys are retired."""
+    config = load_config(home / "config.yml")
+    store = Store.open(config.database_url)
+    try:
+        return rotate_key(store, KeyRing(config.encryption_key_path), others=list)
+    finally:
+        store.close()
+
+
+async def test_a_secret_held_for_approval_survives_a_key_rotation(home: Path) -> None:
+    """The rotation once left `approvals.sealed` under the key it retired: the approved command then
+    never ran ("ciphertext was sealed under key ..., which ... no longer holds"), every sweep again."""
+    _approval_config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!login s3cret-value-9", user="alice")
+        await settle(squall, bot)
+        approval_id = _approval_id(loopback)
+    report = _rotate_with_serve_stopped(home)
+    assert (report.reencrypted, report.retired, report.unreadable) == (1, 1, [])
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say(f"!approve {approval_id}", user="ann", thread="m1")
+        await settle(squall, bot)
+        [execution] = await squall.executions.list(action="demo.login")
+        assert (await squall.executions.wait(execution["id"], timeout=30))["status"] == "succeeded"
+        assert "token-ok" in (await squall.executions.get(execution["id"]))["result"]["stdout"]
+        assert (await squall.db(squall.store.approval_get, approval_id))["execution_id"] == execution["id"]
+
+
+async def test_an_approved_command_whose_secret_cannot_be_decrypted_fails_once_saying_why(
+        home: Path, monkeypatch) -> None:
+    """The key that sealed a held secret is gone (the key file replaced): the approved command ends
+    `failed` once, its thread told why, instead of raising at every sweep until it is called "expired"."""
+    from bot.chat import approvals
+
+    _approval_config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!login s3cret-value-9", user="alice")
+        await settle(squall, bot)
+        approval_id = _approval_id(loopback)
+    ring = KeyRing(load_config(home / "config.yml").encryption_key_path)
+    ring.add_key()
+    ring.retire_old_keys()  # the key that sealed it, gone without a re-encryption
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say(f"!approve {approval_id}", user="ann", thread="m1")
+        await settle(squall, bot)
+        told = [t for t in loopback.texts() if t.startswith(f"Cannot run {approval_id}")]
+        assert told == [f"Cannot run {approval_id}: {approvals.UNREADABLE}. demo.login was not run, and will not "
+                        "be: send the command again once it can run."]
+        assert not any("went wrong" in t for t in loopback.texts())
+        row = await squall.db(squall.store.approval_get, approval_id)
+        assert row["status"] == "failed" and row["execution_id"] is None
+        assert row["decisions"][-1]["reason"] == approvals.UNREADABLE
+        [failed] = await _events(squall, "chat.approval.failed")
+        assert failed["detail"]["reason"] == approvals.UNREADABLE
+
+        monkeypatch.setattr(approvals, "RUN_GRACE", timedelta(0))  # every sweep may take it for lost
+        for _ in range(3):
+            await bot.approvals.sweep()
+        await settle(squall, bot)
+        assert len([t for t in loopback.texts() if t.startswith("Cannot run")]) == 1
+        assert not any("expired" in t for t in loopback.texts())
+        assert (await squall.db(squall.store.approval_get, approval_id))["revision"] == row["revision"]
+        assert await squall.executions.list(action="demo.login") == []
 
 
 def test_a_bad_approval_is_refused_at_load_naming_file_and_key(home: Path) -> None:

@@ -24,8 +24,10 @@ from bot.chat import forms
 from bot.chat.bot import ChatBot
 from bot.chat.forms import EXPIRED
 from engine.config import load_config
+from engine.crypto import KeyRing
+from engine.datastore import rotate_key
 from engine.parameters import ParameterError, cast, check_parameter
-from engine.storage import chat_sessions
+from engine.storage import Store, chat_sessions
 from tests.conftest import free_port, write
 from tests.fake_mattermost import BOT_TOKEN as MM_BOT_TOKEN
 from tests.fake_mattermost import FakeMattermost
@@ -259,6 +261,51 @@ async def test_questions_go_on_after_a_restart_from_their_stored_and_encrypted_s
         assert "deployed web2 x2 to dev" in loopback.texts(DM)
         assert _sessions(squall) == []  # the exchange is over
         await _nothing_shows_the_secret(squall, loopback.texts(DM))
+
+
+async def test_questions_go_on_after_a_key_rotation_with_the_service_stopped(home: Path) -> None:
+    """`squall key rotate` retires the old key once nothing else runs: it re-encrypts the stored
+    sessions too, or the restart drops every open form ("cannot be read")."""
+    _pack(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await _say_privately(loopback, "deploy web2")
+        await _say_privately(loopback, "2")
+        await settle(squall, bot)
+        assert loopback.texts(DM)[-1].startswith("token?")
+    config = load_config(home / "config.yml")
+    store = Store.open(config.database_url)
+    try:
+        report = rotate_key(store, KeyRing(config.encryption_key_path), others=list)
+    finally:
+        store.close()
+    assert (report.reencrypted, report.retired, report.unreadable) == (1, 1, [])
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await _say_privately(loopback, SECRET)
+        await settle(squall, bot)
+        assert "deployed web2 x2 to dev" in loopback.texts(DM)
+        assert _sessions(squall) == []
+
+
+async def test_a_session_sealed_under_a_key_that_is_gone_is_dropped_and_the_log_says_why(home: Path,
+                                                                                          caplog) -> None:
+    _pack(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await _say_privately(loopback, "deploy web2")
+        await settle(squall, bot)
+        [(key, _state)] = _sessions(squall)
+        assert key.startswith("ask:")
+    ring = KeyRing(load_config(home / "config.yml").encryption_key_path)
+    ring.add_key()
+    ring.retire_old_keys()  # the key that sealed it, gone without a re-encryption
+    with caplog.at_level(logging.WARNING, logger="bot.chat.sessions"):
+        async with loopback_chat(home) as (squall, bot, loopback):
+            assert _sessions(squall) == []
+    [record] = [r for r in caplog.records if r.name == "bot.chat.sessions"]
+    assert record.levelno == logging.WARNING
+    said = record.getMessage()
+    assert said.startswith(f"the question-by-question form of alice in {DM} on loopback, stored before the "
+                           "restart, was dropped: its stored state cannot be read (ciphertext was sealed under key")
+    assert "no longer holds" in said and said.endswith("its person must start it again")
 
 
 async def test_a_form_past_its_time_is_not_taken_up_after_a_restart(home: Path) -> None:

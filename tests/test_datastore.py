@@ -9,6 +9,7 @@ import stat
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -273,7 +274,7 @@ def test_rotation_never_overwrites_a_secret_written_while_it_reencrypted(tmp_pat
         service.set("pw", "old-value", encrypt=True)
         read = store.sealed_values
 
-        def read_then_the_service_writes() -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+        def read_then_the_service_writes() -> list[tuple[str, tuple[Any, ...], str]]:
             found = read()
             if service.get("pw", decrypt=True)["value"] == "old-value":  # once: the first pass's read
                 service.set("pw", "new-value", encrypt=True)
@@ -284,6 +285,47 @@ def test_rotation_never_overwrites_a_secret_written_while_it_reencrypted(tmp_pat
         assert report.unreadable == [] and report.retired == 1
         assert Datastore(store, KeyRing(path)).get("pw", decrypt=True)["value"] == "new-value"
         assert KeyRing(path).key_id_of(_stored_secret(store, "pw")) == report.key_id
+    finally:
+        store.close()
+
+
+def _held_approval(approval_id: str, sealed: str) -> dict:
+    """An `approvals` row as `bot/chat/approvals.py` holds a command whose secret parameter waits sealed."""
+    now = datetime.now(UTC)
+    return {"id": approval_id, "alias": "demo.login", "action": "demo.login", "parameters": {"token": "********"},
+            "render": {}, "sealed": sealed, "context": {}, "requester": "alice", "adapter": "loopback",
+            "channel": "#ops", "thread": None, "groups": ["approvers"], "count": 1, "self_approval": False,
+            "created_at": now, "expires_at": now + timedelta(hours=1), "status": "pending", "decisions": [],
+            "revision": 0, "execution_id": None}
+
+
+def test_rotation_reencrypts_the_approvals_and_chat_sessions_it_retires_the_key_of(tmp_path: Path,
+                                                                                    database_url: str) -> None:
+    """A command held for approval keeps its secret parameters sealed (`approvals.sealed`), an open chat
+    form its answers (`chat_sessions.state`): a rotation that retired the old key without re-encrypting
+    them made both unreadable for good (the approved command never ran, the form was dropped)."""
+    path = tmp_path / "datastore.key"
+    store = Store.open(database_url)
+    try:
+        keys = KeyRing(path)
+        Datastore(store, keys).set("pw", "kv-secret", encrypt=True)
+        store.approval_add(_held_approval("a1b2c3d4", keys.encrypt(json.dumps({"token": "held-secret"}))))
+        session = 'ask:["loopback", "#ops", "alice"]'
+        store.chat_session_put(session, keys.encrypt(json.dumps({"answers": {"token": "typed-secret"}})),
+                               datetime.now(UTC) + timedelta(hours=1))
+        old = keys.current_key_id
+
+        report = datastore_module.rotate_key(store, KeyRing(path))
+        assert (report.reencrypted, report.retired, report.unreadable) == (3, 1, [])
+        fresh = KeyRing(path)  # only the new key: the old one is gone from the file
+        assert [k["id"] for k in json.loads(path.read_text())["keys"]] == [report.key_id] != [old]
+        sealed = store.approval_get("a1b2c3d4")["sealed"]
+        assert fresh.key_id_of(sealed) == report.key_id
+        assert json.loads(fresh.decrypt(sealed)) == {"token": "held-secret"}
+        [(key, state, _expires)] = store.chat_sessions_open(datetime.now(UTC))
+        assert key == session and fresh.key_id_of(state) == report.key_id
+        assert json.loads(fresh.decrypt(state)) == {"answers": {"token": "typed-secret"}}
+        assert Datastore(store, fresh).get("pw", decrypt=True)["value"] == "kv-secret"
     finally:
         store.close()
 

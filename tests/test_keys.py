@@ -236,9 +236,9 @@ def test_rotation_keeps_old_keys_when_a_ciphertext_is_unreadable(tmp_path: Path)
     datastore = Datastore(store, keys)
     datastore.set("good", "fine", encrypt=True)
     datastore.set("bad", "x", encrypt=True)
-    stored = store.sealed_values()[0]
-    old = next(value for scope, name, value in stored if name == "bad")
-    assert store.swap_sealed_values([("system", "bad", old, "AgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")], []) == 0
+    stored = store.sealed_values()
+    old = next(value for what, key, value in stored if (what, key) == ("key", ("system", "bad")))
+    assert store.swap_sealed_values([("key", ("system", "bad"), old, "AgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")]) == 0
 
     report = rotate_key(store, keys)
     assert len(report.unreadable) == 1 and "system:bad" in report.unreadable[0]

@@ -26,6 +26,7 @@ from bot.chat.auth import Authorizer
 from bot.chat.commands import CommandFailed, CommandRefused, CommandService, Held, HeldRequest
 from bot.chat.outbox import Outbox
 from bot.chat.replies import short
+from engine.crypto import CryptoError
 from engine.parameters import mask
 from engine.storage import iso, utcnow
 
@@ -40,6 +41,11 @@ FAILED = "failed"
 #: The row's context key for what the requester's permission is checked against again once approved
 #: (taken out before the run: it is no part of the execution's context).
 _ASKED = "approval_asked"
+#: Why an approved command whose sealed secret parameters no longer decrypt ends `failed` (told in its
+#: thread: the key ring's own words, which name the server's key file, go to the log only).
+UNREADABLE = ("its secret parameters, sealed with the datastore key while it waited, cannot be decrypted: the "
+              "key that sealed them is no longer in the key file (replaced, or retired by a rotation that "
+              "did not re-encrypt them)")
 #: How long an approved command may take to be requested before the sweep takes it for lost in a crash.
 RUN_GRACE = timedelta(seconds=60)
 
@@ -175,8 +181,12 @@ class ApprovalChat:
         context = {key: value for key, value in row["context"].items() if key != _ASKED}
         context["approval"] = {"id": row["id"], "groups": row["groups"], "count": row["count"],
                                "decisions": row["decisions"]}
-        parameters = {**row["parameters"],
-                      **(json.loads(self.engine.executions.keys.decrypt(row["sealed"])) if row.get("sealed") else {})}
+        try:
+            parameters = {**row["parameters"], **self._unsealed(row)}
+        except CryptoError as exc:
+            log.warning("approval %s cannot run: its sealed parameters cannot be decrypted (%s)", row["id"], exc)
+            await self._fail(row, UNREADABLE)
+            return
         try:
             accepted = await self.commands.request(alias, requester, "chat", parameters, row["render"], context)
         except CommandFailed as exc:
@@ -190,6 +200,12 @@ class ApprovalChat:
             reply = Reply(adapter=row["adapter"], channel=row["channel"], thread=row["thread"], text=accepted.ack,
                           extra=accepted.ack_extra)
             await self.outbox.post_keyed(accepted.execution["id"], "ack", [reply])
+
+    def _unsealed(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The secret parameters held sealed with the command (CryptoError: the key that sealed them is
+        gone from the key file)."""
+        sealed = row.get("sealed")
+        return json.loads(self.engine.executions.keys.decrypt(sealed)) if sealed else {}
 
     async def _fail(self, row: dict[str, Any], reason: str) -> None:
         """End an approved command that cannot start (`failed`, the reason in its decisions, in one

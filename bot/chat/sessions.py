@@ -53,14 +53,33 @@ async def drop(engine: Engine, key: str) -> None:
         log.warning("a closed chat session could not be removed from the database: %s", exc)
 
 
+#: What each kind of session is called in a log, by its key's prefix (`bot/chat/forms.py`, the dispatcher).
+_KINDS = {"ask:": "the question-by-question form", "confirm:": "the confirmation",
+          "form:": "a platform form (modal or dialog)"}
+
+
+def described(key: str) -> str:
+    """The session `key` as a log names it: its kind, and for one held in a place whose person and
+    channel (never a platform form's random state, which a submission presents)."""
+    kind = next((prefix for prefix in _KINDS if key.startswith(prefix)), None)
+    if kind is None:
+        return "a chat session"
+    try:
+        adapter, channel, user = json.loads(key.removeprefix(kind))
+    except ValueError:
+        return _KINDS[kind]
+    return f"{_KINDS[kind]} of {user} in {channel} on {adapter}"
+
+
 async def stored(engine: Engine) -> list[tuple[str, dict[str, Any], float]]:
-    """The open sessions, as (key, state, expires); one that cannot be read (the datastore key
-    changed) is dropped and logged."""
+    """The open sessions, as (key, state, expires); one that cannot be read (the key that sealed it
+    is gone from the key file) is dropped and logged, naming it and why: nobody reads it again."""
     rows = []
     for key, token, expires_at in await engine.db(engine.store.chat_sessions_open, datetime.now(UTC)):
         try:
             rows.append((key, json.loads(engine.keys.decrypt(token)), expires_at.timestamp()))
         except Exception as exc:
-            log.warning("a chat session stored before the restart was dropped: it cannot be read (%s)", exc)
+            log.warning("%s, stored before the restart, was dropped: its stored state cannot be read (%s); "
+                        "its person must start it again", described(key), exc)
             await drop(engine, key)
     return rows
