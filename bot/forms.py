@@ -49,8 +49,10 @@ class Field:
     """One value a form asks for.
 
     `required` means the person must fill it in: the schema requires it and there is no default to
-    fall back on (a required parameter with a default is satisfied by the default). A checkbox is never
-    required: unticked, it gives false."""
+    fall back on (a required parameter with a default is satisfied by the default). A boolean is never
+    `required`, as chat forms draw it as a checkbox, which gives false unticked (Slack's required
+    checkbox could not be left unticked); a required boolean is `yes_no` instead, for a surface that
+    asks it as an explicit choice."""
 
     name: str
     kind: str
@@ -91,6 +93,40 @@ class Field:
         return _text(self.default)
 
     @property
+    def yes_no(self) -> bool:
+        """A boolean the schema requires (an approval's `approved`): the web asks it as a choice of yes
+        or no with nothing chosen unless there is a default, since an unticked checkbox, sent with Enter
+        from another field, would answer "no" for the person. Nothing chosen is sent empty, which is
+        not given (`parse`): the engine's "is required" message when there is no default."""
+        return self.kind == "boolean" and bool(self.spec.get("required"))
+
+    @property
+    def keypad(self) -> str | None:
+        """The `inputmode` of an integer's or number's text input: a phone's numeric (or decimal) keypad
+        when the schema rules negatives out, else None (those keypads may have no minus sign)."""
+        low = self.spec.get("minimum")
+        if self.kind not in ("integer", "number") or not _is_number(low) or low < 0:
+            return None
+        return "numeric" if self.kind == "integer" else "decimal"
+
+    @property
+    def bounds(self) -> str:
+        """The range the engine checks an integer or number against, as help ("From 1 to 10."), or "".
+        Draft 4, as `engine.parameters.check_parameter` reads it: a boolean `exclusiveMinimum` (or
+        `exclusiveMaximum`) makes `minimum` (`maximum`) exclusive, and means nothing alone."""
+        if self.kind not in ("integer", "number"):
+            return ""
+        low, high = self.spec.get("minimum"), self.spec.get("maximum")
+        below = self.spec.get("exclusiveMinimum") is True
+        above = self.spec.get("exclusiveMaximum") is True
+        if _is_number(low) and _is_number(high) and not below and not above:
+            return f"From {_text(low)} to {_text(high)}."
+        parts = [f"{'more than' if below else 'at least'} {_text(low)}" if _is_number(low) else "",
+                 f"{'less than' if above else 'at most'} {_text(high)}" if _is_number(high) else ""]
+        said = " and ".join(part for part in parts if part)
+        return f"{said[:1].upper()}{said[1:]}." if said else ""
+
+    @property
     def options(self) -> list[tuple[str, Any]]:
         """An enum's choices as (the text a form sends, the value)."""
         return [(_text(choice), choice) for choice in self.choices]
@@ -111,6 +147,10 @@ class Parsed:
 def _text(value: Any) -> str:
     """A value as a form field's text (booleans and null as JSON writes them)."""
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _kind(spec: Mapping[str, Any]) -> str:
@@ -177,8 +217,8 @@ def _several(text: str) -> Any:
 
 def _value(item: Field, submitted: Mapping[str, str]) -> Any:
     """The typed value of one field, None when not given; raises `ParameterError` in the engine's words."""
-    if item.kind == "boolean":  # a checkbox: sent when ticked, absent when not
-        return cast(item.name, submitted.get(item.input_name, ""), item.spec)
+    if item.kind == "boolean" and item.input_name not in submitted:
+        return False  # a checkbox: sent when ticked, absent when not
     text = submitted.get(item.input_name, "")
     if text == "" or (item.kind not in ("string", "secret") and not text.strip()):
         return None  # not given: the default applies
@@ -198,7 +238,8 @@ def parse(fields: Iterable[Field], submitted: Mapping[str, str]) -> Parsed:
     """Typed values of the fields a form filled in, and a message for each field that is wrong.
 
     An empty field is not given (its default applies, or the engine's "is required" message when it
-    has none); an unticked checkbox is false. Values are cast and checked as the engine checks a
+    has none): a yes/no with nothing chosen (`Field.yes_no`) and chat's `skip` too. An unticked checkbox,
+    absent from what was sent, is false. Values are cast and checked as the engine checks a
     request's (`squall run` sends text too), array and object fields are JSON."""
     parsed = Parsed()
     for item in fields:

@@ -180,3 +180,53 @@ def test_an_answer_gets_the_defaults_it_left_out() -> None:
     assert parsed.values == {"note": "hi"}  # the form gives what was filled in...
     assert with_defaults(fields, parsed.values) == {"when": "now", "note": "hi"}  # ...an answer also the defaults
     assert with_defaults(fields, {"when": "later"}) == {"when": "later"}
+
+
+def test_a_required_boolean_is_a_yes_or_no_to_choose() -> None:
+    """A required boolean is asked as an explicit yes/no: the web's choice sends the field empty while
+    nothing is chosen, and that is refused with the engine's "is required" message (a checkbox left
+    unticked answered "no" for the person). `required` stays false for it, so a chat form's checkbox
+    (Slack and Mattermost send nothing when it is unticked) still answers false."""
+    schema = {"type": "object", "properties": {
+        "approved": {"type": "boolean", "required": True, "description": "Deploy?"},
+        "careful": {"type": "boolean", "required": True, "default": False},
+        "notify": {"type": "boolean"}}}
+    fields = schema_fields(schema, 'inquiry "abc"')
+    by_name = {f.name: f for f in fields}
+    assert [(f.name, f.yes_no, f.required) for f in fields] == [
+        ("approved", True, False), ("careful", True, False), ("notify", False, False)]
+    nothing_chosen = parse(fields, {"approved": "", "careful": "", "notify": ""})
+    assert nothing_chosen.errors == {"approved": 'parameter "approved" is required by inquiry "abc" (Deploy?)'}
+    assert parse(fields, {"approved": "false", "careful": "true"}).values == {
+        "approved": False, "careful": True, "notify": False}
+    assert parse(fields, {"approved": "", "careful": ""}).errors.keys() == {"approved"}
+    assert with_defaults(fields, parse(fields, {"approved": "true", "careful": ""}).values) == {
+        "approved": True, "careful": False, "notify": False}  # the default of the one not chosen
+    assert parse(fields, {}).values == {"approved": False, "careful": False, "notify": False}  # chat: unticked
+    assert by_name["careful"].initial == "" and by_name["approved"].initial == ""
+
+
+def test_an_empty_boolean_is_not_given_so_its_default_applies() -> None:
+    """Chat's `skip` for a boolean sends it empty, as "the default": not false."""
+    parsed = parse(action_fields(make()), {"who": "ann", "loud": ""})
+    assert parsed.ok, parsed.errors
+    assert "loud" not in parsed.values
+    assert resolve(make(), parsed.values, {}).values["loud"] is True
+
+
+@pytest.mark.parametrize(("spec", "keypad", "bounds"), [
+    ({"type": "integer", "minimum": 1, "maximum": 10}, "numeric", "From 1 to 10."),
+    ({"type": "integer", "minimum": 0}, "numeric", "At least 0."),
+    ({"type": "integer"}, None, ""),  # negatives too: a keypad without a minus sign would refuse them
+    ({"type": "integer", "maximum": 5}, None, "At most 5."),
+    ({"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1}, "decimal", "More than 0 and at most 1."),
+    ({"type": "number", "minimum": -1, "maximum": 1, "exclusiveMaximum": True}, None, "At least -1 and less than 1."),
+    ({"type": "number", "exclusiveMinimum": 0.5}, None, ""),  # draft 4 (the engine's): needs `minimum`
+    ({"type": "string", "minimum": 1}, None, ""),
+])
+def test_numbers_say_their_keypad_and_range(spec: dict[str, Any], keypad: str | None, bounds: str) -> None:
+    """An integer or number field is text (a browser's number input drops a typo and sends nothing);
+    a phone's numeric keypad where the schema rules negatives out, and the range the engine checks
+    (draft 4, as `check_parameter`: a boolean `exclusiveMinimum` makes `minimum` exclusive) as help."""
+    (item,) = schema_fields({"properties": {"n": spec}}, 'inquiry "abc"')
+    assert (item.keypad, item.bounds) == (keypad, bounds)

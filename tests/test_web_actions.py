@@ -32,6 +32,7 @@ parameters:
   tags: {type: array, default: [a]}
   labels: {type: object}
   ni: {type: [integer, "null"], description: "A number or nothing"}
+  size: {type: integer, minimum: 1, maximum: 10, default: 3, description: "How big"}
 """
 
 
@@ -74,8 +75,8 @@ async def test_the_form_has_a_labelled_input_per_kind(web: Web) -> None:
     client, _ = await web.signed_in("olga", "operator")
     page = (await client.get("/actions/forms.kinds")).text
     assert 'name="cmd"' not in page  # immutable: not a field
-    for name, control in (("who", 'type="text"'), ("count", 'type="number" step="1"'),
-                          ("ratio", 'type="number" step="any"'), ("loud", 'type="checkbox"'),
+    for name, control in (("who", 'type="text"'), ("count", 'type="text"'),
+                          ("ratio", 'type="text"'), ("loud", 'type="checkbox"'),
                           ("colour", "<select"), ("token", 'type="password"'), ("tags", "<textarea"),
                           ("labels", "<textarea")):
         field = _field(page, name)
@@ -91,6 +92,30 @@ async def test_the_form_has_a_labelled_input_per_kind(web: Web) -> None:
     assert "checked" not in _field(page, "loud")
     assert '[\n  &#34;a&#34;\n]</textarea>' in _field(page, "tags")
     assert 'value=""' in _field(page, "token")
+
+
+async def test_a_typo_in_a_number_field_reaches_the_form_and_is_told(web: Web) -> None:
+    """A browser's `type="number"` input sends text it cannot read (`1e`, `5-`) as an empty field,
+    which is "not given": the action ran with its default. Integer and number fields are text inputs
+    (with a numeric keypad where negatives are ruled out, and the range as help), so the typo reaches
+    `bot.forms.parse` and comes back beside its field in the engine's words."""
+    client, csrf = await web.signed_in("olga", "operator")
+    page = (await client.get("/actions/forms.kinds")).text
+    assert 'type="number"' not in page
+    size = _field(page, "size")
+    assert 'type="text" inputmode="numeric"' in size and 'value="3"' in size
+    assert '<p id="p-size-help" class="help">How big. From 1 to 10. Default: 3.</p>' in size
+    assert "inputmode" not in _field(page, "count")  # negatives allowed: a keypad may lack the minus sign
+    for typo in ("1e", "5-"):
+        bad = await client.post("/actions/forms.kinds", data={"csrf_token": csrf, "who": "ann", "size": typo})
+        assert bad.status_code == 400
+        with pytest.raises(ParameterError) as engine_says:
+            cast("size", typo, {"type": "integer"})
+        assert str(escape(str(engine_says.value))) in _field(bad.text, "size")
+        assert f'value="{typo}"' in _field(bad.text, "size")
+    too_big = await client.post("/actions/forms.kinds", data={"csrf_token": csrf, "who": "ann", "size": "50"})
+    assert too_big.status_code == 400 and "50 is greater than the maximum of 10" in _field(too_big.text, "size")
+    assert await web.squall.executions.list(action="forms.kinds") == []
 
 
 async def test_a_viewer_sees_no_form_and_cannot_run(web: Web) -> None:

@@ -413,6 +413,63 @@ async def test_keys_set_and_delete_with_secrets_masked(web: Web) -> None:
     assert all(KEY_SECRET not in str(a["detail"]) for a in audit)
 
 
+def _key_input(page: str, name: str) -> str:
+    """The keys form's `<div>` holding input `key-NAME`, its label and its error."""
+    found = re.search(rf'<div[^>]*>(?:(?!<div).)*?id="key-{name}".*?</div>', page, re.S)
+    assert found, (name, page)
+    return found.group(0)
+
+
+async def test_a_wrong_key_comes_back_beside_its_field_without_the_secret(web: Web) -> None:
+    """The keys page again, with the engine's message beside the field and what was typed kept, but
+    never a secret's value (it goes back empty): not the error page."""
+    from engine.datastore import MAX_KEY_TTL
+
+    admin, token = await signed_in(web, "ada", "admin")
+    huge = await admin.post("/keys", data={"name": "db.password", "value": KEY_SECRET, "secret": "on",
+                                           "scope": "system", "ttl": "99999999999999", "description": "prod db",
+                                           "csrf_token": token})
+    assert huge.status_code == 400
+    page = huge.text
+    assert KEY_SECRET not in page and "Back to the executions" not in page and "<h1>Datastore keys</h1>" in page
+    assert '<div class="error" role="alert"><p>1 field to correct: TTL.</p></div>' in page
+    ttl = _key_input(page, "ttl")
+    assert 'value="99999999999999"' in ttl and 'aria-invalid="true"' in ttl
+    assert 'aria-describedby="key-ttl-help key-ttl-error"' in ttl and 'inputmode="numeric"' in ttl
+    assert (f'<p id="key-ttl-error" class="field-error">ttl must be at most {MAX_KEY_TTL} seconds (100 years), '
+            f"not 99999999999999.</p>") in ttl
+    assert 'value="db.password"' in _key_input(page, "name")
+    assert 'value="prod db"' in _key_input(page, "description")
+    assert "checked" in _key_input(page, "secret")
+    value = _key_input(page, "value")
+    assert 'type="password"' in value and 'value=""' in value  # a secret is shown nowhere, not even back
+    assert await web.squall.db(web.squall.datastore.get, "db.password") is None
+    typos = await admin.post("/keys", data={"name": "", "value": "plain <b>", "scope": "system", "ttl": "1e",
+                                            "csrf_token": token})
+    assert typos.status_code == 400
+    assert "2 fields to correct: Name, TTL." in typos.text
+    assert "a key needs a name" in _key_input(typos.text, "name")
+    assert "TTL must be a whole number of seconds" in _key_input(typos.text, "ttl")
+    value = _key_input(typos.text, "value")
+    assert 'type="text"' in value and 'value="plain &lt;b&gt;"' in value  # not a secret: kept, as text
+    users = await admin.post("/keys", data={"name": "pref", "value": "v", "scope": "user", "user": "a:b",
+                                            "csrf_token": token})
+    assert users.status_code == 400 and "cannot have user-scoped keys" in _key_input(users.text, "user")
+    assert 'aria-current="page">user</a>' in users.text  # still the user scope's page
+    assert [a["event"] for a in await _changes(web)] == []
+
+
+async def test_the_keys_value_hides_as_a_password_when_encrypt_is_ticked(web: Web) -> None:
+    """A script of Squall's own (the CSP allows no inline one) turns the value into a password field while
+    Encrypt is ticked; the browser test ticks it."""
+    admin, _ = await signed_in(web, "ada", "admin")
+    page = (await admin.get("/keys")).text
+    assert '<script src="/static/keys.js" defer></script>' in page
+    assert 'id="key-secret" name="secret" type="checkbox" data-hides="key-value"' in page
+    script = await admin.get("/static/keys.js")
+    assert script.status_code == 200 and "data-hides" in script.text and "password" in script.text
+
+
 async def test_secrets_never_reach_any_page(web: Web) -> None:
     admin, token = await signed_in(web, "ada", "admin")
     await admin.post("/keys", data={"name": "pw", "value": KEY_SECRET, "secret": "on", "csrf_token": token})

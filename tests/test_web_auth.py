@@ -375,10 +375,47 @@ async def test_a_post_without_the_sessions_csrf_token_is_refused(web: Web) -> No
 async def test_an_unauthenticated_post_does_nothing(web: Web) -> None:
     execution_id = await _running(web)
     anon = web.client()
-    answer = await anon.post(f"/executions/{execution_id}/cancel")
-    assert answer.status_code == 303 and answer.headers["location"] == "/login"
+    answer = await anon.post(f"/executions/{execution_id}/cancel")  # no Referer, and no page of its own
+    assert answer.status_code == 303 and answer.headers["location"] == "/login?expired=1"
     assert (await web.squall.executions.get(execution_id))["status"] == "running"
     await web.squall.executions.cancel(execution_id)
+
+
+async def test_a_form_sent_after_the_session_ended_goes_back_to_its_page_after_login(web: Web) -> None:
+    """A run form sent once its session has ended (expired, `squall user logout`, a new password): the
+    login page says so, and logging in goes back to the page the form was on (the Referer, when it is
+    a page of this site; else the post's own path, when that is a page), never to another site."""
+    from bot.accounts import end_sessions
+
+    client, csrf = await web.signed_in("ann", "operator")
+    form = "http://squall/actions/demo.greet?from=list"
+    assert (await client.get(form)).status_code == 200
+    assert await web.squall.db(end_sessions, web.squall.store, "ann")
+    sent = await client.post("/actions/demo.greet", data={"csrf_token": csrf, "name": "bob"},
+                             headers={"Referer": form})
+    assert sent.status_code == 303
+    assert sent.headers["location"] == "/login?next=%2Factions%2Fdemo.greet%3Ffrom%3Dlist&expired=1"
+    page = await client.get(sent.headers["location"])
+    assert '<p class="notice" role="status" id="login-notice">Your session expired; log in again to continue. ' \
+           "What that form sent was not done.</p>" in page.text
+    assert 'name="next" value="/actions/demo.greet?from=list"' in page.text
+    back = await login(client, "ann", next_url="/actions/demo.greet?from=list")
+    assert back.status_code == 303 and back.headers["location"] == "/actions/demo.greet?from=list"
+    assert await web.squall.executions.list(action="demo.greet") == []
+    # Without a Referer (or with another site's), the post's path when it is a page, else no page at all.
+    assert await web.squall.db(end_sessions, web.squall.store, "ann")
+    for referer in (None, "https://evil.example/actions/core.local", "http://squall.evil.example/keys"):
+        headers = {"Referer": referer} if referer else {}
+        answer = await client.post("/actions/demo.greet", data={"csrf_token": csrf}, headers=headers)
+        assert answer.headers["location"] == "/login?next=%2Factions%2Fdemo.greet&expired=1", referer
+        no_page = await client.post("/keys/delete", data={"csrf_token": csrf}, headers=headers)
+        assert no_page.headers["location"] == "/login?expired=1", referer
+    # A Referer of this site that is not a page (the login page itself, a live stream) is not gone back to.
+    for referer in ("http://squall/login?next=%2Fkeys", "http://squall/live/executions", "http://squall//evil.example/"):
+        answer = await client.post("/keys/delete", data={"csrf_token": csrf}, headers={"Referer": referer})
+        assert answer.headers["location"] == "/login?expired=1", referer
+    assert "Your session expired" not in (await client.get("/login")).text
+    assert "Your session expired" not in (await client.get("/login?next=%2Fkeys")).text
 
 
 # -- headers and static files ----------------------------------------------------------------------

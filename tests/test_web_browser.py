@@ -4,8 +4,9 @@ installs) driven by Playwright's Python package, never `playwright install`'s ow
 One real `squall serve` for the module, on a fresh SQLite home with the API on a free port, the
 console adapter off and the Mattermost adapter on a faithful local Mattermost (tests/fake_mattermost.py,
 on an event loop of its own in a thread: Playwright's sync API wants the test's thread to itself).
-Its pack `webui` has `webui.lines` (prints a line every `pause` seconds), an alias for it, and
-`webui.approval`, an Orquesta workflow that waits on an inquiry. The test logs in with the first
+Its pack `webui` has `webui.lines` (prints a line every `pause` seconds), an alias for it,
+`webui.approval`, an Orquesta workflow that waits on an inquiry, and `webui.queued`, which runs one
+at a time (the others wait `delayed`). The test logs in with the first
 admin's password that `squall serve` prints, and does in the browser what a person does: the list
 and its filters, an execution's page, a chat-started execution with its channel, cancel, the run
 form with the output arriving live, the list taking a new execution live, an inquiry answered from
@@ -186,6 +187,20 @@ def _write_home(home: Path, port: int, chat_url: str) -> None:
         entry_point: workflows/approval.yaml
     """)
     write(pack / "actions" / "workflows" / "approval.yaml", APPROVAL)
+    # One at a time: the others wait `delayed` until the one running ends.
+    write(pack / "actions" / "queued.yaml", """
+        name: queued
+        runner_type: local-shell-cmd
+        description: Sleep a minute, one run at a time.
+        parameters:
+          cmd: {default: sleep 60, immutable: true}
+    """)
+    write(pack / "policies" / "queued.yaml", """
+        name: queued.one
+        resource_ref: webui.queued
+        policy_type: action.concurrency
+        parameters: {action: delay, threshold: 1}
+    """)
 
 
 @pytest.fixture(scope="module")
@@ -595,7 +610,7 @@ def test_answer_an_inquiry_from_the_inbox_and_the_workflow_goes_on(served: Serve
     tab.shot(shots, "inquiries")
     pending.get_by_role("link", name=inquiry).click()
     tab.page.wait_for_url(f"{served.base}/inquiries/{inquiry}")
-    tab.page.get_by_label("approved").check()
+    tab.page.get_by_role("radio", name="Yes").check()
     tab.shot(shots, "inquiry")
     tab.page.get_by_role("button", name="Answer as admin").click()
     tab.page.locator(".responder", has_text="admin").wait_for(timeout=15_000)
@@ -615,6 +630,76 @@ def test_answer_an_inquiry_from_the_inbox_and_the_workflow_goes_on(served: Serve
     answered = tab.page.locator("section[aria-labelledby=answered-title] tbody tr", has_text=inquiry)
     assert "admin" in answered.locator(".responder").inner_text()
     assert tab.errors == []
+
+
+def _but_the_refusal(errors: list[str]) -> list[str]:
+    """The console errors but Chromium's note of the 400 a refused form is answered with."""
+    return [error for error in errors if "status of 400" not in error]
+
+
+def test_enter_before_choosing_yes_or_no_answers_nothing(served: Served, tab: Tab) -> None:
+    """A required boolean is a yes or no with nothing chosen: Enter on it before choosing sends nothing
+    chosen, which is refused beside it (an unticked checkbox answered "no"); "No" chosen is an answer."""
+    workflow = served.run("webui.approval")
+    deadline = time.monotonic() + 30
+    while not (asked := [e for e in served.executions(parent=workflow) if e["status"] == "pending"]):
+        assert time.monotonic() < deadline, served.execution(workflow)
+        time.sleep(0.1)
+    inquiry = asked[0]["id"]
+    tab.go(f"/inquiries/{inquiry}")
+    yes, no = tab.page.get_by_role("radio", name="Yes"), tab.page.get_by_role("radio", name="No")
+    assert not yes.is_checked() and not no.is_checked()
+    yes.focus()
+    with tab.page.expect_navigation():
+        yes.press("Enter")
+    assert "is required by inquiry" in tab.page.locator("#a-approved-error").inner_text()
+    assert served.execution(inquiry)["status"] == "pending"
+    no.check()
+    tab.page.get_by_role("button", name="Answer as admin").click()
+    tab.page.locator(".responder", has_text="admin").wait_for(timeout=15_000)
+    assert served.wait(workflow, "succeeded")["result"]["output"] == {"answer": False}
+    assert _but_the_refusal(tab.errors) == []
+
+
+def test_a_typo_in_a_number_field_is_told_not_run_with_the_default(served: Served, tab: Tab) -> None:
+    """`1e` typed into an integer field reaches the server and comes back beside the field: a
+    `type="number"` input sent it empty, and the action ran with its default."""
+    before = {e["id"] for e in served.executions(action="webui.lines")}
+    tab.go("/actions/webui.lines")
+    count = tab.page.get_by_label(re.compile(r"^count"))
+    count.fill("")
+    count.press_sequentially("1e")
+    with tab.page.expect_navigation():
+        tab.page.get_by_role("button", name="Run webui.lines").click()
+    assert "'1e' is not an integer" in tab.page.locator("#p-count-error").inner_text()
+    assert count.input_value() == "1e" and count.get_attribute("aria-invalid") == "true"
+    assert {e["id"] for e in served.executions(action="webui.lines")} == before
+    assert _but_the_refusal(tab.errors) == []
+
+
+def test_a_keys_value_to_encrypt_is_not_shown_and_a_refusal_is_told_beside_its_field(served: Served,
+                                                                                     tab: Tab) -> None:
+    """While Encrypt is ticked the value is a password field (static/keys.js, the CSP allowing it); a
+    refused key comes back on the keys page with the message beside its field, the secret not sent back."""
+    tab.go("/keys")
+    value, encrypt = tab.page.get_by_label("Value", exact=True), tab.page.get_by_label(re.compile(r"^Encrypt"))
+    assert value.get_attribute("type") == "text"
+    encrypt.check()
+    assert value.get_attribute("type") == "password"
+    encrypt.uncheck()
+    assert value.get_attribute("type") == "text"
+    encrypt.check()
+    tab.page.get_by_label("Name", exact=True).fill("db.password")
+    value.fill("hunter2-prod")
+    tab.page.get_by_label("TTL in seconds").fill("99999999999999")
+    with tab.page.expect_navigation():
+        tab.page.get_by_label("Description").press("Enter")
+    assert "ttl must be at most" in tab.page.locator("#key-ttl-error").inner_text()
+    assert tab.page.get_by_label("Name", exact=True).input_value() == "db.password"
+    assert value.input_value() == "" and value.get_attribute("type") == "password" and encrypt.is_checked()
+    assert "hunter2-prod" not in tab.page.content()
+    assert served.api.get("/api/v1/keys/db.password").status_code == 404
+    assert _but_the_refusal(tab.errors) == []
 
 
 def test_rerun_an_execution_with_an_edited_parameter(served: Served, tab: Tab) -> None:
@@ -815,3 +900,132 @@ def test_a_new_row_the_list_has_already_is_kept_once(served: Served, tab: Tab) -
     rows = tab.page.locator("table.list tbody tr").evaluate_all("rows => rows.map(row => row.id)")
     assert rows[:2] == [f"row-{fake}", f"row-{shown}"] and rows.count(f"row-{shown}") == 1, rows
     assert [error for error in tab.errors if not error.startswith("console: [object Event] ")] == []
+
+
+# -- what a live update must not take from the person, and a phone's screen ---------------------------------
+
+def test_a_row_s_live_update_keeps_its_tick_and_the_focus(served: Served, tab: Tab) -> None:
+    """Two executions waiting their turn are ticked for the bulk cancel, the focus on the first's box;
+    the first then starts, and its row is replaced live: both stay ticked, the focus stays on the
+    same box, and the bulk cancel cancels both."""
+    ahead = served.run("webui.queued")
+    served.wait(ahead, "running")
+    waiting = [served.run("webui.queued") for _ in range(2)]
+    for execution_id in waiting:
+        served.wait(execution_id, "delayed")
+    tab.go("/executions?action=webui.queued")
+    tab.page.evaluate("window.sameDocument = true")
+    boxes = [tab.page.locator(f"tr#row-{execution_id} input[type=checkbox]") for execution_id in waiting]
+    for box in boxes:
+        box.check()
+    boxes[0].focus()
+    served.api.delete(f"/api/v1/executions/{ahead}")  # its end lets the first waiting one start
+    served.wait(waiting[0], "running")
+    tab.page.locator(f"tr#row-{waiting[0]} .status", has_text="running").wait_for(timeout=15_000)
+    assert [box.is_checked() for box in boxes] == [True, True]
+    assert tab.page.evaluate("document.activeElement.value") == waiting[0]
+    assert tab.page.evaluate("window.sameDocument") is True
+    tab.page.get_by_role("button", name="Cancel the checked executions").click()
+    tab.page.wait_for_url(f"{served.base}/executions/cancel")
+    assert [served.wait(execution_id, "canceled")["status"] for execution_id in waiting] == ["canceled"] * 2
+    assert tab.errors == []
+
+
+def _at_end(box: Any) -> bool:
+    """Whether the output box is scrolled to its end (within a pixel: positions may be fractional)."""
+    return box.evaluate("box => box.scrollHeight - box.scrollTop - box.clientHeight < 2")
+
+
+def test_live_output_follows_its_newest_line_unless_scrolled_up(served: Served, tab: Tab, tmp_path: Path) -> None:
+    """The output box of a running execution, once it overflows, follows the lines as they arrive (as
+    `tail -f` does) while it is scrolled to its end; scrolled up to read, it stays where it was. A page
+    opened on output that overflows already opens at its end. The action prints each part of its
+    output when the test creates that part's file, so the box's state before each part is known."""
+    gate = tmp_path / "part"
+    cmd = (f'for n in 1 2 3 4; do while [ ! -e {gate}-$n ]; do sleep 0.05; done; '
+           f'[ $n = 4 ] || for i in $(seq 1 60); do echo "part $n line $i"; done; done')
+    execution_id = served.run("core.local", cmd=cmd)
+    served.wait(execution_id, "running")
+    tab.go(f"/executions/{execution_id}")
+    tab.page.evaluate("window.sameDocument = true")
+    output = tab.page.locator("pre.output-stdout")
+
+    def part(n: int) -> None:
+        (tmp_path / f"part-{n}").touch()
+        output.filter(has_text=f"part {n} line 60").wait_for(timeout=15_000)
+
+    part(1)
+    assert output.evaluate("box => box.scrollHeight > box.clientHeight + 200")  # it overflows
+    assert _at_end(output)
+    output.evaluate("box => { box.scrollTop = 0; }")
+    part(2)
+    assert output.evaluate("box => box.scrollTop") == 0
+    output.evaluate("box => { box.scrollTop = box.scrollHeight; }")
+    part(3)
+    assert _at_end(output)
+    assert tab.page.evaluate("window.sameDocument") is True
+    tab.go(f"/executions/{execution_id}")  # still running: the page opens on its output's end
+    assert output.inner_text().splitlines()[-1] == "part 3 line 60" and _at_end(output)
+    (tmp_path / "part-4").touch()
+    served.wait(execution_id, "succeeded")
+    assert tab.errors == []
+
+
+def test_a_row_that_stops_matching_the_filter_leaves_the_live_list(served: Served, tab: Tab) -> None:
+    """On the live list of running executions, one that ends is taken off the page, not shown ended."""
+    execution_id = served.run("webui.lines", count=200, pause=0.5)
+    served.wait(execution_id, "running")
+    # The stream sends every row once when it opens: that event says the stream looked at the list.
+    tab.page.add_init_script("""document.addEventListener("htmx:sseBeforeMessage", event => {
+        window.streamed = (window.streamed || []).concat([event.detail.type]); });""")
+    tab.go("/executions?action=webui.lines&status=running")
+    row = tab.page.locator(f"tr#row-{execution_id}")
+    tab.page.wait_for_function(f"(window.streamed || []).includes('row-{execution_id}')", timeout=15_000)
+    assert row.count() == 1
+    tab.page.evaluate("window.sameDocument = true")
+    served.api.delete(f"/api/v1/executions/{execution_id}")
+    served.wait(execution_id, "canceled")
+    row.wait_for(state="detached", timeout=15_000)
+    assert tab.page.evaluate("window.sameDocument") is True
+    assert tab.errors == []
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+def test_a_phone_s_screen_shows_the_menu_and_scrolls_only_the_lists_sideways(
+        served: Served, chromium: Any, admin_state: dict[str, Any], tab: Tab, shots: Path) -> None:
+    """At 390 pixels wide no page scrolls sideways: the menu wraps, a list wider than the screen
+    scrolls in its own box, and the executions' filters start folded, so the list is on the first
+    screen (they open with a tap; on a wide screen they start open)."""
+    served.wait(served.run("webui.lines", count=1, pause=0), "succeeded")
+    context = chromium.new_context(viewport=PHONE, storage_state=admin_state)
+    phone = Tab(context.new_page(), served.base)
+    watch(phone.page, phone.errors)
+    try:
+        for path in ("/executions", "/audit", "/actions", "/inquiries", "/aliases", "/rules", "/triggers",
+                     "/packs", "/status"):
+            phone.go(path)
+            assert phone.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], path
+            assert phone.page.evaluate("""() => [...document.querySelectorAll('header nav a')]
+                .filter(a => a.getBoundingClientRect().right > innerWidth).map(a => a.innerText)""") == [], path
+        phone.go("/audit")
+        listed = phone.page.locator(".table-scroll", has=phone.page.locator("table.list"))
+        assert listed.evaluate("box => box.scrollWidth > box.clientWidth")  # wider than the screen: it scrolls
+        phone.go("/executions")
+        filters = phone.page.locator("details.filters-box")
+        assert filters.evaluate("details => details.open") is False
+        assert phone.page.locator("table.list tbody tr").first.evaluate(
+            "row => row.getBoundingClientRect().bottom") < PHONE["height"]
+        phone.shot(shots, "executions-phone")
+        phone.page.get_by_text("Filters", exact=True).click()
+        phone.page.get_by_label("Status").select_option("succeeded")
+        phone.page.get_by_role("button", name="Filter").click()
+        phone.page.wait_for_url(re.compile(r"status=succeeded"))
+        assert "(1 set)" in phone.page.locator("details.filters-box summary").inner_text()
+        assert phone.errors == []
+    finally:
+        context.close()
+    tab.go("/executions")
+    assert tab.page.locator("details.filters-box").evaluate("details => details.open") is True
+    assert tab.page.get_by_label("Status").is_visible()

@@ -233,3 +233,28 @@ async def test_an_unknown_execution_is_a_404_page(viewer: tuple[Web, httpx.Async
     missing = await client.get("/executions/" + "0" * 24)
     assert missing.status_code == 404 and "not found" in missing.text and "<h1>Not found</h1>" in missing.text
     assert (await client.get("/executions/not-an-id")).status_code == 404
+
+
+def _field_value(page: str, field: str) -> str:
+    """The value the list's filter form shows in `field` (its input's `value` attribute)."""
+    found = re.search(rf'<input id="f-{field}"[^>]* value="([^"]*)"', page)
+    assert found is not None, f"no input f-{field} on the page"
+    return found.group(1)
+
+
+async def test_a_time_filter_from_the_url_shows_in_its_field_as_utc(viewer: tuple[Web, httpx.AsyncClient]) -> None:
+    """A bookmarked `from` with a zone filters the list, and its `datetime-local` field shows the same
+    time in UTC (the field's label), to the second: the field cannot take a zone, and a value it cannot
+    take shows empty, so pressing Filter again would drop the filter without a word."""
+    web, client = viewer
+    early = await web.squall.db(stored, web.squall.store, T0)
+    late = await web.squall.db(stored, web.squall.store, T0 + timedelta(hours=3))
+    zoned = await client.get("/executions", params={"from": "2026-03-01T15:00:00+02:00", "to": "2026-03-01T15:30Z"})
+    assert _listed(zoned.text) == [late]
+    assert (_field_value(zoned.text, "from"), _field_value(zoned.text, "to")) == (
+        "2026-03-01T13:00:00", "2026-03-01T15:30:00")
+    local = await client.get("/executions", params={"from": "2026-03-01T11:59:59.750"})
+    assert _listed(local.text) == [late, early]
+    assert _field_value(local.text, "from") == "2026-03-01T11:59:59"  # the field's step is a second
+    assert "from=2026-03-01T11%3A59%3A59.750" in local.text  # the link to the stream keeps the query's own
+    assert _field_value((await client.get("/executions")).text, "from") == ""

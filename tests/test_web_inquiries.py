@@ -10,6 +10,7 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -113,8 +114,12 @@ async def test_the_answer_form_comes_from_the_schema(web: Web) -> None:
     _, inquiry_id = await _asked(web)
     client, _ = await _operator(web, "olivia")
     page = (await client.get(f"/inquiries/{inquiry_id}")).text
-    assert '<input id="a-approved" name="approved" type="checkbox" value="true"' in page
-    assert '<label for="a-approved" class="inline-label">approved' in page
+    # a required boolean is a yes or no to choose, nothing chosen: never an unticked box that answers "no"
+    assert '<legend>approved <span class="required" aria-hidden="true">*</span>' in page
+    assert '<input id="a-approved" name="approved" type="radio" value="true">' in page
+    assert '<label for="a-approved" class="inline-label">Yes</label>' in page
+    assert '<input id="a-approved-no" name="approved" type="radio" value="false">' in page
+    assert 'type="checkbox"' not in page
     assert re.search(r'<input id="a-reason" name="reason" required aria-describedby="a-reason-help" type="text"', page)
     assert '<option value="now" selected>now</option>' in page and '<option value="tonight">' in page
     assert "<dt>Who may answer</dt><dd>olivia or ada (who must also be in role admin or operator)</dd>" in page
@@ -157,6 +162,51 @@ async def test_a_wrong_answer_comes_back_beside_its_field(web: Web) -> None:
             f'&#34;{inquiry_id}&#34; (Why)</p>') in bad.text
     assert "breaks the rule enum: &#39;never&#39; is not one of [&#39;now&#39;, &#39;tonight&#39;]" in bad.text
     assert (await web.squall.inquiries.get(inquiry_id))["status"] == "pending"
+
+
+async def _post_form(client: httpx.AsyncClient, url: str, fields: list[tuple[str, str]]) -> httpx.Response:
+    """A form posted as a browser posts it: every field in order, a name repeated as often as it is sent."""
+    return await client.post(url, content=urlencode(fields),
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+
+
+async def test_a_required_yes_or_no_left_unchosen_is_refused_beside_it(web: Web) -> None:
+    """Enter pressed in another field before choosing: the choice arrives empty (the hidden field after
+    the radio buttons; a chosen one comes first, and a form's first value of a name is the one read),
+    which is refused beside the field; the inquiry stays pending. A choice of "no" is an answer."""
+    workflow_id, inquiry_id = await _asked(web)
+    client, csrf = await _operator(web, "olivia")
+    page = (await client.get(f"/inquiries/{inquiry_id}")).text
+    radios = page.index('name="approved" type="radio" value="false"')
+    assert page.index('<input type="hidden" name="approved" value="">') > radios
+    unchosen = await _post_form(client, f"/inquiries/{inquiry_id}", [
+        ("csrf_token", csrf), ("approved", ""), ("reason", "checked the canary")])
+    assert unchosen.status_code == 400
+    assert (f'<p id="a-approved-error" class="field-error">parameter &#34;approved&#34; is required by inquiry '
+            f'&#34;{inquiry_id}&#34; (Go ahead?)</p>') in unchosen.text
+    assert 'aria-invalid="true"' in unchosen.text.split("<legend>approved")[0].rsplit("<fieldset", 1)[1]
+    assert 'value="checked the canary"' in unchosen.text  # what was typed is kept
+    assert (await web.squall.inquiries.get(inquiry_id))["status"] == "pending"
+    said_no = await _post_form(client, f"/inquiries/{inquiry_id}", [
+        ("csrf_token", csrf), ("approved", "false"), ("approved", ""), ("reason", "not today")])
+    assert said_no.status_code == 303, said_no.text
+    assert (await _final(web, workflow_id))["result"]["output"]["answer"] == {
+        "approved": False, "reason": "not today", "when": "now"}
+
+
+async def test_each_answer_of_a_several_people_inquiry_shows_when_as_people_read_it(web: Web) -> None:
+    record = await web.squall.executions.request("core.ask", {
+        "schema": {"type": "object", "properties": {"ok": {"type": "boolean", "required": True}}}, "count": 2},
+        {"user": "tester"})
+    inquiry_id = record["id"]
+    assert (await web.squall.executions.wait(inquiry_id, timeout=20))["status"] == "pending"
+    await web.squall.inquiries.respond(inquiry_id, {"ok": True}, "ada", ["operator"])
+    client, _ = await _operator(web, "olivia")
+    page = (await client.get(f"/inquiries/{inquiry_id}")).text
+    answer = re.search(r'<dd class="responder">ada <time datetime="([^"]+)">([^<]+)</time>', page)
+    assert answer, page
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", answer.group(2)), answer.group(2)
+    assert answer.group(1).startswith(answer.group(2)[:10])  # the ISO time stays for machines
 
 
 async def test_answering_resumes_the_workflow_and_shows_who_and_when(web: Web) -> None:

@@ -155,6 +155,88 @@ def test_ansi_colours_become_classes_and_text_stays_escaped() -> None:
     assert renderer.feed("still") == '<span class="ansi-green">still</span>'
 
 
+def test_reverse_video_swaps_the_colours_until_27_or_0() -> None:
+    """SGR 7 shows the text in the background's colour on the text's colour (27 or 0 ends it); with
+    no colour given, on the default text colour (`ansi-reverse`)."""
+    assert render("\x1b[7mrev\x1b[27m plain") == '<span class="ansi-reverse">rev</span> plain'
+    assert render("\x1b[31;42;7mboth\x1b[0mx") == '<span class="ansi-green ansi-bg-red">both</span>x'
+    assert render("\x1b[31;7mred\x1b[27mback") == ('<span class="ansi-bg-red">red</span>'
+                                                  '<span class="ansi-red">back</span>')
+    assert render("\x1b[44;1;7mon blue") == '<span class="ansi-blue ansi-reverse ansi-bold">on blue</span>'
+
+
+# -- colours readable on both schemes (WCAG AA: 4.5:1 for text) --------------------------------------
+
+CSS = Path(__file__).resolve().parents[1] / "bot" / "web" / "static" / "squall.css"
+SCHEMES = ("light", "dark")
+NAMED = [f"{colour}{bright}" for colour in ("black", "red", "green", "yellow", "blue", "magenta", "cyan", "white")
+         for bright in ("", "-bright")]
+_RULE = re.compile(r"@media([^{]*)\{|([^{}@]+)\{([^{}]*)\}|\}")
+
+
+def _rules(scheme: str) -> list[tuple[list[str], dict[str, str]]]:
+    """squall.css's rules that apply in `scheme`, in source order: the top level's and those of its
+    `prefers-color-scheme: <scheme>` blocks (no other media query changes a colour)."""
+    css = re.sub(r"/\*.*?\*/", "", CSS.read_text(), flags=re.S)
+    rules, applies = [], True
+    for match in _RULE.finditer(css):
+        media, selectors, body = match.groups()
+        if media is not None:
+            applies = f"prefers-color-scheme: {scheme}" in media
+        elif selectors is not None:
+            if applies:
+                declarations = dict(tuple(part.strip() for part in item.split(":", 1))
+                                    for item in body.split(";") if ":" in item)
+                rules.append(([s.strip() for s in selectors.split(",")], declarations))
+        else:
+            applies = True
+    return rules
+
+
+def _shown(scheme: str, classes: str) -> tuple[str, str]:
+    """The (text, background) colours, as #rrggbb, of a span with `classes` in an output `<pre>`:
+    the cascade of single-class rules, in source order (they are all as specific), over the page's."""
+    rules = _rules(scheme)
+    variables: dict[str, str] = {}
+    shown = {"color": "", "background": ""}
+    for selectors, declarations in rules:
+        if ":root" in selectors:
+            variables.update({name: value for name, value in declarations.items() if name.startswith("--")})
+        if "body" in selectors and "color" in declarations:
+            shown["color"] = declarations["color"]
+        if "pre" in selectors and "background" in declarations:
+            shown["background"] = declarations["background"]
+    for selectors, declarations in rules:
+        if any(f".{name}" in selectors for name in classes.split()):
+            shown.update({key: declarations[key] for key in shown if key in declarations})
+    resolved = [re.sub(r"var\((--[\w-]+)\)", lambda m: variables[m.group(1)], value) for value in shown.values()]
+    assert all(re.fullmatch(r"#[0-9a-f]{6}", value) for value in resolved), (scheme, classes, resolved)
+    return resolved[0], resolved[1]
+
+
+def _contrast(pair: tuple[str, str]) -> float:
+    def luminance(colour: str) -> float:
+        channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    light, dark = sorted(map(luminance, pair), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_output_colours_are_readable_on_both_schemes() -> None:
+    """Every colour an action's output can take, computed from squall.css's variables and rules, has
+    a contrast of at least 4.5:1 with what is behind it, in the light scheme and the dark: each of the
+    16 text colours on the output's background, the default text on each of the 16 backgrounds, any
+    text on a black background (the light scheme's default text is dark too), and reverse video."""
+    spans = [f"ansi-{name}" for name in NAMED] + [f"ansi-bg-{name}" for name in NAMED]
+    spans += [f"ansi-{name} ansi-bg-black" for name in NAMED if not name.startswith("black")]
+    spans += [f"ansi-{name} ansi-bg-black-bright" for name in NAMED if not name.startswith("black")]
+    spans += ["ansi-reverse"] + [f"ansi-{name} ansi-reverse" for name in NAMED]
+    low = {(scheme, classes): round(_contrast(_shown(scheme, classes)), 2)
+           for scheme in SCHEMES for classes in spans if _contrast(_shown(scheme, classes)) < 4.5}
+    assert low == {}
+
+
 async def test_the_page_and_its_stream_show_script_and_colours_as_text(web: Web) -> None:
     client, _ = await web.signed_in("vic", "viewer")
     cmd = r"sleep 0.2; printf '\033[31m<script>alert(1)</script>\033[0m <b>bold</b>\n'; printf 'err\n' >&2"
@@ -419,9 +501,10 @@ async def test_the_list_s_stream_resumes_from_its_last_event_id(web: Web) -> Non
                 assert (await asyncio.wait_for(anext(_events(stream)), 10))["event"] == "new"
 
 
-async def test_a_filtered_list_sends_the_end_of_a_row_that_stops_matching(web: Web) -> None:
-    """On a list of running executions, one that ends is sent once more as it ended (it would show
-    running for ever), then leaves the stream's memory; one that starts running is added."""
+async def test_a_filtered_list_removes_a_row_that_stops_matching(web: Web) -> None:
+    """On a list of running executions, one that ends is sent once more with no row (its row is
+    replaced by nothing: it would show running for ever, or ended on a list of running ones), then
+    leaves the stream's memory; one that starts running is added."""
     await web.user("otto", "operator")
     session = await _stored_session(web, Account("otto", "operator"))
     first = await _running(web)
@@ -431,11 +514,15 @@ async def test_a_filtered_list_sends_the_end_of_a_row_that_stops_matching(web: W
     await web.squall.executions.cancel(first)
     await web.squall.executions.wait(first, 30)
     ended = await asyncio.wait_for(anext(events), 10)
-    assert ended["event"] == f"row-{first}" and "status-canceled" in ended["data"]
+    assert ended == {"event": f"row-{first}", "data": "", "id": first}
     late = await _running(web)  # newer than the page's top: new
     got = await asyncio.wait_for(anext(events), 10)
     assert got["event"] == "new" and f'href="/executions/{late}"' in got["data"]
     await events.aclose()
+    # One that left the page still matching (newer ones pushed it down) is sent as it is.
+    record = await web.squall.db(web.squall.store.get_execution, late)
+    pushed = live._left(session, ExecutionFilter(status="running"), record)
+    assert pushed["event"] == f"row-{late}" and "status-running" in pushed["data"]
     await web.squall.executions.cancel(late)
 
 

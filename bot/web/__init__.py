@@ -33,15 +33,17 @@ from bot.web import (
     triggers,
 )
 from bot.web.pages import STATIC, PageError, render, secure
-from bot.web.session import LoginRequired
+from bot.web.session import LoginRequired, page_routes
 from bot.web.throttle import LoginThrottle
 
 __all__ = ["mount"]
 
 
 async def _login_required(_request: Request, exc: LoginRequired) -> Response:
-    target = f"/login?next={exc.next_url}" if exc.next_url else "/login"
-    return secure(RedirectResponse(target, status_code=303))
+    """To the login page, with where to come back to and, for a form sent without a session, the flag
+    that has the login page say the form was not done."""
+    query = "&".join(([f"next={exc.next_url}"] if exc.next_url else []) + (["expired=1"] if exc.expired else []))
+    return secure(RedirectResponse(f"/login?{query}" if query else "/login", status_code=303))
 
 
 async def _page_error(request: Request, exc: PageError) -> Response:
@@ -57,15 +59,9 @@ def mount(app: FastAPI) -> None:
     app.add_exception_handler(PageError, _page_error)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     oidc.install(app)
-    app.include_router(login.router)
-    app.include_router(executions.router)
-    app.include_router(live.router)
-    app.include_router(actions.router)
-    app.include_router(inquiries.router)
-    app.include_router(aliases.router)
-    app.include_router(rules.router)
-    app.include_router(triggers.router)
-    app.include_router(packs.router)
-    app.include_router(keys.router)
-    app.include_router(audit.router)
-    app.include_router(status.router)
+    routers = (login.router, executions.router, live.router, actions.router, inquiries.router, aliases.router,
+               rules.router, triggers.router, packs.router, keys.router, audit.router, status.router)
+    for router in routers:
+        app.include_router(router)
+    # The pages a login goes back to after a form sent without a session (`session._came_from`).
+    app.state.web_pages = page_routes(route for router in routers for route in router.routes)

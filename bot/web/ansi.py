@@ -3,7 +3,9 @@
 Actions print for terminals, so their output carries ANSI escape sequences. The colours and weights
 (SGR, `ESC [ ... m`) become classes styled in `squall.css` (the Content-Security-Policy forbids inline
 styles, so 256-colour and RGB values map to nothing but the 16 named colours); every other escape
-sequence (cursor moves, titles) is dropped. The text itself is always escaped: output is shown as
+sequence (cursor moves, titles) is dropped. Reverse video (SGR 7, ended by 27) swaps the text's and
+the background's colours; with no background colour given, the text takes the output's background
+on the default text colour (`ansi-reverse`). The text itself is always escaped: output is shown as
 text, never as HTML.
 
 `AnsiRenderer` keeps the colour state and any half-received escape sequence between chunks, so a
@@ -31,6 +33,7 @@ class AnsiRenderer:
         self.fg: str | None = None
         self.bg: str | None = None
         self.flags: set[str] = set()
+        self.reverse = False
         self._pending = ""
 
     def feed(self, text: str, *, final: bool = False) -> Markup:
@@ -51,7 +54,10 @@ class AnsiRenderer:
         return Markup("".join(parts))
 
     def _classes(self) -> str:
-        names = ([f"ansi-{self.fg}"] if self.fg else []) + ([f"ansi-bg-{self.bg}"] if self.bg else [])
+        fg, bg = (self.bg, self.fg) if self.reverse else (self.fg, self.bg)
+        names = [f"ansi-{fg}"] if fg else []
+        if bg or self.reverse:
+            names.append(f"ansi-bg-{bg}" if bg else "ansi-reverse")
         return " ".join(names + sorted(f"ansi-{flag}" for flag in self.flags))
 
     def _span(self, text: str) -> str:
@@ -70,6 +76,9 @@ class AnsiRenderer:
             if code == 0:
                 self.fg = self.bg = None
                 self.flags.clear()
+                self.reverse = False
+            elif code in (7, 27):
+                self.reverse = code == 7
             elif code in (1, 2, 3, 4):
                 self.flags.add({1: "bold", 2: "dim", 3: "italic", 4: "underline"}[code])
             elif code == 22:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -63,6 +64,19 @@ def execution_filter(values: dict[str, str]) -> ExecutionFilter:
         until=form_time("to", values["to"]) if values.get("to") else None)
 
 
+#: The filters that are times, shown in `datetime-local` fields (UTC, as their labels say).
+TIME_FILTERS = ("from", "to")
+
+
+def form_values(values: dict[str, str]) -> dict[str, str]:
+    """The list's query as its filter form shows it: a time as its `datetime-local` field takes one, in
+    UTC to the second (the field takes no zone and its step is a second; a value it cannot take shows
+    empty, and pressing Filter again would drop that filter without a word). Valid times only: the
+    query was read by `execution_filter` first."""
+    return {**values, **{name: form_time(name, values[name]).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+                         for name in TIME_FILTERS if values[name]}}
+
+
 def list_row(record: dict[str, Any]) -> dict[str, Any]:
     """A stored row as the list shows it (the page and its live updates alike)."""
     start, end = record["start_timestamp"], record["end_timestamp"]
@@ -83,7 +97,8 @@ async def execution_list(request: Request, before: str | None = None,
                            limit=PAGE_SIZE + 1)
     older = urlencode({**shown, "before": rows[PAGE_SIZE - 1]["id"]}) if len(rows) > PAGE_SIZE else None
     return render(request, "executions.html", {
-        "session": session, "rows": [list_row(r) for r in rows[:PAGE_SIZE]], "values": values, "filtered": bool(shown),
+        "session": session, "rows": [list_row(r) for r in rows[:PAGE_SIZE]], "values": form_values(values),
+        "filtered": bool(shown),
         "older": older, "newest": urlencode(shown) if before else None, "statuses": STATUSES,
         "sources": list(origin.SOURCES),
         # The first page follows new and changed executions (`live.py`); older pages stay as they were.

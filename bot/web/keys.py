@@ -3,11 +3,17 @@
 Reads and writes go through the engine's `Datastore` (`squall.datastore`), as `/api/v1/keys` and
 `squall key ...` do, so a write fires the `core.st2.key_value_pair.*` triggers as theirs do. The
 page never shows an encrypted value, not even as ciphertext: a secret is `********`, and a value
-typed into the form is never echoed back nor written to the audit log.
+typed into the form is never written to the audit log.
+
+A key the engine refuses (a TTL too long, a name too long, a user it cannot have) comes back as the
+keys page with the engine's message beside its field and what was typed kept, but never the value of
+a key to encrypt: that field comes back empty (and a password field, as `static/keys.js` makes it
+while Encrypt is ticked).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -17,12 +23,16 @@ from bot.accounts import Session
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import admin, form_fields, viewer
 from engine.crypto import CryptoError
-from engine.datastore import SCOPES, DatastoreError
+from engine.datastore import MAX_KEY_TTL, SCOPES, DatastoreError, check_key, check_ttl, owner
 from engine.parameters import MASK
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: Keys a page lists at most (per scope).
 MAX_KEYS = 1000
+#: The set form's fields that can be wrong, in the form's order, as their labels name them.
+LABELS = {"name": "Name", "user": "User", "value": "Value", "ttl": "TTL"}
+#: What the set form shows back after a refusal: what was typed, but never a value to encrypt.
+KEPT = ("name", "user", "value", "ttl", "description")
 
 
 def _scope(value: str | None) -> str:
@@ -33,14 +43,16 @@ def _scope(value: str | None) -> str:
 
 
 def _ttl(value: str) -> int | None:
+    """The TTL field as the datastore takes it: None when empty (never expires), else checked by the
+    engine (`check_ttl`); a ValueError that says what is wrong."""
     if not value.strip():
         return None
     try:
         ttl = int(value)
     except ValueError:
-        raise PageError(f"TTL must be a whole number of seconds, or empty for a key that never expires, "
-                        f"not {value!r}") from None
-    return ttl
+        raise ValueError(f"TTL must be a whole number of seconds up to {MAX_KEY_TTL} (100 years), or empty "
+                         f"for a key that never expires, not {value!r}") from None
+    return check_ttl(ttl)
 
 
 async def _datastore(request: Request, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -54,21 +66,60 @@ async def _datastore(request: Request, fn: Any, *args: Any, **kwargs: Any) -> An
         raise PageError("TTL is too long: the key would expire after the year 9999.") from None
 
 
-@router.get("/keys")
-async def key_list(request: Request, scope: str = "system", session: Session = Depends(viewer)) -> Response:
-    scope = _scope(scope)
+async def _page(request: Request, session: Session, scope: str, form: Mapping[str, Any] | None = None,
+                errors: Mapping[str, str] | None = None, problem: str | None = None, status: int = 200) -> Response:
+    """The scope's keys and, for admins, the set form: empty, or as it was sent with what is wrong."""
     squall = request.app.state.squall
     items = await _datastore(request, squall.datastore.list, scope=scope, limit=MAX_KEYS + 1)
     shown = [{**item, "value": MASK} if item["secret"] else item for item in items[:MAX_KEYS]]
-    return render(request, "keys.html", {"session": session, "scope": scope, "scopes": SCOPES, "keys": shown,
-                                         "more": len(items) > MAX_KEYS, "may_edit": session.account.may("admin")})
+    return render(request, "keys.html", {
+        "session": session, "scope": scope, "scopes": SCOPES, "keys": shown, "more": len(items) > MAX_KEYS,
+        "may_edit": session.account.may("admin"), "form": form or {}, "errors": errors or {},
+        "labels": LABELS, "problem": problem, "max_ttl": MAX_KEY_TTL}, status_code=status)
 
 
-def _owner(scope: str, fields: dict[str, str]) -> str | None:
+@router.get("/keys")
+async def key_list(request: Request, scope: str = "system", session: Session = Depends(viewer)) -> Response:
+    return await _page(request, session, _scope(scope))
+
+
+def _owner(scope: str, fields: Mapping[str, str]) -> str | None:
+    """The user a user-scoped key belongs to (None in the system scope); a ValueError naming the problem."""
     user = fields.get("user", "").strip() or None
-    if scope == "user" and user is None:
-        raise PageError("A user-scoped key needs the user it belongs to.")
-    return user if scope == "user" else None
+    if scope != "user":
+        return None
+    if user is None:
+        raise ValueError("A user-scoped key needs the user it belongs to.")
+    return owner(user)
+
+
+def _checked(scope: str, fields: Mapping[str, str]) -> tuple[dict[str, str], str | None, int | None]:
+    """What is wrong with the set form, per field (the engine's words: `engine.datastore`'s checks, as
+    `Datastore.set` makes them), with the key's user and TTL."""
+    errors: dict[str, str] = {}
+    user = ttl = None
+    try:
+        user = _owner(scope, fields)
+    except ValueError as exc:
+        errors["user"] = str(exc)
+    try:  # without a user (wrong), the name alone: its length counts the user's prefix only with one
+        check_key(fields.get("name", "").strip(), scope="system" if "user" in errors else scope, user=user)
+    except DatastoreError as exc:
+        errors["name"] = str(exc)
+    try:
+        ttl = _ttl(fields.get("ttl", ""))
+    except ValueError as exc:
+        errors["ttl"] = str(exc)
+    return errors, user, ttl
+
+
+async def _refused(request: Request, session: Session, scope: str, fields: Mapping[str, str],
+                   errors: Mapping[str, str], problem: str | None = None) -> Response:
+    """The keys page with the set form as it was sent, but a value to encrypt, and what is wrong."""
+    secret = fields.get("secret") in ("on", "true", "1")
+    form = {name: "" if name == "value" and secret else fields.get(name, "") for name in KEPT} | {"secret": secret}
+    ordered = {name: errors[name] for name in LABELS if name in errors}
+    return await _page(request, session, scope, form, ordered, problem, status=400)
 
 
 @router.post("/keys")
@@ -77,12 +128,19 @@ async def key_set(request: Request, session: Session = Depends(admin)) -> Respon
     fields = await form_fields(request)
     scope = _scope(fields.get("scope"))
     name = fields.get("name", "").strip()
-    user = _owner(scope, fields)
+    errors, user, ttl = _checked(scope, fields)
+    if errors:
+        return await _refused(request, session, scope, fields, errors)
     squall = request.app.state.squall
     secret = fields.get("secret") in ("on", "true", "1")
-    await _datastore(request, squall.datastore.set, name, fields.get("value", ""), scope=scope, user=user,
-                     encrypt=secret, ttl=_ttl(fields.get("ttl", "")),
-                     description=fields.get("description", "").strip() or None)
+    try:
+        await squall.db(squall.datastore.set, name, fields.get("value", ""), scope=scope, user=user, encrypt=secret,
+                        ttl=ttl, description=fields.get("description", "").strip() or None)
+    except DatastoreError as exc:  # what the checks above leave: the mask written over a secret
+        return await _refused(request, session, scope, fields, {"value": str(exc)})
+    except (CryptoError, OverflowError) as exc:  # no key to encrypt with; a TTL past the year 9999
+        problem = str(exc) if isinstance(exc, CryptoError) else "TTL is too long: the key would expire after 9999."
+        return await _refused(request, session, scope, fields, {}, problem)
     await squall.db(squall.store.audit_add, "web.key.set", session.account.name, "web", name,
                     {"scope": scope, "user": user, "secret": secret})
     return RedirectResponse(f"/keys?scope={scope}", status_code=303)
@@ -94,7 +152,10 @@ async def key_delete(request: Request, session: Session = Depends(admin)) -> Res
     fields = await form_fields(request)
     scope = _scope(fields.get("scope"))
     name = fields.get("name", "").strip()
-    user = _owner(scope, fields)
+    try:
+        user = _owner(scope, fields)
+    except ValueError as exc:
+        raise PageError(str(exc)) from None
     squall = request.app.state.squall
     if not await _datastore(request, squall.datastore.delete, name, scope=scope, user=user):
         raise PageError(f"No {scope} key named {name!r}{f' of {user}' if user else ''}: it may have expired or "

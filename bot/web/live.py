@@ -1,6 +1,7 @@
 """The UI's live updates, as server-sent events (`sse-starlette`) that htmx's SSE extension swaps into
-the page by event name (`sse-swap`). The one script of Squall's own, `static/live.js`, only keeps the
-stream's URL at the page's last event, so that a stream htmx opens anew goes on from there.
+the page by event name (`sse-swap`). The one script of Squall's own, `static/live.js`, keeps the
+stream's URL at the page's last event, so that a stream htmx opens anew goes on from there, and
+keeps what a swap would take from the person (a row's tick, the output box at its newest line).
 
 - `/live/executions/{id}`: a running execution's page. `stdout`/`stderr` carry the output printed
   since the chunk the page showed last (`after`, or the `Last-Event-ID` of a browser that reconnects),
@@ -10,7 +11,8 @@ stream's URL at the page's last event, so that a stream htmx opens anew goes on 
   has ended and all its output was sent, and closes the stream (`sse-close`).
 - `/live/executions`: the list's first page. `new` carries rows newer than the newest shown (`top`,
   or the `Last-Event-ID` of a browser that reconnects; put on top), `row-<id>` a row whose status
-  changed (replacing it); each names the newest row the page then has as its id.
+  changed (replacing it; an empty one removes a row that no longer matches the page's filter); each
+  names the newest row the page then has as its id.
 
 A browser that reconnects by itself names the last event it got; one whose stream failed with an
 error status (a proxy's 502) is given a new stream by htmx, from the `sse-connect` URL, which
@@ -192,8 +194,7 @@ async def _list_stream(squall: Any, session: Session, where: ExecutionFilter,
     """Each look at the list's first page sends: rows the page does not have yet (`new`, prepended:
     newer than `top`, or new to this page since the last look: a row that came to match the filter,
     or one another process committed late), and rows whose status changed (`row-<id>`). A row that
-    left the page unfinished (a filter on `running` it no longer matches) is sent once more as it
-    ended, so the page does not show it running for ever. Only the rows of the last look are kept.
+    left the page unfinished is sent once more (`_left`). Only the rows of the last look are kept.
     Each event's id is `top` once it is applied (`_cursor`)."""
     known: dict[str, tuple[str, Any]] | None = None  # None before the first look: the page's rows
     watch = _SessionWatch(squall, session)
@@ -218,9 +219,20 @@ async def _list_stream(squall: Any, session: Session, where: ExecutionFilter,
                 if gone not in states and status not in COMPLETED:
                     record = await squall.db(squall.store.get_execution, gone)
                     if record is not None:
-                        yield _cursor({"event": f"row-{gone}", "data": _row_html(session, record)}, top)
+                        yield _cursor(_left(session, where, record), top)
             known = states
             await wakeup.wait(POLL_SECONDS * 2)
+
+
+def _left(session: Session, where: ExecutionFilter, record: dict[str, Any]) -> dict[str, str]:
+    """The event for a row that left the first page unfinished. One that no longer matches the page's
+    filter (a list of `running` ones, and it ended) is replaced by nothing: the page drops it, instead
+    of showing it running for ever or showing an ended one among running ones. One that still matches
+    (newer rows pushed it down) is sent as it is now. Only the status can stop matching: what else the
+    filters look at (action, user, source, channel, start) does not change."""
+    if where.status is not None and record["status"] != where.status:
+        return {"event": f"row-{record['id']}", "data": ""}
+    return {"event": f"row-{record['id']}", "data": _row_html(session, record)}
 
 
 def _cursor(event: dict[str, str], top: str) -> dict[str, str]:

@@ -73,14 +73,18 @@ def _newly_throttled(request: Request, keys: tuple[str, ...]) -> list[str] | Non
     return [key.partition(":")[0] for key in reached] if fresh else None
 
 
+#: What the login page says when a form was sent after its session ended (`session.LoginRequired.expired`).
+EXPIRED = "Your session expired; log in again to continue. What that form sent was not done."
+
+
 def _login_page(request: Request, status: int = 200, error: str | None = None, username: str = "",
-                next_url: str | None = None) -> Response:
+                next_url: str | None = None, notice: str | None = None) -> Response:
     """The form, with a fresh double-submit token in it and in its cookie."""
     token = secrets.token_urlsafe(24)
     oidc: OidcLogin | None = request.app.state.web_oidc
-    response = render(request, "login.html", {"error": error, "username": username, "login_token": token,
-                                              "next": safe_next(next_url), "oidc_label": oidc and oidc.label},
-                      status_code=status)
+    response = render(request, "login.html", {"error": error, "notice": notice, "username": username,
+                                              "login_token": token, "next": safe_next(next_url),
+                                              "oidc_label": oidc and oidc.label}, status_code=status)
     set_cookie(request, response, LOGIN_COOKIE, token)
     return response
 
@@ -91,8 +95,8 @@ async def home() -> Response:
 
 
 @router.get("/login")
-async def login_form(request: Request, next: str | None = None) -> Response:
-    return _login_page(request, next_url=next)
+async def login_form(request: Request, next: str | None = None, expired: str = "") -> Response:
+    return _login_page(request, next_url=next, notice=EXPIRED if expired else None)
 
 
 @router.post("/login")

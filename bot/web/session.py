@@ -7,6 +7,10 @@ the next request. A state-changing request (anything but GET and HEAD) must also
 CSRF token, as form field `csrf_token` or header `X-CSRF-Token` (htmx sends it from the body's
 `hx-headers`); without it the answer is 403, before any role or route is looked at.
 
+A request without a live session is sent to the login page, which comes back to `next`: a page asked
+for goes back to itself; a form sent after its session ended (expired, logged out elsewhere, a new
+password) goes back to the page it was on (`_came_from`), and the login page says that it was not done.
+
 A live stream (`live.py`) outlives the request that opened it, so it looks at its session again every
 `RECHECK_SECONDS` (`bot.accounts.current_session`) and ends once the session has.
 """
@@ -14,12 +18,14 @@ A live stream (`live.py`) outlives the request that opened it, so it looks at it
 from __future__ import annotations
 
 import hmac
-from urllib.parse import parse_qs, quote
+from collections.abc import Iterable
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import Request, Response
+from starlette.routing import BaseRoute, Match
 
 from bot.accounts import Session, find_session
-from bot.web.pages import PageError
+from bot.web.pages import PageError, PageRoute
 
 COOKIE = "squall_session"
 CSRF_FIELD = "csrf_token"
@@ -29,14 +35,19 @@ SAFE_METHODS = frozenset({"GET", "HEAD"})
 RECHECK_SECONDS = 5.0
 #: Fields a posted form may have at most (parsing a huge one is work for nothing).
 MAX_FIELDS = 200
+#: Paths of `PageRoute`s a login does not go back to: the login itself, and live streams (no page).
+NOT_PAGES = ("/login", "/logout", "/live/")
 
 
 class LoginRequired(Exception):
-    """No live session: pages answer a redirect to the login page, which comes back to `next`."""
+    """No live session: pages answer a redirect to the login page, which comes back to `next` (already
+    quoted for the query). `expired`: a form was sent without one, and the login page says it was not
+    done."""
 
-    def __init__(self, next_url: str | None) -> None:
+    def __init__(self, next_url: str | None, expired: bool = False) -> None:
         super().__init__("log in first")
         self.next_url = next_url
+        self.expired = expired
 
 
 class Refused(PageError):
@@ -49,7 +60,9 @@ class Refused(PageError):
 async def form_fields(request: Request) -> dict[str, str]:
     """An urlencoded form body's fields (the first value of each), read once per request.
 
-    The UI's forms are urlencoded, never multipart, so this needs no multipart parser."""
+    The first, on purpose: a required yes/no (templates/form_fields.html) sends its chosen button, then
+    an empty field of the same name, so nothing chosen arrives empty. The UI's forms are urlencoded,
+    never multipart, so this needs no multipart parser."""
     cached = getattr(request.state, "form_fields", None)
     if cached is None:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -84,12 +97,42 @@ def _here(request: Request) -> str:
     return quote(request.url.path + (f"?{query}" if query else ""), safe="")
 
 
+def page_routes(routes: Iterable[BaseRoute]) -> tuple[BaseRoute, ...]:
+    """The UI's pages among `routes` (its routers' routes, `bot.web.mount`): the `PageRoute`s a GET
+    answers, but the login and the live streams. What a login may go back to after a form's post."""
+    return tuple(route for route in routes if isinstance(route, PageRoute) and "GET" in route.methods
+                 and not route.path.startswith(NOT_PAGES))
+
+
+def _is_page(request: Request, path: str) -> bool:
+    """Whether a GET of `path` is one of the UI's pages (`page_routes`, which `mount` keeps in the
+    app's state): not the API, a static file or anything of another site."""
+    if not path or safe_next(path, "") != path or path.startswith(NOT_PAGES):
+        return False
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": ""}
+    pages: tuple[BaseRoute, ...] = getattr(request.app.state, "web_pages", ())
+    return any(route.matches(scope)[0] == Match.FULL for route in pages)
+
+
+def _came_from(request: Request) -> str | None:
+    """The page a form was sent from, quoted for the login page's `next`: the Referer's path and query
+    when it is a page of this site (same host; `Referrer-Policy: same-origin` sends it only from here),
+    else the post's own path when that is a page (a run form posts to its own page), else None. Only
+    ever a path, so never another site."""
+    referer = urlsplit(request.headers.get("referer", ""))
+    if referer.netloc and referer.netloc == request.headers.get("host") and _is_page(request, referer.path):
+        return quote(referer.path + (f"?{referer.query}" if referer.query else ""), safe="")
+    return quote(request.url.path, safe="") if _is_page(request, request.url.path) else None
+
+
 async def _session(request: Request) -> Session:
     squall = request.app.state.squall
     token = request.cookies.get(COOKIE)
     session = await squall.db(find_session, squall.store, token) if token else None
     if session is None:
-        raise LoginRequired(_here(request) if request.method in SAFE_METHODS else None)
+        if request.method in SAFE_METHODS:
+            raise LoginRequired(_here(request))
+        raise LoginRequired(_came_from(request), expired=True)
     if request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER) or (await form_fields(request)).get(CSRF_FIELD, "")
         if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):

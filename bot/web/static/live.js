@@ -1,5 +1,6 @@
 /* Squall's live pages (server-sent events, swapped in by htmx's SSE extension): where a stream
-   resumes after it failed, so nothing is shown twice.
+   resumes after it failed, so nothing is shown twice; what a swap must not take from the person
+   reading; and the executions list's filters, folded on a narrow screen.
 
    A browser that loses a stream reconnects by itself and names the last event it got
    (Last-Event-ID). But an error status (a proxy's 502 while Squall restarts) closes the EventSource
@@ -15,7 +16,19 @@
      new copy, which is the newer.
 
    Event ids are chunk numbers or execution ids (24 hexadecimal digits): both order by length, then
-   as text. */
+   as text.
+
+   A swap must not undo what the person did:
+   - a row replaced (its status changed) or prepended again keeps its checkbox ticked for the bulk
+     cancel (by the checkbox's id; htmx itself gives the focus back to the element of the focused
+     one's id);
+   - output appended to a box read at its end keeps it at its end, as `tail -f` does (and the box
+     opens at its end); one scrolled up to read stays where it is.
+   Both are done once the swap is: htmx swaps as soon as `htmx:sseBeforeMessage`'s listeners return,
+   in the same task, so a microtask queued there runs once the new content is in.
+
+   The list's filters are rendered open (without this script they stay so); on a narrow screen, where
+   they would fill it, they start folded (40rem: squall.css's narrow screen too). */
 (function () {
   "use strict";
 
@@ -51,6 +64,31 @@
     return (element.getAttribute("hx-swap") || "").split(" ")[0];
   }
 
+  /* The ids of the checkboxes ticked in `element`. */
+  function tickedIn(element) {
+    return Array.prototype.map.call(element.querySelectorAll("input[type=checkbox][id]:checked"), function (box) {
+      return box.id;
+    });
+  }
+
+  function tick(ids) {
+    ids.forEach(function (id) {
+      var box = document.getElementById(id);
+      if (box) {
+        box.checked = true;
+      }
+    });
+  }
+
+  /* Within a few pixels of its end: fractional scroll positions never quite reach it. */
+  function atEnd(box) {
+    return box.scrollHeight - box.scrollTop - box.clientHeight <= 24;
+  }
+
+  function toEnd(box) {
+    box.scrollTop = box.scrollHeight;
+  }
+
   /* The first element of each id among `list`'s children stays; later ones go. */
   function keepOnce(list) {
     var seen = {};
@@ -68,8 +106,17 @@
   document.addEventListener("htmx:sseBeforeMessage", function (event) {
     var holder = streamOf(event.target);
     var id = event.detail.lastEventId;
-    if (holder && id && swapOf(event.target) === "beforeend" && atOrBefore(id, cursorOf(holder))) {
+    var swap = swapOf(event.target);
+    if (holder && id && swap === "beforeend" && atOrBefore(id, cursorOf(holder))) {
       event.preventDefault();
+      return;
+    }
+    var ticked = tickedIn(event.target);
+    if (ticked.length) {
+      queueMicrotask(function () { tick(ticked); });
+    }
+    if (swap === "beforeend" && atEnd(event.target)) {
+      queueMicrotask(function () { toEnd(event.target); });
     }
   });
 
@@ -86,4 +133,11 @@
       keepOnce(event.target);
     }
   });
+
+  Array.prototype.forEach.call(document.querySelectorAll("pre.output[sse-swap]"), toEnd);
+
+  var filters = document.querySelector("details.filters-box");
+  if (filters && window.matchMedia("(max-width: 40rem)").matches) {
+    filters.open = false;
+  }
 })();
