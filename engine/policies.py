@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from engine.executions import COMPLETED, FAILED, until_due
+from engine.crypto import CryptoError
+from engine.executions import FAILED, until_due
 from engine.storage import as_utc, iso, utcnow
 from engine.yamlfile import ContentError
 
@@ -227,9 +228,7 @@ class PolicyExecutor:
 
     def rebuild(self, registry: Registry) -> list[ContentError]:
         self.policies, errors = load_policies(registry)
-        for problem in unbound_policies(self.policies, registry):
-            log.warning("policy waiting: %s", problem)
-            errors.append(problem)
+        errors.extend(unbound_policies(self.policies, registry))  # logged with the load's other problems
         return errors
 
     # -- the Executor interface -------------------------------------------------------------------
@@ -303,8 +302,14 @@ class PolicyExecutor:
 
     def _values(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """A run's parameter values as requested: its `spec` holds secrets masked, so they are unsealed
-        (each run's mask is the same, and would count every value as one)."""
-        return {**((record.get("spec") or {}).get("values") or {}), **self.executions.unseal(record)}
+        (each run's mask is the same, and would count every value as one). Sealed values that cannot be
+        decrypted (the key file replaced) count as masked: the run's claim fails it saying why, as it
+        would without a policy, instead of the error stopping `recover`, a poll or every admit of the action."""
+        values = (record.get("spec") or {}).get("values") or {}
+        try:
+            return {**values, **self.executions.unseal(record)}
+        except CryptoError:
+            return dict(values)
 
     async def _cancel(self, record: Mapping[str, Any], full: Limit) -> None:
         params = full.policy.parameters
@@ -401,9 +406,10 @@ class PolicyExecutor:
         return ready
 
     async def _start(self, action: str, ready: list[str]) -> None:
-        """Hand the admitted executions on. One that ended while it waited, unheard here (canceled from
-        another process: a CLI), gives its slots back and the queue is looked at again: otherwise the
-        slots would stay taken by a run that never starts, and the queue behind it would wait until a
+        """Hand the admitted executions on. One that ended while it waited, or that another process
+        claimed meanwhile (a CLI's cancel, a second `squall serve`'s recovery), is not run here, and its
+        end is not heard here: it gives its slots back and the queue is looked at again, or the slots
+        would stay taken by a run that never starts here, and the queue behind it would wait until a
         restart."""
         db = self.executions.db
         while ready:
@@ -412,7 +418,7 @@ class PolicyExecutor:
                 record = await db(db.store.get_execution, execution_id)
                 if record is not None and record["status"] in ("requested", "delayed"):
                     await self.inner.submit(execution_id)
-                elif record is None or record["status"] in COMPLETED:
+                else:
                     gone.append(execution_id)
             for execution_id in gone:
                 self._release(execution_id)

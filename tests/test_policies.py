@@ -515,3 +515,64 @@ async def test_a_run_delayed_behind_one_gone_before_its_claim_starts_when_that_r
         assert not any(squall.executor._admitted.values())
     finally:
         await squall.close()
+
+
+async def test_a_queued_run_another_process_claimed_gives_its_place_up_when_its_turn_comes(home: Path) -> None:
+    """Threshold 1: the second run waits `delayed`; another process (a second `squall serve`'s recovery)
+    claims and runs it. When the first run ends here, the second is not run here and its end is never
+    heard here: its slot must not stay taken, or a third run would wait `delayed` until a restart."""
+    from engine.storage import iso, utcnow
+
+    _pack(home, {"limit": "name: limit\nresource_ref: pol.gate\npolicy_type: action.concurrency\n"
+                          "parameters: {threshold: 1, action: delay}\n"})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        first_gate, gate = home / "first", home / "gate"
+        gate.touch()
+        first = await squall.executions.request("pol.gate", {"gate": str(first_gate), "tag": "one"})
+        await _status(squall, first["id"], {"running"})
+        second = await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "two"})
+        assert (await squall.executions.get(second["id"]))["status"] == "delayed"
+        elsewhere = {"hostname": "elsewhere", "pid": 1}
+        assert await squall.db(squall.store.update_execution, second["id"],
+                               {"status": "running", "runner_info": elsewhere,
+                                "log": [{"status": "running", "timestamp": iso(utcnow())}]}, expect=("delayed",))
+        first_gate.touch()
+        assert (await squall.executions.wait(first["id"], timeout=20))["status"] == "succeeded"
+        third = await squall.executions.request("pol.gate", {"gate": str(gate), "tag": "three"})
+        done = await squall.executions.wait(third["id"], timeout=20)
+        assert done["status"] == "succeeded" and done["result"]["stdout"] == "three"
+        assert (await squall.executions.get(second["id"]))["status"] == "running"  # still the other process's
+    finally:
+        await squall.close()
+
+
+async def test_a_held_run_whose_sealed_values_cannot_be_read_fails_saying_why(home: Path) -> None:
+    """An `.attr` policy on a secret parameter unseals it to count it. A run stored sealed under a key the
+    key file no longer holds (the file lost and made anew) fails at its claim saying why, as without a
+    policy: the error does not escape the policy (it stopped `recover`, and with it `squall serve`'s start)."""
+    from engine.crypto import KeyRing
+
+    _pack(home, {"per_token": "name: per_token\nresource_ref: pol.vault\npolicy_type: action.concurrency.attr\n"
+                              "parameters: {threshold: 1, action: delay, attributes: [token]}\n"})
+    write(home / "packs" / "pol" / "actions" / "vault.yaml", """
+        name: vault
+        runner_type: local-shell-cmd
+        parameters:
+          token: {type: string, secret: true}
+          cmd: {default: "echo ok", immutable: true}
+    """)
+    config = load_config(home / "config.yml")
+    squall = await Squall.start(config)
+    squall.executions.executor = None  # stored only, as `squall run --async` does
+    record = await squall.executions.request("pol.vault", {"token": "s3cr3t-value"})
+    await squall.close()
+    config.encryption_key_path.unlink()
+    KeyRing(config.encryption_key_path).encrypt("x")  # a fresh key file
+
+    squall = await Squall.start(config, recover=True)
+    try:
+        failed = await squall.executions.wait(record["id"], timeout=20)
+        assert failed["status"] == "failed" and "sealed under key" in failed["result"]["error"], failed
+    finally:
+        await squall.close()
