@@ -1025,6 +1025,27 @@ async def test_a_long_reply_split_anew_after_a_restart_keeps_every_line_once(cha
     row = await squall.db(squall.store.outbox_get, outbox_id)
     assert row["status"] == "sent" and row["platform_id"] == "earlier-1"
 
+
+async def test_a_long_reply_with_a_file_resumed_after_its_first_part_uploads_it_no_more(chat, home: Path) -> None:
+    """A row carrying its own file, whose first part (with the file) an earlier run posted, goes on with
+    parts that carry no file: the file was uploaded once, with the first part."""
+    squall, bot, loopback = chat
+    loopback.capabilities = Capabilities(threads=True, edits=True, files=True, max_length=300)
+    text = "\n".join(f"line {i:03d} " + "x" * 60 for i in range(30))
+    reply = Reply(adapter="loopback", channel="#ops", text=text, file=("report.csv", "a,b\n1,2\n"))
+    cli = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
+    try:
+        outbox_id = cli.outbox_add("loopback", "#ops", reply.to_json())
+    finally:
+        cli.close()
+    head = text[:text.index("line 004") - 1]
+    bot.outbox._progress[outbox_id] = outbox_module.Progress("earlier-1", 1, len(head))
+    await bot.outbox.poll()
+    await settle(squall, bot)
+    assert "\n".join([head, *(posted.text for posted in loopback.posted)]) == text
+    assert loopback.posted and [posted.reply.file for posted in loopback.posted] == [None] * len(loopback.posted)
+
+
 async def test_a_reply_the_adapter_cannot_send_fails_and_does_not_hold_its_channel(chat) -> None:
     """An exception that is not a `DeliveryError` (here the encode error a lone surrogate caused in an
     adapter) is not a refusal that may pass: after `UNEXPECTED_LIMIT` attempts the reply is recorded

@@ -47,7 +47,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from adapters.base import Adapter, DeliveryError, FoundPost, Part, Reply
-from bot.chat.replies import fit
+from bot.chat.replies import fit, later_part
 from engine import tracing, wakeups
 from engine.metrics import metrics
 from engine.storage import Database, Store, keyed_in_one_statement, utcnow
@@ -79,9 +79,8 @@ class Progress:
 
 def _rest(reply: Reply, end: int) -> Reply:
     """What is left of a row sent in parts once its text up to `end` went out, as `fit` makes the
-    parts after the first: no edit, extra or buttons (they rode on the first)."""
-    return Reply(**{**reply.__dict__, "text": reply.text[end:].lstrip("\n"), "edit": None, "extra": {},
-                    "buttons": []})
+    parts after the first."""
+    return later_part(reply, reply.text[end:].lstrip("\n"))
 
 
 def _ends(text: str, parts: Sequence[Reply], start: int) -> list[int]:
@@ -419,8 +418,8 @@ class Outbox:
             if len(parts) == 1:
                 return await adapter.send(parts[0], edit_of=edit_of)
             progress = Progress(None, 0, 0)
-        else:
-            parts = fit(_rest(reply, progress.end), adapter.capabilities)
+        else:  # what is left of a row sent in parts goes on in parts (its file rode on the first)
+            parts = fit(_rest(reply, progress.end), dataclasses.replace(adapter.capabilities, files=False))
         count = progress.number + len(parts)
         for part, end in zip(parts, _ends(reply.text, parts, progress.end), strict=True):
             number = progress.number + 1

@@ -177,10 +177,13 @@ def fit(reply: Reply, capabilities: Capabilities) -> list[Reply]:
     if current:
         chunks.append(current)
     first = Reply(**{**reply.__dict__, "text": chunks[0]})
-    # A file the reply carries goes with its first part only: each part is a post, and uploads what it holds.
-    rest = [Reply(**{**reply.__dict__, "text": chunk, "edit": None, "extra": {}, "buttons": [], "file": None})
-            for chunk in chunks[1:]]
-    return [first, *rest]
+    return [first, *(later_part(reply, chunk) for chunk in chunks[1:])]
+
+
+def later_part(reply: Reply, text: str) -> Reply:
+    """A part of `reply` after its first, holding `text`: the edit, extra, buttons and file ride on the
+    first part only (each part is a post of its own, and uploads what it holds)."""
+    return Reply(**{**reply.__dict__, "text": text, "edit": None, "extra": {}, "buttons": [], "file": None})
 
 
 def _unsplit(extra: dict[str, Any]) -> dict[str, Any]:
