@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import textwrap
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -814,3 +815,85 @@ async def test_a_chat_command_s_audit_row_has_its_parameters_with_secrets_masked
             "stage": "prod", "password": "********", "token": "{{ st2kv.system.deploy_token | decrypt_kv }}"}}
         written = json.dumps(entry, default=str)
         assert "hunter2-Pw" not in written and "kv-Tok-9931" not in written
+
+
+def _duplicates(home: Path, extra: str = "") -> None:
+    """A `match_multiple` alias shaped as StackStorm's fixture (alias_match_multiple.yaml): every issue
+    key after "duplicate of" in the message is one fit, and StackStorm runs one execution per fit."""
+    write(home / "packs" / "demo" / "aliases" / "duplicate.yaml", r"""
+        name: duplicate
+        action_ref: demo.greet
+        description: Mark issues as duplicates, one execution each.
+        formats:
+          - display: "duplicate of <issue>"
+            representation: ["(?:\\b|^)duplicate of (?P<who>[A-Z][A-Z0-9]+-[0-9]+)(?:\\b|$)"]
+            match_multiple: true
+        ack: {format: "noting {{ execution.parameters.who }}"}
+        result: {format: "{{ execution.result.stdout }}"}
+    """.rstrip(" ") + textwrap.indent(textwrap.dedent(extra), " " * 8))
+
+
+async def test_a_match_multiple_alias_runs_one_execution_per_fit_each_acked_in_the_thread(home: Path) -> None:
+    """`!… duplicate of ABC-1 and also duplicate of ABC-2` ran ABC-1 alone: the second command was lost
+    without a word, while `squall alias match` showed both fits. Each fit is a command of its own:
+    requested, audited, acknowledged and answered in the message's thread."""
+    _config(home)
+    _duplicates(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!this is a duplicate of ABC-1 and also duplicate of ABC-2", user="alice", channel="#ops")
+        await settle(squall, bot)
+        executions = await squall.executions.list(action="demo.greet")
+        assert sorted(e["parameters"]["who"] for e in executions) == ["ABC-1", "ABC-2"]
+        assert {(e["context"]["chat"]["alias"], e["context"]["chat"]["thread"], e["status"])
+                for e in executions} == {("demo.duplicate", "m1", "succeeded")}
+        posted = [p for p in loopback.posted if p.reply.channel == "#ops"]
+        assert {p.reply.thread for p in posted} == {"m1"}
+        acks = [p for p in posted if p.reply.text.startswith("noting ")]
+        assert sorted(p.reply.text for p in acks) == ["noting ABC-1", "noting ABC-2"]
+        assert all(p.edits and "succeeded" in p.edits[-1] for p in acks)  # each ack edited by its own result
+        assert sorted(p.reply.text for p in posted if p.reply.text.startswith("hello ")) == ["hello ABC-1",
+                                                                                           "hello ABC-2"]
+        audited = await squall.db(squall.store.audit_list, 10, "chat.execution")
+        assert sorted((e["detail"]["execution"], e["detail"]["parameters"]["who"]) for e in audited) == sorted(
+            (e["id"], e["parameters"]["who"]) for e in executions)
+
+        await loopback.say("!just a duplicate of ABC-3", user="alice", channel="#ops")  # one fit: one run
+        await settle(squall, bot)
+        assert len(await squall.executions.list(action="demo.greet")) == 3
+
+
+async def test_a_refused_match_multiple_command_runs_no_fit_and_masks_every_fits_secret(home: Path) -> None:
+    """A person who may not run the alias is refused once for the whole message (every fit is the same
+    alias), and the refusal's audit row masks the secret value of every fit, not only the first's."""
+    _config(home)
+    write(home / "packs" / "demo" / "actions" / "hush.yaml", """
+        name: hush
+        runner_type: local-shell-cmd
+        parameters:
+          who: {type: string, secret: true, required: true}
+          cmd: {default: "echo hushed", immutable: true}
+    """)
+    _duplicates(home, "permissions: {allow: {users: [alice]}}\n")
+    duplicate = home / "packs" / "demo" / "aliases" / "duplicate.yaml"
+    duplicate.write_text(duplicate.read_text().replace("demo.greet", "demo.hush"))
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!duplicate of SEC-11 and duplicate of SEC-22", user="bob", channel="#ops")
+        await settle(squall, bot)
+        [answer] = loopback.texts()
+        assert answer.startswith("Sorry bob, you may not run that")
+        assert await squall.executions.list(action="demo.hush") == []
+        [entry] = await squall.db(squall.store.audit_list, 10, "chat.denied")
+        assert entry["target"] == "demo.duplicate"
+        assert "SEC-11" not in entry["detail"]["command"] and "SEC-22" not in entry["detail"]["command"]
+
+
+async def test_zero_width_spaces_and_boms_are_dropped_not_made_spaces(chat) -> None:
+    """The dispatcher turned U+200B into a space before matching, so a pasted `web\u200b1` ran as "web 1",
+    while the alias grammar promises zero-width spaces and BOMs are dropped (deviation 5, errbot#1145).
+    Odd spaces (no-break, thin) are still spaces, and a zero-width space before the prefix is no text."""
+    squall, bot, loopback = chat
+    for typed in ("!greet web\u200b1", "!greet web\ufeff2", "\u200b!greet\u2009web3", "\ufeff!greet\u00a0web\u20604"):
+        await loopback.say(typed, channel="#ops")
+    await settle(squall, bot)
+    ran = await squall.executions.list(action="demo.greet")
+    assert sorted(e["parameters"]["who"] for e in ran) == ["web1", "web2", "web3", "web4"]

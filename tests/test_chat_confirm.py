@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from adapters.loopback import LoopbackAdapter
-from tests.test_chat import _asked_to_wipe, _config, _confirmations_stored, loopback_chat, settle
+from tests.test_chat import _asked_to_wipe, _config, _confirmations_stored, _duplicates, loopback_chat, settle
 
 
 def _buttons(loopback: LoopbackAdapter) -> dict[str, str]:
@@ -112,3 +112,27 @@ async def test_a_confirmation_whose_alias_was_disabled_over_a_restart_is_dropped
         assert await squall.executions.list(action="demo.wipe") == []
         assert _confirmations_stored(squall) == []
     assert "its alias demo.dangerous is disabled" in caplog.text
+
+
+async def test_a_match_multiple_command_is_confirmed_once_for_every_fit_also_after_a_restart(home: Path) -> None:
+    """A confirming `match_multiple` alias asks once for the whole message, naming every fit, and the
+    `yes` runs them all: a prompt per fit would replace the one before it (one pending slot per person
+    and channel), and only the last fit would run. The fits are stored with the prompt, so a restart
+    between the question and the answer loses none of them."""
+    _config(home)
+    _duplicates(home, "confirm: true\n")
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!duplicate of ABC-1 and duplicate of ABC-2", user="alice")
+        await settle(squall, bot)
+        [prompt] = loopback.texts()
+        assert "who=ABC-1" in prompt and "who=ABC-2" in prompt and "2 commands" in prompt
+        assert len(_confirmations_stored(squall)) == 1
+        assert await squall.executions.list(action="demo.greet") == []
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!yes", user="alice")
+        await settle(squall, bot)
+        ran = await squall.executions.list(action="demo.greet")
+        assert sorted(e["parameters"]["who"] for e in ran) == ["ABC-1", "ABC-2"]
+        assert {e["context"]["user"] for e in ran} == {"alice"}
+        acks = sorted(p.reply.text for p in loopback.posted if p.reply.text.startswith("noting "))
+        assert acks == ["noting ABC-1", "noting ABC-2"]

@@ -21,6 +21,7 @@ from engine.config import load_config
 from engine.parameters import MASK
 from engine.storage import Store, api_keys, auth_tokens, utcnow
 from engine.tokens import revoke_ended
+from tests.conftest import write
 from tests.test_api import KEY, _home
 from tests.workflow_helpers import children, workflow_pack
 
@@ -517,3 +518,41 @@ async def test_put_rule_turns_it_on_and_off_in_its_file_at_once(squall: Squall, 
     async with _client(squall) as anon:
         assert (await anon.put("/api/v1/rules/demo.on_build", json={"enabled": False})).status_code == 401
     assert squall.rules.rules["demo.on_build"].enabled
+
+
+async def test_match_and_execute_runs_a_match_multiple_alias_once_per_fit(home: Path) -> None:
+    """StackStorm's `match_and_execute` runs one execution per fit of a `match_multiple` format and answers
+    one result each (err-stackstorm and `st2 action-alias execute` rely on it); Squall ran the first fit
+    alone. `POST /aliasexecution` answers one execution, as StackStorm's (its `results[0]`)."""
+    _home(home)
+    write(home / "packs" / "demo" / "aliases" / "duplicate.yaml", r"""
+        name: duplicate
+        action_ref: demo.greet
+        description: One execution per issue key.
+        formats:
+          - display: "duplicate of <issue>"
+            representation: ["(?:\\b|^)duplicate of (?P<who>[A-Z][A-Z0-9]+-[0-9]+)(?:\\b|$)"]
+            match_multiple: true
+        ack: {format: "noting {{ execution.parameters.who }}"}
+    """)
+    app = await Squall.start(load_config(home / "config.yml"))
+    try:
+        async with _client(app, **{"St2-Api-Key": KEY}) as client:
+            command = "this is a duplicate of ABC-1 and also duplicate of ABC-2"
+            answer = await client.post("/api/v1/aliasexecution/match_and_execute",
+                                       json={"command": command, "user": "zed", "source_channel": "cli"})
+            assert answer.status_code == 200, answer.text
+            results = answer.json()["results"]
+            assert [r["message"] for r in results] == ["noting ABC-1", "noting ABC-2"]
+            assert {r["actionalias"]["ref"] for r in results} == {"demo.duplicate"}
+            for result, who in zip(results, ("ABC-1", "ABC-2"), strict=True):
+                done = await app.executions.wait(result["execution"]["id"], timeout=20)
+                assert done["parameters"]["who"] == who and done["context"]["api_user"] == "zed"
+            audited = await app.db(app.store.audit_list, 10, "api.execution")
+            assert sorted(e["detail"]["execution"] for e in audited) == sorted(r["execution"]["id"] for r in results)
+            single = await client.post("/api/v1/aliasexecution", json={"command": command, "user": "zed"})
+            assert single.status_code == 201 and single.json()["message"] == "noting ABC-1"
+            assert len(await app.executions.list(action="demo.greet")) == 3
+    finally:
+        await app.triggers.settle()
+        await app.close()

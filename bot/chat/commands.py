@@ -113,6 +113,12 @@ class CommandService:
         """The alias `text` means; `NoMatch` (with suggestions) or `AmbiguousCommand` otherwise."""
         return self.index.matcher.match(text)
 
+    def match_all(self, text: str) -> list[AliasMatch]:
+        """The commands `text` means: one match, or one per fit of a `match_multiple` format, each a
+        command of its own (spec §2.4 step 5: StackStorm runs one execution per fit). Costs what
+        `match` costs for every other format: the same first pass, one match in a list."""
+        return self.index.matcher.match_all(text)
+
     async def authorise(self, match: AliasMatch, message: Message, source: str,
                         command: str | None = None) -> AliasMatch:
         """`match` with its alias as loaded now, if `message`'s sender may run it (`allowed_alias`);
@@ -122,6 +128,16 @@ class CommandService:
         shown = self._masked(match, command or message.text)
         alias = await self.allowed_alias(match.alias.ref, message, source, shown, match.representation)
         return match if alias is match.alias else replace(match, alias=alias)
+
+    async def authorise_all(self, matches: list[AliasMatch], message: Message, source: str,
+                            command: str | None = None) -> list[AliasMatch]:
+        """The fits of one `match_multiple` command, each authorised as `authorise` does; the first
+        refusal (`CommandRefused`, audited once) refuses them all, as they share one alias and one
+        sender. Its audited command masks every fit's secret values, not only the refused one's."""
+        shown = command or message.text
+        for match in matches:
+            shown = self._masked(match, shown)
+        return [await self.authorise(match, message, source, shown) for match in matches]
 
     def _masked(self, match: AliasMatch, command: str) -> str:
         """`command` as a refusal's audit shows it: the values it gives secret parameters masked (the

@@ -14,13 +14,14 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Collection, Coroutine
+from collections.abc import Collection, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Adapter, Message, Reply
 from aliases import Alias, AliasMatch, AliasMatcher, AmbiguousCommand, NoMatch
+from aliases.grammar import normalise
 from aliases.rank import RANKERS, Ranked, Ranker, make_ranker
 from bot.chat import help as chat_help
 from bot.chat import sessions
@@ -58,8 +59,6 @@ _NO = {"no", "n", "cancel", "abort"}
 #: A confirmation button's value: the answer and the token of the prompt it sits on (`PendingConfirmation.token`),
 #: so a click on an older prompt can never confirm whatever the person was asked last.
 _CLICKED = re.compile(r"(yes|no):([0-9a-f]{16})")
-_SPACES = re.compile(r"[\u00a0\u2000-\u200b\u202f\u205f\u3000]")
-_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 MAX_COMMAND = 100_000
 
 
@@ -149,6 +148,8 @@ class PendingConfirmation:
     #: Names this prompt: its buttons carry it (`yes:<token>`), so a click answers this prompt and no
     #: other. None for one stored before tokens existed (its buttons say a bare `yes`, as typed).
     token: str | None = field(default_factory=lambda: secrets.token_hex(8))
+    #: The other fits of a `match_multiple` command, confirmed and run together with `match`.
+    more: tuple[AliasMatch, ...] = ()
 
     def buttons(self, yes: str, no: str) -> list[dict[str, str]]:
         """The prompt's two buttons, each naming this prompt."""
@@ -249,7 +250,7 @@ class Dispatcher:
         """Whether `message` is addressed to Squall explicitly: the prefix or a mention (in a direct
         message every line is addressed, so there a bare word is no command but an answer)."""
         prefix = self.settings.prefix
-        typed = _SPACES.sub(" ", message.text.translate(_QUOTES)).strip()
+        typed = normalise(message.text).strip()
         return (bool(prefix) and typed.startswith(prefix)) or message.mentioned
 
     def _names_command(self, text: str) -> bool:
@@ -271,8 +272,10 @@ class Dispatcher:
         return f"`{self.settings.prefix}{word}`" if self.settings.prefix else f"`@{self.settings.bot_name} {word}`"
 
     def _addressed(self, message: Message) -> str | None:
-        """The command text if the message is for the bot (prefix, mention or DM), else None."""
-        text = _SPACES.sub(" ", message.text.translate(_QUOTES)).strip()
+        """The command text if the message is for the bot (prefix, mention or DM), else None. Read as
+        the alias grammar reads a message (`normalise`): typographic quotes and odd spaces made plain,
+        zero-width spaces and BOMs dropped (`web` U+200B `1`, pasted, is `web1`), also before the prefix."""
+        text = normalise(message.text).strip()
         if self.settings.prefix and text.startswith(self.settings.prefix):
             return text[len(self.settings.prefix):].strip()
         if message.mentioned or message.direct:
@@ -306,7 +309,7 @@ class Dispatcher:
             return
         try:
             with tracing.span("alias.match"):
-                match = self.commands.match(text)
+                matches = self.commands.match_all(text)  # several: a `match_multiple` format's fits
         except AmbiguousCommand as exc:
             metrics.count(metrics.chat_commands, message.adapter, "ambiguous")
             listed = "\n".join(f"• {c.display or c.representation} ({c.alias.ref})" for c in exc.candidates)
@@ -324,34 +327,47 @@ class Dispatcher:
             metrics.count(metrics.chat_commands, message.adapter, "unmatched")
             await self._unknown(message, text, exc.suggestions)
             return
-        await self.run_matched(match, message, text)
+        await self.run_matched(matches[0], message, text, more=matches[1:])
 
     async def run_matched(self, match: Any, message: Message, text: str | None = None,
-                          confirmed: bool = False) -> None:
+                          confirmed: bool = False, more: Sequence[AliasMatch] = ()) -> None:
         """Authorise, confirm (if the alias asks, unless `confirmed` already) and run a matched command:
         for typed commands (`text` without its prefix) and chat forms (`bot/chat/forms.py`) alike.
         Always authorised here, with the alias as loaded now (`CommandService.authorise`): a confirmed
-        or form-filled command may have waited across a pack reload."""
+        or form-filled command may have waited across a pack reload. `more`: the other fits of a
+        `match_multiple` format in the same message, each a command of its own (its execution, audit,
+        ack and result in the thread), authorised and confirmed together with `match`."""
         try:
-            match = await self.commands.authorise(match, message, "chat", text)
+            if more:
+                fits = await self.commands.authorise_all([match, *more], message, "chat", text)
+            else:
+                fits = [await self.commands.authorise(match, message, "chat", text)]
         except CommandRefused as exc:
             metrics.count(metrics.chat_commands, message.adapter, "denied")
             await self.say(message, f"Sorry {message.user}, you may not run that: {exc}.")
             return
         metrics.count(metrics.chat_commands, message.adapter, "matched")
-        if match.alias.confirm and not confirmed:
-            ttl = self.settings.confirm_ttl
-            if isinstance(match.alias.confirm, dict):
-                ttl = float(match.alias.confirm.get("ttl", ttl))
-            pending = PendingConfirmation(match, message, time.time() + ttl)
-            await self._hold(pending)
-            shown = self._masked(match.alias.action_ref, match.parameters)
-            await self.say(message, f"About to run {match.alias.action_ref} with "
-                                    f"{_params(shown)}. Reply {self._answer(message, 'yes')} within {ttl:g}s to go "
-                                    f"ahead, or {self._answer(message, 'no')}.",
-                           buttons=pending.buttons("Yes", "No"))
+        if fits[0].alias.confirm and not confirmed:
+            await self._ask_to_confirm(fits, message)
             return
-        await self._run(match, message, text)
+        for fit in fits:
+            await self._run(fit, message, text)
+
+    async def _ask_to_confirm(self, fits: list[AliasMatch], message: Message) -> None:
+        """Hold `fits` (one command, or every fit of a `match_multiple` one) for one `yes` of their sender:
+        one prompt for them all, since a person has one pending prompt per channel."""
+        alias = fits[0].alias
+        ttl = self.settings.confirm_ttl
+        if isinstance(alias.confirm, dict):
+            ttl = float(alias.confirm.get("ttl", ttl))
+        pending = PendingConfirmation(fits[0], message, time.time() + ttl, more=tuple(fits[1:]))
+        await self._hold(pending)
+        shown = [_params(self._masked(alias.action_ref, fit.parameters)) for fit in fits]
+        what = (f"{alias.action_ref} with {shown[0]}" if len(fits) == 1 else
+                f"{len(fits)} commands: " + "; ".join(f"{alias.action_ref} with {one}" for one in shown))
+        await self.say(message, f"About to run {what}. Reply {self._answer(message, 'yes')} within {ttl:g}s to go "
+                                f"ahead, or {self._answer(message, 'no')}.",
+                       buttons=pending.buttons("Yes", "No"))
 
     async def _settle(self, message: Message, pending: PendingConfirmation, yes: bool) -> None:
         """Take `message`'s sender's answer to `pending` (theirs in that channel): once, restart or not."""
@@ -368,7 +384,7 @@ class Dispatcher:
             # the alias's own confirmation, audit), as if the person had typed it.
             await self._handle(replace(pending.message, text=pending.command), pending.command)
         else:  # authorised again with the alias loaded now (a reload may have disabled it), not asked again
-            await self.run_matched(pending.match, pending.message, confirmed=True)
+            await self.run_matched(pending.match, pending.message, confirmed=True, more=pending.more)
 
     async def _clicked(self, message: Message, yes: bool, token: str) -> None:
         """A Yes/No (Run/Cancel) click: it answers the prompt whose token its button carries. A prompt
@@ -414,9 +430,9 @@ class Dispatcher:
         state: dict[str, Any] = {"origin": sessions.origin(message), "command": pending.command,
                                  "token": pending.token}
         if pending.match is not None:
-            match = pending.match
-            state["match"] = {"alias": match.alias.ref, "display": match.display,
-                              "representation": match.representation, "parameters": match.parameters}
+            state["match"] = _kept(pending.match)
+        if pending.more:
+            state["more"] = [_kept(match) for match in pending.more]
         await sessions.keep(self.engine, sessions.place_key(_CONFIRM, *key), state, pending.expires,
                             f"the confirmation asked of {message.user}")
 
@@ -441,24 +457,27 @@ class Dispatcher:
         for key, state, expires in (row for row in stored if row[0].startswith(_CONFIRM)):
             try:
                 message = Message(**state["origin"])
-                match = None
-                if state.get("match") is not None:
-                    kept = state["match"]
-                    alias = self.aliases.get(kept["alias"])
-                    if alias is None or not alias.enabled:
-                        state_word = "no longer loaded" if alias is None else "disabled"
-                        raise LookupError(f'its alias {kept["alias"]} is {state_word}')
-                    # A typed command's format must still be the alias's (a form's match has none).
-                    if kept["representation"] and kept["representation"] not in alias.representations:
-                        raise LookupError(f'{alias.ref} no longer has the format "{kept["representation"]}"')
-                    match = AliasMatch(alias, kept["display"], kept["representation"], kept["parameters"])
+                match = self._restored(state["match"]) if state.get("match") is not None else None
+                more = tuple(self._restored(kept) for kept in state.get("more") or ())
                 self._confirmations[message.adapter, message.channel, message.user] = PendingConfirmation(
-                    match, message, expires, state.get("command"), token=state.get("token"))
+                    match, message, expires, state.get("command"), token=state.get("token"), more=more)
                 restored += 1
             except Exception as exc:  # a pack changed under it: the person sends the command again
                 log.warning("a confirmation asked before the restart was dropped: %s", exc)
                 await sessions.drop(self.engine, key)
         return forms, restored
+
+    def _restored(self, kept: dict[str, Any]) -> AliasMatch:
+        """A match stored with a confirmation (`_kept`), with its alias as loaded now; `LookupError`
+        when that alias is gone or disabled, or no longer has the format the command was typed in."""
+        alias = self.aliases.get(kept["alias"])
+        if alias is None or not alias.enabled:
+            state_word = "no longer loaded" if alias is None else "disabled"
+            raise LookupError(f'its alias {kept["alias"]} is {state_word}')
+        # A typed command's format must still be the alias's (a form's match has none).
+        if kept["representation"] and kept["representation"] not in alias.representations:
+            raise LookupError(f'{alias.ref} no longer has the format "{kept["representation"]}"')
+        return AliasMatch(alias, kept["display"], kept["representation"], kept["parameters"])
 
     # -- free text -------------------------------------------------------------------------------
     async def _unknown(self, message: Message, text: str, near: list[str]) -> None:
@@ -830,6 +849,12 @@ class Dispatcher:
         reply = Reply(adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text,
                       extra=extra or {}, buttons=buttons or [], asker=message.user if buttons else None)
         return await self.outbox.post(reply)
+
+
+def _kept(match: AliasMatch) -> dict[str, Any]:
+    """A match as a stored confirmation keeps it (`Dispatcher._restored` reads it back)."""
+    return {"alias": match.alias.ref, "display": match.display, "representation": match.representation,
+            "parameters": match.parameters}
 
 
 def _params(parameters: dict[str, Any]) -> str:

@@ -9,11 +9,12 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel
 
 from adapters.base import Message
+from aliases import AliasMatch, AmbiguousCommand, NoMatch
 from bot.chat.commands import Accepted, CommandFailed, CommandRefused
 from bot.http.aliases import match_command
 from bot.http.executions import execution_doc
 from bot.http.key_auth import acting_user
-from bot.http.state import api_state
+from bot.http.state import ApiState, api_state
 
 router = APIRouter()
 
@@ -27,32 +28,67 @@ class AliasExecutionRequest(BaseModel):
     source_channel: str | None = None
 
 
-async def _execute(request: Request, body: AliasExecutionRequest) -> dict[str, Any]:
-    """Match, authorise and run `body.command` as chat would; 403 when its user may not run it."""
-    state = api_state(request)
-    commands = state.squall.chat.commands
-    match = match_command(state, body.command)
-    user = acting_user(request, body.user)
-    message = Message(adapter="api", channel=body.channel or body.source_channel or "api", user=user,
-                      text=body.command)
+def _message(request: Request, body: AliasExecutionRequest) -> Message:
+    """The command as the command path takes it: from the acting user, in the named channel."""
+    return Message(adapter="api", channel=body.channel or body.source_channel or "api",
+                   user=acting_user(request, body.user), text=body.command)
+
+
+def _match_all(state: ApiState, command: str) -> list[AliasMatch]:
+    """Every command `command` means (one per fit of a `match_multiple` format); 400 when none or
+    several aliases match, as `match_command`."""
     try:
-        await commands.authorise(match, message, "api")
-        accepted = await commands.run(match, message, "api")  # never Held: without chat it is refused
-        assert isinstance(accepted, Accepted)
-    except CommandRefused as exc:
-        raise HTTPException(403, f"{user} may not run {match.alias.ref}: {exc}") from exc
-    except CommandFailed as exc:
+        return state.squall.chat.commands.match_all(command)
+    except (NoMatch, AmbiguousCommand) as exc:
         raise HTTPException(400, str(exc)) from exc
-    return {"execution": execution_doc(accepted.execution, state.squall.registry),
-            "actionalias": match.alias.summary(), "message": accepted.ack}
+
+
+async def _run(state: ApiState, matches: list[AliasMatch], message: Message) -> list[dict[str, Any]]:
+    """Authorise `matches` (one command, or every fit of a `match_multiple` one) and request each as
+    chat would; one StackStorm result each. 403 when its user may not run them, 400 when a request is
+    refused (naming the fits already requested, which run: StackStorm's loop stops there too)."""
+    commands = state.squall.chat.commands
+    alias = matches[0].alias
+    try:
+        if len(matches) == 1:
+            matches = [await commands.authorise(matches[0], message, "api")]
+        else:
+            matches = await commands.authorise_all(matches, message, "api")
+    except CommandRefused as exc:
+        raise HTTPException(403, f"{message.user} may not run {alias.ref}: {exc}") from exc
+    results: list[dict[str, Any]] = []
+    for match in matches:
+        try:
+            accepted = await commands.run(match, message, "api")  # never Held: without chat it is refused
+        except CommandRefused as exc:
+            raise HTTPException(403, f"{message.user} may not run {alias.ref}: {exc}{_started(results)}") from exc
+        except CommandFailed as exc:
+            raise HTTPException(400, f"{exc}{_started(results)}") from exc
+        assert isinstance(accepted, Accepted)
+        results.append({"execution": execution_doc(accepted.execution, state.squall.registry),
+                        "actionalias": match.alias.summary(), "message": accepted.ack})
+    return results
+
+
+def _started(results: list[dict[str, Any]]) -> str:
+    """What an error after some fits of a `match_multiple` command were requested says of them."""
+    if not results:
+        return ""
+    return f" (requested before it: {', '.join(r['execution']['id'] for r in results)})"
 
 
 @router.post("/aliasexecution", status_code=201, tags=["aliases"])
 async def alias_execution(body: AliasExecutionRequest, request: Request) -> dict[str, Any]:
-    return await _execute(request, body)
+    """Match, authorise and run `body.command` as chat would: one execution, the first fit of a
+    `match_multiple` format (StackStorm's answers its `results[0]` too)."""
+    state = api_state(request)
+    [result] = await _run(state, [match_command(state, body.command)], _message(request, body))
+    return result
 
 
 @router.post("/aliasexecution/match_and_execute", tags=["aliases"])
 async def match_and_execute(body: AliasExecutionRequest, request: Request) -> dict[str, Any]:
-    """StackStorm's `{"results": [...]}` (one: the command path runs the one best match)."""
-    return {"results": [await _execute(request, body)]}
+    """StackStorm's `{"results": [...]}`: one execution per fit of a `match_multiple` format
+    (spec §2.4 step 5), else the one best match."""
+    state = api_state(request)
+    return {"results": await _run(state, _match_all(state, body.command), _message(request, body))}
