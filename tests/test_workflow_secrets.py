@@ -363,6 +363,8 @@ async def test_a_canceled_chain_masks_what_it_published(wf: Squall, tmp_path: Pa
         if any(r["context"]["workflow_task"]["task"] == "second" and r["status"] == "running" for r in rows):
             break
         await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the chain's task `second` never started running")
     await wf.executions.cancel(record["id"])
     done = await wf.executions.wait(record["id"], timeout=30)
     assert done["status"] == "canceled"
@@ -390,6 +392,8 @@ async def test_orquesta_in_steps_across_a_restart_masks_it(home: Path, postgres_
             if not first.executions.notifying:
                 break
             await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the first process's end listeners never finished")
     finally:
         await first.close()
     second = await _started(config)  # another process, after a restart
@@ -490,6 +494,8 @@ async def test_a_secret_parameter_in_steps_across_a_restart_is_masked(
             if not first.executions.notifying:
                 break
             await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the first process's end listeners never finished")
     finally:
         await first.close()
     second = await _started(config)  # another process, after a restart

@@ -1,6 +1,7 @@
 """`squall run` and `squall execution list | get | cancel | pause | resume | re-run`.
 
-`run` exits 0 if the action succeeded, 1 if it failed or timed out, 2 on bad input; with `--async`
+`run` exits 0 if the action succeeded, 1 if it failed or timed out, 2 on bad input, 3 when the
+database or data folder cannot be used, 128+N when signal N stopped it (the execution abandoned); with `--async`
 it stores the request and `squall serve` runs it. So does a plain `run` of an action a concurrency
 policy holds while `squall serve` runs on the database (it counts the runs in its own memory); the
 command then waits for the end and shows it as usual. Parameters and results are printed as written: rich

@@ -23,8 +23,7 @@ from bot.forms import Field, parse, schema_fields, with_defaults
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import form_fields, operator, viewer
 from engine.executions import ExecutionNotFound
-from engine.inquiries import InquiryError, shown_execution
-from engine.inquiries import who_may as who_may_answer
+from engine.inquiries import InquiryError, shown_execution, who_may
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: How many answered inquiries the list shows.
@@ -40,12 +39,6 @@ def question(schema: Mapping[str, Any]) -> str:
     return "; ".join(asked)
 
 
-def who_may(inquiry: Mapping[str, Any]) -> str:
-    """Who may answer, as the service's refusal names them (`ann (who must also be in role admin)`),
-    or `anyone`."""
-    return who_may_answer(inquiry["users"], inquiry["roles"])
-
-
 async def _workflow(request: Request, parent: str | None) -> dict[str, Any] | None:
     """The execution waiting on the inquiry (None for one asked outside a workflow, or gone)."""
     if not parent:
@@ -59,7 +52,7 @@ async def _workflow(request: Request, parent: str | None) -> dict[str, Any] | No
 @router.get("/inquiries")
 async def inquiry_list(request: Request, session: Session = Depends(viewer)) -> Response:
     inquiries = request.app.state.squall.inquiries
-    pending = [{**item, "question": question(item["schema"]), "who_may": who_may(item),
+    pending = [{**item, "question": question(item["schema"]), "who_may": who_may(item["users"], item["roles"]),
                 "workflow": await _workflow(request, item["parent"])} for item in await inquiries.list()]
     answered = [{**record, "question": question((record.get("result") or {}).get("schema") or {})}
                 for record in await inquiries.answered(ANSWERED_SHOWN)]
@@ -82,7 +75,7 @@ def _page(request: Request, session: Session, inquiry: dict[str, Any], record: d
     return render(request, "inquiry.html", {
         "session": session, "inquiry": inquiry, "record": record, "workflow": workflow, "fields": fields,
         "values": values, "errors": errors or {}, "problem": problem, "question": question(inquiry["schema"]),
-        "who_may": who_may(inquiry),
+        "who_may": who_may(inquiry["users"], inquiry["roles"]),
         "may_answer": inquiry["status"] == "pending" and session.account.may("operator")}, status_code=status)
 
 

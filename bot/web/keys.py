@@ -62,8 +62,6 @@ async def _datastore(request: Request, fn: Any, *args: Any, **kwargs: Any) -> An
         return await squall.db(fn, *args, **kwargs)
     except (DatastoreError, CryptoError) as exc:
         raise PageError(str(exc)) from exc
-    except OverflowError:
-        raise PageError("TTL is too long: the key would expire after the year 9999.") from None
 
 
 async def _page(request: Request, session: Session, scope: str, form: Mapping[str, Any] | None = None,
