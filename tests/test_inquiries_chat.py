@@ -281,3 +281,106 @@ async def test_without_threads_a_bare_answer_where_two_questions_wait_names_both
     finally:
         await squall.chat.stop()
         await squall.close()
+
+
+#: A question whose answer is a choice between two words that are also built-ins' names.
+DECISION = {"type": "object", "properties": {"decision": {"type": "string", "enum": ["approve", "deny"],
+                                                          "required": True}}}
+IRC = Capabilities(threads=False, edits=False, rich=False, files=False, buttons=False, max_length=1600)
+
+
+@pytest.fixture
+async def irc(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter]]:
+    """A chat without threads or buttons (IRC) whose route `ops` is #ops, with the alias `greet <who>`
+    and `yes [<what>]` (core.echo): a word a yes/no question's answer starts with."""
+    write(home / "config.yml", (home / "config.yml").read_text() + "routes:\n  ops: {adapter: irc, channel: '#ops'}\n")
+    write(home / "packs" / "demo" / "pack.yaml", "ref: demo\nname: demo\nversion: 0.1.0\n")
+    write(home / "packs" / "demo" / "aliases" / "greet.yaml",
+          "name: greet\naction_ref: core.echo\nformats: ['greet {{message}}']\n")
+    write(home / "packs" / "demo" / "aliases" / "yes.yaml",
+          "name: yes-all\naction_ref: core.echo\nformats: ['yes {{message=all}}']\n")
+    adapter = LoopbackAdapter(name="irc", capabilities=IRC)
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[adapter])
+    assert squall.registry.errors == []
+    await squall.chat.start()
+    try:
+        yield squall, adapter
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
+async def test_without_threads_a_choice_named_like_a_builtin_answers_the_question_it_asks(irc) -> None:
+    """On IRC an answer is addressed to the bot: `squall: approve` where a question offering approve/deny
+    waits answers it, although `approve` is a built-in's name too. From someone the question does not
+    ask (users: [alice]) it is no answer but the command, as typed anywhere else."""
+    squall, adapter = irc
+    record = await squall.executions.request("core.ask", {"route": "ops", "schema": DECISION, "users": ["alice"]},
+                                             {"user": "wf"})
+    await questions(adapter, 1)
+    await adapter.say("squall: approve", user="bob", channel="#ops", mentioned=True)
+    await adapter.wait_for(lambda p: any("approve <approval-id>" in x.text for x in p))  # the built-in's answer
+    assert (await squall.executions.get(record["id"]))["status"] == "pending"
+    await adapter.say("squall: approve", user="alice", channel="#ops", mentioned=True)
+    answered = await squall.executions.wait(record["id"], timeout=10)
+    assert answered["result"]["response"] == {"decision": "approve"} and answered["result"]["responder"] == "alice"
+    await adapter.wait_for(lambda p: any(x.text.startswith("Thanks alice") for x in p))
+
+
+async def test_without_threads_yes_answers_a_yes_no_question_though_an_alias_is_named_yes(irc) -> None:
+    squall, adapter = irc
+    assert squall.chat.dispatcher.commands.match("yes").alias.name == "yes-all"  # `yes` alone is that command
+    record = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN}, {"user": "wf"})
+    await questions(adapter, 1)
+    await adapter.say("squall: yes", user="carol", channel="#ops", mentioned=True)
+    answered = await squall.executions.wait(record["id"], timeout=10)
+    assert answered["result"]["response"] == {"continue": True}
+    await adapter.wait_for(lambda p: any(x.text.startswith("Thanks carol") for x in p))
+    assert await squall.executions.list(action="core.echo") == []  # the alias did not run as well
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The texts the alias matcher is asked about (`AliasMatcher.match` / `match_all`), one per lookup:
+    a `match` that falls back on `match_all` is one."""
+    from aliases.matcher import AliasMatcher
+
+    asked: list[str] = []
+    depth = [0]
+
+    def counting(original: Any) -> Any:
+        def wrapper(self: AliasMatcher, text: str) -> Any:
+            if depth[0] == 0:
+                asked.append(text)
+            depth[0] += 1
+            try:
+                return original(self, text)
+            finally:
+                depth[0] -= 1
+        return wrapper
+
+    monkeypatch.setattr(AliasMatcher, "match", counting(AliasMatcher.match))
+    monkeypatch.setattr(AliasMatcher, "match_all", counting(AliasMatcher.match_all))
+    return asked
+
+
+async def test_a_command_in_a_thread_is_matched_once_whether_or_not_a_question_waits(chat, lookups) -> None:
+    """A command typed in a thread looks aliases up once: where no question waits nothing inquiry-related
+    matches it, and where a free-text question waits the match that tells it is a command is the one run."""
+    squall, loopback = chat
+    await loopback.say("!greet ann", user="alice", channel="#ops", thread="elsewhere")
+    assert lookups == ["greet ann"]
+    await loopback.say("!deploy-why", user="alice", channel="#ops")
+    (question,) = await questions(loopback, 1)
+    lookups.clear()
+    await loopback.say("!greet bob", user="alice", channel="#ops", thread=question.reply.thread)
+    assert lookups == ["greet bob"]
+    await loopback.wait_for(lambda p: sum("core.echo succeeded" in x.text for x in p) == 2)
+    assert (await asked(squall, "wf.why"))["ask"]["status"] == "pending"
+
+
+async def test_without_threads_a_mention_is_matched_once_when_no_question_waits(irc, lookups) -> None:
+    _squall, adapter = irc
+    await adapter.say("squall: greet ann", user="carol", channel="#ops", mentioned=True)
+    assert lookups == ["greet ann"]
+    await adapter.wait_for(lambda p: any("core.echo succeeded" in x.text for x in p))

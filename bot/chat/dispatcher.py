@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import logging
 import re
@@ -161,6 +162,29 @@ _CONFIRM = "confirm:"
 
 
 @dataclass
+class _Lookup:
+    """One message's alias lookup, made at most once however many steps ask: whether its text is a
+    command amid waiting questions (`_names_command`) and which command it is (`_handle`). A match,
+    with suggestions ranked when nothing matches, costs tens of microseconds a message: never twice."""
+
+    commands: CommandService
+    text: str
+    _found: list[AliasMatch] | AmbiguousCommand | NoMatch | None = None
+
+    def matches(self) -> list[AliasMatch]:
+        """The commands `text` means (`CommandService.match_all`), or its `NoMatch` / `AmbiguousCommand`."""
+        if self._found is None:
+            try:
+                with tracing.span("alias.match"):
+                    self._found = self.commands.match_all(self.text)
+            except (AmbiguousCommand, NoMatch) as exc:
+                self._found = exc
+        if isinstance(self._found, Exception):
+            raise self._found
+        return self._found
+
+
+@dataclass
 class Dispatcher:
     engine: Engine
     index: AliasIndex
@@ -211,13 +235,14 @@ class Dispatcher:
     async def _handle_safely(self, message: Message) -> None:
         try:
             text = self._addressed(message)
+            lookup = None if text is None else _Lookup(self.commands, text)
             adapter = self.adapters.get(message.adapter)
             # A confirmation's button click names its prompt: never an inquiry's answer or a form's.
             clicked = text is not None and _CLICKED.fullmatch(text) is not None
             if not clicked and await self._inquiry_answer(message, text,
-                                                          adapter is None or adapter.capabilities.threads):
+                                                          adapter is None or adapter.capabilities.threads, lookup):
                 return
-            answers = not clicked and not self._command_amid_questions(message, text)
+            answers = not clicked and not self._command_amid_questions(message, lookup)
             if answers and await self.forms.answer(message, text):
                 return  # a question of a form asked in chat: answers need no prefix
             if text is None:
@@ -226,25 +251,26 @@ class Dispatcher:
             received = getattr(adapter, "received", None)
             if received is not None:  # the platform's "seen it" mark (Slack's status reaction)
                 await received(message)
-            await self._handle(message, text)
+            await self._handle(message, text, lookup)
         except Exception as exc:
             log.exception("handling a message from %s failed", message.user)
             await self.say(message, f"Sorry, something went wrong handling that: {exc}")
 
-    def _command_amid_questions(self, message: Message, text: str | None) -> bool:
+    def _command_amid_questions(self, message: Message, lookup: _Lookup | None) -> bool:
         """Whether `message`, sent while a form's question waits for its sender's answer there, is a
         command rather than the answer: addressed to Squall explicitly (the prefix or a mention; in a
         direct message every line is addressed, so there a bare word is an answer) and naming an
         alias or a built-in. Otherwise `!help` would become the answer, and the form's action would
         run with "help" as its value. The form's own `cancel` stays the form's."""
-        if text is None or not self.forms.asks(message):
+        if lookup is None or not self.forms.asks(message):
             return False
+        text = lookup.text
         if not self._explicit(message) or text.lower() in CANCEL:
             return False
         pending = (message.adapter, message.channel, message.user) in self._confirmations
         if text.partition(" ")[0].lower() == FORM_WORD or (pending and text.lower() in _YES | _NO):
             return True
-        return self._names_command(text)
+        return self._names_command(lookup)
 
     def _explicit(self, message: Message) -> bool:
         """Whether `message` is addressed to Squall explicitly: the prefix or a mention (in a direct
@@ -253,14 +279,15 @@ class Dispatcher:
         typed = normalise(message.text).strip()
         return (bool(prefix) and typed.startswith(prefix)) or message.mentioned
 
-    def _names_command(self, text: str) -> bool:
-        """Whether `text` (without its prefix) names an alias, or a built-in no alias claims."""
+    def _names_command(self, lookup: _Lookup) -> bool:
+        """Whether the text (without its prefix) names an alias, or a built-in no alias claims. The
+        match is kept in `lookup`: the command it names is run with it, not matched again."""
         try:
-            self.commands.match(text)
+            lookup.matches()
         except AmbiguousCommand:
             return True  # a command, if not a clear one: its answer says so
         except NoMatch:
-            word = text.partition(" ")[0].lower()
+            word = lookup.text.partition(" ")[0].lower()
             return word.isalpha() and hasattr(self, f"_builtin_{word}")
         return True
 
@@ -286,7 +313,9 @@ class Dispatcher:
             return text
         return None
 
-    async def _handle(self, message: Message, text: str) -> None:
+    async def _handle(self, message: Message, text: str, lookup: _Lookup | None = None) -> None:
+        """Run what `text` (without its prefix) asks; `lookup` holds its alias match if an earlier step
+        made it (`_names_command`)."""
         key = (message.adapter, message.channel, message.user)
         clicked = _CLICKED.fullmatch(text)
         if clicked is not None:  # a confirmation's button: it answers the prompt it sits on, or nothing
@@ -307,9 +336,10 @@ class Dispatcher:
         if len(text) > MAX_COMMAND:
             await self.say(message, f"That command is {len(text):,} characters long; the limit is {MAX_COMMAND:,}.")
             return
+        if lookup is None or lookup.text != text:
+            lookup = _Lookup(self.commands, text)
         try:
-            with tracing.span("alias.match"):
-                matches = self.commands.match_all(text)  # several: a `match_multiple` format's fits
+            matches = lookup.matches()  # several: a `match_multiple` format's fits
         except AmbiguousCommand as exc:
             metrics.count(metrics.chat_commands, message.adapter, "ambiguous")
             listed = "\n".join(f"• {c.display or c.representation} ({c.alias.ref})" for c in exc.candidates)
@@ -815,13 +845,17 @@ class Dispatcher:
         if said is not None:
             await self.say(message, said)
 
-    async def _inquiry_answer(self, message: Message, text: str | None, threaded: bool) -> bool:
+    async def _inquiry_answer(self, message: Message, text: str | None, threaded: bool,
+                              lookup: _Lookup | None = None) -> bool:
         """A click on a question's button (it answers the inquiry its value names), or a bare answer in
         the thread an inquiry was asked in. Where there are no threads (IRC), the answer in the
         question's channel must be addressed to the bot (`squall: yes`): a bare "ok" in a busy channel
         must not approve anything. A message addressed explicitly (prefix or mention) that names an
-        alias or a built-in is that command, never an answer (`!help` where a free-text question
-        waits); chatter in the thread is no answer either: both are handled as usual."""
+        alias or a built-in is that command (`!help` where a free-text question waits), unless it is a
+        choice a waiting question offers its sender (`squall: approve` on IRC where approve/deny is
+        asked); chatter in the thread is no answer either: both are handled as usual. Whether it names
+        a command is asked only where a question waits and the text fits it (`InquiryChat.typed`), and
+        the match is kept in `lookup` for `_handle`."""
         if message.clicked:
             said = await self.inquiries.clicked(message, threaded)
         else:
@@ -829,9 +863,9 @@ class Dispatcher:
                 return False
             if not threaded and (text is None or not (message.mentioned or message.direct)):
                 return False  # `!command` stays a command
-            if text is not None and self._explicit(message) and self._names_command(text):
-                return False
-            said = await self.inquiries.typed(message, message.text.strip() if text is None else text, threaded)
+            command = functools.partial(self._names_command, lookup) if lookup and self._explicit(message) else None
+            said = await self.inquiries.typed(message, message.text.strip() if text is None else text, threaded,
+                                              command)
         if said is None:
             return False
         await self.say(message, said)

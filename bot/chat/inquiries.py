@@ -21,7 +21,7 @@ from engine.events import EXECUTION_FINISHED, INQUIRY_PENDING
 from engine.inquiries import RUNNER, InquiryError, masked, refusal
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Callable, Coroutine
 
     from bot.chat.announce import Announcer
     from bot.chat.auth import Authorizer
@@ -179,11 +179,21 @@ class InquiryChat:
                     continue  # gone since: nothing to answer
         return found
 
-    async def typed(self, message: Message, text: str, threaded: bool = True) -> str | None:
+    async def typed(self, message: Message, text: str, threaded: bool = True,
+                    command: Callable[[], bool] | None = None) -> str | None:
         """A bare answer typed where questions wait: the answer to the one question it fits, what to say
         when it fits several (it answers none; `respond <id>` says which), or None when it is no answer
-        (chatter: it fits none, or only a free-text question of people other than its sender)."""
-        fits = [inquiry for inquiry in await self.waiting(message, threaded) if self._fits(message, inquiry, text)]
+        (chatter: it fits none, or only a free-text question of people other than its sender).
+
+        `command`, given for a message addressed to Squall explicitly, tells whether its text names an
+        alias or a built-in: then it is that command (None), unless it is a choice (yes/no, an option,
+        a JSON object) of a question that asks its sender. So `!help` where a free-text question waits
+        shows help, while `squall: approve` on IRC where approve/deny is asked answers. It is called
+        only when a question waits here and the text fits one: most messages cost no alias match."""
+        waiting = await self.waiting(message, threaded)
+        fits = [inquiry for inquiry in waiting if self._fits(message, inquiry, text)]
+        if fits and command is not None and not any(self._chosen(message, i, text) for i in fits) and command():
+            return None
         if len(fits) > 1:
             return self._ambiguous(fits)
         return await self.answer(message, fits[0], text) if fits else None
@@ -238,6 +248,11 @@ class InquiryChat:
         if parse_answer(schema, text) is None:
             return False
         return not _free_text(schema, text) or self._asks(message, inquiry)
+
+    def _chosen(self, message: Message, inquiry: dict[str, Any], text: str) -> bool:
+        """Whether `text` (which fits `inquiry`) is one of the answers it offers, not just any text, and
+        the inquiry asks `message`'s sender: such a text answers it even if a command has its name."""
+        return not _free_text(_schema(inquiry), text) and self._asks(message, inquiry)
 
     def _asks(self, message: Message, inquiry: dict[str, Any]) -> bool:
         """Whether `inquiry` asks `message`'s sender: its `users` and `roles` let them answer (the
