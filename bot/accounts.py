@@ -81,7 +81,7 @@ class Session:
 
 
 def check_name(name: str) -> str:
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):  # `$` alone lets a final newline through
         raise AccountError(f"{name!r} is not a usable user name: 1 to 64 letters, digits, '.', '_', '@' or '-', "
                            "starting with a letter or digit")
     return name

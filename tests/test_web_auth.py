@@ -251,6 +251,16 @@ async def test_a_right_password_does_not_count_against_the_address(web: Web) -> 
     assert (await login(client, "ann")).status_code == 429
 
 
+def test_a_user_name_with_a_trailing_newline_is_refused() -> None:
+    """`^...$` with `match` lets a final newline through: `bob\\n` would be a second, different bob."""
+    from bot.accounts import AccountError, check_name
+
+    assert check_name("bob") == "bob"
+    for bad in ("bob\n", "\nbob", "bob\r", ""):
+        with pytest.raises(AccountError, match="not a usable user name"):
+            check_name(bad)
+
+
 def test_the_throttle_counts_an_attempt_when_it_lets_it_through() -> None:
     now = [1000.0]
     throttle = LoginThrottle(limit=2, window=60, clock=lambda: now[0])
