@@ -89,8 +89,9 @@ class Executions(_Resource):
     async def wait(self, execution_id: str, *, timeout: float | None = None, interval: float = 1.0,
              until: Collection[str] = ()) -> Execution:
         """Poll until the execution is completed (succeeded, failed, timeout, canceled, abandoned) or in
-        one of the statuses `until` (e.g. `{"paused"}` for a workflow waiting on an inquiry). The API has
-        no push for this, so it polls, quickly at first, then every `interval` seconds."""
+        one of the statuses `until` (e.g. `{"paused"}` for a workflow waiting on an inquiry). It polls,
+        quickly at first, then every `interval` seconds: plain requests work through any proxy, where the
+        server's event stream (`/stream/v1/stream`) may be cut or buffered."""
         stop = COMPLETED | frozenset(until)
         deadline = api.deadline(timeout)
         delays = api.backoff(interval)
@@ -104,9 +105,9 @@ class Executions(_Resource):
                      interval: float = 1.0) -> AsyncIterator[str]:
         """The execution's output as it grows, as new pieces of text, until it completes.
 
-        The API has no stream: this polls `/executions/{id}/output`, which today has text only once the
-        execution has a result, so a shell action's output arrives in one piece at its end; a server
-        that fills the output earlier is followed as it grows, with no change here."""
+        This polls `/executions/{id}/output`, which the shell, Python and remote runners fill while they
+        run (other runners' output comes with their result): each piece is what was printed between two
+        polls, not a line."""
         seen = ""
         deadline = api.deadline(timeout)
         delays = api.backoff(interval)
