@@ -30,7 +30,8 @@ from engine.storage import utcnow
 
 log = logging.getLogger("squall")
 POLL_SECONDS = 1.0
-#: How often the lead of workers looks for retries lost with a killed worker (`_queued_work`).
+#: How often the lead of workers looks for retries lost with a killed worker, and for questions whose
+#: TTL timer went with a stopped worker (`_queued_work`).
 RETRY_SWEEP_SECONDS = 60.0
 #: The chat platforms Squall speaks; each is the module `adapters.<name>`.
 ADAPTER_NAMES = ["console", "slack", "mattermost", "irc"]
@@ -223,7 +224,7 @@ class Housekeeping:
         ]
         if squall.config.executor_kind == "procrastinate" and self.ticks % int(REAP_SECONDS / POLL_SECONDS) == 0:
             sweep = self.ticks % int(RETRY_SWEEP_SECONDS / POLL_SECONDS) == 0
-            steps.append(("looking after queued work", functools.partial(_queued_work, squall, sweep_retries=sweep)))
+            steps.append(("looking after queued work", functools.partial(_queued_work, squall, sweep=sweep)))
         if self.ticks % int(PURGE_SECONDS / POLL_SECONDS) == 0:
             steps.append(("purging expired keys", functools.partial(squall.db, squall.datastore.purge_expired)))
             steps.append(("purging old deliveries", functools.partial(squall.db, squall.triggers.purge_deliveries)))
@@ -292,15 +293,18 @@ def _write_private(path: Path, text: str) -> None:
         file.write(text)
 
 
-async def _queued_work(squall: Squall, sweep_retries: bool = False) -> None:
+async def _queued_work(squall: Squall, sweep: bool = False) -> None:
     """`executor.kind: procrastinate`: the leading node ends what stalled workers left (also when no
-    worker is left to do it) and, with `sweep_retries`, requests the retries that killed workers never
-    did; every node tells the chat threads whose executions no worker has taken for
-    `executor.unserved_after` seconds (once each: the reply is keyed)."""
+    worker is left to do it) and, with `sweep` (every `RETRY_SWEEP_SECONDS`), does what a worker that
+    stopped left undone: the retries it never requested, and the questions whose TTL timer was in it
+    (`InquiryService.recover`: the overdue expire, the others get a timer here). Every node tells the
+    chat threads whose executions no worker has taken for `executor.unserved_after` seconds (once
+    each: the reply is keyed)."""
     if squall.sensor_lead:
         await reap_stalled(squall.executions, squall.jobs)  # type: ignore[arg-type]
-        if sweep_retries:
+        if sweep:
             await squall.policies.recover_retries(settled=RETRY_SETTLE)
+            await squall.inquiries.recover()
     config = squall.config
     if config.unserved_after <= 0:
         return

@@ -9,6 +9,8 @@ net), at most `concurrency` at once: an action's run, or one step of a workflow 
 jobs of their own, on their queues).
 Every worker also ends what workers that stopped answering left (`engine.jobs.reap_stalled`) and
 submits what waits for a node to (`_poll_forever`: delays that are over, what a policy delayed).
+At its start it expires the questions whose TTL ran out while the worker that asked them was gone,
+and arms timers for the rest (`InquiryService.recover`).
 
 SIGTERM or SIGINT stops taking jobs; running actions get up to `drain` seconds to finish (what
 still runs then ends `abandoned`). Workflows need no hand-back: between steps no worker holds
@@ -108,6 +110,9 @@ async def work(config: Config, queues: list[str] | None, concurrency: int, drain
     squall = await Squall.start(config, adapters=configured_adapters(config))
     # Each pack's content hash now, as loaded: a pack edited on disk later is not what runs here.
     await asyncio.to_thread(lambda: [pack.content_hash() for pack in squall.registry.packs.values()])
+    # Questions whose TTL timer went with a worker that stopped: the overdue expire now, the others get a
+    # timer here (the lead's minute sweep does the same; one query over what is pending).
+    await squall.inquiries.recover()
     worker = Worker(squall, queues)
     app = worker_app(config, worker.run_job)
     helpers = [asyncio.create_task(reap_forever(squall.executions, squall.jobs), name="squall-reaper"),

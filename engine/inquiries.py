@@ -335,7 +335,12 @@ class InquiryService:
         return await self.executions.complete(inquiry_id, "timeout", result, ("pending",))
 
     async def recover(self) -> int:
-        """On start (`squall serve`): arm the TTL timers of pending inquiries; expire overdue ones."""
+        """Arm the TTL timers of pending inquiries that have none here; expire the overdue ones. Run at
+        the start of `squall serve` and `squall worker`, and with workers by the lead every minute: a
+        timer lives in the process that asked, and a worker that stopped took it along, leaving the
+        question (and its workflow) waiting for ever. Idempotent, and safe beside another process
+        doing the same: `expire` ends only a `pending` one (compare-and-set), so one process alone
+        ends it and tells its workflow. Returns how many timers it armed."""
         armed = 0
         loop = asyncio.get_running_loop()
         for row in await self.executions.list(status="pending", limit=100_000):
@@ -343,7 +348,9 @@ class InquiryService:
             if row["runner"] != RUNNER or ttl <= 0:
                 continue
             if self._expired(row):
-                await self.expire(row["id"])
+                if await self.expire(row["id"]) is not None:
+                    log.info("inquiry %s expired: its TTL of %d min ran out with no timer left for it (the process "
+                             "that asked it stopped)", row["id"], ttl)
                 continue
             if row["id"] in self._timers:
                 continue

@@ -527,17 +527,20 @@ def admit_shared(store: Any, record: dict[str, Any], limits: tuple[Limit, ...],
     """Admit `record` if each of its `limits` has fewer than its threshold executions of its key holding
     a slot: counted and moved to `scheduled` in one PostgreSQL transaction under an advisory lock on the
     action, so two serve nodes never both admit the last slot; otherwise it is marked `delayed`. The
-    holding rows' keys are made as the record's (`values_of`: their values, secrets unsealed). Returns
-    whether it was admitted, and the first limit that was full (None if none was)."""
+    holding rows' keys are made as the record's (`values_of`: their values, secrets unsealed).
+
+    Older `delayed` runs of the action that a slot would admit now count as holding theirs
+    (`_taken`): the slot a worker freed is theirs, and the poll admits them oldest first. Otherwise a
+    request made before the poll came round took it, and requests ran out of order. Returns whether
+    it was admitted, and the first limit that was full (None if none was)."""
     from engine.storage import executions
 
     action = record["action"]
     with store._write() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"squall.policy:{action}"})
-        rows = conn.execute(sa.select(executions.c.spec, executions.c.sealed).where(
-            executions.c.action == action, executions.c.status.in_(SHARED_HOLDING))).all()
-        holding = _holding([{"spec": spec, "sealed": sealed} for spec, sealed in rows], action, limits, values_of)
-        full = next((limit for limit in limits if holding[limit.key] >= limit.threshold), None)
+        rows = [dict(row._mapping) for row in conn.execute(_slot_rows(record))]
+        taken = _taken(rows, action, limits, values_of)
+        full = next((limit for limit in limits if taken[limit.key] >= limit.threshold), None)
         status = "scheduled" if full is None else "delayed"
         if status == record["status"]:
             return False, full
@@ -548,14 +551,38 @@ def admit_shared(store: Any, record: dict[str, Any], limits: tuple[Limit, ...],
         return bool(changed) and full is None, full
 
 
-def _holding(rows: list[dict[str, Any]], action: str, limits: tuple[Limit, ...],
-             values_of: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Counter[tuple[str, ...]]:
-    """How many of `rows` (executions of `action` holding a slot) count under each limit's key."""
+def _slot_rows(record: Mapping[str, Any]) -> Any:
+    """One query for what stands before `record` for its action's slots: the executions holding one,
+    and the `delayed` ones requested before it, oldest first. Both are live statuses, which
+    `ix_executions_status` finds without reading the action's history."""
+    from engine.storage import executions
+
+    c = executions.c
+    requested = sa.tuple_(sa.literal(record["start_timestamp"], c.start_timestamp.type), sa.literal(record["id"]))
+    older = sa.tuple_(c.start_timestamp, c.id) < requested
+    return (sa.select(c.id, c.status, c.spec, c.sealed, c.runner_info)
+            .where(c.action == record["action"], c.status.in_((*SHARED_HOLDING, "delayed")),
+                   sa.or_(c.status != "delayed", older))
+            .order_by(c.start_timestamp, c.id))
+
+
+def _taken(rows: list[dict[str, Any]], action: str, limits: tuple[Limit, ...],
+           values_of: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Counter[tuple[str, ...]]:
+    """The slots under each key that `rows` (`_slot_rows`) take before the record: every holding row
+    one under each of its keys; then, in their order, every older `delayed` row whose keys all have
+    room, as the poll will admit it (a local process's `_take_ready` does the same). One waiting on a
+    full key of its own (another `.attr` value) takes nothing, nor does one held by a clock (a retry's
+    or a task's `delay`): neither would take a slot now."""
     attributes = any(limit.policy.policy_type.endswith(".attr") for limit in limits)
-    counts: Counter[tuple[str, ...]] = Counter()
-    for row in rows:
+    taken: Counter[tuple[str, ...]] = Counter()
+    for row in sorted(rows, key=lambda row: row["status"] == "delayed"):  # stable: the delayed ones stay in order
+        waiting = row["status"] == "delayed"
+        if waiting and until_due(row) > 0:
+            continue
         values = values_of(row) if attributes else {}
-        for limit in limits:
-            if concurrency_key(limit.policy, action, values) == limit.key:
-                counts[limit.key] += 1
-    return counts
+        keys = [(concurrency_key(limit.policy, action, values), limit.threshold) for limit in limits]
+        if waiting and any(taken[key] >= threshold for key, threshold in keys):
+            continue
+        for key, _threshold in keys:
+            taken[key] += 1
+    return taken

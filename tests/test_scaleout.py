@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -799,20 +799,120 @@ async def test_the_lead_requests_a_retry_a_killed_worker_never_did(home: Path, p
         asked = await squall.executions.request("demo.hello", {"who": "x"})
         # What a worker that then died committed: the run's failure, and nothing more.
         store.update_execution(asked["id"], {"status": "failed", "end_timestamp": datetime.now(tz=UTC)})
-        await _queued_work(squall, sweep_retries=True)
+        await _queued_work(squall, sweep=True)
         assert store.get_execution(retry_id(asked["id"])) is None  # a fresh failure is its worker's to retry
 
         store.update_execution(asked["id"], {"end_timestamp": datetime.now(tz=UTC) - RETRY_SETTLE * 2})
-        await _queued_work(squall, sweep_retries=False)  # the 5-second pass does not look
+        await _queued_work(squall, sweep=False)  # the 5-second pass does not look
         assert store.get_execution(retry_id(asked["id"])) is None
-        await _queued_work(squall, sweep_retries=True)
+        await _queued_work(squall, sweep=True)
         retry = store.get_execution(retry_id(asked["id"]))
         assert retry is not None and retry["parameters"]["who"] == "x"
         assert retry["context"]["re-run"] == {"ref": asked["id"]}
         assert retry["context"]["policies"]["retry"] == {"retry_count": 1, "applied_policy": "demo.retry"}
 
-        await _queued_work(squall, sweep_retries=True)  # the next sweep sees it was retried
+        await _queued_work(squall, sweep=True)  # the next sweep sees it was retried
         assert [r["id"] for r in store.list_executions(action="demo.hello")].count(retry_id(asked["id"])) == 1
         assert len(store.list_executions(action="demo.hello")) == 2
     finally:
         await squall.close()
+
+
+ASKING_FLOW = """
+version: 1.0
+tasks:
+  ask:
+    action: core.ask
+    input:
+      ttl: 1
+      schema: {type: object, properties: {ok: {type: boolean}}, required: [ok]}
+    next:
+      - when: <% failed() %>
+        do: expired
+  expired:
+    action: demo.hello who="nobody answered"
+output:
+  - said: <% task(expired).result.stdout %>
+"""
+
+
+async def test_the_lead_expires_an_inquiry_whose_asking_worker_is_gone(home: Path, postgres_url: str) -> None:
+    """A question's TTL timer lives in the process that asked it, a worker. That worker stopped (a
+    deploy, a kill), nothing else ever expired the question, and its workflow stayed paused for ever.
+    The lead's minute sweep expires it (and arms timers for the questions not yet due), and the
+    workflow goes on. Expiring is a compare-and-set on `pending`: a restarted worker's start-up
+    expiring the same question at the same moment resumes the workflow no second time."""
+    from bot.app import Squall
+    from bot.service import _queued_work
+
+    config = _workflow(home, postgres_url, "asking", "orquesta", ASKING_FLOW)
+    lead = await Squall.start(config)
+    store = lead.store
+    try:
+        await lead.sync_sensors()
+        assert lead.sensor_lead
+        asking = await Squall.start(config)  # the worker that asks
+        try:
+            first, second = [await _asked(asking, "demo.asking") for _ in range(2)]
+        finally:
+            await asking.close()  # the worker stops, and the questions' timers with it
+        _overdue(store, first[1])
+
+        await _queued_work(lead, sweep=False)  # the 5-second pass does not look
+        assert store.get_execution(first[1])["status"] == "pending"
+        await _queued_work(lead, sweep=True)
+        await _heard(lead)
+        expired = store.get_execution(first[1])
+        assert expired["status"] == "timeout" and "expired" in expired["result"]["error"]
+        assert store.get_execution(first[0])["status"] == "resuming"
+        assert store.get_execution(second[1])["status"] == "pending" and second[1] in lead.inquiries._timers
+
+        await lead.executions.run(first[0], {"job_id": 10})  # its job: the workflow goes on, `expired` is requested
+        [told] = [c for c in store.list_executions(parent=first[0]) if c["action"] == "demo.hello"]
+        await lead.executions.run(told["id"], {"job_id": 11})
+        await lead.executions.step(first[0], {"job_id": 12})
+        done = store.get_execution(first[0])
+        assert done["status"] == "succeeded" and done["result"]["output"] == {"said": "hello nobody answered"}
+
+        _overdue(store, second[1])
+        restarted = await Squall.start(config)  # a worker starting as the sweep runs: both find it overdue
+        try:
+            await asyncio.gather(_queued_work(lead, sweep=True), restarted.inquiries.recover())
+            await asyncio.gather(_heard(lead), _heard(restarted))
+        finally:
+            await restarted.close()
+        assert store.get_execution(second[1])["status"] == "timeout"
+        resumed = store.get_execution(second[0])
+        assert [entry["status"] for entry in resumed["log"]].count("resuming") == 1
+    finally:
+        await lead.close()
+
+
+async def _asked(worker: Any, ref: str) -> tuple[str, str]:
+    """A workflow `ref` run by `worker` up to its question (`pending`, the worker's timer armed) and
+    paused for the answer: (the workflow's id, the question's)."""
+    store = worker.store
+    flow = await worker.executions.request(ref)
+    await worker.executions.run(flow["id"], {"job_id": 1})  # the first step requests `ask`
+    [ask] = store.list_executions(parent=flow["id"])
+    await worker.executions.run(ask["id"], {"job_id": 2})
+    await worker.executions.step(flow["id"], {"job_id": 3})
+    assert store.get_execution(ask["id"])["status"] == "pending" and ask["id"] in worker.inquiries._timers
+    assert store.get_execution(flow["id"])["status"] == "paused"
+    await _heard(worker)  # before the worker stops
+    return flow["id"], ask["id"]
+
+
+async def _heard(squall: Any) -> None:
+    """Until the listeners of what ended in `squall` are done (a workflow resumed, a step queued)."""
+    for _ in range(600):  # a deadline
+        if not squall.executions.notifying:
+            return
+        await asyncio.sleep(0.05)
+
+
+def _overdue(store: Store, inquiry_id: str) -> None:
+    """Two minutes pass for the question (`ttl: 1`)."""
+    from engine.storage import utcnow
+
+    store.update_execution(inquiry_id, {"start_timestamp": utcnow() - timedelta(minutes=2)})
