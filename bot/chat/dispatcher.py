@@ -288,7 +288,8 @@ class Dispatcher:
             return True  # a command, if not a clear one: its answer says so
         except NoMatch:
             word = lookup.text.partition(" ")[0].lower()
-            return word.isalpha() and hasattr(self, f"_builtin_{word}")
+            # An alias's words without their values (`!key get`) ask for them: a command too.
+            return (word.isalpha() and hasattr(self, f"_builtin_{word}")) or self.forms.names_bare(lookup.text)
         return True
 
     def _answer(self, message: Message, word: str) -> str:
@@ -355,7 +356,9 @@ class Dispatcher:
                 await builtin(message, rest.strip())
                 return
             metrics.count(metrics.chat_commands, message.adapter, "unmatched")
-            await self._unknown(message, text, exc.suggestions)
+            # A format's words without their values (`!echo`): asked for, as a missing parameter is.
+            if not await self.forms.bare(message, text):
+                await self._unknown(message, text, exc.suggestions)
             return
         await self.run_matched(matches[0], message, text, more=matches[1:])
 
@@ -817,9 +820,12 @@ class Dispatcher:
             await self.say(message, str(exc))
 
     async def _retry(self, message: Message, execution: dict[str, Any], alias: Alias | None) -> None:
-        """A new run of `execution` as `message`'s sender (`CommandService.rerun`), audited."""
-        context = (self.commands.context(alias, message, "chat", self._where(message)) if alias
-                   else {"user": message.user, "source": "chat"})
+        """A new run of `execution` as `message`'s sender (`CommandService.rerun`), audited. Its result
+        goes where `retry` was typed (`_where`), also for an execution started outside chat (the CLI,
+        the API): without the chat routing, the result of that retry would be posted nowhere."""
+        where = self._where(message)
+        context = (self.commands.context(alias, message, "chat", where) if alias
+                   else {"user": message.user, "source": "chat", "source_channel": message.channel, "chat": where})
         again = await self.commands.rerun(execution["id"], None, context)
         await self.commands.audit("chat.execution.rerun", message, again["id"], {
             "action": again["action"], "of": execution["id"], "parameters": again["parameters"]})

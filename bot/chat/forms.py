@@ -25,19 +25,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from adapters.base import Adapter, DeliveryError, Form, FormField, FormSubmission, Message
 from aliases import Alias, AliasMatch, AliasMatcher, AmbiguousCommand, NoMatch
+from aliases.grammar import PLACEHOLDER, normalise
 from bot.chat import sessions
 from bot.chat.auth import Authorizer
 from bot.chat.commands import CommandRefused, CommandService
-from bot.chat.help import visible
+from bot.chat.help import masked, secret_names, visible
+from bot.chat.replies import short
 from bot.forms import Field, action_fields, parse
 
 if TYPE_CHECKING:
@@ -109,6 +113,20 @@ class _Asking:
     given: dict[str, Any]
 
 
+#: Characters that make a format's literal text a pattern rather than words a person types as shown.
+_PATTERN_SIGNS = frozenset("\\^$|?*+()[]{}")
+
+
+@dataclass(frozen=True)
+class _Bare:
+    """A typed command that is a format's words without their values (`key get` of `key get {{name}}`):
+    the alias, the format as help shows it, and the required placeholders the command left out."""
+
+    alias: Alias
+    shown: str
+    missing: tuple[str, ...]
+
+
 #: Seconds a submitted platform form waits for its command to be stored before it is answered anyway:
 #: Slack drops a `view_submission` not answered within 3 s (and shows the person an error).
 ANSWER_WITHIN = 2.0
@@ -171,6 +189,49 @@ class ChatForms:
             alias, given = found
             await self.offer(message, alias, given=given)
         return True
+
+    async def bare(self, message: Message, text: str) -> bool:
+        """A command typed without its values (`!echo`, `!key get`: the words of a format the sender
+        may run, before its first placeholder or all of them) asks for the values as a missing
+        parameter does (`offer`). Where no form can ask them (a value no form asks, such as an
+        immutable parameter), or several aliases have those words, it says what the command needs.
+        False when `text` is no such command: "I don't know" answers it."""
+        dispatcher = self.dispatcher
+        fits = self._bare_fits(visible(dispatcher.matcher.aliases, dispatcher.auth, message), text)
+        if not fits:
+            return False
+        prefix = dispatcher.settings.prefix
+        first = fits[0]
+        if len({fit.alias.ref for fit in fits}) > 1:
+            listed = ", ".join(f"`{prefix}{fit.shown}` ({fit.alias.ref})" for fit in fits)
+            await dispatcher.say(message, f"`{prefix}{short(text)}` needs more: one of {listed}.")
+            return True
+        needs = f"`{prefix}{short(text)}` needs {', '.join(first.missing)}: `{prefix}{first.shown}`"
+        if set(first.missing) <= {f.name for f in self.fields(first.alias)}:
+            await self.offer(message, first.alias, needs)
+        else:
+            await dispatcher.say(message, needs)
+        return True
+
+    def names_bare(self, text: str) -> bool:
+        """Whether `text` is the bare words of an enabled alias's format, whoever may run it: a command
+        (`bare` answers it), never the answer to a question waiting where it was typed."""
+        return bool(self._bare_fits([a for a in self.dispatcher.matcher.aliases if a.enabled], text))
+
+    def _bare_fits(self, aliases: Sequence[Alias], text: str) -> list[_Bare]:
+        """The formats `text` is the bare words of, among `aliases`."""
+        dispatcher = self.dispatcher
+        typed = text.split()
+        fits = []
+        for alias in aliases:
+            secrets_of = secret_names(dispatcher.engine.registry.actions.get(alias.action_ref))
+            for item in alias.formats:
+                for representation in item.representations:
+                    missing = _bare_missing(representation, tuple(typed))
+                    if missing:
+                        fits.append(_Bare(alias, masked(item.display or representation, secrets_of), missing))
+                        break
+        return fits
 
     async def offer(self, message: Message, alias: Alias, explanation: str = "",
                     given: dict[str, Any] | None = None, command: str | None = None) -> None:
@@ -446,6 +507,30 @@ class ChatForms:
                 log.warning("a chat form stored before the restart was dropped: %s", exc)
                 await self._drop(key)
         return restored
+
+
+def _bare_missing(representation: str, typed: tuple[str, ...]) -> tuple[str, ...]:
+    """The required placeholders of `representation` that `typed` (a command's words) leaves out when
+    it is the format's words before its first placeholder, or all its literal words; () otherwise,
+    and for a format whose literal text is a pattern (`(?i)`, `a|b`), which no typed words stand for."""
+    lead, words, required = _format_words(representation)
+    if not typed or not required or typed not in (lead, words):
+        return ()
+    return required
+
+
+@functools.lru_cache(maxsize=4096)
+def _format_words(representation: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """A format's literal words before its first placeholder, all its literal words, and its required
+    placeholders (those with no default); nothing for a format with no placeholder or a pattern."""
+    text = normalise(representation)
+    found = list(PLACEHOLDER.finditer(text))
+    literal = PLACEHOLDER.sub(" ", text)
+    if not found or _PATTERN_SIGNS & set(literal):
+        return (), (), ()
+    required = tuple(m["name"] for m in found
+                     if all(m[group] is None for group in ("empty", "dq", "sq", "brace", "bare")))
+    return tuple(text[:found[0].start()].split()), tuple(literal.split()), required
 
 
 def _button(alias: Alias, text: str | None = None, command: str | None = None) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -16,6 +17,7 @@ from bot.http.json_body import NOT_JSON, JsonBodyError, decode_json
 from bot.http.state import api_state
 from bot.http.webhook_signatures import SIGNATURE_HEADER, HookAuth, authorize_hook
 from engine import tracing
+from engine.rules import Rule
 from engine.storage import DuplicateDelivery
 from engine.triggers import TriggerError
 
@@ -82,6 +84,26 @@ def _accepted_before(hook: str, body: Any, duplicate: DuplicateDelivery, auth: H
                                                         DUPLICATE_HEADER: "true", **auth.headers})
 
 
+def _not_registered(rules: Iterable[Rule], hook: str) -> str:
+    """StackStorm's 404 text for `hook`, with why each loaded rule naming it takes nothing (disabled,
+    or waiting for a pack), also logged: a rule written without `enabled: true` (StackStorm's default
+    is false) must not be a silent 404. Said only to an authenticated caller."""
+    said = f"Webhook {hook} not registered"
+    reasons = [_not_live(rule) for rule in rules if rule.webhook_url == hook and not rule.live]
+    if not reasons:
+        return said
+    said = f"{said}: {'; '.join(reasons)}"
+    log.warning("webhook request answered 404: %s", said)
+    return said
+
+
+def _not_live(rule: Rule) -> str:
+    if not rule.enabled:
+        return (f"rule {rule.ref} uses it but is disabled (enabled: false; rules are disabled unless they say "
+                "enabled: true)")
+    return f"rule {rule.ref} uses it but waits for {' and '.join(rule.waiting)}"
+
+
 @router.post("/webhooks/st2", status_code=202, tags=["webhooks"])
 async def generic_webhook(request: Request) -> Any:
     squall = api_state(request).squall
@@ -112,7 +134,7 @@ async def custom_webhook(name: str, request: Request) -> Any:
     if not squall.rules.webhook_rules(hook):
         # Authenticate first: an unauthenticated caller must not learn which hooks exist.
         await authorize_hook(request, hook, raw)
-        raise HTTPException(404, f"Webhook {hook} not registered")
+        raise HTTPException(404, _not_registered(squall.rules.rules.values(), hook))
     auth = await authorize_hook(request, hook, raw)
     body = _parse_body(request, raw)
     if not isinstance(body, (dict, list)):
@@ -128,7 +150,7 @@ async def custom_webhook(name: str, request: Request) -> Any:
     except TriggerError as exc:
         raise HTTPException(400, str(exc)) from exc
     except LookupError as exc:  # the rule went away meanwhile
-        raise HTTPException(404, f"Webhook {hook} not registered") from exc
+        raise HTTPException(404, _not_registered(squall.rules.rules.values(), hook)) from exc
     except DuplicateDelivery as duplicate:
         return _accepted_before(hook, body, duplicate, auth)
     return _accepted(body, instance["id"], auth)

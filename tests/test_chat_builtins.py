@@ -1,0 +1,129 @@
+"""Built-in chat commands on executions started elsewhere, and bare commands that miss their values."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from adapters.loopback import LoopbackAdapter
+from bot.app import Squall
+from bot.chat import forms
+from bot.chat.bot import ChatBot
+from tests.conftest import write
+from tests.test_chat import _config, loopback_chat, settle
+
+
+@pytest.fixture
+async def chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
+    """The demo pack of `tests/test_chat.py` on the loopback chat."""
+    _config(home)
+    async with loopback_chat(home) as started:
+        yield started
+
+
+async def test_retry_of_an_execution_started_outside_chat_posts_its_result_where_retry_was_typed(chat) -> None:
+    """`!retry` of a CLI/API execution (no chat routing of its own) answers in the asker's thread:
+    the ack, then the new run's result, as a retry of a chat command does."""
+    squall, bot, loopback = chat
+    started = await squall.executions.request("core.local", {"cmd": "echo from-cli"}, {"user": "carol"})
+    await settle(squall, bot)
+    before = len(loopback.posted)
+    await loopback.say(f"!retry {started['id']}", user="carol", channel="#ops")
+    await settle(squall, bot)
+    again = next(e for e in await squall.executions.list(action="core.local") if e["id"] != started["id"])
+    said = loopback.posted[before:]
+    texts = [p.reply.text for p in said]
+    assert f"Retrying as {again['id']}." in texts
+    assert any("from-cli" in text for text in texts), texts
+    assert {(p.reply.channel, p.reply.thread) for p in said} == {("#ops", "m1")}
+    assert again["context"]["chat"] == {"adapter": "loopback", "channel": "#ops", "user": "carol", "thread": "m1",
+                                        "message_id": "m1"}
+    assert again["context"]["user"] == "carol" and again["context"]["source"] == "chat"
+
+
+# -- a command typed without its values ---------------------------------------------------------------
+
+async def test_a_shipped_alias_typed_without_its_value_asks_for_it_and_runs(chat) -> None:
+    """`!echo` is `echo {{message}}` without its value: asked for, as a missing parameter is, not
+    "I don't know `echo`"."""
+    squall, bot, loopback = chat
+    await loopback.say("!echo", user="alice", channel="#ops")
+    await settle(squall, bot)
+    asked = loopback.texts("#ops")[-1]
+    assert asked.startswith("`!echo` needs message: `!echo {{message}}`\nRunning squall.echo: 1 question(s)")
+    assert asked.endswith("\nmessage (The message that the command will echo.)? (string)")
+    await loopback.say("hello there", user="alice", channel="#ops")
+    await settle(squall, bot)
+    [execution] = await squall.executions.list(action="core.echo")
+    assert execution["parameters"]["message"] == "hello there"
+    assert "hello there" in loopback.texts("#ops")[-1]
+
+
+async def test_the_words_before_a_format_s_first_value_ask_for_the_values(chat) -> None:
+    """`!key get` (of `key get {{name}}`) asks for the name."""
+    squall, bot, loopback = chat
+    await loopback.say("!key get", user="olivia", channel="#ops")
+    await settle(squall, bot)
+    assert loopback.texts("#ops")[-1].startswith("`!key get` needs name: `!key get {{name}}`\nRunning squall.key_get")
+
+
+async def test_a_bare_command_is_not_offered_to_who_may_not_run_it(chat) -> None:
+    """bob may not run `!run` (squall.run is for operators): no questions for him, whose answers
+    would be refused, but the usual answer; olivia, an operator, is asked."""
+    squall, bot, loopback = chat
+    await loopback.say("!run", user="bob", channel="#ops")
+    await settle(squall, bot)
+    assert loopback.texts("#ops")[-1].startswith("I don't know `run`.")
+    await loopback.say("id", user="bob", channel="#ops")  # no question waits: chatter
+    await settle(squall, bot)
+    assert await squall.executions.list(limit=5) == []
+    await loopback.say("!run", user="olivia", channel="#ops")
+    await settle(squall, bot)
+    assert loopback.texts("#ops")[-1].startswith("`!run` needs cmd: `!run {{cmd}}`\nRunning squall.run")
+
+
+async def test_bare_words_of_several_aliases_say_what_each_needs(chat) -> None:
+    """`!greet` is the bare words of demo.greet and demo.remote_greet: no guess, both are shown."""
+    squall, bot, loopback = chat
+    await loopback.say("!greet", user="alice", channel="#ops")
+    await settle(squall, bot)
+    said = loopback.texts("#ops")[-1]
+    assert said.startswith("`!greet` needs more: one of `!greet {{who}}` (demo.greet)")
+    assert "(demo.remote_greet)" in said and await squall.executions.list(limit=5) == []
+
+
+async def test_bare_words_whose_values_no_form_asks_say_what_is_needed(home: Path) -> None:
+    """A value no form asks (here the action's immutable `cmd`) cannot be asked for: the command's
+    needs are said instead."""
+    _config(home)
+    write(home / "packs" / "demo" / "aliases" / "ghost.yaml", """
+        name: ghost
+        action_ref: demo.wipe
+        description: An alias whose format names what no form asks.
+        formats: ["haunt {{cmd}}"]
+    """)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!haunt", user="alice", channel="#ops")
+        await settle(squall, bot)
+        assert loopback.texts("#ops")[-1] == "`!haunt` needs cmd: `!haunt {{cmd}}`"
+
+
+def test_bare_words_are_a_format_s_lead_or_all_its_literal_words() -> None:
+    assert forms._bare_missing("restart {{service}} on {{host}}", ("restart",)) == ("service", "host")
+    assert forms._bare_missing("restart {{service}} on {{host=web1}}", ("restart", "on")) == ("service",)
+    assert forms._bare_missing("restart {{service}} on {{host}}", ("restart", "now")) == ()
+    assert forms._bare_missing("(?i)restart {{service}}", ("restart",)) == ()  # a pattern, not words
+    assert forms._bare_missing("ping", ("ping",)) == ()
+
+
+async def test_a_bare_command_typed_while_a_question_waits_is_a_command_not_the_answer(chat) -> None:
+    """`!echo` asks for a message; `!key get` typed then is a command of its own (it asks for a name),
+    never the echo's message, as `!pack install` must never become a `!run`'s shell command."""
+    squall, bot, loopback = chat
+    await loopback.say("!echo", user="olivia", channel="#ops")
+    await loopback.say("!key get", user="olivia", channel="#ops")
+    await settle(squall, bot)
+    assert loopback.texts("#ops")[-1].startswith("`!key get` needs name: `!key get {{name}}`")
+    assert await squall.executions.list(limit=5) == []
