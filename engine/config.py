@@ -10,6 +10,7 @@ import difflib
 import os
 import pwd
 import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,30 @@ class Config:
         return value
 
 
-_KNOWN_SECTIONS = {
+#: `api` keys: read by `bot/http/state.py` (`ApiSettings`), `bot/http/server.py` and `bot/cli/serve.py`
+#: (host, port), `bot/service.py` (enabled), `bot/apikeys.py` (keys).
+API_KEYS = frozenset({"enabled", "host", "port", "keys", "max_body_bytes", "token_ttl", "render_keys", "public_docs",
+                      "webhooks"})
+#: `api.webhooks.<name>` keys (`bot/http/webhook_signatures.py`, `bot/http/state.py`).
+WEBHOOK_KEYS = frozenset({"secret", "tolerance", "legacy_signature"})
+#: `chat` keys (`bot/chat/dispatcher.py`'s `ChatSettings`; it checks `chat.suggest`'s own).
+CHAT_KEYS = frozenset({"prefix", "bot_name", "thread_replies", "confirm_ttl", "suggest", "favourites"})
+#: `auth` keys (`bot/chat/auth.py`'s `Authorizer`).
+AUTH_KEYS = frozenset({"admins", "groups", "aliases"})
+#: `auth.aliases.<ref>` keys, and what each of them lists (`aliases.model.PERMISSION_SIDES` and
+#: `PERMISSION_KINDS`, an alias's own `permissions:`; the engine does not import the alias model).
+AUTH_RULE_SIDES = ("allow", "deny")
+AUTH_RULE_KINDS = ("users", "groups", "channels", "adapters")
+#: `routes.<name>` keys (`bot/chat/announce.py`).
+ROUTE_KEYS = frozenset({"adapter", "channel"})
+#: `api.max_body_bytes` unless set: the largest HTTP request body (1 MiB).
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: `api.token_ttl` unless set: a day, StackStorm's `auth.token_ttl`.
+DEFAULT_TOKEN_TTL = 86400
+#: `chat.confirm_ttl` unless set: seconds a command waits for its sender's `yes`.
+DEFAULT_CONFIRM_TTL = 60.0
+
+_KNOWN_SECTIONS: dict[str, frozenset[str] | set[str] | None] = {
     "database": {"url"},
     "data_dir": None,
     "packs": {"paths", "install_path", "configs_path", "virtualenvs_path"},
@@ -163,11 +187,12 @@ _KNOWN_SECTIONS = {
     "runners": {"user", "allow_root"},
     "templates": {"max_output_chars", "max_seconds"},
     "web": {"oidc"},
-    "api": None,
-    "chat": None,
+    "api": API_KEYS,
+    "chat": CHAT_KEYS,
+    # per-adapter settings, checked by each adapter when `squall serve` enables it (`bot/service.py`)
     "adapters": None,
     "routes": None,
-    "auth": None,
+    "auth": AUTH_KEYS,
     "logging": None,
     "metrics": {"enabled", "public", "statsd"},
     "audit": {"sinks"},
@@ -191,6 +216,20 @@ def _executor(path: Path | None, section: dict[str, Any], url: str) -> tuple[str
     return str(kind), {k: v.strip() for k, v in queues.items()}
 
 
+def _prefix(path: Path | None) -> str:
+    """What starts an error about the file: its path, or nothing for settings not read from one."""
+    return f"{path}: " if path is not None else ""
+
+
+def _check_known(path: Path | None, where: str, value: dict[Any, Any], allowed: Collection[str]) -> None:
+    """Name a key of `where` that is not `allowed`, with the nearest allowed one."""
+    for sub in value:
+        if sub not in allowed:
+            near = difflib.get_close_matches(str(sub), sorted(allowed), n=1)
+            hint = f" (did you mean '{where}.{near[0]}'?)" if near else ""
+            raise ConfigError(f"{_prefix(path)}unknown key '{where}.{sub}'{hint}")
+
+
 def _check_keys(path: Path | None, raw: dict[str, Any]) -> None:
     """Name unknown keys with the nearest known one: a typo must not silently use a default."""
     for key, value in raw.items():
@@ -203,11 +242,127 @@ def _check_keys(path: Path | None, raw: dict[str, Any]) -> None:
             continue
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: '{key}' must be a mapping, not {type(value).__name__}")
-        for sub in value:
-            if sub not in allowed:
-                near = difflib.get_close_matches(sub, sorted(allowed), n=1)
-                hint = f" (did you mean '{key}.{near[0]}'?)" if near else ""
-                raise ConfigError(f"{path}: unknown key '{key}.{sub}'{hint}")
+        _check_known(path, key, value, allowed)
+
+
+def _names(path: Path | None, where: str, value: Any, example: str, *, numbers: bool) -> None:
+    """A list of names (None: none). `numbers`: a YAML number is a name too, where the reader makes
+    it a string (`auth.admins`, a group's members, channels); elsewhere it would never equal the
+    platform's name for anyone, and a deny list that names nobody lets everybody in."""
+    if value is None:
+        return
+    kinds = (str, int) if numbers else (str,)
+    if isinstance(value, list) and all(isinstance(n, kinds) and not isinstance(n, bool) for n in value):
+        return
+    numeric = isinstance(value, list) and any(isinstance(n, int | float) for n in value)
+    quote = " (quote a name that looks like a number)" if numeric else ""
+    raise ConfigError(f"{_prefix(path)}'{where}' must be a list of {example}, not {value!r}{quote}")
+
+
+def _auth_rules(path: Path | None, ref: str, rules: Any) -> None:
+    """`auth.aliases.<ref>`: `allow` and `deny`, each lists of users, groups, channels and adapters."""
+    where = f"auth.aliases.{ref}"
+    if rules is None:
+        return
+    if not isinstance(rules, dict):
+        raise ConfigError(f"{_prefix(path)}'{where}' must be a mapping such as {{deny: {{users: [root]}}}}, "
+                          f"not {rules!r}")
+    _check_known(path, where, rules, AUTH_RULE_SIDES)
+    for side, kinds in rules.items():
+        if kinds is None:
+            continue
+        if not isinstance(kinds, dict):
+            raise ConfigError(f"{_prefix(path)}'{where}.{side}' must be a mapping of users, groups, channels and "
+                              f"adapters, such as {{users: [root]}}, not {kinds!r}")
+        _check_known(path, f"{where}.{side}", kinds, AUTH_RULE_KINDS)
+        for kind, names in kinds.items():
+            _names(path, f"{where}.{side}.{kind}", names, "names, such as [root]", numbers=kind == "channels")
+
+
+def check_auth(section: dict[str, Any], path: Path | None = None) -> None:
+    """`auth`, key by key: a misspelt key (`deny: {user: [root]}`) would leave a list empty, and what
+    it meant to refuse would run; a string for a list would be read a letter at a time."""
+    _names(path, "auth.admins", section.get("admins"), "user names, such as [alice]", numbers=True)
+    groups = section.get("groups")
+    if groups is not None and not isinstance(groups, dict):
+        raise ConfigError(f"{_prefix(path)}'auth.groups' must map group names to lists of users, such as "
+                          f"{{ops: [alice, bob]}}, not {groups!r}")
+    for name, members in (groups or {}).items():
+        _names(path, f"auth.groups.{name}", members, "user names, such as [alice]", numbers=True)
+    aliases = section.get("aliases")
+    if aliases is not None and not isinstance(aliases, dict):
+        raise ConfigError(f"{_prefix(path)}'auth.aliases' must map pack or alias refs to {{allow: ..., deny: ...}}, "
+                          f"such as {{squall: {{deny: {{users: [root]}}}}}}, not {aliases!r}")
+    for ref, rules in (aliases or {}).items():
+        _auth_rules(path, str(ref), rules)
+
+
+def _check_webhooks(path: Path | None, webhooks: Any) -> None:
+    """`api.webhooks.<name>`'s keys (their values are `bot/http/state.py`'s to check)."""
+    if not isinstance(webhooks, dict):
+        return
+    for name, settings in webhooks.items():
+        if isinstance(settings, dict):
+            _check_known(path, f"api.webhooks.{name}", settings, WEBHOOK_KEYS)
+
+
+def _check_routes(path: Path | None, routes: Any) -> None:
+    """`routes.<name>`: an adapter and a channel; a misspelt `channel` would post to the chat the
+    action was started from instead."""
+    if not isinstance(routes, dict):
+        raise ConfigError(f"{_prefix(path)}'routes' must map route names to chat targets, such as "
+                          f"{{ops: {{adapter: irc, channel: '#ops'}}}}, not {routes!r}")
+    for name, target in routes.items():
+        if not isinstance(target, dict):
+            raise ConfigError(f"{_prefix(path)}'routes.{name}' must be a mapping such as "
+                              f"{{adapter: irc, channel: '#ops'}}, not {target!r}")
+        _check_known(path, f"routes.{name}", target, ROUTE_KEYS)
+
+
+def _positive(value: Any, *, whole: bool) -> bool:
+    """`value` is a number above 0 (a whole one if `whole`); true and false are not numbers here."""
+    kinds = int if whole else int | float
+    return not isinstance(value, bool) and isinstance(value, kinds) and value > 0
+
+
+def api_max_body_bytes(section: Mapping[str, Any], path: Path | None = None) -> int:
+    """`api.max_body_bytes`: a whole number of bytes above 0 (a unit, `1MiB`, is not read; 0 would
+    refuse every body)."""
+    value = section.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)
+    if not _positive(value, whole=True):
+        raise ConfigError(f"{_prefix(path)}'api.max_body_bytes' must be a whole number of bytes above 0, such as "
+                          f"1048576 (1 MiB), not {value!r}")
+    return int(value)
+
+
+def api_token_ttl(section: Mapping[str, Any], path: Path | None = None) -> int:
+    """`api.token_ttl`: a whole number of seconds above 0."""
+    value = section.get("token_ttl", DEFAULT_TOKEN_TTL)
+    if not _positive(value, whole=True):
+        raise ConfigError(f"{_prefix(path)}'api.token_ttl' must be a whole number of seconds above 0, not {value!r}")
+    return int(value)
+
+
+def chat_confirm_ttl(section: Mapping[str, Any], path: Path | None = None) -> float:
+    """`chat.confirm_ttl`: seconds above 0 (a unit, `1m`, is not read)."""
+    value = section.get("confirm_ttl", DEFAULT_CONFIRM_TTL)
+    if not _positive(value, whole=False):
+        raise ConfigError(f"{_prefix(path)}'chat.confirm_ttl' must be a number of seconds above 0, such as 60, "
+                          f"not {value!r}")
+    return float(value)
+
+
+def _check_chat_side(path: Path | None, raw: dict[str, Any]) -> None:
+    """`auth`, `api`, `chat` and `routes` beyond their top-level keys: checked here, so every command
+    refuses a file alike, naming the key, before anything reads it."""
+    check_auth(raw.get("auth") or {}, path)
+    api = raw.get("api") or {}
+    _check_webhooks(path, api.get("webhooks"))
+    api_max_body_bytes(api, path)
+    api_token_ttl(api, path)
+    chat_confirm_ttl(raw.get("chat") or {}, path)
+    if raw.get("routes") is not None:
+        _check_routes(path, raw["routes"])
 
 
 def _runners(path: Path | None, section: dict[str, Any]) -> tuple[str | None, bool]:
@@ -406,6 +561,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             raise ConfigError(f"{config_path}: the top level must be a mapping of sections")
         raw = loaded
     _check_keys(config_path, raw)
+    _check_chat_side(config_path, raw)
 
     base = config_path.parent if config_path else Path.cwd()
     data_dir = _resolve(base, raw.get("data_dir", "data"))

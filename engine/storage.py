@@ -1107,6 +1107,22 @@ class Store:
             statement = _narrowed(statement, where, steered=self.is_sqlite).limit(limit)
             return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
 
+    def chat_executions(self, adapter: str, channel: str, *, limit: int = 10) -> list[dict[str, Any]]:
+        """Newest first, the `limit` latest executions a chat command started in `channel` of `adapter`
+        (`context.chat`; chat's `!executions`): light rows as `execution_keyset`'s, plus the parameters
+        `engine.executions.public` needs.
+
+        No index holds the chat channel (one would need a migration): read as the web UI's channel
+        filter is, newest first on the time index (SQLite) or on PostgreSQL's index on (source, start)
+        of migration 0019, checking each row until `limit` are found; a channel with fewer reads them all."""
+        where = ExecutionFilter(source="chat", channel=channel, top_level=False)
+        statement = (sa.select(*_LISTED, executions.c.parameters)
+                     .where(executions.c.context[("chat", "adapter")].as_string() == adapter)
+                     .order_by(executions.c.start_timestamp.desc(), executions.c.id.desc()))
+        with self._read() as conn:
+            statement = _narrowed(statement, where, steered=self.is_sqlite).limit(limit)
+            return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
+
     def execution_ids_with_status(self, statuses: Sequence[str]) -> list[dict[str, Any]]:
         statement = (
             sa.select(executions.c.id, executions.c.status, executions.c.runner_info)

@@ -9,6 +9,7 @@ import subprocess
 import textwrap
 import threading
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from bot.app import Squall
 from bot.chat import commands, dispatcher
 from bot.chat.bot import ChatBot
 from bot.chat.outbox import Outbox
+from bot.chat.replies import status_line
 from engine import templates
 from engine.config import load_config
 from engine.events import EXECUTION_FINISHED
@@ -438,6 +440,42 @@ async def test_builtins_executions_cancel_retry(chat) -> None:
     await loopback.say(f"!execution {greet['id']}")
     await settle(squall, bot)
     assert "hello again" in loopback.texts()[-1]
+
+
+def _stored_execution(squall: Squall, number: int, start: datetime, context: dict[str, Any]) -> str:
+    """An execution row as the engine stores one, started at `start` with `context`; its id."""
+    execution_id = f"{number:024x}"
+    squall.store.insert_execution({
+        "id": execution_id, "action": "core.noop", "runner": "noop", "status": "succeeded", "parameters": {},
+        "spec": {"values": {}, "templates": {}}, "sealed": None, "result": None, "context": context, "log": [],
+        "parent": None, "runner_info": None, "start_timestamp": start, "end_timestamp": start})
+    return execution_id
+
+
+async def test_executions_finds_this_channel_s_own_however_many_others_came_since(chat) -> None:
+    """`!executions` lists what was started from this channel: 201 executions since from the API,
+    another channel and a channel of the same name on another adapter must not hide it."""
+    squall, bot, loopback = chat
+    await loopback.say("!greet world", user="alice", channel="#ops")
+    await settle(squall, bot)
+    [mine] = await squall.executions.list(action="demo.greet")
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    others = [{"source": "api", "user": "ci"},
+              {"source": "chat", "user": "alice", "chat": {"adapter": "loopback", "channel": "#dev"}},
+              {"source": "chat", "user": "alice", "chat": {"adapter": "irc", "channel": "#ops"}}]
+    for number in range(1, 202):
+        _stored_execution(squall, number, later + timedelta(seconds=number), others[number % 3])
+    answer = await _said_to(loopback, squall, bot, "!executions", "alice")
+    assert answer.splitlines() == [status_line(mine)]
+
+
+async def test_executions_lists_the_ten_newest_from_this_channel_newest_first(chat) -> None:
+    squall, bot, loopback = chat
+    start = datetime.now(UTC) - timedelta(hours=1)
+    here = {"source": "chat", "user": "alice", "chat": {"adapter": "loopback", "channel": "#ops", "thread": "t"}}
+    ids = [_stored_execution(squall, number, start + timedelta(seconds=number), here) for number in range(1, 13)]
+    answer = await _said_to(loopback, squall, bot, "!executions", "alice")
+    assert [line.rsplit("(", 1)[1].rstrip(")") for line in answer.splitlines()] == ids[:1:-1]
 
 
 async def _said_to(loopback: LoopbackAdapter, squall: Squall, bot: ChatBot, text: str, user: str) -> str:

@@ -3,13 +3,15 @@ SQLite URLs, key checking with suggestions, YAML errors with lines and $SQUALL_C
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from engine.config import CONFIG_ENV, SYSTEM_PACKS_PATH, Config, ConfigError, load_config
-from tests.conftest import write
+from tests.conftest import REPO, write
+from tests.test_cli import SQUALL
 
 
 @pytest.fixture(autouse=True)
@@ -231,17 +233,19 @@ def test_unknown_sub_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
     assert "unknown key 'datastore.key'" in config_error(file)
 
 
-def test_sections_owned_elsewhere_accept_any_keys(tmp_path: Path) -> None:
+def test_adapter_and_route_sections_hold_their_own_names(tmp_path: Path) -> None:
+    """`adapters.<name>` and `routes.<name>` are names people choose or adapters own: not checked here."""
     file = write(tmp_path / "config.yml", """
         chat:
-          anything: 1
+          prefix: "?"
         api:
           host: 0.0.0.0
           port: 8080
+        adapters: {slack: {enabled: false, anything: 1}}
         routes: {ops: {adapter: slack}}
     """)
     config = load_config(file)
-    assert config.section("chat") == {"anything": 1}
+    assert config.section("chat") == {"prefix": "?"}
     assert config.api_url == "http://0.0.0.0:8080/api/v1"
     assert config.section("routes") == {"ops": {"adapter": "slack"}}
 
@@ -249,9 +253,11 @@ def test_sections_owned_elsewhere_accept_any_keys(tmp_path: Path) -> None:
 def test_section_that_is_not_a_mapping(tmp_path: Path) -> None:
     message = config_error(write(tmp_path / "config.yml", "packs: [a, b]\n"))
     assert "'packs' must be a mapping, not list" in message
-    config = load_config(write(tmp_path / "config.yml", "chat: [a]\n"))
-    with pytest.raises(ConfigError, match="'chat' must be a mapping, not list"):
-        config.section("chat")
+    config = load_config(write(tmp_path / "config.yml", "logging: [a]\n"))
+    with pytest.raises(ConfigError, match="'logging' must be a mapping, not list"):
+        config.section("logging")
+    # chat, api and auth are checked key by key at load, so a list there is refused at once
+    assert "'chat' must be a mapping, not list" in config_error(write(tmp_path / "config.yml", "chat: [a]\n"))
 
 
 def test_empty_sections_mean_defaults(tmp_path: Path, elsewhere: Path) -> None:
@@ -274,6 +280,168 @@ def test_empty_sections_mean_defaults(tmp_path: Path, elsewhere: Path) -> None:
 def test_top_level_that_is_not_a_mapping(tmp_path: Path) -> None:
     file = write(tmp_path / "config.yml", "- database\n")
     assert config_error(file) == f"{file}: the top level must be a mapping of sections"
+
+
+# ---------------------------------------------------------------------------------------------
+# auth, api, chat: what the chat's permissions and the API read, checked at load
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("auth", "message"), [
+    ("alias: {}", "unknown key 'auth.alias' (did you mean 'auth.aliases'?)"),
+    ("admin: [root]", "unknown key 'auth.admin' (did you mean 'auth.admins'?)"),
+    ("aliases: {squall: {denny: {users: [root]}}}",
+     "unknown key 'auth.aliases.squall.denny' (did you mean 'auth.aliases.squall.deny'?)"),
+    ("aliases: {core.local: {deny: {user: [root]}}}",
+     "unknown key 'auth.aliases.core.local.deny.user' (did you mean 'auth.aliases.core.local.deny.users'?)"),
+    ("aliases: {squall: {allow: {group: [ops]}}}",
+     "unknown key 'auth.aliases.squall.allow.group' (did you mean 'auth.aliases.squall.allow.groups'?)"),
+    ("aliases: {squall: {allow: {channel: ['#ops']}}}",
+     "unknown key 'auth.aliases.squall.allow.channel' (did you mean 'auth.aliases.squall.allow.channels'?)"),
+])
+def test_a_typo_under_auth_is_refused(tmp_path: Path, auth: str, message: str) -> None:
+    """A misspelt key would leave a deny list empty: what it meant to refuse would run."""
+    file = write(tmp_path / "config.yml", f"auth:\n  {auth}\n")
+    assert config_error(file) == f"{file}: {message}"
+
+
+@pytest.mark.parametrize(("auth", "message"), [
+    ("admins: root", "'auth.admins' must be a list of user names, such as [alice], not 'root'"),
+    ("groups: [ops]",
+     "'auth.groups' must map group names to lists of users, such as {ops: [alice, bob]}, not ['ops']"),
+    ("groups: {ops: alice}", "'auth.groups.ops' must be a list of user names, such as [alice], not 'alice'"),
+    ("aliases: [squall]", "'auth.aliases' must map pack or alias refs to {allow: ..., deny: ...}, such as "
+     "{squall: {deny: {users: [root]}}}, not ['squall']"),
+    ("aliases: {squall: [root]}",
+     "'auth.aliases.squall' must be a mapping such as {deny: {users: [root]}}, not ['root']"),
+    ("aliases: {squall: {deny: [root]}}",
+     "'auth.aliases.squall.deny' must be a mapping of users, groups, channels and adapters, such as "
+     "{users: [root]}, not ['root']"),
+    ("aliases: {squall: {deny: {users: root}}}",
+     "'auth.aliases.squall.deny.users' must be a list of names, such as [root], not 'root'"),
+    ("aliases: {squall: {deny: {users: [1234]}}}",
+     "'auth.aliases.squall.deny.users' must be a list of names, such as [root], not [1234] "
+     "(quote a name that looks like a number)"),
+])
+def test_a_wrong_value_under_auth_is_refused(tmp_path: Path, auth: str, message: str) -> None:
+    """A string where a list belongs is read a letter at a time (`root` would deny `r`, `o`, `t`)."""
+    file = write(tmp_path / "config.yml", f"auth:\n  {auth}\n")
+    assert config_error(file) == f"{file}: {message}"
+
+
+def test_every_documented_auth_api_and_chat_key_is_accepted(tmp_path: Path) -> None:
+    file = write(tmp_path / "config.yml", """
+        api:
+          enabled: true
+          host: 127.0.0.1
+          port: 9101
+          keys: [k-0123456789abcdef0123]
+          max_body_bytes: 4096
+          token_ttl: 600
+          render_keys: [deploy]
+          public_docs: false
+          webhooks:
+            ci: {secret: s, tolerance: 60, legacy_signature: false}
+            st2:
+        chat:
+          prefix: "!"
+          bot_name: squall
+          thread_replies: false
+          confirm_ttl: 30
+          suggest: {ranker: lexical, threshold: 0.5, margin: 0.1}
+          favourites: [linux.restart]
+        auth:
+          admins: [root-admin, 1234]
+          groups: {ops: [alice, bob], empty: }
+          aliases:
+            squall: {allow: {users: [alice], groups: [ops], channels: ['#ops', 42], adapters: [console]},
+                     deny: {users: [mallory]}}
+            core.local: {deny: }
+            linux:
+        routes:
+          ops: {adapter: irc, channel: "#ops"}
+    """)
+    config = load_config(file)
+    assert config.section("auth")["aliases"]["squall"]["deny"] == {"users": ["mallory"]}
+
+
+def test_the_auth_keys_checked_are_those_the_chat_reads() -> None:
+    """`engine.config` cannot import the alias model: its lists must stay the model's."""
+    from aliases.model import PERMISSION_KINDS, PERMISSION_SIDES
+    from engine.config import AUTH_RULE_KINDS, AUTH_RULE_SIDES
+
+    assert AUTH_RULE_KINDS == PERMISSION_KINDS
+    assert set(AUTH_RULE_SIDES) == PERMISSION_SIDES
+
+
+def test_the_shipped_config_file_loads() -> None:
+    assert load_config(REPO / "config.yml").section("chat")["prefix"] == "!"
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ("api:\n  max_body: 5", "unknown key 'api.max_body' (did you mean 'api.max_body_bytes'?)"),
+    ("api:\n  public_doc: false", "unknown key 'api.public_doc' (did you mean 'api.public_docs'?)"),
+    ("api:\n  webhooks: {ci: {secrett: x}}",
+     "unknown key 'api.webhooks.ci.secrett' (did you mean 'api.webhooks.ci.secret'?)"),
+    ("api:\n  webhooks: {ci: {legacy_signatures: false}}",
+     "unknown key 'api.webhooks.ci.legacy_signatures' (did you mean 'api.webhooks.ci.legacy_signature'?)"),
+    ("chat:\n  confirm_tll: 5", "unknown key 'chat.confirm_tll' (did you mean 'chat.confirm_ttl'?)"),
+    ("chat:\n  favorites: [a.b]", "unknown key 'chat.favorites' (did you mean 'chat.favourites'?)"),
+    ("routes:\n  ops: {adapter: irc, chanel: '#ops'}",
+     "unknown key 'routes.ops.chanel' (did you mean 'routes.ops.channel'?)"),
+    ("routes:\n  ops: irc", "'routes.ops' must be a mapping such as {adapter: irc, channel: '#ops'}, not 'irc'"),
+])
+def test_a_typo_under_api_chat_or_routes_is_refused(tmp_path: Path, section: str, message: str) -> None:
+    file = write(tmp_path / "config.yml", section + "\n")
+    assert config_error(file) == f"{file}: {message}"
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ("chat:\n  confirm_ttl: 1m", "'chat.confirm_ttl' must be a number of seconds above 0, such as 60, not '1m'"),
+    ("chat:\n  confirm_ttl: 0", "'chat.confirm_ttl' must be a number of seconds above 0, such as 60, not 0"),
+    ("chat:\n  confirm_ttl: true",
+     "'chat.confirm_ttl' must be a number of seconds above 0, such as 60, not True"),
+    ("api:\n  max_body_bytes: 1MiB",
+     "'api.max_body_bytes' must be a whole number of bytes above 0, such as 1048576 (1 MiB), not '1MiB'"),
+    ("api:\n  max_body_bytes: 0",
+     "'api.max_body_bytes' must be a whole number of bytes above 0, such as 1048576 (1 MiB), not 0"),
+    ("api:\n  max_body_bytes: -1",
+     "'api.max_body_bytes' must be a whole number of bytes above 0, such as 1048576 (1 MiB), not -1"),
+    ("api:\n  max_body_bytes: 1.5",
+     "'api.max_body_bytes' must be a whole number of bytes above 0, such as 1048576 (1 MiB), not 1.5"),
+    ("api:\n  token_ttl: 1d", "'api.token_ttl' must be a whole number of seconds above 0, not '1d'"),
+])
+def test_a_number_in_the_wrong_form_is_refused_at_load(tmp_path: Path, section: str, message: str) -> None:
+    """Every command reads the file: each refuses it alike, naming the key, instead of a traceback
+    where the value is first used (`squall run` building the chat, `squall serve` the API)."""
+    file = write(tmp_path / "config.yml", section + "\n")
+    assert config_error(file) == f"{file}: {message}"
+
+
+def test_numbers_in_the_right_form_are_read(tmp_path: Path) -> None:
+    from bot.chat.dispatcher import ChatSettings
+    from bot.http.state import DEFAULT_MAX_BODY, ApiSettings
+
+    config = load_config(write(tmp_path / "config.yml", "chat: {confirm_ttl: 2.5}\napi: {max_body_bytes: 2048}\n"))
+    assert ChatSettings.from_config(config.section("chat")).confirm_ttl == 2.5
+    assert ApiSettings.from_config(config.section("api")).max_body == 2048
+    assert ChatSettings.from_config({}).confirm_ttl == 60
+    assert ApiSettings.from_config({}).max_body == DEFAULT_MAX_BODY
+    with pytest.raises(ConfigError, match=r"'chat\.confirm_ttl' must be a number of seconds above 0"):
+        ChatSettings.from_config({"confirm_ttl": "1m"})
+    with pytest.raises(ConfigError, match=r"'api\.max_body_bytes' must be a whole number of bytes above 0"):
+        ApiSettings.from_config({"max_body_bytes": 0})
+
+
+@pytest.mark.parametrize("section", ["chat:\n  confirm_ttl: 1m", "api:\n  max_body_bytes: 1MiB",
+                                     "auth:\n  aliases: {squall: {deny: {user: [root]}}}"])
+def test_the_cli_refuses_such_a_file_in_one_line_with_exit_2(tmp_path: Path, section: str) -> None:
+    file = write(tmp_path / "config.yml", section + "\n")
+    done = subprocess.run([str(SQUALL), "-c", str(file), "run", "core.noop"], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: {file}: ") and section.split(":")[0] + "." in line
 
 
 # ---------------------------------------------------------------------------------------------

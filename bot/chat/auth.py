@@ -11,6 +11,10 @@ A channel is named by its id, its name or `#name`, on any adapter, or qualified 
 choose names: anyone may create a Slack channel called `console` or join an unregistered
 `#ops` on IRC. So what only the terminal may do is allowed by `adapters: [console]` (the
 adapter's name, which no one in a chat can choose), never by a channel's name.
+
+The config keys read here are `engine.config`'s `AUTH_KEYS`, `AUTH_RULE_SIDES` and `AUTH_RULE_KINDS`:
+`load_config` refuses any other (`check_auth`), since a misspelt deny list would deny nobody. A key
+read here must be added there.
 """
 
 from __future__ import annotations

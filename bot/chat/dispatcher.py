@@ -36,7 +36,7 @@ from bot.chat.inquiries import InquiryChat
 from bot.chat.outbox import Outbox
 from bot.chat.replies import render_result, short, status_line
 from engine import tracing
-from engine.config import ConfigError
+from engine.config import DEFAULT_CONFIRM_TTL, ConfigError, chat_confirm_ttl
 from engine.executions import (
     COMPLETED,
     AmbiguousExecution,
@@ -68,7 +68,7 @@ class ChatSettings:
     prefix: str = "!"
     bot_name: str = "squall"
     thread_replies: bool = True
-    confirm_ttl: float = 60.0
+    confirm_ttl: float = DEFAULT_CONFIRM_TTL
     #: `chat.suggest`: which ranker answers free text, and when its best alias stands out enough to be
     #: offered (None: the ranker's own defaults, which suit its scale of scores).
     suggest_ranker: str = "lexical"
@@ -83,7 +83,7 @@ class ChatSettings:
         ranker, threshold, margin = _suggest_settings(section.get("suggest"))
         return cls(prefix=str(section.get("prefix", "!")), bot_name=str(section.get("bot_name", "squall")),
                    thread_replies=bool(section.get("thread_replies", True)),
-                   confirm_ttl=float(section.get("confirm_ttl", 60)), suggest_ranker=ranker,
+                   confirm_ttl=chat_confirm_ttl(section), suggest_ranker=ranker,
                    suggest_threshold=threshold, suggest_margin=margin,
                    favourites=_favourites(section.get("favourites")))
 
@@ -730,9 +730,10 @@ class Dispatcher:
             await self.say(message, text)
 
     async def _builtin_executions(self, message: Message, rest: str) -> None:
-        recent = await self.engine.executions.list(limit=200)
-        mine = [e for e in recent if (e["context"].get("chat") or {}).get("channel") == message.channel
-                and (e["context"].get("chat") or {}).get("adapter") == message.adapter][:10]
+        """`executions`: the last ten started from this channel (of this adapter), however many others
+        were started anywhere since."""
+        db = self.engine.db
+        mine = [public(e) for e in await db(db.store.chat_executions, message.adapter, message.channel, limit=10)]
         if not mine:
             await self.say(message, "No executions from this channel yet.")
             return

@@ -12,15 +12,19 @@ from typing import Any
 from fastapi import Request
 
 from bot.apikeys import hash_key, static_keys
-from engine.config import ConfigError
+from engine.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_TOKEN_TTL,
+    ConfigError,
+    api_max_body_bytes,
+    api_token_ttl,
+)
 
-DEFAULT_MAX_BODY = 1024 * 1024
+#: `api.max_body_bytes` unless set (`engine.config` checks it, at load).
+DEFAULT_MAX_BODY = DEFAULT_MAX_BODY_BYTES
 #: How old (or how far ahead of this clock) a signed webhook's timestamp may be, unless
 #: `api.webhooks.<name>.tolerance` says otherwise: a request replayed later is refused.
 DEFAULT_WEBHOOK_TOLERANCE = 300
-#: How long a token from `POST /auth/v1/tokens` (`st2 login`) lives unless `api.token_ttl` says
-#: otherwise, and the most a login may ask for: a day, StackStorm's `auth.token_ttl`.
-DEFAULT_TOKEN_TTL = 86400
 
 
 def _webhook_tolerances(webhooks: Any) -> dict[str, float]:
@@ -62,16 +66,15 @@ class ApiSettings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> ApiSettings:
-        max_body = int(section.get("max_body_bytes") or DEFAULT_MAX_BODY)
+        # Checked as `load_config` checks them (a file was refused already; settings made in code are not)
+        max_body = api_max_body_bytes(section)
         webhooks: dict[str, Any] = section.get("webhooks") or {}
         static_hashes = tuple(hash_key(k) for k in static_keys(section))
         render_keys = frozenset(str(name) for name in section.get("render_keys") or [])
         public_docs = section.get("public_docs", True)
         if not isinstance(public_docs, bool):
             raise ConfigError(f"'api.public_docs' must be true or false, not {public_docs!r}")
-        token_ttl = section.get("token_ttl", DEFAULT_TOKEN_TTL)
-        if isinstance(token_ttl, bool) or not isinstance(token_ttl, int) or token_ttl <= 0:
-            raise ConfigError(f"'api.token_ttl' must be a whole number of seconds above 0, not {token_ttl!r}")
+        token_ttl = api_token_ttl(section)
         return cls(max_body=max_body, webhooks=webhooks, static_hashes=static_hashes, render_keys=render_keys,
                    public_docs=public_docs, tolerances=_webhook_tolerances(webhooks), token_ttl=token_ttl)
 
