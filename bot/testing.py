@@ -61,6 +61,8 @@ LIFE_CYCLE_TIMEOUT = 120.0
 ACTIVE = ("requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming")
 #: Environment variables Squall's assembly sets for the `squall` pack's CLI calls; restored after each test.
 _SQUALL_ENV = ("SQUALL_CONFIG", "SQUALL_CLI")
+#: pytest-asyncio's ini option for the loop of async fixtures (`pytest_load_initial_conftests`).
+ASYNCIO_LOOP_SCOPE = "asyncio_default_fixture_loop_scope"
 #: Squall's own top-level packages (generic names a pack's folders may also have).
 _OWN_PACKAGES = ("bot", "aliases", "engine", "adapters")
 
@@ -72,6 +74,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   "file; default: the nearest folder with pack.yaml above the test file", default="")
     parser.addini("squall_timeout", f"seconds squallbot waits for Squall to be idle (default {DEFAULT_TIMEOUT:g})",
                   default=str(DEFAULT_TIMEOUT))
+
+
+@pytest.hookimpl(trylast=True)  # after conftests register their plugins (a conftest's `pytest_plugins`)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser) -> None:
+    """In a pack's run, pytest-asyncio's `asyncio_default_fixture_loop_scope` defaults to `function`.
+
+    pytest-asyncio (in a Squall checkout's `.venv`, for Squall's own tests) warns on every run where the
+    option is unset, and a pack's tests use no asyncio at all: an author saw a deprecation warning about a
+    plugin they never asked for. `function` is the default pytest-asyncio announces; it is set as the
+    option's default, so a value in the project's ini file or `-o` still wins. Only runs in a pack's folder
+    (or naming one with `squall_pack`) get it: pytest loads this plugin in every project of the environment,
+    and another project's async fixtures must keep the loop they had."""
+    if early_config.pluginmanager.hasplugin("asyncio") and _runs_for_a_pack(early_config):
+        parser.addini(ASYNCIO_LOOP_SCOPE, "default scope of the asyncio event loop used to execute async fixtures "
+                      "(squall: `function` in a pack's folder)", type="string", default="function")
+
+
+def _runs_for_a_pack(config: pytest.Config) -> bool:
+    """Whether pytest runs a pack's tests: started in a pack's folder or below it, or told the pack."""
+    here = config.invocation_params.dir
+    return bool(config.getini("squall_pack")) or any(
+        (folder / "pack.yaml").is_file() for folder in (here, *here.parents, config.rootpath))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -510,4 +534,4 @@ def _shadowed(exc: ImportError) -> pytest.UsageError | None:
     return pytest.UsageError(
         f"squallbot: Squall's own package(s) resolved to folders of this project instead ({where}): {exc}. "
         "Squall's folder must be a sys.path entry: reinstall it (`make install` in Squall's checkout, or "
-        "`pip install squall`), not with an import hook")
+        "`pip install <checkout>`), not with an import hook")

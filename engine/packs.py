@@ -133,6 +133,25 @@ class UnknownAction(LookupError):
         super().__init__(message)
 
 
+class SystemPacksMissing(RuntimeError):
+    """Squall's built-in packs (core, chatops, squall, linux) are not where this install looks for them.
+
+    Without them no system trigger type, chat post or `core.*` action exists, so every command would fail
+    later and vaguely ('action "core.echo" not found'); the CLI shows this as a setup error (exit 3)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"Squall's built-in packs are not installed at {path} (no {path / 'core' / 'pack.yaml'}); install "
+            "Squall from a checkout of its repository: `make install` in it, or `pip install -e <checkout>`")
+
+
+def check_system_packs(system_path: Path) -> None:
+    """Raise `SystemPacksMissing` unless `system_path` holds the `core` pack, the one every other depends on."""
+    if not (system_path / "core" / "pack.yaml").is_file():
+        raise SystemPacksMissing(system_path)
+
+
 @dataclass
 class Registry:
     """Everything loaded from the pack folders, plus what went wrong while loading."""
@@ -429,8 +448,10 @@ def load_registry(pack_paths: list[Path], configs_path: Path, system_path: Path)
 
     A replaceable shipped pack (`linux`) loads last and only if no user pack took its ref, so an
     installed copy replaces it without an "already loaded" warning, and removing that copy brings
-    the shipped one back.
+    the shipped one back. Without the system packs (`SystemPacksMissing`) nothing would work, so that
+    one problem stops the load instead of becoming a per-file error.
     """
+    check_system_packs(system_path)
     registry = Registry()
     shipped = system_path.resolve()
     replaceable: list[Path] = []
@@ -622,7 +643,9 @@ def load_registry_cached(pack_paths: list[Path], configs_path: Path, system_path
     Anything else — another owner, wider permissions, a different key, a truncated or corrupt file
     — is ignored and rebuilt. The key (`registry_fingerprint`) is checked on every call; a registry
     whose files changed while it loaded, or changed within the last two seconds, is not cached.
+    Missing system packs stop it before any cache is read or written (`check_system_packs`).
     """
+    check_system_packs(system_path)
     if cache_dir is None or not cache_enabled():
         return load_registry(pack_paths, configs_path, system_path)
     file = _cache_file(cache_dir, pack_paths, configs_path, system_path)

@@ -847,3 +847,22 @@ def test_key_list_keeps_scopes_and_expiry_whole_in_narrow_terminals(home: Path) 
         listed = _listed_at(home, columns, "key", "list")
         scope = "".join(line.split("│")[3].strip() for line in listed.splitlines() if line.startswith("│"))
         assert scope == "st2kv.system" and "…" not in listed, listed
+
+
+# --- `squall apikey create NAME`, as `squall user create NAME` ---------------------------------------
+
+def test_apikey_create_takes_its_name_as_an_argument_or_option(home: Path) -> None:
+    """`apikey create ci-bot` failed 'unexpected extra argument' while `user create alice` takes the name
+    so; `-n/--name` stays (scripts use it), and the two naming different keys is refused, not guessed."""
+    by_argument = json.loads(_ok(home, "apikey", "create", "ci-bot", "--json").stdout)
+    assert by_argument["name"] == "ci-bot" and by_argument["key"]
+    assert json.loads(_ok(home, "apikey", "create", "--name", "deploy", "--json").stdout)["name"] == "deploy"
+    assert json.loads(_ok(home, "apikey", "create", "-n", "cron", "--json").stdout)["name"] == "cron"
+    assert json.loads(_ok(home, "apikey", "create", "same", "-n", "same", "--json").stdout)["name"] == "same"
+    assert json.loads(_ok(home, "apikey", "create", "--json").stdout)["name"] is None  # a name stays optional
+    assert "(shown)" in _ok(home, "apikey", "create", "shown").stdout
+    both = squall(home, "apikey", "create", "one", "--name", "two")
+    assert both.returncode == 2
+    assert "error: two names given: 'one' and --name 'two'" in both.stderr, both.stderr
+    listed = json.loads(_ok(home, "apikey", "list", "--json").stdout)
+    assert sorted(key["name"] or "" for key in listed) == ["", "ci-bot", "cron", "deploy", "same", "shown"]

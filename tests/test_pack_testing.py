@@ -247,3 +247,49 @@ def test_squallbot_chats_runs_and_emits(tmp_path: Path, monkeypatch: pytest.Monk
         bot.close()
     with pytest.raises(RuntimeError, match="not running"):
         bot.say("!restart nginx on web1")
+
+
+def _header_and_warnings(folder: Path) -> str:
+    """What `python -m pytest` in `folder` prints (its header names pytest-asyncio's loop scope)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider"], cwd=folder, env=_child_env(),
+                          capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    return output
+
+
+def test_a_packs_run_gets_no_asyncio_warning_from_squalls_environment(tmp_path: Path) -> None:
+    """pytest-asyncio in the environment (a checkout's `.venv` has it, for Squall's own tests) warned on every
+    run of a pack's tests that `asyncio_default_fixture_loop_scope` is unset, though pack tests need no asyncio.
+    In a pack's folder the plugin gives that option pytest-asyncio's coming default, `function`; a value the
+    pack's project sets wins, and a project that is no pack is left as it was."""
+    from importlib.util import find_spec
+
+    assert find_spec("pytest_asyncio") is not None, "the test extra installs pytest-asyncio"
+    pack = tmp_path / "p"
+    write(pack / "pack.yaml", "ref: p\nname: p\ndescription: d\nversion: 0.1.0\nauthor: me\n")
+    write(pack / "tests" / "test_p.py", "def test_nothing():\n    pass\n")
+    output = _header_and_warnings(pack)
+    assert "PytestDeprecationWarning" not in output and "is unset" not in output, output
+    assert "asyncio_default_fixture_loop_scope=function" in output, output
+    assert "asyncio_default_fixture_loop_scope=function" in _header_and_warnings(pack / "tests")  # pack.yaml above
+
+    write(pack / "pytest.ini", "[pytest]\nasyncio_default_fixture_loop_scope = module\n")
+    assert "asyncio_default_fixture_loop_scope=module" in _header_and_warnings(pack)
+
+    other = tmp_path / "other"
+    write(other / "test_other.py", "def test_nothing():\n    pass\n")
+    assert "asyncio_default_fixture_loop_scope=None" in _header_and_warnings(other)
+
+
+def test_the_docs_show_the_example_packs_files_as_the_tests_build_them(tmp_path: Path) -> None:
+    """docs/testing-packs.md's example named the pack's files without showing them; it shows them now, each
+    a block starting `# webops/<path>`, and they must stay the files `make_pack` builds (whose tests pass)."""
+    import re
+
+    text = (REPO / "docs" / "testing-packs.md").read_text()
+    shown = {path: body for path, body in re.findall(r"```(?:yaml|python)\n# webops/(\S+)\n(.*?)```", text, re.S)
+             if not path.startswith("tests/")}
+    pack = make_pack(tmp_path)
+    built = {path.relative_to(pack).as_posix(): path.read_text() for path in pack.rglob("*") if path.is_file()}
+    assert shown == built

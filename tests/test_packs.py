@@ -9,7 +9,7 @@ import pytest
 
 from engine.actions import build_action
 from engine.config import SYSTEM_PACKS_PATH
-from engine.packs import Registry, UnknownAction, discover, load_registry
+from engine.packs import Registry, SystemPacksMissing, UnknownAction, discover, load_registry, load_registry_cached
 from engine.yamlfile import ContentError, ContentInvalid, LineMap, load_yaml
 from tests.conftest import write
 
@@ -943,3 +943,147 @@ def test_user_packs_path_that_is_the_system_path_loads_core_once(tmp_path: Path)
     registry = load_registry([SYSTEM_PACKS_PATH], tmp_path / "configs", SYSTEM_PACKS_PATH)
     assert registry.errors == []
     assert registry.packs["core"].system is True
+
+
+# --- Squall's own packs missing (a regular install that left packs/ out) ----------------------------
+
+@pytest.mark.parametrize("layout", ["no folder", "empty folder", "no core"])
+def test_missing_system_packs_stop_the_load_naming_the_folder(tmp_path: Path, layout: str) -> None:
+    """A wheel without `packs/` loaded no core, chatops or squall pack and said nothing: `squall run
+    core.echo` then answered 'action not found'. The load stops instead, naming the folder and the fix."""
+    shipped = tmp_path / "site-packages" / "packs"
+    if layout != "no folder":
+        shipped.mkdir(parents=True)
+    if layout == "no core":
+        manifest(shipped, "linux")
+    with pytest.raises(SystemPacksMissing) as caught:
+        load_registry([tmp_path / "packs"], tmp_path / "configs", shipped)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(shipped) in message and "core/pack.yaml" in message
+    assert "built-in packs" in message and "make install" in message and "pip install -e" in message
+
+
+def test_missing_system_packs_stop_the_cached_load_too(tmp_path: Path) -> None:
+    """The CLI's listings load through the pack cache: the same error, before any cache is written."""
+    with pytest.raises(SystemPacksMissing):
+        load_registry_cached([tmp_path / "packs"], tmp_path / "configs", tmp_path / "nowhere", tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+_WITHOUT_SYSTEM_PACKS = """
+import sys
+from pathlib import Path
+
+import engine.config
+
+engine.config.SYSTEM_PACKS_PATH = Path(sys.argv.pop(1))  # as a wheel without packs/ has it
+from bot.cli import main
+
+sys.argv[0] = "squall"
+main()
+"""
+
+
+@pytest.mark.parametrize("command", [("run", "core.echo", "message=hi"), ("pack", "list"), ("action", "list")])
+def test_the_cli_says_the_system_packs_are_missing_as_a_setup_error(home: Path, command: tuple[str, ...]) -> None:
+    """Exit 3 (Squall cannot work here) with one line, no traceback, whichever way the command loads packs:
+    starting Squall (`run`) or the pack cache (`pack list`, `action list`)."""
+    import subprocess
+    import sys
+
+    missing = home / "site-packages" / "packs"
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_SYSTEM_PACKS, str(missing), "-c", str(home / "config.yml"),
+                           *command], capture_output=True, text=True, timeout=120, cwd=home)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and str(missing) in line and "make install" in line, line
+
+
+#: What a wheel is built from: pyproject.toml's packages, README.md (the long description) and packs/.
+_WHEEL_SOURCES = ("pyproject.toml", "README.md", "bot", "aliases", "engine", "adapters", "squall_client", "packs")
+
+
+@pytest.mark.integration
+def test_a_wheel_carries_every_file_of_the_system_packs_where_squall_looks(tmp_path: Path) -> None:
+    """`pip install <checkout>` (not `-e`) installed no packs/: `engine.config.SYSTEM_PACKS_PATH` is the folder
+    beside `engine/` (site-packages/packs in a wheel), and the wheel held no such folder."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = SYSTEM_PACKS_PATH.parent
+    source = tmp_path / "src"
+    source.mkdir()
+    skipped = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    for name in _WHEEL_SOURCES:
+        if (repo / name).is_dir():
+            shutil.copytree(repo / name, source / name, ignore=skipped)
+        else:
+            shutil.copy2(repo / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-q", "-w", str(tmp_path / "dist"), str(source)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = (tmp_path / "dist").glob("squall-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        modes = {info.filename: info.external_attr >> 16 for info in archive.infolist()}
+    assert "engine/config.py" in names  # so the wheel's packs/ is SYSTEM_PACKS_PATH once installed
+    shipped = {f"packs/{path.relative_to(source / 'packs').as_posix()}" for path in (source / "packs").rglob("*")
+               if path.is_file()}
+    assert "packs/core/pack.yaml" in shipped
+    assert shipped - names == set()
+    assert all(modes[name] & 0o111 for name in shipped if name.endswith(".sh"))  # scripts stay executable
+
+
+# --- `!pack list` in chat (the squall pack's pack_list alias) ---------------------------------------
+
+def test_pack_list_in_chat_is_one_line_per_pack_and_the_problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """The alias posted the CLI's 80-column box table: paths cut mid-word, descriptions wrapped over lines.
+    Chat gets one line per pack (ref, version, description as written), then what did not load."""
+    import os
+
+    from bot.testing import SquallBot, write_home
+
+    for key in ("SQUALL_CONFIG", "SQUALL_CLI"):  # the assembly sets them; recorded here, undone after the test
+        if key in os.environ:
+            monkeypatch.setenv(key, os.environ[key])
+        else:
+            monkeypatch.delenv(key, raising=False)
+    description = "Restart web services on every host of the fleet, then check that each answers again."
+    pack = tmp_path / "webops"
+    write(pack / "pack.yaml", f"ref: webops\nname: webops\ndescription: {description}\nversion: 2.1.0\nauthor: t\n")
+    write(pack / "aliases" / "broken.yaml", "name: broken\naction_ref: webops.missing\nformats: [broken]\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    bot = SquallBot(pack, home, timeout=60)
+    bot.start(write_home(home, pack, [], {}, None))
+    try:
+        [ack, listing] = bot.say("!pack list")
+    finally:
+        bot.close()
+    assert ack.startswith("Running squall.pack_list")
+    lines = listing.splitlines()
+    assert f"webops 2.1.0: {description}" in lines, listing
+    core = load_registry([], tmp_path / "configs", SYSTEM_PACKS_PATH).packs["core"]
+    assert f"core {core.metadata['version']}: {core.metadata['description']}" in lines, listing
+    assert [line.split(" ")[0] for line in lines[:5]] == ["chatops", "core", "linux", "squall", "webops"], listing
+    assert lines[5] == "problems (pack content that did not load):", listing
+    assert any("broken.yaml" in line and "webops.missing" in line for line in lines[6:]), listing
+    assert not any(mark in listing for mark in "┏┃│└━"), listing
+
+
+def test_pack_list_in_chat_says_why_when_the_command_failed(tmp_path: Path) -> None:
+    """No JSON came out (a config the CLI refuses): the result is the command's error, not an empty post."""
+    from aliases import load_aliases
+    from bot.chat.replies import render_result
+
+    aliases, _ = load_aliases(load_registry([], tmp_path / "configs", SYSTEM_PACKS_PATH))
+    [alias] = [alias for alias in aliases if alias.ref == "squall.pack_list"]
+    failed = {"id": "e1", "action": "squall.pack_list", "status": "failed",
+              "result": {"stdout": "", "stderr": "error: config.yml: unknown key 'pack'", "return_code": 2}}
+    assert render_result(alias, failed)[0] == "✖ squall.pack_list failed: error: config.yml: unknown key 'pack'"

@@ -1,8 +1,10 @@
 """`squall apikey create | list | delete`: keys for the HTTP API, stored as SHA-256 hashes.
 
-`create` prints the key once; nothing can show it again. `delete` also ends the login tokens (`st2 login`)
-obtained with the key: a token records its key and works only while that key does. Keys from config `api.keys` and
-`$SQUALL_API_KEYS` work too but are not listed here (they live outside the database).
+`create` prints the key once; nothing can show it again. It takes the key's name as an argument
+(`squall apikey create ci-bot`, as `user create` takes one) or with `-n/--name`.
+`delete` also ends the login tokens (`st2 login`) obtained with the key: a token records its key and works
+only while that key does. Keys from config `api.keys` and `$SQUALL_API_KEYS` work too but are not listed here
+(they live outside the database).
 These commands touch the `api_keys` table only, so they open the database without starting Squall.
 `create` and `delete` are audited (`cli.apikey.create`, `cli.apikey.delete`) with the key's id and name.
 A key's name is printed as written: rich would read a `[...]` in it as markup.
@@ -35,10 +37,14 @@ apikey_app = group("Create, list and delete API keys for the HTTP API.")
 
 
 @apikey_app.command("create")
-def apikey_create(name: Annotated[str | None, typer.Option("--name", "-n", help="What the key is for.")] = None,
+def apikey_create(named: Annotated[str | None, typer.Argument(metavar="NAME", show_default=False,
+                                                              help="What the key is for (or --name).")] = None,
+                  name: Annotated[str | None, typer.Option("--name", "-n", help="What the key is for.")] = None,
                   as_json: JsonOption = False) -> None:
     """Make a key and print it (once: only its hash is stored)."""
     from bot.apikeys import create_key
+
+    name = _one_name(named, name)
 
     def work(store: Store, _config: Config) -> tuple[str, dict[str, Any]]:
         return create_key(store, name)
@@ -51,6 +57,14 @@ def apikey_create(name: Annotated[str | None, typer.Option("--name", "-n", help=
         out.print(f"API key {record['id']}" + (f" ({name})" if name else "") + ":", markup=False)
         out.print(key, markup=False)
         out.print("Keep it now: it cannot be shown again.")
+
+
+def _one_name(argument: str | None, option: str | None) -> str | None:
+    """The key's name, given as `apikey create NAME` (as `user create NAME` takes one) or with `-n/--name`
+    (what scripts have used); two different names are refused rather than one silently dropped."""
+    if argument is not None and option is not None and argument != option:
+        raise fail(f"two names given: {argument!r} and --name {option!r}; give one")
+    return argument if argument is not None else option
 
 
 @apikey_app.command("list")

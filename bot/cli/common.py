@@ -241,7 +241,8 @@ def setup_errors(config: Config) -> Iterator[None]:
     """Turn what this machine's setup makes fail into one line and exit 3 (`SETUP_FAILED`): a database
     that cannot be opened or reached, a folder or file under `data_dir` that cannot be written (read-only,
     a file where a folder must be). These ended in 50 to 160 lines of traceback and exit 1, the code of
-    a failed action. The line names the path or the URL (its password masked) and what to check."""
+    a failed action. The line names the path or the URL (its password masked) and what to check. An
+    install without Squall's own packs (`SystemPacksMissing`) is one too: nothing can run without `core`."""
     from sqlalchemy.exc import OperationalError
 
     try:
@@ -252,6 +253,18 @@ def setup_errors(config: Config) -> Iterator[None]:
         if exc.filename is None:  # not about a path of the setup (a broken pipe, a socket): a bug to see whole
             raise
         raise fail(_path_problem(config, exc), SETUP_FAILED) from None
+    except Exception as exc:
+        if not _system_packs_missing(exc):
+            raise
+        raise fail(str(exc), SETUP_FAILED) from None
+
+
+def _system_packs_missing(exc: Exception) -> bool:
+    """Whether `exc` is the pack loader's `SystemPacksMissing`, told without importing the loader (~50 ms)
+    into the commands that never load packs (`key get`, `apikey list`): only a process that imported it
+    can have raised it."""
+    packs = sys.modules.get("engine.packs")
+    return packs is not None and isinstance(exc, packs.SystemPacksMissing)
 
 
 def _config_name(config: Config) -> str:
@@ -406,8 +419,9 @@ def load_packs(config: Config, *, warn: bool = True) -> Registry:
     from engine.config import SYSTEM_PACKS_PATH
     from engine.packs import load_registry_cached
 
-    registry = load_registry_cached(config.pack_paths, config.configs_path, SYSTEM_PACKS_PATH,
-                                    config.data_dir / "cache")
+    with setup_errors(config):  # an install without Squall's own packs: exit 3, as starting Squall says
+        registry = load_registry_cached(config.pack_paths, config.configs_path, SYSTEM_PACKS_PATH,
+                                        config.data_dir / "cache")
     if warn:
         warn_problems(registry.errors)
     return registry
