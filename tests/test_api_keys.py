@@ -163,3 +163,21 @@ def test_a_new_api_key_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch)
     drawn = iter(["-Xb9first", "Yc8second"])
     monkeypatch.setattr(apikeys.secrets, "token_urlsafe", lambda nbytes: next(drawn))
     assert apikeys.generate_key() == "Yc8second"
+
+
+async def test_a_stored_key_made_without_a_name_speaks_for_api_only(squall: Squall) -> None:
+    """Only a key from the config names nobody and may name anyone. A stored key made without a name
+    (`squall apikey create`) speaks for the user `api`: it read alice's secrets and logged in as anyone."""
+    alice_key, _ = await squall.db(create_key, squall.store, "alice")
+    unnamed_key, _ = await squall.db(create_key, squall.store, None)
+    async with _client(squall, **{"St2-Api-Key": alice_key}) as alice:
+        stored = await alice.put("/api/v1/keys/pw", json={"value": "alice-s3cret", "secret": True, "scope": "user"})
+        assert stored.status_code == 200
+    async with _client(squall, **{"St2-Api-Key": unnamed_key}) as unnamed:
+        read = await unnamed.get("/api/v1/keys/pw", params={"scope": "user", "user": "alice", "decrypt": "true"})
+        assert read.status_code == 403 and "speaks for api" in _fault(read) and "alice-s3cret" not in read.text
+        mine = await unnamed.put("/api/v1/keys/note", json={"value": "x", "scope": "user"})
+        assert mine.status_code == 200 and mine.json()["user"] == "api"
+    async with _client(squall) as anon:
+        login = await anon.post("/auth/v1/tokens", headers={"St2-Api-Key": unnamed_key}, json={})
+        assert login.status_code == 201 and login.json()["user"] == "api"

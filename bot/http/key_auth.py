@@ -20,8 +20,15 @@ from bot.http.state import ApiState, api_state
 log = logging.getLogger(__name__)
 
 
+#: Who a stored API key made without a name speaks for (what a request of a configured key runs as, too).
+UNNAMED_KEY_USER = "api"
+
+
 async def authenticated_key(state: ApiState, key: str | None) -> dict[str, Any] | None:
-    """Who the key is: `{"name": ...}` of a stored key, `{"name": None}` for a configured one."""
+    """Who the key is: `{"name": ...}` of a stored key, `{"name": None}` for a configured one. A stored key
+    made without a name (`squall apikey create`) speaks for the user `UNNAMED_KEY_USER`: only the config's
+    keys name nobody, and so may name anyone (`acting_user`); an unnamed stored key could otherwise log in
+    as, read the datastore of, and answer inquiries for anyone."""
     if not key:
         return None
     digest = hash_key(key)
@@ -32,7 +39,9 @@ async def authenticated_key(state: ApiState, key: str | None) -> dict[str, Any] 
         return {"name": None}
     squall = state.squall
     record = await squall.db(squall.store.api_key_by_hash, digest)
-    return record if record and record.get("enabled", True) else None
+    if not record or not record.get("enabled", True):
+        return None
+    return record if record.get("name") else {**record, "name": UNNAMED_KEY_USER}
 
 
 def _presented_key(request: Request) -> str | None:
