@@ -6,7 +6,8 @@ and its tasks' records, their output, and the API's documents."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -374,17 +375,18 @@ async def test_a_canceled_chain_masks_what_it_published(wf: Squall, tmp_path: Pa
     assert SECRET not in repr(await _api_documents(wf, done["id"]))
 
 
-@pytest.mark.postgres
-async def test_orquesta_in_steps_across_a_restart_masks_it(home: Path, postgres_url: str, tmp_path: Path) -> None:
-    """Under the scale-out executor each step of the workflow is conducted afresh (here: by two
-    processes in turn, one stopped between them): every step masks what the workflow revealed, in
-    the tasks it requests and in the output the last one stores."""
-    config = _pack(home, postgres_url, "procrastinate")
-    marker = tmp_path / "stepped-marker"
+@contextlib.asynccontextmanager
+async def _stepped_across_a_restart(config: Any, ref: str, parameters: dict[str, Any],
+                                    before: Callable[[Squall], Awaitable[None]] | None = None,
+                                    ) -> AsyncIterator[tuple[Squall, dict[str, Any]]]:
+    """`ref` conducted in steps under the scale-out executor, by two processes in turn, one stopped
+    between them: the first requests and runs task t1; the second, after a restart, conducts on to the
+    end. Yields the second process and the workflow as it ended."""
     first = await _started(config)
     try:
-        await first.db(first.datastore.set, "api_token", SECRET, encrypt=True)
-        flow = await first.executions.request("wf.orquesta", {"marker": str(marker)}, {"user": "tester"})
+        if before is not None:
+            await before(first)
+        flow = await first.executions.request(ref, parameters, {"user": "tester"})
         await first.executions.run(flow["id"], {"job_id": 1})  # the first step requests t1
         [t1] = first.store.list_executions(parent=flow["id"])
         await first.executions.run(t1["id"], {"job_id": 2})
@@ -403,11 +405,25 @@ async def test_orquesta_in_steps_across_a_restart_masks_it(home: Path, postgres_
         t2 = next(c for c in store.list_executions(parent=flow["id"]) if c["action"] == "core.echo")
         await executions.run(t2["id"], {"job_id": 4})
         await executions.step(flow["id"], {"job_id": 5})
-        done = public(store.get_execution(flow["id"]))
-        await _assert_masked_everywhere(second, done, marker)
-        assert done["result"]["output"] == {"tok": MASK, "again": MASK}
+        yield second, public(store.get_execution(flow["id"]))
     finally:
         await second.close()
+
+
+@pytest.mark.postgres
+async def test_orquesta_in_steps_across_a_restart_masks_it(home: Path, postgres_url: str, tmp_path: Path) -> None:
+    """Under the scale-out executor each step of the workflow is conducted afresh (here: by two
+    processes in turn, one stopped between them): every step masks what the workflow revealed, in
+    the tasks it requests and in the output the last one stores."""
+    config = _pack(home, postgres_url, "procrastinate")
+    marker = tmp_path / "stepped-marker"
+
+    async def the_secret(first: Squall) -> None:
+        await first.db(first.datastore.set, "api_token", SECRET, encrypt=True)
+
+    async with _stepped_across_a_restart(config, "wf.orquesta", {"marker": str(marker)}, the_secret) as (second, done):
+        await _assert_masked_everywhere(second, done, marker)
+        assert done["result"]["output"] == {"tok": MASK, "again": MASK}
 
 
 async def test_a_task_run_again_masks_the_secret_its_workflow_gave_it(wf: Squall, tmp_path: Path) -> None:
@@ -483,30 +499,7 @@ async def test_a_secret_parameter_in_steps_across_a_restart_is_masked(
     after a restart: each hands the workflow's sealed secret parameter to its tasks as a secret."""
     config = _pack(home, postgres_url, "procrastinate")
     marker = tmp_path / "stepped-parameter-marker"
-    first = await _started(config)
-    try:
-        flow = await first.executions.request("wf.orquesta_parameter", {"password": SECRET, "marker": str(marker)},
-                                              {"user": "tester"})
-        await first.executions.run(flow["id"], {"job_id": 1})  # the first step requests t1
-        [t1] = first.store.list_executions(parent=flow["id"])
-        await first.executions.run(t1["id"], {"job_id": 2})
-        for _ in range(600):  # until its end's listeners (queueing the next step) are done: a deadline
-            if not first.executions.notifying:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the first process's end listeners never finished")
-    finally:
-        await first.close()
-    second = await _started(config)  # another process, after a restart
-    try:
-        executions, store = second.executions, second.store
-        await executions.step(flow["id"], {"job_id": 3})  # t1 ended: this step requests t2
-        t2 = next(c for c in store.list_executions(parent=flow["id"]) if c["action"] == "core.echo")
-        await executions.run(t2["id"], {"job_id": 4})
-        await executions.step(flow["id"], {"job_id": 5})
-        done = public(store.get_execution(flow["id"]))
+    parameters = {"password": SECRET, "marker": str(marker)}
+    async with _stepped_across_a_restart(config, "wf.orquesta_parameter", parameters) as (second, done):
         await _assert_masked(second, done, marker)
         assert done["result"]["output"] == {"pw": MASK, "said": f"said {MASK}"}
-    finally:
-        await second.close()
