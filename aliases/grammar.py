@@ -28,7 +28,8 @@ Deviations from StackStorm (each one fixes a reported problem, or is a Squall ex
 4. Only the trailing run of pairs is removed from the message; StackStorm removed every occurrence of
    its text anywhere in the message.
 5. Typographic quotes (U+201C-201F double, U+2018-201B single, as Slack and phones insert them)
-   become ASCII quotes, odd spaces (no-break, figure, thin, ideographic...) become plain spaces,
+   become ASCII quotes, odd spaces (no-break, figure, thin, ideographic...) and the information
+   separators U+001C-U+001F (spaces to Python's `str.split`) become plain spaces,
    zero-width spaces and BOMs are dropped and CR/CRLF line ends become LF, in the message and in the
    format alike (errbot#1145).
 6. A placeholder that the message leaves out may be supplied as a trailing pair of the same name:
@@ -54,6 +55,18 @@ Deviations from StackStorm (each one fixes a reported problem, or is a Squall ex
     (floats), x, o, b (ints), w (one word), W, l (letters), S (no spaces). A typed value is not quoted;
     the converted value (int, float or str) is returned, and a trailing pair naming a typed
     placeholder is converted the same way (or the message does not fit).
+12. No message can hold the service: formats are matched by the `regex` package (which reads them as
+    `re` does) with a budget of `MATCH_BUDGET` seconds a message over every format it is tried with;
+    past it the message is refused with `MessageTooComplex` (a chat message may be 100,000
+    characters, and three placeholders in a row take time that grows with the cube of its length).
+    First a sound pre-check turns most non-fitting messages away without the regex: the format's
+    literal text in order (case-folded as the format is), and the characters it must start and end
+    with (literals, character classes, typed placeholders). A message under `CHECKED_FROM`
+    characters on a format with at most `FAST_PARTS` free-length parts runs on `re` instead: a few
+    milliseconds at worst, counted in the budget, and several times faster. `regex` follows the
+    Unicode standard where `re` follows `str` methods, so for a few rare characters in the messages
+    it matches a format's `\\w` or `\\d` differs from StackStorm's
+    (combining marks and superscript digits are word characters; `(?i)i` does not match U+0131).
 
 Literal text in a format is regex (escape `.`, `?`, `(`... to mean them literally), and values that
 look like shell (`$(...)`, backticks, `;`) are plain strings: nothing here runs or renders them.
@@ -66,6 +79,7 @@ import functools
 import re
 import re._constants as sre
 import re._parser as sre_parse
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,9 +87,12 @@ from typing import Any
 import parse as parse_lib
 
 __all__ = [
+    "MATCH_BUDGET",
+    "TOO_COMPLEX",
     "AliasFormatError",
     "AliasParseError",
     "CompiledFormat",
+    "MessageTooComplex",
     "Prepared",
     "compile_format",
     "extract_multiple",
@@ -99,18 +116,37 @@ class AliasFormatError(AliasParseError):
     """The format itself is unusable (not a regex, a bad placeholder, an unknown type letter)."""
 
 
+#: Seconds of regex matching one message may take, over every format it is tried with (deviation 12):
+#: real commands take microseconds, even at the chat's 100,000-character limit.
+MATCH_BUDGET = 0.05
+TOO_COMPLEX = "That message is too long or too repetitive to match against the aliases; shorten it."
+
+
+class MessageTooComplex(AliasParseError):
+    """Matching the message ran past its budget (`MATCH_BUDGET`) and was stopped: refuse the message.
+
+    A format's regex can backtrack for seconds over one long or repetitive message, and matching
+    runs on the event loop, so everything else would wait; `reason` is the refusal to say."""
+
+    def __init__(self, format: str = "", message: str = "") -> None:
+        super().__init__(TOO_COMPLEX, format=format, message=message)
+
+
 # -- normalisation -------------------------------------------------------------------------------
 
 _QUOTES = {"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"',
            "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'"}
 _SPACES = {chr(c): " " for c in (0x00A0, 0x1680, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000)}
+#: The information separators: spaces to `str.split` and to `re`'s `\s`, not to `regex`'s (deviation 12).
+_SEPARATORS = {chr(c): " " for c in range(0x1C, 0x20)}
+_SEPARATOR = re.compile("[\x1c-\x1f]")
 _DROPPED = {"\u200b": None, "\u2060": None, "\ufeff": None}
-_TABLE = str.maketrans({**_QUOTES, **_SPACES, **_DROPPED})
+_TABLE = str.maketrans({**_QUOTES, **_SPACES, **_SEPARATORS, **_DROPPED})
 
 
 def normalise(text: str) -> str:
     """Plain quotes and spaces for typographic ones, LF line ends (deviation 5)."""
-    if not text.isascii():
+    if not text.isascii() or _SEPARATOR.search(text) is not None:
         text = text.translate(_TABLE)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -137,10 +173,12 @@ MAX_PATH = 4  # index paths hold at most this many leading words
 class Prepared:
     """A message ready for matching: `stream` (padded text without the trailing pairs), the pairs.
 
-    `core` is the stream stripped and `words` its whitespace-separated words.
+    `core` is the stream stripped and `words` its whitespace-separated words. The message's matching
+    budget (`MATCH_BUDGET`, deviation 12) is the time its regex runs take, over every format it is
+    tried with (compiling a format's regex on first use is not counted).
     """
 
-    __slots__ = ("core", "pairs", "stream", "text", "words")
+    __slots__ = ("_lead", "_spent", "core", "pairs", "stream", "text", "words")
 
     def __init__(self, text: str, stream: str, pairs: dict[str, str]) -> None:
         self.text = text
@@ -148,10 +186,26 @@ class Prepared:
         self.pairs = pairs
         self.core = stream.strip()
         self.words = self.core.split()
+        self._spent = 0.0
+        self._lead = -1
 
     @property
     def word(self) -> str:
         return self.words[0] if self.words else ""
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """Where `core` lies in `stream` (the pre-check's anchored ends look there)."""
+        if self._lead < 0:
+            self._lead = len(self.stream) - len(self.stream.lstrip())
+        return self._lead, self._lead + len(self.core)
+
+    def time_left(self) -> float:
+        """Seconds of regex matching this message has left."""
+        return MATCH_BUDGET - self._spent
+
+    def spend(self, seconds: float) -> None:
+        self._spent += seconds
 
 
 class _Scanner:
@@ -486,14 +540,6 @@ def _literal_runs(ops: Any) -> list[str]:
     return runs
 
 
-def _literal_check(ops: Any, anchors: tuple[bool, bool]) -> tuple[tuple[str, ...], str, str]:
-    """Top-level literal runs (in order), and the text a match must start and end with when anchored."""
-    runs = _literal_runs(ops)
-    prefix = runs[0].lstrip() if anchors[0] and runs and runs[0] else ""
-    suffix = runs[-1].rstrip() if anchors[1] and runs and runs[-1] else ""
-    return tuple(r for r in runs if r), prefix, suffix
-
-
 def _prefix_path(ops: list[Any], anchors: tuple[bool, bool]) -> tuple[str, ...]:
     """The whole words every match starts with, from the literal text at the start of the format."""
     anchored = anchors[0]
@@ -526,6 +572,401 @@ def _required_token(ops: list[Any]) -> str | None:
     return max(words, key=len) if words else None
 
 
+# -- the bounded engine and its pre-check (deviation 12) -------------------------------------------
+
+_CATEGORIES = {sre.CATEGORY_DIGIT: r"\d", sre.CATEGORY_NOT_DIGIT: r"\D", sre.CATEGORY_SPACE: r"\s",
+               sre.CATEGORY_NOT_SPACE: r"\S", sre.CATEGORY_WORD: r"\w", sre.CATEGORY_NOT_WORD: r"\W"}
+_ZERO_WIDTH = {sre.AT, sre.ASSERT, sre.ASSERT_NOT}
+#: What a character class means depends on these flags only.
+_CLASS_FLAGS = re.IGNORECASE | re.ASCII
+
+
+@functools.cache
+def _engine() -> Any:
+    import regex  # with the first message, not at start: `squall serve` need not pay its import first
+
+    return regex
+
+
+def _compile(pattern: str, flags: int) -> Any:
+    """`regex.compile` of an `re` pattern (`_as_re_reads_it`), kept out of `regex`'s own cache: each
+    pattern is kept where it is used, and that cache, when full, drops entries chosen with the global
+    `random` (a seeded caller's numbers)."""
+    return _engine().compile(_as_re_reads_it(pattern), flags, cache_pattern=False)
+
+
+#: A brace `re` takes as a repeat: `{m}`, `{m,}`, `{m,n}`, `{,n}`, `{,}`.
+_REPEAT = re.compile(r"\{(\d*),?(\d*)\}")
+
+
+def _as_re_reads_it(pattern: str) -> str:
+    """`pattern` (valid for `re`) spelled so `regex` reads it as `re` does. Two spellings differ:
+    a `{` that does not open a repeat is a literal to `re` and a fuzzy constraint (`a{e}`) or an
+    error (`{d`) to `regex`; a `[` inside a class is a literal to `re` and opens a POSIX class
+    (`[[:alpha:]]`) to `regex`. Both are escaped; repeats are written with their lower bound."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            end = pattern.index("}", i) + 1 if pattern.startswith("N{", i + 1) else i + 2
+            out.append(pattern[i:end])
+            i = end
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+            out.append("\\[" if c == "[" else c)
+            i += 1
+            continue
+        if c == "[":
+            # `]` right after `[` or `[^` is a member, not the end (as in `re`).
+            start = i + 2 if pattern.startswith("^", i + 1) else i + 1
+            first = start + 1 if pattern.startswith("]", start) else start
+            out.append(pattern[i:first].replace("]", "\\]") if first > start else pattern[i:first])
+            in_class, i = True, first
+            continue
+        if c == "{":
+            repeat = _REPEAT.match(pattern, i)
+            if repeat is not None and (repeat[1] or "," in repeat[0]):
+                low, high = repeat[1] or "0", repeat[2]
+                out.append("{" + low + ("," + high if "," in repeat[0] else "") + "}")
+                i = repeat.end()
+                continue
+            out.append("\\{")
+            i += 1
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+@functools.cache
+def _spaces() -> str:
+    r"""Every character `str.strip` strips (what `Prepared.core` leaves out); `\s` matches no other."""
+    return "".join(c for c in map(chr, range(0x3001)) if c.isspace())
+
+
+def _char(code: int) -> str:
+    return f"\\U{code:08x}"
+
+
+def _one_char(op: Any, av: Any) -> str | None:
+    """The pattern of an item that matches exactly one character, or None for any other item."""
+    if op is sre.LITERAL:
+        return _char(av)
+    if op is sre.NOT_LITERAL:
+        return f"[^{_char(av)}]"
+    if op is not sre.IN:
+        return None
+    parts = []
+    for o, a in av:
+        if o is sre.NEGATE:
+            parts.append("^")
+        elif o is sre.LITERAL:
+            parts.append(_char(a))
+        elif o is sre.RANGE:
+            parts.append(f"{_char(a[0])}-{_char(a[1])}")
+        elif o is sre.CATEGORY and a in _CATEGORIES:
+            parts.append(_CATEGORIES[a])
+        else:
+            return None
+    return "[" + "".join(parts) + "]"
+
+
+def _edge(ops: Any, last: bool) -> tuple[list[str] | None, bool]:
+    """Patterns one of which the first (`last`: the last) character of every non-empty match of the
+    sequence `ops` fits, or None when that is not known; and whether `ops` may match nothing."""
+    found: list[str] = []
+    for op, av in (reversed(ops) if last else ops):
+        patterns, empty = _edge_item(op, av, last)
+        if patterns is None:
+            return None, False
+        found += patterns
+        if not empty:
+            return found, False
+    return found, True
+
+
+def _edge_item(op: Any, av: Any, last: bool) -> tuple[list[str] | None, bool]:
+    one = _one_char(op, av)
+    if one is not None:
+        return [one], False
+    if op in _ZERO_WIDTH:
+        return [], True
+    if op is sre.SUBPATTERN:
+        return (None, False) if av[1] or av[2] else _edge(av[3], last)  # a group's own flags: not followed
+    if op is sre.ATOMIC_GROUP:
+        return _edge(av, last)
+    if op is sre.BRANCH or op is sre.GROUPREF_EXISTS:
+        found: list[str] = []
+        empty = False
+        for alternative in (av[1] if op is sre.BRANCH else (av[1], av[2] or [])):
+            patterns, may_be_empty = _edge(alternative, last)
+            if patterns is None:
+                return None, False
+            found += patterns
+            empty = empty or may_be_empty
+        return found, empty
+    if op in _REPEATS:
+        low, high, sub = av
+        if high == 0:
+            return [], True
+        patterns, empty = _edge(sub, last)
+        return patterns, empty or low == 0
+    return None, False  # `.` (any character), a backreference
+
+
+def _only_spaces(op: Any, av: Any) -> bool:
+    return _is_space_op(op, av) or (op in _REPEATS and all(_is_space_op(o, a) for o, a in av[2]))
+
+
+def _chain(ops: list[Any], last: bool) -> list[str]:
+    """Patterns of the characters every match has at the stripped message's start (`last`: end),
+    edge first, when the regex is anchored there: the anchor, spaces, then items one character wide,
+    and the first (last) character of the item after them when it cannot match nothing."""
+    items = ops[::-1] if last else ops
+    if not items or items[0][0] is not sre.AT or items[0][1] not in (_AT_END if last else _AT_BEGIN):
+        return []
+    i = 1
+    while i < len(items) and (items[i][0] in _ZERO_WIDTH or _only_spaces(*items[i])):
+        i += 1
+    chain: list[str] = []
+    for op, av in items[i:]:
+        if op in _ZERO_WIDTH:
+            continue
+        one = _one_char(op, av)
+        if one is not None:
+            chain.append(one)
+            continue
+        patterns, empty = _edge_item(op, av, last)
+        if patterns and not empty:
+            chain.append(f"(?:{'|'.join(patterns)})")
+        break
+    return chain
+
+
+def _edge_check(chain: list[str], flags: int, last: bool) -> str | Any | None:
+    """The text (or engine pattern) `chain` makes, in message order; None when there is none or its
+    edge character may be a space, which the stripped message would not show."""
+    if not chain:
+        return None
+    edge = _compile(chain[0], flags)
+    if any(edge.fullmatch(c) for c in _spaces()):
+        return None
+    ordered = chain[::-1] if last else chain
+    if not flags & re.IGNORECASE and all(p.startswith("\\U") for p in ordered):
+        return "".join(chr(int(p[2:], 16)) for p in ordered)
+    return _compile("".join(ordered), flags)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """A necessary condition for a regex to match, cheap to test (linear in the message): its
+    top-level literal text in order, and what the stripped message starts and ends with."""
+
+    runs: tuple[str | Any, ...] = ()
+    head: str | Any | None = None
+    tail: str | Any | None = None
+    tail_width: int = 0
+
+    def possible(self, prepared: Prepared) -> bool:
+        stream = prepared.stream
+        if self.head is not None or self.tail is not None:
+            # The anchored ends' characters: past the first (before the last) they may be spaces too.
+            start, end = prepared.span
+            if isinstance(self.head, str):
+                if not stream.startswith(self.head, start):
+                    return False
+            elif self.head is not None and self.head.match(stream, start) is None:
+                return False
+            if isinstance(self.tail, str):
+                if not stream.endswith(self.tail, 0, end):
+                    return False
+            elif self.tail is not None and (end < self.tail_width
+                                            or self.tail.fullmatch(stream, end - self.tail_width, end) is None):
+                return False
+        pos = 0
+        for run in self.runs:
+            if isinstance(run, str):
+                found = stream.find(run, pos)
+                if found < 0:
+                    return False
+                pos = found + len(run)
+            else:
+                hit = run.search(stream, pos)
+                if hit is None:
+                    return False
+                pos = hit.end()
+        return True
+
+
+def _build_check(pattern: re.Pattern[str]) -> _Check:
+    """The pre-check of one compiled format regex, from its parsed form."""
+    tree = sre_parse.parse(pattern.pattern, re.DOTALL)
+    ops = list(tree)
+    flags = tree.state.flags & _CLASS_FLAGS
+    runs = tuple(run if not flags & re.IGNORECASE else _compile(_engine().escape(run), flags)
+                 for run in _literal_runs(ops) if run)
+    if tree.state.flags & re.MULTILINE:  # `^` and `$` hold at every line
+        return _Check(runs)
+    tail_chain = _chain(ops, True)
+    return _Check(runs, _edge_check(_chain(ops, False), flags, False), _edge_check(tail_chain, flags, True),
+                  len(tail_chain))
+
+
+#: From this length of message on, the pre-check runs before the regex: it costs more than the regex
+#: saves on short messages, and over those no regex runs for long (three placeholders in a row over
+#: 127 characters take a few milliseconds).
+CHECKED_FROM = 128
+
+
+#: A format whose regex has at most this many free-length parts (`_free_parts`) runs on `re` for
+#: messages shorter than `CHECKED_FROM`: over those its worst case is a few milliseconds (two
+#: placeholders in a row, a message of quotes: 2.5 ms), still counted in the message's budget, and
+#: `re` is several times faster than `regex` on the short messages chat is made of.
+FAST_PARTS = 2
+_ONE_CHAR = {sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN, sre.CATEGORY}
+_REPEATS = {sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT}
+_UNBOUNDED = 1_000  # backtracking that may grow exponentially: never on `re`
+
+
+def _free_parts(ops: Any) -> int:
+    """How many parts of `ops` may take any of many lengths: the exponent of the message length in
+    the time backtracking may take. A repeat of one character counts 1; a repeat of anything longer
+    (`(a|aa)+`, `(?:x.+)*`) may split a message in exponentially many ways, as may a lookaround with
+    a free part (tried at every position): those count `_UNBOUNDED`."""
+    total = 0
+    for op, av in ops:
+        if op in _REPEATS:
+            _low, high, body = av
+            if high <= 1:
+                total += _free_parts(body)
+            elif len(body) == 1 and body[0][0] in _ONE_CHAR:
+                total += 1
+            else:
+                total += _UNBOUNDED
+        elif op is sre.SUBPATTERN:
+            total += _free_parts(av[3])
+        elif op is sre.ATOMIC_GROUP:
+            total += _free_parts(av)
+        elif op is sre.BRANCH:
+            total += max(_free_parts(alternative) for alternative in av[1])
+        elif op is sre.GROUPREF_EXISTS:
+            total += max(_free_parts(av[1]), _free_parts(av[2]) if av[2] is not None else 0)
+        elif op in (sre.ASSERT, sre.ASSERT_NOT):
+            total += _UNBOUNDED if _free_parts(av[1]) else 0
+    return total
+
+
+def _runs_on_re(pattern: re.Pattern[str]) -> bool:
+    """Whether short messages may be matched with `re` (`FAST_PARTS`). The `\\s*` around the format
+    (`_compile_pieces`) do not count: the message has one space at each end. A search not anchored at
+    the start tries every start: one free part more."""
+    tree = sre_parse.parse(pattern.pattern, re.DOTALL)
+    ops = list(tree)
+    parts = _free_parts(ops)
+    anchored = (bool(ops) and ops[0] == (sre.AT, sre.AT_BEGINNING) and not tree.state.flags & re.MULTILINE)
+    if anchored and len(ops) >= 2 and ops[1][0] in _REPEATS and list(ops[1][1][2]) == _WHITESPACE:
+        parts -= 1
+    if ops and ops[-1] == (sre.AT, sre.AT_END) and len(ops) >= 2 and ops[-2][0] in _REPEATS \
+            and list(ops[-2][1][2]) == _WHITESPACE:
+        parts -= 1
+    return parts + (0 if anchored else 1) <= FAST_PARTS
+
+
+_WHITESPACE = sre_parse.parse(r"\s").data
+
+
+class _Variant:
+    """One regex of a format: `re`'s (the analysed one), the bounded engine's and its pre-check, the
+    last two made when first used. A format has its own regex and one for each set of required
+    placeholders that trailing pairs supply (deviation 6)."""
+
+    __slots__ = ("_check", "_engine", "_fast", "pattern")
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self._engine: Any = None
+        self._check: _Check | None = None
+        self._fast: bool | None = None
+
+    @property
+    def check(self) -> _Check:
+        if self._check is None:
+            self._check = _build_check(self.pattern)
+        return self._check
+
+    def _compiled(self) -> Any:
+        if self._engine is None:
+            self._engine = _compile(self.pattern.pattern, _engine().DOTALL)
+        return self._engine
+
+    def search(self, prepared: Prepared, fmt: str) -> Any:
+        """The first fit in the message, within what is left of the message's budget; None when the
+        pre-check or the regex says there is none; `MessageTooComplex` when the budget runs out."""
+        stream = prepared.stream
+        if len(stream) >= CHECKED_FROM:
+            if not self.check.possible(prepared):
+                return None
+        elif self._fast is None:
+            self._fast = _runs_on_re(self.pattern)
+        left = prepared.time_left()
+        if left <= 0:
+            raise MessageTooComplex(fmt, prepared.text)
+        start = time.monotonic()
+        if self._fast and len(stream) < CHECKED_FROM:
+            try:
+                return self.pattern.search(stream)
+            finally:
+                prepared.spend(time.monotonic() - start)
+        engine = self._compiled()
+        try:
+            return engine.search(stream, 0, None, None, False, left)  # positional: the cheaper call
+        except TimeoutError:
+            raise MessageTooComplex(fmt, prepared.text) from None
+        finally:
+            prepared.spend(time.monotonic() - start)
+
+    def finditer(self, prepared: Prepared, fmt: str) -> Iterator[Any]:
+        """`finditer` within the message's budget. `regex` times each step of an iteration alone, so
+        after each non-empty fit the search starts afresh where it ended, as `finditer` goes on."""
+        if len(prepared.stream) >= CHECKED_FROM and not self.check.possible(prepared):
+            return
+        pos = 0
+        while True:
+            fits = self._fits(prepared, fmt, pos)
+            for found in fits:
+                yield found
+                if found.end() > found.start():
+                    pos = found.end()
+                    break
+            else:
+                return
+
+    def _fits(self, prepared: Prepared, fmt: str, pos: int) -> Iterator[Any]:
+        """One `finditer` from `pos`: each of its steps may take what was left of the budget when it
+        began, and none starts past the budget (a second step follows only an empty fit)."""
+        fits = None
+        while True:
+            left = prepared.time_left()
+            if left <= 0:
+                raise MessageTooComplex(fmt, prepared.text)
+            if fits is None:
+                fits = self._compiled().finditer(prepared.stream, pos, timeout=left)
+            start = time.monotonic()
+            try:
+                found = next(fits, None)
+            except TimeoutError:
+                raise MessageTooComplex(fmt, prepared.text) from None
+            finally:
+                prepared.spend(time.monotonic() - start)
+            if found is None:
+                return
+            yield found
+
+
 @dataclass
 class CompiledFormat:
     """One representation compiled: its regex, placeholders, specificity and index words."""
@@ -541,14 +982,11 @@ class CompiledFormat:
     _pieces: list[str | Placeholder] = field(repr=False, default_factory=list)
     _flags: str = field(repr=False, default="")
     _anchors: tuple[bool, bool] = field(repr=False, default=(True, True))
-    _required_runs: tuple[str, ...] = field(repr=False, default=())
-    _prefix: str = field(repr=False, default="")
-    _suffix: str = field(repr=False, default="")
-    _relaxed: dict[frozenset[str], re.Pattern[str]] = field(repr=False, default_factory=dict)
+    #: The format's own regex (under the empty set) and one per set of placeholders pairs supply.
+    _variants: dict[frozenset[str], _Variant] = field(repr=False, default_factory=dict)
     _defaults: tuple[tuple[str, Any], ...] = field(repr=False, default=())
     _typed: tuple[tuple[str, str], ...] = field(repr=False, default=())
     _slots: tuple[tuple[str, int], ...] = field(repr=False, default=())
-    _relaxed_check: tuple[tuple[str, ...], str, str] = field(repr=False, default=((), "", ""))
     score: tuple[int, int] = (0, 0)  # specificity: more literal characters first, then fewer placeholders
 
     def __post_init__(self) -> None:
@@ -559,32 +997,20 @@ class CompiledFormat:
         # Where each parameter sits in `Match.groups()` (the relaxed variants number groups the same).
         self._slots = tuple((name, number - 1) for name, number in self.regex.groupindex.items()
                             if not name.startswith(_QUOTE))
+        self._variants[frozenset()] = _Variant(self.regex)
 
-    def _possible(self, prepared: Prepared, check: tuple[tuple[str, ...], str, str] | None = None) -> bool:
-        """A cheap necessary condition (keeps adversarial messages from backtracking for long): the
-        format's literal text at its top level appears in order, at the start and end where anchored."""
-        runs, prefix, suffix = check or (self._required_runs, self._prefix, self._suffix)
-        if prefix and not prepared.core.startswith(prefix):
-            return False
-        if suffix and not prepared.core.endswith(suffix):
-            return False
-        stream = prepared.stream
-        pos = 0
-        for run in runs:
-            found = stream.find(run, pos)
-            if found < 0:
-                return False
-            pos = found + len(run)
-        return True
+    def _variant(self, names: frozenset[str]) -> _Variant:
+        variant = self._variants.get(names)
+        if variant is None:
+            variant = _Variant(_compile_pieces(self._pieces, self._flags, self._anchors, names))
+            self._variants[names] = variant
+        return variant
 
     def _relaxed_regex(self, names: frozenset[str]) -> re.Pattern[str]:
-        regex = self._relaxed.get(names)
-        if regex is None:
-            regex = _compile_pieces(self._pieces, self._flags, self._anchors, names)
-            self._relaxed[names] = regex
-        return regex
+        """The regex where the placeholders `names` (supplied as trailing pairs) are optional."""
+        return self._variant(names).pattern
 
-    def _values(self, found: re.Match[str], prepared: Prepared) -> dict[str, Any] | None:
+    def _values(self, found: Any, prepared: Prepared) -> dict[str, Any] | None:
         groups = found.groups()
         result: dict[str, Any] = {name: groups[i] for name, i in self._slots if groups[i] is not None}
         for name, default in self._defaults:
@@ -610,24 +1036,24 @@ class CompiledFormat:
         return result
 
     def extract(self, prepared: Prepared) -> dict[str, Any] | None:
-        """The parameters when the prepared message fits this format, else None."""
-        stream = prepared.stream
-        # the pre-check only pays off on long messages, where a failing regex can backtrack for long
-        found = self.regex.search(stream) if len(stream) < 512 or self._possible(prepared) else None
+        """The parameters when the prepared message fits this format, else None; `MessageTooComplex`
+        when the message's matching budget runs out (deviation 12)."""
+        found = self._variants[frozenset()].search(prepared, self.format)
         if found is None:
             supplied = frozenset(n for n in prepared.pairs if n in self.placeholders
                                  and self.placeholders[n].default is None)
-            if not supplied or (len(stream) >= 512 and not self._possible(prepared, self._relaxed_check)):
+            if not supplied:
                 return None
-            found = self._relaxed_regex(supplied).search(stream)
+            found = self._variant(supplied).search(prepared, self.format)
             if found is None:
                 return None
         return self._values(found, prepared)
 
     def extract_all(self, prepared: Prepared) -> list[dict[str, Any]]:
-        """Every non-overlapping fit in the message (for `match_multiple` formats)."""
+        """Every non-overlapping fit in the message (for `match_multiple` formats); `MessageTooComplex`
+        as `extract`."""
         results = []
-        for found in self.regex.finditer(prepared.stream):
+        for found in self._variants[frozenset()].finditer(prepared, self.format):
             values = self._values(found, prepared)
             if values is not None:
                 results.append(values)
@@ -644,7 +1070,8 @@ class CompiledFormat:
                 except ValueError:
                     return (f'Command "{shown}": parameter "{key}" = {value!r} is not of type "{p.kind}" '
                             f'in format string "{self.format}"')
-        if self.format and not prepared.stream.strip() and self.regex.search(prepared.stream):
+        if (self.format and not prepared.core
+                and self._variants[frozenset()].search(prepared, self.format) is not None):
             return (f'Command "{shown}" supplies no value for format string "{self.format}" and it has no '
                     "defaults: No value supplied and no default value found.")
         return f'Command "{shown}" doesn\'t match format string "{self.format}"'
@@ -716,7 +1143,6 @@ def compile_format(fmt: str) -> CompiledFormat:  # noqa: C901 (one branch per to
     user_groups = [n for n in regex.groupindex if n not in placeholders and not n.startswith(_QUOTE)]
     caseless = bool(regex.flags & (re.IGNORECASE | re.MULTILINE))
     words = None
-    relaxed_check: tuple[tuple[str, ...], str, str] = ((), "", "")
     paths: frozenset[tuple[str, ...]] | None = None
     token = None
     if not caseless:
@@ -729,7 +1155,6 @@ def compile_format(fmt: str) -> CompiledFormat:  # noqa: C901 (one branch per to
         except (re.error, OverflowError, RecursionError, ValueError, TypeError, IndexError):
             relaxed_ops = None
         if relaxed_ops is not None:
-            relaxed_check = _literal_check(relaxed_ops, anchors)
             words = _leading(relaxed_ops, "", anchors[0], anchors[1])
             if words is not None:
                 paths = frozenset((w,) for w in words)
@@ -740,7 +1165,6 @@ def compile_format(fmt: str) -> CompiledFormat:  # noqa: C901 (one branch per to
             else:
                 token = _required_token(relaxed_ops)
 
-    required, prefix, suffix = ((), "", "") if caseless else _literal_check(ops, anchors)
     return CompiledFormat(
         format=fmt,
         regex=regex,
@@ -753,10 +1177,6 @@ def compile_format(fmt: str) -> CompiledFormat:  # noqa: C901 (one branch per to
         _pieces=pieces,
         _flags=flags,
         _anchors=anchors,
-        _required_runs=required,
-        _prefix=prefix,
-        _suffix=suffix,
-        _relaxed_check=relaxed_check,
     )
 
 

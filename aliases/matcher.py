@@ -17,7 +17,9 @@ st2#2293). Squall:
   listing the candidates;
 * answers an unmatched command with "did you mean" suggestions from the display strings;
 * never matches disabled aliases nor display-only formats; `match_multiple` formats are a second pass
-  (only when nothing else matched) that may yield several matches (`match_all`).
+  (only when nothing else matched) that may yield several matches (`match_all`);
+* refuses a message whose matching runs past its budget (`MATCH_BUDGET`, grammar deviation 12) with
+  `CommandTooComplex`: one long, repetitive message must not hold the event loop, chat and the API.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from typing import Any
 
 from aliases.grammar import (
     MAX_PATH,
+    TOO_COMPLEX,
     AliasFormatError,
     AliasParseError,
     CompiledFormat,
+    MessageTooComplex,
     Prepared,
     compile_format,
     prepare,
@@ -40,7 +44,7 @@ from aliases.grammar import (
 from aliases.model import Alias, check_overrides, datastore_immutables, inject_immutable
 from engine.actions import Action
 
-__all__ = ["AliasMatch", "AliasMatchError", "AliasMatcher", "AmbiguousCommand", "NoMatch"]
+__all__ = ["AliasMatch", "AliasMatchError", "AliasMatcher", "AmbiguousCommand", "CommandTooComplex", "NoMatch"]
 
 
 @dataclass
@@ -97,6 +101,18 @@ class NoMatch(AliasMatchError):
         self.command = command
         hint = f"; did you mean: {' | '.join(suggestions)}" if suggestions else ""
         super().__init__(f"Command '{_short(command)}' matched no patterns{hint}")
+
+
+class CommandTooComplex(NoMatch):
+    """Matching the command was stopped when it ran past its budget: the reply is `str(exc)`.
+
+    A `NoMatch` (with no suggestions), so a caller that knows only `NoMatch` treats the command as
+    matching nothing; callers that answer people should say this exception's text instead."""
+
+    def __init__(self, command: str = "") -> None:
+        self.suggestions = []
+        self.command = command
+        AliasMatchError.__init__(self, TOO_COMPLEX)
 
 
 class AmbiguousCommand(AliasMatchError):
@@ -268,21 +284,31 @@ class AliasMatcher:
         return matches[0]
 
     def match(self, text: str) -> AliasMatch:
-        """The best alias format for `text`; `NoMatch` or `AmbiguousCommand` otherwise.
+        """The best alias format for `text`; `NoMatch`, `AmbiguousCommand` or `CommandTooComplex` otherwise.
 
         For a `match_multiple` format that fits several times, this is the first fit (see `match_all`).
         """
-        found = self._first_pass(prepare(text))
-        if found:
-            return self._decide(found, text)
-        return self.match_all(text)[0]
+        return self._match(text, every=False)[0]
 
     def match_all(self, text: str) -> list[AliasMatch]:
         """Like `match`, but a `match_multiple` format yields one match per fit in the message."""
+        return self._match(text, every=True)
+
+    def _match(self, text: str, every: bool) -> list[AliasMatch]:
+        """Both passes over one prepared message, each format tried at most once (`every`: all the fits
+        of a `match_multiple` format, else its first)."""
         prepared = prepare(text)
-        found = self._first_pass(prepared)
-        if found:
-            return [self._decide(found, text)]
+        try:
+            found = self._first_pass(prepared)
+            if found:
+                return [self._decide(found, text)]
+            matches = self._second_pass(prepared, text)
+        except MessageTooComplex:
+            raise CommandTooComplex(text) from None
+        return matches if every else matches[:1]
+
+    def _second_pass(self, prepared: Prepared, text: str) -> list[AliasMatch]:
+        """The `match_multiple` formats, when no other format fits: the best one's fits."""
         multi: list[tuple[_Entry, list[dict[str, Any]]]] = []
         best: tuple[int, int] | None = None
         for entry in self._multiple:
@@ -409,5 +435,8 @@ class AliasMatcher:
     def linear_match(self, text: str) -> list[AliasMatch]:
         """Every single-pass format that fits, by trying each one (no index): for tests and benchmarks."""
         prepared = prepare(text)
-        return [AliasMatch(e.alias, e.display, e.representation, v) for e in self._singles
-                if (v := e.compiled.extract(prepared)) is not None]
+        try:
+            return [AliasMatch(e.alias, e.display, e.representation, v) for e in self._singles
+                    if (v := e.compiled.extract(prepared)) is not None]
+        except MessageTooComplex:
+            raise CommandTooComplex(text) from None

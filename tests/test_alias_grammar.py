@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import time
+from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aliases import AliasParseError, extract_multiple, extract_parameters
-from aliases.grammar import AliasFormatError, _Scanner, compile_format, normalise, prepare, split_pairs
+from aliases import AliasParseError, extract_multiple, extract_parameters, grammar
+from aliases.grammar import (
+    TOO_COMPLEX,
+    AliasFormatError,
+    MessageTooComplex,
+    _Scanner,
+    compile_format,
+    normalise,
+    prepare,
+    split_pairs,
+)
 
 NO_MATCH = None
 ROW7 = "(run|execute) {{cmd}}( on {{hosts=localhost}})?[!.]?"
@@ -373,6 +385,35 @@ def test_arbitrary_formats(fmt: str, message: str) -> None:
     assert all(isinstance(v, str | int | float) for v in values.values())
 
 
+@pytest.mark.parametrize(("fmt", "fits", "misfits"), [
+    ("{d", "{d", "d"),  # `regex` refused the format at the first message: "expected }"
+    ("ping a{e}", "ping a{e}", "ping b"),  # to `regex`, `{e}` is a fuzzy match: any number of errors
+    ("[[:alpha:]]x", "a]x", "bx"),  # to `regex`, a POSIX class (to `re`, a class and `]x`)
+    ("[]{]+ {{n}}", "{] 5", "x 5"),
+    ("go a{,2} {{n}}", "go aa 5", "go aaa 5"),
+])
+def test_the_budgeted_engine_reads_a_format_as_re_does(fmt: str, fits: str, misfits: str) -> None:
+    assert extract_parameters(fmt, fits) is not None
+    with pytest.raises(AliasParseError, match="doesn't match"):
+        extract_parameters(fmt, misfits)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # re's "possible nested set" on random formats
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fmt=st.text(alphabet=st.sampled_from(list("ab {}=:de()|?*+^$\\[]'\",012-")), max_size=16),
+       messages=st.lists(st.text(alphabet=st.sampled_from(list("ab {}=:d012e[]\"'x-")), max_size=10), max_size=8))
+def test_the_budgeted_engine_matches_as_re_does(fmt: str, messages: list[str]) -> None:
+    # Formats are analysed with `re` and run on `regex` (deviation 12): both must find the same fits.
+    try:
+        pattern = compile_format(fmt).regex
+    except AliasParseError:
+        return
+    budgeted = grammar._compile(pattern.pattern, grammar._engine().DOTALL)
+    for message in messages:
+        ours, theirs = budgeted.search(message), pattern.search(message)
+        assert (ours and ours.groups()) == (theirs and theirs.groups()), (fmt, message)
+
+
 def _pairs_by_tokenizer(text: str) -> tuple[str, dict[str, str]]:
     tokens = list(_Scanner(text).tokens())
     first = len(tokens)
@@ -404,3 +445,165 @@ def test_fast_pair_split_agrees_with_the_tokenizer(text: str) -> None:
 ])
 def test_a_closing_quote_goes_only_with_its_opening_quote(fmt: str, message: str, expected: dict) -> None:
     assert extract_parameters(fmt, message) == expected
+
+
+# -- bounded matching (deviation 12) -------------------------------------------------------------
+
+class _Counting:
+    """A format's compiled regex, counting its runs into `runs`."""
+
+    def __init__(self, engine: Any, runs: list[str]) -> None:
+        self.engine = engine
+        self.runs = runs
+
+    def search(self, *args: Any) -> Any:
+        self.runs.append(self.engine.pattern)
+        return self.engine.search(*args)
+
+    def finditer(self, *args: Any, **kwargs: Any) -> Any:
+        self.runs.append(self.engine.pattern)
+        return self.engine.finditer(*args, **kwargs)
+
+
+@pytest.fixture
+def regex_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The format regexes run (`search` / `finditer`), one entry each; the pre-check is not counted."""
+    runs: list[str] = []
+    compiled = grammar._Variant._compiled
+    monkeypatch.setattr(grammar._Variant, "_compiled", lambda variant: _Counting(compiled(variant), runs))
+    return runs
+
+
+# Chat-sized messages (~39,000 characters, under Slack's 40,000) that do not fit, each a shape whose
+# regex backtracks for seconds (quadratic or cubic in the words) and that the pre-check reads.
+ADVERSARIAL = [
+    ("a typed placeholder at the end", "scale {{a}} {{b}} to {{word:d}}", "scale " + "to " * 13_000 + "x"),
+    ("a case-insensitive format", "(?i)restart {{svc}} on {{host}} now", "restart " + "on " * 13_000),
+    ("a character class at the end", "deploy {{a}} {{b}} {{c}}[.!]", "deploy " + "w " * 19_000),
+    ("the author's anchors", r"^\s*stop {{a}} {{b}} now\s*$", "stop " + "x " * 19_000 + "now!"),
+    ("a case-insensitive end", "(?i)tag {{a}} {{b}} as DONE", "tag " + "as " * 13_000 + "dune"),
+]
+
+
+@pytest.mark.parametrize(("fmt", "message"), [a[1:] for a in ADVERSARIAL], ids=[a[0] for a in ADVERSARIAL])
+def test_the_pre_check_turns_adversarial_messages_away_without_the_regex(regex_runs: list[str], fmt: str,
+                                                                         message: str) -> None:
+    with pytest.raises(AliasParseError, match="doesn't match format string"):
+        extract_parameters(fmt, message)
+    assert regex_runs == []
+
+
+def test_a_fitting_long_message_still_runs_the_regex(regex_runs: list[str]) -> None:
+    message = "scale " + "to " * 13_000 + "5"
+    assert extract_parameters("scale {{a}} {{b}} to {{word:d}}", message) == {
+        "a": "to", "b": " ".join(["to"] * 12_998), "word": 5}
+    assert len(regex_runs) == 1
+
+
+def test_a_message_the_pre_check_lets_through_is_refused_past_its_budget(regex_runs: list[str]) -> None:
+    # It ends as the format must (a number) and holds ` to `: only the regex can tell it does not fit,
+    # trying every split of 13,000 words between `a` and `b`. It is stopped and refused instead.
+    message = "scale " + "to " * 13_000 + "5 5"
+    with pytest.raises(MessageTooComplex) as caught:
+        extract_parameters("scale {{a}} {{b}} to {{word:d}}", message)
+    assert isinstance(caught.value, AliasParseError)
+    assert caught.value.reason == TOO_COMPLEX == str(caught.value)
+    assert caught.value.format == "scale {{a}} {{b}} to {{word:d}}" and caught.value.message == message
+    assert len(regex_runs) == 1
+
+
+def test_every_regex_run_is_within_the_messages_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grammar, "MATCH_BUDGET", 0.0)  # nothing left: the first run is refused
+    for run in (lambda: extract_parameters("run {{cmd}}", "run x"),
+                lambda: extract_parameters("run {{cmd}}", "run " + "x" * 1_000),
+                lambda: extract_parameters("", "a=1"),
+                lambda: extract_multiple("dup {{x}}", "dup 1")):
+        with pytest.raises(MessageTooComplex):
+            run()
+
+
+def test_long_multi_line_commands_match_as_before() -> None:
+    # ~90 KB of script (the chat's limit is 100,000 characters) with quotes, braces and 2,000 ` on `.
+    script = "\n".join(f'echo "line {i}" on host{i % 7} {{"k": {i}}}; sleep 1' for i in range(2_000))
+    body = "\n".join(f"line {i}" for i in range(1_000))
+    cases = [
+        ("run {{cmd}} on {{hosts}}", f"run {script} on web1,web2"),
+        ("run {{cmd}} on {{hosts}}", f'run {script}\non web1 body="{body}"'),
+        ("run {{cmd}}", f'run "{script}"'),
+        ("post {{msg}} to {{where=#ops}}", f"post {script} to #dev\n"),
+        ("(?i)RUN {{cmd}} on {{hosts}}", f"run {script} on web1"),
+        ("run {{cmd}} x{{n:d}}", f"run {script} x3"),
+    ]
+    for fmt, message in cases:
+        compiled = compile_format(fmt)
+        prepared = prepare(message)
+        before = compiled.regex.search(prepared.stream)  # `re`, as before deviation 12, with no budget
+        assert before is not None, fmt
+        assert extract_parameters(fmt, message) == compiled._values(before, prepared), fmt
+    plain = script.replace(" on ", " at ")
+    assert extract_parameters("run {{cmd}} on {{hosts}}", f"run {plain} on web1") == {"cmd": plain, "hosts": "web1"}
+
+
+def test_matching_leaves_the_global_random_numbers_alone() -> None:
+    # `regex`'s own pattern cache, when full (500), drops entries with the global `random`: a seeded
+    # caller's numbers would change with the formats matched. Format regexes stay out of it.
+    random.seed(7)
+    state = random.getstate()
+    for i in range(600):
+        assert extract_parameters(f"(?i)seed{i} {{{{a}}}}[.!]", f"SEED{i} x " + "y" * 200 + "!") == {
+            "a": "x " + "y" * 200}
+    assert random.getstate() == state
+
+
+def test_information_separators_are_spaces() -> None:
+    # `str.split` and `re`'s `\s` count U+001C-U+001F as spaces, `regex`'s `\s` does not: made plain.
+    assert normalise("a\x1cb\x1dc\x1ed\x1fe") == "a b c d e"
+    assert extract_parameters("run {{cmd}}", "run\x1ca\x1fb\x1e") == {"cmd": "a b"}
+    assert extract_parameters("x {{a:S}}", "x y\x1f") == {"a": "y"}
+
+
+CHECKED = [
+    "scale {{a}} {{b}} to {{n:d}}", "(?i)restart {{svc}} on {{host}} now", "deploy {{a}} {{b}} {{c}}[.!]",
+    r"^\s*stop {{a}}\s+now\s*$", "(?i)Ping {{h:w}}!", " lead {{x}}", "{{a}}{{b}}x", r"tail {{a}} \d{{b}}",
+    "(?m)^x {{a}}$", "(?i:on) {{a}} [^a-c]", "{{a}} {{b:f}}", "ß {{a}} K", "(?i)ß {{a}} K", "{{a=1}} [.!]?",
+    r"go\b{{a}}", "x(?=y){{a}}", "{{a:x}} {{b:l}}", "say {{a}}( now)?",
+]
+WORDS = st.sampled_from(["scale", "to", "5", "-3", "0x1f", "2.5", "x", "X", "y", "restart", "RESTART", "on", "ON",
+                         "now", "NOW", "deploy", "w", ".", "!", "stop", "ping", "Ping", "lead", "tail", '"', "'", "{",
+                         "}", "é", "ß", "SS", "k", "K", "\u212a", "\n", " ", "\t", "\u2028", "a", "d"])
+
+
+@settings(max_examples=600, deadline=None)
+@given(fmt=st.sampled_from(CHECKED), words=st.lists(WORDS, max_size=10), sep=st.sampled_from([" ", "", "  ", "\n"]))
+def test_the_pre_check_never_turns_a_fitting_message_away(fmt: str, words: list[str], sep: str) -> None:
+    compiled = compile_format(fmt)
+    message = sep.join(words)
+    prepared = prepare(message)
+    found = compiled.regex.search(prepared.stream)  # `re`, without the pre-check
+    with mock.patch.object(grammar, "CHECKED_FROM", 0):  # the pre-check on short messages too
+        values = compiled.extract(prepare(message))
+    assert values == (None if found is None else compiled._values(found, prepared))
+
+
+@pytest.mark.parametrize(("fmt", "message"), [
+    ("s (a|aa)+b {{x}}", "s " + "a" * 40 + "c y"),  # a repeat of alternatives: 2^40 ways to split
+    ("s (?:a|a)* {{b}}", "s " + "a" * 55 + "!y"),
+    ("s {{a}} {{b}} {{c}} z", "s " + "' " * 60 + "y"),  # three placeholders
+    ("s {{a}}{{b}}{{c}} z", "s " + "'" * 60 + "y"),  # 612 ms on `re`
+])
+def test_a_short_message_on_a_format_that_may_backtrack_long_stays_in_the_budget(fmt: str, message: str) -> None:
+    # Short messages run on `re` (several times faster) only for formats whose backtracking grows at
+    # most with the square of the message's length; on these `re` would hold the loop for seconds or
+    # for good, and the budgeted engine stops them instead.
+    assert len(prepare(message).stream) < grammar.CHECKED_FROM
+    with pytest.raises(MessageTooComplex):
+        extract_parameters(fmt, message)
+
+
+@pytest.mark.parametrize(("fmt", "on_re"), [
+    ("ping {{host}}", True), ("restart {{svc}} on {{host}}", True), ("run {{cmd}} on {{hosts=localhost}}", True),
+    ("scale {{a}} {{b}} to {{n:d}}", False), ("s (a|aa)+ {{x}}", False), ("x(?=.*y) {{a}}", False),
+    ("(?m)^ping {{h}}$", True), ("(?m)^ping {{h}} {{g}}$", False),
+])
+def test_which_formats_short_messages_run_on_re(fmt: str, on_re: bool) -> None:
+    assert grammar._runs_on_re(compile_format(fmt).regex) is on_re

@@ -23,7 +23,8 @@ from aliases import (
     inject_immutable,
     load_aliases,
 )
-from aliases.grammar import compile_format
+from aliases.grammar import TOO_COMPLEX, compile_format
+from aliases.matcher import CommandTooComplex
 from bot.app import load_packs
 from engine.config import Config
 from engine.parameters import ParameterError
@@ -279,6 +280,42 @@ def test_match_multiple_is_a_second_pass() -> None:
     assert len(matcher.match_all("close ABC-1 as duplicate of XY-22")) == 1
     with pytest.raises(AmbiguousCommand):
         AliasMatcher([alias("d1", DUPLICATE), alias("d2", DUPLICATE)]).match_all("duplicate of AB-1")
+
+
+def test_match_tries_each_format_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `match` ran the first pass again (through `match_all`) when nothing fitted: twice the regex work.
+    passes: list[str] = []
+    first_pass = AliasMatcher._first_pass
+    monkeypatch.setattr(AliasMatcher, "_first_pass",
+                        lambda self, prepared: passes.append(prepared.text) or first_pass(self, prepared))
+    matcher = AliasMatcher([alias("scale", "scale {{a}} {{b}} to {{n:d}}"), alias("dup", DUPLICATE)])
+    with pytest.raises(NoMatch):
+        matcher.match("scale a b to c")
+    assert passes == ["scale a b to c"]
+    assert matcher.match("duplicate of AB-1 and duplicate of CD-2").parameters == {"issue_key": "AB-1"}
+    assert len(passes) == 2
+    assert [m.parameters for m in matcher.match_all("duplicate of AB-1 and duplicate of CD-2")] == [
+        {"issue_key": "AB-1"}, {"issue_key": "CD-2"}]
+    assert len(passes) == 3
+
+
+def test_a_command_past_its_budget_is_refused_with_the_reply() -> None:
+    # Fits the pre-check (ends in a number, holds ` to `), so only the regex can tell, trying every
+    # split of 13,000 words: stopped at the message's budget, and refused (a `NoMatch` to callers that
+    # know only that: the API answers 400 with its text).
+    fmt = "scale {{a}} {{b}} to {{word:d}}"
+    matcher = AliasMatcher([alias("scale", fmt), alias("ping", "ping {{host}}"), alias("dup", DUPLICATE)])
+    command = "scale " + "to " * 13_000 + "5 5"
+    for match in (matcher.match, matcher.match_all, matcher.linear_match):
+        with pytest.raises(CommandTooComplex) as caught:
+            match(command)
+        assert str(caught.value) == TOO_COMPLEX
+        assert isinstance(caught.value, NoMatch) and caught.value.suggestions == []
+        assert caught.value.command == command
+    with pytest.raises(AliasParseError, match="too long or too repetitive"):
+        matcher.match_format("p.scale", fmt, command)
+    assert matcher.match("ping web1").parameters == {"host": "web1"}  # each message has a budget of its own
+    assert matcher.match("scale " + "to " * 13_000 + "5").parameters["word"] == 5
 
 
 def test_match_format_named_by_the_client() -> None:
