@@ -6,7 +6,14 @@ parameters one format extracts from one message, defaults applied, before castin
 """
 
 from aliases.grammar import AliasFormatError, AliasParseError, extract_multiple, extract_parameters
-from aliases.matcher import AliasMatch, AliasMatcher, AliasMatchError, AmbiguousCommand, NoMatch
+from aliases.matcher import (
+    AliasMatch,
+    AliasMatcher,
+    AliasMatchError,
+    AmbiguousCommand,
+    CommandTooComplex,
+    NoMatch,
+)
 from aliases.model import Alias, AliasFormat, cast_alias_parameters, inject_immutable, load_aliases
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "AliasMatcher",
     "AliasParseError",
     "AmbiguousCommand",
+    "CommandTooComplex",
     "NoMatch",
     "cast_alias_parameters",
     "extract_multiple",

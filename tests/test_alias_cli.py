@@ -112,6 +112,19 @@ def test_alias_match_multiple(home: Path, alias_pack: Path) -> None:
     assert [d["parameters"] for d in json.loads(done.stdout)] == [{"app": "AB-1"}, {"app": "CD-2"}]
 
 
+def test_alias_match_too_complex_says_so(home: Path, alias_pack: Path) -> None:
+    write(alias_pack / "aliases" / "scale.yaml", """
+        name: scale
+        action_ref: fleet.launch
+        formats: ["scale {{app}} {{env}} to {{replicas:d}}"]
+    """)
+    done = squall(home, "alias", "match", "scale " + "to " * 13_000 + "5 5", "--json")
+    assert done.returncode == 1
+    assert "too long or too repetitive" in done.stderr and "no alias matches" not in done.stderr
+    assert json.loads(done.stdout) == {"error": "That message is too long or too repetitive to match against the "
+                                                "aliases; shorten it.", "suggestions": []}
+
+
 def test_alias_no_match_suggests(home: Path, alias_pack: Path) -> None:
     done = squall(home, "alias", "match", "lanch web to prod")
     assert done.returncode == 1

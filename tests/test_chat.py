@@ -935,3 +935,24 @@ async def test_zero_width_spaces_and_boms_are_dropped_not_made_spaces(chat) -> N
     await settle(squall, bot)
     ran = await squall.executions.list(action="demo.greet")
     assert sorted(e["parameters"]["who"] for e in ran) == ["web1", "web2", "web3", "web4"]
+
+
+async def test_a_command_too_complex_to_match_is_refused_in_its_thread(home: Path) -> None:
+    # A long, repetitive message is stopped at its matching budget (`aliases.grammar`): the sender is
+    # told why, not "I don't know" (which reads as a typo) nor anything a built-in makes of it.
+    _config(home)
+    write(home / "packs" / "demo" / "aliases" / "scale.yaml", """
+        name: scale
+        action_ref: demo.greet
+        description: Scale something.
+        formats: ["scale {{who}} {{times}} to {{n:d}}"]
+    """)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!scale " + "to " * 13_000 + "5 5")
+        await loopback.say("!greet web1")
+        await settle(squall, bot)
+        texts = loopback.texts()
+        assert texts[0] == "That message is too long or too repetitive to match against the aliases; shorten it."
+        assert "hello web1" in texts
+        [greeted] = await squall.executions.list(action="demo.greet")
+        assert greeted["parameters"]["who"] == "web1"

@@ -71,6 +71,11 @@ def _webx(home: Path) -> None:
             description: "{SCRIPT}"
             formats: ["deploy {{{{app}}}} now"]
         """)
+    write(pack / "aliases" / "scale.yaml", """
+        name: scale
+        action_ref: webx.noop
+        formats: ["scale {{a}} {{b}} to {{n:d}}"]
+    """)
 
 
 @pytest.fixture
@@ -186,6 +191,9 @@ async def test_try_a_message_explains_no_match_and_ambiguity(web: Web) -> None:
     assert "<strong>webx.one</strong>" in several and "<strong>webx.two</strong>" in several
     assert "{&#34;app&#34;: &#34;api&#34;}" in several or '{"app": "api"}' in several
     assert "Type a message" in await tried("   ")
+    # a message that runs past the matching budget says so, not "no alias matches"
+    repetitive = await tried("scale " + "to " * 1300 + "5 5")
+    assert "too long or too repetitive" in repetitive and "No alias matches" not in repetitive
 
 
 # -- rules, triggers, webhooks ----------------------------------------------------------------------
@@ -296,7 +304,7 @@ async def test_packs_show_version_contents_problems_and_masked_config(web: Web) 
     assert '<a href="/packs/webx">webx</a>' in listed and "2.1.0" in listed
     assert SCRIPT not in listed and "&lt;script&gt;" in listed
     page = (await viewer.get("/packs/webx")).text
-    assert "webx.noop" in page and "webx.one" in page and "Aliases (2)" in page
+    assert "webx.noop" in page and "webx.one" in page and "Aliases (3)" in page
     assert PACK_SECRET not in page and page.count(MASK) >= 2 and "bob" in page and "eu" in page
     demo = (await viewer.get("/packs/demo")).text
     assert '<a href="/rules/demo.on_build">' in demo and "This pack has no config." in demo

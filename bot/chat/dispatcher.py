@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Adapter, Message, Reply
-from aliases import Alias, AliasMatch, AliasMatcher, AmbiguousCommand, NoMatch
+from aliases import Alias, AliasMatch, AliasMatcher, AmbiguousCommand, CommandTooComplex, NoMatch
 from aliases.grammar import normalise
 from aliases.rank import RANKERS, Ranked, Ranker, make_ranker
 from bot.chat import help as chat_help
@@ -346,6 +346,11 @@ class Dispatcher:
             listed = "\n".join(f"• {c.display or c.representation} ({c.alias.ref})" for c in exc.candidates)
             await self.say(message, f"That matches more than one command equally well:\n{listed}\nPlease be more "
                                     "specific.")
+            return
+        except CommandTooComplex as exc:
+            # Matching ran past its budget: say so, rather than "I don't know" or a built-in's reading.
+            metrics.count(metrics.chat_commands, message.adapter, "unmatched")
+            await self.say(message, str(exc))
             return
         except NoMatch as exc:
             # Built-in commands answer only words no pack alias claims.

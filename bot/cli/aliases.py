@@ -78,13 +78,18 @@ def _line(document: dict[str, Any]) -> str:
 def alias_match(text: Annotated[str, typer.Argument(help="A chat message, without the bot prefix.")],
                 as_json: JsonOption = False) -> None:
     """Which alias and format a message selects, and the parameters it extracts (before casting)."""
-    from aliases import AliasMatcher, AmbiguousCommand, NoMatch
+    from aliases import AliasMatcher, AmbiguousCommand, CommandTooComplex, NoMatch
 
     aliases, errors = _load()
     _warn(errors)
     matcher = AliasMatcher(aliases)
     try:
         matches = matcher.match_all(text)
+    except CommandTooComplex as exc:
+        err.print(f"[red]too complex:[/red] {escape(str(exc))}", markup=True, highlight=False)
+        if as_json:
+            print_json({"error": str(exc), "suggestions": []})
+        raise typer.Exit(1) from None
     except NoMatch as exc:
         err.print(f"[red]no match:[/red] no alias matches {escape(repr(text))}", markup=True, highlight=False)
         if exc.suggestions:

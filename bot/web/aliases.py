@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from aliases import Alias, AmbiguousCommand, NoMatch
+from aliases import Alias, AmbiguousCommand, CommandTooComplex, NoMatch
 from bot.accounts import Session
 from bot.chat.auth import Authorizer
 from bot.web.pages import PageRoute, render
@@ -46,6 +46,8 @@ def _tried(request: Request, message: str) -> dict[str, Any]:
     commands = request.app.state.squall.chat.commands
     try:
         return {"message": message, "match": commands.match(message)}
+    except CommandTooComplex as exc:
+        return {"message": message[:200], "problem": str(exc)}
     except NoMatch as exc:
         return {"message": message, "none": exc}
     except AmbiguousCommand as exc:
