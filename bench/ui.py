@@ -325,7 +325,7 @@ async def _live_run(base: str, lines: int) -> tuple[list[float], list[float]]:
         opened = asyncio.Event(), asyncio.Event()
         tasks = [asyncio.create_task(_follow(page, f"/live/executions/{execution_id}", "stdout", ui, opened[0])),
                  asyncio.create_task(_follow(key, f"/stream/v1/executions/{execution_id}/output",
-                                             "st2.execution_output__create", api, opened[1]))]
+                                             "st2.execution.output__create", api, opened[1]))]
         await asyncio.wait_for(asyncio.gather(*tasks), 120)
     return ui, api
 

@@ -225,6 +225,8 @@ async def cancel_execution(execution_id: str, request: Request) -> dict[str, Any
 OUTPUT_TYPES = ("all", "stdout", "stderr")
 #: Seconds between the stream's keep-alive comments, so proxies keep a quiet tail open.
 PING_SECONDS = 15
+#: A stored output chunk's event, on this live tail and on the event stream (`bot/http/stream.py`).
+OUTPUT_CREATE = "st2.execution.output__create"
 
 
 def _output_type(output_type: str) -> str | None:
@@ -261,15 +263,16 @@ async def _stored_chunks(squall: Any, execution_id: str, stream: str | None) -> 
 
 @stream_router.get("/executions/{execution_id}/output", tags=["stream"])
 async def execution_output_stream(execution_id: str, request: Request, output_type: str = "all") -> EventSourceResponse:
-    """StackStorm's live tail (spec §10.3): one `st2.execution_output__create` event per chunk, its data
-    the chunk as JSON (`execution_id`, `output_type`, `data`, `timestamp`), ending when the execution ends."""
+    """StackStorm's live tail (spec §10.3): one `st2.execution.output__create` event per chunk (the name
+    StackStorm's st2stream sends and st2web listens for), its data the chunk as JSON (`execution_id`,
+    `output_type`, `data`, `timestamp`), ending when the execution ends."""
     stream = _output_type(output_type)
     record = await _find_execution(request, execution_id)
     squall = api_state(request).squall
 
     async def events() -> AsyncIterator[dict[str, str]]:
         async for row in follow_output(squall.executions, record["id"], stream=stream):
-            yield {"event": "st2.execution_output__create", "id": str(row["id"]),
+            yield {"event": OUTPUT_CREATE, "id": str(row["id"]),
                    "data": json.dumps({"execution_id": row["execution_id"], "action_ref": record["action"],
                                        "runner_ref": record["runner"], "output_type": row["stream"],
                                        "data": row["data"], "timestamp": iso(row["timestamp"])})}

@@ -36,7 +36,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from sse_starlette import EventSourceResponse
 
-from bot.http.executions import MAX_CHILDREN, PING_SECONDS, execution_doc
+from bot.http.executions import MAX_CHILDREN, OUTPUT_CREATE, PING_SECONDS, execution_doc
 from bot.http.state import api_state
 from engine.executions import COMPLETED, STATUSES, ExecutionNotFound, public
 from engine.live import POLL_SECONDS, Wakeup
@@ -46,7 +46,6 @@ router = APIRouter()
 
 EXECUTION_CREATE = "st2.execution__create"
 EXECUTION_UPDATE = "st2.execution__update"
-OUTPUT_CREATE = "st2.execution.output__create"
 #: StackStorm's events when the request names none (st2stream's `DEFAULT_EVENTS_WHITELIST`): no output.
 DEFAULT_EVENTS = ("st2.announcement__*", "st2.execution__create", "st2.execution__update", "st2.execution__delete",
                   "st2.liveaction__create", "st2.liveaction__update", "st2.liveaction__delete")
