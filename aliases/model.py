@@ -212,8 +212,16 @@ def _permissions(data: dict[str, Any], fail: Any) -> dict[str, Any]:
         for kind, names in rules.items():
             if names is None:
                 continue
-            if not isinstance(names, list) or not all(isinstance(n, str | int) for n in names):
-                raise fail(f"'permissions.{side}.{kind}' must be a list of names", "permissions", side, kind)
+            # A YAML number is a channel's name (an IRC or Mattermost id may be digits), never a
+            # user's, group's or adapter's: `007` reads as 7, and a deny list that names nobody
+            # lets everybody in. As config's `auth.aliases` (`engine.config._names`).
+            kinds = (str, int) if kind == "channels" else (str,)
+            if not isinstance(names, list) or not all(isinstance(n, kinds) and not isinstance(n, bool)
+                                                      for n in names):
+                quote = (" (quote a name that looks like a number)"
+                         if isinstance(names, list) and any(isinstance(n, int | float) for n in names) else "")
+                raise fail(f"'permissions.{side}.{kind}' must be a list of names, such as [root], not {names!r}"
+                           f"{quote}", "permissions", side, kind)
     return perms
 
 

@@ -434,6 +434,10 @@ def test_load_aliases_reads_the_whole_schema(home: Path, config: Config) -> None
     ("name: x\naction_ref: demo.deploy\nformats: [x]\npermissions: {allow: {user: [a]}}\n", 4,
      "unknown permissions.allow list 'user' (did you mean 'users'?)"),
     ("name: x\naction_ref: demo.deploy\nformats: [x]\npermissions: {allow: {users: a}}\n", 4, "must be a list"),
+    # A YAML number never equals a user's name (`007` is 7): a deny list of them denied nobody.
+    ("name: x\naction_ref: demo.deploy\nformats: [x]\npermissions: {deny: {users: [12345]}}\n", 4,
+     "'permissions.deny.users' must be a list of names, such as [root], not [12345] (quote a name that looks "
+     "like a number)"),
     ("name: x\naction_ref: demo.deploy\nformats: [x]\nconfirm: {ttl: -1}\n", 4, "'confirm.ttl' must be"),
     ("name: x\naction_ref: demo.deploy\nformats: [x]\nconfirm: yes please\n", 4, "'confirm' must be"),
     ("name: x\naction_ref: demo.deploy\nformats: [x]\nack: {fromat: x}\n", 4, "unknown ack attribute 'fromat'"),
