@@ -308,8 +308,8 @@ def _sink(config: Any, where: str, kind: str, spec: dict[str, Any]) -> Any:
                           f"{', '.join(sorted(known))}")
     try:
         if kind == "file":
-            path = Path(spec.get("path") or "data/audit.jsonl")
-            path = path if path.is_absolute() else config.base_dir / path
+            # No path: `audit.jsonl` in `data_dir`, where the rest of the service's state is.
+            path = config.base_dir / spec["path"] if spec.get("path") else config.data_dir / "audit.jsonl"
             return FileSink(path, int(spec.get("max_bytes", 10 * 1024 * 1024)), int(spec.get("backups", 5)))
         if kind == "syslog":
             facility = spec.get("facility", "auth")

@@ -536,3 +536,14 @@ async def test_a_cli_command_run_by_an_api_execution_acts_for_its_api_user(
         assert await squall.db(acting_for, store) == (current_user(), "cli", {})
     finally:
         await squall.close()
+
+
+def test_a_file_sink_without_a_path_writes_in_the_data_dir(home: Path) -> None:
+    # It wrote `data/audit.jsonl` beside the config whatever `data_dir` said: a read-only
+    # config folder, or two services sharing one, met there.
+    from engine.audit_sinks import build
+
+    config = _with(home, "    - {type: file}\n    - {type: file, path: logs/audit.jsonl}\n")
+    config.write_text(config.read_text() + "data_dir: state\n")
+    sinks = build(load_config(config))
+    assert [sink.path for sink in sinks] == [home / "state" / "audit.jsonl", home / "logs" / "audit.jsonl"]
