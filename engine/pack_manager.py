@@ -43,6 +43,11 @@ Progress = Callable[[str], None]
 GIT_TIMEOUT = 300.0
 #: Seconds without a step of pip's after which the install says that it is still at work.
 HEARTBEAT = 10.0
+#: What an install does not copy from the pack's folder: version control, byte code, and the
+#: author's tool caches and virtualenvs (a checkout's `.venv` alone may be hundreds of megabytes;
+#: the pack's own virtualenv is built from its requirements).
+LEFT_BEHIND = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+                                     ".tox", ".nox", ".venv", ".eggs")
 
 
 class PackInstallError(Exception):
@@ -706,7 +711,7 @@ def _install_one(item: _Planned, install_path: Path, virtualenvs: Path, progress
         staging, fresh = install_path / f".{ref}.installing", venv.with_name(f"{ref}.new")
         progress(f"copying {ref} {item.pack.version} to {target}")
         try:
-            shutil.copytree(item.folder, staging, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc"))
+            shutil.copytree(item.folder, staging, ignore=LEFT_BEHIND)
             requirements = (staging / "requirements.txt").is_file()
             if requirements:
                 # Requirements that cannot be installed do not stop the install: they are recorded in

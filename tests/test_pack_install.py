@@ -242,6 +242,22 @@ def test_an_install_clears_what_interrupted_installs_left(tmp_path: Path) -> Non
     assert not (venvs / "demo.new").exists() and not (venvs / "other.new").exists()
 
 
+def test_an_install_leaves_the_authors_caches_and_virtualenv_behind(tmp_path: Path) -> None:
+    # A pack installed from its author's checkout carried their `.pytest_cache`, `.tox` and
+    # `.venv` (hundreds of megabytes) into the packs folder; its tests and code are the pack's.
+    source = pack_source(tmp_path / "src" / "demo", "demo", "1.0.0")
+    for junk in (".pytest_cache/v/cache/lastfailed", ".tox/py/bin/python", ".venv/bin/python",
+                 ".mypy_cache/3.11/x.json", ".ruff_cache/0.1/y", "actions/__pycache__/a.cpython-311.pyc"):
+        write(source / junk, "x")
+    write(source / "tests" / "test_actions.py", "def test_x():\n    assert True\n")
+    install(source, tmp_path)
+    installed = tmp_path / "packs" / "demo"
+    assert (installed / "tests" / "test_actions.py").is_file() and (installed / "pack.yaml").is_file()
+    left = [name for name in (".pytest_cache", ".tox", ".venv", ".mypy_cache", ".ruff_cache", "actions/__pycache__")
+            if (installed / name).exists()]
+    assert left == []
+
+
 def test_without_an_atomic_exchange_an_upgrade_replaces_the_pack_all_the_same(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install(pack_source(tmp_path / "src" / "v1", "demo", "1.0.0"), tmp_path)
