@@ -592,18 +592,20 @@ def _compile(pattern: str, flags: int) -> Any:
     """`regex.compile` of an `re` pattern (`_as_re_reads_it`), kept out of `regex`'s own cache: each
     pattern is kept where it is used, and that cache, when full, drops entries chosen with the global
     `random` (a seeded caller's numbers)."""
-    return _engine().compile(_as_re_reads_it(pattern), flags, cache_pattern=False)
+    verbose = bool(re.compile(pattern).flags & re.VERBOSE)
+    return _engine().compile(_as_re_reads_it(pattern, verbose), flags, cache_pattern=False)
 
 
 #: A brace `re` takes as a repeat: `{m}`, `{m,}`, `{m,n}`, `{,n}`, `{,}`.
 _REPEAT = re.compile(r"\{(\d*),?(\d*)\}")
 
 
-def _as_re_reads_it(pattern: str) -> str:
+def _as_re_reads_it(pattern: str, verbose: bool = False) -> str:
     """`pattern` (valid for `re`) spelled so `regex` reads it as `re` does. Two spellings differ:
     a `{` that does not open a repeat is a literal to `re` and a fuzzy constraint (`a{e}`) or an
     error (`{d`) to `regex`; a `[` inside a class is a literal to `re` and opens a POSIX class
-    (`[[:alpha:]]`) to `regex`. Both are escaped; repeats are written with their lower bound."""
+    (`[[:alpha:]]`) to `regex`. Both are escaped; repeats are written with their lower bound.
+    `verbose` (a format starting `(?x)`): a `#` outside a class comments out the rest of its line."""
     out: list[str] = []
     i, n = 0, len(pattern)
     in_class = False
@@ -626,6 +628,12 @@ def _as_re_reads_it(pattern: str) -> str:
             first = start + 1 if pattern.startswith("]", start) else start
             out.append(pattern[i:first].replace("]", "\\]") if first > start else pattern[i:first])
             in_class, i = True, first
+            continue
+        if c == "#" and verbose:
+            end = pattern.find("\n", i)
+            end = n if end < 0 else end
+            out.append(pattern[i:end])
+            i = end
             continue
         if c == "{":
             repeat = _REPEAT.match(pattern, i)

@@ -385,17 +385,24 @@ def test_arbitrary_formats(fmt: str, message: str) -> None:
     assert all(isinstance(v, str | int | float) for v in values.values())
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # re's "possible nested set" on `[[:alpha:]]`
 @pytest.mark.parametrize(("fmt", "fits", "misfits"), [
     ("{d", "{d", "d"),  # `regex` refused the format at the first message: "expected }"
     ("ping a{e}", "ping a{e}", "ping b"),  # to `regex`, `{e}` is a fuzzy match: any number of errors
     ("[[:alpha:]]x", "a]x", "bx"),  # to `regex`, a POSIX class (to `re`, a class and `]x`)
     ("[]{]+ {{n}}", "{] 5", "x 5"),
     ("go a{,2} {{n}}", "go aa 5", "go aaa 5"),
+    # (?x): a `[` in a comment opens no class, so the `{` after it is still a literal
+    ("(?x) ping {{host}} # [see docs\n a{e}", "ping web1 a{e}", "ping web1 b"),
 ])
 def test_the_budgeted_engine_reads_a_format_as_re_does(fmt: str, fits: str, misfits: str) -> None:
     assert extract_parameters(fmt, fits) is not None
     with pytest.raises(AliasParseError, match="doesn't match"):
         extract_parameters(fmt, misfits)
+    # The budgeted engine itself, which long messages meet (short ones may run on `re`):
+    budgeted = grammar._compile(compile_format(fmt).regex.pattern, grammar._engine().DOTALL)
+    assert budgeted.search(prepare(fits).stream) is not None
+    assert budgeted.search(prepare(misfits).stream) is None
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # re's "possible nested set" on random formats
