@@ -380,5 +380,8 @@ if __name__ == "__main__":
     parser.add_argument("--open-rounds", type=int, default=3, help="open-loop runs (the median p99 is judged)")
     parser.add_argument("--no-errbot", action="store_true", help="Squall's figures only")
     arguments = parser.parse_args()
+    for name in ("commands", "in_flight", "rounds", "open_rounds"):
+        if getattr(arguments, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be 1 or more, not {getattr(arguments, name)}")
     asyncio.run(main(arguments.commands, arguments.in_flight, arguments.rate, arguments.rounds,
                      not arguments.no_errbot, arguments.open_rounds))
