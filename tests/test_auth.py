@@ -41,6 +41,10 @@ def test_a_qualified_channel_or_an_adapter_matches_on_that_adapter_only() -> Non
     assert terminal.check(ALIAS, Message(adapter="console", channel="console", user="root", text="restart")).allowed
     refused = terminal.check(ALIAS, message(channel="CEVIL001", channel_name="console"))
     assert not refused.allowed and refused.reason == "ops.restart is allowed only for adapters console"
+    # The API takes the channel a request names: `slack:C024BE91L` there is the API's, not Slack's.
+    spoofed = Message(adapter="api", channel="slack:C024BE91L", user="bob", text="restart")
+    assert not slack_id.check(ALIAS, spoofed).allowed
+    assert not irc_ops.check(ALIAS, Message(adapter="api", channel="irc:#ops", user="bob", text="restart")).allowed
     no_bots = Authorizer.from_config({"aliases": {"ops": {"deny": {"adapters": ["irc"]}}}})
     denied = no_bots.check(ALIAS, Message(adapter="irc", channel="#ops", user="alice", text="restart"))
     assert not denied.allowed and denied.reason == "alice is denied ops.restart (adapter irc)"

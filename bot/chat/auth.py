@@ -90,11 +90,13 @@ class Authorizer:
 
 def _channels(message: Message) -> set[str]:
     """How config may name the message's channel: its id, its name and its name with `#`, each also
-    qualified by the adapter (`slack:C024BE91L`)."""
+    qualified by the adapter (`slack:C024BE91L`). A bare name with a colon would pass for another
+    adapter's qualified one (an API request naming its channel `slack:C024BE91L`); no platform's
+    channel names hold one, so only its qualified form (`api:slack:C024BE91L`) is kept."""
     names = {message.channel}
     if message.channel_name:
         names |= {message.channel_name, f"#{message.channel_name.lstrip('#')}"}
-    return names | {f"{message.adapter}:{name}" for name in names}
+    return {name for name in names if ":" not in name} | {f"{message.adapter}:{name}" for name in names}
 
 
 def _hits(section: Mapping[str, Any], message: Message, groups: Iterable[str], channels: set[str]) -> bool:
