@@ -116,9 +116,13 @@ class AliasFormatError(AliasParseError):
     """The format itself is unusable (not a regex, a bad placeholder, an unknown type letter)."""
 
 
-#: Seconds of regex matching one message may take, over every format it is tried with (deviation 12):
-#: real commands take microseconds, even at the chat's 100,000-character limit.
+#: Seconds of regex matching one message may take, over every format it is tried with (deviation 12),
+#: plus `MATCH_BUDGET_PER_CHAR` for each of its characters: a command takes microseconds, and a script
+#: pasted into `run {{cmd}} on {{hosts}}` a few per character, on each format that nearly fits it
+#: (12,900 characters: 21 ms on `re`, 3.4 times that on `regex`). At the chat's 100,000-character
+#: limit a message may hold the loop for half a second at most, instead of minutes.
 MATCH_BUDGET = 0.05
+MATCH_BUDGET_PER_CHAR = 4e-6
 TOO_COMPLEX = "That message is too long or too repetitive to match against the aliases; shorten it."
 
 
@@ -178,7 +182,7 @@ class Prepared:
     tried with (compiling a format's regex on first use is not counted).
     """
 
-    __slots__ = ("_lead", "_spent", "core", "pairs", "stream", "text", "words")
+    __slots__ = ("_budget", "_lead", "_spent", "core", "pairs", "stream", "text", "words")
 
     def __init__(self, text: str, stream: str, pairs: dict[str, str]) -> None:
         self.text = text
@@ -188,10 +192,16 @@ class Prepared:
         self.words = self.core.split()
         self._spent = 0.0
         self._lead = -1
+        self._budget = MATCH_BUDGET + len(text) * MATCH_BUDGET_PER_CHAR
 
     @property
     def word(self) -> str:
         return self.words[0] if self.words else ""
+
+    @property
+    def backwards(self) -> str:
+        """`core` read from its end (the pre-check's tails of varying width match there)."""
+        return self.core[::-1]
 
     @property
     def span(self) -> tuple[int, int]:
@@ -202,7 +212,7 @@ class Prepared:
 
     def time_left(self) -> float:
         """Seconds of regex matching this message has left."""
-        return MATCH_BUDGET - self._spent
+        return self._budget - self._spent
 
     def spend(self, seconds: float) -> None:
         self._spent += seconds
@@ -730,10 +740,31 @@ def _only_spaces(op: Any, av: Any) -> bool:
     return _is_space_op(op, av) or (op in _REPEATS and all(_is_space_op(o, a) for o, a in av[2]))
 
 
+def _flat(items: Any, last: bool) -> Iterator[tuple[Any, Any]]:
+    """`items` in their order, a group's own items in its place, read from its end when `last`: a
+    group adds nothing to what its sequence matches (one with flags of its own is kept whole)."""
+    for op, av in items:
+        if op is sre.SUBPATTERN and not av[1] and not av[2]:
+            yield from _flat(list(av[3])[::-1] if last else av[3], last)
+        else:
+            yield op, av
+
+
+def _one_char_repeat(op: Any, av: Any) -> str | None:
+    """`C{m,n}` for a repeat of one character class at least once (a typed placeholder's `\\w+`)."""
+    if op not in _REPEATS or av[0] < 1 or len(av[2]) != 1:
+        return None
+    one = _one_char(*av[2][0])
+    if one is None:
+        return None
+    return f"{one}{{{av[0]},}}" if av[1] == sre.MAXREPEAT else f"{one}{{{av[0]},{av[1]}}}"
+
+
 def _chain(ops: list[Any], last: bool) -> list[str]:
-    """Patterns of the characters every match has at the stripped message's start (`last`: end),
-    edge first, when the regex is anchored there: the anchor, spaces, then items one character wide,
-    and the first (last) character of the item after them when it cannot match nothing."""
+    """Patterns of what every match has at the stripped message's start (`last`: end), edge first,
+    when the regex is anchored there: the anchor, spaces, then items one character wide and at most
+    one repeat of one character class (so `as {{user:w}}` at the end asks for ` as ` before the last
+    word), and the first (last) character of the item after them when it cannot match nothing."""
     items = ops[::-1] if last else ops
     if not items or items[0][0] is not sre.AT or items[0][1] not in (_AT_END if last else _AT_BEGIN):
         return []
@@ -741,10 +772,14 @@ def _chain(ops: list[Any], last: bool) -> list[str]:
     while i < len(items) and (items[i][0] in _ZERO_WIDTH or _only_spaces(*items[i])):
         i += 1
     chain: list[str] = []
-    for op, av in items[i:]:
+    repeated = False
+    for op, av in _flat(items[i:], last):
         if op in _ZERO_WIDTH:
             continue
         one = _one_char(op, av)
+        if one is None and not repeated:
+            one = _one_char_repeat(op, av)
+            repeated = one is not None
         if one is not None:
             chain.append(one)
             continue
@@ -764,7 +799,7 @@ def _edge_check(chain: list[str], flags: int, last: bool) -> str | Any | None:
     if any(edge.fullmatch(c) for c in _spaces()):
         return None
     ordered = chain[::-1] if last else chain
-    if not flags & re.IGNORECASE and all(p.startswith("\\U") for p in ordered):
+    if not flags & re.IGNORECASE and all(p.startswith("\\U") and len(p) == 10 for p in ordered):  # `_char`s
         return "".join(chr(int(p[2:], 16)) for p in ordered)
     return _compile("".join(ordered), flags)
 
@@ -791,6 +826,9 @@ class _Check:
                 return False
             if isinstance(self.tail, str):
                 if not stream.endswith(self.tail, 0, end):
+                    return False
+            elif self.tail_width < 0:
+                if self.tail.match(prepared.backwards) is None:
                     return False
             elif self.tail is not None and (end < self.tail_width
                                             or self.tail.fullmatch(stream, end - self.tail_width, end) is None):
@@ -820,8 +858,12 @@ def _build_check(pattern: re.Pattern[str]) -> _Check:
     if tree.state.flags & re.MULTILINE:  # `^` and `$` hold at every line
         return _Check(runs)
     tail_chain = _chain(ops, True)
-    return _Check(runs, _edge_check(_chain(ops, False), flags, False), _edge_check(tail_chain, flags, True),
-                  len(tail_chain))
+    tail = _edge_check(tail_chain, flags, True)
+    if tail is not None and any(p.endswith("}") for p in tail_chain):  # `_one_char_repeat`'s `C{m,n}`
+        # Of varying width: matched from the end of the message read backwards (edge first), which
+        # the chain's order already is; a one-character pattern reads the same either way.
+        return _Check(runs, _edge_check(_chain(ops, False), flags, False), _compile("".join(tail_chain), flags), -1)
+    return _Check(runs, _edge_check(_chain(ops, False), flags, False), tail, len(tail_chain))
 
 
 #: From this length of message on, the pre-check runs before the regex: it costs more than the regex

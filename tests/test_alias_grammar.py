@@ -489,6 +489,12 @@ ADVERSARIAL = [
     ("a character class at the end", "deploy {{a}} {{b}} {{c}}[.!]", "deploy " + "w " * 19_000),
     ("the author's anchors", r"^\s*stop {{a}} {{b}} now\s*$", "stop " + "x " * 19_000 + "now!"),
     ("a case-insensitive end", "(?i)tag {{a}} {{b}} as DONE", "tag " + "as " * 13_000 + "dune"),
+    # A pasted script against the more specific of `run {{cmd}} on {{hosts}}` and this one: each ` on `
+    # is a split to try; the message must end with ` as <word>` (12,900 characters ran out of budget).
+    ("literals before a typed placeholder at the end", "run {{cmd}} on {{hosts}} as {{user:w}}",
+     "run for h in $HOSTS; do\n" + 'echo "restarting nginx on $h as deploy user" || echo "failed on $h"\n' * 600
+     + "done on web1,web2"),
+    ("a repeated literal at the end", "run {{cmd}} on {{hosts}}!+", "run " + "on x! " * 6_000 + "on y"),
 ]
 
 
@@ -519,8 +525,17 @@ def test_a_message_the_pre_check_lets_through_is_refused_past_its_budget(regex_r
     assert len(regex_runs) == 1
 
 
+def test_a_longer_message_has_a_longer_budget() -> None:
+    # A pasted script takes a few microseconds a character on each format that nearly fits it.
+    short, long = prepare("ping web1"), prepare("run " + "x" * 50_000)
+    assert short.time_left() == pytest.approx(grammar.MATCH_BUDGET + 9 * grammar.MATCH_BUDGET_PER_CHAR)
+    assert long.time_left() == pytest.approx(grammar.MATCH_BUDGET + 50_004 * grammar.MATCH_BUDGET_PER_CHAR)
+    assert long.time_left() < 0.5  # the chat's 100,000 characters hold the loop half a second at most
+
+
 def test_every_regex_run_is_within_the_messages_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(grammar, "MATCH_BUDGET", 0.0)  # nothing left: the first run is refused
+    monkeypatch.setattr(grammar, "MATCH_BUDGET_PER_CHAR", 0.0)
     for run in (lambda: extract_parameters("run {{cmd}}", "run x"),
                 lambda: extract_parameters("run {{cmd}}", "run " + "x" * 1_000),
                 lambda: extract_parameters("", "a=1"),
