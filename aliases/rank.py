@@ -10,6 +10,12 @@ placeholder replaced by the words of the message found where that placeholder si
 literal words the message shares with the format). The message's words are copied as text, never
 evaluated, and the caller matches the filled command again before anything runs.
 
+A ranker reads at most `READ_WORDS` words of a message, within its first `READ_CHARS` characters
+(as `AliasMatcher.suggest` reads `text[:200]`): ranking runs on the chat's event loop, and a
+100,000-character message (the command path's `MAX_COMMAND`) read whole, once per alias and format
+tried, held it for a third of a second. A message cut short is ranked on what was read but not
+filled: a command filled from part of it would run with part of what the person typed.
+
 Two rankers share the interface: `LexicalRanker` (the default, no extra dependency: tokens with a
 light stemmer and a few synonyms of operations verbs, weighted by how rare each word is among the
 aliases) and `EmbeddingRanker` (`squall[nl]`: WordLlama's static word embeddings, whose weights ship
@@ -33,7 +39,8 @@ __all__ = ["RANKERS", "EmbeddingRanker", "LexicalRanker", "Ranked", "Ranker", "f
 
 class Ranked(NamedTuple):
     """One alias's resemblance to a message (0..1), and the command filled from the message (None
-    when the format's required parameters cannot be recovered from it)."""
+    when the format's required parameters cannot be recovered from it, or the message is longer than
+    a ranker reads: `READ_WORDS`)."""
 
     alias: Alias
     score: float
@@ -57,6 +64,10 @@ class Ranker(Protocol):
 
 #: How many ranked aliases a ranker returns (and fills): the caller needs the best and the runner-up.
 TOP = 5
+#: How much of a message a ranker reads: its first `READ_WORDS` words within its first `READ_CHARS`
+#: characters. A mistyped command is a few words; the work of a longer message stops growing here.
+READ_WORDS = 300
+READ_CHARS = 3_000
 
 
 # -- words -----------------------------------------------------------------------------------------
@@ -170,7 +181,7 @@ def _quoted(value: str, last: bool) -> str | None:
     return None
 
 
-def fill(representation: str, message: str, vocabulary: frozenset[str] = frozenset(),  # noqa: C901 (one alignment rule per placeholder position)
+def fill(representation: str, message: str, vocabulary: frozenset[str] = frozenset(),
          withheld: Collection[str] = ()) -> str | None:
     """`representation` with its placeholders replaced by the message's words found where each sits;
     None when a required placeholder gets no words or the format is a regex.
@@ -183,11 +194,22 @@ def fill(representation: str, message: str, vocabulary: frozenset[str] = frozens
     stopwords at a value's edges are not values. Values are text: nothing in them is interpreted.
     An optional placeholder named in `withheld` (a secret parameter's) that keeps its default is left
     out, not spelled: the filled command is shown to the person, and matching it applies the default."""
+    words = message.split()
+    return _fill(representation, words, _fill_keys(words), vocabulary, withheld)
+
+
+def _fill_keys(words: list[str]) -> list[str]:
+    """The comparison key of each of a message's words, as `fill` aligns them with a format's."""
+    return [key(w.strip(",.;:!?")) for w in words]
+
+
+def _fill(representation: str, words: list[str], keys: list[str],  # noqa: C901 (one alignment rule per placeholder position)
+          vocabulary: frozenset[str], withheld: Collection[str]) -> str | None:
+    """`fill` of a message already split into `words`, with their `keys` (`_fill_keys`): a ranker
+    computes both once per message, not once per format it tries."""
     pieces = _pieces(representation)
     if pieces is None:
         return None
-    words = message.split()
-    keys = [key(w.strip(",.;:!?")) for w in words]
     # Where each literal word of the format is found in the message (in order), -1 when missing.
     found: list[list[int]] = []
     cursor = 0
@@ -265,6 +287,34 @@ def fill(representation: str, message: str, vocabulary: frozenset[str] = frozens
     return " ".join("".join(out).split())
 
 
+# -- what a ranker reads of a message ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What a ranker reads of one message, computed once per `rank` (not once per alias and format)."""
+
+    text: str                 # the message, or the words read of it when it was cut short
+    tokens: list[str]         # `tokens(text)`, in order
+    query: frozenset[str]     # the same, as a set
+    whole: bool               # whether `text` is all of the message: only then is a command filled from it
+    words: list[str]          # the words a command is filled from (none when cut short)
+    keys: list[str]           # their comparison keys (`_fill_keys`)
+
+
+def _read(message: str) -> _Read:
+    """The first `READ_WORDS` words of `message` within its first `READ_CHARS` characters; all of
+    it, unchanged, when it is no longer."""
+    words = message[:READ_CHARS].split(maxsplit=READ_WORDS)
+    whole = len(message) <= READ_CHARS and len(words) <= READ_WORDS
+    if not whole:
+        text = " ".join(words[:READ_WORDS])
+        read = tokens(text)
+        return _Read(text, read, frozenset(read), False, [], [])
+    read = tokens(message)
+    return _Read(message, read, frozenset(read), True, words, _fill_keys(words))
+
+
 # -- the lexical ranker ----------------------------------------------------------------------------
 
 
@@ -333,8 +383,12 @@ class LexicalRanker:
         return self._index
 
     def scores(self, message: str, aliases: Sequence[Alias]) -> list[tuple[_Doc, float]]:
+        """Each alias's score for `message` (above 0), in the aliases' order."""
+        return self._scores(_read(message), aliases)
+
+    def _scores(self, read: _Read, aliases: Sequence[Alias]) -> list[tuple[_Doc, float]]:
         index = self.index(aliases)
-        query = set(tokens(message))
+        query = read.query
         known = [t for t in query if t in index.idf]
         total = sum(index.idf[t] for t in known)
         if not total:
@@ -353,17 +407,20 @@ class LexicalRanker:
         return scored
 
     def rank(self, message: str, aliases: Sequence[Alias], withheld: Withheld | None = None) -> list[Ranked]:
-        scored = heapq.nlargest(TOP, self.scores(message, aliases), key=lambda item: item[1])
-        return [Ranked(doc.alias, round(score, 4), _filled(doc, message, withheld)) for doc, score in scored]
+        read = _read(message)
+        scored = heapq.nlargest(TOP, self._scores(read, aliases), key=lambda item: item[1])
+        return [Ranked(doc.alias, round(score, 4), _filled(doc, read, withheld)) for doc, score in scored]
 
 
-def _filled(doc: _Doc, message: str, withheld: Withheld | None) -> str | None:
-    """The command filled from `message` with the format whose literal words it says most of."""
-    query = set(tokens(message))
-    ordered = sorted(doc.formats, key=lambda f: -len(f[1] & query))
+def _filled(doc: _Doc, read: _Read, withheld: Withheld | None) -> str | None:
+    """The command filled from the message `read` with the format whose literal words it says most
+    of; None when the message was cut short (a command from part of it would run part of it)."""
+    if not read.whole:
+        return None
+    ordered = sorted(doc.formats, key=lambda f: -len(f[1] & read.query))
     names = withheld(doc.alias) if withheld is not None else ()
     for representation, _ in ordered:
-        filled = fill(representation, message, doc.vocabulary, names)
+        filled = _fill(representation, read.words, read.keys, doc.vocabulary, names)
         if filled is not None:
             return filled
     return None
@@ -407,14 +464,15 @@ class EmbeddingRanker:
         if vectors is None:
             return []
         docs = self.lexical.index(aliases).docs
-        lexical = {id(doc): score for doc, score in self.lexical.scores(message, aliases)}
+        read = _read(message)
+        lexical = {id(doc): score for doc, score in self.lexical._scores(read, aliases)}
         if not lexical:
             return []  # no word of the message is any alias's: nothing to suggest
-        query = self.model.embed([" ".join(tokens(message)) or message], norm=True)[0]
+        query = self.model.embed([" ".join(read.tokens) or read.text], norm=True)[0]
         similarity = vectors @ query
         blended = self.weight * similarity.clip(min=0.0) + (1 - self.weight) * self._lexical_vector(docs, lexical)
         best = [i for i in blended.argsort()[::-1][:TOP] if blended[i] > 0]
-        return [Ranked(docs[i].alias, round(float(blended[i]), 4), _filled(docs[i], message, withheld))
+        return [Ranked(docs[i].alias, round(float(blended[i]), 4), _filled(docs[i], read, withheld))
                 for i in best]
 
     @staticmethod

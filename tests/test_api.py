@@ -666,3 +666,47 @@ async def test_a_rule_put_that_changes_nothing_writes_no_audit_row(squall: Squal
     assert (await client.put("/api/v1/rules/demo.on_build", json={**rule, "enabled": False})).status_code == 200
     [row] = await _audited(squall, "api.rule.disable")
     assert row["target"] == "demo.on_build"
+
+
+# -- the command path's one length limit -----------------------------------------------------------------
+
+@pytest.fixture
+async def roomy(home: Path) -> AsyncIterator[tuple[Squall, httpx.AsyncClient]]:
+    """The API with its default 1 MiB body limit, room for a command past the command path's limit."""
+    config = _home(home) / "config.yml"
+    config.write_text(config.read_text().replace("max_body_bytes: 4096", "max_body_bytes: 1048576"))
+    app = await Squall.start(load_config(config))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(app)), base_url="http://squall",
+                                     headers={"St2-Api-Key": KEY}) as client:
+            yield app, client
+    finally:
+        await app.triggers.settle()
+        await app.close()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/actionalias/match", "/api/v1/aliasexecution",
+                                  "/api/v1/aliasexecution/match_and_execute"])
+async def test_a_command_past_the_chat_s_limit_is_a_400_on_every_alias_route(roomy, path: str) -> None:
+    """Chat refuses a command over 100,000 characters before matching it; the API's alias routes took
+    one up to the 1 MiB body limit and held the event loop matching it. One limit for the command path."""
+    squall, client = roomy
+    too_long = "greet " + "x" * (100_001 - len("greet "))
+    refused = await client.post(path, json={"command": too_long, "user": "zed"})
+    assert refused.status_code == 400, refused.text[:300]
+    assert refused.json()["faultstring"] == "That command is 100,001 characters long; the limit is 100,000."
+    assert await squall.executions.list(action="demo.greet") == []
+
+
+async def test_a_command_at_the_limit_is_still_matched_and_run(roomy) -> None:
+    squall, client = roomy
+    who = "x" * (100_000 - len("greet "))
+    matched = await client.post("/api/v1/actionalias/match", json={"command": f"greet {who}"})
+    assert matched.status_code == 200 and matched.json()["parameters"] == {"who": who}
+    ran = await client.post("/api/v1/aliasexecution", json={"command": f"greet {who}", "user": "zed"})
+    assert ran.status_code == 201, ran.text[:300]
+    assert ran.json()["execution"]["parameters"]["who"] == who
+    await squall.executions.wait(ran.json()["execution"]["id"], timeout=20)
+    refused = await client.post("/api/v1/aliasexecution/match_and_execute",
+                                json={"command": f"secretgreet {who[:-6]}", "user": "mallory"})
+    assert refused.status_code == 403 and "may not run demo.locked" in refused.json()["faultstring"]  # matched

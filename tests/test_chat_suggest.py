@@ -185,3 +185,53 @@ async def test_the_embedding_ranker_works_with_networking_disabled(home: Path, m
     finally:
         await squall.chat.stop()
         await squall.close()
+
+
+def test_ranking_a_long_message_does_bounded_work(monkeypatch) -> None:
+    """One unmatched chat message of up to 100,000 characters (`MAX_COMMAND`) is ranked on the loop:
+    the ranker reads a bounded prefix of it, and keys its words once per `rank`, not once per alias
+    and format it fills (a 100,000-character message held the loop 0.3 s). Counted, never timed."""
+    from aliases import rank
+
+    restart = Alias("restart", "ops", "ops.restart", "Restart a service.",
+                    formats=[AliasFormat("restart {{service}} on {{host}}", ["restart {{service}} on {{host}}"])])
+    stop = Alias("stop", "ops", "ops.stop", "Stop a service.", formats=[AliasFormat("stop {{service}}",
+                                                                                    ["stop {{service}}"])])
+    show = Alias("show", "ops", "ops.show", "Show a service's status.",
+                 formats=[AliasFormat("show {{a}} {{b}} {{c}}", ["show {{a}} {{b}} {{c}}", "status of {{a}}"])])
+    aliases = [restart, stop, show]
+    ranker = LexicalRanker()
+    ranker.rank("warm up", aliases)  # builds the aliases' index, which is not the message's work
+    calls = 0
+    real_key = rank.key
+
+    def counted(word: str) -> str:
+        nonlocal calls
+        calls += 1
+        return real_key(word)
+
+    monkeypatch.setattr(rank, "key", counted)
+
+    def ranked(message: str) -> tuple[int, list[rank.Ranked]]:
+        nonlocal calls
+        calls = 0
+        result = ranker.rank(message, aliases)
+        return calls, result
+
+    head = "please bounce nginx on web1 then stop its status "
+    whole = head + "x " * (rank.READ_WORDS - len(head.split()))  # as long as a ranker reads
+    whole_calls, filled = ranked(whole)
+    assert {r.alias.name for r in filled} == {"restart", "stop", "show"}
+    assert all(r.filled is not None for r in filled)
+    assert filled[0].filled.startswith("restart nginx on web1 then stop its status x x")
+    # Three aliases filled, one of them with two formats: still each word keyed once to score, once to fill.
+    assert whole_calls <= 2 * rank.READ_WORDS + 20
+
+    short_calls, _ = ranked(head + "x " * 2_000)
+    longest = head + "x " * ((100_000 - len(head)) // 2)
+    assert 99_990 < len(longest) <= 100_000
+    long_calls, cut = ranked(longest)
+    assert long_calls == short_calls <= whole_calls  # the work does not grow with the message past the cap
+    assert [(r.alias, r.score) for r in cut] == [(r.alias, r.score) for r in filled]  # ranked on what was read
+    # Not filled: a command filled from part of the message would run part of what the person typed.
+    assert [r.filled for r in cut] == [None] * 3

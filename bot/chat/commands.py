@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
-from aliases import Alias, AliasMatch
+from aliases import Alias, AliasMatch, CommandTooComplex
 from bot.chat.auth import Authorizer
 from bot.chat.index import AliasIndex
 from bot.chat.replies import acks, render_ack, short
@@ -34,6 +34,20 @@ from engine.templates import TooLongForTheLoop, briefly, rendered
 if TYPE_CHECKING:
     from bot.chat.outbox import Outbox
     from engine.core import Engine
+
+
+#: The longest command the command path matches, whoever typed it (chat, the API, the web): matching and
+#: ranking run on the event loop, and the API's 1 MiB body would otherwise hold it for a third of a second.
+MAX_COMMAND = 100_000
+
+
+class CommandTooLong(CommandTooComplex):
+    """A command past `MAX_COMMAND`, refused before matching: a `NoMatch` with no suggestions (as
+    `CommandTooComplex`, whose callers say this exception's text to the person)."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(command)
+        self.args = (f"That command is {len(command):,} characters long; the limit is {MAX_COMMAND:,}.",)
 
 
 class CommandRefused(Exception):
@@ -110,13 +124,17 @@ class CommandService:
         self.outbox: Outbox | None = None
 
     def match(self, text: str) -> AliasMatch:
-        """The alias `text` means; `NoMatch` (with suggestions) or `AmbiguousCommand` otherwise."""
+        """The alias `text` means; `NoMatch` (with suggestions), `AmbiguousCommand`, or `CommandTooLong`
+        past `MAX_COMMAND` otherwise."""
+        _within_limit(text)
         return self.index.matcher.match(text)
 
     def match_all(self, text: str) -> list[AliasMatch]:
         """The commands `text` means: one match, or one per fit of a `match_multiple` format, each a
         command of its own (spec §2.4 step 5: StackStorm runs one execution per fit). Costs what
-        `match` costs for every other format: the same first pass, one match in a list."""
+        `match` costs for every other format: the same first pass, one match in a list. Refused as
+        `match` refuses."""
+        _within_limit(text)
         return self.index.matcher.match_all(text)
 
     async def authorise(self, match: AliasMatch, message: Message, source: str,
@@ -292,6 +310,13 @@ class CommandService:
         """An audit event of `message`'s sender, from where they typed it (`<adapter>:<channel>`)."""
         db = self.engine.db
         await db(db.store.audit_add, kind, message.user, f"{message.adapter}:{message.channel}", subject, detail)
+
+
+def _within_limit(text: str) -> None:
+    """`CommandTooLong` when `text` is past `MAX_COMMAND`: every caller of the command path gets the
+    chat's limit and words, before anything spends time on the text."""
+    if len(text) > MAX_COMMAND:
+        raise CommandTooLong(text)
 
 
 def _audited(parameters: dict[str, Any], action_ref: str, engine: Engine) -> dict[str, Any]:

@@ -28,7 +28,15 @@ from bot.chat import help as chat_help
 from bot.chat import sessions
 from bot.chat.approvals import APPROVE, DENY, ApprovalChat
 from bot.chat.auth import Authorizer
-from bot.chat.commands import CommandFailed, CommandRefused, CommandService, Held, NeedsApproval
+from bot.chat.commands import (
+    MAX_COMMAND,
+    CommandFailed,
+    CommandRefused,
+    CommandService,
+    CommandTooLong,
+    Held,
+    NeedsApproval,
+)
 from bot.chat.forms import CANCEL, ChatForms
 from bot.chat.forms import WORD as FORM_WORD
 from bot.chat.index import AliasIndex
@@ -60,7 +68,6 @@ _NO = {"no", "n", "cancel", "abort"}
 #: A confirmation button's value: the answer and the token of the prompt it sits on (`PendingConfirmation.token`),
 #: so a click on an older prompt can never confirm whatever the person was asked last.
 _CLICKED = re.compile(r"(yes|no):([0-9a-f]{16})")
-MAX_COMMAND = 100_000
 
 
 @dataclass
@@ -335,7 +342,7 @@ class Dispatcher:
             await self.say(message, f"Yes? Try `{self.settings.prefix}help`.")
             return
         if len(text) > MAX_COMMAND:
-            await self.say(message, f"That command is {len(text):,} characters long; the limit is {MAX_COMMAND:,}.")
+            await self.say(message, str(CommandTooLong(text)))
             return
         if lookup is None or lookup.text != text:
             lookup = _Lookup(self.commands, text)

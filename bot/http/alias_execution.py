@@ -36,7 +36,7 @@ def _message(request: Request, body: AliasExecutionRequest) -> Message:
 
 def _match_all(state: ApiState, command: str) -> list[AliasMatch]:
     """Every command `command` means (one per fit of a `match_multiple` format); 400 when none or
-    several aliases match, as `match_command`."""
+    several aliases match, or it is past `MAX_COMMAND`, as `match_command`."""
     try:
         return state.squall.chat.commands.match_all(command)
     except (NoMatch, AmbiguousCommand) as exc:

@@ -20,7 +20,9 @@ class AliasMatchRequest(BaseModel):
 
 
 def match_command(state: ApiState, command: str) -> AliasMatch:
-    """The alias match for `command`; 400 with the matcher's words when none or several match."""
+    """The alias match for `command`; 400 with the matcher's words when none or several match, and
+    with the chat's when it is past the command path's `MAX_COMMAND` (`CommandTooLong`, a `NoMatch`
+    raised before any matching: the 1 MiB body limit is no bound for work done on the event loop)."""
     try:
         return state.squall.chat.commands.match(command)
     except (NoMatch, AmbiguousCommand) as exc:
