@@ -4,6 +4,7 @@ with `output_type`, and the SSE tail at `/stream/v1/executions/{id}/output` that
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,17 +13,22 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.apikeys import create_key
 from bot.app import Squall
-from bot.http import create_api
+from bot.http import create_api, key_auth
+from bot.http.executions import OUTPUT_CREATE
 from engine.config import load_config
 from engine.events import EXECUTION_OUTPUT, Events
 from engine.output import STREAM_CAP, TRUNCATED, OutputRecorder, releasable
 from engine.parameters import MASK
 from engine.storage import Database, Store
+from engine.tokens import mint
 from tests.conftest import server_missing, write
 from tests.sshd import SSHDUnavailable, SSHServer, running_sshd
 from tests.test_api import KEY, _home
 from tests.test_runner_remote import creds
+from tests.test_st2_stream import Api, _read, _rest
+from tests.test_st2_stream import api as st2_stream_api
 
 
 @pytest.fixture
@@ -112,6 +118,10 @@ async def test_output_beyond_the_cap_is_dropped_after_one_marker(
 
 
 # -- the API --------------------------------------------------------------------------------------
+
+#: The API over a real server (`tests/test_st2_stream.py`'s), whose streams are read as they come.
+served = st2_stream_api
+
 
 @pytest.fixture
 async def api(home: Path) -> AsyncIterator[tuple[Squall, httpx.AsyncClient]]:
@@ -211,3 +221,57 @@ async def test_remote_actions_stream_their_output_too(squall: Squall, sshd: SSHS
     assert done["status"] == "succeeded" and done["result"][sshd.host]["stdout"] == "over ssh"
     rows = await squall.db(squall.store.execution_output_list, record["id"])
     assert sorted((r["stream"], r["data"]) for r in rows) == [("stderr", "oops\n"), ("stdout", "over ssh\n")]
+
+
+async def _first_line(lines: AsyncIterator[str]) -> None:
+    """The output stream of a `demo.gated` execution works: its first line comes."""
+    name, chunk = await asyncio.wait_for(_read(lines), 30)
+    assert (name, chunk["output_type"], chunk["data"]) == (OUTPUT_CREATE, "stdout", "first\n")
+
+
+async def test_the_output_stream_ends_once_the_stored_key_that_opened_it_is_deleted(
+        served: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Looked at again every `RECHECK_SECONDS` (here: as often as it can), while the action prints
+    nothing too: the stream ends though the execution goes on."""
+    monkeypatch.setattr(key_auth, "RECHECK_SECONDS", 0.0)
+    key, stored = await served.squall.db(create_key, served.squall.store, "carol")
+    gate = tmp_path / "gate"
+    record = await served.squall.executions.request("demo.gated", {"gate": str(gate)}, {"user": "t"})
+    url = f"/stream/v1/executions/{record['id']}/output"
+    async with (httpx.AsyncClient(base_url=served.url, timeout=30) as carol,
+                carol.stream("GET", url, headers={"St2-Api-Key": key}) as answer):
+        lines = answer.aiter_lines()
+        await _first_line(lines)
+        assert await served.squall.db(served.squall.store.api_key_delete, stored["id"])
+        rest = await asyncio.wait_for(_rest(lines), 30)  # it ends by itself
+    assert (await served.squall.executions.get(record["id"]))["status"] == "running"
+    gate.touch()
+    await served.squall.executions.wait(record["id"], 30)
+    assert "last\n" not in [e["data"] for _, e in rest]
+
+
+async def test_the_output_stream_ends_with_the_execution_whose_action_token_opened_it(
+        served: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An action's token (`ST2_ACTION_AUTH_TOKEN`) reaches the API until its execution ends; a stream it
+    opened on another execution's output ends then too."""
+    monkeypatch.setattr(key_auth, "RECHECK_SECONDS", 0.0)
+    executions = served.squall.executions
+    holder = await executions.request("demo.gated", {"gate": str(tmp_path / "holder")}, {"user": "t"})
+    followed = await executions.request("demo.gated", {"gate": str(tmp_path / "followed")}, {"user": "t"})
+    for _ in range(600):  # the token works while its execution runs
+        if (await executions.get(holder["id"]))["status"] == "running":
+            break
+        await asyncio.sleep(0.05)
+    token = await served.squall.db(mint, served.squall.store, holder["id"], "t")  # as the claim mints it
+    url = f"/stream/v1/executions/{followed['id']}/output"
+    async with (httpx.AsyncClient(base_url=served.url, timeout=30) as action,
+                action.stream("GET", url, headers={"X-Auth-Token": token}) as answer):
+        assert answer.status_code == 200
+        lines = answer.aiter_lines()
+        await _first_line(lines)
+        (tmp_path / "holder").touch()
+        assert (await executions.wait(holder["id"], 30))["status"] == "succeeded"
+        await asyncio.wait_for(_rest(lines), 30)  # it ends by itself
+    assert (await executions.get(followed["id"]))["status"] == "running"
+    (tmp_path / "followed").touch()
+    await executions.wait(followed["id"], 30)

@@ -17,12 +17,15 @@ import httpx
 import pytest
 import uvicorn
 
+from bot.apikeys import create_key
 from bot.app import Squall
-from bot.http import create_api
+from bot.http import create_api, key_auth
 from bot.http import stream as stream_module
 from engine.config import load_config
 from engine.events import EXECUTION_FINISHED
 from engine.parameters import MASK
+from engine.storage import Store, auth_tokens, utcnow
+from engine.tokens import hash_token
 from tests.conftest import free_port, write
 from tests.test_api import KEY, _home
 
@@ -260,3 +263,67 @@ async def test_the_whole_stream_tells_of_new_executions_pings_and_ends_with_its_
             break
         await asyncio.sleep(0.05)
     assert len(events._handlers.get(EXECUTION_FINISHED, [])) == listening
+
+
+#: Every execution's news (the whole stream, as a client with no `end_execution_id` reads it).
+WHOLE = {"events": "st2.execution__create,st2.execution__update,st2.execution.output__create"}
+
+
+async def _rest(lines: AsyncIterator[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The events of an open stream until it ends (the server closes it)."""
+    return _events("\n".join([line async for line in lines]))
+
+
+def _told_of(events: list[tuple[str, dict[str, Any]]]) -> set[str]:
+    """The executions the events are about."""
+    return {e.get("id", e.get("execution_id")) for _, e in events}
+
+
+async def test_a_stream_ends_once_the_stored_key_that_opened_it_is_deleted(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key is checked when the stream opens and again every `RECHECK_SECONDS` (here: before every
+    event): once `squall apikey delete` removed it, the stream ends and tells nothing made after. A key
+    from the config file cannot be revoked without a restart: its stream goes on."""
+    monkeypatch.setattr(key_auth, "RECHECK_SECONDS", 0.0)
+    key, stored = await api.squall.db(create_key, api.squall.store, "carol")
+    async with (httpx.AsyncClient(base_url=api.url, timeout=30) as carol,
+                carol.stream("GET", "/stream/v1/stream", params=WHOLE, headers={"St2-Api-Key": key}) as revoked,
+                api.client.stream("GET", "/stream/v1/stream", params=WHOLE) as configured):
+        revoked_lines, configured_lines = revoked.aiter_lines(), configured.aiter_lines()
+        before = await api.squall.executions.request("demo.greet", {"who": "before"}, {"user": "t"})
+        name, told = await asyncio.wait_for(_read(revoked_lines), 30)
+        assert (name, told["id"]) == ("st2.execution__create", before["id"])  # the key's stream works
+        assert await api.squall.db(api.squall.store.api_key_delete, stored["id"])
+        after = await api.squall.executions.request("demo.greet", {"who": "after"}, {"user": "t"})
+        rest = await asyncio.wait_for(_rest(revoked_lines), 30)  # it ends by itself
+        assert after["id"] not in _told_of(rest)
+        seen = [await asyncio.wait_for(_read(configured_lines), 30)]
+        while after["id"] not in _told_of(seen):
+            seen.append(await asyncio.wait_for(_read(configured_lines), 30))
+
+
+def _expire(store: Store, token: str) -> None:
+    """A login token's expiry, come now."""
+    with store.engine.begin() as conn:
+        conn.execute(auth_tokens.update().where(auth_tokens.c.token_hash == hash_token(token))
+                     .values(expires_at=utcnow()))
+
+
+async def test_a_stream_opened_with_a_login_token_ends_when_the_token_expires(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quiet stream too: nothing needs to happen for the check to end it."""
+    monkeypatch.setattr(key_auth, "RECHECK_SECONDS", 0.0)
+    key, _ = await api.squall.db(create_key, api.squall.store, "ann")
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as anon:
+        login = await anon.post("/auth/v1/tokens", headers={"St2-Api-Key": key}, json={})
+        token = login.json()["token"]
+        async with anon.stream("GET", "/stream/v1/stream", params={**WHOLE, "x-auth-token": token}) as answer:
+            lines = answer.aiter_lines()
+            before = await api.squall.executions.request("demo.greet", {"who": "before"}, {"user": "t"})
+            name, told = await asyncio.wait_for(_read(lines), 30)
+            assert (name, told["id"]) == ("st2.execution__create", before["id"])
+            await api.squall.executions.wait(before["id"], 30)
+            await api.squall.db(_expire, api.squall.store, token)
+            rest = await asyncio.wait_for(_rest(lines), 30)  # it ends by itself
+        assert _told_of(rest) <= {before["id"]}
+        assert (await anon.get("/api/v1/user", params={"x-auth-token": token})).status_code == 401

@@ -20,7 +20,7 @@ from sse_starlette import EventSourceResponse
 from bot.chat.commands import CommandRefused
 from bot.http.actions import action_public
 from bot.http.attributes import Projection
-from bot.http.key_auth import request_user
+from bot.http.key_auth import request_user, until_revoked
 from bot.http.paging import ALL_ROWS, page_limit, tell_page
 from bot.http.runners import runner_public
 from bot.http.state import api_state
@@ -265,7 +265,8 @@ async def _stored_chunks(squall: Any, execution_id: str, stream: str | None) -> 
 async def execution_output_stream(execution_id: str, request: Request, output_type: str = "all") -> EventSourceResponse:
     """StackStorm's live tail (spec §10.3): one `st2.execution.output__create` event per chunk (the name
     StackStorm's st2stream sends and st2web listens for), its data the chunk as JSON (`execution_id`,
-    `output_type`, `data`, `timestamp`), ending when the execution ends."""
+    `output_type`, `data`, `timestamp`), ending when the execution ends, or when the key or token that
+    opened it no longer holds (`until_revoked`)."""
     stream = _output_type(output_type)
     record = await _find_execution(request, execution_id)
     squall = api_state(request).squall
@@ -277,7 +278,7 @@ async def execution_output_stream(execution_id: str, request: Request, output_ty
                                        "runner_ref": record["runner"], "output_type": row["stream"],
                                        "data": row["data"], "timestamp": iso(row["timestamp"])})}
 
-    return EventSourceResponse(events(), ping=PING_SECONDS)
+    return EventSourceResponse(until_revoked(request, events()), ping=PING_SECONDS)
 
 
 #: `PUT /executions/{id}` statuses (StackStorm's): what each asks for, and its audit event.

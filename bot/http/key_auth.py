@@ -4,13 +4,21 @@ secret call it too. Keys are stored and made by `bot.apikeys`, which the CLI sha
 An auth token (header `X-Auth-Token`, as st2client sends it) is accepted in place of a key: a running
 execution's (`ST2_ACTION_AUTH_TOKEN`) until the execution ends, a person's (`st2 login`) until it
 expires or the API key it was obtained with is deleted or disabled. `engine.tokens` mints and checks
-both; `bot.apikeys.authenticate_token` adds the key's check."""
+both; `bot.apikeys.authenticate_token` adds the key's check.
+
+A stream (`/stream/v1/...`) outlives the request that opened it, so `until_revoked` looks at its key or
+token again every `RECHECK_SECONDS` and ends the stream once it no longer holds, as the web UI's live
+streams do with their session: a deleted key, an expired login or an ended execution reads no more."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
-from typing import Any
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 from fastapi import HTTPException, Request
 
@@ -22,6 +30,13 @@ log = logging.getLogger(__name__)
 
 #: Who a stored API key made without a name speaks for (what a request of a configured key runs as, too).
 UNNAMED_KEY_USER = "api"
+#: How often an open stream looks again at what authenticated it (`until_revoked`): one query per stream,
+#: however many events it sends. 0 (tests) looks before every event.
+RECHECK_SECONDS = 5.0
+#: The shortest wait between two looks of a quiet stream, so that a `RECHECK_SECONDS` of 0 does not spin.
+_QUIET_WAIT = 0.05
+_END = object()
+Item = TypeVar("Item")
 
 
 async def authenticated_key(state: ApiState, key: str | None) -> dict[str, Any] | None:
@@ -70,6 +85,7 @@ async def _require_token(request: Request, token: str) -> None:
                                  "disabled); log in again (st2 login) or send an API key.",
                             headers={"WWW-Authenticate": "Bearer"})
     request.state.api_key_name = None
+    request.state.credential = Credential("token", token)
     request.state.auth_user = who["user"]
     request.state.auth_execution = who["execution_id"]
     request.state.auth_expires = who["expires_at"]
@@ -99,6 +115,7 @@ async def require_key(request: Request) -> None:
         raise HTTPException(401, "Unauthorized - the API key is not valid.",
                             headers={"WWW-Authenticate": "Bearer"})
     request.state.api_key_name = who.get("name")
+    request.state.credential = Credential("key", key)
     request.state.auth_user = who.get("name")
     request.state.auth_method = "api key"
 
@@ -122,3 +139,81 @@ def acting_user(request: Request, named: str | None) -> str:
         raise HTTPException(403, f"this credential speaks for {own}; it may not act as {named} (only a key "
                                  "from the config file, which names nobody, may name another user)")
     return own
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What authenticated a request (`require_key` keeps it in `request.state.credential`), so that a
+    stream can ask again whether it still holds. Kept in memory for the request only, as its headers are."""
+
+    kind: Literal["key", "token"]
+    secret: str = field(repr=False)
+
+    async def holds(self, state: ApiState) -> bool:
+        """Whether it would be accepted now (one query; none for a key from the config, which stays
+        valid until a restart)."""
+        if self.kind == "key":
+            return await authenticated_key(state, self.secret) is not None
+        squall = state.squall
+        return await squall.db(authenticate_token, squall.store, self.secret, state.settings.static_hashes) is not None
+
+
+class CredentialWatch:
+    """A stream's credential, looked at again once `RECHECK_SECONDS` have passed since the last look
+    (the request's own check counts as the first)."""
+
+    def __init__(self, state: ApiState, credential: Credential) -> None:
+        self.state = state
+        self.credential = credential
+        self._due = time.monotonic() + RECHECK_SECONDS
+
+    def wait_seconds(self) -> float:
+        """How long a quiet stream may wait before its next look."""
+        return max(self._due - time.monotonic(), _QUIET_WAIT)
+
+    async def alive(self) -> bool:
+        """False once the credential no longer holds; True without a query until the next look is due."""
+        if time.monotonic() < self._due:
+            return True
+        holds = await self.credential.holds(self.state)
+        self._due = time.monotonic() + RECHECK_SECONDS
+        return holds
+
+
+def until_revoked(request: Request, source: AsyncGenerator[Item, None]) -> AsyncIterator[Item]:
+    """`source`'s items (a stream's events) for as long as the key or token that opened the request
+    holds: looked at again every `RECHECK_SECONDS`, before the next item and while none comes, and
+    the stream ends (closes, without an event: st2client reads every event's data as an execution's
+    or a chunk's, and `st2 execution tail` would fail on another) once it is deleted, disabled, expired,
+    or its execution ended. A request that `require_key` did not authenticate passes as it came."""
+    credential = getattr(request.state, "credential", None)
+    if credential is None:
+        return source
+    return _guarded(CredentialWatch(api_state(request), credential), source, request.url.path)
+
+
+async def _guarded(watch: CredentialWatch, source: AsyncGenerator[Item, None], path: str) -> AsyncIterator[Item]:
+    """The next item is awaited in a task of its own, kept across looks, so a quiet source (a tail
+    waiting for output) is neither cut off mid-read nor left unchecked."""
+    pending: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(source, _END))
+            await asyncio.wait({pending}, timeout=watch.wait_seconds())
+            if not await watch.alive():
+                log.info("API stream %s ended: the %s that opened it is no longer valid (deleted, disabled, "
+                         "expired, or its execution ended)", path, watch.credential.kind)
+                return
+            if pending.done():
+                item, pending = pending.result(), None
+                if item is _END:
+                    return
+                yield item
+    finally:
+        if pending is not None and not pending.done():
+            # Its task throws the cancellation into the source, which ends it (its `with` blocks exit);
+            # nothing is awaited here: the stream's own cancellation (its client left) may be under way.
+            pending.cancel()
+        else:
+            await source.aclose()

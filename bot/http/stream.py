@@ -22,6 +22,10 @@ What is followed depends on what was asked:
   and an execution's final update after its output and its tasks' (st2 stops at the last).
 - `execution_ids` alone: those executions, the same way.
 - neither: every execution, from the moment the stream opens.
+
+A stream lasts only as long as the key or token that opened it: `bot.http.key_auth.until_revoked` looks
+at it again every few seconds and closes the stream once it was deleted, disabled, expired or its
+execution ended (a key from the config file stays valid until a restart).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from fastapi import APIRouter, HTTPException, Request
 from sse_starlette import EventSourceResponse
 
 from bot.http.executions import MAX_CHILDREN, OUTPUT_CREATE, PING_SECONDS, execution_doc
+from bot.http.key_auth import until_revoked
 from bot.http.state import api_state
 from engine.executions import COMPLETED, STATUSES, ExecutionNotFound, public
 from engine.live import POLL_SECONDS, Wakeup
@@ -290,7 +295,7 @@ async def stream(request: Request, end_execution_id: str | None = None,
                         end_event=end_event)
     if not roots:
         await follower.start_everything()
-    return EventSourceResponse(follower.events(), ping=PING_SECONDS,
+    return EventSourceResponse(until_revoked(request, follower.events()), ping=PING_SECONDS,
                                headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
 
 
