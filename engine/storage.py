@@ -59,6 +59,26 @@ executions = sa.Table(
     sa.Index("ix_executions_parent", "parent", sqlite_where=sa.text("parent IS NOT NULL")),
 )
 
+
+def _chat_text(key: str, *, sqlite: bool) -> Any:
+    """`context.chat.<key>` (`channel`, `adapter`) as text, written as the index on the chat channel
+    holds it (migration 0022): the path a literal, as a bound path (SQLAlchemy's `context[...]`)
+    matches no index's expression and the query reads every execution."""
+    if sqlite:
+        return sa.func.json_extract(executions.c.context, sa.literal_column(f"'$.chat.{key}'"))
+    return sa.func.json_extract_path_text(executions.c.context, sa.literal_column("'chat'"),
+                                          sa.literal_column(f"'{key}'"))
+
+
+# Chat's `!executions`: a channel's chat executions in the list's order (`Store.chat_executions`),
+# migration 0022. Declared for SQLite, whose new databases are made from these tables (`_create_new`),
+# of the rows started from a chat channel alone (`IS NOT NULL`: the API's, rules' and the web's
+# executions cost no write to it); PostgreSQL's, of its own expressions and every row (its planner
+# keeps no statistics of a partial index's expressions), is the migration's, as 0019's indexes are.
+sa.Index("ix_executions_chat_channel", _chat_text("channel", sqlite=True), _chat_text("adapter", sqlite=True),
+         executions.c.start_timestamp, executions.c.id,
+         sqlite_where=_chat_text("channel", sqlite=True).is_not(None)).ddl_if(dialect="sqlite")
+
 kv_pairs = sa.Table(
     "kv_pairs",
     metadata,
@@ -524,7 +544,7 @@ PG_LIVENESS = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0021"
+HEAD_REVISION = "0022"
 
 
 def _revision(engine: Engine) -> str | None:
@@ -1112,16 +1132,17 @@ class Store:
         (`context.chat`; chat's `!executions`): light rows as `execution_keyset`'s, plus the parameters
         `engine.executions.public` needs.
 
-        No index holds the chat channel (one would need a migration): read as the web UI's channel
-        filter is, newest first on the time index (SQLite) or on PostgreSQL's index on (source, start)
-        of migration 0019, checking each row until `limit` are found; a channel with fewer reads them all."""
-        where = ExecutionFilter(source="chat", channel=channel, top_level=False)
+        Read on the index on (chat channel, adapter, start, id) of migration 0022 in the list's order,
+        stopping at the `limit`th: a channel costs its own executions, not every one (a quiet channel
+        read them all: 85 ms on SQLite, 105 ms on PostgreSQL with 200,000). Channel and adapter are
+        written as the index's expressions (`_chat_text`); the source is checked on the rows it finds."""
         statement = (sa.select(*_LISTED, executions.c.parameters)
-                     .where(executions.c.context[("chat", "adapter")].as_string() == adapter)
+                     .where(_chat_text("channel", sqlite=self.is_sqlite) == channel,
+                            _chat_text("adapter", sqlite=self.is_sqlite) == adapter)
                      .order_by(executions.c.start_timestamp.desc(), executions.c.id.desc()))
+        statement = _narrowed(statement, ExecutionFilter(source="chat", top_level=False), steered=self.is_sqlite)
         with self._read() as conn:
-            statement = _narrowed(statement, where, steered=self.is_sqlite).limit(limit)
-            return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
+            return [_row(row) for row in conn.execute(statement.limit(limit))]  # type: ignore[misc]
 
     def execution_ids_with_status(self, statuses: Sequence[str]) -> list[dict[str, Any]]:
         statement = (

@@ -25,7 +25,7 @@ from engine.executions import new_id
 from engine.storage import Database, DuplicateDelivery, Store, iso, utcnow
 from tests.conftest import REPO, write
 
-HEAD = "0021"  # the newest migration; a new one must update this and storage.HEAD_REVISION
+HEAD = "0022"  # the newest migration; a new one must update this and storage.HEAD_REVISION
 
 
 def _execution(execution_id: str, **fields: Any) -> dict[str, Any]:
