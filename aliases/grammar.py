@@ -179,7 +179,8 @@ class Prepared:
 
     `core` is the stream stripped and `words` its whitespace-separated words. The message's matching
     budget (`MATCH_BUDGET`, deviation 12) is the time its regex runs take, over every format it is
-    tried with (compiling a format's regex on first use is not counted).
+    tried with: the matching thread's CPU time, so waiting for the GIL or a core is not counted (nor
+    is compiling a format's regex on first use).
     """
 
     __slots__ = ("_budget", "_lead", "_spent", "core", "pairs", "stream", "text", "words")
@@ -599,11 +600,14 @@ def _engine() -> Any:
 
 
 def _compile(pattern: str, flags: int) -> Any:
-    """`regex.compile` of an `re` pattern (`_as_re_reads_it`), kept out of `regex`'s own cache: each
-    pattern is kept where it is used, and that cache, when full, drops entries chosen with the global
-    `random` (a seeded caller's numbers)."""
+    """`regex.compile` of an `re` pattern (`_as_re_reads_it`) with `re`'s `flags` (IGNORECASE, ASCII,
+    DOTALL: `regex` numbers ASCII otherwise, and `re.ASCII`'s number is its VERSION1), kept out of
+    `regex`'s own cache: each pattern is kept where it is used, and that cache, when full, drops
+    entries chosen with the global `random` (a seeded caller's numbers)."""
+    engine = _engine()
+    own = sum(getattr(engine, name) for name in ("IGNORECASE", "ASCII", "DOTALL") if flags & getattr(re, name))
     verbose = bool(re.compile(pattern).flags & re.VERBOSE)
-    return _engine().compile(_as_re_reads_it(pattern, verbose), flags, cache_pattern=False)
+    return engine.compile(_as_re_reads_it(pattern, verbose), own, cache_pattern=False)
 
 
 #: A brace `re` takes as a repeat: `{m}`, `{m,}`, `{m,n}`, `{,n}`, `{,}`.
@@ -795,7 +799,9 @@ def _edge_check(chain: list[str], flags: int, last: bool) -> str | Any | None:
     edge character may be a space, which the stripped message would not show."""
     if not chain:
         return None
-    edge = _compile(chain[0], flags)
+    # The edge's one character, of a repeat (`_one_char_repeat`'s `C{m,n}`) too: past its first, a
+    # repeat's characters may be spaces the stripped message does not show either.
+    edge = _compile(chain[0][:chain[0].rindex("{")] if chain[0].endswith("}") else chain[0], flags)
     if any(edge.fullmatch(c) for c in _spaces()):
         return None
     ordered = chain[::-1] if last else chain
@@ -950,7 +956,7 @@ class _Variant:
 
     def _compiled(self) -> Any:
         if self._engine is None:
-            self._engine = _compile(self.pattern.pattern, _engine().DOTALL)
+            self._engine = _compile(self.pattern.pattern, re.DOTALL)
         return self._engine
 
     def search(self, prepared: Prepared, fmt: str) -> Any:
@@ -965,19 +971,22 @@ class _Variant:
         left = prepared.time_left()
         if left <= 0:
             raise MessageTooComplex(fmt, prepared.text)
-        start = time.monotonic()
         if self._fast and len(stream) < CHECKED_FROM:
+            start = time.thread_time()
             try:
                 return self.pattern.search(stream)
             finally:
-                prepared.spend(time.monotonic() - start)
+                prepared.spend(time.thread_time() - start)
         engine = self._compiled()
+        start = time.thread_time()
         try:
-            return engine.search(stream, 0, None, None, False, left)  # positional: the cheaper call
+            # Positional (the cheaper call); `concurrent` False: the GIL is kept, so that the timeout,
+            # which `regex` counts on the wall clock, is not spent by other threads meanwhile.
+            return engine.search(stream, 0, None, False, False, left)
         except TimeoutError:
             raise MessageTooComplex(fmt, prepared.text) from None
         finally:
-            prepared.spend(time.monotonic() - start)
+            prepared.spend(time.thread_time() - start)
 
     def finditer(self, prepared: Prepared, fmt: str) -> Iterator[Any]:
         """`finditer` within the message's budget. `regex` times each step of an iteration alone, so
@@ -1004,14 +1013,14 @@ class _Variant:
             if left <= 0:
                 raise MessageTooComplex(fmt, prepared.text)
             if fits is None:
-                fits = self._compiled().finditer(prepared.stream, pos, timeout=left)
-            start = time.monotonic()
+                fits = self._compiled().finditer(prepared.stream, pos, concurrent=False, timeout=left)
+            start = time.thread_time()
             try:
                 found = next(fits, None)
             except TimeoutError:
                 raise MessageTooComplex(fmt, prepared.text) from None
             finally:
-                prepared.spend(time.monotonic() - start)
+                prepared.spend(time.thread_time() - start)
             if found is None:
                 return
             yield found

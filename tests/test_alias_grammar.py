@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import time
 from typing import Any
 from unittest import mock
@@ -400,7 +401,7 @@ def test_the_budgeted_engine_reads_a_format_as_re_does(fmt: str, fits: str, misf
     with pytest.raises(AliasParseError, match="doesn't match"):
         extract_parameters(fmt, misfits)
     # The budgeted engine itself, which long messages meet (short ones may run on `re`):
-    budgeted = grammar._compile(compile_format(fmt).regex.pattern, grammar._engine().DOTALL)
+    budgeted = grammar._compile(compile_format(fmt).regex.pattern, re.DOTALL)
     assert budgeted.search(prepare(fits).stream) is not None
     assert budgeted.search(prepare(misfits).stream) is None
 
@@ -415,7 +416,7 @@ def test_the_budgeted_engine_matches_as_re_does(fmt: str, messages: list[str]) -
         pattern = compile_format(fmt).regex
     except AliasParseError:
         return
-    budgeted = grammar._compile(pattern.pattern, grammar._engine().DOTALL)
+    budgeted = grammar._compile(pattern.pattern, re.DOTALL)
     for message in messages:
         ours, theirs = budgeted.search(message), pattern.search(message)
         assert (ours and ours.groups()) == (theirs and theirs.groups()), (fmt, message)
@@ -629,3 +630,48 @@ def test_a_short_message_on_a_format_that_may_backtrack_long_stays_in_the_budget
 ])
 def test_which_formats_short_messages_run_on_re(fmt: str, on_re: bool) -> None:
     assert grammar._runs_on_re(compile_format(fmt).regex) is on_re
+
+
+@pytest.mark.parametrize(("fmt", "message"), [
+    # A repeat at an end whose class may match a space: the padded message's space fits it, the
+    # stripped one's end does not show it.
+    ("note {{title}}: [^\n]{5,}", "note " + "groceries " * 14 + ": milk"),
+    ("note {{title}}:[^,]{2,}", "note " + "groceries " * 14 + ":a"),
+    ("say {{a}}\\W{2,}", "say " + "hello " * 25 + "!"),
+    ("[^:]{2,}:{{a}}", "x:" + "b" * 140),
+    # (?a): `\D` is any but an ASCII digit, on the pre-check too (`regex` numbers ASCII otherwise).
+    ("(?a)sum {{a}} \\D=", "sum " + "1" * 140 + " \u0663="),
+])
+def test_the_pre_check_lets_through_what_the_regex_matches(fmt: str, message: str) -> None:
+    assert len(prepare(message).stream) >= grammar.CHECKED_FROM
+    assert compile_format(fmt).regex.search(prepare(message).stream) is not None
+    assert extract_parameters(fmt, message) is not None
+
+
+def test_threads_busy_beside_the_matching_one_do_not_spend_its_budget() -> None:
+    # The budget counted the wall clock, and `regex` let go of the GIL while it matched: with Python
+    # threads busy beside it, an ordinary command was now and then refused as too complex.
+    import threading
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1_000))
+
+    busy = [threading.Thread(target=spin) for _ in range(6)]
+    for thread in busy:
+        thread.start()
+    refused = 0
+    try:
+        for _ in range(3_000):
+            with contextlib.suppress(AliasParseError):
+                try:
+                    extract_parameters("run {{cmd}} on {{hosts}} as {{user}}", "run uptime on web1,web2 as deploy " * 2)
+                except MessageTooComplex:
+                    refused += 1
+    finally:
+        stop.set()
+        for thread in busy:
+            thread.join()
+    assert refused == 0
