@@ -179,11 +179,11 @@ class Prepared:
 
     `core` is the stream stripped and `words` its whitespace-separated words. The message's matching
     budget (`MATCH_BUDGET`, deviation 12) is the time its regex runs take, over every format it is
-    tried with: the matching thread's CPU time, so waiting for the GIL or a core is not counted (nor
-    is compiling a format's regex on first use).
+    tried with: the matching thread's CPU time from its first regex run on, so waiting for the GIL or
+    a core is not counted.
     """
 
-    __slots__ = ("_budget", "_lead", "_spent", "core", "pairs", "stream", "text", "words")
+    __slots__ = ("_budget", "_lead", "_started", "core", "pairs", "stream", "text", "words")
 
     def __init__(self, text: str, stream: str, pairs: dict[str, str]) -> None:
         self.text = text
@@ -191,7 +191,7 @@ class Prepared:
         self.pairs = pairs
         self.core = stream.strip()
         self.words = self.core.split()
-        self._spent = 0.0
+        self._started = -1.0
         self._lead = -1
         self._budget = MATCH_BUDGET + len(text) * MATCH_BUDGET_PER_CHAR
 
@@ -212,11 +212,12 @@ class Prepared:
         return self._lead, self._lead + len(self.core)
 
     def time_left(self) -> float:
-        """Seconds of regex matching this message has left."""
-        return self._budget - self._spent
-
-    def spend(self, seconds: float) -> None:
-        self._spent += seconds
+        """Seconds of matching this message has left: its budget less the CPU time the matching thread
+        has spent since the message's first regex run (one clock reading a run, not two)."""
+        now = time.thread_time()
+        if self._started < 0:
+            self._started = now
+        return self._budget - (now - self._started)
 
 
 class _Scanner:
@@ -972,21 +973,13 @@ class _Variant:
         if left <= 0:
             raise MessageTooComplex(fmt, prepared.text)
         if self._fast and len(stream) < CHECKED_FROM:
-            start = time.thread_time()
-            try:
-                return self.pattern.search(stream)
-            finally:
-                prepared.spend(time.thread_time() - start)
-        engine = self._compiled()
-        start = time.thread_time()
+            return self.pattern.search(stream)
         try:
             # Positional (the cheaper call); `concurrent` False: the GIL is kept, so that the timeout,
             # which `regex` counts on the wall clock, is not spent by other threads meanwhile.
-            return engine.search(stream, 0, None, False, False, left)
+            return self._compiled().search(stream, 0, None, False, False, left)
         except TimeoutError:
             raise MessageTooComplex(fmt, prepared.text) from None
-        finally:
-            prepared.spend(time.thread_time() - start)
 
     def finditer(self, prepared: Prepared, fmt: str) -> Iterator[Any]:
         """`finditer` within the message's budget. `regex` times each step of an iteration alone, so
@@ -1014,13 +1007,10 @@ class _Variant:
                 raise MessageTooComplex(fmt, prepared.text)
             if fits is None:
                 fits = self._compiled().finditer(prepared.stream, pos, concurrent=False, timeout=left)
-            start = time.thread_time()
             try:
                 found = next(fits, None)
             except TimeoutError:
                 raise MessageTooComplex(fmt, prepared.text) from None
-            finally:
-                prepared.spend(time.thread_time() - start)
             if found is None:
                 return
             yield found
