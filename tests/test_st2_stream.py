@@ -80,7 +80,9 @@ async def api(home: Path) -> AsyncIterator[Api]:
     _pack(home)
     squall = await Squall.start(load_config(home / "config.yml"))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_api(squall), host="127.0.0.1", port=port, log_level="warning"))
+    # `log_config=None`, as `ApiServer`: uvicorn's own would stay configured for every later test.
+    server = uvicorn.Server(uvicorn.Config(create_api(squall), host="127.0.0.1", port=port, log_level="warning",
+                                           log_config=None))
     serving = asyncio.ensure_future(server.serve())
     url = f"http://127.0.0.1:{port}"
     client = httpx.AsyncClient(base_url=url, headers={"St2-Api-Key": KEY}, timeout=30)
