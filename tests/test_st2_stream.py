@@ -170,6 +170,18 @@ async def test_a_tail_of_an_ended_execution_gives_its_output_then_its_end(api: A
     assert refused.status_code == 401
 
 
+async def test_a_task_first_seen_before_it_ran_still_shows_as_running_before_its_end(api: Api) -> None:
+    # A workflow's task seen `scheduled` at one look and `succeeded` at the next (it ran in between)
+    # went straight to its end: `st2 run --tail` never printed "has started" for it.
+    record = await api.squall.executions.request("demo.greet", {"who": "ann"}, {"user": "t"})
+    await api.squall.executions.wait(record["id"], 30)
+    ended = await api.squall.db(api.squall.store.get_execution, record["id"])
+    follower = stream_module.Follower(api.squall, stream_module.Wanted(events=("st2.execution__update",)))
+    told = [json.loads(e["data"])["status"] async for e in follower._node({**ended, "status": "scheduled"})]
+    told += [json.loads(e["data"])["status"] async for e in follower._node(ended)]
+    assert told == ["scheduled", "running", "succeeded"]
+
+
 async def test_a_login_token_in_the_query_opens_the_stream(api: Api) -> None:
     """After `st2 login`, st2client's stream reader sends the token as query parameter `x-auth-token` (as
     StackStorm takes it), not as a header: the tail was a 401."""

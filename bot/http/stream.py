@@ -57,6 +57,8 @@ DEFAULT_EVENTS = ("st2.announcement__*", "st2.execution__create", "st2.execution
 #: Statuses an execution can still leave.
 UNFINISHED = tuple(status for status in STATUSES if status not in COMPLETED)
 _BATCH = 1000
+#: What the stream may have told of an execution that has not run yet (None: nothing).
+_BEFORE_RUNNING = (None, "requested", "scheduled", "delayed")
 #: Executions read per page when the stream looks for new ones.
 _NEW_PAGE = 100
 
@@ -145,8 +147,9 @@ class Follower:
     async def _node(self, record: dict[str, Any]) -> AsyncIterator[Event]:
         """One execution's news: its update, its output, its tasks', then (when it ended) its final update.
 
-        An execution first seen already ended that ran shows as running first, so a client learns of it
-        before its output (st2 drops the output of a task it was not told about)."""
+        An execution that ran but was never told as running (first seen ended, or last seen before it
+        ran) shows as running first, so a client learns of it before its output (st2 drops the output of
+        a task it was not told about) and prints that it started."""
         seen = self.seen.setdefault(record["id"], _Seen())
         if seen.ended:
             return
@@ -154,7 +157,8 @@ class Follower:
         children = await self.squall.db(self.squall.store.list_executions, parent=record["id"], limit=MAX_CHILDREN,
                                         oldest_first=True)
         doc = self._doc(record, children)
-        if seen.status is None and ended and any(e.get("status") == "running" for e in record.get("log") or []):
+        if (seen.status in _BEFORE_RUNNING and ended
+                and any(e.get("status") == "running" for e in record.get("log") or [])):
             # as it read while running: no result nor end yet (left out, as `execution_doc` leaves them)
             was = {**{k: v for k, v in doc.items() if k not in ("result", "end_timestamp", "elapsed_seconds")},
                    "status": "running", "liveaction": {**doc["liveaction"], "status": "running"}}
