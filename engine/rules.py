@@ -15,6 +15,14 @@ Deliberate differences from StackStorm: `exists`/`nexists` need no `pattern`; th
 naming the action or trigger type of a pack not loaded yet is loaded and reported as waiting, as
 StackStorm registers it, but matches nothing until a reload brings the pack (StackStorm would record
 failed enforcements for a missing action meanwhile).
+
+The criteria of one trigger instance, every rule's together, may take `CRITERIA_SECONDS` of CPU time
+(`engine.patterns.Budget`; each regex's timeout is what is left of it): the sender chooses the payload
+every rule, and every item of a `search`, is checked against, and steps each under a second added up
+to seconds. The rules the budget leaves undecided do not match; each gets a failed enforcement and a
+warning that say so. Criteria are evaluated where the instance's database call runs (the event loop,
+on SQLite) while they take at most `templates.BRIEF_SECONDS`, as nearly all do; past that they are
+given up there and evaluated again on a render thread (`RulesEngine.process`).
 """
 
 from __future__ import annotations
@@ -34,14 +42,22 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import sqlalchemy as sa
 
-from engine import tracing
+from engine import patterns, templates, tracing
 from engine.executions import CompletionWrite
 from engine.metrics import metrics
 from engine.operators import OPERATORS, PATTERNLESS, SEARCH, canonical, search
 from engine.packs import Registry
 from engine.parameters import draft4
 from engine.storage import iso, utcnow
-from engine.templates import KVNamespace, TemplateRenderError, build_environment, render_template
+from engine.templates import (
+    KVNamespace,
+    TemplateRenderError,
+    TooLongForTheLoop,
+    briefly,
+    build_environment,
+    render_pool,
+    render_template,
+)
 from engine.timers import TIMER_TYPES, schedule
 from engine.triggers import WEBHOOK, binding
 from engine.yamlfile import ContentError, LineMap
@@ -58,6 +74,11 @@ RULE_TYPES = ("standard", "backstop")
 _RULE_KEYS = {"name", "pack", "description", "enabled", "type", "trigger", "criteria", "action", "context",
               "tags", "metadata_file", "id", "uid", "ref"}
 _ACTION_KEYS = {"ref", "parameters", "description"}
+#: CPU seconds the criteria of one trigger instance may take, every rule's together, counted on the thread
+#: that evaluates them. A rule with an ordinary regex over each of a webhook's alerts took ~0.5 s an alert,
+#: each under `patterns.TIMEOUT`, and 6.5 s a request in all; real criteria take microseconds.
+CRITERIA_SECONDS = 1.0
+_BUDGET_FOR = "the criteria of one trigger instance (every rule's together)"
 
 
 class RuleError(ValueError):
@@ -481,33 +502,52 @@ class Evaluator:
 
     def _check(self, criterion: Criterion, context: Mapping[str, Any], checks: list[Check] | None,
                prefix: str = "") -> bool:
-        pattern = criterion.pattern
-        if criterion.templated:
-            try:
-                pattern = render_pattern(pattern, context, self.env)
-            except Exception as exc:
-                raise MatchFailure(f'Failed to render pattern value "{criterion.pattern}" for key '
-                                   f'"{criterion.key}"', exc) from exc
+        pattern = self._rendered(criterion, context) if criterion.templated else criterion.pattern
         try:
             value = criterion.get(context)
         except Exception as exc:  # pragma: no cover - getters do not raise on dicts
             raise MatchFailure(f"Failed transforming criteria key {criterion.key}", exc) from exc
         try:
             if criterion.operator == SEARCH:
-                def child_check(child: Criterion, item: Any) -> bool:
-                    return self._check(child, {**context, "item": item}, None)
-                result = search(value, criterion.children, criterion.condition, child_check)
+                result = self._search(criterion, value, context)
             else:
                 result = criterion.function(value, pattern)
-        except MatchFailure:
+        except (MatchFailure, TooLongForTheLoop, patterns.BudgetSpent):
             raise
         except Exception as exc:
+            patterns.check_budget(str(exc))  # what raised ran the budget out (a regex filter's, wrapped)
             if checks is not None:
                 checks.append(Check(prefix + criterion.key, criterion.operator, pattern, value, False, str(exc)))
             raise MatchFailure("There might be a problem with the criteria in rule", exc) from exc
         if checks is not None:
             checks.append(Check(prefix + criterion.key, criterion.operator, pattern, value, result))
         return result
+
+    def _rendered(self, criterion: Criterion, context: Mapping[str, Any]) -> Any:
+        """The criterion's pattern template rendered. On the loop (`briefly`) a render past
+        `templates.BRIEF_SECONDS` raises `TooLongForTheLoop`; elsewhere it may run `templates.max_seconds`,
+        and what it took counts against the instance's budget."""
+        try:
+            pattern = render_pattern(criterion.pattern, context, self.env)
+        except (TooLongForTheLoop, patterns.BudgetSpent):
+            raise
+        except Exception as exc:
+            patterns.check_budget(f"while the pattern template rendered: {exc}")
+            raise MatchFailure(f'Failed to render pattern value "{criterion.pattern}" for key '
+                               f'"{criterion.key}"', exc) from exc
+        patterns.check_budget("while the pattern template rendered")
+        return pattern
+
+    def _search(self, criterion: Criterion, value: Any, context: Mapping[str, Any]) -> bool:
+        """A `search` criterion: its children against each item, the budget looked at as it goes
+        (a list of 10,000 items, every item's children cheap, still adds up)."""
+        budget = patterns.current_budget()
+
+        def child_check(child: Criterion, item: Any) -> bool:
+            if budget is not None:
+                budget.now_and_then()
+            return self._check(child, {**context, "item": item}, None)
+        return search(value, criterion.children, criterion.condition, child_check)
 
     def matches(self, rule: Rule, payload: Any, checks: list[Check] | None = None) -> bool:
         """RuleFilter.filter: disabled no; empty criteria yes; empty payload no; ANDed in order.
@@ -534,6 +574,29 @@ def failure_reason(rule: Rule, instance_id: str, failure: MatchFailure) -> str:
     if reason.endswith("in rule"):
         reason = f"{reason} {rule.ref}"
     return f'Failed to match rule "{rule.ref}" against trigger instance "{instance_id}": {reason}: {failure.exc}'
+
+
+def out_of_time(rules: Iterable[Rule], instance_id: str, at: Rule,
+                spent: patterns.BudgetSpent) -> list[tuple[Rule, str]]:
+    """The failures of the rules an instance's budget left undecided (`CRITERIA_SECONDS`); `at`: the
+    rule whose criteria were under way when it ran out."""
+    return [(rule, f'Failed to match rule "{rule.ref}" against trigger instance "{instance_id}": {spent}, at '
+                   + ("this rule's criteria" if rule is at else f'rule "{at.ref}", before this rule\'s criteria')
+                   + "; the rule does not match. Criteria this slow need making cheaper: a regex that "
+                     "backtracks, a long pattern template, a search over a long list")
+            for rule in rules]
+
+
+@dataclass
+class _Evaluation:
+    """What the criteria of one trigger instance came to (`RulesEngine._evaluated`)."""
+
+    matched: list[Rule]
+    failures: list[tuple[Rule, str]]
+    #: CPU seconds it took where it was given up (`given_up`), counted against what is left.
+    spent: float = 0.0
+    #: Too long for the loop: nothing was decided, and it is done again on a render thread.
+    given_up: bool = False
 
 
 @dataclass
@@ -665,62 +728,98 @@ class RulesEngine:
         key = binding(instance["trigger"], instance.get("trigger_parameters"))
         return self._standard.get(key), self._backstop.get(key)
 
-    def matching_rules(self, instance: Mapping[str, Any],
-                       failures: list[tuple[Rule, str]] | None = None) -> list[Rule]:
+    def matching_rules(self, instance: Mapping[str, Any], failures: list[tuple[Rule, str]] | None = None, *,
+                       budgeted: bool = False) -> list[Rule]:
         """The rules to enforce for one instance (no action is requested). Criteria that raise are
-        a non-match; their failure reasons go to `failures` when given."""
+        a non-match; their failure reasons are logged and go to `failures` when given. Under a
+        `patterns.Budget` that runs out, `budgeted` fails the rules not decided yet the same way (and
+        the backstop rules, unless a standard rule matched); else `BudgetSpent` is raised."""
         standard, backstop = self._buckets(instance)
         payload = instance.get("payload")
-        matched = self._pass(standard, payload, instance, failures)
-        if not matched:
-            matched = self._pass(backstop, payload, instance, failures)
+        failed: list[tuple[Rule, str]] = []
+        matched, evaluated, stopped = self._pass(standard, payload, instance, failed, budgeted)
+        if not matched and stopped is None:
+            matched, more, _stopped = self._pass(backstop, payload, instance, failed, budgeted)
+            evaluated += more
+        elif not matched and stopped is not None and backstop is not None:
+            at, spent = stopped  # whether a standard rule would have matched is not known: nor is the backstop's turn
+            failed.extend(out_of_time(backstop.candidates(payload), instance["id"], at, spent))
+        if evaluated:
+            metrics.evaluated(instance["trigger"], evaluated)
+        for _rule, reason in failed:
+            log.warning("%s", reason)
+        if failures is not None:
+            failures.extend(failed)
         return matched
 
     def _pass(self, bucket: _Bucket | None, payload: Any, instance: Mapping[str, Any],
-              failures: list[tuple[Rule, str]] | None) -> list[Rule]:
+              failures: list[tuple[Rule, str]], budgeted: bool
+              ) -> tuple[list[Rule], int, tuple[Rule, patterns.BudgetSpent] | None]:
+        """One bucket's rules: those that match, how many were evaluated, and (`budgeted`) the rule the
+        budget ran out at, with why; the rules left then are failed in `failures`."""
         if bucket is None:
-            return []
+            return [], 0, None
         matched = []
-        evaluator = self.evaluator
-        matches = evaluator.matches_in
-        context = evaluator.context(payload) if payload else None
-        evaluated = 0
-        for rule in bucket.candidates(payload):
-            evaluated += 1
+        matches = self.evaluator.matches_in
+        context = self.evaluator.context(payload) if payload else None
+        budget = patterns.current_budget()
+        candidates = bucket.candidates(payload)
+        for position, rule in enumerate(candidates):
             try:
+                if budget is not None and position & 7 == 7:  # the clock costs as much as a cheap rule
+                    budget.check()
                 if matches(rule, context):
                     matched.append(rule)
             except MatchFailure as failure:
-                log.warning("%s", failure)
-                if failures is not None:
-                    failures.append((rule, failure_reason(rule, instance["id"], failure)))
-        if evaluated:
-            metrics.evaluated(instance["trigger"], evaluated)
-        return matched
+                failures.append((rule, failure_reason(rule, instance["id"], failure)))
+            except patterns.BudgetSpent as spent:
+                if not budgeted:
+                    raise
+                failures.extend(out_of_time(candidates[position:], instance["id"], rule, spent))
+                return matched, position + 1, (rule, spent)
+        return matched, len(candidates), None
 
     async def process(self, instance: dict[str, Any], resumed: bool = False) -> None:
         """Enforce the rules `instance` matches. `resumed` (a process that died was at it): only those
-        with no enforcement for it yet; the ids make a second attempt store nothing in any case."""
-        failures: list[tuple[Rule, str]] = []
-        # Datastore lookups in patterns are synchronous reads: evaluate on the database thread.
-        if resumed:
-            matched, acted = await self.db(self._matching_rules_left, instance, failures)
-        else:
-            matched, acted = await self.db(self.matching_rules, instance, failures), set()
-        for rule, reason in failures:
+        with no enforcement for it yet; the ids make a second attempt store nothing in any case.
+
+        The criteria are evaluated where the database call runs (the loop, on SQLite), where their
+        datastore reads are, within `templates.BRIEF_SECONDS`; past that they are given up there and
+        evaluated again on a render thread (st2kv reads take a pooled connection of their own), with
+        what is left of `CRITERIA_SECONDS`, while the loop goes on."""
+        evaluation, acted = await self.db(self._evaluated_briefly, instance, resumed)
+        if evaluation.given_up:
+            evaluation = await asyncio.get_running_loop().run_in_executor(
+                render_pool(), self._evaluated, instance, evaluation.spent)
+        for rule, reason in evaluation.failures:
             if rule.ref not in acted:
                 await self._record(rule, instance, None, "failed", reason)
-        for rule in matched:
+        for rule in evaluation.matched:
             if rule.ref in acted:
                 continue
             metrics.count(metrics.rules_matched, rule.ref)
             await self.enforce(rule, instance)
 
-    def _matching_rules_left(self, instance: Mapping[str, Any],
-                             failures: list[tuple[Rule, str]]) -> tuple[list[Rule], set[str]]:
-        """`matching_rules`, and the refs of the rules that acted for the instance already (on the
-        database's side, in one trip)."""
-        return self.matching_rules(instance, failures), self.db.store.rules_enforced_for(instance["id"])
+    def _evaluated_briefly(self, instance: Mapping[str, Any], resumed: bool) -> tuple[_Evaluation, set[str]]:
+        """`_evaluated` briefly, and (`resumed`) the refs of the rules that acted for the instance already
+        (on the database's side, in one trip)."""
+        acted = self.db.store.rules_enforced_for(instance["id"]) if resumed else set()
+        return self._evaluated(instance, brief=True), acted
+
+    def _evaluated(self, instance: Mapping[str, Any], spent: float = 0.0, brief: bool = False) -> _Evaluation:
+        """The instance's criteria evaluated within `CRITERIA_SECONDS` of this thread's CPU time, less
+        what `spent` on them before. `brief` (on the loop): within `templates.BRIEF_SECONDS` for
+        everything (`briefly` for the templates), else given up, as nothing of it took effect."""
+        seconds = CRITERIA_SECONDS
+        budget = patterns.Budget(min(seconds, templates.BRIEF_SECONDS) if brief else seconds, _BUDGET_FOR, spent)
+        failures: list[tuple[Rule, str]] = []
+        with budget:
+            if not brief:
+                return _Evaluation(self.matching_rules(instance, failures, budgeted=True), failures)
+            try:
+                return _Evaluation(briefly(self.matching_rules, instance, failures), failures)
+            except (TooLongForTheLoop, patterns.BudgetSpent):
+                return _Evaluation([], [], budget.spent(), given_up=True)
 
     async def enforce(self, rule: Rule, instance: Mapping[str, Any]) -> dict[str, Any]:
         """Request the rule's action for `instance` and record the enforcement, once for the pair.
@@ -838,6 +937,7 @@ def default_evaluator(kv: Mapping[str, str] | None = None) -> Evaluator:
     return Evaluator(build_environment(), values.get)
 
 
-__all__ = ["Check", "Criterion", "Evaluator", "MatchFailure", "Rule", "RuleError", "RulesEngine", "compile_key",
-           "default_evaluator", "enforced_execution_id", "enforcement_id", "enforcement_public", "failure_reason",
-           "load_rule", "load_rules", "render_pattern", "rule_id", "strip_tag", "waiting_problem"]
+__all__ = ["CRITERIA_SECONDS", "Check", "Criterion", "Evaluator", "MatchFailure", "Rule", "RuleError", "RulesEngine",
+           "compile_key", "default_evaluator", "enforced_execution_id", "enforcement_id", "enforcement_public",
+           "failure_reason", "load_rule", "load_rules", "out_of_time", "render_pattern", "rule_id", "strip_tag",
+           "waiting_problem"]

@@ -109,3 +109,24 @@ def test_search_wraps_a_dict_and_rejects_unknown_conditions():
     assert ops.search({"name": "a"}, {"item.name": {"type": "eq", "pattern": "a"}}, "all", _check) is True
     with pytest.raises(UnrecognizedConditionError):
         ops.search(ITEMS, {"item.name": {"type": "eq", "pattern": "a"}}, "some", _check)
+
+
+def test_a_budget_bounds_every_regex_made_within_it(monkeypatch):
+    """Inside `with Budget(s)`: each match's timeout is what is left of `s` (CPU time of the thread),
+    and a match it stops raises `BudgetSpent` (a TimeoutError) that names the budget; without one, a
+    match has `TIMEOUT` alone, and one it stops raises the package's own TimeoutError."""
+    from engine import patterns
+
+    monkeypatch.setattr(patterns, "TIMEOUT", 10.0)
+    backtracks = "a" * 40 + "b"
+    with patterns.Budget(0.05, "the test"):
+        assert ops.regex("xab", "a+b")
+        with pytest.raises(patterns.BudgetSpent, match=r"the 0\.05 s of CPU time for the test ran out"):
+            ops.regex(backtracks, "^(a|aa)+$")
+        with pytest.raises(patterns.BudgetSpent):
+            ops.regex("xab", "a+b")  # nothing left: not even a cheap match runs
+    assert ops.regex("xab", "a+b")  # the budget ends with its block
+    monkeypatch.setattr(patterns, "TIMEOUT", 0.05)
+    with pytest.raises(TimeoutError, match="regex timed out") as caught:
+        ops.regex(backtracks, "^(a|aa)+$")
+    assert not isinstance(caught.value, patterns.BudgetSpent)

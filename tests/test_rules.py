@@ -529,3 +529,186 @@ async def test_datastore_changes_fire_key_value_triggers(home: Path) -> None:
         assert (await squall.executions.get(enforcement["execution_id"]))["status"] == "requested"
     finally:
         await squall.close()
+
+
+# -- one CPU budget for the criteria of one trigger instance ------------------------------------
+
+def _evaluations_seen_from_the_loop(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, int], list[str]]:
+    """Counts how often the event loop ran while a `matching_rules` call was under way (`seen["ticks"]`,
+    once `ticking` runs) and the threads those calls ran on: work held on the loop shows no tick."""
+    import threading
+
+    from engine.rules import RulesEngine
+
+    seen = {"running": 0, "ticks": 0}
+    threads: list[str] = []
+    original = RulesEngine.matching_rules
+
+    def watched(self: RulesEngine, *args: object, **kwargs: object) -> object:
+        threads.append(threading.current_thread().name)
+        seen["running"] += 1
+        try:
+            return original(self, *args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            seen["running"] -= 1
+
+    monkeypatch.setattr(RulesEngine, "matching_rules", watched)
+    return seen, threads
+
+
+async def _ticking(seen: dict[str, int], done: asyncio.Event) -> None:
+    while not done.is_set():
+        if seen["running"]:
+            seen["ticks"] += 1
+        await asyncio.sleep(0)
+
+
+async def _settled_while_ticking(squall: Squall, seen: dict[str, int]) -> None:
+    done = asyncio.Event()
+    ticker = asyncio.ensure_future(_ticking(seen, done))
+    try:
+        await squall.rules.settle()
+    finally:
+        done.set()
+        await ticker
+
+
+async def test_a_slow_criteria_template_renders_off_the_loop_and_fails_its_rule_alone(
+        home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A pattern template with a loop that never ends in time rendered on the event loop for the whole
+    `templates.max_seconds` (5 s of every chat command and request, per rule, per webhook). It is given
+    up on the loop after `templates.BRIEF_SECONDS` and rendered on a render thread while the loop goes
+    on; its rule fails with the reason, logged, and the next rule on the same instance still fires."""
+    import logging
+
+    from engine.config import TemplateLimits
+    from engine.templates import configure_limits
+
+    write(home / "config.yml", (home / "config.yml").read_text() + "templates: {max_seconds: 0.5}\n")
+    make_pack(home, {
+        "critloop": """
+            name: critloop
+            enabled: true
+            trigger: {type: core.st2.webhook, parameters: {url: crit}}
+            criteria:
+              trigger.body.a:
+                type: equals
+                pattern: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x"
+            action: {ref: demo.take}
+        """,
+        "plain": """
+            name: plain
+            enabled: true
+            trigger: {type: core.st2.webhook, parameters: {url: crit}}
+            criteria: {trigger.body.a: {type: equals, pattern: x}}
+            action: {ref: demo.take}
+        """,
+    })
+    seen, threads = _evaluations_seen_from_the_loop(monkeypatch)
+    squall = await started(home)
+    try:
+        with caplog.at_level(logging.WARNING, logger="engine.rules"):
+            instance = await squall.rules.dispatch_webhook("crit", {"headers": {}, "headers_lower": {},
+                                                                    "body": {"a": "x"}})
+            await _settled_while_ticking(squall, seen)
+        by_rule = {e["rule"]["ref"]: e for e in await squall.rules.enforcements(trigger_instance_id=instance["id"])}
+        assert by_rule["demo.critloop"]["status"] == "failed" and by_rule["demo.critloop"]["execution_id"] is None
+        assert "templates.max_seconds" in by_rule["demo.critloop"]["failure_reason"]
+        assert by_rule["demo.plain"]["status"] == "succeeded" and by_rule["demo.plain"]["execution_id"]
+        assert any("demo.critloop" in r.getMessage() and instance["id"] in r.getMessage()
+                   and "templates.max_seconds" in r.getMessage() for r in caplog.records)
+        assert seen["ticks"] > 0  # the loop ran while the template rendered
+        assert threads[0] == "MainThread" and threads[-1].startswith("squall-render")  # given up on the loop
+    finally:
+        await squall.close()
+        configure_limits(TemplateLimits())
+
+
+ALERTS_RULES = {
+    "afirst": """
+        name: afirst
+        enabled: true
+        trigger: {type: core.st2.webhook, parameters: {url: alerts}}
+        criteria: {trigger.body.alerts: {type: exists}}
+        action: {ref: demo.take}
+    """,
+    "alerts": """
+        name: alerts
+        enabled: true
+        trigger: {type: core.st2.webhook, parameters: {url: alerts}}
+        criteria:
+          trigger.body.alerts:
+            type: search
+            condition: any
+            pattern:
+              item.message:
+                type: regex
+                pattern: '^.*error.*timeout.*$'
+        action: {ref: demo.take}
+    """,
+    "zlast": """
+        name: zlast
+        enabled: true
+        trigger: {type: core.st2.webhook, parameters: {url: alerts}}
+        criteria: {trigger.body.alerts: {type: exists}}
+        action: {ref: demo.take}
+    """,
+}
+
+
+async def test_the_criteria_of_one_trigger_instance_share_one_cpu_budget(
+        home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An ordinary alert rule (a regex over each alert's message) over a body of long messages took
+    ~0.5 s a message, each under `patterns.TIMEOUT`, 6.5 s of the event loop a request, logged nowhere.
+    All the criteria of one trigger instance now share `CRITERIA_SECONDS` of CPU time, off the loop
+    once they take long: the rules that matched before it ran out fire; the rule it ran out in, and the
+    rules after it, do not match, and each gets a failed enforcement and a warning that say why."""
+    import logging
+
+    from engine import rules
+
+    monkeypatch.setattr(rules, "CRITERIA_SECONDS", 0.05, raising=False)
+    make_pack(home, ALERTS_RULES)
+    seen, threads = _evaluations_seen_from_the_loop(monkeypatch)
+    squall = await started(home)
+    try:
+        alerts = [{"message": "error " * 6000} for _ in range(12)] + [{"message": "error: timeout"}]
+        with caplog.at_level(logging.WARNING, logger="engine.rules"):
+            instance = await squall.rules.dispatch_webhook("alerts", {"headers": {}, "headers_lower": {},
+                                                                      "body": {"alerts": alerts}})
+            await _settled_while_ticking(squall, seen)
+        by_rule = {e["rule"]["ref"]: e for e in await squall.rules.enforcements(trigger_instance_id=instance["id"])}
+        assert by_rule["demo.afirst"]["status"] == "succeeded" and by_rule["demo.afirst"]["execution_id"]
+        for ref in ("demo.alerts", "demo.zlast"):
+            assert by_rule[ref]["status"] == "failed" and by_rule[ref]["execution_id"] is None
+            assert "0.05 s of CPU time" in by_rule[ref]["failure_reason"]
+            assert instance["id"] in by_rule[ref]["failure_reason"]
+            assert any(ref in r.getMessage() and instance["id"] in r.getMessage() and "0.05 s of CPU time"
+                       in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+        assert "regex" in by_rule["demo.alerts"]["failure_reason"]  # the rule it ran out in says what ran
+        [execution] = await squall.executions.list(trigger_instance=instance["id"])
+        assert execution["id"] == by_rule["demo.afirst"]["execution_id"]
+        assert seen["ticks"] > 0  # the loop ran while the regexes did
+        assert threads[0] == "MainThread" and threads[-1].startswith("squall-render")
+    finally:
+        await squall.close()
+
+
+async def test_cheap_criteria_are_evaluated_on_the_loop_without_a_thread_hop(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nearly every instance's criteria take microseconds: they are evaluated where they always were,
+    with the budget, and a short list of alerts still matches."""
+    make_pack(home, ALERTS_RULES)
+    _seen, threads = _evaluations_seen_from_the_loop(monkeypatch)
+    squall = await started(home)
+    try:
+        alerts = [{"message": "error: disk"}, {"message": "error: timeout"}]
+        instance = await squall.rules.dispatch_webhook("alerts", {"headers": {}, "headers_lower": {},
+                                                                  "body": {"alerts": alerts}})
+        await squall.rules.settle()
+        by_rule = {e["rule"]["ref"]: e["status"] for e in
+                   await squall.rules.enforcements(trigger_instance_id=instance["id"])}
+        assert by_rule == {"demo.afirst": "succeeded", "demo.alerts": "succeeded", "demo.zlast": "succeeded"}
+        assert threads == ["MainThread"]
+    finally:
+        await squall.close()
