@@ -18,6 +18,7 @@ import contextvars
 import functools
 import itertools
 import json
+import operator
 import os.path
 import re
 import time
@@ -29,6 +30,7 @@ import jinja2
 import yaml
 from jinja2 import meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import Namespace, generate_lorem_ipsum
 
@@ -464,14 +466,16 @@ def current_limits() -> TemplateLimits:
 
 
 class _Budget:
-    """One render's deadline (renders nested inside it share it); a `brief` one is the event loop's."""
+    """One render's deadline, and what it has made so far (`_count_made`); renders nested inside it
+    share it, and a `brief` one is the event loop's."""
 
-    __slots__ = ("brief", "deadline", "seconds")
+    __slots__ = ("brief", "deadline", "made", "seconds")
 
     def __init__(self, seconds: float, brief: bool = False) -> None:
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
         self.brief = brief
+        self.made = 0
 
 
 _budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("squall_template_budget", default=None)
@@ -550,8 +554,39 @@ def _too_big(what: str) -> NoReturn:
     raise TemplateLimitError(reason, reason=reason)
 
 
+def _too_much_work(what: str) -> NoReturn:
+    limit = _limits.max_output_chars
+    reason = (f"{what} would go through more than {limit} characters or list items, the limit set by "
+              "templates.max_output_chars in the config")
+    raise TemplateLimitError(reason, reason=reason)
+
+
+#: What one render may make in all, as a multiple of `templates.max_output_chars`: the text and list
+#: items that filters, calls, `~`, `+`, `*` and slices return. Each value alone is held to the limit;
+#: without a total, a million values each within it (`xs|map('list')|list`) were gigabytes.
+_MADE_PER_RENDER = 8
+
+
+def _count_made(size: int, what: str) -> None:
+    """Adds `size` characters or list items just made to what this render has made in all (its
+    `_Budget`, as the deadline is), refused past `_MADE_PER_RENDER` times the limit."""
+    budget = _budget.get()
+    if budget is None:
+        return
+    budget.made += size
+    limit = _MADE_PER_RENDER * _limits.max_output_chars
+    if budget.made > limit:
+        reason = (f"{what} would take what the template made in all past {limit} characters or list items, "
+                  f"{_MADE_PER_RENDER} times templates.max_output_chars in the config")
+        raise TemplateLimitError(reason, reason=reason)
+
+
 _SEQUENCES = (str, bytes, bytearray, list, tuple)
 _SIZED = (*_SEQUENCES, dict, set, frozenset)
+#: What `*`, `+` and `%` make that counts toward what a render makes in all (not numbers).
+_MADE_BY_OPERATORS = frozenset({str, list, tuple})
+#: Methods that return what their object holds, not something they made (`d.get('k')`).
+_PICKING_METHODS = frozenset({"get", "pop", "popitem", "setdefault"})
 #: What `str()` prints item by item (besides dicts and text).
 _VIEWS = (list, tuple, set, frozenset, KeysView, ValuesView, ItemsView)
 
@@ -637,20 +672,226 @@ def _check_value(value: Any, what: str, indent: int = 0) -> None:
             _too_big(what)
 
 
-def _check_made(value: Any, what: str) -> None:
-    """After the fact, for what a call or filter returned: its length (not its contents)."""
-    if isinstance(value, _SIZED) and len(value) > _limits.max_output_chars:
-        _too_big(what)
+def _check_made(value: Any, what: str, counted: bool = True) -> None:
+    """After the fact, for what a call or filter returned: its length (not its contents), also counted
+    toward what the render makes in all unless it is not new (`counted`: an item the template had)."""
+    if isinstance(value, _SIZED):
+        size = len(value)
+        if size > _limits.max_output_chars:
+            _too_big(what)
+        if counted:
+            _count_made(size, what)
 
 
 def _materialise(value: Any, what: str) -> Any:
-    """`value` itself when it has a length, else its items in a list (refused past the limit)."""
+    """`value` itself when it has a length, else its items in a list (refused past the limit, counted
+    toward what the render makes in all)."""
     if isinstance(value, (*_SIZED, *_VIEWS, range)):
         return value
     items = list(itertools.islice(iter(value), _limits.max_output_chars + 1))
     if len(items) > _limits.max_output_chars:
         _too_big(what)
+    _count_made(len(items), what)
     return items
+
+
+#: What compares at once whatever it holds (a whole number is measured by its size, text by its length).
+_FLAT = frozenset({bool, float, type(None)})
+#: What `_leaf_work` measures itself.
+_LEAVES = frozenset({str, int, bool})
+#: What `_work` looks into; anything else counts one.
+_WALKED = (str, bytes, bytearray, int, dict, *_VIEWS, Namespace)
+
+
+def _work(value: Any, cap: int) -> int:
+    """About how many items and characters comparing (or adding up) `value` goes through, counted only
+    until past `cap`: each item of a list or dict, each character of a text, each 64 bits of a number.
+
+    Unlike `_weight` (the length of its text), a number or None counts one, so a long list of ids from a
+    payload compares as before; a list holding one long list many times counts it each time, as a
+    comparison in C goes through it each time, holding the GIL where no deadline reaches."""
+    total = 0
+    stack = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = item.__class__
+        if kind is str:
+            total += len(item)
+        elif kind is int:
+            total += item.bit_length() >> 6
+        elif kind is list or kind is tuple:
+            total += len(item)
+            if total > cap:
+                return total
+            if len(item) > 32:
+                total += _flat_work(item, stack, cap - total)
+            else:
+                extend(item)
+        elif kind is dict:
+            total += len(item)
+            extend(item)
+            extend(item.values())
+        elif kind not in _FLAT:
+            total += _other_work(item, stack)
+        if total > cap:
+            return total
+    return total
+
+
+def _flat_work(items: list[Any] | tuple[Any, ...], stack: list[Any], cap: int) -> int:
+    """`_work` of the items of a long list, worked out in C as far as it can be (a hundred thousand ids
+    or rows of an API's answer take milliseconds, not a Python step each); the rest goes on `stack`."""
+    kinds = set(map(type, items))
+    if kinds == {dict}:  # rows: their keys and values, gathered in C once their count is known to be within `cap`
+        entries = sum(map(len, items))
+        if entries > cap:
+            return entries
+        keys = list(itertools.chain.from_iterable(items))
+        values = list(itertools.chain.from_iterable(map(dict.values, items)))
+        return _leaf_work(keys, stack, set(map(type, keys))) + _leaf_work(values, stack, set(map(type, values)))
+    return _leaf_work(items, stack, kinds)
+
+
+def _leaf_work(items: list[Any] | tuple[Any, ...], stack: list[Any], kinds: set[type]) -> int:
+    """`_work` of `items` (of the types `kinds`) when they are texts, whole numbers and what `_work` does
+    not look into (each of those counts one, as its container's length); else they go on `stack`."""
+    if any(kind not in _LEAVES and issubclass(kind, _WALKED) for kind in kinds):
+        stack.extend(items)
+        return 0
+    texts = items if kinds == {str} else _of_type(items, str) if str in kinds else ()
+    whole = items if kinds <= {int, bool} else _of_type(items, int) if int in kinds else ()
+    return sum(map(len, texts)) + (sum(map(int.bit_length, whole)) >> 6)
+
+
+def _of_type(items: list[Any] | tuple[Any, ...], kind: type) -> Iterator[Any]:
+    """The items of exactly type `kind`, picked in C."""
+    return itertools.compress(items, map(operator.is_, map(type, items), itertools.repeat(kind)))
+
+
+def _other_work(item: Any, stack: list[Any]) -> int:
+    """`_work` of what is not a plain str, int, list, tuple or dict (subclasses, sets, views, a
+    namespace): its own share, with its items put on `stack`."""
+    if isinstance(item, str | bytes | bytearray):
+        return len(item)
+    if isinstance(item, int):
+        return item.bit_length() >> 6
+    if isinstance(item, dict):
+        stack.extend(item)
+        stack.extend(item.values())
+        return len(item)
+    if isinstance(item, _VIEWS):
+        stack.extend(item)
+        return len(item)
+    if isinstance(item, Namespace):
+        stack.append(item._Namespace__attrs)
+    return 1
+
+
+#: Jinja's names of the comparison operators, with what each does and how a template writes it.
+_ORDERINGS: dict[str, Callable[[Any, Any], Any]] = {
+    "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gteq": operator.ge, "lt": operator.lt,
+    "lteq": operator.le,
+}
+_SYMBOLS = {"eq": "==", "ne": "!=", "gt": ">", "gteq": ">=", "lt": "<", "lteq": "<=", "in": "in", "notin": "not in"}
+#: What compares item by item (text compares as one block of memory: at once, whatever its length).
+_COMPOSITE = (list, tuple, dict, set, frozenset)
+#: What nearly every comparison in a template has on one side, and compares at once: no more to check.
+_AT_ONCE = frozenset({str, int, float, bool, type(None)})
+#: What `in` looks an item up in by its hash: only the item is gone through (hashed, compared once).
+_HASHED = (dict, set, frozenset, KeysView, ItemsView)
+
+
+def _compare(left: Any, op: str, right: Any) -> Any:
+    """`left <op> right` (Jinja's name of the operator), refused first when it could go through more
+    than the limit: a comparison is one C call, so neither the deadline nor the sizes of what it
+    compares (each within the limit, `[0] * 1000000` held fifteen thousand times) stopped it.
+
+    Cheap for what templates compare: numbers, text and a small list are compared at once; two lists
+    or dicts are gone through (`_work`) only until one is found within the limit."""
+    ordering = _ORDERINGS.get(op)
+    if ordering is None:  # in, not in
+        if right.__class__ is not str:
+            right = _containment(left, right, f"comparing with {_SYMBOLS[op]}")
+        return left not in right if op == "notin" else left in right
+    if left.__class__ not in _AT_ONCE and right.__class__ not in _AT_ONCE and isinstance(left, _COMPOSITE) \
+            and isinstance(right, _COMPOSITE):
+        cap = _limits.max_output_chars
+        small, large = (left, right) if len(left) <= len(right) else (right, left)
+        if _work(small, cap) > cap and _work(large, cap) > cap:
+            _too_much_work(f"comparing with {_SYMBOLS[op]}")
+    return ordering(left, right)
+
+
+def _containment(item: Any, container: Any, what: str) -> Any:
+    """The container `in` (or `what`, e.g. `list.index`) looks `item` up in (an iterator's items in a
+    list, so they can be measured), refused when the look-up could go through more than the limit: a
+    list compares `item` with each of its items, a dict or set hashes it."""
+    cap = _limits.max_output_chars
+    kind = container.__class__
+    if (kind is list or kind is tuple) and len(container) * (1 + _item_work(item, cap)) <= cap:
+        return container  # the common cases, decided without walking anything
+    if kind is dict or kind is set or kind is frozenset:
+        _check_key(item, what)
+        return container
+    if isinstance(container, Iterator):
+        container = _materialise(container, f"what {what} goes through")
+    if isinstance(container, list | tuple | ValuesView):
+        if len(container) * (1 + _item_work(item, cap)) > cap and _work(container, cap) > cap:
+            _too_much_work(what)
+    elif isinstance(container, _HASHED):
+        _check_key(item, what)
+    return container
+
+
+def _item_work(item: Any, cap: int) -> int:
+    """`_work(item, cap)`, at once for text and numbers (what `in` nearly always looks for)."""
+    kind = item.__class__
+    if kind is str:
+        return len(item)
+    if kind is int:
+        return item.bit_length() >> 6
+    return 0 if kind in _FLAT else _work(item, cap)
+
+
+def _check_key(key: Any, what: str) -> None:
+    """A key about to be hashed: a tuple's hash goes through all it holds, every time (a str's is kept)."""
+    cap = _limits.max_output_chars
+    if isinstance(key, tuple | frozenset) and _work(key, cap) > cap:
+        _too_much_work(what)
+
+
+#: Methods that compare their argument with each item, as `in` does, or hash it.
+_SCANNING_METHODS = frozenset({"count", "index", "remove"})
+_HASHING_METHODS = frozenset({"add", "discard", "get", "pop", "remove", "setdefault"})
+
+
+def _check_lookup(owner: Any, name: str, args: tuple[Any, ...]) -> None:
+    """Calls that compare or hash what they are given in one C call, weighed as `in` and `==` are:
+    `list.index`, `dict.get`, `set.add`, `loop.changed`."""
+    what = f"{type(owner).__name__}.{name}"
+    if isinstance(owner, list | tuple) and name in _SCANNING_METHODS:
+        _containment(args[0], owner, what)
+    elif isinstance(owner, dict | set | frozenset) and name in _HASHING_METHODS:
+        _check_key(args[0], what)
+    elif isinstance(owner, LoopContext) and name == "changed":
+        cap = _limits.max_output_chars
+        if _work(args, cap) > cap:  # compared with the last value given, each time
+            _too_much_work("loop.changed")
+
+
+def _chain(first: Any, *steps: Any) -> Any:
+    """`a < b < c` as Python chains it: `steps` are operator names and callables giving the operands,
+    each evaluated once, in turn, and only while the comparisons before it hold."""
+    left = first
+    result: Any = True
+    for index in range(0, len(steps), 2):
+        right = steps[index + 1]()
+        result = _compare(left, steps[index], right)
+        if not result:
+            return result
+        left = right
+    return result
 
 
 _PRINTF_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
@@ -710,6 +951,25 @@ def _digits(bits: int) -> int:
     return bits * 3 // 10
 
 
+#: Python's own limit on the digits of a whole number turned into text (`sys.int_info`), and here on
+#: both the divisor and the quotient of a division.
+_BIG_INT_DIGITS = 4300
+
+
+def _check_division(what: str, left: Any, right: Any) -> None:
+    """`left // right` or `left % right` of whole numbers: long division goes through the divisor's
+    digits for each digit of the quotient, in one C call (1.8 s for 715,000 digits by 338,000), so the
+    two may not both be long; a short divisor or a short quotient is quick whatever the size."""
+    if isinstance(left, int) and isinstance(right, int):
+        divisor = _digits(right.bit_length())
+        quotient = _digits(max(left.bit_length() - right.bit_length(), 0))
+        if min(divisor, quotient) > _BIG_INT_DIGITS:
+            reason = (f"{what} of a number of about {_digits(left.bit_length())} digits by one of about {divisor} "
+                      f"would take too long: a template may divide by a number of more than {_BIG_INT_DIGITS} digits "
+                      f"only when the quotient has at most {_BIG_INT_DIGITS} digits")
+            raise TemplateLimitError(reason, reason=reason)
+
+
 def _check_binop(operator: str, left: Any, right: Any) -> None:
     cap = _limits.max_output_chars
     if operator == "*":
@@ -729,9 +989,14 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
             _too_big("the sum")
     elif operator == "%" and isinstance(left, str):
         _check_printf(left, right, "the formatted text")
+    elif operator == "%":
+        _check_division("the remainder", left, right)
+    elif operator == "//":
+        _check_division("the quotient", left, right)
 
 
 _STR_WIDTHS = frozenset({"center", "ljust", "rjust", "zfill"})
+_TEXTS = (str, bytes, bytearray)
 _GROWING = frozenset({"extend", "update", "__ior__"})
 _ADDING = frozenset({"append", "insert", "add", "setdefault"})
 
@@ -744,8 +1009,10 @@ def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
     bound = getattr(obj, "__wrapped__", obj)  # str.format comes wrapped by the sandbox
     owner = getattr(bound, "__self__", None)
     name = getattr(bound, "__name__", "")
-    if isinstance(owner, str):
-        what = f"what str.{name} makes"
+    if args:
+        _check_lookup(owner, name, args)
+    if isinstance(owner, _TEXTS):
+        what = f"what {'str' if isinstance(owner, str) else type(owner).__name__}.{name} makes"
         if name in _STR_WIDTHS:
             width = args[0] if args else kwargs.get("width")
             if isinstance(width, int) and width > cap:
@@ -759,7 +1026,7 @@ def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
             if _weight(items, cap) + len(owner) * len(items) > cap:
                 _too_big(what)
             args = (items, *args[1:])
-        elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        elif name == "replace" and len(args) >= 2 and isinstance(args[0], _TEXTS) and isinstance(args[1], _TEXTS):
             if _replaced_size(owner, args[0], args[1], args[2] if len(args) > 2 else kwargs.get("count")) > cap:
                 _too_big(what)
         elif name in ("format", "format_map"):
@@ -768,12 +1035,17 @@ def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
             longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
             if len(owner) * longest > cap:
                 _too_big(what)
+    elif isinstance(owner, int) and name == "to_bytes":
+        length = args[0] if args else kwargs.get("length", 1)
+        if isinstance(length, int) and length > cap:
+            _too_big("what int.to_bytes makes")
     elif isinstance(owner, list | dict | set | bytearray):
         what = f"the {type(owner).__name__} a template grows"
         if name in _GROWING and args:
             items = _materialise(args[0], what)
             if len(owner) + len(items) > cap:
                 _too_big(what)
+            _count_made(len(items), what)
             args = (items, *args[1:])
         elif name in _ADDING and len(owner) + 1 > cap:
             _too_big(what)
@@ -820,9 +1092,11 @@ def _is_paced(node: nodes.Node) -> bool:
 
 
 class _BoundedCodeGenerator(CodeGenerator):
-    """Jinja's code generator with three hooks the sandbox lacks: every `{% for %}` iterates through
+    """Jinja's code generator with five hooks the sandbox lacks: every `{% for %}` iterates through
     `environment.squall_iterate` (the deadline), every `{{ }}` value passes `environment.squall_output`
-    (its size, before `str()` makes it) and `~` joins through `environment.squall_join`.
+    (its size, before `str()` makes it), `~` joins through `environment.squall_join`, comparisons
+    (`==`, `<`, `in`...) go through `environment.squall_compare` (what they would go through) and
+    slices through `environment.squall_slice` (what they copy).
 
     Nothing is evaluated while compiling (the environment is built with `optimized=False`, and `{{ }}`
     output is never folded into a constant): Jinja would otherwise run filters and `~` on constants
@@ -846,6 +1120,40 @@ class _BoundedCodeGenerator(CodeGenerator):
             self.write(")")
             return
         super().visit_Call(node, frame, forward_caller=forward_caller)
+
+    def visit_Compare(self, node: nodes.Compare, frame: Frame) -> None:
+        """Every comparison through `environment.squall_compare` (`_compare`), which refuses one that
+        could go through more than the limit in one C call; a chain (`a < b < c`) through
+        `environment.squall_chain`, its later operands as lambdas so each is evaluated once, and only
+        while the comparisons before it hold, as in Python."""
+        if len(node.ops) == 1:
+            self.write("environment.squall_compare(")
+            self.visit(node.expr, frame)
+            self.write(f", {node.ops[0].op!r}, ")
+            self.visit(node.ops[0].expr, frame)
+            self.write(")")
+            return
+        self.write("environment.squall_chain(")
+        self.visit(node.expr, frame)
+        for operand in node.ops:
+            self.write(f", {operand.op!r}, lambda: ")
+            self.visit(operand.expr, frame)
+        self.write(")")
+
+    def visit_Getitem(self, node: nodes.Getitem, frame: Frame) -> None:
+        """`x[a:b]` through `environment.squall_slice` (Jinja writes slices as Python does, unseen)."""
+        if not isinstance(node.arg, nodes.Slice):
+            super().visit_Getitem(node, frame)
+            return
+        self.write("environment.squall_slice(")
+        self.visit(node.node, frame)
+        for part in (node.arg.start, node.arg.stop, node.arg.step):
+            self.write(", ")
+            if part is None:
+                self.write("None")
+            else:
+                self.visit(part, frame)
+        self.write(")")
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.squall_join((")
@@ -930,6 +1238,13 @@ _STRUCTURAL_FILTERS = frozenset({
     "last", "length", "list", "map", "max", "min", "random", "reject", "rejectattr", "reverse", "round",
     "select", "selectattr", "slice", "sort", "sum", "unique",
 })
+#: Filters that compare or add up their value's items in one C call (`sorted`, `max`, `sum`...): the
+#: items are gone through (`_work`), not only counted, before the filter runs.
+_ITEM_WORK_FILTERS = frozenset({"dictsort", "groupby", "max", "min", "sort", "sum", "unique"})
+#: Filters that copy their value's items into lists of their own: as many items made as it has.
+_REGROUPING_FILTERS = frozenset({"batch", "groupby", "slice"})
+#: Filters that return their value or one of its items, not something they made.
+_PICKING_FILTERS = frozenset({"attr", "d", "default", "first", "last", "max", "min", "random"})
 #: Filters whose output may be much larger than their input: how large, before it is made.
 _INDENTED = {"tojson": 1, "to_json_string": 1, "to_yaml_string": 1, "pprint": 1}
 
@@ -1004,21 +1319,42 @@ def _bounded_replacement(replacement: Any, what: str) -> Callable[[re.Match[str]
     return expand
 
 
+def _filter_items(name: str, value: Any) -> Any:
+    """The value a filter that goes through its items is given: an iterator's items in a list (so they
+    can be measured), refused when comparing or adding them up could go through more than the limit,
+    and counted as made when the filter copies them into lists of its own."""
+    what = f"the value given to the {name} filter"
+    value = _materialise(value, what)
+    if name in _ITEM_WORK_FILTERS:
+        cap = _limits.max_output_chars
+        if _work(value, cap) > cap:
+            _too_much_work(f"the {name} filter")
+    if name in _REGROUPING_FILTERS and isinstance(value, _SIZED):
+        _count_made(len(value), what)
+    return value
+
+
 def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     skip = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
     stringifies = name not in _STRUCTURAL_FILTERS
+    goes_through = name in _ITEM_WORK_FILTERS or name in _REGROUPING_FILTERS
+    picks = name in _PICKING_FILTERS
     what = f"the value given to the {name} filter"
     made = f"what the {name} filter makes"
 
     @functools.wraps(func)  # keeps `jinja_pass_arg`: Jinja passes the context/environment as before
     def guarded(*args: Any, **kwargs: Any) -> Any:
         _tick()
+        given = None
         if len(args) > skip:
-            if stringifies and not isinstance(args[skip], str):
-                _check_value(args[skip], what)
-            args = (*args[:skip], *_filter_check(name, args[skip:], kwargs))
+            given = args[skip]
+            if stringifies and not isinstance(given, str):
+                _check_value(given, what)
+            elif goes_through:
+                given = _filter_items(name, given)
+            args = (*args[:skip], *_filter_check(name, (given, *args[skip + 1:]), kwargs))
         result = func(*args, **kwargs)
-        _check_made(result, made)
+        _check_made(result, made, counted=not picks and result is not given)
         return result
 
     return guarded
@@ -1049,12 +1385,18 @@ class _SquallSandbox(SandboxedEnvironment):
     It also keeps every render within `TemplateLimits`: operators that multiply (``*``, ``**``,
     ``%``, ``+``), calls, filters, ``~`` and each ``{{ }}`` value are measured before they are made,
     and the deadline is checked at each of those steps and at every item of a ``{% for %}`` loop.
+    What one C call would go through at once, where no deadline reaches, is weighed first too:
+    comparisons (``==``, ``<``, ``in``...), the filters that compare or add up items (``sort``,
+    ``max``, ``sum``...) and long division (``//``, ``%``). What a render makes in all (the text and
+    list items its filters, calls and operators return) is counted against `_MADE_PER_RENDER`.
     """
 
-    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    intercepted_binops = frozenset({"*", "**", "%", "+", "//"})
     code_generator_class = _BoundedCodeGenerator
     template_class = _BoundedTemplate
     concat = staticmethod(_bounded_join)
+    squall_compare = staticmethod(_compare)
+    squall_chain = staticmethod(_chain)
 
     def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
         """A template's globals as one plain dict, not Jinja's ChainMap over the environment's.
@@ -1081,19 +1423,32 @@ class _SquallSandbox(SandboxedEnvironment):
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         _tick()
+        if argument.__class__ is tuple:
+            _check_key(argument, "looking up a key")
         return super().getitem(obj, argument)
+
+    def squall_slice(self, obj: Any, start: Any, stop: Any, step: Any) -> Any:
+        """`obj[start:stop:step]`, which Jinja writes without the sandbox: a copy, counted as made."""
+        _tick()
+        result = obj[start:stop:step]
+        if isinstance(result, _SIZED):
+            _count_made(len(result), "a slice")
+        return result
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         _tick()
         _check_binop(operator, left, right)
-        return super().call_binop(context, operator, left, right)
+        result = super().call_binop(context, operator, left, right)
+        if result.__class__ in _MADE_BY_OPERATORS:
+            _count_made(len(result), f"what {operator} makes")
+        return result
 
     def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         _tick()
         args = _check_call(obj, args, kwargs)
         result = super().call(context, obj, *args, **kwargs)
-        if isinstance(result, _SIZED) and len(result) > _limits.max_output_chars:
-            _too_big(f"what {getattr(obj, '__name__', 'a call')} returned")
+        name = getattr(obj, "__name__", "")
+        _check_made(result, f"what {name or 'a call'} returned", counted=name not in _PICKING_METHODS)
         return result
 
     def compile_expression(self, source: str, undefined_to_none: bool = True) -> Any:
@@ -1127,11 +1482,32 @@ class _SquallSandbox(SandboxedEnvironment):
             if size > cap:
                 _too_big("the text joined with ~")
             texts.append(part)
+        _count_made(size, "the text joined with ~")
         return "".join(texts)
 
 
 def _in_test(item: Any, container: Any) -> bool:
-    return item in container
+    return bool(_compare(item, "in", container))
+
+
+#: Jinja's tests that compare two values (`is eq(x)`, `select('lt', 3)`), by `_compare`'s operator names.
+_COMPARING_TESTS: dict[Callable[[Any, Any], Any], str] = {
+    operator.eq: "eq", operator.ne: "ne", operator.gt: "gt", operator.ge: "gteq", operator.lt: "lt",
+    operator.le: "lteq",
+}
+
+
+def _divisible_by(value: Any, num: Any) -> bool:
+    _check_division("the remainder", value, num)
+    return bool(jinja2.tests.test_divisibleby(value, num))
+
+
+def _guard_test(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A test as it runs in templates: the comparing ones through `_compare`, as operators are."""
+    op = _COMPARING_TESTS.get(func)
+    if op is not None:
+        return lambda value, other: _compare(value, op, other)
+    return _divisible_by if func is jinja2.tests.test_divisibleby else func
 
 
 def _build(decrypt: Callable[[str], str] | None) -> SandboxedEnvironment:
@@ -1146,6 +1522,7 @@ def _build(decrypt: Callable[[str], str] | None) -> SandboxedEnvironment:
     env.filters = {name: _guard_filter(name, func) for name, func in env.filters.items()}
     env.globals["lipsum"] = _lipsum
     env.tests["in"] = _in_test
+    env.tests = {name: _guard_test(func) for name, func in env.tests.items()}
     return env
 
 

@@ -3,9 +3,12 @@ render_values rules (examples mirror StackStorm's st2common/tests/unit/test_jinj
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
+import tracemalloc
+from collections.abc import Callable, Iterator
 
 import jinja2
 import pytest
@@ -624,3 +627,222 @@ def test_a_lookup_template_is_given_up_on_the_loop_past_the_brief_deadline(monke
     monkeypatch.setattr(templates, "BRIEF_SECONDS", 0.0)
     with pytest.raises(TooLongForTheLoop):
         briefly(render_template, template, LOOKUP_CONTEXT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Work one expression does at once: comparisons, big-number division, what a render makes in all
+# ---------------------------------------------------------------------------------------------
+
+
+class _Probe:
+    """A list item whose comparisons and hashes are counted: a bomb must be refused before Python
+    compares anything, and the count says so without timing the render."""
+
+    calls = 0
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        _Probe.calls += 1
+        return isinstance(other, _Probe) and other.value == self.value
+
+    def __lt__(self, other: _Probe) -> bool:
+        _Probe.calls += 1
+        return self.value < other.value
+
+    def __hash__(self) -> int:
+        _Probe.calls += 1
+        return self.value
+
+
+def _refused(template: str, context: dict[str, object] | None = None) -> str:
+    """The reason a render was refused for a size or work limit (never for the time limit)."""
+    from engine.templates import TemplateLimitError
+
+    with pytest.raises(TemplateLimitError) as caught:
+        render_template(template, context or {})
+    assert "templates.max_output_chars" in caught.value.reason, caught.value.reason
+    assert "templates.max_seconds" not in caught.value.reason
+    return caught.value.reason
+
+
+def _peak_bytes(render_it: Callable[[], object]) -> int:
+    """What `render_it` allocated at most, by tracemalloc (what a refused bomb made before it stopped)."""
+    tracemalloc.start()
+    try:
+        render_it()
+    except TemplateRenderError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@contextlib.contextmanager
+def _limits(max_output_chars: int) -> Iterator[None]:
+    from engine.config import TemplateLimits
+    from engine.templates import configure_limits, current_limits
+
+    before = current_limits()
+    configure_limits(TemplateLimits(max_output_chars=max_output_chars))
+    try:
+        yield
+    finally:
+        configure_limits(before)
+
+
+def test_in_over_a_huge_list_is_refused_before_it_compares() -> None:
+    """`([0]*999999 + [1]) in [[0]*1000000]*n` held the GIL in one C comparison for 10 s past every
+    deadline; each list passed the size checks, which measured only lengths."""
+    bomb = "{{ ([0]*999999 + [1]) in [[0]*1000000]*trigger.body.n }}"
+    reason = _refused(bomb, {"trigger": {"body": {"n": 15000}}})
+    assert "comparing with in" in reason and "1048576" in reason
+    _Probe.calls = 0
+    needle = [_Probe(0)] * 999 + [_Probe(1)]
+    assert "comparing with not in" in _refused("{{ needle not in [row] * 3000 }}",
+                                              {"needle": needle, "row": [_Probe(0)] * 1000})
+    assert "comparing with in" in _refused("{{ needle in {} }}", {"needle": (_Probe(0),) * 1100000})  # the hash
+    assert "comparing with in" in _refused("{{ needle in rows|select }}", {"needle": needle,
+                                                                           "rows": [[_Probe(0)] * 1000] * 3000})
+    assert _Probe.calls == 0
+
+
+@pytest.mark.parametrize("op", ["==", "!=", "<", "<=", ">", ">="])
+def test_equality_and_order_of_two_huge_values_are_refused_before_they_compare(op: str) -> None:
+    _Probe.calls = 0
+    context = {"left": [[_Probe(0)] * 1000] * 1100, "right": [[_Probe(0)] * 1000] * 1100}
+    assert f"comparing with {op}" in _refused(f"{{{{ left {op} right }}}}", context)
+    chained = f"{{{{ 0 < 1 < 2 and left[:1] == left[:1] and (left {op} right {op} left) }}}}"
+    assert f"comparing with {op}" in _refused(chained, context)
+    test = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}[op]
+    assert "1048576" in _refused(f"{{{{ left is {test}(right) }}}}", context)  # Jinja's tests compare too
+    assert "1048576" in _refused(f"{{{{ [left]|select('{test}', right)|list }}}}", context)
+    assert _Probe.calls == 0
+
+
+def test_big_integer_floor_division_and_remainder_are_refused() -> None:
+    """`(3**1500000) // (7**400000)` took 1.8 s in one C call: `//` was not checked, `%` only for text."""
+    for template in ("{{ ((3**1500000) // (7**400000)) > 1 }}", "{{ ((3**1500000) % (7**400000)) > 1 }}",
+                     "{{ (3**1500000) is divisibleby(7**400000) }}"):
+        with pytest.raises(TemplateRenderError) as caught:
+            render_template(template, {})
+        reason = str(caught.value)
+        assert "4300 digits" in reason and "digit" in reason, reason
+    # a small divisor, or a small quotient, is quick whatever the size: not refused
+    assert render_template("{{ (3**100000) // 3 == 3**99999 }} {{ (3**100000) % (3**99999 + 1) > 0 }}", {}) \
+        == "True True"
+    assert render_template("{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ 7.5 // 2 }} {{ 10 is divisibleby 5 }}", {}) \
+        == "3 -4 1 3.0 True"
+
+
+@pytest.mark.parametrize("template", [
+    "{{ (['x' * 1000000] * 20)|sort|length }}",
+    "{{ (['x' * 1000000] * 20)|unique|list|length }}",
+    "{{ (['x' * 1000000] * 20)|max }}",
+    "{{ (['x' * 1000000] * 20)|min|length }}",
+    "{{ ((['x' * 1000000] * 20)|map('string'))|sort(case_sensitive=true)|length }}",
+    "{{ ([{'k': 'x' * 1000000}] * 20)|groupby('k')|length }}",
+])
+def test_filters_that_compare_items_weigh_their_input_first(template: str) -> None:
+    """sort, unique, min and max lowercase and compare every item in C: twenty references to one
+    long string passed a length check and became twenty copies compared in one call."""
+    reason = _refused(template)
+    assert "filter" in reason and "1048576" in reason
+    assert _peak_bytes(lambda: render_template(template, {})) < 4 * 1024 * 1024
+
+
+def test_what_one_render_makes_in_all_is_bounded() -> None:
+    """Each list `map('list')` made passed its own size check, and nothing counted them: a million of
+    them was gigabytes until MemoryError."""
+    bomb = "{{ ([[0]*1000000]*1000000)|map('list')|list|length }}"
+    reason = _refused(bomb)
+    assert "in all" in reason and "8388608" in reason
+    assert _peak_bytes(lambda: render_template(bomb, {})) < 200 * 1024 * 1024
+    kept = ("{% set ns = namespace(l=[]) %}{% for i in range(100) %}{{ ns.l.append(s ~ i) or '' }}{% endfor %}"
+            "{{ ns.l|length }}")
+    assert "in all" in _refused(kept, {"s": "x" * 1000000})
+    with _limits(2048):
+        for template in ("{{ ([[0]*2000]*2000)|map('list')|list|length }}",
+                         "{% set ns = namespace(l=[]) %}{% for i in range(2000) %}{{ ns.l.append(l[1:]) or '' }}"
+                         "{% endfor %}{{ ns.l|length }}",
+                         "{% set ns = namespace(l=[]) %}{% for i in range(2000) %}{{ ns.l.append(l + [i]) or '' }}"
+                         "{% endfor %}{{ ns.l|length }}"):
+            with pytest.raises(TemplateRenderError, match="16384 characters or list items") as caught:
+                render_template(template, {"l": [0] * 2000})
+            assert "in all" in str(caught.value)
+            assert _peak_bytes(lambda t=template: render_template(t, {"l": [0] * 2000})) < 1024 * 1024
+        assert render_template("{{ (([0]*2000)|list|length) + (([1]*2000)|list|length) }}", {}) == "4000"
+
+
+ORDINARY_COMPARISONS = [
+    "{{ 1 < 2 < 3 }} {{ 1 < 3 < 2 }} {{ 3 > 2 >= 2 == 2 != 1 }} {{ 2 < 1 < missing }} {{ (1 < 2) < 3 }}",
+    "{{ 'a' in 'abc' }} {{ 'z' not in 'abc' }} {{ 2 in [1, 2] }} {{ 3 not in (1, 2) }} {{ 'k' in {'k': 1} }}",
+    "{{ [1, 2] == [1, 2] }} {{ (1, 2) < (1, 3) }} {{ {'a': 1} != {'a': 2} }} {{ [1] in [[1], [2]] }} {{ x == y }}",
+    "{% if x is defined and x > 1 %}big{% endif %} {{ y if y == 'b' else 'c' }} {{ 'error' in text }}",
+    "{{ [1, 2, 3]|select('equalto', 2)|list }} {{ [1, 2, 3]|reject('lt', 2)|list }} {{ 2 is in [1, 2] }}"
+    "{{ [{'a': 1}, {'a': 2}]|selectattr('a', 'ge', 2)|list }} {{ 4 is divisibleby 2 }} {{ 'b' is gt('a') }}",
+    "{{ [3, 1, 2]|sort }} {{ ['b', 'A', 'a']|sort }} {{ [1, 2, 2, 3]|unique|list }} {{ [4, 9, 1]|max }}"
+    "{{ ['b', 'A']|min }} {{ {'b': 1, 'a': 2}|dictsort }} {{ [{'k': 2}, {'k': 1}]|sort(attribute='k') }}",
+    "{{ [{'k': 'a', 'v': 1}, {'k': 'a', 'v': 2}]|groupby('k') }} {{ xs|map('int')|list == [1, 2] }}"
+    "{{ 1 in xs|map('int') }} {{ xs|map('int')|max }} {{ lines|sort|first }} {{ 7 % 3 }}-{{ 9 // 2 }}",
+    "{% for x in xs if x > '1' %}{{ x }}{% endfor %}{% macro m(a=1 < 2 < 3) %}{{ a }}{% endmacro %}{{ m() }}"
+    "{% set ns = namespace(n=0) %}{% for i in range(200) if i is odd and i > 100 %}{% set ns.n = ns.n + i %}"
+    "{% endfor %}{{ ns.n }}",
+]
+
+
+@pytest.mark.parametrize("template", ORDINARY_COMPARISONS)
+def test_ordinary_comparisons_and_sorts_render_as_jinja_renders_them(template: str) -> None:
+    context = {"x": 2, "y": "b", "xs": ["1", "2"], "text": "ok\n" * 400000 + "error", "lines": ["b", "a"] * 1000}
+    reference = SandboxedEnvironment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    assert render_template(template, context) == reference.from_string(template).render(context)
+
+
+def test_undefined_values_in_comparisons_fail_as_jinja_fails() -> None:
+    reference = SandboxedEnvironment(undefined=jinja2.StrictUndefined)
+    for template in ("{{ missing == 1 }}", "{{ 1 in missing }}", "{{ 1 < 2 < missing }}", "{{ missing|sort }}"):
+        with pytest.raises(jinja2.UndefinedError) as expected:
+            reference.from_string(template).render()
+        with pytest.raises(TemplateRenderError, match=re.escape(str(expected.value))):
+            render_template(template, {})
+
+
+def test_stackstorm_filters_and_comparisons_on_big_context_values_are_unchanged() -> None:
+    """What a payload or a result already holds is compared in C as before: only values a template
+    multiplies past the limit are refused."""
+    context = {"stdout": "line\n" * 1000000 + "error", "ids": list(range(500000)),
+               "rows": [{"n": i} for i in range(3000)]}
+    template = ("{{ 'error' in stdout }} {{ 499999 in ids }} {{ ids == ids }} {{ rows|sort(attribute='n')|first }}"
+                "{{ '1.2.3'|version_more_than('1.2.0') }} {{ 'abc'|regex_match('a') }} {{ {'a': [1]}|to_json_string }}"
+                " {{ ids|max }} {{ (rows|map(attribute='n')|list)[:3] == [0, 1, 2] }}")
+    assert render_template(template, context) == 'True True True {\'n\': 0}True True {"a": [1]} 499999 True'
+
+
+def test_methods_and_lookups_that_compare_or_hash_are_weighed_as_in_is() -> None:
+    """`list.index`, `list.count` and `loop.changed` compare as `in` and `==` do, and a tuple key is
+    hashed whole: the same bombs by another name."""
+    _Probe.calls = 0
+    needle = [_Probe(0)] * 999 + [_Probe(1)]
+    context = {"needle": needle, "row": [_Probe(0)] * 1000, "key": (_Probe(0),) * 1100000, "d": {}}
+    for template in ("{{ ([row] * 3000).index(needle) }}", "{{ ([row] * 3000).count(needle) }}",
+                     "{{ d.get(key) }}", "{{ d[key] is defined }}", "{{ {}.setdefault(key) }}",
+                     "{% for i in range(3) %}{{ loop.changed([row] * 3000) }}{% endfor %}"):
+        assert "1048576" in _refused(template, context), template
+    assert _Probe.calls == 0
+    ordinary = ("{{ [1, 2, 3].index(2) }} {{ [1, 2, 2].count(2) }} {{ {'a': 1}.get('a') }} {{ d[(1, 2)] }}"
+                "{% for x in [1, 1, 2] %}{{ loop.changed(x) }}{% endfor %}")
+    assert render_template(ordinary, {"d": {(1, 2): "t"}}) == "1 2 1 tTrueFalseTrue"
+
+
+@pytest.mark.parametrize("template", [
+    "{{ (1).to_bytes(200000000, 'big')|length }}",
+    "{{ (1).to_bytes(length=200000000)|length }}",
+    "{{ 'x'.encode().ljust(200000000)|length }}",
+    "{{ 'x'.encode().zfill(200000000)|length }}",
+])
+def test_bytes_a_number_or_text_makes_are_measured_before_they_are_made(template: str) -> None:
+    """`to_bytes` and the bytes widths were measured after the fact, once the bytes existed."""
+    assert "1048576 characters" in _refused(template)
+    assert _peak_bytes(lambda: render_template(template, {})) < 4 * 1024 * 1024
