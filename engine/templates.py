@@ -54,12 +54,15 @@ __all__ = [
     "build_environment",
     "compiled",
     "configure_limits",
+    "end_budget",
     "is_jinja_expression",
     "render_pool",
     "render_template",
     "render_value",
     "render_values",
     "rendered",
+    "start_budget",
+    "tick",
     "undeclared_variables",
 ]
 
@@ -500,6 +503,11 @@ def _tick() -> None:
         reason = (f"the template ran longer than {budget.seconds:g} s, the limit set by templates.max_seconds "
                   "in the config")
         raise TemplateLimitError(reason, reason=reason)
+
+
+#: The same budget for what evaluates beside Jinja (Orquesta's and Mistral's YAQL, `workflows/expressions.py`):
+#: started around an evaluation (one nested in a render shares it), its deadline checked at each step.
+start_budget, end_budget, tick = _start_budget, _end_budget, _tick
 
 
 # --------------------------------------------------------------------------------------------

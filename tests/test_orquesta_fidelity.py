@@ -9,14 +9,22 @@ and orquesta's conductor); the workflows are this file's own.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import socket
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.app import Squall
-from engine.config import load_config
+from engine.config import TemplateLimits, load_config
+from engine.executions import new_id
+from engine.processes import process_identity
+from engine.storage import Store, utcnow
+from engine.templates import configure_limits
+from engine.workflows import expressions
 from tests.workflow_helpers import children, run, task_names, workflow_pack
 
 UNKNOWN_FUNCTION = ("YaqlEvaluationException: Unable to evaluate expression '<% abs(8).value %>'. "
@@ -657,3 +665,140 @@ async def test_canceling_one_task_makes_the_workflow_canceling_while_the_others_
     rows = await children(fid, record["id"])
     assert sorted((n, r["status"]) for n, r in zip(task_names(rows), rows, strict=True)) == [
         ("slow", "succeeded"), ("stuck", "canceled")]  # `after` never ran
+
+
+# -- expressions that run too long --------------------------------------------------------------
+
+#: A nested YAQL loop whose cost the caller chooses (`n` from a webhook body): about n³ steps.
+YAQL_BOMB = """
+version: 1.0
+input: [n]
+vars:
+  - total: <% range(0, ctx(n)).select(range(0, ctx(n)).sum()).sum() %>
+tasks:
+  done:
+    action: core.noop
+output:
+  - total: <% ctx(total) %>
+"""
+JINJA_BOMB = """
+version: 1.0
+vars:
+  - x: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x"
+tasks:
+  done:
+    action: core.noop
+"""
+#: Past `templates.max_seconds` (0.3 s here) an expression fails as a template does, naming the setting.
+TOO_LONG = "the template ran longer than 0.3 s, the limit set by templates.max_seconds in the config"
+
+
+@pytest.fixture
+async def bombs(home: Path) -> AsyncIterator[Squall]:
+    config = home / "config.yml"
+    config.write_text(config.read_text() + "templates:\n  max_seconds: 0.3\n")
+    workflow_pack(home, {"yaql": ("orquesta", "n: {type: integer}", YAQL_BOMB),
+                         "jinja": ("orquesta", "", JINJA_BOMB)}, pack="bomb")
+    app = await Squall.start(load_config(config))
+    try:
+        yield app
+    finally:
+        await app.close()
+        configure_limits(TemplateLimits())  # process-wide: the next test starts from the defaults
+
+
+async def test_a_yaql_expression_past_the_time_limit_fails_the_workflow_with_the_limit(bombs: Squall) -> None:
+    done = await run(bombs, "bomb.yaql", {"n": 150})  # about 2 s of YAQL without a deadline
+    assert done["status"] == "failed", done["result"]
+    (error,) = done["result"]["errors"]
+    assert error["message"].startswith("YaqlEvaluationException: Unable to evaluate expression '<% range(0, ")
+    assert TOO_LONG in error["message"]
+    assert await children(bombs, done["id"]) == []  # nothing ran, as with any bad expression
+    small = await run(bombs, "bomb.yaql", {"n": 3})  # an ordinary expression is untouched
+    assert small["status"] == "succeeded", small["result"]
+    assert small["result"]["output"] == {"total": 9}
+
+
+@pytest.mark.parametrize(("ref", "parameters", "evaluator"), [("bomb.yaql", {"n": 150}, "_yaql_eval"),
+                                                              ("bomb.jinja", {}, "_jinja_eval")])
+async def test_the_event_loop_goes_on_while_a_workflow_expression_evaluates(
+        bombs: Squall, monkeypatch: pytest.MonkeyPatch, ref: str, parameters: dict[str, Any], evaluator: str) -> None:
+    """The loop is never held by an Orquesta expression: a coroutine keeps running while one evaluates."""
+    seen: list[str] = []
+    evaluate = getattr(expressions, evaluator)
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        seen.append("start")
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            seen.append("end")
+
+    monkeypatch.setattr(expressions, evaluator, watched)
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        while not stop.is_set():
+            seen.append("tick")
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        done = await run(bombs, ref, parameters)
+    finally:
+        stop.set()
+        await ticker
+    assert done["status"] == "failed" and TOO_LONG in done["result"]["errors"][0]["message"]
+    start = seen.index("start")
+    assert "tick" in seen[start:seen.index("end", start)]  # the loop ran while the expression evaluated
+
+
+async def test_a_workflow_left_running_in_a_too_long_expression_fails_at_recovery_and_stays_failed(
+        bombs: Squall, home: Path) -> None:
+    """A workflow Squall stopped in (killed while its expression ran) is conducted on at recovery: the
+    expression fails it at the deadline, and no later recovery takes it up again."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    now = utcnow()
+    orphan = {"id": new_id(), "action": "bomb.yaql", "runner": "orquesta", "status": "running",
+              "parameters": {"n": 150}, "spec": {"values": {"n": 150}, "templates": {}}, "sealed": None,
+              "result": None, "context": {"user": "tester", "pack": "bomb"},
+              "log": [{"status": "running", "timestamp": now.isoformat()}], "parent": None,
+              "runner_info": {"hostname": socket.gethostname(), **process_identity(), "pid": gone.pid},
+              "start_timestamp": now, "end_timestamp": None}
+    store = Store.open(load_config(home / "config.yml").database_url)
+    try:
+        store.insert_execution(orphan)
+    finally:
+        store.close()
+    assert await bombs.executions.recover() == {"abandoned": 0, "started": 1}
+    done = await final(bombs, orphan["id"])
+    assert done["status"] == "failed", done["result"]
+    assert TOO_LONG in done["result"]["errors"][0]["message"]
+    assert await bombs.executions.recover() == {"abandoned": 0, "started": 0}
+    assert (await bombs.executions.get(orphan["id"]))["status"] == "failed"
+
+
+async def test_a_cancel_asked_while_an_expression_evaluates_cancels_the_workflow(
+        bombs: Squall, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The conductor steps on a render thread; a cancel asked meanwhile is applied once the step returns."""
+    started, proceed = threading.Event(), threading.Event()
+    evaluate = expressions._yaql_eval
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        proceed.wait(10)  # held until the cancel was asked (on the loop, which must be free for it)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(expressions, "_yaql_eval", held)
+    record = await bombs.executions.request("bomb.yaql", {"n": 3}, {"user": "tester"})
+
+    async def evaluating() -> bool:
+        return started.is_set()
+
+    await until(evaluating, "the vars' expression started")
+    await bombs.executions.cancel(record["id"])
+    proceed.set()
+    done = await final(bombs, record["id"])
+    assert done["status"] == "canceled", done["result"]
+    assert await children(bombs, done["id"]) == []  # `done` was never started

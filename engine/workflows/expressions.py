@@ -203,11 +203,32 @@ def _yaql_scope_function(name: str) -> Callable[..., Any]:
     return call
 
 
+class _TimedLimit(int):
+    """A YAQL limit (`yaql.limitIterators`, `yaql.memoryQuota`) that checks the evaluation's deadline
+    (`templates.tick`) whenever YAQL compares against it. YAQL compares against the one at every item
+    of every iterator it limits, and against the other after every function call (its memory check):
+    together every step of an evaluation, so a loop the data makes long (`range(0, ctx(n))` nested)
+    stops at `templates.max_seconds` as a Jinja template does, where the limits alone bound only sizes.
+    An int still, for YAQL's own arithmetic and `isinstance` checks on it."""
+
+    def __le__(self, other: int) -> bool:
+        templates.tick()
+        return super().__le__(other)
+
+    def __ge__(self, other: int) -> bool:  # `0 <= limit` is asked of the limit (a subclass of int)
+        templates.tick()
+        return super().__ge__(other)
+
+    def __lt__(self, other: int) -> bool:  # `total > quota`, likewise
+        templates.tick()
+        return super().__lt__(other)
+
+
 @functools.lru_cache(maxsize=1)
 def _yaql() -> tuple[Any, Any]:
     engine = factory.YaqlFactory().create(options={
-        "yaql.convertInputData": True, "yaql.convertOutputData": True, "yaql.limitIterators": 100_000,
-        "yaql.memoryQuota": 64 * 1024 * 1024,
+        "yaql.convertInputData": True, "yaql.convertOutputData": True, "yaql.limitIterators": _TimedLimit(100_000),
+        "yaql.memoryQuota": _TimedLimit(64 * 1024 * 1024),
     })
     root = yaql.create_context()
     for name in _SCOPE_FUNCTIONS:  # named as written: without `name=` yaql would register task_status as taskStatus
@@ -234,14 +255,19 @@ def _yaql_eval(text: str, scope: Scope, raw: str | None = None) -> Any:
     _, root = _yaql()
     context = root.create_child_context()
     context[_STATE] = scope
+    budget = templates.start_budget()  # `templates.max_seconds`, as a template has (see `_TimedLimit`)
     try:
         return parsed.evaluate(data=dict(scope.ctx), context=context)
+    except templates.TooLongForTheLoop:
+        raise  # evaluated under `templates.briefly`: the caller evaluates it again off the loop
     except KeyError as exc:
         key = str(exc.args[0] if exc.args else exc).strip("'")
         raise ExpressionError(expression, "", text=f"Unable to resolve key '{key}' in expression "
                                                    f"'{expression}' from context.") from exc
     except Exception as exc:
         raise ExpressionError(expression, f"{type(exc).__name__}: {str(exc).strip(chr(39))}") from exc
+    finally:
+        templates.end_budget(budget)
 
 
 # -- Jinja --------------------------------------------------------------------------------------

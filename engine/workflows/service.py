@@ -13,22 +13,33 @@ procrastinate`) the same replay runs in steps instead: the tasks run as jobs on 
 their queues, and a step ends as soon as the workflow waits on them (`WAITING_ON_TASKS`); each
 task that ends queues the next step (`JobExecutor.advance`), which any worker may take. Pauses and
 cancels are then read from the workflow's stored status at each step.
+
+An Orquesta conductor's steps (its start, each outcome fed to it, its outcome) run on a render thread
+(`templates.render_pool`), not on the event loop: they evaluate the workflow's YAQL and Jinja, whose
+cost its data chooses (a loop over a list from a webhook body), each expression up to
+`templates.max_seconds`. The flow awaits each step, so the conductor is still used by one step at a
+time; a cancel asked meanwhile is applied to it once the step returns (`Flow.cancel_conductor`).
+ActionChain and Mistral conductors still step on the loop, each expression within the same deadline:
+Mistral's conductor asks for its pauses through the loop (`mistral.deferred_pause`), and an
+ActionChain's cancel feeds its conductor what just ended at once (`Flow.interrupted_result`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine.runners import SHELL_COMMAND_RUNNERS, WAITING_ON_TASKS, RunOutcome, RunRequest
 from engine.storage import as_utc, iso
-from engine.templates import KVNamespace
+from engine.templates import KVNamespace, render_pool
 from engine.workflows import chain
 from engine.workflows.model import COMPLETED, NO_DEFAULT, Conductor, TaskCall
 from engine.yamlfile import ContentInvalid, load_yaml
@@ -41,6 +52,7 @@ log = logging.getLogger(__name__)
 _LIVE = frozenset({"requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming"})
 _WAITING = frozenset({"pending", "paused"})
 _SPEC_CACHE: dict[tuple[str, str, int], Any] = {}
+T = TypeVar("T")
 
 
 def load_spec(kind: str, path: Path, display: str) -> Any:
@@ -92,11 +104,16 @@ class Flow:
     """One workflow execution being conducted in this process."""
 
     def __init__(self, service: WorkflowService, request: RunRequest, conductor: Conductor,
-                 revealed: list[str] | None = None) -> None:
+                 revealed: list[str] | None = None, off_loop: bool = False) -> None:
         self.service = service
         self.request = request
         self.id = request.execution_id
         self.conductor = conductor
+        #: Whether its conductor steps on a render thread (Orquesta; see the module's docstring).
+        self.off_loop = off_loop
+        #: A step is running on a render thread: a cancel asked meanwhile is applied after it (`cancel_conductor`).
+        self._in_step = False
+        self._cancel_after_step = False
         #: The values of its own `secret: true` parameters (sealed with it, so no step seals them again):
         #: its tasks get them as secrets to mask, as they get `revealed`, for a task's own parameter (a
         #: `cmd`, a `message`) that the workflow hands them to is not secret.
@@ -195,21 +212,24 @@ class Flow:
 
                     if isinstance(outcome, (asyncio.CancelledError, StaleStep)):  # a stale step stops whole
                         raise outcome
-                    calls += self._answer(call.key, "failed", {"error": str(outcome)}, None)
+                    calls += await self._answer(call.key, "failed", {"error": str(outcome)}, None)
                 elif outcome["status"] in COMPLETED:  # canceled at once (a policy), or finished already
-                    calls += self._answer(call.key, outcome["status"], outcome["result"], outcome)
+                    calls += await self._answer(call.key, outcome["status"], outcome["result"], outcome)
                 else:
                     self.live[outcome["id"]] = call.key
                     self.calls[call.key] = call
 
-    def _answer(self, key: str, status: str, result: Any, child: dict[str, Any] | None) -> list[TaskCall]:
-        """Tell the conductor a task ended; `child` is its execution (None: it could not be requested).
-        An ActionChain also records when the child was requested and last changed (`created_at`,
-        `updated_at` in its `tasks`, as StackStorm's)."""
+    async def _answer(self, key: str, status: str, result: Any, child: dict[str, Any] | None) -> list[TaskCall]:
+        """Tell the conductor a task ended; `child` is its execution (None: it could not be requested)."""
+        if isinstance(self.conductor, chain.ChainConductor):
+            return self._chain_answer(key, status, result, child)
+        return await self._step(self.conductor.on_done, key, status, result,
+                                child["id"] if child is not None else None)
+
+    def _chain_answer(self, key: str, status: str, result: Any, child: dict[str, Any] | None) -> list[TaskCall]:
+        """`_answer` to an ActionChain, which also records when the child was requested and last changed
+        (`created_at`, `updated_at` in its `tasks`, as StackStorm's)."""
         child_id = child["id"] if child is not None else None
-        if not isinstance(self.conductor, chain.ChainConductor):
-            with self._revealing():
-                return self.conductor.on_done(key, status, result, child_id)
         if child is None:  # refused at once: requested and ended now
             created = updated = _stamp(_now())
         else:
@@ -217,6 +237,35 @@ class Flow:
             updated = _stamp(child.get("end_timestamp")) or created
         with self._revealing():
             return self.conductor.on_done(key, status, result, child_id, created_at=created, updated_at=updated)
+
+    async def _step(self, step: Callable[..., T], *args: Any) -> T:
+        """One step of the conductor (`start`, `on_done`, `outcome`): on a render thread for a flow that
+        steps `off_loop`, so the expressions it evaluates never hold the event loop, else here."""
+        if not self.off_loop:
+            return self._revealed_step(step, *args)
+        self._in_step = True
+        try:
+            context = contextvars.copy_context()  # the log context, and `_revealing`'s bucket set in the thread
+            return await asyncio.get_running_loop().run_in_executor(render_pool(), context.run,
+                                                                     self._revealed_step, step, *args)
+        finally:
+            self._in_step = False
+            if self._cancel_after_step:
+                self._cancel_after_step = False
+                self.conductor.cancel()  # type: ignore[attr-defined]
+
+    def _revealed_step(self, step: Callable[..., T], *args: Any) -> T:
+        """The step, with what it decrypts collected into `revealed` (`_revealing`)."""
+        with self._revealing():
+            return step(*args)
+
+    def cancel_conductor(self) -> None:
+        """Cancel the conductor (Orquesta's: nothing new starts); while a step runs on a render thread,
+        once it returns, so that only one thread at a time ever uses the conductor."""
+        if self._in_step:
+            self._cancel_after_step = True
+        else:
+            self.conductor.cancel()  # type: ignore[attr-defined]
 
     def _revealing(self) -> contextlib.AbstractContextManager[None]:
         """Around the conductor's work: what its templates' `decrypt_kv` reveals (an ActionChain's) joins
@@ -246,7 +295,7 @@ class Flow:
             event = self.events.get_nowait()
             key = self.live.pop(event["id"], None) or self.waiting.pop(event["id"], None)
             if key is not None and event.get("status") in COMPLETED:
-                self._answer(key, event["status"], event.get("result"), event)  # the calls it returns never start
+                self._chain_answer(key, event["status"], event.get("result"), event)  # the calls it returns never start
         snapshot = self.conductor.snapshot()
         snapshot.pop("error", None)  # the cancel is the error
         return snapshot
@@ -285,8 +334,7 @@ class Flow:
                     if child["status"] == "requested":
                         unclaimed.append(child["id"])
 
-        with self._revealing():
-            launch(self.conductor.start())
+        launch(await self._step(self.conductor.start))
         canceled_task, cancel_pending = False, self.cancel_requested  # a step of a workflow canceled meanwhile
         while replay:
             item = heapq.heappop(replay)
@@ -295,7 +343,7 @@ class Flow:
                 cancel_pending = False
                 self.conductor.cancel()  # type: ignore[attr-defined]  # what ended since starts nothing
             canceled_task |= child["status"] == "canceled"
-            launch(self._answer(item.key, child["status"], child.get("result"), child))
+            launch(await self._answer(item.key, child["status"], child.get("result"), child))
         if self.waiting:
             self.pausing = True
         self._start_nothing_if_canceled(cancel_pending, to_request, again)
@@ -337,8 +385,7 @@ class Flow:
     async def _loop(self) -> RunOutcome:
         while True:
             if self._done() and not self._pause_first():
-                with self._revealing():
-                    outcome = self.conductor.outcome()
+                outcome = await self._step(self.conductor.outcome)
                 return RunOutcome(outcome.status, outcome.result)
             if self.pausing and not self.live:
                 return RunOutcome("paused", {**self.conductor.snapshot(), "paused_by": self._paused_by()})
@@ -371,7 +418,7 @@ class Flow:
             await self._request([self.calls[key]], crashed=True)
             return
         self.calls.pop(key, None)
-        calls = self._answer(key, status, event.get("result"), event)
+        calls = await self._answer(key, status, event.get("result"), event)
         if not self.waiting and not self.pause_requested:
             self.pausing = False  # the answer came while other branches still ran
         if status == "canceled":
@@ -519,7 +566,7 @@ class WorkflowService:
             conductor = self._conductor(kind, request, revealed)
         except ContentInvalid as exc:
             return RunOutcome("failed", {"error": f"invalid workflow: {exc}"})
-        flow = Flow(self, request, conductor, revealed)
+        flow = Flow(self, request, conductor, revealed, off_loop=kind == "orquesta")
         status = record.get("status")
         if status == "pausing" or _pause_interrupted(record):
             flow.pausing = flow.pause_requested = True
@@ -684,7 +731,7 @@ class WorkflowService:
         if flow.cancel_requested:
             return True
         flow.cancel_requested = True
-        cancel()
+        flow.cancel_conductor()
         flow.events.put_nowait({"__wake__": True, "id": ""})
         await flow.cancel_children(graceful=True)
         await self._cancel_root({"id": execution_id, "context": flow.request.context})
