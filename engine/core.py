@@ -42,7 +42,7 @@ from engine.runners.python import PythonRunner
 from engine.runners.shell import LocalShellRunner
 from engine.sensors import SensorContainer, load_sensors
 from engine.storage import Database, Store
-from engine.templates import configure_limits
+from engine.templates import configure_limits, stop_renders
 from engine.timers import TIMER_TYPES, TimerService, store_history
 from engine.triggers import TriggerService
 from engine.wakeups import PROCESS_NAME
@@ -253,6 +253,7 @@ class Engine:
         if self._emitting:  # datastore triggers written just before: store them, do not drop them
             await asyncio.gather(*self._emitting, return_exceptions=True)
         await self.executor.close()
+        stop_renders()  # the executions it stopped may still evaluate on a render thread: they stop too
         self.leader.close()
         await self.inquiries.close()
         await self.python.close()

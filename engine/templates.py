@@ -21,6 +21,7 @@ import json
 import operator
 import os.path
 import re
+import threading
 import time
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +63,7 @@ __all__ = [
     "render_values",
     "rendered",
     "start_budget",
+    "stop_renders",
     "tick",
     "undeclared_variables",
 ]
@@ -468,17 +470,23 @@ def current_limits() -> TemplateLimits:
     return _limits
 
 
+#: Set when Squall closes (`stop_renders`): the renders under way then stop at their next step.
+_stopping = threading.Event()
+
+
 class _Budget:
     """One render's deadline, and what it has made so far (`_count_made`); renders nested inside it
-    share it, and a `brief` one is the event loop's."""
+    share it, and a `brief` one is the event loop's. It keeps the `_stopping` of when it started: a
+    render Squall's close stopped stays stopped, one of a Squall started after runs."""
 
-    __slots__ = ("brief", "deadline", "made", "seconds")
+    __slots__ = ("brief", "deadline", "made", "seconds", "stopping")
 
     def __init__(self, seconds: float, brief: bool = False) -> None:
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
         self.brief = brief
         self.made = 0
+        self.stopping = _stopping
 
 
 _budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("squall_template_budget", default=None)
@@ -497,7 +505,12 @@ def _end_budget(token: contextvars.Token[_Budget | None] | None) -> None:
 def _tick() -> None:
     """Called at every step the sandbox sees (calls, attributes, operators, loop items, output)."""
     budget = _budget.get()
-    if budget is not None and time.monotonic() > budget.deadline:
+    if budget is None:
+        return
+    if budget.stopping.is_set():
+        reason = "the template was stopped because Squall is stopping"
+        raise TemplateLimitError(reason, reason=reason)
+    if time.monotonic() > budget.deadline:
         if budget.brief:
             raise TooLongForTheLoop
         reason = (f"the template ran longer than {budget.seconds:g} s, the limit set by templates.max_seconds "
@@ -530,6 +543,19 @@ def render_pool() -> ThreadPoolExecutor:
     """The process's render threads: few (templates are CPU work under the GIL), and apart from
     asyncio's default pool and the database thread, so slow templates only wait for each other."""
     return ThreadPoolExecutor(max_workers=_RENDER_THREADS, thread_name_prefix="squall-render")
+
+
+def stop_renders() -> None:
+    """At Squall's close: stop what runs on the render threads at its next step, and drop what waits
+    for one. Their threads are joined when the interpreter exits, so a workflow step or template still
+    running (each up to `templates.max_seconds`, a step of many) would hold a stopping Squall up. The
+    next `render_pool()` is a new pool (tests start and close Squall many times in one process)."""
+    global _stopping
+    _stopping.set()
+    if render_pool.cache_info().currsize:
+        render_pool().shutdown(wait=False, cancel_futures=True)
+        render_pool.cache_clear()
+    _stopping = threading.Event()
 
 
 def briefly(render: Callable[..., T], *args: Any) -> T:

@@ -12,6 +12,7 @@ import asyncio
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,12 @@ from typing import Any
 import pytest
 
 from bot.app import Squall
+from engine import templates
 from engine.config import TemplateLimits, load_config
 from engine.executions import new_id
 from engine.processes import process_identity
 from engine.storage import Store, utcnow
-from engine.templates import configure_limits
+from engine.templates import TemplateLimitError, configure_limits
 from engine.workflows import expressions
 from tests.workflow_helpers import children, run, task_names, workflow_pack
 
@@ -780,25 +782,172 @@ async def test_a_workflow_left_running_in_a_too_long_expression_fails_at_recover
 
 
 async def test_a_cancel_asked_while_an_expression_evaluates_cancels_the_workflow(
-        bombs: Squall, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The conductor steps on a render thread; a cancel asked meanwhile is applied once the step returns."""
+        held: Squall, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The conductor steps on a render thread; a cancel asked meanwhile is applied once the step returns.
+    (Under the default limits: the hold counts against the step's time.)"""
+    done = await _cancel_while_held(held, monkeypatch, "held.start")
+    assert done["status"] == "canceled", done["result"]
+    assert await children(held, done["id"]) == []  # `done` was never started
+
+
+# -- a cancel asked while a step evaluates; one time limit for a whole step ---------------------
+
+#: Each holds its marked expression (`held`) in a different step: `on_done` (a publish) and `outcome`.
+HELD_TRANSITION = """
+version: 1.0
+tasks:
+  first:
+    action: core.noop
+    next:
+      - when: <% succeeded() %>
+        publish:
+          - slow: <% 'heldmarker' %>
+        do: second
+  second:
+    action: core.noop
+"""
+HELD_START = """
+version: 1.0
+vars:
+  - slow: <% 'heldmarker' %>
+tasks:
+  done:
+    action: core.noop
+"""
+HELD_OUTPUT = """
+version: 1.0
+tasks:
+  first:
+    action: core.noop
+output:
+  - out: <% 'heldmarker' %>
+"""
+#: Five items whose inputs are built in one step (no `concurrency`): each within the limit, not all of them.
+MANY_ITEMS = """
+version: 1.0
+tasks:
+  each:
+    with: i in <% range(0, 5) %>
+    action: core.local
+    input:
+      cmd: <% 'echo slowitem' + str(item(i)) %>
+"""
+
+
+@pytest.fixture
+async def held(home: Path) -> AsyncIterator[Squall]:
+    """The default limits (a held expression must not run out of time while a test holds it)."""
+    workflow_pack(home, {"start": ("orquesta", "", HELD_START), "transition": ("orquesta", "", HELD_TRANSITION),
+                         "output": ("orquesta", "", HELD_OUTPUT)}, pack="held")
+    app = await Squall.start(load_config(home / "config.yml"))
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+async def _cancel_while_held(squall: Squall, monkeypatch: pytest.MonkeyPatch, ref: str) -> dict[str, Any]:
+    """Run `ref`, cancel it while its `heldmarker` expression evaluates on a render thread, and return it
+    once it ended."""
     started, proceed = threading.Event(), threading.Event()
     evaluate = expressions._yaql_eval
 
-    def held(*args: Any, **kwargs: Any) -> Any:
-        started.set()
-        proceed.wait(10)  # held until the cancel was asked (on the loop, which must be free for it)
-        return evaluate(*args, **kwargs)
+    def hold(text: str, *args: Any, **kwargs: Any) -> Any:
+        if "heldmarker" in text:
+            started.set()
+            proceed.wait(10)  # held until the cancel was asked (on the loop, which must be free for it)
+        return evaluate(text, *args, **kwargs)
 
-    monkeypatch.setattr(expressions, "_yaql_eval", held)
-    record = await bombs.executions.request("bomb.yaql", {"n": 3}, {"user": "tester"})
+    monkeypatch.setattr(expressions, "_yaql_eval", hold)
+    record = await squall.executions.request(ref, {}, {"user": "tester"})
 
     async def evaluating() -> bool:
         return started.is_set()
 
-    await until(evaluating, "the vars' expression started")
-    await bombs.executions.cancel(record["id"])
-    proceed.set()
-    done = await final(bombs, record["id"])
+    try:
+        await until(evaluating, "the held expression started")
+        assert (await squall.executions.cancel(record["id"]))["status"] == "canceling"
+    finally:
+        proceed.set()
+    return await final(squall, record["id"])
+
+
+async def test_a_cancel_asked_while_a_transition_evaluates_starts_no_next_task(
+        held: Squall, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `on_done` step that was running returns the next task; the cancel asked meanwhile keeps it
+    from starting, as StackStorm starts nothing once a workflow is `canceling`."""
+    done = await _cancel_while_held(held, monkeypatch, "held.transition")
     assert done["status"] == "canceled", done["result"]
-    assert await children(bombs, done["id"]) == []  # `done` was never started
+    rows = await children(held, done["id"])
+    assert task_names(rows) == ["first"]  # `second` was never started
+
+
+async def test_a_cancel_asked_while_the_output_evaluates_ends_the_workflow_canceled(
+        held: Squall, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outcome step that was running said `succeeded`; the cancel asked meanwhile wins, and a
+    workflow that showed `canceling` ends `canceled`."""
+    done = await _cancel_while_held(held, monkeypatch, "held.output")
+    assert done["status"] == "canceled", done["result"]
+    assert [entry["status"] for entry in done["log"]][-2:] == ["canceling", "canceled"]
+
+
+async def test_the_expressions_of_one_step_share_one_time_limit(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A with-items step builds every item's input at once: each input within `templates.max_seconds`,
+    together past it, fails the workflow with the limit (a step's time is bounded, not each expression's)."""
+    config = home / "config.yml"
+    config.write_text(config.read_text() + "templates:\n  max_seconds: 0.3\n")
+    workflow_pack(home, {"items": ("orquesta", "", MANY_ITEMS)}, pack="items")
+    evaluate = expressions._yaql_eval
+
+    def slow(text: str, *args: Any, **kwargs: Any) -> Any:
+        if "slowitem" in text:
+            time.sleep(0.1)  # stands for an input costing a third of the limit (before its own budget starts)
+        return evaluate(text, *args, **kwargs)
+
+    monkeypatch.setattr(expressions, "_yaql_eval", slow)
+    app = await Squall.start(load_config(config))
+    try:
+        done = await run(app, "items.items")
+    finally:
+        await app.close()
+        configure_limits(TemplateLimits())  # process-wide: the next test starts from the defaults
+    assert done["status"] == "failed", done["result"]
+    assert TOO_LONG in done["result"]["errors"][0]["message"], done["result"]
+    assert len(await children(app, done["id"])) < 5  # the items after the limit never started
+
+
+async def test_squalls_close_stops_a_step_evaluating_on_a_render_thread(home: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step still evaluating when Squall closes stops at its next step check: its thread would
+    otherwise hold the stopping process (joined at exit) until the step's limit."""
+    workflow_pack(home, {"transition": ("orquesta", "", HELD_TRANSITION)}, pack="held")
+    started, ended = threading.Event(), threading.Event()
+    stopped: list[str] = []
+    evaluate = expressions._yaql_eval
+
+    def spin(text: str, *args: Any, **kwargs: Any) -> Any:
+        if "heldmarker" in text:
+            started.set()
+            until_at = time.monotonic() + 10  # bounded: a step that is never stopped ends here, unstopped
+            try:
+                while time.monotonic() < until_at:
+                    templates.tick()  # what every evaluation step checks
+            except TemplateLimitError as exc:
+                stopped.append(str(exc))
+            finally:
+                ended.set()
+        return evaluate(text, *args, **kwargs)
+
+    monkeypatch.setattr(expressions, "_yaql_eval", spin)
+    app = await Squall.start(load_config(home / "config.yml"))
+    try:
+        await app.executions.request("held.transition", {}, {"user": "tester"})
+
+        async def evaluating() -> bool:
+            return started.is_set()
+
+        await until(evaluating, "the held expression started")
+    finally:
+        await app.close()
+    assert await asyncio.to_thread(ended.wait, 30)
+    assert stopped == ["the template was stopped because Squall is stopping"]

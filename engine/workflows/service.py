@@ -16,9 +16,9 @@ cancels are then read from the workflow's stored status at each step.
 
 An Orquesta conductor's steps (its start, each outcome fed to it, its outcome) run on a render thread
 (`templates.render_pool`), not on the event loop: they evaluate the workflow's YAQL and Jinja, whose
-cost its data chooses (a loop over a list from a webhook body), each expression up to
-`templates.max_seconds`. The flow awaits each step, so the conductor is still used by one step at a
-time; a cancel asked meanwhile is applied to it once the step returns (`Flow.cancel_conductor`).
+cost its data chooses (a loop over a list from a webhook body), all of a step's expressions together
+within `templates.max_seconds`. The flow awaits each step, so the conductor is still used by one step at
+a time; a cancel asked meanwhile is applied to it once the step returns (`Flow.cancel_conductor`).
 ActionChain and Mistral conductors still step on the loop, each expression within the same deadline:
 Mistral's conductor asks for its pauses through the loop (`mistral.deferred_pause`), and an
 ActionChain's cancel feeds its conductor what just ended at once (`Flow.interrupted_result`).
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine.runners import SHELL_COMMAND_RUNNERS, WAITING_ON_TASKS, RunOutcome, RunRequest
 from engine.storage import as_utc, iso
-from engine.templates import KVNamespace, render_pool
+from engine.templates import KVNamespace, end_budget, render_pool, start_budget
 from engine.workflows import chain
 from engine.workflows.model import COMPLETED, NO_DEFAULT, Conductor, TaskCall
 from engine.yamlfile import ContentInvalid, load_yaml
@@ -195,8 +195,12 @@ class Flow:
         cannot be requested (unknown action, bad parameters) fails its task right away. A call with
         a `delay` is a child `delayed` that long (seen, and cancelable, meanwhile). `crashed` calls
         replace children a stop abandoned mid-run: they were running, and a pause lets running tasks
-        finish, so they are requested even while pausing (what they lead to is not)."""
+        finish, so they are requested even while pausing (what they lead to is not). Once a cancel was
+        asked, nothing new starts (StackStorm's `canceling`): a step that was running when it was asked
+        (on a render thread) may have returned calls its conductor, canceled after it, would not make."""
         while calls:
+            if self.cancel_requested and not crashed:
+                return  # canceled: what never started never will
             if self.pausing and not crashed:
                 return  # they are asked for again when the workflow resumes
             crashed = False
@@ -247,12 +251,23 @@ class Flow:
         try:
             context = contextvars.copy_context()  # the log context, and `_revealing`'s bucket set in the thread
             return await asyncio.get_running_loop().run_in_executor(render_pool(), context.run,
-                                                                     self._revealed_step, step, *args)
+                                                                     self._budgeted_step, step, *args)
         finally:
             self._in_step = False
             if self._cancel_after_step:
                 self._cancel_after_step = False
                 self.conductor.cancel()  # type: ignore[attr-defined]
+
+    def _budgeted_step(self, step: Callable[..., T], *args: Any) -> T:
+        """The step on its render thread, within one `templates.max_seconds` for all the expressions it
+        evaluates (each nested in its budget shares it): one step evaluates any number of them (a
+        with-items builds every item's input at once), and a limit per expression would let it hold a
+        render thread, and so every other workflow's steps, for as long as its data chose."""
+        budget = start_budget()
+        try:
+            return self._revealed_step(step, *args)
+        finally:
+            end_budget(budget)
 
     def _revealed_step(self, step: Callable[..., T], *args: Any) -> T:
         """The step, with what it decrypts collected into `revealed` (`_revealing`)."""
@@ -385,14 +400,23 @@ class Flow:
     async def _loop(self) -> RunOutcome:
         while True:
             if self._done() and not self._pause_first():
-                outcome = await self._step(self.conductor.outcome)
-                return RunOutcome(outcome.status, outcome.result)
+                return await self._outcome()
             if self.pausing and not self.live:
                 return RunOutcome("paused", {**self.conductor.snapshot(), "paused_by": self._paused_by()})
             if self.service.stepping and self.events.empty():
                 return RunOutcome(WAITING_ON_TASKS, None)  # the next step is queued when a task ends
             event = await self.events.get()
             await self._handle(event)
+
+    async def _outcome(self) -> RunOutcome:
+        """The conductor's outcome. A cancel asked while it was taken on a render thread is applied
+        after (`cancel_conductor`): the outcome is taken again from the canceled conductor, so that a
+        workflow shown `canceling` ends `canceled`, never `succeeded`."""
+        canceled = self.cancel_requested
+        outcome = await self._step(self.conductor.outcome)
+        if self.cancel_requested and not canceled:
+            outcome = await self._step(self.conductor.outcome)
+        return RunOutcome(outcome.status, outcome.result)
 
     def _paused_by(self) -> str:
         """Why it pauses, stored as `paused_by`: `request` (a pause asked of it: only a resume goes on),
