@@ -21,6 +21,7 @@ import json
 import operator
 import os.path
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
@@ -479,13 +480,14 @@ class _Budget:
     share it, and a `brief` one is the event loop's. It keeps the `_stopping` of when it started: a
     render Squall's close stopped stays stopped, one of a Squall started after runs."""
 
-    __slots__ = ("brief", "deadline", "made", "seconds", "stopping")
+    __slots__ = ("brief", "deadline", "grown", "made", "seconds", "stopping")
 
     def __init__(self, seconds: float, brief: bool = False) -> None:
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
         self.brief = brief
         self.made = 0
+        self.grown: list[Any] = []  # the last texts and lists `~` and `+` made (`_count_growth`)
         self.stopping = _stopping
 
 
@@ -613,6 +615,36 @@ def _count_made(size: int, what: str) -> None:
         reason = (f"{what} would take what the template made in all past {limit} characters or list items, "
                   f"{_MADE_PER_RENDER} times templates.max_output_chars in the config")
         raise TemplateLimitError(reason, reason=reason)
+
+
+#: How many of the texts and lists `~` and `+` made last a render keeps as what may be grown (`_count_growth`).
+_GROWN_KEPT = 4
+#: The references `_count_growth` itself adds to `base`: its argument, the budget's `grown` list and
+#: `sys.getrefcount`'s argument (CPython's counts, as this interpreter keeps them).
+_OWN_REFS = 3
+
+
+def _count_growth(result: Any, base: Any, what: str, held: int) -> None:
+    """Counts what `~` or `+` just made toward the render's total: only what it added to `base` (the
+    longest operand of its kind) when `base` is what an earlier `~` or `+` made and the template holds it
+    nowhere else, so is about to drop it (`ns.out = ns.out ~ line`); else all of it. `held` is how
+    many references the caller holds to `base` (its parts, its names); one more is the template's.
+
+    Why: counting the whole text at each step made a text built line by line cost the square of its
+    length (25 KB of lines was refused); a copy kept besides its source (`ns.l.append(s ~ i)`, a tuple
+    of every version) is new memory, and is counted whole."""
+    budget = _budget.get()
+    if budget is None:
+        return
+    grown = budget.grown
+    size = len(result)
+    accumulated = base is not None and any(kept is base for kept in grown)
+    if accumulated and sys.getrefcount(base) <= 1 + held + _OWN_REFS:
+        size -= len(base)
+    _count_made(size, what)
+    grown.append(result)
+    if len(grown) > _GROWN_KEPT:
+        del grown[0]
 
 
 _SEQUENCES = (str, bytes, bytearray, list, tuple)
@@ -1353,19 +1385,50 @@ def _bounded_replacement(replacement: Any, what: str) -> Callable[[re.Match[str]
     return expand
 
 
-def _filter_items(name: str, value: Any) -> Any:
+#: Where the filters that compare items are given the attribute they compare by: its position among
+#: the arguments after the value, and its keyword.
+_ATTRIBUTE_ARGS = {"groupby": 0, "max": 1, "min": 1, "sort": 2, "sum": 0, "unique": 1}
+
+
+def _filter_items(name: str, value: Any, env: Any, rest: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The value a filter that goes through its items is given: an iterator's items in a list (so they
     can be measured), refused when comparing or adding them up could go through more than the limit,
-    and counted as made when the filter copies them into lists of its own."""
+    and counted as made when the filter copies them into lists of its own. `rest` and `kwargs` are the
+    filter's other arguments (the attribute it compares by); `env` is Jinja's environment, or None."""
     what = f"the value given to the {name} filter"
+    if name == "dictsort":
+        if hasattr(value, "items"):  # else the filter's own error, about the value as given
+            _check_work(name, value.values() if _argument(rest, kwargs, 1, "by", "key") == "value" else value.keys())
+        return value
     value = _materialise(value, what)
     if name in _ITEM_WORK_FILTERS:
-        cap = _limits.max_output_chars
-        if _work(value, cap) > cap:
-            _too_much_work(f"the {name} filter")
+        _check_work(name, _compared_values(name, value, env, rest, kwargs))
     if name in _REGROUPING_FILTERS and isinstance(value, _SIZED):
         _count_made(len(value), what)
     return value
+
+
+def _argument(rest: tuple[Any, ...], kwargs: dict[str, Any], position: int, keyword: str, default: Any) -> Any:
+    return rest[position] if len(rest) > position else kwargs.get(keyword, default)
+
+
+def _compared_values(name: str, value: Any, env: Any, rest: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """What the filter compares or adds up: with an attribute, only each item's attribute (as the filter
+    picks it; `sort` takes several, `'a,b'`), not the whole rows a long API answer holds."""
+    attribute = _argument(rest, kwargs, _ATTRIBUTE_ARGS[name], "attribute", None) if name in _ATTRIBUTE_ARGS else None
+    if attribute is None or env is None or not isinstance(value, list | tuple):
+        return value
+    if name == "sort":
+        getter = jinja2.filters.make_multi_attrgetter(env, attribute)
+    else:
+        getter = jinja2.filters.make_attrgetter(env, attribute)
+    return list(map(getter, value))
+
+
+def _check_work(name: str, compared: Any) -> None:
+    cap = _limits.max_output_chars
+    if _work(compared, cap) > cap:
+        _too_much_work(f"the {name} filter")
 
 
 def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -1385,7 +1448,7 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
             if stringifies and not isinstance(given, str):
                 _check_value(given, what)
             elif goes_through:
-                given = _filter_items(name, given)
+                given = _filter_items(name, given, args[0] if skip else None, args[skip + 1:], kwargs)
             args = (*args[:skip], *_filter_check(name, (given, *args[skip + 1:]), kwargs))
         result = func(*args, **kwargs)
         _check_made(result, made, counted=not picks and result is not given)
@@ -1474,7 +1537,10 @@ class _SquallSandbox(SandboxedEnvironment):
         _check_binop(operator, left, right)
         result = super().call_binop(context, operator, left, right)
         if result.__class__ in _MADE_BY_OPERATORS:
-            _count_made(len(result), f"what {operator} makes")
+            base = None
+            if operator == "+":  # the operand it grew: the longer one (`ns.l + [x]`, `[x] + ns.l`)
+                base = left if len(left) >= len(right) else right
+            _count_growth(result, base, f"what {operator} makes", held=2)  # `left` or `right`, and `base`
         return result
 
     def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -1506,6 +1572,7 @@ class _SquallSandbox(SandboxedEnvironment):
         cap = _limits.max_output_chars
         texts = []
         size = 0
+        part = None
         for part in parts:
             if not isinstance(part, str):
                 size += _weight(part, cap)
@@ -1516,8 +1583,15 @@ class _SquallSandbox(SandboxedEnvironment):
             if size > cap:
                 _too_big("the text joined with ~")
             texts.append(part)
-        _count_made(size, "the text joined with ~")
-        return "".join(texts)
+        result = "".join(texts)
+        del texts, part  # no references of their own to what `_count_growth` weighs
+        _count_growth(result, _longest_text(parts), "the text joined with ~", held=1)  # `parts`
+        return result
+
+
+def _longest_text(parts: tuple[Any, ...]) -> str | None:
+    """The longest of `parts` that was text already (what `~` grows), or None."""
+    return max((part for part in parts if part.__class__ is str), key=len, default=None)
 
 
 def _in_test(item: Any, container: Any) -> bool:
@@ -1540,7 +1614,12 @@ def _guard_test(func: Callable[..., Any]) -> Callable[..., Any]:
     """A test as it runs in templates: the comparing ones through `_compare`, as operators are."""
     op = _COMPARING_TESTS.get(func)
     if op is not None:
-        return lambda value, other: _compare(value, op, other)
+        def compared(value: Any, *args: Any, **kwargs: Any) -> Any:
+            if len(args) != 1 or kwargs:  # `x is eq`: the operator's own error (eq expected 2 arguments)
+                return func(value, *args, **kwargs)
+            return _compare(value, op, args[0])
+
+        return compared
     return _divisible_by if func is jinja2.tests.test_divisibleby else func
 
 

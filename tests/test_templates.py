@@ -846,3 +846,42 @@ def test_bytes_a_number_or_text_makes_are_measured_before_they_are_made(template
     """`to_bytes` and the bytes widths were measured after the fact, once the bytes existed."""
     assert "1048576 characters" in _refused(template)
     assert _peak_bytes(lambda: render_template(template, {})) < 4 * 1024 * 1024
+
+
+def test_text_built_line_by_line_counts_only_what_each_step_adds() -> None:
+    """`ns.out = ns.out ~ line` counted the whole text at each step toward what a render makes in all:
+    40 KB of lines cost 8 MB and were refused; a copy kept besides its source is still counted whole."""
+    built = ("{% set ns = namespace(out='', rows=[]) %}{% for line in lines %}{% set ns.out = ns.out ~ '> ' ~ line"
+             " ~ '\\n' %}{% set ns.rows = ns.rows + [line] %}{% endfor %}{{ ns.out|length }} {{ ns.rows|length }}")
+    lines = ["x" * 39] * 3000
+    assert render_template(built, {"lines": lines}) == "126000 3000"
+    kept = ("{% set ns = namespace(out='', t=()) %}{% for i in range(20) %}{% set ns.t = (ns.t, ns.out) %}"
+            "{% set ns.out = ns.out ~ s %}{% endfor %}{{ ns.out|length }}")
+    assert "in all" in _refused(kept, {"s": "x" * 50000})
+
+
+def test_filters_that_compare_by_an_attribute_weigh_only_that_attribute() -> None:
+    """sort, sum, max, unique and groupby by an attribute, and dictsort by key, weighed whole rows: an
+    API's 1,300 rows with a long field each were refused though only a short name is compared."""
+    pods = [{"name": f"pod-{i:05d}", "ns": ("kube", "web")[i % 2], "n": i % 7, "spec": "s" * 800} for i in range(1300)]
+    template = ("{{ (pods|sort(attribute='name,ns')|first).name }} {{ pods|sum(attribute='n') }}"
+                " {{ (pods|max(attribute='n')).name }} {{ pods|unique(attribute='ns')|map(attribute='ns')|join(',') }}"
+                " {% for ns, group in pods|groupby('ns') %}{{ ns }}={{ group|length }} {% endfor %}"
+                "{{ (big|dictsort|first)[0] }}")
+    assert render_template(template, {"pods": pods, "big": {"body": "x" * 1100000, "a": 1}}) \
+        == "pod-00000 3895 pod-00006 kube,web kube=650 web=650 a"
+    assert "dictsort filter" in _refused("{{ big|dictsort(by='value') }}", {"big": {"a": ["x" * 600000] * 2}})
+    assert "sort filter" in _refused("{{ rows|sort(attribute='k') }}", {"rows": [{"k": "x" * 600000}] * 2})
+
+
+def test_comparing_tests_and_dictsort_fail_as_jinja_fails() -> None:
+    """A comparing test without its argument leaked the sandbox's wrapper in its error, and dictsort
+    of what has no `.items` said 'not iterable' about a list it made."""
+    reference = SandboxedEnvironment(undefined=jinja2.StrictUndefined)
+    context = {"l": [3, 1, 2], "n": None, "i": 4}
+    for template in ("{{ i is eq }}", "{{ i is lt }}", "{{ l|select('eq')|list }}", "{{ n|dictsort }}",
+                     "{{ i|dictsort }}", "{{ l|map('int')|dictsort }}"):
+        with pytest.raises((TypeError, AttributeError)) as expected:
+            reference.from_string(template).render(context)
+        with pytest.raises(TemplateRenderError, match=re.escape(str(expected.value))):
+            render_template(template, context)
