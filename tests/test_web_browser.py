@@ -976,11 +976,14 @@ def test_a_row_that_stops_matching_the_filter_leaves_the_live_list(served: Serve
     execution_id = served.run("webui.lines", count=200, pause=0.5)
     served.wait(execution_id, "running")
     # The stream sends every row once when it opens: that event says the stream looked at the list.
+    # Noted on the page as an attribute a locator waits for: `wait_for_function` evaluates its
+    # predicate as a string when it polls, which the page's CSP (no 'unsafe-eval') refuses.
     tab.page.add_init_script("""document.addEventListener("htmx:sseBeforeMessage", event => {
-        window.streamed = (window.streamed || []).concat([event.detail.type]); });""")
+        const root = document.documentElement;
+        root.dataset.streamed = (root.dataset.streamed || "") + " " + event.detail.type; });""")
     tab.go("/executions?action=webui.lines&status=running")
     row = tab.page.locator(f"tr#row-{execution_id}")
-    tab.page.wait_for_function(f"(window.streamed || []).includes('row-{execution_id}')", timeout=15_000)
+    tab.page.locator(f"html[data-streamed~='row-{execution_id}']").wait_for(state="attached", timeout=15_000)
     assert row.count() == 1
     tab.page.evaluate("window.sameDocument = true")
     served.api.delete(f"/api/v1/executions/{execution_id}")
