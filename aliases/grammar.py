@@ -183,7 +183,7 @@ class Prepared:
     a core is not counted.
     """
 
-    __slots__ = ("_budget", "_lead", "_started", "core", "pairs", "stream", "text", "words")
+    __slots__ = ("_backwards", "_budget", "_lead", "_started", "core", "pairs", "stream", "text", "words")
 
     def __init__(self, text: str, stream: str, pairs: dict[str, str]) -> None:
         self.text = text
@@ -192,6 +192,7 @@ class Prepared:
         self.core = stream.strip()
         self.words = self.core.split()
         self._started = -1.0
+        self._backwards: str | None = None
         self._lead = -1
         self._budget = MATCH_BUDGET + len(text) * MATCH_BUDGET_PER_CHAR
 
@@ -201,8 +202,11 @@ class Prepared:
 
     @property
     def backwards(self) -> str:
-        """`core` read from its end (the pre-check's tails of varying width match there)."""
-        return self.core[::-1]
+        """`core` read from its end (the pre-check's tails of varying width match there), made once per
+        message however many formats look."""
+        if self._backwards is None:
+            self._backwards = self.core[::-1]
+        return self._backwards
 
     @property
     def span(self) -> tuple[int, int]:

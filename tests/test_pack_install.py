@@ -249,7 +249,7 @@ def test_an_install_leaves_the_authors_caches_and_virtualenv_behind(tmp_path: Pa
     for junk in (".pytest_cache/v/cache/lastfailed", ".tox/py/bin/python", ".venv/bin/python",
                  ".mypy_cache/3.11/x.json", ".ruff_cache/0.1/y", "actions/__pycache__/a.cpython-311.pyc"):
         write(source / junk, "x")
-    write(source / "tests" / "test_actions.py", "def test_x():\n    assert True\n")
+    write(source / "tests" / "test_actions.py", "def test_x():\n    assert 1 + 1 == 2\n")
     install(source, tmp_path)
     installed = tmp_path / "packs" / "demo"
     assert (installed / "tests" / "test_actions.py").is_file() and (installed / "pack.yaml").is_file()
