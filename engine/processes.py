@@ -4,7 +4,9 @@ Every action, Python worker and sensor process leads a process group (a session)
 none may outlive the Squall process that started it:
  1. the leader gets SIGKILL when the thread that started it ends (the kernel's parent-death
     signal: `setpriv --pdeathsig KILL`, or prctl in the child where setpriv is missing). Processes
-    started from the event loop's thread therefore die with the loop's thread (the service);
+    started from the event loop's thread therefore die with the loop's thread (the service). A
+    sensor process trades it for SIGTERM, to end the helpers it is the subreaper of first
+    (engine/compat/squall_sensor.py);
  2. every live group is written to this process's owner file (`LEDGER`), held under `flock`
     while the process lives. The leader's children do not inherit the parent-death signal, so
     whoever finds an owner dead (recovery, a cancel) kills what is left of its groups, checking

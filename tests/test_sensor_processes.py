@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -789,3 +790,52 @@ async def test_a_sensor_that_monkey_patches_eventlet_runs_and_stops(home: Path, 
         assert "monkey-patched threading with eventlet" in caplog.text  # what its trigger callbacks cannot do
     finally:
         await squall.close()
+
+
+# -- the service killed outright: a sensor's helpers still go --------------------------------------
+
+KILLED_HOST = '''
+import asyncio, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from tests.test_rules import started
+from tests.test_sensors import run_sensors
+
+
+async def main() -> None:
+    squall = await started(Path({home!r}))
+    await run_sensors(squall)
+    await asyncio.sleep(300)
+
+asyncio.run(main())
+'''
+
+
+def test_a_sensors_helpers_outside_its_group_go_when_the_service_is_killed(home: Path) -> None:
+    """`squall serve` killed with SIGKILL (the OOM killer, `kill -9`): its sensor processes end by the
+    parent-death signal, and so must what they started in sessions of their own, which would
+    otherwise be orphans no owner file names. The sensor gets SIGTERM, not SIGKILL, when its parent
+    dies, so it can end its descendants (it is their subreaper) as any of its ends does."""
+    pids = spawner_pack(home, crash=False, escape=True)
+    script = home / "host.py"
+    script.write_text(KILLED_HOST.format(root=str(Path(__file__).resolve().parent.parent), home=str(home)))
+    host = subprocess.Popen([sys.executable, str(script)], cwd=home)
+    helpers: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(helpers) < 2 and time.monotonic() < deadline and host.poll() is None:
+            time.sleep(0.05)
+            helpers = pids_in(pids)
+        assert len(helpers) == 2 and all(alive(pid) for pid in helpers), f"the sensor's helpers: {helpers}"
+        host.kill()
+        host.wait()
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [pid for pid in helpers if alive(pid)]
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+        kill_left(pids_in(pids))
+    assert left == [], "helpers outside the sensor's group outlived the service killed with SIGKILL"

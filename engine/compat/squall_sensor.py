@@ -21,6 +21,12 @@ helper that leaves the sensor's process group (`setsid`, `start_new_session`), e
 by forking twice, stays its descendant instead of becoming init's. So when the sensor ends, after
 `cleanup()`, every descendant left is killed, and Squall's supervisor finds them all to kill when the
 sensor ignores SIGTERM; killing the process group alone missed them.
+
+The parent's death gets the process SIGTERM, not the SIGKILL every other child of Squall's gets:
+when `squall serve` is killed outright, the descendants in sessions of their own would be orphans
+that no owner file names, so the sensor ends them as it ends anyway. Its reader thread, which sees
+the parent's pipe close, makes sure of the end: `PARENT_GONE_GRACE` seconds later it kills them and
+exits, whatever the sensor's code does with SIGTERM.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import os
 import queue
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,13 +49,18 @@ from squall_worker import ActionService, Channel, ConfigDict, load_module, prctl
 from st2reactor.sensor.base import BaseSensor, PollingSensor
 
 log = logging.getLogger("squall.sensor")
+_PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+#: Seconds a sensor whose parent died has for its `cleanup()` before its descendants and it are killed:
+#: the supervisor's default `stop_timeout`.
+PARENT_GONE_GRACE = 5.0
 TRIGGER_CALLBACKS = ("add_trigger", "update_trigger", "remove_trigger")
 #: The real thread and lock makers, taken before any sensor module runs (see the module's docstring):
 #: `eventlet.monkey_patch()` swaps these attributes of `_thread` and `threading` for green ones, and
 #: `threading.Event` and `threading.Condition` find the swapped lock maker when they wait.
 _start_thread = _thread.start_new_thread
 _allocate_lock = _thread.allocate_lock
+_sleep = time.sleep
 #: The exit status after SIGTERM, as a shell reports a process the signal ended; never 0, which
 #: would read as a sensor that chose to end.
 TERMINATED = 128 + signal.SIGTERM
@@ -58,8 +70,17 @@ class _Terminated(SystemExit):
     """SIGTERM: unwinds the main thread through the sensor's code, `cleanup()` runs, the exit is 143."""
 
 
+_terminating = False
+
+
 def _terminate(*_: Any) -> None:
-    raise _Terminated(TERMINATED)
+    """SIGTERM's handler; once only. A parent's death brings two (its signal and the reader's, which
+    sees the pipe close), and a second raised in `cleanup()` or the killing of the descendants after it
+    would cut those short."""
+    global _terminating
+    if not _terminating:
+        _terminating = True
+        raise _Terminated(TERMINATED)
 
 
 class _Gate:
@@ -190,7 +211,16 @@ def _read(channel: Channel, service: SensorService, callbacks: queue.SimpleQueue
                 log.exception("the parent sent an answer the sensor could not take: %r", message)
         elif op in TRIGGER_CALLBACKS:
             callbacks.put(message)
-    os.kill(os.getpid(), signal.SIGTERM)  # the parent is gone: clean up and stop
+    _start_thread(_end_after_grace, ())  # the parent is gone: clean up and stop, in time
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _end_after_grace() -> None:
+    """The end of a sensor whose parent is gone, should its SIGTERM not end it (a handler of the
+    sensor's own, a main thread stuck in a call): its descendants killed, then the process."""
+    _sleep(PARENT_GONE_GRACE)
+    _end_descendants()
+    os._exit(TERMINATED)
 
 
 def _call_back(sensor: BaseSensor, callbacks: queue.SimpleQueue[dict[str, Any]], ready: _Gate) -> None:
@@ -239,6 +269,9 @@ def _end_descendants() -> None:
 def main() -> None:
     if prctl is not None:
         prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        # SIGTERM in place of the SIGKILL Squall set: see the module's docstring. If the parent died
+        # before this, its pipe is closed already, and the reader ends the process the same way.
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
     squall_paths.install_from_environment()
     # Unlike an action's wrapper, StackStorm's sensor wrapper configures the root logger (its sensor
