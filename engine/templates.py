@@ -890,9 +890,9 @@ def _compare(left: Any, op: str, right: Any) -> Any:
 
 
 def _containment(item: Any, container: Any, what: str) -> Any:
-    """The container `in` (or `what`, e.g. `list.index`) looks `item` up in (an iterator's items in a
-    list, so they can be measured), refused when the look-up could go through more than the limit: a
-    list compares `item` with each of its items, a dict or set hashes it."""
+    """The container `in` (or `what`, e.g. `list.index`) looks `item` up in, refused when the look-up
+    could go through more than the limit: a list compares `item` with each of its items, a dict or set
+    hashes it. What Python's `in` goes through item by item (an iterator) comes back as `_searched`."""
     cap = _limits.max_output_chars
     kind = container.__class__
     if (kind is list or kind is tuple) and len(container) * (1 + _item_work(item, cap)) <= cap:
@@ -900,14 +900,34 @@ def _containment(item: Any, container: Any, what: str) -> Any:
     if kind is dict or kind is set or kind is frozenset:
         _check_key(item, what)
         return container
-    if isinstance(container, Iterator):
-        container = _materialise(container, f"what {what} goes through")
+    if not hasattr(kind, "__contains__") and hasattr(kind, "__iter__"):  # Python's `in` goes through it
+        return _searched(item, iter(container), what)
     if isinstance(container, list | tuple | ValuesView):
         if len(container) * (1 + _item_work(item, cap)) > cap and _work(container, cap) > cap:
             _too_much_work(what)
     elif isinstance(container, _HASHED):
         _check_key(item, what)
     return container
+
+
+def _searched(item: Any, items: Iterator[Any], what: str) -> Iterator[Any]:
+    """`items` as `in` takes them, one at a time, each weighed before it is compared with `item`, and
+    refused once going through them passes the limit (by the rule `_containment` keeps for a list).
+
+    Why not all at once: `in` stops at the first match, and an iterator is used up as far as it went,
+    so `1 in g` then `2 in g` finds both in Python; taking every item first to weigh them left the
+    second nothing. The deadline is checked every few items, as a loop's are (`_Paced`)."""
+    cap = _limits.max_output_chars
+    per_item = 1 + _item_work(item, cap)
+    by_item = by_items = 0
+    for count, element in enumerate(items, 1):
+        if not count & 15:
+            _tick()
+        by_item += per_item
+        by_items += 1 + _item_work(element, cap)
+        if by_item > cap and by_items > cap:
+            _too_much_work(what)
+        yield element
 
 
 def _item_work(item: Any, cap: int) -> int:
@@ -1077,6 +1097,7 @@ def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
     name = getattr(bound, "__name__", "")
     if args:
         _check_lookup(owner, name, args)
+        args = _check_hashing(bound, owner, name, args)
     if isinstance(owner, _TEXTS):
         what = f"what {'str' if isinstance(owner, str) else type(owner).__name__}.{name} makes"
         if name in _STR_WIDTHS:
@@ -1116,6 +1137,36 @@ def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
         elif name in _ADDING and len(owner) + 1 > cap:
             _too_big(what)
     return args
+
+
+def _check_hashing(bound: Any, owner: Any, name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`dict(pairs)`, `dict.fromkeys(keys)` and `d.update(pairs)` hash every key in one C call: their
+    keys weighed first (`_check_keys`); returns the arguments to use (an iterator's items in a list).
+    A mapping given is left as it is: a dict keeps its keys' hashes and is copied with them, and
+    `dict()` reads any other through its `keys()`, not by going through it."""
+    given = args[0]
+    if hasattr(given, "keys") or not hasattr(type(given), "__iter__"):  # or `dict()`'s own error
+        return args
+    if bound is dict or (name == "update" and isinstance(owner, dict)):
+        label = "dict()" if bound is dict else "dict.update"
+        items = _materialise(given, f"what {label} is given")
+        _check_keys([pair[0] for pair in items if isinstance(pair, tuple | list) and len(pair) == 2], label)
+    elif name == "fromkeys" and isinstance(owner, type) and issubclass(owner, dict) \
+            and not isinstance(given, set | frozenset):  # a set's hashes are kept, as a dict's
+        items = _materialise(given, "what dict.fromkeys is given")
+        _check_keys(items, "dict.fromkeys")
+    else:
+        return args
+    return (items, *args[1:])
+
+
+def _check_keys(keys: Any, label: str) -> None:
+    """Keys `label` is about to hash one after another: their tuples weighed together, as `_check_key`
+    weighs one (text and numbers are hashed at once, a text's hash is kept)."""
+    cap = _limits.max_output_chars
+    tuples = list(itertools.compress(keys, map(isinstance, keys, itertools.repeat(tuple | frozenset))))
+    if tuples and _work(tuples, cap) > cap:
+        _too_much_work(f"hashing the keys given to {label}")
 
 
 def _bounded_join(parts: Any) -> str:
@@ -1158,11 +1209,12 @@ def _is_paced(node: nodes.Node) -> bool:
 
 
 class _BoundedCodeGenerator(CodeGenerator):
-    """Jinja's code generator with five hooks the sandbox lacks: every `{% for %}` iterates through
+    """Jinja's code generator with six hooks the sandbox lacks: every `{% for %}` iterates through
     `environment.squall_iterate` (the deadline), every `{{ }}` value passes `environment.squall_output`
     (its size, before `str()` makes it), `~` joins through `environment.squall_join`, comparisons
-    (`==`, `<`, `in`...) go through `environment.squall_compare` (what they would go through) and
-    slices through `environment.squall_slice` (what they copy).
+    (`==`, `<`, `in`...) go through `environment.squall_compare` (what they would go through), slices
+    through `environment.squall_slice` (what they copy) and a dict literal's keys through
+    `environment.squall_key` (what hashing them goes through).
 
     Nothing is evaluated while compiling (the environment is built with `optimized=False`, and `{{ }}`
     output is never folded into a constant): Jinja would otherwise run filters and `~` on constants
@@ -1220,6 +1272,23 @@ class _BoundedCodeGenerator(CodeGenerator):
             else:
                 self.visit(part, frame)
         self.write(")")
+
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        """`{key: value}` with each key that is not a constant through `environment.squall_key`: Python
+        hashes a dict literal's keys in one C call, and a tuple's hash goes through all it holds."""
+        self.write("{")
+        for index, item in enumerate(node.items):
+            if index:
+                self.write(", ")
+            if isinstance(item.key, nodes.Const):
+                self.visit(item.key, frame)
+            else:
+                self.write("environment.squall_key(")
+                self.visit(item.key, frame)
+                self.write(")")
+            self.write(": ")
+            self.visit(item.value, frame)
+        self.write("}")
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.squall_join((")
@@ -1483,9 +1552,10 @@ class _SquallSandbox(SandboxedEnvironment):
     ``%``, ``+``), calls, filters, ``~`` and each ``{{ }}`` value are measured before they are made,
     and the deadline is checked at each of those steps and at every item of a ``{% for %}`` loop.
     What one C call would go through at once, where no deadline reaches, is weighed first too:
-    comparisons (``==``, ``<``, ``in``...), the filters that compare or add up items (``sort``,
-    ``max``, ``sum``...) and long division (``//``, ``%``). What a render makes in all (the text and
-    list items its filters, calls and operators return) is counted against `_MADE_PER_RENDER`.
+    comparisons (``==``, ``<``, ``in``...), the keys a dict literal, ``dict()``, ``fromkeys`` and
+    ``update`` hash, the filters that compare or add up items (``sort``, ``max``, ``sum``...) and long
+    division (``//``, ``%``). What a render makes in all (the text and list items its filters, calls
+    and operators return) is counted against `_MADE_PER_RENDER`.
     """
 
     intercepted_binops = frozenset({"*", "**", "%", "+", "//"})
@@ -1523,6 +1593,12 @@ class _SquallSandbox(SandboxedEnvironment):
         if argument.__class__ is tuple:
             _check_key(argument, "looking up a key")
         return super().getitem(obj, argument)
+
+    def squall_key(self, key: Any) -> Any:
+        """A key of a dict literal, weighed before Python hashes it (`_check_key`)."""
+        if key.__class__ is not str:
+            _check_key(key, "hashing a key of a dict")
+        return key
 
     def squall_slice(self, obj: Any, start: Any, stop: Any, step: Any) -> Any:
         """`obj[start:stop:step]`, which Jinja writes without the sandbox: a copy, counted as made."""

@@ -704,9 +704,12 @@ def test_in_over_a_huge_list_is_refused_before_it_compares() -> None:
     assert "comparing with not in" in _refused("{{ needle not in [row] * 3000 }}",
                                               {"needle": needle, "row": [_Probe(0)] * 1000})
     assert "comparing with in" in _refused("{{ needle in {} }}", {"needle": (_Probe(0),) * 1100000})  # the hash
+    assert _Probe.calls == 0
+    # an iterator is gone through as Python goes through it, up to the first match, so its items are
+    # compared as they come: refused once that passes the limit, never more than the limit's worth
     assert "comparing with in" in _refused("{{ needle in rows|select }}", {"needle": needle,
                                                                            "rows": [[_Probe(0)] * 1000] * 3000})
-    assert _Probe.calls == 0
+    assert _Probe.calls <= 1048576
 
 
 @pytest.mark.parametrize("op", ["==", "!=", "<", "<=", ">", ">="])
@@ -885,3 +888,86 @@ def test_comparing_tests_and_dictsort_fail_as_jinja_fails() -> None:
             reference.from_string(template).render(context)
         with pytest.raises(TemplateRenderError, match=re.escape(str(expected.value))):
             render_template(template, context)
+
+
+#: `in` over an iterator, then what is left of it: Python goes through it only up to the first match,
+#: so `1 in g` then `2 in g` finds both, and the items after the match are still there.
+ITERATOR_CONTAINMENT = [
+    "{% set g = [1, 2, 3]|map('int') %}{{ 1 in g }} {{ 2 in g }} {{ g|list }}",
+    "{% set g = [1, 2, 3]|map('int') %}{{ 2 in g }} {{ 1 in g }} {{ g|list }}",
+    "{% set g = [1, 2, 3]|select %}{{ 1 in g }} {{ 3 in g }} {{ 3 in g }}",
+    "{% set g = [1, 2, 3]|reject('eq', 9) %}{{ 5 in g }} {{ g|list }}",
+    "{% set g = [{'a': 1}, {'a': 2}, {'a': 0}]|selectattr('a') %}{{ {'a': 1} in g }} {{ g|list }}",
+    "{% set g = [{'a': 0}, {'a': 1}, {'a': None}]|rejectattr('a') %}{{ {'a': 0} in g }} {{ g|list }}",
+    "{% set g = [1, 2, 3, 4]|map('int') %}{{ 1 is in g }} {{ 3 not in g }} {{ g|list }}",
+    "{% set g = [[1], [2], [3]]|map('list') %}{{ [2] in g }} {{ g|list }}",
+    "{% set g = ['a', 'b']|map('upper') %}{{ 'A' in g }} {{ g|first }}",
+    "{% set g = [1, 2, 3]|map('int') %}{{ [2, 3, 4]|select('in', g)|list }}",
+    "{{ 1 in it }} {{ 2 in it }} {{ it|list }}",
+    "{{ 2 in gen }} {{ gen|list }} {{ 1 in gen }}",
+    "{{ 2 in range(5) }} {{ 'b' in 'abc' }} {{ 'a' in d }} {{ 3 in [1, 2, 3] }} {{ 1 in d.values() }}"
+    " {{ 'a' in d.keys() }} {{ ('a', 1) in d.items() }} {{ 'z' not in d }}",
+]
+
+
+@pytest.mark.parametrize("template", ITERATOR_CONTAINMENT)
+def test_in_an_iterator_uses_it_up_only_to_the_match_as_jinja_does(template: str) -> None:
+    """The check before `in` took an iterator's items into a list to weigh them, using it all up:
+    `{{ 1 in g }} {{ 2 in g }}` gave `True False` where Jinja gives `True True`."""
+    reference = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+    def context() -> dict[str, object]:
+        return {"it": iter([1, 2, 3]), "gen": (i for i in [1, 2, 3]), "d": {"a": 1}}
+
+    assert render_template(template, context()) == reference.from_string(template).render(context())
+
+
+def test_in_a_huge_iterator_is_refused_within_the_limit_and_a_match_found_early_is_not() -> None:
+    """An iterator's items are weighed one at a time before each is compared, as a list's are: a
+    search that would go through more than the limit stops there, however long the iterator is; one
+    that finds its item first is answered, as Python answers it (it was refused for the length)."""
+    _Probe.calls = 0
+    context = {"needle": [_Probe(0)] * 99 + [_Probe(1)], "rows": [[_Probe(0)] * 100] * 3000}
+    with _limits(2048):
+        reason = _refused("{{ needle in rows|select }}", context)
+        assert "comparing with in" in reason and "2048" in reason
+        assert _Probe.calls <= 2048  # at most the limit's worth compared before the refusal
+        assert "comparing with not in" in _refused("{{ -1 not in range(100000)|map('int') }}")
+        assert render_template("{{ 5 in g }} {{ g|first }}", {"g": iter(range(100000))}) == "True 6"
+        assert render_template("{{ 5 in range(100000)|map('int') }}", {}) == "True"
+
+
+@pytest.mark.parametrize("template", [
+    "{{ {huge: 1}|length }}",
+    "{{ {'a': 1, huge: 2}|length }}",
+    "{{ ({huge: 1}|dictsort)|length }}",
+    "{{ dict([(huge, 1)])|length }}",
+    "{{ dict([('a', 1), [huge, 2]], b=3)|length }}",
+    "{{ {}.fromkeys([huge])|length }}",
+    "{{ dict.fromkeys([huge], 0)|length }}",
+    "{% set d = {} %}{{ d.update([(huge, 1)]) }}",
+    "{{ huge in {} }}",
+    "{{ [huge]|unique|list|length }}",
+    "{{ [[huge]]|groupby(0)|length }}",
+])
+def test_a_huge_key_is_weighed_before_it_is_hashed(template: str) -> None:
+    """A tuple's hash goes through all it holds, every time, in one C call: a dict literal, `dict()`,
+    `fromkeys` and `update` hashed a key the template had multiplied (`(t,)*1000000`) unchecked, for
+    hours past every deadline, where `in`, `d[key]` and `unique` weighed it first."""
+    _Probe.calls = 0
+    assert "1048576" in _refused(template, {"huge": (_Probe(0),) * 1100000})
+    assert _Probe.calls == 0
+    built = "{% set t = (0,) * 1000000 %}{% set u = (t,) * 30 %}" + template.replace("huge", "u")
+    assert "1048576" in _refused(built)
+
+
+def test_ordinary_dicts_and_keys_build_as_jinja_builds_them() -> None:
+    """Text, number and short tuple keys are hashed at once, and a dict given to `dict()` keeps the
+    hashes it has: however big a payload's dict, it is copied as before."""
+    reference = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    template = ("{{ {'a': 1, (1, 2): 3, 4: 5, x: 6} }} {{ dict([('a', 1), ('b', 2)], c=3) }} {{ dict(a=1) }}"
+                " {{ {}.fromkeys(['a', (1, 2)]) }} {{ dict.fromkeys('ab', 0) }} {{ (1, 2) in {(1, 2): 0} }}"
+                " {% set d = {} %}{{ d.update([('k', 1)]) }}{{ d.update({'j': 2}) }}{{ d }} {{ dict(d) }}"
+                " {{ dict(big)|length }} {{ {'k': big}|length }}")
+    context = {"x": "y", "big": {str(i): "v" * 100 for i in range(20000)}}
+    assert render_template(template, context) == reference.from_string(template).render(context)
