@@ -8,7 +8,8 @@ stops the event from being stored or the action from going on: the database copy
 the sinks are its stream.
 
 What leaves through a sink is masked once more: any detail key that names a secret (password,
-secret, token, key, credential) is shown as `********`, whatever the caller already masked; a
+secret, token, key, credential) or an HTTP header that carries one (authorization, cookie), and
+every cookie of a `cookies` object, is shown as `********`, whatever the caller already masked; a
 boolean there (a flag such as `api.key.set`'s `secret`), null or "" is shown as it is.
 
 The stdout sink is the service's (`squall serve`, `squall worker`): a log collector reads their standard
@@ -34,13 +35,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine.parameters import MASK
+from engine.parameters import MASK, MASKED_MAPPINGS, mask_value, secret_header
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Mapping[str, Any]], None]
 KINDS = ("file", "syslog", "stdout")
-_SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|api_?key|private_?key|credential", re.IGNORECASE)
 #: syslog facilities by name (RFC 5424 §6.2.1).
 FACILITIES = {"kern": 0, "user": 1, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10, **{
     f"local{n}": 16 + n for n in range(8)}}
@@ -76,13 +76,25 @@ def _maskable(v: Any) -> bool:
 
 def masked(value: Any) -> Any:
     """`value` with every mapping entry whose key names a secret masked, at any depth (flags and
-    empty values kept: `_maskable`)."""
+    empty values kept: `_maskable`): a key `SECRET_NAME` finds (`engine.parameters`) or an HTTP
+    header that carries a credential (`Authorization`, `Cookie`: `secret_header`), and every cookie
+    of a `cookies` object. Parameters arrive masked by whoever recorded them; this is the sinks' net."""
     if isinstance(value, Mapping):
-        return {k: MASK if isinstance(k, str) and _SECRET_KEY.search(k) and _maskable(v) else masked(v)
-                for k, v in value.items()}
+        return {k: _masked_entry(k, v) for k, v in value.items()}
     if isinstance(value, list):
         return [masked(item) for item in value]
     return value
+
+
+def _masked_entry(key: Any, value: Any) -> Any:
+    """One mapping entry's value as `masked` shows it: a `headers` or `cookies` object keeps its shape
+    with its credentials masked (as the execution's stored parameters show it), a secret-named key's
+    value is `********`, anything else is masked inside."""
+    if not isinstance(key, str):
+        return masked(value)
+    if key in MASKED_MAPPINGS:
+        return masked(mask_value(key, value))
+    return MASK if secret_header(key) and _maskable(value) else masked(value)
 
 
 def entry(record: Mapping[str, Any]) -> dict[str, Any]:

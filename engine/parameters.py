@@ -582,6 +582,97 @@ def holds_secret(schema: Any) -> bool:
     return bool(schema.get("secret")) or any(holds_secret(child) for child in children)
 
 
+#: Names of keys whose values are secrets (`password`, `api_key`, `X-Auth-Token`, `Private-Key`): what
+#: an audit event's detail masks at any depth (`engine.audit_sinks`) and a request's headers by name.
+SECRET_NAME = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|credential", re.IGNORECASE)
+#: HTTP headers that carry credentials, in lower case; beside them, any name `SECRET_NAME` finds, or
+#: that holds `authorization` or `cookie` (`X-Authorization`, `Set-Cookie2`), is one (`secret_header`).
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
+                            "x-auth-token", "st2-api-key", "x-st2-api-key"})
+#: Parameters whose mapping holds credentials by key: the headers an HTTP request sends (those
+#: `secret_header` names) and its cookies (every one: a cookie sent is a session).
+MASKED_MAPPINGS = ("headers", "cookies")
+
+
+def secret_header(name: Any) -> bool:
+    """Whether an HTTP header (any case) carries a credential, so its value is shown as `********`."""
+    if not isinstance(name, str):
+        return False
+    lowered = name.strip().lower()
+    return (lowered in SECRET_HEADERS or "authorization" in lowered or "cookie" in lowered
+            or SECRET_NAME.search(lowered) is not None)
+
+
+def _shown(value: Any) -> Any:
+    """A credential's value as shown: `********`, but for null and "" (nothing to hide)."""
+    return value if value is None or value == "" else MASK
+
+
+def mask_headers(headers: Mapping[Any, Any]) -> dict[Any, Any]:
+    """A copy of `headers` (sent or received) with the value of each header that carries a credential
+    (`secret_header`: `Authorization`, `Cookie`, `X-Api-Key`…) as `********`: the one rule for which of
+    a request's headers are shown, which `mask` (a stored request's `headers` parameter) and the audit
+    sinks apply."""
+    return {k: _shown(v) if secret_header(k) else v for k, v in headers.items()}
+
+
+def _as_mapping(value: Any) -> Mapping[Any, Any] | None:
+    """`value` as the object cast would make of it: itself if a mapping, the object a text spells (what
+    chat and approvals hold before the request is resolved), else None."""
+    if isinstance(value, Mapping):
+        return value
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            decoded = _decode(value)
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+            return None
+        return decoded if isinstance(decoded, Mapping) else None
+    return None
+
+
+def mask_value(name: str, value: Any) -> Any:
+    """`value` of parameter `name` as shown where its spec does not say `secret`: a `headers` object with
+    its credentials masked (`mask_headers`), a `cookies` object with every value masked, anything else as
+    it is. An object given as text comes back masked as an object when it held a credential, else as
+    given: what changed is what must travel sealed (`ExecutionService._store`, `bot.chat.approvals`)."""
+    if name not in MASKED_MAPPINGS:
+        return value
+    mapping = _as_mapping(value)
+    if mapping is None:
+        return value
+    shown = mask_headers(mapping) if name == "headers" else {k: _shown(v) for k, v in mapping.items()}
+    return value if shown == mapping else shown
+
+
 def mask(values: Mapping[str, Any], secret_names: set[str]) -> dict[str, Any]:
-    """A copy with every secret value replaced by `********` (None stays None)."""
-    return {k: (MASK if k in secret_names and v is not None else v) for k, v in values.items()}
+    """A copy with every secret value replaced by `********` (None stays None), and the credentials in
+    `headers` and `cookies` too (`mask_value`). What differs from `values` is what is sealed."""
+    return {k: (MASK if k in secret_names and v is not None else mask_value(k, v)) for k, v in values.items()}
+
+
+def restore_masked(given: Mapping[str, Any], original: Mapping[str, Any]) -> dict[str, Any]:
+    """A re-run's `given` parameters with each `********` that `mask_value` showed in place of one of
+    the `original`'s credentials (a header or cookie of the same name) replaced by that credential: the
+    re-run form and the API show `headers` masked, and whoever edits one header of them sends the others
+    back as shown. A mask under a name the original had no credential under stays as given."""
+    restored = dict(given)
+    for name in MASKED_MAPPINGS:
+        new, old = _as_mapping(given.get(name)), _as_mapping(original.get(name))
+        if new is None or old is None or not _holds_mask(new):
+            continue
+        shown = mask_value(name, old)
+        hidden = shown if isinstance(shown, Mapping) else {}
+        restored[name] = {k: old[k] if v == MASK and hidden.get(k) == MASK else v for k, v in new.items()}
+    return restored
+
+
+def _holds_mask(mapping: Mapping[Any, Any]) -> bool:
+    """Whether one of `mapping`'s values is `********` as shown (a number or a flag never is)."""
+    return any(isinstance(value, str) and value == MASK for value in mapping.values())
+
+
+def shows_masked(given: Mapping[str, Any]) -> bool:
+    """Whether a re-run's `given` parameters hold a `headers` or `cookies` object with a `********` in
+    it, which `restore_masked` may have to take from the original (only then is it read and unsealed)."""
+    return any((mapping := _as_mapping(given.get(name))) is not None and _holds_mask(mapping)
+               for name in MASKED_MAPPINGS)

@@ -66,8 +66,10 @@ class ApprovalChat:
     async def hold(self, held: HeldRequest) -> Held:
         """Store the command with its policy and ask its thread for approvers (Approve / Deny)."""
         action = self.engine.registry.action(held.alias.action_ref)
-        secret = {k: v for k, v in held.parameters.items() if k in action.secret_names}
-        # A secret typed in chat waits sealed with the datastore key, as a queued execution's does.
+        visible = mask(held.parameters, action.secret_names)
+        secret = {k: v for k, v in held.parameters.items() if visible[k] != v}
+        # A secret typed in chat (a `secret: true` parameter, a credential in `headers`) waits sealed
+        # with the datastore key, as a queued execution's does: whatever the mask changed.
         sealed = self.engine.executions.keys.encrypt(json.dumps(secret)) if secret else None
         chat = held.context["chat"]
         policy = held.policy
@@ -76,7 +78,7 @@ class ApprovalChat:
         # adapter and channel the row has): the platform's groups and the channel's name as they were.
         asked = {"groups": list(held.message.groups), "channel_name": held.message.channel_name}
         row = {"id": secrets.token_hex(4), "alias": held.alias.ref, "action": held.alias.action_ref,
-               "parameters": mask(held.parameters, action.secret_names), "sealed": sealed, "render": held.render,
+               "parameters": visible, "sealed": sealed, "render": held.render,
                "context": {**held.context, _ASKED: asked},
                "requester": held.message.user, "adapter": chat["adapter"], "channel": chat["channel"],
                "thread": chat.get("thread"), "groups": policy["groups"], "count": policy["count"],

@@ -28,7 +28,7 @@ from bot.chat.replies import acks, render_ack, short
 from engine.actions import unapproved
 from engine.executions import AuditEntry, CompletionWrite
 from engine.packs import UnknownAction
-from engine.parameters import MASK, ParameterError, check_unrendered
+from engine.parameters import MASK, ParameterError, check_unrendered, mask_value, restore_masked, shows_masked
 from engine.templates import TooLongForTheLoop, briefly, rendered
 
 if TYPE_CHECKING:
@@ -240,7 +240,20 @@ class CommandService:
             raise NeedsApproval(*needed)
         if tasks:
             return await self.engine.workflows.rerun(record["id"], tasks)
+        if parameters and shows_masked(parameters):
+            parameters = await self._unmasked(record["id"], parameters)
         return await self.engine.executions.rerun(record["id"], parameters, context, delay=delay)
+
+    async def _unmasked(self, execution_id: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        """A re-run's `parameters` with the credentials they show masked (`headers` edited as the API or
+        the re-run form showed them, `Authorization: ********` left as it was) taken from the original's
+        sealed values (`restore_masked`): a re-run sends the real header, never the mask."""
+        db, executions = self.engine.db, self.engine.executions
+        stored = await db(db.store.get_execution, execution_id)
+        if stored is None:
+            return parameters
+        original = {**((stored.get("spec") or {}).get("values") or {}), **executions.unseal(stored)}
+        return restore_masked(parameters, original)
 
     async def request(self, alias: Alias, message: Message, source: str, parameters: dict[str, Any],
                       render: Iterable[str], context: dict[str, Any]) -> Accepted:
@@ -321,10 +334,12 @@ def _within_limit(text: str) -> None:
 
 def _audited(parameters: dict[str, Any], action_ref: str, engine: Engine) -> dict[str, Any]:
     """A request's parameters as its audit row shows them: secret ones (the action's `secret: true`;
-    all of them when the action is not loaded) as `********`; a template (`render`) as written, since
-    what rendering reveals (`decrypt_kv`) must stay out of the audit. One pass over what was given,
-    on the chat's hot path: no copy of the action's schema, no JSON round trip."""
+    all of them when the action is not loaded) as `********`, and the credentials of `headers` and
+    `cookies` (`mask_value`, as the execution record shows them); a template (`render`) as written,
+    since what rendering reveals (`decrypt_kv`) must stay out of the audit. One pass over what was
+    given, on the chat's hot path: no copy of the action's schema, no JSON round trip (but to read a
+    `headers` or `cookies` object given as text)."""
     action = engine.registry.actions.get(action_ref)
     schema = action.parameters if action is not None else {}
     return {name: (MASK if value is not None and (action is None or (schema.get(name) or {}).get("secret"))
-                   else value) for name, value in parameters.items()}
+                   else mask_value(name, value)) for name, value in parameters.items()}

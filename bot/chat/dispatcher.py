@@ -56,7 +56,7 @@ from engine.executions import (
 from engine.logs import logging_context
 from engine.metrics import metrics
 from engine.packs import UnknownAction
-from engine.parameters import ParameterError
+from engine.parameters import MASK, ParameterError, mask_value
 from engine.templates import TooLongForTheLoop, briefly, rendered
 
 if TYPE_CHECKING:
@@ -581,9 +581,11 @@ class Dispatcher:
         return action.secret_names if action is not None else _EVERY_NAME  # which are secret is unknown
 
     def _masked(self, action_ref: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        """`parameters` as a confirmation prompt shows them: secret ones, and the credentials of
+        `headers` and `cookies` (`mask_value`), as `********`."""
         action = self.engine.registry.actions.get(action_ref)
         secret = action.secret_names if action is not None else set()
-        return {k: ("********" if k in secret else v) for k, v in parameters.items()}
+        return {k: (MASK if k in secret else mask_value(k, v)) for k, v in parameters.items()}
 
     # -- running -------------------------------------------------------------------------------
     async def _run(self, match: Any, message: Message, text: str | None = None) -> None:

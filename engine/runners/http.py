@@ -1,9 +1,14 @@
-"""`http-request`: one HTTP request with `requests`, StackStorm's result and status rules (spec §1.4)."""
+"""`http-request`: one HTTP request with `requests`, StackStorm's result and status rules (spec §1.4).
+
+The request carries every header and cookie as given; the credentials it sent, echoed back by the server,
+are scrubbed from its result (`_sent_credentials`). What the response itself returns (a `Set-Cookie`, an
+`X-Subject-Token`) is its result, as StackStorm keeps it: the next task of a workflow logs in with it."""
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import json
@@ -17,6 +22,8 @@ from urllib.parse import urljoin, urlparse
 import requests
 from requests.adapters import HTTPAdapter
 
+from engine.executions import scrub
+from engine.parameters import MIN_REPLACED, secret_header
 from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
 
 _VERSION = "3.9.0"
@@ -287,7 +294,29 @@ def _send(request: RunRequest, abort: _Abort | None = None) -> RunOutcome:
               "headers": dict(response.headers)}
     if truncated:  # StackStorm keeps the whole body; Squall keeps what every runner keeps of output
         result["truncated"] = f"the body was cut at {OUTPUT_LIMIT} bytes"
+    result = scrub(result, _sent_credentials(headers, runner.get("cookies"), auth))
     return RunOutcome("succeeded" if 200 <= response.status_code <= 206 else "failed", result)
+
+
+def _sent_credentials(headers: dict[str, str], cookies: Any, auth: tuple[str, str] | None) -> list[str]:
+    """The credentials this request sends that are not `secret: true` parameters (the engine scrubs
+    those), as texts to scrub from its result, longest first: each credential header's value
+    (`secret_header`) and its parts (`Bearer <token>`'s token, each cookie of a `Cookie`), each cookie
+    of `cookies`, and the `Basic` header requests makes of `username` and `password`. An echo server
+    (httpbin's `/headers`) answers with them, scrubbed as the engine scrubs a secret parameter's
+    value (`scrub`). Texts shorter than `MIN_REPLACED` are left: they would mangle it."""
+    texts: set[str] = set()
+    for name, value in headers.items():
+        if not secret_header(name):
+            continue
+        texts.update([value, value.partition(" ")[2].strip()])
+        if "cookie" in name.lower():
+            texts.update(part.partition("=")[2].strip() for part in value.split(";"))
+    if isinstance(cookies, dict):
+        texts.update(str(value) for value in cookies.values() if value is not None)
+    if auth is not None:
+        texts.add(base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii"))
+    return sorted((text for text in texts if len(text) >= MIN_REPLACED), key=len, reverse=True)
 
 
 #: How long a canceled run waits for its request's thread to notice the shut-down sockets.
