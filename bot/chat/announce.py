@@ -53,15 +53,19 @@ class Announcer:
         return str(adapter), str(channel), thread
 
     async def publish(self, route: str, params: dict[str, Any], request: RunRequest) -> dict[str, Any]:
-        """The `announcement` runner's delivery: post_message and post_result."""
+        """The `announcement` runner's delivery: post_message and post_result (whose formatted text
+        comes back under `announced`, for the stream's `st2.announcement__<route>`)."""
         chat = (params.get("context") or {}).get("chat") or request.context.get("chat")
         adapter, channel, thread = self.target(route, params.get("adapter"), params.get("channel"), chat)
+        announced: dict[str, Any] = {}
         if request.action.name == "post_result":
             execution = await self.engine.executions.get(str(params["execution_id"]))
             alias_ref = (execution["context"].get("chat") or {}).get("alias")
             text, extra = await rendered(render_result, self.index.aliases.get(alias_ref), execution)
             if text is None:
                 return {"skipped": "the alias turns results off"}
+            # The stream's announcement carries the text, as StackStorm's post_result hands it to post_message.
+            announced = {"message": text, "extra": extra}
         else:
             text, extra = str(params["message"]), params.get("extra") or {}
         user = params.get("user")
@@ -72,4 +76,5 @@ class Announcer:
         reply = Reply(adapter=adapter, channel=channel, thread=params.get("thread") or thread, text=text,
                       extra=extra)
         outbox_id = await self.outbox.post(reply)
-        return {"adapter": adapter, "channel": channel, "outbox_id": outbox_id}
+        return {"adapter": adapter, "channel": channel, "outbox_id": outbox_id,
+                **({"announced": announced} if announced else {})}

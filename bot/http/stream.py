@@ -10,8 +10,12 @@ this process does and looking every `POLL_SECONDS` otherwise, as the output tail
 Events sent: `st2.execution__create`, `st2.execution__update` (the execution as `GET /executions/{id}`
 gives it, on each change of status) and `st2.execution.output__create` (a stored chunk: `execution_id`,
 `action_ref`, `runner_ref`, `timestamp`, `output_type`, `data`; secrets masked as they were stored, as
-`GET /executions/{id}/output` gives them). Announcements go to Squall's own chat, so no
-`st2.announcement__*` event is ever sent; asking for one is no error.
+`GET /executions/{id}/output` gives them), and `st2.announcement__<route>` (what an `announcement` run
+published, `chatops.post_message` and `chatops.post_result`: `{"payload": <action parameters>,
+"trace_context": ...}`, as StackStorm's, read from the run's stored result by
+`engine.runners.announcement.announced`, so one a worker ran is found as its executions are; sent when
+the run ended `succeeded`, before its final update). An announcement names no action nor execution, so
+a stream given `action_refs` or `execution_ids` carries none, as StackStorm's.
 
 What is followed depends on what was asked:
 
@@ -45,6 +49,7 @@ from bot.http.key_auth import until_revoked
 from bot.http.state import api_state
 from engine.executions import COMPLETED, STATUSES, ExecutionNotFound, public
 from engine.live import POLL_SECONDS, Wakeup
+from engine.runners.announcement import announced
 from engine.storage import ExecutionFilter, iso
 
 router = APIRouter()
@@ -86,6 +91,10 @@ class Wanted:
         return (self.named(event) and (not self.action_refs or action_ref in self.action_refs)
                 and (not self.execution_ids or execution_id in self.execution_ids))
 
+    def announces(self, event: str) -> bool:
+        """An announcement names no action nor execution: StackStorm's filters on either drop it."""
+        return self.named(event) and not self.action_refs and not self.execution_ids
+
 
 @dataclass
 class _Seen:
@@ -121,6 +130,15 @@ class Follower:
         if not self.wanted.takes(name, action_ref, execution_id):
             return []
         return [{"event": name, "data": json.dumps(data, default=str)}]
+
+    def _announcement(self, record: dict[str, Any]) -> list[Event]:
+        """The `st2.announcement__<route>` of an announcement run that ended having published (none of
+        any other execution): sent before the run's final update, as StackStorm publishes it while the
+        run goes on."""
+        told = announced(record)
+        if told is None or not self.wanted.announces(told[0]):
+            return []
+        return [{"event": told[0], "data": json.dumps(told[1], default=str)}]
 
     def _doc(self, record: dict[str, Any], children: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         shown = public(record)
@@ -175,7 +193,8 @@ class Follower:
             async for event in self._node(child):
                 yield event
         if ended:
-            for event in self._event(EXECUTION_UPDATE, record["action"], record["id"], doc):
+            for event in [*self._announcement(record),
+                          *self._event(EXECUTION_UPDATE, record["action"], record["id"], doc)]:
                 yield event
             seen.status, seen.ended = status, True
             if record["id"] == self.end_execution_id and self.end_event == EXECUTION_UPDATE:
@@ -248,6 +267,9 @@ class Follower:
         """A known execution's output since the last look, then its update if its status changed."""
         async for event in self._chunks(record, seen):
             yield event
+        if record["status"] in COMPLETED and not seen.ended:
+            for event in self._announcement(record):
+                yield event
         if record["status"] != seen.status or (record["status"] in COMPLETED and not seen.ended):
             for event in self._event(EXECUTION_UPDATE, record["action"], record["id"], self._doc(record)):
                 yield event
