@@ -8,6 +8,14 @@ ciphertext names the key that sealed it. That is what makes `squall key rotate` 
 is added before anything is re-encrypted and the old one is dropped only after every secret was
 re-encrypted, so a crash at any point leaves every secret readable.
 
+Every change to the file (the first key made, a key added, old keys retired) is made under an
+exclusive `flock` on a lock file beside it (`<key file>.lock`), and a rotation holds that lock from
+its first step to its last: two rotations at once each added a key and then kept only the file's
+first, the other's, so the key every secret had just been sealed under went and all were lost. A
+second rotation is refused at once, naming the first. The first key is made only for a database
+that holds nothing sealed (`KeyRing.sealed_without_key`): a key file missing beside secrets is
+restored from a backup, never replaced by a new key (what it sealed would be lost on the restore).
+
 Another process may rotate the ring while this one runs (`squall key rotate` beside `squall serve`),
 so a `KeyRing` does not trust its copy of the file: before it encrypts it looks whether the file
 changed (one `os.stat`), so it never seals under a key the file no longer holds, and a ciphertext
@@ -20,10 +28,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import threading
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +54,10 @@ class NotEncrypted(CryptoError):
     """The value to decrypt is no ciphertext at all: a plain value (a key stored without encryption)."""
 
 
+class RotationUnderWay(CryptoError):
+    """Another process rotates the keys of this file now; the message names it."""
+
+
 #: What a `KeyRing` knows of its file when it read it: device, inode, size, modification time. A rotation
 #: replaces the file (a new inode), so a changed one is seen even within one tick of the clock.
 _Signature = tuple[int, int, int, int]
@@ -52,13 +67,86 @@ def _key_id(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()[:4]
 
 
-class KeyRing:
-    """The symmetric keys, loaded from (or created at) one path."""
+#: What the lock file says while a rotation holds it (`<pid> rotation`); a short write says `<pid> write`.
+_ROTATION, _WRITE = "rotation", "write"
+
+
+class _KeyFileLock:
+    """The exclusive `flock` on the lock file beside one key file, as this process holds it.
+
+    One per key file in the process, shared by its every `KeyRing`: `flock` belongs to an open file, so a
+    second open of the lock file in the same process (a rotation's own `add_key`) would wait on itself.
+    Held again by the thread that holds it, it only counts; another thread of the process waits."""
+
+    _all: dict[str, _KeyFileLock] = {}
+    _all_guard = threading.Lock()
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._threads = threading.RLock()
+        self._depth = 0
+
+    @classmethod
+    def of(cls, key_file: Path) -> _KeyFileLock:
+        lock_file = os.path.abspath(f"{key_file}.lock")
+        with cls._all_guard:
+            return cls._all.setdefault(lock_file, cls(Path(lock_file)))
+
+    @contextlib.contextmanager
+    def hold(self, doing: str) -> Iterator[None]:
+        """Hold the lock for `doing` (`_ROTATION`, `_WRITE`). A rotation finding another rotation under way
+        is refused at once (RotationUnderWay); anything else waits for the lock, which a write holds for a
+        moment (a rotation only waits here for a write or a holder that has not said yet what it does)."""
+        with self._threads:
+            fd = self._acquire(doing) if self._depth == 0 else None
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, 0)  # a later holder is never named after this one
+                    os.close(fd)  # releases the flock
+
+    def _acquire(self, doing: str) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise CryptoError(f"cannot open the key file's lock file {self.path} ({exc}); its folder must be "
+                              "writable by the user running Squall") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._refuse_or_wait(fd, doing)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {doing}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _refuse_or_wait(self, fd: int, doing: str) -> None:
+        holder = os.pread(fd, 64, 0).decode("ascii", "replace").split()
+        if doing == _ROTATION and holder[1:] == [_ROTATION]:
+            raise RotationUnderWay(f"another key rotation is under way (pid {holder[0]}); try again when it ends")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+class KeyRing:
+    """The symmetric keys, loaded from (or created at) one path."""
+
+    def __init__(self, path: Path, sealed_without_key: Callable[[], str | None] | None = None) -> None:
+        self.path = path
         #: The keys as read, with the file's signature then (one attribute: threads never see half of it).
         self._loaded: tuple[_Signature | None, list[tuple[bytes, AESGCM]]] | None = None
+        #: Asked before a first key is made, with no key file there: one value the database holds sealed
+        #: (named), or None when it holds none. The datastore sets it (`engine.datastore.Datastore`): a
+        #: key made beside sealed values would read none of them, and what it sealed would be lost again
+        #: once the operator restored the key file. None: nothing to ask (a ring with no database).
+        self.sealed_without_key = sealed_without_key
 
     # -- the file ------------------------------------------------------------------------
     @staticmethod
@@ -129,7 +217,10 @@ class KeyRing:
             return loaded[1]
         if signature is None:
             self._refuse_missing(create=create, loaded=loaded is not None)
-            self._write([AESGCM.generate_key(bit_length=256)], replace=False)
+            with _KeyFileLock.of(self.path).hold(_WRITE):
+                if self._signature() is None:  # not made meanwhile by a process this one waited for
+                    self._refuse_sealed()
+                    self._write([AESGCM.generate_key(bit_length=256)], replace=False)
             signature = self._signature()
         keys = [(_key_id(key), AESGCM(key)) for key in self._read()]
         self._loaded = (signature, keys)
@@ -149,21 +240,61 @@ class KeyRing:
                 "decrypted; restore the key file (or fix datastore.encryption_key_path)"
             )
 
+    def _refuse_sealed(self) -> None:
+        """A CryptoError when the database holds sealed values though there is no key file to read them."""
+        sealed = self.sealed_without_key() if self.sealed_without_key is not None else None
+        if sealed is not None:
+            raise CryptoError(
+                f"encryption key file {self.path} does not exist, but the database holds values sealed under "
+                f"its keys ({sealed}, and maybe more): restore it from a backup (or fix "
+                "datastore.encryption_key_path). No new key is made: it would read none of them, and what it "
+                "sealed would be lost once the key file is restored"
+            )
+
     # -- rotation ------------------------------------------------------------------------
+    def rotating(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the key file's lock for a whole rotation (`engine.datastore.rotate_key`): RotationUnderWay
+        at once when another process rotates. The ring's own writes inside take the lock again freely."""
+        return _KeyFileLock.of(self.path).hold(_ROTATION)
+
+    def key_ids(self) -> list[str]:
+        """The ids of the keys in the file now, the current one first ([] if there is no file)."""
+        return [_key_id(key).hex() for key in self._read()] if self.path.exists() else []
+
     def add_key(self) -> str:
         """Put a new key first (it encrypts from now on); the old ones still decrypt."""
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        keys = self._read() if self.path.exists() else []
-        new = AESGCM.generate_key(bit_length=256)
-        self._write([new, *keys], replace=True)
+        with _KeyFileLock.of(self.path).hold(_WRITE):
+            if self.path.exists():
+                keys = self._read()
+            else:
+                self._refuse_sealed()
+                keys = []
+            new = AESGCM.generate_key(bit_length=256)
+            self._write([new, *keys], replace=True)
         return _key_id(new).hex()
 
-    def retire_old_keys(self) -> int:
-        """Keep only the current key; call once nothing is sealed under the others."""
-        keys = self._read()
-        self._write(keys[:1], replace=True)
-        return len(keys) - 1
+    def retire_old_keys(self, keep: str | None = None, retire: Iterable[str] | None = None) -> int:
+        """Drop the keys of `retire` (default: all but `keep`) and never `keep` (default: the file's first
+        key now); returns how many went. A rotation names both: the key it sealed every secret under, and
+        the keys the file held before it added that one, so a key it re-encrypted nothing away from stays.
+        A file that no longer holds `keep` is left as it is (CryptoError)."""
+        with _KeyFileLock.of(self.path).hold(_WRITE):
+            keys = self._read()
+            ids = [_key_id(key).hex() for key in keys]
+            keep = ids[0] if keep is None else keep
+            if keep not in ids:
+                raise CryptoError(
+                    f"encryption key file {self.path} no longer holds key {keep}, which the secrets were just "
+                    f"re-encrypted under (it holds {', '.join(ids)}): was it replaced during the rotation? "
+                    "nothing was retired; restore the key file that holds it"
+                )
+            going = (set(ids) if retire is None else set(retire)) - {keep}
+            kept = [key for key, key_id in zip(keys, ids, strict=True) if key_id not in going]
+            if len(kept) < len(keys):
+                self._write(kept, replace=True)
+        return len(keys) - len(kept)
 
     @property
     def current_key_id(self) -> str:

@@ -7,10 +7,12 @@ their own. Encrypted values stay ciphertext unless a caller asks for decryption.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+import sqlalchemy as sa
 
 from engine.crypto import CryptoError, KeyRing
 from engine.storage import Store, kv_pairs, utcnow
@@ -95,12 +97,33 @@ def check_key(name: Any, *, scope: str | None = "system", user: str | None = Non
 ChangeListener = Callable[[str, dict[str, Any]], None]
 
 
+def first_sealed_value(store: Store) -> str | None:
+    """One value the database holds sealed, named as `squall key rotate` names it ("key system:pw"), or None
+    when it holds none: what a `KeyRing` asks before it makes a first key (`KeyRing.sealed_without_key`).
+    One short query a column (`Store.SEALED_COLUMNS`), on a connection of its own: it runs only when there
+    is no key file."""
+    with store.engine.connect() as conn:
+        for what, table, key, column, only in Store.SEALED_COLUMNS:
+            row = conn.execute(sa.select(*(table.c[name] for name in key)).where(
+                table.c[column].is_not(None), *([] if only is None else [only])).limit(1)).first()
+            if row is not None:
+                return f"{what} {':'.join(map(str, row))}"
+    return None
+
+
 @dataclass
 class Datastore:
     store: Store
     keys: KeyRing
     #: Told of every write, for the `core.st2.key_value_pair.*` triggers; None costs nothing.
     on_change: ChangeListener | None = None
+
+    def __post_init__(self) -> None:
+        # Where a key ring meets its database (every process that seals builds one): a first key is made
+        # only for a database that holds nothing sealed; a missing key file beside secrets is restored.
+        if self.keys.sealed_without_key is None:
+            store = self.store
+            self.keys.sealed_without_key = lambda: first_sealed_value(store)
 
     @staticmethod
     def stored_name(name: str, scope: str, user: str | None) -> str:
@@ -304,6 +327,49 @@ def _reencrypt_pass(store: Store, keys: KeyRing, new_id: str) -> tuple[int, int,
     return len(swaps) - missed, missed, unreadable
 
 
+#: One database call of a rotation, as `_rotation` asks for it: the function and its arguments.
+_Call = tuple[Callable[..., Any], tuple[Any, ...]]
+
+
+def _rotation(store: Store, keys: KeyRing, progress: Callable[[str], None],
+              others: Callable[[], list[str]]) -> Generator[_Call, Any, RotationReport]:
+    """The steps of a rotation (see `rotate_key`), asking its caller for each database call.
+
+    The key file is changed here only, never inside a database call: `storage.Database` runs a group of
+    calls again when it met another process's SQLite lock, and a rotation made as one call added its key
+    once per run, and could retire the old keys in a run whose re-encrypted secrets were then rolled back.
+    Each database call here (a pass, `others`) may run again: it changes no file. The whole rotation holds
+    the key file's lock (`KeyRing.rotating`): a second rotation at once is refused, as two that overlapped
+    each kept only the file's first key, the other's, and lost every secret."""
+    with keys.rotating():
+        old_ids = keys.key_ids()
+        new_id = keys.add_key()
+        progress(f"added key {new_id}; re-encrypting secrets")
+        reencrypted, changed, unreadable = 0, 0, []
+        for _ in range(_ROTATION_PASSES):
+            written, changed, unreadable = yield _reencrypt_pass, (store, keys, new_id)
+            reencrypted += written
+            if not changed:
+                break
+            progress(f"{changed} secrets changed while they were re-encrypted; taking them again")
+        progress(f"re-encrypted {reencrypted} secrets (secret keys, executions' and approvals' sealed parameters, "
+                 "chat sessions)")
+        if unreadable or changed:
+            return RotationReport(new_id, reencrypted, unreadable, 0, changed=changed)
+        in_use_by = yield others, ()
+        if in_use_by:
+            return RotationReport(new_id, reencrypted, [], 0, in_use_by=in_use_by)
+        return RotationReport(new_id, reencrypted, [], keys.retire_old_keys(keep=new_id, retire=old_ids))
+
+
+def _advance(steps: Generator[_Call, Any, RotationReport], ok: bool, value: Any) -> _Call | RotationReport:
+    """The rotation's next database call, handed the last one's result (or its exception), or its report."""
+    try:
+        return steps.send(value) if ok else steps.throw(value)
+    except StopIteration as done:
+        return done.value
+
+
 def rotate_key(store: Store, keys: KeyRing, progress: Callable[[str], None] = lambda _m: None, *,
                others: Callable[[], list[str]] = _nobody) -> RotationReport:
     """Re-encrypt every secret under a new key without a moment where any secret is unreadable: every
@@ -317,22 +383,42 @@ def rotate_key(store: Store, keys: KeyRing, progress: Callable[[str], None] = la
     also stay while `others()` names another Squall process using the database (`Engine.other_processes`;
     the default, none, is for a caller that knows it is alone): it may have sealed a secret under an old
     key just before the new one was added, or hold one it read. A later rotation, with it stopped,
-    retires them.
+    retires them; only the keys the file held when this rotation began go, never the one it sealed under.
+    The whole rotation holds the key file's lock: another one under way makes it raise RotationUnderWay.
+
+    The database calls run here, directly: for a caller holding the `Store` alone. Through a
+    `storage.Database`, use `rotate_key_through`.
     """
-    new_id = keys.add_key()
-    progress(f"added key {new_id}; re-encrypting secrets")
-    reencrypted, changed, unreadable = 0, 0, []
-    for _ in range(_ROTATION_PASSES):
-        written, changed, unreadable = _reencrypt_pass(store, keys, new_id)
-        reencrypted += written
-        if not changed:
-            break
-        progress(f"{changed} secrets changed while they were re-encrypted; taking them again")
-    progress(f"re-encrypted {reencrypted} secrets (secret keys, executions' and approvals' sealed parameters, "
-             "chat sessions)")
-    if unreadable or changed:
-        return RotationReport(new_id, reencrypted, unreadable, 0, changed=changed)
-    in_use_by = others()
-    if in_use_by:
-        return RotationReport(new_id, reencrypted, [], 0, in_use_by=in_use_by)
-    return RotationReport(new_id, reencrypted, [], keys.retire_old_keys())
+    steps = _rotation(store, keys, progress, others)
+    try:
+        step = _advance(steps, True, None)
+        while not isinstance(step, RotationReport):
+            function, args = step
+            try:
+                ok, value = True, function(*args)
+            except Exception as exc:
+                ok, value = False, exc
+            step = _advance(steps, ok, value)
+        return step
+    finally:
+        steps.close()  # stopped midway (Ctrl-C): the key file's lock is let go here, not when collected
+
+
+async def rotate_key_through(db: Callable[..., Awaitable[Any]], store: Store, keys: KeyRing,
+                             progress: Callable[[str], None] = lambda _m: None, *,
+                             others: Callable[[], list[str]] = _nobody) -> RotationReport:
+    """`rotate_key`, its database calls made through `db` (a `storage.Database`), which may run one again;
+    the key file's steps run here, on the caller's thread, once each."""
+    steps = _rotation(store, keys, progress, others)
+    try:
+        step = _advance(steps, True, None)
+        while not isinstance(step, RotationReport):
+            function, args = step
+            try:
+                ok, value = True, await db(function, *args)
+            except Exception as exc:
+                ok, value = False, exc
+            step = _advance(steps, ok, value)
+        return step
+    finally:
+        steps.close()  # cancelled midway: the key file's lock is let go here, not when collected

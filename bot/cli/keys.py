@@ -20,6 +20,7 @@ from rich.markup import escape
 from bot.cli.common import (
     JsonOption,
     add_row,
+    current_config,
     current_user,
     err,
     fail,
@@ -292,21 +293,30 @@ def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {na
 @key_app.command("rotate")
 def key_rotate() -> None:
     """Re-encrypt every secret under a new key; the old keys are dropped only when all succeeded and no
-    other Squall process (`squall serve`, a worker) uses the database: run it again once they are stopped."""
+    other Squall process (`squall serve`, a worker) uses the database: run it again once they are stopped.
+    One rotation at a time: another one under way makes this one stop at once, saying so."""
 
-    from engine.datastore import rotate_key
+    from engine.crypto import KeyRing, RotationUnderWay
+    from engine.datastore import rotate_key_through
 
     async def work(squall: Squall) -> Any:
         def progress(message: str) -> None:
             err.print(f"[dim]…[/dim] {escape(message)}", markup=True, highlight=False)
 
-        report = await squall.db(rotate_key, squall.store, squall.keys, progress, others=squall.other_processes)
+        report = await rotate_key_through(squall.db, squall.store, squall.keys, progress,
+                                          others=squall.other_processes)
         await squall.db(record_audit, squall.store, "cli.key.rotate", str(report.key_id),
                         {"reencrypted": report.reencrypted, "retired": report.retired,
                          "unreadable": len(report.unreadable), "in_use_by": report.in_use_by})
         return report
 
-    report = _datastore_call(work)
+    try:
+        # Taken before Squall starts, so that a second rotation is refused at once; the rotation itself
+        # takes it again (this process holds it).
+        with KeyRing(current_config().encryption_key_path).rotating():
+            report = _datastore_call(work)
+    except RotationUnderWay as exc:
+        raise fail(str(exc)) from exc
     for problem in report.unreadable:
         err.print(f"[red]unreadable:[/red] {escape(str(problem))}", markup=True, highlight=False)
     done = f"re-encrypted {report.reencrypted} secrets under key {report.key_id}"
