@@ -94,6 +94,7 @@ __all__ = [
     "CompiledFormat",
     "MessageTooComplex",
     "Prepared",
+    "brace_problem",
     "compile_format",
     "extract_multiple",
     "extract_parameters",
@@ -1231,6 +1232,28 @@ def compile_format(fmt: str) -> CompiledFormat:  # noqa: C901 (one branch per to
         _flags=flags,
         _anchors=anchors,
     )
+
+
+#: A placeholder's delimiters, where no placeholder took them (`brace_problem`).
+_STRAY_BRACES = re.compile(r"\{\{|\}\}")
+
+
+def brace_problem(fmt: str) -> str | None:
+    """Why a format's `{{` or `}}` is no placeholder's, or None: `restart {{host}` has a `{{` that nothing
+    closes, so it names no parameter and the format matches those characters as written, as StackStorm's
+    grammar does too. A load-time warning only (`aliases.model`); matching is not changed by it."""
+    text = normalise(fmt) if isinstance(fmt, str) else ""
+    # The placeholders blanked out, each character kept in place, so what is left is stray braces only.
+    stray = _STRAY_BRACES.search(PLACEHOLDER.sub(lambda m: "\0" * len(m.group()), text))
+    if stray is None:
+        return None
+    start = max(text.rfind(" ", 0, stray.start()), text.rfind("\n", 0, stray.start())) + 1
+    shown = text[start:].split(None, 1)[0][:40]  # the word the braces are in
+    opening = stray.group() == "{{"
+    missing, where = ("}}", "after") if opening else ("{{", "before")
+    return (f'format "{fmt}": the "{stray.group()}" of "{shown}" has no "{missing}" {where} it, so it is no '
+            "parameter and the alias matches those characters as written; write {{name}} for a parameter, "
+            "or \\{\\{ and \\}\\} for literal braces")
 
 
 def extract_parameters(format: str, message: str) -> dict[str, Any]:

@@ -21,9 +21,9 @@ from typing import Any
 
 import jinja2
 
-from aliases.grammar import AliasFormatError, compile_format
+from aliases.grammar import AliasFormatError, brace_problem, compile_format
 from engine.actions import Action, ApprovalProblem, approval_policy
-from engine.packs import Registry, UnknownAction
+from engine.packs import ContentWarning, Registry, UnknownAction
 from engine.parameters import ParameterError, cast
 from engine.templates import TemplateRenderError, render_values
 from engine.yamlfile import ContentError, LineMap
@@ -142,7 +142,7 @@ def _mapping(data: dict[str, Any], key: str, fail: Any) -> dict[str, Any]:
     return value
 
 
-def _formats(data: dict[str, Any], fail: Any) -> list[AliasFormat]:
+def _formats(data: dict[str, Any], fail: Any, warn: Any) -> list[AliasFormat]:
     raw = data.get("formats")
     if raw is None:
         raise fail("'formats' is required: a list of format strings or {display, representation} mappings",
@@ -182,6 +182,8 @@ def _formats(data: dict[str, Any], fail: Any) -> list[AliasFormat]:
                 compile_format(rep)
             except AliasFormatError as exc:
                 raise fail(str(exc), *path) from None
+            if (problem := brace_problem(rep)) is not None:
+                warn(problem, *path)
         formats.append(entry)
     return formats
 
@@ -254,11 +256,19 @@ def _approval(data: dict[str, Any], fail: Any) -> dict[str, Any] | None:
         raise fail(str(exc), "approval", *([exc.key] if exc.key else [])) from None
 
 
-def build_alias(data: Any, lines: LineMap, *, pack: str, file: str, registry: Registry) -> Alias:
-    """Check one alias document; raise `_Invalid` with the first problem."""
+def build_alias(data: Any, lines: LineMap, *, pack: str, file: str, registry: Registry,
+                warnings: list[ContentError] | None = None) -> Alias:
+    """Check one alias document; raise `_Invalid` with the first problem. What loads all the same but may
+    not do what its author meant (a format's `{{` without `}}`) is added to `warnings` as a `ContentWarning`
+    with its line, when a list is given."""
 
     def fail(reason: str, *path: Any) -> _Invalid:
         return _Invalid(ContentError(file, lines.line(*path), reason))
+
+    found: list[ContentError] = []  # given to `warnings` once the alias has loaded: a skipped one has its error
+
+    def warn(reason: str, *path: Any) -> None:
+        found.append(ContentWarning(file, lines.line(*path), reason))
 
     if not isinstance(data, dict):
         raise fail("an alias file must be a mapping with at least 'name', 'action_ref' and 'formats'")
@@ -287,8 +297,8 @@ def build_alias(data: Any, lines: LineMap, *, pack: str, file: str, registry: Re
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise fail("'enabled' must be true or false", "enabled")
-    formats = _formats(data, fail)
-    return Alias(
+    formats = _formats(data, fail, warn)
+    alias = Alias(
         name=name,
         pack=pack,
         action_ref=action_ref,
@@ -305,17 +315,25 @@ def build_alias(data: Any, lines: LineMap, *, pack: str, file: str, registry: Re
         allow_overrides=_allow_overrides(data, fail),
         approval=_approval(data, fail),
     )
+    if warnings is not None:
+        warnings.extend(found)
+    return alias
 
 
-def load_aliases(registry: Registry) -> tuple[list[Alias], list[ContentError]]:
-    """Every valid alias of the loaded packs (sorted by pack, name), and a `ContentError` per bad one."""
+def load_aliases(registry: Registry, warnings: list[ContentError] | None = None,
+                 ) -> tuple[list[Alias], list[ContentError]]:
+    """Every valid alias of the loaded packs (sorted by pack, name), and a `ContentError` per bad one; with
+    `warnings`, a `ContentWarning` is added to it for each alias that loads but may not mean what it says
+    (`build_alias`). They are kept apart from the errors, which callers report as aliases skipped."""
     aliases: dict[str, Alias] = {}
     errors: list[ContentError] = []
     for doc in registry.documents:
         if doc.kind != "aliases":
             continue
+        found: list[ContentError] = []
         try:
-            alias = build_alias(doc.data, doc.lines, pack=doc.pack, file=doc.file, registry=registry)
+            alias = build_alias(doc.data, doc.lines, pack=doc.pack, file=doc.file, registry=registry,
+                                warnings=found)
         except _Invalid as exc:
             errors.append(exc.error)
             continue
@@ -324,6 +342,8 @@ def load_aliases(registry: Registry) -> tuple[list[Alias], list[ContentError]]:
                                        f"alias '{alias.ref}' is already defined in {aliases[alias.ref].metadata_file}"))
             continue
         aliases[alias.ref] = alias
+        if warnings is not None:
+            warnings.extend(found)
     return sorted(aliases.values(), key=lambda a: (a.pack, a.name)), errors
 
 

@@ -31,7 +31,7 @@ from engine.jobs import JobExecutor
 from engine.leader import leadership, leads
 from engine.metrics import metrics
 from engine.notifications import Notifier
-from engine.packs import Registry, load_registry
+from engine.packs import ContentWarning, Registry, load_registry
 from engine.policies import PolicyExecutor
 from engine.processes import owner_file_state, owner_name, process_identity
 from engine.rules import RulesEngine
@@ -40,13 +40,14 @@ from engine.runners.announcement import AnnouncementRunner
 from engine.runners.noop import NoopRunner
 from engine.runners.python import PythonRunner
 from engine.runners.shell import LocalShellRunner
-from engine.sensors import SensorContainer, load_sensors
+from engine.sensors import SensorContainer, load_sensors, startable_sensors
 from engine.storage import Database, Store
 from engine.templates import configure_limits, stop_renders
 from engine.timers import TIMER_TYPES, TimerService, store_history
 from engine.triggers import TriggerService
 from engine.wakeups import PROCESS_NAME
 from engine.workflows.service import WorkflowService
+from engine.yamlfile import ContentError
 
 log = logging.getLogger(__name__)
 #: The datastore changes StackStorm emits as `core.st2.key_value_pair.<kind>` triggers.
@@ -122,14 +123,17 @@ class Engine:
         self._emitting: set[asyncio.Future[Any]] = set()
 
     @classmethod
-    async def start(cls, config: Config, *, recover: bool = False, **parts: Any) -> Self:
+    async def start(cls, config: Config, *, recover: bool = False, log_problems: bool = True, **parts: Any) -> Self:
         """Open the database, load the packs, build; with `recover`, recover executions earlier
-        runs left. `parts` go to the constructor (the chat side's adapters, for `Squall`)."""
+        runs left. `parts` go to the constructor (the chat side's adapters, for `Squall`).
+
+        With `log_problems` (a service's start), each pack problem is logged once here, the rules' and
+        policies' among them; a CLI command leaves them to its own output (`bot.cli.common.with_app`)."""
         store = Store.open(config.database_url)
         app = cls(config, store, load_packs(config), **parts)
         app._loop = asyncio.get_running_loop()
-        for error in app.registry.errors:
-            log.warning("pack content skipped: %s", error)
+        if log_problems:
+            log_pack_problems(app.registry.errors)
         if recover:
             outcome = await app.executions.recover()
             if any(outcome.values()):
@@ -194,7 +198,9 @@ class Engine:
             return
         self.sensor_lead = True
         specs, errors = load_sensors(self.registry)
-        for error in errors:
+        # A sensor whose file does not parse or has no such class is not started to fail at its import.
+        specs, unloadable = await asyncio.to_thread(startable_sensors, specs)
+        for error in [*errors, *unloadable]:
             log.warning("sensor skipped: %s", error)
         await self.sensors.sync(self.registry, specs, self.rules.triggers_of)
 
@@ -297,3 +303,11 @@ def action_account(config: Config) -> RunAs | None:
 def load_packs(config: Config) -> Registry:
     return load_registry(config.pack_paths, config.configs_path, SYSTEM_PACKS_PATH)
 
+
+def log_pack_problems(problems: list[ContentError]) -> None:
+    """One warning per pack problem: content skipped, or (`ContentWarning`) content that loads all the same."""
+    for problem in problems:
+        if isinstance(problem, ContentWarning):
+            log.warning("pack content warning: %s", problem)
+        else:
+            log.warning("pack content skipped: %s", problem)

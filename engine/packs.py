@@ -36,6 +36,29 @@ REPLACEABLE_PACKS = {"linux"}
 CONTENT_KINDS = ("aliases", "rules", "sensors", "policies")
 
 
+@dataclass(frozen=True)
+class ContentWarning(ContentError):
+    """A problem in a pack file that loads all the same (a pack version that is not semver, an alias format
+    whose `{{` has no `}}`): listed with the problems, with file and line, but nothing was skipped, so
+    `squall pack reload` still exits 0 for it and the logs do not call it skipped."""
+
+
+#: StackStorm's check of a pack's `version` (st2common.constants.pack.PACK_VERSION_REGEX): semver.
+PACK_VERSION = re.compile(r"^(?:0|[1-9]\d*)\.(?:0|[1-9]\d*)\.(?:0|[1-9]\d*)(?:-[\da-z\-]+(?:\.[\da-z\-]+)*)?"
+                          r"(?:\+[\da-z\-]+(?:\.[\da-z\-]+)*)?$")
+
+
+def version_problem(version: Any) -> str | None:
+    """Why a pack.yaml `version` is not one StackStorm registers, or None. As StackStorm, a version with one
+    dot is read with `.0` added first (its `normalize_pack_version`: Exchange packs still say `0.1`)."""
+    text = str(version)
+    normalized = f"{text}.0" if text.count(".") == 1 else text
+    if PACK_VERSION.match(normalized):
+        return None
+    return (f"version {text!r} is not semantic versioning: write MAJOR.MINOR.PATCH, such as 1.0.0 (StackStorm "
+            "registers no pack with such a version; Squall loads the pack all the same)")
+
+
 @dataclass
 class TriggerType:
     """A trigger type a pack declares (spec §6.1)."""
@@ -309,6 +332,8 @@ def load_pack(path: Path, registry: Registry, configs_path: Path, system_path: P
         return None
     pack = Pack(ref=ref, path=path, metadata=metadata, system=system)
     registry.packs[ref] = pack
+    if metadata.get("version") is not None and (problem := version_problem(metadata["version"])) is not None:
+        registry.errors.append(ContentWarning(_display(manifest), lines.line("version"), problem))
     _load_config(pack, registry, configs_path)
 
     for file in sorted((path / "actions").glob("*.y*ml")):

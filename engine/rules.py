@@ -667,15 +667,12 @@ class RulesEngine:
     # -- loading -------------------------------------------------------------------------------
     def rebuild(self, registry: Registry) -> None:
         """Load the registry's rules; also on every pack reload, which is how a rule waiting for a
-        pack goes live once that pack arrives. Waiting rules are reported with the load problems."""
+        pack goes live once that pack arrives. Waiting rules are reported with the load problems:
+        both go into `registry.errors`, which whoever loaded the packs logs once (`squall serve` at its
+        start and at each reload) or shows (the CLI); logged here too, each came out twice."""
         rules, errors = load_rules(registry)
-        for error in errors:
-            log.warning("rule skipped: %s", error)
-            if error not in registry.errors:
-                registry.errors.append(error)
         waiting = [waiting_problem(rule) for rule in rules if rule.waiting]
-        for problem in waiting:
-            log.warning("rule waiting: %s", problem)
+        for problem in (*errors, *waiting):
             if problem not in registry.errors:
                 registry.errors.append(problem)
         self.errors = [*errors, *waiting]

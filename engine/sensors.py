@@ -22,6 +22,7 @@ supersedes a `sync` under way, so no sensor is started out of a later stop's rea
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import functools
@@ -34,6 +35,7 @@ import os
 import signal
 import stat
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +70,22 @@ _CODE_FOLDERS = ("sensors", "lib", "actions/lib")
 _CODE_SUFFIXES = (".py", ".so")
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
            "CRITICAL": logging.CRITICAL}
+#: A traceback in a sensor's output is relayed as one log record, from its first line to its exception's
+#: (one record per line made a dozen `error` records of each crash in JSON logs): its first line and its
+#: last ones, at most this many lines and bytes in all, and a line telling how many were left out between.
+TRACEBACK_LINES = 200
+TRACEBACK_BYTES = 64 * 1024
+#: A line of a traceback longer than this is cut (an exception's message may be a whole document).
+_TRACEBACK_LINE = 8 * 1024
+#: Seconds a traceback's next line is waited for: what came of one cut short is relayed then, as it is.
+TRACEBACK_WAIT = 1.0
+_TRACEBACK_START = "Traceback (most recent call last):"
+#: The lines between the tracebacks of chained exceptions (with a blank line either side): one record.
+_CHAINED = ("During handling of the above exception, another exception occurred:",
+            "The above exception was the direct cause of the following exception:")
+#: Exceptions that mean a sensor's module could not be imported: its code or the pack's virtualenv must
+#: change first, so it is started again after `SensorContainer.load_retry`, or when its files change.
+LOAD_ERRORS = frozenset({"ImportError", "ModuleNotFoundError", "SyntaxError", "IndentationError", "TabError"})
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,8 @@ class SensorSpec:
     enabled: bool = True
     trigger_types: tuple[str, ...] = ()
     description: str = ""
+    #: The line of `class_name` in the metadata file, for a problem about the class (not what it runs).
+    class_line: int | None = field(default=None, compare=False)
 
     @property
     def ref(self) -> str:
@@ -126,8 +146,64 @@ def load_sensors(registry: Registry) -> tuple[list[SensorSpec], list[ContentErro
         sensors.append(SensorSpec(pack=document.pack, class_name=class_name, file=file.resolve(),
                                   metadata_file=document.file, poll_interval=poll,
                                   enabled=data.get("enabled", True) is not False, trigger_types=types,
-                                  description=str(data.get("description") or "")))
+                                  description=str(data.get("description") or ""),
+                                  class_line=document.lines.line("class_name")))
     return sensors, errors
+
+
+def startable_sensors(sensors: list[SensorSpec]) -> tuple[list[SensorSpec], list[ContentError]]:
+    """The sensors of `sensors` that can start, and a problem (metadata file, class name) for each enabled
+    one whose module does not parse or defines no `class_name`: started, it only failed at its import, with
+    a traceback, and was restarted for ever. Read with `ast`, nothing of the pack's runs here; a disabled
+    sensor is not looked at (it never starts), and the API lists every sensor (`load_sensors`) as
+    StackStorm registers them, unimported. Blocking: it reads the files."""
+    startable: list[SensorSpec] = []
+    problems: list[ContentError] = []
+    for spec in sensors:
+        problem = class_problem(spec) if spec.enabled else None
+        if problem is None:
+            startable.append(spec)
+        else:
+            problems.append(ContentError(spec.metadata_file, spec.class_line, problem))
+    return startable, problems
+
+
+def class_problem(spec: SensorSpec) -> str | None:
+    """Why the sensor's entry point cannot give its class, or None: a module that does not parse, or that
+    binds no `class_name` (a class, an import or an assignment of that name, at any level but inside a
+    function or class; `from x import *` could bind anything and is taken to)."""
+    name = f"sensors/{spec.file.name}"
+    try:
+        tree = ast.parse(spec.file.read_bytes(), filename=str(spec.file))
+    except SyntaxError as exc:
+        return f"the sensor's module {name} does not parse: {exc.msg} (line {exc.lineno}); the sensor is not started"
+    except (OSError, ValueError) as exc:  # unreadable; NUL bytes in the source
+        return f"the sensor's module {name} cannot be read: {exc}; the sensor is not started"
+    if _binds(tree, spec.class_name):
+        return None
+    classes = sorted(node.name for node in tree.body if isinstance(node, ast.ClassDef))
+    has = f"its classes are {', '.join(classes)}" if classes else "it defines no class"
+    return f'class_name "{spec.class_name}" is not defined in {name} ({has}); the sensor is not started'
+
+
+def _binds(tree: ast.Module, name: str) -> bool:
+    """Whether the module's top level (its `if`, `try` and `with` blocks included) binds `name`."""
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.ClassDef):
+            if node.name == name:
+                return True
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            if any(alias.name == "*" or (alias.asname or alias.name.split(".")[0]) == name for alias in node.names):
+                return True
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(leaf, ast.Name) and leaf.id == name for target in targets for leaf in ast.walk(target)):
+                return True
+        elif not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.expr):
+            stack.extend(ast.iter_child_nodes(node))  # a block's statements, an except's, a case's
+    return False
 
 
 def trigger_object(item: dict[str, Any]) -> dict[str, Any]:
@@ -331,6 +407,10 @@ class _Running:
     secrets: list[str] = field(default_factory=list)
     #: Whether this life's run() returned (the wrapper says so): only then is an exit 0 the sensor's end.
     returned: bool = False
+    #: Whether this life got as far as running (the wrapper says so after `setup()`).
+    ran: bool = False
+    #: The exception line of the last traceback this life wrote (`ModuleNotFoundError: No module named 'x'`).
+    failure: str | None = None
 
     def send(self, message: dict[str, Any]) -> None:
         if self.writer is not None and not self.writer.is_closing():
@@ -343,8 +423,15 @@ class SensorContainer:
     def __init__(self, dispatch: Dispatch, datastore_call: DatastoreCall, virtualenvs: Path, *,
                  backoff: float = 2.5, max_backoff: float = 60.0, stable_after: float = 10.0,
                  stop_timeout: float = 5.0, drain_timeout: float = 5.0, run_as: RunAs | None = None,
-                 log_lines_per_second: int = LOG_LINES_PER_SECOND) -> None:
+                 log_lines_per_second: int = LOG_LINES_PER_SECOND, load_retry: float = 600.0,
+                 traceback_wait: float = TRACEBACK_WAIT) -> None:
         self.dispatch = dispatch
+        #: Seconds before a sensor whose module could not be imported (`LOAD_ERRORS`) is tried again: a
+        #: missing library stays missing, and each try logged a traceback every `max_backoff` for ever. A
+        #: change of its files restarts it at once (`sync`), so a fix is picked up without the wait.
+        self.load_retry = load_retry
+        #: How long the relay waits for a traceback's next line (`TRACEBACK_WAIT`).
+        self.traceback_wait = traceback_wait
         #: Lines of one sensor's output relayed a second (`_LineBudget`).
         self.log_lines_per_second = log_lines_per_second
         #: Sensors are pack code like actions: they start as `runners.user` too.
@@ -493,13 +580,24 @@ class SensorContainer:
             if code == 0 and running.returned:
                 log.info("sensor %s finished (its run() returned)", spec.ref)
                 return
-            if time.monotonic() - started >= self.stable_after:
-                running.restarts = 0
-            delay = min(self.backoff * (2 ** running.restarts), self.max_backoff)
-            running.restarts += 1
             metrics.count(metrics.sensor_restarts, spec.ref)
-            log.warning("sensor %s %s; restarting in %.1fs (restart %d)", spec.ref, why, delay, running.restarts)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._next_start(running, started, why))
+
+    def _next_start(self, running: _Running, started: float, why: str) -> float:
+        """The seconds before the sensor starts again, said in the log: `load_retry` when its module could not
+        be imported (no restart would help until something changes), else a delay that doubles with each
+        quick restart and is reset once the sensor has stayed up `stable_after`."""
+        spec = running.spec
+        if not running.ran and running.failure is not None and running.failure.split(":", 1)[0] in LOAD_ERRORS:
+            log.warning("sensor %s cannot be loaded from %s (%s); trying again in %.0fs, or as soon as its files "
+                        "change", spec.ref, spec.file, running.failure, self.load_retry)
+            return self.load_retry
+        if time.monotonic() - started >= self.stable_after:
+            running.restarts = 0
+        delay = min(self.backoff * (2 ** running.restarts), self.max_backoff)
+        running.restarts += 1
+        log.warning("sensor %s %s; restarting in %.1fs (restart %d)", spec.ref, why, delay, running.restarts)
+        return delay
 
     async def _config(self, running: _Running) -> tuple[dict[str, Any], list[str]]:
         """The config the sensor starts with (its dynamic values rendered, `_SensorConfig`), and the
@@ -516,9 +614,10 @@ class SensorContainer:
         """One life of the sensor process: its end is the process's own exit, whoever holds its pipes."""
         spec = running.spec
         loop = asyncio.get_running_loop()
+        running.returned = running.ran = False
+        running.failure = None
         config, secrets = await self._config(running)
         running.secrets = scrubbable([*secrets, *running.revealed])
-        running.returned = False
         # The sensor's output goes to a pipe of our own, not to the process's transport: asyncio's
         # `wait()` would otherwise wait for every writer of it, a helper the sensor started included.
         log_read, log_write = os.pipe()
@@ -624,6 +723,7 @@ class SensorContainer:
                 reply["error"] = f"{exc.__class__.__name__}: {exc}"
             running.send(reply)
         elif op == "running":
+            running.ran = True
             log.info("sensor %s is running (pid %s)", spec.ref, message.get("pid"))
         elif op == "returned":
             running.returned = True
@@ -684,12 +784,13 @@ class SensorContainer:
         budget = _LineBudget(self.log_lines_per_second, functools.partial(_report_dropped, spec.ref,
                                                                           self.log_lines_per_second))
         level = logging.INFO
+        trace = _Traceback()
         try:
             for count in itertools.count(1):
                 if count % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
                 try:
-                    raw = await _next_line(output)
+                    raw = await self._read_line(output, trace, running, logger)
                 except _LineTooLong:
                     logger.warning("a line of the sensor's output longer than %d bytes was dropped", _LOG_LINE_LIMIT)
                     continue
@@ -698,11 +799,36 @@ class SensorContainer:
                 if not budget.take():
                     continue
                 text = scrub(raw.decode("utf-8", "replace").rstrip(), running.secrets)
+                if trace.open and not trace.takes(text):
+                    _relay_traceback(trace, running, logger)
+                    level = logging.ERROR  # what follows a traceback at once is read as part of its message
+                if trace.takes(text):
+                    trace.add(text)
+                    continue
                 level = _line_level(text, level)
                 logger.log(level, "%s", text)
         finally:
+            if trace.open:
+                _relay_traceback(trace, running, logger)
             budget.flush()
             transport.close()
+
+    async def _read_line(self, output: asyncio.StreamReader, trace: _Traceback, running: _Running,
+                         logger: logging.Logger) -> bytes | None:
+        """The next line of the sensor's output (`_next_line`). While a traceback is being read, what came of
+        it is relayed once its next line takes longer than `traceback_wait` (a process killed half-way
+        through printing one), and the read goes on."""
+        if not trace.open:
+            return await _next_line(output)
+        reading = asyncio.ensure_future(_next_line(output))
+        try:
+            done, _ = await asyncio.wait((reading,), timeout=self.traceback_wait)
+            if not done:
+                _relay_traceback(trace, running, logger)
+            return await reading
+        finally:
+            if not reading.done():
+                reading.cancel()
 
     async def _lifecycle(self, trigger_ref: str, spec: SensorSpec, pid: int, code: int | None = None) -> None:
         payload = {"object": {"ref": spec.ref, "pack": spec.pack, "class_name": spec.class_name, "pid": pid,
@@ -711,6 +837,69 @@ class SensorContainer:
             await self.dispatch(trigger_ref, payload, validate=False)
         except Exception:
             log.exception("could not store the %s trigger for sensor %s", trigger_ref, spec.ref)
+
+
+class _Traceback:
+    """The lines of a traceback in a sensor's output, gathered to be relayed as one record: from
+    `Traceback (most recent call last):` to the exception's line (the first line not indented), with the
+    tracebacks of chained exceptions after it. The first line and the last `TRACEBACK_LINES` lines (and
+    `TRACEBACK_BYTES`) are kept: the frames nearest the error and the exception are at its end."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.head: str | None = None
+        self.lines: deque[str] = deque()
+        self.size = 0
+        self.left_out = 0
+        #: Whether the exception's line was read: a chained traceback, or the end, comes next.
+        self.ended = False
+        #: The last exception line read (the last raised of chained ones).
+        self.exception: str | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.head is not None
+
+    def takes(self, text: str) -> bool:
+        """Whether `text` is part of the traceback being read, or starts one."""
+        if not self.open:
+            return text.startswith(_TRACEBACK_START)
+        return not self.ended or text in ("", *_CHAINED) or text.startswith(_TRACEBACK_START)
+
+    def add(self, text: str) -> None:
+        if len(text) > _TRACEBACK_LINE:
+            text = text[:_TRACEBACK_LINE] + " …"
+        if self.head is None:
+            self.head = text
+            return
+        if text.startswith(_TRACEBACK_START):
+            self.ended = False
+        elif not self.ended and text and not text[0].isspace():
+            self.ended, self.exception = True, text
+        self.lines.append(text)
+        self.size += len(text) + 1
+        while len(self.lines) > TRACEBACK_LINES - 1 or self.size > TRACEBACK_BYTES:
+            self.size -= len(self.lines.popleft()) + 1
+            self.left_out += 1
+
+    def take(self) -> str:
+        """The traceback as one text, and this gatherer emptied for the next one."""
+        lines = list(self.lines)
+        while lines and not lines[-1]:  # the blank line a chain would have followed
+            lines.pop()
+        cut = [f"  [… {self.left_out} lines of the traceback left out …]"] if self.left_out else []
+        text = "\n".join([self.head or "", *cut, *lines])
+        self._reset()
+        return text
+
+
+def _relay_traceback(trace: _Traceback, running: _Running, logger: logging.Logger) -> None:
+    """Log the gathered traceback as one error record; its exception is what this life of the sensor died of."""
+    if trace.exception is not None:
+        running.failure = trace.exception
+    logger.error("%s", trace.take())
 
 
 def _line_level(text: str, previous: int) -> int:

@@ -148,18 +148,19 @@ def current_user() -> str:
         return "squall"
 
 
-def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False) -> T:
+def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False, pack_problems: bool = False) -> T:
     """Run `work` against a started Squall, turning known errors into clear exits.
 
-    Starting Squall loads the packs and warns about each file that did not load (the assembly
-    logs them at start, on stderr), so commands run through here need no warning of their own.
+    With `pack_problems` (the commands about pack content: `run`, rules, triggers), one stderr warning per
+    pack file that did not load, as every command that reads packs gives (`warn_problems`). The others
+    (`execution get`, `inquiry list`, `key set`) say nothing of packs: every problem of every pack came out
+    of them as raw timestamped log lines, the start-up's, which `_started` keeps quiet.
 
     SIGTERM (`timeout`, a CI job's cancel, `kill`) and SIGHUP (a closed terminal) stop the command as
     Ctrl-C does (`_Stop`): what it runs is stopped and recorded `abandoned`, and one line says so. With
     their default action the process died at once, its execution left `running` and its action orphaned."""
     import asyncio
 
-    from bot.app import Squall
     from engine.crypto import CryptoError
     from engine.executions import ExecutionNotFound, ExecutionStateError
     from engine.packs import UnknownAction
@@ -171,7 +172,7 @@ def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False) -
 
     async def main() -> T:
         stop.listen(asyncio.get_running_loop(), asyncio.current_task())
-        squall = await Squall.start(config, recover=recover)
+        squall = await _started(config, recover, pack_problems)
         squall.executions.on_finished(stop.heard)
         try:
             return await work(squall)
@@ -187,6 +188,28 @@ def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False) -
             raise stop.report() from None
         except (UnknownAction, ParameterError, ExecutionNotFound, ExecutionStateError, CryptoError) as exc:
             raise fail(str(exc)) from exc
+
+
+#: The logger of the alias index, which logs each alias that did not load as Squall starts: `alias list`,
+#: `pack list` and `pack reload` say those, not every command.
+_ALIAS_INDEX_LOG = "bot.chat.index"
+
+
+async def _started(config: Config, recover: bool, pack_problems: bool) -> Squall:
+    """Squall started for one command, its start-up's log of pack problems left out (the command says them
+    itself, once, if they concern it: `pack_problems`)."""
+    from bot.app import Squall
+
+    index_log = logging.getLogger(_ALIAS_INDEX_LOG)
+    level = index_log.level
+    index_log.setLevel(logging.ERROR)
+    try:
+        squall = await Squall.start(config, recover=recover, log_problems=False)
+    finally:
+        index_log.setLevel(level)
+    if pack_problems:
+        warn_problems(squall.registry.errors)
+    return squall
 
 
 class _Stop:
@@ -428,15 +451,68 @@ def load_packs(config: Config, *, warn: bool = True) -> Registry:
 
 
 def warn_problems(problems: Iterable[ContentError]) -> None:
-    """One stderr line per pack file that did not load: file, line where known, reason."""
+    """One stderr line per pack file that did not load: file, line where known, reason. A warning about
+    content that loads all the same (`engine.packs.ContentWarning`: a version that is not semver, an alias
+    format's unbalanced braces) is not called skipped."""
+    from engine.packs import ContentWarning
+
     for problem in problems:
-        err.print(f"[yellow]warning:[/yellow] pack content skipped: {escape(str(problem))}", markup=True,
-                  highlight=False)
+        what = "pack content" if isinstance(problem, ContentWarning) else "pack content skipped"
+        err.print(f"[yellow]warning:[/yellow] {what}: {escape(str(problem))}", markup=True, highlight=False)
 
 
 def problem_document(problem: ContentError) -> dict[str, Any]:
     """A load problem as JSON: `file`, `line` (null when unknown) and `reason`."""
     return {"file": problem.file, "line": problem.line, "reason": problem.reason}
+
+
+#: The most rows a listing's `-n/--limit` takes (`execution list`, `trigger-instance list`, `rule-enforcement
+#: list`): a number past SQLite's 64-bit integers ended in the database driver's OverflowError traceback.
+MAX_LISTED = 1_000_000
+#: How deep a JSON option (`--payload`, `--response`, a trigger instance file) may nest objects and arrays:
+#: the HTTP API's limit, `bot.http.json_body.MAX_JSON_DEPTH`, kept here because importing `bot.http` brings
+#: FastAPI, a third of a second of every command that parses JSON (tests/test_cli_errors.py keeps them equal).
+MAX_JSON_DEPTH = 64
+
+
+def json_value(text: str, what: str) -> Any:
+    """`text` decoded as JSON for `what` (an option or a file, as the user names it), nested at most
+    `MAX_JSON_DEPTH` levels as the HTTP API takes it: deeper is one line and exit 2 (2000 levels was a
+    RecursionError traceback). Text that is not JSON raises `ValueError`, which the caller words."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise too_deep(what, None) from None
+    check_depth(value, what)
+    return value
+
+
+def check_depth(value: Any, what: str) -> None:
+    """Exit 2 when `value` (decoded JSON or YAML) nests objects and arrays more than `MAX_JSON_DEPTH` levels."""
+    depth = _nesting(value)
+    if depth > MAX_JSON_DEPTH:
+        raise too_deep(what, depth)
+
+
+def too_deep(what: str, depth: int | None) -> typer.Exit:
+    """The one line for a document nested too deep (`depth` None: too deep to be read at all)."""
+    levels = f"{depth} levels deep" if depth is not None else f"more than {MAX_JSON_DEPTH} levels deep"
+    return fail(f"{what} nests objects and arrays {levels}; the limit is {MAX_JSON_DEPTH} levels (as the HTTP "
+                "API's): give a flatter document")
+
+
+def _nesting(value: Any) -> int:
+    """How deep `value`'s dicts and lists nest (`{"a": [1]}` is 2, as `bot.http.json_body` counts), without
+    recursion: the value may be nearly as deep as the parser's own recursion allowed."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:

@@ -22,6 +22,7 @@ from rich.cells import cell_len
 from rich.markup import escape
 
 from bot.cli.common import (
+    MAX_LISTED,
     JsonOption,
     add_row,
     current_config,
@@ -100,7 +101,7 @@ def run(
                         {"action": record["action"], "parameters": record["parameters"]})
         return record if run_async else await squall.executions.wait(record["id"])
 
-    record = with_app(work)
+    record = with_app(work, pack_problems=True)  # an action skipped for a load problem is said
     if as_json:
         print_json(record)
     elif run_async:
@@ -132,12 +133,14 @@ async def _counting_server(squall: Squall, ref: str) -> str | None:
 def execution_list(
     action: Annotated[str | None, typer.Option("--action", help="Only this action ref.")] = None,
     status: Annotated[str | None, typer.Option("--status", help="Only this status.")] = None,
-    limit: Annotated[int, typer.Option("-n", "--limit", help="How many, newest first.")] = 50,
+    limit: Annotated[int, typer.Option("-n", "--limit", min=1, max=MAX_LISTED, help="How many, newest first.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
-    """The most recent executions, newest first."""
+    """The most recent executions, newest first; exit 2 for a status no execution can have."""
     from engine.executions import public
 
+    if status is not None:
+        _check_status(status)
     # The database alone: starting the engine (packs, runners) would triple this command's time.
     records = with_store(lambda store, _config: [public(r) for r in store.list_executions(
         action=action, status=status, limit=limit)])
@@ -152,6 +155,18 @@ def execution_list(
         return
     for ident, ref, state, started, elapsed in rows:  # narrower than any table that shows them whole
         out.print(f"{ident}\n  {ref}  {state}\n  {started} UTC" + (f"  {elapsed}" if elapsed else ""), markup=False)
+
+
+def _check_status(status: str) -> None:
+    """Exit 2 for a status no execution has: `--status faild` listed nothing and exited 0, as if none had failed."""
+    import difflib
+
+    from engine.executions import STATUSES
+
+    if status not in STATUSES:
+        near = difflib.get_close_matches(status, STATUSES, n=1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise fail(f"no execution has the status {status!r}; {hint}the statuses are: {', '.join(STATUSES)}")
 
 
 _EXECUTION_HEADERS = ("id", "action", "status", "started (UTC)", "elapsed")
@@ -288,7 +303,7 @@ def execution_rerun(
             **({"tasks": tasks} if tasks else {})})
         return await squall.executions.wait(record["id"])
 
-    record = with_app(work)
+    record = with_app(work, pack_problems=True)  # it runs the action again, as `run` does
     if as_json:
         print_json(record)
     else:

@@ -17,6 +17,7 @@ from bot.cli.common import (
     current_user,
     fail,
     group,
+    json_value,
     new_table,
     out,
     print_json,
@@ -76,7 +77,7 @@ def inquiry_respond(
 ) -> None:
     """Answer an inquiry; exit 2 if the answer does not fit its schema or you may not answer."""
     try:
-        value = json.loads(response)
+        value = json_value(response, "--response")  # nested no deeper than the HTTP API takes
     except ValueError as exc:
         raise fail(f"--response must be JSON, e.g. '{{\"continue\": true}}': {exc}") from exc
 

@@ -1,8 +1,10 @@
 """`squall pack list | install | remove | reload`.
 
 `pack list` ends with the files that did not load ("problems"), every time, not only on the
-first command after a change; `--json` prints `{"packs": [...], "problems": [{"file", "line",
-"reason"}]}` (`line` is null where unknown).
+first command after a change, then the warnings (content that loads all the same: a version that is
+not semver, an alias format's stray `{{`); `--json` prints `{"packs": [...], "problems": [{"file", "line",
+"reason"}]}` (`line` is null where unknown), warnings among the problems. `pack reload` reports the same
+(`bot.pack_content.pack_problems`: what `squall serve` reports) and exits 1 if any file was skipped.
 
 `pack install` keeps a pack whose requirements did not all install: each failed line is said in one
 paragraph (the line, pip's reason, what to do), listed in `--json` as `requirements_failed`, and the
@@ -38,7 +40,6 @@ from bot.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from engine.packs import Registry
     from engine.yamlfile import ContentError
 
 pack_app = group("List, install, remove and reload packs.")
@@ -52,8 +53,10 @@ def _progress(message: str) -> None:
 def pack_list(as_json: JsonOption = False) -> None:
     """Loaded packs and how much content each has, then the pack files that did not load."""
     # The table ends with the problems, so they are not printed a second time on stderr.
+    from bot.pack_content import is_warning, pack_problems
+
     registry = load_packs(current_config(), warn=False)
-    problems = [*registry.errors, *_content_problems(registry)]
+    problems = pack_problems(registry)
     packs = [registry.packs[ref].summary(registry.counts(ref)) for ref in sorted(registry.packs)]
     if as_json:
         warn_problems(problems)
@@ -64,18 +67,16 @@ def pack_list(as_json: JsonOption = False) -> None:
         table.add_row(*(escape(str(value)) for value in (pack["ref"], pack["version"], pack["content"]["actions"],
                                                          pack["path"], pack["description"])))
     out.print(table)
+    _print_section("problems (pack content that did not load):", [e for e in problems if not is_warning(e)])
+    _print_section("warnings (problems that skipped nothing: the content loads, but may not do what was meant):",
+                   [e for e in problems if is_warning(e)])
+
+
+def _print_section(title: str, problems: list[ContentError]) -> None:
     if problems:
-        out.print("problems (pack content that did not load):", style="bold yellow")
+        out.print(title, style="bold yellow")
         for error in problems:
             out.print(f"  {error}", markup=False)
-
-
-def _content_problems(registry: Registry) -> list[ContentError]:
-    """What `squall serve` finds past the pack loader and only logs: alias, rule and sensor files that do
-    not load (the listing is where a pack author looks)."""
-    from bot.pack_content import check_content
-
-    return [problem for problem in check_content(registry).problems if problem not in registry.errors]
 
 
 @pack_app.command("install")
@@ -83,7 +84,7 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
                                                              "branch, tag or commit).")],
                  as_json: JsonOption = False) -> None:
     """Install a pack: copy or clone it, build its virtualenv, check its content."""
-    from bot.pack_content import check_content
+    from bot.pack_content import check_content, is_warning
     from engine.pack_manager import (
         PackInstallError,
         failed_requirements,
@@ -131,8 +132,8 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
                   f"(required by its config.schema.yaml, no default); set them in "
                   f"{escape(str(config.configs_path / f'{pack.ref}.yaml'))}", markup=True, highlight=False)
     # Exit 1 for pack content that did not load and for requirements that did not install (the pack
-    # is installed all the same); a config still to write is not a failure.
-    raise typer.Exit(1 if errors or failed else 0)
+    # is installed all the same); a config still to write, or a warning (content that loads), is not a failure.
+    raise typer.Exit(1 if failed or any(not is_warning(e) for e in errors) else 0)
 
 
 @pack_app.command("remove")
@@ -152,15 +153,22 @@ def pack_remove(name: Annotated[str, typer.Argument(help="Pack ref.")]) -> None:
 @pack_app.command("reload")
 def pack_reload(as_json: JsonOption = False) -> None:
     """Load every pack again and report what is wrong; exit 1 if any file was skipped."""
+    from bot.pack_content import is_warning, pack_problems
+
     registry = load_packs(current_config(), warn=False)  # its own report below names every problem
-    errors = [str(e) for e in registry.errors]
-    audit("cli.pack.reload", None, {"packs": len(registry.packs), "problems": len(errors)})  # as web.pack.reload
+    problems = pack_problems(registry)  # what `squall serve` would report: rules, aliases, sensors, policies too
+    errors = [str(e) for e in problems if not is_warning(e)]
+    warnings = [str(e) for e in problems if is_warning(e)]
+    audit("cli.pack.reload", None, {"packs": len(registry.packs), "problems": len(problems)})  # as web.pack.reload
     if as_json:
         print_json({"packs": sorted(registry.packs), "actions": len(registry.actions),
-                    "trigger_types": len(registry.trigger_types), "errors": errors})
+                    "trigger_types": len(registry.trigger_types), "errors": errors, "warnings": warnings})
     else:
+        skipped = f"; {len(errors)} pack files skipped (said below)" if errors else ""
         out.print(f"loaded {len(registry.packs)} packs, {len(registry.actions)} actions, "
-                  f"{len(registry.trigger_types)} trigger types")
+                  f"{len(registry.trigger_types)} trigger types{skipped}")
         for error in errors:
             err.print(f"[red]skipped:[/red] {escape(error)}", markup=True, highlight=False)
+        for warning in warnings:
+            err.print(f"[yellow]warning:[/yellow] {escape(warning)}", markup=True, highlight=False)
     raise typer.Exit(1 if errors else 0)

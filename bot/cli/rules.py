@@ -13,15 +13,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bot.cli.common import (
+    MAX_LISTED,
     JsonOption,
     audit,
+    check_depth,
     current_config,
     fail,
     group,
+    json_value,
     out,
     print_json,
     record_audit,
     setup_errors,
+    too_deep,
     with_app,
 )
 
@@ -41,6 +45,8 @@ enforcement_app = group("Rule enforcements: which rule fired for which instance.
 
 
 def _read_document(path: Path, what: str) -> Any:
+    """The file as YAML (JSON is YAML), nested no deeper than a JSON option may be (`check_depth`): a
+    document a thousand levels deep was a RecursionError traceback from the YAML parser."""
     import yaml
 
     try:
@@ -48,9 +54,13 @@ def _read_document(path: Path, what: str) -> Any:
     except OSError as exc:
         raise fail(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
     try:
-        return yaml.safe_load(text)  # JSON is YAML
+        document = yaml.safe_load(text)  # JSON is YAML
+    except RecursionError:
+        raise too_deep(f"{what} file {path}", None) from None
     except yaml.YAMLError as exc:
         raise fail(f"{what} file {path} is not valid JSON or YAML: {exc}") from exc
+    check_depth(document, f"{what} file {path}")
+    return document
 
 
 # -- rule ----------------------------------------------------------------------------------------
@@ -64,7 +74,7 @@ def rule_list(pack: Annotated[str | None, typer.Option("--pack", help="Only this
         rules = [r.public() for r in squall.rules.rules.values() if pack is None or r.pack == pack]
         return rules, [str(e) for e in squall.rules.errors]
 
-    rules, errors = with_app(work)
+    rules, errors = with_app(work)  # its own problems said once below, not every pack's
     if as_json:
         print_json(rules)
     else:
@@ -86,7 +96,7 @@ def rule_get(ref: Annotated[str, typer.Argument(help="Rule ref (pack.name).")], 
         rule = squall.rules.rules.get(ref)
         return rule.public() if rule else None
 
-    rule = with_app(work)
+    rule = with_app(work, pack_problems=True)  # a rule that did not load is said
     if rule is None:
         raise fail(f'rule "{ref}" not found')
     if as_json:
@@ -138,7 +148,7 @@ def rule_test(
             outcome["error"] = "the payload is empty: a rule with criteria does not match it"
         return outcome
 
-    outcome = with_app(work)
+    outcome = with_app(work, pack_problems=True)
     if as_json:
         print_json(outcome)
     else:
@@ -166,7 +176,7 @@ def trigger_list(pack: Annotated[str | None, typer.Option("--pack", help="Only t
                 for t in sorted(squall.registry.trigger_types.values(), key=lambda t: t.ref)
                 if pack is None or t.pack == pack]
 
-    types = with_app(work)
+    types = with_app(work, pack_problems=True)
     if as_json:
         print_json(types)
     else:
@@ -175,8 +185,9 @@ def trigger_list(pack: Annotated[str | None, typer.Option("--pack", help="Only t
 
 
 def _payload(text: str) -> Any:
+    """`--payload` decoded, nested no deeper than the HTTP API takes a body (`json_value`)."""
     try:
-        return json.loads(text)
+        return json_value(text, "--payload")
     except ValueError as exc:
         raise fail(f"--payload is not valid JSON: {exc}") from exc
 
@@ -217,7 +228,7 @@ def trigger_emit(
         if service is not None:
             instance, enforcements = _emit_through(service, trigger_type, body, trace_tag, url)
         else:
-            instance, enforcements = with_app(work)
+            instance, enforcements = with_app(work, pack_problems=True)  # its rules are pack content
     print_json(instance)
     for item in enforcements:
         typer.echo(f"rule {item['rule']['ref']}: {item['status']}"
@@ -322,7 +333,8 @@ def _show_instances(items: list[dict[str, Any]]) -> None:
 
 @instance_app.command("list")
 def instance_list(trigger: Annotated[str | None, typer.Option("--trigger", help="Only this trigger type.")] = None,
-                  limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 50,
+                  limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=MAX_LISTED,
+                                                     help="At most this many.")] = 50,
                   as_json: JsonOption = False) -> None:
     """Stored trigger instances, newest first."""
 
@@ -369,7 +381,7 @@ def instance_re_emit(instance_id: Annotated[str, typer.Argument(help="Trigger in
         await squall.rules.settle()
         return await squall.triggers.get(instance["id"])
 
-    item = with_app(work)
+    item = with_app(work, pack_problems=True)
     if as_json:
         print_json(item)
     else:
@@ -382,7 +394,8 @@ def instance_re_emit(instance_id: Annotated[str, typer.Argument(help="Trigger in
 def enforcement_list(rule: Annotated[str | None, typer.Option("--rule", help="Only this rule ref.")] = None,
                      trigger_instance: Annotated[str | None, typer.Option("--trigger-instance",
                                                                           help="Only this instance.")] = None,
-                     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 50,
+                     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=MAX_LISTED,
+                                                        help="At most this many.")] = 50,
                      as_json: JsonOption = False) -> None:
     """Rule enforcements, newest first."""
 
