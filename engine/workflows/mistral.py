@@ -19,7 +19,6 @@ when nothing is running and nothing is left to start, failed if an error went un
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import re
@@ -509,7 +508,7 @@ class MistralConductor:
         self.st2kv = st2kv
         #: Whether an action's `cmd` is shell text (a `*-shell-cmd` runner): its values must be quoted.
         self.shell_command = shell_command
-        #: Asks the host to pause soon, if the check still holds then (see `deferred_pause`).
+        #: Asks the host to pause after this step, if the check still holds then (see `DeferredPause`).
         self.request_pause = pause
         self.base: dict[str, Any] = {}
         self.records: dict[str, dict[str, Any]] = {}
@@ -988,19 +987,29 @@ class MistralConductor:
 
 # -- building -----------------------------------------------------------------------------------------
 
-def deferred_pause(pause: Callable[[str], bool], execution_id: str) -> Callable[[Callable[[], bool]], None]:
-    """The conductor's pause request, carried out on the loop's next turn: by then the marker call
-    has been handed to the host (so it is requested), and a replay has fed the marker's stored
-    outcome (so a pause that already happened is not asked for again)."""
+class DeferredPause:
+    """The conductor's pause requests (`pause-before`, the `pause` command), carried out by the host
+    between its steps (`fire`), on the event loop. A step runs on a render thread, where neither the
+    host's pause (its flow's queue, the loop's tasks) nor the conductor (which the next step may be
+    using) can be touched from a callback; and by then the marker call has been handed to the host (so
+    it is requested), and a replay has fed the marker's stored outcome (so a pause that already
+    happened is not asked for again)."""
 
-    def request(still_wanted: Callable[[], bool]) -> None:
-        def fire() -> None:
+    def __init__(self, pause: Callable[[str], bool], execution_id: str) -> None:
+        self.pause = pause
+        self.execution_id = execution_id
+        #: The checks of the pauses asked since the last `fire`: each says whether its pause is still wanted.
+        self.asked: list[Callable[[], bool]] = []
+
+    def __call__(self, still_wanted: Callable[[], bool]) -> None:
+        self.asked.append(still_wanted)
+
+    def fire(self) -> None:
+        """Pause the workflow for each pause asked that is still wanted (on the loop, no step running)."""
+        asked, self.asked = self.asked, []
+        for still_wanted in asked:
             if still_wanted():
-                pause(execution_id)
-
-        asyncio.get_running_loop().call_soon(fire)
-
-    return request
+                self.pause(self.execution_id)
 
 
 def build(spec: WorkflowSpec, request: RunRequest, st2kv: Any, shell_command: Callable[[str], bool],
@@ -1029,4 +1038,4 @@ def build(spec: WorkflowSpec, request: RunRequest, st2kv: Any, shell_command: Ca
     extra = request.runner_parameters.get("context") or {}
     parameters = {**(extra if isinstance(extra, dict) else {}), **request.action_parameters}
     return MistralConductor(spec, parameters, env, execution, st2kv, shell_command,
-                            deferred_pause(pause, execution_id))
+                            DeferredPause(pause, execution_id))

@@ -14,14 +14,17 @@ their queues, and a step ends as soon as the workflow waits on them (`WAITING_ON
 task that ends queues the next step (`JobExecutor.advance`), which any worker may take. Pauses and
 cancels are then read from the workflow's stored status at each step.
 
-An Orquesta conductor's steps (its start, each outcome fed to it, its outcome) run on a render thread
-(`templates.render_pool`), not on the event loop: they evaluate the workflow's YAQL and Jinja, whose
-cost its data chooses (a loop over a list from a webhook body), all of a step's expressions together
-within `templates.max_seconds`. The flow awaits each step, so the conductor is still used by one step at
-a time; a cancel asked meanwhile is applied to it once the step returns (`Flow.cancel_conductor`).
-ActionChain and Mistral conductors still step on the loop, each expression within the same deadline:
-Mistral's conductor asks for its pauses through the loop (`mistral.deferred_pause`), and an
-ActionChain's cancel feeds its conductor what just ended at once (`Flow.interrupted_result`).
+A conductor's steps (its start, each outcome fed to it, its outcome), Orquesta's, ActionChain's and
+Mistral's alike, run on a render thread (`templates.render_pool`), not on the event loop: they evaluate
+the workflow's YAQL and Jinja, whose cost its data chooses (a loop over a list from a webhook body), all
+of a step's expressions together within `templates.max_seconds`. No step is tried on the loop first
+(`templates.briefly`): a step changes its conductor as it goes, so one given up midway could not be
+taken again elsewhere. The flow awaits each step, so the conductor is still used by one step at a
+time: an Orquesta cancel asked meanwhile is applied to it once the step returns
+(`Flow.cancel_conductor`); the pauses Mistral's conductor asks for are carried out on the loop once
+the step's calls are requested (`mistral.DeferredPause`); and an ActionChain canceled during a step
+(its task is) keeps what it did once that step returned, taken in a step of its own
+(`Flow.interrupted_result`).
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import heapq
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -104,16 +109,16 @@ class Flow:
     """One workflow execution being conducted in this process."""
 
     def __init__(self, service: WorkflowService, request: RunRequest, conductor: Conductor,
-                 revealed: list[str] | None = None, off_loop: bool = False) -> None:
+                 revealed: list[str] | None = None) -> None:
         self.service = service
         self.request = request
         self.id = request.execution_id
         self.conductor = conductor
-        #: Whether its conductor steps on a render thread (Orquesta; see the module's docstring).
-        self.off_loop = off_loop
         #: A step is running on a render thread: a cancel asked meanwhile is applied after it (`cancel_conductor`).
         self._in_step = False
         self._cancel_after_step = False
+        #: The last step handed to a render thread: it runs on there if its task is canceled (`_step_ended`).
+        self._running: Future[Any] | None = None
         #: The values of its own `secret: true` parameters (sealed with it, so no step seals them again):
         #: its tasks get them as secrets to mask, as they get `revealed`, for a task's own parameter (a
         #: `cmd`, a `message`) that the workflow hands them to is not secret.
@@ -209,6 +214,7 @@ class Flow:
             outcomes = await asyncio.gather(*(self.service.executions.request(
                 c.ref, c.parameters, self._child_context(c), parent=self.id, delay=c.delay, secrets=secrets)
                 for c in calls), return_exceptions=True)
+            self._pauses_asked()
             requested, calls = calls, []
             for call, outcome in zip(requested, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
@@ -225,33 +231,32 @@ class Flow:
 
     async def _answer(self, key: str, status: str, result: Any, child: dict[str, Any] | None) -> list[TaskCall]:
         """Tell the conductor a task ended; `child` is its execution (None: it could not be requested)."""
-        if isinstance(self.conductor, chain.ChainConductor):
-            return self._chain_answer(key, status, result, child)
-        return await self._step(self.conductor.on_done, key, status, result,
-                                child["id"] if child is not None else None)
+        return await self._step(self._answering(key, status, result, child))
 
-    def _chain_answer(self, key: str, status: str, result: Any, child: dict[str, Any] | None) -> list[TaskCall]:
-        """`_answer` to an ActionChain, which also records when the child was requested and last changed
-        (`created_at`, `updated_at` in its `tasks`, as StackStorm's)."""
+    def _answering(self, key: str, status: str, result: Any,
+                   child: dict[str, Any] | None) -> Callable[[], list[TaskCall]]:
+        """The conductor's step for a task that ended. An ActionChain's also records when the child was
+        requested and last changed (`created_at`, `updated_at` in its `tasks`, as StackStorm's)."""
         child_id = child["id"] if child is not None else None
+        if not isinstance(self.conductor, chain.ChainConductor):
+            return functools.partial(self.conductor.on_done, key, status, result, child_id)
         if child is None:  # refused at once: requested and ended now
             created = updated = _stamp(_now())
         else:
             created = _stamp(child.get("start_timestamp"))
             updated = _stamp(child.get("end_timestamp")) or created
-        with self._revealing():
-            return self.conductor.on_done(key, status, result, child_id, created_at=created, updated_at=updated)
+        return functools.partial(self.conductor.on_done, key, status, result, child_id, created_at=created,
+                                 updated_at=updated)
 
     async def _step(self, step: Callable[..., T], *args: Any) -> T:
-        """One step of the conductor (`start`, `on_done`, `outcome`): on a render thread for a flow that
-        steps `off_loop`, so the expressions it evaluates never hold the event loop, else here."""
-        if not self.off_loop:
-            return self._revealed_step(step, *args)
+        """One step of the conductor (`start`, `on_done`, `outcome`), on a render thread, so the
+        expressions it evaluates never hold the event loop. If the flow's task is canceled meanwhile, a
+        step not started yet never starts, and one under way runs on (`_step_ended` waits for it)."""
         self._in_step = True
         try:
             context = contextvars.copy_context()  # the log context, and `_revealing`'s bucket set in the thread
-            return await asyncio.get_running_loop().run_in_executor(render_pool(), context.run,
-                                                                     self._budgeted_step, step, *args)
+            self._running = render_pool().submit(context.run, self._budgeted_step, step, *args)
+            return await asyncio.wrap_future(self._running)
         finally:
             self._in_step = False
             if self._cancel_after_step:
@@ -273,6 +278,20 @@ class Flow:
         """The step, with what it decrypts collected into `revealed` (`_revealing`)."""
         with self._revealing():
             return step(*args)
+
+    async def _step_ended(self) -> None:
+        """Wait for the step that was under way when the flow's task was canceled (it runs on, on its
+        render thread): whatever reads the conductor next must not read it while that step changes it."""
+        running = self._running
+        if running is not None and not running.done():
+            await asyncio.wait([asyncio.wrap_future(running)])
+
+    def _pauses_asked(self) -> None:
+        """Carry out the pauses its conductor asked for in its steps (Mistral's `pause-before` and `pause`,
+        `mistral.DeferredPause`): here on the loop, between steps, once their calls were requested."""
+        fire = getattr(getattr(self.conductor, "request_pause", None), "fire", None)
+        if fire is not None:
+            fire()
 
     def cancel_conductor(self) -> None:
         """Cancel the conductor (Orquesta's: nothing new starts); while a step runs on a render thread,
@@ -300,19 +319,29 @@ class Flow:
             self._sealed.update(fresh)
         self._seen = len(self.revealed)
 
-    def interrupted_result(self) -> dict[str, Any] | None:
+    async def interrupted_result(self) -> dict[str, Any] | None:
         """An ActionChain stopped by a cancel keeps what it did (`tasks`, `published`), as StackStorm's
-        does: the children the cancel just ended are recorded too; nothing starts any more. None for
-        the other kinds (their result on a cancel is their own runner's business)."""
+        does: once the step under way when it was canceled returned (`_step_ended`), the children the
+        cancel just ended are recorded too, in one step on a render thread (each may publish); nothing
+        starts any more. None for the other kinds (their result on a cancel is their own runner's business)."""
         if not isinstance(self.conductor, chain.ChainConductor):
             return None
+        await self._step_ended()
+        ended: list[Callable[[], list[TaskCall]]] = []
         while not self.events.empty():
             event = self.events.get_nowait()
             key = self.live.pop(event["id"], None) or self.waiting.pop(event["id"], None)
             if key is not None and event.get("status") in COMPLETED:
-                self._chain_answer(key, event["status"], event.get("result"), event)  # the calls it returns never start
-        snapshot = self.conductor.snapshot()
-        snapshot.pop("error", None)  # the cancel is the error
+                ended.append(self._answering(key, event["status"], event.get("result"), event))
+        return await self._step(self._kept, ended)
+
+    def _kept(self, ended: list[Callable[[], list[TaskCall]]]) -> dict[str, Any]:
+        """`interrupted_result`'s step: the chain told what `ended` (the calls it returns never start), then
+        what it did, without its error (the cancel is the error)."""
+        for answer in ended:
+            answer()
+        snapshot: dict[str, Any] = self.conductor.snapshot()
+        snapshot.pop("error", None)
         return snapshot
 
     # -- conducting ---------------------------------------------------------------------------
@@ -403,6 +432,7 @@ class Flow:
                 return await self._outcome()
             if self.pausing and not self.live:
                 return RunOutcome("paused", {**self.conductor.snapshot(), "paused_by": self._paused_by()})
+            self._pauses_asked()  # before the loop's next turn, where they took effect when steps ran on it
             if self.service.stepping and self.events.empty():
                 return RunOutcome(WAITING_ON_TASKS, None)  # the next step is queued when a task ends
             event = await self.events.get()
@@ -590,7 +620,7 @@ class WorkflowService:
             conductor = self._conductor(kind, request, revealed)
         except ContentInvalid as exc:
             return RunOutcome("failed", {"error": f"invalid workflow: {exc}"})
-        flow = Flow(self, request, conductor, revealed, off_loop=kind == "orquesta")
+        flow = Flow(self, request, conductor, revealed)
         status = record.get("status")
         if status == "pausing" or _pause_interrupted(record):
             flow.pausing = flow.pause_requested = True
@@ -608,7 +638,7 @@ class WorkflowService:
         except asyncio.CancelledError:
             if not getattr(self.executions.executor, "closing", False):
                 await asyncio.shield(flow.cancel_children())
-                kept = flow.interrupted_result()
+                kept = await asyncio.shield(flow.interrupted_result())
                 if kept is not None:  # read by the ExecutionService as it records the cancel
                     self.interrupted[flow.id] = kept
             raise
