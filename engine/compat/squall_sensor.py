@@ -58,7 +58,7 @@ TRIGGER_CALLBACKS = ("add_trigger", "update_trigger", "remove_trigger")
 #: The real thread and lock makers, taken before any sensor module runs (see the module's docstring):
 #: `eventlet.monkey_patch()` swaps these attributes of `_thread` and `threading` for green ones, and
 #: `threading.Event` and `threading.Condition` find the swapped lock maker when they wait.
-_start_thread = _thread.start_new_thread
+_start_new_thread = _thread.start_new_thread
 _allocate_lock = _thread.allocate_lock
 _sleep = time.sleep
 #: The exit status after SIGTERM, as a shell reports a process the signal ended; never 0, which
@@ -71,6 +71,21 @@ class _Terminated(SystemExit):
 
 
 _terminating = False
+#: The thread that runs the sensor's `run()` and Python's signal handlers.
+_main_thread = _thread.get_ident()
+
+
+def _start_thread(function: Callable[..., None], args: tuple[Any, ...]) -> None:
+    """Start one of the wrapper's own threads with SIGTERM blocked in it, so that the kernel hands a
+    SIGTERM sent to the process to the main thread: Python runs its handler only there, and one
+    delivered to a thread of ours left a main thread blocked in a wait (`threading.Event().wait()`)
+    asleep, the sensor running on past its stop."""
+
+    def run() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        function(*args)
+
+    _start_new_thread(run, ())
 
 
 def _terminate(*_: Any) -> None:
@@ -212,7 +227,8 @@ def _read(channel: Channel, service: SensorService, callbacks: queue.SimpleQueue
         elif op in TRIGGER_CALLBACKS:
             callbacks.put(message)
     _start_thread(_end_after_grace, ())  # the parent is gone: clean up and stop, in time
-    os.kill(os.getpid(), signal.SIGTERM)
+    # To the main thread itself: the parent-death signal may have gone to a thread the sensor started.
+    signal.pthread_kill(_main_thread, signal.SIGTERM)
 
 
 def _end_after_grace() -> None:
