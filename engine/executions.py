@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
 from engine import tracing
 from engine.actions import Action
 from engine.crypto import CryptoError, KeyRing
@@ -40,7 +42,7 @@ from engine.packs import Pack, Registry, UnknownAction
 from engine.parameters import MASK, MIN_REPLACED, ParameterError, Resolution, mask, needs_rendering, resolve
 from engine.processes import LEDGER, ledger_directory, owner_state, process_identity, sweep
 from engine.runners import RUNNER_TYPES, WAITING_ON_TASKS, Runner, RunOutcome, RunRequest
-from engine.storage import Database, Store, iso, utcnow
+from engine.storage import Database, Store, database_failure, iso, utcnow
 from engine.templates import KVNamespace, TemplateRenderError, build_environment, render_pool, render_template
 from engine.tokens import mint, revoke, revoke_ended
 
@@ -64,6 +66,9 @@ _ORIGIN = frozenset({"user", "api_user", "source", "source_channel", "action_ali
                      "trace_context"})
 #: `poll` also sweeps what dead Squall processes on this machine left running, every this many calls.
 _SWEEP_POLLS = 30
+#: An end the database failed to store (`_stored_end`) is tried again after the first of these many
+#: seconds, the wait doubling up to the second, for as long as it takes.
+END_RETRY_SECONDS = (0.5, 30.0)
 _RECENT = 1024
 #: Plaintexts `decrypt_kv` produced while one request's parameters were rendered.
 _revealed: contextvars.ContextVar[list[str]] = contextvars.ContextVar("squall_revealed")
@@ -421,8 +426,11 @@ class ExecutionService:
             stored = self.db.submit(self._prepare, action, supplied, context, parent, extra_template_context, render,
                                     audit, execution_id, fence, stored_with, at_once, requested_at, secrets)
         if early and at_once is None:
-            await self.executor.submit(execution_id)  # type: ignore[union-attr]
-        record, told, ended = await stored
+            try:
+                await self.executor.submit(execution_id)  # type: ignore[union-attr]
+            except sa.exc.DBAPIError as exc:  # (a policy's read of it) in the request's group, or alone
+                self._not_claimed(execution_id, exc)
+        record, told, ended = await stored  # raises when the request was not stored
         for write, (ok, value) in told:
             if ok:
                 write.committed(value)
@@ -600,6 +608,9 @@ class ExecutionService:
             if claimed is not None:
                 await asyncio.shield(self._finish(claimed[0], self._interrupted(), []))
             return
+        except sa.exc.DBAPIError as exc:
+            self._not_claimed(execution_id, exc)
+            return
         if claimed is None:
             return  # canceled meanwhile, or claimed by another process
         record, prepared = claimed
@@ -613,6 +624,17 @@ class ExecutionService:
             return
         request, secrets = prepared
         await self._traced("execution.run", record, request, secrets)
+
+    def _not_claimed(self, execution_id: str, exc: sa.exc.DBAPIError) -> None:
+        """A claim, or a policy's look at a request before it, that the database failed (or another call
+        of its group did, at COMMIT): nothing of it took effect, a stored request is still `requested`,
+        and the poll submits it again. Not raised: nobody awaits a run's task (asyncio would only log
+        "Task exception was never retrieved"), and `request` tells whether the request itself was
+        stored. Logged at debug while the database fails (`Database` says so once an outage)."""
+        failure = database_failure(exc)
+        level = logging.DEBUG if failure is not None else logging.WARNING
+        log.log(level, "execution %s was not claimed, as the database failed (%s); if its request is stored, "
+                "the next poll submits it again", execution_id, failure or type(exc).__name__)
 
     async def step(self, execution_id: str, owner: Mapping[str, Any] | None = None) -> None:
         """Conduct a workflow one step on from its stored tasks (`executor.kind: procrastinate`: one
@@ -918,9 +940,54 @@ class ExecutionService:
     async def _finish(self, record: dict[str, Any], outcome: RunOutcome, secrets: list[str]) -> None:
         fields, entry = _ending(outcome, secrets)
         shown, writes = self._completion_writes(record, fields, entry)
-        finished, written = await self.db(self._complete, record, fields, entry, ("running", "canceling", "pausing"),
-                                          writes)
-        self._ended(record, finished, written, writes, shown)
+        stored = await self._stored_end(record, fields, entry, writes)
+        if stored is not None:
+            self._ended(record, *stored, writes, shown)
+
+    async def _stored_end(self, record: dict[str, Any], fields: dict[str, Any], entry: dict[str, Any],
+                          writes: list[CompletionWrite]
+                          ) -> tuple[dict[str, Any] | None, list[tuple[bool, Any]] | None] | None:
+        """`_complete` a run's end, tried again until the database stores it.
+
+        Nothing else would ever store it: the run is over, and the periodic sweep ends only runs whose
+        process died, so an end lost to a full disk left the execution `running` (its chat result never
+        posted, its waiters waiting) until a restart. A database error (a full disk, a database not
+        writable or unreachable, another call of its group failing the COMMIT) is tried again, after
+        `END_RETRY_SECONDS[0]`, the wait doubling up to `END_RETRY_SECONDS[1]`; once space is back the
+        run ends as it did, with what `writes` store with it. Logged once (a warning naming the run), its
+        tries after at debug, and once more when stored. Should Squall stop meanwhile, it stops trying
+        (None): the next start's `recover` ends the run `abandoned`, as any run whose process stopped."""
+        wait, longest = END_RETRY_SECONDS
+        tries = 0
+        while True:
+            try:
+                stored = await self.db(self._complete, record, fields, entry, ("running", "canceling", "pausing"),
+                                       writes)
+            except sa.exc.DBAPIError as exc:
+                tries += 1
+                if not self._end_tried_again(record, fields["status"], exc, tries, wait):
+                    return None
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, longest)
+                continue
+            if tries:
+                log.info("the end of %s (%s) is stored, after %d failed tries", record["id"], fields["status"], tries)
+            return stored
+
+    def _end_tried_again(self, record: dict[str, Any], status: str, exc: sa.exc.DBAPIError, tries: int,
+                         wait: float) -> bool:
+        """Log a failed try at storing an end (`_stored_end`); False when it is not tried again (stopping)."""
+        why = database_failure(exc) or type(exc).__name__
+        if getattr(self.executor, "closing", False):
+            log.warning("the end of %s (%s) was not stored (%s) and Squall is stopping: the next start ends it "
+                        "abandoned", record["id"], status, why)
+            return False
+        if tries == 1:
+            log.warning("the end of %s (%s) was not stored, as the database failed (%s); it is tried again until "
+                        "stored", record["id"], status, why)
+        else:
+            log.debug("the end of %s was not stored again (%s); tried again in %.2f s", record["id"], why, wait)
+        return True
 
     def _ended(self, record: dict[str, Any], finished: dict[str, Any] | None,
                written: list[tuple[bool, Any]] | None, writes: list[CompletionWrite],
@@ -1391,11 +1458,14 @@ def _ending(outcome: RunOutcome, secrets: list[str]) -> tuple[dict[str, Any], di
 
 
 def _written(write: CompletionWrite, store: Store, execution_id: str) -> tuple[bool, Any]:
-    """Run one `CompletionWrite` in the end's transaction; a failure rolls back its own writes alone."""
+    """Run one `CompletionWrite` in the end's transaction; a failure rolls back its own writes alone,
+    unless the database itself failed: then the end's call fails with it (see `Database`)."""
     try:
         with store.isolated(write.one_statement):
             return True, write.write(store)
-    except Exception:
+    except Exception as exc:
+        if database_failure(exc) is not None:
+            raise  # the database failed, not this write: the end's transaction may be gone with it
         log.exception("storing what is owed with the end of %s failed; its listeners store it", execution_id)
         return False, None
 

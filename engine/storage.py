@@ -504,6 +504,55 @@ def _is_locked(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.OperationalError) and ("locked" in str(exc.orig) or "busy" in str(exc.orig))
 
 
+#: SQLite's primary result codes that say the database itself failed rather than a statement or its data:
+#: out of memory, read-only, an I/O error, a damaged file, a full disk, a file that cannot be opened, not a
+#: database.
+_SQLITE_FAILURES = frozenset({7, 8, 10, 11, 13, 14, 26})
+#: Those after which SQLite may have rolled back the whole transaction, not the failing statement alone
+#: (SQLITE_NOMEM, SQLITE_IOERR, SQLITE_FULL; https://sqlite.org/lang_transaction.html, "Response To
+#: Errors Within A Transaction"). SQLITE_BUSY is the fourth, which `Busy` handles.
+_SQLITE_ROLLS_BACK = frozenset({7, 10, 13})
+
+
+def database_failure(exc: BaseException | None) -> str | None:
+    """Why the database itself failed, when `exc` or what it was raised from says it did: full, not
+    writable, unreachable, an I/O error; None for anything else, a statement's or its data's failure
+    included (a constraint, a lock held elsewhere, a missing table).
+
+    In the driver's words alone, never SQLAlchemy's text, which quotes the statement and its values (a
+    secret parameter among them): this goes to chat and to `/healthz`, which anyone may ask. SQLite's
+    words name the failure ("database or disk is full"); a PostgreSQL driver's may name hosts, so there
+    the error's kind is given (`DiskFull (SQLSTATE 53100)`), its text being in the log."""
+    for _ in range(8):  # the cause chain, short: Database re-raises a commit's error from the driver's
+        if exc is None:
+            return None
+        if isinstance(exc, sa.exc.DBAPIError):
+            return _failure_reason(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _rolled_back_with(exc: BaseException) -> bool:
+    """Whether SQLite may have rolled back the whole transaction when `exc` was raised (`_SQLITE_ROLLS_BACK`)."""
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _SQLITE_ROLLS_BACK
+
+
+def _failure_reason(exc: sa.exc.DBAPIError) -> str | None:
+    orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code is None:  # raised by the driver itself, not SQLite: as such, any operational error but a lock
+            failed = isinstance(exc, sa.exc.OperationalError) and not _is_locked(exc)
+        else:
+            failed = (code & 0xFF) in _SQLITE_FAILURES
+        return (str(orig).splitlines() or ["SQLite failed"])[0] if failed else None
+    if not isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return None
+    sqlstate = getattr(orig, "sqlstate", None)
+    return f"{type(orig).__name__}" + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
+
+
 class DuplicateDelivery(Exception):
     """A delivery was accepted already, as trigger instance `instance_id`, and has not expired."""
 
@@ -874,6 +923,7 @@ class Store:
                 self._batch.conn = conn
                 try:
                     yield
+                    self._batch.wrote = conn.connection.driver_connection.in_transaction if self.is_sqlite else True
                 finally:
                     self._batch.conn = None
         finally:
@@ -902,11 +952,12 @@ class Store:
         try:
             try:
                 yield
+                self._batch.wrote = driver.in_transaction  # SQLite's transaction begins at the first write
                 (conn if conn.in_transaction() else driver).commit()  # type: ignore[union-attr]
                 if audited:
                     self._tell_audited(audited)
             except BaseException:
-                (conn if conn.in_transaction() else driver).rollback()  # type: ignore[union-attr]
+                self._roll_back_loop(conn, driver)
                 raise
         except sqlite3.Error as exc:  # the driver's commit: as SQLAlchemy raises it
             error = sa.exc.DBAPIError.instance("COMMIT", [], exc, sqlite3.Error)
@@ -919,6 +970,34 @@ class Store:
             raise
         finally:
             self._batch.engine = self._batch.conn = self._batch.audited = None
+
+    def _roll_back_loop(self, conn: sa.Connection, driver: Any) -> None:
+        """End a failed group of the loop's connection, so that the next group starts clean on it.
+
+        SQLAlchemy's transaction is rolled back whenever the Connection holds one, active or not: after
+        a COMMIT that failed (a full disk, a deferred foreign key) `in_transaction()` says False, yet the
+        Connection keeps the dead transaction and refuses every later statement (PendingRollbackError)
+        until it is rolled back. That rollback leaves SQLite's own transaction alone (to SQLAlchemy it
+        is over already), which a failed COMMIT may leave open with the group's writes in it (a
+        deferred foreign key does): the driver's is rolled back too. A rollback that fails as well (the
+        file is gone) drops the connection; the next group opens another."""
+        try:
+            if conn.get_transaction() is not None:
+                conn.rollback()
+            if driver.in_transaction:
+                driver.rollback()
+        except Exception:
+            logging.getLogger(__name__).warning("rolling back a failed group failed: the loop's connection is "
+                                                "dropped, the next group opens a new one", exc_info=True)
+            self._nowait_conn = None
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+
+    def wrote(self) -> bool:
+        """Whether the group this thread committed last (`batch`, `batch_without_waiting`) wrote: on
+        SQLite, whether it had begun a transaction, which the driver does at a group's first write; on
+        PostgreSQL any group counts, reads alone included (telling them apart would cost a query)."""
+        return bool(getattr(self._batch, "wrote", False))
 
     def _write(self) -> contextlib.AbstractContextManager[sa.Connection]:
         conn = getattr(self._batch, "conn", None)
@@ -958,8 +1037,9 @@ class Store:
             try:
                 yield
             except BaseException:
-                driver.execute("ROLLBACK TO squall_isolated")
-                driver.execute("RELEASE squall_isolated")
+                if driver.in_transaction:  # else SQLite rolled it all back (a full disk), savepoint and all
+                    driver.execute("ROLLBACK TO squall_isolated")
+                    driver.execute("RELEASE squall_isolated")
                 raise
             driver.execute("RELEASE squall_isolated")
 
@@ -1909,6 +1989,12 @@ class Database:
     less than the two thread wake-ups). If another process holds the lock, the whole group goes to
     the thread, which may wait; nothing of it was committed, so nothing runs twice. The calls that
     queued behind it meanwhile come back to the loop once it is committed.
+
+    A call that fails fails alone, except on SQLite when the database itself failed under it (a full
+    disk, an I/O error: `_rolled_back_with`): SQLite may have rolled back the whole transaction then,
+    and the calls before it would be told their writes took effect. That fails the whole group. A
+    database failure (`database_failure`), a call's or the commit's, is kept in `failing` until a
+    group that wrote commits without one (logged once each way), for `/healthz`.
     """
 
     def __init__(self, store: Store) -> None:
@@ -1933,6 +2019,9 @@ class Database:
         self._later_timer: asyncio.TimerHandle | None = None
         #: `later_together`'s open calls: function → (its items so far, the call's future).
         self._together: dict[Callable[..., Any], tuple[list[Any], asyncio.Future[Any]]] = {}
+        #: Why the database failed a group (`database_failure`) and since when; None again once a
+        #: group that wrote commits. A read that works meanwhile clears nothing: a full disk reads on.
+        self.failing: tuple[str, datetime] | None = None
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.submit(fn, *args, **kwargs)
@@ -2025,17 +2114,20 @@ class Database:
                 for call, _future in batch:
                     try:
                         outcomes.append((True, call()))
-                    except sa.exc.OperationalError as exc:
-                        if _is_locked(exc):
-                            raise Busy(str(exc.orig)) from exc
-                        outcomes.append((False, exc))
                     except Exception as exc:
+                        if _is_locked(exc):
+                            raise Busy(str(exc.orig)) from exc  # type: ignore[attr-defined]
+                        if _rolled_back_with(exc):
+                            raise  # the whole group fails (see class doc)
                         outcomes.append((False, exc))
         except Busy:
             self._to_thread(batch)  # another process holds the lock; nothing was committed
             return
         except Exception as exc:  # the commit itself failed: nobody's call took effect
             outcomes = [(False, exc)] * len(batch)
+            self._note(outcomes, committed=False)
+        else:
+            self._note(outcomes, committed=True)
         for (ok, value), (_call, future) in zip(outcomes, batch, strict=True):
             _settle(future, ok, value)
         self._checkpoint_soon()
@@ -2055,14 +2147,47 @@ class Database:
                         try:
                             outcomes.append((True, call()))
                         except Exception as exc:
+                            if _rolled_back_with(exc):
+                                raise  # the whole group fails (see class doc)
                             outcomes.append((False, exc))
             except Exception as exc:  # the commit itself failed: nobody's call took effect
                 outcomes = [(False, exc)] * len(batch)
+                self._note(outcomes, committed=False)
+            else:
+                self._note(outcomes, committed=True)
             loop = batch[0][1].get_loop()
             for (ok, value), (_call, future) in zip(outcomes, batch, strict=True):
                 loop.call_soon_threadsafe(_settle, future, ok, value)
             if self.store.is_sqlite and not self._closed and self._hand_back_to(loop):
                 return
+
+    def _note(self, outcomes: list[tuple[bool, Any]], *, committed: bool) -> None:
+        """After a group: a database failure among its outcomes (a call's, or the commit's, which every
+        call then has) starts an outage; a group that committed without one, and wrote, ends it."""
+        for ok, value in outcomes:
+            reason = None if ok else database_failure(value)
+            if reason is not None:
+                self._failed(reason)
+                return
+        if committed:
+            self._committed()
+
+    def _failed(self, reason: str) -> None:
+        """The database failed: say so, once an outage."""
+        if self.failing is not None:
+            return
+        self.failing = (reason, utcnow())
+        logging.getLogger(__name__).warning(
+            "the database failed (%s); /healthz answers 503 until a write commits again", reason)
+
+    def _committed(self) -> None:
+        """A group committed: one that wrote ends an outage."""
+        if self.failing is None or not self.store.wrote():
+            return
+        reason, since = self.failing
+        self.failing = None
+        logging.getLogger(__name__).info("the database takes writes again (it failed from %s: %s)",
+                                         iso(since), reason)
 
     def _hand_back_to(self, loop: asyncio.AbstractEventLoop) -> bool:
         """SQLite: the group that waited for another connection's lock is committed; whatever queued

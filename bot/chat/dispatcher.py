@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+
 from adapters.base import Adapter, Message, Reply
 from aliases import Alias, AliasMatch, AliasMatcher, AmbiguousCommand, CommandTooComplex, NoMatch
 from aliases.grammar import normalise
@@ -57,6 +59,7 @@ from engine.logs import logging_context
 from engine.metrics import metrics
 from engine.packs import UnknownAction
 from engine.parameters import MASK, ParameterError, mask_value
+from engine.storage import database_failure
 from engine.templates import TooLongForTheLoop, briefly, rendered
 
 if TYPE_CHECKING:
@@ -261,7 +264,7 @@ class Dispatcher:
             await self._handle(message, text, lookup)
         except Exception as exc:
             log.exception("handling a message from %s failed", message.user)
-            await self.say(message, f"Sorry, something went wrong handling that: {exc}")
+            await self.say(message, _apology(exc))
 
     def _command_amid_questions(self, message: Message, lookup: _Lookup | None) -> bool:
         """Whether `message`, sent while a form's question waits for its sender's answer there, is a
@@ -598,6 +601,15 @@ class Dispatcher:
                 return
             await self.say(message, f"I can't run that: {exc}")
             return
+        except Exception as exc:
+            failure = database_failure(exc)
+            if failure is None:
+                raise
+            # Raised before the request was accepted: its group (request, audit, ack, claim) was not stored.
+            log.warning("a command from %s was not stored, as the database failed (%s)", message.user, failure)
+            await self.say(message, f"Squall could not store that command: {_DATABASE_FAILING} ({failure}). "
+                                    "Nothing ran.")
+            return
         if isinstance(accepted, Held):
             return  # the approvers were asked in the thread; it runs once they said yes
         if accepted.ack is not None and not accepted.ack_stored:
@@ -904,6 +916,23 @@ class Dispatcher:
         reply = Reply(adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text,
                       extra=extra or {}, buttons=buttons or [], asker=message.user if buttons else None)
         return await self.outbox.post(reply)
+
+
+#: What a failing database (`database_failure`) means to a person in chat.
+_DATABASE_FAILING = "the database is full, not writable or unreachable"
+
+
+def _apology(exc: Exception) -> str:
+    """What a person is told when handling their message failed: a failing database in words they can
+    act on; another database error by its kind alone, never SQLAlchemy's text, which quotes the
+    statement and its values (a secret parameter among them); anything else as it says."""
+    failure = database_failure(exc)
+    if failure is not None:
+        return f"Squall could not do that: {_DATABASE_FAILING} ({failure})."
+    if isinstance(exc, sa.exc.DBAPIError):
+        return (f"Sorry, something went wrong handling that: the database refused it "
+                f"({type(exc.orig).__name__}; Squall's log has the details).")
+    return f"Sorry, something went wrong handling that: {exc}"
 
 
 def _kept(match: AliasMatch) -> dict[str, Any]:

@@ -2,7 +2,12 @@
 
 `squall serve` answers it beside the API; a `squall worker` started with `--health-port` answers
 it (`worker_api`), with what the worker runs, and its `/metrics` beside it (behind an API key unless
-`metrics.public`, as on serve)."""
+`metrics.public`, as on serve).
+
+Both answer 503, `"status": "database failing"` and a `reason` naming the database's failure, while
+the database takes no writes (`Database.failing`: the last group of writes failed, a full disk say,
+and none has committed since), so an orchestrator sees it rather than a service that answers every
+request with an error. It costs no query: a `SELECT 1` would not show a full disk anyway."""
 
 from __future__ import annotations
 
@@ -14,14 +19,30 @@ from fastapi.responses import JSONResponse, Response
 from bot.http.key_auth import require_key
 from bot.http.state import ApiSettings, ApiState, api_state
 from engine.metrics import CONTENT_TYPE_LATEST, metrics
+from engine.storage import iso
 
 router = APIRouter()
 
 
+def database_failing(squall: Any) -> str | None:
+    """Why `squall`'s database takes no writes, for `/healthz`; None while it does."""
+    failing = getattr(getattr(squall, "db", None), "failing", None)
+    if failing is None:
+        return None
+    reason, since = failing
+    return f"the database failed at {iso(since)} ({reason}) and has stored no write since"
+
+
 @router.get("/healthz", tags=["health"])
-async def healthz(request: Request) -> dict[str, Any]:
-    registry = api_state(request).squall.registry
-    return {"status": "ok", "packs": len(registry.packs), "actions": len(registry.actions)}
+async def healthz(request: Request, response: Response) -> dict[str, Any]:
+    squall = api_state(request).squall
+    registry = squall.registry
+    failing = database_failing(squall)
+    if failing is None:
+        return {"status": "ok", "packs": len(registry.packs), "actions": len(registry.actions)}
+    response.status_code = 503
+    return {"status": "database failing", "reason": failing, "packs": len(registry.packs),
+            "actions": len(registry.actions)}
 
 
 def worker_api(worker: Any) -> FastAPI:
@@ -43,9 +64,11 @@ def worker_api(worker: Any) -> FastAPI:
     @app.get("/healthz")
     async def worker_healthz() -> JSONResponse:
         registry = worker.squall.registry
-        body = {"status": "stopping" if worker.stopping else "ok", "worker": worker.name,
+        failing = database_failing(worker.squall)
+        status = "stopping" if worker.stopping else "database failing" if failing is not None else "ok"
+        body = {"status": status, "worker": worker.name,
                 "queues": worker.queues, "running": sorted(worker.running), "packs": len(registry.packs),
-                "actions": len(registry.actions)}
-        return JSONResponse(body, status_code=503 if worker.stopping else 200)
+                "actions": len(registry.actions), **({"reason": failing} if failing is not None else {})}
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     return app
