@@ -14,17 +14,19 @@ third-party packs), and compiled templates are cached so hot paths do not re-par
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
 import itertools
 import json
+import math
 import operator
 import os.path
 import re
 import sys
 import threading
 import time
-from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -769,13 +771,16 @@ _LEAVES = frozenset({str, int, bool})
 _WALKED = (str, bytes, bytearray, int, dict, *_VIEWS, Namespace)
 
 
-def _work(value: Any, cap: int) -> int:
+def _work(value: Any, cap: int, prone: list[Any] | None = None) -> int:
     """About how many items and characters comparing (or adding up) `value` goes through, counted only
     until past `cap`: each item of a list or dict, each character of a text, each 64 bits of a number.
 
     Unlike `_weight` (the length of its text), a number or None counts one, so a long list of ids from a
     payload compares as before; a list holding one long list many times counts it each time, as a
-    comparison in C goes through it each time, holding the GIL where no deadline reaches."""
+    comparison in C goes through it each time, holding the GIL where no deadline reaches.
+
+    With `prone`, `value` is a list of keys about to be hashed (`_keys_work`), and its items whose hash
+    values others may share (`_collision_prone`) are added to `prone` in the same passes."""
     total = 0
     stack = [value]
     pop, extend = stack.pop, stack.extend
@@ -791,7 +796,7 @@ def _work(value: Any, cap: int) -> int:
             if total > cap:
                 return total
             if len(item) > 32:
-                total += _flat_work(item, stack, cap - total)
+                total += _flat_work(item, stack, cap - total, prone if item is value else None)
             else:
                 extend(item)
         elif kind is dict:
@@ -805,9 +810,10 @@ def _work(value: Any, cap: int) -> int:
     return total
 
 
-def _flat_work(items: list[Any] | tuple[Any, ...], stack: list[Any], cap: int) -> int:
+def _flat_work(items: list[Any] | tuple[Any, ...], stack: list[Any], cap: int, prone: list[Any] | None = None) -> int:
     """`_work` of the items of a long list, worked out in C as far as it can be (a hundred thousand ids
-    or rows of an API's answer take milliseconds, not a Python step each); the rest goes on `stack`."""
+    or rows of an API's answer take milliseconds, not a Python step each); the rest goes on `stack`.
+    `prone` as for `_work` (rows are no keys: a dict cannot be hashed)."""
     kinds = set(map(type, items))
     if kinds == {dict}:  # rows: their keys and values, gathered in C once their count is known to be within `cap`
         entries = sum(map(len, items))
@@ -816,18 +822,30 @@ def _flat_work(items: list[Any] | tuple[Any, ...], stack: list[Any], cap: int) -
         keys = list(itertools.chain.from_iterable(items))
         values = list(itertools.chain.from_iterable(map(dict.values, items)))
         return _leaf_work(keys, stack, set(map(type, keys))) + _leaf_work(values, stack, set(map(type, values)))
-    return _leaf_work(items, stack, kinds)
+    return _leaf_work(items, stack, kinds, prone)
 
 
-def _leaf_work(items: list[Any] | tuple[Any, ...], stack: list[Any], kinds: set[type]) -> int:
+def _leaf_work(items: list[Any] | tuple[Any, ...], stack: list[Any], kinds: set[type],
+               prone: list[Any] | None = None) -> int:
     """`_work` of `items` (of the types `kinds`) when they are texts, whole numbers and what `_work` does
-    not look into (each of those counts one, as its container's length); else they go on `stack`."""
+    not look into (each of those counts one, as its container's length); else they go on `stack`.
+    `prone` as for `_work`: found from the same types, and the same pass over the numbers' sizes."""
     if any(kind not in _LEAVES and issubclass(kind, _WALKED) for kind in kinds):
         stack.extend(items)
+        if prone is not None:
+            prone.extend(_collision_prone(items, kinds))
         return 0
     texts = items if kinds == {str} else _of_type(items, str) if str in kinds else ()
     whole = items if kinds <= {int, bool} else _of_type(items, int) if int in kinds else ()
-    return sum(map(len, texts)) + (sum(map(int.bit_length, whole)) >> 6)
+    if prone is None:
+        return sum(map(len, texts)) + (sum(map(int.bit_length, whole)) >> 6)
+    whole = whole if whole is items else list(whole)  # gone through twice: sizes, then the big ones
+    lengths = _bit_lengths(whole)
+    prone.extend(_big_numbers(whole, lengths))
+    if not kinds <= _LEAVES:  # floats, and what `_work` does not look into
+        prone.extend(_collision_prone(items, kinds, whole=False))
+    bits = sum(lengths) if lengths is not None else sum(map(int.bit_length, whole))
+    return sum(map(len, texts)) + (bits >> 6)
 
 
 def _of_type(items: list[Any] | tuple[Any, ...], kind: type) -> Iterator[Any]:
@@ -1129,7 +1147,7 @@ def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
     elif isinstance(owner, list | dict | set | bytearray):
         what = f"the {type(owner).__name__} a template grows"
         if name in _GROWING and args:
-            items = _materialise(args[0], what)
+            items = args[0] if args[0].__class__ is _KeysRead else _materialise(args[0], what)
             if len(owner) + len(items) > cap:
                 _too_big(what)
             _count_made(len(items), what)
@@ -1139,34 +1157,283 @@ def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
     return args
 
 
+#: Set methods that hash every item of the iterables they are given (to add them, or to look them up).
+_SET_HASHING = frozenset({
+    "update", "union", "intersection", "difference", "symmetric_difference", "issubset", "issuperset",
+    "isdisjoint", "intersection_update", "difference_update", "symmetric_difference_update",
+})
+
+
 def _check_hashing(bound: Any, owner: Any, name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """`dict(pairs)`, `dict.fromkeys(keys)` and `d.update(pairs)` hash every key in one C call: their
-    keys weighed first (`_check_keys`); returns the arguments to use (an iterator's items in a list).
-    A mapping given is left as it is: a dict keeps its keys' hashes and is copied with them, and
-    `dict()` reads any other through its `keys()`, not by going through it."""
-    given = args[0]
-    if hasattr(given, "keys") or not hasattr(type(given), "__iter__"):  # or `dict()`'s own error
-        return args
+    """`dict(pairs)`, `dict(mapping)`, `dict.fromkeys(keys)`, `d.update(...)` and a set's `union`,
+    `update`... hash every key in one C call: their keys weighed first (`_check_keys`); returns the
+    arguments to use (an iterator's items in a list, a mapping's keys read). A dict or set given keeps
+    its keys' hashes and is copied with them."""
     if bound is dict or (name == "update" and isinstance(owner, dict)):
-        label = "dict()" if bound is dict else "dict.update"
-        items = _materialise(given, f"what {label} is given")
-        _check_keys([pair[0] for pair in items if isinstance(pair, tuple | list) and len(pair) == 2], label)
-    elif name == "fromkeys" and isinstance(owner, type) and issubclass(owner, dict) \
-            and not isinstance(given, set | frozenset):  # a set's hashes are kept, as a dict's
+        return (_dict_source(args[0], "dict()" if bound is dict else "dict.update"), *args[1:])
+    if name == "fromkeys" and isinstance(owner, type) and issubclass(owner, dict):
+        given = args[0]
+        if given.__class__ in _HASHES_KEPT or not hasattr(type(given), "__iter__"):  # or its own error
+            return args
         items = _materialise(given, "what dict.fromkeys is given")
         _check_keys(items, "dict.fromkeys")
-    else:
-        return args
-    return (items, *args[1:])
+        return (items, *args[1:])
+    if isinstance(owner, set | frozenset) and name in _SET_HASHING:
+        return _set_sources(args, f"set.{name}")
+    return args
+
+
+#: What `dict.fromkeys` and a set's methods take keys from with the hashes they have (CPython's own types).
+_HASHES_KEPT = (dict, set, frozenset)
+
+
+def _dict_source(given: Any, label: str) -> Any:
+    """What `dict()` or `dict.update` (`label`) is given, weighed as it will read it, and what to give it:
+    a dict keeps its keys' hashes and is copied with them; any other mapping is read through its `keys()`
+    (`_KeysRead`); anything else is pairs, each pair's first item a key (`_pairs`)."""
+    if isinstance(given, dict) and type(given).__iter__ is dict.__iter__:  # copied as a dict, hashes and all
+        return given
+    if hasattr(given, "keys"):
+        return _KeysRead(given, label)
+    if not hasattr(type(given), "__iter__"):  # `dict()`'s own error
+        return given
+    return _pairs(_materialise(given, f"what {label} is given"), label)
+
+
+def _set_sources(args: tuple[Any, ...], label: str) -> tuple[Any, ...]:
+    """The iterables a set's method (`label`) hashes each item of (`s.union(a, b)`, `s.update(*lists)`),
+    weighed together, as it hashes them in one call, and what to give it (an iterator's items in a list).
+    A set or dict given keeps its hashes."""
+    given: list[Any] = []
+    fresh: list[Any] = []
+    for arg in args:
+        if arg.__class__ not in _HASHES_KEPT and hasattr(type(arg), "__iter__"):
+            arg = _materialise(arg, f"what {label} is given")
+            fresh.append(arg)
+        given.append(arg)
+    if sum(map(len, fresh)) > _limits.max_output_chars:
+        _too_much_work(f"hashing the keys given to {label}")
+    _check_keys(list(itertools.chain.from_iterable(fresh)), label)
+    return tuple(given)
+
+
+class _KeysRead:
+    """A mapping that is not a dict, as `dict()` and `dict.update` read one (CPython's `PyDict_Merge`: its
+    `keys()` once, into a list, then each key's item), its keys read and weighed (`_check_keys`) before
+    they are hashed. Given to them in the mapping's place, it is read the same way, so the result is
+    Python's: taking the mapping into a list of its keys instead made `{'ab': 1}` pairs, `{'a': 'b'}`."""
+
+    __slots__ = ("_keys", "_mapping")
+
+    def __init__(self, mapping: Any, label: str) -> None:
+        cap = _limits.max_output_chars
+        keys = list(itertools.islice(mapping.keys(), cap + 1))
+        if len(keys) > cap:
+            _too_big(f"what {label} is given")
+        _check_keys(keys, label)
+        self._keys = keys
+        self._mapping = mapping
+
+    def keys(self) -> list[Any]:
+        return self._keys
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._mapping[key]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def _pairs(pairs: Any, label: str) -> Any:
+    """Pairs given to `dict()` or `dict.update` (`label`), their keys (each pair's first item) weighed
+    before they are hashed (`_check_keys`), and what to give it: the same pairs, but for a pair that is an
+    iterator, taken into a tuple of at most three items (two are a pair; more fail as more did), as
+    `dict()` takes it. What is not a pair is left to `dict()`'s own error."""
+    keys = [pair[0] for pair in pairs if (pair.__class__ is tuple or pair.__class__ is list) and len(pair) == 2]
+    if len(keys) < len(pairs):  # not all lists or tuples of two: a range, two letters, a dict, an iterator...
+        pairs = [tuple(itertools.islice(pair, 3)) if _is_iterator(pair) else pair for pair in pairs]
+        keys = [next(iter(pair)) for pair in pairs if _is_sized(pair) and len(pair) == 2]
+    _check_keys(keys, label)
+    return pairs
+
+
+def _is_sized(value: Any) -> bool:
+    """Whether `value` can be gone through again and again, and measured (a list, a range, a dict...)."""
+    kind = type(value)
+    return hasattr(kind, "__len__") and hasattr(kind, "__iter__")
+
+
+def _is_iterator(value: Any) -> bool:
+    """Whether `value` is gone through only once (an iterator, a generator): taken, it is used up."""
+    kind = type(value)
+    return not hasattr(kind, "__len__") and hasattr(kind, "__iter__")
 
 
 def _check_keys(keys: Any, label: str) -> None:
-    """Keys `label` is about to hash one after another: their tuples weighed together, as `_check_key`
-    weighs one (text and numbers are hashed at once, a text's hash is kept)."""
+    """Keys `label` is about to hash one after another, in one C call: their tuples weighed together, as
+    `_check_key` weighs one (text and numbers are hashed at once, a text's hash is kept), then refused
+    if too many share one hash value (`_check_shared_hashes`)."""
     cap = _limits.max_output_chars
-    tuples = list(itertools.compress(keys, map(isinstance, keys, itertools.repeat(tuple | frozenset))))
-    if tuples and _work(tuples, cap) > cap:
+    prone = _collision_prone(keys)
+    if not prone:
+        return
+    held = list(itertools.compress(prone, map(isinstance, prone, itertools.repeat(tuple | frozenset))))
+    if held and _work(held, cap) > cap:
         _too_much_work(f"hashing the keys given to {label}")
+    _check_shared_hashes(prone, f"the keys given to {label}")
+
+
+# --------------------------------------------------------------------------------------------
+# Keys that share one hash value
+# --------------------------------------------------------------------------------------------
+
+#: CPython's modulus for hashing numbers (`sys.hash_info.modulus`, 2**61 - 1): a whole number hashes to
+#: its remainder, so those that differ by a multiple of it share one hash value, and a float past it
+#: shares some with them. A number below 2**61 hashes to itself, or shares with at most two others
+#: (-1 and -2 hash to -2; 2**61 - 1 and its negative to 0), so ids of 61 bits cost nothing here.
+_HASH_MODULUS = sys.hash_info.modulus
+_FLOAT_HASH_MODULUS = float(_HASH_MODULUS + 1)
+#: The bit lengths of whole numbers that may share a hash value (`_big_numbers`): 62 and more, 2**61 on.
+_PRONE_BITS = _HASH_MODULUS.bit_length() + 1
+#: The bit lengths below it and from it, deleted from a list's bit lengths: what is left says whether it
+#: holds big numbers, or small ones.
+_OWN_HASH_BITS = bytes(range(_PRONE_BITS))
+_PRONE_HASH_BITS = bytes(range(_PRONE_BITS, 256))
+#: Bit lengths to 1 where the number may share a hash value, else 0 (`bytearray.translate`'s table).
+_PRONE_BIT_LENGTHS = bytes(_PRONE_BITS * [0] + (256 - _PRONE_BITS) * [1])
+#: How many different keys may share one hash value. A dict or set compares a key with each key of its
+#: hash value that it holds, so k of them are k²/2 comparisons in one C call; keys of real data share
+#: one by chance almost never, numbers 2**61 - 1 apart always.
+_SHARED_HASH_KEYS = 64
+
+
+def _keys_work(keys: Any, cap: int) -> tuple[int, list[Any]]:
+    """`_work(keys, cap)` of keys about to be hashed, and those of them whose hash values others may share
+    (`_collision_prone`): for a long list, found in the passes `_work` makes over it (each item's type,
+    each number's size), so `|unique` over a hundred thousand ids or texts pays nearly nothing more."""
+    if (keys.__class__ is list or keys.__class__ is tuple) and len(keys) > 32:
+        prone: list[Any] = []
+        return _work(keys, cap, prone), prone
+    return _work(keys, cap), _collision_prone(keys)
+
+
+def _collision_prone(keys: Any, kinds: set[type] | None = None, whole: bool = True) -> list[Any]:
+    """The keys among `keys` (of the types `kinds`, when known) whose hash values others may share: whole
+    numbers and floats from 2**61 on, and tuples and frozensets (their hash mixes their items' without a
+    key, so even pairs of small numbers can be made to share one). Text costs nothing here (its hash is
+    keyed per process), nor does a smaller number (`_HASH_MODULUS`). Without `whole`, the whole
+    numbers of type `int` are left out (`_leaf_work` has found them)."""
+    if keys.__class__ is range:
+        ends = (abs(keys[0]), abs(keys[-1])) if keys else (0,)
+        return list(_big_numbers(list(keys), None)) if max(ends).bit_length() >= _PRONE_BITS else []
+    if not isinstance(keys, list | tuple):
+        keys = list(keys)
+    kinds = set(map(type, keys)) if kinds is None else kinds
+    prone: list[Any] = []
+    for kind in kinds:
+        if kind is str or kind is bool or (kind is int and not whole) \
+                or not issubclass(kind, int | float | tuple | frozenset):
+            continue
+        picked = keys if len(kinds) == 1 else list(_of_type(keys, kind))
+        if issubclass(kind, int):
+            prone.extend(_big_numbers(picked, _bit_lengths(picked)))
+        elif issubclass(kind, float):
+            prone.extend(_big_floats(picked))
+        else:
+            prone.extend(picked)
+    return prone
+
+
+def _bit_lengths(whole: Any) -> bytearray | None:
+    """The bit lengths of the whole numbers `whole`, a byte each, in C (None when one has 256 bits or more).
+    A bytearray: made from an iterator faster than bytes, and summed, or searched with `translate`, in C."""
+    try:
+        return bytearray(map(int.bit_length, whole))
+    except ValueError:
+        return None
+
+
+def _big_numbers(whole: Any, lengths: bytearray | None) -> Iterable[Any]:
+    """The whole numbers among `whole` (of bit lengths `lengths`, when known) that may share a hash value."""
+    if lengths is not None:
+        if not lengths.translate(None, _OWN_HASH_BITS):
+            return ()
+        if not lengths.translate(None, _PRONE_HASH_BITS):
+            return whole
+        return itertools.compress(whole, lengths.translate(_PRONE_BIT_LENGTHS))
+    return itertools.compress(whole, map(_PRONE_BITS.__le__, map(int.bit_length, whole)))
+
+
+def _big_floats(floats: list[Any]) -> list[Any]:
+    """The floats among `floats` that may share a hash value (from 2**61 on, or infinite), found at once
+    for the usual floats: their Euclidean norm, in C, is below 2**60, so each of them is (NaN fails the
+    test, and has the floats gone through)."""
+    if math.hypot(*floats) < _FLOAT_HASH_MODULUS / 2:
+        return []
+    return list(itertools.compress(floats, map(_FLOAT_HASH_MODULUS.__le__, map(abs, floats))))
+
+
+def _check_shared_hashes(prone: list[Any], what: str) -> None:
+    """Keys about to be hashed together (`what`), refused when too many share one hash value: more than
+    `_SHARED_HASH_KEYS` different keys, or more comparisons among all that share one than the limit.
+
+    `prone` are the keys whose hash values may be shared (`_collision_prone`); their hash values are
+    counted in a dict, where a number's hash value hashes to itself, so the count cannot be made to
+    collide in turn (a tuple's, of any 64 bits, is counted by its remainder by 2**61 - 1, which does).
+    Counting repeats of a key as different keys bounds the work from above; only when that bound is past
+    the limits are the different keys told apart (`_shared_work`)."""
+    if len(prone) < 2:
+        return
+    try:
+        slots = list(map(hash, prone))
+    except TypeError:  # a tuple holding a list: the others are counted (hashing stops at it, with its error)
+        prone = list(filter(_hashable, prone))
+        slots = list(map(hash, prone))
+    if any(issubclass(kind, tuple | frozenset) for kind in set(map(type, prone))):  # their hash: any 64 bits
+        slots = list(map(_HASH_MODULUS.__rmod__, slots))
+    counts = collections.Counter(slots)
+    if len(counts) == len(slots):  # no hash value held twice: the usual answer
+        return
+    held = counts.values()
+    squares = sum(map(operator.mul, held, held)) - operator.countOf(held, 1)  # of the counts past one
+    if max(held) <= _SHARED_HASH_KEYS and squares <= _limits.max_output_chars:
+        return
+    _shared_work(prone, slots, counts, what)
+
+
+def _hashable(key: Any) -> bool:
+    """Whether `hash(key)` answers (a tuple holding a list does not)."""
+    try:
+        hash(key)
+    except TypeError:
+        return False
+    return True
+
+
+def _shared_work(prone: list[Any], slots: list[int], counts: collections.Counter[int], what: str) -> None:
+    """`_check_shared_hashes` telling different keys apart: for each hash value held more than once, the
+    different keys that hold it, compared as a dict compares them (by identity, then `==`), and the work
+    of hashing them all: each key looked up among the different keys of its hash value. Stops as soon as
+    either passes its limit, so it goes through at most about the limit itself."""
+    cap = _limits.max_output_chars
+    shared: dict[int, list[Any]] = {slot: [] for slot, count in counts.items() if count > 1}
+    work = 0
+    for key, slot in zip(prone, slots, strict=True):
+        held = shared.get(slot)
+        if held is None or key in held:
+            continue
+        held.append(key)
+        if len(held) > _SHARED_HASH_KEYS:
+            reason = (f"hashing {what}: more than {_SHARED_HASH_KEYS} different ones share one hash value (whole "
+                      "numbers that differ by a multiple of 2**61 - 1 do), and each would be compared with all "
+                      "the others that share it")
+            raise TemplateLimitError(reason, reason=reason)
+        if len(held) > 1:
+            work += counts[slot] * (2 if len(held) == 2 else 1)
+            if work > cap:
+                reason = (f"hashing {what} would go through more than {cap} comparisons between keys that share "
+                          "one hash value, the limit set by templates.max_output_chars in the config")
+                raise TemplateLimitError(reason, reason=reason)
 
 
 def _bounded_join(parts: Any) -> str:
@@ -1470,7 +1737,9 @@ def _filter_items(name: str, value: Any, env: Any, rest: tuple[Any, ...], kwargs
             _check_work(name, value.values() if _argument(rest, kwargs, 1, "by", "key") == "value" else value.keys())
         return value
     value = _materialise(value, what)
-    if name in _ITEM_WORK_FILTERS:
+    if name == "unique":
+        _check_unique(_compared_values(name, value, env, rest, kwargs))
+    elif name in _ITEM_WORK_FILTERS:
         _check_work(name, _compared_values(name, value, env, rest, kwargs))
     if name in _REGROUPING_FILTERS and isinstance(value, _SIZED):
         _count_made(len(value), what)
@@ -1498,6 +1767,16 @@ def _check_work(name: str, compared: Any) -> None:
     cap = _limits.max_output_chars
     if _work(compared, cap) > cap:
         _too_much_work(f"the {name} filter")
+
+
+def _check_unique(keys: Any) -> None:
+    """`unique` puts each value (or its attribute) in a set, in a loop no deadline reaches: the values
+    weighed as the other filters' (`_check_work`), and refused if too many share one hash value."""
+    cap = _limits.max_output_chars
+    work, prone = _keys_work(keys, cap)
+    if work > cap:
+        _too_much_work("the unique filter")
+    _check_shared_hashes(prone, "the values given to the unique filter")
 
 
 def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -1553,9 +1832,10 @@ class _SquallSandbox(SandboxedEnvironment):
     and the deadline is checked at each of those steps and at every item of a ``{% for %}`` loop.
     What one C call would go through at once, where no deadline reaches, is weighed first too:
     comparisons (``==``, ``<``, ``in``...), the keys a dict literal, ``dict()``, ``fromkeys`` and
-    ``update`` hash, the filters that compare or add up items (``sort``, ``max``, ``sum``...) and long
-    division (``//``, ``%``). What a render makes in all (the text and list items its filters, calls
-    and operators return) is counted against `_MADE_PER_RENDER`.
+    ``update`` hash (and how many of those, or of ``unique``'s values, share one hash value), the
+    filters that compare or add up items (``sort``, ``max``, ``sum``...) and long division (``//``,
+    ``%``). What a render makes in all (the text and list items its filters, calls and operators
+    return) is counted against `_MADE_PER_RENDER`.
     """
 
     intercepted_binops = frozenset({"*", "**", "%", "+", "//"})

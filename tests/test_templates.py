@@ -8,7 +8,8 @@ import copy
 import json
 import re
 import tracemalloc
-from collections.abc import Callable, Iterator
+import types
+from collections.abc import Callable, Iterator, KeysView, Mapping
 
 import jinja2
 import pytest
@@ -971,3 +972,180 @@ def test_ordinary_dicts_and_keys_build_as_jinja_builds_them() -> None:
                 " {{ dict(big)|length }} {{ {'k': big}|length }}")
     context = {"x": "y", "big": {str(i): "v" * 100 for i in range(20000)}}
     assert render_template(template, context) == reference.from_string(template).render(context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys that share one hash value: each is compared with all the others, in one C call
+# ---------------------------------------------------------------------------------------------
+
+#: CPython's modulus for hashing numbers: whole numbers that differ by a multiple of it share a hash value.
+_HASH_MODULUS = 2**61 - 1
+
+
+def _colliding_pairs(count: int) -> list[tuple[int, int]]:
+    """`count` pairs of whole numbers below 2**61 - 1 that share one hash value: CPython's tuple hash
+    (xxHash's round, unkeyed) can be solved for its second item given the first."""
+    mask = 2**64 - 1
+    prime_1, prime_2, prime_5 = 11400714785074694791, 14029467366897019727, 2870177450012600261
+
+    def after(lane: int, acc: int) -> int:
+        acc = (acc + lane * prime_2) & mask
+        return (((acc << 31) | (acc >> 33)) & mask) * prime_1 & mask
+
+    target, inverse = after(0, prime_5), pow(prime_2, -1, 2**64)
+    pairs: list[tuple[int, int]] = []
+    first = 0
+    while len(pairs) < count:
+        lane = (target - after(first, prime_5)) * inverse & mask
+        second = lane if lane < _HASH_MODULUS else lane - 2**64 if 2**64 - lane < _HASH_MODULUS else -1
+        if second != -1:
+            pairs.append((first, second))
+        first += 1
+    assert len({hash(pair) for pair in pairs}) == 1
+    return pairs
+
+
+def _shared(template: str, context: dict[str, object]) -> str:
+    """The reason a render was refused for keys that share one hash value (never for the time limit)."""
+    from engine.templates import TemplateLimitError
+
+    with pytest.raises(TemplateLimitError) as caught:
+        render_template(template, context)
+    reason = caught.value.reason
+    assert "share one hash value" in reason and "templates.max_seconds" not in reason, reason
+    return reason
+
+
+SHARED_HASH_BOMBS = [
+    "{{ keys|unique|list|length }}",
+    f"{{{{ range(0, {_HASH_MODULUS * 2000}, {_HASH_MODULUS})|unique|list|length }}}}",
+    "{{ rows|unique(attribute='id')|list|length }}",
+    "{{ dict.fromkeys(keys)|length }}",
+    "{{ {}.fromkeys(keys, 0)|length }}",
+    f"{{{{ dict.fromkeys(range(0, {_HASH_MODULUS * 2000}, {_HASH_MODULUS}))|length }}}}",
+    "{{ dict(pairs)|length }}",
+    "{% set d = {'a': 1} %}{{ d.update(pairs) }}{{ d|length }}",
+    "{{ pairs|map('first')|unique|list|length }}",
+    "{{ dict(backwards|map('reverse')|list)|length }}",
+    "{{ dict(ranges)|length }}",
+    "{{ ('!!set {}'|from_yaml_string).union(keys)|length }}",
+    "{% set s = '!!set {}'|from_yaml_string %}{{ s.update([], keys) }}{{ s|length }}",
+    "{{ ('!!set {}'|from_yaml_string).union(*chunks)|length }}",
+]
+
+
+@pytest.mark.parametrize("template", SHARED_HASH_BOMBS)
+def test_keys_that_share_one_hash_value_are_refused_before_they_are_hashed(template: str) -> None:
+    """Whole numbers that differ by a multiple of 2**61 - 1 share one hash value, so a dict or set
+    compares each with all those before it: 30,000 of them from a webhook's body held the GIL for
+    14.5 s in `|unique` (a loop no deadline reaches) and 5.7 s in `dict.fromkeys`, one C call. Pairs
+    of any kind (iterators, ranges) and a set's methods hash theirs alike (all its arguments together)."""
+    keys = [i * _HASH_MODULUS for i in range(2000)]
+    context = {"keys": keys, "rows": [{"id": key} for key in keys], "pairs": [[key, 1] for key in keys],
+               "backwards": [[1, key] for key in keys], "ranges": [range(key, key + 2) for key in keys],
+               "chunks": [keys[i:i + 40] for i in range(0, 2000, 40)]}
+    assert "more than 64 different ones" in _shared(template, context)
+
+
+@pytest.mark.parametrize("keys", [
+    [float(2 ** (61 * j)) for j in range(1, 17)] + [1 + i * _HASH_MODULUS for i in range(1, 60)],
+    _colliding_pairs(2000),
+    [frozenset({1, i * _HASH_MODULUS}) for i in range(1, 2000)],
+    [*[f"k{i}" for i in range(100)], 0.5, None, *[1 + i * _HASH_MODULUS for i in range(1, 70)], 2.0**61],
+])
+def test_floats_and_tuples_that_share_one_hash_value_are_counted_too(keys: list[object]) -> None:
+    """Big floats share hash values with whole numbers; a tuple's or frozenset's hash mixes its items'
+    hash values without a key, so pairs even of numbers below 2**61 - 1 can be built to share one."""
+    assert len({hash(key) for key in keys if not isinstance(key, str | float | None)}) <= 2
+    assert "more than 64 different ones" in _shared("{{ keys|unique|list|length }}", {"keys": keys})
+    assert "more than 64 different ones" in _shared("{{ dict.fromkeys(keys)|length }}", {"keys": keys})
+
+
+def test_keys_that_share_hash_values_are_bounded_in_number_and_in_all() -> None:
+    """At most 64 different keys may share one hash value, and the comparisons among all that share
+    one are held to the limit (repeats of a key count: each is looked up among the others)."""
+    reference = jinja2.Environment()
+    both = "{{ keys|unique|list|length }} {{ dict.fromkeys(keys)|length }}"
+    shared = [i * _HASH_MODULUS for i in range(2, 66)]  # from 2**61 on (`2**61 - 1` itself shares with 0 only)
+    assert render_template(both, {"keys": shared * 3}) == reference.from_string(both).render(keys=shared * 3)
+    many = [bucket + i * _HASH_MODULUS for bucket in range(300) for i in range(10)]  # 300 values, 10 keys each
+    assert render_template(both, {"keys": many}) == "3000 3000"
+    for template in ("{{ keys|unique|list|length }}", "{{ dict.fromkeys(keys)|length }}"):
+        assert "more than 64 different ones" in _shared(template, {"keys": [*shared, 66 * _HASH_MODULUS]})
+        with _limits(16384):
+            for keys in (many, shared * 50):
+                reason = _shared(template, {"keys": keys})
+                assert "more than 16384 comparisons" in reason and "templates.max_output_chars" in reason
+
+
+def test_ordinary_keys_hash_as_jinja_hashes_them() -> None:
+    """Text, small numbers and big numbers that do not share hash values (ids, timestamps, a key
+    repeated) are hashed as before, with the results Jinja gives."""
+    reference = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    template = ("{{ ints|unique|list|length }} {{ texts|unique|list|length }} {{ range(100000)|unique|list|length }}"
+                " {{ big|unique|list|length }} {{ (same|unique|list)[0] == same[0] }} {{ same|unique|list|length }}"
+                " {{ dict.fromkeys(big)|length }} {{ dict(big|map('string')|batch(2)|list)|length }}"
+                " {{ [1, 1.0, True, 2.5, -1, -2, (1, 2), (1, 2), 'A', 'a']|unique|list }}"
+                " {{ dict([((1, 2), 'a'), (2 ** 61, 'b'), (2.0 ** 61, 'c')]) }}"
+                " {{ {}.fromkeys([2 ** 64, -(2 ** 64)]) }}"
+                " {{ pairs|unique|list|length }} {{ ([1, 2], [3, 4])|map('first')|unique|list }}"
+                " {{ dict([[1, 2]|reverse, 'ab', range(3, 5), {'k': 1, 'v': 2}]) }}"
+                " {{ dict(pairs) == dict(pairs|map('list')) }} {{ dict.fromkeys(big|map('string'))|length }}"
+                " {{ {}.fromkeys(range(2 ** 62, 2 ** 62 + 1000))|length }} {{ mixed|unique|list }}"
+                " {{ dict.fromkeys(mixed) }} {{ floats|unique|list|length }} {{ snowflakes|unique|list|length }}"
+                " {{ letters.union(['b'], 'cd', {'e': 1}, texts[:9])|sort }}")
+    context = {"ints": list(range(100000)) * 2, "texts": [f"k{i}" for i in range(50000)] * 2,
+               "big": [(i * 7919) << 40 for i in range(20000)], "same": [2**64 + 5] * 5000,
+               "pairs": [(i, i + 1) for i in range(5000)], "floats": [i / 4 for i in range(-5000, 5000)] + [1e300],
+               "mixed": [1, "a", 2.5, None, 2**64, 2.0**64, -(2**64), float("inf"), (1, 2)] * 20,
+               "snowflakes": [1_300_000_000_000_000_000 + (i << 22) for i in range(20000)] * 2, "letters": {"a"}}
+    assert render_template(template, context) == reference.from_string(template).render(context)
+
+
+class _Settings(Mapping[str, object]):
+    """A mapping that is not a dict (a client's config object, `MappingProxyType`): `dict()` and
+    `dict.update` read it through `keys()`, then each item; counted, to compare with Python."""
+
+    def __init__(self, items: dict[str, object]) -> None:
+        self._items = items
+        self.keys_read = 0
+
+    def __getitem__(self, key: str) -> object:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def keys(self) -> KeysView[str]:
+        self.keys_read += 1
+        return super().keys()
+
+
+def test_update_and_dict_read_a_mapping_through_its_keys_as_python_does() -> None:
+    """`d.update(m)` with a mapping that is not a dict gave `{'a': 'b'}` for `{'ab': 1}`: the size
+    check took `m` into a list of its keys first, and `update` took each two-letter key for a pair."""
+    reference = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    template = ("{% set d = {'x': 0} %}{{ d.update(m) }}{{ d }} {% set e = {} %}{{ e.update(m, z=3) }}{{ e }}"
+                " {{ dict(m) }} {{ dict(m, y=2) }} {% set f = {} %}{{ f.update(proxy) }}{{ f }} {{ dict(proxy) }}")
+
+    def context() -> dict[str, object]:
+        return {"m": _Settings({"ab": 1, "cd": [2]}), "proxy": types.MappingProxyType({"ab": 1})}
+
+    ours, theirs = context(), context()
+    assert render_template(template, ours) == reference.from_string(template).render(theirs)
+    assert ours["m"].keys_read == theirs["m"].keys_read == 4  # type: ignore[attr-defined]
+    with _limits(100):
+        wide = _Settings({f"k{i}": i for i in range(101)})
+        assert "what dict.update is given" in _refused("{% set d = {} %}{{ d.update(m) }}", {"m": wide})
+        assert "what dict() is given" in _refused("{{ dict(m)|length }}", {"m": wide})
+        half = _Settings({f"k{i}": i for i in range(60)})
+        assert "the dict a template grows" in _refused("{{ dict.fromkeys(range(50)).update(m) }}", {"m": half})
+
+
+def test_a_mapping_whose_keys_share_one_hash_value_is_refused_before_they_are_hashed() -> None:
+    shared = _Settings({i * _HASH_MODULUS: i for i in range(2000)})  # type: ignore[dict-item]
+    assert "more than 64 different ones" in _shared("{% set d = {} %}{{ d.update(m) }}", {"m": shared})
+    assert "more than 64 different ones" in _shared("{{ dict(m)|length }}", {"m": shared})
