@@ -13,7 +13,8 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from adapters.base import Capabilities, Message, MessageHandler, Reply
+from adapters.base import AdapterConfigError, Capabilities, Message, MessageHandler, Reply
+from engine.config import ADAPTER_KEYS, unknown_key
 
 
 class ConsoleAdapter:
@@ -82,8 +83,12 @@ class ConsoleAdapter:
 
 
 def create(section: dict[str, Any], config: Any) -> ConsoleAdapter:
-    """`adapters.console`: `user` (default: the login name) and `channel` (default `console`)."""
+    """`adapters.console`: `user` (default: the login name) and `channel` (default `console`); any other
+    key is named, with the nearest known one (a misspelt `usr` would chat as the login name)."""
     import getpass
 
+    if (problem := unknown_key("adapters.console", section, ADAPTER_KEYS["console"])) is not None:
+        path = getattr(config, "path", None)
+        raise AdapterConfigError(f"{path}: {problem}" if path else problem)
     return ConsoleAdapter(user=str(section.get("user") or getpass.getuser()),
                           channel=str(section.get("channel") or "console"))

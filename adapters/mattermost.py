@@ -58,6 +58,7 @@ from adapters.base import (
     Part,
     Reply,
 )
+from engine.config import ADAPTER_FLAGS, ADAPTER_KEYS, unknown_key
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class MattermostSettings:
     def from_section(cls, section: dict[str, Any], where: str = "",
                      env: dict[str, str] | os._Environ[str] | None = None) -> MattermostSettings:
         env = os.environ if env is None else env
+        _check_keys(section, where)
         url = str(section.get("url") or env.get("MATTERMOST_URL") or "").strip()
         token = str(section.get("token") or env.get("MATTERMOST_TOKEN") or "").strip()
         if not url:
@@ -151,8 +153,19 @@ class MattermostSettings:
                                      "http://squall.internal:9101/mattermost/actions, "
                                      f"not {actions_url!r}")
         return cls(url=url.rstrip("/"), token=token, team=str(team) if team else None,
-                   slash_token=str(slash) if slash else None, files=bool(section.get("files", True)),
+                   slash_token=str(slash) if slash else None, files=section.get("files", True),
                    actions_url=actions_url)
+
+
+def _check_keys(section: dict[str, Any], where: str) -> None:
+    """Unknown keys, named with the nearest known one (a misspelt `slash_tokn` left slash commands
+    unchecked without a word), and the flags: true or false, never a quoted "false"."""
+    if (problem := unknown_key("adapters.mattermost", section, ADAPTER_KEYS["mattermost"])) is not None:
+        raise AdapterConfigError(f"{where}{problem}")
+    for key in ADAPTER_FLAGS["mattermost"]:
+        if key in section and not isinstance(section[key], bool):
+            raise AdapterConfigError(f"{where}'adapters.mattermost.{key}' must be true or false, "
+                                     f"not {section[key]!r}")
 
 
 @dataclass

@@ -22,7 +22,7 @@ from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
 from bot.accounts import FIRST_ADMIN, bootstrap_admin
 from bot.app import Squall
-from engine.config import SYSTEM_PACKS_PATH, Config, ConfigError
+from engine.config import SYSTEM_PACKS_PATH, Config, ConfigError, check_adapter, flag
 from engine.jobs import REAP_SECONDS, reap_stalled, waiting_note, waiting_since
 from engine.packs import fingerprint
 from engine.policies import RETRY_SETTLE
@@ -39,13 +39,15 @@ PURGE_SECONDS = 60.0
 
 
 def configured_adapters(config: Config) -> list[Adapter]:
-    """The adapters `adapters.<name>.enabled` turns on.
+    """The adapters `adapters.<name>.enabled: true` turns on.
 
+    Every section's keys are checked first, enabled or not (`engine.config.check_adapter`): a misspelt
+    `enable: true` must not leave an adapter off without a word, nor a quoted "false" turn one on.
     Each platform lives in `adapters/<name>.py` and exposes `create(section, config) -> Adapter`;
     it is imported only when enabled, so a platform's library costs nothing to those not using it.
     """
     section: dict[str, Any] = config.section("adapters")
-    adapters: list[Adapter] = []
+    enabled: list[tuple[str, dict[str, Any]]] = []
     for name, settings in section.items():
         settings = settings or {}
         if not isinstance(settings, dict):
@@ -54,16 +56,16 @@ def configured_adapters(config: Config) -> list[Adapter]:
             near = difflib.get_close_matches(name, ADAPTER_NAMES, n=1)
             hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(ADAPTER_NAMES)})"
             raise ConfigError(f"{config.path}: unknown adapter 'adapters.{name}'{hint}")
-        if not settings.get("enabled"):
-            continue
-        module = importlib.import_module(f"adapters.{name}")
-        adapters.append(module.create(settings, config))
-    return adapters
+        if check_adapter(name, settings, config.path):
+            enabled.append((name, settings))
+    # Made once every section passed: a typo in the last one is named before any platform's library loads.
+    return [importlib.import_module(f"adapters.{name}").create(settings, config) for name, settings in enabled]
 
 
 def api_enabled(config: Config) -> bool:
-    """`api.enabled` (default true): whether `squall serve` answers HTTP on `api.host`:`api.port`."""
-    return bool(config.section("api").get("enabled", True))
+    """`api.enabled` (default true): whether `squall serve` answers HTTP on `api.host`:`api.port`. True or
+    false only: a quoted "false" served the API anyway."""
+    return flag(config.section("api"), "enabled", True, "api.enabled", config.path)
 
 
 def action_user_warning(config: Config) -> str | None:
@@ -144,6 +146,10 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     for sig in stop_signals:
         loop.add_signal_handler(sig, stop.set)
     _check_start(config)
+    # The pack folders as they are before the packs load: an edit made while serve starts (after the
+    # load, before the loop) differs from this, and the first tick loads it.
+    pack_paths = [SYSTEM_PACKS_PATH, *config.pack_paths, config.configs_path]
+    before_load = await _fingerprint(pack_paths)
     squall = await Squall.start(config, adapters=configured_adapters(config) if adapters is None else adapters)
     squall.executions.reload_packs = functools.partial(reload, squall)
     bot = squall.chat
@@ -177,7 +183,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     log.info("Squall is serving: %d packs, %d actions, adapters %s, database %s", len(squall.registry.packs),
              len(squall.registry.actions), ", ".join(bot.adapters) or "none", config.database_url.split("@")[-1])
     settle_heap()
-    housekeeping = Housekeeping(squall, [SYSTEM_PACKS_PATH, *config.pack_paths, config.configs_path])
+    housekeeping = Housekeeping(squall, pack_paths, seen=before_load)
     await housekeeping.start()
     try:
         while not stop.is_set():
@@ -200,18 +206,19 @@ class Housekeeping:
     cannot read, a database hiccup) is logged and tried again at the next tick, and never keeps the
     others (stored requests, the outbox, the sensors' lead) from running."""
 
-    def __init__(self, squall: Squall, pack_paths: list[Path]) -> None:
+    def __init__(self, squall: Squall, pack_paths: list[Path], seen: tuple[int, int] | None = None) -> None:
         self.squall = squall
         self.pack_paths = pack_paths
-        self.seen: tuple[int, int] | None = None
+        #: The pack folders' fingerprint the loaded packs match; `serve_forever` takes it before the load.
+        self.seen = seen
         self.ticks = 0
 
     async def start(self) -> None:
-        """What the pack folders look like now: later ticks reload the packs when that changes."""
-        try:
-            self.seen = await asyncio.to_thread(fingerprint, self.pack_paths)
-        except Exception:  # the first tick reloads the packs then, and says what failed if it fails again
-            log.exception("could not look at the pack folders")
+        """Unless given one, what the pack folders look like now: later ticks reload the packs when that
+        changes. Taken here, after the load, an edit made between the two would be the baseline and
+        never loaded: `serve_forever` hands over the one it took before."""
+        if self.seen is None:
+            self.seen = await _fingerprint(self.pack_paths)
 
     async def tick(self) -> None:
         squall = self.squall
@@ -243,6 +250,16 @@ class Housekeeping:
     async def _lead(self) -> None:
         if await self.squall.leading() != self.squall.sensor_lead:
             await self.squall.sync_sensors()  # the lead changed hands: start or stop the sensors
+
+
+async def _fingerprint(pack_paths: list[Path]) -> tuple[int, int] | None:
+    """`engine.packs.fingerprint` off the loop; None when it fails (logged): the first tick then reloads
+    the packs, and says what failed if it fails again."""
+    try:
+        return await asyncio.to_thread(fingerprint, pack_paths)
+    except Exception:
+        log.exception("could not look at the pack folders")
+        return None
 
 
 def ui_address(host: str, port: int) -> str:

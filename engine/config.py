@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from engine.yamlfile import DuplicateKey
+from engine.yamlfile import parse as parse_yaml
+
 DEFAULT_CONFIG_NAME = "config.yml"
 CONFIG_ENV = "SQUALL_CONFIG"
 
@@ -142,10 +145,7 @@ class Config:
         return self._flag("metrics", "public", False)
 
     def _flag(self, section: str, key: str, default: bool) -> bool:
-        value = self.section(section).get(key, default)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{self.path}: '{section}.{key}' must be true or false, not {value!r}")
-        return value
+        return flag(self.section(section), key, default, f"{section}.{key}", self.path)
 
     def section(self, name: str) -> dict[str, Any]:
         """A top-level section as a dict, for the parts of Squall that own their own keys."""
@@ -171,6 +171,28 @@ AUTH_RULE_SIDES = ("allow", "deny")
 AUTH_RULE_KINDS = ("users", "groups", "channels", "adapters")
 #: `routes.<name>` keys (`bot/chat/announce.py`).
 ROUTE_KEYS = frozenset({"adapter", "channel"})
+#: `adapters.<name>` keys, the lists each adapter reads (`adapters/<name>.py`; Slack's `_KEYS` and IRC's
+#: `_KNOWN_KEYS` are the same sets, which a test holds): checked by `check_adapter` for every section,
+#: enabled or not, without importing the platform's library.
+ADAPTER_KEYS: dict[str, frozenset[str]] = {
+    "console": frozenset({"enabled", "user", "channel"}),
+    "slack": frozenset({"enabled", "mode", "base_url", "slash_command", "thread_replies", "file_threshold",
+                        "watchdog_seconds", "status_reactions", "bot_token", "app_token", "signing_secret"}),
+    "mattermost": frozenset({"enabled", "url", "token", "team", "slash_token", "files", "actions_url"}),
+    "irc": frozenset({"enabled", "server", "port", "tls", "tls_verify", "nick", "channels", "password",
+                      "sasl_username", "sasl_password", "username", "realname", "flood_burst", "flood_interval",
+                      "reconnect_max"}),
+}
+#: `adapters.<name>` keys that are true or false, and their defaults: read by truthiness, a quoted
+#: "false" would be true.
+ADAPTER_FLAGS: dict[str, dict[str, bool]] = {
+    "console": {"enabled": False},
+    "slack": {"enabled": False, "thread_replies": True, "status_reactions": False},
+    "mattermost": {"enabled": False, "files": True},
+    "irc": {"enabled": False, "tls": False, "tls_verify": True},
+}
+#: `api.port` unless set.
+DEFAULT_API_PORT = 9101
 #: `api.max_body_bytes` unless set: the largest HTTP request body (1 MiB).
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 #: `api.token_ttl` unless set: a day, StackStorm's `auth.token_ttl`.
@@ -221,13 +243,40 @@ def _prefix(path: Path | None) -> str:
     return f"{path}: " if path is not None else ""
 
 
-def _check_known(path: Path | None, where: str, value: dict[Any, Any], allowed: Collection[str]) -> None:
-    """Name a key of `where` that is not `allowed`, with the nearest allowed one."""
+def unknown_key(where: str, value: Mapping[Any, Any], allowed: Collection[str]) -> str | None:
+    """The words for the first key of `where` that is not `allowed`, with the nearest allowed one; None
+    when every key is known. Shared with the adapters, which raise their own error with it."""
     for sub in value:
         if sub not in allowed:
             near = difflib.get_close_matches(str(sub), sorted(allowed), n=1)
             hint = f" (did you mean '{where}.{near[0]}'?)" if near else ""
-            raise ConfigError(f"{_prefix(path)}unknown key '{where}.{sub}'{hint}")
+            return f"unknown key '{where}.{sub}'{hint}"
+    return None
+
+
+def _check_known(path: Path | None, where: str, value: Mapping[Any, Any], allowed: Collection[str]) -> None:
+    """Name a key of `where` that is not `allowed`, with the nearest allowed one."""
+    if (problem := unknown_key(where, value, allowed)) is not None:
+        raise ConfigError(f"{_prefix(path)}{problem}")
+
+
+def flag(section: Mapping[str, Any], key: str, default: bool, where: str, path: Path | None = None) -> bool:
+    """A true-or-false setting (`where` names it). Only YAML's true and false: a quoted "false" is a
+    non-empty string, which truthiness reads as true."""
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{_prefix(path)}'{where}' must be true or false, not {value!r}")
+    return value
+
+
+def check_adapter(name: str, section: Mapping[str, Any], path: Path | None = None) -> bool:
+    """`adapters.<name>` (a platform `ADAPTER_KEYS` knows), enabled or not: its keys (a misspelt
+    `enable: true` left the adapter off without a word) and its flags. Returns `enabled`. The other
+    values are the adapter's to check when it is made, since a disabled one needs none of them."""
+    _check_known(path, f"adapters.{name}", section, ADAPTER_KEYS[name])
+    flags = {key: flag(section, key, default, f"adapters.{name}.{key}", path)
+             for key, default in ADAPTER_FLAGS[name].items()}
+    return flags["enabled"]
 
 
 def _check_keys(path: Path | None, raw: dict[str, Any]) -> None:
@@ -343,6 +392,40 @@ def api_token_ttl(section: Mapping[str, Any], path: Path | None = None) -> int:
     return int(value)
 
 
+def api_render_keys(section: Mapping[str, Any], path: Path | None = None) -> frozenset[str]:
+    """`api.render_keys`: names of stored API keys whose requests may ask for templates to render. A
+    string would be iterated a letter at a time: `opsadmin` gave the right to keys named o, p, s..."""
+    value = section.get("render_keys")
+    _names(path, "api.render_keys", value, "API key names, such as [opsadmin]", numbers=True)
+    return frozenset(str(name) for name in value or [])
+
+
+def _check_api_keys(path: Path | None, value: Any) -> None:
+    """`api.keys`: one key or a list of them (`bot.apikeys.static_keys`). Never quoted back: keys are
+    secrets, and a log keeps what it is given."""
+    if value is None or isinstance(value, str):
+        return
+    entries = value if isinstance(value, list) else [value]
+    for index, entry in enumerate(entries):
+        if isinstance(entry, bool) or not isinstance(entry, str | int):
+            where = f"entry {index + 1} is" if isinstance(value, list) else "it is"
+            raise ConfigError(f"{_prefix(path)}'api.keys' must be an API key or a list of them, such as "
+                              f"[k-0123456789abcdef0123]; {where} {type(entry).__name__}")
+
+
+def api_port(section: Mapping[str, Any], path: Path | None = None) -> int:
+    """`api.port`: a TCP port, 1 to 65535 (a quoted number is taken). Out of range, the server failed
+    inside its task (70000: OverflowError) and serve went on without its API."""
+    value = section.get("port", DEFAULT_API_PORT)
+    number = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value)
+    if number is None or not 1 <= number <= 65535:
+        raise ConfigError(f"{_prefix(path)}'api.port' must be a port number from 1 to 65535, such as "
+                          f"{DEFAULT_API_PORT}, not {value!r}")
+    return number
+
+
 def chat_confirm_ttl(section: Mapping[str, Any], path: Path | None = None) -> float:
     """`chat.confirm_ttl`: seconds above 0 (a unit, `1m`, is not read)."""
     value = section.get("confirm_ttl", DEFAULT_CONFIRM_TTL)
@@ -360,7 +443,13 @@ def _check_chat_side(path: Path | None, raw: dict[str, Any]) -> None:
     _check_webhooks(path, api.get("webhooks"))
     api_max_body_bytes(api, path)
     api_token_ttl(api, path)
-    chat_confirm_ttl(raw.get("chat") or {}, path)
+    api_render_keys(api, path)
+    _check_api_keys(path, api.get("keys"))
+    api_port(api, path)
+    flag(api, "enabled", True, "api.enabled", path)  # `api.public_docs` is checked as the app is made
+    chat = raw.get("chat") or {}
+    chat_confirm_ttl(chat, path)
+    flag(chat, "thread_replies", True, "chat.thread_replies", path)
     if raw.get("routes") is not None:
         _check_routes(path, raw["routes"])
 
@@ -527,6 +616,15 @@ def _database_url(base: Path, url: str) -> str:
     return f"{prefix}{_resolve(base, database)}{query}"
 
 
+def _refuse_duplicates(path: Path, duplicates: list[DuplicateKey]) -> None:
+    """A key written twice in the file: YAML keeps the last and drops the first without a word, and
+    with it whatever it held (a second `auth:` block dropped the first one's deny rules)."""
+    if duplicates:
+        first = duplicates[0]
+        raise ConfigError(f"{path}:{first.again}: {first}: YAML keeps only the last and drops the first "
+                          "without a word; merge them into one")
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read the config file named, or `$SQUALL_CONFIG`, or `./config.yml` when it exists."""
     explicit = path if path is not None else os.environ.get(CONFIG_ENV)
@@ -546,7 +644,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{config_path}: cannot read the config file: {exc}") from exc
         try:
-            loaded = yaml.safe_load(text)
+            loaded, _node, duplicates = parse_yaml(text, yaml.SafeLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             context_mark = getattr(exc, "context_mark", None)
@@ -555,6 +653,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
                 mark = context_mark
             where = f":{mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"{config_path}{where}: not valid YAML: {exc}") from exc
+        _refuse_duplicates(config_path, duplicates)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -580,7 +679,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     _check_database_url(config_path, str(url))
     executor = raw.get("executor") or {}
     api = raw.get("api") or {}
-    api_url = f"http://{api.get('host', '127.0.0.1')}:{api.get('port', 9101)}/api/v1"
+    api_url = f"http://{api.get('host', '127.0.0.1')}:{api_port(api, config_path)}/api/v1"
     try:
         workers = int(executor.get("python_workers_per_pack", 4))
         concurrency = int(executor.get("max_concurrency", 64))

@@ -10,11 +10,14 @@ words and at the line Squall always used; without libyaml everything uses `SafeL
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,89 @@ class ContentInvalid(Exception):
 #: The fast loader when PyYAML has libyaml, else the pure-Python one (same results, same marks).
 FAST_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+#: The tag of YAML's merge key (`<<: *anchor`): written more than once it merges each, nothing is lost.
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+@dataclass(frozen=True)
+class DuplicateKey:
+    """A mapping key written twice in one mapping: YAML loaders keep the last value and drop the first
+    without a word (PyYAML, and so StackStorm), whatever it held."""
+
+    #: The key's path from the top of the document, dotted (`auth.aliases.squall`; `[1]` for list items).
+    key: str
+    first: int
+    again: int
+
+    def __str__(self) -> str:
+        return f"duplicate key '{self.key}' (at line {self.first} and again at line {self.again})"
+
+
+#: Where a node sits: None at the top, else (its parent's place, its key or list index). Made into
+#: words (`_dotted`) only for a duplicate, so the walk allocates no strings.
+_Place = tuple["_Place | None", Any] | None
+
+
+def _dotted(place: _Place, key: Any) -> str:
+    """`auth.aliases.squall`, `chain[1].name`: the path of `key` under `place`."""
+    parts = [key]
+    while place is not None:
+        place, step = place
+        parts.append(step)
+    text = ""
+    for step in reversed(parts):
+        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
+    return text
+
+
+def _mapping_duplicates(node: yaml.MappingNode, place: _Place, found: list[DuplicateKey]) -> None:
+    """The keys of one mapping written more than once; a key is its resolved tag and text, so `1` and
+    `'1'` (an int and a string, two keys once loaded) are not the same key."""
+    first: dict[tuple[str, str], int] = {}
+    for key_node, _value in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+            continue
+        line = key_node.start_mark.line + 1
+        ident = (key_node.tag, key_node.value)
+        if ident in first:
+            found.append(DuplicateKey(_dotted(place, key_node.value), first[ident], line))
+        else:
+            first[ident] = line
+
+
+def _may_repeat(node: yaml.MappingNode) -> bool:
+    """Whether two keys of `node` have the same text: the cheap test every mapping gets (most have no
+    duplicate); `_mapping_duplicates` then looks closer."""
+    texts = [key.value for key, _value in node.value]
+    try:
+        return len(set(texts)) < len(texts)
+    except TypeError:  # a mapping or list as a key (`? [a, b]`): look closer
+        return True
+
+
+def duplicate_keys(node: yaml.Node | None) -> list[DuplicateKey]:
+    """Every key written twice in one mapping of a composed document, in the order of their second
+    line. Read from the nodes before they are constructed (constructing merges `<<` into the nodes)."""
+    found: list[DuplicateKey] = []
+    pending: list[tuple[yaml.Node, _Place]] = [] if node is None else [(node, None)]
+    visited: set[int] = set()  # an alias is its anchor's node: walked once, and no loop (`&a [*a]`)
+    scalar = yaml.ScalarNode
+    while pending:
+        current, place = pending.pop()
+        if id(current) in visited:
+            continue
+        visited.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            if _may_repeat(current):
+                _mapping_duplicates(current, place, found)
+            pending.extend((value, (place, key.value if isinstance(key, scalar) else "?"))
+                           for key, value in current.value if not isinstance(value, scalar))
+        elif isinstance(current, yaml.SequenceNode):
+            pending.extend((item, (place, index)) for index, item in enumerate(current.value)
+                           if not isinstance(item, scalar))
+    return sorted(found, key=lambda duplicate: duplicate.again)
+
+
 #: A `LineMap` kept for the pack cache: (line, {key: child}) for a mapping, (line, [child]) for a
 #: sequence, (line, None) for a scalar; plain tuples, so a pickle holds no parser objects.
 _Compact = tuple[int, "dict[Any, _Compact] | list[_Compact] | None"]
@@ -58,8 +144,8 @@ def _compact(node: yaml.Node, inside: frozenset[int] = frozenset()) -> _Compact:
     if isinstance(node, yaml.MappingNode):
         children: dict[Any, _Compact] = {}
         for key_node, value_node in node.value:
-            # The first key of a name wins, as in `line` (a duplicate key is found first there too).
-            if isinstance(key_node, yaml.ScalarNode) and key_node.value not in children:
+            # The last key of a name wins, as in `line` and in the data (a duplicate's value is the last).
+            if isinstance(key_node, yaml.ScalarNode):
                 children[key_node.value] = (key_node.start_mark.line + 1, _compact(value_node, inside)[1])
         return line, children
     if isinstance(node, yaml.SequenceNode):
@@ -88,7 +174,9 @@ class LineMap:
         line = node.start_mark.line + 1 if node is not None else None
         for key in path:
             if isinstance(node, yaml.MappingNode):
-                for key_node, value_node in node.value:
+                # From the end: the value loaded for a key written twice is the last (and a key written
+                # beside a merge `<<` overrides the merged one, which constructing put in front).
+                for key_node, value_node in reversed(node.value):
                     if key_node.value == key:
                         line = key_node.start_mark.line + 1
                         node = value_node
@@ -117,27 +205,38 @@ class LineMap:
         return line
 
 
-def _parse(text: str) -> tuple[Any, yaml.Node | None]:
-    """Compose the document once and build the data from those nodes (one parse, marks kept)."""
-    loader = FAST_LOADER(text)
+def parse(text: str, loader_class: type[yaml.SafeLoader] | type[yaml.CSafeLoader] | None = None,
+          ) -> tuple[Any, yaml.Node | None, list[DuplicateKey]]:
+    """Compose the document once and build the data from those nodes (one parse, marks kept), with the
+    keys written twice, found before constructing (which drops them). `loader_class`: `FAST_LOADER`
+    unless given (Squall's own config takes the pure-Python one, for its error messages' words)."""
+    loader = (loader_class or FAST_LOADER)(text)
     try:
         node = loader.get_single_node()
-        return (loader.construct_document(node) if node is not None else None), node
+        duplicates = duplicate_keys(node)
+        return (loader.construct_document(node) if node is not None else None), node, duplicates
     finally:
         loader.dispose()
 
 
 def load_yaml(path: Path, display: str | None = None) -> tuple[Any, LineMap]:
-    """Load one YAML file safely; a syntax error becomes `ContentInvalid` with its line."""
+    """Load one YAML file safely; a syntax error becomes `ContentInvalid` with its line.
+
+    A key written twice is a WARNING naming file and line, and the last value is used: that is what
+    StackStorm's loader (PyYAML) does, so a pack that ran there loads here too."""
     name = display or str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ContentInvalid(ContentError(name, None, f"cannot read file: {exc}")) from exc
     try:
-        data, node = _parse(text)
+        data, node, duplicates = parse(text)
     except yaml.YAMLError as fast_error:
         _raise_with_line(text, name, fast_error)
+    for duplicate in duplicates:
+        log.warning("%s:%d: duplicate key '%s' (also at line %d); the value at line %d is used, the other is "
+                    "ignored: remove one of them", name, duplicate.again, duplicate.key, duplicate.first,
+                    duplicate.again)
     return data, LineMap(node)
 
 

@@ -59,19 +59,21 @@ def _check_api_address(config: Config) -> None:
     this machine's, a port below 1024 without the right). Checked before anything starts: uvicorn, finding
     it so, raises SystemExit inside its task, which ended serve with its error, a "Task exception was never
     retrieved" traceback and exit 3 besides. Bound as asyncio's server binds (SO_REUSEADDR, IPv6 only on
-    IPv6 sockets), then let go."""
+    IPv6 sockets), then let go. A port that is no port (out of 1 to 65535) exits 2 naming `api.port`: asked
+    to bind it, the socket raised OverflowError (70000), or getaddrinfo an error worded as a busy port (-1)."""
     import socket
 
     from bot.service import api_enabled
+    from engine.config import ConfigError, api_port
 
-    if not api_enabled(config):
-        return
-    section = config.section("api")
-    host = str(section.get("host", "127.0.0.1"))
     try:
-        port = int(section.get("port", 9101))
-    except (TypeError, ValueError):
-        raise fail(f"{config.path}: 'api.port' must be a port number, not {section.get('port')!r}") from None
+        if not api_enabled(config):
+            return
+        section = config.section("api")
+        port = api_port(section, config.path)  # load_config checked it; settings changed in code are not
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    host = str(section.get("host", "127.0.0.1"))
     try:
         for family, kind, proto, _name, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                                        flags=socket.AI_PASSIVE):
@@ -80,6 +82,9 @@ def _check_api_address(config: Config) -> None:
                 if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 probe.bind(address)
+    except OverflowError as exc:  # a port out of range that got here all the same: the key, not a traceback
+        raise fail(f"{config.path}: 'api.port' must be a port number from 1 to 65535, not {port!r} ({exc})") \
+            from None
     except OSError as exc:
         where = config.path or "the config"
         raise fail(f"api.port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}; stop what listens "

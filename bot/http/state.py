@@ -17,6 +17,7 @@ from engine.config import (
     DEFAULT_TOKEN_TTL,
     ConfigError,
     api_max_body_bytes,
+    api_render_keys,
     api_token_ttl,
 )
 
@@ -70,7 +71,7 @@ class ApiSettings:
         max_body = api_max_body_bytes(section)
         webhooks: dict[str, Any] = section.get("webhooks") or {}
         static_hashes = tuple(hash_key(k) for k in static_keys(section))
-        render_keys = frozenset(str(name) for name in section.get("render_keys") or [])
+        render_keys = api_render_keys(section)  # a list: a string would give its letters the right
         public_docs = section.get("public_docs", True)
         if not isinstance(public_docs, bool):
             raise ConfigError(f"'api.public_docs' must be true or false, not {public_docs!r}")
