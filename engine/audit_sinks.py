@@ -329,11 +329,23 @@ def _sink(config: Any, where: str, kind: str, spec: dict[str, Any]) -> Any:
                 raise ConfigError(f"{config.path}: '{where}.facility' must be one of {', '.join(FACILITIES)}, "
                                   f"not {facility!r}")
             address = spec["socket"] if "socket" in spec else (str(spec.get("host", "127.0.0.1")),
-                                                               int(spec.get("port", 514)))
+                                                               _syslog_port(config, where, spec))
             return SyslogSink(FACILITIES[facility], address, _syslog_max_bytes(config, where, spec))
     except (TypeError, ValueError, OSError) as exc:
         raise ConfigError(f"{config.path}: '{where}': {exc}") from None
     return StreamSink()
+
+
+def _syslog_port(config: Any, where: str, spec: dict[str, Any]) -> int:
+    """A syslog sink's `port`: 1 to 65535 (514 when not given); `ConfigError` naming the entry otherwise. Out of
+    that range the sink loaded, then failed to send every audit event."""
+    from engine.config import ConfigError
+
+    value = spec.get("port", 514)
+    port = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"{config.path}: '{where}.port' must be a port number from 1 to 65535, not {value!r}")
+    return port
 
 
 def _syslog_max_bytes(config: Any, where: str, spec: dict[str, Any]) -> int:

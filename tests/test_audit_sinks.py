@@ -418,6 +418,13 @@ async def test_a_bad_syslog_max_bytes_is_named(home: Path, value: object) -> Non
         await Squall.start(load_config(_with(home, f"    - {{type: syslog, max_bytes: {json.dumps(value)}}}\n")))
 
 
+@pytest.mark.parametrize("value", [70000, 0, -1, "http", True])
+async def test_a_bad_syslog_port_is_named(home: Path, value: object) -> None:
+    """Out of range, the sink loaded and then failed to send every audit event, one warning each."""
+    with pytest.raises(ConfigError, match=r"'audit.sinks\[0\].port' must be a port number from 1 to 65535"):
+        await Squall.start(load_config(_with(home, f"    - {{type: syslog, port: {json.dumps(value)}}}\n")))
+
+
 # -- the stdout sink and the CLI --------------------------------------------------------------------
 
 def test_a_cli_commands_stdout_is_its_answer_not_the_audit_stream(home: Path) -> None:

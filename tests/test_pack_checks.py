@@ -280,11 +280,12 @@ def _alias_pack(home: Path, formats: str) -> Path:
     return pack
 
 
-def test_an_alias_format_with_unbalanced_braces_loads_with_a_warning(home: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_alias_format_with_unbalanced_braces_loads_with_a_warning(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """`restart {{host}` loaded silently and matched only its own text; it still does (as StackStorm), and
     `pack list` says so with the file and line, as a warning that skipped nothing."""
     from aliases import AliasMatcher, load_aliases
+    from bot.chat.index import AliasIndex
     from engine.packs import ContentWarning
 
     monkeypatch.chdir(home)  # problems name files as the CLI does, from the working folder
@@ -304,6 +305,12 @@ def test_an_alias_format_with_unbalanced_braces_loads_with_a_warning(home: Path,
     matcher = AliasMatcher(aliases)
     assert matcher.match("restart {{host}").parameters == {}  # the text as written, as before
     assert matcher.match("start web1").parameters == {"host": "web1"}
+
+    caplog.set_level(logging.WARNING, logger="bot.chat.index")
+    AliasIndex(registry)  # what serve's chat indexes, and logs
+    said = [r.getMessage() for r in caplog.records if r.name == "bot.chat.index"]
+    assert len(said) == 2, said
+    assert all(line.startswith("alias warning: packs/q/aliases/restart.yaml:") for line in said), said
 
     listed = squall(home, "pack", "list")
     assert listed.returncode == 0, listed.stderr

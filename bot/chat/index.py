@@ -12,6 +12,7 @@ import logging
 
 from aliases import Alias, AliasMatcher, load_aliases
 from engine.packs import Registry
+from engine.yamlfile import ContentError
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,13 @@ class AliasIndex:
         self.rebuild(registry)
 
     def rebuild(self, registry: Registry) -> None:
-        """Index the registry's aliases; a bad alias file is logged and skipped."""
-        aliases, errors = load_aliases(registry)
+        """Index the registry's aliases; a bad alias file is logged and skipped, one that loads but may not
+        mean what it says (a stray `{{`) logged."""
+        warnings: list[ContentError] = []
+        aliases, errors = load_aliases(registry, warnings)
         for error in errors:
             log.warning("alias skipped: %s", error)
+        for warning in warnings:
+            log.warning("alias warning: %s", warning)
         self.matcher = AliasMatcher(aliases)
         self.aliases = {alias.ref: alias for alias in aliases}
