@@ -16,6 +16,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -502,6 +503,56 @@ def _on_nowait_connect(dbapi_connection: Any, _record: Any) -> None:
 
 def _is_locked(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.OperationalError) and ("locked" in str(exc.orig) or "busy" in str(exc.orig))
+
+
+#: SQLite: how long, in all, a group on the database thread waits for another process's write lock
+#: (`Database._run_group`), trying again each time the busy timeout passes, before it fails as a whole
+#: (`DatabaseLocked`). A CLI's write, a backup or a `sqlite3` shell left open hold it for a while; a request
+#: is better late than refused, yet one that never ends holds every caller behind it.
+LOCK_WAIT_SECONDS = 60.0
+#: SQLite: the pause before a locked group is tried again; a lock some paths report at once, without
+#: waiting the busy timeout (a deadlock between two upgrading readers), is no busy loop then.
+LOCK_RETRY_PAUSE = 0.05
+#: What a lock held elsewhere is, to people (chat, the API, the log).
+LOCKED = "the SQLite database is locked by another process"
+_SQLITE_BUSY = 5
+
+
+def _busy_elsewhere(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite's SQLITE_BUSY, another connection holding the lock past the busy timeout
+    (not SQLITE_LOCKED, a conflict inside one connection, which waiting does not end)."""
+    if not _is_locked(exc):
+        return False
+    code = getattr(exc.orig, "sqlite_errorcode", None)  # type: ignore[attr-defined]
+    return code is None or (code & 0xFF) == _SQLITE_BUSY
+
+
+class DatabaseLocked(sa.exc.OperationalError):
+    """A group that waited `LOCK_WAIT_SECONDS` for another process's SQLite write lock and failed as a
+    whole: nothing of it was stored. Still an OperationalError (its `orig` SQLite's "database is locked"),
+    so whoever handles the database's errors handles it; its text names the lock, never the statement
+    (SQLAlchemy's quotes the statement and its values, a secret parameter among them)."""
+
+    def __init__(self, locked: sa.exc.DBAPIError, waited: float) -> None:
+        super().__init__(None, None, locked.orig)
+        self.waited = waited
+
+    def __str__(self) -> str:
+        return f"{LOCKED}; nothing was stored (Squall waited {self.waited:.3g} s for it)"
+
+
+def database_locked(exc: BaseException | None) -> bool:
+    """Whether `exc`, or what it was raised from, is SQLite's write lock held by another connection (a
+    process) longer than Squall waits for it: `DatabaseLocked`, or a call's own "database is locked".
+    Not a failing database (`database_failure` says None): the database works, and is free again once
+    the other process commits."""
+    for _ in range(8):  # the cause chain, short, as `database_failure` walks it
+        if exc is None:
+            return False
+        if isinstance(exc, sa.exc.DBAPIError):
+            return isinstance(exc.orig, sqlite3.Error) and _is_locked(exc)
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 #: SQLite's primary result codes that say the database itself failed rather than a statement or its data:
@@ -1987,8 +2038,9 @@ class Database:
     instead: those made in one loop iteration (and by the tasks it started, a turn later) share one
     transaction, through a connection that never waits for a lock (a commit to a WAL file costs
     less than the two thread wake-ups). If another process holds the lock, the whole group goes to
-    the thread, which may wait; nothing of it was committed, so nothing runs twice. The calls that
-    queued behind it meanwhile come back to the loop once it is committed.
+    the thread, which may wait (`_run_group`: up to `LOCK_WAIT_SECONDS`); nothing of it was
+    committed, so nothing runs twice. The calls that queued behind it meanwhile come back to the
+    loop once it is committed.
 
     A call that fails fails alone, except on SQLite when the database itself failed under it (a full
     disk, an I/O error: `_rolled_back_with`): SQLite may have rolled back the whole transaction then,
@@ -2022,6 +2074,9 @@ class Database:
         #: Why the database failed a group (`database_failure`) and since when; None again once a
         #: group that wrote commits. A read that works meanwhile clears nothing: a full disk reads on.
         self.failing: tuple[str, datetime] | None = None
+        #: SQLite: since when the groups on the thread have waited for another process's lock, and when
+        #: the last of them gave up (`_run_group`); None once a group gets through.
+        self._lock_waited: tuple[float, float] | None = None
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.submit(fn, *args, **kwargs)
@@ -2140,26 +2195,70 @@ class Database:
                 if not batch:
                     self._draining = False
                     return
-            outcomes: list[tuple[bool, Any]] = []
-            try:
-                with self.store.batch():
-                    for call, _future in batch:
-                        try:
-                            outcomes.append((True, call()))
-                        except Exception as exc:
-                            if _rolled_back_with(exc):
-                                raise  # the whole group fails (see class doc)
-                            outcomes.append((False, exc))
-            except Exception as exc:  # the commit itself failed: nobody's call took effect
-                outcomes = [(False, exc)] * len(batch)
-                self._note(outcomes, committed=False)
-            else:
-                self._note(outcomes, committed=True)
+            outcomes, committed = self._run_group(batch)
+            self._note(outcomes, committed=committed)
             loop = batch[0][1].get_loop()
             for (ok, value), (_call, future) in zip(outcomes, batch, strict=True):
                 loop.call_soon_threadsafe(_settle, future, ok, value)
             if self.store.is_sqlite and not self._closed and self._hand_back_to(loop):
                 return
+
+    def _run_group(
+            self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> tuple[list[tuple[bool, Any]], bool]:
+        """Run a group on the thread, in one transaction: each call's outcome, and whether it committed.
+
+        SQLite: a call (or the commit) that finds another process still holding the write lock once the
+        busy timeout passed fails the whole group, not itself alone: each call waited the full timeout in
+        turn, and whichever was first in line failed ("database is locked") while those behind it got
+        the lock. Nothing of the group was committed, so the group is tried again, until
+        `LOCK_WAIT_SECONDS` have passed; then every call fails with `DatabaseLocked`. Running its calls
+        again is what `_flush_inline` does with a group the lock refused on the loop (it runs here, on
+        the thread, from its first call): a call's effects are its statements, rolled back with the
+        group, and its audit events, told only once a group commits (`Store.batch`)."""
+        started = time.monotonic()
+        since = self._waiting_since(started)
+        while True:
+            try:
+                outcomes = self._group(batch)
+            except Exception as exc:  # the commit, or the whole group, failed: nobody's call took effect
+                if not (self.store.is_sqlite and _busy_elsewhere(exc)):
+                    return [(False, exc)] * len(batch), False
+                now = time.monotonic()
+                if now - since >= LOCK_WAIT_SECONDS:
+                    self._lock_waited = (since, now)
+                    locked = DatabaseLocked(exc, now - started)  # type: ignore[arg-type]  # _busy_elsewhere: one
+                    locked.__cause__ = exc
+                    logging.getLogger(__name__).warning("a group of %d calls failed: %s", len(batch), locked)
+                    return [(False, locked)] * len(batch), False
+                logging.getLogger(__name__).debug("another process holds the SQLite lock past the busy timeout; "
+                                                  "trying %d calls again", len(batch))
+                time.sleep(LOCK_RETRY_PAUSE)
+            else:
+                self._lock_waited = None
+                return outcomes, True
+
+    def _waiting_since(self, started: float) -> float:
+        """Since when the group starting at `started` counts its wait for the lock: since the wait of the
+        group that just gave up, if it did (the calls queued behind it waited as long: `LOCK_WAIT_SECONDS`
+        bounds their wait too, not each group's, and each later group tries once); else since now."""
+        waited = self._lock_waited
+        if waited is not None and started - waited[1] <= 1.0:  # queued behind it: it starts at once
+            return waited[0]
+        return started
+
+    def _group(self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
+        """One try of `_run_group`: a call that fails fails alone, unless the database failed under it
+        (the whole group then fails, see class doc) or another process holds the lock (it is tried again)."""
+        outcomes: list[tuple[bool, Any]] = []
+        with self.store.batch():
+            for call, _future in batch:
+                try:
+                    outcomes.append((True, call()))
+                except Exception as exc:
+                    if _rolled_back_with(exc) or (self.store.is_sqlite and _busy_elsewhere(exc)):
+                        raise
+                    outcomes.append((False, exc))
+        return outcomes
 
     def _note(self, outcomes: list[tuple[bool, Any]], *, committed: bool) -> None:
         """After a group: a database failure among its outcomes (a call's, or the commit's, which every

@@ -59,7 +59,7 @@ from engine.logs import logging_context
 from engine.metrics import metrics
 from engine.packs import UnknownAction
 from engine.parameters import MASK, ParameterError, mask_value
-from engine.storage import database_failure
+from engine.storage import LOCKED, DatabaseLocked, database_failure, database_locked
 from engine.templates import TooLongForTheLoop, briefly, rendered
 
 if TYPE_CHECKING:
@@ -214,6 +214,8 @@ class Dispatcher:
     _stored_with_end: set[str] = field(default_factory=set)
     #: Executions whose result took too long to render on the loop: their listener renders it on a thread.
     _render_elsewhere: set[str] = field(default_factory=set)
+    #: Since when the outage was that a message's failure last logged (`Database.failing`'s time).
+    _outage_logged: datetime | None = None
 
     @property
     def matcher(self) -> AliasMatcher:
@@ -263,8 +265,13 @@ class Dispatcher:
                 await received(message)
             await self._handle(message, text, lookup)
         except Exception as exc:
-            log.exception("handling a message from %s failed", message.user)
-            await self.say(message, _apology(exc))
+            trouble = database_trouble(exc)
+            if trouble is None:
+                log.exception("handling a message from %s failed", message.user)
+                await self.say(message, _apology(exc))
+                return
+            self._log_trouble("handling a message from %s failed, as %s", message.user, trouble)
+            await self.say_unstored(message, f"Squall could not do that: {trouble}.")
 
     def _command_amid_questions(self, message: Message, lookup: _Lookup | None) -> bool:
         """Whether `message`, sent while a form's question waits for its sender's answer there, is a
@@ -602,13 +609,12 @@ class Dispatcher:
             await self.say(message, f"I can't run that: {exc}")
             return
         except Exception as exc:
-            failure = database_failure(exc)
-            if failure is None:
+            trouble = database_trouble(exc)
+            if trouble is None:
                 raise
             # Raised before the request was accepted: its group (request, audit, ack, claim) was not stored.
-            log.warning("a command from %s was not stored, as the database failed (%s)", message.user, failure)
-            await self.say(message, f"Squall could not store that command: {_DATABASE_FAILING} ({failure}). "
-                                    "Nothing ran.")
+            self._log_trouble("a command from %s was not stored, as %s", message.user, trouble)
+            await self.say_unstored(message, f"Squall could not store that command: {trouble}. Nothing ran.")
             return
         if isinstance(accepted, Held):
             return  # the approvers were asked in the thread; it runs once they said yes
@@ -917,18 +923,47 @@ class Dispatcher:
                       extra=extra or {}, buttons=buttons or [], asker=message.user if buttons else None)
         return await self.outbox.post(reply)
 
+    async def say_unstored(self, message: Message, text: str) -> None:
+        """Tell `message`'s sender that the database took nothing, through the adapter alone
+        (`Outbox.send_unstored`): stored first, as every other reply is, this one failed with the
+        database, and the person was told nothing at all."""
+        reply = Reply(adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text)
+        await self.outbox.send_unstored(reply)
+
+    def _log_trouble(self, what: str, *args: Any) -> None:
+        """A message the database failed, in one line without a traceback (its error is the database's, and
+        `Database` says the outage once): at WARNING the first of an outage, at INFO the others (a line a
+        message, not the traceback and the two further entries each logged during PostgreSQL's outage).
+        A lock held elsewhere is no outage: each such message waited `LOCK_WAIT_SECONDS`, and is said."""
+        failing = self.engine.db.failing
+        since = failing[1] if failing is not None else None
+        level = logging.INFO if since is not None and since == self._outage_logged else logging.WARNING
+        self._outage_logged = since
+        log.log(level, what, *args)
+
 
 #: What a failing database (`database_failure`) means to a person in chat.
 _DATABASE_FAILING = "the database is full, not writable or unreachable"
 
 
-def _apology(exc: Exception) -> str:
-    """What a person is told when handling their message failed: a failing database in words they can
-    act on; another database error by its kind alone, never SQLAlchemy's text, which quotes the
-    statement and its values (a secret parameter among them); anything else as it says."""
+def database_trouble(exc: BaseException) -> str | None:
+    """Why the database took none of the work `exc` ended, in words a person can act on: failing (full,
+    not writable, unreachable; `database_failure`, in the driver's words) or SQLite locked by another
+    process longer than Squall waits (`database_locked`); None for any other error. Chat, the API's
+    faults and `squall serve`'s housekeeping say it so."""
     failure = database_failure(exc)
     if failure is not None:
-        return f"Squall could not do that: {_DATABASE_FAILING} ({failure})."
+        return f"{_DATABASE_FAILING} ({failure})"
+    if isinstance(exc, DatabaseLocked):
+        return f"{LOCKED} (Squall waited {exc.waited:.3g} s for it)"
+    return LOCKED if database_locked(exc) else None
+
+
+def _apology(exc: Exception) -> str:
+    """What a person is told when handling their message failed for another reason than a failing or
+    locked database (`database_trouble`, said through `say_unstored`): a database error by its kind
+    alone, never SQLAlchemy's text, which quotes the statement and its values (a secret parameter among
+    them); anything else as it says."""
     if isinstance(exc, sa.exc.DBAPIError):
         return (f"Sorry, something went wrong handling that: the database refused it "
                 f"({type(exc.orig).__name__}; Squall's log has the details).")

@@ -34,6 +34,9 @@ in one transaction: stored once, whoever tries (the listener, or recovery after 
 and its `notify` messages are keyed the same way (`post_keyed`), so the result's edit of the ack
 finds the ack's row in the database, and a sweep can store a notification a crash kept from being
 stored, once.
+
+One reply is sent unstored (`send_unstored`): the one telling a person that the database took nothing,
+which the database would refuse to store as well.
 """
 
 from __future__ import annotations
@@ -213,6 +216,29 @@ class Outbox:
             self._enqueue(outbox_id, part)
             first = first or outbox_id
         return first
+
+    async def send_unstored(self, reply: Reply) -> bool:
+        """Send `reply` straight through its adapter, neither stored nor retried; whether the platform
+        took it. The one exception to the one reply path, for the one reply it cannot carry: the one
+        saying that the database took nothing ("Squall could not store that command... Nothing ran.",
+        `Dispatcher.say_unstored`). Stored first, that reply failed with the database it reports on (a
+        PostgreSQL outage, SQLite locked elsewhere), and the person who typed the command heard nothing.
+        Best effort, and safe to lose: nothing refers to it later (no edit, no result in its thread),
+        nothing waits for it, and the command it answers was not stored either. It may overtake the
+        replies its channel has queued; a refusal is logged, not retried."""
+        adapter = self.adapters.get(reply.adapter)
+        if adapter is None or self._closed:
+            return False
+        try:
+            for part in self.parts(reply):
+                await adapter.send(part)
+        except Exception as exc:
+            log.warning("a reply that could not be stored was not taken by %s %s either (%s); it is lost",
+                        reply.adapter, reply.channel, exc)
+            metrics.count(metrics.chat_replies, adapter.name, "failed")
+            return False
+        metrics.count(metrics.chat_replies, adapter.name, "sent")
+        return True
 
     async def post_result(self, execution_id: str, adapter: str, channel: str, replies: Sequence[Reply],
                           status: Sequence[Reply] = ()) -> list[int] | None:

@@ -3,10 +3,20 @@ also for FastAPI's own errors (an unknown route, a body that does not fit the mo
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime
+
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bot.chat.dispatcher import database_trouble
+
+log = logging.getLogger(__name__)
+#: What a 503 for a failing or locked database asks a client to wait before it tries again.
+RETRY_AFTER_SECONDS = 10
 
 
 def fault(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -40,7 +50,47 @@ async def _invalid(_request: Request, exc: RequestValidationError) -> JSONRespon
     return fault(400, "Invalid request: " + "; ".join(problems))
 
 
+class DatabaseErrors:
+    """The database's errors a route did not handle, answered as faults rather than let out of the app.
+
+    Let out, Starlette answered them `500 Internal Server Error` in text/plain and raised them on, uvicorn
+    logged each with its traceback and closed the connection (an app that raised after answering), so a
+    client's next request on that keep-alive connection was reset. A failing database (down, full, not
+    writable) or SQLite locked by another process is answered 503 with why (`database_trouble`: the
+    driver's words or the lock, never the statement) and `Retry-After`, as `/healthz` says 503 meanwhile;
+    logged in one line, at WARNING the first of an outage (`Database.failing`, which `Database` logs
+    itself) and at DEBUG the others. Any other database error is a bug: 500, named by its kind, with its
+    traceback in the log."""
+
+    def __init__(self) -> None:
+        #: Since when the outage was that a request last logged at WARNING.
+        self._logged: datetime | None = None
+
+    async def __call__(self, request: Request, exc: Exception) -> JSONResponse:
+        trouble = database_trouble(exc)
+        if trouble is None:
+            kind = type(getattr(exc, "orig", None) or exc).__name__
+            log.error("%s %s failed: the database refused it (%s)", request.method, request.url.path, kind,
+                      exc_info=exc)
+            return fault(500, f"The database refused it ({kind}; Squall's log has the details).")
+        self._log(request, trouble)
+        return fault(503, f"Squall could not do that: {trouble}. Try again later.",
+                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    def _log(self, request: Request, trouble: str) -> None:
+        squall = getattr(request.app.state, "squall", None)
+        failing = getattr(getattr(squall, "db", None), "failing", None)
+        since = failing[1] if failing is not None else None
+        if since is not None and since == self._logged:
+            log.debug("%s %s answered 503: %s", request.method, request.url.path, trouble)
+            return
+        self._logged = since
+        further = "; further such answers are logged at debug until it works again" if since is not None else ""
+        log.warning("%s %s answered 503: %s%s", request.method, request.url.path, trouble, further)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error `app` answers a StackStorm fault."""
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(sa.exc.DBAPIError, DatabaseErrors())
