@@ -22,12 +22,11 @@ from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
 from bot.accounts import FIRST_ADMIN, bootstrap_admin
 from bot.app import Squall
-from bot.chat.dispatcher import database_trouble
 from engine.config import SYSTEM_PACKS_PATH, Config, ConfigError, check_adapter, flag
 from engine.jobs import REAP_SECONDS, reap_stalled, waiting_note, waiting_since
 from engine.packs import fingerprint
 from engine.policies import RETRY_SETTLE
-from engine.storage import utcnow
+from engine.storage import database_trouble, utcnow
 
 log = logging.getLogger("squall")
 POLL_SECONDS = 1.0

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from engine.storage import PG_LIVENESS
+from engine.storage import PG_LIVENESS, database_trouble
 from engine.wakeups import PROCESS_NAME
 
 log = logging.getLogger(__name__)
@@ -182,12 +182,21 @@ class AdvisoryLock(_Held):
 
 
 async def leads(lead: Leadership) -> bool:
-    """Whether this process leads, asked off the event loop; a database it cannot reach means no."""
+    """Whether this process leads, asked off the event loop; a database it cannot reach means no. Said
+    once an outage (housekeeping asks every second): then at debug, until it can tell again."""
     try:
-        return await asyncio.to_thread(lead.lead)
+        held = await asyncio.to_thread(lead.lead)
     except Exception as exc:
-        log.warning("could not tell whether this process leads (%s); acting as a follower for now", exc)
+        level = logging.DEBUG if getattr(lead, "unsure", False) else logging.WARNING
+        log.log(level, "could not tell whether this process leads (%s); acting as a follower for now",
+                database_trouble(exc) or exc)
+        with contextlib.suppress(AttributeError):
+            lead.unsure = True  # type: ignore[attr-defined]
         return False
+    if getattr(lead, "unsure", False):
+        log.info("this process can tell whether it leads again")
+        lead.unsure = False  # type: ignore[attr-defined]
+    return held
 
 
 def leadership(engine: sa.Engine) -> Leadership:

@@ -27,7 +27,7 @@ from typing import Any
 
 from engine.events import EXECUTION_OUTPUT, Events
 from engine.parameters import MASK
-from engine.storage import Database, utcnow
+from engine.storage import Database, database_trouble, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,14 @@ class OutputRecorder:
                 return
             try:
                 await self.db(self.db.store.execution_output_add, rows)
-            except Exception:
-                log.exception("could not store %d chunks of live output (the results keep their output)", len(rows))
+            except Exception as exc:
+                trouble = database_trouble(exc)
+                if trouble is None:
+                    log.exception("could not store %d chunks of live output (the results keep their output)",
+                                  len(rows))
+                else:  # the database's outage is said by `Database`: one line, no traceback, per flush
+                    log.warning("could not store %d chunks of live output: %s (the results keep their output)",
+                                len(rows), trouble)
                 return
         for execution_id in dict.fromkeys(row["execution_id"] for row in rows):
             self.events.publish(EXECUTION_OUTPUT, execution_id)

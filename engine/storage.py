@@ -604,6 +604,23 @@ def _failure_reason(exc: sa.exc.DBAPIError) -> str | None:
     return f"{type(orig).__name__}" + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
 
 
+#: What a failing database (`database_failure`) means to a person.
+_DATABASE_FAILING = "the database is full, not writable or unreachable"
+
+
+def database_trouble(exc: BaseException) -> str | None:
+    """Why the database took none of the work `exc` ended, in words a person can act on: failing (full,
+    not writable, unreachable; `database_failure`, in the driver's words) or SQLite locked by another
+    process longer than Squall waits (`database_locked`); None for any other error. Chat, the API's
+    faults and `squall serve`'s housekeeping say it so."""
+    failure = database_failure(exc)
+    if failure is not None:
+        return f"{_DATABASE_FAILING} ({failure})"
+    if isinstance(exc, DatabaseLocked):
+        return f"{LOCKED} (Squall waited {exc.waited:.3g} s for it)"
+    return LOCKED if database_locked(exc) else None
+
+
 class DuplicateDelivery(Exception):
     """A delivery was accepted already, as trigger instance `instance_id`, and has not expired."""
 

@@ -440,3 +440,51 @@ async def test_chat_says_the_database_is_locked_and_nothing_ran(short_waits: Non
         finally:
             locker.close()
 
+
+
+async def test_the_lead_check_says_an_outage_once_and_its_end_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Housekeeping asks every second whether this process leads; through a PostgreSQL outage that was a
+    warning each time, with SQLAlchemy's whole text. Now one warning in the database's words, then debug
+    lines, and one line when it can tell again."""
+    from engine.leader import AdvisoryLock, leads
+
+    class Flaky(AdvisoryLock):
+        def __init__(self) -> None:
+            self.down = True
+            self.unsure = False
+
+        def lead(self) -> bool:
+            if self.down:
+                raise sa.exc.OperationalError("SELECT pg_try_advisory_lock(...)", {"secret": "s3cr3t"},
+                                              sqlite3.OperationalError("disk I/O error"))
+            return True
+
+    lock = Flaky()
+    caplog.set_level(logging.DEBUG, logger="engine.leader")
+    assert [await leads(lock) for _ in range(3)] == [False, False, False]
+    lock.down = False
+    assert await leads(lock) is True and await leads(lock) is True
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "engine.leader"]
+    assert [level for level, _ in said] == ["WARNING", "DEBUG", "DEBUG", "INFO"], said
+    assert "disk I/O error" in said[0][1] and "s3cr3t" not in said[0][1] and "SELECT" not in said[0][1]
+
+
+async def test_live_output_a_failing_database_refuses_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """Each running execution's output flush logged a whole traceback through a database outage."""
+    from engine.events import Events
+    from engine.output import OutputRecorder
+
+    class Failing:
+        store = type("S", (), {"execution_output_add": None})()
+
+        async def __call__(self, *_args: Any) -> None:
+            raise sa.exc.OperationalError("INSERT INTO execution_output ...", {}, sqlite3.OperationalError(
+                "database or disk is full"))
+
+    recorder = OutputRecorder(Failing(), Events())  # type: ignore[arg-type]
+    caplog.set_level(logging.WARNING, logger="engine.output")
+    recorder._rows = [{"execution_id": "e1", "output_type": "stdout", "data": "x"}]
+    await recorder.flush()
+    [record] = [r for r in caplog.records if r.name == "engine.output"]
+    assert record.exc_info is None and "database or disk is full" in record.getMessage()
+    assert "INSERT" not in record.getMessage()

@@ -59,7 +59,7 @@ from engine.logs import logging_context
 from engine.metrics import metrics
 from engine.packs import UnknownAction
 from engine.parameters import MASK, ParameterError, mask_value
-from engine.storage import LOCKED, DatabaseLocked, database_failure, database_locked
+from engine.storage import database_trouble
 from engine.templates import TooLongForTheLoop, briefly, rendered
 
 if TYPE_CHECKING:
@@ -940,23 +940,6 @@ class Dispatcher:
         level = logging.INFO if since is not None and since == self._outage_logged else logging.WARNING
         self._outage_logged = since
         log.log(level, what, *args)
-
-
-#: What a failing database (`database_failure`) means to a person in chat.
-_DATABASE_FAILING = "the database is full, not writable or unreachable"
-
-
-def database_trouble(exc: BaseException) -> str | None:
-    """Why the database took none of the work `exc` ended, in words a person can act on: failing (full,
-    not writable, unreachable; `database_failure`, in the driver's words) or SQLite locked by another
-    process longer than Squall waits (`database_locked`); None for any other error. Chat, the API's
-    faults and `squall serve`'s housekeeping say it so."""
-    failure = database_failure(exc)
-    if failure is not None:
-        return f"{_DATABASE_FAILING} ({failure})"
-    if isinstance(exc, DatabaseLocked):
-        return f"{LOCKED} (Squall waited {exc.waited:.3g} s for it)"
-    return LOCKED if database_locked(exc) else None
 
 
 def _apology(exc: Exception) -> str:

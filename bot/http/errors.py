@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bot.chat.dispatcher import database_trouble
+from engine.storage import database_trouble
 
 log = logging.getLogger(__name__)
 #: What a 503 for a failing or locked database asks a client to wait before it tries again.
