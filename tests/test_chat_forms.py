@@ -440,6 +440,24 @@ async def test_a_form_whose_command_fails_says_so_in_its_channel(slack, monkeypa
     assert await squall.executions.list(limit=5) == []
 
 
+async def test_a_form_whose_command_the_database_refuses_never_quotes_its_statement(slack, monkeypatch) -> None:
+    """SQLAlchemy's text quotes the statement and its values (the form's secret among them): the form's
+    error said it whole, where a typed command's says the error's kind alone."""
+    import sqlalchemy as sa
+
+    squall, fake = slack
+
+    async def refused(*args: Any, **kwargs: Any) -> None:
+        raise sa.exc.IntegrityError("INSERT INTO executions (parameters) VALUES (?)", [SECRET],
+                                    Exception("UNIQUE constraint failed: executions.id"))
+
+    monkeypatch.setattr(squall.chat.dispatcher, "run_matched", refused)
+    view = await _open_from_button(fake, "!run-form demo.deploy", "demo.deploy")
+    assert await fake.submit_view(view, {"host": "web8", "count": "1", "token": SECRET}) == {}
+    said = await _slack_posted(fake, lambda m: "something went wrong running that" in m.get("text", ""), "the error")
+    assert "the database refused it" in said["text"] and SECRET not in said["text"] and "INSERT" not in said["text"]
+
+
 async def test_slack_modal_opened_before_a_restart_can_still_be_sent(home: Path) -> None:
     _pack(home)
     fake = await FakeSlack().start()

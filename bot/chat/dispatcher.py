@@ -265,13 +265,7 @@ class Dispatcher:
                 await received(message)
             await self._handle(message, text, lookup)
         except Exception as exc:
-            trouble = database_trouble(exc)
-            if trouble is None:
-                log.exception("handling a message from %s failed", message.user)
-                await self.say(message, _apology(exc))
-                return
-            self._log_trouble("handling a message from %s failed, as %s", message.user, trouble)
-            await self.say_unstored(message, f"Squall could not do that: {trouble}.")
+            await self.tell_failure(message, exc, f"handling a message from {message.user}")
 
     def _command_amid_questions(self, message: Message, lookup: _Lookup | None) -> bool:
         """Whether `message`, sent while a form's question waits for its sender's answer there, is a
@@ -923,6 +917,18 @@ class Dispatcher:
                       extra=extra or {}, buttons=buttons or [], asker=message.user if buttons else None)
         return await self.outbox.post(reply)
 
+    async def tell_failure(self, message: Message, exc: Exception, what: str, doing: str = "handling") -> None:
+        """Tell `message`'s sender that `doing` it failed with `exc`, and log it (`what` failed): a
+        failing or locked database in one line and through the adapter alone (`say_unstored`), anything
+        else with its traceback and the words `_apology` chooses."""
+        trouble = database_trouble(exc)
+        if trouble is None:
+            log.exception("%s failed", what)
+            await self.say(message, _apology(exc, doing))
+            return
+        self._log_trouble("%s failed, as %s", what, trouble)
+        await self.say_unstored(message, f"Squall could not do that: {trouble}.")
+
     async def say_unstored(self, message: Message, text: str) -> None:
         """Tell `message`'s sender that the database took nothing, through the adapter alone
         (`Outbox.send_unstored`): stored first, as every other reply is, this one failed with the
@@ -942,15 +948,15 @@ class Dispatcher:
         log.log(level, what, *args)
 
 
-def _apology(exc: Exception) -> str:
+def _apology(exc: Exception, doing: str = "handling") -> str:
     """What a person is told when handling their message failed for another reason than a failing or
     locked database (`database_trouble`, said through `say_unstored`): a database error by its kind
     alone, never SQLAlchemy's text, which quotes the statement and its values (a secret parameter among
     them); anything else as it says."""
     if isinstance(exc, sa.exc.DBAPIError):
-        return (f"Sorry, something went wrong handling that: the database refused it "
+        return (f"Sorry, something went wrong {doing} that: the database refused it "
                 f"({type(exc.orig).__name__}; Squall's log has the details).")
-    return f"Sorry, something went wrong handling that: {exc}"
+    return f"Sorry, something went wrong {doing} that: {exc}"
 
 
 def _kept(match: AliasMatch) -> dict[str, Any]:

@@ -336,8 +336,8 @@ class ChatForms:
             await self._drop(_FORM + state)
             await self._run(alias, sender, values)
         except Exception as exc:
-            log.exception("running the form of %s for %s failed", alias.ref, sender.user)
-            await self.dispatcher.say(sender, f"Sorry, something went wrong running that: {exc}")
+            await self.dispatcher.tell_failure(sender, exc, f"running the form of {alias.ref} for {sender.user}",
+                                               "running")
 
     def missing(self, match: AliasMatch) -> bool:
         """Whether a typed command left out a parameter its form would ask for (then the form is offered)."""
