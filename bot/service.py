@@ -23,8 +23,9 @@ from adapters.console import ConsoleAdapter
 from bot.accounts import FIRST_ADMIN, bootstrap_admin
 from bot.app import Squall
 from engine.config import SYSTEM_PACKS_PATH, Config, ConfigError, check_adapter, flag
+from engine.core import log_pack_problems
 from engine.jobs import REAP_SECONDS, reap_stalled, waiting_note, waiting_since
-from engine.packs import fingerprint
+from engine.packs import ContentWarning, Registry, fingerprint
 from engine.policies import RETRY_SETTLE
 from engine.storage import database_trouble, utcnow
 
@@ -124,9 +125,15 @@ async def reload(squall: Squall) -> None:
     """Pick up edited, installed and removed packs without a restart."""
     registry = await squall.reload_packs()
     settle_heap()
-    log.info("packs reloaded: %d packs, %d actions", len(registry.packs), len(registry.actions))
-    for error in registry.errors:
-        log.warning("pack content skipped: %s", error)
+    log.info("packs reloaded: %d packs, %d actions%s", len(registry.packs), len(registry.actions),
+             _skipped(registry))
+    log_pack_problems(registry.errors)
+
+
+def _skipped(registry: Registry) -> str:
+    """", N pack files skipped" when some were (each said in its own warning), else nothing."""
+    skipped = sum(not isinstance(problem, ContentWarning) for problem in registry.errors)
+    return f", {skipped} pack file{'s' if skipped != 1 else ''} skipped (see the warnings)" if skipped else ""
 
 
 def _check_start(config: Config) -> None:
@@ -180,8 +187,9 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
             api = None
         else:
             await _first_admin(squall, ui_address(api.host, api.port))
-    log.info("Squall is serving: %d packs, %d actions, adapters %s, database %s", len(squall.registry.packs),
-             len(squall.registry.actions), ", ".join(bot.adapters) or "none", config.database_url.split("@")[-1])
+    log.info("Squall is serving: %d packs, %d actions%s, adapters %s, database %s", len(squall.registry.packs),
+             len(squall.registry.actions), _skipped(squall.registry), ", ".join(bot.adapters) or "none",
+             config.database_url.split("@")[-1])
     settle_heap()
     housekeeping = Housekeeping(squall, pack_paths, seen=before_load)
     await housekeeping.start()

@@ -17,7 +17,7 @@ import pytest
 
 from bot.pack_content import check_content
 from engine.config import SYSTEM_PACKS_PATH
-from engine.packs import load_registry
+from engine.packs import ContentWarning, load_registry
 from engine.sensors import SensorContainer, SensorSpec, _Running
 from tests.conftest import write
 from tests.test_cli import squall
@@ -374,3 +374,24 @@ def test_a_command_unrelated_to_packs_says_nothing_of_them(home: Path) -> None:
     assert got.returncode == 0, got.stderr
     assert got.stderr == "", got.stderr
 
+
+
+async def test_a_reload_says_each_problem_once_and_how_many_files_it_skipped(home: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """serve's reload said every problem as "pack content skipped", warnings included, and neither its line
+    nor the start-up's summary said that anything was skipped."""
+    from bot.service import reload
+
+    squall = await started(home)
+    try:
+        broken_pack(home)
+        caplog.set_level(logging.INFO)
+        await reload(squall)
+    finally:
+        await squall.close()
+    [summary] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("packs reloaded:")]
+    skipped = sum(not isinstance(p, ContentWarning) for p in squall.registry.errors)
+    files = f"{skipped} pack file{'s' if skipped != 1 else ''}"
+    assert skipped and summary.endswith(f", {files} skipped (see the warnings)"), summary
+    said = [r.getMessage() for r in caplog.records if "packs/p/rules/r.yaml" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("pack content skipped:"), said
