@@ -839,3 +839,81 @@ def test_a_sensors_helpers_outside_its_group_go_when_the_service_is_killed(home:
             host.wait()
         kill_left(pids_in(pids))
     assert left == [], "helpers outside the sensor's group outlived the service killed with SIGKILL"
+
+
+CALLBACK_HELPER = '''
+import subprocess, time
+from st2reactor.sensor.base import Sensor
+
+def sigblk(pid):
+    for line in open("/proc/%d/status" % pid):
+        if line.startswith("SigBlk"):
+            return line.split()[1]
+
+class Watcher(Sensor):
+    def setup(self):
+        self.procs = {}
+    def _start(self, trigger):
+        path = trigger["parameters"]["path"]
+        proc = subprocess.Popen(["sleep", "300"])  # stands for `tail -F path`, `kubectl get -w`...
+        self.procs[path] = proc
+        import threading
+        self.sensor_service.set_value("sigblk:" + path, sigblk(proc.pid) + " thread=" + threading.current_thread().name)
+    def add_trigger(self, trigger):
+        self._start(trigger)
+    def update_trigger(self, trigger):
+        pass
+    def remove_trigger(self, trigger):
+        path = trigger["parameters"]["path"]
+        proc = self.procs.pop(path)
+        proc.terminate()
+        try:
+            proc.wait(timeout=3)
+            self.sensor_service.set_value("removed:" + path, "stopped by SIGTERM")
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            self.sensor_service.set_value("removed:" + path, "IGNORED SIGTERM, had to kill")
+    def run(self):
+        self.sensor_service.set_value("running", "yes")
+        while True:
+            time.sleep(0.5)
+    def cleanup(self):
+        for proc in self.procs.values():
+            proc.kill()
+'''
+
+async def test_a_helper_a_trigger_callback_starts_stops_on_sigterm(home: Path) -> None:
+    """The wrapper blocks SIGTERM in its own threads (so the kernel gives it to the main thread), the
+    callback thread among them; a helper started in add_trigger inherited that mask, through exec, and
+    the sensor's own `proc.terminate()` in remove_trigger no longer stopped it."""
+    pack = make_pack(home, {})
+    write(pack / "sensors" / "watcher.yaml", """
+        class_name: Watcher
+        entry_point: watcher.py
+        trigger_types:
+          - name: watched
+            parameters_schema: {type: object, properties: {path: {type: string}}}
+    """)
+    (pack / "sensors" / "watcher.py").write_text(CALLBACK_HELPER)
+    squall = await started(home)
+    try:
+        await run_sensors(squall)
+        assert await eventually(lambda: _kv(squall, "running")) == "yes"
+        rule = write(pack / "rules" / "on_watched.yaml", """
+            name: on_watched
+            pack: demo
+            enabled: true
+            trigger: {type: demo.watched, parameters: {path: /var/log/a}}
+            action: {ref: demo.take}
+        """)
+        squall.reload()
+        await squall.sync_sensors()
+        blocked = await eventually(lambda: _kv(squall, "sigblk:/var/log/a"))
+        rule.unlink()
+        squall.reload()
+        await squall.sync_sensors()
+        outcome = await eventually(lambda: _kv(squall, "removed:/var/log/a"))
+    finally:
+        await squall.close()
+    assert int(blocked.split()[0], 16) & (1 << (signal.SIGTERM - 1)) == 0, f"the helper blocks SIGTERM: {blocked}"
+    assert outcome == "stopped by SIGTERM", outcome

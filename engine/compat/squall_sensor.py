@@ -246,10 +246,16 @@ def _call_back(sensor: BaseSensor, callbacks: queue.SimpleQueue[dict[str, Any]],
     while True:
         message = callbacks.get()
         op = message["op"]
+        # The sensor's code runs with SIGTERM as the sensor's main thread has it (`_start_thread` blocked it
+        # here for the wait): a signal mask is inherited by the threads and processes it starts, and survives
+        # exec, so a helper started in add_trigger could not be stopped with SIGTERM.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         try:
             getattr(sensor, op)(message["trigger"])
         except Exception:
             log.exception("%s failed in the sensor", op)
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
 
 def descendants(pid: int) -> list[int]:
