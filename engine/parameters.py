@@ -585,13 +585,19 @@ def holds_secret(schema: Any) -> bool:
 #: Names of keys whose values are secrets (`password`, `api_key`, `X-Auth-Token`, `Private-Key`): what
 #: an audit event's detail masks at any depth (`engine.audit_sinks`) and a request's headers by name.
 SECRET_NAME = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|credential", re.IGNORECASE)
-#: HTTP headers that carry credentials, in lower case; beside them, any name `SECRET_NAME` finds, or
-#: that holds `authorization` or `cookie` (`X-Authorization`, `Set-Cookie2`), is one (`secret_header`).
+#: HTTP headers that carry credentials, in lower case; beside them, any name with a word `SECRET_NAME`
+#: names, or that holds `authorization` or `cookie` (`X-Authorization`, `Set-Cookie2`), is one (`secret_header`).
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
                             "x-auth-token", "st2-api-key", "x-st2-api-key"})
 #: Parameters whose mapping holds credentials by key: the headers an HTTP request sends (those
 #: `secret_header` names) and its cookies (every one: a cookie sent is a session).
 MASKED_MAPPINGS = ("headers", "cookies")
+
+
+#: A header name's word that names a secret (`X-Auth-Token`, `X-Api-Key`, `X-Vault-Secret`): `SECRET_NAME`'s
+#: words, whole between dashes, so that `X-Bypass-Cache` and `X-Compass-Region` are no credentials.
+_SECRET_HEADER_WORD = re.compile(
+    r"(?:^|[-_ ])(?:pass(?:word|wd)?|secret|token|api[-_]?key|private[-_]?key|credentials?)(?:$|[-_ ])")
 
 
 def secret_header(name: Any) -> bool:
@@ -600,7 +606,7 @@ def secret_header(name: Any) -> bool:
         return False
     lowered = name.strip().lower()
     return (lowered in SECRET_HEADERS or "authorization" in lowered or "cookie" in lowered
-            or SECRET_NAME.search(lowered) is not None)
+            or _SECRET_HEADER_WORD.search(lowered) is not None)
 
 
 def _shown(value: Any) -> Any:

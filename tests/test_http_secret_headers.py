@@ -106,8 +106,48 @@ def test_secret_header_names_are_told_case_insensitively() -> None:
     for name in ("Authorization", "proxy-authorization", "COOKIE", "Set-Cookie", "X-Api-Key", "x-auth-token",
                  "St2-Api-Key", "X-St2-Api-Key", "X-Vault-Token", "X-Client-Secret", "api_key", "X-Password"):
         assert secret_header(name), name
-    for name in ("Accept", "Content-Type", "User-Agent", "X-Request-Id", "WWW-Authenticate", "Location", 7):
-        assert not secret_header(name), name
+    for name in ("Accept", "Content-Type", "User-Agent", "X-Request-Id", "WWW-Authenticate", "Location", 7,
+                 "X-Bypass-Cache", "X-Compass-Region", "X-Passthrough", "X-Tokenizer-Version"):
+        assert not secret_header(name), name  # a secret's word only whole: `bypass` holds `pass`
+
+
+def test_a_sent_setting_is_not_scrubbed_from_the_response() -> None:
+    """A cookie `remember_me=true` turned every JSON `true` of the body into the mask, and a short one (`dark`)
+    every word holding it: only what could be a credential is scrubbed from what a server echoes."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from types import SimpleNamespace
+
+    from engine.runners import RunRequest
+    from engine.runners.http import _send
+
+    body = {"ok": True, "items": [{"active": True, "count": 12345678}], "note": "construed as true in the dark",
+            "echo": f"Bearer {TOKEN}"}
+
+    class Status(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Status)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        request = RunRequest(execution_id="e1", action=SimpleNamespace(name="status", ref="demo.status", timeout=None),
+                             runner_parameters={"url": f"http://127.0.0.1:{server.server_port}/", "timeout": 10,
+                                                "cookies": {"remember_me": "true", "theme": "dark", "n": "12345678"},
+                                                "headers": {"X-Bypass-Cache": "true",
+                                                            "Authorization": f"Bearer {TOKEN}"}},
+                             action_parameters={}, context={}, pack_config={})
+        got = _send(request).result["body"]
+    finally:
+        server.shutdown()
+    assert got == {**body, "echo": MASK}  # the credential a server echoes is still scrubbed
 
 
 def test_mask_headers_hides_the_values_under_secret_names_only() -> None:
