@@ -13,28 +13,47 @@ At its start it expires the questions whose TTL ran out while the worker that as
 and arms timers for the rest (`InquiryService.recover`).
 
 SIGTERM or SIGINT stops taking jobs; running actions get up to `drain` seconds to finish (what
-still runs then ends `abandoned`). Workflows need no hand-back: between steps no worker holds
-them. A second signal stops at once (the reaper of another node then ends its executions within
-`engine.jobs.STALLED_SECONDS`).
+still runs then ends `abandoned`), the worker beating meanwhile. Workflows need no hand-back: between
+steps no worker holds them. A second signal stops at once (the reaper of another node then ends its
+executions within `engine.jobs.STALLED_SECONDS`).
+
+procrastinate's worker loop runs as `JobWorker`, which outlasts a database outage (see there).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import socket
+import time
 from typing import Any
+
+import psycopg
+from procrastinate import exceptions as procrastinate_exceptions
+from procrastinate import utils as procrastinate_utils
+from procrastinate import worker as procrastinate_worker
+from procrastinate.manager import get_channel_for_queues
 
 from bot.app import Squall
 from bot.service import configured_adapters, settle_heap
 from engine.config import Config, ConfigError
 from engine.executions import STEPPING
-from engine.jobs import HEARTBEAT_SECONDS, REAP_SECONDS, STALLED_SECONDS, pack_mismatch, reap_forever, worker_app
+from engine.jobs import HEARTBEAT_SECONDS, PRUNE_SECONDS, REAP_SECONDS, pack_mismatch, reap_forever, worker_app
+from engine.wakeups import PROCESS_NAME, libpq_url, listen_to
 
 log = logging.getLogger("squall.worker")
+#: After a heartbeat that failed, the next try comes this soon: a worker beats again within seconds of
+#: the database's return (this, plus `HEARTBEAT_POOL_WAIT`), long before a reaper may take it for stalled.
+HEARTBEAT_RETRY_SECONDS = 1.0
+#: How long a heartbeat waits for procrastinate's pool before it is stored on a connection of its own.
+HEARTBEAT_POOL_WAIT = 2.0
+#: An end of a job the database failed to record is tried again after the first of these many
+#: seconds, the wait doubling up to the second, while the worker runs.
+FINISH_RETRY_SECONDS = (0.5, 30.0)
 
 
 def worker_name() -> str:
@@ -87,6 +106,162 @@ class Worker:
         jobs.cancel()  # procrastinate takes no new job and gives running ones `drain` seconds
 
 
+class JobWorker(procrastinate_worker.Worker):
+    """procrastinate's worker loop (3.10, pinned), made to outlast a database outage.
+
+    - Its heartbeat survives a failed beat and tries again every `HEARTBEAT_RETRY_SECONDS` until one
+      is stored, on a connection of its own when procrastinate's pool cannot give one (`_beat`).
+      procrastinate's heartbeat task ended at its first failure: a healthy worker stopped beating for
+      good and was reaped, its actions abandoned (and retried), once a reaper had watched for the
+      stall time.
+    - It listens for new jobs and abort requests on a connection of its own that comes back with the
+      database (`engine.wakeups.listen_to`, one warning per outage, one line when back). procrastinate's
+      listener tried once to connect again, while the server was still shutting down, and ended: the
+      worker ran on its 5 s poll from then on and said nothing until it stopped.
+    - procrastinate's side-task monitor keeps watching: it waits for the first side task to end and
+      stops the worker if that one failed, but its periodic deferrer, without periodic tasks, ended at
+      once, and the monitor with it.
+    - A job's end that the database cannot record now is tried again while the worker runs; one that
+      another node failed meanwhile (it took this worker for stalled) is let go with one line, not left
+      as an exception in a task nobody awaits.
+    - A fetch of the next job that got no connection is tried again at the next poll or notification.
+      It stopped procrastinate's loop, and so the worker, once an outage outlasted the pool's 30 s wait
+      (or its reconnection backoff after one).
+    - It goes on beating while it drains at a stop: procrastinate stopped the heartbeat before it waited
+      for the running jobs, which another node's reaper then abandoned."""
+
+    def __init__(self, app: Any, database_url: str, **options: Any) -> None:
+        super().__init__(app=app, listen_notify=False, **options)
+        self.database_url = database_url
+        self._fetch_failed_at: float | None = None
+
+    async def _fetch_and_process_jobs(self) -> None:
+        try:
+            await super()._fetch_and_process_jobs()
+        except procrastinate_exceptions.ConnectorException as exc:
+            if not isinstance(exc.__cause__, psycopg.OperationalError):
+                raise
+            if self._fetch_failed_at is None:
+                self._fetch_failed_at = time.monotonic()
+                log.warning("squall worker %s: could not fetch jobs (%s); tried again at the next poll (%.0f s) or "
+                            "notification", self.worker_name, _cause(exc), self.fetch_job_polling_interval)
+            return
+        if self._fetch_failed_at is not None:
+            log.info("squall worker %s: fetches jobs again (it failed for %.0f s)", self.worker_name,
+                     time.monotonic() - self._fetch_failed_at)
+            self._fetch_failed_at = None
+
+    async def _update_heartbeat(self) -> None:
+        failed_at: float | None = None
+        while True:
+            await asyncio.sleep(HEARTBEAT_RETRY_SECONDS if failed_at is not None else self.update_heartbeat_interval)
+            try:
+                await self._beat()
+            except Exception as exc:  # the database away: beat again as soon as it is back
+                if failed_at is None:
+                    failed_at = time.monotonic()
+                    log.warning("squall worker %s: its heartbeat could not be stored (%s); tried again every %.0f s "
+                                "until it is", self.worker_name, _cause(exc), HEARTBEAT_RETRY_SECONDS)
+                continue
+            if failed_at is not None:
+                log.info("squall worker %s: its heartbeat is stored again (it failed for %.0f s)", self.worker_name,
+                         time.monotonic() - failed_at)
+                failed_at = None
+
+    async def _beat(self) -> None:
+        """Store a heartbeat: through procrastinate's pool, else on a connection of its own. After an
+        outage the pool waits out a reconnection backoff that doubles (1, 2, 4 ... s): its next try may
+        come long after the database is back, later than a reaper's watch allows."""
+        try:
+            await asyncio.wait_for(self.app.job_manager.update_heartbeat(self.worker_id), HEARTBEAT_POOL_WAIT)
+            return
+        except (TimeoutError, procrastinate_exceptions.ConnectorException):
+            pass
+        async with await psycopg.AsyncConnection.connect(libpq_url(self.database_url), autocommit=True,
+                                                         connect_timeout=5, application_name=PROCESS_NAME) as conn:
+            await conn.execute("SELECT procrastinate_update_heartbeat_v1(%s)", (self.worker_id,))
+
+    async def _periodic_deferrer(self) -> None:
+        await super()._periodic_deferrer()
+        await asyncio.get_running_loop().create_future()  # until cancelled: the side-task monitor keeps watching
+
+    def _start_side_tasks(self) -> list[asyncio.Task[Any]]:
+        channels = list(get_channel_for_queues(self.queues))
+        listener = listen_to(self.database_url, channels, self._heard, f"new jobs ({', '.join(channels)})")
+        return [*super()._start_side_tasks(), asyncio.create_task(listener, name="listener")]
+
+    def _heard(self, _channel: str | None, payload: str | None) -> None:
+        """A notification (what procrastinate's listener did with it), or None when (re)connected: what
+        was queued while it was not listening is fetched now, not at the next poll."""
+        if payload is None:
+            self._new_job_event.set()
+            return
+        try:
+            note = json.loads(payload)
+        except ValueError:
+            log.warning("squall worker %s: a notification it cannot read (%r), ignored", self.worker_name, payload)
+            return
+        if note.get("type") == "job_inserted":
+            self._new_job_event.set()
+        elif note.get("type") == "abort_job_requested":
+            self._handle_abort_jobs_requested([note.get("job_id")])
+
+    async def _persist_job_status(self, job: Any, status: Any, retry_decision: Any, context: Any,
+                                  job_result: Any) -> None:
+        wait, longest = FINISH_RETRY_SECONDS
+        failed = False
+        while True:
+            try:
+                await super()._persist_job_status(job, status, retry_decision, context, job_result)
+            except procrastinate_exceptions.ConnectorException as exc:
+                if not isinstance(exc.__cause__, psycopg.OperationalError) or self._stop_event.is_set():
+                    self._let_go(job, status.value, exc, failed)
+                    return
+                if not failed:
+                    log.warning("squall worker %s: the end (%s) of job %s could not be recorded (%s); tried again "
+                                "until it is", self.worker_name, status.value, job.id, _cause(exc))
+                failed = True
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, longest)
+                continue
+            if failed:
+                log.info("squall worker %s: the end (%s) of job %s is recorded", self.worker_name, status.value,
+                         job.id)
+            return
+
+    def _let_go(self, job: Any, status: str, exc: Exception, retried: bool) -> None:
+        """A job whose end will not be recorded here: another node failed it meanwhile (or, `retried`,
+        an earlier try recorded it and lost its answer), or the worker stops while the database is away
+        (the reaper of another node fails it once this worker's heartbeat ends)."""
+        self._job_ids_to_abort.pop(job.id, None)
+        execution_id = (job.task_kwargs or {}).get("execution_id")
+        if not isinstance(exc.__cause__, psycopg.errors.RaiseException):
+            log.error("squall worker %s: the end (%s) of job %s (execution %s) could not be recorded (%s); the "
+                      "reaper of another node fails the job once this worker stops beating", self.worker_name,
+                      status, job.id, execution_id, _cause(exc))
+        elif retried:
+            log.info("squall worker %s: job %s (execution %s) is no longer running in the database: an earlier try "
+                     "recorded its end (%s) and lost the answer, or another node ended it meanwhile",
+                     self.worker_name, job.id, execution_id, status)
+        else:
+            log.warning("squall worker %s: job %s (execution %s) was ended by another node meanwhile, which took "
+                        "this worker for stalled; its end here (%s) is not recorded", self.worker_name, job.id,
+                        execution_id, status)
+
+    async def _shutdown(self, side_tasks: list[asyncio.Task[Any]]) -> None:
+        beating = [task for task in side_tasks if task.get_name() == "update_heartbeats"]
+        try:
+            await super()._shutdown([task for task in side_tasks if task not in beating])
+        finally:
+            await procrastinate_utils.cancel_and_capture_errors(beating)
+
+
+def _cause(exc: BaseException) -> str:
+    """What failed, in the driver's words: procrastinate's own error only says 'Database error.'."""
+    cause = exc.__cause__ or exc
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+
+
 async def _poll_forever(squall: Squall) -> None:
     """Every `REAP_SECONDS`, submit what waits for a node to do it, as serve's poll does: what a
     concurrency policy delayed (admitted once a slot is free), workflow tasks whose `delay` is over
@@ -136,10 +311,10 @@ async def work(config: Config, queues: list[str] | None, concurrency: int, drain
     settle_heap()  # as squall serve does once it is up
     try:
         async with app.open_async():
-            jobs = asyncio.create_task(app.run_worker_async(
-                queues=queues, concurrency=concurrency, name=worker.name, shutdown_graceful_timeout=drain,
-                install_signal_handlers=False, update_heartbeat_interval=HEARTBEAT_SECONDS,
-                stalled_worker_timeout=STALLED_SECONDS))
+            jobs = asyncio.create_task(JobWorker(
+                app, config.database_url, queues=queues, concurrency=concurrency, name=worker.name,
+                shutdown_graceful_timeout=drain, install_signal_handlers=False,
+                update_heartbeat_interval=HEARTBEAT_SECONDS, stalled_worker_timeout=PRUNE_SECONDS).run())
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, worker.stop, jobs, drain)

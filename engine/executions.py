@@ -955,7 +955,8 @@ class ExecutionService:
         writable or unreachable, another call of its group failing the COMMIT) is tried again, after
         `END_RETRY_SECONDS[0]`, the wait doubling up to `END_RETRY_SECONDS[1]`; once space is back the
         run ends as it did, with what `writes` store with it. Logged once (a warning naming the run), its
-        tries after at debug, and once more when stored. Should Squall stop meanwhile, it stops trying
+        tries after at debug, and once more when stored, or when the status guard kept it out as the
+        execution had ended meanwhile (`_end_not_written`). Should Squall stop meanwhile, it stops trying
         (None): the next start's `recover` ends the run `abandoned`, as any run whose process stopped."""
         wait, longest = END_RETRY_SECONDS
         tries = 0
@@ -970,9 +971,23 @@ class ExecutionService:
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, longest)
                 continue
-            if tries:
+            if stored[0] is None:
+                await self._end_not_written(record, fields["status"], tries)
+            elif tries:
                 log.info("the end of %s (%s) is stored, after %d failed tries", record["id"], fields["status"], tries)
             return stored
+
+    async def _end_not_written(self, record: dict[str, Any], status: str, tries: int) -> None:
+        """Log a run's end that the status guard kept out (`_stored_end`): the execution had ended
+        meanwhile, on another node's word (a reaper took its worker for stalled) or a cancel's, and
+        what was decided stands. Logged as 'is stored' before, though nothing was written."""
+        try:
+            current = await self.db(self.db.store.get_execution, record["id"])
+        except sa.exc.DBAPIError:
+            current = None
+        log.warning("execution %s ended meanwhile as %s; this run's end (%s) was not written%s", record["id"],
+                    (current or {}).get("status", "something else"), status,
+                    f" (after {tries} failed tries to store it)" if tries else "")
 
     def _end_tried_again(self, record: dict[str, Any], status: str, exc: sa.exc.DBAPIError, tries: int,
                          wait: float) -> bool:

@@ -25,6 +25,11 @@ imports nothing of it).
   `STALLED_SECONDS`) left: its actions become `abandoned` (retry policies then run them again, and
   their workflow conducts on), its workflow steps are queued again. It also queues a step for any
   workflow that waits on nothing and has no job (its last task's process died between the two).
+  A heartbeat's age says the worker is gone only if the worker could have beaten meanwhile: while
+  PostgreSQL is down, or cut off from the reaper and the workers alike, nobody beats. So a reaper
+  judges heartbeats only once it has itself reached the database without a gap for
+  `STALLED_SECONDS` (`ReaperWatch`), and never within `STALLED_SECONDS` of the server's start; a
+  live worker beats again within seconds of the database's return (`bot.worker.JobWorker`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -56,6 +62,11 @@ TASK = "squall.run_execution"
 STALLED_SECONDS = 20.0
 HEARTBEAT_SECONDS = 5.0
 REAP_SECONDS = 5.0
+#: A worker is deleted from procrastinate's workers, at another worker's start, only once it has been
+#: silent this long. procrastinate prunes by the stall time: a worker starting right after an outage
+#: deleted the live ones that had not beaten again yet, which made their next fetch fail. Stalled jobs
+#: are judged by heartbeats, so keeping a dead worker's row longer delays nothing.
+PRUNE_SECONDS = 3600.0
 _LIVE = ("running", "pausing", "canceling", "resuming")
 #: A task in one of these will queue its workflow's next step when it ends.
 _CHILD_LIVE = ("requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming")
@@ -64,11 +75,14 @@ _DEFER = sa.text(
     "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, 0, CAST(:lock AS text), :queueing_lock, "
     "CAST(:args AS jsonb), CAST(NULL AS timestamptz))]::procrastinate_job_to_defer_v1[]))")
 _ABORT = sa.text("SELECT procrastinate_cancel_job_v1(:job_id, true, false)")
+#: A running job whose worker is gone (its row deleted: it unregistered, or was pruned) or silent: no
+#: heartbeat for `:seconds`, the server up for longer than that (no worker beats while it is down).
 _STALLED = sa.text(
-    "SELECT j.id, j.args ->> 'execution_id' AS execution_id FROM procrastinate_jobs j "
+    "SELECT j.id, j.args ->> 'execution_id' AS execution_id, w.id IS NULL AS gone FROM procrastinate_jobs j "
     "LEFT JOIN procrastinate_workers w ON w.id = j.worker_id "
     "WHERE j.status = 'doing' AND j.task_name = :task "
-    "AND (w.id IS NULL OR w.last_heartbeat < now() - make_interval(secs => :seconds))")
+    "AND (w.id IS NULL OR GREATEST(w.last_heartbeat, pg_postmaster_start_time()) "
+    "< now() - make_interval(secs => :seconds))")
 _UNATTENDED = sa.text(
     "SELECT e.id FROM executions e WHERE e.status IN :stepping AND e.runner IN :runners "
     "AND NOT EXISTS (SELECT 1 FROM executions c WHERE c.parent = e.id AND c.status IN :live) "
@@ -155,6 +169,7 @@ class JobExecutor:
     def __init__(self, executions: ExecutionService, config: Config) -> None:
         self.executions = executions
         self.config = config
+        self.watch = ReaperWatch()  # this process's reaper: what it saw of the database
 
     @property
     def running(self) -> set[str]:
@@ -210,23 +225,44 @@ def worker_app(config: Config, run: Callable[[str, dict[str, Any]], Awaitable[No
     return app
 
 
+class ReaperWatch:
+    """How long one process's reaper has reached the database without a gap, so that it judges a
+    worker's heartbeat only across time it saw itself.
+
+    A reaper back from not seeing the database (its passes failing: the server down, or its own
+    connection cut; a pass that hung; a serve node that did not lead) found every worker's heartbeat
+    older than the stall time, since no worker could beat either, and abandoned what healthy workers
+    ran (which retry policies then ran twice). Looks more than half the stall time apart are a gap:
+    the watch starts again, and a silent worker counts as stalled once the watch is `STALLED_SECONDS`
+    long, that is once its heartbeat is that much older than both its last beat and the reaper's
+    return. A reaper starting (or taking the lead) starts watching too."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.last: float | None = None
+
+    def saw(self, now: float) -> float:
+        """A look at the database that succeeded at `now` (monotonic): how long it has watched since."""
+        gap = STALLED_SECONDS / 2
+        if self.since is None or self.last is None or now - self.last > gap:
+            if self.last is not None:
+                log.info("the reaper last reached the database %.0f s ago (it was unreachable, or this node did "
+                         "not lead): workers silent meanwhile count as stalled only once it has watched for %.0f s",
+                         now - self.last, STALLED_SECONDS)
+            self.since = now
+        self.last = now
+        return now - self.since
+
+
 async def reap_stalled(executions: ExecutionService, jobs: JobExecutor) -> int:
     """End what workers that stopped answering left, and queue a step for every workflow that
     waits on nothing without one (see the module's docstring); how many jobs were stalled."""
     store = executions.db.store
-    stalled = await executions.db(_stalled, store)
+    found = await executions.db(_stalled, store)
+    watched = jobs.watch.saw(time.monotonic())
+    stalled = [(job_id, execution_id) for job_id, execution_id, gone in found if gone or watched >= STALLED_SECONDS]
     for job_id, execution_id in stalled:
-        record = await executions.db(store.get_execution, execution_id)
-        live = record is not None and record["status"] in _LIVE
-        if live and executions.resumable(record["runner"]):
-            await executions.db(_job_sql, store, _FAIL, job_id)  # its lock is free for the next step
-            log.warning("workflow %s: its worker stopped answering mid-step; another worker conducts it on",
-                        execution_id)
-            await jobs.advance(execution_id)
-            continue
-        if live:  # ended before its job fails: a pass cut short in between leaves nothing running
-            await _end_lost(executions, record)
-        await executions.db(_job_sql, store, _FAIL, job_id)
+        await _reap(executions, jobs, job_id, execution_id)
     workflows = [name for name in executions.runners if executions.resumable(name)]
     for execution_id in await executions.db(_orphaned, store, workflows):
         record = await executions.db(store.get_execution, execution_id)
@@ -237,7 +273,24 @@ async def reap_stalled(executions: ExecutionService, jobs: JobExecutor) -> int:
     for execution_id in await executions.db(_unattended, store, workflows):
         log.warning("workflow %s waits on no task and had no job: queued its next step", execution_id)
         await jobs.advance(execution_id)
+    jobs.watch.saw(time.monotonic())
     return len(stalled)
+
+
+async def _reap(executions: ExecutionService, jobs: JobExecutor, job_id: int, execution_id: str) -> None:
+    """End what stalled job `job_id` left of `execution_id`, then fail the job."""
+    store = executions.db.store
+    record = await executions.db(store.get_execution, execution_id)
+    live = record is not None and record["status"] in _LIVE
+    if live and executions.resumable(record["runner"]):
+        await executions.db(_job_sql, store, _FAIL, job_id)  # its lock is free for the next step
+        log.warning("workflow %s: its worker stopped answering mid-step; another worker conducts it on",
+                    execution_id)
+        await jobs.advance(execution_id)
+        return
+    if live:  # ended before its job fails: a pass cut short in between leaves nothing running
+        await _end_lost(executions, record)
+    await executions.db(_job_sql, store, _FAIL, job_id)
 
 
 async def _end_lost(executions: ExecutionService, record: dict[str, Any]) -> None:
@@ -257,9 +310,10 @@ def _orphaned(store: Store, workflows: list[str]) -> list[str]:
         return [str(row.id) for row in conn.execute(_ORPHANED, {"live": list(_LIVE), "workflows": workflows or [""]})]
 
 
-def _stalled(store: Store) -> list[tuple[int, str]]:
+def _stalled(store: Store) -> list[tuple[int, str, bool]]:
+    """Running jobs whose worker is gone or silent: (job id, execution id, whether its worker is gone)."""
     with store._read() as conn:
-        return [(int(row.id), str(row.execution_id))
+        return [(int(row.id), str(row.execution_id), bool(row.gone))
                 for row in conn.execute(_STALLED, {"task": TASK, "seconds": STALLED_SECONDS})]
 
 

@@ -10,6 +10,10 @@ inserts: this process sends those without being told.
 
 The poll stays as the safety net: a notification sent while the listener was reconnecting is
 lost, so each (re)connection counts as a wake-up of its own.
+
+A `squall worker` listens for procrastinate's new jobs and abort requests the same way
+(`listen_to`, from `bot.worker.JobWorker`): procrastinate's own listener gave up for good when the
+server was not back at its one try to reconnect.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +52,40 @@ async def listen(database_url: str, channel: str, wake: Callable[[], None], *,
     """Call `wake` for every notification on `channel` that another process sent, and each time the
     listening connection is made (what came while it was down is not told again); runs until
     cancelled, connecting again `retry` seconds after a failure."""
+
+    def heard(_channel: str | None, payload: str | None) -> None:
+        if payload != PROCESS_NAME:
+            wake()
+
+    await listen_to(database_url, [channel], heard, channel, retry=retry)
+
+
+async def listen_to(database_url: str, channels: Sequence[str], heard: Callable[[str | None, str | None], None],
+                    what: str, *, retry: float = RETRY_SECONDS) -> None:
+    """Call `heard(channel, payload)` for every notification on `channels`, this process's own too, and
+    `heard(None, None)` each time the listening connection is made (what came while it was down is not
+    told again). Runs until cancelled; after a failure it connects again every `retry` seconds, saying
+    so once per outage (`what` names what it listens for) and once when it listens again: a listener
+    that gave up silently left its process on its poll for good."""
     import psycopg
+    from psycopg import sql
 
     failing = False
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(
                     libpq_url(database_url), autocommit=True, application_name=PROCESS_NAME) as conn:
-                await conn.execute(f"LISTEN {channel}")
+                for channel in channels:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                 if failing:
-                    log.info("listening for %s again", channel)
+                    log.info("listening for %s again", what)
                 failing = False
-                wake()
+                heard(None, None)
                 async for note in conn.notifies():
-                    if note.payload != PROCESS_NAME:
-                        wake()
+                    heard(note.channel, note.payload)
         except (psycopg.Error, OSError) as exc:
             if not failing:  # once per outage, not every few seconds
                 log.warning("lost the database connection that listens for %s (%s); polling until it is back",
-                            channel, exc)
+                            what, exc)
             failing = True
         await asyncio.sleep(retry)
