@@ -77,3 +77,26 @@ class Cluster:
             subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
                             "stop"], capture_output=True)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Stoppable:
+    """A test's own cluster that it stops (`down`: by default as a crash, `-m immediate`) and starts again
+    (`up`) on the same port and data: a database outage. Never the session's shared cluster."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.running = True
+
+    def _pg_ctl(self, *args: str) -> None:
+        cluster = self.cluster
+        options = f"-p {cluster.port} -k {cluster.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run([*cluster.as_user, str(cluster.bindir / "pg_ctl"), "-D", str(cluster.data), "-o", options,
+                        "-l", str(cluster.folder / "log"), *args], check=True, capture_output=True, timeout=120)
+
+    def down(self, mode: str = "immediate") -> None:
+        self.running = False
+        self._pg_ctl("-m", mode, "-w", "stop")
+
+    def up(self) -> None:
+        self._pg_ctl("-w", "start")
+        self.running = True

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from engine import storage
 from engine.config import load_config
 from engine.storage import Database, Store
 from tests.conftest import free_port, server_missing
-from tests.pgcluster import Cluster, initdb_path
+from tests.pgcluster import Cluster, Stoppable, initdb_path
 from tests.test_chat import _config, loopback_chat, settle
 from tests.test_storage import _kv
 
@@ -57,29 +56,6 @@ def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 # -- PostgreSQL goes away ---------------------------------------------------------------------------
 
-class Server:
-    """A throwaway PostgreSQL cluster that a test stops (`down`: as a crash, `-m immediate`) and starts
-    again (`up`), on the same port and data."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.running = True
-
-    def _pg_ctl(self, *args: str) -> None:
-        cluster = self.cluster
-        options = f"-p {cluster.port} -k {cluster.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run([*cluster.as_user, str(cluster.bindir / "pg_ctl"), "-D", str(cluster.data), "-o", options,
-                        "-l", str(cluster.folder / "log"), *args], check=True, capture_output=True)
-
-    def down(self) -> None:
-        self._pg_ctl("-m", "immediate", "-w", "stop")
-        self.running = False
-
-    def up(self) -> None:
-        self._pg_ctl("-w", "start")
-        self.running = True
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """A cluster of this module's own: its tests stop it, which the session's shared one must never be."""
@@ -95,8 +71,8 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def server(cluster: Cluster) -> Iterator[Server]:
-    running = Server(cluster)
+def server(cluster: Cluster) -> Iterator[Stoppable]:
+    running = Stoppable(cluster)
     try:
         yield running
     finally:
@@ -116,7 +92,7 @@ def pg_home(home: Path, cluster: Cluster) -> Path:
 
 
 @pytest.fixture
-async def pg_squall(pg_home: Path, server: Server) -> AsyncIterator[Squall]:
+async def pg_squall(pg_home: Path, server: Stoppable) -> AsyncIterator[Squall]:
     squall = await Squall.start(load_config(pg_home / "config.yml"))
     try:
         yield squall
@@ -128,7 +104,7 @@ async def pg_squall(pg_home: Path, server: Server) -> AsyncIterator[Squall]:
 
 @pytest.mark.postgres
 async def test_housekeeping_logs_an_outage_once_per_step_and_once_when_it_works_again(
-        pg_squall: Squall, server: Server, caplog: pytest.LogCaptureFixture) -> None:
+        pg_squall: Squall, server: Stoppable, caplog: pytest.LogCaptureFixture) -> None:
     """Each tick's failing steps (stored requests, the outbox) say so once an outage, without a
     traceback: the drill logged 4,293 lines, 77 tracebacks, in 20 s of an idle service."""
     housekeeping = Housekeeping(pg_squall, [])
@@ -167,7 +143,7 @@ async def test_housekeeping_logs_an_outage_once_per_step_and_once_when_it_works_
 
 @pytest.mark.postgres
 async def test_a_chat_command_while_postgresql_is_down_is_answered_through_the_adapter(
-        pg_home: Path, server: Server, caplog: pytest.LogCaptureFixture) -> None:
+        pg_home: Path, server: Stoppable, caplog: pytest.LogCaptureFixture) -> None:
     """The 'could not store' reply cannot be stored either: it is sent straight through the adapter, and
     each lost command logs one line (no traceback, not three entries)."""
     async with loopback_chat(pg_home) as (squall, bot, loopback):
@@ -220,7 +196,7 @@ async def test_a_message_the_database_failed_is_answered_unstored_without_a_trac
 
 @pytest.mark.postgres
 async def test_the_api_answers_503_in_its_shape_while_postgresql_is_down(
-        pg_squall: Squall, server: Server, caplog: pytest.LogCaptureFixture) -> None:
+        pg_squall: Squall, server: Stoppable, caplog: pytest.LogCaptureFixture) -> None:
     """`{"faultstring": ...}` naming the failure, `Retry-After`, as `/healthz` says 503 at the same time;
     one log line an outage, no traceback (the drill: a 500 in text/plain and a traceback each)."""
     transport = httpx.ASGITransport(app=create_api(pg_squall))
@@ -257,7 +233,7 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 
 @pytest.mark.postgres
-async def test_a_keep_alive_connection_outlives_a_database_error(pg_squall: Squall, server: Server) -> None:
+async def test_a_keep_alive_connection_outlives_a_database_error(pg_squall: Squall, server: Stoppable) -> None:
     """The drill's 'Connection reset by peer': the error escaped the app, Starlette answered 500 and
     re-raised, and uvicorn closes the connection of an app that raised after answering; a client's next
     request on it was reset. Answered by a handler, the connection takes the next request."""

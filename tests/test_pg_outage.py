@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from engine.config import Config, load_config
 from engine.storage import Store
 from tests.conftest import server_missing, write
-from tests.pgcluster import Cluster, initdb_path
+from tests.pgcluster import Cluster, Stoppable, initdb_path
 from tests.test_cli import SQUALL
 from tests.test_scaleout import _home
 
@@ -85,28 +85,6 @@ def _status(url: str, execution_id: str) -> str | None:
     return rows[0][0] if rows else None
 
 
-class Server:
-    """This module's cluster, which a test stops (`down`) and starts again (`up`) on the same port and data."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.running = True
-
-    def _pg_ctl(self, *args: str) -> None:
-        cluster = self.cluster
-        options = f"-p {cluster.port} -k {cluster.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run([*cluster.as_user, str(cluster.bindir / "pg_ctl"), "-D", str(cluster.data), "-o", options,
-                        "-l", str(cluster.folder / "log"), *args], check=True, capture_output=True, timeout=120)
-
-    def down(self, mode: str = "immediate") -> None:
-        self.running = False
-        self._pg_ctl("-m", mode, "-w", "stop")
-
-    def up(self) -> None:
-        self._pg_ctl("-w", "start")
-        self.running = True
-
-
 @pytest.fixture(scope="module")
 def outage_cluster() -> Iterator[Cluster]:
     """A cluster of this module's own: its tests stop it, which the session's shared one must never be."""
@@ -122,8 +100,8 @@ def outage_cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def server(outage_cluster: Cluster) -> Iterator[Server]:
-    running = Server(outage_cluster)
+def server(outage_cluster: Cluster) -> Iterator[Stoppable]:
+    running = Stoppable(outage_cluster)
     try:
         yield running
     finally:
@@ -221,7 +199,7 @@ async def test_a_reaper_judges_no_heartbeat_across_a_time_it_could_not_see(home:
 # -- the review's outage: serve and a worker, a retry policy, PostgreSQL away past the stall time --------
 
 @pytest.mark.slow
-def test_a_database_outage_abandons_nothing_a_live_worker_runs(home: Path, outage_url: str, server: Server,
+def test_a_database_outage_abandons_nothing_a_live_worker_runs(home: Path, outage_url: str, server: Stoppable,
                                                                tmp_path: Path) -> None:
     """PostgreSQL stopped for longer than the stall time while a worker ran an action: once it was back,
     the leader's reaper found the worker's heartbeat stale (nobody could beat) and abandoned the run,
@@ -270,7 +248,7 @@ def test_a_database_outage_abandons_nothing_a_live_worker_runs(home: Path, outag
 # -- a worker's side of it ----------------------------------------------------------------------------
 
 @pytest.mark.slow
-async def test_a_workers_listen_and_heartbeat_come_back_after_a_restart(home: Path, outage_url: str, server: Server,
+async def test_a_workers_listen_and_heartbeat_come_back_after_a_restart(home: Path, outage_url: str, server: Stoppable,
                                                                         monkeypatch: pytest.MonkeyPatch,
                                                                         caplog: pytest.LogCaptureFixture) -> None:
     """procrastinate's listener tried once to connect again, while the server was still shutting down,
@@ -294,7 +272,7 @@ async def test_a_workers_listen_and_heartbeat_come_back_after_a_restart(home: Pa
 
 
 @pytest.mark.slow
-async def test_a_failed_heartbeat_is_tried_again_until_stored(home: Path, outage_url: str, server: Server,
+async def test_a_failed_heartbeat_is_tried_again_until_stored(home: Path, outage_url: str, server: Stoppable,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     """procrastinate's heartbeat task ended at its first failure (a pooled connection the outage broke,
