@@ -201,7 +201,7 @@ class Engine:
         # A sensor whose file does not parse or has no such class is not started to fail at its import.
         specs, unloadable = await asyncio.to_thread(startable_sensors, specs)
         for error in [*errors, *unloadable]:
-            log.warning("sensor skipped: %s", error)
+            log.warning("sensor %s: %s", "warning" if isinstance(error, ContentWarning) else "skipped", error)
         await self.sensors.sync(self.registry, specs, self.rules.triggers_of)
 
     def _follow_rules(self) -> None:

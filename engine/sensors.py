@@ -34,6 +34,7 @@ import math
 import os
 import signal
 import stat
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
@@ -44,7 +45,7 @@ from typing import Any
 from engine.executions import scrub, scrubbable
 from engine.metrics import metrics
 from engine.pack_config import config_facts, config_value_error, render_dynamic_config
-from engine.packs import Registry, sensor_trigger_types
+from engine.packs import ContentWarning, Registry, sensor_trigger_types
 from engine.processes import LEDGER, descendants, kill_group, start_time
 from engine.runners import RunAs
 from engine.runners.python import COMPAT_PATH, spawn_pack_process
@@ -153,7 +154,8 @@ def load_sensors(registry: Registry) -> tuple[list[SensorSpec], list[ContentErro
 
 def startable_sensors(sensors: list[SensorSpec]) -> tuple[list[SensorSpec], list[ContentError]]:
     """The sensors of `sensors` that can start, and a problem (metadata file, class name) for each enabled
-    one whose module does not parse or defines no `class_name`: started, it only failed at its import, with
+    one whose module defines no `class_name` (or, a warning only, does not parse: `class_problem`): started,
+    it only failed at its import, with
     a traceback, and was restarted for ever. Read with `ast`, nothing of the pack's runs here; a disabled
     sensor is not looked at (it never starts), and the API lists every sensor (`load_sensors`) as
     StackStorm registers them, unimported. Blocking: it reads the files."""
@@ -161,29 +163,37 @@ def startable_sensors(sensors: list[SensorSpec]) -> tuple[list[SensorSpec], list
     problems: list[ContentError] = []
     for spec in sensors:
         problem = class_problem(spec) if spec.enabled else None
-        if problem is None:
+        if problem is None or isinstance(problem, ContentWarning):
             startable.append(spec)
-        else:
-            problems.append(ContentError(spec.metadata_file, spec.class_line, problem))
+        if problem is not None:
+            problems.append(problem)
     return startable, problems
 
 
-def class_problem(spec: SensorSpec) -> str | None:
-    """Why the sensor's entry point cannot give its class, or None: a module that does not parse, or that
+def class_problem(spec: SensorSpec) -> ContentError | None:
+    """Why the sensor's entry point cannot give its class, or None: a module that cannot be read, or that
     binds no `class_name` (a class, an import or an assignment of that name, at any level but inside a
-    function or class; `from x import *` could bind anything and is taken to)."""
+    function or class; `from x import *` could bind anything and is taken to). A module that does not parse
+    is only a warning (`ContentWarning`), and the sensor starts: it is read with Squall's Python, and the
+    pack's virtualenv may run a newer one, whose syntax this one does not know; if it is the same, the
+    import fails and the sensor waits for a change (`SensorContainer.load_retry`)."""
     name = f"sensors/{spec.file.name}"
     try:
         tree = ast.parse(spec.file.read_bytes(), filename=str(spec.file))
     except SyntaxError as exc:
-        return f"the sensor's module {name} does not parse: {exc.msg} (line {exc.lineno}); the sensor is not started"
+        return ContentWarning(spec.metadata_file, spec.class_line,
+                              f"the sensor's module {name} does not parse with Squall's Python "
+                              f"{sys.version_info.major}.{sys.version_info.minor}: {exc.msg} (line {exc.lineno}); "
+                              "it is started all the same, for its pack's interpreter to read")
     except (OSError, ValueError) as exc:  # unreadable; NUL bytes in the source
-        return f"the sensor's module {name} cannot be read: {exc}; the sensor is not started"
+        return ContentError(spec.metadata_file, spec.class_line,
+                            f"the sensor's module {name} cannot be read: {exc}; the sensor is not started")
     if _binds(tree, spec.class_name):
         return None
     classes = sorted(node.name for node in tree.body if isinstance(node, ast.ClassDef))
     has = f"its classes are {', '.join(classes)}" if classes else "it defines no class"
-    return f'class_name "{spec.class_name}" is not defined in {name} ({has}); the sensor is not started'
+    return ContentError(spec.metadata_file, spec.class_line,
+                        f'class_name "{spec.class_name}" is not defined in {name} ({has}); the sensor is not started')
 
 
 def _binds(tree: ast.Module, name: str) -> bool:

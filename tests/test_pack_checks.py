@@ -88,6 +88,21 @@ def test_a_sensor_module_that_does_not_parse_is_a_problem(home: Path) -> None:
     assert len(said) == 1 and "sensors/s.py does not parse" in said[0] and "(line 1)" in said[0], problems
 
 
+def test_a_sensor_module_squalls_python_cannot_parse_still_starts(tmp_path: Path) -> None:
+    """Squall's Python reads the module; the pack's virtualenv may run a newer one (3.12's f-strings hold
+    quotes of their own kind). Refused, such a sensor never ran: it is a warning, and the sensor starts
+    (if its interpreter cannot read it either, its import fails and it waits for a change)."""
+    from engine.packs import ContentWarning
+    from engine.sensors import startable_sensors
+
+    module = tmp_path / "s.py"
+    module.write_text('class Newer:\n    greeting = f"hi {event["name"]}"\n')
+    spec = SensorSpec(pack="p", class_name="Newer", file=module, metadata_file="s.yaml")
+    startable, problems = startable_sensors([spec])
+    assert startable == [spec] and [type(p) for p in problems] == [ContentWarning], problems
+    assert "does not parse with Squall's Python" in str(problems[0]) and "started all the same" in str(problems[0])
+
+
 @pytest.mark.parametrize("code", [
     "from lib.watchers import NoSuchClass\n",
     "from lib import watchers\nNoSuchClass = watchers.make()\n",
