@@ -42,7 +42,7 @@ from engine.packs import Pack, Registry, UnknownAction
 from engine.parameters import MASK, MIN_REPLACED, ParameterError, Resolution, mask, needs_rendering, resolve
 from engine.processes import LEDGER, ledger_directory, owner_state, process_identity, sweep
 from engine.runners import RUNNER_TYPES, WAITING_ON_TASKS, Runner, RunOutcome, RunRequest
-from engine.storage import Database, Store, database_failure, iso, utcnow
+from engine.storage import Database, Store, database_failure, database_trouble, iso, utcnow
 from engine.templates import KVNamespace, TemplateRenderError, build_environment, render_pool, render_template
 from engine.tokens import mint, revoke, revoke_ended
 
@@ -442,7 +442,10 @@ class ExecutionService:
         if delay > 0:
             await self._hold(record, delay)
         elif self.executor is not None and not early:
-            await self.executor.submit(record["id"])
+            try:
+                await self.executor.submit(record["id"])
+            except sa.exc.DBAPIError as exc:  # the request is stored: the poll submits it, so it was accepted
+                self._not_claimed(record["id"], exc)
         return public(record)
 
     async def _hold(self, record: dict[str, Any], delay: float) -> None:
@@ -633,8 +636,8 @@ class ExecutionService:
         stored. Logged at debug while the database fails (`Database` says so once an outage)."""
         failure = database_failure(exc)
         level = logging.DEBUG if failure is not None else logging.WARNING
-        log.log(level, "execution %s was not claimed, as the database failed (%s); if its request is stored, "
-                "the next poll submits it again", execution_id, failure or type(exc).__name__)
+        log.log(level, "execution %s was not claimed, as %s; if its request is stored, the next poll submits it "
+                "again", execution_id, database_trouble(exc) or f"the database refused it ({type(exc).__name__})")
 
     async def step(self, execution_id: str, owner: Mapping[str, Any] | None = None) -> None:
         """Conduct a workflow one step on from its stored tasks (`executor.kind: procrastinate`: one

@@ -340,3 +340,28 @@ async def test_chat_never_quotes_a_database_error_s_statement(home: Path, monkey
         said = loopback.texts("#ops")
         assert said == ["Sorry, something went wrong handling that: the database refused it (IntegrityError; "
                         "Squall's log has the details)."], said
+
+
+async def test_a_stored_request_whose_submit_the_database_fails_is_accepted(squall: Squall,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A request handed to the executor after its commit (a workflow, a delay, another process's executor)
+    whose hand-over the database failed raised to the caller, who was told "Nothing ran", though the request
+    was stored and the poll submits it. It is accepted now, and the log says what the poll will do."""
+    inner = squall.executions.executor
+
+    class Failing:
+        shared = True  # submitted after the request's commit, as a worker's queue is
+
+        async def submit(self, execution_id: str) -> None:
+            raise sa.exc.OperationalError("INSERT INTO procrastinate_jobs ...", {}, sqlite3.OperationalError(
+                "database is locked"))
+
+    squall.executions.executor = Failing()  # type: ignore[assignment]
+    caplog.set_level(logging.WARNING, logger="engine.executions")
+    try:
+        record = await squall.executions.request("core.noop", {})
+    finally:
+        squall.executions.executor = inner
+    assert squall.store.get_execution(record["id"])["status"] == "requested"
+    [said] = [r.getMessage() for r in caplog.records if record["id"] in r.getMessage()]
+    assert "was not claimed, as the SQLite database is locked by another process" in said, said
