@@ -39,7 +39,16 @@ from engine.metrics import metrics
 from engine.output import OutputRecorder
 from engine.pack_config import PYTHON_RUNNER, config_facts, config_value_error, render_dynamic_config
 from engine.packs import Pack, Registry, UnknownAction
-from engine.parameters import MASK, MIN_REPLACED, ParameterError, Resolution, mask, needs_rendering, resolve
+from engine.parameters import (
+    MASK,
+    MIN_REPLACED,
+    ParameterError,
+    Resolution,
+    credential_texts,
+    mask,
+    needs_rendering,
+    resolve,
+)
 from engine.processes import LEDGER, ledger_directory, owner_state, process_identity, sweep
 from engine.runners import RUNNER_TYPES, WAITING_ON_TASKS, Runner, RunOutcome, RunRequest
 from engine.storage import Database, Store, database_failure, database_trouble, iso, utcnow
@@ -534,7 +543,10 @@ class ExecutionService:
                             "this step stops")
         values = resolution.values
         secret_names = action.secret_names
-        secrets = _scrubbable([v for k, v in values.items() if k in secret_names], revealed)
+        # The credentials of `headers` and `cookies` (`mask` shows them masked) are scrubbed where else they
+        # show, a rendered `cmd` among them, as a secret parameter's value is.
+        secrets = _scrubbable([*(v for k, v in values.items() if k in secret_names), *credential_texts(values)],
+                              revealed)
         shown = scrub(mask(values, secret_names), secrets)
         sealed_values = {k: v for k, v in values.items() if shown[k] != v}
         revealed = _scrubbable([], revealed)
@@ -821,7 +833,8 @@ class ExecutionService:
         values = {**record["spec"]["values"], **sealed}
         runner_names = action.runner_parameter_names
         dynamic, config_secrets = self._pack_config_facts(pack)
-        secrets = _scrubbable([*(values.get(k) for k in action.secret_names), *config_secrets], revealed)
+        secrets = _scrubbable([*(values.get(k) for k in action.secret_names), *config_secrets,
+                               *credential_texts(values)], revealed)
         context = record["context"]
         pack_config, config_revealed = pack.config, []
         if dynamic and action.runner_type == PYTHON_RUNNER:

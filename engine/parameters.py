@@ -187,7 +187,7 @@ def cast(name: str, value: Any, spec: Mapping[str, Any], *, masked: bool = False
             "array": "a comma-separated list or a JSON array",
             "object": 'a JSON object such as {"key": "value"}',
         }
-        secret = bool(spec.get("secret")) or masked
+        secret = bool(spec.get("secret")) or masked or name in MASKED_MAPPINGS  # a credential may be in it
         problem = ParameterError(
             f'parameter "{name}": {MASK if secret else repr(value)} is not '
             f'{"an" if ptype[0] in "aeiou" else "a"} {ptype} (expected {examples[ptype]})'
@@ -526,8 +526,10 @@ def check_parameter(owner: str, name: str, spec: Mapping[str, Any], value: Any, 
     if error is not None:
         where = "".join(f"[{p!r}]" for p in error.absolute_path)
         secret = bool(spec.get("secret")) or masked
-        shown = MASK if secret else repr(value)
-        message = error.message if not secret else f"the value breaks '{error.validator}'"
+        hidden = mask_value(name, value) if not secret else value
+        shown = MASK if secret else repr(hidden)
+        # jsonschema's message quotes the value: not one whose credentials are shown masked everywhere else
+        message = error.message if not secret and hidden is value else f"the value breaks '{error.validator}'"
         raise ParameterError(
             f'parameter "{name}"{where} = {shown} breaks the rule {error.validator}: {message}'
         )
@@ -656,19 +658,54 @@ def mask(values: Mapping[str, Any], secret_names: set[str]) -> dict[str, Any]:
     return {k: (MASK if k in secret_names and v is not None else mask_value(k, v)) for k, v in values.items()}
 
 
+#: The shortest credential scrubbed as exact text where else it shows (a rendered `cmd`, output, a result,
+#: a server's echo): tokens, session ids and `Basic` pairs are longer; `dark`, `en-US` and `gzip` are settings.
+CREDENTIAL_MIN = 8
+
+
+def credential_texts(values: Mapping[str, Any]) -> list[str]:
+    """The credentials `mask_value` hides in `values`' `headers` and `cookies` (each credential header's
+    value and a `Bearer <token>`'s token, each cookie of a `Cookie` header, each value of `cookies`), as texts
+    to scrub wherever else they show, as a secret parameter's are. Only what could be a credential:
+    `CREDENTIAL_MIN` characters or more, and no JSON word or number (a cookie `consent=true` is a setting,
+    and every `true` of a result is the action's). Longest first."""
+    texts: set[str] = set()
+    headers = _as_mapping(values.get("headers"))
+    for name, value in (headers or {}).items():
+        if not secret_header(name) or not isinstance(value, str):
+            continue
+        texts.update([value, value.partition(" ")[2].strip()])
+        if "cookie" in str(name).lower():
+            texts.update(part.partition("=")[2].strip() for part in value.split(";"))
+    cookies = _as_mapping(values.get("cookies"))
+    texts.update(str(value) for value in (cookies or {}).values() if value is not None)
+    return sorted((t for t in texts if len(t) >= CREDENTIAL_MIN and not _json_word(t)), key=len, reverse=True)
+
+
+def _json_word(text: str) -> bool:
+    """Whether `text` is a JSON literal or number, which a result holds for its own reasons."""
+    try:
+        return not isinstance(json.loads(text), dict | list | str)
+    except ValueError:
+        return False
+
+
 def restore_masked(given: Mapping[str, Any], original: Mapping[str, Any]) -> dict[str, Any]:
     """A re-run's `given` parameters with each `********` that `mask_value` showed in place of one of
     the `original`'s credentials (a header or cookie of the same name) replaced by that credential: the
     re-run form and the API show `headers` masked, and whoever edits one header of them sends the others
-    back as shown. A mask under a name the original had no credential under stays as given."""
+    back as shown. A mask under a name the original had no credential under stays as given; a header's
+    name is matched in any case, and `headers` given as text comes back as text."""
     restored = dict(given)
     for name in MASKED_MAPPINGS:
         new, old = _as_mapping(given.get(name)), _as_mapping(original.get(name))
         if new is None or old is None or not _holds_mask(new):
             continue
         shown = mask_value(name, old)
-        hidden = shown if isinstance(shown, Mapping) else {}
-        restored[name] = {k: old[k] if v == MASK and hidden.get(k) == MASK else v for k, v in new.items()}
+        hidden = {str(k).lower(): k for k, v in (shown.items() if isinstance(shown, Mapping) else ()) if v == MASK}
+        mapping = {k: old[hidden[str(k).lower()]] if v == MASK and str(k).lower() in hidden else v
+                   for k, v in new.items()}  # header names are the same in any case
+        restored[name] = json.dumps(mapping) if isinstance(given.get(name), str) else mapping  # as it was given
     return restored
 
 

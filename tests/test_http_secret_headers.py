@@ -21,7 +21,8 @@ from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
 from bot.chat.bot import ChatBot
 from engine import audit_sinks
-from engine.parameters import MASK, mask, mask_headers, restore_masked, secret_header
+from engine.config import load_config
+from engine.parameters import MASK, ParameterError, mask, mask_headers, restore_masked, secret_header
 from tests.conftest import write
 from tests.test_api import KEY
 from tests.test_chat import loopback_chat, settle
@@ -362,3 +363,71 @@ async def test_a_chat_command_s_headers_are_masked_in_its_prompt_audit_and_resul
     [audited] = await squall.db(squall.store.audit_list, 100, "chat.execution")
     assert audited["detail"]["parameters"]["headers"] == {"Authorization": MASK, "Accept": "text/plain"}
     assert _leaked(json.dumps(loopback.texts())) == [] and _leaked(json.dumps(audited, default=str)) == []
+
+
+# -- a credential shown masked in `headers` is masked wherever else it shows -------------------------------
+
+def _echoing_pack(home: Path) -> None:
+    pack = home / "packs" / "mr"
+    write(pack / "pack.yaml", "ref: mr\nname: mr\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "actions" / "echoer.yaml", """
+        name: echoer
+        runner_type: local-shell-cmd
+        parameters:
+          headers: {type: object}
+          cmd: {default: "echo hdr={{ headers | tojson }}; echo {{ headers.Authorization | length }}"}
+    """)
+    write(pack / "actions" / "strict.yaml", """
+        name: strict
+        runner_type: noop
+        parameters:
+          headers: {type: object, additionalProperties: {type: string}}
+    """)
+    write(pack / "actions" / "strh.yaml", """
+        name: strh
+        runner_type: noop
+        parameters:
+          headers: {type: string}
+    """)
+
+
+async def test_a_header_credential_is_scrubbed_from_the_rendered_cmd_and_the_output(home: Path) -> None:
+    """`parameters.headers` showed the token masked, and the rendered `cmd` and stdout two lines below it in
+    clear, where a secret parameter's value is masked in all three. The action still gets the real value."""
+    _echoing_pack(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        record = await squall.executions.request("mr.echoer", {"headers": {"Authorization": TOKEN, "Accept": "x/y"}})
+        done = await squall.executions.wait(record["id"], timeout=30)
+    finally:
+        await squall.close()
+    assert done["status"] == "succeeded", done["result"]
+    shown = json.dumps({"parameters": done["parameters"], "result": done["result"]})
+    assert _leaked(shown) == [], shown
+    assert done["parameters"]["headers"] == {"Authorization": MASK, "Accept": "x/y"}
+    shown_headers, length = done["result"]["stdout"].splitlines()
+    assert json.loads(shown_headers.removeprefix("hdr=")) == {"Authorization": MASK, "Accept": "x/y"}
+    assert length == str(len(TOKEN))  # the action had the real value
+
+
+async def test_a_refused_value_never_quotes_a_credential(home: Path) -> None:
+    """jsonschema's message quoted the whole value, a token restored from someone else's run included."""
+    _echoing_pack(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        with pytest.raises(ParameterError) as refused:
+            await squall.executions.request("mr.strict", {"headers": {"Authorization": TOKEN, "X-Priority": 1}})
+        with pytest.raises(ParameterError) as undecoded:
+            await squall.executions.request("mr.strict", {"headers": f'{{"Authorization": "{TOKEN}"'})  # no close
+    finally:
+        await squall.close()
+    assert _leaked(str(refused.value)) == [] and "X-Priority" in str(refused.value), refused.value
+    assert _leaked(str(undecoded.value)) == [], undecoded.value
+
+
+def test_a_re_run_keeps_headers_given_as_text_as_text_and_finds_names_in_any_case() -> None:
+    original = {"headers": json.dumps({"Authorization": TOKEN, "Accept": "x"})}
+    given = {"headers": json.dumps({"Accept": "y", "authorization": MASK})}
+    restored = restore_masked(given, original)
+    assert isinstance(restored["headers"], str)
+    assert json.loads(restored["headers"]) == {"Accept": "y", "authorization": TOKEN}

@@ -23,7 +23,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from engine.executions import scrub
-from engine.parameters import secret_header
+from engine.parameters import credential_texts
 from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
 
 _VERSION = "3.9.0"
@@ -299,38 +299,14 @@ def _send(request: RunRequest, abort: _Abort | None = None) -> RunOutcome:
 
 
 def _sent_credentials(headers: dict[str, str], cookies: Any, auth: tuple[str, str] | None) -> list[str]:
-    """The credentials this request sends that are not `secret: true` parameters (the engine scrubs
-    those), as texts to scrub from its result, longest first: each credential header's value
-    (`secret_header`) and its parts (`Bearer <token>`'s token, each cookie of a `Cookie`), each cookie
-    of `cookies`, and the `Basic` header requests makes of `username` and `password`. An echo server
-    (httpbin's `/headers`) answers with them, scrubbed as the engine scrubs a secret parameter's
-    value (`scrub`). Only what could be a credential: texts shorter than `ECHOED_MIN` characters, and JSON's
-    own words and numbers, are left (a cookie `consent=true` turned every `true` of the body into the mask)."""
-    texts: set[str] = set()
-    for name, value in headers.items():
-        if not secret_header(name):
-            continue
-        texts.update([value, value.partition(" ")[2].strip()])
-        if "cookie" in name.lower():
-            texts.update(part.partition("=")[2].strip() for part in value.split(";"))
-    if isinstance(cookies, dict):
-        texts.update(str(value) for value in cookies.values() if value is not None)
+    """The credentials this request sends, as texts to scrub from its result, longest first: those of its
+    headers and cookies (`engine.parameters.credential_texts`, the rule for what could be one) and the
+    `Basic` header requests makes of `username` and `password`. An echo server (httpbin's `/headers`)
+    answers with them, scrubbed as the engine scrubs a secret parameter's value (`scrub`)."""
+    texts = set(credential_texts({"headers": headers, "cookies": cookies}))
     if auth is not None:
         texts.add(base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii"))
-    return sorted((text for text in texts if len(text) >= ECHOED_MIN and not _json_word(text)), key=len, reverse=True)
-
-
-#: The shortest sent value scrubbed from a response as an echoed credential: tokens, session ids and
-#: `Basic` pairs are longer; `dark`, `en-US` and `gzip` are settings, and the body is the action's result.
-ECHOED_MIN = 8
-
-
-def _json_word(text: str) -> bool:
-    """Whether `text` is a JSON literal or number, which a response holds for its own reasons."""
-    try:
-        return not isinstance(json.loads(text), dict | list | str)
-    except ValueError:
-        return False
+    return sorted(texts, key=len, reverse=True)
 
 
 #: How long a canceled run waits for its request's thread to notice the shut-down sockets.
