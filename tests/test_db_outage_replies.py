@@ -464,3 +464,65 @@ async def test_live_output_a_failing_database_refuses_is_one_line(caplog: pytest
     [record] = [r for r in caplog.records if r.name == "engine.output"]
     assert record.exc_info is None and "database or disk is full" in record.getMessage()
     assert "INSERT" not in record.getMessage()
+
+
+# -- the web UI through an outage -------------------------------------------------------------------
+
+def _disk_full() -> sa.exc.OperationalError:
+    return sa.exc.OperationalError("INSERT INTO executions ...", {},
+                                   sqlite3.OperationalError("database or disk is full"))
+
+
+async def test_a_form_the_database_failed_gets_the_ui_s_error_page_and_the_api_its_fault(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A browser's form post got the API's bare JSON 503, without the UI's headers or a way back."""
+    from tests.test_api import KEY
+    from tests.test_web_auth import started_web
+
+    async with started_web(home) as web:
+        client, csrf = await web.signed_in("olga", "operator")
+
+        async def failing(*_args: Any, **_kwargs: Any) -> Any:
+            raise _disk_full()
+
+        monkeypatch.setattr(web.squall.executions, "request", failing)
+        page = await client.post("/actions/core.noop", data={"csrf_token": csrf})
+        api = await web.client().post("/api/v1/executions", json={"action": "core.noop"}, headers={"St2-Api-Key": KEY})
+    assert page.status_code == 503 and page.headers["content-type"].startswith("text/html"), page.text
+    assert "database or disk is full" in page.text and "<html" in page.text.lower()
+    assert "default-src" in page.headers["content-security-policy"] and page.headers["retry-after"]
+    assert api.status_code == 503 and "database or disk is full" in api.json()["faultstring"]
+
+
+async def test_a_live_view_the_database_failed_ends_cleanly_to_come_back(
+        home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The error cut the stream off mid-body and uvicorn logged its traceback, once a stream a second."""
+    from bot.web.live import RECONNECT_MS
+    from tests.test_web_auth import started_web
+
+    async with started_web(home) as web:
+        client, _csrf = await web.signed_in("vic", "viewer")
+        record = await web.squall.executions.request("core.noop", {})
+        await web.squall.executions.wait(record["id"], timeout=30)
+
+        def failing_after_first(original: Any) -> Any:  # the route's own look works; the stream's fail
+            calls = 0
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                nonlocal calls
+                calls += 1
+                if calls > 1:
+                    raise _disk_full()
+                return original(*args, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(web.squall.executions, "get", failing_after_first(web.squall.executions.get))
+        keyset = failing_after_first(web.squall.store.execution_keyset)
+        monkeypatch.setattr(web.squall.store, "execution_keyset", keyset)
+        caplog.set_level(logging.DEBUG)
+        streamed = await asyncio.wait_for(client.get(f"/live/executions/{record['id']}"), 30)
+        listed = await asyncio.wait_for(client.get("/live/executions"), 30)
+    for answer in (streamed, listed):
+        assert answer.status_code == 200 and answer.text.rstrip().endswith(f"retry: {RECONNECT_MS}"), answer.text
+    assert not [r for r in caplog.records if r.exc_info is not None], "a traceback was logged"

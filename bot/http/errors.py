@@ -9,7 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.storage import database_trouble
@@ -66,16 +66,26 @@ class DatabaseErrors:
         #: Since when the outage was that a request last logged at WARNING.
         self._logged: datetime | None = None
 
-    async def __call__(self, request: Request, exc: Exception) -> JSONResponse:
+    async def __call__(self, request: Request, exc: Exception) -> Response:
         trouble = database_trouble(exc)
         if trouble is None:
             kind = type(getattr(exc, "orig", None) or exc).__name__
             log.error("%s %s failed: the database refused it (%s)", request.method, request.url.path, kind,
                       exc_info=exc)
-            return fault(500, f"The database refused it ({kind}; Squall's log has the details).")
+            return self._answer(request, 500, f"The database refused it ({kind}; Squall's log has the details).")
         self._log(request, trouble)
-        return fault(503, f"Squall could not do that: {trouble}. Try again later.",
-                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return self._answer(request, 503, f"Squall could not do that: {trouble}. Try again later.",
+                            {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @staticmethod
+    def _answer(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+        """A fault, or on a page of the web UI its error page (`app.state.page_fault`, set by `bot.web`)."""
+        page = getattr(request.app.state, "page_fault", None)
+        answer = page(request, status, message) if page is not None else None
+        if answer is None:
+            return fault(status, message, headers=headers)
+        answer.headers.update(headers or {})
+        return answer
 
     def _log(self, request: Request, trouble: str) -> None:
         squall = getattr(request.app.state, "squall", None)

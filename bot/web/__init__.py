@@ -32,7 +32,7 @@ from bot.web import (
     status,
     triggers,
 )
-from bot.web.pages import STATIC, PageError, render, secure
+from bot.web.pages import STATIC, PageError, error_page, page_fault, secure
 from bot.web.session import LoginRequired, page_routes
 from bot.web.throttle import LoginThrottle
 
@@ -47,14 +47,13 @@ async def _login_required(_request: Request, exc: LoginRequired) -> Response:
 
 
 async def _page_error(request: Request, exc: PageError) -> Response:
-    session = getattr(request.state, "session", None)
-    return secure(render(request, "error.html", {"session": session, "message": str(exc), "status": exc.status},
-                         status_code=exc.status))
+    return error_page(request, str(exc), exc.status)
 
 
 def mount(app: FastAPI) -> None:
     """Serve the UI from `app` (the API's: same port, same loop, same `app.state.squall`)."""
     app.state.web_throttle = LoginThrottle()
+    app.state.page_fault = page_fault  # the API's database faults, on a page of the UI (`bot.http.errors`)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(PageError, _page_error)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -30,6 +30,8 @@ browser that goes away ends its stream (sse-starlette watches the connection).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -58,11 +60,14 @@ from bot.web.session import viewer
 from engine.executions import COMPLETED
 from engine.live import Wakeup
 from engine.parameters import MAX_INTEGER
-from engine.storage import ExecutionFilter
+from engine.storage import ExecutionFilter, database_trouble
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: How often a stream looks at the database when nothing in this process woke it.
 POLL_SECONDS = 0.5
+#: How long a browser waits before it opens a stream the database cut short again (`_until_trouble`).
+RECONNECT_MS = 5000
+log = logging.getLogger(__name__)
 #: Seconds between keep-alive comments, so proxies keep an idle stream open.
 PING_SECONDS = 15
 _OUTPUT_BATCH = 1000
@@ -105,7 +110,25 @@ async def execution_events(request: Request, execution_id: str, after: int = Que
     record = await find_execution(request, execution_id)
     # A browser that lost the connection reconnects by itself, naming the last chunk it got.
     after = max(after, row_number(request.headers.get("last-event-id", "")) or 0)
-    return EventSourceResponse(_execution_stream(squall, session, record["id"], after), ping=PING_SECONDS)
+    return EventSourceResponse(_until_trouble(_execution_stream(squall, session, record["id"], after)),
+                               ping=PING_SECONDS)
+
+
+async def _until_trouble(events: AsyncIterator[dict[str, str]]) -> AsyncIterator[dict[str, Any]]:
+    """`events`, ended cleanly when the database fails or is locked under a look (`database_trouble`): the
+    browser is told to come back in `RECONNECT_MS` and opens the stream again from the last event it had
+    (its `Last-Event-ID`), as after any drop. Let out, the error cut the response off mid-body, and uvicorn
+    logged each stream's traceback ("Exception in ASGI application") through an outage."""
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        try:
+            async for event in events:
+                yield event
+        except Exception as exc:
+            trouble = database_trouble(exc)
+            if trouble is None:
+                raise
+            log.debug("a live view ended, to come back in %d ms: %s", RECONNECT_MS, trouble)
+            yield {"retry": RECONNECT_MS, "comment": "the database failed; reconnecting"}
 
 
 async def _execution_stream(squall: Any, session: Session, execution_id: str,
@@ -186,7 +209,8 @@ async def list_events(request: Request, top: str = "", session: Session = Depend
     if EXECUTION_ID.fullmatch(resumed := request.headers.get("last-event-id", "")):
         top = max(top, resumed)
     where = execution_filter({name: request.query_params.get(name, "").strip() for name in FILTERS})
-    return EventSourceResponse(_list_stream(request.app.state.squall, session, where, top), ping=PING_SECONDS)
+    return EventSourceResponse(_until_trouble(_list_stream(request.app.state.squall, session, where, top)),
+                               ping=PING_SECONDS)
 
 
 async def _list_stream(squall: Any, session: Session, where: ExecutionFilter,

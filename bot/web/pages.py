@@ -99,6 +99,20 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     return templates.TemplateResponse(request, name, {"session": None, **context}, status_code=status_code)
 
 
+def error_page(request: Request, message: str, status: int) -> Response:
+    """The UI's error page: `message` with `status`, the UI's security headers on it."""
+    session = getattr(request.state, "session", None)
+    return secure(render(request, "error.html", {"session": session, "message": message, "status": status},
+                         status_code=status))
+
+
+def page_fault(request: Request, status: int, message: str) -> Response | None:
+    """The error page for a fault a route of the UI met that the API answers as JSON (a database that
+    failed or was locked: `bot.http.errors.DatabaseErrors`), else None: a form a browser sent gets a page
+    it can go back from, not a bare JSON document without the UI's headers."""
+    return error_page(request, message, status) if isinstance(request.scope.get("route"), PageRoute) else None
+
+
 def secure(response: Response) -> Response:
     """`response` with the UI's security headers."""
     response.headers.update(SECURITY_HEADERS)
