@@ -669,6 +669,8 @@ def credential_texts(values: Mapping[str, Any]) -> list[str]:
     to scrub wherever else they show, as a secret parameter's are. Only what could be a credential:
     `CREDENTIAL_MIN` characters or more, and no JSON word or number (a cookie `consent=true` is a setting,
     and every `true` of a result is the action's). Longest first."""
+    if "headers" not in values and "cookies" not in values:
+        return []  # nearly every request: on its path twice (stored, then run)
     texts: set[str] = set()
     headers = _as_mapping(values.get("headers"))
     for name, value in (headers or {}).items():

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -100,3 +101,14 @@ class Stoppable:
     def up(self) -> None:
         self._pg_ctl("-w", "start")
         self.running = True
+
+
+def own_cluster(initdb: str, prefix: str) -> Iterator[Cluster]:
+    """A started cluster of a test module's own (its tests may stop it, which the session's shared one
+    must never be), stopped after."""
+    made = Cluster(initdb, prefix=prefix)
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()

@@ -30,7 +30,7 @@ from engine import storage
 from engine.config import load_config
 from engine.storage import Database, Store
 from tests.conftest import free_port, server_missing
-from tests.pgcluster import Cluster, Stoppable, initdb_path
+from tests.pgcluster import Cluster, Stoppable, initdb_path, own_cluster
 from tests.test_chat import _config, loopback_chat, settle
 from tests.test_storage import _kv
 
@@ -62,12 +62,7 @@ def cluster() -> Iterator[Cluster]:
     initdb = initdb_path()
     if initdb is None:
         server_missing("PostgreSQL is not installed (Debian package 'postgresql'; .ci/run installs it)")
-    made = Cluster(initdb, prefix="squall-pg-outage-")
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
+    yield from own_cluster(initdb, "squall-pg-outage-")
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from engine.config import Config, load_config
 from engine.storage import Store
 from tests.conftest import server_missing, write
-from tests.pgcluster import Cluster, Stoppable, initdb_path
+from tests.pgcluster import Cluster, Stoppable, initdb_path, own_cluster
 from tests.test_cli import SQUALL
 from tests.test_scaleout import _home
 
@@ -91,12 +91,7 @@ def outage_cluster() -> Iterator[Cluster]:
     initdb = initdb_path()
     if initdb is None:
         server_missing("PostgreSQL is not installed (Debian package 'postgresql'; .ci/run installs it)")
-    made = Cluster(initdb, prefix="squall-pg-reaper-")
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
+    yield from own_cluster(initdb, "squall-pg-reaper-")
 
 
 @pytest.fixture
