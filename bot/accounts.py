@@ -188,14 +188,14 @@ def provision_external(store: Any, name: str, role: str, marker: str) -> Account
     return Account(name, role)
 
 
-def _token_hash(token: str) -> str:
+def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def open_session(store: Any, account: Account) -> tuple[str, Session]:
     """A new session for `account`: the cookie value (never stored) and the session."""
     token, now = secrets.token_urlsafe(32), utcnow()
-    session = Session(account, secrets.token_urlsafe(32), _token_hash(token))
+    session = Session(account, secrets.token_urlsafe(32), token_hash(token))
     store.web_session_add({"token_hash": session.token_hash, "user": account.name, "csrf_token": session.csrf_token,
                            "created_at": now, "last_seen": now, "expires_at": now + SESSION_LIFETIME}, now)
     return token, session
@@ -204,7 +204,7 @@ def open_session(store: Any, account: Account) -> tuple[str, Session]:
 def find_session(store: Any, token: str, now: datetime | None = None) -> Session | None:
     """The live session of this cookie, its last use recorded now and then; None if unknown, expired,
     idle too long or its account is gone."""
-    return _live_session(store, _token_hash(token), now or utcnow(), use=True)
+    return _live_session(store, token_hash(token), now or utcnow(), use=True)
 
 
 def current_session(store: Any, session: Session) -> Session | None:
@@ -224,6 +224,12 @@ def _live_session(store: Any, token_hash: str, now: datetime, use: bool) -> Sess
     return Session(Account(row["user"], row["role"]), row["csrf_token"], row["token_hash"])
 
 
-def close_session(store: Any, session: Session) -> None:
-    """Log out: the cookie is worth nothing from now on."""
-    store.web_session_delete(session.token_hash)
+def close_sessions(store: Any, token_hashes: list[str], detail: dict[str, Any]) -> None:
+    """Log out: these sessions' cookies are worth nothing from now on; each audited as its user's
+    `web.logout` with `detail`, in one call (so one transaction). One gone already (expired, a new
+    password) is not audited."""
+    for hashed in token_hashes:
+        row = store.web_session_get(hashed)
+        store.web_session_delete(hashed)
+        if row is not None:
+            store.audit_add("web.logout", row["user"], "web", None, detail)

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from bot.accounts import (
     Account,
@@ -298,6 +300,82 @@ async def test_logout_ends_the_session_for_good(web: Web) -> None:
     client.cookies.set("squall_session", cookie)  # a copy of the cookie is worth nothing now
     assert (await client.get("/executions")).status_code == 303
     assert await web.squall.db(find_session, web.squall.store, cookie) is None
+
+
+def _disk_full(*_args: Any, **_kwargs: Any) -> Any:
+    """What the driver raises for a write to a full disk (as tests/test_db_outage_replies.py has it)."""
+    raise sa.exc.OperationalError("DELETE FROM web_sessions ...", {},
+                                  sqlite3.OperationalError("database or disk is full"))
+
+
+async def test_a_logout_the_database_failed_still_ends_the_session(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A logout whose delete the database refused said it failed and left the session alive: once the
+    database came back, whoever sat down at that shared machine was still logged in."""
+    client, csrf = await web.signed_in("ann", "viewer")
+    cookie = client.cookies["squall_session"]
+    thief = web.client()
+    thief.cookies.set("squall_session", cookie)  # a copy of the cookie
+    with monkeypatch.context() as outage:
+        outage.setattr(web.squall.store, "web_session_delete", _disk_full)
+        assert (await client.post("/logout")).status_code == 403  # the CSRF token is checked still
+        out = await client.post("/logout", data={"csrf_token": csrf})
+        assert (await thief.get("/executions")).status_code == 303  # refused during the outage...
+    assert out.status_code == 200 and "squall_session" not in client.cookies, out.text
+    assert "You are logged out on this browser" in out.text and "database or disk is full" in out.text
+    assert "once the database works again" in out.text
+    assert (await thief.get("/executions")).status_code == 303  # ... and once the database is back
+    late = await thief.post("/logout", data={"csrf_token": csrf})
+    assert late.status_code == 303 and late.headers["location"].startswith("/login")
+
+
+async def test_the_server_forgets_a_session_ended_in_an_outage_once_the_database_is_back(
+        web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session's row is deleted by a later request (at most every `RETRY_SECONDS`), and the logout
+    audited then; a retry the database fails costs that request nothing."""
+    from bot.web.session import RETRY_SECONDS, EndedSessions
+
+    now = [1000.0]
+    web.app.state.web_ended_sessions = EndedSessions(clock=lambda: now[0])
+    store = web.squall.store
+    client, csrf = await web.signed_in("ann", "viewer")
+    other, _ = await web.signed_in("bob", "viewer")
+    session = await web.squall.db(find_session, store, client.cookies["squall_session"])
+    assert session is not None
+    with monkeypatch.context() as outage:
+        outage.setattr(store, "web_session_delete", _disk_full)
+        assert (await client.post("/logout", data={"csrf_token": csrf})).status_code == 200
+        now[0] += RETRY_SECONDS
+        assert (await other.get("/executions")).status_code == 200  # its retry failed, not bob's page
+    assert await web.squall.db(store.web_session_get, session.token_hash) is not None
+    assert (await other.get("/executions")).status_code == 200  # the next retry waits RETRY_SECONDS
+    assert await web.squall.db(store.web_session_get, session.token_hash) is not None
+    assert await web.squall.db(store.audit_list, 10, "web.logout") == []
+    now[0] += RETRY_SECONDS
+    assert (await other.get("/executions")).status_code == 200
+    assert await web.squall.db(store.web_session_get, session.token_hash) is None
+    [logout] = await web.squall.db(store.audit_list, 10, "web.logout")
+    assert (logout["actor"], logout["detail"]) == ("ann", {"after_outage": True})
+
+
+async def test_a_logout_the_database_cannot_read_is_taken_from_this_site_s_pages_only(
+        web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the session cannot even be read (last use due to be recorded on a full disk, a database out of
+    reach), its CSRF token cannot be checked: the logout is taken from a post that the browser says came
+    from this site (Origin, else Referer), and refused (the outage's 503, the cookie kept) from any other."""
+    client, csrf = await web.signed_in("ann", "viewer")
+    cookie = client.cookies["squall_session"]
+    thief = web.client()
+    thief.cookies.set("squall_session", cookie)
+    with monkeypatch.context() as outage:
+        outage.setattr(web.squall.store, "web_session_get", _disk_full)
+        for headers in ({}, {"Origin": "https://evil.example", "Referer": "http://squall/executions"},
+                        {"Origin": "null"}, {"Referer": "http://squall.evil.example/executions"}):
+            forged = await client.post("/logout", data={"csrf_token": csrf}, headers=headers)
+            assert forged.status_code == 503 and client.cookies["squall_session"] == cookie, headers
+        out = await client.post("/logout", data={"csrf_token": csrf}, headers={"Origin": "http://squall"})
+    assert out.status_code == 200 and "squall_session" not in client.cookies, out.text
+    assert "You are logged out on this browser" in out.text
+    assert (await thief.get("/executions")).status_code == 303
 
 
 async def test_a_new_password_or_deleting_the_user_ends_their_sessions(web: Web) -> None:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
-from bot.accounts import Account, Session, close_session, delete_user, hash_password, open_session, set_password
+from bot.accounts import Account, Session, close_sessions, delete_user, hash_password, open_session, set_password
 from bot.http import ApiServer
 from bot.web import graph, live
 from bot.web import session as sessions
@@ -532,7 +532,7 @@ def _end_session(web: Web, session: Session, how: str) -> None:
     """What a logout, `squall user passwd` and `squall user delete` do to the stored session."""
     store = web.squall.store
     if how == "logout":
-        close_session(store, session)
+        close_sessions(store, [session.token_hash], {})
     elif how == "new password":
         assert set_password(store, session.account.name, hash_password("another password"))
     else:

@@ -13,33 +13,53 @@ the audit.
 An OpenID Connect login (`oidc.py`) ends as a password login does: a session in the same cookie,
 with its CSRF token, and the browser sent to `next` (a path of this site only). Its failures (the
 provider refused, the login expired, no group gives a role) are shown on the login page.
+
+A logout ends the session in the browser whatever the database does: when the database fails or is
+locked, the cookie is cleared all the same, the login page says the person is logged out on this
+browser, and the session is refused from then on and deleted once the database works again
+(`session.EndedSessions`). Its CSRF token is checked as on any post; when the database cannot even
+read the session (so not its token either), the browser's word that the post came from this site
+(`session.from_this_site`) stands in for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import math
 import secrets
 
-from fastapi import APIRouter, Depends, Request, Response
+import sqlalchemy as sa
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
 from bot.accounts import (
     SESSION_LIFETIME,
     Account,
     AccountError,
-    Session,
-    close_session,
+    close_sessions,
     open_session,
     password_matches,
     provision_external,
+    token_hash,
 )
 from bot.web.oidc import PENDING_SECONDS, OidcError, OidcLogin
 from bot.web.pages import PageError, PageRoute, render
-from bot.web.session import COOKIE, CSRF_FIELD, form_fields, safe_next, set_cookie, viewer
+from bot.web.session import (
+    COOKIE,
+    CSRF_FIELD,
+    ended_sessions,
+    form_fields,
+    from_this_site,
+    safe_next,
+    set_cookie,
+    viewer,
+)
 from bot.web.throttle import MAX_KEYS, LoginThrottle
+from engine.storage import database_trouble
 
+log = logging.getLogger(__name__)
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: The double-submit cookie of the login form.
 LOGIN_COOKIE = "squall_login"
@@ -199,11 +219,41 @@ async def oidc_callback(request: Request, state: str = "", code: str = "", error
     return response
 
 
+#: What the login page says after a logout the database failed or was locked under (`_logged_out_anyway`).
+LOGGED_OUT_ANYWAY = ("You are logged out on this browser. Squall could not record that in its database yet: "
+                     "{trouble}. It will forget your session once the database works again.")
+
+
 @router.post("/logout")
-async def logout(request: Request, session: Session = Depends(viewer)) -> Response:
+async def logout(request: Request) -> Response:
+    """End the session: its row deleted and the logout audited, or, when the database fails or is
+    locked, the session remembered as ended (`_logged_out_anyway`); the cookie is cleared either way."""
+    try:
+        session = await viewer(request)  # the CSRF token checked against the stored session
+    except sa.exc.DBAPIError as exc:  # not even read: the browser's word that the post is this site's
+        token, trouble = request.cookies.get(COOKIE), database_trouble(exc)
+        if not token or trouble is None or not from_this_site(request):
+            raise
+        return _logged_out_anyway(request, token_hash(token), "a logout (its session unread)", trouble)
     squall = request.app.state.squall
-    await squall.db(close_session, squall.store, session)
-    await squall.db(squall.store.audit_add, "web.logout", session.account.name, "web", None, {})
+    try:
+        await squall.db(close_sessions, squall.store, [session.token_hash], {})
+    except sa.exc.DBAPIError as exc:
+        trouble = database_trouble(exc)
+        if trouble is None:
+            raise
+        return _logged_out_anyway(request, session.token_hash, f"the logout of {session.account.name}", trouble)
     response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+def _logged_out_anyway(request: Request, hashed: str, what: str, trouble: str) -> Response:
+    """A logout the database did not take (`trouble`): the session refused from now on and deleted
+    later (`session.EndedSessions`), the cookie cleared, and the login page saying so."""
+    ended_sessions(request).add(hashed)
+    log.warning("%s is not in the database yet (%s): its session is refused from now on, and deleted once "
+                "the database works again", what, trouble)
+    response = _login_page(request, notice=LOGGED_OUT_ANYWAY.format(trouble=trouble))
     response.delete_cookie(COOKIE, path="/")
     return response

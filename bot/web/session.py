@@ -13,19 +13,30 @@ password) goes back to the page it was on (`_came_from`), and the login page say
 
 A live stream (`live.py`) outlives the request that opened it, so it looks at its session again every
 `RECHECK_SECONDS` (`bot.accounts.current_session`) and ends once the session has.
+
+A logout the database failed or was locked under (`login.logout`) still ends its session: the process
+remembers it (`EndedSessions`), refuses its cookie from then on without asking the database, and a later
+signed-in request deletes its row once the database works again (`_forget_ended`).
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
 from urllib.parse import parse_qs, quote, urlsplit
 
+import sqlalchemy as sa
 from fastapi import Request, Response
 from starlette.routing import BaseRoute, Match
 
-from bot.accounts import Session, find_session
+from bot.accounts import SESSION_LIFETIME, Session, close_sessions, find_session, token_hash
 from bot.web.pages import PageError, PageRoute
+from engine.storage import database_trouble
+
+log = logging.getLogger(__name__)
 
 COOKIE = "squall_session"
 CSRF_FIELD = "csrf_token"
@@ -37,6 +48,10 @@ RECHECK_SECONDS = 5.0
 MAX_FIELDS = 200
 #: Paths of `PageRoute`s a login does not go back to: the login itself, and live streams (no page).
 NOT_PAGES = ("/login", "/logout", "/live/")
+#: Seconds at least between two tries at deleting the sessions logouts ended during an outage.
+RETRY_SECONDS = 10.0
+#: Such sessions remembered at most: a flood of logouts through an outage cannot fill the memory.
+MAX_ENDED = 10_000
 
 
 class LoginRequired(Exception):
@@ -125,10 +140,105 @@ def _came_from(request: Request) -> str | None:
     return quote(request.url.path, safe="") if _is_page(request, request.url.path) else None
 
 
+def from_this_site(request: Request) -> bool:
+    """Whether the browser says this post came from a page of this site: its `Origin` (browsers send
+    one with every form post) or, without one, its `Referer` names this host. What stands in for the
+    CSRF token when that cannot be read (a logout while the database is out: `login.logout`)."""
+    source = request.headers.get("origin") or request.headers.get("referer", "")
+    host = request.headers.get("host")
+    return bool(host) and urlsplit(source).netloc == host
+
+
+class EndedSessions:
+    """Sessions a logout ended that the database still has: it failed or was locked at the logout.
+
+    Their cookies are refused as though the rows were gone (`_session`), and the rows are deleted by a
+    later request (`_forget_ended`), at most every `RETRY_SECONDS`, so that a database still failing
+    costs one failed write that often, not one a request. Kept in this process's memory only: another
+    process serving the UI over the same database accepts such a session until its row is deleted,
+    and so does this one after a restart. At most `MAX_ENDED` (the oldest go first), each forgotten
+    after `SESSION_LIFETIME`, when its row has expired anyway."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._ended: dict[str, float] = {}  # token hash -> when its logout was; oldest first
+        self._retry_at = -math.inf
+        self._retrying = False
+
+    def __contains__(self, hashed: str) -> bool:
+        return hashed in self._ended
+
+    def add(self, hashed: str) -> None:
+        """A logout the database just failed: its session is refused from now on, and its deletion
+        tried again `RETRY_SECONDS` from now (at once, the database would most likely fail it again)."""
+        now = self.clock()
+        self._ended.pop(hashed, None)
+        self._ended[hashed] = now
+        self._retry_at = now + RETRY_SECONDS
+        while len(self._ended) > MAX_ENDED:
+            del self._ended[next(iter(self._ended))]
+
+    def due(self) -> list[str]:
+        """The sessions to delete now, when a try is due (none under way, the last `RETRY_SECONDS` ago);
+        else none. The caller says how it went with `tried`."""
+        now = self.clock()
+        for hashed, ended_at in list(self._ended.items()):
+            if now - ended_at < SESSION_LIFETIME.total_seconds():
+                break
+            del self._ended[hashed]
+        if self._retrying or not self._ended or now < self._retry_at:
+            return []
+        self._retrying = True
+        self._retry_at = now + RETRY_SECONDS
+        return list(self._ended)
+
+    def tried(self, deleted: list[str]) -> None:
+        """A try of `due`'s ended: `deleted` are gone from the database (none when it failed)."""
+        self._retrying = False
+        for hashed in deleted:
+            self._ended.pop(hashed, None)
+
+
+def ended_sessions(request: Request) -> EndedSessions:
+    """This app's `EndedSessions`, made at first use."""
+    state = request.app.state
+    ended: EndedSessions | None = getattr(state, "web_ended_sessions", None)
+    if ended is None:
+        ended = state.web_ended_sessions = EndedSessions()
+    return ended
+
+
+async def _forget_ended(request: Request, ended: EndedSessions) -> None:
+    """Delete the sessions logouts ended during an outage, when a try is due (`EndedSessions.due`). A
+    database that still fails or is locked fails this try only: the request goes on, the sessions stay
+    refused, and the next try is `RETRY_SECONDS` later. (On SQLite a failed write may fail the calls
+    of other requests sharing its transaction: at most once every `RETRY_SECONDS`.)"""
+    due = ended.due()
+    if not due:
+        return
+    squall = request.app.state.squall
+    deleted: list[str] = []
+    try:
+        await squall.db(close_sessions, squall.store, due, {"after_outage": True})
+        deleted = due
+    except sa.exc.DBAPIError as exc:
+        trouble = database_trouble(exc)
+        if trouble is None:
+            raise
+        log.info("%d session(s) ended by logout are still in the database (%s); tried again in %g s",
+                 len(due), trouble, RETRY_SECONDS)
+    finally:
+        ended.tried(deleted)
+
+
 async def _session(request: Request) -> Session:
     squall = request.app.state.squall
+    ended = ended_sessions(request)
+    await _forget_ended(request, ended)
     token = request.cookies.get(COOKIE)
-    session = await squall.db(find_session, squall.store, token) if token else None
+    session = None
+    if token and token_hash(token) not in ended:  # an ended one is refused without asking the database
+        session = await squall.db(find_session, squall.store, token)
     if session is None:
         if request.method in SAFE_METHODS:
             raise LoginRequired(_here(request))
