@@ -4,10 +4,18 @@ A named route from config (`routes: {ops: {adapter: irc, channel: "#ops"}}`) win
 message's own adapter and channel; otherwise the chat the execution came from. Everything goes
 through the durable outbox: when no adapter runs in this process (a CLI run), the reply waits in
 the database until `squall serve` sends it.
+
+A `chatops.post_*` whose adapter is none Squall has configured (Squall with only the console, or
+none, behind hubot-stackstorm; a platform Squall is not on) is not Squall's chat's to post: as in
+StackStorm, the run succeeds and the stream announces it (hubot posts it), nothing is stored that no
+process would ever send, and the log says so once per adapter and channel. "Configured" is read from
+the config as well as from the adapters this process holds: a CLI run holds none and a `squall
+worker` never connects its own, and what they post must still wait in the outbox for `squall serve`.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Reply
@@ -21,6 +29,8 @@ if TYPE_CHECKING:
     from engine.core import Engine
     from engine.runners import RunRequest
 
+log = logging.getLogger(__name__)
+
 
 class Announcer:
     """Delivers what the `announcement` runner asks (it answers `ANNOUNCE`) and tells the other
@@ -30,51 +40,95 @@ class Announcer:
         self.engine = engine
         self.outbox = outbox
         self.index = index
+        #: (adapter, channel) pairs already logged as having no target in Squall's chat: said once each.
+        self._untargeted: set[tuple[str | None, str]] = set()
         engine.events.subscribe(ANNOUNCE, self.publish)
 
     @property
     def routes(self) -> dict[str, Any]:
         return self.engine.config.section("routes")
 
+    @property
+    def configured(self) -> set[str]:
+        """The adapters Squall's chat posts through: those this process holds (connected or not, as a
+        worker's) and those the config enables (`squall serve` holds them while a CLI run does not)."""
+        enabled = {name for name, section in (self.engine.config.section("adapters") or {}).items()
+                   if isinstance(section, dict) and section.get("enabled") is True}
+        return enabled | set(self.outbox.adapters)
+
     def target(self, route: str | None, adapter: str | None, channel: str | None,
                chat: dict[str, Any] | None) -> tuple[str, str, str | None]:
         """(adapter, channel, thread) for a message, or LookupError saying what is missing."""
+        found, channel, thread = self._resolve(route, adapter, channel, chat)
+        if not found or not channel:
+            raise LookupError(f"no chat target for route {route!r}: give adapter= and channel=, or configure "
+                              f"routes.{route or '<name>'} (known routes: {self._known()})")
+        return found, channel, thread
+
+    def _known(self) -> str:
+        return ", ".join(sorted(self.routes)) or "none configured"
+
+    def _resolve(self, route: str | None, adapter: str | None, channel: str | None,
+                 chat: dict[str, Any] | None) -> tuple[str | None, str | None, str | None]:
+        """(adapter, channel, thread) as far as the route, the message and the execution's chat tell."""
         chat = chat or {}
         named = self.routes.get(route) if route else None
         if isinstance(named, dict):
             adapter, channel = named.get("adapter") or adapter, named.get("channel") or channel
         adapter = adapter or chat.get("adapter")
         channel = channel or chat.get("channel")
-        if not adapter or not channel:
-            known = ", ".join(sorted(self.routes)) or "none configured"
-            raise LookupError(f"no chat target for route {route!r}: give adapter= and channel=, or configure "
-                              f"routes.{route or '<name>'} (known routes: {known})")
         thread = chat.get("thread") if chat.get("channel") == channel and chat.get("adapter") == adapter else None
-        return str(adapter), str(channel), thread
+        return (str(adapter) if adapter else None), (str(channel) if channel else None), thread
+
+    def _announced_elsewhere(self, route: str, adapter: str | None, channel: str) -> None:
+        """Log, once per adapter and channel, that Squall's chat has no target for a post the stream
+        announces: hubot-stackstorm posting it is the normal case, a mistyped adapter is not."""
+        if (adapter, channel) in self._untargeted:
+            return
+        self._untargeted.add((adapter, channel))
+        configured = ", ".join(sorted(self.configured)) or "none"
+        named = f"its adapter {adapter!r}" if adapter else f"no adapter (none given, in routes.{route} or in its chat)"
+        log.info("a chatops.post_* to channel %r is not posted by Squall's chat: it names %s, and the adapters "
+                 "Squall has configured are: %s. Stream clients such as hubot-stackstorm get it as "
+                 "st2.announcement__%s. For Squall to post it too, give adapter= one of those, set routes.%s, "
+                 "or enable that adapter. (Logged once per channel.)", channel, named, configured, route, route)
 
     async def publish(self, route: str, params: dict[str, Any], request: RunRequest) -> dict[str, Any]:
         """The `announcement` runner's delivery: post_message and post_result (whose formatted text
         comes back under `announced`, for the stream's `st2.announcement__<route>`)."""
         chat = (params.get("context") or {}).get("chat") or request.context.get("chat")
-        adapter, channel, thread = self.target(route, params.get("adapter"), params.get("channel"), chat)
+        adapter, channel, thread = self._resolve(route, params.get("adapter"), params.get("channel"), chat)
+        if not channel:  # StackStorm's post_message and post_result require a channel
+            raise LookupError(f"no channel to post to for route {route!r}: give channel= (StackStorm's "
+                              f"chatops.post_* require it), or configure routes.{route}.channel (known routes: "
+                              f"{self._known()})")
         announced: dict[str, Any] = {}
         if request.action.name == "post_result":
-            execution = await self.engine.executions.get(str(params["execution_id"]))
-            alias_ref = (execution["context"].get("chat") or {}).get("alias")
-            text, extra = await rendered(render_result, self.index.aliases.get(alias_ref), execution)
+            text, extra = await self._result_text(str(params["execution_id"]))
             if text is None:
                 return {"skipped": "the alias turns results off"}
             # The stream's announcement carries the text, as StackStorm's post_result hands it to post_message.
             announced = {"message": text, "extra": extra}
         else:
             text, extra = str(params["message"]), params.get("extra") or {}
+        if adapter not in self.configured:
+            self._announced_elsewhere(route, adapter, channel)
+            return {"announced": announced} if announced else {}
         user = params.get("user")
         if params.get("whisper") and user:
             channel, thread = str(user), None
         elif user:
             text = f"{user}: {text}"
-        reply = Reply(adapter=adapter, channel=channel, thread=params.get("thread") or thread, text=text,
+        reply = Reply(adapter=str(adapter), channel=channel, thread=params.get("thread") or thread, text=text,
                       extra=extra)
         outbox_id = await self.outbox.post(reply)
         return {"adapter": adapter, "channel": channel, "outbox_id": outbox_id,
                 **({"announced": announced} if announced else {})}
+
+    async def _result_text(self, execution_id: str) -> tuple[str | None, dict[str, Any]]:
+        """post_result's text and extra for an execution, as its alias formats it (None: results off).
+        An execution that is not there is `ExecutionNotFound` (a LookupError): the run fails, as StackStorm's
+        `format_execution_result` does."""
+        execution = await self.engine.executions.get(execution_id)
+        alias_ref = (execution["context"].get("chat") or {}).get("alias")
+        return await rendered(render_result, self.index.aliases.get(alias_ref), execution)

@@ -9,6 +9,11 @@ listens for `st2.announcement__chatops`). Squall has no bus between processes: t
 result is the record, since whichever process ran it (a `squall worker` too) stores it, and
 `bot/http/stream.py` already reads every execution there. The result keeps StackStorm's shape
 (`{output: payload, **payload}`) plus `posted`, which names the route; `announced` reads the event back.
+
+As StackStorm's, the run succeeds once the message is announced, whether or not Squall's own chat has
+a target for it: with hubot-stackstorm in front, hubot posts it from the stream (the chat side logs
+that Squall's chat did not). What fails is what fails in StackStorm: `experimental` not true (before
+anything is published), and a `post_result` whose execution cannot be read (its formatting fails).
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ DEFAULT_ROUTE = "chatops"
 #: The stream event of an announcement is this and its route.
 EVENT_PREFIX = "st2.announcement__"
 
-#: publish(route, parameters, request) -> what was posted (adapter, channel, outbox id; `skipped` when
-#: nothing was; `announced`: what the message said that the parameters do not, as post_result's text).
+#: publish(route, parameters, request) -> what Squall's chat was given (adapter, channel, outbox id; none of
+#: them when it has no target: the stream still announces it; `skipped` when nothing is announced;
+#: `announced`: what the message said that the parameters do not, as post_result's text). LookupError
+#: for what StackStorm would refuse too (no channel at all, an execution that is not there).
 Publish = Callable[[str, dict[str, Any], RunRequest], Awaitable[dict[str, Any]]]
 
 
@@ -36,6 +43,11 @@ class AnnouncementRunner:
 
     async def run(self, request: RunRequest) -> RunOutcome:
         params = dict(request.action_parameters)
+        if request.runner_parameters.get("experimental", True) is not True:
+            # StackStorm's pre_run: nothing is published, and the result has no `output`.
+            return RunOutcome("failed", {"error": f"Experimental flag is missing for action {request.action.ref}: "
+                                                  "the announcement runner needs its `experimental` parameter "
+                                                  "true (its default)"})
         route = str(request.runner_parameters.get("route") or DEFAULT_ROUTE)
         try:
             posted = dict(await self.publish(route, params, request))
