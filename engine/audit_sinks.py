@@ -9,8 +9,9 @@ the sinks are its stream.
 
 What leaves through a sink is masked once more: any detail key that names a secret (password,
 secret, token, key, credential) or an HTTP header that carries one (authorization, cookie), and
-every cookie of a `cookies` object, is shown as `********`, whatever the caller already masked; a
-boolean there (a flag such as `api.key.set`'s `secret`), null or "" is shown as it is.
+every cookie of a `cookies` object, and the password of a `url` (`https://ann:********@host/`), is
+shown as `********`, whatever the caller already masked; a boolean there (a flag such as
+`api.key.set`'s `secret`), null or "" is shown as it is.
 
 The stdout sink is the service's (`squall serve`, `squall worker`): a log collector reads their standard
 output. A CLI command's standard output is its answer (`--json` prints one JSON document; an action that
@@ -35,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine.parameters import MASK, MASKED_MAPPINGS, mask_value, secret_header
+from engine.parameters import MASK, MASKED_NAMES, mask_value, secret_header
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,9 @@ def _maskable(v: Any) -> bool:
 def masked(value: Any) -> Any:
     """`value` with every mapping entry whose key names a secret masked, at any depth (flags and
     empty values kept: `_maskable`): a key `SECRET_NAME` finds (`engine.parameters`) or an HTTP
-    header that carries a credential (`Authorization`, `Cookie`: `secret_header`), and every cookie
-    of a `cookies` object. Parameters arrive masked by whoever recorded them; this is the sinks' net."""
+    header that carries a credential (`Authorization`, `Cookie`: `secret_header`), every cookie
+    of a `cookies` object and a `url`'s password. Parameters arrive masked by whoever recorded them;
+    this is the sinks' net."""
     if isinstance(value, Mapping):
         return {k: _masked_entry(k, v) for k, v in value.items()}
     if isinstance(value, list):
@@ -88,11 +90,11 @@ def masked(value: Any) -> Any:
 
 def _masked_entry(key: Any, value: Any) -> Any:
     """One mapping entry's value as `masked` shows it: a `headers` or `cookies` object keeps its shape
-    with its credentials masked (as the execution's stored parameters show it), a secret-named key's
-    value is `********`, anything else is masked inside."""
+    with its credentials masked, a `url` its password (as the execution's stored parameters show them),
+    a secret-named key's value is `********`, anything else is masked inside."""
     if not isinstance(key, str):
         return masked(value)
-    if key in MASKED_MAPPINGS:
+    if key in MASKED_NAMES:
         return masked(mask_value(key, value))
     return MASK if secret_header(key) and _maskable(value) else masked(value)
 

@@ -15,7 +15,8 @@ import math
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import jinja2
 
@@ -594,6 +595,12 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "s
 #: Parameters whose mapping holds credentials by key: the headers an HTTP request sends (those
 #: `secret_header` names) and its cookies (every one: a cookie sent is a session).
 MASKED_MAPPINGS = ("headers", "cookies")
+#: The parameter whose value is a URL that may hold a password (`https://user:password@host/`): the
+#: `http-request` runner's, and any action's of that name. Its password is shown as `********`.
+URL_PARAMETER = "url"
+#: Every parameter `mask_value` may show otherwise than given: where a credential hides though no spec
+#: says `secret`. Anything else is shown as it is, after one look-up here.
+MASKED_NAMES = frozenset({*MASKED_MAPPINGS, URL_PARAMETER})
 
 
 #: A header name's word that names a secret (`X-Auth-Token`, `X-Api-Key`, `X-Vault-Secret`): `SECRET_NAME`'s
@@ -638,13 +645,55 @@ def _as_mapping(value: Any) -> Mapping[Any, Any] | None:
     return None
 
 
+class _Login(NamedTuple):
+    """A URL that carries a password, as written: its parts, its user (may be "") and password (never ""),
+    and its host with the port, if any."""
+
+    parts: SplitResult
+    user: str
+    password: str
+    host: str
+
+    def with_password(self, url: str, password: str) -> str:
+        """`url` (the one this was read from) with `password` in place of its own, all else as written."""
+        netloc = f"{self.user}:{password}@{self.host}"
+        if self.parts.netloc in url:  # as written (only the scheme is before it, and that holds no "@")
+            return url.replace(self.parts.netloc, netloc, 1)
+        return self.parts._replace(netloc=netloc).geturl()  # written with what urlsplit drops (a tab)
+
+
+def _url_login(value: Any) -> _Login | None:
+    """`value`'s user and password when it is a URL with a password in it (`https://ann:pw@host/`,
+    `http://:token@host/`), read as requests reads them (`urlsplit`: the last `@` ends them, the first
+    `:` parts them); None otherwise, at the cost of one `in` for a text without `@`."""
+    if not isinstance(value, str) or "@" not in value:
+        return None
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # `http://[::1/`: no URL requests sends either
+        return None
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return _Login(parts, user, password, host) if at and colon and password else None
+
+
+def mask_url(url: Any) -> Any:
+    """`url` with the password in it (`https://ann:********@host/`) shown as `********`, anything else as
+    given: the user and host say where a request went, the password is a credential."""
+    login = _url_login(url)
+    return url if login is None else login.with_password(url, MASK)
+
+
 def mask_value(name: str, value: Any) -> Any:
     """`value` of parameter `name` as shown where its spec does not say `secret`: a `headers` object with
-    its credentials masked (`mask_headers`), a `cookies` object with every value masked, anything else as
-    it is. An object given as text comes back masked as an object when it held a credential, else as
-    given: what changed is what must travel sealed (`ExecutionService._store`, `bot.chat.approvals`)."""
-    if name not in MASKED_MAPPINGS:
+    its credentials masked (`mask_headers`), a `cookies` object with every value masked, a `url`'s
+    password masked (`mask_url`), anything else as it is. An object given as text comes back masked as
+    an object when it held a credential, else as given: what changed is what must travel sealed
+    (`ExecutionService._store`, `bot.chat.approvals`)."""
+    if name not in MASKED_NAMES:
         return value
+    if name == URL_PARAMETER:
+        return mask_url(value)
     mapping = _as_mapping(value)
     if mapping is None:
         return value
@@ -664,24 +713,42 @@ CREDENTIAL_MIN = 8
 
 
 def credential_texts(values: Mapping[str, Any]) -> list[str]:
-    """The credentials `mask_value` hides in `values`' `headers` and `cookies` (each credential header's
-    value and a `Bearer <token>`'s token, each cookie of a `Cookie` header, each value of `cookies`), as texts
-    to scrub wherever else they show, as a secret parameter's are. Only what could be a credential:
-    `CREDENTIAL_MIN` characters or more, and no JSON word or number (a cookie `consent=true` is a setting,
-    and every `true` of a result is the action's). Longest first."""
-    if "headers" not in values and "cookies" not in values:
-        return []  # nearly every request: on its path twice (stored, then run)
+    """The credentials `mask_value` hides in `values`' `headers`, `cookies` and `url` (each credential
+    header's value and a `Bearer <token>`'s token, each cookie of a `Cookie` header, each value of
+    `cookies`, a URL's password as written and percent-decoded), as texts to scrub wherever else they show,
+    as a secret parameter's are. Only what could be a credential: `CREDENTIAL_MIN` characters or more, and
+    no JSON word or number (a cookie `consent=true` is a setting, and every `true` of a result is the
+    action's). Longest first."""
+    if "headers" not in values and "cookies" not in values:  # nearly every request: on its path twice
+        return _url_texts(values[URL_PARAMETER]) if URL_PARAMETER in values else []
+    texts = _header_texts(_as_mapping(values.get("headers")))
+    cookies = _as_mapping(values.get("cookies"))
+    texts.update(str(value) for value in (cookies or {}).values() if value is not None)
+    return _credentials(texts, _url_texts(values.get(URL_PARAMETER)))
+
+
+def _url_texts(url: Any) -> list[str]:
+    """A URL's password (`credential_texts`), as written and percent-decoded (requests sends it decoded)."""
+    login = _url_login(url)  # one `in` for a URL without `@`: every `core.http` request's
+    return [] if login is None else _credentials({login.password, unquote(login.password)})
+
+
+def _credentials(texts: set[str], more: Collection[str] = ()) -> list[str]:
+    """Those of `texts` and `more` that could be a credential (`credential_texts`), longest first."""
+    texts.update(more)
+    return sorted((t for t in texts if len(t) >= CREDENTIAL_MIN and not _json_word(t)), key=len, reverse=True)
+
+
+def _header_texts(headers: Mapping[Any, Any] | None) -> set[str]:
+    """The texts of `headers`' credentials (`credential_texts`): the value, a scheme's token, a cookie's."""
     texts: set[str] = set()
-    headers = _as_mapping(values.get("headers"))
     for name, value in (headers or {}).items():
         if not secret_header(name) or not isinstance(value, str):
             continue
         texts.update([value, value.partition(" ")[2].strip()])
         if "cookie" in str(name).lower():
             texts.update(part.partition("=")[2].strip() for part in value.split(";"))
-    cookies = _as_mapping(values.get("cookies"))
-    texts.update(str(value) for value in (cookies or {}).values() if value is not None)
-    return sorted((t for t in texts if len(t) >= CREDENTIAL_MIN and not _json_word(t)), key=len, reverse=True)
+    return texts
 
 
 def _json_word(text: str) -> bool:
@@ -697,8 +764,11 @@ def restore_masked(given: Mapping[str, Any], original: Mapping[str, Any]) -> dic
     the `original`'s credentials (a header or cookie of the same name) replaced by that credential: the
     re-run form and the API show `headers` masked, and whoever edits one header of them sends the others
     back as shown. A mask under a name the original had no credential under stays as given; a header's
-    name is matched in any case, and `headers` given as text comes back as text."""
+    name is matched in any case, and `headers` given as text comes back as text. A `url` shown with its
+    password masked gets the original's back (`_restored_url`) when it still names the same user and host."""
     restored = dict(given)
+    if URL_PARAMETER in given:
+        restored[URL_PARAMETER] = _restored_url(given[URL_PARAMETER], original.get(URL_PARAMETER))
     for name in MASKED_MAPPINGS:
         new, old = _as_mapping(given.get(name)), _as_mapping(original.get(name))
         if new is None or old is None or not _holds_mask(new):
@@ -711,6 +781,24 @@ def restore_masked(given: Mapping[str, Any], original: Mapping[str, Any]) -> dic
     return restored
 
 
+def _restored_url(given: Any, original: Any) -> Any:
+    """`given` (a re-run's `url`) with the `original`'s password in place of the `********` it shows, when
+    both name the same scheme, user and host (and port): the path or query edited, it goes where it went.
+    Else as given: whoever may re-run a request must not send its password to a host of their choosing."""
+    new = _url_login(given)
+    if new is None or new.password != MASK:
+        return given
+    old = _url_login(original)
+    if old is None or _login_target(new) != _login_target(old):
+        return given
+    return new.with_password(given, old.password)
+
+
+def _login_target(login: _Login) -> tuple[str, str, str]:
+    """Whom a URL's password is for: its scheme, user and host with the port (names in any case)."""
+    return login.parts.scheme.lower(), login.user, login.host.lower()
+
+
 def _holds_mask(mapping: Mapping[Any, Any]) -> bool:
     """Whether one of `mapping`'s values is `********` as shown (a number or a flag never is)."""
     return any(isinstance(value, str) and value == MASK for value in mapping.values())
@@ -718,6 +806,10 @@ def _holds_mask(mapping: Mapping[Any, Any]) -> bool:
 
 def shows_masked(given: Mapping[str, Any]) -> bool:
     """Whether a re-run's `given` parameters hold a `headers` or `cookies` object with a `********` in
-    it, which `restore_masked` may have to take from the original (only then is it read and unsealed)."""
+    it, or a `url` whose password is one, which `restore_masked` may have to take from the original (only
+    then is it read and unsealed)."""
+    login = _url_login(given.get(URL_PARAMETER))
+    if login is not None and login.password == MASK:
+        return True
     return any((mapping := _as_mapping(given.get(name))) is not None and _holds_mask(mapping)
                for name in MASKED_MAPPINGS)

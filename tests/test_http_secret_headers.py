@@ -22,7 +22,7 @@ from bot.app import Squall
 from bot.chat.bot import ChatBot
 from engine import audit_sinks
 from engine.config import load_config
-from engine.parameters import MASK, ParameterError, mask, mask_headers, restore_masked, secret_header
+from engine.parameters import MASK, ParameterError, mask, mask_headers, mask_value, restore_masked, secret_header
 from tests.conftest import write
 from tests.test_api import KEY
 from tests.test_chat import loopback_chat, settle
@@ -431,3 +431,252 @@ def test_a_re_run_keeps_headers_given_as_text_as_text_and_finds_names_in_any_cas
     restored = restore_masked(given, original)
     assert isinstance(restored["headers"], str)
     assert json.loads(restored["headers"]) == {"Accept": "y", "authorization": TOKEN}
+
+
+# -- a workflow's headers handed on to its tasks' other parameters -----------------------------------------
+
+#: A workflow given `headers` that hands the credential on to a shell task's `cmd` (as a `curl -H` would)
+#: and to an HTTP task's `body`, where it is no header and so not masked by its name.
+_ORQUESTA_HEADERS = """
+version: 1.0
+input:
+  - headers
+  - url
+tasks:
+  shell:
+    action: core.local cmd="echo Authorization <% ctx().headers.Authorization %>"
+    next:
+      - when: <% succeeded() %>
+        do: post
+  post:
+    action: core.http url="<% ctx().url %>" method="GET" body="token=<% ctx().headers.Authorization %>"
+output:
+  - said: <% task(shell).result.stdout %>
+"""
+
+_CHAIN_HEADERS = """
+chain:
+  - name: shell
+    ref: core.local
+    params:
+      cmd: "echo Authorization {{ headers.Authorization }}"
+"""
+
+
+def _workflow_headers_pack(home: Path) -> None:
+    from tests.workflow_helpers import workflow_pack
+
+    workflow_pack(home, {
+        "orquesta_headers": ("orquesta", "headers: {type: object}\nurl: {type: string}", _ORQUESTA_HEADERS),
+        "chain_headers": ("action-chain", "headers: {type: object}", _CHAIN_HEADERS),
+    })
+
+
+def _stored_everything(squall: Squall) -> str:
+    """Every stored execution row and output chunk, as text."""
+    with squall.store.engine.connect() as conn:
+        rows = [*conn.execute(sa.text("SELECT * FROM executions")),
+                *conn.execute(sa.text("SELECT * FROM execution_output"))]
+    return json.dumps([list(r) for r in rows], default=str)
+
+
+@pytest.mark.parametrize("ref", ["wf.orquesta_headers", "wf.chain_headers"])
+async def test_a_workflow_s_header_credential_is_scrubbed_from_its_tasks(
+        home: Path, echo: tuple[str, list[dict[str, str]]], ref: str) -> None:
+    """The workflow's own record masked `headers.Authorization`; its task's `cmd`, stdout, `body` and output
+    showed it in clear. A task scrubs its workflow's credentials as it does its secret parameters' values."""
+    url, _seen = echo
+    _workflow_headers_pack(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        parameters: dict[str, Any] = {"headers": {"Authorization": TOKEN, "Accept": "x/y"}}
+        if ref == "wf.orquesta_headers":
+            parameters["url"] = url
+        record = await squall.executions.request(ref, parameters, {"user": "tester"})
+        done = await squall.executions.wait(record["id"], timeout=30)
+        tasks = await squall.executions.list(parent=done["id"], limit=10)
+        [shell] = [t for t in tasks if t["action"] == "core.local"]
+        alone = await squall.executions.rerun(shell["id"])  # the task re-run on its own scrubs them too
+        again = await squall.executions.wait(alone["id"], timeout=30)
+        stored = _stored_everything(squall)
+    finally:
+        await squall.close()
+    assert done["status"] == "succeeded", done["result"]
+    assert done["parameters"]["headers"] == {"Authorization": MASK, "Accept": "x/y"}
+    assert again["status"] == "succeeded" and again["result"]["stdout"].strip() == f"Authorization {MASK}"
+    assert shell["status"] == "succeeded", shell["result"]
+    assert shell["parameters"]["cmd"] in (f"echo Authorization {MASK}", 'echo Authorization "${SQUALL_ARG_0}"')
+    assert shell["result"]["stdout"].strip() == f"Authorization {MASK}"
+    if ref == "wf.orquesta_headers":
+        [post] = [t for t in tasks if t["action"] == "core.http"]
+        assert post["status"] == "succeeded", json.dumps(post["result"])[:3000]
+        assert post["parameters"]["body"] == f"token={MASK}"
+        assert done["result"]["output"]["said"].strip() == f"Authorization {MASK}"
+    shown = json.dumps([done, tasks, again], default=str)
+    assert _leaked(shown) == [] and _leaked(stored) == [], (shown, stored)
+
+
+# -- another runner's `headers`: what the action prints or returns ----------------------------------------
+
+def _python_headers_pack(home: Path) -> None:
+    pack = home / "packs" / "mr"
+    write(pack / "pack.yaml", "ref: mr\nname: mr\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "actions" / "hdr.yaml", """
+        name: hdr
+        runner_type: python-script
+        entry_point: hdr.py
+        parameters:
+          headers: {type: object}
+          cookies: {type: object}
+    """)
+    write(pack / "actions" / "hdr.py", """
+        from st2common.runners.base_action import Action
+
+        class Hdr(Action):
+            def run(self, headers, cookies):
+                print("printing", headers["Authorization"], cookies["sid"])
+                self.logger.error("logging %s", headers["X-Api-Key"])
+                return {"auth": headers["Authorization"], "token": headers["Authorization"].split()[1],
+                        "key": headers["X-Api-Key"], "jar": cookies["sid"], "length": len(headers["Authorization"])}
+    """)
+
+
+async def test_a_python_action_s_header_credentials_are_scrubbed_from_its_output_and_result(home: Path) -> None:
+    """A `python-script` action declaring `headers` and `cookies` (as some Exchange packs do) that prints,
+    logs and returns them: its record shows them masked everywhere, as a secret parameter's value."""
+    _python_headers_pack(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        record = await squall.executions.request("mr.hdr", {"headers": {"Authorization": TOKEN, "X-Api-Key": API_KEY},
+                                                            "cookies": {"sid": JAR}})
+        done = await squall.executions.wait(record["id"], timeout=60)
+        stored = _stored_everything(squall)
+    finally:
+        await squall.close()
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["result"] == {"auth": MASK, "token": MASK, "key": MASK, "jar": MASK,
+                                        "length": len(TOKEN)}  # the action had the real values
+    assert f"printing {MASK} {MASK}" in done["result"]["stdout"]
+    assert f"logging {MASK}" in done["result"]["stderr"]
+    assert _leaked(json.dumps(done, default=str)) == [] and _leaked(stored) == []
+
+
+# -- credentials in a URL: `https://user:password@host/` ---------------------------------------------------
+
+URL_PASSWORD = "pw-url-secret-7"
+URL_BASIC = base64.b64encode(f"ann:{URL_PASSWORD}".encode()).decode()
+
+
+def _with_userinfo(url: str, userinfo: str) -> str:
+    return url.replace("http://", f"http://{userinfo}@", 1)
+
+
+def test_a_url_s_password_is_masked_and_restored_by_the_one_rule() -> None:
+    from engine.parameters import credential_texts, shows_masked
+
+    assert mask_value("url", "https://ann:s3cret-pw@example.com:8443/p?q=1#f") == \
+        f"https://ann:{MASK}@example.com:8443/p?q=1#f"
+    assert mask_value("url", "http://:token-only-1@example.com/") == f"http://:{MASK}@example.com/"
+    for plain in ("https://example.com/a@b", "https://ann@example.com/", "http://ann:@example.com/", "not a url",
+                  "http://[::1/", 7, None):
+        assert mask_value("url", plain) == plain, plain  # nothing to hide, or no URL: as given
+    assert mask({"url": "http://ann:pw@h/"}, set()) == {"url": f"http://ann:{MASK}@h/"}  # short ones too
+    assert credential_texts({"url": "http://ann:s3cr%40t-pw@h/"}) == ["s3cr%40t-pw", "s3cr@t-pw"]
+    assert credential_texts({"url": "http://ann:short@h/"}) == []  # masked in the URL, too short to scrub
+
+    original = {"url": "https://ann:s3cret-pw@example.com/p"}
+    assert shows_masked({"url": f"https://ann:{MASK}@example.com/other"})
+    assert not shows_masked({"url": "https://example.com/"}) and not shows_masked({"url": 3})
+    assert restore_masked({"url": f"https://ann:{MASK}@example.com/other?x=1"}, original) == {
+        "url": "https://ann:s3cret-pw@example.com/other?x=1"}  # the path edited: the same login on the same host
+    for elsewhere in (f"https://ann:{MASK}@evil.example/p", f"https://bob:{MASK}@example.com/p",
+                      f"http://ann:{MASK}@example.com/p", f"https://ann:{MASK}@example.com:444/p"):
+        assert restore_masked({"url": elsewhere}, original) == {"url": elsewhere}, elsewhere  # never sent elsewhere
+    assert audit_sinks.entry({"detail": {"parameters": {"url": original["url"]}}})["detail"] == {
+        "parameters": {"url": f"https://ann:{MASK}@example.com/p"}}
+
+
+async def test_a_url_s_password_is_sent_and_shown_nowhere(
+        web: Web, echo: tuple[str, list[dict[str, str]]], caplog: pytest.LogCaptureFixture) -> None:
+    """`url: http://ann:<password>@host/` was shown in clear in the execution's parameters, its audit events
+    and wherever a reader looks; requests sends it as a `Basic` header, which the echo returns. The password is
+    masked as a credential header is, and travels sealed: a re-run sends it again, to the same host only."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    url, seen = echo
+    api = _api(web)
+    secret_url = _with_userinfo(url, f"ann:{URL_PASSWORD}")
+    done = await _run_http(web, api, secret_url, headers={"Accept": "application/json"})
+    assert seen[-1]["Authorization"] == f"Basic {URL_BASIC}"
+    got = await api.get(f"/api/v1/executions/{done['id']}")
+    assert got.json()["parameters"]["url"] == _with_userinfo(url, f"ann:{MASK}")
+    assert got.json()["result"]["body"]["headers"]["Authorization"] == f"Basic {MASK}"
+
+    again = await api.post(f"/api/v1/executions/{done['id']}/re_run", json={})
+    assert (await web.squall.executions.wait(again.json()["id"], timeout=30))["status"] == "succeeded"
+    assert seen[-1]["Authorization"] == f"Basic {URL_BASIC}"
+    edited = _with_userinfo(url, f"ann:{MASK}") + "?page=2"  # as shown, edited: the same login, the same host
+    changed = await api.post(f"/api/v1/executions/{done['id']}/re_run", json={"parameters": {"url": edited}})
+    assert changed.status_code == 201, changed.text
+    assert (await web.squall.executions.wait(changed.json()["id"], timeout=30))["status"] == "succeeded"
+    assert seen[-1]["Authorization"] == f"Basic {URL_BASIC}"
+    moved = edited.replace("127.0.0.1", "localhost")  # another host: the mask is sent as it is, never the password
+    elsewhere = await api.post(f"/api/v1/executions/{done['id']}/re_run", json={"parameters": {"url": moved}})
+    assert (await web.squall.executions.wait(elsewhere.json()["id"], timeout=30))["status"] == "succeeded"
+    assert seen[-1]["Authorization"] == "Basic " + base64.b64encode(f"ann:{MASK}".encode()).decode()
+
+    viewer, _ = await web.signed_in("vic", "viewer")
+    page = await viewer.get(f"/executions/{done['id']}")
+    operator, _csrf = await web.signed_in("olga", "operator")
+    form = await operator.get(f"/executions/{done['id']}/rerun")
+    rows = await web.squall.db(web.squall.store.audit_list, 100)
+    listed = await api.get("/api/v1/executions", params={"action": "core.http"})
+    with web.squall.store.engine.connect() as conn:
+        stored = json.dumps([list(r) for table in ("executions", "audit", "execution_output")
+                             for r in conn.execute(sa.text(f"SELECT * FROM {table}"))], default=str)
+    sinks = "\n".join(audit_sinks.line(row) for row in rows)
+    for where, text in (("api get", got.text), ("api list", listed.text), ("web page", page.text),
+                        ("re-run form", form.text), ("stored", stored), ("audit sinks", sinks),
+                        ("re-runs", again.text + changed.text), ("log", caplog.text)):
+        assert URL_PASSWORD not in text and URL_BASIC not in text, where
+
+
+async def test_a_url_s_password_is_in_no_error_and_no_task_of_a_workflow(home: Path) -> None:
+    """A request that fails says which URL it tried, with the password masked however short it is; a
+    workflow given the URL hands it on to a task's `cmd` scrubbed, as its credential headers."""
+    write(home / "packs" / "wf" / "actions" / "workflows" / "fetch_url.yaml", """
+        version: 1.0
+        input:
+          - url
+        tasks:
+          shell:
+            action: core.local cmd="echo fetching <% ctx().url %>"
+        output:
+          - said: <% task(shell).result.stdout %>
+    """)
+    write(home / "packs" / "wf" / "pack.yaml", "ref: wf\nname: wf\nversion: 0.1.0\n")
+    write(home / "packs" / "wf" / "actions" / "fetch_url.yaml", """
+        name: fetch_url
+        runner_type: orquesta
+        entry_point: workflows/fetch_url.yaml
+        parameters:
+          url: {type: string}
+    """)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        refused = await squall.executions.request("core.http", {"url": "http://:tk@127.0.0.1:1/x", "timeout": 5})
+        failed = await squall.executions.wait(refused["id"], timeout=30)
+        flow = await squall.executions.request("wf.fetch_url", {"url": f"https://ann:{URL_PASSWORD}@example.com/"})
+        done = await squall.executions.wait(flow["id"], timeout=30)
+        tasks = await squall.executions.list(parent=done["id"], limit=10)
+        stored = _stored_everything(squall)
+    finally:
+        await squall.close()
+    assert failed["status"] == "failed" and failed["result"]["error"].startswith(
+        f"request to http://:{MASK}@127.0.0.1:1/x failed"), failed["result"]
+    assert failed["parameters"]["url"] == f"http://:{MASK}@127.0.0.1:1/x" and ":tk@" not in json.dumps(failed)
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["output"]["said"].strip() == f"fetching https://ann:{MASK}@example.com/"
+    assert URL_PASSWORD not in json.dumps([done, tasks]) and URL_PASSWORD not in stored
+    assert ":tk@" not in stored

@@ -1,8 +1,10 @@
 """`http-request`: one HTTP request with `requests`, StackStorm's result and status rules (spec §1.4).
 
-The request carries every header and cookie as given; the credentials it sent, echoed back by the server,
-are scrubbed from its result (`_sent_credentials`). What the response itself returns (a `Set-Cookie`, an
-`X-Subject-Token`) is its result, as StackStorm keeps it: the next task of a workflow logs in with it."""
+The request carries every header and cookie as given, and the password of a `url` that holds one
+(`https://user:password@host/`); the credentials it sent, echoed back by the server, are scrubbed from
+its result (`_sent_credentials`), and the URL it names in an error shows its password masked
+(`mask_url`). What the response itself returns (a `Set-Cookie`, an `X-Subject-Token`) is its result,
+as StackStorm keeps it: the next task of a workflow logs in with it."""
 
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ from urllib.parse import urljoin, urlparse
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.utils import get_auth_from_url
 
 from engine.executions import scrub
-from engine.parameters import credential_texts
+from engine.parameters import credential_texts, mask_url
 from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
 
 _VERSION = "3.9.0"
@@ -118,9 +121,9 @@ def _guard_redirects(session: requests.Session, blacklist: Any, whitelist: Any) 
             return
         target = urljoin(response.url, target)
         host = urlparse(target).hostname or ""
-        if _refused(host, blacklist, whitelist):
-            raise _HostRefused(f'{response.url} redirects to {target}, whose host "{host}" is not allowed '
-                               "for this action")
+        if _refused(host, blacklist, whitelist):  # (requests keeps a URL's password in `response.url`)
+            raise _HostRefused(f'{mask_url(response.url)} redirects to {mask_url(target)}, whose host "{host}" '
+                               "is not allowed for this action")
     return check
 
 
@@ -237,19 +240,32 @@ def _timeout(request: RunRequest) -> float:
 
 
 def _send(request: RunRequest, abort: _Abort | None = None) -> RunOutcome:
+    """The request sent and its outcome, scrubbed of the credentials it sent (`_sent_credentials`)."""
+    runner = request.runner_parameters
+    headers = {str(k): str(v) for k, v in (runner.get("headers") or {}).items()}
+    headers.setdefault("User-Agent", f"st2/v{_VERSION}")
+    headers["X-Stanley-Action"] = request.action.name
+    auth = (runner["username"], runner.get("password") or "") if runner.get("username") else None
+    outcome = _sent(request, headers, auth, abort)
+    return RunOutcome(outcome.status, scrub(outcome.result, _sent_credentials(headers, runner.get("cookies"), auth,
+                                                                             runner["url"])))
+
+
+def _sent(request: RunRequest, headers: dict[str, str], auth: tuple[str, str] | None,
+          abort: _Abort | None) -> RunOutcome:
+    """Send the request with `headers` and `auth`; its outcome as StackStorm's runner words it, the URL
+    named with its password masked (`mask_url`)."""
     runner = request.runner_parameters
     params = request.action_parameters
     url = runner["url"]
+    shown = mask_url(url)
     host = urlparse(url).hostname or ""
     blacklist, whitelist = runner.get("url_hosts_blacklist"), runner.get("url_hosts_whitelist")
     if blacklist and whitelist:
         return RunOutcome("failed", {"error": '"url_hosts_blacklist" and "url_hosts_whitelist" are exclusive'})
     if _refused(host, blacklist, whitelist):
-        return RunOutcome("failed", {"error": f'URL "{url}" uses the host "{host}", which is not allowed for '
+        return RunOutcome("failed", {"error": f'URL "{shown}" uses the host "{host}", which is not allowed for '
                                               "this action"})
-    headers = {str(k): str(v) for k, v in (runner.get("headers") or {}).items()}
-    headers.setdefault("User-Agent", f"st2/v{_VERSION}")
-    headers["X-Stanley-Action"] = request.action.name
     body = params.get("body")
     files = None
     if params.get("file_name"):
@@ -260,7 +276,6 @@ def _send(request: RunRequest, abort: _Abort | None = None) -> RunOutcome:
     if body is not None and "json" in content_type.lower():
         body = _json_body(body)
     proxies = {k: v for k, v in (("http", runner.get("http_proxy")), ("https", runner.get("https_proxy"))) if v}
-    auth = (runner["username"], runner.get("password") or "") if runner.get("username") else None
     timeout = _timeout(request)
     deadline = time.monotonic() + timeout
     truncated = False
@@ -278,11 +293,12 @@ def _send(request: RunRequest, abort: _Abort | None = None) -> RunOutcome:
             with response:
                 content, truncated = _read_body(response, deadline)
     except (requests.Timeout, TimeoutError) as exc:
-        return RunOutcome("timeout", {"error": f"request to {url} timed out after {timeout:g} seconds: {exc}"})
+        return RunOutcome("timeout", {"error": f"request to {shown} timed out after {timeout:g} seconds: "
+                                               f"{_told(exc, url)}"})
     except (_HostRefused, _AddressRefused) as exc:
-        return RunOutcome("failed", {"error": f"request to {url} refused: {exc}"})
+        return RunOutcome("failed", {"error": f"request to {shown} refused: {exc}"})
     except requests.RequestException as exc:
-        return RunOutcome("failed", {"error": f"request to {url} failed: {exc}"})
+        return RunOutcome("failed", {"error": f"request to {shown} failed: {_told(exc, url)}"})
     # What was read, for `text` and `json()` to decode as they would the whole body (charset rules).
     response._content, response._content_consumed = content, True
     parsed = False
@@ -294,16 +310,25 @@ def _send(request: RunRequest, abort: _Abort | None = None) -> RunOutcome:
               "headers": dict(response.headers)}
     if truncated:  # StackStorm keeps the whole body; Squall keeps what every runner keeps of output
         result["truncated"] = f"the body was cut at {OUTPUT_LIMIT} bytes"
-    result = scrub(result, _sent_credentials(headers, runner.get("cookies"), auth))
     return RunOutcome("succeeded" if 200 <= response.status_code <= 206 else "failed", result)
 
 
-def _sent_credentials(headers: dict[str, str], cookies: Any, auth: tuple[str, str] | None) -> list[str]:
+def _told(exc: Exception, url: str) -> str:
+    """requests' error as text, the URL it quotes (`Invalid URL '…'`) with its password masked."""
+    text = str(exc)
+    return text.replace(url, mask_url(url)) if url in text else text
+
+
+def _sent_credentials(headers: dict[str, str], cookies: Any, auth: tuple[str, str] | None,
+                      url: str = "") -> list[str]:
     """The credentials this request sends, as texts to scrub from its result, longest first: those of its
-    headers and cookies (`engine.parameters.credential_texts`, the rule for what could be one) and the
-    `Basic` header requests makes of `username` and `password`. An echo server (httpbin's `/headers`)
-    answers with them, scrubbed as the engine scrubs a secret parameter's value (`scrub`)."""
-    texts = set(credential_texts({"headers": headers, "cookies": cookies}))
+    headers, cookies and URL (`engine.parameters.credential_texts`, the rule for what could be one) and the
+    `Basic` header requests makes of `username` and `password`, or else of the URL's user and password. An
+    echo server (httpbin's `/headers`) answers with them, scrubbed as the engine scrubs a secret
+    parameter's value (`scrub`)."""
+    texts = set(credential_texts({"headers": headers, "cookies": cookies, "url": url}))
+    if auth is None and "@" in url:
+        auth = get_auth_from_url(url) if mask_url(url) != url else None  # (only a URL with a password)
     if auth is not None:
         texts.add(base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii"))
     return sorted(texts, key=len, reverse=True)
@@ -331,7 +356,7 @@ class HttpRunner:
             return await asyncio.wait_for(asyncio.shield(sending), timeout + _TIMEOUT_SLACK)
         except TimeoutError:
             await _end(abort, sending)
-            url = request.runner_parameters["url"]
+            url = mask_url(request.runner_parameters["url"])
             return RunOutcome("timeout", {"error": f"request to {url} timed out after {timeout:g} seconds"})
         except asyncio.CancelledError:
             await _end(abort, sending)

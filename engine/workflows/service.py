@@ -42,6 +42,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from engine.parameters import credential_texts
 from engine.runners import SHELL_COMMAND_RUNNERS, WAITING_ON_TASKS, RunOutcome, RunRequest
 from engine.storage import as_utc, iso
 from engine.templates import KVNamespace, end_budget, render_pool, start_budget
@@ -119,9 +120,10 @@ class Flow:
         self._cancel_after_step = False
         #: The last step handed to a render thread: it runs on there if its task is canceled (`_step_ended`).
         self._running: Future[Any] | None = None
-        #: The values of its own `secret: true` parameters (sealed with it, so no step seals them again):
-        #: its tasks get them as secrets to mask, as they get `revealed`, for a task's own parameter (a
-        #: `cmd`, a `message`) that the workflow hands them to is not secret.
+        #: The values of its own `secret: true` parameters and the credentials of its `headers` and `cookies`
+        #: (sealed with it, so no step seals them again): its tasks get them as secrets to mask, as they get
+        #: `revealed`, for a task's own parameter (a `cmd`, a `message`, a `body`) that the workflow hands
+        #: them to is not secret.
         self.secrets: tuple[str, ...] = tuple(_secret_texts(request))
         #: The datastore values decrypted for this workflow: sealed with it (what earlier steps, its own
         #: parameters and its parent revealed), then what its conductor decrypts (`decrypt_kv`, `st2kv`).
@@ -921,15 +923,16 @@ class WorkflowService:
 
 
 def _secret_texts(request: RunRequest) -> list[str]:
-    """The texts of the workflow's own `secret: true` parameters' values, every value inside an object or
-    a list included (all of it is secret). The request holds them unsealed already (`_run_request`), so a
-    step reads and decrypts nothing for them, and a workflow without secret parameters costs nothing."""
+    """The texts its tasks must mask of the workflow's own parameters: its `secret: true` parameters'
+    values, every value inside an object or a list included (all of it is secret), and the credentials
+    of its `headers` and `cookies` (`credential_texts`, which its own record shows masked: a task handed
+    `ctx().headers.Authorization` in a `cmd` must not show it either). The request holds them unsealed
+    already (`_run_request`), so a step reads and decrypts nothing for them, and a workflow with neither
+    costs a look-up or two."""
     names = request.action.secret_names
-    if not names:
-        return []
     given = {**request.runner_parameters, **request.action_parameters}
+    texts = credential_texts(given)
     pending = [given[name] for name in names if name in given]
-    texts: list[str] = []
     while pending:
         value = pending.pop()
         if isinstance(value, dict):
