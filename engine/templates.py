@@ -248,7 +248,115 @@ def from_json_string(value: Any) -> Any:
 
 
 def from_yaml_string(value: Any) -> Any:
-    return yaml.safe_load(_text(value))
+    """`yaml.safe_load` of the text, within the render's limits (`_BoundedYamlLoader`): PyYAML builds what
+    it reads in Python, node by node, so a text no longer than the limit is read, within the deadline."""
+    text = _text(value)
+    cap = _limits.max_output_chars
+    if len(text) > cap:
+        reason = (f"the text given to from_yaml_string is {len(text)} characters long; YAML is read from at most "
+                  f"{cap} characters, the limit set by templates.max_output_chars in the config")
+        raise TemplateLimitError(reason, reason=reason)
+    loader = _BoundedYamlLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+if TYPE_CHECKING:
+    _YamlLoader = yaml.SafeLoader
+else:  # libyaml's parser where PyYAML was built with it: it reads text in C, ~5 times as fast
+    _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+#: The most parts a sexagesimal whole number (`1:30:00`) may have in YAML read by a template: PyYAML
+#: adds them up as a whole number growing by a factor of 60 at each, so its time grows with their
+#: square (100,000 parts took 4.5 s); 2150 make at most ~3,800 digits, within the 4,300 Python reads a
+#: whole number from text with.
+_SEXAGESIMAL_PARTS = 2150
+
+
+class _BoundedYamlLoader(_YamlLoader):
+    """PyYAML's safe loader within a render's limits. Why: it builds what it reads in Python, where the
+    sandbox does not look, from text a template does not choose (a payload, an action's output).
+
+    The deadline is checked at each node as it is read (`resolve`, which libyaml's parser calls too) and
+    made (`construct_object`); the keys of each mapping are weighed before they are hashed, as `dict()`'s
+    are (`_check_keys`: 20,000 keys of one hash value took 3.9 s); aliases may not repeat what their
+    anchors name past the limit (`_check_yaml_aliases`); sexagesimal numbers have few parts."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._squall_anchored = "&" in stream  # no anchor, no alias
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        _tick()
+        return super().resolve(kind, value, implicit)
+
+    def construct_document(self, node: Any) -> Any:
+        if self._squall_anchored:
+            _check_yaml_aliases(node)
+        return super().construct_document(node)
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        _tick()
+        return super().construct_object(node, deep)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # merge keys (`<<: *defaults`) first: their keys are hashed too
+            _check_keys([self.construct_object(key, deep) for key, _ in node.value], "from_yaml_string")
+        return super().construct_mapping(node, deep)
+
+    def construct_bounded_int(self, node: Any) -> Any:
+        parts = str(self.construct_scalar(node)).count(":") + 1
+        if parts > _SEXAGESIMAL_PARTS:
+            reason = (f"from_yaml_string read a sexagesimal number of {parts} parts (as 1:30:00 is); YAML read by a "
+                      f"template may have at most {_SEXAGESIMAL_PARTS} (~3,800 digits; Python reads a whole number of "
+                      "at most 4,300 from text)")
+            raise TemplateLimitError(reason, reason=reason)
+        return self.construct_yaml_int(node)
+
+
+_BoundedYamlLoader.add_constructor("tag:yaml.org,2002:int", _BoundedYamlLoader.construct_bounded_int)
+
+
+def _check_yaml_aliases(root: yaml.Node) -> None:
+    """Refuses a YAML document whose aliases repeat what their anchors name past the limit: PyYAML makes
+    each node once, whatever refers to it, so nine lists of nine aliases of the one before are small, but
+    a terabyte wherever it is printed or stored (a workflow's result). Each node counts its characters or
+    items, and what it holds as often as it is referred to; a node inside itself never ends."""
+    cap = _limits.max_output_chars
+    sizes: dict[int, int] = {}
+    opened: set[int] = set()  # the nodes whose items are being counted: what holds the node at hand
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, closing = stack.pop()
+        key = id(node)
+        if closing:
+            opened.discard(key)
+            size = len(node.value) + sum(sizes[id(item)] for item in _yaml_items(node))
+            if size > cap:
+                reason = (f"the aliases of the YAML given to from_yaml_string repeat what their anchors name to more "
+                          f"than {cap} characters or list items, the limit set by templates.max_output_chars in the "
+                          "config")
+                raise TemplateLimitError(reason, reason=reason)
+            sizes[key] = size
+        elif key in opened:
+            reason = ("the YAML given to from_yaml_string has an alias inside the node its anchor names: a value "
+                      "that holds itself, without end when printed or stored")
+            raise TemplateLimitError(reason, reason=reason)
+        elif key not in sizes:
+            _tick()
+            opened.add(key)
+            stack.append((node, True))
+            stack.extend((item, False) for item in _yaml_items(node))
+
+
+def _yaml_items(node: yaml.Node) -> Iterable[yaml.Node]:
+    """The nodes a sequence or mapping node holds (a mapping's keys and values); none for a scalar."""
+    if isinstance(node, yaml.MappingNode):
+        return itertools.chain.from_iterable(node.value)
+    return node.value if isinstance(node, yaml.SequenceNode) else ()
 
 
 def to_json_string(
@@ -1277,9 +1385,10 @@ def _check_keys(keys: Any, label: str) -> None:
     prone = _collision_prone(keys)
     if not prone:
         return
-    held = list(itertools.compress(prone, map(isinstance, prone, itertools.repeat(tuple | frozenset))))
-    if held and _work(held, cap) > cap:
-        _too_much_work(f"hashing the keys given to {label}")
+    if any(issubclass(kind, tuple | frozenset) for kind in set(map(type, prone))):
+        held = list(itertools.compress(prone, map(isinstance, prone, itertools.repeat(tuple | frozenset))))
+        if _work(held, cap) > cap:
+            _too_much_work(f"hashing the keys given to {label}")
     _check_shared_hashes(prone, f"the keys given to {label}")
 
 
@@ -1301,6 +1410,14 @@ _OWN_HASH_BITS = bytes(range(_PRONE_BITS))
 _PRONE_HASH_BITS = bytes(range(_PRONE_BITS, 256))
 #: Bit lengths to 1 where the number may share a hash value, else 0 (`bytearray.translate`'s table).
 _PRONE_BIT_LENGTHS = bytes(_PRONE_BITS * [0] + (256 - _PRONE_BITS) * [1])
+#: At most how many different floats below 2**61 share one hash value: a float m * 2**e (m odd) hashes
+#: to m's 61 bits turned left by e mod 61 (`sys.hash_info`), so the floats of one hash value are the
+#: turns of it that are odd and below 2**53 (six at most: each needs the eight bits below it clear),
+#: each at the ~19 exponents of its class mod 61 (floats 2**61 times apart share every hash value): 114,
+#: and one or two whole numbers. Among fewer keys than `templates.max_output_chars` over this, each is
+#: compared with at most that many others however they share, so only among more do floats and the
+#: numbers that may share their hash values count as big numbers do (`_collision_prone`).
+_FLOATS_PER_HASH = 128
 #: How many different keys may share one hash value. A dict or set compares a key with each key of its
 #: hash value that it holds, so k of them are k²/2 comparisons in one C call; keys of real data share
 #: one by chance almost never, numbers 2**61 - 1 apart always.
@@ -1320,28 +1437,38 @@ def _keys_work(keys: Any, cap: int) -> tuple[int, list[Any]]:
 def _collision_prone(keys: Any, kinds: set[type] | None = None, whole: bool = True) -> list[Any]:
     """The keys among `keys` (of the types `kinds`, when known) whose hash values others may share: whole
     numbers and floats from 2**61 on, and tuples and frozensets (their hash mixes their items' without a
-    key, so even pairs of small numbers can be made to share one). Text costs nothing here (its hash is
-    keyed per process), nor does a smaller number (`_HASH_MODULUS`). Without `whole`, the whole
-    numbers of type `int` are left out (`_leaf_work` has found them)."""
+    key, so even pairs of small numbers can be made to share one); among many keys that include floats,
+    every number (`_FLOATS_PER_HASH`). Text costs nothing here (its hash is keyed per process), nor does
+    a smaller number (`_HASH_MODULUS`). Without `whole`, the whole numbers of type `int` from 2**61 on are
+    left out (`_leaf_work` has found them)."""
     if keys.__class__ is range:
         ends = (abs(keys[0]), abs(keys[-1])) if keys else (0,)
         return list(_big_numbers(list(keys), None)) if max(ends).bit_length() >= _PRONE_BITS else []
     if not isinstance(keys, list | tuple):
         keys = list(keys)
     kinds = set(map(type, keys)) if kinds is None else kinds
+    numbers = len(keys) > _limits.max_output_chars // _FLOATS_PER_HASH and any(issubclass(k, float) for k in kinds)
     prone: list[Any] = []
     for kind in kinds:
-        if kind is str or kind is bool or (kind is int and not whole) \
-                or not issubclass(kind, int | float | tuple | frozenset):
+        if kind is str or not issubclass(kind, int | float | tuple | frozenset):
             continue
         picked = keys if len(kinds) == 1 else list(_of_type(keys, kind))
-        if issubclass(kind, int):
+        if numbers and issubclass(kind, int | float):
+            prone.extend(_small_numbers(picked) if kind is int and not whole else picked)
+        elif kind is bool or (kind is int and not whole):
+            continue
+        elif issubclass(kind, int):
             prone.extend(_big_numbers(picked, _bit_lengths(picked)))
         elif issubclass(kind, float):
             prone.extend(_big_floats(picked))
         else:
             prone.extend(picked)
     return prone
+
+
+def _small_numbers(whole: list[Any]) -> Iterable[Any]:
+    """The whole numbers among `whole` below 2**61 (those `_big_numbers` leaves)."""
+    return itertools.compress(whole, map(_PRONE_BITS.__gt__, map(int.bit_length, whole)))
 
 
 def _bit_lengths(whole: Any) -> bytearray | None:
@@ -1391,9 +1518,9 @@ def _check_shared_hashes(prone: list[Any], what: str) -> None:
         slots = list(map(hash, prone))
     if any(issubclass(kind, tuple | frozenset) for kind in set(map(type, prone))):  # their hash: any 64 bits
         slots = list(map(_HASH_MODULUS.__rmod__, slots))
-    counts = collections.Counter(slots)
-    if len(counts) == len(slots):  # no hash value held twice: the usual answer
+    if len(set(slots)) == len(slots):  # no hash value held twice: the usual answer (a set is made faster)
         return
+    counts = collections.Counter(slots)
     held = counts.values()
     squares = sum(map(operator.mul, held, held)) - operator.countOf(held, 1)  # of the counts past one
     if max(held) <= _SHARED_HASH_KEYS and squares <= _limits.max_output_chars:
@@ -1425,8 +1552,8 @@ def _shared_work(prone: list[Any], slots: list[int], counts: collections.Counter
         held.append(key)
         if len(held) > _SHARED_HASH_KEYS:
             reason = (f"hashing {what}: more than {_SHARED_HASH_KEYS} different ones share one hash value (whole "
-                      "numbers that differ by a multiple of 2**61 - 1 do), and each would be compared with all "
-                      "the others that share it")
+                      "numbers that differ by a multiple of 2**61 - 1 do, and floats 2**61 times apart), and each "
+                      "would be compared with all the others that share it")
             raise TemplateLimitError(reason, reason=reason)
         if len(held) > 1:
             work += counts[slot] * (2 if len(held) == 2 else 1)

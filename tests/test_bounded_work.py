@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from bot.app import Squall
 from bot.headers import INSTANCE_HEADER
@@ -245,6 +247,72 @@ def test_ordinary_templates_are_unchanged() -> None:
     with pytest.raises(TemplateLimitError, match="2048 characters"):
         render_template("{{ 'x' * 4096 }}", {})
     assert render_template("{{ 'x' * 2000 }}", {}) == "x" * 2000
+
+
+def _limit_reason(template: str, context: dict[str, Any]) -> str:
+    """The reason a render was refused for a limit."""
+    with pytest.raises(TemplateLimitError) as caught:
+        render_template(template, context)
+    return caught.value.reason
+
+
+def test_from_yaml_string_reads_within_the_limits() -> None:
+    """`from_yaml_string` built what it read in Python, from any text, where no deadline reached:
+    20,000 keys 2**61 - 1 apart (one hash value) held a render 3.9 s, a sexagesimal number of 100,000
+    parts 4.5 s, 1.4 MB of rows 12 s. Its keys are weighed as `dict()`'s, its text, its aliases and its
+    numbers are held to the limits, and the deadline reaches each node it reads."""
+    modulus = sys.hash_info.modulus
+    shared = "\n".join(f"{k * modulus + 1}: {k}" for k in range(1, 200))
+    for doc in (shared, "!!set {" + ", ".join(str(k * modulus) for k in range(1, 200)) + "}",
+                f"rows:\n- {{{', '.join(f'{k * modulus}: x' for k in range(1, 200))}}}"):
+        reason = _limit_reason("{{ (doc|from_yaml_string)|length }}", {"doc": doc})
+        assert "the keys given to from_yaml_string" in reason and "more than 64 different ones" in reason, reason
+    reason = _limit_reason("{{ doc|from_yaml_string }}", {"doc": "x: 1" + ":1" * 3000})
+    assert "sexagesimal number of 3001 parts" in reason and "at most 2150" in reason, reason
+    reason = _limit_reason("{{ (doc|from_yaml_string)|length }}", {"doc": "a: &a [1, *a]"})
+    assert "an alias inside the node its anchor names" in reason, reason
+
+    configure_limits(TemplateLimits(max_output_chars=4096))
+    reason = _limit_reason("{{ (doc|from_yaml_string)|length }}", {"doc": "- x\n" * 1100})
+    assert "is 4400 characters long" in reason and f"4096 characters, the limit set by {LIMIT_KEY}" in reason
+    laughs = ("a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+              "d: [*c,*c,*c,*c,*c,*c,*c,*c,*c]")
+    reason = _limit_reason("{{ (doc|from_yaml_string)|length }}", {"doc": laughs})
+    assert "aliases" in reason and f"more than 4096 characters or list items, the limit set by {LIMIT_KEY}" in reason
+
+    # the deadline stops the reading: the error at the end of the text is never reached
+    configure_limits(TemplateLimits(max_seconds=0.01))
+    reason = _limit_reason("{{ (doc|from_yaml_string)|length }}", {"doc": "- x\n" * 200000 + "- [unclosed\n"})
+    assert TIME_KEY in reason and "0.01 s" in reason
+
+
+def test_from_yaml_string_reads_ordinary_documents_as_before() -> None:
+    config = """
+        defaults: &defaults
+          retries: 3
+          timeout: 1.5
+        hosts:
+          web1:
+            <<: *defaults
+            port: 8080
+          web2: {<<: *defaults, timeout: 2.5}
+        ids: [1, 0x10, 1:30, 2305843009213693952, 4611686018427387903, 0.5, 1.0e+3]
+        7: seven
+        2.5: two and a half
+        tags: !!set {a, b}
+        when: 2024-01-02
+        same: [*defaults, *defaults]
+    """.replace("\n        ", "\n")
+    expected = yaml.safe_load(config)
+    assert expected["hosts"]["web2"] == {"retries": 3, "timeout": 2.5} and expected["ids"][2] == 90
+    assert render_template("{{ (doc|from_yaml_string) == expected }}", {"doc": config, "expected": expected}) == "True"
+    assert render_template("{{ (doc|from_yaml_string).hosts.web1.port }}", {"doc": config}) == "8080"
+    # keys 2**61 - 1 apart, but few enough that sharing a hash value cannot cost much
+    few = "\n".join(f"{k * sys.hash_info.modulus}: {k}" for k in range(1, 60))
+    assert render_template("{{ (doc|from_yaml_string)|length }}", {"doc": few}) == "59"
+    # JSON's keys are text, hashed with the process's key: nothing for them to share
+    keys = json.dumps({str(k * sys.hash_info.modulus): k for k in range(1, 2000)})
+    assert render_template("{{ (doc|from_json_string)|length }}", {"doc": keys}) == "1999"
 
 
 def test_the_config_sets_and_checks_the_limits(home: Path) -> None:
