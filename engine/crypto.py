@@ -22,6 +22,14 @@ changed (one `os.stat`), so it never seals under a key the file no longer holds,
 naming a key it does not know makes it read the file again before it gives up. Decrypting under a
 known key costs no system call. The rotation itself keeps the old keys while another Squall process
 runs (`engine.datastore.rotate_key`): such a process may hold ciphertext it sealed a moment earlier.
+
+A write that seals a value and stores it (`squall key set --encrypt`, `squall key load`) holds a shared
+`flock` on a second lock file (`<key file>.seal.lock`, `KeyRing.sealing`) from before it encrypts until
+its transaction commits, and a rotation takes that lock exclusively for a moment once its new key is in
+the file (`KeyRing.wait_for_sealing`). Such a write sealed under the old key and stored the ciphertext
+just after the rotation had read the secrets, and the rotation then retired the key it was sealed
+under: that value was lost. Now every write that may have chosen the old key has committed before the
+rotation reads anything, and every write after that finds the new key in the file.
 """
 
 from __future__ import annotations
@@ -133,6 +141,88 @@ class _KeyFileLock:
         if doing == _ROTATION and holder[1:] == [_ROTATION]:
             raise RotationUnderWay(f"another key rotation is under way (pid {holder[0]}); try again when it ends")
         fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+class _SealLock:
+    """The shared `flock` on `<key file>.seal.lock` that writes storing a sealed value hold from before they
+    encrypt until they commit (`KeyRing.sealing`), and that a rotation takes exclusively for a moment once
+    its new key is in the file (`KeyRing.wait_for_sealing`): then no write that may have sealed under the old
+    key is still to commit, and every later one reads the new key from the file.
+
+    Not the key file's lock (`_KeyFileLock`): a rotation holds that one from its first step to its last,
+    re-encrypting every secret meanwhile, and a seal waiting on it would stall for as long; on this one a
+    seal waits only while a rotation takes it, which it lets go at once. Nor a check made after retiring,
+    for ciphertexts under the retired keys: a write may commit after any such check.
+
+    One per key file in the process, shared by its threads and tasks: the first holder takes the `flock`
+    (on a file kept open) and the last lets it go, so a seal pays one `flock` call to take it and one to
+    let it go, and a write that seals nothing pays none."""
+
+    _all: dict[str, _SealLock] = {}
+    _all_guard = threading.Lock()
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._guard = threading.Lock()
+        self._holders = 0
+        self._fd: int | None = None
+
+    @classmethod
+    def of(cls, key_file: Path) -> _SealLock:
+        lock_file = os.path.abspath(f"{key_file}.seal.lock")
+        with cls._all_guard:
+            return cls._all.setdefault(lock_file, cls(Path(lock_file)))
+
+    @classmethod
+    def forget_inherited(cls) -> None:
+        """In a forked child: the parent's open lock files are the parent's (closing the child's copies leaves
+        the parent's `flock` as it is; unlocking one would have let it go), and so are their guards' states."""
+        cls._all_guard = threading.Lock()
+        for lock in cls._all.values():
+            if lock._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(lock._fd)
+            lock._guard, lock._holders, lock._fd = threading.Lock(), 0, None
+
+    def _open(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise CryptoError(f"cannot open the key file's lock file {self.path} ({exc}); its folder must be "
+                              "writable by the user running Squall") from exc
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._guard:
+            if self._holders == 0:
+                if self._fd is None:
+                    self._fd = self._open()
+                fcntl.flock(self._fd, fcntl.LOCK_SH)  # waits only while a rotation takes it, a moment
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._holders -= 1
+                if self._holders == 0 and self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def wait_for_holders(self, waiting: Callable[[], None]) -> None:
+        """Take the lock exclusively and let it go: every holder of it now has ended. `waiting` is called
+        first if one holds it. Never called inside `shared` on the same thread: it would wait for itself."""
+        fd = self._open()
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                waiting()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        finally:
+            os.close(fd)  # lets the flock go
+
+
+os.register_at_fork(after_in_child=_SealLock.forget_inherited)
 
 
 class KeyRing:
@@ -256,6 +346,24 @@ class KeyRing:
         """Hold the key file's lock for a whole rotation (`engine.datastore.rotate_key`): RotationUnderWay
         at once when another process rotates. The ring's own writes inside take the lock again freely."""
         return _KeyFileLock.of(self.path).hold(_ROTATION)
+
+    def sealing(self) -> contextlib.AbstractContextManager[None]:
+        """Hold around a write that seals a value and stores it, from before it encrypts until its transaction
+        has committed (an awaited `storage.Database` call has): a rotation waits for it before it reads the
+        secrets (`wait_for_sealing`), so a value sealed under the old key is re-encrypted with the rest rather
+        than stored after the rotation read them, under a key it then retired. Writes of the same process may
+        hold it at once; a rotation only waits while one does.
+
+        The ring is read first, its first key made if there is none (under the key file's lock): inside, an
+        encrypt never waits for the key file's lock, which a rotation waiting here holds."""
+        self._load()
+        return _SealLock.of(self.path).shared()
+
+    def wait_for_sealing(self, waiting: Callable[[], None] = lambda: None) -> None:
+        """Wait until every write holding `sealing` now, in any process, has committed (`waiting` is called
+        first if one does). A rotation calls it once its new key is in the file: a write that chose the old
+        key has stored its ciphertext by then, and every later one reads the new key."""
+        _SealLock.of(self.path).wait_for_holders(waiting)
 
     def key_ids(self) -> list[str]:
         """The ids of the keys in the file now, the current one first ([] if there is no file)."""

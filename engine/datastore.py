@@ -286,12 +286,13 @@ class RotationReport:
     retired: int
     #: The other Squall processes that used the database when the old keys were to go: they were kept.
     in_use_by: list[str] = field(default_factory=list)
-    #: Secrets still changing under the rotation after its last pass (old keys kept for them).
+    #: Secrets still changing (or still stored under an old key) at its last pass: old keys kept for them.
     changed: int = 0
 
 
-#: Passes over the secrets: a secret changed during one pass (compare-and-swap missed) is taken again.
-_ROTATION_PASSES = 3
+#: Passes over the secrets: a secret changed during one pass (compare-and-swap missed) is taken again, and
+#: the last pass finds nothing left under an old key (`_rotation`).
+_ROTATION_PASSES = 4
 
 
 def _nobody() -> list[str]:
@@ -340,18 +341,32 @@ def _rotation(store: Store, keys: KeyRing, progress: Callable[[str], None],
     once per run, and could retire the old keys in a run whose re-encrypted secrets were then rolled back.
     Each database call here (a pass, `others`) may run again: it changes no file. The whole rotation holds
     the key file's lock (`KeyRing.rotating`): a second rotation at once is refused, as two that overlapped
-    each kept only the file's first key, the other's, and lost every secret."""
+    each kept only the file's first key, the other's, and lost every secret.
+
+    Once the new key is in the file, the rotation waits for the writes that seal a value and store it
+    (`KeyRing.sealing`: `squall key set --encrypt`, `squall key load`) to commit before it reads any secret:
+    one that sealed under the old key and stored it just after the rotation's pass had read the secrets was
+    left under a key the rotation then retired. That wait is the guarantee, for the writes that hold the
+    lock; it costs them a `flock` each and a chat command that seals nothing, nothing. A write that does
+    not hold it (a running service's, which `others` keeps the old keys for) gets the passes: they go on
+    until one finds nothing left under an old key, so a ciphertext stored under one after a pass read the
+    secrets is re-encrypted by the next."""
     with keys.rotating():
         old_ids = keys.key_ids()
         new_id = keys.add_key()
         progress(f"added key {new_id}; re-encrypting secrets")
+        keys.wait_for_sealing(lambda: progress("waiting for the secrets being stored now (squall key set "
+                                               "--encrypt, key load) to be committed"))
         reencrypted, changed, unreadable = 0, 0, []
         for _ in range(_ROTATION_PASSES):
             written, changed, unreadable = yield _reencrypt_pass, (store, keys, new_id)
             reencrypted += written
-            if not changed:
-                break
-            progress(f"{changed} secrets changed while they were re-encrypted; taking them again")
+            if not (written or changed):
+                break  # nothing left under an old key (what could not be read aside)
+            if changed:
+                progress(f"{changed} secrets changed while they were re-encrypted; taking them again")
+        else:
+            changed = changed or written  # its last pass still found some: more may have come after it
         progress(f"re-encrypted {reencrypted} secrets (secret keys, executions' and approvals' sealed parameters, "
                  "chat sessions)")
         if unreadable or changed:
@@ -408,7 +423,8 @@ async def rotate_key_through(db: Callable[..., Awaitable[Any]], store: Store, ke
                              progress: Callable[[str], None] = lambda _m: None, *,
                              others: Callable[[], list[str]] = _nobody) -> RotationReport:
     """`rotate_key`, its database calls made through `db` (a `storage.Database`), which may run one again;
-    the key file's steps run here, on the caller's thread, once each."""
+    the key file's steps run here, on the caller's thread, once each (the wait for the writes that seal, too:
+    a caller whose own tasks seal would wait for them while they cannot run)."""
     steps = _rotation(store, keys, progress, others)
     try:
         step = _advance(steps, True, None)

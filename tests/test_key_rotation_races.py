@@ -1,19 +1,27 @@
 """`squall key rotate` against what runs beside it: a second rotation, a database call run again, a key file
-that is gone. Each once lost secrets for good; the rotations are driven as an operator would, as processes."""
+that is gone, a secret sealed under the old key while it ran. Each once lost secrets for good; the rotations
+are driven as an operator would, as processes."""
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from engine import datastore as datastore_module
 from engine.crypto import CryptoError, KeyRing
+from engine.datastore import Datastore
+from engine.storage import Store
 from tests.test_cli import SQUALL, squall
 
 SECRETS = {f"s{n}": f"value-{n}" for n in range(20)}
@@ -165,3 +173,132 @@ def test_a_fresh_database_gets_its_key_at_first_use(home: Path) -> None:
     assert squall(home, "key", "set", "first", "s3cret", "--encrypt").returncode == 0
     assert len(_ring(home)) == 1
     assert squall(home, "key", "get", "first", "--decrypt").stdout.strip() == "s3cret"
+
+
+#: `squall` with one change: the value `late-secret` is sealed (under the key the file holds then) and the
+#: process then waits, before it stores it, until the test creates `go` in $SQUALL_TEST_SIGNALS; it says
+#: so by creating `sealed` there. The moment a `squall key set --encrypt` spends between its seal and its
+#: commit, stretched so that a rotation runs in it.
+_PAUSED_AFTER_SEALING = """
+import os, sys, time
+from pathlib import Path
+from engine.crypto import KeyRing
+signals = Path(os.environ["SQUALL_TEST_SIGNALS"])
+encrypt = KeyRing.encrypt
+def encrypt_then_wait(self, plaintext):
+    sealed = encrypt(self, plaintext)
+    if plaintext == "late-secret":
+        (signals / "sealed").touch()
+        deadline = time.monotonic() + 120
+        while not (signals / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return sealed
+KeyRing.encrypt = encrypt_then_wait
+from bot.cli import main
+sys.argv[0] = "squall"
+main()
+"""
+
+
+def _waits_on_a_lock(pid: int) -> bool:
+    """Whether process `pid` waits for a `flock` now: /proc/locks lists a waiter as `N: -> FLOCK ... <pid> ...`."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1:3] == ["->", "FLOCK"] and fields[5] == str(pid):
+            return True
+    return False
+
+
+def _until_ended_or_waiting(process: subprocess.Popen[str], deadline: float) -> None:
+    """Return once `process` has ended or waits for a lock (then it waits for the writer the test holds)."""
+    while process.poll() is None and not _waits_on_a_lock(process.pid):
+        assert time.monotonic() < deadline, "the rotation neither ended nor waited for the writer"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("writer", ["set", "load"])
+def test_a_secret_sealed_under_the_old_key_and_stored_during_a_rotation_stays_readable(home: Path,
+                                                                                         writer: str) -> None:
+    """`squall key set --encrypt` (or `key load`) sealed its value under the old key just before a rotation
+    added the new one and stored it just after the rotation had read the secrets: the rotation then retired
+    the old key, and that value could never be read again. The rotation now waits for such a write to end
+    before it reads the secrets, so the value is re-encrypted with the rest."""
+    _load_secrets(home)
+    old = _ring(home)
+    signals = home / "signals"
+    signals.mkdir()
+    (home / "late.json").write_text(json.dumps([{"name": "late", "value": "late-secret", "secret": True}]))
+    arguments = ["set", "late", "late-secret", "--encrypt"] if writer == "set" else ["load", str(home / "late.json")]
+    config = ["-c", str(home / "config.yml"), "key"]
+    deadline = time.monotonic() + 120
+    sealing = subprocess.Popen([sys.executable, "-c", _PAUSED_AFTER_SEALING, *config, *arguments], cwd=home,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "SQUALL_TEST_SIGNALS": str(signals)})
+    rotation: subprocess.Popen[str] | None = None
+    try:
+        while not (signals / "sealed").exists():
+            assert sealing.poll() is None, sealing.communicate()
+            assert time.monotonic() < deadline, "the writer never sealed its value"
+            time.sleep(0.01)
+        rotation = subprocess.Popen([str(SQUALL), *config, "rotate"], cwd=home, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        _until_ended_or_waiting(rotation, deadline)
+        (signals / "go").touch()  # the writer stores what it sealed under the old key
+        written = sealing.communicate(timeout=60)
+        rotated = rotation.communicate(timeout=60)
+    finally:
+        for process in (sealing, rotation):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert sealing.returncode == 0, written
+    assert rotation.returncode == 0, rotated
+    assert _readable(home) == {**SECRETS, "late": "late-secret"}
+    assert "waiting for the secrets being stored now" in rotated[1]  # it waited for the writer, which then stored
+    assert "retired 1 old key(s)" in rotated[0]
+    [new] = _ring(home)
+    assert new != old[0] and f"re-encrypted {len(SECRETS) + 1} secrets under key {new}" in rotated[0]
+
+
+def test_a_ciphertext_stored_under_the_old_key_after_the_rotation_read_the_secrets_is_reencrypted_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that seals without the rotation waiting for it (a `squall serve` holding a command's secret
+    parameters for approval) sealed under the old key a moment before the new key was added and stored the
+    ciphertext just after the rotation's pass had read the secrets, then stopped before the rotation looked
+    for other processes: the old key was retired and the held command could never be run. The rotation's
+    last pass finds nothing left under an old key before any goes. The service's key ring, read before the
+    rotation, seals under the new key afterwards without being restarted (it looks whether the file changed)."""
+    path = tmp_path / "datastore.key"
+    store = Store.open(f"sqlite:///{tmp_path / 'rotate.db'}")
+    try:
+        service = Datastore(store, KeyRing(path))
+        service.set("pw", "kv-secret", encrypt=True)
+        old = service.keys.current_key_id
+        held = service.keys.encrypt(json.dumps({"token": "held-secret"}))  # sealed under the old key
+        read = store.sealed_values
+        passes: list[int] = []
+
+        def read_then_the_service_stores() -> list[tuple[str, tuple[Any, ...], str]]:
+            found = read()
+            passes.append(len(found))
+            if len(passes) == 1:  # just after the first pass read the secrets
+                now = datetime.now(UTC)
+                store.approval_add({"id": "a1b2c3d4", "alias": "demo.login", "action": "demo.login",
+                                    "parameters": {"token": "********"}, "render": {}, "sealed": held,
+                                    "context": {}, "requester": "alice", "adapter": "loopback", "channel": "#ops",
+                                    "thread": None, "groups": ["approvers"], "count": 1, "self_approval": False,
+                                    "created_at": now, "expires_at": now + timedelta(hours=1),
+                                    "status": "pending", "decisions": [], "revision": 0, "execution_id": None})
+            return found
+
+        monkeypatch.setattr(store, "sealed_values", read_then_the_service_stores)
+        report = datastore_module.rotate_key(store, KeyRing(path), others=list)
+        sealed = store.approval_get("a1b2c3d4")["sealed"]
+        assert json.loads(KeyRing(path).decrypt(sealed)) == {"token": "held-secret"}
+        assert (report.reencrypted, report.retired, report.unreadable, report.changed) == (2, 1, [], 0)
+        assert KeyRing(path).key_ids() == [report.key_id] != [old]
+        service.set("after", "sealed-after", encrypt=True)
+        assert service.keys.key_id_of(service.lookup("system", "after") or "") == report.key_id
+        assert Datastore(store, KeyRing(path)).get("after", decrypt=True)["value"] == "sealed-after"
+    finally:
+        store.close()

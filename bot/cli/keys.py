@@ -9,6 +9,7 @@ Names, values, users and errors are printed as written: rich would read a `[...]
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -79,6 +80,14 @@ def _datastore_call(work: Any) -> Any:
         raise fail(str(exc)) from exc
 
 
+def _sealing(squall: Squall, encrypt: bool) -> contextlib.AbstractContextManager[None]:
+    """Held around a write that seals its value, until the awaited database call has committed it
+    (`KeyRing.sealing`): a `squall key rotate` running meanwhile waits for it before it reads the secrets,
+    rather than retire the key the value was sealed under just after it was stored. A plain write holds
+    nothing."""
+    return squall.keys.sealing() if encrypt else contextlib.nullcontext()
+
+
 def _datastore_read(work: Callable[[Datastore], T]) -> T:
     """Run a datastore read on the database alone: reads fire no trigger, so no packs, rules or
     runners need loading (most of what `squall key get` cost when it started Squall)."""
@@ -112,8 +121,9 @@ def key_set(
     async def work(squall: Squall) -> dict[str, Any]:
         from engine.datastore import normalise_scope
 
-        item = await squall.db(squall.datastore.set, name, value, scope=scope, user=_owner(scope, user),
-                               encrypt=encrypt, ttl=ttl)
+        with _sealing(squall, encrypt):
+            item = await squall.db(squall.datastore.set, name, value, scope=scope, user=_owner(scope, user),
+                                   encrypt=encrypt, ttl=ttl)
         await squall.db(record_audit, squall.store, "cli.key.set", item["name"],
                         {"scope": normalise_scope(item["scope"]), "secret": bool(item["secret"]), "ttl": ttl})
         return item
@@ -278,8 +288,9 @@ def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {na
             except DatastoreError as exc:
                 raise DatastoreError(f"{item['where']}: {exc}") from None
         for number, item in enumerate(items, 1):
-            await squall.db(squall.datastore.set, item["name"], item["value"], **arguments(item),
-                            description=item.get("description"))
+            with _sealing(squall, arguments(item)["encrypt"]):
+                await squall.db(squall.datastore.set, item["name"], item["value"], **arguments(item),
+                                description=item.get("description"))
             if number % 500 == 0:
                 err.print(f"[dim]…[/dim] {number}/{len(items)}", markup=True)
         await squall.db(record_audit, squall.store, "cli.key.load", str(file),
