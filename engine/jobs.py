@@ -21,15 +21,22 @@ imports nothing of it).
   holds a workflow while its tasks run, and the death of any node loses no step.
 - `worker_app` is the procrastinate App a `squall worker` runs: one task, which claims and runs
   the execution, or conducts the workflow one step, in the worker's engine.
-- `reap_stalled` ends what a worker that stopped answering (its heartbeat older than
+- `reap_stalled` ends what a worker that stopped answering (its heartbeat unchanged for
   `STALLED_SECONDS`) left: its actions become `abandoned` (retry policies then run them again, and
   their workflow conducts on), its workflow steps are queued again. It also queues a step for any
   workflow that waits on nothing and has no job (its last task's process died between the two).
-  A heartbeat's age says the worker is gone only if the worker could have beaten meanwhile: while
-  PostgreSQL is down, or cut off from the reaper and the workers alike, nobody beats. So a reaper
-  judges heartbeats only once it has itself reached the database without a gap for
-  `STALLED_SECONDS` (`ReaperWatch`), and never within `STALLED_SECONDS` of the server's start; a
-  live worker beats again within seconds of the database's return (`bot.worker.JobWorker`).
+  A heartbeat is the server's `now()` when it was stored, and the server's wall clock may step
+  (NTP): its age by that clock made a forward step abandon what live workers ran, and a step back
+  (a heartbeat, or the server's start, in the future) keep a dead worker's runs for the step's
+  length. So a reaper judges a heartbeat by whether it changes, over its own monotonic clock
+  (`ReaperWatch`), never by comparing it with a clock. And it says the worker is gone only if the
+  worker could have beaten meanwhile: while PostgreSQL is down, or cut off from the reaper and the
+  workers alike, nobody beats. So the watch starts again after a gap in the reaper's own looks and
+  when the server restarted (`pg_postmaster_start_time()` changed); a live worker beats again
+  within seconds of the database's return (`bot.worker.JobWorker`). Several processes reap (every
+  worker and the leading serve node), each from what it watched: the job is failed only while its
+  worker's heartbeat is still the one that reaper watched, under a lock (`_fail_stalled`), so a
+  worker that beat meanwhile is abandoned by none.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -75,14 +83,21 @@ _DEFER = sa.text(
     "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, 0, CAST(:lock AS text), :queueing_lock, "
     "CAST(:args AS jsonb), CAST(NULL AS timestamptz))]::procrastinate_job_to_defer_v1[]))")
 _ABORT = sa.text("SELECT procrastinate_cancel_job_v1(:job_id, true, false)")
-#: A running job whose worker is gone (its row deleted: it unregistered, or was pruned) or silent: no
-#: heartbeat for `:seconds`, the server up for longer than that (no worker beats while it is down).
-_STALLED = sa.text(
-    "SELECT j.id, j.args ->> 'execution_id' AS execution_id, w.id IS NULL AS gone FROM procrastinate_jobs j "
+#: What a reaper watches: every worker's heartbeat, and when the server started (one row without workers).
+_BEATS = sa.text(
+    "SELECT w.id, w.last_heartbeat, s.started FROM (SELECT pg_postmaster_start_time() AS started) s "
+    "LEFT JOIN procrastinate_workers w ON true")
+#: The running jobs of the workers `:workers` (the ones a reaper found stalled) or of none: gone (its row
+#: deleted: it unregistered, or was pruned), judged in the same snapshot as the job.
+_RUNNING = sa.text(
+    "SELECT j.id, j.args ->> 'execution_id' AS execution_id, w.id AS worker_id FROM procrastinate_jobs j "
     "LEFT JOIN procrastinate_workers w ON w.id = j.worker_id "
-    "WHERE j.status = 'doing' AND j.task_name = :task "
-    "AND (w.id IS NULL OR GREATEST(w.last_heartbeat, pg_postmaster_start_time()) "
-    "< now() - make_interval(secs => :seconds))")
+    "WHERE j.status = 'doing' AND j.task_name = :task AND (w.id IS NULL OR w.id IN :workers)"
+).bindparams(sa.bindparam("workers", expanding=True))
+#: A running job about to be failed as stalled, locked; and its worker's heartbeat, locked against a
+#: beat (`FOR SHARE`: a heartbeat's UPDATE waits for the reaper's commit, and then changes nothing it decided).
+_JOB_DOING = sa.text("SELECT worker_id FROM procrastinate_jobs WHERE id = :job_id AND status = 'doing' FOR UPDATE")
+_HEARTBEAT = sa.text("SELECT last_heartbeat FROM procrastinate_workers WHERE id = :worker_id FOR SHARE")
 _UNATTENDED = sa.text(
     "SELECT e.id FROM executions e WHERE e.status IN :stepping AND e.runner IN :runners "
     "AND NOT EXISTS (SELECT 1 FROM executions c WHERE c.parent = e.id AND c.status IN :live) "
@@ -225,44 +240,101 @@ def worker_app(config: Config, run: Callable[[str, dict[str, Any]], Awaitable[No
     return app
 
 
-class ReaperWatch:
-    """How long one process's reaper has reached the database without a gap, so that it judges a
-    worker's heartbeat only across time it saw itself.
+@dataclass(frozen=True)
+class Look:
+    """What one reaping pass read (`_BEATS`): each worker's last heartbeat, and when the server started."""
 
-    A reaper back from not seeing the database (its passes failing: the server down, or its own
-    connection cut; a pass that hung; a serve node that did not lead) found every worker's heartbeat
-    older than the stall time, since no worker could beat either, and abandoned what healthy workers
-    ran (which retry policies then ran twice). Looks more than half the stall time apart are a gap:
-    the watch starts again, and a silent worker counts as stalled once the watch is `STALLED_SECONDS`
-    long, that is once its heartbeat is that much older than both its last beat and the reaper's
-    return. A reaper starting (or taking the lead) starts watching too."""
+    beats: dict[int, datetime]
+    server_started: datetime | None
+
+
+class ReaperWatch:
+    """What one process's reaper has watched of the workers' heartbeats, by its own monotonic clock,
+    so that it judges a worker by whether its heartbeat changes, never by how old it looks.
+
+    A heartbeat is the server's wall-clock `now()`. Its age by that clock is wrong for as long as the
+    clock stepped: forward, every live worker's heartbeat looked that much older until its next beat
+    and its runs were abandoned (and run twice by a retry policy); back, a dead worker's heartbeat (and
+    the server's start) lay in the future, and its runs stayed `running` for the step's length. So the
+    watch keeps, per worker, the heartbeat it read last and when it first read it: a worker is stalled
+    once that value has stayed the same for `STALLED_SECONDS`.
+
+    It forgets what it watched when that time has a hole in it: looks more than half the stall time
+    apart (its passes failing: the server down, or its own connection cut; a pass that hung; a serve
+    node that did not lead), or a server that restarted between two looks (its start time changed:
+    nobody could beat while it was down). A reaper back from either found every heartbeat unchanged
+    since before, and abandoned what healthy workers ran. A reaper starting (or taking the lead)
+    starts watching too."""
 
     def __init__(self) -> None:
         self.since: float | None = None
         self.last: float | None = None
+        #: When the server started, as the last look read it (compared only with the next one's).
+        self.server_started: datetime | None = None
+        #: Per worker id: the heartbeat read last, and when (monotonic) it was first read.
+        self.beats: dict[int, tuple[datetime, float]] = {}
 
-    def saw(self, now: float) -> float:
-        """A look at the database that succeeded at `now` (monotonic): how long it has watched since."""
+    def saw(self, now: float, server_started: datetime | None = None) -> float:
+        """A look at the database that succeeded at `now` (monotonic), which read `server_started`:
+        how long it has watched without a hole since."""
         gap = STALLED_SECONDS / 2
         if self.since is None or self.last is None or now - self.last > gap:
             if self.last is not None:
                 log.info("the reaper last reached the database %.0f s ago (it was unreachable, or this node did "
                          "not lead): workers silent meanwhile count as stalled only once it has watched for %.0f s",
                          now - self.last, STALLED_SECONDS)
-            self.since = now
+            self._start(now)
+        elif server_started is not None and self.server_started not in (None, server_started):
+            log.info("PostgreSQL restarted since the reaper's last look (started %s, then %s): workers silent "
+                     "meanwhile count as stalled only once it has watched for %.0f s", self.server_started,
+                     server_started, STALLED_SECONDS)
+            self._start(now)
+        if server_started is not None:
+            self.server_started = server_started
         self.last = now
-        return now - self.since
+        return now - self.since if self.since is not None else 0.0
+
+    def _start(self, now: float) -> None:
+        self.since = now
+        self.beats.clear()
+
+    def observe(self, beats: Mapping[int, datetime], now: float) -> None:
+        """The heartbeats one look read, done at `now`: a value not the one held before starts being
+        watched now; workers the look did not find are forgotten."""
+        held = self.beats
+        self.beats = {worker: held[worker] if worker in held and held[worker][0] == beat else (beat, now)
+                      for worker, beat in beats.items()}
+
+    def holds(self, worker: int, beat: datetime) -> bool:
+        """Whether `beat` is the heartbeat this watch read last for `worker`."""
+        held = self.beats.get(worker)
+        return held is not None and held[0] == beat
+
+    def silent(self, worker: int, beat: datetime, now: float) -> float:
+        """For how long, at `now`, this watch has seen `beat` as `worker`'s heartbeat; 0 when it does
+        not hold that one."""
+        return max(0.0, now - self.beats[worker][1]) if self.holds(worker, beat) else 0.0
+
+    def stalled(self, worker: int, beat: datetime, now: float) -> bool:
+        """Whether `worker`, whose heartbeat is `beat`, has not beaten for `STALLED_SECONDS` of this watch."""
+        return self.silent(worker, beat, now) >= STALLED_SECONDS
 
 
 async def reap_stalled(executions: ExecutionService, jobs: JobExecutor) -> int:
     """End what workers that stopped answering left, and queue a step for every workflow that
     waits on nothing without one (see the module's docstring); how many jobs were stalled."""
     store = executions.db.store
-    found = await executions.db(_stalled, store)
-    watched = jobs.watch.saw(time.monotonic())
-    stalled = [(job_id, execution_id) for job_id, execution_id, gone in found if gone or watched >= STALLED_SECONDS]
-    for job_id, execution_id in stalled:
-        await _reap(executions, jobs, job_id, execution_id)
+    before = time.monotonic()  # the look's snapshot is taken after this, and read before `after`
+    look = await executions.db(_stalled, store)
+    after = time.monotonic()
+    watch = jobs.watch
+    watch.saw(after, look.server_started)
+    watch.observe(look.beats, after)
+    silent = [worker for worker, beat in look.beats.items() if watch.stalled(worker, beat, before)]
+    reaped = 0
+    for job_id, execution_id, worker in await executions.db(_running, store, silent):
+        beat = None if worker is None else look.beats[worker]
+        reaped += await _reap(executions, jobs, job_id, execution_id, worker, beat)
     workflows = [name for name in executions.runners if executions.resumable(name)]
     for execution_id in await executions.db(_orphaned, store, workflows):
         record = await executions.db(store.get_execution, execution_id)
@@ -273,24 +345,47 @@ async def reap_stalled(executions: ExecutionService, jobs: JobExecutor) -> int:
     for execution_id in await executions.db(_unattended, store, workflows):
         log.warning("workflow %s waits on no task and had no job: queued its next step", execution_id)
         await jobs.advance(execution_id)
-    jobs.watch.saw(time.monotonic())
-    return len(stalled)
+    watch.saw(time.monotonic())
+    return reaped
 
 
-async def _reap(executions: ExecutionService, jobs: JobExecutor, job_id: int, execution_id: str) -> None:
-    """End what stalled job `job_id` left of `execution_id`, then fail the job."""
+async def _reap(executions: ExecutionService, jobs: JobExecutor, job_id: int, execution_id: str,
+                worker: int | None, beat: datetime | None) -> bool:
+    """Fail stalled job `job_id`, if its worker still has the heartbeat `beat` this reaper watched
+    (`worker` None: it was gone), then end what it left of `execution_id`; whether it did. The job
+    fails first, under that check: a pass cut short after it leaves an execution whose job ended,
+    which `_orphaned` ends (in this pass, or the next one if this one stops here)."""
     store = executions.db.store
+    if not await executions.db(_fail_stalled, store, job_id, worker, beat):
+        log.info("job %s (execution %s): its worker %s beat again, or the job ended, as it was found stalled; "
+                 "left alone", job_id, execution_id, worker)
+        return False
     record = await executions.db(store.get_execution, execution_id)
     live = record is not None and record["status"] in _LIVE
     if live and executions.resumable(record["runner"]):
-        await executions.db(_job_sql, store, _FAIL, job_id)  # its lock is free for the next step
         log.warning("workflow %s: its worker stopped answering mid-step; another worker conducts it on",
                     execution_id)
-        await jobs.advance(execution_id)
-        return
-    if live:  # ended before its job fails: a pass cut short in between leaves nothing running
+        await jobs.advance(execution_id)  # its lock is free for the next step
+    elif live:
         await _end_lost(executions, record)
-    await executions.db(_job_sql, store, _FAIL, job_id)
+    return True
+
+
+def _fail_stalled(store: Store, job_id: int, worker: int | None, beat: datetime | None) -> bool:
+    """Fail job `job_id` as stalled if it still runs on `worker` and that worker's heartbeat is still
+    `beat` (None for both: its worker was gone, and is); whether it did. The job's row and the worker's
+    are locked first, so a worker that beats meanwhile either beat before (nothing is failed) or waits
+    for this to commit."""
+    with store._write() as conn:
+        row = conn.execute(_JOB_DOING, {"job_id": job_id}).one_or_none()
+        if row is None or (worker is not None and row.worker_id != worker):
+            return False
+        if row.worker_id is not None:
+            current = conn.execute(_HEARTBEAT, {"worker_id": row.worker_id}).scalar_one_or_none()
+            if current != beat:  # it beat since this reaper watched it
+                return False
+        conn.execute(_FAIL, {"job_id": job_id})
+        return True
 
 
 async def _end_lost(executions: ExecutionService, record: dict[str, Any]) -> None:
@@ -310,22 +405,30 @@ def _orphaned(store: Store, workflows: list[str]) -> list[str]:
         return [str(row.id) for row in conn.execute(_ORPHANED, {"live": list(_LIVE), "workflows": workflows or [""]})]
 
 
-def _stalled(store: Store) -> list[tuple[int, str, bool]]:
-    """Running jobs whose worker is gone or silent: (job id, execution id, whether its worker is gone)."""
+def _stalled(store: Store) -> Look:
+    """What a reaper watches (`Look`): the workers' heartbeats, and when the server started."""
+    beats: dict[int, datetime] = {}
+    server_started = None
     with store._read() as conn:
-        return [(int(row.id), str(row.execution_id), bool(row.gone))
-                for row in conn.execute(_STALLED, {"task": TASK, "seconds": STALLED_SECONDS})]
+        for row in conn.execute(_BEATS):
+            server_started = row.started
+            if row.id is not None:
+                beats[int(row.id)] = row.last_heartbeat
+    return Look(beats, server_started)
+
+
+def _running(store: Store, workers: list[int]) -> list[tuple[int, str, int | None]]:
+    """The running jobs of `workers`, and of workers that are gone: (job id, execution id, worker id
+    or None when gone)."""
+    with store._read() as conn:
+        return [(int(row.id), str(row.execution_id), None if row.worker_id is None else int(row.worker_id))
+                for row in conn.execute(_RUNNING, {"task": TASK, "workers": workers or [-1]})]
 
 
 def _unattended(store: Store, runners: list[str]) -> list[str]:
     with store._read() as conn:
         return [str(row.id) for row in conn.execute(_UNATTENDED, {
             "stepping": list(STEPPING), "runners": runners, "live": list(_CHILD_LIVE)})]
-
-
-def _job_sql(store: Store, statement: Any, job_id: int) -> None:
-    with store._write() as conn:
-        conn.execute(statement, {"job_id": job_id})
 
 
 def _lost(record: dict[str, Any]) -> dict[str, Any]:
@@ -345,14 +448,23 @@ async def reap_forever(executions: ExecutionService, jobs: JobExecutor, every: f
         await asyncio.sleep(every)
 
 
-def queue_status(store: Store) -> dict[str, Any]:
+def queue_status(store: Store, watch: ReaperWatch | None = None) -> dict[str, Any]:
     """For the web UI's status page: procrastinate's workers (id, last heartbeat, whether it counts as
-    stalled) and, per queue, how many jobs wait (`todo`) and run (`doing`)."""
+    stalled) and, per queue, how many jobs wait (`todo`) and run (`doing`).
+
+    A worker is stalled as this process's reaper judges it (`watch`) when that has read its current
+    heartbeat; else (no watch: a serve node that does not lead, or a worker it has not seen yet) by the
+    heartbeat's age on the server's own clock, a hint that is wrong for a while after that clock steps."""
+    now = time.monotonic()
     with store._read() as conn:
-        workers = [{"id": int(row.id), "last_heartbeat": as_utc(row.last_heartbeat),
-                    "stalled": bool(row.stalled)} for row in conn.execute(sa.text(
-                        "SELECT id, last_heartbeat, last_heartbeat < now() - make_interval(secs => :seconds) "
-                        "AS stalled FROM procrastinate_workers ORDER BY id"), {"seconds": STALLED_SECONDS})]
+        workers = []
+        for row in conn.execute(sa.text(
+                "SELECT id, last_heartbeat, last_heartbeat < now() - make_interval(secs => :seconds) AS old "
+                "FROM procrastinate_workers ORDER BY id"), {"seconds": STALLED_SECONDS}):
+            stalled = bool(row.old)
+            if watch is not None and watch.holds(int(row.id), row.last_heartbeat):
+                stalled = watch.stalled(int(row.id), row.last_heartbeat, now)
+            workers.append({"id": int(row.id), "last_heartbeat": as_utc(row.last_heartbeat), "stalled": stalled})
         queues: dict[str, dict[str, int]] = {}
         for row in conn.execute(sa.text(
                 "SELECT queue_name, status, count(*) AS n FROM procrastinate_jobs "

@@ -17,7 +17,9 @@ due while nobody led fires once at the takeover if it is less than `TAKEOVER_GRA
 let go otherwise. A single process that restarts is the same case: rather than starting its
 interval timers over one interval after the restart, it keeps their phase and fires at most the
 one run the restart made it miss, never a burst. Cron and date timers need none of this: their
-times are absolute.
+times are absolute. Nor do they need the one thing a wall clock that steps back (NTP) asks of
+interval timers: a next run more than one interval ahead is put one interval after now
+(`TimerService._rewound`); it waited for the old clock's time.
 """
 
 from __future__ import annotations
@@ -104,6 +106,11 @@ class Timer:
     next_at: datetime | None
 
 
+def interval_of(parameters: Mapping[str, Any]) -> timedelta:
+    """An interval timer's interval (its parameters were checked by `schedule`)."""
+    return timedelta(**{parameters["unit"]: parameters["delta"]})
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -170,11 +177,30 @@ class TimerService:
         self._changed.set()
 
     def next_due(self) -> datetime | None:
+        """When the soonest timer runs (what `run` sleeps until), after `_rewound`."""
+        self._rewound(self.clock())
         due = [t.next_at for t in self.timers.values() if t.next_at is not None]
         return min(due) if due else None
 
     def _due(self, now: datetime) -> list[Timer]:
+        self._rewound(now)
         return [t for t in self.timers.values() if t.next_at is not None and t.next_at <= now]
+
+    def _rewound(self, now: datetime) -> None:
+        """Put each interval timer whose next run is more than one interval ahead one interval after
+        `now`. Only a wall clock that went back (an NTP step) leaves a run that far ahead; the timer
+        waited for the old clock's time and fired nothing for as long as the clock went back. Its new
+        run is still at least one interval after its last by real time. Cron and date times are
+        absolute and stay: the clock reaches them again, later."""
+        for timer in self.timers.values():
+            if timer.type != INTERVAL or timer.next_at is None:
+                continue
+            every = interval_of(timer.parameters)
+            if timer.next_at - now > every:
+                log.info("timer %s: the wall clock went back (its next run, %s, is more than one interval away); "
+                         "it runs one interval from now", timer.key, timer.next_at.isoformat())
+                timer.trigger = schedule(timer.type, timer.parameters, start=now)
+                timer.next_at = now + every
 
     async def fire_due(self) -> int:
         """Fire every timer whose time has come (once each, however late), and schedule its next run."""
@@ -220,7 +246,7 @@ class TimerService:
         many runs' rows to read. With none (a new timer; all processes down for longer), it keeps
         the phase of its own start: its first run one interval after that, as it always had."""
         for timer in [t for t in self.timers.values() if t.type == INTERVAL]:
-            every = timedelta(**{timer.parameters["unit"]: timer.parameters["delta"]})
+            every = interval_of(timer.parameters)
             now = self.clock()
             try:
                 last = None if self.history is None else await self.history(

@@ -466,3 +466,53 @@ def test_a_lead_dies_with_its_holder(database_url: str, tmp_path: Path) -> None:
         holder.kill()
         lead.close()
         engine.dispose()
+
+
+async def test_an_interval_timer_goes_on_after_the_wall_clock_steps_back() -> None:
+    """NTP stepped the wall clock back an hour: an every-10-s timer's next run stayed at the old
+    clock's time, and it fired nothing for that hour. A next run more than one interval ahead can only
+    come from a clock that went back: it is put one interval after now; the runs go on every 10 s."""
+    clock = Clock(T0)
+    fired: list[datetime] = []
+
+    async def dispatch(_type: str, payload: dict, **_kw: object) -> None:
+        fired.append(clock())
+
+    timers = TimerService(dispatch, clock)
+    timers.sync([EVERY10])
+    clock.now = at(10)
+    assert await timers.fire_due() == 1
+    clock.now = at(15) - timedelta(hours=1)  # stepped back
+    assert timers.next_due() == at(25) - timedelta(hours=1)  # what `run` sleeps until: one interval away
+    assert await timers.fire_due() == 0
+    for seconds in (25, 35, 45):
+        clock.now = at(seconds) - timedelta(hours=1)
+        assert await timers.fire_due() == 1
+    assert fired == [at(10), *(at(s) - timedelta(hours=1) for s in (25, 35, 45))]
+
+
+async def test_a_step_back_shorter_than_the_interval_keeps_the_timers_phase() -> None:
+    """A clock that goes back less far than the next run is ahead (a small NTP correction) leaves the
+    next run where it was, still within one interval: it comes that much later, as a cron time would."""
+    clock = Clock(T0)
+    timers = TimerService(lambda *_a, **_kw: asyncio.sleep(0), clock)
+    timers.sync([EVERY10])
+    clock.now = at(10)
+    assert await timers.fire_due() == 1
+    clock.now = at(18)
+    assert await timers.fire_due() == 0
+    clock.now = at(15)  # 3 s back: the next run (20) is 5 s away, within one interval
+    assert await timers.fire_due() == 0
+    assert timers.next_due() == at(20)
+
+
+async def test_a_cron_timer_keeps_its_set_time_when_the_wall_clock_steps_back() -> None:
+    """Cron and date times are absolute: a clock that went back reaches them again later, as classic
+    cron and APScheduler do. Only interval timers are put back one interval from now."""
+    clock = Clock(T0)
+    timers = TimerService(lambda *_a, **_kw: asyncio.sleep(0), clock)
+    clock.now = at(60)
+    timers.sync([{"key": "hourly", "type": CRON, "parameters": {"minute": 0}}])
+    assert timers.next_due() == T0 + timedelta(hours=1)
+    clock.now = at(60) - timedelta(hours=3)
+    assert timers.next_due() == T0 + timedelta(hours=1)

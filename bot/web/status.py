@@ -31,7 +31,8 @@ def _adapters(squall: Any) -> list[dict[str, Any]]:
 @router.get("/status")
 async def status(request: Request, session: Session = Depends(viewer)) -> Response:
     squall = request.app.state.squall
-    queues = await squall.db(queue_status, squall.store) if squall.jobs is not None else None
+    # The lead's page judges workers as its reaper does (by heartbeats unchanged on its own clock).
+    queues = await squall.db(queue_status, squall.store, squall.jobs.watch) if squall.jobs is not None else None
     try:
         leader = None if squall.sensor_lead else await asyncio.to_thread(squall.leader.holder)
     except Exception as exc:  # the page shows the rest; the lead's own check logs its troubles
