@@ -66,7 +66,10 @@ _USER_ROOM = 11
 _HOST_ROOM = 63
 MAX_LINE = 512
 _KNOWN_KEYS = {"enabled", "server", "port", "tls", "tls_verify", "nick", "channels", "password", "sasl_username",
-               "sasl_password", "username", "realname", "flood_burst", "flood_interval", "reconnect_max"}
+               "sasl_password", "username", "realname", "flood_burst", "flood_interval", "reconnect_max",
+               "max_result_lines"}
+#: `max_result_lines` unless set: about 10 s of the connection's pace at the default flood settings.
+DEFAULT_MAX_RESULT_LINES = 20
 
 
 class IrcConfigError(ValueError):
@@ -93,6 +96,9 @@ class IrcSettings:
     flood_burst: int = 5
     flood_interval: float = 0.5
     reconnect_max: float = 60.0
+    #: The lines of a result (or `!execution`) shown at most, then where the rest is (0: all of it). The
+    #: chat side cuts it (`bot/chat/replies.py` `cap_result`): every line costs every channel its pace.
+    max_result_lines: int = DEFAULT_MAX_RESULT_LINES
 
     @classmethod
     def from_section(cls, section: dict[str, Any], where: str = "adapters.irc",
@@ -139,6 +145,8 @@ class IrcSettings:
             flood_burst=_int(section.get("flood_burst", 5), f"{where}.flood_burst", 1, 1000),
             flood_interval=_float(section.get("flood_interval", 0.5), f"{where}.flood_interval", 0.0, 60.0),
             reconnect_max=_float(section.get("reconnect_max", 60), f"{where}.reconnect_max", 0.1, 3600.0),
+            max_result_lines=_int(section.get("max_result_lines", DEFAULT_MAX_RESULT_LINES),
+                                  f"{where}.max_result_lines", 0, 100_000),
         )
 
 
@@ -363,6 +371,8 @@ class IrcAdapter:
     def __init__(self, settings: IrcSettings, name: str = "irc") -> None:
         self.name = name
         self.settings = settings
+        #: `adapters.irc.max_result_lines`, read by the chat side (`Dispatcher._capped`).
+        self.max_result_lines = settings.max_result_lines
         self.wanted: list[str] = list(settings.channels)  # configured channels, then any a reply was sent to
         self.joined: set[str] = set()
         #: Channel (lower case) → (when to try joining it again, the wait after that).
@@ -1064,7 +1074,8 @@ def _describe(exc: BaseException) -> str:
 
 def create(section: dict[str, Any], config: Any) -> IrcAdapter:
     """`adapters.irc`: server, port, tls, nick, channels, password, sasl_username, sasl_password
-    (plus tls_verify, username, realname, flood_burst, flood_interval, reconnect_max); see docs/irc.md."""
+    (plus tls_verify, username, realname, flood_burst, flood_interval, reconnect_max, max_result_lines); see
+    docs/irc.md."""
     try:
         settings = IrcSettings.from_section(section)
     except IrcConfigError as exc:

@@ -27,6 +27,7 @@ from engine.core import log_pack_problems
 from engine.jobs import REAP_SECONDS, reap_stalled, waiting_note, waiting_since
 from engine.packs import ContentWarning, Registry, fingerprint
 from engine.policies import RETRY_SETTLE
+from engine.retention import RetentionSweep
 from engine.storage import database_trouble, utcnow
 
 log = logging.getLogger("squall")
@@ -227,6 +228,8 @@ class Housekeeping:
         self.ticks = 0
         #: The steps the database fails, with why (said once each, until the step works again).
         self.failing: dict[str, str] = {}
+        #: `retention.*`: old history purged by the lead, once an hour (`engine/retention.py`).
+        self.retention = RetentionSweep(squall.config.retention)
 
     async def start(self) -> None:
         """Unless given one, what the pack folders look like now: later ticks reload the packs when that
@@ -250,6 +253,9 @@ class Housekeeping:
         if self.ticks % int(PURGE_SECONDS / POLL_SECONDS) == 0:
             steps.append(("purging expired keys", functools.partial(squall.db, squall.datastore.purge_expired)))
             steps.append(("purging old deliveries", functools.partial(squall.db, squall.triggers.purge_deliveries)))
+        if self.retention.enabled:  # after the lead's step: it runs only where that found the lead
+            steps.append(("purging old history",
+                          functools.partial(self.retention.tick, squall.db, lambda: squall.sensor_lead)))
         for what, step in steps:
             try:
                 await step()

@@ -44,6 +44,41 @@ class TemplateLimits:
     max_seconds: float = DEFAULT_MAX_SECONDS
 
 
+#: `retention.<key>`: the fewest days each may keep, StackStorm's garbage collector's minimums
+#: (`MINIMUM_TTL_DAYS`, 7, for executions and trigger instances; `MINIMUM_TTL_DAYS_EXECUTION_OUTPUT`, 1).
+#: `squall execution purge --before` and `squall trigger-instance purge --before` go below them by hand.
+RETENTION_MINIMUM_DAYS = {"executions_days": 7, "output_days": 1, "trigger_instances_days": 7}
+#: What each `retention` key keeps, for its error message.
+_RETENTION_KEEPS = {"executions_days": "executions", "output_days": "execution output",
+                    "trigger_instances_days": "trigger instances"}
+#: The most days a `retention` key may keep (a century): beyond it the cutoff would fall before year 1.
+_RETENTION_MAXIMUM_DAYS = 36_500
+#: The command that purges younger history than `retention` may, by hand.
+_RETENTION_BY_HAND = {"executions_days": "squall execution purge --before 3d",
+                      "output_days": "squall execution purge --before 1d",
+                      "trigger_instances_days": "squall trigger-instance purge --before 3d"}
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """`retention`: how many days `squall serve` keeps history before deleting it (`engine/retention.py`),
+    StackStorm's `[garbagecollector]` TTLs. None keeps it for ever, the default: nothing is deleted unless
+    asked. Here, not in `engine/retention.py`, so reading the configuration imports no SQL."""
+
+    #: Executions that ended this long ago go, with their workflow tasks, output and sent chat replies.
+    executions_days: float | None = None
+    #: Only the output (`execution_output`) of executions that ended this long ago; may be shorter.
+    output_days: float | None = None
+    #: Processed trigger instances that occurred this long ago go, with their rule enforcements.
+    trigger_instances_days: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any history is purged at all."""
+        return any(days is not None for days in (self.executions_days, self.output_days,
+                                                 self.trigger_instances_days))
+
+
 #: The queue of executions `executor.queues` does not place (a `squall worker` without `--queues` serves all).
 DEFAULT_QUEUE = "default"
 EXECUTOR_KINDS = ("local", "procrastinate")
@@ -128,6 +163,8 @@ class Config:
     unserved_after: float = 60.0
     #: `web.oidc`: OpenID Connect login to the web UI, when configured.
     oidc: OidcSettings | None = None
+    #: `retention.*`: how long history is kept (for ever unless configured).
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def queue_for(self, ref: str) -> str:
@@ -162,7 +199,12 @@ API_KEYS = frozenset({"enabled", "host", "port", "keys", "max_body_bytes", "toke
 #: `api.webhooks.<name>` keys (`bot/http/webhook_signatures.py`, `bot/http/state.py`).
 WEBHOOK_KEYS = frozenset({"secret", "tolerance", "legacy_signature"})
 #: `chat` keys (`bot/chat/dispatcher.py`'s `ChatSettings`; it checks `chat.suggest`'s own).
-CHAT_KEYS = frozenset({"prefix", "bot_name", "thread_replies", "confirm_ttl", "suggest", "favourites"})
+CHAT_KEYS = frozenset({"prefix", "bot_name", "thread_replies", "confirm_ttl", "suggest", "favourites", "flood"})
+#: `chat.flood` keys (`chat_flood`): both required, no default limit.
+CHAT_FLOOD_KEYS = ("commands", "seconds")
+#: The most `chat.flood.commands` and `chat.flood.seconds` may be (a window of a day).
+MAX_FLOOD_COMMANDS = 10_000
+MAX_FLOOD_SECONDS = 86_400
 #: `auth` keys (`bot/chat/auth.py`'s `Authorizer`).
 AUTH_KEYS = frozenset({"admins", "groups", "aliases"})
 #: `auth.aliases.<ref>` keys, and what each of them lists (`aliases.model.PERMISSION_SIDES` and
@@ -181,7 +223,7 @@ ADAPTER_KEYS: dict[str, frozenset[str]] = {
     "mattermost": frozenset({"enabled", "url", "token", "team", "slash_token", "files", "actions_url"}),
     "irc": frozenset({"enabled", "server", "port", "tls", "tls_verify", "nick", "channels", "password",
                       "sasl_username", "sasl_password", "username", "realname", "flood_burst", "flood_interval",
-                      "reconnect_max"}),
+                      "reconnect_max", "max_result_lines"}),
 }
 #: `adapters.<name>` keys that are true or false, and their defaults: read by truthiness, a quoted
 #: "false" would be true.
@@ -218,6 +260,7 @@ _KNOWN_SECTIONS: dict[str, frozenset[str] | set[str] | None] = {
     "logging": None,
     "metrics": {"enabled", "public", "statsd"},
     "audit": {"sinks"},
+    "retention": set(RETENTION_MINIMUM_DAYS),
 }
 
 
@@ -435,6 +478,31 @@ def chat_confirm_ttl(section: Mapping[str, Any], path: Path | None = None) -> fl
     return float(value)
 
 
+def chat_flood(section: Mapping[str, Any], path: Path | None = None) -> tuple[int, float] | None:
+    """`chat.flood`: (`commands`, `seconds`), at most that many commands per person in any that many
+    seconds (`bot/chat/dispatcher.py`'s `FloodGate`); None, no limit, when it is not set. Both keys are
+    required: a limit half written must not quietly take a window nobody chose."""
+    value = section.get("flood")
+    if value is None:
+        return None
+    example = "{commands: 12, seconds: 60}"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{_prefix(path)}'chat.flood' must be a mapping such as {example}, not {value!r}")
+    _check_known(path, "chat.flood", value, CHAT_FLOOD_KEYS)
+    for key in CHAT_FLOOD_KEYS:
+        if key not in value:
+            raise ConfigError(f"{_prefix(path)}'chat.flood.{key}' is missing: 'chat.flood' needs both commands and "
+                              f"seconds, such as {example}")
+    commands, seconds = value["commands"], value["seconds"]
+    if not _positive(commands, whole=True) or commands > MAX_FLOOD_COMMANDS:
+        raise ConfigError(f"{_prefix(path)}'chat.flood.commands' must be a whole number from 1 to "
+                          f"{MAX_FLOOD_COMMANDS}, such as 12, not {commands!r}")
+    if not _positive(seconds, whole=False) or seconds > MAX_FLOOD_SECONDS:
+        raise ConfigError(f"{_prefix(path)}'chat.flood.seconds' must be a number of seconds above 0 and at most "
+                          f"{MAX_FLOOD_SECONDS}, such as 60, not {seconds!r}")
+    return int(commands), float(seconds)
+
+
 def _check_chat_side(path: Path | None, raw: dict[str, Any]) -> None:
     """`auth`, `api`, `chat` and `routes` beyond their top-level keys: checked here, so every command
     refuses a file alike, naming the key, before anything reads it."""
@@ -449,6 +517,7 @@ def _check_chat_side(path: Path | None, raw: dict[str, Any]) -> None:
     flag(api, "enabled", True, "api.enabled", path)  # `api.public_docs` is checked as the app is made
     chat = raw.get("chat") or {}
     chat_confirm_ttl(chat, path)
+    chat_flood(chat, path)
     flag(chat, "thread_replies", True, "chat.thread_replies", path)
     if raw.get("routes") is not None:
         _check_routes(path, raw["routes"])
@@ -488,6 +557,23 @@ def _templates(path: Path | None, section: dict[str, Any]) -> tuple[int, float]:
         raise ConfigError(f"{path}: 'templates.max_seconds' must be a number of seconds above 0 and at most 3600, "
                           f"not {seconds!r}")
     return chars, float(seconds)
+
+
+def _retention(path: Path | None, section: dict[str, Any]) -> RetentionSettings:
+    """`retention.*`: each a number of days at least StackStorm's minimum for it, or left out (null) to
+    keep that history for ever. Its keys were checked by `_check_keys`."""
+    days: dict[str, float | None] = {}
+    for key, minimum in RETENTION_MINIMUM_DAYS.items():
+        value = section.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not minimum <= value <= _RETENTION_MAXIMUM_DAYS):
+            raise ConfigError(
+                f"{path}: 'retention.{key}' must be a number of days, at least {minimum} (StackStorm's "
+                f"minimum) and at most {_RETENTION_MAXIMUM_DAYS}, such as 30, not {value!r}; leave it out to keep "
+                f"{_RETENTION_KEEPS[key]} for ever. "
+                f"Younger history can be deleted by hand: {_RETENTION_BY_HAND[key]}")
+        days[key] = value
+    return RetentionSettings(**days)
 
 
 def _oidc_text(path: Path | None, oidc: dict[str, Any], key: str, what: str, default: str | None = None) -> str:
@@ -694,6 +780,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     runner_user, allow_root = _runners(config_path, raw.get("runners") or {})
     max_chars, max_seconds = _templates(config_path, raw.get("templates") or {})
     oidc = _oidc(config_path, raw.get("web") or {})
+    retention = _retention(config_path, raw.get("retention") or {})
     return Config(
         path=config_path,
         base_dir=base,
@@ -716,5 +803,6 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         queues=queues,
         unserved_after=float(unserved),
         oidc=oidc,
+        retention=retention,
         raw=raw,
     )

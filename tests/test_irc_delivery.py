@@ -12,12 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.base import DeliveryError, Message, Reply
-from adapters.irc import IrcAdapter, IrcSettings, split_lines
+from adapters.base import Capabilities, DeliveryError, Message, Reply
+from adapters.irc import IrcAdapter, IrcConfigError, IrcSettings, create, split_lines
+from adapters.loopback import LoopbackAdapter
+from adapters.slack_format import ATTACHED_TAIL
+from bot.chat.replies import REPLY_LINE_BYTES, cap_result, fit
+from tests.conftest import write
 from tests.ircd import IrcServer, Person
 from tests.ircd import ircd as ircd_fixture
 
@@ -215,3 +220,146 @@ async def test_a_channel_reply_is_kept_only_when_every_line_was_refused(refused:
             await adapter._confirm(Server(), "#ops", False, 3)
         assert not kept.value.permanent
     assert adapter._confirming == {}
+
+
+# -- a long result on IRC --------------------------------------------------------------------------
+# IRC sends about two lines a second for the whole connection (`flood_burst`, `flood_interval`): a
+# 300-line result held every channel for 147 s, a 10,000-line one for 83 min. A result (and `!execution`)
+# is cut to `adapters.irc.max_result_lines` (20) lines there, ending with where the whole output is.
+
+EXECUTION_ID = "0661ae3a1f769c0b1bd2d5c4"
+LONG = "\n".join(f"line {n:04d} of the long output" for n in range(1, 301))
+
+
+def test_max_result_lines_is_20_unless_set_and_checked() -> None:
+    assert IrcSettings.from_section({"server": "irc.example.org"}).max_result_lines == 20
+    assert IrcSettings.from_section({"server": "irc.example.org", "max_result_lines": 0}).max_result_lines == 0
+    for bad in (-1, "many", True, 2.5):
+        with pytest.raises(IrcConfigError, match=r"'adapters\.irc\.max_result_lines' must"):
+            IrcSettings.from_section({"server": "irc.example.org", "max_result_lines": bad})
+
+
+def _lines(parts: list[Reply]) -> list[str]:
+    return "\n".join(part.text for part in parts).split("\n")
+
+
+def test_a_300_line_result_fitted_for_irc_is_20_lines_and_where_to_read_the_rest() -> None:
+    text, extra = cap_result(LONG, {"slack": {ATTACHED_TAIL: len(LONG)}}, 20, EXECUTION_ID)
+    lines = _lines(fit(Reply(adapter="irc", channel="#ops", text=text, extra=extra), IrcAdapter.capabilities))
+    assert lines[:20] == LONG.split("\n")[:20]
+    assert len(lines) == 21
+    assert lines[20] == (f"[280 of 300 lines left out here; the whole output is execution {EXECUTION_ID}: "
+                         f"`squall execution get {EXECUTION_ID}`, or its page in the web UI]")
+    assert extra == {}  # the pretext's length no longer fits the text
+
+
+def test_a_short_result_and_no_cap_are_left_as_they_are() -> None:
+    short_result = "\n".join(LONG.split("\n")[:20])
+    assert cap_result(short_result, {}, 20, EXECUTION_ID) == (short_result, {})
+    assert cap_result(LONG, {}, 0, EXECUTION_ID) == (LONG, {})
+
+
+def test_a_line_irc_would_wrap_counts_as_the_lines_it_becomes() -> None:
+    """One line of 100,000 characters is 250 IRC lines or more: a cap on newlines alone lets it through."""
+    text, _ = cap_result("x" * 100_000, {}, 20, EXECUTION_ID)
+    shown, trailer = text.rsplit("\n", 1)
+    assert shown == "x" * (20 * REPLY_LINE_BYTES) + "…"
+    assert trailer.startswith("[1 of 1 lines left out here (the first of them shown in part);")
+    wide, _ = cap_result("é" * 300 + "\nend", {}, 2, EXECUTION_ID)  # 600 bytes: two IRC lines, then no room
+    assert wide.split("\n")[0] == "é" * 300 and wide.split("\n")[1].startswith("[1 of 2 lines left out here;")
+
+
+def _chat_home(home: Path) -> None:
+    from tests.test_chat import _config
+
+    _config(home)
+
+
+async def _irc_like_chat(home: Path, capabilities: Capabilities, max_result_lines: int | None) -> Any:
+    """Squall on the chat tests' pack with a loopback chat that has `capabilities` (IRC's: no files)."""
+    from bot.app import Squall
+    from engine.config import load_config
+
+    _chat_home(home)
+    loopback = LoopbackAdapter("loopback", capabilities)
+    if max_result_lines is not None:
+        loopback.max_result_lines = max_result_lines  # type: ignore[attr-defined]
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    return squall, loopback
+
+
+@pytest.mark.parametrize(("files", "max_result_lines", "cut"), [
+    (False, 5, True),  # IRC
+    (False, None, False),  # a platform without files that sets no cap (the console, Mattermost files: false)
+    (True, 5, False),  # a platform with files attaches the whole output instead (Slack, Mattermost)
+])
+async def test_a_chat_result_and_execution_are_capped_where_files_cannot_carry_them(
+        home: Path, files: bool, max_result_lines: int | None, cut: bool) -> None:
+    from tests.test_chat import settle
+
+    squall, loopback = await _irc_like_chat(home, Capabilities(files=files, max_length=1600), max_result_lines)
+    try:
+        await loopback.say("!greet x 12 times", channel="#ops")
+        await settle(squall, squall.chat)
+        [execution] = await squall.executions.list(action="demo.greet")
+        await loopback.say(f"!execution {execution['id']}", channel="#ops")
+        await settle(squall, squall.chat)
+        ack, result, shown = (p for p in loopback.posted if p.reply.channel == "#ops")
+        assert ack.text == "greeting x"  # acks as they were
+        trailer = (f"[7 of 12 lines left out here; the whole output is execution {execution['id']}: "
+                   f"`squall execution get {execution['id']}`, or its page in the web UI]")
+        if cut:
+            assert result.text.split("\n") == ["hello x"] * 5 + [trailer]
+            assert shown.text.split("\n")[5:] == [trailer.replace("7 of 12", "10 of 15")]
+        elif files:
+            assert result.text == "hello x\n" * 11 + "hello x" and result.reply.file is None  # short: as it was
+        else:
+            assert result.text == "hello x\n" * 11 + "hello x"
+            assert shown.text.count("hello x") == 12
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
+async def test_a_long_result_reaches_an_ngircd_channel_cut_to_max_result_lines(home: Path, ircd: IrcServer) -> None:
+    """End to end, at ngircd's pace (it reads about 3 lines a second: a few lines keep this test short)."""
+    from bot.app import Squall
+    from engine.config import load_config
+    from tests.test_irc import _home, _section
+
+    _home(home)
+    pack = home / "packs" / "demo"
+    write(pack / "actions" / "lines.yaml", """
+        name: lines
+        runner_type: local-shell-cmd
+        parameters:
+          n: {type: integer, required: true}
+          cmd: {default: 'seq -f "line %04g of the long output" {{n}}', immutable: true}
+    """)
+    write(pack / "aliases" / "lines.yaml", """
+        name: lines
+        action_ref: demo.lines
+        description: Long output.
+        formats: ["lines {{n}}"]
+        ack: {enabled: false}
+        result: {format: "{{ execution.result.stdout }}"}
+    """)
+    config = load_config(home / "config.yml")
+    squall = await Squall.start(config, adapters=[create(_section(ircd, max_result_lines=4), config)])
+    await squall.chat.start()
+    alice = await Person("alice").connect(ircd.port)
+    try:
+        await alice.join("#ops", wait_for="squall")
+        mark = len(alice.lines)
+        await alice.say("#ops", "!lines 300")  # 147 s of every channel's time, uncut
+        await alice.wait_for(lambda words, raw: b"lines left out here" in raw, start=mark, timeout=30)
+        said = alice.privmsgs("squall", "#ops", start=mark)
+        [execution] = await squall.executions.list(action="demo.lines")
+        assert said == [*LONG.split("\n")[:4],
+                        f"[296 of 300 lines left out here; the whole output is execution {execution['id']}: "
+                        f"`squall execution get {execution['id']}`, or its page in the web UI]"]
+    finally:
+        await alice.close()
+        await squall.chat.stop()
+        await squall.close()

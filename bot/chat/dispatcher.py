@@ -12,6 +12,7 @@ import contextlib
 import functools
 import importlib.util
 import logging
+import math
 import re
 import secrets
 import time
@@ -39,14 +40,15 @@ from bot.chat.commands import (
     Held,
     NeedsApproval,
 )
+from bot.chat.flood import FloodGate
 from bot.chat.forms import CANCEL, ChatForms
 from bot.chat.forms import WORD as FORM_WORD
 from bot.chat.index import AliasIndex
 from bot.chat.inquiries import InquiryChat
 from bot.chat.outbox import Outbox
-from bot.chat.replies import render_result, short, status_line
+from bot.chat.replies import cap_result, render_result, short, status_line
 from engine import tracing
-from engine.config import DEFAULT_CONFIRM_TTL, ConfigError, chat_confirm_ttl
+from engine.config import DEFAULT_CONFIRM_TTL, ConfigError, chat_confirm_ttl, chat_flood
 from engine.executions import (
     COMPLETED,
     AmbiguousExecution,
@@ -87,6 +89,9 @@ class ChatSettings:
     #: `chat.favourites`: alias or action refs the Slack App Home tab offers first, in this order
     #: (empty: every command the person may run there).
     favourites: tuple[str, ...] = ()
+    #: `chat.flood`: (commands, seconds), at most that many commands per person in any that many seconds
+    #: (`FloodGate`); None: no limit.
+    flood: tuple[int, float] | None = None
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> ChatSettings:
@@ -95,7 +100,7 @@ class ChatSettings:
                    thread_replies=bool(section.get("thread_replies", True)),
                    confirm_ttl=chat_confirm_ttl(section), suggest_ranker=ranker,
                    suggest_threshold=threshold, suggest_margin=margin,
-                   favourites=_favourites(section.get("favourites")))
+                   favourites=_favourites(section.get("favourites")), flood=chat_flood(section))
 
 
 def _favourites(value: Any) -> tuple[str, ...]:
@@ -216,6 +221,8 @@ class Dispatcher:
     _render_elsewhere: set[str] = field(default_factory=set)
     #: Since when the outage was that a message's failure last logged (`Database.failing`'s time).
     _outage_logged: datetime | None = None
+    #: `chat.flood`'s limit per person; None (the default) costs a message this one attribute check.
+    _flood: FloodGate | None = field(init=False, default=None)
 
     @property
     def matcher(self) -> AliasMatcher:
@@ -227,6 +234,8 @@ class Dispatcher:
 
     def __post_init__(self) -> None:
         self.forms = ChatForms(self)
+        if self.settings.flood is not None:
+            self._flood = FloodGate(*self.settings.flood)
         if self.settings.suggest_ranker != "lexical":
             self.ranker  # noqa: B018 (a model loads at start-up, where a broken install shows, not at a message)
 
@@ -259,6 +268,8 @@ class Dispatcher:
                 return  # a question of a form asked in chat: answers need no prefix
             if text is None:
                 return  # chatter: the adapters pass every message on, the dispatcher decides
+            if self._flood is not None and not (clicked or message.clicked) and await self._flooded(message, text):
+                return
             metrics.count(metrics.chat_messages, message.adapter)
             received = getattr(adapter, "received", None)
             if received is not None:  # the platform's "seen it" mark (Slack's status reaction)
@@ -266,6 +277,31 @@ class Dispatcher:
             await self._handle(message, text, lookup)
         except Exception as exc:
             await self.tell_failure(message, exc, f"handling a message from {message.user}")
+
+    async def _flooded(self, message: Message, text: str) -> bool:
+        """Whether `message` is a command past its sender's `chat.flood` limit, and so dropped: not
+        matched, stored or run. The first one of a window is answered where it was typed and audited
+        (`chat.flood`), the others dropped without a word: answering each would be the flood again.
+        Built-ins count; answers do not (a typed `yes`/`no` to the sender's pending confirmation here,
+        like button clicks and inquiry and form answers, which never reach this check). Admins count
+        too: a channel's replies are paced the same whoever sent the commands."""
+        assert self._flood is not None
+        key = (message.adapter, message.channel, message.user)
+        if key in self._confirmations and text.lower() in _YES | _NO:
+            return False
+        flooded = self._flood.check(message.adapter, message.user)
+        if flooded is None:
+            return False
+        if flooded.tell:
+            limit, seconds = self._flood.commands, self._flood.seconds
+            wait = math.ceil(flooded.wait)
+            await self.say(message, f"{message.user}, you have sent more than {limit} commands in {seconds:g} s "
+                                    f"(the limit here); the ones past it are dropped, not run. Wait {wait} s before "
+                                    "sending the next.")
+            db = self.engine.db
+            await db(db.store.audit_add, "chat.flood", message.user, f"{message.adapter}:{message.channel}", None,
+                     {"commands": limit, "seconds": seconds, "wait": wait})
+        return True
 
     def _command_amid_questions(self, message: Message, lookup: _Lookup | None) -> bool:
         """Whether `message`, sent while a form's question waits for its sender's answer there, is a
@@ -670,11 +706,24 @@ class Dispatcher:
         """(the result's replies, the ack's edits to the final status) in the command's thread."""
         alias = self.aliases.get(chat.get("alias")) if chat.get("alias") else None
         text, extra = render_result(alias, execution)
+        if text is not None:
+            text, extra = self._capped(chat["adapter"], text, extra, execution["id"])
         where = {"adapter": chat["adapter"], "channel": chat["channel"], "thread": chat.get("thread")}
         edits = self.adapters[chat["adapter"]].capabilities.edits
         status = [Reply(**where, text=status_line(execution))] if edits else []
         replies = [Reply(**where, text=text, extra=extra)] if text is not None else []
         return replies, status
+
+    def _capped(self, adapter_name: str, text: str, extra: dict[str, Any],
+                execution_id: str) -> tuple[str, dict[str, Any]]:
+        """A result as `adapter_name` shows it: cut to the adapter's `max_result_lines` (an optional
+        attribute; IRC's `adapters.irc.max_result_lines`) where it can attach no file, with where the
+        whole output is (`cap_result`); as it is elsewhere. A platform with files attaches a long
+        result whole, and one that sets no cap (the console) splits it as before."""
+        adapter = self.adapters.get(adapter_name)
+        if adapter is None or adapter.capabilities.files:
+            return text, extra
+        return cap_result(text, extra, getattr(adapter, "max_result_lines", 0), execution_id)
 
     async def _store_result(self, execution: dict[str, Any], chat: dict[str, Any]) -> None:
         elsewhere = execution["id"] in self._render_elsewhere
@@ -772,7 +821,8 @@ class Dispatcher:
         if execution is None:
             return
         if await self._permitted(message, execution, self._alias_of(execution), "see", f"execution {rest}"):
-            await self.say(message, render_result(None, execution)[0] or status_line(execution))
+            text = render_result(None, execution)[0] or status_line(execution)
+            await self.say(message, self._capped(message.adapter, text, {}, execution["id"])[0])
 
     async def _builtin_cancel(self, message: Message, rest: str) -> None:
         await self._on_execution(message, rest, "cancel")

@@ -148,6 +148,50 @@ def short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: About the UTF-8 bytes of text one IRC line carries (`adapters/irc.py` `line_budget`: 512 less the
+#: relayed prefix, about 400 to 450): a longer line of a result is counted as the lines it becomes.
+REPLY_LINE_BYTES = 400
+
+
+def cap_result(text: str, extra: dict[str, Any], max_lines: int, execution_id: str) -> tuple[str, dict[str, Any]]:
+    """A result (`text`, `extra`) cut to its first `max_lines` lines for a platform that sends every
+    line at its pace and can attach no file (IRC: about two lines a second for the whole connection,
+    where a 10,000-line result held every channel for 83 minutes), ending with one line saying how
+    many were left out and where the whole output is; as it is when it fits or `max_lines` is 0. A
+    line longer than `REPLY_LINE_BYTES` counts as the lines the platform cuts it into: a one-line
+    JSON of a megabyte is thousands of IRC lines. Cut, it loses its pretext split (`_unsplit`)."""
+    if max_lines <= 0:
+        return text, extra
+    shown, whole, cut = _first_lines(text, max_lines)
+    if shown is None:
+        return text, extra
+    total = text.count("\n") + 1
+    part = " (the first of them shown in part)" if cut else ""
+    trailer = (f"[{total - whole} of {total} lines left out here{part}; the whole output is execution "
+               f"{execution_id}: `squall execution get {execution_id}`, or its page in the web UI]")
+    return f"{shown}\n{trailer}", _unsplit(extra)
+
+
+def _first_lines(text: str, budget: int) -> tuple[str | None, int, bool]:
+    """(what of `text` fits `budget` platform lines, how many of its lines it holds whole, whether it
+    ends in part of the next one); None for the text when all of it fits. Reads no further than the
+    budget reaches, however long the text."""
+    start, whole, kept = 0, 0, []
+    while budget > 0:
+        end = text.find("\n", start)
+        line = text[start:] if end < 0 else text[start:end]
+        size = len(line.encode("utf-8", "replace"))
+        cost = max(1, -(-size // REPLY_LINE_BYTES))
+        if cost > budget:  # as much of it as the lines left carry, cut between characters
+            head = line.encode("utf-8", "replace")[:budget * REPLY_LINE_BYTES].decode("utf-8", "ignore")
+            return "\n".join([*kept, head + "…"]), whole, True
+        if end < 0:
+            return None, whole + 1, False
+        kept.append(line)
+        whole, budget, start = whole + 1, budget - cost, end + 1
+    return "\n".join(kept), whole, False
+
+
 def fit(reply: Reply, capabilities: Capabilities) -> list[Reply]:
     """Split text longer than the platform allows, or upload it as a file where files exist. A reply
     cut so loses its pretext split (`split_pretext`): the attachment's length no longer fits its text."""

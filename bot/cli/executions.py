@@ -1,4 +1,4 @@
-"""`squall run` and `squall execution list | get | cancel | pause | resume | re-run`.
+"""`squall run` and `squall execution list | get | cancel | pause | resume | re-run | purge`.
 
 `run` exits 0 if the action succeeded, 1 if it failed or timed out, 2 on bad input, 3 when the
 database or data folder cannot be used, 128+N when signal N stopped it (the execution abandoned); with `--async`
@@ -6,6 +6,10 @@ it stores the request and `squall serve` runs it. So does a plain `run` of an ac
 policy holds while `squall serve` runs on the database (it counts the runs in its own memory); the
 command then waits for the end and shows it as usual. Parameters and results are printed as written: rich
 would read a `[...]` in them as markup (a `[/x]` in a message crashed `squall run`).
+
+`execution purge` (StackStorm's `st2-purge-executions`) and `trigger-instance purge` share `purge_history`: what
+they would delete is counted and confirmed (`--yes`, or a `y` at a terminal), deleted in batches of their own
+(`engine/retention.py`) with progress on stderr while it lasts, audited with the counts, and exit 0.
 
 `execution list` keeps each action and status whole at any width: a narrower terminal puts a start time
 on two lines, then folds the id; narrower than that table can be, each execution gets lines of its own.
@@ -15,6 +19,9 @@ Times are UTC (`2026-12-05 10:11:12`), as everywhere in the CLI; `--json` keeps 
 from __future__ import annotations
 
 import json
+import sys
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -25,6 +32,7 @@ from bot.cli.common import (
     MAX_LISTED,
     JsonOption,
     add_row,
+    audit,
     current_config,
     current_user,
     err,
@@ -41,9 +49,13 @@ from bot.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from rich.table import Table
 
     from bot.app import Squall
+    from engine.retention import Purged
+    from engine.storage import Store
 
 execution_app = group("Inspect, cancel and re-run executions.")
 
@@ -309,3 +321,99 @@ def execution_rerun(
     else:
         show_execution(record)
     raise typer.Exit(_exit_for(record))
+
+
+#: `--before` of the purges, as people write it.
+BEFORE_HELP = ("Delete what is older than this: a number of days ago (30d) or an ISO 8601 time (2026-01-31, "
+               "2026-01-31T12:00:00Z; UTC unless it names a zone).")
+#: Seconds between two progress lines of a long purge.
+PROGRESS_SECONDS = 2.0
+
+
+def purge_cutoff(before: str) -> datetime:
+    """`--before` as a time; exit 2 saying what it takes."""
+    from engine.retention import parse_before
+
+    try:
+        return parse_before(before)
+    except ValueError as exc:
+        raise fail(f"--before: {exc}") from exc
+
+
+def _confirmed(what: str, yes: bool) -> bool:
+    """Whether to delete `what`: `--yes`, or a yes at a terminal. Without a terminal to ask on, exit 2: a
+    script must say `--yes`, and deleting history is not undone."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise fail(f"this would delete {what}; standard input is no terminal to ask on: pass --yes to delete them")
+    return typer.confirm(f"Delete {what}?", default=False)
+
+
+def _progress() -> Callable[[Purged], None]:
+    """Tell stderr what a long purge has deleted so far, every `PROGRESS_SECONDS`."""
+    last = time.monotonic()
+
+    def told(purged: Purged) -> None:
+        nonlocal last
+        if time.monotonic() - last >= PROGRESS_SECONDS:
+            last = time.monotonic()
+            err.print(f"[dim]…[/dim] deleted {escape(purged.describe())} so far", markup=True, highlight=False)
+
+    return told
+
+
+def purge_history(event: str, cutoff: datetime, *, noun: str, count: Callable[[Store], int],
+                  what: Callable[[int], str], purge: Callable[[Store, Callable[[Purged], None]], Purged], yes: bool,
+                  detail: dict[str, Any]) -> None:
+    """A purge command: `count` what it would delete (none: say so), confirm `what(count)`, `purge` it with
+    progress, print the counts and audit them (`event`, with `detail` and the cutoff)."""
+    from engine.storage import iso
+
+    def work(store: Store, _config: Any) -> Purged | None:
+        found = count(store)
+        if not found:
+            return None
+        if not _confirmed(what(found), yes):
+            out.print("nothing deleted", markup=False)
+            raise typer.Exit(0)
+        return purge(store, _progress())
+
+    purged = with_store(work)
+    shown = f"{shown_time(iso(cutoff))} UTC"
+    if purged is None:
+        out.print(f"no {noun} older than {shown}; nothing deleted", markup=False)
+        return
+    out.print(f"deleted {purged.describe()} (older than {shown})", markup=False)
+    audit(event, None, {"before": iso(cutoff), **detail, **purged.counts()})
+
+
+@execution_app.command("purge")
+def execution_purge(
+    before: Annotated[str, typer.Option("--before", help=BEFORE_HELP)],
+    action: Annotated[str | None, typer.Option("--action", help="Only this action's executions (a workflow's "
+                                                                "tasks go with their workflow).")] = None,
+    include_incomplete: Annotated[bool, typer.Option(
+        "--include-incomplete", help="Also executions that never ended (requested, running, paused...), by their "
+                                     "start: only those you know are dead.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+) -> None:
+    """Delete executions that ended before a time, with their workflow tasks, output and sent chat replies
+    (StackStorm's st2-purge-executions). One with a reply still to send stays until it is sent."""
+    from engine.retention import count_executions, purge_executions
+    from engine.storage import iso
+
+    cutoff = purge_cutoff(before)
+
+    def what(found: int) -> str:
+        of = f" of {action}" if action else ""
+        ended = "started" if include_incomplete else "that ended"
+        return (f"{found:,} execution{'s' if found != 1 else ''}{of} {ended} before {shown_time(iso(cutoff))} UTC, "
+                "with their workflow tasks, output and sent chat replies")
+
+    purge_history(
+        "cli.execution.purge", cutoff, noun="executions", what=what, yes=yes,
+        count=lambda store: count_executions(store, cutoff, action=action, include_incomplete=include_incomplete),
+        purge=lambda store, progress: purge_executions(store, cutoff, action=action,
+                                                       include_incomplete=include_incomplete, progress=progress),
+        detail={"action": action, "include_incomplete": include_incomplete})

@@ -1,5 +1,7 @@
 """`squall rule | trigger | trigger-instance | rule-enforcement`: the rules engine from the shell (spec §5, §6).
 
+`squall trigger-instance purge` is StackStorm's `st2-purge-trigger-instances` (`engine/retention.py`).
+
 `squall rule test` is StackStorm's `st2-rule-tester`: it evaluates one rule file against one
 trigger instance file, explains every criterion and runs no action (exit 0 match, 1 none).
 """
@@ -25,9 +27,11 @@ from bot.cli.common import (
     print_json,
     record_audit,
     setup_errors,
+    shown_time,
     too_deep,
     with_app,
 )
+from bot.cli.executions import BEFORE_HELP, purge_cutoff, purge_history
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,7 +44,7 @@ if TYPE_CHECKING:
 
 rule_app = group("Rules: list, show, test against a trigger instance.")
 trigger_app = group("Trigger types: list, emit an instance.")
-instance_app = group("Stored trigger instances: list, show, re-emit.")
+instance_app = group("Stored trigger instances: list, show, re-emit, purge.")
 enforcement_app = group("Rule enforcements: which rule fired for which instance.")
 
 
@@ -386,6 +390,28 @@ def instance_re_emit(instance_id: Annotated[str, typer.Argument(help="Trigger in
         print_json(item)
     else:
         out.print(f"re-emitted as {item['id']} ({item['status']})", markup=False)
+
+
+@instance_app.command("purge")
+def instance_purge(
+    before: Annotated[str, typer.Option("--before", help=BEFORE_HELP)],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+) -> None:
+    """Delete trigger instances processed (or failed) that occurred before a time, with their rule
+    enforcements (StackStorm's st2-purge-trigger-instances); pending and processing ones stay."""
+    from engine.retention import count_trigger_instances, purge_trigger_instances
+    from engine.storage import iso
+
+    cutoff = purge_cutoff(before)
+
+    def what(found: int) -> str:
+        return (f"{found:,} processed trigger instance{'s' if found != 1 else ''} that occurred before "
+                f"{shown_time(iso(cutoff))} UTC, with their rule enforcements")
+
+    purge_history(
+        "cli.trigger_instance.purge", cutoff, noun="trigger instances", what=what, yes=yes,
+        count=lambda store: count_trigger_instances(store, cutoff),
+        purge=lambda store, progress: purge_trigger_instances(store, cutoff, progress=progress), detail={})
 
 
 # -- rule-enforcement ----------------------------------------------------------------------------
