@@ -72,7 +72,7 @@ _LIVE = ("scheduled", "running", "canceling", "pausing", "paused", "resuming")
 _ORPHANABLE = ("running", "pausing")
 #: The context keys that say who asked for an execution, from where, and where its replies go.
 _ORIGIN = frozenset({"user", "api_user", "source", "source_channel", "action_alias_ref", "chat", "approval",
-                     "trace_context"})
+                     "trace_context", "notify"})
 #: `poll` also sweeps what dead Squall processes on this machine left running, every this many calls.
 _SWEEP_POLLS = 30
 #: An end the database failed to store (`_stored_end`) is tried again after the first of these many

@@ -208,11 +208,12 @@ class Registry:
 
 
 def _display(path: Path) -> str:
-    """The path as people name it: relative to the working folder where it is under it."""
+    """The path as people name it: relative to the working folder where it is under it, but for the root
+    folder (systemd's working folder), relative to which `etc/squall/x` would name no file from elsewhere."""
     cwd = os.getcwd()
     text = str(path)
     # A string test first: `Path.relative_to` per file was a tenth of loading a 4,000-action pack.
-    if not text.startswith(cwd):
+    if cwd == os.sep or not text.startswith(cwd):
         return text
     try:
         return str(path.relative_to(cwd))
@@ -433,7 +434,15 @@ def sensor_trigger_types(pack: str, data: Any, file: str) -> list[TriggerType]:
             for item in data["trigger_types"] if isinstance(item, dict) and isinstance(item.get("name"), str)]
 
 
+#: Where StackStorm keeps pack configs (spec §9.1), named when a pack's config file is not where Squall looks.
+ST2_CONFIGS_PATH = "/opt/stackstorm/configs"
+
+
 def _load_config(pack: Pack, registry: Registry, configs_path: Path) -> None:
+    """The pack's config schema and `configs/<ref>.yaml`, checked against it, defaults applied.
+
+    A config file that is not there is no problem of its own: StackStorm registers the pack all the same
+    and its actions get the schema's defaults (spec §9.2); Squall does too and says so (`_missing_config`)."""
     schema_file = pack.path / "config.schema.yaml"
     if schema_file.is_file():
         try:
@@ -442,30 +451,63 @@ def _load_config(pack: Pack, registry: Registry, configs_path: Path) -> None:
         except ContentInvalid as exc:
             registry.errors.append(exc.error)
     config_file = configs_path / f"{pack.ref}.yaml"
-    values: dict[str, Any] = {}
-    if config_file.is_file():
-        try:
-            loaded, _ = load_yaml(config_file, _display(config_file))
-        except ContentInvalid as exc:
-            registry.errors.append(exc.error)
-            loaded = None
-        if loaded is not None and not isinstance(loaded, dict):
-            registry.errors.append(ContentError(_display(config_file), 1, "a pack config must be a mapping"))
-        elif loaded:
-            values = loaded
+    present = config_file.is_file()
+    values = _read_config(config_file, registry) if present else {}
     if pack.config_schema:
-        import jsonschema
-
-        schema = _config_json_schema(pack.config_schema)
-        checked = _apply_defaults(pack.config_schema, values, absent_objects=False)
-        for error in jsonschema.Draft4Validator(schema).iter_errors(checked):
-            path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-            message = error.message
-            if _holds_secret(schema, list(error.absolute_path)):  # jsonschema's messages quote the value's repr
-                message = message.replace(repr(error.instance), "********")
-            registry.errors.append(ContentError(_display(config_file), None,
-                                                f"config of pack '{pack.ref}': {path}: {message}"))
+        _check_config(pack, registry, config_file, values, present=present)
     pack.config = _apply_defaults(pack.config_schema, values, absent_objects=True)
+
+
+def _read_config(config_file: Path, registry: Registry) -> dict[str, Any]:
+    """The values of a config file that is there ({} when it cannot be read, the problem noted)."""
+    try:
+        loaded, _ = load_yaml(config_file, _display(config_file))
+    except ContentInvalid as exc:
+        registry.errors.append(exc.error)
+        return {}
+    if loaded is not None and not isinstance(loaded, dict):
+        registry.errors.append(ContentError(_display(config_file), 1, "a pack config must be a mapping"))
+        return {}
+    return loaded or {}
+
+
+def _check_config(pack: Pack, registry: Registry, config_file: Path, values: dict[str, Any], *,
+                  present: bool) -> None:
+    """Each way the config (its values and the schema's defaults) does not fit the schema, as a problem of
+    its file; without a file, the required items left without a value are one warning (`_missing_config`)."""
+    import jsonschema
+
+    schema = _config_json_schema(pack.config_schema)
+    checked = _apply_defaults(pack.config_schema, values, absent_objects=False)
+    unset: dict[str, None] = {}  # dotted names, in the schema's order, each once
+    for error in jsonschema.Draft4Validator(schema).iter_errors(checked):
+        if not present and error.validator == "required" and isinstance(error.instance, dict):
+            parent = "".join(f"{p}." for p in error.absolute_path)
+            unset.update((parent + str(name), None) for name in error.validator_value if name not in error.instance)
+            continue
+        path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        message = error.message
+        if _holds_secret(schema, list(error.absolute_path)):  # jsonschema's messages quote the value's repr
+            message = message.replace(repr(error.instance), "********")
+        registry.errors.append(ContentError(_display(config_file), None,
+                                            f"config of pack '{pack.ref}': {path}: {message}"))
+    if unset:
+        registry.errors.append(_missing_config(pack.ref, config_file, list(unset)))
+
+
+def _missing_config(ref: str, config_file: Path, unset: list[str]) -> ContentWarning:
+    """The warning for a config file that is not there while the schema requires items it gives no default.
+
+    It was said as the schema's errors ("(top level): 'api_url' is a required property") and as content
+    skipped, of a file that does not exist and a pack of which nothing was skipped. A migrating operator's
+    configs are usually where StackStorm keeps them, so that folder and the setting to point at it are named."""
+    return ContentWarning(
+        _display(config_file), None,
+        f"no config file for pack '{ref}': Squall reads pack configs from packs.configs_path "
+        f"({_display(config_file.parent)}), and StackStorm keeps them in {ST2_CONFIGS_PATH}: set "
+        f"packs.configs_path to the folder holding {ref}.yaml, or write this file. The pack loads all the same "
+        f"(as StackStorm registers it), and its actions get only its config schema's defaults, which give no "
+        f"value to the required {', '.join(unset)}")
 
 
 def load_registry(pack_paths: list[Path], configs_path: Path, system_path: Path) -> Registry:

@@ -112,6 +112,8 @@ def _simple_steps(path: str) -> tuple[str | int, ...] | None:
         name, sq, dq, sqf, dqf, index = match.groups()
         if name is not None and name in _JSONPATH_WORDS:
             return None
+        if (name is not None or sqf is not None or dqf is not None) and pos and path[pos] != ".":
+            return None  # `a'b'`, `a[0]b`: no JSONPath, which its parser says (a load error)
         if index is not None:
             steps.append(int(index))
         else:
@@ -125,15 +127,13 @@ def compile_key(key: str) -> Callable[[Mapping[str, Any]], Any]:
     """A getter for criteria key `key` (tag already stripped): the first JSONPath match, or None.
 
     Raises `jsonpath_ng` parse errors (a load error). Simple paths use a dict/list walk with the
-    same results as jsonpath-ng (a field of a non-dict or an index past the end is no match).
+    same results as jsonpath-ng (a field of a non-dict or an index past the end is no match), and
+    need no parse: jsonpath-ng is imported for the first key that does.
     Kept per key (getters hold no state): jsonpath-ng's parser takes ~0.4 ms a key, so loading
     1,000 rules parsed for most of a second, again at every pack reload.
     """
-    import jsonpath_ng  # with the first rule that has criteria, not at start
-
-    expression = jsonpath_ng.parse(key)  # always parsed: a bad path is a load error
     steps = _simple_steps(key)
-    if steps is not None and steps[0] in ("trigger", "item"):
+    if steps is not None and steps[0] in ("trigger", "item"):  # valid JSONPath as `_SIMPLE_STEP` reads it
         # A missing field, a field of a non-dict and an index past a list's end are all None.
         def walk(context: Mapping[str, Any]) -> Any:
             current: Any = context
@@ -148,6 +148,9 @@ def compile_key(key: str) -> Callable[[Mapping[str, Any]], Any]:
                     return None
             return current
         return walk
+    import jsonpath_ng  # with the first rule whose criteria need it, not at start (shipped rules do not)
+
+    expression = jsonpath_ng.parse(key)  # a bad path is a load error
 
     def find(context: Mapping[str, Any]) -> Any:
         matches = expression.find(context)

@@ -323,6 +323,7 @@ async def test_a_refused_commands_audit_masks_its_secret_parameters(squall: Squa
 
 async def test_rules_and_enforcements(squall: Squall, client: httpx.AsyncClient) -> None:
     rules = (await client.get("/api/v1/rules")).json()
+    rules = [r for r in rules if r["pack"] == "demo"]  # (the shipped chatops pack has its own)
     assert [r["ref"] for r in rules] == ["demo.on_build", "demo.on_signed"]
     assert rules[0]["trigger"] == {"type": "core.st2.webhook", "parameters": {"url": "ci/build/"},
                                    "ref": "core.st2.webhook"}

@@ -41,6 +41,7 @@ def broken_pack(home: Path) -> Path:
     write(pack / "config.schema.yaml", """
         token: {type: string, required: true}
     """)
+    write(home / "configs" / "demo.yaml", "region: eu\n")
     return pack
 
 

@@ -410,3 +410,29 @@ async def test_a_reload_says_each_problem_once_and_how_many_files_it_skipped(hom
     assert skipped and summary.endswith(f", {files} skipped (see the warnings)"), summary
     said = [r.getMessage() for r in caplog.records if "packs/p/rules/r.yaml" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("pack content skipped:"), said
+
+
+def test_a_pack_config_file_not_there_is_said_as_missing_and_skips_nothing(home: Path) -> None:
+    """A StackStorm pack moved over with its config left in /opt/stackstorm/configs (`packs.configs_path` at
+    its default): every command warned "pack content skipped: configs/ops.yaml: config of pack 'ops': (top
+    level): 'api_url' is a required property" and `pack reload` exited 1, though the file does not exist and
+    the pack and its actions loaded. StackStorm registers such a pack; so the warning says the file is not
+    there, where to point `packs.configs_path`, and what the actions get, and skips nothing."""
+    pack = home / "packs" / "ops"
+    write(pack / "pack.yaml", PACK_YAML.format(version="1.0.0").replace("p", "ops", 2))
+    write(pack / "actions" / "a.yaml", "name: a\nrunner_type: noop\n")
+    write(pack / "config.schema.yaml", "api_url: {type: string, required: true}\nregion: {type: string, default: eu}\n")
+
+    reloaded = squall(home, "pack", "reload", "--json")
+    assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr  # nothing was skipped
+    document = json.loads(reloaded.stdout)
+    assert document["errors"] == [] and "ops" in document["packs"]
+    (warning,) = document["warnings"]
+    assert warning.startswith("configs/ops.yaml: no config file for pack 'ops'"), warning  # run in home
+    assert "packs.configs_path" in warning and "/opt/stackstorm/configs" in warning and "api_url" in warning
+
+    ran = squall(home, "run", "ops.a")
+    assert ran.returncode == 0, ran.stderr
+    said = [line for line in ran.stderr.splitlines() if "ops.yaml" in line]
+    assert len(said) == 1 and "no config file for pack 'ops'" in said[0], ran.stderr
+    assert "skipped" not in said[0] and "required property" not in said[0]

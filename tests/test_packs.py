@@ -9,7 +9,15 @@ import pytest
 
 from engine.actions import build_action
 from engine.config import SYSTEM_PACKS_PATH
-from engine.packs import Registry, SystemPacksMissing, UnknownAction, discover, load_registry, load_registry_cached
+from engine.packs import (
+    ContentWarning,
+    Registry,
+    SystemPacksMissing,
+    UnknownAction,
+    discover,
+    load_registry,
+    load_registry_cached,
+)
 from engine.yamlfile import ContentError, ContentInvalid, LineMap, load_yaml
 from tests.conftest import write
 
@@ -226,12 +234,50 @@ def test_pack_config_missing_required_key_is_reported(tmp_path: Path, demo_pack:
     assert registry.packs["demo"].config["greeting"] == "hello"
 
 
-def test_pack_config_without_config_file_reports_required_key(tmp_path: Path, demo_pack: Path) -> None:
+def test_pack_config_without_config_file_says_the_file_is_missing(tmp_path: Path, demo_pack: Path) -> None:
+    """An operator's first config left `packs.configs_path` at its default while the pack's config was where
+    StackStorm keeps it (/opt/stackstorm/configs): Squall warned "pack content skipped: configs/demo.yaml:
+    config of pack 'demo': (top level): 'region' is a required property", of a file that does not exist,
+    for a pack of which nothing was skipped. StackStorm registers a pack without its config file, and its
+    actions get the schema's defaults (spec §9.2), so Squall does too; the warning says that, where the file
+    was looked for, which setting names the folder, and which required items are left without a value."""
     (tmp_path / "configs" / "demo.yaml").unlink()
     registry = load(tmp_path)
-    error = only_error(registry)
-    assert "'region' is a required property" in error.reason
-    assert registry.packs["demo"].config["retries"] == 3
+    warning = only_error(registry)
+    assert isinstance(warning, ContentWarning)  # said as "pack content", not "pack content skipped"
+    assert warning.file.endswith("configs/demo.yaml") and warning.line is None
+    assert warning.reason.startswith("no config file for pack 'demo'"), warning.reason
+    assert "packs.configs_path" in warning.reason and "/opt/stackstorm/configs" in warning.reason
+    assert "schema's defaults" in warning.reason and "region" in warning.reason
+    assert "is a required property" not in warning.reason and "(top level)" not in warning.reason
+    # nothing was skipped: the pack and its actions load, and the config is the schema's defaults
+    assert "demo.restart" in registry.actions
+    assert registry.packs["demo"].config == {"greeting": "hello", "retries": 3,
+                                             "api": {"host": "localhost", "port": 8080}}
+
+
+def test_pack_config_without_config_file_needing_nothing_is_no_problem(tmp_path: Path) -> None:
+    """A schema whose every required item has a default needs no config file: nothing is said."""
+    packs = tmp_path / "packs"
+    manifest(packs, "demo")
+    write(packs / "demo" / "config.schema.yaml", "region: {type: string, required: true, default: eu}\n")
+    registry = load(tmp_path)
+    assert registry.errors == []
+    assert registry.packs["demo"].config == {"region": "eu"}
+
+
+def test_pack_config_without_config_file_names_every_required_item_once(tmp_path: Path) -> None:
+    """One warning per missing file, naming each required item without a default (nested ones too)."""
+    packs = tmp_path / "packs"
+    manifest(packs, "demo")
+    write(packs / "demo" / "config.schema.yaml", """
+        api_url: {type: string, required: true}
+        token: {type: string, required: true, secret: true}
+        region: {type: string, default: us-east-1}
+    """)
+    warning = only_error(load(tmp_path))
+    assert isinstance(warning, ContentWarning)
+    assert "api_url, token" in warning.reason and "region" not in warning.reason, warning.reason
 
 
 def test_pack_config_value_of_wrong_type_is_reported_not_raised(tmp_path: Path, demo_pack: Path) -> None:
@@ -1087,3 +1133,14 @@ def test_pack_list_in_chat_says_why_when_the_command_failed(tmp_path: Path) -> N
     failed = {"id": "e1", "action": "squall.pack_list", "status": "failed",
               "result": {"stdout": "", "stderr": "error: config.yml: unknown key 'pack'", "return_code": 2}}
     assert render_result(alias, failed)[0] == "✖ squall.pack_list failed: error: config.yml: unknown key 'pack'"
+
+
+def test_a_problem_is_named_by_its_absolute_path_when_squall_runs_in_the_root_folder(
+        tmp_path: Path, demo_pack: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under systemd the working folder is `/`, and every file was named relative to it: the missing config
+    was said as `tmp/.../configs/demo.yaml`, which names no file from anywhere else."""
+    (tmp_path / "configs" / "demo.yaml").unlink()
+    monkeypatch.chdir("/")
+    warning = only_error(load(tmp_path))
+    assert warning.file == str(tmp_path / "configs" / "demo.yaml"), warning.file
+    assert f"packs.configs_path ({tmp_path / 'configs'})" in warning.reason

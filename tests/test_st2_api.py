@@ -301,6 +301,21 @@ async def test_runner_types_rules_and_packs_one_by_one(client: httpx.AsyncClient
     assert len(everything.json()) == int(everything.headers["X-Total-Count"])
 
 
+async def test_the_chatops_pack_ships_stackstorms_result_rules(client: httpx.AsyncClient) -> None:
+    """hubot-stackstorm and err-stackstorm get their commands' results through these two rules of
+    StackStorm's chatops pack (spec §3.2): without them a relayed command's notify trigger fired unheard."""
+    rules = {r["ref"]: r for r in (await client.get("/api/v1/rules", params={"pack": "chatops"})).json()}
+    assert sorted(rules) == ["chatops.notify", "chatops.notify-errbot"]
+    passed = {"channel": "{{trigger.data.source_channel}}", "user": "{{trigger.data.user}}",
+              "execution_id": "{{trigger.execution_id}}", "context": "{{trigger.data.source_context}}"}
+    for ref, route, extra in (("chatops.notify", "hubot", {}),
+                              ("chatops.notify-errbot", "errbot", {"route": "{{trigger.route}}"})):
+        rule = rules[ref]
+        assert rule["enabled"] is True and rule["trigger"]["type"] == "core.st2.generic.notifytrigger"
+        assert rule["criteria"] == {"trigger.route": {"pattern": route, "type": "equals"}}
+        assert rule["action"] == {"ref": "chatops.post_result", "parameters": {**passed, **extra}}
+
+
 async def test_a_callers_context_cannot_break_a_run_or_speak_for_squall(squall: Squall,
                                                                        client: httpx.AsyncClient) -> None:
     """A malformed `trace_context` left the execution `running` for good (its run raised before the
@@ -556,3 +571,86 @@ async def test_match_and_execute_runs_a_match_multiple_alias_once_per_fit(home: 
     finally:
         await app.triggers.settle()
         await app.close()
+
+
+#: StackStorm's API, auth and stream URLs as Squall serves them, on the test client's base URL: for st2
+#: (st2client takes them whole) and for hubot (st2client.js adds /v1 to the API's and the stream's itself).
+ST2_URLS = "ST2_API_URL=http://squall/api/v1 ST2_AUTH_URL=http://squall/auth/v1 ST2_STREAM_URL=http://squall/stream/v1"
+HUBOT_URLS = "ST2_API_URL=http://squall/api ST2_STREAM_URL=http://squall/stream ST2_AUTH_URL=http://squall/auth/v1"
+
+
+def _names_the_right_urls(answer: httpx.Response, right: str) -> None:
+    """A JSON 404 fault that names where the request should have gone and the settings for st2 and hubot."""
+    assert answer.status_code == 404, (answer.request.url, answer.status_code, answer.headers, answer.text)
+    assert answer.headers["content-type"] == "application/json"
+    said = answer.json()["faultstring"]
+    assert f"serves this at {right}." in said and ST2_URLS in said and HUBOT_URLS in said, said
+
+
+async def test_stackstorms_direct_urls_are_a_404_naming_squalls(squall: Squall, client: httpx.AsyncClient) -> None:
+    """st2client's default API URL is st2api's own, `http://host:9101/v1`; Squall serves StackStorm's API
+    under /api/v1, as StackStorm does behind its nginx. `GET /v1/actions` answered a bare "Not Found", so
+    an operator pointing st2 at Squall as at st2api was told nothing of where to point it. The auth
+    service's `/tokens` and the stream's `/v1/stream` on this port are said the same way, with or without
+    a credential; nothing is served there twice."""
+    async with _client(squall) as anonymous:
+        for asking in (client, anonymous):
+            for method in ("GET", "POST"):
+                _names_the_right_urls(await asking.request(method, "/v1/actions", params={"pack": "demo"}),
+                                      "http://squall/api/v1/actions")
+                _names_the_right_urls(await asking.request(method, "/tokens"), "http://squall/auth/v1/tokens")
+            _names_the_right_urls(await asking.get("/v1/stream"), "http://squall/stream/v1/stream")
+            _names_the_right_urls(await asking.get("/v1"), "http://squall/api/v1")
+    assert (await client.get("/api/v1/actions", params={"pack": "demo"})).status_code == 200
+    unknown = await client.get("/api/v1/nothing")  # a route the API does not have is only that
+    assert unknown.status_code == 404 and "ST2_API_URL" not in unknown.text
+
+
+async def test_hubot_given_st2s_urls_is_told_its_own(client: httpx.AsyncClient) -> None:
+    """hubot-stackstorm's client adds /v1 itself: given st2's `ST2_API_URL=.../api/v1` it asks for
+    `/api/v1/v1/actionalias`, and without `ST2_STREAM_URL` it listens on `/api/v1/stream`; both were a bare
+    "Not Found". A route's own 404 is still its own."""
+    _names_the_right_urls(await client.get("/api/v1/v1/actionalias", params={"limit": "-1"}),
+                          "http://squall/api/v1/actionalias")
+    _names_the_right_urls(await client.post("/api/v1/v1/aliasexecution", json={"command": "greet x"}),
+                          "http://squall/api/v1/aliasexecution")
+    _names_the_right_urls(await client.get("/stream/v1/v1/stream"), "http://squall/stream/v1/stream")
+    _names_the_right_urls(await client.get("/api/v1/stream"), "http://squall/stream/v1/stream")
+    missing = await client.get("/api/v1/actions/demo.nothing")
+    assert missing.status_code == 404 and "not found" in missing.json()["faultstring"], missing.text
+    assert "ST2_API_URL" not in missing.text
+
+
+async def test_an_api_request_to_a_web_page_is_a_404_not_a_login_redirect(squall: Squall) -> None:
+    """`ST2_API_URL=http://host:port` (no /api/v1) sent st2's `GET /actions` with its `St2-Api-Key` to the
+    web UI's page, which answered a 303 to /login, and st2 printed "unexpected character". A request that
+    carries an API credential (`St2-Api-Key`, `X-Auth-Token`) or asks only for JSON is an API client's: it
+    gets the JSON 404 naming the right URL. A browser still goes to the login page."""
+    for headers in ({"St2-Api-Key": KEY}, {"X-Auth-Token": "a-token"}, {"Accept": "application/json"}):
+        async with _client(squall, **headers) as api_client:
+            _names_the_right_urls(await api_client.get("/actions", params={"pack": "demo"}),
+                                  "http://squall/api/v1/actions")
+            _names_the_right_urls(await api_client.get("/executions"), "http://squall/api/v1/executions")
+            _names_the_right_urls(await api_client.post("/aliasexecution", json={"command": "greet x"}),
+                                  "http://squall/api/v1/aliasexecution")  # hubot, on a path with no page
+    async with _client(squall, Accept="text/html,application/xhtml+xml,application/json;q=0.9,*/*;q=0.8") as browser:
+        page = await browser.get("/actions")
+        assert page.status_code == 303 and page.headers["location"].startswith("/login"), page.text
+        assert (await browser.get("/nothing")).json() == {"faultstring": "Not Found"}
+
+
+async def test_a_refused_stackstorm_ciphertext_names_no_server_path(squall: Squall,
+                                                                    client: httpx.AsyncClient) -> None:
+    """`st2 key load` of an export without --decrypt sends StackStorm's keyczar ciphertext with `encrypted:
+    true`; the 400 quoted this server's key file path to the API client. The refusal still says why and
+    the way out; the server's paths stay on the server."""
+    export = {"name": "inventory_token", "scope": "st2kv.system", "secret": True, "encrypted": True,
+              "value": "0000000000859D2FC526843DC47609114154BAC717EE6C63A6F92C6D50DAF4F64DAB93F988630C6951D81E9E"}
+    refused = await client.put("/api/v1/keys/inventory_token", json=export)
+    assert refused.status_code == 400, refused.text
+    said = refused.json()["faultstring"]
+    key_file = squall.datastore.keys.path
+    assert str(key_file) not in said and str(key_file.parent) not in said, said
+    assert str(squall.config.data_dir) not in said and "datastore.key" not in said, said
+    assert "the server's key file" in said and "--decrypt" in said and "inventory_token" in said
+    assert (await client.get("/api/v1/keys/inventory_token")).status_code == 404

@@ -130,5 +130,6 @@ class Announcer:
         An execution that is not there is `ExecutionNotFound` (a LookupError): the run fails, as StackStorm's
         `format_execution_result` does."""
         execution = await self.engine.executions.get(execution_id)
-        alias_ref = (execution["context"].get("chat") or {}).get("alias")
+        context = execution["context"]  # a chat command names its alias; one through the API (hubot's) as StackStorm
+        alias_ref = (context.get("chat") or {}).get("alias") or (context.get("action_alias_ref") or {}).get("id")
         return await rendered(render_result, self.index.aliases.get(alias_ref), execution)

@@ -11,7 +11,9 @@ Confirmation and where the ack goes are the caller's: the chat holds a command u
 posts the ack in the thread; the API returns the ack's text. A command whose alias (or action)
 declares `approval:` is held after authorisation by `holder` (`bot/chat/approvals.py`) and requested
 later through `request`, with the parameters and context taken here; where there is no chat to ask
-approvers in (the API), it is refused rather than run unapproved.
+approvers in (the API), it is refused rather than run unapproved. Where a relaying bot wants the result
+(hubot-stackstorm's `notification_route`), the caller passes the execution's `notify` to `run`, which
+stores it as StackStorm's alias execution does; Squall's own chat passes none, as its replies are its own.
 """
 
 from __future__ import annotations
@@ -191,10 +193,11 @@ class CommandService:
         raise CommandRefused(reason)
 
     async def run(self, match: AliasMatch, message: Message, source: str,
-                  chat: dict[str, Any] | None = None) -> Accepted | Held:
+                  chat: dict[str, Any] | None = None, notify: dict[str, Any] | None = None) -> Accepted | Held:
         """Request the execution `match` means for `message`'s sender (audited as `<source>.execution`),
         or hold it for approvers (`Held`). `chat` is where results go back (adapter, channel, thread…),
-        for commands from chat."""
+        for commands from chat; `notify`, the execution's own notify for a relaying bot's route (the
+        API's `notification_route`), unless the action has one (`_notified`)."""
         alias = match.alias
         context = self.context(alias, message, source, chat)
         try:
@@ -202,6 +205,7 @@ class CommandService:
             parameters, render = match.request_parameters(action, context)
         except (ParameterError, UnknownAction, ValueError) as exc:
             raise CommandFailed(str(exc)) from exc
+        _notified(context, notify, action.notify)
         policy = alias.approval or action.approval
         if policy is not None:
             if self.holder is None or chat is None:
@@ -323,6 +327,16 @@ class CommandService:
         """An audit event of `message`'s sender, from where they typed it (`<adapter>:<channel>`)."""
         db = self.engine.db
         await db(db.store.audit_add, kind, message.user, f"{message.adapter}:{message.channel}", subject, detail)
+
+
+def _notified(context: dict[str, Any], notify: dict[str, Any] | None, own: dict[str, Any]) -> None:
+    """Put a relayed command's `notify` in its execution's context (where `engine.notifications` reads an
+    execution's own), as StackStorm's alias execution does, unless the action declares a `notify` of its
+    own (`own`): StackStorm's `create_request` then puts the action's in its place, and so does Squall, so
+    an action's notify means the same whoever starts it. Squall's own chat passes none: its result is the
+    dispatcher's reply, never a second announcement through a route."""
+    if notify and not own:
+        context["notify"] = notify
 
 
 def _within_limit(text: str) -> None:

@@ -1,7 +1,8 @@
 """`create_api`: the FastAPI app, assembled from the routers of this package.
 
 It checks config `api.*` once (`ApiSettings`), puts the state the routes share on `app.state.api`,
-installs the body guard and StackStorm-shaped errors, and decides which routers need an API key: all
+installs the body guard and StackStorm-shaped errors (and, `st2_urls`, a 404 naming the right URL for a
+request sent where only StackStorm serves it), and decides which routers need an API key: all
 under `/api/v1` but the webhooks (signed instead); `/auth/v1/tokens` checks its own credentials.
 Adapters that platforms call over HTTP mount their own routes last."""
 
@@ -34,6 +35,8 @@ from bot.http import (
 from bot.http.body_guard import BodyGuard
 from bot.http.errors import install_error_handlers
 from bot.http.key_auth import require_key
+from bot.http.st2_urls import Prefixes
+from bot.http.st2_urls import install as point_misdirected
 from bot.http.state import ApiSettings, ApiState
 from bot.web import mount as mount_web
 
@@ -84,6 +87,8 @@ def create_api(squall: Squall) -> FastAPI:
     app.include_router(webhooks.router, prefix=API_PREFIX)
     app.include_router(tokens.router, prefix=AUTH_PREFIX)
     mount_web(app)
+    # StackStorm's direct URLs (`/v1/...`, `/tokens`) and an API client's request to a page: a 404 naming the URL
+    point_misdirected(app, Prefixes(api=API_PREFIX, auth=AUTH_PREFIX, stream=STREAM_PREFIX))
     _mount_adapters(app, squall)
     return app
 

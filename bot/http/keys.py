@@ -6,7 +6,7 @@ A PUT with `encrypted: true` (`st2 key set --encrypted`, `st2 key load` of a cip
 the value as given once it decrypts under this server's key, as StackStorm does; anything else is a 400.
 The mask a secret shows as is never written over a secret (a masked export loaded back): a 400 says to
 export with `--decrypt` instead. `engine.datastore.Datastore.set` makes both checks, and those of the
-name's length and the ttl.
+name's length and the ttl. A refusal names no path of the server (`_for_client`).
 
 A credential speaks for its own user (docs/security.md): a token or a stored API key reads and writes its
 own user-scoped keys, and naming another `user` is a 403; only a key from the config file, which names
@@ -18,6 +18,8 @@ The audit rows (`api.key.set`, `api.key.delete`) name the scope as the web's and
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -79,12 +81,28 @@ def _string_value(value: Any) -> str:
                              "st2 key load -c (--convert) and squall key load --convert do")
 
 
+def _for_client(squall: Any, message: str) -> str:
+    """A datastore's or key ring's refusal as an API client may read it: the engine's words name the key file
+    (and its lock file) by path, for the operator at the CLI or in the log; a client of the API learns
+    nothing of the server's file system, so the paths become words (the CLI still says them)."""
+    key_file = Path(squall.datastore.keys.path)
+    named = [(os.path.abspath(f"{key_file}.lock"), "the server's key file's lock file"),
+             (f"{key_file}.lock", "the server's key file's lock file"),
+             (os.path.abspath(key_file), "the server's key file"), (str(key_file), "the server's key file"),
+             (str(squall.config.data_dir), "the server's data folder")]
+    for path, words in sorted(named, key=lambda pair: -len(pair[0])):  # the longest first: a file before its folder
+        if path.strip("/"):  # never `/` itself
+            message = message.replace(path, words)
+    return message
+
+
 async def _datastore(squall: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """`fn` (a datastore method) on the database thread; its refusals (a bad scope, no key to decrypt) are 400."""
+    """`fn` (a datastore method) on the database thread; its refusals (a bad scope, no key to decrypt) are 400,
+    said without the server's paths (`_for_client`)."""
     try:
         return await squall.db(fn, *args, **kwargs)
     except (DatastoreError, CryptoError) as exc:
-        raise HTTPException(400, str(exc)) from exc
+        raise HTTPException(400, _for_client(squall, str(exc))) from exc
 
 
 @router.get("/keys", tags=["keys"])

@@ -1,0 +1,219 @@
+"""hubot-stackstorm (and err-stackstorm) in front of Squall: a command relayed to `POST /aliasexecution`
+with a `notification_route` gets its result back as StackStorm's chatops flow sends it (spec §3.2): the
+execution's `notify` names the route with the chat's data, `core.st2.generic.notifytrigger` fires,
+the shipped rule `chatops.notify` runs `chatops.post_result`, and the stream carries
+`st2.announcement__chatops` with the formatted result for hubot to post. A command without a route (the
+API as before, Squall's own chat) gets no announcement."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.loopback import LoopbackAdapter
+from bot.app import Squall
+from engine.config import load_config
+from tests.conftest import write
+from tests.test_api import KEY, _home
+from tests.test_chat import settle
+from tests.test_st2_stream import _read
+from tests.test_stream_announcements import _served
+
+#: What hubot-stackstorm listens for (the announcement route of `chatops.post_result`).
+CHATOPS = "st2.announcement__chatops"
+#: The chat message's envelope, as hubot sends it (`source_context: msg.message`).
+ENVELOPE = {"user": {"name": "alice", "id": "U1"}, "room": "C0OPS", "id": "1712.0001"}
+#: The body hubot-stackstorm posts, less `command` (and `name`/`format` of the alias it matched).
+HUBOT = {"user": "alice", "source_channel": "C0OPS", "source_context": ENVELOPE, "notification_route": "hubot"}
+
+
+def _pack(home: Path) -> None:
+    """Aliases of `demo.greet` with a result format, with results off, and an action with its own notify."""
+    pack = home / "packs" / "demo"
+    write(pack / "aliases" / "shout.yaml", """
+        name: shout
+        action_ref: demo.greet
+        description: Greet, with a result format.
+        formats: ["shout {{who}}"]
+        ack:
+          format: "shouting at {{ execution.parameters.who }}"
+        result:
+          format: "shouted: {{ execution.result.stdout }}"
+    """)
+    write(pack / "aliases" / "quiet.yaml", """
+        name: quiet
+        action_ref: demo.greet
+        description: Greet, results off.
+        formats: ["quiet {{who}}"]
+        result:
+          enabled: false
+    """)
+    write(pack / "actions" / "noisy.yaml", """
+        name: noisy
+        runner_type: local-shell-cmd
+        parameters:
+          cmd: {default: 'echo noisy', immutable: true}
+        notify:
+          on-complete:
+            routes: [ops]
+    """)
+    write(pack / "aliases" / "noisy.yaml", """
+        name: noisy
+        action_ref: demo.noisy
+        description: An action with its own notify.
+        formats: ["noisy"]
+    """)
+
+
+@pytest.fixture
+async def api(home: Path) -> AsyncIterator[tuple[Squall, httpx.AsyncClient]]:
+    _home(home)
+    _pack(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        async with _served(squall, KEY) as client:
+            yield squall, client
+    finally:
+        await squall.close()
+
+
+async def _hubot(client: httpx.AsyncClient, command: str, path: str = "/api/v1/aliasexecution",
+                 **body: Any) -> dict[str, Any]:
+    """POST `command` as hubot-stackstorm does (`body` replaces its fields); the one result."""
+    answer = await client.post(path, json={**HUBOT, "command": command, **body})
+    assert answer.status_code in (200, 201), answer.text
+    found = answer.json()
+    return found["results"][0] if "results" in found else found
+
+
+async def _post_results(squall: Squall, count: int) -> list[dict[str, Any]]:
+    """The `chatops.post_result` executions once there are `count` of them, each ended."""
+    for _ in range(3000):
+        found = await squall.executions.list(action="chatops.post_result")
+        if len(found) >= count:
+            return [await squall.executions.wait(record["id"], 30) for record in found]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"fewer than {count} chatops.post_result executions were requested")
+
+
+@pytest.mark.parametrize("path", ["/api/v1/aliasexecution", "/api/v1/aliasexecution/match_and_execute"])
+async def test_hubot_gets_its_command_s_result_as_an_announcement(api: tuple[Squall, httpx.AsyncClient],
+                                                                  path: str) -> None:
+    """The announcement hubot posts: the command's channel and user, its result, and the chat message's
+    envelope (hubot threads by it); the execution's notify is StackStorm's."""
+    squall, client = api
+    async with client.stream("GET", "/stream/v1/stream", params={"events": CHATOPS}) as answer:
+        acked = await _hubot(client, "shout ann", path)
+        name, told = await asyncio.wait_for(_read(answer.aiter_lines()), 30)
+    execution_id = acked["execution"]["id"]
+    assert acked["message"] == "shouting at ann"  # the ack hubot posts, as before
+    assert name == CHATOPS
+    payload = told["payload"]
+    assert payload["execution_id"] == execution_id
+    assert (payload["channel"], payload["user"], payload["context"]) == ("C0OPS", "alice", ENVELOPE)
+    assert "hello ann" in payload["message"]
+    record = await squall.executions.get(execution_id)
+    assert record["context"]["notify"] == {"on-complete": {
+        "routes": ["hubot"], "data": {"user": "alice", "source_channel": "C0OPS", "source_context": ENVELOPE}}}
+
+
+async def test_what_a_person_typed_comes_back_as_typed_never_rendered(api: tuple[Squall, httpx.AsyncClient]) -> None:
+    """The notifier renders notify `data` with the datastore; the chat envelope (the message's text) and the
+    user are what people typed: a template in them is data, so no chat message reads the datastore."""
+    _squall, client = api
+    assert (await client.put("/api/v1/keys/token", json={"name": "token", "value": "hunter2-sealed"})).is_success
+    typed = {**ENVELOPE, "text": "shout ann {{ st2kv.system.token }}", "{% if 1 %}key{% endif %}": ["{{ 7*7 }}"]}
+    async with client.stream("GET", "/stream/v1/stream", params={"events": CHATOPS}) as answer:
+        await _hubot(client, "shout ann", source_context=typed, user="{{ st2kv.system.token }}")
+        _name, told = await asyncio.wait_for(_read(answer.aiter_lines()), 30)
+    assert told["payload"]["context"] == typed
+    assert told["payload"]["user"] == "{{ st2kv.system.token }}"
+    assert "hunter2" not in json.dumps(told)
+
+
+async def test_the_alias_s_result_format_is_what_hubot_posts(api: tuple[Squall, httpx.AsyncClient]) -> None:
+    """As StackStorm's `format_execution_result`, which finds the alias by the execution's
+    `action_alias_ref`: its `result.format`, not the default template."""
+    _squall, client = api
+    async with client.stream("GET", "/stream/v1/stream", params={"events": CHATOPS}) as answer:
+        await _hubot(client, "shout ann")
+        _name, told = await asyncio.wait_for(_read(answer.aiter_lines()), 30)
+    assert told["payload"]["message"].startswith("shouted: hello ann"), told["payload"]["message"]
+
+
+async def test_a_command_without_a_route_is_not_announced(api: tuple[Squall, httpx.AsyncClient]) -> None:
+    """`st2 action-alias execute` and other API callers send no route: no notify, no post_result, as before.
+    The next hubot command's announcement is the first the stream carries."""
+    squall, client = api
+    async with client.stream("GET", "/stream/v1/stream", params={"events": CHATOPS}) as answer:
+        plain = await _hubot(client, "shout bo", notification_route=None)
+        done = await squall.executions.wait(plain["execution"]["id"], 30)
+        relayed = await _hubot(client, "shout cy")
+        name, told = await asyncio.wait_for(_read(answer.aiter_lines()), 30)
+    assert done["status"] == "succeeded" and "notify" not in done["context"]
+    assert (name, told["payload"]["execution_id"]) == (CHATOPS, relayed["execution"]["id"])
+    [posted] = await _post_results(squall, 1)
+    assert posted["parameters"]["execution_id"] == relayed["execution"]["id"]
+
+
+async def test_an_alias_with_results_off_is_not_announced(api: tuple[Squall, httpx.AsyncClient]) -> None:
+    """As StackStorm's `format_execution_result`: the rule runs post_result, which posts nothing."""
+    squall, client = api
+    async with client.stream("GET", "/stream/v1/stream", params={"events": CHATOPS}) as answer:
+        quiet = await _hubot(client, "quiet dee")
+        [posted] = await _post_results(squall, 1)
+        relayed = await _hubot(client, "shout eve")
+        name, told = await asyncio.wait_for(_read(answer.aiter_lines()), 30)
+    assert posted["parameters"]["execution_id"] == quiet["execution"]["id"]
+    assert posted["status"] == "succeeded" and "skipped" in posted["result"]["posted"]
+    assert (name, told["payload"]["execution_id"]) == (CHATOPS, relayed["execution"]["id"])
+
+
+async def test_an_action_s_own_notify_replaces_the_route_as_in_stackstorm(
+        api: tuple[Squall, httpx.AsyncClient]) -> None:
+    """StackStorm's `create_request` puts a non-empty action `notify` in place of the alias execution's
+    (spec §3.1 step 4): its routes apply, hubot's does not."""
+    squall, client = api
+    noisy = await _hubot(client, "noisy")
+    done = await squall.executions.wait(noisy["execution"]["id"], 30)
+    assert done["status"] == "succeeded" and "notify" not in done["context"]
+    assert squall.notifier.notify_of(done) == {"on-complete": {"routes": ["ops"]}}
+
+
+async def test_errbot_s_route_is_announced_on_its_own_route(api: tuple[Squall, httpx.AsyncClient]) -> None:
+    """err-stackstorm sends route `errbot` (here through StackStorm's older `notification_channel`) and
+    listens for `st2.announcement__errbot`: the shipped `chatops.notify-errbot` rule passes the route on."""
+    _squall, client = api
+    errbot = "st2.announcement__errbot"
+    async with client.stream("GET", "/stream/v1/stream", params={"events": f"{CHATOPS},{errbot}"}) as answer:
+        acked = await _hubot(client, "shout fay", notification_route=None, notification_channel="errbot")
+        name, told = await asyncio.wait_for(_read(answer.aiter_lines()), 30)
+    assert name == errbot
+    assert told["payload"]["execution_id"] == acked["execution"]["id"]
+    assert "hello fay" in told["payload"]["message"]
+
+
+async def test_squall_s_own_chat_commands_are_answered_once(home: Path) -> None:
+    """A command typed in Squall's own chat sets no route: its result is the dispatcher's reply alone,
+    never also a `chatops.post_result` through the hubot rule."""
+    _home(home)
+    _pack(home)
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    try:
+        await loopback.say("!shout gus", user="alice", channel="#ops")
+        await settle(squall, squall.chat)
+        [record] = await squall.executions.list(action="demo.greet")
+        assert "notify" not in record["context"]
+        assert await squall.executions.list(action="chatops.post_result") == []
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+    assert [text for text in loopback.texts("#ops") if text.startswith("shouted:")] == ["shouted: hello gus"]
