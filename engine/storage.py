@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,7 +53,10 @@ executions = sa.Table(
     sa.Column("runner_info", sa.JSON, nullable=True),
     sa.Column("start_timestamp", sa.DateTime(timezone=True), nullable=False),
     sa.Column("end_timestamp", sa.DateTime(timezone=True), nullable=True),
-    sa.Index("ix_executions_status", "status"),
+    # A status's executions in the lists' order, with the parent (migration 0023): the web's `status=`
+    # filter reads a rare status's rows newest first and stops at the page, as a common one's, and the
+    # API's `status=` with `parent=null` (`st2 execution list`) is counted in the index.
+    sa.Index("ix_executions_status", "status", "start_timestamp", "id", "parent"),
     sa.Index("ix_executions_action_start", "action", "start_timestamp"),
     sa.Index("ix_executions_start", "start_timestamp"),
     # A workflow's children; top-level executions (most) are not in it (migration 0017).
@@ -61,24 +64,50 @@ executions = sa.Table(
 )
 
 
+def _context_field(path: str, *, sqlite: bool) -> Any:
+    """`context.<path>` (keys joined by dots) as the indexes on it hold it, the path a literal: a bound
+    path (SQLAlchemy's `context[...]`) or a `CAST` around it matches no index's expression, and the
+    query reads every execution. SQLite's `json_extract` (the value itself: text for these keys, which
+    are always strings), PostgreSQL's `json_extract_path_text`."""
+    if sqlite:
+        return sa.func.json_extract(executions.c.context, sa.literal_column(f"'$.{path}'"))
+    return sa.func.json_extract_path_text(executions.c.context,
+                                          *(sa.literal_column(f"'{key}'") for key in path.split(".")))
+
+
 def _chat_text(key: str, *, sqlite: bool) -> Any:
     """`context.chat.<key>` (`channel`, `adapter`) as text, written as the index on the chat channel
-    holds it (migration 0022): the path a literal, as a bound path (SQLAlchemy's `context[...]`)
-    matches no index's expression and the query reads every execution."""
-    if sqlite:
-        return sa.func.json_extract(executions.c.context, sa.literal_column(f"'$.chat.{key}'"))
-    return sa.func.json_extract_path_text(executions.c.context, sa.literal_column("'chat'"),
-                                          sa.literal_column(f"'{key}'"))
+    holds it (migrations 0022, 0023)."""
+    return _context_field(f"chat.{key}", sqlite=sqlite)
 
 
-# Chat's `!executions`: a channel's chat executions in the list's order (`Store.chat_executions`),
-# migration 0022. Declared for SQLite, whose new databases are made from these tables (`_create_new`),
-# of the rows started from a chat channel alone (`IS NOT NULL`: the API's, rules' and the web's
-# executions cost no write to it); PostgreSQL's, of its own expressions and every row (its planner
-# keeps no statistics of a partial index's expressions), is the migration's, as 0019's indexes are.
-sa.Index("ix_executions_chat_channel", _chat_text("channel", sqlite=True), _chat_text("adapter", sqlite=True),
-         executions.c.start_timestamp, executions.c.id,
+#: SQLite: the condition of the index on the source (`_narrowed` writes it into a query, as SQLite
+#: takes a partial index only for a query that states its condition).
+_SOURCE_NOT_CHAT = _context_field("source", sqlite=True) != sa.literal_column("'chat'")
+
+# Indexes on what an execution's context holds. Declared for SQLite, whose new databases are made
+# from these tables (`_create_new`); PostgreSQL's, of its own expressions, are the migrations' (0019,
+# 0022, 0023). Each index on every execution costs a chat command a page more written per commit,
+# so the ones chat's executions are not read through hold the other rows only (their condition is
+# still computed on each insert).
+#
+# A channel's executions in the lists' order, of the rows started from a chat channel alone (`IS NOT
+# NULL`): chat's `!executions` (`Store.chat_executions`, migration 0022) and the web's `channel=`
+# filter, which names no adapter; the adapter is last (migration 0023), checked in the index.
+sa.Index("ix_executions_chat_channel", _chat_text("channel", sqlite=True), executions.c.start_timestamp,
+         executions.c.id, _chat_text("adapter", sqlite=True),
          sqlite_where=_chat_text("channel", sqlite=True).is_not(None)).ddl_if(dialect="sqlite")
+# Who asked, in the lists' order, with the parent, so that `parent=null` (`st2 execution list`) is
+# checked in the index: the API's `user=` count reads no execution. Every row: chat's too.
+sa.Index("ix_executions_context_user", _context_field("user", sqlite=True), executions.c.start_timestamp,
+         executions.c.id, executions.c.parent).ddl_if(dialect="sqlite")
+# Where from (the web's `source=`), of the rows not from chat: those are most, and a page of them is
+# found first on the time index anyway.
+sa.Index("ix_executions_context_source", _context_field("source", sqlite=True), executions.c.start_timestamp,
+         executions.c.id, sqlite_where=_SOURCE_NOT_CHAT).ddl_if(dialect="sqlite")
+# The trigger instance a rule ran an execution for (the API's `trigger_instance=`), of rules' rows.
+sa.Index("ix_executions_context_trigger_instance", _context_field("trigger_instance.id", sqlite=True),
+         sqlite_where=_context_field("trigger_instance.id", sqlite=True).is_not(None)).ddl_if(dialect="sqlite")
 
 kv_pairs = sa.Table(
     "kv_pairs",
@@ -136,6 +165,8 @@ audit = sa.Table(
     sa.Column("target", sa.String(255), nullable=True),
     sa.Column("detail", sa.JSON, nullable=False),
     sa.Index("ix_audit_timestamp", "timestamp"),
+    # No index on `event`: every chat command writes an entry, and one would cost each a page of the
+    # WAL; the web's `/audit` kinds (a scan, 41 ms at 200,000 entries) are read off the event loop.
 )
 
 trigger_instances = sa.Table(
@@ -155,6 +186,8 @@ trigger_instances = sa.Table(
     sa.Column("owner", sa.Text, nullable=True),
     sa.Index("ix_trigger_instances_trigger", "trigger", "occurrence_time"),
     sa.Index("ix_trigger_instances_status", "status"),
+    # The lists' order, newest first (the API's `/triggerinstances`, the web's `/triggers`; migration 0023).
+    sa.Index("ix_trigger_instances_occurred", "occurrence_time", "id"),
 )
 
 deliveries = sa.Table(
@@ -182,6 +215,9 @@ rule_enforcements = sa.Table(
     sa.Column("enforced_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_rule_enforcements_rule", "rule", "enforced_at"),
     sa.Index("ix_rule_enforcements_instance", "trigger_instance_id"),
+    # The API's `/ruleenforcements`: newest first, and an execution's (migration 0023).
+    sa.Index("ix_rule_enforcements_enforced", "enforced_at", "id"),
+    sa.Index("ix_rule_enforcements_execution", "execution_id"),
 )
 
 api_keys = sa.Table(
@@ -661,7 +697,7 @@ PG_LIVENESS = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0022"
+HEAD_REVISION = "0023"
 
 
 def _revision(engine: Engine) -> str | None:
@@ -919,41 +955,71 @@ _LISTED = (executions.c.id, executions.c.action, executions.c.runner, executions
 
 def _context_text(key: str) -> Any:
     """`json_extract_path_text(context, 'key')`, the key a literal: the expression PostgreSQL's
-    indexes on an execution's user and source are made of."""
-    return sa.func.json_extract_path_text(executions.c.context, sa.literal_column(f"'{key}'"))
+    indexes on an execution's user and source are made of (migration 0019)."""
+    return _context_field(key, sqlite=False)
 
 
 def _narrowed(statement: Any, where: ExecutionFilter, *, steered: bool = False) -> Any:
-    """`statement` with `where`'s conditions. A pack is a range of actions (`pack.` up to `pack/`, the
+    """`statement` with `where`'s conditions, the user, source and channel written as the indexes on
+    them hold them (`_context_field`). A pack is a range of actions (`pack.` up to `pack/`, the
     character after `.`), not a LIKE, which SQLite cannot take from an index.
 
-    `steered` (SQLite, which plans without statistics) wraps the parent, status and pack conditions
-    in `coalesce`, which no index serves: SQLite took the index on `parent` (null for most rows) or
-    `status` for selective and sorted every row it matched, 0.5 s for 100,000 executions; now it
-    reads the time index newest first and stops when the page is full (a few ms; a filter that
-    matches nothing reads the whole index, 0.1 s)."""
-    column, context = executions.c, executions.c.context
-    parent, status, action = ((sa.func.coalesce(column.parent, ""), sa.func.coalesce(column.status, ""),
-                               sa.func.coalesce(column.action, "")) if steered else
-                              (column.parent, column.status, column.action))
-    # PostgreSQL: the expressions of its indexes on (user, start) and (source, start), key written
-    # out (a bound key would not match the index's expression), migration 0019.
-    user, source = ((context["user"].as_string(), context["source"].as_string()) if steered else
-                    (_context_text("user"), _context_text("source")))
+    `steered`: SQLite, which plans without statistics and takes an index an equality can use for
+    selective. The indexes on the user, the source, the chat channel and the status hold a value's
+    rows in the lists' order (start, id; migrations 0022, 0023), so a page reads that filter's rows
+    newest first and stops when it is full, whether the filter matches few rows or most (the time
+    index, every row checked, took 0.3 to 0.8 s with 300,000 executions for a rare one). A source of
+    chat, whose rows the index on the source leaves out, is read on the time index. The parent and
+    pack conditions are wrapped in `coalesce`, which no index serves: SQLite took the index on
+    `parent` (null for most rows) or (action, start) for selective and sorted every row it matched,
+    0.5 s for 100,000 executions; it reads the time index newest first instead (`Store.execution_keyset`
+    reads a pack action by action where it can)."""
+    column = executions.c
+    parent, action = ((sa.func.coalesce(column.parent, ""), sa.func.coalesce(column.action, "")) if steered
+                      else (column.parent, column.action))
+    user, source, channel = (_context_field(key, sqlite=steered) for key in ("user", "source", "chat.channel"))
     conditions = [
         column.action == where.action if where.action else None,
         sa.and_(action >= f"{where.pack}.", action < f"{where.pack}/") if where.pack else None,
-        status == where.status if where.status else None,
+        column.status == where.status if where.status else None,
         user == where.user if where.user else None,
         source == where.source if where.source else None,
-        context[("chat", "channel")].as_string() == where.channel if where.channel else None,
-        context[("rule", "ref")].as_string().is_not(None) if where.rule else None,
-        context[("trigger_instance", "name")].as_string().in_(where.triggers) if where.triggers else None,
+        # The index on the source's condition, stated for SQLite to take the index (chat's rows are not in it).
+        _SOURCE_NOT_CHAT if steered and where.source and where.source != "chat" else None,
+        channel == where.channel if where.channel else None,
+        column.context[("rule", "ref")].as_string().is_not(None) if where.rule else None,
+        column.context[("trigger_instance", "name")].as_string().in_(where.triggers) if where.triggers else None,
         column.start_timestamp >= where.since if where.since else None,
         column.start_timestamp < where.until if where.until else None,
         (parent == "" if steered else parent.is_(None)) if where.top_level else None,
     ]
     return statement.where(*(c for c in conditions if c is not None))
+
+
+#: A pack's page is read action by action (`Store.execution_keyset`) if it has executions of at most
+#: this many actions (one SELECT each in a compound; SQLite takes up to 500), on the time index otherwise.
+PACK_ACTIONS_READ_APART = 100
+#: SQLite: the actions of a pack that have executions, one seek of the index on (action, start) each
+#: (a `DISTINCT` read every execution of the pack: 7 ms for 200,000).
+_PACK_ACTIONS = sa.text(
+    "WITH RECURSIVE found(action) AS ("
+    "SELECT min(action) FROM executions WHERE action >= :low AND action < :high "
+    "UNION ALL SELECT (SELECT min(action) FROM executions WHERE action > found.action AND action < :high) "
+    "FROM found WHERE found.action IS NOT NULL LIMIT :most) "
+    "SELECT action FROM found WHERE action IS NOT NULL")
+
+
+def _by_action(statement: Any, where: ExecutionFilter, actions: Sequence[str], limit: int) -> Any:
+    """SQLite: `statement` narrowed to `where`, its pack read as a page of each of its `actions` (each in
+    the list's order from the index on (action, start), or another filter's), merged: the newest `limit`
+    of them all. A pack's range of actions comes in no such order from any index: SQLite sorted every
+    execution of the pack, or read the time index until the page was full (every execution when the
+    pack has few: 0.6 s with 300,000)."""
+    each = replace(where, pack=None)
+    pages = [_narrowed(statement.where(executions.c.action == action), each, steered=True).limit(limit)
+             for action in actions]
+    merged = sa.union_all(*(sa.select(*page.subquery().c) for page in pages)).subquery()
+    return sa.select(*merged.c).order_by(merged.c.start_timestamp.desc(), merged.c.id.desc()).limit(limit)
 
 
 #: The characters of an execution id, in order, and the one after the last (for a prefix's upper bound).
@@ -1211,19 +1277,19 @@ class Store:
                            user: str | None = None, trigger_instance: str | None = None,
                            since: datetime | None = None, until: datetime | None = None) -> Any:
         """`parent="null"` keeps executions without a parent (StackStorm's API spells it so). `user` is
-        who asked (`context.user`; on PostgreSQL the expression of migration 0019's index),
-        `trigger_instance` the id of the trigger instance a rule requested it for, and `since`/`until`
-        bound `start_timestamp` strictly, as StackStorm's `timestamp_gt`/`timestamp_lt`."""
-        column, context = executions.c, executions.c.context
+        who asked (`context.user`), `trigger_instance` the id of the trigger instance a rule requested
+        it for, both written as the indexes on them hold them (`_context_field`; PostgreSQL's on the
+        user is migration 0019's, the others 0023's), and `since`/`until` bound `start_timestamp`
+        strictly, as StackStorm's `timestamp_gt`/`timestamp_lt`."""
+        column = executions.c
         conditions = [
             column.action == action if action else None,
             column.status == status if isinstance(status, str) else column.status.in_(list(status)) if status
             else None,
             column.parent.is_(None) if parent == "null" else column.parent == parent if parent else None,
-            (context["user"].as_string() if self.is_sqlite else _context_text("user")) == user
-            if user is not None else None,
-            context[("trigger_instance", "id")].as_string() == trigger_instance if trigger_instance is not None
-            else None,
+            _context_field("user", sqlite=self.is_sqlite) == user if user is not None else None,
+            _context_field("trigger_instance.id", sqlite=self.is_sqlite) == trigger_instance
+            if trigger_instance is not None else None,
             column.start_timestamp > since.astimezone(UTC) if since is not None else None,
             column.start_timestamp < until.astimezone(UTC) if until is not None else None,
         ]
@@ -1238,10 +1304,23 @@ class Store:
     def page_executions(self, *, limit: int = 50, offset: int = 0, oldest_first: bool = False,
                         **filters: Any) -> tuple[list[dict[str, Any]], int]:
         """One page of the executions `filters` select and how many they select in all (the API's
-        `X-Total-Count`), in one read."""
-        counted = self._execution_filters(sa.select(sa.func.count()).select_from(executions), **filters)
+        `X-Total-Count`), in one read (`_counted`)."""
         with self._read() as conn:
-            return self._listed(conn, limit, offset, oldest_first, filters), int(conn.execute(counted).scalar_one())
+            return self._listed(conn, limit, offset, oldest_first, filters), int(
+                conn.execute(self._counted(filters)).scalar_one())
+
+    def _counted(self, filters: dict[str, Any]) -> Any:
+        """How many executions `filters` select. On SQLite, `parent=null` alone (`st2 execution list`) is
+        every execution less those with a parent, in one statement: an index holds only the children
+        (migration 0017), so counting the top-level ones read every execution (0.3 to 0.5 s with
+        300,000); the total is counted on the smallest index and the children on theirs. With other
+        filters their index counts (the one on the user holds the parent too)."""
+        if self.is_sqlite and filters.get("parent") == "null" and not any(
+                value is not None for name, value in filters.items() if name != "parent"):
+            children = sa.select(sa.func.count()).select_from(executions).where(executions.c.parent.is_not(None))
+            every = sa.select(sa.func.count()).select_from(executions)
+            return sa.select(every.scalar_subquery() - children.scalar_subquery())
+        return self._execution_filters(sa.select(sa.func.count()).select_from(executions), **filters)
 
     def _listed(self, conn: Any, limit: int, offset: int, oldest_first: bool,
                 filters: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1256,13 +1335,15 @@ class Store:
         last of the previous page), without their parameters, spec or result (a row's output may be
         megabytes and a list shows none of it).
 
-        Keyset paging: the next page starts below the previous page's last (`start_timestamp`, `id`) on
-        the index on `start_timestamp`, so the thousandth page costs what the first does (OFFSET reads and
-        drops every row before it). An unknown `before` selects nothing. Other filters are checked on
-        the rows in that order until the page is full.
+        Keyset paging: the next page starts below the previous page's last (`start_timestamp`, `id`),
+        so the thousandth page costs what the first does (OFFSET reads and drops every row before it).
+        An unknown `before` selects nothing. A filter on the user, the source, the channel or the
+        status is read from its index in that order (`_narrowed`); others are checked on the rows of
+        the time index in that order until the page is full.
 
-        On SQLite only the time index or, with an action, the index on (action, start) may serve the
-        query (`_narrowed`): both read rows newest first and stop when the page is full."""
+        On SQLite, a pack (a range of actions, which the index on (action, start) does not give in the
+        list's order) is read as the pages of each of its actions merged (`_by_action`): a pack with few
+        executions no longer costs a read of every one (0.6 s with 300,000)."""
         statement = sa.select(*_LISTED).order_by(executions.c.start_timestamp.desc(), executions.c.id.desc())
         with self._read() as conn:
             if before is not None:
@@ -1272,18 +1353,34 @@ class Store:
                     return []
                 statement = statement.where(executions.c.start_timestamp <= start,
                                             sa.or_(executions.c.start_timestamp < start, executions.c.id < before))
-            statement = _narrowed(statement, where, steered=self.is_sqlite).limit(limit)
+            actions = self._pack_actions(conn, where)
+            if actions == []:  # no execution of the pack
+                return []
+            statement = (_by_action(statement, where, actions, limit) if actions
+                         else _narrowed(statement, where, steered=self.is_sqlite).limit(limit))
             return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
+
+    def _pack_actions(self, conn: sa.Connection, where: ExecutionFilter) -> list[str] | None:
+        """SQLite: the actions of `where`'s pack that have executions, for its page to be read action by
+        action (`_by_action`). None where it is not read so: on PostgreSQL, without a pack, with an
+        action named (its index serves), or with more than `PACK_ACTIONS_READ_APART` actions (the time
+        index then, as before the pack's actions were looked up)."""
+        if not (self.is_sqlite and where.pack and not where.action):
+            return None
+        actions = list(conn.execute(_PACK_ACTIONS, {"low": f"{where.pack}.", "high": f"{where.pack}/",
+                                                    "most": PACK_ACTIONS_READ_APART + 2}).scalars())
+        return actions if len(actions) <= PACK_ACTIONS_READ_APART else None
 
     def chat_executions(self, adapter: str, channel: str, *, limit: int = 10) -> list[dict[str, Any]]:
         """Newest first, the `limit` latest executions a chat command started in `channel` of `adapter`
         (`context.chat`; chat's `!executions`): light rows as `execution_keyset`'s, plus the parameters
         `engine.executions.public` needs.
 
-        Read on the index on (chat channel, adapter, start, id) of migration 0022 in the list's order,
-        stopping at the `limit`th: a channel costs its own executions, not every one (a quiet channel
-        read them all: 85 ms on SQLite, 105 ms on PostgreSQL with 200,000). Channel and adapter are
-        written as the index's expressions (`_chat_text`); the source is checked on the rows it finds."""
+        Read on the index on the chat channel (migration 0022; on SQLite (channel, start, id, adapter)
+        since 0023, the adapter checked in the index) in the list's order, stopping at the `limit`th: a
+        channel costs its own executions, not every one (a quiet channel read them all: 85 ms on
+        SQLite, 105 ms on PostgreSQL with 200,000). Channel and adapter are written as the index's
+        expressions (`_chat_text`); the source is checked on the rows it finds."""
         statement = (sa.select(*_LISTED, executions.c.parameters)
                      .where(_chat_text("channel", sqlite=self.is_sqlite) == channel,
                             _chat_text("adapter", sqlite=self.is_sqlite) == adapter)
@@ -2043,6 +2140,9 @@ LATER_SECONDS = 0.05
 CHECKPOINT_SECONDS = 1.0
 #: How often, at most, the kernel is asked to start writing the WAL back (`engine.writeback`).
 WRITEBACK_SECONDS = 0.05
+#: How many `Database.read` calls run at once. Each holds a pooled connection and a core while it scans;
+#: two let a short page through beside one long scan, and leave the loop and the database thread theirs.
+READ_THREADS = 2
 
 
 class Database:
@@ -2059,6 +2159,14 @@ class Database:
     committed, so nothing runs twice. The calls that queued behind it meanwhile come back to the
     loop once it is committed.
 
+    Reads that may scan the history (the API's and the web UI's lists and their counts) go through
+    `read` instead: on `READ_THREADS` threads of their own, each with a connection of its own from the
+    store's pool, outside any group. On the loop, a one-second scan of 300,000 executions held chat,
+    the outbox, timers and `/healthz` for that second; on the database thread, behind a write waiting
+    for another process's lock, a list waited up to `LOCK_WAIT_SECONDS`. SQLite's WAL lets these
+    readers run beside the writer, seeing what was committed when their statement began. The chat's
+    own reads stay in the groups, where a command's reads and writes share one transaction.
+
     A call that fails fails alone, except on SQLite when the database itself failed under it (a full
     disk, an I/O error: `_rolled_back_with`): SQLite may have rolled back the whole transaction then,
     and the calls before it would be told their writes took effect. That fails the whole group. A
@@ -2069,6 +2177,8 @@ class Database:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="squall-db")
+        #: `read`'s threads: a connection each from the store's pool, never the loop's kept one.
+        self._readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="squall-read")
         self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._lock = threading.Lock()
         self._draining = False
@@ -2097,6 +2207,25 @@ class Database:
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.submit(fn, *args, **kwargs)
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)`, a call that only reads, run on a reader thread (see class doc): never
+        on the loop, never in a group, so never behind a write waiting for a lock. `fn` reads through
+        `Store._read`, which on a thread outside any group takes a connection from the store's pool,
+        and commits nothing: a write made here would be its own transaction, one that waits for
+        locks, outside every group. Each of its statements sees what was committed when it began,
+        not what a group on the loop is writing meanwhile. A database failure it meets (a vanished file, an
+        I/O error) is kept in `failing` as a group's would be; only a write ends it.
+
+        Cancelling the caller drops a call that has not started; one that has runs to its end."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
+        except Exception as exc:
+            reason = database_failure(exc)
+            if reason is not None:
+                self._failed(reason)
+            raise
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         """Queue a call now and return its future (`await db(...)` queues it at the coroutine's first
@@ -2376,6 +2505,7 @@ class Database:
 
     def close(self) -> None:
         self._closed = True
+        self._readers.shutdown(wait=True, cancel_futures=True)  # reads under way end before the store closes
         self._pool.shutdown(wait=True)  # a group on the database thread commits first
         with self._lock:  # calls handed back to a loop that has not taken them yet
             leftover, self._pending = self._pending, []

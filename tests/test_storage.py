@@ -22,10 +22,10 @@ from bot.app import Squall
 from engine import storage, writeback
 from engine.config import load_config
 from engine.executions import new_id
-from engine.storage import Database, DuplicateDelivery, Store, iso, utcnow
+from engine.storage import Database, DuplicateDelivery, ExecutionFilter, Store, iso, utcnow
 from tests.conftest import REPO, write
 
-HEAD = "0022"  # the newest migration; a new one must update this and storage.HEAD_REVISION
+HEAD = "0023"  # the newest migration; a new one must update this and storage.HEAD_REVISION
 
 
 def _execution(execution_id: str, **fields: Any) -> dict[str, Any]:
@@ -367,6 +367,90 @@ def test_execution_ids_with_status(store: Store) -> None:
     rows = store.execution_ids_with_status(("requested", "running"))
     assert [(r["id"], r["status"]) for r in rows] == [("r1", "requested"), ("x1", "running")]
     assert rows[1]["runner_info"] == {"hostname": "h", "pid": 5}
+
+
+def test_the_top_level_count_leaves_out_children_alone_or_with_other_filters(store: Store) -> None:
+    """`parent=null` alone is counted as every execution less the children (migration 0023); with a
+    user, on the user's index, which holds the parent. Both count what the list holds."""
+    base = utcnow()
+    for number, user in enumerate(("alice", "bob", "alice", "carol", "alice")):
+        store.insert_execution(_execution(f"top{number}", context={"user": user},
+                                          start_timestamp=base + timedelta(seconds=number)))
+    for number, user in enumerate(("alice", "alice", "alice", "bob")):
+        store.insert_execution(_execution(f"task{number}", context={"user": user}, parent="top0",
+                                          start_timestamp=base + timedelta(seconds=10 + number)))
+    rows, total = store.page_executions(limit=2, parent="null")
+    assert total == 5 and [r["id"] for r in rows] == ["top4", "top3"]
+    assert store.page_executions(limit=50, parent="null", user="alice")[1] == 3
+    assert store.page_executions(limit=50, user="alice")[1] == 6
+    assert store.page_executions(limit=50, parent="null", status="requested")[1] == 5
+    assert store.page_executions(limit=50, parent="top0")[1] == 4
+    assert store.page_executions(limit=50)[1] == 9
+
+
+def _pages(store: Store, where: ExecutionFilter, limit: int) -> list[str]:
+    """Every id of `where`'s keyset pages, each page started below the last one's last id."""
+    listed: list[str] = []
+    while page := store.execution_keyset(where, before=listed[-1] if listed else None, limit=limit):
+        listed += [row["id"] for row in page]
+    return listed
+
+
+def _newest_first(rows: list[dict[str, Any]], keep: Any) -> list[str]:
+    kept = [row for row in rows if keep(row) and row["parent"] is None]
+    return [row["id"] for row in sorted(kept, key=lambda row: (row["start_timestamp"], row["id"]), reverse=True)]
+
+
+def test_a_pack_is_listed_newest_first_across_its_actions_page_by_page(store: Store,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack's page is the pages of its actions merged (SQLite, migration 0023): newest first across
+    actions, ties broken by id, every execution once over keyset pages; with another filter; and the
+    same read on the time index when the pack has more actions than are read apart."""
+    base = utcnow()
+    actions = ("demo.a", "demo.b", "demo.c", "demonic.x", "other.y")
+    rows = [_execution(f"e{number:03}", action=actions[number % 5] if number % 7 else "demo.c",
+                       context={"user": "alice" if number % 2 else "bob"},
+                       parent="e001" if number % 11 == 0 else None,
+                       start_timestamp=base + timedelta(seconds=number // 3))  # three at each instant
+            for number in range(1, 60)]
+    for row in rows:
+        store.insert_execution(row)
+    in_demo = _newest_first(rows, lambda row: row["action"].startswith("demo."))
+    assert len(in_demo) > 20 and _pages(store, ExecutionFilter(pack="demo"), 4) == in_demo
+    assert _pages(store, ExecutionFilter(pack="demo", user="alice"), 3) == _newest_first(
+        rows, lambda row: row["action"].startswith("demo.") and row["context"]["user"] == "alice")
+    assert _pages(store, ExecutionFilter(pack="demo", top_level=False), 5) == [
+        row["id"] for row in sorted((row for row in rows if row["action"].startswith("demo.")),
+                                    key=lambda row: (row["start_timestamp"], row["id"]), reverse=True)]
+    assert store.execution_keyset(ExecutionFilter(pack="none")) == []
+    monkeypatch.setattr(storage, "PACK_ACTIONS_READ_APART", 2)
+    assert _pages(store, ExecutionFilter(pack="demo"), 4) == in_demo
+
+
+def test_the_source_channel_and_status_filters_page_newest_first(store: Store) -> None:
+    """Read from their indexes on SQLite (migration 0023): the source's holds no chat execution, the
+    chat channel's names the adapter last (a channel of two adapters is listed whole), the status's
+    holds the start and id. Each lists newest first, every row once over keyset pages."""
+    base = utcnow()
+    contexts = [{"user": "u", "source": "chat", "chat": {"adapter": "slack", "channel": "#ops"}},
+                {"user": "u", "source": "chat", "chat": {"adapter": "irc", "channel": "#ops"}},
+                {"user": "w", "source": "web", "chat": {"adapter": "slack", "channel": "#ops"}},  # a re-run
+                {"user": "w", "source": "web"}, {"user": "a", "source": "api"}, {"user": "squall"}]
+    rows = [_execution(f"e{number:03}", context=contexts[number % 6], status=("succeeded", "failed")[number % 4 == 0],
+                       start_timestamp=base + timedelta(seconds=number // 2)) for number in range(1, 50)]
+    for row in rows:
+        store.insert_execution(row)
+    for source in ("chat", "web", "api", "cli"):
+        assert _pages(store, ExecutionFilter(source=source), 3) == _newest_first(
+            rows, lambda row, source=source: row["context"].get("source") == source), source
+    assert _pages(store, ExecutionFilter(channel="#ops"), 4) == _newest_first(
+        rows, lambda row: row["context"].get("chat", {}).get("channel") == "#ops")
+    assert _pages(store, ExecutionFilter(channel="#ops", source="web"), 2) == _newest_first(
+        rows, lambda row: "chat" in row["context"] and row["context"]["source"] == "web")
+    assert _pages(store, ExecutionFilter(status="failed"), 3) == _newest_first(
+        rows, lambda row: row["status"] == "failed")
+    assert [row["id"] for row in store.chat_executions("irc", "#ops")] == _newest_first(
+        rows, lambda row: row["context"].get("chat", {}).get("adapter") == "irc")[:10]
 
 
 # -- key-value pairs ------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ StackStorm's. Lists carry StackStorm's pagination headers (`X-Total-Count`, `X-L
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -21,11 +21,11 @@ from bot.chat.commands import CommandRefused
 from bot.http.actions import action_public
 from bot.http.attributes import Projection
 from bot.http.key_auth import request_user, until_revoked
-from bot.http.paging import ALL_ROWS, page_limit, tell_page
+from bot.http.paging import ALL_ROWS, json_items, page_limit, streamed_list, tell_page
 from bot.http.runners import runner_public
 from bot.http.state import api_state
 from engine.actions import unapproved
-from engine.executions import COMPLETED, ExecutionNotFound, ExecutionStateError
+from engine.executions import COMPLETED, ExecutionNotFound, ExecutionStateError, public
 from engine.inquiries import shown_execution
 from engine.live import follow_output
 from engine.packs import Registry, UnknownAction
@@ -111,28 +111,90 @@ def _timestamp(name: str, value: str | None) -> datetime | None:
                                  f"not {value!r}") from None
 
 
-@router.get("/executions", tags=["executions"])
+@router.get("/executions", tags=["executions"], response_model=list[dict[str, Any]])
 async def list_executions(request: Request, response: Response, action: str | None = None,
                           status: str | None = None, parent: str | None = None, user: str | None = None,
                           trigger_instance: str | None = None, timestamp_gt: str | None = None,
                           timestamp_lt: str | None = None,
                           limit: int | None = Depends(page_limit(50, 1000)),
                           offset: int = Query(0, ge=0, le=MAX_INTEGER),
-                          sort_asc: bool = False, shown: Projection = Depends()) -> list[dict[str, Any]]:
+                          sort_asc: bool = False, shown: Projection = Depends()) -> list[dict[str, Any]] | Response:
     """Newest first (`sort_asc=true` for oldest first); `parent=null` keeps top-level executions only,
     as `st2 execution list` asks. Its other filters are StackStorm's too: `user` (who asked, the
     execution's `context.user`), `trigger_instance` (the id of the trigger instance a rule ran it for),
     `timestamp_gt`/`timestamp_lt` (started strictly after/before, ISO 8601). `limit=-1` lists them all
-    (`st2 execution list -n -1`), as StackStorm does for an admin. `include_attributes` and
-    `exclude_attributes` answer with some attributes only (`bot/http/attributes.py`)."""
-    executions = api_state(request).squall.executions
+    (`st2 execution list -n -1`), as StackStorm does for an admin, written a page at a time
+    (`_all_executions`). `include_attributes` and `exclude_attributes` answer with some attributes only
+    (`bot/http/attributes.py`). Read on `Database.read`: a filter no index serves scans the table."""
+    squall = api_state(request).squall
     filters = {"action": action, "status": status, "parent": parent, "user": user,
                "trigger_instance": trigger_instance, "since": _timestamp("timestamp_gt", timestamp_gt),
                "until": _timestamp("timestamp_lt", timestamp_lt)}
-    records, total = await executions.page(limit=ALL_ROWS if limit is None else limit, offset=offset,
-                                           oldest_first=sort_asc, **filters)
+    if limit is None:
+        return await _all_executions(request, shown, offset, sort_asc, filters)
+    records, total = await squall.db.read(squall.store.page_executions, limit=limit, offset=offset,
+                                          oldest_first=sort_asc, **filters)
     tell_page(response, total, limit)
-    return [shown(_doc(request, r)) for r in records]
+    return [shown(_doc(request, public(r))) for r in records]
+
+
+#: Executions a `limit=-1` answer reads, renders and writes at a time (`_all_executions`).
+ALL_PAGE = 500
+#: The stored times' resolution: bounds a tick either side of a time select that time alone.
+_TICK = timedelta(microseconds=1)
+
+
+async def _all_executions(request: Request, shown: Projection, offset: int, oldest_first: bool,
+                          filters: dict[str, Any]) -> Response:
+    """Every execution `filters` select from `offset` on, as one JSON array written `ALL_PAGE` at a time
+    (`streamed_list`), each page read and rendered on `Database.read`: memory and the loop's share stay
+    a page's however many there are. The total is counted first, for `X-Total-Count`, and the answer
+    holds no more than it counted: executions requested meanwhile wait for the next list."""
+    squall = api_state(request).squall
+    _none, total = await squall.db.read(squall.store.page_executions, limit=0, oldest_first=oldest_first, **filters)
+    return streamed_list(_all_pages(request, shown, offset, total - offset, oldest_first, filters), total)
+
+
+def _rendered(request: Request, shown: Projection, read: Callable[..., list[dict[str, Any]]],
+              **query: Any) -> tuple[list[datetime], bytes]:
+    """A page of `read(**query)` as the answer writes it (`json_items`; rendering 500 executions takes
+    tens of milliseconds, kept off the loop) and the executions' start times, where the next page starts."""
+    records = read(**query)
+    return [r["start_timestamp"] for r in records], json_items(shown(_doc(request, public(r))) for r in records)
+
+
+async def _all_pages(request: Request, shown: Projection, offset: int, wanted: int, oldest_first: bool,
+                     filters: dict[str, Any]) -> AsyncIterator[bytes]:
+    """`_all_executions`' pages, in the list's order (start time, then id), `wanted` executions at most.
+    The first is an OFFSET's; each after it starts where the one before ended (keyset pages: an OFFSET of
+    299,500 reads and drops that many rows first, each page more than the last). The stores bound the start
+    time only strictly (`timestamp_gt`/`timestamp_lt`), so a page first takes the rest of the executions
+    that started in the last one's microsecond (in id order, past those sent), then goes on strictly
+    beyond it."""
+    squall = api_state(request).squall
+
+    async def page(**query: Any) -> tuple[list[datetime], bytes]:
+        return await squall.db.read(_rendered, request, shown, squall.store.list_executions,
+                                    oldest_first=oldest_first, **query)
+
+    if wanted <= 0:
+        return
+    starts, text = await page(**filters, limit=min(ALL_PAGE, wanted), offset=offset)
+    last, sent = datetime.min.replace(tzinfo=UTC), 0  # the last start time written, and how many of it were
+    while True:
+        yield text
+        wanted -= len(starts)
+        if len(starts) < ALL_PAGE or wanted <= 0:
+            return
+        for start in starts:
+            last, sent = (last, sent + 1) if start == last else (start, 1)
+        size = min(ALL_PAGE, wanted)
+        starts, text = await page(**{**filters, "since": last - _TICK, "until": last + _TICK}, limit=size,
+                                  offset=sent)
+        if len(starts) < size:
+            beyond = {"since": last} if oldest_first else {"until": last}
+            more, more_text = await page(**{**filters, **beyond}, limit=size - len(starts))
+            starts, text = starts + more, b",".join(t for t in (text, more_text) if t)
 
 
 async def _find_execution(request: Request, execution_id: str) -> dict[str, Any]:

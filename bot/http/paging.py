@@ -7,19 +7,29 @@ limit (for an admin, which every caller is without RBAC) and refuses 0 and anyth
 kinds of list take it the same way here: those the API holds in memory (actions, packs, rules,
 aliases, trigger and runner types) through `Paging`, those read in SQL (executions, trigger
 instances, rule enforcements) through `page_limit`. A whole set is answered without `X-Limit`, as
-StackStorm does."""
+StackStorm does; one read in SQL is written a page at a time (`streamed_list`), each page read and
+rendered on `Database.read`, so that neither memory nor the event loop's time grows with the table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import HTTPException, Query, Response
+from fastapi.responses import StreamingResponse
+from pydantic import TypeAdapter
 
 from engine.parameters import MAX_INTEGER
 
+if TYPE_CHECKING:
+    from engine.storage import Database
+
 T = TypeVar("T")
 
+#: Rows an `offset_pages` page reads, renders and writes at a time.
+OFFSET_PAGE = 500
+#: How `json_items` writes an item.
+_JSON: TypeAdapter[Any] = TypeAdapter(Any)
 #: StackStorm's `limit` for "all of them".
 ALL = -1
 #: The SQL `LIMIT` of a whole result set (the stores take an int; no table holds this many rows).
@@ -72,3 +82,56 @@ def tell_page(response: Response, total: int, limit: int | None) -> None:
     response.headers["X-Total-Count"] = str(total)
     if limit is not None:
         response.headers["X-Limit"] = str(limit)
+
+
+def json_items(items: Iterable[Any]) -> bytes:
+    """`items` as the inside of a JSON array (comma-separated, no brackets), written as FastAPI writes a
+    route's `list[dict[str, Any]]` answer (pydantic's serializer: FastAPI's `jsonable_encoder` took 0.4 s
+    for 500 executions, this 20 ms): a page of `streamed_list`, made where it is read. One item at a time,
+    so that a thread writing it lets the event loop have the GIL between items."""
+    return b",".join(_JSON.dump_json(item) for item in items)
+
+
+async def offset_pages(db: Database, read: Callable[..., tuple[list[dict[str, Any]], int]],
+                       render: Callable[[dict[str, Any]], Any], offset: int) -> AsyncIterator[bytes]:
+    """The pages of a whole list (`limit=-1`) whose store pages it only by OFFSET (trigger instances, rule
+    enforcements: `read(limit=, offset=)` gives a page and the count), `OFFSET_PAGE` rows at a time, each
+    read and rendered (`render`, then `json_items`) on `db.read`. Their time indexes make a late page
+    cheap: ~70 ms at an OFFSET of 99,000. Rows stored meanwhile push the rows below them down, into the
+    next page: those the page before wrote already are left out of it (all of them while fewer than a
+    page's worth arrive between two reads)."""
+    written: frozenset[str] = frozenset()
+    while True:
+        written, text, count = await db.read(_rendered_rows, read, render, written, offset)
+        yield text
+        if count < OFFSET_PAGE:
+            return
+        offset += OFFSET_PAGE
+
+
+def _rendered_rows(read: Callable[..., tuple[list[dict[str, Any]], int]], render: Callable[[dict[str, Any]], Any],
+                   written: frozenset[str], offset: int) -> tuple[frozenset[str], bytes, int]:
+    """`offset_pages`' page at `offset` on the reader thread: its ids, its rows not `written` yet as
+    `json_items`, and how many rows it read."""
+    rows, _total = read(limit=OFFSET_PAGE, offset=offset)
+    return frozenset(r["id"] for r in rows), json_items(render(r) for r in rows if r["id"] not in written), len(rows)
+
+
+def streamed_list(pages: AsyncIterator[bytes], total: int) -> StreamingResponse:
+    """A whole result set (`limit=-1`) as the one JSON array StackStorm's clients read, written a page at a
+    time as `pages` gives them (`json_items`'s text, empty for a page of none): the answer holds one page
+    in memory, not the whole set (the 300,000 executions of `st2 execution list -n -1` took 3.6 GB as one
+    list). Headers as `tell_page` sets them for a whole set. A read that fails once the array has begun
+    can no longer change the status: the answer is cut off unfinished, which a client's JSON parser
+    refuses, rather than ended as if it were whole."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"["
+        before = b""
+        async for page in pages:
+            if page:
+                yield before + page
+                before = b","
+        yield b"]"
+
+    return StreamingResponse(body(), media_type="application/json", headers={"X-Total-Count": str(total)})

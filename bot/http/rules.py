@@ -10,12 +10,13 @@ is refused: rules are edited in their pack files."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 
 from bot.http.key_auth import request_user
-from bot.http.paging import ALL_ROWS, Paging, page_limit, tell_page
+from bot.http.paging import Paging, offset_pages, page_limit, streamed_list, tell_page
 from bot.http.state import api_state
 from engine.parameters import MAX_INTEGER
 from engine.rule_files import RuleFileError
@@ -85,15 +86,19 @@ async def update_rule(ref_or_id: str, request: Request, body: dict[str, Any] = B
     return reloaded.public()
 
 
-@router.get("/ruleenforcements", tags=["rules"])
+@router.get("/ruleenforcements", tags=["rules"], response_model=list[dict[str, Any]])
 async def list_enforcements(request: Request, response: Response, rule: str | None = None,
                             trigger_instance: str | None = None, execution: str | None = None,
                             limit: int | None = Depends(page_limit(50, 1000)),
-                            offset: int = Query(0, ge=0, le=MAX_INTEGER)) -> list[dict[str, Any]]:
-    """Newest first; `limit=-1` lists them all (`st2 rule-enforcement list -n -1`)."""
+                            offset: int = Query(0, ge=0, le=MAX_INTEGER)) -> list[dict[str, Any]] | Response:
+    """Newest first; `limit=-1` lists them all (`st2 rule-enforcement list -n -1`), written a page at a
+    time (`offset_pages`). Read on `Database.read`: the count reads every enforcement the filters select."""
     squall = api_state(request).squall
-    rows, total = await squall.db(squall.store.rule_enforcement_page, rule, trigger_instance, execution,
-                                  ALL_ROWS if limit is None else limit, offset)
+    read = functools.partial(squall.store.rule_enforcement_page, rule, trigger_instance, execution)
+    if limit is None:
+        _none, total = await squall.db.read(read, limit=0)
+        return streamed_list(offset_pages(squall.db, read, enforcement_public, offset), total)
+    rows, total = await squall.db.read(read, limit=limit, offset=offset)
     tell_page(response, total, limit)
     return [enforcement_public(row) for row in rows]
 

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from bot.http.key_auth import request_user
-from bot.http.paging import ALL_ROWS, Paging, page_limit, tell_page
+from bot.http.paging import Paging, offset_pages, page_limit, streamed_list, tell_page
 from bot.http.state import api_state
 from engine.parameters import MAX_INTEGER
+from engine.triggers import public
 
 router = APIRouter()
 
@@ -41,15 +43,20 @@ async def get_trigger_type(ref: str, request: Request) -> dict[str, Any]:
     return _trigger_type_public(found)
 
 
-@router.get("/triggerinstances", tags=["triggers"])
+@router.get("/triggerinstances", tags=["triggers"], response_model=list[dict[str, Any]])
 async def list_trigger_instances(request: Request, response: Response, trigger: str | None = None,
                                  status: str | None = None, limit: int | None = Depends(page_limit(50, 1000)),
-                                 offset: int = Query(0, ge=0, le=MAX_INTEGER)) -> list[dict[str, Any]]:
-    """Newest first; `limit=-1` lists them all (`st2 trigger-instance list -n -1`)."""
-    records, total = await api_state(request).squall.triggers.page(
-        trigger=trigger, status=status, limit=ALL_ROWS if limit is None else limit, offset=offset)
+                                 offset: int = Query(0, ge=0, le=MAX_INTEGER)) -> list[dict[str, Any]] | Response:
+    """Newest first; `limit=-1` lists them all (`st2 trigger-instance list -n -1`), written a page at a
+    time (`offset_pages`). Read on `Database.read`: the count reads every instance the filters select."""
+    squall = api_state(request).squall
+    read = functools.partial(squall.store.trigger_instance_page, trigger=trigger, status=status)
+    if limit is None:
+        _none, total = await squall.db.read(read, limit=0)
+        return streamed_list(offset_pages(squall.db, read, public, offset), total)
+    records, total = await squall.db.read(read, limit=limit, offset=offset)
     tell_page(response, total, limit)
-    return records
+    return [public(r) for r in records]
 
 
 @router.get("/triggerinstances/{instance_id}", tags=["triggers"])

@@ -40,8 +40,9 @@ async def audit_list(request: Request, before: str | None = None, session: Sessi
         raise PageError(f"'before' must be an audit entry's number, not {before!r}")
     squall = request.app.state.squall
     where = audit_filter(values)
-    rows = await squall.db(audit_page, squall.store, where, before=number, limit=PAGE_SIZE + 1)
+    # Both off the loop (`Database.read`): a filter reads entries until the page is full, the kinds every entry.
+    rows = await squall.db.read(audit_page, squall.store, where, before=number, limit=PAGE_SIZE + 1)
     older = urlencode({**shown, "before": rows[PAGE_SIZE - 1]["id"]}) if len(rows) > PAGE_SIZE else None
     return render(request, "audit.html", {
         "session": session, "rows": rows[:PAGE_SIZE], "values": values, "filtered": bool(shown), "older": older,
-        "newest": urlencode(shown) if before else None, "kinds": await squall.db(audit_kinds, squall.store)})
+        "newest": urlencode(shown) if before else None, "kinds": await squall.db.read(audit_kinds, squall.store)})

@@ -17,7 +17,7 @@ from bot.accounts import Session
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import admin, form_fields, viewer
 from engine.rule_files import RuleFileError
-from engine.rules import Rule
+from engine.rules import Rule, enforcement_public
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: Enforcements a rule's page lists, newest first.
@@ -44,7 +44,9 @@ async def rule_list(request: Request, session: Session = Depends(viewer)) -> Res
 async def rule_page(request: Request, ref: str, session: Session = Depends(viewer)) -> Response:
     squall = request.app.state.squall
     rule = _rule(request, ref)
-    history = await squall.rules.enforcements(rule=rule.ref, limit=HISTORY)
+    # Off the loop (`Database.read`): a rule's newest enforcements may lie far down the table.
+    history = [enforcement_public(r) for r in await squall.db.read(squall.store.rule_enforcement_list, rule.ref,
+                                                                   limit=HISTORY)]
     pack = squall.registry.packs.get(rule.pack)
     return render(request, "rule.html", {
         "session": session, "rule": rule, "public": rule.public(), "history": history,

@@ -17,6 +17,7 @@ from fastapi.responses import RedirectResponse
 from bot.accounts import Session
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import admin, viewer
+from engine.triggers import public
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: Instances the page lists, newest first.
@@ -61,7 +62,9 @@ def _hooks(request: Request) -> list[dict[str, Any]]:
 @router.get("/triggers")
 async def trigger_list(request: Request, trigger: str | None = None, session: Session = Depends(viewer)) -> Response:
     squall = request.app.state.squall
-    instances = await squall.triggers.list(trigger=trigger or None, limit=RECENT)
+    # Off the loop (`Database.read`): a trigger's newest instances may lie far down the table.
+    instances = [public(r) for r in await squall.db.read(squall.store.trigger_instance_list,
+                                                          trigger=trigger or None, limit=RECENT)]
     return render(request, "triggers.html", {"session": session, "instances": instances, "trigger": trigger or "",
                                              "hooks": _hooks(request),
                                              "may_emit": session.account.may("admin")})

@@ -1,0 +1,313 @@
+"""The history's heavy reads (the API's and the web UI's lists and counts) run on `Database.read`'s
+threads, with connections of their own: a scan of 300,000 executions holds neither the event loop
+(`/healthz`, chat, the outbox, timers) nor waits behind a write queued for another process's SQLite
+lock. `limit=-1` answers are written a page at a time.
+
+A read that "scans" here is a Store method patched to block until the test lets it go: what is
+asserted is the order things were answered in, never how long they took."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from adapters.loopback import LoopbackAdapter
+from bot.app import Squall
+from bot.http import create_api
+from engine.config import load_config
+from engine.executions import new_id
+from engine.storage import Database, Store
+from tests.test_api import KEY, _home
+from tests.test_web_auth import Web, started_web
+from tests.test_web_executions import stored
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+#: How long a patched read blocks at most when nothing lets it go (the old code ran it on the loop,
+#: where nothing else could): a bound, so that a failing test ends.
+HELD_AT_MOST = 10
+
+
+@contextlib.asynccontextmanager
+async def chat_and_api(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter, httpx.AsyncClient]]:
+    """test_api's Squall with the loopback chat started and an API client, as `squall serve` runs both."""
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(_home(home) / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    transport = httpx.ASGITransport(app=create_api(squall))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://squall",
+                                     headers={"St2-Api-Key": KEY}) as client:
+            yield squall, loopback, client
+    finally:
+        await squall.chat.stop()
+        await squall.triggers.settle()
+        await squall.close()
+
+
+def held(original: Callable[..., Any], entered: threading.Event, release: threading.Event) -> Callable[..., Any]:
+    """`original`, made to block until `release` is set, as a scan of a big table holds its thread."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(HELD_AT_MOST)
+        return original(*args, **kwargs)
+
+    return call
+
+
+async def test_a_slow_list_holds_neither_healthz_nor_a_chat_command(home: Path) -> None:
+    """While `GET /api/v1/executions?user=nobody` scans, `/healthz` answers and a chat command is acked:
+    both before the list, which answers once its read is let go."""
+    async with chat_and_api(home) as (squall, loopback, client):
+        entered, release = threading.Event(), threading.Event()
+        squall.store.page_executions = held(squall.store.page_executions, entered, release)  # type: ignore[method-assign]
+        answered: list[str] = []
+
+        async def listing() -> httpx.Response:
+            response = await client.get("/api/v1/executions", params={"user": "nobody"})
+            answered.append("list")
+            return response
+
+        task = asyncio.create_task(listing())
+        try:
+            assert await asyncio.to_thread(entered.wait, HELD_AT_MOST)
+            health = await client.get("/healthz")
+            answered.append("health")
+            await loopback.say("!greet bob", channel="#ops")
+            await loopback.wait_for(lambda posted: any(p.reply.text == "greeting bob" for p in posted))
+            answered.append("chat")
+        finally:
+            release.set()
+        listed = await task
+        assert answered == ["health", "chat", "list"]
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert listed.status_code == 200 and listed.json() == []
+
+
+async def test_a_read_is_answered_while_another_process_holds_the_write_lock(home: Path) -> None:
+    """Another process holds SQLite's write lock and one of Squall's writes waits for it on the database
+    thread: a list is answered meanwhile (it used to queue behind the write, up to `LOCK_WAIT_SECONDS`),
+    and the write is stored once the lock is let go."""
+    async with chat_and_api(home) as (squall, _loopback, client):
+        stored(squall.store, T0)
+        blocker = sqlite3.connect(home / "data" / "squall.db", isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            write = squall.db.submit(squall.store.audit_add, "test.write", "tester", "test", None, {})
+            for _ in range(200):  # the loop's try is refused at once; the group goes to the database thread
+                if squall.db._draining:
+                    break
+                await asyncio.sleep(0.01)
+            assert squall.db._draining and not write.done()
+            listed = await client.get("/api/v1/executions")
+            enforcements = await client.get("/api/v1/ruleenforcements")
+            assert not write.done()  # still waiting for the lock when the reads were answered
+        finally:
+            blocker.rollback()
+            blocker.close()
+        await write
+        assert listed.status_code == 200 and len(listed.json()) == 1
+        assert enforcements.status_code == 200 and enforcements.json() == []
+        assert [e["event"] for e in squall.store.audit_list(event="test.write")] == ["test.write"]
+
+
+async def test_a_read_runs_on_a_reader_thread_and_a_failing_database_is_kept(database_url: str) -> None:
+    """`Database.read` on SQLite and PostgreSQL alike: the call runs on a reader thread, outside any group
+    (no connection of a group is this thread's), and answers what it read; a database failure it meets
+    reaches its caller and is kept in `failing` for `/healthz`, as a group's is; another error is the caller's."""
+    store = Store.open(database_url)
+    db = Database(store)
+    try:
+        made = stored(store, T0)
+        seen: list[tuple[str, Any]] = []
+
+        def listing() -> list[dict[str, Any]]:
+            seen.append((threading.current_thread().name, getattr(store._batch, "conn", None)))
+            return store.list_executions(limit=5)
+
+        assert [r["id"] for r in await db.read(listing)] == [made]
+        assert seen == [(seen[0][0], None)] and seen[0][0].startswith("squall-read")
+
+        def failing() -> None:
+            raise sa.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O error"))
+
+        with pytest.raises(ValueError):
+            await db.read(int, "not a number")
+        assert db.failing is None
+        with pytest.raises(sa.exc.OperationalError):
+            await db.read(failing)
+        assert db.failing is not None and "disk I/O error" in db.failing[0]
+    finally:
+        db.close()
+        store.close()
+
+
+# -- every heavy read of the API and the web UI goes the read path ----------------------------------------
+
+#: (client, path, what it reads: a Store method's name, or `bot.web.audit`'s function).
+HEAVY_READS = [
+    ("api", "/api/v1/executions?user=nobody", "page_executions"),
+    ("api", "/api/v1/executions?limit=-1", "page_executions"),
+    ("api", "/api/v1/triggerinstances", "trigger_instance_page"),
+    ("api", "/api/v1/ruleenforcements?rule=demo.on_build", "rule_enforcement_page"),
+    ("web", "/executions?user=nobody", "execution_keyset"),
+    ("web", "/triggers", "trigger_instance_list"),
+    ("web", "/rules/demo.on_build", "rule_enforcement_list"),
+    ("web", "/audit?user=nobody", "audit_page"),
+    ("web", "/audit", "audit_kinds"),
+]
+
+
+@pytest.fixture
+async def web(home: Path) -> AsyncIterator[Web]:
+    async with started_web(home) as started:
+        yield started
+
+
+@pytest.mark.parametrize(("who", "path", "read"), HEAVY_READS)
+async def test_a_heavy_read_runs_beside_the_loop(web: Web, monkeypatch: pytest.MonkeyPatch, who: str, path: str,
+                                                 read: str) -> None:
+    if who == "web":
+        client, _csrf = await web.signed_in("vic", "viewer")
+    else:
+        client = web.client()
+        client.headers["St2-Api-Key"] = KEY
+    threads: list[threading.Thread] = []
+    owner: Any = web.squall.store
+    if read.startswith("audit_"):
+        import bot.web.audit as owner
+    original = getattr(owner, read)
+
+    def spied(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, read, spied)
+    response = await client.get(path)
+    assert response.status_code == 200, response.text
+    assert threads, f"{path} did not read through {read}"
+    assert threading.current_thread() not in threads  # the loop's
+
+
+# -- limit=-1: the whole list, a page at a time ---------------------------------------------------------------
+
+@pytest.fixture
+async def listed(home: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Squall, httpx.AsyncClient,
+                                                                                     list[dict[str, Any]]]]:
+    """Squall with 4-row pages for `limit=-1`, 17 executions (six started in the same microsecond, so that
+    pages end inside a tie, and a workflow's task), and what `limit=-1` read: each call's `limit`."""
+    import bot.http.executions
+
+    monkeypatch.setattr(bot.http.executions, "ALL_PAGE", 4)
+    async with chat_and_api(home) as (squall, _loopback, client):
+        first = stored(squall.store, T0)
+        for i in range(1, 10):
+            stored(squall.store, T0 + timedelta(seconds=i), context={"user": "ann" if i % 2 else "bob"})
+        for _ in range(6):
+            stored(squall.store, T0 + timedelta(seconds=5, microseconds=1), context={"user": "ann"})
+        stored(squall.store, T0 + timedelta(seconds=20), parent=first)
+        reads: list[dict[str, Any]] = []
+        for name in ("page_executions", "list_executions"):
+            original = getattr(squall.store, name)
+
+            def spied(*args: Any, _original: Callable[..., Any] = original, **kwargs: Any) -> Any:
+                reads.append(kwargs)
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(squall.store, name, spied)
+        yield squall, client, reads
+
+
+@pytest.mark.parametrize("query", [
+    {}, {"sort_asc": "true"}, {"parent": "null"}, {"user": "ann"}, {"user": "ann", "sort_asc": "true", "offset": "3"},
+    {"timestamp_gt": "2026-03-01T12:00:03Z", "timestamp_lt": "2026-03-01T12:00:09Z"},
+    {"timestamp_gt": "2026-03-01T12:00:03Z", "sort_asc": "true", "parent": "null"},
+    {"include_attributes": "id,status", "offset": "15"}, {"user": "nobody"},
+])
+async def test_limit_minus_one_lists_every_execution_a_page_at_a_time(listed: tuple[Squall, httpx.AsyncClient,
+                                                                                    list[dict[str, Any]]],
+                                                                      query: dict[str, str]) -> None:
+    """The whole list, as one JSON array in the order and with the total a big enough page gives, read
+    four rows at a time: none skipped or repeated where a page ends among executions of one microsecond."""
+    _squall, client, reads = listed
+    whole = await client.get("/api/v1/executions", params={**query, "limit": "1000"})
+    reads.clear()
+    streamed = await client.get("/api/v1/executions", params={**query, "limit": "-1"})
+    assert streamed.status_code == 200 and streamed.headers["content-type"] == "application/json"
+    assert streamed.json() == whole.json()
+    assert streamed.headers["X-Total-Count"] == whole.headers["X-Total-Count"] and "X-Limit" not in streamed.headers
+    assert reads and all(read["limit"] <= 4 for read in reads)
+
+
+async def test_limit_minus_one_lists_more_than_a_page(listed: tuple[Squall, httpx.AsyncClient,
+                                                                    list[dict[str, Any]]]) -> None:
+    _squall, client, reads = listed
+    streamed = await client.get("/api/v1/executions", params={"limit": "-1"})
+    ids = [e["id"] for e in streamed.json()]
+    assert len(ids) == len(set(ids)) == 17 and streamed.headers["X-Total-Count"] == "17"
+    assert len(reads) > 17 // 4
+
+
+def _instance(at: datetime, trigger: str = "demo.event") -> dict[str, Any]:
+    return {"id": new_id(), "trigger": trigger, "payload": {"at": at.isoformat()}, "occurrence_time": at,
+            "status": "processed", "trace_tag": None, "trigger_parameters": None}
+
+
+def _enforcement(at: datetime, rule: str = "demo.on_build") -> dict[str, Any]:
+    return {"id": new_id(), "rule": rule, "trigger_instance_id": "t1", "execution_id": None, "status": "succeeded",
+            "failure_reason": None, "enforced_at": at}
+
+
+#: (path, filters, how a row is stored, the Store method `limit=-1` reads pages with).
+LOGS = [
+    ("/api/v1/triggerinstances", {"trigger": "demo.event"}, "trigger_instance_add", _instance, "trigger_instance_page"),
+    ("/api/v1/ruleenforcements", {"rule": "demo.on_build"}, "rule_enforcement_add_once", _enforcement,
+     "rule_enforcement_page"),
+]
+
+
+@pytest.mark.parametrize(("path", "filters", "add", "row", "read"), LOGS)
+async def test_limit_minus_one_lists_a_whole_log_a_page_at_a_time(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  path: str, filters: dict[str, str], add: str,
+                                                                  row: Callable[[datetime], dict[str, Any]],
+                                                                  read: str) -> None:
+    """Trigger instances and rule enforcements (read by OFFSET: the stores page them no other way) come
+    whole, three at a time, as a big enough page lists them; a row stored while the answer is written
+    pushes the rest down a page, and what the page before wrote is not written twice."""
+    import bot.http.paging
+
+    monkeypatch.setattr(bot.http.paging, "OFFSET_PAGE", 3)
+    async with chat_and_api(home) as (squall, _loopback, client):
+        store = squall.store
+        for i in range(8):
+            getattr(store, add)(row(T0 + timedelta(seconds=i // 2)))  # pairs at one time: ids break the ties
+        getattr(store, add)(row(T0, "demo.other"))  # not one of `filters`'
+        for query in ({**filters, "offset": "2"}, {}, filters):
+            whole = await client.get(path, params={**query, "limit": "1000"})
+            streamed = await client.get(path, params={**query, "limit": "-1"})
+            assert streamed.status_code == 200 and streamed.json() == whole.json()
+            assert streamed.headers["X-Total-Count"] == whole.headers["X-Total-Count"]
+        original, limits = getattr(store, read), []
+
+        def arriving(*args: Any, **kwargs: Any) -> Any:
+            page = original(*args, **kwargs)
+            limits.append(kwargs["limit"])
+            if len(limits) == 2:  # the first page was read: two newer rows arrive before the second is
+                for _ in range(2):
+                    getattr(store, add)(row(T0 + timedelta(minutes=1)))
+            return page
+
+        monkeypatch.setattr(store, read, arriving)
+        streamed = await client.get(path, params={**filters, "limit": "-1"})
+        assert streamed.json() == whole.json()  # `filters`' eight, as listed before the two came
+        assert limits == [0, 3, 3, 3, 3]
