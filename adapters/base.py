@@ -238,3 +238,12 @@ class Adapter(Protocol):
 
     # Optional: `mount(app: FastAPI) -> None` adds the platform's HTTP routes (signed or token-checked
     # by the adapter, not by API key) to Squall's API server.
+
+
+def line_breaks(text: str) -> str:
+    """`text` broken into lines as a line-based platform sends it (IRC: `adapters/irc.py` `split_lines`),
+    every break written `\\n`: a `\\r\\n`, and a bare `\\r` too (a progress meter's output, which has no
+    newline), is one break, and the breaks around the text are dropped (no empty line is sent first or
+    last). The one rule of both the sending and the chat side's count of what it sends (`bot/chat/
+    replies.py` `cap_result`): a cap counting newlines alone let 5,000 `\\r` steps through as 1,522 lines."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip("\n")

@@ -53,6 +53,7 @@ from adapters.base import (
     Message,
     MessageHandler,
     Reply,
+    line_breaks,
 )
 
 log = logging.getLogger(__name__)
@@ -220,15 +221,15 @@ _CONTROLS = re.compile("[\x00\x01\x04-\x08\x0b\x0c\x0e\x10\x12-\x15\x17-\x1c]")
 
 
 def split_lines(text: str, budget: int) -> list[str]:
-    """IRC lines for `text`: one per text line, long ones cut by bytes (at a space when one is near the
+    """IRC lines for `text`: one per text line (broken by `line_breaks`, the rule the chat side's cap
+    counts by: `\\r\\n`, `\\r` and `\\n`), long ones cut by bytes (at a space when one is near the
     end, never inside a UTF-8 sequence); inner blank lines become a single space, as empty PRIVMSGs
     are refused. Control characters other than tab and formatting codes are dropped (`_CONTROLS`), and
     what UTF-8 cannot encode (a lone surrogate, half an emoji from an action) becomes `?`: an action's
     result must never make the send fail, nor send CTCP in the bot's name."""
     budget = max(budget, 16)
     text = text.encode("utf-8", "replace").decode("utf-8")
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _CONTROLS.sub("", text).strip("\n")
+    text = _CONTROLS.sub("", line_breaks(text)).strip("\n")  # the controls may have stood around a break
     if not text.strip():
         return []
     out: list[str] = []

@@ -3,7 +3,8 @@
 Replies go out at the platform's pace per channel (Slack: about one a second), so 40 `!ping`s held
 everybody's next answer there for 40 s, and a held-Enter burst of 5,000 for over an hour. With
 `chat.flood: {commands: N, seconds: S}` a person (per adapter) runs at most N commands in any S
-seconds; past that they are told once per window and the rest are dropped, never run or stored.
+seconds; past that they are told once per window (or per command of theirs that ran since) and the
+rest are dropped, never run or stored.
 """
 
 from __future__ import annotations
@@ -90,6 +91,28 @@ def test_the_window_slides_and_the_answer_comes_once_per_window() -> None:
     assert gate.check("loopback", "alice") is None
     late = gate.check("loopback", "alice")
     assert late is not None and late.tell
+
+
+def test_who_waited_as_told_is_told_again_when_refused_again() -> None:
+    """Told to wait 19 s, bob waits, his next command runs and the one after it is refused: he is told
+    so, not dropped without a word because his first refusal's quiet had not run out (at most one
+    answer per command that ran)."""
+    clock = Clock()
+    gate = FloodGate(3, 60.0, clock)
+    for at in (1000.0, 1020.0, 1040.0):
+        clock.now = at
+        assert gate.check("irc", "bob") is None
+    clock.now = 1041.0
+    told = gate.check("irc", "bob")
+    assert told is not None and told.tell and told.wait == pytest.approx(19.0)
+    clock.now = 1060.5  # waited as told: runs
+    assert gate.check("irc", "bob") is None
+    clock.now = 1070.0  # 1020, 1040 and 1060.5 in the window: refused, and said
+    again = gate.check("irc", "bob")
+    assert again is not None and again.tell and again.wait == pytest.approx(10.0)  # 1020 leaves at 1080
+    clock.now = 1071.0
+    dropped = gate.check("irc", "bob")
+    assert dropped is not None and not dropped.tell  # once per command that ran, not once per refusal
 
 
 def test_idle_senders_are_forgotten() -> None:

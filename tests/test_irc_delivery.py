@@ -269,6 +269,36 @@ def test_a_line_irc_would_wrap_counts_as_the_lines_it_becomes() -> None:
     assert wide.split("\n")[0] == "é" * 300 and wide.split("\n")[1].startswith("[1 of 2 lines left out here;")
 
 
+def _irc_lines(text: str) -> list[str]:
+    """The PRIVMSG lines IRC sends for a reply of `text` (split to fit, then into lines)."""
+    parts = fit(Reply(adapter="irc", channel="#ops", text=text), IrcAdapter.capabilities)
+    return [line for part in parts for line in split_lines(part.text, REPLY_LINE_BYTES)]
+
+
+def test_a_bare_carriage_return_is_the_line_break_irc_makes_of_it() -> None:
+    """A progress meter's stdout (`0%\\r1%\\r…`) has no newline, but IRC breaks the line at every `\\r`:
+    counted by newlines, 5,000 steps went out as 1,522 lines under a 20-line cap."""
+    progress = "".join(f"{n}%\r" for n in range(5000))
+    text, _ = cap_result(progress, {}, 20, EXECUTION_ID)
+    sent = _irc_lines(text)
+    assert sent[:20] == [f"{n}%" for n in range(20)]
+    assert len(sent) == 21 and sent[20].startswith("[4980 of 5000 lines left out here;")
+    crlf = "\r\n".join(f"row {n}" for n in range(30)) + "\r\n"  # `\\r\\n` is one break, not two
+    text, _ = cap_result(crlf, {}, 20, EXECUTION_ID)
+    assert _irc_lines(text)[19:] == ["row 19", text.rsplit("\n", 1)[1]]
+    assert text.rsplit("\n", 1)[1].startswith("[10 of 30 lines left out here;")
+
+
+def test_a_result_of_the_limit_with_newlines_around_it_is_left_as_it_is() -> None:
+    """IRC drops the newlines around a text: 20 lines and a final newline are 20 lines, not 21."""
+    lines = [f"l{n}" for n in range(20)]
+    for text in ("\n".join(lines) + "\n", "\n".join(lines) + "\r\n", "\n\n" + "\n".join(lines) + "\n\n"):
+        assert cap_result(text, {}, 20, EXECUTION_ID) == (text, {})
+        assert _irc_lines(text) == lines
+    over, _ = cap_result("\n".join([*lines, "l20"]) + "\n", {}, 20, EXECUTION_ID)
+    assert over.split("\n")[:20] == lines and over.split("\n")[20].startswith("[1 of 21 lines left out here;")
+
+
 def _chat_home(home: Path) -> None:
     from tests.test_chat import _config
 
@@ -317,6 +347,54 @@ async def test_a_chat_result_and_execution_are_capped_where_files_cannot_carry_t
         else:
             assert result.text == "hello x\n" * 11 + "hello x"
             assert shown.text.count("hello x") == 12
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
+def _trailer(left: int, of: int, where: str, execution_id: str) -> str:
+    return (f"[{left} of {of} lines left out here; {where} {execution_id}: `squall execution get {execution_id}`, "
+            f"or its page in the web UI]")
+
+
+@pytest.mark.parametrize(("files", "max_result_lines", "cut"), [
+    (False, 5, True),  # IRC
+    (False, None, False),  # a platform without files that sets no cap
+    (True, 5, False),  # a platform with files attaches the whole text instead
+])
+async def test_post_result_post_message_and_notify_are_capped_as_a_result_is(
+        home: Path, files: bool, max_result_lines: int | None, cut: bool) -> None:
+    """`chatops.post_result` (the hubot rule's, a workflow's), `post_message` and a `notify` route's
+    message cost every channel IRC's pace per line as a command's result does: the same cap, saying
+    where the whole text is. The stream's announcement (hubot posts it on its own platform) stays whole."""
+    from tests.test_chat import settle
+
+    squall, loopback = await _irc_like_chat(home, Capabilities(files=files, max_length=1600), max_result_lines)
+    try:
+        await loopback.say("!greet x 12 times", channel="#ops")
+        await settle(squall, squall.chat)
+        [greeted] = await squall.executions.list(action="demo.greet")
+        posted = await squall.executions.wait((await squall.executions.request("chatops.post_result", {
+            "execution_id": greeted["id"], "adapter": "loopback", "channel": "#results"}))["id"])
+        message = "\n".join(f"m{n}" for n in range(12))
+        said = await squall.executions.wait((await squall.executions.request("chatops.post_message", {
+            "message": message, "adapter": "loopback", "channel": "#said"}))["id"])
+        who = "\r".join(f"w{n}" for n in range(12))  # a notify message of 12 IRC lines (`greeted w0`, `w1`…)
+        noisy = await squall.executions.wait((await squall.executions.request("demo.greet", {"who": who}))["id"])
+        await settle(squall, squall.chat)
+        assert posted["status"] == said["status"] == noisy["status"] == "succeeded"
+        assert posted["result"]["output"]["message"] == "hello x\n" * 11 + "hello x"  # for hubot: whole
+        [result], [post] = loopback.texts("#results"), loopback.texts("#said")
+        [_greeted_x, notice] = loopback.texts("#alerts")  # `!greet x`'s own notify, then this one's
+        if cut:
+            assert result.split("\n") == [*["hello x"] * 5, _trailer(7, 12, "the whole output is execution",
+                                                                       greeted["id"])]
+            assert post.split("\n") == [f"m{n}" for n in range(5)] + [
+                _trailer(7, 12, "the whole message is a parameter of execution", said["id"])]
+            assert notice.split("\n") == ["greeted w0", "w1", "w2", "w3", "w4",
+                                          _trailer(7, 12, "the notification tells of execution", noisy["id"])]
+        else:
+            assert (result, post, notice) == ("hello x\n" * 11 + "hello x", message, f"greeted {who}")
     finally:
         await squall.chat.stop()
         await squall.close()

@@ -19,7 +19,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Reply
-from bot.chat.replies import render_result
+from bot.chat.replies import WHOLE_MESSAGE, WHOLE_OUTPUT, capped, render_result
 from engine.events import ANNOUNCE
 from engine.templates import rendered
 
@@ -95,7 +95,9 @@ class Announcer:
 
     async def publish(self, route: str, params: dict[str, Any], request: RunRequest) -> dict[str, Any]:
         """The `announcement` runner's delivery: post_message and post_result (whose formatted text
-        comes back under `announced`, for the stream's `st2.announcement__<route>`)."""
+        comes back under `announced`, for the stream's `st2.announcement__<route>`). What is posted to
+        an adapter without files that caps results (IRC) is cut as a result is (`replies.capped`), its
+        last line naming the execution that holds the whole: the result's, or post_message's own."""
         chat = (params.get("context") or {}).get("chat") or request.context.get("chat")
         adapter, channel, thread = self._resolve(route, params.get("adapter"), params.get("channel"), chat)
         if not channel:  # StackStorm's post_message and post_result require a channel
@@ -109,8 +111,10 @@ class Announcer:
                 return {"skipped": "the alias turns results off"}
             # The stream's announcement carries the text, as StackStorm's post_result hands it to post_message.
             announced = {"message": text, "extra": extra}
+            whole = (str(params["execution_id"]), WHOLE_OUTPUT)
         else:
             text, extra = str(params["message"]), params.get("extra") or {}
+            whole = (request.execution_id, WHOLE_MESSAGE)
         if adapter not in self.configured:
             self._announced_elsewhere(route, adapter, channel)
             return {"announced": announced} if announced else {}
@@ -119,6 +123,9 @@ class Announcer:
             channel, thread = str(user), None
         elif user:
             text = f"{user}: {text}"
+        # Cut as a command's result is where the platform pays for every line (IRC): only this chat's
+        # copy, the stream's announcement (hubot posts it on its own platform) keeps it whole.
+        text, extra = capped(self.outbox.adapters.get(str(adapter)), text, extra, *whole)
         reply = Reply(adapter=str(adapter), channel=channel, thread=params.get("thread") or thread, text=text,
                       extra=extra)
         outbox_id = await self.outbox.post(reply)

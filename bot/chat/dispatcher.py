@@ -46,7 +46,7 @@ from bot.chat.forms import WORD as FORM_WORD
 from bot.chat.index import AliasIndex
 from bot.chat.inquiries import InquiryChat
 from bot.chat.outbox import Outbox
-from bot.chat.replies import cap_result, render_result, short, status_line
+from bot.chat.replies import capped, render_result, short, status_line
 from engine import tracing
 from engine.config import DEFAULT_CONFIRM_TTL, ConfigError, chat_confirm_ttl, chat_flood
 from engine.executions import (
@@ -716,14 +716,9 @@ class Dispatcher:
 
     def _capped(self, adapter_name: str, text: str, extra: dict[str, Any],
                 execution_id: str) -> tuple[str, dict[str, Any]]:
-        """A result as `adapter_name` shows it: cut to the adapter's `max_result_lines` (an optional
-        attribute; IRC's `adapters.irc.max_result_lines`) where it can attach no file, with where the
-        whole output is (`cap_result`); as it is elsewhere. A platform with files attaches a long
-        result whole, and one that sets no cap (the console) splits it as before."""
-        adapter = self.adapters.get(adapter_name)
-        if adapter is None or adapter.capabilities.files:
-            return text, extra
-        return cap_result(text, extra, getattr(adapter, "max_result_lines", 0), execution_id)
+        """A result as `adapter_name` shows it: the chat side's one cap decision (`replies.capped`:
+        IRC's `max_result_lines`) for the adapter of that name."""
+        return capped(self.adapters.get(adapter_name), text, extra, execution_id)
 
     async def _store_result(self, execution: dict[str, Any], chat: dict[str, Any]) -> None:
         elsewhere = execution["id"] in self._render_elsewhere

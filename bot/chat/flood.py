@@ -14,7 +14,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Flooded:
     """A command `FloodGate` refused: how long until its sender may run one again, and whether this is
-    the first refusal of the window (said and audited; the later ones are dropped without a word)."""
+    the first refusal since their last command ran, or for a window (said and audited; the later ones
+    are dropped without a word)."""
 
     wait: float
     tell: bool
@@ -23,7 +24,7 @@ class Flooded:
 @dataclass(slots=True)
 class _Sender:
     """One person's commands in the window (monotonic times, oldest first) and until when a refusal
-    goes unsaid, having been said once."""
+    goes unsaid, having been said once (0: the next refusal is said)."""
 
     times: deque[float]
     quiet_until: float = 0.0
@@ -35,8 +36,9 @@ class FloodGate:
     replies at its pace (Slack: about one a second, IRC: about two lines), so one person's burst
     held everyone's answers there behind it; past the limit a command is dropped before it is
     matched or stored. Only commands run count: a dropped one does not, so the wait said is the
-    true one (the oldest command leaving the window). Memory: at most `commands` times per person,
-    and people idle for a window are forgotten (`_sweep`, once a window)."""
+    true one (the oldest command leaving the window). A refusal is said once per command run (the
+    first after one ran), or once per window while none runs. Memory: at most `commands` times per
+    person, and people idle for a window are forgotten (`_sweep`, once a window)."""
 
     def __init__(self, commands: int, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.commands = commands
@@ -63,6 +65,9 @@ class FloodGate:
             times.popleft()
         if len(times) < self.commands:
             times.append(now)
+            # A command ran: the next refusal is news (someone who waited as told and is refused again
+            # was dropped without a word for the rest of the first refusal's window).
+            sender.quiet_until = 0.0
             return None
         tell = now >= sender.quiet_until
         if tell:

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Reply
+from bot.chat.replies import WHOLE_NOTICE, capped
 from engine.events import NOTIFICATION_DUE
 from engine.executions import COMPLETED, public
 from engine.notifications import by_route
@@ -42,12 +43,15 @@ class Notices:
             await self._deliver(route, texts, execution)
 
     async def _deliver(self, route: str, texts: list[str], execution: dict[str, Any]) -> bool:
-        """Store a route's messages keyed (execution, "notify:<route>"); whether they were stored now."""
+        """Store a route's messages keyed (execution, "notify:<route>"); whether they were stored now.
+        Each is cut as a result is where every line costs the platform's pace (IRC, `replies.capped`)."""
         if route not in self.announcer.routes:
             log.debug("notify route %r is not a configured chat route; left to rules", route)
             return False
         adapter, channel, thread = self.announcer.target(route, None, None, execution["context"].get("chat"))
-        replies = [Reply(adapter=adapter, channel=channel, thread=thread, text=text) for text in texts]
+        held = self.outbox.adapters.get(adapter)
+        replies = [Reply(adapter=adapter, channel=channel, thread=thread,
+                         text=capped(held, text, {}, execution["id"], WHOLE_NOTICE)[0]) for text in texts]
         return await self.outbox.post_keyed(execution["id"], f"notify:{route}", replies) is not None
 
     async def post_missing(self, since: datetime) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from adapters.base import Capabilities, Reply
+from adapters.base import Adapter, Capabilities, Reply, line_breaks
 from adapters.slack_format import ATTACHED_TAIL
 from engine.templates import TemplateRenderError, render_template, render_value, to_human_time_from_seconds
 
@@ -152,30 +152,54 @@ def short(text: str, limit: int = 80) -> str:
 #: relayed prefix, about 400 to 450): a longer line of a result is counted as the lines it becomes.
 REPLY_LINE_BYTES = 400
 
+#: Where the whole of a cut text is, as its last line says (`cap_result`), followed by the execution's id:
+#: a result's output (a command's, `!execution`'s, `chatops.post_result`'s), `chatops.post_message`'s
+#: `message` parameter, and the execution a `notify` route's message tells of (rendered from it).
+WHOLE_OUTPUT = "the whole output is execution"
+WHOLE_MESSAGE = "the whole message is a parameter of execution"
+WHOLE_NOTICE = "the notification tells of execution"
 
-def cap_result(text: str, extra: dict[str, Any], max_lines: int, execution_id: str) -> tuple[str, dict[str, Any]]:
+
+def capped(adapter: Adapter | None, text: str, extra: dict[str, Any], execution_id: str,
+           where: str = WHOLE_OUTPUT) -> tuple[str, dict[str, Any]]:
+    """`text` and `extra` as `adapter` should post them, the one cap decision of the chat side (a
+    command's result, `!execution`, `chatops.post_*`, `notify` routes): cut to the adapter's
+    `max_result_lines` (an optional attribute; IRC's `adapters.irc.max_result_lines`) where it can
+    attach no file (`cap_result`), since every line costs every channel its pace; as they are
+    elsewhere. A platform with files attaches a long text whole, one that sets no cap (the console)
+    splits it as before, and an adapter this process does not hold (None: a CLI run) is not known."""
+    if adapter is None or adapter.capabilities.files:
+        return text, extra
+    return cap_result(text, extra, getattr(adapter, "max_result_lines", 0), execution_id, where)
+
+
+def cap_result(text: str, extra: dict[str, Any], max_lines: int, execution_id: str,
+               where: str = WHOLE_OUTPUT) -> tuple[str, dict[str, Any]]:
     """A result (`text`, `extra`) cut to its first `max_lines` lines for a platform that sends every
     line at its pace and can attach no file (IRC: about two lines a second for the whole connection,
     where a 10,000-line result held every channel for 83 minutes), ending with one line saying how
-    many were left out and where the whole output is; as it is when it fits or `max_lines` is 0. A
-    line longer than `REPLY_LINE_BYTES` counts as the lines the platform cuts it into: a one-line
-    JSON of a megabyte is thousands of IRC lines. Cut, it loses its pretext split (`_unsplit`)."""
+    many were left out and where the whole is (`where` and `execution_id`); as it is when it fits or
+    `max_lines` is 0. Lines are counted as the platform breaks them (`line_breaks`: a bare `\\r` is a
+    break, the newlines around the text are not lines), and a line longer than `REPLY_LINE_BYTES`
+    counts as the lines the platform cuts it into: a one-line JSON of a megabyte is thousands of IRC
+    lines. Cut, it loses its pretext split (`_unsplit`)."""
     if max_lines <= 0:
         return text, extra
-    shown, whole, cut = _first_lines(text, max_lines)
+    lines = line_breaks(text)
+    shown, whole, cut = _first_lines(lines, max_lines)
     if shown is None:
         return text, extra
-    total = text.count("\n") + 1
+    total = lines.count("\n") + 1
     part = " (the first of them shown in part)" if cut else ""
-    trailer = (f"[{total - whole} of {total} lines left out here{part}; the whole output is execution "
-               f"{execution_id}: `squall execution get {execution_id}`, or its page in the web UI]")
+    trailer = (f"[{total - whole} of {total} lines left out here{part}; {where} {execution_id}: "
+               f"`squall execution get {execution_id}`, or its page in the web UI]")
     return f"{shown}\n{trailer}", _unsplit(extra)
 
 
 def _first_lines(text: str, budget: int) -> tuple[str | None, int, bool]:
     """(what of `text` fits `budget` platform lines, how many of its lines it holds whole, whether it
-    ends in part of the next one); None for the text when all of it fits. Reads no further than the
-    budget reaches, however long the text."""
+    ends in part of the next one); None for the text when all of it fits. `text` is broken as the
+    platform breaks it (`line_breaks`: `\\n` alone). Reads no further than the budget reaches."""
     start, whole, kept = 0, 0, []
     while budget > 0:
         end = text.find("\n", start)
