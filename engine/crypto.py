@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import threading
 import uuid
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
 _V1 = b"\x01"  # version byte, 12-byte nonce, ciphertext+tag (one key; before key rings)
 _V2 = b"\x02"  # version byte, 4-byte key id, 12-byte nonce, ciphertext+tag
 _FORMAT = '{"version": 2, "keys": [{"id": "<8 hex digits>", "aes256_gcm": "<base64 of 32 bytes>"}]}'
+
+log = logging.getLogger(__name__)
 
 
 class CryptoError(Exception):
@@ -74,6 +78,9 @@ _Signature = tuple[int, int, int, int]
 def _key_id(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()[:4]
 
+
+#: Why a lock file that is not there cannot be made: a read-only mount, a folder this user may not write.
+_UNWRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 #: What the lock file says while a rotation holds it (`<pid> rotation`); a short write says `<pid> write`.
 _ROTATION, _WRITE = "rotation", "write"
@@ -160,6 +167,8 @@ class _SealLock:
 
     _all: dict[str, _SealLock] = {}
     _all_guard = threading.Lock()
+    #: Whether this process has said that it seals without the lock (`_say_unlocked`): once is enough.
+    _warned = False
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -184,21 +193,61 @@ class _SealLock:
                     os.close(lock._fd)
             lock._guard, lock._holders, lock._fd = threading.Lock(), 0, None
 
+    def _create(self) -> int:
+        """The lock file opened to write, made if it is not there."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+
     def _open(self) -> int:
+        """The lock file as a rotation opens it (`_create`): it writes the key file, so it can make this one."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            return self._create()
         except OSError as exc:
             raise CryptoError(f"cannot open the key file's lock file {self.path} ({exc}); its folder must be "
                               "writable by the user running Squall") from exc
+
+    def _open_to_share(self) -> int | None:
+        """The lock file opened for a seal's shared `flock` (`shared`). Where it cannot be opened to write (a
+        key file on a read-only mount, as a Kubernetes secret volume holds it) it is opened to read: `flock`
+        needs no more. Where it is not there and cannot be made (EROFS, EACCES), None: a rotation replaces
+        the key file and makes `<key file>.lock` in that folder, so none runs where this process cannot
+        write, and a seal there has no rotation to wait for (said once per process, `_say_unlocked`)."""
+        try:
+            return self._create()
+        except OSError as exc:
+            refused = exc
+        try:
+            return os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            if refused.errno not in _UNWRITABLE:
+                raise self._unopenable(refused) from refused
+        except OSError as exc:
+            raise self._unopenable(exc) from exc
+        self._say_unlocked(refused)
+        return None
+
+    def _unopenable(self, exc: OSError) -> CryptoError:
+        return CryptoError(f"cannot open the key file's lock file {self.path} ({exc}); it must be readable by "
+                           "the user running Squall, or its folder writable so that it can be made")
+
+    def _say_unlocked(self, exc: OSError) -> None:
+        """Warn, once per process, that seals go on without the lock beside a key file in a read-only folder."""
+        with _SealLock._all_guard:
+            if _SealLock._warned:
+                return
+            _SealLock._warned = True
+        log.warning("the key file's folder is read-only for this process (%s), so its lock file %s cannot be "
+                    "made: secrets are sealed without it. No key rotation can run there (it rewrites the key "
+                    "file), so there is none to wait for", exc.strerror, self.path)
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         with self._guard:
             if self._holders == 0:
                 if self._fd is None:
-                    self._fd = self._open()
-                fcntl.flock(self._fd, fcntl.LOCK_SH)  # waits only while a rotation takes it, a moment
+                    self._fd = self._open_to_share()  # None: a read-only folder, where no rotation runs
+                if self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_SH)  # waits only while a rotation takes it, a moment
             self._holders += 1
         try:
             yield

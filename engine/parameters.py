@@ -16,7 +16,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import unquote
 
 import jinja2
 
@@ -646,35 +646,75 @@ def _as_mapping(value: Any) -> Mapping[Any, Any] | None:
 
 
 class _Login(NamedTuple):
-    """A URL that carries a password, as written: its parts, its user (may be "") and password (never ""),
-    and its host with the port, if any."""
+    """A URL that carries a password, as written: its scheme, its user (may be "") and password (never ""),
+    its host with the port, if any, and where the password stands in the URL's text."""
 
-    parts: SplitResult
+    scheme: str
     user: str
     password: str
     host: str
+    start: int
+    end: int
 
     def with_password(self, url: str, password: str) -> str:
         """`url` (the one this was read from) with `password` in place of its own, all else as written."""
-        netloc = f"{self.user}:{password}@{self.host}"
-        if self.parts.netloc in url:  # as written (only the scheme is before it, and that holds no "@")
-            return url.replace(self.parts.netloc, netloc, 1)
-        return self.parts._replace(netloc=netloc).geturl()  # written with what urlsplit drops (a tab)
+        return f"{url[:self.start]}{password}{url[self.end:]}"
+
+
+#: A URL's scheme and authority as requests reads them (urllib3's `parse_url`, after requests strips the
+#: leading spaces): the authority ends at the first `/`, `?`, `#` or `\` (`http://ann:pw@a.example\@b.example/`
+#: goes to a.example, with the password `pw`), and holds the user and password up to its last `@`.
+_URL_AUTHORITY = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]*)://([^\\/?#]*)")
+#: An authority that names a host and maybe a port, which is where the request goes (`example.com:8080`,
+#: `[::1]`), so an `@` after it is the path's or the query's (`?email=a@b.example`), not the end of a password.
+_HOST_AND_PORT = re.compile(r"(?:\[[^\]]*\]|[^:\[\]]*)(?::\d+)?")
+#: What ends a URL's authority (`_URL_AUTHORITY`), and so, unencoded in a password, ends what requests reads of it.
+_AUTHORITY_END = re.compile(r"[\\/?#]")
+#: A URL's text up to its first space (`_written_login`).
+_UNSPACED = re.compile(r"\S*")
 
 
 def _url_login(value: Any) -> _Login | None:
     """`value`'s user and password when it is a URL with a password in it (`https://ann:pw@host/`,
-    `http://:token@host/`), read as requests reads them (`urlsplit`: the last `@` ends them, the first
-    `:` parts them); None otherwise, at the cost of one `in` for a text without `@`."""
+    `http://:token@host/`), read as requests reads them (`_URL_AUTHORITY`: the last `@` of the authority
+    ends them, the first `:` parts them); None otherwise, at the cost of one `in` for a text without `@`.
+
+    A password holding an unencoded `#`, `/` or `?` (`http://ann:Hash#Passw0rd@host/`) ends requests'
+    authority early, at `ann:Hash`, which it cannot send (`Hash` is no port): read here as written, up to
+    the last `@` before any space (`_written_login`), so that such a URL is shown and stored masked too."""
     if not isinstance(value, str) or "@" not in value:
         return None
-    try:
-        parts = urlsplit(value)
-    except ValueError:  # `http://[::1/`: no URL requests sends either
+    url = _URL_AUTHORITY.match(value)
+    if url is None:
         return None
-    userinfo, at, host = parts.netloc.rpartition("@")
+    authority, begins = url.group(2), url.start(2)
+    if "@" not in authority:
+        return _written_login(value, url)
+    userinfo, _at, host = authority.rpartition("@")
+    return _login(url.group(1), userinfo, host, begins)
+
+
+def _written_login(value: str, url: re.Match[str]) -> _Login | None:
+    """The user and password of a URL whose authority, as requests reads it, holds no `@` (`_url_login`):
+    from after `scheme://` up to the last `@` before any space, when the `:` that ends its user is in that
+    authority and the authority names no host and port (`http://example.com:8080/p?mail=a@b.example` is a
+    URL with an `@` in its query, sent to example.com)."""
+    authority = url.group(2)
+    if ":" not in authority or _HOST_AND_PORT.fullmatch(authority):
+        return None
+    written = _UNSPACED.match(value, url.start(2))
+    userinfo, at, rest = (written.group() if written else "").rpartition("@")
+    return _login(url.group(1), userinfo, _AUTHORITY_END.split(rest, 1)[0], url.start(2)) if at else None
+
+
+def _login(scheme: str, userinfo: str, host: str, begins: int) -> _Login | None:
+    """The `_Login` of `userinfo` (`user:password`, which starts at `begins` in the URL's text), None when it
+    holds no password."""
     user, colon, password = userinfo.partition(":")
-    return _Login(parts, user, password, host) if at and colon and password else None
+    if not colon or not password:
+        return None
+    start = begins + len(user) + 1
+    return _Login(scheme, user, password, host, start, start + len(password))
 
 
 def mask_url(url: Any) -> Any:
@@ -730,7 +770,12 @@ def credential_texts(values: Mapping[str, Any]) -> list[str]:
 def _url_texts(url: Any) -> list[str]:
     """A URL's password (`credential_texts`), as written and percent-decoded (requests sends it decoded)."""
     login = _url_login(url)  # one `in` for a URL without `@`: every `core.http` request's
-    return [] if login is None else _credentials({login.password, unquote(login.password)})
+    if login is None:
+        return []
+    # and what requests reads of one holding an unencoded `#`, `/` or `?`, which its error quotes (`'ann:Hash'
+    # is not a valid host or port`)
+    read = _AUTHORITY_END.split(login.password, 1)[0]
+    return _credentials({login.password, unquote(login.password), read})
 
 
 def _credentials(texts: set[str], more: Collection[str] = ()) -> list[str]:
@@ -796,7 +841,7 @@ def _restored_url(given: Any, original: Any) -> Any:
 
 def _login_target(login: _Login) -> tuple[str, str, str]:
     """Whom a URL's password is for: its scheme, user and host with the port (names in any case)."""
-    return login.parts.scheme.lower(), login.user, login.host.lower()
+    return login.scheme.lower(), login.user, login.host.lower()
 
 
 def _holds_mask(mapping: Mapping[Any, Any]) -> bool:

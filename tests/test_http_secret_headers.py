@@ -680,3 +680,77 @@ async def test_a_url_s_password_is_in_no_error_and_no_task_of_a_workflow(home: P
     assert done["result"]["output"]["said"].strip() == f"fetching https://ann:{MASK}@example.com/"
     assert URL_PASSWORD not in json.dumps([done, tasks]) and URL_PASSWORD not in stored
     assert ":tk@" not in stored
+
+
+def _sent_password(url: str) -> str | None:
+    """The password requests sends for `url` (its `Basic` header), None if it sends none or cannot parse it."""
+    import requests
+
+    try:
+        header = requests.Request("GET", url).prepare().headers.get("Authorization")
+    except requests.RequestException:
+        return None
+    return None if header is None else base64.b64decode(header.split()[1]).decode().partition(":")[2]
+
+
+def test_a_url_password_with_an_unencoded_hash_slash_question_mark_or_backslash_is_masked() -> None:
+    """`http://ann:Hash#Passw0rd@host/` was stored and shown as given: the password was read as `urlsplit`
+    reads the URL, whose authority ends at the first `/`, `?` or `#`, so it saw no `@` and no password. And
+    `http://ann:pw@example.com\\@evil.com/` was shown as `http://ann:********@evil.com/` with
+    `pw@example.com\\` to scrub, while requests sends `pw` to example.com (its authority ends at a `\\` too)."""
+    from engine.parameters import credential_texts, shows_masked
+
+    for mark in "#/?":
+        url = f"http://ann:LongPrefix{mark}rest-of-it@example.com:8080/p?q=1"
+        assert mask_value("url", url) == f"http://ann:{MASK}@example.com:8080/p?q=1", url
+        # the whole password, and what an error quoting the authority as requests reads it shows (`'ann:LongPrefix'
+        # is not a valid host or port`)
+        assert credential_texts({"url": url}) == [f"LongPrefix{mark}rest-of-it", "LongPrefix"], url
+    assert mask_value("url", "http://ann:p#w@x@example.com/") == f"http://ann:{MASK}@example.com/"  # the last `@`
+    for plain in ("http://example.com:8080/p?email=a@b.example", "http://example.com/a?t=12:30&e=a@b.example",
+                  "http://[::1]:8080/x?e=a@b.example", "http://[::1]/x?e=a:b@c.example",
+                  "http://ann:pa#ss word@example.com/"):  # a host and port, a `:` past the authority; a space
+        assert mask_value("url", plain) == plain and credential_texts({"url": plain}) == [], plain
+
+    original = {"url": "http://ann:Hash#Passw0rd-7@example.com/p"}
+    shown = mask_value("url", original["url"])
+    assert shown == f"http://ann:{MASK}@example.com/p" and shows_masked({"url": shown})
+    assert restore_masked({"url": shown + "?page=2"}, original) == {"url": "http://ann:Hash#Passw0rd-7@example.com/p?page=2"}
+    for elsewhere in (f"http://ann:{MASK}@evil.example/p", f"http://ann:{MASK}#x@example.com/p",
+                      f"http://ann:{MASK}@evil.example\\@example.com/p"):
+        assert restore_masked({"url": elsewhere}, original) == {"url": elsewhere}, elsewhere
+
+    slashed = "http://ann:S3cretPassw0rd@example.com\\@evil.com/"
+    assert _sent_password(slashed) == "S3cretPassw0rd"  # requests' reading: to example.com, with this password
+    assert mask_value("url", slashed) == f"http://ann:{MASK}@example.com\\@evil.com/"
+    assert credential_texts({"url": slashed}) == ["S3cretPassw0rd"]
+    assert restore_masked({"url": mask_value("url", slashed)}, {"url": "http://ann:S3cretPassw0rd@example.com/"}) == {
+        "url": slashed}  # the same user on the host requests sends it to
+    for url in ("https://ann:s3cret-pw@example.com:8443/p", "http://ann:S3cret@Passw0rd@example.com/",
+                "http://ann:S3cret%40Passw0rd@[::1]:8080/", "http://ann:S3cret\tPassw0rd@example.com/", slashed):
+        sent = _sent_password(url)  # whatever requests sends is what is scrubbed
+        assert sent is not None and sent in credential_texts({"url": url}), url
+        assert MASK in mask_value("url", url) and sent not in mask_value("url", url), url
+
+
+async def test_a_url_password_with_an_unencoded_hash_is_in_no_record_and_no_error(
+        web: Web, echo: tuple[str, list[dict[str, str]]]) -> None:
+    """The run through the API and the `http-request` runner: requests cannot parse the URL (`'ann:LongHashPrefix'
+    is not a valid host or port`), and the record, its error and the audit showed the password in clear."""
+    url, seen = echo
+    api = _api(web)
+    created = await api.post("/api/v1/executions", json={"action": "core.http", "parameters": {
+        "url": _with_userinfo(url, "ann:LongHashPrefix#Passw0rd-9"), "timeout": 5}})
+    assert created.status_code == 201, created.text
+    failed = await web.squall.executions.wait(created.json()["id"], timeout=30)
+    assert failed["status"] == "failed" and seen == []  # sent nowhere: requests reads no host in it
+    shown = _with_userinfo(url, f"ann:{MASK}")
+    assert failed["parameters"]["url"] == shown
+    assert failed["result"]["error"].startswith(f"request to {shown} failed"), failed["result"]
+    got = await api.get(f"/api/v1/executions/{failed['id']}")
+    rows = await web.squall.db(web.squall.store.audit_list, 100)
+    sinks = "\n".join(audit_sinks.line(row) for row in rows)
+    assert shown in sinks  # the request's audit event names the URL, masked
+    for where, text in (("api get", got.text), ("stored", _stored_everything(web.squall)), ("audit sinks", sinks),
+                        ("audit", json.dumps(rows, default=str))):
+        assert "LongHashPrefix" not in text and "Passw0rd-9" not in text, where

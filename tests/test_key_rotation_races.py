@@ -4,7 +4,10 @@ are driven as an operator would, as processes."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -18,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from engine import crypto as crypto_module
 from engine import datastore as datastore_module
 from engine.crypto import CryptoError, KeyRing
 from engine.datastore import Datastore
@@ -302,3 +306,90 @@ def test_a_ciphertext_stored_under_the_old_key_after_the_rotation_read_the_secre
         assert Datastore(store, KeyRing(path)).get("after", decrypt=True)["value"] == "sealed-after"
     finally:
         store.close()
+
+
+# -- a key file in a folder Squall cannot write (a Kubernetes secret volume) --------------------------------
+
+@contextmanager
+def _read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`folder` and its files made read-only, as a secret volume mounts a key file. Not as root (which writes
+    anyway): mode 0555 on the folder and 0444 on its files, so opening one for writing or creating one fails
+    with EACCES. As root: `os.open` fails with EROFS for any write or create under `folder`, as a read-only
+    mount answers (a bind mount needs a mount namespace of its own, which the test process has not)."""
+    if os.geteuid() != 0:
+        modes = {path: path.stat().st_mode for path in (folder, *folder.iterdir())}
+        for path in modes:
+            path.chmod(0o555 if path == folder else 0o444)
+        try:
+            yield
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+        return
+    real_open = os.open
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
+
+    def read_only_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & writes and os.path.abspath(path).startswith(f"{folder}{os.sep}"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "open", read_only_open)
+        yield
+
+
+def _seal_lock_holders(lock_file: Path) -> bool:
+    """Whether some open file holds a `flock` on `lock_file` now: an exclusive one cannot be taken beside it."""
+    fd = os.open(lock_file, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # lets go of the lock if it was taken
+    return False
+
+
+def test_a_secret_is_sealed_beside_a_key_file_in_a_read_only_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """`squall key set --encrypt` and `squall key load` with the key file on a read-only mount (a Kubernetes
+    secret volume holds the key file only) failed: "cannot open the key file's lock file …seal.lock
+    (Read-only file system)". No rotation can run there (it replaces the key file and makes its `.lock`),
+    so there is no rotation to wait for: the seal goes on without the lock and says so once per process."""
+    keys = tmp_path / "keys"
+    path = keys / "datastore.key"
+    sealed = KeyRing(path).encrypt("before")
+    for lock_file in keys.glob("*.lock"):
+        lock_file.unlink()  # what a secret volume holds: the key file alone
+    monkeypatch.setattr(crypto_module._SealLock, "_warned", False)
+    caplog.set_level(logging.WARNING, logger="engine.crypto")
+    with _read_only(keys, monkeypatch):
+        ring = KeyRing(path)
+        for value in ("first", "second"):
+            with ring.sealing():
+                assert ring.decrypt(ring.encrypt(value)) == value
+        assert ring.decrypt(sealed) == "before"
+    assert sorted(p.name for p in keys.iterdir()) == ["datastore.key"]  # nothing written beside it
+    warnings = [r.getMessage() for r in caplog.records if r.name == "engine.crypto"]
+    assert len(warnings) == 1, warnings  # once per process, however many seals
+    assert f"{path}.seal.lock" in warnings[0] and "read-only" in warnings[0]
+
+
+def test_a_seal_lock_file_in_a_read_only_folder_is_locked_through_a_read_only_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A lock file that is there but cannot be opened for writing is opened to read: `flock` needs no more, so
+    a rotation run where it can write (the same files mounted writable elsewhere) still waits for the seal."""
+    keys = tmp_path / "keys"
+    path = keys / "datastore.key"
+    KeyRing(path).encrypt("before")
+    KeyRing(path).wait_for_sealing()  # makes the seal's lock file, as a rotation does
+    lock_file = keys / "datastore.key.seal.lock"
+    caplog.set_level(logging.WARNING, logger="engine.crypto")
+    with _read_only(keys, monkeypatch):
+        ring = KeyRing(path)
+        with ring.sealing():
+            assert ring.decrypt(ring.encrypt("held")) == "held"
+            assert _seal_lock_holders(lock_file)  # a rotation's exclusive take waits for it
+        assert not _seal_lock_holders(lock_file)
+    assert [r.getMessage() for r in caplog.records if r.name == "engine.crypto"] == []
