@@ -40,6 +40,10 @@ edits of them (the ack's edit to the final status, a question put back) to cost 
 an edit of an older one reads the id from its row. Kept for every reply, the map grew with every
 command for as long as the process ran.
 
+Each (adapter, channel) has a queue and a worker task while it has replies to send; a worker that
+waited `IDLE_AFTER` on its empty queue is ended by one timer for the whole outbox (`_reap`), so the
+hot path arms no timer per reply: it only notes when its worker began to wait.
+
 One reply is sent unstored (`send_unstored`): the one telling a person that the database took nothing,
 which the database would refuse to store as well.
 """
@@ -79,6 +83,11 @@ CLOCK_SKEW = timedelta(minutes=2)
 #: a question put back) reads the id from the row, which its `sent` mark wrote within moments of the
 #: send. About 130 bytes each: 1.3 MB at most, where keeping them all grew ~1 GB a year at 10k commands a day.
 KEEP_PLATFORM_IDS = 10_000
+#: How long a channel's worker waits on its empty queue before it ends, its queue with it. Every Slack or
+#: Mattermost DM is a channel, and so is every IRC private exchange (`nick~tag`, a new tag after a quit):
+#: kept for ever, their workers and queues grew ~6 KB a channel for as long as the process ran. A reply to
+#: the channel later starts a fresh one. A worker sending or retrying a reply is not waiting: it stays.
+IDLE_AFTER = 60.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -171,6 +180,10 @@ class Outbox:
         self.adapters = adapters
         self._queues: dict[tuple[str, str], asyncio.Queue[tuple[int, Reply]]] = {}
         self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        #: Workers waiting on their empty queue: since when (loop time). Not one sending or retrying a reply.
+        self._waiting: dict[tuple[str, str], float] = {}
+        #: The next look for workers idle for `IDLE_AFTER` (`_reap`), armed while there are workers.
+        self._reaper: asyncio.TimerHandle | None = None
         #: Platform ids of the replies sent last, oldest first (`KEEP_PLATFORM_IDS`): edits of them read no row.
         self._platform_ids: OrderedDict[int, str | None] = OrderedDict()
         #: Rows longer than their platform takes, sent in parts: how far each got (here, or found on the
@@ -336,6 +349,8 @@ class Outbox:
         if queue is None:
             queue = self._queues[key] = asyncio.Queue()
             self._workers[key] = asyncio.create_task(self._deliver(key, queue), name=f"outbox-{key}")
+            if self._reaper is None:
+                self._reap_in(IDLE_AFTER)
         self._pending += 1
         self._idle.clear()
         queue.put_nowait((outbox_id, reply))
@@ -389,6 +404,9 @@ class Outbox:
 
     async def close(self) -> None:
         self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         tasks = [*self._workers.values(), *(task for task in (self._catch_up, self._listener) if task is not None)]
         for task in tasks:
             task.cancel()
@@ -411,10 +429,39 @@ class Outbox:
         row = await self.db(self.db.store.outbox_get, outbox_id)
         return row["platform_id"] if row else None
 
+    def _reap_in(self, delay: float) -> None:
+        self._reaper = asyncio.get_running_loop().call_later(delay, self._reap)
+
+    def _reap(self) -> None:
+        """End the workers that have waited `IDLE_AFTER` on their empty queue, and forget their queues.
+        No await between forgetting a channel's pair and cancelling its worker (blocked in `queue.get`,
+        holding nothing): `_enqueue` finds the live pair or none and starts a fresh one, so a channel's
+        replies keep their order. A worker whose queue was given a reply it has not taken yet is kept,
+        and one sending or retrying a reply (through an outage, up to `GIVE_UP_AFTER`) is not waiting."""
+        self._reaper = None
+        now = asyncio.get_running_loop().time()
+        soonest = now + IDLE_AFTER
+        for key, since in list(self._waiting.items()):
+            if not self._queues[key].empty():  # its worker is about to take a reply
+                continue
+            if since + IDLE_AFTER > now:
+                soonest = min(soonest, since + IDLE_AFTER)
+                continue
+            del self._waiting[key], self._queues[key]
+            self._workers.pop(key).cancel()
+        if self._workers and not self._closed:
+            self._reap_in(soonest - now)
+
     async def _deliver(self, key: tuple[str, str], queue: asyncio.Queue[tuple[int, Reply]]) -> None:
         adapter = self.adapters[key[0]]
+        loop = asyncio.get_running_loop()
         while True:
-            outbox_id, reply = await queue.get()
+            if queue.empty():  # only then: a busy channel's replies cost no clock read
+                self._waiting[key] = loop.time()
+                outbox_id, reply = await queue.get()  # the one place `_reap` ends a worker
+                del self._waiting[key]
+            else:
+                outbox_id, reply = queue.get_nowait()
             sent = None
             try:
                 await self._open.wait()
