@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
 import pytest
 
@@ -91,7 +91,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         parsed = urlparse(self.path)
         seen = {"method": self.command, "path": parsed.path, "query": parse_qs(parsed.query),
-                "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+                "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
+                "listener": self.server.server_address[0]}
         self.server.record.seen.append(seen)
         route = parsed.path
         if route == "/json":
@@ -108,6 +109,8 @@ class _Handler(BaseHTTPRequestHandler):
             payload = {"method": self.command, "body": body.decode("utf-8", "replace"), "auth": decoded,
                        "content_type": self.headers.get("Content-Type")}
             self._reply(200, json.dumps(payload).encode(), "application/json")
+        elif route.endswith("/headers"):  # the request's headers, as httpbin's `/headers` answers
+            self._reply(200, json.dumps({"headers": dict(self.headers.items())}).encode(), "application/json")
         elif route == "/redirect":
             self._reply(302, b"", extra={"Location": "/json"})
         elif route == "/redirect-to":  # to the URL in ?to=, another host's
@@ -384,6 +387,78 @@ async def test_the_blacklist_holds_for_the_address_a_name_leads_to(squall: Squal
     assert done["status"] == "failed", done["result"]
     assert "is at 127.0.0.1" in done["result"]["error"]
     assert [seen["path"] for seen in server.seen] == ["/redirect-to"]
+
+
+PASSWORD = "Backslash-Passw0rd"
+
+
+async def test_a_backslash_in_the_authority_cannot_pass_the_whitelist(squall: Squall, server: Server) -> None:
+    """`urlparse` reads `http://127.0.0.1:PORT\\@allowed.example/` as a URL of allowed.example; requests (urllib3's
+    `parse_url`) ends the authority at the backslash and connects to 127.0.0.1. The host checked is the host
+    requests connects to: the URL is refused, naming that host and the URL with its password masked."""
+    port = urlparse(server.url).port
+    url = f"http://ann:{PASSWORD}@127.0.0.1:{port}\\@allowed.example/json"
+    done = await run(squall, {"url": url, "url_hosts_whitelist": ["allowed.example"]})
+    assert done["status"] == "failed", done["result"]
+    error = done["result"]["error"]
+    assert f'URL "http://ann:********@127.0.0.1:{port}\\@allowed.example/json" uses the host "127.0.0.1"' in error
+    assert PASSWORD not in error
+    assert server.seen == []
+
+
+async def test_a_backslash_in_the_authority_cannot_reach_a_blacklisted_name(squall: Squall, server: Server) -> None:
+    """The same trick against a blacklisted DNS name (not caught when connecting: only the blacklist's
+    addresses are checked against the address a connection reaches)."""
+    port = urlparse(server.url).port
+    done = await run(squall, {"url": f"http://localhost:{port}\\@example.invalid/json",
+                              "url_hosts_blacklist": ["localhost"]})
+    assert done["status"] == "failed", done["result"]
+    assert 'uses the host "localhost", which is not allowed for this action' in done["result"]["error"]
+    assert server.seen == []
+
+
+@pytest.mark.parametrize("lead", ["////", "//\t//"])
+async def test_a_redirect_is_checked_as_requests_follows_it(squall: Squall, server: Server, other_host: str,
+                                                            lead: str) -> None:
+    """`Location: ////127.0.0.2:PORT/json` joined to the response's URL by `urljoin` is a path of the host that
+    answered (allowed); requests follows it to 127.0.0.2. The host checked is the one of the request sent."""
+    start = server.url.replace("127.0.0.1", "localhost")
+    target = quote(f"{lead}{other_host.removeprefix('http://')}/json")
+    done = await run(squall, {"url": f"{start}/redirect-to?to={target}", "allow_redirects": True,
+                              "url_hosts_whitelist": ["localhost"]})
+    assert done["status"] == "failed", done["result"]
+    assert 'whose host "127.0.0.2" is not allowed for this action' in done["result"]["error"]
+    assert [(seen["listener"], seen["path"]) for seen in server.seen] == [("127.0.0.1", "/redirect-to")]
+
+
+def test_every_reading_of_a_url_s_host_must_pass_the_lists() -> None:
+    """A URL that reaches the adapter as given (not as requests prepares it) is checked as each parser reads
+    it: `urllib.parse` (by which requests 2.32 picks the connection) and urllib3's `parse_url` (before 2.32)."""
+    from engine.runners.http import _refused_host
+
+    url = "http://127.0.0.1:9\\@allowed.example/"
+    assert _refused_host(url, None, ["allowed.example"]) == "127.0.0.1"
+    assert _refused_host(url, ["allowed.example"], None) == "allowed.example"
+    assert _refused_host(url, ["localhost"], None) is None
+    assert _refused_host("http://[::1]:9/", None, ["::1"]) is None
+    assert _refused_host("not a url", None, ["allowed.example"]) == ""
+
+
+@pytest.mark.parametrize("password", [PASSWORD, "Tab\tPassw0rd"])
+async def test_the_basic_header_made_of_a_url_s_password_is_scrubbed_from_an_echo(
+        squall: Squall, server: Server, password: str) -> None:
+    """The `Basic` header requests makes of a URL's user and password is scrubbed from what the server echoes,
+    read as requests reads the URL: with a backslash in the authority (`ann:pw@127.0.0.1:PORT\\@elsewhere`) or a
+    tab in the password, reading the raw URL with `urlparse` gave another password, and the header stayed."""
+    port = urlparse(server.url).port
+    tail = "\\@example.invalid/headers" if password == PASSWORD else "/headers"
+    done = await run(squall, {"url": f"http://ann:{password}@127.0.0.1:{port}{tail}"})
+    assert done["status"] == "succeeded", done["result"]
+    basic = base64.b64encode(f"ann:{password}".encode()).decode()
+    assert server.seen[0]["headers"]["authorization"] == f"Basic {basic}"  # what requests sent
+    stored = json.dumps(await squall.executions.get(done["id"]))
+    assert basic not in stored and password not in stored
+    assert "Basic ********" in stored
 
 
 async def test_timeout_bounds_the_wait_for_the_headers(squall: Squall, server: Server) -> None:

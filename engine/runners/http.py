@@ -3,8 +3,10 @@
 The request carries every header and cookie as given, and the password of a `url` that holds one
 (`https://user:password@host/`); the credentials it sent, echoed back by the server, are scrubbed from
 its result (`_sent_credentials`), and the URL it names in an error shows its password masked
-(`mask_url`). What the response itself returns (a `Set-Cookie`, an `X-Subject-Token`) is its result,
-as StackStorm keeps it: the next task of a workflow logs in with it."""
+(`mask_url`). The host lists are checked on each request as sent (`_Hops`), not on the URL as given:
+`urlparse` and requests read `http://127.0.0.1\\@allowed.example/` as URLs of different hosts. What the
+response itself returns (a `Set-Cookie`, an `X-Subject-Token`) is its result, as StackStorm keeps it: the
+next task of a workflow logs in with it."""
 
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ import socket
 import threading
 import time
 from typing import Any
-from urllib.parse import urljoin, urlparse
+from urllib.parse import urlparse
 
 import requests
 from requests.adapters import HTTPAdapter
-from requests.utils import get_auth_from_url
+from urllib3.util import parse_url
 
 from engine.executions import scrub
 from engine.parameters import credential_texts, mask_url
@@ -46,7 +48,8 @@ _CHUNK = 64 * 1024
 
 
 class _HostRefused(requests.RequestException):
-    """A redirect leads to a host this action may not call: raised before that host is asked anything."""
+    """A request (a redirect's) leads to a host this action may not call: raised before that host is asked
+    anything."""
 
 
 class _AddressRefused(Exception):
@@ -109,22 +112,71 @@ def _check_peer(sock: socket.socket, host: str, blocked: frozenset[_Address]) ->
         raise _AddressRefused(f'the host "{host}" is at {peer}, which url_hosts_blacklist lists')
 
 
-def _guard_redirects(session: requests.Session, blacklist: Any, whitelist: Any) -> Any:
-    """A response hook that checks where each redirect leads before requests follows it.
+def _hosts(url: str) -> list[str]:
+    """The host of `url` as each parser that may pick the connection reads it: `urllib.parse` (requests
+    2.32's adapter picks its pool by it) and urllib3's `parse_url` (older requests', a proxy's). They agree
+    on a URL requests prepared or resolved (`_prepared_url`; a redirect's is percent-encoded, a `\\` as `%5C`),
+    not on one as given (`http://127.0.0.1\\@allowed.example/`: allowed.example to `urlparse`, 127.0.0.1 to
+    urllib3); each reading must pass the lists.
+    `[""]` when neither reads a host."""
+    hosts: list[str] = []
+    with contextlib.suppress(ValueError):  # urllib3's LocationParseError is a ValueError
+        hosts.append(urlparse(url).hostname or "")
+    with contextlib.suppress(ValueError):
+        hosts.append(parse_url(url).host or "")
+    return hosts or [""]
 
-    The host lists hold for every hop, not only the first URL: otherwise an allowed server could send
-    the request on to a host the lists keep out (an internal address). The target is computed as
-    requests computes it (`get_redirect_target`, relative to the response's URL)."""
-    def check(response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        target = session.get_redirect_target(response) if response.is_redirect else None
-        if target is None:
-            return
-        target = urljoin(response.url, target)
-        host = urlparse(target).hostname or ""
-        if _refused(host, blacklist, whitelist):  # (requests keeps a URL's password in `response.url`)
-            raise _HostRefused(f'{mask_url(response.url)} redirects to {mask_url(target)}, whose host "{host}" '
-                               "is not allowed for this action")
-    return check
+
+def _refused_host(url: str, blacklist: Any, whitelist: Any) -> str | None:
+    """The host of `url` (one of its readings, `_hosts`) the host lists refuse, None when all are allowed."""
+    return next((host for host in _hosts(url) if _refused(host, blacklist, whitelist)), None)
+
+
+def _prepared_url(url: str, params: Any) -> str:
+    """`url` as requests sends it: `PreparedRequest.prepare_url` reads it with urllib3's `parse_url` and
+    writes it anew (`http://127.0.0.1:9\\@allowed.example/` is sent as `http://127.0.0.1:9/%5C@allowed.example/`).
+    `url` itself when requests cannot prepare it (the send then fails saying why)."""
+    prepared = requests.PreparedRequest()
+    try:
+        prepared.prepare_url(url, params)
+    except requests.RequestException:
+        return url
+    return prepared.url or url
+
+
+class _Hops:
+    """The requests of one run, as its adapter sends them: the first, then each redirect followed.
+
+    Each is checked against the host lists before it is sent, on its URL as sent: requests resolves a
+    redirect its own way (`Location: ////127.0.0.2/` is a path of the host that answered to `urljoin`, and
+    the host 127.0.0.2 to requests), so the check is made on what it resolved, not on a reading of the
+    `Location`. The `Authorization` each carried is kept for `_sent_credentials`."""
+
+    def __init__(self, blacklist: Any, whitelist: Any) -> None:
+        self.blacklist, self.whitelist = blacklist, whitelist
+        self.authorizations: list[str] = []
+        self._previous: str | None = None
+
+    def refusal(self, url: str, shown: str) -> str | None:
+        """Why the next request, to `url` (as prepared; `shown` as the error names it, masked), may not be
+        sent: a redirect's names the URL that led there."""
+        host = _refused_host(url, self.blacklist, self.whitelist)
+        if host is None:
+            return None
+        if self._previous is None:
+            return f'URL "{shown}" uses the host "{host}", which is not allowed for this action'
+        # (requests keeps a URL's password in the URL it sends)
+        return f'{mask_url(self._previous)} redirects to {shown}, whose host "{host}" is not allowed for this action'
+
+    def check(self, request: requests.PreparedRequest) -> None:
+        """Raise `_HostRefused` when the host `request` goes to is refused; else note it as sent."""
+        url = request.url or ""
+        refused = self.refusal(url, mask_url(url))
+        if refused is not None:
+            raise _HostRefused(refused)
+        self._previous = url
+        if authorization := request.headers.get("Authorization"):
+            self.authorizations.append(authorization)
 
 
 def _read_body(response: requests.Response, deadline: float) -> tuple[bytes, bool]:
@@ -181,16 +233,22 @@ def _shut(sock: socket.socket) -> None:
 
 
 class _AbortableAdapter(HTTPAdapter):
-    """requests' adapter whose connections report their sockets to an `_Abort` once connected, and
-    whose new sockets are checked against the blacklist's addresses (`_check_peer`) before use.
+    """requests' adapter that checks each request's host before sending it (`_Hops`), whose connections
+    report their sockets to an `_Abort` once connected, and whose new sockets are checked against the
+    blacklist's addresses (`_check_peer`) before use.
 
     The session, and so its pools, belong to one run: the pool's connection factory is wrapped in place.
     Through a proxy the socket reaches the proxy, not the host, so it is not checked."""
 
-    def __init__(self, abort: _Abort, blocked: frozenset[_Address] = frozenset()) -> None:
+    def __init__(self, abort: _Abort, hops: _Hops, blocked: frozenset[_Address] = frozenset()) -> None:
         self._abort = abort
+        self._hops = hops
         self._blocked = blocked
         super().__init__()
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        self._hops.check(request)  # every request of the session comes here, each redirect's too
+        return super().send(request, *args, **kwargs)
 
     def get_connection_with_tls_context(self, *args: Any, **kwargs: Any) -> Any:
         return self._tracked(super().get_connection_with_tls_context(*args, **kwargs))
@@ -246,26 +304,27 @@ def _send(request: RunRequest, abort: _Abort | None = None) -> RunOutcome:
     headers.setdefault("User-Agent", f"st2/v{_VERSION}")
     headers["X-Stanley-Action"] = request.action.name
     auth = (runner["username"], runner.get("password") or "") if runner.get("username") else None
-    outcome = _sent(request, headers, auth, abort)
+    hops = _Hops(runner.get("url_hosts_blacklist"), runner.get("url_hosts_whitelist"))
+    outcome = _sent(request, headers, auth, abort, hops)
     return RunOutcome(outcome.status, scrub(outcome.result, _sent_credentials(headers, runner.get("cookies"), auth,
-                                                                             runner["url"])))
+                                                                             runner["url"], hops.authorizations)))
 
 
 def _sent(request: RunRequest, headers: dict[str, str], auth: tuple[str, str] | None,
-          abort: _Abort | None) -> RunOutcome:
-    """Send the request with `headers` and `auth`; its outcome as StackStorm's runner words it, the URL
-    named with its password masked (`mask_url`)."""
+          abort: _Abort | None, hops: _Hops) -> RunOutcome:
+    """Send the request with `headers` and `auth`, each of its hops checked by `hops`; its outcome as
+    StackStorm's runner words it, the URL named with its password masked (`mask_url`)."""
     runner = request.runner_parameters
     params = request.action_parameters
     url = runner["url"]
     shown = mask_url(url)
-    host = urlparse(url).hostname or ""
-    blacklist, whitelist = runner.get("url_hosts_blacklist"), runner.get("url_hosts_whitelist")
-    if blacklist and whitelist:
+    blacklist = hops.blacklist
+    if blacklist and hops.whitelist:
         return RunOutcome("failed", {"error": '"url_hosts_blacklist" and "url_hosts_whitelist" are exclusive'})
-    if _refused(host, blacklist, whitelist):
-        return RunOutcome("failed", {"error": f'URL "{shown}" uses the host "{host}", which is not allowed for '
-                                              "this action"})
+    # refused before the body is built, as the host requests connects to (`_Hops` checks it again when sent)
+    refused = hops.refusal(_prepared_url(url, params.get("params") or None), shown)
+    if refused is not None:
+        return RunOutcome("failed", {"error": refused})
     body = params.get("body")
     files = None
     if params.get("file_name"):
@@ -281,14 +340,14 @@ def _sent(request: RunRequest, headers: dict[str, str], auth: tuple[str, str] | 
     truncated = False
     try:
         with requests.Session() as session:
-            adapter = _AbortableAdapter(abort or _Abort(), _blocked_addresses(blacklist))
+            adapter = _AbortableAdapter(abort or _Abort(), hops, _blocked_addresses(blacklist))
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             response = session.request(
                 method, url, headers=headers, params=params.get("params") or None, data=body, files=files,
                 cookies=runner.get("cookies") or None, auth=auth, proxies=proxies or None,
                 allow_redirects=bool(runner.get("allow_redirects")), verify=runner.get("verify_ssl_cert", True),
-                timeout=timeout, stream=True, hooks={"response": _guard_redirects(session, blacklist, whitelist)},
+                timeout=timeout, stream=True,
             )
             with response:
                 content, truncated = _read_body(response, deadline)
@@ -320,17 +379,19 @@ def _told(exc: Exception, url: str) -> str:
 
 
 def _sent_credentials(headers: dict[str, str], cookies: Any, auth: tuple[str, str] | None,
-                      url: str = "") -> list[str]:
+                      url: str = "", authorizations: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The credentials this request sends, as texts to scrub from its result, longest first: those of its
-    headers, cookies and URL (`engine.parameters.credential_texts`, the rule for what could be one) and the
-    `Basic` header requests makes of `username` and `password`, or else of the URL's user and password. An
-    echo server (httpbin's `/headers`) answers with them, scrubbed as the engine scrubs a secret
+    headers, cookies and URL (`engine.parameters.credential_texts`, the rule for what could be one), the
+    `Basic` header requests makes of `username` and `password`, and the token of each `Authorization`
+    header its requests carried (`_Hops.authorizations`): the `Basic` header made of the URL's user and
+    password is taken as sent, since only requests' own reading of the URL says which they are
+    (`http://ann:pw@127.0.0.1\\@elsewhere/` sends `ann:pw`, and a tab in the password is sent as a tab).
+    An echo server (httpbin's `/headers`) answers with them, scrubbed as the engine scrubs a secret
     parameter's value (`scrub`)."""
     texts = set(credential_texts({"headers": headers, "cookies": cookies, "url": url}))
-    if auth is None and "@" in url:
-        auth = get_auth_from_url(url) if mask_url(url) != url else None  # (only a URL with a password)
     if auth is not None:
         texts.add(base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii"))
+    texts.update(token for value in authorizations if (token := value.partition(" ")[2].strip()))
     return sorted(texts, key=len, reverse=True)
 
 
