@@ -35,8 +35,9 @@ def _value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@pytest.fixture
-async def served(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter, httpx.AsyncClient]]:
+@contextlib.asynccontextmanager
+async def chat_and_api(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter, httpx.AsyncClient]]:
+    """test_api's Squall with the loopback chat started and an API client, as `squall serve` runs both."""
     loopback = LoopbackAdapter()
     squall = await Squall.start(load_config(_home(home) / "config.yml"), adapters=[loopback])
     await squall.chat.start()
@@ -49,6 +50,12 @@ async def served(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter, htt
         await squall.chat.stop()
         await squall.triggers.settle()
         await squall.close()
+
+
+@pytest.fixture
+async def served(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter, httpx.AsyncClient]]:
+    async with chat_and_api(home) as running:
+        yield running
 
 
 async def _scrape(client: httpx.AsyncClient) -> Samples:

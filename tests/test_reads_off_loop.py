@@ -9,7 +9,6 @@ asserted is the order things were answered in, never how long they took."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -21,13 +20,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
-from bot.http import create_api
-from engine.config import load_config
 from engine.executions import new_id
 from engine.storage import Database, Store
-from tests.test_api import KEY, _home
+from tests.test_api import KEY
+from tests.test_metrics import chat_and_api
 from tests.test_web_auth import Web, started_web
 from tests.test_web_executions import stored
 
@@ -35,23 +32,6 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 #: How long a patched read blocks at most when nothing lets it go (the old code ran it on the loop,
 #: where nothing else could): a bound, so that a failing test ends.
 HELD_AT_MOST = 10
-
-
-@contextlib.asynccontextmanager
-async def chat_and_api(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter, httpx.AsyncClient]]:
-    """test_api's Squall with the loopback chat started and an API client, as `squall serve` runs both."""
-    loopback = LoopbackAdapter()
-    squall = await Squall.start(load_config(_home(home) / "config.yml"), adapters=[loopback])
-    await squall.chat.start()
-    transport = httpx.ASGITransport(app=create_api(squall))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://squall",
-                                     headers={"St2-Api-Key": KEY}) as client:
-            yield squall, loopback, client
-    finally:
-        await squall.chat.stop()
-        await squall.triggers.settle()
-        await squall.close()
 
 
 def held(original: Callable[..., Any], entered: threading.Event, release: threading.Event) -> Callable[..., Any]:
