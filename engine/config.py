@@ -47,16 +47,19 @@ class TemplateLimits:
 #: `retention.<key>`: the fewest days each may keep, StackStorm's garbage collector's minimums
 #: (`MINIMUM_TTL_DAYS`, 7, for executions and trigger instances; `MINIMUM_TTL_DAYS_EXECUTION_OUTPUT`, 1).
 #: `squall execution purge --before` and `squall trigger-instance purge --before` go below them by hand.
-RETENTION_MINIMUM_DAYS = {"executions_days": 7, "output_days": 1, "trigger_instances_days": 7}
+#: `audit_days` is Squall's own (StackStorm writes its audit to log files, rotated outside it): 30 at least,
+#: since the audit log is the trail people read after an incident.
+RETENTION_MINIMUM_DAYS = {"executions_days": 7, "output_days": 1, "trigger_instances_days": 7, "audit_days": 30}
 #: What each `retention` key keeps, for its error message.
 _RETENTION_KEEPS = {"executions_days": "executions", "output_days": "execution output",
-                    "trigger_instances_days": "trigger instances"}
+                    "trigger_instances_days": "trigger instances", "audit_days": "the audit log"}
 #: The most days a `retention` key may keep (a century): beyond it the cutoff would fall before year 1.
 _RETENTION_MAXIMUM_DAYS = 36_500
 #: The command that purges younger history than `retention` may, by hand.
 _RETENTION_BY_HAND = {"executions_days": "squall execution purge --before 3d",
                       "output_days": "squall execution purge --before 1d",
-                      "trigger_instances_days": "squall trigger-instance purge --before 3d"}
+                      "trigger_instances_days": "squall trigger-instance purge --before 3d",
+                      "audit_days": "squall audit purge --before 7d"}
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,14 @@ class RetentionSettings:
     output_days: float | None = None
     #: Processed trigger instances that occurred this long ago go, with their rule enforcements.
     trigger_instances_days: float | None = None
+    #: Audit log entries logged this long ago go (after `squall audit export` or an `audit.sinks` copy).
+    audit_days: float | None = None
 
     @property
     def enabled(self) -> bool:
         """Whether any history is purged at all."""
         return any(days is not None for days in (self.executions_days, self.output_days,
-                                                 self.trigger_instances_days))
+                                                 self.trigger_instances_days, self.audit_days))
 
 
 #: The queue of executions `executor.queues` does not place (a `squall worker` without `--queues` serves all).

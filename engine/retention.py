@@ -20,6 +20,10 @@ once an hour) or by hand (`squall execution purge`, `squall trigger-instance pur
   they made (an enforcement is the instance's outcome, and it matters to "a rule acts once an instance"
   only while the instance is `pending` or `processing`, which are never deleted). An enforcement of a
   kept instance stays, even when the execution it names is gone, as with StackStorm's separate TTLs.
+- `audit_days` (Squall's own; StackStorm's audit is a log file rotated outside it): audit log entries
+  logged before that cutoff, by hand `squall audit purge`. Copy them first if they must be kept
+  (`squall audit export`, or `audit.sinks` as they happen). A run that deleted any leaves a
+  `retention.purge` entry saying what went and from when, so the trail shows its own gap.
 - `deliveries` are never touched here: they expire on their own (`Store.deliveries_purge_expired`),
   and a `notified <trigger> <execution>` key deleted while its execution stays would let the sweep
   fire that execution's triggers a second time.
@@ -53,6 +57,7 @@ from engine.storage import (
     Store,
     action_tokens,
     as_utc,
+    audit,
     database_trouble,
     execution_output,
     executions,
@@ -98,6 +103,7 @@ class Purged:
     replies: int = 0
     trigger_instances: int = 0
     rule_enforcements: int = 0
+    audit_entries: int = 0
 
     def __add__(self, other: Purged) -> Purged:
         return Purged(*(mine + theirs for mine, theirs in zip(dataclasses.astuple(self), dataclasses.astuple(other),
@@ -119,7 +125,8 @@ class Purged:
         for count, noun, nouns in ((self.output_chunks, "output chunk", None),
                                    (self.replies, "chat reply", "chat replies"),
                                    (self.trigger_instances, "trigger instance", None),
-                                   (self.rule_enforcements, "rule enforcement", None)):
+                                   (self.rule_enforcements, "rule enforcement", None),
+                                   (self.audit_entries, "audit log entry", "audit log entries")):
             if count:
                 parts.append(_counted(count, noun, nouns))
         return ", ".join(parts) or "nothing"
@@ -383,6 +390,22 @@ def count_trigger_instances(store: Store, cutoff: datetime) -> int:
         return int(conn.execute(statement).scalar_one())
 
 
+def audit_batch(store: Store, cursor: int, limit: int, *, cutoff: datetime) -> Batch:
+    """One batch of the audit log purge: of the next `limit` entries, those logged before `cutoff`."""
+    with store.isolated(), store._write() as conn:
+        page = _page(conn, audit, ["id", "timestamp"], cursor, limit)
+        old = [row.id for row in page if as_utc(row.timestamp) < cutoff]
+        deleted = _delete_ids(conn, audit, old)
+    return Batch(Purged(audit_entries=deleted), page[-1].id if page else cursor, done=len(page) < limit or not old)
+
+
+def count_audit(store: Store, cutoff: datetime) -> int:
+    """How many audit log entries a purge would delete."""
+    statement = sa.select(sa.func.count()).select_from(audit).where(audit.c.timestamp < cutoff)
+    with store._read() as conn:
+        return int(conn.execute(statement).scalar_one())
+
+
 # -- whole purges --------------------------------------------------------------------------------------
 
 @dataclass
@@ -410,9 +433,13 @@ def trigger_instance_phases(cutoff: datetime) -> list[Phase]:
     return [Phase(functools.partial(trigger_instances_batch, cutoff=cutoff), "")]
 
 
+def audit_phases(cutoff: datetime) -> list[Phase]:
+    return [Phase(functools.partial(audit_batch, cutoff=cutoff), 0)]
+
+
 def configured_phases(settings: RetentionSettings, now: datetime) -> list[Phase]:
     """What `retention.*` asks for at `now`: executions first, so that output purged with them is not
-    walked again, then output alone, then trigger instances."""
+    walked again, then output alone, then trigger instances, then the audit log."""
     phases: list[Phase] = []
     if settings.executions_days is not None:
         phases += execution_phases(now - timedelta(days=settings.executions_days))
@@ -420,6 +447,8 @@ def configured_phases(settings: RetentionSettings, now: datetime) -> list[Phase]
         phases += output_phases(now - timedelta(days=settings.output_days))
     if settings.trigger_instances_days is not None:
         phases += trigger_instance_phases(now - timedelta(days=settings.trigger_instances_days))
+    if settings.audit_days is not None:
+        phases += audit_phases(now - timedelta(days=settings.audit_days))
     return phases
 
 
@@ -456,6 +485,12 @@ def purge_trigger_instances(store: Store, cutoff: datetime, *, batch_size: int =
                             progress: Callable[[Purged], None] | None = None) -> Purged:
     """`squall trigger-instance purge` (StackStorm's `st2-purge-trigger-instances`)."""
     return run(store, trigger_instance_phases(cutoff), batch_size=batch_size, progress=progress)
+
+
+def purge_audit(store: Store, cutoff: datetime, *, batch_size: int = BATCH_SIZE,
+                progress: Callable[[Purged], None] | None = None) -> Purged:
+    """`squall audit purge`: the audit log entries logged before `cutoff`."""
+    return run(store, audit_phases(cutoff), batch_size=batch_size, progress=progress)
 
 
 # -- squall serve ----------------------------------------------------------------------------------------
@@ -514,8 +549,17 @@ class RetentionSweep:
             if batch.done:
                 self._phases.pop(0)
                 if not self._phases:
+                    await self._audited(db)
                     self._end()
                     return
+
+    async def _audited(self, db: Database) -> None:
+        """A run that deleted something leaves a `retention.purge` audit entry with its counts and the
+        settings it kept to: the audit log says when history went, and why, even once its own old
+        entries are gone with it."""
+        if self._purged:
+            kept = {key: days for key, days in dataclasses.asdict(self.settings).items() if days is not None}
+            await db(db.store.audit_add, "retention.purge", None, "serve", None, {**kept, **self._purged.counts()})
 
     def _end(self) -> None:
         """The run is over (or given up): say what it deleted, and when the next one is due."""

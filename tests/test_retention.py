@@ -1,12 +1,13 @@
 """History retention, StackStorm's st2garbagecollector and `st2-purge-*`: `retention.*` in the config,
 `engine/retention.py`'s purges (what goes with an execution, what stays), `squall serve`'s housekeeping
-running them on the lead, and `squall execution purge` / `squall trigger-instance purge`.
+running them on the lead, and `squall execution purge` / `squall trigger-instance purge` / `squall audit purge`.
 
 Real databases throughout: the purges run on SQLite and on PostgreSQL, rows written as Squall's tables hold
 them and read back after each purge."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 from collections.abc import Iterator
@@ -20,10 +21,18 @@ import sqlalchemy as sa
 from engine import retention
 from engine.config import ConfigError, RetentionSettings, load_config
 from engine.executions import COMPLETED, STATUSES
-from engine.retention import Purged, parse_before, purge_executions, purge_output, purge_trigger_instances
+from engine.retention import (
+    Purged,
+    parse_before,
+    purge_audit,
+    purge_executions,
+    purge_output,
+    purge_trigger_instances,
+)
 from engine.storage import (
     Store,
     action_tokens,
+    audit,
     deliveries,
     execution_output,
     executions,
@@ -107,8 +116,10 @@ def test_retention_settings_are_read(tmp_path: Path) -> None:
           executions_days: 30
           output_days: 2.5
           trigger_instances_days: 7
+          audit_days: 365
     """))
-    assert config.retention == RetentionSettings(executions_days=30, output_days=2.5, trigger_instances_days=7)
+    assert config.retention == RetentionSettings(executions_days=30, output_days=2.5, trigger_instances_days=7,
+                                                 audit_days=365)
     assert config.retention.enabled
     only_output = load_config(write(tmp_path / "output.yml", "retention: {output_days: 1, executions_days: null}\n"))
     assert only_output.retention == RetentionSettings(output_days=1)
@@ -124,6 +135,7 @@ def test_retention_settings_are_read(tmp_path: Path) -> None:
     ("retention: {trigger_instances_days: 6.5}", "'retention.trigger_instances_days' must be a number of days, "
                                                  "at least 7"),
     ("retention: {output_days: 0}", "'retention.output_days' must be a number of days, at least 1"),
+    ("retention: {audit_days: 7}", "'retention.audit_days' must be a number of days, at least 30"),
     ("retention: [30]", "'retention' must be a mapping"),
 ])
 def test_bad_retention_settings_are_refused_naming_the_key(tmp_path: Path, text: str, expected: str) -> None:
@@ -335,6 +347,28 @@ def test_processed_trigger_instances_go_with_their_enforcements(store: Store) ->
     assert failed and older  # named above for the reader: both went
 
 
+# -- the audit log -------------------------------------------------------------------------------------
+
+def entry(event: str, days: float) -> dict[str, Any]:
+    return {"timestamp": ago(days), "event": event, "actor": "ann", "source": "slack", "target": None,
+            "detail": {}}
+
+
+def test_audit_entries_older_than_the_cutoff_go(store: Store) -> None:
+    """By their time, oldest first in batches; the young ones stay, whatever their kind."""
+    insert(store, audit, [entry("chat.command", 40), entry("web.login", 35), entry("chat.command", 20),
+                          entry("chat.command", 3), entry("web.login", 1)])
+    assert retention.count_audit(store, CUTOFF) == 3
+    purged = purge_audit(store, CUTOFF, batch_size=2)
+    assert purged == Purged(audit_entries=3)
+    assert purged.describe() == "3 audit log entries"
+    with store.engine.connect() as conn:
+        kept = conn.execute(sa.select(audit.c.event, audit.c.timestamp).order_by(audit.c.id)).all()
+    assert [event for event, _ in kept] == ["chat.command", "web.login"]
+    assert all(retention.as_utc(when) > CUTOFF for _, when in kept)
+    assert purge_audit(store, CUTOFF) == Purged()
+
+
 # -- squall serve's housekeeping -----------------------------------------------------------------------
 
 @pytest.fixture
@@ -394,6 +428,30 @@ async def test_serve_purges_on_the_lead_once_an_hour(retaining: Any, caplog: pyt
     housekeeping.retention.due_at = 0.0
     await housekeeping.tick()
     assert column(store, executions, "id") == ["a-new", "a-output", "b-new", "b-output"]
+
+
+async def test_a_run_that_deleted_leaves_an_audit_entry_saying_what_went(retaining: Any) -> None:
+    """The audit log's own old entries go too (`audit_days`), and the run says in the log what went and
+    the settings it kept to: the gap it made is on the record."""
+    from bot.service import Housekeeping
+
+    store = retaining.store
+    _old_history(store, "a")
+    insert(store, audit, [entry("chat.command", 40), entry("chat.command", 31)])
+    housekeeping = Housekeeping(retaining, [])
+    housekeeping.retention.settings = dataclasses.replace(housekeeping.retention.settings, audit_days=30)
+    await housekeeping.start()
+    await housekeeping.tick()
+    await housekeeping.tick()  # five kinds of batch: four a tick
+    assert store.audit_list(event="chat.command") == []
+    [purge] = store.audit_list(event="retention.purge")
+    assert (purge["actor"], purge["source"]) == (None, "serve")
+    assert purge["detail"] == {"executions_days": 7, "output_days": 1, "trigger_instances_days": 7, "audit_days": 30,
+                               "executions": 1, "tasks": 0, "output_chunks": 1, "replies": 0,
+                               "trigger_instances": 1, "rule_enforcements": 0, "audit_entries": 2}
+    housekeeping.retention.due_at = 0.0
+    await housekeeping.tick()  # a run that deleted nothing says nothing
+    assert len(store.audit_list(event="retention.purge")) == 1
 
 
 async def test_a_long_purge_is_spread_over_ticks_and_logged_once(retaining: Any,
@@ -537,7 +595,7 @@ def test_cli_execution_purge_asks_for_yes_then_deletes_and_audits(home: Path) ->
 
 @pytest.mark.parametrize("before", ["yesterday", "2999-01-01"])
 def test_cli_purge_refuses_a_bad_before(home: Path, before: str) -> None:
-    for command in (("execution", "purge"), ("trigger-instance", "purge")):
+    for command in (("execution", "purge"), ("trigger-instance", "purge"), ("audit", "purge")):
         done_ = squall_cli(home, *command, "--before", before, "--yes")
         assert done_.returncode == 2
         assert "error: --before" in done_.stderr and "Traceback" not in done_.stderr
@@ -553,5 +611,24 @@ def test_cli_trigger_instance_purge(home: Path) -> None:
         assert "deleted 1 trigger instance" in purged.stdout
         assert [row["status"] for row in store.trigger_instance_list()] == ["pending"]
         assert store.audit_list(event="cli.trigger_instance.purge")[0]["detail"]["trigger_instances"] == 1
+    finally:
+        store.close()
+
+
+def test_cli_audit_purge_asks_then_deletes_and_leaves_its_own_entry(home: Path) -> None:
+    store = _cli_history(home)
+    try:
+        insert(store, audit, [entry("chat.command", 40), entry("chat.command", 2)])
+        unasked = squall_cli(home, "audit", "purge", "--before", "10d", stdin="")
+        assert unasked.returncode == 2
+        assert "--yes" in unasked.stderr and "1 audit log entry" in unasked.stderr
+        purged = squall_cli(home, "audit", "purge", "--before", "10d", "--yes")
+        assert purged.returncode == 0, purged.stderr
+        assert "deleted 1 audit log entry" in purged.stdout
+        assert [a["timestamp"] > CUTOFF for a in store.audit_list(event="chat.command")] == [True]
+        [own] = store.audit_list(event="cli.audit.purge")
+        assert own["detail"]["audit_entries"] == 1 and own["detail"]["before"].endswith("Z")
+        again = squall_cli(home, "audit", "purge", "--before", "10d", "--yes")
+        assert again.returncode == 0 and "no audit log entries" in again.stdout
     finally:
         store.close()

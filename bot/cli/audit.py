@@ -1,6 +1,7 @@
 """`squall audit export`: the audit log (who ran what, from where, with which parameters; denials,
 inquiry answers, key and pack changes, logins) as JSON lines or CSV, oldest first, for an auditor or
-a SIEM that was not listening to `audit.sinks` at the time.
+a SIEM that was not listening to `audit.sinks` at the time. `squall audit purge` deletes its old
+entries (`engine/retention.py`, as `retention.audit_days` does on its own).
 
 It reads the `audit` table only, so it opens the database without starting Squall. Details are
 masked as the sinks mask them (`engine.audit_sinks.entry`). The log is read a page (`_PAGE`) at a
@@ -19,7 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from bot.cli.common import fail, group, with_store
+from bot.cli.common import fail, group, shown_time, with_store
+from bot.cli.executions import BEFORE_HELP, purge_cutoff, purge_history
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from engine.config import Config
     from engine.storage import Store
 
-audit_app = group("Export the audit log.")
+audit_app = group("Export and purge the audit log.")
 FORMATS = ("jsonl", "csv")
 _PAGE = 1000
 
@@ -101,3 +103,25 @@ def audit_export(
                 show(entry(row))
 
     with_store(work)
+
+
+@audit_app.command("purge")
+def audit_purge(
+    before: Annotated[str, typer.Option("--before", help=BEFORE_HELP)],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+) -> None:
+    """Delete the audit log's entries logged before a time (`retention.audit_days` does it hourly). Export
+    them first (`squall audit export --until ...`) if they must be kept: deleting is not undone. The
+    purge itself is audited, so the log says when its gap was made."""
+    from engine.retention import count_audit, purge_audit
+    from engine.storage import iso
+
+    cutoff = purge_cutoff(before)
+
+    def what(found: int) -> str:
+        entries = "entry" if found == 1 else "entries"
+        return f"{found:,} audit log {entries} logged before {shown_time(iso(cutoff))} UTC"
+
+    purge_history("cli.audit.purge", cutoff, noun="audit log entries", what=what, yes=yes,
+                  count=lambda store: count_audit(store, cutoff),
+                  purge=lambda store, progress: purge_audit(store, cutoff, progress=progress), detail={})
