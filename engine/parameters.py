@@ -595,12 +595,30 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "s
 #: Parameters whose mapping holds credentials by key: the headers an HTTP request sends (those
 #: `secret_header` names) and its cookies (every one: a cookie sent is a session).
 MASKED_MAPPINGS = ("headers", "cookies")
-#: The parameter whose value is a URL that may hold a password (`https://user:password@host/`): the
-#: `http-request` runner's, and any action's of that name. Its password is shown as `********`.
+#: The `http-request` runner's URL parameter, the first of those `url_parameter` names.
 URL_PARAMETER = "url"
+#: How the name of a parameter whose value is a URL that may carry credentials ends, in any case: `url`
+#: (`url`, `repo_url`, `webhookUrl`) and `_proxy` (the `http-request` runner's `http_proxy`, `https_proxy`).
+_URL_NAME_ENDINGS = ("url", "_proxy")
+
+
+def url_parameter(name: Any) -> bool:
+    """Whether parameter `name` holds a URL whose credentials (`_url_login`) are shown as `********`."""
+    return isinstance(name, str) and name.lower().endswith(_URL_NAME_ENDINGS)
+
+
+class _MaskedNames(frozenset[str]):
+    """The names `mask_value` may show otherwise than given: `headers`, `cookies`, and every URL parameter
+    (`url_parameter`), which no fixed set can list. `name in MASKED_NAMES` is the one test, here and in the
+    audit sinks (`engine.audit_sinks`), so a `repo_url` is masked wherever a `url` is."""
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (frozenset.__contains__(self, name) or url_parameter(name))
+
+
 #: Every parameter `mask_value` may show otherwise than given: where a credential hides though no spec
 #: says `secret`. Anything else is shown as it is, after one look-up here.
-MASKED_NAMES = frozenset({*MASKED_MAPPINGS, URL_PARAMETER})
+MASKED_NAMES = _MaskedNames({*MASKED_MAPPINGS, URL_PARAMETER})
 
 
 #: A header name's word that names a secret (`X-Auth-Token`, `X-Api-Key`, `X-Vault-Secret`): `SECRET_NAME`'s
@@ -646,19 +664,22 @@ def _as_mapping(value: Any) -> Mapping[Any, Any] | None:
 
 
 class _Login(NamedTuple):
-    """A URL that carries a password, as written: its scheme, its user (may be "") and password (never ""),
-    its host with the port, if any, and where the password stands in the URL's text."""
+    """A URL that carries a credential, as written: its scheme, its user as shown (may be ""), the `secret`
+    it hides (never ""), its host with the port, if any, and where the secret stands in the URL's text.
+    The secret is the password (`https://ann:pw@host/`), or, when the user is a token (`token_user`:
+    `https://ghp_…@github.com/`), the whole of the user and password, and then the user shown is ""."""
 
     scheme: str
     user: str
-    password: str
+    secret: str
     host: str
     start: int
     end: int
+    token: bool = False
 
-    def with_password(self, url: str, password: str) -> str:
-        """`url` (the one this was read from) with `password` in place of its own, all else as written."""
-        return f"{url[:self.start]}{password}{url[self.end:]}"
+    def with_secret(self, url: str, secret: str) -> str:
+        """`url` (the one this was read from) with `secret` in place of its own, all else as written."""
+        return f"{url[:self.start]}{secret}{url[self.end:]}"
 
 
 #: A URL's scheme and authority as requests reads them (urllib3's `parse_url`, after requests strips the
@@ -708,31 +729,60 @@ def _written_login(value: str, url: re.Match[str]) -> _Login | None:
 
 
 def _login(scheme: str, userinfo: str, host: str, begins: int) -> _Login | None:
-    """The `_Login` of `userinfo` (`user:password`, which starts at `begins` in the URL's text), None when it
-    holds no password."""
+    """The `_Login` of `userinfo` (`user:password`, which starts at `begins` in the URL's text): the user
+    and password when the user is a token (`token_user`), else the password; None when it holds neither."""
     user, colon, password = userinfo.partition(":")
+    if token_user(scheme, user):
+        return _Login(scheme, "", userinfo, host, begins, begins + len(userinfo), token=True)
     if not colon or not password:
         return None
     start = begins + len(user) + 1
     return _Login(scheme, user, password, host, start, start + len(password))
 
 
+#: Prefixes of the tokens services issue and take as a URL's bare user (`https://<token>@host/`): GitHub's
+#: (personal, OAuth, user-to-server, server-to-server, refresh, fine-grained), GitLab's, Slack's.
+TOKEN_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xoxb-", "xoxp-", "xoxa-",
+                  "xoxr-", "xoxs-")
+#: A user that may be a token: only `[A-Za-z0-9_.-]` (no `%`, so no encoded `@` of an e-mail address).
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9_.\-]+")
+#: The shortest user of no known prefix that is taken for a token (with a digit in it): names are shorter.
+TOKEN_USER_MIN = 20
+
+
+def token_user(scheme: str, user: str) -> bool:
+    """Whether `user`, an http(s) URL's user, is a credential: a token (a `TOKEN_PREFIXES` prefix and more, or
+    `TOKEN_USER_MIN` characters or more with a digit, all of `[A-Za-z0-9_.-]`), or `********`, a token shown
+    masked (a re-run's). GitHub, GitLab and others take a token as the user with no password (requests sends
+    none for it, git does); `https://ann@host/`, `https://git@host/` and an `ssh://` URL's user are names."""
+    if scheme.lower() not in ("http", "https"):
+        return False
+    if user == MASK:
+        return True
+    if not _TOKEN_TEXT.fullmatch(user):
+        return False
+    if any(user.startswith(prefix) and len(user) > len(prefix) for prefix in TOKEN_PREFIXES):
+        return True
+    return len(user) >= TOKEN_USER_MIN and any(c.isdigit() for c in user)
+
+
 def mask_url(url: Any) -> Any:
-    """`url` with the password in it (`https://ann:********@host/`) shown as `********`, anything else as
-    given: the user and host say where a request went, the password is a credential."""
+    """`url` with the password in it (`https://ann:********@host/`) shown as `********`, and a user that is
+    a token (`token_user`: `https://********@github.com/`) with its password, if any; anything else as given:
+    the user and host say where a request went, a password or a token is a credential."""
     login = _url_login(url)
-    return url if login is None else login.with_password(url, MASK)
+    return url if login is None else login.with_secret(url, MASK)
 
 
 def mask_value(name: str, value: Any) -> Any:
     """`value` of parameter `name` as shown where its spec does not say `secret`: a `headers` object with
-    its credentials masked (`mask_headers`), a `cookies` object with every value masked, a `url`'s
-    password masked (`mask_url`), anything else as it is. An object given as text comes back masked as
-    an object when it held a credential, else as given: what changed is what must travel sealed
-    (`ExecutionService._store`, `bot.chat.approvals`)."""
+    its credentials masked (`mask_headers`), a `cookies` object with every value masked, the password or
+    token of a URL in a parameter `url_parameter` names (`mask_url`), anything else as it is. An object
+    given as text comes back masked as an object when it held a credential, else as given: what changed is
+    what must travel sealed (`ExecutionService._store`, `bot.chat.approvals`)."""
     if name not in MASKED_NAMES:
         return value
-    if name == URL_PARAMETER:
+    if url_parameter(name):
         return mask_url(value)
     mapping = _as_mapping(value)
     if mapping is None:
@@ -753,29 +803,34 @@ CREDENTIAL_MIN = 8
 
 
 def credential_texts(values: Mapping[str, Any]) -> list[str]:
-    """The credentials `mask_value` hides in `values`' `headers`, `cookies` and `url` (each credential
-    header's value and a `Bearer <token>`'s token, each cookie of a `Cookie` header, each value of
-    `cookies`, a URL's password as written and percent-decoded), as texts to scrub wherever else they show,
-    as a secret parameter's are. Only what could be a credential: `CREDENTIAL_MIN` characters or more, and
-    no JSON word or number (a cookie `consent=true` is a setting, and every `true` of a result is the
-    action's). Longest first."""
+    """The credentials `mask_value` hides in `values`' `headers`, `cookies` and URL parameters (each
+    credential header's value and a `Bearer <token>`'s token, each cookie of a `Cookie` header, each value
+    of `cookies`, a URL's password or token as written and percent-decoded: `_url_texts`), as texts to
+    scrub wherever else they show, as a secret parameter's are. Only what could be a credential:
+    `CREDENTIAL_MIN` characters or more, and no JSON word or number (a cookie `consent=true` is a setting,
+    and every `true` of a result is the action's). Longest first."""
+    urls = [text for name, value in values.items() if url_parameter(name) for text in _url_texts(value)]
     if "headers" not in values and "cookies" not in values:  # nearly every request: on its path twice
-        return _url_texts(values[URL_PARAMETER]) if URL_PARAMETER in values else []
+        return _credentials(set(urls)) if urls else []
     texts = _header_texts(_as_mapping(values.get("headers")))
     cookies = _as_mapping(values.get("cookies"))
     texts.update(str(value) for value in (cookies or {}).values() if value is not None)
-    return _credentials(texts, _url_texts(values.get(URL_PARAMETER)))
+    return _credentials(texts, urls)
 
 
 def _url_texts(url: Any) -> list[str]:
-    """A URL's password (`credential_texts`), as written and percent-decoded (requests sends it decoded)."""
+    """A URL's password (`credential_texts`), as written and percent-decoded (requests sends it decoded); for
+    a token given as its user, the token and its password, if any, each alone too (git prints the token)."""
     login = _url_login(url)  # one `in` for a URL without `@`: every `core.http` request's
     if login is None:
         return []
     # and what requests reads of one holding an unencoded `#`, `/` or `?`, which its error quotes (`'ann:Hash'
     # is not a valid host or port`)
-    read = _AUTHORITY_END.split(login.password, 1)[0]
-    return _credentials({login.password, unquote(login.password), read})
+    read = _AUTHORITY_END.split(login.secret, 1)[0]
+    texts = {login.secret, unquote(login.secret), read}
+    if login.token:
+        texts.update(unquote(part) for part in login.secret.split(":", 1))
+    return _credentials(texts)
 
 
 def _credentials(texts: set[str], more: Collection[str] = ()) -> list[str]:
@@ -809,11 +864,13 @@ def restore_masked(given: Mapping[str, Any], original: Mapping[str, Any]) -> dic
     the `original`'s credentials (a header or cookie of the same name) replaced by that credential: the
     re-run form and the API show `headers` masked, and whoever edits one header of them sends the others
     back as shown. A mask under a name the original had no credential under stays as given; a header's
-    name is matched in any case, and `headers` given as text comes back as text. A `url` shown with its
-    password masked gets the original's back (`_restored_url`) when it still names the same user and host."""
+    name is matched in any case, and `headers` given as text comes back as text. A URL parameter
+    (`url_parameter`) shown with its password or token masked gets the original's back (`_restored_url`) when
+    it still names the same user and host."""
     restored = dict(given)
-    if URL_PARAMETER in given:
-        restored[URL_PARAMETER] = _restored_url(given[URL_PARAMETER], original.get(URL_PARAMETER))
+    for name, value in given.items():
+        if url_parameter(name):
+            restored[name] = _restored_url(value, original.get(name))
     for name in MASKED_MAPPINGS:
         new, old = _as_mapping(given.get(name)), _as_mapping(original.get(name))
         if new is None or old is None or not _holds_mask(new):
@@ -827,21 +884,23 @@ def restore_masked(given: Mapping[str, Any], original: Mapping[str, Any]) -> dic
 
 
 def _restored_url(given: Any, original: Any) -> Any:
-    """`given` (a re-run's `url`) with the `original`'s password in place of the `********` it shows, when
-    both name the same scheme, user and host (and port): the path or query edited, it goes where it went.
-    Else as given: whoever may re-run a request must not send its password to a host of their choosing."""
+    """`given` (a re-run's URL) with the `original`'s password or token in place of the `********` it shows,
+    when both name the same scheme, user and host (and port), and both hide a token or both a password: the
+    path or query edited, it goes where it went. Else as given: whoever may re-run a request must not send
+    its credential to a host of their choosing."""
     new = _url_login(given)
-    if new is None or new.password != MASK:
+    if new is None or new.secret != MASK:
         return given
     old = _url_login(original)
     if old is None or _login_target(new) != _login_target(old):
         return given
-    return new.with_password(given, old.password)
+    return new.with_secret(given, old.secret)
 
 
-def _login_target(login: _Login) -> tuple[str, str, str]:
-    """Whom a URL's password is for: its scheme, user and host with the port (names in any case)."""
-    return login.scheme.lower(), login.user, login.host.lower()
+def _login_target(login: _Login) -> tuple[str, str, str, bool]:
+    """Whom a URL's credential is for: its scheme, user and host with the port (names in any case), and
+    whether it is a token given as the user (a password is never put back as one, nor one as a password)."""
+    return login.scheme.lower(), login.user, login.host.lower(), login.token
 
 
 def _holds_mask(mapping: Mapping[Any, Any]) -> bool:
@@ -851,10 +910,10 @@ def _holds_mask(mapping: Mapping[Any, Any]) -> bool:
 
 def shows_masked(given: Mapping[str, Any]) -> bool:
     """Whether a re-run's `given` parameters hold a `headers` or `cookies` object with a `********` in
-    it, or a `url` whose password is one, which `restore_masked` may have to take from the original (only
-    then is it read and unsealed)."""
-    login = _url_login(given.get(URL_PARAMETER))
-    if login is not None and login.password == MASK:
+    it, or a URL parameter whose password or token is one, which `restore_masked` may have to take from the
+    original (only then is it read and unsealed)."""
+    if any(url_parameter(name) and (login := _url_login(value)) is not None and login.secret == MASK
+           for name, value in given.items()):
         return True
     return any((mapping := _as_mapping(given.get(name))) is not None and _holds_mask(mapping)
                for name in MASKED_MAPPINGS)

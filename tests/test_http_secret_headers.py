@@ -754,3 +754,160 @@ async def test_a_url_password_with_an_unencoded_hash_is_in_no_record_and_no_erro
     for where, text in (("api get", got.text), ("stored", _stored_everything(web.squall)), ("audit sinks", sinks),
                         ("audit", json.dumps(rows, default=str))):
         assert "LongHashPrefix" not in text and "Passw0rd-9" not in text, where
+
+
+# -- a token given as a URL's user (`https://<token>@github.com/`), and URLs in other parameters -------------
+
+#: A GitHub token as the bare user of a URL (GitHub, GitLab and others take a token there, with no password).
+USER_TOKEN = "ghp_T0kenAsUser4f8a1c9e2b7d6a5f3e0c1b2a"
+#: A token of no known prefix: 20 or more of `[A-Za-z0-9_.-]` with a digit.
+PLAIN_TOKEN = "a1b2c3d4e5f6a7b8c9d0e1f2"
+
+
+def test_a_token_given_as_a_url_s_user_is_masked_and_restored_by_the_one_rule() -> None:
+    """`https://ghp_…@github.com/org/repo.git` was shown as given in the record, the API, chat and the audit:
+    only a password was masked. An http(s) URL's user that looks like a token (a known prefix, or 20 or more
+    of `[A-Za-z0-9_.-]` with a digit) is masked, with its password if it has one; a user name is not."""
+    from engine.parameters import credential_texts, shows_masked
+
+    github = f"https://{USER_TOKEN}@github.com/org/repo.git"
+    assert mask_value("url", github) == f"https://{MASK}@github.com/org/repo.git"
+    for token in (PLAIN_TOKEN, "gho_x1", "ghs_x1", "github_pat_11ABC", "glpat-abc", "xoxb-1-ab", "xoxp-1-ab",
+                  "a.b-c_d.e-f_g.h-i_j.k-9"):
+        assert mask_value("url", f"https://{token}@h.example/p") == f"https://{MASK}@h.example/p", token
+        assert mask_value("url", f"HTTP://{token}@h.example/") == f"HTTP://{MASK}@h.example/", token
+    # a token as the user with a password (GitHub's `<token>:x-oauth-basic`) or an empty one: all of it hidden
+    assert mask_value("url", f"https://{USER_TOKEN}:x-oauth-basic@github.com/o/r") == f"https://{MASK}@github.com/o/r"
+    assert mask_value("url", f"http://{USER_TOKEN}:@github.com/") == f"http://{MASK}@github.com/"
+    for plain in ("https://ann@example.com/", "https://git@github.com/o/r.git", "https://deploy-bot@example.com/",
+                  "https://abcdefghijklmnopqrstuvwxyz@example.com/",  # long, but no digit: a name
+                  "https://short1@example.com/", "https://ann%40corp.example0123456789@example.com/",
+                  f"ssh://{USER_TOKEN}@github.com/o/r.git", f"git://{PLAIN_TOKEN}@example.com/",
+                  f"https://example.com/?user={USER_TOKEN}@x"):
+        assert mask_value("url", plain) == plain and credential_texts({"url": plain}) == [], plain
+    assert mask({"url": github}, set()) == {"url": f"https://{MASK}@github.com/org/repo.git"}  # what is sealed
+    assert credential_texts({"url": github}) == [USER_TOKEN]
+    assert set(credential_texts({"url": f"https://{USER_TOKEN}:x-oauth-basic@github.com/"})) == {
+        f"{USER_TOKEN}:x-oauth-basic", USER_TOKEN, "x-oauth-basic"}
+    assert audit_sinks.entry({"detail": {"parameters": {"url": github}}})["detail"] == {
+        "parameters": {"url": f"https://{MASK}@github.com/org/repo.git"}}
+
+    original = {"url": github}
+    edited = f"https://{MASK}@github.com/org/other.git"
+    assert shows_masked({"url": edited}) and not shows_masked({"url": "https://ann@github.com/"})
+    assert restore_masked({"url": edited}, original) == {"url": f"https://{USER_TOKEN}@github.com/org/other.git"}
+    with_password = {"url": f"https://{USER_TOKEN}:x-oauth-basic@github.com/o/r"}
+    assert restore_masked({"url": f"https://{MASK}@github.com/o/r?x=1"}, with_password) == {
+        "url": f"https://{USER_TOKEN}:x-oauth-basic@github.com/o/r?x=1"}
+    for elsewhere in (f"https://{MASK}@evil.example/o/r", f"http://{MASK}@github.com/o/r",
+                      f"https://{MASK}@github.com:444/o/r", f"https://:{MASK}@github.com/o/r",
+                      f"https://ann:{MASK}@github.com/o/r"):
+        assert restore_masked({"url": elsewhere}, original) == {"url": elsewhere}, elsewhere  # never sent elsewhere
+    password = {"url": "https://:LongPassw0rd-1@github.com/"}  # a password is not put back as a user, nor back
+    assert restore_masked({"url": f"https://{MASK}@github.com/"}, password) == {"url": f"https://{MASK}@github.com/"}
+    assert restore_masked({"url": f"https://:{MASK}@github.com/"}, original) == {"url": f"https://:{MASK}@github.com/"}
+
+
+def test_urls_in_parameters_named_url_or_proxy_are_masked_as_url_is() -> None:
+    """`http_proxy: http://px:pass@proxy:3128` (the `http-request` runner's own) and `repo_url: https://<token>@…`
+    were shown as given: only a parameter named exactly `url` was read as a URL. A parameter whose name ends in
+    `url` or `_proxy`, in any case, is masked, scrubbed, audited and restored by the same rule."""
+    from engine.parameters import credential_texts, shows_masked
+
+    proxy = "http://px:proxy-pass-123@127.0.0.1:3128"
+    values = {"http_proxy": proxy, "HTTPS_PROXY": proxy, "repo_url": f"https://{USER_TOKEN}@github.com/o/r.git",
+              "webhookUrl": "https://hook:hook-pass-456@hooks.example/x", "message": proxy, "proxy_host": proxy}
+    shown = mask(values, set())
+    assert shown == {"http_proxy": f"http://px:{MASK}@127.0.0.1:3128", "HTTPS_PROXY": f"http://px:{MASK}@127.0.0.1:3128",
+                     "repo_url": f"https://{MASK}@github.com/o/r.git", "webhookUrl": f"https://hook:{MASK}@hooks.example/x",
+                     "message": proxy, "proxy_host": proxy}  # other names: as given
+    assert set(credential_texts(values)) == {"proxy-pass-123", USER_TOKEN, "hook-pass-456"}
+    assert set(credential_texts({**values, "headers": {"Authorization": TOKEN}})) >= {"proxy-pass-123", USER_TOKEN}
+    assert audit_sinks.entry({"detail": {"parameters": values}})["detail"] == {"parameters": shown}
+    assert shows_masked({"repo_url": shown["repo_url"]}) and shows_masked({"http_proxy": shown["http_proxy"]})
+    assert not shows_masked({"message": f"http://px:{MASK}@127.0.0.1:3128"})
+    assert restore_masked({**shown, "repo_url": f"https://{MASK}@github.com/o/other.git"}, values) == {
+        **values, "repo_url": f"https://{USER_TOKEN}@github.com/o/other.git"}
+    moved = {"http_proxy": f"http://px:{MASK}@evil.example:3128"}
+    assert restore_masked(moved, values) == moved  # a proxy's password goes to that proxy only
+
+
+def _clone_pack(home: Path) -> None:
+    pack = home / "packs" / "gitops"
+    write(pack / "pack.yaml", "ref: gitops\nname: gitops\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "actions" / "clone.yaml", """
+        name: clone
+        runner_type: local-shell-cmd
+        parameters:
+          repo_url: {type: string, required: true}
+          cmd: {default: "echo cloning {{ repo_url }}; echo {{ repo_url | length }}"}
+    """)
+
+
+async def test_a_token_in_a_repo_url_is_in_no_record_output_or_audit_and_a_re_run_sends_it_again(home: Path) -> None:
+    """`repo_url: https://ghp_…@github.com/org/repo.git` was stored and shown as given, and echoed in the output;
+    the action gets it as given, the record, output and audit show it masked, and a re-run of the URL as shown
+    (its path edited) gets the token back, on the same host only; an `http_proxy`'s password likewise."""
+    _clone_pack(home)
+    repo = f"https://{USER_TOKEN}@github.com/org/repo.git"
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        record = await squall.executions.request("gitops.clone", {"repo_url": repo})
+        done = await squall.executions.wait(record["id"], timeout=30)
+        edited = f"https://{MASK}@github.com/org/other.git"
+        again = await squall.chat.commands.rerun(done["id"], {"repo_url": edited}, {})
+        redone = await squall.executions.wait(again["id"], timeout=30)
+        moved = await squall.chat.commands.rerun(done["id"], {"repo_url": f"https://{MASK}@evil.example/o.git"}, {})
+        elsewhere = await squall.executions.wait(moved["id"], timeout=30)
+        proxied = await squall.executions.request("core.http", {
+            "url": "http://127.0.0.1:1/x", "http_proxy": "http://px:proxy-pass-123@127.0.0.1:1", "timeout": 5})
+        failed = await squall.executions.wait(proxied["id"], timeout=30)
+        stored = _stored_everything(squall)
+    finally:
+        await squall.close()
+    assert done["status"] == "succeeded", done["result"]
+    assert done["parameters"]["repo_url"] == f"https://{MASK}@github.com/org/repo.git"
+    assert done["result"]["stdout"].splitlines() == [f"cloning https://{MASK}@github.com/org/repo.git", str(len(repo))]
+    assert redone["status"] == "succeeded", redone["result"]
+    restored = f"https://{USER_TOKEN}@github.com/org/other.git"
+    assert redone["result"]["stdout"].splitlines() == [f"cloning {edited}", str(len(restored))]  # the token, back
+    assert elsewhere["result"]["stdout"].splitlines()[1] == str(len(f"https://{MASK}@evil.example/o.git"))
+    assert failed["status"] == "failed" and failed["parameters"]["http_proxy"] == f"http://px:{MASK}@127.0.0.1:1"
+    assert USER_TOKEN not in stored and "proxy-pass-123" not in stored
+    assert USER_TOKEN not in json.dumps([done, redone, elsewhere, failed], default=str)
+
+
+async def test_a_token_as_a_url_s_user_is_sent_and_shown_nowhere(
+        web: Web, echo: tuple[str, list[dict[str, str]]], caplog: pytest.LogCaptureFixture) -> None:
+    """`url: http://<token>:@host/` (requests sends it as `Basic <token>:`) through the API: the record, the web's
+    page and re-run form, the audit and the log show it masked, and a re-run sends it again, to the same host."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    url, seen = echo
+    api = _api(web)
+    basic = "Basic " + base64.b64encode(f"{USER_TOKEN}:".encode()).decode()
+    done = await _run_http(web, api, _with_userinfo(url, f"{USER_TOKEN}:"), headers={"Accept": "application/json"})
+    assert seen[-1]["Authorization"] == basic
+    got = await api.get(f"/api/v1/executions/{done['id']}")
+    assert got.json()["parameters"]["url"] == _with_userinfo(url, MASK)
+    edited = _with_userinfo(url, MASK) + "?page=2"
+    changed = await api.post(f"/api/v1/executions/{done['id']}/re_run", json={"parameters": {"url": edited}})
+    assert changed.status_code == 201, changed.text
+    assert (await web.squall.executions.wait(changed.json()["id"], timeout=30))["status"] == "succeeded"
+    assert seen[-1]["Authorization"] == basic
+    moved = edited.replace("127.0.0.1", "localhost")  # another host: the mask goes as it is, never the token
+    elsewhere = await api.post(f"/api/v1/executions/{done['id']}/re_run", json={"parameters": {"url": moved}})
+    assert (await web.squall.executions.wait(elsewhere.json()["id"], timeout=30))["status"] == "succeeded"
+    assert "Authorization" not in seen[-1]
+
+    viewer, _ = await web.signed_in("vic", "viewer")
+    page = await viewer.get(f"/executions/{done['id']}")
+    operator, _csrf = await web.signed_in("olga", "operator")
+    form = await operator.get(f"/executions/{done['id']}/rerun")
+    rows = await web.squall.db(web.squall.store.audit_list, 100)
+    sinks = "\n".join(audit_sinks.line(row) for row in rows)
+    for where, text in (("api get", got.text), ("web page", page.text), ("re-run form", form.text),
+                        ("stored", _stored_everything(web.squall)), ("audit sinks", sinks),
+                        ("audit", json.dumps(rows, default=str)), ("re-run", changed.text), ("log", caplog.text)):
+        assert USER_TOKEN not in text and basic.split()[1] not in text, where
