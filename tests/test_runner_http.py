@@ -461,6 +461,21 @@ async def test_the_basic_header_made_of_a_url_s_password_is_scrubbed_from_an_ech
     assert "Basic ********" in stored
 
 
+async def test_the_proxy_authorization_made_of_a_proxy_s_password_is_scrubbed_from_an_echo(
+        squall: Squall, server: Server) -> None:
+    """The `Proxy-Authorization` header requests makes of `http_proxy`'s user and password (the test server
+    is the proxy, and echoes the headers it got) is scrubbed from the result, as the URL's `Basic` is."""
+    port = urlparse(server.url).port
+    done = await run(squall, {"url": "http://example.invalid/headers",
+                              "http_proxy": f"http://proxier:{PASSWORD}@127.0.0.1:{port}"})
+    assert done["status"] == "succeeded", done["result"]
+    basic = base64.b64encode(f"proxier:{PASSWORD}".encode()).decode()
+    assert server.seen[0]["headers"]["proxy-authorization"] == f"Basic {basic}"  # what requests sent
+    stored = json.dumps(await squall.executions.get(done["id"]))
+    assert basic not in stored and PASSWORD not in stored
+    assert "Basic ********" in stored
+
+
 async def test_timeout_bounds_the_wait_for_the_headers(squall: Squall, server: Server) -> None:
     """Headers that keep trickling in, each byte within a read timeout, end at `timeout` too, and the
     connection is closed then (the server's next write fails)."""

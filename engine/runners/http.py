@@ -20,6 +20,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -306,8 +307,10 @@ def _send(request: RunRequest, abort: _Abort | None = None) -> RunOutcome:
     auth = (runner["username"], runner.get("password") or "") if runner.get("username") else None
     hops = _Hops(runner.get("url_hosts_blacklist"), runner.get("url_hosts_whitelist"))
     outcome = _sent(request, headers, auth, abort, hops)
+    proxies = {name: runner[name] for name in ("http_proxy", "https_proxy") if runner.get(name)}
     return RunOutcome(outcome.status, scrub(outcome.result, _sent_credentials(headers, runner.get("cookies"), auth,
-                                                                             runner["url"], hops.authorizations)))
+                                                                             runner["url"], hops.authorizations,
+                                                                             proxies)))
 
 
 def _sent(request: RunRequest, headers: dict[str, str], auth: tuple[str, str] | None,
@@ -379,7 +382,8 @@ def _told(exc: Exception, url: str) -> str:
 
 
 def _sent_credentials(headers: dict[str, str], cookies: Any, auth: tuple[str, str] | None,
-                      url: str = "", authorizations: list[str] | tuple[str, ...] = ()) -> list[str]:
+                      url: str = "", authorizations: list[str] | tuple[str, ...] = (),
+                      proxies: Mapping[str, str] | None = None) -> list[str]:
     """The credentials this request sends, as texts to scrub from its result, longest first: those of its
     headers, cookies and URL (`engine.parameters.credential_texts`, the rule for what could be one), the
     `Basic` header requests makes of `username` and `password`, and the token of each `Authorization`
@@ -387,10 +391,13 @@ def _sent_credentials(headers: dict[str, str], cookies: Any, auth: tuple[str, st
     password is taken as sent, since only requests' own reading of the URL says which they are
     (`http://ann:pw@127.0.0.1\\@elsewhere/` sends `ann:pw`, and a tab in the password is sent as a tab).
     An echo server (httpbin's `/headers`) answers with them, scrubbed as the engine scrubs a secret
-    parameter's value (`scrub`)."""
-    texts = set(credential_texts({"headers": headers, "cookies": cookies, "url": url}))
-    if auth is not None:
-        texts.add(base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii"))
+    parameter's value (`scrub`). So are a proxy's credentials (`proxies`: `http_proxy` and `https_proxy`
+    by name) and the `Proxy-Authorization` header requests makes of them (`get_auth_from_url`)."""
+    proxies = proxies or {}
+    texts = set(credential_texts({"headers": headers, "cookies": cookies, "url": url, **proxies}))
+    logins = [auth] if auth is not None else []
+    logins += [login for proxy in proxies.values() if any(login := requests.utils.get_auth_from_url(proxy))]
+    texts.update(base64.b64encode(f"{user}:{password}".encode()).decode("ascii") for user, password in logins)
     texts.update(token for value in authorizations if (token := value.partition(" ")[2].strip()))
     return sorted(texts, key=len, reverse=True)
 
