@@ -203,8 +203,25 @@ def open_session(store: Any, account: Account) -> tuple[str, Session]:
 
 def find_session(store: Any, token: str, now: datetime | None = None) -> Session | None:
     """The live session of this cookie, its last use recorded now and then; None if unknown, expired,
-    idle too long or its account is gone."""
-    return _live_session(store, token_hash(token), now or utcnow(), use=True)
+    idle too long or its account is gone. Reads and writes in one call (the CLI, tests); the web UI reads
+    with `read_session` and records the use apart, so a page never waits for a write lock to be let in."""
+    now = now or utcnow()
+    session, touch_due = read_session(store, token, now)
+    if session is not None and touch_due:
+        touch_session(store, session, now)
+    return session
+
+
+def read_session(store: Any, token: str, now: datetime) -> tuple[Session | None, bool]:
+    """`find_session` without its write: the live session of this cookie (None as there), and whether its
+    last use is due to be recorded (`touch_session`, at most every `TOUCH_EVERY`). It only reads, so the
+    web UI runs it on `Database.read`: a page answers while another process holds SQLite's write lock."""
+    return _live_session(store, token_hash(token), now)
+
+
+def touch_session(store: Any, session: Session, now: datetime) -> None:
+    """Record `now` as the session's last use (what keeps it from going idle; `read_session` says when)."""
+    store.web_session_touch(session.token_hash, now)
 
 
 def current_session(store: Any, session: Session) -> Session | None:
@@ -212,16 +229,16 @@ def current_session(store: Any, session: Session) -> Session | None:
     expired, idle too long, its password changed or its account deleted (`find_session`'s rules).
     Unlike `find_session` it records no use: a live stream left open in a tab, which looks again
     every few seconds, is not someone using the UI, and must not keep an idle session alive."""
-    return _live_session(store, session.token_hash, utcnow(), use=False)
+    return _live_session(store, session.token_hash, utcnow())[0]
 
 
-def _live_session(store: Any, token_hash: str, now: datetime, use: bool) -> Session | None:
+def _live_session(store: Any, token_hash: str, now: datetime) -> tuple[Session | None, bool]:
+    """The live session stored under `token_hash` and whether its last use is due to be recorded."""
     row = store.web_session_get(token_hash)
     if row is None or row["expires_at"] <= now or row["last_seen"] + SESSION_IDLE <= now:
-        return None
-    if use and now - row["last_seen"] >= TOUCH_EVERY:
-        store.web_session_touch(row["token_hash"], now)
-    return Session(Account(row["user"], row["role"]), row["csrf_token"], row["token_hash"])
+        return None, False
+    session = Session(Account(row["user"], row["role"]), row["csrf_token"], row["token_hash"])
+    return session, now - row["last_seen"] >= TOUCH_EVERY
 
 
 def close_sessions(store: Any, token_hashes: list[str], detail: dict[str, Any]) -> None:

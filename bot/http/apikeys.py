@@ -37,10 +37,12 @@ def apikey_public(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def _visible_keys(request: Request) -> list[dict[str, Any]]:
-    """The stored keys this request may see: all for a key from the config, else its own user's."""
+    """The stored keys this request may see: all for a key from the config, else its own user's. Read on
+    `Database.read`, as every read here is: beside the write groups, so a lock another process holds
+    (a CLI's `squall key set`) does not hold the answer."""
     squall = api_state(request).squall
     own = request_user(request)
-    rows = await squall.db(squall.store.api_key_list)
+    rows = await squall.db.read(squall.store.api_key_list)
     return [row for row in rows if own is None or row.get("name") == own]
 
 
@@ -57,7 +59,7 @@ async def get_apikey(id_or_key: str, request: Request) -> dict[str, Any]:
     visible = await _visible_keys(request)
     found = next((row for row in visible if row["id"] == id_or_key), None)
     if found is None:
-        by_hash = await squall.db(squall.store.api_key_by_hash, hash_key(id_or_key))
+        by_hash = await squall.db.read(squall.store.api_key_by_hash, hash_key(id_or_key))
         found = next((row for row in visible if by_hash is not None and row["id"] == by_hash["id"]), None)
     if found is None:
         raise HTTPException(404, "No stored API key has that id or key (or it is another user's); GET /api/v1/apikeys "

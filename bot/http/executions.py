@@ -382,7 +382,8 @@ async def _check_tasks(request: Request, record: dict[str, Any], tasks: list[str
     if record["status"] not in COMPLETED:
         raise HTTPException(409, f"execution {record['id']} is {record['status']}; a workflow is re-run from "
                                  "tasks once it has finished")
-    children = await squall.db(squall.store.list_executions, parent=record["id"], limit=ALL_ROWS)
+    # A read (of every child: a big with-items workflow has thousands), so beside the write groups.
+    children = await squall.db.read(squall.store.list_executions, parent=record["id"], limit=ALL_ROWS)
     keys: dict[str, list[str]] = {}
     for child in children:
         call = (child.get("context") or {}).get("workflow_task") or {}

@@ -4,7 +4,8 @@ secret call it too. Keys are stored and made by `bot.apikeys`, which the CLI sha
 An auth token (header `X-Auth-Token`, as st2client sends it) is accepted in place of a key: a running
 execution's (`ST2_ACTION_AUTH_TOKEN`) until the execution ends, a person's (`st2 login`) until it
 expires or the API key it was obtained with is deleted or disabled. `engine.tokens` mints and checks
-both; `bot.apikeys.authenticate_token` adds the key's check.
+both; `bot.apikeys.authenticate_token` adds the key's check. Both checks only read, on `Database.read`:
+an API request is let in while another process holds SQLite's write lock.
 
 A stream (`/stream/v1/...`) outlives the request that opened it, so `until_revoked` looks at its key or
 token again every `RECHECK_SECONDS` and ends the stream once it no longer holds, as the web UI's live
@@ -53,10 +54,18 @@ async def authenticated_key(state: ApiState, key: str | None) -> dict[str, Any] 
     if found:
         return {"name": None}
     squall = state.squall
-    record = await squall.db(squall.store.api_key_by_hash, digest)
+    record = await squall.db.read(squall.store.api_key_by_hash, digest)  # beside the write groups, as `token_holder`
     if not record or not record.get("enabled", True):
         return None
     return record if record.get("name") else {**record, "name": UNNAMED_KEY_USER}
+
+
+async def token_holder(state: ApiState, token: str) -> dict[str, Any] | None:
+    """Whom `token` speaks for (`bot.apikeys.authenticate_token`), or None. Read on `Database.read`, as
+    a stored key is: checking a credential writes nothing, and in a write group every API request would
+    wait behind a write that waits for another process's SQLite lock (a CLI's `squall key set`)."""
+    squall = state.squall
+    return await squall.db.read(authenticate_token, squall.store, token, state.settings.static_hashes)
 
 
 def _presented_key(request: Request) -> str | None:
@@ -76,9 +85,7 @@ async def _require_token(request: Request, token: str) -> None:
 
     Who it speaks for goes to `request.state.auth_user` and `auth_execution`, and to the log at debug:
     StackStorm records a token's user on what it does; routes that audit may read it from there."""
-    state = api_state(request)
-    squall = state.squall
-    who = await squall.db(authenticate_token, squall.store, token, state.settings.static_hashes)
+    who = await token_holder(api_state(request), token)
     if who is None:
         raise HTTPException(401, "Unauthorized - the auth token is not valid (unknown, expired, its "
                                  "execution has ended, or the API key it was obtained with was deleted or "
@@ -154,8 +161,7 @@ class Credential:
         valid until a restart)."""
         if self.kind == "key":
             return await authenticated_key(state, self.secret) is not None
-        squall = state.squall
-        return await squall.db(authenticate_token, squall.store, self.secret, state.settings.static_hashes) is not None
+        return await token_holder(state, self.secret) is not None
 
 
 class CredentialWatch:

@@ -90,7 +90,7 @@ class _SessionWatch:
         """False once the session ended; otherwise `session` is refreshed (its account's role today)."""
         if time.monotonic() < self._due:
             return True
-        current = await self.squall.db(current_session, self.squall.store, self.session)
+        current = await self.squall.db.read(current_session, self.squall.store, self.session)  # only reads
         self._due = time.monotonic() + sessions.RECHECK_SECONDS
         if current is None:
             return False

@@ -3,9 +3,11 @@ the request's `Session` when its account has that role (or one above it).
 
 Pages declare what they need (`session: Session = Depends(operator)`) and nothing else: the cookie is
 looked up server-side (`bot.accounts`), so a deleted user or a changed password ends its sessions at
-the next request. A state-changing request (anything but GET and HEAD) must also carry the session's
-CSRF token, as form field `csrf_token` or header `X-CSRF-Token` (htmx sends it from the body's
-`hx-headers`); without it the answer is 403, before any role or route is looked at.
+the next request. The look-up only reads (`Database.read`) and its last use is recorded beside the
+request, so a page answers while another process holds SQLite's write lock. A state-changing request
+(anything but GET and HEAD) must also carry the session's CSRF token, as form field `csrf_token` or
+header `X-CSRF-Token` (htmx sends it from the body's `hx-headers`); without it the answer is 403,
+before any role or route is looked at.
 
 A request without a live session is sent to the login page, which comes back to `next`: a page asked
 for goes back to itself; a form sent after its session ended (expired, logged out elsewhere, a new
@@ -21,20 +23,26 @@ signed-in request deletes its row once the database works again (`_forget_ended`
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import sqlalchemy as sa
 from fastapi import Request, Response
 from starlette.routing import BaseRoute, Match
 
-from bot.accounts import SESSION_LIFETIME, Session, close_sessions, find_session, token_hash
+from bot.accounts import SESSION_LIFETIME, Session, close_sessions, read_session, token_hash, touch_session
 from bot.web.pages import PageError, PageRoute
-from engine.storage import database_trouble
+from engine.storage import database_trouble, utcnow
+
+if TYPE_CHECKING:
+    from engine.storage import Database
 
 log = logging.getLogger(__name__)
 
@@ -231,14 +239,49 @@ async def _forget_ended(request: Request, ended: EndedSessions) -> None:
         ended.tried(deleted)
 
 
-async def _session(request: Request) -> Session:
+async def _find_session(request: Request, token: str) -> Session | None:
+    """The cookie's live session, read on `Database.read`: in no write group, so a page answers while
+    another process holds SQLite's write lock (a CLI's `squall key set`) and a write of Squall's waits
+    for it. Its last use, when due, is recorded apart (`_record_use`) rather than awaited."""
     squall = request.app.state.squall
+    now = utcnow()
+    session, touch_due = await squall.db.read(read_session, squall.store, token, now)
+    if session is not None and touch_due:
+        _record_use(request, squall.db, session, now)
+    return session
+
+
+def _record_use(request: Request, db: Database, session: Session, now: datetime) -> None:
+    """Record the session's last use with the next group of writes (`Database.later`), which nobody waits
+    on: behind a lock held elsewhere it is written once the lock is let go. One write at a time per
+    session: the requests it makes meanwhile (the lock may be held a minute) queue no more. One that
+    fails is only logged: the session's next request, `TOUCH_EVERY` being past, records it again (it
+    goes idle only after `SESSION_IDLE` without one recorded)."""
+    state = request.app.state
+    recording: set[str] | None = getattr(state, "web_recording_use", None)
+    if recording is None:
+        recording = state.web_recording_use = set()
+    if session.token_hash in recording:
+        return
+    recording.add(session.token_hash)
+    recorded = db.later(touch_session, db.store, session, now)
+
+    def done(future: asyncio.Future[Any]) -> None:
+        recording.discard(session.token_hash)
+        if not future.cancelled() and future.exception() is not None:
+            log.info("the last use of %s's session was not recorded (%s); its next request records it",
+                     session.account.name, future.exception())
+
+    recorded.add_done_callback(done)
+
+
+async def _session(request: Request) -> Session:
     ended = ended_sessions(request)
     await _forget_ended(request, ended)
     token = request.cookies.get(COOKIE)
     session = None
     if token and token_hash(token) not in ended:  # an ended one is refused without asking the database
-        session = await squall.db(find_session, squall.store, token)
+        session = await _find_session(request, token)
     if session is None:
         if request.method in SAFE_METHODS:
             raise LoginRequired(_here(request))
