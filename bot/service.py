@@ -253,6 +253,8 @@ class Housekeeping:
         if self.ticks % int(PURGE_SECONDS / POLL_SECONDS) == 0:
             steps.append(("purging expired keys", functools.partial(squall.db, squall.datastore.purge_expired)))
             steps.append(("purging old deliveries", functools.partial(squall.db, squall.triggers.purge_deliveries)))
+            steps.append(("taking up trigger instances left behind",
+                          functools.partial(squall.triggers.recover, pending_for=PURGE_SECONDS)))
         if self.retention.enabled:  # after the lead's step: it runs only where that found the lead
             steps.append(("purging old history",
                           functools.partial(self.retention.tick, squall.db, lambda: squall.sensor_lead)))

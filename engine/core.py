@@ -52,6 +52,9 @@ from engine.yamlfile import ContentError
 log = logging.getLogger(__name__)
 #: The datastore changes StackStorm emits as `core.st2.key_value_pair.<kind>` triggers.
 KV_CHANGES = ("create", "update", "delete", "value_change")
+#: How long `close` waits for the trigger instances this process is processing: a rule's enforcement
+#: takes milliseconds; what is not done by then is taken up by a `squall serve` (`TriggerService.recover`).
+TRIGGER_SETTLE_SECONDS = 5.0
 
 
 class Engine:
@@ -258,6 +261,10 @@ class Engine:
         await self.sensors.stop()
         if self._emitting:  # datastore triggers written just before: store them, do not drop them
             await asyncio.gather(*self._emitting, return_exceptions=True)
+        if self.triggers.busy:  # instances this process claimed (a `squall run`'s action trigger): finish them
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TRIGGER_SETTLE_SECONDS):
+                    await self.triggers.settle()
         await self.executor.close()
         stop_renders()  # the executions it stopped may still evaluate on a render thread: they stop too
         self.leader.close()

@@ -21,14 +21,14 @@ import json
 import logging
 import socket
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from engine.executions import new_id
 from engine.metrics import metrics
 from engine.packs import Registry
 from engine.processes import LEDGER, ledger_directory, owner_state, process_identity
-from engine.storage import Database, iso, utcnow
+from engine.storage import Database, as_utc, iso, utcnow
 
 log = logging.getLogger(__name__)
 WEBHOOK = "core.st2.webhook"
@@ -216,17 +216,25 @@ class TriggerService:
         return await self.dispatch(original["trigger"], payload, trace_tag=original["trace_tag"],
                                    parameters=original["trigger_parameters"], validate=False)
 
-    async def recover(self) -> int:
+    async def recover(self, pending_for: float = 0.0) -> int:
         """Process what is `pending` (the claim lets one process have each, should its own process be
         at it too), and resume what a process that died left `processing`: its processors do what
         it had not done yet (the rules engine enforces the rules that had not acted). What a live
         process (another `squall serve` on this database) is processing is left to it; so is what
-        one of another host holds (PostgreSQL). Returns how many instances it took up."""
+        one of another host holds (PostgreSQL). Returns how many instances it took up.
+
+        `squall serve` calls it at start, and again every minute with `pending_for` (seconds): a
+        process that stored an instance and died before it claimed or finished it (a `squall run`
+        that ended, one killed) left it to nobody until the next start. Then only instances pending
+        for that long are taken up: younger ones are their own process's to claim."""
         LEDGER.ensure()  # the owner file says this process lives (to other containers) before it claims
         rows = await self.db(self.db.store.trigger_instance_list, None, ("pending", "processing"), 10_000)
+        stored_by = utcnow() - timedelta(seconds=pending_for)
         taken = 0
         for row in reversed(rows):
             if row["status"] == "pending":
+                if pending_for and as_utc(row["occurrence_time"]) > stored_by:
+                    continue
                 self._spawn(row)
                 taken += 1
             elif await self._take_over(row):

@@ -12,6 +12,7 @@ import socket
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -239,5 +240,59 @@ def test_instances_stored_before_0021_have_no_owner_and_are_recovered(database_u
         with store.engine.connect() as connection:
             assert connection.execute(sa.text("SELECT status FROM trigger_instances WHERE id = :id"),
                                       {"id": instance_id}).scalar() == "processing"
+    finally:
+        store.close()
+
+
+async def test_serve_takes_up_what_a_dead_process_left_without_restarting(six_rules: Path) -> None:
+    """A `squall run` (or any process) that stored or claimed an instance and ended before finishing it
+    left it to nobody until the next start. `squall serve`'s housekeeping takes such instances up every
+    minute: one a dead process held, and one pending for longer than that; a young pending one is left
+    to the process that stored it."""
+    from bot.service import POLL_SECONDS, PURGE_SECONDS, Housekeeping
+
+    squall = await started(six_rules)
+    try:
+        orphan = await _stored(squall, _dead_owner())
+        stale = await _stored(squall)
+        young = await _stored(squall)
+        with squall.store.engine.begin() as connection:
+            connection.execute(trigger_instances.update().where(trigger_instances.c.id == stale["id"])
+                               .values(occurrence_time=utcnow() - timedelta(seconds=PURGE_SECONDS + 5)))
+        housekeeping = Housekeeping(squall, [])
+        await housekeeping.start()
+        housekeeping.ticks = int(PURGE_SECONDS / POLL_SECONDS) - 1  # the next tick is the minute's
+        await housekeeping.tick()
+        await squall.triggers.settle()
+        await squall.rules.settle()
+        for taken in (orphan, stale):
+            assert _instance_row(squall.store, taken["id"])["status"] == "processed"
+            assert await _acted(squall, taken["id"]) == (Counter(RULES), Counter(RULES))
+        assert _instance_row(squall.store, young["id"])["status"] == "pending"
+        assert await _acted(squall, young["id"]) == (Counter(), Counter())
+    finally:
+        await squall.close()
+
+
+async def test_closing_finishes_the_instances_this_process_is_processing(six_rules: Path) -> None:
+    """`squall run` closes as soon as its action ends; the action trigger it dispatched on the way was
+    left `processing` under a process about to exit (a rule on it never fired). Closing now waits for
+    what this process claimed."""
+    squall = await started(six_rules)
+    process = squall.rules.process
+
+    async def slow(instance: dict[str, Any], resumed: bool = False) -> None:
+        await asyncio.sleep(0.3)
+        await process(instance, resumed)
+
+    squall.rules.process = slow  # type: ignore[method-assign]
+    record = await squall.triggers.dispatch("demo.event", {"n": 7})
+    await squall.close()
+    store = Store.open(squall.config.database_url)
+    try:
+        row = _instance_row(store, record["id"])
+        assert row["status"] == "processed"
+        enforced = store.rule_enforcement_list(trigger_instance_id=record["id"], limit=100)
+        assert sorted(e["rule"] for e in enforced) == RULES
     finally:
         store.close()
