@@ -1825,9 +1825,13 @@ class Store:
         return self._newest(trigger_instances, _trigger_instance_where(trigger, status), limit)
 
     def trigger_instance_page(self, trigger: str | None = None, status: str | Sequence[str] | None = None,
-                              limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """One page of `trigger_instance_list`, and how many there are in all (the API's `X-Total-Count`)."""
-        return self._newest_page(trigger_instances, _trigger_instance_where(trigger, status), limit, offset)
+                              limit: int = 50, offset: int = 0,
+                              before: tuple[datetime, str] | None = None) -> tuple[list[dict[str, Any]], int]:
+        """One page of `trigger_instance_list`, and how many there are in all (the API's `X-Total-Count`).
+        With `before` (an instance's `occurrence_time` and id), the page starts just below that instance in
+        the list's order (`_newest_rows`), deleted since or not: a keyset page (`limit=-1`'s), which rows
+        stored or deleted above it do not move as they move an OFFSET's."""
+        return self._newest_page(trigger_instances, _trigger_instance_where(trigger, status), limit, offset, before)
 
     def trigger_instance_latest(self, trigger: str, parameters: dict[str, Any], since: datetime) -> datetime | None:
         """When the newest instance of `trigger` with exactly `parameters` occurred, if at or after
@@ -1880,29 +1884,51 @@ class Store:
                                      .where(rule_enforcements.c.id == enforcement_id)).first())
 
     def rule_enforcement_page(self, rule: str | None = None, trigger_instance_id: str | None = None,
-                              execution_id: str | None = None, limit: int = 50,
-                              offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """One page of `rule_enforcement_list`, and how many there are in all (the API's `X-Total-Count`)."""
+                              execution_id: str | None = None, limit: int = 50, offset: int = 0,
+                              before: tuple[datetime, str] | None = None) -> tuple[list[dict[str, Any]], int]:
+        """One page of `rule_enforcement_list`, and how many there are in all (the API's `X-Total-Count`).
+        With `before` (an enforcement's `enforced_at` and id), the page starts just below that enforcement
+        in the list's order (`_newest_rows`), deleted since or not: a keyset page (`limit=-1`'s), which rows
+        stored or deleted above it do not move as they move an OFFSET's."""
         return self._newest_page(rule_enforcements, _enforcement_where(rule, trigger_instance_id, execution_id),
-                                 limit, offset)
+                                 limit, offset, before)
 
     def _newest(self, table: sa.Table, where: list[Any], limit: int, offset: int = 0) -> list[dict[str, Any]]:
         """Rows of a log table (`occurrence_time` or `enforced_at`, then id) newest first."""
         with self._read() as conn:
             return self._newest_rows(conn, table, where, limit, offset)
 
-    def _newest_page(self, table: sa.Table, where: list[Any], limit: int,
-                     offset: int) -> tuple[list[dict[str, Any]], int]:
+    def _newest_page(self, table: sa.Table, where: list[Any], limit: int, offset: int,
+                     before: tuple[datetime, str] | None = None) -> tuple[list[dict[str, Any]], int]:
+        """`_newest_rows` (below `before`, if given) and how many rows `where` selects in all, `before` or not."""
         counted = sa.select(sa.func.count()).select_from(table).where(*where)
+        below = self._newest_below(table, before) if before is not None else []
         with self._read() as conn:
-            return self._newest_rows(conn, table, where, limit, offset), int(conn.execute(counted).scalar_one())
+            return (self._newest_rows(conn, table, [*where, *below], limit, offset),
+                    int(conn.execute(counted).scalar_one()))
 
     @staticmethod
     def _newest_rows(conn: sa.Connection, table: sa.Table, where: list[Any], limit: int,
                      offset: int) -> list[dict[str, Any]]:
-        time = table.c.occurrence_time if table is trigger_instances else table.c.enforced_at
+        """Newest first: time (`_newest_time`), then id, both descending, as the log's time index reads."""
+        time = Store._newest_time(table)
         statement = sa.select(table).where(*where).order_by(time.desc(), table.c.id.desc()).limit(limit).offset(offset)
         return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
+
+    @staticmethod
+    def _newest_time(table: sa.Table) -> sa.Column[Any]:
+        """The time a log table is listed by: when an instance occurred, when a rule was enforced."""
+        return table.c.occurrence_time if table is trigger_instances else table.c.enforced_at
+
+    @staticmethod
+    def _newest_below(table: sa.Table, before: tuple[datetime, str]) -> list[Any]:
+        """The rows after `before` (a row's time and id) in `_newest_rows`' order: older, or as old with a
+        smaller id. Compared with the values, not looked up by the id, so a row deleted since (a retention
+        purge) still marks where the next page starts. The time bound alone first, for the time index to
+        read the range (as `execution_keyset` does)."""
+        time, row_id = before
+        column = Store._newest_time(table)
+        return [column <= time, sa.or_(column < time, table.c.id < row_id)]
 
     # -- API keys (hashes only) -----------------------------------------------------------------
     def api_key_add(self, record: dict[str, Any]) -> None:

@@ -14,15 +14,16 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
+import bot.http.paging
 from bot.app import Squall
 from engine.executions import new_id
-from engine.storage import Database, Store
+from engine.storage import Database, Store, rule_enforcements, trigger_instances
 from tests.test_api import KEY
 from tests.test_metrics import chat_and_api
 from tests.test_web_auth import Web, started_web
@@ -261,12 +262,10 @@ async def test_limit_minus_one_lists_a_whole_log_a_page_at_a_time(home: Path, mo
                                                                   path: str, filters: dict[str, str], add: str,
                                                                   row: Callable[[datetime], dict[str, Any]],
                                                                   read: str) -> None:
-    """Trigger instances and rule enforcements (read by OFFSET: the stores page them no other way) come
-    whole, three at a time, as a big enough page lists them; a row stored while the answer is written
-    pushes the rest down a page, and what the page before wrote is not written twice."""
-    import bot.http.paging
-
-    monkeypatch.setattr(bot.http.paging, "OFFSET_PAGE", 3)
+    """Trigger instances and rule enforcements come whole, three at a time, as a big enough page lists
+    them, from an `offset` too; a row stored while the answer is written is not in it, and moves no row
+    into a page already written (each page after the first starts below the last row written)."""
+    monkeypatch.setattr(bot.http.paging, "LOG_PAGE", 3)
     async with chat_and_api(home) as (squall, _loopback, client):
         store = squall.store
         for i in range(8):
@@ -290,4 +289,136 @@ async def test_limit_minus_one_lists_a_whole_log_a_page_at_a_time(home: Path, mo
         monkeypatch.setattr(store, read, arriving)
         streamed = await client.get(path, params={**filters, "limit": "-1"})
         assert streamed.json() == whole.json()  # `filters`' eight, as listed before the two came
-        assert limits == [0, 3, 3, 3, 3]
+        assert limits == [0, 3, 3, 3]  # the count, then 3 + 3 + 2: the two newer rows are read by no page
+
+
+# -- limit=-1 of a log: keyset pages, which rows stored or deleted meanwhile do not move -----------------------
+
+class Log(NamedTuple):
+    """A log the API lists whole a page at a time: its route, a filter of it, its table, how a row of it
+    is made, the Store method its pages are read with, and the time it is listed by (newest first)."""
+
+    path: str
+    filters: dict[str, str]
+    table: sa.Table
+    row: Callable[..., dict[str, Any]]
+    read: str
+    time: str
+
+
+WHOLE_LOGS = [
+    Log("/api/v1/triggerinstances", {"trigger": "demo.event"}, trigger_instances, _instance, "trigger_instance_page",
+        "occurrence_time"),
+    Log("/api/v1/ruleenforcements", {"rule": "demo.on_build"}, rule_enforcements, _enforcement,
+        "rule_enforcement_page", "enforced_at"),
+]
+
+
+def _stored_rows(store: Store, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """`rows` stored in one statement (a storm of a thousand, one write each, would take seconds)."""
+    with store.engine.begin() as conn:
+        conn.execute(table.insert(), rows)
+
+
+def _deleted_rows(store: Store, table: sa.Table, ids: list[str]) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(table.delete().where(table.c.id.in_(ids)))
+
+
+def _between_pages(store: Store, log: Log, monkeypatch: pytest.MonkeyPatch,
+                   meanwhile: Callable[[list[dict[str, Any]]], None]) -> list[int]:
+    """`log.read` made to call `meanwhile` with each page it reads (not the count, a `limit=0` read) as
+    soon as it has read it: what happens between two page reads. Gives each read's `limit`, as it goes."""
+    original, limits = getattr(store, log.read), []
+
+    def read(*args: Any, **kwargs: Any) -> Any:
+        rows, total = original(*args, **kwargs)
+        limits.append(kwargs["limit"])
+        if kwargs["limit"]:
+            meanwhile(rows)
+        return rows, total
+
+    monkeypatch.setattr(store, log.read, read)
+    return limits
+
+
+@pytest.mark.parametrize("log", WHOLE_LOGS, ids=lambda log: log.path)
+async def test_limit_minus_one_writes_each_row_of_a_log_once_through_a_storm(home: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch,
+                                                                             log: Log) -> None:
+    """An alert storm while `st2 trigger-instance list -n -1` is written: after each page is read, more
+    than a page's worth of newer rows is stored. The answer is the log as it was, each row once, in its
+    order (pages end among rows of one microsecond): a page read at the next OFFSET found the rows the
+    storm pushed down, the first page's among them, and wrote them again (the previous page's ids, all it
+    left out, were the storm's by then)."""
+    page = bot.http.paging.LOG_PAGE
+    async with chat_and_api(home) as (squall, _loopback, client):
+        store = squall.store
+        _stored_rows(store, log.table, [log.row(T0 + timedelta(microseconds=i // 3)) for i in range(2 * page + 101)])
+        calm = await client.get(log.path, params={"limit": "-1"})
+        storms: list[datetime] = []
+
+        def storm(_page: list[dict[str, Any]]) -> None:
+            if len(storms) < 3:  # then it calms down: an answer read by OFFSET ended once the rows stopped coming
+                storms.append(T0 + timedelta(minutes=len(storms) + 1))
+                _stored_rows(store, log.table, [log.row(storms[-1]) for _ in range(page + 1)])
+
+        limits = _between_pages(store, log, monkeypatch, storm)
+        streamed = await client.get(log.path, params={"limit": "-1"})
+    ids = [r["id"] for r in streamed.json()]
+    assert len(ids) == len(set(ids)) == 2 * page + 101 == int(calm.headers["X-Total-Count"])
+    assert streamed.json() == calm.json()
+    assert streamed.headers["X-Total-Count"] == calm.headers["X-Total-Count"] and "X-Limit" not in streamed.headers
+    assert limits == [0, page, page, page]  # the count, then three pages: the storm's rows are read by none
+
+
+@pytest.mark.parametrize("log", WHOLE_LOGS, ids=lambda log: log.path)
+async def test_limit_minus_one_skips_no_row_of_a_log_when_rows_are_deleted(home: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          log: Log) -> None:
+    """A purge while the whole log is written, its cutoff past where the list has got to, deletes rows
+    already written (here the last one too, where the next page starts) and rows not read yet. Every row
+    not deleted before its page was read is written once, in order: a page read at the next OFFSET
+    started as many rows further on as were deleted above it, and left those out."""
+    page = bot.http.paging.LOG_PAGE
+    async with chat_and_api(home) as (squall, _loopback, client):
+        store = squall.store
+        _stored_rows(store, log.table, [log.row(T0 + timedelta(microseconds=i // 3)) for i in range(2 * page + 101)])
+        calm = [r["id"] for r in (await client.get(log.path, params={"limit": "-1"})).json()]
+        unread = calm[page + 7:page + 17] + calm[-5:]
+        purged: list[str] = []
+
+        def purge(rows: list[dict[str, Any]]) -> None:
+            if not purged:  # after the first page: 21 of its rows (its last among them) and 15 not read yet
+                purged.extend([r["id"] for r in rows[::25]] + [rows[-1]["id"]] + unread)
+                _deleted_rows(store, log.table, purged)
+
+        _between_pages(store, log, monkeypatch, purge)
+        streamed = [r["id"] for r in (await client.get(log.path, params={"limit": "-1"})).json()]
+    assert len(purged) == 20 + 1 + 15
+    assert streamed == [i for i in calm if i not in unread]
+
+
+@pytest.mark.parametrize("log", WHOLE_LOGS, ids=lambda log: log.path)
+def test_a_page_of_a_log_before_a_row_starts_just_below_it(database_url: str, log: Log) -> None:
+    """The store's keyset page, on SQLite and PostgreSQL: `before` (a row's time and id) starts the page
+    strictly below that row in the list's order (time, then id, newest first), through rows of one
+    microsecond and past a row deleted since, with the list's filters and its whole count."""
+    store = Store.open(database_url)
+    try:
+        read = getattr(store, log.read)
+        _stored_rows(store, log.table, [log.row(T0 + timedelta(microseconds=i // 3)) for i in range(9)])
+        _stored_rows(store, log.table, [log.row(T0 + timedelta(microseconds=1), "demo.other")])  # `filters` leave it
+        listed, total = read(**log.filters, limit=50)
+        assert total == 9 and len(listed) == 9
+        everything = read(limit=50)[0]
+        keyset = [(r[log.time], r["id"]) for r in listed]
+        for i in range(9):
+            rows, counted = read(**log.filters, limit=3, before=keyset[i])
+            assert (rows, counted) == (listed[i + 1:i + 4], 9)
+        _deleted_rows(store, log.table, [listed[4]["id"]])
+        assert read(**log.filters, limit=3, before=keyset[4])[0] == listed[5:8]
+        below = everything.index(listed[4]) + 1  # unfiltered, wherever the other one's id puts it in its tie
+        assert read(limit=50, before=keyset[4])[0] == everything[below:]
+    finally:
+        store.close()

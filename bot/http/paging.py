@@ -8,11 +8,14 @@ kinds of list take it the same way here: those the API holds in memory (actions,
 aliases, trigger and runner types) through `Paging`, those read in SQL (executions, trigger
 instances, rule enforcements) through `page_limit`. A whole set is answered without `X-Limit`, as
 StackStorm does; one read in SQL is written a page at a time (`streamed_list`), each page read and
-rendered on `Database.read`, so that neither memory nor the event loop's time grows with the table."""
+rendered on `Database.read`, so that neither memory nor the event loop's time grows with the table, and
+each page after the first read by keyset (executions in `bot.http.executions`, the logs by
+`keyset_pages`), so that rows stored or deleted while it is written neither repeat rows nor skip them."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import HTTPException, Query, Response
@@ -26,8 +29,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: Rows an `offset_pages` page reads, renders and writes at a time.
-OFFSET_PAGE = 500
+#: Rows a `keyset_pages` page reads, renders and writes at a time.
+LOG_PAGE = 500
 #: How `json_items` writes an item.
 _JSON: TypeAdapter[Any] = TypeAdapter(Any)
 #: StackStorm's `limit` for "all of them".
@@ -92,29 +95,32 @@ def json_items(items: Iterable[Any]) -> bytes:
     return b",".join(_JSON.dump_json(item) for item in items)
 
 
-async def offset_pages(db: Database, read: Callable[..., tuple[list[dict[str, Any]], int]],
-                       render: Callable[[dict[str, Any]], Any], offset: int) -> AsyncIterator[bytes]:
-    """The pages of a whole list (`limit=-1`) whose store pages it only by OFFSET (trigger instances, rule
-    enforcements: `read(limit=, offset=)` gives a page and the count), `OFFSET_PAGE` rows at a time, each
-    read and rendered (`render`, then `json_items`) on `db.read`. Their time indexes make a late page
-    cheap: ~70 ms at an OFFSET of 99,000. Rows stored meanwhile push the rows below them down, into the
-    next page: those the page before wrote already are left out of it (all of them while fewer than a
-    page's worth arrive between two reads)."""
-    written: frozenset[str] = frozenset()
+async def keyset_pages(db: Database, read: Callable[..., tuple[list[dict[str, Any]], int]],
+                       render: Callable[[dict[str, Any]], Any], offset: int, time: str) -> AsyncIterator[bytes]:
+    """The pages of a whole log (`limit=-1` of trigger instances, rule enforcements: `read(limit=, offset=,
+    before=)` gives a page, newest first by `time` then id, and the count), `LOG_PAGE` rows at a time, each
+    read and rendered (`render`, then `json_items`) on `db.read`. The first page starts at the request's
+    `offset`; each after it just below the last row written (`before`: its `time` and id), not at the next
+    OFFSET, which rows stored meanwhile (an alert storm) pushed the written rows down into, to be written
+    again, and rows deleted meanwhile (a retention purge) pulled unread rows up out of, to be left out.
+    Rows stored once the answer has begun are newer than the rows still to read, so it has none of them
+    past its first page; and a late page costs what the first does."""
+    text, last = await db.read(_rendered_page, read, render, time, {"offset": offset})
     while True:
-        written, text, count = await db.read(_rendered_rows, read, render, written, offset)
         yield text
-        if count < OFFSET_PAGE:
+        if last is None:
             return
-        offset += OFFSET_PAGE
+        text, last = await db.read(_rendered_page, read, render, time, {"before": last})
 
 
-def _rendered_rows(read: Callable[..., tuple[list[dict[str, Any]], int]], render: Callable[[dict[str, Any]], Any],
-                   written: frozenset[str], offset: int) -> tuple[frozenset[str], bytes, int]:
-    """`offset_pages`' page at `offset` on the reader thread: its ids, its rows not `written` yet as
-    `json_items`, and how many rows it read."""
-    rows, _total = read(limit=OFFSET_PAGE, offset=offset)
-    return frozenset(r["id"] for r in rows), json_items(render(r) for r in rows if r["id"] not in written), len(rows)
+def _rendered_page(read: Callable[..., tuple[list[dict[str, Any]], int]], render: Callable[[dict[str, Any]], Any],
+                   time: str, start: dict[str, Any]) -> tuple[bytes, tuple[datetime, str] | None]:
+    """A page of `keyset_pages` on the reader thread, from `start` (its `offset` or `before`): its rows as
+    `json_items`, and where the next page starts, the last row's `time` and id (None after a page of
+    fewer than `LOG_PAGE` rows: the log's last)."""
+    rows, _total = read(limit=LOG_PAGE, **start)
+    last = (rows[-1][time], rows[-1]["id"]) if len(rows) == LOG_PAGE else None
+    return json_items(render(r) for r in rows), last
 
 
 def streamed_list(pages: AsyncIterator[bytes], total: int) -> StreamingResponse:

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 
 from bot.http.key_auth import request_user
-from bot.http.paging import Paging, offset_pages, page_limit, streamed_list, tell_page
+from bot.http.paging import Paging, keyset_pages, page_limit, streamed_list, tell_page
 from bot.http.state import api_state
 from engine.parameters import MAX_INTEGER
 from engine.rule_files import RuleFileError
@@ -92,12 +92,12 @@ async def list_enforcements(request: Request, response: Response, rule: str | No
                             limit: int | None = Depends(page_limit(50, 1000)),
                             offset: int = Query(0, ge=0, le=MAX_INTEGER)) -> list[dict[str, Any]] | Response:
     """Newest first; `limit=-1` lists them all (`st2 rule-enforcement list -n -1`), written a page at a
-    time (`offset_pages`). Read on `Database.read`: the count reads every enforcement the filters select."""
+    time (`keyset_pages`). Read on `Database.read`: the count reads every enforcement the filters select."""
     squall = api_state(request).squall
     read = functools.partial(squall.store.rule_enforcement_page, rule, trigger_instance, execution)
     if limit is None:
         _none, total = await squall.db.read(read, limit=0)
-        return streamed_list(offset_pages(squall.db, read, enforcement_public, offset), total)
+        return streamed_list(keyset_pages(squall.db, read, enforcement_public, offset, "enforced_at"), total)
     rows, total = await squall.db.read(read, limit=limit, offset=offset)
     tell_page(response, total, limit)
     return [enforcement_public(row) for row in rows]

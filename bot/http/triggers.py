@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from bot.http.key_auth import request_user
-from bot.http.paging import Paging, offset_pages, page_limit, streamed_list, tell_page
+from bot.http.paging import Paging, keyset_pages, page_limit, streamed_list, tell_page
 from bot.http.state import api_state
 from engine.parameters import MAX_INTEGER
 from engine.triggers import public
@@ -48,12 +48,12 @@ async def list_trigger_instances(request: Request, response: Response, trigger: 
                                  status: str | None = None, limit: int | None = Depends(page_limit(50, 1000)),
                                  offset: int = Query(0, ge=0, le=MAX_INTEGER)) -> list[dict[str, Any]] | Response:
     """Newest first; `limit=-1` lists them all (`st2 trigger-instance list -n -1`), written a page at a
-    time (`offset_pages`). Read on `Database.read`: the count reads every instance the filters select."""
+    time (`keyset_pages`). Read on `Database.read`: the count reads every instance the filters select."""
     squall = api_state(request).squall
     read = functools.partial(squall.store.trigger_instance_page, trigger=trigger, status=status)
     if limit is None:
         _none, total = await squall.db.read(read, limit=0)
-        return streamed_list(offset_pages(squall.db, read, public, offset), total)
+        return streamed_list(keyset_pages(squall.db, read, public, offset, "occurrence_time"), total)
     records, total = await squall.db.read(read, limit=limit, offset=offset)
     tell_page(response, total, limit)
     return [public(r) for r in records]
