@@ -6,8 +6,10 @@ own (the action, and for `.attr` the hashed values of its attributes, secrets un
 admitted only while each of its keys is under its threshold, and holds a slot under each. One over
 a threshold is marked `delayed` and queued (or canceled, as the first full policy says), and the
 moment one of that action's runs ends, the queued ones whose keys all have room are admitted, in
-order (no polling). A run admitted here and then canceled from another process, or claimed by another,
-before its claim ends unheard here: its slots are freed when its run returns (`LocalExecutor.on_done`).
+order (no polling). A pack reload (`rebuild`) recounts the runs queued and holding slots under the
+policies as they are now, and admits what then has room, in order. A run admitted here and then
+canceled from another process, or claimed by another, before its claim ends unheard here: its slots
+are freed when its run returns (`LocalExecutor.on_done`).
 Delayed executions are stored as such, so after a restart `recover()` submits them again and the
 policy decides anew. Retry listens for finished executions and re-requests a
 failed (or timed out) one with `context.policies.retry.retry_count` counted up.
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from engine.crypto import CryptoError
-from engine.executions import FAILED, until_due
+from engine.executions import COMPLETED, FAILED, until_due
 from engine.storage import as_utc, iso, utcnow
 from engine.yamlfile import ContentError
 
@@ -221,15 +223,107 @@ class PolicyExecutor:
         #: Failed executions whose retry this process is requesting now (the listener's or recovery's).
         self._retrying: set[str] = set()
         self._starting: set[asyncio.Task[None]] = set()
+        #: Counts the reloads of the policies, so a recount that read the runs under older ones reads again.
+        self._generation = 0
+        #: From a reload until the runs' limits are recomputed under its policies: nothing is admitted meanwhile.
+        self._recounting = False
+        #: The task applying reloaded policies to the runs waiting and holding slots (`_recheck`).
+        self._rechecking: asyncio.Task[None] | None = None
         executions.on_finished(self._on_finished)
         if hasattr(inner, "on_done"):  # the local executor: it tells each run that returned
             inner.on_done = self._run_returned
         executions.after_recovery(self.recover_retries)
 
     def rebuild(self, registry: Registry) -> list[ContentError]:
+        """Use the policies of newly loaded packs, for the runs already waiting or holding slots too."""
         self.policies, errors = load_policies(registry)
         errors.extend(unbound_policies(self.policies, registry))  # logged with the load's other problems
+        self._recheck_soon()
         return errors
+
+    def _recheck_soon(self) -> None:
+        """After a reload, count the runs this process holds and queues under the new policies
+        (`_recheck`). A queued run kept the limits it was delayed under: an edited threshold, a
+        policy disabled or removed held it `delayed` until a restart while new requests ran, or ran
+        it after newer ones. StackStorm applies the current policy at each scheduler pass. Where
+        workers run the executions (`shared`) nothing is held here: the poll submits the `delayed`
+        ones again and `submit` applies the policies of the moment."""
+        self._generation += 1
+        limited = any(policy.concurrency for found in self.policies.values() for policy in found)
+        if self.shared or not (self._queued or self._action_of or (limited and self.running)):
+            return
+        self._recounting = True
+        if self._rechecking is None:
+            self._rechecking = asyncio.get_running_loop().create_task(self._recheck(), name="policy-recheck")
+
+    async def settled(self) -> None:
+        """Return once the policies of the last reload apply to the runs that waited or ran before it:
+        a request decided before that could take a slot a waiting run is owed."""
+        while (task := self._rechecking) is not None:
+            await asyncio.shield(task)
+
+    async def _recheck(self) -> None:
+        """Read the runs queued and holding slots here, recompute their limits under the current
+        policies, then admit what now has room (and what no policy holds any more), in the order
+        they were delayed. Read again if the policies were reloaded meanwhile."""
+        try:
+            done = -1
+            while done != self._generation:
+                done = self._generation
+                records = await self._read_counted()
+                if done == self._generation:
+                    await self._apply(records)
+        finally:
+            self._recounting = False
+            self._rechecking = None
+
+    async def _apply(self, records: Mapping[str, dict[str, Any] | None]) -> None:
+        """Recount (`_recount`), then hand on each queued run that now has room, action by action in
+        queue order. A recount that fails still admits what has room: the queue must not stall."""
+        self._recounting = False
+        try:
+            self._recount(records)
+        except Exception:
+            log.exception("could not apply the reloaded concurrency policies to the runs waiting or running: "
+                          "those not recounted keep the limits they had until they end")
+        await _all([self._start(action, ready) for action in list(self._queues) if (ready := self._take_ready(action))])
+
+    async def _read_counted(self) -> dict[str, dict[str, Any] | None]:
+        """The records of the runs queued or holding slots here, and of those running here unheld (a
+        new policy counts them), by id; empty if the database cannot be read (they keep their limits)."""
+        ids = [*self._queued, *sorted((set(self._action_of) | self.running) - set(self._queued))]
+        db = self.executions.db
+        try:
+            return await db(_records, db.store, ids)
+        except Exception:
+            log.exception("could not read the %d run(s) waiting or running under concurrency policies to apply the "
+                          "reloaded policies: they keep the limits they had until they end", len(ids))
+            return {}
+
+    def _recount(self, records: Mapping[str, dict[str, Any] | None]) -> None:
+        """Each queued run's limits and each holding run's keys, under the current policies. A run
+        not read keeps what it had; a queued one that ended or is gone is held by nothing (its
+        admission finds it gone and gives the slot back). Runs started here before a policy of
+        their action existed hold slots under it from now on: their ends free them as any other's."""
+        for execution_id, (action, _old) in self._queued.items():
+            if execution_id in records:
+                record = records[execution_id]
+                waiting = record is not None and record["status"] in ("requested", "delayed")
+                self._queued[execution_id] = (action, self._limits(record) if waiting else ())
+        held = {execution_id: (self._action_of[execution_id], self._keys_of.get(execution_id, ()))
+                for execution_id in self._action_of}
+        for execution_id in (set(self._action_of) | self.running) - set(self._queued):
+            record = records.get(execution_id)
+            if record is None or (execution_id not in held and record["status"] in COMPLETED):
+                continue
+            keys = tuple(limit.key for limit in self._limits(record))
+            if keys or execution_id in held:
+                held[execution_id] = (record["action"], keys)
+        self._admitted.clear()
+        self._keys_of.clear()
+        self._action_of.clear()
+        for execution_id, (action, keys) in held.items():
+            self._hold(execution_id, action, keys)
 
     # -- the Executor interface -------------------------------------------------------------------
     @property
@@ -254,17 +348,25 @@ class PolicyExecutor:
         return await self.inner.cancel(execution_id)
 
     async def close(self) -> None:
+        if self._rechecking is not None:
+            self._rechecking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rechecking
         await self.inner.close()
 
     async def submit(self, execution_id: str) -> None:
-        if not self.policies or execution_id in self._keys_of:
+        if (not self.policies and not self.shared) or execution_id in self._keys_of:
             await self.inner.submit(execution_id)
             return
         db = self.executions.db
         record = await db(db.store.get_execution, execution_id)
+        await self.settled()  # a reload's recount first: the runs that waited before this one go first
         if execution_id in self._queued:
             return  # waiting for room already (submitted twice: a request's submit and a poll's)
         limits = self._limits(record) if record is not None and record["status"] in ("requested", "delayed") else ()
+        if not limits and self.shared and record is not None and _policy_delayed(record):
+            await self._submit_shared(record, ())  # its policy is gone: admitted (to `scheduled`) for the workers
+            return
         if not limits or execution_id in self._keys_of:
             await self.inner.submit(execution_id)
             return
@@ -334,9 +436,12 @@ class PolicyExecutor:
         return next((limit for limit in limits if len(self._admitted.get(limit.key, ())) >= limit.threshold), None)
 
     def _admit(self, execution_id: str, action: str, limits: tuple[Limit, ...]) -> None:
-        for limit in limits:
-            self._admitted[limit.key].add(execution_id)
-        self._keys_of[execution_id] = tuple(limit.key for limit in limits)
+        self._hold(execution_id, action, tuple(limit.key for limit in limits))
+
+    def _hold(self, execution_id: str, action: str, keys: tuple[tuple[str, ...], ...]) -> None:
+        for key in keys:
+            self._admitted[key].add(execution_id)
+        self._keys_of[execution_id] = keys
         self._action_of[execution_id] = action
 
     def _release(self, execution_id: str) -> None:
@@ -395,7 +500,11 @@ class PolicyExecutor:
 
     def _take_ready(self, action: str) -> list[str]:
         """Admit each queued execution of `action` whose keys all have room, in the order they wait.
-        Done as the slot is freed, before anything is awaited, so no new request slips past the queue."""
+        Done as the slot is freed, before anything is awaited, so no new request slips past the queue.
+        None while a reload's recount is under way: their limits may be the old policies'; the
+        recount admits them once they are the new ones'."""
+        if self._recounting:
+            return []
         ready = []
         for execution_id in list(self._queues.get(action, ())):
             limits = self._queued[execution_id][1]
@@ -499,6 +608,17 @@ class PolicyExecutor:
             await self._retry_later(record, *found)
             requested += 1
         return requested
+
+
+def _records(store: Any, ids: list[str]) -> dict[str, dict[str, Any] | None]:
+    """Each execution of `ids` by id (None if it is gone), in one trip to the database thread."""
+    return {execution_id: store.get_execution(execution_id) for execution_id in ids}
+
+
+def _policy_delayed(record: Mapping[str, Any]) -> bool:
+    """Whether `record` waits `delayed` for a concurrency policy's slot, not for a clock (a retry's or a
+    task's delay, `runner_info.delayed_until`), which the executor hands on itself once it is over."""
+    return record["status"] == "delayed" and (record.get("runner_info") or {}).get("delayed_until") is None
 
 
 async def _all(awaitables: list[Any]) -> None:

@@ -628,3 +628,151 @@ async def test_a_held_run_whose_sealed_values_cannot_be_read_fails_saying_why(ho
         assert failed["status"] == "failed" and "sealed under key" in failed["result"]["error"], failed
     finally:
         await squall.close()
+
+
+# -- a policy edited, disabled or removed while runs wait on it (packs reloaded, as serve's watcher does) ---
+
+def _limit(threshold: int, *, name: str = "limit", enabled: bool = True) -> str:
+    return (f"name: {name}\nresource_ref: pol.gate\npolicy_type: action.concurrency\n"
+            + ("" if enabled else "enabled: false\n") + f"parameters: {{threshold: {threshold}, action: delay}}\n")
+
+
+async def _edit_limit(squall: Squall, home: Path, text: str | None) -> None:
+    """Write (or, with None, remove) `pol.gate`'s policy file and reload the packs, as serve does on a change."""
+    path = home / "packs" / "pol" / "policies" / "limit.yaml"
+    if text is None:
+        path.unlink()
+    else:
+        write(path, text)
+    await squall.reload_packs()
+
+
+async def _reaches(squall: Squall, execution_id: str, wanted: set[str]) -> dict:
+    """`_status`, failing (not hanging) when the execution never gets there."""
+    return await asyncio.wait_for(_status(squall, execution_id, wanted), timeout=20)
+
+
+async def _gated(squall: Squall, home: Path, names: str) -> tuple[dict[str, str], dict[str, Path]]:
+    """One `pol.gate` request per letter of `names`, each waiting on a gate file of its own, requested in order."""
+    gates = {name: home / f"gate-{name}" for name in names}
+    ids = {name: (await squall.executions.request("pol.gate", {"gate": str(gates[name]), "tag": name}))["id"]
+           for name in names}
+    return ids, gates
+
+
+@pytest.mark.parametrize("how", ["disabled", "removed"])
+async def test_runs_waiting_on_a_policy_run_once_it_is_disabled_or_removed(home: Path, how: str) -> None:
+    """Threshold 0: three runs wait `delayed`. The policy is turned off (`enabled: false`) or its file
+    deleted and the packs reloaded: nothing holds them any more, and all three start, not only the
+    requests made after the reload."""
+    _pack(home, {"limit": _limit(0)})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        ids, gates = await _gated(squall, home, "abc")
+        for execution_id in ids.values():
+            assert (await squall.executions.get(execution_id))["status"] == "delayed"
+        await _edit_limit(squall, home, _limit(0, enabled=False) if how == "disabled" else None)
+        for execution_id in ids.values():
+            await _reaches(squall, execution_id, {"running"})
+        for gate in gates.values():
+            gate.touch()
+        for execution_id in ids.values():
+            assert (await squall.executions.wait(execution_id, timeout=20))["status"] == "succeeded"
+        assert {key: list(queue) for key, queue in squall.executor._queues.items() if queue} == {}
+        assert not any(squall.executor._admitted.values())
+    finally:
+        await squall.close()
+
+
+async def test_runs_waiting_on_a_policy_follow_its_new_threshold_in_the_order_they_were_delayed(home: Path
+                                                                                                ) -> None:
+    """Threshold 1: `a` runs, `b`, `c` and `d` wait. Raised to 3: `b` and `c` start at once, `d` still
+    waits, and a request made after the reload (`e`) waits behind `d`; when `a` ends, `d` takes its
+    slot, not `e`."""
+    _pack(home, {"limit": _limit(1)})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        ids, gates = await _gated(squall, home, "abcd")
+        await _reaches(squall, ids["a"], {"running"})
+        await _edit_limit(squall, home, _limit(3))
+        await _reaches(squall, ids["b"], {"running"})
+        await _reaches(squall, ids["c"], {"running"})
+        assert (await squall.executions.get(ids["d"]))["status"] == "delayed"  # three run: a, b and c
+        later, later_gates = await _gated(squall, home, "e")
+        assert (await squall.executions.get(later["e"]))["status"] == "delayed"  # behind d, not beside it
+        gates["a"].touch()
+        await _reaches(squall, ids["d"], {"running"})
+        assert (await squall.executions.get(later["e"]))["status"] == "delayed"
+        for gate in [*gates.values(), *later_gates.values()]:
+            gate.touch()
+        for execution_id in [*ids.values(), *later.values()]:
+            assert (await squall.executions.wait(execution_id, timeout=20))["status"] == "succeeded"
+    finally:
+        await squall.close()
+
+
+async def test_a_renamed_policy_counts_the_runs_admitted_under_its_old_name(home: Path) -> None:
+    """Threshold 1: `a` runs, `b` waits. The policy is renamed (its ref, part of its key, changes): `a`
+    still holds the one slot, so `b` keeps waiting and a new request `c` waits behind it (it ran at
+    once beside `a`)."""
+    _pack(home, {"limit": _limit(1)})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        ids, gates = await _gated(squall, home, "ab")
+        await _reaches(squall, ids["a"], {"running"})
+        await _edit_limit(squall, home, _limit(1, name="one_at_a_time"))
+        later, later_gates = await _gated(squall, home, "c")
+        assert (await squall.executions.get(later["c"]))["status"] == "delayed"
+        assert (await squall.executions.get(ids["b"]))["status"] == "delayed"
+        gates["a"].touch()
+        await _reaches(squall, ids["b"], {"running"})
+        assert (await squall.executions.get(later["c"]))["status"] == "delayed"
+        gates["b"].touch()
+        later_gates["c"].touch()
+        done = await squall.executions.wait(later["c"], timeout=20)
+        assert done["status"] == "succeeded" and done["log"][1]["status"] == "delayed"
+    finally:
+        await squall.close()
+
+
+async def test_a_policy_added_while_runs_run_counts_them(home: Path) -> None:
+    """No policy: `a` runs. A threshold-1 policy is added and the packs reloaded: `a` holds its slot,
+    so a new request `b` waits until `a` ends (it ran at once, two runs under a policy of one)."""
+    _pack(home, {})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        ids, gates = await _gated(squall, home, "a")
+        await _reaches(squall, ids["a"], {"running"})
+        await _edit_limit(squall, home, _limit(1))
+        later, later_gates = await _gated(squall, home, "b")
+        assert (await squall.executions.get(later["b"]))["status"] == "delayed"
+        later_gates["b"].touch()
+        gates["a"].touch()
+        done = await squall.executions.wait(later["b"], timeout=20)
+        assert done["status"] == "succeeded"
+        first = await squall.executions.get(ids["a"])
+        assert first["end_timestamp"] <= done["log"][2]["timestamp"]  # admitted only after `a` ended
+        assert not any(squall.executor._admitted.values())
+    finally:
+        await squall.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("how", ["disabled", "removed"])
+async def test_a_run_waiting_on_a_policy_since_disabled_or_removed_is_admitted_where_workers_run(
+        home: Path, postgres_url: str, how: str) -> None:
+    """Threshold 1 where workers run: `older` waits `delayed` behind `first`. The policy is disabled (no
+    policy left at all) or its file removed (a retry policy of another action left): the poll admits
+    `older` (to `scheduled`, handed to the workers), where it stayed `delayed` for ever."""
+    retry = "name: retry\nresource_ref: pol.flaky\npolicy_type: action.retry\nparameters: {retry_on: failure}\n"
+    _pack(home, {**_ONE_AT_A_TIME, "retry": retry} if how == "removed" else _ONE_AT_A_TIME)
+    squall, workers = await _shared(home, postgres_url)
+    try:
+        first, older = [await squall.executions.request("pol.gate", {"gate": "-", "tag": tag}) for tag in "ab"]
+        assert (await squall.executions.get(older["id"]))["status"] == "delayed"
+        await _edit_limit(squall, home, _limit(1, enabled=False) if how == "disabled" else None)
+        await squall.executions.poll()
+        assert (await squall.executions.get(older["id"]))["status"] == "scheduled"
+        assert list(dict.fromkeys(workers.handed)) == [first["id"], older["id"]]
+    finally:
+        await squall.close()
