@@ -28,8 +28,44 @@ MAX_KEY_TTL = 100 * 365 * 24 * 3600
 MAX_NAME_LENGTH: int = kv_pairs.c.name.type.length  # type: ignore[attr-defined]
 
 
+#: The character no value, description, name or user of a key may hold (`check_text`, `owner`).
+NUL = "\x00"
+
+
 class DatastoreError(ValueError):
     """A datastore request that cannot be done; the message says why."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        #: The part of the request that is wrong, where a check names it (`check_text`, `owner`, `check_prefix`:
+        #: "name", "user", "value", "description", "prefix"), for a form to show the message beside that field.
+        self.field = field
+
+
+def _visible(text: str) -> str:
+    """`text` with each NUL written `\\x00`, for a message that quotes it: a terminal shows a NUL as nothing."""
+    return text.replace(NUL, "\\x00")
+
+
+def check_text(name: str, what: str, text: str | None) -> None:
+    """A DatastoreError when `text` (the key's `what`: its name, value or description) holds a NUL
+    character. PostgreSQL's text columns refuse one (a DataError: the API's 500, an action's traceback)
+    and SQLite kept it, so a key SQLite held could not move to PostgreSQL; refused here, before either
+    database sees it, so every entry point (API, CLI, web, actions) says the same on both."""
+    if text is None or NUL not in text:
+        return
+    at = text.index(NUL) + 1
+    raise DatastoreError(f"key '{_visible(name)}': its {what} holds a NUL character (\\x00) at position {at}, which "
+                         "PostgreSQL cannot store as text; remove it (binary data can be stored as base64 or hex "
+                         "text)", field=what)
+
+
+def check_prefix(prefix: str | None) -> None:
+    """A DatastoreError for a listing's prefix holding a NUL character: PostgreSQL's LIKE raised a DataError
+    (the API's 500) where SQLite listed nothing. No key's name holds one (`check_text`)."""
+    if prefix is not None and NUL in prefix:
+        raise DatastoreError(f"the prefix holds a NUL character (\\x00) at position {prefix.index(NUL) + 1}, "
+                             "which no key's name holds; remove it", field="prefix")
 
 
 def normalise_scope(scope: str | None) -> str:
@@ -68,6 +104,10 @@ def owner(user: str | None) -> str:
     first `:`, so a user named `a:b` would read and write user `a`'s keys named `b:...`."""
     if not user:
         raise DatastoreError("a user-scoped key needs a user")
+    if NUL in user:  # PostgreSQL's DataError (a 500) on every read and write of such a user's keys
+        raise DatastoreError(f"user '{_visible(user)}' cannot have user-scoped keys: the user "
+                             f"name holds a NUL character (\\x00) at position {user.index(NUL) + 1}, which "
+                             "PostgreSQL cannot store as text", field="user")
     if ":" in user:
         raise DatastoreError(f"user '{user}' cannot have user-scoped keys: a user name with ':' would name "
                              "another user's keys (they are stored as <user>:<name>)")
@@ -91,6 +131,12 @@ def check_key(name: Any, *, scope: str | None = "system", user: str | None = Non
         raise DatastoreError(f"key name '{shown}' is too long: {len(stored)} characters{counted}; "
                              f"the longest a key's stored name may be is {MAX_NAME_LENGTH}")
     return scope, stored, check_ttl(ttl)
+
+
+def _check_texts(name: str, value: str, description: str | None) -> None:
+    """What `set` and `check_write` look at beyond `check_key`: no NUL in the value or the description."""
+    check_text(name, "value", value)
+    check_text(name, "description", description)
 
 
 #: `changed(kind, payload)`: kind is create, update, delete or value_change (StackStorm's KV triggers).
@@ -127,7 +173,10 @@ class Datastore:
 
     @staticmethod
     def stored_name(name: str, scope: str, user: str | None) -> str:
-        """The name a pair is stored under: `<user>:<name>` in the user scope, as StackStorm stores it."""
+        """The name a pair is stored under: `<user>:<name>` in the user scope, as StackStorm stores it. Every
+        read, write and delete names a key through here: a NUL in the name (`check_text`) or user (`owner`) is
+        refused."""
+        check_text(name, "name", name)
         if scope == "user":
             return f"{owner(user)}:{name}"
         return name
@@ -206,11 +255,13 @@ class Datastore:
         return text
 
     def check_write(self, name: str, value: Any, *, scope: str = "system", user: str | None = None,
-                    encrypt: bool = False, ttl: Any = None, encrypted: bool = False) -> None:
+                    encrypt: bool = False, ttl: Any = None, encrypted: bool = False,
+                    description: str | None = None) -> None:
         """A DatastoreError for anything `set` with these arguments would refuse, writing nothing: so that
         `squall key load` checks every item (the mask over a stored secret included) before it writes any."""
         scope, stored, _ = check_key(name, scope=scope, user=user, ttl=ttl)
         text = str(value)
+        _check_texts(name, text, description)
         self._refuse_mask(name, text, scope, stored, encrypt or encrypted, utcnow())
         if encrypted:
             self.ciphertext(name, text)
@@ -225,6 +276,7 @@ class Datastore:
         scope, stored, ttl = check_key(name, scope=scope, user=user, ttl=ttl)
         now = utcnow()
         text = str(value)
+        _check_texts(name, text, description)
         self._refuse_mask(name, text, scope, stored, encrypt or encrypted, now)
         if encrypted:
             text = self.ciphertext(name, text)
@@ -265,6 +317,7 @@ class Datastore:
         their own, never another user's); without, every user's (an administrator's view)."""
         scope = None if scope in (None, "all") else normalise_scope(scope)
         user = owner(user) if user is not None else None
+        check_prefix(prefix)
         records = self.store.kv_list(scope, None, utcnow(), limit, offset=offset, name_prefix=prefix, user=user)
         return [self._public(r, decrypt, strict=False) for r in records]
 
@@ -272,6 +325,7 @@ class Datastore:
         """How many pairs `list` with the same arguments and no limit returns (the API's `X-Total-Count`)."""
         scope = None if scope in (None, "all") else normalise_scope(scope)
         user = owner(user) if user is not None else None
+        check_prefix(prefix)
         return self.store.kv_count(scope, utcnow(), name_prefix=prefix, user=user)
 
     def purge_expired(self) -> int:

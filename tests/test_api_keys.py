@@ -155,6 +155,25 @@ async def test_a_name_too_long_to_store_is_a_400_naming_the_limit(squall: Squall
         assert fits.status_code == 200, fits.text
 
 
+async def test_a_nul_character_is_a_400_naming_where_it_is(squall: Squall) -> None:
+    """PostgreSQL's text columns refuse `\\x00`: a value or description holding one was a 500 there (a
+    DataError) and stored on SQLite. Refused by `Datastore.set` on both, as a 400 that says where."""
+    async with _client(squall, **{"St2-Api-Key": KEY}) as client:
+        for name, body, what in (("nulv", {"value": "a\x00b"}, "its value"),
+                                 ("nuld", {"value": "x", "description": "d\x00"}, "its description"),
+                                 ("nuls", {"value": "a\x00b", "secret": True}, "its value"),
+                                 ("nulu", {"value": "x", "scope": "user", "user": "ann\x00"}, "the user name")):
+            refused = await client.put(f"/api/v1/keys/{name}", json=body)
+            assert refused.status_code == 400, refused.text
+            assert f"{what} holds a NUL character (\\x00) at position" in _fault(refused), _fault(refused)
+        for answer in (await client.put("/api/v1/keys/a%00b", json={"value": "x"}),  # the URL's own check
+                       await client.get("/api/v1/keys/a%00b"), await client.delete("/api/v1/keys/a%00b"),
+                       await client.get("/api/v1/keys", params={"prefix": "a\x00"})):
+            assert answer.status_code == 400 and "NUL character" in _fault(answer), answer.text
+        assert (await client.get("/api/v1/keys", params={"scope": "all"})).json() == []
+        assert (await client.put("/api/v1/keys/fine", json={"value": "x", "description": "d"})).status_code == 200
+
+
 def test_a_new_api_key_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
     """One key in 64 started with `-`, and a command line then took it for an option: `st2 login alice
     --password -Xb...` failed with "expected one argument" (a CI run met one)."""

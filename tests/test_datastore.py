@@ -600,6 +600,49 @@ def test_a_stored_name_over_the_column_is_refused_before_the_database_sees_it(ds
     assert [len(r["name"]) for r in ds.list(scope="all")] == [512, 508]
 
 
+@pytest.mark.parametrize(("arguments", "what"), [
+    ({"value": "a\x00b"}, "value"),
+    ({"value": "a\x00b", "encrypt": True}, "value"),
+    ({"value": "x", "description": "d\x00"}, "description"),
+    ({"name": "a\x00b", "value": "x"}, "name"),
+    ({"value": "x", "scope": "user", "user": "ann\x00"}, "user"),
+])
+def test_a_nul_character_is_refused_alike_on_both_databases(ds: Datastore, arguments: dict, what: str) -> None:
+    """PostgreSQL's text columns refuse `\\x00` (a DataError: the API's 500) and SQLite kept it; `set` and
+    `check_write` (`squall key load`'s look before it writes), which every entry point goes through, refuse
+    it with a DatastoreError (a 400) naming the field, on both."""
+    given = {"name": "k", **arguments}
+    name = given.pop("name")
+    said = rf"{what}( name)? holds a NUL character \(\\x00\) at position \d, which PostgreSQL cannot store"
+    with pytest.raises(DatastoreError, match=said) as refused:
+        ds.set(name, **given)
+    assert "\x00" not in str(refused.value) and refused.value.field == what
+    check = {key: value for key, value in given.items() if key != "description"}
+    with pytest.raises(DatastoreError, match=said):
+        ds.check_write(name, **check, description=given.get("description"))
+    assert ds.list(scope="all") == []
+    if what == "user":  # listing that user's keys too
+        for listing in (ds.list, ds.count):
+            with pytest.raises(DatastoreError, match=said):
+                listing(scope="user", user="ann\x00")
+    if what == "name":  # a read or delete of such a name is the same clear refusal, not the database's error
+        for call in (ds.get, ds.delete):
+            with pytest.raises(DatastoreError, match=said):
+                call(name)
+    ds.set("k", "fine", description="said")
+    assert ds.get("k")["description"] == "said"
+
+
+def test_a_prefix_with_a_nul_character_is_refused_alike_on_both_databases(ds: Datastore) -> None:
+    """`list` and `count` (the API's `?prefix=`, `st2 key list --prefix`): PostgreSQL's LIKE raised a DataError
+    for a prefix holding `\x00` (a 500) where SQLite listed nothing."""
+    ds.set("k", "v")
+    for call in (ds.list, ds.count):
+        with pytest.raises(DatastoreError, match=r"the prefix holds a NUL character \(\\x00\) at position 2"):
+            call(prefix="k\x00")
+    assert [item["name"] for item in ds.list(prefix="k")] == ["k"]
+
+
 @pytest.mark.parametrize(("ttl", "message"), [
     ("soon", "whole number of seconds"), (1.5, "whole number of seconds"), (True, "whole number of seconds"),
     (MAX_KEY_TTL + 1, f"at most {MAX_KEY_TTL} seconds"), (99999999999999, "at most"), (10 ** 30, "at most")])

@@ -301,6 +301,8 @@ def test_load_takes_ciphertext_marked_encrypted_and_refuses_a_foreign_one(home: 
     ({"name": 7, "value": "2"}, "a key needs a name"),
     ({"name": "second", "value": "2", "secret": "false"}, "secret must be true or false"),
     ({"name": "db_password", "value": "********"}, "mask shown in place of a secret"),
+    ({"name": "second", "value": "a\x00b"}, "its value holds a NUL character (\\x00) at position 2"),
+    ({"name": "second", "value": "2", "description": "\x00"}, "its description holds a NUL character"),
 ])
 def test_load_checks_every_item_before_writing_any(home: Path, second: dict, said: str) -> None:
     """"Nothing is written if any item is bad": a bad scope, ttl or name in item 2 was found only while
@@ -312,6 +314,31 @@ def test_load_checks_every_item_before_writing_any(home: Path, second: dict, sai
     assert "Traceback" not in refused.stderr
     assert squall(home, "key", "get", "first").returncode == 2  # nothing of the file was written
     assert squall(home, "key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    ("2024-01-01", "value is a YAML date (2024-01-01), which JSON cannot hold; quote it ('2024-01-01')"),
+    ("{when: 2024-01-01 10:30:00}", "value.when is a YAML date (2024-01-01 10:30:00), which JSON cannot hold; "
+                                    "quote it ('2024-01-01 10:30:00')"),
+    ("[1, !!binary aGVsbG8=]", "value[1] is binary data (!!binary), which JSON cannot hold; give it as a quoted "
+                               "string"),
+    ("&loop [*loop]", "value[0] refers back to what holds it (a YAML alias inside its own anchor)"),
+])
+@pytest.mark.parametrize("convert", [False, True])
+def test_load_names_a_yaml_value_json_cannot_hold(home: Path, value: str, said: str, convert: bool) -> None:
+    """`value: 2024-01-01` is a date to YAML and `!!binary` bytes: `key load --convert` was a TypeError
+    traceback (exit 1) from json.dumps, which the refusal without --convert advised. Both now say which
+    item and where in its value, and what to write instead; exit 2, nothing written."""
+    write(home / "keys.yaml", f"- name: first\n  value: one\n- name: release_day\n  value: {value}\n")
+    refused = squall(home, "key", "load", str(home / "keys.yaml"), *(["--convert"] if convert else []))
+    assert refused.returncode == 2, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert f"keys.yaml item 2 ('release_day'): {said}" in " ".join(refused.stderr.split()), refused.stderr
+    assert "use --convert" not in refused.stderr  # --convert cannot store it either
+    assert squall(home, "key", "get", "first").returncode == 2  # nothing of the file was written
+    write(home / "keys.yaml", "- name: release_day\n  value: '2024-01-01'\n")  # quoted, as the error says
+    assert squall(home, "key", "load", str(home / "keys.yaml")).returncode == 0
+    assert squall(home, "key", "get", "release_day").stdout.strip() == "2024-01-01"
 
 
 def test_load_reads_a_ttl_of_0_as_no_expiry_as_stackstorm_does(home: Path) -> None:

@@ -61,6 +61,47 @@ def test_rule_test_explains_and_exits_0_or_1(home: Path) -> None:
     assert done.returncode == 2 and "gtx" in done.stderr
 
 
+HOOK = """
+    name: hook
+    pack: demo
+    enabled: true
+    trigger: {type: core.st2.webhook, parameters: {url: hook}}
+    criteria:
+      trigger.headers.X-Hook-Token:
+        type: equals
+        pattern: "{{ st2kv.system.hook_token | decrypt_kv }}"
+      trigger.body.tag:
+        type: contains
+        pattern: "v-{{ st2kv.system.pin | decrypt_kv }}"
+    action: {ref: core.noop}
+"""
+
+
+def test_rule_test_masks_what_decrypt_kv_revealed(home: Path) -> None:
+    """docs/security.md: decrypted datastore values are masked everywhere. `rule test` printed the secret a
+    pattern decrypted, and the payload's value when it was the secret (a token that matches)."""
+    make_pack(home, {})
+    secret, pin = "Xk9-super-secret", "12"  # a short one is masked whole, wherever it shows
+    for name, value in (("hook_token", secret), ("pin", pin)):
+        assert squall(home, "key", "set", name, value, "--encrypt").returncode == 0
+    rule_file = write(home / "hook.yaml", HOOK)
+    for token, tag, matched in (("wrong", "v-12", False), (secret, "release-v-12", True)):
+        instance = write(home / "ti.json", json.dumps({"trigger": "core.st2.webhook", "payload": {
+            "headers": {"X-Hook-Token": token}, "body": {"tag": tag}}}))
+        text = squall(home, "rule", "test", "--rule", str(rule_file), "--trigger-instance", str(instance))
+        done = squall(home, "rule", "test", "--rule", str(rule_file), "--trigger-instance", str(instance), "--json")
+        assert (text.returncode, done.returncode) == ((0, 0) if matched else (1, 1)), text.stderr + done.stderr
+        for output in (text.stdout, done.stdout):
+            assert secret not in output and "v-12" not in output, output
+        criteria = json.loads(done.stdout)["criteria"]
+        assert criteria[0]["pattern"] == "********"
+        assert criteria[0]["value"] == ("********" if matched else "wrong")
+        if matched:
+            assert criteria[1] == {"key": "trigger.body.tag", "operator": "contains", "pattern": "********",
+                                   "value": "********", "result": True}
+            assert 'pattern="********"  value="********"' in text.stdout
+
+
 def test_trigger_emit_instances_and_enforcements(home: Path) -> None:
     make_pack(home, {"alert": ALERT})
     types = json.loads(squall(home, "trigger", "list", "--json").stdout)

@@ -421,6 +421,61 @@ async def test_keys_set_and_delete_with_secrets_masked(web: Web) -> None:
     assert all(KEY_SECRET not in str(a["detail"]) for a in audit)
 
 
+def _delete_form(page: str, name: str, user: str | None = None) -> dict[str, str]:
+    """The fields the Delete button of key `name` (of `user`) posts, read from the page as a browser would."""
+    for form in re.findall(r'<form method="post" action="/keys/delete">(.*?)</form>', page, re.S):
+        fields = {key: html.unescape(value) for key, value in re.findall(r'name="(\w+)" value="([^"]*)"', form)}
+        if fields.get("name") == name and fields.get("user") == user:
+            return fields
+    raise AssertionError(f"no delete form for {name!r} of {user!r} in {page}")
+
+
+async def test_a_key_is_deleted_and_set_under_its_exact_name(web: Web) -> None:
+    """The delete form's hidden fields hold the stored name and user; stripped, deleting `deploy_token `
+    (a trailing space, as the API stores it) deleted `deploy_token`, another key. The set form writes the
+    name it is given too, as the API and `squall key set` do."""
+    ds = web.squall.datastore
+    for name, user, value in (("deploy_token", None, "the-real-one"), ("deploy_token ", None, "a-typo"),
+                              ("pref", "ann", "ann's"), ("pref", "ann ", "another user's")):
+        await web.squall.db(ds.set, name, value, scope="user" if user else "system", user=user)
+    admin, token = await signed_in(web, "ada", "admin")
+    form = _delete_form((await admin.get("/keys")).text, "deploy_token ")
+    assert (await admin.post("/keys/delete", data=form)).status_code == 303
+    assert await web.squall.db(ds.get, "deploy_token ") is None
+    assert (await web.squall.db(ds.get, "deploy_token"))["value"] == "the-real-one"
+    form = _delete_form((await admin.get("/keys?scope=user")).text, "pref", "ann ")
+    assert (await admin.post("/keys/delete", data=form)).status_code == 303
+    assert await web.squall.db(ds.get, "pref", scope="user", user="ann ") is None
+    assert (await web.squall.db(ds.get, "pref", scope="user", user="ann"))["value"] == "ann's"
+    assert (await admin.post("/keys/delete", data=form)).status_code == 404  # gone: not ann's instead
+    assert (await web.squall.db(ds.get, "pref", scope="user", user="ann"))["value"] == "ann's"
+    written = await admin.post("/keys", data={"name": " padded ", "value": "v", "scope": "system",
+                                              "csrf_token": token})
+    assert written.status_code == 303
+    assert (await web.squall.db(ds.get, " padded "))["value"] == "v" and await web.squall.db(ds.get, "padded") is None
+    assert [(a["event"], a["target"]) for a in await _changes(web)][:3] == [
+        ("web.key.set", " padded "), ("web.key.delete", "pref"), ("web.key.delete", "deploy_token ")]
+
+
+async def test_a_nul_character_comes_back_beside_its_field(web: Web) -> None:
+    """`\x00` in a value or description was PostgreSQL's DataError (a 500) and stored on SQLite: the keys page
+    again, with the engine's words beside the value, or above the form for the description (no field of its
+    own for an error), the rest of what was typed kept."""
+    admin, token = await signed_in(web, "ada", "admin")
+    value = await admin.post("/keys", data={"name": "k", "value": "a\x00b", "scope": "system", "csrf_token": token})
+    assert value.status_code == 400 and "1 field to correct: Value." in value.text
+    assert "its value holds a NUL character (\\x00) at position 2" in _key_input(value.text, "value")
+    about = await admin.post("/keys", data={"name": "k", "value": "v", "description": "d\x00", "scope": "system",
+                                            "csrf_token": token})
+    assert about.status_code == 400 and 'value="v"' in _key_input(about.text, "value")
+    assert "its description holds a NUL character (\\x00) at position 2" in about.text.split('<form method="post" '
+                                                                                            'action="/keys"')[1]
+    user = await admin.post("/keys", data={"name": "k", "value": "v", "scope": "user", "user": "ann\x00",
+                                           "csrf_token": token})
+    assert user.status_code == 400 and "the user name holds a NUL character" in _key_input(user.text, "user")
+    assert await web.squall.db(web.squall.datastore.list, scope="all") == []
+
+
 def _key_input(page: str, name: str) -> str:
     """The keys form's `<div>` holding input `key-NAME`, its label and its error."""
     found = re.search(rf'<div[^>]*>(?:(?!<div).)*?id="key-{name}".*?</div>', page, re.S)

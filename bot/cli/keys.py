@@ -223,6 +223,7 @@ def _load_items(path: Path, convert: bool) -> list[dict[str, Any]]:
                        f"{', '.join(sorted(_LOAD_FIELDS))}")
         value = item["value"]
         if not isinstance(value, str):
+            _refuse_unjsonable(where, item["name"], value)
             if not convert:
                 raise fail(f"{where} ('{item['name']}'): value is a {type(value).__name__}, not a string; "
                            "use --convert to store it as JSON")
@@ -232,6 +233,53 @@ def _load_items(path: Path, convert: bool) -> list[dict[str, Any]]:
             _refuse_masked(where, item["name"], value)
         items.append({**item, "value": value, "where": where})
     return items
+
+
+#: What YAML may hand `key load` that JSON holds as it is (a dict's keys are written as text by json.dumps).
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _unjsonable(value: Any, at: str, path: tuple[int, ...] = ()) -> tuple[str, Any] | None:
+    """The first place in `value` (`at`: "value", "value.when", "value[1]") JSON cannot hold, with what is
+    there, or None. A list or mapping that holds itself (a YAML alias inside its own anchor) is `...`."""
+    if isinstance(value, _JSON_SCALARS):
+        return None
+    if id(value) in path:
+        return at, ...
+    if isinstance(value, list):
+        children = [(f"{at}[{n}]", entry) for n, entry in enumerate(value)]
+    elif isinstance(value, dict):
+        bad_key = next((key for key in value if not isinstance(key, _JSON_SCALARS)), None)
+        if bad_key is not None:
+            return f"the key {bad_key} in {at}", bad_key
+        children = [(f"{at}.{key}", entry) for key, entry in value.items()]
+    else:
+        return at, value
+    inside = (*path, id(value))
+    return next((found for where, entry in children if (found := _unjsonable(entry, where, inside))), None)
+
+
+def _refuse_unjsonable(where: str, name: Any, value: Any) -> None:
+    """Refuse a value neither stored as text nor as JSON (`--convert`): a YAML date (`2024-01-01` unquoted),
+    `!!binary` bytes, a list that holds itself. `--convert` was a TypeError traceback for them, and the
+    refusal without it advised `--convert`; this names where the value is and what to write instead."""
+    import datetime
+
+    problem = _unjsonable(value, "value")
+    if problem is None:
+        return
+    at, bad = problem
+    if bad is ...:
+        said = (f"{at} refers back to what holds it (a YAML alias inside its own anchor), which JSON cannot "
+                "hold; write the value out without that alias")
+    elif isinstance(bad, (datetime.date, datetime.datetime)):
+        said = f"{at} is a YAML date ({bad}), which JSON cannot hold; quote it ('{bad}') to store it as text"
+    elif isinstance(bad, bytes):
+        said = (f"{at} is binary data (!!binary), which JSON cannot hold; give it as a quoted string (its base64 "
+                "text, say) to store it as text")
+    else:
+        said = f"{at} is a {type(bad).__name__}, which JSON cannot hold; give it as a quoted string"
+    raise fail(f"{where} ('{name}'): {said}")
 
 
 def _check_item(where: str, item: dict[str, Any]) -> None:
@@ -284,7 +332,8 @@ def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {na
     async def work(squall: Squall) -> int:
         for item in items:  # every ciphertext, and every mask over a stored secret, before anything is written
             try:
-                await squall.db(squall.datastore.check_write, item["name"], item["value"], **arguments(item))
+                await squall.db(squall.datastore.check_write, item["name"], item["value"], **arguments(item),
+                                description=item.get("description"))
             except DatastoreError as exc:
                 raise DatastoreError(f"{item['where']}: {exc}") from None
         for number, item in enumerate(items, 1):

@@ -115,6 +115,30 @@ def _shown(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
+def _masked(value: Any, revealed: list[str]) -> Any:
+    """`value` with what `decrypt_kv` revealed while the criteria were evaluated masked (docs/security.md:
+    decrypted datastore values are masked everywhere): a pattern rendered from a secret, and a payload value
+    that holds it (the token that matches). A secret too short to replace inside other text (`MIN_REPLACED`)
+    masks the whole value it appears in, as the letters around the mask would tell it."""
+    texts = [text for text in revealed if text]
+    if not texts:
+        return value
+    from engine.executions import scrub, scrubbable
+    from engine.parameters import MASK, MIN_REPLACED
+
+    whole = value if isinstance(value, str) else json.dumps(value, default=str)
+    if any(len(text) < MIN_REPLACED and text in whole for text in texts):
+        return MASK
+    return scrub(value, scrubbable(texts))
+
+
+def _criterion(check: Check, revealed: list[str]) -> dict[str, Any]:
+    """One criterion as `rule test` prints it, what `decrypt_kv` revealed masked (`_masked`)."""
+    return {"key": check.key, "operator": check.operator, "pattern": _masked(check.pattern, revealed),
+            "value": _masked(check.value, revealed), "result": check.result,
+            **({"error": _masked(check.error, revealed)} if check.error else {})}
+
+
 @rule_app.command("test")
 def rule_test(
     rule_file: Annotated[Path, typer.Option("--rule", help="Rule file (YAML).")],
@@ -142,12 +166,17 @@ def rule_test(
             outcome["error"] = (f'the rule is for trigger type "{rule.trigger_type}", the instance is of '
                                 f'"{instance["trigger"]}"')
             return outcome
+        revealed: list[str] = []
+
+        def evaluate() -> bool:  # inside the database call, where it runs: what decrypt_kv reveals is noted
+            with squall.executions.revealing(revealed):
+                return squall.rules.evaluator.matches(rule, instance["payload"], checks)
+
         try:
-            outcome["matched"] = await squall.db(squall.rules.evaluator.matches, rule, instance["payload"], checks)
+            outcome["matched"] = await squall.db(evaluate)
         except MatchFailure as failure:
-            outcome["error"] = failure_reason(rule, str(instance.get("id", "<file>")), failure)
-        outcome["criteria"] = [{"key": c.key, "operator": c.operator, "pattern": c.pattern, "value": c.value,
-                                "result": c.result, **({"error": c.error} if c.error else {})} for c in checks]
+            outcome["error"] = _masked(failure_reason(rule, str(instance.get("id", "<file>")), failure), revealed)
+        outcome["criteria"] = [_criterion(check, revealed) for check in checks]
         if rule.criteria and not instance["payload"]:
             outcome["error"] = "the payload is empty: a rule with criteria does not match it"
         return outcome

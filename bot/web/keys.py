@@ -82,13 +82,22 @@ async def key_list(request: Request, scope: str = "system", session: Session = D
 
 
 def _owner(scope: str, fields: Mapping[str, str]) -> str | None:
-    """The user a user-scoped key belongs to (None in the system scope); a ValueError naming the problem."""
-    user = fields.get("user", "").strip() or None
+    """The user a user-scoped key belongs to (None in the system scope); a ValueError naming the problem.
+    Taken as posted, as `_name` is: a delete form's hidden field holds the stored user, and `ann ` stripped
+    named ann's keys."""
+    user = fields.get("user") or None
     if scope != "user":
         return None
     if user is None:
         raise ValueError("A user-scoped key needs the user it belongs to.")
     return owner(user)
+
+
+def _name(fields: Mapping[str, str]) -> str:
+    """The key's name exactly as posted. A delete form's hidden field holds the stored name, and the API and
+    `squall key set` store names as given: stripped, deleting `deploy_token ` deleted `deploy_token`, another
+    key, and setting it wrote that other key."""
+    return fields.get("name", "")
 
 
 def _checked(scope: str, fields: Mapping[str, str]) -> tuple[dict[str, str], str | None, int | None]:
@@ -101,9 +110,9 @@ def _checked(scope: str, fields: Mapping[str, str]) -> tuple[dict[str, str], str
     except ValueError as exc:
         errors["user"] = str(exc)
     try:  # without a user (wrong), the name alone: its length counts the user's prefix only with one
-        check_key(fields.get("name", "").strip(), scope="system" if "user" in errors else scope, user=user)
-    except DatastoreError as exc:
-        errors["name"] = str(exc)
+        check_key(_name(fields), scope="system" if "user" in errors else scope, user=user)
+    except DatastoreError as exc:  # the name's problem, or the user's a look at the stored name found (a NUL)
+        errors["user" if exc.field == "user" else "name"] = str(exc)
     try:
         ttl = _ttl(fields.get("ttl", ""))
     except ValueError as exc:
@@ -125,7 +134,7 @@ async def key_set(request: Request, session: Session = Depends(admin)) -> Respon
     """Form fields `name`, `value`, `scope`, `user` (user scope), `secret` (encrypt), `ttl`, `description`."""
     fields = await form_fields(request)
     scope = _scope(fields.get("scope"))
-    name = fields.get("name", "").strip()
+    name = _name(fields)
     errors, user, ttl = _checked(scope, fields)
     if errors:
         return await _refused(request, session, scope, fields, errors)
@@ -134,7 +143,9 @@ async def key_set(request: Request, session: Session = Depends(admin)) -> Respon
     try:
         await squall.db(squall.datastore.set, name, fields.get("value", ""), scope=scope, user=user, encrypt=secret,
                         ttl=ttl, description=fields.get("description", "").strip() or None)
-    except DatastoreError as exc:  # what the checks above leave: the mask written over a secret
+    except DatastoreError as exc:  # what the checks above leave: the mask over a secret, a NUL in a text
+        if exc.field == "description":  # the form has no place for its error: said above it
+            return await _refused(request, session, scope, fields, {}, str(exc))
         return await _refused(request, session, scope, fields, {"value": str(exc)})
     except (CryptoError, OverflowError) as exc:  # no key to encrypt with; a TTL past the year 9999
         problem = str(exc) if isinstance(exc, CryptoError) else "TTL is too long: the key would expire after 9999."
@@ -149,7 +160,7 @@ async def key_delete(request: Request, session: Session = Depends(admin)) -> Res
     """Form fields `name`, `scope`, `user` (user scope)."""
     fields = await form_fields(request)
     scope = _scope(fields.get("scope"))
-    name = fields.get("name", "").strip()
+    name = _name(fields)
     try:
         user = _owner(scope, fields)
     except ValueError as exc:
