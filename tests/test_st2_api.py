@@ -359,6 +359,60 @@ async def test_a_users_own_key_runs_commands_only_as_that_user(squall: Squall) -
     assert [r for r in await squall.executions.list(limit=100) if r["action"] == "demo.secretgreet"] == []
 
 
+async def test_run_delay_holds_the_execution_delayed(squall: Squall, client: httpx.AsyncClient) -> None:
+    """`st2 run --delay MS` sends `delay` (ms) beside the action, as StackStorm's LiveAction has it; it was
+    dropped, so the action ran at once. Held `delayed` now, within the bounds `re-run --delay` has, and
+    refused past them in the same words."""
+    held = await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "x"},
+                                                         "delay": 600_000})
+    assert held.status_code == 201, held.text
+    assert held.json()["status"] == "delayed"
+    stored = await squall.executions.get(held.json()["id"])
+    assert stored["status"] == "delayed" and "delayed_until" in stored["runner_info"]
+    assert (await client.delete(f"/api/v1/executions/{held.json()['id']}")).json()["status"] == "canceled"
+    done = (await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "y"},
+                                                          "delay": None})).json()  # what st2client may send
+    assert (await squall.executions.wait(done["id"], timeout=20))["status"] == "succeeded"
+    for delay in (-1, 30 * 24 * 3600 * 1000 + 1, "soon"):
+        refused = await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "z"},
+                                                                 "delay": delay})
+        again = await client.post(f"/api/v1/executions/{done['id']}/re_run", json={"delay": delay})
+        assert refused.status_code == again.status_code == 400, (refused.text, again.text)
+        assert refused.json()["faultstring"] == again.json()["faultstring"]
+        assert "delay" in refused.json()["faultstring"]
+    assert {e["parameters"]["who"] for e in await squall.executions.list(limit=10)} == {"x", "y"}
+
+
+async def test_run_as_another_user_needs_a_key_from_the_config(squall: Squall, client: httpx.AsyncClient) -> None:
+    """`st2 run -u bob` sends `"user": "bob"`; it was dropped, so the run was recorded as the key's user (or,
+    for a key from the config, the server's login name). As `action-alias execute -u`: a key from the config
+    names nobody and may name anyone; a stored key or a token only its own user (403 otherwise)."""
+    as_bob = await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "x"},
+                                                           "user": "bob"})
+    assert as_bob.status_code == 201, as_bob.text
+    assert as_bob.json()["context"]["user"] == "bob"
+    nobody = (await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "y"},
+                                                            "user": None, "context": {"user": "carol"}})).json()
+    assert nobody["context"]["user"] == "carol"  # st2client's null: the config key's context, as before
+    key, _record = await squall.db(create_key, squall.store, "alice")
+    async with _client(squall) as anon:
+        token = (await anon.post("/auth/v1/tokens", headers={"St2-Api-Key": key}, json={})).json()["token"]
+    for headers in ({"St2-Api-Key": key}, {"X-Auth-Token": token}):
+        async with _client(squall, **headers) as alice:
+            forged = await alice.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "z"},
+                                                                  "user": "bob"})
+            assert forged.status_code == 403, forged.text
+            assert "speaks for alice; it may not act as bob" in forged.json()["faultstring"]
+            own = await alice.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "a"},
+                                                               "user": "alice"})
+            assert own.status_code == 201 and own.json()["context"]["user"] == "alice", own.text
+            await squall.executions.wait(own.json()["id"], timeout=20)
+    for record in (as_bob.json(), nobody):
+        await squall.executions.wait(record["id"], timeout=20)
+    assert "z" not in {e["parameters"]["who"] for e in await squall.executions.list(limit=10)}
+    audited = await squall.db(squall.store.audit_list, 10, "api.execution")
+    assert {(a["target"], a["detail"].get("user")) for a in audited} >= {(as_bob.json()["id"], "bob")}
+
 async def test_login_with_an_api_key_gives_a_token_that_speaks_for_its_name(squall: Squall) -> None:
     key, _record = await squall.db(create_key, squall.store, "alice")
     async with _client(squall) as anon:

@@ -28,6 +28,8 @@ from tests.test_cli import SQUALL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ST2CLIENT = "st2client==3.9.0"
+#: The server's key from its config (`api.keys`): it names nobody, so it may act as anyone (`st2 run -u`).
+CONFIG_KEY = "st2-cli-config-key-0123456789"
 
 ASK = """
 version: 1.0
@@ -237,6 +239,7 @@ def server(st2_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         api:
           host: 127.0.0.1
           port: {port}
+          keys: [{CONFIG_KEY}]
         adapters:
           console:
             enabled: false
@@ -290,6 +293,22 @@ def test_actions_runs_and_executions(server: Server) -> None:
 
     unknown = server.run("run", "st2e.nope", check=False)
     assert unknown.returncode != 0 and "st2e.nope" in unknown.stdout + unknown.stderr
+
+
+def test_run_delay_and_run_as_another_user(server: Server) -> None:
+    """`st2 run --delay MS` ran at once and `st2 run -u USER` ran as the key's user: Squall dropped both
+    fields. The run is held `delayed`; `-u` works with the config's key and is refused (403) with alice's."""
+    held = _id(server.run("run", "-a", "--delay", "600000", "st2e.greet", "who=kim").stdout)
+    assert server.json("execution", "get", held)["status"] == "delayed"
+    server.run("execution", "cancel", held)
+    refused = server.run("run", "-u", "bob", "st2e.greet", "who=lou", check=False)
+    assert refused.returncode != 0 and "speaks for alice; it may not act as bob" in refused.stdout + refused.stderr
+    assert server.json("run", "-u", "alice", "st2e.greet", "who=meg")["context"]["user"] == "alice"
+    bridge = subprocess.run([str(server.st2), "run", "-u", "bob", "st2e.greet", "who=ned", "-j"], capture_output=True,
+                            text=True, env={**server.env(), "ST2_API_KEY": CONFIG_KEY}, timeout=120)
+    assert bridge.returncode == 0, bridge.stdout + bridge.stderr
+    ran = json.JSONDecoder().raw_decode(bridge.stdout.strip())[0]
+    assert ran["status"] == "succeeded" and ran["context"]["user"] == "bob"
 
 
 def test_a_pack_action_calls_the_api_with_st2client_and_its_token(server: Server) -> None:

@@ -20,7 +20,7 @@ from sse_starlette import EventSourceResponse
 from bot.chat.commands import CommandRefused
 from bot.http.actions import action_public
 from bot.http.attributes import Projection
-from bot.http.key_auth import request_user, until_revoked
+from bot.http.key_auth import acting_user, request_user, until_revoked
 from bot.http.paging import ALL_ROWS, json_items, page_limit, streamed_list, tell_page
 from bot.http.runners import runner_public
 from bot.http.state import api_state
@@ -40,16 +40,21 @@ stream_router = APIRouter()
 MAX_CHILDREN = 10_000
 
 
+#: The longest `delay` a run or a re-run may ask for (ms, as StackStorm's): 30 days.
+MAX_DELAY_MS = 30 * 24 * 3600 * 1000
+
+
 class ExecutionRequest(BaseModel):
+    """StackStorm's LiveAction as `st2 run [-u USER] [--delay MS] ACTION [k=v ...]` sends it."""
     action: str
     parameters: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] | None = None
     #: Render the values as Jinja templates, as StackStorm does; only for keys in `api.render_keys`.
     render: bool = False
-
-
-#: The longest `delay` a re-run may ask for (ms, as StackStorm's): 30 days.
-MAX_RERUN_DELAY_MS = 30 * 24 * 3600 * 1000
+    #: Whom the run is for (`st2 run -u`; st2client sends null without it): `acting_user`'s rule.
+    user: str | None = None
+    #: Held `delayed` this many ms first (`st2 run --delay`), bounded as a re-run's.
+    delay: int | None = Field(None, ge=0, le=MAX_DELAY_MS)
 
 
 class RerunRequest(BaseModel):
@@ -58,7 +63,7 @@ class RerunRequest(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     tasks: list[str] = Field(default_factory=list)
     reset: list[str] = Field(default_factory=list)
-    delay: int | None = Field(None, ge=0, le=MAX_RERUN_DELAY_MS)
+    delay: int | None = Field(None, ge=0, le=MAX_DELAY_MS)
 
 
 class ExecutionUpdate(BaseModel):
@@ -240,13 +245,25 @@ async def execution_children(execution_id: str, request: Request, depth: int = -
 _SQUALLS_OWN = frozenset({"chat", "approval", "api_user", "action_alias_ref"})
 
 
+def _run_as(request: Request, body: ExecutionRequest) -> str | None:
+    """Who a run is recorded as (`context.user`), by `acting_user`'s rule, as `action-alias execute -u`:
+    a stored key or a token runs as its own user and may name only that one in `user` (403 otherwise); a
+    key from the config names nobody, so it runs as whoever `user` names. None for a config key that names
+    no one: its run keeps the `context.user` it sent, else the engine's default, as before `user` was read."""
+    if body.user is None and request_user(request) is None:
+        return None
+    return acting_user(request, body.user)
+
+
 @router.post("/executions", status_code=201, tags=["executions"])
 async def create_execution(body: ExecutionRequest, request: Request) -> dict[str, Any]:
+    """StackStorm's `st2 run`: the action requested as `_run_as`'s user, held `delayed` for `delay` ms
+    first when asked (as `re_run`'s `delay`)."""
     state = api_state(request)
-    who = request_user(request)
     # Who asks and from where is the API's to say, not the caller's (`source` is a metric's label too),
     # and where a chat command's replies go or what approved it is Squall's own record, never a caller's.
     given = {k: v for k, v in (body.context or {}).items() if k not in _SQUALLS_OWN}
+    who = _run_as(request, body)
     context = {**given, "source": "api", **({"user": who} if who else {})}
     key_name = request.state.api_key_name
     if body.render and key_name not in state.settings.render_keys:
@@ -257,10 +274,12 @@ async def create_execution(body: ExecutionRequest, request: Request) -> dict[str
     if action is not None and action.approval is not None:
         raise HTTPException(403, unapproved(action.ref, action.approval))
     try:
-        record = await state.squall.executions.request(body.action, body.parameters, context, render=body.render)
+        record = await state.squall.executions.request(body.action, body.parameters, context, render=body.render,
+                                                       delay=(body.delay or 0) / 1000)
     except (ParameterError, UnknownAction, ValueError) as exc:
         raise HTTPException(400, str(exc)) from exc
-    await _audit(request, "api.execution", record, {"action": record["action"], "parameters": record["parameters"]})
+    await _audit(request, "api.execution", record, {"action": record["action"], "parameters": record["parameters"],
+                                                    **({"user": who} if body.user else {})})
     return _doc(request, record)
 
 
