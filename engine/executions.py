@@ -827,7 +827,7 @@ class ExecutionService:
         what `decrypt_kv` revealed in them, and its pack's secret config values. A Python action gets
         its pack's config with the dynamic values rendered (`_render_config`); what that reveals is in
         the request's `revealed`, scrubbed as well."""
-        action = self.registry.action(record["action"])
+        action = self._action_of(record)
         pack = self.registry.packs[action.pack]
         sealed, revealed = self._unseal(record)
         values = {**record["spec"]["values"], **sealed}
@@ -858,6 +858,14 @@ class ExecutionService:
             revealed=config_revealed,
         )
         return request, secrets
+
+    def _action_of(self, record: Mapping[str, Any]) -> Action:
+        """The action `record` runs: the one its runner kept with it, if it keeps one (a workflow run keeps
+        the action it started as, so a pack updated or broken meanwhile changes new runs only), else the
+        registry's (`UnknownAction` if it has none)."""
+        kept = getattr(self.runners.get(record["runner"]), "kept_action", None)
+        action = kept(record) if kept is not None else None
+        return action if action is not None else self.registry.action(record["action"])
 
     def _pack_config_facts(self, pack: Pack) -> tuple[bool, list[Any]]:
         """`config_facts` of the pack's config, worked out once per loaded pack (a reload makes new ones)."""

@@ -18,7 +18,7 @@ from bot.app import Squall, load_packs
 from engine.config import load_config
 from engine.storage import Store
 from tests.conftest import write
-from tests.workflow_helpers import children, run, task_names, workflow_pack
+from tests.workflow_helpers import answer_after_an_edit, children, run, task_names, workflow_pack
 
 SQUALL = Path(sys.executable).parent / "squall"
 
@@ -64,6 +64,22 @@ chain:
     parameters: {message: "{{ nothing_here }}"}
 """
 
+#: Prepare, ask for approval, deploy; each task's side effect written to the file `effects`.
+GATE = """
+chain:
+  - name: prep
+    ref: core.local
+    params: {cmd: "echo prep >> {{ effects }}"}
+    on-success: approve
+  - name: approve
+    ref: core.ask
+    params: {schema: {type: object, properties: {ok: {type: boolean}}}}
+    on-success: deploy
+  - name: deploy
+    ref: core.local
+    params: {cmd: "echo deploy-v1 >> {{ effects }}"}
+"""
+
 
 @pytest.fixture
 async def chains(home: Path) -> Squall:
@@ -73,6 +89,7 @@ async def chains(home: Path) -> Squall:
         "bad_render": ("action-chain", "", BAD_RENDER),
         "quiet": ("action-chain", "display_published: {default: false}\ncode: {type: integer, default: 0}",
                   CHAIN.replace("{{ who }}", "q")),
+        "gate": ("action-chain", "effects: {type: string}", GATE),
     })
     app = await Squall.start(load_config(home / "config.yml"))
     assert app.registry.errors == []
@@ -107,6 +124,18 @@ async def test_a_chain_task_cmd_gets_its_values_as_data(chains: Squall, tmp_path
     assert not (tmp_path / "pwned").exists()
     [task] = [c for c in await children(chains, done["id"]) if c["context"]["workflow_task"]["task"] == "second"]
     assert "SQUALL_ARG_0" in task["parameters"]["cmd"] and nasty not in task["parameters"]["cmd"]
+
+
+async def test_a_chain_keeps_the_definition_it_started_with_when_the_pack_changes(chains: Squall, home: Path,
+                                                                                  tmp_path: Path) -> None:
+    """The chain file is updated while the chain waits for approval: the answered chain went on from
+    the new file (`prep` unknown there, so run again; the new `deploy`). It keeps the one it started with."""
+    edited = GATE.replace("name: prep", "name: prepare").replace("deploy-v1", "deploy-v2")
+    chain_file = home / "packs" / "wf" / "actions" / "chains" / "gate.yaml"
+    done, effects = await answer_after_an_edit(chains, "wf.gate", chain_file, edited, tmp_path / "effects")
+    assert done["status"] == "succeeded", done["result"]
+    assert task_names(await children(chains, done["id"])) == ["prep", "approve", "deploy"]
+    assert effects == ["prep", "deploy-v1"]
 
 
 async def test_chain_failure_handled_by_on_failure_succeeds(chains: Squall) -> None:

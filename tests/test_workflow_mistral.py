@@ -20,7 +20,7 @@ from bot.app import Squall
 from engine.config import load_config
 from engine.storage import Store
 from tests.conftest import write
-from tests.workflow_helpers import children, run, task_names, workflow_pack
+from tests.workflow_helpers import answer_after_an_edit, children, run, task_names, workflow_pack
 
 SQUALL = Path(sys.executable).parent / "squall"
 
@@ -360,6 +360,23 @@ wf.gated:
       action: core.noop
 """
 
+#: Prepare, ask for approval, deploy; each task's side effect written to the file `effects`.
+GATE = """
+version: '2.0'
+wf.gate:
+  input: [effects]
+  tasks:
+    prep:
+      action: core.local cmd="echo prep >> <% $.effects %>"
+      on-success: [approve]
+    approve:
+      action: core.ask
+      input: {schema: {type: object, properties: {ok: {type: boolean}}}}
+      on-success: [deploy]
+    deploy:
+      action: core.local cmd="echo deploy-v1 >> <% $.effects %>"
+"""
+
 PAUSE_BEFORE = """
 version: '2.0'
 wf.pause_before:
@@ -534,6 +551,7 @@ FLOWS = {
     "items_failing": ("concurrency: {type: integer, default: 0}", ITEMS_FAILING),
     "on_error_condition": ("page_ops: {type: boolean}", ON_ERROR_CONDITION),
     "retry_items": ("", RETRY_ITEMS),
+    "gate": ("effects: {type: string}", GATE),
 }
 
 
@@ -892,6 +910,18 @@ async def test_rerun_from_the_canceled_task_keeps_finished_ones(wf: Squall, tmp_
     rows = await children(wf, record["id"])
     assert [(n, r["status"]) for n, r in zip(task_names(rows), rows, strict=True)] == [
         ("wait", "canceled"), ("wait", "succeeded"), ("after", "succeeded")]
+
+
+async def test_a_run_keeps_the_definition_it_started_with_when_the_pack_changes(wf: Squall, home: Path,
+                                                                               tmp_path: Path) -> None:
+    """The workflow file is updated while the run waits for approval: the answered run went on from the
+    new file (`prep` unknown there, so run again; the new `deploy`). It keeps the one it started with."""
+    edited = GATE.replace("prep:", "prepare:").replace("deploy-v1", "deploy-v2")
+    workflow_file = home / "packs" / "wf" / "actions" / "workflows" / "gate.yaml"
+    done, effects = await answer_after_an_edit(wf, "wf.gate", workflow_file, edited, tmp_path / "effects")
+    assert done["status"] == "succeeded", done["result"]
+    assert task_names(await children(wf, done["id"])) == ["prep", "approve", "deploy"]
+    assert effects == ["prep", "deploy-v1"]
 
 
 async def test_the_reverse_workflow_task_parameter_is_refused(wf: Squall) -> None:

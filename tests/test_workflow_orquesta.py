@@ -9,7 +9,16 @@ import pytest
 
 from bot.app import Squall
 from engine.config import load_config
-from tests.workflow_helpers import children, run, task_names, workflow_pack
+from tests.workflow_helpers import (
+    answer_after_an_edit,
+    children,
+    pending_ask,
+    rewrite,
+    run,
+    settled,
+    task_names,
+    workflow_pack,
+)
 
 SEQUENCE = """
 version: 1.0
@@ -346,6 +355,40 @@ output:
   - yaql: <% ctx(yaql) %>
   - jinja: <% ctx(jinja) %>
 """
+#: Prepare, ask for approval, deploy; each task's side effect written to the file `effects`.
+GATE = """
+version: 1.0
+input: [effects]
+tasks:
+  prep:
+    action: core.local cmd="echo prep >> <% ctx(effects) %>"
+    next: [{when: <% succeeded() %>, do: approve}]
+  approve:
+    action: core.ask
+    input: {schema: {type: object, properties: {ok: {type: boolean}}}}
+    next: [{when: <% succeeded() %>, do: deploy}]
+  deploy:
+    action: core.local cmd="echo deploy-v1 >> <% ctx(effects) %>"
+"""
+
+#: The pack's next version: `prep` renamed, `deploy` doing something else.
+GATE_V2 = GATE.replace("prep:", "prepare:").replace("deploy-v1", "deploy-v2")
+
+#: A next version with a mistake: a transition to a task that does not exist.
+GATE_BROKEN = GATE.replace("do: deploy}", "do: deploy_missing}")
+
+#: A check that fails until a file exists, then a task with a side effect.
+CHECKED = """
+version: 1.0
+input: [effects, gate]
+tasks:
+  check:
+    action: core.local cmd="test -f <% ctx(gate) %>"
+    next: [{when: <% succeeded() %>, do: after}]
+  after:
+    action: core.local cmd="echo after-v1 >> <% ctx(effects) %>"
+"""
+
 
 @pytest.fixture
 async def wf(home: Path) -> Squall:
@@ -370,6 +413,8 @@ async def wf(home: Path) -> Squall:
         "shell": ("orquesta", "who: {type: string, required: true}", SHELL),
         "ask_beside": ("orquesta", "gate: {type: string}", ASK_BESIDE),
         "task_status": ("orquesta", "", TASK_STATUS),
+        "gate": ("orquesta", "effects: {type: string}", GATE),
+        "checked": ("orquesta", "effects: {type: string}\ngate: {type: string}", CHECKED),
     })
     app = await Squall.start(load_config(home / "config.yml"))
     assert app.registry.errors == []
@@ -666,6 +711,91 @@ async def test_rerun_from_the_failed_task_keeps_finished_ones(wf: Squall, tmp_pa
     rows = await children(wf, record["id"])
     assert [(n, r["status"]) for n, r in zip(task_names(rows), rows, strict=True)] == [
         ("wait", "canceled"), ("wait", "succeeded"), ("after", "succeeded")]
+
+
+async def test_a_run_keeps_the_definition_it_started_with_when_the_pack_changes(wf: Squall, home: Path,
+                                                                               tmp_path: Path) -> None:
+    """The workflow file is updated while a run waits for approval (`prep` renamed, `deploy` changed):
+    the answered run went on from the new file, took `prepare` for a task never run (its side effect
+    ran twice), asked again and never deployed. It goes on with the definition it started with, as
+    StackStorm's (which stores it with the run); the new file is for new runs."""
+    effects = tmp_path / "effects"
+    gate_file = home / "packs" / "wf" / "actions" / "workflows" / "gate.yaml"
+    done, effects_seen = await answer_after_an_edit(wf, "wf.gate", gate_file, GATE_V2, effects)
+    assert done["status"] == "succeeded", done["result"]
+    assert task_names(await children(wf, done["id"])) == ["prep", "approve", "deploy"]
+    assert effects_seen == ["prep", "deploy-v1"]
+
+    effects.unlink()
+    fresh = await wf.executions.request("wf.gate", {"effects": str(effects)}, {"user": "tester"})
+    ask = await pending_ask(wf, fresh["id"])
+    await wf.inquiries.respond(ask["id"], {"ok": True}, "tester")
+    assert (await settled(wf, fresh["id"], ask["id"]))["status"] == "succeeded"
+    assert task_names(await children(wf, fresh["id"])) == ["prepare", "approve", "deploy"]  # a new run: the new file
+    assert effects.read_text().split() == ["prep", "deploy-v2"]
+
+
+async def test_a_run_goes_on_across_a_restart_when_its_workflow_file_became_invalid(home: Path,
+                                                                                     tmp_path: Path) -> None:
+    """The pack's new version has a mistake, so the action is not loaded after the restart: the
+    answered run failed with `action "wf.gate" not found`. It conducts on from what it stored when it
+    started, its own action included."""
+    workflow_pack(home, {"gate": ("orquesta", "effects: {type: string}", GATE)})
+    config = load_config(home / "config.yml")
+    effects = tmp_path / "effects"
+    first = await Squall.start(config)
+    try:
+        record = await first.executions.request("wf.gate", {"effects": str(effects)}, {"user": "tester"})
+        ask = await pending_ask(first, record["id"])
+    finally:
+        await first.close()
+    rewrite(home / "packs" / "wf" / "actions" / "workflows" / "gate.yaml", GATE_BROKEN)
+    second = await Squall.start(config, recover=True)
+    try:
+        assert "wf.gate" not in second.registry.actions
+        assert any("deploy_missing" in str(error) for error in second.registry.errors)
+        await second.inquiries.respond(ask["id"], {"ok": True}, "tester")
+        done = await settled(second, record["id"], ask["id"])
+        assert done["status"] == "succeeded", done["result"]
+        assert task_names(await children(second, record["id"])) == ["prep", "approve", "deploy"]
+    finally:
+        await second.close()
+    assert effects.read_text().split() == ["prep", "deploy-v1"]
+
+
+async def test_rerun_of_tasks_keeps_the_definition_the_run_started_with(wf: Squall, home: Path,
+                                                                         tmp_path: Path) -> None:
+    """`st2 execution re-run --tasks` of a finished workflow conducts it again from the definition it
+    started with (StackStorm re-runs with the original's spec), not from the file as it is now."""
+    effects, gate = tmp_path / "effects", tmp_path / "gate"
+    failed = await run(wf, "wf.checked", {"effects": str(effects), "gate": str(gate)})
+    assert failed["status"] == "failed"
+    rewrite(home / "packs" / "wf" / "actions" / "workflows" / "checked.yaml",
+            CHECKED.replace("check:", "verify:").replace("after-v1", "after-v2"))
+    gate.touch()
+    await wf.workflows.rerun(failed["id"], ["check"])
+    wf.executions._recent.pop(failed["id"], None)
+    final = await wf.executions.wait(failed["id"], timeout=20)
+    assert final["status"] == "succeeded", final["result"]
+    assert task_names(await children(wf, failed["id"])) == ["check", "check", "after"]
+    assert effects.read_text().split() == ["after-v1"]
+
+
+async def test_a_run_stored_without_its_definition_is_conducted_from_the_file(wf: Squall, home: Path,
+                                                                               tmp_path: Path) -> None:
+    """A run started before runs kept their definition has none stored: it is conducted from the
+    workflow file, as it was then, and answers as before."""
+    effects = tmp_path / "effects"
+    record = await wf.executions.request("wf.gate", {"effects": str(effects)}, {"user": "tester"})
+    ask = await pending_ask(wf, record["id"])
+    stored = await wf.db(wf.store.get_execution, record["id"])
+    assert "workflow" in stored["spec"]
+    old = {k: v for k, v in stored["spec"].items() if k != "workflow"}
+    assert await wf.db(wf.store.update_execution, record["id"], {"spec": old})
+    await wf.inquiries.respond(ask["id"], {"ok": True}, "tester")
+    done = await settled(wf, record["id"], ask["id"])
+    assert done["status"] == "succeeded", done["result"]
+    assert effects.read_text().split() == ["prep", "deploy-v1"]
 
 
 BAD_FILES = {

@@ -20,8 +20,9 @@ from bot.http import create_api
 from engine.config import load_config
 from engine.executions import public
 from engine.parameters import MASK
+from engine.workflows.service import _answered_secrets
 from tests.conftest import free_port, write
-from tests.workflow_helpers import children, run, workflow_pack
+from tests.workflow_helpers import children, pending_ask, run, settled, until, workflow_pack
 
 SECRET = "tok-Vx93-osprey-workflow"
 KEY = "workflow-secrets-key"
@@ -229,6 +230,41 @@ output:
   - token: <% ctx(creds).token %>
 """
 
+# A question whose `pin` is `secret: true`: the answer is published and handed to a task whose parameter
+# is not secret, and put in the output. `ask_pin_held` waits for a gate file between the two.
+ASK_PIN = """
+version: 1.0
+input: [marker, gate]
+tasks:
+  q:
+    action: core.ask
+    input:
+      schema:
+        type: object
+        properties:
+          pin: {type: string, secret: true, required: true}
+          note: {type: string}
+    next:
+      - when: <% succeeded() %>
+        publish:
+          - pin: <% result().response.pin %>
+          - note: <% result().response.note %>
+        do: use
+  use:
+    action: wf.record text="<% ctx(pin) %>" marker="<% ctx(marker) %>"
+output:
+  - pin: <% ctx(pin) %>
+  - note: <% ctx(note) %>
+"""
+
+ASK_PIN_HELD = ASK_PIN.replace("do: use", "do: hold").replace("  use:", """  hold:
+    action: core.local
+    input:
+      cmd: "while [ ! -f {{ ctx('gate') }} ]; do sleep 0.02; done"
+      timeout: 30
+    next: [{do: use}]
+  use:""")
+
 
 def _pack(home: Path, database_url: str, executor: str = "local") -> Path:
     """The config (on `database_url`, with `executor`) and the pack of workflows; returns the config's path."""
@@ -259,6 +295,8 @@ def _pack(home: Path, database_url: str, executor: str = "local") -> Path:
         "outer_parameter": ("orquesta", PARAMETERS, OUTER_PARAMETER),
         "orquesta_object": ("orquesta", "creds: {type: object, secret: true}\nmarker: {type: string}",
                             ORQUESTA_OBJECT),
+        "ask_pin": ("orquesta", "marker: {type: string}\ngate: {type: string}", ASK_PIN),
+        "ask_pin_held": ("orquesta", "marker: {type: string}\ngate: {type: string}", ASK_PIN_HELD),
     })
     write(home / "packs" / "wf" / "actions" / "record.yaml", RECORD)
     return home / "config.yml"
@@ -503,3 +541,85 @@ async def test_a_secret_parameter_in_steps_across_a_restart_is_masked(
     async with _stepped_across_a_restart(config, "wf.orquesta_parameter", parameters) as (second, done):
         await _assert_masked(second, done, marker)
         assert done["result"]["output"] == {"pw": MASK, "said": f"said {MASK}"}
+
+
+async def _assert_answer_masked(squall: Squall, done: dict[str, Any], marker: Path, inquiry: str) -> None:
+    """The task's action got the secret answer; the workflow's and the task's records, their output and
+    the API's documents show it masked. (The inquiry's own row keeps it, for the workflow, and shows it
+    masked: `engine.inquiries.shown`.)"""
+    assert done["status"] == "succeeded", done["result"]
+    assert marker.read_text() == SECRET
+    assert done["result"]["output"] == {"pin": MASK, "note": "by phone"}  # what is not secret is shown
+    others = [row for row in _stored_rows(squall) if getattr(row, "id", None) != inquiry]
+    assert others and SECRET not in repr(others)
+    assert SECRET not in repr(await _api_documents(squall, done["id"]))
+    recorded = await squall.executions.list(action="wf.record", limit=10)
+    assert [r["parameters"]["text"] for r in recorded] == [MASK]
+    assert recorded[0]["result"]["stdout"].strip() == f"got {MASK}"
+
+
+async def test_a_secret_inquiry_answer_is_masked_in_the_workflow_and_its_tasks(wf: Squall, tmp_path: Path) -> None:
+    """An answer to a `secret: true` property was masked on the inquiry only: the workflow's output, the
+    next task's parameters, its output and its result showed it. The workflow masks it as it masks a
+    secret it decrypted."""
+    marker = tmp_path / "pin-marker"
+    record = await wf.executions.request("wf.ask_pin", {"marker": str(marker)}, {"user": "tester"})
+    ask = await pending_ask(wf, record["id"])
+    await wf.inquiries.respond(ask["id"], {"pin": SECRET, "note": "by phone"}, "tester")
+    done = await settled(wf, record["id"], ask["id"])
+    await _assert_answer_masked(wf, done, marker, ask["id"])
+
+
+async def test_a_secret_inquiry_answer_is_sealed_and_stays_masked_after_a_restart(home: Path,
+                                                                                  tmp_path: Path) -> None:
+    """The answer is sealed with the workflow before a task that may hold it is requested, as a
+    decrypted datastore value is: after a restart the workflow still masks it in what it does next."""
+    config = load_config(_pack(home, "sqlite:///data/squall.db"))
+    marker, gate = tmp_path / "held-pin-marker", tmp_path / "gate"
+    first = await _started(home / "config.yml")
+    try:
+        record = await first.executions.request("wf.ask_pin_held", {"marker": str(marker), "gate": str(gate)},
+                                                {"user": "tester"})
+        ask = await pending_ask(first, record["id"])
+        await first.inquiries.respond(ask["id"], {"pin": SECRET, "note": "by phone"}, "tester")
+
+        async def holding() -> bool:
+            return any(r["action"] == "core.local" and r["status"] == "running"
+                       for r in await children(first, record["id"]))
+
+        await until(holding, "the task after the answer to run")
+        stored = await first.db(first.store.get_execution, record["id"])
+        assert SECRET in first.executions.revealed(stored)
+    finally:
+        await first.close()
+    second = await Squall.start(config, recover=True)
+    try:
+        gate.touch()
+        done = await until(lambda: _ended(second, record["id"]), "the workflow to end after the restart")
+        await _assert_answer_masked(second, done, marker, ask["id"])
+    finally:
+        await second.close()
+
+
+async def _ended(squall: Squall, execution_id: str) -> dict[str, Any] | None:
+    record = await squall.executions.get(execution_id)
+    return record if record["status"] in ("succeeded", "failed", "canceled", "timeout", "abandoned") else None
+
+
+def test_every_secret_value_of_an_inquirys_answers_is_masked_by_its_workflow() -> None:
+    """The values the workflow masks are those the inquiry shows masked (`inquiries.masked`): at any
+    depth, a secret object's whole content, in the merged `response` and in each of `responses`."""
+    schema = {"type": "object", "properties": {
+        "pin": {"type": "string", "secret": True},
+        "account": {"type": "object", "properties": {"token": {"secret": True}, "name": {"type": "string"}}},
+        "keys": {"type": "array", "items": {"type": "object", "properties": {"value": {"secret": True}}}},
+        "vault": {"type": "object", "secret": True},
+        "ok": {"type": "boolean"}}}
+    first = {"pin": "pin-first", "ok": True}
+    last = {"pin": 918273, "account": {"token": "tok-acct", "name": "ops"}, "keys": [{"value": "key-one"}, {}],
+            "vault": {"a": "vault-a", "b": ["vault-b"]}, "ok": False}
+    result = {"schema": schema, "response": last, "responses": [{"user": "ann", "response": first},
+                                                                {"user": "bob", "response": last}]}
+    assert set(_answered_secrets(result)) == {"pin-first", "918273", "tok-acct", "key-one", "vault-a", "vault-b"}
+    assert _answered_secrets({"schema": {"properties": {"ok": {"type": "boolean"}}}, "response": {"ok": True}}) == []
+    assert _answered_secrets({"schema": schema, "response": None}) == []  # not answered (it expired)

@@ -6,6 +6,9 @@ its children and replaying their outcomes, in the order they finished, through a
 conductor. A call whose key already has a finished child is answered from it and never runs
 again; a live child is waited for; only calls without one are requested. So a first run, a
 resume after a pause, a restart after a crash and a re-run from failed tasks are one code path.
+The conductor is always built from the definition the run started with: its first conduct stores the
+workflow file's text and the action with the run (`spec.workflow`, `WorkflowService._definition`), as
+StackStorm's workflow execution keeps its spec, so a pack updated or broken meanwhile changes new runs only.
 
 Children are awaited through the `on_finished` listener: no polling, no sleeps; a task costs
 its child's own writes and nothing more. Under the scale-out executor (`executor.kind:
@@ -32,23 +35,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import heapq
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from engine.parameters import credential_texts
+import yaml
+
+from engine.actions import Action
+from engine.inquiries import RUNNER as INQUIRER
+from engine.inquiries import masked
+from engine.parameters import MASK, credential_texts, holds_secret
 from engine.runners import SHELL_COMMAND_RUNNERS, WAITING_ON_TASKS, RunOutcome, RunRequest
 from engine.storage import as_utc, iso
 from engine.templates import KVNamespace, end_budget, render_pool, start_budget
 from engine.workflows import chain
 from engine.workflows.model import COMPLETED, NO_DEFAULT, Conductor, TaskCall
-from engine.yamlfile import ContentInvalid, load_yaml
+from engine.yamlfile import ContentError, ContentInvalid, LineMap, load_yaml
+from engine.yamlfile import parse as parse_yaml
 
 if TYPE_CHECKING:
     from engine.executions import ExecutionService
@@ -58,7 +69,27 @@ log = logging.getLogger(__name__)
 _LIVE = frozenset({"requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming"})
 _WAITING = frozenset({"pending", "paused"})
 _SPEC_CACHE: dict[tuple[str, str, int], Any] = {}
+#: Definitions kept with runs, parsed (`kept_spec`), by kind, file and text: each step of a run, and each
+#: run started from one version of a file, parses it once. The oldest is dropped past `_KEPT_SPECS_HELD`.
+_KEPT_SPECS: dict[tuple[str, str, str], Any] = {}
+_KEPT_SPECS_HELD = 256
+#: The key of an execution's `spec` under which a workflow run keeps its definition and its action.
+KEPT = "workflow"
 T = TypeVar("T")
+
+
+def _parse(kind: str, data: Any, lines: LineMap, display: str) -> Any:
+    """A workflow document checked and built by its kind's parser; `ContentInvalid` if bad."""
+    # Orquesta and Mistral (and YAQL under them, ~30 ms) load with the first such workflow, not at start.
+    if kind == "action-chain":
+        return chain.parse(data, lines, display)
+    if kind == "mistral-v2":
+        from engine.workflows import mistral
+
+        return mistral.parse(data, lines, display)
+    from engine.workflows import orquesta
+
+    return orquesta.parse(data, lines, display)
 
 
 def load_spec(kind: str, path: Path, display: str) -> Any:
@@ -68,19 +99,48 @@ def load_spec(kind: str, path: Path, display: str) -> Any:
     spec = _SPEC_CACHE.get(key)
     if spec is None:
         data, lines = load_yaml(path, display)
-        # Orquesta and Mistral (and YAQL under them, ~30 ms) load with the first such workflow, not at start.
-        if kind == "action-chain":
-            spec = chain.parse(data, lines, display)
-        elif kind == "mistral-v2":
-            from engine.workflows import mistral
-
-            spec = mistral.parse(data, lines, display)
-        else:
-            from engine.workflows import orquesta
-
-            spec = orquesta.parse(data, lines, display)
-        _SPEC_CACHE[key] = spec
+        spec = _SPEC_CACHE[key] = _parse(kind, data, lines, display)
     return spec
+
+
+def kept_spec(kind: str, text: str, display: str) -> Any:
+    """Parse and check a workflow definition given as text (a run's, `WorkflowService._definition`),
+    named `display` in its errors; cached by its text. `ContentInvalid` if bad."""
+    key = (kind, display, text)
+    spec = _KEPT_SPECS.get(key)
+    if spec is None:
+        try:
+            data, node, _ = parse_yaml(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise ContentInvalid(ContentError(display, mark.line + 1 if mark else None,
+                                              f"invalid YAML: {getattr(exc, 'problem', None) or exc}")) from exc
+        spec = _parse(kind, data, LineMap(node), display)
+        if len(_KEPT_SPECS) >= _KEPT_SPECS_HELD:
+            del _KEPT_SPECS[next(iter(_KEPT_SPECS))]
+        _KEPT_SPECS[key] = spec
+    return spec
+
+
+def _action_record(action: Action) -> dict[str, Any]:
+    """`action` as a run keeps it in its `spec` (JSON: its folder as text, a value JSON has no type for,
+    a date written in its metadata, as text)."""
+    fields = {field.name: getattr(action, field.name) for field in dataclasses.fields(action)}
+    fields["pack_path"] = str(action.pack_path)
+    return json.loads(json.dumps(fields, default=str))
+
+
+def kept_action(record: Mapping[str, Any]) -> Action | None:
+    """The action a workflow run started as, kept with it (`_action_record`); None when it kept none
+    (a run started before runs kept theirs, or a record no longer fitting `Action`)."""
+    kept = ((record.get("spec") or {}).get(KEPT) or {}).get("action")
+    if not isinstance(kept, dict) or not isinstance(kept.get("pack_path"), str):
+        return None
+    names = {field.name for field in dataclasses.fields(Action)}
+    try:
+        return Action(**{**{k: v for k, v in kept.items() if k in names}, "pack_path": Path(kept["pack_path"])})
+    except TypeError:  # a field it lacks
+        return None
 
 
 def check_entry_point(kind: str, path: Path, display: str) -> None:
@@ -238,7 +298,10 @@ class Flow:
     def _answering(self, key: str, status: str, result: Any,
                    child: dict[str, Any] | None) -> Callable[[], list[TaskCall]]:
         """The conductor's step for a task that ended. An ActionChain's also records when the child was
-        requested and last changed (`created_at`, `updated_at` in its `tasks`, as StackStorm's)."""
+        requested and last changed (`created_at`, `updated_at` in its `tasks`, as StackStorm's).
+        An inquiry's secret answers join `revealed` first (`_answered_secrets`)."""
+        if child is not None and child.get("runner") == INQUIRER:
+            self.revealed.extend(_answered_secrets(result))
         child_id = child["id"] if child is not None else None
         if not isinstance(self.conductor, chain.ChainConductor):
             return functools.partial(self.conductor.on_done, key, status, result, child_id)
@@ -536,6 +599,11 @@ class WorkflowRunner:
         """What a workflow stopped by a cancel had done, for its canceled result (taken once)."""
         return self.service.interrupted.pop(execution_id, None)
 
+    def kept_action(self, record: Mapping[str, Any]) -> Action | None:
+        """The action the run started as (`kept_action`): a run of an action since changed, or dropped
+        from the pack as broken, goes on as it started; None: the registry's."""
+        return kept_action(record)
+
 
 class WorkflowService:
     """Conducts workflows of this process; `attach()` it to the ExecutionService once built."""
@@ -590,10 +658,8 @@ class WorkflowService:
         action = self.executions.registry.actions.get(ref)
         return action is not None and action.runner_type in SHELL_COMMAND_RUNNERS
 
-    def _conductor(self, kind: str, request: RunRequest, revealed: list[str]) -> Conductor:
-        action = request.action
-        path = action.entry_path
-        spec = load_spec(kind, path, str(path))  # checked at pack load; a file edited since is checked again
+    def _conductor(self, kind: str, request: RunRequest, revealed: list[str], spec: Any) -> Conductor:
+        """A conductor of `spec` (the run's definition, `_definition`) for this run."""
         context = request.context
         user = context.get("api_user") or context.get("user")
         if kind == "action-chain":
@@ -605,7 +671,7 @@ class WorkflowService:
                                         bool(request.runner_parameters.get("display_published", True)),
                                         shell_command=self._shell_command,
                                         action_exists=lambda ref: ref in service.registry.actions)
-        from engine.workflows import mistral, orquesta  # loaded already by `load_spec` above
+        from engine.workflows import mistral, orquesta  # loaded already by `_parse`
 
         if kind == "mistral-v2":
             return mistral.build(spec, request, self._st2kv(user, revealed), self._shell_command, self.pause)
@@ -619,7 +685,7 @@ class WorkflowService:
         record = await self.executions.db(self.executions.db.store.get_execution, request.execution_id) or {}
         revealed = self.executions.revealed(record)
         try:
-            conductor = self._conductor(kind, request, revealed)
+            conductor = self._conductor(kind, request, revealed, await self._definition(kind, request, record))
         except ContentInvalid as exc:
             return RunOutcome("failed", {"error": f"invalid workflow: {exc}"})
         flow = Flow(self, request, conductor, revealed)
@@ -649,6 +715,34 @@ class WorkflowService:
             # Its result, as it is stored, is scrubbed of them (and of its secret parameters' values within an
             # object or a list, which the runner's own scrub, of each parameter's text, does not find).
             request.revealed.extend([*flow.secrets, *flow.revealed])
+
+    async def _definition(self, kind: str, request: RunRequest, record: dict[str, Any]) -> Any:
+        """The run's workflow definition, parsed. A run keeps the one it started with to its end (a
+        resume, an answer, a restart, a re-run of its tasks), stored in its `spec` with its action at its
+        first conduct, as StackStorm's workflow execution keeps its spec: a pack updated meanwhile, or
+        broken, changes new runs only. A run without one (its first conduct, or a run started before
+        runs kept theirs) reads its file, and keeps it from then on."""
+        kept = (record.get("spec") or {}).get(KEPT)
+        if isinstance(kept, dict) and isinstance(kept.get("definition"), str):
+            return kept_spec(kind, kept["definition"], str(kept.get("file") or request.action.ref))
+        path = request.action.entry_path
+        display = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")  # type: ignore[union-attr]  # a workflow runner needs one
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ContentInvalid(ContentError(display, None, f"cannot read file: {exc}")) from exc
+        spec = kept_spec(kind, text, display)  # checked at pack load; a file edited since is checked again
+        if record:
+            await self.executions.db(self._keep, record["id"], {"definition": text, "file": display,
+                                                               "action": _action_record(request.action)})
+        return spec
+
+    def _keep(self, execution_id: str, kept: dict[str, Any]) -> None:
+        """Store the run's definition and action with it (on the database thread), unless it has one."""
+        store = self.executions.db.store
+        record = store.get_execution(execution_id)
+        if record is not None and KEPT not in (record.get("spec") or {}):
+            store.update_execution(execution_id, {"spec": {**(record.get("spec") or {}), KEPT: kept}})
 
     async def _pausing_again(self, record: dict[str, Any]) -> None:
         """A workflow asked to pause when Squall stopped is claimed `running` (recovery marks it
@@ -931,8 +1025,14 @@ def _secret_texts(request: RunRequest) -> list[str]:
     costs a look-up or two."""
     names = request.action.secret_names
     given = {**request.runner_parameters, **request.action_parameters}
-    texts = credential_texts(given)
-    pending = [given[name] for name in names if name in given]
+    return [*credential_texts(given), *_leaf_texts([given[name] for name in names if name in given])]
+
+
+def _leaf_texts(values: list[Any]) -> list[str]:
+    """The texts of every string and number in `values`, inside objects and lists too (a secret object's
+    values are all secret): what a workflow's tasks and its result must mask."""
+    texts: list[str] = []
+    pending = list(values)
     while pending:
         value = pending.pop()
         if isinstance(value, dict):
@@ -942,6 +1042,30 @@ def _secret_texts(request: RunRequest) -> list[str]:
         elif isinstance(value, (str, int, float)) and not isinstance(value, bool) and value != "":
             texts.append(str(value))
     return texts
+
+
+def _answered_secrets(result: Any) -> list[str]:
+    """The values an inquiry's answers give to its schema's `secret: true` properties (a PIN asked for),
+    its `response` and every answer in its `responses`. The inquiry shows them masked (`inquiries.shown`)
+    and hands them to its workflow as given: the workflow masks them as it masks a datastore value it
+    decrypted, in its tasks' parameters, output and result, and seals them with itself (`Flow.revealed`)."""
+    if not isinstance(result, dict) or not holds_secret(result.get("schema")):
+        return []
+    schema = result["schema"]
+    answers = [result.get("response"), *(entry.get("response") for entry in result.get("responses") or []
+                                         if isinstance(entry, dict))]
+    return _leaf_texts([hidden for answer in answers for hidden in _hidden(answer, masked(schema, answer))])
+
+
+def _hidden(value: Any, shown: Any) -> list[Any]:
+    """The parts of `value` that `shown` (it, as `inquiries.masked` shows it) masks."""
+    if shown is MASK and value is not MASK:
+        return [value]
+    if isinstance(value, dict) and isinstance(shown, dict):
+        return [part for key, item in value.items() for part in _hidden(item, shown.get(key))]
+    if isinstance(value, list) and isinstance(shown, list):
+        return [part for item, mask in zip(value, shown, strict=False) for part in _hidden(item, mask)]
+    return []
 
 
 def _st2_context(request: RunRequest) -> dict[str, Any]:
@@ -989,4 +1113,4 @@ def _stamp(value: datetime | str | None) -> str | None:
     return iso(as_utc(value))
 
 
-__all__ = ["KVNamespace", "WorkflowService", "check_entry_point", "load_spec"]
+__all__ = ["KVNamespace", "WorkflowService", "check_entry_point", "kept_spec", "load_spec"]
