@@ -26,6 +26,7 @@ from engine.executions import new_id
 from engine.storage import Database, Store, rule_enforcements, trigger_instances
 from tests.test_api import KEY
 from tests.test_metrics import chat_and_api
+from tests.test_reads_beside_a_lock import another_process_writing
 from tests.test_web_auth import Web, started_web
 from tests.test_web_executions import stored
 
@@ -81,21 +82,9 @@ async def test_a_read_is_answered_while_another_process_holds_the_write_lock(hom
     and the write is stored once the lock is let go."""
     async with chat_and_api(home) as (squall, _loopback, client):
         stored(squall.store, T0)
-        blocker = sqlite3.connect(home / "data" / "squall.db", isolation_level=None)
-        try:
-            blocker.execute("BEGIN IMMEDIATE")
-            write = squall.db.submit(squall.store.audit_add, "test.write", "tester", "test", None, {})
-            for _ in range(200):  # the loop's try is refused at once; the group goes to the database thread
-                if squall.db._draining:
-                    break
-                await asyncio.sleep(0.01)
-            assert squall.db._draining and not write.done()
+        async with another_process_writing(squall) as write:
             listed = await client.get("/api/v1/executions")
             enforcements = await client.get("/api/v1/ruleenforcements")
-            assert not write.done()  # still waiting for the lock when the reads were answered
-        finally:
-            blocker.rollback()
-            blocker.close()
         await write
         assert listed.status_code == 200 and len(listed.json()) == 1
         assert enforcements.status_code == 200 and enforcements.json() == []
