@@ -4,14 +4,23 @@ A config string holding `{{` or `{%` is a dynamic value, rendered per run (for t
 user) or at a sensor's start, with `st2kv` and `decrypt_kv`; a value at or under a `secret: true`
 item is secret: scrubbed from what the pack's runs show, and quoted in no error. The walk finds each
 value's schema as StackStorm's loader does. `ExecutionService` and the sensor container use these.
+
+A config as people see it has its secret items masked (`masked_config`: the web UI's pack page, the
+API's `/configs`); one sent back with those masks keeps the stored secrets (`restore_masked`), and is
+written whole, atomically and 0600 (`write_config_file`), as StackStorm's `PUT /configs/<pack>` does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jinja2
+import yaml
 
 from engine.crypto import CryptoError
 from engine.parameters import MASK, MIN_REPLACED, ParameterError, item_schema, property_schema
@@ -102,3 +111,103 @@ def config_value_error(exc: TemplateRenderError, template: str, secret: bool,
     for text in sorted((t for t in texts if len(t) >= MIN_REPLACED), key=len, reverse=True):
         reason = reason.replace(text, MASK)
     return ConfigValueError(reason)
+
+
+class MaskedSecretError(ValueError):
+    """A config sent back with a secret item masked (`********`) where no stored value is there to keep."""
+
+
+#: A config item `restore_masked` found masked with nothing stored to keep: left out, or refused.
+_ABSENT: Any = object()
+
+
+def masked_config(schema: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A pack's config with every value its schema marks `secret: true` shown as `********`, at any depth;
+    a value's schema is found as the loader finds it (`properties`, `patternProperties`,
+    `additionalProperties`; `items`, positional or not, `additionalItems`). A secret object or list is
+    masked whole. `schema` is the pack's config.schema.yaml: a mapping of top-level keys to their specs."""
+    return _masked_object({"properties": schema}, values)
+
+
+def _masked_object(schema: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _masked(property_schema(schema, key), value) for key, value in values.items()}
+
+
+def _masked(spec: Any, value: Any) -> Any:
+    if not isinstance(spec, Mapping) or value is None:
+        return value
+    if spec.get("secret"):
+        return MASK
+    if isinstance(value, Mapping):
+        return _masked_object(spec, value)
+    if isinstance(value, list):
+        return [_masked(item_schema(spec, index), item) for index, item in enumerate(value)]
+    return value
+
+
+def restore_masked(sent: Mapping[str, Any], stored: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """`sent` (a config as a client sends it back after reading it masked: the web UI, `st2 pack config`
+    with a secret left as shown) with each `********` at or under a secret item replaced by the stored
+    value at the same place, as StackStorm's clients send masked values back to mean "unchanged".
+    Where nothing is stored there, an item with a schema `default` is left out (the default applies);
+    otherwise `MaskedSecretError` names its key path: the mask written as the secret would break the
+    pack's runs with a value nobody chose. A mask anywhere else is a value like any other."""
+    return _restored_object(sent, stored, {"properties": schema}, (), False)
+
+
+def _restored(value: Any, stored: Any, spec: Any, path: tuple[str, ...], secret: bool) -> Any:
+    spec = spec if isinstance(spec, Mapping) else {}
+    secret = secret or bool(spec.get("secret"))
+    if secret and value == MASK:
+        return stored
+    if isinstance(value, Mapping):
+        return _restored_object(value, stored, spec, path, secret)
+    if isinstance(value, list):
+        kept = stored if isinstance(stored, list) else []
+        items = [_restored(item, kept[index] if index < len(kept) else _ABSENT, item_schema(spec, index),
+                           (*path, str(index)), secret) for index, item in enumerate(value)]
+        for index, item in enumerate(items):
+            if item is _ABSENT:
+                raise _nothing_kept((*path, str(index)))
+        return items
+    return value
+
+
+def _restored_object(value: Mapping[str, Any], stored: Any, spec: Mapping[str, Any], path: tuple[str, ...],
+                     secret: bool) -> dict[str, Any]:
+    kept = stored if isinstance(stored, Mapping) else {}
+    restored: dict[str, Any] = {}
+    for key, item in value.items():
+        item_spec = property_schema(spec, key)
+        new = _restored(item, kept.get(key, _ABSENT), item_spec, (*path, str(key)), secret)
+        if new is not _ABSENT:
+            restored[key] = new
+        elif not (isinstance(item_spec, Mapping) and "default" in item_spec):
+            raise _nothing_kept((*path, str(key)))
+    return restored
+
+
+def _nothing_kept(path: tuple[str, ...]) -> MaskedSecretError:
+    return MaskedSecretError(f"{'.'.join(path)}: sent as {MASK}, the mask of a secret, which keeps the stored "
+                             "value, but the config file holds no stored value there: send the secret itself")
+
+
+def write_config_file(file: Path, values: Mapping[str, Any]) -> None:
+    """Write a pack's config file whole, as StackStorm's API writes it (plain YAML; comments are not kept):
+    a temporary file beside it, synced, then renamed over it, so no loader reads half a file, and 0600,
+    since it holds secrets. A file that is a symbolic link is written where it points, as StackStorm's
+    `open(path, "w")` does, so a config kept elsewhere stays there."""
+    target = file.resolve() if file.is_symlink() else file
+    text = yaml.safe_dump(dict(values), default_flow_style=False, sort_keys=False, allow_unicode=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

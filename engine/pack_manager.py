@@ -27,13 +27,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from engine import libc
 from engine.config import SYSTEM_PACKS_PATH
-from engine.packs import REPLACEABLE_PACKS, SYSTEM_PACKS, Pack, Registry, discover, load_pack
+from engine.packs import PACK_REF, REPLACEABLE_PACKS, SYSTEM_PACKS, Pack, Registry, discover, load_pack
 from engine.processes import dying_with_service
 from engine.yamlfile import ContentError, ContentInvalid, load_yaml
 
@@ -558,6 +558,26 @@ class _Planned:
     needed_by: str | None  #: the pack that depends on it (None: the pack asked for)
 
 
+#: The login in a URL (`user:token@` after `://`), up to its last `@` (a password may hold one unescaped).
+_USERINFO = re.compile(r"(?<=://)[^/\s]*@")
+
+
+def shown_source(text: str) -> str:
+    """`text` with the login of every URL in it (`https://user:token@host/...`) replaced by `***`: what an
+    install says (progress, errors, the audit log, the requirements record) goes to screens, logs and audit
+    sinks, and a deploy token in a git URL must reach none of them. The one rule for the CLI and the web."""
+    return _USERINFO.sub("***@", text)
+
+
+class PackHidden(PackInstallError):
+    """A pack installed (its files are in place) that Squall does not load: another pack of its ref is found
+    first in `packs.paths` (`hidden_by`, its folder), or `install_path` is not one of them (`hidden_by` None)."""
+
+    def __init__(self, message: str, pack: Pack, hidden_by: Path | None) -> None:
+        super().__init__(message)
+        self.pack, self.hidden_by = pack, hidden_by
+
+
 def install_pack(source: str, install_path: Path, configs_path: Path, virtualenvs: Path, progress: Progress,
                  *, pack_paths: Iterable[Path] = ()) -> tuple[Pack, list[ContentError]]:
     """Install a pack from a folder or git URL into `install_path`; returns it and its content errors.
@@ -566,16 +586,74 @@ def install_pack(source: str, install_path: Path, configs_path: Path, virtualenv
     folder or git URL (recursively, each once; a cycle is refused). One given by name (`name` or
     `name=version`) must be installed already (in `install_path`, `pack_paths` or the shipped packs),
     at that version when one is given: Squall has no pack index to fetch it from. Everything is
-    fetched and checked before anything installed is touched."""
+    fetched and checked before anything installed is touched.
+
+    A git URL's credentials are said nowhere (`shown_source`): not in progress lines, errors, nor the
+    record of requirements that failed, which a Python action's error quotes. With `pack_paths`, the pack
+    installed must be the one Squall then loads under its ref (`PackHidden`): "installed" is no success
+    when an older copy earlier in `packs.paths` is what runs."""
+    paths = list(pack_paths)
+
+    def said(line: str) -> None:
+        progress(shown_source(line))
+
+    try:
+        installed, errors = _install(source, install_path, configs_path, virtualenvs, said, paths)
+    except PackInstallError as exc:
+        if shown_source(str(exc)) == str(exc):
+            raise
+        raise PackInstallError(shown_source(str(exc))) from None
+    if paths:
+        _refuse_hidden(installed, install_path, paths)
+    return installed, errors
+
+
+def _refuse_hidden(pack: Pack, install_path: Path, pack_paths: list[Path]) -> None:
+    """`PackHidden` unless the folder Squall loads `pack.ref` from (`load_registry`'s order) is `pack`'s."""
+    folders = discover(pack_paths)
+    where = f"{pack.ref} {pack.version} was installed at {pack.path}"
+    if pack.path.resolve() not in {folder.resolve() for folder in folders}:
+        raise PackHidden(f"{where}, but {install_path} (packs.install_path) is not one of packs.paths "
+                         f"({', '.join(map(str, pack_paths))}), so Squall never loads it: add {install_path} to "
+                         f"packs.paths in the config", pack, None)
+    folder, version = _loaded_from(pack.ref, folders) or (pack.path, pack.version)
+    if folder.resolve() == pack.path.resolve():
+        return
+    fix = (f"remove {folder}" if folder.parent.resolve() == install_path.resolve() else
+           f"remove {folder} (or move it out of {folder.parent}), or list {install_path} before {folder.parent} "
+           f"in packs.paths in the config")
+    raise PackHidden(f"{where}, but Squall loads {pack.ref} {version} from {folder}, which it finds first "
+                     f"(packs.paths in order, the packs in each by folder name) and which hides it. To use "
+                     f"{pack.ref} {pack.version}, {fix}; `squall pack list` shows the one loaded", pack, folder)
+
+
+def _loaded_from(ref: str, folders: list[Path]) -> tuple[Path, str] | None:
+    """(folder, version) of the pack that loads as `ref`: the first of `folders` (discovered in the order
+    `load_registry` reads them) whose pack.yaml names it; None when none does."""
+    for folder in folders:
+        try:
+            metadata, _ = load_yaml(folder / "pack.yaml")
+        except ContentInvalid:
+            continue
+        if isinstance(metadata, dict) and (metadata.get("ref") or metadata.get("name")) == ref:
+            return folder, str(metadata.get("version", "0.0.0"))
+    return None
+
+
+def _install(source: str, install_path: Path, configs_path: Path, virtualenvs: Path, progress: Progress,
+             pack_paths: list[Path]) -> tuple[Pack, list[ContentError]]:
+    """`install_pack`'s work: plan, check, install in plan order, then load the pack installed."""
     with tempfile.TemporaryDirectory(prefix="squall-pack-") as tmp:
-        plan = _plan(source, Path(tmp), configs_path, progress)
-        _check_named(plan, _installed([install_path, *pack_paths]))
+        found = [install_path, *pack_paths]
+        plan = _plan(source, Path(tmp), configs_path, progress, found)
+        _check_named(plan, _installed(found))
         for item in plan:
             _refuse_link(install_path / item.pack.ref)
         for item in plan:
             if item.needed_by is not None:
                 progress(f"{item.needed_by} depends on {item.pack.ref} ({item.source}): installing it first")
-            _install_one(item, install_path, virtualenvs, progress)
+            # `again` in the record of failed requirements quotes the source: without its credentials
+            _install_one(replace(item, source=shown_source(item.source)), install_path, virtualenvs, progress)
     registry = Registry()
     installed = load_pack(install_path / plan[-1].pack.ref, registry, configs_path, None)
     assert installed is not None
@@ -583,11 +661,17 @@ def install_pack(source: str, install_path: Path, configs_path: Path, virtualenv
     return installed, errors
 
 
-def _plan(source: str, workdir: Path, configs_path: Path, progress: Progress) -> list[_Planned]:
+def _plan(source: str, workdir: Path, configs_path: Path, progress: Progress,
+          installed_in: Iterable[Path] = ()) -> list[_Planned]:
     """Every pack this install puts in place, dependencies first, each once: the pack asked for and,
-    recursively, the dependencies given as a folder or git URL, each fetched into `workdir` and checked."""
+    recursively, the dependencies given as a folder or git URL, each fetched into `workdir` and checked.
+
+    A dependency installed already in `installed_in` is kept, as st2 keeps it: installing it again
+    would silently change the version the packs installed with it use (`_keep_installed`)."""
     planned: dict[str, _Planned] = {}
     fetched: dict[_Source, str] = {}  # -> the ref found there
+    probed: dict[str, Pack] = {}
+    installed = _installed_metadata(installed_in)
 
     def visit(text: str, base: Path | None, chain: tuple[str, ...]) -> None:
         where = _parse_source(text, base)
@@ -597,17 +681,22 @@ def _plan(source: str, workdir: Path, configs_path: Path, progress: Progress) ->
         folder = _fetch(where, workdir / str(len(fetched)), progress)
         pack = _probe(text, folder, configs_path)
         fetched[where] = pack.ref
+        probed.setdefault(pack.ref, pack)
         _refuse_cycle(chain, pack.ref)
         if (other := planned.get(pack.ref)) is not None:
             if other.pack.version != pack.version:
                 raise PackInstallError(f"pack {pack.ref} is a dependency twice, in two versions: {other.source} "
                                        f"({other.pack.version}) and {text} ({pack.version}); depend on one of them")
             return
+        # A dependency is named as it can be installed from anywhere (its folder made absolute).
+        shown = where.location + (f"={where.ref}" if where.ref else "") if chain else text
+        if chain and pack.ref in installed:
+            progress(_keep_installed(shown, where, pack, probed[chain[-1]], installed, source))
+            return
+        _refuse_editable(pack, folder, source)
         urls, names = _dependencies(pack)
         for dependency in urls:
             visit(dependency, folder, (*chain, pack.ref))
-        # A dependency is named as it can be installed from anywhere (its folder made absolute).
-        shown = where.location + (f"={where.ref}" if where.ref else "") if chain else text
         planned[pack.ref] = _Planned(shown, folder, pack, tuple(names), chain[-1] if chain else None)
 
     visit(source, None, ())
@@ -652,15 +741,130 @@ def _dependencies(pack: Pack) -> tuple[list[str], list[str]]:
 
 def _installed(folders: Iterable[Path]) -> dict[str, str]:
     """ref -> version of the packs in `folders` and of the shipped packs (read from their pack.yaml only)."""
-    found: dict[str, str] = {}
-    for folder in discover([SYSTEM_PACKS_PATH, *folders]):
+    return {ref: _version_of(metadata) for ref, metadata in _installed_metadata([SYSTEM_PACKS_PATH, *folders]).items()}
+
+
+def _installed_metadata(folders: Iterable[Path]) -> dict[str, dict[str, Any]]:
+    """ref -> pack.yaml of the packs in `folders` (the first of a ref, as discovery loads it); a pack.yaml
+    that does not load is left out, as the pack is."""
+    found: dict[str, dict[str, Any]] = {}
+    for folder in discover(list(folders)):
         try:
             metadata, _ = load_yaml(folder / "pack.yaml")
         except ContentInvalid:
             continue
         if isinstance(metadata, dict):
-            found.setdefault(str(metadata.get("ref") or metadata.get("name")), str(metadata.get("version", "0.0.0")))
+            found.setdefault(str(metadata.get("ref") or metadata.get("name")), metadata)
     return found
+
+
+def _version_of(metadata: dict[str, Any]) -> str:
+    return str(metadata.get("version", "0.0.0"))
+
+
+def _keep_installed(need: str, where: _Source, pack: Pack, parent: Pack, installed: dict[str, dict[str, Any]],
+                    root: str) -> str:
+    """What to say when `pack`, a dependency of `parent` given as a folder or git URL (`need`), is installed
+    already and so kept, as st2's get_pack_dependencies keeps it; refused when `need` pins another version.
+
+    Installing it again would change, silently, the version the installed packs that need it use (a
+    downgrade under them); a version pinned that differs is a conflict for people to settle, before
+    anything is installed. Squall has no `--force`: installing the wanted version first settles it."""
+    present = _version_of(installed[pack.ref])
+    if present.removeprefix("v") == pack.version.removeprefix("v"):
+        return f"{parent.ref} depends on {pack.ref} ({need}): {pack.ref} {present} is installed already; kept"
+    if where.ref is None:
+        return (f"{parent.ref} depends on {pack.ref} ({need}, which has {pack.version}): {pack.ref} {present} is "
+                f"installed already; kept, as no version is pinned (`squall pack install {need}` installs that one)")
+    users = "".join(f", and {user} depends on it ({entry})"
+                    for user, entry in _dependents(pack.ref, where.location, installed))
+    raise PackInstallError(
+        f"{parent.ref} {parent.version} depends on {pack.ref} {pack.version} ({need}), but {pack.ref} {present} is "
+        f"installed{users}; installing {parent.ref} would replace it under the packs that use it. Nothing was "
+        f"installed. To use {pack.ref} {pack.version} anyway (Squall has no --force), install it first "
+        f"(`squall pack install {need}`), then run `squall pack install {root}` again; or make {parent.ref} "
+        f"depend on {pack.ref} {present}")
+
+
+def _dependents(ref: str, location: str, installed: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(installed pack, the dependency in its pack.yaml) for each dependency that names the pack `ref`: the
+    same repository or folder as `location`, or a name, URL or folder that st2 would take for `ref`."""
+    found: list[tuple[str, str]] = []
+    for user, metadata in sorted(installed.items()):
+        declared = metadata.get("dependencies")
+        entries = [item.strip() for item in declared if isinstance(item, str)] if isinstance(declared, list) else []
+        for entry in entries:
+            head = _location(entry)
+            if user != ref and (head.rstrip("/") == location.rstrip("/") or _named(head) == ref):
+                found.append((user, entry))
+    return found
+
+
+def _location(dependency: str) -> str:
+    """A dependency without its `=ref` (a URL's `=` is the first after `://`)."""
+    at = dependency.find("=", dependency.find("://") + 3 if "://" in dependency else 0)
+    return dependency if at < 0 else dependency[:at]
+
+
+def _named(location: str) -> str:
+    """The pack a dependency's location names, as st2 guesses it: the name, or the last part of a URL's or
+    folder's path without `.git` and `stackstorm-` (`https://github.com/StackStorm-Exchange/stackstorm-aws` -> aws)."""
+    name = re.split(r"[/:]", location.rstrip("/"))[-1]
+    return name.removesuffix(".git").removeprefix("stackstorm-").replace("-", "_")
+
+
+#: A line of a requirements file that installs editable (`-e X`, `-eX`, `--editable X`, `--editable=X`);
+#: `target` is what it installs. A line that includes another file (`-r X`, `--requirement=X`).
+_EDITABLE = re.compile(r"^(?:-e|--editable(?=[\s=]|$))\s*=?\s*(?P<target>.*)$")
+_INCLUDE = re.compile(r"^(?:-r|--requirement(?=[\s=]|$))\s*=?\s*(?P<file>\S+)")
+
+
+def _refuse_editable(pack: Pack, folder: Path, root: str) -> None:
+    """Refuse, before anything is installed, a pack whose requirements install editable (`root`: the
+    source of the install, to run again once fixed).
+
+    The virtualenv is built at `<ref>.new` from the staging copy and both are then moved into place;
+    an editable install keeps the paths it was built with (pip's `src` folder in the virtualenv, the
+    staging copy of a folder in the pack) in its import hooks, so the pack's actions could not import
+    it, although pip said it was installed. A non-editable requirement installs the same code."""
+    for file, number, line in _requirement_entries(folder / "requirements.txt", set()):
+        if (match := _EDITABLE.match(line)) is None:
+            continue
+        where = f"line {number} of {pack.ref}'s" if number else f"{pack.ref}'s"
+        shown = file.relative_to(folder.resolve()) if file.is_relative_to(folder.resolve()) else file
+        raise PackInstallError(
+            f"{where} {shown}: {line} is an editable requirement, which Squall cannot install: the pack's "
+            f"virtualenv is built aside and moved into place, and an editable install keeps pointing at where "
+            f"it was built, so the pack's actions could not import it. Use a non-editable requirement instead: "
+            f"`{_not_editable(match['target'])}` (a repository as `NAME @ git+https://...`, a folder of the pack "
+            f"as its path without -e), then run `squall pack install {root}` again. Nothing was installed")
+
+
+def _requirement_entries(file: Path, seen: set[Path]) -> Iterator[tuple[Path, int, str]]:
+    """(file, line number or 0 for a global option, line) of `file` and of the files it includes with
+    `-r`, as pip reads them (an include relative to the file including it)."""
+    file = file.resolve()
+    if file in seen or not file.is_file():
+        return
+    seen.add(file)
+    options, lines = requirement_lines(file.read_text(errors="replace"))
+    for number, line in [*lines, *((0, option) for option in options)]:
+        yield file, number, line
+        if include := _INCLUDE.match(line):
+            yield from _requirement_entries(file.parent / include["file"], seen)
+
+
+def _not_editable(target: str) -> str:
+    """What to write instead of `-e target`: `NAME @ git+URL` for a repository on a host (`#egg=NAME`), else
+    the same without -e (a path; a `git+file:///` URL, which the pip of Python 3.11's virtualenvs takes
+    only so: its PEP 508 parser wants a host in a `NAME @ URL`)."""
+    url, _, fragment = target.strip().strip("\"'").partition("#")
+    if not re.match(r"^[a-z]+\+[a-z+]+://[^/]", url):
+        return target.strip()
+    parts = fragment.split("&") if fragment else []
+    name = next((part[len("egg="):] for part in parts if part.startswith("egg=")), "NAME")
+    rest = "&".join(part for part in parts if not part.startswith("egg="))
+    return f"{name} @ {url}" + (f"#{rest}" if rest else "")
 
 
 def _check_named(plan: list[_Planned], installed: dict[str, str]) -> None:
@@ -856,29 +1060,60 @@ def _relocate(built: Path, final: Path) -> None:
             file.write_bytes(data.replace(old, new))
 
 
-def remove_pack(ref: str, registry: Registry, virtualenvs: Path, progress: Progress) -> Path:
+def remove_pack(ref: str, registry: Registry, virtualenvs: Path, progress: Progress, *,
+                install_path: Path | None = None) -> Path:
     """Delete an installed pack's folder and virtualenv; system packs stay.
 
     A pack linked into the packs folder (a checkout being developed) loses only the link: what it
-    points to stays. An install of the pack running now is waited for."""
-    pack = registry.packs.get(ref)
-    if pack is None:
-        raise PackInstallError(f"pack '{ref}' is not installed; installed: {', '.join(sorted(registry.packs))}")
-    if pack.system:
-        raise PackInstallError(f"'{ref}' is a system pack shipped with Squall and cannot be removed")
-    with _pack_lock(pack.path.parent, ref, progress):
-        if pack.path.is_symlink():
-            progress(f"removing the link {pack.path} (what it points to, {os.readlink(pack.path)}, stays)")
-            pack.path.unlink()
-        elif pack.path.exists():
-            progress(f"removing {pack.path}")
-            shutil.rmtree(pack.path)
+    points to stays. A pack that does not load (its pack.yaml no longer parses) is removed all the
+    same, as st2's packs.delete removes it: its folder of that name in `install_path`. An install of
+    the pack running now is waited for."""
+    path = _removable(ref, registry, install_path, progress)
+    with _pack_lock(path.parent, ref, progress):
+        if path.is_symlink():
+            progress(f"removing the link {path} (what it points to, {os.readlink(path)}, stays)")
+            path.unlink()
+        elif path.exists():
+            progress(f"removing {path}")
+            shutil.rmtree(path)
         else:
-            progress(f"{pack.path} is gone already")
+            progress(f"{path} is gone already")
         if ref in REPLACEABLE_PACKS:
             progress(f"the {ref} pack shipped with Squall is used again")
         venv = virtualenvs / ref
         if os.path.lexists(venv):
             progress(f"removing virtualenv {venv}")
             _delete(venv)
-    return pack.path
+    return path
+
+
+def _removable(ref: str, registry: Registry, install_path: Path | None, progress: Progress) -> Path:
+    """The folder `remove_pack` deletes: the pack loaded as `ref`, else the folder `install_path/ref` of a
+    pack that does not load (a shipped linux pack loads in place of a broken replacement); never a
+    system pack, nor anything in the shipped packs' folder."""
+    if ref in SYSTEM_PACKS:
+        raise PackInstallError(f"'{ref}' is a system pack shipped with Squall and cannot be removed")
+    pack = registry.packs.get(ref)
+    if pack is not None and not pack.system:
+        return pack.path
+    folder = _unloaded_folder(ref, install_path)
+    if folder is not None:
+        progress(f"{ref} did not load (`squall pack list` says why); removing its folder {folder} all the same")
+        return folder
+    if pack is not None:
+        raise PackInstallError(f"'{ref}' is a system pack shipped with Squall and cannot be removed")
+    raise PackInstallError(f"pack '{ref}' is not installed; installed: {', '.join(sorted(registry.packs))}")
+
+
+def _unloaded_folder(ref: str, install_path: Path | None) -> Path | None:
+    """`install_path/ref` when it is there (a folder, or a link: only the link goes) and `ref` is a pack's
+    name, so that nothing outside `install_path` and nothing shipped with Squall can be named."""
+    if install_path is None or not PACK_REF.match(ref):
+        return None
+    folder = install_path / ref
+    if folder.is_symlink():
+        return folder
+    real, shipped = folder.resolve(), SYSTEM_PACKS_PATH.resolve()
+    if not folder.is_dir() or real == shipped or shipped in real.parents or real in shipped.parents:
+        return None
+    return folder

@@ -19,10 +19,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.actions import Action, build_action
 from engine.yamlfile import FAST_LOADER, ContentError, ContentInvalid, LineMap, load_yaml
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from jsonschema import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -458,39 +463,54 @@ def _load_config(pack: Pack, registry: Registry, configs_path: Path) -> None:
     pack.config = _apply_defaults(pack.config_schema, values, absent_objects=True)
 
 
+def config_file_values(config_file: Path) -> dict[str, Any]:
+    """The values a pack's config file holds ({} for an empty one): what the loader reads, and what the
+    API's `PUT /configs/<pack>` keeps of a secret sent back masked. `ContentInvalid` when it cannot be
+    read or parsed, or holds something other than a mapping."""
+    loaded, _ = load_yaml(config_file, _display(config_file))
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ContentInvalid(ContentError(_display(config_file), 1, "a pack config must be a mapping"))
+    return loaded or {}
+
+
 def _read_config(config_file: Path, registry: Registry) -> dict[str, Any]:
     """The values of a config file that is there ({} when it cannot be read, the problem noted)."""
     try:
-        loaded, _ = load_yaml(config_file, _display(config_file))
+        return config_file_values(config_file)
     except ContentInvalid as exc:
         registry.errors.append(exc.error)
         return {}
-    if loaded is not None and not isinstance(loaded, dict):
-        registry.errors.append(ContentError(_display(config_file), 1, "a pack config must be a mapping"))
-        return {}
-    return loaded or {}
+
+
+def config_problems(config_schema: dict[str, Any], values: dict[str, Any]) -> Iterator[tuple[ValidationError, str]]:
+    """Each way a pack's config does not fit its config.schema.yaml, as StackStorm checks it when it
+    registers one: `values` with the schema's defaults (an object they leave out left out: `_apply_defaults`)
+    against the schema made JSON schema. Each is jsonschema's error and `<key path>: <its message>`, a
+    secret value not quoted. The one rule for both the pack loader and the API's `PUT /configs/<pack>`,
+    so a config the API accepts is one the next load takes."""
+    import jsonschema
+
+    schema = _config_json_schema(config_schema)
+    checked = _apply_defaults(config_schema, values, absent_objects=False)
+    for error in jsonschema.Draft4Validator(schema).iter_errors(checked):
+        path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        message = error.message
+        if _holds_secret(schema, list(error.absolute_path)):  # jsonschema's messages quote the value's repr
+            message = message.replace(repr(error.instance), "********")
+        yield error, f"{path}: {message}"
 
 
 def _check_config(pack: Pack, registry: Registry, config_file: Path, values: dict[str, Any], *,
                   present: bool) -> None:
     """Each way the config (its values and the schema's defaults) does not fit the schema, as a problem of
     its file; without a file, the required items left without a value are one warning (`_missing_config`)."""
-    import jsonschema
-
-    schema = _config_json_schema(pack.config_schema)
-    checked = _apply_defaults(pack.config_schema, values, absent_objects=False)
     unset: dict[str, None] = {}  # dotted names, in the schema's order, each once
-    for error in jsonschema.Draft4Validator(schema).iter_errors(checked):
+    for error, problem in config_problems(pack.config_schema, values):
         if not present and error.validator == "required" and isinstance(error.instance, dict):
             parent = "".join(f"{p}." for p in error.absolute_path)
             unset.update((parent + str(name), None) for name in error.validator_value if name not in error.instance)
             continue
-        path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        message = error.message
-        if _holds_secret(schema, list(error.absolute_path)):  # jsonschema's messages quote the value's repr
-            message = message.replace(repr(error.instance), "********")
-        registry.errors.append(ContentError(_display(config_file), None,
-                                            f"config of pack '{pack.ref}': {path}: {message}"))
+        registry.errors.append(ContentError(_display(config_file), None, f"config of pack '{pack.ref}': {problem}"))
     if unset:
         registry.errors.append(_missing_config(pack.ref, config_file, list(unset)))
 

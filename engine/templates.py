@@ -41,6 +41,7 @@ from jinja2.utils import Namespace, generate_lorem_ipsum
 from engine import patterns
 from engine.config import TemplateLimits
 from engine.crypto import NotEncrypted
+from engine.yamlfile import AliasesTooLarge, expanded_size
 
 if TYPE_CHECKING:
     import semver
@@ -323,40 +324,20 @@ _BoundedYamlLoader.add_constructor("tag:yaml.org,2002:int", _BoundedYamlLoader.c
 def _check_yaml_aliases(root: yaml.Node) -> None:
     """Refuses a YAML document whose aliases repeat what their anchors name past the limit: PyYAML makes
     each node once, whatever refers to it, so nine lists of nine aliases of the one before are small, but
-    a terabyte wherever it is printed or stored (a workflow's result). Each node counts its characters or
-    items, and what it holds as often as it is referred to; a node inside itself never ends."""
+    a terabyte wherever it is printed or stored (a workflow's result). Measured as pack files are
+    (`engine.yamlfile.expanded_size`, the one rule), with the render's deadline at each node."""
     cap = _limits.max_output_chars
-    sizes: dict[int, int] = {}
-    opened: set[int] = set()  # the nodes whose items are being counted: what holds the node at hand
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, closing = stack.pop()
-        key = id(node)
-        if closing:
-            opened.discard(key)
-            size = len(node.value) + sum(sizes[id(item)] for item in _yaml_items(node))
-            if size > cap:
-                reason = (f"the aliases of the YAML given to from_yaml_string repeat what their anchors name to more "
-                          f"than {cap} characters or list items, the limit set by templates.max_output_chars in the "
-                          "config")
-                raise TemplateLimitError(reason, reason=reason)
-            sizes[key] = size
-        elif key in opened:
+    try:
+        expanded_size(root, cap, _tick)
+    except AliasesTooLarge as exc:
+        if exc.endless:
             reason = ("the YAML given to from_yaml_string has an alias inside the node its anchor names: a value "
                       "that holds itself, without end when printed or stored")
-            raise TemplateLimitError(reason, reason=reason)
-        elif key not in sizes:
-            _tick()
-            opened.add(key)
-            stack.append((node, True))
-            stack.extend((item, False) for item in _yaml_items(node))
-
-
-def _yaml_items(node: yaml.Node) -> Iterable[yaml.Node]:
-    """The nodes a sequence or mapping node holds (a mapping's keys and values); none for a scalar."""
-    if isinstance(node, yaml.MappingNode):
-        return itertools.chain.from_iterable(node.value)
-    return node.value if isinstance(node, yaml.SequenceNode) else ()
+        else:
+            reason = (f"the aliases of the YAML given to from_yaml_string repeat what their anchors name to more "
+                      f"than {cap} characters or list items, the limit set by templates.max_output_chars in the "
+                      "config")
+        raise TemplateLimitError(reason, reason=reason) from None
 
 
 def to_json_string(

@@ -10,7 +10,9 @@ words and at the line Squall always used; without libyaml everything uses `SafeL
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -44,6 +46,13 @@ class ContentInvalid(Exception):
 #: The fast loader when PyYAML has libyaml, else the pure-Python one (same results, same marks).
 FAST_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+#: The most characters and list items a pack file's aliases (`*name`) may add to what the file writes out.
+#: PyYAML builds an anchor's value once and makes every alias of it the same object, so a file of 800
+#: bytes (nine lists of ten aliases of the one before) loads in no time into 10^9 strings, which take
+#: that much memory, and more, the first time they are written out (`GET /api/v1/actions`: `squall serve`
+#: died). Real packs repeat a few defaults (`<<: *defaults`), far below this.
+MAX_ALIAS_GROWTH = 1_000_000
+
 #: The tag of YAML's merge key (`<<: *anchor`): written more than once it merges each, nothing is lost.
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -60,6 +69,57 @@ class DuplicateKey:
 
     def __str__(self) -> str:
         return f"duplicate key '{self.key}' (at line {self.first} and again at line {self.again})"
+
+
+class AliasesTooLarge(Exception):
+    """What `expanded_size` refuses: `node`, the first whose value, its aliases written out, is over the
+    limit, or (`endless`) that holds an alias of itself, a value without end wherever it is written out."""
+
+    def __init__(self, node: yaml.Node, limit: int, *, endless: bool = False) -> None:
+        what = "holds an alias of itself" if endless else f"expands to more than {limit} characters and list items"
+        super().__init__(f"the YAML value at line {node.start_mark.line + 1} {what}")
+        self.node, self.limit, self.endless = node, limit, endless
+
+
+def _no_tick() -> None:
+    """`expanded_size`'s default: nothing to check at each node."""
+
+
+def expanded_size(root: yaml.Node, limit: int, tick: Callable[[], None] = _no_tick) -> int:
+    """The size of `root` with every alias written out: the characters of each scalar, plus one for each
+    item of a list and each pair of a mapping; `AliasesTooLarge` at the first node over `limit`, or that
+    holds itself. The one rule for pack files (`load_yaml`) and templates (`from_yaml_string`).
+
+    Each node is measured once, whatever refers to it (an alias is its anchor's node), so this takes time
+    in what the text holds, not in what it expands to. `tick` is called at each node measured (a
+    template's deadline)."""
+    sizes: dict[int, int] = {}
+    opened: set[int] = set()  # the nodes whose items are being counted: what holds the node at hand
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, closing = stack.pop()
+        key = id(node)
+        if closing:
+            opened.discard(key)
+            size = len(node.value) + sum(sizes[id(item)] for item in _items(node))
+            if size > limit:
+                raise AliasesTooLarge(node, limit)
+            sizes[key] = size
+        elif key in opened:
+            raise AliasesTooLarge(node, limit, endless=True)
+        elif key not in sizes:
+            tick()
+            opened.add(key)
+            stack.append((node, True))
+            stack.extend((item, False) for item in _items(node))
+    return sizes[id(root)]
+
+
+def _items(node: yaml.Node) -> Iterable[yaml.Node]:
+    """The nodes a sequence or mapping node holds (a mapping's keys and values); none for a scalar."""
+    if isinstance(node, yaml.MappingNode):
+        return itertools.chain.from_iterable(node.value)
+    return node.value if isinstance(node, yaml.SequenceNode) else ()
 
 
 #: Where a node sits: None at the top, else (its parent's place, its key or list index). Made into
@@ -132,25 +192,33 @@ def duplicate_keys(node: yaml.Node | None) -> list[DuplicateKey]:
 _Compact = tuple[int, "dict[Any, _Compact] | list[_Compact] | None"]
 
 
-def _compact(node: yaml.Node, inside: frozenset[int] = frozenset()) -> _Compact:
+def _compact(node: yaml.Node, inside: frozenset[int] = frozenset(),
+             done: dict[int, _Compact] | None = None) -> _Compact:
     """The lines `LineMap.line` reads, without the parser's nodes and marks (which hold the text).
 
     `inside` holds the nodes being compacted above this one: an alias may point back to its own
-    anchor (`&a [*a]`), and the lines end there instead of recursing forever."""
+    anchor (`&a [*a]`), and the lines end there instead of recursing forever. `done` holds each node
+    compacted: an anchor's lines are made once and shared by its aliases (a pickle keeps them once), as
+    its value is, so they take room in what the file writes, not in what its aliases expand to."""
+    done = {} if done is None else done
+    if id(node) in done:
+        return done[id(node)]
     line = node.start_mark.line + 1
     if id(node) in inside:
         return line, None
     inside = inside | {id(node)}
+    compact: _Compact = (line, None)
     if isinstance(node, yaml.MappingNode):
         children: dict[Any, _Compact] = {}
         for key_node, value_node in node.value:
             # The last key of a name wins, as in `line` and in the data (a duplicate's value is the last).
             if isinstance(key_node, yaml.ScalarNode):
-                children[key_node.value] = (key_node.start_mark.line + 1, _compact(value_node, inside)[1])
-        return line, children
-    if isinstance(node, yaml.SequenceNode):
-        return line, [_compact(item, inside) for item in node.value]
-    return line, None
+                children[key_node.value] = (key_node.start_mark.line + 1, _compact(value_node, inside, done)[1])
+        compact = (line, children)
+    elif isinstance(node, yaml.SequenceNode):
+        compact = (line, [_compact(item, inside, done) for item in node.value])
+    done[id(node)] = compact
+    return compact
 
 
 class LineMap:
@@ -206,13 +274,19 @@ class LineMap:
 
 
 def parse(text: str, loader_class: type[yaml.SafeLoader] | type[yaml.CSafeLoader] | None = None,
-          ) -> tuple[Any, yaml.Node | None, list[DuplicateKey]]:
+          *, alias_growth: int | None = None) -> tuple[Any, yaml.Node | None, list[DuplicateKey]]:
     """Compose the document once and build the data from those nodes (one parse, marks kept), with the
     keys written twice, found before constructing (which drops them). `loader_class`: `FAST_LOADER`
-    unless given (Squall's own config takes the pure-Python one, for its error messages' words)."""
+    unless given (Squall's own config takes the pure-Python one, for its error messages' words).
+
+    With `alias_growth`, a document whose aliases add more than that many characters and list items to
+    the text's own length is refused before it is built (`AliasesTooLarge`): without an anchor (`&`)
+    there is no alias, and nothing to measure."""
     loader = (loader_class or FAST_LOADER)(text)
     try:
         node = loader.get_single_node()
+        if alias_growth is not None and node is not None and "&" in text:
+            expanded_size(node, len(text) + alias_growth)
         duplicates = duplicate_keys(node)
         return (loader.construct_document(node) if node is not None else None), node, duplicates
     finally:
@@ -230,14 +304,30 @@ def load_yaml(path: Path, display: str | None = None) -> tuple[Any, LineMap]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ContentInvalid(ContentError(name, None, f"cannot read file: {exc}")) from exc
     try:
-        data, node, duplicates = parse(text)
+        data, node, duplicates = parse(text, alias_growth=MAX_ALIAS_GROWTH)
     except yaml.YAMLError as fast_error:
         _raise_with_line(text, name, fast_error)
+    except AliasesTooLarge as exc:
+        raise ContentInvalid(_alias_error(name, len(text), exc)) from exc
     for duplicate in duplicates:
         log.warning("%s:%d: duplicate key '%s' (also at line %d); the value at line %d is used, the other is "
                     "ignored: remove one of them", name, duplicate.again, duplicate.key, duplicate.first,
                     duplicate.again)
     return data, LineMap(node)
+
+
+def _alias_error(name: str, length: int, exc: AliasesTooLarge) -> ContentError:
+    """The file's problem, at the line of the value that holds itself or grew past the budget."""
+    line = exc.node.start_mark.line + 1
+    if exc.endless:
+        reason = ("the value anchored here (&name) holds an alias of itself (*name): it has no end wherever it "
+                  "is written out (a listing, a result); write the value without the alias")
+    else:
+        reason = (f"the YAML aliases (*name) in this file repeat what their anchors (&name) hold to more than "
+                  f"{exc.limit:,} characters and list items, from a file of {length:,} characters: a pack file's "
+                  f"aliases may add at most {MAX_ALIAS_GROWTH:,} (each takes memory wherever the value is written "
+                  f"out); use fewer aliases, or write the values out")
+    return ContentError(name, line, reason)
 
 
 def _raise_with_line(text: str, name: str, fast_error: yaml.YAMLError) -> NoReturn:

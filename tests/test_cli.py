@@ -353,6 +353,16 @@ def test_pack_install_from_folder_runs_stackstorm_content(home: Path, demo_pack:
     assert squall(home, "pack", "remove", "core").returncode == 2
 
 
+def test_pack_remove_removes_a_pack_whose_pack_yaml_no_longer_loads(home: Path, demo_pack: Path) -> None:
+    """A hand edit broke the installed pack's pack.yaml: it no longer loads, and `pack remove` said it was
+    not installed. It removes the folder of that name in the install path, as st2's packs.delete does."""
+    assert squall(home, "pack", "install", str(demo_pack)).returncode == 0
+    (home / "packs" / "demo" / "pack.yaml").write_text('name: demo\ndescription: "broken\n')
+    removed = squall(home, "pack", "remove", "demo")
+    assert removed.returncode == 0, removed.stderr
+    assert not (home / "packs" / "demo").exists()
+
+
 @pytest.mark.integration
 def test_pack_install_from_git_url_at_a_tag(home: Path, demo_pack: Path) -> None:
     git = ["git", "-C", str(demo_pack), "-c", "user.name=t", "-c", "user.email=t@t"]

@@ -444,6 +444,52 @@ def test_a_dependency_shared_by_two_is_installed_once(tmp_path: Path) -> None:
     assert copied == ["shared", "left", "right", "top"], messages
 
 
+@pytest.mark.integration
+def test_an_installed_dependency_at_another_version_is_refused_before_anything_changes(
+        tmp_path: Path, released_repo: Path) -> None:
+    # As st2's get_pack_dependencies: a dependency installed at another version than the one pinned is
+    # a conflict, never a silent downgrade of the pack another installed pack needs.
+    source = tmp_path / "src"
+    install(pack_source(source / "newer", "newer", "1.0.0", dependencies=[f"file://{released_repo}=v2.0.0"]),
+            tmp_path)
+    assert installed_version(tmp_path, "demo") == "2.0.0"
+    older = pack_source(source / "older", "older", "1.0.0", dependencies=[f"file://{released_repo}=v1.0.0"])
+    messages: list[str] = []
+
+    with pytest.raises(PackInstallError) as caught:
+        install(older, tmp_path, messages.append)
+
+    message = str(caught.value)
+    assert f"older 1.0.0 depends on demo 1.0.0 (file://{released_repo}=v1.0.0)" in message, message
+    assert "demo 2.0.0 is installed" in message and f"newer depends on it (file://{released_repo}=v2.0.0)" in message
+    assert f"squall pack install file://{released_repo}=v1.0.0" in message, message  # Squall has no --force
+    assert installed_version(tmp_path, "demo") == "2.0.0"
+    assert installed_version(tmp_path, "older") is None
+    assert not any(m.startswith("copying ") for m in messages), messages
+
+    # Installed explicitly at the version wanted, it is what the dependency asks for: kept, not installed again.
+    install(f"file://{released_repo}=v1.0.0", tmp_path)
+    messages.clear()
+    install(older, tmp_path, messages.append)
+    assert installed_version(tmp_path, "older") == "1.0.0" and installed_version(tmp_path, "demo") == "1.0.0"
+    assert [m.split()[1] for m in messages if m.startswith("copying ")] == ["older"], messages
+
+
+def test_an_installed_dependency_without_a_version_pinned_is_kept(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    pack_source(source / "dep", "deplib", "1.0.0")
+    install(pack_source(source / "first", "first", "1.0.0", dependencies=["../dep"]), tmp_path)
+    pack_source(source / "dep", "deplib", "1.1.0")  # the folder moved on; the installed copy did not
+    messages: list[str] = []
+
+    install(pack_source(source / "second", "second", "1.0.0", dependencies=["../dep"]), tmp_path, messages.append)
+
+    assert installed_version(tmp_path, "deplib") == "1.0.0"
+    assert installed_version(tmp_path, "second") == "1.0.0"
+    assert [m.split()[1] for m in messages if m.startswith("copying ")] == ["second"], messages
+    assert any("deplib 1.0.0 is installed already" in m for m in messages), messages
+
+
 # -- 8. a pack linked in ----------------------------------------------------------------------------
 
 
@@ -460,6 +506,46 @@ def test_removing_a_linked_pack_removes_the_link_only(tmp_path: Path) -> None:
     assert not os.path.lexists(packs / "demo")
     assert (checkout / "pack.yaml").is_file() and (checkout / "actions" / "hello.yaml").is_file()
     assert any(str(checkout) in message for message in messages), messages
+
+
+@pytest.mark.parametrize("ref", ["demo", "linux"])
+def test_a_pack_whose_pack_yaml_no_longer_loads_can_be_removed(tmp_path: Path, ref: str) -> None:
+    # As st2's packs.delete: the folder and virtualenv go whether or not the pack loads (a bad hand edit or
+    # merge of pack.yaml). linux: the broken copy that replaced the shipped pack, which loads in its place.
+    packs, venvs = tmp_path / "packs", tmp_path / "venvs"
+    install(pack_source(tmp_path / "src", ref, "1.0.0"), tmp_path)
+    (venvs / ref).mkdir(parents=True)
+    (packs / ref / "pack.yaml").write_text(f'name: {ref}\ndescription: "broken\n')
+    registry = load_registry([packs], tmp_path / "configs", SYSTEM_PACKS_PATH)
+    assert installed_version(tmp_path, ref) is None
+    messages: list[str] = []
+
+    assert remove_pack(ref, registry, venvs, messages.append, install_path=packs) == packs / ref
+
+    assert not os.path.lexists(packs / ref) and not os.path.lexists(venvs / ref)
+    assert any("did not load" in m and str(packs / ref) in m for m in messages), messages
+    assert (SYSTEM_PACKS_PATH / "core" / "pack.yaml").is_file()
+
+
+@pytest.mark.parametrize(("name", "said"), [("core", "is a system pack shipped with Squall"),
+                                           ("../src", "is not installed"), ("Demo", "is not installed"),
+                                           ("nothere", "is not installed")])
+def test_only_a_pack_folder_in_the_install_path_is_removed_without_loading(tmp_path: Path, name: str,
+                                                                           said: str) -> None:
+    packs = tmp_path / "packs"
+    pack_source(tmp_path / "src", "other", "1.0.0")
+    for folder in ("core", "Demo"):  # folders that are not packs Squall may remove
+        (packs / folder).mkdir(parents=True)
+    registry = load_registry([packs], tmp_path / "configs", SYSTEM_PACKS_PATH)
+
+    with pytest.raises(PackInstallError) as caught:
+        remove_pack(name, registry, tmp_path / "venvs", lambda _: None, install_path=packs)
+
+    assert f"'{name}' {said}" in str(caught.value), caught.value
+
+    assert (tmp_path / "src" / "pack.yaml").is_file()
+    assert (packs / "core").is_dir() and (packs / "Demo").is_dir()
+    assert (SYSTEM_PACKS_PATH / "core" / "pack.yaml").is_file()
 
 
 @pytest.mark.usefixtures("offline_pip")
@@ -581,3 +667,40 @@ def test_a_long_requirement_build_shows_pips_steps_and_a_heartbeat(tmp_path: Pat
     pip = subprocess.run([str(venv / "bin" / "pip"), "--version"], capture_output=True, text=True)
     assert pip.returncode == 0 and str(venv) in pip.stdout, pip
     assert sorted(path.name for path in (tmp_path / "venvs").iterdir()) == ["demo"]
+
+
+# -- 11. editable requirements ----------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("offline_pip")
+@pytest.mark.parametrize(("files", "named", "instead"), [
+    ({"requirements.txt": "six\n-e ./vendor\n"}, "line 2 of deplib's requirements.txt: -e ./vendor", "./vendor"),
+    ({"requirements.txt": "-e git+https://git.example.com/localpkg.git@v1#egg=localpkg&subdirectory=src\n"},
+     "line 1 of deplib's requirements.txt: -e git+https://git.example.com/localpkg.git@v1#egg=localpkg",
+     "localpkg @ git+https://git.example.com/localpkg.git@v1#subdirectory=src"),
+    ({"requirements.txt": "-e git+file:///srv/localpkg#egg=localpkg\n"},  # pip wants a host after `NAME @`
+     "line 1 of deplib's requirements.txt: -e git+file:///srv/localpkg#egg=localpkg",
+     "git+file:///srv/localpkg#egg=localpkg"),
+    ({"requirements.txt": "-r more.txt\n", "more.txt": "# included\n--editable=./vendor\n"},
+     "line 2 of deplib's more.txt: --editable=./vendor", "./vendor"),
+])
+def test_an_editable_requirement_is_refused_before_anything_changes(tmp_path: Path, files: dict[str, str],
+                                                                    named: str, instead: str) -> None:
+    # A virtualenv is built beside the live one and moved into place; an editable install keeps pointing at
+    # where it was built (`<ref>.new/src/...`, the staging copy), so the action could not import it.
+    source = tmp_path / "src"
+    install(pack_source(source / "v1", "top", "1.0.0"), tmp_path)
+    dep = pack_source(source / "dep", "deplib", "1.0.0")
+    write(dep / "vendor" / "localpkg" / "__init__.py", "VALUE = 1\n")
+    for name, text in files.items():
+        (dep / name).write_text(text)
+    messages: list[str] = []
+
+    with pytest.raises(PackInstallError) as caught:
+        install(pack_source(source / "v2", "top", "2.0.0", dependencies=["../dep"]), tmp_path, messages.append)
+
+    message = str(caught.value)
+    assert named in message and "editable" in message and f"`{instead}`" in message, message
+    assert "Nothing was installed" in message, message
+    assert installed_version(tmp_path, "top") == "1.0.0" and installed_version(tmp_path, "deplib") is None
+    assert not (tmp_path / "venvs" / "deplib").exists() and not any("pip" in m for m in messages), messages

@@ -10,7 +10,10 @@ not semver, an alias format's stray `{{`); `--json` prints `{"packs": [...], "pr
 paragraph (the line, pip's reason, what to do), listed in `--json` as `requirements_failed`, and the
 command exits 1. It checks the new pack's aliases, rules and sensors as `pack list` does: each one that
 does not load (an alias or rule naming an action that does not exist) is a warning and one of `--json`'s
-`errors`, the counts are of what loaded, and the command exits 1.
+`errors`, the counts are of what loaded, and the command exits 1. An install that Squall then does not
+load (another pack of its ref found first in `packs.paths`, or `install_path` not among them) is no
+success: it says which folder is loaded instead and how to fix it, and exits 1. A git URL's credentials
+are in nothing it prints nor in its audit entry (`engine.pack_manager.shown_source`, as the web UI's).
 
 Every message quotes text from the user or a pack (paths, URLs, descriptions, load problems) and is
 escaped before rich prints it: rich reads `[...]` as markup, which hid `[a-z0-9_]` in the ref rule and
@@ -86,17 +89,24 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
     """Install a pack: copy or clone it, build its virtualenv, check its content."""
     from bot.pack_content import check_content, is_warning
     from engine.pack_manager import (
+        PackHidden,
         PackInstallError,
         failed_requirements,
         install_pack,
         needed_config_keys,
+        shown_source,
         split_missing_config,
     )
 
     config = current_config()
+    shown = shown_source(source)  # install_pack says it so too (progress, errors): no credentials in the audit log
     try:
         pack, errors = install_pack(source, config.install_path, config.configs_path, config.virtualenvs_path,
                                     _progress, pack_paths=config.pack_paths)
+    except PackHidden as exc:  # installed, but another copy is what runs: a change to audit, and no success
+        audit("cli.pack.install", exc.pack.ref, {"source": shown, "version": exc.pack.version,
+                                                 "hidden_by": str(exc.hidden_by) if exc.hidden_by else None})
+        raise fail(str(exc), code=1) from exc
     except PackInstallError as exc:
         raise fail(str(exc)) from exc
     registry = load_packs(config, warn=False)
@@ -104,7 +114,7 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
     # not exist loads no more than an action file that does not parse, and is said the same way.
     check = check_content(registry)
     errors = [*errors, *(e for e in check.problems_under(pack.path) if str(e) not in {str(i) for i in errors})]
-    audit("cli.pack.install", pack.ref, {"source": source, "version": pack.version, "errors": len(errors)})
+    audit("cli.pack.install", pack.ref, {"source": shown, "version": pack.version, "errors": len(errors)})
     for error in errors:
         err.print(f"[yellow]warning:[/yellow] {escape(str(error))}", markup=True, highlight=False)
     # The other packs' problems too, as every command that loads packs shows them (each once); a
@@ -143,7 +153,8 @@ def pack_remove(name: Annotated[str, typer.Argument(help="Pack ref.")]) -> None:
 
     config = current_config()
     try:
-        path = remove_pack(name, load_packs(config), config.virtualenvs_path, _progress)
+        path = remove_pack(name, load_packs(config), config.virtualenvs_path, _progress,
+                           install_path=config.install_path)
     except PackInstallError as exc:
         raise fail(str(exc)) from exc
     audit("cli.pack.remove", name, {"path": str(path)})

@@ -17,6 +17,7 @@ from bot.http import (
     alias_execution,
     aliases,
     apikeys,
+    configs,
     executions,
     health,
     inquiries,
@@ -51,7 +52,7 @@ STREAM_PREFIX = "/stream/v1"
 #: Routers under `API_PREFIX` whose every route needs an API key, in the order they are matched.
 KEYED_ROUTERS = (actions.router, runners.router, packs.router, executions.router, aliases.router,
                  alias_execution.router, rules.router, triggers.router, sensors.router, keys.router, inquiries.router,
-                 user.router, apikeys.router)
+                 user.router, apikeys.router, configs.router)
 
 
 async def openapi(request: Request) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,44 +29,20 @@ from bot.accounts import Session
 from bot.pack_content import check_content
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import admin, form_fields, viewer
-from engine.pack_manager import PackInstallError, failed_requirements, install_pack, needed_config_keys
-from engine.parameters import MASK
+from engine.pack_config import masked_config  # the API's `/configs` masks with it too
+from engine.pack_manager import (
+    PackInstallError,
+    failed_requirements,
+    install_pack,
+    needed_config_keys,
+    shown_source,
+)
 from engine.storage import utcnow
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 log = logging.getLogger(__name__)
 #: Installs a process remembers for their pages; the oldest finished ones are forgotten first.
 KEPT_INSTALLS = 20
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-
-
-def masked_config(schema: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """A pack's config with every value its schema marks `secret: true` shown as `********`, at any depth
-    (an object's `properties` and `additionalProperties`, an array's `items`). `schema` is the pack's
-    config.schema.yaml: a mapping of top-level keys to their specs."""
-    return _masked_object(schema, None, values)
-
-
-def _masked_object(properties: Any, extra: Any, values: dict[str, Any]) -> dict[str, Any]:
-    properties = properties if isinstance(properties, dict) else {}
-    return {key: _masked(properties.get(key, extra), value) for key, value in values.items()}
-
-
-def _masked(spec: Any, value: Any) -> Any:
-    if not isinstance(spec, dict) or value is None:
-        return value
-    if spec.get("secret"):
-        return MASK
-    if isinstance(value, dict):
-        return _masked_object(spec.get("properties"), spec.get("additionalProperties"), value)
-    if isinstance(value, list):
-        return [_masked(spec.get("items"), item) for item in value]
-    return value
-
-
-def shown_source(source: str) -> str:
-    """A git URL without the credentials it may carry (`https://user:token@host/...`)."""
-    return _USERINFO.sub("***@", source)
 
 
 @dataclass
