@@ -12,10 +12,16 @@ output and stays in that group, so the container waits for the sensor process it
 never for its pipes to close, and then kills what is left of the group: a helper can neither
 keep a crashed sensor from being restarted nor outlive it.
 
+A sensor's messages are read only as fast as they are handled, at most `MESSAGE_BACKLOG` bytes ahead:
+when serve stores more slowly than a sensor dispatches, the pipe fills and the sensor's `dispatch()`
+blocks until serve catches up, as a publish to StackStorm's broker does. What a sensor was told it
+dispatched is stored, or in that small backlog: never a burst of any size held in serve's memory,
+which a killed serve lost and which a stop or a reload waited to store.
+
 Nothing a sensor dispatched before it exited is lost: once its process has exited (crashed,
 returned, or stopped, its `cleanup()` dispatching as it leaves), the container reads its message
-pipe to the end, however long handling the instances takes. Only a pipe that makes no progress,
-and the log pipe, are given up after `drain_timeout`. Stopping signals every sensor at once and
+pipe to the end, which holds that backlog at most. Only a pipe that makes no progress, and the log
+pipe, are given up after `drain_timeout`. Stopping signals every sensor at once and
 kills what is left after one `stop_timeout`; one `sync` or `stop` runs at a time, and a `stop`
 supersedes a `sync` under way, so no sensor is started out of a later stop's reach.
 """
@@ -48,7 +54,7 @@ from engine.pack_config import config_facts, config_value_error, render_dynamic_
 from engine.packs import ContentWarning, Registry, sensor_trigger_types
 from engine.processes import LEDGER, descendants, kill_group, start_time
 from engine.runners import RunAs
-from engine.runners.python import COMPAT_PATH, spawn_pack_process
+from engine.runners.python import COMPAT_PATH, LINE_LIMIT, spawn_pack_process
 from engine.templates import KVNamespace, TemplateRenderError, build_environment, render_template
 from engine.triggers import TriggerError
 from engine.yamlfile import ContentError
@@ -59,6 +65,12 @@ SENSOR_SCRIPT = COMPAT_PATH / "squall_sensor.py"
 SPAWN, EXIT = "core.st2.sensor.process_spawn", "core.st2.sensor.process_exit"
 #: A line of the sensor's output longer than this is dropped (with a warning), not the relay with it.
 _LOG_LINE_LIMIT = 1024 * 1024
+#: Bytes of a sensor's messages read ahead of the one being handled; past them the message pipe is not
+#: read until serve catches up, so the sensor's `dispatch()` blocks (its write to the full pipe) as a
+#: broker's publish would. Read without a bound, a burst of 300,000 dispatches all returned within
+#: seconds and waited unstored in serve's memory (up to 128 MiB): a killed serve lost them, a stop or a
+#: reload waited to store them all. A message itself may be up to `LINE_LIMIT` long (`_next_line`).
+MESSAGE_BACKLOG = 256 * 1024
 #: Lines relayed (or messages handled) between two yields to the event loop. A stream reader hands
 #: out lines already in its buffer without awaiting anything, and a sensor writing short lines as fast
 #: as it can keeps that buffer full: without a yield, serve's loop (API, chat, timers) stalled for seconds.
@@ -640,9 +652,10 @@ class SensorContainer:
             os.close(log_write)
             raise
         try:
+            # asyncio stops reading a stream past twice its limit: that is the backlog, not the line's limit.
             process, reader, running.writer = await spawn_pack_process(
                 SENSOR_SCRIPT, spec.file.parent.parent, running.venv, cwd=spec.file.parent,
-                stdout=log_write, stderr=asyncio.subprocess.STDOUT, run_as=self.run_as)
+                stdout=log_write, stderr=asyncio.subprocess.STDOUT, run_as=self.run_as, limit=MESSAGE_BACKLOG // 2)
         except BaseException:
             log_transport.close()
             raise
@@ -678,7 +691,8 @@ class SensorContainer:
     async def _drain(self, running: _Running, messages: asyncio.Task[None], logs: asyncio.Task[None],
                      exited: float) -> None:
         """What the exited sensor wrote: every message to the end of the pipe, however long handling
-        them takes (each is an instance it dispatched, in `cleanup()` too), and its last log lines.
+        them takes (each is an instance it dispatched, in `cleanup()` too; no more than the pipe and
+        `MESSAGE_BACKLOG` hold, as the sensor waited for serve), and its last log lines.
 
         The message pipe cannot be held by a helper (the sensor's end of it is not inheritable), so
         its end comes once the buffered lines are read; should a forked child that left the group
@@ -697,7 +711,9 @@ class SensorContainer:
 
     async def _read_messages(self, running: _Running, reader: asyncio.StreamReader) -> None:
         """The sensor's JSON lines (dispatches, datastore calls) until its end of the pipe closes,
-        yielding to the loop every `_YIELD_EVERY` of them (a burst is all in the buffer)."""
+        yielding to the loop every `_YIELD_EVERY` of them (a burst is all in the buffer). Each is
+        handled before the next is read, and `reader` reads only `MESSAGE_BACKLOG` ahead: a sensor
+        dispatching faster than they are stored waits in its `dispatch()`."""
         spec = running.spec
         loop = asyncio.get_running_loop()
         for count in itertools.count(1):
@@ -705,9 +721,10 @@ class SensorContainer:
                 await asyncio.sleep(0)
             running.waiting_since = loop.time()
             try:
-                line = await _next_line(reader)
+                line = await _next_line(reader, LINE_LIMIT)
             except _LineTooLong:  # that message is dropped, the sensor goes on
-                log.warning("sensor %s sent a message longer than the limit; it was dropped", spec.ref)
+                log.warning("sensor %s sent a message longer than %d MiB; it was dropped (a dispatch's payload "
+                            "must be smaller)", spec.ref, LINE_LIMIT // (1024 * 1024))
                 continue
             finally:
                 running.waiting_since = None
@@ -926,30 +943,48 @@ def _line_level(text: str, previous: int) -> int:
 
 
 class _LineTooLong(ValueError):
-    """A line longer than its stream's limit: read to its end and dropped, all of it."""
+    """A line longer than its reader takes (`_next_line`): read to its end and dropped, all of it."""
 
 
-async def _next_line(stream: asyncio.StreamReader) -> bytes | None:
+async def _next_line(stream: asyncio.StreamReader, longest: int = 0) -> bytes | None:
     """The stream's next line (the last may lack its newline); None at its end.
 
-    A line longer than the stream's limit is read to its newline and dropped whole (`_LineTooLong`):
+    A line longer than the stream's limit is gathered from its parts, up to `longest` bytes (0: the
+    stream's limit): the message pipe's reader buffers little (`MESSAGE_BACKLOG`), its messages may be
+    long (`LINE_LIMIT`). A longer line is read to its newline and dropped whole (`_LineTooLong`):
     `readline` drops only what it has buffered of such a line, so the rest came out as a line."""
-    try:
-        return await stream.readuntil(b"\n")
-    except asyncio.IncompleteReadError as exc:
-        return exc.partial or None
-    except asyncio.LimitOverrunError as exc:
-        excess = exc.consumed
+    parts: list[bytes] = []
+    size = 0
     while True:
-        await stream.readexactly(excess)  # the part of the line buffered so far (up to its newline, if there)
+        try:
+            line = await stream.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:  # the end: the last line may lack its newline
+            line = exc.partial
+        except asyncio.LimitOverrunError as exc:
+            part = await stream.readexactly(exc.consumed)  # what is buffered of the line (up to its newline, if there)
+            size += len(part)
+            if size > longest:
+                await _skip_line(stream)
+                raise _LineTooLong(f"a line longer than {longest or 'the stream limit'} bytes") from None
+            parts.append(part)
+            continue
+        if not parts:
+            return line or None
+        if size + len(line) > longest:
+            raise _LineTooLong(f"a line longer than {longest} bytes")
+        return b"".join([*parts, line])
+
+
+async def _skip_line(stream: asyncio.StreamReader) -> None:
+    """Read the rest of the current line (to its newline, or the stream's end) and drop it."""
+    while True:
         try:
             await stream.readuntil(b"\n")
+            return
         except asyncio.IncompleteReadError:
-            pass
+            return
         except asyncio.LimitOverrunError as exc:
-            excess = exc.consumed
-            continue
-        raise _LineTooLong("a line longer than the stream's limit")
+            await stream.readexactly(exc.consumed)
 
 
 class _LineBudget:

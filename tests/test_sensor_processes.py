@@ -4,6 +4,7 @@ with a trigger's ref (spec §6.4): real sensor processes under a real `SensorCon
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -467,6 +468,142 @@ async def test_what_a_sensor_dispatched_before_it_crashed_is_stored_however_long
         stored = await squall.triggers.list(trigger="demo.burst", limit=10 * count)
         assert sorted(i["payload"]["i"] for i in stored) == list(range(count))
     finally:
+        await squall.close()
+
+
+FLOOD = '''
+import os
+import time
+
+from st2reactor.sensor.base import Sensor
+
+
+class Flood(Sensor):  # a poller's first catch-up: a burst of dispatches, counted as each returns
+    def setup(self):
+        self.marker = os.open({marker!r}, os.O_WRONLY | os.O_CREAT)
+
+    def run(self):
+        for i in range({count}):
+            self.sensor_service.dispatch("demo.flood", {{"i": i, "pad": "x" * 200}})
+            os.pwrite(self.marker, b"%10d" % (i + 1), 0)
+        self.sensor_service.dispatch("demo.flood", {{"i": {count}, "pad": "y" * {big}}})
+        os.pwrite(self.marker, b"%10d" % ({count} + 1), 0)
+        while True:
+            time.sleep(1)
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+#: The instances of FLOOD's burst; the last one's payload is larger than the message pipe's read buffer.
+FLOOD_COUNT = 10_000
+FLOOD_BIG = 1024 * 1024
+
+
+def returned(marker: Path) -> int:
+    """How many of its dispatch() calls the FLOOD sensor has seen return."""
+    text = marker.read_bytes().strip() if marker.exists() else b""
+    return int(text or 0)
+
+
+async def settled(marker: Path, timeout: float = 60) -> int:
+    """FLOOD's count once it has not moved for a second (its dispatch() blocked, or its burst done)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last, since = -1, loop.time()
+    while loop.time() < deadline:
+        now = returned(marker)
+        if now != last:
+            last, since = now, loop.time()
+        elif now > 0 and loop.time() - since >= 1.0:
+            break
+        await asyncio.sleep(0.05)
+    return last
+
+
+async def flood_held(home: Path, **timings: float) -> tuple[Squall, asyncio.Event, Path]:
+    """serve with the FLOOD sensor running, every `demo.flood` instance's store held until the event is set."""
+    marker = home / "returned"
+    add_sensor(make_pack(home, {}), "Flood", FLOOD.format(marker=str(marker), count=FLOOD_COUNT, big=FLOOD_BIG))
+    squall = await started(home)
+    gate = asyncio.Event()
+
+    async def held(trigger_ref: str, payload: Any, **kwargs: Any) -> Any:
+        if trigger_ref == "demo.flood":
+            await gate.wait()
+        return await squall.triggers.dispatch(trigger_ref, payload, **kwargs)
+
+    squall.sensors = SensorContainer(held, squall.datastore_call, squall.config.virtualenvs_path,
+                                     **{"backoff": 0.1, "stable_after": 30, "stop_timeout": 10, **timings})
+    await squall.sync_sensors()
+    return squall, gate, marker
+
+
+async def flood_stored(squall: Squall) -> list[int]:
+    """The `i` of every stored `demo.flood` instance, in order; the large last one checked whole."""
+    stored = await squall.triggers.list(trigger="demo.flood", limit=10 * FLOOD_COUNT)
+    for instance in stored:
+        if instance["payload"]["i"] == FLOOD_COUNT:
+            assert instance["payload"]["pad"] == "y" * FLOOD_BIG, "the large message was not stored whole"
+    return sorted(instance["payload"]["i"] for instance in stored)
+
+
+async def test_a_sensors_dispatch_blocks_while_serve_falls_behind_and_nothing_is_lost(home: Path) -> None:
+    """A sensor dispatching faster than serve stores: once a small backlog is unstored, serve stops
+    reading its message pipe and the sensor's dispatch() blocks, as a broker's publish would. Its
+    instances wait in the sensor, not in serve's memory, where a killed serve lost what the sensor was
+    told was dispatched (and a stop waited for it all). Released, every instance is stored once."""
+    squall, gate, marker = await flood_held(home)
+    try:
+        held = await settled(marker)
+        smallest = len(json.dumps({"op": "dispatch", "trigger": "demo.flood", "payload": {"i": 0, "pad": "x" * 200},
+                                   "parameters": None, "trace_tag": None})) + 1
+        assert 0 < held < FLOOD_COUNT, f"{held} of {FLOOD_COUNT} dispatch() calls returned while nothing was stored"
+        assert held * smallest <= 1024 * 1024, f"{held} instances ({held * smallest} bytes) wait unstored in serve"
+        assert await flood_stored(squall) == []
+        gate.set()
+
+        async def all_stored() -> bool:
+            return len(await flood_stored(squall)) >= FLOOD_COUNT + 1
+
+        assert await eventually(all_stored, 120), "the burst was not stored once released"
+        assert await flood_stored(squall) == list(range(FLOOD_COUNT + 1))
+
+        async def all_returned() -> bool:
+            return returned(marker) == FLOOD_COUNT + 1
+
+        assert await eventually(all_returned), f"{returned(marker)} dispatch() calls returned"
+    finally:
+        gate.set()  # a held store would hold the stop too
+        await squall.close()
+
+
+async def test_a_stop_waits_for_the_small_backlog_only_not_the_sensors_whole_burst(home: Path) -> None:
+    """A stop (serve's end, a reload) while serve is behind a sensor's burst: serve stores the few
+    instances the sensor wrote, and the sensor, whose dispatch() was blocked, gets SIGTERM then and
+    ends; the stop no longer waited for a burst of any size to be stored. Each instance whose
+    dispatch() returned is stored, once."""
+    squall, gate, marker = await flood_held(home)
+    try:
+        held = await settled(marker)
+        assert 0 < held < FLOOD_COUNT, f"{held} of {FLOOD_COUNT} dispatch() calls returned while nothing was stored"
+        gate.set()
+        await squall.sensors.stop()
+        stored, sent = await flood_stored(squall), returned(marker)
+        assert sent < FLOOD_COUNT, "the sensor's whole burst was taken in before it was stopped"
+        assert stored == list(range(len(stored))), "an instance was lost or stored twice"
+        # The one dispatch() SIGTERM interrupted may have reached the pipe without returning.
+        assert sent <= len(stored) <= sent + 1, (sent, len(stored))
+    finally:
+        gate.set()  # a held store would hold the stop too
         await squall.close()
 
 

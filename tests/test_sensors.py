@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 
 from bot.app import Squall
-from engine.sensors import _YIELD_EVERY, SensorContainer, SensorSpec, _Running, load_sensors
+from engine.sensors import (
+    _YIELD_EVERY,
+    SensorContainer,
+    SensorSpec,
+    _LineTooLong,
+    _next_line,
+    _Running,
+    load_sensors,
+)
 from tests.conftest import write
 from tests.test_rules import make_pack, started
 
@@ -495,6 +503,37 @@ async def test_an_overlong_output_line_is_dropped_whole(caplog: pytest.LogCaptur
     assert messages[0] == "ok before" and messages[-1] == "ok after", messages
     assert sum("was dropped" in text for text in messages) == 1, messages
     assert not any("TAIL" in text or text.startswith("aaa") for text in messages), messages
+
+
+async def test_a_message_longer_than_the_readers_buffer_is_gathered_whole_up_to_the_line_limit() -> None:
+    """The message pipe's reader buffers little, so that a sensor dispatching faster than serve stores
+    waits; a message longer than that buffer, up to the line limit, is still read whole from its parts,
+    and a longer one is dropped whole, the lines after it read as they are."""
+    reader = asyncio.StreamReader(limit=1024)
+    lines: list[bytes | str] = []
+
+    async def read_all() -> None:
+        while True:
+            try:
+                line = await _next_line(reader, 16_000)
+            except _LineTooLong:
+                lines.append("dropped")
+                continue
+            if line is None:
+                return
+            lines.append(line)
+
+    reading = asyncio.get_running_loop().create_task(read_all())
+    reader.feed_data(b"short\n" + b"a" * 5000)
+    for _ in range(100):  # the reader takes what is buffered, over its limit, and waits for the rest
+        await asyncio.sleep(0)
+    reader.feed_data(b"b" * 5000 + b"\n" + b"c" * 20_000)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    reader.feed_data(b"c TAIL\nnext\nlast")
+    reader.feed_eof()
+    await reading
+    assert lines == [b"short\n", b"a" * 5000 + b"b" * 5000 + b"\n", "dropped", b"next\n", b"last"]
 
 
 # -- secrets a sensor decrypts --------------------------------------------------------------------

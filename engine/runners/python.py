@@ -35,7 +35,9 @@ COMPAT_PATH = Path(__file__).resolve().parent.parent / "compat"
 #: The variable naming the pack's folder to `compat/squall_paths.py` (which removes it at start).
 PACK_PATH_VARIABLE = "_SQUALL_PACK_PATH"
 WORKER_SCRIPT = COMPAT_PATH / "squall_worker.py"
-_STREAM_LIMIT = 64 * 1024 * 1024
+#: The longest line read from a pack process (an action's result, a sensor's message), and the default
+#: limit of the reader of its message pipe (`spawn_pack_process`).
+LINE_LIMIT = 64 * 1024 * 1024
 
 #: Answers a datastore call from an action: (method, arguments, request) -> result.
 CallHandler = Callable[[str, dict[str, Any], RunRequest], Awaitable[Any]]
@@ -156,10 +158,15 @@ def _pythonpath(pack_path: Path, venv: Path | None = None) -> str:
 
 
 async def spawn_pack_process(script: Path, pack_path: Path, venv: Path, *, cwd: Path,
-                             stdout: int, stderr: int, run_as: RunAs | None = None,
+                             stdout: int, stderr: int, run_as: RunAs | None = None, limit: int = LINE_LIMIT,
                              ) -> tuple[asyncio.subprocess.Process, asyncio.StreamReader, asyncio.WriteTransport]:
     """Start `script` (an action worker, a sensor) under the pack's interpreter, with the compat path
     and the credentials withheld from every action, talking JSON lines on two private pipes.
+
+    `limit` is the message reader's: asyncio stops reading the pipe while more than twice that is
+    buffered unread (the process's writes then block), and its `readline` takes no longer line. The
+    sensor container passes a small one, so a sensor that dispatches faster than serve stores waits,
+    and gathers longer lines itself (`engine.sensors._next_line`).
 
     With `run_as` the process starts as that user and its groups (the service must be root). It
     dies with the service (`shell.dying_with_service`) and is in this process's owner file until the
@@ -175,7 +182,7 @@ async def spawn_pack_process(script: Path, pack_path: Path, venv: Path, *, cwd: 
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, limit=_STREAM_LIMIT,
+            stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, limit=LINE_LIMIT,
             pass_fds=(request_read, reply_write), env=env, cwd=str(cwd), start_new_session=True, **dying,
             **(run_as.process_options() if run_as is not None else {}),
         )
@@ -187,7 +194,7 @@ async def spawn_pack_process(script: Path, pack_path: Path, venv: Path, *, cwd: 
     finally:
         os.close(request_read)
         os.close(reply_write)
-    reader = asyncio.StreamReader(limit=_STREAM_LIMIT)
+    reader = asyncio.StreamReader(limit=limit)
     request_file = os.fdopen(request_write, "wb")
     read_transport: asyncio.BaseTransport | None = None
     try:
