@@ -559,6 +559,25 @@ async def test_worker_is_reused(squall: Squall) -> None:
     assert len({first_run, second_run, first_worker}) == 3
 
 
+async def test_a_worker_busy_through_a_recycle_serves_no_later_run(squall: Squall) -> None:
+    """A pack updated while one of its actions runs (`reload_packs` recycles the pool): the worker that ran
+    it went back to the pool and served every later run with the old packages, in a deleted folder. It
+    now stops when its run ends, and the next run gets a new worker."""
+    before = await behave(squall, "pids")
+    worker = before["result"]["result"][1]
+    record = await squall.executions.request(f"{PACK}.behave", {"mode": "sleep", "value": 1})
+    for _ in range(200):  # running in that worker, the only one
+        if (await squall.executions.get(record["id"]))["status"] == "running":
+            break
+        await asyncio.sleep(0.02)
+    await squall.python.recycle(PACK)
+    assert (await squall.executions.wait(record["id"], timeout=30))["status"] == "succeeded"
+    after = await behave(squall, "pids")
+    assert after["status"] == "succeeded"
+    assert after["result"]["result"][1] != worker
+    assert await _wait_gone(worker)
+
+
 async def test_timeout_kills_the_worker_and_the_next_run_succeeds(squall: Squall) -> None:
     done = await behave(squall, "sleep", 30, timeout=1)
     assert done["status"] == "timeout"

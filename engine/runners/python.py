@@ -280,6 +280,9 @@ class PackPool:
     size: int
     idle: list[Worker] = field(default_factory=list)
     slots: asyncio.Semaphore = field(init=False)
+    #: Counts `recycle`s: a worker busy through one goes back to no pool (`PythonRunner.run`), since it
+    #: holds the pack's old code and packages and may stand in the folder an update replaced.
+    generation: int = 0
 
     def __post_init__(self) -> None:
         self.slots = asyncio.Semaphore(self.size)
@@ -312,9 +315,11 @@ class PythonRunner:
             pool.idle.append(await spawn_worker(pack_path, self.virtualenvs / pack, self.run_as))
 
     async def recycle(self, pack: str | None = None) -> None:
-        """Stop idle workers (all, or one pack's) so changed code and venvs are picked up."""
+        """Stop idle workers (all, or one pack's) so changed code and venvs are picked up; those running
+        an action now stop when it ends (`run`), rather than serve every later run of the old pack."""
         for name, pool in list(self._pools.items()):
             if pack in (None, name):
+                pool.generation += 1
                 while pool.idle:
                     await pool.idle.pop().close()
 
@@ -332,6 +337,7 @@ class PythonRunner:
         loop = asyncio.get_running_loop()
         async with pool.slots:
             deadline = loop.time() + timeout  # the run's timeout counts from when it may start
+            generation = pool.generation
             worker = pool.idle.pop() if pool.idle else None
             if worker is not None and not worker.alive:  # died while idle: reap it, start another
                 await worker.close()
@@ -380,7 +386,7 @@ class PythonRunner:
             finally:
                 if tail is not None:
                     await asyncio.shield(tail.stop())
-                keep = reusable and worker.alive
+                keep = reusable and worker.alive and pool.generation == generation
                 stdout = _read_capture(out_path, reply.get("stdout_size"))
                 stderr = _read_capture(err_path, reply.get("stderr_size"))
                 if keep:
