@@ -376,20 +376,36 @@ def _update_statement(table: sa.Table, keys: tuple[str, ...], guarded: bool, ret
     return statement.returning(*table.c) if returning else statement
 
 
-def _trigger_instance_where(trigger: str | None, status: str | Sequence[str] | None) -> list[Any]:
+def _trigger_instance_where(trigger: str | None, status: str | Sequence[str] | None,
+                            since: datetime | None = None, until: datetime | None = None) -> list[Any]:
+    """`since`/`until` bound `occurrence_time` strictly (StackStorm's `timestamp_gt`/`timestamp_lt`)."""
     where = [trigger_instances.c.trigger == trigger] if trigger else []
     if isinstance(status, str):
         where.append(trigger_instances.c.status == status)
     elif status:
         where.append(trigger_instances.c.status.in_(list(status)))
-    return where
+    return where + _strictly_between(trigger_instances.c.occurrence_time, since, until)
 
 
-def _enforcement_where(rule: str | None, trigger_instance_id: str | None, execution_id: str | None) -> list[Any]:
+def _enforcement_where(rule: str | None, trigger_instance_id: str | None, execution_id: str | None,
+                       since: datetime | None = None, until: datetime | None = None,
+                       at: datetime | None = None) -> list[Any]:
+    """`since`/`until` bound `enforced_at` strictly and `at` is it exactly (StackStorm's `enforced_at_gt`,
+    `enforced_at_lt` and `enforced_at`)."""
     columns = rule_enforcements.c
-    return [column == value for column, value in ((columns.rule, rule), (columns.trigger_instance_id,
-                                                                         trigger_instance_id),
-                                                  (columns.execution_id, execution_id)) if value]
+    where = [column == value for column, value in ((columns.rule, rule), (columns.trigger_instance_id,
+                                                                          trigger_instance_id),
+                                                   (columns.execution_id, execution_id)) if value]
+    if at is not None:
+        where.append(columns.enforced_at == at.astimezone(UTC))
+    return where + _strictly_between(columns.enforced_at, since, until)
+
+
+def _strictly_between(column: sa.Column[Any], since: datetime | None, until: datetime | None) -> list[Any]:
+    """A log's time after `since` and before `until`, both excluded (either may be None: unbounded), in
+    SQL, where the log's time index reads the range; compared in UTC, as the times are stored."""
+    return [*([column > since.astimezone(UTC)] if since is not None else []),
+            *([column < until.astimezone(UTC)] if until is not None else [])]
 
 
 _KV_KEY = (kv_pairs.c.scope == sa.bindparam("scope")) & (kv_pairs.c.name == sa.bindparam("name"))
@@ -1825,13 +1841,16 @@ class Store:
         return self._newest(trigger_instances, _trigger_instance_where(trigger, status), limit)
 
     def trigger_instance_page(self, trigger: str | None = None, status: str | Sequence[str] | None = None,
-                              limit: int = 50, offset: int = 0,
-                              before: tuple[datetime, str] | None = None) -> tuple[list[dict[str, Any]], int]:
+                              limit: int = 50, offset: int = 0, before: tuple[datetime, str] | None = None,
+                              since: datetime | None = None,
+                              until: datetime | None = None) -> tuple[list[dict[str, Any]], int]:
         """One page of `trigger_instance_list`, and how many there are in all (the API's `X-Total-Count`).
         With `before` (an instance's `occurrence_time` and id), the page starts just below that instance in
         the list's order (`_newest_rows`), deleted since or not: a keyset page (`limit=-1`'s), which rows
-        stored or deleted above it do not move as they move an OFFSET's."""
-        return self._newest_page(trigger_instances, _trigger_instance_where(trigger, status), limit, offset, before)
+        stored or deleted above it do not move as they move an OFFSET's. `since`/`until`: only the instances
+        that occurred strictly after/before them (`timestamp_gt`/`timestamp_lt`), `before` or not."""
+        return self._newest_page(trigger_instances, _trigger_instance_where(trigger, status, since, until), limit,
+                                 offset, before)
 
     def trigger_instance_latest(self, trigger: str, parameters: dict[str, Any], since: datetime) -> datetime | None:
         """When the newest instance of `trigger` with exactly `parameters` occurred, if at or after
@@ -1885,13 +1904,16 @@ class Store:
 
     def rule_enforcement_page(self, rule: str | None = None, trigger_instance_id: str | None = None,
                               execution_id: str | None = None, limit: int = 50, offset: int = 0,
-                              before: tuple[datetime, str] | None = None) -> tuple[list[dict[str, Any]], int]:
+                              before: tuple[datetime, str] | None = None, since: datetime | None = None,
+                              until: datetime | None = None,
+                              at: datetime | None = None) -> tuple[list[dict[str, Any]], int]:
         """One page of `rule_enforcement_list`, and how many there are in all (the API's `X-Total-Count`).
         With `before` (an enforcement's `enforced_at` and id), the page starts just below that enforcement
         in the list's order (`_newest_rows`), deleted since or not: a keyset page (`limit=-1`'s), which rows
-        stored or deleted above it do not move as they move an OFFSET's."""
-        return self._newest_page(rule_enforcements, _enforcement_where(rule, trigger_instance_id, execution_id),
-                                 limit, offset, before)
+        stored or deleted above it do not move as they move an OFFSET's. `since`/`until`: only those enforced
+        strictly after/before them (`enforced_at_gt`/`enforced_at_lt`), `at`: at that time exactly."""
+        where = _enforcement_where(rule, trigger_instance_id, execution_id, since, until, at)
+        return self._newest_page(rule_enforcements, where, limit, offset, before)
 
     def _newest(self, table: sa.Table, where: list[Any], limit: int, offset: int = 0) -> list[dict[str, Any]]:
         """Rows of a log table (`occurrence_time` or `enforced_at`, then id) newest first."""

@@ -496,3 +496,43 @@ def test_tail_prints_a_running_execution_s_output_and_run_tail_a_workflow_s(serv
         "Child execution (task=two)"] * 2, ran
     assert ran.index("task=one") < ran.index("from one") < ran.index("task=two") < ran.index("from two")
     assert "has finished (status=succeeded)" in ran and "has completed (status=succeeded)" in ran
+
+
+def _listed(server: Server, *args: str) -> list[dict[str, Any]]:
+    """What `st2 ARGS -j` lists: st2 prints "No matching items found" for an empty list of rules, and the
+    JSON `[]` for an empty list of the logs (it reverses those, and a reversed list is never empty)."""
+    printed = server.run(*args, "-j").stdout.strip()
+    return [] if printed == "No matching items found" else json.loads(printed)
+
+
+def test_list_filters_are_applied(server: Server) -> None:
+    """The filters `st2 trigger|action-alias|rule|rule-enforcement|trigger-instance list` send (`pack`,
+    `action`, `trigger`, `enabled`, `rule_ref`, `enforced_at_gt|lt`, `timestamp_gt|lt`), which StackStorm's
+    API applies, were ignored: the whole list was printed."""
+    keyed = {"St2-Api-Key": server.key}
+    assert httpx.post(f"{server.url}/api/v1/webhooks/st2e", json={"who": "kim"}, headers=keyed).status_code == 202
+    deadline = time.monotonic() + 60
+    while not _listed(server, "rule-enforcement", "list", "--rule", "st2e.on_hook") and time.monotonic() < deadline:
+        time.sleep(0.2)  # the hook's rule is enforced after its trigger instance is stored
+    core = [t["ref"] for t in _listed(server, "trigger", "list", "-p", "core")]
+    assert "core.st2.webhook" in core and all(ref.startswith("core.") for ref in core)
+    assert not [t["ref"] for t in _listed(server, "trigger", "list", "-p", "st2e") if not t["ref"].startswith("st2e.")]
+    assert [a["ref"] for a in _listed(server, "action-alias", "list", "-p", "st2e")] == ["st2e.greet"]
+
+    def rules(*flags: str) -> list[str]:
+        return [r["ref"] for r in _listed(server, "rule", "list", *flags)]
+
+    assert rules("--action", "st2e.greet") == rules("--trigger", "core.st2.webhook", "-p", "st2e") == ["st2e.on_hook"]
+    assert rules("--enabled", "-p", "st2e") == ["st2e.on_hook"]
+    assert rules("--disabled", "-p", "st2e") == rules("--trigger", "core.st2.IntervalTimer") == []
+
+    enforced = _listed(server, "rule-enforcement", "list", "--rule", "st2e.on_hook")
+    assert enforced and {e["rule"]["ref"] for e in enforced} == {"st2e.on_hook"}
+    for flags in (("--rule", "no.such_rule"), ("-tg", "2099-01-01T00:00:00.000Z"), ("-tl", "2000-01-01T00:00:00.000Z")):
+        assert _listed(server, "rule-enforcement", "list", *flags) == [], flags
+    assert _listed(server, "rule-enforcement", "list", "-tg", "2000-01-01T00:00:00.000Z")
+    for flags in (("-tg", "2099-01-01T00:00:00.000Z"), ("-tl", "2000-01-01T00:00:00.000Z")):
+        assert _listed(server, "trigger-instance", "list", *flags) == [], flags
+    assert _listed(server, "trigger-instance", "list", "--trigger", "core.st2.webhook", "-tg", "2000-01-01T00:00:00Z")
+    later = server.run("trigger-instance", "list", "-tg", "tomorrow", check=False)
+    assert later.returncode != 0 and "timestamp_gt" in later.stdout + later.stderr

@@ -1,16 +1,19 @@
 """st2client's resource verbs beyond reading lists: actions by id and the writes Squall refuses with what to do
 instead (actions live in pack files), `st2 pack install|remove|register|search`, `st2 apikey ...` (read from
 the stored keys, managed by `squall apikey`), `st2 trigger get`, `st2 rule-enforcement get` and
-`st2 trigger-instance re-emit`. The real `st2` CLI drives the API in test_st2_cli.py."""
+`st2 trigger-instance re-emit`, and the list filters StackStorm's controllers apply (`supported_filters`).
+The real `st2` CLI drives the API in test_st2_cli.py."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+import bot.http.paging
 from bot.apikeys import create_key
 from bot.app import Squall
 from bot.http import create_api
@@ -18,6 +21,7 @@ from engine.actions import action_id
 from engine.config import load_config
 from engine.executions import new_id
 from engine.parameters import MASK
+from engine.rules import rule_id
 from engine.storage import utcnow
 from tests.conftest import write
 from tests.test_api import KEY, _home
@@ -249,3 +253,137 @@ async def test_sensor_types_are_listed_filtered_and_read_as_stackstorm_shows_the
             assert (await client.get("/api/v1/sensortypes/demo.Watch")).json()["enabled"] is True
     finally:
         await squall.close()
+
+
+# -- list filters: StackStorm's `supported_filters` of each route --------------------------------------------
+
+def _refs(listed: httpx.Response) -> list[str]:
+    assert listed.status_code == 200, listed.text
+    return [item.get("ref") or item["rule"]["ref"] for item in listed.json()]
+
+
+async def test_trigger_types_and_aliases_are_filtered_by_pack_and_name(client: httpx.AsyncClient) -> None:
+    """`st2 trigger list -p demo` and `st2 action-alias list -p demo` send `?pack=`; it was ignored and
+    every pack's listed (StackStorm's controllers filter `pack` and `name`)."""
+    for params, refs in (({"pack": "demo"}, ["demo.event"]), ({"name": "st2.webhook"}, ["core.st2.webhook"]),
+                         ({"pack": "core", "name": "st2.webhook"}, ["core.st2.webhook"]),
+                         ({"pack": "demo", "name": "st2.webhook"}, []), ({"pack": "nopack"}, [])):
+        listed = await client.get("/api/v1/triggertypes", params=params)
+        assert _refs(listed) == refs and listed.headers["X-Total-Count"] == str(len(refs)), params
+    for params, refs in (({"pack": "demo"}, ["demo.greet", "demo.locked"]), ({"name": "locked"}, ["demo.locked"]),
+                         ({"pack": "demo", "name": "greet"}, ["demo.greet"]), ({"pack": "nopack"}, [])):
+        listed = await client.get("/api/v1/actionalias", params=params)
+        assert _refs(listed) == refs and listed.headers["X-Total-Count"] == str(len(refs)), params
+    paged = await client.get("/api/v1/actionalias", params={"pack": "demo", "limit": 1, "offset": 1})
+    assert _refs(paged) == ["demo.locked"] and paged.headers["X-Total-Count"] == "2"
+
+
+async def test_rules_are_filtered_by_action_trigger_enabled_name_and_user(home: Path) -> None:
+    """`st2 rule list --action X|--trigger X|--enabled|--disabled` send `action=`, `trigger=` (a trigger type's
+    ref) and `enabled=True|False`; they were ignored and every rule listed."""
+    _home(home)
+    write(home / "packs" / "demo" / "rules" / "tick.yaml", """
+        name: tick
+        pack: demo
+        enabled: false
+        context: {user: alice}
+        trigger: {type: core.st2.IntervalTimer, parameters: {unit: hours, delta: 1}}
+        action: {ref: demo.slow}
+    """)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        async with _client(squall, KEY) as client:
+            greeters = ["demo.on_build", "demo.on_signed"]
+            for params, refs in (({"action": "demo.greet"}, greeters), ({"action": "demo.slow"}, ["demo.tick"]),
+                                 ({"trigger": "core.st2.IntervalTimer"}, ["demo.tick"]),
+                                 ({"trigger": "core.st2.webhook", "pack": "demo"}, greeters),
+                                 ({"enabled": "False"}, ["demo.tick"]), ({"enabled": "false"}, ["demo.tick"]),
+                                 ({"enabled": "True", "pack": "demo"}, greeters),
+                                 ({"name": "on_signed"}, ["demo.on_signed"]), ({"user": "alice"}, ["demo.tick"]),
+                                 ({"action": "no.such"}, []), ({"trigger": "core.st2.CronTimer"}, [])):
+                listed = await client.get("/api/v1/rules", params=params)
+                assert _refs(listed) == refs and listed.headers["X-Total-Count"] == str(len(refs)), params
+            wrong = await client.get("/api/v1/rules", params={"enabled": "maybe"})
+            assert wrong.status_code == 400 and "enabled" in wrong.json()["faultstring"]
+    finally:
+        await squall.close()
+
+
+#: When the stored log rows of the filter tests happened.
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _enforced(squall: Squall, rule: str, at: datetime) -> str:
+    record = {"id": new_id(), "rule": rule, "trigger_instance_id": "t1", "execution_id": None,
+              "status": "succeeded", "failure_reason": None, "enforced_at": at}
+    squall.store.rule_enforcement_add_once(record)
+    return record["id"]
+
+
+async def test_rule_enforcements_are_filtered_by_rule_ref_rule_id_and_time(squall: Squall, client: httpx.AsyncClient,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`st2 rule-enforcement list --rule R` sends `rule_ref=` (Squall read `rule` only) and `-tg/-tl` send
+    `enforced_at_gt`/`enforced_at_lt`: all were ignored. A rule that does not exist lists none."""
+    old, new = _enforced(squall, "demo.on_build", T0), _enforced(squall, "demo.on_build", T0 + timedelta(hours=1))
+    other = _enforced(squall, "demo.on_signed", T0 + timedelta(hours=2))
+
+    async def ids(**params: str) -> list[str]:
+        listed = await client.get("/api/v1/ruleenforcements", params=params)
+        assert listed.status_code == 200, listed.text
+        assert listed.headers["X-Total-Count"] == str(len(listed.json())), params
+        return [e["id"] for e in listed.json()]
+
+    assert await ids() == [other, new, old]
+    for params in ({"rule_ref": "demo.on_build"}, {"rule_id": rule_id("demo.on_build")}, {"rule": "demo.on_build"},
+                   {"rule": "demo.on_build", "rule_ref": "demo.on_build"}):
+        assert await ids(**params) == [new, old], params
+    for params in ({"rule_ref": "no.such_rule"}, {"rule_id": "0" * 24}, {"rule_id": rule_id("no.such_rule")},
+                   {"rule": "demo.on_build", "rule_ref": "demo.on_signed"},
+                   {"rule_ref": "no.such_rule", "limit": "-1"}):
+        assert await ids(**params) == [], params
+    hour = T0 + timedelta(hours=1)
+    assert await ids(enforced_at_gt="2099-01-01T00:00:00.000Z") == []
+    assert await ids(enforced_at_gt=hour.isoformat()) == [other]  # strictly after
+    assert await ids(enforced_at_lt=hour.isoformat()) == [old]  # strictly before
+    assert await ids(enforced_at_gt="2026-03-01T12:30:00+00:00", enforced_at_lt="2026-03-01T15:00:00.000Z") == [
+        other, new]
+    assert await ids(enforced_at_gt="2026-03-01T07:30:00-05:00", rule_ref="demo.on_build") == [new]  # 12:30 UTC
+    assert await ids(enforced_at=hour.isoformat()) == [new]
+    monkeypatch.setattr(bot.http.paging, "LOG_PAGE", 1)  # limit=-1 by keyset pages, the time bound kept on each
+    assert await ids(enforced_at_gt="2026-03-01T11:00:00Z", limit="-1") == [other, new, old]
+    assert await ids(enforced_at_lt="2026-03-01T14:00:00Z", limit="-1") == [new, old]
+    for name in ("enforced_at_gt", "enforced_at_lt", "enforced_at"):
+        wrong = await client.get("/api/v1/ruleenforcements", params={name: "tomorrow"})
+        assert wrong.status_code == 400 and wrong.json()["faultstring"].startswith(f"{name} must be an ISO 8601")
+
+
+async def test_trigger_instances_are_filtered_by_time(squall: Squall, client: httpx.AsyncClient,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`st2 trigger-instance list -tg/-tl` send `timestamp_gt`/`timestamp_lt`; they were ignored."""
+    stored = []
+    for hours, trigger in ((0, "demo.event"), (1, "demo.event"), (2, "demo.other")):
+        record = {"id": new_id(), "trigger": trigger, "payload": {}, "occurrence_time": T0 + timedelta(hours=hours),
+                  "status": "processed", "trace_tag": None, "trigger_parameters": None}
+        squall.store.trigger_instance_add(record)
+        stored.append(record["id"])
+    old, new, other = stored
+
+    async def ids(**params: str) -> list[str]:
+        listed = await client.get("/api/v1/triggerinstances", params=params)
+        assert listed.status_code == 200, listed.text
+        assert listed.headers["X-Total-Count"] == str(len(listed.json())), params
+        return [i["id"] for i in listed.json()]
+
+    assert await ids() == [other, new, old]
+    assert await ids(timestamp_gt="2099-01-01T00:00:00.000Z") == []
+    assert await ids(timestamp_lt="2000-01-01T00:00:00.000Z") == []
+    assert await ids(timestamp_gt="2026-03-01T13:00:00Z") == [other]  # strictly after
+    assert await ids(timestamp_lt="2026-03-01T13:00:00Z") == [old]  # strictly before
+    assert await ids(timestamp_gt="2026-03-01T12:30:00Z", trigger="demo.event") == [new]
+    assert await ids(timestamp_gt="2026-03-01T12:30:00Z", timestamp_lt="2026-03-01T14:30:00+01:00") == [new]
+    monkeypatch.setattr(bot.http.paging, "LOG_PAGE", 1)  # limit=-1 by keyset pages, the time bound kept on each
+    assert await ids(timestamp_gt="2026-03-01T11:00:00Z", limit="-1") == [other, new, old]
+    assert await ids(timestamp_lt="2026-03-01T14:00:00Z", limit="-1") == [new, old]
+    for name in ("timestamp_gt", "timestamp_lt"):
+        wrong = await client.get("/api/v1/triggerinstances", params={name: "tomorrow"})
+        assert wrong.status_code == 400 and wrong.json()["faultstring"].startswith(f"{name} must be an ISO 8601")

@@ -30,9 +30,12 @@ def match_command(state: ApiState, command: str) -> AliasMatch:
 
 
 @router.get("/actionalias", tags=["aliases"])
-async def list_aliases(request: Request, response: Response, paging: Paging = Depends()) -> list[dict[str, Any]]:
-    aliases = sorted(api_state(request).squall.chat.index.aliases.items())
-    return [alias.summary() for _ref, alias in paging.page(aliases, response)]
+async def list_aliases(request: Request, response: Response, pack: str | None = None, name: str | None = None,
+                       paging: Paging = Depends()) -> list[dict[str, Any]]:
+    """StackStorm's filters: `pack` (`st2 action-alias list -p`) and `name`."""
+    aliases = [alias for _ref, alias in sorted(api_state(request).squall.chat.index.aliases.items())
+               if pack in (None, alias.pack) and name in (None, alias.name)]
+    return [alias.summary() for alias in paging.page(aliases, response)]
 
 
 @router.post("/actionalias/match", tags=["aliases"])

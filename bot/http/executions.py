@@ -21,7 +21,7 @@ from bot.chat.commands import CommandRefused
 from bot.http.actions import action_public
 from bot.http.attributes import Projection
 from bot.http.key_auth import acting_user, request_user, until_revoked
-from bot.http.paging import ALL_ROWS, json_items, page_limit, streamed_list, tell_page
+from bot.http.paging import ALL_ROWS, json_items, page_limit, query_time, streamed_list, tell_page
 from bot.http.runners import runner_public
 from bot.http.state import api_state
 from engine.actions import unapproved
@@ -103,19 +103,6 @@ def _doc(request: Request, record: dict[str, Any]) -> dict[str, Any]:
     return execution_doc(record, api_state(request).squall.registry)
 
 
-def _timestamp(name: str, value: str | None) -> datetime | None:
-    """A `timestamp_gt`/`timestamp_lt` query value (ISO 8601, `Z` or an offset; UTC when it names no zone),
-    or a 400 naming the parameter and the form st2client documents."""
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    except (ValueError, OverflowError):  # OverflowError: an offset that moves it past year 9999 in UTC
-        raise HTTPException(400, f"{name} must be an ISO 8601 date and time such as 2000-01-01T12:00:00.000Z, "
-                                 f"not {value!r}") from None
-
-
 @router.get("/executions", tags=["executions"], response_model=list[dict[str, Any]])
 async def list_executions(request: Request, response: Response, action: str | None = None,
                           status: str | None = None, parent: str | None = None, user: str | None = None,
@@ -133,8 +120,8 @@ async def list_executions(request: Request, response: Response, action: str | No
     (`bot/http/attributes.py`). Read on `Database.read`: a filter no index serves scans the table."""
     squall = api_state(request).squall
     filters = {"action": action, "status": status, "parent": parent, "user": user,
-               "trigger_instance": trigger_instance, "since": _timestamp("timestamp_gt", timestamp_gt),
-               "until": _timestamp("timestamp_lt", timestamp_lt)}
+               "trigger_instance": trigger_instance, "since": query_time("timestamp_gt", timestamp_gt),
+               "until": query_time("timestamp_lt", timestamp_lt)}
     if limit is None:
         return await _all_executions(request, shown, offset, sort_asc, filters)
     records, total = await squall.db.read(squall.store.page_executions, limit=limit, offset=offset,

@@ -15,7 +15,7 @@ each page after the first read by keyset (executions in `bot.http.executions`, t
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import HTTPException, Query, Response
@@ -141,3 +141,16 @@ def streamed_list(pages: AsyncIterator[bytes], total: int) -> StreamingResponse:
         yield b"]"
 
     return StreamingResponse(body(), media_type="application/json", headers={"X-Total-Count": str(total)})
+
+
+def query_time(name: str, value: str | None) -> datetime | None:
+    """A time filter's query value (`timestamp_gt`, `enforced_at_lt`...: ISO 8601, `Z` or an offset; UTC
+    when it names no zone), or a 400 naming the parameter and the form st2client documents."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves it past year 9999 in UTC
+        raise HTTPException(400, f"{name} must be an ISO 8601 date and time such as 2000-01-01T12:00:00.000Z, "
+                                 f"not {value!r}") from None

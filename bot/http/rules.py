@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 
 from bot.http.key_auth import request_user
-from bot.http.paging import Paging, keyset_pages, page_limit, streamed_list, tell_page
+from bot.http.paging import Paging, keyset_pages, page_limit, query_time, streamed_list, tell_page
 from bot.http.state import api_state
 from engine.parameters import MAX_INTEGER
 from engine.rule_files import RuleFileError
@@ -29,11 +29,23 @@ _NAMES = frozenset({"id", "ref", "uid"})
 
 
 @router.get("/rules", tags=["rules"])
-async def list_rules(request: Request, response: Response, pack: str | None = None,
-                     paging: Paging = Depends()) -> list[dict[str, Any]]:
+async def list_rules(request: Request, response: Response, pack: str | None = None, name: str | None = None,
+                     action: str | None = None, trigger: str | None = None, enabled: bool | None = None,
+                     user: str | None = None, paging: Paging = Depends()) -> list[dict[str, Any]]:
+    """StackStorm's filters (`st2 rule list -p|--action|--trigger|--enabled|--disabled`): `pack`, `name`,
+    `action` (the action's ref), `trigger` (the trigger type's ref), `enabled` (`True`/`False`, as st2
+    sends it; anything but a boolean is a 400) and `user` (the rule's `context.user`)."""
+    wanted = {"pack": pack, "name": name, "action": action, "trigger": trigger, "enabled": enabled, "user": user}
     rules = api_state(request).squall.rules.rules
-    refs = [ref for ref in sorted(rules) if pack in (None, rules[ref].pack)]
+    refs = [ref for ref in sorted(rules) if _rule_selected(rules[ref], wanted)]
     return [rules[ref].public() for ref in paging.page(refs, response)]
+
+
+def _rule_selected(rule: Rule, wanted: dict[str, Any]) -> bool:
+    """Whether `rule` has each value `wanted` gives (None: any), by `list_rules`' filter names."""
+    has = {"pack": rule.pack, "name": rule.name, "action": rule.action_ref, "trigger": rule.trigger_type,
+           "enabled": rule.enabled, "user": rule.context.get("user")}
+    return all(value is None or has[key] == value for key, value in wanted.items())
 
 
 def _find_rule(request: Request, ref_or_id: str) -> Rule:
@@ -86,15 +98,50 @@ async def update_rule(ref_or_id: str, request: Request, body: dict[str, Any] = B
     return reloaded.public()
 
 
+class _EnforcementFilters:
+    """StackStorm's filters of `/ruleenforcements` (`st2 rule-enforcement list`): the rule by `rule_ref`
+    (`--rule`), `rule_id` or Squall's own `rule`; `trigger_instance`, `execution`; and `enforced_at`
+    (exactly), `enforced_at_gt`/`enforced_at_lt` (`-tg`/`-tl`: strictly after/before), ISO 8601 times,
+    a 400 naming the parameter otherwise, as `/executions` answers."""
+
+    def __init__(self, rule: str | None = None, rule_ref: str | None = None, rule_id: str | None = None,
+                 trigger_instance: str | None = None, execution: str | None = None, enforced_at: str | None = None,
+                 enforced_at_gt: str | None = None, enforced_at_lt: str | None = None) -> None:
+        self.rules = {ref for ref in (rule, rule_ref) if ref}
+        self.rule_id = rule_id
+        #: The others, as `Store.rule_enforcement_page` takes them.
+        self.where = {"trigger_instance_id": trigger_instance, "execution_id": execution,
+                      "at": query_time("enforced_at", enforced_at),
+                      "since": query_time("enforced_at_gt", enforced_at_gt),
+                      "until": query_time("enforced_at_lt", enforced_at_lt)}
+
+    def rule(self, request: Request) -> tuple[bool, str | None]:
+        """Whether any enforcement can be selected, and the ref of the rule they are of (None: any). The
+        `rule_id` of no loaded rule, or filters naming two rules, select none (StackStorm lists none for
+        a rule that does not exist): an id is derived from the ref (`Rule.id`), not stored."""
+        refs = set(self.rules)
+        if self.rule_id:
+            rules = api_state(request).squall.rules.rules.values()
+            found = next((r.ref for r in rules if r.id == self.rule_id), None)
+            if found is None:
+                return False, None
+            refs.add(found)
+        return len(refs) <= 1, next(iter(refs), None)
+
+
 @router.get("/ruleenforcements", tags=["rules"], response_model=list[dict[str, Any]])
-async def list_enforcements(request: Request, response: Response, rule: str | None = None,
-                            trigger_instance: str | None = None, execution: str | None = None,
+async def list_enforcements(request: Request, response: Response, filters: _EnforcementFilters = Depends(),
                             limit: int | None = Depends(page_limit(50, 1000)),
                             offset: int = Query(0, ge=0, le=MAX_INTEGER)) -> list[dict[str, Any]] | Response:
     """Newest first; `limit=-1` lists them all (`st2 rule-enforcement list -n -1`), written a page at a
-    time (`keyset_pages`). Read on `Database.read`: the count reads every enforcement the filters select."""
+    time (`keyset_pages`); filtered in SQL (`_EnforcementFilters`). Read on `Database.read`: the count
+    reads every enforcement the filters select."""
     squall = api_state(request).squall
-    read = functools.partial(squall.store.rule_enforcement_page, rule, trigger_instance, execution)
+    selects, rule = filters.rule(request)
+    if not selects:
+        tell_page(response, 0, limit)
+        return []
+    read = functools.partial(squall.store.rule_enforcement_page, rule, **filters.where)
     if limit is None:
         _none, total = await squall.db.read(read, limit=0)
         return streamed_list(keyset_pages(squall.db, read, enforcement_public, offset, "enforced_at"), total)

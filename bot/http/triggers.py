@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from bot.http.key_auth import request_user
-from bot.http.paging import Paging, keyset_pages, page_limit, streamed_list, tell_page
+from bot.http.paging import Paging, keyset_pages, page_limit, query_time, streamed_list, tell_page
 from bot.http.state import api_state
 from engine.parameters import MAX_INTEGER
 from engine.triggers import public
@@ -19,10 +19,13 @@ router = APIRouter()
 
 
 @router.get("/triggertypes", tags=["triggers"])
-async def list_trigger_types(request: Request, response: Response,
+async def list_trigger_types(request: Request, response: Response, pack: str | None = None, name: str | None = None,
                              paging: Paging = Depends()) -> list[dict[str, Any]]:
-    types = sorted(api_state(request).squall.registry.trigger_types.items())
-    return [_trigger_type_public(t) for _ref, t in paging.page(types, response)]
+    """StackStorm's filters: `pack` (`st2 trigger list -p`) and `name` (the ref after its pack: `st2.webhook`
+    of `core.st2.webhook`)."""
+    types = [t for _ref, t in sorted(api_state(request).squall.registry.trigger_types.items())
+             if pack in (None, t.pack) and name in (None, t.name)]
+    return [_trigger_type_public(t) for t in paging.page(types, response)]
 
 
 def _trigger_type_public(trigger_type: Any) -> dict[str, Any]:
@@ -45,12 +48,17 @@ async def get_trigger_type(ref: str, request: Request) -> dict[str, Any]:
 
 @router.get("/triggerinstances", tags=["triggers"], response_model=list[dict[str, Any]])
 async def list_trigger_instances(request: Request, response: Response, trigger: str | None = None,
-                                 status: str | None = None, limit: int | None = Depends(page_limit(50, 1000)),
+                                 status: str | None = None, timestamp_gt: str | None = None,
+                                 timestamp_lt: str | None = None, limit: int | None = Depends(page_limit(50, 1000)),
                                  offset: int = Query(0, ge=0, le=MAX_INTEGER)) -> list[dict[str, Any]] | Response:
     """Newest first; `limit=-1` lists them all (`st2 trigger-instance list -n -1`), written a page at a
-    time (`keyset_pages`). Read on `Database.read`: the count reads every instance the filters select."""
+    time (`keyset_pages`). StackStorm's filters: `trigger`, `status`, and `timestamp_gt`/`timestamp_lt`
+    (`-tg`/`-tl`: occurred strictly after/before, ISO 8601, a 400 otherwise, as `/executions` answers),
+    applied in SQL. Read on `Database.read`: the count reads every instance the filters select."""
     squall = api_state(request).squall
-    read = functools.partial(squall.store.trigger_instance_page, trigger=trigger, status=status)
+    read = functools.partial(squall.store.trigger_instance_page, trigger=trigger, status=status,
+                             since=query_time("timestamp_gt", timestamp_gt),
+                             until=query_time("timestamp_lt", timestamp_lt))
     if limit is None:
         _none, total = await squall.db.read(read, limit=0)
         return streamed_list(keyset_pages(squall.db, read, public, offset, "occurrence_time"), total)
