@@ -828,7 +828,9 @@ class ExecutionService:
         its pack's config with the dynamic values rendered (`_render_config`); what that reveals is in
         the request's `revealed`, scrubbed as well."""
         action = self._action_of(record)
-        pack = self.registry.packs[action.pack]
+        pack = self.registry.packs.get(action.pack)
+        if pack is None:  # a workflow run kept its action while its pack went (removed, or its pack.yaml broken)
+            pack = Pack(action.pack, action.pack_path, {}, system=False)  # it goes on, with no pack config
         sealed, revealed = self._unseal(record)
         values = {**record["spec"]["values"], **sealed}
         runner_names = action.runner_parameter_names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import pytest
@@ -735,11 +736,13 @@ async def test_a_run_keeps_the_definition_it_started_with_when_the_pack_changes(
     assert effects.read_text().split() == ["prep", "deploy-v2"]
 
 
-async def test_a_run_goes_on_across_a_restart_when_its_workflow_file_became_invalid(home: Path,
-                                                                                     tmp_path: Path) -> None:
-    """The pack's new version has a mistake, so the action is not loaded after the restart: the
-    answered run failed with `action "wf.gate" not found`. It conducts on from what it stored when it
-    started, its own action included."""
+@pytest.mark.parametrize("gone", ["file broken", "pack.yaml broken", "pack removed"])
+async def test_a_run_goes_on_across_a_restart_when_its_workflow_file_became_invalid(home: Path, tmp_path: Path,
+                                                                                     gone: str) -> None:
+    """The pack's new version has a mistake, so the action (or the whole pack) is not loaded after the
+    restart, or the pack was removed: the answered run failed with `action "wf.gate" not found`, or
+    with the bare `'wf'` of a missing pack. It conducts on from what it stored when it started, its own
+    action included (with no pack config when the pack is gone)."""
     workflow_pack(home, {"gate": ("orquesta", "effects: {type: string}", GATE)})
     config = load_config(home / "config.yml")
     effects = tmp_path / "effects"
@@ -749,11 +752,16 @@ async def test_a_run_goes_on_across_a_restart_when_its_workflow_file_became_inva
         ask = await pending_ask(first, record["id"])
     finally:
         await first.close()
-    rewrite(home / "packs" / "wf" / "actions" / "workflows" / "gate.yaml", GATE_BROKEN)
+    if gone == "file broken":
+        rewrite(home / "packs" / "wf" / "actions" / "workflows" / "gate.yaml", GATE_BROKEN)
+    elif gone == "pack.yaml broken":
+        rewrite(home / "packs" / "wf" / "pack.yaml", "ref: wf\nname: wf\nversion: [0.2\n")
+    else:
+        shutil.rmtree(home / "packs" / "wf")
     second = await Squall.start(config, recover=True)
     try:
         assert "wf.gate" not in second.registry.actions
-        assert any("deploy_missing" in str(error) for error in second.registry.errors)
+        assert (gone == "file broken") == ("wf" in second.registry.packs)
         await second.inquiries.respond(ask["id"], {"ok": True}, "tester")
         done = await settled(second, record["id"], ask["id"])
         assert done["status"] == "succeeded", done["result"]
