@@ -289,16 +289,16 @@ def _config_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
 def _holds_secret(schema: Any, path: list[Any]) -> bool:
     """Whether the value at `path` of a config is, is inside or holds a `secret: true` property:
     a load problem about it must not quote it (the pages show problems to every viewer)."""
-    for key in path:
+    from engine.parameters import (  # with the config's schema check (see `_config_json_schema`)
+        holds_secret,
+        item_schema,
+        property_schema,
+    )
+
+    for key in path:  # walked as `engine.pack_config.masked_config` walks a config: one rule for what is secret
         if not isinstance(schema, dict) or schema.get("secret"):
             return isinstance(schema, dict)
-        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-        child = properties.get(key) if isinstance(key, str) else schema.get("items")
-        if child is None and isinstance(key, str):
-            child = schema.get("additionalProperties")
-        schema = child
-    from engine.parameters import holds_secret  # with the config's schema check (see `_config_json_schema`)
-
+        schema = property_schema(schema, key) if isinstance(key, str) else item_schema(schema, key)
     return holds_secret(schema)
 
 

@@ -575,13 +575,17 @@ def item_schema(schema: Mapping[str, Any], index: int) -> Any:
 
 
 def holds_secret(schema: Any) -> bool:
-    """Whether a JSON schema is, or has at any depth (properties, items, additional properties), a
-    `secret: true` property: a value it describes must not be quoted or shown as it is."""
+    """Whether a JSON schema is, or has at any depth (properties, pattern properties, additional
+    properties, items one for all or positional, additional items), a `secret: true` property: a value
+    it describes must not be quoted or shown as it is."""
     if not isinstance(schema, Mapping):
         return False
-    properties = schema.get("properties")
-    children = [*(properties.values() if isinstance(properties, Mapping) else ()), schema.get("items"),
-                schema.get("additionalProperties")]
+    children: list[Any] = [schema.get("additionalProperties"), schema.get("additionalItems")]
+    for key in ("properties", "patternProperties"):
+        found = schema.get(key)
+        children.extend(found.values() if isinstance(found, Mapping) else ())
+    items = schema.get("items")
+    children.extend(items if isinstance(items, list) else [items])
     return bool(schema.get("secret")) or any(holds_secret(child) for child in children)
 
 

@@ -336,6 +336,37 @@ def test_a_secret_config_value_that_does_not_fit_is_not_quoted(tmp_path: Path) -
     assert "retries: 'many' is not of type 'integer'" in reasons[4]
 
 
+def test_a_secret_under_pattern_properties_or_a_positional_item_is_not_quoted(tmp_path: Path) -> None:
+    """A multi-account config (vsphere's `patternProperties`) and a positional `items` list: the walk that
+    decides what not to quote follows them as `masked_config` does (it quoted these three)."""
+    packs = tmp_path / "packs"
+    manifest(packs, "demo")
+    write(packs / "demo" / "config.schema.yaml", """
+        vsphere:
+          type: object
+          patternProperties:
+            "^[a-z]+$":
+              type: object
+              properties:
+                passwd: {type: string, secret: true}
+        pair: {type: array, items: [{type: string}, {type: string, secret: true}]}
+        accounts:
+          type: object
+          additionalProperties: {type: object, properties: {api_token: {type: string, pattern: "^xoxb-", secret: true}}}
+        shape: {type: object, patternProperties: {"^a": {type: string, secret: true}}}
+    """)
+    write(tmp_path / "configs" / "demo.yaml", "vsphere: {default: {passwd: 20240611123}}\npair: [name, 987654321]\n"
+                                             "accounts: {prod: {api_token: xoxp-LEAKED}}\nshape: [alpha-LEAKED]\n")
+    registry = load(tmp_path)
+    reasons = sorted(e.reason for e in errors_for(registry, "configs/demo.yaml"))
+    assert len(reasons) == 4, [str(e) for e in registry.errors]
+    assert not [r for r in reasons if "LEAKED" in r or "20240611123" in r or "987654321" in r], reasons
+    assert "accounts.prod.api_token: ******** does not match" in reasons[0]
+    assert "pair.1: ******** is not of type 'string'" in reasons[1]
+    assert "shape: ******** is not of type 'object'" in reasons[2]
+    assert "vsphere.default.passwd: ******** is not of type 'string'" in reasons[3]
+
+
 def test_pack_config_required_inside_list_items_is_enforced(tmp_path: Path) -> None:
     packs = tmp_path / "packs"
     manifest(packs, "demo")
