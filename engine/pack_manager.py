@@ -570,8 +570,9 @@ def shown_source(text: str) -> str:
 
 
 class PackHidden(PackInstallError):
-    """A pack installed (its files are in place) that Squall does not load: another pack of its ref is found
-    first in `packs.paths` (`hidden_by`, its folder), or `install_path` is not one of them (`hidden_by` None)."""
+    """An install refused before anything was put in place, since Squall would not load the pack installed:
+    another pack of its ref is found first in `packs.paths` (`hidden_by`, its folder), or `install_path` is
+    not one of them (`hidden_by` None)."""
 
     def __init__(self, message: str, pack: Pack, hidden_by: Path | None) -> None:
         super().__init__(message)
@@ -590,47 +591,51 @@ def install_pack(source: str, install_path: Path, configs_path: Path, virtualenv
 
     A git URL's credentials are said nowhere (`shown_source`): not in progress lines, errors, nor the
     record of requirements that failed, which a Python action's error quotes. With `pack_paths`, the pack
-    installed must be the one Squall then loads under its ref (`PackHidden`): "installed" is no success
-    when an older copy earlier in `packs.paths` is what runs."""
+    installed must be the one Squall then loads under its ref, or nothing is installed (`PackHidden`):
+    "installed" is no success when an older copy earlier in `packs.paths` is what runs."""
     paths = list(pack_paths)
 
     def said(line: str) -> None:
         progress(shown_source(line))
 
     try:
-        installed, errors = _install(source, install_path, configs_path, virtualenvs, said, paths)
+        return _install(source, install_path, configs_path, virtualenvs, said, paths)
     except PackInstallError as exc:
         if shown_source(str(exc)) == str(exc):
             raise
         raise PackInstallError(shown_source(str(exc))) from None
-    if paths:
-        _refuse_hidden(installed, install_path, paths)
-    return installed, errors
 
 
 def _refuse_hidden(pack: Pack, install_path: Path, pack_paths: list[Path]) -> None:
-    """`PackHidden` unless the folder Squall loads `pack.ref` from (`load_registry`'s order) is `pack`'s."""
-    folders = discover(pack_paths)
-    where = f"{pack.ref} {pack.version} was installed at {pack.path}"
-    if pack.path.resolve() not in {folder.resolve() for folder in folders}:
+    """`PackHidden` unless the folder Squall would load `pack.ref` from once `pack` is installed in
+    `install_path` (`load_registry`'s order) is the one it goes to: checked before anything is put in
+    place, so a refused install leaves the copy that runs, and its virtualenv, as they were."""
+    target = install_path / pack.ref
+    folders = discover(pack_paths, adding=target)
+    where = f"{pack.ref} {pack.version} would be installed at {target}"
+    if target.resolve() not in {folder.resolve() for folder in folders}:
         raise PackHidden(f"{where}, but {install_path} (packs.install_path) is not one of packs.paths "
-                         f"({', '.join(map(str, pack_paths))}), so Squall never loads it: add {install_path} to "
-                         f"packs.paths in the config", pack, None)
-    folder, version = _loaded_from(pack.ref, folders) or (pack.path, pack.version)
-    if folder.resolve() == pack.path.resolve():
+                         f"({', '.join(map(str, pack_paths))}), so Squall would never load it: add {install_path} to "
+                         f"packs.paths in the config. Nothing was installed", pack, None)
+    folder, version = _loaded_from(pack.ref, folders, target) or (target, pack.version)
+    if folder.resolve() == target.resolve():
         return
     fix = (f"remove {folder}" if folder.parent.resolve() == install_path.resolve() else
            f"remove {folder} (or move it out of {folder.parent}), or list {install_path} before {folder.parent} "
            f"in packs.paths in the config")
     raise PackHidden(f"{where}, but Squall loads {pack.ref} {version} from {folder}, which it finds first "
-                     f"(packs.paths in order, the packs in each by folder name) and which hides it. To use "
-                     f"{pack.ref} {pack.version}, {fix}; `squall pack list` shows the one loaded", pack, folder)
+                     f"(packs.paths in order, the packs in each by folder name) and which would hide it. Nothing "
+                     f"was installed. To use {pack.ref} {pack.version}, {fix}; `squall pack list` shows the one "
+                     f"loaded", pack, folder)
 
 
-def _loaded_from(ref: str, folders: list[Path]) -> tuple[Path, str] | None:
+def _loaded_from(ref: str, folders: list[Path], ours: Path | None = None) -> tuple[Path, str] | None:
     """(folder, version) of the pack that loads as `ref`: the first of `folders` (discovered in the order
-    `load_registry` reads them) whose pack.yaml names it; None when none does."""
+    `load_registry` reads them) whose pack.yaml names it, `ours` (the folder being installed) counting as
+    one; None when none does."""
     for folder in folders:
+        if folder == ours:
+            return folder, ""
         try:
             metadata, _ = load_yaml(folder / "pack.yaml")
         except ContentInvalid:
@@ -647,6 +652,9 @@ def _install(source: str, install_path: Path, configs_path: Path, virtualenvs: P
         found = [install_path, *pack_paths]
         plan = _plan(source, Path(tmp), configs_path, progress, found)
         _check_named(plan, _installed(found))
+        if pack_paths:  # before anything is put in place: a refused install changes nothing
+            for item in plan:
+                _refuse_hidden(item.pack, install_path, pack_paths)
         for item in plan:
             _refuse_link(install_path / item.pack.ref)
         for item in plan:

@@ -232,21 +232,26 @@ def hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def discover(paths: list[Path]) -> list[Path]:
+def discover(paths: list[Path], adding: Path | None = None) -> list[Path]:
     """Pack folders (those holding a pack.yaml) under each path, in path order, each once; `hidden`
-    folders are skipped."""
+    folders are skipped. With `adding`, as if that pack folder were in place (a pack about to be
+    installed there): where it would stand among them."""
     seen: set[Path] = set()
     found: list[Path] = []
     for base in paths:
-        if not base.is_dir():
+        adds_here = adding is not None and adding.parent.resolve() == base.resolve()
+        if not base.is_dir() and not adds_here:
             continue
         if (base / "pack.yaml").is_file():
             candidates = [base]
         else:
-            candidates = sorted(path for path in base.iterdir() if not hidden(path.name))
+            candidates = [path for path in base.iterdir() if not hidden(path.name)] if base.is_dir() else []
+            if adds_here and adding.name not in {path.name for path in candidates}:  # type: ignore[union-attr]
+                candidates.append(adding)  # type: ignore[arg-type]
+            candidates.sort()
         for candidate in candidates:
             real = candidate.resolve()
-            if real in seen or not (candidate / "pack.yaml").is_file():
+            if real in seen or not (candidate == adding or (candidate / "pack.yaml").is_file()):
                 continue
             seen.add(real)
             found.append(candidate)

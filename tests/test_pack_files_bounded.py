@@ -223,9 +223,10 @@ def test_an_install_hidden_by_a_pack_earlier_in_the_paths_fails_naming_it(tmp_pa
     with pytest.raises(PackInstallError) as caught:
         install_pack(str(source), second, configs, venvs, lambda _: None, pack_paths=[first, second])
     said = str(caught.value)
-    assert f"demo 1.2.0 was installed at {second / 'demo'}" in said, said
+    assert f"demo 1.2.0 would be installed at {second / 'demo'}" in said, said
     assert f"Squall loads demo 1.0.0 from {hider}" in said and "packs.paths" in said, said
-    assert (second / "demo" / "pack.yaml").is_file()  # installed all the same: the message says where
+    assert "Nothing was installed" in said, said
+    assert not (second / "demo").exists() and not (venvs / "demo").exists()  # refused before anything changed
 
     # the order the message suggests: the installed one is loaded, and the install succeeds
     pack, _ = install_pack(str(source), second, configs, venvs, lambda _: None, pack_paths=[second, first])
@@ -235,7 +236,7 @@ def test_an_install_hidden_by_a_pack_earlier_in_the_paths_fails_naming_it(tmp_pa
         install_pack(str(source), tmp_path / "C", configs, venvs, lambda _: None, pack_paths=[first, second])
 
 
-def test_pack_install_from_the_cli_exits_1_when_another_copy_hides_it(tmp_path: Path) -> None:
+def test_pack_install_from_the_cli_is_refused_when_another_copy_would_hide_it(tmp_path: Path) -> None:
     home = tmp_path / "home"
     write(home / "config.yml", f"""
         database:
@@ -250,12 +251,12 @@ def test_pack_install_from_the_cli_exits_1_when_another_copy_hides_it(tmp_path: 
     source = _pack(tmp_path / "src", "demo", "1.2.0")
 
     done = squall(home, "pack", "install", str(source))
-    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.returncode == 2, done.stdout + done.stderr
     assert "installed demo" not in done.stdout, done.stdout
     assert f"Squall loads demo 1.0.0 from {home / 'A' / 'demo'}" in done.stderr, done.stderr
+    assert not (home / "B" / "demo").exists()
     listed = json.loads(squall(home, "pack", "list", "--json").stdout)
     assert [(p["version"], p["path"]) for p in listed["packs"] if p["ref"] == "demo"] == \
         [("1.0.0", str(home / "A" / "demo"))]
-    [event] = [e for e in map(json.loads, squall(home, "audit", "export").stdout.splitlines())
-               if e["event"] == "cli.pack.install"]
-    assert event["target"] == "demo" and "hidden_by" in event["detail"], event
+    assert not [e for e in map(json.loads, squall(home, "audit", "export").stdout.splitlines())
+                if e["event"] == "cli.pack.install"]  # nothing changed: nothing to audit

@@ -89,7 +89,6 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
     """Install a pack: copy or clone it, build its virtualenv, check its content."""
     from bot.pack_content import check_content, is_warning
     from engine.pack_manager import (
-        PackHidden,
         PackInstallError,
         failed_requirements,
         install_pack,
@@ -103,11 +102,7 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
     try:
         pack, errors = install_pack(source, config.install_path, config.configs_path, config.virtualenvs_path,
                                     _progress, pack_paths=config.pack_paths)
-    except PackHidden as exc:  # installed, but another copy is what runs: a change to audit, and no success
-        audit("cli.pack.install", exc.pack.ref, {"source": shown, "version": exc.pack.version,
-                                                 "hidden_by": str(exc.hidden_by) if exc.hidden_by else None})
-        raise fail(str(exc), code=1) from exc
-    except PackInstallError as exc:
+    except PackInstallError as exc:  # refused, nothing changed (`PackHidden`: another copy would run) or failed
         raise fail(str(exc)) from exc
     registry = load_packs(config, warn=False)
     # Its aliases, rules and sensors built as `squall serve` builds them: one naming an action that does
