@@ -202,6 +202,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
             await housekeeping.tick()
     finally:
         log.info("Squall is stopping")
+        await housekeeping.stop()
         timers.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await timers
@@ -265,6 +266,13 @@ class Housekeeping:
                 self._failed(what, exc)
             else:
                 self._worked(what)
+
+    async def stop(self) -> None:
+        """`squall serve` is stopping: a history purge under way records what it deleted so far."""
+        try:
+            await self.retention.stop(self.squall.db)
+        except Exception as exc:
+            self._failed("recording the history purge cut short", exc)
 
     def _failed(self, what: str, exc: Exception) -> None:
         trouble = database_trouble(exc)

@@ -37,6 +37,7 @@ which Squall never does on its own (it holds the whole database for as long as i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -537,8 +538,17 @@ class RetentionSweep:
             await self._advance(db)
         except Exception as exc:
             if database_trouble(exc) is None:
+                with contextlib.suppress(Exception):  # what it deleted before the bug is on record all the same
+                    await self._audited(db, interrupted=True)
                 self._end()
             raise
+
+    async def stop(self, db: Database) -> None:
+        """`squall serve` is stopping: a run under way that deleted something says so in the audit log
+        now, as it would at its end (the next start's run begins again and says its own part)."""
+        if self._phases and self._purged:
+            await self._audited(db, interrupted=True)
+            self._end()
 
     async def _advance(self, db: Database) -> None:
         for _ in range(self.batches_per_tick):
@@ -553,13 +563,14 @@ class RetentionSweep:
                     self._end()
                     return
 
-    async def _audited(self, db: Database) -> None:
+    async def _audited(self, db: Database, *, interrupted: bool = False) -> None:
         """A run that deleted something leaves a `retention.purge` audit entry with its counts and the
         settings it kept to: the audit log says when history went, and why, even once its own old
-        entries are gone with it."""
+        entries are gone with it. A run cut short (`interrupted`: a stop, a bug) says what it did so far."""
         if self._purged:
             kept = {key: days for key, days in dataclasses.asdict(self.settings).items() if days is not None}
-            await db(db.store.audit_add, "retention.purge", None, "serve", None, {**kept, **self._purged.counts()})
+            detail = {**kept, **self._purged.counts(), **({"interrupted": True} if interrupted else {})}
+            await db(db.store.audit_add, "retention.purge", None, "serve", None, detail)
 
     def _end(self) -> None:
         """The run is over (or given up): say what it deleted, and when the next one is due."""

@@ -632,3 +632,47 @@ def test_cli_audit_purge_asks_then_deletes_and_leaves_its_own_entry(home: Path) 
         assert again.returncode == 0 and "no audit log entries" in again.stdout
     finally:
         store.close()
+
+
+async def test_a_purge_cut_short_by_a_stop_says_what_it_deleted(retaining: Any) -> None:
+    """`squall serve` stops while a long purge is under way (a deploy): what its batches deleted, audit
+    entries among them, is recorded then, marked `interrupted`; at its end the run would have said it."""
+    from bot.service import Housekeeping
+
+    store = retaining.store
+    insert(store, audit, [entry("chat.command", 40 - n / 10) for n in range(10)])
+    housekeeping = Housekeeping(retaining, [])
+    housekeeping.retention.settings = dataclasses.replace(RetentionSettings(), audit_days=30)
+    housekeeping.retention.batch_size = 2
+    housekeeping.retention.batches_per_tick = 1
+    await housekeeping.start()
+    for _ in range(3):
+        await housekeeping.tick()
+    assert len(store.audit_list(event="chat.command")) == 4
+    await housekeeping.stop()
+    [purge] = store.audit_list(event="retention.purge")
+    assert purge["detail"]["audit_entries"] == 6 and purge["detail"]["interrupted"] is True
+    await housekeeping.stop()  # nothing under way any more: nothing more said
+    assert len(store.audit_list(event="retention.purge")) == 1
+
+
+def test_a_cli_purge_cut_short_audits_what_its_batches_deleted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the middle of `squall audit purge`: the batches before it committed, and the audit log
+    says how many entries went, marked `interrupted`, rather than nothing."""
+    from bot.cli import executions as cli
+
+    audited: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(cli, "with_store", lambda work: work(None, None))
+    monkeypatch.setattr(cli, "audit", lambda event, _target, detail: audited.append((event, detail)))
+
+    def purge(_store: Any, progress: Any) -> Purged:
+        progress(Purged(audit_entries=500))
+        progress(Purged(audit_entries=1000))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cli.purge_history("cli.audit.purge", CUTOFF, noun="audit log entries", what=str, yes=True,
+                          count=lambda _store: 2000, purge=purge, detail={})
+    [(event, detail)] = audited
+    assert event == "cli.audit.purge"
+    assert detail["audit_entries"] == 1000 and detail["interrupted"] is True

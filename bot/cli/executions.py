@@ -367,8 +367,11 @@ def purge_history(event: str, cutoff: datetime, *, noun: str, count: Callable[[S
                   what: Callable[[int], str], purge: Callable[[Store, Callable[[Purged], None]], Purged], yes: bool,
                   detail: dict[str, Any]) -> None:
     """A purge command: `count` what it would delete (none: say so), confirm `what(count)`, `purge` it with
-    progress, print the counts and audit them (`event`, with `detail` and the cutoff)."""
+    progress, print the counts and audit them (`event`, with `detail` and the cutoff). One cut short (Ctrl-C,
+    a failure) audits what its batches deleted so far, marked `interrupted`: each batch committed."""
     from engine.storage import iso
+
+    so_far: list[Purged] = []
 
     def work(store: Store, _config: Any) -> Purged | None:
         found = count(store)
@@ -377,9 +380,20 @@ def purge_history(event: str, cutoff: datetime, *, noun: str, count: Callable[[S
         if not _confirmed(what(found), yes):
             out.print("nothing deleted", markup=False)
             raise typer.Exit(0)
-        return purge(store, _progress())
+        told = _progress()
 
-    purged = with_store(work)
+        def progress(purged: Purged) -> None:
+            so_far[:] = [purged]
+            told(purged)
+
+        return purge(store, progress)
+
+    try:
+        purged = with_store(work)
+    except BaseException:
+        if so_far:
+            audit(event, None, {"before": iso(cutoff), **detail, **so_far[0].counts(), "interrupted": True})
+        raise
     shown = f"{shown_time(iso(cutoff))} UTC"
     if purged is None:
         out.print(f"no {noun} older than {shown}; nothing deleted", markup=False)
