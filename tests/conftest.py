@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -131,3 +132,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'squall.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+#: The StackStorm client the st2 CLI tests drive Squall with.
+ST2CLIENT = "st2client==3.9.0"
+
+
+@pytest.fixture(scope="session")
+def st2_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """StackStorm's own `st2` client (`ST2CLIENT`), installed once a run into a virtualenv of its own, or
+    the one `SQUALL_TEST_ST2` names: here, so every test file that drives it shares the one install."""
+    given = os.environ.get("SQUALL_TEST_ST2")
+    if given:
+        return Path(given)
+    venv = tmp_path_factory.mktemp("st2client")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", ST2CLIENT],
+                         capture_output=True, text=True, timeout=900)
+    if pip.returncode != 0:
+        server_missing(f"pip could not install {ST2CLIENT}: {pip.stderr.strip()[-1500:]}")
+    return venv / "bin" / "st2"

@@ -12,7 +12,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,11 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port, server_missing, wait_until_answering, write
+from tests.conftest import ST2CLIENT, free_port, server_missing, wait_until_answering, write
 from tests.test_cli import SQUALL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-ST2CLIENT = "st2client==3.9.0"
 #: The server's key from its config (`api.keys`): it names nobody, so it may act as anyone (`st2 run -u`).
 CONFIG_KEY = "st2-cli-config-key-0123456789"
 
@@ -52,20 +50,6 @@ tasks:
 output:
   - answer: <% ctx(answer) %>
 """
-
-
-@pytest.fixture(scope="session")
-def st2_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    given = os.environ.get("SQUALL_TEST_ST2")
-    if given:
-        return Path(given)
-    venv = tmp_path_factory.mktemp("st2client")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", ST2CLIENT],
-                         capture_output=True, text=True, timeout=900)
-    if pip.returncode != 0:
-        server_missing(f"pip could not install {ST2CLIENT}: {pip.stderr.strip()[-1500:]}")
-    return venv / "bin" / "st2"
 
 
 def _pack(home: Path) -> None:

@@ -148,6 +148,22 @@ async def test_trigger_type_by_ref(client: httpx.AsyncClient) -> None:
     assert missing.status_code == 404 and "did you mean core.st2.webhook" in missing.json()["faultstring"]
 
 
+async def test_rule_create_and_delete_are_refused_saying_what_to_do(client: httpx.AsyncClient) -> None:
+    """`st2 rule create FILE` and `st2 rule delete REF` got a bare 405 "Method Not Allowed": rules are pack
+    files, and the answer says so, as an action's create and delete do (a delete of a loaded rule is never
+    a 404, which st2client takes for done)."""
+    created = await client.post("/api/v1/rules", json={"name": "x", "pack": "demo"})
+    assert created.status_code == 405 and created.headers["Allow"] == "GET"
+    assert "Rules are not created through the API" in created.json()["faultstring"]
+    assert "rules/<name>.yaml" in created.json()["faultstring"]
+    deleted = await client.delete("/api/v1/rules/demo.on_build")
+    assert deleted.status_code == 409
+    said = deleted.json()["faultstring"]
+    assert "on_build.yaml" in said and "st2 rule disable demo.on_build" in said, said
+    assert (await client.delete("/api/v1/rules/demo.nope")).status_code == 404
+    assert (await client.get("/api/v1/rules/demo.on_build")).json()["ref"] == "demo.on_build"  # still there
+
+
 async def test_rule_enforcement_by_id(squall: Squall, client: httpx.AsyncClient) -> None:
     hook = await client.post("/api/v1/webhooks/ci/build", json={"who": "x"})
     assert hook.status_code == 202, hook.text

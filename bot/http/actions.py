@@ -18,9 +18,10 @@ from engine.packs import UnknownAction
 from engine.parameters import MASK
 
 router = APIRouter()
-#: What `squall serve` does with a changed pack file, said where an API write to an action is refused.
-_RELOADED = ("squall serve reloads the packs when their files change (`squall pack reload` checks them "
-             "and lists what did not load)")
+#: What `squall serve` does with a changed pack file, said where an API write to pack content (an action, a
+#: rule, a policy, a pack) is refused.
+RELOADED = ("squall serve reloads the packs when their files change (`squall pack reload` checks them "
+            "and lists what did not load)")
 
 
 def action_public(action: Any) -> dict[str, Any]:
@@ -65,7 +66,7 @@ async def create_action() -> None:
     could store; the answer says where an action is written instead."""
     raise HTTPException(405, "Actions are not created through the API in Squall: they are kept in pack files. "
                              "Write the action's metadata file (actions/<name>.yaml, with its entry point) in a "
-                             f"pack of your own; {_RELOADED}. `squall pack install <folder|git url>` installs a "
+                             f"pack of your own; {RELOADED}. `squall pack install <folder|git url>` installs a "
                              "new pack.", headers={"Allow": "GET"})
 
 
@@ -87,7 +88,7 @@ async def update_action(ref_or_id: str, request: Request) -> None:
     instead = _SHIPPED if _shipped(request, action) else (
         f"edit {action.metadata_file} instead (`enabled: false` there disables it)")
     raise HTTPException(409, f"Action {action.ref} cannot be changed through the API in Squall, where actions are "
-                             f"kept in pack files: {instead}; {_RELOADED}.")
+                             f"kept in pack files: {instead}; {RELOADED}.")
 
 
 @router.delete("/actions/{ref_or_id}", tags=["actions"])
@@ -99,4 +100,4 @@ async def delete_action(ref_or_id: str, request: Request) -> None:
         f"remove {action.metadata_file} (and its entry point) from pack {action.pack}, or the whole pack with "
         f"`squall pack remove {action.pack}`")
     raise HTTPException(409, f"Action {action.ref} cannot be deleted through the API in Squall, where actions are "
-                             f"kept in pack files: {instead}; {_RELOADED}.")
+                             f"kept in pack files: {instead}; {RELOADED}.")

@@ -24,11 +24,14 @@ from bot.http import (
     keys,
     metrics,
     packs,
+    policies,
     rules,
     runners,
     sensors,
     stream,
+    timers,
     tokens,
+    traces,
     triggers,
     user,
     webhooks,
@@ -52,7 +55,7 @@ STREAM_PREFIX = "/stream/v1"
 #: Routers under `API_PREFIX` whose every route needs an API key, in the order they are matched.
 KEYED_ROUTERS = (actions.router, runners.router, packs.router, executions.router, aliases.router,
                  alias_execution.router, rules.router, triggers.router, sensors.router, keys.router, inquiries.router,
-                 user.router, apikeys.router, configs.router)
+                 user.router, apikeys.router, configs.router, policies.router, timers.router, traces.router)
 
 
 async def openapi(request: Request) -> dict[str, Any]:

@@ -6,7 +6,8 @@ A rule is addressed by its ref or its `id` (`Rule.id`, derived from the ref), as
 `PUT /rules/{ref_or_id}` writes that line and reloads the packs, as the web UI's switch does: the
 rules engine fires the rule or not at once, and every other process on the pack folder follows at
 its next reload; audited (`api.rule.enable|disable`) only when the rule's state changed. Any other change
-is refused: rules are edited in their pack files."""
+is refused: rules are edited in their pack files (`st2 rule create|delete` are answered with what to do
+instead)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 
+from bot.http.actions import RELOADED
 from bot.http.key_auth import request_user
 from bot.http.paging import Paging, keyset_pages, page_limit, query_time, streamed_list, tell_page
 from bot.http.state import api_state
@@ -96,6 +98,25 @@ async def update_rule(ref_or_id: str, request: Request, body: dict[str, Any] = B
     if reloaded is None:  # the reload no longer loads it (its file was broken meanwhile): say what was written
         return {**rule.public(), "enabled": enabled}
     return reloaded.public()
+
+
+@router.post("/rules", tags=["rules"])
+async def create_rule() -> None:
+    """StackStorm's rule create (`st2 rule create FILE`): refused, since Squall keeps no rule the API could
+    store; the answer says where a rule is written instead."""
+    raise HTTPException(405, "Rules are not created through the API in Squall: they are kept in pack files. Write "
+                             f"the rule (rules/<name>.yaml) in a pack of your own; {RELOADED}.",
+                        headers={"Allow": "GET"})
+
+
+@router.delete("/rules/{ref_or_id}", tags=["rules"])
+async def delete_rule(ref_or_id: str, request: Request) -> None:
+    """StackStorm's rule delete: refused (409, never 404 for a loaded rule: st2client takes a 404 for a
+    delete done) with the rule's file to remove, or `st2 rule disable` to stop it firing."""
+    rule = _find_rule(request, ref_or_id)
+    raise HTTPException(409, f"Rule {rule.ref} cannot be deleted through the API in Squall, where rules are kept "
+                             f"in pack files: remove {rule.file}, or stop it firing with `st2 rule disable "
+                             f"{rule.ref}`; {RELOADED}.")
 
 
 class _EnforcementFilters:

@@ -1,5 +1,9 @@
 """`POST /api/v1/webhooks/...`: StackStorm's generic hook (`st2`) and the hooks rules declare. No
-router-wide API key: a hook with a secret is signed instead (`webhook_signatures`)."""
+router-wide API key: a hook with a secret is signed instead (`webhook_signatures`).
+
+`GET /api/v1/webhooks` and `GET /api/v1/webhooks/{url}` (`st2 webhook list|get`) show the hooks enabled rules
+are registered on, as StackStorm's Trigger objects (`bot.http.timers.trigger_public`); being reads of the
+API, they need its key like every other read."""
 
 from __future__ import annotations
 
@@ -9,17 +13,19 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from bot.headers import INSTANCE_HEADER
 from bot.http.json_body import NOT_JSON, JsonBodyError, decode_json
+from bot.http.key_auth import require_key
 from bot.http.state import api_state
+from bot.http.timers import rule_triggers
 from bot.http.webhook_signatures import SIGNATURE_HEADER, HookAuth, authorize_hook
 from engine import tracing
 from engine.rules import Rule
 from engine.storage import DuplicateDelivery
-from engine.triggers import TriggerError
+from engine.triggers import WEBHOOK, TriggerError
 
 #: Removed from the headers a webhook passes on in its payload (spec §6.3).
 _SECRET_HEADERS = {"x-auth-token", "st2-api-key", "authorization", "cookie", SIGNATURE_HEADER}
@@ -102,6 +108,36 @@ def _not_live(rule: Rule) -> str:
         return (f"rule {rule.ref} uses it but is disabled (enabled: false; rules are disabled unless they say "
                 "enabled: true)")
     return f"rule {rule.ref} uses it but waits for {' and '.join(rule.waiting)}"
+
+
+def _hooks(request: Request) -> list[dict[str, Any]]:
+    """The hooks live rules are registered on, one Trigger each (rules on one URL share it), by URL."""
+    triggers = rule_triggers(api_state(request).squall.rules.rules.values(), (WEBHOOK,))
+    return sorted(triggers, key=_hook_url)
+
+
+def _hook_url(trigger: dict[str, Any]) -> str:
+    """The URL a hook's Trigger answers at, as its rules wrote it without leading or trailing `/`."""
+    return str(trigger["parameters"].get("url", "")).strip("/")
+
+
+@router.get("/webhooks", tags=["webhooks"], dependencies=[Depends(require_key)])
+async def list_webhooks(request: Request) -> list[dict[str, Any]]:
+    """`st2 webhook list`: every hook a rule is registered on (not the generic `st2`, which takes any trigger)."""
+    return _hooks(request)
+
+
+@router.get("/webhooks/{name:path}", tags=["webhooks"], dependencies=[Depends(require_key)])
+async def get_webhook(name: str, request: Request) -> Any:
+    """`st2 webhook get URL`: the hook's Trigger; 404 saying why a rule naming it takes nothing. An empty name
+    is the list: st2client asks `GET /webhooks/?include_attributes=...` for `st2 webhook list`."""
+    hook = name.strip("/")
+    if not hook:
+        return _hooks(request)
+    found = next((t for t in _hooks(request) if _hook_url(t) == hook), None)
+    if found is None:
+        raise HTTPException(404, _not_registered(api_state(request).squall.rules.rules.values(), hook))
+    return found
 
 
 @router.post("/webhooks/st2", status_code=202, tags=["webhooks"])
