@@ -68,13 +68,12 @@ def masked(schema: Mapping[str, Any], value: Any) -> Any:
     password asked for stays in the record, for the workflow, and is shown nowhere."""
     if not isinstance(schema, Mapping):
         return value
-    if isinstance(value, dict):
-        properties = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
-        return {key: (MASK if isinstance(properties.get(key), Mapping) and properties[key].get("secret")
-                      and item is not None else masked(properties.get(key) or {}, item))
-                for key, item in value.items()}
-    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-        return [masked(schema["items"], item) for item in value]
+    if schema.get("secret") and value is not None:
+        return MASK
+    if isinstance(value, dict):  # its properties, pattern properties or additional properties
+        return {key: masked(property_schema(schema, key), item) for key, item in value.items()}
+    if isinstance(value, list):  # its items, one schema for all or positional
+        return [masked(item_schema(schema, index), item) for index, item in enumerate(value)]
     return value
 
 

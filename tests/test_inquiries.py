@@ -473,6 +473,26 @@ def test_secret_answers_are_masked_at_any_depth() -> None:
     assert shown(plain) is plain  # no secret in the schema: shown as stored
 
 
+def test_secret_items_and_pattern_or_additional_properties_are_masked_too() -> None:
+    """A list of secret strings, a map of secrets by any name (`additionalProperties`), one by pattern
+    (`patternProperties`) and a positional item: shown in the clear (only a property named in `properties`
+    was masked), in the inquiry and in the workflow that asked."""
+    from engine.inquiries import masked, shown
+
+    schema = {"type": "object", "properties": {
+        "pins": {"type": "array", "items": {"type": "string", "secret": True}},
+        "vault": {"type": "object", "additionalProperties": {"type": "string", "secret": True}},
+        "by_host": {"type": "object", "patternProperties": {"^db": {"type": "string", "secret": True}}},
+        "pair": {"type": "array", "items": [{"type": "string"}, {"type": "string", "secret": True}]}}}
+    answer = {"pins": ["1111", "2222"], "vault": {"aws": "AKIA-x"}, "by_host": {"db1": "pw-1", "web1": "plain"},
+              "pair": ["user", "pw-2"]}
+    assert masked(schema, answer) == {"pins": ["********", "********"], "vault": {"aws": "********"},
+                                      "by_host": {"db1": "********", "web1": "plain"}, "pair": ["user", "********"]}
+    result = {"schema": {"type": "object", "properties": {"pins": schema["properties"]["pins"]}},
+              "response": {"pins": ["1111"]}}
+    assert "1111" not in str(shown(result))
+
+
 SECRET_SCHEMA = {"type": "object", "maxProperties": 2, "properties": {
     "pin": {"type": "string", "pattern": "^[0-9]{4}$", "secret": True, "required": True},
     "account": {"type": "object", "properties": {"token": {"type": "string", "minLength": 8, "secret": True}}},
