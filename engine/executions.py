@@ -155,6 +155,13 @@ def new_id() -> str:
     return f"{time.time_ns() // 1000:014x}{random.getrandbits(40):010x}"
 
 
+def canceled_result(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The result of a paused (or waiting) run canceled where it stood: what it kept of its work, without
+    why it had paused (`paused_by`: it no longer is), and StackStorm's error."""
+    kept = {key: value for key, value in (record.get("result") or {}).items() if key != "paused_by"}
+    return {**kept, "error": "canceled by request"}
+
+
 def _scrubbable(values: list[Any], revealed: list[str]) -> list[str]:
     """Secret texts long enough to scrub from output without mangling it, longest first."""
     if not values and not revealed:  # most requests: no secret parameter, nothing decrypted
@@ -1238,8 +1245,7 @@ class ExecutionService:
         # Paused, or marked `resuming` and not claimed yet: nobody conducts it, so it ends here (its
         # children still live are canceled by the workflows' listener).
         if status in ("paused", "resuming") and _resumable(self.runners.get(record["runner"])):
-            done = await self.complete(record["id"], "canceled", {**(record.get("result") or {}),
-                                                                  "error": "canceled by request"}, ("canceling",))
+            done = await self.complete(record["id"], "canceled", canceled_result(record), ("canceling",))
             if done is not None:
                 return done
         return await self.get(record["id"])  # running in another process: its owner sees `canceling`

@@ -593,6 +593,23 @@ async def test_pause_resume_and_cancel(wf: Squall, tmp_path: Path) -> None:
     assert [(n, r["status"]) for n, r in zip(task_names(rows), rows, strict=True)] == [("wait", "succeeded")]
 
 
+async def test_a_paused_workflow_canceled_keeps_no_paused_by(wf: Squall, tmp_path: Path) -> None:
+    """A workflow canceled while paused ended `canceled` with a stale `paused_by` in its result, as if it
+    still waited for something."""
+    gate = tmp_path / "gate"
+    record = await wf.executions.request("wf.pausable", {"gate": str(gate)}, {"user": "tester"})
+    while len(await children(wf, record["id"])) < 1:
+        await wf.executions.get(record["id"])
+    await wf.executions.pause(record["id"])
+    gate.touch()
+    paused = await wf.executions.wait(record["id"], timeout=20)
+    assert paused["status"] == "paused" and paused["result"]["paused_by"] == "request"
+    await wf.executions.cancel(record["id"])
+    canceled = await wf.executions.wait(record["id"], timeout=20)
+    assert canceled["status"] == "canceled"
+    assert "paused_by" not in canceled["result"] and canceled["result"]["error"] == "canceled by request"
+
+
 async def test_a_workflow_canceled_before_its_resume_is_claimed_ends_canceled(wf: Squall, tmp_path: Path) -> None:
     """`squall execution resume` stores `resuming` for serve to claim; a cancel in between used to
     leave it `canceling` for ever (nobody conducts it). It ends `canceled` now, and stays so."""

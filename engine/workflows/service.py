@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from engine.actions import Action
+from engine.executions import canceled_result
 from engine.inquiries import RUNNER as INQUIRER
 from engine.inquiries import masked
 from engine.parameters import MASK, credential_texts, holds_secret
@@ -803,9 +804,7 @@ class WorkflowService:
         for child in children:
             await self.cancel_child(child["id"], graceful=graceful)
         if not graceful:
-            await self.executions.complete(execution_id, "canceled", {**(record.get("result") or {}),
-                                                                      "error": "canceled by request"},
-                                           ("canceling",))
+            await self.executions.complete(execution_id, "canceled", canceled_result(record), ("canceling",))
             return True
         await self._cancel_root(record)
         await self.jobs.advance(execution_id)  # type: ignore[union-attr]
