@@ -421,6 +421,7 @@ def test_a_chat_started_execution_shows_its_adapter_and_channel(served: Served, 
     assert len(rows) == 1 and execution_id in rows[0]
     assert f"chat mattermost {channel['id']}" in rows[0] and "alice" in rows[0]
     tab.page.get_by_role("link", name=execution_id).click()
+    tab.page.wait_for_url(f"{served.base}/executions/{execution_id}")  # read the page the link leads to
     facts = dict(zip(tab.page.locator("dl.facts dt").all_inner_texts(),
                      tab.page.locator("dl.facts dd").all_inner_texts(), strict=True))
     assert facts["Chat adapter"] == "mattermost"
