@@ -203,7 +203,7 @@ def open_session(store: Any, account: Account) -> tuple[str, Session]:
 
 def find_session(store: Any, token: str, now: datetime | None = None) -> Session | None:
     """The live session of this cookie, its last use recorded now and then; None if unknown, expired,
-    idle too long or its account is gone. Reads and writes in one call (the CLI, tests); the web UI reads
+    idle too long or its account is gone. Reads and writes in one call (the session rules' tests); the web UI reads
     with `read_session` and records the use apart, so a page never waits for a write lock to be let in."""
     now = now or utcnow()
     session, touch_due = read_session(store, token, now)
