@@ -571,12 +571,7 @@ def shown_source(text: str) -> str:
 
 class PackHidden(PackInstallError):
     """An install refused before anything was put in place, since Squall would not load the pack installed:
-    another pack of its ref is found first in `packs.paths` (`hidden_by`, its folder), or `install_path` is
-    not one of them (`hidden_by` None)."""
-
-    def __init__(self, message: str, pack: Pack, hidden_by: Path | None) -> None:
-        super().__init__(message)
-        self.pack, self.hidden_by = pack, hidden_by
+    another pack of its ref is found first in `packs.paths`, or `install_path` is not one of them."""
 
 
 def install_pack(source: str, install_path: Path, configs_path: Path, virtualenvs: Path, progress: Progress,
@@ -616,7 +611,7 @@ def _refuse_hidden(pack: Pack, install_path: Path, pack_paths: list[Path]) -> No
     if target.resolve() not in {folder.resolve() for folder in folders}:
         raise PackHidden(f"{where}, but {install_path} (packs.install_path) is not one of packs.paths "
                          f"({', '.join(map(str, pack_paths))}), so Squall would never load it: add {install_path} to "
-                         f"packs.paths in the config. Nothing was installed", pack, None)
+                         f"packs.paths in the config. Nothing was installed")
     folder, version = _loaded_from(pack.ref, folders, target) or (target, pack.version)
     if folder.resolve() == target.resolve():
         return
@@ -626,7 +621,7 @@ def _refuse_hidden(pack: Pack, install_path: Path, pack_paths: list[Path]) -> No
     raise PackHidden(f"{where}, but Squall loads {pack.ref} {version} from {folder}, which it finds first "
                      f"(packs.paths in order, the packs in each by folder name) and which would hide it. Nothing "
                      f"was installed. To use {pack.ref} {pack.version}, {fix}; `squall pack list` shows the one "
-                     f"loaded", pack, folder)
+                     f"loaded")
 
 
 def _loaded_from(ref: str, folders: list[Path], ours: Path | None = None) -> tuple[Path, str] | None:
