@@ -52,7 +52,28 @@ if TYPE_CHECKING:
     from engine.packs import Registry
 
 log = logging.getLogger(__name__)
-POLICY_TYPES = ("action.concurrency", "action.concurrency.attr", "action.retry")
+_THRESHOLD = {"type": "integer", "required": True, "minimum": 0, "description": "Concurrency threshold."}
+_ON_FULL = {"type": "string", "default": "delay", "enum": ["delay", "cancel"],
+            "description": "What happens to an execution once the threshold is reached."}
+#: Each policy type Squall enforces: its description and its parameters' schema, as `_check` below takes
+#: them (StackStorm's `policies/meta/*.yaml`, with Squall's bounds), shown by the API's `/policytypes`.
+POLICY_TYPE_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
+    "action.concurrency": ("Limits the concurrent executions for the action.",
+                           {"threshold": _THRESHOLD, "action": _ON_FULL}),
+    "action.concurrency.attr": (
+        "Limits the concurrent executions for the action with the same values of the given parameters.",
+        {"threshold": _THRESHOLD, "action": _ON_FULL,
+         "attributes": {"type": "array", "required": True, "items": {"type": "string"},
+                        "description": "The parameters whose values are counted apart."}}),
+    "action.retry": ("Retry (re-run) failed or timed out action.", {
+        "retry_on": {"type": "string", "required": True, "enum": ["failure", "timeout"],
+                     "description": "Condition to retry on."},
+        "max_retry_count": {"type": "integer", "default": 2, "minimum": 0, "maximum": 5,
+                            "description": "Maximum number of times to retry before giving up."},
+        "delay": {"type": "number", "minimum": 0, "maximum": 120,
+                  "description": "Number of seconds to wait before retrying the execution."}}),
+}
+POLICY_TYPES = tuple(POLICY_TYPE_SPECS)
 #: How far back recovery looks for failures whose retry was never requested (by their start: the
 #: range of an index, however big the table).
 RETRY_LOOKBACK = timedelta(days=1)

@@ -25,30 +25,10 @@ from bot.http.actions import RELOADED
 from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.packs import ContentDocument
-from engine.policies import POLICY_TYPES, Policy
+from engine.policies import POLICY_TYPE_SPECS, POLICY_TYPES, Policy
 
 router = APIRouter()
-_THRESHOLD = {"type": "integer", "required": True, "minimum": 0, "description": "Concurrency threshold."}
-_ON_FULL = {"type": "string", "default": "delay", "enum": ["delay", "cancel"],
-            "description": "What happens to an execution once the threshold is reached."}
-#: Each policy type Squall enforces: its description and its parameters' schema, as `_check` in
-#: `engine/policies.py` takes them (StackStorm's `policies/meta/*.yaml`, with Squall's bounds).
-_TYPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "action.concurrency": ("Limits the concurrent executions for the action.",
-                           {"threshold": _THRESHOLD, "action": _ON_FULL}),
-    "action.concurrency.attr": (
-        "Limits the concurrent executions for the action with the same values of the given parameters.",
-        {"threshold": _THRESHOLD, "action": _ON_FULL,
-         "attributes": {"type": "array", "required": True, "items": {"type": "string"},
-                        "description": "The parameters whose values are counted apart."}}),
-    "action.retry": ("Retry (re-run) failed or timed out action.", {
-        "retry_on": {"type": "string", "required": True, "enum": ["failure", "timeout"],
-                     "description": "Condition to retry on."},
-        "max_retry_count": {"type": "integer", "default": 2, "minimum": 0, "maximum": 5,
-                            "description": "Maximum number of times to retry before giving up."},
-        "delay": {"type": "number", "minimum": 0, "maximum": 120,
-                  "description": "Number of seconds to wait before retrying the execution."}}),
-}
+
 
 
 def _derived_id(kind: str, ref: str) -> str:
@@ -61,7 +41,7 @@ def _derived_id(kind: str, ref: str) -> str:
 def policy_type_public(ref: str) -> dict[str, Any]:
     """A policy type Squall enforces in StackStorm's `PolicyTypeAPI` shape (`resource_type.name` is its ref)."""
     resource_type, _dot, name = ref.partition(".")
-    description, parameters = _TYPES[ref]
+    description, parameters = POLICY_TYPE_SPECS[ref]
     return {"id": _derived_id("policy_type", ref), "uid": f"policy_type:{resource_type}:{name}", "ref": ref,
             "name": name, "resource_type": resource_type, "description": description, "enabled": True,
             "module": "engine.policies", "parameters": parameters}
