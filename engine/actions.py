@@ -98,9 +98,16 @@ class Action:
         }
 
 
+def content_id(kind: str, ref: str) -> str:
+    """The `id` StackStorm's API gives pack content of `kind` (an action, a rule, a policy...): its MongoDB
+    id there; here 24 hexadecimal digits derived from the kind and ref, the same in every process and
+    restart, since the content is a file with no row to number."""
+    return hashlib.sha256(f"{kind}:{ref}".encode()).hexdigest()[:24]
+
+
 def action_id(ref: str) -> str:
     """The `id` of the action `ref` (`Action.id`)."""
-    return hashlib.sha256(f"action:{ref}".encode()).hexdigest()[:24]
+    return content_id("action", ref)
 
 
 NOTIFY_SECTIONS = ("on-complete", "on-success", "on-failure")

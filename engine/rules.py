@@ -43,6 +43,7 @@ import jinja2
 import sqlalchemy as sa
 
 from engine import patterns, templates, tracing
+from engine.actions import content_id
 from engine.executions import CompletionWrite
 from engine.metrics import metrics
 from engine.operators import OPERATORS, PATTERNLESS, SEARCH, canonical, search
@@ -262,7 +263,7 @@ class Rule:
 
 def rule_id(ref: str) -> str:
     """The `id` of the rule `ref` (`Rule.id`)."""
-    return hashlib.sha256(f"rule:{ref}".encode()).hexdigest()[:24]
+    return content_id("rule", ref)
 
 
 _INSTANCE_ID = re.compile(r"[0-9a-f]{24}\Z")

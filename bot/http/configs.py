@@ -18,7 +18,6 @@ too: it lives in `packs.configs_path`, not among the pack's files, which stay Sq
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from bot.http.key_auth import request_user
 from bot.http.paging import Paging
 from bot.http.state import api_state
+from engine.actions import content_id
 from engine.audit_sinks import masked
 from engine.pack_config import MaskedSecretError, masked_config, restore_masked, write_config_file
 from engine.packs import config_file_values, config_problems
@@ -37,12 +37,6 @@ if TYPE_CHECKING:
     from engine.packs import Pack
 
 router = APIRouter()
-
-
-def _id(kind: str, ref: str) -> str:
-    """24 hex digits derived from the pack's ref, the same in every process and restart (StackStorm's is
-    its MongoDB id; a config and its schema are files here, with no row to number)."""
-    return hashlib.sha256(f"{kind}:{ref}".encode()).hexdigest()[:24]
 
 
 def _pack(request: Request, ref: str) -> Pack:
@@ -58,7 +52,7 @@ def _config_file(squall: Squall, ref: str) -> Path:
 
 
 def _schema(pack: Pack) -> dict[str, Any]:
-    return {"id": _id("config_schema", pack.ref), "pack": pack.ref, "attributes": pack.config_schema}
+    return {"id": content_id("config_schema", pack.ref), "pack": pack.ref, "attributes": pack.config_schema}
 
 
 def _reveals(request: Request, show_secrets: bool) -> bool:
@@ -68,7 +62,7 @@ def _reveals(request: Request, show_secrets: bool) -> bool:
 
 
 def _config(pack: Pack, values: dict[str, Any], reveal: bool) -> dict[str, Any]:
-    return {"id": _id("config", pack.ref), "pack": pack.ref,
+    return {"id": content_id("config", pack.ref), "pack": pack.ref,
             "values": values if reveal else masked_config(pack.config_schema, values)}
 
 

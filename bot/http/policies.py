@@ -15,7 +15,6 @@ naming the file: never a 404, which st2client takes for a delete done."""
 from __future__ import annotations
 
 import difflib
-import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,16 +23,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from bot.http.actions import RELOADED
 from bot.http.paging import Paging
 from bot.http.state import api_state
+from engine.actions import content_id
 from engine.packs import ContentDocument
 from engine.policies import POLICY_TYPE_SPECS, POLICY_TYPES, Policy
 
 router = APIRouter()
 
-
-
-def _derived_id(kind: str, ref: str) -> str:
-    """The `id` of a policy or policy type: derived from its ref, so every process and restart shows the same one."""
-    return hashlib.sha256(f"{kind}:{ref}".encode()).hexdigest()[:24]
 
 
 # -- policy types --------------------------------------------------------------------------------
@@ -42,7 +37,7 @@ def policy_type_public(ref: str) -> dict[str, Any]:
     """A policy type Squall enforces in StackStorm's `PolicyTypeAPI` shape (`resource_type.name` is its ref)."""
     resource_type, _dot, name = ref.partition(".")
     description, parameters = POLICY_TYPE_SPECS[ref]
-    return {"id": _derived_id("policy_type", ref), "uid": f"policy_type:{resource_type}:{name}", "ref": ref,
+    return {"id": content_id("policy_type", ref), "uid": f"policy_type:{resource_type}:{name}", "ref": ref,
             "name": name, "resource_type": resource_type, "description": description, "enabled": True,
             "module": "engine.policies", "parameters": parameters}
 
@@ -57,7 +52,7 @@ async def list_policy_types(response: Response, resource_type: str | None = None
 
 @router.get("/policytypes/{ref_or_id}", tags=["policies"])
 async def get_policy_type(ref_or_id: str) -> dict[str, Any]:
-    found = next((ref for ref in POLICY_TYPES if ref_or_id in (ref, _derived_id("policy_type", ref))), None)
+    found = next((ref for ref in POLICY_TYPES if ref_or_id in (ref, content_id("policy_type", ref))), None)
     if found is None:
         raise HTTPException(404, f'Policy type "{ref_or_id}" is not one Squall enforces (no policy type has that ref '
                                  f"or id); the policy types are {', '.join(POLICY_TYPES)}.")
@@ -92,7 +87,7 @@ def _shown(document: ContentDocument, loaded: dict[str, Policy]) -> dict[str, An
         return None
     ref = f"{document.pack}.{fields['name']}"
     description = document.data.get("description")
-    return {"id": _derived_id("policy", ref), "uid": f"policy:{document.pack}:{fields['name']}", "ref": ref,
+    return {"id": content_id("policy", ref), "uid": f"policy:{document.pack}:{fields['name']}", "ref": ref,
             "pack": document.pack, "name": fields["name"], "description": str(description or ""),
             "enabled": fields["enabled"], "resource_ref": fields["resource_ref"],
             "policy_type": fields["policy_type"], "parameters": fields["parameters"],

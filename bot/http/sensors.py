@@ -12,7 +12,6 @@ naming that file: Squall keeps no sensor the API could change."""
 from __future__ import annotations
 
 import difflib
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from bot.http.paging import Paging
 from bot.http.state import api_state
+from engine.actions import content_id
 from engine.packs import Registry
 from engine.sensors import SensorSpec, load_sensors
 
@@ -29,7 +29,7 @@ router = APIRouter()
 def sensor_type_id(ref: str) -> str:
     """The `id` of the sensor `ref`: derived from it, so every process and restart shows the same one
     (a sensor is its pack file here, with no row to number)."""
-    return hashlib.sha256(f"sensor_type:{ref}".encode()).hexdigest()[:24]
+    return content_id("sensor_type", ref)
 
 
 def _entry_point(spec: SensorSpec, registry: Registry) -> str:

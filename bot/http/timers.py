@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from bot.http.paging import Paging
 from bot.http.state import api_state
+from engine.actions import content_id
 from engine.rules import Rule
 from engine.timers import TIMER_TYPES
 from engine.triggers import binding
@@ -37,7 +38,7 @@ def trigger_public(trigger_type: str, parameters: dict[str, Any], rules: Iterabl
     name = str(uuid.uuid5(_TRIGGER_NAMES, key))
     digest = hashlib.sha256(json.dumps(parameters, sort_keys=True, default=str).encode()).hexdigest()[:32]
     refs = sorted(rule.ref for rule in rules)
-    return {"id": hashlib.sha256(f"trigger:{key}".encode()).hexdigest()[:24], "uid": f"trigger:core:{name}:{digest}",
+    return {"id": content_id("trigger", key), "uid": f"trigger:core:{name}:{digest}",
             "ref": f"core.{name}", "name": name, "pack": "core", "type": trigger_type, "parameters": parameters,
             "description": f"Fires rule{'s' if len(refs) > 1 else ''} {', '.join(refs)}."}
 
