@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from engine.events import INQUIRY_PENDING
-from engine.parameters import MASK, draft4, holds_secret, item_schema, property_schema
+from engine.parameters import draft4, holds_secret, item_schema, property_schema, schema_masked
 from engine.runners import RunOutcome, RunRequest
 from engine.storage import iso, utcnow
 
@@ -62,19 +62,9 @@ class InquirerRunner:
         })
 
 
-def masked(schema: Mapping[str, Any], value: Any) -> Any:
-    """An answer with the values of the schema's `secret: true` properties (in nested objects and
-    arrays too) shown as `********`, as StackStorm's `mask_inquiry_response` shows them: a PIN or a
-    password asked for stays in the record, for the workflow, and is shown nowhere."""
-    if not isinstance(schema, Mapping):
-        return value
-    if schema.get("secret") and value is not None:
-        return MASK
-    if isinstance(value, dict):  # its properties, pattern properties or additional properties
-        return {key: masked(property_schema(schema, key), item) for key, item in value.items()}
-    if isinstance(value, list):  # its items, one schema for all or positional
-        return [masked(item_schema(schema, index), item) for index, item in enumerate(value)]
-    return value
+#: An answer with the values of the schema's `secret: true` parts shown as `********`: a PIN or a password
+#: asked for stays in the record, for the workflow, and is shown nowhere.
+masked = schema_masked
 
 
 def shown(result: Any) -> Any:

@@ -23,7 +23,7 @@ import jinja2
 import yaml
 
 from engine.crypto import CryptoError
-from engine.parameters import MASK, MIN_REPLACED, ParameterError, item_schema, property_schema
+from engine.parameters import MASK, MIN_REPLACED, ParameterError, item_schema, property_schema, schema_masked
 from engine.templates import TemplateRenderError, is_jinja_expression
 
 #: The runner whose actions get the pack's config rendered (StackStorm loads it for the Python runner alone).
@@ -126,23 +126,7 @@ def masked_config(schema: Mapping[str, Any], values: Mapping[str, Any]) -> dict[
     a value's schema is found as the loader finds it (`properties`, `patternProperties`,
     `additionalProperties`; `items`, positional or not, `additionalItems`). A secret object or list is
     masked whole. `schema` is the pack's config.schema.yaml: a mapping of top-level keys to their specs."""
-    return _masked_object({"properties": schema}, values)
-
-
-def _masked_object(schema: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _masked(property_schema(schema, key), value) for key, value in values.items()}
-
-
-def _masked(spec: Any, value: Any) -> Any:
-    if not isinstance(spec, Mapping) or value is None:
-        return value
-    if spec.get("secret"):
-        return MASK
-    if isinstance(value, Mapping):
-        return _masked_object(spec, value)
-    if isinstance(value, list):
-        return [_masked(item_schema(spec, index), item) for index, item in enumerate(value)]
-    return value
+    return schema_masked({"properties": schema}, values)  # type: ignore[no-any-return]  # a mapping stays one
 
 
 def restore_masked(sent: Mapping[str, Any], stored: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:

@@ -574,6 +574,22 @@ def item_schema(schema: Mapping[str, Any], index: int) -> Any:
     return extra if isinstance(extra, Mapping) else None
 
 
+def schema_masked(schema: Any, value: Any) -> Any:
+    """`value` with every part its JSON `schema` marks `secret: true` shown as `********`, at any depth (a
+    part's schema found as `property_schema` and `item_schema` find it; a secret object or list masked
+    whole; a None left as it is: nothing given, nothing to hide): an inquiry's answers, as StackStorm's
+    `mask_inquiry_response` shows them, and a pack's config (`engine.pack_config.masked_config`)."""
+    if not isinstance(schema, Mapping):
+        return value
+    if schema.get("secret") and value is not None:
+        return MASK
+    if isinstance(value, Mapping):  # its properties, pattern properties or additional properties
+        return {key: schema_masked(property_schema(schema, key), item) for key, item in value.items()}
+    if isinstance(value, list):  # its items, one schema for all or positional
+        return [schema_masked(item_schema(schema, index), item) for index, item in enumerate(value)]
+    return value
+
+
 def holds_secret(schema: Any) -> bool:
     """Whether a JSON schema is, or has at any depth (properties, pattern properties, additional
     properties, items one for all or positional, additional items), a `secret: true` property: a value
