@@ -1842,15 +1842,17 @@ class Store:
 
     def trigger_instance_page(self, trigger: str | None = None, status: str | Sequence[str] | None = None,
                               limit: int = 50, offset: int = 0, before: tuple[datetime, str] | None = None,
-                              since: datetime | None = None,
-                              until: datetime | None = None) -> tuple[list[dict[str, Any]], int]:
+                              since: datetime | None = None, until: datetime | None = None,
+                              known_total: int | None = None) -> tuple[list[dict[str, Any]], int]:
         """One page of `trigger_instance_list`, and how many there are in all (the API's `X-Total-Count`).
         With `before` (an instance's `occurrence_time` and id), the page starts just below that instance in
         the list's order (`_newest_rows`), deleted since or not: a keyset page (`limit=-1`'s), which rows
         stored or deleted above it do not move as they move an OFFSET's. `since`/`until`: only the instances
-        that occurred strictly after/before them (`timestamp_gt`/`timestamp_lt`), `before` or not."""
+        that occurred strictly after/before them (`timestamp_gt`/`timestamp_lt`), `before` or not.
+        `known_total`: the count the caller has read already, given back as it is, not counted again
+        (`_newest_page`)."""
         return self._newest_page(trigger_instances, _trigger_instance_where(trigger, status, since, until), limit,
-                                 offset, before)
+                                 offset, before, known_total)
 
     def trigger_instance_latest(self, trigger: str, parameters: dict[str, Any], since: datetime) -> datetime | None:
         """When the newest instance of `trigger` with exactly `parameters` occurred, if at or after
@@ -1905,15 +1907,17 @@ class Store:
     def rule_enforcement_page(self, rule: str | None = None, trigger_instance_id: str | None = None,
                               execution_id: str | None = None, limit: int = 50, offset: int = 0,
                               before: tuple[datetime, str] | None = None, since: datetime | None = None,
-                              until: datetime | None = None,
-                              at: datetime | None = None) -> tuple[list[dict[str, Any]], int]:
+                              until: datetime | None = None, at: datetime | None = None,
+                              known_total: int | None = None) -> tuple[list[dict[str, Any]], int]:
         """One page of `rule_enforcement_list`, and how many there are in all (the API's `X-Total-Count`).
         With `before` (an enforcement's `enforced_at` and id), the page starts just below that enforcement
         in the list's order (`_newest_rows`), deleted since or not: a keyset page (`limit=-1`'s), which rows
         stored or deleted above it do not move as they move an OFFSET's. `since`/`until`: only those enforced
-        strictly after/before them (`enforced_at_gt`/`enforced_at_lt`), `at`: at that time exactly."""
+        strictly after/before them (`enforced_at_gt`/`enforced_at_lt`), `at`: at that time exactly.
+        `known_total`: the count the caller has read already, given back as it is, not counted again
+        (`_newest_page`)."""
         where = _enforcement_where(rule, trigger_instance_id, execution_id, since, until, at)
-        return self._newest_page(rule_enforcements, where, limit, offset, before)
+        return self._newest_page(rule_enforcements, where, limit, offset, before, known_total)
 
     def _newest(self, table: sa.Table, where: list[Any], limit: int, offset: int = 0) -> list[dict[str, Any]]:
         """Rows of a log table (`occurrence_time` or `enforced_at`, then id) newest first."""
@@ -1921,13 +1925,19 @@ class Store:
             return self._newest_rows(conn, table, where, limit, offset)
 
     def _newest_page(self, table: sa.Table, where: list[Any], limit: int, offset: int,
-                     before: tuple[datetime, str] | None = None) -> tuple[list[dict[str, Any]], int]:
-        """`_newest_rows` (below `before`, if given) and how many rows `where` selects in all, `before` or not."""
-        counted = sa.select(sa.func.count()).select_from(table).where(*where)
+                     before: tuple[datetime, str] | None = None,
+                     known_total: int | None = None) -> tuple[list[dict[str, Any]], int]:
+        """`_newest_rows` (below `before`, if given) and how many rows `where` selects in all, `before` or not:
+        `known_total` when the caller gives the count it has (the pages of a whole log, `keyset_pages`, after
+        it was counted once), for the count reads every row `where` selects, as long on each page as on the
+        first."""
         below = self._newest_below(table, before) if before is not None else []
         with self._read() as conn:
-            return (self._newest_rows(conn, table, [*where, *below], limit, offset),
-                    int(conn.execute(counted).scalar_one()))
+            rows = self._newest_rows(conn, table, [*where, *below], limit, offset)
+            if known_total is not None:
+                return rows, known_total
+            counted = sa.select(sa.func.count()).select_from(table).where(*where)
+            return rows, int(conn.execute(counted).scalar_one())
 
     @staticmethod
     def _newest_rows(conn: sa.Connection, table: sa.Table, where: list[Any], limit: int,

@@ -389,6 +389,30 @@ async def test_limit_minus_one_skips_no_row_of_a_log_when_rows_are_deleted(home:
 
 
 @pytest.mark.parametrize("log", WHOLE_LOGS, ids=lambda log: log.path)
+async def test_limit_minus_one_counts_a_log_once_not_per_page(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             log: Log) -> None:
+    """The whole log's count (`X-Total-Count`) is read once, before its pages: each page read without
+    it, where every page ran the count again, a scan of every row the filters select, per 500 rows."""
+    monkeypatch.setattr(bot.http.paging, "LOG_PAGE", 3)
+    async with chat_and_api(home) as (squall, _loopback, client):
+        store = squall.store
+        _stored_rows(store, log.table, [log.row(T0 + timedelta(seconds=i)) for i in range(10)])
+        counts: list[str] = []
+
+        def executed(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if "count(" in statement.lower() and log.table.name in statement:
+                counts.append(statement)
+
+        sa.event.listen(store.engine, "before_cursor_execute", executed)
+        try:
+            streamed = await client.get(log.path, params={**log.filters, "limit": "-1"})
+        finally:
+            sa.event.remove(store.engine, "before_cursor_execute", executed)
+    assert streamed.status_code == 200 and len(streamed.json()) == 10 == int(streamed.headers["X-Total-Count"])
+    assert len(counts) == 1, counts  # four pages (3 + 3 + 3 + 1), one count
+
+
+@pytest.mark.parametrize("log", WHOLE_LOGS, ids=lambda log: log.path)
 def test_a_page_of_a_log_before_a_row_starts_just_below_it(database_url: str, log: Log) -> None:
     """The store's keyset page, on SQLite and PostgreSQL: `before` (a row's time and id) starts the page
     strictly below that row in the list's order (time, then id, newest first), through rows of one

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -625,6 +626,67 @@ async def test_the_task_tree_opens_a_sub_workflows_tasks_under_the_task_that_ran
                       r'<a href="/executions/[0-9a-f]{24}">([a-z]+)</a>', tree)
     assert [(depth or "0", task) for _, depth, task in rows] == [
         ("0", "inner"), ("1", "first"), ("1", "second"), ("0", "last")]
+
+
+def _graph_tasks(page: str) -> dict[str, str]:
+    """Each task of the graph in a page or fragment, with the status it is drawn in."""
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    return {task: status for status, task in re.findall(
+        r'<g class="graph-task status-([a-z-]+)" data-task="([a-z]+)">', svg)}
+
+
+def _renamed_tasks(path: Path, text: str) -> None:
+    """`path` rewritten as a pack update would (a later modification time, so the file's cache sees it)."""
+    before = path.stat().st_mtime_ns
+    write(path, text)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+async def test_a_run_s_graph_is_drawn_from_the_definition_it_kept(web: Web, home: Path) -> None:
+    """A pack update renames a waiting workflow's tasks: the engine goes on with the definition the run
+    kept (`spec.workflow`), so its page and its live view draw that one's tasks, not the file's new ones
+    (which were drawn with the run's real task missing). A run that kept none (started before runs kept
+    theirs) is drawn from its file still."""
+    client, _ = await web.signed_in("vic", "viewer")
+    session = await _stored_session(web, Account("vic", "viewer"))
+    workflows = home / "packs" / "demo" / "actions" / "workflows"
+    waiting = (await web.squall.executions.request("demo.ask", {}, {"user": "t", "source": "api"}))["id"]
+    assert (await web.squall.executions.wait(waiting, 30))["status"] == "paused"
+    _renamed_tasks(workflows / "ask.yaml", """
+        version: 1.0
+        tasks:
+          review:
+            action: core.noop
+            next:
+              - do: notify
+          notify:
+            action: core.noop
+    """)
+    assert _graph_tasks((await client.get(f"/executions/{waiting}")).text) == {"approve": "pending"}
+    events = live._execution_stream(web.squall, session, waiting, 0)
+    while (event := await asyncio.wait_for(anext(events), 10))["event"] != "tasks":
+        pass
+    assert _graph_tasks(event["data"]) == {"approve": "pending"}
+    (inquiry,) = await web.squall.executions.list(parent=waiting)
+    await web.squall.inquiries.respond(inquiry["id"], {"approved": True}, "vic")  # the run goes on, and ends
+    drawn: list[dict[str, str]] = []
+    while (event := await asyncio.wait_for(anext(events), 30))["event"] != "end":
+        if event["event"] == "tasks":
+            drawn.append(_graph_tasks(event["data"]))
+    assert drawn[-1] == {"approve": "succeeded"}
+    assert (await web.squall.executions.get(waiting))["status"] == "succeeded"
+    assert _graph_tasks((await client.get(f"/executions/{waiting}")).text) == {"approve": "succeeded"}
+
+    older = (await web.squall.executions.request("demo.flow", {}, {"user": "t", "source": "api"}))["id"]
+    assert (await web.squall.executions.wait(older, 30))["status"] == "succeeded"
+    await web.squall.db(web.squall.store.update_execution, older, {"spec": {}})  # as runs kept none
+    _renamed_tasks(workflows / "flow.yaml", """
+        version: 1.0
+        tasks:
+          first:
+            action: core.noop
+    """)
+    assert _graph_tasks((await client.get(f"/executions/{older}")).text) == {"first": "succeeded"}
 
 
 def test_graphs_of_action_chains_and_mistral_workflows(web: Web) -> None:

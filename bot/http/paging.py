@@ -96,28 +96,31 @@ def json_items(items: Iterable[Any]) -> bytes:
 
 
 async def keyset_pages(db: Database, read: Callable[..., tuple[list[dict[str, Any]], int]],
-                       render: Callable[[dict[str, Any]], Any], offset: int, time: str) -> AsyncIterator[bytes]:
+                       render: Callable[[dict[str, Any]], Any], offset: int, time: str,
+                       total: int) -> AsyncIterator[bytes]:
     """The pages of a whole log (`limit=-1` of trigger instances, rule enforcements: `read(limit=, offset=,
-    before=)` gives a page, newest first by `time` then id, and the count), `LOG_PAGE` rows at a time, each
-    read and rendered (`render`, then `json_items`) on `db.read`. The first page starts at the request's
-    `offset`; each after it just below the last row written (`before`: its `time` and id), not at the next
-    OFFSET, which rows stored meanwhile (an alert storm) pushed the written rows down into, to be written
-    again, and rows deleted meanwhile (a retention purge) pulled unread rows up out of, to be left out.
-    Rows stored once the answer has begun are newer than the rows still to read, so it has none of them
+    before=, known_total=)` gives a page, newest first by `time` then id, and the count), `LOG_PAGE` rows at
+    a time, each read and rendered (`render`, then `json_items`) on `db.read`. The count is the caller's
+    `total`, read once for `X-Total-Count` and given to each read as `known_total`, which it then does not
+    count again: a count reads every row the filters select, and ran on every page. The first page starts
+    at the request's `offset`; each after it just below the last row written (`before`: its `time` and id),
+    not at the next OFFSET, which rows stored meanwhile (an alert storm) pushed the written rows down into,
+    to be written again, and rows deleted meanwhile (a retention purge) pulled unread rows up out of, to be
+    left out. Rows stored once the answer has begun are newer than the rows still to read, so it has none of them
     past its first page; and a late page costs what the first does."""
-    text, last = await db.read(_rendered_page, read, render, time, {"offset": offset})
+    text, last = await db.read(_rendered_page, read, render, time, {"offset": offset, "known_total": total})
     while True:
         yield text
         if last is None:
             return
-        text, last = await db.read(_rendered_page, read, render, time, {"before": last})
+        text, last = await db.read(_rendered_page, read, render, time, {"before": last, "known_total": total})
 
 
 def _rendered_page(read: Callable[..., tuple[list[dict[str, Any]], int]], render: Callable[[dict[str, Any]], Any],
                    time: str, start: dict[str, Any]) -> tuple[bytes, tuple[datetime, str] | None]:
-    """A page of `keyset_pages` on the reader thread, from `start` (its `offset` or `before`): its rows as
-    `json_items`, and where the next page starts, the last row's `time` and id (None after a page of
-    fewer than `LOG_PAGE` rows: the log's last)."""
+    """A page of `keyset_pages` on the reader thread, from `start` (its `offset` or `before`, and the
+    `known_total` that spares its count): its rows as `json_items`, and where the next page starts, the
+    last row's `time` and id (None after a page of fewer than `LOG_PAGE` rows: the log's last)."""
     rows, _total = read(limit=LOG_PAGE, **start)
     last = (rows[-1][time], rows[-1]["id"]) if len(rows) == LOG_PAGE else None
     return json_items(render(r) for r in rows), last

@@ -165,7 +165,8 @@ async def list_enforcements(request: Request, response: Response, filters: _Enfo
     read = functools.partial(squall.store.rule_enforcement_page, rule, **filters.where)
     if limit is None:
         _none, total = await squall.db.read(read, limit=0)
-        return streamed_list(keyset_pages(squall.db, read, enforcement_public, offset, "enforced_at"), total)
+        return streamed_list(keyset_pages(squall.db, read, enforcement_public, offset, "enforced_at", total),
+                             total)
     rows, total = await squall.db.read(read, limit=limit, offset=offset)
     tell_page(response, total, limit)
     return [enforcement_public(row) for row in rows]

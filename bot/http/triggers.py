@@ -61,7 +61,7 @@ async def list_trigger_instances(request: Request, response: Response, trigger: 
                              until=query_time("timestamp_lt", timestamp_lt))
     if limit is None:
         _none, total = await squall.db.read(read, limit=0)
-        return streamed_list(keyset_pages(squall.db, read, public, offset, "occurrence_time"), total)
+        return streamed_list(keyset_pages(squall.db, read, public, offset, "occurrence_time", total), total)
     records, total = await squall.db.read(read, limit=limit, offset=offset)
     tell_page(response, total, limit)
     return [public(r) for r in records]

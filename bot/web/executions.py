@@ -30,6 +30,7 @@ from engine.inquiries import shown_execution
 from engine.packs import UnknownAction
 from engine.parameters import MASK, ParameterError
 from engine.storage import ExecutionFilter
+from engine.workflows.service import KEPT
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 PAGE_SIZE = 50
@@ -47,6 +48,10 @@ MAX_TREE_DEPTH = 4
 MAX_TREE_ROWS = 1000
 #: The most output chunks a running execution's page shows at first (the live stream goes on from there).
 MAX_LIVE_CHUNKS = 5000
+#: Workflow runs' kept definitions (`spec.workflow`) by execution id, as `_remember_definition` read them;
+#: the oldest is dropped past `DEFINITIONS_HELD`.
+_DEFINITIONS: dict[str, dict[str, Any]] = {}
+DEFINITIONS_HELD = 256
 
 
 def execution_filter(values: dict[str, str]) -> ExecutionFilter:
@@ -107,10 +112,32 @@ async def execution_list(request: Request, before: str | None = None,
 
 
 async def find_execution(request: Request, execution_id: str) -> dict[str, Any]:
+    """The execution as `ExecutionService.get` shows it (a 404 page if there is none). A workflow run's
+    kept definition is remembered on the way (`_remember_definition`), for its graph."""
+    squall = request.app.state.squall
     try:
-        return await request.app.state.squall.executions.get(execution_id)
+        record = await squall.executions.get(execution_id)
     except ExecutionNotFound as exc:
         raise PageError(str(exc), 404) from exc
+    await _remember_definition(squall, record)
+    return record
+
+
+async def _remember_definition(squall: Any, record: dict[str, Any]) -> None:
+    """Keep a workflow run's definition (its `spec.workflow`, which the record shown leaves out) in
+    `_DEFINITIONS`, for `execution_view` to draw its graph from what the engine conducts it from, not
+    from the file a pack update may have changed since. Read here, off the loop, because the page and
+    its live stream (`live.py`) both find the execution here before `execution_view`, which is not
+    async, draws it. A run keeps one definition to its end, so one read is never stale; a run without
+    one (not conducted yet, or from before runs kept theirs) is read again the next time."""
+    if record["runner"] not in WORKFLOW_RUNNERS or record["id"] in _DEFINITIONS:
+        return
+    stored = await squall.db.read(squall.store.get_execution, record["id"])
+    kept = ((stored or {}).get("spec") or {}).get(KEPT)
+    if isinstance(kept, dict):
+        if len(_DEFINITIONS) >= DEFINITIONS_HELD:
+            del _DEFINITIONS[next(iter(_DEFINITIONS))]
+        _DEFINITIONS[record["id"]] = kept
 
 
 def execution_view(squall: Any, record: dict[str, Any], children: list[dict[str, Any]],
@@ -126,7 +153,7 @@ def execution_view(squall: Any, record: dict[str, Any], children: list[dict[str,
     return {"record": record, "result": result, "children": children,
             "tasks": tasks,
             "more_children": len(children) == MAX_CHILDREN,
-            "graph": graph.svg(action, children) if action is not None else None}
+            "graph": graph.svg(action, children, _DEFINITIONS.get(record["id"]))}
 
 
 async def task_tree(squall: Any, children: list[dict[str, Any]], depth: int = 0) -> list[tuple[int, dict[str, Any]]]:

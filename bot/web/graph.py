@@ -1,7 +1,10 @@
 """A workflow's read-only graph, as SVG drawn on the server from its definition, each task coloured by
 the status of its latest execution and linked to it.
 
-The definition is the one the engine runs (`engine.workflows.service.load_spec`, cached): Orquesta
+The definition is the one the engine runs: a run's own, kept in its `spec.workflow` at its first step
+(`engine.workflows.service.kept_spec`, cached), which the engine conducts it from to its end, so a pack
+updated meanwhile does not redraw a run with tasks it does not have; for a run that kept none (one
+started before runs kept theirs, or not conducted yet) its action's file (`load_spec`, cached). Orquesta
 tasks and their `next` transitions, ActionChain's `on-success`/`on-failure`, Mistral's
 `on-success`/`on-error`/`on-complete`. Tasks go left to right by their distance from the start
 (breadth first, so a loop back does not push its target right), in the definition's order within a
@@ -13,13 +16,14 @@ from __future__ import annotations
 
 import html
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from markupsafe import Markup
 
 from engine.actions import Action
-from engine.workflows.service import load_spec
+from engine.workflows.service import KEPT, kept_action, kept_spec, load_spec
 
 WORKFLOW_RUNNERS = ("orquesta", "action-chain", "mistral-v2")
 NODE_W, NODE_H, GAP_X, GAP_Y, MARGIN = 170, 40, 70, 18, 12
@@ -43,22 +47,42 @@ def _kind(condition: Any) -> str:
     return "other"
 
 
-def workflow_edges(action: Action) -> tuple[list[str], list[str], list[Edge]] | None:
-    """The tasks (in definition order), where the workflow starts, and its transitions; None when the
-    action is no workflow or its file cannot be read (it is shown without a graph then)."""
-    if action.runner_type not in WORKFLOW_RUNNERS or action.entry_path is None:
+def _definition(action: Action | None, kept: Mapping[str, Any] | None) -> tuple[str, Any] | None:
+    """The runner kind and parsed definition to draw: the run's `kept` one (its `spec.workflow`: the
+    definition the engine conducts it from, and the action it started as) when it has one, else
+    `action`'s file as it is now. None when it is no workflow, or its definition cannot be read or
+    parsed (a file changed or removed since: the page still shows the task list)."""
+    kept = kept if isinstance(kept, Mapping) else {}
+    text = kept.get("definition")
+    ran = (kept_action({"spec": {KEPT: kept}}) if isinstance(text, str) else None) or action
+    if ran is None or ran.runner_type not in WORKFLOW_RUNNERS:
         return None
     try:
-        spec = load_spec(action.runner_type, action.entry_path, str(action.entry_path))
-    except Exception:  # changed or removed since the run: the page still shows the task list
+        if isinstance(text, str):  # named as the engine names it, so that its parse (cached by both) is reused
+            return ran.runner_type, kept_spec(ran.runner_type, text, str(kept.get("file") or ran.ref))
+        if ran.entry_path is not None:
+            return ran.runner_type, load_spec(ran.runner_type, ran.entry_path, str(ran.entry_path))
+    except Exception:  # shown without a graph, as a definition that could not be drawn
         return None
+    return None
+
+
+def workflow_edges(action: Action | None,
+                   kept: Mapping[str, Any] | None = None) -> tuple[list[str], list[str], list[Edge]] | None:
+    """The tasks (in definition order), where the workflow starts, and its transitions, of the run's
+    `kept` definition, or else of `action`'s file (`_definition`); None when there is none to read (it is
+    shown without a graph then)."""
+    found = _definition(action, kept)
+    if found is None:
+        return None
+    runner, spec = found
     edges: list[Edge] = []
-    if action.runner_type == "action-chain":
+    if runner == "action-chain":
         for node in spec.nodes.values():
             edges += [Edge(node.name, target, kind, label) for target, kind, label in (
                 (node.on_success, "success", "on-success"), (node.on_failure, "failure", "on-failure")) if target]
         return list(spec.nodes), [spec.start], [e for e in edges if e.target in spec.nodes]
-    if action.runner_type == "orquesta":
+    if runner == "orquesta":
         for task in spec.tasks.values():
             for transition in task.next:
                 label = str(transition.when) if transition.when is not None else ""
@@ -97,9 +121,11 @@ def task_states(children: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return states
 
 
-def svg(action: Action, children: list[dict[str, Any]]) -> Markup | None:
-    """The workflow's graph with each task's live status; None when there is none to draw."""
-    found = workflow_edges(action)
+def svg(action: Action | None, children: list[dict[str, Any]],
+        kept: Mapping[str, Any] | None = None) -> Markup | None:
+    """The workflow's graph with each task's live status, drawn from the run's `kept` definition when it
+    has one (`workflow_edges`); None when there is none to draw."""
+    found = workflow_edges(action, kept)
     if found is None or not found[0]:
         return None
     tasks, starts, edges = found
