@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import sqlite3
 import subprocess
@@ -993,14 +994,30 @@ class _Text(str):
 
 
 @pytest.mark.parametrize("value", [
-    None, True, False, 0, -1, 2**70, 1.5, 1e300, float("nan"), float("inf"), "x", "é✓\n\"\\", _Text("sub"),
+    None, True, False, 0, -1, 2**70, -(2**64), 1.5, 1e300, 5e-324, "x", "é✓\n\"\\", "\ud800", _Text("sub"),
     [], {}, (1, 2), {"a": [1, {"b": None}], "é": "ü"}, {1: "int key", 2.5: "f", False: "b", None: "n"},
     {"log": [{"status": "requested", "timestamp": "2026-12-03T05:00:00Z"}], "runner_info": {"pid": 1}},
+    functools.reduce(lambda inner, _: [inner], range(360), 0),
+
 ])
-def test_the_hot_json_encoder_writes_what_json_dumps_writes(value: Any) -> None:
+def test_the_hot_json_encoder_stores_what_json_dumps_stores(value: Any) -> None:
+    """Another text (orjson's, compact) that reads back as `json.dumps`'s does, exact big integers,
+    non-string keys and 360 levels of nesting (orjson's limit is 255) included."""
     import json
 
-    assert storage.json_dumps()(value) == json.dumps(value)
+    stored = storage.json_dumps()(value)
+    assert isinstance(stored, str)
+    assert json.loads(stored) == json.loads(json.dumps(value))
+
+
+def test_the_hot_json_encoder_writes_orjsons_text_and_null_for_nan() -> None:
+    """The common case goes through orjson (the speed is the point); NaN and the infinities, which
+    `json.dumps` wrote as `NaN`/`Infinity` that PostgreSQL, SQLite's JSON functions and the API's
+    encoder all refuse, are stored as null."""
+    dumps = storage.json_dumps()
+    assert dumps({"a": [1, {"b": None}], "é": "ü"}) == '{"a":[1,{"b":null}],"é":"ü"}'
+    assert dumps({"result": float("nan"), "up": float("inf"), "down": float("-inf")}) == \
+        '{"result":null,"up":null,"down":null}'
 
 
 def test_the_hot_json_encoder_refuses_what_json_dumps_refuses() -> None:
@@ -1012,7 +1029,7 @@ def test_the_hot_json_encoder_refuses_what_json_dumps_refuses() -> None:
     circular.append(circular)
     with pytest.raises(ValueError, match="Circular"):
         dumps(circular)
-    assert dumps({"after": "a refusal"}) == '{"after": "a refusal"}'  # nothing left over from the failures
+    assert dumps({"after": "a refusal"}) == '{"after":"a refusal"}'  # nothing left over from the failures
 
 
 def test_times_are_written_as_isoformat_and_sqlalchemy_write_them() -> None:
