@@ -43,6 +43,117 @@ async def test_retry_of_an_execution_started_outside_chat_posts_its_result_where
     assert again["context"]["user"] == "carol" and again["context"]["source"] == "chat"
 
 
+
+async def _wiped_by_alice(squall: Squall, bot: ChatBot, loopback: LoopbackAdapter) -> dict:
+    """alice runs `!wipe db1` (demo.dangerous, a `confirm:` alias) and confirms it: its execution."""
+    await loopback.say("!wipe db1", user="alice")
+    await loopback.say("!yes", user="alice")
+    await settle(squall, bot)
+    [wiped] = await squall.executions.list(action="demo.wipe")
+    return wiped
+
+
+async def test_retry_of_a_confirm_alias_s_execution_asks_the_retrying_person_first(chat) -> None:
+    """An alias's own `confirm:` always asks, also for `!retry`: bob's retry of alice's confirmed wipe
+    runs nothing until bob says yes (alice's yes is not his), then runs as bob, audited as a re-run."""
+    squall, bot, loopback = chat
+    wiped = await _wiped_by_alice(squall, bot, loopback)
+    await loopback.say(f"!retry {wiped['id']}", user="bob")
+    await settle(squall, bot)
+    asked = loopback.texts()[-1]
+    assert asked.startswith(f"About to retry {wiped['id']}: demo.wipe with ") and "target=db1" in asked
+    assert asked.endswith("Reply `!yes` within 30s to go ahead, or `!no`.")  # the alias's own ttl
+    assert await squall.executions.list(action="demo.wipe") == [wiped]
+    await loopback.say("!yes", user="alice")  # not asked: her yes confirms nothing of bob's
+    await settle(squall, bot)
+    assert await squall.executions.list(action="demo.wipe") == [wiped]
+    await loopback.say("!yes", user="bob")
+    await settle(squall, bot)
+    [again] = [e for e in await squall.executions.list(action="demo.wipe") if e["id"] != wiped["id"]]
+    assert again["parameters"]["target"] == "db1" and again["context"]["user"] == "bob"
+    assert f"Retrying as {again['id']}." in loopback.texts()
+    [rerun] = await squall.db(squall.store.audit_list, 10, "chat.execution.rerun")
+    assert (rerun["actor"], rerun["target"], rerun["detail"]["of"]) == ("bob", again["id"], wiped["id"])
+
+
+async def test_a_retry_answered_no_runs_nothing(chat) -> None:
+    squall, bot, loopback = chat
+    wiped = await _wiped_by_alice(squall, bot, loopback)
+    await loopback.say(f"!retry {wiped['id']}", user="bob")
+    await loopback.say("!no", user="bob")
+    await settle(squall, bot)
+    assert loopback.texts()[-1] == f"OK, not retrying {wiped['id']}."
+    assert await squall.executions.list(action="demo.wipe") == [wiped]
+
+
+async def test_a_retry_confirmation_outlives_a_restart_and_is_authorised_again(home: Path) -> None:
+    """The retry's prompt is stored as a typed command's is: bob's yes after a restart still re-runs it,
+    and a yes after his permission was taken (here, a rule that denies him the alias) is refused."""
+    _config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        wiped = await _wiped_by_alice(squall, bot, loopback)
+        await loopback.say(f"!retry {wiped['id']}", user="bob")
+        await loopback.say(f"!retry {wiped['id']}", user="carol")
+        await settle(squall, bot)
+    config = (home / "config.yml").read_text()
+    rule = "  aliases:\n    demo.dangerous: {deny: {users: [carol]}}\n"
+    (home / "config.yml").write_text(config.replace("  admins: [root-admin]\n", "  admins: [root-admin]\n" + rule))
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!yes", user="carol")
+        await settle(squall, bot)
+        assert loopback.texts()[-1] == "Sorry carol, you may not retry that."
+        await loopback.say("!yes", user="bob")
+        await settle(squall, bot)
+        ran = await squall.executions.list(action="demo.wipe")
+        assert sorted(e["context"]["user"] for e in ran) == ["alice", "bob"]
+
+
+async def test_a_retry_that_needs_approval_is_refused_before_any_confirmation(home: Path) -> None:
+    """A confirming alias that also needs approval: `!retry` is refused at once (type the command again),
+    never a prompt whose yes could only be refused."""
+    _config(home)
+    alias = home / "packs" / "demo" / "aliases" / "dangerous.yaml"
+    alias.write_text(alias.read_text() + "approval: {groups: [operators]}\n")
+    async with loopback_chat(home) as (squall, bot, loopback):
+        wiped = await squall.executions.request("demo.wipe", {"target": "db1"}, {
+            "user": "alice", "chat": {"adapter": "loopback", "channel": "#ops", "alias": "demo.dangerous"}})
+        await settle(squall, bot)
+        await loopback.say(f"!retry {wiped['id']}", user="alice")
+        await settle(squall, bot)
+        assert loopback.texts()[-1].startswith("demo.dangerous needs approval from operators")
+        await loopback.say("!yes", user="alice")
+        await settle(squall, bot)
+        assert len(await squall.executions.list(action="demo.wipe")) == 1
+
+
+async def test_a_retry_prompt_shows_secret_parameters_masked(home: Path) -> None:
+    """The retry's prompt names the parameters it re-runs with, as a typed command's prompt does: a
+    secret one as ********, never its value."""
+    _config(home)
+    write(home / "packs" / "demo" / "actions" / "login.yaml", """
+        name: login
+        runner_type: local-shell-cmd
+        parameters:
+          token: {type: string, secret: true, required: true}
+          cmd: {default: 'echo in', immutable: true}
+    """)
+    write(home / "packs" / "demo" / "aliases" / "login.yaml", """
+        name: login
+        action_ref: demo.login
+        description: Log in (asks first).
+        formats: ["login {{token}}"]
+        confirm: true
+    """)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        logged = await squall.executions.request("demo.login", {"token": "hunter2"}, {
+            "user": "alice", "chat": {"adapter": "loopback", "channel": "#ops", "alias": "demo.login"}})
+        await settle(squall, bot)
+        await loopback.say(f"!retry {logged['id']}", user="alice")
+        await settle(squall, bot)
+        asked = loopback.texts()[-1]
+        assert asked.startswith(f"About to retry {logged['id']}: demo.login with ") and "token=********" in asked
+        assert "hunter2" not in asked
+
 # -- a command typed without its values ---------------------------------------------------------------
 
 async def test_a_shipped_alias_typed_without_its_value_asks_for_it_and_runs(chat) -> None:

@@ -234,3 +234,26 @@ async def test_listing_masks_secret_defaults_in_displays_given_the_actions(home:
     assert "      !sign in {{user}} {{ token = \"********\" }} {{realm=corp}}" in text
     assert "svc-Tok3n-999" not in text
     assert "svc-Tok3n-999" not in unknown and "corp" not in unknown.split("parameters:")[0]  # no schema: all masked
+
+
+async def test_help_shows_a_runner_parameter_a_format_names(chat) -> None:
+    """`run {{cmd}}` names core.local's runner parameter `cmd`: a person sets it by typing the format (a
+    form asks for it), so `help run` lists it; the runner parameters no format names nor
+    `allow_overrides` opens (`cwd`, `env`, `timeout`) stay out, as a chat command may not set them."""
+    answer = await ask(chat, "!help run", "olivia")
+    parameters = answer.split("parameters:\n")[1].split("\nwho may run it:")[0]
+    assert parameters.startswith("  cmd (string, required)"), parameters
+    assert "(none)" not in parameters
+    assert not any(f"  {name} (" in parameters for name in ("cwd", "env", "timeout", "sudo"))
+
+
+async def test_help_lists_the_parameters_a_form_asks_for(chat) -> None:
+    """For every loaded alias, `help` names the same parameters its form asks (one rule for both: what a
+    chat command may set), so help never says "(none)" of a command that asks for values."""
+    _squall, bot, _adapter = chat
+    actions = bot.engine.registry.actions
+    for alias in bot.index.matcher.aliases:
+        action = actions.get(alias.action_ref)
+        helped = {line.split()[0] for line in chat_help.parameter_lines(alias, action)}
+        asked = {field.name for field in bot.dispatcher.forms.fields(alias)}
+        assert helped == asked, alias.ref

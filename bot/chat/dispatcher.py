@@ -166,6 +166,9 @@ class PendingConfirmation:
     token: str | None = field(default_factory=lambda: secrets.token_hex(8))
     #: The other fits of a `match_multiple` command, confirmed and run together with `match`.
     more: tuple[AliasMatch, ...] = ()
+    #: The execution a `retry` of a `confirm:` alias's command re-runs once confirmed (`match` and
+    #: `command` are None): looked up and authorised again then, as a typed `retry` is.
+    retry: str | None = None
 
     def buttons(self, yes: str, no: str) -> list[dict[str, str]]:
         """The prompt's two buttons, each naming this prompt."""
@@ -438,13 +441,17 @@ class Dispatcher:
         for fit in fits:
             await self._run(fit, message, text)
 
+    def _confirm_ttl(self, alias: Alias) -> float:
+        """How long `alias`'s confirmation waits: its own `confirm: {ttl: …}`, else `chat.confirm_ttl`."""
+        if isinstance(alias.confirm, dict):
+            return float(alias.confirm.get("ttl", self.settings.confirm_ttl))
+        return self.settings.confirm_ttl
+
     async def _ask_to_confirm(self, fits: list[AliasMatch], message: Message) -> None:
         """Hold `fits` (one command, or every fit of a `match_multiple` one) for one `yes` of their sender:
         one prompt for them all, since a person has one pending prompt per channel."""
         alias = fits[0].alias
-        ttl = self.settings.confirm_ttl
-        if isinstance(alias.confirm, dict):
-            ttl = float(alias.confirm.get("ttl", ttl))
+        ttl = self._confirm_ttl(alias)
         pending = PendingConfirmation(fits[0], message, time.time() + ttl, more=tuple(fits[1:]))
         await self._hold(pending)
         shown = [_params(self._masked(alias.action_ref, fit.parameters)) for fit in fits]
@@ -463,7 +470,10 @@ class Dispatcher:
             await self.say(message, "That confirmation has expired; send the command again.")
         elif not yes:
             what = pending.match.alias.action_ref if pending.match is not None else "that"
-            await self.say(message, f"OK, not running {what}.")
+            await self.say(message, f"OK, not retrying {pending.retry}." if pending.retry is not None
+                            else f"OK, not running {what}.")
+        elif pending.retry is not None:  # looked up and authorised again now, as a typed `retry` is
+            await self._on_execution(pending.message, pending.retry, "retry", confirmed=True)
         elif pending.command is not None:
             # A suggestion: the filled text takes the whole command path again (match, authorise,
             # the alias's own confirmation, audit), as if the person had typed it.
@@ -487,7 +497,8 @@ class Dispatcher:
             await self.say(message, f"That prompt asks {owner}, not you, {message.user}; only {owner} can answer "
                                     "it. Nothing was run.")
         elif pending is not None:
-            what = pending.match.alias.action_ref if pending.match is not None else f"`{short(pending.command or '')}`"
+            what = (pending.match.alias.action_ref if pending.match is not None else
+                    f"`retry {pending.retry}`" if pending.retry is not None else f"`{short(pending.command or '')}`")
             await self.say(message, f"That prompt is no longer pending: your newer command ({what}) replaced it. "
                                     "Nothing was run; answer the newest prompt, or send the command again.")
         else:
@@ -518,6 +529,8 @@ class Dispatcher:
             state["match"] = _kept(pending.match)
         if pending.more:
             state["more"] = [_kept(match) for match in pending.more]
+        if pending.retry is not None:
+            state["retry"] = pending.retry
         await sessions.keep(self.engine, sessions.place_key(_CONFIRM, *key), state, pending.expires,
                             f"the confirmation asked of {message.user}")
 
@@ -545,7 +558,8 @@ class Dispatcher:
                 match = self._restored(state["match"]) if state.get("match") is not None else None
                 more = tuple(self._restored(kept) for kept in state.get("more") or ())
                 self._confirmations[message.adapter, message.channel, message.user] = PendingConfirmation(
-                    match, message, expires, state.get("command"), token=state.get("token"), more=more)
+                    match, message, expires, state.get("command"), token=state.get("token"), more=more,
+                    retry=state.get("retry"))
                 restored += 1
             except Exception as exc:  # a pack changed under it: the person sends the command again
                 log.warning("a confirmation asked before the restart was dropped: %s", exc)
@@ -866,10 +880,12 @@ class Dispatcher:
         await self.say(message, said)
         return False
 
-    async def _on_execution(self, message: Message, rest: str, verb: str) -> None:
+    async def _on_execution(self, message: Message, rest: str, verb: str, confirmed: bool = False) -> None:
         """`cancel <id>` / `retry <id>`, for who may run the execution's alias (`_permitted`): audited as
         `chat.execution.cancel` / `chat.execution.rerun` (the new execution, `of` the one re-run) as the
-        API's and the web's are; a retry that needs approval is refused, and audited as refusals are."""
+        API's and the web's are; a retry that needs approval is refused, and audited as refusals are.
+        `confirmed`: the asker said yes to retrying it (`_retry`); it is still looked up and authorised
+        again, with the alias as loaded now."""
         execution = await self._execution_named(message, rest, verb)
         if execution is None:
             return
@@ -883,7 +899,7 @@ class Dispatcher:
                                           {"action": done["action"], "status": done["status"]})
                 await self.say(message, f"{done['id']} is {done['status']}.")
             else:
-                await self._retry(message, execution, alias)
+                await self._retry(message, execution, alias, confirmed)
         except NeedsApproval as exc:
             await self.commands.refused(message, "chat", execution["id"], f"{verb} {rest}", str(exc))
             await self.say(message, f"{exc.ref} needs approval from {', '.join(exc.policy['groups'])}: "
@@ -891,10 +907,16 @@ class Dispatcher:
         except (ExecutionNotFound, ExecutionStateError, ParameterError, UnknownAction) as exc:
             await self.say(message, str(exc))
 
-    async def _retry(self, message: Message, execution: dict[str, Any], alias: Alias | None) -> None:
+    async def _retry(self, message: Message, execution: dict[str, Any], alias: Alias | None,
+                     confirmed: bool = False) -> None:
         """A new run of `execution` as `message`'s sender (`CommandService.rerun`), audited. Its result
         goes where `retry` was typed (`_where`), also for an execution started outside chat (the CLI,
-        the API): without the chat routing, the result of that retry would be posted nowhere."""
+        the API): without the chat routing, the result of that retry would be posted nowhere. A `confirm:`
+        alias's command asks its retrying sender first, unless `confirmed`, as the command typed again
+        would: a retry must not be a way around the alias's own confirmation."""
+        if alias is not None and alias.confirm and not confirmed:
+            await self._ask_to_confirm_retry(message, execution, alias)
+            return
         where = self._where(message)
         context = (self.commands.context(alias, message, "chat", where) if alias
                    else {"user": message.user, "source": "chat", "source_channel": message.channel, "chat": where})
@@ -902,6 +924,22 @@ class Dispatcher:
         await self.commands.audit("chat.execution.rerun", message, again["id"], {
             "action": again["action"], "of": execution["id"], "parameters": again["parameters"]})
         await self.say(message, f"Retrying as {again['id']}.")
+
+    async def _ask_to_confirm_retry(self, message: Message, execution: dict[str, Any], alias: Alias) -> None:
+        """Hold the retry of `execution` (a command of the confirming `alias`) for its sender's `yes`, in the
+        one pending slot a typed command's prompt takes. One that needs approval is refused first
+        (`NeedsApproval`, as `CommandService.rerun` would): a `yes` to it could only be refused."""
+        needed = self.commands.approval_for(execution)
+        if needed is not None:
+            raise NeedsApproval(*needed)
+        ttl = self._confirm_ttl(alias)
+        pending = PendingConfirmation(None, message, time.time() + ttl, retry=execution["id"])
+        await self._hold(pending)
+        shown = _params(self._masked(execution["action"], execution.get("parameters") or {}))
+        await self.say(message, f"About to retry {execution['id']}: {execution['action']} with {shown}. Reply "
+                                f"{self._answer(message, 'yes')} within {ttl:g}s to go ahead, or "
+                                f"{self._answer(message, 'no')}.",
+                       buttons=pending.buttons("Yes", "No"))
 
     async def _builtin_respond(self, message: Message, rest: str) -> None:
         """`respond <inquiry-id> <json or value>`: answer an inquiry (spec §11.2)."""

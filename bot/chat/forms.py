@@ -40,7 +40,7 @@ from aliases.grammar import PLACEHOLDER, normalise
 from bot.chat import sessions
 from bot.chat.auth import Authorizer
 from bot.chat.commands import CommandRefused, CommandService
-from bot.chat.help import masked, secret_names, visible
+from bot.chat.help import closed_parameters, masked, secret_names, visible
 from bot.chat.replies import short
 from bot.forms import Field, action_fields, parse
 
@@ -350,8 +350,7 @@ class ChatForms:
         action = self.dispatcher.engine.registry.actions.get(alias.action_ref)
         if action is None:
             return []
-        closed = set(alias.immutable_parameters) | (action.runner_parameter_names - set(alias.allow_overrides)
-                                                    - alias.format_parameters)
+        closed = closed_parameters(alias, action)
         return [f for f in action_fields(action) if f.name not in closed]
 
     # -- the question exchange ---------------------------------------------------------------------

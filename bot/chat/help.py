@@ -152,17 +152,25 @@ def masked(text: str, secrets: Collection[str] | None) -> str:
     return "".join(pieces) + text[end:]
 
 
+def closed_parameters(alias: Alias, action: Any) -> set[str]:
+    """The parameters of `action` no chat command through `alias` may set: the alias's immutable ones,
+    and the runner parameters (cwd, env, timeout…) neither opened by `allow_overrides` nor named in a
+    format (`run {{cmd}}` names core.local's `cmd`: typing the format sets it). One rule for what help
+    lists and what a form asks (`ChatForms.fields`), as `check_overrides` applies to key=value pairs."""
+    runner = action.runner_parameter_names - set(alias.allow_overrides) - alias.format_parameters
+    return set(alias.immutable_parameters) | runner
+
+
 def parameter_lines(alias: Alias, action: Any) -> list[str]:
     """`name (type, required|default …) — description` for each parameter a chat command may set:
-    the action's own, less the immutable ones, plus runner parameters the alias opens."""
+    the action's own and the runner parameters the alias opens or a format names, less the immutable
+    ones (`closed_parameters`)."""
     if action is None:
         return ["  (the action is not loaded)"]
-    runner = action.runner_parameter_names
+    closed = closed_parameters(alias, action)
     lines = []
     for name, spec in action.parameters.items():
-        if spec.get("immutable") or name in alias.immutable_parameters:
-            continue
-        if name in runner and name not in alias.allow_overrides:
+        if spec.get("immutable") or name in closed:
             continue
         facts = [str(spec.get("type", "any"))]
         if spec.get("required"):
