@@ -178,12 +178,21 @@ class DeliveryError(Exception):
     """The platform did not take the reply now; the outbox will try again (after `retry_after`).
 
     `permanent` says trying again cannot help (an unknown channel, a refused scope): the reply is
-    recorded as failed at once, and the channel's later replies are not held up behind it."""
+    recorded as failed at once, and the channel's later replies are not held up behind it.
 
-    def __init__(self, message: str, retry_after: float | None = None, *, permanent: bool = False) -> None:
+    `maybe_taken` says the platform may have stored the reply all the same: the request went out and
+    no answer came back (the connection dropped, no answer in time, a 5xx). Before sending it again,
+    the outbox asks the adapter's `find_sent` whether the post is there, so it is not posted twice. A
+    refusal (a 429, a reason given) stored nothing and is sent again without asking. Left out, it is
+    true for a refusal that may pass and names no wait: when unsure, asking costs one lookup, while
+    not asking may cost a duplicate post."""
+
+    def __init__(self, message: str, retry_after: float | None = None, *, permanent: bool = False,
+                 maybe_taken: bool | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.permanent = permanent
+        self.maybe_taken = (not permanent and retry_after is None) if maybe_taken is None else maybe_taken
 
 
 class Adapter(Protocol):
@@ -212,7 +221,10 @@ class Adapter(Protocol):
     # ids with the `Part` each carries (None: the reply went out in one post). The outbox asks it at
     # start-up before sending again what a crash left unmarked, so a reply the platform took just
     # before a kill is not posted twice, and a reply killed between its parts goes on after the last
-    # part the platform has. Adapters without it deliver at least once.
+    # part the platform has; and, for one reply, after a send that failed with `DeliveryError.maybe_taken`
+    # (or an exception that is no `DeliveryError`), before sending it again, so a post the platform
+    # stored without its answer reaching Squall is not posted twice. Never on a send that succeeded.
+    # Adapters without it deliver at least once.
 
     # Optional: `online: bool`, a property: whether the adapter holds its connection to the platform
     # now (the web UI's status page shows it; adapters without a connection of their own leave it out).

@@ -41,6 +41,10 @@ import aiohttp
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.internals import parse_body
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import (
@@ -84,6 +88,14 @@ _USE_RESPONSE_URL = {"not_in_channel", "channel_not_found", "is_archived"}
 #: new message instead, and of an upload the start of the output posted inline.
 _TRANSIENT = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout",
               "team_added_to_org"}
+#: Errors Slack may answer after doing part of the call (`fatal_error`: "some aspect of the operation
+#: succeeded"), or after it ran out of time on its side: a message may be posted, so the outbox looks
+#: for it before sending it again (`DeliveryError.maybe_taken`), as after a 5xx or a dropped connection.
+_MAYBE_DONE = {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+#: Web API methods that post a message: the client never repeats one after a dropped connection (slack_sdk's
+#: default retry did, blindly, so a message Slack had stored was posted twice). The outbox retries it,
+#: asking `find_sent` first whether Slack has it.
+_POSTS = frozenset({"chat.postMessage"})
 IDENTITY_TTL = 3600.0
 #: `users.info` calls per minute for people mentioned (`<@U…>`) and not known yet. Every message is
 #: passed on, chatter too, so made-up mentions would otherwise spend the rate limit senders' names
@@ -330,7 +342,8 @@ class SlackAdapter:
         self.settings = settings
         self.capabilities = Capabilities(threads=settings.thread_replies, edits=True, rich=True, files=True,
                                          buttons=True, max_length=min(settings.file_threshold, MAX_TEXT))
-        self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.base_url, timeout=30)
+        self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.base_url, timeout=30,
+                                     retry_handlers=[_RetryAllButPosts()])
         self.app = AsyncApp(client=self.client, signing_secret=settings.signing_secret or "unused-in-socket-mode",
                             request_verification_enabled=settings.mode == "http", name="squall",
                             logger=logging.getLogger("adapters.slack.bolt"))
@@ -918,9 +931,9 @@ class SlackAdapter:
             if _error(exc) in _USE_RESPONSE_URL and await self._respond(channel, reply):
                 return None
             raise DeliveryError(f"Slack refused the reply to {reply.channel}: {_error(exc)}",
-                                permanent=_error(exc) in _PERMANENT) from None
+                                permanent=_error(exc) in _PERMANENT, maybe_taken=_maybe_posted(exc)) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise DeliveryError(f"Slack unreachable: {type(exc).__name__}") from None
+            raise DeliveryError(f"Slack unreachable: {type(exc).__name__}", maybe_taken=_maybe_posted(exc)) from None
 
     async def find_sent(self, replies: Sequence[Reply], since: datetime) -> dict[int, list[FoundPost]]:
         """Which of these replies (left pending by a crash) the bot already posted: outbox id → its
@@ -1040,6 +1053,30 @@ def _transient(exc: SlackApiError) -> bool:
     status = getattr(exc.response, "status_code", None) if exc.response is not None else None
     return (_retry_after(exc) is not None or _error(exc) in _TRANSIENT
             or (isinstance(status, int) and status >= 500))
+
+
+def _maybe_posted(exc: Exception) -> bool:
+    """Whether Slack may have posted the message although the call failed: the connection dropped
+    after the request went out, no answer came in time, or Slack had trouble of its own (a 5xx, an
+    HTML 503 from its edge, `_MAYBE_DONE`). Not a refusal with a reason or a 429, nor a connection
+    never made (`ClientConnectorError`): those posted nothing."""
+    if isinstance(exc, SlackApiError):
+        status = getattr(exc.response, "status_code", None) if exc.response is not None else None
+        return _retry_after(exc) is None and (_error(exc) in _MAYBE_DONE or (isinstance(status, int) and status >= 500))
+    return not isinstance(exc, aiohttp.ClientConnectorError)
+
+
+class _RetryAllButPosts(AsyncConnectionErrorRetryHandler):
+    """slack_sdk's retry after a dropped connection (once), for every call but those that post a
+    message (`_POSTS`): Slack may have stored the message before the connection dropped, and a blind
+    repeat posts it twice. Those go back to the outbox as `DeliveryError.maybe_taken`."""
+
+    async def _can_retry_async(self, *, state: RetryState, request: HttpRequest,
+                               response: HttpResponse | None = None, error: Exception | None = None) -> bool:
+        method = request.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        if method in _POSTS:
+            return False
+        return await super()._can_retry_async(state=state, request=request, response=response, error=error)
 
 
 def _retry_after(exc: SlackApiError) -> float | None:

@@ -16,31 +16,38 @@ at most two per channel per kill (one in flight, one whose mark had not committe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from aiohttp import web
 
-from adapters.base import Capabilities, DeliveryError, Part, Reply
+from adapters import mattermost, slack
+from adapters.base import Adapter, Capabilities, DeliveryError, Part, Reply
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall, load_packs
 from bot.chat import outbox as outbox_module
 from bot.chat.bot import ChatBot
 from engine import storage
-from engine.config import load_config
+from engine.config import Config, load_config
 from engine.events import EXECUTION_FINISHED
 from engine.executions import COMPLETED
 from engine.storage import Store, keyed_in_one_statement, utcnow
 from tests.conftest import write
 from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
+from tests.fake_slack import APP_TOKEN as SLACK_APP_TOKEN
+from tests.fake_slack import BOT_TOKEN as SLACK_BOT_TOKEN
+from tests.fake_slack import SIGNING_SECRET as SLACK_SIGNING_SECRET
+from tests.fake_slack import FakeSlack
 from tests.test_chat import _config, settle
 
 # -- in-process: the outbox and the dispatcher -----------------------------------------------------
@@ -1068,3 +1075,277 @@ async def test_a_reply_the_adapter_cannot_send_fails_and_does_not_hold_its_chann
     row = await squall.db(squall.store.outbox_get, bad)
     assert row["status"] == "failed" and "UnicodeEncodeError" in row["error"], row
     assert (await squall.db(squall.store.outbox_get, good))["status"] == "sent"
+
+
+# -- a post the platform took but never confirmed ----------------------------------------------------
+# The platform stores the post, then the connection drops before its answer (a load balancer's reset,
+# a network blip): Squall was not told. Sent again blindly, the post is there twice (an ack that says
+# "Running" for ever beside its twin edited to the final status). The outbox asks `find_sent` first.
+
+
+class _LossySlack(FakeSlack):
+    """Slack cutting the connection of the next `lose` `chat.postMessage` calls: after storing the
+    message (`after_storing`) or before."""
+
+    lose = 0
+    after_storing = True
+
+    async def _api(self, request: web.Request) -> web.Response:
+        cut = request.match_info["method"] == "chat.postMessage" and self.lose > 0
+        if cut and not self.after_storing:
+            self.lose -= 1
+            return _cut(request)
+        response = await super()._api(request)
+        if cut:
+            self.lose -= 1
+            return _cut(request)
+        return response
+
+
+class _LossyMattermost(FakeMattermost):
+    """Mattermost cutting the connection of the next `lose` `POST /api/v4/posts`: after storing the
+    post (`after_storing`) or before."""
+
+    lose = 0
+    after_storing = True
+
+    async def _answer(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        cut = request.method == "POST" and request.path == "/api/v4/posts" and self.lose > 0
+        if cut and not self.after_storing:
+            self.lose -= 1
+            return _cut(request)
+        response = await super()._answer(request, handler)
+        if cut:
+            self.lose -= 1
+            return _cut(request)
+        return response
+
+    def lookups(self) -> int:
+        """`find_sent`'s calls: a channel's posts since a time."""
+        return sum(1 for call in self.calls if call["method"] == "GET" and call["path"].endswith("/posts")
+                   and "since" in call["query"])
+
+
+def _cut(request: web.Request) -> web.Response:
+    """Drop the connection without an answer (the client sees the server disconnect)."""
+    assert request.transport is not None
+    request.transport.close()
+    raise ConnectionResetError("the fake cut the connection before its answer")
+
+
+@contextlib.asynccontextmanager
+async def _platform_chat(home: Path, adapter_of: Callable[[Config], Adapter]) -> AsyncIterator[tuple[Squall, ChatBot]]:
+    """A Squall whose only adapter is `adapter_of(config)`, its chat started (the outbox released)."""
+    _config(home)
+    config = load_config(home / "config.yml")
+    squall = await Squall.start(config, adapters=[adapter_of(config)])
+    bot = squall.chat
+    await bot.start()
+    try:
+        yield squall, bot
+    finally:
+        await bot.stop()
+        await squall.close()
+
+
+@contextlib.asynccontextmanager
+async def _slack_chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, _LossySlack]]:
+    fake = await _LossySlack().start()
+    settings = {"enabled": True, "bot_token": SLACK_BOT_TOKEN, "app_token": SLACK_APP_TOKEN,
+                "signing_secret": SLACK_SIGNING_SECRET, "base_url": fake.base_url}
+    try:
+        async with _platform_chat(home, lambda config: slack.create(settings, config)) as (squall, bot):
+            yield squall, bot, fake
+    finally:
+        await fake.close()
+
+
+@contextlib.asynccontextmanager
+async def _mattermost_chat(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, _LossyMattermost]]:
+    fake = _LossyMattermost()
+    await fake.start()
+    settings = {"enabled": True, "url": fake.url, "token": BOT_TOKEN, "team": "ops"}
+    try:
+        async with _platform_chat(home, lambda config: mattermost.create(settings, config)) as (squall, bot):
+            yield squall, bot, fake
+    finally:
+        await fake.stop()
+
+
+def _slack_says(fake: FakeSlack, text: str) -> list[dict[str, Any]]:
+    return [message for message in fake.messages if message.get("text") == text]
+
+
+async def test_a_slack_post_whose_answer_was_lost_is_found_not_posted_again(home: Path) -> None:
+    """Slack stored the message and the connection dropped before its answer: the outbox finds it by
+    its outbox id (`find_sent`) and records it sent with its platform id, so the later edit goes to it.
+    Neither the outbox nor the Slack client posts it a second time; a send that succeeds asks nothing."""
+    async with _slack_chat(home) as (squall, bot, fake):
+        await bot.outbox.post(Reply(adapter="slack", channel="COPS0001", text="an earlier reply"))
+        await settle(squall, bot)
+        assert fake.called("conversations.history") == []  # the happy path: no lookup
+
+        fake.lose = 1
+        ack = await bot.outbox.post(Reply(adapter="slack", channel="COPS0001", text="Running ops.echo"))
+        await settle(squall, bot)
+        assert fake.lose == 0
+        [message] = _slack_says(fake, "Running ops.echo")
+        row = await squall.db(squall.store.outbox_get, ack)
+        assert row["status"] == "sent" and row["platform_id"] == f"COPS0001:{message['ts']}", row
+        assert len(fake.called("conversations.history")) == 1
+
+        await bot.outbox.post(Reply(adapter="slack", channel="COPS0001", text="succeeded", edit=ack))
+        await settle(squall, bot)
+        assert [edit["text"] for edit in message["edits"]] == ["succeeded"]
+        assert _slack_says(fake, "succeeded") == []  # the edit went to the one ack, not a new message
+
+
+async def test_only_a_failure_slack_may_have_taken_costs_a_lookup(home: Path) -> None:
+    """A 429 stored nothing: the reply is sent again without asking. A 503 from Slack's edge may have
+    come after the message was taken: the outbox looks first, finds nothing, and sends it once."""
+    async with _slack_chat(home) as (squall, bot, fake):
+        fake.ratelimit("chat.postMessage", retry_after=0.01)
+        limited = await bot.outbox.post(Reply(adapter="slack", channel="COPS0001", text="after a 429"))
+        await settle(squall, bot)
+        assert len(_slack_says(fake, "after a 429")) == 1
+        assert fake.called("conversations.history") == []
+        assert (await squall.db(squall.store.outbox_get, limited))["status"] == "sent"
+
+        fake.outage("chat.postMessage")
+        await bot.outbox.post(Reply(adapter="slack", channel="COPS0001", text="after a 503"))
+        await settle(squall, bot)
+        assert len(_slack_says(fake, "after a 503")) == 1
+        assert len(fake.called("conversations.history")) == 1
+
+
+async def test_a_slack_post_that_cannot_be_looked_up_is_sent_again(home: Path) -> None:
+    """Where the lookup itself is refused (no history scope), the outbox cannot tell, and sends the
+    reply again rather than never: at least once, as adapters without `find_sent` deliver."""
+    async with _slack_chat(home) as (squall, bot, fake):
+        fake.errors["conversations.history"] = "missing_scope"
+        fake.lose = 1
+        outbox_id = await bot.outbox.post(Reply(adapter="slack", channel="COPS0001", text="the result"))
+        await settle(squall, bot)
+        assert len(_slack_says(fake, "the result")) == 2
+        assert any(call.method == "conversations.history" for call in fake.calls)  # it did ask
+        assert (await squall.db(squall.store.outbox_get, outbox_id))["status"] == "sent"
+
+
+async def test_a_mattermost_post_whose_answer_was_lost_is_found_not_posted_again(home: Path) -> None:
+    """Mattermost stored the post and the connection dropped before its answer: found by its outbox id
+    and recorded sent, so the ack's edit to the final status goes to the one post (before: one copy
+    said "Running" for ever). A post cut off before the server stored it is looked for, and sent once."""
+    async with _mattermost_chat(home) as (squall, bot, fake):
+        await bot.outbox.post(Reply(adapter="mattermost", channel="town-square", text="an earlier reply"))
+        await settle(squall, bot)
+        assert fake.lookups() == 0  # the happy path: no lookup
+
+        fake.lose = 1
+        ack = await bot.outbox.post(Reply(adapter="mattermost", channel="town-square", text="Running ops.echo"))
+        await settle(squall, bot)
+        assert fake.lose == 0
+        [post] = [post for post in fake.bot_posts() if post["message"] == "Running ops.echo"]
+        row = await squall.db(squall.store.outbox_get, ack)
+        assert row["status"] == "sent" and row["platform_id"] == post["id"], row
+        assert fake.lookups() == 1
+
+        await bot.outbox.post(Reply(adapter="mattermost", channel="town-square", text="succeeded", edit=ack))
+        await settle(squall, bot)
+        assert fake.posts[post["id"]]["message"] == "succeeded"
+        assert [post["message"] for post in fake.bot_posts()] == ["an earlier reply", "succeeded"]
+
+        fake.lose, fake.after_storing = 1, False
+        await bot.outbox.post(Reply(adapter="mattermost", channel="town-square", text="cut off before"))
+        await settle(squall, bot)
+        assert fake.lose == 0
+        assert [post["message"] for post in fake.bot_posts()].count("cut off before") == 1
+        assert fake.lookups() == 2
+
+
+async def test_a_mattermost_429_is_sent_again_without_a_lookup(home: Path) -> None:
+    """A rate limit stored nothing: no lookup, the reply is sent once after the wait."""
+    async with _mattermost_chat(home) as (squall, bot, fake):
+        fake.rate_limit(retry_after=0)
+        outbox_id = await bot.outbox.post(Reply(adapter="mattermost", channel="town-square", text="after a 429"))
+        await settle(squall, bot)
+        assert [post["message"] for post in fake.bot_posts()] == ["after a 429"]
+        assert fake.lookups() == 0
+        assert (await squall.db(squall.store.outbox_get, outbox_id))["status"] == "sent"
+
+
+def _loopback_finds(loopback: LoopbackAdapter, *, fail: int = 0) -> list[int]:
+    """Give the loopback a `find_sent` over what it stored (refusing the first `fail` lookups, as a
+    platform that cannot be reached refuses them); returns the list its lookups are counted in."""
+    lookups: list[int] = []
+
+    async def find_sent(replies: list[Reply], since: Any) -> dict[int, list[Any]]:
+        lookups.append(len(replies))
+        if len(lookups) <= fail:
+            raise DeliveryError("loopback: the lookup could not reach the platform")
+        wanted = {reply.outbox_id for reply in replies}
+        found: dict[int, list[Any]] = {}
+        for posted in loopback.posted:
+            if posted.reply.outbox_id in wanted:
+                found.setdefault(posted.reply.outbox_id, []).append((posted.id, posted.reply.part))
+        return found
+
+    loopback.find_sent = find_sent  # type: ignore[attr-defined]
+    return lookups
+
+
+async def test_a_part_taken_without_an_answer_is_not_posted_again(chat, home: Path) -> None:
+    """A row sent in parts whose second part the platform stored before the connection dropped: the
+    lookup finds the parts so far, and the row goes on after the second, each part posted once; it is
+    recorded sent as its first part, whose id its edits use."""
+    squall, bot, loopback = chat
+    real_send, calls = loopback.send, []
+
+    async def second_answer_lost(reply: Reply, edit_of: str | None = None) -> str | None:
+        calls.append(reply.text.split("\n", 1)[0])
+        platform_id = await real_send(reply, edit_of)
+        if len(calls) == 2:
+            raise DeliveryError("loopback: the connection dropped before the answer")
+        return platform_id
+
+    loopback.send = second_answer_lost  # type: ignore[method-assign]
+    lookups = _loopback_finds(loopback)
+    loopback.capabilities = Capabilities(threads=True, edits=True, files=False, max_length=4000)
+    text = "\n".join(f"line {i:04d} " + "x" * 90 for i in range(120))  # about 12,000 characters: three parts
+    cli = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
+    try:
+        outbox_id = cli.outbox_add("loopback", "#ops", Reply(adapter="loopback", channel="#ops", text=text).to_json())
+    finally:
+        cli.close()
+    await bot.outbox.poll()
+    await settle(squall, bot)
+    assert len(calls) == len(set(calls)) >= 3, calls  # each part once
+    assert "\n".join(posted.text for posted in loopback.posted) == text
+    assert lookups == [1]
+    row = await squall.db(squall.store.outbox_get, outbox_id)
+    assert row["status"] == "sent" and row["platform_id"] == loopback.posted[0].id, row
+
+
+async def test_a_lookup_that_failed_is_made_again_before_the_next_attempt(chat) -> None:
+    """The platform took the reply but its answer was lost; the lookup then failed (sending again, at
+    least once) and that attempt was refused (a 429, which stored nothing). Still unsure, the outbox
+    looks again before the next attempt, finds the reply, and does not post it a second time."""
+    squall, bot, loopback = chat
+    real_send, calls = loopback.send, []
+
+    async def answer_lost_then_limited(reply: Reply, edit_of: str | None = None) -> str | None:
+        calls.append(reply.text)
+        if len(calls) == 2:
+            raise DeliveryError("loopback: rate limited", retry_after=0.01)
+        platform_id = await real_send(reply, edit_of)
+        if len(calls) == 1:
+            raise DeliveryError("loopback: no answer in time")
+        return platform_id
+
+    loopback.send = answer_lost_then_limited  # type: ignore[method-assign]
+    lookups = _loopback_finds(loopback, fail=1)
+    outbox_id = await bot.outbox.post(Reply(adapter="loopback", channel="#ops", text="once"))
+    await settle(squall, bot)
+    assert loopback.texts("#ops") == ["once"] and len(calls) == 2
+    assert lookups == [1, 1]
+    row = await squall.db(squall.store.outbox_get, outbox_id)
+    assert row["status"] == "sent" and row["platform_id"] == loopback.posted[0].id and row["attempts"] == 2, row

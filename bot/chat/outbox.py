@@ -17,7 +17,12 @@ that cannot look up (IRC, the console) deliver at least once.
 
 A reply the platform refuses now (rate limit, 5xx, disconnect) is retried with backoff (at most
 `MAX_BACKOFF` apart, for up to `GIVE_UP_AFTER`) while the replies behind it in the same channel
-wait, so a channel never sees them out of order. Replies
+wait, so a channel never sees them out of order. A failure after which the platform may have the
+post all the same (the connection dropped before the answer, no answer in time, a 5xx:
+`DeliveryError.maybe_taken`) is followed by the same lookup, for that reply, before it is sent
+again: one the platform stored is recorded sent with its platform id (the ack's later edit goes to
+it) instead of being posted twice. A 429 or a refusal stored nothing and is sent again at once; a
+send that succeeds asks nothing. Replies
 stored by another process (a CLI run of `chatops.post_message`) are picked up by `poll()`. On
 start-up, whatever was still pending is sent: nothing accepted is lost.
 
@@ -128,6 +133,16 @@ def _left_of(posts: Sequence[FoundPost]) -> str | Progress | None:
     first = next((platform_id for platform_id, part in parts if part.number == 1), None)
     last = max((part for _platform_id, part in parts), key=lambda part: part.end)
     return first if last.number == last.count else Progress(first, last.number, last.end)
+
+
+def _maybe_taken(adapter: Adapter, exc: Exception) -> bool:
+    """Whether a failed send may have reached the platform and been stored all the same (the connection
+    dropped after the request went out, no answer in time, a 5xx: `DeliveryError.maybe_taken`; any
+    exception that is no `DeliveryError`, which says nothing), where the adapter can look its posts up.
+    Not a 429 or a refusal, which stored nothing: those are sent again without asking."""
+    if getattr(adapter, "find_sent", None) is None:
+        return False
+    return exc.maybe_taken if isinstance(exc, DeliveryError) else True
 
 
 def keyed_rows(key: str, replies: Sequence[Reply]) -> list[tuple[str, str, dict[str, Any], str, str]]:
@@ -547,13 +562,52 @@ class Outbox:
         for outbox_id, posts in found.items():
             if outbox_id not in rows:
                 continue
-            left = _left_of(posts)
+            left = self._note_found(outbox_id, posts)
             if isinstance(left, Progress):
                 log.info("reply %s was sent up to its part %d to %s before the last stop (found there); sending "
                          "the rest", outbox_id, left.number, adapter.name)
-                self._progress[outbox_id] = left
-            else:
-                self._found[outbox_id] = left
+
+    def _note_found(self, outbox_id: int, posts: Sequence[FoundPost]) -> str | Progress | None:
+        """Note what `find_sent` found of a row: the platform id standing for it once it is all there
+        (`_found`), else how far its parts got (`_progress`, never behind what this process sent of it:
+        a part deleted since is not posted again). Returns what the posts say (`_left_of`)."""
+        left = _left_of(posts)
+        if not isinstance(left, Progress):
+            self._found[outbox_id] = left
+            return left
+        known = self._progress.get(outbox_id)
+        if known is None or known.end < left.end:
+            self._progress[outbox_id] = Progress(left.first or (known.first if known else None), left.number,
+                                                 left.end)
+        return left
+
+    async def _look_again(self, adapter: Adapter, outbox_id: int, reply: Reply, since: float) -> bool:
+        """After an attempt that failed once the request may have reached the platform (`_maybe_taken`),
+        ask the platform whether it has the reply (`find_sent`, by the outbox id its post carries),
+        before sending it again: a post it stored without its answer reaching us is not posted twice.
+        What it found is noted as after a restart (`_note_found`). `since` is when sending began
+        (monotonic). True once the platform answered; False if the lookup failed: the reply is sent
+        again all the same (at least once, as without `find_sent`), and looked for again first should
+        that attempt fail too."""
+        began = utcnow() - timedelta(seconds=time.monotonic() - since) - CLOCK_SKEW
+        try:
+            found = await adapter.find_sent([reply], began)  # type: ignore[attr-defined]  # `_maybe_taken` saw it
+        except Exception as exc:
+            log.warning("cannot ask %s whether it took reply %s before its answer was lost (%s); sending it again",
+                        adapter.name, outbox_id, exc)
+            return False
+        posts = found.get(outbox_id)
+        if posts:
+            self._note_found(outbox_id, posts)
+        return True
+
+    def _found_sent(self, outbox_id: int, **fields: Any) -> dict[str, Any]:
+        """Record a reply `find_sent` found on the platform as sent, with the platform id that stands for
+        it (kept for the edits of it, as a reply sent here is)."""
+        platform_id = self._found.pop(outbox_id)
+        self._progress.pop(outbox_id, None)
+        self._sent_as(outbox_id, platform_id)
+        return {"status": "sent", "platform_id": platform_id, "sent_at": utcnow(), "error": None, **fields}
 
     async def _deliver_one(self, adapter: Adapter, outbox_id: int, reply: Reply) -> dict[str, Any] | None:
         """Send one reply, retrying; returns the fields that record it sent, or None once it failed for good.
@@ -564,18 +618,26 @@ class Outbox:
             return await self._send_retrying(adapter, outbox_id, reply)
 
     async def _send_retrying(self, adapter: Adapter, outbox_id: int, reply: Reply) -> dict[str, Any] | None:
+        """Send one reply until the platform takes it, it is refused for good, or `GIVE_UP_AFTER` passed.
+        After a failure the platform may have taken (`_maybe_taken`), the platform is asked first
+        (`_look_again`); a send that succeeds asks nothing."""
         if outbox_id in self._unchecked:
             await self._look_up(adapter, reply.channel)
         if outbox_id in self._found:
             log.info("reply %s reached %s before the last stop (found there); not sending it again", outbox_id,
                      reply.adapter)
-            platform_id = self._found.pop(outbox_id)
-            self._sent_as(outbox_id, platform_id)
-            return {"status": "sent", "platform_id": platform_id, "sent_at": utcnow(), "error": None}
+            return self._found_sent(outbox_id)
         reply = Reply(**{**reply.__dict__, "outbox_id": outbox_id})  # (dataclasses.replace re-reads the fields)
         delay, attempt, unexpected, since = 0.25, 0, 0, time.monotonic()
+        unsure = False  # a failed attempt may have reached the platform, and no lookup has said since
         while True:
             attempt += 1
+            if unsure:
+                unsure = not await self._look_again(adapter, outbox_id, reply, since)
+                if outbox_id in self._found:
+                    log.info("reply %s reached %s although the answer to it was lost (found there); not sending it "
+                             "again", outbox_id, reply.adapter)
+                    return self._found_sent(outbox_id, attempts=attempt - 1)
             edit_of = await self._platform_id(reply.edit) if reply.edit is not None else None
             try:
                 if reply.edit is not None and edit_of is None:
@@ -599,6 +661,7 @@ class Outbox:
                         return await self._fail(adapter, outbox_id, attempt, reason)
                 if time.monotonic() - since >= GIVE_UP_AFTER:
                     break
+                unsure = unsure or _maybe_taken(adapter, exc)
                 wait = exc.retry_after if isinstance(exc, DeliveryError) and exc.retry_after else delay
                 log.warning("sending reply %s to %s %s failed (attempt %d): %s; retrying in %.1fs",
                             outbox_id, reply.adapter, reply.channel, attempt, exc, wait)
