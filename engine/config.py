@@ -230,6 +230,9 @@ ADAPTER_KEYS: dict[str, frozenset[str]] = {
                       "sasl_username", "sasl_password", "username", "realname", "flood_burst", "flood_interval",
                       "reconnect_max", "max_result_lines"}),
 }
+#: What may qualify a user's name in `auth` (`irc:carol`: that nick on IRC only, `bot/chat/auth.py`): the
+#: adapters, and `api` (the users a relaying bot names through the HTTP API).
+AUTH_USER_QUALIFIERS = (*ADAPTER_KEYS, "api")
 #: `adapters.<name>` keys that are true or false, and their defaults: read by truthiness, a quoted
 #: "false" would be true.
 ADAPTER_FLAGS: dict[str, dict[str, bool]] = {
@@ -374,18 +377,38 @@ def _auth_rules(path: Path | None, ref: str, rules: Any) -> None:
         _check_known(path, f"{where}.{side}", kinds, AUTH_RULE_KINDS)
         for kind, names in kinds.items():
             _names(path, f"{where}.{side}.{kind}", names, "names, such as [root]", numbers=kind == "channels")
+            if kind == "users":
+                _user_names(path, f"{where}.{side}.{kind}", names)
+
+
+def _user_names(path: Path | None, where: str, names: list[Any] | None) -> None:
+    """A qualified user's name (`irc:carol`) names an adapter and someone on it: `ircc:carol` or `irc:`
+    would name nobody, and a deny list naming nobody lets everybody in."""
+    for name in names or []:
+        adapter, colon, user = str(name).partition(":")
+        if not colon:
+            continue
+        if adapter not in AUTH_USER_QUALIFIERS:
+            raise ConfigError(f"{_prefix(path)}'{where}' entry '{name}' is qualified by '{adapter}', which is no "
+                              f"adapter: write a bare name ({user}) or qualify it by one of "
+                              f"{', '.join(AUTH_USER_QUALIFIERS)} (irc:{user})")
+        if not user:
+            raise ConfigError(f"{_prefix(path)}'{where}' entry '{name}' names nobody after '{adapter}:': write the "
+                              f"user's name after it, such as {adapter}:alice")
 
 
 def check_auth(section: dict[str, Any], path: Path | None = None) -> None:
     """`auth`, key by key: a misspelt key (`deny: {user: [root]}`) would leave a list empty, and what
     it meant to refuse would run; a string for a list would be read a letter at a time."""
     _names(path, "auth.admins", section.get("admins"), "user names, such as [alice]", numbers=True)
+    _user_names(path, "auth.admins", section.get("admins"))
     groups = section.get("groups")
     if groups is not None and not isinstance(groups, dict):
         raise ConfigError(f"{_prefix(path)}'auth.groups' must map group names to lists of users, such as "
                           f"{{ops: [alice, bob]}}, not {groups!r}")
     for name, members in (groups or {}).items():
         _names(path, f"auth.groups.{name}", members, "user names, such as [alice]", numbers=True)
+        _user_names(path, f"auth.groups.{name}", members)
     aliases = section.get("aliases")
     if aliases is not None and not isinstance(aliases, dict):
         raise ConfigError(f"{_prefix(path)}'auth.aliases' must map pack or alias refs to {{allow: ..., deny: ...}}, "

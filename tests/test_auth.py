@@ -3,10 +3,15 @@ deny before allow, admins."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from types import SimpleNamespace
+
+import pytest
 
 from adapters.base import Message
 from bot.chat.auth import Authorizer
+from engine.config import ConfigError, check_auth
 
 ALIAS = SimpleNamespace(ref="ops.restart", pack="ops", permissions=None)
 
@@ -65,3 +70,94 @@ def test_deny_wins_over_allow_and_admins_pass() -> None:
     assert not auth.check(ALIAS, message("carol")).allowed
     assert auth.check(ALIAS, message("carol", groups=["oncall"])).allowed  # a platform group mapped by the adapter
     assert auth.check(ALIAS, message("root", channel_name="general")).allowed
+
+
+def irc(user: str, channel: str = "#ops") -> Message:
+    return Message(adapter="irc", channel=channel, user=user, text="restart")
+
+
+NOBODY = {"aliases": {"ops": {"allow": {"users": []}}}}
+
+
+def test_an_irc_nick_equal_to_an_admins_name_is_not_that_admin() -> None:
+    """Anyone may `/nick carol` on IRC: a bare name is the platform's person on Slack, Mattermost and the
+    console, never an IRC nick; `irc:carol` names the nick, `slack:carol` Slack's carol only."""
+    bare = Authorizer.from_config({"admins": ["carol"], **NOBODY})
+    assert bare.is_admin(message("carol")) and bare.check(ALIAS, message("carol")).allowed
+    assert not bare.is_admin(irc("carol"))
+    refused = bare.check(ALIAS, irc("carol"))
+    assert not refused.allowed and refused.reason == "ops.restart is allowed only for nobody"
+    qualified = Authorizer.from_config({"admins": ["irc:carol", "slack:dave"], **NOBODY})
+    assert qualified.is_admin(irc("carol")) and qualified.check(ALIAS, irc("carol")).allowed
+    assert not qualified.is_admin(message("carol"))  # irc:carol is the nick, not Slack's carol
+    assert qualified.is_admin(message("dave"))
+    assert not qualified.is_admin(Message(adapter="mattermost", channel="town", user="dave", text="restart"))
+    # The API takes the user a config key names: one called `irc:carol` is the API's, not IRC's carol.
+    assert not qualified.is_admin(Message(adapter="api", channel="api", user="irc:carol", text="restart"))
+    assert not bare.check(ALIAS, replace(message("carol"), user="")).allowed  # help's "ordinary" person
+
+
+def test_an_irc_nick_is_in_a_group_or_an_allow_list_only_when_qualified() -> None:
+    auth = Authorizer.from_config({
+        "groups": {"oncall": ["alice", "irc:bob"]},
+        "aliases": {"ops": {"allow": {"groups": ["oncall"], "users": ["erin", "irc:frank"]}}},
+    })
+    assert auth.check(ALIAS, message("alice")).allowed and auth.check(ALIAS, message("erin")).allowed
+    assert not auth.check(ALIAS, irc("alice")).allowed
+    assert not auth.check(ALIAS, irc("erin")).allowed
+    assert auth.check(ALIAS, irc("bob")).allowed and auth.check(ALIAS, irc("frank")).allowed
+    assert not auth.check(ALIAS, message("bob")).allowed and not auth.check(ALIAS, message("frank")).allowed
+    assert auth.groups_of(irc("alice")) == set() and auth.groups_of(irc("bob")) == {"oncall"}
+    # Outside chat (the API's, the CLI's and the web's inquiry answers) the user is authenticated: bare names.
+    assert auth.member_of("alice") == {"oncall"} and auth.member_of("bob") == set()
+    assert auth.member_of("alice", "irc") == set() and auth.member_of("bob", "irc") == {"oncall"}
+
+
+def test_a_deny_by_bare_name_still_refuses_the_irc_nick() -> None:
+    """A deny only refuses: one that also refuses whoever took the denied name on IRC grants nobody anything,
+    and a deny list written before qualified names existed keeps refusing what it refused."""
+    auth = Authorizer.from_config({
+        "groups": {"contractors": ["mallory"], "oncall": ["irc:bob", "irc:mallory"]},
+        "aliases": {"ops": {"allow": {"groups": ["oncall"]}, "deny": {"users": ["bob"], "groups": ["contractors"]}}},
+    })
+    denied = auth.check(ALIAS, irc("bob"))
+    assert not denied.allowed and denied.reason == "bob is denied ops.restart (user bob)"
+    by_group = auth.check(ALIAS, irc("mallory"))
+    assert not by_group.allowed and by_group.reason == "mallory is denied ops.restart (group contractors)"
+    qualified = Authorizer.from_config({"aliases": {"ops": {"deny": {"users": ["irc:bob"]}}}})
+    assert not qualified.check(ALIAS, irc("bob")).allowed and qualified.check(ALIAS, message("bob")).allowed
+
+
+def test_the_bare_names_irc_no_longer_matches_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    auth = Authorizer.from_config({
+        "admins": ["carol", "irc:dave"],
+        "groups": {"approvers": ["ann", "slack:bea"], "ops": ["irc:olivia"]},
+        "aliases": {"ops": {"allow": {"users": ["erin"]}, "deny": {"users": ["mallory"]}}},
+    })
+    warning = auth.irc_warning()
+    assert warning is not None
+    assert "auth.admins: carol; auth.groups.approvers: ann; auth.aliases.ops.allow.users: erin" in warning
+    assert "irc:NAME" in warning and "irc:carol" in warning
+    assert "dave" not in warning and "bea" not in warning and "mallory" not in warning
+    with caplog.at_level(logging.WARNING, logger="bot.chat.auth"):
+        auth.check(ALIAS, message("carol"))  # Slack: nothing to say
+        assert not caplog.records
+        auth.check(ALIAS, irc("carol"))
+        auth.is_admin(irc("ann"))
+    assert [r.getMessage() for r in caplog.records] == [warning]
+    assert Authorizer.from_config({"admins": ["irc:carol", "slack:carol"]}).irc_warning() is None
+
+
+def test_a_qualified_name_must_name_an_adapter_in_config() -> None:
+    """`ircc:carol` would name nobody: in a deny list, everybody would pass."""
+    check_auth({"admins": ["irc:carol", "slack:carol", "mattermost:dave", "console:root", "api:hubot", "ann"],
+                "groups": {"ops": ["irc:bob"]}, "aliases": {"ops": {"allow": {"users": ["irc:erin"]}}}})
+    with pytest.raises(ConfigError) as typo:
+        check_auth({"aliases": {"ops": {"deny": {"users": ["ircc:mallory"]}}}})
+    assert str(typo.value) == ("'auth.aliases.ops.deny.users' entry 'ircc:mallory' is qualified by 'ircc', which is "
+                               "no adapter: write a bare name (mallory) or qualify it by one of console, slack, "
+                               "mattermost, irc, api (irc:mallory)")
+    with pytest.raises(ConfigError) as empty:
+        check_auth({"groups": {"ops": ["irc:"]}})
+    assert str(empty.value) == ("'auth.groups.ops' entry 'irc:' names nobody after 'irc:': write the user's name "
+                                "after it, such as irc:alice")

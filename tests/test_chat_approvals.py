@@ -667,3 +667,39 @@ async def test_an_approved_command_runs_for_a_requester_allowed_by_a_platform_gr
         [execution] = await squall.executions.list(action="demo.wipe")
         assert execution["status"] == "succeeded" and execution["parameters"]["target"] == "web8"
         assert "approval_asked" not in execution["context"]  # what was checked is no part of the run
+
+
+async def test_an_irc_nick_decides_only_as_the_irc_approver_config_names(home: Path) -> None:
+    """Anyone may take the nick `ann` on IRC: Slack's approver ann and the admin are not whoever holds their
+    names there, nor is the requester, who alone may withdraw without being an approver. `irc:ivy` is."""
+    _approval_config(home)
+    config = home / "config.yml"
+    config.write_text(config.read_text().replace("approvers: [ann, bea]", 'approvers: [ann, bea, "irc:ivy"]'))
+    slack, irc = LoopbackAdapter("slack"), LoopbackAdapter("irc")
+    squall = await Squall.start(load_config(config), adapters=[slack, irc])
+    bot = squall.chat
+    await bot.start()
+    try:
+        await slack.say("!deploy web9", user="alice", channel="#ops")
+        await settle(squall, bot)
+        approval_id = _approval_id(slack)
+        for nick in ("ann", "root-admin"):
+            await irc.say(f"!approve {approval_id}", user=nick, channel="#ops")
+            await settle(squall, bot)
+            assert irc.texts()[-1] == f"Sorry {nick}, only approvers may decide {approval_id}."
+        await irc.say(f"!deny {approval_id} withdrawn", user="alice", channel="#ops")
+        await settle(squall, bot)
+        assert irc.texts()[-1] == f"Sorry alice, only approvers may decide {approval_id}."
+        row = await squall.db(squall.store.approval_get, approval_id)
+        assert row["status"] == "pending" and row["decisions"] == []
+
+        await slack.say(f"!approve {approval_id}", user="ann", channel="#ops")
+        await irc.say(f"!approve {approval_id}", user="ivy", channel="#ops")
+        await settle(squall, bot)
+        [execution] = await squall.executions.list(action="demo.wipe")
+        assert execution["status"] == "succeeded"
+        decisions = execution["context"]["approval"]["decisions"]
+        assert [(d["adapter"], d["user"]) for d in decisions] == [("slack", "ann"), ("irc", "ivy")]
+    finally:
+        await bot.stop()
+        await squall.close()

@@ -7,10 +7,12 @@ Everything lives in the table, read again at each decision, so a restart loses n
 revision it was read at (`Store.approval_update`), so one decider wins a race and the command is
 requested once. A command approved just before a crash is run by the sweep, after it looked for the
 execution it may already have become (`_recover`). Approvers are the chat's groups as
-`Authorizer.groups_of` resolves them, and admins;
-the requester may approve only with `self_approval: true`. Every decision, refusal, expiry and
-the final run is an audit event (`chat.approval.*`), and the execution's `context.approval` names
-who approved, when and from where. The approvers' words (a deny reason) are shown, never rendered.
+`Authorizer.groups_of` resolves them, and admins (on IRC only the nicks config qualifies, `irc:ann`);
+the requester may approve only with `self_approval: true`, and may withdraw their own request, they
+alone: a Slack request is not withdrawn by its requester's namesake on IRC (`auth.person`). Every
+decision, refusal, expiry and the final run is an audit event (`chat.approval.*`), and the
+execution's `context.approval` names who approved, when and from where. The approvers' words (a
+deny reason) are shown, never rendered.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
-from bot.chat.auth import Authorizer
+from bot.chat.auth import Authorizer, person
 from bot.chat.commands import CommandFailed, CommandRefused, CommandService, Held, HeldRequest
 from bot.chat.outbox import Outbox
 from bot.chat.replies import short
@@ -154,9 +156,13 @@ class ApprovalChat:
         if row["status"] != "pending":
             return f"Approval {row['id']} is already {row['status']}."
         member = self.auth.is_admin(message) or bool(self.auth.groups_of(message) & set(row["groups"]))
-        own = message.user == row["requester"]
-        if not member and not (own and verdict == DENY):  # the requester may always withdraw
+        withdrawing = verdict == DENY and person(message.adapter, message.user) == person(row["adapter"],
+                                                                                        row["requester"])
+        if not member and not withdrawing:  # the requester may always withdraw: they, not their IRC namesake
             return f"Sorry {message.user}, only {', '.join(row['groups'])} may decide {row['id']}."
+        # By name, the stricter reading: an approver who shares the requester's name on another platform
+        # (`irc:ann` for Slack's ann) may be that person, so may not approve their request either.
+        own = message.user == row["requester"]
         if own and verdict == APPROVE and not row["self_approval"]:
             return f"{message.user}, you asked for {row['id']}: someone else from {', '.join(row['groups'])} " \
                    "must approve it."
