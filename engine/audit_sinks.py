@@ -5,7 +5,12 @@ Every audit event is written by `Store.audit_add`, whoever records it (the chat 
 web UI, the API, the CLI), so the sinks hang there: `install(store, config)` makes the store hand
 each stored event to them. A sink that fails (a full disk, a syslog host gone) is logged and never
 stops the event from being stored or the action from going on: the database copy is the record,
-the sinks are its stream.
+the sinks are its stream. An outage is logged when it begins and when it ends (`_Guarded`), not once
+per event.
+
+The store tells the sinks on whichever thread committed the event, the event loop's included
+(`Store.batch_without_waiting`), so no sink may wait on its receiver: the syslog socket never blocks
+(a local syslog that stopped reading froze all of `squall serve` at its 12th event).
 
 What leaves through a sink is masked once more: any detail key that names a secret (password,
 secret, token, key, credential) or an HTTP header that carries one (authorization, cookie), and
@@ -23,6 +28,7 @@ the service's own events.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -122,8 +128,10 @@ class FileSink:
     beside it (`.audit.jsonl.lock`: hidden, so a shipper's `audit.jsonl*` does not read it), reopens
     `path` if another process (or logrotate) moved it since, rotates by the file's real size, then
     appends the line with one `write`: every process's line lands once, in a file no bigger than
-    `max_bytes` (unless one line is). `backups: 0` or `max_bytes: 0` never rotates (leave it to
-    logrotate). Who ran what is for the operators, not every local user: every file is 0600.
+    `max_bytes` (unless one line is). A write that fails halfway (a full disk) is cut off again
+    (`_cut_back`): each event is a whole line of its own, or not in the file. `backups: 0` or
+    `max_bytes: 0` never rotates (leave it to logrotate). Who ran what is for the operators, not every
+    local user: every file is 0600.
     """
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
@@ -131,27 +139,50 @@ class FileSink:
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
         self._threads = threading.Lock()
         self._lock = os.open(path.with_name(f".{path.name}.lock"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        #: Whether the file this process writes ends in part of a line it could not cut off (`_cut_back`).
+        self._torn = False
         self._fd = self._open()
 
     def _open(self) -> int:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if os.fstat(fd).st_mode & 0o077:  # made by someone else, or by an older Squall: private now
             os.fchmod(fd, 0o600)
+        self._torn = False
         return fd
 
     def __call__(self, record: Mapping[str, Any]) -> None:
-        data = memoryview((line(record) + "\n").encode("utf-8"))
+        data = (line(record) + "\n").encode("utf-8")
         # The thread lock first: threads of one process share the flock (it belongs to the open file).
         with self._threads:
             fcntl.flock(self._lock, fcntl.LOCK_EX)
             try:
-                size = self._current_size()
-                if 0 < self.max_bytes < size + len(data) and self.backups > 0 and size > 0:
-                    self._rotate()
-                while data:
-                    data = data[os.write(self._fd, data):]
+                self._append(data)
             finally:
                 fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def _append(self, data: bytes) -> None:
+        """Rotate if `data` would pass `max_bytes`, then append it whole, or leave the file as it was."""
+        size = self._current_size()
+        if 0 < self.max_bytes < size + len(data) and self.backups > 0 and size > 0:
+            self._rotate()
+            size = 0
+        left = memoryview(b"\n" + data if self._torn else data)  # a torn line left: begin a line of our own
+        try:
+            while left:
+                left = left[os.write(self._fd, left):]
+        except OSError:
+            self._cut_back(size)
+            raise
+        self._torn = False
+
+    def _cut_back(self, size: int) -> None:
+        """Cut the file back to `size`, where a failed write began: the part of a line it left (a full disk),
+        with the next event appended onto it, was two events lost to a JSON-lines reader. If even the cut
+        fails, this process begins its next line with a newline, so that line is whole."""
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError:
+            self._torn = True
 
     def _current_size(self) -> int:
         """The size of `path` now, reopened first if another process rotated (or someone removed) it."""
@@ -197,10 +228,21 @@ class SyslogSink:
         family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET6 if ":" in address[0] \
             else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_DGRAM)
+        # Never wait for the receiver: the sink runs on the event loop too, and a local syslog that stopped
+        # reading (its socket queues ~10 messages) held `sendto`, and all of `squall serve`, until it read.
+        self.socket.setblocking(False)
         self.host = socket.gethostname() or "-"
 
     def __call__(self, record: Mapping[str, Any]) -> None:
-        self.socket.sendto(self.message(record), self.address)
+        try:
+            self.socket.sendto(self.message(record), self.address)
+        except OSError as exc:
+            raise OSError(exc.errno, f"syslog at {self.where} {_why_unsent(exc)}") from None
+
+    @property
+    def where(self) -> str:
+        """The address, as an operator writes it in `audit.sinks`."""
+        return self.address if isinstance(self.address, str) else f"{self.address[0]}:{self.address[1]}"
 
     def message(self, record: Mapping[str, Any]) -> bytes:
         """The datagram for `record`: header, a space, the event's JSON, in at most `max_bytes`."""
@@ -212,6 +254,14 @@ class SyslogSink:
 
     def close(self) -> None:
         self.socket.close()
+
+
+def _why_unsent(exc: OSError) -> str:
+    """Why a syslog message was not sent, for the log: a full queue (the receiver is not reading, or not
+    as fast as events come) is said as such, rather than as "Resource temporarily unavailable"."""
+    if isinstance(exc, BlockingIOError) or exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS):
+        return "is not reading fast enough: its queue is full, so the event was not sent"
+    return f"could not be sent to: {exc.strerror or exc}"
 
 
 def _dumps(value: Any) -> str:
@@ -371,10 +421,45 @@ def install(store: Any, config: Any) -> list[Any]:
 
 
 def _guarded(sink: Sink) -> Sink:
-    def deliver(record: Mapping[str, Any]) -> None:
-        try:
-            sink(record)
-        except Exception as exc:  # the database has the event; the stream missing one must not stop anything
-            log.warning("the %s audit sink could not take %s: %s", type(sink).__name__, record.get("event"), exc)
+    """`sink` as the store calls it (`_Guarded`)."""
+    return _Guarded(sink)
 
-    return deliver
+
+class _Guarded:
+    """A sink that never stops anything: the database has the event, and the stream missing one must not
+    stop the action. An outage is logged twice, when it begins and when it ends, with how many events the
+    sink missed and since when: a syslog that stopped reading, or a full disk, logged every event."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self._state = threading.Lock()  # the database threads and the event loop share one sink
+        self._missed = 0
+        self._since: Any = None
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        try:
+            self.sink(record)
+        except Exception as exc:  # whatever it was: the event is stored, the action goes on
+            self._failed(record, exc)
+        else:
+            if self._missed:
+                self._recovered()
+
+    def _failed(self, record: Mapping[str, Any], exc: Exception) -> None:
+        with self._state:
+            self._missed += 1
+            first = self._missed == 1
+            if first:
+                self._since = entry(record)["time"]
+        if first:
+            log.warning("the %s audit sink could not take %s: %s; it skips events until it can take one again "
+                        "(logged then); the database keeps every event", type(self.sink).__name__,
+                        record.get("event"), exc)
+
+    def _recovered(self) -> None:
+        with self._state:
+            missed, since, self._missed = self._missed, self._since, 0
+        if missed:
+            log.warning("the %s audit sink takes events again; the %d it missed since %s are in the database "
+                        "(`squall audit export --since %s`)", type(self.sink).__name__, missed,
+                        since or "it failed", since or "TIME")

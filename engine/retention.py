@@ -140,6 +140,21 @@ def _counted(count: int, noun: str, nouns: str | None = None) -> str:
 _DAYS_AGO = re.compile(r"(\d+(?:\.\d+)?)d")
 
 
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 date or time (`2026-01-31`, `2026-01-31T12:00:00Z`, `...+02:00`) as the UTC time it
+    names: UTC when it names no zone, converted when it names one. The database compares it with stored
+    UTC times, and SQLite drops a zone without converting: `--since ...T04:31+02:00` selected from 04:31
+    UTC, two hours late. Shared by every time a person types: a purge's cutoff, `squall audit export
+    --since/--until`, the web UI's filters. ValueError when it is no such time, or past year 1 or 9999
+    once in UTC (`0001-01-01T00:00+01:00`)."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{text!r} is not an ISO 8601 time in years 1 to 9999 UTC (2026-01-31, "
+                         "2026-01-31T12:00:00Z)") from None
+
+
 def parse_before(text: str, now: datetime | None = None) -> datetime:
     """A purge's cutoff as people write it: a number of days ago (`30d`, `1.5d`) or an ISO 8601 time
     (`2026-01-31`, `2026-01-31T12:00:00Z`, `...+02:00`; UTC when it names no zone, as the CLI shows
@@ -152,13 +167,10 @@ def parse_before(text: str, now: datetime | None = None) -> datetime:
         except OverflowError:
             raise ValueError(f"{text!r} is further back than any time: give fewer days") from None
     try:
-        when = datetime.fromisoformat(text) if text else None
+        when = parse_time(text)
     except ValueError:
-        when = None
-    if when is None:
         raise ValueError(f"{text!r} is neither a number of days ago (30d) nor an ISO 8601 time (2026-01-31, "
-                         "2026-01-31T12:00:00Z)")
-    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+                         "2026-01-31T12:00:00Z)") from None
     if when > now:
         raise ValueError(f"{text!r} is in the future; give a time before now, or a number of days ago (30d)")
     return when

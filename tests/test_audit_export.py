@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import typer
 
 from bot.cli import audit as audit_cli
 from bot.cli import common
@@ -140,3 +141,28 @@ def test_events_logged_while_the_export_runs_are_left_for_the_next(logged: Store
     monkeypatch.setattr(engine_audit, "audit_forward", busy)
     lines = _lines(_export())
     assert len(lines) == 300 and "late" not in {json.loads(line)["actor"] for line in lines}
+
+
+def test_a_time_with_a_utc_offset_selects_the_instant_it_names(logged: Store) -> None:
+    """`--since 2026-01-01T03:00+02:00` is 01:00 UTC, but SQLite compared the stored UTC times with the
+    time as written, its zone dropped: a window two hours off. Each spelling of an instant now selects
+    the same events; a time that is out of range once in UTC is refused, naming the option."""
+    in_utc = _export(since="2026-01-01T01:00:00Z", until="2026-01-01T02:30:00Z")
+    times = [json.loads(line)["time"] for line in _lines(in_utc)]
+    assert len(times) > 60 and min(times) >= "2026-01-01T01:00:00Z" and max(times) < "2026-01-01T02:30:00Z"
+    assert _export(since="2026-01-01T03:00+02:00", until="2026-01-01T01:30:00-01:00") == in_utc
+    assert _export(since="2026-01-01T00:00-01:00", until="2026-01-01T08:00+05:30") == in_utc
+    with pytest.raises(typer.Exit):
+        audit_cli._moment("--since", "0001-01-01T00:00+01:00")  # before year 1 in UTC
+
+
+def test_the_web_audit_filter_reads_a_utc_offset_as_the_instant_it_names(logged: Store) -> None:
+    """The /audit page's `from`/`to` had the CLI's fault: an offset was dropped on SQLite, not converted."""
+    from bot.web.audit import audit_filter
+
+    def shown(start: str, end: str) -> list[int]:
+        return [row["id"] for row in audit_page(logged, audit_filter({"from": start, "to": end}), limit=1000)]
+
+    in_utc = shown("2026-01-01T01:00", "2026-01-01T02:30")
+    assert len(in_utc) > 60
+    assert shown("2026-01-01T03:00+02:00", "2026-01-01T01:30:00-01:00") == in_utc

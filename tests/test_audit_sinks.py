@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -554,3 +555,116 @@ def test_a_file_sink_without_a_path_writes_in_the_data_dir(home: Path) -> None:
     config.write_text(config.read_text() + "data_dir: state\n")
     sinks = build(load_config(config))
     assert [sink.path for sink in sinks] == [home / "state" / "audit.jsonl", home / "logs" / "audit.jsonl"]
+
+
+# -- a receiver that stops reading, a disk that fills --------------------------------------------------
+
+def _drained(receiver: socket.socket) -> list[str]:
+    """The targets of the messages queued at `receiver`, oldest first, read until none is left."""
+    receiver.setblocking(False)
+    targets = []
+    while True:
+        try:
+            datagram = receiver.recv(65536)
+        except BlockingIOError:
+            return targets
+        targets.append(json.loads(datagram.decode().partition(" - ")[2])["target"])
+
+
+def _sink_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "engine.audit_sinks"]
+
+
+def test_a_local_syslog_that_stops_reading_never_blocks_the_caller(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A unix datagram socket queues a handful of unread messages; then the sink's blocking `sendto` waited
+    for the reader, on the event loop (`Store._tell_audited` in `batch_without_waiting`), and `squall serve`
+    froze, /healthz too. Now a full queue is a failed send: the event is skipped (the database has it), the
+    outage logged once, and once more when the reader catches up and events arrive again."""
+    from engine.audit_sinks import SyslogSink, _guarded
+
+    caplog.set_level(logging.INFO, logger="engine.audit_sinks")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "log.sock"))  # a stalled journald: bound, never read
+    sink = SyslogSink(4, str(tmp_path / "log.sock"))
+    deliver = _guarded(sink)
+    finished = threading.Event()
+
+    def send(first: int) -> None:
+        for n in range(first, first + 100):
+            deliver({"timestamp": datetime.now(UTC), "event": "api.execution", "actor": "ann", "target": f"e{n}",
+                     "detail": {}})
+        finished.set()
+
+    try:
+        threading.Thread(target=send, args=(0,), daemon=True).start()
+        assert finished.wait(timeout=30), "the sink blocked on a syslog that stopped reading"
+        queued = _drained(receiver)
+        assert 0 < len(queued) < 100 and queued == [f"e{n}" for n in range(len(queued))]
+        failures = _sink_logs(caplog)
+        assert len(failures) == 1, failures  # once for the outage, not once per event
+        assert "log.sock" in failures[0] and "not reading" in failures[0]
+
+        deliver({"timestamp": datetime.now(UTC), "event": "api.execution", "actor": "ann", "target": "after",
+                 "detail": {}})
+        assert _drained(receiver) == ["after"]
+        recovered = _sink_logs(caplog)[1:]
+        assert len(recovered) == 1 and f"the {100 - len(queued)} it missed" in recovered[0], recovered
+
+        finished.clear()  # a second outage is logged again, once
+        threading.Thread(target=send, args=(100,), daemon=True).start()
+        assert finished.wait(timeout=30), "the sink blocked on a syslog that stopped reading"
+        assert len(_sink_logs(caplog)) == 3
+    finally:
+        sink.close()
+        receiver.close()
+
+
+#: Events through a FileSink while the disk fills (a file-size limit of 2,000 bytes), then after space is
+#: freed; with `broken` set, truncating the torn line away fails too.
+_FILLING_DISK = """
+import os, resource, sys
+from pathlib import Path
+from engine.audit_sinks import FileSink, _guarded
+path, broken = Path(sys.argv[1]), sys.argv[2] == "broken"
+sink = _guarded(FileSink(path, 0, 0))
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+real_truncate = os.ftruncate
+def failing_truncate(fd, size):
+    raise OSError(5, "Input/output error")
+if broken:
+    os.ftruncate = failing_truncate
+resource.setrlimit(resource.RLIMIT_FSIZE, (2000, hard))  # the disk is all but full
+for n in range(8):
+    sink({"event": "api.execution", "target": f"e{n}", "detail": {"msg": "x" * 300}})
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space freed
+os.ftruncate = real_truncate
+for n in range(100, 103):
+    sink({"event": "api.execution", "target": f"e{n}", "detail": {"msg": "x" * 300}})
+"""
+
+
+@pytest.mark.parametrize("truncate", ["works", "broken"])
+def test_a_write_that_fails_midway_leaves_no_partial_line(tmp_path: Path, truncate: str) -> None:
+    """A write that failed halfway (a full disk) left part of a line, and the next event was appended onto
+    it: both lost to a JSON-lines reader. Now the torn tail is cut off again, so every event is whole on a
+    line of its own or not in the file; if even the cut fails, the next event starts on a new line."""
+    path = tmp_path / "audit.jsonl"
+    subprocess.run([sys.executable, "-c", _FILLING_DISK, str(path), truncate], check=True, timeout=60,
+                   cwd=Path(__file__).resolve().parents[1])
+    lines = path.read_text().splitlines()
+    read = [_json_or_none(text) for text in lines]
+    whole = [event["target"] for event in read if event is not None]
+    torn = [text for text, event in zip(lines, read, strict=True) if event is None]
+    assert whole == [f"e{n}" for n in range(len(whole) - 3)] + ["e100", "e101", "e102"], (whole, torn)
+    assert 0 < len(whole) - 3 < 8  # the disk did fill: some events are missing, and some came before
+    assert torn == ([] if truncate == "works" else [lines[len(whole) - 3]])
+    if torn:  # the beginning of the first event lost, alone on its line
+        assert f'"target": "e{len(whole) - 3}"' in torn[0] and "e100" not in torn[0]
+
+
+def _json_or_none(text: str) -> dict | None:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
@@ -36,14 +36,17 @@ _PAGE = 1000
 
 
 def _moment(option: str, value: str | None) -> datetime | None:
+    """`--since`/`--until` as a UTC time (`engine.retention.parse_time`): SQLite compares the stored UTC
+    times with the time as given, so a zone kept, not converted, moved the window by its offset."""
+    from engine.retention import parse_time
+
     if value is None:
         return None
     try:
-        moment = datetime.fromisoformat(value)
+        return parse_time(value)
     except ValueError:
-        raise fail(f"{option} must be a date or time such as 2026-12-01 or 2026-12-01T14:00:00Z, not {value!r}") \
-            from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+        raise fail(f"{option} must be a date or time such as 2026-12-01 or 2026-12-01T14:00:00Z (years 1 to "
+                   f"9999 in UTC), not {value!r}") from None
 
 
 def _pages(store: Store, where: AuditFilter) -> Iterator[list[dict[str, Any]]]:

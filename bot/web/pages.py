@@ -79,12 +79,15 @@ class PageError(Exception):
 
 
 def form_time(name: str, value: str) -> datetime:
-    """A `datetime-local` field (or any ISO 8601 time), read as UTC when it names no zone."""
+    """A `datetime-local` field (or any ISO 8601 time), read as UTC when it names no zone and converted to
+    UTC when it names one (`engine.retention.parse_time`): SQLite dropped the zone, moving the filter."""
+    from engine.retention import parse_time
+
     try:
-        parsed = datetime.fromisoformat(value)
+        return parse_time(value)
     except ValueError:
-        raise PageError(f"'{name}' must be a date and time such as 2026-01-31T14:00, not {value!r}") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+        raise PageError(f"'{name}' must be a date and time such as 2026-01-31T14:00 (years 1 to 9999 in UTC), "
+                        f"not {value!r}") from None
 
 
 def row_number(text: str) -> int | None:
