@@ -172,6 +172,8 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
     await bot.start()
     if bot.adapters and not squall.db.store.is_sqlite:  # workers' and other nodes' replies, sent at once
         bot.outbox.follow(config.database_url)
+    if config.executor_kind == "procrastinate":  # the trigger instances workers store, processed at once
+        squall.triggers.follow(config.database_url)
     timers = asyncio.create_task(squall.timers.run(), name="squall-timers")
     await squall.sync_sensors()
     api = None
@@ -248,6 +250,8 @@ class Housekeeping:
             ("sending the outbox", squall.chat.outbox.poll),
             ("following the sensors' lead", self._lead),
         ]
+        if squall.config.executor_kind == "procrastinate":  # what workers stored, should a wake-up be lost
+            steps.append(("taking up the trigger instances squall workers stored", squall.triggers.take_pending))
         if squall.config.executor_kind == "procrastinate" and self.ticks % int(REAP_SECONDS / POLL_SECONDS) == 0:
             sweep = self.ticks % int(RETRY_SWEEP_SECONDS / POLL_SECONDS) == 0
             steps.append(("looking after queued work", functools.partial(_queued_work, squall, sweep=sweep)))

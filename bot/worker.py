@@ -7,6 +7,10 @@ connected: what its executions owe chat (results in their thread, questions, `no
 It takes jobs from its queues through procrastinate (woken by `LISTEN/NOTIFY`, polling as a safety
 net), at most `concurrency` at once: an action's run, or one step of a workflow (whose tasks are
 jobs of their own, on their queues).
+The trigger instances its executions raise (action and notify triggers, datastore changes, inquiries)
+are stored `pending`, of every type the engine raises, and processed by the serve nodes with their
+current rules, never here (`Engine.hand_off_triggers`): a rule changed after the worker's start holds
+for them, and a worker that dies holds none.
 Every worker also ends what workers that stopped answering left (`engine.jobs.reap_stalled`) and
 submits what waits for a node to (`_poll_forever`: delays that are over, what a policy delayed).
 At its start it expires the questions whose TTL ran out while the worker that asked them was gone,
@@ -71,6 +75,8 @@ class Worker:
         self.queues = queues
         self.stopping = False
         self.running: set[str] = set()  # the executions whose jobs run here now
+        # The trigger instances its executions raise go to the serve nodes, whose rules are current.
+        squall.hand_off_triggers()
 
     async def run_job(self, execution_id: str, owner: dict[str, Any]) -> None:
         """A job's body: refuse a request made with other pack content, else claim and run it, or
@@ -285,10 +291,10 @@ async def work(config: Config, queues: list[str] | None, concurrency: int, drain
     squall = await Squall.start(config, adapters=configured_adapters(config))
     # Each pack's content hash now, as loaded: a pack edited on disk later is not what runs here.
     await asyncio.to_thread(lambda: [pack.content_hash() for pack in squall.registry.packs.values()])
+    worker = Worker(squall, queues)  # first: what the recovery below raises goes to the serve nodes too
     # Questions whose TTL timer went with a worker that stopped: the overdue expire now, the others get a
     # timer here (the lead's minute sweep does the same; one query over what is pending).
     await squall.inquiries.recover()
-    worker = Worker(squall, queues)
     app = worker_app(config, worker.run_job)
     helpers = [asyncio.create_task(reap_forever(squall.executions, squall.jobs), name="squall-reaper"),
                asyncio.create_task(_poll_forever(squall), name="squall-poll")]

@@ -154,6 +154,13 @@ class Engine:
         self._follow_rules()
         return registry
 
+    def hand_off_triggers(self) -> None:
+        """A `squall worker`: the trigger instances this process raises are stored for the serve nodes to
+        process with their current rules (`TriggerService.hand_off`), of every type the engine raises,
+        the datastore's changes included, whatever rules this process loaded."""
+        self.triggers.hand_off()
+        self._follow_rules()
+
     async def _announce(self, route: str, params: dict[str, Any], request: RunRequest) -> dict[str, Any]:
         """The `announcement` runner's delivery (chatops.post_message / post_result): whoever
         answers `ANNOUNCE` (the chat side) stores the message for its chat."""
@@ -258,6 +265,7 @@ class Engine:
         raise ValueError(f"unknown action_service method {method!r}")
 
     async def close(self) -> None:
+        await self.triggers.close()  # takes no more instances (a serve node's wake-ups and polls)
         await self.sensors.stop()
         if self._emitting:  # datastore triggers written just before: store them, do not drop them
             await asyncio.gather(*self._emitting, return_exceptions=True)

@@ -507,6 +507,18 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
+_NOTIFY = sa.text("SELECT pg_notify(:channel, current_setting('application_name'))")
+
+
+def _wake(conn: sa.Connection, channel: str | None) -> None:
+    """Notify `channel` (PostgreSQL) at the commit of `conn`'s transaction, naming this process (its
+    connections' `application_name`, as the outbox's trigger does: `engine.wakeups`): a `squall worker`
+    storing trigger instances for the serve nodes. Nothing without one, nor on SQLite, whose one process
+    needs no telling."""
+    if channel is not None and conn.dialect.name == "postgresql":
+        conn.execute(_NOTIFY, {"channel": channel})
+
+
 def _row(row: sa.Row[Any] | None) -> dict[str, Any] | None:
     return None if row is None else _row_dict(dict(row._mapping))
 
@@ -1758,12 +1770,19 @@ class Store:
             return [_row(row) for row in conn.execute(statement)]  # type: ignore[misc]
 
     # -- trigger instances and rule enforcements ---------------------------------------------
-    def trigger_instance_add(self, record: dict[str, Any], delivery: tuple[str, datetime] | None = None) -> None:
+    def trigger_instance_add(self, record: dict[str, Any], delivery: tuple[str, datetime] | None = None,
+                             wake: str | None = None) -> None:
         """Store an instance. With `delivery` (its key and when it expires), only if no unexpired
         delivery has that key (`DuplicateDelivery` otherwise): both are stored in one transaction, so
-        of two processes given the same delivery at once, one stores it."""
-        if delivery is None:
+        of two processes given the same delivery at once, one stores it. `wake`: a channel notified in
+        that transaction (`_wake`)."""
+        if delivery is None and wake is None:
             self._insert(trigger_instances, record)
+            return
+        if delivery is None:
+            with self._write() as conn:
+                conn.execute(_insert_statement(trigger_instances), record)
+                _wake(conn, wake)
             return
         key, expires_at = delivery
         with self.isolated(), self._write() as conn:
@@ -1776,13 +1795,16 @@ class Store:
                                      .where(deliveries.c.key == key)).scalar()
                 raise DuplicateDelivery(key, taken or "?")
             conn.execute(_insert_statement(trigger_instances), record)
+            _wake(conn, wake)
 
-    def trigger_instances_add_once(self, records: Sequence[dict[str, Any]], key: str, expires_at: datetime) -> bool:
+    def trigger_instances_add_once(self, records: Sequence[dict[str, Any]], key: str, expires_at: datetime,
+                                   wake: str | None = None) -> bool:
         """Store `records` (the instances of one occurrence, none if it owed none) with `key` in one
         transaction, unless `key` is stored already; whether they were stored. An execution's action and
         notify triggers come this way (`Notifier`): the listener and the sweep, in any process, fire them
         once between them. Unlike `trigger_instance_add`, an expired key is not replaced: such keys name
-        one execution's end, which never comes again, and the purge removes them."""
+        one execution's end, which never comes again, and the purge removes them. `wake`: a channel
+        notified in that transaction when it stores instances (`_wake`)."""
         with self.isolated(), self._write() as conn:
             stored = conn.execute(_insert_once(self.is_sqlite, deliveries, "key"),
                                   {"key": key, "trigger_instance_id": records[0]["id"] if records else "",
@@ -1791,6 +1813,7 @@ class Store:
                 return False
             if records:
                 conn.execute(_insert_statement(trigger_instances), list(records))
+                _wake(conn, wake)
         return True
 
     def keyed_since_while(self, kind: str, keyed: bool) -> datetime | None:
@@ -1834,6 +1857,20 @@ class Store:
         pending any more: another process (or this one's recovery) claimed it first, and processes it."""
         return bool(self._update(trigger_instances, instance_id, {"status": "processing", "owner": owner},
                                  expect=("pending",)))
+
+    def trigger_instances_take(self, owner: str, limit: int) -> list[dict[str, Any]]:
+        """Claim up to `limit` `pending` instances, oldest first, for `owner`, as `trigger_instance_claim`
+        claims one: the rows another process is claiming now are skipped (PostgreSQL), and one it claimed
+        first is not pending any more when this update comes to it, so each goes to one process. The
+        claimed rows, oldest first. A `squall serve` takes what `squall worker`s stored this way."""
+        column = trigger_instances.c
+        oldest = (sa.select(column.id).where(column.status == "pending")
+                  .order_by(column.occurrence_time, column.id).limit(limit).with_for_update(skip_locked=True))
+        statement = (trigger_instances.update().where(column.id.in_(oldest), column.status == "pending")
+                     .values(status="processing", owner=owner).returning(*trigger_instances.c))
+        with self._write() as conn:
+            rows = [_row(row) for row in conn.execute(statement)]
+        return sorted(rows, key=lambda row: (as_utc(row["occurrence_time"]), row["id"]))  # type: ignore[index]
 
     def trigger_instance_take_over(self, instance_id: str, dead: str | None, owner: str) -> bool:
         """Make `owner` the owner of an instance still `processing` by `dead` (a process that died; None:

@@ -11,6 +11,14 @@ Several `squall serve` processes may share the database. A process claims an ins
 namespace), so of those that try, one processes it. Recovery at start processes what is `pending`
 and resumes what a process that died left `processing` (never what a live one holds): the rules
 engine then enforces only the rules that had not acted for it.
+
+A `squall worker` (`executor.kind: procrastinate`) processes none of the instances it raises: it
+hands them off (`hand_off`). Each is stored `pending` with a notification on `wakeups.TRIGGERS` in
+the same transaction, and the serve nodes claim and process them with their current rules (`follow`
+at once, `take_pending` at every poll, `recover` at start). Processed in the worker, they met the
+rules the worker loaded at its start, however the serve nodes' rules had changed since; and an
+instance a worker of another host held `processing` when it died was left to nobody (a serve node
+resumes only its own host's dead processes', as a process of another host may live).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from engine import wakeups
 from engine.executions import new_id
 from engine.metrics import metrics
 from engine.packs import Registry
@@ -32,6 +41,11 @@ from engine.storage import Database, as_utc, iso, utcnow
 
 log = logging.getLogger(__name__)
 WEBHOOK = "core.st2.webhook"
+#: How many `pending` instances a serve node claims at once (`TriggerService.take_pending`).
+TAKE_BATCH = 100
+#: How many instances a serve node holds in hand before it takes more: the rest wait in the database
+#: for its next wake-up or poll, not in its memory.
+TAKE_IN_HAND = 1000
 
 
 def binding(trigger_ref: str, parameters: Mapping[str, Any] | None) -> str:
@@ -100,9 +114,27 @@ class TriggerService:
         self._sqlite = bool(getattr(store, "is_sqlite", False))
         #: Where processes of other containers on this machine keep their owner files (`engine.processes`).
         self.ledger = ledger_directory(store.engine.url.database if self._sqlite and store is not None else None)
+        #: Whether the instances this process raises go to the serve nodes (`hand_off`: a `squall worker`).
+        self.handing_off = False
+        #: The channel notified in the transaction that stores an instance (`hand_off`), so at its commit.
+        self._wake: str | None = None
+        self._taking = asyncio.Lock()  # one `take_pending` at a time in this process
+        self._listener: asyncio.Task[None] | None = None
+        self._taker: asyncio.Task[None] | None = None
+        self._again = False
+        self._closed = False
+
+    def hand_off(self) -> None:
+        """Store the instances this process raises `pending` and process none of them (a `squall worker`):
+        the serve nodes process them with their current rules, woken at the commit of each store
+        (`wakeups.TRIGGERS`). `wanted` is then true of every type: which ones the serve nodes' rules use
+        now, this process cannot know (they change without its restart), so it raises every type the
+        engine raises, as StackStorm emits its action trigger for every execution."""
+        self.handing_off = True
+        self._wake = wakeups.TRIGGERS
 
     def wanted(self, trigger_ref: str) -> bool:
-        return any(processor.interested(trigger_ref) for processor in self.processors)
+        return self.handing_off or any(processor.interested(trigger_ref) for processor in self.processors)
 
     def check(self, trigger_ref: str, payload: Any) -> None:
         """Raise `TriggerError` naming the problem if this instance cannot be dispatched."""
@@ -139,9 +171,10 @@ class TriggerService:
             self.check(trigger_ref, payload)
         record = {"id": new_id(), "trigger": trigger_ref, "payload": payload, "occurrence_time": utcnow(),
                   "status": "pending", "trace_tag": trace_tag, "trigger_parameters": dict(parameters or {}) or None}
-        await self.db(self.db.store.trigger_instance_add, record, delivery)
+        await self.db(self.db.store.trigger_instance_add, record, delivery, self._wake)
         metrics.count(metrics.trigger_instances, trigger_ref)
-        self._spawn(record)
+        if not self.handing_off:
+            self._spawn(record)
         return public(record)
 
     async def dispatch_once(self, trigger_ref: str, payloads: list[Any], key: str,
@@ -153,16 +186,18 @@ class TriggerService:
         now = utcnow()
         records = [{"id": new_id(), "trigger": trigger_ref, "payload": payload, "occurrence_time": now,
                     "status": "pending", "trace_tag": None, "trigger_parameters": None} for payload in payloads]
-        if not await self.db(self.db.store.trigger_instances_add_once, records, key, expires_at):
+        if not await self.db(self.db.store.trigger_instances_add_once, records, key, expires_at, self._wake):
             return []
         for record in records:
             metrics.count(metrics.trigger_instances, trigger_ref)
-            self._spawn(record)
+            if not self.handing_off:
+                self._spawn(record)
         return [public(record) for record in records]
 
-    def _spawn(self, record: dict[str, Any], resumed: bool = False) -> None:
-        task = asyncio.get_running_loop().create_task(self.process(record, resumed=resumed),
-                                                      name=f"trigger-{record['id']}")
+    def _spawn(self, record: dict[str, Any], resumed: bool = False, held: bool = False) -> None:
+        """Process `record` in the background; `held`: this process claimed it already (`take_pending`)."""
+        work = self._handle(record, resumed) if held else self.process(record, resumed=resumed)
+        task = asyncio.get_running_loop().create_task(work, name=f"trigger-{record['id']}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -170,11 +205,16 @@ class TriggerService:
         """Claim a `pending` instance and hand it to the processors; nothing if another process (or
         another task of this one) claimed it first. `resumed`: this process took the instance over
         from one that died while processing it (`recover`), and holds it already."""
-        store = self.db.store
         if not resumed:
             LEDGER.ensure()  # the owner file says this process lives (to other containers) before it claims
-            if not await self.db(store.trigger_instance_claim, record["id"], self.owner):
+            if not await self.db(self.db.store.trigger_instance_claim, record["id"], self.owner):
                 return
+        await self._handle(record, resumed)
+
+    async def _handle(self, record: dict[str, Any], resumed: bool) -> None:
+        """Hand an instance this process holds (`processing`, claimed by it) to the processors that
+        want it, then store how that went."""
+        store = self.db.store
         status = "processed"
         instance = public({**record, "status": "processing"})
         for processor in self.processors:
@@ -255,6 +295,58 @@ class TriggerService:
         log.info("resuming trigger instance %s (%s): the process that was processing it is gone", row["id"],
                  row["trigger"])
         return True
+
+    async def take_pending(self) -> int:
+        """Claim and process the `pending` instances, oldest first (a `squall serve`: those `squall worker`s
+        stored; another process's that it is about to claim may come along, and the claim gives each to one
+        process), `TAKE_BATCH` at a time while fewer than `TAKE_IN_HAND` are in hand here; how many."""
+        taken = 0
+        async with self._taking:
+            LEDGER.ensure()  # the owner file says this process lives (to other containers) before it claims
+            while self.busy < TAKE_IN_HAND and not self._closed:
+                rows = await self.db(self.db.store.trigger_instances_take, self.owner, TAKE_BATCH)
+                for row in rows:
+                    self._spawn(row, held=True)
+                taken += len(rows)
+                if len(rows) < TAKE_BATCH:
+                    break
+        return taken
+
+    def follow(self, database_url: str) -> None:
+        """Take what `squall worker`s store as soon as its transaction commits (PostgreSQL notifies
+        `wakeups.TRIGGERS`), not at the next poll, which stays for a notification lost while the
+        listener reconnected (each connection counts as one). Every notification counts: only a process
+        that hands off sends them, never one that follows."""
+        listening = wakeups.listen_to(database_url, [wakeups.TRIGGERS], self._kick,
+                                      "the trigger instances squall workers store")
+        self._listener = asyncio.create_task(listening, name="trigger-listener")
+
+    def _kick(self, _channel: str | None = None, _payload: str | None = None) -> None:
+        if self._closed:
+            return
+        self._again = True
+        if self._taker is None or self._taker.done():
+            self._taker = asyncio.create_task(self._take_again(), name="trigger-take")
+
+    async def _take_again(self) -> None:
+        while self._again and not self._closed:
+            self._again = False
+            try:
+                await self.take_pending()
+            except Exception as exc:  # the serve loop's poll tries again within a second
+                log.warning("taking up the trigger instances squall workers stored failed (%s); the next poll "
+                            "tries again", exc)
+                return
+
+    async def close(self) -> None:
+        """Stop listening and taking. A take under way ends first: cancelled between its claim's commit and
+        its processing, it would leave instances `processing` by this process, which no other takes over
+        while it lives, nor ever from another host."""
+        self._closed = True
+        if self._listener is not None:
+            self._listener.cancel()
+        await asyncio.gather(*(task for task in (self._listener, self._taker) if task is not None),
+                             return_exceptions=True)
 
     @property
     def busy(self) -> int:

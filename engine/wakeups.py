@@ -8,6 +8,11 @@ payload, so the node sends them at once. Every connection of this process names 
 `PROCESS_NAME` (`storage.create_engine`), which lets a listener skip the notifications of its own
 inserts: this process sends those without being told.
 
+The same holds for trigger instances: a worker stores those its executions raise (action and notify
+triggers, datastore changes, inquiries) `pending` and notifies `TRIGGERS` in the transaction that
+stores them (`Store.wake`), so at its commit; the `squall serve` nodes, which process them with their
+current rules, take them at once (`TriggerService.follow`).
+
 The poll stays as the safety net: a notification sent while the listener was reconnecting is
 lost, so each (re)connection counts as a wake-up of its own.
 
@@ -28,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: The channel the outbox's trigger notifies (migration 0018 names it too).
 OUTBOX = "squall_outbox"
+#: The channel a `squall worker` notifies as it stores trigger instances for the serve nodes to process.
+TRIGGERS = "squall_triggers"
 #: This process's `application_name` on PostgreSQL (at most 63 bytes, PostgreSQL's limit, so that a
 #: notification's payload reads back equal to it).
 PROCESS_NAME = f"squall {os.getpid()}@{socket.gethostname()}"[:63]
