@@ -2302,6 +2302,7 @@ class Database:
         self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="squall-checkpoint")
         self._checkpoint_due = False
         self._uncheckpointed = False
+        self._checkpoint_failing = False  # said once an outage (`_checkpoint_said`)
         database = store.engine.url.database if store.is_sqlite else None
         #: SQLite: the WAL, written back ahead of the checkpoint's fsync (see `_write_back_soon`).
         self._wal = f"{database}-wal" if database and database != ":memory:" and writeback.available() else None
@@ -2591,13 +2592,27 @@ class Database:
 
         def done(future: asyncio.Future[Any]) -> None:
             self._checkpoint_due = False
-            if not future.cancelled() and future.exception() is not None:
-                logging.getLogger(__name__).warning(
-                    "checkpointing the SQLite WAL failed (tried again after the next writes): %s", future.exception())
-            elif self._uncheckpointed:
+            failed = None if future.cancelled() else future.exception()
+            self._checkpoint_said(failed)
+            if failed is None and self._uncheckpointed:
                 self._checkpoint_soon()
 
         loop.call_later(CHECKPOINT_SECONDS, start)
+
+    def _checkpoint_said(self, failed: BaseException | None) -> None:
+        """Say a checkpoint's failure once an outage (it is tried again after every next write, about
+        once a second while a full disk lasts), in the driver's words, and once when one works again."""
+        if failed is None:
+            if self._checkpoint_failing:
+                self._checkpoint_failing = False
+                logging.getLogger(__name__).info("checkpointing the SQLite WAL works again")
+            return
+        if not self._checkpoint_failing:
+            self._checkpoint_failing = True
+            orig = getattr(failed, "orig", None)
+            logging.getLogger(__name__).warning(
+                "checkpointing the SQLite WAL failed: %s; tried again after the next writes, said again once "
+                "it works", database_failure(failed) or orig or failed)
 
     def _write_back_soon(self) -> None:
         """After commits on the loop, have the kernel start writing the WAL to disk (on the

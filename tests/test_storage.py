@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import re
 import sqlite3
 import subprocess
@@ -689,6 +690,42 @@ async def test_a_wal_that_never_gets_a_quiet_moment_is_restarted(tmp_path: Path,
     finally:
         db.close()
         store.close()
+
+
+async def test_a_failing_wal_checkpoint_is_said_once_an_outage_in_the_drivers_words(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint that fails (a full disk) is tried again after the next writes, about once a second for
+    the whole outage: one warning when it starts failing, without SQLAlchemy's statement and link lines,
+    and one line when it works again."""
+    monkeypatch.setattr(storage, "CHECKPOINT_SECONDS", 0.01)
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    db = Database(store)
+    failing = True
+    checkpoint = store.checkpoint
+
+    def full_disk() -> None:
+        if failing:
+            raise sa.exc.OperationalError("PRAGMA wal_checkpoint(PASSIVE)", None,
+                                          sqlite3.OperationalError("database or disk is full"))
+        checkpoint()
+
+    monkeypatch.setattr(store, "checkpoint", full_disk)
+    caplog.set_level(logging.INFO, logger="engine.storage")
+    try:
+        for n in range(5):
+            await db(store.audit_add, "bench", "me", "test", None, {"n": n})
+            await asyncio.sleep(0.05)
+        failing = False
+        for n in range(3):
+            await db(store.audit_add, "bench", "me", "test", None, {"n": n})
+            await asyncio.sleep(0.05)
+    finally:
+        db.close()
+        store.close()
+    said = [r for r in caplog.records if "checkpoint" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.WARNING, logging.INFO], [r.getMessage() for r in said]
+    assert "database or disk is full" in said[0].getMessage()
+    assert "\n" not in said[0].getMessage() and "PRAGMA" not in said[0].getMessage()
 
 
 async def test_database_batches_isolate_a_failing_call(store: Store) -> None:
