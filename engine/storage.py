@@ -818,44 +818,58 @@ def _create_new(engine: Engine) -> bool:
     return True
 
 
+def _c_encoder() -> Callable[[Any, int], Any] | None:
+    """`json.dumps`'s C encoder with its defaults, made once (`json.dumps` builds one every call: half
+    of its time on small values); None without the C accelerator (another Python implementation)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    return make(None, json.JSONEncoder().default, json.encoder.encode_basestring_ascii, None, ": ", ", ",
+                False, False, True)
+
+
+_ENCODE = _c_encoder()
+
+
+def _json_text(value: Any) -> str:
+    """`json.dumps(value)`, by the one C encoder, which keeps no state (no circular-reference memo), so
+    threads can share it; a circular value raises ValueError, as `json.dumps` does."""
+    if _ENCODE is None:
+        return json.dumps(value)
+    try:
+        return "".join(_ENCODE(value, 0))
+    except RecursionError:
+        raise ValueError("Circular reference detected (or a value nested too deep)") from None
+
+
+try:
+    import orjson
+except ImportError:  # orjson is a dependency; an interpreter without its wheel still stores JSON
+    orjson = None
+_ORJSON_OPTIONS = 0 if orjson is None else (orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+                                            | orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
+def _fast_json_text(value: Any) -> str:
+    """`_json_text`'s value by orjson where orjson takes it (see `json_dumps`)."""
+    try:
+        return orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
+    except TypeError:  # orjson.JSONEncodeError: what orjson leaves to json's rules
+        return _json_text(value)
+
+
 def json_dumps() -> Callable[[Any], str]:
     """The JSON text of a value as Squall stores it: by orjson (ten times `json.dumps`'s speed on the
     small values a chat command stores ten of; the text compact, non-ASCII as UTF-8, which reads back
     the same), with `json.dumps`'s rules for what orjson leaves to it. orjson refuses what it does not
     know natively (datetimes, dataclasses and subclasses of str, int, dict and list are passed through
     to that refusal, integers beyond 64 bits, keys that are not strings, nesting beyond 254 levels), and
-    those values go to one C encoder with `json.dumps`'s defaults, made once: it keeps no state (no
-    circular-reference memo), so threads can share it, and refuses what `json.dumps` refuses (a
-    circular value raises ValueError). One difference: NaN and infinities are stored as `null`, which
-    every reader (PostgreSQL, SQLite's JSON functions, the API's encoder) accepts, where `json.dumps`
-    wrote `NaN`, which none of them does."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # no C accelerator (another Python implementation)
-        fallback = json.dumps
-    else:
-        encode = make(None, json.JSONEncoder().default, json.encoder.encode_basestring_ascii, None, ": ", ", ",
-                      False, False, True)
-
-        def fallback(value: Any) -> str:
-            try:
-                return "".join(encode(value, 0))
-            except RecursionError:
-                raise ValueError("Circular reference detected (or a value nested too deep)") from None
-
-    try:
-        import orjson
-    except ImportError:  # orjson is a dependency; an interpreter without its wheel still works
-        return fallback
-    fast, options = orjson.dumps, (orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-                                   | orjson.OPT_PASSTHROUGH_SUBCLASS)
-
-    def dumps(value: Any) -> str:
-        try:
-            return fast(value, option=options).decode()
-        except TypeError:  # orjson.JSONEncodeError: what orjson leaves to json's rules
-            return fallback(value)
-
-    return dumps
+    those values go to `json.dumps`'s encoder, which refuses what `json.dumps` refuses. One difference:
+    NaN and infinities are stored as `null`, which every reader (PostgreSQL, SQLite's JSON functions,
+    the API's encoder) accepts, where `json.dumps` wrote `NaN`, which none of them does. Module-level
+    functions, not closures: psycopg caches a JSON dumper by its function's code, and warns of a leak
+    (and caches nothing) for a closure."""
+    return _json_text if orjson is None else _fast_json_text
 
 
 #: `Store.isolated` where there is nothing to isolate (shared: a nullcontext keeps no state).
