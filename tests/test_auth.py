@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from adapters.base import Message
 from bot.chat.auth import Authorizer
-from engine.config import ConfigError, check_auth
+from engine.config import ConfigError, check_auth, load_config
+from tests.test_chat import _config, loopback_chat, settle
 
 ALIAS = SimpleNamespace(ref="ops.restart", pack="ops", permissions=None)
 
@@ -140,12 +142,37 @@ def test_the_bare_names_irc_no_longer_matches_are_logged_once(caplog: pytest.Log
     assert "irc:NAME" in warning and "irc:carol" in warning
     assert "dave" not in warning and "bea" not in warning and "mallory" not in warning
     with caplog.at_level(logging.WARNING, logger="bot.chat.auth"):
-        auth.check(ALIAS, message("carol"))  # Slack: nothing to say
-        assert not caplog.records
-        auth.check(ALIAS, irc("carol"))
+        auth.check(ALIAS, message("carol"))
+        auth.check(ALIAS, irc("carol"))  # said at the chat's start (`ChatBot.start`), never by a message
         auth.is_admin(irc("ann"))
+        assert not caplog.records
+        auth.warn_irc()
+        auth.warn_irc()
     assert [r.getMessage() for r in caplog.records] == [warning]
     assert Authorizer.from_config({"admins": ["irc:carol", "slack:carol"]}).irc_warning() is None
+
+
+async def test_the_irc_warning_is_logged_once_as_the_chat_starts_with_irc(home: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Said as the chat starts with IRC on, before anyone there is refused, not at IRC's first message (a
+    quiet channel would say it late or never): once, whatever follows. A chat without IRC says nothing."""
+    _config(home)  # admins: [root-admin], groups: {operators: [olivia]}
+    warning = Authorizer.from_config(load_config(home / "config.yml").section("auth")).irc_warning()
+    assert warning is not None and "auth.admins: root-admin; auth.groups.operators: olivia" in warning
+    with caplog.at_level(logging.WARNING, logger="bot.chat.auth"):
+        async with loopback_chat(home, "irc") as (squall, bot, chat):
+            assert [r.getMessage() for r in caplog.records if r.name == "bot.chat.auth"] == [warning]
+            await chat.say("!help", user="olivia")
+            await chat.say("!greet world", user="root-admin")
+            await settle(squall, bot)
+            assert chat.texts()  # both answered
+    assert [r.getMessage() for r in caplog.records if r.name == "bot.chat.auth"] == [warning]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bot.chat.auth"):
+        async with loopback_chat(home) as (squall, bot, chat):
+            await chat.say("!help", user="olivia")
+            await settle(squall, bot)
+    assert not [r for r in caplog.records if r.name == "bot.chat.auth"]
 
 
 def test_a_qualified_name_must_name_an_adapter_in_config() -> None:

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from adapters.base import Capabilities
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
 from bot.chat import forms
 from bot.chat.bot import ChatBot
+from engine.config import load_config
 from tests.conftest import write
-from tests.test_chat import _config, loopback_chat, settle
+from tests.test_chat import _config, _said_to, loopback_chat, settle
 
 
 @pytest.fixture
@@ -42,6 +44,56 @@ async def test_retry_of_an_execution_started_outside_chat_posts_its_result_where
                                         "message_id": "m1"}
     assert again["context"]["user"] == "carol" and again["context"]["source"] == "chat"
 
+
+@pytest.fixture
+async def slack_and_irc(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter, LoopbackAdapter]]:
+    """The demo pack of `tests/test_chat.py` on two chats at once: `slack`, whose platform says who wrote,
+    and `irc`, where anyone may take a free nick."""
+    _config(home)
+    slack = LoopbackAdapter("slack")
+    irc = LoopbackAdapter("irc", Capabilities(threads=False, edits=False, rich=False, files=False, max_length=1600))
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[slack, irc])
+    await squall.chat.start()
+    try:
+        yield squall, squall.chat, slack, irc
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
+async def test_an_irc_nick_may_not_see_cancel_or_retry_what_its_namesake_started_elsewhere(slack_and_irc) -> None:
+    """Anyone may `/nick carol`: what carol started from the API (or the CLI, the web, Slack) is hers, and
+    the nick carol may neither see its output nor cancel or retry it; Slack's carol may."""
+    squall, bot, slack, irc = slack_and_irc
+    started = await squall.executions.request("core.local", {"cmd": "echo token=abc123"}, {"user": "carol"})
+    await settle(squall, bot)
+    for verb in ("execution", "cancel", "retry"):
+        answer = await _said_to(irc, squall, bot, f"!{verb} {started['id']}", "carol")
+        shown = "see" if verb == "execution" else verb
+        assert answer == f"Only admins may {shown} executions not started from chat by you."
+    assert [e["id"] for e in await squall.executions.list(action="core.local")] == [started["id"]]
+    assert "token=abc123" in await _said_to(slack, squall, bot, f"!execution {started['id']}", "carol")
+    denied = await squall.db(squall.store.audit_list, 10, "chat.denied")
+    assert [(d["actor"], d["source"]) for d in denied] == [("carol", "irc:#ops")] * 3
+
+
+async def test_an_execution_started_from_irc_is_the_nick_s_only(slack_and_irc) -> None:
+    """What the nick carol started (a `!retry` on IRC records the chat's adapter) is the nick's: it sees and
+    retries it, and the retry is the nick's again; Slack's carol, not the nick, may not see either."""
+    squall, bot, slack, irc = slack_and_irc
+    started = await squall.executions.request("core.local", {"cmd": "echo from-irc"}, {
+        "user": "carol", "source": "chat", "chat": {"adapter": "irc", "channel": "#ops", "user": "carol"}})
+    await settle(squall, bot)
+    assert await _said_to(slack, squall, bot, f"!execution {started['id']}", "carol") == (
+        "Only admins may see executions not started from chat by you.")
+    assert "from-irc" in await _said_to(irc, squall, bot, f"!execution {started['id']}", "carol")
+    await irc.say(f"!retry {started['id']}", user="carol")
+    await settle(squall, bot)
+    [again] = [e for e in await squall.executions.list(action="core.local") if e["id"] != started["id"]]
+    assert again["context"]["chat"]["adapter"] == "irc" and again["context"]["user"] == "carol"
+    assert "from-irc" in await _said_to(irc, squall, bot, f"!execution {again['id']}", "carol")
+    assert await _said_to(slack, squall, bot, f"!execution {again['id']}", "carol") == (
+        "Only admins may see executions not started from chat by you.")
 
 
 async def _wiped_by_alice(squall: Squall, bot: ChatBot, loopback: LoopbackAdapter) -> dict:

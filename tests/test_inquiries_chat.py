@@ -313,17 +313,19 @@ async def irc(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter]]:
 async def test_without_threads_a_choice_named_like_a_builtin_answers_the_question_it_asks(irc) -> None:
     """On IRC an answer is addressed to the bot: `squall: approve` where a question offering approve/deny
     waits answers it, although `approve` is a built-in's name too. From someone the question does not
-    ask (users: [alice]) it is no answer but the command, as typed anywhere else."""
+    ask (users: [irc:alice], the nick: a bare name is never an IRC nick) it is no answer but the command,
+    as typed anywhere else."""
     squall, adapter = irc
-    record = await squall.executions.request("core.ask", {"route": "ops", "schema": DECISION, "users": ["alice"]},
-                                             {"user": "wf"})
+    record = await squall.executions.request("core.ask", {"route": "ops", "schema": DECISION,
+                                                          "users": ["irc:alice"]}, {"user": "wf"})
     await questions(adapter, 1)
     await adapter.say("squall: approve", user="bob", channel="#ops", mentioned=True)
     await adapter.wait_for(lambda p: any("approve <approval-id>" in x.text for x in p))  # the built-in's answer
     assert (await squall.executions.get(record["id"]))["status"] == "pending"
     await adapter.say("squall: approve", user="alice", channel="#ops", mentioned=True)
     answered = await squall.executions.wait(record["id"], timeout=10)
-    assert answered["result"]["response"] == {"decision": "approve"} and answered["result"]["responder"] == "alice"
+    assert answered["result"]["response"] == {"decision": "approve"}
+    assert answered["result"]["responder"] == "irc:alice"
     await adapter.wait_for(lambda p: any(x.text.startswith("Thanks alice") for x in p))
 
 
@@ -384,3 +386,65 @@ async def test_without_threads_a_mention_is_matched_once_when_no_question_waits(
     await adapter.say("squall: greet ann", user="carol", channel="#ops", mentioned=True)
     assert lookups == ["greet ann"]
     await adapter.wait_for(lambda p: any("core.echo succeeded" in x.text for x in p))
+
+
+async def _said(adapter: LoopbackAdapter, text: str, *, user: str) -> str:
+    """What the bot answers `user` typing `text` to it in #ops (addressed by name, as on IRC)."""
+    before = len(adapter.posted)
+    await adapter.say(text, user=user, channel="#ops", mentioned=True)
+    posted = await adapter.wait_for(lambda p: len(p) > before)
+    return posted[before].text
+
+
+async def test_an_irc_nick_answers_only_an_inquiry_that_names_it_qualified(irc) -> None:
+    """Anyone may `/nick carol`: an inquiry's `users: [carol]` names the person the platform says wrote
+    (Slack's, the API's carol), never the IRC nick, which answers only where the inquiry names it
+    `irc:carol`, and is recorded under that name. A free-text question for carol does not take the
+    nick's chatter for her answer either."""
+    squall, adapter = irc
+    carols = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN, "users": ["carol"]},
+                                             {"user": "wf"})
+    nicks = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN, "users": ["irc:carol"]},
+                                            {"user": "wf"})
+    await questions(adapter, 2)
+    said = await _said(adapter, f"squall: respond {carols['id']} yes", user="carol")
+    assert said == (f"Sorry carol: irc:carol may not respond to inquiry {carols['id']}: only carol may, and "
+                    "irc:carol is not one of its users")
+    assert (await squall.executions.get(carols["id"]))["status"] == "pending"
+    assert await _said(adapter, f"squall: respond {nicks['id']} yes", user="carol") == (
+        f"Thanks carol, inquiry {nicks['id']} answered: {{\"continue\": true}}")
+    answered = await squall.executions.get(nicks["id"])
+    assert answered["result"]["responder"] == "irc:carol" and answered["result"]["response"] == {"continue": True}
+    await squall.inquiries.respond(carols["id"], {"continue": False}, "carol")  # the API's carol
+    assert (await squall.executions.get(carols["id"]))["result"]["responder"] == "carol"
+    free = await squall.executions.request("core.ask", {"route": "ops", "schema": FREE_TEXT, "users": ["carol"]},
+                                           {"user": "wf"})
+    await questions(adapter, 3)
+    assert not (await _said(adapter, "squall: ship it", user="carol")).startswith("Thanks")  # no such command
+    assert (await squall.executions.get(free["id"]))["status"] == "pending"
+
+
+async def test_an_irc_nick_counts_as_its_namesake_for_self_approval_and_once_each(irc) -> None:
+    """By name, the stricter reading (as approvals): the nick carol, though `irc:carol` to an inquiry's
+    `users`, may not answer what carol started when `self_approval` is false, nor answer again what carol
+    answered elsewhere (the API), since it may be her."""
+    squall, adapter = irc
+    own = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN, "users": ["irc:carol"],
+                                                       "self_approval": False}, {"user": "carol"})
+    twice = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN, "count": 2},
+                                            {"user": "wf"})
+    await questions(adapter, 2)
+    assert await _said(adapter, f"squall: respond {own['id']} yes", user="carol") == (
+        f"Sorry carol: carol started the workflow of inquiry {own['id']} (by that name, on any platform): someone "
+        "else must answer it")
+    await squall.inquiries.respond(twice["id"], {"continue": True}, "carol")
+    assert await _said(adapter, f"squall: respond {twice['id']} yes", user="carol") == (
+        f"Sorry carol: carol already answered inquiry {twice['id']} (by that name, on any platform); each person "
+        "counts once")
+    await _said(adapter, f"squall: respond {twice['id']} yes", user="dave")
+    answered = await squall.executions.get(twice["id"])
+    assert [r["user"] for r in answered["result"]["responses"]] == ["carol", "irc:dave"]
+    assert (await squall.executions.get(own["id"]))["status"] == "pending"
+    [denied, *_] = await squall.db(squall.store.audit_list, 10, "chat.inquiry.denied")
+    assert denied["actor"] == "carol" and denied["target"] == twice["id"] and "already answered" in \
+        denied["detail"]["reason"]

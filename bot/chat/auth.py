@@ -20,7 +20,9 @@ token), but never on IRC, where anyone may `/nick carol`: there only `irc:carol`
 same name. A deny list's bare names refuse the IRC nick too: a deny grants nothing, so the stricter
 reading costs no one a right. A bare name with a colon (an API request acting as `irc:carol`) is only
 its qualified self (`api:irc:carol`), as a channel's is. Config that grants to bare names while IRC
-is on is said once in the log (`irc_warning`), since an upgrade took those names' rights on IRC away.
+is on is said once in the log as the chat starts (`warn_irc`, from `ChatBot.start`), since an upgrade
+took those names' rights on IRC away. What a person started is theirs by the same rule (`same_person`):
+the nick carol owns what it started on IRC only, and nothing Slack's or the API's carol started.
 
 The config keys read here are `engine.config`'s `AUTH_KEYS`, `AUTH_RULE_SIDES` and `AUTH_RULE_KINDS`:
 `load_config` refuses any other (`check_auth`), since a misspelt deny list would deny nobody, and a
@@ -113,9 +115,7 @@ class Authorizer:
         return bool(self._names(message) & self.admins)
 
     def _names(self, message: Message) -> set[str]:
-        """`names_of` the sender; the first message from IRC logs `irc_warning` (no-op once said)."""
-        if message.adapter in CHOSEN_NAMES:
-            self.warn_irc()
+        """`names_of` the sender."""
         return names_of(message.adapter, message.user)
 
     def irc_warning(self) -> str | None:
@@ -132,8 +132,9 @@ class Authorizer:
                 "nick gets what it is granted; deny lists still refuse bare names on IRC (docs/irc.md)")
 
     def warn_irc(self) -> None:
-        """Log `irc_warning` once per process: at the first message from IRC (`_names`), before the first
-        IRC person it no longer grants is refused; a later call says nothing."""
+        """Log `irc_warning` once per process: as the chat starts with IRC on (`ChatBot.start`), before
+        anyone on IRC is refused what a bare name no longer grants them, and whether or not anyone there
+        ever speaks (a warning at the first IRC message came late, or never); a later call says nothing."""
         if self._warned:
             return
         self._warned = True
@@ -173,6 +174,19 @@ def denied_names(message: Message) -> set[str]:
     if message.user and ":" not in message.user:
         names.add(message.user)
     return names
+
+
+def same_person(adapter: str | None, user: str | None, other_adapter: str | None, other_user: str | None) -> bool:
+    """Whether `user` of `adapter` is `other_user` of `other_adapter`, to tell whether someone owns what
+    the other started (an execution: its context's user and chat adapter, None outside chat). A name is
+    one person wherever the platform says who wrote (Slack, Mattermost, the console, the API, the CLI,
+    the web); an IRC nick (`CHOSEN_NAMES`) is that nick on that adapter only, so the nick carol is never
+    the carol who started something elsewhere, nor she the nick. Nobody (no user) is no one's."""
+    if not user or user != other_user:
+        return False
+    if adapter in CHOSEN_NAMES or other_adapter in CHOSEN_NAMES:
+        return adapter == other_adapter
+    return True
 
 
 def person(adapter: str | None, user: str) -> str:

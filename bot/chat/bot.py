@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from adapters.base import Adapter
 from bot.chat.announce import Announcer
 from bot.chat.approvals import ApprovalChat
-from bot.chat.auth import Authorizer
+from bot.chat.auth import CHOSEN_NAMES, Authorizer
 from bot.chat.commands import CommandService
 from bot.chat.dispatcher import ChatSettings, Dispatcher
 from bot.chat.index import AliasIndex
@@ -52,7 +52,8 @@ class ChatBot:
         settings = ChatSettings.from_config(config.section("chat"))
         self.announcer = Announcer(engine, self.outbox, self.index)
         self.notices = Notices(engine, self.announcer, self.outbox)
-        auth = Authorizer.from_config(config.section("auth"))
+        #: Who may run what, one for every part of the chat side (the IRC warning is said once: `start`).
+        self.auth = auth = Authorizer.from_config(config.section("auth"))
         self.inquiries = InquiryChat(engine, self.announcer, self.outbox, auth, settings.prefix)
         #: The one command path (chat, the HTTP API, forms): match, authorise, request, audit, ack.
         self.commands = CommandService(engine, self.index, auth)
@@ -106,6 +107,11 @@ class ChatBot:
                      "name, which its next holder must not answer", user, adapter, forms, confirmations)
 
     async def start(self) -> None:
+        """Connect the adapters and send. With IRC among them, say first which bare names in `auth` grant
+        nothing there (`Authorizer.warn_irc`, once): whoever reads the log after an upgrade learns it as
+        the service starts, before anyone on IRC is refused, however quiet IRC is."""
+        if any(name in CHOSEN_NAMES for name in self.adapters):
+            self.auth.warn_irc()
         await self.begin()
         for adapter in self.adapters.values():
             await adapter.start(self.dispatcher.handle)

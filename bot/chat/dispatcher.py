@@ -30,7 +30,7 @@ from aliases.rank import RANKERS, Ranked, Ranker, make_ranker
 from bot.chat import help as chat_help
 from bot.chat import sessions
 from bot.chat.approvals import APPROVE, DENY, ApprovalChat
-from bot.chat.auth import Authorizer
+from bot.chat.auth import Authorizer, same_person
 from bot.chat.commands import (
     MAX_COMMAND,
     CommandFailed,
@@ -865,17 +865,19 @@ class Dispatcher:
                          command: str) -> bool:
         """Whether the asker may `verb` (see, cancel, retry) `execution`, having told them why not and
         audited the refusal (`chat.denied`, with what they typed: `command`): a chat command's alias's
-        permission decides; another execution is its own user's and the admins'."""
+        permission decides; another execution is its own user's and the admins'. Its own user is who
+        started it from where (`_started_by`): the IRC nick carol is not the carol of the API or Slack."""
         if alias is not None:
             decision = self.auth.check(alias, message)
             if decision.allowed:
                 return True
             said, reason = f"Sorry {message.user}, you may not {verb} that.", decision.reason
-        elif self.auth.is_admin(message) or execution["context"].get("user") == message.user:
+        elif self.auth.is_admin(message) or _started_by(execution, message):
             return True
         else:
             said = f"Only admins may {verb} executions not started from chat by you."
-            reason = f"{execution['id']} was not started from chat by {message.user}, who is not an admin"
+            reason = (f"{execution['id']} was not started by {message.user} of {message.adapter}, who is not an "
+                      "admin")
         await self.commands.refused(message, "chat", execution["id"], command, reason)
         await self.say(message, said)
         return False
@@ -1040,6 +1042,16 @@ def _apology(exc: Exception, doing: str = "handling") -> str:
         return (f"Sorry, something went wrong {doing} that: the database refused it "
                 f"({type(exc.orig).__name__}; Squall's log has the details).")
     return f"Sorry, something went wrong {doing} that: {exc}"
+
+
+def _started_by(execution: dict[str, Any], message: Message) -> bool:
+    """Whether `message`'s sender started `execution`: its context's user, from the chat adapter its
+    context names (`context.chat.adapter`; none outside chat: the API, the CLI, the web). By user and
+    adapter (`same_person`): the IRC nick carol owns only what it started on IRC, since anyone may take
+    that nick, and never what carol started from the API, the CLI, the web or Slack."""
+    context = execution.get("context") or {}
+    started_on = (context.get("chat") or {}).get("adapter")
+    return same_person(message.adapter, message.user, started_on, context.get("user"))
 
 
 def _kept(match: AliasMatch) -> dict[str, Any]:

@@ -8,6 +8,11 @@ posted is stored on the inquiry, so answers in its thread still work after a res
 A button names its inquiry (`<choice>:inquiry:<id>`): several questions may sit in one thread (a
 workflow's parallel branches), and a click answers the one it sits on. A bare answer that fits
 more than one question waiting in the thread answers none: the person is asked for `respond <id>`.
+
+Anyone may `/nick carol` on IRC, so there the answerer is `irc:carol` (`auth.person`): an inquiry's
+`users: [carol]` is the platform's carol (Slack's, the API's), and only `users: [irc:carol]` lets the
+nick answer, recorded under that name. Who started the workflow (`self_approval`) and who answered
+already are compared by name, the stricter reading (as approvals'): the nick carol may be carol.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
+from bot.chat.auth import CHOSEN_NAMES, person
 from engine.events import EXECUTION_FINISHED, INQUIRY_PENDING
 from engine.inquiries import RUNNER, InquiryError, masked, refusal
 
@@ -256,15 +262,30 @@ class InquiryChat:
 
     def _asks(self, message: Message, inquiry: dict[str, Any]) -> bool:
         """Whether `inquiry` asks `message`'s sender: its `users` and `roles` let them answer (the
-        engine's own rule, `refusal`), they did not start its workflow if `self_approval` is false, and
-        they did not answer it already. Only tells an answer from chatter: answering checks again."""
+        engine's own rule, `refusal`, for `irc:nick` on IRC), and by name they did not start its
+        workflow if `self_approval` is false nor answer it already (`_by_name`). Only tells an answer
+        from chatter: answering checks again."""
+        return self._refused(message, inquiry) is None and self._by_name(message, inquiry) is None
+
+    def _refused(self, message: Message, inquiry: dict[str, Any]) -> str | None:
+        """Why the inquiry's `users` and `roles` do not let `message`'s sender answer (`refusal`), or None."""
         result = inquiry.get("result") or {}
-        users, roles = result.get("users") or [], result.get("roles") or []
-        if refusal(message.user, sorted(self.auth.groups_of(message)), users, roles) is not None:
-            return False
-        if result.get("self_approval") is False and message.user == result.get("requester"):
-            return False
-        return not any(r.get("user") == message.user for r in result.get("responses") or [])
+        return refusal(person(message.adapter, message.user), sorted(self.auth.groups_of(message)),
+                       result.get("users") or [], result.get("roles") or [])
+
+    def _by_name(self, message: Message, inquiry: dict[str, Any]) -> str | None:
+        """Why `message`'s sender, by name on any platform, may not answer `inquiry`, or None: they started
+        its workflow (`self_approval` false) or answered it already. The engine compares the answerer as
+        it is given (`irc:carol`), so it would take the nick carol for someone else than the carol who
+        started the workflow, or answered from Slack or the API; the nick may be her, so it may not."""
+        result, name = inquiry.get("result") or {}, _named(message.user)
+        if result.get("self_approval") is False and _named(result.get("requester")) == name:
+            return (f"{message.user} started the workflow of inquiry {inquiry['id']} (by that name, on any "
+                    "platform): someone else must answer it")
+        if any(_named(r.get("user")) == name for r in result.get("responses") or []):
+            return (f"{message.user} already answered inquiry {inquiry['id']} (by that name, on any platform); "
+                    "each person counts once")
+        return None
 
     def _ambiguous(self, inquiries: list[dict[str, Any]]) -> str:
         """What to say to a bare answer that fits several questions waiting in one thread."""
@@ -281,7 +302,9 @@ class InquiryChat:
             return None
         where, store = f"{message.adapter}:{message.channel}", self.engine.store
         try:
-            answered = await self.engine.inquiries.respond(inquiry["id"], response, message.user,
+            self._check_name(message, inquiry)
+            answerer = person(message.adapter, message.user)  # `irc:carol` on IRC: `users` must name the nick
+            answered = await self.engine.inquiries.respond(inquiry["id"], response, answerer,
                                                            sorted(self.auth.groups_of(message)))
         except InquiryError as exc:
             await self.engine.db(store.audit_add, "chat.inquiry.denied", message.user, where, inquiry["id"],
@@ -294,6 +317,16 @@ class InquiryChat:
             return (f"Thanks {message.user}, your answer to inquiry {inquiry['id']} is recorded "
                     f"({len(answered['responses'])} of {answered['count']}): {json.dumps(shown)}")
         return f"Thanks {message.user}, inquiry {inquiry['id']} answered: {json.dumps(answered['response'])}"
+
+    def _check_name(self, message: Message, inquiry: dict[str, Any]) -> None:
+        """Raise `InquiryError` when `_by_name` refuses `message`'s sender an inquiry they may otherwise
+        answer (waiting, and its `users` and `roles` let them): what else stops them the engine says,
+        in its order, as to anyone."""
+        if inquiry.get("status") != "pending" or self._refused(message, inquiry) is not None:
+            return
+        why = self._by_name(message, inquiry)
+        if why is not None:
+            raise InquiryError(why, 403)
 
     async def respond_command(self, message: Message, rest: str, prefix: str) -> str:
         """`respond <inquiry-id> <json or value>`."""
@@ -312,6 +345,14 @@ class InquiryChat:
             return (f"That is not an answer to inquiry {inquiry['id']}; send a JSON object that fits "
                     f"{json.dumps(schema)}")
         return said
+
+
+def _named(user: str | None) -> str | None:
+    """A recorded answerer's or requester's name, whatever platform it was on: `irc:carol` is carol."""
+    if user is None:
+        return None
+    adapter, colon, name = user.partition(":")
+    return name if colon and adapter in CHOSEN_NAMES else user
 
 
 def _schema(inquiry: dict[str, Any]) -> dict[str, Any]:
