@@ -18,7 +18,16 @@ from bot.app import Squall, load_packs
 from engine.config import load_config
 from engine.storage import Store
 from tests.conftest import write
-from tests.workflow_helpers import answer_after_an_edit, children, run, task_names, workflow_pack
+from tests.workflow_helpers import (
+    answer_after_an_edit,
+    children,
+    pending_ask,
+    run,
+    settled,
+    task_names,
+    until,
+    workflow_pack,
+)
 
 SQUALL = Path(sys.executable).parent / "squall"
 
@@ -80,6 +89,36 @@ chain:
     params: {cmd: "echo deploy-v1 >> {{ effects }}"}
 """
 
+#: StackStorm's contrib/examples `chain-test-inquiry`: the answer read as `task1.result.response...` (and
+#: as `task1.response...`, Squall's plain keys).
+INQUIRY = """
+chain:
+  - name: task1
+    ref: core.ask
+    params:
+      schema:
+        type: object
+        properties:
+          secondfactor: {type: string, required: true}
+    on-success: task2
+  - name: task2
+    ref: core.local
+    params:
+      cmd: echo "{{ task1.result.response.secondfactor }} {{ task1.response.secondfactor }}"
+"""
+
+#: `chain-test-inquiry-parent`: the chain above as a sub-chain, which pauses the parent until it is answered.
+INQUIRY_PARENT = """
+chain:
+  - name: task1
+    ref: wf.inquiry
+    on-success: task2
+  - name: task2
+    ref: core.echo
+    params:
+      message: "{{ task1.result.tasks[1].result.stdout }}/{{ task1.tasks[1].result.stdout }}"
+"""
+
 
 @pytest.fixture
 async def chains(home: Path) -> Squall:
@@ -90,6 +129,8 @@ async def chains(home: Path) -> Squall:
         "quiet": ("action-chain", "display_published: {default: false}\ncode: {type: integer, default: 0}",
                   CHAIN.replace("{{ who }}", "q")),
         "gate": ("action-chain", "effects: {type: string}", GATE),
+        "inquiry": ("action-chain", "", INQUIRY),
+        "inquiry_parent": ("action-chain", "", INQUIRY_PARENT),
     })
     app = await Squall.start(load_config(home / "config.yml"))
     assert app.registry.errors == []
@@ -136,6 +177,33 @@ async def test_a_chain_keeps_the_definition_it_started_with_when_the_pack_change
     assert done["status"] == "succeeded", done["result"]
     assert task_names(await children(chains, done["id"])) == ["prep", "approve", "deploy"]
     assert effects == ["prep", "deploy-v1"]
+
+
+async def test_a_task_answered_after_the_chain_paused_has_its_result_under_result(chains: Squall) -> None:
+    """StackStorm's documented inquiry chain: task2 reads `{{ task1.result.response.secondfactor }}` and
+    failed, `task1` having no `result`. StackStorm's resume rebuilds a task ended after the pause with its
+    final result under `result` (`context_result[last_task]["result"]`); the plain keys stay too."""
+    record = await chains.executions.request("wf.inquiry", {}, {"user": "tester"})
+    ask = await pending_ask(chains, record["id"])
+    await chains.inquiries.respond(ask["id"], {"secondfactor": "s3cond"}, "tester")
+    done = await settled(chains, record["id"], ask["id"])
+    assert done["status"] == "succeeded", done["result"]
+    assert [t["name"] for t in done["result"]["tasks"]] == ["task1", "task2"]
+    assert done["result"]["tasks"][0]["result"]["response"] == {"secondfactor": "s3cond"}
+    assert "result" not in done["result"]["tasks"][0]["result"]  # the task's record is its result, as it was
+    assert done["result"]["tasks"][1]["result"]["stdout"] == "s3cond s3cond"
+
+
+async def test_a_sub_chain_resumed_after_its_answer_has_its_result_under_result(chains: Squall) -> None:
+    """`chain-test-inquiry-parent`: the sub-chain pauses its parent on its question; once answered, the
+    parent reads the sub-chain's final result under `task1.result` and as `task1`'s plain keys."""
+    record = await chains.executions.request("wf.inquiry_parent", {}, {"user": "tester"})
+    sub = await until(lambda: children(chains, record["id"]), "the sub-chain to start")
+    ask = await pending_ask(chains, sub[0]["id"])
+    await chains.inquiries.respond(ask["id"], {"secondfactor": "s3cond"}, "tester")
+    done = await settled(chains, record["id"], ask["id"])
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["tasks"][1]["result"]["stdout"] == "s3cond s3cond/s3cond s3cond"
 
 
 async def test_chain_failure_handled_by_on_failure_succeeds(chains: Squall) -> None:

@@ -390,6 +390,52 @@ tasks:
     action: core.local cmd="echo after-v1 >> <% ctx(effects) %>"
 """
 
+#: A typo in a later task: `notify` names no input `messages` (core.echo takes `message`, required).
+PROVISION_TYPO = """
+version: 1.0
+input: [marker]
+tasks:
+  provision:
+    action: core.local cmd="touch <% ctx(marker) %>"
+    next: [{when: <% succeeded() %>, do: notify}]
+  notify:
+    action: core.echo messages="typo in the input name"
+"""
+
+#: StackStorm's contrib/examples `orquesta-fail-inspection-task-contents` workflow, as it is.
+INSPECTION_TASK_CONTENTS = """
+version: 1.0
+description: A basic sequential workflow with inspection error(s).
+input:
+  - name
+vars:
+  - greeting: null
+output:
+  - greeting: <% ctx().greeting %>
+tasks:
+  task1:
+    action: echo message=<% ctx().name %>
+    next:
+      - when: <% succeeded() %>
+        publish: greeting=<% result().stdout %>
+        do: task2
+  task2:
+    action: core.echoz
+    input:
+      message: "All your base are belong to us!"
+    next:
+      - when: <% succeeded() %>
+        publish:
+          - greeting: <% ctx("greeting") %>, <% result().stdout %>
+        do:
+          - task3
+  task3:
+    action: core.echo messages=<% ctx('greeting') %>
+    next:
+      - when: <% succeeded() %>
+        publish: greeting=<% result().stdout %>
+"""
+
 
 @pytest.fixture
 async def wf(home: Path) -> Squall:
@@ -416,6 +462,9 @@ async def wf(home: Path) -> Squall:
         "task_status": ("orquesta", "", TASK_STATUS),
         "gate": ("orquesta", "effects: {type: string}", GATE),
         "checked": ("orquesta", "effects: {type: string}\ngate: {type: string}", CHECKED),
+        "provision_typo": ("orquesta", "marker: {type: string}", PROVISION_TYPO),
+        "inspection_task_contents": ("orquesta", "name: {required: true, type: string, default: Lakshmi}",
+                                     INSPECTION_TASK_CONTENTS),
     })
     app = await Squall.start(load_config(home / "config.yml"))
     assert app.registry.errors == []
@@ -931,3 +980,66 @@ async def test_a_shell_task_cmd_gets_workflow_data_as_data(wf: Squall, tmp_path:
     assert list(tmp_path.glob("pwned*")) == []
     for child in await children(wf, done["id"]):
         assert nasty not in child["parameters"]["cmd"] and child["parameters"]["env"]["KEEP"] == "kept"
+
+
+_TASK_SCHEMA = r"properties.tasks.patternProperties.^\w+$"
+
+
+async def test_a_content_error_in_a_later_task_fails_the_workflow_before_any_task_runs(wf: Squall,
+                                                                                       tmp_path: Path) -> None:
+    """`provision` ran (its side effect made) before `notify` failed on its misspelt input. StackStorm
+    inspects every task's action and input when the workflow is requested and runs nothing if one is
+    wrong (`workflows.inspect_task_contents`): the run fails with content errors and a null output."""
+    marker = tmp_path / "provisioned"
+    done = await run(wf, "wf.provision_typo", {"marker": str(marker)})
+    assert done["status"] == "failed"
+    assert done["result"] == {"output": None, "errors": [
+        {"type": "content", "message": 'Action "core.echo" is missing required input "message".',
+         "schema_path": f"{_TASK_SCHEMA}.properties.input", "spec_path": "tasks.notify.input"},
+        {"type": "content", "message": 'Action "core.echo" has unexpected input "messages".',
+         "schema_path": f"{_TASK_SCHEMA}.properties.input.patternProperties.^\\w+$",
+         "spec_path": "tasks.notify.input.messages"},
+    ]}
+    assert not marker.exists()
+    assert await children(wf, done["id"]) == []
+
+
+async def test_every_content_error_is_reported_as_stackstorm_reports_them(wf: Squall) -> None:
+    """StackStorm's `test_wiring_error_handling.py::test_task_content_errors`, on its own example: a ref
+    without a pack, an action not registered, a missing required input and an unexpected one, all four,
+    ordered as StackStorm orders them (by type, then schema path)."""
+    done = await run(wf, "wf.inspection_task_contents", {"name": "x"})
+    assert done["status"] == "failed"
+    assert done["result"] == {"output": None, "errors": [
+        {"type": "content", "message": 'The action reference "echo" is not formatted correctly.',
+         "schema_path": f"{_TASK_SCHEMA}.properties.action", "spec_path": "tasks.task1.action"},
+        {"type": "content", "message": 'The action "core.echoz" is not registered in the database.',
+         "schema_path": f"{_TASK_SCHEMA}.properties.action", "spec_path": "tasks.task2.action"},
+        {"type": "content", "message": 'Action "core.echo" is missing required input "message".',
+         "schema_path": f"{_TASK_SCHEMA}.properties.input", "spec_path": "tasks.task3.input"},
+        {"type": "content", "message": 'Action "core.echo" has unexpected input "messages".',
+         "schema_path": f"{_TASK_SCHEMA}.properties.input.patternProperties.^\\w+$",
+         "spec_path": "tasks.task3.input.messages"},
+    ]}
+    assert await children(wf, done["id"]) == []
+
+
+async def test_a_run_whose_tasks_ran_already_is_not_inspected_again(wf: Squall, home: Path, tmp_path: Path) -> None:
+    """A run started before runs kept their definition is conducted from the file as it is now; if that
+    file has a content error since, the run is not failed at once as a new one is (StackStorm inspects a
+    workflow when it is requested only): it goes on, and the task with the error fails when it is reached."""
+    effects = tmp_path / "effects"
+    record = await wf.executions.request("wf.gate", {"effects": str(effects)}, {"user": "tester"})
+    ask = await pending_ask(wf, record["id"])
+    stored = await wf.db(wf.store.get_execution, record["id"])
+    assert await wf.db(wf.store.update_execution, record["id"],
+                       {"spec": {k: v for k, v in stored["spec"].items() if k != "workflow"}})
+    rewrite(home / "packs" / "wf" / "actions" / "workflows" / "gate.yaml",
+            GATE.replace('deploy-v1 >> <% ctx(effects) %>"', 'deploy-v1 >> <% ctx(effects) %>" cwd_typo="/"'))
+    await wf.inquiries.respond(ask["id"], {"ok": True}, "tester")
+    done = await settled(wf, record["id"], ask["id"])
+    assert done["status"] == "failed"
+    (error,) = done["result"]["errors"]
+    assert error["type"] == "error" and error["task_id"] == "deploy" and "cwd_typo" in error["result"]["error"]
+    assert task_names(await children(wf, record["id"])) == ["prep", "approve"]  # deploy's request was refused
+    assert effects.read_text().split() == ["prep"]

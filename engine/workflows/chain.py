@@ -133,6 +133,15 @@ def parse(data: Any, lines: LineMap, file: str) -> ChainSpec:  # noqa: C901 (a c
     return ChainSpec(file, nodes, start, variables)
 
 
+def _after_resume(result: Any) -> Any:
+    """What later tasks' templates see of a task the chain paused on and that ended after its resume.
+    StackStorm's `resume` rebuilds its context with the task's updated result under `result`
+    (`context_result[last_task]["result"]`), so its documented inquiry chain reads the answer as
+    `{{ task1.result.response.secondfactor }}`; the result's own keys stay beside it, so
+    `{{ task1.response.secondfactor }}` reads it too. A result that is no mapping has no keys to add to."""
+    return {**result, "result": result} if isinstance(result, dict) else result
+
+
 class ChainConductor:
     """Runs the chain one task at a time."""
 
@@ -217,21 +226,23 @@ class ChainConductor:
         return parameters
 
     def on_done(self, key: str, status: str, result: Any, execution_id: str | None, *,
-                created_at: str | None = None, updated_at: str | None = None) -> list[TaskCall]:
+                created_at: str | None = None, updated_at: str | None = None, resumed: bool = False) -> list[TaskCall]:
         """A task ended; `execution_id` None: its child could not be requested (bad parameters, say).
-        `created_at`/`updated_at` (ISO 8601) are when its child was requested and last changed."""
+        `created_at`/`updated_at` (ISO 8601) are when its child was requested and last changed.
+        `resumed`: the chain paused on the task (an inquiry waiting for its answer, a paused sub-chain)
+        and it ended after; its templates then also find its result under `result` (`_after_resume`)."""
         name = key.rsplit(".", 1)[0]
         node = self.spec.nodes[name]
         self.tasks.append({"id": name, "name": name, "execution_id": execution_id, "liveaction_id": execution_id,
                            "workflow": None, "created_at": created_at, "updated_at": updated_at, "state": status,
                            "result": result})
-        self.results[name] = result
+        seen = self.results[name] = _after_resume(result) if resumed else result
         self.status = status
         # StackStorm renders `publish` only for a child that ran (the `else:` of its scheduling `try`):
         # a request refused has no result to publish from, and the task takes on-failure.
         if node.publish and execution_id is not None:
             try:
-                published = render_values(node.publish, {**self._context(), name: result}, self.jinja)
+                published = render_values(node.publish, {**self._context(), name: seen}, self.jinja)
             except TemplateRenderError as exc:
                 return self._fail(f'Failed to publish from task "{name}": {exc}')
             self.vars.update(published)

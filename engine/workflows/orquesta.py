@@ -36,7 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.workflows import graph
-from engine.workflows.expressions import ExpressionError, Scope, evaluate, evaluate_shell, syntax_errors
+from engine.workflows.expressions import (
+    ExpressionError,
+    Scope,
+    evaluate,
+    evaluate_shell,
+    has_expression,
+    syntax_errors,
+)
 from engine.workflows.model import FAILED, Outcome, TaskCall
 from engine.yamlfile import ContentError, ContentInvalid, LineMap
 
@@ -48,6 +55,8 @@ _INLINE_VALUE_FORMS = (r"\[.*\]\s*", r"\"[^\"]*\"\s*", r"'[^']*'\s*", r"[-]?\d*\
 _INLINE_PARAMS = re.compile(r"([\w]+)=(" + "|".join(_INLINE_VALUE_FORMS) + ")")
 _INLINE_QUOTED = (re.compile(r"\"[^\"]*\"\s*"), re.compile(r"'[^']*'\s*"))
 _WITH_NAMES = re.compile(r"^\s*([\w]+(?:\s*,\s*[\w]+)*)\s+in\s+(.+)$", re.DOTALL)
+#: Where StackStorm's content errors point in Orquesta's workflow schema (`inspect_task_contents`).
+_TASK_SCHEMA_PATH = r"properties.tasks.patternProperties.^\w+$"
 _TOP_KEYS = {"version", "description", "input", "vars", "tasks", "output"}
 _TASK_KEYS = {"action", "input", "next", "join", "with", "retry", "delay"}
 _NEXT_KEYS = {"when", "publish", "do"}
@@ -262,6 +271,54 @@ def parse(data: Any, lines: LineMap, file: str) -> WorkflowSpec:  # noqa: C901 (
         raise fail(f"task '{cycle[0]}': cycle {' -> '.join(cycle)} has no exit (every transition in it is "
                    "unconditional and stays in the cycle)", "tasks", cycle[0])
     return WorkflowSpec(file, inputs, variables, output, tasks, starts, inbound)
+
+
+#: An action's merged parameter schemas by name, as `Action.parameters` holds them.
+Parameters = Mapping[str, Mapping[str, Any]]
+
+
+def inspect_task_contents(spec: WorkflowSpec,
+                          parameters_of: Callable[[str], Parameters | None]) -> list[dict[str, Any]]:
+    """StackStorm's `inspect_task_contents` (st2common/services/workflows.py), which its `request()` runs
+    before the workflow starts: every task whose `action` is a literal ref (not an expression) is checked
+    against the registry (`parameters_of(ref)`: the action's merged runner and action parameters, None
+    when no such action is registered), and its literal input names against those parameters. A typo in
+    a later task then fails the workflow before any task runs, not after the tasks before it made their
+    side effects. The entries are shaped and ordered as StackStorm's (`type: content`, `message`,
+    `spec_path`, `schema_path`; by schema path, then task order), its messages word for word."""
+    errors: list[dict[str, Any]] = []
+    for name, task in spec.tasks.items():
+        ref = task.action
+        if not ref or has_expression(ref):
+            continue
+        action_at = {"spec_path": f"tasks.{name}.action", "schema_path": f"{_TASK_SCHEMA_PATH}.properties.action"}
+        if "." not in ref:  # StackStorm's `ResourceReference.is_resource_reference`: `pack.name`
+            errors.append({"type": "content", "message": f'The action reference "{ref}" is not formatted correctly.',
+                           **action_at})
+            continue
+        parameters = parameters_of(ref)
+        if parameters is None:
+            errors.append({"type": "content", "message": f'The action "{ref}" is not registered in the database.',
+                           **action_at})
+            continue
+        errors += _input_errors(name, ref, task.input, parameters)
+    return sorted(errors, key=lambda error: (error["type"], error["schema_path"]))
+
+
+def _input_errors(task: str, ref: str, given: Mapping[Any, Any], parameters: Parameters) -> list[dict[str, Any]]:
+    """StackStorm's `validate_action_parameters` as its inspection reports it: a required parameter
+    without a default that the task's input does not give, and an input name the action has no
+    parameter for."""
+    names = {str(key) for key in given}
+    input_path, input_schema = f"tasks.{task}.input", f"{_TASK_SCHEMA_PATH}.properties.input"
+    missing = sorted(p for p, meta in parameters.items()
+                     if meta.get("required") and "default" not in meta and p not in names)
+    errors = [{"type": "content", "message": f'Action "{ref}" is missing required input "{p}".',
+               "spec_path": input_path, "schema_path": input_schema} for p in missing]
+    errors += [{"type": "content", "message": f'Action "{ref}" has unexpected input "{p}".',
+                "spec_path": f"{input_path}.{p}", "schema_path": f"{input_schema}.patternProperties.^\\w+$"}
+               for p in sorted(names - set(parameters))]
+    return errors
 
 
 @dataclass

@@ -151,6 +151,13 @@ def check_entry_point(kind: str, path: Path, display: str) -> None:
     load_spec(kind, path, display)
 
 
+def _waited(record: Mapping[str, Any] | None) -> bool:
+    """Whether a task's child waited before it ended: `pending` (an inquiry until its answer) or `paused`
+    (a sub-workflow), so its workflow paused on it and went on after a resume."""
+    return record is not None and any(isinstance(entry, dict) and entry.get("status") in _WAITING
+                                      for entry in record.get("log") or [])
+
+
 def _crashed(record: dict[str, Any]) -> bool:
     """A child abandoned because Squall stopped: it did not finish, so it runs again."""
     error = str((record.get("result") or {}).get("error") or "") if isinstance(record.get("result"), dict) else ""
@@ -312,7 +319,7 @@ class Flow:
             created = _stamp(child.get("start_timestamp"))
             updated = _stamp(child.get("end_timestamp")) or created
         return functools.partial(self.conductor.on_done, key, status, result, child_id, created_at=created,
-                                 updated_at=updated)
+                                 updated_at=updated, resumed=_waited(child))
 
     async def _step(self, step: Callable[..., T], *args: Any) -> T:
         """One step of the conductor (`start`, `on_done`, `outcome`), on a render thread, so the
@@ -686,9 +693,13 @@ class WorkflowService:
         record = await self.executions.db(self.executions.db.store.get_execution, request.execution_id) or {}
         revealed = self.executions.revealed(record)
         try:
-            conductor = self._conductor(kind, request, revealed, await self._definition(kind, request, record))
+            spec = await self._definition(kind, request, record)
+            conductor = self._conductor(kind, request, revealed, spec)
         except ContentInvalid as exc:
             return RunOutcome("failed", {"error": f"invalid workflow: {exc}"})
+        content_errors = await self._content_errors(kind, spec, record)
+        if content_errors:  # as StackStorm's Orquesta runner fails a workflow its inspection refuses
+            return RunOutcome("failed", {"output": None, "errors": content_errors})
         flow = Flow(self, request, conductor, revealed)
         status = record.get("status")
         if status == "pausing" or _pause_interrupted(record):
@@ -716,6 +727,30 @@ class WorkflowService:
             # Its result, as it is stored, is scrubbed of them (and of its secret parameters' values within an
             # object or a list, which the runner's own scrub, of each parameter's text, does not find).
             request.revealed.extend([*flow.secrets, *flow.revealed])
+
+    async def _content_errors(self, kind: str, spec: Any, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """An Orquesta run's content errors (`orquesta.inspect_task_contents`: an action ref badly formed
+        or not registered, a required input missing, an input the action does not take), checked at its
+        first conduct only, before any task starts, as StackStorm inspects a workflow when it is
+        requested. A run that kept its definition started already (a resume, an answer, a re-run, a
+        restart): it is not failed afresh by a pack changed since. Nor is a run that stored none but has
+        tasks (one started before runs kept theirs): its tasks ran, and what is wrong fails its task."""
+        if kind != "orquesta" or KEPT in (record.get("spec") or {}):
+            return []
+        from engine.workflows import orquesta  # loaded already by `_parse`
+
+        actions = self.executions.registry.actions
+
+        def parameters_of(ref: str) -> orquesta.Parameters | None:
+            action = actions.get(ref)
+            return None if action is None else action.parameters
+
+        errors = orquesta.inspect_task_contents(spec, parameters_of)
+        if errors and record:
+            store = self.executions.db.store
+            if await self.executions.db(store.list_executions, parent=record["id"], limit=1):
+                return []
+        return errors
 
     async def _definition(self, kind: str, request: RunRequest, record: dict[str, Any]) -> Any:
         """The run's workflow definition, parsed. A run keeps the one it started with to its end (a
