@@ -382,16 +382,21 @@ def _auth_rules(path: Path | None, ref: str, rules: Any) -> None:
 
 
 def _user_names(path: Path | None, where: str, names: list[Any] | None) -> None:
-    """A qualified user's name (`irc:carol`) names an adapter and someone on it: `ircc:carol` or `irc:`
-    would name nobody, and a deny list naming nobody lets everybody in."""
+    """A qualified user's name (`irc:carol`) names an adapter and someone on it; `irc:` names nobody, and
+    a deny list naming nobody lets everybody in. A name whose part before its colon is no adapter is a
+    user whose name has a colon (an API key `ci:deploy`), unless that part is an adapter's name
+    misspelt (`ircc:carol`), which would name nobody as well."""
     for name in names or []:
         adapter, colon, user = str(name).partition(":")
         if not colon:
             continue
         if adapter not in AUTH_USER_QUALIFIERS:
-            raise ConfigError(f"{_prefix(path)}'{where}' entry '{name}' is qualified by '{adapter}', which is no "
-                              f"adapter: write a bare name ({user}) or qualify it by one of "
-                              f"{', '.join(AUTH_USER_QUALIFIERS)} (irc:{user})")
+            meant = difflib.get_close_matches(adapter, AUTH_USER_QUALIFIERS, n=1, cutoff=0.8) if adapter[2:] else []
+            if meant:
+                raise ConfigError(f"{_prefix(path)}'{where}' entry '{name}' is qualified by '{adapter}', which is no "
+                                  f"adapter: did you mean {meant[0]}:{user}? A user whose own name holds a colon is "
+                                  f"written api:{name}")
+            continue
         if not user:
             raise ConfigError(f"{_prefix(path)}'{where}' entry '{name}' names nobody after '{adapter}:': write the "
                               f"user's name after it, such as {adapter}:alice")

@@ -175,15 +175,32 @@ async def test_the_irc_warning_is_logged_once_as_the_chat_starts_with_irc(home: 
     assert not [r for r in caplog.records if r.name == "bot.chat.auth"]
 
 
+def test_a_user_whose_name_has_a_colon_keeps_what_config_grants_it() -> None:
+    """An API key named `ci:deploy` (its part before the colon names no adapter) is that name, as before
+    qualified names: an admin, a group member on the API and in an inquiry's roles, allowed by name. One
+    named `irc:carol` is only `api:irc:carol`, never the IRC nick carol's entry."""
+    auth = Authorizer.from_config({"admins": ["ci:deploy"], "groups": {"deployers": ["ci:deploy", "api:irc:carol"]},
+                                   "aliases": {}})
+    assert auth.member_of("ci:deploy") == {"deployers"}
+    assert auth.member_of("irc:carol") == {"deployers"}
+    assert Authorizer.from_config({"admins": ["irc:carol"]}).member_of("irc:carol") == set()
+    assert auth.is_admin(Message(adapter="api", channel="api", user="ci:deploy", text="x"))
+    assert not Authorizer.from_config({"admins": ["irc:carol"]}).is_admin(
+        Message(adapter="api", channel="api", user="irc:carol", text="x"))
+
+
 def test_a_qualified_name_must_name_an_adapter_in_config() -> None:
-    """`ircc:carol` would name nobody: in a deny list, everybody would pass."""
+    """`ircc:carol` would name nobody: in a deny list, everybody would pass. A name whose part before the
+    colon is no adapter's name nor one misspelt is a user whose name has a colon (an API key `ci:deploy`),
+    as configs written before qualified names have them."""
     check_auth({"admins": ["irc:carol", "slack:carol", "mattermost:dave", "console:root", "api:hubot", "ann"],
-                "groups": {"ops": ["irc:bob"]}, "aliases": {"ops": {"allow": {"users": ["irc:erin"]}}}})
+                "groups": {"ops": ["irc:bob", "ci:deploy", "team:oncall"]},
+                "aliases": {"ops": {"allow": {"users": ["irc:erin", "ci:deploy"]}}}})
     with pytest.raises(ConfigError) as typo:
         check_auth({"aliases": {"ops": {"deny": {"users": ["ircc:mallory"]}}}})
     assert str(typo.value) == ("'auth.aliases.ops.deny.users' entry 'ircc:mallory' is qualified by 'ircc', which is "
-                               "no adapter: write a bare name (mallory) or qualify it by one of console, slack, "
-                               "mattermost, irc, api (irc:mallory)")
+                               "no adapter: did you mean irc:mallory? A user whose own name holds a colon is written "
+                               "api:ircc:mallory")
     with pytest.raises(ConfigError) as empty:
         check_auth({"groups": {"ops": ["irc:"]}})
     assert str(empty.value) == ("'auth.groups.ops' entry 'irc:' names nobody after 'irc:': write the user's name "

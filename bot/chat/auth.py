@@ -18,15 +18,16 @@ Mattermost's user names, looked up on the server; the console's configured user;
 token), but never on IRC, where anyone may `/nick carol`: there only `irc:carol` grants anything
 (admin, group member, approver, allow list), so an IRC nick is never a Slack or Mattermost person of the
 same name. A deny list's bare names refuse the IRC nick too: a deny grants nothing, so the stricter
-reading costs no one a right. A bare name with a colon (an API request acting as `irc:carol`) is only
-its qualified self (`api:irc:carol`), as a channel's is. Config that grants to bare names while IRC
+reading costs no one a right. A bare name that reads qualified (an API request acting as `irc:carol`) is
+only its qualified self (`api:irc:carol`), as a channel's is; `ci:deploy`, whose part before the colon
+names no adapter, is a name like any other. Config that grants to bare names while IRC
 is on is said once in the log as the chat starts (`warn_irc`, from `ChatBot.start`), since an upgrade
 took those names' rights on IRC away. What a person started is theirs by the same rule (`same_person`):
 the nick carol owns what it started on IRC only, and nothing Slack's or the API's carol started.
 
 The config keys read here are `engine.config`'s `AUTH_KEYS`, `AUTH_RULE_SIDES` and `AUTH_RULE_KINDS`:
 `load_config` refuses any other (`check_auth`), since a misspelt deny list would deny nobody, and a
-user qualified by anything but `AUTH_USER_QUALIFIERS` (`ircc:carol`). A key read here must be added there.
+user qualified by an adapter's name misspelt (`ircc:carol`). A key read here must be added there.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 
 from adapters.base import Message
 from aliases.model import PERMISSION_KINDS
+from engine.config import AUTH_USER_QUALIFIERS
 
 log = logging.getLogger(__name__)
 
@@ -156,22 +158,31 @@ class Authorizer:
 
 def names_of(adapter: str | None, user: str | None) -> set[str]:
     """How config may name `user` of `adapter` to grant them something: qualified by the adapter always,
-    bare where the platform says who wrote (never on IRC, `CHOSEN_NAMES`), and never a bare name with a
-    colon, which would pass for another adapter's person. No adapter (the API's, the CLI's and the web's
-    authenticated user outside chat): bare only. No user (help's person without rights): no name."""
+    bare where the platform says who wrote (never on IRC, `CHOSEN_NAMES`), and never bare when the name
+    reads as another adapter's person (`_reads_qualified`: an API key named `irc:carol`). No adapter (the
+    API's, the CLI's and the web's authenticated user outside chat): bare, and as `api:` qualifies it,
+    the one way config can name a user whose own name reads qualified. No user (help's person without
+    rights): no name."""
     if not user:
         return set()
-    names = {f"{adapter}:{user}"} if adapter else set()
-    if adapter not in CHOSEN_NAMES and ":" not in user:
+    names = {f"{adapter or 'api'}:{user}"}
+    if adapter not in CHOSEN_NAMES and not _reads_qualified(user):
         names.add(user)
     return names
+
+
+def _reads_qualified(user: str) -> bool:
+    """Whether a name's part before its first colon names an adapter (`irc:carol`), so that, bare, it
+    would pass for that adapter's person; `ci:deploy` is a name with a colon like any other."""
+    qualifier, colon, _rest = user.partition(":")
+    return bool(colon) and qualifier in AUTH_USER_QUALIFIERS
 
 
 def denied_names(message: Message) -> set[str]:
     """How a deny list may name the sender: `names_of` and, on IRC too, the bare name (a deny grants
     nothing, so whoever took a denied nick is refused with its holder)."""
     names = names_of(message.adapter, message.user)
-    if message.user and ":" not in message.user:
+    if message.user and not _reads_qualified(message.user):
         names.add(message.user)
     return names
 
