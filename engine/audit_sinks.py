@@ -6,11 +6,19 @@ web UI, the API, the CLI), so the sinks hang there: `install(store, config)` mak
 each stored event to them. A sink that fails (a full disk, a syslog host gone) is logged and never
 stops the event from being stored or the action from going on: the database copy is the record,
 the sinks are its stream. An outage is logged when it begins and when it ends (`_Guarded`), not once
-per event.
+per event, and each event a sink missed counts in `squall_audit_sink_failures_total{sink}`.
 
-The store tells the sinks on whichever thread committed the event, the event loop's included
-(`Store.batch_without_waiting`), so no sink may wait on its receiver: the syslog socket never blocks
-(a local syslog that stopped reading froze all of `squall serve` at its 12th event).
+The store tells its listeners on whichever thread committed the event, the event loop's included
+(`Store.batch_without_waiting`), and every sink can wait on something: a stdout pipe its collector
+stopped reading (64 KiB, then `write` waits), the file's `flock` held elsewhere or a hung NFS disk, a
+syslog host name's DNS lookup. Any of them, on the loop, froze all of `squall serve`. So the store's
+listener is a `Delivery`: it only puts the event on a bounded queue (`QUEUE_EVENTS`), and one thread of
+its own hands the events to the sinks, in order. A queue that is full (a sink stuck that long) drops the
+event for the sinks, counted and logged once per outage, as a failed sink is. Closing waits for the
+queue to drain (`DRAIN_SECONDS` at most), so a CLI command's events reach the sinks before it exits.
+The thread reads each event after the caller returned: a caller never changes a detail it recorded
+(each builds its own for the call). The syslog socket still never blocks, so a syslog that stopped
+reading does not hold the other sinks' events.
 
 What leaves through a sink is masked once more: any detail key that names a secret (password,
 secret, token, key, credential) or an HTTP header that carries one (authorization, cookie), and
@@ -33,10 +41,12 @@ import fcntl
 import json
 import logging
 import os
+import queue
 import re
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +69,14 @@ _DENIALS = re.compile(r"denied|refused|failed|throttled")
 SYSLOG_MAX_BYTES = 8192
 #: The least a syslog message may be capped to: room for the header and an event's names.
 _SYSLOG_MIN_BYTES = 480
+#: How often a syslog host's name is looked up again although sending works: UDP says nothing when the
+#: address it has is stale (the SIEM moved), so a failed send alone would never look it up again.
+RESOLVE_SECONDS = 300.0
+#: Events waiting for the sinks at most (`Delivery`): a sink stuck longer than that many events costs
+#: memory no more; the events past it are dropped for the sinks (the database has them).
+QUEUE_EVENTS = 10_000
+#: How long closing waits for the sinks to take the events still queued (`Delivery.close`).
+DRAIN_SECONDS = 5.0
 
 
 class _Process:
@@ -133,6 +151,9 @@ class FileSink:
     `max_bytes: 0` never rotates (leave it to logrotate). Who ran what is for the operators, not every
     local user: every file is 0600.
     """
+
+    #: The `sink` label of `squall_audit_sink_failures_total`.
+    kind = "file"
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +240,13 @@ class SyslogSink:
 
     A message is at most `max_bytes` long (`fitted`): an event bigger than a datagram (a 70 kB parameter)
     failed to send and never reached the SIEM, so its long detail values are cut, each marked, and its
-    event, actor, source and target always arrive."""
+    event, actor, source and target always arrive.
+
+    A host is looked up (`_destination`) on the sinks' thread: when it starts (`prepare`), again after a
+    lookup or a send failed, and every `RESOLVE_SECONDS`; `sendto` given the name looked it up for every
+    event, on the event loop, where a dead DNS held `squall serve` for the resolver's timeout each time."""
+
+    kind = "syslog"
 
     def __init__(self, facility: int, address: tuple[str, int] | str, max_bytes: int = SYSLOG_MAX_BYTES) -> None:
         self.facility = facility
@@ -227,17 +254,50 @@ class SyslogSink:
         self.max_bytes = max_bytes
         family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET6 if ":" in address[0] \
             else socket.AF_INET
-        self.socket = socket.socket(family, socket.SOCK_DGRAM)
-        # Never wait for the receiver: the sink runs on the event loop too, and a local syslog that stopped
-        # reading (its socket queues ~10 messages) held `sendto`, and all of `squall serve`, until it read.
-        self.socket.setblocking(False)
+        self.socket = _datagram_socket(family)
         self.host = socket.gethostname() or "-"
+        #: The address looked up, and when (`time.monotonic`); None until looked up, or after a failure.
+        self._target: tuple[Any, ...] | None = None
+        self._looked_up = 0.0
+
+    def prepare(self) -> None:
+        """Look the host up before the first event (on the sinks' thread); a failure is said with the first
+        event, which looks it up again."""
+        with contextlib.suppress(OSError):
+            self._destination()
 
     def __call__(self, record: Mapping[str, Any]) -> None:
+        target = self._destination()
         try:
-            self.socket.sendto(self.message(record), self.address)
+            self.socket.sendto(self.message(record), target)
         except OSError as exc:
+            self._target = None  # a stale address, maybe: look it up again for the next event
             raise OSError(exc.errno, f"syslog at {self.where} {_why_unsent(exc)}") from None
+
+    def _destination(self) -> tuple[Any, ...] | str:
+        """Where to send: the local socket's path, or the host's address, looked up when there is none
+        yet or it is `RESOLVE_SECONDS` old (then the old one serves on if the lookup fails)."""
+        if isinstance(self.address, str):
+            return self.address
+        if self._target is None:
+            self._look_up(self.address)
+        elif time.monotonic() - self._looked_up > RESOLVE_SECONDS:
+            with contextlib.suppress(OSError):  # the DNS is down: the address it gave is likelier right
+                self._look_up(self.address)
+        assert self._target is not None
+        return self._target
+
+    def _look_up(self, address: tuple[str, int]) -> None:
+        """The host's first address; the socket remade for its family (a name that has only IPv6)."""
+        try:
+            family, _, _, _, target = socket.getaddrinfo(*address, type=socket.SOCK_DGRAM)[0]
+        except OSError as exc:
+            raise OSError(exc.errno, f"syslog at {self.where} could not be looked up: {exc.strerror or exc}; "
+                                     f"check the host name in audit.sinks and this host's DNS") from None
+        if family != self.socket.family:
+            self.socket.close()
+            self.socket = _datagram_socket(family)
+        self._target, self._looked_up = target, time.monotonic()
 
     @property
     def where(self) -> str:
@@ -254,6 +314,14 @@ class SyslogSink:
 
     def close(self) -> None:
         self.socket.close()
+
+
+def _datagram_socket(family: int) -> socket.socket:
+    """A datagram socket that never waits for its receiver: a local syslog that stopped reading (its socket
+    queues ~10 messages) held `sendto`, and with it every sink's events, until it read."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    return sock
 
 
 def _why_unsent(exc: OSError) -> str:
@@ -323,7 +391,10 @@ def fitted(shown: Mapping[str, Any], budget: int) -> str:
 
 
 class StreamSink:
-    """JSON lines on a stream (standard output by default), for a container's log collector."""
+    """JSON lines on a stream (standard output by default), for a container's log collector. A collector
+    that stops reading holds `write` once the pipe is full: the sinks' thread waits, never the loop."""
+
+    kind = "stdout"
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
@@ -412,12 +483,111 @@ def _syslog_max_bytes(config: Any, where: str, spec: dict[str, Any]) -> int:
     return value
 
 
-def install(store: Any, config: Any) -> list[Any]:
-    """Hand every audit event `store` records to the configured sinks; the sinks (to close)."""
+def install(store: Any, config: Any) -> list[Delivery]:
+    """Hand every audit event `store` records to the configured sinks, through their own thread
+    (`Delivery`); what to close: one delivery, or none (and no thread) when no sink is configured."""
     sinks = build(config)
-    for sink in sinks:
-        store.audit_listeners.append(_guarded(sink))
-    return sinks
+    if not sinks:
+        return []
+    delivery = Delivery(sinks)
+    store.audit_listeners.append(delivery)
+    return [delivery]
+
+
+#: What tells the sinks' thread to close the sinks and end (`Delivery.close`).
+_STOP: Mapping[str, Any] = {}
+
+
+class Delivery:
+    """The store's audit listener: it puts each event on a queue and one thread of its own hands them to
+    the sinks (`_Guarded`), in order. The caller (the event loop, a database thread) never waits: when
+    `capacity` events are waiting (a sink stuck that long), the event is dropped for the sinks, counted
+    in `squall_audit_sink_failures_total` for each, and logged when the drops begin and when they end,
+    with how many and since when: the database has them (`squall audit export --since`). They end when
+    the queue is half empty again, not at its first free place: a sink a little slower than the events
+    filled and freed that place by turns, two warnings a turn."""
+
+    def __init__(self, sinks: list[Any], capacity: int = QUEUE_EVENTS, drain_seconds: float = DRAIN_SECONDS) -> None:
+        self.sinks = sinks
+        self.capacity, self.drain_seconds = capacity, drain_seconds
+        self._guarded = [_Guarded(sink) for sink in sinks]
+        # SimpleQueue: `put` and `qsize` are a few hundred nanoseconds, the loop's whole share of an event.
+        self._queue: queue.SimpleQueue[Mapping[str, Any]] = queue.SimpleQueue()
+        self._closed = False
+        self._state = threading.Lock()  # the event loop and the database threads both drop
+        self._dropped = 0
+        self._since: Any = None
+        self._thread = threading.Thread(target=self._deliver, name="squall-audit-sinks", daemon=True)
+        self._thread.start()
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        """Queue `record` for the sinks; never waits (a full queue or a closed delivery drops it)."""
+        if self._closed or self._queue.qsize() >= self.capacity:
+            self._drop(record)
+            return
+        self._queue.put(record)
+        if self._dropped and self._queue.qsize() <= self.capacity // 2:
+            self._resumed()
+
+    def _deliver(self) -> None:
+        """The sinks' thread: prepare the sinks (look syslog hosts up), then hand them each event in
+        turn until `close`; then close them, here, where no write of theirs can still be under way."""
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):  # said by the first event it fails: this thread must go on
+                getattr(sink, "prepare", lambda: None)()
+        while (record := self._queue.get()) is not _STOP:
+            for deliver in self._guarded:
+                deliver(record)
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):  # closing never fails the command that ends
+                sink.close()
+
+    def _drop(self, record: Mapping[str, Any]) -> None:
+        with self._state:
+            self._dropped += 1
+            first = self._dropped == 1
+            if first:
+                self._since = entry(record)["time"]
+        for sink in self.sinks:
+            _count_missed(sink)
+        if first and self._closed:
+            log.warning("%s came after the audit sinks closed: it is not streamed; the database keeps it",
+                        record.get("event"))
+        elif first:
+            log.warning("the audit sinks' queue is full (%d events wait for a sink that is stuck or slow): %s and "
+                        "the events after it are not streamed until it has room (logged then); the database keeps "
+                        "every event", self.capacity, record.get("event"))
+
+    def _resumed(self, now: str = "has room again") -> None:
+        """Log how many events the sinks were not given since the drops began, and where they are."""
+        with self._state:
+            dropped, since, self._dropped = self._dropped, self._since, 0
+        if dropped:
+            log.warning("the audit sinks' queue %s; the %d events it dropped since %s are in the database "
+                        "(`squall audit export --since %s`)", now, dropped, since, since)
+
+    def close(self) -> None:
+        """Deliver what is queued, waiting `drain_seconds` at most (a CLI command's events reach the sinks
+        before it exits), then close the sinks; an event recorded later is dropped. A sink stuck past the
+        wait keeps its thread (a daemon: it ends with the process) and closes when it is done."""
+        if self._closed:
+            return
+        self._resumed("closes")  # drops not yet said: said now, or never
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(self.drain_seconds)
+        if self._thread.is_alive():
+            log.warning("the audit sinks did not take their last events within %g s (a sink is stuck: a stdout "
+                        "nobody reads, a file lock held elsewhere, a hung disk); about %d events were not "
+                        "delivered: the database has them (`squall audit export`)", self.drain_seconds,
+                        self._queue.qsize())
+
+
+def _count_missed(sink: Any) -> None:
+    """One more event `sink` missed, in `squall_audit_sink_failures_total{sink}` (its kind)."""
+    from engine.metrics import metrics
+
+    metrics.count(metrics.audit_sink_failures, getattr(sink, "kind", type(sink).__name__))
 
 
 def _guarded(sink: Sink) -> Sink:
@@ -432,7 +602,7 @@ class _Guarded:
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
-        self._state = threading.Lock()  # the database threads and the event loop share one sink
+        self._state = threading.Lock()  # alone (`_guarded`), a sink may be called from several threads
         self._missed = 0
         self._since: Any = None
 
@@ -446,6 +616,7 @@ class _Guarded:
                 self._recovered()
 
     def _failed(self, record: Mapping[str, Any], exc: Exception) -> None:
+        _count_missed(self.sink)
         with self._state:
             self._missed += 1
             first = self._missed == 1

@@ -115,6 +115,9 @@ class Metrics:
         self.sensor_restarts = Counter(
             "squall_sensor_restarts_total", "Sensor processes restarted after they exited.", ["sensor"],
             registry=registry)
+        self.audit_sink_failures = Counter(
+            "squall_audit_sink_failures_total", "Audit events a sink missed (it failed, or its queue was full), "
+            "by sink type: file, syslog, stdout.", ["sink"], registry=registry)
         self.http_duration = Histogram(
             "squall_http_request_duration_seconds", "HTTP requests by route template, method and status.",
             ["route", "method", "status"], buckets=_HTTP_BUCKETS, registry=registry)

@@ -9,10 +9,12 @@ import io
 import json
 import logging
 import os
+import queue
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -108,6 +110,7 @@ async def test_stdout_sink_and_a_failing_sink_stops_nothing(home: Path, capsys: 
 #: a worker and a CLI command each hold one on the same path.
 _WRITER = """
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from engine.audit_sinks import FileSink
@@ -668,3 +671,233 @@ def _json_or_none(text: str) -> dict | None:
         return json.loads(text)
     except ValueError:
         return None
+
+
+# -- the sinks' own thread: the caller (the event loop) only queues ------------------------------------
+
+def _event(target: str, **detail: object) -> dict:
+    return {"timestamp": datetime.now(UTC), "event": "api.execution", "actor": "ann", "source": "api",
+            "target": target, "detail": detail}
+
+
+def _in_thread(work: Callable[[], None]) -> threading.Event:
+    """Run `work` on a daemon thread; the event is set once it returned (a caller that blocks never sets it)."""
+    finished = threading.Event()
+
+    def run() -> None:
+        work()
+        finished.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return finished
+
+
+def _read_all(fd: int, into: list[bytes]) -> threading.Thread:
+    """A thread reading `fd` until its write end is closed, into `into`."""
+    def read() -> None:
+        while chunk := os.read(fd, 65536):
+            into.append(chunk)
+        os.close(fd)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return reader
+
+
+def test_a_stdout_sink_nobody_reads_never_blocks_the_caller(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log collector that stops reading serve's standard output: the pipe fills (64 KiB), and the sink's
+    write, on the event loop (`Store._tell_audited`), froze `squall serve`. Now the caller only queues the
+    event for the sinks' thread and goes on; once the pipe is read again every event arrives, in order."""
+    from engine.audit_sinks import install
+
+    read_end, write_end = os.pipe()
+    pipe = os.fdopen(write_end, "w")
+    monkeypatch.setattr(sys, "stdout", pipe)  # the service's stdout: a pipe its collector stopped reading
+    store = Store.open(f"sqlite:///{home / 'audit.db'}")
+    closables = install(store, load_config(_with(home, "    - {type: stdout}\n")))
+
+    def record() -> None:
+        for n in range(300):  # 300 kB: the pipe holds 64
+            store.audit_add("api.execution", "ann", "api", f"e{n}", {"msg": "x" * 1000})
+
+    chunks: list[bytes] = []
+    try:
+        finished = _in_thread(record)
+        assert finished.wait(timeout=60), "recording an audit event blocked on a stdout nobody reads"
+    finally:
+        reader = _read_all(read_end, chunks)  # the collector reads again
+        assert finished.wait(timeout=60)
+        for closable in closables:
+            closable.close()
+        monkeypatch.undo()
+        pipe.close()
+        reader.join(timeout=60)
+        store.close()
+    targets = [json.loads(text)["target"] for text in b"".join(chunks).decode().splitlines()]
+    assert targets == [f"e{n}" for n in range(300)]
+
+
+class _Gate:
+    """A stream that holds each write until it is let through (`let`, or all from `open`): a sink stuck on
+    its receiver. `arrived` gets each event's target as its write begins; `seen` the targets written."""
+
+    def __init__(self) -> None:
+        self.arrived: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.seen: list[str] = []
+        self._through = threading.Semaphore(0)
+        self._open = threading.Event()
+
+    def write(self, text: str) -> None:
+        target = json.loads(text)["target"]
+        self.arrived.put(target)
+        if not self._open.is_set():
+            assert self._through.acquire(timeout=60)
+        self.seen.append(target)
+
+    def flush(self) -> None:
+        pass
+
+    def let(self) -> None:
+        self._through.release()
+
+    def open(self) -> None:
+        self._open.set()
+        self._through.release()
+
+    def wait_for(self, target: str) -> None:
+        """Until the write of `target` has begun (every one before it is written)."""
+        while self.arrived.get(timeout=60) != target:
+            pass
+
+
+def _missed(sink: str) -> float:
+    """`squall_audit_sink_failures_total{sink}` now."""
+    from engine.metrics import metrics
+
+    metrics._fold()
+    return metrics.registry.get_sample_value("squall_audit_sink_failures_total", {"sink": sink}) or 0.0
+
+
+def test_a_full_queue_drops_counts_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A sink stuck longer than its queue lasts: the caller still never waits; each event past the queue's
+    room is dropped for the sinks (the database has it) and counted in `squall_audit_sink_failures_total`.
+    The outage is logged once when it begins and once when it ends, with the count; it ends when the queue
+    is half empty again, so a sink that frees one place at a time does not log two warnings per event."""
+    from engine.audit_sinks import Delivery, StreamSink
+
+    caplog.set_level(logging.INFO, logger="engine.audit_sinks")
+    gate = _Gate()
+    delivery = Delivery([StreamSink(gate)], capacity=4)
+    before = _missed("stdout")
+    try:
+        delivery(_event("e0"))
+        gate.wait_for("e0")  # the sinks' thread holds e0, stuck
+        finished = _in_thread(lambda: [delivery(_event(f"e{n}")) for n in range(1, 10)])
+        assert finished.wait(timeout=60), "a full queue blocked the caller"
+        assert _missed("stdout") - before == 5  # e1-e4 queued, e5-e9 dropped
+        dropped = _sink_logs(caplog)
+        assert len(dropped) == 1 and "api.execution" in dropped[0] and "full" in dropped[0], dropped
+        gate.let()
+        gate.wait_for("e1")  # one place free: e10 takes it, e11 finds the queue full again
+        delivery(_event("e10"))
+        delivery(_event("e11"))
+        assert _missed("stdout") - before == 6 and len(_sink_logs(caplog)) == 1  # the same outage
+        gate.open()
+        gate.wait_for("e10")  # the queue is empty again
+        delivery(_event("after"))
+        recovered = _sink_logs(caplog)[1:]
+        assert len(recovered) == 1 and "the 6 events" in recovered[0] and "--since" in recovered[0], recovered
+    finally:
+        gate.open()
+        delivery.close()
+    assert gate.seen == ["e0", "e1", "e2", "e3", "e4", "e10", "after"]  # in order, the dropped ones left out
+
+
+def test_close_drains_the_queue_and_a_stuck_sink_bounds_the_wait(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A CLI command records its event and closes at once: close waits for the sinks to take every queued
+    event, so the file has them all. A sink stuck for good holds close for `drain_seconds` at most, and
+    what it left undelivered is logged with where to find it."""
+    from engine.audit_sinks import Delivery, FileSink, StreamSink
+
+    path = tmp_path / "audit.jsonl"
+    delivery = Delivery([FileSink(path, 0, 0)])
+    for n in range(2000):
+        delivery(_event(f"e{n}"))
+    delivery.close()
+    assert [json.loads(text)["target"] for text in path.read_text().splitlines()] == [f"e{n}" for n in range(2000)]
+    delivery(_event("late"))  # after close: dropped, never waited for
+    assert "late" not in path.read_text()
+
+    gate = _Gate()
+    stuck = Delivery([StreamSink(gate)], drain_seconds=0.2)
+    try:
+        for n in range(5):
+            stuck(_event(f"s{n}"))
+        gate.wait_for("s0")
+        closed = _in_thread(stuck.close)
+        assert closed.wait(timeout=60), "close waited for a sink stuck for good"
+        assert any("not delivered" in text and "squall audit export" in text for text in _sink_logs(caplog))
+    finally:
+        gate.open()
+
+
+def test_a_syslog_host_name_is_looked_up_on_the_sinks_thread(monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """`sendto` to a host name looked it up on every event, on the event loop: a dead DNS held `squall
+    serve` for the resolver's timeout per event. Now the name is looked up on the sinks' thread, once, and
+    again only after a failed lookup or send: a hung resolver never holds the caller."""
+    from engine.audit_sinks import Delivery, SyslogSink
+
+    caplog.set_level(logging.INFO, logger="engine.audit_sinks")
+    listener = _udp_listener()
+    port = listener.getsockname()[1]
+    real = socket.getaddrinfo
+    answers = iter([socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"),
+                    [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("255.255.255.255", port))],  # sendto: EACCES
+                    real("127.0.0.1", port, socket.AF_INET, socket.SOCK_DGRAM)])
+    resolver = threading.Event()
+    lookups: list[str] = []
+
+    def getaddrinfo(host: str, *args: object, **kwargs: object) -> list:
+        if host != "siem.test":
+            return real(host, *args, **kwargs)
+        lookups.append(threading.current_thread().name)
+        assert resolver.wait(timeout=60)  # the DNS server is slow to answer
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    before = _missed("syslog")
+    delivery = Delivery([SyslogSink(4, ("siem.test", port))])
+    try:
+        finished = _in_thread(lambda: [delivery(_event(f"e{n}")) for n in range(4)])
+        assert finished.wait(timeout=60), "the caller waited for the resolver"
+        resolver.set()
+    finally:
+        resolver.set()
+        delivery.close()
+    try:
+        got = [json.loads(listener.recv(65536).decode().partition(" - ")[2])["target"] for _ in range(3)]
+    finally:
+        listener.close()
+    assert lookups and threading.current_thread().name not in lookups  # never on the caller's thread
+    # At start: no answer; e0 looks up again (an address it cannot send to); e1 looks up again and is sent.
+    assert len(lookups) == 3 and got == ["e1", "e2", "e3"] and _missed("syslog") - before == 1
+    logged = _sink_logs(caplog)
+    assert len(logged) == 2 and "siem.test:" in logged[0] and "the 1 it missed" in logged[1], logged
+
+
+def test_no_sinks_no_thread(home: Path) -> None:
+    """Without `audit.sinks` nothing is queued and no thread starts: the store tells no one."""
+    from engine.audit_sinks import install
+
+    store = Store.open(f"sqlite:///{home / 'audit.db'}")
+    threads = threading.active_count()
+    try:
+        assert install(store, load_config(_with(home, "    []\n"))) == []
+        assert store.audit_listeners == [] and threading.active_count() == threads
+    finally:
+        store.close()
