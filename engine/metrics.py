@@ -24,7 +24,11 @@ keys (`st2.action.executions`, `st2.action.<ref>`, `st2.action.<status>`, `st2.r
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import logging
 import socket
+import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from datetime import datetime
@@ -35,6 +39,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engine.storage import OUTBOX_PENDING, Store, as_utc, executions, outbox, utcnow
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "metrics", "source_of"]
 
@@ -264,25 +270,87 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+#: How long a statsd host's looked-up address serves before it is looked up again (the host may move).
+RESOLVE_SECONDS = 300.0
+
+
 class Statsd:
     """Fire-and-forget UDP datagrams (`prefix.key:value|type`), one per event batch; a lost datagram
-    costs a count, never a request."""
+    costs a count, never a request. A host name is looked up on a thread of its own, at start and every
+    `RESOLVE_SECONDS`, never on the caller's: `sendto` with a name looks it up on every datagram, and a
+    slow or dead DNS held the event loop for the resolver's timeout each time. Until the name is known,
+    samples are dropped; while a new lookup fails, the last address serves on."""
 
     def __init__(self, host: str, port: int, prefix: str) -> None:
         self.address = (host, port)
         self.prefix = prefix.rstrip(".")
-        self.socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-        self.socket.setblocking(False)
+        literal = _ip_literal(host)
+        family = socket.AF_INET6 if literal is not None and ":" in literal else socket.AF_INET
+        #: The socket and where it sends, swapped together by the lookup (a name may have IPv6 only).
+        self._route: tuple[socket.socket, tuple[Any, ...] | None] = (
+            _udp_socket(family), None if literal is None else (literal, port))
+        self._looked_up = 0.0 if literal is None else float("inf")
+        self._looking = False
+        self._failing = False
+        if literal is None:
+            self._look_up_soon()
 
     def send(self, *samples: tuple[str, float | str, str]) -> None:
         """Samples of (key, value, type); a text value is sent as it is (`+1` moves a gauge by one)."""
+        sock, target = self._route
+        if time.monotonic() - self._looked_up > RESOLVE_SECONDS:
+            self._look_up_soon()
+        if target is None:
+            return
         payload = "\n".join(f"{self.prefix}.{key}:{value if isinstance(value, str) else format(value, 'g')}|{kind}"
                              for key, value, kind in samples)
         with contextlib.suppress(OSError):  # nobody listening, or a full buffer: statsd is lossy by design
-            self.socket.sendto(payload.encode(), self.address)
+            sock.sendto(payload.encode(), target)
+
+    def _look_up_soon(self) -> None:
+        if self._looking:
+            return
+        self._looking = True
+        self._looked_up = time.monotonic()  # tried now: the next try comes after RESOLVE_SECONDS
+        threading.Thread(target=self._look_up, name="squall-statsd-lookup", daemon=True).start()
+
+    def _look_up(self) -> None:
+        try:
+            family, _, _, _, target = socket.getaddrinfo(*self.address, type=socket.SOCK_DGRAM)[0]
+        except OSError as exc:
+            known = self._route[1] is not None
+            if not known:
+                self._looked_up = time.monotonic() - RESOLVE_SECONDS + 10  # not known yet: try again in 10 s
+            if not self._failing:  # once until a lookup works again
+                self._failing = True
+                log.warning("statsd host %s could not be looked up (%s); %s", self.address[0], exc,
+                            "the last address serves on" if known else "its samples are dropped until it is")
+        else:
+            self._failing = False
+            old = self._route[0]
+            sock = old if old.family == family else _udp_socket(family)
+            self._route = (sock, target)
+            if sock is not old:
+                old.close()  # a send that took it just before fails as a lost datagram does
+        finally:
+            self._looking = False
 
     def close(self) -> None:
-        self.socket.close()
+        self._route[0].close()
+
+
+def _ip_literal(host: str) -> str | None:
+    """`host` if it is an IP address (nothing to look up), else None."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
+
+
+def _udp_socket(family: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    return sock
 
 
 def _st2_keys(counter: Counter, labels: tuple[str, ...]) -> list[tuple[str, float, str]]:

@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -226,6 +229,47 @@ async def test_statsd_gets_the_same_events_in_stackstorm_keys(home: Path) -> Non
         assert (key, kind) in keys, (key, sorted(keys))
     assert ("st2.action.core.noop", "ms") in keys and ("st2.action.executions", "ms") in keys  # timers
     assert any(line.startswith("st2.api.responses.status.201:+1|g") for line in lines)  # a gauge moved by one
+
+
+def test_a_statsd_host_name_is_looked_up_off_the_callers_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sendto` with a host name looks it up on every datagram, on the loop: a slow or dead DNS held
+    every request for the resolver's timeout. The name is looked up on a thread of its own; samples sent
+    before it is known are dropped (statsd is lossy by design), later ones reach the host."""
+    from engine.metrics import Statsd
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(5)
+    port = listener.getsockname()[1]
+    resolver_free = threading.Event()
+    looked_up_on: list[str] = []
+    real = socket.getaddrinfo
+
+    def slow_dns(*args: Any, **kwargs: Any) -> Any:
+        looked_up_on.append(threading.current_thread().name)
+        resolver_free.wait(10)
+        return real("127.0.0.1", *args[1:], **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_dns)
+    statsd = Statsd("statsd.example.internal", port, "st2")
+    try:
+        started = time.monotonic()
+        statsd.send(("dropped", 1, "c"))
+        assert time.monotonic() - started < 1  # never waits for the resolver
+        resolver_free.set()
+        deadline = time.monotonic() + 10
+        received = b""
+        listener.settimeout(0.2)
+        while not received and time.monotonic() < deadline:
+            statsd.send(("arrived", 1, "c"))
+            with contextlib.suppress(TimeoutError):
+                received = listener.recv(65536)
+        assert received == b"st2.arrived:1|c"
+        assert looked_up_on and threading.main_thread().name not in looked_up_on
+    finally:
+        resolver_free.set()
+        statsd.close()
+        listener.close()
 
 
 @pytest.mark.parametrize(("statsd", "message"), [
