@@ -26,14 +26,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from engine import libc
 from engine.config import SYSTEM_PACKS_PATH
-from engine.packs import PACK_REF, REPLACEABLE_PACKS, SYSTEM_PACKS, Pack, Registry, discover, load_pack
+from engine.packs import (
+    PACK_REF,
+    REPLACEABLE_PACKS,
+    SYSTEM_PACKS,
+    ContentWarning,
+    Pack,
+    Registry,
+    discover,
+    load_pack,
+)
 from engine.processes import dying_with_service
 from engine.yamlfile import ContentError, ContentInvalid, load_yaml
 
@@ -214,14 +223,20 @@ class RequirementFailure:
     reason: str  #: the key line(s) of pip's output
     fix: str  #: what to do about it ("install libpq-dev, or relax the pin in ...")
     again: str  #: how to install the pack again afterwards ("run `squall pack install SOURCE` again")
+    #: Where the pack's code imports a requirement requirements.txt does not list, installed as if listed
+    #: (`UnlistedRequirement`: "actions/lib/action.py, line 3"); empty for a line of the file.
+    imported_by: str = ""
 
     def summary(self) -> str:
         """`requirement psycopg2==2.8 failed to build: pg_config executable not found`."""
-        return f"requirement {self.requirement} {self.problem}: {self.reason}"
+        imported = f" (imported by {self.imported_by})" if self.imported_by else ""
+        return f"requirement {self.requirement}{imported} {self.problem}: {self.reason}"
 
     def paragraph(self, pack: str, requirements: Path) -> str:
         """The whole story in one paragraph, for `squall pack install`."""
         where = f"line {self.line} of {requirements}" if self.line else str(requirements)
+        if self.imported_by:
+            where = f"imported by {self.imported_by}, not listed in {requirements}: installed as if listed"
         return (f"requirement {self.requirement} ({where}) {self.problem}: {self.reason}. The pack {pack} is "
                 f"installed with its other requirements, but its Python actions that import this one fail "
                 f"until it is fixed: {self.advice}.")
@@ -233,16 +248,17 @@ class RequirementFailure:
 
     def document(self) -> dict[str, Any]:
         return {"requirement": self.requirement, "line": self.line, "problem": self.problem,
-                "reason": self.reason, "advice": self.advice}
+                "reason": self.reason, "advice": self.advice, "imported_by": self.imported_by or None}
 
     def record(self) -> dict[str, Any]:
         """What the virtualenv folder keeps (`failed_requirements` reads it back)."""
         return {"requirement": self.requirement, "line": self.line, "problem": self.problem,
-                "reason": self.reason, "fix": self.fix, "again": self.again}
+                "reason": self.reason, "fix": self.fix, "again": self.again, "imported_by": self.imported_by}
 
 
 def build_virtualenv(pack: str, requirements: Path, venv: Path, progress: Progress, *,
-                     shown_as: Path | None = None, source: str | None = None) -> list[RequirementFailure]:
+                     shown_as: Path | None = None, source: str | None = None,
+                     unlisted: Sequence[UnlistedRequirement] = ()) -> list[RequirementFailure]:
     """A fresh virtualenv at `venv` (whatever is there is deleted first) with the pack's requirements.
 
     `install_pack` builds it beside the live one (`<venv>.new`) and swaps it in once complete, so
@@ -250,7 +266,8 @@ def build_virtualenv(pack: str, requirements: Path, venv: Path, progress: Progre
     not be installed, also recorded in the virtualenv folder (`FAILED_REQUIREMENTS_FILE`), so the
     pack's Python actions can say why an import fails. `shown_as` is where people will find the
     requirements file (the installed copy, not the staging one) and `source` what to install again;
-    both only word the advice.
+    both only word the advice. `unlisted` (`unlisted_requirements`) is installed first, as a line of
+    the file would be; the file, which need not exist then, after it.
     """
     progress(f"creating virtualenv {venv}")
     _delete(venv)
@@ -258,6 +275,20 @@ def build_virtualenv(pack: str, requirements: Path, venv: Path, progress: Progre
     code, _, err = _run([sys.executable, "-m", "venv", str(venv)])
     if code != 0:
         raise PackInstallError(f"cannot create a virtualenv for {pack}: {err.strip()}")
+    shown = shown_as or requirements
+    failures = _install_unlisted(venv, requirements, progress, pack, shown, source, unlisted)
+    if requirements.is_file():
+        failures += _install_requirements(venv, requirements, progress, pack, shown, source)
+    if failures:
+        record = {"pack": pack, "requirements": str(shown), "failed": [failure.record() for failure in failures]}
+        (venv / FAILED_REQUIREMENTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return failures
+
+
+def _install_requirements(venv: Path, requirements: Path, progress: Progress, pack: str, shown_as: Path,
+                          source: str | None) -> list[RequirementFailure]:
+    """Install the pack's requirements file; the lines that failed (a whole file whose lines install one
+    by one but not together: one failure for the file, line 0)."""
     progress(f"installing {requirements.name} of {pack}")
     code, output = _pip_install(venv, requirements, progress, pack)
     if code == 0:
@@ -265,15 +296,34 @@ def build_virtualenv(pack: str, requirements: Path, venv: Path, progress: Progre
     # pip installs nothing when one requirement fails, so one line at a time now: the others are
     # installed and each failing line is named with its own reason.
     progress(f"pip could not install {requirements.name} as a whole; installing its requirements one at a time")
-    failures = _install_line_by_line(venv, requirements, progress, pack, shown_as or requirements, source)
+    failures = _install_line_by_line(venv, requirements, progress, pack, shown_as, source)
     if not failures:  # every line installs alone, not together: conflicting pins
         failures = [RequirementFailure(
             requirement=requirements.name, line=0, problem="could not be installed as a whole",
             reason=pip_reason(output) or "pip failed without saying why",
-            fix=f"make the pins in {shown_as or requirements} agree with each other", again=_again(source))]
-    record = {"pack": pack, "requirements": str(shown_as or requirements),
-              "failed": [failure.record() for failure in failures]}
-    (venv / FAILED_REQUIREMENTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            fix=f"make the pins in {shown_as} agree with each other", again=_again(source))]
+    return failures
+
+
+def _install_unlisted(venv: Path, requirements: Path, progress: Progress, pack: str, shown_as: Path,
+                      source: str | None, unlisted: Sequence[UnlistedRequirement]) -> list[RequirementFailure]:
+    """Install each of `unlisted` alone, as a line of the pack's requirements file would be (with its
+    options: its index, `--find-links`); the ones that failed.
+
+    Before the file and in a resolution of its own: the file is installed over it, so where the pack's
+    pins and its dependencies' disagree (the st2 pack pins `PrettyTable<0.8`, st2client 3.9 wants 3.11)
+    the pack's pins win, as under StackStorm, whose actions find the pack's virtualenv before st2's, and
+    the pack's requirements are not reported as conflicting with a package they never listed."""
+    if not unlisted:
+        return []
+    options = requirement_lines(requirements.read_text(errors="replace"))[0] if requirements.is_file() else []
+    failures: list[RequirementFailure] = []
+    with _one_line_file(requirements) as single:
+        for need in unlisted:
+            progress(f"installing {need.requirement} for {pack}")
+            failure = _install_line(venv, single, options, (0, need.requirement), progress, pack, shown_as,
+                                    source, need)
+            failures += [failure] if failure else []
     return failures
 
 
@@ -358,28 +408,43 @@ _OWN_LINE_OPTION = re.compile(r"^(-r|--requirement|-e|--editable)\b")
 
 def _install_line_by_line(venv: Path, requirements: Path, progress: Progress, pack: str, shown_as: Path,
                           source: str | None) -> list[RequirementFailure]:
-    """Install each requirement line alone (with the file's options); the lines that fail, explained.
-
-    Each line goes through a requirements file of its own beside the original, so relative paths,
-    `-r` includes and per-line options (`--hash`, markers) mean what they meant there."""
+    """Install each requirement line alone (with the file's options); the lines that fail, explained."""
     options, lines = requirement_lines(requirements.read_text(errors="replace"))
     failures: list[RequirementFailure] = []
+    with _one_line_file(requirements) as single:
+        for index, entry in enumerate(lines, start=1):
+            progress(f"requirement {index}/{len(lines)}: {entry[1]}")
+            failure = _install_line(venv, single, options, entry, progress, pack, shown_as, source)
+            failures += [failure] if failure else []
+    return failures
+
+
+@contextlib.contextmanager
+def _one_line_file(requirements: Path) -> Iterator[Path]:
+    """A requirements file of its own for one line, beside the original (deleted after): relative paths,
+    `-r` includes and per-line options (`--hash`, markers) mean there what they meant in the original."""
     single = requirements.parent / f".squall-requirement-{os.getpid()}.txt"
     try:
-        for index, (number, line) in enumerate(lines, start=1):
-            progress(f"requirement {index}/{len(lines)}: {line}")
-            single.write_text("\n".join([*options, line]) + "\n")
-            code, output = _pip_install(venv, single, progress, pack)
-            if code == 0:
-                continue
-            reason = pip_reason(output, single.name, requirements.name) or "pip failed without saying why"
-            failure = RequirementFailure(line, number, _problem(output), reason,
-                                         _fix(reason, output, shown_as), _again(source))
-            progress(f"  {failure.summary()}")
-            failures.append(failure)
+        yield single
     finally:
         single.unlink(missing_ok=True)
-    return failures
+
+
+def _install_line(venv: Path, single: Path, options: list[str], entry: tuple[int, str], progress: Progress,
+                  pack: str, shown_as: Path, source: str | None,
+                  unlisted: UnlistedRequirement | None = None) -> RequirementFailure | None:
+    """Install one requirement line (`entry`: its number, the line) with the file's `options` through the
+    one-line file `single`; None when it installed, else why not and what to do."""
+    number, line = entry
+    single.write_text("\n".join([*options, line]) + "\n")
+    code, output = _pip_install(venv, single, progress, pack)
+    if code == 0:
+        return None
+    reason = pip_reason(output, single.name, shown_as.name) or "pip failed without saying why"
+    failure = RequirementFailure(line, number, _problem(output), reason, _fix(reason, output, shown_as, unlisted),
+                                 _again(source), unlisted.where if unlisted else "")
+    progress(f"  {failure.summary()}")
+    return failure
 
 
 #: Lines of a build's output that only say that something failed, not what, or echo source code.
@@ -466,9 +531,13 @@ def _again(source: str | None) -> str:
     return f"run `squall pack install {source}` again" if source else "install the pack again"
 
 
-def _fix(reason: str, output: str, requirements: Path) -> str:
-    """What to do, worded for the cause pip reported."""
+def _fix(reason: str, output: str, requirements: Path, unlisted: UnlistedRequirement | None = None) -> str:
+    """What to do, worded for the cause pip reported (`unlisted`: a requirement the file has no pin of)."""
     python = f"Python {sys.version_info.major}.{sys.version_info.minor}"
+    if unlisted is not None and "No matching distribution found" in output:
+        return (f"{unlisted.requirement} comes from the package index as any requirement does: check that the "
+                f"package index can be reached from here (pip's settings: PIP_INDEX_URL, pip.conf), or list a "
+                f"version of {unlisted.requirement} that installs in {requirements}")
     if "No matching distribution found" in output:
         return (f"check that the name and version exist on the package index (and that the index can be "
                 f"reached from here), or change or relax the pin in {requirements}")
@@ -488,7 +557,7 @@ def failed_requirements(venv: Path) -> list[RequirementFailure]:
         record = json.loads((venv / FAILED_REQUIREMENTS_FILE).read_text())
     except (OSError, ValueError):
         return []
-    fields = ("requirement", "line", "problem", "reason", "fix", "again")
+    fields = ("requirement", "line", "problem", "reason", "fix", "again", "imported_by")
     return [RequirementFailure(**{key: item.get(key, "") for key in fields})
             for item in record.get("failed", []) if isinstance(item, dict)]
 
@@ -503,6 +572,128 @@ def incomplete_virtualenv_reason(pack: str, venv: Path) -> str | None:
         return None
     told = "; ".join(f"{failure.summary()}; to fix it, {failure.fix}" for failure in failures)
     return f"pack {pack}'s virtualenv is incomplete: {told}; then {failures[0].again}"
+
+
+def import_failure_reason(pack: str, venv: Path, module: str | None) -> str | None:
+    """Why a Python action of `pack` failed to import `module` (None: not known), or None when Squall cannot
+    tell more than the traceback does.
+
+    A package StackStorm provides to its actions (`PROVIDED_BY_STACKSTORM`) that is not in the virtualenv
+    and not among its recorded failures is said as what it is and how to get it; otherwise the recorded
+    failures are the reason (`incomplete_virtualenv_reason`)."""
+    if module in PROVIDED_BY_STACKSTORM and not any(module in _names_in(failure.requirement)
+                                                    for failure in failed_requirements(venv)):
+        return _provided_missing_reason(pack, venv, module)
+    return incomplete_virtualenv_reason(pack, venv)
+
+
+def _provided_missing_reason(pack: str, venv: Path, module: str) -> str:
+    """`the action imports st2client, StackStorm's API client, which Squall does not ship, ...`: what
+    the package is, why it is missing here although it works under StackStorm, and both ways to add it."""
+    if (venv / "bin" / "python").exists():
+        lacking, yourself = f"pack {pack}'s virtualenv does not have it", f"{venv}/bin/pip install {module}"
+    else:
+        lacking, yourself = f"pack {pack} has no virtualenv with it", (
+            f"python3 -m venv {venv} && {venv}/bin/pip install {module}")
+    return (f"the action imports {module}, {PROVIDED_BY_STACKSTORM[module]}, which Squall does not ship, and "
+            f"{lacking} (StackStorm's actions import it from st2's own virtualenv, so packs do not list it in "
+            f"requirements.txt). `squall pack install <the pack's folder or git URL>` again installs it into the "
+            f"pack's virtualenv (an install does whenever the pack's Python code imports {module} and its "
+            f"requirements.txt does not list it), or install it there yourself: `{yourself}`")
+
+
+# -- requirements StackStorm provides: installed as if listed ----------------------------------------
+
+#: Packages StackStorm's actions and sensors import from st2's own virtualenv, so packs use them without
+#: listing them in requirements.txt (StackStorm's own `st2` pack cannot list st2client); Squall ships
+#: none of them. An install puts each that a pack's Python code imports into the pack's virtualenv as if
+#: requirements.txt listed it: name -> what it is, for messages.
+PROVIDED_BY_STACKSTORM = {"st2client": "StackStorm's API client"}
+#: The folders of a pack whose Python code runs: actions (with their `lib`), sensors, the pack's `lib`.
+_CODE_FOLDERS = ("actions", "sensors", "lib")
+#: How much of each .py file the scan reads: a module's imports are at its top.
+_SCAN_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class UnlistedRequirement:
+    """A package of `PROVIDED_BY_STACKSTORM` that the pack's Python code imports and its requirements.txt
+    does not list. Under StackStorm it works; here it is installed into the pack's virtualenv as if listed
+    (from the package index, unpinned), since without it every action importing it fails."""
+
+    requirement: str  #: its name, as a requirement line
+    file: str  #: the first file importing it, relative to the pack's folder
+    line: int  #: the line of that import
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}, line {self.line}"
+
+    def said(self, pack: str) -> str:
+        """The progress line of an install."""
+        return (f"{pack}'s Python code imports {self.requirement} ({self.where}), "
+                f"{PROVIDED_BY_STACKSTORM[self.requirement]}, which its requirements.txt does not list: installing "
+                f"{self.requirement} into {pack}'s virtualenv as if listed (from the package index, unpinned; "
+                f"StackStorm's actions get it from st2's own virtualenv, and Squall does not ship it)")
+
+    def warning(self, folder: Path, installed: bool) -> ContentWarning:
+        """What `squall pack install` warns of (`--json`: one of `errors`) once the pack is in `folder`."""
+        name = self.requirement
+        outcome = (f"installed {name} (unpinned: the newest the package index has) into the pack's virtualenv as "
+                   f"if listed" if installed else f"tried to install {name} as if listed, which failed (said with "
+                   f"the requirements that did not install)")
+        return ContentWarning(str(folder / self.file), self.line, (
+            f"imports {name}, {PROVIDED_BY_STACKSTORM[name]}, which StackStorm's actions get from st2's own "
+            f"virtualenv and Squall does not ship; the pack's requirements.txt does not list it, so `squall pack "
+            f"install` {outcome}. To choose its version, list {name} in requirements.txt"))
+
+
+def unlisted_requirements(folder: Path) -> list[UnlistedRequirement]:
+    """The packages of `PROVIDED_BY_STACKSTORM` that the Python code in the pack at `folder` imports
+    (`import st2client`, `from st2client.client import Client`) and its requirements.txt (with the
+    files it includes) does not list. A cheap scan of the text: no module is imported or parsed."""
+    listed = {name for _, number, line in _requirement_entries(folder / "requirements.txt", set()) if number
+              for name in _names_in(line)}
+    needed: list[UnlistedRequirement] = []
+    for name in PROVIDED_BY_STACKSTORM:
+        if name not in listed and (found := _first_import(folder, name)) is not None:
+            needed.append(UnlistedRequirement(name, *found))
+    return needed
+
+
+def _names_in(line: str) -> set[str]:
+    """The distribution names a requirement line installs as far as the line says (normalised as pip
+    compares them): its name (`st2client==3.9`, `St2Client @ URL`), a URL's `#egg=`, a file's
+    `st2client-3.9.0-py3-none-any.whl`."""
+    found = re.findall(r"[#&]egg=([A-Za-z0-9][\w.-]*)", line)
+    if match := re.match(r"^([A-Za-z0-9][\w.-]*)\s*(?=[\[<>=!~;@\s]|$)", line):
+        found.append(match[1])
+    if match := re.search(r"(?:^|/)([A-Za-z0-9][\w.]*?)-\d[^/]*\.(?:whl|tar\.gz|zip)$", line):
+        found.append(match[1])
+    return {re.sub(r"[-_.]+", "-", name).lower() for name in found}
+
+
+def _first_import(folder: Path, module: str) -> tuple[str, int] | None:
+    """(file relative to `folder`, line) of the first statement of the pack's code that imports `module`."""
+    pattern = re.compile(rf"^[ \t]*(?:from[ \t]+{module}(?:\.[\w.]+)?[ \t]+import\b|"
+                         rf"import[ \t]+(?:[^#\n]*,[ \t]*)?{module}(?![\w]))", re.MULTILINE)
+    for path in _code_files(folder):
+        try:
+            with open(path, "rb") as handle:
+                text = handle.read(_SCAN_BYTES).decode("utf-8", "replace")
+        except OSError:
+            continue
+        if match := pattern.search(text):
+            return path.relative_to(folder).as_posix(), text.count("\n", 0, match.start()) + 1
+    return None
+
+
+def _code_files(folder: Path) -> Iterator[Path]:
+    """The .py files under the pack's `_CODE_FOLDERS`, in a stable order (hidden folders and byte code left out)."""
+    for top in _CODE_FOLDERS:
+        for root, folders, files in os.walk(folder / top):
+            folders[:] = sorted(name for name in folders if not name.startswith(".") and name != "__pycache__")
+            yield from (Path(root) / name for name in sorted(files) if name.endswith(".py"))
 
 
 def split_missing_config(ref: str, configs_path: Path,
@@ -652,16 +843,18 @@ def _install(source: str, install_path: Path, configs_path: Path, virtualenvs: P
                 _refuse_hidden(item.pack, install_path, pack_paths)
         for item in plan:
             _refuse_link(install_path / item.pack.ref)
+        notes: list[ContentError] = []  # requirements installed as if listed, said as warnings
         for item in plan:
             if item.needed_by is not None:
                 progress(f"{item.needed_by} depends on {item.pack.ref} ({item.source}): installing it first")
             # `again` in the record of failed requirements quotes the source: without its credentials
-            _install_one(replace(item, source=shown_source(item.source)), install_path, virtualenvs, progress)
+            notes += _install_one(replace(item, source=shown_source(item.source)), install_path, virtualenvs,
+                                  progress)
     registry = Registry()
     installed = load_pack(install_path / plan[-1].pack.ref, registry, configs_path, None)
     assert installed is not None
     _, errors = split_missing_config(installed.ref, configs_path, registry.errors)
-    return installed, errors
+    return installed, [*errors, *notes]
 
 
 def _plan(source: str, workdir: Path, configs_path: Path, progress: Progress,
@@ -905,8 +1098,11 @@ def _refuse_link(target: Path) -> None:
             f"{target.name}` removes only the link, never what it points to), then install again")
 
 
-def _install_one(item: _Planned, install_path: Path, virtualenvs: Path, progress: Progress) -> None:
-    """Copy one pack and build its virtualenv beside the installed ones, then put both in place."""
+def _install_one(item: _Planned, install_path: Path, virtualenvs: Path, progress: Progress) -> list[ContentWarning]:
+    """Copy one pack and build its virtualenv beside the installed ones, then put both in place.
+
+    Returns a warning for each requirement installed as if listed (`unlisted_requirements`): the pack
+    works, but its requirements.txt does not say what it needs."""
     ref = item.pack.ref
     target, venv = install_path / ref, virtualenvs / ref
     with _pack_lock(install_path, ref, progress):
@@ -919,13 +1115,18 @@ def _install_one(item: _Planned, install_path: Path, virtualenvs: Path, progress
         progress(f"copying {ref} {item.pack.version} to {target}")
         try:
             shutil.copytree(item.folder, staging, ignore=LEFT_BEHIND)
-            requirements = (staging / "requirements.txt").is_file()
+            unlisted = unlisted_requirements(staging)
+            for need in unlisted:
+                progress(need.said(ref))
+            failed: set[str] = set()
+            requirements = (staging / "requirements.txt").is_file() or bool(unlisted)
             if requirements:
                 # Requirements that cannot be installed do not stop the install: they are recorded in
                 # the virtualenv (`failed_requirements`), so the pack's aliases, rules and other
                 # actions work while its Python actions say what is missing.
-                build_virtualenv(ref, staging / "requirements.txt", fresh, progress,
-                                 shown_as=target / "requirements.txt", source=item.source)
+                failed = {failure.requirement for failure in build_virtualenv(
+                    ref, staging / "requirements.txt", fresh, progress, shown_as=target / "requirements.txt",
+                    source=item.source, unlisted=unlisted)}
                 _relocate(fresh, venv)
             _replace(staging, target)  # the pack first, then the virtualenv its new version uses
             if requirements:
@@ -935,6 +1136,7 @@ def _install_one(item: _Planned, install_path: Path, virtualenvs: Path, progress
         finally:
             _delete(staging)
             _delete(fresh)
+    return [need.warning(target, need.requirement not in failed) for need in unlisted]
 
 
 # -- locks and swaps ---------------------------------------------------------------------------------

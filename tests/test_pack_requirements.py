@@ -2,7 +2,8 @@
 
 `squall pack install` keeps such a pack installed and loaded, names each failing line of its
 requirements.txt with pip's reason and what to do, installs the other lines, and the pack's Python
-actions that import what is missing fail with that reason instead of a bare ImportError.
+actions that import what is missing fail with that reason instead of a bare ImportError. A pack whose
+Python code imports st2client without listing it (StackStorm provides it) gets it as if listed.
 
 Everything here runs offline: pip gets no index (`PIP_NO_INDEX`), the good requirements are wheels
 built by hand in tmp_path, and the bad ones fail without a network (a name no index has, a source
@@ -31,6 +32,7 @@ from engine.pack_manager import (
     pip_reason,
     requirement_lines,
 )
+from engine.packs import ContentWarning
 from tests.conftest import write
 
 SQUALL = Path(sys.executable).parent / "squall"
@@ -392,3 +394,189 @@ def test_an_import_error_without_failed_requirements_stays_as_it_was(home: Path)
     assert broken["status"] == "failed"
     assert "error" not in broken["result"]
     assert "ModuleNotFoundError: No module named 'pgbroken'" in broken["result"]["stderr"]
+
+
+# -- packs whose Python code imports st2client ------------------------------------------------
+#
+# StackStorm's actions import st2client from st2's own virtualenv, so packs (the Exchange's `st2` pack
+# first) import it without listing it. An install puts it in the pack's virtualenv as if listed, and an
+# action that still misses it says so instead of failing on a bare ModuleNotFoundError.
+
+
+def st2_pack(folder: Path, ref: str = "st2like") -> Path:
+    """A pack whose Python action imports st2client through its `actions/lib`, as the st2 pack's do."""
+    write(folder / "pack.yaml", f"ref: {ref}\nname: {ref}\ndescription: d\nversion: 0.1.0\nauthor: tests\n")
+    write(folder / "actions" / "lib" / "client.py", """
+        # st2client is made available via system packages (the st2 pack's requirements.txt says so)
+        from st2client import VALUE
+    """)
+    write(folder / "actions" / "version.yaml", "name: version\nrunner_type: python-script\nentry_point: version.py\n")
+    write(folder / "actions" / "version.py", """
+        from st2common.runners.base_action import Action
+
+        import client
+
+
+        class Run(Action):
+            def run(self):
+                return {"client": client.VALUE}
+    """)
+    return folder
+
+
+@pytest.mark.parametrize(("files", "requirements", "expected"), [
+    ({"actions/lib/action.py": "import os\nfrom st2client.client import Client\n"}, None,
+     [("st2client", "actions/lib/action.py", 2)]),
+    ({"sensors/watch.py": "import json, st2client.models as models\n"}, "PrettyTable>=0.7.2,<0.8\n",
+     [("st2client", "sensors/watch.py", 1)]),
+    ({"lib/util.py": "    import st2client\n"}, "# st2client will be made available via system packages\n",
+     [("st2client", "lib/util.py", 1)]),
+    # listed, however it is written: nothing to add
+    ({"actions/a.py": "import st2client\n"}, "st2client==3.9.0\n", []),
+    ({"actions/a.py": "import st2client\n"}, "ST2Client>=3\n", []),
+    ({"actions/a.py": "import st2client\n"}, "-r more.txt\n", []),
+    ({"actions/a.py": "import st2client\n"},
+     "git+https://github.com/StackStorm/st2.git@v3.9.0#egg=st2client&subdirectory=st2client\n", []),
+    # not imported: a name that only starts so, another package's module, a test, a comment
+    ({"actions/a.py": "import st2clientx\nfrom mine.st2client import x\n# import st2client\n",
+      "tests/test_a.py": "import st2client\n"}, None, []),
+])
+def test_a_pack_that_imports_st2client_without_listing_it_needs_it(
+        tmp_path: Path, files: dict[str, str], requirements: str | None, expected: list[tuple]) -> None:
+    from engine.pack_manager import unlisted_requirements
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    if requirements is not None:
+        (tmp_path / "requirements.txt").write_text(requirements)
+    (tmp_path / "more.txt").write_text("st2client\n")
+    assert [(need.requirement, need.file, need.line) for need in unlisted_requirements(tmp_path)] == expected
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("offline_pip")
+def test_a_pack_importing_st2client_gets_it_installed_as_if_listed(home: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    source = st2_pack(home / "src" / "st2like")  # no requirements.txt at all
+    wheel(home / "index", "st2client", "3.9.0")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(home / "index"))  # the package index, here
+
+    installed = squall(home, "pack", "install", str(source), "--json")
+
+    assert installed.returncode == 0, installed.stderr
+    assert ("st2like's Python code imports st2client (actions/lib/client.py, line 2), StackStorm's API client, "
+            "which its requirements.txt does not list: installing st2client into st2like's virtualenv as if "
+            "listed") in installed.stderr
+    document = json.loads(installed.stdout)
+    assert document["requirements_failed"] == []
+    [note] = document["errors"]
+    assert note.startswith(f"{home / 'packs' / 'st2like' / 'actions' / 'lib' / 'client.py'}:2: imports st2client, "
+                           f"StackStorm's API client")
+    assert "installed st2client" in note and "list st2client in requirements.txt" in note
+    ran = run_json(home, "st2like.version")
+    assert ran["status"] == "succeeded", ran
+    assert ran["result"]["result"] == {"client": "3.9.0"}
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("offline_pip")
+def test_st2client_that_does_not_install_is_a_failed_requirement(home: Path) -> None:
+    source = st2_pack(home / "src" / "st2like")
+    wheel(source / "wheels", "squall-gooddep", "1.0")
+    write(source / "requirements.txt", "--find-links ./wheels\nsquall-gooddep==1.0\n")  # no st2client anywhere
+
+    installed = squall(home, "pack", "install", str(source), "--json")
+
+    assert installed.returncode == 1, installed.stderr
+    [failed] = json.loads(installed.stdout)["requirements_failed"]
+    assert (failed["requirement"], failed["line"], failed["problem"], failed["imported_by"]) == (
+        "st2client", 0, "was not found on the package index", "actions/lib/client.py, line 2")
+    assert "No matching distribution found for st2client" in failed["reason"]
+    assert "package index can be reached" in failed["advice"]
+    requirements = home / "packs" / "st2like" / "requirements.txt"
+    [paragraph] = [line for line in installed.stderr.splitlines() if line.startswith("requirement failed:")]
+    assert paragraph.startswith(f"requirement failed: requirement st2client (imported by actions/lib/client.py, "
+                                f"line 2, not listed in {requirements}: installed as if listed) was not found on "
+                                f"the package index")
+    venv = home / "data" / "virtualenvs" / "st2like"
+    assert _venv_python(venv, "import squall_gooddep").returncode == 0  # the listed lines are installed
+
+    ran = run_json(home, "st2like.version")
+    assert ran["status"] == "failed"
+    assert ran["result"]["error"].startswith("pack st2like's virtualenv is incomplete: requirement st2client "
+                                             "(imported by actions/lib/client.py, line 2) was not found")
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("offline_pip")
+def test_the_packs_own_pins_win_over_st2clients_dependencies(tmp_path: Path) -> None:
+    # The st2 pack pins PrettyTable<0.8 and st2client 3.9 wants prettytable==3.11: under StackStorm the pack's
+    # virtualenv comes first on the path, so its pin is what runs. Resolved together, nothing would install.
+    source = st2_pack(tmp_path / "src" / "st2like")
+    wheel(source / "wheels", "st2client", "3.9.0", requires=("squall-table==3.11",))
+    wheel(source / "wheels", "squall-table", "0.7.2")
+    wheel(source / "wheels", "squall-table", "3.11")
+    # The file's --find-links is where st2client is found too: installed as a line of the file would be.
+    write(source / "requirements.txt", "--find-links ./wheels\nsquall-table<0.8\n")
+    venvs, said = tmp_path / "venvs", []
+
+    pack, errors = install_pack(str(source), tmp_path / "packs", tmp_path / "configs", venvs, said.append)
+
+    assert failed_requirements(venvs / "st2like") == []
+    [note] = errors  # a warning: the pack loads and works, its requirements.txt just does not say so
+    assert isinstance(note, ContentWarning) and "installed st2client" in note.reason and pack.ref == "st2like"
+    assert said.index("installing st2client for st2like") < said.index("installing requirements.txt of st2like")
+    imported = _venv_python(venvs / "st2like", "import st2client, squall_table; print(st2client.VALUE, "
+                                               "squall_table.VALUE)")
+    assert imported.stdout.split() == ["3.9.0", "0.7.2"], imported.stderr
+
+
+def test_an_action_missing_st2client_says_what_it_is_and_how_to_get_it(tmp_path: Path) -> None:
+    from engine.runners.python import _incomplete_virtualenv_error
+
+    venv = tmp_path / "venvs" / "demo"
+    traceback = ("Traceback (most recent call last):\n  File \"lib/action.py\", line 3\n"
+                 "ModuleNotFoundError: No module named 'st2client'\n")
+    error = _incomplete_virtualenv_error("demo", venv, traceback)
+    assert error is not None
+    assert error.startswith("the action imports st2client, StackStorm's API client, which Squall does not ship, "
+                            "and pack demo has no virtualenv with it")
+    assert "`squall pack install <the pack's folder or git URL>` again installs it" in error
+    assert f"python3 -m venv {venv} && {venv}/bin/pip install st2client" in error
+    # a virtualenv whose other requirements failed: still st2client's story
+    _recorded_failure(venv)
+    (venv / "bin").mkdir()
+    (venv / "bin" / "python").touch()
+    error = _incomplete_virtualenv_error("demo", venv, traceback)
+    assert error is not None and "pack demo's virtualenv does not have it" in error
+    assert f"`{venv}/bin/pip install st2client`" in error and "psycopg2" not in error
+    # st2client there, but not a module of it: not a package missing, the record is all Squall knows
+    error = _incomplete_virtualenv_error("demo", venv, "ModuleNotFoundError: No module named 'st2client.nope'\n")
+    assert error is not None and error.startswith("pack demo's virtualenv is incomplete: requirement psycopg2")
+
+
+def test_a_recorded_st2client_failure_is_what_the_action_says(tmp_path: Path) -> None:
+    from engine.runners.python import _incomplete_virtualenv_error
+
+    venv = tmp_path / "venvs" / "demo"
+    venv.mkdir(parents=True)
+    failure = RequirementFailure("st2client", 0, "was not found on the package index",
+                                 "No matching distribution found for st2client", "check the index",
+                                 "run `squall pack install ./src/demo` again", imported_by="actions/a.py, line 1")
+    (venv / FAILED_REQUIREMENTS_FILE).write_text(json.dumps({"pack": "demo", "failed": [failure.record()]}))
+    assert failed_requirements(venv) == [failure]
+    assert _incomplete_virtualenv_error("demo", venv, "ModuleNotFoundError: No module named 'st2client'\n") == (
+        "pack demo's virtualenv is incomplete: requirement st2client (imported by actions/a.py, line 1) was not "
+        "found on the package index: No matching distribution found for st2client; to fix it, check the index; "
+        "then run `squall pack install ./src/demo` again")
+
+
+def test_a_pack_put_in_place_by_hand_says_st2client_is_missing(home: Path) -> None:
+    st2_pack(home / "packs" / "st2like")  # copied from a StackStorm host: no install, no virtualenv
+
+    ran = run_json(home, "st2like.version")
+
+    assert ran["status"] == "failed"
+    assert ran["result"]["error"].startswith("the action imports st2client, StackStorm's API client")
+    assert "ModuleNotFoundError: No module named 'st2client'" in ran["result"]["stderr"]  # still there

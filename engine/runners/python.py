@@ -433,20 +433,25 @@ class PythonRunner:
 
 #: The last line of a traceback that failed on an import (the action's module or one it imports).
 _IMPORT_FAILED = re.compile(r"^(ModuleNotFoundError|ImportError): ", re.MULTILINE)
+#: The module such a line names as not found (`No module named 'st2client'`).
+_MODULE_NOT_FOUND = re.compile(r"^ModuleNotFoundError: No module named '(?P<module>[\w.]+)'", re.MULTILINE)
 
 
 def _incomplete_virtualenv_error(pack: str, venv: Path, stderr: str) -> str | None:
-    """Why an action that failed on an import failed, when its pack's virtualenv lacks a requirement.
+    """Why an action that failed on an import failed, when Squall knows more than the traceback.
 
     `squall pack install` keeps a pack whose requirements did not all install (recorded in the
     virtualenv folder); its actions that import a missing package then say which requirement failed
     and what to do, instead of leaving people a bare ImportError. Actions that do not need it run.
+    A package StackStorm gives every action (st2client) that the pack's virtualenv lacks is said as
+    what it is and how to install it (`engine.pack_manager.import_failure_reason`).
     Read only after such a failure, so a run that succeeds costs nothing."""
     if not _IMPORT_FAILED.search(stderr):
         return None
-    from engine.pack_manager import incomplete_virtualenv_reason  # only on this failure path
+    from engine.pack_manager import import_failure_reason  # only on this failure path
 
-    return incomplete_virtualenv_reason(pack, venv)
+    missing = _MODULE_NOT_FOUND.findall(stderr)
+    return import_failure_reason(pack, venv, missing[-1] if missing else None)
 
 
 def _python_variables(request: RunRequest) -> dict[str, str]:
