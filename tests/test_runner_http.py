@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlparse
 
 import pytest
+import requests
 
 from bot.app import Squall
 from engine.runners import OUTPUT_LIMIT
@@ -429,6 +430,63 @@ async def test_a_redirect_is_checked_as_requests_follows_it(squall: Squall, serv
     assert done["status"] == "failed", done["result"]
     assert 'whose host "127.0.0.2" is not allowed for this action' in done["result"]["error"]
     assert [(seen["listener"], seen["path"]) for seen in server.seen] == [("127.0.0.1", "/redirect-to")]
+
+#: What the caller gives a request that would act as it at another host: headers `secret_header` names, a cookie.
+_CREDENTIALS = {"headers": {"X-Api-Key": "APIKEY-123", "Authorization": "Bearer BEARER-456",
+                            "Private-Token": "PRIV-789", "X-Trace": "trace-1"},
+                "cookies": {"session": "COOKIE-000"}}
+
+
+async def test_a_redirect_to_another_host_carries_none_of_the_caller_s_credentials(
+        squall: Squall, server: Server, other_host: str) -> None:
+    """127.0.0.1 answering 302 to 127.0.0.2: the second host gets neither the caller's credential headers
+    (requests' own rule strips `Authorization` only) nor its cookies; other headers go on, and the result
+    names what was held back."""
+    target = f"{other_host}/headers"
+    done = await run(squall, {"url": f"{server.url}/redirect-to?to={target}", "allow_redirects": True,
+                              **_CREDENTIALS})
+    assert done["status"] == "succeeded", done["result"]
+    first, landed = server.seen
+    assert (first["listener"], landed["listener"]) == ("127.0.0.1", "127.0.0.2")
+    assert first["headers"]["x-api-key"] == "APIKEY-123" and first["headers"]["cookie"] == "session=COOKIE-000"
+    assert not {"x-api-key", "authorization", "private-token", "cookie"} & set(landed["headers"]), landed
+    assert landed["headers"]["x-trace"] == "trace-1"
+    assert done["result"]["not_forwarded"] == {"to": target, "headers": ["Authorization", "Private-Token",
+                                                                         "X-Api-Key"], "cookies": ["session"]}
+
+
+async def test_a_redirect_to_the_same_host_keeps_the_caller_s_credentials(squall: Squall, server: Server) -> None:
+    """A redirect within the host that was asked carries the credential headers and cookies as given."""
+    done = await run(squall, {"url": f"{server.url}/redirect-to?to={server.url}/headers", "allow_redirects": True,
+                              **_CREDENTIALS})
+    assert done["status"] == "succeeded", done["result"]
+    landed = server.seen[-1]["headers"]
+    assert (landed["x-api-key"], landed["authorization"], landed["private-token"], landed["cookie"]) == (
+        "APIKEY-123", "Bearer BEARER-456", "PRIV-789", "session=COOKIE-000")
+    assert "not_forwarded" not in done["result"]
+
+
+@pytest.mark.parametrize(("start", "to", "held_back"), [
+    ("https://example.test/a", "http://example.test/b", True),  # a downgrade to plain text
+    ("http://example.test:8080/a", "http://example.test:9090/b", True),  # another origin of the host
+    ("http://example.test/a", "https://example.test/b", False),  # an upgrade on the standard ports
+    ("https://example.test/a", "https://example.test/b", False),
+])
+def test_a_redirect_s_credentials_follow_the_rule_for_authorization(start: str, to: str, held_back: bool) -> None:
+    """The credentials are held back wherever requests strips `Authorization` (`should_strip_auth`): another
+    host, and on the same host a scheme downgrade or another port."""
+    from engine.runners.http import _Hops, _Session
+
+    redirect = requests.Request("GET", to, headers={"X-Api-Key": "APIKEY-123"}, cookies={"session": "COOKIE-000"})
+    prepared = redirect.prepare()
+    response = requests.Response()
+    response.request = requests.Request("GET", start).prepare()
+    hops = _Hops(None, None)
+    with _Session(hops) as session:
+        session.trust_env = False  # no ~/.netrc login for the new host
+        session.rebuild_auth(prepared, response)
+    assert ("X-Api-Key" in prepared.headers, "Cookie" in prepared.headers) == (not held_back, not held_back)
+    assert (hops.not_forwarded is not None) == held_back
 
 
 def test_every_reading_of_a_url_s_host_must_pass_the_lists() -> None:

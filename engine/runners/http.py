@@ -1,12 +1,13 @@
 """`http-request`: one HTTP request with `requests`, StackStorm's result and status rules (spec §1.4).
 
 The request carries every header and cookie as given, and the password of a `url` that holds one
-(`https://user:password@host/`); the credentials it sent, echoed back by the server, are scrubbed from
-its result (`_sent_credentials`), and the URL it names in an error shows its password masked
-(`mask_url`). The host lists are checked on each request as sent (`_Hops`), not on the URL as given:
-`urlparse` and requests read `http://127.0.0.1\\@allowed.example/` as URLs of different hosts. What the
-response itself returns (a `Set-Cookie`, an `X-Subject-Token`) is its result, as StackStorm keeps it: the
-next task of a workflow logs in with it."""
+(`https://user:password@host/`), to the host it names and to redirects within it: a redirect to another
+origin carries none of the caller's credential headers and cookies (`_Session`). The credentials it sent,
+echoed back by the server, are scrubbed from its result (`_sent_credentials`), and the URL it names in an
+error shows its password masked (`mask_url`). The host lists are checked on each request as sent
+(`_Hops`), not on the URL as given: `urlparse` and requests read `http://127.0.0.1\\@allowed.example/` as
+URLs of different hosts. What the response itself returns (a `Set-Cookie`, an `X-Subject-Token`) is its
+result, as StackStorm keeps it: the next task of a workflow logs in with it."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import parse_url
 
 from engine.executions import scrub
-from engine.parameters import credential_texts, mask_url
+from engine.parameters import credential_texts, mask_url, secret_header
 from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
 
 _VERSION = "3.9.0"
@@ -151,12 +152,21 @@ class _Hops:
     Each is checked against the host lists before it is sent, on its URL as sent: requests resolves a
     redirect its own way (`Location: ////127.0.0.2/` is a path of the host that answered to `urljoin`, and
     the host 127.0.0.2 to requests), so the check is made on what it resolved, not on a reading of the
-    `Location`. The `Authorization` each carried is kept for `_sent_credentials`."""
+    `Location`. The `Authorization` each carried is kept for `_sent_credentials`, and what a redirect to
+    another origin was not given (`withhold`) for the result, as `not_forwarded`."""
 
     def __init__(self, blacklist: Any, whitelist: Any) -> None:
         self.blacklist, self.whitelist = blacklist, whitelist
         self.authorizations: list[str] = []
+        self.not_forwarded: dict[str, Any] | None = None
         self._previous: str | None = None
+
+    def withhold(self, request: requests.PreparedRequest) -> None:
+        """Take the caller's credentials off `request`, a redirect to another origin (`_withheld`), and note
+        the first that held any: after it, no hop has them to give."""
+        headers, cookies = _withheld(request)
+        if (headers or cookies) and self.not_forwarded is None:
+            self.not_forwarded = {"to": mask_url(request.url or ""), "headers": headers, "cookies": cookies}
 
     def refusal(self, url: str, shown: str) -> str | None:
         """Why the next request, to `url` (as prepared; `shown` as the error names it, masked), may not be
@@ -178,6 +188,47 @@ class _Hops:
         self._previous = url
         if authorization := request.headers.get("Authorization"):
             self.authorizations.append(authorization)
+
+
+#: The credential header a redirect keeps: it is the proxy's, which requests sets anew for each hop
+#: (`rebuild_proxies`), not the host's.
+_PROXY_AUTHORIZATION = "proxy-authorization"
+
+
+def _withheld(request: requests.PreparedRequest) -> tuple[list[str], list[str]]:
+    """Remove from `request` every credential header (`secret_header`, the rule by which the engine masks
+    them) and the caller's cookies; their names, sorted.
+
+    The caller's cookies (`cookies`) are those of the jar without a domain: requests sends them to every
+    host, while one a response set is scoped by the jar to the host that set it, and stays. The `Cookie`
+    header is made anew from what remains."""
+    headers = sorted(name for name in request.headers if secret_header(name) and name.lower() != _PROXY_AUTHORIZATION)
+    for name in headers:
+        del request.headers[name]
+    jar = request._cookies  # type: ignore[attr-defined]  # requests' own jar of the request's cookies
+    mine = [cookie for cookie in jar if not cookie.domain]
+    for cookie in mine:
+        jar.clear(cookie.domain, cookie.path, cookie.name)
+    request.prepare_cookies(jar)
+    return [name for name in headers if name.lower() != "cookie"], sorted({cookie.name for cookie in mine})
+
+
+class _Session(requests.Session):
+    """requests' session whose redirects to another origin carry none of the caller's credentials.
+
+    requests strips only `Authorization` (and the basic login made of `username`), leaving `X-Api-Key`,
+    `Private-Token` and the cookies given to go wherever a `Location` points. Held back by requests' own
+    rule for `Authorization` (`should_strip_auth`: another host, scheme or port, but for `http` to
+    `https` on the standard ports); once held back they are not sent again, even back to the first host."""
+
+    def __init__(self, hops: _Hops) -> None:
+        super().__init__()
+        self._hops = hops
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        if self.should_strip_auth(response.request.url, prepared_request.url):
+            self._hops.withhold(prepared_request)
+        super().rebuild_auth(prepared_request, response)
 
 
 def _read_body(response: requests.Response, deadline: float) -> tuple[bytes, bool]:
@@ -342,7 +393,7 @@ def _sent(request: RunRequest, headers: dict[str, str], auth: tuple[str, str] | 
     deadline = time.monotonic() + timeout
     truncated = False
     try:
-        with requests.Session() as session:
+        with _Session(hops) as session:
             adapter = _AbortableAdapter(abort or _Abort(), hops, _blocked_addresses(blacklist))
             session.mount("http://", adapter)
             session.mount("https://", adapter)
@@ -372,6 +423,8 @@ def _sent(request: RunRequest, headers: dict[str, str], auth: tuple[str, str] | 
               "headers": dict(response.headers)}
     if truncated:  # StackStorm keeps the whole body; Squall keeps what every runner keeps of output
         result["truncated"] = f"the body was cut at {OUTPUT_LIMIT} bytes"
+    if hops.not_forwarded is not None:  # why the host redirected to may answer 401
+        result["not_forwarded"] = hops.not_forwarded
     return RunOutcome("succeeded" if 200 <= response.status_code <= 206 else "failed", result)
 
 
