@@ -1229,6 +1229,10 @@ class Store:
                 yield
         else:
             driver = conn.connection.driver_connection
+            if not driver.in_transaction:
+                # A SAVEPOINT outside a transaction begins one that its RELEASE commits: the calls before
+                # the group's commit would be stored at once, apart from it (run again if the group is).
+                driver.execute("BEGIN")
             driver.execute("SAVEPOINT squall_isolated")
             try:
                 yield

@@ -728,6 +728,28 @@ async def test_a_failing_wal_checkpoint_is_said_once_an_outage_in_the_drivers_wo
     assert "\n" not in said[0].getMessage() and "PRAGMA" not in said[0].getMessage()
 
 
+@pytest.mark.parametrize("nowait", [True, False])
+def test_an_isolated_first_call_commits_with_its_group_not_before(tmp_path: Path, nowait: bool) -> None:
+    """On SQLite a SAVEPOINT outside a transaction begins one, and its RELEASE commits it: an isolated call
+    first in a group (a request stored with its audit event) was committed at once, apart from the group.
+    A group that then failed (another process's lock: the group runs again on the thread) kept it, so
+    it was stored twice, or stored though its caller was told it failed."""
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    try:
+        with pytest.raises(RuntimeError), (store.batch_without_waiting() if nowait else store.batch()):
+            with store.isolated():
+                store.audit_add("first", "me", "test", None, {})
+            store.audit_add("second", "me", "test", None, {})
+            raise RuntimeError("the group fails after both")
+        assert [row["event"] for row in store.audit_list(10)] == []
+        with store.batch_without_waiting() if nowait else store.batch():
+            with store.isolated():
+                store.audit_add("kept", "me", "test", None, {})
+        assert [row["event"] for row in store.audit_list(10)] == ["kept"]
+    finally:
+        store.close()
+
+
 async def test_database_batches_isolate_a_failing_call(store: Store) -> None:
     """Calls that share one group commit: one failing does not undo or fail the others."""
     db = Database(store)
