@@ -7,15 +7,19 @@ their own. Encrypted values stay ciphertext unless a caller asks for decryption.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from engine.crypto import CryptoError, KeyRing
 from engine.storage import Store, kv_pairs, utcnow
+
+if TYPE_CHECKING:  # engine.executions imports this module
+    from engine.executions import AuditEntry
 
 SCOPES = ("system", "user")
 
@@ -268,11 +272,15 @@ class Datastore:
 
     def set(self, name: str, value: Any, *, scope: str = "system", user: str | None = None,
             encrypt: bool = False, ttl: int | None = None, description: str | None = None,
-            encrypted: bool = False) -> dict[str, Any]:
+            encrypted: bool = False, audit: AuditEntry | None = None) -> dict[str, Any]:
         """Store one pair. `encrypt` seals the value with the key ring; `encrypted` says it is ciphertext
         already (StackStorm's `encrypted: true`, what `st2 key set --encrypted` and a ciphertext export
         send), which is checked to decrypt and stored as given. Either makes the pair a secret, and a
-        secret is never overwritten with the mask that stands for it (`_refuse_mask`)."""
+        secret is never overwritten with the mask that stands for it (`_refuse_mask`).
+
+        `audit` (who set it) is stored with the pair, in its transaction: both or neither
+        (`AuditEntry.together`); about the key's name unless it names its own target, its detail gaining
+        the scope, the user of a user-scoped key and whether the value is a secret."""
         scope, stored, ttl = check_key(name, scope=scope, user=user, ttl=ttl)
         now = utcnow()
         text = str(value)
@@ -290,21 +298,31 @@ class Datastore:
             "updated_at": now,
         }
         listener = self.on_change
-        old = self.store.kv_get(scope, record["name"], now) if listener is not None else None
-        self.store.kv_put(record)
-        new = self._public(record, decrypt=False)
+        with audit.together(self.store) if audit is not None else contextlib.nullcontext():
+            old = self.store.kv_get(scope, record["name"], now) if listener is not None else None
+            self.store.kv_put(record)
+            new = self._public(record, decrypt=False)
+            if audit is not None:  # before the listener: a failing event leaves no trigger of a change undone
+                audit.add(self.store, name, scope=scope, user=new["user"], secret=new["secret"])
         if listener is not None:
             listener("update" if old else "create", {"object": new})
             if old and old["value"] != record["value"]:  # as StackStorm: updates that change the value
                 listener("value_change", {"old_object": self._public(old, decrypt=False), "new_object": new})
         return new
 
-    def delete(self, name: str, *, scope: str = "system", user: str | None = None) -> bool:
+    def delete(self, name: str, *, scope: str = "system", user: str | None = None,
+               audit: AuditEntry | None = None) -> bool:
+        """Delete one pair; False if there was none. `audit` (who deleted it) is stored with the deletion,
+        in its transaction, only if a pair was deleted; about the key's name unless it names its own
+        target, its detail gaining the scope."""
         scope = normalise_scope(scope)
         stored = self.stored_name(name, scope, user)
         listener = self.on_change
-        old = self.store.kv_get(scope, stored, utcnow()) if listener is not None else None
-        deleted = self.store.kv_delete(scope, stored)
+        with audit.together(self.store) if audit is not None else contextlib.nullcontext():
+            old = self.store.kv_get(scope, stored, utcnow()) if listener is not None else None
+            deleted = self.store.kv_delete(scope, stored)
+            if deleted and audit is not None:
+                audit.add(self.store, name, scope=scope)
         if deleted and listener is not None and old is not None:
             listener("delete", {"object": self._public(old, decrypt=False)})
         return deleted

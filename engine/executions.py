@@ -97,15 +97,37 @@ class StaleStep(Exception):
 # Made for every chat command: slotted, not frozen (see docs/architecture.md, "Value objects").
 @dataclass(slots=True)
 class AuditEntry:
-    """An audit event stored in the request's own transaction (`request(audit=...)`): a request is
-    never stored without the event saying who asked, and the pair costs one commit, not two. Its
-    `detail` gains `execution`: the new execution's id."""
+    """An audit event stored in the transaction of the change it records (`request`, `cancel`, `pause`,
+    `resume`, `complete`, and the datastore's and inquiries' writes, each with `audit=`): a change is never
+    stored without the event saying who asked, nor an event without its change (`together`), and the pair
+    costs one commit, not two. A `target` of None is the execution (or key) changed. Its `detail` gains what the
+    change wrote (`add`): a request's action, parameters as stored (secrets masked) and, when the event
+    names another target (a chat command's alias), `execution`, the new execution's id; a cancel's status."""
 
     event: str
     actor: str | None
     source: str | None
     target: str | None
     detail: dict[str, Any]
+
+    def with_facts(self, **facts: Any) -> AuditEntry:
+        """This event, its `detail` over `facts` (what the change writes, known before it is written)."""
+        return AuditEntry(self.event, self.actor, self.source, self.target, {**facts, **self.detail})
+
+    def add(self, store: Store, target: str, **facts: Any) -> None:
+        """Store the event in `store`'s transaction of the moment, the change's own; about `target` unless
+        it names its own, its `detail` over `facts` (what the caller said wins)."""
+        store.audit_add(self.event, self.actor, self.source, self.target or target, {**facts, **self.detail})
+
+    @staticmethod
+    def together(store: Store) -> contextlib.AbstractContextManager[None]:
+        """Where a change and then its event are written, so that one failing leaves neither. On PostgreSQL
+        a savepoint (`Store.isolated`): a group's calls share one transaction there, each write in a
+        savepoint of its own, so the event's insert could fail alone (a value too long for its column).
+        On SQLite none: the event's row breaks no constraint, so it fails only when the database does,
+        which fails the whole group (`Database`); and a savepoint that is a group's first statement
+        opens the transaction, and its release would commit the change at once, apart from its group."""
+        return contextlib.nullcontext() if store.is_sqlite else store.isolated()
 
 
 # Made for every chat command: slotted, not frozen (see docs/architecture.md, "Value objects").
@@ -389,13 +411,16 @@ class ExecutionService:
         whose runner has nothing to wait for (core.noop) ends in the call that stores it instead
         (`_end_at_once`); it is answered as requested all the same.
 
-        `delay` (an Orquesta task's `delay`) stores it `delayed` and hands it over that many seconds
-        later, so the child is there to see and cancel meanwhile, as StackStorm's scheduler holds it.
+        `delay` (an Orquesta task's `delay`, `st2 run --delay`) stores it `delayed` (`_held`: in the
+        request's own write, so no second write can fail after the request was stored) and hands it over
+        that many seconds later, so it is there to see and cancel meanwhile, as StackStorm's scheduler
+        holds it.
 
         `parameters` are data, taken as given, except those `render` names (True: all), which are
         templates a pack author wrote: a rule's action parameters, an alias format's defaults.
         `extra_template_context` adds names those templates may use (rules pass `trigger`).
-        `audit` is stored with the request, in its transaction. So is what `stored_with(the request
+        `audit` is stored with the request, in its transaction, the two rolled back together if either
+        fails (`AuditEntry.together`). So is what `stored_with(the request
         as shown)` returns (the chat's ack), on SQLite with tracing off, where that transaction is the
         event loop's: stored first, it comes before anything the run stores (a noop's result ends in
         the same commit). Elsewhere it is not called, and the caller stores its part after.
@@ -430,6 +455,7 @@ class ExecutionService:
                  and not _resumable(self.runners.get(action.runner_type)))
         at_once = self._at_once(action) if early and inline else None
         fence = _conducting_job.get() if parent is not None else None
+        held = _held(requested_at, delay)
         if needs_rendering(action, supplied, render):
             # Templates render on threads of their own, never on the event loop nor the database thread: one
             # may take up to templates.max_seconds. Their st2kv reads take a pooled connection of their own.
@@ -437,10 +463,10 @@ class ExecutionService:
                 render_pool(), self._resolve, action, supplied, context, extra_template_context, render)
             stored = self.db.submit(self._store, action, supplied, context, parent, extra_template_context,
                                     resolution, [*secrets, *revealed], audit, execution_id, fence, stored_with, at_once,
-                                    requested_at)
+                                    requested_at, held)
         else:  # nothing to render: checked and stored in one step, without a thread hop
             stored = self.db.submit(self._prepare, action, supplied, context, parent, extra_template_context, render,
-                                    audit, execution_id, fence, stored_with, at_once, requested_at, secrets)
+                                    audit, execution_id, fence, stored_with, at_once, requested_at, secrets, held)
         if early and at_once is None:
             try:
                 await self.executor.submit(execution_id)  # type: ignore[union-attr]
@@ -455,29 +481,14 @@ class ExecutionService:
             metrics.started(finished)
             self._ended(finished, *ended)
             return public(record)
-        if delay > 0:
-            await self._hold(record, delay)
+        if held is not None:
+            self._submit_later(record["id"], delay)
         elif self.executor is not None and not early:
             try:
                 await self.executor.submit(record["id"])
             except sa.exc.DBAPIError as exc:  # the request is stored: the poll submits it, so it was accepted
                 self._not_claimed(record["id"], exc)
         return public(record)
-
-    async def _hold(self, record: dict[str, Any], delay: float) -> None:
-        """Mark a request `delayed` and submit it after `delay` seconds (a cancel meanwhile ends it
-        `canceled`, and the claim then finds nothing to run). When it is due is stored with it
-        (`runner_info.delayed_until`), so under the scale-out executor any node's poll submits it
-        once due, should this process stop meanwhile."""
-        now = utcnow()
-        entries = [*(record.get("log") or []), {"status": "delayed", "timestamp": iso(now)}]
-        due = {"delayed_until": iso(now + timedelta(seconds=delay))}
-        if not await self.db(self.db.store.update_execution, record["id"],
-                             {"status": "delayed", "log": entries, "runner_info": due}, expect=("requested",)):
-            return
-        record.update({"status": "delayed", "log": entries, "runner_info": due})
-        self._prepared.pop(record["id"], None)  # claimed from the table, as a policy's `delayed` is
-        self._submit_later(record["id"], delay)
 
     def _submit_later(self, execution_id: str, delay: float) -> None:
         """Hand a `delayed` request to the executor in `delay` seconds (none: nothing runs here)."""
@@ -498,14 +509,15 @@ class ExecutionService:
                  execution_id: str | None = None, fence: int | None = None,
                  stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None,
                  at_once: Callable[[RunRequest], RunOutcome] | None = None,
-                 requested_at: datetime | None = None, secrets: Sequence[str] = ()) -> _Stored:
+                 requested_at: datetime | None = None, secrets: Sequence[str] = (),
+                 held: dict[str, Any] | None = None) -> _Stored:
         """Resolve parameters and store the request, for requests with nothing to render (`request`):
         nothing reads a template context then, so none is built (nor can a `decrypt_kv` reveal anything;
         `secrets` are what the caller decrypted into them).
         `action` is the one `request` found nothing to render in (a pack reloaded meanwhile changes nothing)."""
         resolution = resolve(action, supplied, {}, env=self.jinja, render=render)
         return self._store(action, supplied, context, parent, extra_template_context, resolution, list(secrets), audit,
-                           execution_id, fence, stored_with, at_once, requested_at)
+                           execution_id, fence, stored_with, at_once, requested_at, held)
 
     def _resolve(self, action: Action, supplied: dict[str, Any], context: dict[str, Any],
                  extra_template_context: dict[str, Any] | None,
@@ -538,13 +550,14 @@ class ExecutionService:
                execution_id: str | None = None, fence: int | None = None,
                stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None,
                at_once: Callable[[RunRequest], RunOutcome] | None = None,
-               requested_at: datetime | None = None) -> _Stored:
+               requested_at: datetime | None = None, held: dict[str, Any] | None = None) -> _Stored:
         """Store a resolved request as `requested` (on the database's side of `Database`), with its
         audit event and what `stored_with` makes of it (`request`); with `at_once`, as it ended
-        (`_end_at_once`). With `fence` (a worker's job conducting the `parent` workflow), only while
-        that job still conducts it (`StaleStep` otherwise). `requested_at` (`request`'s clock, read
-        before anything could claim it) is its `start_timestamp`, the log's `requested` entry: read
-        here instead, it could come after the `running` an early claim had already stamped."""
+        (`_end_at_once`); with `held` (`_held`), as `delayed`. With `fence` (a worker's job conducting
+        the `parent` workflow), only while that job still conducts it (`StaleStep` otherwise).
+        `requested_at` (`request`'s clock, read before anything could claim it) is its `start_timestamp`,
+        the log's `requested` entry: read here instead, it could come after the `running` an early claim
+        had already stamped."""
         if fence is not None and parent is not None and not self.db.store.conducts(parent, fence, starting=True):
             raise StaleStep(f"workflow {parent}: another worker conducts it now, or it was canceled meanwhile; "
                             "this step stops")
@@ -581,12 +594,15 @@ class ExecutionService:
             "runner_info": None,
             "start_timestamp": requested_at or utcnow(),
             "end_timestamp": None,
+            **(held or {}),
         }
         ending = self._end_at_once(record, at_once) if at_once is not None else None
-        self.db.store.insert_execution(record if ending is None else ending[0])
-        if audit is not None:
-            self.db.store.audit_add(audit.event, audit.actor, audit.source, audit.target,
-                                    {"execution": record["id"], **audit.detail})
+        if audit is None:
+            self.db.store.insert_execution(record if ending is None else ending[0])
+        else:
+            with audit.together(self.db.store):  # one fails, neither is stored
+                self.db.store.insert_execution(record if ending is None else ending[0])
+                _add_request_audit(self.db.store, audit, record)
         told = []
         if stored_with is not None:
             try:
@@ -600,8 +616,10 @@ class ExecutionService:
             ended, shown, writes = ending
             return record, told, (ended, [_written(w, self.db.store, record["id"]) for w in writes], writes, shown)
         # Kept for this process's claim; not where other processes run what it requests (they finish it).
+        # A `delayed` one is claimed from the table once due, as a policy's `delayed` is.
         if self.executor is not None and not getattr(self.executor, "shared", False):
-            self._prepared[record["id"]] = record
+            if held is None:
+                self._prepared[record["id"]] = record
             if _resumable(self.runners.get(record["runner"])):
                 self.conducting.add(record["id"])
         return record, told, None
@@ -1069,18 +1087,18 @@ class ExecutionService:
         return shown, writes
 
     def _complete(self, known: dict[str, Any], fields: dict[str, Any], entry: dict[str, Any],
-                  expect: tuple[str, ...], writes: Sequence[CompletionWrite] = ()
+                  expect: tuple[str, ...], writes: Sequence[CompletionWrite] = (), audit: AuditEntry | None = None
                   ) -> tuple[dict[str, Any] | None, list[tuple[bool, Any]] | None]:
         """Finish an execution, appending to the log as stored now: a `canceling` another caller
         recorded meanwhile stays in it (compare-and-set on the status, retried if it moved).
         `writes` are stored with it only if it was still as claimed (what they say was made from
         that): then with (True, what each returned) or (False, None) for one that failed; with None
-        if it had moved."""
+        if it had moved. `audit` is stored with the end (`_change`)."""
         store = self.db.store
         execution_id = known["id"]
         if known["status"] == "running":  # the common case: still as we claimed it, one write
             complete = {**fields, "log": [*(known.get("log") or []), entry]}
-            if store.update_execution(execution_id, complete, expect=("running",)):
+            if self._change(execution_id, complete, ("running",), audit):
                 if _tokened(known):
                     revoke(store, execution_id)  # its API token ends with the run, in the same transaction
                 return {**known, **complete}, [_written(write, store, execution_id) for write in writes]
@@ -1089,55 +1107,102 @@ class ExecutionService:
             if current is None or current["status"] not in expect:
                 return None, None
             complete = {**fields, "log": [*(current.get("log") or []), entry]}
-            if store.update_execution(execution_id, complete, expect=(current["status"],)):
+            if self._change(execution_id, complete, (current["status"],), audit):
                 if _tokened(current):
                     revoke(store, execution_id)
                 return {**current, **complete}, None
 
+    def _change(self, execution_id: str, fields: dict[str, Any], expect: tuple[str, ...],
+                audit: AuditEntry | None = None) -> bool:
+        """Write `fields` while the execution's status is one of `expect` (on the database's side of
+        `Database`), with `audit` (about the execution) in the same transaction: both are stored or
+        neither (`AuditEntry.together`). False, and no event, if its status had moved on."""
+        store = self.db.store
+        if audit is None:
+            return store.update_execution(execution_id, fields, expect=expect)
+        with audit.together(store):
+            if not store.update_execution(execution_id, fields, expect=expect):
+                return False
+            audit.add(store, execution_id)
+            return True
+
+    async def change(self, execution_id: str, fields: dict[str, Any], expect: tuple[str, ...],
+                     audit: AuditEntry | None = None) -> bool:
+        """`fields` written while the execution's status is one of `expect`, with `audit` in the same
+        transaction (`_change`): an inquiry's answer short of its count. False if its status had moved on."""
+        return await self.db(self._change, execution_id, fields, expect, audit)
+
     async def complete(self, execution_id: str, status: str, result: Any,
-                       expect: tuple[str, ...]) -> dict[str, Any] | None:
+                       expect: tuple[str, ...], audit: AuditEntry | None = None) -> dict[str, Any] | None:
         """Finish an execution no runner is running (an answered or expired inquiry, a paused
-        workflow canceled); listeners hear of it as of any other. None if it was not in `expect`."""
+        workflow canceled); listeners hear of it as of any other. None if it was not in `expect`.
+        `audit` (who answered, who canceled) is stored in the end's transaction (`_change`)."""
         record = await self.db(self._find, execution_id)
         now = utcnow()
         fields = {"status": status, "result": result, "end_timestamp": now}
-        finished, _ = await self.db(self._complete, record, fields, {"status": status, "timestamp": iso(now)}, expect)
+        finished, _ = await self.db(self._complete, record, fields, {"status": status, "timestamp": iso(now)}, expect,
+                                    (), audit)
         if finished is None:
             return None
         record.update(finished)
         self._finished(record)
         return public(record)
 
-    async def pause(self, execution_id: str) -> dict[str, Any]:
-        """Ask a running workflow to pause: it starts nothing new and pauses once its running tasks end."""
+    async def pause(self, execution_id: str, audit: AuditEntry | None = None) -> dict[str, Any]:
+        """Ask a running workflow to pause: it starts nothing new and pauses once its running tasks end.
+        `audit` is stored with the `pausing` it writes (`_audited_as`); what follows is `_then`'s."""
         record = await self.db(self._find, execution_id)
         runner = self.runners.get(record["runner"])
         if not _resumable(runner):
             raise ExecutionStateError(f'execution {record["id"]} is a {record["runner"]} action; only workflows pause')
         if record["status"] != "running":
             raise ExecutionStateError(f'execution {record["id"]} is {record["status"]}; only a running one pauses')
-        entries = [*(record.get("log") or []), {"status": "pausing", "timestamp": iso(utcnow())}]
-        if not await self.db(self.db.store.update_execution, record["id"], {"status": "pausing", "log": entries},
-                             expect=("running",)):
+        fields = {"status": "pausing", "log": [*(record.get("log") or []),
+                                               {"status": "pausing", "timestamp": iso(utcnow())}]}
+        if not await self.db(self._change, record["id"], fields, ("running",), _audited_as(audit, record, fields)):
             return await self.get(record["id"])
-        await runner.pause(record["id"])  # type: ignore[union-attr]
-        return await self.get(record["id"])
 
-    async def resume(self, execution_id: str) -> dict[str, Any]:
-        """Conduct a paused workflow on (here, or by `squall serve` when this process has no executor)."""
+        async def pause_it() -> None:  # (what the runner's pause returns is no record)
+            await runner.pause(record["id"])  # type: ignore[union-attr]
+
+        return await self._then(record, fields, "pausing it", pause_it)
+
+    async def resume(self, execution_id: str, audit: AuditEntry | None = None) -> dict[str, Any]:
+        """Conduct a paused workflow on (here, or by `squall serve` when this process has no executor).
+        `audit` is stored with the `resuming` it writes (`_audited_as`); what follows is `_then`'s."""
         record = await self.db(self._find, execution_id)
         if record["status"] != "paused":
             raise ExecutionStateError(f'execution {record["id"]} is {record["status"]}; only a paused one resumes')
-        entries = [*(record.get("log") or []), {"status": "resuming", "timestamp": iso(utcnow())}]
-        moved = await self.db(self.db.store.update_execution, record["id"],
-                              {"status": "resuming", "log": entries, "end_timestamp": None}, expect=("paused",))
+        fields = {"status": "resuming", "end_timestamp": None,
+                  "log": [*(record.get("log") or []), {"status": "resuming", "timestamp": iso(utcnow())}]}
+        if not await self.db(self._change, record["id"], fields, ("paused",), _audited_as(audit, record, fields)):
+            return await self.get(record["id"])
+        return await self._then(record, fields, "resuming it", lambda: self._resume_here(record))
+
+    async def _resume_here(self, record: dict[str, Any]) -> None:
+        """What follows a `resuming` stored: the sub-workflows its pause paused resume, and it is conducted."""
         runner = self.runners.get(record["runner"])
-        if moved and hasattr(runner, "resume"):
-            await runner.resume(record["id"])  # a workflow resumes the sub-workflows its pause paused
-        if moved and self.executor is not None:
+        if hasattr(runner, "resume"):
+            await runner.resume(record["id"])
+        if self.executor is not None:
             self.conducting.add(record["id"])
             await self.executor.submit(record["id"])
-        return await self.get(record["id"])
+
+    async def _then(self, record: dict[str, Any], fields: dict[str, Any], what: str,
+                    step: Callable[[], Awaitable[dict[str, Any] | None]]) -> dict[str, Any]:
+        """`step`, what follows a change (`fields`) already committed with its audit event, then the
+        execution as it is now (or as `step` returned it). A database failure there is logged, not raised:
+        the change holds, the poll and recovery take it up, and raised it would tell the caller that
+        nothing happened (the API's 503), whose retry would ask again for what was done. The execution is
+        then answered as the change left it."""
+        try:
+            done = await step()
+            return done if done is not None else await self.get(record["id"])
+        except sa.exc.DBAPIError as exc:
+            why = database_trouble(exc) or f"the database refused it ({type(exc).__name__})"
+            log.warning("execution %s is %s as asked, but %s failed, as %s; the poll takes it up", record["id"],
+                        fields["status"], what, why)
+            return public({**record, **fields})
 
     # -- reading -------------------------------------------------------------------------
     async def get(self, execution_id: str) -> dict[str, Any]:
@@ -1209,7 +1274,11 @@ class ExecutionService:
                 self._waiters.pop(execution_id, None)
 
     # -- cancel and re-run -------------------------------------------------------------
-    async def cancel(self, execution_id: str) -> dict[str, Any]:
+    async def cancel(self, execution_id: str, audit: AuditEntry | None = None) -> dict[str, Any]:
+        """Cancel an execution: `canceled` at once while it waits its turn or when its owner is gone, else
+        `canceling` for whoever runs it. `audit` is stored in the transaction of that change, its detail
+        gaining the action and the status written (`_audited_as`); once it is committed, stopping the run
+        here is `_then`'s, which a database failure does not make a failed cancel."""
         record = await self.db(self._find, execution_id)
         status = record["status"]
         if status in COMPLETED:
@@ -1219,8 +1288,8 @@ class ExecutionService:
                 and self._owner_state(record.get("runner_info")) == "gone"):
             # Nobody runs it any more (its process died, or the host was renamed and restarted):
             # canceled at once, instead of `canceling` for an owner that never looks again.
-            done = await self._cancel_orphan(record)
-            return done if done is not None else await self.cancel(execution_id)  # it moved meanwhile
+            done = await self._cancel_orphan(record, _audited_as(audit, record, {"status": "canceled"}))
+            return done if done is not None else await self.cancel(execution_id, audit)  # it moved meanwhile
         if status == "canceling":
             raise ExecutionStateError(f'execution {record["id"]} is already {status}; it cannot be canceled')
         if status not in CANCELABLE:
@@ -1231,24 +1300,27 @@ class ExecutionService:
             entries.append({"status": "canceled", "timestamp": iso(now)})
             fields = {"status": "canceled", "end_timestamp": now, "log": entries,
                       "result": {"error": "canceled before it started"}}
-            if await self.db(self.db.store.update_execution, record["id"], fields, expect=_QUEUED):
+            if await self.db(self._change, record["id"], fields, _QUEUED, _audited_as(audit, record, fields)):
                 record.update(fields)
                 self._finished(record)
                 return public(record)
-            return await self.cancel(execution_id)  # it started meanwhile
+            return await self.cancel(execution_id, audit)  # it started meanwhile
         entries.append({"status": "canceling", "timestamp": iso(now)})
-        if not await self.db(self.db.store.update_execution, record["id"], {"status": "canceling", "log": entries},
-                             expect=(status,)):
-            return await self.cancel(execution_id)  # it moved meanwhile (claimed, ended): look again
+        fields = {"status": "canceling", "log": entries}
+        if not await self.db(self._change, record["id"], fields, (status,), _audited_as(audit, record, fields)):
+            return await self.cancel(execution_id, audit)  # it moved meanwhile (claimed, ended): look again
+        return await self._then(record, fields, "stopping it", lambda: self._stop_canceling(record, status))
+
+    async def _stop_canceling(self, record: dict[str, Any], status: str) -> dict[str, Any] | None:
+        """Stop what `cancel` marked `canceling` (it was `status`): here if it runs here; a paused workflow,
+        or one marked `resuming` and not claimed yet, nobody conducts, so it ends here (its children still
+        live are canceled by the workflows' listener). Otherwise it runs in another process, whose owner
+        sees `canceling`. The execution as it ended, or None to read it again."""
         if await self._cancel_here(record["id"]):
-            return await self.get(record["id"])
-        # Paused, or marked `resuming` and not claimed yet: nobody conducts it, so it ends here (its
-        # children still live are canceled by the workflows' listener).
+            return None
         if status in ("paused", "resuming") and _resumable(self.runners.get(record["runner"])):
-            done = await self.complete(record["id"], "canceled", canceled_result(record), ("canceling",))
-            if done is not None:
-                return done
-        return await self.get(record["id"])  # running in another process: its owner sees `canceling`
+            return await self.complete(record["id"], "canceled", canceled_result(record), ("canceling",))
+        return None
 
     async def _cancel_here(self, execution_id: str) -> bool:
         """Stop a `canceling` execution run by this process; False if it does not run here. A workflow
@@ -1263,7 +1335,7 @@ class ExecutionService:
 
     async def rerun(self, execution_id: str, parameters: Mapping[str, Any] | None = None,
                     context: Mapping[str, Any] | None = None, *, delay: float = 0.0,
-                    rerun_id: str | None = None) -> dict[str, Any]:
+                    rerun_id: str | None = None, audit: AuditEntry | None = None) -> dict[str, Any]:
         """A new execution of the same action with the original parameters, overridden by `parameters`.
 
         Without `context` it is the same request again (a retry policy): the original's context, so
@@ -1271,7 +1343,7 @@ class ExecutionService:
         asked and where replies go (`_ORIGIN`) are theirs, never the original's (a re-run from the web
         of a chat command must not post into that chat thread). `delay` holds it `delayed` that long
         (a retry policy's delay), stored so that a restart meanwhile still runs it. `rerun_id` names the
-        re-run (see `request`'s `execution_id`)."""
+        re-run (see `request`'s `execution_id`); `audit` is stored with it (see `request`)."""
         record = await self.db(self._find, execution_id)
         spec = record["spec"]
         supplied = spec.get("supplied", list(record["parameters"]))
@@ -1300,7 +1372,7 @@ class ExecutionService:
         return await self.request(record["action"], merged, new_context,
                                   extra_template_context=spec.get("extra_context"),
                                   render=rendered - set(parameters or {}), delay=delay, execution_id=rerun_id,
-                                  secrets=revealed)
+                                  secrets=revealed, audit=audit)
 
     # -- ownership ---------------------------------------------------------------------
     def _owner_state(self, info: Mapping[str, Any] | None) -> str:
@@ -1320,15 +1392,16 @@ class ExecutionService:
             log.info("killed %d process group(s) left running by Squall processes that died", killed)
         return killed
 
-    async def _cancel_orphan(self, record: dict[str, Any]) -> dict[str, Any] | None:
+    async def _cancel_orphan(self, record: dict[str, Any], audit: AuditEntry | None = None) -> dict[str, Any] | None:
         """Cancel an execution whose owner is gone, at once: nobody else would ever end it. What its
-        processes left is killed first. A workflow's live children follow (its finished listener)."""
+        processes left is killed first. A workflow's live children follow (its finished listener).
+        `audit` is stored with the end."""
         await self._sweep()
         info = record.get("runner_info") or {}
         owner = f'{info.get("hostname") or "?"} pid {info.get("pid")}'
         return await self.complete(record["id"], "canceled", {
             **(record.get("result") or {}),
-            "error": f"canceled by request; the process that ran it ({owner}) was gone"}, (record["status"],))
+            "error": f"canceled by request; the process that ran it ({owner}) was gone"}, (record["status"],), audit)
 
     # -- recovery ----------------------------------------------------------------------
     async def recover(self) -> dict[str, int]:
@@ -1502,6 +1575,47 @@ def _ending(outcome: RunOutcome, secrets: list[str]) -> tuple[dict[str, Any], di
     now = utcnow()
     return ({"status": outcome.status, "result": scrub(outcome.result, secrets), "end_timestamp": now},
             {"status": outcome.status, "timestamp": iso(now)})
+
+
+async def audit_apart(db: Database, audit: AuditEntry, target: str) -> None:
+    """`audit` stored on its own, after the change it records was committed without it (a re-run: the
+    chat's `CommandService.rerun` passes no `audit` on), about `target` unless it names its own. A failure
+    is logged with the whole event, not raised: the change holds, and raised it would tell the caller that
+    nothing happened (the API's 503), whose retry would make the change again."""
+    try:
+        await db(audit.add, db.store, target)
+    except sa.exc.DBAPIError as exc:
+        why = database_trouble(exc) or f"the database refused it ({type(exc).__name__})"
+        log.error("the audit event %s of %s by %s (from %s), whose change is stored, could not be stored, as %s; "
+                  "its detail: %s", audit.event, audit.target or target, audit.actor, audit.source, why,
+                  json.dumps(audit.detail, default=str))
+
+
+def _held(requested_at: datetime, delay: float) -> dict[str, Any] | None:
+    """What a request held for `delay` seconds is stored with (`request`): `delayed`, and when it is due
+    (`runner_info.delayed_until`), so under the scale-out executor any node's poll submits it once due,
+    should this process stop meanwhile; a cancel meanwhile ends it `canceled`, and the claim then finds
+    nothing to run. None for no delay."""
+    if delay <= 0:
+        return None
+    return {"status": "delayed", "log": [{"status": "delayed", "timestamp": iso(requested_at)}],
+            "runner_info": {"delayed_until": iso(requested_at + timedelta(seconds=delay))}}
+
+
+def _audited_as(audit: AuditEntry | None, record: Mapping[str, Any], fields: Mapping[str, Any]) -> AuditEntry | None:
+    """`audit` (of a cancel, a pause, a resume) saying what it changed: the execution's action and the
+    status written (`fields`)."""
+    return None if audit is None else audit.with_facts(action=record["action"], status=fields["status"])
+
+
+def _add_request_audit(store: Store, audit: AuditEntry, record: dict[str, Any]) -> None:
+    """A request's audit event, in its transaction: with the action and the parameters as stored (secrets
+    masked) unless the caller's detail says them its own way, and the new execution's id when the event is
+    about something else (a chat command's alias)."""
+    facts = {"action": record["action"], "parameters": record["parameters"]}
+    if audit.target is not None:
+        facts = {"execution": record["id"], **facts}
+    audit.add(store, record["id"], **facts)
 
 
 def _written(write: CompletionWrite, store: Store, execution_id: str) -> tuple[bool, Any]:

@@ -28,7 +28,7 @@ from engine.runners import RunOutcome, RunRequest
 from engine.storage import iso, utcnow
 
 if TYPE_CHECKING:
-    from engine.executions import ExecutionService
+    from engine.executions import AuditEntry, ExecutionService
     from engine.triggers import TriggerService
 
 log = logging.getLogger(__name__)
@@ -264,12 +264,15 @@ class InquiryService:
 
     # -- answering ---------------------------------------------------------------------------------
     async def respond(self, inquiry_id: str, response: Any, user: str | None,
-                      groups: Sequence[str] = ()) -> dict[str, Any]:
-        """Validate and record the answer; raises `InquiryError` saying what is wrong."""
+                      groups: Sequence[str] = (), audit: AuditEntry | None = None) -> dict[str, Any]:
+        """Validate and record the answer; raises `InquiryError` saying what is wrong. `audit` (who answered)
+        is stored with the answer, in its transaction (`ExecutionService.change`, `complete`): about the
+        inquiry unless it names its own target, its detail gaining the response, secrets masked."""
         async with self._answering:
-            return await self._respond(inquiry_id, response, user, groups)
+            return await self._respond(inquiry_id, response, user, groups, audit)
 
-    async def _respond(self, inquiry_id: str, response: Any, user: str | None, groups: Sequence[str]) -> dict[str, Any]:
+    async def _respond(self, inquiry_id: str, response: Any, user: str | None, groups: Sequence[str],
+                       audit: AuditEntry | None = None) -> dict[str, Any]:
         record = await self._record(inquiry_id)
         if record["status"] != "pending":
             why = "it expired" if record["status"] == "timeout" else f"it is {record['status']}"
@@ -303,15 +306,16 @@ class InquiryService:
         answers = [r["response"] for r in responses]
         count = int(result.get("count") or 1)
         said_no = any(response.get(key) is False for key in deciding(result.get("schema"), response))
+        if audit is not None:
+            audit = audit.with_facts(response=masked(result.get("schema") or {}, response))
         if len(responses) < count and not said_no:  # more people must answer
             waiting = {**result, "responses": responses}
-            if not await self.executions.db(self.executions.db.store.update_execution, record["id"],
-                                            {"result": waiting}, expect=("pending",)):
+            if not await self.executions.change(record["id"], {"result": waiting}, ("pending",), audit):
                 raise InquiryError(f'inquiry {record["id"]} was answered or expired meanwhile', 409)
             return public({**record, "result": waiting})
         done = await self.executions.complete(record["id"], "succeeded",
                                               {**result, "response": merged(answers, count), "responder": user,
-                                               "responses": responses}, ("pending",))
+                                               "responses": responses}, ("pending",), audit)
         if done is None:
             raise InquiryError(f'inquiry {record["id"]} was answered or expired meanwhile', 409)
         return public(done)

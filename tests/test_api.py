@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +21,9 @@ import sqlalchemy as sa
 
 from bot.app import Squall
 from bot.http import create_api, hash_key
+from bot.web import origin
 from engine.config import load_config
+from engine.metrics import source_of
 from tests.conftest import free_port, wait_until_answering, write
 from tests.test_cli import SQUALL
 
@@ -711,3 +716,222 @@ async def test_a_command_at_the_limit_is_still_matched_and_run(roomy) -> None:
     refused = await client.post("/api/v1/aliasexecution/match_and_execute",
                                 json={"command": f"secretgreet {who[:-6]}", "user": "mallory"})
     assert refused.status_code == 403 and "may not run demo.locked" in refused.json()["faultstring"]  # matched
+
+
+# -- a change and its audit event commit together --------------------------------------------------------
+
+def disk_full() -> sa.exc.OperationalError:
+    """SQLite's SQLITE_FULL as the driver raises it: the database failed, and the whole group with it."""
+    error = sqlite3.OperationalError("database or disk is full")
+    error.sqlite_errorcode = 13  # type: ignore[attr-defined]
+    return sa.exc.OperationalError("INSERT INTO audit ...", {}, error)
+
+
+def refused() -> sa.exc.IntegrityError:
+    """A statement the database refuses: it fails alone, the rest of its group commits."""
+    return sa.exc.IntegrityError("INSERT INTO audit ...", {}, sqlite3.IntegrityError("CHECK constraint failed"))
+
+
+def failing_audit(squall: Squall, monkeypatch: pytest.MonkeyPatch, event: str, error: Exception,
+                  target: str | None = None) -> None:
+    """`event`'s audit rows (those about `target` only, if given) fail to store with `error`; every other
+    row stores as before."""
+    original = squall.store.audit_add
+
+    def audit_add(kind: str, actor: str | None, source: str | None, about: str | None, detail: dict) -> None:
+        if kind == event and target in (None, about):
+            raise error
+        original(kind, actor, source, about, detail)
+
+    monkeypatch.setattr(squall.store, "audit_add", audit_add)
+
+
+async def test_an_execution_whose_audit_event_fails_is_not_stored(squall: Squall, client: httpx.AsyncClient,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`POST /executions` stored the execution in one commit and its `api.execution` event in the next:
+    under a full disk it answered 503 "Try again later" for an execution that was stored and ran, with no
+    audit row, and the client's retry ran it twice. Both are one transaction now: nothing is stored."""
+    failing_audit(squall, monkeypatch, "api.execution", disk_full())
+    answered = await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "ann"}})
+    assert answered.status_code == 503, answered.text
+    assert await squall.executions.list(action="demo.greet") == []
+    monkeypatch.undo()
+    created = await client.post("/api/v1/executions", json={"action": "demo.greet",
+                                                            "parameters": {"who": "bob", "password": "hunter2"}})
+    assert created.status_code == 201, created.text
+    [row] = await _audited(squall, "api.execution")
+    assert (row["actor"], row["source"], row["target"]) == (None, "api", created.json()["id"])
+    assert row["detail"] == {"action": "demo.greet", "parameters": created.json()["parameters"]}
+    assert row["detail"]["parameters"]["password"] == "********"
+    await squall.executions.wait(created.json()["id"], timeout=20)
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_a_change_whose_audit_event_is_refused_is_not_stored(home: Path, postgres_url: str,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL keeps a group's other writes when one statement is refused (each write has a savepoint of
+    its own), so an event refused alone (a value too long for its column) left its change stored: the
+    change and its event share a savepoint there (`AuditEntry.together`). A request, a cancel and a key's
+    write whose event is refused store nothing."""
+    config = _home(home) / "config.yml"
+    config.write_text(config.read_text().replace("sqlite:///data/squall.db", postgres_url))
+    app = await Squall.start(load_config(config))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(app)), base_url="http://squall",
+                                     headers={"St2-Api-Key": KEY}) as client:
+            failing_audit(app, monkeypatch, "api.execution", refused())
+            answered = await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "a"},
+                                                                     "delay": 60_000})
+            assert answered.status_code == 500, answered.text
+            assert await app.executions.list(action="demo.greet") == []
+            failing_audit(app, monkeypatch, "api.key.set", refused())
+            assert (await client.put("/api/v1/keys/k1", json={"value": "v1"})).status_code == 500
+            assert (await client.get("/api/v1/keys/k1")).status_code == 404
+            monkeypatch.undo()
+            held = (await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "b"},
+                                                                  "delay": 60_000})).json()
+            failing_audit(app, monkeypatch, "api.execution.cancel", refused())
+            assert (await client.delete(f"/api/v1/executions/{held['id']}")).status_code == 500
+            assert (await app.executions.get(held["id"]))["status"] == "delayed"
+            monkeypatch.undo()
+            assert (await client.delete(f"/api/v1/executions/{held['id']}")).json()["status"] == "canceled"
+            assert [row["target"] for row in await _audited(app, "api.execution.cancel")] == [held["id"]]
+    finally:
+        await app.triggers.settle()
+        await app.close()
+
+
+async def test_a_delayed_execution_is_stored_delayed_in_its_own_commit(squall: Squall, client: httpx.AsyncClient,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`st2 run --delay`: the request was stored, then marked `delayed` in a second write; that write failing
+    answered 503 for a stored request (which the poll then ran at once). It is stored `delayed` now."""
+    original = squall.store.update_execution
+
+    def update_execution(execution_id: str, fields: dict, **kwargs: Any) -> bool:
+        if fields.get("status") == "delayed":
+            raise disk_full()
+        return original(execution_id, fields, **kwargs)
+
+    monkeypatch.setattr(squall.store, "update_execution", update_execution)
+    created = await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "ann"},
+                                                            "delay": 60_000})
+    assert created.status_code == 201, created.text
+    stored = squall.store.get_execution(created.json()["id"])
+    assert stored["status"] == "delayed" and stored["runner_info"]["delayed_until"]
+    assert [e["status"] for e in stored["log"]] == ["delayed"]
+    [row] = await _audited(squall, "api.execution")
+    assert row["target"] == created.json()["id"]
+    monkeypatch.undo()
+    assert (await client.delete(f"/api/v1/executions/{created.json()['id']}")).json()["status"] == "canceled"
+
+
+async def _running(squall: Squall, client: httpx.AsyncClient) -> str:
+    record = (await client.post("/api/v1/executions", json={"action": "demo.slow"})).json()
+    for _ in range(500):
+        if (await squall.executions.get(record["id"]))["status"] == "running":
+            return record["id"]
+        await _sleep(0.02)
+    raise AssertionError(f"{record['id']} never ran")
+
+
+async def test_a_cancel_whose_audit_event_fails_cancels_nothing(squall: Squall, client: httpx.AsyncClient,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cancel and its `api.execution.cancel` event are one transaction: an event the disk cannot take
+    leaves the execution running (the 503 is true), and the cancel that works is audited with the status
+    it wrote."""
+    running = await _running(squall, client)
+    failing_audit(squall, monkeypatch, "api.execution.cancel", disk_full())
+    answered = await client.delete(f"/api/v1/executions/{running}")
+    assert answered.status_code == 503, answered.text
+    assert (await squall.executions.get(running))["status"] == "running"
+    monkeypatch.undo()
+    queued = (await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "a"},
+                                                            "delay": 60_000})).json()
+    for execution_id in (running, queued["id"]):
+        assert (await client.delete(f"/api/v1/executions/{execution_id[:12]}")).status_code == 200
+    rows = {row["target"]: row for row in await _audited(squall, "api.execution.cancel")}
+    assert rows[running]["detail"] == {"action": "demo.slow", "status": "canceling"}
+    assert rows[queued["id"]]["detail"] == {"action": "demo.greet", "status": "canceled"}
+    assert (await squall.executions.wait(running, timeout=20))["status"] == "canceled"
+
+
+async def test_a_cancel_stored_is_answered_though_stopping_the_run_failed(squall: Squall, client: httpx.AsyncClient,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once `canceling` and its audit event are committed, a database failure while the run is stopped is
+    no 503 (a client would be told nothing happened): the answer says `canceling`, and the poll stops it."""
+    running = await _running(squall, client)
+
+    async def cancel(_execution_id: str) -> bool:
+        raise disk_full()
+
+    monkeypatch.setattr(squall.executions.executor, "cancel", cancel)
+    answered = await client.delete(f"/api/v1/executions/{running}")
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["status"] == "canceling"
+    [row] = await _audited(squall, "api.execution.cancel")
+    assert row["target"] == running
+    monkeypatch.undo()
+    await squall.executions.poll()
+    assert (await squall.executions.wait(running, timeout=20))["status"] == "canceled"
+
+
+async def test_a_rerun_stored_is_answered_though_its_audit_event_failed(squall: Squall, client: httpx.AsyncClient,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A re-run's event is still written after the re-run (`CommandService.rerun` takes none): when that
+    write fails, the re-run that was stored is answered (201), not a 503 whose retry would run it again,
+    and the log says which event is missing."""
+    first = (await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "a"}})).json()
+    await squall.executions.wait(first["id"], timeout=20)
+    failing_audit(squall, monkeypatch, "api.execution.rerun", disk_full())
+    caplog.set_level(logging.ERROR, logger="engine.executions")
+    again = await client.post(f"/api/v1/executions/{first['id']}/re_run", json={"parameters": {"who": "b"}})
+    assert again.status_code == 201, again.text
+    assert (await squall.executions.wait(again.json()["id"], timeout=20))["status"] == "succeeded"
+    [said] = [r.getMessage() for r in caplog.records if again.json()["id"] in r.getMessage()]
+    assert "api.execution.rerun" in said and "database or disk is full" in said, said
+
+
+async def test_a_key_change_whose_audit_event_fails_changes_nothing(squall: Squall, client: httpx.AsyncClient,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`PUT` and `DELETE /keys/{name}` write the pair and its `api.key.*` event in one transaction."""
+    failing_audit(squall, monkeypatch, "api.key.set", disk_full())
+    assert (await client.put("/api/v1/keys/k1", json={"value": "v1"})).status_code == 503
+    assert (await client.get("/api/v1/keys/k1")).status_code == 404
+    monkeypatch.undo()
+    assert (await client.put("/api/v1/keys/k1", json={"value": "v2", "secret": True, "ttl": 60})).status_code == 200
+    failing_audit(squall, monkeypatch, "api.key.delete", disk_full())
+    assert (await client.delete("/api/v1/keys/k1")).status_code == 503
+    assert (await client.get("/api/v1/keys/k1", params={"decrypt": True})).json()["value"] == "v2"
+    monkeypatch.undo()
+    wrong = await client.delete("/api/v1/keys/k1", params={"scope": "st2kv.galaxy"})
+    assert wrong.status_code == 400 and "unknown scope" in wrong.json()["faultstring"]
+    assert (await client.delete("/api/v1/keys/k1", params={"scope": "st2kv.system"})).status_code == 204
+    [put] = await _audited(squall, "api.key.set")
+    assert (put["target"], put["detail"]) == ("k1", {"scope": "system", "user": None, "secret": True,
+                                                     "encrypted": False, "ttl": 60})
+    [deleted] = await _audited(squall, "api.key.delete")
+    assert (deleted["target"], deleted["detail"]) == ("k1", {"scope": "system", "user": None})
+
+
+async def test_a_callers_context_does_not_say_where_its_execution_came_from(squall: Squall,
+                                                                             client: httpx.AsyncClient) -> None:
+    """A caller's `context` named a rule, a parent workflow, a timer's trigger instance or a workflow task,
+    and the `source` metric label and the web UI's origin believed it: an API run counted and shown as a
+    rule's. Those keys (all `source_of` and `bot.web.origin` read) are Squall's to write; the caller's own
+    keys are kept."""
+    forged = {"rule": {"ref": "demo.on_build"}, "parent": "0661ede5bd61f4810f4f047c",
+              "trigger_instance": {"id": "0661ede5bd61f4810f4f047d", "name": "core.st2.CronTimer"},
+              "workflow_task": {"task": "deploy"}, "source_channel": "#ops", "source": "chat",
+              "chat": {"adapter": "slack", "channel": "#ops"}, "action_alias_ref": {"id": "demo.greet"},
+              "trace": "kept"}
+    created = await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "a"},
+                                                            "context": forged})
+    assert created.status_code == 201, created.text
+    record = created.json()
+    assert record["context"]["trace"] == "kept" and record["context"]["source"] == "api"
+    assert not set(record["context"]) & (set(forged) - {"trace", "source"}), record["context"]
+    assert "task" not in record and "parent" not in record
+    assert source_of(record["context"]) == "api" and origin.summary(record["context"]) == "api"
+    assert [fact.label for fact in origin.details(record)] == ["requested by", "source"]
+    await squall.executions.wait(record["id"], timeout=20)

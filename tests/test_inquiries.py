@@ -18,6 +18,7 @@ from bot.http import create_api
 from engine.config import load_config
 from engine.inquiries import InquiryError
 from tests.conftest import write
+from tests.test_api import disk_full, failing_audit
 from tests.workflow_helpers import children, task_names, workflow_pack
 
 SQUALL_CLI = Path(__import__("sys").executable).parent / "squall"
@@ -548,3 +549,29 @@ async def test_a_wrong_secret_answer_is_not_in_the_api_400_the_chat_reply_or_the
     assert sorted(row["event"] for row in denied) == ["api.inquiry.denied", "chat.inquiry.denied"]
     assert all("the value breaks 'pattern'" in row["detail"]["reason"] for row in denied)
     assert "SECRET" not in json.dumps(denied, default=str)
+
+
+async def test_an_api_answer_whose_audit_event_fails_is_not_recorded(chat, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer and its `api.inquiry.respond` event are one transaction, an answer short of the count (a
+    write of the responses) as the last one (the inquiry's end): an event the full disk cannot take leaves
+    the answer unrecorded, so the 503 is true and the same answer may be given again."""
+    squall, _ = chat
+    workflow_id, inquiry = await _paused(squall, "wf.two")
+    url = f"/api/v1/inquiries/{inquiry['id']}"
+    transport = httpx.ASGITransport(app=create_api(squall))
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall",
+                                 headers={"St2-Api-Key": "test-key-123456"}) as client:
+        for user, left in (("ann", "pending"), ("bea", "succeeded")):
+            failing_audit(squall, monkeypatch, "api.inquiry.respond", disk_full())
+            failed = await client.put(url, json={"response": {"approved": True}, "user": user})
+            assert failed.status_code == 503, failed.text
+            before = (await squall.executions.get(inquiry["id"]))["result"]
+            assert user not in [r["user"] for r in before.get("responses") or []]
+            monkeypatch.undo()
+            answered = await client.put(url, json={"response": {"approved": True}, "user": user})
+            assert answered.status_code == 200, answered.text
+            assert answered.json()["status"] == left
+    rows = list(reversed(await squall.db(squall.store.audit_list, 10, "api.inquiry.respond")))
+    assert [(r["actor"], r["target"], r["detail"]) for r in rows] == [
+        (user, inquiry["id"], {"response": {"approved": True}}) for user in ("ann", "bea")]
+    assert (await _final(squall, workflow_id))["status"] == "succeeded"

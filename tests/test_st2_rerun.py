@@ -17,7 +17,7 @@ from bot.app import Squall
 from bot.http import create_api
 from engine.config import load_config
 from tests.conftest import write
-from tests.test_api import KEY, _home
+from tests.test_api import KEY, _home, disk_full, failing_audit
 from tests.workflow_helpers import children, task_names, workflow_pack
 
 #: `a` leaves a mark each time it runs; `b` fails until the gate file exists.
@@ -219,6 +219,37 @@ async def test_pause_and_resume_by_status(squall: Squall, client: httpx.AsyncCli
     assert ended.status_code == 409 and "only a paused one resumes" in ended.text
     events = [row["event"] for row in await squall.db(squall.store.audit_list, limit=100)]
     assert "api.execution.pause" in events and "api.execution.resume" in events
+
+
+async def test_a_pause_or_resume_whose_audit_event_fails_changes_nothing(squall: Squall, client: httpx.AsyncClient,
+                                                                         tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`PUT /executions/{id}`'s change and its `api.execution.<change>` event are one transaction: an event the
+    full disk cannot take leaves the workflow as it was (the 503 is true); the change that works is audited
+    with the status it wrote."""
+    gate = tmp_path / "gate"
+    record = (await client.post("/api/v1/executions", json={"action": "wf.pausable",
+                                                            "parameters": {"gate": str(gate)}})).json()
+    while len(await children(squall, record["id"])) < 1:
+        await asyncio.sleep(0.02)
+    url = f"/api/v1/executions/{record['id']}"
+    failing_audit(squall, monkeypatch, "api.execution.pause", disk_full())
+    assert (await client.put(url, json={"status": "pausing"})).status_code == 503
+    assert (await client.get(url)).json()["status"] == "running"
+    monkeypatch.undo()
+    assert (await client.put(url, json={"status": "pausing"})).json()["status"] == "pausing"
+    gate.touch()
+    await _until(client, record["id"], "paused")
+    failing_audit(squall, monkeypatch, "api.execution.resume", disk_full())
+    assert (await client.put(url, json={"status": "resuming"})).status_code == 503
+    assert (await client.get(url)).json()["status"] == "paused"
+    monkeypatch.undo()
+    assert (await client.put(url, json={"status": "resuming"})).status_code == 200
+    assert (await _until(client, record["id"], "succeeded", "failed"))["status"] == "succeeded"
+    rows = [row for row in await squall.db(squall.store.audit_list, limit=100) if row["target"] == record["id"]]
+    assert [(row["event"], row["detail"]) for row in reversed(rows) if row["event"] != "api.execution"] == [
+        ("api.execution.pause", {"action": "wf.pausable", "status": "pausing"}),
+        ("api.execution.resume", {"action": "wf.pausable", "status": "resuming"})]
 
 
 async def test_status_changes_refused(squall: Squall, client: httpx.AsyncClient) -> None:

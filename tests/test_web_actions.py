@@ -15,6 +15,7 @@ from markupsafe import escape
 
 from engine.parameters import ParameterError, cast
 from tests.conftest import write
+from tests.test_api import disk_full, failing_audit
 from tests.test_web_auth import Web, started_web
 
 KINDS = """
@@ -241,3 +242,20 @@ async def test_an_unknown_action_is_a_404_page(web: Web) -> None:
     missing = await client.get("/actions/forms.nope")
     assert missing.status_code == 404 and 'action &#34;forms.nope&#34; not found' in missing.text
     assert (await client.post("/actions/forms.nope", data={"csrf_token": csrf})).status_code == 404
+
+
+async def test_a_run_whose_audit_event_fails_is_not_stored(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run form's request and its `web.execution.request` event are one transaction: an event the full
+    disk cannot take leaves no execution that ran unaudited behind its error page."""
+    client, csrf = await web.signed_in("olga", "operator")
+    failing_audit(web.squall, monkeypatch, "web.execution.request", disk_full())
+    answer = await client.post("/actions/forms.kinds", data={"csrf_token": csrf, "who": "ann"})
+    assert answer.status_code == 503 and "database or disk is full" in answer.text
+    assert await web.squall.executions.list(action="forms.kinds") == []
+    monkeypatch.undo()
+    done = await client.post("/actions/forms.kinds", data={"csrf_token": csrf, "who": "ann"})
+    assert done.status_code == 303, done.text
+    execution_id = done.headers["location"].removeprefix("/executions/")
+    [entry] = await web.squall.db(web.squall.store.audit_list, 10, "web.execution.request")
+    assert (entry["actor"], entry["target"]) == ("olga", execution_id)
+    await web.squall.executions.wait(execution_id, 30)

@@ -24,7 +24,7 @@ from bot.web import session as sessions
 from bot.web.ansi import AnsiRenderer, render
 from engine.storage import ExecutionFilter, utcnow
 from tests.conftest import free_port, write
-from tests.test_api import KEY
+from tests.test_api import KEY, disk_full, failing_audit
 from tests.test_web_auth import PASSWORD, Web, login, started_web
 
 
@@ -816,4 +816,45 @@ async def test_bulk_cancel_cancels_the_checked_and_says_what_it_could_not(web: W
     assert sorted(a["target"] for a in audit) == sorted([first, second])
     nothing = await client.post("/executions/cancel", data={"csrf_token": csrf})
     assert nothing.status_code == 400 and "none was chosen" in nothing.text
+
+
+# -- a change and its audit event: one transaction -------------------------------------------------------
+
+async def test_a_cancel_whose_audit_event_fails_cancels_nothing(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cancel button's change and its `web.execution.cancel` event commit together: an event the full
+    disk cannot take leaves the execution running behind the error page; the bulk cancel lists the one it
+    could not cancel, with why, beside those it did (their cancels are stored: no 503 for the page)."""
+    client, csrf = await web.signed_in("otto", "operator")
+    first, second = await _running(web), await _running(web)
+    failing_audit(web.squall, monkeypatch, "web.execution.cancel", disk_full())
+    alone = await client.post(f"/executions/{first}/cancel", data={"csrf_token": csrf})
+    assert alone.status_code == 503 and "database or disk is full" in alone.text
+    assert (await web.squall.executions.get(first))["status"] == "running"
+    monkeypatch.undo()
+    failing_audit(web.squall, monkeypatch, "web.execution.cancel", disk_full(), target=second)
+    answer = await client.post("/executions/cancel", content=f"csrf_token={csrf}&execution={first}&execution={second}",
+                               headers={"content-type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 200, answer.text
+    assert f"{second}</a>: Squall could not cancel it: the database is full" in answer.text
+    assert (await web.squall.executions.wait(first, 30))["status"] == "canceled"
+    assert (await web.squall.executions.get(second))["status"] == "running"
+    [row] = await web.squall.db(web.squall.store.audit_list, 10, "web.execution.cancel")
+    assert (row["actor"], row["target"], row["detail"]) == ("otto", first, {"action": "core.local",
+                                                                           "status": "canceling"})
+    monkeypatch.undo()
+    await web.squall.executions.cancel(second)
+
+
+async def test_a_rerun_stored_is_shown_though_its_audit_event_failed(web: Web,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-run's event is written after the re-run (`CommandService.rerun` takes none): when that write
+    fails, the browser goes on to the re-run that was stored, not to a 503 whose retry runs it again."""
+    client, csrf = await web.signed_in("otto", "operator")
+    record = await web.squall.executions.request("demo.greet", {"who": "ann"}, {"user": "t", "source": "api"})
+    await web.squall.executions.wait(record["id"], 30)
+    failing_audit(web.squall, monkeypatch, "web.execution.rerun", disk_full())
+    answer = await client.post(f"/executions/{record['id']}/rerun", data={"csrf_token": csrf, "p.who": "bob"})
+    assert answer.status_code == 303, answer.text
+    new = await web.squall.executions.wait(answer.headers["location"].rsplit("/", 1)[1], 30)
+    assert new["parameters"]["who"] == "bob" and new["status"] == "succeeded"
 

@@ -25,7 +25,14 @@ from bot.http.paging import ALL_ROWS, json_items, page_limit, query_time, stream
 from bot.http.runners import runner_public
 from bot.http.state import api_state
 from engine.actions import unapproved
-from engine.executions import COMPLETED, ExecutionNotFound, ExecutionStateError, public
+from engine.executions import (
+    COMPLETED,
+    AuditEntry,
+    ExecutionNotFound,
+    ExecutionStateError,
+    audit_apart,
+    public,
+)
 from engine.inquiries import shown_execution
 from engine.live import follow_output
 from engine.packs import Registry, UnknownAction
@@ -228,8 +235,12 @@ async def execution_children(execution_id: str, request: Request, depth: int = -
 
 
 #: Context keys only Squall writes: a chat command's thread (a caller's would post its result into any
-#: channel, and a malformed one broke the result hooks), its approval, the alias and the API user.
-_SQUALLS_OWN = frozenset({"chat", "approval", "api_user", "action_alias_ref"})
+#: channel, and a malformed one broke the result hooks), its approval, the alias and the API user; and
+#: where an execution came from, which the `source` metric label (`engine.metrics.source_of`) and the web
+#: UI's origin (`bot.web.origin`) read: the rule and trigger instance that fired it, the workflow and task
+#: it runs for, the chat channel. A caller's `{"rule": ...}` counted and showed an API run as a rule's.
+_SQUALLS_OWN = frozenset({"chat", "approval", "api_user", "action_alias_ref", "source_channel", "rule",
+                          "trigger_instance", "parent", "workflow_task"})
 
 
 def _run_as(request: Request, body: ExecutionRequest) -> str | None:
@@ -245,7 +256,9 @@ def _run_as(request: Request, body: ExecutionRequest) -> str | None:
 @router.post("/executions", status_code=201, tags=["executions"])
 async def create_execution(body: ExecutionRequest, request: Request) -> dict[str, Any]:
     """StackStorm's `st2 run`: the action requested as `_run_as`'s user, held `delayed` for `delay` ms
-    first when asked (as `re_run`'s `delay`)."""
+    first when asked (as `re_run`'s `delay`). Its `api.execution` event is stored with it, in one
+    transaction: a request the database did not take is not stored, so a client told to try again runs
+    it once, and nothing runs that the audit log does not show."""
     state = api_state(request)
     # Who asks and from where is the API's to say, not the caller's (`source` is a metric's label too),
     # and where a chat command's replies go or what approved it is Squall's own record, never a caller's.
@@ -260,32 +273,32 @@ async def create_execution(body: ExecutionRequest, request: Request) -> dict[str
     action = state.squall.registry.actions.get(body.action)
     if action is not None and action.approval is not None:
         raise HTTPException(403, unapproved(action.ref, action.approval))
+    audit = _audit(request, "api.execution", **({"user": who} if body.user else {}))
     try:
         record = await state.squall.executions.request(body.action, body.parameters, context, render=body.render,
-                                                       delay=(body.delay or 0) / 1000)
+                                                       delay=(body.delay or 0) / 1000, audit=audit)
     except (ParameterError, UnknownAction, ValueError) as exc:
         raise HTTPException(400, str(exc)) from exc
-    await _audit(request, "api.execution", record, {"action": record["action"], "parameters": record["parameters"],
-                                                    **({"user": who} if body.user else {})})
     return _doc(request, record)
 
 
-async def _audit(request: Request, event: str, record: dict[str, Any], detail: dict[str, Any]) -> None:
-    """Who asked for what through the API, as the chat and the web UI record theirs (parameters as
-    stored: secrets masked)."""
-    squall = api_state(request).squall
-    await squall.db(squall.store.audit_add, event, request_user(request), "api", record["id"], detail)
+def _audit(request: Request, event: str, **detail: Any) -> AuditEntry:
+    """Who asked for what through the API, as the chat and the web UI record theirs: stored by the engine
+    in the transaction of the change, about the execution changed, its detail gaining what the change
+    wrote (a request's action and parameters as stored, secrets masked; a cancel's status)."""
+    return AuditEntry(event, request_user(request), "api", None, detail)
 
 
 @router.delete("/executions/{execution_id}", tags=["executions"])
 async def cancel_execution(execution_id: str, request: Request) -> dict[str, Any]:
+    """The cancel and its `api.execution.cancel` event are one transaction (`ExecutionService.cancel`)."""
+    audit = _audit(request, "api.execution.cancel")
     try:
-        record = await api_state(request).squall.executions.cancel(execution_id)
+        record = await api_state(request).squall.executions.cancel(execution_id, audit)
     except ExecutionNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except ExecutionStateError as exc:
         raise HTTPException(409, str(exc)) from exc
-    await _audit(request, "api.execution.cancel", record, {"action": record["action"], "status": record["status"]})
     return _doc(request, record)
 
 
@@ -358,7 +371,8 @@ _STATUS_CHANGES = {"pausing": "pause", "paused": "pause", "resuming": "resume", 
 async def update_execution(execution_id: str, body: ExecutionUpdate, request: Request) -> dict[str, Any]:
     """StackStorm's pause, resume and cancel by status (spec §10.2): `{"status": "pausing"}` asks a running
     workflow to pause, `{"status": "resuming"}` resumes a paused one, `canceling` cancels (as DELETE).
-    Other statuses are the engine's to set, never a caller's (400); an execution in the wrong state is a 409."""
+    Other statuses are the engine's to set, never a caller's (400); an execution in the wrong state is a 409.
+    The change and its `api.execution.<change>` event are one transaction."""
     change = _STATUS_CHANGES.get(body.status)
     if change is None:
         raise HTTPException(400, f"status {body.status!r} cannot be asked for: send pausing (pause a running "
@@ -369,10 +383,9 @@ async def update_execution(execution_id: str, body: ExecutionUpdate, request: Re
         raise HTTPException(400, f"execution {record['id']} is a {record['runner']} action; only workflows "
                                  f"({', '.join(sorted(squall.workflows.runners))}) pause and resume")
     try:
-        record = await getattr(squall.executions, change)(record["id"])
+        record = await getattr(squall.executions, change)(record["id"], _audit(request, f"api.execution.{change}"))
     except ExecutionStateError as exc:
         raise HTTPException(409, str(exc)) from exc
-    await _audit(request, f"api.execution.{change}", record, {"action": record["action"], "status": record["status"]})
     return _doc(request, record)
 
 
@@ -410,7 +423,9 @@ async def rerun_execution(execution_id: str, request: Request, body: RerunReques
     """A new execution of the same action, with `parameters` over the original's and after `delay` ms;
     or, with `tasks`, the finished workflow re-run in place from those tasks, its other finished tasks
     kept (`WorkflowService.rerun`: the same execution is answered, its context's `re-run` naming the
-    tasks). Either way what needs approval is refused (`CommandService.rerun`)."""
+    tasks). Either way what needs approval is refused (`CommandService.rerun`). Its `api.execution.rerun`
+    event is written after it (`CommandService.rerun` takes none), and its failing does not make the
+    stored re-run a 503 (`audit_apart`): a client's retry would run it again."""
     body = body or RerunRequest()
     if body.tasks or body.reset:
         if body.parameters:
@@ -434,7 +449,8 @@ async def rerun_execution(execution_id: str, request: Request, body: RerunReques
         raise HTTPException(409, str(exc)) from exc
     except (ParameterError, UnknownAction, ValueError) as exc:
         raise HTTPException(400, str(exc)) from exc
-    await _audit(request, "api.execution.rerun", record, {"action": record["action"], "of": execution_id,
-                                                          "parameters": record["parameters"],
-                                                          **({"tasks": body.tasks} if body.tasks else {})})
+    squall = api_state(request).squall
+    await audit_apart(squall.db, _audit(request, "api.execution.rerun", action=record["action"], of=execution_id,
+                                        parameters=record["parameters"],
+                                        **({"tasks": body.tasks} if body.tasks else {})), record["id"])
     return _doc(request, record)

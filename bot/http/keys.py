@@ -14,7 +14,9 @@ nobody, may name anyone (and, naming nobody, lists every user's keys). A value i
 StackStorm's schema: anything else is a 400 (`st2 key load -c` sends JSON as a string).
 
 The audit rows (`api.key.set`, `api.key.delete`) name the scope as the web's and the CLI's do, `system` or
-`user`, however the request spelled it (`st2kv.system`)."""
+`user`, however the request spelled it (`st2kv.system`). Each is stored with its change, in one transaction
+(`Datastore.set` and `delete`'s `audit`): a change the database did not take leaves no row, and no change
+is stored without its row."""
 
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from bot.http.paging import checked_limit, tell_page
 from bot.http.state import api_state
 from engine.crypto import CryptoError
 from engine.datastore import MAX_KEY_TTL as MAX_KEY_TTL  # re-exported by bot.http; `Datastore.set` checks it
-from engine.datastore import Datastore, DatastoreError, normalise_scope, st2_ttl
+from engine.datastore import Datastore, DatastoreError, st2_ttl
+from engine.executions import AuditEntry
 from engine.parameters import MASK, MAX_INTEGER
 
 router = APIRouter()
@@ -144,12 +147,11 @@ async def put_key(name: str, body: KeyRequest, request: Request) -> dict[str, An
     squall = api_state(request).squall
     owner = _user(request, body.scope, body.user)
     ttl = st2_ttl(body.ttl)  # 0, as null: no expiry, as StackStorm's API reads it
+    # Its detail gains the scope, the user and whether it is a secret, as stored (`Datastore.set`).
+    audit = AuditEntry("api.key.set", request_user(request), "api", None, {"encrypted": body.encrypted, "ttl": ttl})
     item = await _datastore(squall, squall.datastore.set, name, value, scope=body.scope, user=owner,
                             encrypt=body.secret or body.encrypt, encrypted=body.encrypted, ttl=ttl,
-                            description=body.description)
-    await squall.db(squall.store.audit_add, "api.key.set", request_user(request), "api", item["name"],
-                    {"scope": normalise_scope(item["scope"]), "user": item["user"], "secret": bool(item["secret"]),
-                     "encrypted": body.encrypted, "ttl": ttl})
+                            description=body.description, audit=audit)
     return _shown(item, False)
 
 
@@ -157,7 +159,7 @@ async def put_key(name: str, body: KeyRequest, request: Request) -> dict[str, An
 async def delete_key(name: str, request: Request, scope: str = "system", user: str | None = None) -> None:
     squall = api_state(request).squall
     owner = _user(request, scope, user)
-    if not await _datastore(squall, squall.datastore.delete, name, scope=scope, user=owner):
+    # Its detail gains the scope, checked and named as `Datastore.delete` stores it (`system`, `user`).
+    audit = AuditEntry("api.key.delete", request_user(request), "api", None, {"user": owner})
+    if not await _datastore(squall, squall.datastore.delete, name, scope=scope, user=owner, audit=audit):
         raise HTTPException(404, f'Resource with a name "{name}" not found')
-    await squall.db(squall.store.audit_add, "api.key.delete", request_user(request), "api", name,
-                    {"scope": normalise_scope(scope), "user": owner})

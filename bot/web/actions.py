@@ -4,7 +4,8 @@ The form is `bot.forms`' fields of the action's parameters, and what it sends ba
 so each wrong field gets the engine's own message beside it. A good form is run through
 `ExecutionService.request`, the call `POST /api/v1/executions` makes, with the values as data (never
 rendered as templates), the account's name as the user and `web` as the source; the request is
-audited as the UI's cancel is, and the browser goes on to the new execution's page.
+audited as the UI's cancel is, in the request's own transaction, and the browser goes on to the new
+execution's page.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from bot.forms import Field, action_fields, parameter_named, parse
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import form_fields, operator, viewer
 from engine.actions import Action, unapproved
+from engine.executions import AuditEntry
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
 
@@ -85,14 +87,14 @@ async def action_run(request: Request, ref: str, session: Session = Depends(oper
         return _page(request, session, action, fields, shown, parsed.errors, status=400)
     squall = request.app.state.squall
     context: dict[str, Any] = {"source": "web", "user": session.account.name}
+    # Stored with the request, one transaction: with the action and its parameters as the execution stores
+    # them, secrets masked, as the API's and the CLI's rows (`ExecutionService.request`).
+    audit = AuditEntry("web.execution.request", session.account.name, "web", None, {})
     try:
-        record = await squall.executions.request(action.ref, parsed.values, context)
+        record = await squall.executions.request(action.ref, parsed.values, context, audit=audit)
     except (ParameterError, UnknownAction, ValueError) as exc:
         named = parameter_named(str(exc))
         if named and any(f.name == named for f in fields):
             return _page(request, session, action, fields, shown, {named: str(exc)}, status=400)
         return _page(request, session, action, fields, shown, problem=str(exc), status=400)
-    # With which parameters, as the API's and the CLI's rows: as the execution stores them, secrets masked.
-    await squall.db(squall.store.audit_add, "web.execution.request", session.account.name, "web", record["id"],
-                    {"action": action.ref, "parameters": record["parameters"]})
     return RedirectResponse(f"/executions/{record['id']}", status_code=303)

@@ -15,6 +15,7 @@ from datetime import UTC
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 
@@ -25,11 +26,19 @@ from bot.web import ansi, graph, origin
 from bot.web.pages import PageError, PageRoute, form_time, render
 from bot.web.session import MAX_FIELDS, form_fields, operator, viewer
 from engine.actions import unapproved
-from engine.executions import CANCELABLE, COMPLETED, STATUSES, ExecutionNotFound, ExecutionStateError
+from engine.executions import (
+    CANCELABLE,
+    COMPLETED,
+    STATUSES,
+    AuditEntry,
+    ExecutionNotFound,
+    ExecutionStateError,
+    audit_apart,
+)
 from engine.inquiries import shown_execution
 from engine.packs import UnknownAction
 from engine.parameters import MASK, ParameterError
-from engine.storage import ExecutionFilter
+from engine.storage import ExecutionFilter, database_trouble
 from engine.workflows.service import KEPT
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -214,22 +223,28 @@ def _not_rerunnable(squall: Any, record: dict[str, Any]) -> PageError | None:
     return None
 
 
+def _cancel_audit(session: Session) -> AuditEntry:
+    """A cancel's `web.execution.cancel` event, stored with the cancel, in its transaction
+    (`ExecutionService.cancel`: its detail gains the action and the status the cancel wrote)."""
+    return AuditEntry("web.execution.cancel", session.account.name, "web", None, {})
+
+
 @router.post("/executions/{execution_id}/cancel")
 async def execution_cancel(request: Request, execution_id: str, session: Session = Depends(operator)) -> Response:
     squall = request.app.state.squall
     record = await find_execution(request, execution_id)
     try:
-        await squall.executions.cancel(record["id"])
+        await squall.executions.cancel(record["id"], _cancel_audit(session))
     except ExecutionStateError as exc:
         raise PageError(str(exc), 409) from exc
-    await squall.db(squall.store.audit_add, "web.execution.cancel", session.account.name, "web", record["id"], {})
     return RedirectResponse(f"/executions/{record['id']}", status_code=303)
 
 
 @router.post("/executions/cancel")
 async def bulk_cancel(request: Request, session: Session = Depends(operator)) -> Response:
     """Cancel the executions checked on the list (`execution` fields), each through the service as one
-    cancel would be; what could not be canceled is listed with the reason."""
+    cancel would be, with its audit event; what could not be canceled is listed with the reason, one the
+    database did not take too: the cancels before it are stored, so the page is no error page."""
     squall = request.app.state.squall
     chosen = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=MAX_FIELDS).get("execution", [])
     if not chosen:
@@ -237,12 +252,15 @@ async def bulk_cancel(request: Request, session: Session = Depends(operator)) ->
     done, refused = [], []
     for execution_id in dict.fromkeys(chosen):
         try:
-            record = await squall.executions.cancel(execution_id)
+            record = await squall.executions.cancel(execution_id, _cancel_audit(session))
         except (ExecutionNotFound, ExecutionStateError) as exc:
             refused.append((execution_id, str(exc)))
             continue
+        except sa.exc.DBAPIError as exc:
+            why = database_trouble(exc) or f"the database refused it ({type(exc).__name__})"
+            refused.append((execution_id, f"Squall could not cancel it: {why}. Try again later."))
+            continue
         done.append(record)
-        await squall.db(squall.store.audit_add, "web.execution.cancel", session.account.name, "web", record["id"], {})
     return render(request, "canceled.html", {"session": session, "done": done, "refused": refused},
                   status_code=200 if done else 409)
 
@@ -304,8 +322,10 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
         errors = {named: str(exc)} if named and any(f["name"] == named for f in fields) else {}
         return render(request, "rerun.html", {"session": session, "record": record, "fields": shown,
                                               "error": str(exc), "errors": errors}, status_code=400)
-    await squall.db(squall.store.audit_add, "web.execution.rerun", session.account.name, "web", new["id"],
-                    {"of": record["id"], "changed": sorted(changed)})
+    # Written after the re-run (`CommandService.rerun` takes no event): its failing is logged, never the
+    # error page of a re-run that was stored, whose retry would run it again (`audit_apart`).
+    await audit_apart(squall.db, AuditEntry("web.execution.rerun", session.account.name, "web", None,
+                                            {"of": record["id"], "changed": sorted(changed)}), new["id"])
     return RedirectResponse(f"/executions/{new['id']}", status_code=303)
 
 
