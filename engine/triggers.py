@@ -120,8 +120,9 @@ class TriggerService:
         self._wake: str | None = None
         self._taking = asyncio.Lock()  # one `take_pending` at a time in this process
         self._listener: asyncio.Task[None] | None = None
-        self._taker: asyncio.Task[None] | None = None
-        self._again = False
+        #: Takes what workers stored, at their notifications (`follow`).
+        self._taker = wakeups.Rerun(self.take_pending, "trigger-take",
+                                    "taking up the trigger instances squall workers stored")
         self._closed = False
 
     def hand_off(self) -> None:
@@ -317,26 +318,9 @@ class TriggerService:
         `wakeups.TRIGGERS`), not at the next poll, which stays for a notification lost while the
         listener reconnected (each connection counts as one). Every notification counts: only a process
         that hands off sends them, never one that follows."""
-        listening = wakeups.listen_to(database_url, [wakeups.TRIGGERS], self._kick,
+        listening = wakeups.listen_to(database_url, [wakeups.TRIGGERS], self._taker.kick,
                                       "the trigger instances squall workers store")
         self._listener = asyncio.create_task(listening, name="trigger-listener")
-
-    def _kick(self, _channel: str | None = None, _payload: str | None = None) -> None:
-        if self._closed:
-            return
-        self._again = True
-        if self._taker is None or self._taker.done():
-            self._taker = asyncio.create_task(self._take_again(), name="trigger-take")
-
-    async def _take_again(self) -> None:
-        while self._again and not self._closed:
-            self._again = False
-            try:
-                await self.take_pending()
-            except Exception as exc:  # the serve loop's poll tries again within a second
-                log.warning("taking up the trigger instances squall workers stored failed (%s); the next poll "
-                            "tries again", exc)
-                return
 
     async def close(self) -> None:
         """Stop listening and taking. A take under way ends first: cancelled between its claim's commit and
@@ -345,7 +329,7 @@ class TriggerService:
         self._closed = True
         if self._listener is not None:
             self._listener.cancel()
-        await asyncio.gather(*(task for task in (self._listener, self._taker) if task is not None),
+        await asyncio.gather(*(task for task in (self._listener, self._taker.close()) if task is not None),
                              return_exceptions=True)
 
     @property

@@ -27,7 +27,8 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +97,39 @@ async def listen_to(database_url: str, channels: Sequence[str], heard: Callable[
                             what, exc)
             failing = True
         await asyncio.sleep(retry)
+
+
+class Rerun:
+    """Runs `work` at a wake-up (`kick`) and once more for whatever wake-ups came while it ran, however
+    many, never two at once: a burst of notifications costs one run after the one under way, and none is
+    missed. What a `listen` sets off (the outbox's look for replies other processes stored, a serve
+    node's take of the trigger instances workers stored). A run that fails is logged (`what` it was
+    doing) and left to the caller's own poll, which tries again within a second."""
+
+    def __init__(self, work: Callable[[], Awaitable[Any]], name: str, what: str) -> None:
+        self._work, self._name, self._what = work, name, what
+        self._again = False
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def kick(self, *_told: Any) -> None:
+        """A wake-up (`listen`'s `wake`, or `listen_to`'s `heard` with its channel and payload)."""
+        if self.closed:
+            return
+        self._again = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def _run(self) -> None:
+        while self._again and not self.closed:
+            self._again = False
+            try:
+                await self._work()
+            except Exception as exc:
+                log.warning("%s failed (%s); the next poll tries again", self._what, exc)
+                return
+
+    def close(self) -> asyncio.Task[None] | None:
+        """Take no more wake-ups; the run under way, if any, to wait for or cancel."""
+        self.closed = True
+        return self._task

@@ -212,8 +212,8 @@ class Outbox:
         self._unmarked: dict[int, dict[str, Any]] = {}
         self._newest = 0
         self._polling = asyncio.Lock()
-        self._again = False
-        self._catch_up: asyncio.Task[None] | None = None
+        #: Looks for replies other processes stored, at their notifications (`follow`).
+        self._catch_up = wakeups.Rerun(self.poll, "outbox-catch-up", "looking for replies other processes stored")
         self._listener: asyncio.Task[None] | None = None
         self._pending = 0
         self._marks: set[asyncio.Future[Any]] = set()
@@ -323,30 +323,15 @@ class Outbox:
         """Note an id this process stored. Ids below it it has not seen mean another process stored
         replies meanwhile: look for them now, not at the next poll."""
         if outbox_id > self._newest + 1:
-            self._kick()
+            self._catch_up.kick()
         self._newest = max(self._newest, outbox_id)
 
     def follow(self, database_url: str) -> None:
         """Look for replies as soon as another process (a `squall worker`) stores some, not at the
         next poll: PostgreSQL notifies each insert (`engine/wakeups.py`)."""
-        self._listener = asyncio.create_task(wakeups.listen(database_url, wakeups.OUTBOX, self._kick),
+        self._listener = asyncio.create_task(wakeups.listen(database_url, wakeups.OUTBOX, self._catch_up.kick),
                                              name="outbox-listener")
 
-    def _kick(self) -> None:
-        if self._closed:
-            return
-        self._again = True
-        if self._catch_up is None or self._catch_up.done():
-            self._catch_up = asyncio.create_task(self._poll_again(), name="outbox-catch-up")
-
-    async def _poll_again(self) -> None:
-        while self._again and not self._closed:
-            self._again = False
-            try:
-                await self.poll()
-            except Exception as exc:  # the serve loop's poll tries again within a second
-                log.warning("looking for replies other processes stored failed: %s", exc)
-                return
 
     def _enqueue(self, outbox_id: int, reply: Reply) -> None:
         if outbox_id in self._known:
@@ -422,7 +407,8 @@ class Outbox:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
-        tasks = [*self._workers.values(), *(task for task in (self._catch_up, self._listener) if task is not None)]
+        others = (self._catch_up.close(), self._listener)
+        tasks = [*self._workers.values(), *(task for task in others if task is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, *self._marks, return_exceptions=True)
