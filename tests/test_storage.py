@@ -742,9 +742,8 @@ def test_an_isolated_first_call_commits_with_its_group_not_before(tmp_path: Path
             store.audit_add("second", "me", "test", None, {})
             raise RuntimeError("the group fails after both")
         assert [row["event"] for row in store.audit_list(10)] == []
-        with store.batch_without_waiting() if nowait else store.batch():
-            with store.isolated():
-                store.audit_add("kept", "me", "test", None, {})
+        with store.batch_without_waiting() if nowait else store.batch(), store.isolated():
+            store.audit_add("kept", "me", "test", None, {})
         assert [row["event"] for row in store.audit_list(10)] == ["kept"]
     finally:
         store.close()
