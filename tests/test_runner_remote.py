@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
+import secrets
+import shutil
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +26,10 @@ import pytest
 
 from bot.app import Squall
 from engine.parameters import ParameterError
-from engine.runners import RUNNER_TYPES, RunRequest
-from engine.runners.remote import RemoteShellRunner, parse_hosts, remote_script, wrap_command
+from engine.runners import RUNNER_TYPES, RunRequest, remote
+from engine.runners.remote import RemoteShellRunner, parse_hosts, remote_script, stdin_payload, wrap_command
 from tests.conftest import server_missing, write
-from tests.sshd import SSHDUnavailable, SSHServer, running_sshd
+from tests.sshd import TEST_USER, SSHDUnavailable, SSHServer, running_sshd
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +41,28 @@ def sshd() -> Iterator[SSHServer]:
             yield server
     except SSHDUnavailable as exc:
         server_missing(f"no OpenSSH server for the remote runner tests: {exc}")
+
+
+@pytest.fixture
+def sudoer(sshd: SSHServer) -> Iterator[Callable[[bool], None]]:
+    """Let the test user run anything as root through sudo (with `-E`, hence SETENV): `sudoer(False)`
+    without a password (NOPASSWD), `sudoer(True)` with its own password (the server's `password`).
+    The sudoers entry is this process's own file and is removed afterwards."""
+    if os.geteuid() != 0 or sshd.user != TEST_USER or sshd.password is None:
+        server_missing("the sudo tests need root, to give the test user a sudoers entry")
+    if shutil.which("sudo") is None or not Path("/etc/sudoers.d").is_dir():
+        server_missing("sudo is not installed (Debian package 'sudo'; .ci/run installs it)")
+    entry = Path(f"/etc/sudoers.d/squall-tests-{os.getpid()}")
+
+    def allow(password: bool) -> None:
+        tags = "SETENV:" if password else "NOPASSWD:SETENV:"
+        entry.write_text(f"{sshd.user} ALL=(ALL) {tags} ALL\n")
+        entry.chmod(0o440)
+
+    try:
+        yield allow
+    finally:
+        entry.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -64,6 +91,21 @@ def home(home: Path) -> Path:
                 immutable: true
                 default: {json.dumps(cmd)}
         """)
+    write(pack / "actions" / "secretcmd.yaml", """
+        name: secretcmd
+        runner_type: remote-shell-cmd
+        parameters:
+          token:
+            type: string
+            secret: true
+            required: true
+          out:
+            type: string
+            required: true
+          cmd:
+            immutable: true
+            default: 'printf "%s\\n" "$ST2_ACTION_AUTH_TOKEN" {{ token }} "$API_PW" > {{ out }}; sleep 30; echo done'
+    """)
     write(pack / "actions" / "argv.sh", """
         #!/bin/bash
         printf '%s\\n' "$0" "$PWD" "$ST2_ACTION_EXECUTION_ID"
@@ -131,6 +173,44 @@ async def _read_pids(path: Path) -> list[int]:
     raise AssertionError(f"{path} was never written")
 
 
+async def _read_lines(path: Path, count: int) -> list[str]:
+    for _ in range(200):
+        lines = path.read_text().split("\n") if path.exists() else []
+        if len(lines) > count:
+            return lines[:count]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} never got {count} lines")
+
+
+def _uid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith("Uid:"))
+    except FileNotFoundError:
+        return None
+
+
+def _every_command_line() -> list[str]:
+    """The arguments of every process on this machine (the "remote" host), as `ps -eo args` shows them
+    to any user: what no secret may appear in."""
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace"))
+            except OSError:  # gone meanwhile
+                continue
+    return lines
+
+
+def _sudo_params(sshd: SSHServer, password: bool) -> dict[str, Any]:
+    """The sudo_password parameter when sudo asks for one (`core.remote_sudo` has `sudo: true` already)."""
+    return {"sudo_password": sshd.password} if password else {}
+
+
+SUDO_PASSWORD = pytest.mark.parametrize("password", [False, True], ids=["nopasswd", "password"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Runner table, pack core, pure helpers
 # ---------------------------------------------------------------------------------------------
@@ -167,9 +247,19 @@ def test_parse_hosts() -> None:
 def test_remote_command_quotes_everything() -> None:
     script = remote_script("echo \"${SQUALL_ARG_0}\"", {"SQUALL_ARG_0": "it's $(x)"}, "/my dir")
     assert script == "export SQUALL_ARG_0='it'\"'\"'s $(x)'; \ncd '/my dir' || exit 1\necho \"${SQUALL_ARG_0}\""
-    assert wrap_command("id", sudo=False, sudo_password=None) == "bash -c id"
-    assert wrap_command("id -u", sudo=True, sudo_password=None) == "sudo -E -n -- bash -c 'id -u'"
-    assert wrap_command("id -u", sudo=True, sudo_password="pw") == "sudo -E -S -- bash -c 'id -u'"
+
+
+def test_the_command_line_is_fixed_and_the_script_goes_on_stdin() -> None:
+    """`ps` shows every process's arguments to every user of the host: the command line is the same
+    text for every run, and the script (values, auth token) and the sudo password go on stdin."""
+    plain = wrap_command(sudo=False, sudo_password=None)
+    no_password = wrap_command(sudo=True, sudo_password=None)
+    password = wrap_command(sudo=True, sudo_password="pw-1")
+    assert plain.startswith("bash -c '") and no_password == f"sudo -E -n -- {plain}"
+    assert password.startswith("bash -c '") and "sudo -E -S -- bash -c" in password and "pw-1" not in password
+    assert wrap_command(sudo=True, sudo_password="other") == password
+    assert stdin_payload("echo 'a b'", None) == b"echo 'a b'\0"
+    assert stdin_payload("echo 'a b'", "pw-1") == b"pw-1\necho 'a b'\0"
 
 
 async def test_core_pack_has_remote_actions(squall: Squall) -> None:
@@ -340,6 +430,52 @@ async def test_unreachable_host_fails_alone(squall: Squall, sshd: SSHServer) -> 
         assert "refused" in failure["error"].lower()
 
 
+async def test_an_unknown_host_name_says_so(squall: Squall) -> None:
+    host = "no-such-host.invalid"  # RFC 6761: never resolves
+    with pytest.raises(socket.gaierror) as lookup:
+        socket.getaddrinfo(host, 22, type=socket.SOCK_STREAM)
+    done = await run(squall, "core.remote", {"hosts": host, "username": "someone", "cmd": "true"})
+    assert done["status"] == "failed"
+    error = done["result"][host]["error"]
+    assert error == f"cannot connect to someone@{host}:22: {lookup.value.strerror}"
+    assert "Unknown error" not in error
+
+
+async def test_output_past_the_limit_is_cut_and_the_result_says_so(
+        squall: Squall, sshd: SSHServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote, "OUTPUT_LIMIT", 1000)
+    many = "head -c 5000 /dev/zero | tr '\\0' {}"
+    done = await run(squall, "core.remote", creds(sshd, cmd=f"{many.format('a')}; echo err >&2"))
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    result = done["result"][sshd.host]
+    assert result["stdout"] == "a" * 1000 and result["stderr"] == "err"
+    assert result["truncated"] == "stdout was cut at 1000 bytes"
+
+    done = await run(squall, "core.remote", creds(sshd, cmd=f"{many.format('a')}; {many.format('b')} >&2; sleep 30",
+                                                  timeout=2))
+    assert done["status"] == "timeout"
+    result = done["result"][sshd.host]
+    assert result["stdout"] == "a" * 1000 and result["stderr"] == "b" * 1000
+    assert result["truncated"] == "stdout and stderr were cut at 1000 bytes each"
+
+    done = await run(squall, "core.remote", creds(sshd, cmd="head -c 1000 /dev/zero | tr '\\0' c"))
+    assert done["result"][sshd.host]["stdout"] == "c" * 1000 and "truncated" not in done["result"][sshd.host]
+
+
+async def test_a_value_longer_than_a_command_line_may_be_reaches_the_host(squall: Squall, sshd: SSHServer) -> None:
+    """The script travels on stdin, so the kernel's 128 KiB limit on one argument does not apply."""
+    done = await run(squall, "core.remote", creds(sshd, cmd='echo "${#BIG}"', env={"BIG": "x" * 200_000}))
+    assert done["status"] == "succeeded", json.dumps(done["result"])[:500]
+    assert done["result"][sshd.host]["stdout"] == 200_000
+
+
+async def test_a_nul_character_is_refused_naming_where_it_is(squall: Squall, sshd: SSHServer) -> None:
+    done = await run(squall, "core.remote", creds(sshd, cmd="echo hi", env={"GOOD": "x", "BAD": "a\x00b"}))
+    assert done["status"] == "failed"
+    assert done["result"] == {"error": "the value of BAD contains a NUL character (\\x00), which no shell "
+                                       "variable or command can hold: remove it"}
+
+
 async def test_a_failing_command_on_one_host_fails_the_execution(squall: Squall, sshd: SSHServer) -> None:
     cmd = f'[ "$({_SERVER_ADDRESS})" = 127.0.0.1 ] || exit 3; echo one'
     done = await run(squall, "core.remote", creds(sshd, hosts=",".join(sshd.hosts), cmd=cmd))
@@ -417,6 +553,137 @@ async def test_cancel_kills_the_remote_command(squall: Squall, sshd: SSHServer) 
     assert done["status"] == "canceled"
     for pid in remote:
         assert await _wait_gone(pid), f"remote process {pid} outlived the cancel"
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes of a process group (field 5 of /proc/<pid>/stat, after the command's name)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                members.append(int(entry.name))
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+    return members
+
+
+async def test_a_command_that_ends_leaves_its_own_background_processes(squall: Squall, sshd: SSHServer) -> None:
+    """Only a timeout, a cancel or a lost connection kills the process group: a command that ends lets
+    what it started in the background (a daemon, output redirected) run on, as `bash -c` did."""
+    pids = sshd.scratch / "daemon.pids"
+    pids.unlink(missing_ok=True)
+    cmd = f"sleep 30 >/dev/null 2>&1 & echo $! $! > {pids}; echo started"
+    done = await run(squall, "core.remote", creds(sshd, cmd=cmd))
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    daemon = (await _read_pids(pids))[0]
+    pgid = os.getpgid(daemon)
+    for _ in range(100):  # the run's shell and its watcher end; the daemon stays
+        if _group(pgid) == [daemon]:
+            break
+        await asyncio.sleep(0.05)
+    try:
+        assert _group(pgid) == [daemon] and _alive(daemon)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(daemon, 9)
+
+
+# ---------------------------------------------------------------------------------------------
+# sudo: root's processes end with their run, and the password is read once
+# ---------------------------------------------------------------------------------------------
+
+
+@SUDO_PASSWORD
+async def test_sudo_runs_as_root_and_the_command_reads_no_password(
+        squall: Squall, sshd: SSHServer, sudoer: Callable[[bool], None], password: bool) -> None:
+    sudoer(password)
+    cmd = 'echo "$(id -u) $FOO"; cat; echo end'
+    done = await run(squall, "core.remote_sudo", creds(sshd, cmd=cmd, env={"FOO": "it's"},
+                                                       **_sudo_params(sshd, password)))
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    assert done["result"][sshd.host]["stdout"] == "0 it's\nend"  # `cat` read nothing: stdin was empty
+
+
+async def test_a_sudo_password_not_asked_for_is_not_the_commands_input(
+        squall: Squall, sshd: SSHServer, sudoer: Callable[[bool], None]) -> None:
+    sudoer(False)  # NOPASSWD: sudo never reads the password sent
+    done = await run(squall, "core.remote_sudo", creds(sshd, cmd="id -u; cat", sudo_password="unused-pw"))
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    assert done["result"][sshd.host]["stdout"] == 0
+
+
+async def test_a_wrong_sudo_password_is_tried_once_and_fails(
+        squall: Squall, sshd: SSHServer, sudoer: Callable[[bool], None]) -> None:
+    """sudo asks three times: the lines after the password (the script) must never be the next tries,
+    or one wrong password would count three failures (pam_faillock locks the account at three)."""
+    sudoer(True)
+    done = await run(squall, "core.remote_sudo", creds(sshd, cmd="echo never", sudo_password="wrong-pw",
+                                                       timeout=20))
+    assert done["status"] == "failed"
+    result = done["result"][sshd.host]
+    assert "timeout" not in result and result["stdout"] == "" and result["return_code"] == -1
+    assert "Invalid sudo password" in result["error"] and sshd.host in result["error"]
+    assert "1 incorrect password attempt" in result["stderr"]
+
+
+@SUDO_PASSWORD
+async def test_sudo_timeout_kills_the_root_command(
+        squall: Squall, sshd: SSHServer, sudoer: Callable[[bool], None], password: bool) -> None:
+    """OpenSSH's `signal` request is a killpg as the login user, which cannot reach root's processes."""
+    sudoer(password)
+    pids = sshd.scratch / f"sudo-timeout-{password}.pids"
+    pids.unlink(missing_ok=True)
+    cmd = f"sleep 30 & echo $$ $! > {pids}; echo started $(id -u); sleep 30"
+    done = await run(squall, "core.remote_sudo", creds(sshd, cmd=cmd, timeout=3, **_sudo_params(sshd, password)))
+    assert done["status"] == "timeout", json.dumps(done["result"])
+    assert done["result"][sshd.host]["stdout"] == "started 0"
+    for pid in await _read_pids(pids):
+        assert await _wait_gone(pid), f"root's remote process {pid} outlived the timeout"
+
+
+@SUDO_PASSWORD
+async def test_sudo_cancel_kills_the_root_command(
+        squall: Squall, sshd: SSHServer, sudoer: Callable[[bool], None], password: bool) -> None:
+    sudoer(password)
+    pids = sshd.scratch / f"sudo-cancel-{password}.pids"
+    pids.unlink(missing_ok=True)
+    cmd = f"sleep 30 & echo $$ $! > {pids}; sleep 30"
+    record = await squall.executions.request("core.remote_sudo", creds(sshd, cmd=cmd, **_sudo_params(sshd, password)))
+    remote = await _read_pids(pids)
+    assert [_uid(pid) for pid in remote] == [0, 0]
+    await squall.executions.cancel(record["id"])
+    done = await squall.executions.wait(record["id"], timeout=10)
+    assert done["status"] == "canceled"
+    for pid in remote:
+        assert await _wait_gone(pid), f"root's remote process {pid} outlived the cancel"
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets never show in the host's process list
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sudo", [None, False, True], ids=["plain", "sudo-nopasswd", "sudo-password"])
+async def test_no_secret_shows_in_the_hosts_process_list(
+        squall: Squall, sshd: SSHServer, sudoer: Callable[[bool], None], sudo: bool | None) -> None:
+    """Every user of the host reads every process's arguments (`ps -eo args`): a secret parameter's
+    value, the `env` values and the execution's API token must be in none of them while it runs."""
+    extra: dict[str, Any] = {}
+    if sudo is not None:
+        sudoer(sudo)
+        extra = {"sudo": True, **_sudo_params(sshd, sudo)}
+    out = sshd.scratch / f"seen-{sudo}"
+    out.unlink(missing_ok=True)
+    token, password = "tok-" + secrets.token_hex(8), "pw-" + secrets.token_hex(8)
+    record = await squall.executions.request("remotetest.secretcmd", creds(
+        sshd, token=token, out=str(out), env={"API_PW": password}, **extra))
+    auth_token, seen_token, seen_password = await _read_lines(out, 3)
+    assert (seen_token, seen_password) == (token, password) and len(auth_token) > 16
+    secret_values = [token, password, auth_token] + ([sshd.password] if sudo else [])
+    leaks = [line for line in _every_command_line() if any(value in line for value in secret_values)]
+    await squall.executions.cancel(record["id"])
+    assert (await squall.executions.wait(record["id"], timeout=10))["status"] == "canceled"
+    assert leaks == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,3 +794,15 @@ async def test_script_on_two_hosts_with_a_missing_dir(squall: Squall, sshd: SSHS
     done = await run(squall, "remotetest.argv", creds(sshd, dir=str(sshd.scratch / "no-such-dir")))
     assert done["status"] == "failed"
     assert "cannot copy the script" in done["result"][sshd.host]["error"]
+
+
+async def test_script_through_sudo_with_a_password(
+        squall: Squall, sshd: SSHServer, sudoer: Callable[[bool], None]) -> None:
+    sudoer(True)
+    record = await squall.executions.request("remotetest.argv", creds(
+        sshd, sudo=True, sudo_password=sshd.password, first="it's", name="$(id)", env={"A": "b"}))
+    done = await squall.executions.wait(record["id"], timeout=30)
+    assert done["status"] == "succeeded", json.dumps(done["result"])
+    script, cwd, execution_id, *args = done["result"][sshd.host]["stdout"].split("\n")
+    assert script.startswith("/tmp/") and cwd == "/tmp" and execution_id == record["id"]
+    assert args == ["[--name=$(id)]", "[it's]", "[]", "[]"]

@@ -9,17 +9,25 @@ Host keys are NOT verified (`known_hosts=None`), as StackStorm's paramiko runner
 them either: a host (or bastion) that presents an unknown or changed key is trusted all the same,
 so a man in the middle would go unnoticed. Use it only on networks where that is acceptable.
 
-What runs remotely is always a bash script handed to `bash -c` as one shell-quoted word: the
-`export NAME='value';` lines (the `env` parameter, StackStorm's `ST2_ACTION_*` variables and the
-values of the `cmd` template), `cd '<cwd>'`, then the command. As with the local runner, a `cmd`
-template's `{{ }}` values never become shell code: they travel as exported variables and the
-command refers to them ("${SQUALL_ARG_0}"); a script's arguments are each shell-quoted.
+What runs remotely is a bash script: the `export NAME='value';` lines (the `env` parameter,
+StackStorm's `ST2_ACTION_*` variables, the execution's API token and the values of the `cmd`
+template), `cd '<cwd>'`, then the command. As with the local runner, a `cmd` template's `{{ }}`
+values never become shell code: they travel as exported variables and the command refers to them
+("${SQUALL_ARG_0}"); a script's arguments are each shell-quoted. The script goes over the channel's
+stdin, never on a command line: every user of a host reads every process's arguments (`ps -eo
+args`). The command line is the same fixed text for every run (`_RUN_FROM_STDIN`, through
+`sudo -E -n --` with `sudo` and no password; `_SUDO_WITH_PASSWORD` when there is one, so that sudo
+reads the password and nothing else). The command's own stdin is empty (/dev/null).
+
 `timeout` bounds the connection (TCP, key exchange, login: a host that takes longer fails as
 unreachable, return code 255) and then, separately, copying the script plus running the command
-(a host that takes longer gets `timeout: true`, return code -9). `sudo` wraps the bash as
-`sudo -E -S -- bash -c ...` with the password on stdin, or `sudo -E -n` (never prompt) without one.
-On timeout or cancellation the remote process group is killed (an SSH `signal` request, which
-OpenSSH delivers with killpg) and the channel and connection are closed.
+(a host that takes longer gets `timeout: true`, return code -9). On timeout or cancellation the
+remote process group is killed: Squall sends an SSH `signal` request (OpenSSH's killpg as the login
+user) and closes the channel; the channel's stdin, left open while the command runs, then ends, and
+the script's watcher kills its process group as the user the command runs as, root under sudo, whose
+processes the login user cannot signal. A lost connection ends that stdin too, so it kills the
+command as well. stdout and stderr keep at most `OUTPUT_LIMIT` bytes each; a host's result then says
+which was cut in `truncated`.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import posixpath
 import re
 import shlex
 import signal
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,12 +119,78 @@ def remote_script(command: str, variables: dict[str, str], cwd: str | None) -> s
     return f"{exports}\n{change}{command}"
 
 
-def wrap_command(script: str, *, sudo: bool, sudo_password: str | None) -> str:
-    """The command line given to the login shell: `bash -c '<script>'`, through sudo when asked."""
-    line = f"bash -c {shlex.quote(script)}"
-    if sudo:
-        line = f"sudo -E {'-S' if sudo_password else '-n'} -- {line}"
-    return line
+#: What every host runs, as `bash -c` its one argument (the same text for every run): the script comes
+#: on stdin, ended by a NUL byte, or from the FIFO named by "$1" (`_SUDO_WITH_PASSWORD`). The rest of that
+#: input stays open while the command runs and ends only when Squall closes the channel (timeout,
+#: cancel) or loses the connection: a watcher then kills the process group as this shell's user, root
+#: under sudo. (The `signal` request OpenSSH serves is a killpg as the login user, which cannot reach
+#: root's processes.) The FIFO is opened read-write first so that opening it never blocks, whether
+#: or not its writer is still there. The script runs in a subshell, so that no `exit` or trap of its
+#: own skips stopping the watcher, with empty positional parameters and stdin, as `bash -c` would.
+_RUN_FROM_STDIN = r"""if [ -n "${1-}" ]; then
+  exec 6<>"$1" 3<"$1" 6>&- || exit 255
+  rm -rf -- "${1%/*}"
+else
+  exec 3<&0
+fi
+exec </dev/null
+IFS= read -r -d '' -u 3 __squall_script || exit 255
+{ while read -r -u 3 _; do :; done; kill -KILL 0; } >/dev/null 2>&1 &
+__squall_watcher=$!
+disown
+(set --; eval "unset __squall_script __squall_watcher"$'\n'"$__squall_script") 3<&-
+__squall_code=$?
+kill -KILL "$__squall_watcher" 2>/dev/null
+exit "$__squall_code"
+"""
+
+#: What runs, as the login user, when there is a sudo password. sudo's stdin holds that password and
+#: nothing more: after a wrong one sudo asks again (three times by default), and it would read the
+#: script's lines as the next tries, each one more failure counted against the account (pam_faillock
+#: locks it at three). The rest of the channel's stdin (the script, then the open end) reaches
+#: `_RUN_FROM_STDIN` through a FIFO in a private temporary folder, as sudo closes every descriptor but
+#: 0, 1 and 2. `cat` holds the FIFO open read-write, so the FIFO keeps what it wrote until the root
+#: side opens it; it closes when the channel's stdin ends or the login user's processes are killed.
+_SUDO_WITH_PASSWORD = r"""IFS= read -r __squall_password || exit 255
+__squall_dir=$(mktemp -d) || exit 255
+mkfifo -m 600 "$__squall_dir/in" && exec 5<>"$__squall_dir/in" || { rm -rf -- "$__squall_dir"; exit 255; }
+cat <&0 >&5 &
+__squall_feeder=$!
+disown
+exec 5>&- </dev/null
+sudo -E -S -- bash -c @RUN_FROM_STDIN@ bash "$__squall_dir/in" <<<"$__squall_password"
+__squall_code=$?
+kill "$__squall_feeder" 2>/dev/null
+rm -rf -- "$__squall_dir"
+exit "$__squall_code"
+""".replace("@RUN_FROM_STDIN@", shlex.quote(_RUN_FROM_STDIN))
+
+
+def wrap_command(*, sudo: bool, sudo_password: str | None) -> str:
+    """The command line given to the login shell: fixed text, no value in it (the script is on stdin)."""
+    if sudo and sudo_password:
+        return f"bash -c {shlex.quote(_SUDO_WITH_PASSWORD)}"
+    line = f"bash -c {shlex.quote(_RUN_FROM_STDIN)}"
+    return f"sudo -E -n -- {line}" if sudo else line
+
+
+def stdin_payload(script: str, sudo_password: str | None) -> bytes:
+    """What is written to the channel's stdin: the sudo password's line (if any), then the script and
+    the NUL that ends it. Nothing follows: the open end is the command's lifeline (`_RUN_FROM_STDIN`)."""
+    password = f"{sudo_password}\n" if sudo_password else ""
+    return f"{password}{script}\0".encode()
+
+
+def _nul_problem(variables: dict[str, str], command: str, cwd: str | None) -> str | None:
+    """Why the script cannot be sent, if a value holds a NUL byte (it ends the script on stdin, and no
+    shell variable or command line can hold one); None when none does."""
+    places = [f"the value of {name}" for name, value in variables.items() if "\0" in value]
+    places += ["the command" if "\0" in command else "", "cwd" if cwd and "\0" in cwd else ""]
+    found = [place for place in places if place]
+    if not found:
+        return None
+    return (f"{', '.join(found)} contains a NUL character (\\x00), which no shell variable or command "
+            "can hold: remove it")
 
 
 @dataclass
@@ -139,28 +214,49 @@ class _Job:
     #: The run's live output (`RunRequest.on_output`): every host's chunks as they come.
     on_output: Callable[[str, bytes], None] | None = None
 
-    def command(self, uploaded: str | None) -> str:
+    @property
+    def command_line(self) -> str:
+        return wrap_command(sudo=self.sudo, sudo_password=self.sudo_password)
+
+    def stdin(self, uploaded: str | None) -> bytes:
+        """The channel's input: the script, ending with the uploaded script's path and arguments if any."""
         body = self.script_body
         if uploaded is not None:
             body = f"{body}{shlex.quote(uploaded)}{self.script_tail}"
-        return wrap_command(body, sudo=self.sudo, sudo_password=self.sudo_password)
+        return stdin_payload(body, self.sudo_password if self.sudo else None)
 
 
 def _failure(error: str, code: int = _UNREACHABLE) -> dict[str, Any]:
     return {"failed": True, "succeeded": False, "return_code": code, "stdout": "", "stderr": "", "error": error}
 
 
-def _timed_out(target: Target, timeout: float, stage: str, out: bytes = b"", err: bytes = b"") -> dict[str, Any]:
+def _timed_out(target: Target, timeout: float, stage: str, out: bytearray | None = None,
+               err: bytearray | None = None) -> dict[str, Any]:
     return {
-        **shell_result(-9, out, err),
+        **_output_result(-9, out or bytearray(), err or bytearray()),
         "timeout": True,
         "error": f"{stage} on {target.given} timed out: Action failed to complete in {timeout:g} seconds",
     }
 
 
+def _output_result(code: int, out: bytearray, err: bytearray) -> dict[str, Any]:
+    """The shell result of what was read: `_read` keeps one byte past `OUTPUT_LIMIT`, the sign of more.
+
+    Without `truncated`, a cut output would look whole (the http runner says the same of a body)."""
+    result = shell_result(code, bytes(out[:OUTPUT_LIMIT]), bytes(err[:OUTPUT_LIMIT]))
+    cut = [name for name, data in (("stdout", out), ("stderr", err)) if len(data) > OUTPUT_LIMIT]
+    if len(cut) == 1:
+        result["truncated"] = f"{cut[0]} was cut at {OUTPUT_LIMIT} bytes"
+    elif cut:
+        result["truncated"] = f"stdout and stderr were cut at {OUTPUT_LIMIT} bytes each"
+    return result
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncssh.DisconnectError):
         return exc.reason or type(exc).__name__
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        return exc.strerror  # "Name or service not known": its errno is getaddrinfo's, not the OS's
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)  # "Connection refused", not "Connect call failed ('h', 22)"
     text = str(exc)
@@ -169,11 +265,13 @@ def _describe(exc: BaseException) -> str:
 
 async def _read(stream: asyncssh.SSHReader[bytes], sink: bytearray,
                 on_output: Callable[[bytes], None] | None) -> None:
-    """Collect a channel's stream for the host's result, reporting each chunk as it comes (live output)."""
+    """Collect a channel's stream for the host's result, reporting each chunk as it comes (live output).
+
+    One byte past OUTPUT_LIMIT is kept, so that the result can tell a cut output from a whole one."""
     while chunk := await stream.read(65536):
         if on_output is not None:
             on_output(chunk)
-        room = OUTPUT_LIMIT - len(sink)
+        room = OUTPUT_LIMIT + 1 - len(sink)
         if room > 0:
             sink.extend(chunk[:room])
 
@@ -254,6 +352,9 @@ class RemoteShellRunner:
         bad = sorted(name for name in variables if not _ENV_NAME.match(name))
         if bad:
             return RunOutcome("failed", {"error": f"env names must be letters, digits and '_': {bad}"})
+        nul = _nul_problem(variables, f"{command}{tail}", params.get("cwd") or None)
+        if nul:
+            return RunOutcome("failed", {"error": nul})
         script = remote_script(str(command), variables, params.get("cwd") or None)
 
         key: asyncssh.SSHKey | None = None
@@ -352,7 +453,7 @@ class RemoteShellRunner:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + job.timeout
         if job.upload is None:
-            return await self._command(conn, target, job, job.command(None), deadline)
+            return await self._command(conn, target, job, job.stdin(None), deadline)
         path = posixpath.join(job.upload_dir, f"squall-{job.execution_id}-{uuid.uuid4().hex[:8]}-{job.upload_name}")
         sftp = None
         try:
@@ -363,7 +464,7 @@ class RemoteShellRunner:
                 return _timed_out(target, job.timeout, "copying the script")
             except (OSError, asyncssh.Error) as exc:
                 return _failure(f"cannot copy the script to {target.given}:{path}: {_describe(exc)}")
-            return await self._command(conn, target, job, job.command(path), deadline)
+            return await self._command(conn, target, job, job.stdin(path), deadline)
         finally:
             if sftp is not None:
                 await asyncio.shield(self._remove(sftp, path))
@@ -380,10 +481,10 @@ class RemoteShellRunner:
             await asyncio.wait_for(sftp.remove(path), 5)
         sftp.exit()
 
-    async def _command(self, conn: asyncssh.SSHClientConnection, target: Target, job: _Job, command: str,
+    async def _command(self, conn: asyncssh.SSHClientConnection, target: Target, job: _Job, stdin: bytes,
                        deadline: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        process = await conn.create_process(command, encoding=None)
+        process = await conn.create_process(job.command_line, encoding=None)
         out, err = bytearray(), bytearray()
         finished = False
 
@@ -394,19 +495,17 @@ class RemoteShellRunner:
             await process.wait_closed()
 
         try:
-            if job.sudo and job.sudo_password:
-                process.stdin.write(f"{job.sudo_password}\n".encode())
-            process.stdin.write_eof()
+            process.stdin.write(stdin)  # and no EOF: its end is what kills the command (_RUN_FROM_STDIN)
             try:
                 await asyncio.wait_for(drain(), max(0.01, deadline - loop.time()))
                 finished = True
             except TimeoutError:
-                return _timed_out(target, job.timeout, "the command", bytes(out), bytes(err))
+                return _timed_out(target, job.timeout, "the command", out, err)
         finally:
             if not finished:
                 with contextlib.suppress(Exception):
-                    process.send_signal("KILL")  # OpenSSH signals the session's whole process group
-                process.close()
+                    process.send_signal("KILL")  # OpenSSH kills the session's process group as the login user
+                process.close()  # stdin ends: the script's watcher kills the rest (root's, under sudo)
         error = None
         if process.exit_signal:  # killed by a signal: a negative number, as for local processes
             code = -int(getattr(signal, f"SIG{process.exit_signal[0]}", 1))
@@ -414,7 +513,7 @@ class RemoteShellRunner:
             code = process.exit_status
         else:
             code, error = _UNREACHABLE, f"{target.given}: the channel closed without an exit status"
-        result = shell_result(code, out, err)
+        result = _output_result(code, out, err)
         if job.sudo and "incorrect password" in str(result["stderr"]).lower():
             code, error = -1, ("Invalid sudo password provided or sudo is not configured "
                                f"for this user ({job.username}) on {target.given}")
