@@ -93,6 +93,13 @@ class Field:
         return _text(self.default)
 
     @property
+    def multiline(self) -> bool:
+        """A string whose text to start with (`initial`) holds a line break: a surface draws it as a text
+        area, since a browser strips the line breaks from a text input's value, and the text run together
+        would be sent as the value."""
+        return self.kind == "string" and ("\n" in self.initial or "\r" in self.initial)
+
+    @property
     def yes_no(self) -> bool:
         """A boolean the schema requires (an approval's `approved`): the web asks it as a choice of yes
         or no with nothing chosen unless there is a default, since an unticked checkbox, sent with Enter
@@ -215,11 +222,19 @@ def _several(text: str) -> Any:
         return text
 
 
+def lf_lines(text: str) -> str:
+    """Text from a browser's text area with its line breaks as LF: browsers send each as CR LF (HTML's
+    form submission), which a shell reads as part of the line (`set -e` as `-e\\r`, refused)."""
+    return text.replace("\r\n", "\n")
+
+
 def _value(item: Field, submitted: Mapping[str, str]) -> Any:
     """The typed value of one field, None when not given; raises `ParameterError` in the engine's words."""
     if item.kind == "boolean" and item.input_name not in submitted:
         return False  # a checkbox: sent when ticked, absent when not
     text = submitted.get(item.input_name, "")
+    if item.kind == "string":
+        text = lf_lines(text)
     if text == "" or (item.kind not in ("string", "secret") and not text.strip()):
         return None  # not given: the default applies
     if item.kind in ("array", "object"):

@@ -230,3 +230,32 @@ def test_numbers_say_their_keypad_and_range(spec: dict[str, Any], keypad: str | 
     (draft 4, as `check_parameter`: a boolean `exclusiveMinimum` makes `minimum` exclusive) as help."""
     (item,) = schema_fields({"properties": {"n": spec}}, 'inquiry "abc"')
     assert (item.keypad, item.bounds) == (keypad, bounds)
+
+
+def test_a_string_whose_default_has_line_breaks_is_multi_line() -> None:
+    """A text input's value loses its line breaks in the browser (and the stripped text was sent as the
+    value): a string whose default holds a line break says so, for a surface to draw a text area."""
+    fields = fields_by_name(make({"body": {"type": "string", "default": "Dear team,\nthe deploy is done.\n"},
+                                  "cr": {"type": "string", "default": "one\rtwo"},
+                                  "line": {"type": "string", "default": "one line"},
+                                  "tags": {"type": "array", "default": ["a"]},
+                                  "key": {"type": "string", "secret": True, "default": "a\nb"}}))
+    assert fields["body"].multiline and fields["cr"].multiline
+    assert not fields["line"].multiline and not fields["key"].multiline
+    assert not fields["tags"].multiline  # JSON: always a text area of its own
+    note = schema_fields({"type": "object", "properties": {"note": {"type": "string", "default": "one\ntwo"}}},
+                         "the inquiry")[0]
+    assert note.multiline and note.initial == "one\ntwo"
+
+
+def test_a_string_sent_with_crlf_line_breaks_is_read_with_lf() -> None:
+    """Browsers send a text area's line breaks as CR LF: a string is read with LF, so an untouched
+    multi-line default comes back as it was written (`set -e` then reads `-e`, not `-e\\r`)."""
+    fields = action_fields(make({"body": {"type": "string", "default": "Dear team,\nthe deploy is done.\n"},
+                                 "several": {"type": ["string", "null"]},
+                                 "tags": {"type": "array"}}))
+    parsed = parse(fields, {"body": "Dear team,\r\nthe deploy is done.\r\n", "several": "a\r\nb",
+                            "tags": '[\r\n  "a"\r\n]'})
+    assert parsed.ok and parsed.values == {"body": "Dear team,\nthe deploy is done.\n", "several": "a\nb",
+                                           "tags": ["a"]}
+    assert parse(fields, {"body": "\r\n"}).values == {"body": "\n"}  # text, however little, is given

@@ -259,3 +259,36 @@ async def test_a_run_whose_audit_event_fails_is_not_stored(web: Web, monkeypatch
     [entry] = await web.squall.db(web.squall.store.audit_list, 10, "web.execution.request")
     assert (entry["actor"], entry["target"]) == ("olga", execution_id)
     await web.squall.executions.wait(execution_id, 30)
+
+
+async def test_a_multi_line_default_runs_as_written_from_the_form(web: Web) -> None:
+    """A string whose default has several lines is a text area holding it (a text input's value loses
+    its line breaks in the browser, and the run got the lines run together); what the browser sends
+    back untouched, its line breaks as CR LF, runs with the default as written. A default that starts
+    with a line break keeps it (the HTML parser drops one right after `<textarea>`)."""
+    from tests.test_web_executions import browser_sends
+
+    write(Path(web.squall.config.path).parent / "packs" / "forms" / "actions" / "note.yaml", """
+        name: note
+        runner_type: local-shell-cmd
+        parameters:
+          body: {type: string, default: "Dear team,\\nthe deploy is done.\\n"}
+          lead: {type: string, default: "\\nindented"}
+          cmd: {default: 'printf %s "{{ body }}"', immutable: true}
+    """)
+    await web.squall.reload_packs()
+    client, csrf = await web.signed_in("olga", "operator")
+    page = (await client.get("/actions/forms.note")).text
+    for name in ("body", "lead"):
+        assert "<textarea" in _field(page, name), name
+    sent = {name: browser_sends(page, name) for name in ("body", "lead")}
+    assert sent["body"] == "Dear team,\r\nthe deploy is done.\r\n"
+    done = await client.post("/actions/forms.note", data={"csrf_token": csrf, **sent})
+    assert done.status_code == 303, done.text
+    record = await web.squall.executions.wait(done.headers["location"].removeprefix("/executions/"), 30)
+    assert record["parameters"]["body"] == "Dear team,\nthe deploy is done.\n"
+    assert record["parameters"]["lead"] == "\nindented"
+    assert record["result"]["stdout"] == "Dear team,\nthe deploy is done."  # as stored: the last line break cut
+    # Sent back with a field's error, the text area keeps the text (the other field refused).
+    wrong = await client.post("/actions/forms.note", data={"csrf_token": csrf, **sent, "timeout": "soon"})
+    assert wrong.status_code == 400 and browser_sends(wrong.text, "lead") == "\r\nindented"

@@ -187,6 +187,14 @@ def _write_home(home: Path, port: int, chat_url: str) -> None:
         entry_point: workflows/approval.yaml
     """)
     write(pack / "actions" / "workflows" / "approval.yaml", APPROVAL)
+    write(pack / "actions" / "note.yaml", """
+        name: note
+        runner_type: local-shell-cmd
+        description: Print a note of several lines.
+        parameters:
+          body: {type: string, default: "Dear team,\\nthe deploy is done.\\n"}
+          cmd: {default: 'printf %s "{{ body }}" | od -c', immutable: true}
+    """)
     # One at a time: the others wait `delayed` until the one running ends.
     write(pack / "actions" / "queued.yaml", """
         name: queued
@@ -721,6 +729,51 @@ def test_rerun_an_execution_with_an_edited_parameter(served: Served, tab: Tab) -
         "line 1 of 3", "line 2 of 3", "line 3 of 3"]
     assert served.execution(again)["parameters"]["count"] == 3
     assert served.execution(first)["parameters"]["count"] == 2
+    assert tab.errors == []
+
+
+def test_a_multi_line_value_runs_again_as_it_was_when_left_untouched(served: Served, tab: Tab) -> None:
+    """Chromium sends a text area's line breaks as CR LF and drops one right after `<textarea>`: a re-run
+    left as shown ran `set -e\\r` (refused by bash, `set -e` off) and lost a leading line break."""
+    cmd = "\nset -e\necho deployed"
+    first = served.run("core.local", cmd=cmd)
+    served.wait(first, "succeeded")
+    tab.go(f"/executions/{first}/rerun")
+    assert tab.page.get_by_label(re.compile(r"^cmd")).input_value() == cmd
+    tab.page.get_by_role("button", name="Run again").click()
+    tab.page.wait_for_url(re.compile(r"/executions/[0-9a-f]{24}$"))
+    again = served.wait(_new_id(tab.page.url), "succeeded", "failed")
+    assert again["parameters"]["cmd"] == cmd
+    assert (again["status"], again["result"]["stdout"], again["result"]["stderr"]) == ("succeeded", "deployed", "")
+    assert tab.errors == []
+
+
+def test_a_multi_line_default_runs_from_the_form_as_written(served: Served, tab: Tab) -> None:
+    """A string default of several lines is a text area holding them (a text input's value loses its line
+    breaks in the browser, and the run got them run together); sent untouched, it runs as written."""
+    tab.go("/actions/webui.note")
+    body = tab.page.get_by_label(re.compile(r"^body"))
+    assert body.evaluate("e => e.tagName") == "TEXTAREA"
+    assert body.input_value() == "Dear team,\nthe deploy is done.\n"
+    tab.page.get_by_role("button", name="Run webui.note").click()
+    tab.page.wait_for_url(re.compile(r"/executions/[0-9a-f]{24}$"))
+    record = served.wait(_new_id(tab.page.url), "succeeded", "failed")
+    assert record["parameters"]["body"] == "Dear team,\nthe deploy is done.\n"
+    assert "\\r" not in record["result"]["stdout"] and record["result"]["stdout"].count("\\n") == 2  # od -c
+    assert tab.errors == []
+
+
+def test_a_canceled_executions_page_still_shows_what_it_printed(served: Served, tab: Tab) -> None:
+    """Loaded once the run was canceled, the page shows the lines it showed while the run printed them."""
+    execution_id = served.run("webui.lines", count=200, pause=0.2)
+    tab.go(f"/executions/{execution_id}")
+    tab.page.locator("pre.output-stdout", has_text="line 3 of 200").wait_for(timeout=15_000)
+    tab.page.get_by_role("button", name="Cancel this execution").click()
+    served.wait(execution_id, "canceled")
+    tab.go(f"/executions/{execution_id}")
+    assert "canceled" in tab.page.locator("h1 .status").inner_text()
+    assert tab.page.locator("pre.output-stdout").inner_text().splitlines()[:3] == [
+        "line 1 of 200", "line 2 of 200", "line 3 of 200"]
     assert tab.errors == []
 
 

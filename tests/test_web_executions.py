@@ -6,6 +6,8 @@ real actions, so what they check is what an action really printed."""
 
 from __future__ import annotations
 
+import asyncio
+import html
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.web.executions import OUTPUT_PAGE
 from engine.executions import new_id
 from engine.parameters import MASK
 from engine.storage import ExecutionFilter, Store
@@ -258,3 +261,139 @@ async def test_a_time_filter_from_the_url_shows_in_its_field_as_utc(viewer: tupl
     assert _field_value(local.text, "from") == "2026-03-01T11:59:59"  # the field's step is a second
     assert "from=2026-03-01T11%3A59%3A59.750" in local.text  # the link to the stream keeps the query's own
     assert _field_value((await client.get("/executions")).text, "from") == ""
+
+
+async def test_a_time_filter_past_the_years_a_time_can_have_is_a_400_naming_the_field(
+        viewer: tuple[Web, httpx.AsyncClient]) -> None:
+    """`9999-12-31T23:59:59-05:00` is a valid ISO 8601 time whose UTC instant is past year 9999 (and
+    `0001-01-01T00:00+01:00` one before year 1): converting it overflowed, a bare 500. It is a 400 page
+    that names the field and says what a time looks like, as any other bad time is."""
+    _, client = viewer
+    for name, value in (("to", "9999-12-31T23:59:59-05:00"), ("from", "0001-01-01T00:00+01:00")):
+        refused = await client.get("/executions", params={name: value})
+        assert refused.status_code == 400, (name, value, refused.status_code)
+        assert f"&#39;{name}&#39; must be a date and time such as 2026-01-31T14:00" in refused.text
+        assert value in refused.text and "years 1 to 9999" in refused.text
+
+
+# -- an ended execution's output -------------------------------------------------------------------
+
+def _ended_with_output(store: Store, status: str, result: dict[str, Any] | None,
+                       printed: list[tuple[str, str]]) -> str:
+    """An execution that ended `status` with `result` after printing `printed` ((stream, text) chunks,
+    stored as `engine/output.py` stores them while it runs); its id."""
+    execution_id = stored(store, T0, action="core.local", status=status)
+    store.update_execution(execution_id, {"result": result, "end_timestamp": T0 + timedelta(seconds=5)})
+    if printed:
+        store.execution_output_add([{"execution_id": execution_id, "stream": stream, "data": data,
+                                     "timestamp": T0 + timedelta(seconds=1)} for stream, data in printed])
+    return execution_id
+
+
+def _shown(page: str, stream: str) -> str | None:
+    """The text of the page's `stream` output, None when it shows none."""
+    found = re.search(rf'<pre class="output output-{stream}">(.*?)</pre>', page, re.S)
+    return found.group(1) if found else None
+
+
+async def test_an_execution_that_ended_without_its_output_in_the_result_shows_what_it_printed(
+        viewer: tuple[Web, httpx.AsyncClient]) -> None:
+    """A run canceled or abandoned (or one whose result holds no stdout or stderr) keeps on its page the
+    output it printed while it ran, read from where the live page read it (`execution_output`): the
+    page showed it live, and lost it at the reload once it had ended. A result's own output still wins
+    when the run ended on its own."""
+    web, client = viewer
+    store = web.squall.store
+    printed = [("stdout", "line 1\n"), ("stderr", "\x1b[31mwarn\x1b[0m\n"), ("stdout", "line <2>\n")]
+    for status, result in (("canceled", {"error": "canceled by vic"}), ("abandoned", {"error": "lost"}),
+                           ("failed", {"error": "the runner died"}), ("canceled", None)):
+        execution_id = await web.squall.db(_ended_with_output, store, status, result, printed)
+        page = (await client.get(f"/executions/{execution_id}")).text
+        assert "sse-connect" not in page, status  # ended: not followed
+        assert _shown(page, "stdout") == "line 1\nline &lt;2&gt;\n", (status, result)
+        assert _shown(page, "stderr") == '<span class="ansi-red">warn</span>\n', (status, result)
+    own = await web.squall.db(_ended_with_output, store, "succeeded", {"stdout": "from the result", "stderr": ""},
+                              [("stdout", "chunk\n")])
+    page = (await client.get(f"/executions/{own}")).text
+    assert _shown(page, "stdout") == "from the result" and _shown(page, "stderr") is None
+    bare = await web.squall.db(_ended_with_output, store, "canceled", {"stdout": "kept in the result"}, [])
+    assert _shown((await client.get(f"/executions/{bare}")).text, "stdout") == "kept in the result"
+    many = [("stdout", f"{n}\n") for n in range(2 * OUTPUT_PAGE + 1)]  # read in pages: all of it shown
+    long = await web.squall.db(_ended_with_output, store, "abandoned", {"error": "lost"}, many)
+    assert _shown((await client.get(f"/executions/{long}")).text, "stdout") == "".join(text for _, text in many)
+
+
+async def test_a_canceled_run_s_page_keeps_the_lines_it_printed(viewer: tuple[Web, httpx.AsyncClient]) -> None:
+    """A real run canceled after printing: its page, loaded once it has ended, shows those lines."""
+    web, client = viewer
+    record = await web.squall.executions.request("core.local", {"cmd": "echo 'line 1'; echo 'line 2' >&2; sleep 30"},
+                                                 {"user": "t", "source": "api"})
+    deadline = asyncio.get_running_loop().time() + 30
+    while len(await web.squall.db(web.squall.store.execution_output_list, record["id"])) < 2:
+        assert asyncio.get_running_loop().time() < deadline, "the run printed nothing"
+        await asyncio.sleep(0.05)
+    await web.squall.executions.cancel(record["id"])
+    ended = await web.squall.executions.wait(record["id"], 30)
+    assert ended["status"] == "canceled" and not (ended["result"] or {}).get("stdout")
+    page = (await client.get(f"/executions/{record['id']}")).text
+    assert _shown(page, "stdout") == "line 1\n" and _shown(page, "stderr") == "line 2\n"
+
+
+# -- re-run: values as the browser sends them back -----------------------------------------------------
+
+def browser_sends(page: str, name: str) -> str:
+    """The text a browser sends for the form field `name` left as the page shows it. A text input's
+    value loses its line breaks (HTML's value sanitization). A textarea's text is read as the HTML parser
+    reads it: CR LF and CR become LF, then one line break right after `<textarea ...>` is dropped, then
+    character references are decoded; and each of its line breaks is sent as CR LF."""
+    field = re.escape(name)
+    area = re.search(rf'<textarea[^>]* name="{field}"[^>]*>(.*?)</textarea>', page, re.S)
+    if area is not None:
+        source = re.sub(r"\r\n?", "\n", area.group(1)).removeprefix("\n")
+        return re.sub(r"\r\n|\r|\n", "\r\n", html.unescape(source))
+    box = re.search(rf'<input[^>]* name="{field}"[^>]* value="([^"]*)"', page)
+    assert box is not None, f"no field {name} on the page"
+    return re.sub(r"[\r\n]", "", html.unescape(box.group(1)))
+
+
+@pytest.fixture
+async def operator(home: Path) -> AsyncIterator[tuple[Web, httpx.AsyncClient, str]]:
+    async with started_web(home) as web:
+        client, csrf = await web.signed_in("otto", "operator")
+        yield web, client, csrf
+
+
+@pytest.mark.parametrize("cmd", ["set -e\necho deployed", "\necho deployed", "echo deployed\r\n", "echo one\rtrue"])
+async def test_a_rerun_left_as_shown_keeps_a_multi_line_value(operator: tuple[Web, httpx.AsyncClient, str],
+                                                              cmd: str) -> None:
+    """Run again untouched, a value with line breaks is the original's: browsers send a textarea's line
+    breaks as CR LF (`set -e` then read `-\\r` and was off), and the HTML parser drops a line break right
+    after `<textarea>` (a value starting with one lost it); a CR alone in a text input was dropped."""
+    web, client, csrf = operator
+    first = await web.squall.executions.request("core.local", {"cmd": cmd}, {"user": "t", "source": "api"})
+    await web.squall.executions.wait(first["id"], 30)
+    form = (await client.get(f"/executions/{first['id']}/rerun")).text
+    answer = await client.post(f"/executions/{first['id']}/rerun",
+                               data={"csrf_token": csrf, "p.cmd": browser_sends(form, "p.cmd")})
+    assert answer.status_code == 303, answer.text
+    again = await web.squall.executions.wait(answer.headers["location"].rsplit("/", 1)[1], 30)
+    assert again["parameters"]["cmd"] == cmd
+    [entry] = await web.squall.db(web.squall.store.audit_list, 10, "web.execution.rerun")
+    assert entry["detail"]["changed"] == []
+
+
+async def test_an_edited_multi_line_rerun_value_is_sent_with_lf_line_breaks(
+        operator: tuple[Web, httpx.AsyncClient, str]) -> None:
+    """An edited value arrives with the browser's CR LF line breaks; the action gets LF, as typed."""
+    web, client, csrf = operator
+    first = await web.squall.executions.request("core.local", {"cmd": "set -e\necho deployed"},
+                                                {"user": "t", "source": "api"})
+    await web.squall.executions.wait(first["id"], 30)
+    answer = await client.post(f"/executions/{first['id']}/rerun",
+                               data={"csrf_token": csrf, "p.cmd": "set -e\r\necho changed\r\n"})
+    assert answer.status_code == 303, answer.text
+    again = await web.squall.executions.wait(answer.headers["location"].rsplit("/", 1)[1], 30)
+    assert again["parameters"]["cmd"] == "set -e\necho changed\n"
+    assert again["status"] == "succeeded" and again["result"]["stdout"] == "changed"
+    [entry] = await web.squall.db(web.squall.store.audit_list, 10, "web.execution.rerun")
+    assert entry["detail"]["changed"] == ["cmd"]

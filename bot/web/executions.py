@@ -18,10 +18,11 @@ from urllib.parse import parse_qs, urlencode
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
+from markupsafe import Markup
 
 from bot.accounts import Session
 from bot.chat.commands import CommandRefused
-from bot.forms import parameter_named
+from bot.forms import lf_lines, parameter_named
 from bot.web import ansi, graph, origin
 from bot.web.pages import PageError, PageRoute, form_time, render
 from bot.web.session import MAX_FIELDS, form_fields, operator, viewer
@@ -57,6 +58,10 @@ MAX_TREE_DEPTH = 4
 MAX_TREE_ROWS = 1000
 #: The most output chunks a running execution's page shows at first (the live stream goes on from there).
 MAX_LIVE_CHUNKS = 5000
+#: Output chunks read at a time for an ended execution's page, which shows them all (`_printed`).
+OUTPUT_PAGE = 1000
+#: Ends whose result holds no output of the run's (only why it ended): the page shows what it printed.
+CUT_SHORT = frozenset({"canceled", "abandoned"})
 #: Workflow runs' kept definitions (`spec.workflow`) by execution id, as `_remember_definition` read them;
 #: the oldest is dropped past `DEFINITIONS_HELD`.
 _DEFINITIONS: dict[str, dict[str, Any]] = {}
@@ -186,7 +191,6 @@ async def execution_page(request: Request, execution_id: str, session: Session =
     record = await find_execution(request, execution_id)
     children = await squall.executions.list(parent=record["id"], limit=MAX_CHILDREN, oldest_first=True)
     live = record["status"] not in COMPLETED
-    result = record.get("result")
     after = 0
     if live:  # what was printed so far; the page's stream goes on from the last chunk shown
         rows = await squall.db(squall.store.execution_output_list, record["id"], limit=MAX_LIVE_CHUNKS)
@@ -195,12 +199,41 @@ async def execution_page(request: Request, execution_id: str, session: Session =
         streams = {name: ansi.AnsiRenderer().feed("".join(r["data"] for r in rows if r["stream"] == name))
                    for name in STREAMS}
     else:
-        streams = {name: ansi.render(str(result[name])) for name in STREAMS
-                   if isinstance(result, dict) and result.get(name)}
+        streams = await _ended_streams(squall, record)
     return render(request, "execution.html", {
         "session": session, "origin": origin.details(record), "streams": streams, "live": live, "after": after,
         **controls(squall, session, record),
         **execution_view(squall, record, children, await task_tree(squall, children))})
+
+
+async def _ended_streams(squall: Any, record: dict[str, Any]) -> dict[str, Markup]:
+    """An ended execution's output as its page shows it: the result's stdout and stderr when the run
+    ended with them; else (canceled or abandoned, whose result holds only why, or a result without them)
+    what it printed while it ran, stored as its live page showed it (`execution_output`), so the page
+    loaded once it has ended keeps what it showed while it ran. The result's, if any, when nothing was
+    stored (a runner that records no output, or output purged by `retention.output_days`)."""
+    result = record.get("result")
+    shown = {name: str(result[name]) for name in STREAMS if isinstance(result, dict) and result.get(name)}
+    if not shown or record["status"] in CUT_SHORT:
+        printed = await _printed(squall, record["id"])
+        if any(printed.values()):
+            shown = printed
+    return {name: ansi.render(text) for name, text in shown.items() if text}
+
+
+async def _printed(squall: Any, execution_id: str) -> dict[str, str]:
+    """Everything an execution printed, per stream: all its stored chunks (`engine.output` caps each
+    stream), read in pages off the loop (`Database.read`), as the history is."""
+    parts: dict[str, list[str]] = {name: [] for name in STREAMS}
+    after = 0
+    while True:
+        rows = await squall.db.read(squall.store.execution_output_list, execution_id, after=after,
+                                    limit=OUTPUT_PAGE)
+        for row in rows:
+            parts.setdefault(row["stream"], []).append(row["data"])
+        if len(rows) < OUTPUT_PAGE:
+            return {name: "".join(texts) for name, texts in parts.items() if name in STREAMS}
+        after = rows[-1]["id"]
 
 
 def controls(squall: Any, session: Session, record: dict[str, Any]) -> dict[str, bool]:
@@ -307,8 +340,7 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
     changed: dict[str, Any] = {}
     try:
         for field in fields:
-            sent = form.get(f"p.{field['name']}", field["value"])
-            if sent == field["value"] or (field["secret"] and not sent):
+            if (sent := _edited(field, form)) is None:
                 continue
             changed[field["name"]] = (sent if field["type"] == "string" else
                                       _json_field(field["name"], sent, secret=field["secret"]))
@@ -327,6 +359,24 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
     await audit_apart(squall.db, AuditEntry("web.execution.rerun", session.account.name, "web", None,
                                             {"of": record["id"], "changed": sorted(changed)}), new["id"])
     return RedirectResponse(f"/executions/{new['id']}", status_code=303)
+
+
+def _edited(field: dict[str, Any], form: dict[str, str]) -> str | None:
+    """The text sent for a re-run field when it changes the value, else None (a secret left empty keeps
+    the original). A string's line breaks are compared as LF and sent as LF: the form shows a multi-line
+    value in a text area, which the browser reads with CR LF and CR as LF and sends with CR LF, so a value
+    left as shown compares equal (and runs again as it was, CR and all), and an edited one gets LF."""
+    sent = form.get(f"p.{field['name']}", field["value"])
+    if field["secret"] and not sent:
+        return None
+    if field["type"] != "string":
+        return None if sent == field["value"] else sent
+    return None if _line_breaks_as_lf(sent) == _line_breaks_as_lf(field["value"]) else lf_lines(sent)
+
+
+def _line_breaks_as_lf(text: str) -> str:
+    """`text` with every line break (CR LF, CR) as LF, as the HTML parser reads a text area's text."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 #: Characters of a re-run value that is not JSON quoted back in the message (the field shows it all).
