@@ -8,6 +8,7 @@ checked by pid to make sure timeouts and cancels leave nothing behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -643,3 +644,155 @@ async def test_a_canceled_command_leaves_no_unretrieved_error_behind(tmp_path: P
     finally:
         loop.set_exception_handler(previous)
     assert [c.get("message") for c in reported] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# A kill that leaves something holding the output: the run still ends
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait after a kill, cut so the tests that reach its end do not take 5 s each."""
+    import engine.runners.shell as shell
+
+    monkeypatch.setattr(shell, "KILL_GRACE", 0.5)
+
+
+def _kill(pid_file: Path) -> None:
+    """Kill the process named in `pid_file`, which the test left running on purpose."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+#: A command whose child leaves the process group (setsid) with the output pipes open: killing the
+#: group cannot reach it, and the run waited until it ended by itself.
+_ESCAPING = "setsid sh -c 'echo $$ > {pid}; exec sleep 600' & echo started; sleep 600"
+
+
+async def test_timeout_ends_the_run_when_a_process_outside_the_group_holds_the_output(
+        squall: Squall, scratch: Path, short_grace: None) -> None:
+    pid_file = scratch / "escaped.pid"
+    try:
+        record = await squall.executions.request("core.local", {"cmd": _ESCAPING.format(pid=pid_file),
+                                                                "timeout": 1})
+        done = await squall.executions.wait(record["id"], timeout=20)
+        assert done["status"] == "timeout"
+        result = done["result"]
+        assert result["return_code"] == -9
+        assert result["stdout"] == "started"
+        assert result["error"].startswith("Action failed to complete in 1 seconds; ")
+        assert "still held its output open" in result["error"] and "may still be running" in result["error"]
+        assert not _gone(await _read_pid(pid_file))  # it did escape; the test kills it
+    finally:
+        _kill(pid_file)
+
+
+async def test_cancel_ends_the_run_when_a_process_outside_the_group_holds_the_output(
+        squall: Squall, scratch: Path, short_grace: None) -> None:
+    pid_file = scratch / "escaped.pid"
+    try:
+        record = await squall.executions.request("core.local", {"cmd": _ESCAPING.format(pid=pid_file)})
+        await _read_pid(pid_file)
+        await squall.executions.cancel(record["id"])
+        done = await squall.executions.wait(record["id"], timeout=20)
+        assert done["status"] == "canceled"
+        assert done["result"]["error"] == "canceled by request"
+        assert "may still be running" in done["result"]["stray_processes"]
+    finally:
+        _kill(pid_file)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output over the limit says it was cut
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_output_over_the_limit_is_cut_and_says_so(squall: Squall) -> None:
+    from engine.runners import OUTPUT_LIMIT
+
+    cmd = f"head -c {OUTPUT_LIMIT + 10} /dev/zero | tr '\\0' a; echo fine >&2"
+    done = await run(squall, "core.local", {"cmd": cmd})
+    assert done["status"] == "succeeded"
+    result = done["result"]
+    assert len(result["stdout"]) == OUTPUT_LIMIT
+    assert result["stderr"] == "fine"
+    assert result["truncated"] == f"stdout was cut at {OUTPUT_LIMIT} bytes"
+
+
+async def test_truncated_names_each_stream_cut_and_only_those(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.runners.shell as shell
+
+    monkeypatch.setattr(shell, "OUTPUT_LIMIT", 100)
+    env, cwd = dict(os.environ), str(tmp_path)
+    exact = await shell.run_process(["sh", "-c", "printf '%100s' x; printf '%100s' y >&2"], env=env, cwd=cwd,
+                                    timeout=30)
+    assert "truncated" not in exact
+    assert len(exact["stdout"]) == 100 and len(exact["stderr"]) == 100
+    both = await shell.run_process(["sh", "-c", "printf '%101s' x; printf '%250s' y >&2"], env=env, cwd=cwd,
+                                   timeout=30)
+    assert both["truncated"] == "stdout and stderr were cut at 100 bytes each"
+    assert both["stdout"] == " " * 100 and both["stderr"] == " " * 100
+    err = await shell.run_process(["sh", "-c", "printf '%101s' y >&2; sleep 30"], env=env, cwd=cwd, timeout=1)
+    assert err["return_code"] == -9
+    assert err["truncated"] == "stderr was cut at 100 bytes"
+
+
+# ---------------------------------------------------------------------------------------------
+# Values the OS cannot carry are refused before anything runs
+# ---------------------------------------------------------------------------------------------
+
+#: The kernel's limit on one argument or environment string on x86-64 and most machines (32 pages).
+_STRING_LIMIT = 32 * os.sysconf("SC_PAGESIZE")
+
+
+def _refused(done: dict[str, Any]) -> str:
+    """The error of a run that was refused before it started: failed, no traceback, no return code."""
+    assert done["status"] == "failed", done["result"]
+    result = done["result"]
+    assert "traceback" not in result, result["traceback"]
+    assert "return_code" not in result
+    return str(result["error"])
+
+
+async def test_a_nul_byte_in_a_parameter_is_refused_naming_it(squall: Squall, scratch: Path) -> None:
+    error = _refused(await run(squall, "shelltest.double", {"value": f"a\x00b; touch {scratch}/x"}))
+    assert error.startswith('parameter "value" holds a NUL byte'), error
+    assert "cannot carry" in error
+    error = _refused(await run(squall, "shelltest.argv", {"name": "a\x00b"}))
+    assert error.startswith('parameter "name" holds a NUL byte'), error
+    error = _refused(await run(squall, "shelltest.argv", {"p_str": "a\x00b"}))
+    assert error.startswith('parameter "p_str" holds a NUL byte'), error
+    error = _refused(await run(squall, "core.local", {"cmd": "echo hi", "env": {"A": "a\x00b"}}))
+    assert error.startswith('parameter "env" (variable "A") holds a NUL byte'), error
+    error = _refused(await run(squall, "core.local", {"cmd": "echo hi", "cwd": "/tmp\x00/x"}))
+    assert error.startswith('parameter "cwd" holds a NUL byte'), error
+    assert list(scratch.iterdir()) == []
+
+
+async def test_a_value_over_the_kernels_string_limit_is_refused_naming_it(squall: Squall) -> None:
+    big = "x" * 200_000
+    for ref, params, name in [("shelltest.double", {"value": big}, 'parameter "value"'),
+                              ("core.echo", {"message": big}, 'parameter "message"'),
+                              ("shelltest.argv", {"name": big}, 'parameter "name"'),
+                              ("shelltest.argv", {"p_str": big}, 'parameter "p_str"'),
+                              ("core.local", {"cmd": "true", "env": {"BIG": big}}, 'parameter "env" (variable "BIG")'),
+                              ("core.local", {"cmd": f"echo {big}"}, 'parameter "cmd"')]:
+        error = _refused(await run(squall, ref, params))
+        assert error.startswith(f"{name} is 200"), (ref, error)
+        assert f"at most {_STRING_LIMIT} bytes" in error, error
+    # Just under the limit it runs, and arrives whole.
+    fits = "y" * (_STRING_LIMIT - len("SQUALL_ARG_0=") - 1)
+    done = await run(squall, "shelltest.double", {"value": fits})
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["stdout"] == fits
+
+
+async def test_values_too_big_together_are_refused_without_a_traceback(squall: Squall) -> None:
+    env = {f"V{n}": "z" * 100_000 for n in range(int(os.sysconf("SC_ARG_MAX") / 100_000) + 2)}
+    error = _refused(await run(squall, "core.local", {"cmd": "true", "env": env}))
+    assert "arguments and environment" in error and "together" in error, error
+    assert "Argument list too long" not in error
