@@ -20,13 +20,25 @@ one run the restart made it miss, never a burst. Cron and date timers need none 
 times are absolute. Nor do they need the one thing a wall clock that steps back (NTP) asks of
 interval timers: a next run more than one interval ahead is put one interval after now
 (`TimerService._rewound`); it waited for the old clock's time.
+
+Daylight saving changes are cron's (cron(8)): a cron timer set at wall-clock times (no `*` in its
+hour, minute or second) runs once on the night the clocks go back, at the first of the two times the
+repeated hour shows (`WallClockCronTrigger`); one with a `*` there runs by real time, in both.
+
+A cron or date timer without `timezone` runs in UTC, where StackStorm (APScheduler's default) runs it
+in the host's local zone: UTC does not move when a host's zone is changed. Where the host's zone is not
+UTC, a pack moved from such a host would run hours off, so `squall serve` says each such timer once
+(`TimerService.say_zones`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -35,6 +47,7 @@ from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.cron.expressions import AllExpression
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -46,6 +59,10 @@ log = logging.getLogger(__name__)
 INTERVAL, DATE, CRON = "core.st2.IntervalTimer", "core.st2.DateTimer", "core.st2.CronTimer"
 TIMER_TYPES = (INTERVAL, DATE, CRON)
 _CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+#: The fields a `*` in which makes a cron job run by real time in a repeated hour (cron(8): hour, minute).
+_CLOCK_FIELDS = ("hour", "minute", "second")
+#: A date string that names its own offset (APScheduler's forms): no time zone applies to it.
+_OWN_OFFSET = re.compile(r"(Z|[+-]\d\d:\d\d)$")
 #: The longest the loop sleeps at once, so a changed wall clock is noticed within this many seconds.
 MAX_SLEEP = 60.0
 #: While another process leads, how often (seconds) the loop asks whether this one leads now, so a
@@ -89,12 +106,90 @@ def schedule(trigger_ref: str, parameters: Mapping[str, Any], start: datetime | 
                                  f'"2030-12-31 23:59:59" ({exc})') from exc
         if trigger_ref == CRON:
             fields = {k: parameters[k] for k in _CRON_FIELDS if parameters.get(k) is not None}
-            return CronTrigger(**fields, timezone=timezone)
+            return WallClockCronTrigger(**fields, timezone=timezone)
     except ValueError:
         raise
     except Exception as exc:  # unknown time zones and the like: the library's message says which
         raise ValueError(f"{exc.__class__.__name__}: {exc}") from exc
     raise ValueError(f'"{trigger_ref}" is not a timer type')
+
+
+def repeated(moment: datetime) -> bool:
+    """Whether `moment` is the second time its zone's wall clock shows its local time: the clocks went
+    back in between (01:30 EST on the night New York leaves summer time, after 01:30 EDT)."""
+    return moment.replace(fold=0).astimezone(UTC) < moment.astimezone(UTC)
+
+
+def repeat_end(moment: datetime) -> datetime:
+    """The first instant after the repeated time `moment` at which the wall clock shows times once again
+    (02:00 EST, for 01:30 EST on the night New York leaves summer time). It is at most one repeat's
+    length after `moment`; found to the microsecond by halving, without the zone's transition table."""
+    repeated_at = moment.astimezone(UTC)  # in UTC: arithmetic in the zone itself would be wall-clock time
+    once_at = repeated_at + (repeated_at - moment.replace(fold=0).astimezone(UTC))
+    while once_at - repeated_at > _TICK:
+        middle = repeated_at + (once_at - repeated_at) / 2
+        if repeated(middle.astimezone(moment.tzinfo)):
+            repeated_at = middle
+        else:
+            once_at = middle
+    return once_at
+
+
+class WallClockCronTrigger(CronTrigger):
+    """APScheduler's `CronTrigger`, which runs a job set at wall-clock times once when the clocks go back.
+
+    APScheduler 3.11 (zoneinfo) gives both instants a repeated local time names (01:30 EDT, then 01:30
+    EST an hour later), so a nightly job at 01:30 ran twice that night. cron runs it once, at the first
+    (cron(8)), and so did StackStorm's APScheduler on pytz: the second is skipped. A job with a `*` (or
+    `*/n`) in its hour, minute or second runs by the passing of real time (every hour, every 20 minutes
+    of 01:00) and keeps both, as cron's wildcard jobs do. The clocks going forward need nothing: a time
+    the skipped hour would have shown comes once, after it (02:30 runs at 03:30 EDT)."""
+
+    @property
+    def by_wall_clock(self) -> bool:
+        """Whether the job is set at wall-clock times: no `*` in its hour, minute or second field (written,
+        or left out before the last field given: APScheduler fills those with `*`)."""
+        return not any(type(expression) is AllExpression  # its subclasses (a number, a range) are not `*`
+                       for field in self.fields if field.name in _CLOCK_FIELDS for expression in field.expressions)
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        """The next fire time after `previous_fire_time` (from `now` without one), a repeated wall-clock
+        time of a job set at wall-clock times skipped."""
+        following: datetime | None = super().get_next_fire_time(previous_fire_time, now)
+        if not self.by_wall_clock:
+            return following
+        while following is not None and repeated(following):
+            # From where the wall clock shows each time once again: APScheduler asked from inside the
+            # repeated hour can give back the time it was asked after.
+            following = super().get_next_fire_time(None, repeat_end(following))
+        return following
+
+
+def host_zone() -> str | None:
+    """This host's local time zone by its abbreviations (`EST/EDT`): the zone StackStorm (APScheduler's
+    default) runs a timer without `timezone` in. None when it keeps UTC's time all year (UTC, GMT)."""
+    if time.timezone == 0 and (not time.daylight or time.altzone == 0):
+        return None
+    standard, summer = time.tzname
+    return standard if not time.daylight or summer == standard else f"{standard}/{summer}"
+
+
+def say_utc(trigger_ref: str, parameters: Mapping[str, Any]) -> None:
+    """Warn, on a host whose zone is not UTC, that a cron or date timer without `timezone` runs in UTC
+    (StackStorm ran it in the host's zone), and what to write instead."""
+    if trigger_ref not in (CRON, DATE) or parameters.get("timezone"):
+        return
+    if trigger_ref == DATE and _OWN_OFFSET.search(str(parameters.get("date", "")).strip()):
+        return
+    zone = host_zone()
+    if zone is None:
+        return
+    log.warning('%s %s has no "timezone": Squall runs it in UTC, where StackStorm ran it in the host\'s '
+                "local zone (%s here), so its times differ from StackStorm's by that zone's offset. Add "
+                "`timezone:` with the zone its times are meant in (an IANA name such as America/New_York, "
+                "or UTC to keep these times) to the trigger parameters of the rules that use it "
+                "(docs/migrating-from-stackstorm.md)",
+                trigger_ref, json.dumps(dict(parameters), sort_keys=True, default=str), zone)
 
 
 @dataclass
@@ -153,6 +248,8 @@ class TimerService:
         self._changed = asyncio.Event()
         #: Whether this process led when it last looked: when that turns true, the timers catch up (`look`).
         self._led = False
+        #: The timers `say_zones` has looked at: each is said at most once in the process's life.
+        self._said: set[str] = set()
 
     def sync(self, wanted: Iterable[Mapping[str, Any]]) -> None:
         """Keep timers whose rules remain (their schedule goes on), add new ones, drop the rest."""
@@ -258,14 +355,25 @@ class TimerService:
                 timer.next_at = resumed(last, every, now)
                 timer.trigger = schedule(timer.type, timer.parameters, start=timer.next_at - every)
 
+    def say_zones(self) -> None:
+        """Say each cron or date timer that runs in UTC for want of `timezone`, on a host whose zone is not
+        UTC (`say_utc`), once: `run` calls it at each turn, so `squall serve` says a timer as its rule is
+        loaded, and not again at every reload; a command that only loads the rules says nothing."""
+        for timer in self.timers.values():
+            if timer.key not in self._said:
+                self._said.add(timer.key)
+                say_utc(timer.type, timer.parameters)
+
     def _keeps_interval_timers(self) -> bool:
         return any(t.type == INTERVAL for t in self.timers.values())
 
     async def run(self) -> None:
-        """Sleep until the soonest timer, fire, repeat; a `sync` wakes it to look again. While it
+        """Sleep until the soonest timer, fire, repeat; a `sync` wakes it to look again (and to say the
+        timers it added that run in UTC for want of `timezone`: `say_zones`). While it
         does not lead, it asks every `FOLLOWER_LOOK` seconds, so a takeover catches up at once."""
         while True:
             self._changed.clear()
+            self.say_zones()
             following = not self._led and self._keeps_interval_timers()
             if following:
                 following = not await self.look()
