@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import os
 import signal
 import sqlite3
@@ -875,21 +874,26 @@ async def test_a_cancel_stored_is_answered_though_stopping_the_run_failed(squall
     assert (await squall.executions.wait(running, timeout=20))["status"] == "canceled"
 
 
-async def test_a_rerun_stored_is_answered_though_its_audit_event_failed(squall: Squall, client: httpx.AsyncClient,
-                                                                        monkeypatch: pytest.MonkeyPatch,
-                                                                        caplog: pytest.LogCaptureFixture) -> None:
-    """A re-run's event is still written after the re-run (`CommandService.rerun` takes none): when that
-    write fails, the re-run that was stored is answered (201), not a 503 whose retry would run it again,
-    and the log says which event is missing."""
+async def test_a_rerun_whose_audit_event_fails_is_not_stored(squall: Squall, client: httpx.AsyncClient,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-run's `api.execution.rerun` event was written after the re-run (`CommandService.rerun` took none):
+    a failure between them left a run nobody was audited for. `CommandService.rerun` forwards the event to
+    `ExecutionService.rerun` now, which stores it with the re-run, one transaction: under a full disk the
+    503 is true (no re-run is stored, so a retry runs it once), and the re-run that works is audited with
+    the action, the original and the parameters as stored."""
     first = (await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "a"}})).json()
     await squall.executions.wait(first["id"], timeout=20)
     failing_audit(squall, monkeypatch, "api.execution.rerun", disk_full())
-    caplog.set_level(logging.ERROR, logger="engine.executions")
+    failed = await client.post(f"/api/v1/executions/{first['id']}/re_run", json={"parameters": {"who": "b"}})
+    assert failed.status_code == 503, failed.text
+    assert [e["id"] for e in await squall.executions.list(action="demo.greet")] == [first["id"]]
+    monkeypatch.undo()
     again = await client.post(f"/api/v1/executions/{first['id']}/re_run", json={"parameters": {"who": "b"}})
     assert again.status_code == 201, again.text
     assert (await squall.executions.wait(again.json()["id"], timeout=20))["status"] == "succeeded"
-    [said] = [r.getMessage() for r in caplog.records if again.json()["id"] in r.getMessage()]
-    assert "api.execution.rerun" in said and "database or disk is full" in said, said
+    [row] = await _audited(squall, "api.execution.rerun")
+    assert (row["actor"], row["source"], row["target"]) == (None, "api", again.json()["id"])
+    assert row["detail"] == {"action": "demo.greet", "of": first["id"], "parameters": again.json()["parameters"]}
 
 
 async def test_a_key_change_whose_audit_event_fails_changes_nothing(squall: Squall, client: httpx.AsyncClient,

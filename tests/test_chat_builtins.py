@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from bot.chat import forms
 from bot.chat.bot import ChatBot
 from engine.config import load_config
 from tests.conftest import write
+from tests.test_api import disk_full, failing_audit
 from tests.test_chat import _config, _said_to, loopback_chat, settle
+from tests.test_chat_approvals import _approval_config
 
 
 @pytest.fixture
@@ -290,3 +293,131 @@ async def test_a_bare_command_typed_while_a_question_waits_is_a_command_not_the_
     await settle(squall, bot)
     assert loopback.texts("#ops")[-1].startswith("`!key get` needs name: `!key get {{name}}`")
     assert await squall.executions.list(limit=5) == []
+
+
+# -- a built-in's change and its audit event: one transaction ------------------------------------------
+
+async def _told_nothing_was_stored(bot: ChatBot, loopback: LoopbackAdapter, text: str, user: str) -> None:
+    """`user` types `text`, and is told that the database took nothing (`Dispatcher.tell_failure`), and nothing
+    else so far (not waiting for the runs going on: what they would post is the test's to check)."""
+    before = len(loopback.posted)
+    await loopback.say(text, user=user)
+    await loopback.wait_for(lambda posted: len(posted) > before)
+    await bot.outbox.drain(10)
+    said = loopback.texts()[before:]
+    assert len(said) == 1 and said[0].startswith("Squall could not do that: the database is full"), said
+
+
+async def _napping(squall: Squall, bot: ChatBot, loopback: LoopbackAdapter) -> dict:
+    """alice's `!nap 30` (demo.snooze), once it runs."""
+    await loopback.say("!nap 30", user="alice")
+    for _ in range(1500):  # up to 30 s on a busy machine
+        if running := await squall.executions.list(action="demo.snooze", status="running"):
+            return running[0]
+        await asyncio.sleep(0.02)
+    raise AssertionError("demo.snooze never ran")
+
+
+async def test_a_chat_cancel_whose_audit_event_fails_cancels_nothing(chat, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`!cancel` stored the cancel in one commit and its `chat.execution.cancel` event in the next: under a full
+    disk the person was told the database failed while the run was being canceled, with no audit row. The
+    cancel and its event are one transaction now (`ExecutionService.cancel`'s `audit`): the run goes on, and
+    the cancel that works is audited with the status it wrote."""
+    squall, bot, loopback = chat
+    napping = await _napping(squall, bot, loopback)
+    failing_audit(squall, monkeypatch, "chat.execution.cancel", disk_full())
+    await _told_nothing_was_stored(bot, loopback, f"!cancel {napping['id']}", "alice")
+    assert (await squall.executions.get(napping["id"]))["status"] == "running"
+    monkeypatch.undo()
+    await loopback.say(f"!cancel {napping['id']}", user="alice")
+    assert (await squall.executions.wait(napping["id"], 30))["status"] == "canceled"
+    await settle(squall, bot)
+    [row] = await squall.db(squall.store.audit_list, 10, "chat.execution.cancel")
+    assert (row["actor"], row["source"], row["target"]) == ("alice", "loopback:#ops", napping["id"])
+    assert row["detail"] == {"action": "demo.snooze", "status": "canceling"}
+
+
+async def test_a_chat_retry_whose_audit_event_fails_runs_nothing(chat, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`!retry` stored the new execution, then its `chat.execution.rerun` event apart: a failure between them
+    ran it unaudited, and the person, told it failed, retried it again. `CommandService.rerun` stores the event
+    with the re-run now: nothing runs, and the retry that works is audited as before."""
+    squall, bot, loopback = chat
+    started = await squall.executions.request("core.local", {"cmd": "echo once"}, {"user": "carol"})
+    await settle(squall, bot)
+    failing_audit(squall, monkeypatch, "chat.execution.rerun", disk_full())
+    await _told_nothing_was_stored(bot, loopback, f"!retry {started['id']}", "carol")
+    assert [e["id"] for e in await squall.executions.list(action="core.local")] == [started["id"]]
+    monkeypatch.undo()
+    await loopback.say(f"!retry {started['id']}", user="carol")
+    await settle(squall, bot)
+    [again] = [e for e in await squall.executions.list(action="core.local") if e["id"] != started["id"]]
+    [row] = await squall.db(squall.store.audit_list, 10, "chat.execution.rerun")
+    assert (row["actor"], row["source"], row["target"]) == ("carol", "loopback:#ops", again["id"])
+    assert row["detail"] == {"action": "core.local", "of": started["id"], "parameters": again["parameters"]}
+
+
+async def test_a_chat_answer_whose_audit_event_fails_is_not_recorded(chat, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`!respond` stored the answer in one commit and its `chat.inquiry.respond` event in the next: under a full
+    disk the person was told the database failed for an answer that counted. The answer and its event are one
+    transaction now (`InquiryService.respond`'s `audit`), an answer short of the count as the last one: the
+    failed answer is not recorded and may be given again."""
+    squall, bot, loopback = chat
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean", "required": True},
+                                               "pin": {"type": "string", "secret": True}}}
+    inquiry = await squall.executions.request("core.ask", {"schema": schema, "count": 2}, {"user": "tester"})
+    assert (await squall.executions.wait(inquiry["id"], timeout=20))["status"] == "pending"
+    answer = f'!respond {inquiry["id"]} {{"ok": true, "pin": "chat-SECRET"}}'
+    for user, left in (("alice", "pending"), ("bea", "succeeded")):
+        failing_audit(squall, monkeypatch, "chat.inquiry.respond", disk_full())
+        await _told_nothing_was_stored(bot, loopback, answer, user)
+        record = await squall.executions.get(inquiry["id"])
+        assert user not in [r["user"] for r in record["result"].get("responses") or []], record["result"]
+        monkeypatch.undo()
+        await loopback.say(answer, user=user)
+        await settle(squall, bot)
+        assert (await squall.executions.get(inquiry["id"]))["status"] == left
+    rows = list(reversed(await squall.db(squall.store.audit_list, 10, "chat.inquiry.respond")))
+    assert [(r["actor"], r["source"], r["target"], r["detail"]) for r in rows] == [
+        (user, "loopback:#ops", inquiry["id"], {"response": {"ok": True, "pin": "********"}})
+        for user in ("alice", "bea")]
+
+
+@pytest.fixture
+async def approvals(home: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
+    """`tests/test_chat_approvals.py`'s packs: `!deploy <target>` waits for two of the approvers ann and bea."""
+    _approval_config(home)
+    async with loopback_chat(home) as started:
+        yield started
+
+
+async def test_an_approval_change_whose_audit_event_fails_is_not_stored(approvals,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A held command, an `!approve` and a `!deny` each stored their change in one commit and their
+    `chat.approval.*` event in the next: under a full disk a decision counted that the person was told had
+    failed, and the audit log never said who decided. Each change and its event are one transaction now:
+    the one whose event fails is not stored, and may be made again."""
+    squall, bot, loopback = approvals
+    failing_audit(squall, monkeypatch, "chat.approval.request", disk_full())
+    await loopback.say("!deploy web1", user="alice")
+    await settle(squall, bot)
+    assert await squall.db(squall.store.approvals_pending) == []
+    monkeypatch.undo()
+    await loopback.say("!deploy web1", user="alice")
+    await settle(squall, bot)
+    [held] = await squall.db(squall.store.approvals_pending)
+    for verdict, user, status in (("approve", "ann", "pending"), ("deny", "bea", "denied")):
+        failing_audit(squall, monkeypatch, f"chat.approval.{verdict}", disk_full())
+        await _told_nothing_was_stored(bot, loopback, f"!{verdict} {held['id']} not now", user)
+        row = await squall.db(squall.store.approval_get, held["id"])
+        assert user not in [d["user"] for d in row["decisions"]] and row["status"] == "pending", row
+        monkeypatch.undo()
+        await loopback.say(f"!{verdict} {held['id']} not now", user=user)
+        await settle(squall, bot)
+        assert (await squall.db(squall.store.approval_get, held["id"]))["status"] == status
+    rows = reversed(await squall.db(squall.store.audit_list, 20))
+    assert [(r["event"], r["actor"], r["target"], r["detail"].get("status")) for r in rows
+            if r["event"].startswith("chat.approval.")] == [
+        ("chat.approval.request", "alice", "demo.deploy", None),
+        ("chat.approval.approve", "ann", "demo.deploy", "pending"),
+        ("chat.approval.deny", "bea", "demo.deploy", "denied")]
+    assert await squall.executions.list(action="demo.wipe") == []

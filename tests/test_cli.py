@@ -876,3 +876,124 @@ def test_apikey_create_takes_its_name_as_an_argument_or_option(home: Path) -> No
     assert "error: two names given: 'one' and --name 'two'" in both.stderr, both.stderr
     listed = json.loads(_ok(home, "apikey", "list", "--json").stdout)
     assert sorted(key["name"] or "" for key in listed) == ["", "ci-bot", "cron", "deploy", "same", "shown"]
+
+
+# -- a change and its audit event: one transaction ---------------------------------------------------------
+
+#: `squall` with one audit event failing to store as a full disk fails (SQLITE_FULL): `-c EVENT` first.
+_AUDIT_FAILS = """
+import sqlite3
+import sys
+
+import sqlalchemy as sa
+
+from engine.storage import Store
+
+event, add = sys.argv.pop(1), Store.audit_add
+
+
+def audit_add(self, kind, *args, **kwargs):
+    if kind == event:
+        error = sqlite3.OperationalError("database or disk is full")
+        error.sqlite_errorcode = 13
+        raise sa.exc.OperationalError("INSERT INTO audit ...", {}, error)
+    return add(self, kind, *args, **kwargs)
+
+
+Store.audit_add = audit_add
+from bot.cli import main
+
+sys.argv[0] = "squall"
+main()
+"""
+
+
+def _audit_fails(home: Path, event: str, *args: str, stdin: str | None = None) -> None:
+    """`squall ARGS` while `event`'s audit row cannot be stored: it fails, saying the database is full."""
+    done = subprocess.run([sys.executable, "-c", _AUDIT_FAILS, event, "-c", str(home / "config.yml"), *args],
+                          capture_output=True, text=True, timeout=120, cwd=home, input=stdin)
+    assert done.returncode != 0 and "database or disk is full" in done.stderr, (args, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+def _executions(home: Path) -> dict[str, str]:
+    """Every execution's status, by id."""
+    return {e["id"]: e["status"] for e in json.loads(_ok(home, "execution", "list", "--json").stdout)}
+
+
+#: A chain that asks a question: `squall run` leaves it paused on its inquiry.
+_ASKS = "chain:\n  - name: ask\n    ref: core.ask\n    params:\n      schema:\n        type: object\n" \
+        "        properties:\n          ok: {type: boolean, required: true}\n"
+
+
+def test_an_execution_change_whose_audit_event_fails_is_not_stored(home: Path) -> None:
+    """`run`, `execution cancel`, `execution re-run` and `inquiry respond` stored their change, then their
+    `cli.*` event in a second commit: under a full disk the command failed (exit 3) for a change it had made
+    (a run requested, a cancel, an answer), and the audit log never showed it; run again, it did it twice.
+    The engine stores the event with the change now (`audit=`): a failed command changed nothing."""
+    from tests.workflow_helpers import workflow_pack
+
+    workflow_pack(home, {"asks": ("action-chain", "", _ASKS)})
+    _audit_fails(home, "cli.execution", "run", "core.noop", "--async")
+    assert _executions(home) == {}
+    queued = json.loads(_ok(home, "run", "core.noop", "--async", "--json").stdout)["id"]
+    _audit_fails(home, "cli.execution.cancel", "execution", "cancel", queued)
+    assert _executions(home) == {queued: "requested"}
+    _ok(home, "execution", "cancel", queued)
+    _audit_fails(home, "cli.execution.rerun", "execution", "re-run", queued)
+    assert _executions(home) == {queued: "canceled"}
+    paused = json.loads(squall(home, "run", "wf.asks", "--json").stdout)
+    assert paused["status"] == "paused", paused
+    [inquiry] = json.loads(_ok(home, "inquiry", "list", "--json").stdout)
+    _audit_fails(home, "cli.inquiry.respond", "inquiry", "respond", inquiry["id"], "--response", '{"ok": true}')
+    assert [i["id"] for i in json.loads(_ok(home, "inquiry", "list", "--json").stdout)] == [inquiry["id"]]
+    _ok(home, "inquiry", "respond", inquiry["id"], "--response", '{"ok": true}')
+    again = json.loads(_ok(home, "execution", "re-run", queued, "--json").stdout)["id"]
+    events = [(e["event"], e["target"]) for e in _audited(home) if e["event"] != "cli.execution"]
+    assert events == [("cli.execution.cancel", queued), ("cli.inquiry.respond", inquiry["id"]),
+                      ("cli.execution.rerun", again)]
+    assert json.loads(_ok(home, "execution", "get", paused["id"], "--json").stdout)["status"] == "resuming"
+
+
+def test_a_key_change_whose_audit_event_fails_is_not_stored(home: Path, tmp_path: Path) -> None:
+    """`key set`, `key delete` and `key load` wrote the keys, then their `cli.key.*` event apart: under a full
+    disk the command failed for keys it had written (or deleted). Each is one transaction with its event now."""
+    _audit_fails(home, "cli.key.set", "key", "set", "region", "eu", "--encrypt")
+    assert squall(home, "key", "get", "region").returncode == 2
+    _ok(home, "key", "set", "region", "eu", "--encrypt")
+    _audit_fails(home, "cli.key.delete", "key", "delete", "region")
+    assert squall(home, "key", "get", "region", "--decrypt").stdout.strip() == "eu"
+    _ok(home, "key", "delete", "region")
+    listed = tmp_path / "keys.json"
+    listed.write_text(json.dumps([{"name": "a", "value": "1"}, {"name": "b", "value": "2", "secret": True}]))
+    _audit_fails(home, "cli.key.load", "key", "load", str(listed))
+    assert json.loads(_ok(home, "key", "list", "--json").stdout) == []
+    _ok(home, "key", "load", str(listed))
+    assert [k["name"] for k in json.loads(_ok(home, "key", "list", "--json").stdout)] == ["a", "b"]
+    assert [(e["event"], e["target"], e["detail"]) for e in _audited(home)] == [
+        ("cli.key.set", "region", {"scope": "system", "user": None, "secret": True, "ttl": None}),
+        ("cli.key.delete", "region", {"scope": "system"}),
+        ("cli.key.load", str(listed), {"count": 2, "scopes": ["system"]})]
+
+
+def test_an_account_change_whose_audit_event_fails_is_not_stored(home: Path) -> None:
+    """`user create|passwd|logout|delete` and `apikey create|delete` stored the change, then their event with
+    another connection: a failure between them left a user or a key nobody was audited for (an admin, an API
+    key), and the command said it failed. Each change and its event are one transaction now."""
+    password = "First1Passw0rd-long\n"
+    _audit_fails(home, "cli.user.create", "user", "create", "zed", "--role", "admin", "--password-stdin",
+                 stdin=password)
+    assert json.loads(_ok(home, "user", "list", "--json").stdout) == []
+    _ok(home, "user", "create", "zed", "--role", "admin", "--password-stdin", stdin=password)
+    for verb, extra, stdin in (("passwd", ("--password-stdin",), "Second2Passw0rd-long\n"), ("logout", (), None),
+                               ("delete", (), None)):
+        _audit_fails(home, f"cli.user.{verb}", "user", verb, "zed", *extra, stdin=stdin)
+    [zed] = json.loads(_ok(home, "user", "list", "--json").stdout)
+    assert zed["name"] == "zed" and zed["password_changed_at"] == zed["created_at"]
+    _audit_fails(home, "cli.apikey.create", "apikey", "create", "ci-bot")
+    assert json.loads(_ok(home, "apikey", "list", "--json").stdout) == []
+    key = json.loads(_ok(home, "apikey", "create", "ci-bot", "--json").stdout)
+    _audit_fails(home, "cli.apikey.delete", "apikey", "delete", key["id"])
+    assert [k["id"] for k in json.loads(_ok(home, "apikey", "list", "--json").stdout)] == [key["id"]]
+    assert [(e["event"], e["target"]) for e in _audited(home)] == [("cli.user.create", "zed"),
+                                                                   ("cli.apikey.create", key["id"])]

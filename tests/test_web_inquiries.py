@@ -19,7 +19,7 @@ from bot.app import Squall
 from bot.http import create_api
 from engine.config import load_config
 from tests.conftest import write
-from tests.test_api import KEY
+from tests.test_api import KEY, disk_full, failing_audit
 from tests.test_web_auth import Web, started_web
 from tests.workflow_helpers import children, workflow_pack
 
@@ -290,3 +290,25 @@ async def test_a_roles_only_inquiry_is_answered_by_a_member_of_a_config_group(ho
         for opened in web.clients:
             await opened.aclose()
         await squall.close()
+
+
+async def test_a_web_answer_whose_audit_event_fails_is_not_recorded(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer form stored the answer in one commit and its `web.inquiry.respond` event in the next: under
+    a full disk the page said the database failed for an answer that was recorded (and the workflow ran on),
+    with no audit row. Both are one transaction now: the inquiry stays pending, and the same answer may be
+    given again, audited with the workflow and the response (secrets masked, as the API's row)."""
+    workflow_id, inquiry_id = await _asked(web, "wf.unlock")
+    client, csrf = await _operator(web, "olivia")
+    answer = {"csrf_token": csrf, "pin": "4711-secret", "note": "on call"}
+    failing_audit(web.squall, monkeypatch, "web.inquiry.respond", disk_full())
+    failed = await client.post(f"/inquiries/{inquiry_id}", data=answer)
+    assert failed.status_code == 503 and "database or disk is full" in failed.text, failed.text
+    record = await web.squall.executions.get(inquiry_id)
+    assert record["status"] == "pending" and not (record["result"] or {}).get("responses"), record
+    monkeypatch.undo()
+    done = await client.post(f"/inquiries/{inquiry_id}", data=answer)
+    assert done.status_code == 303, done.text
+    assert (await _final(web, workflow_id))["result"]["output"] == {"matched": True}
+    (entry,) = await web.squall.db(web.squall.store.audit_list, 10, "web.inquiry.respond")
+    assert (entry["actor"], entry["target"]) == ("olivia", inquiry_id)
+    assert entry["detail"] == {"workflow": workflow_id, "response": {"pin": "********", "note": "on call"}}

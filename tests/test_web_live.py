@@ -845,16 +845,25 @@ async def test_a_cancel_whose_audit_event_fails_cancels_nothing(web: Web, monkey
     await web.squall.executions.cancel(second)
 
 
-async def test_a_rerun_stored_is_shown_though_its_audit_event_failed(web: Web,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """A re-run's event is written after the re-run (`CommandService.rerun` takes none): when that write
-    fails, the browser goes on to the re-run that was stored, not to a 503 whose retry runs it again."""
+async def test_a_rerun_whose_audit_event_fails_is_not_stored(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The re-run form's re-run and its `web.execution.rerun` event are one transaction (`CommandService.rerun`
+    forwards the event to `ExecutionService.rerun`): an event the full disk cannot take leaves no re-run
+    behind the error page, so sending the form again runs it once; the re-run that works is audited with
+    the original, the fields changed, the action and the parameters as stored."""
     client, csrf = await web.signed_in("otto", "operator")
     record = await web.squall.executions.request("demo.greet", {"who": "ann"}, {"user": "t", "source": "api"})
     await web.squall.executions.wait(record["id"], 30)
     failing_audit(web.squall, monkeypatch, "web.execution.rerun", disk_full())
+    failed = await client.post(f"/executions/{record['id']}/rerun", data={"csrf_token": csrf, "p.who": "bob"})
+    assert failed.status_code == 503 and "database or disk is full" in failed.text, failed.text
+    assert [e["id"] for e in await web.squall.executions.list(action="demo.greet")] == [record["id"]]
+    monkeypatch.undo()
     answer = await client.post(f"/executions/{record['id']}/rerun", data={"csrf_token": csrf, "p.who": "bob"})
     assert answer.status_code == 303, answer.text
     new = await web.squall.executions.wait(answer.headers["location"].rsplit("/", 1)[1], 30)
     assert new["parameters"]["who"] == "bob" and new["status"] == "succeeded"
+    [row] = await web.squall.db(web.squall.store.audit_list, 10, "web.execution.rerun")
+    assert (row["actor"], row["target"]) == ("otto", new["id"])
+    assert row["detail"] == {"of": record["id"], "changed": ["who"], "action": "demo.greet",
+                             "parameters": new["parameters"]}
 

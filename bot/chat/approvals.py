@@ -10,9 +10,10 @@ execution it may already have become (`_recover`). Approvers are the chat's grou
 `Authorizer.groups_of` resolves them, and admins (on IRC only the nicks config qualifies, `irc:ann`);
 the requester may approve only with `self_approval: true`, and may withdraw their own request, they
 alone: a Slack request is not withdrawn by its requester's namesake on IRC (`auth.person`). Every
-decision, refusal, expiry and the final run is an audit event (`chat.approval.*`), and the
-execution's `context.approval` names who approved, when and from where. The approvers' words (a
-deny reason) are shown, never rendered.
+decision, refusal, expiry and the final run is an audit event (`chat.approval.*`), each change's
+stored with it, in one transaction (`ApprovalChat._changed`), and the execution's
+`context.approval` names who approved, when and from where. The approvers' words (a deny reason)
+are shown, never rendered.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,7 @@ from bot.chat.commands import CommandFailed, CommandRefused, CommandService, Hel
 from bot.chat.outbox import Outbox
 from bot.chat.replies import short
 from engine.crypto import CryptoError
+from engine.executions import AuditEntry
 from engine.parameters import mask
 from engine.storage import iso, utcnow
 
@@ -88,9 +91,8 @@ class ApprovalChat:
                "expires_at": now + timedelta(seconds=policy["ttl"]), "status": "pending", "decisions": [],
                "revision": 0, "execution_id": None}
         db = self.engine.db
-        await db(db.store.approval_add, row)
-        await self._audit("chat.approval.request", held.message.user, _where(held.message), row,
-                          {"parameters": row["parameters"]})
+        await self._changed(self._event("chat.approval.request", held.message.user, _where(held.message), row,
+                                        {"parameters": row["parameters"]}), db.store.approval_add, row)
         shown = ", ".join(f"{k}={short(str(v), 60)}" for k, v in row["parameters"].items()) or "no parameters"
         await self._tell(row, f"{held.alias.action_ref} with {shown} is waiting for {_approvals(row['count'])} "
                               f"from {', '.join(row['groups'])} (approval {row['id']}, expires in "
@@ -130,14 +132,14 @@ class ApprovalChat:
             decisions = [*row["decisions"], decision]
             approved = sum(d["verdict"] == APPROVE for d in decisions)
             status = "denied" if verdict == DENY else ("approved" if approved >= row["count"] else "pending")
-            if await db(db.store.approval_update, row["id"], row["revision"],
-                        {"decisions": decisions, "status": status}):
+            event = self._event(f"chat.approval.{verdict}", message.user, _where(message), row,
+                                {"reason": decision["reason"], "status": status})
+            if await self._changed(event, db.store.approval_update, row["id"], row["revision"],
+                                   {"decisions": decisions, "status": status}):
                 break
         else:
             return f"Approval {approval_id} is busy; try again."
         row = {**row, "decisions": decisions, "status": status, "revision": row["revision"] + 1}
-        await self._audit(f"chat.approval.{verdict}", message.user, _where(message), row,
-                          {"reason": decision["reason"], "status": status})
         if status == "denied":
             text = f"Approval {row['id']} was denied by {message.user}: {decision['reason'] or 'no reason given'}. " \
                    f"Not running {row['action']}."
@@ -201,9 +203,9 @@ class ApprovalChat:
             await self._fail(row, str(exc))
             return
         db = self.engine.db
-        await db(db.store.approval_ran, row["id"], accepted.execution["id"])
-        await self._audit("chat.approval.run", row["requester"], f"{row['adapter']}:{row['channel']}", row,
-                          {"execution": accepted.execution["id"], "approvers": _approvers(row)})
+        await self._changed(self._event("chat.approval.run", row["requester"], f"{row['adapter']}:{row['channel']}",
+                                        row, {"execution": accepted.execution["id"], "approvers": _approvers(row)}),
+                            db.store.approval_ran, row["id"], accepted.execution["id"])
         if accepted.ack is not None and not accepted.ack_stored:
             reply = Reply(adapter=row["adapter"], channel=row["channel"], thread=row["thread"], text=accepted.ack,
                           extra=accepted.ack_extra)
@@ -222,10 +224,10 @@ class ApprovalChat:
         entry = {"user": None, "at": iso(utcnow()), "adapter": None, "channel": None, "thread": None,
                  "verdict": FAILED, "reason": reason}
         db = self.engine.db
-        if not await db(db.store.approval_fail, row["id"], row["revision"], [*row["decisions"], entry]):
+        event = self._event("chat.approval.failed", None, f"{row['adapter']}:{row['channel']}", row, {"reason": reason})
+        if not await self._changed(event, db.store.approval_fail, row["id"], row["revision"],
+                                   [*row["decisions"], entry]):
             return  # another process ran or ended it meanwhile: it told the thread
-        await self._audit("chat.approval.failed", None, f"{row['adapter']}:{row['channel']}", row,
-                          {"reason": reason})
         await self._tell(row, f"Cannot run {row['id']}: {reason.rstrip('.')}. {row['action']} was not run, and "
                               "will not be: send the command again once it can run.")
 
@@ -268,10 +270,10 @@ class ApprovalChat:
 
     async def _expire(self, row: dict[str, Any]) -> bool:
         db = self.engine.db
-        if not await db(db.store.approval_update, row["id"], row["revision"], {"status": "expired"}):
+        event = self._event("chat.approval.expire", None, f"{row['adapter']}:{row['channel']}", row,
+                            {"approvals": len(_approvers(row)), "count": row["count"]})
+        if not await self._changed(event, db.store.approval_update, row["id"], row["revision"], {"status": "expired"}):
             return False  # decided or expired by someone else meanwhile
-        await self._audit("chat.approval.expire", None, f"{row['adapter']}:{row['channel']}", row,
-                          {"approvals": len(_approvers(row)), "count": row["count"]})
         await self._tell(row, f"Approval {row['id']} expired with {len(_approvers(row))} of {row['count']} "
                               f"approval(s); {row['action']} was not run.")
         return True
@@ -290,9 +292,32 @@ class ApprovalChat:
 
     async def _audit(self, event: str, actor: str | None, source: str, row: dict[str, Any],
                      detail: dict[str, Any]) -> None:
+        """An event that records no change of the approval (a refusal); a change's goes with it (`_changed`)."""
         db = self.engine.db
-        await db(db.store.audit_add, event, actor, source, row["alias"],
-                 {"approval": row["id"], "action": row["action"], **detail})
+        await db(self._event(event, actor, source, row, detail).add, db.store, row["alias"])
+
+    @staticmethod
+    def _event(event: str, actor: str | None, source: str, row: dict[str, Any], detail: dict[str, Any]) -> AuditEntry:
+        """An audit event about `row`'s alias, naming the approval and its action."""
+        return AuditEntry(event, actor, source, row["alias"], {"approval": row["id"], "action": row["action"],
+                                                               **detail})
+
+    async def _changed(self, audit: AuditEntry, change: Callable[..., bool | None], *args: Any) -> bool:
+        """`change(*args)`, a write of the approvals table, and `audit`, in one database call and one
+        transaction (`AuditEntry.together`): a decision is never stored without the event saying who made
+        it, nor an event without its decision. Apart, a failure between them stored a decision whose
+        decider was told it failed (a full disk), and the audit log never showed it. False, and no event,
+        when `change` says it lost its race (a revision moved on)."""
+        db = self.engine.db
+
+        def write() -> bool:
+            with audit.together(db.store):
+                if change(*args) is False:
+                    return False
+                db.store.audit_add(audit.event, audit.actor, audit.source, audit.target, audit.detail)
+                return True
+
+        return await db(write)
 
 
 def _buttons(approval_id: str) -> list[dict[str, str]]:

@@ -28,7 +28,7 @@ from bot.chat.auth import Authorizer
 from bot.chat.index import AliasIndex
 from bot.chat.replies import acks, render_ack, short
 from engine.actions import unapproved
-from engine.executions import AuditEntry, CompletionWrite
+from engine.executions import AuditEntry, CompletionWrite, audit_apart
 from engine.packs import UnknownAction
 from engine.parameters import MASK, ParameterError, check_unrendered, mask_value, restore_masked, shows_masked
 from engine.templates import TooLongForTheLoop, briefly, rendered
@@ -232,21 +232,36 @@ class CommandService:
 
     async def rerun(self, execution_id: str, parameters: dict[str, Any] | None,
                     context: dict[str, Any], *, tasks: list[str] | None = None,
-                    delay: float = 0.0) -> dict[str, Any]:
+                    delay: float = 0.0, audit: AuditEntry | None = None) -> dict[str, Any]:
         """A person's re-run (chat `retry`, the API's re_run, the web's re-run) as `context`'s requester:
         `NeedsApproval` when it needs approval, as a new request of it would (a re-run, with edited
         parameters or not, whole or from some of a workflow's `tasks`, is never a way around the
         approvers). With `tasks`, the finished workflow is re-run in place from them
-        (`WorkflowService.rerun`); otherwise a new execution, `delay` seconds from now."""
+        (`WorkflowService.rerun`); otherwise a new execution, `delay` seconds from now.
+
+        `audit` (who asked, from where) is stored with the new execution, in its transaction
+        (`ExecutionService.rerun`): a re-run the database did not take leaves no event, and none is
+        stored without its event; its detail gains the action and the parameters as stored. A re-run in
+        place takes no event with its change (`WorkflowService.rerun`), so its event is written after it
+        (`audit_apart`: a failure is logged, never raised for a re-run that was made)."""
         record = await self.engine.executions.get(execution_id)
         needed = self.approval_for(record)
         if needed is not None:
             raise NeedsApproval(*needed)
         if tasks:
-            return await self.engine.workflows.rerun(record["id"], tasks)
+            return await self._rerun_in_place(record["id"], tasks, audit)
         if parameters and shows_masked(parameters):
             parameters = await self._unmasked(record["id"], parameters)
-        return await self.engine.executions.rerun(record["id"], parameters, context, delay=delay)
+        return await self.engine.executions.rerun(record["id"], parameters, context, delay=delay, audit=audit)
+
+    async def _rerun_in_place(self, execution_id: str, tasks: list[str], audit: AuditEntry | None) -> dict[str, Any]:
+        """The finished workflow re-run from `tasks` (`WorkflowService.rerun`), then `audit` about it, with
+        the action and the parameters as `request`'s events say them."""
+        record = await self.engine.workflows.rerun(execution_id, tasks)
+        if audit is not None:
+            await audit_apart(self.engine.db, audit.with_facts(action=record["action"],
+                                                               parameters=record["parameters"]), record["id"])
+        return record
 
     async def _unmasked(self, execution_id: str, parameters: dict[str, Any]) -> dict[str, Any]:
         """A re-run's `parameters` with the credentials they show masked (`headers` edited as the API or
@@ -324,9 +339,17 @@ class CommandService:
         await self.audit(f"{source}.denied", message, subject, {"command": short(command, 500), "reason": reason})
 
     async def audit(self, kind: str, message: Message, subject: str, detail: dict[str, Any]) -> None:
-        """An audit event of `message`'s sender, from where they typed it (`<adapter>:<channel>`)."""
+        """An audit event of `message`'s sender, from where they typed it (`<adapter>:<channel>`), that
+        records no change of state (a refusal): a change's event goes with it (`audit_entry`)."""
         db = self.engine.db
         await db(db.store.audit_add, kind, message.user, f"{message.adapter}:{message.channel}", subject, detail)
+
+    @staticmethod
+    def audit_entry(kind: str, message: Message, detail: dict[str, Any] | None = None) -> AuditEntry:
+        """`audit`'s event, for the engine to store in the transaction of the change it records (`audit=`
+        of a cancel, a re-run, an inquiry's answer), about what that changes: stored apart, a failure
+        between the two left a change nobody was audited for, or told a person it failed when it was made."""
+        return AuditEntry(kind, message.user, f"{message.adapter}:{message.channel}", None, detail or {})
 
 
 def _notified(context: dict[str, Any], notify: dict[str, Any] | None, own: dict[str, Any]) -> None:

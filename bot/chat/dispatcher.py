@@ -885,9 +885,9 @@ class Dispatcher:
     async def _on_execution(self, message: Message, rest: str, verb: str, confirmed: bool = False) -> None:
         """`cancel <id>` / `retry <id>`, for who may run the execution's alias (`_permitted`): audited as
         `chat.execution.cancel` / `chat.execution.rerun` (the new execution, `of` the one re-run) as the
-        API's and the web's are; a retry that needs approval is refused, and audited as refusals are.
-        `confirmed`: the asker said yes to retrying it (`_retry`); it is still looked up and authorised
-        again, with the alias as loaded now."""
+        API's and the web's are, each event in the transaction of its change; a retry that needs approval
+        is refused, and audited as refusals are. `confirmed`: the asker said yes to retrying it (`_retry`);
+        it is still looked up and authorised again, with the alias as loaded now."""
         execution = await self._execution_named(message, rest, verb)
         if execution is None:
             return
@@ -895,10 +895,9 @@ class Dispatcher:
         if not await self._permitted(message, execution, alias, verb, f"{verb} {rest}"):
             return
         try:
-            if verb == "cancel":
-                done = await self.engine.executions.cancel(execution["id"])
-                await self.commands.audit("chat.execution.cancel", message, done["id"],
-                                          {"action": done["action"], "status": done["status"]})
+            if verb == "cancel":  # its event, stored with the cancel, gains the action and the status written
+                done = await self.engine.executions.cancel(
+                    execution["id"], self.commands.audit_entry("chat.execution.cancel", message))
                 await self.say(message, f"{done['id']} is {done['status']}.")
             else:
                 await self._retry(message, execution, alias, confirmed)
@@ -922,9 +921,10 @@ class Dispatcher:
         where = self._where(message)
         context = (self.commands.context(alias, message, "chat", where) if alias
                    else {"user": message.user, "source": "chat", "source_channel": message.channel, "chat": where})
-        again = await self.commands.rerun(execution["id"], None, context)
-        await self.commands.audit("chat.execution.rerun", message, again["id"], {
-            "action": again["action"], "of": execution["id"], "parameters": again["parameters"]})
+        # Stored with the new execution (`CommandService.rerun`), its detail gaining the action and parameters.
+        again = await self.commands.rerun(execution["id"], None, context,
+                                          audit=self.commands.audit_entry("chat.execution.rerun", message,
+                                                                          {"of": execution["id"]}))
         await self.say(message, f"Retrying as {again['id']}.")
 
     async def _ask_to_confirm_retry(self, message: Message, execution: dict[str, Any], alias: Alias) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.base import Message, Reply
 from bot.chat.auth import CHOSEN_NAMES, person
 from engine.events import EXECUTION_FINISHED, INQUIRY_PENDING
+from engine.executions import AuditEntry
 from engine.inquiries import RUNNER, InquiryError, masked, refusal
 
 if TYPE_CHECKING:
@@ -301,18 +302,19 @@ class InquiryChat:
         if response is None:
             return None
         where, store = f"{message.adapter}:{message.channel}", self.engine.store
+        # Stored with the answer, one transaction (`InquiryService.respond`): its detail gains the response,
+        # secrets masked. Apart, a failure between them told the person it failed for an answer that counted.
+        audit = AuditEntry("chat.inquiry.respond", message.user, where, None, {})
         try:
             self._check_name(message, inquiry)
             answerer = person(message.adapter, message.user)  # `irc:carol` on IRC: `users` must name the nick
             answered = await self.engine.inquiries.respond(inquiry["id"], response, answerer,
-                                                           sorted(self.auth.groups_of(message)))
+                                                           sorted(self.auth.groups_of(message)), audit)
         except InquiryError as exc:
             await self.engine.db(store.audit_add, "chat.inquiry.denied", message.user, where, inquiry["id"],
                                  {"reason": str(exc)})
             return f"Sorry {message.user}: {exc}"
         shown = masked(schema, response)
-        await self.engine.db(store.audit_add, "chat.inquiry.respond", message.user, where, inquiry["id"],
-                             {"response": shown})
         if answered["status"] == "pending":  # `count` people must answer
             return (f"Thanks {message.user}, your answer to inquiry {inquiry['id']} is recorded "
                     f"({len(answered['responses'])} of {answered['count']}): {json.dumps(shown)}")

@@ -6,7 +6,8 @@
 only while that key does. Keys from config `api.keys` and `$SQUALL_API_KEYS` work too but are not listed here
 (they live outside the database).
 These commands touch the `api_keys` table only, so they open the database without starting Squall.
-`create` and `delete` are audited (`cli.apikey.create`, `cli.apikey.delete`) with the key's id and name.
+`create` and `delete` are audited (`cli.apikey.create`, `cli.apikey.delete`) with the key's id and name, the
+event stored with the change in one transaction.
 A key's name is printed as written: rich would read a `[...]` in it as markup.
 """
 
@@ -19,7 +20,7 @@ import typer
 from bot.cli.common import (
     JsonOption,
     add_row,
-    audit,
+    changed_and_audited,
     fail,
     group,
     new_table,
@@ -49,8 +50,8 @@ def apikey_create(named: Annotated[str | None, typer.Argument(metavar="NAME", sh
     def work(store: Store, _config: Config) -> tuple[str, dict[str, Any]]:
         return create_key(store, name)
 
-    key, record = with_store(work)
-    audit("cli.apikey.create", record["id"], {"name": name})  # the id and name, never the key
+    # The id and name, never the key; stored with it, one transaction.
+    key, record = changed_and_audited(work, "cli.apikey.create", lambda made: (made[1]["id"], {"name": name}))
     if as_json:
         print_json({**record, "key": key})
     else:
@@ -93,8 +94,8 @@ def apikey_delete(key_id: Annotated[str, typer.Argument(help="Key id (from `squa
         found = next((r for r in store.api_key_list() if r["id"] == key_id), None)
         return found if found is not None and store.api_key_delete(key_id) else None
 
-    deleted = with_store(work)
+    deleted = changed_and_audited(work, "cli.apikey.delete",
+                                  lambda found: None if found is None else (key_id, {"name": found["name"]}))
     if deleted is None:
         raise fail(f"no API key with id {key_id} (see `squall apikey list`)")
-    audit("cli.apikey.delete", key_id, {"name": deleted["name"]})
     out.print(f"deleted API key {key_id}", markup=False)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from bot.app import Squall
     from engine.config import Config
+    from engine.executions import AuditEntry
     from engine.packs import Registry
     from engine.storage import Store
     from engine.yamlfile import ContentError
@@ -370,11 +371,53 @@ def audit(event: str, target: str | None, detail: dict[str, Any]) -> None:
     with_store(write)
 
 
+def changed_and_audited(work: Callable[[Store, Config], T], event: str,
+                        audited: Callable[[T], tuple[str | None, dict[str, Any]] | None]) -> T:
+    """`with_store`'s `work`, a change made without starting Squall (a user, an API key), and its audit
+    event in one transaction (`Store.batch`): neither is stored without the other. Stored apart (`audit`),
+    a failure between them left an account or a key nobody was audited for, and the command said it
+    failed for what it had done. `audited(outcome)` is the event's target and detail, or None when `work`
+    changed nothing (no event). The event reaches `audit.sinks` once committed, as `audit`'s do."""
+    from engine.audit_sinks import install
+
+    one_shot()
+
+    def write(store: Store, config: Config) -> T:
+        sinks = install(store, config)  # guarded: a sink that fails must not fail the change
+        try:
+            with store.batch():
+                outcome = work(store, config)
+                said = audited(outcome)
+                if said is not None:
+                    record_audit(store, event, *said)
+            return outcome
+        finally:
+            for sink in sinks:
+                sink.close()
+
+    return with_store(write)
+
+
 def record_audit(store: Store, event: str, target: str | None, detail: dict[str, Any]) -> None:
     """Store one audit event of this command, as whoever it acts for (`acting_for`); on the database
-    thread (`await squall.db(record_audit, squall.store, ...)`) or a store of `with_store`."""
+    thread (`await squall.db(record_audit, squall.store, ...)`) or a store of `with_store`. For an event
+    that records no change stored with it: a change's event goes with the change (`audit_entry`,
+    `changed_and_audited`)."""
     actor, source, more = acting_for(store)
     store.audit_add(event, actor, source, target, {**detail, **more})
+
+
+def audit_entry(store: Store, event: str, detail: dict[str, Any]) -> AuditEntry:
+    """This command's audit event for the engine to store in the transaction of the change it records
+    (`audit=` of a request, a cancel, a re-run, an answer, a key's write), about what it changes, as
+    whoever the command acts for (`acting_for`, which reads the database: call it on its thread, `await
+    squall.db(audit_entry, squall.store, ...)`). Stored after the change, a failure between them left a
+    change nobody was audited for, and the command failed (exit 3) for what it had done: run again, it
+    did it twice."""
+    from engine.executions import AuditEntry
+
+    actor, source, more = acting_for(store)
+    return AuditEntry(event, actor, source, None, {**detail, **more})
 
 
 def acting_for(store: Store) -> tuple[str, str, dict[str, Any]]:

@@ -33,6 +33,7 @@ from bot.cli.common import (
     JsonOption,
     add_row,
     audit,
+    audit_entry,
     current_config,
     current_user,
     err,
@@ -42,7 +43,6 @@ from bot.cli.common import (
     out,
     parse_assignments,
     print_json,
-    record_audit,
     shown_time,
     with_app,
     with_store,
@@ -104,13 +104,13 @@ def run(
         server = None if run_async else await _counting_server(squall, ref)
         if (run_async or server is not None) and squall.config.executor_kind == "local":
             squall.executions.executor = None  # stored as requested; `squall serve` runs it
-        record = await squall.executions.request(ref, params, context, render=render)  # else: queued
+        # Stored with the request, one transaction: its detail gains the action and the parameters as stored.
+        audit = await squall.db(audit_entry, squall.store, "cli.execution", {})
+        record = await squall.executions.request(ref, params, context, render=render, audit=audit)  # else: queued
         if server is not None:
             err.print(f"{record['action']} is held by a concurrency policy and `squall serve` ({server}) runs "
                       f"on this database: it runs {record['id']}, counted with its own runs. Waiting for its "
                       "end (Ctrl-C stops the wait, not the run).", markup=False)
-        await squall.db(record_audit, squall.store, "cli.execution", record["id"],
-                        {"action": record["action"], "parameters": record["parameters"]})
         return record if run_async else await squall.executions.wait(record["id"])
 
     record = with_app(work, pack_problems=True)  # an action skipped for a load problem is said
@@ -253,12 +253,11 @@ def execution_get(execution_id: Annotated[str, typer.Argument(help="Execution id
 
 
 async def _changed(squall: Squall, change: str, execution_id: str) -> dict[str, Any]:
-    """Cancel, pause or resume the execution and audit it (`cli.execution.<change>`, as the API's
-    `api.execution.<change>`): the execution as it is now."""
-    record = await getattr(squall.executions, change)(execution_id)
-    await squall.db(record_audit, squall.store, f"cli.execution.{change}", record["id"],
-                    {"action": record["action"], "status": record["status"]})
-    return record
+    """Cancel, pause or resume the execution with its `cli.execution.<change>` event (as the API's
+    `api.execution.<change>`) in the change's transaction, its detail gaining the action and the status
+    written: the execution as it is now."""
+    audit = await squall.db(audit_entry, squall.store, f"cli.execution.{change}", {})
+    return await getattr(squall.executions, change)(execution_id, audit)
 
 
 @execution_app.command("cancel")
@@ -305,14 +304,19 @@ def execution_rerun(
         raise fail("Parameters override is not supported when re-running task(s) for a workflow.")
 
     async def work(squall: Squall) -> dict[str, Any]:
-        if tasks:
+        # Audited when asked for, as the API's `api.execution.rerun` (the wait may outlast the command): with
+        # the new execution, one transaction, its detail gaining the action and the parameters as stored.
+        audit = await squall.db(audit_entry, squall.store, "cli.execution.rerun",
+                                {"of": execution_id, **({"tasks": tasks} if tasks else {})})
+        if tasks:  # in place: `WorkflowService.rerun` takes no event, so it is written after it
+            from engine.executions import audit_apart
+
             record = await squall.workflows.rerun(execution_id, tasks)
+            await audit_apart(squall.db, audit.with_facts(action=record["action"], parameters=record["parameters"]),
+                              record["id"])
         else:
-            record = await squall.executions.rerun(execution_id, params, {"user": current_user(), "source": "cli"})
-        # Audited when asked for, as the API's `api.execution.rerun`: the wait may outlast the command.
-        await squall.db(record_audit, squall.store, "cli.execution.rerun", record["id"], {
-            "action": record["action"], "of": execution_id, "parameters": record["parameters"],
-            **({"tasks": tasks} if tasks else {})})
+            record = await squall.executions.rerun(execution_id, params, {"user": current_user(), "source": "cli"},
+                                                   audit=audit)
         return await squall.executions.wait(record["id"])
 
     record = with_app(work, pack_problems=True)  # it runs the action again, as `run` does

@@ -1,7 +1,8 @@
 """`squall inquiry list | get | respond ID --response JSON` (spec §11.2).
 
-A response given here is validated and stored; the workflow waiting on it is marked `resuming`,
-and `squall serve` conducts it on (this process does not run it).
+A response given here is validated and stored, with its `cli.inquiry.respond` audit event in one
+transaction; the workflow waiting on it is marked `resuming`, and `squall serve` conducts it on (this
+process does not run it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import typer
 from bot.cli.common import (
     JsonOption,
     add_row,
+    audit_entry,
     current_user,
     fail,
     group,
@@ -21,7 +23,6 @@ from bot.cli.common import (
     new_table,
     out,
     print_json,
-    record_audit,
     with_app,
 )
 
@@ -84,14 +85,12 @@ def inquiry_respond(
     async def work(squall: Squall) -> dict[str, Any]:
         import asyncio
 
-        from engine.inquiries import masked
-
         squall.executions.executor = None  # the workflow is resumed by `squall serve`, not here
         me = current_user()  # in the config `auth.groups` that list them, as chat reads them, for `roles`
         groups = sorted(squall.chat.inquiries.auth.member_of(me))
-        answered = await squall.inquiries.respond(inquiry_id, value, me, groups)
-        await squall.db(record_audit, squall.store, "cli.inquiry.respond", answered["id"],
-                        {"response": masked(answered["schema"], value)})
+        # Stored with the answer, one transaction: its detail gains the response, secrets masked.
+        audit = await squall.db(audit_entry, squall.store, "cli.inquiry.respond", {})
+        answered = await squall.inquiries.respond(inquiry_id, value, me, groups, audit)
         while squall.executions.notifying:  # the listener marking the workflow `resuming`
             await asyncio.sleep(0.01)
         return answered

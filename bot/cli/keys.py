@@ -2,7 +2,8 @@
 
 Encrypted values print as `********` unless `--decrypt` is given, in tables and JSON alike.
 Reads (`get`, `list`) open the database alone; writes start Squall, because a rule on
-`core.st2.key_value_pair.*` may have to fire.
+`core.st2.key_value_pair.*` may have to fire. A write is stored with its audit event (`cli.key.set`,
+`cli.key.delete`), in one transaction; `load` stores every item and its `cli.key.load` in one.
 
 Names, values, users and errors are printed as written: rich would read a `[...]` in them as markup.
 """
@@ -21,6 +22,7 @@ from rich.markup import escape
 from bot.cli.common import (
     JsonOption,
     add_row,
+    audit_entry,
     current_config,
     current_user,
     err,
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from bot.app import Squall
     from engine.config import Config
     from engine.datastore import Datastore
+    from engine.executions import AuditEntry
     from engine.storage import Store
 
 key_app = group("Read and write the key-value datastore.")
@@ -119,14 +122,11 @@ def key_set(
                    "never expires")
 
     async def work(squall: Squall) -> dict[str, Any]:
-        from engine.datastore import normalise_scope
-
+        # Stored with the key, one transaction: its detail gains the scope, the user and whether it is a secret.
+        audit = await squall.db(audit_entry, squall.store, "cli.key.set", {"ttl": ttl})
         with _sealing(squall, encrypt):
-            item = await squall.db(squall.datastore.set, name, value, scope=scope, user=_owner(scope, user),
-                                   encrypt=encrypt, ttl=ttl)
-        await squall.db(record_audit, squall.store, "cli.key.set", item["name"],
-                        {"scope": normalise_scope(item["scope"]), "secret": bool(item["secret"]), "ttl": ttl})
-        return item
+            return await squall.db(squall.datastore.set, name, value, scope=scope, user=_owner(scope, user),
+                                   encrypt=encrypt, ttl=ttl, audit=audit)
 
     item = _datastore_call(work)
     if as_json:
@@ -183,12 +183,9 @@ def key_delete(name: Annotated[str, typer.Argument(help="Key name.")], scope: Sc
     """Delete a key; exit 2 if it does not exist."""
 
     async def work(squall: Squall) -> bool:
-        from engine.datastore import normalise_scope
-
-        deleted = await squall.db(squall.datastore.delete, name, scope=scope, user=_owner(scope, user))
-        if deleted:
-            await squall.db(record_audit, squall.store, "cli.key.delete", name, {"scope": normalise_scope(scope)})
-        return deleted
+        # Stored with the deletion, one transaction, if a key was deleted: its detail gains the scope.
+        audit = await squall.db(audit_entry, squall.store, "cli.key.delete", {})
+        return await squall.db(squall.datastore.delete, name, scope=scope, user=_owner(scope, user), audit=audit)
 
     if not _datastore_call(work):
         raise fail(f"key '{name}' does not exist in scope {scope}")
@@ -311,12 +308,28 @@ def _refuse_masked(where: str, name: str, value: str) -> None:
                    "--decrypt -j) and load that: items with secret: true are encrypted again")
 
 
+def _stored_together(datastore: Datastore, items: list[tuple[dict[str, Any], dict[str, Any]]], audit: AuditEntry,
+                     about: str) -> None:
+    """`key load`'s items (each with its `Datastore.set` arguments), then its `audit` event about `about`
+    (the file), in one database call and one savepoint (`Store.isolated`: any failure undoes them all, not
+    only its own statement): all of them and the event, or nothing. Each item in a commit of its own and
+    the event in another, a failure (a full disk) left some keys loaded, none audited, and a command that
+    said it failed."""
+    with datastore.store.isolated():
+        for number, (item, arguments) in enumerate(items, 1):
+            datastore.set(item["name"], item["value"], **arguments, description=item.get("description"))
+            if number % 500 == 0:
+                err.print(f"[dim]…[/dim] {number}/{len(items)}", markup=True)
+        audit.add(datastore.store, about)
+
+
 @key_app.command("load")
 def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {name, value, secret, scope, "
                                                         "user, ttl, description}.")],
              convert: Annotated[bool, typer.Option("--convert", "-c", help="Store non-string values as "
                                                    "JSON.")] = False) -> None:
-    """Load many keys from a file (as `st2 key load`); nothing is written if any item is bad. An item
+    """Load many keys from a file (as `st2 key load`), in one transaction; nothing is written if any item is
+    bad. An item
     with `encrypted: true` holds ciphertext under this server's key (a `--json` export of `st2 key list`
     from it, as StackStorm's API takes it): it must decrypt here, and is stored as given."""
     from engine.datastore import DatastoreError, st2_ttl
@@ -336,14 +349,11 @@ def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {na
                                 description=item.get("description"))
             except DatastoreError as exc:
                 raise DatastoreError(f"{item['where']}: {exc}") from None
-        for number, item in enumerate(items, 1):
-            with _sealing(squall, arguments(item)["encrypt"]):
-                await squall.db(squall.datastore.set, item["name"], item["value"], **arguments(item),
-                                description=item.get("description"))
-            if number % 500 == 0:
-                err.print(f"[dim]…[/dim] {number}/{len(items)}", markup=True)
-        await squall.db(record_audit, squall.store, "cli.key.load", str(file),
-                        {"count": len(items), "scopes": sorted({arguments(item)["scope"] for item in items})})
+        audit = await squall.db(audit_entry, squall.store, "cli.key.load",
+                                {"count": len(items), "scopes": sorted({arguments(item)["scope"] for item in items})})
+        with _sealing(squall, any(arguments(item)["encrypt"] for item in items)):
+            await squall.db(_stored_together, squall.datastore, [(item, arguments(item)) for item in items],
+                            audit, str(file))
         return len(items)
 
     count = _datastore_call(work)

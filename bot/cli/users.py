@@ -2,7 +2,8 @@
 
 A password is generated and printed once unless `--password-stdin` gives one; only its argon2 hash
 is stored. `passwd` and `delete` end the user's web sessions at once. Each change is audited
-(`cli.user.create`, `.passwd`, `.delete`, `.logout`), never with the password. These commands touch the
+(`cli.user.create`, `.passwd`, `.delete`, `.logout`), never with the password, the event stored with the
+change in one transaction (`changed_and_audited`). These commands touch the
 account tables only, so they open the database without starting Squall. Names and passwords are printed
 as written (rich would read a `[...]` in them as markup; a password given on stdin may hold one).
 """
@@ -17,7 +18,7 @@ import typer
 from bot.cli.common import (
     JsonOption,
     add_row,
-    audit,
+    changed_and_audited,
     fail,
     group,
     new_table,
@@ -77,9 +78,8 @@ def user_create(name: NameArgument,
     def work(store: Store, config: Config) -> bool:
         return create_user(store, name, role, digest)
 
-    if not with_store(work):
+    if not changed_and_audited(work, "cli.user.create", lambda made: (name, {"role": role}) if made else None):
         raise fail(f"a user named {name} exists (`squall user passwd {name}` sets a new password)")
-    audit("cli.user.create", name, {"role": role})
     _show({"name": name, "role": role}, password, generated, as_json, f"created user {name} ({role})")
 
 
@@ -93,9 +93,9 @@ def user_passwd(name: NameArgument, password_stdin: PasswordStdinOption = False,
     def work(store: Store, config: Config) -> bool:
         return set_password(store, name, digest)
 
-    if not with_store(work):
+    # That it changed, never the password.
+    if not changed_and_audited(work, "cli.user.passwd", lambda changed: (name, {}) if changed else None):
         raise fail(f"no user named {name} (see `squall user list`)")
-    audit("cli.user.passwd", name, {})  # that it changed, never the password
     _show({"name": name}, password, generated, as_json, f"new password for {name}; their sessions have ended")
 
 
@@ -128,10 +128,10 @@ def user_logout(name: NameArgument) -> None:
     def work(store: Store, config: Config) -> int | None:
         return end_sessions(store, name)
 
-    ended = with_store(work)
+    ended = changed_and_audited(work, "cli.user.logout",
+                                lambda count: None if count is None else (name, {"sessions": count}))
     if ended is None:
         raise fail(f"no user named {name} (see `squall user list`)")
-    audit("cli.user.logout", name, {"sessions": ended})
     out.print(f"ended {ended} session{'s' if ended != 1 else ''} of {name}", markup=False)
 
 
@@ -143,7 +143,6 @@ def user_delete(name: NameArgument) -> None:
     def work(store: Store, config: Config) -> bool:
         return delete_user(store, name)
 
-    if not with_store(work):
+    if not changed_and_audited(work, "cli.user.delete", lambda deleted: (name, {}) if deleted else None):
         raise fail(f"no user named {name} (see `squall user list`)")
-    audit("cli.user.delete", name, {})
     out.print(f"deleted user {name}", markup=False)

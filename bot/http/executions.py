@@ -30,7 +30,6 @@ from engine.executions import (
     AuditEntry,
     ExecutionNotFound,
     ExecutionStateError,
-    audit_apart,
     public,
 )
 from engine.inquiries import shown_execution
@@ -424,8 +423,9 @@ async def rerun_execution(execution_id: str, request: Request, body: RerunReques
     or, with `tasks`, the finished workflow re-run in place from those tasks, its other finished tasks
     kept (`WorkflowService.rerun`: the same execution is answered, its context's `re-run` naming the
     tasks). Either way what needs approval is refused (`CommandService.rerun`). Its `api.execution.rerun`
-    event is written after it (`CommandService.rerun` takes none), and its failing does not make the
-    stored re-run a 503 (`audit_apart`): a client's retry would run it again."""
+    event is stored with the new execution, one transaction (`CommandService.rerun`'s `audit`): a re-run
+    the database did not take is a 503 with nothing stored, so a client's retry runs it once. A re-run in
+    place has its event written after it, a failure logged rather than answered 503 (`audit_apart`)."""
     body = body or RerunRequest()
     if body.tasks or body.reset:
         if body.parameters:
@@ -438,9 +438,11 @@ async def rerun_execution(execution_id: str, request: Request, body: RerunReques
         await _check_tasks(request, await _find_execution(request, execution_id), body.tasks, body.reset)
     who = request_user(request)
     context = {"source": "api", **({"user": who} if who else {})}
+    audit = _audit(request, "api.execution.rerun", of=execution_id, **({"tasks": body.tasks} if body.tasks else {}))
     try:
         record = await api_state(request).squall.chat.commands.rerun(
-            execution_id, body.parameters, context, tasks=body.tasks or None, delay=(body.delay or 0) / 1000)
+            execution_id, body.parameters, context, tasks=body.tasks or None, delay=(body.delay or 0) / 1000,
+            audit=audit)
     except ExecutionNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except CommandRefused as exc:
@@ -449,8 +451,4 @@ async def rerun_execution(execution_id: str, request: Request, body: RerunReques
         raise HTTPException(409, str(exc)) from exc
     except (ParameterError, UnknownAction, ValueError) as exc:
         raise HTTPException(400, str(exc)) from exc
-    squall = api_state(request).squall
-    await audit_apart(squall.db, _audit(request, "api.execution.rerun", action=record["action"], of=execution_id,
-                                        parameters=record["parameters"],
-                                        **({"tasks": body.tasks} if body.tasks else {})), record["id"])
     return _doc(request, record)

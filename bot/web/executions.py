@@ -34,7 +34,6 @@ from engine.executions import (
     AuditEntry,
     ExecutionNotFound,
     ExecutionStateError,
-    audit_apart,
 )
 from engine.inquiries import shown_execution
 from engine.packs import UnknownAction
@@ -345,7 +344,11 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
             changed[field["name"]] = (sent if field["type"] == "string" else
                                       _json_field(field["name"], sent, secret=field["secret"]))
         context = {"user": session.account.name, "source": "web"}
-        new = await squall.chat.commands.rerun(record["id"], changed, context)
+        # Stored with the re-run, one transaction (`CommandService.rerun`): its detail gains the action and
+        # the parameters as stored. A re-run the database did not take is the error page, and none is left.
+        audit = AuditEntry("web.execution.rerun", session.account.name, "web", None,
+                           {"of": record["id"], "changed": sorted(changed)})
+        new = await squall.chat.commands.rerun(record["id"], changed, context, audit=audit)
     except CommandRefused as exc:  # it came to need approval since the form was shown
         raise PageError(str(exc), 403) from exc
     except (ParameterError, UnknownAction, ValueError) as exc:
@@ -354,10 +357,6 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
         errors = {named: str(exc)} if named and any(f["name"] == named for f in fields) else {}
         return render(request, "rerun.html", {"session": session, "record": record, "fields": shown,
                                               "error": str(exc), "errors": errors}, status_code=400)
-    # Written after the re-run (`CommandService.rerun` takes no event): its failing is logged, never the
-    # error page of a re-run that was stored, whose retry would run it again (`audit_apart`).
-    await audit_apart(squall.db, AuditEntry("web.execution.rerun", session.account.name, "web", None,
-                                            {"of": record["id"], "changed": sorted(changed)}), new["id"])
     return RedirectResponse(f"/executions/{new['id']}", status_code=303)
 
 

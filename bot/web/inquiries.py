@@ -3,11 +3,12 @@
 Everything goes through `InquiryService`, as the API, the CLI and chat do: the list, the expiry of
 overdue questions, and the answer, which the service checks against the schema and the inquiry's
 `users` and `roles` (both, when both are set) and stores with its responder (the execution's
-`result.responder`; the time is its `end_timestamp`). The answer form is `bot.forms`' fields of the
-response schema. An account's groups are its role (`viewer`, `operator`, `admin`) and the config
-`auth.groups` that list its name (the chat's `Authorizer.member_of`), so an inquiry for
-`roles: [admin]` may be answered by the UI's admins, and one for `roles: [approvers]` by the
-accounts config puts in approvers, as by a chat user in a group of that name.
+`result.responder`; the time is its `end_timestamp`) and its `web.inquiry.respond` audit event, in one
+transaction. The answer form is `bot.forms`' fields of the response schema. An account's groups are
+its role (`viewer`, `operator`, `admin`) and the config `auth.groups` that list its name (the chat's
+`Authorizer.member_of`), so an inquiry for `roles: [admin]` may be answered by the UI's admins, and
+one for `roles: [approvers]` by the accounts config puts in approvers, as by a chat user in a group of
+that name.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bot.accounts import Session
 from bot.forms import Field, parse, schema_fields, with_defaults
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import form_fields, operator, viewer
-from engine.executions import ExecutionNotFound
+from engine.executions import AuditEntry, ExecutionNotFound
 from engine.inquiries import InquiryError, shown_execution, who_may
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -104,12 +105,13 @@ async def inquiry_answer(request: Request, inquiry_id: str, session: Session = D
     squall = request.app.state.squall
     name = session.account.name
     groups = sorted({session.account.role} | squall.chat.inquiries.auth.member_of(name))
+    # Stored with the answer, one transaction (`InquiryService.respond`): an answer the database did not
+    # take leaves no event, and none is recorded without it. Its detail gains the response, secrets masked.
+    audit = AuditEntry("web.inquiry.respond", name, "web", None, {"workflow": inquiry["parent"]})
     try:
-        await squall.inquiries.respond(inquiry["id"], with_defaults(fields, parsed.values), name, groups)
+        await squall.inquiries.respond(inquiry["id"], with_defaults(fields, parsed.values), name, groups, audit)
     except InquiryError as exc:
         if exc.status != 400:  # not allowed, gone, or no longer pending: nothing to correct in the form
             raise PageError(str(exc), exc.status) from exc
         return _page(request, session, inquiry, record, workflow, fields, shown, problem=str(exc), status=400)
-    await squall.db(squall.store.audit_add, "web.inquiry.respond", name, "web", inquiry["id"],
-                    {"workflow": inquiry["parent"]})
     return RedirectResponse(f"/inquiries/{inquiry['id']}", status_code=303)

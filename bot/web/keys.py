@@ -3,7 +3,8 @@
 Reads and writes go through the engine's `Datastore` (`squall.datastore`), as `/api/v1/keys` and
 `squall key ...` do, so a write fires the `core.st2.key_value_pair.*` triggers as theirs do. The
 page never shows an encrypted value, not even as ciphertext: a secret is `********`, and a value
-typed into the form is never written to the audit log.
+typed into the form is never written to the audit log. A set or a deletion is stored with its audit
+event (`web.key.set`, `web.key.delete`), in one transaction: neither is stored without the other.
 
 A key the engine refuses (a TTL too long, a name too long, a user it cannot have) comes back as the
 keys page with the engine's message beside its field and what was typed kept, but never the value of
@@ -24,6 +25,7 @@ from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import admin, form_fields, viewer
 from engine.crypto import CryptoError
 from engine.datastore import MAX_KEY_TTL, SCOPES, DatastoreError, check_key, check_ttl, owner
+from engine.executions import AuditEntry
 from engine.parameters import MASK
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -140,9 +142,12 @@ async def key_set(request: Request, session: Session = Depends(admin)) -> Respon
         return await _refused(request, session, scope, fields, errors)
     squall = request.app.state.squall
     secret = fields.get("secret") in ("on", "true", "1")
+    # Stored with the key, one transaction (`Datastore.set`): its detail gains the scope, the user and
+    # whether it is a secret, as stored; never the value.
+    audit = AuditEntry("web.key.set", session.account.name, "web", None, {})
     try:
         await squall.db(squall.datastore.set, name, fields.get("value", ""), scope=scope, user=user, encrypt=secret,
-                        ttl=ttl, description=fields.get("description", "").strip() or None)
+                        ttl=ttl, description=fields.get("description", "").strip() or None, audit=audit)
     except DatastoreError as exc:  # what the checks above leave: the mask over a secret, a NUL in a text
         if exc.field == "description":  # the form has no place for its error: said above it
             return await _refused(request, session, scope, fields, {}, str(exc))
@@ -150,8 +155,6 @@ async def key_set(request: Request, session: Session = Depends(admin)) -> Respon
     except (CryptoError, OverflowError) as exc:  # no key to encrypt with; a TTL past the year 9999
         problem = str(exc) if isinstance(exc, CryptoError) else "TTL is too long: the key would expire after 9999."
         return await _refused(request, session, scope, fields, {}, problem)
-    await squall.db(squall.store.audit_add, "web.key.set", session.account.name, "web", name,
-                    {"scope": scope, "user": user, "secret": secret})
     return RedirectResponse(f"/keys?scope={scope}", status_code=303)
 
 
@@ -166,9 +169,10 @@ async def key_delete(request: Request, session: Session = Depends(admin)) -> Res
     except ValueError as exc:
         raise PageError(str(exc)) from None
     squall = request.app.state.squall
-    if not await _datastore(request, squall.datastore.delete, name, scope=scope, user=user):
+    # Stored with the deletion, one transaction, only if a key was deleted (`Datastore.delete`: its detail
+    # gains the scope).
+    audit = AuditEntry("web.key.delete", session.account.name, "web", None, {"user": user})
+    if not await _datastore(request, squall.datastore.delete, name, scope=scope, user=user, audit=audit):
         raise PageError(f"No {scope} key named {name!r}{f' of {user}' if user else ''}: it may have expired or "
                         "been deleted already.", 404)
-    await squall.db(squall.store.audit_add, "web.key.delete", session.account.name, "web", name,
-                    {"scope": scope, "user": user})
     return RedirectResponse(f"/keys?scope={scope}", status_code=303)

@@ -1,0 +1,57 @@
+"""The web UI's `/keys` writes and their audit events: a key's set or deletion and its `web.key.*` event are
+one transaction, as the API's `PUT` and `DELETE /api/v1/keys/{name}` are.
+
+The app is test_web_auth's (test_api's config and demo pack)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_api import disk_full, failing_audit
+from tests.test_web_auth import Web, started_web
+
+SECRET = "web-keys-swordfish"
+
+
+@pytest.fixture
+async def web(home: Path) -> AsyncIterator[Web]:
+    async with started_web(home) as started:
+        yield started
+
+
+async def test_a_key_change_whose_audit_event_fails_changes_nothing(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The set and delete forms stored the key in one commit and the `web.key.*` event in the next: under a
+    full disk the page said the database failed for a key that was written (or deleted), and the audit log
+    never showed who did it. Both are one transaction now: the failed set leaves no key, the failed delete
+    leaves it, and the changes that work are audited with the scope, the user and whether it is a secret."""
+    admin, csrf = await web.signed_in("ada", "admin")
+    datastore = web.squall.datastore
+    form = {"name": "pw", "value": SECRET, "secret": "on", "scope": "system", "csrf_token": csrf}
+    failing_audit(web.squall, monkeypatch, "web.key.set", disk_full())
+    failed = await admin.post("/keys", data=form)
+    assert failed.status_code == 503 and "database or disk is full" in failed.text, failed.text
+    assert await web.squall.db(datastore.get, "pw") is None
+    monkeypatch.undo()
+    assert (await admin.post("/keys", data=form)).status_code == 303
+    mine = {"name": "pref", "value": "dark", "scope": "user", "user": "ann", "csrf_token": csrf}
+    assert (await admin.post("/keys", data=mine)).status_code == 303
+    failing_audit(web.squall, monkeypatch, "web.key.delete", disk_full())
+    delete = {"name": "pw", "scope": "system", "csrf_token": csrf}
+    refused = await admin.post("/keys/delete", data=delete)
+    assert refused.status_code == 503 and "database or disk is full" in refused.text, refused.text
+    assert (await web.squall.db(datastore.get, "pw", decrypt=True))["value"] == SECRET
+    monkeypatch.undo()
+    assert (await admin.post("/keys/delete", data=delete)).status_code == 303
+    assert await web.squall.db(datastore.get, "pw") is None
+    rows = await web.squall.db(web.squall.store.audit_list, 20)
+    changes = [(row["event"], row["actor"], row["target"], row["detail"]) for row in reversed(rows)
+               if row["event"].startswith("web.key.")]
+    assert changes == [
+        ("web.key.set", "ada", "pw", {"scope": "system", "user": None, "secret": True}),
+        ("web.key.set", "ada", "pref", {"scope": "user", "user": "ann", "secret": False}),
+        ("web.key.delete", "ada", "pw", {"scope": "system", "user": None}),
+    ]
+    assert SECRET not in str(rows)
