@@ -125,8 +125,7 @@ class AuditEntry:
         a savepoint (`Store.isolated`): a group's calls share one transaction there, each write in a
         savepoint of its own, so the event's insert could fail alone (a value too long for its column).
         On SQLite none: the event's row breaks no constraint, so it fails only when the database does,
-        which fails the whole group (`Database`); and a savepoint that is a group's first statement
-        opens the transaction, and its release would commit the change at once, apart from its group."""
+        which fails the whole group (`Database`), and a savepoint would cost two statements for nothing."""
         return contextlib.nullcontext() if store.is_sqlite else store.isolated()
 
 
