@@ -20,8 +20,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# Both cores: the suite mostly waits on servers and subprocesses. A file's tests stay on one worker
+# (--dist loadfile), so a module's own server (sshd, PostgreSQL, Chromium) starts once.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: install
 	$(BIN)/python bench/executions.py

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
-TEST_USER = "squall-ssh"
+#: One user per pytest-xdist worker: each server sets its user's password, which another worker's
+#: server must not change under it.
+TEST_USER = "squall-ssh" + (f"-{os.environ['PYTEST_XDIST_WORKER']}" if "PYTEST_XDIST_WORKER" in os.environ else "")
 ADDRESSES = ("127.0.0.1", "127.0.0.2")
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -177,10 +180,18 @@ async def test_check_processes_finds_a_process_and_lists_pids(squall: Squall) ->
     mine = await run(squall, "linux.check_processes", {"search": "pid", "criteria": "1"})
     assert mine["status"] == "succeeded", mine
     assert list(mine["result"]["stdout"]) == ["1"]
-    by_name = await run(squall, "linux.check_processes", {"search": "name", "criteria": "pytest", "args": "pidlist"})
-    assert str(os.getpid()) in by_name["result"]["stdout"]
+    # A process of the test's own, named by a marker no other process has (under pytest-xdist this
+    # process's own command line does not say pytest).
+    marker = f"squall-check-{uuid.uuid4().hex}"
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker]) as child:
+        try:
+            by_name = await run(squall, "linux.check_processes",
+                                {"search": "name", "criteria": marker, "args": "pidlist"})
+        finally:
+            child.kill()
+    assert list(by_name["result"]["stdout"]) == [str(child.pid)]
     # One pid alone reads back as a JSON number (outputs that parse as JSON are stored parsed, as StackStorm does).
-    assert str(os.getpid()) in str(by_name["result"]["stderr"]).split()
+    assert by_name["result"]["stderr"] == child.pid
 
 
 async def test_pkill_reports_nothing_matched(squall: Squall, scratch: Path) -> None:

@@ -28,7 +28,8 @@ import pytest
 
 from tests.conftest import server_missing
 
-USER = "squall-sudo"
+#: One user per pytest-xdist worker, so two workers never race to create it.
+USER = "squall-sudo" + (f"-{os.environ['PYTEST_XDIST_WORKER']}" if "PYTEST_XDIST_WORKER" in os.environ else "")
 ROOT = Path(__file__).resolve().parents[1]
 #: The sudoers entries of the tests: everything, or bash alone (so `sudo -n kill` is refused).
 ALL = "ALL"
