@@ -43,10 +43,11 @@ import json
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from engine.files import write_atomically
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -298,20 +299,8 @@ class KeyRing:
         """Write the ring atomically: a reader never sees half a file. Without `replace`, of several
         processes (or threads) creating it at once exactly one wins and all use its key."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(self._document(keys))
-                handle.flush()
-                os.fsync(handle.fileno())
-            if replace:
-                os.replace(temporary, self.path)
-            else:
-                with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
-                    os.link(temporary, self.path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        # Not `replace`: if another process created it first, its ring stands and is the one read next.
+        write_atomically(self.path, self._document(keys).encode(), exclusive=not replace)
         self._loaded = None
 
     def _read(self) -> list[bytes]:

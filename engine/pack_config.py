@@ -12,9 +12,6 @@ written whole, atomically and 0600 (`write_config_file`), as StackStorm's `PUT /
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ import jinja2
 import yaml
 
 from engine.crypto import CryptoError
+from engine.files import write_atomically
 from engine.parameters import MASK, MIN_REPLACED, ParameterError, item_schema, property_schema, schema_masked
 from engine.templates import TemplateRenderError, is_jinja_expression
 
@@ -184,14 +182,4 @@ def write_config_file(file: Path, values: Mapping[str, Any]) -> None:
     target = file.resolve() if file.is_symlink() else file
     text = yaml.safe_dump(dict(values), default_flow_style=False, sort_keys=False, allow_unicode=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    write_atomically(target, text.encode("utf-8"))  # 0600

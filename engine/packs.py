@@ -15,13 +15,13 @@ import pickle
 import re
 import stat
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.actions import Action, build_action
+from engine.files import write_atomically
 from engine.yamlfile import FAST_LOADER, ContentError, ContentInvalid, LineMap, load_yaml
 
 if TYPE_CHECKING:
@@ -709,15 +709,8 @@ def _write_cache(file: Path, key: str, registry: Registry) -> None:
     """Write the cache atomically (temporary file, then rename), 0600 in a 0700 folder."""
     try:
         file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=file.parent, prefix=".packs-", suffix=".tmp")  # mode 0600
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(_CACHE_MAGIC + key.encode())
-                pickle.dump(registry, handle, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(temporary, file)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        data = _CACHE_MAGIC + key.encode() + pickle.dumps(registry, protocol=pickle.HIGHEST_PROTOCOL)
+        write_atomically(file, data, sync=False)  # 0600; a cache lost in a machine crash is rebuilt
     except Exception as exc:  # a cache that cannot be written only costs the next call its speed
         log.info("pack cache not written to %s: %s", file, exc)
 

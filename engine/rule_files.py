@@ -10,11 +10,12 @@ mangled.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import yaml
+
+from engine.files import write_atomically
 
 #: A top-level `enabled:` key of a block mapping, its value, and whatever comment follows.
 _ENABLED = re.compile(r"^enabled[ \t]*:[ \t]*[^#\n]*?(?P<rest>[ \t]*(#[^\n]*)?)$", re.MULTILINE)
@@ -51,12 +52,8 @@ def set_rule_enabled(file: Path, enabled: bool) -> bool:
     if after != {**before, "enabled": enabled}:
         raise RuleFileError(f"{file} is not laid out as a plain block mapping with 'enabled:' at the start of "
                             f"a line, so Squall will not rewrite it: set 'enabled: {value}' there by hand")
-    temporary = file.with_name(f".{file.name}.squall-tmp")
     try:
-        temporary.write_text(changed, encoding="utf-8")
-        os.chmod(temporary, file.stat().st_mode & 0o7777)
-        os.replace(temporary, file)
+        write_atomically(file, changed.encode("utf-8"), mode=file.stat().st_mode & 0o7777)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise RuleFileError(f"cannot write the rule file {file}: {exc}") from exc
     return True
