@@ -41,7 +41,7 @@ from aliases.grammar import (
     compile_format,
     prepare,
 )
-from aliases.model import Alias, check_overrides, datastore_immutables, inject_immutable
+from aliases.model import Alias, check_overrides, engine_immutables, inject_immutable
 from engine.actions import Action
 
 __all__ = ["AliasMatch", "AliasMatchError", "AliasMatcher", "AmbiguousCommand", "CommandTooComplex", "NoMatch"]
@@ -83,10 +83,11 @@ class AliasMatch:
 
         Key=value pairs may not set runner parameters the alias does not open (`check_overrides`);
         the alias's immutable parameters are added, rendered once, here, except those that read the
-        datastore, which are added as written and render in the engine (`datastore_immutables`)."""
+        datastore and a shell runner's `cmd`, which are added as written and render in the engine
+        (`engine_immutables`), with the alias's context as names (`immutable_names`)."""
         check_overrides(self.alias, action, self.pairs)
-        return (inject_immutable(self.alias, dict(self.parameters), context),
-                self.authored | datastore_immutables(self.alias))
+        return (inject_immutable(self.alias, dict(self.parameters), context, action=action),
+                self.authored | engine_immutables(self.alias, action))
 
 
 class AliasMatchError(LookupError):

@@ -8,7 +8,8 @@ the bot to enforce: `permissions: {allow: {users, groups, channels}, deny: {...}
 `cast_alias_parameters` casts matched values by the action's parameter types (spec §3.1: arrays split on
 commas and stripped, via `engine.parameters.cast`), and `inject_immutable` adds the alias's
 `immutable_parameters`, rendered with Jinja, refusing a user-supplied value for any of them; those that
-read the datastore (`datastore_immutables`) are left for the engine to render.
+read the datastore, and a shell runner's `cmd` (`engine_immutables`), are left for the engine to render,
+with the alias's context as names (`immutable_names`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from aliases.grammar import AliasFormatError, brace_problem, compile_format
 from engine.actions import Action, ApprovalProblem, approval_policy
 from engine.packs import ContentWarning, Registry, UnknownAction
 from engine.parameters import ParameterError, cast
+from engine.runners import SHELL_COMMAND_RUNNERS
 from engine.templates import TemplateRenderError, render_values
 from engine.yamlfile import ContentError, LineMap
 
@@ -397,10 +399,44 @@ def datastore_immutables(alias: Alias) -> set[str]:
     return {name for name, value in (alias.immutable_parameters or {}).items() if _reads_datastore(value)}
 
 
+def shell_immutables(alias: Alias, action: Action | None) -> set[str]:
+    """`{"cmd"}` when the alias's `immutable_parameters` give a shell runner's action (`local-shell-cmd`,
+    `remote-shell-cmd`) a `cmd` template, else nothing. It must render in the engine, whose shell runner
+    passes each `{{ }}` value as a quoted variable (docs/security.md, "Shell templates"): rendered here,
+    a nick such as x`id`y or a channel such as $(reboot) became bash text and ran."""
+    value = (alias.immutable_parameters or {}).get("cmd")
+    shell = action is not None and action.runner_type in SHELL_COMMAND_RUNNERS
+    return {"cmd"} if shell and isinstance(value, str) and ("{{" in value or "{%" in value) else set()
+
+
+def engine_immutables(alias: Alias, action: Action | None = None) -> set[str]:
+    """The alias's immutable parameters that `inject_immutable` passes on as written, for the engine to
+    render (the request names them in `render`): those that read the datastore (`datastore_immutables`)
+    and, with `action`, a shell runner's `cmd` (`shell_immutables`). The others render here."""
+    return datastore_immutables(alias) | shell_immutables(alias, action)
+
+
+#: Names of the engine's own template context, which an alias's context never hides.
+_ENGINE_NAMES = frozenset({"st2kv", "action_context", "config_context"})
+
+
+def immutable_names(alias: Alias, render: Iterable[str], context: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The names the alias's immutable templates that the engine renders (those of `render`) may use
+    besides the action's parameters, which win where a name is both: what `inject_immutable` renders the
+    others with (each key of `context`, `user`, `api_user`, `source_channel`..., and `__context`), for
+    the request's `extra_template_context`. The engine keeps them with the execution, so its shell runner
+    and a re-run render the same. None when the request renders none of them (nothing changes)."""
+    if not set(render) & set(alias.immutable_parameters or {}):
+        return None
+    names = {"__context": dict(context), **context}
+    return {name: value for name, value in names.items() if name not in _ENGINE_NAMES}
+
+
 def inject_immutable(alias: Alias, params: Mapping[str, Any], context: Mapping[str, Any],
-                     env: jinja2.Environment | None = None) -> dict[str, Any]:
+                     env: jinja2.Environment | None = None, *, action: Action | None = None) -> dict[str, Any]:
     """`params` plus the alias's `immutable_parameters` rendered with Jinja against `context`, except
-    those that read the datastore (`datastore_immutables`), which are added as written, for the engine.
+    those the engine renders (`engine_immutables`: what reads the datastore and, given the `action`, a
+    shell runner's `cmd`), which are added as written.
 
     A value the user supplied for an immutable parameter is refused, as StackStorm does:
     `ParameterError("Immutable arguments cannot be overriden: <names>")`.
@@ -411,7 +447,7 @@ def inject_immutable(alias: Alias, params: Mapping[str, Any], context: Mapping[s
     overridden = [name for name in immutable if name in params]
     if overridden:
         raise ParameterError(f"Immutable arguments cannot be overriden: {','.join(overridden)}")
-    deferred = datastore_immutables(alias)
+    deferred = engine_immutables(alias, action)
     try:
         rendered = render_values({k: v for k, v in immutable.items() if k not in deferred}, context, env)
     except TemplateRenderError as exc:

@@ -400,3 +400,189 @@ def test_fuzzed_commands_never_run_code_leak_or_crash(tmp_path_factory: pytest.T
             await squall.close()
 
     asyncio.run(scenario())
+
+
+# -- an alias's immutable `cmd` template: the chat's names (nick, channel) are data too ----------------
+
+#: A nick that runs `touch` if it is pasted into bash text (`${IFS}`: nicks have no spaces).
+NICK = "x`touch${IFS}MARKER`y"
+#: A channel (or the API's `source_channel`) that runs `touch` if it is pasted into bash text.
+CHANNEL = "ops-$(touch MARKER)"
+
+
+def _immutable_pack(home: Path, tmp_path: Path) -> None:
+    """The hostile pack plus a `local-shell-cmd` action without a `cmd` of its own, run through aliases
+    whose `immutable_parameters` give it one naming the chat's user and channel (typed, confirmed and
+    approved), and an alias whose immutable parameters feed no shell (`env`, `timeout`, typed ones)."""
+    _pack(home, tmp_path / "canary")
+    config = home / "config.yml"
+    config.write_text(config.read_text() + "auth:\n  groups:\n    approvers: [ann]\n")
+    pack = home / "packs" / "hostile"
+    write(pack / "actions" / "raw.yaml", """
+        name: raw
+        runner_type: local-shell-cmd
+        parameters:
+          message: {type: string, required: true}
+    """)
+    write(pack / "actions" / "tagged.yaml", """
+        name: tagged
+        runner_type: local-shell-cmd
+        parameters:
+          by: {type: string}
+          count: {type: integer}
+          labels: {type: array}
+          cmd: {default: 'echo "{{ by }}" {{ count }}', immutable: true}
+    """)
+    for name, extra in (("whoami", "enabled: true"), ("whoconfirm", "confirm: true"),
+                        ("whoapproved", "approval: {groups: [approvers]}")):
+        write(pack / "aliases" / f"{name}.yaml", f"""
+            name: {name}
+            action_ref: hostile.raw
+            formats: ["{name} {{{{message}}}}"]
+            immutable_parameters:
+              cmd: "echo requested by {{{{ user }}}} in {{{{ source_channel }}}}"
+            ack: {{format: "ACK {{{{ execution.parameters.cmd }}}}"}}
+            result: {{format: "OUT={{{{ execution.result.stdout }}}}"}}
+            {extra}
+        """)
+    write(pack / "aliases" / "tagged.yaml", """
+        name: tagged
+        action_ref: hostile.tagged
+        formats: ["tagged"]
+        immutable_parameters:
+          by: "{{ user }} in {{ source_channel }}"
+          count: "{{ 2 + 3 }}"
+          labels: "a, {{ user }}"
+          env: {WHO: "{{ user }}"}
+          timeout: "{{ 5 * 6 }}"
+    """)
+
+
+@pytest.fixture
+async def immutable_chat(home: Path, tmp_path: Path) -> AsyncIterator[tuple[Squall, ChatBot, LoopbackAdapter]]:
+    _immutable_pack(home, tmp_path)
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    assert squall.registry.errors == []
+    bot = squall.chat
+    await bot.start()
+    try:
+        yield squall, bot, loopback
+    finally:
+        await bot.stop()
+        await squall.close()
+
+
+def _marked(text: str, tmp_path: Path, name: str) -> str:
+    return text.replace("MARKER", str(tmp_path / name))
+
+
+def _markers(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("marker"))
+
+
+async def test_an_alias_immutable_cmd_passes_the_nick_and_channel_as_data(immutable_chat, tmp_path: Path) -> None:
+    """`immutable_parameters: {cmd: "echo requested by {{ user }} in {{ source_channel }}"}` rendered the
+    nick and the channel into the command's text, and bash ran a nick such as x`id`y. They go through the
+    shell runner's quoting as every `cmd` value does (docs/security.md, "Shell templates"): typed, after a
+    confirmation, after approval, and again on `!retry`; the ack still shows the command as written out."""
+    squall, bot, loopback = immutable_chat
+    nick, channel = _marked(NICK, tmp_path, "marker-nick"), _marked(CHANNEL, tmp_path, "marker-channel")
+    await loopback.say("!whoami hi", user=nick, channel="#ops")
+    await loopback.say("!whoami hi", user="bob", channel=channel)
+    await loopback.say("!whoconfirm hi", user=nick, channel="#ops")
+    await loopback.say("!yes", user=nick, channel="#ops")
+    await loopback.say("!whoapproved hi", user=nick, channel="#ops")
+    await settle(squall, bot)
+    approval_id = next(b["value"] for p in loopback.posted for b in p.reply.buttons
+                       if b["value"].startswith("approve ")).split()[1]
+    await loopback.say(f"!approve {approval_id}", user="ann", channel="#ops")
+    await settle(squall, bot)
+
+    first = next(r for r in await _finished(squall, "hostile.raw", 4)
+                 if r["context"]["user"] == nick and r["context"]["chat"]["alias"] == "hostile.whoami")
+    await loopback.say(f"!retry {first['id']}", user=nick, channel="#ops")
+    await settle(squall, bot)
+
+    runs = await _finished(squall, "hostile.raw", 5)
+    assert _markers(tmp_path) == []
+    said = {f"requested by {nick} in #ops": 4, f"requested by bob in {channel}": 1}
+    assert sorted(r["result"]["stdout"] for r in runs) == sorted(t for t, n in said.items() for _ in range(n))
+    texts = loopback.texts()
+    first_texts = [p.reply.text for p in loopback.posted]  # an ack is edited to its status line after
+    for text, count in said.items():
+        assert texts.count(f"OUT={text}") == count, texts
+        assert f"ACK echo {text}" in first_texts
+    assert all(r["parameters"]["cmd"] == f"echo {r['result']['stdout']}" for r in runs)
+
+
+async def test_the_alias_execution_api_passes_user_and_source_channel_as_data(immutable_chat, tmp_path: Path) -> None:
+    """`POST /api/v1/aliasexecution` names the user and the channel in its body: both reach the alias's
+    immutable `cmd` as data, and the answer's ack shows the command as written out."""
+    squall, _bot, _loopback = immutable_chat
+    nick, channel = _marked(NICK, tmp_path, "marker-nick"), _marked(CHANNEL, tmp_path, "marker-channel")
+    transport = httpx.ASGITransport(app=create_api(squall))
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall", headers={"St2-Api-Key": KEY}) as api:
+        answer = await api.post("/api/v1/aliasexecution",
+                                json={"command": "whoami hi", "user": nick, "source_channel": channel})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["message"] == f"ACK echo requested by {nick} in {channel}"
+    [run] = await _finished(squall, "hostile.raw", 1)
+    assert _markers(tmp_path) == []
+    assert run["status"] == "succeeded" and run["result"]["stdout"] == f"requested by {nick} in {channel}"
+
+
+async def test_an_alias_immutable_parameters_that_feed_no_shell_render_as_before(immutable_chat,
+                                                                                 tmp_path: Path) -> None:
+    """Only a shell runner's `cmd` waits for the engine: the alias's other immutable parameters render
+    against its context as before, to the same values and, once cast, the same types."""
+    squall, bot, loopback = immutable_chat
+    nick = _marked(NICK, tmp_path, "marker-nick")
+    await loopback.say("!tagged", user=nick, channel="#ops")
+    await settle(squall, bot)
+    [run] = await _finished(squall, "hostile.tagged", 1)
+    assert {k: run["parameters"][k] for k in ("by", "count", "labels", "env", "timeout")} == {
+        "by": f"{nick} in #ops", "count": 5, "labels": ["a", nick], "env": {"WHO": nick}, "timeout": 30}
+    assert run["status"] == "succeeded" and run["result"]["stdout"] == f"{nick} in #ops 5"
+    assert _markers(tmp_path) == []
+
+
+def test_a_remote_shell_cmd_alias_leaves_its_immutable_cmd_to_the_engine(home: Path, tmp_path: Path) -> None:
+    """The same for `remote-shell-cmd` (no SSH server needed to see it): the alias hands its `cmd` template
+    over as written, named in `render`, with the chat's names beside it, and the command bash gets refers
+    to the nick through a variable, never holds it."""
+    from aliases import AliasMatcher, load_aliases
+    from aliases.model import immutable_names
+    from bot.app import load_packs
+    from engine.parameters import resolve
+    from engine.runners.shell_template import render_shell_command
+
+    _immutable_pack(home, tmp_path)
+    template = "echo requested by {{ user }} in {{ source_channel }}"
+    write(home / "packs" / "hostile" / "actions" / "remote.yaml", """
+        name: remote
+        runner_type: remote-shell-cmd
+        parameters:
+          message: {type: string, required: true}
+    """)
+    write(home / "packs" / "hostile" / "aliases" / "whereami.yaml", f"""
+        name: whereami
+        action_ref: hostile.remote
+        formats: ["whereami {{{{message}}}}"]
+        immutable_parameters: {{cmd: "{template}", hosts: "127.0.0.1"}}
+    """)
+    registry = load_packs(load_config(home / "config.yml"))
+    aliases, errors = load_aliases(registry)
+    assert errors == []
+    action = registry.actions["hostile.remote"]
+    match = AliasMatcher(aliases).match("whereami hi")
+    nick = _marked(NICK, tmp_path, "marker-nick")
+    context = {"user": nick, "api_user": nick, "source": "chat", "source_channel": "#ops"}
+    parameters, render = match.request_parameters(action, context)
+    assert parameters == {"message": "hi", "cmd": template, "hosts": "127.0.0.1"} and render == {"cmd"}
+    names = immutable_names(match.alias, render, context)
+    assert names is not None and names["user"] == nick
+    resolution = resolve(action, parameters, names, render=render)
+    command, variables = render_shell_command(resolution.templates["cmd"], {**names, **resolution.values})
+    assert nick not in command and nick in variables.values()
+    assert command == 'echo requested by "${SQUALL_ARG_0}" in "${SQUALL_ARG_1}"'

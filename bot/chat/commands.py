@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
 from aliases import Alias, AliasMatch, CommandTooComplex
+from aliases.model import immutable_names
 from bot.chat.auth import Authorizer
 from bot.chat.index import AliasIndex
 from bot.chat.replies import acks, render_ack, short
@@ -276,7 +277,11 @@ class CommandService:
 
     async def request(self, alias: Alias, message: Message, source: str, parameters: dict[str, Any],
                       render: Iterable[str], context: dict[str, Any]) -> Accepted:
-        """The request step: the execution, its audit event and its ack (also for an approved command)."""
+        """The request step: the execution, its audit event and its ack (also for an approved command).
+        The alias's immutable templates among `render` (a shell runner's `cmd`, what reads the datastore)
+        render in the engine with the names of `context` (`immutable_names`): a `cmd`'s values then reach
+        bash as quoted variables, never as its text; an approved command's are its requester's."""
+        render = set(render)
         audit = AuditEntry(f"{source}.execution", message.user, f"{message.adapter}:{message.channel}", alias.ref,
                            {"action": alias.action_ref, "parameters": _audited(parameters, alias.action_ref,
                                                                                self.engine)})
@@ -285,8 +290,9 @@ class CommandService:
         ack = _Ack() if acking else _Ack(rendered=(None, {}))  # acks off: nothing to render or store
         stored_with = self._ack(alias, chat, ack) if acking and chat and self.outbox is not None else None
         try:
-            execution = await self.engine.executions.request(alias.action_ref, parameters, context,
-                                                             render=set(render), audit=audit, stored_with=stored_with)
+            execution = await self.engine.executions.request(
+                alias.action_ref, parameters, context, render=render, audit=audit, stored_with=stored_with,
+                extra_template_context=immutable_names(alias, render, context))
         except (ParameterError, UnknownAction, ValueError) as exc:
             raise CommandFailed(str(exc)) from exc
         if ack.rendered is None:  # not offered, or too long for the request's transaction (then not on the loop)
