@@ -40,7 +40,7 @@ from bot.app import Squall
 from bot.http import create_api
 from bot.web.oidc import OidcLogin
 from engine.config import WEB_ROLES, ConfigError, load_config
-from tests.conftest import write
+from tests.conftest import free_port, write
 from tests.test_api import _home
 from tests.test_web_auth import PASSWORD, Web, csrf_of, login, started_web
 
@@ -455,7 +455,8 @@ def test_a_missing_secret_variable_stops_serve_not_the_squall_packs_commands(
     """Actions inherit no `SQUALL_*` variable, yet the `squall` pack's (`!pack list`) load the file: the
     variable is read when the web app starts, and `squall serve` stops there naming it."""
     monkeypatch.delenv("SQUALL_TEST_NO_SUCH_VAR", raising=False)
-    write(tmp_path / "config.yml", f"web:\n  oidc: {{issuer: '{ISSUER}', client_id: c, "
+    # A port of its own: whatever listens on the default one must not answer for this serve.
+    write(tmp_path / "config.yml", f"api:\n  port: {free_port()}\nweb:\n  oidc: {{issuer: '{ISSUER}', client_id: c, "
                                    f"client_secret_env: SQUALL_TEST_NO_SUCH_VAR, roles: {ROLES_CONFIG}}}\n")
     settings = load_config(tmp_path / "config.yml").oidc
     assert settings is not None and settings.client_secret_env == "SQUALL_TEST_NO_SUCH_VAR"
