@@ -18,6 +18,10 @@ later replies of that command go back through the command's `response_url`.
 Forms (issue 20): `open_form` opens an interactive dialog (`POST /actions/dialogs/open`, with the
 `trigger_id` of a slash command or a button click) that submits to `actions_url`; the bot's check
 (`on_form`) answers the submission, with `errors` per field.
+
+A person is their username (`Message.user`); their user id, which they cannot change where a server
+lets them change their username, rides in `Message.raw["user_id"]` (a post's own, a slash command's
+form field, a click's), so `auth` may name them by it (`mattermost:<id>`).
 """
 
 from __future__ import annotations
@@ -742,7 +746,7 @@ class MattermostAdapter:
         thread = str(context.get("thread") or "") or post_id or None
         message = Message(adapter=self.name, channel=channel, user=user, text=str(context["value"]),
                           thread=thread, mentioned=True,
-                          direct=await self._channel_type(channel) == "D", raw={"action": body},
+                          direct=await self._channel_type(channel) == "D", raw={"action": body, "user_id": user_id},
                           channel_name=body.get("channel_name") or None,
                           trigger=body["trigger_id"] if isinstance(body.get("trigger_id"), str) else None,
                           clicked=True)

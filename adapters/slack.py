@@ -27,12 +27,13 @@ import collections
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -64,8 +65,11 @@ from adapters.base import (
 from adapters.slack_format import (
     ACTION_PREFIX,
     FORM_CALLBACK,
+    MAX_BLOCKS,
     MAX_TEXT,
+    SECTION_LIMIT,
     clicked_summary,
+    escape,
     form_values,
     form_view,
     home_view,
@@ -92,10 +96,10 @@ _TRANSIENT = {"ratelimited", "internal_error", "fatal_error", "service_unavailab
 #: succeeded"), or after it ran out of time on its side: a message may be posted, so the outbox looks
 #: for it before sending it again (`DeliveryError.maybe_taken`), as after a 5xx or a dropped connection.
 _MAYBE_DONE = {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
-#: Web API methods that post a message: the client never repeats one after a dropped connection (slack_sdk's
-#: default retry did, blindly, so a message Slack had stored was posted twice). The outbox retries it,
-#: asking `find_sent` first whether Slack has it.
-_POSTS = frozenset({"chat.postMessage"})
+#: Web API methods that post a message (completing an upload shares it in a message of its own): the client
+#: never repeats one after a dropped connection (slack_sdk's default retry did, blindly, so a message Slack
+#: had stored was posted twice). The outbox retries it, asking `find_sent` first whether Slack has it.
+_POSTS = frozenset({"chat.postMessage", "files.completeUploadExternal"})
 IDENTITY_TTL = 3600.0
 #: `users.info` calls per minute for people mentioned (`<@U…>`) and not known yet. Every message is
 #: passed on, chatter too, so made-up mentions would otherwise spend the rate limit senders' names
@@ -111,6 +115,10 @@ UPLOAD_FALLBACK = 3500
 ASKER_BLOCK = "squall_buttons.asker."
 #: The metadata event type that carries a reply's outbox id (`find_sent`).
 OUTBOX_EVENT = "squall_reply"
+#: The `block_id` prefix that carries it on the message an upload shares: `files.completeUploadExternal`
+#: takes no metadata, but it takes `blocks`, and `conversations.history` gives them back with their ids.
+#: After the prefix: the outbox id, then the `Part` (number, count, end) of a reply sent in parts.
+OUTBOX_BLOCK = "squall_reply."
 #: HTTP mode: how far `X-Slack-Request-Timestamp` may be from this server's clock, either way (Slack's
 #: own advice: older requests may be replays).
 MAX_CLOCK_SKEW = 300
@@ -729,7 +737,7 @@ class SlackAdapter:
             return
         person = Message(adapter=self.name, channel=str(event.get("channel") or user_id),
                          user=await self._user_name(user_id), text="", direct=True, mentioned=True,
-                         groups=await self._groups_of(user_id))
+                         groups=await self._groups_of(user_id), raw={"user_id": user_id})
         buttons = await self.on_home(person)
         view = home_view("Commands you may run", buttons, "There is nothing you may run here yet.")
         try:
@@ -745,9 +753,12 @@ class SlackAdapter:
             raise DeliveryError(f"Slack refused to open the form: {_error(exc)}", permanent=True) from None
 
     async def _deliver(self, message: Message, user_id: str) -> None:
+        """Hand `message` on, with the sender's user id in `raw["user_id"]`: `auth` may name a person by
+        it (`slack:U0123ABCD`), since no one can change it, as they can their profile's names."""
         if self._on_message is None:
             log.warning("Slack: a message arrived before the adapter started; dropped")
             return
+        message.raw = {**(message.raw or {}), "user_id": user_id}
         await self._on_message(message)
 
     # -- identity --------------------------------------------------------------------------------
@@ -830,7 +841,9 @@ class SlackAdapter:
         except Exception as exc:
             log.warning("Slack: users.info for %s failed (%s)", user_id, _error(exc))
             return None
-        name = str(user.get("name") or (user.get("profile") or {}).get("display_name") or user_id)
+        # Who the person is to permissions and approvals: never `profile.display_name` nor `real_name`,
+        # which anyone may set to `carol`; without a `name`, the id, which no one chooses.
+        name = str(user.get("name") or user_id)
         if not self._of_this_organisation(user):
             # A Slack Connect member of another organisation: Slack names are unique within one
             # workspace only, so theirs may be a local admin's. The id is theirs alone and matches
@@ -918,11 +931,8 @@ class SlackAdapter:
                     # Too old, deleted, or not editable: the news must still reach the channel.
                     log.info("Slack: cannot edit %s (%s); posting the update as a new message", edit_of,
                              _error(exc))
-            if reply.outbox_id is not None:  # `find_sent` finds the message by it after a crash
-                payload = {"outbox_id": reply.outbox_id, **(reply.part.to_json() if reply.part else {})}
-                arguments["metadata"] = {"event_type": OUTBOX_EVENT, "event_payload": payload}
             response = await self._post(self.client.chat_postMessage, reply, channel=channel,
-                                        thread_ts=reply.thread, **arguments)
+                                        thread_ts=reply.thread, **_with_outbox_id(arguments, reply))
             return f"{response.get('channel') or channel}:{response.get('ts', '')}" if response is not None else None
         except SlackApiError as exc:
             wait = _retry_after(exc)
@@ -936,13 +946,15 @@ class SlackAdapter:
             raise DeliveryError(f"Slack unreachable: {type(exc).__name__}", maybe_taken=_maybe_posted(exc)) from None
 
     async def find_sent(self, replies: Sequence[Reply], since: datetime) -> dict[int, list[FoundPost]]:
-        """Which of these replies (left pending by a crash) the bot already posted: outbox id → its
-        messages ("channel:ts", the `Part` it is of a reply sent in several, or None), read with
-        `conversations.history` (or `.replies` in a thread) since `since`, by the outbox id in the
-        message's metadata (`include_all_metadata`; needs the history scopes)."""
+        """Which of these replies (left pending by a crash, or sent without an answer) the bot already
+        posted: outbox id → its messages ("channel:ts", or "file:F…" for an upload, as `send` answers;
+        the `Part` it is of a reply sent in several, or None), read with `conversations.history` (or
+        `.replies` in a thread) since `since`, by the outbox id a message carries (`_outbox_payload`:
+        a post's metadata, `include_all_metadata`, or the first block of the message an upload shared;
+        needs the history scopes)."""
         wanted: dict[tuple[str, str | None], set[int]] = {}
         for reply in replies:
-            if reply.outbox_id is not None and reply.file is None:
+            if reply.outbox_id is not None:
                 channel = self._channel_ids.get(reply.channel, reply.channel)
                 wanted.setdefault((channel, reply.thread), set()).add(reply.outbox_id)
         if wanted and self.bot_user_id is None:  # not connected yet: whose messages are ours
@@ -950,24 +962,27 @@ class SlackAdapter:
         found: dict[int, list[FoundPost]] = {}
         oldest = f"{since.timestamp():.6f}"
         for (channel, thread), ids in wanted.items():
-            arguments: dict[str, Any] = {"channel": channel, "oldest": oldest, "include_all_metadata": "true",
-                                         "limit": 200, **({"ts": thread} if thread else {})}
-            cursor: str | None = None
-            while True:
-                page = await self._call("conversations.replies" if thread else "conversations.history",
-                                        **arguments, **({"cursor": cursor} if cursor else {}))
-                for message in page.get("messages") or []:
-                    metadata = message.get("metadata") or {}
-                    payload = metadata.get("event_payload") or {}
-                    outbox_id = payload.get("outbox_id")
-                    if (metadata.get("event_type") == OUTBOX_EVENT and isinstance(outbox_id, int) and outbox_id in ids
-                            and message.get("user") == self.bot_user_id):
-                        found.setdefault(outbox_id, []).append((f"{channel}:{message.get('ts', '')}",
-                                                                Part.from_json(payload)))
-                cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
-                if cursor is None:
-                    break
+            async for message in self._history(channel, thread, oldest):
+                payload = _outbox_payload(message) if message.get("user") == self.bot_user_id else None
+                if payload is not None and payload["outbox_id"] in ids:
+                    found.setdefault(payload["outbox_id"], []).append((_sent_id(channel, message),
+                                                                      Part.from_json(payload)))
         return found
+
+    async def _history(self, channel: str, thread: str | None, oldest: str) -> AsyncIterator[dict[str, Any]]:
+        """The messages of `channel` (of `thread`'s thread) since `oldest`, with their metadata, page by page."""
+        arguments: dict[str, Any] = {"channel": channel, "oldest": oldest, "include_all_metadata": "true",
+                                     "limit": 200, **({"ts": thread} if thread else {})}
+        cursor: str | None = None
+        while True:
+            page = await self._call("conversations.replies" if thread else "conversations.history",
+                                    **arguments, **({"cursor": cursor} if cursor else {}))
+            for message in page.get("messages") or []:
+                if isinstance(message, dict):
+                    yield message
+            cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
+            if cursor is None:
+                return
 
     async def _post(self, call: Callable[..., Awaitable[Any]], reply: Reply, **arguments: Any) -> Any:
         try:
@@ -984,8 +999,7 @@ class SlackAdapter:
     async def _upload(self, channel: str, reply: Reply) -> str | None:
         name, content = reply.file or ("output.txt", "")
         try:
-            response = await self.client.files_upload_v2(channel=channel, filename=name, title=name, content=content,
-                                                         initial_comment=reply.text, thread_ts=reply.thread)
+            response = await self._share(channel, reply, name, content)
         except SlackApiError as exc:
             if _transient(exc) or _error(exc) in _USE_RESPONSE_URL:
                 raise
@@ -996,10 +1010,30 @@ class SlackAdapter:
             text = f"{reply.text}\n```\n{head}\n```" + (note if len(content) > len(head) else "")
             fallback = Reply(adapter=reply.adapter, channel=reply.channel, text=text, thread=reply.thread)
             response = await self._post(self.client.chat_postMessage, fallback, channel=channel,
-                                        thread_ts=reply.thread, **message_arguments(fallback))
+                                        thread_ts=reply.thread, **_with_outbox_id(message_arguments(fallback), reply))
             return f"{response.get('channel') or channel}:{response.get('ts', '')}"
         files = response.get("files") or [response.get("file") or {}]
         return f"file:{(files[0] or {}).get('id', '')}"
+
+    async def _share(self, channel: str, reply: Reply, name: str, content: str) -> Any:
+        """Upload the file and share it in the channel (`files_upload_v2`: three calls, the last of which,
+        `files.completeUploadExternal`, posts the message). A reply from the outbox says its text in
+        blocks whose first carries the outbox id (`_tagged_blocks`), so `find_sent` finds the message
+        after a crash or a lost answer; Slack ignores blocks beside an `initial_comment`, which says the
+        text otherwise. Blocks Slack refuses are not worth losing the upload for: it goes again with the
+        text as its comment (untagged, so at least once, as before)."""
+        upload = {"channel": channel, "filename": name, "title": name, "content": content, "thread_ts": reply.thread}
+        blocks = _tagged_blocks(reply)
+        if blocks is None:
+            return await self.client.files_upload_v2(**upload, initial_comment=reply.text)
+        try:
+            return await self.client.files_upload_v2(**upload, blocks=json.dumps(blocks))
+        except SlackApiError as exc:
+            if _error(exc) not in ("invalid_blocks", "invalid_blocks_format"):
+                raise
+            log.warning("Slack refused the blocks of an upload's message (%s); sharing it with its text as the "
+                        "comment", _error(exc))
+            return await self.client.files_upload_v2(**upload, initial_comment=reply.text)
 
     async def _respond(self, channel: str, reply: Reply) -> bool:
         """The bot is not in the channel, but a slash command there left a response_url (5 uses, 30 min)."""
@@ -1011,6 +1045,72 @@ class SlackAdapter:
         payload = {"response_type": "in_channel", **message_arguments(Reply(**{**reply.__dict__, "text": text}))}
         async with aiohttp.ClientSession() as session, session.post(url, json=payload) as response:
             return 200 <= response.status < 300
+
+
+def _outbox_tag(reply: Reply) -> dict[str, Any]:
+    """What a post of `reply` carries to be found (`find_sent`): its outbox id and `Part`."""
+    return {"outbox_id": reply.outbox_id, **(reply.part.to_json() if reply.part else {})}
+
+
+def _with_outbox_id(arguments: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    """`chat.postMessage` arguments with the reply's outbox id (and `Part`) in the message's metadata,
+    where `find_sent` reads it after a crash; unchanged for a reply from no outbox."""
+    if reply.outbox_id is None:
+        return arguments
+    return {**arguments, "metadata": {"event_type": OUTBOX_EVENT, "event_payload": _outbox_tag(reply)}}
+
+
+def _tagged_blocks(reply: Reply) -> list[dict[str, Any]] | None:
+    """The text of an upload's message as mrkdwn sections, the first of which carries the outbox id
+    and `Part` in its `block_id` (`OUTBOX_BLOCK`); None for a reply from no outbox, or without text,
+    or too long for Slack's blocks (`initial_comment` says those)."""
+    pieces = _escaped_pieces(reply.text)
+    if reply.outbox_id is None or not reply.text.strip() or len(pieces) > MAX_BLOCKS:
+        return None
+    tag = _outbox_tag(reply)
+    block_id = OUTBOX_BLOCK + ".".join(str(tag[key]) for key in ("outbox_id", "part", "parts", "end") if key in tag)
+    return [{"type": "section", "text": {"type": "mrkdwn", "text": piece}, **({} if index else {"block_id": block_id})}
+            for index, piece in enumerate(pieces)]
+
+
+def _escaped_pieces(text: str) -> list[str]:
+    """`text` escaped as message text is (`escape`), in pieces a section block takes (`SECTION_LIMIT`),
+    never cutting an escape (`&amp;`) in two."""
+    pieces: list[str] = []
+    current: list[str] = []
+    size = 0
+    for char in text:
+        shown = escape(char)
+        if size + len(shown) > SECTION_LIMIT:
+            pieces.append("".join(current))
+            current, size = [], 0
+        current.append(shown)
+        size += len(shown)
+    return [*pieces, "".join(current)] if current else pieces
+
+
+def _outbox_payload(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The outbox id (and `Part`) a message of the bot carries: in its metadata (a post) or in its first
+    block's id (the message an upload shared, `_tagged_blocks`); None when it carries none."""
+    metadata = message.get("metadata") if isinstance(message.get("metadata"), dict) else {}
+    payload = metadata.get("event_payload")
+    if metadata.get("event_type") == OUTBOX_EVENT and isinstance(payload, dict):
+        return payload if isinstance(payload.get("outbox_id"), int) else None
+    blocks = message.get("blocks")
+    first = blocks[0] if isinstance(blocks, list) and blocks and isinstance(blocks[0], dict) else {}
+    block_id = str(first.get("block_id") or "")
+    numbers = block_id.removeprefix(OUTBOX_BLOCK).split(".") if block_id.startswith(OUTBOX_BLOCK) else []
+    if len(numbers) not in (1, 4) or not all(number.isdigit() for number in numbers):
+        return None
+    return dict(zip(("outbox_id", "part", "parts", "end"), map(int, numbers), strict=False))
+
+
+def _sent_id(channel: str, message: dict[str, Any]) -> str:
+    """The platform id `send` answers for `message`: `file:F…` for the one an upload shared, else `channel:ts`."""
+    files = message.get("files")
+    if isinstance(files, list) and files and isinstance(files[0], dict) and files[0].get("id"):
+        return f"file:{files[0]['id']}"
+    return f"{channel}:{message.get('ts', '')}"
 
 
 def _asker_tag(name: str) -> str:

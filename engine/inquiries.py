@@ -12,17 +12,20 @@ or at once when one says no to a yes/no field that decides it (`deciding`), with
 
 Who may answer is StackStorm's `check_permission`: with `users` the responder must be one of them,
 and with `roles` also in one of them (both checks, as StackStorm's `roles_passed and users_passed`).
+One of them names the responder by the rule `auth` grants by (`engine.identity`): `irc:carol` is the
+IRC nick only, never the API's or the web's carol, nor an API user named `irc:carol`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from engine.events import INQUIRY_PENDING
+from engine.identity import person_names
 from engine.parameters import draft4, holds_secret, item_schema, property_schema, schema_masked
 from engine.runners import RunOutcome, RunRequest
 from engine.storage import iso, utcnow
@@ -159,12 +162,19 @@ def who_may(users: Sequence[str], roles: Sequence[str]) -> str:
     return people or (f"members of {groups}" if roles else "anyone")
 
 
-def refusal(user: str | None, groups: Sequence[str], users: Sequence[str], roles: Sequence[str]) -> str | None:
+def refusal(user: str | None, groups: Sequence[str], users: Sequence[str], roles: Sequence[str],
+            names: Collection[str] | None = None) -> str | None:
     """Why `user` (in `groups`) may not answer an inquiry for `users` and `roles`, or None if they may.
-    Both must hold, as StackStorm's `check_permission`: with `users` set they must be listed, and with
-    `roles` set be in one; either alone would let anyone in a role answer what names one person."""
+    Both must hold, as StackStorm's `check_permission`: with `users` set one must name them, and with
+    `roles` set they must be in one; either alone would let anyone in a role answer what names one person.
+
+    A user is named as `auth` names people (`engine.identity`): `names` are how config may name them
+    (`names_of(None, user)` for the API's and the web's user: `carol` is neither `irc:carol` nor
+    `slack:carol`, and a user named `irc:carol` only `api:irc:carol`); without them `user` is as chat's
+    `person` gives it (`irc:carol` for the nick, `person_names`)."""
     name = f"{user} is" if user else "you are"
-    if users and user not in users:
+    known = set(names) if names is not None else person_names(user) if user else set()
+    if users and not known & {str(entry) for entry in users}:
         return f"{name} not one of its users"
     if roles and not set(groups) & set(roles):
         return f"{name} in none of its roles" + (f" (in {', '.join(sorted(groups))})" if groups else "")
@@ -264,22 +274,24 @@ class InquiryService:
 
     # -- answering ---------------------------------------------------------------------------------
     async def respond(self, inquiry_id: str, response: Any, user: str | None,
-                      groups: Sequence[str] = (), audit: AuditEntry | None = None) -> dict[str, Any]:
+                      groups: Sequence[str] = (), audit: AuditEntry | None = None,
+                      names: Collection[str] | None = None) -> dict[str, Any]:
         """Validate and record the answer; raises `InquiryError` saying what is wrong. `audit` (who answered)
         is stored with the answer, in its transaction (`ExecutionService.change`, `complete`): about the
-        inquiry unless it names its own target, its detail gaining the response, secrets masked."""
+        inquiry unless it names its own target, its detail gaining the response, secrets masked. `names`:
+        how config may name `user`, for the inquiry's `users` (`refusal`)."""
         async with self._answering:
-            return await self._respond(inquiry_id, response, user, groups, audit)
+            return await self._respond(inquiry_id, response, user, groups, audit, names)
 
     async def _respond(self, inquiry_id: str, response: Any, user: str | None, groups: Sequence[str],
-                       audit: AuditEntry | None = None) -> dict[str, Any]:
+                       audit: AuditEntry | None = None, names: Collection[str] | None = None) -> dict[str, Any]:
         record = await self._record(inquiry_id)
         if record["status"] != "pending":
             why = "it expired" if record["status"] == "timeout" else f"it is {record['status']}"
             raise InquiryError(f'inquiry {record["id"]} cannot be answered: {why}', 409)
         result = record.get("result") or {}
         users, roles = result.get("users") or [], result.get("roles") or []
-        why = refusal(user, groups, users, roles)
+        why = refusal(user, groups, users, roles, names)
         if why is not None:
             raise InquiryError(f'{user or "you"} may not respond to inquiry {record["id"]}: only '
                                f'{who_may(users, roles)} may, and {why}', 403)

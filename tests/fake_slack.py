@@ -66,6 +66,8 @@ class FakeSlack:
     acks: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)   # chat.postMessage, as stored
     uploads: dict[str, bytes] = field(default_factory=dict)
+    #: The messages files.completeUploadExternal made where it shared files (a `channel_id`), as stored.
+    shares: list[dict[str, Any]] = field(default_factory=list)
     responses: list[dict[str, Any]] = field(default_factory=list)  # what was POSTed to response_urls
     connections: int = 0
     views: list[dict[str, Any]] = field(default_factory=list)  # modals opened by views.open, as Slack holds them
@@ -83,6 +85,7 @@ class FakeSlack:
         self._silent = False
         self._ts = itertools.count(1)
         self._files = itertools.count(1)
+        self._file_names: dict[str, str] = {}  # file id → the filename files.getUploadURLExternal was given
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -164,6 +167,16 @@ class FakeSlack:
 
     def posted(self, channel: str | None = None) -> list[dict[str, Any]]:
         return [m for m in self.messages if channel in (None, m["channel"])]
+
+    @staticmethod
+    def shown(message: dict[str, Any]) -> str:
+        """The text a stored message shows: its `text`, else that of its section blocks (the message an
+        upload shared may say its text in blocks), `&`, `<` and `>` unescaped."""
+        blocks = message.get("blocks")
+        blocks = json.loads(blocks) if isinstance(blocks, str) else blocks or []
+        text = message.get("text") or "".join(((b.get("text") or {}).get("text") or "") for b in blocks
+                                              if b.get("type") == "section")
+        return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
     async def _record(self, call: Call) -> None:
         async with self._changed:
@@ -365,19 +378,25 @@ class FakeSlack:
                 "message": {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "text": p.get("text"), "ts": ts}}
 
     def _history(self, p: dict[str, Any], thread: str | None) -> dict[str, Any]:
-        """conversations.history / .replies: newest first, `oldest` exclusive, metadata only when asked."""
+        """conversations.history / .replies: newest first, `oldest` exclusive, metadata only when asked.
+        Posted messages and the messages uploads shared (`files`, `upload: true`), with their blocks."""
         channel = p.get("channel", "")
         if channel not in self.channels:
             return {"ok": False, "error": "channel_not_found"}
         oldest = float(p.get("oldest") or 0)
         with_metadata = str(p.get("include_all_metadata", "")).lower() in ("true", "1")
         found = []
-        for stored in self.messages:
+        for stored in sorted([*self.messages, *self.shares], key=lambda m: float(m["ts"])):
             in_thread = stored.get("thread_ts") == thread or (thread is not None and stored["ts"] == thread)
             if stored["channel"] != channel or float(stored["ts"]) <= oldest or not in_thread:
                 continue
             message = {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "text": stored.get("text"),
                        "ts": stored["ts"]}
+            blocks = stored.get("blocks")
+            if blocks:
+                message["blocks"] = json.loads(blocks) if isinstance(blocks, str) else blocks
+            if stored.get("files"):
+                message.update(files=stored["files"], upload=True, display_as_bot=False)
             metadata = stored.get("metadata")
             if with_metadata and metadata:
                 message["metadata"] = json.loads(metadata) if isinstance(metadata, str) else metadata
@@ -403,11 +422,14 @@ class FakeSlack:
         user = self.users.get(p.get("user", ""))
         if user is None:
             return {"ok": False, "error": "user_not_found"}
-        # A Slack Connect member of another organisation keeps their own team (`team_id` in `users`).
-        return {"ok": True, "user": {"id": p["user"], "team_id": user.get("team_id", TEAM), "name": user["name"],
-                                     "is_bot": False, "deleted": False, "real_name": user["real_name"],
-                                     "tz": "Europe/London",
-                                     "profile": {"display_name": user["name"], "real_name": user["real_name"]}}}
+        # A Slack Connect member of another organisation keeps their own team (`team_id` in `users`). The
+        # profile's `display_name` and `real_name` are the person's own to set (their name when not given);
+        # a `name` of None leaves the key out, as for a user Slack gives no legacy username.
+        found = {"id": p["user"], "team_id": user.get("team_id", TEAM), "name": user["name"], "is_bot": False,
+                 "deleted": False, "real_name": user["real_name"], "tz": "Europe/London",
+                 "profile": {"display_name": user.get("display_name", user["name"] or ""),
+                             "real_name": user["real_name"]}}
+        return {"ok": True, "user": {k: v for k, v in found.items() if v is not None}}
 
     def _m_conversations_info(self, p: dict[str, Any]) -> dict[str, Any]:
         channel = self.channels.get(p.get("channel", ""))
@@ -432,13 +454,28 @@ class FakeSlack:
         if not p.get("filename") or not str(p.get("length", "")).isdigit():
             return {"ok": False, "error": "invalid_arguments"}
         file_id = f"F{next(self._files):07d}"
+        self._file_names[file_id] = str(p["filename"])
         return {"ok": True, "file_id": file_id, "upload_url": f"{self.url}/upload/{file_id}"}
 
     def _m_files_completeUploadExternal(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Completes the uploads and, given a `channel_id`, shares them there (in `thread_ts`'s thread) in
+        one message by the bot: `initial_comment` its text, else `blocks` (ignored beside a comment)."""
         files = json.loads(p.get("files") or "[]")
         if not files or any(f["id"] not in self.uploads for f in files):
             return {"ok": False, "error": "file_not_found"}
-        return {"ok": True, "files": [{"id": f["id"], "title": f.get("title", "")} for f in files]}
+        shown = [{"id": f["id"], "name": self._file_names.get(f["id"], ""), "title": f.get("title", ""),
+                  "mimetype": "text/plain", "size": len(self.uploads[f["id"]])} for f in files]
+        channel = p.get("channel_id")
+        if channel:
+            if channel not in self.channels and channel not in self.users:
+                return {"ok": False, "error": "channel_not_found"}
+            comment = p.get("initial_comment") or ""
+            share = {"channel": channel, "ts": f"{int(time.time())}.{next(self._ts):06d}", "text": comment,
+                     "files": shown, "blocks": None if comment else p.get("blocks")}
+            if p.get("thread_ts"):
+                share["thread_ts"] = p["thread_ts"]
+            self.shares.append(share)
+        return {"ok": True, "files": [{"id": f["id"], "title": f["title"]} for f in shown]}
 
     async def _upload(self, request: web.Request) -> web.Response:
         data = await request.read()

@@ -205,3 +205,31 @@ def test_a_qualified_name_must_name_an_adapter_in_config() -> None:
         check_auth({"groups": {"ops": ["irc:"]}})
     assert str(empty.value) == ("'auth.groups.ops' entry 'irc:' names nobody after 'irc:': write the user's name "
                                 "after it, such as irc:alice")
+
+
+def test_a_platform_user_id_names_its_person_on_that_platform_only() -> None:
+    """`slack:U0123ABCD` and `mattermost:<id>` name the person Slack or Mattermost says wrote by that id
+    (`Message.raw["user_id"]`), whatever their user name now, as admin, group member or in a deny list.
+    The same id in what another adapter hands on (an API request's body, IRC) names no one, nor does a
+    bare id or another platform's qualifier."""
+    mattermost_id = "8sm3ghqj7jg1ppo9orbhp7dh4e"
+    auth = Authorizer.from_config({"admins": ["slack:U0123ABCD", f"mattermost:{mattermost_id}"],
+                                   "groups": {"oncall": ["slack:U0ONCALL1"]},
+                                   "aliases": {"ops": {"allow": {"groups": ["oncall"]},
+                                                       "deny": {"users": ["slack:U0BADBAD1"]}}}})
+
+    def said(adapter: str, user: str, user_id: str) -> Message:
+        return Message(adapter=adapter, channel="C024BE91L", user=user, text="restart",
+                       raw={"event": {"user": user_id}, "user_id": user_id})
+
+    assert auth.is_admin(said("slack", "carol.renamed", "U0123ABCD"))
+    assert auth.is_admin(said("mattermost", "renamed", mattermost_id))
+    assert not auth.is_admin(said("mattermost", "carol", "U0123ABCD"))  # Slack's id, on Mattermost
+    assert not auth.is_admin(said("api", "carol", "U0123ABCD"))  # a client chose what `raw` holds
+    assert not auth.is_admin(said("irc", "carol", "U0123ABCD"))
+    assert auth.check(ALIAS, said("slack", "dave", "U0ONCALL1")).allowed
+    assert auth.groups_of(said("slack", "dave", "U0ONCALL1")) == {"oncall"}
+    denied = auth.check(ALIAS, said("slack", "mallory", "U0BADBAD1"))
+    assert not denied.allowed and denied.reason == "mallory is denied ops.restart (user slack:U0BADBAD1)"
+    bare = Authorizer.from_config({"admins": ["U0123ABCD"]})
+    assert not bare.is_admin(said("slack", "carol", "U0123ABCD"))  # an id names no one bare

@@ -18,7 +18,7 @@ from bot.http import create_api
 from engine.config import load_config
 from engine.inquiries import InquiryError
 from tests.conftest import write
-from tests.test_api import disk_full, failing_audit
+from tests.test_api import KEY, disk_full, failing_audit
 from tests.workflow_helpers import children, task_names, workflow_pack
 
 SQUALL_CLI = Path(__import__("sys").executable).parent / "squall"
@@ -575,3 +575,55 @@ async def test_an_api_answer_whose_audit_event_fails_is_not_recorded(chat, monke
     assert [(r["actor"], r["target"], r["detail"]) for r in rows] == [
         (user, inquiry["id"], {"response": {"approved": True}}) for user in ("ann", "bea")]
     assert (await _final(squall, workflow_id))["status"] == "succeeded"
+
+
+async def test_an_api_or_web_answerer_is_named_by_the_rule_chat_uses(home: Path) -> None:
+    """An inquiry's `users` name its answerer as `auth` names people (`engine.identity.names_of`): the API's
+    and the web's carol are `carol`, never the IRC nick `irc:carol` nor Slack's `slack:carol`; a config key
+    acting for a user named `irc:carol` is that user of the API (`api:irc:carol`), not the nick."""
+    from tests.test_web_auth import started_web
+
+    async with started_web(home) as web:
+        squall: Squall = web.squall
+        asked = {users: await squall.executions.request("core.ask", {"users": [users]}, {"user": "wf"})
+                 for users in ("irc:carol", "slack:carol", "carol", "api:irc:carol")}
+        for record in asked.values():
+            assert (await squall.executions.wait(record["id"], timeout=10))["status"] == "pending"
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web.app), base_url="http://squall",
+                                     headers={"St2-Api-Key": KEY}) as client:
+            async def answer(users: str, user: str) -> httpx.Response:
+                return await client.put(f"/api/v1/inquiries/{asked[users]['id']}",
+                                        json={"response": {"continue": True}, "user": user})
+
+            posing = await answer("irc:carol", "irc:carol")
+            assert posing.status_code == 403, posing.text
+            assert "irc:carol is not one of its users" in posing.json()["faultstring"]
+            assert (await answer("irc:carol", "carol")).status_code == 403
+            assert (await answer("slack:carol", "carol")).status_code == 403
+            assert (await answer("api:irc:carol", "irc:carol")).status_code == 200
+        browser, csrf = await web.signed_in("carol", "operator")
+        for users, status in (("irc:carol", 403), ("slack:carol", 403), ("carol", 303)):
+            page = await browser.post(f"/inquiries/{asked[users]['id']}", data={"csrf_token": csrf, "continue": "true"})
+            assert page.status_code == status, (users, page.text)
+        assert {users: (await squall.inquiries.get(record["id"]))["status"] for users, record in asked.items()} == {
+            "irc:carol": "pending", "slack:carol": "pending", "carol": "succeeded", "api:irc:carol": "succeeded"}
+
+
+def test_one_rule_names_an_answerer_in_chat_and_outside_it() -> None:
+    """`refusal` given the names `names_of` gives (the API, the web) or, without them, chat's `person`
+    (`irc:carol` for the nick): a qualified entry names that adapter's person only, a bare one the person a
+    platform says wrote, and a name that reads qualified is its own API user only."""
+    from engine.identity import names_of
+    from engine.inquiries import refusal
+
+    def refused(users: list[str], user: str, names: set[str] | None = None) -> bool:
+        return refusal(user, [], users, [], names) is not None
+
+    assert refused(["irc:carol"], "irc:carol", names_of(None, "irc:carol"))  # the API's `irc:carol`
+    assert not refused(["api:irc:carol"], "irc:carol", names_of(None, "irc:carol"))
+    assert refused(["slack:carol"], "carol", names_of(None, "carol"))
+    assert not refused(["carol"], "carol", names_of(None, "carol"))
+    assert not refused(["irc:carol"], "irc:carol")  # chat's nick carol
+    assert refused(["carol"], "irc:carol")
+    assert not refused(["carol"], "carol")  # chat's carol of Slack, Mattermost or the console
+    assert refused(["api:carol"], "carol")  # not the API's carol: chat gave no adapter

@@ -909,3 +909,27 @@ async def test_a_rename_the_websocket_missed_is_seen_once_the_name_expires(chat,
     await fake.say(fake.alice, fake.town_square, "again")
     await fake.wait_for(lambda: len(seen) == 2)
     assert [name for _id, name in seen] == ["alice", "alice.old"]
+
+
+async def test_a_mattermost_user_id_in_auth_names_that_person_whatever_their_username(home: Path,
+                                                                                     fake: FakeMattermost) -> None:
+    """A server may let people change their username: `mattermost:<id>` in `auth` names the person by
+    their user id, which they cannot change. alice, allowed by hers, stays allowed as `alice.old`;
+    bob, renamed `alice`, is not let in by the name she had."""
+    with (home / "config.yml").open("a") as config:
+        config.write(f"auth:\n  aliases:\n    demo.greet:\n      allow: {{users: [mattermost:{fake.alice['id']}]}}\n")
+    squall, bot, _adapter = await _chat(home, fake)
+    try:
+        post = await fake.say(fake.alice, fake.town_square, "!greet one")
+        await replies_to(fake, post, "hello one")
+        await fake.rename(fake.alice, "alice.old")
+        await fake.rename(fake.bob, "alice")
+        post = await fake.say(fake.alice, fake.town_square, "!greet two")
+        await replies_to(fake, post, "hello two")
+        post = await fake.say(fake.bob, fake.town_square, "!greet three")
+        refused = await replies_to(fake, post, "Sorry alice")
+        assert f"mattermost:{fake.alice['id']}" in next(p["message"] for p in refused if "Sorry" in p["message"])
+        assert not any("hello three" in p["message"] for p in fake.bot_posts())
+    finally:
+        await bot.stop()
+        await squall.close()

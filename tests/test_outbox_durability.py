@@ -1084,14 +1084,16 @@ async def test_a_reply_the_adapter_cannot_send_fails_and_does_not_hold_its_chann
 
 
 class _LossySlack(FakeSlack):
-    """Slack cutting the connection of the next `lose` `chat.postMessage` calls: after storing the
-    message (`after_storing`) or before."""
+    """Slack cutting the connection of the next `lose` calls of `lose_method` (`chat.postMessage`, or
+    `files.completeUploadExternal`, which shares an upload): after storing the message (`after_storing`)
+    or before."""
 
     lose = 0
+    lose_method = "chat.postMessage"
     after_storing = True
 
     async def _api(self, request: web.Request) -> web.Response:
-        cut = request.match_info["method"] == "chat.postMessage" and self.lose > 0
+        cut = request.match_info["method"] == self.lose_method and self.lose > 0
         if cut and not self.after_storing:
             self.lose -= 1
             return _cut(request)
@@ -1198,6 +1200,25 @@ async def test_a_slack_post_whose_answer_was_lost_is_found_not_posted_again(home
         await settle(squall, bot)
         assert [edit["text"] for edit in message["edits"]] == ["succeeded"]
         assert _slack_says(fake, "succeeded") == []  # the edit went to the one ack, not a new message
+
+
+async def test_a_slack_upload_whose_answer_was_lost_is_found_not_uploaded_again(home: Path) -> None:
+    """A reply with a file: Slack shared the upload (`files.completeUploadExternal`) and the connection
+    dropped before its answer. Neither the Slack client nor the outbox completes it again: the outbox
+    finds the message the upload made by the outbox id it carries and records it sent as that file."""
+    async with _slack_chat(home) as (squall, bot, fake):
+        fake.lose, fake.lose_method = 1, "files.completeUploadExternal"
+        reply = Reply(adapter="slack", channel="COPS0001", text="the output (full output attached)",
+                      file=("output.txt", "line\n" * 3000))
+        outbox_id = await bot.outbox.post(reply)
+        await settle(squall, bot)
+        assert fake.lose == 0
+        [shared] = fake.shares
+        assert shared["channel"] == "COPS0001" and fake.shown(shared) == reply.text
+        assert len(fake.called("files.completeUploadExternal")) + len(fake.called("chat.postMessage")) == 1
+        row = await squall.db(squall.store.outbox_get, outbox_id)
+        assert row["status"] == "sent" and row["platform_id"] == f"file:{shared['files'][0]['id']}", row
+        assert len(fake.called("conversations.history")) == 1
 
 
 async def test_only_a_failure_slack_may_have_taken_costs_a_lookup(home: Path) -> None:

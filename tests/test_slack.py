@@ -211,6 +211,45 @@ async def test_a_person_is_named_by_users_info_alone_and_never_two_names(slack, 
     assert "hello three" not in [m.get("text") for m in fake.messages]
 
 
+async def test_a_person_is_their_slack_user_name_or_id_never_a_display_name(slack, fake: FakeSlack) -> None:
+    """Anyone may set their display name or full name to `carol`: a person is `users.info`'s `name` or,
+    where it has none, their user id, never `profile.display_name` nor `real_name`, so no one becomes
+    carol (an admin, an approver, an allow list's user) by renaming their profile."""
+    squall, _, _ = slack
+    fake.users["UMALLORY"] = {"name": "mallory", "real_name": "carol", "display_name": "carol"}
+    fake.users["UNONAME1"] = {"name": None, "real_name": "carol", "display_name": "carol"}
+    await fake.push("events_api", fake.event(fake.message_event("!greet renamed", user="UMALLORY")))
+    await fake.push("events_api", fake.event(fake.message_event("!greet nameless", user="UNONAME1")))
+    await _posted(fake, lambda m: m.get("text") == "hello renamed", "mallory's result")
+    await _posted(fake, lambda m: m.get("text") == "hello nameless", "the nameless one's result")
+    runs = {r["parameters"]["who"]: r["context"]["user"] for r in await squall.executions.list(limit=10)}
+    assert runs == {"renamed": "mallory", "nameless": "UNONAME1"}
+
+
+async def test_a_slack_user_id_in_auth_names_that_person_whatever_their_name(home: Path, fake: FakeSlack) -> None:
+    """`slack:UALICE01` in `auth` is alice by her user id, which she cannot change: in a group that an
+    allow list names under any name she has, and `slack:UBOB0001` in a deny list refuses bob. A display
+    name set to the id grants nothing."""
+    with (home / "config.yml").open("a") as config:
+        config.write("auth:\n  groups:\n    operators: [slack:UALICE01]\n"
+                     "  aliases:\n    demo.greet:\n      deny: {users: [slack:UBOB0001]}\n")
+    fake.users["UMALLORY"] = {"name": "mallory", "real_name": "UALICE01", "display_name": "UALICE01"}
+    async with _slack_chat(home, fake) as (_squall, _bot, adapter):
+        await fake.push("events_api", fake.event(fake.message_event("!secret one", user="UALICE01")))
+        await _posted(fake, lambda m: m.get("text") == "secret ok", "alice's result")
+        fake.users["UALICE01"]["name"] = "alice.renamed"
+        adapter._users.clear()  # her name's hour is over: she is looked up anew
+        await fake.push("events_api", fake.event(fake.message_event("!secret two", user="UALICE01")))
+        await fake.wait_for(lambda: [m.get("text") for m in fake.messages].count("secret ok") == 2,
+                            what="alice's second result, under her new name")
+        await fake.push("events_api", fake.event(fake.message_event("!secret three", user="UMALLORY")))
+        await _posted(fake, lambda m: (m.get("text") or "").startswith("Sorry mallory"), "mallory's refusal")
+        await fake.push("events_api", fake.event(fake.message_event("!greet bob", user="UBOB0001")))
+        denied = await _posted(fake, lambda m: (m.get("text") or "").startswith("Sorry bob"), "bob's refusal")
+        assert "user slack:UBOB0001" in denied["text"]
+        assert "hello bob" not in [m.get("text") for m in fake.messages]
+
+
 async def test_mention_and_its_message_twin_run_once(slack, fake: FakeSlack) -> None:
     mention = fake.message_event(f"<@{BOT_USER}> greet twins", kind="app_mention")
     twin = {**mention, "type": "message", "channel_type": "channel"}
@@ -344,7 +383,9 @@ async def test_long_output_is_uploaded_as_a_file(slack, fake: FakeSlack) -> None
     done = await fake.wait_for(lambda: fake.called("files.completeUploadExternal"), what="the upload")
     complete = done[0].params
     assert complete["channel_id"] == "COPS0001"
-    assert "thread_ts" in complete and complete["initial_comment"].startswith("line 0001")
+    [shared] = fake.shares  # the message the upload made says the head of the output, in its thread
+    assert "thread_ts" in complete and shared["thread_ts"] == complete["thread_ts"]
+    assert fake.shown(shared).startswith("line 0001") and "(full output attached)" in fake.shown(shared)
     file_id = json.loads(complete["files"])[0]["id"]
     uploaded = fake.uploads[file_id].decode()
     assert uploaded.count("\n") >= 299 and "line 0300 of the long output" in uploaded
@@ -435,6 +476,46 @@ async def test_a_reply_slack_took_before_a_crash_is_found_and_not_posted_again(f
     assert all(row["status"] == "sent" for row in rows.values())
     assert {c.method for c in fake.called("conversations.history")} and fake.called("conversations.replies")
 
+
+
+async def test_an_upload_slack_took_before_a_crash_is_found_and_not_uploaded_again(fake: FakeSlack, config,
+                                                                                      squall) -> None:
+    """A reply with a file that Slack shared before a crash kept its `sent` mark: the next start finds
+    the message the upload made (its file, and the outbox id it carries) in the channel and in a
+    thread, and records it sent as that file instead of uploading it again. So is one whose upload Slack
+    refused and whose start was posted as a message instead."""
+    from bot.chat.outbox import Outbox
+
+    adapter = create(_settings(fake), config)
+    db = squall.db
+    replies = [Reply(adapter="slack", channel="COPS0001", text="in the channel", file=("output.txt", "a\n" * 9)),
+               Reply(adapter="slack", channel="COPS0001", text="in a thread", thread="1700000000.000001",
+                     file=("output.txt", "b\n" * 9)),
+               Reply(adapter="slack", channel="CRANDOM1", text="refused upload", file=("output.txt", "c\n" * 9)),
+               Reply(adapter="slack", channel="COPS0001", text="never reached Slack", file=("output.txt", "d\n" * 9))]
+    ids = [await db(db.store.outbox_add, r.adapter, r.channel, r.to_json()) for r in replies]
+    taken = []
+    for outbox_id, reply in zip(ids[:3], replies[:3], strict=True):  # the crashed run's sends
+        if reply.channel == "CRANDOM1":
+            fake.errors["files.getUploadURLExternal"] = "missing_scope"  # no files:write: the start is posted
+        else:
+            fake.errors.pop("files.getUploadURLExternal", None)
+        reply.outbox_id = outbox_id
+        taken.append(await adapter.send(reply))
+    fake.errors.pop("files.getUploadURLExternal", None)
+    assert [t.startswith("file:") for t in taken] == [True, True, False]
+
+    outbox = Outbox(db, {"slack": adapter})
+    assert await outbox.poll() == 4
+    await outbox.drain(10)
+    await outbox.close()
+    assert sorted(fake.shown(share) for share in fake.shares) == ["in a thread", "in the channel",
+                                                                  "never reached Slack"]
+    assert [m["text"].split("\n")[0] for m in fake.messages] == ["refused upload"]
+    rows = {row["payload"]["text"]: row for row in await db(db.store.outbox_get_many, ids)}
+    assert {text: rows[text]["platform_id"] for text in ("in the channel", "in a thread", "refused upload")} == {
+        "in the channel": taken[0], "in a thread": taken[1], "refused upload": taken[2]}
+    assert all(row["status"] == "sent" for row in rows.values())
 
 
 async def _sends_until_killed(adapter: Any, outbox: Any, posts: int) -> None:
@@ -904,6 +985,30 @@ def test_markup_and_rendering() -> None:
         {"text": "Yes", "value": "yes:0123456789abcdef"}, {"text": "No", "value": "no:0123456789abcdef"}]))
     assert [e["style"] for e in tokened["blocks"][-1]["elements"]] == ["primary", "danger"]
     assert arguments["blocks"][0]["text"]["text"] == "a &lt; b"
+
+
+def test_an_uploads_message_carries_its_outbox_id_and_part_in_its_first_block() -> None:
+    """The message an upload shares takes no metadata: its first block's id carries the outbox id and
+    the `Part`, read back as a post's metadata is; a block id or metadata of another shape is no tag."""
+    from adapters.base import Part
+    from adapters.slack import _outbox_payload, _tagged_blocks
+
+    blocks = _tagged_blocks(Reply(adapter="slack", channel="C1", text="a <b> & c\n" * 200, file=("f.txt", "x"),
+                                  outbox_id=7, part=Part(1, 3, 120)))
+    assert blocks is not None and len(blocks) == 2 and "block_id" not in blocks[1]
+    assert blocks[0]["text"]["text"].startswith("a &lt;b&gt; &amp; c")
+    assert "".join(block["text"]["text"] for block in blocks) == "a &lt;b&gt; &amp; c\n" * 200  # no escape cut
+    assert all(len(block["text"]["text"]) <= 3000 for block in blocks)
+    payload = _outbox_payload({"blocks": json.loads(json.dumps(blocks))})
+    assert payload == {"outbox_id": 7, "part": 1, "parts": 3, "end": 120}
+    assert Part.from_json(payload) == Part(1, 3, 120)
+    assert _outbox_payload({"blocks": _tagged_blocks(Reply(adapter="slack", channel="C1", text="t", outbox_id=9))}) \
+        == {"outbox_id": 9}
+    assert _tagged_blocks(Reply(adapter="slack", channel="C1", text="no outbox")) is None
+    for other in ({"blocks": [{"block_id": "squall_reply.7.1"}]}, {"blocks": [{"block_id": "squall_reply.x"}]},
+                  {"blocks": ["text"]}, {"blocks": "squall_reply.7"}, {"metadata": "squall_reply"},
+                  {"metadata": {"event_type": "squall_reply", "event_payload": {"outbox_id": "7"}}}, {}):
+        assert _outbox_payload(other) is None, other
 
 
 def test_a_long_reply_with_its_own_file_uploads_it_with_its_first_part_only() -> None:

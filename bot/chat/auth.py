@@ -13,17 +13,23 @@ choose names: anyone may create a Slack channel called `console` or join an unre
 adapter's name, which no one in a chat can choose), never by a channel's name.
 
 A person is named by their name, bare (`carol`) or qualified by the adapter (`slack:carol`, `irc:carol`):
-only there. A bare name is the platform's person where the platform says who wrote (Slack's and
-Mattermost's user names, looked up on the server; the console's configured user; the API's key or
-token), but never on IRC, where anyone may `/nick carol`: there only `irc:carol` grants anything
-(admin, group member, approver, allow list), so an IRC nick is never a Slack or Mattermost person of the
-same name. A deny list's bare names refuse the IRC nick too: a deny grants nothing, so the stricter
-reading costs no one a right. A bare name that reads qualified (an API request acting as `irc:carol`) is
-only its qualified self (`api:irc:carol`), as a channel's is; `ci:deploy`, whose part before the colon
-names no adapter, is a name like any other. Config that grants to bare names while IRC
-is on is said once in the log as the chat starts (`warn_irc`, from `ChatBot.start`), since an upgrade
-took those names' rights on IRC away. What a person started is theirs by the same rule (`same_person`):
-the nick carol owns what it started on IRC only, and nothing Slack's or the API's carol started.
+only there (the rule is `engine.identity`'s, which the engine reads an inquiry's `users` by too). A bare
+name is the platform's person where the platform says who wrote (Slack's and Mattermost's user names,
+looked up on the server; the console's configured user; the API's key or token), but never on IRC, where
+anyone may `/nick carol`: there only `irc:carol` grants anything (admin, group member, approver, allow
+list), so an IRC nick is never a Slack or Mattermost person of the same name. A deny list's bare names
+refuse the IRC nick too: a deny grants nothing, so the stricter reading costs no one a right. A bare name
+that reads qualified (an API request acting as `irc:carol`) is only its qualified self (`api:irc:carol`),
+as a channel's is; `ci:deploy`, whose part before the colon names no adapter, is a name like any other.
+Config that grants to bare names while IRC is on is said once in the log as the chat starts (`warn_irc`,
+from `ChatBot.start`), since an upgrade took those names' rights on IRC away. What a person started is
+theirs by the same rule (`same_person`): the nick carol owns what it started on IRC only, and nothing
+Slack's or the API's carol started.
+
+Slack and Mattermost also say who wrote by the platform's user id, which no one can change or choose
+(a Slack `U…`, a Mattermost 26-character id; `platform_id`, from `Message.raw["user_id"]`), where the
+user name may be changed (a Mattermost server that lets people rename themselves). So config may name a
+person by it, qualified (`slack:U0123ABCD`, `mattermost:<id>`): it names them whatever their name is now.
 
 The config keys read here are `engine.config`'s `AUTH_KEYS`, `AUTH_RULE_SIDES` and `AUTH_RULE_KINDS`:
 `load_config` refuses any other (`check_auth`), since a misspelt deny list would deny nobody, and a
@@ -39,13 +45,19 @@ from typing import Any
 
 from adapters.base import Message
 from aliases.model import PERMISSION_KINDS
-from engine.config import AUTH_USER_QUALIFIERS
+from engine.identity import CHOSEN_NAMES, names_of, person, reads_qualified, same_person
 
 log = logging.getLogger(__name__)
 
-#: Adapters whose user names are whatever the sender typed (IRC nicks: no services or SASL account ties
-#: a nick to a person): a bare name in `auth` grants nothing there, only one qualified by the adapter.
-CHOSEN_NAMES = frozenset({"irc"})
+#: Adapters that say who wrote by the platform's user id too (`Message.raw["user_id"]`: Slack's `U…`,
+#: Mattermost's 26 characters), which no one can change or choose: config may name a person by it,
+#: qualified by the adapter (`slack:U0123ABCD`).
+PLATFORM_IDS = frozenset({"slack", "mattermost"})
+
+#: What the chat reads of `engine.identity` (the rule the engine names inquiries' answerers by too)
+#: is imported from here as well.
+__all__ = ["ALLOWED", "CHOSEN_NAMES", "PLATFORM_IDS", "Authorizer", "Decision", "denied_names", "names_of", "person",
+           "platform_id", "same_person", "sender_names"]
 
 
 @dataclass(frozen=True)
@@ -117,8 +129,8 @@ class Authorizer:
         return bool(self._names(message) & self.admins)
 
     def _names(self, message: Message) -> set[str]:
-        """`names_of` the sender."""
-        return names_of(message.adapter, message.user)
+        """`sender_names`: how config may name the sender to grant them something."""
+        return sender_names(message)
 
     def irc_warning(self) -> str | None:
         """What an upgrade changed for IRC: the config entries that grant to a bare name, which IRC no
@@ -156,54 +168,33 @@ class Authorizer:
                 yield where, bare
 
 
-def names_of(adapter: str | None, user: str | None) -> set[str]:
-    """How config may name `user` of `adapter` to grant them something: qualified by the adapter always,
-    bare where the platform says who wrote (never on IRC, `CHOSEN_NAMES`), and never bare when the name
-    reads as another adapter's person (`_reads_qualified`: an API key named `irc:carol`). No adapter (the
-    API's, the CLI's and the web's authenticated user outside chat): bare, and as `api:` qualifies it,
-    the one way config can name a user whose own name reads qualified. No user (help's person without
-    rights): no name."""
-    if not user:
-        return set()
-    names = {f"{adapter or 'api'}:{user}"}
-    if adapter not in CHOSEN_NAMES and not _reads_qualified(user):
-        names.add(user)
+def platform_id(message: Message) -> str | None:
+    """The sender's user id on a platform that says it (`PLATFORM_IDS`: `Message.raw["user_id"]`, set by
+    the adapter from what the server said), or None. Read on those adapters only: elsewhere `raw` may
+    hold what a client sent."""
+    if message.adapter not in PLATFORM_IDS or not isinstance(message.raw, dict):
+        return None
+    user_id = message.raw.get("user_id")
+    return user_id if isinstance(user_id, str) and user_id else None
+
+
+def sender_names(message: Message) -> set[str]:
+    """How config may name the sender to grant them something: `names_of`, and their platform user id
+    qualified by the adapter (`slack:U0123ABCD`), which matches them whatever their user name is now."""
+    names = names_of(message.adapter, message.user)
+    user_id = platform_id(message)
+    if names and user_id is not None:
+        names.add(f"{message.adapter}:{user_id}")
     return names
-
-
-def _reads_qualified(user: str) -> bool:
-    """Whether a name's part before its first colon names an adapter (`irc:carol`), so that, bare, it
-    would pass for that adapter's person; `ci:deploy` is a name with a colon like any other."""
-    qualifier, colon, _rest = user.partition(":")
-    return bool(colon) and qualifier in AUTH_USER_QUALIFIERS
 
 
 def denied_names(message: Message) -> set[str]:
-    """How a deny list may name the sender: `names_of` and, on IRC too, the bare name (a deny grants
+    """How a deny list may name the sender: `sender_names` and, on IRC too, the bare name (a deny grants
     nothing, so whoever took a denied nick is refused with its holder)."""
-    names = names_of(message.adapter, message.user)
-    if message.user and not _reads_qualified(message.user):
+    names = sender_names(message)
+    if message.user and not reads_qualified(message.user):
         names.add(message.user)
     return names
-
-
-def same_person(adapter: str | None, user: str | None, other_adapter: str | None, other_user: str | None) -> bool:
-    """Whether `user` of `adapter` is `other_user` of `other_adapter`, to tell whether someone owns what
-    the other started (an execution: its context's user and chat adapter, None outside chat). A name is
-    one person wherever the platform says who wrote (Slack, Mattermost, the console, the API, the CLI,
-    the web); an IRC nick (`CHOSEN_NAMES`) is that nick on that adapter only, so the nick carol is never
-    the carol who started something elsewhere, nor she the nick. Nobody (no user) is no one's."""
-    if not user or user != other_user:
-        return False
-    if adapter in CHOSEN_NAMES or other_adapter in CHOSEN_NAMES:
-        return adapter == other_adapter
-    return True
-
-
-def person(adapter: str | None, user: str) -> str:
-    """Who `user` of `adapter` is, to tell whether two messages came from one person (the requester of
-    an approval withdrawing it): the bare name where the platform says who wrote, `irc:nick` on IRC."""
-    return f"{adapter}:{user}" if adapter in CHOSEN_NAMES else user
 
 
 def _channels(message: Message) -> set[str]:

@@ -11,6 +11,7 @@ from bot.http.key_auth import acting_user
 from bot.http.paging import ALL_ROWS, page_limit
 from bot.http.state import api_state
 from engine.executions import AuditEntry
+from engine.identity import names_of
 from engine.inquiries import InquiryError
 
 router = APIRouter()
@@ -41,14 +42,16 @@ async def get_inquiry(inquiry_id: str, request: Request) -> dict[str, Any]:
 async def respond_inquiry(inquiry_id: str, body: InquiryResponse, request: Request) -> dict[str, Any]:
     """The responder checked against the inquiry's users is who the key or token speaks for; `user`
     names someone else only with a key from config (`acting_user`). Their groups, checked against its
-    `roles`, are the config `auth.groups` listing them, as the chat's `Authorizer` reads them. The answer
-    and its `api.inquiry.respond` event (the response, secrets masked) are one transaction."""
+    `roles`, are the config `auth.groups` listing them, as the chat's `Authorizer` reads them, and its
+    `users` name them as `auth` does (`names_of`, no adapter): the API's carol is `carol`, never the nick
+    `irc:carol`, nor is a user named `irc:carol`. The answer and its `api.inquiry.respond` event (the
+    response, secrets masked) are one transaction."""
     user = acting_user(request, body.user)
     squall = api_state(request).squall
     groups = sorted(squall.chat.inquiries.auth.member_of(user))
     audit = AuditEntry("api.inquiry.respond", user, "api", None, {})
     try:
-        return await squall.inquiries.respond(inquiry_id, body.response, user, groups, audit)
+        return await squall.inquiries.respond(inquiry_id, body.response, user, groups, audit, names_of(None, user))
     except InquiryError as exc:
         await squall.db(squall.store.audit_add, "api.inquiry.denied", user, "api", inquiry_id, {"reason": str(exc)})
         raise HTTPException(exc.status, str(exc)) from exc

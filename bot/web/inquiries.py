@@ -24,6 +24,7 @@ from bot.forms import Field, parse, schema_fields, with_defaults
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import form_fields, operator, viewer
 from engine.executions import AuditEntry, ExecutionNotFound
+from engine.identity import names_of
 from engine.inquiries import InquiryError, shown_execution, who_may
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -109,7 +110,9 @@ async def inquiry_answer(request: Request, inquiry_id: str, session: Session = D
     # take leaves no event, and none is recorded without it. Its detail gains the response, secrets masked.
     audit = AuditEntry("web.inquiry.respond", name, "web", None, {"workflow": inquiry["parent"]})
     try:
-        await squall.inquiries.respond(inquiry["id"], with_defaults(fields, parsed.values), name, groups, audit)
+        # Named as `auth` names the web's user (no adapter): an account called `irc:carol` is not the nick.
+        await squall.inquiries.respond(inquiry["id"], with_defaults(fields, parsed.values), name, groups, audit,
+                                       names_of(None, name))
     except InquiryError as exc:
         if exc.status != 400:  # not allowed, gone, or no longer pending: nothing to correct in the form
             raise PageError(str(exc), exc.status) from exc
