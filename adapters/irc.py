@@ -139,7 +139,7 @@ class IrcSettings:
             raise IrcConfigError(f"'{where}.username' must be one word without '@', not {username!r}")
         return cls(
             server=server, port=port, tls=tls, tls_verify=_bool(section.get("tls_verify", True), f"{where}.tls_verify"),
-            nick=nick, channels=_channels(section.get("channels"), f"{where}.channels"), password=password,
+            nick=nick, channels=_channels(section.get("channels", []), f"{where}.channels"), password=password,
             sasl_username=sasl_username if sasl_password else None,
             sasl_password=sasl_password if sasl_username else None,
             username=username, realname=str(section.get("realname") or "Squall ChatOps"),
@@ -180,9 +180,11 @@ def _float(value: Any, key: str, low: float, high: float) -> float:
 
 
 def _channels(value: Any, key: str) -> tuple[str, ...]:
-    """A list (or a comma-separated string) of channels; `ops` means `#ops`; `#chan key` carries a key."""
+    """A list (or a comma-separated string) of channels; `ops` means `#ops`; `#chan key` carries a key.
+    `channels: #ops` unquoted is YAML for no value (a comment): refused, or the bot would join nothing."""
     if value is None:
-        return ()
+        raise IrcConfigError(f"'{key}' is empty: quote channel names (channels: [\"#ops\"]), since YAML reads "
+                             "an unquoted # as the start of a comment; for no channel at all, say channels: []")
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list):
         raise IrcConfigError(f"'{key}' must be a list of channels like [\"#ops\"], not {value!r}")

@@ -40,6 +40,7 @@ from typing import Any
 
 import aiohttp
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.request.internals import parse_body
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
@@ -343,6 +344,22 @@ class UnknownPerson(Exception):
     """Slack could not say who sent something (`users.info` failed for someone never looked up)."""
 
 
+class _NoTokenNote(logging.Filter):
+    """Drops Bolt's note that a token goes unused beside the client it is given: Bolt reads
+    `SLACK_BOT_TOKEN` by itself, which docs/slack.md has people export for Squall's own client."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+def _bolt_logger() -> logging.Logger:
+    """Bolt's base logger (its loggers copy its filters): `adapters.slack.bolt`, without the token note."""
+    logger = logging.getLogger("adapters.slack.bolt")
+    if not any(isinstance(f, _NoTokenNote) for f in logger.filters):
+        logger.addFilter(_NoTokenNote())
+    return logger
+
+
 class SlackAdapter:
     name = "slack"
 
@@ -352,9 +369,11 @@ class SlackAdapter:
                                          buttons=True, max_length=min(settings.file_threshold, MAX_TEXT))
         self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.base_url, timeout=30,
                                      retry_handlers=[_RetryAllButPosts()])
+        # Named for a logger of this adapter's: Bolt sets the level of the logger named after its app on
+        # every request, which, named "squall", silenced Squall's own INFO lines.
         self.app = AsyncApp(client=self.client, signing_secret=settings.signing_secret or "unused-in-socket-mode",
-                            request_verification_enabled=settings.mode == "http", name="squall",
-                            logger=logging.getLogger("adapters.slack.bolt"))
+                            request_verification_enabled=settings.mode == "http", name="adapters.slack.app",
+                            logger=_bolt_logger())
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
         #: The installation's workspace and Enterprise Grid organisation (auth.test): whose names count.

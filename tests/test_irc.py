@@ -175,6 +175,8 @@ async def test_token_bucket_allows_a_burst_then_paces() -> None:
     ({"server": "irc.example.org", "port": 70000}, "'adapters.irc.port' must be from 1 to 65535"),
     ({"server": "irc.example.org", "nick": "9lives"}, "'adapters.irc.nick' must be an IRC nick"),
     ({"server": "irc.example.org", "channels": [None]}, "quote channel names"),
+    # `channels: #ops` unquoted: YAML reads the # as a comment, leaving the key without a value
+    ({"server": "irc.example.org", "channels": None}, "'adapters.irc.channels' is empty: quote channel names"),
     ({"server": "irc.example.org", "tls": "yes"}, "'adapters.irc.tls' must be true or false"),
     ({"server": "irc.example.org", "sasl_username": "bot"}, "'adapters.irc.sasl_password' is not"),
     ({"server": "irc.example.org", "chanels": ["#ops"]}, "did you mean 'adapters.irc.channels'"),
@@ -189,6 +191,8 @@ def test_settings_defaults_channels_and_secrets_from_the_environment(config) -> 
     parsed = IrcSettings.from_section({"server": "irc.example.org", "tls": True, "channels": ["ops", "#dev key"],
                                        "sasl_username": "squallbot"}, environ=env)
     assert (parsed.port, parsed.channels) == (6697, ("#ops", "#dev key"))
+    assert IrcSettings.from_section({"server": "irc.example.org"}, environ={}).channels == ()  # private messages only
+    assert IrcSettings.from_section({"server": "irc.example.org", "channels": []}, environ={}).channels == ()
     assert (parsed.password, parsed.sasl_password) == ("server-secret", "sasl-secret")
     assert "secret" not in repr(parsed)
     with pytest.raises(AdapterConfigError, match=r"adapters\.irc\.port"):
