@@ -29,6 +29,7 @@ from engine.packs import ContentWarning, Registry, fingerprint
 from engine.policies import RETRY_SETTLE
 from engine.retention import RetentionSweep
 from engine.storage import database_trouble, utcnow
+from engine.triggers import NODE_BEAT_SECONDS
 
 log = logging.getLogger("squall")
 POLL_SECONDS = 1.0
@@ -237,9 +238,12 @@ class Housekeeping:
     async def start(self) -> None:
         """Unless given one, what the pack folders look like now: later ticks reload the packs when that
         changes. Taken here, after the load, an edit made between the two would be the baseline and
-        never loaded: `serve_forever` hands over the one it took before."""
+        never loaded: `serve_forever` hands over the one it took before. Then the node's heartbeat starts
+        (PostgreSQL, `TriggerService.start_beating`): while it beats, no serve node of another host takes
+        over the trigger instances it processes; the ticks look at the others' (`resume_silent`)."""
         if self.seen is None:
             self.seen = await _fingerprint(self.pack_paths)
+        self.squall.triggers.start_beating()  # PostgreSQL: the other serve nodes see this one lives
 
     async def tick(self) -> None:
         squall = self.squall
@@ -252,6 +256,9 @@ class Housekeeping:
         ]
         if squall.config.executor_kind == "procrastinate":  # what workers stored, should a wake-up be lost
             steps.append(("taking up the trigger instances squall workers stored", squall.triggers.take_pending))
+        if not squall.store.is_sqlite and self.ticks % int(NODE_BEAT_SECONDS / POLL_SECONDS) == 0:
+            steps.append(("resuming the trigger instances of serve nodes that stopped beating",
+                          squall.triggers.resume_silent))
         if squall.config.executor_kind == "procrastinate" and self.ticks % int(REAP_SECONDS / POLL_SECONDS) == 0:
             sweep = self.ticks % int(RETRY_SWEEP_SECONDS / POLL_SECONDS) == 0
             steps.append(("looking after queued work", functools.partial(_queued_work, squall, sweep=sweep)))

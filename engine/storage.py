@@ -190,6 +190,18 @@ trigger_instances = sa.Table(
     sa.Index("ix_trigger_instances_occurred", "occurrence_time", "id"),
 )
 
+serve_nodes = sa.Table(
+    "serve_nodes",
+    metadata,
+    # A `squall serve` node's heartbeat (migration 0024), so that the nodes of other hosts can tell it
+    # stopped: `owner` as its trigger instances record it (`engine.triggers.encode_owner`), `beat`
+    # counted up every few seconds. The others judge it by whether `beat` changes over their own clocks
+    # (`engine.triggers.NodeWatch`), never by `beaten_at`, the server's time of the last beat, for people.
+    sa.Column("owner", sa.Text, primary_key=True),
+    sa.Column("beat", sa.BigInteger, nullable=False),
+    sa.Column("beaten_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 deliveries = sa.Table(
     "deliveries",
     metadata,
@@ -343,6 +355,14 @@ OUTBOX_PENDING = outbox.c.status == sa.literal_column("'pending'")
 _QUESTION = outbox.c.kind == sa.literal_column("'question'")
 
 _GET_EXECUTION = sa.select(executions).where(executions.c.id == sa.bindparam("_id"))
+#: An instance's end, written only by the process that holds it (`Store.trigger_instance_finish`).
+_FINISH_TRIGGER_INSTANCE = (trigger_instances.update()
+                            .where(trigger_instances.c.id == sa.bindparam("_id"),
+                                   trigger_instances.c.status == sa.literal_column("'processing'"),
+                                   trigger_instances.c.owner == sa.bindparam("_owner"))
+                            .values(status=sa.bindparam("status")))
+_FINISH_TRIGGER_INSTANCE_SQL = ("UPDATE trigger_instances SET status = ? "
+                                "WHERE id = ? AND status = 'processing' AND owner = ?")
 _KEYED_ROW = sa.select(outbox.c.id).where(outbox.c.execution_id == sa.bindparam("execution_id"),
                                           outbox.c.kind == sa.bindparam("kind"))
 _KEYED_ROW_SQL = "SELECT id FROM outbox WHERE execution_id = ? AND kind = ?"
@@ -725,7 +745,7 @@ PG_LIVENESS = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10
 
 #: The newest migration in `engine/migrations/versions/` (a test checks they agree): a current
 #: database is recognised with one query, without importing Alembic (a CLI command pays ~0.2 s for it).
-HEAD_REVISION = "0023"
+HEAD_REVISION = "0024"
 
 
 def _revision(engine: Engine) -> str | None:
@@ -1904,6 +1924,55 @@ class Store:
     def trigger_instance_status(self, instance_id: str, status: str, expect: Sequence[str] | None = None) -> bool:
         """Set an instance's status (while it is one of `expect`, if given); whether it changed."""
         return bool(self._update(trigger_instances, instance_id, {"status": status}, expect))
+
+    def trigger_instance_finish(self, instance_id: str, status: str, owner: str) -> bool:
+        """Store how processing an instance ended, while it is `processing` by `owner`; False if another
+        process took it over meanwhile (`serve_node_take_over`: `owner` was presumed dead, and the taker
+        writes the end). On SQLite straight on the driver, as every instance's end is written."""
+        with self._write() as conn:
+            if self._direct:
+                return _execute(conn, _FINISH_TRIGGER_INSTANCE_SQL, [status, instance_id, owner]).rowcount == 1
+            return conn.execute(_FINISH_TRIGGER_INSTANCE, {"_id": instance_id, "_owner": owner,
+                                                           "status": status}).rowcount == 1
+
+    def serve_node_beat(self, owner: str) -> None:
+        """Store a heartbeat of the `squall serve` node `owner` (PostgreSQL): its `beat` counted up, or its
+        row made again (a watcher that found it silent for long deletes it, `serve_node_take_over`)."""
+        if self.is_sqlite:
+            insert = sqlite_insert
+        else:  # PostgreSQL's dialect module only where it is the database
+            from sqlalchemy.dialects.postgresql import insert
+        statement = insert(serve_nodes).values(owner=owner, beat=1, beaten_at=sa.func.now())
+        statement = statement.on_conflict_do_update(
+            index_elements=[serve_nodes.c.owner],
+            set_={"beat": serve_nodes.c.beat + 1, "beaten_at": sa.func.now()})
+        with self._write() as conn:
+            conn.execute(statement)
+
+    def serve_node_beats(self) -> dict[str, int]:
+        """Every serve node's heartbeat: owner → beat."""
+        with self._read() as conn:
+            return {owner: beat for owner, beat in conn.execute(sa.select(serve_nodes.c.owner, serve_nodes.c.beat))}
+
+    def serve_node_take_over(self, silent: str, beat: int, owner: str,
+                             forget: bool = False) -> list[dict[str, Any]] | None:
+        """Make `owner` the owner of what the serve node `silent` holds `processing`, while its heartbeat is
+        still `beat` (the one its watcher saw unchanged): checked under a lock on its row, which its next
+        beat waits for, so a node that beats meanwhile keeps its instances. The rows taken, oldest first;
+        None if it beat (or its row is gone). The row stays, so that an instance it claimed as this ran
+        is taken by a later look; `forget` (silent for long) deletes it, with this last take-over."""
+        column = trigger_instances.c
+        with self._write() as conn:
+            held = conn.execute(sa.select(serve_nodes.c.beat).where(serve_nodes.c.owner == silent)
+                                .with_for_update()).scalar()
+            if held != beat:
+                return None
+            rows = [_row(row) for row in conn.execute(
+                trigger_instances.update().where(column.status == "processing", column.owner == silent)
+                .values(owner=owner).returning(*trigger_instances.c))]
+            if forget:
+                conn.execute(serve_nodes.delete().where(serve_nodes.c.owner == silent))
+        return sorted(rows, key=lambda row: (as_utc(row["occurrence_time"]), row["id"]))  # type: ignore[index]
 
     def trigger_instance_get(self, instance_id: str) -> dict[str, Any] | None:
         with self._read() as conn:

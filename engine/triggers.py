@@ -8,17 +8,27 @@ lets the engine skip emitting trigger types nobody listens to.
 
 Several `squall serve` processes may share the database. A process claims an instance atomically
 (`pending` → `processing`, recording itself as its owner: host, pid, start time, boot, pid
-namespace), so of those that try, one processes it. Recovery at start processes what is `pending`
-and resumes what a process that died left `processing` (never what a live one holds): the rules
-engine then enforces only the rules that had not acted for it.
+namespace), so of those that try, one processes it, and only its owner writes how it ended
+(`Store.trigger_instance_finish`). Recovery at start processes what is `pending` and resumes what a
+process of this host that died left `processing` (never what a live one holds): the rules engine
+then enforces only the rules that had not acted for it.
+
+A pid tells nothing on another host. So on PostgreSQL each serve node stores a heartbeat every
+`NODE_BEAT_SECONDS` (`start_beating`) and watches the others' (`resume_silent`, `NodeWatch`): a node
+whose heartbeat stayed the same for `NODE_SILENT_SECONDS` of the watcher's own clock is presumed
+dead, and its `processing` instances are taken over, while its heartbeat is still the one watched,
+under a lock on its row. One presumed dead that was only paused cannot write over the taker: its
+end is not written, and the rules act once per instance whoever enforces them. Before, an instance a
+serve node of another host held when it was killed or lost stayed `processing` until a serve node
+started on that host again, perhaps never.
 
 A `squall worker` (`executor.kind: procrastinate`) processes none of the instances it raises: it
 hands them off (`hand_off`). Each is stored `pending` with a notification on `wakeups.TRIGGERS` in
 the same transaction, and the serve nodes claim and process them with their current rules (`follow`
 at once, `take_pending` at every poll, `recover` at start). Processed in the worker, they met the
 rules the worker loaded at its start, however the serve nodes' rules had changed since; and an
-instance a worker of another host held `processing` when it died was left to nobody (a serve node
-resumes only its own host's dead processes', as a process of another host may live).
+instance a worker of another host held `processing` when it died was left to nobody (a worker beats
+no heartbeat, and its pid tells nothing to a serve node of another host).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import difflib
 import json
 import logging
 import socket
+import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -37,7 +48,7 @@ from engine.executions import new_id
 from engine.metrics import metrics
 from engine.packs import Registry
 from engine.processes import LEDGER, ledger_directory, owner_state, process_identity
-from engine.storage import Database, as_utc, iso, utcnow
+from engine.storage import Database, as_utc, database_trouble, iso, utcnow
 
 log = logging.getLogger(__name__)
 WEBHOOK = "core.st2.webhook"
@@ -46,6 +57,14 @@ TAKE_BATCH = 100
 #: How many instances a serve node holds in hand before it takes more: the rest wait in the database
 #: for its next wake-up or poll, not in its memory.
 TAKE_IN_HAND = 1000
+#: How often a `squall serve` node on PostgreSQL stores its heartbeat (`Store.serve_node_beat`), and
+#: looks at the other nodes' (`TriggerService.resume_silent`).
+NODE_BEAT_SECONDS = 5.0
+#: A serve node whose heartbeat another node has watched stay the same for this long (by the watcher's
+#: own monotonic clock) is presumed dead, and the instances it holds `processing` are taken over.
+NODE_SILENT_SECONDS = 30.0
+#: A serve node silent this long is forgotten: its heartbeat row is deleted, with a last take-over.
+NODE_FORGOTTEN_SECONDS = 3600.0
 
 
 def binding(trigger_ref: str, parameters: Mapping[str, Any] | None) -> str:
@@ -89,6 +108,46 @@ def decode_owner(text: str | None) -> dict[str, Any] | None:
     return owner if isinstance(owner, dict) else None
 
 
+class NodeWatch:
+    """What one serve node has watched of the others' heartbeats, by its own monotonic clock: a node is
+    judged by whether its heartbeat changes, never by how old it looks, as `engine.jobs.ReaperWatch`
+    judges workers. No clock of another machine, nor a step of one, can make a live node look dead.
+
+    Per node it keeps the heartbeat read last, when that was first read, and when a take-over of it
+    was last tried. It forgets everything when its looks are more than half `NODE_SILENT_SECONDS` apart
+    (they failed: the database or this node's connection was down, or this node was paused): a
+    heartbeat unchanged across such a hole may be one nobody could store, so it watches anew."""
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        #: Per node (owner text): [heartbeat, monotonic time it was first read, time a take-over was tried].
+        self.beats: dict[str, tuple[int, float, float | None]] = {}
+
+    def look(self, beats: Mapping[str, int], now: float) -> None:
+        """The heartbeats one look read, done at `now`: a value not the one held before starts being
+        watched now; nodes the look did not find are forgotten."""
+        if self.last is not None and now - self.last > NODE_SILENT_SECONDS / 2:
+            log.info("this serve node last read the others' heartbeats %.0f s ago: a serve node counts as stopped "
+                     "only once it has watched it for %.0f s", now - self.last, NODE_SILENT_SECONDS)
+            self.beats = {}
+        held = self.beats
+        self.beats = {node: held[node] if node in held and held[node][0] == beat else (beat, now, None)
+                      for node, beat in beats.items()}
+        self.last = now
+
+    def silent(self, now: float) -> list[tuple[str, int, float]]:
+        """The nodes whose heartbeat stayed the same for `NODE_SILENT_SECONDS` up to `now`, whose take-over
+        was not tried within that time: (node, heartbeat, for how long)."""
+        return [(node, beat, now - since) for node, (beat, since, tried) in self.beats.items()
+                if now - since >= NODE_SILENT_SECONDS and (tried is None or now - tried >= NODE_SILENT_SECONDS)]
+
+    def tried(self, node: str, now: float) -> None:
+        """A take-over of `node` was tried at `now` (a later look tries again, for what it claimed meanwhile)."""
+        if node in self.beats:
+            beat, since, _tried = self.beats[node]
+            self.beats[node] = (beat, since, now)
+
+
 def public(record: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": record["id"],
@@ -124,6 +183,9 @@ class TriggerService:
         self._taker = wakeups.Rerun(self.take_pending, "trigger-take",
                                     "taking up the trigger instances squall workers stored")
         self._closed = False
+        #: A serve node's heartbeat (`start_beating`), and what it watched of the other nodes' (`resume_silent`).
+        self._beating: asyncio.Task[None] | None = None
+        self.watch = NodeWatch()
 
     def hand_off(self) -> None:
         """Store the instances this process raises `pending` and process none of them (a `squall worker`):
@@ -226,7 +288,10 @@ class TriggerService:
             except Exception:
                 log.exception("processing trigger instance %s (%s) failed", record["id"], record["trigger"])
                 status = "processing_failed"
-        await self.db(store.trigger_instance_status, record["id"], status, ("processing",))
+        if not await self.db(store.trigger_instance_finish, record["id"], status, self.owner):
+            log.info("trigger instance %s (%s) was taken over meanwhile by a serve node that found this one silent "
+                     "for %.0f s: its end is that node's to write, so this one's (%s) was not written", record["id"],
+                     record["trigger"], NODE_SILENT_SECONDS, status)
 
     def purge_deliveries(self) -> int:
         """Forget the deliveries whose senders' signatures have expired (on the database's side)."""
@@ -262,7 +327,8 @@ class TriggerService:
         at it too), and resume what a process that died left `processing`: its processors do what
         it had not done yet (the rules engine enforces the rules that had not acted). What a live
         process (another `squall serve` on this database) is processing is left to it; so is what
-        one of another host holds (PostgreSQL). Returns how many instances it took up.
+        one of another host holds (PostgreSQL: `resume_silent` takes that over once its serve node stops
+        beating). Returns how many instances it took up.
 
         `squall serve` calls it at start, and again every minute with `pending_for` (seconds): a
         process that stored an instance and died before it claimed or finished it (a `squall run`
@@ -297,6 +363,69 @@ class TriggerService:
                  row["trigger"])
         return True
 
+    async def beat(self) -> None:
+        """Store this serve node's heartbeat once, on a connection of its own (off the database thread,
+        where a long group would hold it up)."""
+        await asyncio.to_thread(self.db.store.serve_node_beat, self.owner)
+
+    def start_beating(self) -> None:
+        """Store this serve node's heartbeat every `NODE_BEAT_SECONDS` until `close` (PostgreSQL; on SQLite,
+        one machine, pids tell who lives): while it beats, no node of another host takes over what it holds."""
+        if not self._sqlite and self._beating is None:
+            self._beating = asyncio.get_running_loop().create_task(self._beat_forever(), name="serve-heartbeat")
+
+    async def _beat_forever(self) -> None:
+        failing: str | None = None
+        while True:
+            try:
+                await self.beat()
+            except Exception as exc:
+                if failing is None:
+                    log.warning("this serve node could not store its heartbeat (%s); trying every %.0f s. Silent for "
+                                "%.0f s, the trigger instances it processes are taken over by other serve nodes",
+                                database_trouble(exc) or exc, NODE_BEAT_SECONDS, NODE_SILENT_SECONDS)
+                failing = str(database_trouble(exc) or exc)
+            else:
+                if failing is not None:
+                    log.info("this serve node stores its heartbeat again (it failed: %s)", failing)
+                failing = None
+            await asyncio.sleep(NODE_BEAT_SECONDS)
+
+    async def resume_silent(self) -> int:
+        """Look at the serve nodes' heartbeats (every `NODE_BEAT_SECONDS`), and resume what those that
+        stopped beating for `NODE_SILENT_SECONDS` hold `processing`, whatever their host: of several
+        nodes that find one silent, one takes each instance, and only while its heartbeat is still the
+        one watched. A process of this host that lives keeps its instances, beating or not. The rules
+        engine then enforces the rules that had not acted. How many instances it took."""
+        if self._sqlite:
+            return 0
+        before = time.monotonic()  # the look's snapshot is taken after this
+        beats = await self.db(self.db.store.serve_node_beats)
+        self.watch.look(beats, time.monotonic())
+        taken = 0
+        for node, beat, silent in self.watch.silent(before):
+            if node != self.owner and owner_state(decode_owner(node), self.identity, self.ledger,
+                                                  one_machine=False) not in ("here", "alive"):
+                taken += await self._take_over_node(node, beat, silent)
+            self.watch.tried(node, before)
+        return taken
+
+    async def _take_over_node(self, node: str, beat: int, silent: float) -> int:
+        """Take over and resume what the silent serve node `node` holds; how many instances."""
+        LEDGER.ensure()  # the owner file says this process lives (to other containers) before it claims
+        rows = await self.db(self.db.store.serve_node_take_over, node, beat, self.owner,
+                             silent >= NODE_FORGOTTEN_SECONDS)
+        if not rows:
+            return 0
+        who = decode_owner(node) or {}
+        log.warning("the serve node %s@%s has not beaten for %.0f s: resuming the %d trigger instances it was "
+                    "processing", who.get("pid"), who.get("hostname"), silent, len(rows))
+        for row in rows:
+            log.info("resuming trigger instance %s (%s): the serve node that was processing it stopped beating",
+                     row["id"], row["trigger"])
+            self._spawn(row, resumed=True)
+        return len(rows)
+
     async def take_pending(self) -> int:
         """Claim and process the `pending` instances, oldest first (a `squall serve`: those `squall worker`s
         stored; another process's that it is about to claim may come along, and the claim gives each to one
@@ -325,12 +454,14 @@ class TriggerService:
     async def close(self) -> None:
         """Stop listening and taking. A take under way ends first: cancelled between its claim's commit and
         its processing, it would leave instances `processing` by this process, which no other takes over
-        while it lives, nor ever from another host."""
+        while it lives (a serve node of another host only once this one has stopped beating for
+        `NODE_SILENT_SECONDS`). The heartbeat stops here: what this process settles after takes less."""
         self._closed = True
-        if self._listener is not None:
-            self._listener.cancel()
-        await asyncio.gather(*(task for task in (self._listener, self._taker.close()) if task is not None),
-                             return_exceptions=True)
+        for task in (self._listener, self._beating):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(task for task in (self._listener, self._beating, self._taker.close())
+                               if task is not None), return_exceptions=True)
 
     @property
     def busy(self) -> int:

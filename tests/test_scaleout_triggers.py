@@ -3,7 +3,12 @@ PostgreSQL: a worker stores the instances its executions raise (action and notif
 changes, inquiries) as `pending` and processes none of them; the `squall serve` nodes process them with
 their current rules, woken by a notification at the commit of the worker's insert, else by their poll,
 else at their start. A worker emits the engine's own trigger types whatever rules it loaded: the serve
-nodes' rules decide. Each instance is processed once, however many serve nodes take at once."""
+nodes' rules decide. Each instance is processed once, however many serve nodes take at once.
+
+A serve node stores a heartbeat; one that stops beating (killed, its machine lost) has the instances it
+held `processing` resumed by a live serve node, whatever host it was on. The watching node's clock is
+the test's (`triggers.time`); a node of "another host" is an owner record forged with another host name
+and boot."""
 
 from __future__ import annotations
 
@@ -16,13 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from bot.app import Squall
-from bot.service import Housekeeping
+from bot.service import POLL_SECONDS, Housekeeping
 from bot.worker import Worker
+from engine import triggers
 from engine.config import load_config
+from engine.executions import new_id
 from engine.notifications import ACTION_TRIGGER
+from engine.storage import Store, utcnow
+from engine.triggers import NODE_BEAT_SECONDS, NODE_SILENT_SECONDS, encode_owner
 from tests.conftest import write
+from tests.test_migrations_0020 import _alembic
+from tests.test_reaper_clock import Monotonic
 from tests.test_scaleout import Cluster, _heard, _home
 
 pytestmark = [pytest.mark.postgres]
@@ -208,3 +220,186 @@ def test_what_a_killed_worker_stored_while_serve_was_down_is_processed_once_serv
             time.sleep(0.1)
     finally:
         cluster.close()
+
+
+#: A `squall serve` of another host, as the instances it claims record it (another host name, another boot).
+FAR = {"hostname": "far.example", "pid": 4242, "started": 1, "boot_id": "another-boot", "pid_ns": "4026531836"}
+
+
+@pytest.fixture
+def node_clock(monkeypatch: pytest.MonkeyPatch) -> Monotonic:
+    """The monotonic clock serve nodes watch each other's heartbeats by: the test moves it."""
+    clock = Monotonic()
+    monkeypatch.setattr(triggers, "time", clock)
+    return clock
+
+
+def _far(pid: int) -> str:
+    """The owner record of a serve node of another host."""
+    return encode_owner({**FAR, "pid": pid})
+
+
+def _held_by(serve: Squall, owner: str | None = None) -> dict[str, Any]:
+    """An action trigger of `demo.hello`, stored `pending` and, with `owner`, claimed by it (`processing`)."""
+    record = {"id": new_id(), "trigger": ACTION_TRIGGER, "occurrence_time": utcnow(), "status": "pending",
+              "payload": {"execution_id": new_id(), "action_ref": "demo.hello", "status": "succeeded"},
+              "trace_tag": None, "trigger_parameters": None}
+    serve.store.trigger_instance_add(record)
+    if owner is not None:
+        assert serve.store.trigger_instance_claim(record["id"], owner)
+    return record
+
+
+def _state(serve: Squall, instance_id: str) -> tuple[str, str]:
+    row = serve.store.trigger_instance_get(instance_id)
+    return row["status"], row["owner"]
+
+
+async def _watch(serve: Squall, clock: Monotonic, seconds: float, beating: Callable[[], None] = lambda: None,
+                 settle: bool = True) -> None:
+    """`serve`'s looks at the heartbeats, every `NODE_BEAT_SECONDS` of its clock for `seconds`, and (`settle`)
+    what it resumed processed; `beating()` (the live nodes' beats) before each look."""
+    end = clock.now + seconds
+    while clock.now < end:
+        clock.now += NODE_BEAT_SECONDS
+        beating()
+        await serve.triggers.resume_silent()
+    if settle:
+        await serve.triggers.settle()
+
+
+class Gate:
+    """A processor that holds each instance until let through: a node caught in the middle of one."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self.through = asyncio.Event()
+
+    def interested(self, trigger_ref: str) -> bool:
+        return True
+
+    async def process(self, instance: dict[str, Any], resumed: bool = False) -> None:
+        self.reached.set()
+        await self.through.wait()
+
+
+async def test_a_serve_node_of_another_host_that_stopped_beating_has_its_instances_resumed(
+        home: Path, postgres_url: str, node_clock: Monotonic) -> None:
+    """Three owners of another host hold an instance each: a serve node that beat once and was then
+    lost, one that beats on, and a process that never beat (a CLI command there, which may live). The
+    live serve node resumes the lost node's instance once it has watched its heartbeat stay the same for
+    `NODE_SILENT_SECONDS`, not before; its rule acts once; the other two are left to their owners."""
+    config = load_config(_home(home, postgres_url) / "config.yml")
+    _rule(home)
+    serve = await Squall.start(config)
+    store = serve.store
+    lost, beating, unknown = _far(4242), _far(4343), _far(4444)
+    try:
+        store.serve_node_beat(lost)  # then never again: killed, or its machine is gone
+        store.serve_node_beat(beating)
+        left, held, elsewhere = (_held_by(serve, owner) for owner in (lost, beating, unknown))
+
+        def beats() -> None:
+            store.serve_node_beat(beating)
+
+        await _watch(serve, node_clock, NODE_SILENT_SECONDS - NODE_BEAT_SECONDS, beats)
+        assert _state(serve, left["id"]) == ("processing", lost)  # not silent for long enough yet
+        await _watch(serve, node_clock, 2 * NODE_BEAT_SECONDS, beats)
+        assert _state(serve, left["id"]) == ("processed", serve.triggers.owner)
+        assert (await _enforced(serve, left["id"]))["status"] == "requested"
+        assert _state(serve, held["id"]) == ("processing", beating)
+        assert _state(serve, elsewhere["id"]) == ("processing", unknown)
+
+        await _watch(serve, node_clock, 4 * NODE_SILENT_SECONDS, beats)  # later looks take nothing more
+        assert len(store.list_executions(action="zone.where", limit=100)) == 1
+        assert _state(serve, held["id"]) == ("processing", beating)
+    finally:
+        await serve.close()
+
+
+async def test_a_serve_node_presumed_dead_that_comes_back_does_not_process_twice(
+        home: Path, postgres_url: str, node_clock: Monotonic) -> None:
+    """A serve node of another host is caught in the middle of an instance (a long pause) and stops
+    beating; the live node takes the instance over and is itself caught in the middle of it. The paused
+    node comes back and finishes: its rule's action is requested, but its end is not written, for the
+    instance is no longer its own. The live node then finishes: the rule that acted is not enforced
+    again, and the instance ends `processed`, by the node that holds it."""
+    config = load_config(_home(home, postgres_url) / "config.yml")
+    _rule(home)
+    paused, live = await Squall.start(config), await Squall.start(config)
+    paused.triggers.identity = {**paused.triggers.identity, **{k: FAR[k] for k in ("hostname", "boot_id")}}
+    paused.triggers.owner = encode_owner(paused.triggers.identity)
+    first, second = Gate(), Gate()
+    paused.triggers.processors.insert(0, first)
+    live.triggers.processors.insert(0, second)
+    try:
+        instance = _held_by(paused)
+        await paused.triggers.beat()
+        assert await paused.triggers.take_pending() == 1
+        await first.reached.wait()
+        assert _state(live, instance["id"]) == ("processing", paused.triggers.owner)
+
+        await _watch(live, node_clock, NODE_SILENT_SECONDS + NODE_BEAT_SECONDS, settle=False)
+        await second.reached.wait()
+        assert _state(live, instance["id"]) == ("processing", live.triggers.owner)
+
+        first.through.set()  # the paused node comes back and finishes
+        await paused.triggers.settle()
+        assert _state(live, instance["id"]) == ("processing", live.triggers.owner)  # its end was not written
+        second.through.set()
+        await live.triggers.settle()
+        assert _state(live, instance["id"]) == ("processed", live.triggers.owner)
+        await _enforced(live, instance["id"])
+        assert len(live.store.list_executions(action="zone.where", limit=100)) == 1
+    finally:
+        first.through.set()
+        second.through.set()
+        await live.close()
+        await paused.close()
+
+
+async def test_serve_s_housekeeping_beats_and_resumes_what_a_lost_serve_node_held(
+        home: Path, postgres_url: str, node_clock: Monotonic) -> None:
+    """`squall serve`'s housekeeping stores the node's heartbeat from its start, and looks at the
+    others' every `NODE_BEAT_SECONDS` of its ticks: a lost node's instance is processed."""
+    config = load_config(_home(home, postgres_url) / "config.yml")
+    _rule(home)
+    serve = await Squall.start(config)
+    store = serve.store
+    try:
+        lost = _far(4242)
+        store.serve_node_beat(lost)
+        left = _held_by(serve, lost)
+        housekeeping = Housekeeping(serve, [])
+        await housekeeping.start()
+
+        async def beaten() -> bool:
+            return serve.triggers.owner in store.serve_node_beats()
+
+        await _until(beaten)
+        ticks = int((NODE_SILENT_SECONDS + 2 * NODE_BEAT_SECONDS) / POLL_SECONDS)
+        for _ in range(ticks):
+            node_clock.now += POLL_SECONDS
+            await housekeeping.tick()
+        await serve.triggers.settle()
+        assert _state(serve, left["id"]) == ("processed", serve.triggers.owner)
+        await _enforced(serve, left["id"])
+    finally:
+        await serve.close()
+
+
+def test_migration_0024_adds_the_serve_nodes_heartbeats_and_takes_them_away(postgres_url: str) -> None:
+    """Up from 0023 the table is there and takes beats; down again it is gone."""
+    store = Store.open(postgres_url)
+    try:
+        store.serve_node_beat(_far(1))
+        store.serve_node_beat(_far(1))
+        assert store.serve_node_beats() == {_far(1): 2}
+        with store.engine.begin() as connection:
+            _alembic(connection, "0023", down=True)
+        assert "serve_nodes" not in sa.inspect(store.engine).get_table_names()
+        with store.engine.begin() as connection:
+            _alembic(connection, "0024")
+        assert store.serve_node_beats() == {}
+    finally:
+        store.close()

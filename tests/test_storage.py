@@ -27,7 +27,7 @@ from engine.executions import new_id
 from engine.storage import Database, DuplicateDelivery, ExecutionFilter, Store, iso, utcnow
 from tests.conftest import REPO, write
 
-HEAD = "0023"  # the newest migration; a new one must update this and storage.HEAD_REVISION
+HEAD = "0024"  # the newest migration; a new one must update this and storage.HEAD_REVISION
 
 
 def _execution(execution_id: str, **fields: Any) -> dict[str, Any]:
