@@ -40,7 +40,15 @@ class Message:
     #: Platform groups the user belongs to, mapped onto Squall groups by the adapter.
     groups: list[str] = field(default_factory=list)
     id: str | None = None
+    #: The platform's payload as it came: never read for who wrote (`user_id` says that), nor stored with
+    #: a session.
     raw: Any = None
+    #: The platform's stable id of the sender (Slack's `U…`, Mattermost's 26 characters), which no one
+    #: can change or choose, where the user name may change: set by the adapter from what the server
+    #: said, so `auth` and an inquiry's `users` may name the person by it (`slack:U0123ABCD`). Kept
+    #: wherever the bot keeps the message (sessions, an approval's requester); None where the platform
+    #: says none (IRC, the console, the API) and in state stored before it was kept.
+    user_id: str | None = None
     #: The channel's human name where `channel` is a platform id (Slack `C0123`): auth lists may use either.
     channel_name: str | None = None
     #: What lets the bot open a form for this person now (Slack's and Mattermost's `trigger_id` of a

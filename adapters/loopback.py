@@ -44,11 +44,15 @@ class LoopbackAdapter:
         self._handler = None
 
     async def say(self, text: str, *, user: str = "alice", channel: str = "#ops", thread: str | None = None,
-                  direct: bool = False, mentioned: bool = False, groups: list[str] | None = None) -> None:
-        """A person types `text`; returns once the bot has handled it (not once replies are posted)."""
+                  direct: bool = False, mentioned: bool = False, groups: list[str] | None = None,
+                  user_id: str | None = None) -> None:
+        """A person types `text`; returns once the bot has handled it (not once replies are posted).
+        `user_id` is the sender's platform id, as Slack's and Mattermost's adapters set it (read only
+        where the adapter is named like one of them: `LoopbackAdapter("slack")`)."""
         assert self._handler is not None, "the loopback adapter is not started"
         message = Message(adapter=self.name, channel=channel, user=user, text=text, thread=thread,
-                          direct=direct, mentioned=mentioned, groups=groups or [], id=f"m{next(self._ids)}")
+                          direct=direct, mentioned=mentioned, groups=groups or [], id=f"m{next(self._ids)}",
+                          user_id=user_id)
         await self._handler(message)
 
     async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:

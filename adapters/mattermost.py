@@ -20,8 +20,8 @@ Forms (issue 20): `open_form` opens an interactive dialog (`POST /actions/dialog
 (`on_form`) answers the submission, with `errors` per field.
 
 A person is their username (`Message.user`); their user id, which they cannot change where a server
-lets them change their username, rides in `Message.raw["user_id"]` (a post's own, a slash command's
-form field, a click's), so `auth` may name them by it (`mattermost:<id>`).
+lets them change their username, is `Message.user_id` (a post's own, a slash command's form field, a
+click's), so `auth` and an inquiry's `users` may name them by it (`mattermost:<id>`).
 """
 
 from __future__ import annotations
@@ -674,7 +674,7 @@ class MattermostAdapter:
         return Message(adapter=self.name, channel=channel,
                        user=await self._username(user_id), text=text,
                        thread=post.get("root_id") or None, mentioned=mentioned, direct=kind == "D", id=post["id"],
-                       raw=post, channel_name=data.get("channel_name") or None)
+                       raw=post, user_id=user_id or None, channel_name=data.get("channel_name") or None)
 
     async def _channel_type(self, channel: str) -> str:
         """O, P, D or G, for an event that did not say (Mattermost's own always do)."""
@@ -746,7 +746,7 @@ class MattermostAdapter:
         thread = str(context.get("thread") or "") or post_id or None
         message = Message(adapter=self.name, channel=channel, user=user, text=str(context["value"]),
                           thread=thread, mentioned=True,
-                          direct=await self._channel_type(channel) == "D", raw={"action": body, "user_id": user_id},
+                          direct=await self._channel_type(channel) == "D", raw={"action": body}, user_id=user_id,
                           channel_name=body.get("channel_name") or None,
                           trigger=body["trigger_id"] if isinstance(body.get("trigger_id"), str) else None,
                           clicked=True)
@@ -847,7 +847,8 @@ class MattermostAdapter:
         self._slash[key] = command
         message = Message(adapter=self.name, channel=form["channel_id"], user=user, text=form.get("text", "").strip(),
                           thread=_SLASH + key, mentioned=True, id=_SLASH + key, raw=form,
-                          channel_name=form.get("channel_name") or None, trigger=form.get("trigger_id") or None)
+                          user_id=form.get("user_id") or None, channel_name=form.get("channel_name") or None,
+                          trigger=form.get("trigger_id") or None)
         task = asyncio.create_task(self._handle(message), name="mattermost-slash")
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)

@@ -642,8 +642,9 @@ class SlackAdapter:
                                      names=await self._mention_names(raw_text))
         message = Message(adapter=self.name, channel=channel, user=user, text=text, thread=event.get("thread_ts"),
                           mentioned=mention or mentioned, direct=direct, groups=await self._groups_of(event["user"]),
-                          id=ts, raw={"event": event}, channel_name=await self._channel_name(channel))
-        await self._deliver(message, event["user"])
+                          id=ts, raw={"event": event}, user_id=str(event["user"]),
+                          channel_name=await self._channel_name(channel))
+        await self._deliver(message)
 
     async def _on_command(self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any]) -> None:
         await ack()  # first: Slack shows "operation_timeout" after 3 s
@@ -659,9 +660,9 @@ class SlackAdapter:
         text, _ = plain_text(raw_text, self.bot_user_id, names=await self._mention_names(raw_text))
         message = Message(adapter=self.name, channel=channel, user=user, text=text, mentioned=True,
                           direct=channel.startswith("D") or command.get("channel_name") == "directmessage",
-                          groups=await self._groups_of(user_id), raw={"command": command},
+                          groups=await self._groups_of(user_id), raw={"command": command}, user_id=user_id,
                           channel_name=command.get("channel_name"), trigger=command.get("trigger_id"))
-        await self._deliver(message, user_id)
+        await self._deliver(message)
 
     async def _on_button(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
         await ack()
@@ -693,9 +694,9 @@ class SlackAdapter:
                 log.warning("Slack: could not update the answered prompt: %s", _error(exc))
         message = Message(adapter=self.name, channel=channel, user=user, text=str(action.get("value", "")),
                           thread=thread, mentioned=True, direct=channel.startswith("D"),
-                          groups=await self._groups_of(user_id), raw={"action": body}, trigger=body.get("trigger_id"),
-                          clicked=True)
-        await self._deliver(message, user_id)
+                          groups=await self._groups_of(user_id), raw={"action": body}, user_id=user_id,
+                          trigger=body.get("trigger_id"), clicked=True)
+        await self._deliver(message)
 
     async def _on_shortcut(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
         await ack()
@@ -716,9 +717,9 @@ class SlackAdapter:
         thread = original.get("thread_ts") or original.get("ts")
         message = Message(adapter=self.name, channel=channel["id"], user=name, text=f"{body.get('callback_id')} {text}",
                           thread=thread, mentioned=True, direct=channel["id"].startswith("D"),
-                          groups=await self._groups_of(user["id"]), raw={"shortcut": body},
+                          groups=await self._groups_of(user["id"]), raw={"shortcut": body}, user_id=user["id"],
                           channel_name=channel.get("name"), trigger=body.get("trigger_id"))
-        await self._deliver(message, user["id"])
+        await self._deliver(message)
 
     async def _on_form(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], view: dict[str, Any]) -> None:
         """A form modal submitted: the bot checks it before the ack, so its errors go back on the fields
@@ -756,7 +757,7 @@ class SlackAdapter:
             return
         person = Message(adapter=self.name, channel=str(event.get("channel") or user_id),
                          user=await self._user_name(user_id), text="", direct=True, mentioned=True,
-                         groups=await self._groups_of(user_id), raw={"user_id": user_id})
+                         groups=await self._groups_of(user_id), user_id=user_id)
         buttons = await self.on_home(person)
         view = home_view("Commands you may run", buttons, "There is nothing you may run here yet.")
         try:
@@ -771,13 +772,12 @@ class SlackAdapter:
         except SlackApiError as exc:
             raise DeliveryError(f"Slack refused to open the form: {_error(exc)}", permanent=True) from None
 
-    async def _deliver(self, message: Message, user_id: str) -> None:
-        """Hand `message` on, with the sender's user id in `raw["user_id"]`: `auth` may name a person by
-        it (`slack:U0123ABCD`), since no one can change it, as they can their profile's names."""
+    async def _deliver(self, message: Message) -> None:
+        """Hand `message` on (built with the sender's user id, `Message.user_id`: `auth` may name a person
+        by it, `slack:U0123ABCD`, since no one can change it, as they can their profile's names)."""
         if self._on_message is None:
             log.warning("Slack: a message arrived before the adapter started; dropped")
             return
-        message.raw = {**(message.raw or {}), "user_id": user_id}
         await self._on_message(message)
 
     # -- identity --------------------------------------------------------------------------------

@@ -209,9 +209,9 @@ def test_a_qualified_name_must_name_an_adapter_in_config() -> None:
 
 def test_a_platform_user_id_names_its_person_on_that_platform_only() -> None:
     """`slack:U0123ABCD` and `mattermost:<id>` name the person Slack or Mattermost says wrote by that id
-    (`Message.raw["user_id"]`), whatever their user name now, as admin, group member or in a deny list.
-    The same id in what another adapter hands on (an API request's body, IRC) names no one, nor does a
-    bare id or another platform's qualifier."""
+    (`Message.user_id`), whatever their user name now, as admin, group member or in a deny list. The
+    same id in what another adapter hands on (an API request's body, IRC) names no one, nor does a bare
+    id, another platform's qualifier, or an id in the platform's payload (`raw`) rather than the field."""
     mattermost_id = "8sm3ghqj7jg1ppo9orbhp7dh4e"
     auth = Authorizer.from_config({"admins": ["slack:U0123ABCD", f"mattermost:{mattermost_id}"],
                                    "groups": {"oncall": ["slack:U0ONCALL1"]},
@@ -220,12 +220,12 @@ def test_a_platform_user_id_names_its_person_on_that_platform_only() -> None:
 
     def said(adapter: str, user: str, user_id: str) -> Message:
         return Message(adapter=adapter, channel="C024BE91L", user=user, text="restart",
-                       raw={"event": {"user": user_id}, "user_id": user_id})
+                       raw={"event": {"user": user_id}}, user_id=user_id)
 
     assert auth.is_admin(said("slack", "carol.renamed", "U0123ABCD"))
     assert auth.is_admin(said("mattermost", "renamed", mattermost_id))
     assert not auth.is_admin(said("mattermost", "carol", "U0123ABCD"))  # Slack's id, on Mattermost
-    assert not auth.is_admin(said("api", "carol", "U0123ABCD"))  # a client chose what `raw` holds
+    assert not auth.is_admin(said("api", "carol", "U0123ABCD"))  # only Slack and Mattermost say one
     assert not auth.is_admin(said("irc", "carol", "U0123ABCD"))
     assert auth.check(ALIAS, said("slack", "dave", "U0ONCALL1")).allowed
     assert auth.groups_of(said("slack", "dave", "U0ONCALL1")) == {"oncall"}
@@ -233,3 +233,5 @@ def test_a_platform_user_id_names_its_person_on_that_platform_only() -> None:
     assert not denied.allowed and denied.reason == "mallory is denied ops.restart (user slack:U0BADBAD1)"
     bare = Authorizer.from_config({"admins": ["U0123ABCD"]})
     assert not bare.is_admin(said("slack", "carol", "U0123ABCD"))  # an id names no one bare
+    in_raw = Message(adapter="slack", channel="C024BE91L", user="carol", text="restart", raw={"user_id": "U0123ABCD"})
+    assert not auth.is_admin(in_raw)  # `raw` is the platform's payload as it came, never read for who wrote

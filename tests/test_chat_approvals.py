@@ -669,6 +669,34 @@ async def test_an_approved_command_runs_for_a_requester_allowed_by_a_platform_gr
         assert "approval_asked" not in execution["context"]  # what was checked is no part of the run
 
 
+async def test_an_approved_command_runs_for_a_requester_allowed_only_by_their_platform_user_id(home: Path) -> None:
+    """An alias allowed only to `slack:U0ALICE01` (the user id Slack says wrote, which no one can change
+    or choose; her name alone is not allowed) still runs once approved, also when the approvers decide
+    after a restart: the requester is authorised again with the user id kept with the approval."""
+    _approval_config(home)
+    _change_deploy(home, "revoke")
+    alias = home / "packs" / "demo" / "aliases" / "deploy.yaml"
+    alias.write_text(alias.read_text().replace("users: [bob]", 'users: ["slack:U0ALICE01"]'))
+    async with loopback_chat(home, "slack") as (squall, bot, slack):
+        await slack.say("!deploy web3", user="alice")  # by name only: not her
+        await settle(squall, bot)
+        assert slack.texts()[-1] == ("Sorry alice, you may not run that: demo.deploy is allowed only for users "
+                                     "slack:U0ALICE01.")
+        await slack.say("!deploy web3", user="alice", user_id="U0ALICE01")
+        await settle(squall, bot)
+        approval_id = _approval_id(slack)
+        row = await squall.db(squall.store.approval_get, approval_id)
+        assert row["context"]["approval_asked"]["user_id"] == "U0ALICE01"
+    async with loopback_chat(home, "slack") as (squall, bot, slack):  # restarted before the approvers decide
+        await slack.say(f"!approve {approval_id}", user="ann", user_id="U0ANN0001")
+        await slack.say(f"!approve {approval_id}", user="bea", user_id="U0BEA0001")
+        await settle(squall, bot)
+        assert not [t for t in slack.texts() if t.startswith("Cannot run")]
+        [execution] = await squall.executions.list(action="demo.wipe")
+        assert execution["status"] == "succeeded" and execution["parameters"]["target"] == "web3"
+        assert execution["context"]["user"] == "alice" and "approval_asked" not in execution["context"]
+
+
 async def test_an_irc_nick_decides_only_as_the_irc_approver_config_names(home: Path) -> None:
     """Anyone may take the nick `ann` on IRC: Slack's approver ann and the admin are not whoever holds their
     names there, nor is the requester, who alone may withdraw without being an approver. `irc:ivy` is."""

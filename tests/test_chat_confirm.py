@@ -6,11 +6,13 @@ bot (Slack and Mattermost send a click as a mentioned message); the loopback cha
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from adapters.loopback import LoopbackAdapter
+from bot.chat import sessions
 from tests.test_chat import _asked_to_wipe, _config, _confirmations_stored, _duplicates, loopback_chat, settle
 
 
@@ -136,3 +138,46 @@ async def test_a_match_multiple_command_is_confirmed_once_for_every_fit_also_aft
         assert {e["context"]["user"] for e in ran} == {"alice"}
         acks = sorted(p.reply.text for p in loopback.posted if p.reply.text.startswith("noting "))
         assert acks == ["noting ABC-1", "noting ABC-2"]
+
+
+async def _asked_by_user_id(home: Path) -> None:
+    """`demo.dangerous` is allowed only to `slack:U0ALICE01`: alice, by that user id, types it on Slack,
+    and Squall stops before her answer (a restart)."""
+    _config(home)
+    _change_dangerous(home, "revoke")
+    alias = home / "packs" / "demo" / "aliases" / "dangerous.yaml"
+    alias.write_text(alias.read_text().replace("users: [bob]", 'users: ["slack:U0ALICE01"]'))
+    async with loopback_chat(home, "slack") as (squall, bot, slack):
+        await slack.say("!wipe db1", user="alice", user_id="U0ALICE01")
+        await settle(squall, bot)
+        assert "Reply `!yes`" in slack.texts()[-1]
+        [(_, state)] = _confirmations_stored(squall)
+        assert json.loads(squall.keys.decrypt(state))["origin"]["user_id"] == "U0ALICE01"
+
+
+async def test_a_confirmation_allowed_by_a_platform_user_id_runs_after_a_restart(home: Path) -> None:
+    """The sender's user id is stored with the confirmation: restored after a restart, the command is
+    authorised again as the person who typed it, whom only that id names."""
+    await _asked_by_user_id(home)
+    async with loopback_chat(home, "slack") as (squall, bot, slack):
+        await slack.say("!yes", user="alice", user_id="U0ALICE01")
+        await settle(squall, bot)
+        [execution] = await squall.executions.list(action="demo.wipe")
+        assert execution["parameters"]["target"] == "db1" and execution["status"] == "succeeded"
+
+
+async def test_a_confirmation_stored_before_user_ids_were_kept_still_loads(home: Path) -> None:
+    """A confirmation stored by a Squall that kept no user id (its origin has no `user_id`) is taken up
+    all the same, without one: authorised again by name alone, so a right only the id grants is refused."""
+    await _asked_by_user_id(home)
+    async with loopback_chat(home, "slack") as (squall, _bot, _slack):  # rewritten as an older Squall kept it
+        [(key, token)] = _confirmations_stored(squall)
+        state = json.loads(squall.keys.decrypt(token))
+        del state["origin"]["user_id"]
+        await sessions.keep(squall, key, state, time.time() + 30, "the older confirmation")
+    async with loopback_chat(home, "slack") as (squall, bot, slack):
+        await slack.say("!yes", user="alice", user_id="U0ALICE01")
+        await settle(squall, bot)
+        assert await squall.executions.list(action="demo.wipe") == []
+        assert slack.texts()[-1].startswith("Sorry alice, you may not run that: demo.dangerous is allowed only for "
+                                            "users slack:U0ALICE01")

@@ -83,10 +83,10 @@ async def click(loopback: LoopbackAdapter, posted: Posted, text: str, *, user: s
 
 
 async def clicked(loopback: LoopbackAdapter, value: str, *, thread: str, user: str = "alice",
-                  channel: str = "#ops") -> None:
+                  channel: str = "#ops", user_id: str | None = None) -> None:
     assert loopback._handler is not None
     await loopback._handler(Message(adapter=loopback.name, channel=channel, user=user, text=value, thread=thread,
-                                    mentioned=True, clicked=True, id=f"click-{user}-{value}"))
+                                    mentioned=True, clicked=True, id=f"click-{user}-{value}", user_id=user_id))
 
 
 async def questions(loopback: LoopbackAdapter, count: int) -> list[Posted]:
@@ -388,10 +388,11 @@ async def test_without_threads_a_mention_is_matched_once_when_no_question_waits(
     await adapter.wait_for(lambda p: any("core.echo succeeded" in x.text for x in p))
 
 
-async def _said(adapter: LoopbackAdapter, text: str, *, user: str) -> str:
-    """What the bot answers `user` typing `text` to it in #ops (addressed by name, as on IRC)."""
+async def _said(adapter: LoopbackAdapter, text: str, *, user: str, user_id: str | None = None) -> str:
+    """What the bot answers `user` (of platform user id `user_id`) typing `text` to it in #ops (addressed
+    by name, as on IRC)."""
     before = len(adapter.posted)
-    await adapter.say(text, user=user, channel="#ops", mentioned=True)
+    await adapter.say(text, user=user, channel="#ops", mentioned=True, user_id=user_id)
     posted = await adapter.wait_for(lambda p: len(p) > before)
     return posted[before].text
 
@@ -448,3 +449,51 @@ async def test_an_irc_nick_counts_as_its_namesake_for_self_approval_and_once_eac
     [denied, *_] = await squall.db(squall.store.audit_list, 10, "chat.inquiry.denied")
     assert denied["actor"] == "carol" and denied["target"] == twice["id"] and "already answered" in \
         denied["detail"]["reason"]
+
+
+@pytest.fixture
+async def slack(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter]]:
+    """The loopback chat (threads, buttons) as the adapter `slack`, which says who wrote by user id too
+    (`Message.user_id`); its route `ops` is #ops."""
+    write(home / "config.yml",
+          (home / "config.yml").read_text() + "routes:\n  ops: {adapter: slack, channel: '#ops'}\n")
+    adapter = LoopbackAdapter(name="slack")
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[adapter])
+    await squall.chat.start()
+    try:
+        yield squall, adapter
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+
+
+async def test_a_slack_user_answers_an_inquiry_naming_them_qualified_or_by_user_id_and_no_one_else(slack) -> None:
+    """An inquiry's `users` name a Slack person as `auth` does: `slack:carol` by her name there, and
+    `slack:U0CAROL01` by her user id whatever her name now, whether she answers with `respond`, a
+    button or a bare answer in the question's thread. dave is refused both, and his chatter in a
+    free-text question's thread is no answer."""
+    squall, adapter = slack
+    by_name = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN,
+                                                           "users": ["slack:carol"]}, {"user": "wf"})
+    by_id = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN,
+                                                         "users": ["slack:U0CAROL01"]}, {"user": "wf"})
+    free = await squall.executions.request("core.ask", {"route": "ops", "schema": FREE_TEXT,
+                                                        "users": ["slack:U0CAROL01"]}, {"user": "wf"})
+    posted = await questions(adapter, 3)
+    for inquiry in (by_name, by_id):
+        said = await _said(adapter, f"!respond {inquiry['id']} yes", user="dave", user_id="U0DAVE001")
+        assert said.startswith(f"Sorry dave: dave may not respond to inquiry {inquiry['id']}: only ")
+        assert said.endswith("and dave is not one of its users")
+    assert await _said(adapter, f"!respond {by_name['id']} yes", user="carol", user_id="U0CAROL01") == (
+        f"Thanks carol, inquiry {by_name['id']} answered: {{\"continue\": true}}")
+    question = next(p for p in posted if by_id["id"] in p.text)
+    await clicked(adapter, f"yes:inquiry:{by_id['id']}", thread=question.id, user="carol.renamed",
+                  user_id="U0CAROL01")
+    answered = await squall.executions.wait(by_id["id"], timeout=10)
+    assert answered["result"]["responder"] == "carol.renamed" and answered["result"]["response"] == {"continue": True}
+    thread = next(p for p in posted if free["id"] in p.text).id
+    await adapter.say("lunch?", user="dave", channel="#ops", thread=thread, user_id="U0DAVE001")
+    await adapter.say("the freeze ends today", user="carol", channel="#ops", thread=thread, user_id="U0CAROL01")
+    answered = await squall.executions.wait(free["id"], timeout=10)
+    assert answered["result"]["response"] == {"reason": "the freeze ends today"}
+    assert [r["user"] for r in answered["result"]["responses"]] == ["carol"]

@@ -600,6 +600,36 @@ async def test_a_refused_click_on_a_question_puts_its_buttons_back(home: Path, f
         assert answered["result"]["response"] == {"continue": True} and answered["result"]["responder"] == "alice"
 
 
+async def test_a_click_and_a_slash_command_carry_the_user_id_an_inquiry_may_name(home: Path,
+                                                                                fake: FakeMattermost) -> None:
+    """A click and a slash command reach the bot with the sender's user id (`Message.user_id`), as a post
+    does: an inquiry whose `users` name alice by hers (`mattermost:<id>`) takes her click, renamed or not,
+    and refuses bob's."""
+    with (home / "config.yml").open("a") as config:
+        config.write(f"routes:\n  ops: {{adapter: mattermost, channel: {fake.town_square['id']}}}\n")
+    async with _with_buttons(home, fake) as (squall, adapter):
+        seen = await _names_seen(fake, adapter)
+        actions_url = adapter.settings.actions_url
+        assert actions_url is not None
+        status, _answer = await fake.slash(actions_url.replace("/actions", "/command"), "greet slashed",
+                                           user=fake.bob)
+        assert status == 200
+        schema = {"type": "object", "properties": {"continue": {"type": "boolean", "required": True}}}
+        record = await squall.executions.request("core.ask", {"route": "ops", "schema": schema,
+                                                              "users": [f"mattermost:{fake.alice['id']}"]})
+        [question] = await fake.wait_for(lambda: [p for p in fake.bot_posts(fake.town_square["id"])
+                                                  if (p.get("props") or {}).get("attachments")])
+        await fake.click(question, 0, user=fake.bob)
+        await replies_to(fake, question, "Sorry bob")
+        assert (await squall.executions.get(record["id"]))["status"] == "pending"
+        await fake.rename(fake.alice, "alice.old")
+        await fake.click(fake.posts[question["id"]], 0)
+        await replies_to(fake, question, "Thanks alice.old")
+        answered = await squall.executions.wait(record["id"], timeout=10)
+        assert answered["result"]["response"] == {"continue": True} and answered["result"]["responder"] == "alice.old"
+        assert seen == [(fake.bob["id"], "bob"), (fake.bob["id"], "bob"), (fake.alice["id"], "alice.old")]
+
+
 async def test_approval_buttons_ask_the_approvers_and_a_refused_click_brings_them_back(home: Path,
                                                                                       fake: FakeMattermost) -> None:
     """An approval's Approve/Deny are buttons anyone may click: a click from outside the approvers is
@@ -875,7 +905,7 @@ async def _names_seen(fake: FakeMattermost, adapter: MattermostAdapter) -> list[
     handler = adapter._on_message
 
     async def spy(message: Any) -> None:
-        seen.append((message.raw["user_id"], message.user))
+        seen.append((message.user_id, message.user))
         await handler(message)
 
     adapter._on_message = spy

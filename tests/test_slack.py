@@ -250,6 +250,32 @@ async def test_a_slack_user_id_in_auth_names_that_person_whatever_their_name(hom
         assert "hello bob" not in [m.get("text") for m in fake.messages]
 
 
+async def test_every_message_slack_hands_on_carries_its_senders_user_id(slack, fake: FakeSlack) -> None:
+    """A message, a slash command, a message shortcut and a button click each reach the bot with the
+    sender's Slack user id (`Message.user_id`), which `auth` and an inquiry's `users` may name them by."""
+    _squall, _bot, adapter = slack
+    seen: list[tuple[str, str | None, str]] = []
+    handler = adapter._on_message
+
+    async def spy(message: Any) -> None:
+        seen.append((message.user, message.user_id, message.text))
+        await handler(message)
+
+    adapter._on_message = spy
+    event = fake.message_event("hello there")
+    await fake.push("events_api", fake.event(event))
+    await fake.push("slash_commands", fake.slash("greet slashed", user="UBOB0001"))
+    await fake.push("interactive", fake.message_shortcut(event, "greet", user="UBOB0001"))
+    prompt = {"channel": "COPS0001", "ts": "1700000000.000100", "text": "Pick one",
+              "blocks": [{"type": "actions", "block_id": "squall_buttons_0",
+                          "elements": [{"type": "button", "action_id": "squall_button_0", "value": "nothing",
+                                        "text": {"type": "plain_text", "text": "Nothing"}}]}]}
+    await fake.push("interactive", fake.click(prompt, "nothing"))
+    await fake.wait_for(lambda: len(seen) == 4, what="the four messages handed on")
+    assert sorted(seen) == [("alice", "UALICE01", "hello there"), ("alice", "UALICE01", "nothing"),
+                            ("bob", "UBOB0001", "greet hello there"), ("bob", "UBOB0001", "greet slashed")]
+
+
 async def test_mention_and_its_message_twin_run_once(slack, fake: FakeSlack) -> None:
     mention = fake.message_event(f"<@{BOT_USER}> greet twins", kind="app_mention")
     twin = {**mention, "type": "message", "channel_type": "channel"}

@@ -80,8 +80,10 @@ class ApprovalChat:
         policy = held.policy
         now = utcnow()
         # What the requester's permission is checked against again once approved (beside the user,
-        # adapter and channel the row has): the platform's groups and the channel's name as they were.
-        asked = {"groups": list(held.message.groups), "channel_name": held.message.channel_name}
+        # adapter and channel the row has): the platform's groups, the channel's name and the sender's
+        # platform user id as they were (a command allowed only to `slack:U0123ABCD` must still be theirs).
+        asked = {"groups": list(held.message.groups), "channel_name": held.message.channel_name,
+                 "user_id": held.message.user_id}
         row = {"id": secrets.token_hex(4), "alias": held.alias.ref, "action": held.alias.action_ref,
                "parameters": visible, "sealed": sealed, "render": held.render,
                "context": {**held.context, _ASKED: asked},
@@ -179,10 +181,11 @@ class ApprovalChat:
         now, and the requester is authorised again: a pack reload may have disabled or removed it, or
         taken their permission, while the approvers decided. A command that cannot start ends `failed`
         (`_fail`): no sweep tries it again."""
-        asked = row["context"].get(_ASKED) or {}  # rows held before it was kept: no platform groups
+        # Rows held before it was kept have no platform groups; before user ids were, no user id (by name only).
+        asked = row["context"].get(_ASKED) or {}
         requester = Message(adapter=row["adapter"], channel=row["channel"], user=row["requester"], text="",
                             thread=row["thread"], groups=list(asked.get("groups") or []),
-                            channel_name=asked.get("channel_name"))
+                            channel_name=asked.get("channel_name"), user_id=asked.get("user_id"))
         try:
             alias = await self.commands.allowed_alias(row["alias"], requester, "chat", f"approval {row['id']}")
         except CommandRefused as exc:

@@ -27,9 +27,11 @@ theirs by the same rule (`same_person`): the nick carol owns what it started on 
 Slack's or the API's carol started.
 
 Slack and Mattermost also say who wrote by the platform's user id, which no one can change or choose
-(a Slack `U…`, a Mattermost 26-character id; `platform_id`, from `Message.raw["user_id"]`), where the
-user name may be changed (a Mattermost server that lets people rename themselves). So config may name a
-person by it, qualified (`slack:U0123ABCD`, `mattermost:<id>`): it names them whatever their name is now.
+(a Slack `U…`, a Mattermost 26-character id; `platform_id`, from `Message.user_id`), where the user name
+may be changed (a Mattermost server that lets people rename themselves). So config may name a person by
+it, qualified (`slack:U0123ABCD`, `mattermost:<id>`): it names them whatever their name is now. The bot
+keeps the id wherever it keeps the message (sessions, an approval's requester), so a right granted by it
+holds when the command is checked again (a `yes`, an approval, after a restart).
 
 The config keys read here are `engine.config`'s `AUTH_KEYS`, `AUTH_RULE_SIDES` and `AUTH_RULE_KINDS`:
 `load_config` refuses any other (`check_auth`), since a misspelt deny list would deny nobody, and a
@@ -49,7 +51,7 @@ from engine.identity import CHOSEN_NAMES, names_of, person, reads_qualified, sam
 
 log = logging.getLogger(__name__)
 
-#: Adapters that say who wrote by the platform's user id too (`Message.raw["user_id"]`: Slack's `U…`,
+#: Adapters that say who wrote by the platform's user id too (`Message.user_id`: Slack's `U…`,
 #: Mattermost's 26 characters), which no one can change or choose: config may name a person by it,
 #: qualified by the adapter (`slack:U0123ABCD`).
 PLATFORM_IDS = frozenset({"slack", "mattermost"})
@@ -169,13 +171,12 @@ class Authorizer:
 
 
 def platform_id(message: Message) -> str | None:
-    """The sender's user id on a platform that says it (`PLATFORM_IDS`: `Message.raw["user_id"]`, set by
-    the adapter from what the server said), or None. Read on those adapters only: elsewhere `raw` may
-    hold what a client sent."""
-    if message.adapter not in PLATFORM_IDS or not isinstance(message.raw, dict):
+    """The sender's user id on a platform that says it (`PLATFORM_IDS`: `Message.user_id`, set by the
+    adapter from what the server said), or None. Read on those adapters only: no other says one, so an
+    id on another adapter's message names no one there."""
+    if message.adapter not in PLATFORM_IDS:
         return None
-    user_id = message.raw.get("user_id")
-    return user_id if isinstance(user_id, str) and user_id else None
+    return message.user_id or None
 
 
 def sender_names(message: Message) -> set[str]:

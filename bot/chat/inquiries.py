@@ -11,8 +11,11 @@ more than one question waiting in the thread answers none: the person is asked f
 
 Anyone may `/nick carol` on IRC, so there the answerer is `irc:carol` (`auth.person`): an inquiry's
 `users: [carol]` is the platform's carol (Slack's, the API's), and only `users: [irc:carol]` lets the
-nick answer, recorded under that name. Who started the workflow (`self_approval`) and who answered
-already are compared by name, the stricter reading (as approvals'): the nick carol may be carol.
+nick answer, recorded under that name. An inquiry's `users` name the sender as `auth` does
+(`auth.sender_names`): also qualified by the adapter (`slack:carol`) and, on Slack and Mattermost, by
+their user id (`slack:U0123ABCD`), which names them whatever their name is now. Who started the workflow
+(`self_approval`) and who answered already are compared by name, the stricter reading (as approvals'):
+the nick carol may be carol.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
-from bot.chat.auth import CHOSEN_NAMES, person
+from bot.chat.auth import CHOSEN_NAMES, person, sender_names
 from engine.events import EXECUTION_FINISHED, INQUIRY_PENDING
 from engine.executions import AuditEntry
 from engine.inquiries import RUNNER, InquiryError, masked, refusal
@@ -269,10 +272,11 @@ class InquiryChat:
         return self._refused(message, inquiry) is None and self._by_name(message, inquiry) is None
 
     def _refused(self, message: Message, inquiry: dict[str, Any]) -> str | None:
-        """Why the inquiry's `users` and `roles` do not let `message`'s sender answer (`refusal`), or None."""
+        """Why the inquiry's `users` and `roles` do not let `message`'s sender answer (`refusal`), or None:
+        `users` name them as `auth` does (`sender_names`), the rule `answer` passes the engine too."""
         result = inquiry.get("result") or {}
         return refusal(person(message.adapter, message.user), sorted(self.auth.groups_of(message)),
-                       result.get("users") or [], result.get("roles") or [])
+                       result.get("users") or [], result.get("roles") or [], sender_names(message))
 
     def _by_name(self, message: Message, inquiry: dict[str, Any]) -> str | None:
         """Why `message`'s sender, by name on any platform, may not answer `inquiry`, or None: they started
@@ -309,7 +313,8 @@ class InquiryChat:
             self._check_name(message, inquiry)
             answerer = person(message.adapter, message.user)  # `irc:carol` on IRC: `users` must name the nick
             answered = await self.engine.inquiries.respond(inquiry["id"], response, answerer,
-                                                           sorted(self.auth.groups_of(message)), audit)
+                                                           sorted(self.auth.groups_of(message)), audit,
+                                                           sender_names(message))
         except InquiryError as exc:
             await self.engine.db(store.audit_add, "chat.inquiry.denied", message.user, where, inquiry["id"],
                                  {"reason": str(exc)})

@@ -31,7 +31,10 @@ def place_key(kind: str, adapter: str, channel: str, user: str) -> str:
 
 
 def origin(message: Message) -> dict[str, Any]:
-    """A message as stored with its session (not the platform's raw payload: only what Squall reads)."""
+    """A message as stored with its session (not the platform's raw payload: only what Squall reads). The
+    sender's platform user id (`Message.user_id`) is kept with it: a command allowed only to
+    `slack:U0123ABCD` is authorised again by it when the session is taken up, after a restart too. A
+    message stored before it was kept has none and loads with None (`Message(**origin)`)."""
     return {f.name: getattr(message, f.name) for f in dataclasses.fields(Message) if f.name != "raw"}
 
 
