@@ -400,13 +400,33 @@ def _reencrypt_pass(store: Store, keys: KeyRing, new_id: str) -> tuple[int, int,
     return len(swaps) - missed, missed, unreadable
 
 
+def _first_pass(store: Store, keys: KeyRing, new_id: str, audit: AuditEntry) -> tuple[int, int, list[str]]:
+    """A rotation's first pass (`_reencrypt_pass`) and its audit event, about the new key, in one transaction
+    (`AuditEntry.together`): the rotation's first database write, so an event the database does not take
+    re-encrypts nothing, and the rotation stops before it retires anything. The event's detail gains what the
+    pass did: how many secrets it re-encrypted, how many changed meanwhile (the next pass takes them) and
+    how many could not be read (the old keys then stay)."""
+    from engine.executions import AuditEntry
+
+    with AuditEntry.together(store):
+        written, changed, unreadable = _reencrypt_pass(store, keys, new_id)
+        audit.add(store, new_id, reencrypted=written, changed=changed, unreadable=len(unreadable))
+    return written, changed, unreadable
+
+
 #: One database call of a rotation, as `_rotation` asks for it: the function and its arguments.
 _Call = tuple[Callable[..., Any], tuple[Any, ...]]
 
 
-def _rotation(store: Store, keys: KeyRing, progress: Callable[[str], None],
-              others: Callable[[], list[str]]) -> Generator[_Call, Any, RotationReport]:
+def _rotation(store: Store, keys: KeyRing, progress: Callable[[str], None], others: Callable[[], list[str]],
+              audit: AuditEntry | None = None) -> Generator[_Call, Any, RotationReport]:
     """The steps of a rotation (see `rotate_key`), asking its caller for each database call.
+
+    `audit` (who rotated, from where) is stored with the first pass over the secrets (`_first_pass`), the
+    rotation's first database write, its detail naming the keys it means to retire (`old_keys`): an event the
+    database does not take stops the rotation with nothing re-encrypted and no key retired. Retiring comes
+    after every pass, so no key goes unaudited. Written after the rotation, an event that failed left the old
+    keys retired by nobody. The key added first stays then, as after a rotation killed at that point.
 
     The key file is changed here only, never inside a database call: `storage.Database` runs a group of
     calls again when it met another process's SQLite lock, and a rotation made as one call added its key
@@ -430,8 +450,10 @@ def _rotation(store: Store, keys: KeyRing, progress: Callable[[str], None],
         keys.wait_for_sealing(lambda: progress("waiting for the secrets being stored now (squall key set "
                                                "--encrypt, key load) to be committed"))
         reencrypted, changed, unreadable = 0, 0, []
-        for _ in range(_ROTATION_PASSES):
-            written, changed, unreadable = yield _reencrypt_pass, (store, keys, new_id)
+        for number in range(_ROTATION_PASSES):
+            step: _Call = ((_first_pass, (store, keys, new_id, audit.with_facts(old_keys=old_ids)))
+                           if audit is not None and number == 0 else (_reencrypt_pass, (store, keys, new_id)))
+            written, changed, unreadable = yield step
             reencrypted += written
             if not (written or changed):
                 break  # nothing left under an old key (what could not be read aside)
@@ -493,11 +515,13 @@ def rotate_key(store: Store, keys: KeyRing, progress: Callable[[str], None] = la
 
 async def rotate_key_through(db: Callable[..., Awaitable[Any]], store: Store, keys: KeyRing,
                              progress: Callable[[str], None] = lambda _m: None, *,
-                             others: Callable[[], list[str]] = _nobody) -> RotationReport:
+                             others: Callable[[], list[str]] = _nobody,
+                             audit: AuditEntry | None = None) -> RotationReport:
     """`rotate_key`, its database calls made through `db` (a `storage.Database`), which may run one again;
     the key file's steps run here, on the caller's thread, once each (the wait for the writes that seal, too:
-    a caller whose own tasks seal would wait for them while they cannot run)."""
-    steps = _rotation(store, keys, progress, others)
+    a caller whose own tasks seal would wait for them while they cannot run). `audit` is stored with the
+    rotation's first database write (see `_rotation`)."""
+    steps = _rotation(store, keys, progress, others, audit)
     try:
         step = _advance(steps, True, None)
         while not isinstance(step, RotationReport):

@@ -30,7 +30,14 @@ once an hour) or by hand (`squall execution purge`, `squall trigger-instance pur
 
 Each batch is one transaction (`BATCH_SIZE` rows of its kind, `SWEEP_BATCH_SIZE` in `squall serve`; a
 workflow is never split), through the `Database` like every other call in `squall serve`, so chat
-waits at most one batch, and a purge that fails keeps what its earlier batches did. SQLite reuses the
+waits at most one batch, and a purge that fails keeps what its earlier batches did. A purge's audit
+event (`retention.purge`, `cli.*.purge`, with its counts) is stored in the transaction of the batch that
+ends it, never after it: an event the database does not take puts that batch back. The CLI's purges also
+run the batches that end their phases in that transaction (`run`'s `closing`: a batch of each phase at
+most), so a purge that fits in one batch a phase deletes nothing without its event; `squall serve`'s run
+keeps one batch a call (`RetentionSweep._batch`), its event going with the run's last, tried again at the
+next tick. A purge cut short says what its committed batches deleted, `interrupted`, in an event of its
+own; one the database does not take either is said whole (the CLI's stderr, serve's log). SQLite reuses the
 pages deleted rows leave for later writes; the file does not shrink unless someone runs `VACUUM`,
 which Squall never does on its own (it holds the whole database for as long as it copies it).
 """
@@ -40,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import re
 import time
@@ -51,7 +59,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.config import RetentionSettings
-from engine.executions import COMPLETED
+from engine.executions import COMPLETED, AuditEntry
 from engine.storage import (
     OUTBOX_PENDING,
     Database,
@@ -465,45 +473,75 @@ def configured_phases(settings: RetentionSettings, now: datetime) -> list[Phase]
     return phases
 
 
+#: What closes a purge, in the transaction of its last batch: its audit event (`run`).
+Closing = Callable[[Store, Purged], None]
+
+
 def run(store: Store, phases: list[Phase], *, batch_size: int = BATCH_SIZE,
-        progress: Callable[[Purged], None] | None = None) -> Purged:
+        progress: Callable[[Purged], None] | None = None, closing: Closing | None = None) -> Purged:
     """Every batch of `phases` in turn on `store` outside any `Database` (a CLI command), each batch its
-    own transaction; `progress` is told the running total after each batch that deleted something."""
+    own transaction; `progress` is told the running total after each transaction that deleted something.
+
+    `closing(store, total)` (the purge's audit event) runs in the transaction of the batch that ends the
+    purge, which then commits with it or not at all; and a batch that ends its phase shares its transaction
+    with the next phase's first batch, and on while each ends its phase (`_batches`): a purge whose phases
+    each fit in one batch (any but a backlog's) is one transaction with its event, so an event the database
+    does not take deletes nothing. A longer one keeps what its earlier transactions deleted."""
     total = Purged()
-    for phase in phases:
-        done = False
-        while not done:
-            batch = phase.step(store, phase.cursor, batch_size)
-            phase.cursor, done = batch.cursor, batch.done
-            total += batch.purged
-            if batch.purged and progress is not None:
-                progress(total)
+    left = list(phases)
+    while left:
+        with store.batch() if closing is not None else contextlib.nullcontext():
+            purged = _batches(store, left, batch_size, chained=closing is not None)
+            if closing is not None and not left:
+                closing(store, total + purged)
+        total += purged
+        if purged and progress is not None:
+            progress(total)
     return total
 
 
+def _batches(store: Store, left: list[Phase], batch_size: int, *, chained: bool) -> Purged:
+    """The next batch of the first phase `left`, and (`chained`) the next phases' batches after it while each
+    batch ends its phase, made as one transaction by the caller; the phases they end are taken off `left`.
+    What they deleted. Chained, a transaction holds at most a batch of each phase (two for the executions)."""
+    purged = Purged()
+    while left:
+        phase = left[0]
+        batch = phase.step(store, phase.cursor, batch_size)
+        phase.cursor = batch.cursor
+        purged += batch.purged
+        if not batch.done:
+            break
+        left.pop(0)
+        if not chained:
+            break
+    return purged
+
+
 def purge_executions(store: Store, cutoff: datetime, *, action: str | None = None, include_incomplete: bool = False,
-                     batch_size: int = BATCH_SIZE, progress: Callable[[Purged], None] | None = None) -> Purged:
+                     batch_size: int = BATCH_SIZE, progress: Callable[[Purged], None] | None = None,
+                     closing: Closing | None = None) -> Purged:
     """`squall execution purge` (StackStorm's `st2-purge-executions`): see the module's doc."""
     return run(store, execution_phases(cutoff, action=action, include_incomplete=include_incomplete),
-               batch_size=batch_size, progress=progress)
+               batch_size=batch_size, progress=progress, closing=closing)
 
 
 def purge_output(store: Store, cutoff: datetime, *, batch_size: int = BATCH_SIZE,
-                 progress: Callable[[Purged], None] | None = None) -> Purged:
+                 progress: Callable[[Purged], None] | None = None, closing: Closing | None = None) -> Purged:
     """The output chunks of executions that ended before `cutoff` (`retention.output_days`)."""
-    return run(store, output_phases(cutoff), batch_size=batch_size, progress=progress)
+    return run(store, output_phases(cutoff), batch_size=batch_size, progress=progress, closing=closing)
 
 
 def purge_trigger_instances(store: Store, cutoff: datetime, *, batch_size: int = BATCH_SIZE,
-                            progress: Callable[[Purged], None] | None = None) -> Purged:
+                            progress: Callable[[Purged], None] | None = None, closing: Closing | None = None) -> Purged:
     """`squall trigger-instance purge` (StackStorm's `st2-purge-trigger-instances`)."""
-    return run(store, trigger_instance_phases(cutoff), batch_size=batch_size, progress=progress)
+    return run(store, trigger_instance_phases(cutoff), batch_size=batch_size, progress=progress, closing=closing)
 
 
 def purge_audit(store: Store, cutoff: datetime, *, batch_size: int = BATCH_SIZE,
-                progress: Callable[[Purged], None] | None = None) -> Purged:
+                progress: Callable[[Purged], None] | None = None, closing: Closing | None = None) -> Purged:
     """`squall audit purge`: the audit log entries logged before `cutoff`."""
-    return run(store, audit_phases(cutoff), batch_size=batch_size, progress=progress)
+    return run(store, audit_phases(cutoff), batch_size=batch_size, progress=progress, closing=closing)
 
 
 # -- squall serve ----------------------------------------------------------------------------------------
@@ -565,24 +603,49 @@ class RetentionSweep:
     async def _advance(self, db: Database) -> None:
         for _ in range(self.batches_per_tick):
             phase = self._phases[0]
-            batch = await db(phase.step, db.store, phase.cursor, self.batch_size)
+            batch = await db(self._batch, db.store, phase, len(self._phases) == 1)
             phase.cursor = batch.cursor
             self._purged += batch.purged
             if batch.done:
                 self._phases.pop(0)
                 if not self._phases:
-                    await self._audited(db)
                     self._end()
                     return
 
+    def _batch(self, store: Store, phase: Phase, last: bool) -> Batch:
+        """One batch of `phase`; the run's last (of its `last` phase, and done) with the run's `retention.purge`
+        event in its transaction (`AuditEntry.together`): an event the database does not take puts that batch
+        back, and the next tick does it again, event and all. Written after the run's end, an event that failed
+        left its history deleted with no word of it in the audit log."""
+        if not last:
+            return phase.step(store, phase.cursor, self.batch_size)
+        with AuditEntry.together(store):
+            batch = phase.step(store, phase.cursor, self.batch_size)
+            if batch.done and (self._purged + batch.purged):
+                event = self._event(self._purged + batch.purged)
+                store.audit_add(event.event, event.actor, event.source, event.target, event.detail)
+        return batch
+
+    def _event(self, purged: Purged, *, interrupted: bool = False) -> AuditEntry:
+        """The `retention.purge` audit entry of a run that deleted `purged`: its counts and the settings it kept
+        to, so the audit log says when history went, and why, even once its own old entries are gone with it."""
+        kept = {key: days for key, days in dataclasses.asdict(self.settings).items() if days is not None}
+        return AuditEntry("retention.purge", None, "serve", None,
+                          {**kept, **purged.counts(), **({"interrupted": True} if interrupted else {})})
+
     async def _audited(self, db: Database, *, interrupted: bool = False) -> None:
-        """A run that deleted something leaves a `retention.purge` audit entry with its counts and the
-        settings it kept to: the audit log says when history went, and why, even once its own old
-        entries are gone with it. A run cut short (`interrupted`: a stop, a bug) says what it did so far."""
-        if self._purged:
-            kept = {key: days for key, days in dataclasses.asdict(self.settings).items() if days is not None}
-            detail = {**kept, **self._purged.counts(), **({"interrupted": True} if interrupted else {})}
-            await db(db.store.audit_add, "retention.purge", None, "serve", None, detail)
+        """A run cut short (`interrupted`: a stop, a bug) that deleted something says what its committed batches
+        did, in an entry of its own; one the database does not take is logged whole, never raised: the
+        batches hold, and the stop or the bug goes on being handled."""
+        if not self._purged:
+            return
+        event = self._event(self._purged, interrupted=interrupted)
+        try:
+            await db(db.store.audit_add, event.event, event.actor, event.source, event.target, event.detail)
+        except sa.exc.DBAPIError as exc:
+            log.error("history retention deleted %s, and its audit event could not be stored (%s): %s",
+                      self._purged.describe(), database_trouble(exc) or type(exc).__name__,
+                      json.dumps({"event": event.event, "detail": event.detail}))
 
     def _end(self) -> None:
         """The run is over (or given up): say what it deleted, and when the next one is due."""

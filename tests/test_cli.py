@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -12,12 +13,18 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import pytest
 
 from tests.conftest import write
 from tests.pgcluster import free_port
+
+if TYPE_CHECKING:
+    from click.testing import Result
 
 SQUALL = Path(sys.executable).parent / "squall"
 
@@ -879,46 +886,83 @@ def test_apikey_create_takes_its_name_as_an_argument_or_option(home: Path) -> No
 
 
 # -- a change and its audit event: one transaction ---------------------------------------------------------
-
-#: `squall` with one audit event failing to store as a full disk fails (SQLITE_FULL): `-c EVENT` first.
-_AUDIT_FAILS = """
-import sqlite3
-import sys
-
-import sqlalchemy as sa
-
-from engine.storage import Store
-
-event, add = sys.argv.pop(1), Store.audit_add
+#
+# These run `squall` in this process (`in_process`): each test runs a dozen commands or more, and the console
+# script's start (Python, the imports) was ~1 s of each. What they check is what the command stores.
 
 
-def audit_add(self, kind, *args, **kwargs):
-    if kind == event:
-        error = sqlite3.OperationalError("database or disk is full")
-        error.sqlite_errorcode = 13
-        raise sa.exc.OperationalError("INSERT INTO audit ...", {}, error)
-    return add(self, kind, *args, **kwargs)
+def in_process(home: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """`squall ARGS` run in this process (typer's runner) with `home`'s config: its exit code, stdout and stderr
+    apart, in ~0.1 s where the console script takes ~1 s. What a command sets for its whole process is put back
+    after the test: the stdout audit sink it leaves out, the config and verbosity its options name, the folder."""
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+    from bot.cli.common import _State
+    from engine.audit_sinks import _Process
+
+    monkeypatch.setattr(_Process, "stdout", _Process.stdout)
+    monkeypatch.setattr(_State, "config_path", _State.config_path)
+    monkeypatch.setattr(_State, "verbose", _State.verbose)
+    monkeypatch.chdir(home)
+    runner = CliRunner()
+
+    def run(*args: str, stdin: str | None = None) -> Result:
+        return runner.invoke(app, ["-c", str(home / "config.yml"), *args], input=stdin)
+
+    return run
 
 
-Store.audit_add = audit_add
-from bot.cli import main
+@contextlib.contextmanager
+def audit_failing(event: str, *, refused: bool = False) -> Iterator[None]:
+    """`event`'s audit rows fail to store as a full disk fails them (SQLITE_FULL: the database failed, and the
+    group of calls with it), or, `refused`, as a statement the database refuses alone (a value too long for
+    its column on PostgreSQL: the rest of its group commits); every other row stores as before."""
+    import sqlite3
 
-sys.argv[0] = "squall"
-main()
-"""
+    import sqlalchemy as sa
+
+    from engine.storage import Store
+
+    add = Store.audit_add
+
+    def audit_add(self: Store, kind: str, *args: Any, **kwargs: Any) -> None:
+        if kind == event and refused:
+            raise sa.exc.DataError("INSERT INTO audit ...", {}, ValueError("value too long for type character"))
+        if kind == event:
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = 13  # type: ignore[attr-defined]
+            raise sa.exc.OperationalError("INSERT INTO audit ...", {}, error)
+        add(self, kind, *args, **kwargs)
+
+    with mock.patch.object(Store, "audit_add", audit_add):
+        yield
 
 
-def _audit_fails(home: Path, event: str, *args: str, stdin: str | None = None) -> None:
-    """`squall ARGS` while `event`'s audit row cannot be stored: it fails, saying the database is full."""
-    done = subprocess.run([sys.executable, "-c", _AUDIT_FAILS, event, "-c", str(home / "config.yml"), *args],
-                          capture_output=True, text=True, timeout=120, cwd=home, input=stdin)
-    assert done.returncode != 0 and "database or disk is full" in done.stderr, (args, done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr, done.stderr
+def audit_fails(cli: Callable[..., Result], event: str, *args: str, stdin: str | None = None) -> Result:
+    """`squall ARGS` while `event`'s audit row cannot be stored: it fails, saying the database is full, in
+    words and an exit code (`SystemExit`), never a traceback."""
+    with audit_failing(event):
+        done = cli(*args, stdin=stdin)
+    assert done.exit_code != 0 and "database or disk is full" in done.stderr, (args, done.stdout, done.stderr)
+    assert isinstance(done.exception, SystemExit), (args, done.exception, done.stderr)
+    return done
 
 
-def _executions(home: Path) -> dict[str, str]:
+def succeeds(cli: Callable[..., Result], *args: str, stdin: str | None = None) -> Result:
+    done = cli(*args, stdin=stdin)
+    assert done.exit_code == 0, (args, done.stdout, done.stderr, done.exception)
+    return done
+
+
+def statuses(cli: Callable[..., Result]) -> dict[str, str]:
     """Every execution's status, by id."""
-    return {e["id"]: e["status"] for e in json.loads(_ok(home, "execution", "list", "--json").stdout)}
+    return {e["id"]: e["status"] for e in json.loads(succeeds(cli, "execution", "list", "--json").stdout)}
+
+
+def audit_log(cli: Callable[..., Result]) -> list[dict[str, Any]]:
+    """The audit log as `squall audit export` gives it, oldest first."""
+    return [json.loads(line) for line in succeeds(cli, "audit", "export").stdout.splitlines()]
 
 
 #: A chain that asks a question: `squall run` leaves it paused on its inquiry.
@@ -926,7 +970,7 @@ _ASKS = "chain:\n  - name: ask\n    ref: core.ask\n    params:\n      schema:\n 
         "        properties:\n          ok: {type: boolean, required: true}\n"
 
 
-def test_an_execution_change_whose_audit_event_fails_is_not_stored(home: Path) -> None:
+def test_an_execution_change_whose_audit_event_fails_is_not_stored(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`run`, `execution cancel`, `execution re-run` and `inquiry respond` stored their change, then their
     `cli.*` event in a second commit: under a full disk the command failed (exit 3) for a change it had made
     (a run requested, a cancel, an answer), and the audit log never showed it; run again, it did it twice.
@@ -934,66 +978,120 @@ def test_an_execution_change_whose_audit_event_fails_is_not_stored(home: Path) -
     from tests.workflow_helpers import workflow_pack
 
     workflow_pack(home, {"asks": ("action-chain", "", _ASKS)})
-    _audit_fails(home, "cli.execution", "run", "core.noop", "--async")
-    assert _executions(home) == {}
-    queued = json.loads(_ok(home, "run", "core.noop", "--async", "--json").stdout)["id"]
-    _audit_fails(home, "cli.execution.cancel", "execution", "cancel", queued)
-    assert _executions(home) == {queued: "requested"}
-    _ok(home, "execution", "cancel", queued)
-    _audit_fails(home, "cli.execution.rerun", "execution", "re-run", queued)
-    assert _executions(home) == {queued: "canceled"}
-    paused = json.loads(squall(home, "run", "wf.asks", "--json").stdout)
+    cli = in_process(home, monkeypatch)
+    audit_fails(cli, "cli.execution", "run", "core.noop", "--async")
+    assert statuses(cli) == {}
+    queued = json.loads(succeeds(cli, "run", "core.noop", "--async", "--json").stdout)["id"]
+    audit_fails(cli, "cli.execution.cancel", "execution", "cancel", queued)
+    assert statuses(cli) == {queued: "requested"}
+    succeeds(cli, "execution", "cancel", queued)
+    audit_fails(cli, "cli.execution.rerun", "execution", "re-run", queued)
+    assert statuses(cli) == {queued: "canceled"}
+    paused = json.loads(cli("run", "wf.asks", "--json").stdout)
     assert paused["status"] == "paused", paused
-    [inquiry] = json.loads(_ok(home, "inquiry", "list", "--json").stdout)
-    _audit_fails(home, "cli.inquiry.respond", "inquiry", "respond", inquiry["id"], "--response", '{"ok": true}')
-    assert [i["id"] for i in json.loads(_ok(home, "inquiry", "list", "--json").stdout)] == [inquiry["id"]]
-    _ok(home, "inquiry", "respond", inquiry["id"], "--response", '{"ok": true}')
-    again = json.loads(_ok(home, "execution", "re-run", queued, "--json").stdout)["id"]
-    events = [(e["event"], e["target"]) for e in _audited(home) if e["event"] != "cli.execution"]
+    [inquiry] = json.loads(succeeds(cli, "inquiry", "list", "--json").stdout)
+    audit_fails(cli, "cli.inquiry.respond", "inquiry", "respond", inquiry["id"], "--response", '{"ok": true}')
+    assert [i["id"] for i in json.loads(succeeds(cli, "inquiry", "list", "--json").stdout)] == [inquiry["id"]]
+    succeeds(cli, "inquiry", "respond", inquiry["id"], "--response", '{"ok": true}')
+    again = json.loads(succeeds(cli, "execution", "re-run", queued, "--json").stdout)["id"]
+    events = [(e["event"], e["target"]) for e in audit_log(cli) if e["event"] != "cli.execution"]
     assert events == [("cli.execution.cancel", queued), ("cli.inquiry.respond", inquiry["id"]),
                       ("cli.execution.rerun", again)]
-    assert json.loads(_ok(home, "execution", "get", paused["id"], "--json").stdout)["status"] == "resuming"
+    assert json.loads(succeeds(cli, "execution", "get", paused["id"], "--json").stdout)["status"] == "resuming"
 
 
-def test_a_key_change_whose_audit_event_fails_is_not_stored(home: Path, tmp_path: Path) -> None:
+#: An Orquesta workflow whose one task fails: `squall execution re-run --tasks fail` re-runs it in place.
+_FAILS = "version: 1.0\ntasks:\n  fail:\n    action: core.local\n    input:\n      cmd: exit 1\n"
+
+
+def test_a_workflow_rerun_in_place_whose_audit_event_fails_is_not_stored(home: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`execution re-run --tasks` set the workflow `resuming` and conducted it, then wrote its
+    `cli.execution.rerun` event apart: under a full disk the command failed for a re-run it had made (its task
+    ran again), and the event was only logged. The event is stored in the transaction that resets the
+    workflow now (`WorkflowService.rerun`'s `audit`): a failed command re-ran nothing."""
+    from tests.workflow_helpers import workflow_pack
+
+    workflow_pack(home, {"fails": ("orquesta", "", _FAILS)})
+    cli = in_process(home, monkeypatch)
+    failed = json.loads(cli("run", "wf.fails", "--json").stdout)
+    assert failed["status"] == "failed", failed
+    before = statuses(cli)
+    audit_fails(cli, "cli.execution.rerun", "execution", "re-run", failed["id"], "--tasks", "fail")
+    assert statuses(cli) == before  # still failed, its task not run again
+    assert json.loads(succeeds(cli, "execution", "get", failed["id"], "--json").stdout)["log"] == failed["log"]
+    again = json.loads(cli("execution", "re-run", failed["id"], "--tasks", "fail", "--json").stdout)
+    assert again["id"] == failed["id"] and again["status"] == "failed"
+    assert len(statuses(cli)) == len(before) + 1  # its task ran once more
+    [event] = [e for e in audit_log(cli) if e["event"] == "cli.execution.rerun"]
+    assert event["target"] == failed["id"]
+    assert {k: event["detail"][k] for k in ("action", "of", "tasks")} == {
+        "action": "wf.fails", "of": failed["id"], "tasks": ["fail"]}
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_workflow_rerun_in_place_whose_audit_event_is_refused_is_not_stored(
+        home: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL keeps a group's other writes when one statement is refused: the workflow's reset and its
+    event share a savepoint there (`AuditEntry.together`), so an event refused alone resets nothing."""
+    from tests.workflow_helpers import workflow_pack
+
+    config = home / "config.yml"
+    config.write_text(config.read_text().replace("sqlite:///data/squall.db", postgres_url))
+    workflow_pack(home, {"fails": ("orquesta", "", _FAILS)})
+    cli = in_process(home, monkeypatch)
+    failed = json.loads(cli("run", "wf.fails", "--json").stdout)
+    assert failed["status"] == "failed", failed
+    before = statuses(cli)
+    with audit_failing("cli.execution.rerun", refused=True):
+        refused = cli("execution", "re-run", failed["id"], "--tasks", "fail")
+    assert refused.exit_code != 0, refused.stdout
+    assert statuses(cli) == before
+    assert json.loads(succeeds(cli, "execution", "get", failed["id"], "--json").stdout)["log"] == failed["log"]
+
+
+def test_a_key_change_whose_audit_event_fails_is_not_stored(home: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """`key set`, `key delete` and `key load` wrote the keys, then their `cli.key.*` event apart: under a full
     disk the command failed for keys it had written (or deleted). Each is one transaction with its event now."""
-    _audit_fails(home, "cli.key.set", "key", "set", "region", "eu", "--encrypt")
-    assert squall(home, "key", "get", "region").returncode == 2
-    _ok(home, "key", "set", "region", "eu", "--encrypt")
-    _audit_fails(home, "cli.key.delete", "key", "delete", "region")
-    assert squall(home, "key", "get", "region", "--decrypt").stdout.strip() == "eu"
-    _ok(home, "key", "delete", "region")
+    cli = in_process(home, monkeypatch)
+    audit_fails(cli, "cli.key.set", "key", "set", "region", "eu", "--encrypt")
+    assert cli("key", "get", "region").exit_code == 2
+    succeeds(cli, "key", "set", "region", "eu", "--encrypt")
+    audit_fails(cli, "cli.key.delete", "key", "delete", "region")
+    assert succeeds(cli, "key", "get", "region", "--decrypt").stdout.strip() == "eu"
+    succeeds(cli, "key", "delete", "region")
     listed = tmp_path / "keys.json"
     listed.write_text(json.dumps([{"name": "a", "value": "1"}, {"name": "b", "value": "2", "secret": True}]))
-    _audit_fails(home, "cli.key.load", "key", "load", str(listed))
-    assert json.loads(_ok(home, "key", "list", "--json").stdout) == []
-    _ok(home, "key", "load", str(listed))
-    assert [k["name"] for k in json.loads(_ok(home, "key", "list", "--json").stdout)] == ["a", "b"]
-    assert [(e["event"], e["target"], e["detail"]) for e in _audited(home)] == [
+    audit_fails(cli, "cli.key.load", "key", "load", str(listed))
+    assert json.loads(succeeds(cli, "key", "list", "--json").stdout) == []
+    succeeds(cli, "key", "load", str(listed))
+    assert [k["name"] for k in json.loads(succeeds(cli, "key", "list", "--json").stdout)] == ["a", "b"]
+    assert [(e["event"], e["target"], e["detail"]) for e in audit_log(cli)] == [
         ("cli.key.set", "region", {"scope": "system", "user": None, "secret": True, "ttl": None}),
         ("cli.key.delete", "region", {"scope": "system"}),
         ("cli.key.load", str(listed), {"count": 2, "scopes": ["system"]})]
 
 
-def test_an_account_change_whose_audit_event_fails_is_not_stored(home: Path) -> None:
+def test_an_account_change_whose_audit_event_fails_is_not_stored(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`user create|passwd|logout|delete` and `apikey create|delete` stored the change, then their event with
     another connection: a failure between them left a user or a key nobody was audited for (an admin, an API
     key), and the command said it failed. Each change and its event are one transaction now."""
+    cli = in_process(home, monkeypatch)
     password = "First1Passw0rd-long\n"
-    _audit_fails(home, "cli.user.create", "user", "create", "zed", "--role", "admin", "--password-stdin",
-                 stdin=password)
-    assert json.loads(_ok(home, "user", "list", "--json").stdout) == []
-    _ok(home, "user", "create", "zed", "--role", "admin", "--password-stdin", stdin=password)
+    audit_fails(cli, "cli.user.create", "user", "create", "zed", "--role", "admin", "--password-stdin",
+                stdin=password)
+    assert json.loads(succeeds(cli, "user", "list", "--json").stdout) == []
+    succeeds(cli, "user", "create", "zed", "--role", "admin", "--password-stdin", stdin=password)
     for verb, extra, stdin in (("passwd", ("--password-stdin",), "Second2Passw0rd-long\n"), ("logout", (), None),
                                ("delete", (), None)):
-        _audit_fails(home, f"cli.user.{verb}", "user", verb, "zed", *extra, stdin=stdin)
-    [zed] = json.loads(_ok(home, "user", "list", "--json").stdout)
+        audit_fails(cli, f"cli.user.{verb}", "user", verb, "zed", *extra, stdin=stdin)
+    [zed] = json.loads(succeeds(cli, "user", "list", "--json").stdout)
     assert zed["name"] == "zed" and zed["password_changed_at"] == zed["created_at"]
-    _audit_fails(home, "cli.apikey.create", "apikey", "create", "ci-bot")
-    assert json.loads(_ok(home, "apikey", "list", "--json").stdout) == []
-    key = json.loads(_ok(home, "apikey", "create", "ci-bot", "--json").stdout)
-    _audit_fails(home, "cli.apikey.delete", "apikey", "delete", key["id"])
-    assert [k["id"] for k in json.loads(_ok(home, "apikey", "list", "--json").stdout)] == [key["id"]]
-    assert [(e["event"], e["target"]) for e in _audited(home)] == [("cli.user.create", "zed"),
-                                                                   ("cli.apikey.create", key["id"])]
+    audit_fails(cli, "cli.apikey.create", "apikey", "create", "ci-bot")
+    assert json.loads(succeeds(cli, "apikey", "list", "--json").stdout) == []
+    key = json.loads(succeeds(cli, "apikey", "create", "ci-bot", "--json").stdout)
+    audit_fails(cli, "cli.apikey.delete", "apikey", "delete", key["id"])
+    assert [k["id"] for k in json.loads(succeeds(cli, "apikey", "list", "--json").stdout)] == [key["id"]]
+    assert [(e["event"], e["target"]) for e in audit_log(cli)] == [("cli.user.create", "zed"),
+                                                                  ("cli.apikey.create", key["id"])]

@@ -26,7 +26,7 @@ from engine import datastore as datastore_module
 from engine.crypto import CryptoError, KeyRing
 from engine.datastore import Datastore
 from engine.storage import Store
-from tests.test_cli import SQUALL, squall
+from tests.test_cli import SQUALL, audit_failing, audit_fails, audit_log, in_process, squall, succeeds
 
 SECRETS = {f"s{n}": f"value-{n}" for n in range(20)}
 
@@ -131,6 +131,64 @@ def test_a_rotation_whose_database_call_is_run_again_adds_its_key_once(home: Pat
     [new] = _ring(home)
     assert new != old[0] and f"re-encrypted {len(SECRETS)} secrets under key {new}" in done.stdout
     assert _readable(home) == SECRETS
+
+
+def test_a_rotation_whose_audit_event_fails_re_encrypts_and_retires_nothing(home: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`key rotate` re-encrypted every secret and retired the old key, then wrote its `cli.key.rotate` event
+    apart: under a full disk the command failed (exit 3) for a rotation it had made, and the key it retired
+    was retired by nobody. The event is stored with the rotation's first database write now (its first pass
+    over the secrets), and the old keys go only after it: an event the database does not take re-encrypts
+    nothing and retires nothing. The key the rotation added first stays in the file, sealing nothing the
+    database holds (as after a rotation killed at that point); the next rotation retires it with the old."""
+    cli = in_process(home, monkeypatch)
+    (home / "keys.json").write_text(json.dumps([{"name": k, "value": v, "secret": True} for k, v in SECRETS.items()]))
+    succeeds(cli, "key", "load", str(home / "keys.json"))
+    [old] = _ring(home)
+    store = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
+    try:
+        sealed = store.sealed_values()
+        audit_fails(cli, "cli.key.rotate", "key", "rotate")
+        assert store.sealed_values() == sealed  # not one ciphertext re-encrypted
+        added, kept = _ring(home)
+        assert kept == old and added != old
+        listed = json.loads(succeeds(cli, "key", "list", "--decrypt", "--json").stdout)
+        assert {item["name"]: item["value"] for item in listed} == SECRETS
+        assert [e for e in audit_log(cli) if e["event"] == "cli.key.rotate"] == []
+        rotated = succeeds(cli, "key", "rotate")
+        [new] = _ring(home)
+        assert f"re-encrypted {len(SECRETS)} secrets under key {new}; retired 2 old key(s)" in rotated.stdout
+        ring = KeyRing(home / "data" / "datastore.key")
+        assert {ring.key_id_of(value) for _what, _key, value in store.sealed_values()} == {new}
+        [event] = [e for e in audit_log(cli) if e["event"] == "cli.key.rotate"]
+        assert (event["target"], event["detail"]["old_keys"]) == (new, [added, old])
+        assert event["detail"]["reencrypted"] == len(SECRETS)
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_rotation_whose_audit_event_is_refused_re_encrypts_nothing(
+        home: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL keeps a group's other writes when one statement is refused: the first pass's swaps and the
+    rotation's event share a savepoint there (`AuditEntry.together`), so an event refused alone re-encrypts
+    nothing, and the rotation stops before it retires anything."""
+    config = home / "config.yml"
+    config.write_text(config.read_text().replace("sqlite:///data/squall.db", postgres_url))
+    cli = in_process(home, monkeypatch)
+    (home / "keys.json").write_text(json.dumps([{"name": k, "value": v, "secret": True} for k, v in SECRETS.items()]))
+    succeeds(cli, "key", "load", str(home / "keys.json"))
+    [old] = _ring(home)
+    store = Store.open(postgres_url)
+    try:
+        sealed = store.sealed_values()
+        with audit_failing("cli.key.rotate", refused=True):
+            assert cli("key", "rotate").exit_code != 0
+        assert store.sealed_values() == sealed
+        assert old in _ring(home)
+        assert store.audit_list(event="cli.key.rotate") == []
+    finally:
+        store.close()
 
 
 def test_retiring_keeps_the_key_the_rotation_sealed_under_and_only_drops_the_ones_it_left(tmp_path: Path) -> None:

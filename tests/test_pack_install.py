@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import http.server
+import json
 import os
 import pty
 import queue
@@ -38,6 +39,7 @@ from engine.packs import Pack, discover, load_registry, registry_fingerprint
 from engine.processes import running_since
 from engine.yamlfile import ContentError
 from tests.conftest import REPO, write
+from tests.test_cli import audit_fails, audit_log, in_process, succeeds
 from tests.test_pack_requirements import offline_pip, wheel  # noqa: F401 (a fixture)
 
 T = TypeVar("T")
@@ -704,3 +706,30 @@ def test_an_editable_requirement_is_refused_before_anything_changes(tmp_path: Pa
     assert "Nothing was installed" in message, message
     assert installed_version(tmp_path, "top") == "1.0.0" and installed_version(tmp_path, "deplib") is None
     assert not (tmp_path / "venvs" / "deplib").exists() and not any("pip" in m for m in messages), messages
+
+
+# -- the audit event of an install or a removal ------------------------------------------------------------
+
+def test_a_pack_change_whose_audit_event_fails_is_said_with_its_event(home: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pack install` and `pack remove` change files, which no transaction can hold with their event (the
+    database records no install), so the event follows the change. One the database did not take was said as
+    "cannot use the SQLite database", which read as if the install had failed: a retry installed the pack
+    again, and the event was nowhere. The command says now that the change holds, with the event whole, and
+    exits 3."""
+    from engine.config import load_config
+
+    target = load_config(home / "config.yml").install_path / "tiny"
+    cli = in_process(home, monkeypatch)
+    done = audit_fails(cli, "cli.pack.install", "pack", "install", str(pack_source(tmp_path / "src", "tiny", "0.1.0")))
+    said = done.stderr.replace("\n", " ")
+    assert f"installed tiny 0.1.0 at {target}, but its audit event could not be stored" in said, said
+    assert '"event": "cli.pack.install", "target": "tiny"' in said and '"version": "0.1.0"' in said, said
+    assert (target / "pack.yaml").is_file()  # the install holds
+    assert "tiny" in [p["ref"] for p in json.loads(succeeds(cli, "pack", "list", "--json").stdout)["packs"]]
+    done = audit_fails(cli, "cli.pack.remove", "pack", "remove", "tiny")
+    said = done.stderr.replace("\n", " ")
+    assert f"removed tiny ({target}), but its audit event could not be stored" in said, said
+    assert '"event": "cli.pack.remove", "target": "tiny"' in said, said
+    assert not target.exists()
+    assert [e for e in audit_log(cli) if e["event"].startswith("cli.pack.")] == []

@@ -7,6 +7,7 @@ them and read back after each purge."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sqlite3
@@ -42,6 +43,7 @@ from engine.storage import (
 )
 from tests.conftest import write
 from tests.pgcluster import free_port
+from tests.test_cli import audit_failing, audit_fails, in_process, succeeds
 from tests.test_cli import squall as squall_cli
 
 NOW = datetime.now(UTC)
@@ -369,6 +371,53 @@ def test_audit_entries_older_than_the_cutoff_go(store: Store) -> None:
     assert purge_audit(store, CUTOFF) == Purged()
 
 
+def test_a_purge_whose_closing_fails_deletes_nothing_of_its_last_transaction(store: Store) -> None:
+    """`run`'s `closing` (a CLI purge's audit event) runs in the transaction of the batches that end the
+    purge: when it fails, they delete nothing, the executions' last batch and the replies' after it alike (a
+    purge that fits in one batch a phase is one transaction). A longer one keeps the batches it committed."""
+    insert(store, executions, [done("old-a", 40), done("old-b", 39), done("old-c", 38), done("new", 1)])
+    insert(store, outbox, [reply(None, None, "sent", 40)])
+
+    def refused(_store: Store, _purged: Purged) -> None:
+        raise sa.exc.DataError("INSERT INTO audit ...", {}, ValueError("value too long"))
+
+    with pytest.raises(sa.exc.DataError):
+        purge_executions(store, CUTOFF, closing=refused)
+    assert len(column(store, executions, "id")) == 4 and len(column(store, outbox, "id")) == 1
+    with pytest.raises(sa.exc.DataError):
+        purge_executions(store, CUTOFF, batch_size=2, closing=refused)
+    kept = column(store, executions, "id")  # the first batch (two) committed; the last (one, and the reply) not
+    assert len(kept) == 2 and "new" in kept and len(column(store, outbox, "id")) == 1
+    closed: list[Purged] = []
+    assert purge_executions(store, CUTOFF, closing=lambda _store, purged: closed.append(purged)) == closed[0]
+    assert closed == [Purged(executions=1, replies=1)] and column(store, executions, "id") == ["new"]
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_a_serve_purge_whose_audit_event_is_refused_deletes_nothing(postgres_url: str) -> None:
+    """PostgreSQL keeps a group's other writes when one statement is refused: the run's last batch and its
+    event share a savepoint there (`AuditEntry.together`), so an event refused alone deletes nothing."""
+    from engine.retention import RetentionSweep
+    from engine.storage import Database
+
+    store = Store.open(postgres_url)
+    db = Database(store)
+    try:
+        insert(store, audit, [entry("chat.command", 40), entry("chat.command", 2)])
+        sweep = RetentionSweep(RetentionSettings(audit_days=30))
+        with audit_failing("retention.purge", refused=True), pytest.raises(sa.exc.DataError):
+            await sweep.tick(db, lambda: True)
+        assert len(store.audit_list(event="chat.command")) == 2 and store.audit_list(event="retention.purge") == []
+        sweep.due_at = 0.0
+        await sweep.tick(db, lambda: True)
+        assert len(store.audit_list(event="chat.command")) == 1
+        [purge] = store.audit_list(event="retention.purge")
+        assert purge["detail"]["audit_entries"] == 1
+    finally:
+        db.close()
+        store.close()
+
+
 # -- squall serve's housekeeping -----------------------------------------------------------------------
 
 @pytest.fixture
@@ -552,6 +601,28 @@ async def test_a_bug_in_a_purge_is_logged_once_an_hour_not_every_tick(retaining:
     assert "a-old" not in column(retaining.store, executions, "id")
 
 
+async def test_a_serve_purge_whose_audit_event_fails_puts_its_last_batch_back(retaining: Any) -> None:
+    """`squall serve`'s run wrote its `retention.purge` event apart, after its last batch had committed: under
+    a full disk that history went and the audit log never said when. The event is stored with the run's last
+    batch now: a run of one batch whose event the database does not take deletes nothing, and the next tick
+    deletes it with its event."""
+    from bot.service import Housekeeping
+
+    store = retaining.store
+    insert(store, audit, [entry("chat.command", 40), entry("chat.command", 31), entry("chat.command", 2)])
+    housekeeping = Housekeeping(retaining, [])
+    housekeeping.retention.settings = dataclasses.replace(RetentionSettings(), audit_days=30)
+    await housekeeping.start()
+    with audit_failing("retention.purge"):
+        await housekeeping.tick()
+    assert len(store.audit_list(event="chat.command")) == 3
+    assert store.audit_list(event="retention.purge") == []
+    await housekeeping.tick()
+    assert len(store.audit_list(event="chat.command")) == 1
+    [purge] = store.audit_list(event="retention.purge")
+    assert purge["detail"] == {"audit_days": 30, **Purged(audit_entries=2).counts()}
+
+
 # -- the CLI ---------------------------------------------------------------------------------------------
 
 def _cli_history(home: Path) -> Store:
@@ -663,9 +734,10 @@ def test_a_cli_purge_cut_short_audits_what_its_batches_deleted(monkeypatch: pyte
 
     audited: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(cli, "with_store", lambda work: work(None, None))
+    monkeypatch.setattr(cli, "audit_sinks", lambda _store, _config: contextlib.nullcontext())
     monkeypatch.setattr(cli, "audit", lambda event, _target, detail: audited.append((event, detail)))
 
-    def purge(_store: Any, progress: Any) -> Purged:
+    def purge(_store: Any, progress: Any, _closing: Any) -> Purged:
         progress(Purged(audit_entries=500))
         progress(Purged(audit_entries=1000))
         raise KeyboardInterrupt
@@ -676,3 +748,50 @@ def test_a_cli_purge_cut_short_audits_what_its_batches_deleted(monkeypatch: pyte
     [(event, detail)] = audited
     assert event == "cli.audit.purge"
     assert detail["audit_entries"] == 1000 and detail["interrupted"] is True
+
+
+def test_a_cli_purge_whose_audit_event_fails_deletes_nothing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`execution purge`, `trigger-instance purge` and `audit purge` deleted in batches, then wrote their
+    `cli.*.purge` event apart: under a full disk the command failed (exit 3) for history it had deleted, and
+    nothing in the audit log said it went. The event is stored with the batch that ends the purge now: a purge
+    of one batch whose event the database does not take deletes nothing."""
+    store = _cli_history(home)
+    try:
+        insert(store, audit, [entry("chat.command", 40)])
+        kept = [column(store, table, "id") for table in (executions, trigger_instances, execution_output, audit)]
+        cli = in_process(home, monkeypatch)
+        purges = [("cli.execution.purge", "execution", "purge"),
+                  ("cli.trigger_instance.purge", "trigger-instance", "purge"), ("cli.audit.purge", "audit", "purge")]
+        for event, *command in purges:
+            audit_fails(cli, event, *command, "--before", "10d", "--yes")
+        assert [column(store, table, "id") for table in (executions, trigger_instances, execution_output,
+                                                         audit)] == kept
+        for _event, *command in purges:
+            succeeds(cli, *command, "--before", "10d", "--yes")
+        assert column(store, executions, "id") == ["new-ok", "old-running"]
+        assert [row["status"] for row in store.trigger_instance_list()] == ["pending"]
+        audited = {row["event"]: row["detail"] for row in store.audit_list()}
+        assert (audited["cli.execution.purge"]["executions"], audited["cli.execution.purge"]["output_chunks"],
+                audited["cli.trigger_instance.purge"]["trigger_instances"],
+                audited["cli.audit.purge"]["audit_entries"]) == (2, 1, 1, 1)
+    finally:
+        store.close()
+
+
+def test_a_cli_purge_whose_closing_audit_event_fails_says_what_its_batches_deleted(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A purge longer than one batch commits each batch as it goes (what waits for the database waits one
+    batch at most): the event that closes it goes with its last batch, which the database then refuses with
+    it, and the batches before stay deleted. The command says so, with the event it could not store (what
+    went, marked `interrupted`), not only that the database failed."""
+    store = Store.open(load_config(home / "config.yml").database_url)
+    try:
+        insert(store, audit, [entry("chat.command", 40) for _ in range(retention.BATCH_SIZE + 1)])
+        cli = in_process(home, monkeypatch)
+        done = audit_fails(cli, "cli.audit.purge", "audit", "purge", "--before", "10d", "--yes")
+        assert len(store.audit_list(event="chat.command")) == 1  # the last batch went back with its event
+        assert store.audit_list(event="cli.audit.purge") == []
+        said = done.stderr.replace("\n", " ")
+        assert f'"audit_entries": {retention.BATCH_SIZE}' in said and '"interrupted": true' in said, said
+    finally:
+        store.close()

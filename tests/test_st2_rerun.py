@@ -6,7 +6,6 @@ execution's `log`, which must never go backwards in time."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from bot.app import Squall
 from bot.http import create_api
 from engine.config import load_config
 from tests.conftest import write
-from tests.test_api import KEY, _home, disk_full, failing_audit, refused
+from tests.test_api import KEY, _home, disk_full, failing_audit
 from tests.workflow_helpers import children, task_names, workflow_pack
 
 #: `a` leaves a mark each time it runs; `b` fails until the gate file exists.
@@ -138,30 +137,28 @@ async def test_rerun_from_tasks_reruns_only_those_tasks(squall: Squall, client: 
         ("a", "succeeded"), ("b", "failed"), ("b", "succeeded")]
 
 
-async def test_a_rerun_from_tasks_is_audited_after_it_and_a_failing_event_is_logged(
-        squall: Squall, client: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
-    """A re-run in place takes no event with its change (`WorkflowService.rerun`), so `CommandService.rerun`
-    writes the event it is given after it (`audit_apart`): when that write fails, the re-run that was made is
-    answered (201, not a 503 whose retry would re-run it again) and the log keeps the whole event; one that
-    stores says the action, the original, the parameters and the tasks."""
-    failed, _, gate = await _failed_two_steps(client, tmp_path)
+async def test_a_rerun_from_tasks_whose_audit_event_fails_re_runs_nothing(
+        squall: Squall, client: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-run in place took no event with its change (`WorkflowService.rerun`), so `CommandService.rerun`
+    wrote the event after it (`audit_apart`): when that write failed, the re-run was made all the same, its
+    event only logged. The event is stored in the transaction that sets the workflow `resuming` now: an event
+    the full disk cannot take re-runs nothing (the 503 is true: the workflow is still failed, its task not run
+    again); one that stores says the action, the original, the parameters and the tasks."""
+    failed, marks, gate = await _failed_two_steps(client, tmp_path)
     gate.touch()
-    # Refused alone (a full disk would fail the conductor's writes in its group too, and the workflow with them)
-    failing_audit(squall, monkeypatch, "api.execution.rerun", refused())
-    caplog.set_level(logging.ERROR, logger="engine.executions")
+    tasks_before = await children(squall, failed["id"])
+    failing_audit(squall, monkeypatch, "api.execution.rerun", disk_full())
     url = f"/api/v1/executions/{failed['id']}/re_run"
-    rerun = await client.post(url, json={"tasks": ["b"], "reset": ["b"]})
-    assert rerun.status_code == 201, rerun.text
-    assert (await _until(client, failed["id"], "succeeded", "failed"))["status"] == "succeeded"
-    [said] = [r.getMessage() for r in caplog.records if "api.execution.rerun" in r.getMessage()]
-    assert failed["id"] in said and "refused it (IntegrityError)" in said and '"tasks": ["b"]' in said, said
+    assert (await client.post(url, json={"tasks": ["b"], "reset": ["b"]})).status_code == 503
+    assert (await client.get(f"/api/v1/executions/{failed['id']}")).json()["status"] == "failed"
+    assert await children(squall, failed["id"]) == tasks_before
     monkeypatch.undo()
-    assert (await client.post(url, json={"tasks": ["a"], "reset": ["a"]})).status_code == 201
-    await _until(client, failed["id"], "succeeded", "failed")
+    assert (await client.post(url, json={"tasks": ["b"], "reset": ["b"]})).status_code == 201
+    assert (await _until(client, failed["id"], "succeeded", "failed"))["status"] == "succeeded"
+    assert marks.read_text() == "ran\n"  # `a` did not run again
     [row] = await squall.db(squall.store.audit_list, 10, "api.execution.rerun")
     assert row["target"] == failed["id"] and row["detail"] == {
-        "action": "wf.two_steps", "of": failed["id"], "parameters": failed["parameters"], "tasks": ["a"]}
+        "action": "wf.two_steps", "of": failed["id"], "parameters": failed["parameters"], "tasks": ["b"]}
 
 
 async def test_rerun_from_tasks_refuses_what_stackstorm_refuses(squall: Squall, client: httpx.AsyncClient,

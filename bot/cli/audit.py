@@ -127,4 +127,5 @@ def audit_purge(
 
     purge_history("cli.audit.purge", cutoff, noun="audit log entries", what=what, yes=yes,
                   count=lambda store: count_audit(store, cutoff),
-                  purge=lambda store, progress: purge_audit(store, cutoff, progress=progress), detail={})
+                  purge=lambda store, progress, closing: purge_audit(store, cutoff, progress=progress,
+                                                                     closing=closing), detail={})

@@ -371,6 +371,50 @@ def audit(event: str, target: str | None, detail: dict[str, Any]) -> None:
     with_store(write)
 
 
+@contextlib.contextmanager
+def audit_sinks(store: Store, config: Config) -> Iterator[None]:
+    """This command's `audit.sinks` (no stdout: `one_shot`) while it stores events with `store` itself, closed
+    after: an event reaches them once its transaction commits, as `audit`'s do. A sink that fails to open
+    fails nothing (`install` is guarded)."""
+    from engine.audit_sinks import install
+
+    one_shot()
+    sinks = install(store, config)
+    try:
+        yield
+    finally:
+        for sink in sinks:
+            sink.close()
+
+
+def audit_made(event: str, target: str | None, detail: dict[str, Any], made: str) -> None:
+    """`audit` of a change made for good before its event is written, with no transaction the event could
+    share (a pack's files installed or removed; an instance a running service stored through its webhook
+    route): an event that cannot be stored is said, with `made` (the change, which holds) and the event
+    whole, and the command exits 3. Said only as the database's failure, it read as if the change had
+    failed, and a retry made it again; the event was nowhere."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        audit(event, target, detail)
+    except (typer.Exit, DBAPIError) as exc:  # an exit: `setup_errors` said why the database took nothing
+        say_unaudited(event, target, detail, made, exc)
+        raise typer.Exit(SETUP_FAILED) from None
+
+
+def say_unaudited(event: str, target: str | None, detail: dict[str, Any], made: str, exc: BaseException) -> None:
+    """Say on stderr that `made` (a change that holds) has no audit event, the database having refused it
+    (`exc`: an exit when `setup_errors` said why already), with the event whole."""
+    from sqlalchemy.exc import DBAPIError
+
+    from engine.storage import database_failure
+
+    why = f" ({database_failure(exc) or type(exc).__name__})" if isinstance(exc, DBAPIError) else ""
+    event_text = json.dumps({"event": event, "target": target, "detail": detail}, default=str)
+    said = f"{made}, but its audit event could not be stored{why}; the event: {event_text}"
+    err.print(f"[red]error:[/red] {escape(said)}", markup=True, highlight=False)
+
+
 def changed_and_audited(work: Callable[[Store, Config], T], event: str,
                         audited: Callable[[T], tuple[str | None, dict[str, Any]] | None]) -> T:
     """`with_store`'s `work`, a change made without starting Squall (a user, an API key), and its audit

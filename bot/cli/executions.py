@@ -34,6 +34,7 @@ from bot.cli.common import (
     add_row,
     audit,
     audit_entry,
+    audit_sinks,
     current_config,
     current_user,
     err,
@@ -43,6 +44,8 @@ from bot.cli.common import (
     out,
     parse_assignments,
     print_json,
+    record_audit,
+    say_unaudited,
     shown_time,
     with_app,
     with_store,
@@ -54,8 +57,13 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from bot.app import Squall
+    from engine.config import Config
     from engine.retention import Purged
     from engine.storage import Store
+
+    #: A purge as its command runs it (`purge_history`): on the store, telling `progress` of the running total
+    #: after each batch that committed, with `closing` (its audit event) in the transaction of its last batch.
+    Purge = Callable[[Store, Callable[[Purged], None], Callable[[Store, Purged], None]], Purged]
 
 execution_app = group("Inspect, cancel and re-run executions.")
 
@@ -305,15 +313,12 @@ def execution_rerun(
 
     async def work(squall: Squall) -> dict[str, Any]:
         # Audited when asked for, as the API's `api.execution.rerun` (the wait may outlast the command): with
-        # the new execution, one transaction, its detail gaining the action and the parameters as stored.
+        # the new execution, or the workflow's reset when re-run in place, one transaction, its detail gaining
+        # the action and the parameters as stored.
         audit = await squall.db(audit_entry, squall.store, "cli.execution.rerun",
                                 {"of": execution_id, **({"tasks": tasks} if tasks else {})})
-        if tasks:  # in place: `WorkflowService.rerun` takes no event, so it is written after it
-            from engine.executions import audit_apart
-
-            record = await squall.workflows.rerun(execution_id, tasks)
-            await audit_apart(squall.db, audit.with_facts(action=record["action"], parameters=record["parameters"]),
-                              record["id"])
+        if tasks:
+            record = await squall.workflows.rerun(execution_id, tasks, audit=audit)
         else:
             record = await squall.executions.rerun(execution_id, params, {"user": current_user(), "source": "cli"},
                                                    audit=audit)
@@ -368,16 +373,23 @@ def _progress() -> Callable[[Purged], None]:
 
 
 def purge_history(event: str, cutoff: datetime, *, noun: str, count: Callable[[Store], int],
-                  what: Callable[[int], str], purge: Callable[[Store, Callable[[Purged], None]], Purged], yes: bool,
-                  detail: dict[str, Any]) -> None:
+                  what: Callable[[int], str], purge: Purge, yes: bool, detail: dict[str, Any]) -> None:
     """A purge command: `count` what it would delete (none: say so), confirm `what(count)`, `purge` it with
-    progress, print the counts and audit them (`event`, with `detail` and the cutoff). One cut short (Ctrl-C,
-    a failure) audits what its batches deleted so far, marked `interrupted`: each batch committed."""
+    progress and print the counts. Its audit event (`event`, with `detail`, the cutoff and the counts) is
+    stored with the batch that ends the purge (`engine.retention.run`'s `closing`): one the database does not
+    take puts that batch back, so a purge of one batch deletes nothing then. Stored after the purge, an event
+    that failed left history deleted with nothing saying so. One cut short (Ctrl-C, a failure, that event
+    refused) audits what its committed batches deleted, marked `interrupted`; an event that cannot be stored
+    either is said whole on stderr."""
     from engine.storage import iso
 
     so_far: list[Purged] = []
+    finished: list[bool] = []
 
-    def work(store: Store, _config: Any) -> Purged | None:
+    def closing(store: Store, purged: Purged) -> None:
+        record_audit(store, event, None, {"before": iso(cutoff), **detail, **purged.counts()})
+
+    def work(store: Store, config: Config) -> Purged | None:
         found = count(store)
         if not found:
             return None
@@ -390,20 +402,35 @@ def purge_history(event: str, cutoff: datetime, *, noun: str, count: Callable[[S
             so_far[:] = [purged]
             told(purged)
 
-        return purge(store, progress)
+        with audit_sinks(store, config):
+            purged = purge(store, progress, closing)
+        finished.append(True)  # its last batch committed, with its event
+        return purged
 
     try:
         purged = with_store(work)
     except BaseException:
-        if so_far:
-            audit(event, None, {"before": iso(cutoff), **detail, **so_far[0].counts(), "interrupted": True})
+        if so_far and not finished:
+            _audit_cut_short(event, {"before": iso(cutoff), **detail, **so_far[0].counts(), "interrupted": True},
+                             so_far[0])
         raise
     shown = f"{shown_time(iso(cutoff))} UTC"
     if purged is None:
         out.print(f"no {noun} older than {shown}; nothing deleted", markup=False)
         return
     out.print(f"deleted {purged.describe()} (older than {shown})", markup=False)
-    audit(event, None, {"before": iso(cutoff), **detail, **purged.counts()})
+
+
+def _audit_cut_short(event: str, detail: dict[str, Any], purged: Purged) -> None:
+    """The audit event of a purge cut short, what its committed batches deleted (`purged`), stored on its own:
+    one the database does not take either is said whole on stderr, and the failure that cut the purge short
+    goes on."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        audit(event, None, detail)
+    except (typer.Exit, DBAPIError) as exc:
+        say_unaudited(event, None, detail, f"the purge stopped having deleted {purged.describe()}", exc)
 
 
 @execution_app.command("purge")
@@ -432,6 +459,6 @@ def execution_purge(
     purge_history(
         "cli.execution.purge", cutoff, noun="executions", what=what, yes=yes,
         count=lambda store: count_executions(store, cutoff, action=action, include_incomplete=include_incomplete),
-        purge=lambda store, progress: purge_executions(store, cutoff, action=action,
-                                                       include_incomplete=include_incomplete, progress=progress),
+        purge=lambda store, progress, closing: purge_executions(
+            store, cutoff, action=action, include_incomplete=include_incomplete, progress=progress, closing=closing),
         detail={"action": action, "include_incomplete": include_incomplete})

@@ -31,7 +31,6 @@ from bot.cli.common import (
     new_table,
     out,
     print_json,
-    record_audit,
     shown_time,
     with_app,
     with_store,
@@ -373,12 +372,10 @@ def key_rotate() -> None:
         def progress(message: str) -> None:
             err.print(f"[dim]…[/dim] {escape(message)}", markup=True, highlight=False)
 
-        report = await rotate_key_through(squall.db, squall.store, squall.keys, progress,
-                                          others=squall.other_processes)
-        await squall.db(record_audit, squall.store, "cli.key.rotate", str(report.key_id),
-                        {"reencrypted": report.reencrypted, "retired": report.retired,
-                         "unreadable": len(report.unreadable), "in_use_by": report.in_use_by})
-        return report
+        # Its event is stored with its first pass over the secrets, before any key is retired (`_rotation`).
+        audit = await squall.db(audit_entry, squall.store, "cli.key.rotate", {})
+        return await rotate_key_through(squall.db, squall.store, squall.keys, progress,
+                                        others=squall.other_processes, audit=audit)
 
     try:
         # Taken before Squall starts, so that a second rotation is refused at once; the rotation itself

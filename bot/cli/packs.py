@@ -30,6 +30,7 @@ from rich.markup import escape
 from bot.cli.common import (
     JsonOption,
     audit,
+    audit_made,
     current_config,
     err,
     fail,
@@ -109,7 +110,10 @@ def pack_install(source: Annotated[str, typer.Argument(help="A pack folder or a 
     # not exist loads no more than an action file that does not parse, and is said the same way.
     check = check_content(registry)
     errors = [*errors, *(e for e in check.problems_under(pack.path) if str(e) not in {str(i) for i in errors})]
-    audit("cli.pack.install", pack.ref, {"source": shown, "version": pack.version, "errors": len(errors)})
+    # Files, which no transaction holds with the event: it follows, and one the database does not take is
+    # said with the install it is about (which holds), never as if the install had failed.
+    audit_made("cli.pack.install", pack.ref, {"source": shown, "version": pack.version, "errors": len(errors)},
+               f"installed {pack.ref} {pack.version} at {pack.path}")
     for error in errors:
         err.print(f"[yellow]warning:[/yellow] {escape(str(error))}", markup=True, highlight=False)
     # The other packs' problems too, as every command that loads packs shows them (each once); a
@@ -152,7 +156,7 @@ def pack_remove(name: Annotated[str, typer.Argument(help="Pack ref.")]) -> None:
                            install_path=config.install_path)
     except PackInstallError as exc:
         raise fail(str(exc)) from exc
-    audit("cli.pack.remove", name, {"path": str(path)})
+    audit_made("cli.pack.remove", name, {"path": str(path)}, f"removed {name} ({path})")  # as the install's
     out.print(f"removed {name} ({path})", markup=False)
 
 

@@ -17,7 +17,8 @@ import typer
 from bot.cli.common import (
     MAX_LISTED,
     JsonOption,
-    audit,
+    audit_entry,
+    audit_made,
     check_depth,
     current_config,
     fail,
@@ -25,7 +26,6 @@ from bot.cli.common import (
     json_value,
     out,
     print_json,
-    record_audit,
     setup_errors,
     shown_time,
     too_deep,
@@ -235,23 +235,25 @@ def trigger_emit(
     """Dispatch a trigger instance, wait for the rules and the executions they start, print it.
 
     When `squall serve` is up, the instance goes through its API, so its rules, sensors and chat
-    adapters see it; otherwise it is dispatched here."""
+    adapters see it; otherwise it is dispatched here, stored with its `cli.trigger.emit` event in one
+    transaction (`emit_audited`): an event the database does not take fires nothing."""
     from bot.cli.client import running_service
-    from engine.triggers import TriggerError
+    from engine.audit import emit_audited
+    from engine.triggers import WEBHOOK, TriggerError
 
     body = _payload(payload)
 
     async def work(squall: Squall) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        audit = await squall.db(audit_entry, squall.store, "cli.trigger.emit", _emitted(url, trace_tag))
         try:
             if url is not None:
                 squall.triggers.check(trigger_type, body)
-                instance = await squall.rules.dispatch_webhook(url, body, trace_tag=trace_tag)
+                instance = await emit_audited(squall.triggers, WEBHOOK, body, audit, parameters=_hook(squall, url),
+                                              trace_tag=trace_tag, validate=False)
             else:
-                instance = await squall.triggers.dispatch(trigger_type, body, trace_tag=trace_tag)
+                instance = await emit_audited(squall.triggers, trigger_type, body, audit, trace_tag=trace_tag)
         except (TriggerError, LookupError) as exc:
             raise fail(str(exc)) from exc
-        await squall.db(record_audit, squall.store, "cli.trigger.emit", instance["trigger"],
-                        _emitted(instance["id"], url, trace_tag))
         await squall.rules.settle()
         return (await squall.triggers.get(instance["id"]),
                 await squall.rules.enforcements(trigger_instance_id=instance["id"]))
@@ -296,7 +298,10 @@ def _emit_through(service: ServiceApi, trigger_type: str, body: Any, trace_tag: 
         if answer.status_code != 202:
             raise fail(_fault(answer))
         instance_id = answer.headers[INSTANCE_HEADER]
-        audit("cli.trigger.emit", trigger_type, _emitted(instance_id, url, trace_tag))
+        # The service stored the instance (its webhook routes take no event): the event follows, and one that
+        # cannot be stored is said whole, with the instance that was fired.
+        audit_made("cli.trigger.emit", trigger_type, _emitted(url, trace_tag, instance_id),
+                   f"trigger instance {instance_id} was fired through the running service")
         deadline = time.monotonic() + EMIT_WAIT_SECONDS
         instance = _polled(service, f"/triggerinstances/{instance_id}", deadline,
                            lambda found: found.get("status") in ("processed", "processing_failed"))
@@ -337,10 +342,20 @@ def _wait_for_executions(service: ServiceApi, enforcements: list[dict[str, Any]]
                        f"(see: squall execution get {execution_id})", err=True)
 
 
-def _emitted(instance_id: str, url: str | None, trace_tag: str | None) -> dict[str, Any]:
-    """`cli.trigger.emit`'s detail: the instance stored (its payload is there, not in the audit log)."""
-    return {"instance": instance_id, **({"url": url} if url is not None else {}),
-            **({"trace_tag": trace_tag} if trace_tag else {})}
+def _emitted(url: str | None, trace_tag: str | None, instance_id: str | None = None) -> dict[str, Any]:
+    """`cli.trigger.emit`'s detail: the instance stored (its payload is there, not in the audit log), its id
+    given here or added as the instance is stored with its event (`emit_audited`)."""
+    return {**({"instance": instance_id} if instance_id is not None else {}),
+            **({"url": url} if url is not None else {}), **({"trace_tag": trace_tag} if trace_tag else {})}
+
+
+def _hook(squall: Squall, url: str) -> dict[str, str]:
+    """`--url`'s trigger parameters, as `RulesEngine.dispatch_webhook` gives an instance of the hook: only its
+    rules see it. LookupError for a hook no rule has."""
+    hook = url.strip("/")
+    if not squall.rules.webhook_rules(hook):
+        raise LookupError(f"Webhook {hook} not registered with st2")
+    return {"url": hook}
 
 
 def _fault(answer: requests.Response) -> str:
@@ -403,14 +418,14 @@ def instance_get(instance_id: Annotated[str, typer.Argument(help="Trigger instan
 def instance_re_emit(instance_id: Annotated[str, typer.Argument(help="Trigger instance id.")],
                      as_json: JsonOption = False) -> None:
     """Dispatch a new instance with the same trigger and payload; wait for processing; print it."""
+    from engine.audit import re_emit_audited
 
     async def work(squall: Squall) -> dict[str, Any]:
-        try:
-            instance = await squall.triggers.re_emit(instance_id)
+        audit = await squall.db(audit_entry, squall.store, "cli.trigger.re_emit", {"instance": instance_id})
+        try:  # stored with its event, one transaction (`emit_audited`)
+            instance = await re_emit_audited(squall.triggers, instance_id, audit)
         except LookupError as exc:
             raise fail(str(exc).strip("'\"")) from exc
-        await squall.db(record_audit, squall.store, "cli.trigger.re_emit", instance["trigger"],
-                        {"instance": instance_id, "new_instance": instance["id"]})
         await squall.rules.settle()
         return await squall.triggers.get(instance["id"])
 
@@ -440,7 +455,8 @@ def instance_purge(
     purge_history(
         "cli.trigger_instance.purge", cutoff, noun="trigger instances", what=what, yes=yes,
         count=lambda store: count_trigger_instances(store, cutoff),
-        purge=lambda store, progress: purge_trigger_instances(store, cutoff, progress=progress), detail={})
+        purge=lambda store, progress, closing: purge_trigger_instances(store, cutoff, progress=progress,
+                                                                       closing=closing), detail={})
 
 
 # -- rule-enforcement ----------------------------------------------------------------------------

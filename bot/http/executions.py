@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
-from bot.chat.commands import CommandRefused
+from bot.chat.commands import CommandRefused, NeedsApproval
 from bot.http.actions import action_public
 from bot.http.attributes import Projection
 from bot.http.key_auth import acting_user, request_user, until_revoked
@@ -38,6 +38,9 @@ from engine.packs import Registry, UnknownAction
 from engine.parameters import MAX_INTEGER, ParameterError
 from engine.runners import RUNNER_TYPES
 from engine.storage import iso
+
+if TYPE_CHECKING:
+    from bot.app import Squall
 
 router = APIRouter()
 #: StackStorm's stream service (`/stream/v1`), keyed like the API.
@@ -281,6 +284,18 @@ async def create_execution(body: ExecutionRequest, request: Request) -> dict[str
     return _doc(request, record)
 
 
+async def _rerun_in_place(squall: Squall, execution_id: str, tasks: list[str], audit: AuditEntry) -> dict[str, Any]:
+    """The finished workflow re-run in place from `tasks` (`WorkflowService.rerun`), `audit` stored in the
+    transaction of its reset, once the approval check every re-run gets has passed (`NeedsApproval`, as
+    `CommandService.rerun` refuses: re-running some tasks is no way around the approvers). Not through
+    `CommandService.rerun`, which writes a re-run in place's event after the change."""
+    record = await squall.executions.get(execution_id)
+    needed = squall.chat.commands.approval_for(record)
+    if needed is not None:
+        raise NeedsApproval(*needed)
+    return await squall.workflows.rerun(record["id"], tasks, audit=audit)
+
+
 def _audit(request: Request, event: str, **detail: Any) -> AuditEntry:
     """Who asked for what through the API, as the chat and the web UI record theirs: stored by the engine
     in the transaction of the change, about the execution changed, its detail gaining what the change
@@ -422,10 +437,10 @@ async def rerun_execution(execution_id: str, request: Request, body: RerunReques
     """A new execution of the same action, with `parameters` over the original's and after `delay` ms;
     or, with `tasks`, the finished workflow re-run in place from those tasks, its other finished tasks
     kept (`WorkflowService.rerun`: the same execution is answered, its context's `re-run` naming the
-    tasks). Either way what needs approval is refused (`CommandService.rerun`). Its `api.execution.rerun`
-    event is stored with the new execution, one transaction (`CommandService.rerun`'s `audit`): a re-run
-    the database did not take is a 503 with nothing stored, so a client's retry runs it once. A re-run in
-    place has its event written after it, a failure logged rather than answered 503 (`audit_apart`)."""
+    tasks). Either way what needs approval is refused (`CommandService.rerun`, `_rerun_in_place`). Its
+    `api.execution.rerun` event is stored with the new execution, or with the workflow's reset to `resuming`
+    for a re-run in place, one transaction (`audit=`): a re-run the database did not take is a 503 with
+    nothing stored, so a client's retry runs it once."""
     body = body or RerunRequest()
     if body.tasks or body.reset:
         if body.parameters:
@@ -439,10 +454,13 @@ async def rerun_execution(execution_id: str, request: Request, body: RerunReques
     who = request_user(request)
     context = {"source": "api", **({"user": who} if who else {})}
     audit = _audit(request, "api.execution.rerun", of=execution_id, **({"tasks": body.tasks} if body.tasks else {}))
+    squall = api_state(request).squall
     try:
-        record = await api_state(request).squall.chat.commands.rerun(
-            execution_id, body.parameters, context, tasks=body.tasks or None, delay=(body.delay or 0) / 1000,
-            audit=audit)
+        if body.tasks:
+            record = await _rerun_in_place(squall, execution_id, body.tasks, audit)
+        else:
+            record = await squall.chat.commands.rerun(execution_id, body.parameters, context,
+                                                      delay=(body.delay or 0) / 1000, audit=audit)
     except ExecutionNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except CommandRefused as exc:

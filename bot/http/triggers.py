@@ -1,5 +1,5 @@
 """`/api/v1/triggertypes` and `/api/v1/triggerinstances`: what can fire, what fired, and firing again
-(audited as `api.trigger.re_emit`, as the web UI's re-emit is)."""
+(audited as `api.trigger.re_emit`, as the web UI's re-emit is, the event stored with the new instance)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from bot.http.key_auth import request_user
 from bot.http.paging import Paging, keyset_pages, page_limit, query_time, streamed_list, tell_page
 from bot.http.state import api_state
+from engine.audit import re_emit_audited
+from engine.executions import AuditEntry
 from engine.parameters import MAX_INTEGER
 from engine.triggers import public
 
@@ -81,11 +83,13 @@ async def re_emit(instance_id: str, request: Request) -> dict[str, Any]:
     instance's `payload` (`__context.original_id` names the instance sent again), and the new instance's
     other fields beside them, as Squall's clients read it."""
     squall = api_state(request).squall
+    # As the web's `web.trigger.re_emit`, stored with the new instance, one transaction (`re_emit_audited`): a
+    # re-emit the database did not take is a 503 with nothing fired, so a client's retry fires it once. The
+    # instance is processed before the answer: its rules have requested their actions.
+    audit = AuditEntry("api.trigger.re_emit", request_user(request), "api", None, {"instance": instance_id})
     try:
-        emitted = await squall.triggers.re_emit(instance_id)
+        emitted = await re_emit_audited(squall.triggers, instance_id, audit)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from exc
-    await squall.db(squall.store.audit_add, "api.trigger.re_emit", request_user(request), "api", emitted["trigger"],
-                    {"instance": instance_id, "new_instance": emitted["id"]})  # as the web's `web.trigger.re_emit`
     # StackStorm's words, its spelling included: scripts match on them.
     return {**emitted, "message": f"Trigger instance {instance_id} succesfully re-sent."}

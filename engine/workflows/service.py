@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from engine.actions import Action
-from engine.executions import canceled_result
+from engine.executions import AuditEntry, canceled_result
 from engine.inquiries import RUNNER as INQUIRER
 from engine.inquiries import masked
 from engine.parameters import MASK, credential_texts, holds_secret
@@ -65,6 +65,7 @@ from engine.yamlfile import parse as parse_yaml
 if TYPE_CHECKING:
     from engine.executions import ExecutionService
     from engine.jobs import JobExecutor
+    from engine.storage import Store
 
 log = logging.getLogger(__name__)
 _LIVE = frozenset({"requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming"})
@@ -1008,9 +1009,15 @@ class WorkflowService:
             await self.cancel_child(child["id"])
 
     # -- re-run from failed tasks -----------------------------------------------------------------
-    async def rerun(self, execution_id: str, tasks: list[str] | None = None) -> dict[str, Any]:
+    async def rerun(self, execution_id: str, tasks: list[str] | None = None,
+                    audit: AuditEntry | None = None) -> dict[str, Any]:
         """Conduct a finished workflow again, in place: children of `tasks` (default: the tasks
-        whose latest run failed) are forgotten and run again; every other finished task is kept."""
+        whose latest run failed) are forgotten and run again; every other finished task is kept.
+
+        `audit` (who asked, from where) is stored in the transaction that sets the workflow `resuming`
+        (`_reset_with`): a re-run the database did not take leaves no event and conducts nothing, and none
+        is made without its event. Written after it, an event that failed left a re-run nobody was audited
+        for, logged whole, and a retry of a caller told it failed re-ran the workflow again."""
         from engine.executions import ExecutionStateError
         from engine.storage import iso, utcnow
 
@@ -1040,14 +1047,32 @@ class WorkflowService:
         context = {**record["context"], "workflow_reset": [*(record["context"].get("workflow_reset") or []), *reset],
                    "re-run": {"ref": record["id"], "tasks": tasks}}
         log_entries = [*(record.get("log") or []), {"status": "resuming", "timestamp": iso(utcnow())}]
-        if not await executions.db(store.update_execution, record["id"],
-                                   {"status": "resuming", "context": context, "log": log_entries,
-                                    "end_timestamp": None}, expect=(record["status"],)):
+        fields = {"status": "resuming", "context": context, "log": log_entries, "end_timestamp": None}
+        if not await executions.db(_reset_with, store, record, fields, audit):
             raise ExecutionStateError(f"execution {record['id']} changed meanwhile; try again")
-        if executions.executor is not None:
-            executions.conducting.add(record["id"])
-            await executions.executor.submit(record["id"])
-        return await executions.get(record["id"])
+
+        async def conduct() -> None:
+            if executions.executor is not None:
+                executions.conducting.add(record["id"])
+                await executions.executor.submit(record["id"])
+
+        # Committed with its event: a database failure from here on is logged (the poll takes `resuming` up),
+        # never answered as if nothing had been re-run.
+        return await executions._then(record, fields, "conducting its re-run", conduct)
+
+
+def _reset_with(store: Store, record: dict[str, Any], fields: dict[str, Any], audit: AuditEntry | None) -> bool:
+    """A finished workflow's `fields` for its re-run in place (`WorkflowService.rerun`), while its status is
+    still the one read, and `audit` about it, with the action and the parameters as stored (secrets masked),
+    as a request's event says them: one transaction (`AuditEntry.together`), so one failing leaves neither.
+    False, and no event, if the workflow moved on meanwhile."""
+    if audit is None:
+        return store.update_execution(record["id"], fields, expect=(record["status"],))
+    with AuditEntry.together(store):
+        if not store.update_execution(record["id"], fields, expect=(record["status"],)):
+            return False
+        audit.add(store, record["id"], action=record["action"], parameters=record["parameters"])
+    return True
 
 
 def _secret_texts(request: RunRequest) -> list[str]:
