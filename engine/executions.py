@@ -1576,20 +1576,6 @@ def _ending(outcome: RunOutcome, secrets: list[str]) -> tuple[dict[str, Any], di
             {"status": outcome.status, "timestamp": iso(now)})
 
 
-async def audit_apart(db: Database, audit: AuditEntry, target: str) -> None:
-    """`audit` stored on its own, after the change it records was committed without it (a re-run: the
-    chat's `CommandService.rerun` passes no `audit` on), about `target` unless it names its own. A failure
-    is logged with the whole event, not raised: the change holds, and raised it would tell the caller that
-    nothing happened (the API's 503), whose retry would make the change again."""
-    try:
-        await db(audit.add, db.store, target)
-    except sa.exc.DBAPIError as exc:
-        why = database_trouble(exc) or f"the database refused it ({type(exc).__name__})"
-        log.error("the audit event %s of %s by %s (from %s), whose change is stored, could not be stored, as %s; "
-                  "its detail: %s", audit.event, audit.target or target, audit.actor, audit.source, why,
-                  json.dumps(audit.detail, default=str))
-
-
 def _held(requested_at: datetime, delay: float) -> dict[str, Any] | None:
     """What a request held for `delay` seconds is stored with (`request`): `delayed`, and when it is due
     (`runner_info.delayed_until`), so under the scale-out executor any node's poll submits it once due,

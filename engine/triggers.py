@@ -44,11 +44,11 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from engine import wakeups
-from engine.executions import new_id
+from engine.executions import AuditEntry, new_id
 from engine.metrics import metrics
 from engine.packs import Registry
 from engine.processes import LEDGER, ledger_directory, owner_state, process_identity
-from engine.storage import Database, as_utc, database_trouble, iso, utcnow
+from engine.storage import Database, Store, as_utc, database_trouble, iso, utcnow
 
 log = logging.getLogger(__name__)
 WEBHOOK = "core.st2.webhook"
@@ -148,6 +148,15 @@ class NodeWatch:
             self.beats[node] = (beat, since, now)
 
 
+def _added_with(store: Store, record: dict[str, Any], delivery: tuple[str, datetime] | None,
+                wake: str | None, event: AuditEntry) -> None:
+    """A trigger instance and the audit event of the person who fired it: one transaction, so one
+    failing leaves neither (`TriggerService.dispatch`)."""
+    with AuditEntry.together(store):
+        store.trigger_instance_add(record, delivery, wake)
+        event.add(store, record["trigger"])
+
+
 def public(record: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": record["id"],
@@ -223,18 +232,29 @@ class TriggerService:
 
     async def dispatch(self, trigger_ref: str, payload: Any, *, parameters: Mapping[str, Any] | None = None,
                        trace_tag: str | None = None, validate: bool = True,
-                       delivery: tuple[str, datetime] | None = None) -> dict[str, Any]:
+                       delivery: tuple[str, datetime] | None = None, audit: AuditEntry | None = None) -> dict[str, Any]:
         """Store one instance (durable before this returns), then process it in the background.
 
         `parameters` names the trigger it fired for (a hook URL, a schedule): only rules with the
         same trigger parameters see it. Without, only rules on the bare type do. `delivery` (a key
         and when it expires) makes it the only instance of that delivery until then: the same one
-        again raises `DuplicateDelivery` (a signed webhook request sent twice fires once)."""
+        again raises `DuplicateDelivery` (a signed webhook request sent twice fires once).
+
+        `audit`: a person fired it (`squall trigger emit`, a re-emit from the CLI, the API or the web). The
+        event is stored with the instance, one transaction: one the database does not take stores no
+        instance and fires nothing, so a caller told it failed may try again without firing it twice. It
+        is about the trigger type unless it names its own target; its detail gains the instance's id
+        (`instance`, or `new_instance` beside a re-emit's original)."""
         if validate:
             self.check(trigger_ref, payload)
         record = {"id": new_id(), "trigger": trigger_ref, "payload": payload, "occurrence_time": utcnow(),
                   "status": "pending", "trace_tag": trace_tag, "trigger_parameters": dict(parameters or {}) or None}
-        await self.db(self.db.store.trigger_instance_add, record, delivery, self._wake)
+        if audit is None:
+            await self.db(self.db.store.trigger_instance_add, record, delivery, self._wake)
+        else:
+            named = "new_instance" if "instance" in audit.detail else "instance"
+            await self.db(_added_with, self.db.store, record, delivery, self._wake,
+                          audit.with_facts(**{named: record["id"]}))
         metrics.count(metrics.trigger_instances, trigger_ref)
         if not self.handing_off:
             self._spawn(record)
@@ -311,16 +331,17 @@ class TriggerService:
         rows, total = await self.db(self.db.store.trigger_instance_page, **filters)
         return [public(r) for r in rows], total
 
-    async def re_emit(self, instance_id: str) -> dict[str, Any]:
+    async def re_emit(self, instance_id: str, audit: AuditEntry | None = None) -> dict[str, Any]:
         """A new instance with the same trigger and payload (StackStorm's re_emit). As StackStorm's, a
         mapping payload gets `__context: {original_id: <instance_id>}` (replacing one an earlier re-emit
-        set), so rules and their actions can tell a re-sent event from the original (`trigger.__context`)."""
+        set), so rules and their actions can tell a re-sent event from the original (`trigger.__context`).
+        `audit` as `dispatch`'s. LookupError if `instance_id` is none."""
         original = await self.get(instance_id)
         payload = original["payload"]
         if isinstance(payload, dict):
             payload = {**payload, "__context": {"original_id": instance_id}}
         return await self.dispatch(original["trigger"], payload, trace_tag=original["trace_tag"],
-                                   parameters=original["trigger_parameters"], validate=False)
+                                   parameters=original["trigger_parameters"], validate=False, audit=audit)
 
     async def recover(self, pending_for: float = 0.0) -> int:
         """Process what is `pending` (the claim lets one process have each, should its own process be

@@ -140,7 +140,7 @@ async def test_rerun_from_tasks_reruns_only_those_tasks(squall: Squall, client: 
 async def test_a_rerun_from_tasks_whose_audit_event_fails_re_runs_nothing(
         squall: Squall, client: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A re-run in place took no event with its change (`WorkflowService.rerun`), so `CommandService.rerun`
-    wrote the event after it (`audit_apart`): when that write failed, the re-run was made all the same, its
+    wrote the event after it: when that write failed, the re-run was made all the same, its
     event only logged. The event is stored in the transaction that sets the workflow `resuming` now: an event
     the full disk cannot take re-runs nothing (the 503 is true: the workflow is still failed, its task not run
     again); one that stores says the action, the original, the parameters and the tasks."""

@@ -29,7 +29,7 @@ from bot.chat.auth import Authorizer
 from bot.chat.index import AliasIndex
 from bot.chat.replies import acks, render_ack, short
 from engine.actions import unapproved
-from engine.executions import AuditEntry, CompletionWrite, audit_apart
+from engine.executions import AuditEntry, CompletionWrite
 from engine.packs import UnknownAction
 from engine.parameters import MASK, ParameterError, check_unrendered, mask_value, restore_masked, shows_masked
 from engine.templates import TooLongForTheLoop, briefly, rendered
@@ -243,26 +243,17 @@ class CommandService:
         `audit` (who asked, from where) is stored with the new execution, in its transaction
         (`ExecutionService.rerun`): a re-run the database did not take leaves no event, and none is
         stored without its event; its detail gains the action and the parameters as stored. A re-run in
-        place takes no event with its change (`WorkflowService.rerun`), so its event is written after it
-        (`audit_apart`: a failure is logged, never raised for a re-run that was made)."""
+        place stores it with the workflow's reset (`WorkflowService.rerun`), as surely."""
         record = await self.engine.executions.get(execution_id)
         needed = self.approval_for(record)
         if needed is not None:
             raise NeedsApproval(*needed)
         if tasks:
-            return await self._rerun_in_place(record["id"], tasks, audit)
+            return await self.engine.workflows.rerun(record["id"], tasks, audit=audit)  # its event with its reset
         if parameters and shows_masked(parameters):
             parameters = await self._unmasked(record["id"], parameters)
         return await self.engine.executions.rerun(record["id"], parameters, context, delay=delay, audit=audit)
 
-    async def _rerun_in_place(self, execution_id: str, tasks: list[str], audit: AuditEntry | None) -> dict[str, Any]:
-        """The finished workflow re-run from `tasks` (`WorkflowService.rerun`), then `audit` about it, with
-        the action and the parameters as `request`'s events say them."""
-        record = await self.engine.workflows.rerun(execution_id, tasks)
-        if audit is not None:
-            await audit_apart(self.engine.db, audit.with_facts(action=record["action"],
-                                                               parameters=record["parameters"]), record["id"])
-        return record
 
     async def _unmasked(self, execution_id: str, parameters: dict[str, Any]) -> dict[str, Any]:
         """A re-run's `parameters` with the credentials they show masked (`headers` edited as the API or

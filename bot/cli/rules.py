@@ -236,9 +236,8 @@ def trigger_emit(
 
     When `squall serve` is up, the instance goes through its API, so its rules, sensors and chat
     adapters see it; otherwise it is dispatched here, stored with its `cli.trigger.emit` event in one
-    transaction (`emit_audited`): an event the database does not take fires nothing."""
+    transaction (`TriggerService.dispatch`'s `audit`): an event the database does not take fires nothing."""
     from bot.cli.client import running_service
-    from engine.audit import emit_audited
     from engine.triggers import WEBHOOK, TriggerError
 
     body = _payload(payload)
@@ -248,10 +247,10 @@ def trigger_emit(
         try:
             if url is not None:
                 squall.triggers.check(trigger_type, body)
-                instance = await emit_audited(squall.triggers, WEBHOOK, body, audit, parameters=_hook(squall, url),
-                                              trace_tag=trace_tag, validate=False)
+                instance = await squall.triggers.dispatch(WEBHOOK, body, parameters=_hook(squall, url),
+                                                          trace_tag=trace_tag, validate=False, audit=audit)
             else:
-                instance = await emit_audited(squall.triggers, trigger_type, body, audit, trace_tag=trace_tag)
+                instance = await squall.triggers.dispatch(trigger_type, body, trace_tag=trace_tag, audit=audit)
         except (TriggerError, LookupError) as exc:
             raise fail(str(exc)) from exc
         await squall.rules.settle()
@@ -344,7 +343,7 @@ def _wait_for_executions(service: ServiceApi, enforcements: list[dict[str, Any]]
 
 def _emitted(url: str | None, trace_tag: str | None, instance_id: str | None = None) -> dict[str, Any]:
     """`cli.trigger.emit`'s detail: the instance stored (its payload is there, not in the audit log), its id
-    given here or added as the instance is stored with its event (`emit_audited`)."""
+    given here or added as the instance is stored with its event (`TriggerService.dispatch`'s `audit`)."""
     return {**({"instance": instance_id} if instance_id is not None else {}),
             **({"url": url} if url is not None else {}), **({"trace_tag": trace_tag} if trace_tag else {})}
 
@@ -418,12 +417,10 @@ def instance_get(instance_id: Annotated[str, typer.Argument(help="Trigger instan
 def instance_re_emit(instance_id: Annotated[str, typer.Argument(help="Trigger instance id.")],
                      as_json: JsonOption = False) -> None:
     """Dispatch a new instance with the same trigger and payload; wait for processing; print it."""
-    from engine.audit import re_emit_audited
-
     async def work(squall: Squall) -> dict[str, Any]:
         audit = await squall.db(audit_entry, squall.store, "cli.trigger.re_emit", {"instance": instance_id})
-        try:  # stored with its event, one transaction (`emit_audited`)
-            instance = await re_emit_audited(squall.triggers, instance_id, audit)
+        try:  # stored with its event, one transaction (`TriggerService.dispatch`'s `audit`)
+            instance = await squall.triggers.re_emit(instance_id, audit)
         except LookupError as exc:
             raise fail(str(exc).strip("'\"")) from exc
         await squall.rules.settle()

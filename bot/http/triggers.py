@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from bot.http.key_auth import request_user
 from bot.http.paging import Paging, keyset_pages, page_limit, query_time, streamed_list, tell_page
 from bot.http.state import api_state
-from engine.audit import re_emit_audited
 from engine.executions import AuditEntry
 from engine.parameters import MAX_INTEGER
 from engine.triggers import public
@@ -83,12 +82,11 @@ async def re_emit(instance_id: str, request: Request) -> dict[str, Any]:
     instance's `payload` (`__context.original_id` names the instance sent again), and the new instance's
     other fields beside them, as Squall's clients read it."""
     squall = api_state(request).squall
-    # As the web's `web.trigger.re_emit`, stored with the new instance, one transaction (`re_emit_audited`): a
-    # re-emit the database did not take is a 503 with nothing fired, so a client's retry fires it once. The
-    # instance is processed before the answer: its rules have requested their actions.
+    # Stored with the new instance, one transaction (`TriggerService.re_emit`'s `audit`): a re-emit the
+    # database did not take is a 503 with nothing fired, so a client's retry fires it once.
     audit = AuditEntry("api.trigger.re_emit", request_user(request), "api", None, {"instance": instance_id})
     try:
-        emitted = await re_emit_audited(squall.triggers, instance_id, audit)
+        emitted = await squall.triggers.re_emit(instance_id, audit)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from exc
     # StackStorm's words, its spelling included: scripts match on them.

@@ -17,6 +17,7 @@ from fastapi.responses import RedirectResponse
 from bot.accounts import Session
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import admin, viewer
+from engine.executions import AuditEntry
 from engine.triggers import public
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -73,10 +74,9 @@ async def trigger_list(request: Request, trigger: str | None = None, session: Se
 @router.post("/triggers/{instance_id}/re-emit")
 async def trigger_re_emit(request: Request, instance_id: str, session: Session = Depends(admin)) -> Response:
     squall = request.app.state.squall
-    try:
-        emitted = await squall.triggers.re_emit(instance_id)
+    audit = AuditEntry("web.trigger.re_emit", session.account.name, "web", None, {"instance": instance_id})
+    try:  # stored with its event, one transaction: a re-emit the database did not take fires nothing
+        emitted = await squall.triggers.re_emit(instance_id, audit)
     except LookupError as exc:
         raise PageError(str(exc), 404) from exc
-    await squall.db(squall.store.audit_add, "web.trigger.re_emit", session.account.name, "web", emitted["trigger"],
-                    {"instance": instance_id, "new_instance": emitted["id"]})
     return RedirectResponse(f"/triggers#instance-{emitted['id']}", status_code=303)
