@@ -47,6 +47,7 @@ from engine.parameters import (
     credential_texts,
     mask,
     needs_rendering,
+    rerun_parameters,
     resolve,
 )
 from engine.processes import LEDGER, ledger_directory, owner_state, process_identity, sweep
@@ -1342,7 +1343,11 @@ class ExecutionService:
         asked and where replies go (`_ORIGIN`) are theirs, never the original's (a re-run from the web
         of a chat command must not post into that chat thread). `delay` holds it `delayed` that long
         (a retry policy's delay), stored so that a restart meanwhile still runs it. `rerun_id` names the
-        re-run (see `request`'s `execution_id`); `audit` is stored with it (see `request`)."""
+        re-run (see `request`'s `execution_id`); `audit` is stored with it (see `request`).
+
+        What `parameters` show masked (`headers` edited as shown) gets the original's credentials back, and the
+        original's sealed values are carried, to the same target only: a re-run given a new `url` host, proxy
+        or `hosts` is refused naming the credentials to give again (`rerun_parameters`, docs/security.md)."""
         record = await self.db(self._find, execution_id)
         spec = record["spec"]
         supplied = spec.get("supplied", list(record["parameters"]))
@@ -1350,6 +1355,8 @@ class ExecutionService:
         # What was decrypted into them (a workflow's `decrypt_kv`, its `st2kv`) is masked again (`secrets`).
         sealed, revealed = self._unseal(record)
         original.update({k: v for k, v in sealed.items() if k in original})
+        parameters = rerun_parameters(parameters or {}, {**spec["values"], **sealed},
+                                      [k for k in sealed if k in original])
         # A supplied template is supplied again, not what it rendered to: the rendering is stale,
         # and a `cmd` must get values through the shell runner's quoting, never pasted into its text.
         raw_templates = spec.get("supplied_templates") or {}

@@ -937,3 +937,96 @@ def shows_masked(given: Mapping[str, Any]) -> bool:
         return True
     return any((mapping := _as_mapping(given.get(name))) is not None and _holds_mask(mapping)
                for name in MASKED_MAPPINGS)
+
+
+#: A parameter that says where a request goes, besides a URL (`url_parameter`): a host or hosts (`hosts`,
+#: `bastion_host`, `hostname`), a server, a port, an endpoint; a whole word of the name (`sshPort`, not `report`).
+_TARGET_NAME = re.compile(r"(?i:(?:^|[_\-.])(?:hosts?|hostname|server|port|endpoint))$"
+                          r"|[a-z](?:Hosts?|Hostname|Server|Port|Endpoint)$")
+#: The port a scheme's URL goes to when it names none: `https://h/` and `https://h:443/` are one target.
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def target_parameter(name: Any) -> bool:
+    """Whether parameter `name` says where its action sends what it is given (`retargeted`): a URL (`url`,
+    `repo_url`, a proxy: `url_parameter`) or a host, server, port or endpoint (`_TARGET_NAME`)."""
+    return url_parameter(name) or (isinstance(name, str) and _TARGET_NAME.search(name) is not None)
+
+
+def _targets(name: str, value: Any) -> frozenset[Any]:
+    """Where `value` of target parameter `name` sends a request: a URL's scheme and host with its port (as
+    `_login_target` reads them, a default port dropped), each host of a list (`hosts: a, b`), or the text of
+    anything else, in any case; nothing for None (the default applies: the pack author's, not the caller's)."""
+    if value is None:
+        return frozenset()
+    if url_parameter(name) and isinstance(value, str):
+        return frozenset([_url_target(value)])
+    items = value if isinstance(value, list) else str(value).split(",") if isinstance(value, str) else [value]
+    return frozenset(text for item in items if (text := str(item).strip().lower()))
+
+
+def _url_target(url: str) -> tuple[str, str] | str:
+    """`url`'s scheme and host with its port, as requests reads them (`_url_login`, `_URL_AUTHORITY`), the
+    scheme's default port dropped; the stripped text itself when it is no URL."""
+    login = _url_login(url)
+    found = _URL_AUTHORITY.match(url) if login is None else None
+    if login is None and found is None:
+        return url.strip().lower()
+    scheme, host = (login.scheme, login.host) if login is not None else (found[1], found[2].rpartition("@")[2])
+    scheme, host = scheme.lower(), host.lower()
+    default = _DEFAULT_PORTS.get(scheme)
+    return scheme, host[:-len(default)] if default and host.endswith(default) else host
+
+
+def retargeted(given: Mapping[str, Any], original: Mapping[str, Any]) -> list[str]:
+    """The target parameters (`target_parameter`) that a re-run's `given` points somewhere the `original`'s
+    values did not: another scheme, host or port of a URL or proxy, a host not among the original's hosts,
+    another port. Fewer of the same hosts, or the same URL's path or query edited, is the same target."""
+    return [name for name, value in given.items()
+            if target_parameter(name) and not _targets(name, value) <= _targets(name, original.get(name))]
+
+
+def _credential_names(name: str, value: Any) -> list[str]:
+    """How a re-run's refusal names the credentials `value` of parameter `name` holds: each masked key of
+    `headers` or `cookies` (`headers.X-Api-Key`), else the parameter."""
+    shown = _as_mapping(mask_value(name, value)) if name in MASKED_MAPPINGS else None
+    keys = [f"{name}.{key}" for key, item in (shown or {}).items() if isinstance(item, str) and item == MASK]
+    return keys or [name]
+
+
+def _filled(given: Mapping[str, Any], restored: Mapping[str, Any]) -> list[str]:
+    """The credentials `restore_masked` put in place of a `given` `********` (`headers.Authorization`, `url`)."""
+    names: list[str] = []
+    for name, value in given.items():
+        if restored.get(name) == value:
+            continue
+        new, old = _as_mapping(value), _as_mapping(restored.get(name))
+        if name in MASKED_MAPPINGS and new is not None and old is not None:
+            names.extend(f"{name}.{key}" for key, item in new.items() if item == MASK and old.get(key) != MASK)
+        else:
+            names.append(name)
+    return names
+
+
+def rerun_parameters(given: Mapping[str, Any], original: Mapping[str, Any], sealed: Collection[str]) -> dict[str, Any]:
+    """A re-run's `given` parameters, the credentials they show masked taken from the `original`'s (real)
+    values (`restore_masked`): the one rule of what a re-run carries of someone else's request.
+
+    To the same target it carries everything: the `original`'s values given no other (`sealed` names those it
+    was given and stored sealed: secret parameters, credential headers and cookies, what a secret was
+    rendered into), and each `********` left as shown. When `given` points it elsewhere (`retargeted`: a new
+    `url`'s host, a proxy, `hosts`), it carries none of them: ParameterError names each one to give again,
+    since whoever may re-run a request must not send its credentials to a host of their choosing, and
+    sending none would fail there in ways that do not say why."""
+    restored = restore_masked(given, original) if shows_masked(given) else dict(given)
+    moved = retargeted(given, original)
+    if not moved:
+        return restored
+    carried = [credential for name in sealed if name not in given
+               for credential in _credential_names(name, original.get(name))]
+    carried = list(dict.fromkeys([*carried, *_filled(given, restored)]))
+    if carried:
+        raise ParameterError(f"re-running with a new {', '.join(moved)} (not where the original went) does not carry "
+                             f"the original's credentials there: give {', '.join(carried)} again, or re-run to the "
+                             "original's target")
+    return restored

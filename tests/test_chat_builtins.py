@@ -209,6 +209,28 @@ async def test_a_retry_prompt_shows_secret_parameters_masked(home: Path) -> None
         assert asked.startswith(f"About to retry {logged['id']}: demo.login with ") and "token=********" in asked
         assert "hunter2" not in asked
 
+
+async def test_a_retry_sends_the_original_s_credentials_to_the_same_host_again(chat) -> None:
+    """`!retry` changes no parameter, so it goes where the original went, with its credentials: the rule
+    that keeps them from another host (`rerun_parameters`) leaves the same request again as it was."""
+    from tests.test_http_secret_headers import _echo_server
+
+    squall, bot, loopback = chat
+    with _echo_server() as (url, seen):
+        started = await squall.executions.request("core.http", {
+            "url": url, "headers": {"X-Api-Key": "key-of-carol-0001"}, "password": "pw-of-carol-0002",
+            "username": "carol"}, {"user": "carol"})
+        await settle(squall, bot)
+        await loopback.say(f"!retry {started['id']}", user="carol", channel="#ops")
+        await settle(squall, bot)
+        [again] = [e for e in await squall.executions.list(action="core.http") if e["id"] != started["id"]]
+        done = await squall.executions.wait(again["id"], 30)
+    assert done["status"] == "succeeded", done["result"]
+    assert len(seen) == 2 and seen[-1]["X-Api-Key"] == "key-of-carol-0001"
+    said = " ".join(loopback.texts())
+    assert "key-of-carol-0001" not in said and "pw-of-carol-0002" not in said
+
+
 # -- a command typed without its values ---------------------------------------------------------------
 
 async def test_a_shipped_alias_typed_without_its_value_asks_for_it_and_runs(chat) -> None:

@@ -911,3 +911,98 @@ async def test_a_token_as_a_url_s_user_is_sent_and_shown_nowhere(
                         ("stored", _stored_everything(web.squall)), ("audit sinks", sinks),
                         ("audit", json.dumps(rows, default=str)), ("re-run", changed.text), ("log", caplog.text)):
         assert USER_TOKEN not in text and basic.split()[1] not in text, where
+
+
+# -- a re-run to another target carries none of the original's credentials ---------------------------------
+
+def test_a_re_run_to_another_target_carries_no_credential_by_the_one_rule() -> None:
+    """Whoever re-ran someone's request could point it at a host of their choosing (`url`, a proxy, `hosts`)
+    and it went there with the original's headers, cookies and secret parameters: the rule restores them to the
+    same target only (scheme, host, port), and refuses a re-run elsewhere naming what must be given again."""
+    from engine.parameters import rerun_parameters
+
+    original = {"url": "https://api.example/v1/x", "headers": HEADERS, "cookies": {"sid": JAR}, "username": "ann",
+                "password": "pw-secret-1"}
+    sealed = ["headers", "cookies", "password"]  # what the original was given and stored sealed
+    same = {"url": "https://API.example:443/v2?page=2", "headers": {**mask_headers(HEADERS), "Accept": "x/y"}}
+    assert rerun_parameters(same, original, sealed) == {**same, "headers": {**HEADERS, "Accept": "x/y"}}
+    assert rerun_parameters({}, original, sealed) == {}  # the same request again: the merge carries them
+    for moved in ({"url": "https://evil.example/v1/x"}, {"url": "http://api.example/v1/x"},
+                  {"url": "https://api.example:444/v1/x"}, {"url": "https://ann:pw@evil.example/"},
+                  {"http_proxy": "http://evil.example:3128"}, {"https_proxy": "http://evil.example:3128"}):
+        with pytest.raises(ParameterError) as refused:
+            rerun_parameters(moved, original, sealed)
+        message = str(refused.value)
+        assert message.startswith(f"re-running with a new {next(iter(moved))} "), message
+        for name in ("headers.Authorization", "headers.Cookie", "headers.X-Api-Key", "headers.Proxy-Authorization",
+                     "cookies.sid", "password"):
+            assert name in message, (moved, message)
+        assert "Accept" not in message and "username" not in message and _leaked(message) == [], message
+    anew = {"url": "https://evil.example/", "headers": {"Accept": "x"}, "cookies": None, "password": "mine-pw"}
+    assert rerun_parameters(anew, original, sealed) == anew  # given again: nothing of the original's goes there
+    with pytest.raises(ParameterError) as masked:  # a mask left as shown is never filled in for another host
+        rerun_parameters({**anew, "headers": {**mask_headers(HEADERS), "X-Api-Key": "mine-key-1"}}, original, sealed)
+    assert "headers.Authorization" in str(masked.value) and "X-Api-Key" not in str(masked.value)
+    assert "password" not in str(masked.value)
+
+    shell = {"hosts": "web1, web2", "username": "deploy", "password": "ssh-pw-1", "private_key": "KEY-1", "port": 22}
+    assert rerun_parameters({"hosts": "WEB2"}, shell, ["password", "private_key"]) == {"hosts": "WEB2"}  # fewer
+    for moved in ({"hosts": "web1,evil.example"}, {"port": 2222}, {"bastion_host": "jump.evil.example"}):
+        with pytest.raises(ParameterError) as refused:
+            rerun_parameters(moved, shell, ["password", "private_key"])
+        assert "password, private_key" in str(refused.value) and "ssh-pw-1" not in str(refused.value), moved
+
+
+async def test_an_api_re_run_to_another_host_is_refused_naming_the_credentials(
+        web: Web, echo: tuple[str, list[dict[str, str]]]) -> None:
+    """bob's `re_run` of a request made with an `X-Api-Key`, cookies and a `password`, given only a new `url`:
+    the other host got them all. Refused, naming what to give again; to the same host they are sent again."""
+    url, seen = echo
+    api = _api(web)
+    done = await _run_http(web, api, url, cookies={"jar": JAR}, username="ann", password="pw-secret-1")
+    sent = len(seen)
+    moved = url.replace("127.0.0.1", "localhost") + "?evil"
+    refused = await api.post(f"/api/v1/executions/{done['id']}/re_run", json={"parameters": {"url": moved}})
+    assert refused.status_code == 400, refused.text
+    message = refused.json()["faultstring"]
+    for name in ("headers.Authorization", "headers.X-Api-Key", "headers.Cookie", "cookies.jar", "password"):
+        assert name in message, message
+    assert _leaked(refused.text) == [] and "pw-secret-1" not in refused.text
+    assert len(seen) == sent and len(await web.squall.executions.list(action="core.http")) == 1
+
+    again = await api.post(f"/api/v1/executions/{done['id']}/re_run", json={"parameters": {"url": url + "?page=2"}})
+    assert again.status_code == 201, again.text
+    assert (await web.squall.executions.wait(again.json()["id"], timeout=30))["status"] == "succeeded"
+    basic = "Basic " + base64.b64encode(b"ann:pw-secret-1").decode()
+    assert seen[-1]["X-Api-Key"] == API_KEY and seen[-1]["Authorization"] == basic  # the same host: restored
+
+    anew = {"url": moved, "headers": {"X-Api-Key": "fresh-key-0001"}, "cookies": None, "password": "pw-fresh-2"}
+    typed = await api.post(f"/api/v1/executions/{done['id']}/re_run", json={"parameters": anew})
+    assert typed.status_code == 201, typed.text
+    assert (await web.squall.executions.wait(typed.json()["id"], timeout=30))["status"] == "succeeded"
+    assert seen[-1]["X-Api-Key"] == "fresh-key-0001" and _leaked(json.dumps(seen[-1])) == []
+    assert seen[-1]["Authorization"] == "Basic " + base64.b64encode(b"ann:pw-fresh-2").decode()
+
+
+async def test_a_re_run_through_another_proxy_or_from_the_engine_is_refused_too(home: Path) -> None:
+    """The rule is the engine's (`ExecutionService.rerun`): the CLI's re-run and a re-run through a new proxy
+    carry nothing either; a remote-shell action's password does not go to new `hosts`."""
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        http = await squall.executions.request("core.http", {"url": "http://127.0.0.1:1/x", "headers": HEADERS,
+                                                             "timeout": 5})
+        await squall.executions.wait(http["id"], timeout=30)
+        with pytest.raises(ParameterError) as proxied:
+            await squall.executions.rerun(http["id"], {"http_proxy": "http://127.0.0.1:2/"}, {"user": "eve"})
+        shell = await squall.executions.request("core.remote", {"hosts": "127.0.0.1:1", "cmd": "true",
+                                                                "password": "ssh-pw-secret-3", "timeout": 5})
+        await squall.executions.wait(shell["id"], timeout=30)
+        with pytest.raises(ParameterError) as hosts:
+            await squall.executions.rerun(shell["id"], {"hosts": "127.0.0.2:1"}, {"user": "eve"})
+        same = await squall.executions.rerun(shell["id"], {"cmd": "false"}, {"user": "eve"})
+        listed = await squall.executions.list(limit=10)
+    finally:
+        await squall.close()
+    assert "re-running with a new http_proxy" in str(proxied.value) and "headers.X-Api-Key" in str(proxied.value)
+    assert "password" in str(hosts.value) and "ssh-pw-secret-3" not in str(hosts.value)
+    assert sorted(e["id"] for e in listed) == sorted([http["id"], shell["id"], same["id"]])  # none stored

@@ -397,3 +397,41 @@ async def test_an_edited_multi_line_rerun_value_is_sent_with_lf_line_breaks(
     assert again["status"] == "succeeded" and again["result"]["stdout"] == "changed"
     [entry] = await web.squall.db(web.squall.store.audit_list, 10, "web.execution.rerun")
     assert entry["detail"]["changed"] == ["cmd"]
+
+
+async def test_a_rerun_form_moved_to_another_host_asks_for_the_credentials_again(
+        operator: tuple[Web, httpx.AsyncClient, str]) -> None:
+    """otto opened the re-run form of someone's `core.http` request, changed only `url` to another host and
+    left the masked headers and the empty password as shown: that host got the real `X-Api-Key` and the
+    password. The form comes back saying what to give again; given, or to the same host, it runs."""
+    import base64
+
+    from tests.test_http_secret_headers import _echo_server
+
+    web, client, csrf = operator
+    with _echo_server() as (url, seen):
+        first = await web.squall.executions.request("core.http", {
+            "url": url, "headers": {"X-Api-Key": "key-of-alice-0001", "Accept": "text/plain"},
+            "username": "alice", "password": "pw-of-alice-0002"}, {"user": "alice", "source": "api"})
+        assert (await web.squall.executions.wait(first["id"], 30))["status"] == "succeeded"
+        moved = url.replace("127.0.0.1", "localhost")
+        refused = await client.post(f"/executions/{first['id']}/rerun", data={"csrf_token": csrf, "p.url": moved})
+        assert refused.status_code == 400, refused.text
+        shown = html.unescape(refused.text)
+        assert "give headers.X-Api-Key, password again" in shown, shown
+        assert "key-of-alice-0001" not in shown and "pw-of-alice-0002" not in shown
+        assert len(seen) == 1 and len(await web.squall.executions.list(action="core.http")) == 1
+
+        typed = await client.post(f"/executions/{first['id']}/rerun", data={
+            "csrf_token": csrf, "p.url": moved, "p.headers": '{"X-Api-Key": "key-of-otto-0003"}',
+            "p.password": "pw-of-otto-0004"})
+        assert typed.status_code == 303, typed.text
+        await web.squall.executions.wait(typed.headers["location"].rsplit("/", 1)[1], 30)
+        assert seen[-1]["X-Api-Key"] == "key-of-otto-0003"
+        assert seen[-1]["Authorization"] == "Basic " + base64.b64encode(b"alice:pw-of-otto-0004").decode()
+
+        same = await client.post(f"/executions/{first['id']}/rerun", data={"csrf_token": csrf, "p.url": url + "?2"})
+        assert same.status_code == 303, same.text
+        await web.squall.executions.wait(same.headers["location"].rsplit("/", 1)[1], 30)
+        assert seen[-1]["X-Api-Key"] == "key-of-alice-0001"  # the same host: the original's, as before
+        assert seen[-1]["Authorization"] == "Basic " + base64.b64encode(b"alice:pw-of-alice-0002").decode()

@@ -31,7 +31,7 @@ from bot.chat.replies import acks, render_ack, short
 from engine.actions import unapproved
 from engine.executions import AuditEntry, CompletionWrite
 from engine.packs import UnknownAction
-from engine.parameters import MASK, ParameterError, check_unrendered, mask_value, restore_masked, shows_masked
+from engine.parameters import MASK, ParameterError, check_unrendered, mask_value
 from engine.templates import TooLongForTheLoop, briefly, rendered
 
 if TYPE_CHECKING:
@@ -250,21 +250,9 @@ class CommandService:
             raise NeedsApproval(*needed)
         if tasks:
             return await self.engine.workflows.rerun(record["id"], tasks, audit=audit)  # its event with its reset
-        if parameters and shows_masked(parameters):
-            parameters = await self._unmasked(record["id"], parameters)
+        # The engine puts back what `parameters` show masked (`headers` edited as shown), and carries the
+        # original's credentials to the same target only (`ExecutionService.rerun`, `rerun_parameters`).
         return await self.engine.executions.rerun(record["id"], parameters, context, delay=delay, audit=audit)
-
-
-    async def _unmasked(self, execution_id: str, parameters: dict[str, Any]) -> dict[str, Any]:
-        """A re-run's `parameters` with the credentials they show masked (`headers` edited as the API or
-        the re-run form showed them, `Authorization: ********` left as it was) taken from the original's
-        sealed values (`restore_masked`): a re-run sends the real header, never the mask."""
-        db, executions = self.engine.db, self.engine.executions
-        stored = await db(db.store.get_execution, execution_id)
-        if stored is None:
-            return parameters
-        original = {**((stored.get("spec") or {}).get("values") or {}), **executions.unseal(stored)}
-        return restore_masked(parameters, original)
 
     async def request(self, alias: Alias, message: Message, source: str, parameters: dict[str, Any],
                       render: Iterable[str], context: dict[str, Any]) -> Accepted:
