@@ -205,9 +205,33 @@ def _decode(text: str) -> Any:
         return ast.literal_eval(text)
 
 
+#: Brackets nested deeper than this in a template are refused before Jinja parses it: its parser recurses
+#: per level, and at the interpreter's limit the RecursionError also escapes from generators it unwinds
+#: (reported as ignored exceptions), however it is caught here. No real template comes near.
+MAX_TEMPLATE_NESTING = 100
+
+
+def _nested_too_deeply(text: str) -> bool:
+    """Whether `text`'s brackets nest deeper than `MAX_TEMPLATE_NESTING` (unbalanced ones counted as they come)."""
+    if sum(text.count(bracket) for bracket in "([{") <= MAX_TEMPLATE_NESTING:
+        return False  # too few to: no scan (the common case, counted in C)
+    depth = 0
+    for char in text:
+        if char in "([{":
+            depth += 1
+            if depth > MAX_TEMPLATE_NESTING:
+                return True
+        elif char in ")]}":
+            depth = max(depth - 1, 0)
+    return False
+
+
 def _dependencies(env: jinja2.Environment, name: str, raw: Any, secret: bool) -> set[str]:
+    text = _template_text(raw)
     try:
-        return undeclared_variables(env, _template_text(raw))
+        if _nested_too_deeply(text):
+            raise RecursionError
+        return undeclared_variables(env, text)
     except (RecursionError, MemoryError):
         raise ParameterError(f'Failed to render parameter "{name}": the template is nested too deeply') from None
     except jinja2.TemplateSyntaxError as exc:

@@ -11,7 +11,7 @@ import pytest
 from engine.actions import Action, build_action
 from engine.config import SYSTEM_PACKS_PATH
 from engine.packs import Registry, load_registry
-from engine.parameters import MASK, ParameterError, cast, mask, resolve, validate
+from engine.parameters import MASK, MAX_TEMPLATE_NESTING, ParameterError, cast, mask, resolve, validate
 from engine.templates import NONE_MAGIC_VALUE, KVNamespace
 from engine.yamlfile import LineMap
 
@@ -575,3 +575,12 @@ def test_plain_types_are_checked_without_jsonschema_and_the_rest_with_it(spec: d
         else:
             with pytest.raises(ParameterError, match='parameter "p"'):
                 check_parameter('action "demo.x"', "p", spec, value)
+
+
+def test_nesting_is_refused_before_jinja_parses_it_and_ordinary_nesting_renders() -> None:
+    # Past MAX_TEMPLATE_NESTING the template never reaches Jinja's recursive parser, whose RecursionError
+    # at the interpreter's limit also escaped from the generators it unwound (one CI run in many failed so).
+    deep = "{{ " + "(" * (MAX_TEMPLATE_NESTING + 1) + "1" + ")" * (MAX_TEMPLATE_NESTING + 1) + " }}"
+    assert "nested too deeply" in error({"p": {"type": "string"}}, {"p": deep}, render=True)
+    ordinary = "{{ " + "(" * 20 + "1 + 1" + ")" * 20 + " }}"
+    assert values({"p": {"type": "string"}}, {"p": ordinary}, render=True)["p"] == "2"
