@@ -525,6 +525,111 @@ def test_sigterm_lets_a_workflows_task_finish_and_another_worker_steps_on(cluste
     assert marker.read_text() == "ran\n"  # the first task ran once
 
 
+# -- Ctrl-C on a `squall run` whose execution a worker runs (or would) --------------------------------------
+
+def _run_in_background(cluster: Cluster, *argv: str) -> subprocess.Popen[str]:
+    """`squall run ...` waiting for its end, to be stopped by a signal (its own session: the test's is spared)."""
+    return subprocess.Popen([str(SQUALL), "-c", str(cluster.home / "config.yml"), "run", *argv], cwd=cluster.home,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _requested_by(cluster: Cluster, runner: subprocess.Popen[str], action: str, *statuses: str) -> dict[str, Any]:
+    """The execution of `action` the `squall run` `runner` requested, once it is in one of `statuses`."""
+    deadline = time.monotonic() + 60
+    while True:
+        found = [r for r in cluster.store.list_executions(action=action) if r["status"] in statuses]
+        if found:
+            return found[0]
+        assert runner.poll() is None and time.monotonic() < deadline, (runner.poll(), cluster._logs())
+        time.sleep(0.05)
+
+
+def _interrupted(runner: subprocess.Popen[str]) -> tuple[str, str]:
+    """Ctrl-C to `squall run` alone (as a terminal's SIGINT reaches it): its stdout and stderr once it exited."""
+    runner.send_signal(signal.SIGINT)
+    try:
+        return runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+
+
+def _jobs_done(cluster: Cluster, execution_id: str) -> None:
+    """Wait until a worker has taken and finished every procrastinate job of `execution_id`."""
+    query = sa.text("SELECT count(*) FROM procrastinate_jobs WHERE args ->> 'execution_id' = :id "
+                    "AND status IN ('todo', 'doing')")
+    deadline = time.monotonic() + 60
+    while True:
+        with cluster.store._read() as conn:
+            if not conn.execute(query, {"id": execution_id}).scalar_one():
+                return
+        assert time.monotonic() < deadline, f"no worker took the job of {execution_id}: {cluster._logs()}"
+        time.sleep(0.1)
+
+
+def test_ctrl_c_on_run_cancels_the_request_no_worker_took(cluster: Cluster, tmp_path: Path) -> None:
+    """No worker serves the queue yet: Ctrl-C cancels the queued request in the database, names it, and a
+    worker started after does not run it (it ran, unnamed, once one started)."""
+    marker = tmp_path / "ran-after-ctrl-c"
+    runner = _run_in_background(cluster, "core.local", f"cmd=touch {marker}")
+    requested = _requested_by(cluster, runner, "core.local", "requested")
+    output, errors = _interrupted(runner)
+    assert runner.returncode == 130, errors
+    execution_id = requested["id"]
+    assert errors.strip() == (f"interrupted: execution {execution_id} canceled "
+                              f"(see: squall execution get {execution_id})")
+    assert output == ""
+    assert cluster.execution(execution_id)["status"] == "canceled"
+    cluster.worker()
+    _jobs_done(cluster, execution_id)
+    assert cluster.execution(execution_id)["status"] == "canceled" and not marker.exists()
+    audited = [e for e in cluster.store.audit_list(limit=100) if e["event"] == "cli.execution.cancel"]
+    assert [(e["target"], e["detail"].get("signal")) for e in audited] == [(execution_id, "SIGINT")]
+
+
+def test_ctrl_c_on_run_cancels_the_action_a_worker_runs(cluster: Cluster, tmp_path: Path) -> None:
+    """A worker runs it: Ctrl-C asks that worker to cancel it, which stops the action's process."""
+    from tests.test_cli import _gone
+
+    cluster.worker()
+    marker = tmp_path / "action.pid"
+    runner = _run_in_background(cluster, "core.local", f"cmd=echo $$ > {marker}; exec sleep 60")
+    running = _requested_by(cluster, runner, "core.local", "running")
+    deadline = time.monotonic() + 30
+    while not (marker.exists() and marker.read_text().strip()):
+        assert time.monotonic() < deadline, cluster._logs()
+        time.sleep(0.05)
+    output, errors = _interrupted(runner)
+    assert runner.returncode == 130, errors
+    execution_id = running["id"]
+    assert errors.strip() == (f"interrupted: execution {execution_id} canceled "
+                              f"(see: squall execution get {execution_id})")
+    assert output == "" and cluster.execution(execution_id)["status"] == "canceled"
+    assert _gone(int(marker.read_text())), "the action's process outlived the cancel"
+
+
+def test_ctrl_c_on_run_cancels_a_workflow_and_its_running_task(cluster: Cluster, tmp_path: Path) -> None:
+    """A workflow conducted by workers: Ctrl-C cancels it and the task running (a cancel alone lets that task
+    finish), and nothing after it starts."""
+    cluster.worker()
+    marker = tmp_path / "napped"
+    runner = _run_in_background(cluster, "demo.slow_flow", f"marker={marker}")
+    flow = _requested_by(cluster, runner, "demo.slow_flow", "running")["id"]
+    deadline = time.monotonic() + 60
+    while not [c for c in cluster.store.list_executions(parent=flow) if c["status"] == "running"]:
+        assert time.monotonic() < deadline, "the workflow's first task did not start"
+        time.sleep(0.1)
+    output, errors = _interrupted(runner)
+    assert runner.returncode == 130, errors
+    assert errors.strip() == f"interrupted: execution {flow} canceled (see: squall execution get {flow})"
+    assert output == "" and cluster.execution(flow)["status"] == "canceled"
+    tasks = cluster.store.list_executions(parent=flow)
+    assert [(t["action"], t["status"]) for t in tasks] == [("demo.nap", "canceled")]
+    assert not marker.exists()
+
+
 def test_a_workflows_tasks_run_on_workers_of_their_queues(cluster: Cluster) -> None:
     default = cluster.worker("--queues", "default")
     zone = cluster.worker("--queues", "zone-a")

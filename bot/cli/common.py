@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -159,7 +160,9 @@ def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False, p
 
     SIGTERM (`timeout`, a CI job's cancel, `kill`) and SIGHUP (a closed terminal) stop the command as
     Ctrl-C does (`_Stop`): what it runs is stopped and recorded `abandoned`, and one line says so. With
-    their default action the process died at once, its execution left `running` and its action orphaned."""
+    their default action the process died at once, its execution left `running` and its action orphaned.
+    What it asked `squall worker`s to run and waits for (`requested`) is canceled in the database
+    instead, before Squall closes (`_Stop.stop_requested`)."""
     import asyncio
 
     from engine.crypto import CryptoError
@@ -173,10 +176,15 @@ def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False, p
 
     async def main() -> T:
         stop.listen(asyncio.get_running_loop(), asyncio.current_task())
+        _stopping.set(stop)  # (asyncio.run's own context: `requested` finds it in `work`)
         squall = await _started(config, recover, pack_problems)
         squall.executions.on_finished(stop.heard)
         try:
             return await work(squall)
+        except asyncio.CancelledError:
+            if stop.signal is not None:
+                await stop.stop_requested(squall)
+            raise
         finally:
             await squall.close()
 
@@ -213,18 +221,33 @@ async def _started(config: Config, recover: bool, pack_problems: bool) -> Squall
     return squall
 
 
+#: How long a stopped command waits for what it asked `squall worker`s to cancel to end, to say how it
+#: ended (a worker stops an action within a second; a workflow ends once its canceled tasks did). Past it,
+#: the line says `canceling` and the workers end it all the same.
+STOP_SECONDS = 10.0
+
+
 class _Stop:
     """The signals that stop a one-shot command, all taken as asyncio takes Ctrl-C: the first cancels the
     command's task, so Squall closes as it does at the end of any command (its runs are stopped, their
     process groups killed, their executions recorded `abandoned`); a second stops at once. What ended
-    meanwhile is reported in one line each."""
+    meanwhile is reported in one line each.
+
+    Under `executor.kind: procrastinate` nothing runs in the command's process: what it requested and
+    waits for (`requested`) is a job for a `squall worker`, which closing Squall left queued, to run after
+    the command was gone, and unnamed. So that is canceled first (`stop_requested`)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self) -> None:
         self.signal: signal.Signals | None = None
-        #: Top-level executions that ended after the signal (a workflow's tasks end with it, unreported).
-        self.ended: list[dict[str, Any]] = []
+        #: Top-level executions that ended after the signal (a workflow's tasks end with it, unreported),
+        #: by id: one this command canceled is heard of as it ends here, and read again after.
+        self.ended: dict[str, dict[str, Any]] = {}
+        #: The requests of what this command waits for (`requested`), each to its end.
+        self.requests: list[asyncio.Task[dict[str, Any]]] = []
+        #: Lines for what could not be canceled (the database failing meanwhile).
+        self.unstopped: list[str] = []
 
     def listen(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None) -> None:
         """Take the signals on `loop` for `task` (only the main thread may; elsewhere, a test's thread, the
@@ -247,17 +270,90 @@ class _Stop:
     def heard(self, record: dict[str, Any]) -> None:
         """An execution finished in this process (`on_finished`): kept if the stop ended it."""
         if self.signal is not None and record.get("parent") is None:
-            self.ended.append(record)
+            self.ended[record["id"]] = record
+
+    async def stop_requested(self, squall: Squall) -> None:
+        """Stop what this command requested and waited for, where this process does not run it. Each
+        request is let finish first (it is quick, and cut short it could be stored unnamed). Under the local
+        executor it runs here: `squall.close()` stops it, recorded `abandoned`, as before. Under the shared
+        one a worker runs it, or will: it is canceled (`_cancel`), conditionally on its status as
+        `squall execution cancel` cancels, so a worker that takes it at that instant wins cleanly and is
+        then asked to cancel it, wherever it runs."""
+        import asyncio
+
+        stored = await asyncio.gather(*self.requests, return_exceptions=True)
+        if not getattr(squall.executions.executor, "shared", False):
+            return
+        for record in stored:
+            if isinstance(record, dict):
+                await self._cancel(squall, record["id"])
+
+    async def _cancel(self, squall: Squall, execution_id: str) -> None:
+        """Cancel `execution_id` and its live tasks (`_cancel_tasks`), audited as `cli.execution.cancel`
+        with the signal; then wait up to `STOP_SECONDS` for its end, to report how it is. One the database
+        would not cancel is said with how to cancel it by hand."""
+        from sqlalchemy.exc import DBAPIError
+
+        from engine.executions import ExecutionNotFound, ExecutionStateError
+
+        try:
+            audit = await squall.db(audit_entry, squall.store, "cli.execution.cancel",
+                                    {"signal": (self.signal or signal.SIGINT).name})
+            with contextlib.suppress(ExecutionStateError):  # it ended meanwhile: reported as it ended
+                await squall.executions.cancel(execution_id, audit)
+            await _cancel_tasks(squall, execution_id)
+            with contextlib.suppress(TimeoutError):
+                await squall.executions.wait(execution_id, timeout=STOP_SECONDS)
+            self.ended[execution_id] = await squall.executions.get(execution_id)
+        except (DBAPIError, ExecutionNotFound) as exc:
+            from engine.storage import database_trouble
+
+            why = (database_trouble(exc) or type(exc).__name__) if isinstance(exc, DBAPIError) else str(exc)
+            self.unstopped.append(f"interrupted: execution {execution_id} could not be canceled ({why}); a squall "
+                                  f"worker may still run it: cancel it with `squall execution cancel {execution_id}`")
 
     def report(self) -> typer.Exit:
         """One line per execution the stop ended, on stderr (which a closed terminal may no longer take),
         and the exit a process stopped by the signal gives: 128 + its number (130 for Ctrl-C)."""
         lines = [f"interrupted: execution {r['id']} {r['status']} (see: squall execution get {r['id']})"
-                 for r in self.ended] or ["interrupted"]
+                 for r in self.ended.values()] + self.unstopped or ["interrupted"]
         with contextlib.suppress(OSError):
             for line in lines:
                 err.print(line, markup=False)
         return typer.Exit(128 + (self.signal or signal.SIGINT))
+
+
+#: The stop of the command running in this context (`with_app`), told by `requested` of what it waits for.
+_stopping: ContextVar[_Stop | None] = ContextVar("squall_cli_stop", default=None)
+
+
+async def requested(request: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """The execution `request` stores (`ExecutionService.request`, a re-run), which this command then waits
+    for: a stop signal meanwhile stops it wherever it runs (`_Stop.stop_requested`). The request runs to its
+    end even then (shielded): cut short, it could be stored without this command knowing its id, and a
+    worker would run it after the command was gone."""
+    import asyncio
+
+    task = asyncio.ensure_future(request)
+    stop = _stopping.get()
+    if stop is not None:
+        stop.requests.append(task)
+    return await asyncio.shield(task)
+
+
+async def _cancel_tasks(squall: Squall, execution_id: str) -> None:
+    """Cancel the live tasks of workflow `execution_id`, and theirs, at any depth: a workflow's cancel lets
+    its running tasks finish (as Orquesta does), while a stopped command stops what it ran, as it does under
+    the local executor. The workflow is canceled first, so that no task ending here starts another."""
+    from engine.executions import COMPLETED, ExecutionNotFound, ExecutionStateError
+
+    parents = [execution_id]
+    while parents:
+        for child in await squall.executions.list(parent=parents.pop(), limit=100_000):
+            parents.append(child["id"])
+            if child["status"] not in COMPLETED:
+                with contextlib.suppress(ExecutionStateError, ExecutionNotFound):  # ended, or canceling already
+                    await squall.executions.cancel(child["id"])
 
 
 @contextlib.contextmanager

@@ -1,10 +1,11 @@
 """`squall run` and `squall execution list | get | cancel | pause | resume | re-run | purge`.
 
 `run` exits 0 if the action succeeded, 1 if it failed or timed out, 2 on bad input, 3 when the
-database or data folder cannot be used, 128+N when signal N stopped it (the execution abandoned); with `--async`
-it stores the request and `squall serve` runs it. So does a plain `run` of an action a concurrency
-policy holds while `squall serve` runs on the database (it counts the runs in its own memory); the
-command then waits for the end and shows it as usual. Parameters and results are printed as written: rich
+database or data folder cannot be used, 128+N when signal N stopped it (the execution abandoned; canceled, with
+its running tasks, where `squall worker`s run it); with `--async` it stores the request and `squall serve` runs
+it. So does a plain `run` of an action a concurrency policy holds while `squall serve` runs on the database (it
+counts the runs in its own memory); the command then waits for the end and shows it as usual (a stop signal ends
+the wait, not that run). Parameters and results are printed as written: rich
 would read a `[...]` in them as markup (a `[/x]` in a message crashed `squall run`).
 
 `execution purge` (StackStorm's `st2-purge-executions`) and `trigger-instance purge` share `purge_history`: what
@@ -45,6 +46,7 @@ from bot.cli.common import (
     parse_assignments,
     print_json,
     record_audit,
+    requested,
     say_unaudited,
     shown_time,
     with_app,
@@ -114,7 +116,10 @@ def run(
             squall.executions.executor = None  # stored as requested; `squall serve` runs it
         # Stored with the request, one transaction: its detail gains the action and the parameters as stored.
         audit = await squall.db(audit_entry, squall.store, "cli.execution", {})
-        record = await squall.executions.request(ref, params, context, render=render, audit=audit)  # else: queued
+        request = squall.executions.request(ref, params, context, render=render, audit=audit)  # else: queued
+        # What it waits for a worker to run, a stop signal cancels (`requested`); a server's run it only stops
+        # waiting for, and `--async` asks for no wait.
+        record = await (request if run_async or server is not None else requested(request))
         if server is not None:
             err.print(f"{record['action']} is held by a concurrency policy and `squall serve` ({server}) runs "
                       f"on this database: it runs {record['id']}, counted with its own runs. Waiting for its "
@@ -317,11 +322,11 @@ def execution_rerun(
         # the action and the parameters as stored.
         audit = await squall.db(audit_entry, squall.store, "cli.execution.rerun",
                                 {"of": execution_id, **({"tasks": tasks} if tasks else {})})
-        if tasks:
-            record = await squall.workflows.rerun(execution_id, tasks, audit=audit)
+        if tasks:  # waited for, as `run` waits: a stop signal cancels it where a worker runs it (`requested`)
+            record = await requested(squall.workflows.rerun(execution_id, tasks, audit=audit))
         else:
-            record = await squall.executions.rerun(execution_id, params, {"user": current_user(), "source": "cli"},
-                                                   audit=audit)
+            record = await requested(squall.executions.rerun(
+                execution_id, params, {"user": current_user(), "source": "cli"}, audit=audit))
         return await squall.executions.wait(record["id"])
 
     record = with_app(work, pack_problems=True)  # it runs the action again, as `run` does
