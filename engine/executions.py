@@ -943,10 +943,31 @@ class ExecutionService:
             read.append(plaintext)
         return plaintext
 
-    def _seal(self, values: dict[str, Any], revealed: list[str]) -> str | None:
-        if not values and not revealed:
+    def _seal(self, values: dict[str, Any], revealed: list[str], answers: Any = None) -> str | None:
+        if not values and not revealed and answers is None:
             return None
-        return self.keys.encrypt(json.dumps({"values": values, "revealed": revealed}))
+        return self.keys.encrypt(json.dumps({"values": values, "revealed": revealed,
+                                             **({"answers": answers} if answers is not None else {})}))
+
+    def _sealed_document(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """What `record` holds sealed: its secret parameters' `values`, the decrypted datastore values it
+        `revealed`, and an inquiry's real `answers` (`seal_answers`); raises CryptoError if it cannot be read."""
+        if not record.get("sealed"):
+            return {"values": {}, "revealed": []}
+        document: dict[str, Any] = json.loads(self.keys.decrypt(record["sealed"]))
+        return document
+
+    def seal_answers(self, record: Mapping[str, Any], answers: Any) -> str | None:
+        """`record`'s sealed column with an inquiry's real `answers` in it (what it seals already kept): its
+        `result` stores them masked, so a copied database file shows no PIN given as an answer; the workflow
+        that asked reads them back (`unseal_answers`). `engine.inquiries` decides what they are."""
+        document = self._sealed_document(record)
+        return self._seal(document["values"], document["revealed"], answers)
+
+    def unseal_answers(self, record: Mapping[str, Any]) -> Any:
+        """The inquiry's real answers sealed with `record` (`seal_answers`); None for a row that has none (no
+        secret asked, or stored before answers were sealed: its `result` holds them as given)."""
+        return self._sealed_document(record).get("answers")
 
     def unseal(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """The real values of `record`'s secret parameters, which its `spec` holds masked: a concurrency
@@ -955,9 +976,7 @@ class ExecutionService:
 
     def _unseal(self, record: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The real values of sealed parameters, and the decrypted datastore values to scrub."""
-        if not record.get("sealed"):
-            return {}, []
-        document = json.loads(self.keys.decrypt(record["sealed"]))
+        document = self._sealed_document(record)
         return document["values"], document["revealed"]
 
     def revealed(self, record: Mapping[str, Any]) -> list[str]:
@@ -982,11 +1001,13 @@ class ExecutionService:
         record = self.db.store.get_execution(execution_id)
         if record is None:
             return False
-        values, known = self._unseal(record)
+        document = self._sealed_document(record)
+        known = document["revealed"]
         texts = _scrubbable([], [*known, *revealed])
         if set(texts) <= set(known):
             return False
-        return self.db.store.update_execution(execution_id, {"sealed": self._seal(values, texts)})
+        return self.db.store.update_execution(execution_id, {"sealed": self._seal(document["values"], texts,
+                                                                                  document.get("answers"))})
 
     async def _finish(self, record: dict[str, Any], outcome: RunOutcome, secrets: list[str]) -> None:
         fields, entry = _ending(outcome, secrets)
@@ -1133,13 +1154,16 @@ class ExecutionService:
         return await self.db(self._change, execution_id, fields, expect, audit)
 
     async def complete(self, execution_id: str, status: str, result: Any,
-                       expect: tuple[str, ...], audit: AuditEntry | None = None) -> dict[str, Any] | None:
+                       expect: tuple[str, ...], audit: AuditEntry | None = None,
+                       sealed: str | None = None) -> dict[str, Any] | None:
         """Finish an execution no runner is running (an answered or expired inquiry, a paused
         workflow canceled); listeners hear of it as of any other. None if it was not in `expect`.
-        `audit` (who answered, who canceled) is stored in the end's transaction (`_change`)."""
+        `audit` (who answered, who canceled) is stored in the end's transaction (`_change`), and so is
+        `sealed`, the new sealed column (an inquiry's secret answers, `seal_answers`), when given."""
         record = await self.db(self._find, execution_id)
         now = utcnow()
-        fields = {"status": status, "result": result, "end_timestamp": now}
+        fields = {"status": status, "result": result, "end_timestamp": now,
+                  **({"sealed": sealed} if sealed is not None else {})}
         finished, _ = await self.db(self._complete, record, fields, {"status": status, "timestamp": iso(now)}, expect,
                                     (), audit)
         if finished is None:

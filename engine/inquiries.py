@@ -10,6 +10,12 @@ Squall adds chat approvals' rules (`count`, `self_approval`): every answer is ke
 or at once when one says no to a yes/no field that decides it (`deciding`), with their answers
 `merged`. Answers are taken one at a time in a process, so two people answering together both count.
 
+An answer to a `secret: true` part of the schema (a PIN) is stored masked in `result`, as it is shown, and
+sealed with the datastore key in the row's `sealed` column, as a secret parameter is (`sealing`): a copied
+database file discloses it no more than the API does. The workflow that asked reads it back as given
+(`answered_with`, in `engine.workflows.service`); a row stored before answers were sealed holds it in clear
+and is read as it is.
+
 Who may answer is StackStorm's `check_permission`: with `users` the responder must be one of them,
 and with `roles` also in one of them (both checks, as StackStorm's `roles_passed and users_passed`).
 One of them names the responder by the rule `auth` grants by (`engine.identity`): `irc:carol` is the
@@ -24,6 +30,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from engine.crypto import CryptoError
 from engine.events import INQUIRY_PENDING
 from engine.identity import person_names
 from engine.parameters import draft4, holds_secret, item_schema, property_schema, schema_masked
@@ -66,7 +73,7 @@ class InquirerRunner:
 
 
 #: An answer with the values of the schema's `secret: true` parts shown as `********`: a PIN or a password
-#: asked for stays in the record, for the workflow, and is shown nowhere.
+#: asked for is sealed with the record, for the workflow, and is shown nowhere.
 masked = schema_masked
 
 
@@ -78,6 +85,39 @@ def shown(result: Any) -> Any:
     return {**result, "response": masked(schema, result.get("response")),
             "responses": [{**entry, "response": masked(schema, entry.get("response"))} if isinstance(entry, dict)
                           else entry for entry in result.get("responses") or []]}
+
+
+def answers_of(result: Mapping[str, Any]) -> dict[str, Any]:
+    """An inquiry's answers as given, what its row seals (`sealing`): the merged `response` and each of
+    `responses`' in their order; a part the result has not (no `response` while it waits) is None."""
+    return {"response": result.get("response"),
+            "responses": [entry.get("response") if isinstance(entry, dict) else None
+                          for entry in result.get("responses") or []]}
+
+
+def sealing(result: Any) -> tuple[Any, dict[str, Any] | None]:
+    """(`result` as stored, the answers to seal beside it): with a schema that has a secret, its answers
+    masked (`shown`, keeping out the parts it has not) and the answers as given to seal; else as it is, None."""
+    if not isinstance(result, dict) or not holds_secret(result.get("schema")):
+        return result, None
+    hidden = shown(result)
+    return {**result, **{key: hidden[key] for key in ("response", "responses") if key in result}}, answers_of(result)
+
+
+def answered_with(result: Any, answers: Mapping[str, Any] | None) -> Any:
+    """`result` as stored (secret answers masked, `sealing`) with the `answers` sealed beside it put back:
+    what the workflow that asked reads, and what the next answer of a `count` inquiry adds to. Without
+    `answers` (a row stored before answers were sealed, or no secret asked) as it is."""
+    if not answers or not isinstance(result, dict):
+        return result
+    real = dict(result)
+    if "response" in result:
+        real["response"] = answers.get("response")
+    given = answers.get("responses") or []
+    if "responses" in result:
+        real["responses"] = [{**entry, "response": given[index]} if isinstance(entry, dict) and index < len(given)
+                             else entry for index, entry in enumerate(result.get("responses") or [])]
+    return real
 
 
 def shown_execution(record: dict[str, Any]) -> dict[str, Any]:
@@ -289,7 +329,10 @@ class InquiryService:
         if record["status"] != "pending":
             why = "it expired" if record["status"] == "timeout" else f"it is {record['status']}"
             raise InquiryError(f'inquiry {record["id"]} cannot be answered: {why}', 409)
+        stored = await self._stored(record)
         result = record.get("result") or {}
+        if stored is not None:
+            result = answered_with(result, self._sealed_answers(stored))
         users, roles = result.get("users") or [], result.get("roles") or []
         why = refusal(user, groups, users, roles, names)
         if why is not None:
@@ -322,15 +365,42 @@ class InquiryService:
             audit = audit.with_facts(response=masked(result.get("schema") or {}, response))
         if len(responses) < count and not said_no:  # more people must answer
             waiting = {**result, "responses": responses}
-            if not await self.executions.change(record["id"], {"result": waiting}, ("pending",), audit):
+            if not await self.executions.change(record["id"], self._at_rest(stored, waiting), ("pending",), audit):
                 raise InquiryError(f'inquiry {record["id"]} was answered or expired meanwhile', 409)
             return public({**record, "result": waiting})
-        done = await self.executions.complete(record["id"], "succeeded",
-                                              {**result, "response": merged(answers, count), "responder": user,
-                                               "responses": responses}, ("pending",), audit)
+        ended = self._at_rest(stored, {**result, "response": merged(answers, count), "responder": user,
+                                       "responses": responses})
+        done = await self.executions.complete(record["id"], "succeeded", ended["result"], ("pending",), audit,
+                                              sealed=ended.get("sealed"))
         if done is None:
             raise InquiryError(f'inquiry {record["id"]} was answered or expired meanwhile', 409)
         return public(done)
+
+    async def _stored(self, record: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The inquiry's row as stored, its `sealed` column with it, when its schema has a secret (its answers
+        are sealed there); None otherwise."""
+        if not holds_secret((record.get("result") or {}).get("schema")):
+            return None
+        executions = self.executions
+        return await executions.db(executions.db.store.get_execution, record["id"]) or {}
+
+    def _sealed_answers(self, stored: Mapping[str, Any]) -> Any:
+        """The answers sealed with the inquiry's row (`ExecutionService.unseal_answers`); InquiryError when the
+        key file no longer reads them: an answer added to them would lose the earlier ones."""
+        try:
+            return self.executions.unseal_answers(stored)
+        except CryptoError as exc:
+            raise InquiryError(f"inquiry {stored.get('id')}: the answers given so far are sealed under a key the "
+                               f"key file no longer holds ({exc}); restore the key file that sealed them, then "
+                               "answer again", 500) from exc
+
+    def _at_rest(self, stored: Mapping[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:
+        """The fields that store `result`: with a schema that has a secret (`stored`, the row, is then given),
+        its answers masked in `result` and sealed with what the row seals already (`sealing`)."""
+        kept, answers = sealing(result)
+        if stored is None or answers is None:
+            return {"result": result}
+        return {"result": kept, "sealed": self.executions.seal_answers(stored, answers)}
 
     async def expire(self, inquiry_id: str) -> dict[str, Any] | None:
         record = await self.executions.get(inquiry_id)

@@ -17,9 +17,10 @@ from bot.app import Squall
 from bot.http import create_api
 from engine.config import load_config
 from engine.inquiries import InquiryError
+from engine.parameters import MASK
 from tests.conftest import write
 from tests.test_api import KEY, disk_full, failing_audit
-from tests.workflow_helpers import children, task_names, workflow_pack
+from tests.workflow_helpers import children, pending_ask, task_names, workflow_pack
 
 SQUALL_CLI = Path(__import__("sys").executable).parent / "squall"
 
@@ -78,6 +79,58 @@ chain:
     params: {message: "picked {{ colour }}"}
 """
 
+#: A PIN asked for (`secret: true`), and what the task after the question writes to its marker file (the real
+#: value arrived) and echoes (so its output would show it).
+PIN = "PIN-at-rest-7731"
+PIN_SCHEMA = {"type": "object", "properties": {"pin": {"type": "string", "secret": True, "required": True},
+                                               "note": {"type": "string"}}}
+RECORD = """
+name: record
+runner_type: local-shell-cmd
+parameters:
+  text: {type: string, required: true}
+  marker: {type: string, required: true}
+  cmd:
+    immutable: true
+    default: 'printf %s "{{ text }}" > "{{ marker }}"; echo "got {{ text }}"'
+"""
+
+#: An ActionChain that hands the PIN to its next task.
+PIN_CHAIN = """
+chain:
+  - name: ask
+    ref: core.ask
+    params:
+      schema: {type: object, properties: {pin: {type: string, secret: true, required: true}}}
+    on-success: use
+  - name: use
+    ref: wf.record
+    params:
+      text: "{{ ask.response.pin }}"
+      marker: "{{ marker }}"
+"""
+
+#: An Orquesta workflow asking two people for a PIN each: the next task gets every answer and the merged one.
+PIN_TWO = """
+version: 1.0
+input: [marker]
+tasks:
+  q:
+    action: core.ask
+    input:
+      users: [ann, bea]
+      count: 2
+      schema: {type: object, properties: {pin: {type: string, secret: true, required: true}}}
+    next:
+      - when: <% succeeded() %>
+        publish:
+          - pins: "{{ result().responses | map(attribute='response') | map(attribute='pin') | join(',') }}"
+          - last: <% result().response.pin %>
+        do: use
+  use:
+    action: wf.record text="<% ctx(pins) %>/<% ctx(last) %>" marker="<% ctx(marker) %>"
+"""
+
 
 def _config(home: Path, more: str) -> None:
     """SQLite, the test packs, questions routed to #approvals on the loopback chat, and `more`."""
@@ -89,7 +142,10 @@ def _config(home: Path, more: str) -> None:
 async def chat(home: Path) -> AsyncIterator[tuple[Squall, LoopbackAdapter]]:
     _config(home, "api:\n  keys: [test-key-123456]\n")
     workflow_pack(home, {"approval": ("orquesta", "", APPROVAL), "two": ("orquesta", "", TWO_PEOPLE),
-                         "flagged": ("orquesta", "", FLAGGED), "choice": ("action-chain", "", CHOICE)})
+                         "flagged": ("orquesta", "", FLAGGED), "choice": ("action-chain", "", CHOICE),
+                         "pin_chain": ("action-chain", "marker: {type: string}", PIN_CHAIN),
+                         "pin_two": ("orquesta", "marker: {type: string}", PIN_TWO)})
+    write(home / "packs" / "wf" / "actions" / "record.yaml", RECORD)
     loopback = LoopbackAdapter()
     squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
     assert squall.registry.errors == []
@@ -627,3 +683,136 @@ def test_one_rule_names_an_answerer_in_chat_and_outside_it() -> None:
     assert refused(["carol"], "irc:carol")
     assert not refused(["carol"], "carol")  # chat's carol of Slack, Mattermost or the console
     assert refused(["api:carol"], "carol")  # not the API's carol: chat gave no adapter
+
+
+def _stored(home: Path) -> str:
+    """Everything the database file holds, as SQL: what a copy of the file discloses."""
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(home / "data" / "squall.db")) as db:
+        return "\n".join(db.iterdump())
+
+
+def _stored_row(home: Path, execution_id: str) -> tuple[dict, str | None]:
+    """An execution's `result` and `sealed` columns as the database file holds them."""
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(home / "data" / "squall.db")) as db:
+        result, sealed = db.execute("SELECT result, sealed FROM executions WHERE id = ?", (execution_id,)).fetchone()
+    return json.loads(result), sealed
+
+
+async def test_a_secret_answer_is_sealed_at_rest_and_the_chain_that_asked_still_gets_it(chat, home: Path,
+                                                                                         tmp_path: Path) -> None:
+    """The inquiry's row held the PIN in clear in `result` (`response` and `responses`): a copied database file
+    disclosed it. It is masked there and sealed with the datastore key, as a secret parameter is; the next
+    task of the chain that asked still gets the real value."""
+    squall, _ = chat
+    marker = tmp_path / "pin-marker"
+    record = await squall.executions.request("wf.pin_chain", {"marker": str(marker)}, {"user": "tester"})
+    ask = await pending_ask(squall, record["id"])
+    await squall.inquiries.respond(ask["id"], {"pin": PIN}, "ann")
+    done = await _final(squall, record["id"])
+    assert done["status"] == "succeeded", done["result"]
+    assert marker.read_text() == PIN  # the task after the question got the answer as given
+    result, sealed = _stored_row(home, ask["id"])
+    assert result["response"] == {"pin": MASK} and result["responses"][0]["response"] == {"pin": MASK}
+    assert result["responder"] == "ann"
+    assert sealed is not None and PIN not in sealed
+    assert PIN not in _stored(home)
+
+
+async def test_every_secret_answer_of_a_count_inquiry_is_sealed_and_reaches_its_workflow(chat, home: Path,
+                                                                                        tmp_path: Path) -> None:
+    """An answer short of the count is stored too (the inquiry still waits): sealed as well. The workflow gets
+    each person's PIN in `result().responses` and the merged `response`, in their order."""
+    squall, _ = chat
+    marker = tmp_path / "pins-marker"
+    record = await squall.executions.request("wf.pin_two", {"marker": str(marker)}, {"user": "tester"})
+    ask = await pending_ask(squall, record["id"])
+    await squall.inquiries.respond(ask["id"], {"pin": "PIN-of-ann-1"}, "ann")
+    waiting, _ = _stored_row(home, ask["id"])
+    assert [entry["response"] for entry in waiting["responses"]] == [{"pin": MASK}]
+    assert "PIN-of-ann-1" not in _stored(home)
+    await squall.inquiries.respond(ask["id"], {"pin": "PIN-of-bea-2"}, "bea")
+    done = await _final(squall, record["id"])
+    assert done["status"] == "succeeded", done["result"]
+    assert marker.read_text() == "PIN-of-ann-1,PIN-of-bea-2/PIN-of-bea-2"
+    stored = _stored(home)
+    assert "PIN-of-ann-1" not in stored and "PIN-of-bea-2" not in stored
+
+
+def test_the_cli_shows_a_secret_answer_masked_one_stored_in_clear_before_too(home: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`squall execution get` and `execution list` printed the inquiry's result as stored: the PIN in clear.
+    A row stored before answers were sealed holds it in clear still: it is shown masked all the same, and
+    its `get` without `--json` too."""
+    import contextlib
+    import sqlite3
+
+    from tests.test_cli import in_process
+
+    cli = in_process(home, monkeypatch)
+    asked = cli("run", "core.ask", f"schema={json.dumps(PIN_SCHEMA)}", "--json")
+    assert json.loads(asked.stdout)["status"] == "pending", asked.output
+    ask_id = json.loads(asked.stdout)["id"]
+    answered = cli("inquiry", "respond", ask_id, "--response", json.dumps({"pin": PIN, "note": "by phone"}))
+    assert answered.exit_code == 0, answered.output
+
+    def shown() -> list[str]:
+        got = json.loads(cli("execution", "get", ask_id, "--json").stdout)
+        assert got["result"]["response"] == {"pin": MASK, "note": "by phone"}, got["result"]
+        assert [entry["response"] for entry in got["result"]["responses"]] == [{"pin": MASK, "note": "by phone"}]
+        (listed,) = [row for row in json.loads(cli("execution", "list", "--json").stdout) if row["id"] == ask_id]
+        assert listed["result"]["response"]["pin"] == MASK
+        return [json.dumps(got), json.dumps(listed), cli("execution", "get", ask_id).stdout]
+
+    assert not any(PIN in text for text in shown())
+    result, _ = _stored_row(home, ask_id)
+    clear = {**result, "response": {"pin": PIN, "note": "by phone"},
+             "responses": [{**result["responses"][0], "response": {"pin": PIN, "note": "by phone"}}]}
+    with contextlib.closing(sqlite3.connect(home / "data" / "squall.db")) as db, db:
+        db.execute("UPDATE executions SET result = ?, sealed = NULL WHERE id = ?", (json.dumps(clear), ask_id))
+    assert not any(PIN in text for text in shown())
+
+
+async def test_a_secret_answer_stored_in_clear_before_still_reaches_the_workflow_and_is_sealed_now(
+        chat, home: Path, tmp_path: Path) -> None:
+    """A `count` inquiry whose first answer was stored in clear (before answers were sealed): the next answer
+    reads it as it is, both are sealed from then on, and the workflow gets both as they were given."""
+    squall, _ = chat
+    marker = tmp_path / "old-pins-marker"
+    record = await squall.executions.request("wf.pin_two", {"marker": str(marker)}, {"user": "tester"})
+    ask = await pending_ask(squall, record["id"])
+    old = {**ask["result"], "responses": [{"user": "ann", "at": "2024-01-02T03:04:05Z",
+                                           "response": {"pin": "PIN-of-old-ann"}}]}
+    assert await squall.executions.change(ask["id"], {"result": old}, ("pending",))  # as answers were stored
+    await squall.inquiries.respond(ask["id"], {"pin": "PIN-of-bea-2"}, "bea")
+    done = await _final(squall, record["id"])
+    assert done["status"] == "succeeded", done["result"]
+    assert marker.read_text() == "PIN-of-old-ann,PIN-of-bea-2/PIN-of-bea-2"
+    stored = _stored(home)
+    assert "PIN-of-old-ann" not in stored and "PIN-of-bea-2" not in stored
+
+
+async def test_chat_shows_a_secret_answer_stored_in_clear_before_masked(chat, home: Path) -> None:
+    """`!execution <id>` of an inquiry printed its result as stored: a row from before answers were sealed
+    holds the PIN in clear, and chat showed it."""
+    import contextlib
+    import sqlite3
+
+    squall, loopback = chat
+    ask = await squall.executions.request("core.ask", {"schema": PIN_SCHEMA}, {"user": "ann"})
+    assert (await squall.executions.wait(ask["id"], timeout=20))["status"] == "pending"
+    await squall.inquiries.respond(ask["id"], {"pin": PIN, "note": "by phone"}, "ann")
+    result, _ = _stored_row(home, ask["id"])
+    clear = {**result, "response": {"pin": PIN, "note": "by phone"},
+             "responses": [{**result["responses"][0], "response": {"pin": PIN, "note": "by phone"}}]}
+    with contextlib.closing(sqlite3.connect(home / "data" / "squall.db")) as db, db:
+        db.execute("UPDATE executions SET result = ?, sealed = NULL WHERE id = ?", (json.dumps(clear), ask["id"]))
+    await loopback.say(f"!execution {ask['id']}", user="ann", channel="#ops")
+    (reply,) = await loopback.wait_for(lambda posted: any("by phone" in p.text or "Only admins" in p.text
+                                                         for p in posted))
+    assert MASK in reply.text and PIN not in reply.text, reply.text

@@ -266,7 +266,7 @@ def test_trigger_keys_are_stored_once_and_owed_executions_found_on_both_database
 async def test_a_secret_inquiry_answer_is_masked_in_the_action_and_notify_triggers(home: Path) -> None:
     """An answer to a `secret: true` property (a PIN) is `********` in what rules and routes are told,
     as in the API: the action and notify triggers' payloads are stored and readable at
-    `/api/v1/triggerinstances`, and a rule's action gets them. The inquiry keeps it for its workflow."""
+    `/api/v1/triggerinstances`, and a rule's action gets them. The inquiry keeps it sealed for its workflow."""
     pack = _pack(home)
     write(pack / "rules" / "noted.yaml", NOTED_RULE)
     write(pack / "rules" / "asked.yaml", ACTED_RULE.replace("name: acted", "name: asked").replace(
@@ -297,4 +297,5 @@ async def test_a_secret_inquiry_answer_is_masked_in_the_action_and_notify_trigge
         enforced = {e["rule"] for e in await squall.db(squall.store.rule_enforcement_list)}
         assert enforced == {"demo.asked", "demo.noted"}  # the rules were handed the masked payloads
         stored = await squall.db(squall.store.get_execution, record["id"])
-        assert stored["result"]["response"]["pin"] == pin  # the workflow still reads what was answered
+        assert stored["result"]["response"]["pin"] == "********" and pin not in str(stored["result"])
+        assert squall.executions.unseal_answers(stored)["response"]["pin"] == pin  # sealed for its workflow

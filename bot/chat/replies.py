@@ -17,6 +17,7 @@ from typing import Any
 
 from adapters.base import Adapter, Capabilities, Reply, line_breaks
 from adapters.slack_format import ATTACHED_TAIL
+from engine.inquiries import shown_execution
 from engine.templates import TemplateRenderError, render_template, render_value, to_human_time_from_seconds
 
 DEFAULT_ACK = "Running {{ execution.action }} ({{ execution.id }})"
@@ -92,10 +93,12 @@ def render_ack(alias: Any, execution: dict[str, Any]) -> tuple[str | None, dict[
 
 
 def render_result(alias: Any | None, execution: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """The result text (None when the alias turns results off) and its rendered `extra`."""
+    """The result text (None when the alias turns results off) and its rendered `extra`. An inquiry's secret
+    answers are masked (`shown_execution`): a row stored before answers were sealed holds them in clear."""
     result = (alias.result if alias is not None else None) or {}
     if result.get("enabled") is False:
         return None, {}
+    execution = shown_execution(execution)
     if not result.get("format"):
         return split_pretext(default_result(execution), _extra(result, execution, alias))
     shown = _alias_dict(alias)

@@ -163,11 +163,14 @@ def execution_list(
 ) -> None:
     """The most recent executions, newest first; exit 2 for a status no execution can have."""
     from engine.executions import public
+    from engine.inquiries import shown_execution
 
     if status is not None:
         _check_status(status)
-    # The database alone: starting the engine (packs, runners) would triple this command's time.
-    records = with_store(lambda store, _config: [public(r) for r in store.list_executions(
+    # The database alone: starting the engine (packs, runners) would triple this command's time. An inquiry's
+    # secret answers are shown masked (`shown_execution`), as the API shows them: a row stored before answers
+    # were sealed holds them in clear.
+    records = with_store(lambda store, _config: [shown_execution(public(r)) for r in store.list_executions(
         action=action, status=status, limit=limit)])
     if as_json:
         print_json(records)
@@ -228,10 +231,12 @@ def _execution_table(rows: list[tuple[str, str, str, str, str]], width: int) -> 
 @execution_app.command("get")
 def execution_get(execution_id: Annotated[str, typer.Argument(help="Execution id (or its first characters).")],
                   as_json: JsonOption = False) -> None:
-    """One execution with its parameters and result; a workflow's tasks as a tree under it."""
+    """One execution with its parameters and result; a workflow's tasks as a tree under it. An inquiry's
+    secret answers are shown masked (`shown_execution`), as the API shows them."""
+    from engine.inquiries import shown_execution
 
     async def work(squall: Squall) -> tuple[dict[str, Any], list[tuple[int, dict[str, Any]]]]:
-        record = await squall.executions.get(execution_id)
+        record = shown_execution(await squall.executions.get(execution_id))
         tree: list[tuple[int, dict[str, Any]]] = []
 
         async def descend(parent: str, depth: int) -> None:

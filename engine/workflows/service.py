@@ -50,9 +50,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from engine.actions import Action
+from engine.crypto import CryptoError
 from engine.executions import AuditEntry, canceled_result
 from engine.inquiries import RUNNER as INQUIRER
-from engine.inquiries import masked
+from engine.inquiries import answered_with, masked
 from engine.parameters import MASK, credential_texts, holds_secret
 from engine.runners import SHELL_COMMAND_RUNNERS, WAITING_ON_TASKS, RunOutcome, RunRequest
 from engine.storage import as_utc, iso
@@ -301,8 +302,28 @@ class Flow:
                     self.calls[call.key] = call
 
     async def _answer(self, key: str, status: str, result: Any, child: dict[str, Any] | None) -> list[TaskCall]:
-        """Tell the conductor a task ended; `child` is its execution (None: it could not be requested)."""
+        """Tell the conductor a task ended; `child` is its execution (None: it could not be requested). An
+        inquiry's secret answers, stored masked, are unsealed first (`_given_answers`): they are the workflow's."""
+        if child is not None and child.get("runner") == INQUIRER:
+            status, result = await self._given_answers(child, status, result)
         return await self._step(self._answering(key, status, result, child))
+
+    async def _given_answers(self, child: dict[str, Any], status: str, result: Any) -> tuple[str, Any]:
+        """The inquiry's (status, result) with its secret answers as they were given: its row stores them
+        masked and sealed (`engine.inquiries.sealing`), `child` is the row (replayed) or the record its end
+        published, which has no `sealed`. A row stored before answers were sealed has them in clear. Answers
+        the key file can no longer unseal fail the task, saying so: the workflow must not go on with `********`
+        for a PIN."""
+        if not isinstance(result, dict) or not holds_secret(result.get("schema")):
+            return status, result
+        executions = self.service.executions
+        row = child if "sealed" in child else await executions.db(executions.db.store.get_execution, child["id"])
+        try:
+            return status, answered_with(result, executions.unseal_answers(row or {}))
+        except CryptoError as exc:
+            return "failed", {**result, "error": f"the answers to inquiry {child['id']} are sealed under a key the "
+                                                 f"key file no longer holds ({exc}): restore the key file that "
+                                                 "sealed them"}
 
     def _answering(self, key: str, status: str, result: Any,
                    child: dict[str, Any] | None) -> Callable[[], list[TaskCall]]:
