@@ -57,6 +57,12 @@ class Message:
     #: A button click: `text` is the button's value, an answer to the prompt it sits on, never a command
     #: typed (a stale inquiry's `yes` must not confirm what the person was asked since, nor run an alias).
     clicked: bool = False
+    #: Where the platform may send this message again (Slack retries an event whose acknowledgement it
+    #: did not get, after a restart too): the key it comes again under, unique on the adapter for as long
+    #: as that (Slack's `channel:ts`). The command it requests is stored with it (`context.chat.delivery`),
+    #: so a second delivery runs nothing. None where the platform never sends a message twice, or its ids
+    #: are this process's own (IRC, the console): such an id would name another message after a restart.
+    delivery: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +132,10 @@ class Reply:
                    trace=data.get("trace"))
 
 
-MessageHandler = Callable[[Message], Awaitable[None]]
+#: Handles one message; answers False when what it carries could not be stored (the database failed or
+#: was locked: the person was told so), else True or None. A platform that sends again what was not
+#: acknowledged (Slack) is then left unacknowledged, and its next delivery is handled anew.
+MessageHandler = Callable[[Message], Awaitable[bool | None]]
 
 
 @dataclass(frozen=True)
@@ -208,7 +217,10 @@ class Adapter(Protocol):
     capabilities: Capabilities
 
     async def start(self, on_message: MessageHandler) -> None:
-        """Connect and start handing messages to `on_message`; return once connected."""
+        """Connect and start handing messages to `on_message`; return once connected. Where the platform
+        waits for an acknowledgement of what it sent (Slack's envelopes), acknowledge a message once
+        `on_message` returned (what it carries is stored, or was no command), never before: a crash in
+        between would lose what the platform then never sends again."""
 
     async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
         """Post (or, with `edit_of`, edit) a message; returns the platform's id for it.

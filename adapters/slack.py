@@ -2,12 +2,17 @@
 
 Thin by design: Slack events, slash commands and button clicks become `Message`s; `Reply`s become
 `chat.postMessage`, `chat.update` or `files_upload_v2`. What the peers get wrong is handled here
-(../shared/reference/peers.md §3): Slack's retries of an event run it once (by `event_id`, and an
-`app_mention` and its `message` twin by channel and timestamp); a 429 becomes a `DeliveryError`
+(../shared/reference/peers.md §3): an event's envelope is acknowledged only once what it carries is
+stored, or is no command (bolt's `process_before_response`; its default acknowledged first, and a crash
+then lost a command Slack never sent again), and a slash command, a click or a shortcut once its command
+is stored or after `ACK_WITHIN` (Slack sends those only once); Slack's retries of an event run it once
+(by `event_id`, and an `app_mention` and its `message` twin by channel and timestamp, in memory; after a
+restart by the key its command was stored with, `Message.delivery`); a 429 becomes a `DeliveryError`
 carrying `Retry-After`, so the outbox waits and keeps the channel's order; a watchdog reconnects a
-socket that went silent; a failing handler is logged and the adapter goes on. In HTTP mode a request
-is checked before bolt sees it: a missing, malformed or stale timestamp or a wrong signature is 401, a
-signed payload with a field of the wrong type (`payload_problem`) is 400 and one log line.
+socket that went silent; a failing handler is logged and the adapter goes on (an event it failed is
+left to Slack's retry). In HTTP mode a request is checked before bolt sees it: a missing, malformed or
+stale timestamp or a wrong signature is 401, a signed payload with a field of the wrong type
+(`payload_problem`) is 400 and one log line; an event not stored is a 503.
 
 Forms (issue 20): `open_form` is `views.open` with the bot's fields as Block Kit inputs; a
 `view_submission` is checked by the bot (`on_form`) before the ack, so errors go back on the fields
@@ -42,6 +47,7 @@ import aiohttp
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.request.internals import parse_body
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.http_retry.request import HttpRequest
@@ -110,6 +116,14 @@ MENTION_LOOKUPS_PER_MINUTE = 20
 MENTION_RETRY = 600.0
 GROUPS_TTL = 300.0
 SEEN_SIZE = 5000
+#: Seconds a slash command, a click or a shortcut waits for what it carries to be stored (`Message` handed
+#: on, `MessageHandler`) before it is acknowledged all the same: Slack never sends those again, and shows
+#: the person an error after 3 s for a command that is about to be stored. (An event waits for its
+#: outcome however long: Slack has sent it again by then, and that delivery waits for the same outcome.)
+ACK_WITHIN = 2.5
+#: The answer to an event Squall did not take (not stored, or not yet): anything but a 200 leaves it
+#: unacknowledged, in Socket Mode and HTTP mode alike, and Slack sends it again.
+NOT_TAKEN = "Squall has not stored what this event carries (yet); Slack sends it again"
 #: Characters of a file's content posted inline when the upload itself is refused.
 UPLOAD_FALLBACK = 3500
 #: The `block_id` prefix of a prompt's buttons that ask one person (`_with_asker`): whose click removes them.
@@ -319,21 +333,41 @@ def _number(section: dict[str, Any], key: str, default: Any, kind: type, minimum
     return number
 
 
-class _Seen:
-    """A bounded set: remembers the last `size` keys, so retried deliveries are recognised."""
+class _Deliveries:
+    """The events handed on lately or being handed on, by key (`event:<event_id>`, `message:<channel>:<ts>`),
+    each with its outcome: whether what it carries was stored. Bounded: the last `size` keys.
+
+    Slack sends an event again when it got no acknowledgement, also while the first delivery is still
+    being handled, and one message as two events (an `app_mention` and its `message` twin). A later
+    delivery answers as the first does, waiting for it if need be: acknowledged once that stored, never
+    before. One that stored nothing is forgotten, so the next delivery is handled anew. Memory only: after
+    a restart the key stored with the command (`Message.delivery`) is what runs it once."""
 
     def __init__(self, size: int = SEEN_SIZE) -> None:
         self.size = size
-        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._outcomes: OrderedDict[str, asyncio.Future[bool]] = OrderedDict()
 
-    def add(self, key: str) -> bool:
-        """True the first time `key` is seen."""
-        if key in self._keys:
-            return False
-        self._keys[key] = None
-        if len(self._keys) > self.size:
-            self._keys.popitem(last=False)
-        return True
+    def earlier(self, keys: Sequence[str]) -> tuple[str, asyncio.Future[bool]] | None:
+        """The first of `keys` an earlier delivery is known by, with that delivery's outcome; None if none is."""
+        return next(((key, self._outcomes[key]) for key in keys if key in self._outcomes), None)
+
+    def begin(self, keys: Sequence[str]) -> asyncio.Future[bool]:
+        """A delivery known by `keys` begins: its outcome, for the deliveries that come again meanwhile."""
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        for key in keys:
+            self._outcomes[key] = outcome
+            self._outcomes.move_to_end(key)
+        while len(self._outcomes) > self.size:
+            self._outcomes.popitem(last=False)
+        return outcome
+
+    def end(self, keys: Sequence[str], outcome: asyncio.Future[bool], stored: bool) -> None:
+        """The delivery `begin` answered `outcome` for ended: whether what it carries was stored."""
+        outcome.set_result(stored)
+        if not stored:
+            for key in keys:
+                if self._outcomes.get(key) is outcome:
+                    del self._outcomes[key]
 
 
 class _Unreachable(Exception):
@@ -341,7 +375,8 @@ class _Unreachable(Exception):
 
 
 class UnknownPerson(Exception):
-    """Slack could not say who sent something (`users.info` failed for someone never looked up)."""
+    """Slack could not say who sent something (`users.info` failed for someone never looked up): what
+    they sent is not taken (an event is left unacknowledged, and Slack sends it again)."""
 
 
 class _NoTokenNote(logging.Filter):
@@ -371,9 +406,13 @@ class SlackAdapter:
                                      retry_handlers=[_RetryAllButPosts()])
         # Named for a logger of this adapter's: Bolt sets the level of the logger named after its app on
         # every request, which, named "squall", silenced Squall's own INFO lines.
+        # `process_before_response`: bolt answers a payload's envelope (or HTTP request) once its listener
+        # returned, never before (its default acknowledges an event as soon as it is dispatched, and a crash
+        # then lost a command Slack never sends again); the listeners return once what the payload carries
+        # is stored (a slash command, a click or a shortcut within ACK_WITHIN).
         self.app = AsyncApp(client=self.client, signing_secret=settings.signing_secret or "unused-in-socket-mode",
                             request_verification_enabled=settings.mode == "http", name="adapters.slack.app",
-                            logger=_bolt_logger())
+                            logger=_bolt_logger(), process_before_response=True)
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
         #: The installation's workspace and Enterprise Grid organisation (auth.test): whose names count.
@@ -385,7 +424,10 @@ class SlackAdapter:
         self.on_form: FormHandler | None = None
         #: The buttons of a person's App Home tab (`adapters.base`: set by the bot when it has forms).
         self.on_home: HomeHandler | None = None
-        self._seen = _Seen()
+        self._deliveries = _Deliveries()
+        #: Payloads being handed on, and reactions being added: held, as a task nobody references may be
+        #: collected; a payload's goes on after its envelope was answered (`_handed`).
+        self._handing: set[asyncio.Future[Any]] = set()
         self._users: dict[str, tuple[str, float]] = {}
         self._user_lookups: dict[str, asyncio.Future[str | None]] = {}
         self._mention_lookups: collections.deque[float] = collections.deque()
@@ -472,6 +514,11 @@ class SlackAdapter:
             self._tasks.append(asyncio.create_task(self._watchdog(), name="slack-watchdog"))
 
     async def stop(self) -> None:
+        """Disconnect, once the payloads being handed on are stored (for up to ACK_WITHIN), so their
+        envelopes are answered on the socket still open; those still going on then stay unanswered, and
+        Slack sends their events again to whichever process connects next."""
+        if self._handing:
+            await asyncio.wait(set(self._handing), timeout=ACK_WITHIN)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -536,9 +583,10 @@ class SlackAdapter:
             log.warning("Slack: dropped a signed request to /slack/events: %s", problem)
             return JSONResponse({"faultstring": f"Malformed Slack payload: {problem}."}, status_code=400)
         answer = await self.app.async_dispatch(bolt_request)
-        if answer.status >= 500:
-            # bolt answers 500 only when it cannot route the payload (its listeners run after the answer,
-            # their errors are logged by _on_error): a shape this check let through, so the request's fault.
+        if answer.status == 500:
+            # bolt answers 500 only when it cannot route the payload (the listeners catch their own errors,
+            # `_guarded`): a shape this check let through, so the request's fault. An event not stored yet
+            # is a 503 (`NOT_TAKEN`), which Slack sends again.
             return JSONResponse({"faultstring": "Malformed Slack payload: Slack's SDK could not route it "
                                                 "(the log says why)."}, status_code=400)
         return to_starlette_response(answer)
@@ -584,13 +632,33 @@ class SlackAdapter:
         log.error("Slack: a handler failed on a %s payload: %s: %s", (body or {}).get("type", "?"),
                   type(error).__name__, error)
 
-    async def _on_app_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
-        if self._well_formed(body):
-            await self._guarded(self._event(body, event, mention=True))
+    async def _on_app_mention(self, body: dict[str, Any], event: dict[str, Any]) -> BoltResponse | None:
+        return await self._acknowledged(body, event, mention=True)
 
-    async def _on_message_event(self, body: dict[str, Any], event: dict[str, Any]) -> None:
-        if self._well_formed(body):
-            await self._guarded(self._event(body, event, mention=False))
+    async def _on_message_event(self, body: dict[str, Any], event: dict[str, Any]) -> BoltResponse | None:
+        return await self._acknowledged(body, event, mention=False)
+
+    async def _acknowledged(self, body: dict[str, Any], event: dict[str, Any], mention: bool) -> BoltResponse | None:
+        """None, and bolt acknowledges the event's envelope, once what it carries is stored or it is no
+        command (chatter, the bot's own, an edit; a malformed payload, logged). Otherwise a 503
+        (`NOT_TAKEN`): the envelope stays unacknowledged (in HTTP mode Slack's request gets the 503), and
+        Slack sends the event again, which runs once (`_Deliveries`; after a restart, the key stored with
+        its command). Storing that takes longer than Slack's 3 s is waited for all the same: Slack sends
+        the event again meanwhile, and that delivery is answered as this one is."""
+        if not self._well_formed(body) or await self._handed(self._event(body, event, mention)):
+            return None
+        return BoltResponse(status=503, body={"faultstring": NOT_TAKEN})
+
+    async def _handed(self, handing: Awaitable[bool], within: float | None = None) -> bool:
+        """Whether `handing` (a payload handed on, `_guarded`) stored what it carries; with `within`, False
+        once that many seconds passed. It goes on if need be, whoever stops waiting for it (a listener
+        cancelled, `within`): what is half stored is finished, never abandoned."""
+        task = self._in_background(handing)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), within)
+        except TimeoutError:
+            log.info("Slack: what a payload carries is not stored after %gs; acknowledging it now", within)
+            return False
 
     @staticmethod
     def _well_formed(body: Any) -> bool:
@@ -602,56 +670,74 @@ class SlackAdapter:
                         body.get("type", "?") if isinstance(body, dict) else "?", problem)
         return problem is None
 
-    async def _guarded(self, work: Awaitable[None]) -> None:
-        """A dispatcher bug is logged; the adapter keeps serving."""
+    async def _guarded(self, work: Awaitable[bool]) -> bool:
+        """Whether `work` (a payload handed on) stored what it carries. A failure (a dispatcher bug, a
+        person Slack cannot name) is logged and stored nothing; the adapter keeps serving."""
         try:
-            await work
+            return await work
         except UnknownPerson as exc:
             log.warning("Slack: %s", exc)
         except Exception:
             log.exception("Slack: handling a payload failed")
+        return False
 
-    async def _event(self, body: dict[str, Any], event: dict[str, Any], mention: bool) -> None:
+    async def _event(self, body: dict[str, Any], event: dict[str, Any], mention: bool) -> bool:
+        """Whether what `event` carries is taken: stored, or no command at all (`_acknowledged`)."""
         if event.get("subtype") not in _PERSON_SUBTYPES or event.get("bot_id") or not event.get("user"):
-            return
+            return True
         if event.get("edited"):
             # An edit of a message that mentions the bot comes again as `app_mention` with an `edited`
             # field (a new event_id, the original's ts; bolt-js #960). The original already ran: an
-            # edit is never a new command, whether or not `_seen` (memory only) still holds its ts.
+            # edit is never a new command, whether or not `_deliveries` (memory only) still holds its ts.
             log.debug("Slack: the edit of %s:%s ignored (edits never run commands)", event.get("channel"),
                       event.get("ts"))
-            return
+            return True
         if self.bot_user_id is None:  # auth.test said nothing of it: the envelope names the bot too
             self.bot_user_id = next((str(a["user_id"]) for a in body.get("authorizations") or []
                                      if a.get("is_bot") and a.get("user_id")), None)
         if event.get("user") == self.bot_user_id:
-            return
-        if body.get("event_id") and not self._seen.add(f"event:{body['event_id']}"):
-            log.info("Slack: event %s delivered again (retry); ignored", body["event_id"])
-            return
+            return True
         channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
-        direct = event.get("channel_type") == "im" or channel.startswith("D")
-        # Every person's message goes on (the dispatcher decides what is addressed to the bot: a
-        # bare answer in an inquiry's thread has no prefix); names are cached, so chatter costs a
-        # lookup per person per hour, not per message.
-        if not self._seen.add(f"message:{channel}:{ts}"):
-            return  # the app_mention and the message event of one message
-        user = await self._user_name(event["user"])
+        keys = [*([f"event:{body['event_id']}"] if body.get("event_id") else []), f"message:{channel}:{ts}"]
+        earlier = self._deliveries.earlier(keys)
+        if earlier is not None:  # a retry, or the app_mention and the message event of one message
+            if earlier[0].startswith("event:"):
+                log.info("Slack: event %s delivered again (retry); it is handled once", body["event_id"])
+            return await asyncio.shield(earlier[1])
+        outcome = self._deliveries.begin(keys)
+        stored = False
+        try:
+            stored = await self._guarded(self._message(event, mention, channel, ts))
+        finally:
+            self._deliveries.end(keys, outcome, stored)
+        return stored
+
+    async def _message(self, event: dict[str, Any], mention: bool, channel: str, ts: str) -> bool:
+        """A person's message handed on: whether it was stored (`_deliver`).
+
+        Every person's message goes on (the dispatcher decides what is addressed to the bot: a bare
+        answer in an inquiry's thread has no prefix); names are cached, so chatter costs a lookup per
+        person per hour, not per message. The lookups run at once: until the message is stored, its
+        envelope waits (after a restart, every cache is empty)."""
         raw_text = str(event.get("text") or "")
-        text, mentioned = plain_text(raw_text, self.bot_user_id, addressed=mention,
-                                     names=await self._mention_names(raw_text))
+        user, names, groups, channel_name = await asyncio.gather(
+            self._user_name(event["user"]), self._mention_names(raw_text), self._groups_of(event["user"]),
+            self._channel_name(channel))
+        text, mentioned = plain_text(raw_text, self.bot_user_id, addressed=mention, names=names)
         message = Message(adapter=self.name, channel=channel, user=user, text=text, thread=event.get("thread_ts"),
-                          mentioned=mention or mentioned, direct=direct, groups=await self._groups_of(event["user"]),
-                          id=ts, raw={"event": event}, user_id=str(event["user"]),
-                          channel_name=await self._channel_name(channel))
-        await self._deliver(message)
+                          mentioned=mention or mentioned, direct=event.get("channel_type") == "im"
+                          or channel.startswith("D"), groups=groups, id=ts, raw={"event": event},
+                          user_id=str(event["user"]), channel_name=channel_name, delivery=f"{channel}:{ts}")
+        return await self._deliver(message)
 
     async def _on_command(self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any]) -> None:
-        await ack()  # first: Slack shows "operation_timeout" after 3 s
+        """Acknowledged once its command is stored, or after ACK_WITHIN: Slack shows the person
+        "operation_timeout" after 3 s, and never sends a slash command again."""
         if self._well_formed(command):
-            await self._guarded(self._command(command))
+            await self._handed(self._guarded(self._command(command)), ACK_WITHIN)
+        await ack()
 
-    async def _command(self, command: dict[str, Any]) -> None:
+    async def _command(self, command: dict[str, Any]) -> bool:
         channel, user_id = str(command.get("channel_id", "")), str(command.get("user_id", ""))
         if command.get("response_url"):
             self._response_urls[channel] = (str(command["response_url"]), time.monotonic() + 1800, 0)
@@ -662,14 +748,15 @@ class SlackAdapter:
                           direct=channel.startswith("D") or command.get("channel_name") == "directmessage",
                           groups=await self._groups_of(user_id), raw={"command": command}, user_id=user_id,
                           channel_name=command.get("channel_name"), trigger=command.get("trigger_id"))
-        await self._deliver(message)
+        return await self._deliver(message)
 
     async def _on_button(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
-        await ack()
+        """Acknowledged once what the click answers is stored, or after ACK_WITHIN (`_on_command`)."""
         if self._well_formed(body):
-            await self._guarded(self._button(body))
+            await self._handed(self._guarded(self._button(body)), ACK_WITHIN)
+        await ack()
 
-    async def _button(self, body: dict[str, Any]) -> None:
+    async def _button(self, body: dict[str, Any]) -> bool:
         """A click answers as if the person had typed the button's value in the same thread."""
         action = (body.get("actions") or [{}])[0]
         user_id = str((body.get("user") or {}).get("id", ""))
@@ -696,21 +783,22 @@ class SlackAdapter:
                           thread=thread, mentioned=True, direct=channel.startswith("D"),
                           groups=await self._groups_of(user_id), raw={"action": body}, user_id=user_id,
                           trigger=body.get("trigger_id"), clicked=True)
-        await self._deliver(message)
+        return await self._deliver(message)
 
     async def _on_shortcut(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
-        await ack()
+        """Acknowledged once its command is stored, or after ACK_WITHIN (`_on_command`)."""
         if self._well_formed(body):
-            await self._guarded(self._shortcut(body))
+            await self._handed(self._guarded(self._shortcut(body)), ACK_WITHIN)
+        await ack()
 
-    async def _shortcut(self, body: dict[str, Any]) -> None:
+    async def _shortcut(self, body: dict[str, Any]) -> bool:
         """A message shortcut: the command its `callback_id` names (the app's manifest: `run-form`) on
         the message's text, in the message's thread, with the shortcut's trigger to open a form."""
         user = body.get("user") or {}
         channel = body.get("channel") or {}
         original = body.get("message") or {}
         if not isinstance(user.get("id"), str) or not isinstance(channel.get("id"), str):
-            return
+            return True
         name = await self._user_name(user["id"])
         raw_text = str(original.get("text") or "")
         text, _ = plain_text(raw_text, self.bot_user_id, addressed=True, names=await self._mention_names(raw_text))
@@ -719,7 +807,7 @@ class SlackAdapter:
                           thread=thread, mentioned=True, direct=channel["id"].startswith("D"),
                           groups=await self._groups_of(user["id"]), raw={"shortcut": body}, user_id=user["id"],
                           channel_name=channel.get("name"), trigger=body.get("trigger_id"))
-        await self._deliver(message)
+        return await self._deliver(message)
 
     async def _on_form(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], view: dict[str, Any]) -> None:
         """A form modal submitted: the bot checks it before the ack, so its errors go back on the fields
@@ -746,15 +834,24 @@ class SlackAdapter:
                           for name, text in errors.items()})
 
     async def _on_home(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        """Acknowledged at once: publishing the tab (lookups, `views.publish`) stores nothing, and may take
+        longer than Slack waits."""
         if self._well_formed(body):
-            await self._guarded(self._home(event))
+            self._in_background(self._guarded(self._home(event)))
 
-    async def _home(self, event: dict[str, Any]) -> None:
+    def _in_background(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
+        """`work` as a task held until it ends (`_handing`; `stop` waits for it a while)."""
+        task = asyncio.ensure_future(work)
+        self._handing.add(task)
+        task.add_done_callback(self._handing.discard)
+        return task
+
+    async def _home(self, event: dict[str, Any]) -> bool:
         """The App Home tab opened: publish the commands this person may run, as buttons that open
         their forms (the bot decides which, by the same check as a typed command, in their DM)."""
         user_id = event.get("user")
         if self.on_home is None or event.get("tab", "home") != "home" or not isinstance(user_id, str):
-            return
+            return True
         person = Message(adapter=self.name, channel=str(event.get("channel") or user_id),
                          user=await self._user_name(user_id), text="", direct=True, mentioned=True,
                          groups=await self._groups_of(user_id), user_id=user_id)
@@ -764,6 +861,7 @@ class SlackAdapter:
             await self.client.views_publish(user_id=user_id, view=view)
         except SlackApiError as exc:
             log.warning("Slack: could not publish the App Home tab: %s", _error(exc))
+        return True
 
     async def open_form(self, trigger: str, form: Form) -> None:
         """`views.open` with the form as a modal (Block Kit inputs, `private_metadata` the bot's state)."""
@@ -772,13 +870,14 @@ class SlackAdapter:
         except SlackApiError as exc:
             raise DeliveryError(f"Slack refused to open the form: {_error(exc)}", permanent=True) from None
 
-    async def _deliver(self, message: Message) -> None:
+    async def _deliver(self, message: Message) -> bool:
         """Hand `message` on (built with the sender's user id, `Message.user_id`: `auth` may name a person
-        by it, `slack:U0123ABCD`, since no one can change it, as they can their profile's names)."""
+        by it, `slack:U0123ABCD`, since no one can change it, as they can their profile's names); whether
+        what it carries was stored (the handler answers False when the database took nothing of it)."""
         if self._on_message is None:
-            log.warning("Slack: a message arrived before the adapter started; dropped")
-            return
-        await self._on_message(message)
+            log.warning("Slack: a message arrived before the adapter started; not taken")
+            return False
+        return await self._on_message(message) is not False
 
     # -- identity --------------------------------------------------------------------------------
     async def _call(self, method: str, **kwargs: Any) -> Any:
@@ -815,7 +914,8 @@ class SlackAdapter:
             return name
         if cached:
             return cached[0]
-        raise UnknownPerson(f"Slack could not say who {user_id} is (users.info failed); what they sent is dropped")
+        raise UnknownPerson(f"Slack could not say who {user_id} is (users.info failed); what they sent is not "
+                            "taken (Slack sends an event again; a slash command, click or shortcut is lost)")
 
     async def _mention_names(self, text: str) -> dict[str, str]:
         """The names of the people `text` mentions (`<@U123>`), so a mention typed as a parameter reaches
@@ -918,9 +1018,10 @@ class SlackAdapter:
         return members
 
     async def received(self, message: Message) -> None:
-        """The dispatcher took `message` as a command: mark it `:eyes:` if `status_reactions` is on."""
+        """The dispatcher took `message` as a command: mark it `:eyes:` if `status_reactions` is on. In the
+        background: the command is stored after this returns, and its envelope is answered after that."""
         if self.settings.status_reactions and message.id:  # slash commands and clicks carry no message id
-            await self._react(message.channel, message.id, "eyes")
+            self._in_background(self._react(message.channel, message.id, "eyes"))
 
     async def _react(self, channel: str, ts: str, name: str) -> None:
         try:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -210,6 +210,8 @@ deliveries = sa.Table(
     # delivery sent again meanwhile is not fired again (`Store.trigger_instance_add`). Also the engine's
     # `notified <trigger> <execution>` keys: a completed execution's triggers fire once
     # (`Store.trigger_instances_add_once`), whether the listener or the sweep after a crash fires them.
+    # And `chat <adapter> <message>` keys (`chat_delivery_key`), stored with the execution a chat message
+    # requested (its id in `trigger_instance_id`): a platform's second delivery of the message runs nothing.
     sa.Column("key", sa.String(512), primary_key=True),
     sa.Column("trigger_instance_id", sa.String(32), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
@@ -706,11 +708,36 @@ def database_trouble(exc: BaseException) -> str | None:
 
 
 class DuplicateDelivery(Exception):
-    """A delivery was accepted already, as trigger instance `instance_id`, and has not expired."""
+    """A delivery was accepted already, as trigger instance `instance_id` (or, for a chat message, as the
+    execution of that id: `what`), and has not expired."""
 
-    def __init__(self, key: str, instance_id: str) -> None:
-        super().__init__(f"delivery {key} was accepted already as trigger instance {instance_id}")
+    def __init__(self, key: str, instance_id: str, what: str = "trigger instance") -> None:
+        super().__init__(f"delivery {key} was accepted already as {what} {instance_id}")
         self.instance_id = instance_id
+
+
+#: How long the delivery key of a chat message (`chat_delivery_key`) is kept with what it requested: a
+#: platform sends a message whose acknowledgement it did not get again within minutes (Slack: three
+#: retries over about five minutes, and a socket's unacknowledged envelopes after a reconnect); a day
+#: also covers a restart that took long. `Triggers.purge_deliveries` forgets it after.
+CHAT_DELIVERY_KEPT = timedelta(days=1)
+
+
+def chat_delivery_key(record: dict[str, Any]) -> str | None:
+    """The `deliveries` key a new execution is stored under (`Store.insert_execution`): its chat message's
+    (`context.chat.delivery`, which the dispatcher sets only for a message its platform may send again),
+    so that a second delivery of the message, in this process or after a restart, requests nothing. None
+    for what that message did not request itself: a workflow's tasks (`parent`) and an approved command,
+    which its approvers may have been asked for twice (`approval`). A re-run carries the context it
+    re-runs (a retry policy's, the original's chat among it): its key names the execution it re-runs too,
+    so it is no second delivery of the original's message, while a chat `retry` sent twice is one."""
+    context = record.get("context") or {}
+    chat = context.get("chat")
+    delivery = chat.get("delivery") if isinstance(chat, dict) else None
+    if not delivery or record.get("parent") or "approval" in context:
+        return None
+    rerun = (context.get("re-run") or {}).get("ref")
+    return f"chat {delivery}" + (f" re-run {rerun}" if rerun else "")
 
 
 class Busy(Exception):
@@ -1307,7 +1334,28 @@ class Store:
 
     # -- executions ------------------------------------------------------------------------
     def insert_execution(self, record: dict[str, Any]) -> None:
-        self._insert(executions, record)
+        """Insert a new execution; one its chat message requested (`chat_delivery_key`) with that key in
+        `deliveries`, in the same transaction, unless the key is there already: then nothing is stored
+        and `DuplicateDelivery` names the execution the message requested before."""
+        key = chat_delivery_key(record)
+        if key is None:
+            self._insert(executions, record)
+            return
+        row = {"key": key, "trigger_instance_id": record["id"],
+               "expires_at": record["start_timestamp"] + CHAT_DELIVERY_KEPT}
+        with self._write() as conn:  # the key first: taken, it stores nothing and the execution is not stored
+            if self._direct:
+                stored = self._direct.insert_once(conn, deliveries, row, ("key",)) is not None
+            else:
+                stored = conn.execute(_insert_once(self.is_sqlite, deliveries, "key"), row).first() is not None
+            if not stored:
+                taken = conn.execute(sa.select(deliveries.c.trigger_instance_id)
+                                     .where(deliveries.c.key == key)).scalar()
+                raise DuplicateDelivery(key, taken or "?", "execution")
+            if self._direct:
+                self._direct.insert(conn, executions, record)
+            else:
+                conn.execute(_insert_statement(executions), record)
 
     def update_execution(
         self, execution_id: str, fields: dict[str, Any], *, expect: Iterable[str] | None = None

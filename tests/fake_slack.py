@@ -6,7 +6,9 @@ verified against slack-bolt 1.30 / slack_sdk 3.48 (../shared/reference/chat-prot
   three); the bearer token must be the configured one (`invalid_auth`, HTTP 200, otherwise);
   errors are `{"ok": false, "error": ...}` with HTTP 200, a rate limit is HTTP 429 + `Retry-After`.
 - `/link/`: the Socket Mode socket. `hello` at once; envelopes carry an `envelope_id`; acks
-  (`{"envelope_id", "payload"?}`) are recorded.
+  (`{"envelope_id", "payload"?}`) are recorded. With `retry_after` set, an `events_api` envelope nobody
+  acknowledged in that time is sent again, as Slack does (at most `RETRIES` times, each a new envelope
+  with `retry_attempt` counting and `retry_reason: "timeout"`, to whichever socket is connected then).
 - `/upload/{file_id}` (files_upload_v2's step 2) and `/response/{n}` (slash commands' response_url).
 - `views.open` opens a modal (recorded in `views`, answered with the view and its id, `expired_trigger_id`
   for a trigger used before); `submit_view` sends its `view_submission` as Slack does (an
@@ -36,6 +38,8 @@ SIGNING_SECRET = "fake-signing-secret"
 TEAM = "T0000001"
 BOT_USER = "UBOT0001"
 BOT_ID = "BBOT0001"
+#: How often Slack sends an unacknowledged event again (Events API and Socket Mode: three retries).
+RETRIES = 3
 
 
 @dataclass
@@ -76,6 +80,11 @@ class FakeSlack:
     errors: dict[str, str] = field(default_factory=dict)
     #: Channels the bot is not a member of: chat.postMessage answers `not_in_channel`.
     not_member: set[str] = field(default_factory=set)
+    #: Seconds after which an unacknowledged `events_api` envelope is sent again (Slack: 3); None: never,
+    #: for tests that send their retries themselves.
+    retry_after: float | None = None
+    #: The envelope ids of the events sent again (`retry_after`).
+    retried: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._ratelimits: dict[str, list[float]] = {}
@@ -87,6 +96,7 @@ class FakeSlack:
         self._files = itertools.count(1)
         self._file_names: dict[str, str] = {}  # file id → the filename files.getUploadURLExternal was given
         self._changed = asyncio.Condition()
+        self._retrying: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -114,6 +124,9 @@ class FakeSlack:
         return self
 
     async def close(self) -> None:
+        for task in self._retrying:
+            task.cancel()
+        await asyncio.gather(*self._retrying, return_exceptions=True)
         for ws in [*self._sockets, *self._zombies]:
             await ws.close()
         if self._runner is not None:
@@ -145,7 +158,25 @@ class FakeSlack:
                     "accepts_response_payload": type_ != "events_api", **extra}
         ws = next(ws for ws in self._sockets if not ws.closed)
         await ws.send_str(json.dumps(envelope))
+        if type_ == "events_api" and self.retry_after is not None and "retry_attempt" not in extra:
+            task = asyncio.ensure_future(self._send_again(payload, envelope["envelope_id"]))
+            self._retrying.add(task)
+            task.add_done_callback(self._retrying.discard)
         return envelope["envelope_id"]
+
+    def acked(self, envelope_id: str) -> bool:
+        return any(a["envelope_id"] == envelope_id for a in self.acks)
+
+    async def _send_again(self, payload: dict[str, Any], envelope_id: str) -> None:
+        """Slack's retries of an event: sent again while no envelope of it was acknowledged."""
+        sent = [envelope_id]
+        for attempt in range(1, RETRIES + 1):
+            assert self.retry_after is not None
+            await asyncio.sleep(self.retry_after)
+            if any(self.acked(envelope) for envelope in sent):
+                return
+            sent.append(await self.push("events_api", payload, retry_attempt=attempt, retry_reason="timeout"))
+            self.retried.append(sent[-1])
 
     async def wait_for(self, predicate: Any, timeout: float = 10, what: str = "the condition") -> Any:
         """Wait until `predicate()` is truthy (re-checked on every recorded call); returns its value."""

@@ -17,6 +17,7 @@ import re
 import secrets
 import time
 from collections.abc import Collection, Coroutine, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -61,7 +62,7 @@ from engine.logs import logging_context
 from engine.metrics import metrics
 from engine.packs import UnknownAction
 from engine.parameters import MASK, ParameterError, mask_value
-from engine.storage import database_trouble
+from engine.storage import DuplicateDelivery, database_trouble
 from engine.templates import TooLongForTheLoop, briefly, rendered
 
 if TYPE_CHECKING:
@@ -73,6 +74,18 @@ _NO = {"no", "n", "cancel", "abort"}
 #: A confirmation button's value: the answer and the token of the prompt it sits on (`PendingConfirmation.token`),
 #: so a click on an older prompt can never confirm whatever the person was asked last.
 _CLICKED = re.compile(r"(yes|no):([0-9a-f]{16})")
+
+
+@dataclass(slots=True)
+class _Taken:
+    """What became of the message `Dispatcher.handle` is handling: `stored` until `say_unstored` tells its
+    sender the database took nothing of it."""
+
+    stored: bool = True
+
+
+#: The message being handled (`Dispatcher.handle`), for `say_unstored`, however deep it is called.
+_handling: ContextVar[_Taken | None] = ContextVar("handling", default=None)
 
 
 @dataclass
@@ -250,11 +263,24 @@ class Dispatcher:
         return self._ranker
 
     # -- entry point -----------------------------------------------------------------------
-    async def handle(self, message: Message) -> None:
-        """Handle one message; whatever goes wrong, the person gets an answer and the bot stays up."""
-        with logging_context(adapter=message.adapter, channel=message.channel, user=message.user), \
-                tracing.span("chat.message", adapter=message.adapter, channel=message.channel, user=message.user):
-            await self._handle_safely(message)
+    async def handle(self, message: Message) -> bool:
+        """Handle one message; whatever goes wrong, the person gets an answer and the bot stays up.
+
+        Returns once what the message carries is stored (a command's request with its ack, a reply), or
+        it was no command: True; False when the database took nothing of it (its sender was told,
+        `say_unstored`). The adapter acknowledges the message to its platform then, never before (the
+        handler contract, `adapters.base.MessageHandler`): a platform that sends again what it got no
+        acknowledgement for (Slack) sends this one again. Never waits for an action to run."""
+        taken = _Taken()
+        token = _handling.set(taken)
+        try:
+            with logging_context(adapter=message.adapter, channel=message.channel, user=message.user), \
+                    tracing.span("chat.message", adapter=message.adapter, channel=message.channel,
+                                 user=message.user):
+                await self._handle_safely(message)
+        finally:
+            _handling.reset(token)
+        return taken.stored
 
     async def _handle_safely(self, message: Message) -> None:
         try:
@@ -278,6 +304,8 @@ class Dispatcher:
             if received is not None:  # the platform's "seen it" mark (Slack's status reaction)
                 await received(message)
             await self._handle(message, text, lookup)
+        except DuplicateDelivery as exc:  # a chat `retry` its platform sent twice: it re-ran once
+            log.info("%s's message came again (%s); it ran once, not again", message.user, exc)
         except Exception as exc:
             await self.tell_failure(message, exc, f"handling a message from {message.user}")
 
@@ -438,8 +466,8 @@ class Dispatcher:
         if fits[0].alias.confirm and not confirmed:
             await self._ask_to_confirm(fits, message)
             return
-        for fit in fits:
-            await self._run(fit, message, text)
+        for number, fit in enumerate(fits):
+            await self._run(fit, message, text, number)
 
     def _confirm_ttl(self, alias: Alias) -> float:
         """How long `alias`'s confirmation waits: its own `confirm: {ttl: …}`, else `chat.confirm_ttl`."""
@@ -642,10 +670,16 @@ class Dispatcher:
         return {k: (MASK if k in secret else mask_value(k, v)) for k, v in parameters.items()}
 
     # -- running -------------------------------------------------------------------------------
-    async def _run(self, match: Any, message: Message, text: str | None = None) -> None:
-        where = self._where(message)
+    async def _run(self, match: Any, message: Message, text: str | None = None, fit: int = 0) -> None:
+        """Request the command `match` (the `fit`th of its message, `run_matched`) as `message`'s sender."""
+        where = self._where(message, fit)
         try:
             accepted = await self.commands.run(match, message, "chat", chat=where)
+        except DuplicateDelivery as exc:
+            # The platform sent the message again (it missed the acknowledgement, maybe across a restart):
+            # its command was stored the first time, with its ack and, in time, its result.
+            log.info("%s's command came again (%s); it runs once, not again", message.user, exc)
+            return
         except CommandFailed as exc:
             if self.forms.missing(match):  # offer the form, the error saying why
                 await self.forms.offer(message, match.alias, f"I can't run that: {exc}", match.parameters, text)
@@ -669,10 +703,16 @@ class Dispatcher:
                           extra=accepted.ack_extra)
             await self.outbox.post_keyed(accepted.execution["id"], "ack", [reply])
 
-    def _where(self, message: Message) -> dict[str, Any]:
-        """Where an execution's replies go: the message's adapter, channel and thread (and who asked)."""
-        return {"adapter": message.adapter, "channel": message.channel, "user": message.user,
-                "thread": self._thread(message), "message_id": message.id}
+    def _where(self, message: Message, fit: int = 0) -> dict[str, Any]:
+        """Where an execution's replies go: the message's adapter, channel and thread (and who asked).
+        With the message's delivery key where its platform may send it again (`Message.delivery`): stored
+        with the request (`engine.storage.chat_delivery_key`), it lets the message request each of its
+        commands (`fit`, a `match_multiple` format's) once, however often it comes."""
+        where = {"adapter": message.adapter, "channel": message.channel, "user": message.user,
+                 "thread": self._thread(message), "message_id": message.id}
+        if message.delivery:
+            where["delivery"] = f"{message.adapter} {message.delivery}" + (f" #{fit}" if fit else "")
+        return where
 
     def completing(self, execution: dict[str, Any]) -> CompletionWrite | None:
         """The result of an execution started from chat, to store with its end (`on_completing`):
@@ -1018,6 +1058,9 @@ class Dispatcher:
         """Tell `message`'s sender that the database took nothing, through the adapter alone
         (`Outbox.send_unstored`): stored first, as every other reply is, this one failed with the
         database, and the person was told nothing at all."""
+        taken = _handling.get()
+        if taken is not None:  # `handle` answers False: the adapter leaves the message unacknowledged
+            taken.stored = False
         reply = Reply(adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text)
         await self.outbox.send_unstored(reply)
 
