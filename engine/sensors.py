@@ -77,6 +77,13 @@ MESSAGE_BACKLOG = 256 * 1024
 _YIELD_EVERY = 100
 #: Lines of one sensor's output relayed to the log in a second; past it they are dropped and counted.
 LOG_LINES_PER_SECOND = 1000
+#: Seconds in which one sensor's same bad dispatch (an unknown trigger, an invalid payload) is logged once;
+#: the ones like it are counted and the count logged as they end (`_Repeats`). One line per dispatch made a
+#: sensor dispatching in a loop to a misspelt trigger write 37,900 warnings a second to serve's log.
+DISPATCH_WARNING_INTERVAL = 10.0
+#: Distinct bad dispatches of one sensor said in one interval; past them they are only counted together,
+#: so a payload error that names a different value each time cannot flood the log (or memory) either.
+_REPEATS_KEPT = 20
 #: What a sensor's process imports besides its entry point's folder: the pack folders on its import
 #: path (`engine.runners.python._pythonpath`), and the files in them that are code.
 _CODE_FOLDERS = ("sensors", "lib", "actions/lib")
@@ -433,6 +440,8 @@ class _Running:
     ran: bool = False
     #: The exception line of the last traceback this life wrote (`ModuleNotFoundError: No module named 'x'`).
     failure: str | None = None
+    #: Its bad dispatches said so far (`_Repeats`), made at the first; kept across its lives.
+    repeats: _Repeats | None = None
 
     def send(self, message: dict[str, Any]) -> None:
         if self.writer is not None and not self.writer.is_closing():
@@ -446,8 +455,11 @@ class SensorContainer:
                  backoff: float = 2.5, max_backoff: float = 60.0, stable_after: float = 10.0,
                  stop_timeout: float = 5.0, drain_timeout: float = 5.0, run_as: RunAs | None = None,
                  log_lines_per_second: int = LOG_LINES_PER_SECOND, load_retry: float = 600.0,
-                 traceback_wait: float = TRACEBACK_WAIT) -> None:
+                 traceback_wait: float = TRACEBACK_WAIT,
+                 dispatch_warning_interval: float = DISPATCH_WARNING_INTERVAL) -> None:
         self.dispatch = dispatch
+        #: Seconds in which one sensor's same bad dispatch is logged once (`_Repeats`).
+        self.dispatch_warning_interval = dispatch_warning_interval
         #: Seconds before a sensor whose module could not be imported (`LOAD_ERRORS`) is tried again: a
         #: missing library stays missing, and each try logged a traceback every `max_backoff` for ever. A
         #: change of its files restarts it at once (`sync`), so a fix is picked up without the wait.
@@ -586,6 +598,14 @@ class SensorContainer:
     async def _supervise(self, running: _Running) -> None:
         """Run the sensor until it is stopped or its run() returns: any other end (a crash, a signal, a
         SIGTERM from outside Squall) restarts it, after a delay that doubles with each quick restart."""
+        try:
+            await self._lives(running)
+        finally:  # the bad dispatches counted and not yet said, said before the sensor's end
+            if running.repeats is not None:
+                running.repeats.flush()
+
+    async def _lives(self, running: _Running) -> None:
+        """The sensor's processes, one after the other, until it is stopped or its run() returns."""
         spec = running.spec
         while not running.stopping:
             started = time.monotonic()
@@ -787,17 +807,24 @@ class SensorContainer:
         if (trigger := self._trigger_named(running, name)) is not None:
             trigger_type, parameters = trigger["type"], parameters or trigger["parameters"]
         elif trigger_type not in self.trigger_types:
-            log.warning('sensor %s dispatched for an unknown trigger "%s": it is neither a registered trigger type '
-                        "(pack.name) nor the ref of a trigger given to the sensor's add_trigger; the instance is "
-                        "dropped", spec.ref, name)
+            self._repeats(running).say(f'dispatched for an unknown trigger "{name}"',
+                                       ": it is neither a registered trigger type (pack.name) nor the ref of a trigger "
+                                       "given to the sensor's add_trigger; the instance is dropped")
             return
         try:
             await self.dispatch(trigger_type, message.get("payload"), parameters=parameters,
                                 trace_tag=message.get("trace_tag") or f"sensor-{spec.ref}-{os.urandom(8).hex()}")
         except TriggerError as exc:  # as StackStorm: a bad payload is logged, the sensor goes on
-            log.warning("sensor %s dispatched an invalid trigger instance: %s", spec.ref, exc)
+            self._repeats(running).say(f"dispatched an invalid trigger instance: {exc}")
         except Exception:  # whatever else one instance does, the sensor goes on
             log.exception("sensor %s dispatched a trigger instance that could not be stored", spec.ref)
+
+    def _repeats(self, running: _Running) -> _Repeats:
+        """What says the sensor's bad dispatches (`_Repeats`): made at its first, in the loop."""
+        if running.repeats is None:
+            running.repeats = _Repeats(self.dispatch_warning_interval,
+                                       functools.partial(log.warning, "sensor %s %s", running.spec.ref))
+        return running.repeats
 
     async def _relay_logs(self, running: _Running, output: asyncio.StreamReader,
                           transport: asyncio.ReadTransport) -> None:
@@ -1024,6 +1051,65 @@ class _LineBudget:
         if self.dropped:
             dropped, self.dropped = self.dropped, 0
             self.report(dropped)
+
+
+class _Repeats:
+    """A sensor's bad dispatches, each distinct problem said once per `interval`: the first at once, the
+    ones like it until the interval ends counted, and the count said then ("... and 37,899 more like it
+    in the last 10 s"); a problem that keeps coming is so said once per interval, one that stopped is
+    said at once when it comes back. Past `most` distinct problems in an interval, the others are only
+    counted together. A sensor dispatching in a loop fills neither the log nor serve's memory."""
+
+    #: The key the problems past `most` are counted under.
+    OTHERS = "dispatched other bad trigger instances"
+
+    def __init__(self, interval: float, warn: Callable[[str], None], *, most: int = _REPEATS_KEPT,
+                 call_later: Callable[[float, Callable[[], None]], asyncio.TimerHandle] | None = None) -> None:
+        self.interval, self.warn, self.most = interval, warn, most
+        self.call_later = call_later or asyncio.get_running_loop().call_later
+        #: Each problem in its interval, and how many more like it came in it; and when each interval ends.
+        self.counts: dict[str, int] = {}
+        self.ends: dict[str, asyncio.TimerHandle] = {}
+
+    def say(self, problem: str, detail: str = "") -> None:
+        """One more `problem` (what is said again with its count); `detail` is said with the first only."""
+        if problem in self.counts:
+            self.counts[problem] += 1
+        elif len(self.counts) < self.most:
+            self.warn(problem + detail)
+            self._begin(problem, 0)
+        elif self.OTHERS in self.counts:
+            self.counts[self.OTHERS] += 1
+        else:
+            self._begin(self.OTHERS, 1)
+
+    def _begin(self, problem: str, count: int) -> None:
+        self.counts[problem] = count
+        self.ends[problem] = self.call_later(self.interval, functools.partial(self._end, problem))
+
+    def _end(self, problem: str) -> None:
+        """The interval of `problem` is over: its count is said, and a new interval counts what comes next
+        (a problem that did not come again is forgotten, said at once should it come back)."""
+        del self.ends[problem]
+        count = self.counts.pop(problem)
+        if count:
+            self._said(problem, count, f"in the last {self.interval:g} s")
+            self._begin(problem, 0)
+
+    def _said(self, problem: str, count: int, when: str) -> None:
+        if problem == self.OTHERS:
+            self.warn(f"{problem} {when}: {count:,} of them, not logged one by one (more than {self.most} distinct "
+                      "problems)")
+        else:
+            self.warn(f"{problem} ... and {count:,} more like it {when}")
+
+    def flush(self) -> None:
+        """Say every count not yet said (the sensor is stopped), and forget them."""
+        for problem, count in list(self.counts.items()):
+            self.ends.pop(problem).cancel()
+            del self.counts[problem]
+            if count:
+                self._said(problem, count, "until the sensor stopped")
 
 
 def _report_dropped(ref: str, per_second: int, dropped: int) -> None:

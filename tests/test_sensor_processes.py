@@ -1054,3 +1054,87 @@ async def test_a_helper_a_trigger_callback_starts_stops_on_sigterm(home: Path) -
         await squall.close()
     assert int(blocked.split()[0], 16) & (1 << (signal.SIGTERM - 1)) == 0, f"the helper blocks SIGTERM: {blocked}"
     assert outcome == "stopped by SIGTERM", outcome
+
+
+# -- bad dispatches: each problem logged once per interval, with how many more were like it ----------
+
+MISFIRE = '''
+import time
+
+from st2reactor.sensor.base import Sensor
+
+
+class Misfire(Sensor):
+    def setup(self):
+        pass
+
+    def run(self):
+        for i in range({count}):
+            self.sensor_service.dispatch("demo.misfire_typo", {{"n": i}})
+        for i in range({count}):
+            self.sensor_service.dispatch("demo.misfire", {{"n": "not a number"}})
+        self.sensor_service.dispatch("demo.misfire", {{"n": 1}})
+        while True:
+            time.sleep(1)
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+
+async def test_a_sensors_repeated_bad_dispatches_are_logged_once_with_their_count(
+        home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A sensor dispatching in a loop to a misspelt trigger, or with a payload its schema refuses, logged
+    one warning per dispatch (37,900 a second, 75 MB in 10 s). Each problem is now said once, and the
+    ones like it within `dispatch_warning_interval` are counted and the count said as it ends (here at
+    the stop: the interval is longer than the test). The bad instances are still refused; a good one fires."""
+    count = 5000
+    pack = make_pack(home, {"on_misfire": """
+        name: on_misfire
+        pack: demo
+        enabled: true
+        trigger: {type: demo.misfire}
+        action: {ref: demo.take, parameters: {count: "{{ trigger.n }}"}}
+    """})
+    write(pack / "sensors" / "misfire.yaml", """
+        class_name: Misfire
+        entry_point: misfire.py
+        trigger_types:
+          - name: misfire
+            payload_schema: {type: object, properties: {n: {type: integer}}}
+    """)
+    (pack / "sensors" / "misfire.py").write_text(MISFIRE.format(count=count))
+    caplog.set_level(logging.WARNING, logger="engine.sensors")
+    squall = await started(home)
+    try:
+        sensors_for(squall, dispatch_warning_interval=3600)
+        await squall.sync_sensors()
+
+        async def enforced() -> list[dict[str, Any]]:
+            await squall.rules.settle()
+            return await squall.rules.enforcements(rule="demo.on_misfire")
+
+        (enforcement,) = await eventually(enforced, 120)
+        instance = await squall.triggers.get(enforcement["trigger_instance_id"])
+        assert instance["payload"] == {"n": 1}
+        assert [i["payload"] for i in await squall.triggers.list(trigger="demo.misfire", limit=10)] == [{"n": 1}]
+    finally:
+        await squall.close()
+    typo = [r.getMessage() for r in caplog.records if '"demo.misfire_typo"' in r.getMessage()]
+    invalid = [r.getMessage() for r in caplog.records if "invalid trigger instance" in r.getMessage()
+               or "not a number" in r.getMessage()]
+    assert len(typo) == 2, typo[:5]
+    assert "the instance is dropped" in typo[0] and "more like it" not in typo[0]
+    assert f"{count - 1:,} more like it" in typo[1], typo
+    assert len(invalid) == 2, invalid[:5]
+    assert "'not a number' is not of type 'integer'" in invalid[0] and "more like it" not in invalid[0]
+    assert f"{count - 1:,} more like it" in invalid[1] and "demo.misfire" in invalid[1], invalid

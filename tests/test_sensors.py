@@ -18,6 +18,7 @@ from engine.sensors import (
     SensorSpec,
     _LineTooLong,
     _next_line,
+    _Repeats,
     _Running,
     load_sensors,
 )
@@ -591,3 +592,60 @@ async def test_a_value_a_sensor_decrypts_is_masked_in_its_log_lines(home: Path,
         assert "tok-PLAINTEXT-9f8e7d" not in caplog.text
     finally:
         await squall.close()
+
+
+class _Clock:
+    """`call_later` for `_Repeats`, run by hand: `tick()` ends the intervals due, no real time passes."""
+
+    def __init__(self) -> None:
+        self.due: list[tuple[Callable[[], None], asyncio.TimerHandle]] = []
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        handle = asyncio.TimerHandle(0.0, lambda: None, (), asyncio.get_running_loop())
+        self.due.append((callback, handle))
+        return handle
+
+    def tick(self) -> None:
+        due, self.due = self.due, []
+        for callback, handle in due:
+            if not handle.cancelled():
+                callback()
+
+
+async def test_a_repeated_bad_dispatch_is_said_once_per_interval_with_how_many_were_like_it() -> None:
+    """The first at once, with its detail; the ones like it in its interval counted and the count said
+    as it ends; one that keeps coming said once per interval; one that stopped, at once when it is back."""
+    said: list[str] = []
+    clock = _Clock()
+    repeats = _Repeats(10, said.append, call_later=clock.call_later)
+    for _ in range(37_900):
+        repeats.say('dispatched for an unknown trigger "b.typo"', ": the instance is dropped")
+    repeats.say("dispatched an invalid trigger instance: bad n")
+    assert said == ['dispatched for an unknown trigger "b.typo": the instance is dropped',
+                    "dispatched an invalid trigger instance: bad n"]
+    clock.tick()
+    assert said[2:] == ['dispatched for an unknown trigger "b.typo" ... and 37,899 more like it in the last 10 s']
+    repeats.say('dispatched for an unknown trigger "b.typo"', ": the instance is dropped")  # still coming: counted
+    clock.tick()
+    assert said[3:] == ['dispatched for an unknown trigger "b.typo" ... and 1 more like it in the last 10 s']
+    clock.tick()  # an interval without it: forgotten, said at once when it is back
+    assert len(said) == 4 and not clock.due
+    repeats.say('dispatched for an unknown trigger "b.typo"', ": the instance is dropped")
+    assert said[4:] == ['dispatched for an unknown trigger "b.typo": the instance is dropped']
+
+
+async def test_bad_dispatches_past_the_distinct_ones_kept_are_counted_together_and_flushed() -> None:
+    """A payload error that names a different value each time is a different problem each time: past
+    `most` of them in an interval, they are only counted together, so neither the log nor the memory
+    grows with them; what is counted and not yet said is said when the sensor stops."""
+    said: list[str] = []
+    clock = _Clock()
+    repeats = _Repeats(10, said.append, most=3, call_later=clock.call_later)
+    for i in range(5000):
+        repeats.say(f"dispatched an invalid trigger instance: {i!r} is not of type 'integer'")
+    assert said == [f"dispatched an invalid trigger instance: {i!r} is not of type 'integer'" for i in range(3)]
+    assert len(repeats.counts) == 4
+    repeats.flush()
+    assert said[3:] == ["dispatched other bad trigger instances until the sensor stopped: 4,997 of them, not "
+                        "logged one by one (more than 3 distinct problems)"]
+    assert not repeats.counts and all(handle.cancelled() for _, handle in clock.due)
