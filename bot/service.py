@@ -24,6 +24,7 @@ from bot.accounts import FIRST_ADMIN, bootstrap_admin
 from bot.app import Squall
 from engine.config import SYSTEM_PACKS_PATH, Config, ConfigError, check_adapter, flag
 from engine.core import log_pack_problems
+from engine.executor import LocalExecutor
 from engine.jobs import REAP_SECONDS, reap_stalled, waiting_note, waiting_since
 from engine.packs import ContentWarning, Registry, fingerprint
 from engine.policies import RETRY_SETTLE
@@ -149,11 +150,15 @@ def _check_start(config: Config) -> None:
 
 async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...] = (),
                         adapters: list[Adapter] | None = None) -> None:
-    """Start, recover pending work, then keep running stored requests until told to stop."""
+    """Start, recover pending work, then keep running stored requests until told to stop.
+
+    The first of `stop_signals` stops gracefully (`let_runs_finish`), another stops at once. A cancel of
+    this task (errbot's plugin stopping) stops at once, as before."""
     stop = asyncio.Event()
+    again = asyncio.Event()  # a stop signal while stopping: abandon what still runs, now
     loop = asyncio.get_running_loop()
     for sig in stop_signals:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _signalled, stop, again)
     _check_start(config)
     # The pack folders as they are before the packs load: an edit made while serve starts (after the
     # load, before the loop) differs from this, and the first tick loads it.
@@ -209,9 +214,54 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
         timers.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await timers
+        if stop.is_set():  # a signal: the API and chat stay up meanwhile, so results reach their readers
+            await let_runs_finish(squall, config.shutdown_grace, again)
         if api is not None:
             await api.stop()
         await squall.close()
+
+
+def _signalled(stop: asyncio.Event, again: asyncio.Event) -> None:
+    """SIGTERM or SIGINT: the first stops gracefully, another (while the running actions finish) at once."""
+    if stop.is_set():
+        again.set()
+    stop.set()
+
+
+async def let_runs_finish(squall: Squall, grace: float, now: asyncio.Event) -> None:
+    """`squall serve` stops gracefully, as StackStorm's action runner does (`graceful_shutdown`): no run
+    starts any more and the actions running get up to `grace` seconds (`executor.shutdown_grace`) to
+    finish, or until `now` is set (stopped again); `squall.close()` then abandons what still runs. A
+    request that comes meanwhile (API, chat, a rule, a workflow's next task) is stored and left for the
+    next start's recovery, as when Squall is down: accepted, it is never lost. Cutting every run at once
+    ended actions with a second left `abandoned` at each routine restart, and a workflow's task cut so
+    ran again from its start after it, its side effect twice.
+
+    Only `executor.kind: local` runs actions in this process; with 0, what runs is abandoned at once."""
+    local = squall.policies.inner
+    if grace <= 0 or not isinstance(local, LocalExecutor):
+        return
+    squall.executions.stopping = True
+    polling = asyncio.create_task(_poll_while_stopping(squall), name="squall-stopping-poll")
+    try:
+        await local.drain(grace, now)
+    finally:
+        polling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await polling
+
+
+async def _poll_while_stopping(squall: Squall) -> None:
+    """While the running actions finish, every `POLL_SECONDS`: what other processes ask of them (`squall
+    execution cancel` or `pause` from the CLI) is still carried out, not left to the stop's abandon. (What
+    the poll would submit stays where it is: nothing starts.)"""
+    while True:
+        await asyncio.sleep(POLL_SECONDS)
+        try:
+            await squall.executions.poll()
+        except Exception as exc:  # the next poll tries again; the stop goes on
+            log.warning("while stopping, looking for cancels of the running actions failed: %s",
+                        database_trouble(exc) or repr(exc))
 
 
 class Housekeeping:

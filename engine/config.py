@@ -7,6 +7,7 @@ the packs shipped with Squall), so `squall run core.noop` works in an empty fold
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import pwd
 import re
@@ -87,6 +88,9 @@ class RetentionSettings:
 #: The queue of executions `executor.queues` does not place (a `squall worker` without `--queues` serves all).
 DEFAULT_QUEUE = "default"
 EXECUTOR_KINDS = ("local", "procrastinate")
+#: `executor.shutdown_grace` unless set: StackStorm's graceful shutdown waits up to 300 s; 30 s stays well
+#: under the `TimeoutStopSec=60` of the docs' systemd units, after which systemd kills what is left.
+DEFAULT_SHUTDOWN_GRACE = 30.0
 #: The `database.url` schemes Squall runs on: SQLite with Python's own driver, PostgreSQL with psycopg 3
 #: (`engine.storage.create_engine`); any other would fail at the first command, on a driver not installed.
 DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
@@ -166,6 +170,9 @@ class Config:
     queues: dict[str, str] = field(default_factory=dict)
     #: `executor.unserved_after`: seconds a queued execution waits before chat is told no worker took it (0: never).
     unserved_after: float = 60.0
+    #: `executor.shutdown_grace`: seconds `squall serve`, stopped (SIGTERM, Ctrl-C), lets running actions finish
+    #: before it abandons them (0: at once). Under systemd's `TimeoutStopSec` (60 in the docs' units).
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     #: `web.oidc`: OpenID Connect login to the web UI, when configured.
     oidc: OidcSettings | None = None
     #: `retention.*`: how long history is kept (for ever unless configured).
@@ -255,7 +262,7 @@ _KNOWN_SECTIONS: dict[str, frozenset[str] | set[str] | None] = {
     "data_dir": None,
     "packs": {"paths", "install_path", "configs_path", "virtualenvs_path"},
     "datastore": {"encryption_key_path"},
-    "executor": {"python_workers_per_pack", "max_concurrency", "kind", "queues", "unserved_after"},
+    "executor": {"python_workers_per_pack", "max_concurrency", "kind", "queues", "unserved_after", "shutdown_grace"},
     "runners": {"user", "allow_root"},
     "templates": {"max_output_chars", "max_seconds"},
     "web": {"oidc"},
@@ -287,6 +294,17 @@ def _executor(path: Path | None, section: dict[str, Any], url: str) -> tuple[str
         raise ConfigError(f"{path}: 'executor.queues' must map pack or action refs to queue names, such as "
                           "{linux: zone-a, core.remote: zone-b}")
     return str(kind), {k: v.strip() for k, v in queues.items()}
+
+
+def _shutdown_grace(path: Path | None, section: dict[str, Any]) -> float:
+    """`executor.shutdown_grace`, checked: a number of seconds, 0 or more (a bool, a string such as "30s",
+    a negative or infinite number is refused, naming the key, rather than read as something else)."""
+    grace = section.get("shutdown_grace", DEFAULT_SHUTDOWN_GRACE)
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not math.isfinite(grace) or grace < 0:
+        raise ConfigError(f"{_prefix(path)}'executor.shutdown_grace' must be seconds, 0 or more, such as "
+                          f"{DEFAULT_SHUTDOWN_GRACE:g} (how long `squall serve` lets running actions finish when "
+                          f"stopped; 0 abandons them at once), not {grace!r}")
+    return float(grace)
 
 
 def _prefix(path: Path | None) -> str:
@@ -835,6 +853,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         executor_kind=kind,
         queues=queues,
         unserved_after=float(unserved),
+        shutdown_grace=_shutdown_grace(config_path, executor),
         oidc=oidc,
         retention=retention,
         raw=raw,

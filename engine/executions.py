@@ -322,6 +322,10 @@ class ExecutionService:
         # Requested here and not yet claimed: the claim need not read back what this process wrote.
         self._prepared: dict[str, dict[str, Any]] = {}
         self._held: set[asyncio.Future[None]] = set()  # delayed requests' submits, kept from collection
+        #: `squall serve` stops gracefully (`executor.shutdown_grace`): its running actions may finish, but no
+        #: run starts here any more: a request is stored for the next start (none is run in the call that
+        #: stores it), and a workflow requests no next task (the next start conducts it on from its tasks).
+        self.stopping = False
         #: Store the action's pack content hash with each request (`executor.kind: procrastinate`).
         self.pack_hashes = False
         #: Load the pack folders again (`squall serve`): a request another process stored (the CLI's
@@ -654,6 +658,10 @@ class ExecutionService:
         if claimed is None:
             return  # canceled meanwhile, or claimed by another process
         record, prepared = claimed
+        if _resumable(self.runners.get(record["runner"])):
+            # Known as a workflow here now, though another process requested it (the CLI's `--async`): a
+            # graceful stop waits for the actions running here, never for a workflow (`LocalExecutor.drain`).
+            self.conducting.add(execution_id)
         bind(action=record["action"], user=(record.get("context") or {}).get("user"))
         metrics.started(record)
         if isinstance(prepared, UnknownAction) and self.reload_packs is not None:
@@ -781,12 +789,13 @@ class ExecutionService:
     def _at_once(self, action: Action) -> Callable[[RunRequest], RunOutcome] | None:
         """The runner's `run_at_once` when a request of `action` may be run and ended inside the call
         that stores it (`_end_at_once`): without an API token to mint and revoke, and unless a
-        concurrency policy may hold or refuse it (the executor `holds` it: then it waits for a claim)."""
+        concurrency policy may hold or refuse it (the executor `holds` it: then it waits for a claim), nor
+        while Squall stops (`stopping`, `closing`: it is stored `requested` for the next start)."""
         at_once = getattr(self.runners.get(action.runner_type), "run_at_once", None)
         executor = self.executor
         holds = getattr(executor, "holds", None)
         if (at_once is None or _tokened({"runner": action.runner_type}) or getattr(executor, "closing", False)
-                or (holds is not None and holds(action.ref))):
+                or self.stopping or (holds is not None and holds(action.ref))):
             return None
         return at_once
 

@@ -250,8 +250,10 @@ def test_a_pause_under_way_when_the_service_stops_still_pauses_after_the_restart
         home: Path, runner: str, stop: signal.Signals) -> None:
     """Recovery conducted a `pausing` workflow on as if nobody had asked: `b` ran and it succeeded.
     Now the interrupted task runs again and finishes, the workflow ends `paused`, and `b` runs only
-    after a resume."""
+    after a resume. (`shutdown_grace: 0`: the stop interrupts the task, as SIGKILL does, rather than let it
+    run on for the grace until it is abandoned: the task waits for a file written after the stop.)"""
     write(home / "config.yml", "database:\n  url: sqlite:///data/squall.db\npacks:\n  paths: [packs]\n"
+                               "executor:\n  shutdown_grace: 0\n"
                                "api:\n  enabled: false\nadapters:\n  console:\n    enabled: false\n")
     workflow_pack(home, {"pausable": (runner, "dir: {type: string}",
                                       ORQUESTA_PAUSABLE if runner == "orquesta" else MISTRAL_PAUSABLE)})

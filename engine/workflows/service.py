@@ -274,8 +274,13 @@ class Flow:
         replace children a stop abandoned mid-run: they were running, and a pause lets running tasks
         finish, so they are requested even while pausing (what they lead to is not). Once a cancel was
         asked, nothing new starts (StackStorm's `canceling`): a step that was running when it was asked
-        (on a render thread) may have returned calls its conductor, canceled after it, would not make."""
+        (on a render thread) may have returned calls its conductor, canceled after it, would not make.
+        Nor while Squall stops (`ExecutionService.stopping`): a task asked for now could not start before
+        the stop anyway; the tasks that end meanwhile are stored, and the next start's conductor, replaying
+        them, asks for what follows."""
         while calls:
+            if self.service.executions.stopping:
+                return  # Squall stops: the next start conducts it on from its stored tasks
             if self.cancel_requested and not crashed:
                 return  # canceled: what never started never will
             if self.pausing and not crashed:
