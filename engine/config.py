@@ -88,6 +88,8 @@ class RetentionSettings:
 #: The queue of executions `executor.queues` does not place (a `squall worker` without `--queues` serves all).
 DEFAULT_QUEUE = "default"
 EXECUTOR_KINDS = ("local", "procrastinate")
+#: `workflows.max_depth` unless set: StackStorm sets no bound; only a workflow calling itself without end nears it.
+DEFAULT_WORKFLOW_MAX_DEPTH = 100
 #: `executor.shutdown_grace` unless set: StackStorm's graceful shutdown waits up to 300 s; 30 s stays well
 #: under the `TimeoutStopSec=60` of the docs' systemd units, after which systemd kills what is left.
 DEFAULT_SHUTDOWN_GRACE = 30.0
@@ -173,6 +175,8 @@ class Config:
     #: `executor.shutdown_grace`: seconds `squall serve`, stopped (SIGTERM, Ctrl-C), lets running actions finish
     #: before it abandons them (0: at once). Under systemd's `TimeoutStopSec` (60 in the docs' units).
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    #: `workflows.max_depth`: how deep workflows may nest (a workflow calling itself without end stops there).
+    workflow_max_depth: int = DEFAULT_WORKFLOW_MAX_DEPTH
     #: `web.oidc`: OpenID Connect login to the web UI, when configured.
     oidc: OidcSettings | None = None
     #: `retention.*`: how long history is kept (for ever unless configured).
@@ -264,6 +268,7 @@ _KNOWN_SECTIONS: dict[str, frozenset[str] | set[str] | None] = {
     "datastore": {"encryption_key_path"},
     "executor": {"python_workers_per_pack", "max_concurrency", "kind", "queues", "unserved_after", "shutdown_grace"},
     "runners": {"user", "allow_root"},
+    "workflows": {"max_depth"},
     "templates": {"max_output_chars", "max_seconds"},
     "web": {"oidc"},
     "api": API_KEYS,
@@ -305,6 +310,15 @@ def _shutdown_grace(path: Path | None, section: dict[str, Any]) -> float:
                           f"{DEFAULT_SHUTDOWN_GRACE:g} (how long `squall serve` lets running actions finish when "
                           f"stopped; 0 abandons them at once), not {grace!r}")
     return float(grace)
+
+
+def _workflow_max_depth(path: Path | None, raw: dict[str, Any]) -> int:
+    """`workflows.max_depth`, checked: a whole number of at least 1."""
+    depth = (raw.get("workflows") or {}).get("max_depth", DEFAULT_WORKFLOW_MAX_DEPTH)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ConfigError(f"{_prefix(path)}'workflows.max_depth' must be a whole number of at least 1, such as "
+                          f"{DEFAULT_WORKFLOW_MAX_DEPTH} (how deep workflows may nest), not {depth!r}")
+    return depth
 
 
 def _prefix(path: Path | None) -> str:
@@ -854,6 +868,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         queues=queues,
         unserved_after=float(unserved),
         shutdown_grace=_shutdown_grace(config_path, executor),
+        workflow_max_depth=_workflow_max_depth(config_path, raw),
         oidc=oidc,
         retention=retention,
         raw=raw,

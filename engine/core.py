@@ -95,6 +95,7 @@ class Engine:
             "announcement": AnnouncementRunner(self._announce),
         }
         self.workflows = WorkflowService()
+        self.workflows.max_depth = config.workflow_max_depth
         runners.update(self.workflows.runners)
         runners["inquirer"] = InquirerRunner()
         self.executions = ExecutionService(registry, self.db, self.datastore, self.keys, runners, config.api_url,

@@ -1324,7 +1324,7 @@ class ExecutionService:
             done = await self._cancel_orphan(record, _audited_as(audit, record, {"status": "canceled"}))
             return done if done is not None else await self.cancel(execution_id, audit)  # it moved meanwhile
         if status == "canceling":
-            raise ExecutionStateError(f'execution {record["id"]} is already {status}; it cannot be canceled')
+            return await self._cancel_again(record)
         if status not in CANCELABLE:
             raise ExecutionStateError(f'execution {record["id"]} is {status}, which cannot be canceled')
         now = utcnow()
@@ -1343,6 +1343,19 @@ class ExecutionService:
         if not await self.db(self._change, record["id"], fields, (status,), _audited_as(audit, record, fields)):
             return await self.cancel(execution_id, audit)  # it moved meanwhile (claimed, ended): look again
         return await self._then(record, fields, "stopping it", lambda: self._stop_canceling(record, status))
+
+    async def _cancel_again(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A second cancel of a `canceling` workflow takes its cancel up again (its runner's `cancel_again`:
+        the tree under it, which a cancel that failed midway or a crash left live, is canceled), where a
+        refusal would leave that tree running for ever; any other `canceling` execution is refused."""
+        again = getattr(self.runners.get(record["runner"]), "cancel_again", None)
+        if again is None:
+            raise ExecutionStateError(f'execution {record["id"]} is already canceling; it cannot be canceled')
+
+        async def take_up() -> None:
+            await again(record["id"])
+
+        return await self._then(record, {"status": "canceling"}, "canceling its tasks again", take_up)
 
     async def _stop_canceling(self, record: dict[str, Any], status: str) -> dict[str, Any] | None:
         """Stop what `cancel` marked `canceling` (it was `status`): here if it runs here; a paused workflow,

@@ -532,3 +532,11 @@ def test_explicit_path_beats_the_env_var(tmp_path: Path, monkeypatch: pytest.Mon
 def test_env_var_naming_a_missing_file_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "missing.yml"))
     assert config_error() == f"config file {tmp_path / 'missing.yml'} does not exist"
+
+
+def test_workflows_max_depth_is_read_and_checked(tmp_path: Path) -> None:
+    (tmp_path / "config.yml").write_text("workflows:\n  max_depth: 7\n")
+    assert load_config(tmp_path / "config.yml").workflow_max_depth == 7
+    (tmp_path / "config.yml").write_text("workflows:\n  max_depth: 0\n")
+    with pytest.raises(ConfigError, match=r"'workflows.max_depth' must be a whole number of at least 1"):
+        load_config(tmp_path / "config.yml")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from bot.app import Squall
+from bot.http import create_api
 from engine.config import load_config
 from tests.workflow_helpers import (
     answer_after_an_edit,
@@ -18,6 +22,7 @@ from tests.workflow_helpers import (
     run,
     settled,
     task_names,
+    until,
     workflow_pack,
 )
 
@@ -1043,3 +1048,149 @@ async def test_a_run_whose_tasks_ran_already_is_not_inspected_again(wf: Squall, 
     assert error["type"] == "error" and error["task_id"] == "deploy" and "cwd_typo" in error["result"]["error"]
     assert task_names(await children(wf, record["id"])) == ["prep", "approve"]  # deploy's request was refused
     assert effects.read_text().split() == ["prep"]
+
+
+# -- a workflow that calls itself: cancel and the nesting limit -------------------------------------------
+
+RECURSE = """
+version: 1.0
+tasks:
+  again:
+    action: rec.rec
+"""
+
+CHAIN_RECURSE = """
+chain:
+  - name: again
+    ref: rec.chain
+"""
+
+REC_KEY = "rec-key-123"
+
+
+@pytest.fixture
+async def rec(home: Path) -> Squall:
+    """A pack whose Orquesta workflow `rec.rec` and ActionChain `rec.chain` each call themselves, without end."""
+    (home / "config.yml").write_text((home / "config.yml").read_text().replace(
+        "api:\n", f"api:\n  keys: [{REC_KEY}]\n"))
+    workflow_pack(home, {"rec": ("orquesta", "", RECURSE), "chain": ("action-chain", "", CHAIN_RECURSE)}, pack="rec")
+    app = await Squall.start(load_config(home / "config.yml"))
+    assert app.registry.errors == []
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+async def _descendants(app: Squall, root: str) -> list[dict[str, Any]]:
+    """Every execution under `root`, breadth-first."""
+    found, level = [], [root]
+    while level:
+        below = [row for parent in level for row in await app.executions.list(parent=parent, limit=100_000)]
+        found += below
+        level = [row["id"] for row in below]
+    return found
+
+
+async def _nested(app: Squall, ref: str, depth: int) -> dict[str, Any]:
+    """A run of `ref` once it is nested at least `depth` deep."""
+    root = await app.executions.request(ref, {}, {"user": "tester"})
+
+    async def deep() -> bool:
+        return len(await app.executions.list(action=ref, limit=100_000)) > depth
+
+    await until(deep, f"{ref} to nest {depth} deep", seconds=60)
+    return root
+
+
+async def test_a_self_recursive_workflow_nested_150_deep_is_canceled_whole_through_the_api(rec: Squall) -> None:
+    """A cancel of a workflow that calls itself, once 150 deep, answered 500 (a RecursionError: one
+    cancel nested in the next, ~14 Python frames per level) and left the deep end recursing. The API
+    answers 200 now, every execution of the tree ends canceled, and none is added once it settled."""
+    rec.workflows.max_depth = 10_000
+    root = await _nested(rec, "rec.rec", 150)
+    transport = httpx.ASGITransport(app=create_api(rec))
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall",
+                                 headers={"St2-Api-Key": REC_KEY}) as client:
+        answer = await client.delete(f"/api/v1/executions/{root['id']}")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "canceling"
+    assert (await rec.executions.wait(root["id"], timeout=60))["status"] == "canceled"
+
+    async def all_canceled() -> list[dict[str, Any]] | None:
+        tree = await _descendants(rec, root["id"])
+        return tree if all(row["status"] == "canceled" for row in tree) else None
+
+    tree = await until(all_canceled, "every execution under the canceled workflow to end canceled", seconds=60)
+    assert len(tree) >= 150
+
+    async def quiet() -> bool:  # the listeners that heard of the ends are done: nothing more is coming
+        return rec.executions.notifying == 0 and not rec.workflows.flows
+
+    await until(quiet, "the workflows' listeners to finish")
+    assert len(await _descendants(rec, root["id"])) == len(tree)  # nothing new was requested once it settled
+
+
+async def test_a_second_cancel_takes_up_a_tree_left_canceling(rec: Squall) -> None:
+    """A tree left `canceling` at its top with its deep end running (a cancel that failed midway, a
+    crash) was refused by every further cancel ("already canceling"): a second cancel walks it again."""
+    rec.workflows.max_depth = 10_000
+    root = await _nested(rec, "rec.rec", 20)
+    store = rec.db.store
+    await rec.db(store.update_execution, root["id"], {"status": "canceling"}, expect=("running",))
+    again = await rec.executions.cancel(root["id"])
+    assert again["status"] == "canceling"
+    assert (await rec.executions.wait(root["id"], timeout=60))["status"] == "canceled"
+
+    async def all_canceled() -> bool:
+        return all(row["status"] == "canceled" for row in await _descendants(rec, root["id"]))
+
+    await until(all_canceled, "every execution under the workflow to end canceled", seconds=60)
+
+
+async def test_a_workflow_nested_past_the_limit_fails_naming_it(rec: Squall) -> None:
+    """A workflow that calls itself recursed until memory or the stack ran out; past
+    `max_depth` nested workflows the task that would nest deeper fails, and with it every level."""
+    rec.workflows.max_depth = 5
+    done = await run(rec, "rec.rec", timeout=60)
+    assert done["status"] == "failed"
+    tree = await _descendants(rec, done["id"])
+    assert len(tree) == 5 and all(row["status"] == "failed" for row in tree)
+    said = json.dumps(tree[-1]["result"])
+    assert "past the limit of 5 nested workflows" in said, said
+    assert "workflows.max_depth" in said and 'task \\"again\\"' in said
+
+
+async def test_an_action_chain_calling_itself_stops_at_the_limit_and_cancels_whole(rec: Squall) -> None:
+    rec.workflows.max_depth = 4
+    done = await run(rec, "rec.chain", timeout=60)
+    assert done["status"] == "failed"
+    tree = await _descendants(rec, done["id"])
+    assert len(tree) == 4 and all(row["status"] == "failed" for row in tree)
+    assert "past the limit of 4 nested workflows" in json.dumps(tree[-1]["result"])
+
+    rec.workflows.max_depth = 10_000
+    root = await _nested(rec, "rec.chain", 30)  # a canceled chain keeps its tasks' results, nested as deep
+    assert (await rec.executions.cancel(root["id"]))["status"] in ("canceling", "canceled")
+    assert (await rec.executions.wait(root["id"], timeout=60))["status"] == "canceled"
+
+    async def all_canceled() -> bool:
+        return all(row["status"] == "canceled" for row in await _descendants(rec, root["id"]))
+
+    await until(all_canceled, "every ActionChain under the canceled one to end canceled", seconds=60)
+
+
+async def test_an_unexpected_failure_of_a_cancel_is_a_readable_500(rec: Squall,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel that raised something unforeseen (the RecursionError of a deep tree) was a bare 500."""
+    async def broken(execution_id: str, audit: Any = None) -> dict[str, Any]:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(rec.executions, "cancel", broken)
+    transport = httpx.ASGITransport(app=create_api(rec), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://squall",
+                                 headers={"St2-Api-Key": REC_KEY}) as client:
+        answer = await client.delete("/api/v1/executions/" + "a" * 24)
+    assert answer.status_code == 500
+    said = answer.json()["faultstring"]
+    assert "RecursionError" in said and "ask again to take the cancel up" in said and "a" * 24 in said

@@ -8,10 +8,12 @@ StackStorm's. Lists carry StackStorm's pagination headers (`X-Total-Count`, `X-L
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
@@ -42,6 +44,7 @@ from engine.storage import iso
 if TYPE_CHECKING:
     from bot.app import Squall
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 #: StackStorm's stream service (`/stream/v1`), keyed like the API.
 stream_router = APIRouter()
@@ -313,6 +316,13 @@ async def cancel_execution(execution_id: str, request: Request) -> dict[str, Any
         raise HTTPException(404, str(exc)) from exc
     except ExecutionStateError as exc:
         raise HTTPException(409, str(exc)) from exc
+    except (HTTPException, sa.exc.DBAPIError):
+        raise  # a database failure is the app's 503 with why (`bot/http/errors.py`)
+    except Exception as exc:  # a bare 500 told nothing; the cancel may be stored already: say so, and what to do
+        log.exception("the cancel of execution %s failed", execution_id)
+        raise HTTPException(500, f"the cancel of execution {execution_id} failed midway "
+                                 f"({type(exc).__name__}: {exc}); it may show canceling already: ask again to take "
+                                 "the cancel up, and see the server's log for the failure") from exc
     return _doc(request, record)
 
 

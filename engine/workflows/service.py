@@ -33,6 +33,7 @@ the step's calls are requested (`mistral.DeferredPause`); and an ActionChain can
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import dataclasses
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from engine.actions import Action
+from engine.config import DEFAULT_WORKFLOW_MAX_DEPTH
 from engine.crypto import CryptoError
 from engine.executions import AuditEntry, canceled_result
 from engine.inquiries import RUNNER as INQUIRER
@@ -78,6 +80,19 @@ _KEPT_SPECS: dict[tuple[str, str, str], Any] = {}
 _KEPT_SPECS_HELD = 256
 #: The key of an execution's `spec` under which a workflow run keeps its definition and its action.
 KEPT = "workflow"
+
+
+@dataclass
+class _CancelWalk:
+    """The descendants a cancel still has to reach, breadth-first (`WorkflowService.cancel_all`)."""
+
+    queue: collections.deque[tuple[str, bool]]
+    open: bool = True
+
+
+#: The cancel walk under way in this task: a workflow canceled during it hands its children to the walk
+#: instead of canceling them itself, so a tree of any depth costs one Python call level, not one per level.
+_CANCEL_WALK: contextvars.ContextVar[_CancelWalk | None] = contextvars.ContextVar("cancel_walk", default=None)
 T = TypeVar("T")
 
 
@@ -215,13 +230,30 @@ class Flow:
         self.canceled_at: datetime | None = None
 
     # -- requesting children -------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """How many workflows this one is nested in (0: a root); its children are one deeper."""
+        depth = (self.request.context.get("parent") or {}).get("depth", 0)
+        return depth if isinstance(depth, int) and not isinstance(depth, bool) else 0
+
+    def _too_deep(self, call: TaskCall) -> str | None:
+        """Why `call` may not be requested: it would start a workflow nested deeper than the limit
+        (`WorkflowService.max_depth`), which only a workflow that calls itself without end reaches."""
+        limit = self.service.max_depth
+        if self.depth + 1 <= limit or not self.service._is_workflow(call):
+            return None
+        return (f'task "{call.task}" would start workflow {call.ref} nested {self.depth + 1} deep, past the '
+                f"limit of {limit} nested workflows (workflows.max_depth): does a workflow call itself "
+                "without an end? Give it a condition that stops the recursion, or raise the limit")
+
     def _child_context(self, call: TaskCall) -> dict[str, Any]:
         parent = self.request.context
         user = parent.get("user")
         context: dict[str, Any] = {
             "user": user,
             "parent": {"execution_id": self.id, "root_id": (parent.get("parent") or {}).get("root_id", self.id),
-                       "user": user, "chat": parent.get("chat") or (parent.get("parent") or {}).get("chat")},
+                       "user": user, "chat": parent.get("chat") or (parent.get("parent") or {}).get("chat"),
+                       "depth": self.depth + 1},
             "workflow_task": {"key": call.key, "task": call.task},
             **call.context,
         }
@@ -288,11 +320,13 @@ class Flow:
             crashed = False
             await self._seal_revealed()
             secrets = (*self.secrets, *self.revealed)
-            outcomes = await asyncio.gather(*(self.service.executions.request(
-                c.ref, c.parameters, self._child_context(c), parent=self.id, delay=c.delay, secrets=secrets)
+            deep = {call.key: why for call in calls if (why := self._too_deep(call)) is not None}
+            outcomes = await asyncio.gather(*(
+                self._refused(deep[c.key]) if c.key in deep else self.service.executions.request(
+                    c.ref, c.parameters, self._child_context(c), parent=self.id, delay=c.delay, secrets=secrets)
                 for c in calls), return_exceptions=True)
             self._pauses_asked()
-            requested, calls = calls, []
+            requested, calls, fresh = calls, [], []
             for call, outcome in zip(requested, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     from engine.executions import StaleStep
@@ -305,6 +339,14 @@ class Flow:
                 else:
                     self.live[outcome["id"]] = call.key
                     self.calls[call.key] = call
+                    fresh.append(outcome["id"])
+            if self.cancel_requested and fresh:  # canceled while they were requested: they stop too
+                await self.service.cancel_all(fresh, graceful=True)
+
+    @staticmethod
+    async def _refused(why: str) -> dict[str, Any]:
+        """A call refused before its request (`_too_deep`): its task fails with `why`."""
+        raise ValueError(why)
 
     async def _answer(self, key: str, status: str, result: Any, child: dict[str, Any] | None) -> list[TaskCall]:
         """Tell the conductor a task ended; `child` is its execution (None: it could not be requested). An
@@ -597,8 +639,7 @@ class Flow:
     async def cancel_children(self, graceful: bool = False) -> None:
         """Cancel the children; `graceful` (an Orquesta cancel) leaves running actions to finish, as
         StackStorm does, and cancels only sub-workflows, queued or delayed tasks and inquiries."""
-        for child_id in [*self.live, *self.waiting]:
-            await self.service.cancel_child(child_id, graceful=graceful)
+        await self.service.cancel_all([*self.live, *self.waiting], graceful=graceful)
 
 
 class WorkflowRunner:
@@ -623,6 +664,10 @@ class WorkflowRunner:
         if self.service.stepping:
             return await self.service.cancel_stepped(execution_id)
         return await self.service.cancel(execution_id)
+
+    async def cancel_again(self, execution_id: str) -> None:
+        """Take up the cancel of a workflow shown `canceling` already (`WorkflowService.cancel_again`)."""
+        await self.service.cancel_again(execution_id)
 
     async def resume(self, execution_id: str) -> None:
         """A workflow resumes the sub-workflows its own pause paused, and the paused workflow above
@@ -651,6 +696,10 @@ class WorkflowService:
         #: What a workflow canceled midway had done, until its canceled result is stored (`interrupted_result`).
         self.interrupted: dict[str, dict[str, Any]] = {}
         self._pausing: set[asyncio.Future[None]] = set()
+        #: How deep workflows may nest: a task that would start a workflow deeper fails (`Flow._too_deep`).
+        #: How deep workflows may nest (`workflows.max_depth`): StackStorm sets no bound, so a workflow that
+        #: calls itself recurses until something breaks; a task that would start a workflow deeper fails instead.
+        self.max_depth = DEFAULT_WORKFLOW_MAX_DEPTH
         self.runners = {"action-chain": WorkflowRunner(self, "action-chain"),
                         "orquesta": WorkflowRunner(self, "orquesta"),
                         "mistral-v2": WorkflowRunner(self, "mistral-v2")}
@@ -739,6 +788,10 @@ class WorkflowService:
             asked = [e["timestamp"] for e in record.get("log") or [] if e.get("status") == "canceling"]
             flow.canceled_at = datetime.fromisoformat(asked[-1].replace("Z", "+00:00")) if asked else None
             flow.cancel_requested = True
+        if not flow.cancel_requested and await self._parent_canceled(record):
+            if getattr(conductor, "cancel", None) is None:
+                return RunOutcome("canceled", {"error": "canceled by request: the workflow that started it was"})
+            flow.cancel_requested = True  # it starts no task: what it conducts ends canceled at once
         self.flows[flow.id] = flow
         try:
             return await flow.conduct()
@@ -863,8 +916,7 @@ class WorkflowService:
         graceful = record["runner"] == "orquesta"
         children = await self.executions.db(store.list_executions, parent=execution_id,
                                             status=[*_LIVE, *_WAITING], limit=100_000)
-        for child in children:
-            await self.cancel_child(child["id"], graceful=graceful)
+        await self.cancel_all([child["id"] for child in children], graceful=graceful)
         if not graceful:
             await self.executions.complete(execution_id, "canceled", canceled_result(record), ("canceling",))
             return True
@@ -877,9 +929,13 @@ class WorkflowService:
         from engine.executions import ExecutionStateError
 
         root = ((record.get("context") or {}).get("parent") or {}).get("root_id")
-        if root and root != record["id"]:
-            with contextlib.suppress(ExecutionStateError, LookupError):  # already canceling, or finished
-                await self.executions.cancel(root)
+        if not root or root == record["id"]:
+            return
+        stored = await self.executions.db(self.executions.db.store.get_execution, root)
+        if stored is None or stored["status"] == "canceling" or stored["status"] in COMPLETED:
+            return  # canceling already (a second cancel of it would walk its whole tree again), or finished
+        with contextlib.suppress(ExecutionStateError, LookupError):  # it moved meanwhile
+            await self.executions.cancel(root)
 
     def _is_workflow(self, call: TaskCall | None) -> bool:
         action = self.executions.registry.actions.get(call.ref) if call is not None else None
@@ -947,6 +1003,51 @@ class WorkflowService:
         await flow.cancel_children(graceful=True)
         await self._cancel_root({"id": execution_id, "context": flow.request.context})
         return True
+
+    async def cancel_again(self, execution_id: str) -> None:
+        """A cancel of a workflow `canceling` already (a cancel that failed midway, a crash after it was
+        stored) is taken up again: its conductor here is canceled if it was not, and every live
+        child stored under it is canceled, down the whole tree (`cancel_all`), instead of a refusal
+        ("already canceling") that left the tree under it running for ever."""
+        flow = self.flows.get(execution_id)
+        if flow is not None and not flow.cancel_requested and getattr(flow.conductor, "cancel", None) is not None:
+            await self.cancel(execution_id)
+            return
+        store = self.executions.db.store
+        record = await self.executions.db(store.get_execution, execution_id)
+        if record is None or record["status"] != "canceling":
+            return
+        children = await self.executions.db(store.list_executions, parent=execution_id,
+                                            status=[*_LIVE, *_WAITING], limit=100_000)
+        await self.cancel_all([child["id"] for child in children], graceful=record["runner"] == "orquesta")
+
+    async def cancel_all(self, child_ids: list[str], graceful: bool = False) -> None:
+        """Cancel these children (`cancel_child`), and through them their descendants, breadth-first in
+        one loop: a sub-workflow canceled meanwhile hands its own children to this walk (`_CANCEL_WALK`)
+        rather than canceling them in a call of its own, so a workflow nested thousands deep (one that
+        calls itself) is canceled without one Python call level per nesting level (a RecursionError)."""
+        walk = _CANCEL_WALK.get()
+        if walk is not None and walk.open:
+            walk.queue.extend((child_id, graceful) for child_id in child_ids)
+            return
+        walk = _CancelWalk(collections.deque((child_id, graceful) for child_id in child_ids))
+        token = _CANCEL_WALK.set(walk)
+        try:
+            while walk.queue:
+                child_id, gracefully = walk.queue.popleft()
+                await self.cancel_child(child_id, graceful=gracefully)
+        finally:
+            walk.open = False
+            _CANCEL_WALK.reset(token)
+
+    async def _parent_canceled(self, record: Mapping[str, Any]) -> bool:
+        """Whether the workflow that started this one is canceling or canceled: a sub-workflow started
+        (or resumed after a restart) under it then requests nothing, at every depth."""
+        parent_id = record.get("parent")
+        if not parent_id:
+            return False
+        parent = await self.executions.db(self.executions.db.store.get_execution, parent_id)
+        return parent is not None and parent["status"] in ("canceling", "canceled")
 
     async def cancel_child(self, child_id: str, graceful: bool = False) -> None:
         from engine.executions import ExecutionStateError
@@ -1031,8 +1132,7 @@ class WorkflowService:
         store = self.executions.db.store
         children = await self.executions.db(store.list_executions, parent=workflow_id,
                                             status=[*_LIVE, *_WAITING], limit=100_000)
-        for child in children:
-            await self.cancel_child(child["id"])
+        await self.cancel_all([child["id"] for child in children])
 
     # -- re-run from failed tasks -----------------------------------------------------------------
     async def rerun(self, execution_id: str, tasks: list[str] | None = None,
