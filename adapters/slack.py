@@ -379,6 +379,14 @@ class UnknownPerson(Exception):
     they sent is not taken (an event is left unacknowledged, and Slack sends it again)."""
 
 
+class NoSuchPerson(UnknownPerson):
+    """Slack says there is no such person (`user_not_found`): what Slack would send again names no one either."""
+
+
+#: users.info errors that say the id names no one this app may see: final, unlike a timeout or a 5xx.
+_NO_SUCH_PERSON = frozenset({"user_not_found", "user_not_visible", "invalid_arguments"})
+
+
 class _NoTokenNote(logging.Filter):
     """Drops Bolt's note that a token goes unused beside the client it is given: Bolt reads
     `SLACK_BOT_TOKEN` by itself, which docs/slack.md has people export for Squall's own client."""
@@ -432,6 +440,8 @@ class SlackAdapter:
         self._user_lookups: dict[str, asyncio.Future[str | None]] = {}
         self._mention_lookups: collections.deque[float] = collections.deque()
         self._unknown_mentions: OrderedDict[str, float] = OrderedDict()
+        #: Ids users.info said name no one (`NoSuchPerson`): their events are taken and dropped, not retried.
+        self._no_such: OrderedDict[str, None] = OrderedDict()
         self._channels: dict[str, tuple[str, float]] = {}
         self._channel_ids: dict[str, str] = {}
         self._groups: tuple[dict[str, list[str]], float] = ({}, 0.0)
@@ -675,6 +685,9 @@ class SlackAdapter:
         person Slack cannot name) is logged and stored nothing; the adapter keeps serving."""
         try:
             return await work
+        except NoSuchPerson as exc:  # taken: what Slack sends again names no one either
+            log.warning("Slack: %s", exc)
+            return True
         except UnknownPerson as exc:
             log.warning("Slack: %s", exc)
         except Exception:
@@ -914,6 +927,9 @@ class SlackAdapter:
             return name
         if cached:
             return cached[0]
+        if user_id in self._no_such:
+            raise NoSuchPerson(f"Slack says {user_id} names no one this app may see (users.info); what they sent "
+                               "is dropped")
         raise UnknownPerson(f"Slack could not say who {user_id} is (users.info failed); what they sent is not "
                             "taken (Slack sends an event again; a slash command, click or shortcut is lost)")
 
@@ -959,7 +975,12 @@ class SlackAdapter:
             user = (await self._call("users.info", user=user_id))["user"]
         except Exception as exc:
             log.warning("Slack: users.info for %s failed (%s)", user_id, _error(exc))
+            if isinstance(exc, SlackApiError) and exc.response.get("error") in _NO_SUCH_PERSON:
+                self._no_such[user_id] = None
+                while len(self._no_such) > SEEN_SIZE:
+                    self._no_such.popitem(last=False)
             return None
+        self._no_such.pop(user_id, None)
         # Who the person is to permissions and approvals: never `profile.display_name` nor `real_name`,
         # which anyone may set to `carol`; without a `name`, the id, which no one chooses.
         name = str(user.get("name") or user_id)

@@ -131,8 +131,12 @@ def configure(config: Any, level: str | None = None) -> None:
     # Libraries inherit the root's level; Squall's own loggers have theirs (a record reaches the
     # root's handler whatever the root's level once its own logger let it through).
     root.setLevel(_number(libraries))
-    for name in _SELF_LEVELLED:
-        logging.getLogger(name).setLevel(_number(libraries))
+    for name in _SELF_LEVELLED:  # and through Squall's handler: a config of the library's own (uvicorn's
+        logger = logging.getLogger(name)  # default: a handler of its own, propagate off) printed past it
+        logger.setLevel(_number(libraries))
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.disabled = False
     for name in OWN:
         logging.getLogger(name).setLevel(_number(own))
 

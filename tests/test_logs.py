@@ -151,3 +151,18 @@ async def test_the_http_servers_lines_follow_the_logging_config(home: Path, rest
         await squall.close()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]  # every line JSON
     assert any(line["logger"] == "uvicorn.error" and line["message"] == "a line of the server's" for line in lines)
+
+
+def test_a_librarys_own_logging_config_does_not_keep_its_lines_from_squalls_handler(
+        home: Path, restore_logging: None) -> None:
+    """uvicorn's default config (a handler of its own, `propagate: False` on `uvicorn`), applied by anything
+    in the process before, kept its lines from Squall's JSON handler; Squall's config holds those loggers."""
+    import logging.config
+
+    import uvicorn.config
+
+    logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)
+    stream = _configured(home, "logging:\n  format: json\n  libraries: info\n")
+    logging.getLogger("uvicorn.error").info("a line of the server's")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert any(line["logger"] == "uvicorn.error" and line["message"] == "a line of the server's" for line in lines)

@@ -204,6 +204,18 @@ async def test_a_person_slack_cannot_name_yet_is_not_acknowledged_and_runs_on_th
         assert [e["context"]["user"] for e in await squall.executions.list(limit=5)] == ["bob"]
 
 
+async def test_an_event_from_someone_slack_says_does_not_exist_is_acknowledged_and_runs_nothing(
+        home: Path, fake: FakeSlack) -> None:
+    """users.info answering `user_not_found` is final: Slack's retries would name no one either, so the
+    event is taken (acknowledged) and dropped with a line saying why, not answered 503 three times."""
+    async with _slack_chat(home, fake) as (squall, bot, _adapter):
+        fake.errors["users.info"] = "user_not_found"
+        envelope = await fake.push("events_api", fake.event(fake.message_event("!greet nobody", user="UGHOST01")))
+        await _acked(fake, envelope)
+        await settle(squall, bot)
+        assert await squall.executions.list(limit=5) == []
+
+
 async def test_a_slash_command_is_acknowledged_once_stored_or_within_ack_within(
         home: Path, fake: FakeSlack, monkeypatch: pytest.MonkeyPatch) -> None:
     """Slack never sends a slash command again, and shows the person "operation_timeout" after 3 s: it
