@@ -20,6 +20,7 @@ from engine.inquiries import InquiryError
 from engine.parameters import MASK
 from tests.conftest import write
 from tests.test_api import KEY, disk_full, failing_audit
+from tests.test_workflow_secrets import RECORD
 from tests.workflow_helpers import children, pending_ask, task_names, workflow_pack
 
 SQUALL_CLI = Path(__import__("sys").executable).parent / "squall"
@@ -84,16 +85,6 @@ chain:
 PIN = "PIN-at-rest-7731"
 PIN_SCHEMA = {"type": "object", "properties": {"pin": {"type": "string", "secret": True, "required": True},
                                                "note": {"type": "string"}}}
-RECORD = """
-name: record
-runner_type: local-shell-cmd
-parameters:
-  text: {type: string, required: true}
-  marker: {type: string, required: true}
-  cmd:
-    immutable: true
-    default: 'printf %s "{{ text }}" > "{{ marker }}"; echo "got {{ text }}"'
-"""
 
 #: An ActionChain that hands the PIN to its next task.
 PIN_CHAIN = """
