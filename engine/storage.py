@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -562,6 +563,11 @@ BUSY_TIMEOUT_MS = 10_000
 WAL_RESTART_BYTES = 64 << 20
 #: SQLite: how long a restarting checkpoint waits for readers before it tries again next time.
 RESTART_WAIT_MS = 100
+#: How many times `WAL_RESTART_BYTES` the WAL file may reach before the loop's own connection cuts it,
+#: between two of its commits, when the checkpoint thread did not restart it (`Database._cut_runaway_wal`).
+WAL_RUNAWAY_FACTOR = 4
+#: How many of the loop's groups commit between two looks at the WAL file's size (a stat each).
+WAL_LOOK_EVERY = 16
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -2375,6 +2381,16 @@ class Store:
             finally:
                 conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
+    def truncate_wal_without_waiting(self) -> None:
+        """SQLite, on the loop's connection between its groups: copy the whole WAL back and cut its file
+        to nothing (`Database._cut_runaway_wal`). This connection waits for no one: with a reader
+        still in the WAL, or a checkpoint under way, it copies what it can and cuts nothing."""
+        assert self._nowait is not None
+        if self._nowait_conn is None or self._nowait_conn.closed or self._nowait_conn.invalidated:
+            self._nowait_conn = self._nowait.connect()
+        self._nowait_conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+            "PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def kv_purge_expired(self, now: datetime) -> int:
         with self._write() as conn:
             result = conn.execute(kv_pairs.delete().where(kv_pairs.c.expire_at <= now))
@@ -2440,7 +2456,10 @@ class Database:
         self._checkpoint_failing = False  # said once an outage (`_checkpoint_said`)
         database = store.engine.url.database if store.is_sqlite else None
         #: SQLite: the WAL, written back ahead of the checkpoint's fsync (see `_write_back_soon`).
-        self._wal = f"{database}-wal" if database and database != ":memory:" and writeback.available() else None
+        wal = f"{database}-wal" if database and database != ":memory:" else None
+        self._wal = wal if writeback.available() else None
+        #: SQLite: the WAL file, looked at after every `WAL_LOOK_EVERY` groups (`_cut_runaway_wal`).
+        self._wal_file, self._groups_unlooked = wal, 0
         self._written_back_at = 0.0
         self._writing_back = False
         self._closed = False
@@ -2584,6 +2603,30 @@ class Database:
             _settle(future, ok, value)
         self._checkpoint_soon()
         self._write_back_soon()
+        self._cut_runaway_wal()
+
+    def _cut_runaway_wal(self) -> None:
+        """After the loop's commits: a WAL file past `WAL_RUNAWAY_FACTOR` times `WAL_RESTART_BYTES` is
+        copied back and cut to nothing here, by the writer itself, between its commits. The checkpoint
+        thread restarts the WAL on time only while it gets the CPU: with both cores busy (tests run
+        beside the service, a CPU-bound action) it woke late, the writes never paused, and the WAL grew
+        by whatever they wrote meanwhile (11 MB past a 256 KB bound in a test's storm). The file keeps
+        its size when restarted, so only cutting it lets its size say when it ran away again; the
+        cut (an `ftruncate`, slow on a disk mounted with `discard`) and the copy, which the thread's
+        PASSIVE copies have mostly done, are paid on the loop only then. A stat every
+        `WAL_LOOK_EVERY` groups otherwise."""
+        if self._wal_file is None:
+            return
+        self._groups_unlooked += 1
+        if self._groups_unlooked < WAL_LOOK_EVERY:
+            return
+        self._groups_unlooked = 0
+        try:
+            if os.stat(self._wal_file).st_size <= WAL_RUNAWAY_FACTOR * WAL_RESTART_BYTES:
+                return
+            self.store.truncate_wal_without_waiting()
+        except Exception as exc:  # tried again at the next look; the thread says a failing checkpoint
+            logging.getLogger(__name__).debug("cutting the SQLite WAL on the loop failed: %s", exc)
 
     def _drain(self) -> None:
         while True:

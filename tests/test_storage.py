@@ -692,6 +692,30 @@ async def test_a_wal_that_never_gets_a_quiet_moment_is_restarted(tmp_path: Path,
         store.close()
 
 
+async def test_a_wal_whose_checkpoint_thread_never_wakes_is_cut_by_the_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With both cores busy the checkpoint thread may wake late, while the writes go on: past
+    WAL_RUNAWAY_FACTOR times the bound the loop's own connection cuts the WAL between its commits.
+    Here the thread never checkpoints at all (due in an hour), so only that backstop bounds the file."""
+    monkeypatch.setattr(storage, "CHECKPOINT_SECONDS", 3600)
+    monkeypatch.setattr(storage, "WAL_RESTART_BYTES", 256 << 10)
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    db = Database(store)
+    wal = tmp_path / "s.db-wal"
+    largest = 0
+    try:
+        for n in range(1500):  # ~18 MB of WAL if nothing restarted it
+            await db(store.audit_add, "bench", "me", "test", None, {"n": n, "pad": "x" * 500})
+            largest = max(largest, wal.stat().st_size)
+        # looked at every WAL_LOOK_EVERY groups: a commit here writes ~10 KB of WAL
+        bound = storage.WAL_RUNAWAY_FACTOR * (256 << 10) + storage.WAL_LOOK_EVERY * (16 << 10)
+        assert largest < bound, f"the WAL grew to {largest:,} bytes"
+        assert len(await db(store.audit_list, 5000)) == 1500
+    finally:
+        db.close()
+        store.close()
+
+
 async def test_a_failing_wal_checkpoint_is_said_once_an_outage_in_the_drivers_words(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A checkpoint that fails (a full disk) is tried again after the next writes, about once a second for
