@@ -173,6 +173,11 @@ class FormSubmission:
     state: str
     values: dict[str, str]
     groups: list[str] = field(default_factory=list)
+    #: The sender's platform user id, as `Message.user_id` (set by the adapter from what the server said):
+    #: a form is its opener's by it, not by a name they may be renamed out of (or someone else into), and
+    #: their rights granted by it (`slack:U0123ABCD`) hold for what they send. None where the platform says
+    #: none.
+    user_id: str | None = None
 
 
 #: Checks a submission and takes it; returns a message per wrong field (empty: accepted).

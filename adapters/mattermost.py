@@ -785,7 +785,8 @@ class MattermostAdapter:
             log.warning("Mattermost: a dialog submission refused: %s", exc)
             return JSONResponse({"error": "Mattermost could not say who you are just now; submit the form again "
                                           "in a moment."})
-        errors = await self.on_form(FormSubmission(adapter=self.name, user=user, state=body["state"], values=values))
+        errors = await self.on_form(FormSubmission(adapter=self.name, user=user, state=body["state"], values=values,
+                                                   user_id=user_id))
         general = errors.pop("", None)
         return JSONResponse({**({"errors": errors} if errors else {}), **({"error": general} if general else {})})
 

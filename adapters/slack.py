@@ -838,7 +838,7 @@ class SlackAdapter:
         else:
             errors = await self.on_form(FormSubmission(
                 adapter=self.name, user=name, state=str(view.get("private_metadata") or ""),
-                values=form_values(view), groups=await self._groups_of(user["id"])))
+                values=form_values(view), groups=await self._groups_of(user["id"]), user_id=user["id"]))
         if not errors:
             await ack()
             return

@@ -21,6 +21,7 @@ from urllib.parse import unquote
 import jinja2
 
 from engine.actions import Action
+from engine.runners import RUNNER_TYPES
 from engine.templates import (
     NONE_MAGIC_VALUE,
     TemplateLimitError,
@@ -1010,6 +1011,51 @@ def retargeted(given: Mapping[str, Any], original: Mapping[str, Any]) -> list[st
             if target_parameter(name) and not _targets(name, value) <= _targets(name, original.get(name))]
 
 
+#: The settings that say how a request reaches its target, which a re-run may not weaken and keep the
+#: original's credentials (`weakened`): each one's safe value, and what a re-run moving it off that does to
+#: them. A re-run giving none (None) gets the http-request runner's default, StackStorm's `core.http`'s
+#: (`verify_ssl_cert` true, `allow_redirects` false): `rerun_parameters` is given the original's values, not
+#: the action's schema, so an action that declares another default is read as having the runner's.
+_SAFE_SETTINGS: dict[str, tuple[bool, str]] = {
+    "verify_ssl_cert": (True, "turned off (a TLS connection left unverified)"),
+    "allow_redirects": (False, "turned on (followed wherever the target redirects)"),
+}
+_SETTING_DEFAULTS = {name: RUNNER_TYPES["http-request"].parameters[name]["default"] for name in _SAFE_SETTINGS}
+#: The parameter naming the account a request's password, key or header logs in as (http-request's basic auth,
+#: the remote runners' SSH login).
+_ACCOUNT = "username"
+
+
+def _setting(name: str, value: Any) -> bool | None:
+    """Setting `name`'s `value` as the runner takes it: True or False (a boolean's text, as `cast` reads it), the
+    runner's default for None, else None (no flag: a value `resolve` refuses, never the safe one)."""
+    if value is None:
+        return _SETTING_DEFAULTS[name]
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    return True if text in _TRUE else False if text in _FALSE else None
+
+
+def _account(value: Any) -> str | None:
+    """The account `value` of `_ACCOUNT` names; None for none (empty: the runner's own, no basic auth)."""
+    return None if value is None or value == "" else str(value)
+
+
+def weakened(given: Mapping[str, Any], original: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """How a re-run's `given` sends the `original`'s credentials less safely to the same target, each as the
+    parameter and what it did: TLS verification turned off (`_SAFE_SETTINGS`: a server in between reads them),
+    redirects turned on (followed with them: the http-request runner withholds them from another origin, an
+    action's own code naming the setting may not), or another account (`_ACCOUNT`: the original's password tried
+    for it). Verification turned on, redirects off, or a value left as it was weakens nothing."""
+    changes = [(name, f"{name} {change}") for name, (safe, change) in _SAFE_SETTINGS.items()
+               if name in given and _setting(name, original.get(name)) is safe
+               and _setting(name, given[name]) is not safe]
+    if _ACCOUNT in given and _account(given[_ACCOUNT]) != _account(original.get(_ACCOUNT)):
+        changes.append((_ACCOUNT, f"a new {_ACCOUNT} (another account)"))
+    return changes
+
+
 def _credential_names(name: str, value: Any) -> list[str]:
     """How a re-run's refusal names the credentials `value` of parameter `name` holds: each masked key of
     `headers` or `cookies` (`headers.X-Api-Key`), else the parameter."""
@@ -1036,21 +1082,26 @@ def rerun_parameters(given: Mapping[str, Any], original: Mapping[str, Any], seal
     """A re-run's `given` parameters, the credentials they show masked taken from the `original`'s (real)
     values (`restore_masked`): the one rule of what a re-run carries of someone else's request.
 
-    To the same target it carries everything: the `original`'s values given no other (`sealed` names those it
-    was given and stored sealed: secret parameters, credential headers and cookies, what a secret was
+    To the same target, as safely, it carries everything: the `original`'s values given no other (`sealed` names
+    those it was given and stored sealed: secret parameters, credential headers and cookies, what a secret was
     rendered into), and each `********` left as shown. When `given` points it elsewhere (`retargeted`: a new
-    `url`'s host, a proxy, `hosts`), it carries none of them: ParameterError names each one to give again,
-    since whoever may re-run a request must not send its credentials to a host of their choosing, and
-    sending none would fail there in ways that do not say why."""
+    `url`'s host, a proxy, `hosts`) or sends them less safely (`weakened`: TLS verification off, redirects on,
+    another `username`), it carries none of them: ParameterError names what changed and each credential to give
+    again, since whoever may re-run a request must not send its credentials to a host of their choosing, nor
+    where one could take them, and sending none would fail there in ways that do not say why."""
     restored = restore_masked(given, original) if shows_masked(given) else dict(given)
-    moved = retargeted(given, original)
-    if not moved:
+    moved, weaker = retargeted(given, original), weakened(given, original)
+    if not moved and not weaker:
         return restored
     carried = [credential for name in sealed if name not in given
                for credential in _credential_names(name, original.get(name))]
     carried = list(dict.fromkeys([*carried, *_filled(given, restored)]))
     if carried:
-        raise ParameterError(f"re-running with a new {', '.join(moved)} (not where the original went) does not carry "
-                             f"the original's credentials there: give {', '.join(carried)} again, or re-run to the "
-                             "original's target")
+        changes = [*([f"a new {', '.join(moved)} (not where the original went)"] if moved else []),
+                   *(change for _, change in weaker)]
+        kept = [*(["to the original's target"] if moved else []),
+                *([f"with the original's {', '.join(name for name, _ in weaker)}"] if weaker else [])]
+        raise ParameterError(f"re-running with {', '.join(changes)} does not carry the original's credentials"
+                             f"{' there' if moved else ''}: give {', '.join(carried)} again, or re-run "
+                             f"{' and '.join(kept)}")
     return restored

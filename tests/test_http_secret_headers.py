@@ -1006,3 +1006,116 @@ async def test_a_re_run_through_another_proxy_or_from_the_engine_is_refused_too(
     assert "re-running with a new http_proxy" in str(proxied.value) and "headers.X-Api-Key" in str(proxied.value)
     assert "password" in str(hosts.value) and "ssh-pw-secret-3" not in str(hosts.value)
     assert sorted(e["id"] for e in listed) == sorted([http["id"], shell["id"], same["id"]])  # none stored
+
+
+# -- a re-run that sends them less safely to the same target carries none of them either ----------------------
+
+#: Each re-run to the original's host that sends its credentials less safely, with the change its refusal names.
+WEAKER = (({"verify_ssl_cert": False}, "verify_ssl_cert turned off"),
+          ({"verify_ssl_cert": "false"}, "verify_ssl_cert turned off"),  # as the CLI gives it: text
+          ({"allow_redirects": True}, "allow_redirects turned on"),
+          ({"allow_redirects": "yes"}, "allow_redirects turned on"),
+          ({"username": "bob"}, "a new username"))
+#: The http request `WEAKER`'s re-runs are of, and what it was given and stored sealed.
+STRICT = {"url": "https://api.example/v1/x", "headers": HEADERS, "cookies": {"sid": JAR}, "username": "ann",
+          "password": "pw-secret-1", "verify_ssl_cert": True, "allow_redirects": False}
+STRICT_SEALED = ["headers", "cookies", "password"]
+
+
+@pytest.mark.parametrize(("weaker", "change"), WEAKER, ids=[str(weaker) for weaker, _ in WEAKER])
+def test_a_re_run_that_weakens_how_credentials_go_carries_none_by_the_one_rule(weaker: dict[str, Any],
+                                                                                change: str) -> None:
+    """A re-run to the original's host could still turn TLS verification off (a server in between reads the
+    `Authorization`), turn redirects on, or change only `username` (the original's password tried for another
+    account), and kept the original's credentials: each is refused as a new target is, naming the change and
+    what to give again, whether the original gave the setting or had the runner's default. Given again, they
+    are the re-runner's own and go; a mask left as shown is never filled in."""
+    from engine.parameters import rerun_parameters
+
+    defaults = {k: v for k, v in STRICT.items() if k not in ("verify_ssl_cert", "allow_redirects")}  # the runner's
+    for original in (STRICT, defaults):
+        with pytest.raises(ParameterError) as refused:
+            rerun_parameters({**weaker, "headers": mask_headers(HEADERS)}, original, STRICT_SEALED)
+        message = str(refused.value)
+        assert message.startswith(f"re-running with {change} "), message
+        assert message.endswith(f"re-run with the original's {next(iter(weaker))}"), message
+        for name in ("headers.Authorization", "headers.Cookie", "headers.X-Api-Key", "headers.Proxy-Authorization",
+                     "cookies.sid", "password"):
+            assert name in message, (original, message)
+        assert "Accept" not in message and _leaked(message) == [] and "pw-secret-1" not in message, message
+
+    anew = {"headers": {"Accept": "x"}, "cookies": None, "password": "mine-pw-2"}
+    assert rerun_parameters({**weaker, **anew}, STRICT, STRICT_SEALED) == {**weaker, **anew}  # given again: theirs
+    with pytest.raises(ParameterError) as masked:
+        rerun_parameters({**weaker, **anew, "headers": mask_headers(HEADERS)}, STRICT, STRICT_SEALED)
+    assert "headers.Authorization" in str(masked.value) and "password" not in str(masked.value)
+
+
+def test_a_re_run_as_strict_as_the_original_carries_them_and_each_change_is_named() -> None:
+    """Verification on, redirects off, a setting as the original had it or the runner's default (None) weaken
+    nothing: the credentials are carried, masks filled in. A re-run both moved and weakened names every change
+    and how to re-run as the original went; a remote action's `username` is its SSH account."""
+    from engine.parameters import rerun_parameters
+
+    unchanged = ({"verify_ssl_cert": True}, {"verify_ssl_cert": "TRUE"}, {"verify_ssl_cert": None},
+                 {"allow_redirects": False}, {"allow_redirects": "off"}, {"allow_redirects": None}, {"username": "ann"})
+    for same in unchanged:
+        edited = {**same, "headers": {**mask_headers(HEADERS), "Accept": "x/y"}}
+        assert rerun_parameters(edited, STRICT, STRICT_SEALED) == {**edited, "headers": {**HEADERS, "Accept": "x/y"}}
+    lax = {**STRICT, "verify_ssl_cert": False, "allow_redirects": True}
+    stricter = {"verify_ssl_cert": True, "allow_redirects": False, "headers": mask_headers(HEADERS)}
+    assert rerun_parameters(stricter, lax, STRICT_SEALED) == {**stricter, "headers": HEADERS}
+    assert rerun_parameters({"verify_ssl_cert": "no"}, lax, STRICT_SEALED) == {"verify_ssl_cert": "no"}  # as it went
+
+    both = {"url": "https://evil.example/", "verify_ssl_cert": False, "allow_redirects": True}
+    with pytest.raises(ParameterError) as refused:
+        rerun_parameters(both, STRICT, STRICT_SEALED)
+    assert str(refused.value).startswith("re-running with a new url (not where the original went), verify_ssl_cert "
+                                         "turned off (a TLS connection left unverified), allow_redirects turned on")
+    assert str(refused.value).endswith("re-run to the original's target and with the original's verify_ssl_cert, "
+                                       "allow_redirects")
+
+    shell = {"hosts": "web1", "username": "deploy", "password": "ssh-pw-1", "private_key": "KEY-1", "port": 22}
+    for other in ("root", None, ""):  # another account, or the one Squall runs as
+        with pytest.raises(ParameterError) as refused:
+            rerun_parameters({"username": other}, shell, ["password", "private_key"])
+        assert "a new username" in str(refused.value) and "password, private_key" in str(refused.value), other
+        assert "ssh-pw-1" not in str(refused.value) and "KEY-1" not in str(refused.value)
+    assert rerun_parameters({"username": "deploy", "hosts": "WEB1"}, shell, ["password"]) == {
+        "username": "deploy", "hosts": "WEB1"}
+
+
+@pytest.mark.parametrize(("weaker", "change"), [WEAKER[0], WEAKER[2], WEAKER[4]],  # as JSON gives them
+                         ids=["verify_ssl_cert", "allow_redirects", "username"])
+async def test_an_api_re_run_that_weakens_how_credentials_go_is_refused_naming_them(
+        web: Web, echo: tuple[str, list[dict[str, str]]], weaker: dict[str, Any], change: str) -> None:
+    """bob's `re_run`, to the original's own URL, of a request made with an `X-Api-Key`, cookies and ann's
+    `password`, given only `verify_ssl_cert: false`, `allow_redirects: true` or `username: bob`: it went with them
+    all. Refused, nothing sent or stored; as strict as the original, they are sent again; given anew, bob's go."""
+    url, seen = echo
+    api = _api(web)
+    done = await _run_http(web, api, url, cookies={"jar": JAR}, username="ann", password="pw-secret-1")
+    sent = len(seen)
+    refused = await api.post(f"/api/v1/executions/{done['id']}/re_run", json={"parameters": weaker})
+    assert refused.status_code == 400, refused.text
+    message = refused.json()["faultstring"]
+    assert change in message, message
+    for name in ("headers.Authorization", "headers.X-Api-Key", "headers.Cookie", "cookies.jar", "password"):
+        assert name in message, message
+    assert _leaked(refused.text) == [] and "pw-secret-1" not in refused.text
+    assert len(seen) == sent and len(await web.squall.executions.list(action="core.http")) == 1
+
+    strict = {"verify_ssl_cert": True, "allow_redirects": False, "username": "ann"}
+    again = await api.post(f"/api/v1/executions/{done['id']}/re_run", json={"parameters": strict})
+    assert again.status_code == 201, again.text
+    assert (await web.squall.executions.wait(again.json()["id"], timeout=30))["status"] == "succeeded"
+    basic = "Basic " + base64.b64encode(b"ann:pw-secret-1").decode()
+    assert seen[-1]["X-Api-Key"] == API_KEY and seen[-1]["Authorization"] == basic  # as the original went
+
+    anew = {**weaker, "username": "bob", "password": "pw-bob-3", "headers": {"X-Api-Key": "fresh-key-0001"},
+            "cookies": None}
+    typed = await api.post(f"/api/v1/executions/{done['id']}/re_run", json={"parameters": anew})
+    assert typed.status_code == 201, typed.text
+    assert (await web.squall.executions.wait(typed.json()["id"], timeout=30))["status"] == "succeeded"
+    assert seen[-1]["X-Api-Key"] == "fresh-key-0001" and _leaked(json.dumps(seen[-1])) == []
+    assert seen[-1]["Authorization"] == "Basic " + base64.b64encode(b"bob:pw-bob-3").decode()
