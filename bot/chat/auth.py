@@ -59,7 +59,7 @@ PLATFORM_IDS = frozenset({"slack", "mattermost"})
 #: What the chat reads of `engine.identity` (the rule the engine names inquiries' answerers by too)
 #: is imported from here as well.
 __all__ = ["ALLOWED", "CHOSEN_NAMES", "PLATFORM_IDS", "Authorizer", "Decision", "denied_names", "names_of", "person",
-           "platform_id", "same_person", "sender_names"]
+           "platform_id", "same_person", "same_sender", "sender_names"]
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,17 @@ def platform_id(message: Message) -> str | None:
     if message.adapter not in PLATFORM_IDS:
         return None
     return message.user_id or None
+
+
+def same_sender(opener: Message, sender: Message) -> bool:
+    """Whether `sender` is the person `opener` came from, so may answer what was asked of them (a form, a
+    question, a confirmation): by the platform's user id where both say one (`platform_id`), which no one
+    can change or choose, since a name may be renamed away and taken by someone else while it waits; else
+    by name, under `same_person`'s rule (a state stored before ids were kept has none)."""
+    opener_id, sender_id = platform_id(opener), platform_id(sender)
+    if opener_id is not None and sender_id is not None:
+        return opener.adapter == sender.adapter and opener_id == sender_id
+    return same_person(opener.adapter, opener.user, sender.adapter, sender.user)
 
 
 def sender_names(message: Message) -> set[str]:

@@ -31,7 +31,7 @@ from aliases.rank import RANKERS, Ranked, Ranker, make_ranker
 from bot.chat import help as chat_help
 from bot.chat import sessions
 from bot.chat.approvals import APPROVE, DENY, ApprovalChat
-from bot.chat.auth import Authorizer, same_person
+from bot.chat.auth import Authorizer, platform_id, same_person, same_sender
 from bot.chat.commands import (
     MAX_COMMAND,
     CommandFailed,
@@ -192,6 +192,26 @@ class PendingConfirmation:
 _CONFIRM = "confirm:"
 
 
+def _place(message: Message) -> tuple[str, str, str]:
+    """Where a confirmation waits for `message`'s sender: the adapter, the channel and the sender, by the
+    platform's user id where it says one (`platform_id`: `id:U0123ABCD`), which they keep when renamed,
+    else by name. A lookup under it is checked all the same (`Dispatcher._pending`): the key finds, only
+    `same_sender` decides, so an id read as a name (no Slack or Mattermost name has a colon) grants nothing."""
+    user_id = platform_id(message)
+    return message.adapter, message.channel, message.user if user_id is None else f"id:{user_id}"
+
+
+def _as_now(asked: Message, sender: Message) -> Message:
+    """`asked` (the message a confirmation held) as sent by `sender`, who answered it: the same person
+    (`same_sender`), under their name and platform groups now where their user id says it is them. A
+    command confirmed after a rename runs as who they are now: never with the rights config grants the
+    name they left, which another may hold now. Without ids it is the same name, and stays as it was
+    asked (a confirmation stored before ids were kept gets none from its answer)."""
+    if platform_id(asked) is None or platform_id(sender) is None:
+        return asked
+    return replace(asked, user=sender.user, groups=list(sender.groups))
+
+
 @dataclass
 class _Lookup:
     """One message's alias lookup, made at most once however many steps ask: whether its text is a
@@ -317,8 +337,7 @@ class Dispatcher:
         like button clicks and inquiry and form answers, which never reach this check). Admins count
         too: a channel's replies are paced the same whoever sent the commands."""
         assert self._flood is not None
-        key = (message.adapter, message.channel, message.user)
-        if key in self._confirmations and text.lower() in _YES | _NO:
+        if text.lower() in _YES | _NO and self._pending(message) is not None:
             return False
         flooded = self._flood.check(message.adapter, message.user)
         if flooded is None:
@@ -345,7 +364,7 @@ class Dispatcher:
         text = lookup.text
         if not self._explicit(message) or text.lower() in CANCEL:
             return False
-        pending = (message.adapter, message.channel, message.user) in self._confirmations
+        pending = self._pending(message) is not None
         if text.partition(" ")[0].lower() == FORM_WORD or (pending and text.lower() in _YES | _NO):
             return True
         return self._names_command(lookup)
@@ -395,7 +414,6 @@ class Dispatcher:
     async def _handle(self, message: Message, text: str, lookup: _Lookup | None = None) -> None:
         """Run what `text` (without its prefix) asks; `lookup` holds its alias match if an earlier step
         made it (`_names_command`)."""
-        key = (message.adapter, message.channel, message.user)
         clicked = _CLICKED.fullmatch(text)
         if clicked is not None:  # a confirmation's button: it answers the prompt it sits on, or nothing
             await self._clicked(message, clicked[1] == "yes", clicked[2])
@@ -403,9 +421,7 @@ class Dispatcher:
         if message.clicked:
             await self._button(message, text)
             return
-        pending = self._confirmations.get(key)
-        if pending is not None and text.lower() in _YES | _NO:  # typed: the newest prompt asked of them here
-            await self._settle(message, pending, text.lower() in _YES)
+        if text.lower() in _YES | _NO and await self._typed_answer(message, text.lower() in _YES):
             return
         if await self.forms.command(message, text):
             return
@@ -489,11 +505,40 @@ class Dispatcher:
                                 f"ahead, or {self._answer(message, 'no')}.",
                        buttons=pending.buttons("Yes", "No"))
 
+    def _pending(self, message: Message) -> PendingConfirmation | None:
+        """The confirmation waiting for `message`'s sender in its channel: held under their user id
+        (`_place`), so found after a rename, else under their name (one held by name: no id was said).
+        Theirs only if they are the person it asks (`same_sender`): by user id where both say one, never
+        by the name, which someone else may have taken while it waited."""
+        for key in dict.fromkeys((_place(message), (message.adapter, message.channel, message.user))):
+            pending = self._confirmations.get(key)
+            if pending is not None and same_sender(pending.message, message):
+                return pending
+        return None
+
+    async def _typed_answer(self, message: Message, yes: bool) -> bool:
+        """A typed `yes` or `no`: the answer to the newest prompt asked of its sender here, or (True) the
+        refusal of one answering the prompt asked of the person who had their name (renamed into it since),
+        which runs nothing; False when neither (no prompt: the word is matched as any command is)."""
+        pending = self._pending(message)
+        if pending is not None:
+            await self._settle(message, pending, yes)
+            return True
+        asked = next((other.message for other in self._confirmations.values()
+                      if (other.message.adapter, other.message.channel, other.message.user)
+                      == (message.adapter, message.channel, message.user)), None)
+        if asked is None:
+            return False
+        await self.say(message, _not_yours(asked, message))
+        return True
+
     async def _settle(self, message: Message, pending: PendingConfirmation, yes: bool) -> None:
-        """Take `message`'s sender's answer to `pending` (theirs in that channel): once, restart or not."""
-        key = (message.adapter, message.channel, message.user)
+        """Take `message`'s sender's answer to `pending` (theirs in that channel, `_pending`): once, restart
+        or not. A `yes` runs it as its sender now (`_as_now`), authorised again."""
+        key = _place(pending.message)
         del self._confirmations[key]
         await sessions.drop(self.engine, sessions.place_key(_CONFIRM, *key))
+        asked = _as_now(pending.message, message)
         if time.time() > pending.expires:
             await self.say(message, "That confirmation has expired; send the command again.")
         elif not yes:
@@ -501,29 +546,28 @@ class Dispatcher:
             await self.say(message, f"OK, not retrying {pending.retry}." if pending.retry is not None
                             else f"OK, not running {what}.")
         elif pending.retry is not None:  # looked up and authorised again now, as a typed `retry` is
-            await self._on_execution(pending.message, pending.retry, "retry", confirmed=True)
+            await self._on_execution(asked, pending.retry, "retry", confirmed=True)
         elif pending.command is not None:
             # A suggestion: the filled text takes the whole command path again (match, authorise,
             # the alias's own confirmation, audit), as if the person had typed it.
-            await self._handle(replace(pending.message, text=pending.command), pending.command)
+            await self._handle(replace(asked, text=pending.command), pending.command)
         else:  # authorised again with the alias loaded now (a reload may have disabled it), not asked again
-            await self.run_matched(pending.match, pending.message, confirmed=True, more=pending.more)
+            await self.run_matched(pending.match, asked, confirmed=True, more=pending.more)
 
     async def _clicked(self, message: Message, yes: bool, token: str) -> None:
         """A Yes/No (Run/Cancel) click: it answers the prompt whose token its button carries. A prompt
         replaced by a newer one, answered, expired or asked of someone else runs nothing, and says so:
         one person's prompts in one channel share one pending slot, and an older prompt's Yes must not
         confirm the newer command."""
-        key = (message.adapter, message.channel, message.user)
-        pending = self._confirmations.get(key)
+        pending = self._pending(message)
         if pending is not None and pending.token == token:
             await self._settle(message, pending, yes)
             return
-        owner = next((user for (adapter, channel, user), other in self._confirmations.items()
-                      if other.token == token and (adapter, channel) == key[:2]), None)
-        if owner is not None:
-            await self.say(message, f"That prompt asks {owner}, not you, {message.user}; only {owner} can answer "
-                                    "it. Nothing was run.")
+        asked = next((other.message for other in self._confirmations.values() if other.token == token
+                      and (other.message.adapter, other.message.channel) == (message.adapter, message.channel)),
+                     None)
+        if asked is not None:
+            await self.say(message, _not_yours(asked, message))
         elif pending is not None:
             what = (pending.match.alias.action_ref if pending.match is not None else
                     f"`retry {pending.retry}`" if pending.retry is not None else f"`{short(pending.command or '')}`")
@@ -549,7 +593,7 @@ class Dispatcher:
         """Hold a command for its sender's `yes` (replacing what they were asked before there), in
         memory and stored: a restart before the answer does not lose it."""
         message = pending.message
-        key = (message.adapter, message.channel, message.user)
+        key = _place(message)
         self._confirmations[key] = pending
         state: dict[str, Any] = {"origin": sessions.origin(message), "command": pending.command,
                                  "token": pending.token}
@@ -566,7 +610,8 @@ class Dispatcher:
         """Forget the confirmation or "did you mean" offer held for `user` in each channel of `adapter` (they
         left that name: its next holder must not say `yes` to it), in memory and stored; how many. Names
         are compared without case, as IRC compares nicks."""
-        keys = [key for key in self._confirmations if key[0] == adapter and key[2].lower() == user.lower()]
+        keys = [key for key, pending in self._confirmations.items()
+                if key[0] == adapter and pending.message.user.lower() == user.lower()]
         for key in keys:
             del self._confirmations[key]
             await sessions.drop(self.engine, sessions.place_key(_CONFIRM, *key))
@@ -576,7 +621,8 @@ class Dispatcher:
         """Take up the chat sessions stored before a restart (at the chat's start), read once: open
         forms and question exchanges (`ChatForms.restore`), confirmations and "did you mean" offers.
         How many forms, and how many confirmations. One whose alias or format is gone is dropped and
-        logged."""
+        logged. One stored under its sender's name whose origin says their user id (stored before ids keyed
+        them) is stored again under the id (`_place`), so its renamed sender finds it and it is answered once."""
         stored = await sessions.stored(self.engine)
         forms = await self.forms.restore([row for row in stored if not row[0].startswith(_CONFIRM)])
         restored = 0
@@ -585,9 +631,13 @@ class Dispatcher:
                 message = Message(**state["origin"])
                 match = self._restored(state["match"]) if state.get("match") is not None else None
                 more = tuple(self._restored(kept) for kept in state.get("more") or ())
-                self._confirmations[message.adapter, message.channel, message.user] = PendingConfirmation(
-                    match, message, expires, state.get("command"), token=state.get("token"), more=more,
-                    retry=state.get("retry"))
+                pending = PendingConfirmation(match, message, expires, state.get("command"), token=state.get("token"),
+                                              more=more, retry=state.get("retry"))
+                if key == sessions.place_key(_CONFIRM, *_place(message)):
+                    self._confirmations[_place(message)] = pending
+                else:  # stored under the name of a sender whose id it keeps: held and stored under the id
+                    await self._hold(pending)
+                    await sessions.drop(self.engine, key)
                 restored += 1
             except Exception as exc:  # a pack changed under it: the person sends the command again
                 log.warning("a confirmation asked before the restart was dropped: %s", exc)
@@ -1085,6 +1135,15 @@ def _apology(exc: Exception, doing: str = "handling") -> str:
         return (f"Sorry, something went wrong {doing} that: the database refused it "
                 f"({type(exc.orig).__name__}; Squall's log has the details).")
     return f"Sorry, something went wrong {doing} that: {exc}"
+
+
+def _not_yours(asked: Message, sender: Message) -> str:
+    """What `sender` is told who answered a prompt asked of `asked`'s sender, another person: by the name it
+    was asked under, or, where that is the sender's own name now (they were renamed into it), by saying so."""
+    if asked.user == sender.user:
+        return (f"That prompt asks the person who was {asked.user} when it was asked, not you; only they can "
+                "answer it. Nothing was run.")
+    return f"That prompt asks {asked.user}, not you, {sender.user}; only {asked.user} can answer it. Nothing was run."
 
 
 def _started_by(execution: dict[str, Any], message: Message) -> bool:

@@ -12,7 +12,7 @@ What a form opened for is kept here (by a random `state`), never taken from the 
 a submission cannot name another channel or alias, and only the person it was opened for may send
 it (Mattermost shows the state to the client, which could replay it as someone else): that person by
 their platform user id where Slack and Mattermost say it, not by a name they may be renamed out of
-(`_same_sender`), and a question in chat is answered by them alone alike. A submission
+(`same_sender`), and a question in chat is answered by them alone alike. A submission
 runs as a command of its sender, in the channel the form came from: authorised, confirmed and
 audited by the dispatcher as typed commands are. Values are data (the match has no format, so
 nothing counts as the alias's own default text and everything passes `check_overrides`); secrets
@@ -40,7 +40,7 @@ from adapters.base import Adapter, DeliveryError, Form, FormField, FormSubmissio
 from aliases import Alias, AliasMatch, AliasMatcher, AmbiguousCommand, NoMatch
 from aliases.grammar import PLACEHOLDER, normalise
 from bot.chat import sessions
-from bot.chat.auth import Authorizer, platform_id, same_person
+from bot.chat.auth import Authorizer, same_sender
 from bot.chat.commands import CommandRefused, CommandService
 from bot.chat.help import closed_parameters, masked, secret_names, visible
 from bot.chat.replies import short
@@ -162,7 +162,7 @@ class ChatForms:
         """An answer to a question this person is being asked here (addressed to the bot or not: the
         exchange is a conversation); False when none is asked."""
         asking = self._asking.get((message.adapter, message.channel, message.user))
-        if asking is None or time.time() > asking.expires or not _same_sender(asking.origin, message):
+        if asking is None or time.time() > asking.expires or not same_sender(asking.origin, message):
             return False
         await self._answer(message, asking, message.text.strip() if text is None else text)
         return True
@@ -170,7 +170,7 @@ class ChatForms:
     def asks(self, message: Message) -> bool:
         """Whether a question of a form waits for `message`'s sender's answer where it was sent."""
         asking = self._asking.get((message.adapter, message.channel, message.user))
-        return asking is not None and time.time() <= asking.expires and _same_sender(asking.origin, message)
+        return asking is not None and time.time() <= asking.expires and same_sender(asking.origin, message)
 
     async def command(self, message: Message, text: str) -> bool:
         """`run-form NAME`: offer its form; `run-form` alone, or an empty slash command (which comes with
@@ -313,7 +313,7 @@ class ChatForms:
         # would send the form with the rights granted to it).
         sender = replace(opened.origin, user=submission.user, user_id=submission.user_id,
                          groups=list(submission.groups), trigger=None)
-        if not _same_sender(opened.origin, sender):  # a form is its opener's (a client may see the state)
+        if not same_sender(opened.origin, sender):  # a form is its opener's (a client may see the state)
             return {"": f"This form was opened for {opened.origin.user}; open your own."}
         alias = self.dispatcher.aliases.get(opened.ref)
         if alias is None or not alias.enabled:  # a reload disabled or removed it: the form is closed, and says why
@@ -511,17 +511,6 @@ class ChatForms:
                 log.warning("a chat form stored before the restart was dropped: %s", exc)
                 await self._drop(key)
         return restored
-
-
-def _same_sender(opener: Message, sender: Message) -> bool:
-    """Whether `sender` is the person `opener` came from, so may send or answer the form it opened: by
-    the platform's user id where both say one (`platform_id`), which no one can change or choose, since a
-    name may be renamed away and taken by someone else while the form is open; else by name, under
-    `same_person`'s rule (a state stored before ids were kept has none)."""
-    opener_id, sender_id = platform_id(opener), platform_id(sender)
-    if opener_id is not None and sender_id is not None:
-        return opener.adapter == sender.adapter and opener_id == sender_id
-    return same_person(opener.adapter, opener.user, sender.adapter, sender.user)
 
 
 def _bare_missing(representation: str, typed: tuple[str, ...]) -> tuple[str, ...]:
