@@ -1324,7 +1324,7 @@ class ExecutionService:
             done = await self._cancel_orphan(record, _audited_as(audit, record, {"status": "canceled"}))
             return done if done is not None else await self.cancel(execution_id, audit)  # it moved meanwhile
         if status == "canceling":
-            return await self._cancel_again(record)
+            return await self._cancel_again(record, audit)
         if status not in CANCELABLE:
             raise ExecutionStateError(f'execution {record["id"]} is {status}, which cannot be canceled')
         now = utcnow()
@@ -1344,18 +1344,28 @@ class ExecutionService:
             return await self.cancel(execution_id, audit)  # it moved meanwhile (claimed, ended): look again
         return await self._then(record, fields, "stopping it", lambda: self._stop_canceling(record, status))
 
-    async def _cancel_again(self, record: dict[str, Any]) -> dict[str, Any]:
+    async def _cancel_again(self, record: dict[str, Any], audit: AuditEntry | None = None) -> dict[str, Any]:
         """A second cancel of a `canceling` workflow takes its cancel up again (its runner's `cancel_again`:
         the tree under it, which a cancel that failed midway or a crash left live, is canceled), where a
-        refusal would leave that tree running for ever; any other `canceling` execution is refused."""
+        refusal would leave that tree running for ever; any other `canceling` execution is refused.
+
+        A person's cancel is audited as the first one is: `audit` (who asked) is stored with a write of
+        `canceling` while the workflow still is (`_change`), so the event is stored only while there is a
+        cancel to take up, and before any of it is taken up (an event that failed takes nothing up). No log
+        entry: the log's last `canceling` is when the cancel was asked, which a step reads (`canceled_at`).
+        Without `audit` (the cancel walk reaching a sub-workflow canceling already) nothing is written."""
         again = getattr(self.runners.get(record["runner"]), "cancel_again", None)
         if again is None:
             raise ExecutionStateError(f'execution {record["id"]} is already canceling; it cannot be canceled')
+        fields = {"status": "canceling"}
+        if audit is not None and not await self.db(self._change, record["id"], fields, ("canceling",),
+                                                   _audited_as(audit, record, fields)):
+            return await self.cancel(record["id"], audit)  # it ended meanwhile: refused as ended
 
         async def take_up() -> None:
             await again(record["id"])
 
-        return await self._then(record, {"status": "canceling"}, "canceling its tasks again", take_up)
+        return await self._then(record, fields, "canceling its tasks again", take_up)
 
     async def _stop_canceling(self, record: dict[str, Any], status: str) -> dict[str, Any] | None:
         """Stop what `cancel` marked `canceling` (it was `status`): here if it runs here; a paused workflow,

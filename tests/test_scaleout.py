@@ -35,10 +35,10 @@ SCRAPE_KEY = "scrape-key-for-the-worker-metrics"
 
 SLOW_FLOW = """
 version: 1.0
-input: [marker]
+input: [marker, seconds]
 tasks:
   first:
-    action: demo.nap seconds=4 marker=<% ctx(marker) %>
+    action: demo.nap seconds=<% ctx(seconds) %> marker=<% ctx(marker) %>
     next:
       - when: <% succeeded() %>
         do: second
@@ -148,6 +148,7 @@ def _home(home: Path, database_url: str) -> Path:
         entry_point: workflows/slow_flow.yaml
         parameters:
           marker: {type: string, required: true}
+          seconds: {type: integer, default: 4}
     """)
     write(home / "packs" / "demo" / "actions" / "workflows" / "slow_flow.yaml", SLOW_FLOW)
     write(home / "packs" / "demo" / "actions" / "zoned_flow.yaml", """
@@ -495,7 +496,8 @@ def test_pause_resume_and_cancel_reach_a_workflow_on_a_worker(cluster: Cluster, 
     resumed = cluster.wait(held, "succeeded", "failed")
     assert resumed["status"] == "succeeded" and resumed["result"]["got"] == "hello second", resumed["result"]
 
-    canceled = cluster.request("demo.slow_flow", f"marker={tmp_path / 'canceled'}")
+    # The cancel's CLI must start while the first task runs: on a busy machine that took over 4 s.
+    canceled = cluster.request("demo.slow_flow", f"marker={tmp_path / 'canceled'}", "seconds=15")
     first_task_running(canceled)
     assert cluster.cli("execution", "cancel", canceled)["status"] == "canceling"  # its running task finishes
     assert cluster.wait(canceled, "canceled")["status"] == "canceled"

@@ -14,6 +14,8 @@ import pytest
 from bot.app import Squall
 from bot.http import create_api
 from engine.config import load_config
+from engine.executions import AuditEntry
+from engine.workflows.chain import NESTED_RESULTS
 from tests.workflow_helpers import (
     answer_after_an_edit,
     children,
@@ -1148,6 +1150,29 @@ async def test_a_second_cancel_takes_up_a_tree_left_canceling(rec: Squall) -> No
     await until(all_canceled, "every execution under the workflow to end canceled", seconds=60)
 
 
+async def test_a_second_cancel_is_audited_with_who_asked_it(rec: Squall, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second cancel of a tree its first cancel left `canceling` (it failed midway) took the cancel up
+    again and stored no audit event: who asked it was nowhere. Each cancel leaves its own event, about
+    the workflow, with the person who asked it, as the first cancel's does."""
+    rec.workflows.max_depth = 10_000
+    root = await _nested(rec, "rec.rec", 5)
+
+    async def failing(execution_id: str) -> bool:
+        raise RuntimeError("the cancel failed midway")
+
+    monkeypatch.setattr(rec.workflows, "cancel", failing)
+    with pytest.raises(RuntimeError, match="failed midway"):
+        await rec.executions.cancel(root["id"], AuditEntry("api.execution.cancel", "alice", "api", None, {}))
+    monkeypatch.undo()
+    assert (await rec.executions.get(root["id"]))["status"] == "canceling"
+    again = await rec.executions.cancel(root["id"], AuditEntry("api.execution.cancel", "bob", "api", None, {}))
+    assert again["status"] in ("canceling", "canceled")
+    assert (await rec.executions.wait(root["id"], timeout=60))["status"] == "canceled"
+    events = await rec.db(rec.db.store.audit_list, 10, "api.execution.cancel")
+    asked = [(event["actor"], event["source"], event["target"], event["detail"]) for event in reversed(events)]
+    assert asked == [(who, "api", root["id"], {"action": "rec.rec", "status": "canceling"}) for who in ("alice", "bob")]
+
+
 async def test_a_workflow_nested_past_the_limit_fails_naming_it(rec: Squall) -> None:
     """A workflow that calls itself recursed until memory or the stack ran out; past
     `max_depth` nested workflows the task that would nest deeper fails, and with it every level."""
@@ -1178,6 +1203,45 @@ async def test_an_action_chain_calling_itself_stops_at_the_limit_and_cancels_who
         return all(row["status"] == "canceled" for row in await _descendants(rec, root["id"]))
 
     await until(all_canceled, "every ActionChain under the canceled one to end canceled", seconds=60)
+
+
+async def test_a_canceled_action_chain_calling_itself_keeps_a_bounded_result(rec: Squall) -> None:
+    """A canceled chain's result held its task's result whole, the canceled sub-chain's, which held its
+    own, and so on down: a chain that called itself, canceled ~150 deep, nested past what the JSON
+    encoders and the secret scrub take (a RecursionError left a chain `canceling` for ever and failed
+    those above it). Every chain of the tree ends canceled, and each result shows the chains under it
+    `NESTED_RESULTS` deep, then names the execution whose result it leaves out, which holds it."""
+    rec.workflows.max_depth = 10_000
+    root = await _nested(rec, "rec.chain", 150)
+    await rec.executions.cancel(root["id"])
+    done = await rec.executions.wait(root["id"], timeout=60)
+    assert done["status"] == "canceled"
+
+    async def all_canceled() -> list[dict[str, Any]] | None:
+        tree = await _descendants(rec, root["id"])
+        return tree if all(row["status"] == "canceled" for row in tree) else None
+
+    tree = await until(all_canceled, "every ActionChain under the canceled one to end canceled", seconds=60)
+    assert len(tree) > 150
+    by_id = {row["id"]: row for row in tree}
+
+    def shown(result: Any) -> tuple[int, Any]:
+        """How many sub-chain results `result` shows nested, and the task entry it ends with."""
+        levels, task = 0, None
+        while isinstance(result, dict) and result.get("tasks"):
+            task = result["tasks"][-1]
+            result = task["result"]
+            levels += isinstance(result, dict) and "tasks" in result
+        return levels, task
+
+    for row in [done, *tree]:
+        assert shown(row["result"])[0] <= NESTED_RESULTS, row["id"]
+    levels, last = shown(done["result"])
+    assert levels == NESTED_RESULTS
+    cut = last["result"]
+    assert cut["execution_id"] == last["execution_id"] and last["execution_id"] in by_id
+    assert f"squall execution get {last['execution_id']}" in cut["truncated"]
+    assert by_id[last["execution_id"]]["result"]["tasks"]  # its own record holds what was left out
 
 
 async def test_an_unexpected_failure_of_a_cancel_is_a_readable_500(rec: Squall,

@@ -2,7 +2,10 @@
 
 Parameters and `publish` render with the house Jinja from the workflow's parameters, earlier
 results by task name, the chain's vars, `__results`, `st2kv` and `action_context`, as StackStorm
-does. The chain's status is the one implied by the last task it processed.
+does. The chain's status is the one implied by the last task it processed. Its result holds each
+task's result, as StackStorm's does, but the results of chains nested more than `NESTED_RESULTS`
+deep under it are a marker naming their execution (`_bounded`), so a chain that calls itself keeps a
+result of bounded size however deep it went.
 """
 
 from __future__ import annotations
@@ -142,6 +145,47 @@ def _after_resume(result: Any) -> Any:
     return {**result, "result": result} if isinstance(result, dict) else result
 
 
+#: How many ActionChains deep a chain's result shows the results of the chains its tasks ran (`_bounded`).
+NESTED_RESULTS = 10
+
+
+def _chain_result(value: Any) -> bool:
+    """Whether `value` is an ActionChain's result (`ChainConductor.snapshot`): its `tasks` are the entries
+    `on_done` records, each with the `execution_id` and `result` of the task's child."""
+    tasks = value.get("tasks") if isinstance(value, dict) else None
+    return isinstance(tasks, list) and all(isinstance(task, dict) and "execution_id" in task and "result" in task
+                                           for task in tasks)
+
+
+def _bounded(result: Any, below: int = NESTED_RESULTS - 1) -> Any:
+    """A task's `result` as its chain keeps it: a sub-chain's result shows the results of the chains under
+    it down to `below` more levels; past them, a chain's result is a marker naming its execution, whose
+    own record holds it. StackStorm copies each task's result whole, so a chain that calls itself nests
+    one more level of results per level of calls: canceled (or failed at `workflows.max_depth`) a few
+    hundred deep, its result outgrew what the JSON encoders and the secret scrub take (a RecursionError
+    that left it `canceling`). Each chain keeps its own result so bounded, so a chain's result is bounded
+    however deep the tree under it is, and this looks at most `below` levels down. A chain nested less
+    deep than that (every chain but one that calls itself) keeps its result exactly as it came, the
+    same object; nothing of the child's is changed, only copied where a level below is cut."""
+    if not _chain_result(result):
+        return result
+    tasks: list[Any] = []
+    for task in result["tasks"]:
+        inner = task["result"]
+        if _chain_result(inner):
+            cut = _bounded(inner, below - 1) if below > 0 else {
+                "execution_id": task["execution_id"],
+                "truncated": f"the result of execution {task['execution_id']} is not copied here: a chain's result "
+                             f"shows those of the chains under it {NESTED_RESULTS} deep, and this one is deeper "
+                             f"(see: squall execution get {task['execution_id']})"}
+            if cut is not inner:
+                task = {**task, "result": cut}
+        tasks.append(task)
+    if all(kept is task for kept, task in zip(tasks, result["tasks"], strict=True)):
+        return result
+    return {**result, "tasks": tasks}
+
+
 class ChainConductor:
     """Runs the chain one task at a time."""
 
@@ -233,6 +277,7 @@ class ChainConductor:
         and it ended after; its templates then also find its result under `result` (`_after_resume`)."""
         name = key.rsplit(".", 1)[0]
         node = self.spec.nodes[name]
+        result = _bounded(result)  # a sub-chain's, its own chains' results shown only so deep
         self.tasks.append({"id": name, "name": name, "execution_id": execution_id, "liveaction_id": execution_id,
                            "workflow": None, "created_at": created_at, "updated_at": updated_at, "state": status,
                            "result": result})
