@@ -334,7 +334,7 @@ approvals = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),  # pending | approved | denied | expired | failed
-    sa.Column("decisions", sa.JSON, nullable=False),  # [{user, at, adapter, channel, thread, verdict, reason}]
+    sa.Column("decisions", sa.JSON, nullable=False),  # [{user, user_id, at, adapter, channel, thread, verdict, reason}]
     # Bumped by every decision: two deciders at once cannot both win (nor lose a decision).
     sa.Column("revision", sa.Integer, nullable=False),
     sa.Column("execution_id", sa.String(32), nullable=True),

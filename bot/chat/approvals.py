@@ -9,7 +9,9 @@ requested once. A command approved just before a crash is run by the sweep, afte
 execution it may already have become (`_recover`). Approvers are the chat's groups as
 `Authorizer.groups_of` resolves them, and admins (on IRC only the nicks config qualifies, `irc:ann`);
 the requester may approve only with `self_approval: true`, and may withdraw their own request, they
-alone: a Slack request is not withdrawn by its requester's namesake on IRC (`auth.person`). Every
+alone: a Slack request is not withdrawn by its requester's namesake on IRC, nor by whoever a Mattermost
+server renamed into the requester's name (`auth.same_sender`: by the platform's user id where the request
+and the decision both say one, kept with the requester and each decision). Every
 decision, refusal, expiry and the final run is an audit event (`chat.approval.*`), each change's
 stored with it, in one transaction (`ApprovalChat._changed`), and the execution's
 `context.approval` names who approved, when and from where. The approvers' words (a deny reason)
@@ -26,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
-from bot.chat.auth import Authorizer, person
+from bot.chat.auth import Authorizer, same_sender
 from bot.chat.commands import CommandFailed, CommandRefused, CommandService, Held, HeldRequest
 from bot.chat.outbox import Outbox
 from bot.chat.replies import short
@@ -128,9 +130,10 @@ class ApprovalChat:
                     await self._tell(row, refusal, _buttons(row["id"]))
                     return None
                 return refusal
-            decision = {"user": message.user, "at": iso(utcnow()), "adapter": message.adapter,
-                        "channel": message.channel, "thread": message.thread, "verdict": verdict,
-                        "reason": reason.strip() or None}
+            # The decider's platform user id beside their name: a rename must not make them a second approver.
+            decision = {"user": message.user, "user_id": message.user_id, "at": iso(utcnow()),
+                        "adapter": message.adapter, "channel": message.channel, "thread": message.thread,
+                        "verdict": verdict, "reason": reason.strip() or None}
             decisions = [*row["decisions"], decision]
             approved = sum(d["verdict"] == APPROVE for d in decisions)
             status = "denied" if verdict == DENY else ("approved" if approved >= row["count"] else "pending")
@@ -160,17 +163,20 @@ class ApprovalChat:
         if row["status"] != "pending":
             return f"Approval {row['id']} is already {row['status']}."
         member = self.auth.is_admin(message) or bool(self.auth.groups_of(message) & set(row["groups"]))
-        withdrawing = verdict == DENY and person(message.adapter, message.user) == person(row["adapter"],
-                                                                                        row["requester"])
-        if not member and not withdrawing:  # the requester may always withdraw: they, not their IRC namesake
+        requester = _requester(row)
+        # The requester may always withdraw: they (by their user id, renamed or not), not their IRC namesake
+        # nor whoever was renamed into their name since.
+        withdrawing = verdict == DENY and same_sender(requester, message)
+        if not member and not withdrawing:
             return f"Sorry {message.user}, only {', '.join(row['groups'])} may decide {row['id']}."
-        # By name, the stricter reading: an approver who shares the requester's name on another platform
-        # (`irc:ann` for Slack's ann) may be that person, so may not approve their request either.
-        own = message.user == row["requester"]
+        # By name too, the stricter reading: an approver who shares the requester's name on another platform
+        # (`irc:ann` for Slack's ann) may be that person, so may not approve their request either; by user
+        # id, the requester renamed since is still the requester.
+        own = message.user == row["requester"] or same_sender(requester, message)
         if own and verdict == APPROVE and not row["self_approval"]:
             return f"{message.user}, you asked for {row['id']}: someone else from {', '.join(row['groups'])} " \
                    "must approve it."
-        if any(d["user"] == message.user for d in row["decisions"]):
+        if any(d["user"] == message.user or same_sender(_decider(d), message) for d in row["decisions"]):
             return f"{message.user}, you already decided {row['id']}; each approver counts once."
         return None
 
@@ -181,11 +187,7 @@ class ApprovalChat:
         now, and the requester is authorised again: a pack reload may have disabled or removed it, or
         taken their permission, while the approvers decided. A command that cannot start ends `failed`
         (`_fail`): no sweep tries it again."""
-        # Rows held before it was kept have no platform groups; before user ids were, no user id (by name only).
-        asked = row["context"].get(_ASKED) or {}
-        requester = Message(adapter=row["adapter"], channel=row["channel"], user=row["requester"], text="",
-                            thread=row["thread"], groups=list(asked.get("groups") or []),
-                            channel_name=asked.get("channel_name"), user_id=asked.get("user_id"))
+        requester = _requester(row)
         try:
             alias = await self.commands.allowed_alias(row["alias"], requester, "chat", f"approval {row['id']}")
         except CommandRefused as exc:
@@ -224,7 +226,7 @@ class ApprovalChat:
         """End an approved command that cannot start (`failed`, the reason in its decisions, in one
         update guarded by its revision) and tell its thread, once: a sweep retrying it would post
         the failure again every time, and run it late, past its expiry, if its alias came back."""
-        entry = {"user": None, "at": iso(utcnow()), "adapter": None, "channel": None, "thread": None,
+        entry = {"user": None, "user_id": None, "at": iso(utcnow()), "adapter": None, "channel": None, "thread": None,
                  "verdict": FAILED, "reason": reason}
         db = self.engine.db
         event = self._event("chat.approval.failed", None, f"{row['adapter']}:{row['channel']}", row, {"reason": reason})
@@ -326,6 +328,24 @@ class ApprovalChat:
 def _buttons(approval_id: str) -> list[dict[str, str]]:
     return [{"text": "Approve", "value": f"{APPROVE} {approval_id}"},
             {"text": "Deny", "value": f"{DENY} {approval_id}"}]
+
+
+def _requester(row: dict[str, Any]) -> Message:
+    """The requester's message as it was held: who they were (name and platform user id), where, with the
+    platform groups and channel name their command came with, to authorise them again once approved and
+    to tell them from an approver. Rows held before the groups were kept have none; before user ids were,
+    no user id (by name only)."""
+    asked = row["context"].get(_ASKED) or {}
+    return Message(adapter=row["adapter"], channel=row["channel"], user=row["requester"], text="",
+                   thread=row["thread"], groups=list(asked.get("groups") or []),
+                   channel_name=asked.get("channel_name"), user_id=asked.get("user_id"))
+
+
+def _decider(decision: dict[str, Any]) -> Message:
+    """Who made a stored decision, to tell them from a later decider: their name and platform user id
+    (none in a decision stored before ids were kept: by name only)."""
+    return Message(adapter=decision["adapter"], channel=decision["channel"], user=decision["user"], text="",
+                   thread=decision["thread"], user_id=decision.get("user_id"))
 
 
 def _approvers(row: dict[str, Any]) -> list[str]:
