@@ -14,12 +14,13 @@ takes the lead (from a leader that went, or at its own start) first puts each in
 in step with its newest stored run (`TimerService.look`): it fires what comes next, one interval
 after what the old leader fired, never again what the old leader already fired. A run that came
 due while nobody led fires once at the takeover if it is less than `TAKEOVER_GRACE` late, and is
-let go otherwise. A single process that restarts is the same case: rather than starting its
-interval timers over one interval after the restart, it keeps their phase and fires at most the
-one run the restart made it miss, never a burst. Cron and date timers need none of this: their
-times are absolute. Nor do they need the one thing a wall clock that steps back (NTP) asks of
-interval timers: a next run more than one interval ahead is put one interval after now
-(`TimerService._rewound`); it waited for the old clock's time.
+let go otherwise; if the run after it is due within `STORED_LAG` (the stored times lag the runs'
+own), the two are one run, fired once when that one comes. A single process that restarts is the
+same case: rather than starting its interval timers over one interval after the restart, it keeps
+their phase and fires at most the one run the restart made it miss, never a burst. Cron and date
+timers need none of this: their times are absolute. Nor do they need the one thing a wall clock
+that steps back (NTP) asks of interval timers: a next run more than one interval ahead is put one
+interval after now (`TimerService._rewound`); it waited for the old clock's time.
 
 Daylight saving changes are cron's (cron(8)): a cron timer set at wall-clock times (no `*` in its
 hour, minute or second) runs once on the night the clocks go back, at the first of the two times the
@@ -76,6 +77,13 @@ FOLLOWER_LOOK = 5.0
 #: restarted process needs some seconds of its own. Not min(interval, ...): the run that passed last
 #: is less than one interval ago anyway, so a timer of a minute or less always fires its missed run.
 TAKEOVER_GRACE = timedelta(seconds=60)
+#: How much later than its run's own time a timer's instance may be stored, and so how late the phase a
+#: takeover reads from it (`_catch_up`) may be: `TriggerService.dispatch` stamps `occurrence_time` as it
+#: stores, after `fire_due`'s look at the lead (a database round trip), a takeover's reads and the
+#: dispatches of the timers due before it in the same wake-up (37 ms was seen under load). A run the
+#: stored phase puts less than this after now is the run due now (`resumed`): fired apart from the run
+#: missed before it, the two were a burst, the action run twice 37 ms apart.
+STORED_LAG = timedelta(seconds=1)
 _TICK = timedelta(microseconds=1)
 
 #: `(trigger type, parameters, since)` → when the newest stored instance of that timer (same type,
@@ -215,11 +223,18 @@ def resumed(last: datetime, every: timedelta, now: datetime) -> datetime:
 
     One interval after `last` if that is still ahead. Otherwise the runs since went unfired (the lead
     was changing hands, or the only process was down): the latest of them, if it passed less than
-    `TAKEOVER_GRACE` ago (a time not after `now`: it fires at once, once), else the one after it."""
+    `TAKEOVER_GRACE` ago (a time not after `now`: it fires at once, once), else the one after it.
+
+    `last` is when that run was stored, up to `STORED_LAG` after the run's own time, so a run it puts
+    less than that after `now` is by its own time due now: that run is returned, and the one missed
+    before it is merged into it rather than fired a moment before it (a burst of two). Half an interval
+    at most counts as that lag, so a short timer's missed run is not merged into one that is far off."""
     following = last + every
     if following > now:
         return following
-    passed = last + every * ((now - last) // every)
+    passed = last + every * ((now + min(STORED_LAG, every / 2) - last) // every)
+    if passed > now:  # due within the stored lag: the run missed before it merges into it
+        return passed
     return passed if now - passed < TAKEOVER_GRACE else passed + every
 
 
