@@ -95,7 +95,10 @@ FoundPost = tuple[str, Part | None]
 @dataclass
 class Reply:
     """Something to post. `edit` names the outbox id of an earlier reply to replace, if possible;
-    `asker` is whom its buttons ask (a name as in `Message.user`), None when anyone may answer."""
+    `asker` is whom its buttons ask (a name as in `Message.user`), None when anyone may answer;
+    `asker_id` is that person's platform user id (`Message.user_id`) where the platform gives one: a
+    name can be renamed away and taken by someone else while the prompt waits, an id cannot, so an
+    adapter that has it takes the buttons off for that person's click alone."""
 
     adapter: str
     channel: str
@@ -106,6 +109,7 @@ class Reply:
     buttons: list[dict[str, str]] = field(default_factory=list)
     edit: int | None = None
     asker: str | None = None
+    asker_id: str | None = None
     #: The reply's outbox id, set by the outbox as it sends (not stored in the payload): adapters
     #: that can look their posts up again carry it on the post (see `Adapter.find_sent`).
     outbox_id: int | None = None
@@ -119,6 +123,8 @@ class Reply:
         data = {"adapter": self.adapter, "channel": self.channel, "text": self.text, "thread": self.thread,
                 "extra": self.extra, "file": list(self.file) if self.file else None, "buttons": self.buttons,
                 "edit": self.edit, "asker": self.asker}
+        if self.asker_id is not None:
+            data["asker_id"] = self.asker_id
         if self.trace is not None:
             data["trace"] = self.trace
         return data
@@ -129,7 +135,7 @@ class Reply:
         return cls(adapter=data["adapter"], channel=data["channel"], text=data["text"], thread=data.get("thread"),
                    extra=data.get("extra") or {}, file=(file[0], file[1]) if file else None,
                    buttons=data.get("buttons") or [], edit=data.get("edit"), asker=data.get("asker"),
-                   trace=data.get("trace"))
+                   asker_id=data.get("asker_id"), trace=data.get("trace"))
 
 
 #: Handles one message; answers False when what it carries could not be stored (the database failed or

@@ -688,11 +688,12 @@ class MattermostAdapter:
 
     # -- buttons ---------------------------------------------------------------------------------------
     def _buttons(self, reply: Reply, text: str) -> dict[str, Any]:
-        """An attachment of interactive buttons; a click comes back to `/mattermost/actions`."""
+        """An attachment of interactive buttons; a click comes back to `/mattermost/actions`. Their
+        signed context names whom the prompt asks by user id (`asker_id`) as well as by name."""
         actions = []
         for index, button in enumerate(reply.buttons):
             context = {"value": str(button["value"]), "label": str(button["text"]), "thread": reply.thread or "",
-                       "asker": reply.asker or "", "prompt": text}
+                       "asker": reply.asker or "", "asker_id": reply.asker_id or "", "prompt": text}
             actions.append({"id": f"squall{index}", "type": "button", "name": str(button["text"]),
                             "integration": {"url": self.settings.actions_url,
                                             "context": {**context, "signature": self._sign(context)}}})
@@ -753,7 +754,10 @@ class MattermostAdapter:
         task = asyncio.create_task(self._handle(message), name="mattermost-button")
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
-        if context.get("asker") not in ("", user):
+        # Whose click takes the buttons off: the asker's by user id where the prompt carries it (a name can
+        # pass to someone else while the prompt waits), by name on a prompt posted before it did.
+        asked = context["asker_id"] == user_id if context.get("asker_id") else context.get("asker") in ("", user)
+        if not asked:
             return JSONResponse({})  # someone else's click: the buttons stay for the one asked
         chosen = f"_{user} chose **{context.get('label', context['value'])}**_"
         return JSONResponse({"update": {"message": f"{context.get('prompt', '')}\n\n{chosen}".strip(), "props": {}}})

@@ -127,7 +127,10 @@ NOT_TAKEN = "Squall has not stored what this event carries (yet); Slack sends it
 #: Characters of a file's content posted inline when the upload itself is refused.
 UPLOAD_FALLBACK = 3500
 #: The `block_id` prefix of a prompt's buttons that ask one person (`_with_asker`): whose click removes them.
+#: By name on prompts posted before they carried the person's user id (`ASKER_ID_BLOCK`).
 ASKER_BLOCK = "squall_buttons.asker."
+#: The same, by the person's Slack user id: a name can be renamed away and taken while the prompt waits.
+ASKER_ID_BLOCK = "squall_buttons.asker_id."
 #: The metadata event type that carries a reply's outbox id (`find_sent`).
 OUTBOX_EVENT = "squall_reply"
 #: The `block_id` prefix that carries it on the message an upload shares: `files.completeUploadExternal`
@@ -783,7 +786,7 @@ class SlackAdapter:
             # root: its ts names it, so the click answers that question as a reply in its thread would.
             thread = original.get("ts") or None
         user = await self._user_name(user_id)
-        answered = _asked(action, user)  # someone else's click leaves the buttons to the one asked
+        answered = _asked(action, user, user_id)  # someone else's click leaves the buttons to the one asked
         if answered and original.get("ts") and not (body.get("container") or {}).get("is_ephemeral"):
             try:  # the question stays, the buttons go: no second click on an answered prompt
                 await self.client.chat_update(channel=channel, ts=original["ts"], text=original.get("text", ""),
@@ -1056,7 +1059,7 @@ class SlackAdapter:
         try:
             if reply.file is not None:
                 return await self._upload(channel, reply)
-            arguments = _with_asker(message_arguments(reply), reply.asker)
+            arguments = _with_asker(message_arguments(reply), reply.asker, reply.asker_id)
             if not (reply.text.strip() or arguments.get("blocks") or arguments.get("attachments")):
                 log.debug("Slack: an empty reply to %s skipped (Slack refuses it: no_text)", reply.channel)
                 return None
@@ -1135,7 +1138,7 @@ class SlackAdapter:
             log.warning("Slack rejected the reply's blocks/attachments (%s); sending plain text", _error(exc))
             plain = {k: v for k, v in arguments.items() if k not in ("blocks", "attachments")}
             bare = Reply(adapter=reply.adapter, channel=reply.channel, text=reply.text, buttons=reply.buttons)
-            return await call(**{**plain, **_with_asker(message_arguments(bare), reply.asker)})
+            return await call(**{**plain, **_with_asker(message_arguments(bare), reply.asker, reply.asker_id)})
 
     async def _upload(self, channel: str, reply: Reply) -> str | None:
         name, content = reply.file or ("output.txt", "")
@@ -1254,29 +1257,37 @@ def _sent_id(channel: str, message: dict[str, Any]) -> str:
     return f"{channel}:{message.get('ts', '')}"
 
 
-def _asker_tag(name: str) -> str:
-    """The `block_id` of a prompt's buttons that ask `name` alone: a digest, so any name fits Slack's
-    255 characters."""
+def _asker_tag(name: str, user_id: str | None = None) -> str:
+    """The `block_id` of a prompt's buttons that ask one person alone: by their user id where it is
+    known (`ASKER_ID_BLOCK`: their name can pass to someone else while the prompt waits), else by
+    `name`. A digest, so any name fits Slack's 255 characters."""
+    if user_id:
+        return ASKER_ID_BLOCK + hashlib.sha256(user_id.encode("utf-8")).hexdigest()[:32]
     return ASKER_BLOCK + hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
 
 
-def _with_asker(arguments: dict[str, Any], asker: str | None) -> dict[str, Any]:
-    """`arguments` with the buttons' block (`squall_buttons`) naming whom the prompt asks.
+def _with_asker(arguments: dict[str, Any], asker: str | None, asker_id: str | None = None) -> dict[str, Any]:
+    """`arguments` with the buttons' block (`squall_buttons`) naming whom the prompt asks (by user id
+    where the reply has it).
 
     The prompt itself carries it, so a click after a restart still knows it (a table in memory did
     not). Blocks are replaced, never changed in place: the others may be an alias's `extra.slack`."""
     blocks = arguments.get("blocks")
-    if asker and blocks:
-        arguments["blocks"] = [{**block, "block_id": _asker_tag(asker)}
+    if (asker or asker_id) and blocks:
+        arguments["blocks"] = [{**block, "block_id": _asker_tag(asker or "", asker_id)}
                                if block.get("type") == "actions" and block.get("block_id") == "squall_buttons"
                                else block for block in blocks]
     return arguments
 
 
-def _asked(action: dict[str, Any], user: str) -> bool:
-    """Whether a click by `user` answers its prompt and so removes the buttons: the prompt asks anyone,
-    or asks `user`. Only that: the dispatcher decides who may answer, never this tag."""
+def _asked(action: dict[str, Any], user: str, user_id: str) -> bool:
+    """Whether a click by `user` (Slack's `user_id`) answers its prompt and so removes the buttons: the
+    prompt asks anyone, or asks that person, by user id where the prompt carries one (a namesake's
+    click then leaves them, the renamed asker's removes them), by name on a prompt posted before it
+    did. Only that: the dispatcher decides who may answer, never this tag."""
     block_id = str(action.get("block_id") or "")
+    if block_id.startswith(ASKER_ID_BLOCK):
+        return block_id == _asker_tag(user, user_id)
     return not block_id.startswith(ASKER_BLOCK) or block_id == _asker_tag(user)
 
 

@@ -1089,7 +1089,8 @@ class Dispatcher:
     async def say(self, message: Message, text: str, *, extra: dict[str, Any] | None = None,
                   buttons: list[dict[str, str]] | None = None) -> int:
         reply = Reply(adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text,
-                      extra=extra or {}, buttons=buttons or [], asker=message.user if buttons else None)
+                      extra=extra or {}, buttons=buttons or [], asker=message.user if buttons else None,
+                      asker_id=message.user_id if buttons else None)
         return await self.outbox.post(reply)
 
     async def tell_failure(self, message: Message, exc: Exception, what: str, doing: str = "handling") -> None:
