@@ -11,6 +11,11 @@ brackets, so a person reading a terminal sees it too.
 Libraries log at WARNING unless `logging.libraries` says otherwise: Alembic's INFO lines (a screen
 of them at every migration) and uvicorn's access log would bury the few lines a person starting
 `squall serve` needs (the address, the packs, the adapters, the problems).
+
+What a library logs is not Squall's to word: urllib3 quotes the path and query of every request the
+`http-request` runner sends (`?api_key=…`), sse_starlette every chunk of a run's live output. So a
+line logged while an execution's secrets are bound (`scrubbing`) is scrubbed of them as its output
+is, and sse_starlette is held at INFO whatever `logging.libraries` says (`_CAPPED`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +39,11 @@ FORMATS = ("text", "json")
 _KEYS = {"level", "format", "libraries"}
 #: Libraries that set their loggers' levels themselves: held to `logging.libraries` by name.
 _SELF_LEVELLED = ("alembic", "uvicorn", "uvicorn.access", "uvicorn.error", "procrastinate", "asyncssh")
+#: Libraries held at this level at most, even with `logging.libraries: debug`: what they log below it is
+#: a run's data (sse_starlette logs every chunk it streams: live output, results, answers) and no diagnosis.
+_CAPPED = {"sse_starlette": logging.INFO}
+#: What the current task's lines are scrubbed of (`scrubbing`): the secret texts of the execution it runs.
+_secrets: ContextVar[Callable[[], list[str]] | None] = ContextVar("squall_log_secrets", default=None)
 
 
 class logging_context:  # lower case: used as a function, `with logging_context(user=...):`
@@ -58,13 +69,59 @@ def bind(**values: Any) -> None:
     log_context.set({**log_context.get(), **{k: v for k, v in values.items() if v is not None}})
 
 
+class scrubbing:  # lower case: used as a function, as `logging_context` is
+    """Scrub `secrets()` (an execution's secret texts, longest first, as `OutputSink.secrets` gives them)
+    from every line logged in this block, and in the tasks and threads started in it (they copy the
+    context: `asyncio.to_thread`), whatever logger logs it: a library quotes what it was handed (urllib3
+    a request's path and query), and that may be a secret parameter. Its output is scrubbed so too
+    (`engine.executions.scrub`). None scrubs nothing."""
+
+    __slots__ = ("_secrets", "_token")
+
+    def __init__(self, secrets: Callable[[], list[str]] | None) -> None:
+        self._secrets = secrets
+
+    def __enter__(self) -> None:
+        self._token = _secrets.set(self._secrets)
+
+    def __exit__(self, *exc: object) -> None:
+        _secrets.reset(self._token)
+
+
+class _Scrubber(logging.Filter):
+    """Squall's handler's filter: a line logged under `scrubbing` with its message, and its traceback,
+    scrubbed of the bound secrets (the record itself changed, so every other handler gets it scrubbed too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = _secrets.get()
+        texts = secrets() if secrets is not None else None
+        if not texts:  # nearly every line: no execution's secrets bound
+            return True
+        from engine.executions import scrub  # bound by a run, so imported by then
+
+        message = record.getMessage()
+        shown = scrub(message, texts)
+        if shown != message:
+            record.msg, record.args = shown, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text, texts)
+            record.exc_info = None  # the formatters show `exc_text`, not the exception formatted again
+        return True
+
+
 def _context(record: logging.LogRecord) -> dict[str, Any]:
-    context = dict(log_context.get())
-    for key in CONTEXT_KEYS:  # `extra=` of one call wins over the task's context
+    """The line's context: `CONTEXT_KEYS` from the task's context (`log_context`) only, then, as
+    `extra_<key>`, the record's own attribute of such a name: a library's `extra=` (procrastinate passes
+    `extra={"action": "start_job"}`) is its own field, never Squall's action, execution or user."""
+    context = log_context.get()
+    shown = {key: context[key] for key in CONTEXT_KEYS if key in context}
+    for key in CONTEXT_KEYS:
         value = getattr(record, key, None)
         if value is not None:
-            context[key] = value
-    return {key: context[key] for key in CONTEXT_KEYS if key in context}
+            shown[f"extra_{key}"] = value
+    return shown
 
 
 class JsonFormatter(logging.Formatter):
@@ -79,8 +136,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             **_context(record),
         }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:  # as `logging.Formatter` does: formatted once, or given scrubbed (`_Scrubber`)
+            entry["exception"] = record.exc_text
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
@@ -124,6 +183,7 @@ def configure(config: Any, level: str | None = None) -> None:
     form = _choice(config.path, "format", section.get("format"), FORMATS, "text")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if form == "json" else TextFormatter())
+    handler.addFilter(_Scrubber())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -137,6 +197,8 @@ def configure(config: Any, level: str | None = None) -> None:
         logger.handlers.clear()
         logger.propagate = True
         logger.disabled = False
+    for name, most in _CAPPED.items():  # their loggers' levels are unset: the root's, raised
+        logging.getLogger(name).setLevel(max(most, _number(libraries)))
     for name in OWN:
         logging.getLogger(name).setLevel(_number(own))
 

@@ -124,11 +124,31 @@ def span(name: str, parent: str | None = None, **attributes: Any) -> contextlib.
 
 @contextlib.contextmanager
 def _span(name: str, parent: str | None, attributes: dict[str, Any]) -> Iterator[Any]:
+    """The span itself. An exception that ends it marks it ERROR with the exception's type alone:
+    OpenTelemetry's default would export its message and stack (as an event and as the status's
+    description), and those quote what they were about: a chat command that matched no alias (an
+    inquiry's pin, typed in the clear), a parameter, the SQL and bound values of a failed insert."""
     assert _tracer is not None
     context = _propagator.extract({"traceparent": parent}) if parent else None
     shown = {f"squall.{key}": value for key, value in attributes.items() if value is not None}
-    with _tracer.start_as_current_span(name, context=context, attributes=shown) as current:
-        yield current
+    with _tracer.start_as_current_span(name, context=context, attributes=shown, record_exception=False,
+                                       set_status_on_exception=False) as current:
+        try:
+            yield current
+        except Exception as exc:  # as OpenTelemetry's: a cancel (a BaseException) is not the span's error
+            if current.is_recording():
+                from opentelemetry.trace import Status, StatusCode  # installed: `_tracer` is set
+
+                kind = _type_name(exc)
+                current.add_event("exception", {"exception.type": kind})
+                current.set_status(Status(StatusCode.ERROR, kind))
+            raise
+
+
+def _type_name(exc: BaseException) -> str:
+    """`module.Class` of `exc` (`Class` for a builtin), as OpenTelemetry names an exception's type."""
+    module, name = type(exc).__module__, type(exc).__qualname__
+    return name if module in ("builtins", "") else f"{module}.{name}"
 
 
 def traceparent() -> str | None:

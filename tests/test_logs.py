@@ -15,7 +15,7 @@ import pytest
 from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
 from engine.config import ConfigError, load_config
-from engine.logs import JsonFormatter, configure, logging_context
+from engine.logs import JsonFormatter, configure, logging_context, scrubbing
 from tests.conftest import write
 from tests.test_chat import _config, settle
 
@@ -166,3 +166,79 @@ def test_a_librarys_own_logging_config_does_not_keep_its_lines_from_squalls_hand
     logging.getLogger("uvicorn.error").info("a line of the server's")
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert any(line["logger"] == "uvicorn.error" and line["message"] == "a line of the server's" for line in lines)
+
+
+async def test_a_librarys_lines_during_a_run_are_scrubbed_of_its_secrets(home: Path, restore_logging: None) -> None:
+    """The `http-request` runner sends in-process: urllib3, at debug, quotes the path and query of what it
+    sent, here a `secret: true` parameter rendered into the URL; the line stays, the secret does not."""
+    from tests.test_http_secret_headers import _echo_server
+
+    stream = _configured(home, "logging:\n  format: json\n  libraries: debug\n")
+    with _echo_server() as (url, seen):
+        write(home / "packs" / "demo" / "pack.yaml", "ref: demo\nname: demo\nversion: 1.0.0\n")
+        write(home / "packs" / "demo" / "actions" / "query.yaml", f"""
+            name: query
+            runner_type: http-request
+            parameters:
+              pin: {{type: string, secret: true, required: true}}
+              url: {{default: "{url}?q={{{{ pin }}}}", immutable: true}}
+        """)
+        squall = await Squall.start(load_config(home / "config.yml"))
+        try:
+            record = await squall.executions.request("demo.query", {"pin": "Query-Marker-7h6g5f"})
+            done = await squall.executions.wait(record["id"], timeout=30)
+        finally:
+            await squall.close()
+    assert done["status"] == "succeeded" and len(seen) == 1  # the request went out with the pin
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    sent = [line for line in lines if line["logger"].startswith("urllib3") and "/echo?q=" in line["message"]]
+    assert sent and all(line["execution_id"] == record["id"] for line in sent)  # logged, for the run
+    assert "Query-Marker-7h6g5f" not in stream.getvalue()
+
+
+def test_a_line_logged_while_secrets_are_bound_is_scrubbed_traceback_and_all(
+        home: Path, restore_logging: None) -> None:
+    stream = _configured(home, "logging:\n  format: text\n  libraries: debug\n")
+    with scrubbing(lambda: ["Bound-Marker-1a2s3d"]):
+        try:
+            raise ValueError("refused Bound-Marker-1a2s3d")
+        except ValueError:
+            logging.getLogger("somelib").exception("sent %s", "/q?x=Bound-Marker-1a2s3d")
+    logging.getLogger("somelib").warning("after Bound-Marker-1a2s3d")  # outside the block: as logged
+    text = stream.getvalue()
+    assert "sent /q?x=********" in text and "ValueError: refused ********" in text
+    assert text.count("Bound-Marker-1a2s3d") == 1 and "after Bound-Marker-1a2s3d" in text
+
+
+@pytest.mark.parametrize(("libraries", "shown"), [
+    ("debug", ["a line of its own", "another library's debug"]),
+    ("error", []),  # held at INFO at most, never raised above the libraries' level
+])
+def test_sse_starlette_stays_at_info_when_libraries_log_at_debug(home: Path, restore_logging: None,
+                                                                 libraries: str, shown: list[str]) -> None:
+    """It logs every chunk it streams (a run's output, results) at debug: no diagnosis, and the run's data."""
+    stream = _configured(home, f"logging:\n  format: json\n  libraries: {libraries}\n")
+    logging.getLogger("sse_starlette.sse").debug("chunk: %s", "a run's output")
+    logging.getLogger("sse_starlette.sse").info("a line of its own")
+    logging.getLogger("urllib3.connectionpool").debug("another library's debug")
+    assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == shown
+
+
+def test_a_librarys_extra_never_takes_the_place_of_squalls_context(home: Path, restore_logging: None) -> None:
+    """procrastinate logs `extra={"action": "start_job"}`: `action` is the Squall action a line was
+    logged for, and the library's own field is kept beside it as `extra_action`."""
+    stream = _configured(home, "logging:\n  format: json\n")
+    logging.getLogger("procrastinate.worker").warning("Starting job", extra={"action": "start_job", "job_id": 3})
+    with logging_context(execution_id="e1", action="demo.build"):
+        logging.getLogger("procrastinate.worker").warning("Job success", extra={"action": "job_success"})
+    outside, inside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert "action" not in outside and outside["extra_action"] == "start_job"
+    assert inside["action"] == "demo.build" and inside["execution_id"] == "e1"
+    assert inside["extra_action"] == "job_success"
+
+
+def test_a_librarys_extra_is_shown_apart_in_text_lines_too(home: Path, restore_logging: None) -> None:
+    stream = _configured(home, "logging:\n  format: text\n")
+    with logging_context(action="demo.build"):
+        logging.getLogger("procrastinate.worker").warning("Job success", extra={"action": "job_success"})
+    assert stream.getvalue().rstrip().endswith("Job success [action=demo.build extra_action=job_success]")

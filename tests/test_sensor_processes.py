@@ -1138,3 +1138,61 @@ async def test_a_sensors_repeated_bad_dispatches_are_logged_once_with_their_coun
     assert len(invalid) == 2, invalid[:5]
     assert "'not a number' is not of type 'integer'" in invalid[0] and "more like it" not in invalid[0]
     assert f"{count - 1:,} more like it" in invalid[1] and "demo.misfire" in invalid[1], invalid
+
+
+MULTI_LINE = '''
+from st2reactor.sensor.base import Sensor
+
+
+class Multi(Sensor):
+    def setup(self):
+        self._logger = self.sensor_service.get_logger(name=self.__class__.__name__)
+
+    def run(self):
+        self._logger.warning("disk nearly full\\nvolume /var\\nfree 2%")
+        print("a print of its own")
+        self.sensor_service.set_value("logged", "yes")
+        import time
+        while True:
+            time.sleep(1)
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+
+async def test_a_sensors_multi_line_warning_keeps_its_level_on_every_line(
+        home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A record's message of several lines is relayed as several lines, each at the record's level: the
+    second and third lines of a warning were INFO, as the sensor's own prints are (which stay INFO)."""
+    pack = make_pack(home, {})
+    write(pack / "sensors" / "multi.yaml", """
+        class_name: Multi
+        entry_point: multi.py
+        trigger_types: [{name: multi}]
+    """)
+    (pack / "sensors" / "multi.py").write_text(MULTI_LINE)
+    caplog.set_level(logging.INFO)
+    squall = await started(home)
+    try:
+        await run_sensors(squall)
+
+        def relayed() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.name.startswith("squall.sensor.demo")]
+
+        assert await eventually(lambda: asyncio.sleep(0, any("a print" in r.getMessage() for r in relayed())))
+        levels = {r.getMessage().strip(): r.levelno for r in relayed()}
+        assert levels.get("volume /var") == logging.WARNING, levels
+        assert levels.get("free 2%") == logging.WARNING, levels
+        assert levels.get("a print of its own") == logging.INFO, levels
+    finally:
+        await squall.close()

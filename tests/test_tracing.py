@@ -233,3 +233,39 @@ def test_a_protocol_squall_cannot_send_is_named_and_traces_stay_off(
     assert tracing.configure() is False
     assert not tracing.enabled()
     assert said in caplog.text and "http/protobuf (the default) or grpc" in caplog.text
+
+
+class _Leaky(Exception):
+    """An error whose message quotes what it was about, as `NoMatch` quotes the command typed."""
+
+
+def test_an_error_ends_its_span_marked_with_its_type_and_nothing_of_its_message(
+        spans: InMemorySpanExporter) -> None:
+    """Every span: an exception's message and stack may quote user input, parameters or SQL values."""
+    with pytest.raises(_Leaky), tracing.span("outer"), tracing.span("inner", rule="demo.r"):
+        raise _Leaky("the pin was Marker-Secret-9q8w7e")
+    finished = spans.get_finished_spans()
+    assert [s.name for s in finished] == ["inner", "outer"]
+    for ended in finished:  # the error passes through both
+        assert "Marker-Secret" not in ended.to_json()
+        assert ended.status.status_code.name == "ERROR"
+        assert ended.status.description == f"{__name__}._Leaky"
+        assert [(e.name, dict(e.attributes)) for e in ended.events] == [
+            ("exception", {"exception.type": f"{__name__}._Leaky"})]
+
+
+async def test_a_chat_command_that_matches_nothing_leaves_no_trace_of_its_text(
+        home: Path, spans: InMemorySpanExporter) -> None:
+    """An unmatched line may be an answer typed in the clear (`!respond <id> {"pin": …}`)."""
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(_home(home) / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    try:
+        await loopback.say("!bogus Marker-Secret-5t6y7u", user="alice", channel="#ops")
+        await settle(squall, squall.chat)
+    finally:
+        await squall.chat.stop()
+        await squall.close()
+    matched = _one(spans, "alias.match")
+    assert matched.status.status_code.name == "ERROR" and matched.status.description.endswith("NoMatch")
+    assert "Marker-Secret" not in str([s.to_json() for s in spans.get_finished_spans()])

@@ -288,6 +288,16 @@ def _end_descendants() -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+class _Relayed(logging.Formatter):
+    """A record as Squall's reader of this process's output takes it (`engine.sensors._line_level`): its
+    first line names its level, and the lines of a multi-line message follow indented by a space, which
+    the reader gives the record's level. Unindented, they read as the sensor's own prints (INFO), and a
+    warning's second line lost its level. A traceback is added after, as it is: its lines mark an error."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).replace("\n", "\n ")
+
+
 def main() -> None:
     if prctl is not None:
         prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -299,7 +309,9 @@ def main() -> None:
     # Unlike an action's wrapper, StackStorm's sensor wrapper configures the root logger (its sensor
     # container's logging config: handlers at INFO), so libraries' INFO lines show and their DEBUG lines
     # (urllib3's request lines, an API key in a query string) do not. Squall relays these to its log.
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    relayed = logging.StreamHandler(sys.stderr)
+    relayed.setFormatter(_Relayed("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[relayed])
     spec = channel.receive()
     if spec is None:
         return

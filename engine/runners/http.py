@@ -29,6 +29,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util import parse_url
 
+from engine import logs
 from engine.executions import scrub
 from engine.parameters import credential_texts, mask_url, secret_header
 from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
@@ -469,9 +470,14 @@ class HttpRunner:
         down and ends the thread with it, instead of leaving the request to run to its end.
 
         requests' `timeout` bounds each socket read only, so a server sending its headers a byte at a
-        time would hold the thread far past it; the whole send is bounded here."""
+        time would hold the thread far past it; the whole send is bounded here.
+
+        The thread logs through Squall's handler (urllib3 quotes each request's path and query: a secret
+        parameter rendered into the URL), so its lines are scrubbed of the execution's secrets, those its
+        output sink scrubs (`logs.scrubbing`; the task and its thread copy the context as they start)."""
         abort = _Abort()
-        sending = asyncio.ensure_future(asyncio.to_thread(_send, request, abort))
+        with logs.scrubbing(getattr(request.on_output, "secrets", None)):
+            sending = asyncio.ensure_future(asyncio.to_thread(_send, request, abort))
         timeout = _timeout(request)
         try:
             return await asyncio.wait_for(asyncio.shield(sending), timeout + _TIMEOUT_SLACK)
