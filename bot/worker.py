@@ -17,9 +17,9 @@ At its start it expires the questions whose TTL ran out while the worker that as
 and arms timers for the rest (`InquiryService.recover`).
 
 SIGTERM or SIGINT stops taking jobs; running actions get up to `drain` seconds to finish (what
-still runs then ends `abandoned`), the worker beating meanwhile. Workflows need no hand-back: between
-steps no worker holds them. A second signal stops at once (the reaper of another node then ends its
-executions within `engine.jobs.STALLED_SECONDS`).
+still runs then ends `abandoned`, named in one warning), the worker beating meanwhile. Workflows need
+no hand-back: between steps no worker holds them. A second signal stops at once (the reaper of another
+node then ends its executions within `engine.jobs.STALLED_SECONDS`).
 
 procrastinate's worker loop runs as `JobWorker`, which outlasts a database outage (see there).
 """
@@ -34,6 +34,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -46,7 +47,16 @@ from bot.app import Squall
 from bot.service import configured_adapters, settle_heap
 from engine.config import Config, ConfigError
 from engine.executions import STEPPING
-from engine.jobs import HEARTBEAT_SECONDS, PRUNE_SECONDS, REAP_SECONDS, pack_mismatch, reap_forever, worker_app
+from engine.jobs import (
+    HEARTBEAT_SECONDS,
+    PRUNE_SECONDS,
+    REAP_SECONDS,
+    Trouble,
+    listing,
+    pack_mismatch,
+    reap_forever,
+    worker_app,
+)
 from engine.wakeups import PROCESS_NAME, libpq_url, listen_to
 
 log = logging.getLogger("squall.worker")
@@ -74,7 +84,8 @@ class Worker:
         self.name = worker_name()
         self.queues = queues
         self.stopping = False
-        self.running: set[str] = set()  # the executions whose jobs run here now
+        #: The executions whose jobs run here now: their action, and whether the job is a workflow's step.
+        self.running: dict[str, tuple[str, bool]] = {}
         # The trigger instances its executions raise go to the serve nodes, whose rules are current.
         squall.hand_off_triggers()
 
@@ -92,14 +103,30 @@ class Worker:
             log.error("execution %s refused: %s", execution_id, refused)
             await executions.complete(execution_id, "failed", {"error": refused}, queued)
             return
-        self.running.add(execution_id)
+        step = record["status"] in STEPPING and executions.resumable(record["runner"])
+        self.running[execution_id] = (record["action"], step)
         try:
-            if record["status"] in STEPPING and executions.resumable(record["runner"]):
+            if step:
                 await executions.step(execution_id, owner)
             else:
                 await executions.run(execution_id, owner)
         finally:
-            self.running.discard(execution_id)
+            self.running.pop(execution_id, None)
+
+    def cut_short(self, execution_ids: list[str], drain: float | None) -> None:
+        """The drain ran out with the jobs of `execution_ids` still running (`JobWorker._abort_running_jobs`):
+        say which actions now end `abandoned`, and which workflow steps are let go (another worker conducts
+        them on), as a reaper says what it ends of a dead worker's. procrastinate's own line says how many
+        at INFO, under the libraries' level, and names none: the stop logged no execution at all."""
+        jobs = [(execution_id, *self.running.get(execution_id, ("action unknown", False)))
+                for execution_id in execution_ids]
+        actions = [(execution_id, action) for execution_id, action, step in jobs if not step]
+        steps = [(execution_id, action) for execution_id, action, step in jobs if step]
+        said = [f"{len(actions)} action(s) end abandoned: {listing(actions)}"] if actions else []
+        if steps:
+            said.append(f"the step of {len(steps)} workflow(s) is let go, for another worker: {listing(steps)}")
+        log.warning("squall worker %s: its drain (%s) ran out with %d job(s) still running, cut short now: %s",
+                    self.name, "no limit" if drain is None else f"{drain:g} s", len(jobs), "; ".join(said))
 
     def stop(self, jobs: asyncio.Task[None], drain: float | None) -> None:
         """A stop signal: the first drains (see the module's docstring), another stops at once."""
@@ -134,12 +161,23 @@ class JobWorker(procrastinate_worker.Worker):
       It stopped procrastinate's loop, and so the worker, once an outage outlasted the pool's 30 s wait
       (or its reconnection backoff after one).
     - It goes on beating while it drains at a stop: procrastinate stopped the heartbeat before it waited
-      for the running jobs, which another node's reaper then abandoned."""
+      for the running jobs, which another node's reaper then abandoned.
+    - The jobs its drain's end cuts short are named (`cut_short`), once."""
 
-    def __init__(self, app: Any, database_url: str, **options: Any) -> None:
+    def __init__(self, app: Any, database_url: str,
+                 cut_short: Callable[[list[str], float | None], None] | None = None, **options: Any) -> None:
         super().__init__(app=app, listen_notify=False, **options)
         self.database_url = database_url
         self._fetch_failed_at: float | None = None
+        #: Told which executions' jobs the drain's end cuts short (`Worker.cut_short`).
+        self.cut_short = cut_short
+
+    async def _abort_running_jobs(self) -> None:
+        """The drain ran out: the jobs still running are cut short, said first (`cut_short`)."""
+        if self.cut_short is not None and self._running_jobs:
+            self.cut_short([str((context.job.task_kwargs or {}).get("execution_id"))
+                            for context in self._running_jobs.values()], self.shutdown_graceful_timeout)
+        await super()._abort_running_jobs()
 
     async def _fetch_and_process_jobs(self) -> None:
         try:
@@ -272,13 +310,17 @@ async def _poll_forever(squall: Squall) -> None:
     """Every `REAP_SECONDS`, submit what waits for a node to do it, as serve's poll does: what a
     concurrency policy delayed (admitted once a slot is free), workflow tasks whose `delay` is over
     (their step's worker may be gone), requests whose job was never written. So a cluster runs them
-    with no serve node up."""
+    with no serve node up. A failure is said as the reaper's are (`Trouble`): a database outage once, and
+    once when it is over; anything else with its traceback."""
+    trouble, what = Trouble(log, f"every {REAP_SECONDS:g} s"), "looking for executions waiting to be submitted"
     while True:
         await asyncio.sleep(REAP_SECONDS)
         try:
             await squall.executions.poll()
-        except Exception:  # the next pass tries again; a worker must not die of it
-            log.exception("could not look for executions waiting to be submitted")
+        except Exception as exc:  # the next pass tries again; a worker must not die of it
+            trouble.failed(what, exc)
+        else:
+            trouble.worked(what)
 
 
 async def work(config: Config, queues: list[str] | None, concurrency: int, drain: float | None = 600.0,
@@ -318,8 +360,8 @@ async def work(config: Config, queues: list[str] | None, concurrency: int, drain
     try:
         async with app.open_async():
             jobs = asyncio.create_task(JobWorker(
-                app, config.database_url, queues=queues, concurrency=concurrency, name=worker.name,
-                shutdown_graceful_timeout=drain, install_signal_handlers=False,
+                app, config.database_url, worker.cut_short, queues=queues, concurrency=concurrency,
+                name=worker.name, shutdown_graceful_timeout=drain, install_signal_handlers=False,
                 update_heartbeat_interval=HEARTBEAT_SECONDS, stalled_worker_timeout=PRUNE_SECONDS).run())
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

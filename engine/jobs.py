@@ -23,8 +23,11 @@ imports nothing of it).
   the execution, or conducts the workflow one step, in the worker's engine.
 - `reap_stalled` ends what a worker that stopped answering (its heartbeat unchanged for
   `STALLED_SECONDS`) left: its actions become `abandoned` (retry policies then run them again, and
-  their workflow conducts on), its workflow steps are queued again. It also queues a step for any
-  workflow that waits on nothing and has no job (its last task's process died between the two).
+  their workflow conducts on), its workflow steps are queued again, and one warning per worker names
+  it, how long it was silent and what it left. It also queues a step for any workflow that waits on
+  nothing and has no job (its last task's process died between the two), once that lasts: a task's
+  end commits before the step it queues, so every busy workflow waits on nothing for a moment
+  (`UNATTENDED_GRACE_SECONDS`).
   A heartbeat is the server's `now()` when it was stored, and the server's wall clock may step
   (NTP): its age by that clock made a forward step abandon what live workers ran, and a step back
   (a heartbeat, or the server's start, in the future) keep a dead worker's runs for the step's
@@ -46,7 +49,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +58,7 @@ import sqlalchemy as sa
 from engine.config import Config
 from engine.executions import STEPPING, until_due
 from engine.packs import Registry
-from engine.storage import Store, as_utc
+from engine.storage import Store, as_utc, database_trouble
 from engine.wakeups import libpq_url
 
 if TYPE_CHECKING:
@@ -75,6 +78,16 @@ REAP_SECONDS = 5.0
 #: deleted the live ones that had not beaten again yet, which made their next fetch fail. Stalled jobs
 #: are judged by heartbeats, so keeping a dead worker's row longer delays nothing.
 PRUNE_SECONDS = 3600.0
+#: A workflow that waits on no task and has no job is stepped on by a reaper only once it has seen it so,
+#: unchanged, this long ago (two passes), or its last task ended longer ago than this. A task's end commits
+#: first and the step it queues (`JobExecutor.advance`) commits a moment later, in a transaction of its
+#: own: a pass that fell in between warned, in normal operation, that the workflow had been left, and
+#: queued a step besides. That gap is milliseconds, a second or so on a loaded node; below `REAP_SECONDS`,
+#: so the second pass that sees a workflow truly left steps it on: within about 5 s of its last task's
+#: end, as `docs/scale-out.md` says, 8 s at most (a first look 3 s after the end, the next 5 s later).
+UNATTENDED_GRACE_SECONDS = 3.0
+#: How many executions a log line names before it gives the count of the rest.
+NAMED = 5
 _LIVE = ("running", "pausing", "canceling", "resuming")
 #: A task in one of these will queue its workflow's next step when it ends.
 _CHILD_LIVE = ("requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming")
@@ -98,8 +111,14 @@ _RUNNING = sa.text(
 #: beat (`FOR SHARE`: a heartbeat's UPDATE waits for the reaper's commit, and then changes nothing it decided).
 _JOB_DOING = sa.text("SELECT worker_id FROM procrastinate_jobs WHERE id = :job_id AND status = 'doing' FOR UPDATE")
 _HEARTBEAT = sa.text("SELECT last_heartbeat FROM procrastinate_workers WHERE id = :worker_id FOR SHARE")
+#: Workflows that wait on no task and have no job, with what they have done (how many tasks, the last end:
+#: a step moved it on when that changes) and for how long they have been quiet by the server's clock (against
+#: the ending node's, which wrote `end_timestamp`; since the workflow's start when no task of it ended).
 _UNATTENDED = sa.text(
-    "SELECT e.id FROM executions e WHERE e.status IN :stepping AND e.runner IN :runners "
+    "SELECT e.id, e.action, t.tasks, t.last_end, "
+    "EXTRACT(EPOCH FROM now() - COALESCE(t.last_end, e.start_timestamp)) AS quiet FROM executions e "
+    "CROSS JOIN LATERAL (SELECT count(*) AS tasks, max(c.end_timestamp) AS last_end FROM executions c "
+    "WHERE c.parent = e.id) t WHERE e.status IN :stepping AND e.runner IN :runners "
     "AND NOT EXISTS (SELECT 1 FROM executions c WHERE c.parent = e.id AND c.status IN :live) "
     "AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.lock = e.id AND j.status IN ('todo', 'doing'))"
 ).bindparams(sa.bindparam("stepping", expanding=True), sa.bindparam("runners", expanding=True),
@@ -198,19 +217,21 @@ class JobExecutor:
         if record is not None and (record["status"] in ("requested", "scheduled", "resuming") or due(record)):
             await self._defer(record)
 
-    async def advance(self, execution_id: str) -> None:
+    async def advance(self, execution_id: str) -> bool:
         """Queue the next step of a workflow (one of its tasks ended, or it was asked to pause or
-        cancel); a step already waiting covers it."""
+        cancel); a step already waiting covers it. Whether this queued one (the reaper says so only then)."""
         record = await self.executions.db(self.executions.db.store.get_execution, execution_id)
         if record is not None and record["status"] in ("resuming", *STEPPING):
-            await self._defer(record)
+            return await self._defer(record)
+        return False
 
-    async def _defer(self, record: dict[str, Any]) -> None:
+    async def _defer(self, record: dict[str, Any]) -> bool:
         queue = self.config.queue_for(record["action"])
         job = await self.executions.db(defer, self.executions.db.store, record["id"], queue,
                                        steps=self.executions.resumable(record["runner"]))
         if job is not None:
             log.debug("execution %s (%s) queued as job %s on %s", record["id"], record["status"], job, queue)
+        return job is not None
 
     async def cancel(self, execution_id: str) -> bool:
         """Abort the job running an action; False for a workflow (it cancels through its steps)."""
@@ -273,6 +294,9 @@ class ReaperWatch:
         self.server_started: datetime | None = None
         #: Per worker id: the heartbeat read last, and when (monotonic) it was first read.
         self.beats: dict[int, tuple[datetime, float]] = {}
+        #: Per workflow found waiting on no task without a job: what it had done then (`Unattended.done`),
+        #: and when (monotonic) this watch first found it so.
+        self.unattended: dict[str, tuple[tuple[int, datetime | None], float]] = {}
 
     def saw(self, now: float, server_started: datetime | None = None) -> float:
         """A look at the database that succeeded at `now` (monotonic), which read `server_started`:
@@ -297,6 +321,7 @@ class ReaperWatch:
     def _start(self, now: float) -> None:
         self.since = now
         self.beats.clear()
+        self.unattended.clear()
 
     def observe(self, beats: Mapping[int, datetime], now: float) -> None:
         """The heartbeats one look read, done at `now`: a value not the one held before starts being
@@ -319,10 +344,48 @@ class ReaperWatch:
         """Whether `worker`, whose heartbeat is `beat`, has not beaten for `STALLED_SECONDS` of this watch."""
         return self.silent(worker, beat, now) >= STALLED_SECONDS
 
+    def left(self, found: list[Unattended], now: float) -> list[Unattended]:
+        """Of the workflows one look at `now` found waiting on no task without a job, those left so: found
+        so, having done the same, `UNATTENDED_GRACE_SECONDS` ago by this watch, or quiet that long by the
+        server's clock. The others are watched on: their step is being queued. Those found no more
+        are forgotten, as are those returned (stepped on)."""
+        held, self.unattended = self.unattended, {}
+        left = []
+        for workflow in found:
+            seen = held.get(workflow.id)
+            since = seen[1] if seen is not None and seen[0] == workflow.done else now
+            if workflow.quiet >= UNATTENDED_GRACE_SECONDS or now - since >= UNATTENDED_GRACE_SECONDS:
+                left.append(replace(workflow, quiet=max(workflow.quiet, now - since)))
+            else:
+                self.unattended[workflow.id] = (workflow.done, since)
+        return left
+
+
+@dataclass(frozen=True)
+class Unattended:
+    """A workflow that waits on no task and has no job (`_UNATTENDED`): what it has done (how many tasks,
+    when the last one ended), and for how many seconds it has been quiet (the server's clock; at least
+    as long as a reaper watched it so, `ReaperWatch.left`)."""
+
+    id: str
+    action: str
+    done: tuple[int, datetime | None]
+    quiet: float
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """What a reaper did with one stalled job (`_reap`): `outcome` of its execution `record` (`abandoned`,
+    `canceled`, `stepped`: a workflow's step queued again; `ended`: it had ended already)."""
+
+    outcome: str
+    record: dict[str, Any]
+
 
 async def reap_stalled(executions: ExecutionService, jobs: JobExecutor) -> int:
     """End what workers that stopped answering left, and queue a step for every workflow that
-    waits on nothing without one (see the module's docstring); how many jobs were stalled."""
+    waits on nothing without one (see the module's docstring); how many jobs were stalled. What it
+    ended is said once per worker (`_say_reaped`), also when the pass is cut short."""
     store = executions.db.store
     before = time.monotonic()  # the look's snapshot is taken after this, and read before `after`
     look = await executions.db(_stalled, store)
@@ -331,10 +394,16 @@ async def reap_stalled(executions: ExecutionService, jobs: JobExecutor) -> int:
     watch.saw(after, look.server_started)
     watch.observe(look.beats, after)
     silent = [worker for worker, beat in look.beats.items() if watch.stalled(worker, beat, before)]
-    reaped = 0
-    for job_id, execution_id, worker in await executions.db(_running, store, silent):
-        beat = None if worker is None else look.beats[worker]
-        reaped += await _reap(executions, jobs, job_id, execution_id, worker, beat)
+    reaped: dict[int | None, list[Reaped]] = {}
+    try:
+        for job_id, execution_id, worker in await executions.db(_running, store, silent):
+            beat = None if worker is None else look.beats[worker]
+            done = await _reap(executions, jobs, job_id, execution_id, worker, beat)
+            if done is not None:
+                reaped.setdefault(worker, []).append(done)
+    finally:
+        for worker, done in reaped.items():
+            _say_reaped(worker, None if worker is None else watch.silent(worker, look.beats[worker], before), done)
     workflows = [name for name in executions.runners if executions.resumable(name)]
     for execution_id in await executions.db(_orphaned, store, workflows):
         record = await executions.db(store.get_execution, execution_id)
@@ -342,33 +411,62 @@ async def reap_stalled(executions: ExecutionService, jobs: JobExecutor) -> int:
             log.warning("execution %s: its job ended without it (its end could not be stored); ending it",
                         execution_id)
             await _end_lost(executions, record)
-    for execution_id in await executions.db(_unattended, store, workflows):
-        log.warning("workflow %s waits on no task and had no job: queued its next step", execution_id)
-        await jobs.advance(execution_id)
+    for workflow in watch.left(await executions.db(_unattended, store, workflows), time.monotonic()):
+        if await jobs.advance(workflow.id):
+            log.warning("workflow %s (%s) has had no task running and no step queued for %.0f s, since its last task "
+                        "ended: the node that ended that task stopped before it queued the next step; queued it now",
+                        workflow.id, workflow.action, workflow.quiet)
     watch.saw(time.monotonic())
-    return reaped
+    return sum(len(done) for done in reaped.values())
+
+
+def _say_reaped(worker: int | None, silent: float | None, reaped: list[Reaped]) -> None:
+    """One warning for what a reaper ended of one worker's: the worker (procrastinate's id, and the
+    `host:pid` its executions name), how long its heartbeat stayed the same (`silent`; None: its entry
+    is gone), and the executions by what became of them. Before, an action abandoned so was logged
+    nowhere: its end and the process groups serve killed later named neither the worker nor it."""
+    names = {(r.record.get("runner_info") or {}).get("worker") for r in reaped} - {None}
+    who = f"squall worker {', '.join(sorted(names)) or '(name unknown)'}"
+    if worker is None:
+        why = "is gone (its procrastinate entry was removed: it unregistered, or was pruned)"
+    else:
+        why = f"(procrastinate worker {worker}) stopped answering: its heartbeat has not changed for {silent:.0f} s"
+    said = {"abandoned": "abandoned {} execution(s)", "canceled": "canceled {} execution(s) (a cancel was asked for)",
+            "stepped": "queued again the step of {} workflow(s), for another worker",
+            "ended": "{} execution(s) had ended already"}
+    parts = []
+    for outcome, what in said.items():
+        these = [(r.record["id"], str(r.record.get("action"))) for r in reaped if r.outcome == outcome]
+        if these:
+            parts.append(f"{what.format(len(these))}: {listing(these)}")
+    log.warning("%s %s; its %d running job(s) are failed: %s", who, why, len(reaped), "; ".join(parts))
+
+
+def listing(executions: list[tuple[str, str]], named: int = NAMED) -> str:
+    """`executions` ((id, action ref) pairs) for a log line: the first `named`, and how many more."""
+    shown = ", ".join(f"{execution} ({action})" for execution, action in executions[:named])
+    rest = len(executions) - named
+    return shown + (f" and {rest} more" if rest > 0 else "")
 
 
 async def _reap(executions: ExecutionService, jobs: JobExecutor, job_id: int, execution_id: str,
-                worker: int | None, beat: datetime | None) -> bool:
+                worker: int | None, beat: datetime | None) -> Reaped | None:
     """Fail stalled job `job_id`, if its worker still has the heartbeat `beat` this reaper watched
-    (`worker` None: it was gone), then end what it left of `execution_id`; whether it did. The job
-    fails first, under that check: a pass cut short after it leaves an execution whose job ended,
-    which `_orphaned` ends (in this pass, or the next one if this one stops here)."""
+    (`worker` None: it was gone), then end what it left of `execution_id`; what became of it, None when
+    it was left alone. The job fails first, under that check: a pass cut short after it leaves an
+    execution whose job ended, which `_orphaned` ends (in this pass, or the next one if this one stops here)."""
     store = executions.db.store
     if not await executions.db(_fail_stalled, store, job_id, worker, beat):
         log.info("job %s (execution %s): its worker %s beat again, or the job ended, as it was found stalled; "
                  "left alone", job_id, execution_id, worker)
-        return False
+        return None
     record = await executions.db(store.get_execution, execution_id)
-    live = record is not None and record["status"] in _LIVE
-    if live and executions.resumable(record["runner"]):
-        log.warning("workflow %s: its worker stopped answering mid-step; another worker conducts it on",
-                    execution_id)
+    if record is None or record["status"] not in _LIVE:
+        return Reaped("ended", record or {"id": execution_id, "action": "deleted"})
+    if executions.resumable(record["runner"]):
         await jobs.advance(execution_id)  # its lock is free for the next step
-    elif live:
-        await _end_lost(executions, record)
-    return True
+        return Reaped("stepped", record)
+    return Reaped(await _end_lost(executions, record) or "ended", record)
 
 
 def _fail_stalled(store: Store, job_id: int, worker: int | None, beat: datetime | None) -> bool:
@@ -388,14 +486,15 @@ def _fail_stalled(store: Store, job_id: int, worker: int | None, beat: datetime 
         return True
 
 
-async def _end_lost(executions: ExecutionService, record: dict[str, Any]) -> None:
-    """An action whose worker is gone: `canceled` if a cancel was asked for, else `abandoned`."""
+async def _end_lost(executions: ExecutionService, record: dict[str, Any]) -> str | None:
+    """An action whose worker is gone: `canceled` if a cancel was asked for, else `abandoned`; how it
+    ended, None when it had ended meanwhile (its worker's late end, a cancel)."""
     if record["status"] == "canceling":
-        await executions.complete(record["id"], "canceled", {**(record.get("result") or {}),
-                                                             "error": "canceled by request; its worker stopped"},
-                                  ("canceling",))
-    else:
-        await executions.complete(record["id"], "abandoned", _lost(record), _LIVE)
+        done = await executions.complete(record["id"], "canceled", {
+            **(record.get("result") or {}), "error": "canceled by request; its worker stopped"}, ("canceling",))
+        return "canceled" if done is not None else None
+    done = await executions.complete(record["id"], "abandoned", _lost(record), _LIVE)
+    return "abandoned" if done is not None else None
 
 
 def _orphaned(store: Store, workflows: list[str]) -> list[str]:
@@ -425,10 +524,11 @@ def _running(store: Store, workers: list[int]) -> list[tuple[int, str, int | Non
                 for row in conn.execute(_RUNNING, {"task": TASK, "workers": workers or [-1]})]
 
 
-def _unattended(store: Store, runners: list[str]) -> list[str]:
+def _unattended(store: Store, runners: list[str]) -> list[Unattended]:
     with store._read() as conn:
-        return [str(row.id) for row in conn.execute(_UNATTENDED, {
-            "stepping": list(STEPPING), "runners": runners, "live": list(_CHILD_LIVE)})]
+        return [Unattended(str(row.id), str(row.action), (int(row.tasks), row.last_end), float(row.quiet))
+                for row in conn.execute(_UNATTENDED, {"stepping": list(STEPPING), "runners": runners,
+                                                      "live": list(_CHILD_LIVE)})]
 
 
 def _lost(record: dict[str, Any]) -> dict[str, Any]:
@@ -439,13 +539,48 @@ def _lost(record: dict[str, Any]) -> dict[str, Any]:
 
 
 async def reap_forever(executions: ExecutionService, jobs: JobExecutor, every: float = REAP_SECONDS) -> None:
-    """`reap_stalled` every `every` seconds until cancelled; a failed pass is logged and retried."""
+    """`reap_stalled` every `every` seconds until cancelled; a failed pass is logged (`Trouble`: a
+    database outage once as it starts and once as it ends) and retried."""
+    trouble, what = Trouble(log, f"every {every:g} s"), "looking for stalled workers' executions"
     while True:
         try:
             await reap_stalled(executions, jobs)
-        except Exception:  # the next pass tries again; a worker must not die of it
-            log.exception("could not look for stalled workers' executions")
+        except Exception as exc:  # the next pass tries again; a worker must not die of it
+            trouble.failed(what, exc)
+        else:
+            trouble.worked(what)
         await asyncio.sleep(every)
+
+
+class Trouble:
+    """What a loop that does steps again and again (a worker's reaper and poll, the chat's result sweep)
+    says of their failures, as `squall serve`'s housekeeping says them (`bot.service.Housekeeping`): a
+    step the database fails (down, full, locked elsewhere: `database_trouble`, its words) once, without a
+    traceback, then at debug while it lasts, and once more when the step works again. Any other failure
+    is a bug or a broken pack, which a retry does not mend: its traceback, each time. Each pass logged its
+    traceback: a PostgreSQL outage of 15 s wrote some ten chained tracebacks of 45 lines per worker."""
+
+    def __init__(self, logger: logging.Logger, again: str) -> None:
+        self.log = logger
+        self.again = again  # when the step is tried again, for the log: "every 5 s"
+        #: The steps the database fails: why, and since when (monotonic).
+        self.failing: dict[str, tuple[str, float]] = {}
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        trouble = database_trouble(exc)
+        if trouble is None:
+            self.log.error("%s failed; tried again %s", what, self.again, exc_info=exc)
+        elif what in self.failing:
+            self.log.debug("%s failed again: %s", what, trouble)
+        else:
+            self.failing[what] = (trouble, time.monotonic())
+            self.log.warning("%s failed: %s; tried again %s, and said once it works again", what, trouble,
+                             self.again)
+
+    def worked(self, what: str) -> None:
+        failed = self.failing.pop(what, None)
+        if failed is not None:
+            self.log.info("%s works again (it failed for %.0f s: %s)", what, time.monotonic() - failed[1], failed[0])
 
 
 def queue_status(store: Store, watch: ReaperWatch | None = None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from bot.chat.inquiries import InquiryChat
 from bot.chat.notices import Notices
 from bot.chat.outbox import Outbox
 from engine.events import EXECUTION_FINISHED
+from engine.jobs import Trouble
 from engine.storage import utcnow
 
 if TYPE_CHECKING:
@@ -71,6 +72,8 @@ class ChatBot:
         self._began = False
         self._stopped = False
         self._sweeper: asyncio.Task[None] | None = None
+        #: What the sweep's steps say of their failures: a database outage once, and once when it is over.
+        self.trouble = Trouble(log, f"at the next sweep (every {SWEEP_SECONDS:g} s)")
 
     def reload(self) -> None:
         """Rebuild the alias index from the engine's current registry."""
@@ -120,21 +123,24 @@ class ChatBot:
 
     async def sweep(self, window: timedelta) -> int:
         """Store and queue missing results of chat executions started within `window` (with the
-        ack's edit), and missing `notify` messages to chat routes; how many."""
+        ack's edit), and missing `notify` messages to chat routes; how many. A step that fails is tried
+        again at the next sweep; a database outage is said once, without a traceback (`Trouble`)."""
         since = utcnow() - window
         posted = 0
-        try:
-            posted += await self.dispatcher.post_missing_results(since)
-        except Exception:
-            log.exception("looking for chat results that were never stored failed; trying again later")
-        try:
-            posted += await self.notices.post_missing(since)
-        except Exception:
-            log.exception("looking for notifications that were never stored failed; trying again later")
+        for what, step in (("looking for chat results that were never stored", self.dispatcher.post_missing_results),
+                           ("looking for notifications that were never stored", self.notices.post_missing)):
+            try:
+                posted += await step(since)
+            except Exception as exc:
+                self.trouble.failed(what, exc)
+            else:
+                self.trouble.worked(what)
         try:  # approvals past their time: told in their thread once (the row's status guards it)
             await self.approvals.sweep()
-        except Exception:
-            log.exception("expiring approvals failed; trying again later")
+        except Exception as exc:
+            self.trouble.failed("expiring approvals", exc)
+        else:
+            self.trouble.worked("expiring approvals")
         return posted
 
     async def _sweep_forever(self) -> None:
