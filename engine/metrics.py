@@ -4,7 +4,8 @@ One registry per process (`metrics`), not prometheus-client's global one, so not
 registers leaks in. Counters and histograms move where things happen, one call each (executions
 started and finished, rules, trigger instances, webhooks, chat messages, commands and replies,
 sensor restarts, HTTP requests); the event counters' calls only note the increment, and each
-scrape (`exposition`) adds them to their series, one addition per series. What is a state rather
+scrape (`exposition`) adds them to their series, one addition per series. A series itself is made
+at its first increment, so its `_created` is when it began counting. What is a state rather
 than an event (executions running and waiting, the outbox's backlog, inquiries pending, queue
 depths, the leader, adapters connected) is read once per scrape, on the database thread
 (`Metrics.observe`), so the hot paths never pay for it.
@@ -216,6 +217,11 @@ class Metrics:
                              (f"{service}.responses.status.{status}", "+1", "g"))
 
     def _add(self, counter: Counter, labels: tuple[str, ...], amount: float = 1) -> None:
+        if (id(counter), labels) not in self._children:
+            # A new series is made at its first increment, not when the increments are added to it (a scrape,
+            # or past `_FOLD_AT`): prometheus-client stamps its `_created` then, which must say when it
+            # began counting, not when it was first scraped. Once per series; the increment itself waits.
+            self._child(counter, *labels)
         self._counts.append((counter, labels, amount))
         if len(self._counts) > _FOLD_AT:
             self._fold()

@@ -666,6 +666,21 @@ class _MaskedNames(frozenset[str]):
 MASKED_NAMES = _MaskedNames({*MASKED_MAPPINGS, URL_PARAMETER})
 
 
+def shown_parameters(parameters: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """An action's parameter schema as people are shown it, with each `default` masked by the rules a
+    request's values are stored by (`mask`): a secret parameter's as `********`, the
+    credentials in `headers` and `cookies`, a URL's `user:password@`. A default is given to every run that
+    leaves the parameter out, so it is the same credential the execution's `parameters` mask; the viewers
+    who read the actions must not find it in clear in the schema beside them. The one rule for the web's
+    action page and the API's actions, the execution's embedded `action` among them
+    (`bot.http.actions.action_public`); a client of the API only displays the defaults (st2's `run -h`),
+    the engine applies them."""
+    defaults = {name: spec["default"] for name, spec in parameters.items() if "default" in spec}
+    shown = mask(defaults, {name for name, spec in parameters.items() if spec.get("secret")})
+    return {name: {**spec, "default": shown[name]} if name in shown else dict(spec)
+            for name, spec in parameters.items()}
+
+
 #: A header name's word that names a secret (`X-Auth-Token`, `X-Api-Key`, `X-Vault-Secret`): `SECRET_NAME`'s
 #: words, whole between dashes, so that `X-Bypass-Cache` and `X-Compass-Region` are no credentials.
 _SECRET_HEADER_WORD = re.compile(

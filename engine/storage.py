@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -750,11 +751,51 @@ class Busy(Exception):
     """Another process holds SQLite's write lock; the call must wait on the database thread."""
 
 
+#: The files SQLite keeps beside a database, which hold its rows too: the WAL, its index, a rollback journal.
+_SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Make the SQLite database at `path` readable by this user alone before SQLite opens it: it holds the
+    audit table, executions' parameters, results and output, webhook tokens, the outbox and chat sessions,
+    and SQLite would create it with the process umask (0644 as a rule) in a folder others can list.
+
+    A new database file is created empty and 0600 (SQLite takes an empty file for a new database, and
+    gives its -wal and -shm the main file's mode), in a folder made 0700 if Squall makes it. An existing
+    file that group or others may read (made by an older Squall) loses those bits, with its companions,
+    said once; its owner's bits stay as they are, so nothing is ever loosened."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        return
+    except FileExistsError:
+        pass
+    tightened = []
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in _SQLITE_COMPANIONS)):
+        try:
+            mode = stat.S_IMODE(os.stat(file).st_mode)
+        except OSError:  # not there (a companion, most often); SQLite says what else is wrong with it
+            continue
+        if not mode & 0o077:
+            continue
+        try:
+            os.chmod(file, mode & 0o700)
+            tightened.append(f"{file} ({mode:04o} -> {mode & 0o700:04o})")
+        except OSError as exc:  # not ours to change: SQLite may still open it, and the operator must know
+            logging.getLogger(__name__).warning(
+                "the database file %s is readable by other local users (mode %04o) and could not be made "
+                "private (%s): make it readable by Squall's user only (chmod go-rwx %s)", file, mode, exc, file)
+    if tightened:
+        logging.getLogger(__name__).warning(
+            "made the database readable by its owner only; other local users could read it: %s",
+            ", ".join(tightened))
+
+
 def create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("sqlite:///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _private_sqlite_file(Path(path))
         engine = sa.create_engine(url, connect_args={"check_same_thread": False}, json_serializer=json_dumps())
         sa.event.listen(engine, "connect", _on_sqlite_connect)
         return engine

@@ -395,3 +395,38 @@ async def test_refusals_ambiguity_builtins_failed_replies_and_every_source_are_c
     assert _value(after, "squall_inquiries_pending") == 1
     assert _value(after, "squall_adapter_connected", adapter="down") == 0
     assert _value(after, "squall_adapter_connected", adapter="loopback") == 1
+
+
+def test_a_counter_series_is_created_when_it_is_first_counted_not_when_first_scraped() -> None:
+    """`*_created` says when a series began counting: a counter's increments wait for the scrape (or
+    `_FOLD_AT`) to be added, yet its series is made at the first one, which stamps the time."""
+    from engine import metrics as module
+
+    fresh = module.Metrics()
+    record = {"action": "demo.greet", "context": {"source": "chat"}}
+    before = time.time()
+    fresh.started(record)
+    counted = time.time()
+    time.sleep(0.05)
+    fresh.started(record)  # a later increment of the same series changes nothing of its start
+    fresh.count(fresh.chat_messages, "irc")
+    # Still held back: the increments are added to their series at the scrape, as before.
+    assert not fresh.registry.get_sample_value("squall_executions_started_total",
+                                               {"action": "demo.greet", "pack": "demo", "source": "chat"})
+    scraped = time.time()
+    samples = _samples(fresh.exposition().decode())
+    labels = {"action": "demo.greet", "pack": "demo", "source": "chat"}
+    assert _value(samples, "squall_executions_started_total", **labels) == 2
+    created = _value(samples, "squall_executions_started_created", **labels)
+    assert before <= created <= counted < scraped
+    assert _value(samples, "squall_chat_messages_created", adapter="irc") < scraped
+
+    # Past `_FOLD_AT`, the series folded on the way are dated from their first increment too.
+    first = time.time()
+    fresh.count(fresh.chat_commands, "irc", "matched")
+    time.sleep(0.05)
+    folding = time.time()
+    for _ in range(module._FOLD_AT + 1):
+        fresh.count(fresh.chat_messages, "slack")
+    created = fresh.registry.get_sample_value("squall_chat_commands_created", {"adapter": "irc", "outcome": "matched"})
+    assert created is not None and first <= created < folding

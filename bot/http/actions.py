@@ -1,4 +1,4 @@
-"""`/api/v1/actions`: the registry's actions, with secret parameters' defaults masked.
+"""`/api/v1/actions`: the registry's actions, with their parameters' defaults masked (`shown_parameters`).
 
 An action is addressed by its ref or its `id` (`Action.id`, derived from the ref), as StackStorm's
 `/actions/{ref_or_id}`. Actions are pack content in Squall, kept in their packs' metadata files, so
@@ -15,7 +15,7 @@ from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.actions import Action
 from engine.packs import UnknownAction
-from engine.parameters import MASK
+from engine.parameters import shown_parameters
 
 router = APIRouter()
 #: What `squall serve` does with a changed pack file, said where an API write to pack content (an action, a
@@ -25,11 +25,10 @@ RELOADED = ("squall serve reloads the packs when their files change (`squall pac
 
 
 def action_public(action: Any) -> dict[str, Any]:
-    """The action's summary; a secret parameter's default shows as the mask (it may be a password)."""
+    """The action's summary, its parameters' defaults masked as the web's action page masks them
+    (`shown_parameters`): a secret's, and the credentials in `headers`, `cookies` and a URL."""
     summary = action.summary()
-    summary["parameters"] = {
-        name: ({**spec, "default": MASK} if spec.get("secret") and spec.get("default") is not None else spec)
-        for name, spec in (summary.get("parameters") or {}).items()}
+    summary["parameters"] = shown_parameters(summary.get("parameters") or {})
     return summary
 
 

@@ -23,7 +23,7 @@ from bot.web.session import form_fields, operator, viewer
 from engine.actions import Action, unapproved
 from engine.executions import AuditEntry
 from engine.packs import UnknownAction
-from engine.parameters import ParameterError
+from engine.parameters import ParameterError, shown_parameters
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: A search longer than this is cut (no ref or description needs more).
@@ -59,7 +59,8 @@ def _action(request: Request, ref: str) -> Action:
 def _page(request: Request, session: Session, action: Action, fields: list[Field], values: Mapping[str, str],
           errors: Mapping[str, str] | None = None, problem: str | None = None, status: int = 200) -> Response:
     return render(request, "action.html", {
-        "session": session, "action": action, "fields": fields, "values": values, "errors": errors or {},
+        "session": session, "action": action, "parameters": shown_parameters(action.parameters), "fields": fields,
+        "values": values, "errors": errors or {},
         "problem": problem, "may_run": session.account.may("operator") and action.enabled and action.approval is None,
         "needs_approval": unapproved(action.ref, action.approval) if action.approval is not None else None},
         status_code=status)
