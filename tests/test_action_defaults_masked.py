@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.web.actions import shown_parameters
+from engine.parameters import shown_parameters
 from tests.conftest import write
 from tests.test_api import KEY
 from tests.test_web_auth import Web, started_web
