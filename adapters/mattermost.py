@@ -8,7 +8,13 @@ message attachments (`props.attachments`). Mattermost's rate limit (429) becomes
 with `retry_after`, so the outbox waits exactly as long as the server asks.
 
 The websocket reconnects with exponential backoff and asks to resume (`connection_id` and the next
-`sequence_number`), so events sent while it was down are replayed by the server instead of lost.
+`sequence_number`), so events sent while it was down are replayed by the server instead of lost. The
+server replays only while it keeps the session (not after its restart, nor after Squall's, which
+begins a new one): so at every connect the adapter also catches up, asking each channel the bot is in
+for the posts made since the newest it handed over (at most `catch_up_seconds` back, 120 s unless set)
+and handing them over in order as if they had come live. Each `Message` carries its post id as its
+delivery key (`Message.delivery`), stored with the command it requests, so a post that comes both live
+and caught up, or caught up by two processes, runs once.
 
 A custom slash command posts to `POST /mattermost/command` on Squall's API server; it is checked
 against `slash_token` (Mattermost sends it in the form and as `Authorization: Token ...`), answered
@@ -90,6 +96,18 @@ _SLASH = "slash:"
 OUTBOX_PROP = "squall_outbox_id"
 #: The post prop that carries, for a reply sent in several posts, which one this is (`Part.to_json`).
 OUTBOX_PART_PROP = "squall_outbox_part"
+#: `catch_up_seconds` unless set: how far back a connect looks for posts it missed. Long enough for a
+#: restart or a reconnect's backoff (at most a minute) with room to spare, short enough that a command
+#: typed long ago, which its sender has likely retyped or given up on, does not run out of the blue.
+DEFAULT_CATCH_UP = 120.0
+#: The most `catch_up_seconds` may be: well inside the day a command's delivery key is kept
+#: (`engine.storage.CHAT_DELIVERY_KEPT`), past which a post caught up again would run again.
+MAX_CATCH_UP = 3600.0
+#: How far before the newest post handed over a catch-up looks again (ms): posts of different channels
+#: may reach the websocket slightly out of order, and those handed over already are known by id.
+CATCH_UP_OVERLAP_MS = 5000
+#: Seconds before a catch-up that failed while the websocket stayed up is tried again (a 429 says its own).
+CATCH_UP_RETRY = 5.0
 
 
 class MattermostError(DeliveryError):
@@ -115,8 +133,9 @@ class UnknownPerson(Exception):
 
 @dataclass(frozen=True)
 class MattermostSettings:
-    """`adapters.mattermost`: url, token, team, slash_token, `files` (upload long output, default true) and
-    `actions_url` (where the Mattermost server reaches `/mattermost/actions` on Squall's API: buttons)."""
+    """`adapters.mattermost`: url, token, team, slash_token, `files` (upload long output, default true),
+    `actions_url` (where the Mattermost server reaches `/mattermost/actions` on Squall's API: buttons) and
+    `catch_up_seconds` (how far back a connect looks for posts it missed; 0: not at all)."""
 
     url: str
     token: str = field(repr=False)
@@ -124,6 +143,7 @@ class MattermostSettings:
     slash_token: str | None = field(default=None, repr=False)
     files: bool = True
     actions_url: str | None = None
+    catch_up_seconds: float = DEFAULT_CATCH_UP
 
     @classmethod
     def from_section(cls, section: dict[str, Any], where: str = "",
@@ -158,7 +178,7 @@ class MattermostSettings:
                                      f"not {actions_url!r}")
         return cls(url=url.rstrip("/"), token=token, team=str(team) if team else None,
                    slash_token=str(slash) if slash else None, files=section.get("files", True),
-                   actions_url=actions_url)
+                   actions_url=actions_url, catch_up_seconds=_catch_up_seconds(section, where))
 
 
 def _check_keys(section: dict[str, Any], where: str) -> None:
@@ -170,6 +190,19 @@ def _check_keys(section: dict[str, Any], where: str) -> None:
         if key in section and not isinstance(section[key], bool):
             raise AdapterConfigError(f"{where}'adapters.mattermost.{key}' must be true or false, "
                                      f"not {section[key]!r}")
+
+
+def _catch_up_seconds(section: dict[str, Any], where: str) -> float:
+    """`catch_up_seconds`: a number of seconds from 0 (no catch-up) to `MAX_CATCH_UP`."""
+    value = section.get("catch_up_seconds", DEFAULT_CATCH_UP)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if isinstance(value, bool) or not 0 <= seconds <= MAX_CATCH_UP:  # NaN fails the comparison too
+        raise AdapterConfigError(f"{where}adapters.mattermost.catch_up_seconds must be a number of seconds from 0 "
+                                 f"(no catch-up) to {MAX_CATCH_UP:g}, not {value!r}")
+    return seconds
 
 
 @dataclass
@@ -256,6 +289,13 @@ class MattermostAdapter:
         self._known_channels: set[str] = set()
         self._channel_types: dict[str, str] = {}
         self._seen: deque[str] = deque(maxlen=1000)
+        #: The newest `create_at` (ms) of the posts handed over in this process: where a catch-up starts.
+        self._newest = 0
+        #: Where the next catch-up starts (ms; 0: `catch_up_seconds` ago), set at each connect, kept
+        #: until a catch-up listed everything from there.
+        self._catch_up_from: int | None = None
+        self._catch_up_again = False
+        self._catch_up_task: asyncio.Task[None] | None = None
         self._slash: dict[str, _SlashCommand] = {}
         #: The bot's check of a submitted form (`adapters.base`: set by the bot when it has forms).
         self.on_form: FormHandler | None = None
@@ -598,6 +638,100 @@ class MattermostAdapter:
         self._connection_id = connection_id
         self._next_seq = seq + 1 if isinstance(seq, int) else 0
         self.connected.set()
+        self._catch_up_soon()
+
+    # -- catching up -------------------------------------------------------------------------------
+    def _catch_up_soon(self) -> None:
+        """At every hello (the first connect after start and each reconnect), catch up on the posts the
+        websocket missed: beside it, so a slow or failing API never holds the events coming live, and
+        one catch-up at a time (one asked for while another runs follows it)."""
+        if self.settings.catch_up_seconds <= 0 or self._stopping:
+            return
+        # From where, said now: an event of this connection handed over before the catch-up begins must
+        # not move its start past what was missed (0: from `catch_up_seconds` ago, all a restart can do).
+        start = self._newest - CATCH_UP_OVERLAP_MS if self._newest else 0
+        self._catch_up_from = start if self._catch_up_from is None else min(self._catch_up_from, start)
+        self._catch_up_again = True
+        if self._catch_up_task is None or self._catch_up_task.done():
+            task = asyncio.create_task(self._catch_up(), name="mattermost-catch-up")
+            self._catch_up_task = task
+            self._handlers.add(task)  # cancelled by `stop`
+            task.add_done_callback(self._handlers.discard)
+
+    async def _catch_up(self) -> None:
+        """Catch up until no connect asks for more. A failure (the API down, a 429) is said once and
+        tried again while the websocket stays up, else at the next connect; it ends nothing but itself."""
+        failed = False
+        while self._catch_up_again and not self._stopping:
+            self._catch_up_again = False
+            try:
+                handed = await self._catch_up_once()
+            except MattermostError as exc:
+                again = not exc.permanent and self.online  # else the next connect tries again
+                if not failed:
+                    log.warning("Mattermost: cannot catch up on the posts sent while disconnected (%s); trying "
+                                "again %s", exc, "in a moment" if again else "at the next connect")
+                failed = True
+                if not again:
+                    return
+                self._catch_up_again = True
+                await asyncio.sleep(exc.retry_after or CATCH_UP_RETRY)
+                continue
+            except Exception:
+                log.exception("Mattermost: catching up on the posts sent while disconnected failed")
+                return
+            if handed or failed:
+                log.info("Mattermost: caught up %d post(s) sent while disconnected", handed)
+
+    async def _catch_up_once(self) -> int:
+        """Hand over, oldest first, the posts made since where the connects asked (`_catch_up_soon`: the
+        newest post handed over before them, a little before, `CATCH_UP_OVERLAP_MS`), never from further
+        back than `catch_up_seconds` ago (after a restart, from there); how many were handed over."""
+        start = self._catch_up_from
+        since = max(start or 0, int((time.time() - self.settings.catch_up_seconds) * 1000))
+        missed = await self._missed_since(since)  # a failure leaves `_catch_up_from` for the next try
+        if self._catch_up_from == start:  # else a connect meanwhile asked for more: the next round's
+            self._catch_up_from = None
+        handed = 0
+        for channel, post in missed:
+            data = {"post": post, "channel_type": channel.get("type") or "", "channel_name": channel.get("name") or ""}
+            if await self._on_posted({"event": "posted", "data": data}):
+                handed += 1
+        return handed
+
+    async def _missed_since(self, since: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The posts made after `since` (ms) in the channels the bot is a member of, oldest first, each
+        with its channel: `GET /users/me/channels` (every team's, direct and group messages too; Mattermost
+        6.1 and later), then `GET /channels/{id}/posts?since=` where a post came after `since`. That
+        listing also holds the posts changed since (an edit, a reaction, a deletion) and the roots of the
+        threads answered since: only posts made after `since`, and not deleted, are kept."""
+        channels = await self._call("GET", "/users/me/channels")
+        if not isinstance(channels, list):
+            raise MattermostError("GET /users/me/channels: the answer is not a list of channels")
+        missed: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for channel in channels:
+            if not isinstance(channel, dict) or not isinstance(channel.get("id"), str):
+                continue
+            last = channel.get("last_post_at")
+            if isinstance(last, int) and last <= since:
+                continue  # nothing posted there since
+            if channel.get("type"):
+                self._channel_types[channel["id"]] = str(channel["type"])
+            try:
+                listing = await self._call("GET", f"/channels/{_quote(channel['id'])}/posts",
+                                           params={"since": str(since)})
+            except MattermostError as exc:
+                if exc.status not in (403, 404):
+                    raise
+                log.info("Mattermost: channel %s is no longer readable (%s); not caught up", channel["id"], exc)
+                continue  # the bot left it, or it was archived, since it was listed
+            posts = listing.get("posts") if isinstance(listing, dict) else None
+            for post in (posts.values() if isinstance(posts, dict) else ()):
+                if (isinstance(post, dict) and isinstance(post.get("create_at"), int) and post["create_at"] > since
+                        and not post.get("delete_at")):
+                    missed.append((channel, post))
+        missed.sort(key=lambda found: found[1]["create_at"])
+        return missed
 
     async def _on_frame(self, data: str) -> None:
         """One websocket frame; a malformed or failing event is logged and skipped, never fatal."""
@@ -624,24 +758,30 @@ class MattermostAdapter:
         if name == "user_updated":
             self._user_updated(event)
             return
-        if name != "posted":
-            return
+        if name == "posted":
+            await self._on_posted(event)
+
+    async def _on_posted(self, event: dict[str, Any]) -> bool:
+        """A `posted` event, live or caught up (`_catch_up`): one path, so both are checked alike.
+        Whether a message was handed over; a malformed or failing one is logged and skipped."""
         try:
             message = await self._message(event)
         except UnknownPerson as exc:
             log.warning("Mattermost: %s", exc)
-            return
+            return False
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             log.warning("Mattermost: a malformed posted event was skipped (%s: %s)", type(exc).__name__, exc)
-            return
+            return False
         except Exception:
             log.exception("Mattermost: a posted event could not be read; skipped")
-            return
-        if message is not None and self._on_message is not None:
-            try:
-                await self._on_message(message)
-            except Exception:
-                log.exception("Mattermost: handling post %s failed", message.id)
+            return False
+        if message is None or self._on_message is None:
+            return False
+        try:
+            await self._on_message(message)
+        except Exception:
+            log.exception("Mattermost: handling post %s failed", message.id)
+        return True
 
     async def _message(self, event: dict[str, Any]) -> Message | None:
         data = event.get("data") or {}
@@ -661,6 +801,8 @@ class MattermostAdapter:
             # relay of something, is never a command (two bots could also answer each other forever).
             return None
         self._seen.append(post["id"])
+        if isinstance(post.get("create_at"), int):
+            self._newest = max(self._newest, post["create_at"])
         text = str(post.get("message") or "")
         mentions = data.get("mentions")
         mentioned_ids = json.loads(mentions) if isinstance(mentions, str) else (mentions or [])
@@ -674,7 +816,8 @@ class MattermostAdapter:
         return Message(adapter=self.name, channel=channel,
                        user=await self._username(user_id), text=text,
                        thread=post.get("root_id") or None, mentioned=mentioned, direct=kind == "D", id=post["id"],
-                       raw=post, user_id=user_id or None, channel_name=data.get("channel_name") or None)
+                       raw=post, user_id=user_id or None, channel_name=data.get("channel_name") or None,
+                       delivery=str(post["id"]))
 
     async def _channel_type(self, channel: str) -> str:
         """O, P, D or G, for an event that did not say (Mattermost's own always do)."""

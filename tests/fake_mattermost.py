@@ -11,8 +11,9 @@ connections (`?connection_id=&sequence_number=` replays what was queued while th
 Test controls are plain methods on `FakeMattermost` (it runs on the test's event loop): `say()`
 (a person posts), `slash()` (Mattermost calls the bot's slash-command URL), `click()` (a message
 button), `submit_dialog()` (an interactive dialog opened through `POST /actions/dialogs/open`, whose
-trigger must be one this server issued to a slash command or a click, once), `rate_limit()`,
-`drop_websockets()`, `refuse_websockets`, and `calls`, a record of every REST call (never tokens).
+trigger must be one this server issued to a slash command or a click, once), `edit()` (a person
+edits their post), `backdate()` (a post made earlier), `rate_limit()`, `drop_websockets()`,
+`refuse_websockets`, and `calls`, a record of every REST call (never tokens).
 """
 
 from __future__ import annotations
@@ -169,6 +170,23 @@ class FakeMattermost:
     def bot_posts(self, channel_id: str | None = None) -> list[dict[str, Any]]:
         return self.posts_by(self.bot["id"], channel_id)
 
+    def backdate(self, post: dict[str, Any], seconds: float) -> None:
+        """Make `post` (and its channel's last post) `seconds` older, as if it had been posted then."""
+        ms = int(seconds * 1000)
+        post["create_at"] -= ms
+        post["update_at"] -= ms
+        channel = self.channels[post["channel_id"]]
+        channel["last_post_at"] = max(p["create_at"] for p in self.posts.values()
+                                      if p["channel_id"] == channel["id"])
+
+    async def edit(self, post: dict[str, Any], message: str) -> None:
+        """Its author edits `post` (as `PUT /posts/{id}/patch` does): `edit_at` and `update_at` move on,
+        `create_at` and the channel's `last_post_at` do not; `post_edited` goes to the channel's members."""
+        post["message"] = message
+        post["edit_at"] = post["update_at"] = now_ms()
+        await self._publish("post_edited", {"post": json.dumps(post)}, {"channel_id": post["channel_id"]},
+                            post["channel_id"])
+
     # -- test controls ------------------------------------------------------------------------------
     async def start(self, port: int = 0) -> str:
         app = web.Application(middlewares=[self._middleware], client_max_size=50 * 1024 * 1024)
@@ -177,6 +195,7 @@ class FakeMattermost:
         r.add_get("/api/v4/users/me", self._users_me)
         r.add_get("/api/v4/users/username/{name}", self._user_by_name)
         r.add_get("/api/v4/users/{id}", self._user)
+        r.add_get("/api/v4/users/{id}/channels", self._channels_for_user)
         r.add_get("/api/v4/teams/name/{name}", self._team_by_name)
         r.add_get("/api/v4/teams/{team}/channels/name/{name}", self._channel_by_name)
         r.add_get("/api/v4/channels/{id}", self._channel)
@@ -409,16 +428,34 @@ class FakeMattermost:
             return error(404, "app.channel.get.existing.app_error", "Unable to find the existing channel.")
         return J(channel)
 
+    async def _channels_for_user(self, request: web.Request) -> web.Response:
+        """`GET /users/{user_id}/channels` (server 6.1+): every channel of every team the user is a member
+        of, direct and group messages included, as one list (the server streams it whole, no pages);
+        `me` is the caller; another user's needs `edit_other_users`, which no one here has. Archived
+        channels only with `include_deleted=true` (and then those archived after `last_delete_at`)."""
+        user_id = request.match_info["id"]
+        if user_id == "me":
+            user_id = request[USER_ID]
+        if user_id != request[USER_ID]:
+            return error(403, "api.context.permissions.app_error", "You do not have the appropriate permissions.")
+        include_deleted = request.query.get("include_deleted") == "true"
+        last_delete_at = int(request.query.get("last_delete_at") or 0)
+        return J([c for c in self.channels.values() if user_id in self.members[c["id"]]
+                  and (not c["delete_at"] or (include_deleted and c["delete_at"] > last_delete_at))])
+
     async def _channel_posts(self, request: web.Request) -> web.Response:
-        """A PostList of the channel's posts; with `since` (ms), those created or changed after it,
-        thread replies included, as the real server's getPostsSince."""
+        """A PostList of the channel's posts; with `since` (ms), as the real server's getPostsSince: those
+        changed after it (created, edited, reacted to, deleted: `update_at`; at most 1000), thread
+        replies included, and the root of every thread among them, however old."""
         channel = self.channels.get(request.match_info["id"])
         if channel is None:
             return error(404, "app.channel.get.existing.app_error", "Unable to find the existing channel.")
         if request[USER_ID] not in self.members[channel["id"]]:
             return error(403, "api.context.permissions.app_error", "You do not have the appropriate permissions.")
         since = int(request.query.get("since") or 0)
-        posts = [p for p in self.posts.values() if p["channel_id"] == channel["id"] and p["update_at"] > since]
+        posts = [p for p in self.posts.values() if p["channel_id"] == channel["id"] and p["update_at"] > since][:1000]
+        roots = {p["root_id"] for p in posts if p["root_id"]} - {p["id"] for p in posts}
+        posts += [self.posts[root] for root in roots if root in self.posts]
         posts.sort(key=lambda p: p["create_at"], reverse=True)
         return J({"order": [p["id"] for p in posts], "posts": {p["id"]: p for p in posts}, "next_post_id": "",
                   "prev_post_id": ""})

@@ -769,7 +769,8 @@ async def test_a_kill_in_a_burst_of_commands_that_end_in_their_request_s_commit_
     """A noop command's request is stored as it ended, with its result, in one write and one commit
     (`_end_at_once`), and a burst shares commits: killed after the 20th end, every stored command has
     its end and its result stored, each result reaches the channel, and nothing is left requested or
-    running for a restart to run again. What was not stored was never acknowledged: no reply names it."""
+    running for a restart to run again. What was not stored was never acknowledged, and the restart
+    catches up on those posts (`catch_up_seconds`): each of the 40 runs once."""
     home, fake, started, store = service
     first = await _serve(home, fake, started, kill_at="finished:20")
     for n in range(40):
@@ -782,7 +783,10 @@ async def test_a_kill_in_a_burst_of_commands_that_end_in_their_request_s_commit_
     assert {row["id"] for row in stored} <= results  # each end with its result
 
     await _serve(home, fake, started)
+    # The restart catches up on the posts whose commands were not stored (`catch_up_seconds`): all 40 run.
+    await _until(lambda: len(_chat_executions(store)) == 40, 60, "the caught-up commands")
     expected = _expected_results(store)  # every chat execution's result, those the restart took up too
+    assert expected == {f"succeeded i{n}" for n in range(40)}
     assert {row["id"]: row["status"] for row in _chat_executions(store) if row["id"] in results} == {
         row["id"]: "succeeded" for row in stored}  # the restart ran none of them again
     posts = await _delivered(fake, store, expected)
