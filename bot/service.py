@@ -29,7 +29,7 @@ from engine.jobs import REAP_SECONDS, reap_stalled, waiting_note, waiting_since
 from engine.packs import ContentWarning, Registry, fingerprint
 from engine.policies import RETRY_SETTLE
 from engine.retention import RetentionSweep
-from engine.storage import database_trouble, utcnow
+from engine.storage import Trouble, database_trouble, utcnow
 from engine.triggers import NODE_BEAT_SECONDS
 
 log = logging.getLogger("squall")
@@ -280,8 +280,8 @@ class Housekeeping:
         #: The pack folders' fingerprint the loaded packs match; `serve_forever` takes it before the load.
         self.seen = seen
         self.ticks = 0
-        #: The steps the database fails, with why (said once each, until the step works again).
-        self.failing: dict[str, str] = {}
+        #: How the steps' failures are said: a database outage once a step, until it works again.
+        self.trouble = Trouble(log, "at every tick")
         #: `retention.*`: old history purged by the lead, once an hour (`engine/retention.py`).
         self.retention = RetentionSweep(squall.config.retention)
 
@@ -336,20 +336,10 @@ class Housekeeping:
             self._failed("recording the history purge cut short", exc)
 
     def _failed(self, what: str, exc: Exception) -> None:
-        trouble = database_trouble(exc)
-        if trouble is None:
-            log.error("background housekeeping (%s) failed; retrying at the next tick", what, exc_info=exc)
-        elif what in self.failing:
-            log.debug("background housekeeping (%s) failed again: %s", what, trouble)
-        else:
-            self.failing[what] = trouble
-            log.warning("background housekeeping (%s) failed: %s; retrying at every tick, and saying so once it "
-                        "works again", what, trouble)
+        self.trouble.failed(f"background housekeeping ({what})", exc)
 
     def _worked(self, what: str) -> None:
-        trouble = self.failing.pop(what, None)
-        if trouble is not None:
-            log.info("background housekeeping (%s) works again (it failed: %s)", what, trouble)
+        self.trouble.worked(f"background housekeeping ({what})")
 
     async def _packs(self) -> None:
         current = await asyncio.to_thread(fingerprint, self.pack_paths)

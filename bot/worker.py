@@ -51,12 +51,12 @@ from engine.jobs import (
     HEARTBEAT_SECONDS,
     PRUNE_SECONDS,
     REAP_SECONDS,
-    Trouble,
     listing,
     pack_mismatch,
     reap_forever,
     worker_app,
 )
+from engine.storage import Trouble
 from engine.wakeups import PROCESS_NAME, libpq_url, listen_to
 
 log = logging.getLogger("squall.worker")

@@ -58,7 +58,7 @@ import sqlalchemy as sa
 from engine.config import Config
 from engine.executions import STEPPING, until_due
 from engine.packs import Registry
-from engine.storage import Store, as_utc, database_trouble
+from engine.storage import Store, Trouble, as_utc
 from engine.wakeups import libpq_url
 
 if TYPE_CHECKING:
@@ -550,37 +550,6 @@ async def reap_forever(executions: ExecutionService, jobs: JobExecutor, every: f
         else:
             trouble.worked(what)
         await asyncio.sleep(every)
-
-
-class Trouble:
-    """What a loop that does steps again and again (a worker's reaper and poll, the chat's result sweep)
-    says of their failures, as `squall serve`'s housekeeping says them (`bot.service.Housekeeping`): a
-    step the database fails (down, full, locked elsewhere: `database_trouble`, its words) once, without a
-    traceback, then at debug while it lasts, and once more when the step works again. Any other failure
-    is a bug or a broken pack, which a retry does not mend: its traceback, each time. Each pass logged its
-    traceback: a PostgreSQL outage of 15 s wrote some ten chained tracebacks of 45 lines per worker."""
-
-    def __init__(self, logger: logging.Logger, again: str) -> None:
-        self.log = logger
-        self.again = again  # when the step is tried again, for the log: "every 5 s"
-        #: The steps the database fails: why, and since when (monotonic).
-        self.failing: dict[str, tuple[str, float]] = {}
-
-    def failed(self, what: str, exc: BaseException) -> None:
-        trouble = database_trouble(exc)
-        if trouble is None:
-            self.log.error("%s failed; tried again %s", what, self.again, exc_info=exc)
-        elif what in self.failing:
-            self.log.debug("%s failed again: %s", what, trouble)
-        else:
-            self.failing[what] = (trouble, time.monotonic())
-            self.log.warning("%s failed: %s; tried again %s, and said once it works again", what, trouble,
-                             self.again)
-
-    def worked(self, what: str) -> None:
-        failed = self.failing.pop(what, None)
-        if failed is not None:
-            self.log.info("%s works again (it failed for %.0f s: %s)", what, time.monotonic() - failed[1], failed[0])
 
 
 def queue_status(store: Store, watch: ReaperWatch | None = None) -> dict[str, Any]:

@@ -714,6 +714,37 @@ def database_trouble(exc: BaseException) -> str | None:
     return LOCKED if database_locked(exc) else None
 
 
+class Trouble:
+    """What a loop that does steps again and again (a worker's reaper and poll, the chat's result sweep)
+    says of their failures, and `squall serve`'s housekeeping (`bot.service.Housekeeping`): a
+    step the database fails (down, full, locked elsewhere: `database_trouble`, its words) once, without a
+    traceback, then at debug while it lasts, and once more when the step works again. Any other failure
+    is a bug or a broken pack, which a retry does not mend: its traceback, each time. Each pass logged its
+    traceback: a PostgreSQL outage of 15 s wrote some ten chained tracebacks of 45 lines per worker."""
+
+    def __init__(self, logger: logging.Logger, again: str) -> None:
+        self.log = logger
+        self.again = again  # when the step is tried again, for the log: "every 5 s"
+        #: The steps the database fails: why, and since when (monotonic).
+        self.failing: dict[str, tuple[str, float]] = {}
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        trouble = database_trouble(exc)
+        if trouble is None:
+            self.log.error("%s failed; tried again %s", what, self.again, exc_info=exc)
+        elif what in self.failing:
+            self.log.debug("%s failed again: %s", what, trouble)
+        else:
+            self.failing[what] = (trouble, time.monotonic())
+            self.log.warning("%s failed: %s; tried again %s, and said once it works again", what, trouble,
+                             self.again)
+
+    def worked(self, what: str) -> None:
+        failed = self.failing.pop(what, None)
+        if failed is not None:
+            self.log.info("%s works again (it failed for %.0f s: %s)", what, time.monotonic() - failed[1], failed[0])
+
+
 class DuplicateDelivery(Exception):
     """A delivery was accepted already, as trigger instance `instance_id` (or, for a chat message, as the
     execution of that id: `what`), and has not expired."""

@@ -26,8 +26,7 @@ from bot.chat.inquiries import InquiryChat
 from bot.chat.notices import Notices
 from bot.chat.outbox import Outbox
 from engine.events import EXECUTION_FINISHED
-from engine.jobs import Trouble
-from engine.storage import utcnow
+from engine.storage import Trouble, utcnow
 
 if TYPE_CHECKING:
     from engine.core import Engine
