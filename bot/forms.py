@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.actions import Action
-from engine.parameters import ParameterError, cast, check_parameter, check_storable
+from engine.parameters import ParameterError, cast, check_parameter, check_storable, mask_value
 
 #: What a field asks for: a surface picks its input by the kind.
 KINDS = ("string", "integer", "number", "boolean", "enum", "secret", "array", "object")
@@ -77,14 +77,28 @@ class Field:
     def templated(self) -> bool:
         """A default that is a Jinja template (`{{ st2kv.system.x }}`), rendered when the action runs.
         A form must not fill it in: sent back, it would be taken as the literal text (values from
-        people are data)."""
-        return isinstance(self.default, str) and ("{{" in self.default or "{%" in self.default)
+        people are data). Not one holding a credential (`https://ann:pw@{{ host }}/`): a surface shows a
+        template's text as help, and such a default is shown nowhere (`concealed`)."""
+        return (isinstance(self.default, str) and ("{{" in self.default or "{%" in self.default)
+                and not self.concealed)
+
+    @property
+    def concealed(self) -> bool:
+        """A default that holds a credential: a secret's, or one the schema is shown with masked
+        (`engine.parameters.shown_parameters`: a credential header of `headers`, a `cookies` value, a URL's
+        password or token). A form neither fills it in nor shows it: a run form's page and a chat modal are
+        read by whoever runs the action, who is shown the credential nowhere else. Left empty, the field is
+        not given and the engine applies the default. Not an enum's: its choices are the form's options,
+        and nothing chosen would send the first of them instead of the default."""
+        if not self.has_default or self.default is None or self.kind == "enum":
+            return False
+        return self.kind == "secret" or mask_value(self.name, self.default) != self.default
 
     @property
     def initial(self) -> str:
-        """The text the input starts with: the default, except a secret's (never shown) and a template
-        (left empty, so the template applies)."""
-        if not self.has_default or self.default is None or self.kind == "secret" or self.templated:
+        """The text the input starts with: the default, except one holding a credential (`concealed`) and a
+        template (left empty, so the default applies: an empty field is not given, `parse`)."""
+        if not self.has_default or self.default is None or self.concealed or self.templated:
             return ""
         if self.kind in ("array", "object"):
             return json.dumps(self.default, indent=2, ensure_ascii=False)

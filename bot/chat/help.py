@@ -10,6 +10,7 @@ pack so that no platform turns help into an attached file.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
@@ -21,6 +22,7 @@ from aliases.grammar import PLACEHOLDER as _FORMAT_PLACEHOLDER
 from aliases.model import PERMISSION_KINDS
 from bot.chat.auth import Authorizer
 from bot.chat.replies import short
+from engine.parameters import mask_value, shown_parameters
 
 #: Built-in commands, shown after the packs' aliases.
 BUILTINS = ["help [command]", "run-form [command]", "executions", "execution <id>", "cancel <id>", "retry <id>",
@@ -136,18 +138,21 @@ def _secrets(alias: Alias, actions: Mapping[str, Any] | None) -> Collection[str]
 def masked(text: str, secrets: Collection[str] | None) -> str:
     """`text` (a display or representation) with the default of each `{{ name = default }}`
     placeholder whose parameter is secret replaced by `MASK` (every default when `secrets` is
-    None), so help never shows a secret default in clear; placeholders are read as the matcher
-    reads them (`aliases.grammar`)."""
-    if secrets is not None and not secrets:
-        return text
+    None), and a credential in another's masked as the action's schema is shown (`_shown_default`: a
+    URL's password, a credential header), so help never shows a credential default in clear;
+    placeholders are read as the matcher reads them (`aliases.grammar`)."""
     pieces: list[str] = []
     end = 0
     for m in _FORMAT_PLACEHOLDER.finditer(text):
         group = next((g for g in _DEFAULT_GROUPS if m.group(g) is not None), None)
-        if group is None or (secrets is not None and m.group("name") not in secrets):
+        if group is None:
+            continue
+        written = m.group(group)
+        shown = MASK if secrets is None or m.group("name") in secrets else _shown_default(m.group("name"), written)
+        if shown == written:
             continue
         start, stop = m.span(group)
-        pieces += [text[end:start], MASK]
+        pieces += [text[end:start], shown]
         end = stop
     return "".join(pieces) + text[end:]
 
@@ -161,6 +166,13 @@ def closed_parameters(alias: Alias, action: Any) -> set[str]:
     return set(alias.immutable_parameters) | runner
 
 
+def _shown_default(name: str, written: str) -> str:
+    """A format's default for parameter `name` as written, with what `mask_value` masks of a request's
+    value masked: a URL's password or token, a credential header of a `headers` object (as JSON)."""
+    shown = mask_value(name, written)
+    return shown if isinstance(shown, str) else json.dumps(shown)
+
+
 def parameter_lines(alias: Alias, action: Any) -> list[str]:
     """`name (type, required|default …) — description` for each parameter a chat command may set:
     the action's own and the runner parameters the alias opens or a format names, less the immutable
@@ -169,15 +181,15 @@ def parameter_lines(alias: Alias, action: Any) -> list[str]:
         return ["  (the action is not loaded)"]
     closed = closed_parameters(alias, action)
     lines = []
-    for name, spec in action.parameters.items():
+    # defaults as the API and the web show them: a secret's, a credential header's, a URL's password masked
+    for name, spec in shown_parameters(action.parameters).items():
         if spec.get("immutable") or name in closed:
             continue
         facts = [str(spec.get("type", "any"))]
         if spec.get("required"):
             facts.append("required")
         if "default" in spec:
-            default = MASK if spec.get("secret") else short(str(spec["default"]), 60)
-            facts.append(f"default {default}")
+            facts.append(f"default {short(str(spec['default']), 60)}")
         if spec.get("enum"):
             facts.append("one of " + ", ".join(map(str, spec["enum"])))
         description = f" — {spec['description']}" if spec.get("description") else ""
