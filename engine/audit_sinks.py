@@ -12,13 +12,22 @@ The store tells its listeners on whichever thread committed the event, the event
 (`Store.batch_without_waiting`), and every sink can wait on something: a stdout pipe its collector
 stopped reading (64 KiB, then `write` waits), the file's `flock` held elsewhere or a hung NFS disk, a
 syslog host name's DNS lookup. Any of them, on the loop, froze all of `squall serve`. So the store's
-listener is a `Delivery`: it only puts the event on a bounded queue (`QUEUE_EVENTS`), and one thread of
-its own hands the events to the sinks, in order. A queue that is full (a sink stuck that long) drops the
-event for the sinks, counted and logged once per outage, as a failed sink is. Closing waits for the
-queue to drain (`DRAIN_SECONDS` at most), so a CLI command's events reach the sinks before it exits.
-The thread reads each event after the caller returned: a caller never changes a detail it recorded
-(each builds its own for the call). The syslog socket still never blocks, so a syslog that stopped
-reading does not hold the other sinks' events.
+listener is a `Delivery`: it only puts the event on each sink's bounded queue (`QUEUE_EVENTS`), and each
+sink has a thread of its own (`_Lane`) that hands it the events, in order. One queue and one thread for
+all the sinks let a stdout nobody read hold the file and syslog too (400 events stored, 305 in the file).
+A queue that is full (its sink stuck that long) drops the event for that sink, counted and logged once per
+outage, as a failed sink is. Closing waits for the queues to drain (`DRAIN_SECONDS` at most, for all of
+them), so a CLI command's events reach the sinks before it exits. A thread reads each event after the
+caller returned: a caller never changes a detail it recorded (each builds its own for the call).
+
+A service process (`squall serve`, `squall worker`: not a CLI command, `leave_out_stdout`) owns its stream,
+and delivers it at least once: what its queues held when it was killed (`kill -9`, the OOM killer, a host
+that stopped) was lost to every sink, said nowhere. So it records in the data directory (`_Progress`), about
+once a second and when it closes, how far each sink got, and whether it closed cleanly; the next service
+process to start there re-sends to a sink that was not closed cleanly every event stored after that point,
+before new ones, in id order (`_replay`). Events another process stored meanwhile (a CLI command's, which
+its own sinks delivered) may so arrive twice: each entry carries the event's `id`, by which a SIEM drops a
+repeat. A CLI command records nothing and re-sends nothing: it never owns the stream.
 
 What leaves through a sink is masked once more: any detail key that names a secret (password,
 secret, token, key, credential) or an HTTP header that carries one (authorization, cookie), and
@@ -35,6 +44,7 @@ the service's own events.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -48,10 +58,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from engine.files import write_atomically
 from engine.parameters import MASK, MASKED_NAMES, mask_value, secret_header
 
 log = logging.getLogger(__name__)
@@ -72,23 +83,44 @@ _SYSLOG_MIN_BYTES = 480
 #: How often a syslog host's name is looked up again although sending works: UDP says nothing when the
 #: address it has is stale (the SIEM moved), so a failed send alone would never look it up again.
 RESOLVE_SECONDS = 300.0
-#: Events waiting for the sinks at most (`Delivery`): a sink stuck longer than that many events costs
-#: memory no more; the events past it are dropped for the sinks (the database has them).
+#: Events waiting for one sink at most (`_Lane`): a sink stuck longer than that many events costs memory
+#: no more; the events past it are dropped for that sink (the database has them).
 QUEUE_EVENTS = 10_000
-#: How long closing waits for the sinks to take the events still queued (`Delivery.close`).
+#: How long closing waits for the sinks to take the events still queued (`Delivery.close`), all sinks together.
 DRAIN_SECONDS = 5.0
+#: How often a service process looks how far its sinks got and records it if it moved (`_Progress`): the
+#: state file is written no more often, but when the process closes.
+SAVE_SECONDS = 1.0
+#: How long an event may take from getting its id to reaching the sinks' queues: on PostgreSQL ids are taken
+#: before commit, in any order, so its transaction's length, then `Store._tell_audited`. A sink that has taken
+#: every event it was given knows it has every event of its process up to the newest id stored that long
+#: before (`Delivery._advance`): a worker, or a serve beside busy CLI commands, stores few events of its
+#: own, and counting only those, a crash re-sent everyone's since its last one. After a crash a sink that
+#: kept up is re-sent about that long's events again.
+SETTLE_SECONDS = 30.0
+#: `SETTLE_SECONDS` on SQLite: one writer at a time, so an id seen stored means every lower one is committed
+#: (or rolled back), and only the moment from commit to queue counts.
+SETTLE_SECONDS_SQLITE = 2.0
+#: At most this many events are re-sent to a sink after an unclean stop (`_replay`), none older than
+#: `REPLAY_SECONDS`: the rest are logged with the export that prints them.
+REPLAY_EVENTS = 100_000
+REPLAY_SECONDS = 24 * 3600.0
+#: How many service processes may keep their progress in one data directory at once (`_Progress.claim`).
+SLOTS = 64
 
 
 class _Process:
     """What this process's sinks may be (`leave_out_stdout`)."""
 
-    #: False in a CLI command's process: its standard output is the command's answer.
+    #: False in a CLI command's process: its standard output is the command's answer, and it does not
+    #: own the audit stream (it records no progress and re-sends nothing: `install`).
     stdout = True
 
 
 def leave_out_stdout() -> None:
     """Build no stdout sink in this process from now on: a CLI command's standard output is its answer
-    (`bot.cli.common`), not the service's log stream; `squall serve` and `squall worker` keep theirs."""
+    (`bot.cli.common`), not the service's log stream; `squall serve` and `squall worker` keep theirs. Nor
+    does it own the stream: its sinks deliver its own events, and record nothing for a later start."""
     _Process.stdout = False
 
 
@@ -124,9 +156,11 @@ def _masked_entry(key: Any, value: Any) -> Any:
 
 
 def entry(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The audit event as every sink and `squall audit export` shows it."""
+    """The audit event as every sink and `squall audit export` shows it. `id` is the stored event's: a
+    receiver drops by it an event that came twice (re-sent after an unclean stop, `_replay`)."""
     stamp = record.get("timestamp")
-    return {"time": stamp.isoformat().replace("+00:00", "Z") if isinstance(stamp, datetime) else stamp,
+    return {"id": record.get("id"),
+            "time": stamp.isoformat().replace("+00:00", "Z") if isinstance(stamp, datetime) else stamp,
             "event": record.get("event"), "actor": record.get("actor"), "source": record.get("source"),
             "target": record.get("target"), "detail": masked(record.get("detail") or {})}
 
@@ -484,63 +518,223 @@ def _syslog_max_bytes(config: Any, where: str, spec: dict[str, Any]) -> int:
 
 
 def install(store: Any, config: Any) -> list[Delivery]:
-    """Hand every audit event `store` records to the configured sinks, through their own thread
-    (`Delivery`); what to close: one delivery, or none (and no thread) when no sink is configured."""
+    """Hand every audit event `store` records to the configured sinks, each through a thread of its own
+    (`Delivery`); what to close: one delivery, or none (and no thread) when no sink is configured. A service
+    process's delivery records how far its sinks got in `data_dir` and first re-sends what the last unclean
+    stop left undelivered (`_Progress`); a CLI command's does neither (`leave_out_stdout`)."""
     sinks = build(config)
     if not sinks:
         return []
-    delivery = Delivery(sinks)
+    progress = _Progress.claim(Path(config.data_dir), store) if _Process.stdout else None
+    delivery = Delivery(sinks, progress=progress)
     store.audit_listeners.append(delivery)
     return [delivery]
 
 
-#: What tells the sinks' thread to close the sinks and end (`Delivery.close`).
+def _identity(sink: Any) -> str:
+    """How the progress file and the log name a sink: its kind and where it writes (`file /srv/audit.jsonl`,
+    `syslog siem:514`, `stdout`)."""
+    kind = getattr(sink, "kind", type(sink).__name__)
+    where = getattr(sink, "path", None) or getattr(sink, "where", None)
+    return f"{kind} {where}" if where else str(kind)
+
+
+#: What tells a sink's thread to close its sink and end (`Delivery.close`).
 _STOP: Mapping[str, Any] = {}
 
 
 class Delivery:
-    """The store's audit listener: it puts each event on a queue and one thread of its own hands them to
-    the sinks (`_Guarded`), in order. The caller (the event loop, a database thread) never waits: when
-    `capacity` events are waiting (a sink stuck that long), the event is dropped for the sinks, counted
-    in `squall_audit_sink_failures_total` for each, and logged when the drops begin and when they end,
-    with how many and since when: the database has them (`squall audit export --since`). They end when
-    the queue is half empty again, not at its first free place: a sink a little slower than the events
-    filled and freed that place by turns, two warnings a turn."""
+    """The store's audit listener: it puts each event on every sink's queue, and each sink's own thread
+    (`_Lane`) hands them to it, in order: a sink that waits holds its own events only. The caller (the event
+    loop, a database thread) never waits: a queue holding `capacity` events (its sink stuck that long) drops
+    the event for that sink, counted and said (`_Lane.put`). With `progress` (a service process) each sink
+    first re-sends what the last unclean stop left it (`_replay`), and a thread records how far each got
+    (`_advance`), about once a second and when it closes."""
 
-    def __init__(self, sinks: list[Any], capacity: int = QUEUE_EVENTS, drain_seconds: float = DRAIN_SECONDS) -> None:
+    def __init__(self, sinks: list[Any], capacity: int = QUEUE_EVENTS, drain_seconds: float = DRAIN_SECONDS,
+                 progress: _Progress | None = None) -> None:
         self.sinks = sinks
         self.capacity, self.drain_seconds = capacity, drain_seconds
-        self._guarded = [_Guarded(sink) for sink in sinks]
+        self._progress = progress
+        self._closed = False
+        self._late = 0
+        self._lanes = [self._lane(sink) for sink in sinks]
+        self._stopping = threading.Event()
+        self._settle = SETTLE_SECONDS_SQLITE if progress is not None and progress.store.is_sqlite else SETTLE_SECONDS
+        self._saver: threading.Thread | None = None
+        if progress is not None:
+            self._save()  # unclean from now on, until it closes
+            self._saver = threading.Thread(target=self._save_forever, name="squall-audit-progress", daemon=True)
+            self._saver.start()
+        for lane in self._lanes:
+            lane.thread.start()
+
+    def _lane(self, sink: Any) -> _Lane:
+        """`sink`'s lane: in a service process, from the point its last unclean stop left it (re-sending what
+        follows first), or from the newest event there is (none of this process's is older)."""
+        progress = self._progress
+        if progress is None:
+            return _Lane(sink, self.capacity, 0, None)
+        name = _identity(sink)
+        if name not in progress.unclean:
+            return _Lane(sink, self.capacity, progress.start, None)
+        after = min(progress.unclean[name], progress.start)  # higher: a database restored from an older copy
+        return _Lane(sink, self.capacity, after,
+                     lambda deliver: _replay(progress.store, name, after, progress.start, deliver))
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        """Queue `record` for each sink; never waits (a full queue or a closed delivery drops it)."""
+        if self._closed:
+            self._after_close(record)
+            return
+        for lane in self._lanes:
+            lane.put(record)
+
+    def _after_close(self, record: Mapping[str, Any]) -> None:
+        self._late += 1
+        for sink in self.sinks:
+            _count_missed(sink)
+        if self._late == 1:
+            log.warning("%s came after the audit sinks closed: it is not streamed; the database keeps it",
+                        record.get("event"))
+
+    def _save_forever(self) -> None:
+        """The progress thread: about once a second, note the newest event id and record how far each sink
+        got (`_advance`), until `close`."""
+        from engine.audit import audit_last_id
+
+        assert self._progress is not None
+        samples: collections.deque[tuple[float, int]] = collections.deque()
+        while not self._stopping.wait(SAVE_SECONDS):
+            now = time.monotonic()
+            try:
+                samples.append((now, audit_last_id(self._progress.store) or 0))
+            except Exception:  # the database away for a moment (or closing): the marks wait for the next look
+                log.debug("audit sinks' progress: the newest event id could not be read", exc_info=True)
+            self._advance(samples, now)
+            self._save()
+
+    def _advance(self, samples: collections.deque[tuple[float, int]], now: float) -> None:
+        """Move each sink's mark to the newest event id seen `SETTLE_SECONDS` before the sink last had every
+        event it was given: every event of this process up to that id had reached its queue by then, so the
+        sink has it. Counting only the ids it delivered, a worker (it stores few events) or a serve beside
+        busy CLI commands stayed behind, and a crash re-sent everyone's events since."""
+        for lane in self._lanes:
+            if not lane.replayed:  # what it re-sends is not all handed over yet: its mark stays
+                continue
+            settled = lane.caught_up - self._settle
+            newest = None
+            for taken, last in samples:
+                if taken > settled:
+                    break
+                newest = last
+            if newest is not None and newest > lane.mark:
+                lane.mark = newest
+        while len(samples) > 1 and samples[1][0] <= now - self._settle - 5 * SAVE_SECONDS:
+            samples.popleft()  # the newest sample older than any sink can still use stays
+
+    def _save(self, closing: bool = False) -> None:
+        """Record each sink's mark; `closing`: and, for each sink that took all its events, a clean stop."""
+        assert self._progress is not None
+        self._progress.save({lane.name: lane.mark for lane in self._lanes},
+                            {lane.name: closing and lane.finished for lane in self._lanes}, final=closing)
+
+    def close(self) -> None:
+        """Deliver what is queued, waiting `drain_seconds` at most for all the sinks together (a CLI command's
+        events reach the sinks before it exits), then close the sinks; an event recorded later is dropped. A
+        sink stuck past the wait keeps its thread (a daemon: it ends with the process) and closes when it is
+        done. A service process records which sinks took all their events: a stuck one's undelivered events
+        are re-sent at the next start."""
+        if self._closed:
+            return
+        for lane in self._lanes:
+            lane.resumed("closes")  # drops not yet said: said now, or never
+        self._closed = True
+        for lane in self._lanes:
+            lane.stop()
+        deadline = time.monotonic() + self.drain_seconds
+        for lane in self._lanes:
+            lane.thread.join(max(0.0, deadline - time.monotonic()))
+        for lane in self._lanes:
+            if lane.thread.is_alive():
+                log.warning("the audit sink %s did not take its last events within %g s (it is stuck: a stdout "
+                            "nobody reads, a file lock held elsewhere, a hung disk); about %d events were not "
+                            "delivered%s: the database has them (`squall audit export`)", lane.name,
+                            self.drain_seconds, lane.waiting(),
+                            ", and are re-sent when a service process starts here again" if self._progress else "")
+        if self._progress is not None:
+            self._stopping.set()
+            self._save(closing=True)
+
+
+class _Lane:
+    """One sink's queue and the thread that empties it into the sink, in order (`Delivery`). When `capacity`
+    events are waiting, an event is dropped for this sink, counted in `squall_audit_sink_failures_total`,
+    and logged when the drops begin and when they end, with how many and since when: the database has them
+    (`squall audit export --since`). They end when the queue is half empty again, not at its first free
+    place: a sink a little slower than the events filled and freed that place by turns, two warnings a turn.
+
+    `replay`, given, hands the sink what the last unclean stop left it before the queue's events
+    (`_replay`); `mark` is the id up to which the sink has every event of this process (`Delivery._advance`)."""
+
+    def __init__(self, sink: Any, capacity: int, mark: int,
+                 replay: Callable[[Sink], int | None] | None) -> None:
+        self.sink, self.capacity, self.name = sink, capacity, _identity(sink)
+        self.mark = mark
+        self._guarded = _Guarded(sink)
         # SimpleQueue: `put` and `qsize` are a few hundred nanoseconds, the loop's whole share of an event.
         self._queue: queue.SimpleQueue[Mapping[str, Any]] = queue.SimpleQueue()
-        self._closed = False
         self._state = threading.Lock()  # the event loop and the database threads both drop
         self._dropped = 0
         self._since: Any = None
-        self._thread = threading.Thread(target=self._deliver, name="squall-audit-sinks", daemon=True)
-        self._thread.start()
+        self._replay = replay
+        #: Whether what `replay` re-sends is all handed over (or there was none): only then may `mark` move.
+        self.replayed = replay is None
+        #: When (`time.monotonic`) the sink last had every event queued before then.
+        self.caught_up = time.monotonic()
+        self.thread = threading.Thread(target=self._deliver, name=f"squall-audit-sink {self.name}", daemon=True)
 
-    def __call__(self, record: Mapping[str, Any]) -> None:
-        """Queue `record` for the sinks; never waits (a full queue or a closed delivery drops it)."""
-        if self._closed or self._queue.qsize() >= self.capacity:
+    @property
+    def finished(self) -> bool:
+        """Whether the sink took everything it was given, and its thread has ended (`Delivery.close`)."""
+        return self.replayed and not self.thread.is_alive()
+
+    def waiting(self) -> int:
+        """How many events wait for the sink (about: the thread may be taking one)."""
+        return self._queue.qsize()
+
+    def put(self, record: Mapping[str, Any]) -> None:
+        if self._queue.qsize() >= self.capacity:
             self._drop(record)
             return
         self._queue.put(record)
         if self._dropped and self._queue.qsize() <= self.capacity // 2:
-            self._resumed()
+            self.resumed()
+
+    def stop(self) -> None:
+        self._queue.put(_STOP)
 
     def _deliver(self) -> None:
-        """The sinks' thread: prepare the sinks (look syslog hosts up), then hand them each event in
-        turn until `close`; then close them, here, where no write of theirs can still be under way."""
-        for sink in self.sinks:
-            with contextlib.suppress(Exception):  # said by the first event it fails: this thread must go on
-                getattr(sink, "prepare", lambda: None)()
-        while (record := self._queue.get()) is not _STOP:
-            for deliver in self._guarded:
-                deliver(record)
-        for sink in self.sinks:
-            with contextlib.suppress(Exception):  # closing never fails the command that ends
-                sink.close()
+        """The sink's thread: prepare the sink (look a syslog host up), re-send what it missed, then hand it
+        each event in turn until `stop`; then close it, here, where no write of its can still be under way."""
+        with contextlib.suppress(Exception):  # said by the first event it fails: this thread must go on
+            getattr(self.sink, "prepare", lambda: None)()
+        if self._replay is not None and (upto := self._replay(self._guarded)) is not None:
+            self.mark = max(self.mark, upto)
+            self.replayed = True
+        while True:
+            now = time.monotonic()
+            if self._queue.empty():  # every event queued before `now` is handed over
+                self.caught_up = now
+            try:
+                record = self._queue.get(timeout=SAVE_SECONDS)
+            except queue.Empty:
+                continue
+            if record is _STOP:
+                break
+            self._guarded(record)
+        with contextlib.suppress(Exception):  # closing never fails the command that ends
+            self.sink.close()
 
     def _drop(self, record: Mapping[str, Any]) -> None:
         with self._state:
@@ -548,39 +742,200 @@ class Delivery:
             first = self._dropped == 1
             if first:
                 self._since = entry(record)["time"]
-        for sink in self.sinks:
-            _count_missed(sink)
-        if first and self._closed:
-            log.warning("%s came after the audit sinks closed: it is not streamed; the database keeps it",
-                        record.get("event"))
-        elif first:
-            log.warning("the audit sinks' queue is full (%d events wait for a sink that is stuck or slow): %s and "
-                        "the events after it are not streamed until it has room (logged then); the database keeps "
-                        "every event", self.capacity, record.get("event"))
+        _count_missed(self.sink)
+        if first:
+            log.warning("the audit sink %s has a full queue (%d events wait: it is stuck or slow): %s and the "
+                        "events after it are not streamed to it until it has room (logged then); the database "
+                        "keeps every event", self.name, self.capacity, record.get("event"))
 
-    def _resumed(self, now: str = "has room again") -> None:
-        """Log how many events the sinks were not given since the drops began, and where they are."""
+    def resumed(self, now: str = "has room again") -> None:
+        """Log how many events this sink was not given since the drops began, and where they are."""
         with self._state:
             dropped, since, self._dropped = self._dropped, self._since, 0
         if dropped:
-            log.warning("the audit sinks' queue %s; the %d events it dropped since %s are in the database "
-                        "(`squall audit export --since %s`)", now, dropped, since, since)
+            log.warning("the audit sink %s's queue %s; the %d events it dropped since %s are in the database "
+                        "(`squall audit export --since %s`)", self.name, now, dropped, since, since)
 
-    def close(self) -> None:
-        """Deliver what is queued, waiting `drain_seconds` at most (a CLI command's events reach the sinks
-        before it exits), then close the sinks; an event recorded later is dropped. A sink stuck past the
-        wait keeps its thread (a daemon: it ends with the process) and closes when it is done."""
-        if self._closed:
-            return
-        self._resumed("closes")  # drops not yet said: said now, or never
-        self._closed = True
-        self._queue.put(_STOP)
-        self._thread.join(self.drain_seconds)
-        if self._thread.is_alive():
-            log.warning("the audit sinks did not take their last events within %g s (a sink is stuck: a stdout "
-                        "nobody reads, a file lock held elsewhere, a hung disk); about %d events were not "
-                        "delivered: the database has them (`squall audit export`)", self.drain_seconds,
-                        self._queue.qsize())
+
+class _Progress:
+    """How far a service process's sinks got, kept in the data directory for the next start: for each sink
+    its mark (every event of this process with an id up to it was handed to the sink) and whether it closed
+    cleanly (took all it was given), in `.audit-sinks.N.json`, written whole (`write_atomically`) when it
+    changed, at most every `SAVE_SECONDS`, and when the process closes.
+
+    Slot N is the process's for its life: it holds `.audit-sinks.N.lock` under `flock`, which the kernel
+    lets go however the process ends. A process starting takes first a slot that a dead one left unclean,
+    so the first service process to start here after a crash (serve or worker) re-sends what it missed;
+    several running at once (serve and its workers on one host) take a slot each."""
+
+    def __init__(self, path: Path, lock: int, store: Any, start: int, previous: Mapping[str, Any]) -> None:
+        self.path, self._lock, self.store = path, lock, store
+        #: The newest event id when this process started: none of its own events is older.
+        self.start = start
+        #: The marks of the sinks the slot's last owner did not close cleanly: what to re-send from.
+        self.unclean = _unclean(previous)
+        self._writing = threading.Lock()
+        self._written: Any = None
+        self._failing = False
+        self._released = False
+
+    @classmethod
+    def claim(cls, directory: Path, store: Any) -> _Progress | None:
+        """A free slot in `directory`, one left unclean first, with its previous state and the newest event id
+        now; None (said) if every slot is held or the directory cannot hold one: the sinks then stream
+        without recording how far they got."""
+        from engine.audit import audit_last_id
+
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            left = {n for n in range(SLOTS) if _unclean(_read_state(directory / f".audit-sinks.{n}.json"))}
+            for n in sorted(range(SLOTS), key=lambda n: n not in left):
+                lock = os.open(directory / f".audit-sinks.{n}.lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a running process's
+                    os.close(lock)
+                    continue
+                path = directory / f".audit-sinks.{n}.json"
+                try:
+                    return cls(path, lock, store, audit_last_id(store) or 0, _read_state(path))
+                except BaseException:
+                    os.close(lock)
+                    raise
+        except OSError as exc:  # the sinks still stream; only a crash's gap is not made up for
+            log.warning("the audit sinks cannot record how far they got in %s (%s): they stream all the same, "
+                        "but what a crash of this process leaves undelivered is not re-sent; make the data "
+                        "directory writable by Squall's user", directory, exc)
+            return None
+        except Exception as exc:  # the database, read for the newest event id
+            log.warning("the audit sinks cannot record how far they got: the newest audit event id could not be "
+                        "read (%s); they stream all the same, but what a crash of this process leaves undelivered "
+                        "is not re-sent", exc)
+            return None
+        log.warning("the audit sinks cannot record how far they got: all %d slots in %s are held by running "
+                    "processes; they stream all the same, but what a crash of this process leaves undelivered is "
+                    "not re-sent", SLOTS, directory)
+        return None
+
+    def save(self, marks: Mapping[str, int], clean: Mapping[str, bool], final: bool = False) -> None:
+        """Write the state if it changed; `final` (closing): the last write, and the slot is let go."""
+        state = {name: {"id": marks[name], "clean": clean[name]} for name in marks}
+        with self._writing:
+            if self._released:
+                return
+            if state != self._written:
+                body = {"pid": os.getpid(), "saved": datetime.now(UTC).isoformat(), "sinks": state}
+                try:
+                    write_atomically(self.path, json.dumps(body, indent=1).encode())
+                except OSError as exc:
+                    if not self._failing:
+                        log.warning("the audit sinks' progress could not be written to %s: %s; if this process "
+                                    "stops uncleanly, what its sinks missed may not be re-sent; make the data "
+                                    "directory writable by Squall's user", self.path, exc)
+                    self._failing = True
+                else:
+                    self._written, self._failing = state, False
+            if final:
+                self._released = True
+                os.close(self._lock)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The sinks' states a progress file holds; none if it is missing or is not one."""
+    try:
+        sinks = json.loads(path.read_bytes()).get("sinks")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return sinks if isinstance(sinks, dict) else {}
+
+
+def _unclean(sinks: Mapping[str, Any]) -> dict[str, int]:
+    """The marks of the sinks a state says did not close cleanly."""
+    return {name: int(state.get("id") or 0) for name, state in sinks.items()
+            if isinstance(state, Mapping) and not state.get("clean") and isinstance(state.get("id", 0), int)}
+
+
+def _replay(store: Any, name: str, after: int, upto: int, deliver: Sink) -> int | None:
+    """Re-send to sink `name` (`deliver`) the events stored after id `after` up to `upto` (the newest when this
+    process started), in id order: the newest `REPLAY_EVENTS` at most, none older than `REPLAY_SECONDS`. One
+    line says how many from which id, and what was left out with the export that prints it. `upto` once all
+    are handed over; None if reading them failed (said: the next start tries again)."""
+    from engine.audit import AuditFilter, audit_forward
+
+    try:
+        first, count, left_out = _replay_plan(store, after, upto)
+    except Exception as exc:
+        log.warning("the audit sink %s was not closed cleanly when Squall last ran here, and what it missed "
+                    "after event %d cannot be read to re-send: %s; `squall audit export` prints it", name,
+                    after, exc)
+        return None
+    if count or left_out:
+        skipped = ""
+        if left_out:
+            number, since, until = left_out
+            skipped = (f"; {number} events stored before those (more than {REPLAY_EVENTS}, or older than "
+                       f"{REPLAY_SECONDS / 3600:g} h) are not re-sent: `squall audit export --since {since}"
+                       f"{f' --until {until}' if until else ''}` prints them")
+        log.warning("the audit sink %s was not closed cleanly when Squall last ran here (killed, or the host "
+                    "stopped): re-sending the %d events stored after id %d (to id %d), before new ones; a "
+                    "receiver drops any it has by `id`%s", name, count, first, upto, skipped)
+    cursor, sent = first, 0
+    try:
+        while page := audit_forward(store, AuditFilter(), after=cursor, upto=upto, limit=1000):
+            for row in page:
+                deliver(row)
+            cursor, sent = page[-1]["id"], sent + len(page)
+    except Exception as exc:
+        log.warning("re-sending to the audit sink %s stopped after %d of %d events: %s; the events after id %d "
+                    "are in the database (`squall audit export`), and the next start tries again", name, sent,
+                    count, exc, cursor)
+        return None
+    return upto
+
+
+def _replay_plan(store: Any, after: int, upto: int) -> tuple[int, int, tuple[int, str, str | None] | None]:
+    """Where `_replay` begins: the id after which it re-sends, how many it re-sends, and what it leaves out
+    (how many, and the `--since` and `--until` of the export that prints them), if anything."""
+    import sqlalchemy as sa
+
+    from engine.storage import audit
+
+    within = sa.and_(audit.c.id > after, audit.c.id <= upto)
+    cutoff = datetime.now(UTC) - timedelta(seconds=REPLAY_SECONDS)
+    with store._read() as conn:
+        total = _count_after(conn, after, upto)
+        first = after
+        if total > REPLAY_EVENTS:  # the newest REPLAY_EVENTS: those after the one before them
+            first = conn.execute(sa.select(audit.c.id).where(within).order_by(audit.c.id.desc())
+                                 .offset(REPLAY_EVENTS).limit(1)).scalar() or after
+        recent = conn.execute(sa.select(sa.func.min(audit.c.id)).where(within, audit.c.timestamp >= cutoff)).scalar()
+        first = max(first, recent - 1 if recent is not None else upto)
+        if first > after and (sent := _count_after(conn, first, upto)) < total:  # not just a gap in the ids
+            since = _time_after(conn, after, upto)
+            assert since is not None  # `total` counts events after `after`
+            return first, sent, (total - sent, since, _time_after(conn, first, upto))
+        return after, total, None
+
+
+def _count_after(conn: Any, after: int, upto: int) -> int:
+    """How many events are stored after id `after`, up to `upto`."""
+    import sqlalchemy as sa
+
+    from engine.storage import audit
+
+    return conn.execute(sa.select(sa.func.count()).select_from(audit)
+                        .where(audit.c.id > after, audit.c.id <= upto)).scalar() or 0
+
+
+def _time_after(conn: Any, after: int, upto: int) -> str | None:
+    """The time of the first event stored after id `after` (up to `upto`), as `entry` shows it; None if none."""
+    import sqlalchemy as sa
+
+    from engine.storage import as_utc, audit
+
+    stamp = conn.execute(sa.select(audit.c.timestamp).where(audit.c.id > after, audit.c.id <= upto)
+                         .order_by(audit.c.id).limit(1)).scalar()
+    return entry({"timestamp": as_utc(stamp)})["time"] if stamp is not None else None
 
 
 def _count_missed(sink: Any) -> None:

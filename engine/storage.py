@@ -1915,7 +1915,7 @@ class Store:
                   detail: dict[str, Any]) -> None:
         record = {"timestamp": utcnow(), "event": event, "actor": actor, "source": source, "target": target,
                   "detail": detail}
-        self._insert(audit, record)
+        record["id"] = self._insert(audit, record)  # the sinks name it (`audit_sinks.entry`), and resume by it
         if not self.audit_listeners:
             return
         audited = getattr(self._batch, "audited", None)

@@ -71,7 +71,9 @@ async def test_chat_commands_reach_the_file_and_syslog_with_secrets_masked(home:
     assert rotated.exists() and current.stat().st_size <= 2000 + 500
     assert [oct(path.stat().st_mode & 0o777) for path in (current, rotated)] == ["0o600", "0o600"]  # rotated too
     lines = [json.loads(line) for path in (rotated, current) for line in path.read_text().splitlines()]
-    assert all(set(entry) == {"time", "event", "actor", "source", "target", "detail"} for entry in lines)
+    assert all(set(entry) == {"id", "time", "event", "actor", "source", "target", "detail"} for entry in lines)
+    ids = [entry["id"] for entry in lines]  # the stored event's id, by which a receiver drops a repeat
+    assert all(isinstance(n, int) for n in ids) and ids == sorted(set(ids))
     chat = next(entry for entry in _all_lines(home) if entry["event"] == "chat.execution")
     assert chat["actor"] == "alice" and chat["source"] == "loopback:#ops" and chat["target"] == "demo.greet"
     secret = next(entry for entry in _all_lines(home) if entry["event"] == "api.key.set")
@@ -81,7 +83,7 @@ async def test_chat_commands_reach_the_file_and_syslog_with_secrets_masked(home:
     executed = next(d for d in datagrams if " chat.execution " in d)
     header, _, body = executed.partition(" - ")
     assert header.startswith("<37>1 ") and " squall " in header  # auth (4) * 8 + notice (5)
-    assert json.loads(body)["actor"] == "alice"
+    assert json.loads(body)["actor"] == "alice" and json.loads(body)["id"] == chat["id"]
     assert next(d for d in datagrams if " web.login.failed " in d).startswith("<36>1 ")  # refusals: warning
     assert "k-123" not in "".join(datagrams) and "********" in next(d for d in datagrams if "api.key.set" in d)
 
