@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import html
 import json
 import logging
 import os
@@ -232,7 +233,62 @@ def attachments(extra: dict[str, Any] | None) -> list[dict[str, Any]]:
     if isinstance(chosen, dict) and isinstance(chosen.get("attachments"), list):
         chosen = chosen["attachments"]
     items = chosen if isinstance(chosen, list) else [chosen]
-    return [item for item in items if isinstance(item, dict) and item]
+    return [_quiet_attachment(item) for item in items if isinstance(item, dict) and item]
+
+
+def _quiet_attachment(item: dict[str, Any]) -> dict[str, Any]:
+    """An attachment with `quiet_mentions` applied where Mattermost looks for mentions in one (its
+    `pretext`, `text` and the string `value` of each of its `fields`): a pack's `extra` renders the
+    execution's output and parameters there too."""
+    quiet = {k: quiet_mentions(v) if k in ("pretext", "text") and isinstance(v, str) else v for k, v in item.items()}
+    if isinstance(item.get("fields"), list):
+        quiet["fields"] = [{**f, "value": quiet_mentions(f["value"])} if isinstance(f, dict)
+                           and isinstance(f.get("value"), str) else f for f in item["fields"]]
+    return quiet
+
+
+#: Put after the `@` of a channel-wide mention (`quiet_mentions`): unseen, and it ends the word there.
+ZERO_WIDTH_SPACE = "\u200b"
+#: `@all`, `@channel` and `@here` in any case, where no letter or digit follows (a username may go on
+#: with `.`, `-` or `_`, but Mattermost trims those off a word's end and splits at `.`, `-` and `:`).
+_CHANNEL_WIDE = re.compile(r"@(?=(?:all|channel|here)(?![A-Za-z0-9]))", re.IGNORECASE | re.ASCII)
+#: One character of a post as Mattermost's Markdown reads it before looking for mentions: a backslash
+#: escape of ASCII punctuation (`\@`), a character reference (`&#64;`, `&#x40;`, `&commat;`), or itself.
+_MARKDOWN_CHARACTER = re.compile(r"\\[!-/:-@\[-`{-~]"
+                                 r"|&(?:#[0-9]{1,8}|#[xX][0-9A-Fa-f]{1,8}|[A-Za-z][A-Za-z0-9]{1,31});|.", re.DOTALL)
+
+
+def quiet_mentions(text: str) -> str:
+    """`text` with a zero-width space after the `@` of every `@all`, `@channel` and `@here`: they read
+    the same, but Mattermost splits words at any character that is neither a letter nor a digit (nor
+    one of `:._-@`), so none of them notifies a channel any more.
+
+    Why every post of the bot's: a person's words and an action's output reach them (an echoed command,
+    a result, a pack's attachments), and what the bot posts passes the channel-mention permission and
+    the "notify N people?" check its sender would meet. Why inside code too: Mattermost skips code, but
+    text can end the code Squall puts it in, and older servers found code by a pattern of their own.
+    The mentions Mattermost's Markdown makes of an escape or a character reference (`\\@here`,
+    `&#64;all`, `@al&#108;`) are quieted as well. A person's mention (`@alice`) stays: the adapter cannot
+    tell a pack's template, which may mean it, from what it echoes, and echoing one lets nobody notify
+    anyone they could not notify themselves."""
+    if "@" not in text and "&" not in text:
+        return text
+    shown: list[str] = []
+    ends: list[int] = []  # per character of what Mattermost reads: where in `text` it ends
+    for character in _MARKDOWN_CHARACTER.finditer(text):
+        written = character.group()
+        read = written[1] if written[0] == "\\" and len(written) == 2 else (
+            html.unescape(written) if written[0] == "&" else written)
+        shown.append(read)
+        ends += [character.end()] * len(read)
+    cuts = [ends[mention.start()] for mention in _CHANNEL_WIDE.finditer("".join(shown))]
+    if not cuts:
+        return text
+    parts, start = [], 0
+    for cut in cuts:
+        parts += [text[start:cut], ZERO_WIDTH_SPACE]
+        start = cut
+    return "".join(parts) + text[start:]
 
 
 def retry_after(headers: Any) -> float:
@@ -476,7 +532,7 @@ class MattermostAdapter:
 
     # -- sending -----------------------------------------------------------------------------------
     async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
-        text, file = reply.text, reply.file  # fitted to `capabilities` by the outbox
+        text, file = quiet_mentions(reply.text), reply.file  # fitted to `capabilities` by the outbox
         extra_attachments = attachments(reply.extra)
         if reply.buttons and self.settings.actions_url:
             extra_attachments = [*extra_attachments, self._buttons(reply, text)]
@@ -532,7 +588,7 @@ class MattermostAdapter:
         command's response_url instead, a file as the start of its text with a note saying it was cut.
         Past the response_url's limits (5 posts, 30 minutes) nothing can reach that channel: the
         refusal stands, with the reason."""
-        inline = _inline(text, reply.file, self.capabilities.max_length)
+        inline = quiet_mentions(_inline(text, reply.file, self.capabilities.max_length))
         answered = await self._answer_slash(command, reply, inline, extra_attachments)
         if answered is None:
             raise MattermostError(f"{refused}; the bot cannot post in channel {command.channel} (invite it there) "
@@ -903,7 +959,8 @@ class MattermostAdapter:
         if not asked:
             return JSONResponse({})  # someone else's click: the buttons stay for the one asked
         chosen = f"_{user} chose **{context.get('label', context['value'])}**_"
-        return JSONResponse({"update": {"message": f"{context.get('prompt', '')}\n\n{chosen}".strip(), "props": {}}})
+        update = quiet_mentions(f"{context.get('prompt', '')}\n\n{chosen}".strip())
+        return JSONResponse({"update": {"message": update, "props": {}}})
 
     # -- interactive dialogs (forms) -------------------------------------------------------------------
     async def open_form(self, trigger: str, form: Form) -> None:
@@ -1105,7 +1162,10 @@ def _inline(text: str, file: tuple[str, str] | None, limit: int) -> str:
     note = "" if len(head) == len(content) else (
         f"\n(output truncated: the first {len(head):,} of {len(content):,} characters; {name} could not be "
         "uploaded to this channel, where the bot is not a member)")
-    return f"{caption}\n```\n{head}\n```{note}".lstrip("\n")
+    # A fence longer than any backtick run in the output (CommonMark's rule, which Mattermost follows), so
+    # no line of it closes the block.
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", head)), default=0))
+    return f"{caption}\n{fence}\n{head}\n{fence}{note}".lstrip("\n")
 
 
 def _response_payload(text: str, extra_attachments: list[dict[str, Any]]) -> dict[str, Any]:

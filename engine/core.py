@@ -83,7 +83,7 @@ class Engine:
         os.environ.setdefault("SQUALL_CLI", str(Path(sys.executable).parent / "squall"))
         if config.path is not None:
             os.environ["SQUALL_CONFIG"] = str(config.path)
-        shell = LocalShellRunner(self.run_as)
+        shell = LocalShellRunner(self.run_as, config.virtualenvs_path)
         runners = {
             "local-shell-cmd": shell,
             "local-shell-script": shell,

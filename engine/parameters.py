@@ -146,7 +146,12 @@ _FALSE = {"false", "no", "off", "0", "n", ""}
 def cast(name: str, value: Any, spec: Mapping[str, Any], *, masked: bool = False) -> Any:
     """Cast a rendered value to its declared type, as StackStorm's `casts.py` does. `masked`: the value
     is never quoted, as for a `secret` parameter (`resolve` says so for one that holds what `decrypt_kv`
-    revealed, or a secret key's ciphertext: a failed cast must not hand either to whoever asked)."""
+    revealed, or a secret key's ciphertext: a failed cast must not hand either to whoever asked).
+
+    An array or object that reads as null (`None`, what `{{ trigger.data.source_context }}` renders when
+    the payload has none, or JSON's `null`) is None, unset, as StackStorm's `_cast_object` makes it
+    (`json.loads`, then `ast.literal_eval`): an optional parameter is then left out (a script's positional
+    argument ""), a required one is missing."""
     if isinstance(value, str) and value == NONE_MAGIC_VALUE:
         return None
     ptype = spec.get("type")
@@ -171,14 +176,9 @@ def cast(name: str, value: Any, spec: Mapping[str, Any], *, masked: bool = False
                 return None
             raise ValueError(text)
         if ptype == "array":
-            if text.startswith("["):
-                return _decode(text)
-            return [item.strip() for item in text.split(",")] if text else []
+            return _cast_array(text)
         if ptype == "object":
-            decoded = _decode(text)
-            if not isinstance(decoded, dict):
-                raise ValueError(text)
-            return decoded
+            return _cast_object(text)
     except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
         # literal_eval raises TypeError for e.g. "{[]: 1}" and RecursionError for deep nesting.
         examples = {
@@ -199,11 +199,41 @@ def cast(name: str, value: Any, spec: Mapping[str, Any], *, masked: bool = False
     return value
 
 
+def _cast_array(text: str) -> Any:
+    """An array parameter's text: a JSON (or Python) list, null (`_null`), else comma-separated items.
+    (Text in brackets that is no list, `[1], [2]`, is refused by the schema check, which names the rule.)"""
+    if text.startswith("["):
+        return _decode(text)
+    if _null(text):
+        return None
+    return [item.strip() for item in text.split(",")] if text else []
+
+
+def _cast_object(text: str) -> dict[Any, Any] | None:
+    """An object parameter's text: a JSON (or Python) dict, or null (`None`, `null`)."""
+    decoded = _decode(text)
+    if decoded is not None and not isinstance(decoded, dict):
+        raise ValueError(text)
+    return decoded
+
+
 def _decode(text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError:
         return ast.literal_eval(text)
+
+
+def _null(text: str) -> bool:
+    """Whether `text`, an array's that is no JSON list, decodes to null as `_decode` reads it (`None`,
+    `null`) rather than being the comma-separated list Squall reads it as. Only a text that names None or
+    null can decode to it, so a list's items are not parsed as Python for nothing."""
+    if "None" not in text and "null" not in text:
+        return False
+    try:
+        return _decode(text) is None
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+        return False
 
 
 #: Brackets nested deeper than this in a template are refused before Jinja parses it: its parser recurses

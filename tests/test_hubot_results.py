@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from adapters.loopback import LoopbackAdapter
+from adapters.slack_format import ATTACHED_TAIL
 from bot.app import Squall
 from engine.config import load_config
 from tests.conftest import write
@@ -34,7 +35,8 @@ HUBOT = {"user": "alice", "source_channel": "C0OPS", "source_context": ENVELOPE,
 
 
 def _pack(home: Path) -> None:
-    """Aliases of `demo.greet` with a result format, with results off, and an action with its own notify."""
+    """Aliases of `demo.greet` with a result format (one split at hubot's `{~}`), with results off, and an action
+    with its own notify."""
     pack = home / "packs" / "demo"
     write(pack / "aliases" / "shout.yaml", """
         name: shout
@@ -45,6 +47,17 @@ def _pack(home: Path) -> None:
           format: "shouting at {{ execution.parameters.who }}"
         result:
           format: "shouted: {{ execution.result.stdout }}"
+    """)
+    write(pack / "aliases" / "listing.yaml", """
+        name: listing
+        action_ref: demo.greet
+        description: Greet, as a list with a pretext (the st2 pack's `Found N actions:{~}...`).
+        formats: ["listing {{who}}"]
+        result:
+          format: "Found 1 greeting:{~}{{ execution.result.stdout }}"
+          extra:
+            slack:
+              color: "{% if execution.status == 'succeeded' %}good{% else %}danger{% endif %}"
     """)
     write(pack / "aliases" / "quiet.yaml", """
         name: quiet
@@ -217,3 +230,48 @@ async def test_squall_s_own_chat_commands_are_answered_once(home: Path) -> None:
         await squall.chat.stop()
         await squall.close()
     assert [text for text in loopback.texts("#ops") if text.startswith("shouted:")] == ["shouted: hello gus"]
+
+
+async def test_an_announcement_carries_the_result_as_stackstorm_formats_it(
+        api: tuple[Squall, httpx.AsyncClient]) -> None:
+    """hubot-stackstorm (and err-stackstorm) split an announcement's message at `{~}` themselves and copy
+    `extra.slack` into the attachment, so the message comes as StackStorm's post_result hands it to
+    post_message: `{~}` intact, `extra` the alias's own. Squall split it first and marked the split in
+    `extra.slack` (`squall_attached_tail`), which hubot copied into the attachment."""
+    squall, client = api
+    async with client.stream("GET", "/stream/v1/stream", params={"events": CHATOPS}) as answer:
+        acked = await _hubot(client, "listing ann")
+        _name, told = await asyncio.wait_for(_read(answer.aiter_lines()), 30)
+    done = await squall.executions.get(acked["execution"]["id"])
+    assert told["payload"]["execution_id"] == done["id"]
+    assert told["payload"]["message"] == "Found 1 greeting:{~}" + done["result"]["stdout"]
+    assert told["payload"]["extra"] == {"slack": {"color": "good"}}
+
+
+async def test_squall_s_own_chat_splits_a_post_result_that_announces_it_whole(home: Path) -> None:
+    """A `chatops.post_result` to one of Squall's own adapters: the chat's copy is split at `{~}` (the pretext
+    and the rest on lines of their own, Slack's attachment marked), the announcement the run stores for the
+    stream keeps the message whole."""
+    _home(home)
+    _pack(home)
+    loopback = LoopbackAdapter()
+    squall = await Squall.start(load_config(home / "config.yml"), adapters=[loopback])
+    await squall.chat.start()
+    try:
+        command = await squall.executions.request("demo.greet", {"who": "hal"},
+                                                  {"action_alias_ref": {"id": "demo.listing", "name": "listing"}})
+        command = await squall.executions.wait(command["id"], 30)
+        posted = await squall.executions.request("chatops.post_result", {
+            "execution_id": command["id"], "adapter": "loopback", "channel": "#ops"})
+        posted = await squall.executions.wait(posted["id"], 30)
+        await settle(squall, squall.chat)
+        stdout = command["result"]["stdout"]
+        assert posted["status"] == "succeeded", posted["result"]
+        assert posted["result"]["output"]["message"] == "Found 1 greeting:{~}" + stdout
+        assert posted["result"]["output"]["extra"] == {"slack": {"color": "good"}}
+        assert loopback.texts("#ops") == ["Found 1 greeting:\n" + stdout]
+        [reply] = [p.reply for p in loopback.posted if p.reply.channel == "#ops"]
+        assert reply.extra["slack"]["color"] == "good" and reply.extra["slack"][ATTACHED_TAIL] == len(stdout)
+    finally:
+        await squall.chat.stop()
+        await squall.close()

@@ -340,6 +340,49 @@ def test_cast_leaves_untyped_and_multi_typed_values_alone() -> None:
     assert cast("x", [1], {"type": "array"}) == [1]
 
 
+@pytest.mark.parametrize("ptype", ["object", "array"])
+@pytest.mark.parametrize("text", ["None", "null", " None ", "(None)"])
+def test_an_array_or_object_that_reads_as_null_is_none_as_stackstorms_cast_object(ptype: str, text: str) -> None:
+    """StackStorm casts both with `_cast_object`: `json.loads`, else `ast.literal_eval`, so `null` and
+    `None` are None. Squall refused an object (`'None' is not an object`) and made an array `['None']`."""
+    assert cast("p", text, {"type": ptype}) is None
+
+
+@pytest.mark.parametrize("ptype", ["object", "array"])
+def test_a_template_rendering_a_null_leaves_an_optional_array_or_object_unset(ptype: str) -> None:
+    """The shipped `chatops.notify-errbot` rule's `context: "{{trigger.data.source_context}}"` when
+    err-stackstorm sent no source_context: rendered "None", it is unset, as StackStorm's
+    `allow_default_none` lets an optional parameter be."""
+    trigger = {"trigger": {"data": {"source_context": None}}}
+    assert values({"p": {"type": ptype}}, {"p": "{{ trigger.data.source_context }}"}, trigger,
+                  render=True) == {"p": None}
+
+
+@pytest.mark.parametrize("ptype", ["object", "array"])
+def test_a_required_array_or_object_rendered_to_null_is_missing(ptype: str) -> None:
+    """StackStorm's schema check refuses None for a required parameter with no default (it is not
+    nullable there): Squall says the parameter is required, as for one not given."""
+    trigger = {"trigger": {"data": {"source_context": None}}}
+    message = error({"p": {"type": ptype, "required": True}}, {"p": "{{ trigger.data.source_context }}"}, trigger,
+                    render=True)
+    assert message.startswith('parameter "p" is required by action "demo.act"'), message
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("None, x", ["None", "x"]),  # a list that holds the word: no null (`_cast_object` refuses it)
+    ("nullable", ["nullable"]),
+    ("None # ,", None),  # what literal_eval reads as None is None, whatever else it holds
+])
+def test_only_an_array_text_that_is_null_as_a_whole_is_none(text: str, expected: Any) -> None:
+    assert cast("p", text, {"type": "array"}) == expected
+
+
+def test_an_object_that_is_no_mapping_nor_null_is_still_refused() -> None:
+    for text in ("0", "'None'", "[None]", "none"):
+        with pytest.raises(ParameterError, match=r'^parameter "p": .* is not an object'):
+            cast("p", text, {"type": "object"})
+
+
 def test_a_list_of_types_is_checked_by_the_schema() -> None:
     """`type: [integer, "null"]` is JSON schema's: such a value is validated, never a crash."""
     params = {"ni": {"type": ["integer", "null"]}, "sn": {"type": ["string", "number"]}}

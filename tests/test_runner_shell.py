@@ -570,6 +570,20 @@ async def test_script_parameters_are_cast_before_serialising(squall: Squall) -> 
     assert done["result"]["stdout"] == ["--flag", "--count=3", "", "0", "a,b", "", "", ""]
 
 
+async def test_a_rule_template_rendering_a_null_array_or_object_passes_nothing(squall: Squall) -> None:
+    """A rule's `tags: "{{ trigger.body.tags }}"` with a webhook body `{"tags": null}` renders "None": the
+    array was `['None']`, so the script got a literal `None` (and an object was refused). StackStorm's
+    `_cast_object` reads it as null: a positional argument "" and no named one."""
+    template = "{{ trigger.body.tags }}"
+    record = await squall.executions.request(
+        "shelltest.argv", {"tags": template, "p_arr": template, "p_obj": template}, {},
+        extra_template_context={"trigger": {"body": {"tags": None}}}, render=True)
+    done = await squall.executions.wait(record["id"], timeout=30)
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["stdout"] == ["", "", "", "", "", ""]
+    assert (done["parameters"].get("tags"), done["parameters"].get("p_arr")) == (None, None)
+
+
 async def test_script_kwarg_op_override(squall: Squall) -> None:
     done = await run(squall, "shelltest.argv", {"name": "bob", "flag": True, "kwarg_op": "-", "p_str": "x"})
     assert done["result"]["stdout"] == ["-name=bob", "-flag", "x", "", "", "", "", ""]

@@ -23,7 +23,7 @@ from engine.storage import Store, api_keys, auth_tokens, utcnow
 from engine.tokens import revoke_ended
 from tests.conftest import write
 from tests.test_api import KEY, _home
-from tests.workflow_helpers import children, workflow_pack
+from tests.workflow_helpers import children, pending_ask, until, workflow_pack
 
 ASK = """
 version: 1.0
@@ -332,11 +332,21 @@ async def test_a_callers_context_cannot_break_a_run_or_speak_for_squall(squall: 
 
 
 async def test_match_and_execute_answers_results_like_stackstorm(squall: Squall, client: httpx.AsyncClient) -> None:
+    """A 201, as StackStorm's (and `POST /aliasexecution`): err-stackstorm reads the JSON of a 201 or a 400
+    only, and posted a 200's whole text into chat in place of the ack. Each result is shaped as
+    `/aliasexecution`'s answer."""
     answer = await client.post("/api/v1/aliasexecution/match_and_execute",
                                json={"command": "greet zed", "user": "", "source_channel": "cli"})
-    assert answer.status_code == 200, answer.text
+    assert answer.status_code == 201, answer.text
+    assert set(answer.json()) == {"results"}
     (result,) = answer.json()["results"]
     assert result["actionalias"]["ref"] == "demo.greet" and result["execution"]["action"]["ref"] == "demo.greet"
+    single = await client.post("/api/v1/aliasexecution", json={"command": "greet amy", "source_channel": "cli"})
+    assert single.status_code == 201, single.text
+    assert set(result) == set(single.json()) == {"execution", "actionalias", "message"}
+    assert set(result["execution"]) == set(single.json()["execution"])
+    assert (result["message"], single.json()["message"]) == ("greeting zed", "greeting amy")
+    await squall.executions.wait(single.json()["execution"]["id"], timeout=20)
     done = await squall.executions.wait(result["execution"]["id"], timeout=20)
     assert done["result"]["stdout"] == "hello zed"
     refused = await client.post("/api/v1/aliasexecution/match_and_execute",
@@ -610,7 +620,7 @@ async def test_match_and_execute_runs_a_match_multiple_alias_once_per_fit(home: 
             command = "this is a duplicate of ABC-1 and also duplicate of ABC-2"
             answer = await client.post("/api/v1/aliasexecution/match_and_execute",
                                        json={"command": command, "user": "zed", "source_channel": "cli"})
-            assert answer.status_code == 200, answer.text
+            assert answer.status_code == 201, answer.text
             results = answer.json()["results"]
             assert [r["message"] for r in results] == ["noting ABC-1", "noting ABC-2"]
             assert {r["actionalias"]["ref"] for r in results} == {"demo.duplicate"}
@@ -708,3 +718,166 @@ async def test_a_refused_stackstorm_ciphertext_names_no_server_path(squall: Squa
     assert str(squall.config.data_dir) not in said and "datastore.key" not in said, said
     assert "the server's key file" in said and "--decrypt" in said and "inventory_token" in said
     assert (await client.get("/api/v1/keys/inventory_token")).status_code == 404
+
+
+def _help_pack(home: Path) -> None:
+    """`tests.test_api`'s demo pack (`greet`; `locked`, alice's only) with an alias of several formats (one
+    with no display, which help leaves out) and a disabled one (which help leaves out too)."""
+    _home(home)
+    write(home / "packs" / "demo" / "aliases" / "multi.yaml", """
+        name: multi
+        action_ref: demo.greet
+        description: Deploy things.
+        formats:
+          - display: "deploy <app> to <env>"
+            representation: ["deploy {{who}} to {{env}}"]
+          - representation: ["ship {{who}}"]
+          - "rollback {{who}}"
+    """)
+    write(home / "packs" / "demo" / "aliases" / "retired.yaml", """
+        name: retired
+        action_ref: demo.greet
+        description: Disabled.
+        enabled: false
+        formats: ["never {{who}}"]
+    """)
+
+
+async def test_one_alias_by_its_ref_as_st2_action_alias_get_reads_it(home: Path) -> None:
+    """`st2 action-alias get PACK.NAME` reads `GET /actionalias/{ref_or_id}`; it was a bare 404, so st2 said
+    the alias it had just listed was not found. `help` and `match` stay routes of their own."""
+    _help_pack(home)
+    app = await Squall.start(load_config(home / "config.yml"))
+    try:
+        async with _client(app, **{"St2-Api-Key": KEY}) as client:
+            listed = {a["ref"]: a for a in (await client.get("/api/v1/actionalias")).json()}
+            for ref in ("demo.greet", "demo.retired", "demo.multi"):
+                got = await client.get(f"/api/v1/actionalias/{ref}")
+                assert got.status_code == 200, got.text
+                assert got.json() == listed[ref]
+            assert listed["demo.retired"]["enabled"] is False
+            missing = await client.get("/api/v1/actionalias/demo.nope")
+            assert missing.status_code == 404 and "GET /api/v1/actionalias" in missing.json()["faultstring"]
+            assert "demo.nope" in missing.json()["faultstring"]
+            help_ = await client.get("/api/v1/actionalias/help")
+            assert help_.status_code == 200 and set(help_.json()) == {"available", "helpstrings"}
+            matched = await client.post("/api/v1/actionalias/match", json={"command": "rollback web"})
+            assert matched.status_code == 200 and matched.json()["actionalias"] == listed["demo.multi"]
+    finally:
+        await app.close()
+
+
+async def test_alias_help_is_stackstorms_for_what_the_caller_may_run(home: Path) -> None:
+    """err-stackstorm's `!st2help` reads `GET /actionalias/help` (StackStorm's `generate_helpstring_result`):
+    each display of the enabled aliases, pack then name, filtered by `pack` and by `filter` (a regular
+    expression, any case), `available` counting them all and `limit`/`offset` paging them. It was a 404.
+    A stored key's user sees what `/aliasexecution` lets them run; a key from the config, which may run
+    commands for anyone, sees them all, as StackStorm lists them."""
+    _help_pack(home)
+    app = await Squall.start(load_config(home / "config.yml"))
+    try:
+        async with _client(app, **{"St2-Api-Key": KEY}) as client:
+            demo = (await client.get("/api/v1/actionalias/help", params={"pack": "demo"})).json()
+            assert demo == {"available": 4, "helpstrings": [
+                {"pack": "demo", "display": "greet {{who}}", "description": "Greet someone."},
+                {"pack": "demo", "display": "secretgreet {{who}}", "description": "Only alice."},
+                {"pack": "demo", "display": "deploy <app> to <env>", "description": "Deploy things."},
+                {"pack": "demo", "display": "rollback {{who}}", "description": "Deploy things."}]}
+            every = (await client.get("/api/v1/actionalias/help")).json()
+            enabled = [a for a in (await client.get("/api/v1/actionalias")).json() if a["enabled"]]
+            displays = [(a["pack"], f["display"]) for a in enabled for f in a["formats"] if f["display"]]
+            assert every["available"] == len(every["helpstrings"]) == len(displays)
+            assert [(h["pack"], h["display"]) for h in every["helpstrings"]] == displays  # the list's order
+
+            async def helped(**params: Any) -> tuple[int, list[str]]:
+                answer = await client.get("/api/v1/actionalias/help", params={"pack": "demo", **params})
+                assert answer.status_code == 200, answer.text
+                return answer.json()["available"], [h["display"] for h in answer.json()["helpstrings"]]
+
+            shown = [h["display"] for h in demo["helpstrings"]]
+            assert await helped(filter="DEPLOY|^rollback") == (2, shown[2:])
+            assert await helped(limit=2, offset=1) == (4, shown[1:3])
+            assert await helped(limit=2) == (4, shown[:2])
+            assert await helped(offset=3) == (4, shown[3:])
+            assert await helped(filter="greet", limit=1, offset=1) == (2, shown[1:2])
+            assert await helped(pack="nope") == (0, [])
+            for bad in ({"filter": "(unclosed"}, {"limit": -1}, {"offset": -2}, {"limit": "ten"}):
+                refused = await client.get("/api/v1/actionalias/help", params=bad)
+                assert refused.status_code == 400, (bad, refused.text)
+                assert next(iter(bad)) in refused.json()["faultstring"], refused.json()
+        for user, sees_locked in (("mallory", False), ("alice", True)):
+            key, _record = await app.db(create_key, app.store, user)
+            async with _client(app, **{"St2-Api-Key": key}) as own:
+                answer = (await own.get("/api/v1/actionalias/help", params={"pack": "demo"})).json()
+                expected = [d for d in shown if sees_locked or not d.startswith("secretgreet")]
+                assert (answer["available"], [h["display"] for h in answer["helpstrings"]]) == (
+                    len(expected), expected), user
+                ran = await own.post("/api/v1/aliasexecution", json={"command": "secretgreet x"})
+                assert (ran.status_code == 201) is sees_locked, ran.text  # help shows what it runs
+                if sees_locked:
+                    await app.executions.wait(ran.json()["execution"]["id"], timeout=20)
+    finally:
+        await app.triggers.settle()
+        await app.close()
+
+
+async def test_metadata_files_are_relative_to_their_pack_as_stackstorms(squall: Squall,
+                                                                        client: httpx.AsyncClient) -> None:
+    """StackStorm shows an action's and an alias's `metadata_file` relative to its pack (`actions/greet.yaml`);
+    Squall showed the path it loaded it by, relative to its working folder or, for a shipped pack, the
+    server's absolute path."""
+    for ref, pack_path in (("demo.greet", squall.registry.packs["demo"].path),
+                           ("core.local", squall.registry.packs["core"].path)):
+        shown = (await client.get(f"/api/v1/actions/{ref}")).json()["metadata_file"]
+        assert shown == f"actions/{ref.split('.')[1]}.yaml", shown
+        assert (pack_path / shown).is_file()
+    listed = {a["ref"]: a for a in (await client.get("/api/v1/actions", params={"pack": "demo"})).json()}
+    assert listed["demo.greet"]["metadata_file"] == "actions/greet.yaml"
+    created = (await client.post("/api/v1/executions", json={"action": "demo.greet",
+                                                             "parameters": {"who": "x"}})).json()
+    assert created["action"]["metadata_file"] == "actions/greet.yaml"
+    alias = (await client.get("/api/v1/actionalias", params={"pack": "demo", "name": "greet"})).json()
+    assert [a["metadata_file"] for a in alias] == ["aliases/greet.yaml"]
+    await squall.executions.wait(created["id"], timeout=20)
+
+
+async def test_a_keys_expiry_is_in_the_apis_one_time_format(client: httpx.AsyncClient) -> None:
+    """Every time of the API is ISO 8601 in UTC with a `Z`, as StackStorm's (`isotime.format`); a key's
+    `expire_timestamp` alone said `+00:00`."""
+    put = (await client.put("/api/v1/keys/temp", json={"value": "v", "ttl": 600})).json()
+    got = (await client.get("/api/v1/keys/temp")).json()
+    (listed,) = (await client.get("/api/v1/keys")).json()
+    created = (await client.post("/api/v1/executions", json={"action": "demo.greet",
+                                                             "parameters": {"who": "x"}})).json()
+    for shown in (put["expire_timestamp"], got["expire_timestamp"], listed["expire_timestamp"]):
+        assert shown.endswith("Z") and "+" not in shown, shown
+        expires = datetime.fromisoformat(shown)
+        assert timedelta(seconds=500) < expires - datetime.now(UTC) <= timedelta(seconds=600)
+    assert created["start_timestamp"].endswith("Z")
+    forever = (await client.put("/api/v1/keys/forever", json={"value": "v"})).json()
+    assert forever["expire_timestamp"] is None
+
+
+async def test_a_paused_workflow_and_its_pending_question_have_no_end_yet(squall: Squall,
+                                                                        client: httpx.AsyncClient) -> None:
+    """StackStorm sets `end_timestamp` only on a completed status. A workflow paused on a `core.ask` and the
+    `pending` question showed the time they began waiting as their end, so `st2 execution list` printed
+    a frozen elapsed time for both; once canceled, the workflow has its end."""
+    workflow = await squall.executions.request("wf.ask", {})
+    question = await pending_ask(squall, workflow["id"])
+
+    async def paused() -> bool:
+        return (await squall.executions.get(workflow["id"]))["status"] == "paused"
+
+    await until(paused, "the workflow to pause on its question")
+    listed = {e["id"]: e for e in (await client.get("/api/v1/executions", params={"limit": 10})).json()}
+    for execution_id, status in ((workflow["id"], "paused"), (question["id"], "pending")):
+        got = (await client.get(f"/api/v1/executions/{execution_id}")).json()
+        for doc in (got, listed[execution_id]):
+            assert doc["status"] == status and doc["start_timestamp"]
+            assert not {"end_timestamp", "elapsed_seconds"} & set(doc), doc
+    canceled = await client.delete(f"/api/v1/executions/{workflow['id']}")
+    assert canceled.status_code == 200, canceled.text
+    done = await squall.executions.wait(workflow["id"], timeout=20)
+    ended = (await client.get(f"/api/v1/executions/{done['id']}")).json()
+    assert ended["status"] == "canceled" and ended["end_timestamp"] and "elapsed_seconds" in ended

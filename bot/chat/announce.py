@@ -19,7 +19,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Reply
-from bot.chat.replies import WHOLE_MESSAGE, WHOLE_OUTPUT, capped, render_result
+from bot.chat.replies import WHOLE_MESSAGE, WHOLE_OUTPUT, capped, result_message, split_pretext
 from engine.events import ANNOUNCE
 from engine.templates import rendered
 
@@ -109,8 +109,10 @@ class Announcer:
             text, extra = await self._result_text(str(params["execution_id"]))
             if text is None:
                 return {"skipped": "the alias turns results off"}
-            # The stream's announcement carries the text, as StackStorm's post_result hands it to post_message.
+            # The stream's announcement carries the text as StackStorm's post_result hands it to post_message,
+            # `{~}` intact for hubot-stackstorm to split; Squall's chat splits its own copy.
             announced = {"message": text, "extra": extra}
+            text, extra = split_pretext(text, extra)
             whole = (str(params["execution_id"]), WHOLE_OUTPUT)
         else:
             text, extra = str(params["message"]), params.get("extra") or {}
@@ -133,10 +135,11 @@ class Announcer:
                 **({"announced": announced} if announced else {})}
 
     async def _result_text(self, execution_id: str) -> tuple[str | None, dict[str, Any]]:
-        """post_result's text and extra for an execution, as its alias formats it (None: results off).
+        """post_result's text and extra for an execution, as its alias formats it (None: results off), its `{~}`
+        kept (`result_message`).
         An execution that is not there is `ExecutionNotFound` (a LookupError): the run fails, as StackStorm's
         `format_execution_result` does."""
         execution = await self.engine.executions.get(execution_id)
         context = execution["context"]  # a chat command names its alias; one through the API (hubot's) as StackStorm
         alias_ref = (context.get("chat") or {}).get("alias") or (context.get("action_alias_ref") or {}).get("id")
-        return await rendered(render_result, self.index.aliases.get(alias_ref), execution)
+        return await rendered(result_message, self.index.aliases.get(alias_ref), execution)

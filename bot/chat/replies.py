@@ -7,12 +7,15 @@ never loses the reply: the person gets the default text and the reason.
 A result is split at its first `{~}`, hubot-stackstorm's pretext delimiter (`splitMessage`): every
 platform gets the pretext and the rest joined by a newline, and Slack, which shows the rest as an
 attachment under the pretext (as hubot's Slack adapter does), is told where the rest starts
-(`extra.slack`'s `ATTACHED_TAIL`). Acks are posted as rendered, as hubot posts them (`msg.send`).
+(`extra.slack`'s `ATTACHED_TAIL`). An announcement of the result (`chatops.post_result` on the stream, for
+hubot-stackstorm and err-stackstorm, which split it themselves) carries it unsplit (`result_message`), as
+StackStorm's does. Acks are posted as rendered, as hubot posts them (`msg.send`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from adapters.base import Adapter, Capabilities, Reply, line_breaks
@@ -70,7 +73,32 @@ def _text(value: Any) -> str:
 
 def default_result(execution: dict[str, Any]) -> str:
     body = _result_body(execution)
-    return status_line(execution) + (f"\n```\n{body}\n```" if body else "")
+    return status_line(execution) + (f"\n{code_block(body)}" if body else "")
+
+
+#: Put between the backticks of a run of three or more in a fenced text (`code_block`): unseen, and it
+#: keeps every platform from reading a fence there.
+ZERO_WIDTH_SPACE = "\u200b"
+#: What a backtick becomes in text shown as inline code (`code_span`): MODIFIER LETTER GRAVE ACCENT.
+BACKTICK_LOOKALIKE = "\u02cb"
+_BACKTICK_RUN = re.compile("`{3,}")
+
+
+def code_block(text: str) -> str:
+    """`text` (an action's output, a person's words) in a ``` fence that nothing in it can close, so it
+    never renders as markup nor moves a mention out of the block. CommonMark (Mattermost) would take a
+    fence longer than any backtick run inside, but Slack's mrkdwn knows only ``` and closes the block at
+    the next three backticks anywhere, and the text is the same for every platform: so each run of
+    three or more backticks gets a zero-width space between its backticks instead. It reads the same."""
+    return f"```\n{_BACKTICK_RUN.sub(lambda run: ZERO_WIDTH_SPACE.join(run.group()), text)}\n```"
+
+
+def code_span(text: str) -> str:
+    """`text` (a person's command, echoed back) as inline code that nothing in it can end. CommonMark
+    would take a longer backtick run around it, but Slack's mrkdwn ends a span at any backtick, so a
+    backtick in `text` becomes a look-alike (`BACKTICK_LOOKALIKE`) and a line break a space, keeping
+    the span on one line."""
+    return "`" + " ".join(text.replace("`", BACKTICK_LOOKALIKE).splitlines()) + "`"
 
 
 def acks(alias: Any) -> bool:
@@ -93,21 +121,30 @@ def render_ack(alias: Any, execution: dict[str, Any]) -> tuple[str | None, dict[
 
 
 def render_result(alias: Any | None, execution: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """The result text (None when the alias turns results off) and its rendered `extra`. An inquiry's secret
-    answers are masked (`shown_execution`): a row stored before answers were sealed holds them in clear."""
+    """The result as Squall's chat posts it: `result_message` split at its pretext (`split_pretext`)."""
+    text, extra = result_message(alias, execution)
+    return (None, {}) if text is None else split_pretext(text, extra)
+
+
+def result_message(alias: Any | None, execution: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The result text (None when the alias turns results off) and its rendered `extra`, as StackStorm's
+    `chatops.post_result` formats them: a `{~}` left in the text, and `extra` the alias's own. This is what
+    an announcement carries (`st2.announcement__<route>`, where hubot-stackstorm and err-stackstorm split
+    it themselves); Squall's chat splits it (`render_result`). An inquiry's secret answers are masked
+    (`shown_execution`): a row stored before answers were sealed holds them in clear."""
     result = (alias.result if alias is not None else None) or {}
     if result.get("enabled") is False:
         return None, {}
     execution = shown_execution(execution)
     if not result.get("format"):
-        return split_pretext(default_result(execution), _extra(result, execution, alias))
+        return default_result(execution), _extra(result, execution, alias)
     shown = _alias_dict(alias)
     context = {"execution": execution, "alias": shown, "actionalias": shown}
     try:
         text = render_template(result["format"], context)
     except TemplateRenderError as exc:
         text = f"{default_result(execution)}\n(the alias's result format failed: {exc})"
-    return split_pretext(text, _extra(result, execution, alias))
+    return text, _extra(result, execution, alias)
 
 
 def split_pretext(text: str, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -7,6 +7,8 @@ is a 405 and `PUT`/`DELETE /actions/{ref_or_id}` a 409 naming the action's file.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -24,11 +26,25 @@ RELOADED = ("squall serve reloads the packs when their files change (`squall pac
             "and lists what did not load)")
 
 
+def pack_file(file: str, pack_path: Path) -> str:
+    """A content file's `metadata_file` as StackStorm's API shows it: relative to its pack
+    (`actions/greet.yaml`, st2's `get_relative_path_to_pack_file`), not the path Squall loaded it by (relative
+    to the working folder, or absolute for a shipped pack: a server path no client can use). A file outside
+    the pack's folder keeps that path. The refusals that name a file to edit keep the whole path."""
+    try:
+        return Path(os.path.abspath(file)).relative_to(os.path.abspath(pack_path)).as_posix()
+    except ValueError:
+        return file
+
+
 def action_public(action: Any) -> dict[str, Any]:
     """The action's summary, its parameters' defaults masked as the web's action page masks them
-    (`shown_parameters`): a secret's, and the credentials in `headers`, `cookies` and a URL."""
+    (`shown_parameters`): a secret's, and the credentials in `headers`, `cookies` and a URL; its
+    `metadata_file` relative to its pack (`pack_file`)."""
     summary = action.summary()
     summary["parameters"] = shown_parameters(summary.get("parameters") or {})
+    if summary.get("metadata_file"):
+        summary["metadata_file"] = pack_file(summary["metadata_file"], action.pack_path)
     return summary
 
 

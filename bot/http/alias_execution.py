@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from adapters.base import Message
 from aliases import AliasMatch, AmbiguousCommand, NoMatch
 from bot.chat.commands import Accepted, CommandFailed, CommandRefused
-from bot.http.aliases import match_command
+from bot.http.aliases import alias_public, match_command
 from bot.http.executions import execution_doc
 from bot.http.key_auth import acting_user
 from bot.http.state import ApiState, api_state
@@ -108,7 +108,7 @@ async def _run(state: ApiState, matches: list[AliasMatch], message: Message,
             raise HTTPException(400, f"{exc}{_started(results)}") from exc
         assert isinstance(accepted, Accepted)
         results.append({"execution": execution_doc(accepted.execution, state.squall.registry),
-                        "actionalias": match.alias.summary(), "message": accepted.ack})
+                        "actionalias": alias_public(state, match.alias), "message": accepted.ack})
     return results
 
 
@@ -129,10 +129,12 @@ async def alias_execution(body: AliasExecutionRequest, request: Request) -> dict
     return result
 
 
-@router.post("/aliasexecution/match_and_execute", tags=["aliases"])
+@router.post("/aliasexecution/match_and_execute", status_code=201, tags=["aliases"])
 async def match_and_execute(body: AliasExecutionRequest, request: Request) -> dict[str, Any]:
     """StackStorm's `{"results": [...]}`: one execution per fit of a `match_multiple` format
-    (spec §2.4 step 5), else the one best match."""
+    (spec §2.4 step 5), else the one best match. Created: 201, as StackStorm's (st2api's
+    `ActionAliasExecutionController.match_and_execute`); err-stackstorm reads the JSON of a 201 or a
+    400 only, and posted any other answer's whole text into chat in place of the ack."""
     state = api_state(request)
     message = _message(request, body)
     return {"results": await _run(state, _match_all(state, body.command), message, _notify(body, message))}

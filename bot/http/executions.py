@@ -91,7 +91,12 @@ def execution_doc(record: dict[str, Any], registry: Registry) -> dict[str, Any]:
     Only the attributes that have a value are there, as StackStorm's `ActionExecutionAPI.from_model`
     keeps them (`if value`, at the top level only): a running execution has no `end_timestamp`,
     `elapsed_seconds` or `parent`, and an empty `result`, `parameters` or `children` is left out.
-    Pack templates test for the key (`{% if 'end_timestamp' in exe %}`), which a null passed."""
+    Pack templates test for the key (`{% if 'end_timestamp' in exe %}`), which a null passed.
+
+    An execution that has not completed has no end either, whatever its stored record holds: StackStorm
+    sets `end_timestamp` only on a completed status, and Squall's record keeps the time a paused
+    workflow paused, or a `core.ask` began waiting (`pending`), as their end until they go on; shown, st2
+    printed a frozen elapsed time for them."""
     record = shown_execution(record)
     ref, runner_name = record["action"], record["runner"]
     action = registry.actions.get(ref)
@@ -108,6 +113,8 @@ def execution_doc(record: dict[str, Any], registry: Registry) -> dict[str, Any]:
         "children": record.get("children") or [],
         **({"task": task} if (task := (record["context"].get("workflow_task") or {}).get("task")) else {}),
     }
+    if record["status"] not in COMPLETED:
+        document["end_timestamp"] = document["elapsed_seconds"] = None
     return {key: value for key, value in document.items() if value}
 
 

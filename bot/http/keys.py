@@ -21,6 +21,7 @@ is stored without its row."""
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from engine.datastore import MAX_KEY_TTL as MAX_KEY_TTL  # re-exported by bot.ht
 from engine.datastore import Datastore, DatastoreError, st2_ttl
 from engine.executions import AuditEntry
 from engine.parameters import MASK, MAX_INTEGER
+from engine.storage import iso
 
 router = APIRouter()
 
@@ -52,6 +54,12 @@ class KeyRequest(BaseModel):
 
 
 def _shown(item: dict[str, Any], decrypt: bool) -> dict[str, Any]:
+    """A key as the API answers it: a secret's value masked unless `decrypt` is asked, and
+    `expire_timestamp` in the one ISO form of the API's times (`engine.storage.iso`: UTC with a `Z`, as
+    StackStorm's `isotime.format` writes them), where the datastore gives Python's `+00:00`."""
+    expires = item.get("expire_timestamp")
+    if expires:
+        item = {**item, "expire_timestamp": iso(datetime.fromisoformat(expires))}
     if item["secret"] and not decrypt and item.get("error") is None:
         return {**item, "value": MASK}
     return item

@@ -7,7 +7,8 @@ instead the process that runs pack code translates such paths when it opens or i
 pack's folder name, or `<folder holding the running pack>/<name>/...` for another pack installed
 beside it. A real `/opt/stackstorm/packs/<name>` (a symlink an administrator made) wins. Only
 Python file access is covered (open, os.stat and what uses it, listdir, scandir, access, chdir):
-paths handed to other programs are not (docs/stackstorm-compat.md). Standard library only.
+paths handed to other programs are not (docs/stackstorm-compat.md), but for the shell runners' `cwd`,
+which the engine maps with `under_squall` before it starts the command. Standard library only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 ST2_PACKS = "/opt/stackstorm/packs"
+#: Where StackStorm keeps each pack's virtualenv (`<root>/<pack ref>`); Squall's is `packs.virtualenvs_path`.
+ST2_VIRTUALENVS = "/opt/stackstorm/virtualenvs"
 #: Set by the parent (engine/runners/python.py) to the running pack's folder; removed once read,
 #: so pack code never sees it.
 PACK_PATH_VARIABLE = "_SQUALL_PACK_PATH"
@@ -48,17 +51,28 @@ def translate(path: Any) -> Any:
         text = os.fspath(path)
     except TypeError:
         return path
-    if not isinstance(text, str) or not (text == ST2_PACKS or text.startswith(ST2_PACKS + "/")) or _exists(text):
+    if not isinstance(text, str):
         return path
-    rest = text[len(ST2_PACKS):].strip("/")
-    name, _, tail = rest.partition("/")
-    own = os.path.basename(_pack_path.rstrip("/"))
-    if not name:
-        return os.path.dirname(_pack_path.rstrip("/"))
-    folder = _pack_path if name == own else os.path.join(os.path.dirname(_pack_path.rstrip("/")), name)
-    if not _exists(folder):
-        return path
-    return os.path.join(folder, tail) if tail else folder
+    mapped = under_squall(text, ST2_PACKS, _pack_path)
+    return path if mapped is text else mapped
+
+
+def under_squall(text: str, root: str, folder: str, name: str | None = None) -> str:
+    """`text` with a leading StackStorm `root` (`ST2_PACKS`, `ST2_VIRTUALENVS`) mapped to where Squall keeps
+    what it holds: `root/<n>/...` is `folder/...` when `<n>` is the running pack's (`folder`'s own name, or
+    `name`, its ref), else `<folder's parent>/<n>/...` (another pack's, beside it), and `root` itself is
+    `folder`'s parent. `text` itself (the same object) when it is elsewhere, really exists, or maps to a
+    folder Squall does not have. `translate` for Python file access; the shell runners' `cwd` too."""
+    if not (text == root or text.startswith(root + "/")) or _exists(text):
+        return text
+    first, _, tail = text[len(root):].strip("/").partition("/")
+    folder = folder.rstrip("/")
+    if not first:
+        return os.path.dirname(folder)
+    target = folder if first in (os.path.basename(folder), name) else os.path.join(os.path.dirname(folder), first)
+    if not _exists(target):
+        return text
+    return os.path.join(target, tail) if tail else target
 
 
 def _translating(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -16,8 +16,10 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+from engine.compat.squall_paths import ST2_PACKS, ST2_VIRTUALENVS, under_squall
 from engine.processes import LEDGER, dying_with_service
 from engine.runners import OUTPUT_LIMIT, RunAs, RunOutcome, RunRequest
 from engine.runners.environment import action_environment
@@ -378,8 +380,10 @@ class LocalShellRunner:
     StackStorm's `stanley`); otherwise any chat user allowed `!run` could ask for root.
     """
 
-    def __init__(self, run_as: RunAs | None = None) -> None:
+    def __init__(self, run_as: RunAs | None = None, virtualenvs: Path | None = None) -> None:
         self.run_as = run_as
+        #: Where the packs' virtualenvs are (`packs.virtualenvs_path`), for a `cwd` under StackStorm's.
+        self.virtualenvs = virtualenvs
         #: What a canceled run's kill left running, by execution, until the cancel's result is stored.
         self._strays: dict[str, str] = {}
 
@@ -403,7 +407,8 @@ class LocalShellRunner:
             stdin = f"{password}\n".encode() if password else None
         run_as = self.run_as
         env = action_environment(request, extra_env, run_as)
-        cwd = params.get("cwd") or (run_as.workdir if run_as is not None else None)
+        asked = str(params["cwd"]) if params.get("cwd") else None
+        cwd = self._folder(request, asked) if asked else (run_as.workdir if run_as is not None else None)
         if problem := _uncarried(request, parts, env, cwd):
             return RunOutcome("failed", {"error": problem})
         try:
@@ -411,19 +416,46 @@ class LocalShellRunner:
                 argv, env=env, cwd=cwd, timeout=float(params.get("timeout") or 60), stdin=stdin, run_as=run_as,
                 on_output=request.on_output, on_stray=functools.partial(self._strays.__setitem__, request.execution_id))
         except OSError as exc:
-            return self._not_started(exc, argv, env)
+            return self._not_started(exc, argv, env, cwd, asked)
         if params.get("sudo") and "incorrect password" in str(result["stderr"]).lower():
             user = run_as.name if run_as is not None else os.environ.get("USER", "squall")
             result.update(return_code=-1, error="Invalid sudo password provided or sudo is not configured "
                           f"for this user ({user})")
         return RunOutcome(status_for(result["return_code"]), result)
 
-    def _not_started(self, exc: OSError, argv: list[str], env: Mapping[str, str]) -> RunOutcome:
-        """A command that could not start: too big for the kernel altogether, or not as `runners.user`
-        (anything else is the service's trouble, and raised)."""
+    def _folder(self, request: RunRequest, asked: str) -> str:
+        """The folder `cwd` names. Under StackStorm's pack or virtualenv roots (the Exchange's ansible
+        actions default to `/opt/stackstorm/packs/{{ pack }}`) it is read where Squall keeps the pack or
+        its virtualenv, as pack code's own paths are (`squall_paths.under_squall`); else as it is."""
+        folder = under_squall(asked, ST2_PACKS, str(request.pack_path), request.action.pack)
+        if folder is asked and self.virtualenvs is not None:
+            folder = under_squall(asked, ST2_VIRTUALENVS, str(self.virtualenvs / request.action.pack))
+        return folder
+
+    def _not_started(self, exc: OSError, argv: list[str], env: Mapping[str, str], cwd: str | None = None,
+                     asked: str | None = None) -> RunOutcome:
+        """A command that could not start: the `cwd` it `asked` for (read as `cwd`) is no folder to run in,
+        the action's to fix and said so, with no traceback of Squall's; too big for the kernel altogether, or
+        not as `runners.user` (anything else is the service's trouble, and raised)."""
+        if asked is not None and exc.filename == cwd:  # how subprocess reports a failed chdir
+            return RunOutcome("failed", {"error": _cwd_problem(exc, asked, cwd)})
         if exc.errno == errno.E2BIG:
             return RunOutcome("failed", {"error": _too_long_together(argv, env)})
         if self.run_as is None:
             raise exc
         return RunOutcome("failed", {"error": f"the command could not start as user '{self.run_as.name}' "
                                               f"(runners.user): {exc}"})
+
+
+def _cwd_problem(exc: OSError, asked: str, cwd: str) -> str:
+    """Why the folder the `cwd` parameter names (`asked`, read as `cwd`) cannot be a command's working folder."""
+    what = {errno.ENOENT: "does not exist", errno.ENOTDIR: "is not a folder"}.get(
+        exc.errno or 0, f"cannot be entered ({exc.strerror})")
+    shown = asked if cwd == asked else f"{asked} (read as {cwd})"
+    hint = ""
+    if cwd == asked and any(asked == root or asked.startswith(root + "/") for root in (ST2_PACKS, ST2_VIRTUALENVS)):
+        hint = (f" (Squall reads {ST2_PACKS}/<pack> from its packs' folders and {ST2_VIRTUALENVS}/<pack> from "
+                "packs.virtualenvs_path, and has no folder for this one)")
+    return (f"cwd {shown} {what}{hint}: the \"cwd\" parameter must name a folder on this host to run the command "
+            "in; give it one that exists, or leave it out")
+

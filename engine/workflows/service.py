@@ -1138,7 +1138,9 @@ class WorkflowService:
     async def rerun(self, execution_id: str, tasks: list[str] | None = None,
                     audit: AuditEntry | None = None) -> dict[str, Any]:
         """Conduct a finished workflow again, in place: children of `tasks` (default: the tasks
-        whose latest run failed) are forgotten and run again; every other finished task is kept.
+        whose latest run failed) are forgotten and run again; every other finished task is kept. The
+        workflow is answered `requested` while it waits for its claim (stored `resuming`), as a client
+        that waits for a re-run waits for StackStorm's new execution.
 
         `audit` (who asked, from where) is stored in the transaction that sets the workflow `resuming`
         (`_reset_with`): a re-run the database did not take leaves no event and conducts nothing, and none
@@ -1184,7 +1186,12 @@ class WorkflowService:
 
         # Committed with its event: a database failure from here on is logged (the poll takes `resuming` up),
         # never answered as if nothing had been re-run.
-        return await executions._then(record, fields, "conducting its re-run", conduct)
+        answer = await executions._then(record, fields, "conducting its re-run", conduct)
+        # Stored `resuming`, the status a claim and recovery take up, but answered `requested` until claimed:
+        # StackStorm's re-run of tasks answers a new execution, `requested`, and st2client waits only while an
+        # execution is requested, scheduled, running or canceling (`_get_execution_result`): told `resuming`,
+        # `st2 execution re-run --tasks` returned at once, exit 0, however the re-run then ended.
+        return {**answer, "status": "requested"} if answer["status"] == "resuming" else answer
 
 
 def _reset_with(store: Store, record: dict[str, Any], fields: dict[str, Any], audit: AuditEntry | None) -> bool:
