@@ -520,3 +520,20 @@ def test_list_filters_are_applied(server: Server) -> None:
     assert _listed(server, "trigger-instance", "list", "--trigger", "core.st2.webhook", "-tg", "2000-01-01T00:00:00Z")
     later = server.run("trigger-instance", "list", "-tg", "tomorrow", check=False)
     assert later.returncode != 0 and "timestamp_gt" in later.stdout + later.stderr
+
+
+def test_action_alias_get_shows_the_alias_list_shows(server: Server) -> None:
+    """`st2 action-alias get st2e.greet` said the alias was not found although `list` showed it (the route
+    was missing). It shows StackStorm's fields, `metadata_file` relative to the pack; an unknown ref is
+    st2's own "not found"; `match` (POST /actionalias/match) is not taken for a ref."""
+    assert "st2e.greet" in [a["ref"] for a in server.json("action-alias", "list", "-p", "st2e")]
+    got = server.json("action-alias", "get", "st2e.greet")
+    assert got["ref"] == "st2e.greet" and got["action_ref"] == "st2e.greet" and got["enabled"] is True
+    assert [f["display"] for f in got["formats"]] == ["greet {{ who }}"]
+    assert got["metadata_file"] == "aliases/greet.yaml"
+    table = server.run("action-alias", "get", "st2e.greet").stdout
+    assert "Greet someone." in table and "greet {{ who }}" in table
+    missing = server.run("action-alias", "get", "st2e.nope", check=False)
+    assert missing.returncode != 0 and '"st2e.nope" is not found' in missing.stdout + missing.stderr
+    matched = server.run("action-alias", "match", "greet dan").stdout
+    assert "greet" in matched and "Greet someone." in matched
