@@ -242,6 +242,9 @@ class Adapter(Protocol):
     async def stop(self) -> None:
         """Disconnect."""
 
+    # Optional: `reaches(channel) -> bool` says whether a private channel stored before a restart still
+    # reaches the person it was opened with (IRC's `nick~tag`, which a restart cannot prove: False).
+
     # Optional: `received(message) -> None` is called once the dispatcher took `message` as a
     # command (adapters pass every message on and never decide that themselves): a platform's
     # "seen it" mark, such as Slack's `:eyes:` status reaction.

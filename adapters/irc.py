@@ -15,7 +15,9 @@ sender's nick, and a `Reply` becomes PRIVMSG lines. What IRC itself demands is h
   (the outbox retries), and the retry resumes after the last line a PONG confirmed;
 - a private reply is for the person who asked, not for their nick: a direct message's channel is
   `nick~tag`, the tag naming who held the nick then, followed through the renames and quits the bot
-  sees; the chat side is told (`on_gone`) when a person leaves a nick, to close what it held for them.
+  sees; the chat side is told (`on_gone`) when a person leaves a nick, to close what it held for them,
+  and may ask whether a private channel still reaches its person (`reaches`: never one given out
+  before a restart, which lost every tag).
 
 The `irc` library calls handlers synchronously from the protocol's `data_received`; an exception
 there would close the connection, so every handler is wrapped, and messages go through a queue to
@@ -788,6 +790,17 @@ class IrcAdapter:
         """Where a private exchange with `user` happens: `nick~tag`, the channel of their private messages,
         which names them rather than the nick (`_recipient`)."""
         return f"{user}~{self._holder(user)}"
+
+    def reaches(self, channel: str) -> bool:
+        """Whether a private reply to `channel` (a `private_channel` given out) would reach the person it
+        names now (`_recipient`), without giving out a tag. Not one given out before a restart: the chat
+        side closes what it held there (`bot/chat/forms.py`), telling the nick when it writes again, as
+        it cannot tell whether the same person holds it."""
+        try:
+            self._recipient(channel)
+        except DeliveryError:
+            return False
+        return True
 
     async def _wait_registered(self) -> None:
         if self.registered.is_set():

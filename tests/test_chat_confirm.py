@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from adapters.loopback import LoopbackAdapter
-from bot.chat import sessions
+from bot.chat import dispatcher, sessions
+from tests.conftest import write
 from tests.test_chat import _asked_to_wipe, _config, _confirmations_stored, _duplicates, loopback_chat, settle
 
 
@@ -43,7 +44,8 @@ async def test_a_confirmations_buttons_carry_its_token_and_answer_it_after_a_res
         assert execution["parameters"]["target"] == "db1"
         await loopback.say(clicked, user="alice", mentioned=True)  # answered: a second click runs nothing
         await settle(squall, bot)
-        assert loopback.texts()[-1].startswith("That prompt is no longer pending (answered, expired or replaced).")
+        assert loopback.texts()[-1] == ("That prompt is no longer pending: you answered it already (yes); this click "
+                                        "runs nothing.")
         assert len(await squall.executions.list(action="demo.wipe")) == 1
 
 
@@ -181,3 +183,121 @@ async def test_a_confirmation_stored_before_user_ids_were_kept_still_loads(home:
         assert await squall.executions.list(action="demo.wipe") == []
         assert slack.texts()[-1].startswith("Sorry alice, you may not run that: demo.dangerous is allowed only for "
                                             "users slack:U0ALICE01")
+
+
+def _scale(home: Path) -> None:
+    """`demo.scale`, a confirming alias whose action allows only some values: a service of three, 0 to 50
+    replicas."""
+    _config(home)
+    pack = home / "packs" / "demo"
+    write(pack / "actions" / "scale.yaml", """
+        name: scale
+        runner_type: local-shell-cmd
+        parameters:
+          service: {type: string, required: true, enum: [api, web, worker]}
+          replicas: {type: integer, required: true, minimum: 0, maximum: 50}
+          cmd: {default: 'echo "scaled {{service}} to {{replicas}}"', immutable: true}
+    """)
+    write(pack / "aliases" / "scale.yaml", """
+        name: scale
+        action_ref: demo.scale
+        description: Scale a service (asks first).
+        formats: ["scale {{service}} to {{replicas}}"]
+        confirm: true
+    """)
+
+
+@pytest.mark.parametrize(("command", "wrong"), [("!scale api to 500", 'parameter "replicas" = 500'),
+                                                ("!scale db to 5", 'parameter "service" = \'db\'')])
+async def test_a_command_that_cannot_run_is_refused_at_once_not_after_its_yes(home: Path, command: str,
+                                                                              wrong: str) -> None:
+    """A confirming alias's command is checked as the request would check it (the check approvals get)
+    before its sender is asked: what is wrong is said at once, no prompt is held, and a `yes` after it
+    has nothing to answer. One that can run is still asked first."""
+    _scale(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say(command, user="alice")
+        await settle(squall, bot)
+        [said] = loopback.texts()
+        assert said.startswith("I can't run that: ") and wrong in said, said
+        assert not loopback.posted[-1].reply.buttons and _confirmations_stored(squall) == []
+        await loopback.say("!yes", user="alice")
+        await settle(squall, bot)
+        assert loopback.texts()[-1] == "Nothing is waiting for your yes here."
+        assert await squall.executions.list(action="demo.scale") == []
+        await loopback.say("!scale api to 5", user="alice")
+        await settle(squall, bot)
+        assert loopback.texts()[-1].startswith("About to run demo.scale with service=api, replicas=5.")
+        await loopback.say("!yes", user="alice")
+        await settle(squall, bot)
+        [ran] = await squall.executions.list(action="demo.scale")
+        assert ran["parameters"]["replicas"] == 5 and ran["status"] == "succeeded"
+
+
+async def test_a_yes_or_no_with_no_prompt_says_so_or_whose_prompt_waits_here(home: Path) -> None:
+    """`yes` or `no` with nothing pending for its sender is no unknown command: nothing waits for it, or,
+    where someone else's prompt waits in that channel, that prompt is not theirs. Nothing runs; a built-in
+    of the same word (`cancel`) is still that built-in."""
+    _config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        for word in ("yes", "no"):
+            await loopback.say(f"!{word}", user="alice")
+            await settle(squall, bot)
+            assert loopback.texts()[-1] == f"Nothing is waiting for your {word} here."
+        await loopback.say("!wipe db1", user="bob")
+        await settle(squall, bot)
+        await loopback.say("!yes", user="alice")
+        await settle(squall, bot)
+        assert loopback.texts()[-1] == ("That prompt asks bob, not you, alice; only bob can answer it. Nothing was "
+                                        "run.")
+        await loopback.say("!yes", user="alice", channel="#elsewhere")  # bob's prompt waits in #ops only
+        await settle(squall, bot)
+        assert loopback.texts()[-1] == "Nothing is waiting for your yes here."
+        await loopback.say("!cancel", user="alice")
+        await settle(squall, bot)
+        assert loopback.texts()[-1] == "Which one? `!cancel <id>`"
+        assert await squall.executions.list(action="demo.wipe") == []
+
+
+async def test_a_click_on_a_settled_prompt_says_whether_it_was_answered_expired_or_replaced(home: Path,
+                                                                                          monkeypatch) -> None:
+    """A click on the buttons of a prompt no longer pending says what became of it: answered (with what),
+    expired or replaced, whatever prompt waits now; the record of settled prompts is bounded."""
+    _config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!wipe db1", user="alice")
+        await settle(squall, bot)
+        declined = _buttons(loopback)
+        await loopback.say("!no", user="alice")
+        await settle(squall, bot)
+        assert loopback.texts()[-1] == "OK, not running demo.wipe."
+        await loopback.say("!wipe db2", user="alice")  # a newer prompt waits: it did not replace the first
+        await settle(squall, bot)
+        await loopback.say(declined["Yes"], user="alice", mentioned=True)
+        await settle(squall, bot)
+        assert loopback.texts()[-1] == ("That prompt is no longer pending: you answered it already (no); this click "
+                                        "runs nothing. Your newest prompt here (demo.wipe) still waits for its answer.")
+        [waiting] = bot.dispatcher._confirmations.values()
+        waiting.expires = time.time() - 1  # its time runs out
+        expired = _buttons(loopback)
+        await loopback.say("!wipe db3", user="alice")  # and a newer one takes its slot
+        await settle(squall, bot)
+        replaced = _buttons(loopback)
+        await loopback.say(expired["Yes"], user="alice", mentioned=True)
+        await settle(squall, bot)
+        assert loopback.texts()[-1].startswith("That prompt is no longer pending: it expired before it was answered. "
+                                               "Nothing was run; send the command again.")
+        await loopback.say("!wipe db4", user="alice")
+        await settle(squall, bot)
+        await loopback.say(replaced["No"], user="alice", mentioned=True)
+        await settle(squall, bot)
+        assert loopback.texts()[-1].startswith("That prompt is no longer pending: your newer command (demo.wipe) "
+                                               "replaced it. Nothing was run")
+        await loopback.say(declined["No"], user="bob", mentioned=True)  # alice's prompt, whatever became of it
+        await settle(squall, bot)
+        assert loopback.texts()[-1].startswith("That prompt asks alice, not you, bob")
+        assert await squall.executions.list(action="demo.wipe") == []
+        monkeypatch.setattr(dispatcher, "SETTLED_KEPT", 2)
+        await loopback.say("!no", user="alice")
+        await settle(squall, bot)
+        assert len(bot.dispatcher._settled) == 2

@@ -121,6 +121,20 @@ async def test_a_hostile_message_is_shown_as_data_and_never_rendered_or_run(chat
     assert not marker.exists() and list(marker.parent.iterdir()) == []
 
 
+async def test_no_offer_of_a_command_that_could_not_run(chat, tmp_path: Path) -> None:
+    """The command an offer would fill from the message is checked as a typed one is before it is asked
+    (a runner parameter no chat command may set, here `cmd`): it could only be refused after the `yes`,
+    so it is not offered; the format the person may have meant is named instead, with its help."""
+    squall, _, loopback = chat
+    marker = tmp_path / "canary" / "ran"
+    marker.parent.mkdir()
+    answer = await ask(chat, f'!please bounce nginx on web2 cmd="touch {marker}"', "alice")
+    assert answer.startswith("I don't know `please bounce nginx on web2") and "Did you mean `!restart" in answer
+    assert "`!help ops.restart` shows its parameters." in answer and not loopback.posted[-1].reply.buttons
+    assert await ask(chat, "!yes", "alice") == "Nothing is waiting for your yes here."
+    assert await squall.executions.list() == [] and list(marker.parent.iterdir()) == []
+
+
 def test_the_filled_command_is_a_substitution_of_the_message_words() -> None:
     assert fill("restart {{service}} on {{host}}", "please bounce nginx on web1") == "restart nginx on web1"
     assert fill("restart {{service}} on {{host}}", "restart nginx") is None  # host cannot be recovered

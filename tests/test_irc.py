@@ -858,3 +858,110 @@ async def test_a_form_asked_privately_is_closed_when_its_person_renames(home: Pa
         await alice.close()
         await bot.stop()
         await squall.close()
+
+
+async def _restarted(home: Path, ircd: IrcServer, squall: Squall, bot: ChatBot) -> tuple[Squall, ChatBot]:
+    """Squall stopped and started again on the same home and server (a restart of `squall serve`)."""
+    await bot.stop()
+    await squall.close()
+    squall, bot, _ = await _start(home, _section(ircd))
+    return squall, bot
+
+
+async def test_a_form_asked_privately_before_a_restart_is_closed_and_its_nick_told_not_run(home: Path,
+                                                                                           ircd: IrcServer) -> None:
+    """alice's form asks in a private message; Squall restarts, which forgets who held each nick, so her
+    exchange cannot be taken up (whoever holds `alice` now may not be her). Her next private message is
+    no answer and no command: it runs nothing (`ping` is an alias), and she is told the form was closed
+    and how to open it again, once; after that her messages are commands as usual."""
+    squall, bot, _ = await _start(home, _section(ircd))
+    alice = await Person("alice").connect(ircd.port)
+    try:
+        await alice.join("#ops", wait_for="squall")
+        mark = len(alice.lines)
+        await alice.say("#ops", "!run-form echo")
+        await alice.wait_privmsgs("squall", 2, "alice", start=mark)
+        squall, bot = await _restarted(home, ircd, squall, bot)
+        await alice.wait_member("#ops", "squall")
+        assert [key for key, _, _ in await sessions.stored(squall) if key.startswith("ask:")]  # kept to tell her
+        mark = len(alice.lines)
+        await alice.say("squall", "ping")
+        [said] = await alice.wait_privmsgs("squall", 1, "alice", start=mark)
+        assert said.startswith("The form squall.echo asked here before Squall restarted was closed by the restart")
+        assert "nothing was run. Send `!run-form squall.echo` to fill it in again." in said
+        assert await squall.executions.list(limit=5) == []
+        assert await sessions.stored(squall) == []
+        mark = len(alice.lines)
+        await alice.say("squall", "ping")  # told once: now it is the command it names
+        assert await alice.wait_privmsgs("squall", 1, "alice", start=mark) == ["pong"]
+    finally:
+        await alice.close()
+        await bot.stop()
+        await squall.close()
+
+
+async def test_a_form_closed_by_a_restart_is_told_to_nobody_once_its_nick_quit(home: Path, ircd: IrcServer) -> None:
+    """The nick whose exchange a restart closed quits (seen in #ops): the stored exchange goes, and whoever
+    takes the nick next hears nothing of it; their message is the command it names."""
+    squall, bot, _ = await _start(home, _section(ircd))
+    alice = await Person("alice").connect(ircd.port)
+    bob = await Person("bob").connect(ircd.port)
+    newcomer = Person("alice")
+    try:
+        await alice.join("#ops", wait_for="squall")
+        await bob.join("#ops")
+        mark = len(alice.lines)
+        await alice.say("#ops", "!run-form echo")
+        await alice.wait_privmsgs("squall", 2, "alice", start=mark)
+        squall, bot = await _restarted(home, ircd, squall, bot)
+        await alice.wait_member("#ops", "squall")
+        mark = len(bob.lines)
+        await alice.close()  # QUIT, seen by the bot in #ops
+        await bob.wait_for(lambda words, raw: words[1] == "QUIT", start=mark)
+        await newcomer.connect(ircd.port)
+        await newcomer.say("squall", "ping")
+        assert await newcomer.wait_privmsgs("squall", 1, "alice") == ["pong"]
+        assert await sessions.stored(squall) == []
+    finally:
+        await newcomer.close()
+        await bob.close()
+        await alice.close()
+        await bot.stop()
+        await squall.close()
+
+
+async def test_a_confirmation_asked_privately_before_a_restart_is_closed_and_its_nick_told(home: Path,
+                                                                                         ircd: IrcServer) -> None:
+    """A confirmation asked in a private message cannot be taken up after a restart either (the nick's
+    holder cannot be told): alice's `yes` runs nothing and tells her the prompt was closed, once; then
+    nothing waits for a `yes` there."""
+    write(home / "packs" / "demo" / "aliases" / "shout.yaml", """
+        name: shout
+        action_ref: core.echo
+        description: Echo, after a yes.
+        formats: ["shout {{message}}"]
+        confirm: true
+    """)
+    squall, bot, _ = await _start(home, _section(ircd))
+    alice = await Person("alice").connect(ircd.port)
+    try:
+        await alice.join("#ops", wait_for="squall")
+        mark = len(alice.lines)
+        await alice.say("squall", "shout hi")
+        [asked] = await alice.wait_privmsgs("squall", 1, "alice", start=mark)
+        assert asked.startswith("About to run core.echo with message=hi.")
+        squall, bot = await _restarted(home, ircd, squall, bot)
+        await alice.wait_member("#ops", "squall")
+        mark = len(alice.lines)
+        await alice.say("squall", "yes")
+        [said] = await alice.wait_privmsgs("squall", 1, "alice", start=mark)
+        assert said.startswith("The prompt to run core.echo asked here before Squall restarted was closed by the "
+                               "restart") and said.endswith("nothing was run. Send the command again.")
+        assert await squall.executions.list(limit=5) == [] and await sessions.stored(squall) == []
+        mark = len(alice.lines)
+        await alice.say("squall", "yes")
+        assert await alice.wait_privmsgs("squall", 1, "alice", start=mark) == ["Nothing is waiting for your yes here."]
+    finally:
+        await alice.close()
+        await bot.stop()
+        await squall.close()

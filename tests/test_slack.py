@@ -688,8 +688,8 @@ async def test_a_click_on_an_older_confirmation_runs_nothing_and_says_it_was_rep
     await _posted(fake, lambda m: m.get("text") == "wiped production", "the newest prompt's command")
     assert [r["parameters"]["who"] for r in await squall.executions.list(action="demo.greet")] == ["production"]
     await fake.push("interactive", fake.click(newer, "yes"))  # answered already: runs nothing again
-    await _posted(fake, lambda m: (m.get("text") or "").startswith("That prompt is no longer pending (answered"),
-                  "the second click refused")
+    await _posted(fake, lambda m: (m.get("text") or "").startswith(
+        "That prompt is no longer pending: you answered it already (yes)"), "the second click refused")
     assert len(await squall.executions.list(action="demo.greet")) == 1
 
 

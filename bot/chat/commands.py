@@ -28,7 +28,7 @@ from aliases.model import immutable_names
 from bot.chat.auth import Authorizer
 from bot.chat.index import AliasIndex
 from bot.chat.replies import acks, render_ack, short
-from engine.actions import unapproved
+from engine.actions import Action, unapproved
 from engine.executions import AuditEntry, CompletionWrite
 from engine.packs import UnknownAction
 from engine.parameters import MASK, ParameterError, check_unrendered, mask_value
@@ -201,22 +201,34 @@ class CommandService:
         API's `notification_route`), unless the action has one (`_notified`)."""
         alias = match.alias
         context = self.context(alias, message, source, chat)
-        try:
-            action = self.engine.registry.action(alias.action_ref)
-            parameters, render = match.request_parameters(action, context)
-        except (ParameterError, UnknownAction, ValueError) as exc:
-            raise CommandFailed(str(exc)) from exc
+        action, parameters, render = self._parameters(match, context)
         _notified(context, notify, action.notify)
         policy = alias.approval or action.approval
         if policy is not None:
             if self.holder is None or chat is None:
                 raise CommandRefused(unapproved(alias.ref, policy))
-            try:  # a command that cannot run is refused now, not after its approvers said yes
-                check_unrendered(action, parameters, render)
-            except ParameterError as exc:
-                raise CommandFailed(str(exc)) from exc
+            # a command that cannot run is refused now, not after its approvers said yes
+            _checked(action, parameters, render)
             return await self.holder(HeldRequest(alias, message, parameters, sorted(render), context, policy))
         return await self.request(alias, message, source, parameters, render, context)
+
+    def check(self, match: AliasMatch, message: Message, source: str) -> None:
+        """`CommandFailed` (in the request's words) when `match`'s parameters could not run: the check a
+        command held for approvers gets in `run`, without requesting anything. For what is held for an
+        answer first (a confirmation, a "did you mean" offer): a `yes` to a command that cannot run
+        could only be refused, so it is refused before anyone is asked."""
+        action, parameters, render = self._parameters(match, self.context(match.alias, message, source))
+        _checked(action, parameters, render)
+
+    def _parameters(self, match: AliasMatch, context: dict[str, Any]) -> tuple[Action, dict[str, Any], set[str]]:
+        """`match`'s action and what to request it with (`AliasMatch.request_parameters`), or
+        `CommandFailed`: an override the alias does not open, an action not loaded."""
+        try:
+            action = self.engine.registry.action(match.alias.action_ref)
+            parameters, render = match.request_parameters(action, context)
+        except (ParameterError, UnknownAction, ValueError) as exc:
+            raise CommandFailed(str(exc)) from exc
+        return action, parameters, render
 
     def approval_for(self, record: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """The approval a new run of `record` would need, with the alias or action that declares it:
@@ -345,6 +357,15 @@ def _notified(context: dict[str, Any], notify: dict[str, Any] | None, own: dict[
     dispatcher's reply, never a second announcement through a route."""
     if notify and not own:
         context["notify"] = notify
+
+
+def _checked(action: Action, parameters: dict[str, Any], render: set[str]) -> None:
+    """What the engine's request would refuse of `parameters` without rendering any (`check_unrendered`:
+    unknown names, a required one missing, a value its schema refuses), as `CommandFailed`."""
+    try:
+        check_unrendered(action, parameters, render)
+    except ParameterError as exc:
+        raise CommandFailed(str(exc)) from exc
 
 
 def _within_limit(text: str) -> None:

@@ -190,6 +190,18 @@ class PendingConfirmation:
 
 #: Stored confirmations' keys (`bot/chat/sessions.py`): by where they wait, as question exchanges are.
 _CONFIRM = "confirm:"
+#: How many prompts no longer pending `Dispatcher._settled` remembers (the oldest are forgotten first):
+#: enough for the clicks on the buttons of prompts settled in the last while, in a few hundred kilobytes.
+SETTLED_KEPT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """A prompt no longer pending (`Dispatcher._settled`, by its token): whom it asked, and why it ended,
+    in words that follow "That prompt is no longer pending: ", for a click on its button after."""
+
+    asked: Message
+    reason: str
 
 
 def _place(message: Message) -> tuple[str, str, str]:
@@ -246,6 +258,12 @@ class Dispatcher:
     auth: Authorizer = field(default_factory=Authorizer)
     settings: ChatSettings = field(default_factory=ChatSettings)
     _confirmations: dict[tuple[str, str, str], PendingConfirmation] = field(default_factory=dict)
+    #: Prompts answered, expired or replaced lately, by token (at most `SETTLED_KEPT`, in memory only):
+    #: a click on one of their buttons is told which, never another prompt's story.
+    _settled: dict[str, _Settled] = field(default_factory=dict)
+    #: (adapter, name in lower case) → the stored keys and prompts a restart closed for that name: asked in a
+    #: private channel its adapter no longer reaches (`restore`); its next `yes` or `no` there is told so.
+    _lost: dict[tuple[str, str], list[tuple[str, PendingConfirmation]]] = field(default_factory=dict)
     _ranker: Ranker | None = None
     #: Commands held for approvers (`bot/chat/approvals.py`); `approve` / `deny` answer them.
     approvals: ApprovalChat | None = None
@@ -456,8 +474,12 @@ class Dispatcher:
                 return
             metrics.count(metrics.chat_commands, message.adapter, "unmatched")
             # A format's words without their values (`!echo`): asked for, as a missing parameter is.
-            if not await self.forms.bare(message, text):
-                await self._unknown(message, text, exc.suggestions)
+            if await self.forms.bare(message, text):
+                return
+            if text.lower() in _YES | _NO:  # an answer with no prompt of theirs to answer: never "I don't know"
+                await self._nothing_pending(message, text.lower())
+                return
+            await self._unknown(message, text, exc.suggestions)
             return
         await self.run_matched(matches[0], message, text, more=matches[1:])
 
@@ -480,6 +502,12 @@ class Dispatcher:
             return
         metrics.count(metrics.chat_commands, message.adapter, "matched")
         if fits[0].alias.confirm and not confirmed:
+            for fit in fits:  # a `yes` to what cannot run could only be refused: say what is wrong now
+                try:
+                    self.commands.check(fit, message, "chat")
+                except CommandFailed as exc:
+                    await self._cannot_run(fit, message, text, exc)
+                    return
             await self._ask_to_confirm(fits, message)
             return
         for number, fit in enumerate(fits):
@@ -532,6 +560,28 @@ class Dispatcher:
         await self.say(message, _not_yours(asked, message))
         return True
 
+    async def _nothing_pending(self, message: Message, word: str) -> None:
+        """A typed `yes` or `no` (`word`) when no prompt waits for its sender here (`_typed_answer` found
+        none), nor does an alias or built-in take the word: whose prompt waits here instead, if anyone's
+        (the newest still open), or that nothing does. Nothing is run either way."""
+        now = time.time()
+        lost = self._lost.pop((message.adapter, message.user.lower()), []) if message.direct else []
+        for key, _ in lost:
+            await sessions.drop(self.engine, key)
+        closed = list(dict.fromkeys(_described(pending) for _, pending in lost if now <= pending.expires))
+        if closed:
+            await self.say(message, f"The prompt to run {' and '.join(closed)} asked here before Squall restarted was "
+                                    "closed by the restart (it cannot tell whether you are who had the name "
+                                    f"{message.user} then): nothing was run. Send the command again.")
+            return
+        asked = next((other.message for other in reversed(self._confirmations.values())
+                      if (other.message.adapter, other.message.channel) == (message.adapter, message.channel)
+                      and now <= other.expires), None)
+        if asked is not None:
+            await self.say(message, _not_yours(asked, message))
+        else:
+            await self.say(message, f"Nothing is waiting for your {word} here.")
+
     async def _settle(self, message: Message, pending: PendingConfirmation, yes: bool) -> None:
         """Take `message`'s sender's answer to `pending` (theirs in that channel, `_pending`): once, restart
         or not. A `yes` runs it as its sender now (`_as_now`), authorised again."""
@@ -539,7 +589,10 @@ class Dispatcher:
         del self._confirmations[key]
         await sessions.drop(self.engine, sessions.place_key(_CONFIRM, *key))
         asked = _as_now(pending.message, message)
-        if time.time() > pending.expires:
+        expired = time.time() > pending.expires
+        self._note_settled(pending, _EXPIRED if expired else
+                           f"you answered it already ({'yes' if yes else 'no'}); this click runs nothing.")
+        if expired:
             await self.say(message, "That confirmation has expired; send the command again.")
         elif not yes:
             what = pending.match.alias.action_ref if pending.match is not None else "that"
@@ -556,9 +609,9 @@ class Dispatcher:
 
     async def _clicked(self, message: Message, yes: bool, token: str) -> None:
         """A Yes/No (Run/Cancel) click: it answers the prompt whose token its button carries. A prompt
-        replaced by a newer one, answered, expired or asked of someone else runs nothing, and says so:
-        one person's prompts in one channel share one pending slot, and an older prompt's Yes must not
-        confirm the newer command."""
+        replaced by a newer one, answered, expired or asked of someone else runs nothing, and says which
+        (`_settled`, while it is remembered): one person's prompts in one channel share one pending slot,
+        and an older prompt's Yes must not confirm the newer command."""
         pending = self._pending(message)
         if pending is not None and pending.token == token:
             await self._settle(message, pending, yes)
@@ -566,16 +619,31 @@ class Dispatcher:
         asked = next((other.message for other in self._confirmations.values() if other.token == token
                       and (other.message.adapter, other.message.channel) == (message.adapter, message.channel)),
                      None)
+        settled = self._settled.get(token)
+        if asked is None and settled is not None and not same_sender(settled.asked, message):
+            asked = settled.asked
         if asked is not None:
             await self.say(message, _not_yours(asked, message))
-        elif pending is not None:
-            what = (pending.match.alias.action_ref if pending.match is not None else
-                    f"`retry {pending.retry}`" if pending.retry is not None else f"`{short(pending.command or '')}`")
-            await self.say(message, f"That prompt is no longer pending: your newer command ({what}) replaced it. "
-                                    "Nothing was run; answer the newest prompt, or send the command again.")
+            return
+        newest = f" Your newest prompt here ({_described(pending)}) still waits for its answer." if pending else ""
+        if settled is not None:
+            await self.say(message, f"That prompt is no longer pending: {settled.reason}{newest}")
+        elif pending is not None:  # from before a restart, or long forgotten: which of the three is not known
+            await self.say(message, f"That prompt is no longer pending (answered, expired or replaced). Nothing was "
+                                    f"run.{newest}")
         else:
             await self.say(message, "That prompt is no longer pending (answered, expired or replaced). Nothing was "
                                     "run; send the command again.")
+
+    def _note_settled(self, pending: PendingConfirmation, reason: str) -> None:
+        """Remember why `pending` is no longer pending (`_settled`), forgetting the oldest past `SETTLED_KEPT`."""
+        if pending.token is None:
+            return
+        self._settled.pop(pending.token, None)
+        # Who was asked, without what they typed or their platform's payload: a thousand stay small.
+        self._settled[pending.token] = _Settled(replace(pending.message, text="", raw=None), reason)
+        while len(self._settled) > SETTLED_KEPT:
+            del self._settled[next(iter(self._settled))]
 
     async def _button(self, message: Message, value: str) -> None:
         """Any other click: an Approve/Deny or a form's button does what it says; anything else is the
@@ -594,7 +662,14 @@ class Dispatcher:
         memory and stored: a restart before the answer does not lose it."""
         message = pending.message
         key = _place(message)
+        replaced = self._confirmations.get(key)
+        if replaced is not None and replaced.token != pending.token:
+            self._note_settled(replaced, _EXPIRED if time.time() > replaced.expires else
+                               f"your newer command ({_described(pending)}) replaced it. Nothing was run; send the "
+                               "command again to run it.")
         self._confirmations[key] = pending
+        for stored, _ in self._lost.pop((message.adapter, message.user.lower()), []) if message.direct else []:
+            await sessions.drop(self.engine, stored)  # asked anew there: the prompt a restart closed is not told
         state: dict[str, Any] = {"origin": sessions.origin(message), "command": pending.command,
                                  "token": pending.token}
         if pending.match is not None:
@@ -613,19 +688,26 @@ class Dispatcher:
         keys = [key for key, pending in self._confirmations.items()
                 if key[0] == adapter and pending.message.user.lower() == user.lower()]
         for key in keys:
-            del self._confirmations[key]
+            self._note_settled(self._confirmations.pop(key), f"it was closed when {user} left that name. Nothing "
+                                                              "was run.")
             await sessions.drop(self.engine, sessions.place_key(_CONFIRM, *key))
-        return len(keys)
+        lost = self._lost.pop((adapter, user.lower()), [])  # closed by a restart: nobody is told now
+        for stored, _ in lost:
+            await sessions.drop(self.engine, stored)
+        return len(keys) + len(lost)
 
     async def restore(self) -> tuple[int, int]:
         """Take up the chat sessions stored before a restart (at the chat's start), read once: open
         forms and question exchanges (`ChatForms.restore`), confirmations and "did you mean" offers.
         How many forms, and how many confirmations. One whose alias or format is gone is dropped and
         logged. One stored under its sender's name whose origin says their user id (stored before ids keyed
-        them) is stored again under the id (`_place`), so its renamed sender finds it and it is answered once."""
+        them) is stored again under the id (`_place`), so its renamed sender finds it and it is answered once.
+        One asked in a private channel its adapter no longer reaches (`reaches`: an IRC `nick~tag` from
+        before the restart, whoever holds the nick now) is not taken up: kept in `_lost` (stored still)
+        until a `yes` or `no` from that name there is told so (`_nothing_pending`); logged, not counted."""
         stored = await sessions.stored(self.engine)
         forms = await self.forms.restore([row for row in stored if not row[0].startswith(_CONFIRM)])
-        restored = 0
+        restored = lost = 0
         for key, state, expires in (row for row in stored if row[0].startswith(_CONFIRM)):
             try:
                 message = Message(**state["origin"])
@@ -633,6 +715,11 @@ class Dispatcher:
                 more = tuple(self._restored(kept) for kept in state.get("more") or ())
                 pending = PendingConfirmation(match, message, expires, state.get("command"), token=state.get("token"),
                                               more=more, retry=state.get("retry"))
+                reaches = getattr(self.adapters.get(message.adapter), "reaches", None)
+                if reaches is not None and not reaches(message.channel):
+                    self._lost.setdefault((message.adapter, message.user.lower()), []).append((key, pending))
+                    lost += 1
+                    continue
                 if key == sessions.place_key(_CONFIRM, *_place(message)):
                     self._confirmations[_place(message)] = pending
                 else:  # stored under the name of a sender whose id it keeps: held and stored under the id
@@ -642,6 +729,9 @@ class Dispatcher:
             except Exception as exc:  # a pack changed under it: the person sends the command again
                 log.warning("a confirmation asked before the restart was dropped: %s", exc)
                 await sessions.drop(self.engine, key)
+        if lost:
+            log.info("%d confirmation(s) asked in private messages before the restart were closed by it (it forgot "
+                     "who held each nick); each nick is told so at its next yes or no there", lost)
         return forms, restored
 
     def _restored(self, kept: dict[str, Any]) -> AliasMatch:
@@ -662,7 +752,7 @@ class Dispatcher:
         message, with Run / Cancel), else the display strings near the first word."""
         prefix = self.settings.prefix
         best = self._stand_out(message, text)
-        if best is not None and best.filled is not None and self._means(best.filled, best.alias):
+        if best is not None and best.filled is not None and self._runnable(best.filled, best.alias, message):
             ttl = self.settings.confirm_ttl
             pending = PendingConfirmation(None, message, time.time() + ttl, best.filled)
             await self._hold(pending)
@@ -700,12 +790,20 @@ class Dispatcher:
             return None
         return best if self.auth.check(best.alias, message).allowed else None
 
-    def _means(self, command: str, alias: Alias) -> bool:
-        """Whether `command` matches `alias` exactly (and nothing else as well)."""
+    def _runnable(self, command: str, alias: Alias, message: Message) -> bool:
+        """Whether `command` matches `alias` exactly (and nothing else as well), with parameters that
+        would run (`CommandService.check`): an offer whose `yes` could only be refused is no offer."""
         try:
-            return self.commands.match(command).alias is alias
+            match = self.commands.match(command)
         except (NoMatch, AmbiguousCommand):
             return False
+        if match.alias is not alias:
+            return False
+        try:
+            self.commands.check(match, message, "chat")
+        except CommandFailed:
+            return False
+        return True
 
     def _secret_names(self, alias: Alias) -> Collection[str]:
         """The secret parameters of `alias`'s action (a suggestion spells none of their defaults)."""
@@ -731,10 +829,7 @@ class Dispatcher:
             log.info("%s's command came again (%s); it runs once, not again", message.user, exc)
             return
         except CommandFailed as exc:
-            if self.forms.missing(match):  # offer the form, the error saying why
-                await self.forms.offer(message, match.alias, f"I can't run that: {exc}", match.parameters, text)
-                return
-            await self.say(message, f"I can't run that: {exc}")
+            await self._cannot_run(match, message, text, exc)
             return
         except Exception as exc:
             trouble = database_trouble(exc)
@@ -752,6 +847,14 @@ class Dispatcher:
             reply = Reply(adapter=message.adapter, channel=message.channel, thread=where["thread"], text=accepted.ack,
                           extra=accepted.ack_extra)
             await self.outbox.post_keyed(accepted.execution["id"], "ack", [reply])
+
+    async def _cannot_run(self, match: AliasMatch, message: Message, text: str | None, exc: CommandFailed) -> None:
+        """Tell `message`'s sender why `match` cannot run (`CommandFailed`): with its form offered when the
+        command left out a parameter the form asks, the error saying why."""
+        if self.forms.missing(match):
+            await self.forms.offer(message, match.alias, f"I can't run that: {exc}", match.parameters, text)
+            return
+        await self.say(message, f"I can't run that: {exc}")
 
     def _where(self, message: Message, fit: int = 0) -> dict[str, Any]:
         """Where an execution's replies go: the message's adapter, channel and thread (and who asked).
@@ -1145,6 +1248,17 @@ def _not_yours(asked: Message, sender: Message) -> str:
         return (f"That prompt asks the person who was {asked.user} when it was asked, not you; only they can "
                 "answer it. Nothing was run.")
     return f"That prompt asks {asked.user}, not you, {sender.user}; only {asked.user} can answer it. Nothing was run."
+
+
+#: Why a prompt no longer pending ended, when its time ran out (`_Settled.reason`).
+_EXPIRED = "it expired before it was answered. Nothing was run; send the command again."
+
+
+def _described(pending: PendingConfirmation) -> str:
+    """What `pending` holds, as a click on an older prompt names it: the action, the retry or the offer."""
+    if pending.match is not None:
+        return pending.match.alias.action_ref
+    return f"`retry {pending.retry}`" if pending.retry is not None else f"`{short(pending.command or '')}`"
 
 
 def _started_by(execution: dict[str, Any], message: Message) -> bool:

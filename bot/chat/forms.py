@@ -20,7 +20,10 @@ appear in no reply and no audit.
 
 Open forms and question exchanges are also stored (`chat_sessions`, encrypted with the datastore
 key, as answers may be secrets), so a restart does not close them: a modal opened before it can
-still be sent, and the questions go on where they were.
+still be sent, and the questions go on where they were. Not in a private channel its adapter no
+longer reaches (`reaches`: IRC's `nick~tag`, whose tag a restart forgets, so nobody can tell whether
+the nick's holder now is the person asked): that exchange is closed, and the nick's next private
+message is no answer and runs nothing, but is told so.
 """
 
 from __future__ import annotations
@@ -115,6 +118,17 @@ class _Asking:
     given: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _Lost:
+    """A question exchange stored before a restart in a private channel its adapter no longer reaches
+    (`reaches`: IRC's `nick~tag`, whose tag the restart forgot): its stored key, its alias's ref, and
+    until when it would have waited. Its nick is told at its next private message (`ChatForms.answer`)."""
+
+    key: str
+    ref: str
+    expires: float
+
+
 #: Characters that make a format's literal text a pattern rather than words a person types as shown.
 _PATTERN_SIGNS = frozenset("\\^$|?*+()[]{}")
 
@@ -151,6 +165,8 @@ class ChatForms:
         #: Submitted forms' commands still running (held: a task nobody references may be collected).
         self._running: set[asyncio.Future[None]] = set()
         self._asking: dict[tuple[str, str, str], _Asking] = {}
+        #: (adapter, name in lower case) → the exchanges a restart closed for that name (`restore`).
+        self._lost: dict[tuple[str, str], list[_Lost]] = {}
         for adapter in dispatcher.adapters.values():
             if hasattr(adapter, "open_form"):
                 adapter.on_form = self.submit  # type: ignore[attr-defined]
@@ -163,14 +179,37 @@ class ChatForms:
         exchange is a conversation); False when none is asked."""
         asking = self._asking.get((message.adapter, message.channel, message.user))
         if asking is None or time.time() > asking.expires or not same_sender(asking.origin, message):
-            return False
+            return await self._closed_by_restart(message)
         await self._answer(message, asking, message.text.strip() if text is None else text)
         return True
 
     def asks(self, message: Message) -> bool:
-        """Whether a question of a form waits for `message`'s sender's answer where it was sent."""
+        """Whether a question of a form waits for `message`'s sender's answer where it was sent, or, in
+        a private message, one a restart closed for their name (`_lost`), which their answer is told of."""
         asking = self._asking.get((message.adapter, message.channel, message.user))
-        return asking is not None and time.time() <= asking.expires and same_sender(asking.origin, message)
+        if asking is not None and time.time() <= asking.expires and same_sender(asking.origin, message):
+            return True
+        return message.direct and any(time.time() <= lost.expires
+                                      for lost in self._lost.get((message.adapter, message.user.lower()), ()))
+
+    async def _closed_by_restart(self, message: Message) -> bool:
+        """A private message from a name whose question exchange a restart closed (`_lost`): it is no answer
+        and runs nothing; its sender is told the form was closed and how to open it again, once. Whoever
+        holds the name now is told, without a value given so far: after a restart nobody can tell
+        whether they are the person who was asked (`adapters/irc.py`, `reaches`). False otherwise."""
+        lost = self._lost.pop((message.adapter, message.user.lower()), []) if message.direct else []
+        for item in lost:
+            await self._drop(item.key)
+        refs = list(dict.fromkeys(item.ref for item in lost if time.time() <= item.expires))
+        if not refs:
+            return False
+        prefix = self.dispatcher.settings.prefix
+        again = " or ".join(f"`{prefix}{WORD} {ref}`" for ref in refs)
+        await self.dispatcher.say(message, f"The form {' and '.join(refs)} asked here before Squall restarted was "
+                                           "closed by the restart (it cannot tell whether you are who had the name "
+                                           f"{message.user} then): nothing you sent was taken as its answers, and "
+                                           f"nothing was run. Send {again} to fill it in again.")
+        return True
 
     async def command(self, message: Message, text: str) -> bool:
         """`run-form NAME`: offer its form; `run-form` alone, or an empty slash command (which comes with
@@ -379,6 +418,8 @@ class ChatForms:
             lead = ""
         asking = _Asking(alias.ref, message, asked, {}, time.time() + ASK_TTL, given)
         self._asking[(where.adapter, where.channel, where.user)] = asking
+        for lost in self._lost.pop((where.adapter, where.user.lower()), []):  # asked anew: nothing to tell
+            await self._drop(lost.key)
         await self._keep(_ask_key(where.adapter, where.channel, where.user), asking)
         await self.dispatcher.say(where, f"{lead}Running {alias.ref}: {len(asked)} question(s); reply `cancel` to "
                                          f"stop.\n{_question(asked[0])}")
@@ -466,7 +507,10 @@ class ChatForms:
         for state in opened:
             del self._opened[state]
             await self._drop(_FORM + state)
-        return len(asking) + len(opened)
+        lost = self._lost.pop((adapter, name), [])  # closed by a restart: nobody is told now
+        for item in lost:
+            await self._drop(item.key)
+        return len(asking) + len(opened) + len(lost)
 
     def _forget_expired(self) -> None:
         """Expired forms leave memory here; their rows go at the next start (`restore`)."""
@@ -489,8 +533,11 @@ class ChatForms:
     async def restore(self, stored: list[tuple[str, dict[str, Any], float]]) -> int:
         """Take up the forms and question exchanges among the sessions `stored` before a restart
         (`sessions.stored`, read by the dispatcher at the chat's start); how many. One whose alias
-        is gone or disabled is dropped and logged (and every answer looks the alias up again)."""
-        restored = 0
+        is gone or disabled is dropped and logged (and every answer looks the alias up again). One asked
+        in a private channel its adapter no longer reaches (`reaches`: an IRC `nick~tag` from before the
+        restart) is not taken up: kept as `_lost` (stored still) until its nick writes privately again,
+        which is told, and logged, not counted."""
+        restored = lost = 0
         for key, state, expires in stored:
             try:
                 alias = self.dispatcher.aliases.get(state["alias"])
@@ -504,12 +551,20 @@ class ChatForms:
                     named = {f.name: f for f in self.fields(alias)}
                     fields = [named[name] for name in state["fields"]]
                     adapter, channel, user = json.loads(key.removeprefix(_ASK))
+                    reaches = getattr(self.dispatcher.adapters.get(adapter), "reaches", None)
+                    if reaches is not None and not reaches(channel):
+                        self._lost.setdefault((adapter, user.lower()), []).append(_Lost(key, alias.ref, expires))
+                        lost += 1
+                        continue
                     self._asking[adapter, channel, user] = _Asking(alias.ref, origin, fields, state["answers"],
                                                                    expires, state["given"])
                 restored += 1
             except Exception as exc:  # a pack changed under it: the person opens it again
                 log.warning("a chat form stored before the restart was dropped: %s", exc)
                 await self._drop(key)
+        if lost:
+            log.info("%d chat form(s) asked in private messages before the restart were closed by it (it forgot who "
+                     "held each nick); each nick is told so when it writes privately again", lost)
         return restored
 
 
