@@ -583,7 +583,16 @@ def check_parameter(owner: str, name: str, spec: Mapping[str, Any], value: Any, 
         where = "".join(f"[{p!r}]" for p in error.absolute_path)
         secret = bool(spec.get("secret")) or masked
         hidden = mask_value(name, value) if not secret else value
-        shown = MASK if secret else repr(hidden)
+        # the value at `where` (`"tags"[1] = 2`), not the whole parameter's: taken from the masked whole,
+        # whose credentials stay masked (MASK where masking changed its shape)
+        element = hidden
+        for step in error.absolute_path:
+            try:
+                element = element[step]
+            except (KeyError, IndexError, TypeError):
+                element = MASK
+                break
+        shown = MASK if secret else repr(element)
         # jsonschema's message quotes the value: not one whose credentials are shown masked everywhere else
         message = error.message if not secret and hidden is value else f"the value breaks '{error.validator}'"
         raise ParameterError(

@@ -193,9 +193,9 @@ async def test_help_command_shows_credential_defaults_masked(home: Path) -> None
         await settle(*chat[:2])
     assert answer.startswith("vault.creds → vault.creds"), answer
     assert not _leaked(answer) and not _leaked(listed)
-    assert "  token (string, default ********)" in answer
+    assert "  token (secret string, default ********; " in answer  # marked secret, default masked
     assert "  url (string, required, default http://ann:********@127.0.0.1:9/echo)" in answer  # where it goes: kept
-    assert "  headers (object, default {'X-Api-Key': '********', " in answer
+    assert '  headers (object, default {"X-Api-Key": "********", ' in answer  # as JSON, as the author writes it
     assert "  region (string, default eu-west-1)" in answer
     # an alias format's own default for a URL parameter is masked as the parameter's is
     assert "!call vault at {{ url = http://ann:********@vault.example.com/ }}" in answer

@@ -627,3 +627,21 @@ def test_nesting_is_refused_before_jinja_parses_it_and_ordinary_nesting_renders(
     assert "nested too deeply" in error({"p": {"type": "string"}}, {"p": deep}, render=True)
     ordinary = "{{ " + "(" * 20 + "1 + 1" + ")" * 20 + " }}"
     assert values({"p": {"type": "string"}}, {"p": ordinary}, render=True)["p"] == "2"
+
+
+def test_a_nested_error_shows_the_value_of_the_element_it_is_about() -> None:
+    """`tags=["a", 2]` against `items: {type: string}`: the error names element 1 and its own value,
+    not the whole array as element 1's value; a secret's element stays masked, and a credential of
+    a `headers` object is shown masked as everywhere else."""
+    message = error({"tags": {"type": "array", "items": {"type": "string"}}}, {"tags": ["a", 2]})
+    assert message.startswith('parameter "tags"[1] = 2 breaks the rule type'), message
+    nested = error({"hosts": {"type": "object", "additionalProperties": {"type": "integer"}}},
+                   {"hosts": {"web1": 1, "web2": "many"}})
+    assert nested.startswith("parameter \"hosts\"['web2'] = 'many' breaks the rule type"), nested
+    secret = error({"keys": {"type": "array", "secret": True, "items": {"type": "string"}}}, {"keys": ["a", SECRET, 3]})
+    assert secret.startswith(f'parameter "keys"[2] = {MASK} breaks'), secret
+    assert "hunter2" not in secret
+    headers = error({"headers": {"type": "object", "additionalProperties": {"type": "string"}}},
+                    {"headers": {"Authorization": "Bearer s3cr3t-t0ken-value", "X-Count": 3}})
+    assert headers.startswith("parameter \"headers\"['X-Count'] = 3 breaks the rule type"), headers
+    assert "s3cr3t-t0ken-value" not in headers

@@ -972,9 +972,12 @@ class Dispatcher:
         prefix = self.settings.prefix
         mine = chat_help.visible(self.matcher.aliases, self.auth, message)
         if not rest:
-            hidden = (chat_help.hidden_count(self.matcher.aliases, self.auth, message)
-                      if self.auth.is_admin(message) else None)
-            await self._say_blocks(message, chat_help.listing(mine, prefix, hidden, self.engine.registry.actions))
+            admin = self.auth.is_admin(message)
+            hidden = chat_help.hidden_count(self.matcher.aliases, self.auth, message) if admin else None
+            withheld = 0 if admin else chat_help.withheld_count(self.matcher.aliases, mine)
+            await self._say_blocks(message, chat_help.listing(
+                mine, prefix, hidden, self.engine.registry.actions, withheld=withheld,
+                admins=chat_help.admin_names(self.auth, message.adapter), adapter=self.adapters.get(message.adapter)))
             return
         named = chat_help.find(mine, rest) or self._typed(rest, mine)
         if len(named) == 1:

@@ -5,7 +5,9 @@ grouped by pack, each alias with its formats; admins also learn how many command
 do not see there. `help COMMAND` (an alias name, its ref, or the first words of one of its formats)
 shows the action's parameters from its schema, the formats, and who may run it. Plain lines with
 backticks only: every platform (IRC included) reads them, and the text is split into replies by
-pack so that no platform turns help into an attached file.
+pack so that no platform turns help into an attached file. `help PACK` lists one pack's commands;
+where a long list would hold a channel's pace (no threads, no files, a result line cap: IRC), `help`
+is one line per pack instead (`listing`'s `adapter`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from adapters.base import Message
+from adapters.base import Adapter, Message, line_breaks
 from aliases import Alias
 from aliases.grammar import PLACEHOLDER as _FORMAT_PLACEHOLDER
 from aliases.model import PERMISSION_KINDS
@@ -31,6 +33,10 @@ _PLACEHOLDER = re.compile(r"\{\{.*?\}\}", re.DOTALL)
 #: What a secret parameter's `{{ name = default }}` default is shown as (as `parameter_lines` masks it).
 MASK = "********"
 _DEFAULT_GROUPS = ("dq", "sq", "brace", "bare")
+#: A listing longer than this many lines (over several packs) ends with how to narrow it (`help <pack>`).
+LONG_LISTING = 20
+#: How many of a pack's command names its line of the short listing (`summary`) names before `…`.
+SUMMARY_NAMES = 8
 
 
 def visible(aliases: Sequence[Alias], auth: Authorizer, message: Message) -> list[Alias]:
@@ -44,14 +50,40 @@ def hidden_count(aliases: Sequence[Alias], auth: Authorizer, message: Message) -
     return sum(1 for a in aliases if a.enabled and not auth.check(a, ordinary).allowed)
 
 
+def withheld_count(aliases: Sequence[Alias], mine: Sequence[Alias]) -> int:
+    """How many enabled aliases the asker may not run here, of `aliases`, given `mine` (`visible`)."""
+    return sum(1 for a in aliases if a.enabled) - len(mine)
+
+
+def admin_names(auth: Authorizer, adapter: str) -> list[str]:
+    """The admins (config `auth.admins`) a person on `adapter` can ask, as they are named there: a name
+    qualified by another adapter (`slack:U0123` seen from IRC) is no one they can reach."""
+    names = set()
+    for name in auth.admins:
+        where, _, bare = name.rpartition(":")
+        if not where or where == adapter:
+            names.add(bare)
+    return sorted(names)
+
+
 def listing(aliases: Sequence[Alias], prefix: str, hidden: int | None,
-            actions: Mapping[str, Any] | None = None) -> list[str]:
+            actions: Mapping[str, Any] | None = None, *, withheld: int = 0, admins: Sequence[str] = (),
+            adapter: Adapter | None = None) -> list[str]:
     """The help text as blocks, one per pack (then the built-ins and the admin's note): the caller
     joins blocks into replies that fit the platform.
 
     Only formats with a `display` are listed, as StackStorm's help and `AliasMatcher.help` do: a
     format with `representation` only is how a pack author keeps a command out of help. With
-    `actions` (action ref → action) a display's default for a secret parameter is masked."""
+    `actions` (action ref → action) a display's default for a secret parameter is masked. A long
+    list over several packs says how to narrow it (`help <pack>`, in the built-ins' block, which a
+    filtered list drops). `withheld`: how many commands here the (non-admin) asker may not run, said
+    in one line naming whom to ask (`admins`) when any are known. With `adapter`, one that can
+    neither thread nor attach and caps results (`max_result_lines`) gets `summary` when the whole
+    list is longer than that cap: each line costs every channel of the connection its pace."""
+    if adapter is not None and _paced(adapter):
+        whole = listing(aliases, prefix, hidden, actions, withheld=withheld, admins=admins)
+        if line_breaks("\n".join(whole)).count("\n") + 1 > getattr(adapter, "max_result_lines", 0):
+            return summary(aliases, prefix, whole[-1 - bool(hidden) - bool(withheld):])
     blocks: list[str] = []
     by_pack: dict[str, list[Alias]] = {}
     for alias in aliases:
@@ -64,16 +96,56 @@ def listing(aliases: Sequence[Alias], prefix: str, hidden: int | None,
             lines.append(f"  {prefix}{shown[0]}{description}")
             lines += [f"      {prefix}{other}" for other in shown[1:]]
         blocks.append("\n".join(lines))
-    blocks.append("built in: " + ", ".join(f"{prefix}{b}" for b in BUILTINS))
+    builtins = "built in: " + ", ".join(f"{prefix}{b}" for b in BUILTINS)
+    if len(by_pack) > 1 and sum(block.count("\n") + 1 for block in blocks) > LONG_LISTING:
+        builtins += f"\n{_NARROW.format(prefix=prefix)}"
+    blocks.append(builtins)
     if hidden:
         blocks.append(f"(admin) {hidden} command{'s here are' if hidden != 1 else ' here is'} hidden from people "
                       "without a group or user permission; `help <command>` shows who may run one.")
+    if withheld > 0:
+        ask = f"; ask {_either(admins)}" if admins else ""
+        blocks.append(f"{withheld} more command{'s need' if withheld != 1 else ' needs'} permissions you don't "
+                      f"have here{ask}.")
     return blocks
+
+
+_NARROW = "`{prefix}help <pack>` lists one pack's commands; `{prefix}help <command>` shows one in full."
+
+
+def _either(names: Sequence[str]) -> str:
+    """`root-admin`, `alice or bob`, `alice, bob or carol`."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _paced(adapter: Adapter) -> bool:
+    """Whether `adapter` sends every line at a pace the whole connection shares, with nowhere else to
+    put a long text: no threads, no files, and a result line cap (`replies.capped` cuts results to it)."""
+    capabilities = adapter.capabilities
+    return not capabilities.threads and not capabilities.files and getattr(adapter, "max_result_lines", 0) > 0
+
+
+def summary(aliases: Sequence[Alias], prefix: str, tail: Sequence[str]) -> list[str]:
+    """The short listing: one line per pack naming its commands (the first `SUMMARY_NAMES`, then how
+    many more), how to see a pack's or a command's details, then `tail` (the built-ins and notes).
+    Names are what `help NAME` finds; an alias help would not list (no display) is not named."""
+    by_pack: dict[str, list[str]] = {}
+    for alias in aliases:
+        if displays(alias):
+            by_pack.setdefault(alias.pack, []).append(alias.name)
+    lines = []
+    for pack in sorted(by_pack):
+        names = sorted(by_pack[pack], key=str.lower)
+        more = f" … (+{len(names) - SUMMARY_NAMES})" if len(names) > SUMMARY_NAMES else ""
+        lines.append(f"{pack}: {', '.join(names[:SUMMARY_NAMES])}{more}")
+    builtins = tail[0].split("\n")[0]
+    return ["\n".join(lines), f"{builtins}\n{_NARROW.format(prefix=prefix)}", *tail[1:]]
 
 
 def find(aliases: Sequence[Alias], query: str) -> list[Alias]:
     """Aliases `query` names: by ref, by name, else by the first words of one of their formats that
-    help lists (one with a display; a representation-only format is kept out of help)."""
+    help lists (one with a display; a representation-only format is kept out of help), else by their
+    pack's name (`help ops`: every alias of `aliases` in pack ops)."""
     wanted = query.strip().lower()
     exact = [a for a in aliases if wanted in (a.ref.lower(), a.name.lower())]
     if exact:
@@ -92,7 +164,8 @@ def find(aliases: Sequence[Alias], query: str) -> list[Alias]:
             else:
                 continue
             break
-    return found
+    # StackStorm's `help <pack>`: a word naming no command but a pack names the pack's commands
+    return found or [a for a in aliases if a.pack.lower() == wanted]
 
 
 def details(alias: Alias, action: Any, prefix: str, who: str) -> str:
@@ -107,7 +180,7 @@ def details(alias: Alias, action: Any, prefix: str, who: str) -> str:
     if not shown:
         lines.append("  (none listed in help)")
     lines.append("parameters:")
-    lines += parameter_lines(alias, action) or ["  (none)"]
+    lines += parameter_lines(alias, action, prefix) or ["  (none)"]
     if alias.confirm:
         lines.append("asks for confirmation before it runs")
     approval = alias.approval or getattr(action, "approval", None)
@@ -173,10 +246,13 @@ def _shown_default(name: str, written: str) -> str:
     return shown if isinstance(shown, str) else json.dumps(shown)
 
 
-def parameter_lines(alias: Alias, action: Any) -> list[str]:
+def parameter_lines(alias: Alias, action: Any, prefix: str = "") -> list[str]:
     """`name (type, required|default …) — description` for each parameter a chat command may set:
     the action's own and the runner parameters the alias opens or a format names, less the immutable
-    ones (`closed_parameters`)."""
+    ones (`closed_parameters`). Defaults and enum values as the pack author wrote them (`false`,
+    `null`, lists and objects as JSON, not Python's `False`). A secret says so, and where to give it:
+    typed in a channel it runs (masked in replies and the audit), but everyone there has read it; a
+    direct message, or the form (`run-form`, which asks for a secret only in private), does not."""
     if action is None:
         return ["  (the action is not loaded)"]
     closed = closed_parameters(alias, action)
@@ -185,16 +261,25 @@ def parameter_lines(alias: Alias, action: Any) -> list[str]:
     for name, spec in shown_parameters(action.parameters).items():
         if spec.get("immutable") or name in closed:
             continue
-        facts = [str(spec.get("type", "any"))]
+        facts = [("secret " if spec.get("secret") else "") + str(spec.get("type", "any"))]
         if spec.get("required"):
             facts.append("required")
         if "default" in spec:
-            facts.append(f"default {short(str(spec['default']), 60)}")
+            facts.append(f"default {short(_as_written(spec['default']), 60)}")
         if spec.get("enum"):
-            facts.append("one of " + ", ".join(map(str, spec["enum"])))
+            facts.append("one of " + ", ".join(map(_as_written, spec["enum"])))
+        if spec.get("secret"):
+            facts[-1] += (f"; typed in a channel, everyone there reads it: use a direct message or "
+                          f"`{prefix}run-form {alias.ref}`")
         description = f" — {spec['description']}" if spec.get("description") else ""
         lines.append(f"  {name} ({', '.join(facts)}){description}")
     return lines
+
+
+def _as_written(value: Any) -> str:
+    """A default or enum value as a pack author writes it in YAML or JSON: a string as it is, anything
+    else as JSON (`false`, `null`, `["a", "b"]`)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def who_may_run(alias: Alias, auth: Authorizer) -> str:
