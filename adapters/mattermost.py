@@ -69,6 +69,7 @@ from adapters.base import (
     Part,
     Reply,
 )
+from adapters.markup import ZERO_WIDTH_SPACE
 from engine.config import ADAPTER_FLAGS, ADAPTER_KEYS, unknown_key
 
 log = logging.getLogger(__name__)
@@ -247,9 +248,8 @@ def _quiet_attachment(item: dict[str, Any]) -> dict[str, Any]:
     return quiet
 
 
-#: Put after the `@` of a channel-wide mention (`quiet_mentions`): unseen, and it ends the word there.
-ZERO_WIDTH_SPACE = "\u200b"
-#: `@all`, `@channel` and `@here` in any case, where no letter or digit follows (a username may go on
+#: After the `@` of a channel-wide mention `quiet_mentions` puts a `ZERO_WIDTH_SPACE`: unseen, and it ends the
+#: word there. `@all`, `@channel` and `@here` in any case, where no letter or digit follows (a username may go on
 #: with `.`, `-` or `_`, but Mattermost trims those off a word's end and splits at `.`, `-` and `:`).
 _CHANNEL_WIDE = re.compile(r"@(?=(?:all|channel|here)(?![A-Za-z0-9]))", re.IGNORECASE | re.ASCII)
 #: One character of a post as Mattermost's Markdown reads it before looking for mentions: a backslash

@@ -69,6 +69,7 @@ from adapters.base import (
     Part,
     Reply,
 )
+from adapters.markup import code_block
 from adapters.slack_format import (
     ACTION_PREFIX,
     FORM_CALLBACK,
@@ -1151,7 +1152,7 @@ class SlackAdapter:
             log.warning("Slack: uploading %s failed (%s); posting the start of it instead", name, _error(exc))
             head = content[: UPLOAD_FALLBACK]
             note = f"\n(output truncated: {len(content):,} characters; uploading the file failed: {_error(exc)})"
-            text = f"{reply.text}\n```\n{head}\n```" + (note if len(content) > len(head) else "")
+            text = f"{reply.text}\n{code_block(head)}" + (note if len(content) > len(head) else "")
             fallback = Reply(adapter=reply.adapter, channel=reply.channel, text=text, thread=reply.thread)
             response = await self._post(self.client.chat_postMessage, fallback, channel=channel,
                                         thread_ts=reply.thread, **_with_outbox_id(message_arguments(fallback), reply))
@@ -1185,7 +1186,7 @@ class SlackAdapter:
         if not url or expires < time.monotonic() or used >= 5:
             return False
         self._response_urls[channel] = (url, expires, used + 1)
-        text = reply.text if reply.file is None else f"{reply.text}\n```\n{reply.file[1][:MAX_TEXT - 200]}\n```"
+        text = reply.text if reply.file is None else f"{reply.text}\n{code_block(reply.file[1][:MAX_TEXT - 200])}"
         payload = {"response_type": "in_channel", **message_arguments(Reply(**{**reply.__dict__, "text": text}))}
         async with aiohttp.ClientSession() as session, session.post(url, json=payload) as response:
             return 200 <= response.status < 300

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
+from adapters.markup import BACKTICK_LOOKALIKE, code_block, code_span
 from adapters.mattermost import ZERO_WIDTH_SPACE, _inline, attachments, create, quiet_mentions
 from adapters.slack import create as create_slack
 from bot.app import Squall
-from bot.chat.replies import BACKTICK_LOOKALIKE, code_block, code_span, default_result
+from bot.chat.replies import default_result
 from engine.config import load_config
 from tests.conftest import write
 from tests.fake_mattermost import FakeMattermost
@@ -219,6 +220,8 @@ async def test_mattermost_echoes_no_channel_mention_from_a_command(mattermost: F
     [answer] = await replies_to(fake, post, "I don't know")
     assert "zzz" in answer["message"]
     assert channel_mentions(answer["message"]) == set()
+    # His backticks end nothing: the bot's span holds his whole command, `@all` inside it.
+    assert f"`zzz{BACKTICK_LOOKALIKE} @{ZERO_WIDTH_SPACE}all {BACKTICK_LOOKALIKE}zzz`" in answer["message"]
 
 
 async def test_mattermost_echoes_no_channel_mention_from_a_result(mattermost: FakeMattermost) -> None:

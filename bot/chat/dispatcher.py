@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from adapters.base import Adapter, Message, Reply
+from adapters.markup import code_span
 from aliases import Alias, AliasMatch, AliasMatcher, AmbiguousCommand, CommandTooComplex, NoMatch
 from aliases.grammar import normalise
 from aliases.rank import RANKERS, Ranked, Ranker, make_ranker
@@ -765,14 +766,14 @@ class Dispatcher:
         if best is not None and shown:  # an alias without a display string is kept out of help, and of this
             action = self.engine.registry.actions.get(best.alias.action_ref)
             shown_text = chat_help.masked(shown[0], chat_help.secret_names(action))
-            await self.say(message, f"I don't know `{short(text)}`. Did you mean `{prefix}{shown_text}`? "
+            await self.say(message, f"I don't know {code_span(short(text))}. Did you mean `{prefix}{shown_text}`? "
                                     f"`{prefix}help {best.alias.ref}` shows its parameters.")
             return
         allowed = {d for a in chat_help.visible(self.matcher.aliases, self.auth, message)
                    for d in (f.display for f in a.formats) if d}
         near = [s for s in near if s in allowed]
         hint = f" Did you mean: {', '.join(f'`{s}`' for s in near)}?" if near else ""
-        await self.say(message, f"I don't know `{short(text)}`.{hint} Try `{prefix}help`.")
+        await self.say(message, f"I don't know {code_span(short(text))}.{hint} Try `{prefix}help`.")
 
     def _stand_out(self, message: Message, text: str) -> Ranked | None:
         """The ranker's best alias for `text` if it clears the threshold and the margin over the
@@ -989,7 +990,7 @@ class Dispatcher:
         refs = {a.ref for a in named} or {e["ref"] for e in self.matcher.help(
             re.escape(rest), allowed=lambda alias: self.auth.check(alias, message).allowed)}
         if not refs:
-            await self.say(message, f"No commands match `{short(rest)}`.")
+            await self.say(message, f"No commands match {code_span(short(rest))}.")
             return
         blocks = chat_help.listing([a for a in mine if a.ref in refs], prefix, None,
                                    self.engine.registry.actions)[:-1]
@@ -1261,7 +1262,7 @@ def _described(pending: PendingConfirmation) -> str:
     """What `pending` holds, as a click on an older prompt names it: the action, the retry or the offer."""
     if pending.match is not None:
         return pending.match.alias.action_ref
-    return f"`retry {pending.retry}`" if pending.retry is not None else f"`{short(pending.command or '')}`"
+    return f"`retry {pending.retry}`" if pending.retry is not None else code_span(short(pending.command or ""))
 
 
 def _started_by(execution: dict[str, Any], message: Message) -> bool:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from adapters.base import Adapter, DeliveryError, Form, FormField, FormSubmission, Message
+from adapters.markup import code_span
 from aliases import Alias, AliasMatch, AliasMatcher, AmbiguousCommand, NoMatch
 from aliases.grammar import PLACEHOLDER, normalise
 from bot.chat import sessions
@@ -245,9 +246,9 @@ class ChatForms:
         first = fits[0]
         if len({fit.alias.ref for fit in fits}) > 1:
             listed = ", ".join(f"`{prefix}{fit.shown}` ({fit.alias.ref})" for fit in fits)
-            await dispatcher.say(message, f"`{prefix}{short(text)}` needs more: one of {listed}.")
+            await dispatcher.say(message, f"{code_span(prefix + short(text))} needs more: one of {listed}.")
             return True
-        needs = f"`{prefix}{short(text)}` needs {', '.join(first.missing)}: `{prefix}{first.shown}`"
+        needs = f"{code_span(prefix + short(text))} needs {', '.join(first.missing)}: `{prefix}{first.shown}`"
         if set(first.missing) <= {f.name for f in self.fields(first.alias)}:
             await self.offer(message, first.alias, needs)
         else:
