@@ -36,7 +36,7 @@ from engine.events import EXECUTION_FINISHED, Events
 from engine.executor import Executor
 from engine.logs import bind
 from engine.metrics import metrics
-from engine.output import OutputRecorder
+from engine.output import OutputRecorder, OutputSink
 from engine.pack_config import PYTHON_RUNNER, config_facts, config_value_error, render_dynamic_config
 from engine.packs import Pack, Registry, UnknownAction
 from engine.parameters import (
@@ -746,13 +746,22 @@ class ExecutionService:
             return
         except Exception as exc:
             outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
+        # The run is over: its end is recorded whatever lands on its task now, as a cancel's end is above. A
+        # cancel that reaches a workflow whose conductor has just returned finds no flow to cancel and cancels
+        # its task (`_cancel_here`): cut there, the end was stored or not, but never told, and the workflow
+        # above it waited `canceling` for ever.
+        await asyncio.shield(self._ran(record, outcome, sink, _scrubbable(secrets, request.revealed)))
+
+    async def _ran(self, record: dict[str, Any], outcome: RunOutcome, sink: OutputSink, secrets: list[str]) -> None:
+        """Record how a run ended once its runner returned (`_conduct`): its live output first, then its end;
+        a workflow conducted in steps that now waits on its tasks is let go instead."""
         await sink.close()  # the live output is all stored before the execution ends
         if outcome.status == WAITING_ON_TASKS:
             info = record.get("runner_info") or {}
             between = {"between_steps": True, **{k: info[k] for k in ("worker", "hostname", "job_id") if k in info}}
             await self.db(self._let_go, record["id"], between)
             return
-        await self._finish(record, outcome, _scrubbable(secrets, request.revealed))
+        await self._finish(record, outcome, secrets)
 
     def _let_go(self, execution_id: str, between: dict[str, Any]) -> None:
         """A workflow waits on its tasks: say so in its `runner_info`, unless a worker's step was

@@ -1150,6 +1150,36 @@ async def test_a_second_cancel_takes_up_a_tree_left_canceling(rec: Squall) -> No
     await until(all_canceled, "every execution under the workflow to end canceled", seconds=60)
 
 
+async def test_a_cancel_that_reaches_a_sub_workflow_storing_its_end_loses_no_end(
+        wf: Squall, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel that reached a sub-workflow whose conductor had just returned (its end being stored)
+    found no flow to cancel and canceled its task instead, which cut the end short: stored, or not,
+    but never told, so the workflow above waited for it `canceling` for ever (the second-cancel test
+    timed out so on a busy machine, at the deep end of the tree). The end is stored and told whatever
+    lands on the task once its run is over; the workflow above then ends canceled."""
+    gate = tmp_path / "gate"
+    record = await wf.executions.request("wf.nested", {"gate": str(gate)}, {"user": "tester"})
+    sub = (await until(lambda: children(wf, record["id"]), "the sub-workflow to start"))[0]["id"]
+    storing, stored = asyncio.Event(), asyncio.Event()
+    stored_end = wf.executions._stored_end
+
+    async def held(run: dict[str, Any], *args: Any) -> Any:
+        if run["id"] == sub:  # the sub-workflow's run is over: the cancel lands while its end is stored
+            storing.set()
+            await stored.wait()
+        return await stored_end(run, *args)
+
+    monkeypatch.setattr(wf.executions, "_stored_end", held)
+    gate.touch()
+    await asyncio.wait_for(storing.wait(), 20)
+    assert (await wf.executions.cancel(record["id"]))["status"] == "canceling"
+    assert (await wf.executions.get(sub))["status"] == "canceling"  # the cancel reached it, as it ended
+    stored.set()
+    assert (await wf.executions.wait(record["id"], timeout=20))["status"] == "canceled"
+    assert (await wf.executions.wait(sub, timeout=20))["status"] == "succeeded"  # it ended before the cancel
+    assert task_names(await children(wf, record["id"])) == ["sub"]  # the canceled workflow started nothing more
+
+
 async def test_a_second_cancel_is_audited_with_who_asked_it(rec: Squall, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second cancel of a tree its first cancel left `canceling` (it failed midway) took the cancel up
     again and stored no audit event: who asked it was nowhere. Each cancel leaves its own event, about
