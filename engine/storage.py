@@ -795,13 +795,13 @@ def _private_sqlite_file(path: Path) -> None:
     gives its -wal and -shm the main file's mode), in a folder made 0700 if Squall makes it. An existing
     file that group or others may read (made by an older Squall) loses those bits, with its companions,
     said once; its owner's bits stay as they are, so nothing is ever loosened."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a file in its way: said as it is, "File exists"
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         return
     except FileExistsError:
         pass
-    except OSError:  # a folder that cannot be made or written: SQLite's own error says so, with the fix
+    except OSError:  # a folder that cannot be written: SQLite's own error says so, with the fix
         return
     tightened = []
     for file in (path, *(path.with_name(path.name + suffix) for suffix in _SQLITE_COMPANIONS)):
