@@ -39,6 +39,7 @@ import fnmatch
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -66,6 +67,8 @@ _BATCH = 1000
 _BEFORE_RUNNING = (None, "requested", "scheduled", "delayed")
 #: Executions read per page when the stream looks for new ones.
 _NEW_PAGE = 100
+#: Where a look at a known execution that has not ended is told among the others (`_everything`): last.
+_LATEST = datetime.max.replace(tzinfo=UTC)
 
 Event = dict[str, str]
 
@@ -244,24 +247,29 @@ class Follower:
         fresh = [row["id"] for row in await self._new()]
         fresh += [execution_id for execution_id in unfinished if execution_id not in self.seen and
                   execution_id not in fresh]
+        # What happened since the last look, in the order it happened as far as the records tell: a known
+        # execution that ended before a new one was requested is told first (its announcement, its end),
+        # else a client saw a later run's announcement before an earlier one's.
+        looks: list[tuple[Any, int, dict[str, Any], _Seen | None]] = []
         for execution_id in fresh:
             record = await self.squall.db(store.get_execution, execution_id)
-            if record is None:
-                continue
-            self.top = max(self.top, record["id"])
-            seen = self.seen[record["id"]] = _Seen(status=record["status"])
-            for event in self._event(EXECUTION_CREATE, record["action"], record["id"], self._doc(record)):
-                yield event
-            unfinished.pop(record["id"], None)
-            async for event in self._changed(record, seen):
-                yield event
+            if record is not None:
+                looks.append((record["start_timestamp"], len(looks), record, None))
         for execution_id, seen in list(self.seen.items()):
             if execution_id in fresh or seen.ended or (unfinished.get(execution_id) == seen.status and not self.output):
                 continue
             record = await self.squall.db(store.get_execution, execution_id)
             if record is not None:
-                async for event in self._changed(record, seen):
+                ended = record["end_timestamp"] if record["status"] in COMPLETED else None
+                looks.append((ended or _LATEST, len(looks), record, seen))
+        for _when, _order, record, known in sorted(looks, key=lambda look: (look[0], look[1])):
+            if known is None:
+                self.top = max(self.top, record["id"])
+                known = self.seen[record["id"]] = _Seen(status=record["status"])
+                for event in self._event(EXECUTION_CREATE, record["action"], record["id"], self._doc(record)):
                     yield event
+            async for event in self._changed(record, known):
+                yield event
 
     async def _changed(self, record: dict[str, Any], seen: _Seen) -> AsyncIterator[Event]:
         """A known execution's output since the last look, then its update if its status changed."""
