@@ -182,6 +182,46 @@ async def test_a_task_first_seen_before_it_ran_still_shows_as_running_before_its
     assert told == ["scheduled", "running", "succeeded"]
 
 
+async def test_one_look_tells_what_happened_in_the_order_the_records_say(api: Api, tmp_path: Path) -> None:
+    """A look that finds a known execution ended and a newer one requested after its end tells the end
+    first; one requested before that end is told first. Driven look by look, so neither order is left
+    to when the stream happens to wake."""
+    squall = api.squall
+    follower = stream_module.Follower(squall, stream_module.Wanted(events=("st2.execution__create",
+                                                                           "st2.execution__update")))
+    await follower.start_everything()
+
+    async def look() -> list[tuple[str, str]]:
+        return [(event["event"].rpartition("__")[2], json.loads(event["data"])["id"])
+                async for event in follower.look()]
+
+    async def ran(gate: Path) -> str:
+        record = await squall.executions.request("demo.gated", {"gate": str(gate)}, {"user": "t"})
+        while (await squall.executions.get(record["id"]))["status"] != "running":
+            await asyncio.sleep(0.02)
+        return record["id"]
+
+    async def ended(execution_id: str, gate: Path) -> None:
+        gate.touch()
+        assert (await squall.executions.wait(execution_id, 30))["status"] == "succeeded"
+
+    first = await ran(tmp_path / "first")
+    assert ("create", first) in await look()
+    await ended(first, tmp_path / "first")
+    later = await squall.executions.request("demo.greet", {"who": "ann"}, {"user": "t"})
+    await squall.executions.wait(later["id"], 30)
+    told = await look()
+    assert told.index(("update", first)) < told.index(("create", later["id"])), told
+
+    second = await ran(tmp_path / "second")
+    assert ("create", second) in await look()
+    earlier = await squall.executions.request("demo.greet", {"who": "bob"}, {"user": "t"})
+    await squall.executions.wait(earlier["id"], 30)
+    await ended(second, tmp_path / "second")
+    told = await look()
+    assert told.index(("create", earlier["id"])) < told.index(("update", second)), told
+
+
 async def test_a_login_token_in_the_query_opens_the_stream(api: Api) -> None:
     """After `st2 login`, st2client's stream reader sends the token as query parameter `x-auth-token` (as
     StackStorm takes it), not as a header: the tail was a 401."""
