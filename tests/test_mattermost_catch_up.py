@@ -105,6 +105,24 @@ async def test_a_post_seen_live_and_listed_again_after_a_restart_runs_once(home:
     assert any("command came again" in m for m in messages)
 
 
+async def test_a_post_answered_live_that_runs_nothing_is_not_answered_again_after_a_restart(
+        home: Path, fake: FakeMattermost) -> None:
+    """A `help` or a mistyped command requests no execution, so no stored command tells that it was handled:
+    its answers are keyed by its delivery key instead (`Dispatcher.say`). Listed again by a restarted
+    Squall's catch-up, it is answered once, and what was posted during the restart is answered."""
+    async with running(home, fake) as (squall, bot, _adapter):
+        live = await fake.say(fake.alice, fake.town_square, "!grete live")
+        answered = await replies_to(fake, live, "grete")
+        await settle(squall, bot)
+    meanwhile = await fake.say(fake.alice, fake.town_square, "!grete meanwhile")
+    async with running(home, fake) as (squall, bot, _adapter):
+        assert len(await replies_to(fake, meanwhile, "grete")) == len(answered)
+        await settle(squall, bot)
+        thread = [p for p in fake.bot_posts(fake.town_square["id"]) if p["root_id"] == live["id"]]
+        assert [p["message"] for p in thread] == [p["message"] for p in answered]
+        assert await whos(squall) == []
+
+
 async def test_a_post_whose_command_was_not_stored_before_the_stop_runs_after_the_restart(
         home: Path, fake: FakeMattermost, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stop (or a crash) after the post arrived and before its command was stored: the restart's

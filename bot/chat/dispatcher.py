@@ -80,13 +80,32 @@ _CLICKED = re.compile(r"(yes|no):([0-9a-f]{16})")
 @dataclass(slots=True)
 class _Taken:
     """What became of the message `Dispatcher.handle` is handling: `stored` until `say_unstored` tells its
-    sender the database took nothing of it."""
+    sender the database took nothing of it; its delivery key (`Message.delivery`) and how many answers
+    `say` gave it so far, which key them (`_answer_key`)."""
 
+    delivery: str | None = None
     stored: bool = True
+    said: int = 0
+
+
+#: The `execution_id` the answers to a delivered message are keyed under (`Dispatcher.say`): no execution's
+#: id, so retention purges them by age, as every reply of no execution (`engine.retention.replies_batch`).
+ANSWERS = "@"
 
 
 #: The message being handled (`Dispatcher.handle`), for `say_unstored`, however deep it is called.
 _handling: ContextVar[_Taken | None] = ContextVar("handling", default=None)
+
+
+def _answer_key(message: Message, *, keyed: bool) -> str | None:
+    """The key of the next answer to `message` (`Dispatcher.say`) while it is the message being handled
+    and carries a delivery key: `answer:<adapter> <delivery> <n>`, the n-th answer of its handling. Every
+    answer counts, `keyed` or not, so a second handling numbers its answers as the first did."""
+    taken = _handling.get()
+    if taken is None or taken.delivery is None or message.delivery != taken.delivery:
+        return None
+    taken.said += 1
+    return f"answer:{message.adapter} {message.delivery} {taken.said}" if keyed else None
 
 
 @dataclass
@@ -310,7 +329,7 @@ class Dispatcher:
         `say_unstored`). The adapter acknowledges the message to its platform then, never before (the
         handler contract, `adapters.base.MessageHandler`): a platform that sends again what it got no
         acknowledgement for (Slack) sends this one again. Never waits for an action to run."""
-        taken = _Taken()
+        taken = _Taken(message.delivery)
         token = _handling.set(taken)
         try:
             with logging_context(adapter=message.adapter, channel=message.channel, user=message.user), \
@@ -1195,10 +1214,20 @@ class Dispatcher:
 
     async def say(self, message: Message, text: str, *, extra: dict[str, Any] | None = None,
                   buttons: list[dict[str, str]] | None = None) -> int:
+        """Answer `message` where it was typed; the outbox id of the answer's first part (0: given before).
+
+        The answers to a message its platform may deliver again (a Mattermost post caught up after a
+        restart, a Slack event retried) are keyed by its delivery key and their order, as a command's
+        request is (`engine.storage.chat_delivery_key`): a `help` handled twice is answered once. Not a
+        prompt with buttons: a repeated command asks anew, and only the newest prompt's buttons answer."""
         reply = Reply(adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text,
                       extra=extra or {}, buttons=buttons or [], asker=message.user if buttons else None,
                       asker_id=message.user_id if buttons else None)
-        return await self.outbox.post(reply)
+        key = _answer_key(message, keyed=not buttons)
+        if key is None:
+            return await self.outbox.post(reply)
+        stored = await self.outbox.post_keyed(ANSWERS, key, [reply])
+        return stored[0] if stored else 0
 
     async def tell_failure(self, message: Message, exc: Exception, what: str, doing: str = "handling") -> None:
         """Tell `message`'s sender that `doing` it failed with `exc`, and log it (`what` failed): a
