@@ -4,8 +4,14 @@ Each distinct parameter set that enabled rules give a timer type is one timer; i
 those parameters, so a rule on "every 10 s" never fires for "every 60 s". APScheduler's triggers
 compute the fire times (time zones, cron strings such as `*/5` and `mon-fri`); the loop here only
 sleeps until the soonest one. Runs missed while the service was down or the loop was busy are
-coalesced into one: a timer fires at most once per wake-up and then looks ahead from *now*, so a
-restart never replays a burst of old runs.
+coalesced into one: a timer fires at most once per wake-up, as the latest run that came (`coalesced`),
+and then looks ahead from *now*, so a restart never replays a burst of old runs.
+
+Each firing is one run of the schedule, named by the time the schedule gave it, not by when it fired:
+its trigger instance's `occurrence_time` is that time, and its id and delivery key are derived from the
+timer and that time (`occurrence`). So a run fired twice, in one process or two (a leader whose insert
+stalled while the lead passed to another process, which fired the run too), is one stored instance,
+and its rules act once; the second firing is refused (`DuplicateDelivery`) and said at INFO.
 
 With several `squall serve` processes on one database, each keeps every schedule but only the
 leader (`engine.leader`) dispatches; the others let their timers' runs pass. An interval timer's
@@ -14,9 +20,9 @@ takes the lead (from a leader that went, or at its own start) first puts each in
 in step with its newest stored run (`TimerService.look`): it fires what comes next, one interval
 after what the old leader fired, never again what the old leader already fired. A run that came
 due while nobody led fires once at the takeover if it is less than `TAKEOVER_GRACE` late, and is
-let go otherwise; if the run after it is due within `STORED_LAG` (the stored times lag the runs'
-own), the two are one run, fired once when that one comes. A single process that restarts is the
-same case: rather than starting its interval timers over one interval after the restart, it keeps
+let go otherwise; if the run after it is due within `STORED_LAG` (instances stored before they carried
+their run's time lag it), the two are one run, fired once when that one comes. A single process that
+restarts is the same case: rather than starting its interval timers over one interval after the restart, it keeps
 their phase and fires at most the one run the restart made it miss, never a burst. Cron and date
 timers need none of this: their times are absolute. Nor do they need the one thing a wall clock
 that steps back (NTP) asks of interval timers: a next run more than one interval ahead is put one
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -53,7 +60,8 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from engine.leader import Leadership, leads
-from engine.storage import Database
+from engine.storage import Database, DuplicateDelivery
+from engine.triggers import binding
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +85,20 @@ FOLLOWER_LOOK = 5.0
 #: restarted process needs some seconds of its own. Not min(interval, ...): the run that passed last
 #: is less than one interval ago anyway, so a timer of a minute or less always fires its missed run.
 TAKEOVER_GRACE = timedelta(seconds=60)
-#: How much later than its run's own time a timer's instance may be stored, and so how late the phase a
-#: takeover reads from it (`_catch_up`) may be: `TriggerService.dispatch` stamps `occurrence_time` as it
-#: stores, after `fire_due`'s look at the lead (a database round trip), a takeover's reads and the
-#: dispatches of the timers due before it in the same wake-up (37 ms was seen under load). A run the
-#: stored phase puts less than this after now is the run due now (`resumed`): fired apart from the run
-#: missed before it, the two were a burst, the action run twice 37 ms apart.
+#: How much later than its run's own time a timer's instance stored by an older Squall may be, and so how
+#: late the phase a takeover reads from it (`_catch_up`) may be: `TriggerService.dispatch` stamped
+#: `occurrence_time` as it stored, after `fire_due`'s look at the lead (a database round trip), a
+#: takeover's reads and the dispatches of the timers due before it in the same wake-up (37 ms was seen
+#: under load). A run the stored phase puts less than this after now is the run due now (`resumed`):
+#: fired apart from the run missed before it, the two were a burst, the action run twice 37 ms apart.
+#: Instances now carry their run's own time (`occurrence`), however late they are stored: this is for the
+#: rows stored before, and still merges a missed run into the one due within a second after it.
 STORED_LAG = timedelta(seconds=1)
+#: How long a run's delivery key (`occurrence`) is kept after its time: a second firing of a run comes
+#: within `TAKEOVER_GRACE` of it (a takeover) or one stalled insert after it (SQLite's lock waits give up
+#: after `LOCK_WAIT_SECONDS`); `TriggerService.purge_deliveries` forgets the key once the day is over.
+RUN_KEPT = timedelta(days=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TICK = timedelta(microseconds=1)
 
 #: `(trigger type, parameters, since)` → when the newest stored instance of that timer (same type,
@@ -225,9 +240,10 @@ def resumed(last: datetime, every: timedelta, now: datetime) -> datetime:
     was changing hands, or the only process was down): the latest of them, if it passed less than
     `TAKEOVER_GRACE` ago (a time not after `now`: it fires at once, once), else the one after it.
 
-    `last` is when that run was stored, up to `STORED_LAG` after the run's own time, so a run it puts
-    less than that after `now` is by its own time due now: that run is returned, and the one missed
-    before it is merged into it rather than fired a moment before it (a burst of two). Half an interval
+    `last` is that run's own time (`occurrence_time`, `fire_due`'s scheduled time); an instance an older
+    Squall stored carries when it was stored, up to `STORED_LAG` after that, so a run it puts less than
+    that after `now` is by its own time due now: that run is returned, and the one missed before it is
+    merged into it rather than fired a moment before it (a burst of two). Half an interval
     at most counts as that lag, so a short timer's missed run is not merged into one that is far off."""
     following = last + every
     if following > now:
@@ -236,6 +252,41 @@ def resumed(last: datetime, every: timedelta, now: datetime) -> datetime:
     if passed > now:  # due within the stored lag: the run missed before it merges into it
         return passed
     return passed if now - passed < TAKEOVER_GRACE else passed + every
+
+
+def coalesced(trigger: BaseTrigger, due: datetime, now: datetime) -> tuple[datetime, datetime | None]:
+    """For a timer whose run at `due` has come (not after `now`): the run it fires now, and its next.
+
+    Runs that came due since `due` (the loop was held, the host suspended) coalesce into one firing,
+    which stands for the latest of them, as APScheduler's coalescing does. Stored as that run
+    (`occurrence`), it is the run a takeover would fire for them (the same key), and a takeover's phase
+    goes on one interval after it; stored as the oldest, the takeover would fire the latest again. A
+    trigger tells only the first run from a moment on, so the latest is found by halving between `due`
+    and `now`: some 40 looks after a day's stall, not one per run missed."""
+    following = trigger.get_next_fire_time(due, now)
+    if following is None or following > now:
+        return due, following
+    low, high = due, now + _TICK  # from `low` on, the first run is not after `now`; from `high` on, it is
+    while high - low > _TICK:
+        middle = low + (high - low) / 2
+        first = trigger.get_next_fire_time(None, middle)
+        if first is not None and first <= now:
+            low = middle
+        else:
+            high = middle
+    return trigger.get_next_fire_time(None, low) or due, trigger.get_next_fire_time(None, now + _TICK)
+
+
+def occurrence(trigger_ref: str, parameters: Mapping[str, Any], scheduled: datetime) -> tuple[str, str]:
+    """The trigger instance id and the delivery key of a timer's run at `scheduled` (its time by the
+    schedule, whenever it fired): the same in every process and at every firing, so a run fired twice is
+    stored once (the key makes the second `DuplicateDelivery`, the id is the primary key's as well) and
+    its rules act once (their enforcements' ids derive from the instance's). The id is shaped as
+    `engine.executions.new_id`'s and sorts by the run's time: its microsecond, then 40 bits of a hash of
+    the timer (`engine.triggers.binding`, as rules name it) and the run."""
+    at = scheduled.astimezone(UTC)
+    digest = hashlib.sha256(f"{binding(trigger_ref, parameters)}\n{at.isoformat()}".encode()).hexdigest()
+    return f"{(at - _EPOCH) // _TICK:014x}{digest[:10]}", f"timer {trigger_ref} {at.isoformat()} {digest}"
 
 
 def store_history(db: Database) -> History:
@@ -315,25 +366,30 @@ class TimerService:
                 timer.next_at = now + every
 
     async def fire_due(self) -> int:
-        """Fire every timer whose time has come (once each, however late), and schedule its next run."""
+        """Fire every timer whose time has come (once each, however late, as its latest run: `coalesced`),
+        and schedule its next run. Each firing is stored as its run (`occurrence`): one that this process
+        or another stored already (a takeover while this one's insert stalled) is not stored again."""
         now = self.clock()
         fired = 0
         if not self._due(now):
             return 0
         leading = await self.look()
         for timer in self._due(now):  # a takeover may have moved them (`look`)
-            scheduled = timer.next_at
-            following = timer.trigger.get_next_fire_time(scheduled, now)
-            if following is not None and following <= now:  # runs were missed: coalesce, no burst
-                following = timer.trigger.get_next_fire_time(None, now + _TICK)
-            timer.next_at = following
+            scheduled, timer.next_at = coalesced(timer.trigger, timer.next_at or now, now)
             if not leading:
                 continue
             payload = {"executed_at": str(now.astimezone(UTC)), "schedule": None}
             trace_tag = f"{timer.type.removeprefix('core.')}-{uuid.uuid4().hex}"
+            run_at = scheduled.astimezone(UTC)  # as stored: SQLite keeps no zone
+            instance_id, key = occurrence(timer.type, timer.parameters, run_at)
             try:
-                await self.dispatch(timer.type, payload, parameters=timer.parameters, trace_tag=trace_tag)
+                await self.dispatch(timer.type, payload, parameters=timer.parameters, trace_tag=trace_tag,
+                                    instance_id=instance_id, occurred_at=run_at, delivery=(key, run_at + RUN_KEPT))
                 fired += 1
+            except DuplicateDelivery as duplicate:
+                log.info("timer %s: its run of %s was stored already (trigger instance %s), by this process or "
+                         "another that led meanwhile; it is not fired again", timer.key, run_at.isoformat(),
+                         duplicate.instance_id)
             except Exception:
                 log.exception("timer %s could not dispatch its trigger instance", timer.key)
         return fired

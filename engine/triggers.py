@@ -232,7 +232,8 @@ class TriggerService:
 
     async def dispatch(self, trigger_ref: str, payload: Any, *, parameters: Mapping[str, Any] | None = None,
                        trace_tag: str | None = None, validate: bool = True,
-                       delivery: tuple[str, datetime] | None = None, audit: AuditEntry | None = None) -> dict[str, Any]:
+                       delivery: tuple[str, datetime] | None = None, audit: AuditEntry | None = None,
+                       instance_id: str | None = None, occurred_at: datetime | None = None) -> dict[str, Any]:
         """Store one instance (durable before this returns), then process it in the background.
 
         `parameters` names the trigger it fired for (a hook URL, a schedule): only rules with the
@@ -244,10 +245,15 @@ class TriggerService:
         event is stored with the instance, one transaction: one the database does not take stores no
         instance and fires nothing, so a caller told it failed may try again without firing it twice. It
         is about the trigger type unless it names its own target; its detail gains the instance's id
-        (`instance`, or `new_instance` beside a re-emit's original)."""
+        (`instance`, or `new_instance` beside a re-emit's original).
+
+        `instance_id` and `occurred_at` (aware): the instance's id and time where the caller names the
+        occurrence itself rather than its storing (a timer's run: `engine.timers.occurrence`, its scheduled
+        time), so that every process that fires it makes the same instance; by default a new id, and now."""
         if validate:
             self.check(trigger_ref, payload)
-        record = {"id": new_id(), "trigger": trigger_ref, "payload": payload, "occurrence_time": utcnow(),
+        record = {"id": instance_id or new_id(), "trigger": trigger_ref, "payload": payload,
+                  "occurrence_time": occurred_at or utcnow(),
                   "status": "pending", "trace_tag": trace_tag, "trigger_parameters": dict(parameters or {}) or None}
         if audit is None:
             await self.db(self.db.store.trigger_instance_add, record, delivery, self._wake)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -223,8 +226,10 @@ class Lead:
 
 class Node:
     """One `squall serve` process's timers on a shared database: what it fires is stored as
-    `TriggerService.dispatch` stores it (at its clock's now, with the timer's parameters), `lag` after
-    it: `dispatch` stamps the instance as it stores it, after the look at the lead (37 ms under load)."""
+    `TriggerService.dispatch` stored it before instances carried their run's own time (at its clock's
+    now, with the timer's parameters), `lag` after it: `dispatch` stamped the instance as it stored it,
+    after the look at the lead (37 ms under load). `STORED_LAG` still covers such rows; the tests below
+    `led_timers` store through the service itself."""
 
     def __init__(self, store: Store, clock: Clock, *, leads: bool, lag: timedelta = timedelta(0)) -> None:
         self.store, self.clock, self.lag = store, clock, lag
@@ -237,7 +242,10 @@ class Node:
         self.timers.sync(wanted or [EVERY10])
         return self
 
-    async def dispatch(self, trigger_ref: str, payload: dict, *, parameters: dict, trace_tag: str) -> None:
+    async def dispatch(self, trigger_ref: str, payload: dict, *, parameters: dict, trace_tag: str,
+                       **_run: object) -> None:
+        """Stored as an older Squall stored it: stamped `lag` after the run fired, not with its own time
+        and id (`_run`, `engine.timers.occurrence`), as the rows `STORED_LAG` still covers were."""
         store_instance(self.store, trigger_ref, parameters, self.clock() + self.lag)
         self.fired.append(self.clock())
 
@@ -587,3 +595,149 @@ async def test_a_cron_timer_keeps_its_set_time_when_the_wall_clock_steps_back() 
     assert timers.next_due() == T0 + timedelta(hours=1)
     clock.now = at(60) - timedelta(hours=3)
     assert timers.next_due() == T0 + timedelta(hours=1)
+
+
+# -- one stored instance per scheduled run, whoever fires it and however late its insert comes -----------
+
+TICK_EVERY10 = "{type: core.st2.IntervalTimer, parameters: {unit: seconds, delta: 10}}"
+TICK_CRON10 = "{type: core.st2.CronTimer, parameters: {second: '*/10'}}"
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The test's clock, which `TriggerService.dispatch` reads too where it stamps an instance by the
+    time it stores it (the wall clock, in a running service, that the timers also read)."""
+    moved = Clock(T0)
+    monkeypatch.setattr("engine.triggers.utcnow", moved)
+    return moved
+
+
+def led_timers(squall: Squall, clock: Clock, stall: timedelta = timedelta(0),
+               meanwhile: list[Callable[[], Awaitable[None]]] | None = None) -> TimerService:
+    """The app's timers on `clock`, led by its real lead (`engine.leader`'s lock beside the database), storing
+    through its `TriggerService`. Each store comes `stall` after the look at the lead (a database that
+    stalled): the clock moves on, and the next of `meanwhile` runs then (what another process did)."""
+
+    async def stalled(*args: Any, **kwargs: Any) -> Any:
+        clock.now += stall
+        if meanwhile:
+            await meanwhile.pop(0)()
+        return await squall.triggers.dispatch(*args, **kwargs)
+
+    squall.timers = TimerService(stalled, clock, leader=squall.leader, history=squall.timers.history)
+    squall._follow_rules()
+    return squall.timers
+
+
+async def stored_runs(*squalls: Squall) -> list[datetime]:
+    """When the stored instances of the `tick` rule's timer occurred, oldest first, once its rule acted
+    on every one of them (in whichever app processed it)."""
+    for squall in squalls:
+        await squall.triggers.settle()
+        await squall.rules.settle()
+    enforcements = await squalls[0].rules.enforcements(rule="demo.tick")
+    instances = [await squalls[0].triggers.get(e["trigger_instance_id"]) for e in enforcements]
+    return sorted(datetime.fromisoformat(i["occurrence_time"].replace("Z", "+00:00")) for i in instances)
+
+
+@pytest.mark.parametrize("trigger", [TICK_EVERY10, TICK_CRON10], ids=["interval", "cron"])
+async def test_a_run_a_stalled_leader_and_its_successor_both_fire_is_one_instance(
+        home: Path, clock: Clock, trigger: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Two `squall serve` on one database. The leader looked at the lead for its run at 30, then its
+    insert stalled 2 s; meanwhile it lost the lead and the other took it at 32 and fired the run at 30
+    (within the takeover's grace: nobody had stored it). The stalled insert then landed: two instances
+    of one run, the action twice. Both firings are of the run scheduled at 30: one instance, one run,
+    and the second firing is refused as such (said at INFO), not a failed insert."""
+    make_pack(home, {"tick": timer_rule("tick", trigger)})
+    a, b = await started(home), await started(home)
+    try:
+        took_over: list[int] = []
+
+        async def b_takes_over() -> None:
+            a.leader.close()  # its connection to the database dropped, say
+            assert await b.timers.look()  # what `run` asks every `FOLLOWER_LOOK` s while it follows
+            took_over.append(await b.timers.fire_due())
+
+        meanwhile: list[Callable[[], Awaitable[None]]] = []
+        a_timers = led_timers(a, clock, stall=timedelta(seconds=2), meanwhile=meanwhile)
+        clock.now = at(3)
+        b_timers = led_timers(b, clock)
+        for seconds in (10, 20):
+            clock.now = at(seconds)
+            assert await a_timers.fire_due() == 1
+            clock.now = at(seconds + 3)
+            assert await b_timers.fire_due() == 0  # a follower lets its own schedule's runs pass
+        clock.now = at(30)
+        meanwhile.append(b_takes_over)
+        with caplog.at_level(logging.INFO, logger="engine.timers"):
+            ran_for_30 = await a_timers.fire_due()
+        assert took_over == [1]
+        assert ran_for_30 + took_over[0] == 1
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "engine.timers"]
+        assert [level for level, message in said if "stored already" in message] == [logging.INFO]
+        assert not [message for level, message in said if level >= logging.WARNING]
+        assert await stored_runs(a, b) == [at(10), at(20), at(30)]
+        assert b_timers.next_due() == at(40)
+        clock.now = at(40)
+        assert await b_timers.fire_due() == 1 and await a_timers.fire_due() == 0
+        assert await stored_runs(a, b) == [at(10), at(20), at(30), at(40)]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_lead_regained_after_inserts_that_stalled_past_the_stored_lag_fires_each_run_once(
+        home: Path, clock: Clock) -> None:
+    """Every insert stalls 1.5 s after the look at the lead, more than `STORED_LAG`. The process lost
+    the lead across its run at 20 (another held it) and regained it at 30. Stamped as stored, its run
+    at 10 put the phase at 11.5: the missed run fired at 30 and the next at 31.5, the action twice for
+    the one run at 30. Each instance carries its scheduled time: the run at 30 fires once, in phase."""
+    make_pack(home, {"tick": timer_rule("tick", TICK_EVERY10)})
+    squall = await started(home)
+    other = leadership(squall.db.store.engine)  # another `squall serve` on the database
+    try:
+        timers = led_timers(squall, clock, stall=timedelta(milliseconds=1500))
+        clock.now = at(10)
+        assert await timers.fire_due() == 1
+        clock.now = at(15)
+        squall.leader.close()
+        assert other.lead()
+        clock.now = at(20)
+        assert await timers.fire_due() == 0
+        clock.now = at(29)
+        other.close()
+        clock.now = at(30)
+        ran = await timers.fire_due()
+        ran += await timers.fire_due()  # the clock is at 31.5 now, where the stored phase's run would be
+        assert ran == 1
+        assert timers.next_due() == at(40)
+        assert await stored_runs(squall) == [at(10), at(30)]
+    finally:
+        other.close()
+        await squall.close()
+
+
+async def test_a_coalesced_run_stands_for_the_latest_it_covers(home: Path, clock: Clock) -> None:
+    """The leader's loop was held from 10 to 45 (the runs at 20, 30 and 40 came due): it fires once, as
+    the run at 40, the latest that came. A process that takes over at 47 goes on at 50: neither the run
+    at 40 again (the oldest run covered, 20, would put that within the grace) nor one at 55."""
+    make_pack(home, {"tick": timer_rule("tick", TICK_EVERY10)})
+    a, b = await started(home), await started(home)
+    try:
+        a_timers = led_timers(a, clock)
+        clock.now = at(3)
+        b_timers = led_timers(b, clock)
+        clock.now = at(10)
+        assert await a_timers.fire_due() == 1
+        clock.now = at(45)
+        assert await a_timers.fire_due() == 1 and a_timers.next_due() == at(50)
+        a.leader.close()
+        clock.now = at(47)
+        assert await b_timers.look()
+        assert await b_timers.fire_due() == 0 and b_timers.next_due() == at(50)
+        clock.now = at(50)
+        assert await b_timers.fire_due() == 1
+        assert await stored_runs(a, b) == [at(10), at(40), at(50)]
+    finally:
+        await a.close()
+        await b.close()
