@@ -841,6 +841,26 @@ async def test_metadata_files_are_relative_to_their_pack_as_stackstorms(squall: 
     await squall.executions.wait(created["id"], timeout=20)
 
 
+async def test_a_rules_metadata_file_is_relative_to_its_pack_as_stackstorms(squall: Squall,
+                                                                           client: httpx.AsyncClient) -> None:
+    """A rule's `metadata_file` (`rules/on_build.yaml`), as an action's: the API showed the path Squall loaded it
+    by, a shipped pack's the server's absolute path. `st2 rule disable` sends it back whole, which is no change;
+    the refusal that names the file to remove keeps the path Squall loaded it by."""
+    for ref in ("demo.on_build", "chatops.notify"):
+        rule = squall.rules.rules[ref]
+        shown = (await client.get(f"/api/v1/rules/{ref}")).json()
+        assert not Path(shown["metadata_file"]).is_absolute(), shown["metadata_file"]
+        assert Path(shown["metadata_file"]).parts[0] == "rules", shown["metadata_file"]
+        assert (squall.registry.packs[rule.pack].path / shown["metadata_file"]).samefile(rule.file)
+        listed = (await client.get("/api/v1/rules", params={"pack": rule.pack})).json()
+        assert next(r for r in listed if r["ref"] == ref)["metadata_file"] == shown["metadata_file"]
+    rule = (await client.get("/api/v1/rules/demo.on_build")).json()
+    off = await client.put(f"/api/v1/rules/{rule['id']}", json={**rule, "enabled": False})
+    assert off.status_code == 200 and off.json() == {**rule, "enabled": False}, off.text
+    refused = await client.delete("/api/v1/rules/demo.on_build")
+    assert refused.status_code == 409 and squall.rules.rules["demo.on_build"].file in refused.json()["faultstring"]
+
+
 async def test_a_keys_expiry_is_in_the_apis_one_time_format(client: httpx.AsyncClient) -> None:
     """Every time of the API is ISO 8601 in UTC with a `Z`, as StackStorm's (`isotime.format`); a key's
     `expire_timestamp` alone said `+00:00`."""

@@ -126,7 +126,8 @@ async def test_policies_are_listed_filtered_and_got_as_stackstorm_shows_them(cli
         "name": "one_slow", "description": "One slow run at a time.", "enabled": True, "resource_ref": "demo.slow",
         "policy_type": "action.concurrency", "parameters": {"threshold": 1, "action": "delay"},
         "metadata_file": one_slow["metadata_file"]}
-    assert len(one_slow["id"]) == 24 and one_slow["metadata_file"].endswith("demo/policies/one_slow.yaml")
+    # relative to its pack, as StackStorm shows it (and as an action's is), not the path Squall loaded it by
+    assert len(one_slow["id"]) == 24 and one_slow["metadata_file"] == "policies/one_slow.yaml"
     assert next(p for p in listed if p["ref"] == "demo.paused")["enabled"] is False
 
     assert await _refs(client, "/api/v1/policies", pack="demo", resource_ref="demo.greet") == [
@@ -143,15 +144,16 @@ async def test_policies_are_listed_filtered_and_got_as_stackstorm_shows_them(cli
     assert (await client.get("/api/v1/policies/demo.broken")).status_code == 404
 
 
-async def test_policy_writes_are_refused_with_a_405_naming_the_file(client: httpx.AsyncClient) -> None:
+async def test_policy_writes_are_refused_with_a_405_naming_the_file(squall: Squall, client: httpx.AsyncClient) -> None:
     """`st2 policy update|delete` must not read as done (st2client takes a delete's 404 so): a 405 that
-    names the file to edit or remove."""
+    names the file to edit or remove, by the path Squall loaded it by."""
     got = (await client.get("/api/v1/policies/demo.one_slow")).json()
+    loaded = next(d.file for d in squall.registry.documents if d.file.endswith("one_slow.yaml"))
     for answer in (await client.put(f"/api/v1/policies/{got['id']}", json={**got, "enabled": False}),
                    await client.delete(f"/api/v1/policies/{got['id']}"),
                    await client.delete("/api/v1/policies/demo.one_slow")):
         assert answer.status_code == 405 and answer.headers["Allow"] == "GET"
-        assert got["metadata_file"] in answer.json()["faultstring"]
+        assert got["metadata_file"] in answer.json()["faultstring"] and loaded in answer.json()["faultstring"]
         assert "Policy demo.one_slow cannot be" in answer.json()["faultstring"]
     created = await client.post("/api/v1/policies", json={"name": "new", "resource_ref": "demo.greet"})
     assert created.status_code == 405 and "policies/<name>.yaml" in created.json()["faultstring"]

@@ -239,7 +239,7 @@ async def test_sensor_types_are_listed_filtered_and_read_as_stackstorm_shows_the
                 "name": "Watch", "class_name": "Watch", "entry_point": "sensors.watch.Watch",
                 "artifact_uri": f"file://{sensors / 'watch.py'}", "description": "Watches the thing.",
                 "poll_interval": 30, "enabled": True, "trigger_types": ["demo.tick"],
-                "metadata_file": next(d.file for d in squall.registry.documents if d.file.endswith("watch.yaml"))}
+                "metadata_file": "sensors/watch.yaml"}  # relative to its pack, as StackStorm shows it
             assert len(watch["id"]) == 24 and watch["id"] != quiet["id"]
             assert (quiet["ref"], quiet["enabled"], quiet["trigger_types"]) == ("demo.Quiet", False, [])
             assert "poll_interval" not in quiet  # none given: StackStorm shows none
@@ -265,6 +265,7 @@ async def test_sensor_types_are_listed_filtered_and_read_as_stackstorm_shows_the
                 assert refused.status_code == 405 and refused.headers["allow"] == "GET", refused.text
                 fault = refused.json()["faultstring"]
                 assert watch["metadata_file"] in fault and "enabled: false" in fault
+                assert next(d.file for d in squall.registry.documents if d.file.endswith("watch.yaml")) in fault
             assert (await client.put("/api/v1/sensortypes/demo.nope", json={})).status_code == 404
             assert (await client.get("/api/v1/sensortypes/demo.Watch")).json()["enabled"] is True
     finally:

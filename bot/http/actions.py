@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.actions import Action
-from engine.packs import UnknownAction
+from engine.packs import Registry, UnknownAction
 from engine.parameters import shown_parameters
 
 router = APIRouter()
@@ -35,6 +35,13 @@ def pack_file(file: str, pack_path: Path) -> str:
         return Path(os.path.abspath(file)).relative_to(os.path.abspath(pack_path)).as_posix()
     except ValueError:
         return file
+
+
+def in_pack(file: str, pack: str, registry: Registry) -> str:
+    """`pack_file` for a file of the pack named `pack` (a rule's, an alias's, a policy's, a sensor's); a pack
+    no longer in `registry` keeps the path."""
+    found = registry.packs.get(pack)
+    return pack_file(file, found.path) if found is not None and file else file
 
 
 def action_public(action: Any) -> dict[str, Any]:

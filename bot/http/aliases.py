@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from adapters.base import Message
 from aliases import Alias, AliasMatch, AmbiguousCommand, NoMatch
-from bot.http.actions import pack_file
+from bot.http.actions import in_pack
 from bot.http.key_auth import request_user
 from bot.http.paging import Paging
 from bot.http.state import ApiState, api_state
@@ -44,11 +44,10 @@ def match_command(state: ApiState, command: str) -> AliasMatch:
 
 def alias_public(state: ApiState, alias: Alias) -> dict[str, Any]:
     """The alias as StackStorm's `ActionAliasAPI` shows it: its summary, `metadata_file` relative to its
-    pack (`aliases/greet.yaml`, `pack_file`)."""
+    pack (`aliases/greet.yaml`, `in_pack`)."""
     summary = alias.summary()
-    pack = state.squall.registry.packs.get(alias.pack)
-    if pack is not None and summary.get("metadata_file"):
-        summary["metadata_file"] = pack_file(summary["metadata_file"], pack.path)
+    if summary.get("metadata_file"):
+        summary["metadata_file"] = in_pack(summary["metadata_file"], alias.pack, state.squall.registry)
     return summary
 
 

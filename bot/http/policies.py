@@ -20,11 +20,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
-from bot.http.actions import RELOADED
+from bot.http.actions import RELOADED, in_pack
 from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.actions import content_id
-from engine.packs import ContentDocument
+from engine.packs import ContentDocument, Registry
 from engine.policies import POLICY_TYPE_SPECS, POLICY_TYPES, Policy
 
 router = APIRouter()
@@ -106,6 +106,12 @@ def _policy_files(request: Request) -> Iterator[ContentDocument]:
     return (d for d in api_state(request).squall.registry.documents if d.kind == "policies")
 
 
+def _public(policy: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """`policy` as StackStorm's API shows it: its `metadata_file` relative to its pack (`policies/limit.yaml`)
+    as an action's is (`in_pack`); the refusals naming the file to edit keep the path Squall loaded it by."""
+    return {**policy, "metadata_file": in_pack(policy["metadata_file"], policy["pack"], registry)}
+
+
 @router.get("/policies", tags=["policies"])
 async def list_policies(request: Request, response: Response, pack: str | None = None,
                         resource_ref: str | None = None, policy_type: str | None = None, name: str | None = None,
@@ -114,7 +120,8 @@ async def list_policies(request: Request, response: Response, pack: str | None =
     (the action's ref), `policy_type`, and `name` (st2client's look-up by name)."""
     wanted = {"pack": pack, "resource_ref": resource_ref, "policy_type": policy_type, "name": name}
     chosen = [p for p in _policies(request) if all(v is None or p[k] == v for k, v in wanted.items())]
-    return paging.page(chosen, response)
+    registry = api_state(request).squall.registry
+    return [_public(policy, registry) for policy in paging.page(chosen, response)]
 
 
 def _find_policy(request: Request, ref_or_id: str) -> dict[str, Any]:
@@ -130,7 +137,7 @@ def _find_policy(request: Request, ref_or_id: str) -> dict[str, Any]:
 
 @router.get("/policies/{ref_or_id}", tags=["policies"])
 async def get_policy(ref_or_id: str, request: Request) -> dict[str, Any]:
-    return _find_policy(request, ref_or_id)
+    return _public(_find_policy(request, ref_or_id), api_state(request).squall.registry)
 
 
 @router.post("/policies", tags=["policies"])

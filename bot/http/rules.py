@@ -16,10 +16,11 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 
-from bot.http.actions import RELOADED
+from bot.http.actions import RELOADED, in_pack
 from bot.http.key_auth import request_user
 from bot.http.paging import Paging, keyset_pages, page_limit, query_time, streamed_list, tell_page
 from bot.http.state import api_state
+from engine.packs import Registry
 from engine.parameters import MAX_INTEGER
 from engine.rule_files import RuleFileError
 from engine.rules import Rule, enforcement_public
@@ -38,9 +39,20 @@ async def list_rules(request: Request, response: Response, pack: str | None = No
     `action` (the action's ref), `trigger` (the trigger type's ref), `enabled` (`True`/`False`, as st2
     sends it; anything but a boolean is a 400) and `user` (the rule's `context.user`)."""
     wanted = {"pack": pack, "name": name, "action": action, "trigger": trigger, "enabled": enabled, "user": user}
-    rules = api_state(request).squall.rules.rules
+    squall = api_state(request).squall
+    rules = squall.rules.rules
     refs = [ref for ref in sorted(rules) if _rule_selected(rules[ref], wanted)]
-    return [rules[ref].public() for ref in paging.page(refs, response)]
+    return [rule_public(rules[ref], squall.registry) for ref in paging.page(refs, response)]
+
+
+def rule_public(rule: Rule, registry: Registry) -> dict[str, Any]:
+    """The rule as StackStorm's API shows it (`Rule.public`), its `metadata_file` relative to its pack
+    (`rules/on_alert.yaml`) as an action's is (`in_pack`); the refusals naming the file to edit keep the
+    path Squall loaded it by (`Rule.file`)."""
+    shown = rule.public()
+    if shown.get("metadata_file"):
+        shown["metadata_file"] = in_pack(shown["metadata_file"], rule.pack, registry)
+    return shown
 
 
 def _rule_selected(rule: Rule, wanted: dict[str, Any]) -> bool:
@@ -62,16 +74,17 @@ def _find_rule(request: Request, ref_or_id: str) -> Rule:
 
 @router.get("/rules/{ref_or_id}", tags=["rules"])
 async def get_rule(ref_or_id: str, request: Request) -> dict[str, Any]:
-    return _find_rule(request, ref_or_id).public()
+    return rule_public(_find_rule(request, ref_or_id), api_state(request).squall.registry)
 
 
-def _wanted_enabled(rule: Rule, body: dict[str, Any]) -> bool:
-    """The `enabled` a PUT body asks for; 400 when it has none, or asks to change anything else."""
+def _wanted_enabled(rule: Rule, body: dict[str, Any], registry: Registry) -> bool:
+    """The `enabled` a PUT body asks for; 400 when it has none, or asks to change anything else than the
+    rule as GET showed it (`rule_public`: st2client sends that back whole)."""
     enabled = body.get("enabled")
     if not isinstance(enabled, bool):
         raise HTTPException(400, f'Send "enabled": true or false to turn rule {rule.ref} on or off, '
                                  f"not {enabled!r}.")
-    current = rule.public()
+    current = rule_public(rule, registry)
     changed = sorted(key for key, value in body.items()
                      if key != "enabled" and key not in _NAMES and current.get(key, object()) != value)
     if changed:
@@ -88,7 +101,7 @@ async def update_rule(ref_or_id: str, request: Request, body: dict[str, Any] = B
     firing, at once. A rule of a pack shipped with Squall is not changed (409): its files are Squall's."""
     squall = api_state(request).squall
     rule = _find_rule(request, ref_or_id)
-    enabled = _wanted_enabled(rule, body)
+    enabled = _wanted_enabled(rule, body, squall.registry)
     try:
         await squall.set_rule_enabled(rule, enabled, f"api.rule.{'enable' if enabled else 'disable'}",
                                       request_user(request), "api")
@@ -96,8 +109,8 @@ async def update_rule(ref_or_id: str, request: Request, body: dict[str, Any] = B
         raise HTTPException(409, str(exc)) from exc
     reloaded = squall.rules.rules.get(rule.ref)
     if reloaded is None:  # the reload no longer loads it (its file was broken meanwhile): say what was written
-        return {**rule.public(), "enabled": enabled}
-    return reloaded.public()
+        return {**rule_public(rule, squall.registry), "enabled": enabled}
+    return rule_public(reloaded, squall.registry)
 
 
 @router.post("/rules", tags=["rules"])

@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
+from bot.http.actions import in_pack
 from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.actions import content_id
@@ -44,12 +45,14 @@ def _entry_point(spec: SensorSpec, registry: Registry) -> str:
 
 
 def sensor_type_public(spec: SensorSpec, registry: Registry) -> dict[str, Any]:
-    """A sensor as StackStorm's API shows it; `poll_interval` only where the file gives one, as there."""
+    """A sensor as StackStorm's API shows it; `poll_interval` only where the file gives one, as there;
+    `metadata_file` relative to its pack (`sensors/watch.yaml`) as an action's is (`in_pack`)."""
     document = {"id": sensor_type_id(spec.ref), "uid": f"sensor_type:{spec.pack}:{spec.class_name}",
                 "ref": spec.ref, "pack": spec.pack, "name": spec.class_name, "class_name": spec.class_name,
                 "entry_point": _entry_point(spec, registry), "artifact_uri": f"file://{spec.file}",
                 "description": spec.description, "poll_interval": spec.poll_interval, "enabled": spec.enabled,
-                "trigger_types": list(spec.trigger_types), "metadata_file": spec.metadata_file}
+                "trigger_types": list(spec.trigger_types),
+                "metadata_file": in_pack(spec.metadata_file, spec.pack, registry)}
     return {key: value for key, value in document.items() if value is not None}
 
 

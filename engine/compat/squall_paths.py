@@ -8,7 +8,8 @@ pack's folder name, or `<folder holding the running pack>/<name>/...` for anothe
 beside it. A real `/opt/stackstorm/packs/<name>` (a symlink an administrator made) wins. Only
 Python file access is covered (open, os.stat and what uses it, listdir, scandir, access, chdir):
 paths handed to other programs are not (docs/stackstorm-compat.md), but for the shell runners' `cwd`,
-which the engine maps with `under_squall` before it starts the command. Standard library only.
+which the engine maps with `under_squall` before it starts the command, and a script's `#!` line naming
+StackStorm's own interpreter (in `ST2_BIN`), which the engine replaces with the pack's. Standard library only.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from typing import Any
 ST2_PACKS = "/opt/stackstorm/packs"
 #: Where StackStorm keeps each pack's virtualenv (`<root>/<pack ref>`); Squall's is `packs.virtualenvs_path`.
 ST2_VIRTUALENVS = "/opt/stackstorm/virtualenvs"
+#: The folder of StackStorm's own interpreter, which Exchange scripts name in their first line
+#: (`#!/opt/stackstorm/st2/bin/python`); Squall runs them with the pack's (engine/runners/shell.py).
+ST2_BIN = "/opt/stackstorm/st2/bin"
 #: Set by the parent (engine/runners/python.py) to the running pack's folder; removed once read,
 #: so pack code never sees it.
 PACK_PATH_VARIABLE = "_SQUALL_PACK_PATH"

@@ -111,7 +111,9 @@ class Worker:
             self._drain.cancel()
 
 
-def _interpreter(venv: Path) -> str:
+def interpreter(venv: Path) -> str:
+    """The python of the pack virtualenv `venv`, Squall's own where it has none (a pack without requirements):
+    what runs a pack's Python actions, and a shell script that names StackStorm's interpreter."""
     candidate = venv / "bin" / "python"
     return str(candidate) if candidate.exists() else sys.executable
 
@@ -178,7 +180,7 @@ async def spawn_pack_process(script: Path, pack_path: Path, venv: Path, *, cwd: 
     env["PYTHONPATH"] = _pythonpath(pack_path, venv)
     env[PACK_PATH_VARIABLE] = str(pack_path)  # for /opt/stackstorm/packs/<pack> paths (squall_paths.py)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    argv, dying = dying_with_service([_interpreter(venv), "-u", str(script), str(request_read), str(reply_write)])
+    argv, dying = dying_with_service([interpreter(venv), "-u", str(script), str(request_read), str(reply_write)])
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -221,9 +223,9 @@ async def spawn_pack_process(script: Path, pack_path: Path, venv: Path, *, cwd: 
 
 def _access_hint(pack_path: Path, venv: Path, run_as: RunAs) -> str:
     """Why a worker started as `runners.user` may not start: what that user must be able to read."""
-    interpreter = _interpreter(venv)
-    real = os.path.realpath(interpreter)
-    shown = interpreter if real == interpreter else f"{interpreter} (that is {real})"
+    python = interpreter(venv)
+    real = os.path.realpath(python)
+    shown = python if real == python else f"{python} (that is {real})"
     return (f"it runs as user '{run_as.name}' (runners.user), who must be able to read and enter "
             f"the interpreter {shown} and the folders above it, the pack folder {pack_path} and {COMPAT_PATH}")
 
@@ -263,7 +265,7 @@ async def spawn_worker(pack_path: Path, venv: Path, run_as: RunAs | None = None,
         if isinstance(exc, TimeoutError):
             raise WorkerStartTimeout(
                 f"the Python worker for {pack_path.name} did not say it was ready within {timeout:g} seconds "
-                f"(it runs {_interpreter(venv)}: what that interpreter runs as it starts, such as a "
+                f"(it runs {interpreter(venv)}: what that interpreter runs as it starts, such as a "
                 f"sitecustomize module, must not block){output}"
                 f"{hint}") from exc
         raise WorkerDied(f"the Python worker for {pack_path.name} did not start: {exc}{output}{hint}") from exc

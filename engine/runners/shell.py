@@ -14,15 +14,18 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.compat.squall_paths import ST2_PACKS, ST2_VIRTUALENVS, under_squall
+from engine.compat.squall_paths import ST2_BIN, ST2_PACKS, ST2_VIRTUALENVS, under_squall
 from engine.processes import LEDGER, dying_with_service
 from engine.runners import OUTPUT_LIMIT, RunAs, RunOutcome, RunRequest
 from engine.runners.environment import action_environment
+from engine.runners.python import interpreter
 from engine.runners.shell_template import EmptyCommand, command_of
 from engine.templates import TemplateRenderError
 
@@ -39,6 +42,13 @@ STRING_LIMIT = 32 * os.sysconf("SC_PAGESIZE")
 
 #: A part of a command line: the parameter it comes from (None for the runner's own words) and its text.
 Part = tuple[str | None, str]
+
+#: How much of a script's first line the kernel reads for its `#!` (BINPRM_BUF_SIZE).
+SHEBANG_LIMIT = 256
+#: A `#!` line naming StackStorm's own interpreter (`python`, `python3`, `python3.8`), with the one argument
+#: the kernel would pass it (the rest of the line), trailing blanks removed.
+_ST2_SHEBANG = re.compile(rb"#![ \t]*(" + re.escape(ST2_BIN.encode()) + rb"/python(?:[23](?:\.[0-9]+)?)?)"
+                          rb"(?:[ \t]+(.+))?")
 
 
 def _named_value(value: Any) -> str:
@@ -354,17 +364,34 @@ def _too_long_together(argv: list[str], env: Mapping[str, str]) -> str:
             "through the datastore instead")
 
 
-def _command_parts(request: RunRequest) -> tuple[list[Part], dict[str, str]]:
+def _st2_interpreter(first_line: bytes, venv: Path | None) -> list[str] | None:
+    """What runs a script whose `first_line` names StackStorm's own interpreter (`squall_paths.ST2_BIN`),
+    which a Squall host does not have: the Exchange's ansible pack starts `#!/opt/stackstorm/st2/bin/python`,
+    and its scripts could not start. The pack's virtualenv python (`venv`), else Squall's own, then the `#!`
+    line's argument if it has one, as the kernel passes it; None for any other first line, or where that
+    interpreter really is (a link an administrator made wins, as for `/opt/stackstorm/packs`)."""
+    match = _ST2_SHEBANG.fullmatch(first_line.rstrip(b" \t\r\n"))
+    if match is None or os.access(os.fsdecode(match[1]), os.X_OK):
+        return None
+    python = interpreter(venv) if venv is not None else sys.executable
+    return [python, *([os.fsdecode(match[2])] if match[2] else [])]
+
+
+def _command_parts(request: RunRequest, venv: Path | None = None) -> tuple[list[Part], dict[str, str]]:
     """The command line (each part with the parameter it comes from) and the variables a `cmd`'s values
-    travel in. Raises `EmptyCommand` or `TemplateRenderError` for a `cmd` that cannot run."""
+    travel in; a script naming StackStorm's interpreter is handed to the pack's (`venv`'s, `_st2_interpreter`),
+    the file left as it is. Raises `EmptyCommand` or `TemplateRenderError` for a `cmd` that cannot run."""
     if request.action.runner_type != "local-shell-script":
         command, extra_env = command_of(request)
         return [(None, "bash"), (None, "-c"), ("cmd", command)], extra_env
     script = str(request.action.entry_path)
+    with open(script, "rb") as handle:
+        first_line = handle.readline(SHEBANG_LIMIT)
+    if (interpreter := _st2_interpreter(first_line, venv)) is not None:
+        return [(None, word) for word in (*interpreter, script)] + list(_script_argument_parts(request)), {}
     if not os.access(script, os.X_OK) and os.access(script, os.W_OK):
         os.chmod(script, os.stat(script).st_mode | 0o111)
-    with open(script, "rb") as handle:
-        has_shebang = handle.read(2) == b"#!"
+    has_shebang = first_line.startswith(b"#!")
     parts: list[Part] = [(None, script)] if has_shebang else [(None, "bash"), (None, script)]
     if request.runner_parameters.get("debug") and not has_shebang:
         parts.insert(1, (None, "-x"))
@@ -396,7 +423,7 @@ class LocalShellRunner:
     async def run(self, request: RunRequest) -> RunOutcome:
         params = request.runner_parameters
         try:
-            parts, extra_env = _command_parts(request)
+            parts, extra_env = _command_parts(request, self._virtualenv(request))
         except (EmptyCommand, TemplateRenderError) as exc:  # a bad value fails the run, plainly
             return RunOutcome("failed", {"error": str(exc)})
         argv = [text for _, text in parts]
@@ -423,13 +450,17 @@ class LocalShellRunner:
                           f"for this user ({user})")
         return RunOutcome(status_for(result["return_code"]), result)
 
+    def _virtualenv(self, request: RunRequest) -> Path | None:
+        """The action's pack's virtualenv folder (`packs.virtualenvs_path`/<pack>), None when not configured."""
+        return self.virtualenvs / request.action.pack if self.virtualenvs is not None else None
+
     def _folder(self, request: RunRequest, asked: str) -> str:
         """The folder `cwd` names. Under StackStorm's pack or virtualenv roots (the Exchange's ansible
         actions default to `/opt/stackstorm/packs/{{ pack }}`) it is read where Squall keeps the pack or
         its virtualenv, as pack code's own paths are (`squall_paths.under_squall`); else as it is."""
         folder = under_squall(asked, ST2_PACKS, str(request.pack_path), request.action.pack)
-        if folder is asked and self.virtualenvs is not None:
-            folder = under_squall(asked, ST2_VIRTUALENVS, str(self.virtualenvs / request.action.pack))
+        if folder is asked and (venv := self._virtualenv(request)) is not None:
+            folder = under_squall(asked, ST2_VIRTUALENVS, str(venv))
         return folder
 
     def _not_started(self, exc: OSError, argv: list[str], env: Mapping[str, str], cwd: str | None = None,
