@@ -184,6 +184,9 @@ class FormSubmission:
     #: their rights granted by it (`slack:U0123ABCD`) hold for what they send. None where the platform says
     #: none.
     user_id: str | None = None
+    #: The person closed the form without sending it (Slack's `view_closed`, Mattermost's `cancelled: true`):
+    #: `values` is empty, and the bot tells them nothing was run and forgets the form.
+    cancelled: bool = False
 
 
 #: Checks a submission and takes it; returns a message per wrong field (empty: accepted).

@@ -23,7 +23,9 @@ later replies of that command go back through the command's `response_url`.
 
 Forms (issue 20): `open_form` opens an interactive dialog (`POST /actions/dialogs/open`, with the
 `trigger_id` of a slash command or a button click) that submits to `actions_url`; the bot's check
-(`on_form`) answers the submission, with `errors` per field.
+(`on_form`) answers the submission, with `errors` per field. Dialogs ask `notify_on_cancel`, so Mattermost
+posts a cancellation (`cancelled: true`, no submission) to the same URL when the person cancels; it is handed
+on as a cancelled submission (the bot says nothing was run and forgets the form).
 
 A person is their username (`Message.user`); their user id, which they cannot change where a server
 lets them change their username, is `Message.user_id` (a post's own, a slash command's form field, a
@@ -975,10 +977,15 @@ class MattermostAdapter:
 
     async def _dialog_submission(self, body: dict[str, Any]) -> JSONResponse:
         """A dialog sent back (the server forwards it with the submitter's user_id): the bot's check
-        answers at once, `errors` per field keep the dialog open, `error` is about the whole form."""
+        answers at once, `errors` per field keep the dialog open, `error` is about the whole form. A
+        cancellation (`cancelled: true`; the web app sends no submission with it) is handed on as a
+        cancelled submission with no values."""
         submitted, user_id = body.get("submission"), body.get("user_id")
-        if body.get("cancelled") or self.on_form is None:
+        cancelled = body.get("cancelled") is True
+        if self.on_form is None:
             return JSONResponse({})
+        if cancelled:
+            submitted = {}
         if not isinstance(submitted, dict) or not isinstance(user_id, str) or not isinstance(body.get("state"), str):
             return JSONResponse({"error": "the dialog submission lacks user_id, state or submission"}, status_code=400)
         values = {k: ("true" if v is True else str(v)) for k, v in submitted.items()
@@ -990,7 +997,7 @@ class MattermostAdapter:
             return JSONResponse({"error": "Mattermost could not say who you are just now; submit the form again "
                                           "in a moment."})
         errors = await self.on_form(FormSubmission(adapter=self.name, user=user, state=body["state"], values=values,
-                                                   user_id=user_id))
+                                                   user_id=user_id, cancelled=cancelled))
         general = errors.pop("", None)
         return JSONResponse({**({"errors": errors} if errors else {}), **({"error": general} if general else {})})
 
@@ -1137,9 +1144,10 @@ def _element(item: FormField) -> dict[str, Any]:
 
 
 def dialog(form: Form) -> dict[str, Any]:
-    """A form as an interactive dialog; `state` comes back with the submission."""
+    """A form as an interactive dialog; `state` comes back with the submission, and with its cancellation
+    (`notify_on_cancel`: without it Mattermost says nothing, and the person is never told nothing ran)."""
     return {"callback_id": "squall_form", "title": form.title, "elements": [_element(f) for f in form.fields],
-            "submit_label": form.submit, "state": form.state, "notify_on_cancel": False}
+            "submit_label": form.submit, "state": form.state, "notify_on_cancel": True}
 
 
 #: The line `bot.chat.replies.fit` puts under the head of an output it attaches as a file.

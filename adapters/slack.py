@@ -17,7 +17,9 @@ stale timestamp or a wrong signature is 401, a signed payload with a field of th
 Forms (issue 20): `open_form` is `views.open` with the bot's fields as Block Kit inputs; a
 `view_submission` is checked by the bot (`on_form`) before the ack, so errors go back on the fields
 (`response_action: errors`); a valid one is acked once its command is stored, or within 2 s
-(`bot.chat.forms.ANSWER_WITHIN`) if that takes longer. A message shortcut sends the command its `callback_id` names
+(`bot.chat.forms.ANSWER_WITHIN`) if that takes longer. Modals are opened with `notify_on_close`, so Slack sends a
+`view_closed` when the person closes one unsent; it is handed on as a cancelled submission (the bot says nothing was
+run and forgets the form). A message shortcut sends the command its `callback_id` names
 (`run-form` in the app's manifest) on the message's text, with the shortcut's `trigger_id`.
 
 Config (`adapters.slack`): `mode` (`socket`|`http`), `bot_token`, `app_token`, `signing_secret`
@@ -633,6 +635,7 @@ class SlackAdapter:
         app.command(self.settings.slash_command)(self._on_command)
         app.action(re.compile(f"^{ACTION_PREFIX}"))(self._on_button)
         app.view(FORM_CALLBACK)(self._on_form)
+        app.view_closed(FORM_CALLBACK)(self._on_form)
         app.message_shortcut(re.compile(".+"))(self._on_shortcut)
         app.event("app_home_opened")(self._on_home)
         # Anything else subscribed is acknowledged, never 404 (which makes Slack retry it).
@@ -828,8 +831,11 @@ class SlackAdapter:
 
     async def _on_form(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], view: dict[str, Any]) -> None:
         """A form modal submitted: the bot checks it before the ack, so its errors go back on the fields
-        (`response_action: errors`, within Slack's 3 s) and the modal stays open to fix them."""
+        (`response_action: errors`, within Slack's 3 s) and the modal stays open to fix them. A modal
+        closed unsent (`view_closed`) is a cancelled submission with no values, acknowledged plainly:
+        the modal is gone, and errors have nowhere to show."""
         user = body.get("user") or {}
+        cancelled = body.get("type") == "view_closed"
         if self.on_form is None or not self._well_formed(body) or not isinstance(user.get("id"), str):
             await ack()
             return
@@ -842,8 +848,9 @@ class SlackAdapter:
         else:
             errors = await self.on_form(FormSubmission(
                 adapter=self.name, user=name, state=str(view.get("private_metadata") or ""),
-                values=form_values(view), groups=await self._groups_of(user["id"]), user_id=user["id"]))
-        if not errors:
+                values={} if cancelled else form_values(view), groups=await self._groups_of(user["id"]),
+                user_id=user["id"], cancelled=cancelled))
+        if not errors or cancelled:
             await ack()
             return
         await ack(response_action="errors",
@@ -881,9 +888,11 @@ class SlackAdapter:
         return True
 
     async def open_form(self, trigger: str, form: Form) -> None:
-        """`views.open` with the form as a modal (Block Kit inputs, `private_metadata` the bot's state)."""
+        """`views.open` with the form as a modal (Block Kit inputs, `private_metadata` the bot's state),
+        `notify_on_close` so that closing it unsent comes back as a `view_closed` (`_on_form`): without it
+        Slack says nothing, and the person is never told that nothing ran."""
         try:
-            await self.client.views_open(trigger_id=trigger, view=form_view(form))
+            await self.client.views_open(trigger_id=trigger, view={**form_view(form), "notify_on_close": True})
         except SlackApiError as exc:
             raise DeliveryError(f"Slack refused to open the form: {_error(exc)}", permanent=True) from None
 

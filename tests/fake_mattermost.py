@@ -11,7 +11,8 @@ connections (`?connection_id=&sequence_number=` replays what was queued while th
 Test controls are plain methods on `FakeMattermost` (it runs on the test's event loop): `say()`
 (a person posts), `slash()` (Mattermost calls the bot's slash-command URL), `click()` (a message
 button), `submit_dialog()` (an interactive dialog opened through `POST /actions/dialogs/open`, whose
-trigger must be one this server issued to a slash command or a click, once), `edit()` (a person
+trigger must be one this server issued to a slash command or a click, once), `cancel_dialog()` (its
+Cancel: posted to the dialog's url only when it was opened with `notify_on_cancel`), `edit()` (a person
 edits their post), `backdate()` (a post made earlier), `rate_limit()`, `drop_websockets()`,
 `refuse_websockets`, and `calls`, a record of every REST call (never tokens).
 """
@@ -337,6 +338,24 @@ class FakeMattermost:
         request = {"type": "dialog_submission", "url": opened["url"], "callback_id": dialog.get("callback_id", ""),
                    "state": dialog.get("state", ""), "user_id": user["id"], "channel_id": self.town_square["id"],
                    "team_id": self.team["id"], "submission": {} if cancelled else submission, "cancelled": cancelled}
+        if self._client is None:
+            self._client = aiohttp.ClientSession()
+        async with self._client.post(opened["url"], json=request) as response:
+            return response.status, await response.json(content_type=None)
+
+    async def cancel_dialog(self, opened: dict[str, Any], *,
+                            user: dict[str, Any] | None = None) -> tuple[int, Any] | None:
+        """A person cancels an opened dialog. The web app tells the integration only when the dialog asked
+        (`notify_on_cancel: true`): then the server POSTs the SubmitDialogRequest it builds (type
+        `dialog_submission`, `cancelled: true`, no submission: Go's nil map, `null`) to the dialog's url,
+        and (status, answer) is returned; otherwise nothing is sent, and None."""
+        dialog = opened["dialog"]
+        if not dialog.get("notify_on_cancel"):
+            return None
+        user = user or self.users[opened["user_id"]]
+        request = {"type": "dialog_submission", "callback_id": dialog.get("callback_id", ""),
+                   "state": dialog.get("state", ""), "user_id": user["id"], "channel_id": self.town_square["id"],
+                   "team_id": self.team["id"], "submission": None, "cancelled": True}
         if self._client is None:
             self._client = aiohttp.ClientSession()
         async with self._client.post(opened["url"], json=request) as response:

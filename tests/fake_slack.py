@@ -12,7 +12,8 @@ verified against slack-bolt 1.30 / slack_sdk 3.48 (../shared/reference/chat-prot
 - `/upload/{file_id}` (files_upload_v2's step 2) and `/response/{n}` (slash commands' response_url).
 - `views.open` opens a modal (recorded in `views`, answered with the view and its id, `expired_trigger_id`
   for a trigger used before); `submit_view` sends its `view_submission` as Slack does (an
-  `interactive` envelope whose ack may carry `response_action`) and returns that ack's payload.
+  `interactive` envelope whose ack may carry `response_action`) and returns that ack's payload; `close_view`
+  closes one unsent, sending its `view_closed` only when the view was opened with `notify_on_close: true`.
 - `views.publish` records each user's App Home tab (`homes`); `chat.postMessage` to a user id
   posts in that user's DM with the app, as Slack does.
 It runs on the test's own event loop, on a free 127.0.0.1 port, and records every call.
@@ -325,6 +326,23 @@ class FakeSlack:
         envelope = await self.push("interactive", payload)
         ack = await self.wait_for(lambda: next((a for a in self.acks if a["envelope_id"] == envelope), None),
                                   what="the view_submission's ack")
+        return ack.get("payload") or {}
+
+    async def close_view(self, view: dict[str, Any], *, user: str = "UALICE01") -> dict[str, Any] | None:
+        """The person closes an opened modal unsent (its Cancel button or its ✕). Slack tells the app only
+        when the view asked (`notify_on_close: true`): then a `view_closed` in an `interactive` envelope, and
+        the ack's payload is returned; otherwise nothing is sent, and None."""
+        if not view.get("notify_on_close"):
+            return None
+        payload = {"type": "view_closed", "team": {"id": TEAM, "domain": "fake"},
+                   "user": {"id": user, "username": self.users.get(user, {}).get("name", user),
+                            "name": self.users.get(user, {}).get("name", user), "team_id": TEAM},
+                   "api_app_id": "A0000001", "token": "legacy",
+                   "view": {k: v for k, v in view.items() if k != "trigger_id"},
+                   "is_cleared": False, "is_enterprise_install": False, "enterprise": None}
+        envelope = await self.push("interactive", payload)
+        ack = await self.wait_for(lambda: next((a for a in self.acks if a["envelope_id"] == envelope), None),
+                                  what="the view_closed's ack")
         return ack.get("payload") or {}
 
     # -- the Web API -------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from adapters.loopback import LoopbackAdapter
 from bot.app import Squall
 from bot.chat import commands, dispatcher
 from bot.chat.bot import ChatBot
+from bot.chat.help import execution_line
 from bot.chat.outbox import Outbox
-from bot.chat.replies import status_line
 from engine import templates
 from engine.config import load_config
 from engine.events import EXECUTION_FINISHED
@@ -467,7 +467,7 @@ async def test_executions_finds_this_channel_s_own_however_many_others_came_sinc
     for number in range(1, 202):
         _stored_execution(squall, number, later + timedelta(seconds=number), others[number % 3])
     answer = await _said_to(loopback, squall, bot, "!executions", "alice")
-    assert answer.splitlines() == [status_line(mine)]
+    assert answer.splitlines() == [execution_line(mine)]
 
 
 async def test_executions_lists_the_ten_newest_from_this_channel_newest_first(chat) -> None:

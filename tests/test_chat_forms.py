@@ -824,3 +824,44 @@ async def test_whoever_left_the_platform_leaves_no_open_form_or_confirmation_to_
     finally:
         await squall.chat.stop()
         await squall.close()
+
+
+# -- a form closed unsent -------------------------------------------------------------------------------
+
+async def test_a_slack_modal_closed_unsent_tells_its_person_nothing_ran_and_closes_the_form(slack) -> None:
+    """Slack says a modal was closed (`view_closed`) only when it was opened with `notify_on_close`: then its
+    person is told, where the form came from, that nothing was run, and the form is closed, stored state
+    included, so nothing can send it afterwards."""
+    squall, fake = slack
+    view = await _open_from_button(fake, "!run-form demo.deploy", "demo.deploy")
+    assert [key.split(":")[0] for key, _ in _sessions(squall)] == ["form"]
+    offer = next(m for m in fake.messages if "demo.deploy in a form" in m.get("text", ""))
+    assert await fake.close_view(view) == {}  # Slack was told, and answered with a plain ack
+    told = await _slack_posted(fake, lambda m: "nothing was run" in m.get("text", ""), "word that nothing ran")
+    assert "demo.deploy" in told["text"]
+    assert (told["channel"], told.get("thread_ts")) == (offer["channel"], offer.get("thread_ts"))
+    assert _sessions(squall) == []
+    late = await fake.submit_view(view, {"host": "web1", "count": "1", "token": SECRET})
+    assert late["errors"] == {"host": EXPIRED}
+    assert await squall.executions.list(limit=5) == []
+
+
+async def test_a_mattermost_dialog_cancelled_tells_its_person_nothing_ran_and_closes_the_form(mattermost) -> None:
+    """Mattermost posts a dialog's cancellation (`cancelled: true`) to its URL only when it was opened with
+    `notify_on_cancel`: its opener is told nothing was run and the form is closed; a cancellation in
+    someone else's name (the state is the client's to see) closes nothing and says nothing."""
+    squall, fake, slash_url = mattermost
+    await fake.slash(slash_url, "run-form demo.deploy")
+    [opened] = await fake.wait_for(lambda: fake.dialogs)
+    said = len(_said(fake))
+    forged = await fake.cancel_dialog(opened, user=fake.bob)
+    assert forged is not None and forged[0] == 200  # the dialog asks to hear of its cancellation
+    assert [key.split(":")[0] for key, _ in _sessions(squall)] == ["form"]
+    status, answer = await fake.cancel_dialog(opened) or (None, None)
+    assert (status, answer) == (200, {})
+    await fake.wait_for(lambda: any("nothing was run" in t and "demo.deploy" in t for t in _said(fake)[said:]))
+    assert sum("nothing was run" in t for t in _said(fake)[said:]) == 1  # bob's said nothing
+    assert _sessions(squall) == []
+    status, answer = await fake.submit_dialog(opened, {"host": "web1", "count": "1", "token": SECRET})
+    assert (status, answer) == (200, {"error": EXPIRED})
+    assert await squall.executions.list(limit=5) == []

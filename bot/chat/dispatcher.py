@@ -1031,13 +1031,13 @@ class Dispatcher:
 
     async def _builtin_executions(self, message: Message, rest: str) -> None:
         """`executions`: the last ten started from this channel (of this adapter), however many others
-        were started anywhere since."""
+        were started anywhere since, each with who asked for it and when (`chat_help.execution_line`)."""
         db = self.engine.db
         mine = [public(e) for e in await db(db.store.chat_executions, message.adapter, message.channel, limit=10)]
         if not mine:
             await self.say(message, "No executions from this channel yet.")
             return
-        await self.say(message, "\n".join(status_line(e) for e in mine))
+        await self.say(message, "\n".join(chat_help.execution_line(e) for e in mine))
 
     async def _builtin_execution(self, message: Message, rest: str) -> None:
         """`execution <id>`: one execution's result, for those who may cancel or retry it: its output

@@ -16,7 +16,9 @@ their platform user id where Slack and Mattermost say it, not by a name they may
 runs as a command of its sender, in the channel the form came from: authorised, confirmed and
 audited by the dispatcher as typed commands are. Values are data (the match has no format, so
 nothing counts as the alias's own default text and everything passes `check_overrides`); secrets
-appear in no reply and no audit.
+appear in no reply and no audit. A form its person closes unsent (Slack's `view_closed`, Mattermost's
+cancelled dialog: the adapters open forms so that the platform says so) is forgotten, and they are told
+that nothing was run (`_cancelled`).
 
 Open forms and question exchanges are also stored (`chat_sessions`, encrypted with the datastore
 key, as answers may be secrets), so a restart does not close them: a modal opened before it can
@@ -345,16 +347,20 @@ class ChatForms:
 
     async def submit(self, submission: FormSubmission) -> dict[str, str]:
         """A platform form sent back: a message per wrong field (the form stays open to fix them), or
-        {} once the command took the dispatcher's path. An unknown state is an error on the form."""
+        {} once the command took the dispatcher's path. An unknown state is an error on the form. A
+        closed form (`cancelled`) is `_cancelled`."""
         opened = self._opened.get(submission.state)
         if opened is None or time.time() > opened.expires or opened.origin.adapter != submission.adapter:
-            return {"": EXPIRED}
+            return {} if submission.cancelled else {"": EXPIRED}  # closed, sent or expired: nothing is open
         # The sender as they are now: their name, groups and user id (never the opener's id: a namesake
         # would send the form with the rights granted to it).
         sender = replace(opened.origin, user=submission.user, user_id=submission.user_id,
                          groups=list(submission.groups), trigger=None)
         if not same_sender(opened.origin, sender):  # a form is its opener's (a client may see the state)
             return {"": f"This form was opened for {opened.origin.user}; open your own."}
+        if submission.cancelled:
+            await self._cancelled(submission.state, opened, sender)
+            return {}
         alias = self.dispatcher.aliases.get(opened.ref)
         if alias is None or not alias.enabled:  # a reload disabled or removed it: the form is closed, and says why
             del self._opened[submission.state]
@@ -373,6 +379,19 @@ class ChatForms:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(run), ANSWER_WITHIN)
         return {}
+
+    async def _cancelled(self, state: str, opened: _Opened, sender: Message) -> None:
+        """Its person closed the form without sending it: it is forgotten (in memory and stored, so a
+        restart does not take it up again) and they are told, where the form came from, that nothing
+        ran, as a `cancel` of the questions is; otherwise the platform closes it without a word and
+        they may wonder whether the command ran."""
+        del self._opened[state]
+        try:
+            await self._drop(_FORM + state)
+            await self.dispatcher.say(sender, f"OK, not running {opened.ref}: the form was closed, so nothing was run.")
+        except Exception as exc:  # as `_submitted`: the platform's callback is no place to fail
+            await self.dispatcher.tell_failure(sender, exc, f"closing the form of {opened.ref} for {sender.user}",
+                                               "closing")
 
     async def _submitted(self, state: str, alias: Alias, sender: Message, values: dict[str, Any]) -> None:
         """A valid form's command, run as a typed one; what goes wrong is said in its channel (the form

@@ -7,7 +7,8 @@ shows the action's parameters from its schema, the formats, and who may run it. 
 backticks only: every platform (IRC included) reads them, and the text is split into replies by
 pack so that no platform turns help into an attached file. `help PACK` lists one pack's commands;
 where a long list would hold a channel's pace (no threads, no files, a result line cap: IRC), `help`
-is one line per pack instead (`listing`'s `adapter`).
+is one line per pack instead (`listing`'s `adapter`). `executions` lists a channel's recent runs one
+line each (`execution_line`): what, how it went, who asked and when.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from adapters.base import Adapter, Message, line_breaks
@@ -23,7 +25,7 @@ from aliases import Alias
 from aliases.grammar import PLACEHOLDER as _FORMAT_PLACEHOLDER
 from aliases.model import PERMISSION_KINDS
 from bot.chat.auth import Authorizer
-from bot.chat.replies import short
+from bot.chat.replies import short, status_line
 from engine.parameters import mask_value, shown_parameters
 
 #: Built-in commands, shown after the packs' aliases.
@@ -37,6 +39,8 @@ _DEFAULT_GROUPS = ("dq", "sq", "brace", "bare")
 LONG_LISTING = 20
 #: How many of a pack's command names its line of the short listing (`summary`) names before `…`.
 SUMMARY_NAMES = 8
+#: The most characters of a requester's name an `executions` line shows (`execution_line`).
+REQUESTER_CHARS = 40
 
 
 def visible(aliases: Sequence[Alias], auth: Authorizer, message: Message) -> list[Alias]:
@@ -324,3 +328,24 @@ def packed(blocks: Sequence[str], limit: int) -> list[str]:
         replies.append(current)
     return replies
 
+
+def execution_line(execution: dict[str, Any], now: datetime | None = None) -> str:
+    """One line of `executions`: `status_line` with who asked for the run (StackStorm's `context.user`)
+    and when it started, before its id (`✔ demo.greet succeeded in 2 s, by alice at 11:42 UTC (…)`), so
+    a channel in an incident reads who ran what, when. One line an execution whatever the name holds
+    (`short`: an API caller's `user` is any text), as IRC sends each line at its connection's pace; no
+    parameter nor result, so no secret. The time is UTC, as logs and the API say it, with the date
+    when the run started on another (UTC) day than `now`."""
+    line = status_line(execution)
+    ending = f" ({execution['id']})"
+    head = line.removesuffix(ending)
+    user = (execution.get("context") or {}).get("user")
+    who = f"by {short(str(user), REQUESTER_CHARS)} " if user else ""
+    return f"{head}, {who}at {_started_at(execution['start_timestamp'], now or datetime.now(UTC))}{ending}"
+
+
+def _started_at(stamp: str, now: datetime) -> str:
+    """An execution's start (`public`'s ISO 8601 text) as `11:42 UTC`, or `2024-01-01 11:42 UTC` when
+    it was not on `now`'s UTC day: an hour and minute alone would pass yesterday's run for today's."""
+    started = datetime.fromisoformat(stamp).astimezone(UTC)
+    return f"{started:%H:%M} UTC" if started.date() == now.astimezone(UTC).date() else f"{started:%Y-%m-%d %H:%M} UTC"
