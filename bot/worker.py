@@ -16,8 +16,9 @@ submits what waits for a node to (`_poll_forever`: delays that are over, what a 
 At its start it expires the questions whose TTL ran out while the worker that asked them was gone,
 and arms timers for the rest (`InquiryService.recover`).
 
-SIGTERM or SIGINT stops taking jobs; running actions get up to `drain` seconds to finish (what
-still runs then ends `abandoned`, named in one warning), the worker beating meanwhile. Workflows need
+SIGTERM or SIGINT stops taking jobs; running actions get up to `drain` seconds to finish (`--drain`,
+else `executor.shutdown_grace`, as `squall serve` lets its own; what still runs then ends `abandoned`,
+named in one warning and audited, `WORKER_ABANDON`), the worker beating meanwhile. Workflows need
 no hand-back: between steps no worker holds them. A second signal stops at once (the reaper of another
 node then ends its executions within `engine.jobs.STALLED_SECONDS`).
 
@@ -46,7 +47,7 @@ from procrastinate.manager import get_channel_for_queues
 from bot.app import Squall
 from bot.service import configured_adapters, settle_heap
 from engine.config import Config, ConfigError
-from engine.executions import STEPPING
+from engine.executions import STEPPING, AuditEntry, CompletionWrite
 from engine.jobs import (
     HEARTBEAT_SECONDS,
     PRUNE_SECONDS,
@@ -68,6 +69,9 @@ HEARTBEAT_POOL_WAIT = 2.0
 #: An end of a job the database failed to record is tried again after the first of these many
 #: seconds, the wait doubling up to the second, while the worker runs.
 FINISH_RETRY_SECONDS = (0.5, 30.0)
+#: The audit event of an action a worker's drain cut short, ended `abandoned` (`Worker.completing`): the
+#: audit trail showed the end and never why (a reaper's ends are `engine.jobs.REAPER_ABANDON`).
+WORKER_ABANDON = "worker.execution.abandon"
 
 
 def worker_name() -> str:
@@ -86,6 +90,10 @@ class Worker:
         self.stopping = False
         #: The executions whose jobs run here now: their action, and whether the job is a workflow's step.
         self.running: dict[str, tuple[str, bool]] = {}
+        #: The actions the drain's end cut short (`cut_short`), and why: their end is audited (`completing`).
+        self.cut: set[str] = set()
+        self.cut_why = ""
+        squall.executions.on_completing(self.completing)
         # The trigger instances its executions raise go to the serve nodes, whose rules are current.
         squall.hand_off_triggers()
 
@@ -125,8 +133,22 @@ class Worker:
         said = [f"{len(actions)} action(s) end abandoned: {listing(actions)}"] if actions else []
         if steps:
             said.append(f"the step of {len(steps)} workflow(s) is let go, for another worker: {listing(steps)}")
+        limit = "no limit" if drain is None else f"{drain:g} s"
+        self.cut.update(execution_id for execution_id, _action in actions)
+        self.cut_why = f"its worker {self.name} was stopped and its drain ({limit}) ran out while it ran"
         log.warning("squall worker %s: its drain (%s) ran out with %d job(s) still running, cut short now: %s",
-                    self.name, "no limit" if drain is None else f"{drain:g} s", len(jobs), "; ".join(said))
+                    self.name, limit, len(jobs), "; ".join(said))
+
+    def completing(self, record: dict[str, Any]) -> CompletionWrite | None:
+        """What to store with the end of `record` (`ExecutionService.on_completing`): for an action the drain's
+        end cut short (`cut_short`) that ends `abandoned`, its audit event (`WORKER_ABANDON`, a system event: no
+        actor), in the end's transaction, so the audit trail says why it ended so, as the warning says in this
+        worker's log. An end that finds the execution moved on (a reaper ended it, a cancel) stores none."""
+        if record["status"] != "abandoned" or record["id"] not in self.cut:
+            return None
+        event = AuditEntry(WORKER_ABANDON, None, "worker", None, {
+            "action": record["action"], "worker": self.name, "hostname": socket.gethostname(), "reason": self.cut_why})
+        return CompletionWrite(lambda store: event.add(store, record["id"]), lambda _added: None, one_statement=True)
 
     def stop(self, jobs: asyncio.Task[None], drain: float | None) -> None:
         """A stop signal: the first drains (see the module's docstring), another stops at once."""
@@ -323,9 +345,14 @@ async def _poll_forever(squall: Squall) -> None:
             trouble.worked(what)
 
 
-async def work(config: Config, queues: list[str] | None, concurrency: int, drain: float | None = 600.0,
+async def work(config: Config, queues: list[str] | None, concurrency: int, drain: float | None = None,
                health: tuple[str, int] | None = None) -> None:
-    """Run jobs of `queues` (all when None) until a stop signal; `health`: where to answer `/healthz`."""
+    """Run jobs of `queues` (all when None) until a stop signal; `health`: where to answer `/healthz`.
+    `drain`: the seconds running actions get to finish at a stop (`--drain`); None takes
+    `executor.shutdown_grace`, the setting `squall serve` stops by, so one key sets it for every node
+    (the worker ignored it: only `--drain`, 600 unless given, held)."""
+    if drain is None:
+        drain = config.shutdown_grace
     if config.executor_kind != "procrastinate":
         raise ConfigError(f"{config.path}: squall worker runs the jobs of 'executor.kind: procrastinate' (with "
                           f"PostgreSQL); this config's executor is {config.executor_kind!r}, whose executions "

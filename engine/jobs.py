@@ -24,10 +24,11 @@ imports nothing of it).
 - `reap_stalled` ends what a worker that stopped answering (its heartbeat unchanged for
   `STALLED_SECONDS`) left: its actions become `abandoned` (retry policies then run them again, and
   their workflow conducts on), its workflow steps are queued again, and one warning per worker names
-  it, how long it was silent and what it left. It also queues a step for any workflow that waits on
-  nothing and has no job (its last task's process died between the two), once that lasts: a task's
-  end commits before the step it queues, so every busy workflow waits on nothing for a moment
-  (`UNATTENDED_GRACE_SECONDS`).
+  it, how long it was silent and what it left; each action it abandons gets an audit event
+  (`REAPER_ABANDON`) in the transaction of its end, naming the worker and why. It also queues a step
+  for any workflow that waits on nothing and has no job (its last task's process died between the
+  two), once that lasts: a task's end commits before the step it queues, so every busy workflow
+  waits on nothing for a moment (`UNATTENDED_GRACE_SECONDS`).
   A heartbeat is the server's `now()` when it was stored, and the server's wall clock may step
   (NTP): its age by that clock made a forward step abandon what live workers ran, and a step back
   (a heartbeat, or the server's start, in the future) keep a dead worker's runs for the step's
@@ -56,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from engine.config import Config
-from engine.executions import STEPPING, until_due
+from engine.executions import STEPPING, AuditEntry, until_due
 from engine.packs import Registry
 from engine.storage import Store, Trouble, as_utc
 from engine.wakeups import libpq_url
@@ -88,6 +89,11 @@ PRUNE_SECONDS = 3600.0
 UNATTENDED_GRACE_SECONDS = 3.0
 #: How many executions a log line names before it gives the count of the rest.
 NAMED = 5
+#: The audit event of an action a reaper ends `abandoned` (`_abandoned_event`), one per execution: the
+#: audit trail (`/audit`, `squall audit export`, `audit.sinks`) showed the end, never why it came.
+REAPER_ABANDON = "reaper.execution.abandon"
+#: Why a reaper ends an action whose job ended without it (`_orphaned`): in its warning and its audit event.
+_JOB_ENDED_WITHOUT_IT = "its job ended without it (its end could not be stored)"
 _LIVE = ("running", "pausing", "canceling", "resuming")
 #: A task in one of these will queue its workflow's next step when it ends.
 _CHILD_LIVE = ("requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming")
@@ -398,7 +404,8 @@ async def reap_stalled(executions: ExecutionService, jobs: JobExecutor) -> int:
     try:
         for job_id, execution_id, worker in await executions.db(_running, store, silent):
             beat = None if worker is None else look.beats[worker]
-            done = await _reap(executions, jobs, job_id, execution_id, worker, beat)
+            why = _gone(worker, None if worker is None else watch.silent(worker, look.beats[worker], before))
+            done = await _reap(executions, jobs, job_id, execution_id, worker, beat, f"its worker {why}")
             if done is not None:
                 reaped.setdefault(worker, []).append(done)
     finally:
@@ -408,9 +415,8 @@ async def reap_stalled(executions: ExecutionService, jobs: JobExecutor) -> int:
     for execution_id in await executions.db(_orphaned, store, workflows):
         record = await executions.db(store.get_execution, execution_id)
         if record is not None and record["status"] in _LIVE:
-            log.warning("execution %s: its job ended without it (its end could not be stored); ending it",
-                        execution_id)
-            await _end_lost(executions, record)
+            log.warning("execution %s: %s; ending it", execution_id, _JOB_ENDED_WITHOUT_IT)
+            await _end_lost(executions, record, _JOB_ENDED_WITHOUT_IT)
     for workflow in watch.left(await executions.db(_unattended, store, workflows), time.monotonic()):
         if await jobs.advance(workflow.id):
             log.warning("workflow %s (%s) has had no task running and no step queued for %.0f s, since its last task "
@@ -427,10 +433,7 @@ def _say_reaped(worker: int | None, silent: float | None, reaped: list[Reaped]) 
     nowhere: its end and the process groups serve killed later named neither the worker nor it."""
     names = {(r.record.get("runner_info") or {}).get("worker") for r in reaped} - {None}
     who = f"squall worker {', '.join(sorted(names)) or '(name unknown)'}"
-    if worker is None:
-        why = "is gone (its procrastinate entry was removed: it unregistered, or was pruned)"
-    else:
-        why = f"(procrastinate worker {worker}) stopped answering: its heartbeat has not changed for {silent:.0f} s"
+    why = _gone(worker, silent)
     said = {"abandoned": "abandoned {} execution(s)", "canceled": "canceled {} execution(s) (a cancel was asked for)",
             "stepped": "queued again the step of {} workflow(s), for another worker",
             "ended": "{} execution(s) had ended already"}
@@ -442,6 +445,14 @@ def _say_reaped(worker: int | None, silent: float | None, reaped: list[Reaped]) 
     log.warning("%s %s; its %d running job(s) are failed: %s", who, why, len(reaped), "; ".join(parts))
 
 
+def _gone(worker: int | None, silent: float | None) -> str:
+    """Why a reaper takes `worker` (procrastinate's id; None: its entry is gone) for dead, after its
+    heartbeat stayed the same for `silent` seconds: the reaper's warning and its audit events say it alike."""
+    if worker is None:
+        return "is gone (its procrastinate entry was removed: it unregistered, or was pruned)"
+    return f"(procrastinate worker {worker}) stopped answering: its heartbeat has not changed for {silent or 0:.0f} s"
+
+
 def listing(executions: list[tuple[str, str]], named: int = NAMED) -> str:
     """`executions` ((id, action ref) pairs) for a log line: the first `named`, and how many more."""
     shown = ", ".join(f"{execution} ({action})" for execution, action in executions[:named])
@@ -450,11 +461,12 @@ def listing(executions: list[tuple[str, str]], named: int = NAMED) -> str:
 
 
 async def _reap(executions: ExecutionService, jobs: JobExecutor, job_id: int, execution_id: str,
-                worker: int | None, beat: datetime | None) -> Reaped | None:
+                worker: int | None, beat: datetime | None, why: str) -> Reaped | None:
     """Fail stalled job `job_id`, if its worker still has the heartbeat `beat` this reaper watched
-    (`worker` None: it was gone), then end what it left of `execution_id`; what became of it, None when
-    it was left alone. The job fails first, under that check: a pass cut short after it leaves an
-    execution whose job ended, which `_orphaned` ends (in this pass, or the next one if this one stops here)."""
+    (`worker` None: it was gone), then end what it left of `execution_id` (`why`: for its audit event);
+    what became of it, None when it was left alone. The job fails first, under that check: a pass cut
+    short after it leaves an execution whose job ended, which `_orphaned` ends (in this pass, or the next
+    one if this one stops here)."""
     store = executions.db.store
     if not await executions.db(_fail_stalled, store, job_id, worker, beat):
         log.info("job %s (execution %s): its worker %s beat again, or the job ended, as it was found stalled; "
@@ -466,7 +478,7 @@ async def _reap(executions: ExecutionService, jobs: JobExecutor, job_id: int, ex
     if executions.resumable(record["runner"]):
         await jobs.advance(execution_id)  # its lock is free for the next step
         return Reaped("stepped", record)
-    return Reaped(await _end_lost(executions, record) or "ended", record)
+    return Reaped(await _end_lost(executions, record, why, worker) or "ended", record)
 
 
 def _fail_stalled(store: Store, job_id: int, worker: int | None, beat: datetime | None) -> bool:
@@ -486,15 +498,29 @@ def _fail_stalled(store: Store, job_id: int, worker: int | None, beat: datetime 
         return True
 
 
-async def _end_lost(executions: ExecutionService, record: dict[str, Any]) -> str | None:
-    """An action whose worker is gone: `canceled` if a cancel was asked for, else `abandoned`; how it
-    ended, None when it had ended meanwhile (its worker's late end, a cancel)."""
+async def _end_lost(executions: ExecutionService, record: dict[str, Any], why: str,
+                    worker: int | None = None) -> str | None:
+    """An action whose worker is gone: `canceled` if a cancel was asked for, else `abandoned`, with its
+    audit event saying `why` (`_abandoned_event`; `worker`: procrastinate's id of the worker it ran on);
+    how it ended, None when it had ended meanwhile (its worker's late end, a cancel)."""
     if record["status"] == "canceling":
         done = await executions.complete(record["id"], "canceled", {
             **(record.get("result") or {}), "error": "canceled by request; its worker stopped"}, ("canceling",))
         return "canceled" if done is not None else None
-    done = await executions.complete(record["id"], "abandoned", _lost(record), _LIVE)
+    done = await executions.complete(record["id"], "abandoned", _lost(record), _LIVE,
+                                     _abandoned_event(record, why, worker))
     return "abandoned" if done is not None else None
+
+
+def _abandoned_event(record: dict[str, Any], why: str, worker: int | None) -> AuditEntry:
+    """The audit event (`REAPER_ABANDON`) of `record`, an action a reaper ends `abandoned`: stored with that
+    end (`ExecutionService.complete`), so neither is stored without the other, and about the execution. It
+    names the worker that ran it (its `host:pid`, host, procrastinate's id and job) and `why` the reaper ended
+    it, as the reaper's warning does in that node's log only. A system event: no actor, as `retention.purge`."""
+    info = record.get("runner_info") or {}
+    return AuditEntry(REAPER_ABANDON, None, "reaper", None, {
+        "action": record["action"], "worker": info.get("worker"), "hostname": info.get("hostname"),
+        "procrastinate_worker": worker, "job_id": info.get("job_id"), "reason": why})
 
 
 def _orphaned(store: Store, workflows: list[str]) -> list[str]:

@@ -1,8 +1,9 @@
 """What the scale-out executor's loops log (`engine.jobs`, `bot.worker`, the chat's result sweep): a
-reaper names the dead worker and what it abandoned, once per worker; a worker whose drain ran out names
-what it cut short; a workflow between a task's end and the step that end queues (normal operation) is
-not reported as left; a database outage is said once as it starts and once as it ends, without a
-traceback, while any other failure keeps its traceback every time.
+reaper names the dead worker and what it abandoned, once per worker, and audits each action it abandons;
+a worker whose drain ran out names what it cut short, and audits each action it abandons; a workflow
+between a task's end and the step that end queues (normal operation) is not reported as left; a
+database outage is said once as it starts and once as it ends, without a traceback, while any other
+failure keeps its traceback every time.
 
 The reaper's tests run on the suite's PostgreSQL with the reaper's monotonic clock the test's
 (`tests.test_reaper_clock.Monotonic`); the outage tests need no database: their steps raise a
@@ -27,6 +28,7 @@ import sqlalchemy as sa
 from bot.app import Squall
 from engine import jobs
 from engine.config import load_config
+from engine.storage import Store
 from tests.test_pg_outage import _run, until
 from tests.test_pg_outage import _status as _pg_status
 from tests.test_reaper_clock import Monotonic, watch
@@ -94,6 +96,30 @@ async def test_a_reaper_names_the_dead_worker_and_what_it_abandoned_in_one_warni
     assert silent >= jobs.STALLED_SECONDS
     assert f"abandoned {len(asked)} execution(s)" in said and "and 2 more" in said
     assert len([e for e in asked if f"{e} (demo.hello)" in said]) == jobs.NAMED
+
+
+@pytest.mark.postgres
+async def test_a_reaper_audits_each_action_it_abandons_naming_the_worker_and_why(
+        reaper: tuple[Squall, Monotonic]) -> None:
+    """The reaper's warning, in one node's log, was the only trace of why a dead worker's actions ended
+    `abandoned`: the audit trail (`/audit`, `squall audit export`, `audit.sinks`) had no event for it. Now
+    each gets one (`reaper.execution.abandon`), stored with its end: about the execution, naming its action,
+    the worker (its `host:pid`, host and procrastinate's id) and why, with no actor (a system event)."""
+    squall, clock = reaper
+    asked, worker = await _on_one_worker(squall, 2, "web3:4242")
+    await watch(squall, clock, jobs.STALLED_SECONDS + jobs.REAP_SECONDS)
+    assert {_status(squall, execution) for execution in asked} == {"abandoned"}
+    await watch(squall, clock, 2 * jobs.REAP_SECONDS)  # nothing is left of it: audited once
+    events = squall.store.audit_list(event=jobs.REAPER_ABANDON)
+    assert sorted(event["target"] for event in events) == sorted(asked)
+    for event in events:
+        assert event["actor"] is None and event["source"] == "reaper"
+        detail = event["detail"]
+        assert (detail["action"], detail["worker"], detail["hostname"], detail["procrastinate_worker"]) == (
+            "demo.hello", "web3:4242", "web3", worker)
+        assert f"procrastinate worker {worker}) stopped answering" in detail["reason"], detail["reason"]
+        silent = re.search(r"has not changed for (\d+) s", detail["reason"])
+        assert silent is not None and int(silent.group(1)) >= jobs.STALLED_SECONDS, detail["reason"]
 
 
 # -- a workflow between a task's end and its next step is not left -------------------------------
@@ -177,6 +203,38 @@ async def test_a_worker_whose_drain_ran_out_names_the_actions_it_abandons(
     assert _pg_status(postgres_url, asked) == "abandoned"
     [said] = [m for m in _warnings(caplog, "squall.worker") if "ran out" in m]
     assert "drain (1 s)" in said and f"1 action(s) end abandoned: {asked} (demo.nap)" in said
+
+
+@pytest.mark.postgres
+async def test_a_worker_whose_drain_ran_out_audits_each_action_it_abandons(
+        home: Path, postgres_url: str, tmp_path: Path) -> None:
+    """An action the drain's end cut short ended `abandoned` with no audit event: only the worker's warning
+    said why. Now its end is stored with a `worker.execution.abandon` event about it: its action, the worker
+    and why, with no actor (a system event). A run that finished within the drain gets none."""
+    from bot.worker import WORKER_ABANDON, work, worker_name
+
+    config = load_config(_home(home, postgres_url) / "config.yml")
+    running = asyncio.create_task(work(config, None, 2, drain=1))
+    try:
+        quick = (await asyncio.to_thread(_run, home, "run", "demo.hello", "who=quick"))["id"]
+        asked = (await asyncio.to_thread(_run, home, "run", "demo.nap", "seconds=60", f"marker={tmp_path / 'ran'}",
+                                         "--async"))["id"]
+        await until(lambda: running.done() or _pg_status(postgres_url, asked) == "running", "the nap to run")
+        assert not running.done(), running.exception()
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.wait_for(running, 60)
+    finally:
+        if not running.done():
+            running.cancel()
+    assert (_pg_status(postgres_url, quick), _pg_status(postgres_url, asked)) == ("succeeded", "abandoned")
+    store = Store.open(postgres_url)
+    try:
+        [event] = store.audit_list(event=WORKER_ABANDON)
+    finally:
+        store.close()
+    assert (event["target"], event["actor"], event["source"]) == (asked, None, "worker")
+    assert (event["detail"]["action"], event["detail"]["worker"]) == ("demo.nap", worker_name())
+    assert worker_name() in event["detail"]["reason"] and "drain (1 s) ran out" in event["detail"]["reason"]
 
 
 # -- a database outage is said once, and its end once --------------------------------------------

@@ -344,6 +344,31 @@ def test_sigterm_lets_running_actions_finish(cluster: Cluster, tmp_path: Path) -
     assert cluster.execution(napping)["status"] == "succeeded" and marker.exists()
 
 
+def test_sigterm_drains_for_executor_shutdown_grace_unless_drain_is_given(cluster: Cluster,
+                                                                        tmp_path: Path) -> None:
+    """`executor.shutdown_grace` is how long a stopped `squall serve` lets running actions finish; a worker
+    ignored it and drained for `--drain` only, 600 s unless given, so one config did not set it for every
+    node. Now a worker without `--drain` drains for the key's seconds, as serve does; `--drain` still wins."""
+    config = cluster.home / "config.yml"
+    config.write_text(config.read_text().replace("  kind: procrastinate\n", "  kind: procrastinate\n"
+                                                 "  shutdown_grace: 1\n"))
+    worker = cluster.worker()
+    napping = cluster.request("demo.nap", f"marker={tmp_path / 'never'}", "seconds=60")
+    cluster.wait(napping, "running")
+    os.killpg(worker.pid, signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert cluster.execution(napping)["status"] == "abandoned"
+    assert "its drain (1 s) ran out" in (worker.stdout.read() if worker.stdout else "")
+
+    explicit = cluster.worker("--drain", "60")  # the flag over the key: the nap has time to finish
+    marker = tmp_path / "finished"
+    finishing = cluster.request("demo.nap", f"marker={marker}", "seconds=3")
+    cluster.wait(finishing, "running")
+    os.killpg(explicit.pid, signal.SIGTERM)
+    assert explicit.wait(timeout=60) == 0
+    assert cluster.execution(finishing)["status"] == "succeeded" and marker.exists()
+
+
 def _healthz(port: int) -> dict[str, Any]:
     deadline = time.monotonic() + 30
     while True:
@@ -802,9 +827,10 @@ async def test_an_action_whose_job_ended_first_is_ended_by_the_reaper(home: Path
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A reaping pass cut short after it failed a dead worker's job (its node killed) left the
     execution `running` for ever: later passes only look at jobs still `doing`. Now the execution
-    ends first, and a sweep ends any action whose job ended without it."""
+    ends first, and a sweep ends any action whose job ended without it, audited with why
+    (`reaper.execution.abandon`: the trail had no event for it)."""
     from bot.app import Squall
-    from engine.jobs import defer, reap_stalled
+    from engine.jobs import REAPER_ABANDON, defer, reap_stalled
 
     squall = await Squall.start(load_config(_home(home, postgres_url) / "config.yml"))
     executions, store = squall.executions, squall.store
@@ -834,6 +860,9 @@ async def test_an_action_whose_job_ended_first_is_ended_by_the_reaper(home: Path
             await reap_stalled(executions, squall.jobs)
             row = store.get_execution(asked["id"])
             assert row["status"] == "abandoned", (cut_after_the_job, row["status"])
+            [event] = [e for e in store.audit_list(event=REAPER_ABANDON) if e["target"] == asked["id"]]
+            assert (event["detail"]["worker"], event["detail"]["job_id"]) == ("dead:1", job)
+            assert "its job ended without it" in event["detail"]["reason"], event["detail"]
     finally:
         await squall.close()
 

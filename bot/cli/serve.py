@@ -96,8 +96,9 @@ def worker(
     queues: Annotated[str | None, typer.Option("--queues", help="Comma-separated queues to take jobs from "
                                                                 "(default: all).")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Jobs run at once.")] = 4,
-    drain: Annotated[float, typer.Option("--drain", min=0, help="Seconds running actions get to finish after "
-                                                                "SIGTERM.")] = 600.0,
+    drain: Annotated[float | None, typer.Option("--drain", min=0, help="Seconds running actions get to finish "
+                                                                       "after SIGTERM (default: the config's "
+                                                                       "executor.shutdown_grace).")] = None,
     health_port: Annotated[int | None, typer.Option("--health-port", min=1, max=65535, help="Answer GET /healthz "
                                                     "and /metrics on this port (default: no HTTP at all).")] = None,
     health_host: Annotated[str, typer.Option("--health-host", help="Address of the health port.")] = "127.0.0.1",
