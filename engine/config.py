@@ -172,8 +172,9 @@ class Config:
     queues: dict[str, str] = field(default_factory=dict)
     #: `executor.unserved_after`: seconds a queued execution waits before chat is told no worker took it (0: never).
     unserved_after: float = 60.0
-    #: `executor.shutdown_grace`: seconds `squall serve`, stopped (SIGTERM, Ctrl-C), lets running actions finish
-    #: before it abandons them (0: at once). Under systemd's `TimeoutStopSec` (60 in the docs' units).
+    #: `executor.shutdown_grace`: seconds `squall serve` and `squall worker` (unless its `--drain` is given), stopped
+    #: (SIGTERM, Ctrl-C), let running actions finish before they abandon them (0: at once). Under systemd's
+    #: `TimeoutStopSec` (60 in the docs' units).
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     #: `workflows.max_depth`: how deep workflows may nest (a workflow calling itself without end stops there).
     workflow_max_depth: int = DEFAULT_WORKFLOW_MAX_DEPTH
@@ -308,8 +309,8 @@ def _shutdown_grace(path: Path | None, section: dict[str, Any]) -> float:
     grace = section.get("shutdown_grace", DEFAULT_SHUTDOWN_GRACE)
     if isinstance(grace, bool) or not isinstance(grace, int | float) or not math.isfinite(grace) or grace < 0:
         raise ConfigError(f"{_prefix(path)}'executor.shutdown_grace' must be seconds, 0 or more, such as "
-                          f"{DEFAULT_SHUTDOWN_GRACE:g} (how long `squall serve` lets running actions finish when "
-                          f"stopped; 0 abandons them at once), not {grace!r}")
+                          f"{DEFAULT_SHUTDOWN_GRACE:g} (how long `squall serve` and `squall worker` let running "
+                          f"actions finish when stopped; 0 abandons them at once), not {grace!r}")
     return float(grace)
 
 
