@@ -237,6 +237,11 @@ def _scrub_scalar(value: float | None, secrets: list[str]) -> Any:
     return MASK if any(secret in text for secret in secrets for text in texts) else value
 
 
+def _held_texts(values: Mapping[str, Any], texts: list[str]) -> list[str]:
+    """Those of `texts` that `scrub` would mask somewhere in `values`."""
+    return [text for text in texts if scrub(values, [text]) != values]
+
+
 def scrubbable(values: Sequence[Any]) -> list[str]:
     """`values` as texts to scrub (`scrub`): those long enough not to mangle output, longest first."""
     return _scrubbable(list(values), [])
@@ -528,15 +533,23 @@ class ExecutionService:
                  render: bool | Collection[str]) -> tuple[Resolution, list[str]]:
         """The request's parameters checked, rendered and cast, and the plaintexts `decrypt_kv` revealed.
         Runs on a render thread, for requests with templates (st2kv reads are synchronous: thread-safe,
-        each read takes a connection of the store's pool); `_prepare` resolves the others itself."""
+        each read takes a connection of the store's pool); `_prepare` resolves the others itself.
+
+        The pack's secret config values (`config_facts`), which `config_context` shows its templates, are
+        sensitive from the start: a parameter holding one is quoted in no error, and what the values hold
+        of them counts as revealed, so `_store` masks and seals them as it does what `decrypt_kv` revealed
+        (a pack token handed to a shell action is an ordinary parameter's default)."""
         pack = self.registry.packs[action.pack]
         revealed: list[str] = []
-        sensitive: list[str] = []
+        config_secrets = [str(v) for v in self._pack_config_facts(pack)[1] if v != ""]  # most packs: none
+        sensitive: list[str] = [*config_secrets]
         token, read = _revealed.set(revealed), _sensitive.set(sensitive)
         try:
             template_context = {**self.template_context(pack.config, context), **(extra_template_context or {})}
             resolution = resolve(action, supplied, template_context, env=self.jinja, render=render,
                                  sensitive=sensitive)
+            if config_secrets:
+                revealed.extend(_held_texts(resolution.values, _scrubbable([], config_secrets)))
         except Exception as exc:
             problem = _scrubbed_error(exc, sensitive)
             if problem is exc:
