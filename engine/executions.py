@@ -237,8 +237,9 @@ def _scrub_scalar(value: float | None, secrets: list[str]) -> Any:
     return MASK if any(secret in text for secret in secrets for text in texts) else value
 
 
-def _held_texts(values: Mapping[str, Any], texts: list[str]) -> list[str]:
-    """Those of `texts` that `scrub` would mask somewhere in `values`."""
+def held_texts(values: Mapping[str, Any], texts: list[str]) -> list[str]:
+    """Those of `texts` that `scrub` would mask somewhere in `values`: a request's (`_resolve`) or a workflow
+    task's (`engine.workflows.service.Flow`) values that hold a secret config value count it as revealed."""
     return [text for text in texts if scrub(values, [text]) != values]
 
 
@@ -522,9 +523,10 @@ class ExecutionService:
                  held: dict[str, Any] | None = None) -> _Stored:
         """Resolve parameters and store the request, for requests with nothing to render (`request`):
         nothing reads a template context then, so none is built (nor can a `decrypt_kv` reveal anything;
-        `secrets` are what the caller decrypted into them).
+        `secrets` are what the caller decrypted into them: a value holding one is quoted in no error, as a
+        workflow task's parameter refused for a secret its workflow handed it).
         `action` is the one `request` found nothing to render in (a pack reloaded meanwhile changes nothing)."""
-        resolution = resolve(action, supplied, {}, env=self.jinja, render=render)
+        resolution = resolve(action, supplied, {}, env=self.jinja, render=render, sensitive=secrets)
         return self._store(action, supplied, context, parent, extra_template_context, resolution, list(secrets), audit,
                            execution_id, fence, stored_with, at_once, requested_at, held)
 
@@ -549,7 +551,7 @@ class ExecutionService:
             resolution = resolve(action, supplied, template_context, env=self.jinja, render=render,
                                  sensitive=sensitive)
             if config_secrets:
-                revealed.extend(_held_texts(resolution.values, _scrubbable([], config_secrets)))
+                revealed.extend(held_texts(resolution.values, _scrubbable([], config_secrets)))
         except Exception as exc:
             problem = _scrubbed_error(exc, sensitive)
             if problem is exc:
@@ -924,6 +926,14 @@ class ExecutionService:
         kept = getattr(self.runners.get(record["runner"]), "kept_action", None)
         action = kept(record) if kept is not None else None
         return action if action is not None else self.registry.action(record["action"])
+
+    def config_secrets(self, pack_ref: str) -> list[str]:
+        """The secret config values of pack `pack_ref` (`config_facts`) as texts to mask (`_scrubbable`);
+        none for a pack without (most) or no longer loaded. An ActionChain's templates see them as
+        `config_context`, as a request's do (`_resolve`): its workflow service hands those its tasks'
+        parameters hold (`held_texts`) to them as revealed (`engine.workflows.service.Flow`)."""
+        pack = self.registry.packs.get(pack_ref)
+        return _scrubbable([], self._pack_config_facts(pack)[1]) if pack is not None else []
 
     def _pack_config_facts(self, pack: Pack) -> tuple[bool, list[Any]]:
         """`config_facts` of the pack's config, worked out once per loaded pack (a reload makes new ones)."""

@@ -53,7 +53,7 @@ import yaml
 from engine.actions import Action
 from engine.config import DEFAULT_WORKFLOW_MAX_DEPTH
 from engine.crypto import CryptoError
-from engine.executions import AuditEntry, canceled_result
+from engine.executions import AuditEntry, canceled_result, held_texts
 from engine.inquiries import RUNNER as INQUIRER
 from engine.inquiries import answered_with, masked
 from engine.parameters import MASK, credential_texts, holds_secret
@@ -211,7 +211,8 @@ class Flow:
         #: them to is not secret.
         self.secrets: tuple[str, ...] = tuple(_secret_texts(request))
         #: The datastore values decrypted for this workflow: sealed with it (what earlier steps, its own
-        #: parameters and its parent revealed), then what its conductor decrypts (`decrypt_kv`, `st2kv`).
+        #: parameters and its parent revealed), then what its conductor decrypts (`decrypt_kv`, `st2kv`)
+        #: and its pack's secret config values its tasks are handed (`_config_secrets_held`).
         #: Its tasks get them as secrets to mask; its result is scrubbed of them.
         self.revealed: list[str] = revealed if revealed is not None else []
         #: Those its record holds sealed already, and how long `revealed` was when they were (`_seal_revealed`).
@@ -318,6 +319,7 @@ class Flow:
             if self.pausing and not crashed:
                 return  # they are asked for again when the workflow resumes
             crashed = False
+            self._config_secrets_held(calls)
             await self._seal_revealed()
             secrets = (*self.secrets, *self.revealed)
             deep = {call.key: why for call in calls if (why := self._too_deep(call)) is not None}
@@ -342,6 +344,19 @@ class Flow:
                     fresh.append(outcome["id"])
             if self.cancel_requested and fresh:  # canceled while they were requested: they stop too
                 await self.service.cancel_all(fresh, graceful=True)
+
+    def _config_secrets_held(self, calls: list[TaskCall]) -> None:
+        """Join to `revealed` the secret config values of the workflow's pack that the calls' parameters hold,
+        as a request's own do (`ExecutionService._resolve`): an ActionChain's templates see the pack's config
+        as `config_context`, and a task's action, of another pack or not, is told of them only as revealed
+        (its parameters masked and sealed, its output scrubbed). A pack with none costs a look-up; texts
+        revealed already (a workflow parameter's default read them) are not looked for again."""
+        texts = [text for text in self.service.executions.config_secrets(self.request.action.pack)
+                 if text not in self.revealed]
+        if not texts:  # most workflows
+            return
+        held = {text for call in calls for text in held_texts(call.parameters, texts)}
+        self.revealed.extend(text for text in texts if text in held)
 
     @staticmethod
     async def _refused(why: str) -> dict[str, Any]:
