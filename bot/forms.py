@@ -100,11 +100,22 @@ class Field:
         template (left empty, so the default applies: an empty field is not given, `parse`)."""
         if not self.has_default or self.default is None or self.concealed or self.templated:
             return ""
-        if self.kind in ("array", "object"):
-            return json.dumps(self.default, indent=2, ensure_ascii=False)
         if self.kind == "boolean":
             return "true" if self.default is True else ""
-        return _text(self.default)
+        return self.text_of(self.default)
+
+    def text_of(self, value: Any) -> str:
+        """The text this field's input shows for `value`, which `parse` reads back as `value`: the web's re-run
+        form is the run form filled with an execution's values (`bot/web/executions.py`). JSON for an array or
+        object, "true" for a ticked box, "true" or "false" for a yes/no (`yes_no`: a box could not show "no"
+        apart from nothing chosen), nothing for a secret (shown nowhere) or None (not given)."""
+        if value is None or self.kind == "secret":
+            return ""
+        if self.kind in ("array", "object"):
+            return json.dumps(value, indent=2, ensure_ascii=False)
+        if self.kind == "boolean":
+            return "true" if value is True else "false" if value is False and self.yes_no else ""
+        return _text(value)
 
     @property
     def multiline(self) -> bool:

@@ -69,6 +69,22 @@ def test_defaults_fill_the_inputs_except_secrets_and_templates() -> None:
     assert fields["ratio"].initial == "" and not fields["ratio"].has_default
 
 
+def test_a_value_shown_in_its_field_is_read_back_as_that_value() -> None:
+    """The web's re-run form is the run form filled with an execution's values: each value's text
+    (`Field.text_of`), sent back as shown, parses to the value (a ticked box to true; a yes/no's "no" is
+    shown chosen, as "false"); a secret and a value not given show nothing."""
+    action = make({**PARAMETERS, "sure": {"type": "boolean", "required": True},
+                   "ni": {"type": ["integer", "null"]}, "lines": {"type": "string"}})
+    fields = fields_by_name(action)
+    values = {"who": "ann", "count": 3, "ratio": 2.5, "loud": True, "colour": "red", "size": 2, "sure": False,
+              "tags": ["x", "ü"], "labels": {"env": "prod"}, "ni": 7, "lines": "a\nb"}
+    shown = {fields[name].input_name: fields[name].text_of(value) for name, value in values.items()}
+    assert shown["sure"] == "false" and shown["loud"] == "true" and shown["tags"] == '[\n  "x",\n  "ü"\n]'
+    assert parse([fields[name] for name in values], shown).values == values
+    assert fields["loud"].text_of(False) == "" and fields["sure"].text_of(True) == "true"  # unticked; yes
+    assert fields["token"].text_of("hunter2") == "" and fields["count"].text_of(None) == ""
+
+
 def test_order_required_first_then_position_then_as_declared() -> None:
     names = [f.name for f in action_fields(make())]
     assert names[0] == "who"  # the one to fill in

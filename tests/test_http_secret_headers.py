@@ -28,6 +28,7 @@ from tests.test_api import KEY
 from tests.test_chat import loopback_chat, settle
 from tests.test_chat_approvals import _approval_config, _approval_id
 from tests.test_web_auth import Web, started_web
+from tests.test_web_executions import browser_form
 
 TOKEN = "Bearer tok-abc-123456"
 COOKIE = "session=cookie-value-456"
@@ -282,11 +283,13 @@ async def test_the_web_re_run_form_shows_the_mask_and_runs_with_the_real_headers
     url, seen = echo
     done = await _run_http(web, _api(web), url)
     operator, csrf = await web.signed_in("olga", "operator")
-    form = await operator.get(f"/executions/{done['id']}/rerun")
+    rerun = f"/executions/{done['id']}/rerun"
+    form = await operator.get(rerun)
     assert form.status_code == 200 and _leaked(form.text) == []
-    fields = {"csrf_token": csrf,
-              "p.headers": json.dumps({**mask_headers(HEADERS), "Accept": "text/html"})}  # one header edited
-    sent = await operator.post(f"/executions/{done['id']}/rerun", data=fields)
+    # The form as a browser sends it (its ticked `verify_ssl_cert` too), one header edited.
+    fields = {**browser_form(form.text, rerun), "csrf_token": csrf,
+              "headers": json.dumps({**mask_headers(HEADERS), "Accept": "text/html"})}
+    sent = await operator.post(rerun, data=fields)
     assert sent.status_code == 303, sent.text
     new_id = sent.headers["location"].rsplit("/", 1)[1]
     assert (await web.squall.executions.wait(new_id, timeout=30))["status"] == "succeeded"

@@ -35,6 +35,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -453,6 +454,50 @@ def test_cancel_a_running_execution(served: Served, tab: Tab) -> None:
     assert "canceled" in tab.page.locator("h1 .status").inner_text()
     assert tab.page.get_by_role("button", name="Cancel this execution").count() == 0
     assert tab.errors == []
+
+
+def test_a_live_page_says_when_its_session_ended(served: Served, chromium: Any) -> None:
+    """A live execution's page and the live list, open while their session ends (a logout in another tab):
+    the server ends their streams with `end: signed-out`, which `sse-close` only closed, and the pages kept
+    showing "running" with a Cancel button, frozen without a word. Each now says it is signed out and no
+    longer updating, with a link to the login page that comes back to it, and is marked no longer live;
+    without reloading."""
+    execution_id = served.run("webui.lines", count=120, pause=0.5)
+    served.wait(execution_id, "running")
+    context = chromium.new_context(viewport=VIEWPORT)  # a session of its own: the module's admin one stays
+    errors: list[str] = []
+    try:
+        other = context.new_page()
+        watch(other, errors)
+        other.goto(served.base + "/login")
+        _login(other, served.password)
+        other.wait_for_url(re.compile(r"/executions$"))
+        pages = {path: context.new_page() for path in (f"/executions/{execution_id}", "/executions?action=webui.lines")}
+        for path, page in pages.items():
+            watch(page, errors)
+            page.goto(served.base + path)
+            page.evaluate("window.sameDocument = true")
+        execution = pages[f"/executions/{execution_id}"]
+        execution.locator("pre.output-stdout", has_text="line 2 of").wait_for(timeout=15_000)
+        other.get_by_role("button", name="Log out").click()  # in another tab
+        other.wait_for_url(re.compile(r"/login$"))
+        for path, page in pages.items():
+            notice = page.get_by_role("alert").filter(has_text="Signed out")
+            notice.wait_for(timeout=30_000)  # the streams look at their session every 5 s
+            assert notice.inner_text() == "Signed out: this page is no longer updating. Log in again.", path
+            link = notice.get_by_role("link", name="Log in again")
+            assert link.get_attribute("href") == "/login?next=" + quote(path, safe=""), path
+            assert page.locator("[sse-connect]").get_attribute("data-live") == "signed-out", path
+            assert page.evaluate("window.sameDocument") is True, path
+        assert "running" in execution.locator("h1 .status").inner_text()  # as last known: it said so above
+        execution.get_by_role("link", name="Log in again").click()
+        execution.wait_for_url(re.compile(r"/login\?next="))
+        _login(execution, served.password)
+        execution.wait_for_url(f"{served.base}/executions/{execution_id}")
+        assert errors == []
+    finally:
+        context.close()
+        served.api.delete(f"/api/v1/executions/{execution_id}")
 
 
 def _focused(page: Any) -> str:

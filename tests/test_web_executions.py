@@ -11,16 +11,18 @@ import html
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from bot.web.executions import OUTPUT_PAGE
+from bot.web.executions import KEPT_SECRET, OUTPUT_PAGE
 from engine.executions import new_id
 from engine.parameters import MASK
 from engine.storage import ExecutionFilter, Store
+from tests.conftest import write
 from tests.test_web_auth import Web, started_web
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -356,6 +358,79 @@ def browser_sends(page: str, name: str) -> str:
     return re.sub(r"[\r\n]", "", html.unescape(box.group(1)))
 
 
+class _Controls(HTMLParser):
+    """The controls of one form as a browser reads them (`browser_form`, `widgets`)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.sent: list[tuple[str, str]] = []  # in document order, as the browser sends them
+        self.widgets: dict[str, tuple[str, str]] = {}  # each name's first control: (tag, type)
+        self._area: tuple[str, list[str]] | None = None
+        self._select: tuple[str, list[tuple[str, bool]]] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        given = {key: value or "" for key, value in attrs}
+        name = given.get("name")
+        if tag == "input" and name is not None:
+            kind = given.get("type", "text")
+            self.widgets.setdefault(name, (tag, kind))
+            if kind not in ("checkbox", "radio"):
+                self.sent.append((name, re.sub(r"[\r\n]", "", given.get("value", ""))))
+            elif "checked" in given:
+                self.sent.append((name, given.get("value", "on")))
+        elif tag == "textarea" and name is not None:
+            self.widgets.setdefault(name, (tag, ""))
+            self._area = (name, [])
+        elif tag == "select" and name is not None:
+            self.widgets.setdefault(name, (tag, ""))
+            self._select = (name, [])
+        elif tag == "option" and self._select is not None:
+            self._select[1].append((given.get("value", ""), "selected" in given))
+
+    def handle_data(self, data: str) -> None:
+        if self._area is not None:
+            self._area[1].append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "textarea" and self._area is not None:
+            text = re.sub(r"\r\n?", "\n", "".join(self._area[1])).removeprefix("\n")
+            self.sent.append((self._area[0], text.replace("\n", "\r\n")))
+            self._area = None
+        elif tag == "select" and self._select is not None:
+            name, options = self._select
+            chosen = [value for value, selected in options if selected] or [value for value, _ in options[:1]]
+            self.sent += [(name, value) for value in chosen[:1]]
+            self._select = None
+
+
+def _controls(page: str, action: str) -> _Controls:
+    start = page.rindex("<form", 0, page.index(f'action="{action}"'))
+    controls = _Controls()
+    controls.feed(page[start:page.index("</form>", start)])
+    return controls
+
+
+def browser_form(page: str, action: str) -> dict[str, str]:
+    """What a browser sends for the form posting to `action` on `page`, left as shown: text inputs (their
+    line breaks lost), text areas as `browser_sends` reads them, ticked boxes and chosen buttons only, each
+    select's chosen option (else its first); the first value of each name, as the server reads it."""
+    sent: dict[str, str] = {}
+    for name, value in _controls(page, action).sent:
+        sent.setdefault(name, value)
+    return sent
+
+
+def widgets(page: str, action: str) -> dict[str, tuple[str, str]]:
+    """The control each field of the form posting to `action` is drawn with: (tag, input type)."""
+    return _controls(page, action).widgets
+
+
+def field_errors(page: str) -> dict[str, str]:
+    """The message shown beside each field of a form drawn by form_fields.html, by field."""
+    return {name: html.unescape(text)
+            for name, text in re.findall(r'<p id="p-([^"]+)-error" class="field-error">(.*?)</p>', page, re.S)}
+
+
 @pytest.fixture
 async def operator(home: Path) -> AsyncIterator[tuple[Web, httpx.AsyncClient, str]]:
     async with started_web(home) as web:
@@ -374,7 +449,7 @@ async def test_a_rerun_left_as_shown_keeps_a_multi_line_value(operator: tuple[We
     await web.squall.executions.wait(first["id"], 30)
     form = (await client.get(f"/executions/{first['id']}/rerun")).text
     answer = await client.post(f"/executions/{first['id']}/rerun",
-                               data={"csrf_token": csrf, "p.cmd": browser_sends(form, "p.cmd")})
+                               data={"csrf_token": csrf, "cmd": browser_sends(form, "cmd")})
     assert answer.status_code == 303, answer.text
     again = await web.squall.executions.wait(answer.headers["location"].rsplit("/", 1)[1], 30)
     assert again["parameters"]["cmd"] == cmd
@@ -390,7 +465,7 @@ async def test_an_edited_multi_line_rerun_value_is_sent_with_lf_line_breaks(
                                                 {"user": "t", "source": "api"})
     await web.squall.executions.wait(first["id"], 30)
     answer = await client.post(f"/executions/{first['id']}/rerun",
-                               data={"csrf_token": csrf, "p.cmd": "set -e\r\necho changed\r\n"})
+                               data={"csrf_token": csrf, "cmd": "set -e\r\necho changed\r\n"})
     assert answer.status_code == 303, answer.text
     again = await web.squall.executions.wait(answer.headers["location"].rsplit("/", 1)[1], 30)
     assert again["parameters"]["cmd"] == "set -e\necho changed\n"
@@ -408,14 +483,16 @@ async def test_a_rerun_form_moved_to_another_host_asks_for_the_credentials_again
 
     from tests.test_http_secret_headers import _echo_server
 
-    web, client, csrf = operator
+    web, client, _ = operator
     with _echo_server() as (url, seen):
         first = await web.squall.executions.request("core.http", {
             "url": url, "headers": {"X-Api-Key": "key-of-alice-0001", "Accept": "text/plain"},
             "username": "alice", "password": "pw-of-alice-0002"}, {"user": "alice", "source": "api"})
         assert (await web.squall.executions.wait(first["id"], 30))["status"] == "succeeded"
         moved = url.replace("127.0.0.1", "localhost")
-        refused = await client.post(f"/executions/{first['id']}/rerun", data={"csrf_token": csrf, "p.url": moved})
+        rerun = f"/executions/{first['id']}/rerun"
+        sent = browser_form((await client.get(rerun)).text, rerun)  # its verify_ssl_cert box ticked
+        refused = await client.post(rerun, data={**sent, "url": moved})
         assert refused.status_code == 400, refused.text
         shown = html.unescape(refused.text)
         assert "give headers.X-Api-Key, password again" in shown, shown
@@ -423,15 +500,138 @@ async def test_a_rerun_form_moved_to_another_host_asks_for_the_credentials_again
         assert len(seen) == 1 and len(await web.squall.executions.list(action="core.http")) == 1
 
         typed = await client.post(f"/executions/{first['id']}/rerun", data={
-            "csrf_token": csrf, "p.url": moved, "p.headers": '{"X-Api-Key": "key-of-otto-0003"}',
-            "p.password": "pw-of-otto-0004"})
+            **sent, "url": moved, "headers": '{"X-Api-Key": "key-of-otto-0003"}',
+            "password": "pw-of-otto-0004"})
         assert typed.status_code == 303, typed.text
         await web.squall.executions.wait(typed.headers["location"].rsplit("/", 1)[1], 30)
         assert seen[-1]["X-Api-Key"] == "key-of-otto-0003"
         assert seen[-1]["Authorization"] == "Basic " + base64.b64encode(b"alice:pw-of-otto-0004").decode()
 
-        same = await client.post(f"/executions/{first['id']}/rerun", data={"csrf_token": csrf, "p.url": url + "?2"})
+        same = await client.post(f"/executions/{first['id']}/rerun", data={**sent, "url": url + "?2"})
         assert same.status_code == 303, same.text
         await web.squall.executions.wait(same.headers["location"].rsplit("/", 1)[1], 30)
         assert seen[-1]["X-Api-Key"] == "key-of-alice-0001"  # the same host: the original's, as before
         assert seen[-1]["Authorization"] == "Basic " + base64.b64encode(b"alice:pw-of-alice-0002").decode()
+
+
+#: An action with a parameter of each kind the run form draws differently, for the re-run form to match.
+TYPES = """
+    name: types
+    runner_type: local-shell-cmd
+    parameters:
+      name: {type: string, required: true}
+      size: {type: integer, default: 3, minimum: 1, maximum: 10}
+      items: {type: array, default: [a]}
+      must: {type: boolean, required: true}
+      careful: {type: boolean, required: true, default: false}
+      loud: {type: boolean, default: false}
+      color: {type: string, enum: [red, green, blue], default: red}
+      pin: {type: integer, secret: true, description: The door's PIN}
+      cmd:
+        default: >-
+          echo "name=[{{name}}] size={{size}} must={{must}} loud={{loud}} color={{color}}";
+          test "{{pin}}" = 4711 && echo pin kept
+        immutable: true
+"""
+
+
+@pytest.fixture
+async def typed(home: Path) -> AsyncIterator[tuple[Web, httpx.AsyncClient, str]]:
+    """otto, an operator, and a run of `demo.types` that gave every parameter but `items`; its id."""
+    write(home / "packs" / "demo" / "actions" / "types.yaml", TYPES)
+    async with started_web(home) as web:
+        client, _ = await web.signed_in("otto", "operator")
+        first = await web.squall.executions.request("demo.types", {
+            "name": "n1", "size": 4, "must": True, "loud": True, "color": "green", "pin": 4711},
+            {"user": "t", "source": "api"})
+        ended = await web.squall.executions.wait(first["id"], 30)
+        assert ended["status"] == "succeeded" and "pin kept" in ended["result"]["stdout"], ended["result"]
+        yield web, client, first["id"]
+
+
+async def _reruns(web: Web) -> list[dict[str, Any]]:
+    return await web.squall.executions.list(action="demo.types", limit=10)
+
+
+async def test_the_rerun_form_draws_each_parameter_as_the_run_form_does(
+        typed: tuple[Web, httpx.AsyncClient, str]) -> None:
+    """Booleans, enums and numbers were free-text boxes of JSON on the re-run form: now each field is the run
+    form's control, filled with the execution's value; a secret it was given is empty and says that left so
+    it keeps the original's. Sent as shown but for a box unticked, a yes/no answered no and another choice,
+    the re-run has those and the rest of the original's, its secret too."""
+    web, client, first = typed
+    rerun, run = f"/executions/{first}/rerun", "/actions/demo.types"
+    form = (await client.get(rerun)).text
+    assert widgets(form, rerun) == widgets((await client.get(run)).text, run)
+    assert widgets(form, rerun)["must"] == ("input", "radio") and widgets(form, rerun)["loud"] == ("input", "checkbox")
+    assert widgets(form, rerun)["color"] == ("select", "") and widgets(form, rerun)["pin"] == ("input", "password")
+    sent = browser_form(form, rerun)
+    assert {name: sent.get(name) for name in ("name", "size", "must", "careful", "loud", "color", "pin")} == {
+        "name": "n1", "size": "4", "must": "true", "careful": "false", "loud": "true", "color": "green", "pin": ""}
+    assert "4711" not in form and KEPT_SECRET in html.unescape(form)
+    assert 'name="pin" required' not in form  # left empty, the original's is kept: nothing to fill in
+    del sent["loud"]  # unticked: a browser sends nothing
+    answer = await client.post(rerun, data={**sent, "must": "false", "color": "blue"})
+    assert answer.status_code == 303, answer.text
+    again = await web.squall.executions.wait(answer.headers["location"].rsplit("/", 1)[1], 30)
+    assert again["result"]["stdout"] == "name=[n1] size=4 must=False loud=False color=blue\npin kept"
+    [entry] = await web.squall.db(web.squall.store.audit_list, 10, "web.execution.rerun")
+    assert entry["detail"]["changed"] == ["color", "loud", "must"]  # not `careful`: not given, its "no" as shown
+
+
+async def test_the_rerun_form_names_every_wrong_field_at_once_in_the_run_form_s_words(
+        typed: tuple[Web, httpx.AsyncClient, str]) -> None:
+    """The re-run form stopped at the first wrong field and said it as a JSON parser would ("must be JSON
+    ...: Expecting value"): it says what the run form says of the same values, beside each field, and keeps
+    what was typed there to correct; nothing runs."""
+    web, client, first = typed
+    rerun, run = f"/executions/{first}/rerun", "/actions/demo.types"
+    wrong = {"size": "abc", "items": "[1,", "must": "maybe", "color": "purple"}
+    refused = await client.post(rerun, data={**browser_form((await client.get(rerun)).text, rerun), **wrong})
+    ran = await client.post(run, data={**browser_form((await client.get(run)).text, run), "name": "n1", **wrong})
+    assert refused.status_code == ran.status_code == 400
+    said = field_errors(refused.text)
+    assert said == field_errors(ran.text) and set(said) == set(wrong)
+    assert said["size"] == """parameter "size": 'abc' is not an integer (expected a whole number such as 5)"""
+    assert "4 fields to correct" in refused.text
+    kept = browser_form(refused.text, rerun)
+    assert (kept["size"], kept["items"], kept["pin"]) == ("abc", "[1,", "")
+    assert [e["id"] for e in await _reruns(web)] == [first]
+
+
+async def test_a_required_field_emptied_on_the_rerun_form_is_refused_and_an_optional_one_gets_its_default(
+        typed: tuple[Web, httpx.AsyncClient, str]) -> None:
+    """`name` emptied ran the action with `name=[]`; the run form refuses it as required, and so does the
+    re-run form now, in its words. An optional field emptied is not given: its default applies, as on the
+    run form, not the original's value."""
+    web, client, first = typed
+    rerun, run = f"/executions/{first}/rerun", "/actions/demo.types"
+    sent = browser_form((await client.get(rerun)).text, rerun)
+    refused = await client.post(rerun, data={**sent, "name": ""})
+    ran = await client.post(run, data={**browser_form((await client.get(run)).text, run), "must": "true"})
+    assert refused.status_code == ran.status_code == 400
+    assert field_errors(refused.text) == field_errors(ran.text) == {
+        "name": 'parameter "name" is required by action "demo.types"'}
+    assert [e["id"] for e in await _reruns(web)] == [first]
+    defaulted = await client.post(rerun, data={**sent, "size": ""})
+    assert defaulted.status_code == 303, defaulted.text
+    again = await web.squall.executions.wait(defaulted.headers["location"].rsplit("/", 1)[1], 30)
+    assert again["result"]["stdout"] == "name=[n1] size=3 must=True loud=True color=green\npin kept"
+
+
+async def test_a_secret_typed_wrong_on_the_rerun_form_is_not_quoted_back(
+        typed: tuple[Web, httpx.AsyncClient, str]) -> None:
+    """The re-run page comes back with the refusal: a secret field's text (an integer PIN mistyped) is in it
+    nowhere, as on the run form and in the engine's errors (`********`); typed right, it replaces the
+    original's."""
+    web, client, first = typed
+    rerun = f"/executions/{first}/rerun"
+    sent = browser_form((await client.get(rerun)).text, rerun)
+    refused = await client.post(rerun, data={**sent, "pin": "x-787878"})
+    assert refused.status_code == 400 and "787878" not in refused.text
+    assert field_errors(refused.text) == {
+        "pin": f'parameter "pin": {MASK} is not an integer (expected a whole number such as 5)'}
+    answer = await client.post(rerun, data={**sent, "pin": "4712"})
+    assert answer.status_code == 303, answer.text
+    again = await web.squall.executions.wait(answer.headers["location"].rsplit("/", 1)[1], 30)
+    assert "pin kept" not in again["result"]["stdout"] and again["parameters"]["pin"] == MASK

@@ -312,3 +312,53 @@ async def test_a_web_answer_whose_audit_event_fails_is_not_recorded(web: Web, mo
     (entry,) = await web.squall.db(web.squall.store.audit_list, 10, "web.inquiry.respond")
     assert (entry["actor"], entry["target"]) == ("olivia", inquiry_id)
     assert entry["detail"] == {"workflow": workflow_id, "response": {"pin": "********", "note": "on call"}}
+
+
+async def _ask(web: Web, user: str, **parameters: Any) -> str:
+    """A `core.ask` of a yes/no, requested by `user`, pending: its id."""
+    record = await web.squall.executions.request("core.ask", {
+        "schema": {"type": "object", "properties": {"ok": {"type": "boolean", "required": True}}}, **parameters},
+        {"user": user})
+    assert (await web.squall.executions.wait(record["id"], timeout=20))["status"] == "pending"
+    return record["id"]
+
+
+def _answer_form(page: str) -> bool:
+    return 'name="ok"' in page and "Answer as " in page
+
+
+async def test_the_form_is_offered_only_to_who_may_answer_and_the_page_says_why_not(web: Web) -> None:
+    """The answer form was offered to everyone with the operator role: the requester of a `self_approval:
+    false` inquiry, an account outside its `users` and `roles`, someone who already answered a `count: 2`
+    one; the post then answered a bare "Not allowed" page linking to the executions. The page offers the
+    form by the service's own rule and, in its place, says why not; a refused post comes back as the
+    inquiry's page saying why. "Answers needed" says "1 person", not "1 people"."""
+    own = await _ask(web, "ann", self_approval=False)
+    ann, ann_csrf = await _operator(web, "ann")
+    page = (await ann.get(f"/inquiries/{own}")).text
+    assert not _answer_form(page), page
+    assert f"ann started the workflow of inquiry {own}: someone else must answer it" in page
+    assert "<dt>Answers needed</dt><dd>1 person, not the requester</dd>" in page
+    refused = await ann.post(f"/inquiries/{own}", data={"csrf_token": ann_csrf, "ok": "true"})
+    assert refused.status_code == 403 and f"<h1>Inquiry <span class=\"id\">{own}</span>" in refused.text
+    assert f"ann started the workflow of inquiry {own}" in refused.text and not _answer_form(refused.text)
+    assert (await web.squall.inquiries.get(own))["status"] == "pending"
+    bea, _ = await _operator(web, "bea")
+    assert _answer_form((await bea.get(f"/inquiries/{own}")).text)
+
+    named = await _ask(web, "tester", users=["bea"])
+    page = (await ann.get(f"/inquiries/{named}")).text
+    assert not _answer_form(page)
+    assert f"ann may not respond to inquiry {named}: only bea may, and ann is not one of its users" in page
+    assert _answer_form((await bea.get(f"/inquiries/{named}")).text)
+
+    pair = await _ask(web, "tester", count=2)
+    await web.squall.inquiries.respond(pair, {"ok": True}, "bea", ["operator"])
+    page = (await bea.get(f"/inquiries/{pair}")).text
+    assert not _answer_form(page) and f"bea already answered inquiry {pair}; each person counts once" in page
+    assert "<dt>Answers needed</dt><dd>2 people</dd>" in page
+    assert _answer_form((await ann.get(f"/inquiries/{pair}")).text)
+
+    viewer, _ = await web.signed_in("vic", "viewer")
+    page = (await viewer.get(f"/inquiries/{pair}")).text
+    assert not _answer_form(page) and "Answering needs the operator role; vic is a viewer." in page

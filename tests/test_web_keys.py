@@ -55,3 +55,26 @@ async def test_a_key_change_whose_audit_event_fails_changes_nothing(web: Web, mo
         ("web.key.delete", "ada", "pw", {"scope": "system", "user": None}),
     ]
     assert SECRET not in str(rows)
+
+
+async def test_the_user_scope_shows_a_person_their_own_keys_as_the_api_does(web: Web) -> None:
+    """`/keys?scope=user` listed every user's user-scoped keys and values to any viewer, while the API refuses
+    the same person another user's (`this credential speaks for vic; it may not act as ann`). The page
+    follows the API's rule: a viewer or an operator sees their own keys only; an admin, who may set and
+    delete anyone's here, sees every user's."""
+    datastore = web.squall.datastore
+    for user, value in (("ann", "ann-private-value"), ("vic", "vic-own-value"), ("opal", "opal-own-value")):
+        await web.squall.db(datastore.set, "note", value, scope="user", user=user)
+    await web.squall.db(datastore.set, "shared", "for-everyone", scope="system")
+    for name, role in (("vic", "viewer"), ("opal", "operator")):
+        client, _csrf = await web.signed_in(name, role)
+        page = await client.get("/keys?scope=user")
+        assert page.status_code == 200, page.text
+        assert f"{name}-own-value" in page.text and f"<td>{name}</td>" in page.text, page.text
+        others = [user for user in ("ann", "vic", "opal") if user != name]
+        assert not any(f"{user}-private-value" in page.text or f"{user}-own-value" in page.text
+                       or f"<td>{user}</td>" in page.text for user in others), page.text
+        assert "for-everyone" in (await client.get("/keys?scope=system")).text
+    admin, _csrf = await web.signed_in("ada", "admin")
+    everyone = (await admin.get("/keys?scope=user")).text
+    assert all(value in everyone for value in ("ann-private-value", "vic-own-value", "opal-own-value")), everyone

@@ -14,7 +14,11 @@ it meant and the settings for st2 and for hubot: a path of StackStorm's direct U
 one with `/v1` twice or the stream under the API, and any request an API client sends to a path outside the
 API (it carries `St2-Api-Key` or `X-Auth-Token`, or accepts only JSON), when it would have been the router's
 404 or 405 or the login redirect. Browsers keep the login page, and a route's own 404 stays as it is.
-Nothing is served at those paths: the API is mounted once."""
+Nothing is served at those paths: the API is mounted once.
+
+A browser's request (one that accepts HTML, as `bot.web` tells) that no route takes, outside `/api`, `/auth`
+and `/stream`, gets the web UI's own 404 page (or 405, for an address of the UI visited that takes a form's
+post) instead of the router's JSON; every other request's answer is as it was."""
 
 from __future__ import annotations
 
@@ -111,13 +115,31 @@ def _no_route(exc: StarletteHTTPException) -> bool:
     return exc.status_code in (404, 405) and exc.detail == HTTPStatus(exc.status_code).phrase
 
 
+def _services_hold(path: str, prefixes: Prefixes) -> bool:
+    """Whether `path` is under the top folder of the API's, the auth's or the stream's prefix (`/api`, `/auth`,
+    `/stream`): there every answer is a client's, JSON, whoever asks."""
+    tops = {"/" + prefix.strip("/").split("/")[0] for prefix in (prefixes.api, prefixes.auth, prefixes.stream)}
+    return any(path == top or path.startswith(top + "/") for top in tops)
+
+
 def _pointing(answer: Handler, prefixes: Prefixes) -> Handler:
-    """`answer` (the app's handler of a routing error or of `LoginRequired`), but for a misdirected request."""
+    """`answer` (the app's handler of a routing error or of `LoginRequired`), but for a misdirected request,
+    and for a browser's request that no route takes outside the services' folders, the web UI's own page
+    (`app.state.page_missing`, set by `bot.web`; None when it is not a browser's), not the API's JSON: a
+    mistyped address of a page answered a signed-in browser `{"faultstring": "Not Found"}`."""
 
     async def handler(request: Request, exc: Exception) -> Response:
         routing = not isinstance(exc, StarletteHTTPException) or _no_route(exc)
         path = meant(request, prefixes) if routing else None
-        return misdirected(request, path, prefixes) if path is not None else await answer(request, exc)
+        if path is not None:
+            return misdirected(request, path, prefixes)
+        page = getattr(request.app.state, "page_missing", None)
+        if routing and page is not None and isinstance(exc, StarletteHTTPException) \
+                and not _services_hold(request.url.path, prefixes):
+            shown: Response | None = await page(request, exc)
+            if shown is not None:
+                return shown
+        return await answer(request, exc)
 
     return handler
 

@@ -9,8 +9,8 @@ that is with secrets masked by the engine when the execution was requested.
 
 from __future__ import annotations
 
-import json
 import re
+from dataclasses import replace
 from datetime import UTC
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -22,7 +22,7 @@ from markupsafe import Markup
 
 from bot.accounts import Session
 from bot.chat.commands import CommandRefused
-from bot.forms import lf_lines, parameter_named
+from bot.forms import Field, action_fields, parameter_named, parse
 from bot.web import ansi, graph, origin
 from bot.web.pages import PageError, PageRoute, form_time, render
 from bot.web.session import MAX_FIELDS, form_fields, operator, viewer
@@ -37,7 +37,7 @@ from engine.executions import (
 )
 from engine.inquiries import shown_execution
 from engine.packs import UnknownAction
-from engine.parameters import MASK, ParameterError
+from engine.parameters import ParameterError
 from engine.storage import ExecutionFilter, database_trouble
 from engine.workflows.service import KEPT
 
@@ -297,23 +297,42 @@ async def bulk_cancel(request: Request, session: Session = Depends(operator)) ->
                   status_code=200 if done else 409)
 
 
-def _rerun_fields(squall: Any, record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The re-run form's fields: each parameter of the action (immutable ones left out), with the
-    execution's value as text (JSON for non-strings) or empty where it had none (left empty, it is
-    still not given: its default applies), secrets empty (left empty, the original value is used
-    again)."""
-    action = squall.registry.action(record["action"])
+#: The help a secret the execution was given shows on the re-run form instead of its default's.
+KEPT_SECRET = "Left empty, the original execution's value is used again."
+
+
+def _rerun_form(squall: Any, record: dict[str, Any]) -> tuple[list[Field], dict[str, str]]:
+    """The re-run form: the run form's fields (`bot.forms.action_fields`: the same inputs, checked by the same
+    `parse`), and the text each shows, the execution's value as the run form's input shows one
+    (`Field.text_of`), or for a parameter it was not given what the run form starts with (`_starts_with`),
+    which left as shown is still not given. A secret shows nothing; for one the execution was given, left
+    empty keeps the original's (`ExecutionService.rerun`), so its field is not required and says so in place
+    of what its default would do."""
     given = record["parameters"]
-    fields = []
-    for name, spec in action.parameters.items():
-        if spec.get("immutable"):
-            continue
-        value = given.get(name)
-        text = "" if name not in given else (
-            value if isinstance(value, str) and spec.get("type", "string") == "string" else json.dumps(value))
-        fields.append({"name": name, "type": spec.get("type", "string"), "secret": bool(spec.get("secret")),
-                       "value": "" if spec.get("secret") else text, "description": spec.get("description", "")})
-    return fields
+    fields = [_kept_secret(f) if f.kind == "secret" and f.name in given else f
+              for f in action_fields(squall.registry.action(record["action"]))]
+    return fields, {f.name: f.text_of(given[f.name]) if f.name in given else _starts_with(f) for f in fields}
+
+
+def _starts_with(field: Field) -> str:
+    """What a run form's input shows at first, as the browser sends it back: `Field.initial`, but "false" for
+    a yes/no whose default is false, which form_fields.html shows chosen (its `initial` is empty, for chat's
+    boxes), so that left as shown it is not taken for a change."""
+    return "false" if field.yes_no and field.has_default and field.default is False else field.initial
+
+
+def _kept_secret(field: Field) -> Field:
+    """A secret field the execution was given, as the re-run form asks for it (`_rerun_form`)."""
+    said = field.description.strip()
+    said = f"{said}{'' if said.endswith(('.', '?', '!')) else '.'} " if said else ""
+    return replace(field, required=False, has_default=False, default=None, description=f"{said}{KEPT_SECRET}")
+
+
+def _rerun_page(request: Request, session: Session, record: dict[str, Any], fields: list[Field],
+                values: dict[str, str], errors: dict[str, str] | None = None, problem: str | None = None,
+                status: int = 200) -> Response:
+    return render(request, "rerun.html", {"session": session, "record": record, "fields": fields, "values": values,
+                                          "errors": errors or {}, "problem": problem}, status_code=status)
 
 
 @router.get("/executions/{execution_id}/rerun")
@@ -322,75 +341,63 @@ async def rerun_form(request: Request, execution_id: str, session: Session = Dep
     record = await find_execution(request, execution_id)
     if (refused := _not_rerunnable(squall, record)) is not None:
         raise refused
-    return render(request, "rerun.html", {"session": session, "record": record,
-                                          "fields": _rerun_fields(squall, record), "error": None, "errors": {}})
+    fields, shown = _rerun_form(squall, record)
+    return _rerun_page(request, session, record, fields, shown)
 
 
 @router.post("/executions/{execution_id}/rerun")
 async def rerun(request: Request, execution_id: str, session: Session = Depends(operator)) -> Response:
     """A new execution of the same action: the original parameters, overridden by the fields changed
-    (`ExecutionService.rerun`, as the API's re_run); an empty secret keeps the original."""
+    (`ExecutionService.rerun`, as the API's re_run); an empty secret keeps the original. The fields changed
+    are read and checked as the run form's (`bot.forms.parse`), each wrong one named beside it, all at once;
+    one emptied is not given (None: its default applies, or the engine's "is required")."""
     squall = request.app.state.squall
     record = await find_execution(request, execution_id)
     if (refused := _not_rerunnable(squall, record)) is not None:
         raise refused
+    fields, shown = _rerun_form(squall, record)
     form = await form_fields(request)
-    fields = _rerun_fields(squall, record)
-    changed: dict[str, Any] = {}
+    # A field not sent at all is as shown (a client posting only what it changes), but for a box: the
+    # browser sends a ticked one only.
+    submitted = {**{f.input_name: shown[f.name] for f in fields if f.kind != "boolean" or f.yes_no}, **form}
+    edited = [f for f in fields if _edited(f, submitted, shown[f.name])]
+    # What the person typed goes back into the form on an error, but never a secret.
+    typed = {f.name: submitted.get(f.input_name, "") for f in fields if f.kind != "secret"}
+    parsed = parse(edited, submitted)
+    if not parsed.ok:
+        return _rerun_page(request, session, record, fields, typed, parsed.errors, status=400)
+    changed = {f.name: parsed.values.get(f.name) for f in edited}
+    context = {"user": session.account.name, "source": "web"}
+    # Stored with the re-run, one transaction (`CommandService.rerun`): its detail gains the action and
+    # the parameters as stored. A re-run the database did not take is the error page, and none is left.
+    audit = AuditEntry("web.execution.rerun", session.account.name, "web", None,
+                       {"of": record["id"], "changed": sorted(changed)})
     try:
-        for field in fields:
-            if (sent := _edited(field, form)) is None:
-                continue
-            changed[field["name"]] = (sent if field["type"] == "string" else
-                                      _json_field(field["name"], sent, secret=field["secret"]))
-        context = {"user": session.account.name, "source": "web"}
-        # Stored with the re-run, one transaction (`CommandService.rerun`): its detail gains the action and
-        # the parameters as stored. A re-run the database did not take is the error page, and none is left.
-        audit = AuditEntry("web.execution.rerun", session.account.name, "web", None,
-                           {"of": record["id"], "changed": sorted(changed)})
         new = await squall.chat.commands.rerun(record["id"], changed, context, audit=audit)
     except CommandRefused as exc:  # it came to need approval since the form was shown
         raise PageError(str(exc), 403) from exc
     except (ParameterError, UnknownAction, ValueError) as exc:
-        shown = [{**f, "value": form.get(f"p.{f['name']}", f["value"]) if not f["secret"] else ""} for f in fields]
         named = parameter_named(str(exc))
-        errors = {named: str(exc)} if named and any(f["name"] == named for f in fields) else {}
-        return render(request, "rerun.html", {"session": session, "record": record, "fields": shown,
-                                              "error": str(exc), "errors": errors}, status_code=400)
+        if named and any(f.name == named for f in fields):
+            return _rerun_page(request, session, record, fields, typed, {named: str(exc)}, status=400)
+        return _rerun_page(request, session, record, fields, typed, problem=str(exc), status=400)
     return RedirectResponse(f"/executions/{new['id']}", status_code=303)
 
 
-def _edited(field: dict[str, Any], form: dict[str, str]) -> str | None:
-    """The text sent for a re-run field when it changes the value, else None (a secret left empty keeps
-    the original). A string's line breaks are compared as LF and sent as LF: the form shows a multi-line
-    value in a text area, which the browser reads with CR LF and CR as LF and sends with CR LF, so a value
-    left as shown compares equal (and runs again as it was, CR and all), and an edited one gets LF."""
-    sent = form.get(f"p.{field['name']}", field["value"])
-    if field["secret"] and not sent:
-        return None
-    if field["type"] != "string":
-        return None if sent == field["value"] else sent
-    return None if _line_breaks_as_lf(sent) == _line_breaks_as_lf(field["value"]) else lf_lines(sent)
+def _edited(field: Field, submitted: dict[str, str], shown: str) -> bool:
+    """Whether the person changed a re-run field from the text it showed (`shown`). A box is by being ticked
+    or not; a secret by being filled in (left empty, the original's is kept). Line breaks are compared as LF:
+    the form shows a multi-line value in a text area, which the browser reads with CR LF and CR as LF and
+    sends with CR LF, so a value left as shown compares equal and runs again as it was, CR and all (an edited
+    string is sent with LF, `parse`)."""
+    if field.kind == "boolean" and not field.yes_no:
+        return (field.input_name in submitted) != (shown == "true")
+    sent = submitted.get(field.input_name, "")
+    if field.kind == "secret":
+        return sent != ""
+    return _line_breaks_as_lf(sent) != _line_breaks_as_lf(shown)
 
 
 def _line_breaks_as_lf(text: str) -> str:
     """`text` with every line break (CR LF, CR) as LF, as the HTML parser reads a text area's text."""
     return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-#: Characters of a re-run value that is not JSON quoted back in the message (the field shows it all).
-_QUOTED = 80
-
-
-def _json_field(name: str, text: str, *, secret: bool) -> Any:
-    """A re-run field of a non-string type, read as JSON; the error quotes what was typed unless it is a
-    secret's (the page is shown again, and the engine's own errors show `********` too), and at most
-    `_QUOTED` characters of it. JSON nested deeper than Python's recursion limit is refused too (a
-    RecursionError, not a ValueError), as the run form refuses it (`bot.forms`)."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        problem = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        quoted = repr(text) if len(text) <= _QUOTED else f"{text[:_QUOTED]!r}…"
-        raise ValueError(f'parameter "{name}" must be JSON (such as 3, true, ["a"] or {{"k": 1}}), '
-                         f"not {MASK if secret else quoted}: {problem}") from None

@@ -4,7 +4,8 @@ Everything goes through `InquiryService`, as the API, the CLI and chat do: the l
 overdue questions, and the answer, which the service checks against the schema and the inquiry's
 `users` and `roles` (both, when both are set) and stores with its responder (the execution's
 `result.responder`; the time is its `end_timestamp`) and its `web.inquiry.respond` audit event, in one
-transaction. The answer form is `bot.forms`' fields of the response schema. An account's groups are
+transaction. The answer form is `bot.forms`' fields of the response schema, offered only to an account
+the service would take the answer of (`_why_not`), and in its place why not. An account's groups are
 its role (`viewer`, `operator`, `admin`) and the config `auth.groups` that list its name (the chat's
 `Authorizer.member_of`), so an inquiry for `roles: [admin]` may be answered by the UI's admins, and
 one for `roles: [approvers]` by the accounts config puts in approvers, as by a chat user in a group of
@@ -25,7 +26,7 @@ from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import form_fields, operator, viewer
 from engine.executions import AuditEntry, ExecutionNotFound
 from engine.identity import names_of
-from engine.inquiries import InquiryError, shown_execution, who_may
+from engine.inquiries import InquiryError, refusal, shown_execution, who_may
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: How many answered inquiries the list shows.
@@ -71,14 +72,44 @@ async def _inquiry(request: Request, inquiry_id: str) -> tuple[dict[str, Any], d
     return inquiry, shown_execution(await squall.executions.get(inquiry["id"]))
 
 
+def _groups(request: Request, session: Session) -> list[str]:
+    """The account's groups for an inquiry's `roles`: its role and the config `auth.groups` that list it."""
+    name = session.account.name
+    return sorted({session.account.role} | request.app.state.squall.chat.inquiries.auth.member_of(name))
+
+
+def _why_not(request: Request, session: Session, inquiry: dict[str, Any], record: dict[str, Any]) -> str | None:
+    """Why the account may not answer the pending inquiry, in the words `InquiryService.respond` would refuse
+    it with, or None when it may: the operator role, then the engine's rule in its order: its `users` and
+    `roles` (`refusal`, the person named as the answer names them), not the requester under `self_approval:
+    false`, and once per person. The form was offered to all three, and its post answered a bare error page.
+    Only decides what the page offers: the answer is checked again by the service."""
+    if not session.account.may("operator"):
+        return f"Answering needs the operator role; {session.account.name} is a {session.account.role}."
+    name = session.account.name
+    users, roles = inquiry["users"], inquiry["roles"]
+    why = refusal(name, _groups(request, session), users, roles, names_of(None, name))
+    if why is not None:
+        return f'{name} may not respond to inquiry {inquiry["id"]}: only {who_may(users, roles)} may, and {why}'
+    if not inquiry["self_approval"] and name == (record.get("result") or {}).get("requester"):
+        return f"{name} started the workflow of inquiry {inquiry['id']}: someone else must answer it"
+    if any(answer.get("user") == name for answer in inquiry["responses"]):
+        return f"{name} already answered inquiry {inquiry['id']}; each person counts once"
+    return None
+
+
 def _page(request: Request, session: Session, inquiry: dict[str, Any], record: dict[str, Any],
           workflow: dict[str, Any] | None, fields: list[Field], values: Mapping[str, str],
-          errors: Mapping[str, str] | None = None, problem: str | None = None, status: int = 200) -> Response:
+          errors: Mapping[str, str] | None = None, problem: str | None = None, status: int = 200,
+          refused: str | None = None) -> Response:
+    """The inquiry, and while it is pending the answer form, or in its place why the account may not answer
+    (`_why_not`). `refused`: why the service just refused an answer (not allowed, or no longer pending)."""
+    why_not = _why_not(request, session, inquiry, record) if inquiry["status"] == "pending" else None
     return render(request, "inquiry.html", {
         "session": session, "inquiry": inquiry, "record": record, "workflow": workflow, "fields": fields,
         "values": values, "errors": errors or {}, "problem": problem, "question": question(inquiry["schema"]),
-        "who_may": who_may(inquiry["users"], inquiry["roles"]),
-        "may_answer": inquiry["status"] == "pending" and session.account.may("operator")}, status_code=status)
+        "who_may": who_may(inquiry["users"], inquiry["roles"]), "refused": refused, "why_not": why_not,
+        "may_answer": inquiry["status"] == "pending" and why_not is None}, status_code=status)
 
 
 def _fields(inquiry: dict[str, Any]) -> list[Field]:
@@ -105,7 +136,7 @@ async def inquiry_answer(request: Request, inquiry_id: str, session: Session = D
         return _page(request, session, inquiry, record, workflow, fields, shown, parsed.errors, status=400)
     squall = request.app.state.squall
     name = session.account.name
-    groups = sorted({session.account.role} | squall.chat.inquiries.auth.member_of(name))
+    groups = _groups(request, session)
     # Stored with the answer, one transaction (`InquiryService.respond`): an answer the database did not
     # take leaves no event, and none is recorded without it. Its detail gains the response, secrets masked.
     audit = AuditEntry("web.inquiry.respond", name, "web", None, {"workflow": inquiry["parent"]})
@@ -114,7 +145,11 @@ async def inquiry_answer(request: Request, inquiry_id: str, session: Session = D
         await squall.inquiries.respond(inquiry["id"], with_defaults(fields, parsed.values), name, groups, audit,
                                        names_of(None, name))
     except InquiryError as exc:
-        if exc.status != 400:  # not allowed, gone, or no longer pending: nothing to correct in the form
+        if exc.status in (403, 409):  # not this person's to answer, or no longer pending: the inquiry as it is
+            inquiry, record = await _inquiry(request, inquiry_id)  # now, saying why in place of the form
+            return _page(request, session, inquiry, record, workflow, fields, shown, status=exc.status,
+                         refused=str(exc))
+        if exc.status != 400:  # gone, or its answers unreadable: nothing to correct in the form
             raise PageError(str(exc), exc.status) from exc
         return _page(request, session, inquiry, record, workflow, fields, shown, problem=str(exc), status=400)
     return RedirectResponse(f"/inquiries/{inquiry['id']}", status_code=303)

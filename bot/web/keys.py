@@ -1,4 +1,5 @@
-"""`/keys`: the datastore's keys by scope, with expiry; set and delete (admin).
+"""`/keys`: the datastore's keys by scope, with expiry; set and delete (admin). In the user scope a person
+sees their own keys only, as the API's rule has it, and an admin every user's (`_reader`).
 
 Reads and writes go through the engine's `Datastore` (`squall.datastore`), as `/api/v1/keys` and
 `squall key ...` do, so a write fires the `core.st2.key_value_pair.*` triggers as theirs do. The
@@ -66,16 +67,28 @@ async def _datastore(request: Request, fn: Any, *args: Any, **kwargs: Any) -> An
         raise PageError(str(exc)) from exc
 
 
+def _reader(session: Session) -> str | None:
+    """Whose user-scoped keys `session` may read: the API's rule (`bot/http/keys.py`), with the web's admin in
+    the place of a key from the config file. A token or a stored API key reads its own user's keys only, and
+    naming another user is refused; only the config's key, which names nobody, sees every user's. An
+    account is a person, as a token's holder is: a viewer listed every user's keys and values at
+    `/keys?scope=user`, which the API refused the same person. An admin, who may set and delete anyone's
+    keys here, sees them all (None: no owner, `Datastore.list`'s administrator's view)."""
+    return None if session.account.may("admin") else session.account.name
+
+
 async def _page(request: Request, session: Session, scope: str, form: Mapping[str, Any] | None = None,
                 errors: Mapping[str, str] | None = None, problem: str | None = None, status: int = 200) -> Response:
-    """The scope's keys and, for admins, the set form: empty, or as it was sent with what is wrong."""
+    """The scope's keys (of the user scope, only the reader's own unless an admin reads: `_reader`) and, for
+    admins, the set form: empty, or as it was sent with what is wrong."""
     squall = request.app.state.squall
-    items = await _datastore(request, squall.datastore.list, scope=scope, limit=MAX_KEYS + 1)
+    reader = _reader(session)
+    items = await _datastore(request, squall.datastore.list, scope=scope, user=reader, limit=MAX_KEYS + 1)
     shown = [{**item, "value": MASK} if item["secret"] else item for item in items[:MAX_KEYS]]
     return render(request, "keys.html", {
         "session": session, "scope": scope, "scopes": SCOPES, "keys": shown, "more": len(items) > MAX_KEYS,
         "may_edit": session.account.may("admin"), "form": form or {}, "errors": errors or {},
-        "labels": LABELS, "problem": problem, "max_ttl": MAX_KEY_TTL}, status_code=status)
+        "labels": LABELS, "problem": problem, "max_ttl": MAX_KEY_TTL, "own_only": reader}, status_code=status)
 
 
 @router.get("/keys")

@@ -21,7 +21,10 @@ stream when it stops (`bot.http.server.ApiServer.stop`).
 
 A stream outlives the request that opened it, so it looks at its session again every
 `session.RECHECK_SECONDS`: after a logout, a new password or the account's deletion it sends `end`
-(data `signed-out`) and closes, instead of going on showing what the person may no longer see.
+(data `signed-out`) and closes, instead of going on showing what the person may no longer see, and
+`static/live.js` says so on the page, with the way to log in again. A stream asked for without a live
+session (htmx opening it again after a proxy's 502 or a restart, once the session ended) is that `end`
+alone: the login page's redirect is nothing an EventSource reads, and htmx tried it again for ever.
 
 They read the database, as the pages do, so what a `squall worker` runs shows too; in the process
 that runs it, `engine.live.Wakeup` wakes them at once, otherwise they look every `POLL_SECONDS`. A
@@ -103,9 +106,23 @@ def fragment(name: str, **context: Any) -> str:
     return templates.get_template(name).render(**context)
 
 
+async def _stream_session(request: Request) -> Session | None:
+    """The stream's session (`viewer`), or None when there is none (ended, or never there)."""
+    try:
+        return await viewer(request)
+    except sessions.LoginRequired:
+        return None
+
+
+async def _signed_out() -> AsyncIterator[dict[str, str]]:
+    yield {"event": "end", "data": SIGNED_OUT}
+
+
 @router.get("/live/executions/{execution_id}")
 async def execution_events(request: Request, execution_id: str, after: int = Query(0, ge=0, le=MAX_INTEGER),
-                           session: Session = Depends(viewer)) -> EventSourceResponse:
+                           session: Session | None = Depends(_stream_session)) -> EventSourceResponse:
+    if session is None:  # before anything of the execution is looked at
+        return EventSourceResponse(_signed_out())
     squall = request.app.state.squall
     record = await find_execution(request, execution_id)
     # A browser that lost the connection reconnects by itself, naming the last chunk it got.
@@ -201,9 +218,12 @@ def _runs(rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
 
 
 @router.get("/live/executions")
-async def list_events(request: Request, top: str = "", session: Session = Depends(viewer)) -> EventSourceResponse:
+async def list_events(request: Request, top: str = "",
+                      session: Session | None = Depends(_stream_session)) -> EventSourceResponse:
     """The list's first page as it changes; `top` is the newest id the page showed (new rows are newer),
     or the `Last-Event-ID` of a browser that reconnects, when newer: the rows it prepended since."""
+    if session is None:
+        return EventSourceResponse(_signed_out())
     if top and not EXECUTION_ID.match(top):
         raise PageError("'top' must be an execution id (24 hexadecimal digits)")
     if EXECUTION_ID.fullmatch(resumed := request.headers.get("last-event-id", "")):

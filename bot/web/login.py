@@ -49,6 +49,7 @@ from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import (
     COOKIE,
     CSRF_FIELD,
+    LoginRequired,
     ended_sessions,
     form_fields,
     from_this_site,
@@ -222,6 +223,18 @@ async def oidc_callback(request: Request, state: str = "", code: str = "", error
 #: What the login page says after a logout the database failed or was locked under (`_logged_out_anyway`).
 LOGGED_OUT_ANYWAY = ("You are logged out on this browser. Squall could not record that in its database yet: "
                      "{trouble}. It will forget your session once the database works again.")
+
+
+@router.get("/logout")
+async def logout_page(request: Request) -> Response:
+    """`/logout` visited (typed, bookmarked, a link): the page with the button that logs out. A logout is a
+    post with the session's CSRF token, so no other site's link or image can log anyone out; the visit
+    answered the API's 405 JSON. Without a session there is nothing to end: the login page."""
+    try:
+        session = await viewer(request)
+    except LoginRequired:
+        return RedirectResponse("/login", status_code=303)
+    return render(request, "logout.html", {"session": session})
 
 
 @router.post("/logout")

@@ -13,7 +13,8 @@ import json
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import jinja2
 from fastapi import Request, Response
@@ -22,6 +23,9 @@ from starlette.templating import Jinja2Templates
 
 from engine.executions import COMPLETED
 from engine.parameters import MAX_INTEGER
+
+if TYPE_CHECKING:
+    from bot.accounts import Session
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -39,6 +43,13 @@ SECURITY_HEADERS = {
     # Pages show parameters and output: no shared or back-button cache keeps them after logout.
     "Cache-Control": "no-store",
 }
+
+#: The UI's sections, in the menu's order: (path, the menu's word, what a link back to it calls it).
+SECTIONS = (("/executions", "Executions", "the executions"), ("/actions", "Actions", "the actions"),
+            ("/inquiries", "Inquiries", "the inquiries"), ("/aliases", "Aliases", "the aliases"),
+            ("/rules", "Rules", "the rules"), ("/triggers", "Triggers", "the triggers"),
+            ("/packs", "Packs", "the packs"), ("/keys", "Keys", "the keys"),
+            ("/audit", "Audit", "the audit log"), ("/status", "Status", "the status"))
 
 
 def _pretty_json(value: Any) -> str:
@@ -61,6 +72,7 @@ def _environment() -> jinja2.Environment:
     env.filters["when"] = _when
     # `status is ended`: a status nothing follows (a paused workflow has an end time, but goes on).
     env.tests["ended"] = COMPLETED.__contains__
+    env.globals["sections"] = SECTIONS
     return env
 
 
@@ -102,10 +114,34 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     return templates.TemplateResponse(request, name, {"session": None, **context}, status_code=status_code)
 
 
-def error_page(request: Request, message: str, status: int) -> Response:
-    """The UI's error page: `message` with `status`, the UI's security headers on it."""
-    session = getattr(request.state, "session", None)
-    return secure(render(request, "error.html", {"session": session, "message": message, "status": status},
+def section_of(path: str) -> tuple[str, str] | None:
+    """The section `path` is in, as (its path, what a link back to it calls it), or None."""
+    return next(((start, words) for start, _menu, words in SECTIONS
+                 if path == start or path.startswith(start + "/")), None)
+
+
+def back_link(request: Request) -> tuple[str, str]:
+    """Where an error page sends the person back to: the section of the page that failed (a missing pack's
+    page goes back to the packs), else that of the page they came from (the Referer, when it is this site's:
+    `Referrer-Policy: same-origin` sends no other), else the executions. It always said "Back to the
+    executions", whatever the page."""
+    found = section_of(request.url.path)
+    if found is None:
+        referer = urlsplit(request.headers.get("referer", ""))
+        if referer.netloc and referer.netloc == request.headers.get("host"):
+            found = section_of(referer.path)
+    return found or (SECTIONS[0][0], SECTIONS[0][2])
+
+
+def error_page(request: Request, message: str, status: int, session: Session | None = None,
+               suggestion: str | None = None) -> Response:
+    """The UI's error page: `message` with `status`, a link back (`back_link`) and, for an address mistyped,
+    the `suggestion` of the page it likely meant; the UI's security headers on it. `session`: the signed-in
+    one when no page's dependency put it on the request (an address no page has), for the menu."""
+    session = getattr(request.state, "session", None) or session
+    back, words = back_link(request)
+    return secure(render(request, "error.html", {"session": session, "message": message, "status": status,
+                                                 "back": back, "back_words": words, "suggestion": suggestion},
                          status_code=status))
 
 

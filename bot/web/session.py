@@ -127,7 +127,7 @@ def page_routes(routes: Iterable[BaseRoute]) -> tuple[BaseRoute, ...]:
                  and not route.path.startswith(NOT_PAGES))
 
 
-def _is_page(request: Request, path: str) -> bool:
+def is_page(request: Request, path: str) -> bool:
     """Whether a GET of `path` is one of the UI's pages (`page_routes`, which `mount` keeps in the
     app's state): not the API, a static file or anything of another site."""
     if not path or safe_next(path, "") != path or path.startswith(NOT_PAGES):
@@ -143,9 +143,9 @@ def _came_from(request: Request) -> str | None:
     else the post's own path when that is a page (a run form posts to its own page), else None. Only
     ever a path, so never another site."""
     referer = urlsplit(request.headers.get("referer", ""))
-    if referer.netloc and referer.netloc == request.headers.get("host") and _is_page(request, referer.path):
+    if referer.netloc and referer.netloc == request.headers.get("host") and is_page(request, referer.path):
         return quote(referer.path + (f"?{referer.query}" if referer.query else ""), safe="")
-    return quote(request.url.path, safe="") if _is_page(request, request.url.path) else None
+    return quote(request.url.path, safe="") if is_page(request, request.url.path) else None
 
 
 def from_this_site(request: Request) -> bool:
@@ -273,6 +273,21 @@ def _record_use(request: Request, db: Database, session: Session, now: datetime)
                      session.account.name, future.exception())
 
     recorded.add_done_callback(done)
+
+
+async def signed_in(request: Request) -> Session | None:
+    """The request's live session, or None: for an answer that needs none but shows the menu to whoever
+    is signed in (the UI's page for an address it has not). Only reads; a database that fails or is
+    locked is None too, as that answer is not worth an error of its own."""
+    token = request.cookies.get(COOKIE)
+    if not token or token_hash(token) in ended_sessions(request):
+        return None
+    try:
+        return await _find_session(request, token)
+    except sa.exc.DBAPIError as exc:
+        if database_trouble(exc) is None:
+            raise
+        return None
 
 
 async def _session(request: Request) -> Session:

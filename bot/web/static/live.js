@@ -27,6 +27,14 @@
    Both are done once the swap is: htmx swaps as soon as `htmx:sseBeforeMessage`'s listeners return,
    in the same task, so a microtask queued there runs once the new content is in.
 
+   A stream the server ends because the page's session ended (a logout here or in another tab,
+   `squall user logout`, a new password, 12 hours idle) sends `end` with the data `signed-out`
+   (bot/web/live.py). `sse-close` only closes the stream, and the page went on showing "running" with
+   its Cancel button, frozen without a word. So the page then says so at its top, with a link to the
+   login page that comes back here, and its stream's element is marked no longer live
+   (`data-live="signed-out"`). htmx hands each stream it opens to `htmx:sseOpen`, where it is listened
+   to; the data reaches no other listener (`htmx:sseClose` carries none).
+
    The list's filters are rendered open (without this script they stay so); on a narrow screen, where
    they would fill it, they start folded (40rem: squall.css's narrow screen too). */
 (function () {
@@ -132,6 +140,40 @@
     if (swapOf(event.target) === "afterbegin") {
       keepOnce(event.target);
     }
+  });
+
+  var SIGNED_OUT = "signed-out";
+
+  /* The page's notice that it follows nothing any more, once (several streams may end so). */
+  function signedOut(holder) {
+    holder.dataset.live = SIGNED_OUT;
+    if (document.getElementById("signed-out")) {
+      return;
+    }
+    var login = document.createElement("a");
+    login.href = "/login?next=" + encodeURIComponent(window.location.pathname + window.location.search);
+    login.textContent = "Log in again";
+    var notice = document.createElement("p");
+    notice.id = "signed-out";
+    notice.className = "notice signed-out";
+    notice.setAttribute("role", "alert");
+    notice.append("Signed out: this page is no longer updating. ", login, ".");
+    var main = document.getElementById("main") || document.body;
+    main.insertBefore(notice, main.firstChild);
+  }
+
+  document.addEventListener("htmx:sseOpen", function (event) {
+    var holder = event.target;
+    var source = event.detail.source;
+    if (source.squallWatched) {
+      return;  /* opened again by the browser itself (a reconnect): listened to already */
+    }
+    source.squallWatched = true;
+    source.addEventListener("end", function (message) {
+      if (message.data === SIGNED_OUT) {
+        signedOut(holder);
+      }
+    });
   });
 
   Array.prototype.forEach.call(document.querySelectorAll("pre.output[sse-swap]"), toEnd);
