@@ -54,6 +54,8 @@ _INLINE_VALUE_FORMS = (r"\[.*\]\s*", r"\"[^\"]*\"\s*", r"'[^']*'\s*", r"[-]?\d*\
                        r"(?i:true)", r"(?i:false)", r"null", r"<%.*?%>", r"{{.*?}}")
 _INLINE_PARAMS = re.compile(r"([\w]+)=(" + "|".join(_INLINE_VALUE_FORMS) + ")")
 _INLINE_QUOTED = (re.compile(r"\"[^\"]*\"\s*"), re.compile(r"'[^']*'\s*"))
+#: An expression block in a task's `action`: its spaces and `=` belong to the expression, not to inline parameters.
+_EXPRESSION_BLOCK = re.compile(r"<%.*?%>|\{\{.*?\}\}|\{%.*?%\}", re.DOTALL)
 _WITH_NAMES = re.compile(r"^\s*([\w]+(?:\s*,\s*[\w]+)*)\s+in\s+(.+)$", re.DOTALL)
 #: Where StackStorm's content errors point in Orquesta's workflow schema (`inspect_task_contents`).
 _TASK_SCHEMA_PATH = r"properties.tasks.patternProperties.^\w+$"
@@ -72,8 +74,10 @@ class Transition:
 @dataclass
 class TaskSpec:
     name: str
+    #: A ref, or an expression that gives one when the task runs (Orquesta's dynamic action).
     action: str | None
-    input: dict[str, Any]
+    #: Parameter names to values, or an expression that gives them when the task runs (a text).
+    input: dict[str, Any] | str
     next: list[Transition]
     join: str | int | None = None
     items: Any = None
@@ -115,6 +119,14 @@ def parse_inline_params(text: Any) -> list[tuple[str, Any]]:
                 value = json.loads(value.lower() if value.lower() in ("true", "false") else value)
         pairs.append((key, value))
     return pairs
+
+
+def _outside_expressions(text: str) -> str:
+    """`text` with each expression block blanked out (same length, no space left in it), so that the first
+    space found in it is where an `action`'s ref ends and its inline parameters begin. An action given by an
+    expression (Orquesta's dynamic action, `<% ctx(act) %>`, `{{ ctx().act }}`) has spaces inside it that
+    are no such place, and a YAQL comparison in it (`$.x='a'`) is no inline parameter."""
+    return _EXPRESSION_BLOCK.sub(lambda match: "x" * len(match.group()), text)
 
 
 def _pairs(value: Any, what: str) -> list[tuple[str, Any]]:
@@ -183,22 +195,29 @@ def parse(data: Any, lines: LineMap, file: str) -> WorkflowSpec:  # noqa: C901 (
         for problem in syntax_errors({k: v for k, v in body.items() if k != "next"}):
             raise fail(f"task '{name}': expression syntax error: {problem}", *where)
         action = body.get("action")
-        task_input: dict[str, Any] = {}
+        task_input: dict[str, Any] | str = {}
         if action is not None:
             if not isinstance(action, str) or not action.strip():
                 raise fail(f"task '{name}': 'action' must be an action ref", *where, "action")
             action = action.strip()
-            inline = dict(parse_inline_params(action))
-            if inline and " " in action:  # as Orquesta's TaskSpec: the inline parameters are the input
-                action, task_input = action[:action.index(" ")], inline
-            elif " " in action:  # StackStorm would look for an action named all of it, and fail at run time
+            space = _outside_expressions(action).find(" ")
+            inline = dict(parse_inline_params(action[space:])) if space > 0 else {}
+            if inline:  # as Orquesta's TaskSpec: the inline parameters are the input
+                action, task_input = action[:space], inline
+            elif space > 0:  # StackStorm would look for an action named all of it, and fail at run time
                 raise fail(f"task '{name}': action {action!r}: no inline parameter here is one Orquesta reads, "
                            "so the whole text would be taken for the action's name; quote text values "
                            "(who=\"one\") or give them as 'input'", *where, "action")
-        if body.get("input") is not None and not task_input:
-            if not isinstance(body["input"], dict):
-                raise fail(f"task '{name}': 'input' must be a mapping", *where, "input")
-            task_input.update(body["input"])
+        given_input = body.get("input")
+        if given_input is not None and not task_input:
+            if isinstance(given_input, dict):
+                task_input = dict(given_input)
+            elif has_expression(given_input):  # Orquesta's dynamic input: evaluated to a mapping at run time
+                task_input = given_input.strip()
+            else:
+                raise fail(f"task '{name}': 'input' must be a mapping of parameter names to values, or an "
+                           f"expression that gives one (<% ... %> or {{{{ ... }}}}), not {given_input!r}",
+                           *where, "input")
         transitions = []
         next_data = body.get("next") or []
         if not isinstance(next_data, list):
@@ -301,7 +320,8 @@ def inspect_task_contents(spec: WorkflowSpec,
             errors.append({"type": "content", "message": f'The action "{ref}" is not registered in the database.',
                            **action_at})
             continue
-        errors += _input_errors(name, ref, task.input, parameters)
+        if isinstance(task.input, Mapping):  # an input given by an expression is known at run time only
+            errors += _input_errors(name, ref, task.input, parameters)
     return sorted(errors, key=lambda error: (error["type"], error["schema_path"]))
 
 
@@ -415,6 +435,13 @@ def _logged(exc: Exception) -> str:
     return exc.logged if isinstance(exc, ExpressionError) else f"{type(exc).__name__}: {exc}"
 
 
+def _shown(value: Any, limit: int = 200) -> str:
+    """A value an expression gave, as an error quotes it: its repr and type, cut at `limit` characters
+    (an expression that gave the whole context is not quoted whole)."""
+    text = repr(value)
+    return f"{text if len(text) <= limit else text[:limit] + '...'} ({type(value).__name__})"
+
+
 def _task_result(run: _Run, result: Any) -> Any:
     """What `task(name).result` holds: a with-items task's is `{"items": [{status, result}...]}`
     (null for items that never ran), as StackStorm's task execution records it."""
@@ -471,6 +498,8 @@ class OrquestaConductor:
         #: reported unreachable, as Orquesta's criteria call it "in progress".
         self._unstarted = False
         self.runs: dict[str, tuple[_Run, int | None]] = {}
+        #: The refs that calls of tasks with an action expression were given, by call key (`_failure`).
+        self._given_refs: dict[str, str] = {}
         self.active: set[int] = set()
         self._runs_by_id: dict[int, _Run] = {}
         self.failing = False
@@ -623,11 +652,32 @@ class OrquestaConductor:
             return {n: (values[i] if i < len(values) else None) for i, n in enumerate(names)}
         return value
 
-    def _input(self, task: Any, scope: Scope) -> Any:
-        """A task's input; a shell command's `cmd` keeps its values out of the shell text (they go in
-        `env`, as the shell runner does with its own templates), so workflow data never runs as code."""
+    def _action(self, task: TaskSpec, scope: Scope) -> str:
+        """The ref of the action the task runs: as written, or what its expression gives (Orquesta's
+        dynamic action, evaluated for every call as its `TaskSpec.render` does: each item, each retry).
+        What a string names is left to the host's request, which refuses an action not loaded
+        (`on_done` then names the expression); anything else fails the task here."""
+        if not has_expression(task.action):
+            return str(task.action)
+        ref = evaluate(task.action, scope)
+        if not isinstance(ref, str) or not ref.strip():
+            raise ValueError(f'The action expression "{task.action}" of task "{task.name}" gave {_shown(ref)}: '
+                             "it must give the ref of a loaded action, as pack.action")
+        return ref
+
+    def _input(self, task: TaskSpec, ref: str, scope: Scope) -> Any:
+        """A task's input, for action `ref`; a shell command's `cmd` keeps its values out of the shell text
+        (they go in `env`, as the shell runner does with its own templates), so workflow data never runs as
+        code. An input given by an expression (Orquesta's dynamic input) is the mapping it gives, whose
+        values are data: never evaluated again."""
         raw = task.input
-        if not (isinstance(raw, dict) and isinstance(raw.get("cmd"), str) and self.shell_command(str(task.action))):
+        if isinstance(raw, str):
+            given = evaluate(raw, scope)
+            if not isinstance(given, dict) or not all(isinstance(name, str) for name in given):
+                raise ValueError(f'The input expression "{raw}" of task "{task.name}" gave {_shown(given)}: '
+                                 "it must give a mapping of parameter names to values")
+            return given
+        if not (isinstance(raw.get("cmd"), str) and self.shell_command(ref)):
             return evaluate(raw, scope)
         parameters = evaluate({k: v for k, v in raw.items() if k != "cmd"}, scope)
         text, variables = evaluate_shell(raw["cmd"], scope)
@@ -642,16 +692,19 @@ class OrquestaConductor:
         item = self._item_value(run, index) if index is not None else None
         scope = self._scope(run, item=item, task_name=task.name, task_route=run.route)
         try:
-            parameters = self._input(task, scope)
+            ref = self._action(task, scope)
+            parameters = self._input(task, ref, scope)
             delay = self._delay(run, index, scope)
         except (ExpressionError, TypeError, ValueError) as exc:
             self._fail(_logged(exc), task.name, route=run.route)
             return None
         key = run.prefix if index is None else f"{run.prefix}[{index}]"
         self.runs[key] = (run, index)
+        if has_expression(task.action):
+            self._given_refs[key] = ref
         context = {"orquesta": {"task_name": task.name, "task_id": task.name, "task_route": run.route,
                                 **({"item_id": index} if index is not None else {})}}
-        return TaskCall(key, task.name, str(task.action), parameters, context, delay)
+        return TaskCall(key, task.name, ref, parameters, context, delay)
 
     def _delay(self, run: _Run, index: int | None, scope: Scope) -> float:
         """Seconds the call waits as a `delayed` child: the task's `delay` on its first attempt (for
@@ -707,6 +760,7 @@ class OrquestaConductor:
     # -- outcomes ---------------------------------------------------------------------------
     def on_done(self, key: str, status: str, result: Any, execution_id: str | None) -> list[TaskCall]:
         found = self.runs.pop(key, None)
+        given_ref = self._given_refs.pop(key, None)
         if found is None:
             return []
         run, index = found
@@ -717,7 +771,7 @@ class OrquestaConductor:
             self.canceled = True
         self.completed_any = True
         if status in FAILED:  # logged for every failed run, remediated or not (shown if the workflow fails)
-            self._log_error("Execution failed. See result for details.", run.task.name, result=result)
+            self._log_error(self._failure(run, given_ref, result, execution_id), run.task.name, result=result)
         if index is not None:
             run.running -= 1
             run.results[index] = result
@@ -734,6 +788,17 @@ class OrquestaConductor:
             if call is not None:
                 return [call]
         return self._complete(run, status, result)
+
+    @staticmethod
+    def _failure(run: _Run, given_ref: str | None, result: Any, execution_id: str | None) -> str:
+        """The error logged for a failed run: StackStorm's words, unless the host could not even request
+        the action an expression gave (no execution: not loaded, or its parameters refused), which only
+        the run shows; then the expression, what it gave and the host's reason."""
+        if given_ref is None or execution_id is not None:
+            return "Execution failed. See result for details."
+        reason = result.get("error") if isinstance(result, dict) else None
+        return (f'The action expression "{run.task.action}" of task "{run.task.name}" gave "{given_ref}", '
+                f"which could not be requested: {reason or 'see result for details'}")
 
     def _retrying(self, run: _Run, status: str, result: Any) -> bool:
         """Whether the task's `retry` asks for another attempt after this outcome. As Orquesta: without
