@@ -1663,6 +1663,67 @@ class ExecutionService:
             await self.db(revoke_ended, self.db.store)  # their API tokens
         await self._conduct_on(resumed)
 
+    # -- a request refused before it ran -------------------------------------------------------
+    async def record_refused(self, ref: str, parameters: Mapping[str, Any] | None, context: Mapping[str, Any] | None,
+                             error: Exception, *, extra_template_context: dict[str, Any] | None = None,
+                             render: bool | Collection[str] = (), execution_id: str | None = None,
+                             stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None
+                             ) -> dict[str, Any]:
+        """Store a request that `request` refused for its parameters (a template that did not render, a
+        value its type or schema refuses) as an execution that failed before it ran, `error` its result.
+
+        StackStorm's rules engine does so (`st2reactor/rules/enforcer.py`: the request is created, then
+        marked failed): a rule's failure then shows in the execution list, and its end fires the action
+        trigger, `notify` and the policies as any failed run's end does, so a rule alerting on failed
+        executions hears of it. The parameters are stored as given, masked as `_store` masks a request's
+        (what masking hid is sealed), and the error quotes none of them; the templates among them
+        (`render`) and `extra_template_context` are kept in its `spec`, so a re-run renders them again.
+
+        `execution_id` and `stored_with` as for `request`: a second use of the id raises
+        `sqlalchemy.exc.IntegrityError` and stores nothing, and what `stored_with` returns is stored in
+        the execution's transaction, always. Raises `UnknownAction` for an action no longer loaded."""
+        action = self.registry.action(ref)
+        context = {**(context or {}), "pack": action.pack}
+        if "user" not in context:  # as `request` says who asked
+            context = {"user": os.environ.get("USER", "squall"), **context}
+        supplied = {k: v for k, v in (parameters or {}).items() if v is not None}
+        secret_names = action.secret_names
+        secrets = _scrubbable([*(v for k, v in supplied.items() if k in secret_names), *credential_texts(supplied)], [])
+        shown = scrub(mask(supplied, secret_names), secrets)
+        renders = set(supplied) if render is True else set(render or ()) & set(supplied)
+        now = utcnow()
+        record = {
+            "id": execution_id or new_id(),
+            "action": action.ref,
+            "runner": action.runner_type,
+            "status": "failed",
+            "parameters": shown,
+            "spec": {"values": shown, "templates": {}, "supplied": list(supplied),
+                     # a masked value is sealed, and given again as data: only a clear template renders again
+                     "supplied_templates": {k: supplied[k] for k in renders if shown[k] == supplied[k]},
+                     **({"extra_context": extra_template_context} if renders and extra_template_context else {})},
+            "sealed": self._seal({k: v for k, v in supplied.items() if shown[k] != v}, []),
+            "result": {"error": scrub(str(error), secrets)},
+            "context": context,
+            "log": [{"status": "failed", "timestamp": iso(now)}],
+            "parent": None,
+            "runner_info": None,
+            "start_timestamp": now,
+            "end_timestamp": now,
+        }
+        write = stored_with(public(record)) if stored_with is not None else None
+
+        def store_it() -> tuple[bool, Any]:
+            self.db.store.insert_execution(record)
+            return _written(write, self.db.store, record["id"]) if write is not None else (False, None)
+
+        ok, value = await self.db(store_it)
+        if write is not None and ok:
+            write.committed(value)
+        metrics.started(record)
+        self._finished(record)  # its end's listeners: the action trigger, notify, policies, waiters
+        return public(record)
+
 
 def _ending(outcome: RunOutcome, secrets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """An execution's end as stored: its fields (the result scrubbed of `secrets`) and its log entry."""

@@ -10,11 +10,9 @@ instance is checked only against rules that can match (the result is the same as
 every rule: the first criterion is the first one StackStorm evaluates too).
 
 Deliberate differences from StackStorm: `exists`/`nexists` need no `pattern`; the documented
-`{{ st2kv.system.key }}` pattern form works; a rule whose action parameters do not resolve gets a
-`failed` enforcement without an execution record (StackStorm creates a failed execution); a rule
-naming the action or trigger type of a pack not loaded yet is loaded and reported as waiting, as
-StackStorm registers it, but matches nothing until a reload brings the pack (StackStorm would record
-failed enforcements for a missing action meanwhile).
+`{{ st2kv.system.key }}` pattern form works; a rule naming the action or trigger type of a pack not
+loaded yet is loaded and reported as waiting, as StackStorm registers it, but matches nothing until a
+reload brings the pack (StackStorm would record failed enforcements for a missing action meanwhile).
 
 The criteria of one trigger instance, every rule's together, may take `CRITERIA_SECONDS` of CPU time
 (`engine.patterns.Budget`; each regex's timeout is what is left of it): the sender chooses the payload
@@ -23,6 +21,15 @@ to seconds. The rules the budget leaves undecided do not match; each gets a fail
 warning that say so. Criteria are evaluated where the instance's database call runs (the event loop,
 on SQLite) while they take at most `templates.BRIEF_SECONDS`, as nearly all do; past that they are
 given up there and evaluated again on a render thread (`RulesEngine.process`).
+
+A rule whose action parameters are refused (a template that does not render, a value the action's types
+or schema refuse) gets a `failed` execution of its action, with the error as its result, and a `failed`
+enforcement naming it (spec §5.4): the failure shows in the execution list, and its end fires the action
+trigger a rule alerting on failed executions watches. StackStorm's enforcer does so for a template that
+does not render, though its enforcement names no execution, and records a cast or schema refusal with the
+enforcement alone; Squall treats the three alike, as whoever watches for failures needs to hear of each. A
+request refused for anything else (the action gone or disabled, the database failing) gets the enforcement
+alone, as in StackStorm.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from engine.executions import CompletionWrite
 from engine.metrics import metrics
 from engine.operators import OPERATORS, PATTERNLESS, SEARCH, canonical, search
 from engine.packs import Registry
-from engine.parameters import draft4
+from engine.parameters import ParameterError, draft4
 from engine.storage import iso, utcnow
 from engine.templates import (
     KVNamespace,
@@ -834,11 +841,7 @@ class RulesEngine:
         execution_id = enforced_execution_id(rule.ref, instance["id"])
         record = self._enforcement(rule, instance, execution_id, "succeeded", None)
         stored: list[bool] = []
-
-        def with_request(_shown: dict[str, Any]) -> CompletionWrite:
-            return CompletionWrite(lambda store: store.rule_enforcement_add_once(record), stored.append,
-                                   one_statement=True)
-
+        with_request = _stored_with(record, stored)
         try:
             with tracing.span("rule.enforce", rule=rule.ref, trigger_instance_id=instance["id"]):
                 await self.executions.request(
@@ -850,9 +853,43 @@ class RulesEngine:
                 return await self._request_failed(rule, instance, exc)
             log.info("rule %s: the action for trigger instance %s was requested before (%s)", rule.ref,
                      instance["id"], execution_id)
+        except (ParameterError, TemplateRenderError) as exc:
+            return await self._refused(rule, instance, execution_id, exc)
         except Exception as exc:
             return await self._request_failed(rule, instance, exc)
         if stored and stored[0]:  # in the request's transaction
+            return enforcement_public(record)
+        return await self._store(record)
+
+    async def _refused(self, rule: Rule, instance: Mapping[str, Any], execution_id: str,
+                       problem: Exception) -> dict[str, Any]:
+        """The rule's request refused for its parameters: stored as a failed execution of its action under
+        the enforcement's derived id (`ExecutionService.record_refused`), with the `failed` enforcement
+        naming it in the same transaction, as StackStorm's enforcer stores one for a template that does
+        not render (spec §5.4; this module's docstring says where Squall goes further). A second
+        attempt after a crash finds the execution (its id's primary key) and stores only the enforcement,
+        if that is missing; a failure to store the execution leaves the enforcement alone, as before."""
+        reason = self._reason(rule, instance, problem)
+        log.warning("%s", reason)
+        record = self._enforcement(rule, instance, execution_id, "failed", reason)
+        stored: list[bool] = []
+        try:
+            await self.executions.record_refused(
+                rule.action_ref, rule.action_parameters, self._context(rule, instance), problem,
+                extra_template_context={"trigger": instance.get("payload")}, render=True,
+                execution_id=execution_id, stored_with=_stored_with(record, stored))
+        except sa.exc.IntegrityError:
+            if await self.db(self.db.store.get_execution, execution_id) is None:  # not our id's conflict
+                log.exception("rule %s: the failed execution for trigger instance %s could not be stored",
+                              rule.ref, instance["id"])
+                return await self._record(rule, instance, None, "failed", reason)
+            log.info("rule %s: the failed execution for trigger instance %s was stored before (%s)", rule.ref,
+                     instance["id"], execution_id)
+        except Exception:
+            log.exception("rule %s: the failed execution for trigger instance %s could not be stored", rule.ref,
+                          instance["id"])
+            return await self._record(rule, instance, None, "failed", reason)
+        if stored and stored[0]:  # in the execution's transaction
             return enforcement_public(record)
         return await self._store(record)
 
@@ -866,10 +903,15 @@ class RulesEngine:
         }
 
     async def _request_failed(self, rule: Rule, instance: Mapping[str, Any], problem: Any) -> dict[str, Any]:
-        reason = f'Failed to request action "{rule.action_ref}" for rule "{rule.ref}" and trigger instance ' \
-                 f'"{instance["id"]}": {problem}'
+        reason = self._reason(rule, instance, problem)
         log.warning("%s", reason)
         return await self._record(rule, instance, None, "failed", reason)
+
+    @staticmethod
+    def _reason(rule: Rule, instance: Mapping[str, Any], problem: Any) -> str:
+        """A failed enforcement's `failure_reason`: the action, the rule and the instance, and what went wrong."""
+        return f'Failed to request action "{rule.action_ref}" for rule "{rule.ref}" and trigger instance ' \
+               f'"{instance["id"]}": {problem}'
 
     @staticmethod
     def _enforcement(rule: Rule, instance: Mapping[str, Any], execution_id: str | None, status: str,
@@ -917,6 +959,17 @@ class RulesEngine:
                 if not pending and not triggers.busy:
                     return
         await asyncio.wait_for(loop(), timeout)
+
+
+def _stored_with(record: dict[str, Any], stored: list[bool]) -> Callable[[dict[str, Any]], CompletionWrite]:
+    """A request's `stored_with` that stores the enforcement `record` in the request's transaction,
+    appending to `stored` whether it was stored (no: its rule had one for the instance already)."""
+
+    def with_request(_shown: dict[str, Any]) -> CompletionWrite:
+        return CompletionWrite(lambda store: store.rule_enforcement_add_once(record), stored.append,
+                               one_statement=True)
+
+    return with_request
 
 
 def enforcement_public(record: Mapping[str, Any]) -> dict[str, Any]:

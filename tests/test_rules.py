@@ -198,7 +198,9 @@ async def test_datastore_patterns_work_and_parameter_errors_are_recorded(home: P
         assert found["demo.kv"]["status"] == "succeeded" and found["demo.kv"]["execution_id"]
         assert found["demo.badparam"]["status"] == "failed"
         assert 'count' in found["demo.badparam"]["failure_reason"]
-        assert found["demo.badparam"]["execution_id"] is None
+        # StackStorm stores the refused request as a failed execution, its error the result (spec §5.4)
+        refused = await squall.executions.get(found["demo.badparam"]["execution_id"])
+        assert refused["status"] == "failed" and 'parameter "count"' in refused["result"]["error"]
     finally:
         await squall.close()
 
@@ -414,7 +416,7 @@ async def test_a_search_over_too_many_items_fails_its_rule_with_the_reason(
 
 async def test_a_rule_acts_once_per_trigger_instance(home: Path) -> None:
     """Enforcing a rule again for the same instance (a recovery after a crash) stores no second
-    enforcement and requests no second execution (a failed one stores no second record either)."""
+    enforcement and requests no second execution (nor a second failed one, for refused parameters)."""
     make_pack(home, {"once": rule("once", params="{message: '{{ trigger.level }}'}"),
                      "bad": rule("bad", params="{count: '{{ trigger.level }}'}")})
     squall = await started(home)
@@ -430,7 +432,8 @@ async def test_a_rule_acts_once_per_trigger_instance(home: Path) -> None:
         assert sorted(e["id"] for e in await squall.rules.enforcements(trigger_instance_id=instance["id"])) == \
             sorted(e["id"] for e in first.values())
         executions = await squall.executions.list(trigger_instance=instance["id"])
-        assert [e["id"] for e in executions] == [first["demo.once"]["execution_id"]]
+        assert first["demo.bad"]["execution_id"] is not None
+        assert sorted(e["id"] for e in executions) == sorted(e["execution_id"] for e in first.values())
     finally:
         await squall.close()
 
