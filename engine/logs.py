@@ -16,12 +16,16 @@ What a library logs is not Squall's to word: urllib3 quotes the path and query o
 `http-request` runner sends (`?api_key=…`), sse_starlette every chunk of a run's live output. So a
 line logged while an execution's secrets are bound (`scrubbing`) is scrubbed of them as its output
 is, and sse_starlette is held at INFO whatever `logging.libraries` says (`_CAPPED`).
+
+Text of another program's put on a line of Squall's log (a sensor's output) is written `printable`:
+its control characters escaped, so a terminal following the log runs none of them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -44,6 +48,10 @@ _SELF_LEVELLED = ("alembic", "uvicorn", "uvicorn.access", "uvicorn.error", "proc
 _CAPPED = {"sse_starlette": logging.INFO}
 #: What the current task's lines are scrubbed of (`scrubbing`): the secret texts of the execution it runs.
 _secrets: ContextVar[Callable[[], list[str]] | None] = ContextVar("squall_log_secrets", default=None)
+#: What `printable` escapes: the C0 control characters but tab, DEL, and the C1 ones (U+0080 to U+009F), which
+#: a terminal may read as controls too (U+009B as ESC [).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
 
 
 class logging_context:  # lower case: used as a function, `with logging_context(user=...):`
@@ -109,6 +117,21 @@ class _Scrubber(logging.Filter):
             record.exc_text = scrub(record.exc_text, texts)
             record.exc_info = None  # the formatters show `exc_text`, not the exception formatted again
         return True
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters but tab written as escapes (`\\r`, `\\n`, `\\x1b`), for text
+    another program wrote (a sensor's output) on a line of Squall's log. As they were, a terminal following
+    the log (`tail -f`) ran them: ESC sequences recoloured or cleared the screen, and a CR sent the cursor
+    back over the line's `time LEVEL logger:` prefix, so what followed it read as a line of Squall's own
+    (`CRITICAL squall: ...`); a newline began one. Backslashes are left as they are (a Windows path stays
+    readable), so a sensor that prints `\\x1b` itself reads the same as an escaped ESC: it is still text."""
+    return _CONTROL.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or f"\\x{ord(char):02x}"
 
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:

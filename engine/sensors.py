@@ -4,8 +4,10 @@ A sensor that raises, exits or hangs only ever costs its own process: the contai
 with a growing delay (reset once it has stayed up a while), emits the sensor lifecycle triggers,
 and on stop sends SIGTERM, then SIGKILL to one that does not leave. Sensors dispatch through the
 parent, which stores every instance before processing it, exactly as webhooks and timers do. Its
-output goes to Squall's log, masked of the secrets it was given or has decrypted, at most
-`LOG_LINES_PER_SECOND` lines a second, so a sensor stuck printing holds neither the log nor the loop.
+output goes to Squall's log, masked of the secrets it was given or has decrypted, its control characters
+escaped (`engine.logs.printable`), at most `LOG_LINES_PER_SECOND` lines and `LOG_BYTES_PER_SECOND` bytes
+a second, so a sensor stuck printing holds neither the log nor the loop. A sensor whose `setup()` has not
+returned after `SETUP_WARNING` seconds is said to dispatch nothing yet, and said again when it starts.
 
 A sensor leads a process group of its own. What it starts (`tail -F`, a watcher) inherits its
 output and stays in that group, so the container waits for the sensor process itself to exit,
@@ -49,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.executions import scrub, scrubbable
+from engine.logs import printable
 from engine.metrics import metrics
 from engine.pack_config import config_facts, config_value_error, render_dynamic_config
 from engine.packs import ContentWarning, Registry, sensor_trigger_types
@@ -77,6 +80,17 @@ MESSAGE_BACKLOG = 256 * 1024
 _YIELD_EVERY = 100
 #: Lines of one sensor's output relayed to the log in a second; past it they are dropped and counted.
 LOG_LINES_PER_SECOND = 1000
+#: Bytes of one sensor's output relayed to the log in a second; past it its lines are dropped and counted, as
+#: past `LOG_LINES_PER_SECOND`. Lines alone did not bound the log: a line may be up to `_LOG_LINE_LIMIT`
+#: long, and a sensor printing 512 KiB lines in a loop grew serve's log by over 1 GiB in 10 s, unsaid. It is
+#: no less than that limit, so any line the relay takes passes alone in its second (a large API response
+#: logged once), and it is a thousand of `LOG_LINES_PER_SECOND`'s lines of 1 KiB.
+LOG_BYTES_PER_SECOND = _LOG_LINE_LIMIT
+#: Seconds after its start by which a sensor is expected to have finished `setup()` (and the `add_trigger()`
+#: of the triggers it starts with); one that has not is said once to dispatch nothing yet. A `setup()` stuck
+#: (a broker connected to without a timeout) was otherwise never reported: no error, no exit, its triggers
+#: silently never came, and the API listed it enabled. Long enough for a slow start's connections and retries.
+SETUP_WARNING = 30.0
 #: Seconds in which one sensor's same bad dispatch (an unknown trigger, an invalid payload) is logged once;
 #: the ones like it are counted and the count logged as they end (`_Repeats`). One line per dispatch made a
 #: sensor dispatching in a loop to a misspelt trigger write 37,900 warnings a second to serve's log.
@@ -438,6 +452,10 @@ class _Running:
     returned: bool = False
     #: Whether this life got as far as running (the wrapper says so after `setup()`).
     ran: bool = False
+    #: When this life's process started (the loop's clock), and whether it was said not to have finished
+    #: its `setup()` (`SETUP_WARNING`): its start is then said too, with how long setup() took.
+    spawned: float = 0.0
+    setup_late: bool = False
     #: The exception line of the last traceback this life wrote (`ModuleNotFoundError: No module named 'x'`).
     failure: str | None = None
     #: Its bad dispatches said so far (`_Repeats`), made at the first; kept across its lives.
@@ -456,8 +474,11 @@ class SensorContainer:
                  stop_timeout: float = 5.0, drain_timeout: float = 5.0, run_as: RunAs | None = None,
                  log_lines_per_second: int = LOG_LINES_PER_SECOND, load_retry: float = 600.0,
                  traceback_wait: float = TRACEBACK_WAIT,
-                 dispatch_warning_interval: float = DISPATCH_WARNING_INTERVAL) -> None:
+                 dispatch_warning_interval: float = DISPATCH_WARNING_INTERVAL,
+                 log_bytes_per_second: int = LOG_BYTES_PER_SECOND, setup_warning: float = SETUP_WARNING) -> None:
         self.dispatch = dispatch
+        #: Seconds after which a sensor still in `setup()` is said to dispatch nothing yet (`SETUP_WARNING`).
+        self.setup_warning = setup_warning
         #: Seconds in which one sensor's same bad dispatch is logged once (`_Repeats`).
         self.dispatch_warning_interval = dispatch_warning_interval
         #: Seconds before a sensor whose module could not be imported (`LOAD_ERRORS`) is tried again: a
@@ -466,8 +487,9 @@ class SensorContainer:
         self.load_retry = load_retry
         #: How long the relay waits for a traceback's next line (`TRACEBACK_WAIT`).
         self.traceback_wait = traceback_wait
-        #: Lines of one sensor's output relayed a second (`_LineBudget`).
+        #: Lines and bytes of one sensor's output relayed a second (`_LineBudget`).
         self.log_lines_per_second = log_lines_per_second
+        self.log_bytes_per_second = log_bytes_per_second
         #: Sensors are pack code like actions: they start as `runners.user` too.
         self.run_as = run_as
         self.datastore_call = datastore_call
@@ -656,7 +678,7 @@ class SensorContainer:
         """One life of the sensor process: its end is the process's own exit, whoever holds its pipes."""
         spec = running.spec
         loop = asyncio.get_running_loop()
-        running.returned = running.ran = False
+        running.returned = running.ran = running.setup_late = False
         running.failure = None
         config, secrets = await self._config(running)
         running.secrets = scrubbable([*secrets, *running.revealed])
@@ -685,8 +707,10 @@ class SensorContainer:
         # instead of cancelling it. Once waited for (`returncode` set) the pid is never signalled.
         running.process = process
         running.started = start_time(process.pid)
+        running.spawned = loop.time()
         logs = loop.create_task(self._relay_logs(running, output, log_transport), name=f"sensor-log-{spec.ref}")
         messages = loop.create_task(self._read_messages(running, reader), name=f"sensor-messages-{spec.ref}")
+        slow = loop.call_later(self.setup_warning, self._setup_slow, running, process)
         try:
             running.send({"file": str(spec.file), "class_name": spec.class_name, "pack": spec.pack,
                           "config": config, "poll_interval": spec.poll_interval,
@@ -700,6 +724,7 @@ class SensorContainer:
             if not running.stopping:  # as StackStorm's container: no exit trigger for a sensor it stops
                 await self._lifecycle(EXIT, spec, process.pid, code)
         finally:
+            slow.cancel()
             running.writer.close()
             for task in (messages, logs):
                 task.cancel()
@@ -707,6 +732,16 @@ class SensorContainer:
             log_transport.close()
             running.process = None
         return code
+
+    def _setup_slow(self, running: _Running, process: asyncio.subprocess.Process) -> None:
+        """Say, once a life, that the sensor has not finished its `setup()` within `setup_warning` of its start:
+        it dispatches nothing until then, whatever the API lists. Its start is said again when it comes."""
+        if running.ran or running.stopping or running.process is not process or process.returncode is not None:
+            return
+        running.setup_late = True
+        log.warning("sensor %s has not finished its setup() %gs after it started (pid %d), so it dispatches nothing "
+                    "and the rules on its triggers never fire until it does: a connection made without a timeout? "
+                    "(said again when it starts running)", running.spec.ref, self.setup_warning, process.pid)
 
     async def _drain(self, running: _Running, messages: asyncio.Task[None], logs: asyncio.Task[None],
                      exited: float) -> None:
@@ -771,7 +806,12 @@ class SensorContainer:
             running.send(reply)
         elif op == "running":
             running.ran = True
-            log.info("sensor %s is running (pid %s)", spec.ref, message.get("pid"))
+            pid = running.process.pid if running.process is not None else None
+            if running.setup_late:
+                log.warning("sensor %s is running (pid %s) after all: its setup() took %.0fs", spec.ref, pid,
+                            asyncio.get_running_loop().time() - running.spawned)
+            else:
+                log.info("sensor %s is running (pid %s)", spec.ref, pid)
         elif op == "returned":
             running.returned = True
 
@@ -821,22 +861,26 @@ class SensorContainer:
 
     def _repeats(self, running: _Running) -> _Repeats:
         """What says the sensor's bad dispatches (`_Repeats`): made at its first, in the loop."""
-        if running.repeats is None:
+        if running.repeats is None:  # what it says quotes the sensor (a trigger's name): `printable`
+            ref = running.spec.ref
             running.repeats = _Repeats(self.dispatch_warning_interval,
-                                       functools.partial(log.warning, "sensor %s %s", running.spec.ref))
+                                       lambda problem: log.warning("sensor %s %s", ref, printable(problem)))
         return running.repeats
 
     async def _relay_logs(self, running: _Running, output: asyncio.StreamReader,
                           transport: asyncio.ReadTransport) -> None:
         """The sensor's stdout, stderr and logging, as log records of Squall's, levels kept, and
         `running.secrets` masked: read per line, so a secret the sensor decrypts is masked from then on.
+        Control characters are escaped (`printable`): a CR in a line wrote over its logger's name.
 
         It yields to the loop every `_YIELD_EVERY` lines, and relays at most `log_lines_per_second`
-        lines a second: past that they are dropped and counted (`_LineBudget`)."""
+        lines and `log_bytes_per_second` bytes a second: past either, lines are dropped and counted
+        (`_LineBudget`)."""
         spec = running.spec
         logger = logging.getLogger(f"squall.sensor.{spec.ref}")
-        budget = _LineBudget(self.log_lines_per_second, functools.partial(_report_dropped, spec.ref,
-                                                                          self.log_lines_per_second))
+        budget = _LineBudget(self.log_lines_per_second, self.log_bytes_per_second,
+                             functools.partial(_report_dropped, spec.ref, self.log_lines_per_second,
+                                               self.log_bytes_per_second))
         level = logging.INFO
         trace = _Traceback()
         try:
@@ -850,9 +894,10 @@ class SensorContainer:
                     continue
                 if raw is None:
                     return
-                if not budget.take():
+                size = len(raw) - raw.endswith(b"\n")  # without its newline: one of `_LOG_LINE_LIMIT` passes
+                if not budget.take(size):
                     continue
-                text = scrub(raw.decode("utf-8", "replace").rstrip(), running.secrets)
+                text = printable(scrub(raw.decode("utf-8", "replace").rstrip(), running.secrets))
                 if trace.open and not trace.takes(text):
                     _relay_traceback(trace, running, logger)
                     level = logging.ERROR  # what follows a traceback at once is read as part of its message
@@ -1015,30 +1060,43 @@ async def _skip_line(stream: asyncio.StreamReader) -> None:
 
 
 class _LineBudget:
-    """At most `per_second` lines of a sensor's output relayed a second; the rest are dropped and
-    counted, and the count is reported as that second ends (and at the output's end). A sensor stuck
-    printing fills neither serve's log nor its loop: dropping a line costs less than logging it."""
+    """At most `per_second` lines and `bytes_per_second` bytes of a sensor's output relayed a second; the
+    lines past either are dropped and counted, and the count (lines, bytes, which budget) is reported as
+    that second ends (and at the output's end): one line per second of a flood. A sensor stuck printing
+    fills neither serve's log nor its loop: dropping a line costs less than logging it. Lines alone were
+    no bound: a line may be up to `_LOG_LINE_LIMIT` long."""
 
-    def __init__(self, per_second: int, report: Callable[[int], None]) -> None:
+    def __init__(self, per_second: int, bytes_per_second: int, report: Callable[[int, int, bool, bool], None]) -> None:
         self.per_second = per_second
+        self.bytes_per_second = bytes_per_second
         self.report = report
         self.loop = asyncio.get_running_loop()
-        #: When the current second began, and how many lines it relayed.
+        #: When the current second began, and how many lines and bytes it relayed.
         self.since = -math.inf
         self.used = 0
-        #: Lines dropped since the last report, and the report due at the end of their second.
+        self.size = 0
+        #: Lines and bytes dropped since the last report, whether for lines or bytes, and the report due
+        #: at the end of their second.
         self.dropped = 0
+        self.dropped_bytes = 0
+        self.over_lines = self.over_bytes = False
         self.reporting: asyncio.TimerHandle | None = None
 
-    def take(self) -> bool:
-        """Whether one more line may be relayed now."""
+    def take(self, size: int) -> bool:
+        """Whether one more line, of `size` bytes, may be relayed now."""
         now = self.loop.time()
         if now - self.since >= 1.0:
-            self.since, self.used = now, 0
-        if self.used < self.per_second:
+            self.since, self.used, self.size = now, 0, 0
+        over_lines = self.used >= self.per_second
+        over_bytes = self.size + size > self.bytes_per_second
+        if not (over_lines or over_bytes):
             self.used += 1
+            self.size += size
             return True
         self.dropped += 1
+        self.dropped_bytes += size
+        self.over_lines |= over_lines
+        self.over_bytes |= over_bytes
         if self.reporting is None:
             self.reporting = self.loop.call_at(self.since + 1.0, self.flush)
         return False
@@ -1049,8 +1107,10 @@ class _LineBudget:
             self.reporting.cancel()
             self.reporting = None
         if self.dropped:
-            dropped, self.dropped = self.dropped, 0
-            self.report(dropped)
+            report = (self.dropped, self.dropped_bytes, self.over_lines, self.over_bytes)
+            self.dropped = self.dropped_bytes = 0
+            self.over_lines = self.over_bytes = False
+            self.report(*report)
 
 
 class _Repeats:
@@ -1112,8 +1172,21 @@ class _Repeats:
                 self._said(problem, count, "until the sensor stopped")
 
 
-def _report_dropped(ref: str, per_second: int, dropped: int) -> None:
-    log.warning("sensor %s writes over %d lines a second to its output: %d lines suppressed", ref, per_second, dropped)
+def _report_dropped(ref: str, per_second: int, bytes_per_second: int, dropped: int, dropped_bytes: int,
+                    over_lines: bool, over_bytes: bool) -> None:
+    """Say the lines of a sensor's output dropped in a second: how many, their size, and which budget."""
+    over = " and ".join([*([f"{per_second} lines"] if over_lines else []),
+                         *([_size(bytes_per_second)] if over_bytes else [])])
+    log.warning("sensor %s writes over %s a second to its output: %d lines suppressed (%s)", ref, over, dropped,
+                _size(dropped_bytes))
+
+
+def _size(count: int) -> str:
+    """`count` bytes in words: `512 bytes`, `1 MiB`, `10.5 MiB`."""
+    for unit, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if count >= unit:
+            return f"{count / unit:.4g} {name}"
+    return f"{count} bytes"
 
 
 def _exit_reason(code: int) -> str:

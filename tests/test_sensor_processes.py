@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -359,6 +361,7 @@ class Burst(Sensor):
 
 STUBBORN = '''
 import os
+import re
 import signal
 import time
 
@@ -473,6 +476,7 @@ async def test_what_a_sensor_dispatched_before_it_crashed_is_stored_however_long
 
 FLOOD = '''
 import os
+import re
 import time
 
 from st2reactor.sensor.base import Sensor
@@ -772,6 +776,7 @@ async def test_a_stubborn_sensors_helpers_outside_its_group_are_killed_with_it(h
 
 ENDING = '''
 import os
+import re
 import time
 
 from st2reactor.sensor.base import Sensor
@@ -1196,3 +1201,216 @@ async def test_a_sensors_multi_line_warning_keeps_its_level_on_every_line(
         assert levels.get("a print of its own") == logging.INFO, levels
     finally:
         await squall.close()
+
+
+LOUD = '''
+import os
+import re
+import time
+
+from st2reactor.sensor.base import Sensor
+
+
+class Loud(Sensor):  # logs a large API response in a tight retry loop
+    def setup(self):
+        pass
+
+    def run(self):
+        line = b"N" * {size} + b"\\n"
+        for _ in range({count}):
+            os.write(1, line)
+        time.sleep(1.5)  # past the flood's last second: this line starts a second of its own
+        os.write(1, b"flood over\\n")
+        while True:
+            time.sleep(1)
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+
+def _said_size(text: str) -> float:
+    """The bytes a suppression warning says were dropped: `(9 MiB)`, `(768 KiB)`, `(12 bytes)`."""
+    number, unit = text.rsplit("(", 1)[1].rstrip(")").split()
+    return float(number) * {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[unit]
+
+
+async def test_a_sensor_printing_long_lines_is_held_to_its_byte_budget_and_says_what_it_dropped(
+        home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Lines alone were no bound: a sensor printing 512 KiB lines in a loop grew serve's log by over 1 GiB
+    in 10 s, within 1,000 lines a second, and nothing said so. At most `LOG_BYTES_PER_SECOND` bytes of its
+    output are relayed a second; the lines past it are dropped, and each second of the flood says in one
+    line which sensor, how many lines and how many bytes. Every line is either relayed or counted."""
+    from engine.sensors import LOG_BYTES_PER_SECOND
+
+    size, count = 256 * 1024, 40
+    add_sensor(make_pack(home, {}), "Loud", LOUD.format(size=size, count=count))
+    caplog.set_level(logging.INFO)
+    squall = await started(home)
+    try:
+        sensors_for(squall)
+        await squall.sync_sensors()
+
+        def relayed() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.name == "squall.sensor.demo.Loud"]
+
+        assert await eventually(lambda: asyncio.sleep(0, any(r.getMessage() == "flood over" for r in relayed())), 60)
+    finally:
+        await squall.close()
+    flood = [r for r in relayed() if r.getMessage().startswith("NNNN")]
+    suppressed = [r.getMessage() for r in caplog.records
+                  if r.name == "engine.sensors" and "lines suppressed" in r.getMessage()]
+    assert flood, "none of the flood was relayed"
+    seconds = math.ceil(flood[-1].created - flood[0].created) + 1  # the budget's seconds the relayed lines span
+    assert sum(len(r.getMessage()) for r in flood) <= LOG_BYTES_PER_SECOND * seconds, (len(flood), seconds, suppressed)
+    counts = [int(text.split(" lines suppressed")[0].rsplit(" ", 1)[-1]) for text in suppressed]
+    assert suppressed and len(flood) + sum(counts) == count, (len(flood), suppressed)
+    assert len(suppressed) <= seconds, suppressed  # one line per second of the flood
+    budget = f"over {LOG_BYTES_PER_SECOND >> 20} MiB a second"
+    assert all("sensor demo.Loud " in text and budget in text for text in suppressed), suppressed
+    assert sum(_said_size(text) for text in suppressed) == pytest.approx(sum(counts) * size, rel=1e-3), suppressed
+
+
+SETUP_GATED = '''
+import os
+import re
+import time
+
+from st2reactor.sensor.base import Sensor
+
+
+class {name}(Sensor):  # setup() waits as one connecting to a broker without a timeout does
+    def setup(self):
+        while not os.path.exists({go!r}):
+            time.sleep(0.05)
+
+    def run(self):
+        self.sensor_service.dispatch("demo.{trigger}", {{}})
+        while True:
+            time.sleep(1)
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+
+async def test_a_sensor_stuck_in_setup_is_said_once_to_dispatch_nothing_and_again_when_it_starts(
+        home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A sensor whose setup() did not return was never reported: no error, no exit, its triggers silently
+    never came. After `setup_warning` it is said, once, to dispatch nothing; when setup() returns at last,
+    its start is said with how long setup() took. A sensor whose setup() returns in time is not warned about."""
+    go = home / "go"
+    pack = make_pack(home, {})
+    add_sensor(pack, "Stuck", SETUP_GATED.format(name="Stuck", go=str(go), trigger="stuck"))
+    add_sensor(pack, "Quick", SETUP_GATED.format(name="Quick", go=str(home), trigger="quick"))
+    caplog.set_level(logging.INFO, logger="engine.sensors")
+    squall = await started(home)
+    try:
+        sensors_for(squall, setup_warning=0.5)
+        await squall.sync_sensors()
+
+        def said(text: str) -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.name == "engine.sensors" and text in r.getMessage()]
+
+        async def stored(trigger: str) -> list[dict[str, Any]]:
+            return await squall.triggers.list(trigger=trigger)
+
+        assert await eventually(lambda: asyncio.sleep(0, said("sensor demo.Stuck has not finished its setup()"))), \
+            "a sensor stuck in setup() was never reported"
+        assert await eventually(lambda: stored("demo.quick")), "the quick sensor never dispatched"
+        await asyncio.sleep(1.5)  # three times the bound, and the warning is still said once
+        (warning,) = said("has not finished its setup()")
+        assert warning.levelno == logging.WARNING and "dispatches nothing" in warning.getMessage(), warning.getMessage()
+        assert not said("sensor demo.Stuck is running") and not await stored("demo.stuck")
+        (quick,) = said("sensor demo.Quick is running")
+        assert quick.levelno == logging.INFO and "setup() took" not in quick.getMessage()
+        go.touch()
+        assert await eventually(lambda: asyncio.sleep(0, said("sensor demo.Stuck is running"))), "its start was unsaid"
+        (running,) = said("sensor demo.Stuck is running")
+        assert running.levelno == logging.WARNING and "its setup() took" in running.getMessage(), running.getMessage()
+        assert await eventually(lambda: stored("demo.stuck")), "the sensor that started late never dispatched"
+        assert len(said("has not finished its setup()")) == 1
+    finally:
+        await squall.close()
+
+
+ESCAPES = '''
+import os
+import re
+import time
+
+from st2reactor.sensor.base import Sensor
+
+
+class Esc(Sensor):
+    def setup(self):
+        self._logger = self.sensor_service.get_logger("esc")
+
+    def run(self):
+        os.write(1, b"\\x1b[31mred\\x1b[0m\\rFAKE CRITICAL squall: forged line\\x07\\n")
+        os.write(2, "tab\\tkept, C1 \\u009b2J escaped\\n".encode())
+        self._logger.warning("logged\\rCRITICAL squall: forged record")
+        self.sensor_service.dispatch("demo.no\\rCRITICAL squall: forged trigger", {})
+        self.sensor_service.set_value("done", "yes")
+        while True:
+            time.sleep(1)
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+#: Control characters but tab, which no line of Squall's log may carry from a sensor.
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+async def test_a_sensors_control_characters_reach_the_log_escaped(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A sensor's output reached serve's log with ESC, CR and BEL intact: `tail -f` ran them, and a CR wrote
+    over the `squall.sensor.<ref>:` prefix, so the rest read as a line of Squall's own (`CRITICAL squall:`).
+    They are escaped, visibly, in what it prints, what it logs and the trigger names it dispatches to; a
+    tab stays a tab."""
+    add_sensor(make_pack(home, {}), "Esc", ESCAPES)
+    caplog.set_level(logging.INFO)
+    squall = await started(home)
+    try:
+        await run_sensors(squall)
+
+        def messages() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.name in ("squall.sensor.demo.Esc", "engine.sensors")]
+
+        wanted = ("forged line", "C1", "forged record", "forged trigger")
+        assert await eventually(lambda: asyncio.sleep(0, all(any(w in m for m in messages()) for w in wanted))), \
+            messages()
+    finally:
+        await squall.close()
+    shown = messages()
+    assert not [m for m in shown if CONTROL.search(m)], [m for m in shown if CONTROL.search(m)]
+    assert r"\x1b[31mred\x1b[0m\rFAKE CRITICAL squall: forged line\x07" in shown, shown
+    assert "tab\tkept, C1 \\x9b2J escaped" in shown, shown
+    assert any(m.endswith(r"logged\rCRITICAL squall: forged record") for m in shown), shown
+    assert any(r'"demo.no\rCRITICAL squall: forged trigger"' in m for m in shown), shown

@@ -488,6 +488,24 @@ async def test_a_sensors_output_over_its_line_budget_is_dropped_and_counted(capl
     assert all("demo.Noisy" in text and "over 10 lines a second" in text for text in suppressed), suppressed
 
 
+async def test_the_longest_line_the_relay_takes_passes_its_byte_budget_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """The byte budget is no smaller than the longest line the relay takes, so such a line is relayed when
+    it comes first in its second (a large response logged once), and what follows it in that second is
+    dropped and counted with its size, as a flood is."""
+    from engine.sensors import _LOG_LINE_LIMIT, LOG_BYTES_PER_SECOND
+
+    caplog.set_level(logging.INFO)
+    longest = min(_LOG_LINE_LIMIT, LOG_BYTES_PER_SECOND)
+    output = asyncio.StreamReader(limit=_LOG_LINE_LIMIT)
+    output.feed_data(b"a" * longest + b"\n" + b"after\n")
+    output.feed_eof()
+    await _relaying(_container(), output)
+    relayed = [r.getMessage() for r in caplog.records if r.name == "squall.sensor.demo.Noisy"]
+    suppressed = [r.getMessage() for r in caplog.records if "lines suppressed" in r.getMessage()]
+    assert [len(text) for text in relayed] == [longest], [text[:20] for text in relayed]
+    assert len(suppressed) == 1 and "demo.Noisy" in suppressed[0] and ": 1 lines suppressed (5 bytes)" in suppressed[0]
+
+
 async def test_an_overlong_output_line_is_dropped_whole(caplog: pytest.LogCaptureFixture) -> None:
     """A line longer than the limit that arrives in parts: the warning says it was dropped, and none
     of it is logged (its tail was, as a line of its own)."""
