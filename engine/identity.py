@@ -11,6 +11,10 @@ the colon names no adapter, is a name like any other.
 `bot/chat/auth.py` grants by this rule (admins, groups, allow and deny lists) and an inquiry's `users`
 are read by it (`engine.inquiries.refusal`): here, not in `bot/`, because the engine answers inquiries
 for the API, the web and the CLI too and must not import the chat.
+
+Whom someone who speaks for a person may act as (`acting_as`) is here too, for the API (`acting_user`, the
+owner of a request's user-scoped keys) and the web (whose user-scoped keys an account reads), which may not
+import each other: one rule, however a person signed in.
 """
 
 from __future__ import annotations
@@ -60,6 +64,41 @@ def person_names(answerer: str) -> set[str]:
     if colon and qualifier in CHOSEN_NAMES:
         return names_of(qualifier, rest)
     return {answerer}
+
+
+def bare_name(user: str | None) -> str | None:
+    """A recorded answerer's or requester's name, whatever platform it was on: `person`'s `irc:carol` is carol.
+    Compared so (by name, the stricter reading), the nick carol counts as the carol who started or answered
+    something elsewhere, since she may be her (`engine.inquiries.why_not`'s `by_name`)."""
+    if user is None:
+        return None
+    adapter, colon, name = user.partition(":")
+    return name if colon and adapter in CHOSEN_NAMES else user
+
+
+class ImpersonationError(ValueError):
+    """Someone who speaks for a person named another to act as (`acting_as`)."""
+
+    def __init__(self, own: str, named: str) -> None:
+        super().__init__(f"{own} may not act as {named}: only who speaks for nobody may name another user")
+        self.own = own
+        self.named = named
+
+
+def acting_as(own: str | None, named: str | None) -> str | None:
+    """Whom someone who speaks for `own` acts as when they name `named` (an inquiry's responder, an alias
+    execution's user, the owner of the user-scoped keys they read or write). A person (an API token or stored
+    key, a web account that is no admin) acts as themselves only, naming them or no one: naming another is
+    `ImpersonationError`, or the checks made per person (an inquiry's `users` and `self_approval`, an alias's
+    permissions, whose secrets a key holds) would be anyone's to pass. Who speaks for nobody (`own` None: a key
+    from the config file, a bridge relaying its chat's users as hubot does; the web's admin) acts as whoever
+    they name, and naming no one as no one (None): of user-scoped keys, every user's (`Datastore.list`'s
+    administrator's view)."""
+    if own is None:
+        return named or None
+    if named and named != own:
+        raise ImpersonationError(own, named)
+    return own
 
 
 def same_person(adapter: str | None, user: str | None, other_adapter: str | None, other_user: str | None) -> bool:

@@ -19,7 +19,9 @@ and is read as it is.
 Who may answer is StackStorm's `check_permission`: with `users` the responder must be one of them,
 and with `roles` also in one of them (both checks, as StackStorm's `roles_passed and users_passed`).
 One of them names the responder by the rule `auth` grants by (`engine.identity`): `irc:carol` is the
-IRC nick only, never the API's or the web's carol, nor an API user named `irc:carol`.
+IRC nick only, never the API's or the web's carol, nor an API user named `irc:carol`. Whether someone may
+answer at all (those, then `self_approval`, then once per person) is `why_not`: `respond` refuses by it, and
+the chat and the web ask it before they offer or take an answer, so they offer what it takes, in its words.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.crypto import CryptoError
 from engine.events import INQUIRY_PENDING
-from engine.identity import person_names
+from engine.identity import bare_name, person_names
 from engine.parameters import draft4, holds_secret, item_schema, property_schema, schema_masked
 from engine.runners import RunOutcome, RunRequest
 from engine.storage import iso, utcnow
@@ -221,6 +223,41 @@ def refusal(user: str | None, groups: Sequence[str], users: Sequence[str], roles
     return None
 
 
+def why_not(record: Mapping[str, Any], user: str | None, groups: Sequence[str] = (),
+            names: Collection[str] | None = None, by_name: str | None = None) -> InquiryError | None:
+    """Why `user` (in `groups`) may not answer the inquiry `record` (an execution record: its `result` names
+    who may), as the error `respond` raises, or None if they may. In `respond`'s order: its `users` and `roles`
+    (`refusal`, `names` as there; 403), not the requester when `self_approval` is false (403), and once per
+    person for a `count` of more than one (409). `respond` refuses by it; the chat and the web ask it first,
+    so that they offer the answer to whom the service takes it from, and say why not in the service's words.
+
+    `by_name` (chat: the sender's name as the platform gives it) compares the requester and the earlier
+    answerers by name on any platform (`bare_name`), the stricter reading, and names the person by it: the
+    nick carol (`irc:carol`) may be the carol who started the workflow on Slack or answered through the API,
+    so the nick may not answer in her place. Without it they are compared as `user` is given (the API, the
+    web, the CLI, and the service's own check of chat's `irc:carol`)."""
+    result = record.get("result") or {}
+    users, roles = result.get("users") or [], result.get("roles") or []
+    why = refusal(user, groups, users, roles, names)
+    if why is not None:
+        return InquiryError(f'{user or "you"} may not respond to inquiry {record["id"]}: only '
+                            f'{who_may(users, roles)} may, and {why}', 403)
+    who = user if by_name is None else by_name
+    where = "" if by_name is None else " (by that name, on any platform)"
+    if result.get("self_approval") is False and who is not None and _same(who, result.get("requester"), by_name):
+        return InquiryError(f"{who} started the workflow of inquiry {record['id']}{where}: someone else must answer "
+                            "it", 403)
+    if any(_same(who, r.get("user"), by_name) for r in result.get("responses") or []):
+        return InquiryError(f"{who or 'you'} already answered inquiry {record['id']}{where}; each person counts "
+                            "once", 409)
+    return None
+
+
+def _same(who: str | None, other: str | None, by_name: str | None) -> bool:
+    """Whether the recorded `other` is `who`: by name on any platform with `by_name` (`why_not`), else as given."""
+    return bare_name(other) == bare_name(who) if by_name is not None else other == who
+
+
 class InquiryService:
     """Lists, answers and expires inquiries; publishes `INQUIRY_PENDING` for new ones (chat asks them)."""
 
@@ -333,18 +370,10 @@ class InquiryService:
         result = record.get("result") or {}
         if stored is not None:
             result = answered_with(result, self._sealed_answers(stored))
-        users, roles = result.get("users") or [], result.get("roles") or []
-        why = refusal(user, groups, users, roles, names)
-        if why is not None:
-            raise InquiryError(f'{user or "you"} may not respond to inquiry {record["id"]}: only '
-                               f'{who_may(users, roles)} may, and {why}', 403)
-        if result.get("self_approval") is False and user is not None and user == result.get("requester"):
-            raise InquiryError(f"{user} started the workflow of inquiry {record['id']}: someone else must answer it",
-                               403)
+        refused = why_not(record, user, groups, names)  # who may and who did: `answered_with` changes neither
+        if refused is not None:
+            raise refused
         earlier = list(result.get("responses") or [])
-        if any(r.get("user") == user for r in earlier):
-            raise InquiryError(f"{user or 'you'} already answered inquiry {record['id']}; each person counts once",
-                               409)
         if not isinstance(response, dict):
             raise InquiryError("the response must be a JSON object, e.g. {\"continue\": true}")
         schema = draft4(result.get("schema") or {})

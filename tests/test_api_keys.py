@@ -47,6 +47,21 @@ def _fault(answer: httpx.Response) -> str:
     return answer.json()["faultstring"]
 
 
+def test_one_rule_says_whose_keys_a_person_reads_on_the_api_and_the_web() -> None:
+    """`acting_as`, which the API (`speaking_as`: a token's or a stored key's user, None for a key from config)
+    and the web (an account, None for an admin) both read by: a person acts as themselves only, named or not,
+    and naming another is refused naming both; who speaks for nobody acts as whoever they name, and naming
+    no one reads every user's keys (None)."""
+    from engine.identity import ImpersonationError, acting_as
+
+    assert acting_as("bob", None) == acting_as("bob", "") == acting_as("bob", "bob") == "bob"
+    with pytest.raises(ImpersonationError, match="bob may not act as alice") as refused:
+        acting_as("bob", "alice")
+    assert (refused.value.own, refused.value.named) == ("bob", "alice")
+    assert acting_as(None, "alice") == "alice"
+    assert acting_as(None, None) is None and acting_as(None, "") is None
+
+
 async def test_a_stored_key_or_token_touches_only_its_own_users_keys(squall: Squall) -> None:
     """bob's key (or his `st2 login` token) naming `user=alice` read alice's secret decrypted and wrote over
     it. Every route now answers 403 and changes nothing; the config's key, which names nobody, may name her."""

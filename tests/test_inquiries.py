@@ -676,6 +676,38 @@ def test_one_rule_names_an_answerer_in_chat_and_outside_it() -> None:
     assert refused(["api:carol"], "carol")  # not the API's carol: chat gave no adapter
 
 
+async def test_why_not_is_the_rule_respond_refuses_by_and_chat_reads_it_by_name(chat) -> None:
+    """Who may answer is one rule (`why_not`): the service refuses by it, in its words and status, and the
+    chat and the web ask it before they offer or take an answer. Its `users`, then the requester under
+    `self_approval: false`, then once per person; `by_name` (chat) compares the requester and the earlier
+    answerers by name on any platform, so the nick `irc:ann` counts as the ann who answered elsewhere."""
+    from engine.inquiries import why_not
+
+    squall, _ = chat
+    _, inquiry = await _paused(squall, "wf.two")
+
+    async def refusal_of(user: str) -> tuple[str, int]:
+        with pytest.raises(InquiryError) as refused:
+            await squall.inquiries.respond(inquiry["id"], {"approved": True}, user)
+        return str(refused.value), refused.value.status
+
+    for user in ("tester", "dave"):  # the requester; someone its `users` do not name
+        expected = why_not(await squall.executions.get(inquiry["id"]), user)
+        assert expected is not None and await refusal_of(user) == (str(expected), expected.status)
+    await squall.inquiries.respond(inquiry["id"], {"approved": True}, "ann")
+    record = await squall.executions.get(inquiry["id"])
+    expected = why_not(record, "ann")
+    assert expected is not None and await refusal_of("ann") == (str(expected), expected.status)
+    assert why_not(record, "bea") is None and (await squall.executions.get(inquiry["id"]))["status"] == "pending"
+
+    nicks = {**record, "result": {**record["result"], "users": ["irc:ann", "irc:tester", "irc:bea"]}}
+    assert why_not(nicks, "irc:ann") is None and why_not(nicks, "irc:tester") is None  # as given: not ann, tester
+    answered, started = why_not(nicks, "irc:ann", by_name="ann"), why_not(nicks, "irc:tester", by_name="tester")
+    assert answered is not None and answered.status == 409 and "ann already answered" in str(answered)
+    assert started is not None and started.status == 403 and "tester started the workflow" in str(started)
+    assert why_not(nicks, "irc:bea", by_name="bea") is None
+
+
 def _stored(home: Path) -> str:
     """Everything the database file holds, as SQL: what a copy of the file discloses."""
     import contextlib

@@ -25,10 +25,10 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
-from bot.chat.auth import CHOSEN_NAMES, person, sender_names
+from bot.chat.auth import person, sender_names
 from engine.events import EXECUTION_FINISHED, INQUIRY_PENDING
 from engine.executions import AuditEntry
-from engine.inquiries import RUNNER, InquiryError, masked, refusal
+from engine.inquiries import RUNNER, InquiryError, masked, refusal, why_not
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -265,11 +265,10 @@ class InquiryChat:
         return not _free_text(_schema(inquiry), text) and self._asks(message, inquiry)
 
     def _asks(self, message: Message, inquiry: dict[str, Any]) -> bool:
-        """Whether `inquiry` asks `message`'s sender: its `users` and `roles` let them answer (the
-        engine's own rule, `refusal`, for `irc:nick` on IRC), and by name they did not start its
-        workflow if `self_approval` is false nor answer it already (`_by_name`). Only tells an answer
-        from chatter: answering checks again."""
-        return self._refused(message, inquiry) is None and self._by_name(message, inquiry) is None
+        """Whether `inquiry` asks `message`'s sender, by the engine's rule (`_why_not`): its `users` and `roles`
+        let them answer (`irc:nick` on IRC), and by name they did not start its workflow if `self_approval` is
+        false nor answer it already. Only tells an answer from chatter: answering checks again."""
+        return self._why_not(message, inquiry) is None
 
     def _refused(self, message: Message, inquiry: dict[str, Any]) -> str | None:
         """Why the inquiry's `users` and `roles` do not let `message`'s sender answer (`refusal`), or None:
@@ -278,19 +277,14 @@ class InquiryChat:
         return refusal(person(message.adapter, message.user), sorted(self.auth.groups_of(message)),
                        result.get("users") or [], result.get("roles") or [], sender_names(message))
 
-    def _by_name(self, message: Message, inquiry: dict[str, Any]) -> str | None:
-        """Why `message`'s sender, by name on any platform, may not answer `inquiry`, or None: they started
-        its workflow (`self_approval` false) or answered it already. The engine compares the answerer as
-        it is given (`irc:carol`), so it would take the nick carol for someone else than the carol who
-        started the workflow, or answered from Slack or the API; the nick may be her, so it may not."""
-        result, name = inquiry.get("result") or {}, _named(message.user)
-        if result.get("self_approval") is False and _named(result.get("requester")) == name:
-            return (f"{message.user} started the workflow of inquiry {inquiry['id']} (by that name, on any "
-                    "platform): someone else must answer it")
-        if any(_named(r.get("user")) == name for r in result.get("responses") or []):
-            return (f"{message.user} already answered inquiry {inquiry['id']} (by that name, on any platform); "
-                    "each person counts once")
-        return None
+    def _why_not(self, message: Message, inquiry: dict[str, Any]) -> InquiryError | None:
+        """Why `message`'s sender may not answer `inquiry` (the engine's `why_not`), or None: as `answer` names
+        them to the engine (`person`, `sender_names`), but compared with its requester and earlier answerers
+        by name on any platform (`by_name`). The engine compares the answerer as it is given (`irc:carol`), so
+        it would take the nick carol for someone else than the carol who started the workflow, or answered
+        from Slack or the API; the nick may be her, so it may not."""
+        return why_not(inquiry, person(message.adapter, message.user), sorted(self.auth.groups_of(message)),
+                       sender_names(message), by_name=message.user)
 
     def _ambiguous(self, inquiries: list[dict[str, Any]]) -> str:
         """What to say to a bare answer that fits several questions waiting in one thread."""
@@ -326,14 +320,14 @@ class InquiryChat:
         return f"Thanks {message.user}, inquiry {inquiry['id']} answered: {json.dumps(answered['response'])}"
 
     def _check_name(self, message: Message, inquiry: dict[str, Any]) -> None:
-        """Raise `InquiryError` when `_by_name` refuses `message`'s sender an inquiry they may otherwise
-        answer (waiting, and its `users` and `roles` let them): what else stops them the engine says,
-        in its order, as to anyone."""
+        """Raise `InquiryError` when `_why_not` refuses `message`'s sender, by name, an inquiry they may
+        otherwise answer (waiting, and its `users` and `roles` let them): what else stops them the engine
+        says, in its order, as to anyone."""
         if inquiry.get("status") != "pending" or self._refused(message, inquiry) is not None:
             return
-        why = self._by_name(message, inquiry)
+        why = self._why_not(message, inquiry)
         if why is not None:
-            raise InquiryError(why, 403)
+            raise why
 
     async def respond_command(self, message: Message, rest: str, prefix: str) -> str:
         """`respond <inquiry-id> <json or value>`."""
@@ -352,14 +346,6 @@ class InquiryChat:
             return (f"That is not an answer to inquiry {inquiry['id']}; send a JSON object that fits "
                     f"{json.dumps(schema)}")
         return said
-
-
-def _named(user: str | None) -> str | None:
-    """A recorded answerer's or requester's name, whatever platform it was on: `irc:carol` is carol."""
-    if user is None:
-        return None
-    adapter, colon, name = user.partition(":")
-    return name if colon and adapter in CHOSEN_NAMES else user
 
 
 def _schema(inquiry: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from fastapi import HTTPException, Request
 
 from bot.apikeys import authenticate_token, hash_key
 from bot.http.state import ApiState, api_state
+from engine.identity import ImpersonationError, acting_as
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +134,27 @@ def request_user(request: Request) -> str | None:
     return getattr(request.state, "auth_user", None)
 
 
+def speaking_as(request: Request, named: str | None) -> str | None:
+    """Whom a request acts as when it names `named` (`engine.identity.acting_as`, the web's rule too): a token
+    or a stored key its own user (`request_user`), a key from config, which names nobody, whoever it names
+    (None when it names no one: of user-scoped keys, every user's). 403 when a token or a stored key names
+    someone else."""
+    try:
+        return acting_as(request_user(request), named)
+    except ImpersonationError as exc:
+        raise HTTPException(403, f"this credential speaks for {exc.own}; it may not act as {exc.named} (only a "
+                                 "key from the config file, which names nobody, may name another user)") from None
+
+
 def acting_user(request: Request, named: str | None) -> str:
     """Who a request acts as when its body may name a person (an inquiry's responder, an alias
-    execution's user): a key from config names nobody, so a bridge holding one (a chat bot relaying its
-    users, as hubot does) may name anyone; a token or a stored key speaks for its own user and may name
-    only that user, or the checks made per person (an inquiry's `users` and `self_approval`, an alias's
-    permissions) would be anyone's to pass. 403 when it names someone else."""
-    own = request_user(request)
-    if own is None:
-        return named or "api"
-    if named and named != own:
-        raise HTTPException(403, f"this credential speaks for {own}; it may not act as {named} (only a key "
-                                 "from the config file, which names nobody, may name another user)")
-    return own
+    execution's user), by `speaking_as`: a key from config names nobody, so a bridge holding one (a chat
+    bot relaying its users, as hubot does) may name anyone, and naming no one acts as `api`; a token or a
+    stored key speaks for its own user and may name only that user, or the checks made per person (an
+    inquiry's `users` and `self_approval`, an alias's permissions) would be anyone's to pass. 403 when it
+    names someone else."""
+    acting = speaking_as(request, named)
+    return "api" if acting is None else acting
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
-from bot.http.key_auth import acting_user, request_user
+from bot.http.key_auth import request_user, speaking_as
 from bot.http.paging import checked_limit, tell_page
 from bot.http.state import api_state
 from engine.crypto import CryptoError
@@ -67,14 +67,13 @@ def _shown(item: dict[str, Any], decrypt: bool) -> dict[str, Any]:
 
 def _user(request: Request, scope: str | None, user: str | None) -> str | None:
     """The user whose keys a request reads or writes: the one named, else the requester (as `st2 key set
-    --scope user`). A token or a stored key may name only its own user (`acting_user`'s 403), whatever the
-    scope, or bob's key could read and overwrite alice's secrets; a key from the config names nobody, so it
-    may name anyone, and naming nobody it sees every user's keys."""
-    if user and request_user(request) is not None:
-        acting_user(request, user)
-    if user or (scope or "").removeprefix("st2kv.") not in ("user", "all"):
+    --scope user`), by `speaking_as` (`engine.identity.acting_as`, the web's rule too). A token or a stored key
+    may name only its own user (its 403), whatever the scope, or bob's key could read and overwrite alice's
+    secrets; a key from the config names nobody, so it may name anyone, and naming nobody it sees every
+    user's keys. Of the system scope, naming no one, nobody's."""
+    if not user and (scope or "").removeprefix("st2kv.") not in ("user", "all"):
         return user
-    return request_user(request)
+    return speaking_as(request, user)
 
 
 _JSON_TYPES = ((type(None), "null"), (bool, "a boolean"), ((int, float), "a number"), (dict, "an object"),

@@ -26,7 +26,7 @@ from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import form_fields, operator, viewer
 from engine.executions import AuditEntry, ExecutionNotFound
 from engine.identity import names_of
-from engine.inquiries import InquiryError, refusal, shown_execution, who_may
+from engine.inquiries import InquiryError, shown_execution, who_may, why_not
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: How many answered inquiries the list shows.
@@ -78,24 +78,17 @@ def _groups(request: Request, session: Session) -> list[str]:
     return sorted({session.account.role} | request.app.state.squall.chat.inquiries.auth.member_of(name))
 
 
-def _why_not(request: Request, session: Session, inquiry: dict[str, Any], record: dict[str, Any]) -> str | None:
-    """Why the account may not answer the pending inquiry, in the words `InquiryService.respond` would refuse
-    it with, or None when it may: the operator role, then the engine's rule in its order: its `users` and
-    `roles` (`refusal`, the person named as the answer names them), not the requester under `self_approval:
-    false`, and once per person. The form was offered to all three, and its post answered a bare error page.
-    Only decides what the page offers: the answer is checked again by the service."""
+def _why_not(request: Request, session: Session, record: dict[str, Any]) -> str | None:
+    """Why the account may not answer the pending inquiry (`record`, its execution), in the words
+    `InquiryService.respond` would refuse it with, or None when it may: the operator role, then the engine's
+    rule (`why_not`, the person named as the answer names them): its `users` and `roles`, not the requester
+    under `self_approval: false`, and once per person. The form was offered to all three, and its post
+    answered a bare error page. Only decides what the page offers: the answer is checked again by the service."""
     if not session.account.may("operator"):
         return f"Answering needs the operator role; {session.account.name} is a {session.account.role}."
     name = session.account.name
-    users, roles = inquiry["users"], inquiry["roles"]
-    why = refusal(name, _groups(request, session), users, roles, names_of(None, name))
-    if why is not None:
-        return f'{name} may not respond to inquiry {inquiry["id"]}: only {who_may(users, roles)} may, and {why}'
-    if not inquiry["self_approval"] and name == (record.get("result") or {}).get("requester"):
-        return f"{name} started the workflow of inquiry {inquiry['id']}: someone else must answer it"
-    if any(answer.get("user") == name for answer in inquiry["responses"]):
-        return f"{name} already answered inquiry {inquiry['id']}; each person counts once"
-    return None
+    refused = why_not(record, name, _groups(request, session), names_of(None, name))
+    return None if refused is None else str(refused)
 
 
 def _page(request: Request, session: Session, inquiry: dict[str, Any], record: dict[str, Any],
@@ -104,7 +97,7 @@ def _page(request: Request, session: Session, inquiry: dict[str, Any], record: d
           refused: str | None = None) -> Response:
     """The inquiry, and while it is pending the answer form, or in its place why the account may not answer
     (`_why_not`). `refused`: why the service just refused an answer (not allowed, or no longer pending)."""
-    why_not = _why_not(request, session, inquiry, record) if inquiry["status"] == "pending" else None
+    why_not = _why_not(request, session, record) if inquiry["status"] == "pending" else None
     return render(request, "inquiry.html", {
         "session": session, "inquiry": inquiry, "record": record, "workflow": workflow, "fields": fields,
         "values": values, "errors": errors or {}, "problem": problem, "question": question(inquiry["schema"]),

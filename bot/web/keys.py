@@ -27,6 +27,7 @@ from bot.web.session import admin, form_fields, viewer
 from engine.crypto import CryptoError
 from engine.datastore import MAX_KEY_TTL, SCOPES, DatastoreError, check_key, check_ttl, owner
 from engine.executions import AuditEntry
+from engine.identity import acting_as
 from engine.parameters import MASK
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -68,13 +69,14 @@ async def _datastore(request: Request, fn: Any, *args: Any, **kwargs: Any) -> An
 
 
 def _reader(session: Session) -> str | None:
-    """Whose user-scoped keys `session` may read: the API's rule (`bot/http/keys.py`), with the web's admin in
-    the place of a key from the config file. A token or a stored API key reads its own user's keys only, and
-    naming another user is refused; only the config's key, which names nobody, sees every user's. An
-    account is a person, as a token's holder is: a viewer listed every user's keys and values at
-    `/keys?scope=user`, which the API refused the same person. An admin, who may set and delete anyone's
-    keys here, sees them all (None: no owner, `Datastore.list`'s administrator's view)."""
-    return None if session.account.may("admin") else session.account.name
+    """Whose user-scoped keys `session` may read: the API's rule (`engine.identity.acting_as`, which
+    `bot/http/keys.py` reads by), with the web's admin in the place of a key from the config file. A token or
+    a stored API key reads its own user's keys only, and naming another user is refused; only the config's
+    key, which names nobody, sees every user's. An account is a person, as a token's holder is: a viewer
+    listed every user's keys and values at `/keys?scope=user`, which the API refused the same person. An
+    admin, who may set and delete anyone's keys here, speaks for nobody and sees them all (None: no owner,
+    `Datastore.list`'s administrator's view)."""
+    return acting_as(None if session.account.may("admin") else session.account.name, None)
 
 
 async def _page(request: Request, session: Session, scope: str, form: Mapping[str, Any] | None = None,
