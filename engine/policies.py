@@ -11,8 +11,14 @@ policies as they are now, and admits what then has room, in order. A run admitte
 canceled from another process, or claimed by another, before its claim ends unheard here: its slots
 are freed when its run returns (`LocalExecutor.on_done`).
 Delayed executions are stored as such, so after a restart `recover()` submits them again and the
-policy decides anew. Retry listens for finished executions and re-requests a
-failed (or timed out) one with `context.policies.retry.retry_count` counted up.
+policy decides anew. A run under way when it is submitted (a workflow resumed, re-run, or conducted on
+after a crash: `resuming`) takes its slots whatever the count: it runs already, and the runs that wait
+are admitted as slots free. After a crash the count starts from the workflows a dead process left
+running, which recovery conducts on: read from the database before the first run is admitted
+(`_left_running`), since recovery submits them after the `delayed` and `requested` ones; those it did
+not take on after all give their slots back at its end (`_recovered`).
+Retry listens for finished executions and re-requests a failed (or timed out) one with
+`context.policies.retry.retry_count` counted up.
 
 A failure is committed before its retry is requested, so a crash between the two would lose the
 retry: at recovery (`recover_retries`) the failures of the last `RETRY_LOOKBACK` that were never
@@ -250,9 +256,15 @@ class PolicyExecutor:
         self._recounting = False
         #: The task applying reloaded policies to the runs waiting and holding slots (`_recheck`).
         self._rechecking: asyncio.Task[None] | None = None
+        #: The workflows a dead process left running are yet to be counted (`_left_running`): by the first
+        #: decision, unless recovery ended before it (all it conducts on was submitted then, and holds its slots).
+        self._left_unread = True
+        #: The runs a dead process left that hold slots here until recovery ends (`_recovered`).
+        self._left: set[str] = set()
         executions.on_finished(self._on_finished)
         if hasattr(inner, "on_done"):  # the local executor: it tells each run that returned
             inner.on_done = self._run_returned
+        executions.after_recovery(self._recovered)
         executions.after_recovery(self.recover_retries)
 
     def rebuild(self, registry: Registry) -> list[ContentError]:
@@ -273,6 +285,10 @@ class PolicyExecutor:
         limited = any(policy.concurrency for found in self.policies.values() for policy in found)
         if self.shared or not (self._queued or self._action_of or (limited and self.running)):
             return
+        self._recount_soon()
+
+    def _recount_soon(self) -> None:
+        """Admit nothing until `_recheck` has counted the runs again (started unless it is under way)."""
         self._recounting = True
         if self._rechecking is None:
             self._rechecking = asyncio.get_running_loop().create_task(self._recheck(), name="policy-recheck")
@@ -310,22 +326,55 @@ class PolicyExecutor:
         await _all([self._start(action, ready) for action in list(self._queues) if (ready := self._take_ready(action))])
 
     async def _read_counted(self) -> dict[str, dict[str, Any] | None]:
-        """The records of the runs queued or holding slots here, and of those running here unheld (a
-        new policy counts them), by id; empty if the database cannot be read (they keep their limits)."""
-        ids = [*self._queued, *sorted((set(self._action_of) | self.running) - set(self._queued))]
+        """The records of the runs queued or holding slots here, of those running here unheld (a new
+        policy counts them), and, the first time, of the workflows a dead process left running
+        (`_left_running`), by id; empty if the database cannot be read (they keep their limits)."""
         db = self.executions.db
         try:
+            if self._left_unread:
+                self._left_unread = False
+                self._left.update(await self._left_running())
+            counted = set(self._action_of) | self.running | self._left
+            ids = [*self._queued, *sorted(counted - set(self._queued))]
             return await db(_records, db.store, ids)
         except Exception:
-            log.exception("could not read the %d run(s) waiting or running under concurrency policies to apply the "
-                          "reloaded policies: they keep the limits they had until they end", len(ids))
+            log.exception("could not read the runs waiting or running under concurrency policies to count them "
+                          "under the policies loaded: those counted keep the limits they had until they end")
             return {}
+
+    async def _left_running(self) -> list[str]:
+        """The workflows of actions under a concurrency policy whose process died while it ran them, or
+        before it conducted them on (`resuming`): `ExecutionService.recover` conducts them on, after it
+        submitted the `delayed` and `requested` runs, which must find their slots taken. Not an action a dead
+        process ran (recovery abandons it), nor a run of a live process (its end is not heard here)."""
+        actions = sorted(ref for ref, found in self.policies.items() if any(p.concurrency for p in found))
+        if not actions or self.shared:
+            return []
+        db = self.executions.db
+        rows = await db(_live_rows, db.store, actions)
+        return [row["id"] for row in rows if self.executions.resumable(row["runner"])
+                and self.executions._owner_state(row["runner_info"]) == "gone"]
+
+    async def _recovered(self) -> None:
+        """At the end of `ExecutionService.recover`: what it conducts on was submitted, and holds its
+        slots as any run under way does. The runs a dead process left that this process did not take on
+        (another's recovery did, or they ended) give theirs back, and what waits behind them is admitted."""
+        self._left_unread = False
+        await self.settled()
+        gone = {execution_id: action for execution_id in self._left - self.running
+                if (action := self._action_of.get(execution_id)) is not None}
+        self._left.clear()
+        for execution_id in gone:
+            self._release(execution_id)
+        await _all([self._start(action, ready) for action in sorted(set(gone.values()))
+                    if (ready := self._take_ready(action))])
 
     def _recount(self, records: Mapping[str, dict[str, Any] | None]) -> None:
         """Each queued run's limits and each holding run's keys, under the current policies. A run
         not read keeps what it had; a queued one that ended or is gone is held by nothing (its
         admission finds it gone and gives the slot back). Runs started here before a policy of
-        their action existed hold slots under it from now on: their ends free them as any other's."""
+        their action existed hold slots under it from now on: their ends free them as any other's, as do
+        the workflows a dead process left (`_left`)."""
         for execution_id, (action, _old) in self._queued.items():
             if execution_id in records:
                 record = records[execution_id]
@@ -333,7 +382,7 @@ class PolicyExecutor:
                 self._queued[execution_id] = (action, self._limits(record) if waiting else ())
         held = {execution_id: (self._action_of[execution_id], self._keys_of.get(execution_id, ()))
                 for execution_id in self._action_of}
-        for execution_id in (set(self._action_of) | self.running) - set(self._queued):
+        for execution_id in (set(self._action_of) | self.running | self._left) - set(self._queued):
             record = records.get(execution_id)
             if record is None or (execution_id not in held and record["status"] in COMPLETED):
                 continue
@@ -381,6 +430,9 @@ class PolicyExecutor:
             return
         db = self.executions.db
         record = await db(db.store.get_execution, execution_id)
+        if self._left_unread and record is not None and not self.shared and self.holds(record["action"]):
+            self._generation += 1  # a recount under way reads again, with the runs a crash left
+            self._recount_soon()  # those a dead process left count before this one is decided
         await self.settled()  # a reload's recount first: the runs that waited before this one go first
         if execution_id in self._queued:
             return  # waiting for room already (submitted twice: a request's submit and a poll's)
@@ -389,6 +441,10 @@ class PolicyExecutor:
             await self._submit_shared(record, ())  # its policy is gone: admitted (to `scheduled`) for the workers
             return
         if not limits or execution_id in self._keys_of:
+            if (record is not None and not self.shared and record["status"] in SHARED_HOLDING
+                    and execution_id not in self._keys_of and (held := self._limits(record))):
+                # Under way (a workflow resumed, re-run or recovered): it takes its slots, room or not.
+                self._admit(execution_id, record["action"], held)
             await self.inner.submit(execution_id)
             return
         if until_due(record) > 0:  # held by a clock (a retry's or a task's delay): its timer, or a poll, brings it back
@@ -631,6 +687,18 @@ class PolicyExecutor:
         return requested
 
 
+def _live_rows(store: Any, actions: list[str]) -> list[dict[str, Any]]:
+    """The executions of `actions` running, pausing or waiting to be conducted on (`resuming`): their id,
+    runner and owner (`runner_info`). Live statuses, which `ix_executions_status` finds."""
+    from engine.storage import executions
+
+    c = executions.c
+    statement = sa.select(c.id, c.runner, c.runner_info).where(
+        c.action.in_(actions), c.status.in_(("running", "pausing", "resuming")))
+    with store._read() as conn:
+        return [dict(row._mapping) for row in conn.execute(statement)]
+
+
 def _records(store: Any, ids: list[str]) -> dict[str, dict[str, Any] | None]:
     """Each execution of `ids` by id (None if it is gone), in one trip to the database thread."""
     return {execution_id: store.get_execution(execution_id) for execution_id in ids}
@@ -659,7 +727,8 @@ async def _hold_for_tests(path: str, execution_id: str) -> None:
     await asyncio.Event().wait()
 
 
-#: Statuses that hold a slot of a concurrency policy when the count is shared between processes.
+#: Statuses that hold a slot of a concurrency policy: counted in the database when the count is shared between
+#: processes; otherwise a run submitted in one (a workflow conducted on) takes its slots as it is handed on.
 SHARED_HOLDING = ("scheduled", "running", "pausing", "canceling", "resuming")
 
 

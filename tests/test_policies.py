@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,11 @@ import pytest
 
 from bot.app import Squall
 from engine.config import load_config
+from engine.executions import COMPLETED
+from engine.storage import Store, iso, utcnow
 from tests.conftest import commit_groups, write
+from tests.test_crash_ownership import _dead_pid
+from tests.workflow_helpers import until
 
 
 def _pack(home: Path, policies: dict[str, str]) -> None:
@@ -774,5 +779,198 @@ async def test_a_run_waiting_on_a_policy_since_disabled_or_removed_is_admitted_w
         await squall.executions.poll()
         assert (await squall.executions.get(older["id"]))["status"] == "scheduled"
         assert list(dict.fromkeys(workers.handed)) == [first["id"], older["id"]]
+    finally:
+        await squall.close()
+
+
+# -- workflows under a concurrency policy across a crash ---------------------------------------------
+
+def _flow(home: Path) -> None:
+    """`pol.flow`: a workflow of two `pol.gate` tasks, `wait` and `more` (each runs until its gate file
+    exists: the `gate` given, then that name with `.more`), held to two at once by policy."""
+    _pack(home, {"flows": "name: flows\nresource_ref: pol.flow\npolicy_type: action.concurrency\n"
+                          "parameters: {threshold: 2, action: delay}\n"})
+    actions = home / "packs" / "pol" / "actions"
+    write(actions / "flow.yaml", "name: flow\nrunner_type: orquesta\nentry_point: workflows/flow.yaml\n"
+                                 "parameters:\n  gate: {type: string}\n  tag: {type: string}\n")
+    write(actions / "workflows" / "flow.yaml", """
+        version: 1.0
+        input: [gate, tag]
+        tasks:
+          wait:
+            action: pol.gate gate=<% ctx(gate) %> tag=<% ctx(tag) %>
+            next: [{when: <% succeeded() %>, do: more}]
+          more:
+            action: pol.gate gate="<% ctx(gate) %>.more" tag=<% ctx(tag) %>
+    """)
+
+
+def _open(gate: Path) -> None:
+    """Let both tasks of a `pol.flow` run through."""
+    gate.touch()
+    Path(f"{gate}.more").touch()
+
+
+def _most_at_once(records: list[dict[str, Any]]) -> int:
+    """The most of `records` that ran at once, from their logs: each runs from its first `running` or
+    `resuming` to its end."""
+    edges = []
+    for record in records:
+        entries = record["log"]
+        began = next(e["timestamp"] for e in entries if e["status"] in ("running", "resuming"))
+        edges += [(began, 1), (next(e["timestamp"] for e in entries if e["status"] in COMPLETED), -1)]
+    now = most = 0
+    for _at, step in sorted(edges):  # at one instant an end sorts before a start: it freed the slot first
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("older", ["the running ones", "the delayed ones", "none delayed"])
+async def test_workflows_a_crash_left_running_hold_their_slots_after_the_restart(home: Path, older: str) -> None:
+    """Threshold 2 on a workflow: two ran and two waited `delayed` when the process died (or, `none
+    delayed`, two more are requested after the restart). Recovery conducts the two on (`resuming`) and
+    submits the delayed ones, in the order they were requested: whichever comes first, the two it
+    conducts on hold both slots, and the others start only as they end. Four ran at once: the ones it
+    conducted on took no slot, and the delayed ones were admitted against an empty count."""
+    _flow(home)
+    config = load_config(home / "config.yml")
+    gates = {tag: home / f"gate-{tag}" for tag in "abcd"}
+    crashed = await Squall.start(config)
+    crashed.executions.executor = None  # stored only: the rows are made what the crash left below
+    try:
+        ids = {tag: (await crashed.executions.request("pol.flow", {"gate": str(gates[tag]), "tag": tag}))["id"]
+               for tag in ("abcd" if older != "none delayed" else "ab")}
+    finally:
+        await crashed.close()
+    ran, waited = ("ab", "cd") if older != "the delayed ones" else ("cd", "ab")
+    store = Store.open(config.database_url)
+    try:
+        dead = {"hostname": socket.gethostname(), "pid": _dead_pid()}
+        for tag in ids:
+            record = store.get_execution(ids[tag])
+            status = "running" if tag in ran else "delayed"
+            changes = {"status": status, "log": [*record["log"], {"status": status, "timestamp": iso(utcnow())}]}
+            assert store.update_execution(ids[tag], {**changes, "runner_info": dead} if tag in ran else changes,
+                                          expect=("requested",))
+    finally:
+        store.close()
+
+    squall = await Squall.start(config, recover=True)
+    try:
+        if older == "none delayed":
+            ids.update({tag: (await squall.executions.request("pol.flow", {"gate": str(gates[tag]), "tag": tag}))[
+                "id"] for tag in waited})
+
+        async def flows() -> dict[str, str]:
+            return {tag: (await squall.executions.get(ids[tag]))["status"] for tag in ids}
+
+        async def gated() -> int:
+            return len([r for r in await squall.executions.list(action="pol.gate") if r["status"] == "running"])
+
+        async def two_gated() -> bool:
+            return await gated() >= 2
+
+        await until(two_gated, "two workflows' tasks to run")
+        await asyncio.sleep(0.3)  # what else was let start has claimed by now
+        statuses = await flows()
+        assert sorted(statuses[tag] for tag in waited) == ["delayed", "delayed"], statuses
+        assert await gated() == 2
+        for tag in (*ran, *waited):
+            _open(gates[tag])
+            assert (await squall.executions.wait(ids[tag], timeout=30))["status"] == "succeeded"
+        records = [await squall.executions.get(ids[tag]) for tag in ids]
+        assert _most_at_once(records) <= 2, [r["log"] for r in records]
+        assert not any(squall.executor._admitted.values())
+    finally:
+        await squall.close()
+
+
+async def test_a_workflow_a_crash_left_that_another_process_took_on_gives_its_slot_back(home: Path) -> None:
+    """Threshold 2: `a` and `b` waited `delayed`, `c` and `d` ran when the process died. Another process
+    (a second `squall serve` starting too) marks `d` to be conducted on (`resuming`) before this one's
+    recovery gets to it: both count, but this recovery leaves `d` to the other, whose end will not be
+    heard here, so at its end the slot of `d` is given back and `a` runs beside `c`. It stayed taken,
+    `a` waiting on a run of another process."""
+    _flow(home)
+    config = load_config(home / "config.yml")
+    gates = {tag: home / f"gate-{tag}" for tag in "abcd"}
+    crashed = await Squall.start(config)
+    crashed.executions.executor = None
+    try:
+        ids = {tag: (await crashed.executions.request("pol.flow", {"gate": str(gates[tag]), "tag": tag}))["id"]
+               for tag in "abcd"}
+    finally:
+        await crashed.close()
+    store = Store.open(config.database_url)
+    dead = {"hostname": socket.gethostname(), "pid": _dead_pid()}
+    try:
+        for tag in ids:
+            record = store.get_execution(ids[tag])
+            status = "delayed" if tag in "ab" else "running"
+            changes = {"status": status, "log": [*record["log"], {"status": status, "timestamp": iso(utcnow())}]}
+            assert store.update_execution(ids[tag], changes if tag in "ab" else {**changes, "runner_info": dead},
+                                          expect=("requested",))
+    finally:
+        store.close()
+    squall = await Squall.start(config)
+    try:
+        end_orphaned = squall.executions._end_orphaned
+
+        async def taken_on_elsewhere_first(row: Any) -> str | None:
+            if row["id"] == ids["d"]:  # as `_end_orphaned` marks it, in the other process
+                record = await squall.executions.get(ids["d"])
+                assert await squall.db(squall.store.update_execution, ids["d"], {"status": "resuming", "log": [
+                    *record["log"], {"status": "resuming", "timestamp": iso(utcnow())}]}, expect=("running",))
+            return await end_orphaned(row)
+
+        squall.executions._end_orphaned = taken_on_elsewhere_first  # type: ignore[method-assign]
+        await squall.executions.recover()
+        await _reaches(squall, ids["a"], {"running"})
+        assert (await squall.executions.get(ids["c"]))["status"] == "running"
+        assert (await squall.executions.get(ids["b"]))["status"] == "delayed"
+        for tag in "cab":
+            _open(gates[tag])
+            assert (await squall.executions.wait(ids[tag], timeout=30))["status"] == "succeeded"
+        assert (await squall.executions.get(ids["d"]))["status"] == "resuming"  # the other process's to conduct
+    finally:
+        await squall.close()
+
+
+
+async def test_a_resumed_workflow_holds_its_slot(home: Path) -> None:
+    """Threshold 2: `a` and `b` run; `a` pauses (it holds no slot while paused) and `c` takes the slot.
+    `a` resumed runs again, and counts: `d` waits `delayed` though `b` ended, until `a` ends too. It
+    took no slot, and `d` ran beside `a` and `c`."""
+    _flow(home)
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        gates = {tag: home / f"gate-{tag}" for tag in "abcd"}
+
+        async def flow(tag: str) -> str:
+            return (await squall.executions.request("pol.flow", {"gate": str(gates[tag]), "tag": tag}))["id"]
+
+        a, b = await flow("a"), await flow("b")
+        await _reaches(squall, b, {"running"})
+        await squall.executions.pause(a)
+        gates["a"].touch()  # its running task ends: then it pauses
+        await _reaches(squall, a, {"paused"})
+        c = await flow("c")
+        await _reaches(squall, c, {"running"})
+        await squall.executions.resume(a)
+        await _reaches(squall, a, {"running"})
+        d = await flow("d")
+        assert (await squall.executions.get(d))["status"] == "delayed"
+        _open(gates["b"])
+        assert (await squall.executions.wait(b, timeout=20))["status"] == "succeeded"
+        await asyncio.sleep(0.3)  # what the end of `b` let start has claimed by now
+        assert (await squall.executions.get(d))["status"] == "delayed"  # `a` and `c` run
+        _open(gates["a"])
+        await _reaches(squall, d, {"running"})
+        for tag in "cd":
+            _open(gates[tag])
+        for execution_id in (a, c, d):
+            assert (await squall.executions.wait(execution_id, timeout=20))["status"] == "succeeded"
+        assert not any(squall.executor._admitted.values())
     finally:
         await squall.close()
