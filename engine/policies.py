@@ -621,6 +621,8 @@ class PolicyExecutor:
         """The retry policy that retries this ended execution, and the retry's count; None if none does."""
         if record.get("parent"):
             return None  # inside workflows, retry is the workflow's (`retry:` on the task)
+        if not _ran(record):
+            return None  # refused before it ran (`ExecutionService.record_refused`): a retry is refused the same way
         for policy in self.policies.get(record["action"], []):
             if policy.policy_type != "action.retry":
                 continue
@@ -685,6 +687,13 @@ class PolicyExecutor:
             await self._retry_later(record, *found)
             requested += 1
         return requested
+
+
+def _ran(record: dict[str, Any]) -> bool:
+    """Whether `record` got as far as running, or could have (abandoned, or timed out, on its way): a request
+    refused for its parameters is stored failed without ever running, and retrying it would only be refused
+    again, at every recovery for a day (`recover_retries`)."""
+    return record["status"] != "failed" or any(entry.get("status") == "running" for entry in record.get("log") or [])
 
 
 def _live_rows(store: Any, actions: list[str]) -> list[dict[str, Any]]:

@@ -115,6 +115,29 @@ async def test_retry_policy_reruns_a_failure_with_a_count(home: Path) -> None:
         await squall.close()
 
 
+async def test_a_request_refused_before_it_ran_is_not_retried(home: Path) -> None:
+    """A rule's request refused for its parameters is stored failed (`record_refused`) without running: a
+    retry would be refused the same way, and recovery would try it again for a day. The policy skips it,
+    and still retries a run of the same action that failed."""
+    _pack(home, {"retry": "name: retry\nresource_ref: pol.flaky\npolicy_type: action.retry\n"
+                          "parameters: {retry_on: failure, max_retry_count: 3}\n"})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        refused = await squall.executions.record_refused("pol.flaky", {"marker": "{{ trigger.nope }}"}, {"user": "r"},
+                                                         ValueError("parameter \"marker\" did not render"))
+        assert refused["status"] == "failed"
+        assert await squall.executor.recover_retries() == 0
+        ran = await squall.executions.request("pol.flaky", {"marker": str(home / "count")}, {"user": "r"})
+        assert (await squall.executions.wait(ran["id"], timeout=20))["status"] == "failed"
+        while not any(r["status"] == "succeeded" for r in await squall.executions.list(action="pol.flaky")):
+            await asyncio.sleep(0.02)
+        retried = [r for r in await squall.executions.list(action="pol.flaky")
+                   if (r["context"].get("re-run") or {}).get("ref") == refused["id"]]
+        assert retried == []
+    finally:
+        await squall.close()
+
+
 async def test_a_delayed_run_canceled_here_or_elsewhere_gives_its_place_up(home: Path) -> None:
     """Threshold 1: of four queued behind a running one, the second is canceled here and the third in
     another process (its end unheard here). When the first ends the fourth runs, and then a new
