@@ -55,6 +55,10 @@ KV_CHANGES = ("create", "update", "delete", "value_change")
 #: How long `close` waits for the trigger instances this process is processing: a rule's enforcement
 #: takes milliseconds; what is not done by then is taken up by a `squall serve` (`TriggerService.recover`).
 TRIGGER_SETTLE_SECONDS = 5.0
+#: How long `close` waits for what the engine's listeners were told (`Events.settle`): a workflow a CLI command
+#: canceled cancels its tasks in its listener, a tree of thousands in seconds. What is not done by then is
+#: logged; `squall serve`'s next start cancels what an ended workflow left (`ExecutionService.recover`).
+LISTENERS_SETTLE_SECONDS = 30.0
 
 
 class Engine:
@@ -265,11 +269,27 @@ class Engine:
             return items[offset:]
         raise ValueError(f"unknown action_service method {method!r}")
 
+    async def _settle_listeners(self) -> None:
+        """Wait, at most `LISTENERS_SETTLE_SECONDS`, for the listeners' tasks (`Events.settle`), before the
+        executor and the database close under them. A CLI command's change is heard by its own process's
+        listeners: `squall execution cancel` of a paused workflow, or of one whose service is gone, ends it
+        here, and its listener cancels its tasks. Dropped with the command's loop, they stayed paused,
+        pending or delayed under the canceled workflow, and a restart ran the delayed ones."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LISTENERS_SETTLE_SECONDS):
+                await self.events.settle()
+        if self.events.busy:
+            log.warning("closing with %d listener task(s) still running after %g s (a canceled workflow's tasks "
+                        "being canceled, say): they are dropped; the next start of `squall serve` cancels what "
+                        "a workflow that ended left", self.events.busy, LISTENERS_SETTLE_SECONDS)
+
     async def close(self) -> None:
         await self.triggers.close()  # takes no more instances (a serve node's wake-ups and polls)
         await self.sensors.stop()
         if self._emitting:  # datastore triggers written just before: store them, do not drop them
             await asyncio.gather(*self._emitting, return_exceptions=True)
+        if self.events.busy:  # what the listeners were told (a canceled workflow's tasks to cancel): do it
+            await self._settle_listeners()
         if self.triggers.busy:  # instances this process claimed (a `squall run`'s action trigger): finish them
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(TRIGGER_SETTLE_SECONDS):

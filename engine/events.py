@@ -80,6 +80,14 @@ class Events:
         """Handlers' tasks still running (results being posted, say)."""
         return len(self._tasks)
 
+    async def settle(self) -> None:
+        """Wait until the handlers' tasks are done, and those their work published in turn (a workflow
+        canceled here cancels its tasks from its handler; their ends are published again): a process
+        about to close (a CLI command) carries out what it told, instead of its loop dropping it. A
+        caller that bounds the wait leaves the tasks running: `asyncio.wait` cancels none of them."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
     def _done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:

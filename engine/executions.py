@@ -20,7 +20,7 @@ import re
 import socket
 import time
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -1502,24 +1502,23 @@ class ExecutionService:
         """After a crash: end what dead owners left running, and run what never started.
 
         First the process groups dead Squall processes on this machine left are killed, so no next
-        attempt (a re-requested workflow task, a re-run) ever runs beside the previous one. Then an
+        attempt (a re-requested workflow task, a re-run) ever runs beside the previous one. What a
+        workflow that ended left unfinished under it is canceled (`_cancel_under_ended`). Then an
         execution whose owner is gone is abandoned (a workflow is conducted on instead, a
-        `canceling` one ends `canceled`); those of live owners and of other hosts are left alone."""
+        `canceling` one ends `canceled`); those of live owners and of other hosts are left alone. What
+        never started is submitted last, once the workflows this ended `canceled` had their tasks canceled."""
         await self._sweep()
+        await self._cancel_under_ended()
         rows = await self.db(self.db.store.execution_ids_with_status, (*_LIVE, *_QUEUED))
         abandoned = started = 0
         running_here: set[str] = getattr(self.executor, "running", set())
         resumed: list[str] = []
         foreign: dict[str, int] = {}
+        queued: list[Mapping[str, Any]] = []
+        canceled = False  # a workflow `canceling` whose owner is gone ended `canceled` here
         for row in rows:
             if row["status"] in _QUEUED:
-                if self.executor is not None and row["id"] not in running_here:
-                    wait = until_due(row)
-                    if wait > 0:  # held for a delay (a task's `delay`, a retry policy's) that is not over
-                        self._submit_later(row["id"], wait)
-                    else:
-                        await self.executor.submit(row["id"])
-                    started += 1
+                queued.append(row)
                 continue
             if row["id"] in running_here:
                 continue
@@ -1536,12 +1535,63 @@ class ExecutionService:
                 abandoned += 1
             elif ended == "resuming":
                 resumed.append(row["id"])
+            canceled |= ended == "canceled"
+        dropped = await self._cancel_under_ended() if canceled else set()
+        for row in queued:
+            if self.executor is not None and row["id"] not in running_here and row["id"] not in dropped:
+                wait = until_due(row)
+                if wait > 0:  # held for a delay (a task's `delay`, a retry policy's) that is not over
+                    self._submit_later(row["id"], wait)
+                else:
+                    await self.executor.submit(row["id"])
+                started += 1
         self.foreign_owners = foreign
         # API tokens of what the crash left (abandoned above, resuming, or ended by another process).
         await self.db(revoke_ended, self.db.store)
         await self._conduct_on(resumed)
         await self._run_after_recovery()
         return {"abandoned": abandoned, "started": started + len(resumed)}
+
+    async def _cancel_under_ended(self) -> set[str]:
+        """Cancel what is unfinished under a workflow that has ended (canceled, or any end), at every depth:
+        tasks held `requested` or `delayed` (by a concurrency policy, by a task's `delay`), paused
+        sub-workflows, pending inquiries, live tasks (their owner cancels them, or, gone, they end
+        `canceled` at once). A workflow ended while `squall serve` was down (`squall execution cancel` of
+        an orphan), or by a CLI command stopped before its listener canceled the tasks, leaves them: a
+        restart then ran the delayed ones inside the canceled tree, and the paused and pending ones waited
+        for ever, an answer to the inquiry running its branch. A workflow conducts nothing after it ended,
+        so nothing under one is still wanted. Top-down, so no sub-workflow is woken by its task's end.
+        The ids of those it found there (canceled here, or by a listener meanwhile)."""
+        store = self.db.store
+        unfinished = await self.db(store.list_executions, status=[*_LIVE, *_QUEUED, "pending"],
+                                   limit=10_000_000, oldest_first=True)
+        known = {row["id"] for row in unfinished}
+        children: dict[str, list[dict[str, Any]]] = {}
+        for row in unfinished:
+            if row.get("parent"):
+                children.setdefault(row["parent"], []).append(row)
+        walk: deque[tuple[dict[str, Any], str]] = deque()
+        for parent_id, rows in children.items():
+            if parent_id in known:
+                continue  # it has not ended itself
+            parent = await self.db(store.get_execution, parent_id)
+            if parent is not None and parent["status"] in COMPLETED:
+                walk.extend((row, parent["status"]) for row in rows)
+        found: set[str] = set()
+        while walk:
+            row, ended = walk.popleft()
+            walk.extend((child, ended) for child in children.get(row["id"], ()))
+            found.add(row["id"])
+            with contextlib.suppress(ExecutionStateError, LookupError):  # it ended meanwhile (a listener's cancel)
+                if row["status"] == "pending":  # an inquiry: nothing runs it, so it ends here
+                    await self.complete(row["id"], "canceled", {
+                        **(row.get("result") or {}), "error": f"the workflow it belongs to ended {ended}"},
+                        ("pending",))
+                else:
+                    await self.cancel(row["id"])
+        if found:
+            log.warning("canceled %d execution(s) left unfinished under workflows that had ended", len(found))
+        return found
 
     async def _end_orphaned(self, row: Mapping[str, Any]) -> str | None:
         """End a live execution whose owner is gone, as nothing else ever would (at start, and in the

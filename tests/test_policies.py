@@ -123,7 +123,8 @@ async def test_a_request_refused_before_it_ran_is_not_retried(home: Path) -> Non
                           "parameters: {retry_on: failure, max_retry_count: 3}\n"})
     squall = await Squall.start(load_config(home / "config.yml"))
     try:
-        refused = await squall.executions.record_refused("pol.flaky", {"marker": "{{ trigger.nope }}"}, {"user": "r"},
+        given = {"marker": str(home / "{{ trigger.nope }}")}  # a retry would run it: the file says so
+        refused = await squall.executions.record_refused("pol.flaky", given, {"user": "r"},
                                                          ValueError("parameter \"marker\" did not render"))
         assert refused["status"] == "failed"
         assert await squall.executor.recover_retries() == 0
