@@ -361,6 +361,8 @@ class IrcAdapter:
     #: How long `start()` waits for the first registration, and `send()` for a lost connection to return.
     start_wait = 10.0
     send_wait = 10.0
+    #: How long `stop()` waits after its QUIT for the server to close the connection (`_quit_and_wait`).
+    quit_wait = 10.0
     reconnect_min = 1.0
     #: How long `send()` waits for the JOIN of a channel the bot is not in (kicked, or a new route)
     #: before handing the reply back to the outbox to try again, and for each PONG that confirms the
@@ -459,17 +461,35 @@ class IrcAdapter:
         self._tasks = []
         conn = self._conn
         if conn is not None and conn.transport is not None:
+            if conn.connected:
+                await self._quit_and_wait(conn)
             with contextlib.suppress(Exception):
-                if conn.connected:
-                    conn.disconnect("Squall is stopping")
-                else:
-                    conn.transport.close()
+                conn.transport.close()
             try:
                 async with asyncio.timeout(5):
                     await conn.closed.wait()
             except TimeoutError:
                 conn.transport.abort()
                 await asyncio.sleep(0)
+
+    async def _quit_and_wait(self, conn: _Connection) -> None:
+        """QUIT, then wait (`quit_wait` at most) for the server to close the connection, which it does once it
+        has read the QUIT and let go of the nick. Closing at once left the nick held until the server read
+        that far: ngircd reads a client's lines at a few a second, so a QUIT behind a reply's lines waits
+        there for seconds, and a restarted Squall asking for its nick meanwhile was refused (433), ran as
+        `nick_` and, not seeing the old connection quit unless it was in a channel by then, took its nick
+        back only `regain_interval` later."""
+        try:
+            conn.quit("Squall is stopping")
+        except irc.client.ServerNotConnectedError:
+            return
+        try:
+            async with asyncio.timeout(self.quit_wait):
+                await conn.closed.wait()
+        except TimeoutError:
+            log.warning("IRC: %s:%d did not close the connection within %.0fs of the QUIT; closing it: the nick "
+                        "%s may stay taken there until the server notices", self.settings.server,
+                        self.settings.port, self.quit_wait, conn.real_nickname)
 
     async def _supervise(self) -> None:
         """Connect, wait for the connection to end, back off, and connect again, until stopped."""
@@ -1005,7 +1025,8 @@ class IrcAdapter:
                   self.settings.port)
 
     def _on_error(self, conn: Any, event: Any) -> None:
-        log.warning("IRC: the server closes the connection: %s", event.target)
+        # After `stop()`'s QUIT the server's ERROR is its goodbye (`_quit_and_wait`), nothing to warn of.
+        (log.debug if self._stopping else log.warning)("IRC: the server closes the connection: %s", event.target)
 
     def _warn(self, conn: Any, event: Any) -> None:
         log.warning("IRC: %s %s: %s", event.type, event.arguments[0] if event.arguments else "",

@@ -389,6 +389,35 @@ async def test_server_down_at_start_does_not_hold_up_squall(ircd: IrcServer) -> 
         await adapter.stop()
 
 
+async def test_a_restart_registers_under_the_nick_the_stopped_connection_held(ircd: IrcServer) -> None:
+    """A restart (`stop()`, then a new adapter at once) gets its own nick back, not `squall_`. ngircd reads a
+    client's lines at a few a second, so the QUIT of a bot stopped amid a reply waits behind the reply's lines
+    for seconds, and the nick with it: `stop()` returns once the server has read it and closed the connection.
+    Under `squall_` the bot took its nick back only when it saw the old one quit in a channel it had joined by
+    then, or `regain_interval` (30 s) later."""
+    first = IrcAdapter(IrcSettings.from_section(_section(ircd), environ={}))
+    second = IrcAdapter(IrcSettings.from_section(_section(ircd), environ={}))
+    alice = await Person("alice").connect(ircd.port)
+    try:
+        await alice.join("#ops")
+        await first.start(_ignore)
+        assert first.nick == "squall"
+        mark = len(alice.lines)
+        # Long lines: ngircd reads more of a client's socket only once less than a line waits in its buffer,
+        # so it sees the QUIT (and the closed socket) only after working through them, seconds later.
+        text = "\n".join(f"line {n} {'x' * 380}" for n in range(8))
+        sending = asyncio.create_task(first.send(Reply(adapter="irc", channel="#ops", text=text)))
+        await alice.wait_for(lambda words, raw: b"line 0" in raw, start=mark)  # the rest wait at the server
+        await first.stop()  # amid the reply, as the outbox sends when Squall stops
+        await asyncio.gather(sending, return_exceptions=True)
+        await second.start(_ignore)
+        assert second.nick == "squall"
+    finally:
+        await alice.close()
+        await first.stop()
+        await second.stop()
+
+
 async def test_wrong_server_password_is_reported_without_the_password(caplog: pytest.LogCaptureFixture) -> None:
     try:
         context = running_ngircd(password="right-pw-1")
