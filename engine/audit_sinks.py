@@ -644,7 +644,8 @@ class Delivery:
         events reach the sinks before it exits), then close the sinks; an event recorded later is dropped. A
         sink stuck past the wait keeps its thread (a daemon: it ends with the process) and closes when it is
         done. A service process records which sinks took all their events: a stuck one's undelivered events
-        are re-sent at the next start."""
+        are re-sent at the next start, once its progress thread has ended (waited for `drain_seconds` at most):
+        that thread reads the store, which the owner closes next, and kept at it after this returned."""
         if self._closed:
             return
         for lane in self._lanes:
@@ -664,6 +665,8 @@ class Delivery:
                             ", and are re-sent when a service process starts here again" if self._progress else "")
         if self._progress is not None:
             self._stopping.set()
+            if self._saver is not None:
+                self._saver.join(self.drain_seconds)
             self._save(closing=True)
 
 

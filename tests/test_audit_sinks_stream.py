@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,6 +64,37 @@ def test_a_stuck_sink_does_not_hold_another_sinks_events(tmp_path: Path) -> None
         gate.open()
         delivery.close()
     assert gate.seen == [f"e{n}" for n in range(50)]
+
+
+def test_closing_ends_the_progress_thread_before_the_store_is_closed(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service process's delivery reads the newest event id from the store about once a second (`_Progress`);
+    its owner closes the store right after closing the delivery (`Engine.close`). `close` returned while that
+    thread was still reading, so a look begun then went on against the closed store. Now `close` waits for it."""
+    from engine import audit
+
+    reading, go_on = threading.Event(), threading.Event()
+    newest_id = audit.audit_last_id
+
+    def slow_read(store: Store) -> int | None:
+        if threading.current_thread().name == "squall-audit-progress":
+            reading.set()
+            go_on.wait(10)
+        return newest_id(store)
+
+    monkeypatch.setattr(audit, "audit_last_id", slow_read)
+    store = Store.open(f"sqlite:///{tmp_path / 'audit.db'}")
+    try:
+        delivery = Delivery([FileSink(tmp_path / "audit.jsonl", 0, 0)],
+                            progress=audit_sinks._Progress.claim(tmp_path / "data", store))
+        assert reading.wait(10), "the progress thread never looked at the store"
+        threading.Timer(0.3, go_on.set).start()  # the look takes a while (a busy database)
+        delivery.close()
+        assert delivery._saver is not None and not delivery._saver.is_alive(), \
+            "the progress thread still reads the store after the delivery closed"
+    finally:
+        go_on.set()
+        store.close()
 
 
 #: A service process (`squall serve`, `squall worker`: it owns the stream) with `audit.sinks`: it records
