@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from engine.config import ConfigError, load_config
 from engine.jobs import STALLED_SECONDS
-from engine.storage import Store, as_utc
+from engine.storage import Store, as_utc, iso, utcnow
 from tests.conftest import write
 from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
 from tests.pgcluster import free_port
@@ -936,8 +936,11 @@ async def test_the_lead_requests_a_retry_a_killed_worker_never_did(home: Path, p
         await squall.sync_sensors()
         assert squall.sensor_lead
         asked = await squall.executions.request("demo.hello", {"who": "x"})
-        # What a worker that then died committed: the run's failure, and nothing more.
-        store.update_execution(asked["id"], {"status": "failed", "end_timestamp": datetime.now(tz=UTC)})
+        # What a worker that then died committed: the run's failure, and nothing more. (It ran: a request
+        # refused before it ran is never retried, `engine.policies._ran`.)
+        ran = [{"status": "running", "timestamp": iso(utcnow())}, {"status": "failed", "timestamp": iso(utcnow())}]
+        store.update_execution(asked["id"], {"status": "failed", "end_timestamp": datetime.now(tz=UTC),
+                                             "log": [*(asked.get("log") or []), *ran]})
         await _queued_work(squall, sweep=True)
         assert store.get_execution(retry_id(asked["id"])) is None  # a fresh failure is its worker's to retry
 
