@@ -243,6 +243,17 @@ def held_texts(values: Mapping[str, Any], texts: list[str]) -> list[str]:
     return [text for text in texts if scrub(values, [text]) != values]
 
 
+def _shown_values(action: Action, values: Mapping[str, Any], revealed: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """A request's `values` as stored and shown: its secrets masked (`mask`), and the secret parameters' values,
+    the credentials of `headers`, `cookies` and URLs (`credential_texts`) and what `revealed` holds scrubbed
+    wherever else they show, a rendered `cmd` among them. What differs from `values` is what is sealed
+    (`ExecutionService._store`, `record_refused`). Also those texts, for what else must not quote them (an error)."""
+    secret_names = action.secret_names
+    secrets = _scrubbable([*(v for k, v in values.items() if k in secret_names), *credential_texts(values)],
+                          revealed)
+    return scrub(mask(values, secret_names), secrets), secrets
+
+
 def scrubbable(values: Sequence[Any]) -> list[str]:
     """`values` as texts to scrub (`scrub`): those long enough not to mangle output, longest first."""
     return _scrubbable(list(values), [])
@@ -581,12 +592,7 @@ class ExecutionService:
             raise StaleStep(f"workflow {parent}: another worker conducts it now, or it was canceled meanwhile; "
                             "this step stops")
         values = resolution.values
-        secret_names = action.secret_names
-        # The credentials of `headers` and `cookies` (`mask` shows them masked) are scrubbed where else they
-        # show, a rendered `cmd` among them, as a secret parameter's value is.
-        secrets = _scrubbable([*(v for k, v in values.items() if k in secret_names), *credential_texts(values)],
-                              revealed)
-        shown = scrub(mask(values, secret_names), secrets)
+        shown, _texts = _shown_values(action, values, revealed)
         sealed_values = {k: v for k, v in values.items() if shown[k] != v}
         revealed = _scrubbable([], revealed)
         record = {
@@ -1737,9 +1743,7 @@ class ExecutionService:
         if "user" not in context:  # as `request` says who asked
             context = {"user": os.environ.get("USER", "squall"), **context}
         supplied = {k: v for k, v in (parameters or {}).items() if v is not None}
-        secret_names = action.secret_names
-        secrets = _scrubbable([*(v for k, v in supplied.items() if k in secret_names), *credential_texts(supplied)], [])
-        shown = scrub(mask(supplied, secret_names), secrets)
+        shown, secrets = _shown_values(action, supplied, [])
         renders = set(supplied) if render is True else set(render or ()) & set(supplied)
         now = utcnow()
         record = {
