@@ -1235,6 +1235,47 @@ async def test_an_action_chain_calling_itself_stops_at_the_limit_and_cancels_who
     await until(all_canceled, "every ActionChain under the canceled one to end canceled", seconds=60)
 
 
+async def test_a_chain_canceled_while_it_requests_a_task_cancels_that_task(rec: Squall) -> None:
+    """An ActionChain's cancel stops its run's task. Landing while the chain requested its next task, after
+    the child was stored and before it was handed to the executor, it left that child `requested` under
+    the canceled chain, neither run nor canceled (a CI run failed on it). The request completes, and the
+    cancel reaches the child."""
+    rec.workflows.max_depth = 10_000
+    executor = rec.executions.executor
+    handing, hand_over = asyncio.Event(), asyncio.Event()
+    submit = executor.submit
+    held: list[str] = []
+
+    async def submit_held(execution_id: str) -> None:
+        record = await rec.executions.get(execution_id)
+        parent = await rec.executions.get(record["parent"]) if record.get("parent") else None
+        if parent is not None and parent.get("parent") and not held:  # a sub-chain's first task
+            held.append(execution_id)
+            handing.set()
+            await hand_over.wait()
+        await submit(execution_id)
+
+    executor.submit = submit_held  # type: ignore[method-assign]
+    root = await rec.executions.request("rec.chain", {}, {"user": "tester"})
+    await asyncio.wait_for(handing.wait(), 20)
+    assert (await rec.executions.get(held[0]))["status"] == "requested"
+    try:
+        canceling = asyncio.ensure_future(rec.executions.cancel(root["id"]))  # it waits for the chains' tasks
+        await asyncio.sleep(0.2)  # the sub-chain's task is canceled while its request waits to hand the child over
+    finally:
+        hand_over.set()
+    await canceling
+    assert (await rec.executions.wait(root["id"], timeout=60))["status"] == "canceled"
+
+    async def all_ended() -> list[dict[str, Any]] | None:
+        tree = await _descendants(rec, root["id"])
+        return tree if all(row["status"] in ("canceled", "failed", "succeeded") for row in tree) else None
+
+    tree = await until(all_ended, "every execution under the canceled chain to end", seconds=20)
+    assert held[0] in {row["id"] for row in tree}
+    assert {row["status"] for row in tree} == {"canceled"}
+
+
 async def test_a_canceled_action_chain_calling_itself_keeps_a_bounded_result(rec: Squall) -> None:
     """A canceled chain's result held its task's result whole, the canceled sub-chain's, which held its
     own, and so on down: a chain that called itself, canceled ~150 deep, nested past what the JSON

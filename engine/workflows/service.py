@@ -323,10 +323,15 @@ class Flow:
             await self._seal_revealed()
             secrets = (*self.secrets, *self.revealed)
             deep = {call.key: why for call in calls if (why := self._too_deep(call)) is not None}
-            outcomes = await asyncio.gather(*(
+            requests = asyncio.gather(*(
                 self._refused(deep[c.key]) if c.key in deep else self.service.executions.request(
                     c.ref, c.parameters, self._child_context(c), parent=self.id, delay=c.delay, secrets=secrets)
                 for c in calls), return_exceptions=True)
+            try:
+                outcomes = await asyncio.shield(requests)
+            except asyncio.CancelledError:
+                self._known_live(calls, await requests)
+                raise
             self._pauses_asked()
             requested, calls, fresh = calls, [], []
             for call, outcome in zip(requested, outcomes, strict=True):
@@ -344,6 +349,15 @@ class Flow:
                     fresh.append(outcome["id"])
             if self.cancel_requested and fresh:  # canceled while they were requested: they stop too
                 await self.service.cancel_all(fresh, graceful=True)
+
+    def _known_live(self, calls: list[TaskCall], outcomes: list[Any]) -> None:
+        """The run's task was canceled while these calls were requested (an ActionChain's cancel stops its
+        task): the requests complete (shielded), and the children they stored are known live, so the
+        cancel's `cancel_children` reaches them. Interrupted instead, a child stored but not yet handed
+        over stayed `requested` under its canceled workflow, neither run nor canceled."""
+        for call, outcome in zip(calls, outcomes, strict=True):
+            if isinstance(outcome, dict) and outcome["status"] not in COMPLETED:
+                self.live[outcome["id"]] = call.key
 
     def _config_secrets_held(self, calls: list[TaskCall]) -> None:
         """Join to `revealed` the secret config values of the workflow's pack that the calls' parameters hold,
