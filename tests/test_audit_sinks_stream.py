@@ -32,7 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _lines(path: Path) -> list[dict]:
-    return [json.loads(text) for text in path.read_text().splitlines()] if path.exists() else []
+    """The events a file sink wrote whole. Read while a sink writes, the file may end in part of a line
+    (a reader can see a write's first page before its last): that line is not written yet."""
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
 
 
 def _eventually(check: Callable[[], bool], seconds: float = 30.0) -> bool:
