@@ -299,10 +299,10 @@ class Engine:
         self.leader.close()
         await self.inquiries.close()
         await self.python.close()
-        self.db.close()
-        self.store.close()
-        for sink in self.audit_sinks:
+        self.db.close()  # its last writes' audit events reach the sinks
+        for sink in self.audit_sinks:  # before the store: a sink's progress thread reads it (`Delivery.close`)
             sink.close()
+        self.store.close()
         tracing.flush()
 
 

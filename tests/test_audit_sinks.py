@@ -903,3 +903,20 @@ def test_no_sinks_no_thread(home: Path) -> None:
         assert store.audit_listeners == [] and threading.active_count() == threads
     finally:
         store.close()
+
+
+async def test_closing_squall_closes_the_sinks_before_the_store(home: Path) -> None:
+    """A sink's delivery reads the store while it runs (its progress, about once a second) and at its close;
+    `Engine.close` closed the store first, so a sink could read a closed store. Now the sinks close after
+    the database's last writes (whose events they deliver) and before the store."""
+    squall = await Squall.start(load_config(_with(home, "    - {type: file, path: data/audit.jsonl}\n")))
+    closed: list[str] = []
+    store_close = squall.store.close
+    squall.store.close = lambda: (closed.append("store"), store_close())[1]  # type: ignore[method-assign]
+    for sink in squall.audit_sinks:
+        sink_close = sink.close
+        sink.close = lambda close=sink_close: (closed.append("sink"), close())[1]  # type: ignore[method-assign]
+    await squall.db(squall.store.audit_add, "api.key.set", "ops", "api", "k1", {})
+    await squall.close()
+    assert squall.audit_sinks and closed == ["sink"] * len(squall.audit_sinks) + ["store"]
+    assert [entry["target"] for entry in _all_lines(home)] == ["k1"]
