@@ -1356,7 +1356,7 @@ class ExecutionService:
             raise ExecutionStateError(f'execution {record["id"]} is already {status}; it cannot be canceled')
         if (status in ("running", "canceling", "pausing", "resuming")
                 and record["id"] not in getattr(self.executor, "running", ())
-                and self._owner_state(record.get("runner_info")) == "gone"):
+                and self.owner_state_of(record.get("runner_info")) == "gone"):
             # Nobody runs it any more (its process died, or the host was renamed and restarted):
             # canceled at once, instead of `canceling` for an owner that never looks again.
             done = await self._cancel_orphan(record, _audited_as(audit, record, {"status": "canceled"}))
@@ -1475,7 +1475,7 @@ class ExecutionService:
                                   secrets=revealed, audit=audit)
 
     # -- ownership ---------------------------------------------------------------------
-    def _owner_state(self, info: Mapping[str, Any] | None) -> str:
+    def owner_state_of(self, info: Mapping[str, Any] | None) -> str:
         """Who holds an execution this process did not start: "here" (this process), "alive" (a
         live process on this machine), "gone", "elsewhere" (another host's, PostgreSQL only), or
         "queued" (a workflow between steps under the scale-out executor: no process holds it).
@@ -1529,7 +1529,7 @@ class ExecutionService:
             if row["id"] in running_here:
                 continue
             info = row.get("runner_info") or {}
-            state = self._owner_state(info)
+            state = self.owner_state_of(info)
             if state in ("alive", "queued"):
                 continue  # another Squall process on this machine (a CLI run) still owns it, or a job
             if state == "elsewhere":
@@ -1688,7 +1688,7 @@ class ExecutionService:
                         await runner.pause(row["id"])
             elif (row.get("runner_info") or {}).get("pid") == os.getpid():
                 await self._cancel_here(row["id"])
-            elif self._owner_state(row.get("runner_info")) == "gone":
+            elif self.owner_state_of(row.get("runner_info")) == "gone":
                 record = await self.db(self.db.store.get_execution, row["id"])
                 if record is not None and record["status"] == "canceling":
                     await self._cancel_orphan(record)
@@ -1707,7 +1707,7 @@ class ExecutionService:
         ended = 0
         for row in rows:
             info = row.get("runner_info") or {}
-            if row["id"] in running_here or "job_id" in info or self._owner_state(info) != "gone":
+            if row["id"] in running_here or "job_id" in info or self.owner_state_of(info) != "gone":
                 continue
             outcome = await self._end_orphaned(row)
             if outcome is not None:

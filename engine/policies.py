@@ -353,7 +353,7 @@ class PolicyExecutor:
         db = self.executions.db
         rows = await db(_live_rows, db.store, actions)
         return [row["id"] for row in rows if self.executions.resumable(row["runner"])
-                and self.executions._owner_state(row["runner_info"]) == "gone"]
+                and self.executions.owner_state_of(row["runner_info"]) == "gone"]
 
     async def _recovered(self) -> None:
         """At the end of `ExecutionService.recover`: what it conducts on was submitted, and holds its

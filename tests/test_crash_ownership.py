@@ -413,22 +413,22 @@ async def test_the_owner_is_the_process_not_the_host_name(squall: Squall) -> Non
     live = subprocess.Popen(["sleep", "30"])
     try:
         mine = _owner()
-        assert executions._owner_state(mine) == "here"
-        assert executions._owner_state(_owner(pid=live.pid, started=start_time(live.pid))) == "alive"
+        assert executions.owner_state_of(mine) == "here"
+        assert executions.owner_state_of(_owner(pid=live.pid, started=start_time(live.pid))) == "alive"
         renamed = _owner(hostname="another-name", pid=live.pid, started=start_time(live.pid))
-        assert executions._owner_state(renamed) == "alive"
+        assert executions.owner_state_of(renamed) == "alive"
         # The same pid started at another time is another process: its owner is gone.
-        assert executions._owner_state(_owner(pid=live.pid, started=start_time(live.pid) - 1)) == "gone"
-        assert executions._owner_state(_owner(pid=_dead_pid())) == "gone"
-        assert executions._owner_state(_owner(boot_id="another-boot")) == "gone"
-        assert executions._owner_state({"hostname": "another-name", "pid": _dead_pid()}) == "gone"  # before
-        assert executions._owner_state(None) == "gone"
+        assert executions.owner_state_of(_owner(pid=live.pid, started=start_time(live.pid) - 1)) == "gone"
+        assert executions.owner_state_of(_owner(pid=_dead_pid())) == "gone"
+        assert executions.owner_state_of(_owner(boot_id="another-boot")) == "gone"
+        assert executions.owner_state_of({"hostname": "another-name", "pid": _dead_pid()}) == "gone"  # before
+        assert executions.owner_state_of(None) == "gone"
         squall.db.store.is_sqlite = False  # PostgreSQL: another host's processes are not ours to judge
         try:
-            assert executions._owner_state(_owner(hostname="another-name", boot_id="another-boot")) == "elsewhere"
-            assert executions._owner_state(_owner(boot_id="another-boot")) == "gone"  # this host, rebooted
-            assert executions._owner_state(renamed) == "alive"  # this machine, renamed
-            assert executions._owner_state({"hostname": "another-name", "pid": 1}) == "elsewhere"
+            assert executions.owner_state_of(_owner(hostname="another-name", boot_id="another-boot")) == "elsewhere"
+            assert executions.owner_state_of(_owner(boot_id="another-boot")) == "gone"  # this host, rebooted
+            assert executions.owner_state_of(renamed) == "alive"  # this machine, renamed
+            assert executions.owner_state_of({"hostname": "another-name", "pid": 1}) == "elsewhere"
         finally:
             squall.db.store.is_sqlite = True
     finally:
@@ -449,14 +449,14 @@ async def test_another_containers_owner_is_alive_while_it_holds_its_owner_file(s
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"\n"
         assert owner_file_state(executions.ledger, other) == "held"
-        assert executions._owner_state(other) == "alive"
+        assert executions.owner_state_of(other) == "alive"
     finally:
         holder.kill()
         holder.communicate()
     assert owner_file_state(executions.ledger, other) == "free"
-    assert executions._owner_state(other) == "gone"
+    assert executions.owner_state_of(other) == "gone"
     path.unlink()
-    assert executions._owner_state(other) == "gone"  # SQLite: one machine, so a missing file is a dead owner
+    assert executions.owner_state_of(other) == "gone"  # SQLite: one machine, so a missing file is a dead owner
 
 
 def _group(seconds: int = 30) -> subprocess.Popen[bytes]:
