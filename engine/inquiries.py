@@ -22,6 +22,8 @@ One of them names the responder by the rule `auth` grants by (`engine.identity`)
 IRC nick only, never the API's or the web's carol, nor an API user named `irc:carol`. Whether someone may
 answer at all (those, then `self_approval`, then once per person) is `why_not`: `respond` refuses by it, and
 the chat and the web ask it before they offer or take an answer, so they offer what it takes, in its words.
+Before it, `respond` refuses any answer to an inquiry whose workflow conducts nothing more (it ended, or it or
+a workflow above it is canceling or canceled: `stopped_workflow`), and ends that inquiry `canceled`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from engine.storage import iso, utcnow
 
 if TYPE_CHECKING:
     from engine.executions import AuditEntry, ExecutionService
+    from engine.storage import Store
     from engine.triggers import TriggerService
 
 log = logging.getLogger(__name__)
@@ -258,6 +261,22 @@ def _same(who: str | None, other: str | None, by_name: str | None) -> bool:
     return bare_name(other) == bare_name(who) if by_name is not None else other == who
 
 
+def stopped_workflow(store: Store, workflow_id: str) -> dict[str, Any] | None:
+    """The workflow that makes an answer to an inquiry of `workflow_id` pointless, or None (on the database
+    thread, one call): `workflow_id` itself if it ended (any end) or is canceling, as recovery cancels what
+    is left under an ended workflow; else the first workflow above it that is canceling or canceled
+    (`canceled_above`), whatever the levels between say: a cancel that failed midway leaves them `paused`."""
+    from engine.executions import COMPLETED
+    from engine.workflows.service import canceled_above  # that module imports this one
+
+    workflow = store.get_execution(workflow_id)
+    if workflow is None:
+        return None
+    if workflow["status"] == "canceling" or workflow["status"] in COMPLETED:
+        return workflow
+    return canceled_above(store, workflow.get("parent"))
+
+
 class InquiryService:
     """Lists, answers and expires inquiries; publishes `INQUIRY_PENDING` for new ones (chat asks them)."""
 
@@ -366,6 +385,7 @@ class InquiryService:
         if record["status"] != "pending":
             why = "it expired" if record["status"] == "timeout" else f"it is {record['status']}"
             raise InquiryError(f'inquiry {record["id"]} cannot be answered: {why}', 409)
+        await self._refuse_if_workflow_stopped(record)
         stored = await self._stored(record)
         result = record.get("result") or {}
         if stored is not None:
@@ -404,6 +424,26 @@ class InquiryService:
         if done is None:
             raise InquiryError(f'inquiry {record["id"]} was answered or expired meanwhile', 409)
         return public(done)
+
+    async def _refuse_if_workflow_stopped(self, record: dict[str, Any]) -> None:
+        """Refuse an answer to an inquiry whose workflow conducts nothing more (`stopped_workflow`): the
+        inquiry is ended `canceled`, as the workflow's cancel (or recovery, under an ended one) ends it,
+        and the InquiryError (409) names the workflow and its status. Taken, the answer ran the
+        workflow's branch inside a tree that had been canceled, or woke a workflow that had ended."""
+        if not record.get("parent"):
+            return
+        executions = self.executions
+        stopped = await executions.db(stopped_workflow, executions.db.store, record["parent"])
+        if stopped is None:
+            return
+        what = f'{stopped["id"]} ({stopped["action"]})'
+        where = (f"its workflow {what} is {stopped['status']}" if stopped["id"] == record["parent"] else
+                 f"workflow {what}, which its workflow {record['parent']} runs under, is {stopped['status']}")
+        ended = await executions.complete(record["id"], "canceled", {
+            **(record.get("result") or {}), "error": f"it can no longer be answered: {where}"},
+            ("pending",))
+        raise InquiryError(f'inquiry {record["id"]} cannot be answered: {where}, so nothing would act on the '
+                           "answer" + ("; the inquiry is canceled with it" if ended is not None else ""), 409)
 
     async def _stored(self, record: Mapping[str, Any]) -> dict[str, Any] | None:
         """The inquiry's row as stored, its `sealed` column with it, when its schema has a secret (its answers

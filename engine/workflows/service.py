@@ -1070,13 +1070,13 @@ class WorkflowService:
             _CANCEL_WALK.reset(token)
 
     async def _parent_canceled(self, record: Mapping[str, Any]) -> bool:
-        """Whether the workflow that started this one is canceling or canceled: a sub-workflow started
-        (or resumed after a restart) under it then requests nothing, at every depth."""
-        parent_id = record.get("parent")
-        if not parent_id:
+        """Whether a workflow above this one, at any height, is canceling or canceled: a sub-workflow
+        started (or resumed) under it then requests nothing. Not only the workflow that started it: a
+        cancel that failed midway, or a crash, leaves the levels between `paused` or `running` under the
+        canceled root, and a grandchild resumed meanwhile conducted on inside the canceled tree."""
+        if not record.get("parent"):
             return False
-        parent = await self.executions.db(self.executions.db.store.get_execution, parent_id)
-        return parent is not None and parent["status"] in ("canceling", "canceled")
+        return await self.executions.db(canceled_above, self.executions.db.store, record["parent"]) is not None
 
     async def cancel_child(self, child_id: str, graceful: bool = False) -> None:
         from engine.executions import ExecutionStateError
@@ -1221,6 +1221,23 @@ class WorkflowService:
         # execution is requested, scheduled, running or canceling (`_get_execution_result`): told `resuming`,
         # `st2 execution re-run --tasks` returned at once, exit 0, however the re-run then ended.
         return {**answer, "status": "requested"} if answer["status"] == "resuming" else answer
+
+
+def canceled_above(store: Store, execution_id: str | None) -> dict[str, Any] | None:
+    """The first of `execution_id` and the workflows above it, up to its root, that is canceling or
+    canceled (its record), or None. On the database thread, one call whatever the depth: a loop over
+    `parent` ids, one lookup each, no recursion, for a tree (a workflow that calls itself) may be
+    thousands deep. An id met twice (a corrupt loop of parents) ends the walk."""
+    seen: set[str] = set()
+    while execution_id and execution_id not in seen:
+        seen.add(execution_id)
+        record = store.get_execution(execution_id)
+        if record is None:
+            return None
+        if record["status"] in ("canceling", "canceled"):
+            return record
+        execution_id = record.get("parent")
+    return None
 
 
 def _reset_with(store: Store, record: dict[str, Any], fields: dict[str, Any], audit: AuditEntry | None) -> bool:
