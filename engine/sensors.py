@@ -7,7 +7,8 @@ parent, which stores every instance before processing it, exactly as webhooks an
 output goes to Squall's log, masked of the secrets it was given or has decrypted, its control characters
 escaped (`engine.logs.printable`), at most `LOG_LINES_PER_SECOND` lines and `LOG_BYTES_PER_SECOND` bytes
 a second, so a sensor stuck printing holds neither the log nor the loop. A sensor whose `setup()` has not
-returned after `SETUP_WARNING` seconds is said to dispatch nothing yet, and said again when it starts.
+returned after `SETUP_WARNING` seconds is said to dispatch nothing yet, and said again when it starts;
+meanwhile `SensorContainer.state` tells it "stuck in setup", which the API shows beside `enabled`.
 
 A sensor leads a process group of its own. What it starts (`tail -F`, a watcher) inherits its
 output and stays in that group, so the container waits for the sensor process itself to exit,
@@ -89,7 +90,8 @@ LOG_BYTES_PER_SECOND = _LOG_LINE_LIMIT
 #: Seconds after its start by which a sensor is expected to have finished `setup()` (and the `add_trigger()`
 #: of the triggers it starts with); one that has not is said once to dispatch nothing yet. A `setup()` stuck
 #: (a broker connected to without a timeout) was otherwise never reported: no error, no exit, its triggers
-#: silently never came, and the API listed it enabled. Long enough for a slow start's connections and retries.
+#: silently never came, and the API listed it enabled (its `state` now says "stuck in setup"). Long enough
+#: for a slow start's connections and retries.
 SETUP_WARNING = 30.0
 #: Seconds in which one sensor's same bad dispatch (an unknown trigger, an invalid payload) is logged once;
 #: the ones like it are counted and the count logged as they end (`_Repeats`). One line per dispatch made a
@@ -460,6 +462,9 @@ class _Running:
     failure: str | None = None
     #: Its bad dispatches said so far (`_Repeats`), made at the first; kept across its lives.
     repeats: _Repeats | None = None
+    #: Whether it waits to be started again after a life that ended other than by a stop or its run()
+    #: returning (a crash, a signal, a start that failed): `SensorContainer.state`'s "failed".
+    restarting: bool = False
 
     def send(self, message: dict[str, Any]) -> None:
         if self.writer is not None and not self.writer.is_closing():
@@ -558,6 +563,26 @@ class SensorContainer:
             changed.append(ref)
         return changed
 
+    def state(self, ref: str) -> str:
+        """What the sensor `ref` is doing in this container, which `enabled` (what its pack file asks) does not
+        tell: a sensor stuck in `setup()` was listed `enabled: true` by the API, with nothing saying it
+        dispatched nothing. "starting" (its process starting, or in `setup()` for less than `setup_warning`),
+        "stuck in setup" (in `setup()` for longer, as `_setup_slow` warns), "running" (`setup()` returned),
+        "failed" (its process ended otherwise than by a stop or its run() returning, or could not start, and it
+        waits to be started again) or "stopped" (not run here: disabled, not startable, its run() returned,
+        being stopped). Only the process that leads runs sensors: in any other, every one is "stopped"."""
+        running = self.running.get(ref)
+        if running is None or running.stopping or running.task is None or running.task.done():
+            return "stopped"
+        process = running.process
+        if process is not None and process.returncode is None:
+            if running.ran:
+                return "running"
+            return "stuck in setup" if running.setup_late else "starting"
+        if process is not None and process.returncode == 0 and running.returned:
+            return "stopped"  # its run() returned: its supervisor reads what it left, then ends
+        return "failed" if running.restarting or process is not None else "starting"
+
     async def stop(self) -> None:
         """Stop every sensor (serve's end, the lead lost); a sync under way first gives up."""
         self._stops += 1
@@ -645,7 +670,11 @@ class SensorContainer:
                 log.info("sensor %s finished (its run() returned)", spec.ref)
                 return
             metrics.count(metrics.sensor_restarts, spec.ref)
-            await asyncio.sleep(self._next_start(running, started, why))
+            running.restarting = True
+            try:
+                await asyncio.sleep(self._next_start(running, started, why))
+            finally:
+                running.restarting = False
 
     def _next_start(self, running: _Running, started: float, why: str) -> float:
         """The seconds before the sensor starts again, said in the log: `load_retry` when its module could not

@@ -13,12 +13,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bot.app import Squall
+from bot.http import create_api
 from engine.sensors import SensorContainer
 from tests.conftest import write
 from tests.test_rules import make_pack, started
@@ -1350,6 +1353,92 @@ async def test_a_sensor_stuck_in_setup_is_said_once_to_dispatch_nothing_and_agai
         assert len(said("has not finished its setup()")) == 1
     finally:
         await squall.close()
+
+
+BROKEN = '''
+from st2reactor.sensor.base import Sensor
+
+
+class Broken(Sensor):
+    def setup(self):
+        raise RuntimeError("the broker refused the connection")
+
+    def run(self):
+        pass
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+'''
+
+
+async def test_the_api_tells_a_sensor_stuck_in_setup_beside_enabled(home: Path) -> None:
+    """`/api/v1/sensortypes` listed a sensor stuck in setup() `enabled: true`, with nothing telling it
+    dispatched nothing. `enabled` still says what the pack file says, every key StackStorm's clients read as it
+    was; Squall's `state` says what the sensor does: "starting", "stuck in setup" once `setup_warning` has
+    passed, "running" once setup() returned, "failed" while one that crashed waits to start again, "stopped"
+    for one not run. A process that does not run the sensors cannot tell, and leaves `state` out."""
+    key = "sensor-state-key"
+    config = home / "config.yml"
+    config.write_text(config.read_text() + f"  keys: [{key}]\n")  # under its `api:`
+    go = home / "go"
+    pack = make_pack(home, {})
+    add_sensor(pack, "Stuck", SETUP_GATED.format(name="Stuck", go=str(go), trigger="stuck"))
+    add_sensor(pack, "Quick", SETUP_GATED.format(name="Quick", go=str(home), trigger="quick"))
+    add_sensor(pack, "Broken", BROKEN)
+    add_sensor(pack, "Idle", SETUP_GATED.format(name="Idle", go=str(home), trigger="idle"))
+    idle = pack / "sensors" / "idle.yaml"
+    idle.write_text(idle.read_text() + "enabled: false\n")
+    squall = await started(home)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(squall)),
+                                     base_url="http://squall", headers={"St2-Api-Key": key}) as client:
+
+            async def listed() -> dict[str, dict[str, Any]]:
+                answer = await client.get("/api/v1/sensortypes", params={"pack": "demo"})
+                assert answer.status_code == 200, answer.text
+                return {sensor["ref"]: sensor for sensor in answer.json()}
+
+            async def states() -> dict[str, str | None]:
+                return {ref: sensor.get("state") for ref, sensor in (await listed()).items()}
+
+            def without_state(sensors: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+                return {ref: {k: v for k, v in sensor.items() if k != "state"} for ref, sensor in sensors.items()}
+
+            unknown = await listed()  # no sensor runs in this process yet: it does not lead
+            assert len(unknown) == 4 and not any("state" in sensor for sensor in unknown.values()), unknown
+
+            sensors_for(squall, setup_warning=0.5, backoff=60)
+            await squall.sync_sensors()
+            assert (await states())["demo.Stuck"] == "starting"
+            wanted = {"demo.Stuck": "stuck in setup", "demo.Quick": "running", "demo.Broken": "failed",
+                      "demo.Idle": "stopped"}
+            assert await eventually(lambda: _equals(states(), wanted)), await states()
+            shown = await listed()
+            assert without_state(shown) == unknown  # the keys StackStorm's clients read are as they were
+            assert shown["demo.Stuck"]["enabled"] is True and shown["demo.Idle"]["enabled"] is False
+            one = await client.get("/api/v1/sensortypes/demo.Stuck")
+            assert one.status_code == 200 and one.json() == shown["demo.Stuck"], one.text
+
+            go.touch()  # its setup() returns at last
+            assert await eventually(lambda: _equals(states(), {**wanted, "demo.Stuck": "running"})), await states()
+
+            await squall.sensors.stop()
+            assert set((await states()).values()) == {"stopped"}
+    finally:
+        await squall.close()
+
+
+async def _equals(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
 
 
 ESCAPES = '''

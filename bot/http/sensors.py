@@ -6,6 +6,11 @@
 `/sensortypes/{ref_or_id}`. The list is what `engine.sensors.load_sensors` reads from the registry,
 the sensors `squall serve` runs (enabled or not), sorted by pack and name as StackStorm sorts it.
 
+`enabled` is what the pack file says, as in StackStorm. Squall adds `state`, what the sensor is doing
+(`engine.sensors.SensorContainer.state`: `starting`, `stuck in setup`, `running`, `failed`, `stopped`):
+a sensor stuck in its `setup()` was listed `enabled: true` with nothing telling it dispatched nothing.
+Only the process that leads runs the sensors, so only its API knows; another's leaves `state` out.
+
 A sensor is switched on or off in its pack file, so `st2 sensor enable|disable` (`PUT`) is a 405
 naming that file: Squall keeps no sensor the API could change."""
 
@@ -44,16 +49,24 @@ def _entry_point(spec: SensorSpec, registry: Registry) -> str:
     return ".".join((*module.with_suffix("").parts, spec.class_name))
 
 
-def sensor_type_public(spec: SensorSpec, registry: Registry) -> dict[str, Any]:
+def sensor_type_public(spec: SensorSpec, registry: Registry, state: str | None = None) -> dict[str, Any]:
     """A sensor as StackStorm's API shows it; `poll_interval` only where the file gives one, as there;
-    `metadata_file` relative to its pack (`sensors/watch.yaml`) as an action's is (`in_pack`)."""
+    `metadata_file` relative to its pack (`sensors/watch.yaml`) as an action's is (`in_pack`); and Squall's
+    `state` (`sensor_state`) where this process knows it."""
     document = {"id": sensor_type_id(spec.ref), "uid": f"sensor_type:{spec.pack}:{spec.class_name}",
                 "ref": spec.ref, "pack": spec.pack, "name": spec.class_name, "class_name": spec.class_name,
                 "entry_point": _entry_point(spec, registry), "artifact_uri": f"file://{spec.file}",
                 "description": spec.description, "poll_interval": spec.poll_interval, "enabled": spec.enabled,
                 "trigger_types": list(spec.trigger_types),
-                "metadata_file": in_pack(spec.metadata_file, spec.pack, registry)}
+                "metadata_file": in_pack(spec.metadata_file, spec.pack, registry), "state": state}
     return {key: value for key, value in document.items() if value is not None}
+
+
+def sensor_state(request: Request, spec: SensorSpec) -> str | None:
+    """What the sensor is doing (`SensorContainer.state`), which `enabled` does not say; None in a process
+    that does not lead, whose container runs no sensor and so cannot tell (the leader's runs it)."""
+    squall = api_state(request).squall
+    return squall.sensors.state(spec.ref) if squall.sensor_lead else None
 
 
 def _sensors(request: Request) -> list[SensorSpec]:
@@ -72,7 +85,7 @@ async def list_sensor_types(request: Request, response: Response, pack: str | No
               if pack in (None, spec.pack) and name in (None, spec.class_name)
               and enabled in (None, spec.enabled) and (trigger is None or trigger in spec.trigger_types)]
     registry = api_state(request).squall.registry
-    return [sensor_type_public(spec, registry) for spec in paging.page(chosen, response)]
+    return [sensor_type_public(spec, registry, sensor_state(request, spec)) for spec in paging.page(chosen, response)]
 
 
 def _find_sensor(request: Request, ref_or_id: str) -> SensorSpec:
@@ -88,7 +101,8 @@ def _find_sensor(request: Request, ref_or_id: str) -> SensorSpec:
 
 @router.get("/sensortypes/{ref_or_id}", tags=["sensors"])
 async def get_sensor_type(ref_or_id: str, request: Request) -> dict[str, Any]:
-    return sensor_type_public(_find_sensor(request, ref_or_id), api_state(request).squall.registry)
+    spec = _find_sensor(request, ref_or_id)
+    return sensor_type_public(spec, api_state(request).squall.registry, sensor_state(request, spec))
 
 
 @router.put("/sensortypes/{ref_or_id}", tags=["sensors"])
