@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bot.app import Squall
-from engine.compat.squall_paths import ST2_BIN
+from engine.compat.squall_paths import ST2_BIN, ST2_VIRTUALENVS
 from tests.conftest import write
 
 pytestmark = pytest.mark.skipif(os.path.exists(ST2_BIN), reason="this host has StackStorm's interpreter, "
@@ -59,7 +59,17 @@ def home(home: Path) -> Path:
         entry_point: flagged.py
     """)
     write(pack / "actions" / "flagged.py", f"#! {ST2_BIN}/python3 -O \r\n{REPORT}")
-    for script in ("report.py", "flagged.py"):
+    for name, venv in (("own", "playbooks"), ("other", "tools")):  # a pack virtualenv's python, under StackStorm's root
+        write(pack / "actions" / f"{name}_venv.yaml", f"""
+            name: {name}_venv
+            runner_type: local-shell-script
+            entry_point: {name}_venv.py
+            parameters:
+              who: {{type: string}}
+              target: {{type: string, position: 0}}
+        """)
+        write(pack / "actions" / f"{name}_venv.py", f"#!{ST2_VIRTUALENVS}/{venv}/bin/python\n{REPORT}")
+    for script in ("report.py", "flagged.py", "own_venv.py", "other_venv.py"):
         (pack / "actions" / script).chmod(0o644)  # as a pack unpacked without modes, which Squall used to chmod
     return home
 
@@ -104,3 +114,36 @@ async def test_the_argument_of_the_line_is_passed_to_the_interpreter(squall: Squ
     shown = done["result"]["stdout"]
     assert shown["optimize"] == 1, shown
     assert len(shown["argv"]) == 1 and os.path.samefile(shown["argv"][0], home / "packs/playbooks/actions/flagged.py")
+
+
+@pytest.mark.skipif(os.path.exists(ST2_VIRTUALENVS), reason="this host has StackStorm's virtualenvs")
+async def test_a_script_naming_a_stackstorm_virtualenvs_python_runs_with_squalls_own(squall: Squall,
+                                                                                     home: Path) -> None:
+    """`#!/opt/stackstorm/virtualenvs/<pack>/bin/python` (Exchange packs' scripts) was not translated, and the
+    kernel refused it ("No such file or directory"). Without that virtualenv under `packs.virtualenvs_path`,
+    Squall's interpreter runs it, given the script and its parameters as the kernel would have, the pack's
+    file neither rewritten nor made executable."""
+    script = home / "packs" / "playbooks" / "actions" / "own_venv.py"
+    before = script.read_bytes(), stat.S_IMODE(script.stat().st_mode)
+    marker = home / "marker"
+    who, target = f"$(touch {marker})", f"`touch {marker}` two words"
+    done = await run(squall, "playbooks.own_venv", {"who": who, "target": target})
+    assert done["status"] == "succeeded", done["result"]
+    shown = done["result"]["stdout"]
+    assert os.path.samefile(shown["executable"], sys.executable), shown
+    assert os.path.samefile(shown["argv"][0], script) and shown["argv"][1:] == [f"--who={who}", target], shown
+    assert not marker.exists()
+    assert (script.read_bytes(), stat.S_IMODE(script.stat().st_mode)) == before
+
+
+@pytest.mark.skipif(os.path.exists(ST2_VIRTUALENVS), reason="this host has StackStorm's virtualenvs")
+async def test_a_script_naming_a_stackstorm_virtualenv_runs_with_that_packs_virtualenv(squall: Squall) -> None:
+    """The virtualenv the line names is the one used, under `packs.virtualenvs_path`: the script's own pack's,
+    or another pack's it names (`tools`), not the running pack's."""
+    venvs = squall.config.virtualenvs_path
+    for pack in ("playbooks", "tools"):
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venvs / pack)], check=True)
+    for ref, venv in (("playbooks.own_venv", "playbooks"), ("playbooks.other_venv", "tools")):
+        done = await run(squall, ref, {"target": "x"})
+        assert done["status"] == "succeeded", done["result"]
+        assert os.path.samefile(done["result"]["stdout"]["prefix"], venvs / venv), (ref, done["result"])

@@ -45,10 +45,12 @@ Part = tuple[str | None, str]
 
 #: How much of a script's first line the kernel reads for its `#!` (BINPRM_BUF_SIZE).
 SHEBANG_LIMIT = 256
-#: A `#!` line naming StackStorm's own interpreter (`python`, `python3`, `python3.8`), with the one argument
-#: the kernel would pass it (the rest of the line), trailing blanks removed.
-_ST2_SHEBANG = re.compile(rb"#![ \t]*(" + re.escape(ST2_BIN.encode()) + rb"/python(?:[23](?:\.[0-9]+)?)?)"
-                          rb"(?:[ \t]+(.+))?")
+#: A `#!` line naming StackStorm's own interpreter or a pack virtualenv's under StackStorm's root
+#: (`/opt/stackstorm/virtualenvs/<pack>/bin/python`: its `pack`), `python`, `python3` or `python3.8`, with the
+#: one argument the kernel would pass it (the rest of the line), trailing blanks removed.
+_ST2_SHEBANG = re.compile(rb"#![ \t]*(?P<path>(?:" + re.escape(ST2_BIN.encode()) + rb"|"
+                          + re.escape(ST2_VIRTUALENVS.encode()) + rb"/(?P<pack>[\w-]+)/bin)"
+                          rb"/python(?:[23](?:\.[0-9]+)?)?)(?:[ \t]+(?P<argument>.+))?")
 
 
 def _named_value(value: Any) -> str:
@@ -365,22 +367,28 @@ def _too_long_together(argv: list[str], env: Mapping[str, str]) -> str:
 
 
 def _st2_interpreter(first_line: bytes, venv: Path | None) -> list[str] | None:
-    """What runs a script whose `first_line` names StackStorm's own interpreter (`squall_paths.ST2_BIN`),
-    which a Squall host does not have: the Exchange's ansible pack starts `#!/opt/stackstorm/st2/bin/python`,
-    and its scripts could not start. The pack's virtualenv python (`venv`), else Squall's own, then the `#!`
-    line's argument if it has one, as the kernel passes it; None for any other first line, or where that
-    interpreter really is (a link an administrator made wins, as for `/opt/stackstorm/packs`)."""
+    """What runs a script whose `first_line` names StackStorm's own interpreter (`squall_paths.ST2_BIN`) or
+    a pack virtualenv's python under StackStorm's root (`ST2_VIRTUALENVS/<pack>/bin/python`), which a Squall
+    host does not have: the Exchange's ansible pack starts `#!/opt/stackstorm/st2/bin/python`, other Exchange
+    packs `#!/opt/stackstorm/virtualenvs/<pack>/bin/python`, and their scripts could not start ("No such file or
+    directory"). The pack's virtualenv python (`venv`; for a virtualenv's line, that of the pack it names, kept
+    beside `venv` under `packs.virtualenvs_path`), else Squall's own, then the `#!` line's argument if it has
+    one, as the kernel passes it; None for any other first line, or where that interpreter really is (a link
+    an administrator made wins, as for `/opt/stackstorm/packs`)."""
     match = _ST2_SHEBANG.fullmatch(first_line.rstrip(b" \t\r\n"))
-    if match is None or os.access(os.fsdecode(match[1]), os.X_OK):
+    if match is None or os.access(os.fsdecode(match["path"]), os.X_OK):
         return None
+    if venv is not None and match["pack"]:
+        venv = venv.parent / os.fsdecode(match["pack"])
     python = interpreter(venv) if venv is not None else sys.executable
-    return [python, *([os.fsdecode(match[2])] if match[2] else [])]
+    return [python, *([os.fsdecode(match["argument"])] if match["argument"] else [])]
 
 
 def _command_parts(request: RunRequest, venv: Path | None = None) -> tuple[list[Part], dict[str, str]]:
     """The command line (each part with the parameter it comes from) and the variables a `cmd`'s values
-    travel in; a script naming StackStorm's interpreter is handed to the pack's (`venv`'s, `_st2_interpreter`),
-    the file left as it is. Raises `EmptyCommand` or `TemplateRenderError` for a `cmd` that cannot run."""
+    travel in; a script naming StackStorm's interpreter (or a virtualenv's under its root) is handed to the
+    pack's (`venv`'s, `_st2_interpreter`), the file left as it is. Raises `EmptyCommand` or
+    `TemplateRenderError` for a `cmd` that cannot run."""
     if request.action.runner_type != "local-shell-script":
         command, extra_env = command_of(request)
         return [(None, "bash"), (None, "-c"), ("cmd", command)], extra_env
