@@ -23,6 +23,7 @@ from typing import Any
 
 ST2_PACKS = "/opt/stackstorm/packs"
 #: Where StackStorm keeps each pack's virtualenv (`<root>/<pack ref>`); Squall's is `packs.virtualenvs_path`.
+#: A script whose first line names a python there is run with that pack's (engine/runners/shell.py).
 ST2_VIRTUALENVS = "/opt/stackstorm/virtualenvs"
 #: The folder of StackStorm's own interpreter, which Exchange scripts name in their first line
 #: (`#!/opt/stackstorm/st2/bin/python`); Squall runs them with the pack's (engine/runners/shell.py).
