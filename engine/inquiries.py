@@ -371,16 +371,20 @@ class InquiryService:
     # -- answering ---------------------------------------------------------------------------------
     async def respond(self, inquiry_id: str, response: Any, user: str | None,
                       groups: Sequence[str] = (), audit: AuditEntry | None = None,
-                      names: Collection[str] | None = None) -> dict[str, Any]:
+                      names: Collection[str] | None = None, by_name: str | None = None) -> dict[str, Any]:
         """Validate and record the answer; raises `InquiryError` saying what is wrong. `audit` (who answered)
         is stored with the answer, in its transaction (`ExecutionService.change`, `complete`): about the
         inquiry unless it names its own target, its detail gaining the response, secrets masked. `names`:
-        how config may name `user`, for the inquiry's `users` (`refusal`)."""
+        how config may name `user`, for the inquiry's `users` (`refusal`); `by_name` (chat: the sender's
+        name) compares the requester and the earlier answerers by name on any platform (`why_not`), here,
+        with the answers read under the lock: checked before it, the nicks carol on IRC and carol on Slack
+        answering together both counted towards a `count` of 2."""
         async with self._answering:
-            return await self._respond(inquiry_id, response, user, groups, audit, names)
+            return await self._respond(inquiry_id, response, user, groups, audit, names, by_name)
 
     async def _respond(self, inquiry_id: str, response: Any, user: str | None, groups: Sequence[str],
-                       audit: AuditEntry | None = None, names: Collection[str] | None = None) -> dict[str, Any]:
+                       audit: AuditEntry | None = None, names: Collection[str] | None = None,
+                       by_name: str | None = None) -> dict[str, Any]:
         record = await self._record(inquiry_id)
         if record["status"] != "pending":
             why = "it expired" if record["status"] == "timeout" else f"it is {record['status']}"
@@ -390,7 +394,7 @@ class InquiryService:
         result = record.get("result") or {}
         if stored is not None:
             result = answered_with(result, self._sealed_answers(stored))
-        refused = why_not(record, user, groups, names)  # who may and who did: `answered_with` changes neither
+        refused = why_not(record, user, groups, names, by_name)  # who may and who did: `answered_with` changes neither
         if refused is not None:
             raise refused
         earlier = list(result.get("responses") or [])

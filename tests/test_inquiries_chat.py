@@ -4,6 +4,7 @@ a question's thread is a command or chatter rather than an answer (`bot/chat/inq
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -395,6 +396,34 @@ async def _said(adapter: LoopbackAdapter, text: str, *, user: str, user_id: str 
     await adapter.say(text, user=user, channel="#ops", mentioned=True, user_id=user_id)
     posted = await adapter.wait_for(lambda p: len(p) > before)
     return posted[before].text
+
+
+async def test_a_nick_answering_together_with_its_namesake_counts_once(irc) -> None:
+    """The chat compared the nick carol with the earlier answerers by name before the service's lock, on the
+    inquiry as it read it; the service, under the lock, compared `irc:carol` as given. So carol answering
+    through the API while her nick's answer waited for the lock counted twice towards a `count` of 2, one
+    person approving alone. The service now compares by name, under the lock, for the chat."""
+    squall, adapter = irc
+    twice = await squall.executions.request("core.ask", {"route": "ops", "schema": BOOLEAN, "count": 2},
+                                            {"user": "wf"})
+    await questions(adapter, 1)
+    lock = squall.inquiries._answering
+    await lock.acquire()
+    try:
+        api = asyncio.ensure_future(squall.inquiries.respond(twice["id"], {"continue": True}, "carol"))
+        nick = asyncio.ensure_future(_said(adapter, f"squall: respond {twice['id']} yes", user="carol"))
+        for _ in range(500):  # both answers read the inquiry and wait for the lock, the API's first
+            if len(lock._waiters or ()) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(lock._waiters or ()) == 2
+    finally:
+        lock.release()
+    await api
+    assert await nick == (f"Sorry carol: carol already answered inquiry {twice['id']} (by that name, on any "
+                          "platform); each person counts once")
+    answered = await squall.executions.get(twice["id"])
+    assert answered["status"] == "pending" and [r["user"] for r in answered["result"]["responses"]] == ["carol"]
 
 
 async def test_an_irc_nick_answers_only_an_inquiry_that_names_it_qualified(irc) -> None:

@@ -28,7 +28,7 @@ from adapters.base import Message, Reply
 from bot.chat.auth import person, sender_names
 from engine.events import EXECUTION_FINISHED, INQUIRY_PENDING
 from engine.executions import AuditEntry
-from engine.inquiries import RUNNER, InquiryError, masked, refusal, why_not
+from engine.inquiries import RUNNER, InquiryError, masked, why_not
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -270,19 +270,12 @@ class InquiryChat:
         false nor answer it already. Only tells an answer from chatter: answering checks again."""
         return self._why_not(message, inquiry) is None
 
-    def _refused(self, message: Message, inquiry: dict[str, Any]) -> str | None:
-        """Why the inquiry's `users` and `roles` do not let `message`'s sender answer (`refusal`), or None:
-        `users` name them as `auth` does (`sender_names`), the rule `answer` passes the engine too."""
-        result = inquiry.get("result") or {}
-        return refusal(person(message.adapter, message.user), sorted(self.auth.groups_of(message)),
-                       result.get("users") or [], result.get("roles") or [], sender_names(message))
-
     def _why_not(self, message: Message, inquiry: dict[str, Any]) -> InquiryError | None:
         """Why `message`'s sender may not answer `inquiry` (the engine's `why_not`), or None: as `answer` names
         them to the engine (`person`, `sender_names`), but compared with its requester and earlier answerers
-        by name on any platform (`by_name`). The engine compares the answerer as it is given (`irc:carol`), so
-        it would take the nick carol for someone else than the carol who started the workflow, or answered
-        from Slack or the API; the nick may be her, so it may not."""
+        by name on any platform (`by_name`), as `answer` has the engine compare them too: compared as given
+        (`irc:carol`), the nick carol would be someone else than the carol who started the workflow, or
+        answered from Slack or the API; the nick may be her, so it may not."""
         return why_not(inquiry, person(message.adapter, message.user), sorted(self.auth.groups_of(message)),
                        sender_names(message), by_name=message.user)
 
@@ -304,11 +297,10 @@ class InquiryChat:
         # secrets masked. Apart, a failure between them told the person it failed for an answer that counted.
         audit = AuditEntry("chat.inquiry.respond", message.user, where, None, {})
         try:
-            self._check_name(message, inquiry)
             answerer = person(message.adapter, message.user)  # `irc:carol` on IRC: `users` must name the nick
             answered = await self.engine.inquiries.respond(inquiry["id"], response, answerer,
                                                            sorted(self.auth.groups_of(message)), audit,
-                                                           sender_names(message))
+                                                           sender_names(message), by_name=message.user)
         except InquiryError as exc:
             await self.engine.db(store.audit_add, "chat.inquiry.denied", message.user, where, inquiry["id"],
                                  {"reason": str(exc)})
@@ -318,16 +310,6 @@ class InquiryChat:
             return (f"Thanks {message.user}, your answer to inquiry {inquiry['id']} is recorded "
                     f"({len(answered['responses'])} of {answered['count']}): {json.dumps(shown)}")
         return f"Thanks {message.user}, inquiry {inquiry['id']} answered: {json.dumps(answered['response'])}"
-
-    def _check_name(self, message: Message, inquiry: dict[str, Any]) -> None:
-        """Raise `InquiryError` when `_why_not` refuses `message`'s sender, by name, an inquiry they may
-        otherwise answer (waiting, and its `users` and `roles` let them): what else stops them the engine
-        says, in its order, as to anyone."""
-        if inquiry.get("status") != "pending" or self._refused(message, inquiry) is not None:
-            return
-        why = self._why_not(message, inquiry)
-        if why is not None:
-            raise why
 
     async def respond_command(self, message: Message, rest: str, prefix: str) -> str:
         """`respond <inquiry-id> <json or value>`."""
