@@ -706,7 +706,8 @@ def test_overridable_runner_parameter_attributes(tmp_path: Path) -> None:
         "cwd": {"default": "/tmp"},
     }}, tmp_path)
     assert action.parameters["timeout"] == {"type": "integer", "default": 5, "description": "short",
-                                           "enum": [5, 10], "required": True, "immutable": True}
+                                           "enum": [5, 10], "required": True, "immutable": True,
+                                           "minimum": 0}  # the runner's, not overridden
     assert action.parameters["cwd"] == {"type": "string", "default": "/tmp",
                                        "description": "Working directory where the command runs."}
 
@@ -722,7 +723,7 @@ def test_immutable_without_default_fails(tmp_path: Path) -> None:
     # the runner's default is enough, and so is a null default
     action = build({"name": "a", "runner_type": "local-shell-cmd", "parameters": {
         "timeout": {"immutable": True}, "x": {"type": "string", "immutable": True, "default": None}}}, tmp_path)
-    assert action.parameters["timeout"] == {"type": "integer", "default": 60, "immutable": True,
+    assert action.parameters["timeout"] == {"type": "integer", "default": 60, "immutable": True, "minimum": 0,
                                            "description": "Seconds before the command is killed."}
 
 

@@ -23,7 +23,8 @@ _SHELL_COMMON: dict[str, dict[str, Any]] = {
     "kwarg_op": {"type": "string", "default": "--", "description": "Operator for named arguments."},
     "sudo": {"type": "boolean", "default": False, "description": "Run the command with sudo."},
     "sudo_password": {"type": "string", "secret": True, "default": None, "description": "Password for sudo."},
-    "timeout": {"type": "integer", "default": 60, "description": "Seconds before the command is killed."},
+    "timeout": {"type": "integer", "default": 60, "minimum": 0,
+                "description": "Seconds before the command is killed."},
 }
 
 _REMOTE_COMMON: dict[str, dict[str, Any]] = {
@@ -42,7 +43,8 @@ _REMOTE_COMMON: dict[str, dict[str, Any]] = {
     "parallel": {"type": "boolean", "default": False, "description": "Run on all hosts at once."},
     "sudo": {"type": "boolean", "default": False, "description": "Run the command with sudo."},
     "sudo_password": {"type": "string", "secret": True, "default": None, "description": "Password for sudo."},
-    "timeout": {"type": "integer", "default": 60, "description": "Seconds before the command is killed."},
+    "timeout": {"type": "integer", "default": 60, "minimum": 0,
+                "description": "Seconds before the command is killed."},
 }
 _REMOTE_DIR = {"type": "string", "default": "/tmp", "description": "Remote folder the script is copied to."}
 
@@ -134,7 +136,8 @@ RUNNER_TYPES: dict[str, RunnerType] = {
             "Runs the action's Python class in a warm worker process of its pack.",
             {
                 "env": {"type": "object", "description": "Environment variables for the action."},
-                "timeout": {"type": "integer", "default": 600, "description": "Seconds before it is killed."},
+                "timeout": {"type": "integer", "default": 600, "minimum": 0,
+                            "description": "Seconds before it is killed."},
                 "log_level": {
                     "type": "string",
                     "default": "DEBUG",
