@@ -292,3 +292,61 @@ async def test_a_multi_line_default_runs_as_written_from_the_form(web: Web) -> N
     # Sent back with a field's error, the text area keeps the text (the other field refused).
     wrong = await client.post("/actions/forms.note", data={"csrf_token": csrf, **sent, "timeout": "soon"})
     assert wrong.status_code == 400 and browser_sends(wrong.text, "lead") == "\r\nindented"
+
+
+async def test_a_negative_timeout_is_refused_beside_its_field(web: Web) -> None:
+    """A negative `timeout` passed the run form (the runners' schemas set it no minimum) and was requested:
+    the run ended `timeout` at once ("Action failed to complete in -5 seconds"). The form refuses it beside
+    the field, naming the value and the least it may be, and says the range in the field's help; 0 runs (the
+    runner's default applies). `core.http`'s own `timeout`, which its runner reads, is refused the same way."""
+    from tests.test_web_executions import field_errors
+
+    client, csrf = await web.signed_in("olga", "operator")
+    assert "At least 0." in _field((await client.get("/actions/forms.kinds")).text, "timeout")
+    for ref, wrong in (("forms.kinds", "-5"), ("core.http", "-0.5")):
+        refused = await client.post(f"/actions/{ref}", data={
+            "csrf_token": csrf, "who": "ann", "url": "http://127.0.0.1:9/", "timeout": wrong})
+        assert refused.status_code == 400, refused.text
+        said = field_errors(refused.text)
+        assert list(said) == ["timeout"], said
+        assert f"{wrong} is less than the minimum of 0" in said["timeout"]
+        assert await web.squall.executions.list(action=ref) == []
+    ran = await client.post("/actions/forms.kinds", data={"csrf_token": csrf, "who": "ann", "timeout": "0"})
+    assert ran.status_code == 303, ran.text
+    record = await web.squall.executions.wait(ran.headers["location"].removeprefix("/executions/"), 30)
+    assert record["status"] == "succeeded" and record["parameters"]["timeout"] == 0
+
+
+async def test_a_long_wrong_value_is_quoted_shortened_beside_its_field(web: Web) -> None:
+    """A wrong value of a thousand characters was quoted whole in its field's message (twice, where
+    jsonschema's words quote it again). It is quoted cut to its first 60 characters, ending with an
+    ellipsis, as the chat shows a value it echoes (`bot.chat.replies.short`); the rest of the message is the
+    engine's. The value itself stays in the field, to correct."""
+    from bot.chat.replies import short
+    from tests.test_web_executions import browser_form, field_errors
+
+    client, csrf = await web.signed_in("olga", "operator")
+    count, colour = "9" * 1000 + "x", "purple-" * 200  # under the test config's 4 KiB body
+    refused = await client.post("/actions/forms.kinds", data={"csrf_token": csrf, "who": "ann", "count": count,
+                                                             "colour": colour})
+    assert refused.status_code == 400
+    said = field_errors(refused.text)
+    assert said["count"] == (f"""parameter "count": '{short(count, 60)}' is not an integer """
+                             "(expected a whole number such as 5)")
+    assert said["colour"] == (f"""parameter "colour" = '{short(colour, 60)}' breaks the rule enum: """
+                              f"""'{short(colour, 60)}' is not one of ['red', 'green']""")
+    kept = browser_form(refused.text, "/actions/forms.kinds")
+    assert (kept["count"], kept["colour"]) == (count, colour)
+
+
+async def test_a_refused_form_puts_the_focus_on_its_first_field_in_error(web: Web) -> None:
+    """A refused form is a new page, whose focus started at its top: a keyboard or screen-reader user had
+    to look for what was wrong. The first field in error takes the focus (`autofocus`), and no other."""
+    client, csrf = await web.signed_in("olga", "operator")
+    refused = await client.post("/actions/forms.kinds", data={"csrf_token": csrf, "who": "", "size": "50",
+                                                             "count": "many"})
+    assert refused.status_code == 400
+    first = re.search(r'<(?:input|select|textarea)[^>]*aria-invalid="true"[^>]*>', refused.text)
+    assert first is not None and re.search(r"\sautofocus[\s>]", first.group(0)), first
+    assert refused.text.count("autofocus") == 1
+    assert "autofocus" not in (await client.get("/actions/forms.kinds")).text

@@ -635,3 +635,67 @@ async def test_a_secret_typed_wrong_on_the_rerun_form_is_not_quoted_back(
     assert answer.status_code == 303, answer.text
     again = await web.squall.executions.wait(answer.headers["location"].rsplit("/", 1)[1], 30)
     assert "pin kept" not in again["result"]["stdout"] and again["parameters"]["pin"] == MASK
+
+
+async def test_a_rerun_shows_the_original_s_value_that_is_no_longer_a_choice(
+        typed: tuple[Web, httpx.AsyncClient, str], home: Path) -> None:
+    """`blue` was taken out of `color`'s choices after a run with it: the re-run form's select could not show
+    it, showed the first choice instead and, left as shown, sent it, so the re-run ran with `red` unasked.
+    The form shows the original's value chosen, marked, and says beside the field that it is no longer one of
+    the choices; sent as shown it is refused beside the field in the engine's words, and nothing runs."""
+    web, client, _ = typed
+    blue = await web.squall.executions.request("demo.types", {"name": "n1", "must": True, "color": "blue"},
+                                               {"user": "t", "source": "api"})
+    await web.squall.executions.wait(blue["id"], 30)
+    write(home / "packs" / "demo" / "actions" / "types.yaml", TYPES.replace("[red, green, blue]", "[red, green]"))
+    await web.squall.reload_packs()
+    rerun = f"/executions/{blue['id']}/rerun"
+    form = (await client.get(rerun)).text
+    sent = browser_form(form, rerun)
+    assert sent["color"] == "blue"
+    note = re.search(r'<p id="p-color-unlisted"[^>]*>(.*?)</p>', form, re.S)
+    assert note is not None and "“blue” is no longer one of the choices" in html.unescape(note.group(1))
+    assert re.search(r'<select id="p-color"[^>]* aria-describedby="[^"]*p-color-unlisted', form)
+    assert re.search(r'<option value="blue" selected>blue \(no longer one of the choices\)</option>', form)
+    before = {e["id"] for e in await _reruns(web)}
+    refused = await client.post(rerun, data=sent)
+    assert refused.status_code == 400, refused.text
+    assert "'blue' is not one of ['red', 'green']" in field_errors(refused.text)["color"]
+    assert {e["id"] for e in await _reruns(web)} == before
+    chosen = await client.post(rerun, data={**sent, "color": "red"})
+    assert chosen.status_code == 303, chosen.text
+    again = await web.squall.executions.wait(chosen.headers["location"].rsplit("/", 1)[1], 30)
+    assert again["parameters"]["color"] == "red"
+
+
+async def test_a_negative_timeout_typed_on_the_rerun_form_is_refused_beside_it(
+        typed: tuple[Web, httpx.AsyncClient, str]) -> None:
+    """The re-run form asks with the run form's fields: a negative `timeout`, which ended the run `timeout`
+    at once, is refused beside the field, named with the least it may be, as the run form refuses it."""
+    web, client, first = typed
+    rerun = f"/executions/{first}/rerun"
+    refused = await client.post(rerun, data={**browser_form((await client.get(rerun)).text, rerun), "timeout": "-3"})
+    assert refused.status_code == 400
+    said = field_errors(refused.text)
+    assert list(said) == ["timeout"] and "-3 is less than the minimum of 0" in said["timeout"]
+    assert [e["id"] for e in await _reruns(web)] == [first]
+
+
+async def test_a_refusal_naming_no_field_puts_the_focus_on_the_summary(
+        operator: tuple[Web, httpx.AsyncClient, str]) -> None:
+    """A refusal that names no field (a re-run moved to another host, which must be given its credentials
+    again) comes back as a new page with the focus at its top: the summary takes it (`autofocus`, focusable
+    by `tabindex="-1"`), so it is read first; no field does."""
+    web, client, _ = operator
+    first = await web.squall.executions.request("core.http", {
+        "url": "http://127.0.0.1:9/", "headers": {"X-Api-Key": "key-of-alice-0001"}},
+        {"user": "alice", "source": "api"})
+    await web.squall.executions.wait(first["id"], 30)
+    rerun = f"/executions/{first['id']}/rerun"
+    refused = await client.post(rerun, data={**browser_form((await client.get(rerun)).text, rerun),
+                                             "url": "http://localhost:9/"})
+    assert refused.status_code == 400 and field_errors(refused.text) == {}
+    summary = re.search(r'<div class="error" role="alert"([^>]*)>(.*?)</div>', refused.text, re.S)
+    assert summary is not None and "again" in summary.group(2)
+    assert 'tabindex="-1"' in summary.group(1) and "autofocus" in summary.group(1)
+    assert refused.text.count("autofocus") == 1

@@ -22,8 +22,9 @@ from markupsafe import Markup
 
 from bot.accounts import Session
 from bot.chat.commands import CommandRefused
-from bot.forms import Field, action_fields, parameter_named, parse
+from bot.forms import Field, action_fields, parameter_named
 from bot.web import ansi, graph, origin
+from bot.web.actions import checked, quoted_shortly
 from bot.web.pages import PageError, PageRoute, form_time, render
 from bot.web.session import MAX_FIELDS, form_fields, operator, viewer
 from engine.actions import unapproved
@@ -302,8 +303,8 @@ KEPT_SECRET = "Left empty, the original execution's value is used again."
 
 
 def _rerun_form(squall: Any, record: dict[str, Any]) -> tuple[list[Field], dict[str, str]]:
-    """The re-run form: the run form's fields (`bot.forms.action_fields`: the same inputs, checked by the same
-    `parse`), and the text each shows, the execution's value as the run form's input shows one
+    """The re-run form: the run form's fields (`bot.forms.action_fields`: the same inputs, checked by the
+    same `checked`), and the text each shows, the execution's value as the run form's input shows one
     (`Field.text_of`), or for a parameter it was not given what the run form starts with (`_starts_with`),
     which left as shown is still not given. A secret shows nothing; for one the execution was given, left
     empty keeps the original's (`ExecutionService.rerun`), so its field is not required and says so in place
@@ -349,8 +350,8 @@ async def rerun_form(request: Request, execution_id: str, session: Session = Dep
 async def rerun(request: Request, execution_id: str, session: Session = Depends(operator)) -> Response:
     """A new execution of the same action: the original parameters, overridden by the fields changed
     (`ExecutionService.rerun`, as the API's re_run); an empty secret keeps the original. The fields changed
-    are read and checked as the run form's (`bot.forms.parse`), each wrong one named beside it, all at once;
-    one emptied is not given (None: its default applies, or the engine's "is required")."""
+    are read and checked as the run form's (`bot.web.actions.checked`), each wrong one named beside it, all
+    at once; one emptied is not given (None: its default applies, or the engine's "is required")."""
     squall = request.app.state.squall
     record = await find_execution(request, execution_id)
     if (refused := _not_rerunnable(squall, record)) is not None:
@@ -363,7 +364,7 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
     edited = [f for f in fields if _edited(f, submitted, shown[f.name])]
     # What the person typed goes back into the form on an error, but never a secret.
     typed = {f.name: submitted.get(f.input_name, "") for f in fields if f.kind != "secret"}
-    parsed = parse(edited, submitted)
+    parsed = checked(edited, submitted)
     if not parsed.ok:
         return _rerun_page(request, session, record, fields, typed, parsed.errors, status=400)
     changed = {f.name: parsed.values.get(f.name) for f in edited}
@@ -377,10 +378,11 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
     except CommandRefused as exc:  # it came to need approval since the form was shown
         raise PageError(str(exc), 403) from exc
     except (ParameterError, UnknownAction, ValueError) as exc:
-        named = parameter_named(str(exc))
+        said = quoted_shortly(str(exc), typed.values())
+        named = parameter_named(said)
         if named and any(f.name == named for f in fields):
-            return _rerun_page(request, session, record, fields, typed, {named: str(exc)}, status=400)
-        return _rerun_page(request, session, record, fields, typed, problem=str(exc), status=400)
+            return _rerun_page(request, session, record, fields, typed, {named: said}, status=400)
+        return _rerun_page(request, session, record, fields, typed, problem=said, status=400)
     return RedirectResponse(f"/executions/{new['id']}", status_code=303)
 
 
