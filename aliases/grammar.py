@@ -67,6 +67,14 @@ Deviations from StackStorm (each one fixes a reported problem, or is a Squall ex
     Unicode standard where `re` follows `str` methods, so for a few rare characters in the messages
     it matches a format's `\\w` or `\\d` differs from StackStorm's
     (combining marks and superscript digits are word characters; `(?i)i` does not match U+0131).
+13. A value is never the space the message is padded with, nor other whitespace ending the message.
+    StackStorm's placeholder takes at least one character, so where the message ends before a
+    placeholder's value it took the padding: `note {{text}} level={{level=info}}` and `note hi level=`
+    gave `level: " "`. A placeholder written against the text before it (`level={{level}}`) that
+    the message leaves so is the empty string, as `level=""` is (what the person wrote: the key and
+    no value; the action's schema then takes it or refuses it); one after whitespace in the format
+    (`greet {{name=World}}` and `greet `) took nothing, so its default applies, and a required one is
+    left out (the action then names it as missing).
 
 Literal text in a format is regex (escape `.`, `?`, `(`... to mean them literally), and values that
 look like shell (`$(...)`, backticks, `;`) are plain strings: nothing here runs or renders them.
@@ -1067,9 +1075,12 @@ class CompiledFormat:
     def _values(self, found: Any, prepared: Prepared) -> dict[str, Any] | None:
         groups = found.groups()
         result: dict[str, Any] = {name: groups[i] for name, i in self._slots if groups[i] is not None}
+        emptied = _unpadded(found, result, self._slots, prepared.stream)
         for name, default in self._defaults:
             if result.get(name) in (None, ""):
                 result[name] = default
+        for name in emptied:
+            result[name] = ""
         for name, kind in self._typed:
             value = result.get(name)
             if isinstance(value, str) and value:
@@ -1129,6 +1140,29 @@ class CompiledFormat:
             return (f'Command "{shown}" supplies no value for format string "{self.format}" and it has no '
                     "defaults: No value supplied and no default value found.")
         return f'Command "{shown}" doesn\'t match format string "{self.format}"'
+
+
+def _unpadded(found: Any, result: dict[str, Any], slots: tuple[tuple[str, int], ...], stream: str) -> list[str]:
+    """Deviation 13: take out of `result` each value that is only the whitespace ending `stream` (its
+    padding, and any the message ended with), which the person did not write as a value. Returns the
+    names of those the format writes right after text (`level={{level}}`, the stream's character before
+    the value not a space): they are the empty string (the caller sets it after the defaults, which an
+    empty value would otherwise take). Those after a space are left out: nothing was given for them."""
+    end = None
+    emptied = []
+    for name, i in slots:
+        value = result.get(name)
+        if value.__class__ is not str or not (value == "" or value.isspace()):
+            continue
+        if end is None:
+            end = len(stream.rstrip())
+        start = found.start(i + 1)
+        if start < end:
+            continue  # whitespace the person wrote inside the message (`say " "`): a value as typed
+        del result[name]
+        if start > 0 and not stream[start - 1].isspace():
+            emptied.append(name)
+    return emptied
 
 
 def _compile_pieces(pieces: list[str | Placeholder], flags: str, anchors: tuple[bool, bool],

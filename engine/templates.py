@@ -2087,11 +2087,11 @@ def _guard_test(func: Callable[..., Any]) -> Callable[..., Any]:
     return _divisible_by if func is jinja2.tests.test_divisibleby else func
 
 
-def _build(decrypt: Callable[[str], str] | None) -> SandboxedEnvironment:
+def _build(decrypt: Callable[[str], str] | None, lenient: bool = False) -> SandboxedEnvironment:
     env = _SquallSandbox(
         trim_blocks=True,
         lstrip_blocks=True,
-        undefined=jinja2.StrictUndefined,
+        undefined=jinja2.Undefined if lenient else jinja2.StrictUndefined,
         autoescape=False,
         optimized=False,  # no constant folding: it would run template code at compile time, unbounded
     )
@@ -2108,17 +2108,29 @@ def _default_environment() -> SandboxedEnvironment:
     return _build(None)
 
 
-def build_environment(decrypt: Callable[[str], str] | None = None) -> SandboxedEnvironment:
+@functools.lru_cache(maxsize=1)
+def _lenient_environment() -> SandboxedEnvironment:
+    return _build(None, lenient=True)
+
+
+def build_environment(decrypt: Callable[[str], str] | None = None, *, lenient: bool = False) -> SandboxedEnvironment:
     """The sandboxed StackStorm-compatible environment.
 
     Without ``decrypt`` the same shared instance is returned every time (building one means
     registering every filter, and the compiled-template cache is keyed per environment), so
     callers must not mutate it.  With ``decrypt`` a fresh environment is built whose
     ``decrypt_kv`` filter uses that callable; keep it around to benefit from the cache.
+
+    ``lenient`` gives the shared environment with Jinja's plain ``Undefined`` instead of
+    ``StrictUndefined`` (a missing name or key renders empty; an attribute of it is still an
+    error), the same sandbox and limits: StackStorm's ``get_jinja_environment(allow_undefined=True)``,
+    which ``chatops.format_execution_result`` renders an alias's ``result.format`` with (an abandoned
+    run has no ``stdout``, yet ``{{ execution.result.stdout }}`` must still render). Everything else
+    StackStorm renders strictly, and so does Squall.
     """
     if decrypt is None:
-        return _default_environment()
-    return _build(decrypt)
+        return _lenient_environment() if lenient else _default_environment()
+    return _build(decrypt, lenient)
 
 
 # --------------------------------------------------------------------------------------------

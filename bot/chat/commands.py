@@ -18,6 +18,7 @@ stores it as StackStorm's alias execution does; Squall's own chat passes none, a
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from adapters.base import Message, Reply
 from aliases import Alias, AliasMatch, CommandTooComplex
 from aliases.model import immutable_names
 from bot.chat.auth import Authorizer
+from bot.chat.help import closed_parameters
 from bot.chat.index import AliasIndex
 from bot.chat.replies import acks, render_ack, short
 from engine.actions import Action, unapproved
@@ -222,9 +224,11 @@ class CommandService:
 
     def _parameters(self, match: AliasMatch, context: dict[str, Any]) -> tuple[Action, dict[str, Any], set[str]]:
         """`match`'s action and what to request it with (`AliasMatch.request_parameters`), or
-        `CommandFailed`: an override the alias does not open, an action not loaded."""
+        `CommandFailed`: a key=value pair naming no parameter (`_unknown_pairs`), an override the alias
+        does not open, an action not loaded."""
         try:
             action = self.engine.registry.action(match.alias.action_ref)
+            _unknown_pairs(match, action)
             parameters, render = match.request_parameters(action, context)
         except (ParameterError, UnknownAction, ValueError) as exc:
             raise CommandFailed(str(exc)) from exc
@@ -357,6 +361,28 @@ def _notified(context: dict[str, Any], notify: dict[str, Any] | None, own: dict[
     dispatcher's reply, never a second announcement through a route."""
     if notify and not own:
         context["notify"] = notify
+
+
+def _unknown_pairs(match: AliasMatch, action: Action) -> None:
+    """`ParameterError` when a key=value pair of the command names no parameter of `action`, listing
+    the parameters a command through the alias may set, as help lists them (`closed_parameters`: not the
+    alias's immutable ones, nor runner parameters it neither opens nor names in a format; nor the
+    action's immutable ones). Checked before the engine, whose error lists every parameter of the action
+    and its runner: `!greet bob level=x` offered `cmd`, which the command path then refuses
+    (`check_overrides`). A request through the API (`st2 run`) keeps the engine's error."""
+    unknown = sorted(name for name in match.pairs if name not in action.parameters)
+    if not unknown:
+        return
+    closed = closed_parameters(match.alias, action)
+    settable = sorted(name for name, spec in action.parameters.items()
+                      if name not in closed and not spec.get("immutable"))
+    hints = []
+    for name in unknown:
+        near = difflib.get_close_matches(name, settable, n=1)
+        hints.append(f'"{name}"' + (f' (did you mean "{near[0]}"?)' if near else ""))
+    raise ParameterError(
+        f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(hints)} for action \"{action.ref}\"; "
+        f"a command of the alias {match.alias.ref} may set: {', '.join(settable) or 'none'}")
 
 
 def _checked(action: Action, parameters: dict[str, Any], render: set[str]) -> None:

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
 from bot.chat.auth import person, sender_names
+from bot.chat.replies import short
 from engine.events import EXECUTION_FINISHED, INQUIRY_PENDING
-from engine.executions import AuditEntry
+from engine.executions import AmbiguousExecution, AuditEntry
 from engine.inquiries import RUNNER, InquiryError, masked, why_not
 
 if TYPE_CHECKING:
@@ -312,14 +313,22 @@ class InquiryChat:
         return f"Thanks {message.user}, inquiry {inquiry['id']} answered: {json.dumps(answered['response'])}"
 
     async def respond_command(self, message: Message, rest: str, prefix: str) -> str:
-        """`respond <inquiry-id> <json or value>`."""
+        """`respond <inquiry-id> <json or value>`. An id that names nothing is answered in chat's words:
+        the engine's error points at the CLI (`squall execution list`), which a person in a channel may
+        not have, and there is no chat command listing inquiries: each question says its id. A start of
+        several ids is answered without listing them, as `!execution`'s is (chat is not the place to
+        collect other people's execution ids)."""
         inquiry_id, _, text = rest.strip().partition(" ")
         if not inquiry_id or not text.strip():
             return f"Usage: `{prefix}respond <inquiry-id> <json or value>`"
         try:
             inquiry = await self.engine.executions.get(inquiry_id)
-        except LookupError as exc:
-            return str(exc)
+        except AmbiguousExecution:
+            return f'"{short(inquiry_id, 40)}" starts more than one execution id; type more of the inquiry\'s id.'
+        except LookupError:
+            return (f'There is no inquiry "{short(inquiry_id, 40)}". Its id is in its question ("Inquiry <id> '
+                    f'needs an answer"): answer in the question\'s thread, or with '
+                    f"`{prefix}respond <inquiry-id> <json or value>`.")
         if inquiry["runner"] != RUNNER:
             return f"{inquiry['id']} is not an inquiry."
         said = await self.answer(message, inquiry, text)

@@ -1,8 +1,11 @@
 """What the bot says: acks and results rendered from alias templates, fitted to the platform.
 
 Templates render in the sandboxed StackStorm environment with `execution` and `actionalias`
-(StackStorm's ack context) plus `alias` (its result context). A template that fails to render
-never loses the reply: the person gets the default text and the reason.
+(StackStorm's ack context) plus `alias` (its result context). As in StackStorm, the ack's `format`
+and `extra` and the result's `extra` render strictly (a missing value is an error), and the result's
+`format` leniently (a missing value renders empty): `chatops.format_execution_result` renders it so,
+and a run that was abandoned or timed out has no `stdout` for `{{ execution.result.stdout }}`. A
+template that fails to render never loses the reply: the person gets the default text and the reason.
 
 A result is split at its first `{~}`, hubot-stackstorm's pretext delimiter (`splitMessage`): every
 platform gets the pretext and the rest joined by a newline, and Slack, which shows the rest as an
@@ -21,7 +24,13 @@ from adapters.base import Adapter, Capabilities, Reply, line_breaks
 from adapters.markup import code_block
 from adapters.slack_format import ATTACHED_TAIL
 from engine.inquiries import shown_execution
-from engine.templates import TemplateRenderError, render_template, render_value, to_human_time_from_seconds
+from engine.templates import (
+    TemplateRenderError,
+    build_environment,
+    render_template,
+    render_value,
+    to_human_time_from_seconds,
+)
 
 DEFAULT_ACK = "Running {{ execution.action }} ({{ execution.id }})"
 #: hubot-stackstorm's delimiter between a message's pretext and its text (src/lib/utils.js).
@@ -82,16 +91,23 @@ def acks(alias: Any) -> bool:
 
 
 def render_ack(alias: Any, execution: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """The ack text (None when the alias turns acks off) and its rendered `extra`."""
+    """The ack text (None when the alias turns acks off) and its rendered `extra`, both strict, as
+    StackStorm's alias execution renders them (spec §3.1): a `format` that fails is StackStorm's
+    `Cannot render "format" in field "ack" for alias. <error>`, followed by the default ack so the
+    execution's id is still said; an `extra` that fails is left out and the text kept (StackStorm
+    answers the format and the extra apart: one's failure is not the other's)."""
     if not acks(alias):
         return None, {}
     ack = alias.ack or {}
     context = {"execution": execution, "actionalias": _alias_dict(alias)}
     try:
         text = render_template(ack.get("format") or DEFAULT_ACK, context)
-        extra = render_value(ack.get("extra") or {}, context)
     except TemplateRenderError as exc:
-        return f'Cannot render "format" in field "ack" for alias. {exc}\n' + render_template(DEFAULT_ACK, context), {}
+        text = f'Cannot render "format" in field "ack" for alias. {exc}\n' + render_template(DEFAULT_ACK, context)
+    try:
+        extra = render_value(ack.get("extra") or {}, context)
+    except TemplateRenderError:
+        return text, {}
     return text, extra if isinstance(extra, dict) else {}
 
 
@@ -115,8 +131,8 @@ def result_message(alias: Any | None, execution: dict[str, Any]) -> tuple[str | 
         return default_result(execution), _extra(result, execution, alias)
     shown = _alias_dict(alias)
     context = {"execution": execution, "alias": shown, "actionalias": shown}
-    try:
-        text = render_template(result["format"], context)
+    try:  # lenient, as StackStorm's chatops.format_execution_result renders it: a missing value is empty
+        text = render_template(result["format"], context, build_environment(lenient=True))
     except TemplateRenderError as exc:
         text = f"{default_result(execution)}\n(the alias's result format failed: {exc})"
     return text, _extra(result, execution, alias)
