@@ -58,7 +58,10 @@ async def main() -> dict:
                                                   timeout=60 if mode == "cancel" else 1))
     if mode == "timeout":
         return {"result": await asyncio.wait_for(run, 20)}
-    await asyncio.wait_for(started(), 20)
+    try:
+        await asyncio.wait_for(started(), 60)
+    except TimeoutError:  # sudo never ran the command: say so apart from a cancel that hung
+        return {"never started": True}
     run.cancel()
     try:
         await asyncio.wait_for(run, 20)
@@ -125,9 +128,9 @@ def pid_file() -> Iterator[Path]:
 
 
 def _as_user(mode: str, pid_file: Path, grace: float = 5.0) -> dict[str, Any]:
-    """Run CHILD as USER; the 90 s bound only keeps a hung child from stopping the suite."""
+    """Run CHILD as USER; the 120 s bound only keeps a hung child from stopping the suite."""
     done = subprocess.run([sys.executable, "-c", CHILD, mode, str(pid_file), str(grace), USER], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=90)
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
