@@ -765,14 +765,16 @@ def chat_delivery_key(record: dict[str, Any]) -> str | None:
     """The `deliveries` key a new execution is stored under (`Store.insert_execution`): its chat message's
     (`context.chat.delivery`, which the dispatcher sets only for a message its platform may send again),
     so that a second delivery of the message, in this process or after a restart, requests nothing. None
-    for what that message did not request itself: a workflow's tasks (`parent`) and an approved command,
-    which its approvers may have been asked for twice (`approval`). A re-run carries the context it
-    re-runs (a retry policy's, the original's chat among it): its key names the execution it re-runs too,
-    so it is no second delivery of the original's message, while a chat `retry` sent twice is one."""
+    for what that message did not request itself: a workflow's tasks (`parent`). An approved command
+    (`approval`) is its message's request too, keyed the same: it runs once, however often its approvers
+    were asked for it (the chat holds one approval per message; before it did, a message that came again
+    was held twice). A re-run carries the context it re-runs (a retry policy's, the original's chat among
+    it): its key names the execution it re-runs too, so it is no second delivery of the original's
+    message, while a chat `retry` sent twice is one."""
     context = record.get("context") or {}
     chat = context.get("chat")
     delivery = chat.get("delivery") if isinstance(chat, dict) else None
-    if not delivery or record.get("parent") or "approval" in context:
+    if not delivery or record.get("parent"):
         return None
     rerun = (context.get("re-run") or {}).get("ref")
     return f"chat {delivery}" + (f" re-run {rerun}" if rerun else "")

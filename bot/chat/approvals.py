@@ -20,6 +20,7 @@ are shown, never rendered.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -35,10 +36,11 @@ from bot.chat.replies import short
 from engine.crypto import CryptoError
 from engine.executions import AuditEntry
 from engine.parameters import mask
-from engine.storage import iso, utcnow
+from engine.storage import DuplicateDelivery, iso, utcnow
 
 if TYPE_CHECKING:
     from engine.core import Engine
+    from engine.storage import Store
 
 log = logging.getLogger(__name__)
 APPROVE, DENY = "approve", "deny"
@@ -71,7 +73,12 @@ class ApprovalChat:
 
     # -- holding ---------------------------------------------------------------------------------
     async def hold(self, held: HeldRequest) -> Held:
-        """Store the command with its policy and ask its thread for approvers (Approve / Deny)."""
+        """Store the command with its policy and ask its thread for approvers (Approve / Deny).
+
+        A command whose message its platform may hand over again (`context.chat.delivery`: a Mattermost
+        post caught up after a restart, a Slack event retried) is held under an id its delivery key
+        makes (`_delivered_id`), so the same message handed over again finds its approval held (pending,
+        decided or run) and asks nothing: approvers asked twice would approve two runs of one command."""
         action = self.engine.registry.action(held.alias.action_ref)
         visible = mask(held.parameters, action.secret_names)
         secret = {k: v for k, v in held.parameters.items() if visible[k] != v}
@@ -86,7 +93,8 @@ class ApprovalChat:
         # platform user id as they were (a command allowed only to `slack:U0123ABCD` must still be theirs).
         asked = {"groups": list(held.message.groups), "channel_name": held.message.channel_name,
                  "user_id": held.message.user_id}
-        row = {"id": secrets.token_hex(4), "alias": held.alias.ref, "action": held.alias.action_ref,
+        delivery = chat.get("delivery")
+        row = {"id": _delivered_id(delivery), "alias": held.alias.ref, "action": held.alias.action_ref,
                "parameters": visible, "sealed": sealed, "render": held.render,
                "context": {**held.context, _ASKED: asked},
                "requester": held.message.user, "adapter": chat["adapter"], "channel": chat["channel"],
@@ -95,8 +103,15 @@ class ApprovalChat:
                "expires_at": now + timedelta(seconds=policy["ttl"]), "status": "pending", "decisions": [],
                "revision": 0, "execution_id": None}
         db = self.engine.db
-        await self._changed(self._event("chat.approval.request", held.message.user, _where(held.message), row,
-                                        {"parameters": row["parameters"]}), db.store.approval_add, row)
+        while not await self._changed(self._event("chat.approval.request", held.message.user, _where(held.message),
+                                                  row, {"parameters": row["parameters"]}), _add_new, db.store, row):
+            before = await db(db.store.approval_get, row["id"])
+            if delivery is not None and before is not None \
+                    and (before["context"].get("chat") or {}).get("delivery") == delivery:
+                log.info("%s's command came again (delivery %s); approval %s holds it already (%s), not again",
+                         held.message.user, delivery, before["id"], before["status"])
+                return Held(before)
+            row["id"] = secrets.token_hex(4)  # another message's approval has the id this key made: a new one
         shown = ", ".join(f"{k}={short(str(v), 60)}" for k, v in row["parameters"].items()) or "no parameters"
         await self._tell(row, f"{held.alias.action_ref} with {shown} is waiting for {_approvals(row['count'])} "
                               f"from {', '.join(row['groups'])} (approval {row['id']}, expires in "
@@ -207,6 +222,9 @@ class ApprovalChat:
         except CommandFailed as exc:
             await self._fail(row, str(exc))
             return
+        except DuplicateDelivery as exc:
+            await self._ran_before(row, exc)
+            return
         db = self.engine.db
         await self._changed(self._event("chat.approval.run", row["requester"], f"{row['adapter']}:{row['channel']}",
                                         row, {"execution": accepted.execution["id"], "approvers": _approvers(row)}),
@@ -215,6 +233,18 @@ class ApprovalChat:
             reply = Reply(adapter=row["adapter"], channel=row["channel"], thread=row["thread"], text=accepted.ack,
                           extra=accepted.ack_extra)
             await self.outbox.post_keyed(accepted.execution["id"], "ack", [reply])
+
+    async def _ran_before(self, row: dict[str, Any], exc: DuplicateDelivery) -> None:
+        """The approved `row`'s message requested its command already (the request is keyed by the message's
+        delivery key, `engine.storage.chat_delivery_key`): as another approval of it, held twice before
+        approvals were keyed by their message, or as the command itself, run before its alias asked for
+        approval. It runs once: the approval names that execution (so no sweep runs it), and its thread
+        is told."""
+        db = self.engine.db
+        await db(db.store.approval_ran, row["id"], exc.instance_id)
+        log.info("approval %s was not run: its message's command was requested already (%s)", row["id"], exc)
+        await self._tell(row, f"Not running {row['action']} again for approval {row['id']}: the message it holds "
+                              f"was run already, as execution {exc.instance_id}.")
 
     def _unsealed(self, row: dict[str, Any]) -> dict[str, Any]:
         """The secret parameters held sealed with the command (CryptoError: the key that sealed them is
@@ -323,6 +353,24 @@ class ApprovalChat:
                 return True
 
         return await db(write)
+
+
+def _delivered_id(delivery: str | None) -> str:
+    """The id of an approval held for a message: random, or, for a message its platform may hand over again,
+    the start of its delivery key's digest, so that each time it comes it names the same approval. Eight hex
+    digits either way, as people type them (`approve <id>`)."""
+    if delivery is None:
+        return secrets.token_hex(4)
+    return hashlib.sha256(f"approval {delivery}".encode()).hexdigest()[:8]
+
+
+def _add_new(store: Store, row: dict[str, Any]) -> bool:
+    """Store the approval `row` (`Store.approval_add`), unless one of its id is stored (False): held for the
+    same message when it came before (`_delivered_id`), or, rarely, another's that shares the id."""
+    if store.approval_get(row["id"]) is not None:
+        return False
+    store.approval_add(row)
+    return True
 
 
 def _buttons(approval_id: str) -> list[dict[str, str]]:

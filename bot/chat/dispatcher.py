@@ -88,6 +88,11 @@ class _Taken:
     said: int = 0
 
 
+#: What may name an execution (`ExecutionService.get`: an id, or a start of one), to tell a person who typed
+#: something else that it is no id, and one who typed an id that it names nothing.
+_EXECUTION_ID = re.compile(r"[0-9a-fA-F]{1,24}")
+
+
 #: The `execution_id` the answers to a delivered message are keyed under (`Dispatcher.say`): no execution's
 #: id, so retention purges them by age, as every reply of no execution (`engine.retention.replies_batch`).
 ANSWERS = "@"
@@ -97,15 +102,32 @@ ANSWERS = "@"
 _handling: ContextVar[_Taken | None] = ContextVar("handling", default=None)
 
 
+def _delivered(message: Message) -> _Taken | None:
+    """What became of `message` so far while it is the message being handled and carries a delivery key (its
+    platform may hand it over again); None otherwise (a command a confirmation held, answered by another)."""
+    taken = _handling.get()
+    if taken is None or taken.delivery is None or message.delivery != taken.delivery:
+        return None
+    return taken
+
+
 def _answer_key(message: Message, *, keyed: bool) -> str | None:
     """The key of the next answer to `message` (`Dispatcher.say`) while it is the message being handled
     and carries a delivery key: `answer:<adapter> <delivery> <n>`, the n-th answer of its handling. Every
     answer counts, `keyed` or not, so a second handling numbers its answers as the first did."""
-    taken = _handling.get()
-    if taken is None or taken.delivery is None or message.delivery != taken.delivery:
+    taken = _delivered(message)
+    if taken is None:
         return None
     taken.said += 1
     return f"answer:{message.adapter} {message.delivery} {taken.said}" if keyed else None
+
+
+def _prompt_key(message: Message) -> str | None:
+    """The key of the prompt `message` is held with (a confirmation, a "did you mean" offer: one at most per
+    message) while it is the message being handled and carries a delivery key: `prompt:<adapter> <delivery>`,
+    whatever was said before it. Stored with the prompt (`Dispatcher.say`), it tells a second handling of the
+    message that it was asked (`Dispatcher._asked_before`)."""
+    return None if _delivered(message) is None else f"prompt:{message.adapter} {message.delivery}"
 
 
 @dataclass
@@ -541,7 +563,10 @@ class Dispatcher:
 
     async def _ask_to_confirm(self, fits: list[AliasMatch], message: Message) -> None:
         """Hold `fits` (one command, or every fit of a `match_multiple` one) for one `yes` of their sender:
-        one prompt for them all, since a person has one pending prompt per channel."""
+        one prompt for them all, since a person has one pending prompt per channel. Not if the message was
+        asked before (`_asked_before`): its platform handed it over again."""
+        if await self._asked_before(message):
+            return
         alias = fits[0].alias
         ttl = self._confirm_ttl(alias)
         pending = PendingConfirmation(fits[0], message, time.time() + ttl, more=tuple(fits[1:]))
@@ -551,7 +576,7 @@ class Dispatcher:
                 f"{len(fits)} commands: " + "; ".join(f"{alias.action_ref} with {one}" for one in shown))
         await self.say(message, f"About to run {what}. Reply {self._answer(message, 'yes')} within {ttl:g}s to go "
                                 f"ahead, or {self._answer(message, 'no')}.",
-                       buttons=pending.buttons("Yes", "No"))
+                       buttons=pending.buttons("Yes", "No"), prompt=True)
 
     def _pending(self, message: Message) -> PendingConfirmation | None:
         """The confirmation waiting for `message`'s sender in its channel: held under their user id
@@ -567,7 +592,10 @@ class Dispatcher:
     async def _typed_answer(self, message: Message, yes: bool) -> bool:
         """A typed `yes` or `no`: the answer to the newest prompt asked of its sender here, or (True) the
         refusal of one answering the prompt asked of the person who had their name (renamed into it since),
-        which runs nothing; False when neither (no prompt: the word is matched as any command is)."""
+        which runs nothing; False when neither (no prompt: the word is matched as any command is). True,
+        doing nothing, when its platform handed it over again (`_answered_before`)."""
+        if await self._answered_before(message):
+            return True
         pending = self._pending(message)
         if pending is not None:
             await self._settle(message, pending, yes)
@@ -677,6 +705,37 @@ class Dispatcher:
                                     "canceled). Nothing was run.")
 
     # -- confirmations that outlive a restart (`bot/chat/sessions.py`) --------------------------------
+    async def _asked_before(self, message: Message) -> bool:
+        """Whether `message` is one its platform handed over again (a Mattermost post caught up after a
+        restart, a Slack event retried) whose prompt was asked the first time: stored under its key
+        (`_prompt_key`), whatever became of it since (pending still, answered, expired or replaced; its
+        command run). Asked again, a new prompt would replace the one pending, whose buttons would then
+        answer nothing, or ask to run what ran already."""
+        key = _prompt_key(message)
+        if key is None:
+            return False
+        db = self.engine.db
+        if await db(db.store.outbox_keyed_id, ANSWERS, key) is None:
+            return False
+        log.info("%s's message came again (delivery %s); it was asked to confirm the first time, not again",
+                 message.user, message.delivery)
+        return True
+
+    async def _answered_before(self, message: Message) -> bool:
+        """Whether `message`, a typed `yes` or `no`, is one its platform handed over again that was taken the
+        first time: its key (`answered:<adapter> <delivery>`, an outbox row with nothing to send) is stored as
+        it is first taken. Taken again, it would answer whatever its sender was asked since, which they had not
+        seen when they typed it."""
+        if _delivered(message) is None:
+            return False
+        stored = await self.outbox.post_keyed(ANSWERS, f"answered:{message.adapter} {message.delivery}", [],
+                                              adapter=message.adapter, channel=message.channel)
+        if stored is not None:
+            return False
+        log.info("%s's %r came again (delivery %s); it was taken the first time, not again", message.user,
+                 message.text, message.delivery)
+        return True
+
     async def _hold(self, pending: PendingConfirmation) -> None:
         """Hold a command for its sender's `yes` (replacing what they were asked before there), in
         memory and stored: a restart before the answer does not lose it."""
@@ -773,13 +832,15 @@ class Dispatcher:
         prefix = self.settings.prefix
         best = self._stand_out(message, text)
         if best is not None and best.filled is not None and self._runnable(best.filled, best.alias, message):
+            if await self._asked_before(message):
+                return
             ttl = self.settings.confirm_ttl
             pending = PendingConfirmation(None, message, time.time() + ttl, best.filled)
             await self._hold(pending)
             await self.say(message, f"Did you mean `{prefix}{short(best.filled, 300)}`? ({best.alias.ref}) "
                                     f"Reply {self._answer(message, 'yes')} within {ttl:g}s to run it, or "
                                     f"{self._answer(message, 'no')}.",
-                           buttons=pending.buttons("Run", "Cancel"))
+                           buttons=pending.buttons("Run", "Cancel"), prompt=True)
             return
         shown = chat_help.displays(best.alias) if best is not None else []
         if best is not None and shown:  # an alias without a display string is kept out of help, and of this
@@ -1058,7 +1119,9 @@ class Dispatcher:
     async def _execution_named(self, message: Message, rest: str, command: str) -> dict[str, Any] | None:
         """The execution the first word of `rest` names (an id or a unique start of one), or None
         once the asker is told why not. An ambiguous start is answered without the ids it starts:
-        listing them would let anyone walk every execution's id, whoever started it."""
+        listing them would let anyone walk every execution's id, whoever started it. An id that names
+        none is answered in chat's words: the engine's point at the CLI (`squall execution list`), which a
+        person in a channel may not have, where the `executions` built-in lists the ones started there."""
         if not rest:
             await self.say(message, f"Which one? `{self.settings.prefix}{command} <id>`")
             return None
@@ -1068,8 +1131,14 @@ class Dispatcher:
         except AmbiguousExecution:
             await self.say(message, f'"{short(typed, 40)}" starts more than one execution id; type more of it.')
             return None
-        except ExecutionNotFound as exc:
-            await self.say(message, str(exc))
+        except ExecutionNotFound:
+            listed = f"{self._answer(message, 'executions')} lists the last ones started here"
+            if _EXECUTION_ID.fullmatch(typed):
+                await self.say(message, f'There is no execution "{typed}" (an id, or a unique start of one of 4 '
+                                        f"digits or more); {listed}.")
+            else:
+                await self.say(message, f'"{short(typed, 40)}" is not an execution id: ids are 24 hexadecimal digits '
+                                        f"(a unique start of one will do); {listed}.")
             return None
 
     def _alias_of(self, execution: dict[str, Any]) -> Alias | None:
@@ -1150,6 +1219,8 @@ class Dispatcher:
         needed = self.commands.approval_for(execution)
         if needed is not None:
             raise NeedsApproval(*needed)
+        if await self._asked_before(message):
+            return
         ttl = self._confirm_ttl(alias)
         pending = PendingConfirmation(None, message, time.time() + ttl, retry=execution["id"])
         await self._hold(pending)
@@ -1157,7 +1228,7 @@ class Dispatcher:
         await self.say(message, f"About to retry {execution['id']}: {execution['action']} with {shown}. Reply "
                                 f"{self._answer(message, 'yes')} within {ttl:g}s to go ahead, or "
                                 f"{self._answer(message, 'no')}.",
-                       buttons=pending.buttons("Yes", "No"))
+                       buttons=pending.buttons("Yes", "No"), prompt=True)
 
     async def _builtin_respond(self, message: Message, rest: str) -> None:
         """`respond <inquiry-id> <json or value>`: answer an inquiry (spec §11.2)."""
@@ -1213,17 +1284,21 @@ class Dispatcher:
         return message.thread or message.id
 
     async def say(self, message: Message, text: str, *, extra: dict[str, Any] | None = None,
-                  buttons: list[dict[str, str]] | None = None) -> int:
+                  buttons: list[dict[str, str]] | None = None, prompt: bool = False) -> int:
         """Answer `message` where it was typed; the outbox id of the answer's first part (0: given before).
 
         The answers to a message its platform may deliver again (a Mattermost post caught up after a
         restart, a Slack event retried) are keyed by its delivery key and their order, as a command's
-        request is (`engine.storage.chat_delivery_key`): a `help` handled twice is answered once. Not a
-        prompt with buttons: a repeated command asks anew, and only the newest prompt's buttons answer."""
+        request is (`engine.storage.chat_delivery_key`): a `help` handled twice is answered once. A
+        `prompt` (its buttons name the confirmation it holds) is keyed as the message's one prompt
+        (`_prompt_key`), which its holder looks for first (`_asked_before`): a second handling of the
+        message asks nothing, so the prompt asked the first time is the one that answers."""
         reply = Reply(adapter=message.adapter, channel=message.channel, thread=self._thread(message), text=text,
                       extra=extra or {}, buttons=buttons or [], asker=message.user if buttons else None,
                       asker_id=message.user_id if buttons else None)
         key = _answer_key(message, keyed=not buttons)
+        if prompt:
+            key = _prompt_key(message)
         if key is None:
             return await self.outbox.post(reply)
         stored = await self.outbox.post_keyed(ANSWERS, key, [reply])
