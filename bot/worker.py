@@ -18,9 +18,11 @@ and arms timers for the rest (`InquiryService.recover`).
 
 SIGTERM or SIGINT stops taking jobs; running actions get up to `drain` seconds to finish (`--drain`,
 else `executor.shutdown_grace`, as `squall serve` lets its own; what still runs then ends `abandoned`,
-named in one warning and audited, `WORKER_ABANDON`), the worker beating meanwhile. Workflows need
-no hand-back: between steps no worker holds them. A second signal stops at once (the reaper of another
-node then ends its executions within `engine.jobs.STALLED_SECONDS`).
+named in one warning and audited, `WORKER_ABANDON`, their error saying why), the worker beating meanwhile.
+Workflows need no hand-back: between steps no worker holds them. A second signal ends the drain at once:
+what still runs is cut short as at the drain's end, its end stored before the engine closes (closed
+under it, the ends failed and the process hung for good). Should the process die first, the reaper of
+another node ends its executions within `engine.jobs.STALLED_SECONDS`.
 
 procrastinate's worker loop runs as `JobWorker`, which outlasts a database outage (see there).
 """
@@ -40,6 +42,7 @@ from typing import Any
 
 import psycopg
 from procrastinate import exceptions as procrastinate_exceptions
+from procrastinate import job_context
 from procrastinate import utils as procrastinate_utils
 from procrastinate import worker as procrastinate_worker
 from procrastinate.manager import get_channel_for_queues
@@ -121,11 +124,13 @@ class Worker:
         finally:
             self.running.pop(execution_id, None)
 
-    def cut_short(self, execution_ids: list[str], drain: float | None) -> None:
-        """The drain ran out with the jobs of `execution_ids` still running (`JobWorker._abort_running_jobs`):
-        say which actions now end `abandoned`, and which workflow steps are let go (another worker conducts
-        them on), as a reaper says what it ends of a dead worker's. procrastinate's own line says how many
-        at INFO, under the libraries' level, and names none: the stop logged no execution at all."""
+    def cut_short(self, execution_ids: list[str], drain: float | None, now: bool = False) -> None:
+        """The drain ran out with the jobs of `execution_ids` still running (`JobWorker._abort_running_jobs`),
+        or a second stop signal ended it (`now`, `JobWorker.stop_now`): say which actions now end `abandoned`,
+        and which workflow steps are let go (another worker conducts them on), as a reaper says what it ends
+        of a dead worker's. procrastinate's own line says how many at INFO, under the libraries' level, and
+        names none: the stop logged no execution at all. Why is kept for their audit events (`completing`)
+        and their error (`ExecutionService.stopped_why`): it said only that Squall shut down."""
         jobs = [(execution_id, *self.running.get(execution_id, ("action unknown", False)))
                 for execution_id in execution_ids]
         actions = [(execution_id, action) for execution_id, action, step in jobs if not step]
@@ -135,9 +140,11 @@ class Worker:
             said.append(f"the step of {len(steps)} workflow(s) is let go, for another worker: {listing(steps)}")
         limit = "no limit" if drain is None else f"{drain:g} s"
         self.cut.update(execution_id for execution_id, _action in actions)
-        self.cut_why = f"its worker {self.name} was stopped and its drain ({limit}) ran out while it ran"
-        log.warning("squall worker %s: its drain (%s) ran out with %d job(s) still running, cut short now: %s",
-                    self.name, limit, len(jobs), "; ".join(said))
+        ended = f"a second stop signal ended its drain ({limit})" if now else f"its drain ({limit}) ran out"
+        self.cut_why = f"its worker {self.name} was stopped and {ended} while it ran"
+        self.executions.stopped_why = self.cut_why  # their error says it too
+        log.warning("squall worker %s: %s with %d job(s) still running, cut short now: %s",
+                    self.name, ended, len(jobs), "; ".join(said))
 
     def completing(self, record: dict[str, Any]) -> CompletionWrite | None:
         """What to store with the end of `record` (`ExecutionService.on_completing`): for an action the drain's
@@ -150,14 +157,18 @@ class Worker:
             "action": record["action"], "worker": self.name, "hostname": socket.gethostname(), "reason": self.cut_why})
         return CompletionWrite(lambda store: event.add(store, record["id"]), lambda _added: None, one_statement=True)
 
-    def stop(self, jobs: asyncio.Task[None], drain: float | None) -> None:
-        """A stop signal: the first drains (see the module's docstring), another stops at once."""
+    def stop(self, jobs: asyncio.Task[None], runner: JobWorker, drain: float | None) -> None:
+        """A stop signal: the first drains (see the module's docstring), another cuts short what still
+        runs (`JobWorker.stop_now`). That one no longer cancels `jobs` again: it cut procrastinate's wait
+        for the running jobs, the engine closed under them, and their ends, which need its database
+        thread, failed ('cannot schedule new futures after shutdown') and left the process hung."""
         if self.stopping:
             log.warning("squall worker %s: stopping now", self.name)
-        else:
-            log.info("squall worker %s: stopping (running actions get up to %s s)", self.name, drain)
-            self.stopping = True
-            self.squall.jobs.closing = True  # type: ignore[union-attr]  # what is cut short ends `abandoned`
+            runner.stop_now()
+            return
+        log.info("squall worker %s: stopping (running actions get up to %s s)", self.name, drain)
+        self.stopping = True
+        self.squall.jobs.closing = True  # type: ignore[union-attr]  # what is cut short ends `abandoned`
         jobs.cancel()  # procrastinate takes no new job and gives running ones `drain` seconds
 
 
@@ -184,22 +195,43 @@ class JobWorker(procrastinate_worker.Worker):
       (or its reconnection backoff after one).
     - It goes on beating while it drains at a stop: procrastinate stopped the heartbeat before it waited
       for the running jobs, which another node's reaper then abandoned.
-    - The jobs its drain's end cuts short are named (`cut_short`), once."""
+    - The jobs its drain's end, or a second stop signal (`stop_now`), cuts short are named (`cut_short`), once."""
 
     def __init__(self, app: Any, database_url: str,
-                 cut_short: Callable[[list[str], float | None], None] | None = None, **options: Any) -> None:
+                 cut_short: Callable[[list[str], float | None, bool], None] | None = None,
+                 **options: Any) -> None:
         super().__init__(app=app, listen_notify=False, **options)
         self.database_url = database_url
         self._fetch_failed_at: float | None = None
         #: Told which executions' jobs the drain's end cuts short (`Worker.cut_short`).
         self.cut_short = cut_short
+        #: The running jobs were cut short already (the drain ran out, or `stop_now`): never twice.
+        self._cut = False
+
+    def _cut_running(self, now: bool) -> None:
+        """Cut short the jobs still running, said first (`cut_short`); once. Each job's task is cancelled
+        once: its execution's end is stored under a shield, which a second cancel would leave running
+        while procrastinate and the engine closed under it."""
+        if self._cut:
+            return
+        self._cut = True
+        if self.cut_short is not None and self._running_jobs:
+            self.cut_short([str((context.job.task_kwargs or {}).get("execution_id"))
+                            for context in self._running_jobs.values()], self.shutdown_graceful_timeout, now)
+        for task, context in list(self._running_jobs.items()):
+            self._abort_job(task, context, job_context.AbortReason.SHUTDOWN)
+
+    def stop_now(self) -> None:
+        """A second stop signal: take no more jobs, and end the drain now; procrastinate's shutdown then
+        waits only for the ends of the jobs cut short (stored in a moment, or not at all when the database
+        is away: `ExecutionService._stored_end` and `_persist_job_status` stop trying once stopping)."""
+        self.stop()
+        self._cut_running(now=True)
 
     async def _abort_running_jobs(self) -> None:
         """The drain ran out: the jobs still running are cut short, said first (`cut_short`)."""
-        if self.cut_short is not None and self._running_jobs:
-            self.cut_short([str((context.job.task_kwargs or {}).get("execution_id"))
-                            for context in self._running_jobs.values()], self.shutdown_graceful_timeout)
-        await super()._abort_running_jobs()
+        self._cut_running(now=False)
+        await asyncio.gather(*self._running_jobs, return_exceptions=True)
 
     async def _fetch_and_process_jobs(self) -> None:
         try:
@@ -386,13 +418,13 @@ async def work(config: Config, queues: list[str] | None, concurrency: int, drain
     settle_heap()  # as squall serve does once it is up
     try:
         async with app.open_async():
-            jobs = asyncio.create_task(JobWorker(
-                app, config.database_url, worker.cut_short, queues=queues, concurrency=concurrency,
-                name=worker.name, shutdown_graceful_timeout=drain, install_signal_handlers=False,
-                update_heartbeat_interval=HEARTBEAT_SECONDS, stalled_worker_timeout=PRUNE_SECONDS).run())
+            runner = JobWorker(app, config.database_url, worker.cut_short, queues=queues, concurrency=concurrency,
+                               name=worker.name, shutdown_graceful_timeout=drain, install_signal_handlers=False,
+                               update_heartbeat_interval=HEARTBEAT_SECONDS, stalled_worker_timeout=PRUNE_SECONDS)
+            jobs = asyncio.create_task(runner.run())
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, worker.stop, jobs, drain)
+                loop.add_signal_handler(sig, worker.stop, jobs, runner, drain)
             with contextlib.suppress(asyncio.CancelledError):
                 await jobs
     finally:

@@ -307,6 +307,10 @@ def public(record: Mapping[str, Any]) -> dict[str, Any]:
 class ExecutionService:
     """The one way anything in Squall asks for, runs, cancels or re-runs an action."""
 
+    #: Why a stop cut runs short, when the process knows better than "Squall shut down" (a `squall worker`
+    #: whose drain ran out, `bot.worker.Worker.cut_short`): their error (`_interrupted`), as their audit says.
+    stopped_why: str | None = None
+
     def __init__(self, registry: Registry, db: Database, datastore: Datastore, keys: KeyRing,
                  runners: Mapping[str, Runner], api_url: str = "", events: Events | None = None) -> None:
         self.registry = registry
@@ -794,10 +798,10 @@ class ExecutionService:
         self.db.store.update_execution(execution_id, {"runner_info": between}, expect=STEPPING)
 
     def _interrupted(self, kept: dict[str, Any] | None = None) -> RunOutcome:
-        """How a run that was stopped midway ends: shut down with Squall, or canceled (with what the
-        runner `kept` of its work, as a canceled ActionChain keeps its `tasks`)."""
+        """How a run that was stopped midway ends: shut down with Squall (`stopped_why`, when known), or
+        canceled (with what the runner `kept` of its work, as a canceled ActionChain keeps its `tasks`)."""
         if self.executor is not None and getattr(self.executor, "closing", False):
-            return RunOutcome("abandoned", {"error": "Squall shut down while it was running"})
+            return RunOutcome("abandoned", {"error": self.stopped_why or "Squall shut down while it was running"})
         return RunOutcome("canceled", {**(kept or {}), "error": "canceled by request"})
 
     def _claim(self, execution_id: str, fields: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
@@ -1511,7 +1515,10 @@ class ExecutionService:
         attempt (a re-requested workflow task, a re-run) ever runs beside the previous one. What a
         workflow that ended left unfinished under it is canceled (`_cancel_under_ended`). Then an
         execution whose owner is gone is abandoned (a workflow is conducted on instead, a
-        `canceling` one ends `canceled`); those of live owners and of other hosts are left alone. What
+        `canceling` one ends `canceled`); those of live owners and of other hosts are left alone, and a
+        `squall worker`'s job (`job_id` in its owner) is left to `engine.jobs.reap_stalled`, as the poll's
+        sweep leaves it (`_end_dead_owners`): ended here, a worker killed on this host had its actions
+        abandoned as if Squall had stopped, with no audit event and no line naming the worker. What
         never started is submitted last, once the workflows this ended `canceled` had their tasks canceled."""
         await self._sweep()
         await self._cancel_under_ended()
@@ -1529,6 +1536,8 @@ class ExecutionService:
             if row["id"] in running_here:
                 continue
             info = row.get("runner_info") or {}
+            if "job_id" in info:
+                continue  # a worker's job: the reaper ends it by the worker's heartbeat, and says so
             state = self.owner_state_of(info)
             if state in ("alive", "queued"):
                 continue  # another Squall process on this machine (a CLI run) still owns it, or a job

@@ -1,0 +1,129 @@
+"""How a `squall worker` stops (`executor.kind: procrastinate`, the suite's real PostgreSQL): a second
+stop signal during the drain stops it at once, its executions left to the reaper; the executions a
+drain's end cut short say why they ended; a `squall serve` restarted after a worker was killed leaves
+that worker's executions to the reaper (which names the worker and audits the end)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.worker import WORKER_ABANDON
+from engine.jobs import REAPER_ABANDON, STALLED_SECONDS
+from tests.conftest import write
+from tests.test_scaleout import Cluster, _home
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+def _with_python_nap(home: Path) -> Path:
+    """`_home`'s packs, plus `demo.pynap`: a python action that sleeps, then writes its marker."""
+    write(home / "packs" / "demo" / "actions" / "pynap.yaml", """
+        name: pynap
+        runner_type: python-script
+        entry_point: pynap.py
+        parameters:
+          seconds: {type: integer, default: 30}
+          marker: {type: string, required: true}
+    """)
+    write(home / "packs" / "demo" / "actions" / "pynap.py", """
+        import time
+
+        from st2common.runners.base_action import Action
+
+        class PyNap(Action):
+            def run(self, seconds, marker):
+                time.sleep(seconds)
+                with open(marker, "a") as f:
+                    f.write("ran\\n")
+                return {"slept": seconds}
+    """)
+    return home
+
+
+@pytest.fixture
+def cluster(home: Path, postgres_url: str) -> Iterator[Cluster]:
+    group = Cluster(_with_python_nap(_home(home, postgres_url)))
+    try:
+        yield group
+    finally:
+        group.close()
+
+
+def _output(process: subprocess.Popen[str]) -> str:
+    return process.stdout.read() if process.stdout else ""
+
+
+def _events(cluster: Cluster, event: str, execution_id: str) -> list[dict[str, Any]]:
+    return [row for row in cluster.store.audit_list(limit=1000, event=event) if row["target"] == execution_id]
+
+
+def test_a_second_sigterm_stops_a_draining_worker_at_once(cluster: Cluster, tmp_path: Path) -> None:
+    """A second SIGTERM while a worker drains a shell and a python action: it cancelled procrastinate's
+    wait for the jobs and closed the engine while their ends were still to be stored, which failed
+    ('cannot schedule new futures after shutdown'), and the process hung for good (no database
+    connection, no health answer). It must exit, its executions ended `abandoned`, saying why."""
+    worker = cluster.worker("--drain", "120")
+    shell = cluster.request("demo.nap", f"marker={tmp_path / 'shell'}", "seconds=25")
+    python = cluster.request("demo.pynap", f"marker={tmp_path / 'python'}", "seconds=25")
+    cluster.wait(shell, "running")
+    cluster.wait(python, "running")
+    started = time.monotonic()
+    time.sleep(1)  # the python action's process is up
+    os.killpg(worker.pid, signal.SIGTERM)
+    time.sleep(1)
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(timeout=15)  # a deadline, under the actions' 25 s and the 120 s drain
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        raise AssertionError(f"the worker did not exit after a second SIGTERM:\n{_output(worker)}") from None
+    said = _output(worker)
+    assert worker.returncode == 0 and "cannot schedule new futures" not in said, said
+    assert "second stop signal ended its drain (120 s) with 2 job(s) still running" in said, said
+    for execution_id in (shell, python):
+        done = cluster.wait(execution_id, "abandoned", seconds=STALLED_SECONDS + 30)  # here, or by a reaper
+        assert f":{worker.pid} was stopped and a second stop signal ended its drain" in done["result"]["error"]
+        [event] = _events(cluster, WORKER_ABANDON, execution_id)
+        assert event["detail"]["reason"] == done["result"]["error"]
+    time.sleep(max(0.0, started + 27 - time.monotonic()))
+    assert not (tmp_path / "shell").exists() and not (tmp_path / "python").exists()  # stopped, not left to run
+
+
+def test_an_action_a_drain_cut_short_says_why_it_was_abandoned(cluster: Cluster, tmp_path: Path) -> None:
+    """Its error said 'Squall shut down while it was running' while its audit event and the worker's
+    warning said which worker stopped and that its drain ran out: now the error says so too."""
+    worker = cluster.worker("--drain", "1")
+    napping = cluster.request("demo.nap", f"marker={tmp_path / 'never'}", "seconds=60")
+    cluster.wait(napping, "running")
+    os.killpg(worker.pid, signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    done = cluster.execution(napping)
+    assert done["status"] == "abandoned", done
+    [event] = _events(cluster, WORKER_ABANDON, napping)
+    assert done["result"]["error"] == event["detail"]["reason"]
+    assert f":{worker.pid} was stopped and its drain (1 s) ran out" in done["result"]["error"]
+
+
+def test_serve_restarted_leaves_a_killed_workers_actions_to_the_reaper(cluster: Cluster, tmp_path: Path) -> None:
+    """`squall serve` started after a worker on its host was killed ended that worker's action at once in
+    its recovery, as if Squall had stopped ('it was abandoned'), with no audit event and no line naming the
+    worker. The poll's sweep leaves such jobs to the reaper, and so does the recovery now: the action ends
+    with the reaper's reason, naming the worker, and its `reaper.execution.abandon` event."""
+    doomed = cluster.worker()
+    napping = cluster.request("demo.nap", f"marker={tmp_path / 'never'}", "seconds=120")
+    assert cluster.wait(napping, "running")["runner_info"]["worker"].endswith(f":{doomed.pid}")
+    os.killpg(doomed.pid, signal.SIGKILL)
+    doomed.wait(timeout=30)
+    cluster.serve()
+    done = cluster.wait(napping, "abandoned", seconds=STALLED_SECONDS + 30)
+    assert "stopped answering" in done["result"]["error"] and f":{doomed.pid}" in done["result"]["error"], done
+    [event] = _events(cluster, REAPER_ABANDON, napping)
+    assert event["detail"]["worker"].endswith(f":{doomed.pid}")
