@@ -34,7 +34,7 @@ from engine.crypto import CryptoError, KeyRing
 from engine.datastore import Datastore
 from engine.events import EXECUTION_FINISHED, Events
 from engine.executor import Executor
-from engine.logs import bind
+from engine.logs import bind, printable
 from engine.metrics import metrics
 from engine.output import OutputRecorder, OutputSink
 from engine.pack_config import PYTHON_RUNNER, config_facts, config_value_error, render_dynamic_config
@@ -302,6 +302,26 @@ def public(record: Mapping[str, Any]) -> dict[str, Any]:
         "log": [{"status": "requested", "timestamp": started}, *(record.get("log") or [])],
         "runner_info": record.get("runner_info"),
     }
+
+
+#: The ends said in the log at INFO with why (`_why_it_failed`): an operator's log pipeline hears of a
+#: failure without reading the execution; a success or a cancel someone asked for stays at DEBUG.
+_SAID_IN_THE_LOG = frozenset({"failed", "timeout", "abandoned"})
+#: The most of a failure's reason a log line quotes.
+_WHY_CHARS = 300
+
+
+def _why_it_failed(result: Any) -> str:
+    """A failed run's reason as its result stores it (masked and scrubbed of its secrets, as the API shows
+    it), on one line of the log: the runner's `error`, else the last line of `stderr`, else the exit code."""
+    why: Any = None
+    if isinstance(result, dict):
+        stderr = result.get("stderr")
+        last = stderr.strip().splitlines()[-1] if isinstance(stderr, str) and stderr.strip() else None
+        code = result.get("return_code")
+        why = result.get("error") or last or (f"exit code {code}" if code is not None else None)
+    text = printable(" ".join(str(why).split())) if why else "its result gives no reason"
+    return text if len(text) <= _WHY_CHARS else text[:_WHY_CHARS - 1] + "…"
 
 
 class ExecutionService:
@@ -1132,7 +1152,11 @@ class ExecutionService:
                shown: dict[str, Any] | None) -> None:
         """Once an end is committed: what was stored with it is told, then the end's listeners."""
         if finished is not None:
-            log.debug("%s %s", record["action"], finished["status"])
+            if finished["status"] in _SAID_IN_THE_LOG:
+                log.info("%s %s (execution %s): %s", record["action"], finished["status"], record["id"],
+                         _why_it_failed(finished.get("result")))
+            else:
+                log.debug("%s %s", record["action"], finished["status"])
             record.update(finished)
             for write, (ok, value) in zip(writes, written or (), strict=False):
                 if ok:
