@@ -38,7 +38,7 @@ BASH_ONLY = "/usr/bin/bash, /bin/bash"
 #: Run by the child as USER: start the command through sudo as LocalShellRunner does, end it by the
 #: run's timeout or by a cancel, and print the result (or what went wrong) as JSON.
 CHILD = """
-import asyncio, json, os, pwd, sys
+import asyncio, json, os, pwd, subprocess, sys
 import engine.runners.shell as shell
 
 mode, pid_file, grace = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -63,11 +63,24 @@ async def main() -> dict:
     except TimeoutError:  # sudo never ran the command: say so apart from a cancel that hung
         return {"never started": True}
     run.cancel()
-    try:
-        await asyncio.wait_for(run, 20)
-    except asyncio.CancelledError:
+    done, _ = await asyncio.wait([run], timeout=60)  # its kill takes at most ~11 s (KILL_GRACE twice, then 1 s)
+    if not done:  # say what it still waits for, and what still runs: two CI runs saw only "hung"
+        ps = subprocess.run(["ps", "-eo", "pid,ppid,pgid,user,stat,etime,args"], capture_output=True, text=True)
+        return {"hung": True, "waiting": [awaiting(task.get_coro()) for task in asyncio.all_tasks()], "ps": ps.stdout}
+    if run.cancelled():
         return {"canceled": True}
+    run.result()  # raises what the run raised instead
     return {"canceled": False}
+
+
+def awaiting(coro) -> list:  # where a task's coroutine waits, down the chain of what each awaits
+    frames = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            frames.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return frames
 
 
 try:
@@ -128,9 +141,9 @@ def pid_file() -> Iterator[Path]:
 
 
 def _as_user(mode: str, pid_file: Path, grace: float = 5.0) -> dict[str, Any]:
-    """Run CHILD as USER; the 120 s bound only keeps a hung child from stopping the suite."""
+    """Run CHILD as USER; the 180 s bound only keeps a hung child from stopping the suite."""
     done = subprocess.run([sys.executable, "-c", CHILD, mode, str(pid_file), str(grace), USER], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
