@@ -165,8 +165,9 @@ class ExecutionStateError(ValueError):
     """An operation the execution's current status does not allow."""
 
 
-#: An execution id or the start of one: what `_find` looks up (anything else is refused before the query).
-_ID_PREFIX = re.compile(r"[0-9a-fA-F]{1,24}\Z")
+#: An execution id or the start of one: what `_find` looks up (anything else is refused before the query), and
+#: what the chat tells apart from text that is no id (`Dispatcher._execution_named`).
+ID_PREFIX = re.compile(r"[0-9a-fA-F]{1,24}\Z")
 
 
 def new_id() -> str:
@@ -1309,7 +1310,7 @@ class ExecutionService:
         return public(record)
 
     def _find(self, execution_id: str) -> dict[str, Any]:
-        if not _ID_PREFIX.match(execution_id):
+        if not ID_PREFIX.match(execution_id):
             shown = execution_id if len(execution_id) <= 40 else execution_id[:40] + "…"
             raise ExecutionNotFound(f'"{shown}" is not an execution id: ids are 24 hexadecimal digits '
                                     "(a unique start of one will do; see `squall execution list`)")

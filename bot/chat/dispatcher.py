@@ -53,6 +53,7 @@ from engine import tracing
 from engine.config import DEFAULT_CONFIRM_TTL, ConfigError, chat_confirm_ttl, chat_flood
 from engine.executions import (
     COMPLETED,
+    ID_PREFIX,
     AmbiguousExecution,
     CompletionWrite,
     ExecutionNotFound,
@@ -86,11 +87,6 @@ class _Taken:
     delivery: str | None = None
     stored: bool = True
     said: int = 0
-
-
-#: What may name an execution (`ExecutionService.get`: an id, or a start of one), to tell a person who typed
-#: something else that it is no id, and one who typed an id that it names nothing.
-_EXECUTION_ID = re.compile(r"[0-9a-fA-F]{1,24}")
 
 
 #: The `execution_id` the answers to a delivered message are keyed under (`Dispatcher.say`): no execution's
@@ -1133,7 +1129,7 @@ class Dispatcher:
             return None
         except ExecutionNotFound:
             listed = f"{self._answer(message, 'executions')} lists the last ones started here"
-            if _EXECUTION_ID.fullmatch(typed):
+            if ID_PREFIX.match(typed):  # an id, or a start of one, that names nothing
                 await self.say(message, f'There is no execution "{typed}" (an id, or a unique start of one of 4 '
                                         f"digits or more); {listed}.")
             else:

@@ -95,6 +95,16 @@ def quoted_shortly(message: str, texts: Iterable[str]) -> str:
     return message
 
 
+def refusal(exc: Exception, fields: list[Field], sent: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
+    """The engine's refusal of a run (or re-run) form's request, as the form shows it: beside the field it
+    names (`parameter_named`), else above the form; the values it quotes from what was `sent` cut short."""
+    said = quoted_shortly(str(exc), sent.values())
+    named = parameter_named(said)
+    if named and any(f.name == named for f in fields):
+        return {named: said}, None
+    return {}, said
+
+
 def _cut(quoted: str) -> str:
     """A quoted value cut short, as the chat cuts one (`short`); a string keeps its closing quote."""
     if len(quoted) > 1 and quoted[0] in "'\"" and quoted[-1] == quoted[0]:
@@ -160,9 +170,6 @@ async def action_run(request: Request, ref: str, session: Session = Depends(oper
     try:
         record = await squall.executions.request(action.ref, parsed.values, context, audit=audit)
     except (ParameterError, UnknownAction, ValueError) as exc:
-        said = quoted_shortly(str(exc), shown.values())
-        named = parameter_named(said)
-        if named and any(f.name == named for f in fields):
-            return _page(request, session, action, fields, shown, {named: said}, status=400)
-        return _page(request, session, action, fields, shown, problem=said, status=400)
+        errors, problem = refusal(exc, fields, shown)
+        return _page(request, session, action, fields, shown, errors, problem, status=400)
     return RedirectResponse(f"/executions/{record['id']}", status_code=303)

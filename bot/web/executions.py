@@ -22,9 +22,9 @@ from markupsafe import Markup
 
 from bot.accounts import Session
 from bot.chat.commands import CommandRefused
-from bot.forms import Field, action_fields, parameter_named
+from bot.forms import Field, action_fields
 from bot.web import ansi, graph, origin
-from bot.web.actions import checked, quoted_shortly
+from bot.web.actions import checked, refusal
 from bot.web.pages import PageError, PageRoute, form_time, render
 from bot.web.session import MAX_FIELDS, form_fields, operator, viewer
 from engine.actions import unapproved
@@ -378,11 +378,8 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
     except CommandRefused as exc:  # it came to need approval since the form was shown
         raise PageError(str(exc), 403) from exc
     except (ParameterError, UnknownAction, ValueError) as exc:
-        said = quoted_shortly(str(exc), typed.values())
-        named = parameter_named(said)
-        if named and any(f.name == named for f in fields):
-            return _rerun_page(request, session, record, fields, typed, {named: said}, status=400)
-        return _rerun_page(request, session, record, fields, typed, problem=said, status=400)
+        errors, problem = refusal(exc, fields, typed)
+        return _rerun_page(request, session, record, fields, typed, errors, problem, status=400)
     return RedirectResponse(f"/executions/{new['id']}", status_code=303)
 
 
