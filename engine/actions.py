@@ -7,6 +7,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,16 @@ class Action:
     def entry_path(self) -> Path | None:
         return (self.pack_path / "actions" / self.entry_point) if self.entry_point else None
 
-    @property
-    def runner_parameter_names(self) -> set[str]:
-        return set(RUNNER_TYPES[self.runner_type].parameters)
+    @cached_property
+    def runner_parameter_names(self) -> frozenset[str]:
+        """Its runner's parameter names (made once: every request asks, and a loaded action never changes;
+        a pack reload loads new `Action`s)."""
+        return frozenset(RUNNER_TYPES[self.runner_type].parameters)
 
-    @property
-    def secret_names(self) -> set[str]:
-        return {name for name, spec in self.parameters.items() if spec.get("secret")}
+    @cached_property
+    def secret_names(self) -> frozenset[str]:
+        """The names of its `secret: true` parameters (made once, as `runner_parameter_names`)."""
+        return frozenset(name for name, spec in self.parameters.items() if spec.get("secret"))
 
     def summary(self) -> dict[str, Any]:
         """The record shown by `squall action list/get --json` and the API."""

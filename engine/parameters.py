@@ -890,7 +890,7 @@ def mask_value(name: str, value: Any) -> Any:
     return value if shown == mapping else shown
 
 
-def mask(values: Mapping[str, Any], secret_names: set[str]) -> dict[str, Any]:
+def mask(values: Mapping[str, Any], secret_names: Collection[str]) -> dict[str, Any]:
     """A copy with every secret value replaced by `********` (None stays None), and the credentials in
     `headers` and `cookies` too (`mask_value`). What differs from `values` is what is sealed."""
     return {k: (MASK if k in secret_names and v is not None else mask_value(k, v)) for k, v in values.items()}
