@@ -1711,8 +1711,11 @@ class ExecutionService:
         shared = ("scheduled", "delayed") if getattr(self.executor, "shared", False) else ()
         taken = ("requested", "resuming", *shared)
         rows = await self.db(self.db.store.execution_ids_with_status, ("canceling", "pausing", *taken))
+        ended_above_parent: dict[str, dict[str, Any] | None] = {}  # this poll's answers: siblings ask once
         for row in rows:
             if row["status"] in taken:
+                if row.get("parent") and await self._canceled_under_ended(row, ended_above_parent):
+                    continue
                 if row["status"] == "resuming":  # only workflows resume
                     self.conducting.add(row["id"])
                 await self.executor.submit(row["id"])
@@ -1726,6 +1729,28 @@ class ExecutionService:
                 record = await self.db(self.db.store.get_execution, row["id"])
                 if record is not None and record["status"] == "canceling":
                     await self._cancel_orphan(record)
+
+    async def _canceled_under_ended(self, row: Mapping[str, Any],
+                                    known: dict[str, dict[str, Any] | None]) -> bool:
+        """Cancel a task the poll was about to run if a workflow above it, at any height, has ended, as
+        recovery cancels what is left under one (`_cancel_under_ended`); whether it found one. A CLI killed
+        in the middle of a workflow's cancel (or one that ended it while `squall serve` was down) leaves its
+        tasks `requested` or `delayed`: submitted, they ran inside the canceled tree, and only the next start
+        would have canceled them. One database call whatever the depth (`ended_above`), once a poll for the
+        tasks of one workflow (`known`: a policy may hold hundreds `delayed` under one, resubmitted each poll)."""
+        from engine.workflows.service import ended_above  # that module imports this one
+
+        parent = row["parent"]
+        if parent not in known:
+            known[parent] = await self.db(ended_above, self.db.store, parent)
+        ended = known[parent]
+        if ended is None:
+            return False
+        log.warning("execution %s (%s) was not run but canceled: workflow %s (%s) above it had ended %s",
+                    row["id"], row["status"], ended["id"], ended["action"], ended["status"])
+        with contextlib.suppress(ExecutionStateError, LookupError):  # it ended meanwhile (a listener's cancel)
+            await self.cancel(row["id"])
+        return True
 
     async def _end_dead_owners(self) -> None:
         """The sweep's second half, after their process groups were killed: end the runs of owners

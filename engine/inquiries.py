@@ -23,7 +23,9 @@ IRC nick only, never the API's or the web's carol, nor an API user named `irc:ca
 answer at all (those, then `self_approval`, then once per person) is `why_not`: `respond` refuses by it, and
 the chat and the web ask it before they offer or take an answer, so they offer what it takes, in its words.
 Before it, `respond` refuses any answer to an inquiry whose workflow conducts nothing more (it ended, or it or
-a workflow above it is canceling or canceled: `stopped_workflow`), and ends that inquiry `canceled`.
+a workflow above it is canceling or canceled: `stopped_workflow`), and ends that inquiry `canceled`; `list`
+ends such an inquiry so too and leaves it out, and `get` ends it so and shows it canceled, so no view shows it
+waiting.
 """
 
 from __future__ import annotations
@@ -344,9 +346,20 @@ class InquiryService:
         return utcnow() >= started + timedelta(minutes=ttl)
 
     async def get(self, inquiry_id: str) -> dict[str, Any]:
-        return public(await self._record(inquiry_id))
+        """The inquiry as shown (`public`). One still `pending` whose workflow conducts nothing more
+        (`stopped_workflow`) is ended `canceled` first, as `list` and `respond` end it, and shown so: shown
+        `pending` (the web's inquiry page, the API, `squall inquiry get`), it offered an answer `respond`
+        would refuse. Done here, not in `_record`: `respond` refuses such an inquiry by its own check."""
+        record = await self._record(inquiry_id)
+        if record["status"] == "pending" and await self._cancel_if_workflow_stopped(record) is not None:
+            record = await self.executions.get(record["id"])
+        return public(record)
 
     async def list(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The pending inquiries, up to `limit`. One that expired is ended `timeout`, and one whose workflow
+        conducts nothing more (`stopped_workflow`) is ended `canceled` as `respond` ends it, both left out:
+        listed, it showed as waiting (in chat, the web, `squall inquiry list`) until someone answered it
+        only to be refused, or the next start canceled it."""
         rows = await self.executions.list(status="pending", limit=10_000)
         found = []
         for row in rows:
@@ -354,6 +367,8 @@ class InquiryService:
                 continue
             if self._expired(row):
                 await self.expire(row["id"])
+                continue
+            if len(found) < limit and await self._cancel_if_workflow_stopped(row) is not None:
                 continue
             found.append(public(row))
         return found[:limit]
@@ -434,20 +449,30 @@ class InquiryService:
         inquiry is ended `canceled`, as the workflow's cancel (or recovery, under an ended one) ends it,
         and the InquiryError (409) names the workflow and its status. Taken, the answer ran the
         workflow's branch inside a tree that had been canceled, or woke a workflow that had ended."""
-        if not record.get("parent"):
+        stopped = await self._cancel_if_workflow_stopped(record)
+        if stopped is None:
             return
+        where, ended = stopped
+        raise InquiryError(f'inquiry {record["id"]} cannot be answered: {where}, so nothing would act on the '
+                           "answer" + ("; the inquiry is canceled with it" if ended else ""), 409)
+
+    async def _cancel_if_workflow_stopped(self, record: dict[str, Any]) -> tuple[str, bool] | None:
+        """End the inquiry `canceled` if its workflow conducts nothing more (`stopped_workflow`; one database
+        call): (where it stopped, in words naming the workflow and its status; whether this call ended the
+        inquiry, not someone else meanwhile), or None when its workflow still waits on it (or it has none)."""
+        if not record.get("parent"):
+            return None
         executions = self.executions
         stopped = await executions.db(stopped_workflow, executions.db.store, record["parent"])
         if stopped is None:
-            return
+            return None
         what = f'{stopped["id"]} ({stopped["action"]})'
         where = (f"its workflow {what} is {stopped['status']}" if stopped["id"] == record["parent"] else
                  f"workflow {what}, which its workflow {record['parent']} runs under, is {stopped['status']}")
         ended = await executions.complete(record["id"], "canceled", {
             **(record.get("result") or {}), "error": f"it can no longer be answered: {where}"},
             ("pending",))
-        raise InquiryError(f'inquiry {record["id"]} cannot be answered: {where}, so nothing would act on the '
-                           "answer" + ("; the inquiry is canceled with it" if ended is not None else ""), 409)
+        return where, ended is not None
 
     async def _stored(self, record: Mapping[str, Any]) -> dict[str, Any] | None:
         """The inquiry's row as stored, its `sealed` column with it, when its schema has a secret (its answers

@@ -1607,8 +1607,10 @@ class Store:
             return [_row(row) for row in conn.execute(statement.limit(limit))]  # type: ignore[misc]
 
     def execution_ids_with_status(self, statuses: Sequence[str]) -> list[dict[str, Any]]:
+        """`id`, `status`, `runner_info` and `parent` of the executions in `statuses`, oldest first: the
+        poll asks about a queued one's workflows (`parent`) before it runs it, and only then."""
         statement = (
-            sa.select(executions.c.id, executions.c.status, executions.c.runner_info)
+            sa.select(executions.c.id, executions.c.status, executions.c.runner_info, executions.c.parent)
             .where(executions.c.status.in_(list(statuses)))
             .order_by(executions.c.start_timestamp)
         )

@@ -491,11 +491,16 @@ class Flow:
         self._seen = len(self.revealed)
 
     async def interrupted_result(self) -> dict[str, Any] | None:
-        """An ActionChain stopped by a cancel keeps what it did (`tasks`, `published`), as StackStorm's
-        does: once the step under way when it was canceled returned (`_step_ended`), the children the
-        cancel just ended are recorded too, in one step on a render thread (each may publish); nothing
-        starts any more. None for the other kinds (their result on a cancel is their own runner's business)."""
-        if not isinstance(self.conductor, chain.ChainConductor):
+        """A workflow stopped by a cancel keeps what it did, as a cancel it saw to its end stores it: an
+        ActionChain its `tasks` (and `published`), as StackStorm's does, an Orquesta workflow its `output`
+        so far (`_kept`). Once the step under way when it was canceled returned (`_step_ended`), the
+        children the cancel just ended are recorded too, in one step on a render thread (each may publish);
+        nothing starts any more. An Orquesta workflow `canceling` whose task was cut (a worker's drain that
+        ran out) ended with the error alone, its `output` lost. None for Mistral (its result on a cancel is
+        its own runner's business)."""
+        from engine.workflows.orquesta import OrquestaConductor  # loaded already: a workflow runs
+
+        if not isinstance(self.conductor, chain.ChainConductor | OrquestaConductor):
             return None
         await self._step_ended()
         ended: list[Callable[[], list[TaskCall]]] = []
@@ -507,10 +512,15 @@ class Flow:
         return await self._step(self._kept, ended)
 
     def _kept(self, ended: list[Callable[[], list[TaskCall]]]) -> dict[str, Any]:
-        """`interrupted_result`'s step: the chain told what `ended` (the calls it returns never start), then
-        what it did, without its error (the cancel is the error)."""
+        """`interrupted_result`'s step: the conductor told what `ended` (the calls it returns never start), then
+        what it did, without its error (the cancel is the error): a chain's snapshot; an Orquesta workflow's
+        canceled outcome (`{"output": ...}`, as its cancel seen to the end stores it), its conductor canceled
+        first, if it was not, so that it renders the output of a cancel."""
         for answer in ended:
             answer()
+        if not isinstance(self.conductor, chain.ChainConductor):
+            self.conductor.cancel()  # type: ignore[attr-defined]
+            return dict(self.conductor.outcome().result)
         snapshot: dict[str, Any] = self.conductor.snapshot()
         snapshot.pop("error", None)
         return snapshot
@@ -1225,16 +1235,30 @@ class WorkflowService:
 
 def canceled_above(store: Store, execution_id: str | None) -> dict[str, Any] | None:
     """The first of `execution_id` and the workflows above it, up to its root, that is canceling or
-    canceled (its record), or None. On the database thread, one call whatever the depth: a loop over
-    `parent` ids, one lookup each, no recursion, for a tree (a workflow that calls itself) may be
-    thousands deep. An id met twice (a corrupt loop of parents) ends the walk."""
+    canceled (its record), or None. On the database thread, one call whatever the depth (`_first_above`)."""
+    return _first_above(store, execution_id, ("canceling", "canceled"))
+
+
+def ended_above(store: Store, execution_id: str | None) -> dict[str, Any] | None:
+    """The first of `execution_id` and the workflows above it, up to its root, that has ended (any end:
+    `COMPLETED`), or None: what the poll asks before it runs a task stored under them, as recovery cancels
+    whatever is left under a workflow that ended (`ExecutionService._cancel_under_ended`). On the database
+    thread, one call whatever the depth (`_first_above`)."""
+    return _first_above(store, execution_id, COMPLETED)
+
+
+def _first_above(store: Store, execution_id: str | None, statuses: frozenset[str] | tuple[str, ...]
+                 ) -> dict[str, Any] | None:
+    """The first of `execution_id` and the executions above it, up to its root, whose status is one of
+    `statuses` (its record), or None. A loop over `parent` ids, one lookup each, no recursion, for a tree (a
+    workflow that calls itself) may be thousands deep. An id met twice (a corrupt loop of parents) ends the walk."""
     seen: set[str] = set()
     while execution_id and execution_id not in seen:
         seen.add(execution_id)
         record = store.get_execution(execution_id)
         if record is None:
             return None
-        if record["status"] in ("canceling", "canceled"):
+        if record["status"] in statuses:
             return record
         execution_id = record.get("parent")
     return None
