@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.base import Message, Reply
 from bot.chat.auth import Authorizer, same_sender
 from bot.chat.commands import CommandFailed, CommandRefused, CommandService, Held, HeldRequest
-from bot.chat.outbox import Outbox
+from bot.chat.outbox import Keyed, Outbox
 from bot.chat.replies import short
 from engine.crypto import CryptoError
 from engine.executions import AuditEntry
@@ -57,6 +57,10 @@ UNREADABLE = ("its secret parameters, sealed with the datastore key while it wai
               "did not re-encrypt them)")
 #: How long an approved command may take to be requested before the sweep takes it for lost in a crash.
 RUN_GRACE = timedelta(seconds=60)
+#: The `execution_id` an approval's prompt is keyed under in the outbox (kind `approval:<id>`, `_prompt_key`):
+#: no execution's id, the one the answers to a delivered message are keyed under (`dispatcher.ANSWERS`), so
+#: retention purges it by age once sent, as every reply of no execution.
+PROMPTS = "@"
 
 
 class ApprovalChat:
@@ -78,7 +82,10 @@ class ApprovalChat:
         A command whose message its platform may hand over again (`context.chat.delivery`: a Mattermost
         post caught up after a restart, a Slack event retried) is held under an id its delivery key
         makes (`_delivered_id`), so the same message handed over again finds its approval held (pending,
-        decided or run) and asks nothing: approvers asked twice would approve two runs of one command."""
+        decided or run) and asks nothing: approvers asked twice would approve two runs of one command.
+        The prompt is stored with the hold, in its transaction (`_add_new`): stored after it, a crash
+        between the two (a kill -9) left a command held that nobody was ever asked about, and the
+        message handed over again found it held and asked nobody either, so it could only expire."""
         action = self.engine.registry.action(held.alias.action_ref)
         visible = mask(held.parameters, action.secret_names)
         secret = {k: v for k, v in held.parameters.items() if visible[k] != v}
@@ -103,8 +110,13 @@ class ApprovalChat:
                "expires_at": now + timedelta(seconds=policy["ttl"]), "status": "pending", "decisions": [],
                "revision": 0, "execution_id": None}
         db = self.engine.db
-        while not await self._changed(self._event("chat.approval.request", held.message.user, _where(held.message),
-                                                  row, {"parameters": row["parameters"]}), _add_new, db.store, row):
+        stored: list[list[tuple[int | None, int | None]]] = []  # the prompt's rows, once held with them
+        while True:
+            prompt = self._prompt(row, policy["ttl"])
+            event = self._event("chat.approval.request", held.message.user, _where(held.message), row,
+                                {"parameters": row["parameters"]})
+            if await self._changed(event, _add_new, db.store, row, prompt, stored):
+                break
             before = await db(db.store.approval_get, row["id"])
             if delivery is not None and before is not None \
                     and (before["context"].get("chat") or {}).get("delivery") == delivery:
@@ -112,13 +124,19 @@ class ApprovalChat:
                          held.message.user, delivery, before["id"], before["status"])
                 return Held(before)
             row["id"] = secrets.token_hex(4)  # another message's approval has the id this key made: a new one
-        shown = ", ".join(f"{k}={short(str(v), 60)}" for k, v in row["parameters"].items()) or "no parameters"
-        await self._tell(row, f"{held.alias.action_ref} with {shown} is waiting for {_approvals(row['count'])} "
-                              f"from {', '.join(row['groups'])} (approval {row['id']}, expires in "
-                              f"{_duration(policy['ttl'])}). `{self.prefix}approve {row['id']}` or "
-                              f"`{self.prefix}deny {row['id']} <reason>`.",
-                         buttons=_buttons(row["id"]))
+        prompt.queue(stored[0])
         return Held(row)
+
+    def _prompt(self, row: dict[str, Any], ttl: int) -> Keyed:
+        """The prompt asking `row`'s approvers (Approve / Deny), ready to store with the hold (`_add_new`),
+        keyed by the approval (`_prompt_key`): made again for each id tried, since it names the id."""
+        shown = ", ".join(f"{k}={short(str(v), 60)}" for k, v in row["parameters"].items()) or "no parameters"
+        text = (f"{row['action']} with {shown} is waiting for {_approvals(row['count'])} from "
+                f"{', '.join(row['groups'])} (approval {row['id']}, expires in {_duration(ttl)}). "
+                f"`{self.prefix}approve {row['id']}` or `{self.prefix}deny {row['id']} <reason>`.")
+        prompt = self.outbox.keyed(PROMPTS, _prompt_key(row["id"]), [_reply(row, text, _buttons(row["id"]))])
+        assert prompt is not None  # a reply: always a row to store
+        return prompt
 
     # -- deciding --------------------------------------------------------------------------------
     async def decide(self, message: Message, verdict: str, rest: str) -> str | None:
@@ -316,8 +334,7 @@ class ApprovalChat:
     # -- telling ---------------------------------------------------------------------------------
     async def _tell(self, row: dict[str, Any], text: str, buttons: list[dict[str, str]] | None = None) -> None:
         """Post in the requester's thread; buttons ask anyone (the approvers), not the requester."""
-        await self.outbox.post(Reply(adapter=row["adapter"], channel=row["channel"], thread=row["thread"], text=text,
-                                     buttons=buttons or []))
+        await self.outbox.post(_reply(row, text, buttons))
 
     @staticmethod
     def _in_thread(row: dict[str, Any], message: Message) -> bool:
@@ -364,13 +381,33 @@ def _delivered_id(delivery: str | None) -> str:
     return hashlib.sha256(f"approval {delivery}".encode()).hexdigest()[:8]
 
 
-def _add_new(store: Store, row: dict[str, Any]) -> bool:
-    """Store the approval `row` (`Store.approval_add`), unless one of its id is stored (False): held for the
-    same message when it came before (`_delivered_id`), or, rarely, another's that shares the id."""
-    if store.approval_get(row["id"]) is not None:
-        return False
-    store.approval_add(row)
+def _prompt_key(approval_id: str) -> str:
+    """The outbox key of the prompt asking an approval's approvers (under `PROMPTS`)."""
+    return f"approval:{approval_id}"
+
+
+def _add_new(store: Store, row: dict[str, Any], prompt: Keyed,
+             stored: list[list[tuple[int | None, int | None]]]) -> bool:
+    """Store the approval `row` (`Store.approval_add`) and its `prompt` to the approvers (its rows' ids added
+    to `stored`, to queue once committed) together, in a savepoint (`Store.isolated`): a prompt that fails to
+    store takes the hold with it, so a message handed over again is held and asked anew. Neither, and False,
+    when an approval of its id (or its prompt's key) is stored: held for the same message when it came
+    before (`_delivered_id`), or, rarely, another's that shares the id."""
+    with store.isolated():
+        if store.approval_get(row["id"]) is not None:
+            return False
+        rows = prompt.store(store)
+        if rows is None:  # another process held that id this moment (the key's unique index settled it)
+            return False
+        store.approval_add(row)
+    stored.append(rows)
     return True
+
+
+def _reply(row: dict[str, Any], text: str, buttons: list[dict[str, str]] | None = None) -> Reply:
+    """A post in the requester's thread; buttons ask anyone (the approvers), not the requester."""
+    return Reply(adapter=row["adapter"], channel=row["channel"], thread=row["thread"], text=text,
+                 buttons=buttons or [])
 
 
 def _buttons(approval_id: str) -> list[dict[str, str]]:
