@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,12 @@ KINDS = ("string", "integer", "number", "boolean", "enum", "secret", "array", "o
 #: for several types without `string` among them (`[integer, "null"]`) is read as JSON (`_several`).
 _TYPED_KINDS = ("integer", "number", "boolean", "array", "object")
 _JSON_EXAMPLES = {"array": 'a JSON array such as ["a", "b"]', "object": 'a JSON object such as {"key": "value"}'}
+
+#: How much of a wrong value a field's message quotes: as much as the chat shows of a value it echoes
+#: (`bot.chat.replies.short`, 60 characters for a parameter's value), then an ellipsis.
+QUOTED_CHARS = 60
+#: The most parts of a JSON value (items, keys, values) `quoted_shortly` looks for in a message.
+MAX_QUOTED_PARTS = 200
 
 
 #: The parameter an engine message is about, when it names one (`parameter "env": ...`).
@@ -295,6 +302,72 @@ def parse(fields: Iterable[Field], submitted: Mapping[str, str]) -> Parsed:
         if value is not None:
             parsed.values[item.name] = value
     return parsed
+
+
+def checked(fields: list[Field], submitted: Mapping[str, str]) -> Parsed:
+    """`parse` of a form, each field's message quoting its value cut short (`quoted_shortly`): the web's run,
+    re-run and inquiry answer forms, and chat's forms and questions, whose replies a value of thousands of
+    characters would fill."""
+    parsed = parse(fields, submitted)
+    sent = {f.name: submitted.get(f.input_name, "") for f in fields if f.kind != "secret"}
+    parsed.errors = {name: quoted_shortly(message, [sent.get(name, "")]) for name, message in parsed.errors.items()}
+    return parsed
+
+
+def quoted_shortly(message: str, texts: Iterable[str]) -> str:
+    """`message` with each long value it quotes cut to its first `QUOTED_CHARS` characters and an ellipsis.
+
+    The engine's messages and jsonschema's quote a wrong value whole, as Python writes it (`repr`): the text
+    a field sent, or a part of its JSON (an item, a key); a value of 10,000 characters filled the page beside
+    its field, twice. `texts` are what the form's fields sent (never a secret's: the engine quotes none).
+    Only those values are cut, longest first, so nothing else a message says is (a pattern, a description)."""
+    if len(message) <= QUOTED_CHARS:
+        return message  # too short to quote a long value
+    quoted: set[str] = set()
+    for text in texts:
+        for value in (text, lf_lines(text), *_parts(text)):
+            try:
+                quoted.add(repr(value))
+            except RecursionError:  # nested as deep as json.loads reads: no message quotes it whole
+                continue
+    for whole in sorted((q for q in quoted if len(q) > QUOTED_CHARS), key=len, reverse=True):
+        if whole in message:
+            message = message.replace(whole, _cut(whole))
+    return message
+
+
+def _cut(quoted: str) -> str:
+    """A quoted value cut short, as the chat cuts one (`_short`); a string keeps its closing quote."""
+    if len(quoted) > 1 and quoted[0] in "'\"" and quoted[-1] == quoted[0]:
+        inner = quoted[1:-1]
+        return quoted if len(inner) <= QUOTED_CHARS else f"{quoted[0]}{_short(inner)}{quoted[0]}"
+    return _short(quoted)
+
+
+def _short(text: str) -> str:
+    """`text` on one line, cut to `QUOTED_CHARS` with an ellipsis, as `bot.chat.replies.short` echoes a value:
+    this module is below the chat (`bot.chat` imports it), so it may not import that."""
+    text = " ".join(text.split())
+    return text if len(text) <= QUOTED_CHARS else text[: QUOTED_CHARS - 1] + "…"
+
+
+def _parts(text: str) -> Iterator[Any]:
+    """The value a field's text is as JSON (an array's, an object's, a number's) and its parts, at most
+    `MAX_QUOTED_PARTS`; nothing for text that is no JSON."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return
+    waiting = deque([value])
+    for _ in range(MAX_QUOTED_PARTS):
+        if not waiting:
+            return
+        item = waiting.popleft()
+        yield item
+        if isinstance(item, dict):
+            waiting.extend(part for pair in item.items() for part in pair)
+        elif isinstance(item, list):
+            waiting.extend(item)
 
 
 def with_defaults(fields: Iterable[Field], values: Mapping[str, Any]) -> dict[str, Any]:

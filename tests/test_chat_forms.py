@@ -865,3 +865,33 @@ async def test_a_mattermost_dialog_cancelled_tells_its_person_nothing_ran_and_cl
     status, answer = await fake.submit_dialog(opened, {"host": "web1", "count": "1", "token": SECRET})
     assert (status, answer) == (200, {"error": EXPIRED})
     assert await squall.executions.list(limit=5) == []
+
+
+async def test_a_parameter_the_web_renames_is_taken_from_its_chat_answer(home: Path) -> None:
+    """`csrf_token` is a web page's own field, so `bot.forms` names that parameter's input `p.csrf_token`;
+    a chat form's answers are keyed by the parameter's name, and were read as left empty."""
+    pack = home / "packs" / "demo"
+    write(pack / "pack.yaml", "ref: demo\nname: demo\ndescription: d\nversion: 1.0.0\nauthor: t\n")
+    write(pack / "actions" / "tokened.yaml", """
+        name: tokened
+        runner_type: local-shell-cmd
+        parameters:
+          csrf_token: {type: string, required: true}
+          cmd: {default: 'echo "token {{csrf_token}}"', immutable: true}
+    """)
+    write(pack / "aliases" / "tokened.yaml", """
+        name: tokened
+        action_ref: demo.tokened
+        formats: ["tokened {{csrf_token}}"]
+        ack: {enabled: false}
+        result: {format: "{{ execution.result.stdout }}"}
+    """)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await _say_privately(loopback, "run-form demo.tokened")
+        await settle(squall, bot)
+        assert loopback.texts(DM)[-1].endswith("csrf_token? (string)")
+        await _say_privately(loopback, "abc123")
+        await settle(squall, bot)
+        assert "token abc123" in loopback.texts(DM)
+        [execution] = await squall.executions.list(limit=5)
+        assert execution["parameters"]["csrf_token"] == "abc123"

@@ -6,7 +6,8 @@ Where the platform draws forms (an adapter with `open_form`: Slack modals, Matte
 form opens on the interaction that allows it (`Message.trigger`: a slash command or a button click);
 a typed `!run-form` gets an "Open form" button, whose click is that interaction. Elsewhere (IRC, the
 console, loopback) the bot asks for the values one question at a time, in a private message where
-the adapter has one (`private_channel`), and each answer is checked as the form would check it.
+the adapter has one (`private_channel`), and each answer is checked as the form would check it; a long
+wrong value is quoted cut short in what is said back (`bot.forms.checked`), as the web's forms quote it.
 
 What a form opened for is kept here (by a random `state`), never taken from the platform's payload:
 a submission cannot name another channel or alias, and only the person it was opened for may send
@@ -37,7 +38,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -50,7 +51,7 @@ from bot.chat.auth import Authorizer, same_sender
 from bot.chat.commands import CommandRefused, CommandService
 from bot.chat.help import closed_parameters, masked, secret_names, visible
 from bot.chat.replies import short
-from bot.forms import Field, action_fields, parse
+from bot.forms import Field, action_fields, checked, parse
 
 if TYPE_CHECKING:
     from engine.core import Engine
@@ -367,7 +368,9 @@ class ChatForms:
             await self._drop(_FORM + submission.state)
             return {"": str(await self._current(opened.ref, sender))}
         # The sender's permission is checked (and a refusal said in the form's channel) by `run_matched`.
-        parsed = parse(self.fields(alias), submission.values)
+        # A long wrong value is quoted cut short (`checked`), as the web's forms quote it.
+        fields = self.fields(alias)
+        parsed = checked(fields, _as_submitted(fields, submission.values))
         if not parsed.ok:
             return parsed.errors
         del self._opened[submission.state]
@@ -459,7 +462,8 @@ class ChatForms:
             return
         item = asking.fields[len(asking.answers)]
         answer = "" if text.strip() == SKIP and not item.required else text
-        error = parse([item], {item.name: answer}).errors.get(item.name)
+        # a long value quoted cut short
+        error = checked([item], _as_submitted([item], {item.name: answer})).errors.get(item.name)
         if error is not None:
             await self.dispatcher.say(message, f"{error}\n{_question(item)}")
             return
@@ -471,7 +475,8 @@ class ChatForms:
             return
         del self._asking[key]
         await self._drop(_ask_key(*key))
-        await self._run(alias, asking.origin, {**asking.given, **parse(asking.fields, asking.answers).values})
+        await self._run(alias, asking.origin,
+                        {**asking.given, **parse(asking.fields, _as_submitted(asking.fields, asking.answers)).values})
 
     # -- running -----------------------------------------------------------------------------------
     async def _run(self, alias: Alias, sender: Message, values: dict[str, Any]) -> None:
@@ -636,3 +641,10 @@ def _question(item: Field) -> str:
     about = f" ({item.description})" if item.description else ""
     skip = f"; `{SKIP}` for the default" if not item.required else ""
     return f"{item.name}{about}? ({what}{skip})"
+
+
+def _as_submitted(fields: Sequence[Field], values: Mapping[str, str]) -> dict[str, str]:
+    """`values`, keyed by parameter name as a chat form's inputs are (`FormField.name`, an answer's
+    question), keyed as `bot.forms.parse` reads them (`Field.input_name`): a parameter the web's forms must
+    rename (`csrf_token`) would otherwise be read as left empty."""
+    return {item.input_name: values[item.name] for item in fields if item.name in values}

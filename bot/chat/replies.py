@@ -18,6 +18,7 @@ StackStorm's does. Acks are posted as rendered, as hubot posts them (`msg.send`)
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from adapters.base import Adapter, Capabilities, Reply, line_breaks
@@ -31,6 +32,8 @@ from engine.templates import (
     render_value,
     to_human_time_from_seconds,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ACK = "Running {{ execution.action }} ({{ execution.id }})"
 #: hubot-stackstorm's delimiter between a message's pretext and its text (src/lib/utils.js).
@@ -94,8 +97,9 @@ def render_ack(alias: Any, execution: dict[str, Any]) -> tuple[str | None, dict[
     """The ack text (None when the alias turns acks off) and its rendered `extra`, both strict, as
     StackStorm's alias execution renders them (spec §3.1): a `format` that fails is StackStorm's
     `Cannot render "format" in field "ack" for alias. <error>`, followed by the default ack so the
-    execution's id is still said; an `extra` that fails is left out and the text kept (StackStorm
-    answers the format and the extra apart: one's failure is not the other's)."""
+    execution's id is still said; an `extra` that fails is left out and logged with StackStorm's words
+    (`_extra_failed`), the text kept (StackStorm answers the format and the extra apart: one's failure is
+    not the other's; it puts its words in place of the extra, a string no platform shows)."""
     if not acks(alias):
         return None, {}
     ack = alias.ack or {}
@@ -106,7 +110,8 @@ def render_ack(alias: Any, execution: dict[str, Any]) -> tuple[str | None, dict[
         text = f'Cannot render "format" in field "ack" for alias. {exc}\n' + render_template(DEFAULT_ACK, context)
     try:
         extra = render_value(ack.get("extra") or {}, context)
-    except TemplateRenderError:
+    except TemplateRenderError as exc:
+        _extra_failed("ack", alias, exc)
         return text, {}
     return text, extra if isinstance(extra, dict) else {}
 
@@ -157,13 +162,29 @@ def split_pretext(text: str, extra: dict[str, Any]) -> tuple[str, dict[str, Any]
 
 
 def _extra(section: dict[str, Any], execution: dict[str, Any], alias: Any) -> dict[str, Any]:
+    """The result's `extra`, rendered strictly (StackStorm's `render_values`). One that fails is left out,
+    the text kept, and logged with the alias's ref and the reason (`_extra_failed`), so the pack's author can
+    find why their attachment is missing. StackStorm's `format_execution_result` fails the whole result
+    there, so it has no text to put in its place; Squall's own (`Cannot render "extra" in field "result"`,
+    as the ack's) would be a string where every consumer takes a mapping (`split_pretext`'s `extra.slack`)."""
     if not section.get("extra"):
         return {}
     try:
         extra = render_value(section["extra"], {"execution": execution, "alias": _alias_dict(alias)})
-    except TemplateRenderError:
+    except TemplateRenderError as exc:
+        _extra_failed("result", alias, exc)
         return {}
     return extra if isinstance(extra, dict) else {}
+
+
+def _extra_failed(field: str, alias: Any, exc: TemplateRenderError) -> None:
+    """Log an alias's `extra` that failed to render at WARNING, with the alias's ref and StackStorm's words
+    (st2api's alias execution: `Cannot render "extra" in field "ack" for alias. <error>`): no platform
+    shows an extra as text, so the log is where the pack's author finds why their attachment is missing.
+    The error is the template's (`TemplateRenderError`), rendered against the execution as stored, whose
+    secret parameters are masked (as a result format's error, `result_message`): it quotes no secret's value."""
+    log.warning("alias %s: Cannot render \"extra\" in field \"%s\" for alias. %s", getattr(alias, "ref", None),
+                field, exc)
 
 
 def _alias_dict(alias: Any) -> dict[str, Any]:

@@ -5,7 +5,9 @@ overdue questions, and the answer, which the service checks against the schema a
 `users` and `roles` (both, when both are set) and stores with its responder (the execution's
 `result.responder`; the time is its `end_timestamp`) and its `web.inquiry.respond` audit event, in one
 transaction. The answer form is `bot.forms`' fields of the response schema, offered only to an account
-the service would take the answer of (`_why_not`), and in its place why not. An account's groups are
+the service would take the answer of (`_why_not`), and in its place why not; a wrong answer is told
+beside its field, or above the form when the service refuses it, a long value it quotes cut short
+(`bot.forms.checked`, `quoted_shortly`), as the run form's. An account's groups are
 its role (`viewer`, `operator`, `admin`) and the config `auth.groups` that list its name (the chat's
 `Authorizer.member_of`), so an inquiry for `roles: [admin]` may be answered by the UI's admins, and
 one for `roles: [approvers]` by the accounts config puts in approvers, as by a chat user in a group of
@@ -21,7 +23,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 
 from bot.accounts import Session
-from bot.forms import Field, parse, schema_fields, with_defaults
+from bot.forms import Field, checked, quoted_shortly, schema_fields, with_defaults
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import form_fields, operator, viewer
 from engine.executions import AuditEntry, ExecutionNotFound
@@ -123,7 +125,7 @@ async def inquiry_answer(request: Request, inquiry_id: str, session: Session = D
     fields = _fields(inquiry)
     submitted = await form_fields(request)
     shown = {f.name: submitted.get(f.input_name, "") for f in fields if f.kind != "secret"}
-    parsed = parse(fields, submitted)
+    parsed = checked(fields, submitted)  # a long wrong value quoted cut short, as the run form's
     workflow = await _workflow(request, inquiry["parent"])
     if not parsed.ok:
         return _page(request, session, inquiry, record, workflow, fields, shown, parsed.errors, status=400)
@@ -144,5 +146,6 @@ async def inquiry_answer(request: Request, inquiry_id: str, session: Session = D
                          refused=str(exc))
         if exc.status != 400:  # gone, or its answers unreadable: nothing to correct in the form
             raise PageError(str(exc), exc.status) from exc
-        return _page(request, session, inquiry, record, workflow, fields, shown, problem=str(exc), status=400)
+        return _page(request, session, inquiry, record, workflow, fields, shown,
+                     problem=quoted_shortly(str(exc), shown.values()), status=400)
     return RedirectResponse(f"/inquiries/{inquiry['id']}", status_code=303)
