@@ -677,8 +677,9 @@ SECRET_NAME = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|private[_-]?k
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
                             "x-auth-token", "st2-api-key", "x-st2-api-key"})
 #: Parameters whose mapping holds credentials by key: the headers an HTTP request sends (those
-#: `secret_header` names) and its cookies (every one: a cookie sent is a session).
-MASKED_MAPPINGS = ("headers", "cookies")
+#: `secret_header` names), its cookies (every one: a cookie sent is a session) and a command's environment
+#: (`env`: those `secret_variable` names, `DB_PASSWORD`, `ST2_API_KEY`, what `st2 run -e` sends of the caller's).
+MASKED_MAPPINGS = ("headers", "cookies", "env")
 #: The `http-request` runner's URL parameter, the first of those `url_parameter` names.
 URL_PARAMETER = "url"
 #: How the name of a parameter whose value is a URL that may carry credentials ends, in any case: `url`
@@ -692,7 +693,7 @@ def url_parameter(name: Any) -> bool:
 
 
 class _MaskedNames(frozenset[str]):
-    """The names `mask_value` may show otherwise than given: `headers`, `cookies`, and every URL parameter
+    """The names `mask_value` may show otherwise than given: `headers`, `cookies`, `env`, and every URL parameter
     (`url_parameter`), which no fixed set can list. `name in MASKED_NAMES` is the one test, here and in the
     audit sinks (`engine.audit_sinks`), so a `repo_url` is masked wherever a `url` is."""
 
@@ -733,6 +734,14 @@ def secret_header(name: Any) -> bool:
     lowered = name.strip().lower()
     return (lowered in SECRET_HEADERS or "authorization" in lowered or "cookie" in lowered
             or _SECRET_HEADER_WORD.search(lowered) is not None)
+
+
+def secret_variable(name: Any) -> bool:
+    """Whether an environment variable (a command's `env`) carries a credential, so its value is shown as
+    `********`: a header's rule (`secret_header`: `DB_PASSWORD`, `ST2_API_KEY`), or a secret's word anywhere in
+    its name (`SECRET_NAME`: `PGPASSWORD`, `VAULTTOKEN`), since variables are written without separators. A
+    name masked needlessly (`BYPASS_CACHE`) costs its display only: the command gets every value."""
+    return secret_header(name) or (isinstance(name, str) and SECRET_NAME.search(name) is not None)
 
 
 def _shown(value: Any) -> Any:
@@ -874,11 +883,11 @@ def mask_url(url: Any) -> Any:
 
 
 def mask_value(name: str, value: Any) -> Any:
-    """`value` of parameter `name` as shown where its spec does not say `secret`: a `headers` object with
-    its credentials masked (`mask_headers`), a `cookies` object with every value masked, the password or
-    token of a URL in a parameter `url_parameter` names (`mask_url`), anything else as it is. An object
-    given as text comes back masked as an object when it held a credential, else as given: what changed is
-    what must travel sealed (`ExecutionService._store`, `bot.chat.approvals`)."""
+    """`value` of parameter `name` as shown where its spec does not say `secret`: a `headers` or `env` object
+    with its credentials masked (`mask_headers`, `secret_variable`), a `cookies` object with every value
+    masked, the password or token of a URL in a parameter `url_parameter` names (`mask_url`), anything else as
+    it is. An object given as text comes back masked as an object when it held a credential, else as given:
+    what changed is what must travel sealed (`ExecutionService._store`, `bot.chat.approvals`)."""
     if name not in MASKED_NAMES:
         return value
     if url_parameter(name):
@@ -886,7 +895,10 @@ def mask_value(name: str, value: Any) -> Any:
     mapping = _as_mapping(value)
     if mapping is None:
         return value
-    shown = mask_headers(mapping) if name == "headers" else {k: _shown(v) for k, v in mapping.items()}
+    if name == "env":
+        shown = {k: _shown(v) if secret_variable(k) else v for k, v in mapping.items()}
+    else:
+        shown = mask_headers(mapping) if name == "headers" else {k: _shown(v) for k, v in mapping.items()}
     return value if shown == mapping else shown
 
 
@@ -902,16 +914,18 @@ CREDENTIAL_MIN = 8
 
 
 def credential_texts(values: Mapping[str, Any]) -> list[str]:
-    """The credentials `mask_value` hides in `values`' `headers`, `cookies` and URL parameters (each
-    credential header's value and a `Bearer <token>`'s token, each cookie of a `Cookie` header, each value
+    """The credentials `mask_value` hides in `values`' `headers`, `env`, `cookies` and URL parameters (each
+    credential header's or variable's value and a `Bearer <token>`'s token, each cookie of a `Cookie` header, each value
     of `cookies`, a URL's password or token as written and percent-decoded: `_url_texts`), as texts to
     scrub wherever else they show, as a secret parameter's are. Only what could be a credential:
     `CREDENTIAL_MIN` characters or more, and no JSON word or number (a cookie `consent=true` is a setting,
     and every `true` of a result is the action's). Longest first."""
     urls = [text for name, value in values.items() if url_parameter(name) for text in _url_texts(value)]
-    if "headers" not in values and "cookies" not in values:  # nearly every request: on its path twice
+    if "headers" not in values and "cookies" not in values and "env" not in values:  # most requests: on its path twice
         return _credentials(set(urls)) if urls else []
     texts = _header_texts(_as_mapping(values.get("headers")))
+    texts.update(str(value) for name, value in (_as_mapping(values.get("env")) or {}).items()
+                 if secret_variable(name) and value is not None)
     cookies = _as_mapping(values.get("cookies"))
     texts.update(str(value) for value in (cookies or {}).values() if value is not None)
     return _credentials(texts, urls)
@@ -1008,7 +1022,7 @@ def _holds_mask(mapping: Mapping[Any, Any]) -> bool:
 
 
 def shows_masked(given: Mapping[str, Any]) -> bool:
-    """Whether a re-run's `given` parameters hold a `headers` or `cookies` object with a `********` in
+    """Whether a re-run's `given` parameters hold a `headers`, `env` or `cookies` object with a `********` in
     it, or a URL parameter whose password or token is one, which `restore_masked` may have to take from the
     original (only then is it read and unsealed)."""
     if any(url_parameter(name) and (login := _url_login(value)) is not None and login.secret == MASK
@@ -1112,7 +1126,7 @@ def weakened(given: Mapping[str, Any], original: Mapping[str, Any]) -> list[tupl
 
 def _credential_names(name: str, value: Any) -> list[str]:
     """How a re-run's refusal names the credentials `value` of parameter `name` holds: each masked key of
-    `headers` or `cookies` (`headers.X-Api-Key`), else the parameter."""
+    `headers`, `env` or `cookies` (`headers.X-Api-Key`, `env.DB_PASSWORD`), else the parameter."""
     shown = _as_mapping(mask_value(name, value)) if name in MASKED_MAPPINGS else None
     keys = [f"{name}.{key}" for key, item in (shown or {}).items() if isinstance(item, str) and item == MASK]
     return keys or [name]
