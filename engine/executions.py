@@ -786,7 +786,7 @@ class ExecutionService:
             if _resumable(runner) and getattr(self.executor, "closing", False):
                 return  # a workflow stays `running`: it is conducted on from its stored children
             await asyncio.shield(sink.close())
-            kept = getattr(runner, "interrupted_result", None)  # a workflow's tasks so far (an ActionChain's)
+            kept = getattr(runner, "interrupted_result", None)  # what a workflow did so far (tasks, output)
             await asyncio.shield(self._finish(record, self._interrupted(kept(record["id"]) if kept else None),
                                               _scrubbable(secrets, request.revealed)))
             return
@@ -1529,8 +1529,15 @@ class ExecutionService:
         info = record.get("runner_info") or {}
         owner = f'{info.get("hostname") or "?"} pid {info.get("pid")}'
         return await self.complete(record["id"], "canceled", {
-            **(record.get("result") or {}),
+            **(record.get("result") or {}), **(await self._kept_result(record) or {}),
             "error": f"canceled by request; the process that ran it ({owner}) was gone"}, (record["status"],), audit)
+
+    async def _kept_result(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """What a workflow ended `canceled` without its process had done (its runner's `kept_result`: an
+        ActionChain's `tasks`, an Orquesta workflow's `output`), as its own cancel stores it; None for
+        anything else. Stored while it runs, its result is empty: ended with the error alone, it lost them."""
+        kept = getattr(self.runners.get(record["runner"]), "kept_result", None)
+        return await kept(record) if kept is not None else None
 
     # -- recovery ----------------------------------------------------------------------
     async def recover(self) -> dict[str, int]:
@@ -1645,7 +1652,7 @@ class ExecutionService:
         now = utcnow()
         if row["status"] == "canceling":  # asked to cancel, and its owner is gone: it is
             await self.complete(row["id"], "canceled", {
-                **(record.get("result") or {}),
+                **(record.get("result") or {}), **(await self._kept_result(record) or {}),
                 "error": "canceled by request; Squall stopped while it was running"}, ("canceling",))
             return "canceled"
         if _resumable(self.runners.get(record["runner"])):

@@ -53,7 +53,7 @@ import yaml
 from engine.actions import Action
 from engine.config import DEFAULT_WORKFLOW_MAX_DEPTH
 from engine.crypto import CryptoError
-from engine.executions import AuditEntry, canceled_result, held_texts
+from engine.executions import AuditEntry, canceled_result, held_texts, scrub, scrubbable
 from engine.inquiries import RUNNER as INQUIRER
 from engine.inquiries import answered_with, masked
 from engine.parameters import MASK, credential_texts, holds_secret
@@ -175,6 +175,13 @@ def _waited(record: Mapping[str, Any] | None) -> bool:
                                       for entry in record.get("log") or [])
 
 
+def _cancel_asked_at(record: Mapping[str, Any]) -> datetime | None:
+    """When the workflow's cancel was asked (its log's last `canceling`), or None: the tasks that ended later
+    are replayed to a canceled conductor, so they start nothing."""
+    asked = [e["timestamp"] for e in record.get("log") or [] if e.get("status") == "canceling"]
+    return datetime.fromisoformat(asked[-1].replace("Z", "+00:00")) if asked else None
+
+
 def _crashed(record: dict[str, Any]) -> bool:
     """A child abandoned because Squall stopped: it did not finish, so it runs again."""
     error = str((record.get("result") or {}).get("error") or "") if isinstance(record.get("result"), dict) else ""
@@ -189,6 +196,21 @@ class _Replay:
 
     def __lt__(self, other: _Replay) -> bool:
         return self.order < other.order
+
+
+@dataclass
+class _Replayed:
+    """What `Flow.replay` leaves to do: the calls to request, those to request again (their child was
+    abandoned by a stop), the children requested and never claimed, whether a replayed task was canceled,
+    and whether the cancel asked of a stepped workflow is still to be applied to its conductor; and (key,
+    child) of each child it found not ended (live, waiting) or abandoned by a stop, oldest first."""
+
+    to_request: list[TaskCall]
+    again: list[TaskCall]
+    unclaimed: list[str]
+    canceled_task: bool
+    cancel_pending: bool
+    unfinished: list[tuple[str, dict[str, Any]]]
 
 
 class Flow:
@@ -527,6 +549,24 @@ class Flow:
 
     # -- conducting ---------------------------------------------------------------------------
     async def conduct(self) -> RunOutcome:
+        replayed = await self.replay()
+        if self.waiting:
+            self.pausing = True
+        to_request, again = replayed.to_request, replayed.again
+        self._start_nothing_if_canceled(replayed.cancel_pending, to_request, again)
+        if replayed.canceled_task and self.service.stepping:
+            await self._canceled_task()
+        await self._request(again, crashed=True)
+        await self._request(to_request)
+        executor = self.service.executions.executor
+        for child_id in replayed.unclaimed if executor is not None else ():
+            await executor.submit(child_id)
+        return await self._loop()
+
+    async def replay(self) -> _Replayed:
+        """The conductor started and told every stored child that ended, in the order they ended (the first
+        half of `conduct`, which requests what it returns; `WorkflowService.kept_result` requests nothing):
+        the live and waiting children noted in `live` and `waiting`, the calls still to make returned."""
         store = self.service.executions.db.store
         children = await self.service.executions.db(store.list_executions, parent=self.id, limit=10_000_000)
         reset = set(self.request.context.get("workflow_reset") or [])
@@ -539,6 +579,7 @@ class Flow:
         to_request: list[TaskCall] = []
         again: list[TaskCall] = []  # their child was abandoned by a stop: they were running
         unclaimed: list[str] = []  # requested before a crash and never started: started here (claimed once)
+        unfinished: list[tuple[str, dict[str, Any]]] = []
 
         def launch(calls: list[TaskCall]) -> None:
             for call in calls:
@@ -546,7 +587,10 @@ class Flow:
                 child = existing.pop(call.key, None)
                 if child is None:
                     to_request.append(call)
-                elif _crashed(child):
+                    continue
+                if _crashed(child) or child["status"] not in COMPLETED:
+                    unfinished.append((call.key, child))
+                if _crashed(child):
                     again.append(call)
                 elif child["status"] in COMPLETED:
                     order = (child.get("end_timestamp") or child["start_timestamp"], child["id"])
@@ -569,17 +613,7 @@ class Flow:
                 self.conductor.cancel()  # type: ignore[attr-defined]  # what ended since starts nothing
             canceled_task |= child["status"] == "canceled"
             launch(await self._answer(item.key, child["status"], child.get("result"), child))
-        if self.waiting:
-            self.pausing = True
-        self._start_nothing_if_canceled(cancel_pending, to_request, again)
-        if canceled_task and self.service.stepping:
-            await self._canceled_task()
-        await self._request(again, crashed=True)
-        await self._request(to_request)
-        executor = self.service.executions.executor
-        for child_id in unclaimed if executor is not None else ():
-            await executor.submit(child_id)
-        return await self._loop()
+        return _Replayed(to_request, again, unclaimed, canceled_task, cancel_pending, unfinished)
 
     def _start_nothing_if_canceled(self, cancel_pending: bool, *to_request: list[TaskCall]) -> None:
         """A step of a workflow canceled meanwhile starts no task: what ended after the cancel was
@@ -718,6 +752,10 @@ class WorkflowRunner:
         """What a workflow stopped by a cancel had done, for its canceled result (taken once)."""
         return self.service.interrupted.pop(execution_id, None)
 
+    async def kept_result(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """What a workflow ended `canceled` with its process gone had done (`WorkflowService.kept_result`)."""
+        return await self.service.kept_result(record)
+
     def kept_action(self, record: Mapping[str, Any]) -> Action | None:
         """The action the run started as (`kept_action`): a run of an action since changed, or dropped
         from the pack as broken, goes on as it started; None: the registry's."""
@@ -824,8 +862,7 @@ class WorkflowService:
         if self.stepping and status == "canceling":  # a cancel asked for since the last step
             if getattr(conductor, "cancel", None) is None:
                 return RunOutcome("canceled", {"error": "canceled by request"})
-            asked = [e["timestamp"] for e in record.get("log") or [] if e.get("status") == "canceling"]
-            flow.canceled_at = datetime.fromisoformat(asked[-1].replace("Z", "+00:00")) if asked else None
+            flow.canceled_at = _cancel_asked_at(record)
             flow.cancel_requested = True
         if not flow.cancel_requested and await self._parent_canceled(record):
             if getattr(conductor, "cancel", None) is None:
@@ -846,6 +883,38 @@ class WorkflowService:
             # Its result, as it is stored, is scrubbed of them (and of its secret parameters' values within an
             # object or a list, which the runner's own scrub, of each parameter's text, does not find).
             request.revealed.extend([*flow.secrets, *flow.revealed])
+
+    async def kept_result(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """What a workflow ended `canceled` where it stood, its process gone, had done, as its own cancel
+        would have stored it: an ActionChain's `tasks` and `published`, an Orquesta workflow's `output` (its
+        conductor canceled from when the cancel was asked, `_cancel_asked_at`), replayed from its stored
+        children (`Flow.replay`, nothing requested) into a conductor of the definition it kept, scrubbed as its
+        end would be. The children it found unfinished are told ended as the cancel ends them: one abandoned
+        by the stop as it is stored, one still live or waiting (its process died with the workflow's, or an
+        inquiry) `canceled`, as a cancel seen through tells the conductor its tasks' ends. A workflow killed
+        while `canceling` (recovery's and the sweep's `_end_orphaned`, a cancel of an orphan) ended with the
+        error alone, what it had done lost. None for Mistral (its result on a cancel is its own runner's
+        business), or when its run cannot be built again (logged: it ends with the error alone, as before)."""
+        kind = record["runner"]
+        if kind not in ("orquesta", "action-chain"):
+            return None
+        executions = self.executions
+        try:
+            revealed = executions.revealed(record)
+            request, secrets = await executions.db(executions._run_request, record)
+            conductor = self._conductor(kind, request, revealed, await self._definition(kind, request, record))
+            flow = Flow(self, request, conductor, revealed)
+            if kind == "orquesta":
+                flow.cancel_requested, flow.canceled_at = True, _cancel_asked_at(record)
+            replayed = await flow.replay()
+            ended = [flow._answering(key, child["status"] if child["status"] in COMPLETED else "canceled",
+                                     child.get("result"), child) for key, child in replayed.unfinished]
+            kept = await flow._step(flow._kept, ended)
+        except Exception:  # what it had done is a courtesy: its end must be stored all the same
+            log.exception("workflow %s: what it had done could not be replayed for its canceled result; it ends "
+                          "with the error alone", record["id"])
+            return None
+        return scrub(kept, scrubbable([*secrets, *flow.secrets, *revealed, *request.revealed]))
 
     async def _content_errors(self, kind: str, spec: Any, record: dict[str, Any]) -> list[dict[str, Any]]:
         """An Orquesta run's content errors (`orquesta.inspect_task_contents`: an action ref badly formed
