@@ -30,7 +30,7 @@ _TYPED_KINDS = ("integer", "number", "boolean", "array", "object")
 _JSON_EXAMPLES = {"array": 'a JSON array such as ["a", "b"]', "object": 'a JSON object such as {"key": "value"}'}
 
 #: How much of a wrong value a field's message quotes: as much as the chat shows of a value it echoes
-#: (`bot.chat.replies.short`, 60 characters for a parameter's value), then an ellipsis.
+#: (`short`, 60 characters for a parameter's value), then an ellipsis.
 QUOTED_CHARS = 60
 #: The most parts of a JSON value (items, keys, values) `quoted_shortly` looks for in a message.
 MAX_QUOTED_PARTS = 200
@@ -340,15 +340,15 @@ def _cut(quoted: str) -> str:
     """A quoted value cut short, as the chat cuts one (`_short`); a string keeps its closing quote."""
     if len(quoted) > 1 and quoted[0] in "'\"" and quoted[-1] == quoted[0]:
         inner = quoted[1:-1]
-        return quoted if len(inner) <= QUOTED_CHARS else f"{quoted[0]}{_short(inner)}{quoted[0]}"
-    return _short(quoted)
+        return quoted if len(inner) <= QUOTED_CHARS else f"{quoted[0]}{short(inner, QUOTED_CHARS)}{quoted[0]}"
+    return short(quoted, QUOTED_CHARS)
 
 
-def _short(text: str) -> str:
-    """`text` on one line, cut to `QUOTED_CHARS` with an ellipsis, as `bot.chat.replies.short` echoes a value:
-    this module is below the chat (`bot.chat` imports it), so it may not import that."""
+def short(text: str, limit: int = 80) -> str:
+    """`text` on one line, cut to `limit` characters with an ellipsis: for echoing what someone typed or sent
+    back to them (a form's wrong value, and the chat's replies: `bot.chat` imports it from here)."""
     text = " ".join(text.split())
-    return text if len(text) <= QUOTED_CHARS else text[: QUOTED_CHARS - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _parts(text: str) -> Iterator[Any]:

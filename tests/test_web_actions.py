@@ -320,9 +320,9 @@ async def test_a_negative_timeout_is_refused_beside_its_field(web: Web) -> None:
 async def test_a_long_wrong_value_is_quoted_shortened_beside_its_field(web: Web) -> None:
     """A wrong value of a thousand characters was quoted whole in its field's message (twice, where
     jsonschema's words quote it again). It is quoted cut to its first 60 characters, ending with an
-    ellipsis, as the chat shows a value it echoes (`bot.chat.replies.short`); the rest of the message is the
+    ellipsis, as the chat shows a value it echoes (`bot.forms.short`); the rest of the message is the
     engine's. The value itself stays in the field, to correct."""
-    from bot.chat.replies import short
+    from bot.forms import short
     from tests.test_web_executions import browser_form, field_errors
 
     client, csrf = await web.signed_in("olga", "operator")

@@ -32,7 +32,7 @@ from adapters.base import Message, Reply
 from bot.chat.auth import Authorizer, same_sender
 from bot.chat.commands import CommandFailed, CommandRefused, CommandService, Held, HeldRequest
 from bot.chat.outbox import Keyed, Outbox
-from bot.chat.replies import short
+from bot.forms import short
 from engine.crypto import CryptoError
 from engine.executions import AuditEntry
 from engine.parameters import mask

@@ -29,7 +29,8 @@ from aliases.model import immutable_names
 from bot.chat.auth import Authorizer
 from bot.chat.help import closed_parameters
 from bot.chat.index import AliasIndex
-from bot.chat.replies import acks, render_ack, short
+from bot.chat.replies import acks, render_ack
+from bot.forms import short
 from engine.actions import Action, unapproved
 from engine.executions import AuditEntry, CompletionWrite
 from engine.packs import UnknownAction

@@ -48,7 +48,8 @@ from bot.chat.forms import WORD as FORM_WORD
 from bot.chat.index import AliasIndex
 from bot.chat.inquiries import InquiryChat
 from bot.chat.outbox import Outbox
-from bot.chat.replies import capped, render_result, short, status_line
+from bot.chat.replies import capped, render_result, status_line
+from bot.forms import short
 from engine import tracing
 from engine.config import DEFAULT_CONFIRM_TTL, ConfigError, chat_confirm_ttl, chat_flood
 from engine.executions import (

@@ -50,8 +50,7 @@ from bot.chat import sessions
 from bot.chat.auth import Authorizer, same_sender
 from bot.chat.commands import CommandRefused, CommandService
 from bot.chat.help import closed_parameters, masked, secret_names, visible
-from bot.chat.replies import short
-from bot.forms import Field, action_fields, checked, parse
+from bot.forms import Field, action_fields, checked, parse, short
 
 if TYPE_CHECKING:
     from engine.core import Engine

@@ -25,7 +25,8 @@ from aliases import Alias
 from aliases.grammar import PLACEHOLDER as _FORMAT_PLACEHOLDER
 from aliases.model import PERMISSION_KINDS
 from bot.chat.auth import Authorizer
-from bot.chat.replies import short, status_line
+from bot.chat.replies import status_line
+from bot.forms import short
 from engine.parameters import mask_value, shown_parameters
 
 #: Built-in commands, shown after the packs' aliases.

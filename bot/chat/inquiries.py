@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.base import Message, Reply
 from bot.chat.auth import person, sender_names
-from bot.chat.replies import short
+from bot.forms import short
 from engine.events import EXECUTION_FINISHED, INQUIRY_PENDING
 from engine.executions import AmbiguousExecution, AuditEntry
 from engine.inquiries import RUNNER, InquiryError, masked, why_not

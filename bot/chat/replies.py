@@ -194,12 +194,6 @@ def _alias_dict(alias: Any) -> dict[str, Any]:
             "description": alias.description}
 
 
-def short(text: str, limit: int = 80) -> str:
-    """`text` on one line, cut to `limit` characters with an ellipsis: for echoing a command back."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 #: About the UTF-8 bytes of text one IRC line carries (`adapters/irc.py` `line_budget`: 512 less the
 #: relayed prefix, about 400 to 450): a longer line of a result is counted as the lines it becomes.
 REPLY_LINE_BYTES = 400
