@@ -24,9 +24,14 @@ let go otherwise; if the run after it is due within `STORED_LAG` (instances stor
 their run's time lag it), the two are one run, fired once when that one comes. A single process that
 restarts is the same case: rather than starting its interval timers over one interval after the restart, it keeps
 their phase and fires at most the one run the restart made it miss, never a burst. Cron and date
-timers need none of this: their times are absolute. Nor do they need the one thing a wall clock
-that steps back (NTP) asks of interval timers: a next run more than one interval ahead is put one
-interval after now (`TimerService._rewound`); it waited for the old clock's time.
+timers keep their absolute times, and the same rule: a process that takes the lead (or starts) fires
+the latest run of each that came due less than `TAKEOVER_GRACE` ago and that no process stored
+(`missed_run`, checked against the stored history as for interval timers), once, at once, as that run
+(`occurrence`: two processes that both fire it store it once). A run missed by more is not replayed,
+nor any run before that latest one: a long outage ends without a burst, and a date timer whose time is
+further back says at WARNING that it will not fire (`TimerService.sync`). Cron and date timers do not
+need the one thing a wall clock that steps back (NTP) asks of interval timers: a next run more than one
+interval ahead is put one interval after now (`TimerService._rewound`); it waited for the old clock's time.
 
 Daylight saving changes are cron's (cron(8)): a cron timer set at wall-clock times (no `*` in its
 hour, minute or second) runs once on the night the clocks go back, at the first of the two times the
@@ -77,8 +82,8 @@ MAX_SLEEP = 60.0
 #: While another process leads, how often (seconds) the loop asks whether this one leads now, so a
 #: takeover is in step with the old leader's runs before the next is due, not at this process's own.
 FOLLOWER_LOOK = 5.0
-#: How late a process that takes the lead may be for an interval run nobody fired and still fire it
-#: (once, at once); a run missed by more is let go, and the timer waits for its next one. It is the
+#: How late a process that takes the lead (or starts) may be for a timer's run nobody fired and still
+#: fire it (once, at once); a run missed by more is let go, and the timer waits for its next one. It is the
 #: longest a takeover should take: a crashed leader's lock is free at once, and one cut off from the
 #: database is dropped within ~25 s (`engine.leader`, with the server keepalives docs/scale-out.md
 #: asks for); the others look each second (`squall serve`) and this loop every `FOLLOWER_LOOK`; a
@@ -289,6 +294,18 @@ def occurrence(trigger_ref: str, parameters: Mapping[str, Any], scheduled: datet
     return f"{(at - _EPOCH) // _TICK:014x}{digest[:10]}", f"timer {trigger_ref} {at.isoformat()} {digest}"
 
 
+def missed_run(trigger: BaseTrigger, next_at: datetime | None, now: datetime) -> datetime | None:
+    """The run of a cron or date timer that a process taking the lead (or starting) at `now` may still
+    fire: the latest that came due less than `TAKEOVER_GRACE` before `now` (`coalesced`: the runs
+    before it in the grace are one with it), None if there is none or it is the timer's own `next_at`
+    (due anyway). Older runs are not replayed: a long outage ends without a burst of them."""
+    first = trigger.get_next_fire_time(None, now - TAKEOVER_GRACE + _TICK)
+    if first is None or first > now or now - first >= TAKEOVER_GRACE:  # a date timer's date, whenever it is
+        return None
+    latest, _following = coalesced(trigger, first, now)
+    return None if next_at is not None and next_at <= latest else latest
+
+
 def store_history(db: Database) -> History:
     """The `History` of the trigger instances stored in `db` (`Store.trigger_instance_latest`)."""
 
@@ -333,7 +350,16 @@ class TimerService:
                 continue
             first = trigger.get_next_fire_time(None, now)
             if item["type"] == DATE and first is not None and first < now - timedelta(seconds=1):
-                log.info("date timer %s is in the past; it will not fire", key)
+                # Within the grace, a start or takeover still fires it if nobody stored it (`_catch_up`).
+                if first <= now - TAKEOVER_GRACE:
+                    log.warning("date timer %s is more than %d s in the past; it will not fire: Squall fires a "
+                                "run that came due while it was stopped or changing leader only if it is less "
+                                "than TAKEOVER_GRACE (%d s) late, and replays none older (if it did not fire "
+                                "at its time, that run is lost; set a future date to run it)", key,
+                                TAKEOVER_GRACE.total_seconds(), TAKEOVER_GRACE.total_seconds())
+                elif self._led:
+                    log.info("date timer %s is in the past; it will not fire (a rule added while Squall runs "
+                             "fires no run that came before it)", key)
                 first = None
             timers[key] = Timer(key, item["type"], dict(item["parameters"]), trigger, first)
         self.timers = timers
@@ -401,7 +427,8 @@ class TimerService:
         """Whether this process leads. When it has just taken the lead (the first time too: a
         process that starts alone takes it at its start), each interval timer is first put in step
         with its newest stored run (`resumed`), so that a restart or a takeover neither fires early
-        on this process's own phase nor late, and never fires again what was fired."""
+        on this process's own phase nor late, and never fires again what was fired; a cron or date
+        timer's run that nobody fired within the grace is made due (`missed_run`)."""
         leading = await self._leading()
         if leading and not self._led:
             await self._catch_up()
@@ -412,19 +439,43 @@ class TimerService:
         """Move each interval timer onto the phase of its newest run stored within the last two
         intervals and `TAKEOVER_GRACE`: enough for a takeover however late it comes, and only that
         many runs' rows to read. With none (a new timer; all processes down for longer), it keeps
-        the phase of its own start: its first run one interval after that, as it always had."""
-        for timer in [t for t in self.timers.values() if t.type == INTERVAL]:
-            every = interval_of(timer.parameters)
+        the phase of its own start: its first run one interval after that, as it always had.
+
+        Make each cron or date timer's `missed_run` due now unless a run at or after it is stored (the
+        old leader, or this process before its restart, fired it), and, for a cron timer, unless none of
+        its runs ever was (a rule new at this start: its first run is its next one): fired as that run
+        (`occurrence`), it is stored once even if another process catching up fires it too. Without a
+        history, what was fired cannot be told: nothing is replayed."""
+        if self.history is None:
+            return
+        for timer in list(self.timers.values()):
             now = self.clock()
+            missed: datetime | None = None
+            if timer.type == INTERVAL:
+                every = interval_of(timer.parameters)
+                since = now - 2 * every - TAKEOVER_GRACE
+            else:
+                missed = missed_run(timer.trigger, timer.next_at, now)
+                if missed is None:
+                    continue
+                # A cron timer's newest run whenever it was: one that never fired is a new rule's, whose
+                # first start must not fire the run that came just before it.
+                since = _EPOCH if timer.type == CRON else missed
             try:
-                last = None if self.history is None else await self.history(
-                    timer.type, timer.parameters, now - 2 * every - TAKEOVER_GRACE)
+                last = await self.history(timer.type, timer.parameters, since)
             except Exception as exc:  # the schedule it has is the next best
                 log.warning("timer %s keeps its own schedule: could not read when it last fired (%s)", timer.key, exc)
                 continue
-            if last is not None:
-                timer.next_at = resumed(last, every, now)
-                timer.trigger = schedule(timer.type, timer.parameters, start=timer.next_at - every)
+            if timer.type == INTERVAL:
+                if last is not None:
+                    timer.next_at = resumed(last, every, now)
+                    timer.trigger = schedule(timer.type, timer.parameters, start=timer.next_at - every)
+            elif missed is not None and (last is None if timer.type == DATE else last is not None and last < missed):
+                # (a cron timer that never fired is new: nothing missed it)
+                log.info("timer %s: its run of %s came due while no process led (Squall stopped or restarting, "
+                         "or the lead changing hands) and is not stored; less than TAKEOVER_GRACE late, it "
+                         "fires once, now", timer.key, missed.astimezone(UTC).isoformat())
+                timer.next_at = missed
 
     def say_zones(self) -> None:
         """Say each cron or date timer that runs in UTC for want of `timezone`, on a host whose zone is not
@@ -435,9 +486,6 @@ class TimerService:
                 self._said.add(timer.key)
                 say_utc(timer.type, timer.parameters)
 
-    def _keeps_interval_timers(self) -> bool:
-        return any(t.type == INTERVAL for t in self.timers.values())
-
     async def run(self) -> None:
         """Sleep until the soonest timer, fire, repeat; a `sync` wakes it to look again (and to say the
         timers it added that run in UTC for want of `timezone`: `say_zones`). While it
@@ -445,7 +493,8 @@ class TimerService:
         while True:
             self._changed.clear()
             self.say_zones()
-            following = not self._led and self._keeps_interval_timers()
+            # Every timer type catches up when the lead comes (`_catch_up`), so look now, not at its run.
+            following = not self._led and bool(self.timers)
             if following:
                 following = not await self.look()
             due = self.next_due()
