@@ -56,10 +56,13 @@ def action_public(action: Any) -> dict[str, Any]:
 
 
 @router.get("/actions", tags=["actions"])
-async def list_actions(request: Request, response: Response, pack: str | None = None,
+async def list_actions(request: Request, response: Response, pack: str | None = None, name: str | None = None,
                        paging: Paging = Depends()) -> list[dict[str, Any]]:
+    """StackStorm's filters: `pack` (`st2 action list -p`) and `name` (the ref after its pack, which
+    st2client's `get_by_name` sends and which it expects at most one action of)."""
     actions = sorted(api_state(request).squall.registry.actions.values(), key=lambda a: a.ref)
-    return [action_public(a) for a in paging.page([a for a in actions if pack in (None, a.pack)], response)]
+    chosen = [a for a in actions if pack in (None, a.pack) and name in (None, a.name)]
+    return [action_public(a) for a in paging.page(chosen, response)]
 
 
 def _find_action(request: Request, ref_or_id: str) -> Action:
@@ -92,14 +95,15 @@ async def create_action() -> None:
                              "new pack.", headers={"Allow": "GET"})
 
 
-def _shipped(request: Request, action: Action) -> bool:
-    """Whether `action` belongs to a pack shipped with Squall (core, chatops, squall), whose files are Squall's."""
-    pack = api_state(request).squall.registry.packs.get(action.pack)
-    return pack is None or pack.system
-
-
-_SHIPPED = ("it belongs to a pack shipped with Squall, whose files are not changed: write the action you want "
-            "in a pack of your own")
+def unless_shipped(request: Request, pack_ref: str, kind: str, instead: str) -> str:
+    """What a refused API write to pack content of `kind` (an action, an alias, a trigger type) in the pack
+    `pack_ref` says to do: `instead` (edit or remove its file), or, for a pack shipped with Squall (core,
+    chatops, squall), whose files are Squall's, write one of your own."""
+    pack = api_state(request).squall.registry.packs.get(pack_ref)
+    if pack is None or pack.system:
+        return (f"it belongs to a pack shipped with Squall, whose files are not changed: write the {kind} you want "
+                "in a pack of your own")
+    return instead
 
 
 @router.put("/actions/{ref_or_id}", tags=["actions"])
@@ -107,8 +111,8 @@ async def update_action(ref_or_id: str, request: Request) -> None:
     """StackStorm's action update, as `st2 action update|enable|disable` send it: refused (409) with the
     action's metadata file to edit, or 404 for an action that is not loaded."""
     action = _find_action(request, ref_or_id)
-    instead = _SHIPPED if _shipped(request, action) else (
-        f"edit {action.metadata_file} instead (`enabled: false` there disables it)")
+    instead = unless_shipped(request, action.pack, "action",
+                             f"edit {action.metadata_file} instead (`enabled: false` there disables it)")
     raise HTTPException(409, f"Action {action.ref} cannot be changed through the API in Squall, where actions are "
                              f"kept in pack files: {instead}; {RELOADED}.")
 
@@ -118,8 +122,8 @@ async def delete_action(ref_or_id: str, request: Request) -> None:
     """StackStorm's action delete: refused (409, never 404 for a loaded action: st2client takes a 404 for
     a delete done) with the action's metadata file to remove."""
     action = _find_action(request, ref_or_id)
-    instead = _SHIPPED if _shipped(request, action) else (
-        f"remove {action.metadata_file} (and its entry point) from pack {action.pack}, or the whole pack with "
-        f"`squall pack remove {action.pack}`")
+    instead = unless_shipped(request, action.pack, "action",
+                             f"remove {action.metadata_file} (and its entry point) from pack {action.pack}, or the "
+                             f"whole pack with `squall pack remove {action.pack}`")
     raise HTTPException(409, f"Action {action.ref} cannot be deleted through the API in Squall, where actions are "
                              f"kept in pack files: {instead}; {RELOADED}.")

@@ -6,7 +6,12 @@ display strings of the enabled aliases, filtered and paged as `generate_helpstri
 aliases carry permissions (config `auth.aliases`, an alias's own `permissions`) that `/aliasexecution`
 applies to whom a request speaks for, so the help lists what that caller may run (`_may_run`). Its path,
 and `/actionalias/match`, are routes of their own, declared before `/actionalias/{ref_or_id}`: neither
-is taken for an alias's ref."""
+is taken for an alias's ref.
+
+An alias is addressed by its ref or its `id` (`alias_id`, derived from the ref as an action's is), as
+StackStorm's `/actionalias/{ref_or_id}`: `st2 action-alias update|delete` read the alias, then send its
+`id`. Aliases are pack content, kept in their packs' files, so those writes, and `st2 action-alias
+create`, are refused (405) with what to edit instead."""
 
 from __future__ import annotations
 
@@ -18,11 +23,12 @@ from pydantic import BaseModel
 
 from adapters.base import Message
 from aliases import Alias, AliasMatch, AmbiguousCommand, NoMatch
-from bot.http.actions import in_pack
+from bot.http.actions import RELOADED, in_pack, unless_shipped
 from bot.http.key_auth import request_user
 from bot.http.paging import Paging
 from bot.http.state import ApiState, api_state
 from engine import patterns
+from engine.actions import content_id
 from engine.parameters import MAX_INTEGER
 
 router = APIRouter()
@@ -42,10 +48,16 @@ def match_command(state: ApiState, command: str) -> AliasMatch:
         raise HTTPException(400, str(exc)) from exc
 
 
+def alias_id(ref: str) -> str:
+    """The `id` of the alias `ref`: derived from it (`content_id`), so every process and restart shows the
+    same one; st2client addresses an alias by it once it has read the alias."""
+    return content_id("action_alias", ref)
+
+
 def alias_public(state: ApiState, alias: Alias) -> dict[str, Any]:
-    """The alias as StackStorm's `ActionAliasAPI` shows it: its summary, `metadata_file` relative to its
-    pack (`aliases/greet.yaml`, `in_pack`)."""
-    summary = alias.summary()
+    """The alias as StackStorm's `ActionAliasAPI` shows it: its `id` (`alias_id`), its summary,
+    `metadata_file` relative to its pack (`aliases/greet.yaml`, `in_pack`)."""
+    summary = {"id": alias_id(alias.ref), **alias.summary()}
     if summary.get("metadata_file"):
         summary["metadata_file"] = in_pack(summary["metadata_file"], alias.pack, state.squall.registry)
     return summary
@@ -130,13 +142,54 @@ async def match_alias(body: AliasMatchRequest, request: Request) -> dict[str, An
             "representation": match.representation, "parameters": match.parameters}
 
 
+def _find_alias(state: ApiState, ref_or_id: str) -> Alias:
+    """The loaded alias `ref_or_id` names (its ref or its `id`), disabled ones too; 404 naming where the
+    aliases are listed."""
+    aliases = state.squall.chat.index.aliases
+    alias = aliases.get(ref_or_id) or next((a for a in aliases.values() if alias_id(a.ref) == ref_or_id), None)
+    if alias is None:
+        raise HTTPException(404, f'Action alias "{ref_or_id}" is not loaded (no alias has that ref or id); '
+                                 "GET /api/v1/actionalias lists the aliases.")
+    return alias
+
+
 @router.get("/actionalias/{ref_or_id}", tags=["aliases"])
 async def get_alias(ref_or_id: str, request: Request) -> dict[str, Any]:
-    """One alias by its ref (`st2 action-alias get PACK.NAME`), disabled ones too, as the list shows them;
-    404 naming where the aliases are listed."""
+    """One alias by its ref or id (`st2 action-alias get PACK.NAME`), disabled ones too, as the list shows
+    them."""
     state = api_state(request)
-    alias = state.squall.chat.index.aliases.get(ref_or_id)
-    if alias is None:
-        raise HTTPException(404, f'Action alias "{ref_or_id}" is not loaded (no alias has that ref); '
-                                 "GET /api/v1/actionalias lists the aliases.")
-    return alias_public(state, alias)
+    return alias_public(state, _find_alias(state, ref_or_id))
+
+
+_ALLOW_GET = {"Allow": "GET"}
+
+
+@router.post("/actionalias", tags=["aliases"])
+async def create_alias() -> None:
+    """StackStorm's alias create (`st2 action-alias create FILE`): refused (405), since Squall keeps no alias
+    the API could store; the answer says where an alias is written instead."""
+    raise HTTPException(405, "Action aliases are not created through the API in Squall: they are kept in pack "
+                             "files. Write the alias (name, action_ref, formats) as aliases/<name>.yaml in a pack "
+                             f"of your own; {RELOADED}.", headers=_ALLOW_GET)
+
+
+@router.put("/actionalias/{ref_or_id}", tags=["aliases"])
+async def update_alias(ref_or_id: str, request: Request) -> None:
+    """StackStorm's alias update (`st2 action-alias update`): refused (405) with the alias's file to edit, or
+    404 for an alias that is not loaded."""
+    alias = _find_alias(api_state(request), ref_or_id)
+    instead = unless_shipped(request, alias.pack, "alias",
+                             f"edit {alias.metadata_file} instead (`enabled: false` there disables it)")
+    raise HTTPException(405, f"Action alias {alias.ref} cannot be changed through the API in Squall, where aliases "
+                             f"are kept in pack files: {instead}; {RELOADED}.", headers=_ALLOW_GET)
+
+
+@router.delete("/actionalias/{ref_or_id}", tags=["aliases"])
+async def delete_alias(ref_or_id: str, request: Request) -> None:
+    """StackStorm's alias delete (`st2 action-alias delete`): refused with a 405, never a 404 for a loaded
+    alias (st2client takes a 404 for a delete done), naming the file to remove."""
+    alias = _find_alias(api_state(request), ref_or_id)
+    instead = unless_shipped(request, alias.pack, "alias",
+                             f"remove {alias.metadata_file} (or set `enabled: false` there)")
+    raise HTTPException(405, f"Action alias {alias.ref} cannot be deleted through the API in Squall, where aliases "
+                             f"are kept in pack files: {instead}; {RELOADED}.", headers=_ALLOW_GET)

@@ -122,6 +122,17 @@ def _doc(request: Request, record: dict[str, Any]) -> dict[str, Any]:
     return execution_doc(record, api_state(request).squall.registry)
 
 
+#: The filters `list_executions` selects by, as StackStorm's API spells them.
+_FILTERS = ("action", "status", "parent", "user", "trigger_instance", "timestamp_gt", "timestamp_lt")
+#: StackStorm's other execution filters (`ActionExecutionsController.supported_filters`), which the store
+#: cannot select by (`Store.list_executions`): refused, since a list that ignored one answered every
+#: execution as if all had matched (`?rule=X` listed the ones no rule ran too).
+_UNSUPPORTED_FILTERS = ("rule", "runner", "trigger", "trigger_type", "liveaction")
+#: Where what an unsupported filter would select can be found instead.
+_INSTEAD = {"rule": "a rule's executions are named by its enforcements: GET /ruleenforcements?rule_ref=REF",
+            "liveaction": "a liveaction's id is its execution's: GET /executions/ID"}
+
+
 @router.get("/executions", tags=["executions"], response_model=list[dict[str, Any]])
 async def list_executions(request: Request, response: Response, action: str | None = None,
                           status: str | None = None, parent: str | None = None, user: str | None = None,
@@ -136,7 +147,12 @@ async def list_executions(request: Request, response: Response, action: str | No
     `timestamp_gt`/`timestamp_lt` (started strictly after/before, ISO 8601). `limit=-1` lists them all
     (`st2 execution list -n -1`), as StackStorm does for an admin, written a page at a time
     (`_all_executions`). `include_attributes` and `exclude_attributes` answer with some attributes only
-    (`bot/http/attributes.py`). Read on `Database.read`: a filter no index serves scans the table."""
+    (`bot/http/attributes.py`). Read on `Database.read`: a filter no index serves scans the table.
+    StackStorm's filters Squall cannot apply (`_UNSUPPORTED_FILTERS`) are a 400 naming them."""
+    if unsupported := [name for name in _UNSUPPORTED_FILTERS if name in request.query_params]:
+        instead = "".join(f"; {_INSTEAD[name]}" for name in unsupported if name in _INSTEAD)
+        raise HTTPException(400, f"executions cannot be filtered by {', '.join(unsupported)} in Squall; the filters "
+                                 f"are {', '.join(_FILTERS)}{instead}")
     squall = api_state(request).squall
     filters = {"action": action, "status": status, "parent": parent, "user": user,
                "trigger_instance": trigger_instance, "since": query_time("timestamp_gt", timestamp_gt),

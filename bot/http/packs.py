@@ -1,4 +1,7 @@
-"""`GET /api/v1/packs[/{ref}]`: the loaded packs, with how many actions, aliases, rules... each holds."""
+"""`GET /api/v1/packs[/{ref_or_id}]`: the loaded packs, with how many actions, aliases, rules... each holds.
+
+A pack carries an `id` derived from its ref (`content_id`, as an action's), by which it is also read, as
+StackStorm's `/packs/{ref_or_id}`; the list takes StackStorm's filters `name` and `ref`."""
 
 from __future__ import annotations
 
@@ -9,23 +12,43 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from bot.http.actions import RELOADED
 from bot.http.paging import Paging
 from bot.http.state import api_state
+from engine.actions import content_id
+from engine.packs import Registry
 
 router = APIRouter()
 
 
+def pack_id(ref: str) -> str:
+    """The `id` of the pack `ref`: derived from it, the same in every process and restart (a pack is its
+    folder here, with no row to number)."""
+    return content_id("pack", ref)
+
+
+def _pack_public(registry: Registry, ref: str) -> dict[str, Any]:
+    """The pack as StackStorm's `PackAPI` shows it: its `id`, then its summary with its content's counts."""
+    return {"id": pack_id(ref), **registry.packs[ref].summary(registry.counts(ref))}
+
+
 @router.get("/packs", tags=["packs"])
-async def list_packs(request: Request, response: Response, paging: Paging = Depends()) -> list[dict[str, Any]]:
+async def list_packs(request: Request, response: Response, name: str | None = None, ref: str | None = None,
+                     paging: Paging = Depends()) -> list[dict[str, Any]]:
+    """StackStorm's filters: `name` (pack.yaml's `name`, which st2client's `get_by_name` sends) and `ref`."""
     registry = api_state(request).squall.registry
-    return [registry.packs[ref].summary(registry.counts(ref)) for ref in paging.page(sorted(registry.packs), response)]
+    refs = [r for r in sorted(registry.packs)
+            if ref in (None, r) and name in (None, registry.packs[r].metadata.get("name", r))]
+    return [_pack_public(registry, r) for r in paging.page(refs, response)]
 
 
-@router.get("/packs/{ref}", tags=["packs"])
-async def get_pack(ref: str, request: Request) -> dict[str, Any]:
+@router.get("/packs/{ref_or_id}", tags=["packs"])
+async def get_pack(ref_or_id: str, request: Request) -> dict[str, Any]:
+    """One pack by its ref or its `id` (`st2 pack get`)."""
     registry = api_state(request).squall.registry
-    pack = registry.packs.get(ref)
-    if pack is None:
-        raise HTTPException(404, f'Pack "{ref}" is not loaded; loaded: {", ".join(sorted(registry.packs))}.')
-    return pack.summary(registry.counts(ref))
+    ref = ref_or_id if ref_or_id in registry.packs else next(
+        (r for r in registry.packs if pack_id(r) == ref_or_id), None)
+    if ref is None:
+        raise HTTPException(404, f'Pack "{ref_or_id}" is not loaded (no pack has that ref or id); loaded: '
+                                 f'{", ".join(sorted(registry.packs))}.')
+    return _pack_public(registry, ref)
 
 
 # StackStorm's pack management (`st2 pack install|remove|register|search|show`) is the `squall` CLI's on the

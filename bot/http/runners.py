@@ -1,14 +1,16 @@
 """`/api/v1/runnertypes`: the runners actions name, with their parameters.
 
 `st2 run` reads the action's runner here (`?name=`) to cast `key=value` arguments that belong to the
-runner (`timeout=30`, `env=...`) before it requests the execution."""
+runner (`timeout=30`, `env=...`) before it requests the execution. The list is paged as every list is
+(`Paging`: `limit`, `offset`, `X-Total-Count`), so that a client paging by offset stops."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Response
 
+from bot.http.paging import Paging
 from engine.runners import RUNNER_TYPES, RunnerType
 
 router = APIRouter()
@@ -22,8 +24,11 @@ def runner_public(runner: RunnerType) -> dict[str, Any]:
 
 
 @router.get("/runnertypes", tags=["actions"])
-async def list_runners(name: str | None = None) -> list[dict[str, Any]]:
-    return [runner_public(r) for r in RUNNER_TYPES.values() if name in (None, r.name)]
+async def list_runners(response: Response, name: str | None = None,
+                       paging: Paging = Depends()) -> list[dict[str, Any]]:
+    """StackStorm's filter `name` (`st2 run` reads the action's runner by it)."""
+    runners = [r for r in RUNNER_TYPES.values() if name in (None, r.name)]
+    return [runner_public(r) for r in paging.page(runners, response)]
 
 
 @router.get("/runnertypes/{name}", tags=["actions"])

@@ -2,10 +2,13 @@
 
 Until Squall has accounts of its own, a person proves who they are with an API key: as the password of
 HTTP basic auth (`st2 login NAME --password KEY`, NAME being the stored key's name) or in the
-`St2-Api-Key` header. The token then speaks for that name (a key from config names nobody, so the login
-name is taken) for `api.token_ttl` seconds, or less if the request's `ttl` asks, and only while that key
-works: the token records the key (`bot.apikeys.key_issuer`), so deleting or disabling it (or removing a
-configured key from the config) ends every token obtained with it. StackStorm's API has no call that
+`St2-Api-Key` header. When a request carries both, basic auth decides, as StackStorm's st2auth reads
+only the Authorization header: st2client sends an exported `ST2_API_KEY` with every request, `st2 login`'s
+too, and a login as bob must not become one as the exported key's alice. The token then speaks for that
+name (a key from config names nobody, so the login name is taken) for `api.token_ttl` seconds, or less if
+the request's `ttl` asks, and only while that key works: the token records the key
+(`bot.apikeys.key_issuer`), so deleting or disabling it (or removing a configured key from the config)
+ends every token obtained with it. StackStorm's API has no call that
 revokes a token; this is how one is revoked."""
 
 from __future__ import annotations
@@ -43,28 +46,29 @@ def _basic(request: Request) -> tuple[str, str] | None:
     return (user, password) if sep and user else None
 
 
-async def _who(request: Request) -> tuple[str, str]:
+async def _who(request: Request, credentials: tuple[str, str] | None) -> tuple[str, str]:
     """The name a new token speaks for and the key it is obtained with (`key_issuer`: the token works
-    only while that key does); 401 unless the request carries a valid API key."""
+    only while that key does); 401 unless the request carries a valid API key. `credentials` (`_basic`),
+    what was typed at `st2 login`, decide when there are any; header `St2-Api-Key` only without them."""
     state = api_state(request)
-    header_key = request.headers.get("st2-api-key")
-    credentials = None if header_key else _basic(request)
-    key = header_key or (credentials[1] if credentials else None)
+    key = credentials[1] if credentials else request.headers.get("st2-api-key")
     if not key:
         raise HTTPException(401, "Unauthorized - log in with HTTP basic auth (user name and an API key as the "
                                  "password: st2 login NAME --password KEY) or send header St2-Api-Key.",
                             headers=_REALM)
     who = await authenticated_key(state, key)
     if who is None:
-        raise HTTPException(401, "Unauthorized - the password is not a valid API key.", headers=_REALM)
+        where = "the password" if credentials else "header St2-Api-Key"
+        raise HTTPException(401, f"Unauthorized - {where} is not a valid API key.", headers=_REALM)
     name = who.get("name")
     login = credentials[0] if credentials else None
     if name and login and login != name:
         raise HTTPException(401, f"Unauthorized - this API key is {name}'s; log in as {name}.", headers=_REALM)
     user = name or login
-    if not user:
-        raise HTTPException(401, "Unauthorized - this API key (from config) names nobody; log in with a user name "
-                                 "and the key as the password.", headers=_REALM)
+    if not user:  # only a configured key in header St2-Api-Key: basic auth always carries a user name
+        raise HTTPException(401, "Unauthorized - this API key (from config) names nobody, and header St2-Api-Key "
+                                 "carries no user name; log in with HTTP basic auth instead, a user name and the "
+                                 "key as the password (st2 login NAME --password KEY).", headers=_REALM)
     return user, key_issuer(who, hash_key(key))
 
 
@@ -79,10 +83,11 @@ async def create_token(request: Request, body: TokenRequest | None = None) -> di
     squall = state.squall
     # From where, as the web's logins are audited (`web:<address>`): a guesser's address is what to block.
     source = f"api:{request.client.host if request.client else 'unknown'}"
+    credentials: tuple[str, str] | None = None
     try:
-        user, issuer = await _who(request)
-    except HTTPException as refused:
-        credentials = None if request.headers.get("st2-api-key") else _basic(request)
+        credentials = _basic(request)
+        user, issuer = await _who(request, credentials)
+    except HTTPException as refused:  # malformed basic auth too: audited, without a name
         await squall.db(squall.store.audit_add, "api.login.failed", credentials[0] if credentials else None, source,
                         None, {"reason": refused.detail})
         raise

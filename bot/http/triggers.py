@@ -1,5 +1,10 @@
 """`/api/v1/triggertypes` and `/api/v1/triggerinstances`: what can fire, what fired, and firing again
-(audited as `api.trigger.re_emit`, as the web UI's re-emit is, the event stored with the new instance)."""
+(audited as `api.trigger.re_emit`, as the web UI's re-emit is, the event stored with the new instance).
+
+A trigger type is addressed by its ref or its `id` (derived from the ref, `content_id`, as an action's is):
+`st2 trigger update|delete` read it, then send its `id`. Trigger types are declared in pack files (a
+pack's `triggers/`, a sensor's `trigger_types`), so those writes, and a create, are refused (405) with
+what to edit instead."""
 
 from __future__ import annotations
 
@@ -9,10 +14,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
+from bot.http.actions import RELOADED, unless_shipped
 from bot.http.key_auth import request_user
 from bot.http.paging import Paging, keyset_pages, page_limit, query_time, streamed_list, tell_page
 from bot.http.state import api_state
+from engine.actions import content_id
 from engine.executions import AuditEntry
+from engine.packs import TriggerType
 from engine.parameters import MAX_INTEGER
 from engine.triggers import public
 
@@ -29,22 +37,62 @@ async def list_trigger_types(request: Request, response: Response, pack: str | N
     return [_trigger_type_public(t) for t in paging.page(types, response)]
 
 
-def _trigger_type_public(trigger_type: Any) -> dict[str, Any]:
-    return {"ref": trigger_type.ref, "name": trigger_type.name, "pack": trigger_type.pack,
-            "description": trigger_type.description, "payload_schema": trigger_type.payload_schema,
-            "parameters_schema": trigger_type.parameters_schema}
+def _trigger_type_public(trigger_type: TriggerType) -> dict[str, Any]:
+    return {"id": content_id("trigger_type", trigger_type.ref), "ref": trigger_type.ref, "name": trigger_type.name,
+            "pack": trigger_type.pack, "description": trigger_type.description,
+            "payload_schema": trigger_type.payload_schema, "parameters_schema": trigger_type.parameters_schema}
 
 
-@router.get("/triggertypes/{ref}", tags=["triggers"])
-async def get_trigger_type(ref: str, request: Request) -> dict[str, Any]:
-    """One trigger type by its ref (`st2 trigger get core.st2.webhook`); 404 naming the nearest refs."""
+def _find_trigger_type(request: Request, ref_or_id: str) -> TriggerType:
+    """The trigger type `ref_or_id` names (its ref or its `id`); 404 naming the nearest refs."""
     types = api_state(request).squall.registry.trigger_types
-    found = types.get(ref)
+    found = types.get(ref_or_id) or next(
+        (t for ref, t in types.items() if content_id("trigger_type", ref) == ref_or_id), None)
     if found is None:
-        near = difflib.get_close_matches(ref, list(types), n=3)
+        near = difflib.get_close_matches(ref_or_id, list(types), n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else "; GET /api/v1/triggertypes lists them."
-        raise HTTPException(404, f'Trigger type "{ref}" is not registered{hint}')
-    return _trigger_type_public(found)
+        raise HTTPException(404, f'Trigger type "{ref_or_id}" is not registered (no trigger type has that ref or '
+                                 f"id){hint}")
+    return found
+
+
+@router.get("/triggertypes/{ref_or_id}", tags=["triggers"])
+async def get_trigger_type(ref_or_id: str, request: Request) -> dict[str, Any]:
+    """One trigger type by its ref or id (`st2 trigger get core.st2.webhook`)."""
+    return _trigger_type_public(_find_trigger_type(request, ref_or_id))
+
+
+_ALLOW_GET = {"Allow": "GET"}
+
+
+@router.post("/triggertypes", tags=["triggers"])
+async def create_trigger_type() -> None:
+    """StackStorm's trigger type create: refused (405), with where a trigger type is declared instead."""
+    raise HTTPException(405, "Trigger types are not created through the API in Squall: they are kept in pack files. "
+                             "Write the trigger type (name, payload_schema) as triggers/<name>.yaml in a pack of "
+                             f"your own, or list it in a sensor's trigger_types; {RELOADED}.", headers=_ALLOW_GET)
+
+
+@router.put("/triggertypes/{ref_or_id}", tags=["triggers"])
+async def update_trigger_type(ref_or_id: str, request: Request) -> None:
+    """StackStorm's trigger type update (`st2 trigger update`): refused (405) with the file declaring it, or 404
+    for a trigger type that is not registered."""
+    found = _find_trigger_type(request, ref_or_id)
+    instead = unless_shipped(request, found.pack, "trigger type",
+                             f"edit its declaration in {found.metadata_file} instead")
+    raise HTTPException(405, f"Trigger type {found.ref} cannot be changed through the API in Squall, where trigger "
+                             f"types are kept in pack files: {instead}; {RELOADED}.", headers=_ALLOW_GET)
+
+
+@router.delete("/triggertypes/{ref_or_id}", tags=["triggers"])
+async def delete_trigger_type(ref_or_id: str, request: Request) -> None:
+    """StackStorm's trigger type delete (`st2 trigger delete`): refused with a 405, never a 404 for a registered
+    one (st2client takes a 404 for a delete done), naming the file declaring it."""
+    found = _find_trigger_type(request, ref_or_id)
+    instead = unless_shipped(request, found.pack, "trigger type",
+                             f"remove its declaration from {found.metadata_file}")
+    raise HTTPException(405, f"Trigger type {found.ref} cannot be deleted through the API in Squall, where trigger "
+                             f"types are kept in pack files: {instead}; {RELOADED}.", headers=_ALLOW_GET)
 
 
 @router.get("/triggerinstances", tags=["triggers"], response_model=list[dict[str, Any]])
