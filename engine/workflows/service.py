@@ -860,8 +860,9 @@ class WorkflowService:
             if status == "running":
                 await self._pausing_again(record)
         if self.stepping and status == "canceling":  # a cancel asked for since the last step
-            if getattr(conductor, "cancel", None) is None:
-                return RunOutcome("canceled", {"error": "canceled by request"})
+            if getattr(conductor, "cancel", None) is None:  # an ActionChain: it keeps the tasks it ran
+                kept = await self.kept_result(record)
+                return RunOutcome("canceled", {**(kept or {}), "error": "canceled by request"})
             flow.canceled_at = _cancel_asked_at(record)
             flow.cancel_requested = True
         if not flow.cancel_requested and await self._parent_canceled(record):
@@ -1025,8 +1026,10 @@ class WorkflowService:
         children = await self.executions.db(store.list_executions, parent=execution_id,
                                             status=[*_LIVE, *_WAITING], limit=100_000)
         await self.cancel_all([child["id"] for child in children], graceful=graceful)
-        if not graceful:
-            await self.executions.complete(execution_id, "canceled", canceled_result(record), ("canceling",))
+        if not graceful:  # an ActionChain keeps the tasks it ran, as its cancel in one process does
+            kept = await self.kept_result(record)
+            await self.executions.complete(execution_id, "canceled", {**(kept or {}), **canceled_result(record)},
+                                           ("canceling",))
             return True
         await self._cancel_root(record)
         await self.jobs.advance(execution_id)  # type: ignore[union-attr]
