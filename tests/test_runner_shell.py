@@ -810,3 +810,41 @@ async def test_values_too_big_together_are_refused_without_a_traceback(squall: S
     error = _refused(await run(squall, "core.local", {"cmd": "true", "env": env}))
     assert "arguments and environment" in error and "together" in error, error
     assert "Argument list too long" not in error
+
+
+async def test_a_cancel_while_the_command_starts_kills_its_group_and_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short_grace: None) -> None:
+    """Canceled while asyncio still connected its pipes (the command already running): asyncio's own clean-up
+    killed the leader alone and then waited for pipes a child of the command held open, so the cancel hung for
+    as long as that child ran (a CI run's sudo test: sudo killed, the root command it started kept the pipes).
+    The start is now seen through and the run ended as any cancel ends it, its whole group killed."""
+    import asyncio.base_subprocess as base_subprocess
+
+    from engine.runners.shell import run_process
+
+    gate = asyncio.Event()
+    connect = base_subprocess.BaseSubprocessTransport._connect_pipes
+
+    async def held_open(self: Any, waiter: Any) -> None:  # the loop slow to connect the pipes
+        await gate.wait()
+        await connect(self, waiter)
+
+    monkeypatch.setattr(base_subprocess.BaseSubprocessTransport, "_connect_pipes", held_open)
+    child_pid = tmp_path / "child.pid"
+    run = asyncio.create_task(run_process(["sh", "-c", f"sleep 60 & echo $! > {child_pid}; wait"],
+                                          env=dict(os.environ), cwd=str(tmp_path), timeout=60))
+    child = await _read_pid(child_pid)  # the command runs; its start has not returned
+    try:
+        run.cancel()
+        await asyncio.sleep(0.1)
+        gate.set()
+        done, _ = await asyncio.wait([run], timeout=20)  # a bound on a hang only: it takes about a second
+        assert done, "the cancel waited for the pipes the command's child held open"
+        assert run.cancelled()
+        for _ in range(100):
+            if _gone(child):
+                break
+            await asyncio.sleep(0.05)
+        assert _gone(child), "the command's child outlived the cancel"
+    finally:
+        _kill(child_pid)

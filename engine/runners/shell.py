@@ -248,7 +248,7 @@ async def run_process(
     """
     sudo_path = env.get("PATH", os.defpath) if argv[0] == "sudo" and os.geteuid() != 0 else None
     argv, dying = dying_with_service(argv)
-    process = await asyncio.create_subprocess_exec(
+    creating = asyncio.ensure_future(asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -258,10 +258,23 @@ async def run_process(
         start_new_session=True,
         **dying,
         **(run_as.process_options() if run_as is not None else {}),
-    )
+    ))
+    cut = False
+    try:
+        process = await asyncio.shield(creating)
+    except asyncio.CancelledError:
+        # Cut while asyncio connected the pipes: its own clean-up kills the leader alone (sudo, not the command
+        # sudo started as root) and then waits for the pipes to close, which the survivors hold open: the
+        # cancel hung for as long as the command ran (Python 3.11). The start is let finish, and the run is
+        # ended as one canceled later is: its whole group killed (`_communicate`).
+        cut = True
+        while not creating.done():  # a second cancel meanwhile changes nothing: the start is seen through
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(creating)
+        process = creating.result()
     LEDGER.track(process.pid)
     try:
-        return await _communicate(process, stdin, timeout, on_output, sudo_path, on_stray)
+        return await _communicate(process, stdin, timeout, on_output, sudo_path, on_stray, cut)
     finally:
         if process.returncode is not None:
             LEDGER.untrack(process.pid)
@@ -269,7 +282,8 @@ async def run_process(
 
 async def _communicate(process: asyncio.subprocess.Process, stdin: bytes | None, timeout: float,
                        on_output: Callable[[str, bytes], None] | None, sudo_path: str | None,
-                       on_stray: Callable[[str], None] | None) -> dict[str, Any]:
+                       on_stray: Callable[[str], None] | None, cut: bool = False) -> dict[str, Any]:
+    """The run of a started `process` to its end, its timeout or its cancel (`cut`: canceled while it started)."""
     captures = {"stdout": _Capture(), "stderr": _Capture()}
     live = {name: functools.partial(on_output, name) if on_output else None for name in captures}
     readers = asyncio.gather(*(_read(getattr(process, name), captures[name], live[name]) for name in captures))
@@ -281,6 +295,8 @@ async def _communicate(process: asyncio.subprocess.Process, stdin: bytes | None,
     deadline = loop.time() + timeout
     try:
         try:
+            if cut:
+                raise asyncio.CancelledError
             await asyncio.wait_for(process.wait(), timeout)
             # Children that inherited the pipes may keep them open after the shell exits.
             await asyncio.wait_for(asyncio.shield(readers), max(0.05, deadline - loop.time()))
