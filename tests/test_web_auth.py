@@ -723,3 +723,27 @@ def test_every_file_the_ui_serves_is_in_the_installed_package() -> None:
               for path in (root / "bot" / folder).iterdir() if path.is_file()]
     assert "web/static/favicon.svg" in served
     assert [name for name in served if not any(fnmatch.fnmatch(name, glob) for glob in globs)] == []
+
+
+# -- forms refused before a page reads them: the UI's page, never the API's JSON or a bare 500 ---------------
+
+async def test_a_list_cancel_with_too_many_fields_and_a_header_token_gets_the_ui_s_400(web: Web) -> None:
+    """With the token in `X-CSRF-Token` nothing read the form before the bulk cancel parsed it itself, and
+    past the field limit that parse raised: a bare 500 and a traceback in the log."""
+    client, csrf = await web.signed_in("otto", "operator")
+    answer = await client.post("/executions/cancel", content="&".join(["execution=x"] * 201),
+                               headers={"content-type": "application/x-www-form-urlencoded", "X-CSRF-Token": csrf})
+    assert answer.status_code == 400 and answer.headers["content-type"].startswith("text/html")
+    assert "fields" in answer.text and "Content-Security-Policy" in answer.headers
+
+
+async def test_a_form_over_the_body_limit_gets_the_ui_s_error_page(web: Web) -> None:
+    """A browser's form over `api.max_body_bytes` was answered with the API's JSON fault: raw JSON on screen,
+    no way back. The API itself keeps its JSON fault."""
+    client, csrf = await web.signed_in("otto", "operator")
+    big = {"csrf_token": csrf, "cmd": "x" * 5000}
+    page = await client.post("/actions/demo.greet", data=big)
+    assert page.status_code == 413 and page.headers["content-type"].startswith("text/html")
+    assert "api.max_body_bytes" in page.text and "Content-Security-Policy" in page.headers
+    api = await client.post("/api/v1/executions", json={"action": "core.noop", "parameters": {"x": "y" * 5000}})
+    assert api.status_code == 413 and api.json()["faultstring"].startswith("Request body is")

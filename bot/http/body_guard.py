@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from fastapi import Request
+from fastapi.responses import Response
 
 from bot.http.errors import fault
 from bot.http.json_body import JsonBodyError, checked_json
@@ -20,11 +21,23 @@ _CLOSE = {"Connection": "close"}
 
 
 class _Refused(Exception):
-    """Raised while reading a request, carrying the answer that refuses it."""
+    """Raised while reading a request, carrying why it is refused: the API's fault, or, for a form of the web
+    UI, the UI's error page (`answer`)."""
 
-    def __init__(self, response: JSONResponse) -> None:
-        super().__init__()
-        self.response = response
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+    def answer(self, scope: dict[str, Any]) -> Response:
+        """The API's fault (`fault`), or the UI's error page when a route of the UI takes the request
+        (`app.state.refused_form`, set by `bot.web`): a browser's form over the limit got a bare JSON document
+        with no way back. Asked only here, on a refusal: routing is the app's, after this guard."""
+        refused_form = getattr(getattr(scope.get("app"), "state", None), "refused_form", None)
+        page = refused_form(Request(scope), self.status, self.message) if refused_form is not None else None
+        if page is None:
+            return fault(self.status, self.message, self.headers)
+        page.headers.update(self.headers or {})
+        return page
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +53,7 @@ def _content_length(value: bytes) -> int:
     """Content-Length as a number; 400 for anything but digits (a sign, spaces inside, a list)."""
     text = value.decode("latin-1").strip()
     if not text.isascii() or not text.isdigit():
-        raise _Refused(fault(400, f"Content-Length must be a whole number of bytes, not {text[:40]!r}.", _CLOSE))
+        raise _Refused(400, f"Content-Length must be a whole number of bytes, not {text[:40]!r}.", _CLOSE)
     return int(text) if len(text) <= 18 else 10 ** 18  # int() refuses 4,300+ digits
 
 
@@ -109,7 +122,7 @@ class BodyGuard:
         try:
             body = await self._checked_body(scope, receive)
         except _Refused as refused:
-            await refused.response(scope, receive, send)
+            await refused.answer(scope)(scope, receive, send)
             return
         if body is None:
             return  # the client went away: nobody to answer
@@ -126,13 +139,12 @@ class BodyGuard:
         if body is None:
             return None
         if headers.declared is not None and len(body) != headers.declared:
-            raise _Refused(fault(400, f"The body is {len(body)} bytes but Content-Length said {headers.declared}: "
-                                      "send the exact length, or no Content-Length with chunked transfer encoding.",
-                                 _CLOSE))
+            raise _Refused(400, f"The body is {len(body)} bytes but Content-Length said {headers.declared}: "
+                                "send the exact length, or no Content-Length with chunked transfer encoding.", _CLOSE)
         try:
             decoded = checked_json(body, headers.content_type)
         except JsonBodyError as exc:
-            raise _Refused(fault(400, str(exc))) from None
+            raise _Refused(400, str(exc)) from None
         # Decoded once, here: a route that takes the raw body (webhooks) reads it from request.state.
         scope.setdefault("state", {})["json_body"] = decoded
         return body
@@ -157,5 +169,5 @@ class BodyGuard:
                 return b"".join(chunks)
 
     def _too_large(self, size: str) -> _Refused:
-        return _Refused(fault(413, f"Request body {size}; the limit is {self.limit} bytes (config api.max_body_bytes): "
-                                   "send less.", _CLOSE))
+        return _Refused(413, f"Request body {size}; the limit is {self.limit} bytes (config api.max_body_bytes): "
+                             "send less.", _CLOSE)

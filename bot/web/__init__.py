@@ -72,6 +72,17 @@ def _of_the_ui(request: Request) -> bool:
     return any(route.matches(scope)[0] != Match.NONE for route in routes)
 
 
+def _refused_form(request: Request, status: int, message: str) -> Response | None:
+    """The UI's error page for a request the API's body guard refused before any route read it (a form over
+    `api.max_body_bytes`), when a route of the UI takes it (`web_routes`, method and all); else None, the API's
+    JSON fault. A browser's form got raw JSON on screen and no way back."""
+    scope = {"type": "http", "method": request.method, "path": request.url.path, "root_path": ""}
+    routes: tuple[BaseRoute, ...] = getattr(request.app.state, "web_routes", ())
+    if not any(route.matches(scope)[0] == Match.FULL for route in routes):
+        return None
+    return error_page(request, message, status)
+
+
 def _meant(request: Request) -> str | None:
     """The page a mistyped address likely meant: its first part in lower case (`/Executions`) or in the
     plural (`/execution/<id>`), without a final `/`; None when neither is a page."""
@@ -112,6 +123,7 @@ def mount(app: FastAPI) -> None:
     app.state.web_throttle = LoginThrottle()
     app.state.page_fault = page_fault  # the API's database faults, on a page of the UI (`bot.http.errors`)
     app.state.page_missing = _missing_page  # a browser's address no route takes (`bot.http.st2_urls`)
+    app.state.refused_form = _refused_form  # a form the body guard refused (`bot.http.body_guard`)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(PageError, _page_error)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

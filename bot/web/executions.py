@@ -13,7 +13,7 @@ import re
 from dataclasses import replace
 from datetime import UTC
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request, Response
@@ -26,7 +26,7 @@ from bot.forms import Field, action_fields
 from bot.web import ansi, graph, origin
 from bot.web.actions import checked, refusal
 from bot.web.pages import PageError, PageRoute, form_time, render
-from bot.web.session import MAX_FIELDS, form_fields, operator, viewer
+from bot.web.session import checked_values, form_fields, operator, viewer
 from engine.actions import unapproved
 from engine.executions import (
     CANCELABLE,
@@ -279,7 +279,7 @@ async def bulk_cancel(request: Request, session: Session = Depends(operator)) ->
     cancel would be, with its audit event; what could not be canceled is listed with the reason, one the
     database did not take too: the cancels before it are stored, so the page is no error page."""
     squall = request.app.state.squall
-    chosen = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=MAX_FIELDS).get("execution", [])
+    chosen = await checked_values(request, "execution")
     if not chosen:
         raise PageError("Check the executions to cancel first: none was chosen.")
     done, refused = [], []

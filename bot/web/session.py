@@ -88,14 +88,29 @@ async def form_fields(request: Request) -> dict[str, str]:
     never multipart, so this needs no multipart parser."""
     cached = getattr(request.state, "form_fields", None)
     if cached is None:
+        cached = request.state.form_fields = {name: values[0] for name, values in (await _form(request)).items()}
+    return cached
+
+
+async def checked_values(request: Request, name: str) -> list[str]:
+    """Every value an urlencoded form body gives field `name`, in order, empty ones left out (the checked
+    rows of a list, `execution=…` once each)."""
+    return [value for value in (await _form(request)).get(name, []) if value]
+
+
+async def _form(request: Request) -> dict[str, list[str]]:
+    """An urlencoded form body's fields with all their values, parsed once per request, at most `MAX_FIELDS`
+    of them (`PageError` past that: the UI's 400 page, whichever route reads the form first)."""
+    parsed = getattr(request.state, "form", None)
+    if parsed is None:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = await request.body() if content_type == "application/x-www-form-urlencoded" else b""
         try:
             parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
         except ValueError:
             raise PageError(f"A form of Squall's has fewer than {MAX_FIELDS} fields; this one has more.") from None
-        cached = request.state.form_fields = {name: values[0] for name, values in parsed.items()}
-    return cached
+        request.state.form = parsed
+    return parsed
 
 
 def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int | None = None) -> None:
