@@ -301,3 +301,26 @@ async def test_a_click_on_a_settled_prompt_says_whether_it_was_answered_expired_
         await loopback.say("!no", user="alice")
         await settle(squall, bot)
         assert len(bot.dispatcher._settled) == 2
+
+
+async def test_a_yes_to_a_command_its_post_already_ran_says_so(home: Path) -> None:
+    """A post runs its command; a pack reload then adds `confirm:` to the alias, and the platform hands the same
+    post over again (Mattermost's catch-up): it asks to confirm, and the yes runs nothing, since a post runs once.
+    That yes was answered with silence; it is told the command ran already, naming its execution."""
+    from adapters.base import Message
+
+    _config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        post = Message(adapter="loopback", channel="#ops", user="alice", text="!greet bob", id="p1", delivery="p1")
+        await loopback._handler(post)
+        await settle(squall, bot)
+        [ran] = await squall.executions.list(action="demo.greet")
+        alias = home / "packs" / "demo" / "aliases" / "greet.yaml"
+        alias.write_text(alias.read_text() + "confirm: true\n")
+        await squall.reload_packs()
+        await loopback._handler(post)
+        await settle(squall, bot)
+        await loopback.say("!yes", user="alice")
+        await settle(squall, bot)
+        assert [e["id"] for e in await squall.executions.list(action="demo.greet")] == [ran["id"]]
+        assert any(text.startswith("That command ran already") and ran["id"] in text for text in loopback.texts())

@@ -550,7 +550,7 @@ class Dispatcher:
             await self._ask_to_confirm(fits, message)
             return
         for number, fit in enumerate(fits):
-            await self._run(fit, message, text, number)
+            await self._run(fit, message, text, number, confirmed)
 
     def _confirm_ttl(self, alias: Alias) -> float:
         """How long `alias`'s confirmation waits: its own `confirm: {ttl: …}`, else `chat.confirm_ttl`."""
@@ -896,8 +896,10 @@ class Dispatcher:
         return {k: (MASK if k in secret else mask_value(k, v)) for k, v in parameters.items()}
 
     # -- running -------------------------------------------------------------------------------
-    async def _run(self, match: Any, message: Message, text: str | None = None, fit: int = 0) -> None:
-        """Request the command `match` (the `fit`th of its message, `run_matched`) as `message`'s sender."""
+    async def _run(self, match: Any, message: Message, text: str | None = None, fit: int = 0,
+                   confirmed: bool = False) -> None:
+        """Request the command `match` (the `fit`th of its message, `run_matched`) as `message`'s sender.
+        `confirmed`: its sender said yes to it; a yes to a command its message had already run is told so."""
         where = self._where(message, fit)
         try:
             accepted = await self.commands.run(match, message, "chat", chat=where)
@@ -905,6 +907,9 @@ class Dispatcher:
             # The platform sent the message again (it missed the acknowledgement, maybe across a restart):
             # its command was stored the first time, with its ack and, in time, its result.
             log.info("%s's command came again (%s); it runs once, not again", message.user, exc)
+            if confirmed:  # asked again only if a pack reload added `confirm:` meanwhile: the yes ran nothing
+                await self.say(message, f"That command ran already, before it asked to be confirmed (execution "
+                                        f"{exc.instance_id}); it runs once, so this yes ran nothing.")
             return
         except CommandFailed as exc:
             await self._cannot_run(match, message, text, exc)
