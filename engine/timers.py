@@ -350,14 +350,9 @@ class TimerService:
                 continue
             first = trigger.get_next_fire_time(None, now)
             if item["type"] == DATE and first is not None and first < now - timedelta(seconds=1):
-                # Within the grace, a start or takeover still fires it if nobody stored it (`_catch_up`).
-                if first <= now - TAKEOVER_GRACE:
-                    log.warning("date timer %s is more than %d s in the past; it will not fire: Squall fires a "
-                                "run that came due while it was stopped or changing leader only if it is less "
-                                "than TAKEOVER_GRACE (%d s) late, and replays none older (if it did not fire "
-                                "at its time, that run is lost; set a future date to run it)", key,
-                                TAKEOVER_GRACE.total_seconds(), TAKEOVER_GRACE.total_seconds())
-                elif self._led:
+                # Within the grace, a start or takeover still fires it if nobody stored it; further back, it
+                # says at WARNING that the run is lost if nobody did (`_catch_up`, which reads the history).
+                if self._led:
                     log.info("date timer %s is in the past; it will not fire (a rule added while Squall runs "
                              "fires no run that came before it)", key)
                 first = None
@@ -457,6 +452,8 @@ class TimerService:
             else:
                 missed = missed_run(timer.trigger, timer.next_at, now)
                 if missed is None:
+                    if timer.type == DATE and timer.next_at is None:
+                        await self._lost_date(timer, now)
                     continue
                 # A cron timer's newest run whenever it was: one that never fired is a new rule's, whose
                 # first start must not fire the run that came just before it.
@@ -476,6 +473,23 @@ class TimerService:
                          "or the lead changing hands) and is not stored; less than TAKEOVER_GRACE late, it "
                          "fires once, now", timer.key, missed.astimezone(UTC).isoformat())
                 timer.next_at = missed
+
+    async def _lost_date(self, timer: Timer, now: datetime) -> None:
+        """Say at WARNING a date timer's run that no process stored and that is too late to fire (more than
+        `TAKEOVER_GRACE` past at a start or takeover): the run is lost. One stored in its time says nothing,
+        however often Squall starts again."""
+        date = timer.trigger.get_next_fire_time(None, now)
+        if date is None or date > now - TAKEOVER_GRACE:
+            return
+        try:
+            if await self.history(timer.type, timer.parameters, date) is not None:  # type: ignore[misc]
+                return
+        except Exception:  # the history's reader says nothing: nor need this
+            return
+        log.warning("date timer %s is more than %d s in the past and never fired; it will not fire: Squall fires "
+                    "a run that came due while it was stopped or changing leader only if it is less than "
+                    "TAKEOVER_GRACE (%d s) late, and replays none older (set a future date to run it)", timer.key,
+                    TAKEOVER_GRACE.total_seconds(), TAKEOVER_GRACE.total_seconds())
 
     def say_zones(self) -> None:
         """Say each cron or date timer that runs in UTC for want of `timezone`, on a host whose zone is not

@@ -113,14 +113,14 @@ async def test_a_cron_run_due_while_squall_was_stopped_fires_once_after_the_rest
 
 async def test_runs_older_than_the_grace_are_not_replayed(
         home: Path, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
-    """Down from 4 min to 5 min + the grace + 30 s: the cron run at 5 min and the date at 30 s are
+    """Down from 20 s to 5 min + the grace + 30 s: the cron run at 5 min and the date at 30 s are
     more than `TAKEOVER_GRACE` late, so neither fires; the cron timer waits for 10 min, and the date
     timer is said at WARNING as a run that will not fire, naming the grace."""
     make_pack(home, {"tick": timer_rule("tick", CRON5M), "once": timer_rule("once", DATE_RULE)})
     squall, timers = await serve(home, clock, at(1))  # the cron's first run is at 5 min
     try:
-        clock.now = at(240)
-        assert await timers.fire_due() == 1  # the date at 30 s, fired in its time
+        clock.now = at(20)
+        assert await timers.fire_due() == 0  # stopped before the date at 30 s
     finally:
         await squall.close()
     back = at(300) + TAKEOVER_GRACE + timedelta(seconds=30)
@@ -211,5 +211,28 @@ async def test_a_new_cron_rule_s_first_start_fires_no_run_from_before_it(home: P
         assert await timers.fire_due() == 0
         assert timers.next_due() == at(45)
         assert await stored_runs(squall) == []
+    finally:
+        await squall.close()
+
+
+async def test_a_date_timer_that_fired_in_its_time_says_nothing_at_later_starts(
+        home: Path, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    """A date timer long past that fired when it was due is no lost run: a later start says nothing of it
+    (each start warned that its run "will not fire", as if it had been lost)."""
+    make_pack(home, {"tick": timer_rule("tick", DATE_RULE)})
+    squall, timers = await serve(home, clock, T0)
+    try:
+        clock.now = DUE
+        assert await timers.fire_due() == 1
+    finally:
+        await squall.close()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="engine.timers"):
+        squall, timers = await serve(home, clock, DUE + TAKEOVER_GRACE + timedelta(minutes=5))
+    try:
+        assert await timers.look()
+        assert await timers.fire_due() == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert await stored_runs(squall) == [DUE]
     finally:
         await squall.close()
