@@ -875,6 +875,7 @@ def _plan(source: str, workdir: Path, configs_path: Path, progress: Progress,
             _refuse_cycle(chain, fetched[where])
             return
         folder = _fetch(where, workdir / str(len(fetched)), progress)
+        _refuse_outside_links(text, folder, source)
         pack = _probe(text, folder, configs_path)
         fetched[where] = pack.ref
         probed.setdefault(pack.ref, pack)
@@ -1036,6 +1037,39 @@ def _refuse_editable(pack: Pack, folder: Path, root: str) -> None:
             f"as its path without -e), then run `squall pack install {root}` again. Nothing was installed")
 
 
+def _refuse_outside_links(text: str, folder: Path, root: str) -> None:
+    """Refuse, before the pack is loaded or anything installed, a symlink in the pack (`folder`, fetched
+    from `text`) that points outside it, points nowhere, or is absolute (`root`: the source to install again).
+
+    The pack is copied with its links kept as links; one that is absolute, or leaves the pack and comes
+    back, would point outside the installed copy, and one to a file outside is someone else's repository
+    making this host copy or serve any file it can read. Only where a link points is looked at: never
+    what it points to."""
+    top = folder.resolve()
+    for here, folders, files in os.walk(top):
+        ignored = LEFT_BEHIND(here, [*folders, *files])
+        folders[:] = [name for name in folders if name not in ignored]
+        for name in [*folders, *files]:
+            link = Path(here, name)
+            if name in ignored or not link.is_symlink():
+                continue
+            shown, target = link.relative_to(top), os.readlink(link)
+            lexical = os.path.normpath(os.path.join(shown.parent, target))
+            try:
+                real = link.resolve(strict=True)
+            except (OSError, RuntimeError):  # points nowhere, or a loop of links
+                why = "points to nothing (it dangles or loops)"
+            else:
+                why = ("points outside the pack" if not real.is_relative_to(top) else
+                       "is absolute, so the installed copy would point back here" if os.path.isabs(target) else
+                       "leaves the pack on its way" if lexical.split(os.sep)[0] == os.pardir else "")
+            if why:
+                raise PackInstallError(
+                    f"{text}: {shown} is a symlink to {target}, which {why}; an install copies only the "
+                    f"pack's own files. Replace the link with the file itself (or a relative link to a file of "
+                    f"the pack), then run `squall pack install {root}` again. Nothing was installed")
+
+
 def _requirement_entries(file: Path, seen: set[Path]) -> Iterator[tuple[Path, int, str]]:
     """(file, line number or 0 for a global option, line) of `file` and of the files it includes with
     `-r`, as pip reads them (an include relative to the file including it)."""
@@ -1114,7 +1148,13 @@ def _install_one(item: _Planned, install_path: Path, virtualenvs: Path, progress
         staging, fresh = install_path / f".{ref}.installing", venv.with_name(f"{ref}.new")
         progress(f"copying {ref} {item.pack.version} to {target}")
         try:
-            shutil.copytree(item.folder, staging, ignore=LEFT_BEHIND)
+            try:  # links kept as links: each was checked to stay in the pack (`_refuse_outside_links`)
+                shutil.copytree(item.folder, staging, symlinks=True, ignore=LEFT_BEHIND)
+            except shutil.Error as exc:
+                failed_files = "; ".join(f"{source}: {why}" for source, _, why in exc.args[0])
+                raise PackInstallError(f"copying {ref} from {item.folder} failed: {failed_files}; make those regular "
+                                       f"readable files (or remove them), then install again; {ref} was not "
+                                       f"installed") from None
             unlisted = unlisted_requirements(staging)
             for need in unlisted:
                 progress(need.said(ref))
