@@ -57,6 +57,7 @@ def _progress(message: str) -> None:
 def pack_list(as_json: JsonOption = False) -> None:
     """Loaded packs and how much content each has, then the pack files that did not load."""
     # The table ends with the problems, so they are not printed a second time on stderr.
+    from bot.forms import short
     from bot.pack_content import is_warning, pack_problems
 
     registry = load_packs(current_config(), warn=False)
@@ -68,8 +69,9 @@ def pack_list(as_json: JsonOption = False) -> None:
         return
     table = new_table("ref", "version", "actions", "path", "description")
     for pack in packs:  # a cell is markup too
+        # The description on one short line (`--json` has it whole): a 2 MB one took 16 s and 8.8 MB of table.
         table.add_row(*(escape(str(value)) for value in (pack["ref"], pack["version"], pack["content"]["actions"],
-                                                         pack["path"], pack["description"])))
+                                                         pack["path"], short(str(pack["description"])))))
     out.print(table)
     _print_section("problems (pack content that did not load):", [e for e in problems if not is_warning(e)])
     _print_section("warnings (problems that skipped nothing: the content loads, but may not do what was meant):",

@@ -53,6 +53,15 @@ _REMOTE_DIR = {"type": "string", "default": "/tmp", "description": "Remote folde
 OUTPUT_LIMIT = 8 * 1024 * 1024
 
 
+def truncation(cut: list[str], limit: int) -> str | None:
+    """A result's `truncated` for the streams (`stdout`, `stderr`) cut at `limit` bytes (`OUTPUT_LIMIT`), None
+    when none was: the one wording of the shell, remote and python runners (the http runner says the same of a
+    body). Without it a cut output looked whole."""
+    if len(cut) > 1:
+        return f"stdout and stderr were cut at {limit} bytes each"
+    return f"{cut[0]} was cut at {limit} bytes" if cut else None
+
+
 @dataclass(frozen=True)
 class RunnerType:
     """A runner as pack authors see it: name, parameters and where its main output is."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.processes import LEDGER, dying_with_service
-from engine.runners import OUTPUT_LIMIT, RunAs, RunOutcome, RunRequest
+from engine.runners import OUTPUT_LIMIT, RunAs, RunOutcome, RunRequest, truncation
 from engine.runners.environment import action_variables, inherited_environment
 
 COMPAT_PATH = Path(__file__).resolve().parent.parent / "compat"
@@ -389,8 +389,8 @@ class PythonRunner:
                 if tail is not None:
                     await asyncio.shield(tail.stop())
                 keep = reusable and worker.alive and pool.generation == generation
-                stdout = _read_capture(out_path, reply.get("stdout_size"))
-                stderr = _read_capture(err_path, reply.get("stderr_size"))
+                stdout, stdout_cut = _read_capture(out_path, reply.get("stdout_size"))
+                stderr, stderr_cut = _read_capture(err_path, reply.get("stderr_size"))
                 if keep:
                     pool.idle.append(worker)
                 else:
@@ -405,6 +405,9 @@ class PythonRunner:
             error = _incomplete_virtualenv_error(action.pack, self.virtualenvs / action.pack, stderr)
         if error:
             result["error"] = error
+        cut = [name for name, was_cut in (("stdout", stdout_cut), ("stderr", stderr_cut)) if was_cut]
+        if truncated := truncation(cut, OUTPUT_LIMIT):
+            result["truncated"] = truncated
         return RunOutcome(status, result)
 
     async def _converse(self, worker: Worker, request: RunRequest) -> dict[str, Any]:
@@ -515,8 +518,10 @@ def _capture_paths(folder: Path, execution_id: str) -> tuple[Path, Path]:
     return folder / f"{name}.out", folder / f"{name}.err"
 
 
-def _read_capture(path: Path, size: int | None) -> str:
-    """What the action wrote, and the file deleted (a program the run left still writes to it, unseen).
+def _read_capture(path: Path, size: int | None) -> tuple[str, bool]:
+    """What the action wrote (at most `OUTPUT_LIMIT` bytes) and whether more was cut off, and the file
+    deleted (a program the run left still writes to it, unseen). One byte past the limit is read, the
+    sign of more: without it a cut output looked whole.
 
     A run that answered says how much it wrote, so an empty capture costs no read.
     """
@@ -524,8 +529,9 @@ def _read_capture(path: Path, size: int | None) -> str:
     try:
         if size != 0:
             with open(path, "rb") as handle:
-                data = handle.read(OUTPUT_LIMIT)
+                data = handle.read(OUTPUT_LIMIT + 1)
         path.unlink()
     except FileNotFoundError:
         pass
-    return data.decode("utf-8", "replace")
+    return data[:OUTPUT_LIMIT].decode("utf-8", "replace"), len(data) > OUTPUT_LIMIT
+

@@ -51,7 +51,7 @@ from typing import Any
 
 import asyncssh
 
-from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest
+from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest, truncation
 from engine.runners.environment import action_variables
 from engine.runners.shell import script_arguments, shell_result
 from engine.runners.shell_template import EmptyCommand, command_of
@@ -244,11 +244,9 @@ def _output_result(code: int, out: bytearray, err: bytearray) -> dict[str, Any]:
 
     Without `truncated`, a cut output would look whole (the http runner says the same of a body)."""
     result = shell_result(code, bytes(out[:OUTPUT_LIMIT]), bytes(err[:OUTPUT_LIMIT]))
-    cut = [name for name, data in (("stdout", out), ("stderr", err)) if len(data) > OUTPUT_LIMIT]
-    if len(cut) == 1:
-        result["truncated"] = f"{cut[0]} was cut at {OUTPUT_LIMIT} bytes"
-    elif cut:
-        result["truncated"] = f"stdout and stderr were cut at {OUTPUT_LIMIT} bytes each"
+    if said := truncation([name for name, data in (("stdout", out), ("stderr", err)) if len(data) > OUTPUT_LIMIT],
+                          OUTPUT_LIMIT):
+        result["truncated"] = said
     return result
 
 

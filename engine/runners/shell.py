@@ -23,7 +23,7 @@ from typing import Any
 
 from engine.compat.squall_paths import ST2_BIN, ST2_PACKS, ST2_VIRTUALENVS, under_squall
 from engine.processes import LEDGER, dying_with_service
-from engine.runners import OUTPUT_LIMIT, RunAs, RunOutcome, RunRequest
+from engine.runners import OUTPUT_LIMIT, RunAs, RunOutcome, RunRequest, truncation
 from engine.runners.environment import action_environment
 from engine.runners.python import interpreter
 from engine.runners.shell_template import EmptyCommand, command_of
@@ -144,12 +144,8 @@ async def _read(stream: asyncio.StreamReader, capture: _Capture, on_output: Call
 
 
 def _truncation(captures: Mapping[str, _Capture]) -> str | None:
-    """The result's `truncated`: the streams cut at `OUTPUT_LIMIT`, in the remote runner's words (the
-    http runner says the same of its body)."""
-    cut = [name for name, capture in captures.items() if capture.seen > OUTPUT_LIMIT]
-    if len(cut) > 1:
-        return f"stdout and stderr were cut at {OUTPUT_LIMIT} bytes each"
-    return f"{cut[0]} was cut at {OUTPUT_LIMIT} bytes" if cut else None
+    """The result's `truncated`: the streams cut at `OUTPUT_LIMIT` (`truncation`)."""
+    return truncation([name for name, capture in captures.items() if capture.seen > OUTPUT_LIMIT], OUTPUT_LIMIT)
 
 
 async def _kill_group(process: asyncio.subprocess.Process, sudo_path: str | None) -> str | None:

@@ -1,0 +1,34 @@
+"""`squall pack list` shows a pack's description on one short line, whatever its length: the table printed
+it whole, and a 2 MB description took 16 s and 8.8 MB of wrapped table (20 MB: over 10 minutes).
+`--json` keeps the whole value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bot.forms import short
+from tests.test_cli import squall
+
+DESCRIPTION_SIZE = 2_000_000
+
+
+def test_pack_list_cuts_a_huge_description_and_json_keeps_it(home: Path) -> None:
+    # Words and newlines, so that the table would wrap it over many lines if printed whole.
+    description = ("word " * 9 + "\n") * (DESCRIPTION_SIZE // 50)
+    pack = home / "packs" / "big"
+    pack.mkdir()
+    (pack / "pack.yaml").write_text(json.dumps({"ref": "big", "name": "big", "version": "0.1.0",
+                                                "author": "tests", "description": description}))
+    listed = squall(home, "pack", "list", timeout=30)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert len(listed.stdout) < 10_000, len(listed.stdout)
+    # The description as the CLI cuts text elsewhere: its start, on one line, and an ellipsis saying it was cut
+    # (rich may fold the cell onto a few lines in a narrow terminal, so count its words rather than match it).
+    shown = short(description)
+    assert shown.endswith("…")
+    assert "…" in listed.stdout
+    assert 0 < listed.stdout.count("word") <= shown.count("word")
+
+    document = json.loads(squall(home, "pack", "list", "--json", timeout=30).stdout)
+    assert [p["description"] for p in document["packs"] if p["ref"] == "big"] == [description]
