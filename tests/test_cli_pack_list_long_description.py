@@ -32,3 +32,24 @@ def test_pack_list_cuts_a_huge_description_and_json_keeps_it(home: Path) -> None
 
     document = json.loads(squall(home, "pack", "list", "--json", timeout=30).stdout)
     assert [p["description"] for p in document["packs"] if p["ref"] == "big"] == [description]
+
+
+def test_action_and_alias_lists_cut_a_huge_description_and_json_keeps_it(home: Path) -> None:
+    """`action list` and `alias list` printed their descriptions whole, as `pack list` did."""
+    description = ("word " * 9 + "\n") * (DESCRIPTION_SIZE // 50)
+    pack = home / "packs" / "big"
+    (pack / "actions").mkdir(parents=True)
+    (pack / "aliases").mkdir()
+    (pack / "pack.yaml").write_text(json.dumps({"ref": "big", "name": "big", "version": "0.1.0", "author": "t",
+                                                "description": "A pack."}))
+    (pack / "actions" / "noop.yaml").write_text(json.dumps({"name": "noop", "runner_type": "noop",
+                                                            "description": description}))
+    (pack / "aliases" / "noop.yaml").write_text(json.dumps({"name": "noop", "action_ref": "big.noop",
+                                                            "formats": ["do nothing"], "description": description}))
+    for group in ("action", "alias"):
+        listed = squall(home, group, "list", timeout=30)
+        assert listed.returncode == 0, listed.stderr[-2000:]
+        assert len(listed.stdout) < 20_000, (group, len(listed.stdout))
+        assert "…" in listed.stdout and 0 < listed.stdout.count("word") <= short(description).count("word")
+    actions = json.loads(squall(home, "action", "list", "--json", timeout=30).stdout)
+    assert [a["description"] for a in actions if a["ref"] == "big.noop"] == [description]

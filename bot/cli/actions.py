@@ -43,9 +43,11 @@ def action_list(pack: Annotated[str | None, typer.Option("--pack", help="Only th
     if as_json:
         print_json([_shown(a) for a in actions])
         return
+    from bot.forms import short
+
     table = new_table("ref", "runner", "description")
-    for a in actions:
-        add_row(table, a.ref, a.runner_type, a.description)
+    for a in actions:  # the description on one short line, as `pack list`'s (`--json` has it whole)
+        add_row(table, a.ref, a.runner_type, short(a.description or ""))
     out.print(table)
 
 

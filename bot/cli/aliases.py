@@ -62,10 +62,13 @@ def alias_list(as_json: JsonOption = False) -> None:
     if as_json:
         print_json([a.summary() for a in aliases])
         return
+    from bot.forms import short
+
     table = new_table("ref", "action", "enabled", "formats", "description")
-    for alias in aliases:
+    for alias in aliases:  # the description on one short line, as `pack list`'s (`--json` has it whole)
         formats = "\n".join(rep for f in alias.formats for rep in (f.representations or [f"({f.display})"]))
-        add_row(table, alias.ref, alias.action_ref, "yes" if alias.enabled else "no", formats, alias.description)
+        add_row(table, alias.ref, alias.action_ref, "yes" if alias.enabled else "no", formats,
+                short(alias.description or ""))
     out.print(table)
 
 
