@@ -445,34 +445,39 @@ class TimerService:
             return
         for timer in list(self.timers.values()):
             now = self.clock()
-            missed: datetime | None = None
-            if timer.type == INTERVAL:
-                every = interval_of(timer.parameters)
-                since = now - 2 * every - TAKEOVER_GRACE
-            else:
-                missed = missed_run(timer.trigger, timer.next_at, now)
-                if missed is None:
-                    if timer.type == DATE and timer.next_at is None:
-                        await self._lost_date(timer, now)
-                    continue
-                # A cron timer's newest run whenever it was: one that never fired is a new rule's, whose
-                # first start must not fire the run that came just before it.
-                since = _EPOCH if timer.type == CRON else missed
             try:
-                last = await self.history(timer.type, timer.parameters, since)
+                await (self._resume(timer, now) if timer.type == INTERVAL else self._fire_missed(timer, now))
             except Exception as exc:  # the schedule it has is the next best
                 log.warning("timer %s keeps its own schedule: could not read when it last fired (%s)", timer.key, exc)
-                continue
-            if timer.type == INTERVAL:
-                if last is not None:
-                    timer.next_at = resumed(last, every, now)
-                    timer.trigger = schedule(timer.type, timer.parameters, start=timer.next_at - every)
-            elif missed is not None and (last is None if timer.type == DATE else last is not None and last < missed):
-                # (a cron timer that never fired is new: nothing missed it)
-                log.info("timer %s: its run of %s came due while no process led (Squall stopped or restarting, "
-                         "or the lead changing hands) and is not stored; less than TAKEOVER_GRACE late, it "
-                         "fires once, now", timer.key, missed.astimezone(UTC).isoformat())
-                timer.next_at = missed
+
+    async def _resume(self, timer: Timer, now: datetime) -> None:
+        """An interval timer put on the phase of its newest run stored lately (`_catch_up`), if any."""
+        assert self.history is not None
+        every = interval_of(timer.parameters)
+        last = await self.history(timer.type, timer.parameters, now - 2 * every - TAKEOVER_GRACE)
+        if last is not None:
+            timer.next_at = resumed(last, every, now)
+            timer.trigger = schedule(timer.type, timer.parameters, start=timer.next_at - every)
+
+    async def _fire_missed(self, timer: Timer, now: datetime) -> None:
+        """A cron or date timer's `missed_run` made due now, unless it is stored or, for a cron timer, none of
+        its runs ever was (a new rule: nothing missed it); a date too late for that is said (`_lost_date`)."""
+        assert self.history is not None
+        missed = missed_run(timer.trigger, timer.next_at, now)
+        if missed is None:
+            if timer.type == DATE and timer.next_at is None:
+                await self._lost_date(timer, now)
+            return
+        if timer.type == CRON:  # its newest run whenever it was
+            last = await self.history(timer.type, timer.parameters, _EPOCH)
+            if last is None or last >= missed:
+                return
+        elif await self.history(timer.type, timer.parameters, missed) is not None:
+            return
+        log.info("timer %s: its run of %s came due while no process led (Squall stopped or restarting, or the "
+                 "lead changing hands) and is not stored; less than TAKEOVER_GRACE late, it fires once, now",
+                 timer.key, missed.astimezone(UTC).isoformat())
+        timer.next_at = missed
 
     async def _lost_date(self, timer: Timer, now: datetime) -> None:
         """Say at WARNING a date timer's run that no process stored and that is too late to fire (more than
