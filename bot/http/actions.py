@@ -24,6 +24,8 @@ router = APIRouter()
 #: rule, a policy, a pack) is refused.
 RELOADED = ("squall serve reloads the packs when their files change (`squall pack reload` checks them "
             "and lists what did not load)")
+#: The `Allow` header of a 405 refusing a write to what the API only reads (pack content, keys kept on the host).
+ALLOW_GET = {"Allow": "GET"}
 
 
 def pack_file(file: str, pack_path: Path) -> str:
@@ -92,7 +94,7 @@ async def create_action() -> None:
     raise HTTPException(405, "Actions are not created through the API in Squall: they are kept in pack files. "
                              "Write the action's metadata file (actions/<name>.yaml, with its entry point) in a "
                              f"pack of your own; {RELOADED}. `squall pack install <folder|git url>` installs a "
-                             "new pack.", headers={"Allow": "GET"})
+                             "new pack.", headers=ALLOW_GET)
 
 
 def unless_shipped(request: Request, pack_ref: str, kind: str, instead: str) -> str:

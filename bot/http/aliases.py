@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from adapters.base import Message
 from aliases import Alias, AliasMatch, AmbiguousCommand, NoMatch
-from bot.http.actions import RELOADED, in_pack, unless_shipped
+from bot.http.actions import ALLOW_GET, RELOADED, in_pack, unless_shipped
 from bot.http.key_auth import request_user
 from bot.http.paging import Paging
 from bot.http.state import ApiState, api_state
@@ -161,7 +161,6 @@ async def get_alias(ref_or_id: str, request: Request) -> dict[str, Any]:
     return alias_public(state, _find_alias(state, ref_or_id))
 
 
-_ALLOW_GET = {"Allow": "GET"}
 
 
 @router.post("/actionalias", tags=["aliases"])
@@ -170,7 +169,7 @@ async def create_alias() -> None:
     the API could store; the answer says where an alias is written instead."""
     raise HTTPException(405, "Action aliases are not created through the API in Squall: they are kept in pack "
                              "files. Write the alias (name, action_ref, formats) as aliases/<name>.yaml in a pack "
-                             f"of your own; {RELOADED}.", headers=_ALLOW_GET)
+                             f"of your own; {RELOADED}.", headers=ALLOW_GET)
 
 
 @router.put("/actionalias/{ref_or_id}", tags=["aliases"])
@@ -181,7 +180,7 @@ async def update_alias(ref_or_id: str, request: Request) -> None:
     instead = unless_shipped(request, alias.pack, "alias",
                              f"edit {alias.metadata_file} instead (`enabled: false` there disables it)")
     raise HTTPException(405, f"Action alias {alias.ref} cannot be changed through the API in Squall, where aliases "
-                             f"are kept in pack files: {instead}; {RELOADED}.", headers=_ALLOW_GET)
+                             f"are kept in pack files: {instead}; {RELOADED}.", headers=ALLOW_GET)
 
 
 @router.delete("/actionalias/{ref_or_id}", tags=["aliases"])
@@ -192,4 +191,4 @@ async def delete_alias(ref_or_id: str, request: Request) -> None:
     instead = unless_shipped(request, alias.pack, "alias",
                              f"remove {alias.metadata_file} (or set `enabled: false` there)")
     raise HTTPException(405, f"Action alias {alias.ref} cannot be deleted through the API in Squall, where aliases "
-                             f"are kept in pack files: {instead}; {RELOADED}.", headers=_ALLOW_GET)
+                             f"are kept in pack files: {instead}; {RELOADED}.", headers=ALLOW_GET)

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 
 from bot.apikeys import hash_key, public_key
+from bot.http.actions import ALLOW_GET
 from bot.http.key_auth import request_user
 from bot.http.state import api_state
 from engine.parameters import MASK
@@ -69,16 +70,16 @@ async def get_apikey(id_or_key: str, request: Request) -> dict[str, Any]:
 
 @router.post("/apikeys", tags=["apikeys"])
 async def create_apikey() -> None:
-    raise HTTPException(405, _ON_THE_HOST, headers={"Allow": "GET"})
+    raise HTTPException(405, _ON_THE_HOST, headers=ALLOW_GET)
 
 
 @router.put("/apikeys/{id_or_key}", tags=["apikeys"])
 async def update_apikey(id_or_key: str) -> None:
     """`st2 apikey enable|disable`: refused, with the commands that manage keys."""
-    raise HTTPException(405, _ON_THE_HOST, headers={"Allow": "GET"})
+    raise HTTPException(405, _ON_THE_HOST, headers=ALLOW_GET)
 
 
 @router.delete("/apikeys/{id_or_key}", tags=["apikeys"])
 async def delete_apikey(id_or_key: str) -> None:
     """`st2 apikey delete`: refused with a 405, never a 404 (st2client takes a 404 for a delete done)."""
-    raise HTTPException(405, _ON_THE_HOST, headers={"Allow": "GET"})
+    raise HTTPException(405, _ON_THE_HOST, headers=ALLOW_GET)

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
-from bot.http.actions import RELOADED
+from bot.http.actions import ALLOW_GET, RELOADED
 from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.actions import content_id
@@ -53,7 +53,6 @@ async def get_pack(ref_or_id: str, request: Request) -> dict[str, Any]:
 
 # StackStorm's pack management (`st2 pack install|remove|register|search|show`) is the `squall` CLI's on the
 # Squall host: installing builds virtualenvs and runs pip, which the API does not do for whoever holds a key.
-_ALLOW_GET = {"Allow": "GET"}
 
 
 @router.post("/packs/install", tags=["packs"])
@@ -61,21 +60,21 @@ async def install_packs() -> None:
     """`st2 pack install`: refused (405) with the command that installs a pack."""
     raise HTTPException(405, "Packs are not installed through the API in Squall: run `squall pack install "
                              "<folder|git url>` on the Squall host (`<git url>=<ref>` for a branch, tag or commit); "
-                             f"{RELOADED}.", headers=_ALLOW_GET)
+                             f"{RELOADED}.", headers=ALLOW_GET)
 
 
 @router.post("/packs/uninstall", tags=["packs"])
 async def uninstall_packs() -> None:
     """`st2 pack remove`: refused (405) with the command that removes a pack."""
     raise HTTPException(405, "Packs are not removed through the API in Squall: run `squall pack remove <pack>` on "
-                             f"the Squall host; {RELOADED}.", headers=_ALLOW_GET)
+                             f"the Squall host; {RELOADED}.", headers=ALLOW_GET)
 
 
 @router.post("/packs/register", tags=["packs"])
 async def register_packs() -> None:
     """`st2 pack register`: refused (405); Squall registers a pack's content by reading its files."""
     raise HTTPException(405, "Packs need no registering in Squall: their files are their content, and "
-                             f"{RELOADED}.", headers=_ALLOW_GET)
+                             f"{RELOADED}.", headers=ALLOW_GET)
 
 
 @router.post("/packs/index/search", tags=["packs"])

@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
-from bot.http.actions import RELOADED, in_pack
+from bot.http.actions import ALLOW_GET, RELOADED, in_pack
 from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.actions import content_id
@@ -145,7 +145,7 @@ async def create_policy() -> None:
     """StackStorm's policy create: refused (405), with where a policy is written instead."""
     raise HTTPException(405, "Policies are not created through the API in Squall: they are kept in pack files. "
                              "Write the policy (name, resource_ref, policy_type, parameters) as policies/<name>.yaml "
-                             f"in a pack of your own; {RELOADED}.", headers={"Allow": "GET"})
+                             f"in a pack of your own; {RELOADED}.", headers=ALLOW_GET)
 
 
 @router.put("/policies/{ref_or_id}", tags=["policies"])
@@ -155,7 +155,7 @@ async def update_policy(ref_or_id: str, request: Request) -> None:
     policy = _find_policy(request, ref_or_id)
     raise HTTPException(405, f"Policy {policy['ref']} cannot be changed through the API in Squall, where policies "
                              f"are kept in pack files: edit {policy['metadata_file']} instead (`enabled: false` "
-                             f"there disables it); {RELOADED}.", headers={"Allow": "GET"})
+                             f"there disables it); {RELOADED}.", headers=ALLOW_GET)
 
 
 @router.delete("/policies/{ref_or_id}", tags=["policies"])
@@ -165,4 +165,4 @@ async def delete_policy(ref_or_id: str, request: Request) -> None:
     policy = _find_policy(request, ref_or_id)
     raise HTTPException(405, f"Policy {policy['ref']} cannot be deleted through the API in Squall, where policies "
                              f"are kept in pack files: remove {policy['metadata_file']} (or set `enabled: false` "
-                             f"there); {RELOADED}.", headers={"Allow": "GET"})
+                             f"there); {RELOADED}.", headers=ALLOW_GET)

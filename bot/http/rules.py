@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 
-from bot.http.actions import RELOADED, in_pack
+from bot.http.actions import ALLOW_GET, RELOADED, in_pack
 from bot.http.key_auth import request_user
 from bot.http.paging import Paging, keyset_pages, page_limit, query_time, streamed_list, tell_page
 from bot.http.state import api_state
@@ -119,7 +119,7 @@ async def create_rule() -> None:
     store; the answer says where a rule is written instead."""
     raise HTTPException(405, "Rules are not created through the API in Squall: they are kept in pack files. Write "
                              f"the rule (rules/<name>.yaml) in a pack of your own; {RELOADED}.",
-                        headers={"Allow": "GET"})
+                        headers=ALLOW_GET)
 
 
 @router.delete("/rules/{ref_or_id}", tags=["rules"])

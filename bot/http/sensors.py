@@ -22,7 +22,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
-from bot.http.actions import in_pack
+from bot.http.actions import ALLOW_GET, in_pack
 from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.actions import content_id
@@ -113,4 +113,4 @@ async def update_sensor_type(ref_or_id: str, request: Request) -> None:
     raise HTTPException(405, f"Sensor {spec.ref} cannot be changed through the API in Squall, where sensors are "
                              f"kept in pack files: edit {spec.metadata_file} instead (`enabled: false` there "
                              "disables it); squall serve reloads the packs when their files change and starts "
-                             "or stops the sensor.", headers={"Allow": "GET"})
+                             "or stops the sensor.", headers=ALLOW_GET)

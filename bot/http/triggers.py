@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
-from bot.http.actions import RELOADED, unless_shipped
+from bot.http.actions import ALLOW_GET, RELOADED, unless_shipped
 from bot.http.key_auth import request_user
 from bot.http.paging import Paging, keyset_pages, page_limit, query_time, streamed_list, tell_page
 from bot.http.state import api_state
@@ -62,7 +62,6 @@ async def get_trigger_type(ref_or_id: str, request: Request) -> dict[str, Any]:
     return _trigger_type_public(_find_trigger_type(request, ref_or_id))
 
 
-_ALLOW_GET = {"Allow": "GET"}
 
 
 @router.post("/triggertypes", tags=["triggers"])
@@ -70,7 +69,7 @@ async def create_trigger_type() -> None:
     """StackStorm's trigger type create: refused (405), with where a trigger type is declared instead."""
     raise HTTPException(405, "Trigger types are not created through the API in Squall: they are kept in pack files. "
                              "Write the trigger type (name, payload_schema) as triggers/<name>.yaml in a pack of "
-                             f"your own, or list it in a sensor's trigger_types; {RELOADED}.", headers=_ALLOW_GET)
+                             f"your own, or list it in a sensor's trigger_types; {RELOADED}.", headers=ALLOW_GET)
 
 
 @router.put("/triggertypes/{ref_or_id}", tags=["triggers"])
@@ -81,7 +80,7 @@ async def update_trigger_type(ref_or_id: str, request: Request) -> None:
     instead = unless_shipped(request, found.pack, "trigger type",
                              f"edit its declaration in {found.metadata_file} instead")
     raise HTTPException(405, f"Trigger type {found.ref} cannot be changed through the API in Squall, where trigger "
-                             f"types are kept in pack files: {instead}; {RELOADED}.", headers=_ALLOW_GET)
+                             f"types are kept in pack files: {instead}; {RELOADED}.", headers=ALLOW_GET)
 
 
 @router.delete("/triggertypes/{ref_or_id}", tags=["triggers"])
@@ -92,7 +91,7 @@ async def delete_trigger_type(ref_or_id: str, request: Request) -> None:
     instead = unless_shipped(request, found.pack, "trigger type",
                              f"remove its declaration from {found.metadata_file}")
     raise HTTPException(405, f"Trigger type {found.ref} cannot be deleted through the API in Squall, where trigger "
-                             f"types are kept in pack files: {instead}; {RELOADED}.", headers=_ALLOW_GET)
+                             f"types are kept in pack files: {instead}; {RELOADED}.", headers=ALLOW_GET)
 
 
 @router.get("/triggerinstances", tags=["triggers"], response_model=list[dict[str, Any]])
