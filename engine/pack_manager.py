@@ -1037,15 +1037,20 @@ def _refuse_editable(pack: Pack, folder: Path, root: str) -> None:
             f"as its path without -e), then run `squall pack install {root}` again. Nothing was installed")
 
 
+_LINKS_NAMED = 20  # refused links named in the error; a pack with thousands of them gets "and N more"
+
+
 def _refuse_outside_links(text: str, folder: Path, root: str) -> None:
-    """Refuse, before the pack is loaded or anything installed, a symlink in the pack (`folder`, fetched
-    from `text`) that points outside it, points nowhere, or is absolute (`root`: the source to install again).
+    """Refuse, before the pack is loaded or anything installed, the symlinks in the pack (`folder`, fetched
+    from `text`) that point outside it, point nowhere, or are absolute (`root`: the source to install again).
 
     The pack is copied with its links kept as links; one that is absolute, or leaves the pack and comes
     back, would point outside the installed copy, and one to a file outside is someone else's repository
     making this host copy or serve any file it can read. Only where a link points is looked at: never
-    what it points to."""
+    what it points to. Every refused link is named, sorted by path (the first `_LINKS_NAMED`, and how many
+    more), so the pack is fixed in one go rather than one link per attempt."""
     top = folder.resolve()
+    refused: list[tuple[Path, str, str]] = []  # (path in the pack, where it points, why refused)
     for here, folders, files in os.walk(top):
         ignored = LEFT_BEHIND(here, [*folders, *files])
         folders[:] = [name for name in folders if name not in ignored]
@@ -1064,10 +1069,18 @@ def _refuse_outside_links(text: str, folder: Path, root: str) -> None:
                        "is absolute, so the installed copy would point back here" if os.path.isabs(target) else
                        "leaves the pack on its way" if lexical.split(os.sep)[0] == os.pardir else "")
             if why:
-                raise PackInstallError(
-                    f"{text}: {shown} is a symlink to {target}, which {why}; an install copies only the "
-                    f"pack's own files. Replace the link with the file itself (or a relative link to a file of "
-                    f"the pack), then run `squall pack install {root}` again. Nothing was installed")
+                refused.append((shown, target, why))
+    if not refused:
+        return
+    refused.sort()
+    named = "; ".join(f"{shown} is a symlink to {target}, which {why}" for shown, target, why in refused[:_LINKS_NAMED])
+    more = len(refused) - _LINKS_NAMED
+    one = len(refused) == 1
+    raise PackInstallError(
+        f"{text}: {'' if one else f'{len(refused)} symlinks are refused: '}{named}"
+        f"{f'; and {more} more' if more > 0 else ''}; an install copies only the pack's own files. Replace "
+        f"{'the link' if one else 'each link'} with the file itself (or a relative link to a file of the pack), "
+        f"then run `squall pack install {root}` again. Nothing was installed")
 
 
 def _requirement_entries(file: Path, seen: set[Path]) -> Iterator[tuple[Path, int, str]]:

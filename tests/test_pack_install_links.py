@@ -7,11 +7,12 @@ traceback; a link between the pack's own files is kept as a link, so the loader'
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from engine.pack_manager import PackInstallError
+from engine.pack_manager import _LINKS_NAMED, PackInstallError
 from tests.test_pack_install import install, pack_source
 
 
@@ -119,3 +120,53 @@ def test_a_file_the_copy_cannot_take_is_named_not_a_traceback(tmp_path: Path) ->
     message = str(caught.value)
     assert str(source / "actions" / "pipe") in message and "demo was not installed" in message
     assert not (tmp_path / "packs" / "demo").exists() and not (tmp_path / "packs" / ".demo.installing").exists()
+
+
+def test_every_refused_link_is_named_in_one_error_sorted_by_path(tmp_path: Path) -> None:
+    # One of each kind, in several folders and created out of order: a fix-one-retry-meet-the-next
+    # loop is what naming them all avoids.
+    secret = tmp_path / "secret.txt"
+    secret.write_text("OUTSIDE-SECRET-CONTENT\n")
+    source = pack_source(tmp_path / "src" / "demo", "demo", "1.0.0")
+    (source / "docs").mkdir()
+    links = {
+        source / "docs" / "zz.md": (secret, "outside the pack"),
+        source / "actions" / "leak.py": (Path(os.path.relpath(secret, source / "actions")), "outside the pack"),
+        source / "README.md": (tmp_path / "nonexistent" / "file", "points to nothing"),
+        source / "docs" / "abs.md": (source / "actions" / "hello.yaml", "is absolute"),
+        source / "docs" / "round.md": (Path("..", "..", "demo", "actions", "hello.yaml"), "leaves the pack"),
+    }
+    for link, (target, _) in links.items():
+        link.symlink_to(target)
+
+    with pytest.raises(PackInstallError) as caught:
+        install(source, tmp_path)
+
+    message = str(caught.value)
+    named = sorted(link.relative_to(source) for link in links)
+    said = [message.index(f"{path} is a symlink to {os.readlink(source / path)}, which") for path in named]
+    assert said == sorted(said)
+    for path in named:
+        start = message.index(f"{path} is a symlink to")
+        assert links[source / path][1] in message[start:].split("; ")[0]
+    assert f"{len(links)} symlinks" in message and "each link" in message and not re.search(r"and \d+ more", message)
+    assert "file itself" in message and "Nothing was installed" in message
+    assert not (tmp_path / "packs" / "demo").exists() and not (tmp_path / "venvs").exists()
+
+
+def test_a_pack_with_very_many_refused_links_names_the_first_and_counts_the_rest(tmp_path: Path) -> None:
+    source = pack_source(tmp_path / "src" / "demo", "demo", "1.0.0")
+    (source / "many").mkdir()
+    total = _LINKS_NAMED + 7
+    names = [f"link{number:03d}" for number in range(total)]
+    for name in reversed(names):
+        (source / "many" / name).symlink_to(tmp_path / "nowhere" / name)
+
+    with pytest.raises(PackInstallError) as caught:
+        install(source, tmp_path)
+
+    message = str(caught.value)
+    shown = [name for name in names if f"{Path('many', name)} is a symlink" in message]
+    assert shown == names[:_LINKS_NAMED]
+    assert f"{total} symlinks" in message and f"and {total - _LINKS_NAMED} more" in message
+    assert not (tmp_path / "packs" / "demo").exists()
