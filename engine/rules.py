@@ -721,12 +721,16 @@ class RulesEngine:
                                             delivery=delivery)
 
     def triggers_of(self, trigger_ref: str) -> list[dict[str, Any]]:
-        """The distinct parameter sets enabled rules give `trigger_ref` (timers and sensors serve these)."""
+        """The distinct parameter sets enabled rules give `trigger_ref` (timers and sensors serve these),
+        each with the refs of the rules that give it (a timer's lost run names them)."""
         seen: dict[str, dict[str, Any]] = {}
+        rules: dict[str, list[str]] = {}
         for rule in self.rules.values():
             if rule.live and rule.trigger_type == trigger_ref:
                 seen.setdefault(rule.binding, rule.trigger_parameters)
-        return [{"key": key, "type": trigger_ref, "parameters": parameters} for key, parameters in seen.items()]
+                rules.setdefault(rule.binding, []).append(rule.ref)
+        return [{"key": key, "type": trigger_ref, "parameters": parameters, "rules": rules[key]}
+                for key, parameters in seen.items()]
 
     # -- the processor protocol ----------------------------------------------------------------
     def interested(self, trigger_ref: str) -> bool:

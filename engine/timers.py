@@ -227,6 +227,8 @@ class Timer:
     parameters: dict[str, Any]
     trigger: BaseTrigger
     next_at: datetime | None
+    #: The refs of the rules that use it (`sync`'s "rules"), so what is said of a run names whose action it was.
+    rules: tuple[str, ...] = ()
 
 
 def interval_of(parameters: Mapping[str, Any]) -> timedelta:
@@ -335,13 +337,18 @@ class TimerService:
         self._said: set[str] = set()
 
     def sync(self, wanted: Iterable[Mapping[str, Any]]) -> None:
-        """Keep timers whose rules remain (their schedule goes on), add new ones, drop the rest."""
+        """Keep timers whose rules remain (their schedule goes on), add new ones, drop the rest.
+
+        An item's optional "rules" (the refs of the rules that use it) is taken afresh at every sync, a kept
+        timer's too: a reload can add or remove a rule on a timer that stays."""
         now = self.clock()
         timers: dict[str, Timer] = {}
         for item in wanted:
             key = item["key"]
+            rules = tuple(sorted(item.get("rules") or ()))
             if key in self.timers:
                 timers[key] = self.timers[key]
+                timers[key].rules = rules
                 continue
             try:
                 trigger = schedule(item["type"], item["parameters"], start=now)
@@ -356,7 +363,7 @@ class TimerService:
                     log.info("date timer %s is in the past; it will not fire (a rule added while Squall runs "
                              "fires no run that came before it)", key)
                 first = None
-            timers[key] = Timer(key, item["type"], dict(item["parameters"]), trigger, first)
+            timers[key] = Timer(key, item["type"], dict(item["parameters"]), trigger, first, rules)
         self.timers = timers
         self._changed.set()
 
@@ -491,10 +498,13 @@ class TimerService:
                 return
         except Exception:  # the history's reader says nothing: nor need this
             return
-        log.warning("date timer %s is more than %d s in the past and never fired; it will not fire: Squall fires "
+        # The rules are named: the timer's key (type and parameters) does not tell whose action did not run.
+        plural = "s" if len(timer.rules) > 1 else ""
+        used_by = f" (used by rule{plural} {', '.join(timer.rules)})" if timer.rules else ""
+        log.warning("date timer %s%s is more than %d s in the past and never fired; it will not fire: Squall fires "
                     "a run that came due while it was stopped or changing leader only if it is less than "
                     "TAKEOVER_GRACE (%d s) late, and replays none older (set a future date to run it)", timer.key,
-                    TAKEOVER_GRACE.total_seconds(), TAKEOVER_GRACE.total_seconds())
+                    used_by, TAKEOVER_GRACE.total_seconds(), TAKEOVER_GRACE.total_seconds())
 
     def say_zones(self) -> None:
         """Say each cron or date timer that runs in UTC for want of `timezone`, on a host whose zone is not

@@ -136,6 +136,7 @@ async def test_runs_older_than_the_grace_are_not_replayed(
         said = [r for r in caplog.records if DUE.strftime("%Y-%m-%d %H:%M:%S") in r.getMessage()]
         assert said and all(r.levelno == logging.WARNING for r in said)
         assert "TAKEOVER_GRACE" in said[0].getMessage() and "will not fire" in said[0].getMessage()
+        assert "(used by rule demo.once)" in said[0].getMessage()  # whose action did not run
     finally:
         await squall.close()
 
@@ -236,3 +237,27 @@ async def test_a_date_timer_that_fired_in_its_time_says_nothing_at_later_starts(
         assert await stored_runs(squall) == [DUE]
     finally:
         await squall.close()
+
+
+async def test_a_lost_date_run_names_the_rules_that_use_the_timer(caplog: pytest.LogCaptureFixture) -> None:
+    """The WARNING that a date timer's run is lost names the rules using it, as the latest sync gave them (a
+    reload that adds a rule to a kept timer counts): the timer's key alone does not tell whose action did
+    not run."""
+    async def history(_type: str, _parameters: dict[str, Any], _since: datetime) -> datetime | None:
+        return None  # no process stored the run
+
+    async def dispatch(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("a run more than TAKEOVER_GRACE late is not fired")
+
+    timers = TimerService(dispatch, Clock(DUE + TAKEOVER_GRACE + timedelta(seconds=30)), history=history)
+    item = {"key": "once", "type": DATE, "parameters": {"date": f"{DUE:%Y-%m-%d %H:%M:%S}"}}
+    timers.sync([{**item, "rules": ["demo.first"]}])
+    timers.sync([{**item, "rules": ["demo.second", "demo.first"]}])  # a reload: one more rule on the kept timer
+
+    with caplog.at_level(logging.WARNING, logger="engine.timers"):
+        assert await timers.look()
+        assert await timers.fire_due() == 0
+
+    said = [r.getMessage() for r in caplog.records if "will not fire" in r.getMessage()]
+    assert len(said) == 1 and "once" in said[0]
+    assert "demo.first" in said[0] and "demo.second" in said[0]
