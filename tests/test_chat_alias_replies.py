@@ -106,6 +106,20 @@ def test_a_result_format_renders_a_missing_value_empty() -> None:
     assert text == "out: [] abandoned"
 
 
+def test_a_result_of_a_run_that_did_not_succeed_rendering_nothing_is_the_default_result() -> None:
+    """`{{ execution.result.stdout }}` of an abandoned run renders nothing: posted so, the person never learnt
+    the command died with its process. It is the default result (the status and the error) instead; a
+    success that renders nothing stays as rendered."""
+    alias = _alias(result={"format": "{{ execution.result.stdout }}"})
+    text, _extra = render_result(alias, ABANDONED)
+    assert text is not None and "abandoned" in text and "the worker running it stopped" in text
+    for status in ("failed", "timeout", "canceled"):
+        text, _extra = render_result(alias, {**ABANDONED, "status": status})
+        assert text is not None and status in text
+    text, _extra = render_result(alias, {**ABANDONED, "status": "succeeded", "result": {"stdout": "  \n"}})
+    assert text == "  \n"
+
+
 def test_the_result_format_keeps_the_sandbox() -> None:
     """Lenient is not unsafe: what the sandbox refuses still renders nothing of Python's internals."""
     alias = _alias(result={"format": "{{ execution.__class__.__mro__ }}|{{ ''.__class__ }}"})

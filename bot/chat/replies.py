@@ -4,8 +4,9 @@ Templates render in the sandboxed StackStorm environment with `execution` and `a
 (StackStorm's ack context) plus `alias` (its result context). As in StackStorm, the ack's `format`
 and `extra` and the result's `extra` render strictly (a missing value is an error), and the result's
 `format` leniently (a missing value renders empty): `chatops.format_execution_result` renders it so,
-and a run that was abandoned or timed out has no `stdout` for `{{ execution.result.stdout }}`. A
-template that fails to render never loses the reply: the person gets the default text and the reason.
+and a run that was abandoned or timed out has no `stdout` for `{{ execution.result.stdout }}`: a result
+of a run that did not succeed that renders nothing is the default text instead, so its sender learns how it
+ended. A template that fails to render never loses the reply: the person gets the default text and the reason.
 
 A result is split at its first `{~}`, hubot-stackstorm's pretext delimiter (`splitMessage`): every
 platform gets the pretext and the rest joined by a newline, and Slack, which shows the rest as an
@@ -140,6 +141,11 @@ def result_message(alias: Any | None, execution: dict[str, Any]) -> tuple[str | 
         text = render_template(result["format"], context, build_environment(lenient=True))
     except TemplateRenderError as exc:
         text = f"{default_result(execution)}\n(the alias's result format failed: {exc})"
+    if not text.strip() and execution.get("status") != "succeeded":
+        # `{{ execution.result.stdout }}` of a run abandoned, timed out or failed before any output renders
+        # nothing: posted so, the person who typed the command never learnt how it ended. A success that
+        # renders nothing stays as rendered (a format may choose to say nothing of a success).
+        text = default_result(execution)
     return text, _extra(result, execution, alias)
 
 
