@@ -1672,8 +1672,7 @@ class ExecutionService:
                   "log": [*(record.get("log") or []), {"status": "abandoned", "timestamp": iso(now)}]}
         if not await self.db(self.db.store.update_execution, row["id"], fields, expect=(row["status"],)):
             return None
-        record.update(fields)
-        self._finished(record)
+        self._ended(record, fields, None, [], None)  # said in the log, as every abandoned run is
         return "abandoned"
 
     async def _conduct_on(self, resumed: list[str]) -> None:

@@ -12,6 +12,7 @@ import functools
 import gc
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -677,11 +678,14 @@ async def test_start_without_recover_leaves_records_alone(config: Config) -> Non
         await app.close()
 
 
-async def test_the_poll_ends_runs_whose_owner_died_as_recovery_does(config: Config) -> None:
+async def test_the_poll_ends_runs_whose_owner_died_as_recovery_does(
+        config: Config, caplog: pytest.LogCaptureFixture) -> None:
     """A `squall run` killed (SIGKILL, an OOM kill) leaves its execution `running`: the serve's periodic
-    sweep ends it as `recover()` does at start, with the same status and error, and tells its
-    listeners. Runs of live owners and the serve's own runs are left alone, and so is a worker's job,
-    which `reap_stalled` ends by the worker's heartbeat (telling its thread the worker stopped answering)."""
+    sweep ends it as `recover()` does at start, with the same status and error, tells its listeners, and
+    says it in the log at INFO with why, as every abandoned run is (docs/observability.md). Runs of live
+    owners and the serve's own runs are left alone, and so is a worker's job, which `reap_stalled` ends by
+    the worker's heartbeat (telling its thread the worker stopped answering)."""
+    caplog.set_level(logging.INFO, logger="engine.executions")
     host = socket.gethostname()
     live = subprocess.Popen(["sleep", "60"])
     app = await Squall.start(config)
@@ -708,6 +712,9 @@ async def test_the_poll_ends_runs_whose_owner_died_as_recovery_does(config: Conf
         assert ended["result"]["error"] == "Squall stopped while this execution was running; it was abandoned"
         assert ended["end_timestamp"] is not None and ended["log"][-1]["status"] == "abandoned"
         assert (await heard)["status"] == "abandoned"
+        said = [r.getMessage() for r in caplog.records if dead["id"] in r.getMessage()]
+        assert said == [f"core.noop abandoned (execution {dead['id']}): Squall stopped while this execution was "
+                        "running; it was abandoned"]
         assert await status_of(app, alive["id"]) == "running"
         assert await status_of(app, mine["id"]) == "running"
         assert await status_of(app, job["id"]) == "running"
