@@ -430,3 +430,29 @@ def test_a_counter_series_is_created_when_it_is_first_counted_not_when_first_scr
         fresh.count(fresh.chat_messages, "slack")
     created = fresh.registry.get_sample_value("squall_chat_commands_created", {"adapter": "irc", "outcome": "matched"})
     assert created is not None and first <= created < folding
+
+
+async def test_a_confirmed_command_is_matched_once(home: Path) -> None:
+    """A command whose alias asks for confirmation is one command: `matched` when it is typed, not again when
+    its `yes` runs it (the `yes` is a message addressed to Squall, counted as such)."""
+    _home(home)
+    write(home / "packs" / "demo" / "aliases" / "careful.yaml", """
+        name: careful
+        action_ref: demo.greet
+        formats: ["careful {{who}}"]
+        confirm: true
+    """)
+    async with chat_and_api(home) as (squall, loopback, client):
+        before = await _scrape(client)
+        await loopback.say("!careful world", user="alice")
+        await loopback.say("!yes", user="alice")
+        await _done(squall, 1)
+        after = await _scrape(client)
+        ran = [e for e in await squall.executions.list() if e["action"] == "demo.greet"]
+    assert len(ran) == 1
+    moved = {outcome: _value(after, "squall_chat_commands_total", adapter="loopback", outcome=outcome)
+             - _value(before, "squall_chat_commands_total", adapter="loopback", outcome=outcome)
+             for outcome in ("matched", "unmatched", "builtin")}
+    assert moved == {"matched": 1, "unmatched": 0, "builtin": 0}
+    assert _value(after, "squall_chat_messages_total", adapter="loopback") \
+        - _value(before, "squall_chat_messages_total", adapter="loopback") == 2

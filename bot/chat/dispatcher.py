@@ -539,7 +539,8 @@ class Dispatcher:
             metrics.count(metrics.chat_commands, message.adapter, "denied")
             await self.say(message, f"Sorry {message.user}, you may not run that: {exc}.")
             return
-        metrics.count(metrics.chat_commands, message.adapter, "matched")
+        if not confirmed:  # a confirmed command was counted when it was typed: one command, not two
+            metrics.count(metrics.chat_commands, message.adapter, "matched")
         if fits[0].alias.confirm and not confirmed:
             for fit in fits:  # a `yes` to what cannot run could only be refused: say what is wrong now
                 try:
