@@ -184,6 +184,12 @@ class FileSink:
     (`_cut_back`): each event is a whole line of its own, or not in the file. `backups: 0` or
     `max_bytes: 0` never rotates (leave it to logrotate). Who ran what is for the operators, not every
     local user: every file is 0600.
+
+    A reopen can fail (a full disk, EACCES, a directory now at `path`). The sink then holds no file
+    (`_fd` None) until an event finds it can open one: kept, the closed number went to whatever the
+    process opened next (an accepted socket, an action's pipe, a database file), and the next event
+    fstat()ed, closed or wrote audit lines into that. Meanwhile each event fails, and `_Guarded`
+    counts and logs it.
     """
 
     #: The `sink` label of `squall_audit_sink_failures_total`.
@@ -193,22 +199,47 @@ class FileSink:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
         self._threads = threading.Lock()
-        self._lock = os.open(path.with_name(f".{path.name}.lock"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        #: The lock file's descriptor; None once closed (`close`).
+        self._lock: int | None = os.open(path.with_name(f".{path.name}.lock"),
+                                         os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         #: Whether the file this process writes ends in part of a line it could not cut off (`_cut_back`).
         self._torn = False
-        self._fd = self._open()
+        #: The open `path`; None while this sink holds no file (a reopen failed, or closed).
+        self._fd: int | None = self._open()
 
     def _open(self) -> int:
+        """`path` opened for appending, 0600; a descriptor it opened and could not make private is closed."""
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if os.fstat(fd).st_mode & 0o077:  # made by someone else, or by an older Squall: private now
-            os.fchmod(fd, 0o600)
+        try:
+            if os.fstat(fd).st_mode & 0o077:  # made by someone else, or by an older Squall: private now
+                os.fchmod(fd, 0o600)
+        except BaseException:
+            os.close(fd)
+            raise
         self._torn = False
         return fd
+
+    def _let_go(self) -> None:
+        """Close the file this sink holds and hold none: its number is free for the process's next open
+        at once, so this sink must not keep it."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _reopen(self) -> int:
+        """Close the file held, if any, then open `path` again; if opening fails this sink holds no file,
+        and the next event tries again."""
+        self._let_go()
+        self._fd = self._open()
+        return self._fd
 
     def __call__(self, record: Mapping[str, Any]) -> None:
         data = (line(record) + "\n").encode("utf-8")
         # The thread lock first: threads of one process share the flock (it belongs to the open file).
         with self._threads:
+            if self._lock is None:
+                raise RuntimeError(f"the audit file sink for {self.path} is closed; events after its close "
+                                   f"need a new sink (`install`)")
             fcntl.flock(self._lock, fcntl.LOCK_EX)
             try:
                 self._append(data)
@@ -217,55 +248,61 @@ class FileSink:
 
     def _append(self, data: bytes) -> None:
         """Rotate if `data` would pass `max_bytes`, then append it whole, or leave the file as it was."""
-        size = self._current_size()
+        fd, size = self._current()
         if 0 < self.max_bytes < size + len(data) and self.backups > 0 and size > 0:
-            self._rotate()
+            fd = self._rotate()
             size = 0
         left = memoryview(b"\n" + data if self._torn else data)  # a torn line left: begin a line of our own
         try:
             while left:
-                left = left[os.write(self._fd, left):]
+                left = left[os.write(fd, left):]
         except OSError:
-            self._cut_back(size)
+            self._cut_back(fd, size)
             raise
         self._torn = False
 
-    def _cut_back(self, size: int) -> None:
+    def _cut_back(self, fd: int, size: int) -> None:
         """Cut the file back to `size`, where a failed write began: the part of a line it left (a full disk),
         with the next event appended onto it, was two events lost to a JSON-lines reader. If even the cut
         fails, this process begins its next line with a newline, so that line is whole."""
         try:
-            os.ftruncate(self._fd, size)
+            os.ftruncate(fd, size)
         except OSError:
             self._torn = True
 
-    def _current_size(self) -> int:
-        """The size of `path` now, reopened first if another process rotated (or someone removed) it."""
-        opened = os.fstat(self._fd)
-        try:
-            named = os.stat(self.path)
-        except FileNotFoundError:
-            named = None
-        if named is None or (named.st_ino, named.st_dev) != (opened.st_ino, opened.st_dev):
-            os.close(self._fd)
-            self._fd = self._open()
-            return os.fstat(self._fd).st_size
-        return opened.st_size
+    def _current(self) -> tuple[int, int]:
+        """The file at `path` now and its size, reopened first if another process rotated (or someone
+        removed) it, or if this sink holds none (a reopen failed before)."""
+        if self._fd is not None:
+            opened = os.fstat(self._fd)
+            try:
+                named = os.stat(self.path)
+            except FileNotFoundError:
+                named = None
+            if named is not None and (named.st_ino, named.st_dev) == (opened.st_ino, opened.st_dev):
+                return self._fd, opened.st_size
+        fd = self._reopen()
+        return fd, os.fstat(fd).st_size
 
-    def _rotate(self) -> None:
-        """`path.N-1` → `path.N` … `path` → `path.1` (the oldest beyond `backups` replaced), then a new `path`."""
+    def _rotate(self) -> int:
+        """`path.N-1` → `path.N` … `path` → `path.1` (the oldest beyond `backups` replaced), then a new `path`,
+        which it returns."""
         for n in range(self.backups - 1, 0, -1):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
         os.replace(self.path, f"{self.path}.1")
-        os.close(self._fd)
-        self._fd = self._open()
+        return self._reopen()
 
     def close(self) -> None:
+        """Close the file and the lock file, once: a second close must not close the numbers the process
+        has since given to something else."""
         with self._threads:
-            for fd in (self._fd, self._lock):
-                with contextlib.suppress(OSError):  # closed already
-                    os.close(fd)
+            lock, self._lock = self._lock, None
+            with contextlib.suppress(OSError):  # closing never fails the command that ends
+                self._let_go()
+            if lock is not None:
+                with contextlib.suppress(OSError):
+                    os.close(lock)
 
 
 class SyslogSink:

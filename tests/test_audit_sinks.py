@@ -4,6 +4,7 @@ UDP, checked with a local listener) or to stdout, secrets masked; a failing sink
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -200,6 +201,93 @@ def test_backups_keep_the_newest_events_and_a_moved_file_is_reopened(tmp_path: P
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _open_at(path: Path, number: int) -> int:
+    """`path` opened read-write at descriptor `number` (free now), as the process's next open gets the lowest
+    free number: an accepted socket, an action's pipe or a SQLite file takes a number a sink let go."""
+    fd = os.open(path, os.O_RDWR)
+    if fd != number:
+        os.dup2(fd, number)
+        os.close(fd)
+    return number
+
+
+def test_a_file_that_cannot_be_reopened_leaves_the_freed_descriptor_to_its_new_owner(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """logrotate moved the file and the reopen failed (here a directory at the path; a full disk or EACCES
+    alike): the sink kept the number it had closed, the process gave it to the next thing it opened, and
+    the next event fstat()ed that, saw another inode and closed it (API requests dropped unanswered), or
+    wrote audit lines into it. Now the sink holds no file: the events are skipped, counted and logged once,
+    the other owner's descriptor stays open and untouched, and the sink writes again once the path is a
+    file it can open."""
+    from engine.audit_sinks import FileSink, _guarded
+
+    caplog.set_level(logging.INFO, logger="engine.audit_sinks")
+    path, other_path = tmp_path / "audit.jsonl", tmp_path / "squall.db"
+    other_path.write_bytes(b"someone else's data\n")
+    sink = FileSink(path, 0, 0)
+    deliver = _guarded(sink)
+    other = None
+    try:
+        deliver({"event": "one", "detail": {}})
+        freed = sink._fd  # the number the failed reopen lets go
+        assert freed is not None
+        path.rename(path.with_name("audit.jsonl.rotated"))  # logrotate moves it away...
+        path.mkdir()  # ...and the path cannot be opened for writing any more
+        before = _missed("file")
+        deliver({"event": "skipped-0", "detail": {}})
+        other = _open_at(other_path, freed)
+        inode = os.fstat(other).st_ino
+        for n in range(1, 4):
+            deliver({"event": f"skipped-{n}", "detail": {}})
+        assert _is_open(other), "the sink closed a descriptor the process had given to another file"
+        assert os.fstat(other).st_ino == inode
+        assert os.pread(other, 100, 0) == b"someone else's data\n" == other_path.read_bytes()
+        assert _missed("file") - before == 4
+        failures = _sink_logs(caplog)
+        assert len(failures) == 1 and "skipped-0" in failures[0] and "Is a directory" in failures[0], failures
+
+        path.rmdir()  # the path can be opened again: the next event does
+        deliver({"event": "two", "detail": {}})
+        recovered = _sink_logs(caplog)[1:]
+        assert len(recovered) == 1 and "the 4 it missed" in recovered[0], recovered
+    finally:
+        sink.close()
+    assert _is_open(other) and os.fstat(other).st_ino == inode  # closing the sink closed only its own
+    os.close(other)
+    assert [json.loads(text)["event"] for text in path.read_text().splitlines()] == ["two"]
+    assert [json.loads(text)["event"] for text in path.with_name("audit.jsonl.rotated").read_text()
+            .splitlines()] == ["one"]
+    assert other_path.read_bytes() == b"someone else's data\n"
+
+
+def test_closing_a_file_sink_twice_closes_only_its_own_descriptors(tmp_path: Path) -> None:
+    """A second `close` closed the numbers again, which the process had since given to other files."""
+    from engine.audit_sinks import FileSink
+
+    sink = FileSink(tmp_path / "audit.jsonl", 0, 0)
+    numbers = [sink._fd, sink._lock]
+    sink.close()
+    others = [tmp_path / "other0", tmp_path / "other1"]
+    for other in others:
+        other.write_text("x")
+    reused = [_open_at(other, number) for other, number in zip(others, numbers, strict=True) if number is not None]
+    try:
+        sink.close()
+        assert [_is_open(fd) for fd in reused] == [True, True]
+    finally:
+        for fd in reused:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def test_a_sink_hears_of_an_event_once_it_is_committed(database_url: str) -> None:
     """Inside a group of writes the event reaches the sinks after the commit, never when it rolls back."""
     store = Store.open(database_url)
@@ -258,8 +346,9 @@ def test_audit_export_jsonl_and_csv_oldest_first_within_the_range(home: Path) ->
     last = entries[2]["time"]
     assert [json.loads(line)["actor"] for line in export("--since", last).splitlines()][-1] == "user2"
     rows = list(csv.reader(io.StringIO(export("--format", "csv"))))
-    assert rows[0] == ["time", "event", "actor", "source", "target", "detail"] and len(rows) == 4
+    assert rows[0] == ["time", "event", "actor", "source", "target", "detail", "id"] and len(rows) == 4
     assert rows[3][2] == "user2" and json.loads(rows[3][5]) == {"token": "********", "n": 2}
+    assert [int(row[6]) for row in rows[1:]] == [e["id"] for e in entries]
     bad = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "audit", "export", "--format", "xml"],
                          capture_output=True, text=True, timeout=60, cwd=home)
     assert bad.returncode == 2 and "--format must be one of jsonl, csv, not 'xml'" in bad.stderr
