@@ -848,3 +848,44 @@ async def test_a_cancel_while_the_command_starts_kills_its_group_and_ends(
         assert _gone(child), "the command's child outlived the cancel"
     finally:
         _kill(child_pid)
+
+
+#: Here-document words as pack authors may write them, with the quoting bash removes.
+HEREDOC_WORDS = ["EOF", "'EOF'", '"EOF"', "$'EOF'", '$"EOF"', "$EOF", "'E\\OF'", '"E\\OF"', '"E\\$F"', "E\\OF",
+                 "E$'O'F", "E'O'\"F\"", "$'E'$\"OF\"", '"a\\"b"', "'a\"b'"]
+
+
+@pytest.mark.parametrize("word", HEREDOC_WORDS)
+def test_the_heredoc_delimiter_is_the_line_bash_ends_the_document_at(word: str) -> None:
+    """The line Squall takes for a here-document's end is the one bash ends it at (bash itself says): a value
+    equal to bash's delimiter must be refused in a quoted document, or the next value runs as a command
+    (`<<$'EOF'` ends at `EOF`; Squall took `$EOF` and let the value `EOF` through)."""
+    from engine.runners.shell_template import _heredoc_delimiter
+
+    delimiter = _heredoc_delimiter(word)
+    assert delimiter is not None
+    script = f"cat <<{word}\ninside\n{delimiter}\necho after\n"
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=10)
+    assert done.stdout == "inside\nafter\n", (word, delimiter, done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("word", ["$'EOF'", '$"EOF"', "E$'O'F", "'E\\OF'"])
+def test_a_value_equal_to_an_unusual_quoted_delimiter_is_refused(word: str, tmp_path: Path) -> None:
+    """A quoted document whose word bash reads otherwise than it is written: a value equal to bash's delimiter
+    is refused, and rendered commands run nothing of the value that follows it (no marker file)."""
+    from engine.runners.shell_template import _heredoc_delimiter
+
+    marker = tmp_path / "pwned"
+    template = f"cat <<{word}\n{{{{ a }}}}\n{{{{ b }}}}\n{_heredoc_delimiter(word)}"
+    with pytest.raises(TemplateRenderError, match="could end it early"):
+        render_shell_command(template, {"a": _heredoc_delimiter(word), "b": f"touch {marker}"})
+    rendered, env = render_shell_command(template, {"a": "x", "b": f"touch {marker}"})
+    done = subprocess.run(["bash", "-c", rendered], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=10)
+    assert done.stdout == f"x\ntouch {marker}\n" and not marker.exists()
+
+
+def test_an_ansi_c_delimiter_with_an_escape_is_refused() -> None:
+    """`<<$'E\\x4fF'` ends at `EOF` in bash, which decodes the escape: Squall refuses to guess the line."""
+    with pytest.raises(TemplateRenderError, match="backslash escape"):
+        render_shell_command("cat <<$'E\\x4fF'\n{{ a }}\nEOF", {"a": "x"})

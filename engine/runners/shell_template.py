@@ -674,7 +674,11 @@ class _ShellQuoter:
         if "\x00" in word:
             raise self.fail("a {{ }} expression cannot be a here-document delimiter")
         if word:
-            delimiter = re.sub(r"\\(.)", r"\1", word.replace("'", "").replace('"', ""))
+            delimiter = _heredoc_delimiter(word)
+            if delimiter is None:  # the action fails to load (`refuse`), whatever its values
+                self.refuse(f"the here-document delimiter {word} uses $'...' with a backslash escape, whose "
+                            "meaning Squall does not work out; write the delimiter plainly (<<'EOF')")
+                delimiter = word
             self.pending.append((delimiter, any(c in word for c in "'\"\\"), strip))
         return j
 
@@ -698,6 +702,50 @@ class _ShellQuoter:
         self.out.append(line + self.text[end : end + 1])
         return end + 1
 
+
+
+def _heredoc_delimiter(word: str) -> str | None:
+    """The line that ends a here-document introduced by `word`, as bash reads it: quote removal, no
+    expansion. Single quotes keep every character, backslashes too; in double quotes (and `$"..."`) a
+    backslash escapes only `$`, a backquote, `"` and itself; outside quotes it escapes any character;
+    the `$` of `$'...'` and `$"..."` quotes, it is no character of the word. A value equal to this line
+    ends a quoted document early (`heredoc_line` refuses it), so getting it wrong is a way to run the
+    next value as a command: `<<$'EOF'` ends at `EOF`, not `$EOF`, and `<<'E\\OF'` at `E\\OF`. None for an
+    ANSI-C quoted part with a backslash escape (`$'E\\x4fF'`, which bash decodes): refused, not guessed."""
+    out: list[str] = []
+    i, n = 0, len(word)
+    while i < n:
+        char = word[i]
+        if char == "$" and i + 1 < n and word[i + 1] in "'\"":
+            i += 1  # `$'...'`, `$"..."`: the quotes that follow say the rest
+            if word[i] == "'":
+                close = word.find("'", i + 1)
+                body = word[i + 1:] if close < 0 else word[i + 1:close]
+                if "\\" in body:
+                    return None
+                out.append(body)
+                i = n if close < 0 else close + 1
+                continue
+            char = word[i]
+        if char == "'":
+            close = word.find("'", i + 1)
+            out.append(word[i + 1:] if close < 0 else word[i + 1:close])
+            i = n if close < 0 else close + 1
+        elif char == '"':
+            i += 1
+            while i < n and word[i] != '"':
+                if word[i] == "\\" and i + 1 < n and word[i + 1] in '$`"\\':
+                    i += 1
+                out.append(word[i])
+                i += 1
+            i += 1
+        elif char == "\\":
+            out.append(word[i + 1:i + 2])
+            i += 2
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
 
 
 # ---------------------------------------------------------------------------------------------
