@@ -15,7 +15,9 @@ of them at every migration) and uvicorn's access log would bury the few lines a 
 What a library logs is not Squall's to word: urllib3 quotes the path and query of every request the
 `http-request` runner sends (`?api_key=…`), sse_starlette every chunk of a run's live output. So a
 line logged while an execution's secrets are bound (`scrubbing`) is scrubbed of them as its output
-is, and sse_starlette is held at INFO whatever `logging.libraries` says (`_CAPPED`).
+is, and sse_starlette is held at INFO whatever `logging.libraries` says (`_CAPPED`). An error
+procrastinate logs because its database connection failed is one warning line, not its traceback
+(`_LibraryOutage`): an outage is said in one line, as Squall's own loops say it.
 
 Text of another program's put on a line of Squall's log (a sensor's output) is written `printable`:
 its control characters escaped, so a terminal following the log runs none of them.
@@ -119,6 +121,48 @@ class _Scrubber(logging.Filter):
         return True
 
 
+class _LibraryOutage(logging.Filter):
+    """Squall's handler's filter: an error procrastinate logs with a traceback because its database
+    connection failed (its pool timed out, PostgreSQL went away: `connection_failure`) becomes one
+    WARNING line naming the cause. After an outage procrastinate logged `poll_jobs_to_abort error` with
+    some 45 lines of chained tracebacks (ConnectorException from PoolTimeout), whatever
+    `logging.libraries` said; Squall's own loops say an outage once, in one line (`engine.storage.Trouble`).
+    Its other errors, and a failure that is no connection's, keep their level and traceback. The line is
+    dropped when `logging.libraries` leaves the logger's warnings out (`error`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or not record.name.startswith("procrastinate") or record.levelno < logging.ERROR:
+            return True
+        cause = connection_failure(record.exc_info[1])
+        if cause is None:
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.WARNING):
+            return False
+        record.msg, record.args = f"{record.getMessage()}: database connection failed ({cause}); procrastinate " \
+                                  "tries again", None
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def connection_failure(exc: BaseException | None) -> str | None:
+    """`PoolTimeout: couldn't get a connection after 30.00 sec` when `exc`, or what it was raised from, is
+    psycopg's failure to reach or keep the database (`psycopg.OperationalError`, its pool's timeouts
+    among them: what `bot.worker` takes for an outage too); None for anything else. First line only: the
+    driver's text goes on."""
+    psycopg = sys.modules.get("psycopg")  # not imported: the exception is none of its
+    if psycopg is None:
+        return None
+    for _ in range(8):  # the cause chain, short, as `engine.storage.database_failure` walks it
+        if exc is None:
+            return None
+        if isinstance(exc, psycopg.OperationalError):
+            text = (str(exc).strip().splitlines() or [""])[0]
+            return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def printable(text: str) -> str:
     """`text` with its control characters but tab written as escapes (`\\r`, `\\n`, `\\x1b`), for text
     another program wrote (a sensor's output) on a line of Squall's log. As they were, a terminal following
@@ -206,6 +250,7 @@ def configure(config: Any, level: str | None = None) -> None:
     form = _choice(config.path, "format", section.get("format"), FORMATS, "text")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if form == "json" else TextFormatter())
+    handler.addFilter(_LibraryOutage())  # first: a line it shortens has no traceback left to scrub
     handler.addFilter(_Scrubber())
     root = logging.getLogger()
     for old in list(root.handlers):
