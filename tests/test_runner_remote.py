@@ -472,8 +472,18 @@ async def test_a_value_longer_than_a_command_line_may_be_reaches_the_host(squall
 async def test_a_nul_character_is_refused_naming_where_it_is(squall: Squall, sshd: SSHServer) -> None:
     done = await run(squall, "core.remote", creds(sshd, cmd="echo hi", env={"GOOD": "x", "BAD": "a\x00b"}))
     assert done["status"] == "failed"
-    assert done["result"] == {"error": "the value of BAD contains a NUL character (\\x00), which no shell "
-                                       "variable or command can hold: remove it"}
+    assert done["result"] == {"error": 'parameter "env" (variable "BAD") holds a NUL byte (\\0), which no shell '
+                                       "variable or command on the remote host can hold: remove it, or encode the "
+                                       "value (base64, JSON) and decode it in the command"}
+
+
+async def test_a_nul_character_in_a_templated_value_names_its_parameter(squall: Squall, sshd: SSHServer) -> None:
+    """A `cmd` template's value travels in a variable of Squall's own (SQUALL_ARG_0): the error names the
+    parameter the person gave, as the local runner's does, not that variable."""
+    done = await run(squall, "remotetest.double", creds(sshd, value="a\x00b"))
+    assert done["status"] == "failed"
+    assert done["result"]["error"].startswith('parameter "value" holds a NUL byte'), done["result"]
+    assert "SQUALL_ARG" not in done["result"]["error"]
 
 
 async def test_a_failing_command_on_one_host_fails_the_execution(squall: Squall, sshd: SSHServer) -> None:

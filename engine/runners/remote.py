@@ -53,7 +53,7 @@ import asyncssh
 
 from engine.runners import OUTPUT_LIMIT, RunOutcome, RunRequest, truncation
 from engine.runners.environment import action_variables
-from engine.runners.shell import script_arguments, shell_result
+from engine.runners.shell import carrier, script_arguments, shell_result
 from engine.runners.shell_template import EmptyCommand, command_of
 from engine.templates import TemplateRenderError
 
@@ -181,16 +181,19 @@ def stdin_payload(script: str, sudo_password: str | None) -> bytes:
     return f"{password}{script}\0".encode()
 
 
-def _nul_problem(variables: dict[str, str], command: str, cwd: str | None) -> str | None:
+def _nul_problem(request: RunRequest, variables: dict[str, str], command: str, cwd: str | None) -> str | None:
     """Why the script cannot be sent, if a value holds a NUL byte (it ends the script on stdin, and no
-    shell variable or command line can hold one); None when none does."""
-    places = [f"the value of {name}" for name, value in variables.items() if "\0" in value]
-    places += ["the command" if "\0" in command else "", "cwd" if cwd and "\0" in cwd else ""]
-    found = [place for place in places if place]
+    shell variable or command line can hold one), named by the parameter it came from as the local runner
+    names it (`carrier`), never by the variable a `cmd` template's value travels in; None when none does."""
+    user_env = {str(key) for key in (request.runner_parameters.get("env") or {})}
+    found = [f'parameter "env" (variable "{name}")' if name in user_env else
+             carrier(request, value, f'variable "{name}"') for name, value in variables.items() if "\0" in value]
+    found += [carrier(request, command, "the command")] if "\0" in command else []
+    found += ['parameter "cwd"'] if cwd and "\0" in cwd else []
     if not found:
         return None
-    return (f"{', '.join(found)} contains a NUL character (\\x00), which no shell variable or command "
-            "can hold: remove it")
+    return (f"{found[0]} holds a NUL byte (\\0), which no shell variable or command on the remote host can hold: "
+            "remove it, or encode the value (base64, JSON) and decode it in the command")
 
 
 @dataclass
@@ -350,7 +353,7 @@ class RemoteShellRunner:
         bad = sorted(name for name in variables if not _ENV_NAME.match(name))
         if bad:
             return RunOutcome("failed", {"error": f"env names must be letters, digits and '_': {bad}"})
-        nul = _nul_problem(variables, f"{command}{tail}", params.get("cwd") or None)
+        nul = _nul_problem(request, variables, f"{command}{tail}", params.get("cwd") or None)
         if nul:
             return RunOutcome("failed", {"error": nul})
         script = remote_script(str(command), variables, params.get("cwd") or None)

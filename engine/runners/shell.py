@@ -335,7 +335,7 @@ def _problem(source: str, text: str, name_bytes: int = 0) -> str | None:
     return None
 
 
-def _carrier(request: RunRequest, text: str, fallback: str) -> str:
+def carrier(request: RunRequest, text: str, fallback: str) -> str:
     """The parameter whose value `text` carries, for an error: the one that is itself the trouble (a NUL,
     or at least half the size) and appears whole in `text`; else `fallback`."""
     for name, value in request.action_parameters.items():
@@ -352,7 +352,7 @@ def _env_problem(request: RunRequest, env: Mapping[str, str]) -> str | None:
         if key in user_env:
             source = f'parameter "env" (variable "{key}")'
         elif key.startswith("SQUALL_ARG_"):
-            source = _carrier(request, value, f"a value the cmd template inserts ({key})")
+            source = carrier(request, value, f"a value the cmd template inserts ({key})")
         else:
             source = f'the service\'s environment variable "{key}"'
         if problem := _problem(source, value, _size(key) + 1):
