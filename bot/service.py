@@ -190,7 +190,7 @@ async def serve_forever(config: Config, stop_signals: tuple[signal.Signals, ...]
         try:
             await api.start()
             log.info("web UI and HTTP API on %s (OpenAPI at /openapi.json)", ui_address(api.host, api.port))
-        except (Exception, SystemExit) as exc:  # a port in use must not take chat and executions down
+        except Exception as exc:  # a port in use (`ApiServer._serve`'s OSError) must not take chat and executions down
             log.error("the HTTP API could not start on %s:%d (%s); serving without it", api.host, api.port,
                       exc.__class__.__name__)
             api = None

@@ -397,8 +397,6 @@ async def work(config: Config, queues: list[str] | None, concurrency: int, drain
     # timer here (the lead's minute sweep does the same; one query over what is pending).
     await squall.inquiries.recover()
     app = worker_app(config, worker.run_job)
-    helpers = [asyncio.create_task(reap_forever(squall.executions, squall.jobs), name="squall-reaper"),
-               asyncio.create_task(_poll_forever(squall), name="squall-poll")]
     server = None
     if health is not None:
         from bot.http.health import worker_api
@@ -407,11 +405,13 @@ async def work(config: Config, queues: list[str] | None, concurrency: int, drain
         server = ApiServer(squall, host=health[0], port=health[1], app=worker_api(worker))
         try:
             await server.start()
-        except (OSError, RuntimeError, SystemExit) as exc:
+        except (OSError, RuntimeError) as exc:  # taken since the CLI's check (`_probe_listen`): nothing else started
             await squall.close()
             raise ConfigError(f"--health-port {health[1]}: cannot listen on {health[0]}:{health[1]} (in use, or "
                               f"not this machine's address): {exc}") from None
         log.info("squall worker %s: health at http://%s:%d/healthz", worker.name, *health)
+    helpers = [asyncio.create_task(reap_forever(squall.executions, squall.jobs), name="squall-reaper"),
+               asyncio.create_task(_poll_forever(squall), name="squall-poll")]
     log.info("squall worker %s: queues %s, %d at once, %d packs, %d actions", worker.name,
              ", ".join(queues) if queues else "all", concurrency, len(squall.registry.packs),
              len(squall.registry.actions))

@@ -35,12 +35,23 @@ class ApiServer:
         self.task: Any = None
 
     async def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.server.serve(), name="squall-api")
+        self.task = asyncio.get_running_loop().create_task(self._serve(), name="squall-api")
         while not self.server.started:
             if self.task.done():
-                self.task.result()  # raises what stopped it (a port in use: SystemExit from uvicorn)
+                self.task.result()  # raises what stopped it (a port in use: `_serve`'s OSError)
                 raise RuntimeError(f"the API server on {self.host}:{self.port} stopped while starting")
             await asyncio.sleep(0.01)
+
+    async def _serve(self) -> None:
+        """uvicorn's `serve`, its exit turned into the OSError it stands for. uvicorn calls `sys.exit(3)`
+        when it cannot bind (a port taken after the caller's check, `bot.cli.serve._probe_listen`), and
+        asyncio re-raises a task's SystemExit out of the event loop, past `start`'s caller: the process
+        ended with two tracebacks and nothing of it closed. Its own log line has said why by then."""
+        try:
+            await self.server.serve()
+        except SystemExit as exc:
+            raise OSError(f"the server on {self.host}:{self.port} could not start (uvicorn exited with "
+                          f"{exc.code}): the address is in use, or not this machine's") from None
 
     async def stop(self) -> None:
         """Stop serving, ending the live streams (server-sent events) still open.
