@@ -1492,14 +1492,24 @@ class Store:
     def _execution_filters(self, statement: Any, action: str | None = None,
                            status: str | Sequence[str] | None = None, parent: str | None = None,
                            user: str | None = None, trigger_instance: str | None = None,
-                           since: datetime | None = None, until: datetime | None = None) -> Any:
+                           since: datetime | None = None, until: datetime | None = None,
+                           runner: str | None = None, rule: str | None = None,
+                           trigger_types: Sequence[str] | None = None) -> Any:
         """`parent="null"` keeps executions without a parent (StackStorm's API spells it so). `user` is
         who asked (`context.user`), `trigger_instance` the id of the trigger instance a rule requested
         it for, both written as the indexes on them hold them (`_context_field`; PostgreSQL's on the
         user is migration 0019's, the others 0023's), and `since`/`until` bound `start_timestamp`
-        strictly, as StackStorm's `timestamp_gt`/`timestamp_lt`."""
+        strictly, as StackStorm's `timestamp_gt`/`timestamp_lt`. `runner` is the runner type's name,
+        `rule` the ref or the name of the rule that requested it (`context.rule`), `trigger_types` the refs
+        of the trigger types whose instances it was requested for: no index serves these three, so a
+        list by them alone reads the executions newest first until it has its page."""
         column = executions.c
         conditions = [
+            column.runner == runner if runner else None,
+            sa.or_(_context_field("rule.ref", sqlite=self.is_sqlite) == rule,
+                   _context_field("rule.name", sqlite=self.is_sqlite) == rule) if rule else None,
+            _context_field("trigger_instance.name", sqlite=self.is_sqlite).in_(list(trigger_types))
+            if trigger_types is not None else None,
             column.action == action if action else None,
             column.status == status if isinstance(status, str) else column.status.in_(list(status)) if status
             else None,

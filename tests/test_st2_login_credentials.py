@@ -3,8 +3,9 @@
 st2client sends an exported `ST2_API_KEY` as header `St2-Api-Key` with every request, `st2 login NAME -p
 KEY`'s too: the login's basic auth must decide whom the token speaks for, as StackStorm's st2auth reads
 only the Authorization header (a login as bob gave a token for the exported key's alice, while st2 said
-"Logged in as bob"). StackStorm's execution filters that Squall cannot apply (`rule`, `runner`...) are a
-400 naming them, where the list answered every execution as if all had matched."""
+"Logged in as bob"). StackStorm's execution filters apply (`runner`, `rule`, `trigger_type`), and those
+Squall cannot apply (`trigger`, `liveaction`) are a 400 naming them, where the list answered every
+execution as if all had matched."""
 
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ async def test_a_malformed_basic_login_is_audited(squall: Squall) -> None:
     assert failed["actor"] is None and "not valid Basic credentials" in failed["detail"]["reason"]
 
 
-@pytest.mark.parametrize("name", ["rule", "runner", "trigger", "trigger_type", "liveaction"])
+@pytest.mark.parametrize("name", ["trigger", "liveaction"])
 async def test_an_execution_filter_squall_cannot_apply_is_refused(squall: Squall, name: str) -> None:
     async with _client(squall, **{"St2-Api-Key": KEY}) as client:
         ran = await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "x"}})
@@ -96,7 +97,41 @@ async def test_an_execution_filter_squall_cannot_apply_is_refused(squall: Squall
         fault = listed.json()["faultstring"] if listed.status_code == 400 else listed.text[:300]
         assert listed.status_code == 400, fault
         assert f"filtered by {name} " in fault and "action, status, parent, user, trigger_instance" in fault
-        assert ("GET /ruleenforcements?rule_ref=" in fault) == (name == "rule")
+        assert ("GET /executions?trigger_type=REF" in fault) == (name == "trigger")
         every = await client.get("/api/v1/executions", params={name: "x", "limit": "-1"})
         assert every.status_code == 400
         assert (await client.get("/api/v1/executions", params={"user": "nobody"})).json() == []
+
+
+async def test_executions_are_filtered_by_runner_rule_and_trigger_type(squall: Squall) -> None:
+    """st2web's history filters and StackStorm's `supported_filters`: `runner` (the runner type), `rule` (by
+    ref, or by name as StackStorm matches it) and `trigger_type` (by ref, or by name: the ref less its pack),
+    each on a page, its count and a `limit=-1` answer; a value nothing has lists nothing."""
+    timer = {"rule": {"ref": "demo.hourly", "name": "hourly"},
+             "trigger_instance": {"id": "t1", "name": "core.st2.IntervalTimer"}}
+    hook = {"rule": {"ref": "demo.on_build", "name": "on_build"},
+            "trigger_instance": {"id": "t2", "name": "core.st2.webhook"}}
+    ids = {}
+    for name, context in (("timer", timer), ("hook", hook), ("plain", None)):
+        made = await squall.executions.request("core.noop", context=context)
+        ids[name] = (await squall.executions.wait(made["id"], timeout=20))["id"]
+    async with _client(squall, **{"St2-Api-Key": KEY}) as client:
+        shell = await client.post("/api/v1/executions", json={"action": "demo.greet", "parameters": {"who": "x"}})
+        assert shell.status_code == 201
+        ids["shell"] = (await squall.executions.wait(shell.json()["id"], timeout=20))["id"]
+
+        async def listed(**params: str) -> tuple[set[str], set[str], str]:
+            page = await client.get("/api/v1/executions", params=params)
+            every = await client.get("/api/v1/executions", params={**params, "limit": "-1"})
+            assert page.status_code == every.status_code == 200, (page.text, every.text)
+            return ({e["id"] for e in page.json()}, {e["id"] for e in every.json()},
+                    page.headers["X-Total-Count"])
+
+        assert await listed(runner="noop") == ({ids["timer"], ids["hook"], ids["plain"]},) * 2 + ("3",)
+        assert await listed(runner="local-shell-cmd") == ({ids["shell"]},) * 2 + ("1",)
+        for rule in ("demo.hourly", "hourly"):
+            assert await listed(rule=rule) == ({ids["timer"]},) * 2 + ("1",)
+        for trigger_type in ("core.st2.webhook", "st2.webhook"):
+            assert await listed(trigger_type=trigger_type) == ({ids["hook"]},) * 2 + ("1",)
+        assert await listed(rule="demo.hourly", runner="local-shell-cmd") == (set(), set(), "0")
+        assert await listed(trigger_type="webhook") == (set(), set(), "0")  # a name is the ref less its pack

@@ -123,13 +123,15 @@ def _doc(request: Request, record: dict[str, Any]) -> dict[str, Any]:
 
 
 #: The filters `list_executions` selects by, as StackStorm's API spells them.
-_FILTERS = ("action", "status", "parent", "user", "trigger_instance", "timestamp_gt", "timestamp_lt")
+_FILTERS = ("action", "status", "parent", "user", "trigger_instance", "timestamp_gt", "timestamp_lt", "runner",
+            "rule", "trigger_type")
 #: StackStorm's other execution filters (`ActionExecutionsController.supported_filters`), which the store
 #: cannot select by (`Store.list_executions`): refused, since a list that ignored one answered every
-#: execution as if all had matched (`?rule=X` listed the ones no rule ran too).
-_UNSUPPORTED_FILTERS = ("rule", "runner", "trigger", "trigger_type", "liveaction")
+#: execution as if all had matched. `trigger` is StackStorm's trigger object, named by a hash Squall has no
+#: record of; `liveaction` the execution's own id.
+_UNSUPPORTED_FILTERS = ("trigger", "liveaction")
 #: Where what an unsupported filter would select can be found instead.
-_INSTEAD = {"rule": "a rule's executions are named by its enforcements: GET /ruleenforcements?rule_ref=REF",
+_INSTEAD = {"trigger": "a trigger's executions are those of its trigger type: GET /executions?trigger_type=REF",
             "liveaction": "a liveaction's id is its execution's: GET /executions/ID"}
 
 
@@ -137,14 +139,17 @@ _INSTEAD = {"rule": "a rule's executions are named by its enforcements: GET /rul
 async def list_executions(request: Request, response: Response, action: str | None = None,
                           status: str | None = None, parent: str | None = None, user: str | None = None,
                           trigger_instance: str | None = None, timestamp_gt: str | None = None,
-                          timestamp_lt: str | None = None,
+                          timestamp_lt: str | None = None, runner: str | None = None, rule: str | None = None,
+                          trigger_type: str | None = None,
                           limit: int | None = Depends(page_limit(50, 1000)),
                           offset: int = Query(0, ge=0, le=MAX_INTEGER),
                           sort_asc: bool = False, shown: Projection = Depends()) -> list[dict[str, Any]] | Response:
     """Newest first (`sort_asc=true` for oldest first); `parent=null` keeps top-level executions only,
     as `st2 execution list` asks. Its other filters are StackStorm's too: `user` (who asked, the
     execution's `context.user`), `trigger_instance` (the id of the trigger instance a rule ran it for),
-    `timestamp_gt`/`timestamp_lt` (started strictly after/before, ISO 8601). `limit=-1` lists them all
+    `timestamp_gt`/`timestamp_lt` (started strictly after/before, ISO 8601), `runner` (the runner type),
+    `rule` (the ref or, as StackStorm matches it, the name of the rule that ran it) and `trigger_type` (the
+    ref or, as StackStorm, the name of the trigger type whose instance it ran for). `limit=-1` lists them all
     (`st2 execution list -n -1`), as StackStorm does for an admin, written a page at a time
     (`_all_executions`). `include_attributes` and `exclude_attributes` answer with some attributes only
     (`bot/http/attributes.py`). Read on `Database.read`: a filter no index serves scans the table.
@@ -156,13 +161,21 @@ async def list_executions(request: Request, response: Response, action: str | No
     squall = api_state(request).squall
     filters = {"action": action, "status": status, "parent": parent, "user": user,
                "trigger_instance": trigger_instance, "since": query_time("timestamp_gt", timestamp_gt),
-               "until": query_time("timestamp_lt", timestamp_lt)}
+               "until": query_time("timestamp_lt", timestamp_lt), "runner": runner, "rule": rule,
+               "trigger_types": _trigger_type_refs(squall.registry, trigger_type) if trigger_type else None}
     if limit is None:
         return await _all_executions(request, shown, offset, sort_asc, filters)
     records, total = await squall.db.read(squall.store.page_executions, limit=limit, offset=offset,
                                           oldest_first=sort_asc, **filters)
     tell_page(response, total, limit)
     return [shown(_doc(request, public(r))) for r in records]
+
+
+def _trigger_type_refs(registry: Any, given: str) -> list[str]:
+    """The trigger type refs `given` names: itself (a ref, of a type loaded or no longer), and the loaded
+    types whose name it is (StackStorm's `trigger_type` filter matches the name: `st2.IntervalTimer`, the
+    ref `core.st2.IntervalTimer` less its pack)."""
+    return [given, *(ref for ref in registry.trigger_types if ref != given and ref.partition(".")[2] == given)]
 
 
 #: Executions a `limit=-1` answer reads, renders and writes at a time (`_all_executions`).
