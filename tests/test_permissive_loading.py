@@ -8,6 +8,7 @@ positions numbered from 1, `entry_point` on `*-shell-cmd` actions, extra keys in
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,43 @@ def test_extra_keys_in_the_first_chain_task_are_still_refused(home: Path) -> Non
     """)
     [found] = problems(load(home), "chained/")
     assert "task 'first': unknown key(s) description" in found
+    assert "allowed: name, ref, params, parameters, on-success, on-failure, publish, notify" in found
+
+
+def test_a_misspelt_key_of_the_first_chain_task_names_the_key_it_reads_like(home: Path) -> None:
+    chain_pack(home, """
+        chain:
+          - name: first
+            ref: core.noop
+            on_success: second
+          - {name: second, ref: core.noop}
+    """)
+    [found] = problems(load(home), "chained/")
+    assert 'on_success (did you mean "on-success"?)' in found
+
+
+def test_a_misspelt_key_of_a_later_chain_task_is_a_warning(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Keys after the first task are ignored, as StackStorm ignores them: one that reads like a task key
+    misspelt (`parmeters`) is said at WARNING with the key it reads like (the task then ran without its
+    parameters, and the run failed with "parameter is required"); `description` stays quiet."""
+    chain_pack(home, """
+        chain:
+          - name: first
+            ref: core.noop
+            on-success: second
+          - name: second
+            description: fine
+            ref: core.local
+            parmeters: {cmd: echo second}
+            on_failure: first
+    """)
+    with caplog.at_level(logging.DEBUG, logger="engine.workflows.chain"):
+        assert problems(load(home), "chained/") == []
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1, warned
+    assert "task 'second'" in warned[0] and "chains/flow.yaml" in warned[0]
+    assert 'on_failure (did you mean "on-failure"?), parmeters (did you mean "parameters"?)' in warned[0]
+    assert "description" not in warned[0]
 
 
 # -- null defaults (allow_default_none) ------------------------------------------------------------

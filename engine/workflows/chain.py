@@ -10,6 +10,7 @@ result of bounded size however deep it went.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -28,6 +29,23 @@ log = logging.getLogger(__name__)
 _TOP_KEYS = {"chain", "default", "vars"}
 _SPEC_KEYS = ("name", "ref", "params", "parameters", "on-success", "on-failure", "publish", "notify")
 _NODE_KEYS = set(_SPEC_KEYS)
+
+
+def _near_key(key: Any) -> str | None:
+    """The task key `key` reads like misspelt (`parmeters`: parameters, `on_success`: on-success), if any."""
+    if not isinstance(key, str):
+        return None
+    near = difflib.get_close_matches(key.replace("_", "-"), _SPEC_KEYS, n=1, cutoff=0.8)
+    return near[0] if near else None
+
+
+def _keys_said(keys: Any) -> str:
+    """Unknown task keys, sorted, each with the key it reads like (`parmeters` (did you mean "parameters"?))."""
+    said = []
+    for key in sorted(map(str, keys)):
+        near = _near_key(key)
+        said.append(f'{key} (did you mean "{near}"?)' if near else key)
+    return ", ".join(said)
 
 
 @dataclass
@@ -77,13 +95,19 @@ def parse(data: Any, lines: LineMap, file: str) -> ChainSpec:  # noqa: C901 (a c
             raise fail(f"task {index + 1}: needs a 'name'", *where)
         unknown = set(body) - _NODE_KEYS
         if unknown and index == 0:
-            raise fail(f"task '{name}': unknown key(s) {', '.join(sorted(map(str, unknown)))} (StackStorm refuses "
-                       "them in the first task)", *where)
+            raise fail(f"task '{name}': unknown key(s) {_keys_said(unknown)} (StackStorm refuses them in the first "
+                       f"task; allowed: {', '.join(_SPEC_KEYS)})", *where)
         if unknown:
             # StackStorm's chain schema lists its node schema as `items: [Node]`, which JSON schema
             # applies to the first task only; later tasks may carry any keys (`description`, say),
-            # and StackStorm ignores them. Exchange chains rely on that.
-            log.debug("%s: task '%s': key(s) %s ignored", file, name, ", ".join(sorted(map(str, unknown))))
+            # and StackStorm ignores them. Exchange chains rely on that. One that reads like a task key
+            # misspelt (`parmeters`, `on_failure`) is said at WARNING: ignored, the task runs without it.
+            said = [key for key in unknown if _near_key(key)]
+            if said:
+                log.warning("%s: task '%s': key(s) %s ignored, as StackStorm ignores unknown keys after the first "
+                            "task; the task runs without them", file, name, _keys_said(said))
+            if len(said) < len(unknown):
+                log.debug("%s: task '%s': key(s) %s ignored", file, name, ", ".join(sorted(map(str, unknown))))
         if not isinstance(body.get("ref"), str) or not body["ref"]:
             raise fail(f"task '{name}': needs 'ref' (the action to run)", *where)
         if "params" in body and "parameters" in body:
