@@ -71,9 +71,9 @@ from adapters.base import (
     Part,
     Reply,
 )
-from adapters.markup import code_block
 from adapters.slack_format import (
     ACTION_PREFIX,
+    ATTACHED_NOTE,
     FORM_CALLBACK,
     MAX_BLOCKS,
     MAX_TEXT,
@@ -83,6 +83,7 @@ from adapters.slack_format import (
     form_values,
     form_view,
     home_view,
+    inline_file,
     mentioned_users,
     message_arguments,
     plain_text,
@@ -127,7 +128,8 @@ ACK_WITHIN = 2.5
 #: The answer to an event Squall did not take (not stored, or not yet): anything but a 200 leaves it
 #: unacknowledged, in Socket Mode and HTTP mode alike, and Slack sends it again.
 NOT_TAKEN = "Squall has not stored what this event carries (yet); Slack sends it again"
-#: Characters of a file's content posted inline when the upload itself is refused.
+#: Characters (escaped, as Slack counts them) of the message that says the start of a file's content
+#: inline when the upload itself is refused (`inline_file`).
 UPLOAD_FALLBACK = 3500
 #: The `block_id` prefix of a prompt's buttons that ask one person (`_with_asker`): whose click removes them.
 #: By name on prompts posted before they carried the person's user id (`ASKER_ID_BLOCK`).
@@ -387,6 +389,14 @@ class UnknownPerson(Exception):
 
 class NoSuchPerson(UnknownPerson):
     """Slack says there is no such person (`user_not_found`): what Slack would send again names no one either."""
+
+
+def _unnamed(exc: UnknownPerson, what: str) -> str:
+    """What a person Slack could not name is told of their slash command, click or shortcut (`what`): in
+    Mattermost's words (and the form's, `_on_form`)."""
+    if isinstance(exc, NoSuchPerson):  # asking again names no one either
+        return f"Slack says this app may not see who you are, so your {what} was not taken; ask a Slack admin."
+    return f"Slack could not say who you are just now, so your {what} was not taken; try again in a moment."
 
 
 #: users.info errors that say the id names no one this app may see: final, unlike a timeout or a 5xx.
@@ -753,9 +763,47 @@ class SlackAdapter:
     async def _on_command(self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any]) -> None:
         """Acknowledged once its command is stored, or after ACK_WITHIN: Slack shows the person
         "operation_timeout" after 3 s, and never sends a slash command again."""
-        if self._well_formed(command):
-            await self._handed(self._guarded(self._command(command)), ACK_WITHIN)
-        await ack()
+        await self._answered(ack, command, self._command, "command")
+
+    async def _answered(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any],
+                        hand_on: Callable[[dict[str, Any]], Awaitable[bool]], what: str) -> None:
+        """Acknowledge a slash command, a click or a shortcut (`body`) once `hand_on` stored what it carries,
+        or after ACK_WITHIN. Slack never sends these again, so a person Slack cannot name (`UnknownPerson`)
+        is told, never left in silence, as a form's submitter is (`_on_form`): in the acknowledgement of a
+        slash command when it is known by then (Slack shows its text to them alone), else through the
+        payload's response_url (ephemeral: the acknowledgement of a click shows nothing)."""
+        told: list[str] = []
+        acked = False
+
+        async def named() -> bool:
+            try:
+                return await hand_on(body)
+            except UnknownPerson as exc:
+                told.append(_unnamed(exc, what))
+                if acked or "command" not in body:
+                    await self._tell(str(body.get("response_url") or ""), told[-1])
+                raise
+
+        if self._well_formed(body):
+            await self._handed(self._guarded(named()), ACK_WITHIN)
+        acked = True
+        if told and "command" in body:
+            await ack(text=told[-1])
+        else:
+            await ack()
+
+    async def _tell(self, url: str, text: str) -> None:
+        """Say `text` to the person alone through a payload's response_url; a failure is logged, as there is
+        no other way to reach them."""
+        if not url.startswith(("https://", "http://")):
+            return
+        payload = {"response_type": "ephemeral", "replace_original": False, "text": escape(text)}
+        try:
+            async with aiohttp.ClientSession() as session, session.post(url, json=payload) as response:
+                if not 200 <= response.status < 300:
+                    log.warning("Slack: the response_url answered HTTP %s", response.status)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.warning("Slack: the response_url could not be reached (%s)", _error(exc))
 
     async def _command(self, command: dict[str, Any]) -> bool:
         channel, user_id = str(command.get("channel_id", "")), str(command.get("user_id", ""))
@@ -772,9 +820,7 @@ class SlackAdapter:
 
     async def _on_button(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
         """Acknowledged once what the click answers is stored, or after ACK_WITHIN (`_on_command`)."""
-        if self._well_formed(body):
-            await self._handed(self._guarded(self._button(body)), ACK_WITHIN)
-        await ack()
+        await self._answered(ack, body, self._button, "click")
 
     async def _button(self, body: dict[str, Any]) -> bool:
         """A click answers as if the person had typed the button's value in the same thread."""
@@ -807,9 +853,7 @@ class SlackAdapter:
 
     async def _on_shortcut(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
         """Acknowledged once its command is stored, or after ACK_WITHIN (`_on_command`)."""
-        if self._well_formed(body):
-            await self._handed(self._guarded(self._shortcut(body)), ACK_WITHIN)
-        await ack()
+        await self._answered(ack, body, self._shortcut, "shortcut")
 
     async def _shortcut(self, body: dict[str, Any]) -> bool:
         """A message shortcut: the command its `callback_id` names (the app's manifest: `run-form`) on
@@ -944,7 +988,8 @@ class SlackAdapter:
             raise NoSuchPerson(f"Slack says {user_id} names no one this app may see (users.info); what they sent "
                                "is dropped")
         raise UnknownPerson(f"Slack could not say who {user_id} is (users.info failed); what they sent is not "
-                            "taken (Slack sends an event again; a slash command, click or shortcut is lost)")
+                            "taken (Slack sends an event again; the sender of a slash command, click or shortcut is "
+                            "told to try again)")
 
     async def _mention_names(self, text: str) -> dict[str, str]:
         """The names of the people `text` mentions (`<@U123>`), so a mention typed as a parameter reaches
@@ -1066,6 +1111,7 @@ class SlackAdapter:
     # -- Reply → Slack ---------------------------------------------------------------------------
     async def send(self, reply: Reply, edit_of: str | None = None) -> str | None:
         channel = self._channel_ids.get(reply.channel, reply.channel)
+        reply = _fitted(reply)
         try:
             if reply.file is not None:
                 return await self._upload(channel, reply)
@@ -1092,7 +1138,7 @@ class SlackAdapter:
             wait = _retry_after(exc)
             if wait is not None:
                 raise DeliveryError(f"Slack rate-limited the reply to {reply.channel}", retry_after=wait) from None
-            if _error(exc) in _USE_RESPONSE_URL and await self._respond(channel, reply):
+            if _error(exc) in _USE_RESPONSE_URL and await self._respond(channel, reply, _error(exc)):
                 return None
             raise DeliveryError(f"Slack refused the reply to {reply.channel}: {_error(exc)}",
                                 permanent=_error(exc) in _PERMANENT, maybe_taken=_maybe_posted(exc)) from None
@@ -1159,9 +1205,8 @@ class SlackAdapter:
                 raise
             # No files:write scope (or uploads disabled): the head of the output beats no output at all.
             log.warning("Slack: uploading %s failed (%s); posting the start of it instead", name, _error(exc))
-            head = content[: UPLOAD_FALLBACK]
-            note = f"\n(output truncated: {len(content):,} characters; uploading the file failed: {_error(exc)})"
-            text = f"{reply.text}\n{code_block(head)}" + (note if len(content) > len(head) else "")
+            text = inline_file(reply.text, (name, content), UPLOAD_FALLBACK,
+                               f"uploading the file failed: {_error(exc)}")
             fallback = Reply(adapter=reply.adapter, channel=reply.channel, text=text, thread=reply.thread)
             response = await self._post(self.client.chat_postMessage, fallback, channel=channel,
                                         thread_ts=reply.thread, **_with_outbox_id(message_arguments(fallback), reply))
@@ -1189,16 +1234,30 @@ class SlackAdapter:
                         "comment", _error(exc))
             return await self.client.files_upload_v2(**upload, initial_comment=reply.text)
 
-    async def _respond(self, channel: str, reply: Reply) -> bool:
-        """The bot is not in the channel, but a slash command there left a response_url (5 uses, 30 min)."""
+    async def _respond(self, channel: str, reply: Reply, error: str) -> bool:
+        """The bot is not in the channel (Slack's `error`), but a slash command there left a response_url
+        (5 uses, 30 min). A file cannot go that way: the start of it does, inline (`inline_file`)."""
         url, expires, used = self._response_urls.get(channel, ("", 0.0, 0))
         if not url or expires < time.monotonic() or used >= 5:
             return False
         self._response_urls[channel] = (url, expires, used + 1)
-        text = reply.text if reply.file is None else f"{reply.text}\n{code_block(reply.file[1][:MAX_TEXT - 200])}"
+        text = reply.text if reply.file is None else inline_file(
+            reply.text, reply.file, MAX_TEXT, f"it could not be shared in this channel ({error}), where the bot is "
+                                               "not a member: invite the bot there for whole outputs")
         payload = {"response_type": "in_channel", **message_arguments(Reply(**{**reply.__dict__, "text": text}))}
         async with aiohttp.ClientSession() as session, session.post(url, json=payload) as response:
             return 200 <= response.status < 300
+
+
+def _fitted(reply: Reply) -> Reply:
+    """`reply`, or, where its text is too long for a message once escaped (`&` is five characters to Slack,
+    `<` four: `capabilities.max_length` counts them as one), its text as a file with its first line as the
+    message, as `bot.chat.replies.fit` attaches one (which cannot count as Slack does): Slack would cut the
+    text, and `message_arguments` would. A prompt keeps its text (its buttons must stay), cut with a note."""
+    if reply.file is not None or reply.buttons or len(escape(reply.text)) <= MAX_TEXT:
+        return reply
+    head = reply.text.split("\n", 1)[0][: SECTION_LIMIT - 40]
+    return Reply(**{**reply.__dict__, "text": f"{head}\n{ATTACHED_NOTE}", "file": ("output.txt", reply.text)})
 
 
 def _outbox_tag(reply: Reply) -> dict[str, Any]:

@@ -6,7 +6,8 @@ the person typed, not as Slack's markup (a peer pain point: URLs broke st2 alias
 
 Out: a `Reply` becomes `chat.postMessage` arguments. Alias `extra.slack` follows StackStorm's
 hubot adapter: its keys are attachment fields (`color`, `pretext`, `fields`, ...) merged around the
-reply text; `extra.slack.blocks` or `extra.slack.attachments` are passed through as given. A result
+reply text; `extra.slack.blocks` or `extra.slack.attachments` are passed through as given. Every text an
+`extra.slack` shows is escaped as the reply text is (`escaped_extra`): it renders parameters and output. A result
 split at hubot's `{~}` (`bot.chat.replies.split_pretext`, which marks it with `ATTACHED_TAIL`) is
 posted as hubot's Slack adapter posts it: the pretext as the message, the rest as an attachment
 (with `extra.slack`'s keys).
@@ -23,6 +24,7 @@ import re
 from typing import Any
 
 from adapters.base import Form, FormField, Reply
+from adapters.markup import code_block
 
 #: Every button the adapter renders has an action_id with this prefix, so clicks route back to it.
 ACTION_PREFIX = "squall_button_"
@@ -39,6 +41,13 @@ MAX_TEXT = 40_000
 #: its text came after the delimiter (the rest follows the pretext and one newline): those become the
 #: attachment. A count, not the text, so the outbox stores the output once; checked against the text.
 ATTACHED_TAIL = "squall_attached_tail"
+
+#: The line `bot.chat.replies.fit` puts under the head of an output it attaches as a file (Mattermost's
+#: `_ATTACHED_NOTE`): a reply that says the start of the file inline instead (`inline_file`) drops it.
+ATTACHED_NOTE = "(full output attached)"
+#: The text fields of a Slack attachment (besides `fields[].title`/`.value`): Slack reads `<!channel>`,
+#: `<@U…>` and `<url|label>` in each, and `escaped_extra` escapes them.
+ATTACHMENT_TEXT = ("pretext", "title", "text", "fallback", "author_name", "footer")
 
 _ANGLE = re.compile(r"<([^<>]*)>")
 
@@ -94,6 +103,97 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def shown_text(text: str, limit: int = MAX_TEXT) -> str:
+    """`text` escaped (`escape`) in at most `limit` characters, as a message says it: Slack cuts a longer text
+    wherever it falls, so it is cut here, at a line where one fits, never inside an escape (`&am`), with a
+    note saying how much was left out. Callers fit their text first (`SlackAdapter.send` uploads what is too
+    long); this is the last guard, so nothing is lost without a word."""
+    shown = escape(text)
+    if len(shown) <= limit:
+        return shown
+
+    def said(head: str) -> str:
+        return escape(f"{head}\n(cut: the first {len(head):,} of {len(text):,} characters; the rest does not fit "
+                      "one Slack message)")
+
+    return said(_longest_start(text, lambda head: len(said(head)) <= limit, limit))
+
+
+def inline_file(text: str, file: tuple[str, str], limit: int, why: str) -> str:
+    """A reply's text with its file's content inline, for a file that cannot be shared: as much of the
+    start as fits `limit` characters once escaped (as `message_arguments` sends it), cut at a line, in a
+    code block whose fences stay balanced, then a note saying how much was left out and `why`. The reply's
+    "(full output attached)" line goes (`ATTACHED_NOTE`): nothing is attached. As Mattermost's `_inline`."""
+    name, content = file
+    caption = "\n".join(line for line in text.split("\n") if line.strip() != ATTACHED_NOTE).strip()
+    if caption and content.startswith(caption):
+        caption = ""  # the head of the output, which follows anyway
+
+    def said(head: str) -> str:
+        note = "" if len(head) == len(content) else (
+            f"\n(output truncated: the first {len(head):,} of {len(content):,} characters of {name}; {why})")
+        return f"{caption}\n{code_block(head)}{note}".lstrip("\n")
+
+    return said(_longest_start(content, lambda head: len(escape(said(head))) <= limit, limit))
+
+
+def _longest_start(text: str, fits: Any, limit: int) -> str:
+    """The longest start of `text` that `fits` (a check that holds for any shorter start, too): whole lines
+    where at least one line fits, else the first line cut between characters. Escaping never shortens a
+    text, so no more than its first `limit` characters are looked at."""
+    if fits(text):
+        return text
+    window = text[:limit + 1]
+    ends = [index for index, char in enumerate(window) if char == "\n"]
+    low, high = 0, len(ends)  # how many of the lines ending at `ends` fit: the first `low` do
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(text[:ends[middle - 1]]) else (low, middle - 1)
+    if low:
+        return text[:ends[low - 1]]
+    low, high = 0, len(window)  # no whole line fits: as many characters as do
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(text[:middle]) else (low, middle - 1)
+    return text[:low]
+
+
+def escaped_extra(slack: dict[str, Any]) -> dict[str, Any]:
+    """`extra.slack` with every text Slack shows escaped as the reply text is (`escape`): an attachment's
+    text fields (`ATTACHMENT_TEXT`, its `fields`' titles and values), its own and the pack's attachments',
+    and the `mrkdwn` texts of blocks. A pack's `extra` renders a person's parameters and an action's output
+    there, and `<!channel>` or `<@U…>` in them must not notify anyone, nor `<url|label>` become a link,
+    any more than in the reply text (Mattermost's `quiet_mentions` does the same for its mentions). URLs,
+    colours and ids are left as they are: Slack reads no markup in them."""
+    escaped = _escaped_attachment(slack)
+    if isinstance(slack.get("attachments"), list):
+        escaped["attachments"] = [_escaped_attachment(item) if isinstance(item, dict) else item
+                                  for item in slack["attachments"]]
+    return escaped
+
+
+def _escaped_attachment(item: dict[str, Any]) -> dict[str, Any]:
+    escaped = {k: escape(v) if k in ATTACHMENT_TEXT and isinstance(v, str) else v for k, v in item.items()}
+    if isinstance(item.get("fields"), list):
+        escaped["fields"] = [{**f, **{k: escape(f[k]) for k in ("title", "value") if isinstance(f.get(k), str)}}
+                             if isinstance(f, dict) else f for f in item["fields"]]
+    if isinstance(item.get("blocks"), list):
+        escaped["blocks"] = _escaped_mrkdwn(item["blocks"])
+    return escaped
+
+
+def _escaped_mrkdwn(value: Any) -> Any:
+    """`value` (blocks, or anything in them) with the text of every `mrkdwn` text object escaped."""
+    if isinstance(value, list):
+        return [_escaped_mrkdwn(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    escaped = {k: _escaped_mrkdwn(v) for k, v in value.items()}
+    if value.get("type") == "mrkdwn" and isinstance(value.get("text"), str):
+        escaped["text"] = escape(value["text"])
+    return escaped
+
+
 def _sections(text: str) -> list[dict[str, Any]]:
     parts = [text[i:i + SECTION_LIMIT] for i in range(0, len(text), SECTION_LIMIT)] or [" "]
     return [{"type": "section", "text": {"type": "mrkdwn", "text": part or " "}} for part in parts]
@@ -136,11 +236,12 @@ def _pretext_split(reply: Reply, slack: dict[str, Any]) -> tuple[str, str] | Non
 
 def message_arguments(reply: Reply) -> dict[str, Any]:
     """`chat.postMessage`/`chat.update` arguments (text, blocks, attachments) for a reply."""
-    text = escape(reply.text)[:MAX_TEXT]
+    text = shown_text(reply.text)
     slack = reply.extra.get("slack") if isinstance(reply.extra, dict) else None
     arguments: dict[str, Any] = {"text": text}
     blocks: list[dict[str, Any]] | None = None
     if isinstance(slack, dict):
+        slack = escaped_extra(slack)
         if isinstance(slack.get("blocks"), list):
             blocks = list(slack["blocks"])
         if isinstance(slack.get("attachments"), list):
@@ -149,7 +250,7 @@ def message_arguments(reply: Reply) -> dict[str, Any]:
         split = _pretext_split(reply, slack)
         if split is not None:
             # hubot's Slack adapter: the pretext above, the rest in one attachment the extra keys decorate.
-            pretext, rest = escape(split[0])[:MAX_TEXT], escape(split[1])[:MAX_TEXT]
+            pretext, rest = shown_text(split[0]), shown_text(split[1])
             attachment = {"mrkdwn_in": ["text", "pretext"], **fields, "text": rest, "fallback": rest}
             arguments = {"text": pretext, "attachments": [attachment]}
         elif fields and "attachments" not in arguments and blocks is None:
