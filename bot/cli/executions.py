@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -70,8 +70,13 @@ if TYPE_CHECKING:
 execution_app = group("Inspect, cancel and re-run executions.")
 
 
-def show_execution(record: dict[str, Any]) -> None:
-    """An execution for people: status in colour, then the result's parts a person looks for first."""
+#: How much of one value of a workflow's result `show_execution` shows (`short`): `--json` shows it whole.
+SHOWN_CHARS = 200
+
+
+def show_execution(record: dict[str, Any], inquiries: Sequence[str] = ()) -> None:
+    """An execution for people: status in colour, then the result's parts a person looks for first, and the
+    `inquiries` a paused workflow waits on with how to answer them (`paused` alone left people guessing)."""
     colour = {"succeeded": "green", "failed": "red", "timeout": "red", "abandoned": "red",
               "canceled": "yellow"}.get(record["status"], "cyan")
     out.print(f"id: {record['id']}", markup=False)
@@ -88,8 +93,88 @@ def show_execution(record: dict[str, Any]) -> None:
                 text = value if isinstance(value, str) else json.dumps(value, indent=2, default=str)
                 out.print(f"{key}:", style="bold")
                 out.print(text, markup=False)
+        _show_workflow(record["status"], result)
     elif result is not None:
         out.print("result: " + json.dumps(result, default=str), markup=False)
+    for inquiry in inquiries:
+        out.print(f"waiting on inquiry {inquiry}: see its question with `squall inquiry get {inquiry}`, answer it "
+                  f"with `squall inquiry respond {inquiry} -r '<json>'`", markup=False)
+
+
+def _show_workflow(status: str, result: dict[str, Any]) -> None:
+    """What a workflow's result says that the keys above do not: an Orquesta workflow's `output` and its
+    `errors` (a task's, or its definition's: a missing action, an unexpected input), an ActionChain's failed
+    tasks with why each failed, or the values it `published` when it succeeded. Without them `squall run`
+    of a workflow said only `failed`, or `succeeded` without its output. Values are the stored record's
+    (secrets masked as stored), each on one line, cut short (`SHOWN_CHARS`)."""
+    from engine.workflows.model import FAILED
+
+    output = result.get("output")
+    if output not in (None, "", [], {}):
+        _show_values("output", output)
+    errors = result.get("errors")
+    if isinstance(errors, list) and errors:
+        out.print("errors:", style="bold")
+        for error in errors:
+            out.print("  " + _error_line(error), markup=False)
+    tasks = result.get("tasks")
+    if not isinstance(tasks, list):
+        return
+    failed = [task for task in tasks if isinstance(task, dict) and task.get("state") in FAILED]
+    if status != "succeeded" and failed:
+        out.print("failed tasks:", style="bold")
+        for task in failed:
+            why = _why(task.get("result"))
+            out.print(f"  {task.get('name')} {task.get('state')}" + (f": {why}" if why else ""), markup=False)
+    published = result.get("published")
+    if status == "succeeded" and published not in (None, "", [], {}):
+        _show_values("published", published)
+
+
+def _shown_value(value: Any) -> str:
+    """One value on one line, as `show_execution` writes values (a string as it is, anything else as JSON),
+    cut short."""
+    from bot.forms import short
+
+    return short(value if isinstance(value, str) else json.dumps(value, default=str), SHOWN_CHARS)
+
+
+def _show_values(name: str, value: Any) -> None:
+    """`name` and its value; an object's each on a line of its own."""
+    if not isinstance(value, dict):
+        out.print(f"{name}: {_shown_value(value)}", markup=False)
+        return
+    out.print(f"{name}:", style="bold")
+    for key, item in value.items():
+        out.print(f"  {key}: {_shown_value(item)}", markup=False)
+
+
+def _error_line(error: Any) -> str:
+    """An Orquesta error on one line: its message, after its task's id when it has one (else where in the
+    definition it is, `spec_path`), and why the task failed when its result says (`_why`): the message of
+    a task's failure is only `Execution failed. See result for details.`"""
+    if not isinstance(error, dict):
+        return _shown_value(error)
+    where = f"task {error['task_id']}: " if error.get("task_id") else ""
+    at = f" (at {error['spec_path']})" if not where and error.get("spec_path") else ""
+    why = _why(error.get("result"))
+    return where + _shown_value(error.get("message") or error) + at + (f" ({why})" if why else "")
+
+
+def _why(result: Any) -> str:
+    """Why a task failed, from its result, on one line: its `error`, else the last line of its stderr and
+    its exit code, else a sub-workflow's first error; empty when the result says none of these."""
+    if not isinstance(result, dict):
+        return ""
+    if result.get("error") not in (None, "", [], {}):
+        return _shown_value(result["error"])
+    lines = [line for line in str(result.get("stderr") or "").splitlines() if line.strip()]
+    code = next((result[key] for key in ("return_code", "exit_code") if result.get(key) is not None), None)
+    parts = ([_shown_value(lines[-1])] if lines else []) + ([f"exit code {code}"] if code is not None else [])
+    errors = result.get("errors")
+    if not parts and isinstance(errors, list) and errors:
+        parts.append(_error_line(errors[0]))
+    return ", ".join(parts)
 
 
 def _exit_for(record: dict[str, Any]) -> int:
@@ -109,7 +194,7 @@ def run(
     """Run an action and wait for it: exit 0 if it succeeded, 1 if not, 2 on bad input."""
     params = parse_assignments(parameters or [])
 
-    async def work(squall: Squall) -> dict[str, Any]:
+    async def work(squall: Squall) -> tuple[dict[str, Any], list[str]]:
         context = {"user": current_user(), "source": "cli"}
         server = None if run_async else await _counting_server(squall, ref)
         if (run_async or server is not None) and squall.config.executor_kind == "local":
@@ -124,9 +209,12 @@ def run(
             err.print(f"{record['action']} is held by a concurrency policy and `squall serve` ({server}) runs "
                       f"on this database: it runs {record['id']}, counted with its own runs. Waiting for its "
                       "end (Ctrl-C stops the wait, not the run).", markup=False)
-        return record if run_async else await squall.executions.wait(record["id"])
+        if not run_async:
+            record = await squall.executions.wait(record["id"])
+        waiting = await _waiting_inquiries(squall, record["id"]) if record["status"] == "paused" else []
+        return record, waiting
 
-    record = with_app(work, pack_problems=True)  # an action skipped for a load problem is said
+    record, waiting = with_app(work, pack_problems=True)  # an action skipped for a load problem is said
     if as_json:
         print_json(record)
     elif run_async:
@@ -134,8 +222,23 @@ def run(
         out.print(f"requested {record['id']} ({record['action']}); {runs} runs it. "
                   f"See it with: squall execution get {record['id']}", markup=False)
     else:
-        show_execution(record)
+        show_execution(record, waiting)
     raise typer.Exit(0 if run_async else _exit_for(record))
+
+
+async def _waiting_inquiries(squall: Squall, workflow_id: str) -> list[str]:
+    """The ids of the inquiries a paused workflow waits on: its tasks' still `pending` ones, and those its
+    paused sub-workflows wait on (an inquiry is asked where its `core.ask` task runs), oldest first."""
+    from engine.inquiries import RUNNER
+
+    found: list[str] = []
+    rows = await squall.executions.list(parent=workflow_id, status=("pending", "paused"), limit=MAX_LISTED)
+    for row in sorted(rows, key=lambda r: r["id"]):
+        if row["status"] == "paused":
+            found += await _waiting_inquiries(squall, row["id"])
+        elif row["runner"] == RUNNER:
+            found.append(row["id"])
+    return found
 
 
 async def _counting_server(squall: Squall, ref: str) -> str | None:
@@ -233,7 +336,7 @@ def execution_get(execution_id: Annotated[str, typer.Argument(help="Execution id
                   as_json: JsonOption = False) -> None:
     """One execution with its parameters and result; a workflow's tasks as a tree under it. An inquiry's
     secret answers are shown masked (`shown_execution`), as the API shows them."""
-    from engine.inquiries import shown_execution
+    from engine.inquiries import RUNNER, shown_execution
 
     async def work(squall: Squall) -> tuple[dict[str, Any], list[tuple[int, dict[str, Any]]]]:
         record = shown_execution(await squall.executions.get(execution_id))
@@ -252,7 +355,7 @@ def execution_get(execution_id: Annotated[str, typer.Argument(help="Execution id
     if as_json:
         print_json({**record, "children": [row["id"] for depth, row in tree if depth == 1]})
         return
-    show_execution(record)
+    show_execution(record, [row["id"] for _, row in tree if row["status"] == "pending" and row["runner"] == RUNNER])
     from datetime import datetime
 
     from engine.jobs import waiting_note

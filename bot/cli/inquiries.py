@@ -2,7 +2,7 @@
 
 A response given here is validated and stored, with its `cli.inquiry.respond` audit event in one
 transaction; the workflow waiting on it is marked `resuming`, and `squall serve` conducts it on (this
-process does not run it).
+process does not run it): while none runs, the command says the workflow waits for one.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from bot.cli.common import (
     JsonOption,
     add_row,
     audit_entry,
+    current_config,
     current_user,
     fail,
     group,
@@ -82,7 +83,7 @@ def inquiry_respond(
     except ValueError as exc:
         raise fail(f"--response must be JSON, e.g. '{{\"continue\": true}}': {exc}") from exc
 
-    async def work(squall: Squall) -> dict[str, Any]:
+    async def work(squall: Squall) -> tuple[dict[str, Any], bool]:
         import asyncio
 
         squall.executions.executor = None  # the workflow is resumed by `squall serve`, not here
@@ -93,10 +94,29 @@ def inquiry_respond(
         answered = await squall.inquiries.respond(inquiry_id, value, me, groups, audit)
         while squall.executions.notifying:  # the listener marking the workflow `resuming`
             await asyncio.sleep(0.01)
-        return answered
+        return answered, await _resumed_elsewhere(squall)
 
-    item = _call(work)
+    item, resumed = _call(work)
     if as_json:
         print_json(item)
-    else:
-        out.print(f"inquiry {item['id']} answered: {json.dumps(item['response'])}", markup=False)
+        return
+    out.print(f"inquiry {item['id']} answered: {json.dumps(item['response'])}", markup=False)
+    if item.get("parent") and item["status"] == "succeeded" and not resumed:  # else it waits for more answers
+        runs = ("`squall serve` or a `squall worker`" if current_config().executor_kind == "procrastinate"
+                else "`squall serve`")
+        out.print(f"its workflow {item['parent']} resumes when {runs} runs: none runs on this database now",
+                  markup=False)
+
+
+async def _resumed_elsewhere(squall: Squall) -> bool:
+    """Whether a process runs that resumes the answered inquiry's workflow (this one does not): `squall
+    serve`, the one process that takes the lead, or with `squall worker`s (`executor.kind: procrastinate`)
+    any other Squall process on the database (`Engine.other_processes`). Without one, "answered" alone
+    left people waiting on a workflow that sat `resuming` until a serve ran."""
+    import asyncio
+
+    from engine.wakeups import PROCESS_NAME
+
+    if squall.config.executor_kind == "procrastinate":
+        return bool(await squall.db(squall.other_processes))
+    return await asyncio.to_thread(squall.leader.holder) not in (None, PROCESS_NAME)
