@@ -289,6 +289,19 @@ class Adapter(Protocol):
     # by the adapter, not by API key) to Squall's API server.
 
 
+#: The line under the head of an output sent as a file (`attached`); an adapter that says the start of the
+#: file inline instead (its upload failed) drops it: nothing is attached then.
+ATTACHED_NOTE = "(full output attached)"
+
+
+def attached(reply: Reply, head_chars: int) -> Reply:
+    """`reply` with its text sent as a file, `output.txt`, and its first line (at most `head_chars`) with
+    `ATTACHED_NOTE` under it as the message: how an output too long for a platform's message goes (the
+    chat's `fit`, and Slack's adapter for a text only too long once escaped)."""
+    head = reply.text.split("\n", 1)[0][:head_chars]
+    return Reply(**{**reply.__dict__, "text": f"{head}\n{ATTACHED_NOTE}", "file": ("output.txt", reply.text)})
+
+
 def line_breaks(text: str) -> str:
     """`text` broken into lines as a line-based platform sends it (IRC: `adapters/irc.py` `split_lines`),
     every break written `\\n`: a `\\r\\n`, and a bare `\\r` too (a progress meter's output, which has no

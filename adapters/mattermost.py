@@ -58,6 +58,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from adapters.base import (
+    ATTACHED_NOTE,
     AdapterConfigError,
     Capabilities,
     DeliveryError,
@@ -1150,8 +1151,6 @@ def dialog(form: Form) -> dict[str, Any]:
             "submit_label": form.submit, "state": form.state, "notify_on_cancel": True}
 
 
-#: The line `bot.chat.replies.fit` puts under the head of an output it attaches as a file.
-_ATTACHED_NOTE = "(full output attached)"
 
 
 def _inline(text: str, file: tuple[str, str] | None, limit: int) -> str:
@@ -1160,7 +1159,7 @@ def _inline(text: str, file: tuple[str, str] | None, limit: int) -> str:
     if file is None:
         return text
     name, content = file
-    caption = "\n".join(line for line in text.split("\n") if line.strip() != _ATTACHED_NOTE).strip()
+    caption = "\n".join(line for line in text.split("\n") if line.strip() != ATTACHED_NOTE).strip()
     if caption and content.startswith(caption):
         caption = ""  # the head of the output, which follows anyway
     room = max(0, limit - len(caption) - 300)

@@ -70,10 +70,10 @@ from adapters.base import (
     MessageHandler,
     Part,
     Reply,
+    attached,
 )
 from adapters.slack_format import (
     ACTION_PREFIX,
-    ATTACHED_NOTE,
     FORM_CALLBACK,
     MAX_BLOCKS,
     MAX_TEXT,
@@ -1256,8 +1256,7 @@ def _fitted(reply: Reply) -> Reply:
     text, and `message_arguments` would. A prompt keeps its text (its buttons must stay), cut with a note."""
     if reply.file is not None or reply.buttons or len(escape(reply.text)) <= MAX_TEXT:
         return reply
-    head = reply.text.split("\n", 1)[0][: SECTION_LIMIT - 40]
-    return Reply(**{**reply.__dict__, "text": f"{head}\n{ATTACHED_NOTE}", "file": ("output.txt", reply.text)})
+    return attached(reply, SECTION_LIMIT - 40)
 
 
 def _outbox_tag(reply: Reply) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import html
 import re
 from typing import Any
 
-from adapters.base import Form, FormField, Reply
+from adapters.base import ATTACHED_NOTE, Form, FormField, Reply
 from adapters.markup import code_block
 
 #: Every button the adapter renders has an action_id with this prefix, so clicks route back to it.
@@ -42,9 +42,6 @@ MAX_TEXT = 40_000
 #: attachment. A count, not the text, so the outbox stores the output once; checked against the text.
 ATTACHED_TAIL = "squall_attached_tail"
 
-#: The line `bot.chat.replies.fit` puts under the head of an output it attaches as a file (Mattermost's
-#: `_ATTACHED_NOTE`): a reply that says the start of the file inline instead (`inline_file`) drops it.
-ATTACHED_NOTE = "(full output attached)"
 #: The text fields of a Slack attachment (besides `fields[].title`/`.value`): Slack reads `<!channel>`,
 #: `<@U…>` and `<url|label>` in each, and `escaped_extra` escapes them.
 ATTACHMENT_TEXT = ("pretext", "title", "text", "fallback", "author_name", "footer")

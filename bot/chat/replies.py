@@ -22,7 +22,7 @@ import json
 import logging
 from typing import Any
 
-from adapters.base import Adapter, Capabilities, Reply, line_breaks
+from adapters.base import Adapter, Capabilities, Reply, attached, line_breaks
 from adapters.markup import code_block
 from adapters.slack_format import ATTACHED_TAIL
 from engine.inquiries import shown_execution
@@ -276,9 +276,7 @@ def fit(reply: Reply, capabilities: Capabilities) -> list[Reply]:
         return [reply]
     reply = Reply(**{**reply.__dict__, "extra": _unsplit(reply.extra)})
     if capabilities.files and reply.file is None:
-        head = reply.text.split("\n", 1)[0][: limit - 40]
-        return [Reply(**{**reply.__dict__, "text": f"{head}\n(full output attached)",
-                         "file": ("output.txt", reply.text)})]
+        return [attached(reply, limit - 40)]
     chunks: list[str] = []
     current = ""
     for line in reply.text.split("\n"):
