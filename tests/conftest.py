@@ -70,6 +70,33 @@ def config(home: Path) -> Config:
 
 
 @pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For a test that calls `engine.logs.configure`: the root's handlers and level, and every logger it
+    sets (Squall's own, the self-levelled and capped libraries), as they were before. Left changed, a later
+    test's DEBUG lines of `adapters` were never captured (test_irc's `PASS ********` check)."""
+    import logging
+
+    from engine.logs import _CAPPED, _SELF_LEVELLED, OWN
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    touched = {name: logging.getLogger(name) for name in (*OWN, *_SELF_LEVELLED, *_CAPPED)}
+    saved = {name: (logger.level, list(logger.handlers), logger.propagate, logger.disabled)
+             for name, logger in touched.items()}
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    for name, (old_level, old_handlers, propagate, disabled) in saved.items():
+        logger = touched[name]
+        logger.setLevel(old_level)
+        logger.handlers[:] = old_handlers
+        logger.propagate, logger.disabled = propagate, disabled
+
+
+@pytest.fixture
 async def squall(config: Config) -> AsyncIterator[Squall]:
     app = await Squall.start(config)
     try:

@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,21 +17,6 @@ from engine.config import ConfigError, load_config
 from engine.logs import JsonFormatter, configure, logging_context, scrubbing
 from tests.conftest import write
 from tests.test_chat import _config, settle
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {name: logging.getLogger(name).level for name in ("alembic", "engine", "bot", "squall", "uvicorn")}
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    for name, value in levels.items():
-        logging.getLogger(name).setLevel(value)
 
 
 def _configured(home: Path, text: str, level: str | None = None) -> io.StringIO:

@@ -111,12 +111,10 @@ def test_queues_are_read_as_named() -> None:
 # -- 3. procrastinate's errors of a lost connection ------------------------------------------------------
 
 @pytest.fixture
-def logged(home: Path) -> Iterator[Callable[[str], io.StringIO]]:
-    """Configure logging from `home`'s config plus a `logging:` section; restore the process's after."""
+def logged(home: Path, restore_logging: None) -> Iterator[Callable[[str], io.StringIO]]:
+    """Configure logging from `home`'s config plus a `logging:` section (`restore_logging` puts the
+    process's back after)."""
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    names = ("procrastinate", "engine", "bot", "squall", "alembic", "uvicorn")
-    levels = {name: logging.getLogger(name).level for name in names}
 
     def configured(section: str) -> io.StringIO:
         write(home / "config.yml", (home / "config.yml").read_text() + section)
@@ -126,13 +124,6 @@ def logged(home: Path) -> Iterator[Callable[[str], io.StringIO]]:
         return stream
 
     yield configured
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    for name, value in levels.items():
-        logging.getLogger(name).setLevel(value)
 
 
 def _pool_timeout() -> procrastinate_exceptions.ConnectorException:
