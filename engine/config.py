@@ -201,6 +201,11 @@ class Config:
     def _flag(self, section: str, key: str, default: bool) -> bool:
         return flag(self.section(section), key, default, f"{section}.{key}", self.path)
 
+    @property
+    def named(self) -> str:
+        """The config as messages name it: its file, or that there is none (never `None`)."""
+        return str(self.path) if self.path is not None else "the built-in defaults (no config file)"
+
     def section(self, name: str) -> dict[str, Any]:
         """A top-level section as a dict, for the parts of Squall that own their own keys."""
         value = self.raw.get(name) or {}
@@ -737,8 +742,38 @@ def _oidc(path: Path | None, web: dict[str, Any]) -> OidcSettings | None:
 
 
 def _resolve(base: Path, value: str | os.PathLike[str]) -> Path:
+    """`value` with `~` expanded, relative to `base` unless absolute. Only for text checked by
+    `_path_setting` (or a default): `str()` of a list made a folder named `['data', '`."""
     candidate = Path(os.path.expanduser(str(value)))
     return candidate if candidate.is_absolute() else (base / candidate).resolve()
+
+
+def _path_setting(path: Path | None, section: Mapping[str, Any], key: str, where: str,
+                  default: str | Path, base: Path) -> Path:
+    """A folder or file setting (`where` names it): text, resolved against `base`. A list, a mapping, a
+    number or an empty value is refused, naming the key: `str()` of it made a folder such as
+    `['data', '` or `None` and put Squall's state there without a word."""
+    value = section.get(key, default)
+    if isinstance(value, os.PathLike):
+        return _resolve(base, value)
+    if not isinstance(value, str) or not value.strip():
+        given = {list: "a list", dict: "a mapping", type(None): "empty"}.get(type(value), repr(value))
+        example = default if isinstance(default, str) else f"data/{default.name}"
+        raise ConfigError(f"{_prefix(path)}'{where}' must be a path (text), such as {example}, not {given}")
+    return _resolve(base, value)
+
+
+def _executor_count(path: Path | None, section: Mapping[str, Any], key: str, default: int, meaning: str) -> int:
+    """`executor.<key>`: a whole number of at least 1 (a quoted one is taken, as `api.port` takes it). A
+    fraction or true was cut to a whole number by `int()` (2.7 ran 2 at once, true 1) without a word."""
+    value = section.get(key, default)
+    number = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value)
+    if number is None or number < 1:
+        raise ConfigError(f"{_prefix(path)}'executor.{key}' must be a whole number of at least 1, such as "
+                          f"{default} ({meaning}), not {value!r}")
+    return number
 
 
 def _check_database_url(path: Path | None, url: str) -> None:
@@ -784,6 +819,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     config_path: Path | None
     if explicit:
         config_path = Path(explicit).expanduser().resolve()
+        if config_path.is_dir():
+            raise ConfigError(f"config file {config_path} is a folder, not a file: give the YAML config "
+                              f"file itself, such as {config_path / DEFAULT_CONFIG_NAME}")
         if not config_path.is_file():
             raise ConfigError(f"config file {config_path} does not exist")
     else:
@@ -816,7 +854,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     _check_chat_side(config_path, raw)
 
     base = config_path.parent if config_path else Path.cwd()
-    data_dir = _resolve(base, raw.get("data_dir", "data"))
+    data_dir = _path_setting(config_path, raw, "data_dir", "data_dir", "data", base)
     packs = raw.get("packs") or {}
     paths_value = packs.get("paths", ["packs"])
     if isinstance(paths_value, str):
@@ -824,25 +862,22 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if not isinstance(paths_value, list) or not all(isinstance(p, str) for p in paths_value):
         raise ConfigError(f"{config_path}: 'packs.paths' must be a list of folders")
     pack_paths = [_resolve(base, p) for p in paths_value]
-    install_path = _resolve(base, packs["install_path"]) if "install_path" in packs else (
-        pack_paths[0] if pack_paths else data_dir / "packs"
-    )
+    install_path = (_path_setting(config_path, packs, "install_path", "packs.install_path", "packs", base)
+                    if "install_path" in packs else pack_paths[0] if pack_paths else data_dir / "packs")
     database = raw.get("database") or {}
     url = database.get("url") or f"sqlite:///{data_dir / 'squall.db'}"
     _check_database_url(config_path, str(url))
     executor = raw.get("executor") or {}
     api = raw.get("api") or {}
     api_url = f"http://{api.get('host', '127.0.0.1')}:{api_port(api, config_path)}/api/v1"
-    try:
-        workers = int(executor.get("python_workers_per_pack", 4))
-        concurrency = int(executor.get("max_concurrency", 64))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{config_path}: executor settings must be whole numbers: {exc}") from exc
-    if workers < 1 or concurrency < 1:
-        raise ConfigError(f"{config_path}: executor settings must be at least 1")
+    workers = _executor_count(config_path, executor, "python_workers_per_pack", 4,
+                              "warm Python action processes per pack")
+    concurrency = _executor_count(config_path, executor, "max_concurrency", 64,
+                                  "executions running at once in one process")
     kind, queues = _executor(config_path, executor, str(url))
     unserved = executor.get("unserved_after", 60)
-    if isinstance(unserved, bool) or not isinstance(unserved, int | float) or unserved < 0:
+    if isinstance(unserved, bool) or not isinstance(unserved, int | float) or not math.isfinite(unserved) \
+            or unserved < 0:
         raise ConfigError(f"{config_path}: 'executor.unserved_after' must be seconds (0 or more), not {unserved!r}")
     runner_user, allow_root = _runners(config_path, raw.get("runners") or {})
     max_chars, max_seconds = _templates(config_path, raw.get("templates") or {})
@@ -855,11 +890,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         data_dir=data_dir,
         pack_paths=pack_paths,
         install_path=install_path,
-        configs_path=_resolve(base, packs.get("configs_path", "configs")),
-        virtualenvs_path=_resolve(base, packs.get("virtualenvs_path", data_dir / "virtualenvs")),
-        encryption_key_path=_resolve(
-            base, (raw.get("datastore") or {}).get("encryption_key_path", data_dir / "datastore.key")
-        ),
+        configs_path=_path_setting(config_path, packs, "configs_path", "packs.configs_path", "configs", base),
+        virtualenvs_path=_path_setting(config_path, packs, "virtualenvs_path", "packs.virtualenvs_path",
+                                       data_dir / "virtualenvs", base),
+        encryption_key_path=_path_setting(config_path, raw.get("datastore") or {}, "encryption_key_path",
+                                          "datastore.encryption_key_path", data_dir / "datastore.key", base),
         python_workers_per_pack=workers,
         max_concurrency=concurrency,
         api_url=api_url,

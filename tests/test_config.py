@@ -482,13 +482,15 @@ def test_unreadable_config_is_a_config_error(tmp_path: Path) -> None:
 def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
     message = config_error(tmp_path / "nope.yml")
     assert message == f"config file {tmp_path / 'nope.yml'} does not exist"
-    assert "does not exist" in config_error(tmp_path)  # a folder is not a config file
+    assert config_error(tmp_path).startswith(f"config file {tmp_path} is a folder, not a file")
 
 
 @pytest.mark.parametrize(
     ("executor", "message"),
-    [("python_workers_per_pack: many", "whole numbers"), ("max_concurrency: 0", "at least 1"),
-     ("python_workers_per_pack: -2", "at least 1"), ("max_concurrency: [1]", "whole numbers")],
+    [("python_workers_per_pack: many", "'executor.python_workers_per_pack' must be a whole number"),
+     ("max_concurrency: 0", "'executor.max_concurrency' must be a whole number of at least 1"),
+     ("python_workers_per_pack: -2", "'executor.python_workers_per_pack' must be a whole number of at least 1"),
+     ("max_concurrency: [1]", "'executor.max_concurrency' must be a whole number")],
 )
 def test_executor_settings_are_checked(tmp_path: Path, executor: str, message: str) -> None:
     assert message in config_error(write(tmp_path / "config.yml", f"executor:\n  {executor}\n"))
