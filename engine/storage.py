@@ -1367,8 +1367,12 @@ class Store:
             try:
                 yield
             except BaseException:
-                if driver.in_transaction:  # else SQLite rolled it all back (a full disk), savepoint and all
-                    driver.execute("ROLLBACK TO squall_isolated")
+                # An interrupt (Ctrl-C) that lands inside a statement makes SQLAlchemy invalidate the
+                # connection, closing the driver's: SQLite dropped the transaction with it, so there is
+                # nothing to roll back, and asking the closed driver would raise a ProgrammingError in
+                # place of the interrupt (exit 1 and a traceback instead of 130).
+                if not conn.invalidated and driver.in_transaction:  # else SQLite rolled it all back too
+                    driver.execute("ROLLBACK TO squall_isolated")  # (a full disk), savepoint and all
                     driver.execute("RELEASE squall_isolated")
                 raise
             driver.execute("RELEASE squall_isolated")
