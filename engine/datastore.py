@@ -47,16 +47,43 @@ class DatastoreError(ValueError):
 
 
 def _visible(text: str) -> str:
-    """`text` with each NUL written `\\x00`, for a message that quotes it: a terminal shows a NUL as nothing."""
-    return text.replace(NUL, "\\x00")
+    """`text` with each NUL written `\\x00` and each lone surrogate `\\udce9`, for a message that quotes it:
+    a terminal shows a NUL as nothing, and a lone surrogate cannot be written as UTF-8 at all."""
+    return text.replace(NUL, "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Where (from 1) `text` holds its first lone UTF-16 surrogate, or None when it is valid Unicode. A
+    command-line argument that is not UTF-8 (a Latin-1 `café` pasted) reaches Python so, each undecodable
+    byte a surrogate (`\\udce9`); no UTF-8 database column can store one, and the driver's
+    UnicodeEncodeError was a traceback. Shared by every check of text Squall is asked to store."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start + 1
+    return None
+
+
+def not_utf8(what: str, at: int) -> str:
+    """The words refusing text (`what` names it: "key 'x': its value") for the lone surrogate at `at`. The
+    character is not quoted: it would be a byte of a secret value."""
+    return (f"{what} is not valid UTF-8 text: position {at} holds a lone UTF-16 surrogate (what a command line "
+            "makes of a byte that is not UTF-8, such as a Latin-1 é), which cannot be stored; give the text in UTF-8")
 
 
 def check_text(name: str, what: str, text: str | None) -> None:
     """A DatastoreError when `text` (the key's `what`: its name, value or description) holds a NUL
-    character. PostgreSQL's text columns refuse one (a DataError: the API's 500, an action's traceback)
-    and SQLite kept it, so a key SQLite held could not move to PostgreSQL; refused here, before either
-    database sees it, so every entry point (API, CLI, web, actions) says the same on both."""
-    if text is None or NUL not in text:
+    character or is not valid UTF-8. PostgreSQL's text columns refuse a NUL (a DataError: the API's 500, an
+    action's traceback) and SQLite kept it, so a key SQLite held could not move to PostgreSQL; refused here,
+    before either database sees it, so every entry point (API, CLI, web, actions) says the same on both.
+    A lone surrogate (`lone_surrogate`) neither can store: the driver raised UnicodeEncodeError."""
+    if text is None:
+        return
+    if (bad := lone_surrogate(text)) is not None:
+        raise DatastoreError(not_utf8(f"key '{_visible(name)}': its {what}", bad), field=what)
+    if NUL not in text:
         return
     at = text.index(NUL) + 1
     raise DatastoreError(f"key '{_visible(name)}': its {what} holds a NUL character (\\x00) at position {at}, which "
@@ -67,6 +94,8 @@ def check_text(name: str, what: str, text: str | None) -> None:
 def check_prefix(prefix: str | None) -> None:
     """A DatastoreError for a listing's prefix holding a NUL character: PostgreSQL's LIKE raised a DataError
     (the API's 500) where SQLite listed nothing. No key's name holds one (`check_text`)."""
+    if prefix is not None and (bad := lone_surrogate(prefix)) is not None:
+        raise DatastoreError(not_utf8("the prefix", bad), field="prefix")
     if prefix is not None and NUL in prefix:
         raise DatastoreError(f"the prefix holds a NUL character (\\x00) at position {prefix.index(NUL) + 1}, "
                              "which no key's name holds; remove it", field="prefix")

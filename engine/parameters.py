@@ -124,8 +124,10 @@ def check_storable(name: str, value: Any, spec: Mapping[str, Any], *, masked: bo
                 try:
                     item.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise ParameterError(f"{label(where)} holds a lone UTF-16 surrogate (such as \\ud800 without its "
-                                         "pair): send valid Unicode text") from None
+                    raise ParameterError(f"{label(where)} is not valid UTF-8 text: it holds a lone UTF-16 surrogate "
+                                         "(such as \\ud800 without its pair, or what a command line makes of a "
+                                         "byte that is not UTF-8, such as a Latin-1 é): send valid Unicode "
+                                         "text") from None
         elif isinstance(item, dict | list | tuple):
             if depth >= MAX_VALUE_DEPTH:
                 raise ParameterError(f'parameter "{name}" nests lists and objects more than {MAX_VALUE_DEPTH} '
@@ -396,7 +398,13 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
         if hidden:
             masked.add(name)
         values[name] = cast(name, values.get(name), spec, masked=hidden)
-        check_storable(name, values[name], spec, masked=hidden)
+        try:
+            check_storable(name, values[name], spec, masked=hidden)
+        except ParameterError:
+            if name not in supplied:  # made from what the person gave? then name what they gave
+                for given in supplied.keys() & schema.keys():
+                    check_storable(given, supplied[given], schema[given], masked=given in masked)
+            raise
     if "env" in supplied:
         check_environment(action, values.get("env"))
     validate(action, values, masked)

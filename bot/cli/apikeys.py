@@ -63,9 +63,14 @@ def apikey_create(named: Annotated[str | None, typer.Argument(metavar="NAME", sh
 def _one_name(argument: str | None, option: str | None) -> str | None:
     """The key's name, given as `apikey create NAME` (as `user create NAME` takes one) or with `-n/--name`
     (what scripts have used); two different names are refused rather than one silently dropped."""
+    from engine.datastore import lone_surrogate, not_utf8
+
     if argument is not None and option is not None and argument != option:
         raise fail(f"two names given: {argument!r} and --name {option!r}; give one")
-    return argument if argument is not None else option
+    name = argument if argument is not None else option
+    if name is not None and (at := lone_surrogate(name)) is not None:  # a byte not UTF-8: no column stores it
+        raise fail(not_utf8("the API key's name", at))
+    return name
 
 
 @apikey_app.command("list")
