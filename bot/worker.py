@@ -386,8 +386,8 @@ async def work(config: Config, queues: list[str] | None, concurrency: int, drain
     if drain is None:
         drain = config.shutdown_grace
     if config.executor_kind != "procrastinate":
-        raise ConfigError(f"{config.path}: squall worker runs the jobs of 'executor.kind: procrastinate' (with "
-                          f"PostgreSQL); this config's executor is {config.executor_kind!r}, whose executions "
+        raise ConfigError(f"{config.named}: squall worker runs the jobs of 'executor.kind: procrastinate' "
+                          f"(with PostgreSQL); this config's executor is {config.executor_kind!r}, whose executions "
                           "squall serve runs itself")
     squall = await Squall.start(config, adapters=configured_adapters(config))
     # Each pack's content hash now, as loaded: a pack edited on disk later is not what runs here.

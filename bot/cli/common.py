@@ -18,6 +18,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -83,11 +84,23 @@ def shown_time(value: str | None) -> str:
 def add_row(table: Table, *cells: object) -> None:
     """Add a listing's row with every cell shown as written. rich reads a cell as markup, and cells hold
     names, values and descriptions from users and packs: a `[/x]` in one crashed the listing, a
-    `[a-z0-9_]` vanished. A cell that is already a rich `Text` (a styled error) is added as it is; None is
-    an empty cell, as rich shows it."""
+    `[a-z0-9_]` vanished. Their control characters are written as escapes (`shown_text`): a pack's
+    description or a key's value holding ESC sequences cleared the screen or retitled the terminal of whoever
+    listed them. A cell that is already a rich `Text` (a styled error) is added as it is; None is an empty
+    cell, as rich shows it."""
     from rich.text import Text
 
-    table.add_row(*(cell if isinstance(cell, Text) else "" if cell is None else escape(str(cell)) for cell in cells))
+    table.add_row(*(cell if isinstance(cell, Text) else "" if cell is None else escape(shown_text(str(cell)))
+                    for cell in cells))
+
+
+def shown_text(text: str) -> str:
+    """`text` (from a pack, a key, an execution) as a terminal may be given it: each line's control
+    characters written as escapes (`engine.logs.printable`: `\\x1b`, `\\r`), its newlines kept, so a cell
+    meant to hold lines (`alias list`'s formats, one a line) still does."""
+    from engine.logs import printable
+
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 T = TypeVar("T")
 
@@ -165,6 +178,7 @@ def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False, p
     instead, before Squall closes (`_Stop.stop_requested`)."""
     import asyncio
 
+    from engine.config import ConfigError
     from engine.crypto import CryptoError
     from engine.executions import ExecutionNotFound, ExecutionStateError
     from engine.packs import UnknownAction
@@ -179,14 +193,19 @@ def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False, p
         _stopping.set(stop)  # (asyncio.run's own context: `requested` finds it in `work`)
         squall = await _started(config, recover, pack_problems)
         squall.executions.on_finished(stop.heard)
+        done = False
         try:
-            return await work(squall)
+            outcome = await work(squall)
+            done = True
         except asyncio.CancelledError:
             if stop.signal is not None:
                 await stop.stop_requested(squall)
             raise
         finally:
-            await squall.close()
+            # After the work: a stop signal now (Ctrl-C just as a write committed) changes nothing it did, and
+            # the command says what it did. Cut short there, it said `interrupted` (130) for a stored change.
+            await (carried_through(squall.close()) if done else squall.close())
+        return outcome
 
     with setup_errors(config):
         try:
@@ -197,6 +216,21 @@ def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False, p
             raise stop.report() from None
         except (UnknownAction, ParameterError, ExecutionNotFound, ExecutionStateError, CryptoError) as exc:
             raise fail(str(exc)) from exc
+        except ConfigError as exc:  # a setting only starting Squall reads (`audit.sinks`, `metrics.statsd`)
+            raise fail(str(exc)) from exc
+
+
+async def carried_through(step: Awaitable[T]) -> T:
+    """`step` run to its end even if a stop signal cancels the command meanwhile, and the command then goes on
+    as if none came: for what follows a change already stored (closing Squall, a key write's triggers), which
+    the stop can no longer undo. A second signal still stops at once (`_Stop._received`)."""
+    import asyncio
+
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        return await task
 
 
 #: The logger of the alias index, which logs each alias that did not load as Squall starts: `alias list`,
@@ -248,18 +282,26 @@ class _Stop:
         self.requests: list[asyncio.Task[dict[str, Any]]] = []
         #: Lines for what could not be canceled (the database failing meanwhile).
         self.unstopped: list[str] = []
+        #: Set the moment a stop signal arrives (`stop_flag`), before the loop gets to cancel the task.
+        self.stopping = threading.Event()
 
     def listen(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None) -> None:
         """Take the signals on `loop` for `task` (only the main thread may; elsewhere, a test's thread, the
         defaults stay). One this process was started ignoring stays ignored: `nohup squall run ...` must
         outlive its terminal, and a shell script's `squall run ... &` is deaf to Ctrl-C."""
-        import threading
-
         if task is None or threading.current_thread() is not threading.main_thread():
             return
         for sig in self.SIGNALS:
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 loop.add_signal_handler(sig, self._received, sig, task)
+                # asyncio's own handler only wakes the loop, which calls `_received` once free; this one runs
+                # at once on this thread, even while a database call holds the loop (`stop_flag`). The loop
+                # is woken as before: that goes through the wakeup fd, whatever the Python handler.
+                signal.signal(sig, self._arrived)
+                signal.siginterrupt(sig, False)  # as add_signal_handler left it
+
+    def _arrived(self, signum: int, frame: object) -> None:
+        self.stopping.set()
 
     def _received(self, sig: signal.Signals, task: asyncio.Task[Any]) -> None:
         if self.signal is not None or task.done():
@@ -327,6 +369,15 @@ class _Stop:
 _stopping: ContextVar[_Stop | None] = ContextVar("squall_cli_stop", default=None)
 
 
+def stop_flag() -> threading.Event:
+    """What a long database call of `with_app`'s work checks between its steps, to stop and roll back at a
+    stop signal (`squall key load`'s write): set the moment the signal arrives. The task's cancel does not
+    reach such a call, which runs on the database thread, or on the loop itself (SQLite's groups), where the
+    cancel waits for it to end. A flag never set outside `with_app`."""
+    stop = _stopping.get()
+    return stop.stopping if stop is not None else threading.Event()
+
+
 async def requested(request: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     """The execution `request` stores (`ExecutionService.request`, a re-run), which this command then waits
     for: a stop signal meanwhile stops it wherever it runs (`_Stop.stop_requested`). The request runs to its
@@ -387,10 +438,6 @@ def _system_packs_missing(exc: Exception) -> bool:
     return packs is not None and isinstance(exc, packs.SystemPacksMissing)
 
 
-def _config_name(config: Config) -> str:
-    return str(config.path) if config.path is not None else "the built-in defaults (no config file)"
-
-
 def _database_problem(config: Config, exc: Exception) -> str:
     """What an `OperationalError` of the database says, with the database it is about and what to check."""
     from sqlalchemy.engine import make_url
@@ -406,10 +453,10 @@ def _database_problem(config: Config, exc: Exception) -> str:
         path = Path(url.database or "")
         return (f"cannot use the SQLite database {path}: {reason}; check that {path.parent} is a folder and "
                 f"{path.name} in it a file, both writable by this user ({current_user()}), or set "
-                f"database.url in {_config_name(config)}")
+                f"database.url in {config.named}")
     return (f"cannot reach the database {url.render_as_string(hide_password=True)}: {reason}; check that "
             "PostgreSQL runs at that host and port and accepts connections from here, and the user, password "
-            f"and database name of database.url in {_config_name(config)}")
+            f"and database name of database.url in {config.named}")
 
 
 def _path_problem(config: Config, exc: OSError) -> str:
@@ -420,7 +467,7 @@ def _path_problem(config: Config, exc: OSError) -> str:
     if exc.errno in (errno.EEXIST, errno.ENOTDIR):
         reason += " (a file is where a folder must be)"
     return (f"cannot use {exc.filename}: {reason}; check that data_dir ({config.data_dir}) and the other paths "
-            f"in {_config_name(config)} are folders this user ({current_user()}) can write")
+            f"in {config.named} are folders this user ({current_user()}) can write")
 
 
 def one_shot() -> None:
@@ -434,6 +481,7 @@ def one_shot() -> None:
 def with_store(work: Callable[[Store, Config], T]) -> T:
     """Run `work` on the database alone, for commands whose rows nothing else reacts to (reading
     keys, API keys): no packs, runners or chat side are loaded, which is most of a command's time."""
+    from engine.config import ConfigError
     from engine.crypto import CryptoError
     from engine.storage import Store
 
@@ -442,7 +490,7 @@ def with_store(work: Callable[[Store, Config], T]) -> T:
         store = Store.open(config.database_url)
         try:
             return work(store, config)
-        except CryptoError as exc:
+        except (CryptoError, ConfigError) as exc:  # ConfigError: `audit.sinks`, read by the writes' `install`
             raise fail(str(exc)) from exc
         finally:
             store.close()
@@ -637,11 +685,13 @@ def warn_problems(problems: Iterable[ContentError]) -> None:
     """One stderr line per pack file that did not load: file, line where known, reason. A warning about
     content that loads all the same (`engine.packs.ContentWarning`: a version that is not semver, an alias
     format's unbalanced braces) is not called skipped."""
+    from engine.logs import printable
     from engine.packs import ContentWarning
 
     for problem in problems:
         what = "pack content" if isinstance(problem, ContentWarning) else "pack content skipped"
-        err.print(f"[yellow]warning:[/yellow] {what}: {escape(str(problem))}", markup=True, highlight=False)
+        err.print(f"[yellow]warning:[/yellow] {what}: {escape(printable(str(problem)))}", markup=True,
+                  highlight=False)
 
 
 def problem_document(problem: ContentError) -> dict[str, Any]:

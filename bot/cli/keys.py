@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -23,6 +24,7 @@ from bot.cli.common import (
     JsonOption,
     add_row,
     audit_entry,
+    carried_through,
     current_config,
     current_user,
     err,
@@ -31,12 +33,16 @@ from bot.cli.common import (
     new_table,
     out,
     print_json,
+    shown_text,
     shown_time,
+    stop_flag,
     with_app,
     with_store,
 )
 
 if TYPE_CHECKING:
+    import asyncio
+
     from bot.app import Squall
     from engine.config import Config
     from engine.datastore import Datastore
@@ -73,7 +79,7 @@ def _datastore_call(work: Any) -> Any:
     async def queued(squall: Squall) -> Any:
         squall.executions.executor = None
         outcome = await work(squall)
-        await squall.emitted()
+        await carried_through(squall.emitted())  # stored: a stop now must not say `interrupted`
         return outcome
 
     try:
@@ -147,6 +153,8 @@ def key_get(name: Annotated[str, typer.Argument(help="Key name.")], decrypt: Dec
     item = _shown(item, decrypt)
     if as_json:
         print_json(item)
+    elif out.is_terminal:  # control characters escaped for a person (`shown_text`); a script reads them as stored
+        out.print(shown_text(item["value"]), markup=False, highlight=False)
     else:
         out.print(item["value"], markup=False, highlight=False)
 
@@ -172,8 +180,8 @@ def key_list(prefix: Annotated[str | None, typer.Option("--prefix", "-p", help="
     out.print(table)
     for item in items:
         if item.get("error"):
-            err.print(f"[red]error:[/red] key {escape(item['name'])}: {escape(str(item['error']))}", markup=True,
-                      highlight=False)
+            err.print(f"[red]error:[/red] key {escape(shown_text(item['name']))}: "
+                      f"{escape(shown_text(str(item['error'])))}", markup=True, highlight=False)
 
 
 @key_app.command("delete")
@@ -307,19 +315,51 @@ def _refuse_masked(where: str, name: str, value: str) -> None:
                    "--decrypt -j) and load that: items with secret: true are encrypted again")
 
 
+class _LoadStopped(Exception):
+    """A stop signal came while `key load` wrote (`_stored_together`): everything it wrote is rolled back."""
+
+
 def _stored_together(datastore: Datastore, items: list[tuple[dict[str, Any], dict[str, Any]]], audit: AuditEntry,
-                     about: str) -> None:
+                     about: str, stopping: threading.Event) -> None:
     """`key load`'s items (each with its `Datastore.set` arguments), then its `audit` event about `about`
     (the file), in one database call and one savepoint (`Store.isolated`: any failure undoes them all, not
     only its own statement): all of them and the event, or nothing. Each item in a commit of its own and
     the event in another, a failure (a full disk) left some keys loaded, none audited, and a command that
-    said it failed."""
+    said it failed.
+
+    `stopping` (`stop_flag`: Ctrl-C, SIGTERM) is checked before each item and before the event, and undoes
+    them all (`_LoadStopped`): the command's cancel cannot reach this call, so a Ctrl-C at the first
+    progress line let every key of a wrong file overwrite the right ones, audited, with `interrupted` said."""
     with datastore.store.isolated():
         for number, (item, arguments) in enumerate(items, 1):
+            if stopping.is_set():
+                raise _LoadStopped
             datastore.set(item["name"], item["value"], **arguments, description=item.get("description"))
             if number % 500 == 0:
                 err.print(f"[dim]…[/dim] {number}/{len(items)}", markup=True)
+        if stopping.is_set():
+            raise _LoadStopped
         audit.add(datastore.store, about)
+
+
+async def _load_written(write: asyncio.Future[None]) -> None:
+    """Wait for `key load`'s write (`_stored_together`) to end, whatever the command is told meanwhile. A
+    stop signal that cancels the command while the write runs on the database thread waits for it: rolled
+    back, the stop goes on (`interrupted`, 130); committed first, the load is done and said so. One that
+    rolled the write back before the loop could cancel the command (the write held the loop: SQLite's
+    groups) waits for that cancel, which the signal has already asked for."""
+    import asyncio
+
+    try:
+        await asyncio.wait([write])
+    except asyncio.CancelledError:
+        await asyncio.wait([write])
+        if write.exception() is not None:
+            raise
+        return
+    if isinstance(write.exception(), _LoadStopped):
+        await asyncio.get_running_loop().create_future()  # never done: the stop's cancel ends it
+    write.result()
 
 
 @key_app.command("load")
@@ -351,8 +391,9 @@ def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {na
         audit = await squall.db(audit_entry, squall.store, "cli.key.load",
                                 {"count": len(items), "scopes": sorted({arguments(item)["scope"] for item in items})})
         with _sealing(squall, any(arguments(item)["encrypt"] for item in items)):
-            await squall.db(_stored_together, squall.datastore, [(item, arguments(item)) for item in items],
-                            audit, str(file))
+            await _load_written(squall.db.submit(
+                _stored_together, squall.datastore, [(item, arguments(item)) for item in items], audit, str(file),
+                stop_flag()))
         return len(items)
 
     count = _datastore_call(work)

@@ -29,6 +29,7 @@ from rich.markup import escape
 
 from bot.cli.common import (
     JsonOption,
+    add_row,
     audit,
     audit_made,
     current_config,
@@ -40,6 +41,7 @@ from bot.cli.common import (
     out,
     print_json,
     problem_document,
+    shown_text,
     warn_problems,
 )
 
@@ -70,8 +72,8 @@ def pack_list(as_json: JsonOption = False) -> None:
     table = new_table("ref", "version", "actions", "path", "description")
     for pack in packs:  # a cell is markup too
         # The description on one short line (`--json` has it whole): a 2 MB one took 16 s and 8.8 MB of table.
-        table.add_row(*(escape(str(value)) for value in (pack["ref"], pack["version"], pack["content"]["actions"],
-                                                         pack["path"], short(str(pack["description"])))))
+        add_row(table, pack["ref"], pack["version"], pack["content"]["actions"], pack["path"],
+                short(str(pack["description"])))
     out.print(table)
     _print_section("problems (pack content that did not load):", [e for e in problems if not is_warning(e)])
     _print_section("warnings (problems that skipped nothing: the content loads, but may not do what was meant):",
@@ -82,7 +84,7 @@ def _print_section(title: str, problems: list[ContentError]) -> None:
     if problems:
         out.print(title, style="bold yellow")
         for error in problems:
-            out.print(f"  {error}", markup=False)
+            out.print(f"  {shown_text(str(error))}", markup=False)
 
 
 @pack_app.command("install")
