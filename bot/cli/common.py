@@ -438,6 +438,26 @@ def _system_packs_missing(exc: Exception) -> bool:
     return packs is not None and isinstance(exc, packs.SystemPacksMissing)
 
 
+async def served_elsewhere(squall: Squall) -> bool:
+    """Whether another process runs what this command leaves stored (a request with `--async`, an answered
+    inquiry's workflow to resume): `squall serve`, the one process that takes the lead, or with `squall
+    worker`s (`executor.kind: procrastinate`) any other Squall process on the database
+    (`Engine.other_processes`). Without one, the command's "requested" or "answered" alone left people
+    waiting on what sat `requested` or `resuming` until a serve ran."""
+    import asyncio
+
+    from engine.wakeups import PROCESS_NAME
+
+    if squall.config.executor_kind == "procrastinate":
+        return bool(await squall.db(squall.other_processes))
+    return await asyncio.to_thread(squall.leader.holder) not in (None, PROCESS_NAME)
+
+
+def runner_named(config: Config) -> str:
+    """Who runs what the CLI stores, as its messages name it."""
+    return "`squall serve` or a `squall worker`" if config.executor_kind == "procrastinate" else "`squall serve`"
+
+
 def _database_problem(config: Config, exc: Exception) -> str:
     """What an `OperationalError` of the database says, with the database it is about and what to check."""
     from sqlalchemy.engine import make_url

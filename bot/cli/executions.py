@@ -47,7 +47,9 @@ from bot.cli.common import (
     print_json,
     record_audit,
     requested,
+    runner_named,
     say_unaudited,
+    served_elsewhere,
     shown_time,
     with_app,
     with_store,
@@ -194,7 +196,7 @@ def run(
     """Run an action and wait for it: exit 0 if it succeeded, 1 if not, 2 on bad input."""
     params = parse_assignments(parameters or [])
 
-    async def work(squall: Squall) -> tuple[dict[str, Any], list[str]]:
+    async def work(squall: Squall) -> tuple[dict[str, Any], list[str], bool]:
         context = {"user": current_user(), "source": "cli"}
         server = None if run_async else await _counting_server(squall, ref)
         if (run_async or server is not None) and squall.config.executor_kind == "local":
@@ -212,15 +214,19 @@ def run(
         if not run_async:
             record = await squall.executions.wait(record["id"])
         waiting = await _waiting_inquiries(squall, record["id"]) if record["status"] == "paused" else []
-        return record, waiting
+        served = not run_async or await served_elsewhere(squall)
+        return record, waiting, served
 
-    record, waiting = with_app(work, pack_problems=True)  # an action skipped for a load problem is said
+    record, waiting, served = with_app(work, pack_problems=True)  # an action skipped for a load problem is said
     if as_json:
         print_json(record)
     elif run_async:
         runs = "a `squall worker`" if current_config().executor_kind == "procrastinate" else "`squall serve`"
         out.print(f"requested {record['id']} ({record['action']}); {runs} runs it. "
                   f"See it with: squall execution get {record['id']}", markup=False)
+        if not served:  # stored, and nothing runs it until one starts
+            err.print(f"none runs on this database now: {record['id']} waits, `requested`, until "
+                      f"{runner_named(current_config())} starts", markup=False)
     else:
         show_execution(record, waiting)
     raise typer.Exit(0 if run_async else _exit_for(record))

@@ -24,6 +24,8 @@ from bot.cli.common import (
     new_table,
     out,
     print_json,
+    runner_named,
+    served_elsewhere,
     with_app,
 )
 
@@ -94,7 +96,7 @@ def inquiry_respond(
         answered = await squall.inquiries.respond(inquiry_id, value, me, groups, audit)
         while squall.executions.notifying:  # the listener marking the workflow `resuming`
             await asyncio.sleep(0.01)
-        return answered, await _resumed_elsewhere(squall)
+        return answered, await served_elsewhere(squall)
 
     item, resumed = _call(work)
     if as_json:
@@ -102,21 +104,7 @@ def inquiry_respond(
         return
     out.print(f"inquiry {item['id']} answered: {json.dumps(item['response'])}", markup=False)
     if item.get("parent") and item["status"] == "succeeded" and not resumed:  # else it waits for more answers
-        runs = ("`squall serve` or a `squall worker`" if current_config().executor_kind == "procrastinate"
-                else "`squall serve`")
-        out.print(f"its workflow {item['parent']} resumes when {runs} runs: none runs on this database now",
-                  markup=False)
+        out.print(f"its workflow {item['parent']} resumes when {runner_named(current_config())} runs: none runs "
+                  "on this database now", markup=False)
 
 
-async def _resumed_elsewhere(squall: Squall) -> bool:
-    """Whether a process runs that resumes the answered inquiry's workflow (this one does not): `squall
-    serve`, the one process that takes the lead, or with `squall worker`s (`executor.kind: procrastinate`)
-    any other Squall process on the database (`Engine.other_processes`). Without one, "answered" alone
-    left people waiting on a workflow that sat `resuming` until a serve ran."""
-    import asyncio
-
-    from engine.wakeups import PROCESS_NAME
-
-    if squall.config.executor_kind == "procrastinate":
-        return bool(await squall.db(squall.other_processes))
-    return await asyncio.to_thread(squall.leader.holder) not in (None, PROCESS_NAME)
