@@ -92,3 +92,16 @@ def test_pack_list_escapes_a_packs_description(home: Path) -> None:
     assert "ok\\x1b[2J" in listed.stdout
     packs = json.loads(squall(home, "pack", "list", "--json").stdout)["packs"]
     assert [p["description"] for p in packs if p["ref"] == "evil"] == ["ok\x1b[2J\x1b]0;owned\x07FAKE"]
+
+
+def test_action_get_escapes_an_actions_description(home: Path) -> None:
+    """`squall action get` prints the action's description on its title line: its ESC sequences as escapes."""
+    pack = home / "packs" / "evil"
+    (pack / "actions").mkdir(parents=True)
+    (pack / "pack.yaml").write_text(json.dumps({"ref": "evil", "name": "evil", "version": "0.1.0", "author": "x",
+                                                "description": "x"}))
+    (pack / "actions" / "act.yaml").write_text(json.dumps({"name": "act", "runner_type": "noop",
+                                                           "description": "ok\x1b[2J\x1b]0;owned\x07FAKE"}))
+    shown = squall(home, "action", "get", "evil.act")
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout and "ok\\x1b[2J" in shown.stdout

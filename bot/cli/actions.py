@@ -14,7 +14,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from bot.cli.common import JsonOption, add_row, current_config, fail, group, load_packs, new_table, out, print_json
+from bot.cli.common import (
+    JsonOption,
+    add_row,
+    current_config,
+    fail,
+    group,
+    load_packs,
+    new_table,
+    out,
+    print_json,
+    shown_text,
+)
 
 if TYPE_CHECKING:
     from engine.actions import Action
@@ -65,7 +76,9 @@ def action_get(ref: Annotated[str, typer.Argument(help="Action ref.")], as_json:
     if as_json:
         print_json(_shown(action))
         return
-    out.print(f"[bold]{escape(action.ref)}[/bold] ({escape(action.runner_type)}) {escape(action.description or '')}")
+    # The pack's words as a terminal may be given them (`shown_text`): an ESC sequence in them is shown, not run.
+    out.print(f"[bold]{escape(action.ref)}[/bold] ({escape(action.runner_type)}) "
+              f"{escape(shown_text(action.description or ''))}")
     table = new_table("parameter", "type", "required", "default", "description")
     for name, spec in sorted(shown_parameters(action.parameters).items()):
         default = spec.get("default")
