@@ -302,6 +302,14 @@ def attached(reply: Reply, head_chars: int) -> Reply:
     return Reply(**{**reply.__dict__, "text": f"{head}\n{ATTACHED_NOTE}", "file": ("output.txt", reply.text)})
 
 
+def caption(text: str, content: str) -> str:
+    """What a reply sent with a file says besides the file, for an adapter that puts the file's start inline
+    instead (its upload failed): its text without `ATTACHED_NOTE` (nothing is attached then), or nothing when
+    that is the start of `content`, which follows anyway."""
+    said = "\n".join(line for line in text.split("\n") if line.strip() != ATTACHED_NOTE).strip()
+    return "" if said and content.startswith(said) else said
+
+
 def line_breaks(text: str) -> str:
     """`text` broken into lines as a line-based platform sends it (IRC: `adapters/irc.py` `split_lines`),
     every break written `\\n`: a `\\r\\n`, and a bare `\\r` too (a progress meter's output, which has no

@@ -58,7 +58,6 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from adapters.base import (
-    ATTACHED_NOTE,
     AdapterConfigError,
     Capabilities,
     DeliveryError,
@@ -71,6 +70,7 @@ from adapters.base import (
     MessageHandler,
     Part,
     Reply,
+    caption,
 )
 from adapters.markup import ZERO_WIDTH_SPACE
 from engine.config import ADAPTER_FLAGS, ADAPTER_KEYS, unknown_key
@@ -1159,10 +1159,8 @@ def _inline(text: str, file: tuple[str, str] | None, limit: int) -> str:
     if file is None:
         return text
     name, content = file
-    caption = "\n".join(line for line in text.split("\n") if line.strip() != ATTACHED_NOTE).strip()
-    if caption and content.startswith(caption):
-        caption = ""  # the head of the output, which follows anyway
-    room = max(0, limit - len(caption) - 300)
+    said = caption(text, content)
+    room = max(0, limit - len(said) - 300)
     head = content[:room]
     if len(head) < len(content) and "\n" in head:
         head = head.rsplit("\n", 1)[0]
@@ -1172,7 +1170,7 @@ def _inline(text: str, file: tuple[str, str] | None, limit: int) -> str:
     # A fence longer than any backtick run in the output (CommonMark's rule, which Mattermost follows), so
     # no line of it closes the block.
     fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", head)), default=0))
-    return f"{caption}\n{fence}\n{head}\n{fence}{note}".lstrip("\n")
+    return f"{said}\n{fence}\n{head}\n{fence}{note}".lstrip("\n")
 
 
 def _response_payload(text: str, extra_attachments: list[dict[str, Any]]) -> dict[str, Any]:

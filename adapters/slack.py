@@ -1254,7 +1254,9 @@ def _fitted(reply: Reply) -> Reply:
     `<` four: `capabilities.max_length` counts them as one), its text as a file with its first line as the
     message, as `bot.chat.replies.fit` attaches one (which cannot count as Slack does): Slack would cut the
     text, and `message_arguments` would. A prompt keeps its text (its buttons must stay), cut with a note."""
-    if reply.file is not None or reply.buttons or len(escape(reply.text)) <= MAX_TEXT:
+    # An escape is at most five characters (`&amp;`): a text that short fits without escaping it here too.
+    if (reply.file is not None or reply.buttons or 5 * len(reply.text) <= MAX_TEXT
+            or len(escape(reply.text)) <= MAX_TEXT):
         return reply
     return attached(reply, SECTION_LIMIT - 40)
 

@@ -23,7 +23,7 @@ import html
 import re
 from typing import Any
 
-from adapters.base import ATTACHED_NOTE, Form, FormField, Reply
+from adapters.base import Form, FormField, Reply, caption
 from adapters.markup import code_block
 
 #: Every button the adapter renders has an action_id with this prefix, so clicks route back to it.
@@ -122,14 +122,12 @@ def inline_file(text: str, file: tuple[str, str], limit: int, why: str) -> str:
     code block whose fences stay balanced, then a note saying how much was left out and `why`. The reply's
     "(full output attached)" line goes (`ATTACHED_NOTE`): nothing is attached. As Mattermost's `_inline`."""
     name, content = file
-    caption = "\n".join(line for line in text.split("\n") if line.strip() != ATTACHED_NOTE).strip()
-    if caption and content.startswith(caption):
-        caption = ""  # the head of the output, which follows anyway
+    words = caption(text, content)
 
     def said(head: str) -> str:
         note = "" if len(head) == len(content) else (
             f"\n(output truncated: the first {len(head):,} of {len(content):,} characters of {name}; {why})")
-        return f"{caption}\n{code_block(head)}{note}".lstrip("\n")
+        return f"{words}\n{code_block(head)}{note}".lstrip("\n")
 
     return said(_longest_start(content, lambda head: len(escape(said(head))) <= limit, limit))
 

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from adapters.base import Reply
+from adapters.base import ATTACHED_NOTE, Reply
 from adapters.slack_format import (
-    ATTACHED_NOTE,
     MAX_TEXT,
     escape,
     inline_file,

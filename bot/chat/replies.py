@@ -141,7 +141,7 @@ def result_message(alias: Any | None, execution: dict[str, Any]) -> tuple[str | 
         text = render_template(result["format"], context, build_environment(lenient=True))
     except TemplateRenderError as exc:
         text = f"{default_result(execution)}\n(the alias's result format failed: {exc})"
-    if not text.strip() and execution.get("status") != "succeeded":
+    if execution.get("status") != "succeeded" and not text.strip():
         # `{{ execution.result.stdout }}` of a run abandoned, timed out or failed before any output renders
         # nothing: posted so, the person who typed the command never learnt how it ended. A success that
         # renders nothing stays as rendered (a format may choose to say nothing of a success).
