@@ -205,7 +205,12 @@ class FileSink:
         #: Whether the file this process writes ends in part of a line it could not cut off (`_cut_back`).
         self._torn = False
         #: The open `path`; None while this sink holds no file (a reopen failed, or closed).
-        self._fd: int | None = self._open()
+        self._fd: int | None = None
+        try:
+            self._fd = self._open()
+        except BaseException:  # the start fails (`_sink`: a config error): nobody can close this sink's lock
+            self.close()
+            raise
 
     def _open(self) -> int:
         """`path` opened for appending, 0600; a descriptor it opened and could not make private is closed."""

@@ -261,6 +261,8 @@ ADAPTER_FLAGS: dict[str, dict[str, bool]] = {
 }
 #: `api.port` unless set.
 DEFAULT_API_PORT = 9101
+#: `api.host` unless set: this machine only.
+DEFAULT_API_HOST = "127.0.0.1"
 #: `api.max_body_bytes` unless set: the largest HTTP request body (1 MiB).
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 #: `api.token_ttl` unless set: a day, StackStorm's `auth.token_ttl`.
@@ -331,6 +333,28 @@ def _workflow_max_depth(path: Path | None, raw: dict[str, Any]) -> int:
 def _prefix(path: Path | None) -> str:
     """What starts an error about the file: its path, or nothing for settings not read from one."""
     return f"{path}: " if path is not None else ""
+
+
+#: The longest a wrong value is quoted in an error (`_given`): a long list must not fill the terminal.
+GIVEN_CHARS = 80
+_URL_PASSWORD = re.compile(r"(://[^:/@\s'\"]*:)[^@/\s'\"]*@")
+
+
+def _given(value: Any) -> str:
+    """A wrong value as an error quotes it: its repr on one line, cut to `GIVEN_CHARS`, any URL's password
+    masked (a `database.url` written as a list still holds one)."""
+    text = _URL_PASSWORD.sub(r"\1********@", " ".join(repr(value).split()))
+    return text if len(text) <= GIVEN_CHARS else text[: GIVEN_CHARS - 1] + "…"
+
+
+def api_host(section: Mapping[str, Any], path: Path | None = None) -> str:
+    """`api.host`: the address the API listens on, as text. A list or a number was taken as it came (`str()`
+    of it by the server) and failed inside uvicorn, or in getaddrinfo, far from the key that was wrong."""
+    value = section.get("host", DEFAULT_API_HOST)
+    if not isinstance(value, str) or value.split() != [value]:  # `bot/cli/serve.py` binds the raw value: no spaces
+        raise ConfigError(f"{_prefix(path)}'api.host' must be a host name or address (text), such as "
+                          f"{DEFAULT_API_HOST} (this machine only) or 0.0.0.0 (every address), not {_given(value)}")
+    return value
 
 
 def unknown_key(where: str, value: Mapping[Any, Any], allowed: Collection[str]) -> str | None:
@@ -776,6 +800,18 @@ def _executor_count(path: Path | None, section: Mapping[str, Any], key: str, def
     return number
 
 
+def _database_url_text(path: Path | None, database: Mapping[str, Any], data_dir: Path) -> str:
+    """`database.url` as text, or SQLite in `data_dir` when it is left out (or empty). A number, a list or a
+    mapping was refused as "not a URL" without saying what was given: it is quoted (any password masked)."""
+    url = database.get("url")
+    if url is None or url == "":
+        return f"sqlite:///{data_dir / 'squall.db'}"
+    if not isinstance(url, str):
+        raise ConfigError(f"{_prefix(path)}'database.url' must be a URL (text), such as sqlite:///data/squall.db "
+                          f"or postgresql://USER:PASSWORD@HOST:PORT/DATABASE, not {_given(url)}")
+    return url
+
+
 def _check_database_url(path: Path | None, url: str) -> None:
     """Refuse a `database.url` Squall cannot run on, naming the schemes it can. The URL itself is not
     quoted: it may hold a password."""
@@ -811,6 +847,17 @@ def _refuse_duplicates(path: Path, duplicates: list[DuplicateKey]) -> None:
         first = duplicates[0]
         raise ConfigError(f"{path}:{first.again}: {first}: YAML keeps only the last and drops the first "
                           "without a word; merge them into one")
+
+
+def _pack_paths(path: Path | None, packs: Mapping[str, Any]) -> list[str]:
+    """`packs.paths`: a list of folders (one folder as text is taken as a list of it). What was given
+    instead is quoted: "must be a list of folders" alone left `[packs, [nested]]` to be puzzled over."""
+    value = packs.get("paths", ["packs"])
+    paths = [value] if isinstance(value, str) else value
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p.strip() for p in paths):
+        raise ConfigError(f"{_prefix(path)}'packs.paths' must be a list of folders (text), such as "
+                          f"[packs, /opt/squall/packs], not {_given(value)}")
+    return paths
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -856,25 +903,19 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     base = config_path.parent if config_path else Path.cwd()
     data_dir = _path_setting(config_path, raw, "data_dir", "data_dir", "data", base)
     packs = raw.get("packs") or {}
-    paths_value = packs.get("paths", ["packs"])
-    if isinstance(paths_value, str):
-        paths_value = [paths_value]
-    if not isinstance(paths_value, list) or not all(isinstance(p, str) for p in paths_value):
-        raise ConfigError(f"{config_path}: 'packs.paths' must be a list of folders")
-    pack_paths = [_resolve(base, p) for p in paths_value]
+    pack_paths = [_resolve(base, p) for p in _pack_paths(config_path, packs)]
     install_path = (_path_setting(config_path, packs, "install_path", "packs.install_path", "packs", base)
                     if "install_path" in packs else pack_paths[0] if pack_paths else data_dir / "packs")
-    database = raw.get("database") or {}
-    url = database.get("url") or f"sqlite:///{data_dir / 'squall.db'}"
-    _check_database_url(config_path, str(url))
+    url = _database_url_text(config_path, raw.get("database") or {}, data_dir)
+    _check_database_url(config_path, url)
     executor = raw.get("executor") or {}
     api = raw.get("api") or {}
-    api_url = f"http://{api.get('host', '127.0.0.1')}:{api_port(api, config_path)}/api/v1"
+    api_url = f"http://{api_host(api, config_path)}:{api_port(api, config_path)}/api/v1"
     workers = _executor_count(config_path, executor, "python_workers_per_pack", 4,
                               "warm Python action processes per pack")
     concurrency = _executor_count(config_path, executor, "max_concurrency", 64,
                                   "executions running at once in one process")
-    kind, queues = _executor(config_path, executor, str(url))
+    kind, queues = _executor(config_path, executor, url)
     unserved = executor.get("unserved_after", 60)
     if isinstance(unserved, bool) or not isinstance(unserved, int | float) or not math.isfinite(unserved) \
             or unserved < 0:
@@ -886,7 +927,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     return Config(
         path=config_path,
         base_dir=base,
-        database_url=_database_url(base, str(url)),
+        database_url=_database_url(base, url),
         data_dir=data_dir,
         pack_paths=pack_paths,
         install_path=install_path,
