@@ -172,7 +172,8 @@ class Engine:
         return await self.events.ask(ANNOUNCE, route, params, request)
 
     def _datastore_changed(self, kind: str, payload: dict[str, Any]) -> None:
-        """Emit `core.st2.key_value_pair.<kind>` when a rule listens; called on whichever thread wrote."""
+        """Emit `core.st2.key_value_pair.<kind>` when a rule listens; called on whichever thread wrote, once
+        the write committed (`Store.after_commit`): a rolled-back `squall key load` fires nothing."""
         ref = f"core.st2.key_value_pair.{kind}"
         if self._loop is None or not self.triggers.wanted(ref):  # a rule may watch another of the four kinds
             return

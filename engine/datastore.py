@@ -194,7 +194,8 @@ def first_sealed_value(store: Store) -> str | None:
 class Datastore:
     store: Store
     keys: KeyRing
-    #: Told of every write, for the `core.st2.key_value_pair.*` triggers; None costs nothing.
+    #: Told of every write once it committed (`Store.after_commit`), for the `core.st2.key_value_pair.*`
+    #: triggers; None costs nothing.
     on_change: ChangeListener | None = None
 
     def __post_init__(self) -> None:
@@ -334,10 +335,15 @@ class Datastore:
             if audit is not None:  # before the listener: a failing event leaves no trigger of a change undone
                 audit.add(self.store, name, scope=scope, user=new["user"], secret=new["secret"])
         if listener is not None:
-            listener("update" if old else "create", {"object": new})
-            if old and old["value"] != record["value"]:  # as StackStorm: updates that change the value
-                listener("value_change", {"old_object": self._public(old, decrypt=False), "new_object": new})
+            self.store.after_commit(lambda: self._tell_set(listener, old, record, new))
         return new
+
+    def _tell_set(self, listener: ChangeListener, old: dict[str, Any] | None, record: dict[str, Any],
+                  new: dict[str, Any]) -> None:
+        """`set`'s changes, told once the write committed."""
+        listener("update" if old else "create", {"object": new})
+        if old and old["value"] != record["value"]:  # as StackStorm: updates that change the value
+            listener("value_change", {"old_object": self._public(old, decrypt=False), "new_object": new})
 
     def delete(self, name: str, *, scope: str = "system", user: str | None = None,
                audit: AuditEntry | None = None) -> bool:
@@ -353,7 +359,8 @@ class Datastore:
             if deleted and audit is not None:
                 audit.add(self.store, name, scope=scope)
         if deleted and listener is not None and old is not None:
-            listener("delete", {"object": self._public(old, decrypt=False)})
+            gone = self._public(old, decrypt=False)
+            self.store.after_commit(lambda: listener("delete", {"object": gone}))
         return deleted
 
     def list(self, *, prefix: str | None = None, scope: str | None = "system", user: str | None = None,

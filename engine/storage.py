@@ -594,6 +594,16 @@ def _on_nowait_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _run_committed(calls: list[Callable[[], None]]) -> None:
+    """What a committed group's calls asked to run after it (`Store.after_commit`). One that fails is logged:
+    raised from here, it would tell the group's callers that what committed had not."""
+    for call in calls:
+        try:
+            call()
+        except Exception:
+            logging.getLogger(__name__).exception("telling of a committed write failed")
+
+
 def _is_locked(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.OperationalError) and ("locked" in str(exc.orig) or "busy" in str(exc.orig))
 
@@ -1243,7 +1253,7 @@ class Store:
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Group the calls made inside into one transaction (group commit; see `Database`)."""
-        audited = self._batch.audited = [] if self.audit_listeners else None
+        after = self._batch.after = []
         try:
             with self.engine.begin() as conn:
                 self._batch.conn = conn
@@ -1253,9 +1263,8 @@ class Store:
                 finally:
                     self._batch.conn = None
         finally:
-            self._batch.audited = None
-        if audited:
-            self._tell_audited(audited)
+            self._batch.after = None
+        _run_committed(after)
 
     @contextlib.contextmanager
     def batch_without_waiting(self) -> Iterator[None]:
@@ -1274,14 +1283,13 @@ class Store:
         conn = self._nowait_conn
         driver = conn.connection.driver_connection
         self._batch.engine, self._batch.conn = self._nowait, conn
-        audited = self._batch.audited = [] if self.audit_listeners else None  # none to tell: no list a group
+        after = self._batch.after = []
         try:
             try:
                 yield
                 self._batch.wrote = driver.in_transaction  # SQLite's transaction begins at the first write
                 (conn if conn.in_transaction() else driver).commit()  # type: ignore[union-attr]
-                if audited:
-                    self._tell_audited(audited)
+                _run_committed(after)
             except BaseException:
                 self._roll_back_loop(conn, driver)
                 raise
@@ -1295,7 +1303,7 @@ class Store:
                 raise Busy(str(exc.orig)) from exc
             raise
         finally:
-            self._batch.engine = self._batch.conn = self._batch.audited = None
+            self._batch.engine = self._batch.conn = self._batch.after = None
 
     def _roll_back_loop(self, conn: sa.Connection, driver: Any) -> None:
         """End a failed group of the loop's connection, so that the next group starts clean on it.
@@ -1318,6 +1326,18 @@ class Store:
             self._nowait_conn = None
             with contextlib.suppress(Exception):
                 conn.invalidate()
+
+    def after_commit(self, call: Callable[[], None]) -> None:
+        """Run `call` once what this thread writes now is stored: at the commit of its group (`batch`,
+        `batch_without_waiting`), never if the group or the savepoint it was called in (`isolated`) rolls
+        back; at once outside a group, where each write commits as it returns. For what tells the world of
+        a write: an audit event streamed to a sink, a datastore change firing `core.st2.key_value_pair.*`
+        rules. Told at the write, a `squall key load` rolled back had fired rules for keys never stored."""
+        after = getattr(self._batch, "after", None)
+        if after is None:
+            call()
+        else:
+            after.append(call)
 
     def wrote(self) -> bool:
         """Whether the group this thread committed last (`batch`, `batch_without_waiting`) wrote: on
@@ -1354,6 +1374,18 @@ class Store:
 
     @contextlib.contextmanager
     def _savepoint(self, conn: sa.Connection) -> Iterator[None]:
+        after = getattr(self._batch, "after", None)
+        told = len(after) if after is not None else 0
+        try:
+            with self._savepoint_of(conn):
+                yield
+        except BaseException:
+            if after is not None:  # rolled back: what its calls were to tell after the commit is dropped
+                del after[told:]
+            raise
+
+    @contextlib.contextmanager
+    def _savepoint_of(self, conn: sa.Connection) -> Iterator[None]:
         if not self.is_sqlite:
             with conn.begin_nested():
                 yield
@@ -1934,18 +1966,12 @@ class Store:
         record = {"timestamp": utcnow(), "event": event, "actor": actor, "source": source, "target": target,
                   "detail": detail}
         record["id"] = self._insert(audit, record)  # the sinks name it (`audit_sinks.entry`), and resume by it
-        if not self.audit_listeners:
-            return
-        audited = getattr(self._batch, "audited", None)
-        if audited is not None:  # told once the batch commits: a sink never streams what was rolled back
-            audited.append(record)
-        else:
-            self._tell_audited([record])
+        if self.audit_listeners:  # told once stored: a sink never streams what was rolled back
+            self.after_commit(functools.partial(self._tell_audited, record))
 
-    def _tell_audited(self, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            for listener in self.audit_listeners:
-                listener(record)
+    def _tell_audited(self, record: dict[str, Any]) -> None:
+        for listener in self.audit_listeners:
+            listener(record)
 
     def audit_list(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
         statement = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
