@@ -55,12 +55,12 @@ def test_a_stop_while_the_load_commits_on_a_thread_waits_for_its_end_and_says_wh
     """The command's cancel does not stop a write running on the database thread: the command waits for it. One
     that committed is the load done (no CancelledError: `loaded N keys`, not `interrupted`); one that rolled
     back at the stop goes on as the stop."""
-    from bot.cli.keys import _load_written, _LoadStopped
+    from bot.cli.keys import _WriteStopped, _written
 
     async def stopped_meanwhile(outcome: BaseException | None) -> str:
         loop = asyncio.get_running_loop()
         write: asyncio.Future[None] = loop.create_future()
-        waiting = asyncio.ensure_future(_load_written(write))
+        waiting = asyncio.ensure_future(_written(write))
         await asyncio.sleep(0)
         waiting.cancel()  # the stop signal, while the write still runs
         await asyncio.sleep(0)
@@ -75,18 +75,18 @@ def test_a_stop_while_the_load_commits_on_a_thread_waits_for_its_end_and_says_wh
         return "done"
 
     assert asyncio.run(stopped_meanwhile(None)) == "done"
-    assert asyncio.run(stopped_meanwhile(_LoadStopped())) == "cancelled"
+    assert asyncio.run(stopped_meanwhile(_WriteStopped())) == "cancelled"
 
 
 def test_a_load_rolled_back_before_the_cancel_came_waits_for_the_cancel() -> None:
-    """On SQLite the write holds the loop, so it rolls back (`_LoadStopped`) before the loop cancels the
+    """On SQLite the write holds the loop, so it rolls back (`_WriteStopped`) before the loop cancels the
     command: that is not an error of the load, and the command waits for the stop's cancel."""
-    from bot.cli.keys import _load_written, _LoadStopped
+    from bot.cli.keys import _WriteStopped, _written
 
     async def rolled_back_first() -> str:
         write: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        write.set_exception(_LoadStopped())
-        waiting = asyncio.ensure_future(_load_written(write))
+        write.set_exception(_WriteStopped())
+        waiting = asyncio.ensure_future(_written(write))
         await asyncio.sleep(0.05)
         assert not waiting.done()  # neither an error nor `loaded`: waiting for the stop
         waiting.cancel()

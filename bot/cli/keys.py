@@ -3,7 +3,9 @@
 Encrypted values print as `********` unless `--decrypt` is given, in tables and JSON alike.
 Reads (`get`, `list`) open the database alone; writes start Squall, because a rule on
 `core.st2.key_value_pair.*` may have to fire. A write is stored with its audit event (`cli.key.set`,
-`cli.key.delete`), in one transaction; `load` stores every item and its `cli.key.load` in one.
+`cli.key.delete`), in one transaction; `load` stores every item and its `cli.key.load` in one. A stop signal
+(Ctrl-C) is told the truth of that transaction (`_written`): committed, the command says what it did (exit 0);
+not, it says `interrupted` (130) and nothing was written.
 
 Names, values, users and errors are printed as written: rich would read a `[...]` in them as markup.
 """
@@ -130,8 +132,9 @@ def key_set(
         # Stored with the key, one transaction: its detail gains the scope, the user and whether it is a secret.
         audit = await squall.db(audit_entry, squall.store, "cli.key.set", {"ttl": ttl})
         with _sealing(squall, encrypt):
-            return await squall.db(squall.datastore.set, name, value, scope=scope, user=_owner(scope, user),
-                                   encrypt=encrypt, ttl=ttl, audit=audit)
+            return await _written(squall.db.submit(_unless_stopped, stop_flag(), squall.datastore.set, name, value,
+                                                   scope=scope, user=_owner(scope, user), encrypt=encrypt, ttl=ttl,
+                                                   audit=audit))
 
     item = _datastore_call(work)
     if as_json:
@@ -192,7 +195,8 @@ def key_delete(name: Annotated[str, typer.Argument(help="Key name.")], scope: Sc
     async def work(squall: Squall) -> bool:
         # Stored with the deletion, one transaction, if a key was deleted: its detail gains the scope.
         audit = await squall.db(audit_entry, squall.store, "cli.key.delete", {})
-        return await squall.db(squall.datastore.delete, name, scope=scope, user=_owner(scope, user), audit=audit)
+        return await _written(squall.db.submit(_unless_stopped, stop_flag(), squall.datastore.delete, name,
+                                               scope=scope, user=_owner(scope, user), audit=audit))
 
     if not _datastore_call(work):
         raise fail(f"key '{name}' does not exist in scope {scope}")
@@ -315,8 +319,18 @@ def _refuse_masked(where: str, name: str, value: str) -> None:
                    "--decrypt -j) and load that: items with secret: true are encrypted again")
 
 
-class _LoadStopped(Exception):
-    """A stop signal came while `key load` wrote (`_stored_together`): everything it wrote is rolled back."""
+class _WriteStopped(Exception):
+    """A stop signal came before a key write was stored (`_unless_stopped`, `_stored_together`): nothing of it
+    is, and the command is stopped (`_written`)."""
+
+
+def _unless_stopped(stopping: threading.Event, write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`write(*args, **kwargs)` (`Datastore.set`, `delete`: one change and its audit event) in its database call,
+    unless `stopping` (`stop_flag`) was set before it began (`_WriteStopped`). The command's cancel does not reach
+    a queued call: a Ctrl-C while `key set` waited for it stored the key, and said `interrupted`."""
+    if stopping.is_set():
+        raise _WriteStopped
+    return write(*args, **kwargs)
 
 
 def _stored_together(datastore: Datastore, items: list[tuple[dict[str, Any], dict[str, Any]]], audit: AuditEntry,
@@ -328,26 +342,27 @@ def _stored_together(datastore: Datastore, items: list[tuple[dict[str, Any], dic
     said it failed.
 
     `stopping` (`stop_flag`: Ctrl-C, SIGTERM) is checked before each item and before the event, and undoes
-    them all (`_LoadStopped`): the command's cancel cannot reach this call, so a Ctrl-C at the first
+    them all (`_WriteStopped`): the command's cancel cannot reach this call, so a Ctrl-C at the first
     progress line let every key of a wrong file overwrite the right ones, audited, with `interrupted` said."""
     with datastore.store.isolated():
         for number, (item, arguments) in enumerate(items, 1):
             if stopping.is_set():
-                raise _LoadStopped
+                raise _WriteStopped
             datastore.set(item["name"], item["value"], **arguments, description=item.get("description"))
             if number % 500 == 0:
                 err.print(f"[dim]…[/dim] {number}/{len(items)}", markup=True)
         if stopping.is_set():
-            raise _LoadStopped
+            raise _WriteStopped
         audit.add(datastore.store, about)
 
 
-async def _load_written(write: asyncio.Future[None]) -> None:
-    """Wait for `key load`'s write (`_stored_together`) to end, whatever the command is told meanwhile. A
-    stop signal that cancels the command while the write runs on the database thread waits for it: rolled
-    back, the stop goes on (`interrupted`, 130); committed first, the load is done and said so. One that
-    rolled the write back before the loop could cancel the command (the write held the loop: SQLite's
-    groups) waits for that cancel, which the signal has already asked for."""
+async def _written(write: asyncio.Future[T]) -> T:
+    """The outcome of a key write (`_unless_stopped`; `key load`'s `_stored_together`), once it ended, whatever
+    the command is told meanwhile. A stop signal that cancels the command while the write is queued or runs on
+    the database thread waits for it: rolled back or refused, the stop goes on (`interrupted`, 130); committed
+    first (the signal came just after), the write is done and said so. One that stopped the write before the
+    loop could cancel the command (the write held the loop: SQLite's groups) waits for that cancel, which the
+    signal has already asked for."""
     import asyncio
 
     try:
@@ -356,10 +371,10 @@ async def _load_written(write: asyncio.Future[None]) -> None:
         await asyncio.wait([write])
         if write.exception() is not None:
             raise
-        return
-    if isinstance(write.exception(), _LoadStopped):
+        return write.result()
+    if isinstance(write.exception(), _WriteStopped):
         await asyncio.get_running_loop().create_future()  # never done: the stop's cancel ends it
-    write.result()
+    return write.result()
 
 
 @key_app.command("load")
@@ -391,7 +406,7 @@ def key_load(file: Annotated[Path, typer.Argument(help="JSON or YAML list of {na
         audit = await squall.db(audit_entry, squall.store, "cli.key.load",
                                 {"count": len(items), "scopes": sorted({arguments(item)["scope"] for item in items})})
         with _sealing(squall, any(arguments(item)["encrypt"] for item in items)):
-            await _load_written(squall.db.submit(
+            await _written(squall.db.submit(
                 _stored_together, squall.datastore, [(item, arguments(item)) for item in items], audit, str(file),
                 stop_flag()))
         return len(items)
