@@ -17,6 +17,7 @@ import pytest
 
 from bot.app import Squall
 from engine.config import Config, load_config
+from engine.storage import Store
 from tests.pgcluster import Cluster, free_port, initdb_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,6 +160,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'squall.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A migrated `Store` on `database_url` (SQLite, then PostgreSQL), closed after the test."""
+    opened = Store.open(database_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 #: The StackStorm client the st2 CLI tests drive Squall with.

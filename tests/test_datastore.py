@@ -28,14 +28,6 @@ def keyring(tmp_path: Path) -> KeyRing:
     return KeyRing(tmp_path / "keys" / "datastore.key")
 
 
-@pytest.fixture
-def store(database_url: str):
-    opened = Store.open(database_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
 
 @pytest.fixture
 def ds(store: Store, keyring: KeyRing) -> Datastore:

@@ -18,15 +18,6 @@ from tests.test_rules import make_pack, started
 
 
 @pytest.fixture
-def store(database_url: str):
-    opened = Store.open(database_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-@pytest.fixture
 def told(store: Store, tmp_path: Path) -> tuple[Datastore, list[tuple[str, str, bool]]]:
     """A datastore whose listener notes each change told: its kind, the key, and whether the key was
     committed then (read on a connection of its own, outside the writing transaction)."""

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -92,14 +91,6 @@ def column(store: Store, table: sa.Table, name: str) -> list[Any]:
     with store.engine.connect() as conn:
         return sorted(conn.execute(sa.select(table.c[name])).scalars())
 
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    opened = Store.open(database_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 # -- config ------------------------------------------------------------------------------------------

@@ -56,14 +56,6 @@ def _kv(name: str, value: str, *, scope: str = "system", expire_at: Any = None, 
             "expire_at": expire_at, "updated_at": utcnow()}
 
 
-@pytest.fixture
-def store(database_url: str):
-    opened = Store.open(database_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
 
 # -- migrations ---------------------------------------------------------------------------------
 
