@@ -125,6 +125,13 @@ SEEN_SIZE = 5000
 #: the person an error after 3 s for a command that is about to be stored. (An event waits for its
 #: outcome however long: Slack has sent it again by then, and that delivery waits for the same outcome.)
 ACK_WITHIN = 2.5
+#: Seconds of a 429's `Retry-After` a lookup (a sender's or a mentioned person's name, a channel's, the
+#: user groups) waits out before asking once more. Lookups run before what a payload carries is stored,
+#: so before its ack, which Slack wants within 3 s: waiting out a longer one held an event's ack past
+#: that (Slack sent it again) and a slash command's "try again" until after its ack. Past it the lookup
+#: fails at once: a sender not named yet is not taken (an event is answered 503 and Slack's retry runs
+#: it; a slash command, click or shortcut is told to try again in a moment).
+LOOKUP_RETRY_WITHIN = 1.0
 #: The answer to an event Squall did not take (not stored, or not yet): anything but a 200 leaves it
 #: unacknowledged, in Socket Mode and HTTP mode alike, and Slack sends it again.
 NOT_TAKEN = "Squall has not stored what this event carries (yet); Slack sends it again"
@@ -951,13 +958,17 @@ class SlackAdapter:
 
     # -- identity --------------------------------------------------------------------------------
     async def _call(self, method: str, **kwargs: Any) -> Any:
-        """A lookup with one retry after a short Retry-After; identity must not flap on a 429."""
+        """A lookup with one retry after a short Retry-After (identity must not flap on a brief 429); a
+        longer one is raised at once, as the ack of what the lookup is for cannot wait (`LOOKUP_RETRY_WITHIN`)."""
         for attempt in (1, 2):
             try:
                 return await self.client.api_call(method, http_verb="GET", params=kwargs)
             except SlackApiError as exc:
                 wait = _retry_after(exc)
-                if wait is None or attempt == 2 or wait > 10:
+                if wait is None or attempt == 2 or wait > LOOKUP_RETRY_WITHIN:
+                    if wait is not None and wait > LOOKUP_RETRY_WITHIN:
+                        log.info("Slack: %s rate-limited (Retry-After %gs); not waited for before the ack",
+                                 method, wait)
                     raise
                 await asyncio.sleep(wait)
         raise AssertionError("unreachable")
@@ -1077,11 +1088,16 @@ class SlackAdapter:
         async with self._groups_lock:
             members, expires = self._groups
             if expires <= time.monotonic():
-                members = await self._load_groups()
-                self._groups = (members, time.monotonic() + GROUPS_TTL)
+                loaded, again = await self._load_groups()
+                if loaded is not None:
+                    members = loaded
+                self._groups = (members, time.monotonic() + again)
         return sorted(members.get(user_id, []))
 
-    async def _load_groups(self) -> dict[str, list[str]]:
+    async def _load_groups(self) -> tuple[dict[str, list[str]] | None, float]:
+        """The user groups' members and the seconds until they are asked again: `GROUPS_TTL`, or (None: the
+        members known so far stay) Slack's `Retry-After` when it rate-limited the lookup. An empty list for
+        `GROUPS_TTL` after a 429 refused the members of `@oncall` its group-only aliases for five minutes."""
         members: dict[str, list[str]] = {}
         try:
             groups = (await self._call("usergroups.list", include_users="true"))["usergroups"] or []
@@ -1093,8 +1109,12 @@ class SlackAdapter:
                 for user_id in users:
                     members.setdefault(str(user_id), []).append(handle)
         except Exception as exc:  # no usergroups:read scope, or a free workspace: no platform groups
+            wait = _retry_after(exc) if isinstance(exc, SlackApiError) else None
+            if wait is not None:
+                log.info("Slack: user groups rate-limited; the ones known so far apply, asked again in %gs", wait)
+                return None, max(wait, 1.0)
             log.warning("Slack: user groups unavailable (%s); only config auth.groups apply", _error(exc))
-        return members
+        return members, GROUPS_TTL
 
     async def received(self, message: Message) -> None:
         """The dispatcher took `message` as a command: mark it `:eyes:` if `status_reactions` is on. In the
