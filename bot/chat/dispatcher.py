@@ -523,13 +523,15 @@ class Dispatcher:
         await self.run_matched(matches[0], message, text, more=matches[1:])
 
     async def run_matched(self, match: Any, message: Message, text: str | None = None,
-                          confirmed: bool = False, more: Sequence[AliasMatch] = ()) -> None:
+                          confirmed: bool = False, more: Sequence[AliasMatch] = (),
+                          held: PendingConfirmation | None = None) -> None:
         """Authorise, confirm (if the alias asks, unless `confirmed` already) and run a matched command:
         for typed commands (`text` without its prefix) and chat forms (`bot/chat/forms.py`) alike.
         Always authorised here, with the alias as loaded now (`CommandService.authorise`): a confirmed
         or form-filled command may have waited across a pack reload. `more`: the other fits of a
         `match_multiple` format in the same message, each a command of its own (its execution, audit,
-        ack and result in the thread), authorised and confirmed together with `match`."""
+        ack and result in the thread), authorised and confirmed together with `match`. `held`: the
+        confirmation whose `yes` this is (`_settle`), held again when the database stores nothing of it."""
         try:
             if more:
                 fits = await self.commands.authorise_all([match, *more], message, "chat", text)
@@ -551,7 +553,9 @@ class Dispatcher:
             await self._ask_to_confirm(fits, message)
             return
         for number, fit in enumerate(fits):
-            await self._run(fit, message, text, number, confirmed)
+            # Its first fit unstored, none of them ran: all of them wait for the next yes, not tried now.
+            if await self._run(fit, message, text, number, confirmed, held if number == 0 else None):
+                return
 
     def _confirm_ttl(self, alias: Alias) -> float:
         """How long `alias`'s confirmation waits: its own `confirm: {ttl: …}`, else `chat.confirm_ttl`."""
@@ -651,7 +655,7 @@ class Dispatcher:
             # the alias's own confirmation, audit), as if the person had typed it.
             await self._handle(replace(asked, text=pending.command), pending.command)
         else:  # authorised again with the alias loaded now (a reload may have disabled it), not asked again
-            await self.run_matched(pending.match, asked, confirmed=True, more=pending.more)
+            await self.run_matched(pending.match, asked, confirmed=True, more=pending.more, held=pending)
 
     async def _clicked(self, message: Message, yes: bool, token: str) -> None:
         """A Yes/No (Run/Cancel) click: it answers the prompt whose token its button carries. A prompt
@@ -747,6 +751,32 @@ class Dispatcher:
         self._confirmations[key] = pending
         for stored, _ in self._lost.pop((message.adapter, message.user.lower()), []) if message.direct else []:
             await sessions.drop(self.engine, stored)  # asked anew there: the prompt a restart closed is not told
+        await self._keep(pending)
+
+    def _hold_again(self, pending: PendingConfirmation) -> bool:
+        """Hold `pending` again in memory after its `yes` stored nothing (`_run`: the database failed, so
+        nothing ran): the yes is not lost, and the next one, once the database is back, runs it. Not once it
+        expired, nor over a prompt its sender was asked there meanwhile (the newer one stands). Whether held."""
+        key = _place(pending.message)
+        if time.time() > pending.expires or key in self._confirmations:
+            return False
+        self._confirmations[key] = pending
+        self._settled.pop(pending.token or "", None)  # pending again: its buttons answer it, as before
+        return True
+
+    async def _keep_again(self, pending: PendingConfirmation) -> None:
+        """Store `pending` again (`_hold_again`), best effort: the database may fail this too, and memory
+        holds it meanwhile. Answered while this waited for the database, it is dropped again: a stored
+        confirmation answered already would be asked again after a restart, and run twice."""
+        await self._keep(pending)
+        key = _place(pending.message)
+        if self._confirmations.get(key) is not pending:
+            await sessions.drop(self.engine, sessions.place_key(_CONFIRM, *key))
+
+    async def _keep(self, pending: PendingConfirmation) -> None:
+        """Store `pending` (`bot/chat/sessions.py`, best effort) under where it waits, until it expires."""
+        message = pending.message
+        key = _place(message)
         state: dict[str, Any] = {"origin": sessions.origin(message), "command": pending.command,
                                  "token": pending.token}
         if pending.match is not None:
@@ -898,9 +928,11 @@ class Dispatcher:
 
     # -- running -------------------------------------------------------------------------------
     async def _run(self, match: Any, message: Message, text: str | None = None, fit: int = 0,
-                   confirmed: bool = False) -> None:
+                   confirmed: bool = False, held: PendingConfirmation | None = None) -> bool:
         """Request the command `match` (the `fit`th of its message, `run_matched`) as `message`'s sender.
-        `confirmed`: its sender said yes to it; a yes to a command its message had already run is told so."""
+        `confirmed`: its sender said yes to it; a yes to a command its message had already run is told so.
+        `held`: the confirmation of that yes, held again (`_hold_again`) when the database stores nothing of
+        the command, so the yes need not be typed with the whole command again: True then, else False."""
         where = self._where(message, fit)
         try:
             accepted = await self.commands.run(match, message, "chat", chat=where)
@@ -911,26 +943,34 @@ class Dispatcher:
             if confirmed:  # asked again only if a pack reload added `confirm:` meanwhile: the yes ran nothing
                 await self.say(message, f"That command ran already, before it asked to be confirmed (execution "
                                         f"{exc.instance_id}); it runs once, so this yes ran nothing.")
-            return
+            return False
         except CommandFailed as exc:
             await self._cannot_run(match, message, text, exc)
-            return
+            return False
         except Exception as exc:
             trouble = database_trouble(exc)
             if trouble is None:
                 raise
             # Raised before the request was accepted: its group (request, audit, ack, claim) was not stored.
             self._log_trouble("a command from %s was not stored, as %s", message.user, trouble)
-            await self.say_unstored(message, f"Squall could not store that command: {trouble}. Nothing ran.")
-            return
+            if held is None or not self._hold_again(held):
+                await self.say_unstored(message, f"Squall could not store that command: {trouble}. Nothing ran.")
+                return False
+            left = max(1, math.ceil(held.expires - time.time()))
+            await self.say_unstored(message, f"Squall could not store that command: {trouble}. Nothing ran; your "
+                                             f"confirmation still waits: reply {self._answer(message, 'yes')} again "
+                                             f"within {left}s to run it, or {self._answer(message, 'no')}.")
+            await self._keep_again(held)
+            return True
         if isinstance(accepted, Held):
-            return  # the approvers were asked in the thread; it runs once they said yes
+            return False  # the approvers were asked in the thread; it runs once they said yes
         if accepted.ack is not None and not accepted.ack_stored:
             # Keyed (execution, "ack"): the result's edit of it finds its row in the database, after
             # a restart as well as in this process.
             reply = Reply(adapter=message.adapter, channel=message.channel, thread=where["thread"], text=accepted.ack,
                           extra=accepted.ack_extra)
             await self.outbox.post_keyed(accepted.execution["id"], "ack", [reply])
+        return False
 
     async def _cannot_run(self, match: AliasMatch, message: Message, text: str | None, exc: CommandFailed) -> None:
         """Tell `message`'s sender why `match` cannot run (`CommandFailed`): with its form offered when the
