@@ -15,7 +15,7 @@ from aliases import Alias, AliasFormat
 from aliases.rank import LexicalRanker, fill
 from bot.app import Squall
 from engine.config import ConfigError, load_config
-from tests.test_chat_help import ask, ops_pack
+from tests.test_chat_help import ask, ops_pack, write
 
 
 async def _start(home: Path, chat: str = "") -> tuple[Squall, LoopbackAdapter]:
@@ -249,3 +249,33 @@ def test_ranking_a_long_message_does_bounded_work(monkeypatch) -> None:
     assert [(r.alias, r.score) for r in cut] == [(r.alias, r.score) for r in filled]  # ranked on what was read
     # Not filled: a command filled from part of the message would run part of what the person typed.
     assert [r.filled for r in cut] == [None] * 3
+
+
+async def test_a_suggestion_shows_a_secret_value_masked_and_stores_it_nowhere_in_clear(chat) -> None:
+    """`!please login bob tok…` offers `!login bob ********`: the offer is a reply, stored in the outbox,
+    and a secret typed straight as `!login …` is masked in every reply and the audit; the yes still runs
+    the command with the value as typed."""
+    squall, _, _ = chat
+    pack = squall.config.pack_paths[0] / "ops"
+    write(pack / "actions" / "login.yaml", """
+        name: login
+        runner_type: noop
+        parameters:
+          user: {type: string, required: true}
+          token: {type: string, required: true, secret: true}
+    """)
+    write(pack / "aliases" / "login.yaml", """
+        name: login
+        action_ref: ops.login
+        description: Log a user in with a token.
+        formats: ["login {{user}} {{token}}"]
+    """)
+    await squall.reload_packs()
+    offer = await ask(chat, "!please login bob tokSUGGEST42", "alice")
+    assert offer.startswith("Did you mean `!login bob ********`? (ops.login)"), offer
+    with squall.store.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT payload FROM outbox").scalars().all()
+    assert stored and not any("tokSUGGEST42" in (text or "") for text in stored)
+    await ask(chat, "!yes", "alice")
+    [execution] = await squall.executions.list(action="ops.login")
+    assert execution["status"] == "succeeded" and execution["parameters"]["token"] == "********"

@@ -149,7 +149,7 @@ class CommandService:
         `CommandRefused` (audited) otherwise. Run what this returns: a match held across a pack
         reload (a confirmation, a form) names a copy of the alias the reload may have disabled,
         removed or given other permissions."""
-        shown = self._masked(match, command or message.text)
+        shown = self.masked(match, command or message.text)
         alias = await self.allowed_alias(match.alias.ref, message, source, shown, match.representation)
         return match if alias is match.alias else replace(match, alias=alias)
 
@@ -160,13 +160,13 @@ class CommandService:
         sender. Its audited command masks every fit's secret values, not only the refused one's."""
         shown = command or message.text
         for match in matches:
-            shown = self._masked(match, shown)
+            shown = self.masked(match, shown)
         return [await self.authorise(match, message, source, shown) for match in matches]
 
-    def _masked(self, match: AliasMatch, command: str) -> str:
-        """`command` as a refusal's audit shows it: the values it gives secret parameters masked (the
-        audit row, its sinks and `squall audit export` keep it). Every value, when the action is not
-        loaded and which are secret cannot be told."""
+    def masked(self, match: AliasMatch, command: str) -> str:
+        """`command` as a refusal's audit or a reply shows it (a "did you mean" offer): the values it gives
+        secret parameters masked (the audit row, its sinks, `squall audit export` and the outbox keep it).
+        Every value, when the action is not loaded and which are secret cannot be told."""
         action = self.engine.registry.actions.get(match.alias.action_ref)
         for name, value in match.parameters.items():
             secret = action is None or bool((action.parameters.get(name) or {}).get("secret"))

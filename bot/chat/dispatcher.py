@@ -859,13 +859,16 @@ class Dispatcher:
         message, with Run / Cancel), else the display strings near the first word."""
         prefix = self.settings.prefix
         best = self._stand_out(message, text)
-        if best is not None and best.filled is not None and self._runnable(best.filled, best.alias, message):
+        offered = self._runnable(best.filled, best.alias, message) if best is not None and best.filled else None
+        if best is not None and best.filled is not None and offered is not None:
             if await self._asked_before(message):
                 return
             ttl = self.settings.confirm_ttl
             pending = PendingConfirmation(None, message, time.time() + ttl, best.filled)
             await self._hold(pending)
-            await self.say(message, f"Did you mean `{prefix}{short(best.filled, 300)}`? ({best.alias.ref}) "
+            # Shown with its secret values masked, as a prompt to confirm shows them: the reply is stored.
+            shown_offer = self.commands.masked(offered, best.filled)
+            await self.say(message, f"Did you mean `{prefix}{short(shown_offer, 300)}`? ({best.alias.ref}) "
                                     f"Reply {self._answer(message, 'yes')} within {ttl:g}s to run it, or "
                                     f"{self._answer(message, 'no')}.",
                            buttons=pending.buttons("Run", "Cancel"), prompt=True)
@@ -899,20 +902,20 @@ class Dispatcher:
             return None
         return best if self.auth.check(best.alias, message).allowed else None
 
-    def _runnable(self, command: str, alias: Alias, message: Message) -> bool:
-        """Whether `command` matches `alias` exactly (and nothing else as well), with parameters that
-        would run (`CommandService.check`): an offer whose `yes` could only be refused is no offer."""
+    def _runnable(self, command: str, alias: Alias, message: Message) -> AliasMatch | None:
+        """`command`'s match if it matches `alias` exactly (and nothing else as well), with parameters that
+        would run (`CommandService.check`), else None: an offer whose `yes` could only be refused is no offer."""
         try:
             match = self.commands.match(command)
         except (NoMatch, AmbiguousCommand):
-            return False
+            return None
         if match.alias is not alias:
-            return False
+            return None
         try:
             self.commands.check(match, message, "chat")
         except CommandFailed:
-            return False
-        return True
+            return None
+        return match
 
     def _secret_names(self, alias: Alias) -> Collection[str]:
         """The secret parameters of `alias`'s action (a suggestion spells none of their defaults)."""
