@@ -554,7 +554,7 @@ class ExecutionService:
                  render: bool | Collection[str] = (), audit: AuditEntry | None = None,
                  execution_id: str | None = None, fence: int | None = None,
                  stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None,
-                 at_once: Callable[[RunRequest], RunOutcome] | None = None,
+                 at_once: Callable[[], RunOutcome] | None = None,
                  requested_at: datetime | None = None, secrets: Sequence[str] = (),
                  held: dict[str, Any] | None = None) -> _Stored:
         """Resolve parameters and store the request, for requests with nothing to render (`request`):
@@ -604,7 +604,7 @@ class ExecutionService:
                revealed: list[str], audit: AuditEntry | None = None,
                execution_id: str | None = None, fence: int | None = None,
                stored_with: Callable[[dict[str, Any]], CompletionWrite | None] | None = None,
-               at_once: Callable[[RunRequest], RunOutcome] | None = None,
+               at_once: Callable[[], RunOutcome] | None = None,
                requested_at: datetime | None = None, held: dict[str, Any] | None = None) -> _Stored:
         """Store a resolved request as `requested` (on the database's side of `Database`), with its
         audit event and what `stored_with` makes of it (`request`); with `at_once`, as it ended
@@ -841,7 +841,7 @@ class ExecutionService:
                 return None
         return record, self._prepare_run(record)
 
-    def _at_once(self, action: Action) -> Callable[[RunRequest], RunOutcome] | None:
+    def _at_once(self, action: Action) -> Callable[[], RunOutcome] | None:
         """The runner's `run_at_once` when a request of `action` may be run and ended inside the call
         that stores it (`_end_at_once`): without an API token to mint and revoke, and unless a
         concurrency policy may hold or refuse it (the executor `holds` it: then it waits for a claim), nor
@@ -854,28 +854,24 @@ class ExecutionService:
             return None
         return at_once
 
-    def _end_at_once(self, requested: dict[str, Any], run_at_once: Callable[[RunRequest], RunOutcome]
+    def _end_at_once(self, requested: dict[str, Any], run_at_once: Callable[[], RunOutcome]
                      ) -> tuple[dict[str, Any], dict[str, Any] | None, list[CompletionWrite]]:
         """Claim, run and end a request before it is first stored, when its runner has nothing to wait
         for and no effect outside the store (core.noop): its row is stored as it ended, and its request,
         audit event, ack, end and chat result commit together: one write and one commit a command, and
         nothing was done that a crash could leave unrecorded. (The row as it ended, the end as its
-        listeners see it, and what they store with it.)"""
+        listeners see it, and what they store with it.) Such a run's outcome depends on nothing it is
+        asked, so no run request is built for it (no values unsealed, no pack config read): that was a
+        twentieth of a chat command's instructions; and there is nothing of its parameters in its result
+        to scrub."""
         at = iso(utcnow())
         transitions = [{"status": "scheduled", "timestamp": at}, {"status": "running", "timestamp": at}]
         claimed = {**requested, "status": "running", "runner_info": dict(self.owner), "log": transitions}
-        prepared = self._prepare_run(claimed)
-        secrets: list[str] = []
-        if isinstance(prepared, Exception):
-            outcome = RunOutcome("failed", {"error": str(prepared)})
-        else:
-            request, secrets = prepared
-            try:
-                outcome = run_at_once(request)
-            except Exception as exc:
-                outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
-            secrets = _scrubbable(secrets, request.revealed)
-        end, entry = _ending(outcome, secrets)
+        try:
+            outcome = run_at_once()
+        except Exception as exc:
+            outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
+        end, entry = _ending(outcome, [])
         shown, writes = self._completion_writes(claimed, end, entry)
         return {**claimed, **end, "log": [*transitions, entry]}, shown, writes
 

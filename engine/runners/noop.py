@@ -7,9 +7,10 @@ _SUCCEEDED = {"failed": False, "succeeded": True, "return_code": 0}
 
 class NoopRunner:
     async def run(self, request: RunRequest) -> RunOutcome:
-        return self.run_at_once(request)
+        return self.run_at_once()
 
-    def run_at_once(self, request: RunRequest) -> RunOutcome:
-        """Nothing to wait for and no effect outside the store: the engine runs and ends such a request
-        in the call that stores it (`ExecutionService._end_at_once`)."""
+    def run_at_once(self) -> RunOutcome:
+        """Nothing to wait for, no effect outside the store, and an outcome nothing it is asked changes: the
+        engine runs and ends such a request in the call that stores it, without building its run request
+        (`ExecutionService._end_at_once`)."""
         return RunOutcome("succeeded", dict(_SUCCEEDED))
