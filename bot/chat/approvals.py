@@ -140,8 +140,10 @@ class ApprovalChat:
 
     # -- deciding --------------------------------------------------------------------------------
     async def decide(self, message: Message, verdict: str, rest: str) -> str | None:
-        """`approve ID` / `deny ID reason` from `message`'s sender: what to tell them (None when
-        the outcome was told in the thread they typed in)."""
+        """`approve ID` / `deny ID reason` from `message`'s sender: what to tell them where they typed it,
+        None when the requester's thread was told in that channel already (`_told_there`). A last approval
+        answers with what came of the run: "running" only when it was requested, else why it could not
+        start, as its thread was told (an approver in a direct message or another channel sees nothing else)."""
         approval_id, _, reason = rest.strip().partition(" ")
         if not approval_id:
             return f"Which one? `{self.prefix}{verdict} <approval-id>{' <reason>' if verdict == DENY else ''}`"
@@ -188,8 +190,8 @@ class ApprovalChat:
         # Slack and Mattermost take the buttons off a clicked prompt: the next approvers get fresh ones.
         await self._tell(row, text, _buttons(row["id"]) if status == "pending" else None)
         if status == "approved":
-            await self._run(row)
-        return None if self._in_thread(row, message) else text
+            text = await self._run(row) or text
+        return None if self._told_there(row, message) else text
 
     def _refusal(self, row: dict[str, Any], message: Message, verdict: str) -> str | None:
         """Why `message`'s sender may not decide `row` now, or None."""
@@ -214,18 +216,18 @@ class ApprovalChat:
         return None
 
     # -- running and expiring --------------------------------------------------------------------
-    async def _run(self, row: dict[str, Any]) -> None:
+    async def _run(self, row: dict[str, Any]) -> str | None:
         """The command path's request step, with the context it was held with plus the decisions
         (`row` as approved or claimed: its `revision` is the row's now). The alias is the one loaded
         now, and the requester is authorised again: a pack reload may have disabled or removed it, or
         taken their permission, while the approvers decided. A command that cannot start ends `failed`
-        (`_fail`): no sweep tries it again."""
+        (`_fail`): no sweep tries it again. None once requested, else what its thread was told instead,
+        for the last approver, who may be reading elsewhere (`decide`)."""
         requester = _requester(row)
         try:
             alias = await self.commands.allowed_alias(row["alias"], requester, "chat", f"approval {row['id']}")
         except CommandRefused as exc:
-            await self._fail(row, f"{exc}")
-            return
+            return await self._fail(row, f"{exc}")
         context = {key: value for key, value in row["context"].items() if key != _ASKED}
         context["approval"] = {"id": row["id"], "groups": row["groups"], "count": row["count"],
                                "decisions": row["decisions"]}
@@ -233,16 +235,13 @@ class ApprovalChat:
             parameters = {**row["parameters"], **self._unsealed(row)}
         except CryptoError as exc:
             log.warning("approval %s cannot run: its sealed parameters cannot be decrypted (%s)", row["id"], exc)
-            await self._fail(row, UNREADABLE)
-            return
+            return await self._fail(row, UNREADABLE)
         try:
             accepted = await self.commands.request(alias, requester, "chat", parameters, row["render"], context)
         except CommandFailed as exc:
-            await self._fail(row, str(exc))
-            return
+            return await self._fail(row, str(exc))
         except DuplicateDelivery as exc:
-            await self._ran_before(row, exc)
-            return
+            return await self._ran_before(row, exc)
         db = self.engine.db
         await self._changed(self._event("chat.approval.run", row["requester"], f"{row['adapter']}:{row['channel']}",
                                         row, {"execution": accepted.execution["id"], "approvers": _approvers(row)}),
@@ -251,18 +250,21 @@ class ApprovalChat:
             reply = Reply(adapter=row["adapter"], channel=row["channel"], thread=row["thread"], text=accepted.ack,
                           extra=accepted.ack_extra)
             await self.outbox.post_keyed(accepted.execution["id"], "ack", [reply])
+        return None
 
-    async def _ran_before(self, row: dict[str, Any], exc: DuplicateDelivery) -> None:
+    async def _ran_before(self, row: dict[str, Any], exc: DuplicateDelivery) -> str:
         """The approved `row`'s message requested its command already (the request is keyed by the message's
         delivery key, `engine.storage.chat_delivery_key`): as another approval of it, held twice before
         approvals were keyed by their message, or as the command itself, run before its alias asked for
         approval. It runs once: the approval names that execution (so no sweep runs it), and its thread
-        is told."""
+        is told (what it was told, returned)."""
         db = self.engine.db
         await db(db.store.approval_ran, row["id"], exc.instance_id)
         log.info("approval %s was not run: its message's command was requested already (%s)", row["id"], exc)
-        await self._tell(row, f"Not running {row['action']} again for approval {row['id']}: the message it holds "
-                              f"was run already, as execution {exc.instance_id}.")
+        text = f"Not running {row['action']} again for approval {row['id']}: the message it holds was run " \
+               f"already, as execution {exc.instance_id}."
+        await self._tell(row, text)
+        return text
 
     def _unsealed(self, row: dict[str, Any]) -> dict[str, Any]:
         """The secret parameters held sealed with the command (CryptoError: the key that sealed them is
@@ -270,19 +272,24 @@ class ApprovalChat:
         sealed = row.get("sealed")
         return json.loads(self.engine.executions.keys.decrypt(sealed)) if sealed else {}
 
-    async def _fail(self, row: dict[str, Any], reason: str) -> None:
+    async def _fail(self, row: dict[str, Any], reason: str) -> str:
         """End an approved command that cannot start (`failed`, the reason in its decisions, in one
         update guarded by its revision) and tell its thread, once: a sweep retrying it would post
-        the failure again every time, and run it late, past its expiry, if its alias came back."""
+        the failure again every time, and run it late, past its expiry, if its alias came back.
+        What the thread was told (or, another process having settled it first, that it did)."""
         entry = {"user": None, "user_id": None, "at": iso(utcnow()), "adapter": None, "channel": None, "thread": None,
                  "verdict": FAILED, "reason": reason}
         db = self.engine.db
         event = self._event("chat.approval.failed", None, f"{row['adapter']}:{row['channel']}", row, {"reason": reason})
         if not await self._changed(event, db.store.approval_fail, row["id"], row["revision"],
                                    [*row["decisions"], entry]):
-            return  # another process ran or ended it meanwhile: it told the thread
-        await self._tell(row, f"Cannot run {row['id']}: {reason.rstrip('.')}. {row['action']} was not run, and "
-                              "will not be: send the command again once it can run.")
+            # another process ran or ended it meanwhile: it told the thread
+            return f"Approval {row['id']} was approved, but another Squall process ran or ended it meanwhile: " \
+                   "its thread says which."
+        text = f"Cannot run {row['id']}: {reason.rstrip('.')}. {row['action']} was not run, and will not be: " \
+               "send the command again once it can run."
+        await self._tell(row, text)
+        return text
 
     async def sweep(self) -> int:
         """Expire pending approvals past their time, telling each thread once, and run approved
@@ -337,8 +344,17 @@ class ApprovalChat:
         await self.outbox.post(_reply(row, text, buttons))
 
     @staticmethod
+    def _told_there(row: dict[str, Any], message: Message) -> bool:
+        """Whether `message` was typed in the channel of the requester's thread, where `_tell` posts the
+        decision's outcome: a second answer under the decider's own message there (a new thread on Slack
+        and Mattermost) told that channel the same thing twice. A direct message, another channel or
+        another adapter is answered."""
+        return (message.adapter, message.channel) == (row["adapter"], row["channel"])
+
+    @staticmethod
     def _in_thread(row: dict[str, Any], message: Message) -> bool:
-        """Whether `message` was typed where the outcome is told (so it needs no second answer)."""
+        """Whether `message` was typed in the requester's thread itself (a refused click there is answered
+        there, with the buttons again)."""
         return (message.adapter, message.channel) == (row["adapter"], row["channel"]) \
             and (row["thread"] is None or message.thread == row["thread"])
 
