@@ -3,8 +3,11 @@ wherever they decided (a run refused at run time included), and nobody reads a d
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from adapters.loopback import LoopbackAdapter
 from tests.test_chat import loopback_chat, settle
@@ -21,6 +24,16 @@ def _seen(loopback: LoopbackAdapter) -> dict[tuple[str, str | None], list[str]]:
     return dict(places)
 
 
+@contextlib.asynccontextmanager
+async def _requested(home: Path, command: str) -> AsyncIterator[tuple[Any, Any, LoopbackAdapter, str]]:
+    """A chat with the approval pack, where alice asked `!<command>` in #ops: held, its approval's id."""
+    _approval_config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say(f"!{command}", user="alice", channel="#ops")
+        await settle(squall, bot)
+        yield squall, bot, loopback, _approval_id(loopback)
+
+
 def _revoke_restart(home: Path) -> None:
     """Allow `demo.restart` to bob alone: alice, who asked, may no longer run it once approved."""
     alias = home / "packs" / "demo" / "aliases" / "restart.yaml"
@@ -28,11 +41,7 @@ def _revoke_restart(home: Path) -> None:
 
 
 async def test_an_approver_in_a_direct_message_learns_the_run_was_refused(home: Path) -> None:
-    _approval_config(home)
-    async with loopback_chat(home) as (squall, bot, loopback):
-        await loopback.say("!restart web", user="alice", channel="#ops")
-        await settle(squall, bot)
-        approval_id = _approval_id(loopback)
+    async with _requested(home, "restart web") as (squall, bot, loopback, approval_id):
         _revoke_restart(home)
         await squall.reload_packs()
         await loopback.say(f"!approve {approval_id}", user="ann", channel=DM, direct=True)
@@ -48,11 +57,7 @@ async def test_an_approver_in_a_direct_message_learns_the_run_was_refused(home: 
 
 
 async def test_an_approver_in_a_direct_message_learns_it_runs(home: Path) -> None:
-    _approval_config(home)
-    async with loopback_chat(home) as (squall, bot, loopback):
-        await loopback.say("!restart web", user="alice", channel="#ops")
-        await settle(squall, bot)
-        approval_id = _approval_id(loopback)
+    async with _requested(home, "restart web") as (squall, bot, loopback, approval_id):
         await loopback.say(f"!approve {approval_id}", user="ann", channel=DM, direct=True)
         await settle(squall, bot)
         approved = f"Approval {approval_id} approved by ann; running demo.restart."
@@ -64,11 +69,7 @@ async def test_an_approver_in_a_direct_message_learns_it_runs(home: Path) -> Non
 
 
 async def test_an_approval_typed_in_the_channel_outside_its_thread_is_told_once(home: Path) -> None:
-    _approval_config(home)
-    async with loopback_chat(home) as (squall, bot, loopback):
-        await loopback.say("!deploy web1", user="alice", channel="#ops")
-        await settle(squall, bot)
-        approval_id = _approval_id(loopback)
+    async with _requested(home, "deploy web1") as (squall, bot, loopback, approval_id):
         await loopback.say(f"!approve {approval_id}", user="ann", channel="#ops")
         await loopback.say(f"!approve {approval_id}", user="bea", channel="#ops")
         await settle(squall, bot)
@@ -84,11 +85,7 @@ async def test_an_approval_typed_in_the_channel_outside_its_thread_is_told_once(
 
 
 async def test_a_refused_run_approved_in_the_channel_outside_its_thread_is_told_once(home: Path) -> None:
-    _approval_config(home)
-    async with loopback_chat(home) as (squall, bot, loopback):
-        await loopback.say("!restart web", user="alice", channel="#ops")
-        await settle(squall, bot)
-        approval_id = _approval_id(loopback)
+    async with _requested(home, "restart web") as (squall, bot, loopback, approval_id):
         _revoke_restart(home)
         await squall.reload_packs()
         await loopback.say(f"!approve {approval_id}", user="ann", channel="#ops")
@@ -102,11 +99,7 @@ async def test_a_refused_run_approved_in_the_channel_outside_its_thread_is_told_
 
 
 async def test_a_denial_typed_in_the_channel_outside_its_thread_is_told_once(home: Path) -> None:
-    _approval_config(home)
-    async with loopback_chat(home) as (squall, bot, loopback):
-        await loopback.say("!deploy web1", user="alice", channel="#ops")
-        await settle(squall, bot)
-        approval_id = _approval_id(loopback)
+    async with _requested(home, "deploy web1") as (squall, bot, loopback, approval_id):
         await loopback.say(f"!deny {approval_id} not during the freeze", user="bea", channel="#ops")
         await settle(squall, bot)
         seen = _seen(loopback)
@@ -116,11 +109,7 @@ async def test_a_denial_typed_in_the_channel_outside_its_thread_is_told_once(hom
 
 
 async def test_a_withdrawal_typed_in_the_channel_outside_its_thread_is_told_once(home: Path) -> None:
-    _approval_config(home)
-    async with loopback_chat(home) as (squall, bot, loopback):
-        await loopback.say("!deploy web1", user="alice", channel="#ops")
-        await settle(squall, bot)
-        approval_id = _approval_id(loopback)
+    async with _requested(home, "deploy web1") as (squall, bot, loopback, approval_id):
         await loopback.say(f"!deny {approval_id} changed my mind", user="alice", channel="#ops")
         await settle(squall, bot)
         seen = _seen(loopback)
@@ -131,11 +120,7 @@ async def test_a_withdrawal_typed_in_the_channel_outside_its_thread_is_told_once
 
 
 async def test_a_denial_in_a_direct_message_is_told_there_and_in_the_thread(home: Path) -> None:
-    _approval_config(home)
-    async with loopback_chat(home) as (squall, bot, loopback):
-        await loopback.say("!deploy web1", user="alice", channel="#ops")
-        await settle(squall, bot)
-        approval_id = _approval_id(loopback)
+    async with _requested(home, "deploy web1") as (squall, bot, loopback, approval_id):
         await loopback.say(f"!deny {approval_id} not during the freeze", user="bea", channel="dm-bea", direct=True)
         await settle(squall, bot)
         denied = f"Approval {approval_id} was denied by bea: not during the freeze. Not running demo.wipe."
