@@ -16,7 +16,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 import jinja2
 
@@ -882,12 +882,80 @@ def token_user(scheme: str, user: str) -> bool:
     return len(user) >= TOKEN_USER_MIN and any(c.isdigit() for c in user)
 
 
+#: A query key that names a credential (`secret_query_key`), read lower-cased with its words joined by `_`
+#: (`accessToken`, `X-Amz-Security-Token`, `API-Key`): one of `SECRET_NAME`'s words whole (`access_token`,
+#: `api_key`, `apikey`, `client_secret`, `credentials`, not `tokens_count`, `passage`, `bypass_cache`), or ending
+#: the key glued to another (`accesstoken`, `userpassword`), but for a bare `pass` (`compass`, `bypass`).
+_SECRET_QUERY_KEY = re.compile(rf"(?:^|_)(?:{SECRET_NAME.pattern}|credentials)(?:$|_)"
+                               rf"|(?!pass$)(?:{SECRET_NAME.pattern})$")
+#: Where a query key's words part (`secret_query_key`): a run of anything not a letter or digit, and a capital
+#: after a small letter or digit, or starting a word after capitals (`APIKey` → `api_key`).
+_QUERY_KEY_BREAK = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def secret_query_key(key: str) -> bool:
+    """Whether a URL query's `key` (as written: percent-encoded, `+` for a space, in any case) names a credential
+    (`_SECRET_QUERY_KEY`): `SECRET_NAME`'s words, the one rule for headers, variables and audit details, read as
+    whole words, since a query's keys are words a server chose (`?tokens_count=`, `?passage=` name none), or at the
+    key's end (`?accesstoken=`)."""
+    words = _QUERY_KEY_BREAK.sub("_", unquote_plus(key)).strip("_").lower()
+    return _SECRET_QUERY_KEY.search(words) is not None
+
+
+def _query_span(url: Any) -> tuple[int, int] | None:
+    """Where `url`'s query string stands in its text (after the `?`, up to the `#` of a fragment or the end), as
+    requests reads it: after the authority (`_URL_AUTHORITY`) or a password written with a `?` in it
+    (`_url_login`); None for no query or no URL, at the cost of one `in` for a text without `?`."""
+    if not isinstance(url, str) or "?" not in url:
+        return None
+    found = _URL_AUTHORITY.match(url)
+    if found is None:
+        return None
+    login = _url_login(url)
+    after = found.end(2) if login is None else max(found.end(2), login.end)
+    start, fragment = url.find("?", after), url.find("#", after)
+    if start == -1 or -1 < fragment < start:
+        return None
+    end = url.find("#", start)
+    return start + 1, len(url) if end == -1 else end
+
+
+def _query_secrets(url: Any) -> list[tuple[str, int, int]]:
+    """The credentials in `url`'s query (`secret_query_key`: `?api_key=…&token=…`): each one's key as decoded
+    (`unquote_plus`) and where its value stands in the URL's text; an empty value is none."""
+    span = _query_span(url)
+    if span is None:
+        return []
+    found: list[tuple[str, int, int]] = []
+    at = span[0]
+    for pair in url[span[0]:span[1]].split("&"):
+        key, equals, value = pair.partition("=")
+        if equals and value and secret_query_key(key):
+            found.append((unquote_plus(key), at + len(key) + 1, at + len(pair)))
+        at += len(pair) + 1
+    return found
+
+
+def _with_query_values(url: str, values: Mapping[int, str]) -> str:
+    """`url` with the value of each of its query credentials (`_query_secrets`) whose index `values` holds as that
+    value; the rest of the URL as written, byte for byte."""
+    pieces, done = [], 0
+    for index, (_key, start, end) in enumerate(_query_secrets(url)):
+        if index in values:
+            pieces.extend([url[done:start], values[index]])
+            done = end
+    return "".join([*pieces, url[done:]])
+
+
 def mask_url(url: Any) -> Any:
     """`url` with the password in it (`https://ann:********@host/`) shown as `********`, and a user that is
-    a token (`token_user`: `https://********@github.com/`) with its password, if any; anything else as given:
-    the user and host say where a request went, a password or a token is a credential."""
+    a token (`token_user`: `https://********@github.com/`) with its password, if any, and each credential of its
+    query (`secret_query_key`: `?api_key=********&page=2`); anything else as given, as written: the user, host,
+    path and other query keys say where a request went and what it asked, a password or a token is a credential."""
     login = _url_login(url)
-    return url if login is None else login.with_secret(url, MASK)
+    shown = url if login is None else login.with_secret(url, MASK)
+    secrets = _query_secrets(shown)
+    return _with_query_values(shown, dict.fromkeys(range(len(secrets)), MASK)) if secrets else shown
 
 
 def mask_value(name: str, value: Any) -> Any:
@@ -941,14 +1009,17 @@ def credential_texts(values: Mapping[str, Any]) -> list[str]:
 
 def _url_texts(url: Any) -> list[str]:
     """A URL's password (`credential_texts`), as written and percent-decoded (requests sends it decoded); for
-    a token given as its user, the token and its password, if any, each alone too (git prints the token)."""
+    a token given as its user, the token and its password, if any, each alone too (git prints the token); each
+    credential of its query as written and decoded (a server decodes `%2B` and `+`)."""
+    texts = {text for _key, start, end in _query_secrets(url)
+             for text in (url[start:end], unquote(url[start:end]), unquote_plus(url[start:end]))}
     login = _url_login(url)  # one `in` for a URL without `@`: every `core.http` request's
     if login is None:
-        return []
+        return _credentials(texts) if texts else []
     # and what requests reads of one holding an unencoded `#`, `/` or `?`, which its error quotes (`'ann:Hash'
     # is not a valid host or port`)
     read = _AUTHORITY_END.split(login.secret, 1)[0]
-    texts = {login.secret, unquote(login.secret), read}
+    texts.update([login.secret, unquote(login.secret), read])
     if login.token:
         texts.update(unquote(part) for part in login.secret.split(":", 1))
     return _credentials(texts)
@@ -1007,21 +1078,49 @@ def restore_masked(given: Mapping[str, Any], original: Mapping[str, Any]) -> dic
 def _restored_url(given: Any, original: Any) -> Any:
     """`given` (a re-run's URL) with the `original`'s password or token in place of the `********` it shows,
     when both name the same scheme, user and host (and port), and both hide a token or both a password: the
-    path or query edited, it goes where it went. Else as given: whoever may re-run a request must not send
-    its credential to a host of their choosing."""
+    path or query edited, it goes where it went. Its query's credentials likewise (`_restored_query`). Else as
+    given: whoever may re-run a request must not send its credential to a host of their choosing."""
     new = _url_login(given)
-    if new is None or new.secret != MASK:
+    if new is not None and new.secret == MASK:
+        old = _url_login(original)
+        if old is not None and _login_target(new) == _login_target(old):
+            given = new.with_secret(given, old.secret)
+    return _restored_query(given, original)
+
+
+def _restored_query(given: Any, original: Any) -> Any:
+    """`given` (a re-run's URL) with each query credential it shows as `********` (`?api_key=********`) given the
+    `original`'s value under the same key (the first `********` of a key its first value, and so on), when both
+    go to the same scheme, host and port (`_url_target`, as `retargeted` reads them): the path, the user or the
+    other keys edited, it goes where it went. Else as given, as `_restored_url`."""
+    secrets = _query_secrets(given)
+    if not any(given[start:end] == MASK for _key, start, end in secrets) or not isinstance(original, str) \
+            or _url_target(given) != _url_target(original):
         return given
-    old = _url_login(original)
-    if old is None or _login_target(new) != _login_target(old):
-        return given
-    return new.with_secret(given, old.secret)
+    values: dict[str, list[str]] = {}
+    for key, start, end in _query_secrets(original):
+        values.setdefault(key, []).append(original[start:end])
+    taken: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    for index, (key, start, end) in enumerate(secrets):
+        nth = seen[key] = seen.get(key, -1) + 1  # the key's first, second… value, as the original's
+        if given[start:end] == MASK and nth < len(values.get(key, ())):
+            taken[index] = values[key][nth]
+    return _with_query_values(given, taken) if taken else given
 
 
 def _login_target(login: _Login) -> tuple[str, str, str, bool]:
     """Whom a URL's credential is for: its scheme, user and host with the port (names in any case), and
     whether it is a token given as the user (a password is never put back as one, nor one as a password)."""
     return login.scheme.lower(), login.user, login.host.lower(), login.token
+
+
+def _url_masked(url: Any) -> bool:
+    """Whether `url`'s password or token (`_url_login`) or one of its query credentials (`_query_secrets`) is
+    `********` as shown."""
+    login = _url_login(url)
+    return (login is not None and login.secret == MASK) or any(
+        url[start:end] == MASK for _key, start, end in _query_secrets(url))
 
 
 def _holds_mask(mapping: Mapping[Any, Any]) -> bool:
@@ -1033,8 +1132,7 @@ def shows_masked(given: Mapping[str, Any]) -> bool:
     """Whether a re-run's `given` parameters hold a `headers`, `env` or `cookies` object with a `********` in
     it, or a URL parameter whose password or token is one, which `restore_masked` may have to take from the
     original (only then is it read and unsealed)."""
-    if any(url_parameter(name) and (login := _url_login(value)) is not None and login.secret == MASK
-           for name, value in given.items()):
+    if any(url_parameter(name) and _url_masked(value) for name, value in given.items()):
         return True
     return any((mapping := _as_mapping(given.get(name))) is not None and _holds_mask(mapping)
                for name in MASKED_MAPPINGS)
