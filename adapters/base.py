@@ -8,6 +8,7 @@ messages can be edited, files where long output can be uploaded, plain split tex
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +23,34 @@ class Capabilities:
     buttons: bool = False
     #: Longest text one message may carry; longer replies are split (or uploaded as a file).
     max_length: int = 4000
+
+
+@dataclass(slots=True)
+class ClickOutcome:
+    """What became of a button click (`Message.click`), for its adapter to mark the prompt by: `taken` is
+    True once the click answered a live confirmation (its Yes runs, its No declines), False once it was told
+    the prompt expired, was answered already, replaced or is someone else's (nothing ran: the prompt's text
+    stays as it is, as the bot's reply says why), None where the bot does not classify it (an inquiry's, an
+    approval's or a form's button): the adapter marks it as it always did, before the bot handles it further
+    (an inquiry that refuses the click edits its question back after that mark)."""
+
+    taken: bool | None = None
+    told: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def tell(self, taken: bool | None) -> None:
+        """The bot says what became of the click: as soon as it knows, before it runs anything."""
+        self.taken = taken
+        self.told.set()
+
+    async def known(self, handling: asyncio.Future[Any], within: float | None = None) -> bool | None:
+        """`taken`, once the bot told it (`tell`), `handling` (the click handed on) ended, or `within`
+        seconds passed, whichever comes first; `handling` goes on either way."""
+        told = asyncio.ensure_future(self.told.wait())
+        try:
+            await asyncio.wait({told, handling}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            told.cancel()
+        return self.taken
 
 
 @dataclass
@@ -63,6 +92,10 @@ class Message:
     #: so a second delivery runs nothing. None where the platform never sends a message twice, or its ids
     #: are this process's own (IRC, the console): such an id would name another message after a restart.
     delivery: str | None = None
+    #: A button click's outcome, set by the adapter (`ClickOutcome()`) and told by the dispatcher
+    #: (`Dispatcher.handle` returns only whether the message was stored): this one delivery's, never stored
+    #: with a session (`bot.chat.sessions.origin`), nor compared.
+    click: ClickOutcome | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

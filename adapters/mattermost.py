@@ -60,6 +60,7 @@ from fastapi.responses import JSONResponse
 from adapters.base import (
     AdapterConfigError,
     Capabilities,
+    ClickOutcome,
     DeliveryError,
     Form,
     FormField,
@@ -81,6 +82,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_POST = 16383
 #: How long the slash-command endpoint waits for the dispatcher's first reply before a "working" note.
 SLASH_ANSWER_WAIT = 2.0
+#: How long a button click's answer waits for the bot to say what became of the click (`ClickOutcome`):
+#: the prompt is marked "chose …" only for a click taken, and the Mattermost server waits for this answer
+#: a few seconds at most. Past it the prompt is marked as a click the bot does not classify is.
+CLICK_ANSWER_WAIT = 2.5
 #: Mattermost takes at most five posts to one `response_url`, within 30 minutes.
 RESPONSE_URL_USES = 5
 RESPONSE_URL_TTL = 30 * 60.0
@@ -907,7 +912,9 @@ class MattermostAdapter:
 
     async def button_action(self, request: Request) -> JSONResponse:
         """A click on one of our buttons, as the Mattermost server forwards it: the person answers as
-        if they had typed the button's value in the prompt's thread; the prompt loses its buttons."""
+        if they had typed the button's value in the prompt's thread; the prompt loses its buttons, marked
+        with the choice, unless the bot said the click answers nothing (`ClickOutcome.taken` False: the
+        prompt expired or was answered already), which leaves it as it is."""
         try:
             body = json.loads(await request.body())
         except (ValueError, RecursionError):  # UnicodeDecodeError too
@@ -953,6 +960,7 @@ class MattermostAdapter:
                           channel_name=body.get("channel_name") or None,
                           trigger=body["trigger_id"] if isinstance(body.get("trigger_id"), str) else None,
                           clicked=True)
+        message.click = click = ClickOutcome()
         task = asyncio.create_task(self._handle(message), name="mattermost-button")
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
@@ -961,6 +969,8 @@ class MattermostAdapter:
         asked = context["asker_id"] == user_id if context.get("asker_id") else context.get("asker") in ("", user)
         if not asked:
             return JSONResponse({})  # someone else's click: the buttons stay for the one asked
+        if await click.known(task, CLICK_ANSWER_WAIT) is False:
+            return JSONResponse({})  # expired or answered already: the bot's reply says so, the prompt stays
         chosen = f"_{user} chose **{context.get('label', context['value'])}**_"
         update = quiet_mentions(f"{context.get('prompt', '')}\n\n{chosen}".strip())
         return JSONResponse({"update": {"message": update, "props": {}}})

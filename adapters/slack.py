@@ -60,6 +60,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.base import (
     AdapterConfigError,
     Capabilities,
+    ClickOutcome,
     DeliveryError,
     Form,
     FormHandler,
@@ -843,20 +844,32 @@ class SlackAdapter:
             # root: its ts names it, so the click answers that question as a reply in its thread would.
             thread = original.get("ts") or None
         user = await self._user_name(user_id)
-        answered = _asked(action, user, user_id)  # someone else's click leaves the buttons to the one asked
-        if answered and original.get("ts") and not (body.get("container") or {}).get("is_ephemeral"):
-            try:  # the question stays, the buttons go: no second click on an answered prompt
-                await self.client.chat_update(channel=channel, ts=original["ts"], text=original.get("text", ""),
-                                              blocks=clicked_summary(original.get("text", ""), user,
-                                                                     (action.get("text") or {}).get("text", "")
-                                                                     or str(action.get("value", ""))))
-            except Exception as exc:
-                log.warning("Slack: could not update the answered prompt: %s", _error(exc))
         message = Message(adapter=self.name, channel=channel, user=user, text=str(action.get("value", "")),
                           thread=thread, mentioned=True, direct=channel.startswith("D"),
                           groups=await self._groups_of(user_id), raw={"action": body}, user_id=user_id,
                           trigger=body.get("trigger_id"), clicked=True)
-        return await self._deliver(message)
+        message.click = click = ClickOutcome()
+        handing = asyncio.ensure_future(self._deliver(message))
+        # Marked once the bot said what became of the click (before it runs anything): never "chose Yes" over
+        # a prompt that expired or was answered already (`taken` False: its reply says so). Someone else's
+        # click leaves the buttons to the one asked.
+        if await click.known(handing) is not False and _asked(action, user, user_id):
+            await self._mark_chosen(channel, original, user, action,
+                                    bool((body.get("container") or {}).get("is_ephemeral")))
+        return await handing
+
+    async def _mark_chosen(self, channel: str, original: dict[str, Any], user: str, action: dict[str, Any],
+                           ephemeral: bool) -> None:
+        """The question stays, the buttons go, with who chose what: no second click on an answered prompt.
+        An ephemeral prompt cannot be updated by its ts; a failure is logged (the answer was taken)."""
+        if not original.get("ts") or ephemeral:
+            return
+        choice = (action.get("text") or {}).get("text", "") or str(action.get("value", ""))
+        try:
+            await self.client.chat_update(channel=channel, ts=original["ts"], text=original.get("text", ""),
+                                          blocks=clicked_summary(original.get("text", ""), user, choice))
+        except Exception as exc:
+            log.warning("Slack: could not update the answered prompt: %s", _error(exc))
 
     async def _on_shortcut(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
         """Acknowledged once its command is stored, or after ACK_WITHIN (`_on_command`)."""

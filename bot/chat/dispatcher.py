@@ -252,6 +252,13 @@ def _place(message: Message) -> tuple[str, str, str]:
     return message.adapter, message.channel, message.user if user_id is None else f"id:{user_id}"
 
 
+def _click_taken(message: Message, taken: bool) -> None:
+    """Tell `message`'s adapter whether its click was taken (`Message.click`): it marks the prompt
+    "chose …" only then, never over a prompt that expired or was answered already."""
+    if message.click is not None:
+        message.click.tell(taken)
+
+
 def _as_now(asked: Message, sender: Message) -> Message:
     """`asked` (the message a confirmation held) as sent by `sender`, who answered it: the same person
     (`same_sender`), under their name and platform groups now where their user id says it is them. A
@@ -366,6 +373,8 @@ class Dispatcher:
             adapter = self.adapters.get(message.adapter)
             # A confirmation's button click names its prompt: never an inquiry's answer or a form's.
             clicked = text is not None and _CLICKED.fullmatch(text) is not None
+            if not clicked and message.click is not None:
+                message.click.tell(None)  # not a confirmation's: its adapter marks it at once, as it always did
             if not clicked and await self._inquiry_answer(message, text,
                                                           adapter is None or adapter.capabilities.threads, lookup):
                 return
@@ -640,6 +649,7 @@ class Dispatcher:
         await sessions.drop(self.engine, sessions.place_key(_CONFIRM, *key))
         asked = _as_now(pending.message, message)
         expired = time.time() > pending.expires
+        _click_taken(message, not expired)  # told before it runs: its adapter marks the prompt meanwhile
         self._note_settled(pending, _EXPIRED if expired else
                            f"you answered it already ({'yes' if yes else 'no'}); this click runs nothing.")
         if expired:
@@ -666,6 +676,7 @@ class Dispatcher:
         if pending is not None and pending.token == token:
             await self._settle(message, pending, yes)
             return
+        _click_taken(message, False)  # the prompt keeps its text: the answer below says why nothing ran
         asked = next((other.message for other in self._confirmations.values() if other.token == token
                       and (other.message.adapter, other.message.channel) == (message.adapter, message.channel)),
                      None)

@@ -30,12 +30,17 @@ def place_key(kind: str, adapter: str, channel: str, user: str) -> str:
     return kind + json.dumps([adapter, channel, user])
 
 
+#: What of a message a session does not keep: the platform's payload, and a click's outcome (this delivery's).
+_NOT_STORED = frozenset({"raw", "click"})
+
+
 def origin(message: Message) -> dict[str, Any]:
     """A message as stored with its session (not the platform's raw payload: only what Squall reads). The
     sender's platform user id (`Message.user_id`) is kept with it: a command allowed only to
     `slack:U0123ABCD` is authorised again by it when the session is taken up, after a restart too. A
     message stored before it was kept has none and loads with None (`Message(**origin)`)."""
-    return {f.name: getattr(message, f.name) for f in dataclasses.fields(Message) if f.name != "raw"}
+    return {f.name: getattr(message, f.name) for f in dataclasses.fields(Message) if f.name not in _NOT_STORED}
+
 
 
 async def keep(engine: Engine, key: str, state: dict[str, Any], expires: float, what: str) -> None:
