@@ -26,11 +26,12 @@ import secrets
 import string
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 BOT_TOKEN = "bot-token-0123456789"
@@ -709,3 +710,15 @@ class FakeMattermost:
                 connection.ws = None
             await self._notify()
         return ws
+
+
+@pytest.fixture
+async def fake_mattermost() -> AsyncIterator[FakeMattermost]:
+    """A `FakeMattermost` serving for one test, stopped after it: a test module takes it under the name its
+    tests use (`fake = fake_mattermost`)."""
+    server = FakeMattermost()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -27,10 +27,12 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+import pytest
 from aiohttp import WSMsgType, web
 
 BOT_TOKEN = "xoxb-fake-bot-token"
@@ -569,3 +571,14 @@ class FakeSlack:
         finally:
             self._sockets.discard(ws)
         return ws
+
+
+@pytest.fixture
+async def fake_slack() -> AsyncIterator[FakeSlack]:
+    """A `FakeSlack` serving for one test, closed after it: a test module takes it under the name its tests
+    use (`fake = fake_slack`), as errbot ships its test backend as a fixture."""
+    server = await FakeSlack().start()
+    try:
+        yield server
+    finally:
+        await server.close()

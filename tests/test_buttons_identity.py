@@ -15,7 +15,7 @@ import pytest
 
 from adapters.base import Reply
 from tests.fake_mattermost import FakeMattermost
-from tests.fake_slack import FakeSlack
+from tests.fake_slack import FakeSlack, fake_slack
 from tests.test_forms_identity import _renamed
 from tests.test_mattermost import _with_buttons, replies_to
 from tests.test_slack import _posted, _slack_chat
@@ -114,13 +114,7 @@ async def test_mattermost_a_prompt_posted_without_the_asker_s_id_goes_by_name(ho
 
 # -- Slack -----------------------------------------------------------------------------------------------
 
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    server = await FakeSlack().start()
-    try:
-        yield server
-    finally:
-        await server.close()
+slack = fake_slack  # the fixture, under this module's name for it
 
 
 def _slack_buttons(message: dict[str, Any]) -> bool:

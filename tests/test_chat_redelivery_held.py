@@ -22,27 +22,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import pytest
-
 from bot.app import Squall
 from bot.chat.bot import ChatBot
 from engine.config import load_config
 from engine.storage import Store
 from tests.conftest import free_port, write
-from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
+from tests.fake_mattermost import BOT_TOKEN, FakeMattermost, fake_mattermost
 from tests.test_chat import settle
 from tests.test_cli import SQUALL
 from tests.test_mattermost import _chat, _pack, replies_to
 
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeMattermost]:
-    server = FakeMattermost()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+fake = fake_mattermost  # the fixture, under this module's name for it
 
 
 class Running(NamedTuple):

@@ -24,7 +24,7 @@ from bot.chat.bot import ChatBot
 from bot.chat.outbox import Outbox
 from engine.config import load_config
 from tests.conftest import free_port, write
-from tests.fake_mattermost import BOT_TOKEN, FakeMattermost, mmid, now_ms
+from tests.fake_mattermost import BOT_TOKEN, FakeMattermost, fake_mattermost, mmid, now_ms
 from tests.test_cli import SQUALL
 
 SLASH_TOKEN = "slash-token"
@@ -103,14 +103,7 @@ def _section(fake: FakeMattermost, **more: Any) -> dict[str, Any]:
     return {"enabled": True, "url": fake.url, "token": BOT_TOKEN, "team": "ops", "slash_token": SLASH_TOKEN, **more}
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeMattermost]:
-    server = FakeMattermost()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+fake = fake_mattermost  # the fixture, under this module's name for it
 
 
 async def _chat(home: Path, fake: FakeMattermost, **more: Any) -> tuple[Squall, ChatBot, MattermostAdapter]:

@@ -25,19 +25,11 @@ from adapters.mattermost import MattermostAdapter, MattermostSettings
 from bot.app import Squall
 from bot.chat.bot import ChatBot
 from engine.config import ConfigError, check_adapter
-from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
+from tests.fake_mattermost import BOT_TOKEN, FakeMattermost, fake_mattermost
 from tests.test_chat import settle
 from tests.test_mattermost import _chat, replies_to
 
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeMattermost]:
-    server = FakeMattermost()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+fake = fake_mattermost  # the fixture, under this module's name for it
 
 
 @contextlib.asynccontextmanager

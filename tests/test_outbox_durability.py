@@ -43,7 +43,7 @@ from engine.events import EXECUTION_FINISHED
 from engine.executions import COMPLETED
 from engine.storage import Store, keyed_in_one_statement, utcnow
 from tests.conftest import write
-from tests.fake_mattermost import BOT_TOKEN, FakeMattermost
+from tests.fake_mattermost import BOT_TOKEN, FakeMattermost, fake_mattermost
 from tests.fake_slack import APP_TOKEN as SLACK_APP_TOKEN
 from tests.fake_slack import BOT_TOKEN as SLACK_BOT_TOKEN
 from tests.fake_slack import SIGNING_SECRET as SLACK_SIGNING_SECRET
@@ -654,14 +654,7 @@ class Service:
                 await self.kill()
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeMattermost]:
-    server = FakeMattermost()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+fake = fake_mattermost  # the fixture, under this module's name for it
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from bot.app import Squall
 from bot.chat.replies import fit, render_result
 from engine.config import load_config
 from tests.conftest import REPO, free_port, write
-from tests.fake_slack import APP_TOKEN, BOT_TOKEN, BOT_USER, SIGNING_SECRET, FakeSlack
+from tests.fake_slack import APP_TOKEN, BOT_TOKEN, BOT_USER, SIGNING_SECRET, FakeSlack, fake_slack
 
 
 def _pack(home: Path) -> None:
@@ -110,13 +110,7 @@ def _pack(home: Path) -> None:
     """)
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    server = await FakeSlack().start()
-    try:
-        yield server
-    finally:
-        await server.close()
+fake = fake_slack  # the fixture, under this module's name for it
 
 
 def _settings(fake: FakeSlack, **extra: Any) -> dict[str, Any]:

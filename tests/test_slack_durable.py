@@ -27,18 +27,11 @@ import sqlalchemy as sa
 
 import adapters.slack
 from tests.conftest import free_port, write
-from tests.fake_slack import BOT_USER, FakeSlack
+from tests.fake_slack import BOT_USER, FakeSlack, fake_slack
 from tests.test_chat import settle
 from tests.test_slack import _pack, _posted, _settings, _signed, _slack_chat
 
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    server = await FakeSlack().start()
-    try:
-        yield server
-    finally:
-        await server.close()
+fake = fake_slack  # the fixture, under this module's name for it
 
 
 @pytest.fixture

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from adapters.base import ATTACHED_NOTE, Reply
 from adapters.slack_format import (
@@ -22,7 +19,7 @@ from adapters.slack_format import (
     shown_text,
 )
 from tests.conftest import write
-from tests.fake_slack import FakeSlack
+from tests.fake_slack import FakeSlack, fake_slack
 from tests.test_slack import _posted, _slack_chat
 
 #: Slack's control sequences: a channel-wide or group ping, a person's mention, a link with its own label.
@@ -31,13 +28,7 @@ _MARKUP = re.compile(r"<[!@#]|<https?://")
 _BROKEN_ESCAPE = re.compile(r"&(?!amp;|lt;|gt;)")
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    server = await FakeSlack().start()
-    try:
-        yield server
-    finally:
-        await server.close()
+fake = fake_slack  # the fixture, under this module's name for it
 
 
 def _amps_pack(home: Path) -> None:

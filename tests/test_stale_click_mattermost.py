@@ -6,24 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.fake_mattermost import FakeMattermost
+from tests.fake_mattermost import FakeMattermost, fake_mattermost
 from tests.test_mattermost import _with_buttons, replies_to
 
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeMattermost]:
-    server = FakeMattermost()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+fake = fake_mattermost  # the fixture, under this module's name for it
 
 
 async def _prompt(fake: FakeMattermost, who: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -6,23 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.fake_slack import FakeSlack
+from tests.fake_slack import FakeSlack, fake_slack
 from tests.test_slack import _posted, _slack_chat
 
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    server = await FakeSlack().start()
-    try:
-        yield server
-    finally:
-        await server.close()
+fake = fake_slack  # the fixture, under this module's name for it
 
 
 def _blocks(edit: dict[str, Any]) -> list[dict[str, Any]]:
