@@ -1394,7 +1394,12 @@ class Store:
             if not driver.in_transaction:
                 # A SAVEPOINT outside a transaction begins one that its RELEASE commits: the calls before
                 # the group's commit would be stored at once, apart from it (run again if the group is).
-                driver.execute("BEGIN")
+                # IMMEDIATE: the write lock taken (waiting `busy_timeout` for it) before the first read. A
+                # deferred BEGIN reads a snapshot, and another process's commit before the first write makes
+                # that write fail at once (SQLITE_BUSY_SNAPSHOT, which no timeout waits out): a CLI purge beside
+                # `squall serve` died so after a few batches. (On the loop's connection, which never waits, a
+                # lock held elsewhere is `Busy` at once, as a write would find it: the group goes to the thread.)
+                driver.execute("BEGIN IMMEDIATE")
             driver.execute("SAVEPOINT squall_isolated")
             try:
                 yield

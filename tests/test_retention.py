@@ -786,3 +786,53 @@ def test_a_cli_purge_whose_closing_audit_event_fails_says_what_its_batches_delet
         assert f'"audit_entries": {retention.BATCH_SIZE}' in said and '"interrupted": true' in said, said
     finally:
         store.close()
+
+
+def test_a_purge_beside_a_writer_that_commits_between_its_read_and_its_delete_finishes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`squall execution purge` beside `squall serve` on SQLite: a batch reads its page, then deletes it. Begun
+    deferred, a commit of serve's in between made the delete fail at once (SQLITE_BUSY_SNAPSHOT, no timeout
+    waits it out) after a few batches. The batch holds the write lock from its start: the other writer waits
+    (here: is refused at once, as it asks not to wait) and every batch deletes what it read."""
+    import sqlite3
+
+    store = Store.open(f"sqlite:///{tmp_path / 'squall.db'}")
+    try:
+        insert(store, executions, [done(sortable_id(ago(40), n), 40) for n in range(6)])
+        serve = sqlite3.connect(tmp_path / "squall.db", timeout=0, isolation_level=None)
+        writes: list[str] = []
+        families = retention._families
+
+        def commit_between(conn: Any, roots: list[str]) -> Any:
+            try:  # serve stores something while the batch is between its read and its delete
+                serve.execute("INSERT INTO audit (timestamp, event, detail) VALUES ('2026-01-01', 'serve', '{}')")
+                writes.append("committed")
+            except sqlite3.OperationalError as exc:
+                writes.append(str(exc))
+            return families(conn, roots)
+
+        monkeypatch.setattr(retention, "_families", commit_between)
+        purged = purge_executions(store, CUTOFF, batch_size=2, closing=lambda _store, _purged: None)
+        serve.close()
+    finally:
+        store.close()
+    assert purged.executions == 6
+    assert writes and set(writes) == {"database is locked"}  # it waited for the batch, which held the lock
+
+
+def test_a_cli_command_the_lock_outlasts_says_so_not_to_check_permissions(tmp_path: Path) -> None:
+    """`squall execution purge` (or any command) that waited out another process's write lock says who holds
+    it, not "check that the folder is writable": nothing of the setup is wrong."""
+    import sqlite3
+
+    from bot.cli.common import _database_problem
+    from engine.config import load_config
+
+    (tmp_path / "config.yml").write_text(f"database: {{url: 'sqlite:///{tmp_path}/squall.db'}}\n")
+    config = load_config(tmp_path / "config.yml")
+    locked = sa.exc.OperationalError("DELETE …", {}, sqlite3.OperationalError("database is locked"))
+    said = _database_problem(config, locked)
+    assert said.startswith(f"the SQLite database {tmp_path}/squall.db stayed locked by another process"), said
+    assert "writable" not in said and "Try again" in said
+    unreadable = sa.exc.OperationalError("SELECT …", {}, sqlite3.OperationalError("unable to open database file"))
+    assert "writable by this user" in _database_problem(config, unreadable)

@@ -471,6 +471,10 @@ def _database_problem(config: Config, exc: Exception) -> str:
         reason = re.sub(rf"(?<!\w){re.escape(str(url.password))}(?!\w)", "***", reason)
     if url.get_backend_name() == "sqlite":
         path = Path(url.database or "")
+        if "locked" in reason:  # another process writes: no folder or permission is wrong
+            return (f"the SQLite database {path} stayed locked by another process (squall serve, a worker or "
+                    f"another command) for longer than this command waits; nothing more was done. Try again, "
+                    f"or stop that process first")
         return (f"cannot use the SQLite database {path}: {reason}; check that {path.parent} is a folder and "
                 f"{path.name} in it a file, both writable by this user ({current_user()}), or set "
                 f"database.url in {config.named}")
