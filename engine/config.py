@@ -57,10 +57,14 @@ _RETENTION_KEEPS = {"executions_days": "executions", "output_days": "execution o
 #: The most days a `retention` key may keep (a century): beyond it the cutoff would fall before year 1.
 _RETENTION_MAXIMUM_DAYS = 36_500
 #: The command that purges younger history than `retention` may, by hand.
-_RETENTION_BY_HAND = {"executions_days": "squall execution purge --before 3d",
-                      "output_days": "squall execution purge --before 1d",
-                      "trigger_instances_days": "squall trigger-instance purge --before 3d",
-                      "audit_days": "squall audit purge --before 7d"}
+_RETENTION_BY_HAND = {"executions_days": "Younger history can be deleted by hand: squall execution purge --before 3d",
+                      "output_days": "Younger output goes only with its execution, by hand: squall execution purge "
+                                     "--before 1d (which deletes the executions whole)",
+                      "trigger_instances_days": "Younger history can be deleted by hand: squall trigger-instance "
+                                                "purge --before 3d",
+                      "audit_days": "Younger history can be deleted by hand: squall audit purge --before 7d"}
+#: Whose minimum each `retention` key's is: `audit_days` is Squall's own (StackStorm keeps no audit table).
+_RETENTION_MINIMUM_OF = {"audit_days": "Squall's minimum, for the trail people read after an incident"}
 
 
 @dataclass(frozen=True)
@@ -663,11 +667,12 @@ def _retention(path: Path | None, section: dict[str, Any]) -> RetentionSettings:
         value = section.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
                                   or not minimum <= value <= _RETENTION_MAXIMUM_DAYS):
+            whose = _RETENTION_MINIMUM_OF.get(key, "StackStorm's minimum")
             raise ConfigError(
-                f"{path}: 'retention.{key}' must be a number of days, at least {minimum} (StackStorm's "
-                f"minimum) and at most {_RETENTION_MAXIMUM_DAYS}, such as 30, not {value!r}; leave it out to keep "
-                f"{_RETENTION_KEEPS[key]} for ever. "
-                f"Younger history can be deleted by hand: {_RETENTION_BY_HAND[key]}")
+                f"{path}: 'retention.{key}' must be a number of days, at least {minimum} "
+                f"({whose}) and at most {_RETENTION_MAXIMUM_DAYS}, "
+                f"such as 30, not {value!r}; leave it out to keep {_RETENTION_KEEPS[key]} for ever. "
+                f"{_RETENTION_BY_HAND[key]}")
         days[key] = value
     return RetentionSettings(**days)
 

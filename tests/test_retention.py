@@ -144,6 +144,18 @@ def test_a_setting_below_stackstorms_minimum_points_at_the_cli(tmp_path: Path) -
     assert "not 3" in str(caught.value)
 
 
+def test_the_output_and_audit_minimums_say_what_they_are(tmp_path: Path) -> None:
+    """No command purges output alone: the hint says the purge it names deletes executions whole. The
+    audit's minimum is Squall's own, StackStorm keeping no audit table."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path / "config.yml", "retention: {output_days: 0}\n"))
+    assert "Younger output goes only with its execution" in str(caught.value)
+    assert "deletes the executions whole" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path / "config.yml", "retention: {audit_days: 10}\n"))
+    assert "at least 30 (Squall's minimum" in str(caught.value) and "StackStorm" not in str(caught.value)
+
+
 # -- --before ----------------------------------------------------------------------------------------
 
 def test_before_takes_days_ago_or_an_iso_time() -> None:
