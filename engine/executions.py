@@ -364,6 +364,8 @@ class ExecutionService:
         # Requested here and not yet claimed: the claim need not read back what this process wrote.
         self._prepared: dict[str, dict[str, Any]] = {}
         self._held: set[asyncio.Future[None]] = set()  # delayed requests' submits, kept from collection
+        #: The `delayed` requests a timer of this process hands on when due (`_submit_later`): the poll leaves them.
+        self._timed: set[str] = set()
         #: `squall serve` stops gracefully (`executor.shutdown_grace`): its running actions may finish, but no
         #: run starts here any more: a request is stored for the next start (none is run in the call that
         #: stores it), and a workflow requests no next task (the next start conducts it on from its tasks).
@@ -541,8 +543,10 @@ class ExecutionService:
         if self.executor is None:
             return
         executor = self.executor
+        self._timed.add(execution_id)
 
         def submit() -> None:
+            self._timed.discard(execution_id)
             task = asyncio.ensure_future(executor.submit(execution_id))
             self._held.add(task)
             task.add_done_callback(self._held.discard)
@@ -1713,6 +1717,8 @@ class ExecutionService:
         shared = ("scheduled", "delayed") if getattr(self.executor, "shared", False) else ()
         taken = ("requested", "resuming", *shared)
         rows = await self.db(self.db.store.execution_ids_with_status, ("canceling", "pausing", *taken))
+        if not shared:
+            await self._submit_due_elsewhere()
         ended_above_parent: dict[str, dict[str, Any] | None] = {}  # this poll's answers: siblings ask once
         for row in rows:
             if row["status"] in taken:
@@ -1731,6 +1737,26 @@ class ExecutionService:
                 record = await self.db(self.db.store.get_execution, row["id"])
                 if record is not None and record["status"] == "canceling":
                     await self._cancel_orphan(record)
+
+    async def _submit_due_elsewhere(self) -> None:
+        """Submit the top-level `delayed` rows whose clock is due and that no timer here holds (`_due_elsewhere`):
+        each is claimed only while still `delayed`, so one its own process's timer hands on too runs once."""
+        assert self.executor is not None
+        for row in await self.db(self.db.store.delayed_on_a_clock):
+            if self._due_elsewhere(row):
+                await self.executor.submit(row["id"])
+
+    def _due_elsewhere(self, row: Mapping[str, Any]) -> bool:
+        """Whether the poll submits a `delayed` row (local executor): one held by a clock
+        (`runner_info.delayed_until`: a retry policy's delay, a task's `delay`) that is due, and that no timer
+        of this process holds. Another process stored it (a plain `squall run` whose run failed: its retry),
+        and only that process's timer would hand it on; gone, the retry waited for the next restart. Rows a
+        concurrency policy delayed have no `delayed_until`: the policy here admits them as slots free. Top-level
+        ones only: a workflow's task is its conductor's, which a live process holds and a dead one's sweep
+        conducts on."""
+        if until_due(row) > 0:  # (`delayed_on_a_clock`: top-level rows with a `delayed_until` only)
+            return False
+        return row["id"] not in self._timed and row["id"] not in getattr(self.executor, "running", ())
 
     async def _canceled_under_ended(self, row: Mapping[str, Any],
                                     known: dict[str, dict[str, Any] | None]) -> bool:

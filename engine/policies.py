@@ -47,6 +47,7 @@ import sqlalchemy as sa
 
 from engine.crypto import CryptoError
 from engine.executions import COMPLETED, FAILED, until_due
+from engine.packs import ContentWarning
 from engine.storage import as_utc, iso, utcnow
 from engine.yamlfile import ContentError
 
@@ -209,6 +210,28 @@ def unbound_policies(policies: Mapping[str, list[Policy]], registry: Registry) -
     return problems
 
 
+def unknown_attributes(policies: Mapping[str, list[Policy]], registry: Registry) -> list[ContentError]:
+    """A warning per `action.concurrency.attr` attribute that names no parameter of its action: the policy
+    loads (the value counted is then always none, so every run shares one count), but its author meant
+    another parameter and would only find out when runs with different values wait for each other."""
+    problems: list[ContentError] = []
+    for ref, found in policies.items():
+        action = registry.actions.get(ref)
+        if action is None:
+            continue  # `unbound_policies` says so
+        for policy in found:
+            if not policy.policy_type.endswith(".attr"):
+                continue
+            unknown = [name for name in policy.parameters["attributes"]
+                       if not isinstance(name, str) or name not in action.parameters]
+            if unknown:
+                problems.append(ContentWarning(policy.file, policy.line, (
+                    f'policy "{policy.ref}": attributes {", ".join(map(str, unknown))} name no parameter of {ref} '
+                    f"(its parameters: {', '.join(sorted(action.parameters)) or 'none'}): every run counts as "
+                    "having no value for them")))
+    return problems
+
+
 def _check(kind: str, params: dict[str, Any]) -> str | None:
     if kind.startswith("action.concurrency"):
         threshold = params.get("threshold")
@@ -271,6 +294,7 @@ class PolicyExecutor:
         """Use the policies of newly loaded packs, for the runs already waiting or holding slots too."""
         self.policies, errors = load_policies(registry)
         errors.extend(unbound_policies(self.policies, registry))  # logged with the load's other problems
+        errors.extend(unknown_attributes(self.policies, registry))
         self._recheck_soon()
         return errors
 
@@ -616,6 +640,10 @@ class PolicyExecutor:
             return None
         self._retrying.add(record["id"])  # before any await: recovery skips it meanwhile
         return self._retry_later(record, *found)
+
+    def retries(self, record: dict[str, Any]) -> bool:
+        """Whether a retry policy requests a retry of the ended execution `record` (the CLI tells of it)."""
+        return self._retry_policy(record) is not None
 
     def _retry_policy(self, record: dict[str, Any]) -> tuple[Policy, int] | None:
         """The retry policy that retries this ended execution, and the retry's count; None if none does."""

@@ -1668,6 +1668,18 @@ class Store:
         with self._read() as conn:
             return [dict(row._mapping) for row in conn.execute(statement)]
 
+    def delayed_on_a_clock(self) -> list[dict[str, Any]]:
+        """`id`, `status`, `runner_info` and `parent` of the top-level `delayed` executions held by a clock
+        (`runner_info.delayed_until`: a retry policy's delay, `st2 run --delay`), oldest first. Not those a
+        concurrency policy delays, which carry none: a policy's backlog of thousands is not read every poll."""
+        c = executions.c
+        statement = (sa.select(c.id, c.status, c.runner_info, c.parent)
+                     .where(c.status == "delayed", c.parent.is_(None),
+                            c.runner_info["delayed_until"].as_string().is_not(None))
+                     .order_by(c.start_timestamp))
+        with self._read() as conn:
+            return [dict(row._mapping) for row in conn.execute(statement)]
+
     def recent_top_level(self, actions: Sequence[str], since: datetime) -> list[dict[str, Any]]:
         """Executions of `actions` without a parent started after `since`: `id`, `status`,
         `end_timestamp` and `rerun_of` (`context.re-run.ref`, the execution it re-runs, or None), for the retry policy's

@@ -363,6 +363,23 @@ def test_execution_ids_with_status(store: Store) -> None:
     assert rows[1]["runner_info"] == {"hostname": "h", "pid": 5}
 
 
+def test_delayed_on_a_clock_are_the_top_level_delayed_rows_with_a_delayed_until(store: Store) -> None:
+    """The poll's look for retries and `--delay` runs another process stored (`ExecutionService.poll`): not a
+    concurrency policy's backlog (no `delayed_until`), nor a workflow's delayed task (its conductor's)."""
+    base = utcnow()
+    until = {"delayed_until": "2026-01-01T00:00:00Z"}
+    store.insert_execution(_execution("retry", status="delayed", runner_info=until, start_timestamp=base))
+    store.insert_execution(_execution("policy", status="delayed", start_timestamp=base + timedelta(seconds=1)))
+    store.insert_execution(_execution("task", status="delayed", runner_info=until, parent="retry",
+                                      start_timestamp=base + timedelta(seconds=2)))
+    store.insert_execution(_execution("later", status="delayed", runner_info={**until, "hostname": "h"},
+                                      start_timestamp=base + timedelta(seconds=3)))
+    store.insert_execution(_execution("done", status="succeeded", runner_info=until))
+    rows = store.delayed_on_a_clock()
+    assert [r["id"] for r in rows] == ["retry", "later"]
+    assert rows[0]["runner_info"] == until
+
+
 def test_the_top_level_count_leaves_out_children_alone_or_with_other_filters(store: Store) -> None:
     """`parent=null` alone is counted as every execution less the children (migration 0023); with a
     user, on the user's index, which holds the parent. Both count what the list holds."""

@@ -3,10 +3,12 @@
 `run` exits 0 if the action succeeded, 1 if it failed or timed out, 2 on bad input, 3 when the
 database or data folder cannot be used, 128+N when signal N stopped it (the execution abandoned; canceled, with
 its running tasks, where `squall worker`s run it); with `--async` it stores the request and `squall serve` runs
-it. So does a plain `run` of an action a concurrency policy holds while `squall serve` runs on the database (it
-counts the runs in its own memory); the command then waits for the end and shows it as usual (a stop signal ends
-the wait, not that run). Parameters and results are printed as written: rich
-would read a `[...]` in them as markup (a `[/x]` in a message crashed `squall run`).
+it. So does a plain `run` of an action a concurrency policy holds, or of a workflow naming one as a task's action,
+and a `re-run` of either, while `squall serve` runs on the database (it counts the runs in its own memory); the
+command then waits for the end and shows it as usual (a stop signal ends the wait, not that run). A plain `run`
+that failed says when its retry policy queued a retry, which `squall serve` runs once due. Parameters and
+results are printed as written: rich would read a `[...]` in them as markup (a `[/x]` in a message crashed
+`squall run`).
 
 `execution purge` (StackStorm's `st2-purge-executions`) and `trigger-instance purge` share `purge_history`: what
 they would delete is counted and confirmed (`--yes`, or a `y` at a terminal), deleted in batches of their own
@@ -196,7 +198,7 @@ def run(
     """Run an action and wait for it: exit 0 if it succeeded, 1 if not, 2 on bad input."""
     params = parse_assignments(parameters or [])
 
-    async def work(squall: Squall) -> tuple[dict[str, Any], list[str], bool]:
+    async def work(squall: Squall) -> tuple[dict[str, Any], list[str], bool, str | None]:
         context = {"user": current_user(), "source": "cli"}
         server = None if run_async else await _counting_server(squall, ref)
         if (run_async or server is not None) and squall.config.executor_kind == "local":
@@ -208,16 +210,16 @@ def run(
         # waiting for, and `--async` asks for no wait.
         record = await (request if run_async or server is not None else requested(request))
         if server is not None:
-            err.print(f"{record['action']} is held by a concurrency policy and `squall serve` ({server}) runs "
-                      f"on this database: it runs {record['id']}, counted with its own runs. Waiting for its "
-                      "end (Ctrl-C stops the wait, not the run).", markup=False)
+            _say_served(squall, record, server)
         if not run_async:
             record = await squall.executions.wait(record["id"])
         waiting = await _waiting_inquiries(squall, record["id"]) if record["status"] == "paused" else []
         served = not run_async or await served_elsewhere(squall)
-        return record, waiting, served
+        retried = None if run_async or server is not None else await _queued_retry(squall, record)
+        return record, waiting, served, retried
 
-    record, waiting, served = with_app(work, pack_problems=True)  # an action skipped for a load problem is said
+    # An action skipped for a load problem is said.
+    record, waiting, served, retried = with_app(work, pack_problems=True)
     if as_json:
         print_json(record)
     elif run_async:
@@ -229,7 +231,46 @@ def run(
                       f"{runner_named(current_config())} starts", markup=False)
     else:
         show_execution(record, waiting)
+    if retried is not None:
+        err.print(retried, markup=False)
     raise typer.Exit(0 if run_async else _exit_for(record))
+
+
+def _say_served(squall: Squall, record: dict[str, Any], server: str) -> None:
+    """Tell that `squall serve` runs `record` (a held action, or a workflow calling one), not this command."""
+    held = _held_refs(squall, record["action"])
+    what = (f"{record['action']} is held by a concurrency policy" if record["action"] in held else
+            f"{record['action']} calls {', '.join(held)}, held by a concurrency policy,")
+    err.print(f"{what} and `squall serve` ({server}) runs on this database: it runs {record['id']}, counted with "
+              "its own runs. Waiting for its end (Ctrl-C stops the wait, not the run).", markup=False)
+
+
+async def _queued_retry(squall: Squall, record: dict[str, Any]) -> str | None:
+    """What to say of the retry a retry policy queued after `record` failed here: it is stored `delayed`
+    for the policy's delay, and this command exits before then, so `squall serve` runs it (its poll takes a
+    due retry another process stored), or, none running, the next one that starts. None when no retry waits."""
+    import asyncio
+    import contextlib
+
+    from engine.core import LISTENERS_SETTLE_SECONDS
+    from engine.executions import COMPLETED
+    from engine.policies import retry_id
+
+    if record["status"] not in COMPLETED or not squall.policies.retries(record):
+        return None
+    retry = None
+    with contextlib.suppress(TimeoutError):  # this process's retry listener stores it (its end may be read first)
+        async with asyncio.timeout(LISTENERS_SETTLE_SECONDS):
+            while (retry := await squall.db(squall.store.get_execution, retry_id(record["id"]))) is None:
+                await squall.events.settle()
+                await asyncio.sleep(0.05)
+    if retry is None or retry["status"] != "delayed":
+        return None
+    until = (retry.get("runner_info") or {}).get("delayed_until") or "its delay"
+    runs = (f"{runner_named(squall.config)} runs it once due" if await served_elsewhere(squall) else
+            f"none runs on this database now: it waits until {runner_named(squall.config)} starts")
+    return (f"{record['id']} {record['status']}; its retry policy queued retry {retry['id']} until {until}, after "
+            f"this command exits: {runs}. See it with: squall execution get {retry['id']}")
 
 
 async def _waiting_inquiries(squall: Squall, workflow_id: str) -> list[str]:
@@ -257,10 +298,52 @@ async def _counting_server(squall: Squall, ref: str) -> str | None:
 
     from engine.wakeups import PROCESS_NAME
 
-    if squall.config.executor_kind != "local" or not squall.policies.holds(ref):
+    if squall.config.executor_kind != "local" or not _held_refs(squall, ref):
         return None
     holder = await asyncio.to_thread(squall.leader.holder)
     return holder if holder not in (None, PROCESS_NAME) else None
+
+
+#: How deep `_held_refs` follows workflows calling workflows (Squall refuses deeper nesting when it runs).
+_NESTING = 10
+
+
+def _held_refs(squall: Squall, ref: str) -> list[str]:
+    """The actions a concurrency policy holds among `ref` and, for a workflow, the task actions its definition
+    names, in its sub-workflows too (Orquesta and Mistral `tasks.*.action`, ActionChain `chain[].ref`): a
+    workflow run here would run those tasks here, beside the server's runs of the same action, each process
+    counting only its own. An action a task names by an expression is known only when it runs: not seen."""
+    held: list[str] = []
+    seen: set[str] = set()
+    todo = [(ref, 0)]
+    while todo:
+        name, depth = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if squall.policies.holds(name):
+            held.append(name)
+        if depth < _NESTING:
+            todo.extend((task, depth + 1) for task in _task_actions(squall, name))
+    return sorted(held)
+
+
+def _task_actions(squall: Squall, ref: str) -> list[str]:
+    """The action refs the workflow `ref`'s definition names (none for an action that is no workflow, or a
+    definition that cannot be read: its run says why)."""
+    from engine.workflows.service import load_spec
+
+    action = squall.registry.actions.get(ref)
+    path = action.entry_path if action is not None else None
+    if action is None or path is None or action.runner_type not in ("orquesta", "action-chain", "mistral-v2"):
+        return []
+    try:
+        spec = load_spec(action.runner_type, path, str(path))
+    except Exception:  # a broken file is the run's to report
+        return []
+    named = [node.ref for node in getattr(spec, "nodes", {}).values()]
+    named += [task.action for task in getattr(spec, "tasks", {}).values() if isinstance(task.action, str)]
+    return [text.split()[0] for text in named if isinstance(text, str) and text.strip()]
 
 
 @execution_app.command("list")
@@ -436,11 +519,18 @@ def execution_rerun(
         # the action and the parameters as stored.
         audit = await squall.db(audit_entry, squall.store, "cli.execution.rerun",
                                 {"of": execution_id, **({"tasks": tasks} if tasks else {})})
+        server = await _counting_server(squall, (await squall.executions.get(execution_id))["action"])
+        if server is not None and squall.config.executor_kind == "local":
+            squall.executions.executor = None  # stored as requested (or resuming); `squall serve` runs it
         if tasks:  # waited for, as `run` waits: a stop signal cancels it where a worker runs it (`requested`)
-            record = await requested(squall.workflows.rerun(execution_id, tasks, audit=audit))
+            rerun = squall.workflows.rerun(execution_id, tasks, audit=audit)
         else:
-            record = await requested(squall.executions.rerun(
-                execution_id, params, {"user": current_user(), "source": "cli"}, audit=audit))
+            rerun = squall.executions.rerun(execution_id, params, {"user": current_user(), "source": "cli"},
+                                            audit=audit)
+        # A server's run a stop signal only stops waiting for, as `run`'s (`requested` would cancel it).
+        record = await (rerun if server is not None else requested(rerun))
+        if server is not None:
+            _say_served(squall, record, server)
         return await squall.executions.wait(record["id"])
 
     record = with_app(work, pack_problems=True)  # it runs the action again, as `run` does

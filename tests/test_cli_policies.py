@@ -1,0 +1,153 @@
+"""Action policies hold for runs the CLI starts while `squall serve` runs on the same database: a plain `squall
+run`'s retry is run by the server's poll, and a `re-run` of a held action, or a `run` of a workflow calling one,
+is handed to the server, which counts it with its own runs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from engine.policies import retry_id
+from tests.conftest import write
+from tests.test_cli import SQUALL, _held_pack, _poll, run_json, squall
+
+
+@contextlib.contextmanager
+def _serving(home: Path) -> Iterator[subprocess.Popen[str]]:
+    """`squall serve` on the test's database, once it says it serves; stopped at the end."""
+    with open(home / "serve.log", "w") as log:
+        server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home,
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "Squall is serving" not in (home / "serve.log").read_text():
+            assert server.poll() is None and time.monotonic() < deadline, (home / "serve.log").read_text()
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _cli(home: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), *args], cwd=home,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _new_run(home: Path, action: str, known: set[str], waiter: subprocess.Popen[str]) -> dict:
+    """The execution of `action` not among `known`, once the command `waiter` stored it."""
+    deadline = time.monotonic() + 20
+    while True:
+        rows = json.loads(squall(home, "execution", "list", "--action", action, "--json").stdout)
+        if fresh := [row for row in rows if row["id"] not in known]:
+            return fresh[0]
+        assert waiter.poll() is None and time.monotonic() < deadline, waiter.communicate()
+        time.sleep(0.2)
+
+
+def _finish(waiter: subprocess.Popen[str]) -> tuple[int, str, str]:
+    try:
+        output, errors = waiter.communicate(timeout=60)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+    return waiter.returncode, output, errors
+
+
+def test_the_retry_of_a_plain_run_is_run_by_the_server(home: Path) -> None:
+    """A plain `squall run` fails, and its retry policy stores the retry `delayed` for 2 s: only the command's
+    timer would hand it on, and the command has exited. The server's poll runs it once due, and the command
+    said so."""
+    pack = home / "packs" / "pol"
+    write(pack / "pack.yaml", "ref: pol\nname: pol\nversion: 0.1.0\n")
+    write(pack / "actions" / "flaky.yaml", """
+        name: flaky
+        runner_type: local-shell-cmd
+        parameters:
+          marker: {type: string}
+          cmd: {default: "if [ -f {{marker}} ]; then echo again; else touch {{marker}}; exit 3; fi", immutable: true}
+    """)
+    write(pack / "policies" / "retry.yaml", "name: retry\nresource_ref: pol.flaky\npolicy_type: action.retry\n"
+                                            "parameters: {retry_on: failure, max_retry_count: 1, delay: 2}\n")
+    with _serving(home) as server:
+        done = squall(home, "run", "pol.flaky", f"marker={home / 'marker'}", "--json")
+        assert done.returncode == 1, done.stderr
+        failed = json.loads(done.stdout)
+        assert failed["status"] == "failed" and failed["runner_info"]["pid"] != server.pid
+        retry = retry_id(failed["id"])
+        assert f"queued retry {retry}" in done.stderr and "`squall serve` runs it" in done.stderr, done.stderr
+
+        record = _poll(home, retry, lambda r: r["status"] in ("succeeded", "failed"), seconds=30)
+        assert record["status"] == "succeeded" and record["result"]["stdout"] == "again"
+        assert record["runner_info"]["pid"] == server.pid
+        assert record["context"]["policies"]["retry"]["retry_count"] == 1
+
+
+def test_a_rerun_of_a_held_action_is_counted_by_the_server(home: Path) -> None:
+    """`squall execution re-run` of an action a concurrency policy holds (threshold 1), while the server runs
+    one: the server runs the re-run after its own, as `squall run` hands it a held action."""
+    _held_pack(home)
+    (home / "gate-alone").touch()
+    code, alone = run_json(home, "pol.slow", f"gate={home / 'gate-alone'}")
+    assert code == 0
+    with _serving(home) as server:
+        first = json.loads(squall(home, "run", "pol.slow", f"gate={home / 'gate-1'}", "--async", "--json").stdout)
+        _poll(home, first["id"], lambda r: r["status"] == "running")
+        waiter = _cli(home, "execution", "re-run", alone["id"], f"gate={home / 'gate-2'}", "--json")
+        try:
+            again = _new_run(home, "pol.slow", {alone["id"], first["id"]}, waiter)
+            _poll(home, again["id"], lambda r: r["status"] == "delayed")  # the server's one runs
+        finally:
+            (home / "gate-1").touch()
+            (home / "gate-2").touch()
+            code, output, errors = _finish(waiter)
+        assert code == 0, errors
+        assert "held by a concurrency policy and `squall serve`" in errors
+        done = json.loads(output)
+        assert done["id"] == again["id"] and done["result"]["stdout"] == "through"
+        assert done["runner_info"]["pid"] == server.pid
+        assert done["context"]["re-run"] == {"ref": alone["id"]}
+
+
+def test_a_workflow_calling_a_held_action_is_run_by_the_server(home: Path) -> None:
+    """`squall run` of an ActionChain whose task calls an action a concurrency policy holds: the server runs
+    the workflow, and its task waits `delayed` while the server's own run of that action holds the slot."""
+    _held_pack(home)
+    pack = home / "packs" / "pol"
+    write(pack / "actions" / "flow.yaml", """
+        name: flow
+        runner_type: action-chain
+        entry_point: workflows/flow.yaml
+        parameters:
+          gate: {type: string, required: true}
+    """)
+    write(pack / "actions" / "workflows" / "flow.yaml", """
+        chain:
+          - name: one
+            ref: pol.slow
+            params: {gate: "{{ gate }}"}
+    """)
+    with _serving(home) as server:
+        first = json.loads(squall(home, "run", "pol.slow", f"gate={home / 'gate-1'}", "--async", "--json").stdout)
+        _poll(home, first["id"], lambda r: r["status"] == "running")
+        waiter = _cli(home, "run", "pol.flow", f"gate={home / 'gate-2'}", "--json")
+        try:
+            task = _new_run(home, "pol.slow", {first["id"]}, waiter)
+            _poll(home, task["id"], lambda r: r["status"] == "delayed")  # counted with the server's run
+        finally:
+            (home / "gate-1").touch()
+            (home / "gate-2").touch()
+            code, output, errors = _finish(waiter)
+        assert code == 0, errors
+        assert "pol.flow calls pol.slow, held by a concurrency policy," in errors
+        done = json.loads(output)
+        assert done["action"] == "pol.flow" and done["runner_info"]["pid"] == server.pid
+        ran = json.loads(squall(home, "execution", "get", task["id"], "--json").stdout)
+        assert ran["status"] == "succeeded" and ran["runner_info"]["pid"] == server.pid
+
