@@ -551,11 +551,37 @@ def load_registry(pack_paths: list[Path], configs_path: Path, system_path: Path)
         if path.resolve().parent == shipped and path.name in REPLACEABLE_PACKS:
             replaceable.append(path)  # after the user's packs, so a user's copy of the name wins
             continue
+        if path.resolve().parent == shipped and path.name not in SYSTEM_PACKS:
+            registry.errors.append(ContentWarning(
+                _display(path), None, f"{path.name} is not a pack Squall ships, yet it is in the shipped packs' "
+                f"folder ({system_path}): it loads as one of them, in every Squall home, and cannot be removed; "
+                f"move it under packs.paths (data/packs in the checkout's config)"))
         load_pack(path, registry, configs_path, system_path)
+    registry.errors.extend(_packs_without_manifest([system_path, *pack_paths]))
     for path in replaceable:
         if path.name not in registry.packs:
             load_pack(path, registry, configs_path, system_path)
     return registry
+
+
+def _packs_without_manifest(paths: list[Path]) -> list[ContentWarning]:
+    """A folder under a pack path that holds pack content (`actions/`, `rules/`, `aliases/`, `sensors/`,
+    `policies/`) but no pack.yaml: a pack written without its manifest, which loads nothing. Said, so that
+    `squall pack reload` and the log name it: skipped without a word, its webhook answered 404."""
+    found: list[ContentWarning] = []
+    for base in paths:
+        if not base.is_dir() or (base / "pack.yaml").is_file():
+            continue
+        for folder in sorted(base.iterdir()):
+            if hidden(folder.name) or not folder.is_dir() or (folder / "pack.yaml").is_file():
+                continue
+            kinds = [kind for kind in ("actions", *CONTENT_KINDS) if (folder / kind).is_dir()]
+            if kinds:
+                found.append(ContentWarning(
+                    _display(folder), None, f"holds {', '.join(f'{kind}/' for kind in kinds)} but no pack.yaml, so "
+                    f"nothing in it is loaded; add a pack.yaml (ref: {folder.name}, name, version: 0.1.0, author, "
+                    "description)"))
+    return found
 
 
 def fingerprint(paths: list[Path]) -> tuple[int, int]:
