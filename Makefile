@@ -3,7 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint bench clean
+.PHONY: help install run test test-fast lint bench clean
+
+help:
+	@echo "make run        the service on the embedded defaults (SQLite in data/, a chat in this terminal, the web UI)"
+	@echo "make test       lint and every test (starts PostgreSQL, sshd, an IRC server and Chromium)"
+	@echo "make test-fast  lint and the tests not marked slow or integration"
+	@echo "make lint       ruff and the layer contracts"
+	@echo "make bench      every benchmark in bench/"
+	@echo "make install    .venv with Squall and its test tools (every other target does it when needed)"
+	@echo "make clean      delete .venv AND data/: the database, the datastore key and the packs installed there"
 
 install: $(VENV)/.installed
 
@@ -24,6 +33,9 @@ lint: install
 # (--dist loadfile), so a module's own server (sshd, PostgreSQL, Chromium) starts once.
 test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+test-fast: lint
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow and not integration"
 
 bench: install
 	$(BIN)/python bench/executions.py
