@@ -314,13 +314,15 @@ _WHY_CHARS = 300
 
 def _why_it_failed(result: Any) -> str:
     """A failed run's reason as its result stores it (masked and scrubbed of its secrets, as the API shows
-    it), on one line of the log: the runner's `error`, else the last line of `stderr`, else the exit code."""
+    it), on one line of the log: the runner's `error`, else the last line of `stderr`, else a Python action's
+    message (`return (False, "key 'x' does not exist")`: its `result`, when text), else the exit code."""
     why: Any = None
     if isinstance(result, dict):
         stderr = result.get("stderr")
         last = stderr.strip().splitlines()[-1] if isinstance(stderr, str) and stderr.strip() else None
-        code = result.get("return_code")
-        why = result.get("error") or last or (f"exit code {code}" if code is not None else None)
+        said = result.get("result") if isinstance(result.get("result"), str) else None
+        code = result.get("return_code", result.get("exit_code"))
+        why = result.get("error") or last or said or (f"exit code {code}" if code is not None else None)
     text = printable(" ".join(str(why).split())) if why else "its result gives no reason"
     return text if len(text) <= _WHY_CHARS else text[:_WHY_CHARS - 1] + "…"
 

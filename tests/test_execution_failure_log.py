@@ -52,3 +52,33 @@ async def test_a_failure_is_logged_with_its_reason_and_a_success_is_not(home: Pa
     [line] = _said(caplog, leak["id"])
     assert line.getMessage().startswith(f"demo.leak failed (execution {leak['id']}): denied for ")
     assert SECRET not in caplog.text
+
+
+async def test_a_python_actions_failure_message_is_its_reason(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A StackStorm Python action fails with `return (False, "message")`: the python runner stores the message
+    as the result's `result` (and `exit_code`, not `return_code`). The log said "its result gives no reason"."""
+    write(home / "packs" / "demo" / "pack.yaml", "ref: demo\nname: demo\nversion: 1.0.0\nauthor: t\n")
+    write(home / "packs" / "demo" / "actions" / "refuse.yaml", """
+        name: refuse
+        runner_type: python-script
+        entry_point: refuse.py
+    """)
+    write(home / "packs" / "demo" / "actions" / "refuse.py", """
+        from st2common.runners.base_action import Action
+
+
+        class Refuse(Action):
+            def run(self):
+                return (False, "key 'nosuch' does not exist in scope system")
+    """)
+    caplog.set_level(logging.INFO, logger="engine.executions")
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        record = await squall.executions.request("demo.refuse", {})
+        done = await squall.executions.wait(record["id"], timeout=60)
+    finally:
+        await squall.close()
+    assert done["status"] == "failed"
+    [line] = _said(caplog, record["id"])
+    assert line.getMessage() == (f"demo.refuse failed (execution {record['id']}): key 'nosuch' does not exist in "
+                                 "scope system")
