@@ -1095,3 +1095,10 @@ def test_an_account_change_whose_audit_event_fails_is_not_stored(home: Path, mon
     assert [k["id"] for k in json.loads(succeeds(cli, "apikey", "list", "--json").stdout)] == [key["id"]]
     assert [(e["event"], e["target"]) for e in audit_log(cli)] == [("cli.user.create", "zed"),
                                                                   ("cli.apikey.create", key["id"])]
+
+
+def test_version_is_the_installed_distributions(home: Path) -> None:
+    from importlib.metadata import version
+
+    done = squall(home, "--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"squall {version('squall')}", done

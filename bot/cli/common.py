@@ -113,11 +113,25 @@ class _State:
     verbose = False
 
 
+def _version(asked: bool) -> None:
+    """`--version`: the installed distribution's version, as `pip show squall` says it."""
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"squall {version('squall')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("squall (not installed: run from a source checkout)")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _main(
     config: Annotated[str | None, typer.Option("-c", "--config", help="Config file (default ./config.yml, "
                                                 "or $SQUALL_CONFIG).")] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log what Squall does.")] = False,
+    _show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print Squall's version and exit.")] = False,
 ) -> None:
     _State.config_path = config
     _State.verbose = verbose
