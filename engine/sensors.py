@@ -48,6 +48,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,17 @@ class SensorSpec:
                 "entry_point": self.file.name, "poll_interval": self.poll_interval,
                 "trigger_types": list(self.trigger_types), "description": self.description,
                 "metadata_file": self.metadata_file}
+
+
+def entry_point(spec: SensorSpec, registry: Registry) -> str:
+    """StackStorm's `entry_point` of a pack sensor: its module under the pack, dotted, then its class
+    (`sensors.watch.Watch`), as the API and `squall sensor` show it."""
+    pack = registry.packs.get(spec.pack)
+    try:
+        module = spec.file.relative_to(pack.path.resolve()) if pack is not None else Path(spec.file.name)
+    except ValueError:  # the file is a link out of the pack's folder: its own name
+        module = Path("sensors") / spec.file.name
+    return ".".join((*module.with_suffix("").parts, spec.class_name))
 
 
 def load_sensors(registry: Registry) -> tuple[list[SensorSpec], list[ContentError]]:
@@ -465,6 +477,13 @@ class _Running:
     #: Whether it waits to be started again after a life that ended other than by a stop or its run()
     #: returning (a crash, a signal, a start that failed): `SensorContainer.state`'s "failed".
     restarting: bool = False
+    #: Its lives that ended other than by a stop or its run() returning, since this container started it (never
+    #: reset, unlike `restarts`, the backoff's count), how the last one ended (`_exit_reason`, with the exception
+    #: its traceback ended on), and when (wall clock) it starts again while it waits: what the API shows beside
+    #: `state` (`SensorContainer.health`), so a crash-looping sensor's "failed" says why and how often.
+    exits: int = 0
+    last_exit: str | None = None
+    retry_at: datetime | None = None
 
     def send(self, message: dict[str, Any]) -> None:
         if self.writer is not None and not self.writer.is_closing():
@@ -583,6 +602,17 @@ class SensorContainer:
             return "stopped"  # its run() returned: its supervisor reads what it left, then ends
         return "failed" if running.restarting or process is not None else "starting"
 
+    def health(self, ref: str) -> dict[str, Any]:
+        """How the sensor `ref` fared in this container, for the API beside `state`: `restart_count` (its lives
+        that ended otherwise than by a stop or its run() returning), `last_exit` (how the last such one ended,
+        as the log's "exited with status N" says it, with the exception its traceback ended on) and, while it
+        waits to start again, `restart_at` (a UTC datetime). Empty for a sensor not run here or never restarted."""
+        running = self.running.get(ref)
+        if running is None or not running.exits:
+            return {}
+        return {"restart_count": running.exits, "last_exit": running.last_exit,
+                **({"restart_at": running.retry_at} if running.retry_at is not None else {})}
+
     async def stop(self) -> None:
         """Stop every sensor (serve's end, the lead lost); a sync under way first gives up."""
         self._stops += 1
@@ -670,11 +700,14 @@ class SensorContainer:
                 log.info("sensor %s finished (its run() returned)", spec.ref)
                 return
             metrics.count(metrics.sensor_restarts, spec.ref)
-            running.restarting = True
+            running.exits += 1
+            running.last_exit = f"{why}: {running.failure}" if running.failure else why
+            delay = self._next_start(running, started, why)
+            running.restarting, running.retry_at = True, datetime.now(UTC) + timedelta(seconds=delay)
             try:
-                await asyncio.sleep(self._next_start(running, started, why))
+                await asyncio.sleep(delay)
             finally:
-                running.restarting = False
+                running.restarting, running.retry_at = False, None
 
     def _next_start(self, running: _Running, started: float, why: str) -> float:
         """The seconds before the sensor starts again, said in the log: `load_retry` when its module could not

@@ -12,7 +12,7 @@ read command takes `--json` and then prints exactly one JSON document on stdout.
 
 from __future__ import annotations
 
-from bot.cli import actions, aliases, apikeys, audit, executions, inquiries, keys, packs, rules, serve, users
+from bot.cli import actions, aliases, apikeys, audit, executions, inquiries, keys, packs, rules, sensors, serve, users
 from bot.cli.common import app
 
 __all__ = ["app", "main"]
@@ -31,6 +31,7 @@ app.add_typer(audit.audit_app, name="audit")
 app.add_typer(inquiries.inquiry_app, name="inquiry")
 app.add_typer(keys.key_app, name="key")
 app.add_typer(rules.rule_app, name="rule")
+app.add_typer(sensors.sensor_app, name="sensor")
 app.add_typer(rules.trigger_app, name="trigger")
 app.add_typer(rules.instance_app, name="trigger-instance")
 app.add_typer(rules.enforcement_app, name="rule-enforcement")

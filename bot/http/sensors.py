@@ -10,6 +10,9 @@ the sensors `squall serve` runs (enabled or not), sorted by pack and name as Sta
 (`engine.sensors.SensorContainer.state`: `starting`, `stuck in setup`, `running`, `failed`, `stopped`):
 a sensor stuck in its `setup()` was listed `enabled: true` with nothing telling it dispatched nothing.
 Only the process that leads runs the sensors, so only its API knows; another's leaves `state` out.
+One sensor's record (`/sensortypes/{ref_or_id}`) adds, there, how it fared (`SensorContainer.health`):
+`restart_count`, `last_exit` (`exited with status 1: RuntimeError: ...`) and, while it waits to start again,
+`restart_at`; a crash-looping sensor said only "failed". The list leaves them out, its records as they were.
 
 A sensor is switched on or off in its pack file, so `st2 sensor enable|disable` (`PUT`) is a 405
 naming that file: Squall keeps no sensor the API could change."""
@@ -17,7 +20,6 @@ naming that file: Squall keeps no sensor the API could change."""
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -27,7 +29,8 @@ from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.actions import content_id
 from engine.packs import Registry
-from engine.sensors import SensorSpec, load_sensors
+from engine.sensors import SensorSpec, entry_point, load_sensors
+from engine.storage import iso
 
 router = APIRouter()
 
@@ -38,24 +41,13 @@ def sensor_type_id(ref: str) -> str:
     return content_id("sensor_type", ref)
 
 
-def _entry_point(spec: SensorSpec, registry: Registry) -> str:
-    """StackStorm's `entry_point` of a pack sensor: its module under the pack, dotted, then its class
-    (`sensors.watch.Watch`)."""
-    pack = registry.packs.get(spec.pack)
-    try:
-        module = spec.file.relative_to(pack.path.resolve()) if pack is not None else Path(spec.file.name)
-    except ValueError:  # the file is a link out of the pack's folder: its own name
-        module = Path("sensors") / spec.file.name
-    return ".".join((*module.with_suffix("").parts, spec.class_name))
-
-
 def sensor_type_public(spec: SensorSpec, registry: Registry, state: str | None = None) -> dict[str, Any]:
     """A sensor as StackStorm's API shows it; `poll_interval` only where the file gives one, as there;
     `metadata_file` relative to its pack (`sensors/watch.yaml`) as an action's is (`in_pack`); and Squall's
     `state` (`sensor_state`) where this process knows it."""
     document = {"id": sensor_type_id(spec.ref), "uid": f"sensor_type:{spec.pack}:{spec.class_name}",
                 "ref": spec.ref, "pack": spec.pack, "name": spec.class_name, "class_name": spec.class_name,
-                "entry_point": _entry_point(spec, registry), "artifact_uri": f"file://{spec.file}",
+                "entry_point": entry_point(spec, registry), "artifact_uri": f"file://{spec.file}",
                 "description": spec.description, "poll_interval": spec.poll_interval, "enabled": spec.enabled,
                 "trigger_types": list(spec.trigger_types),
                 "metadata_file": in_pack(spec.metadata_file, spec.pack, registry), "state": state}
@@ -102,7 +94,20 @@ def _find_sensor(request: Request, ref_or_id: str) -> SensorSpec:
 @router.get("/sensortypes/{ref_or_id}", tags=["sensors"])
 async def get_sensor_type(ref_or_id: str, request: Request) -> dict[str, Any]:
     spec = _find_sensor(request, ref_or_id)
-    return sensor_type_public(spec, api_state(request).squall.registry, sensor_state(request, spec))
+    public = sensor_type_public(spec, api_state(request).squall.registry, sensor_state(request, spec))
+    return {**public, **sensor_health(request, spec)}
+
+
+def sensor_health(request: Request, spec: SensorSpec) -> dict[str, Any]:
+    """How the sensor fared where it runs (`SensorContainer.health`: restarts, how the last life ended, when it
+    starts again), its time as the API's others; empty in a process that does not lead, as `sensor_state`."""
+    squall = api_state(request).squall
+    if not squall.sensor_lead:
+        return {}
+    health = squall.sensors.health(spec.ref)
+    if "restart_at" in health:
+        health["restart_at"] = iso(health["restart_at"])
+    return health
 
 
 @router.put("/sensortypes/{ref_or_id}", tags=["sensors"])
