@@ -1102,3 +1102,16 @@ def test_version_is_the_installed_distributions(home: Path) -> None:
 
     done = squall(home, "--version")
     assert done.returncode == 0 and done.stdout.strip() == f"squall {version('squall')}", done
+
+
+def test_a_command_with_no_config_file_says_it_makes_a_new_database_here(tmp_path: Path) -> None:
+    """`squall execution list` outside the checkout listed nothing and made `./data/` without a word: it says
+    it found no config file and where its new database is, once (the next call uses that database)."""
+    env = {key: value for key, value in os.environ.items() if key != "SQUALL_CONFIG"}
+    first = subprocess.run([str(SQUALL), "execution", "list"], capture_output=True, text=True, timeout=60,
+                           cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.startswith("note: no config file here") and str(tmp_path / "data" / "squall.db") in first.stderr
+    again = subprocess.run([str(SQUALL), "execution", "list"], capture_output=True, text=True, timeout=60,
+                           cwd=tmp_path, env=env)
+    assert again.returncode == 0 and again.stderr == "", again.stderr

@@ -167,6 +167,19 @@ def current_config() -> Config:
         raise fail(str(exc)) from exc
 
 
+def note_defaults(config: Config) -> None:
+    """Say it when a command found no config file and is about to make a new database with the defaults, in
+    the folder it runs in (`with_app`, `with_store`, before they open it): `squall execution list` outside the
+    checkout listed nothing, made `./data/`, and left people asking where their executions had gone. Said
+    once, when that database does not exist yet."""
+    if config.path is not None or not config.database_url.startswith("sqlite:///"):
+        return
+    database = Path(config.database_url.removeprefix("sqlite:///"))
+    if not database.exists():
+        err.print(f"note: no config file here (./config.yml), in $SQUALL_CONFIG or given with -c: using the "
+                  f"defaults, with a new database at {database}", markup=False)
+
+
 def current_user() -> str:
     """Who runs the command: recorded on executions, owner of user-scoped keys, inquiry answers."""
     import getpass
@@ -199,6 +212,7 @@ def with_app(work: Callable[[Squall], Awaitable[T]], *, recover: bool = False, p
     from engine.parameters import ParameterError
 
     config = current_config()
+    note_defaults(config)
     one_shot()
     stop = _Stop()
 
@@ -524,6 +538,7 @@ def with_store(work: Callable[[Store, Config], T]) -> T:
     from engine.storage import Store
 
     config = current_config()
+    note_defaults(config)
     with setup_errors(config):
         store = Store.open(config.database_url)
         try:
