@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,27 @@ from tests.pgcluster import Cluster, free_port, initdb_path
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
+
+#: The `squall` command of the interpreter running the tests (the venv's).
+SQUALL = Path(sys.executable).parent / "squall"
+
+
+@contextlib.contextmanager
+def serving(home: Path) -> Iterator[subprocess.Popen[str]]:
+    """`squall serve` on `home`'s config, once it says it serves (its output in `home/serve.log`); stopped
+    with SIGTERM at the end, and waited for."""
+    with open(home / "serve.log", "w") as log:
+        server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home,
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "Squall is serving" not in (home / "serve.log").read_text():
+            assert server.poll() is None and time.monotonic() < deadline, (home / "serve.log").read_text()
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
 
 def write(path: Path, text: str) -> Path:
     """Write a dedented file, creating folders; tests build packs the way authors do."""

@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -20,13 +19,12 @@ from unittest import mock
 
 import pytest
 
-from tests.conftest import write
+from tests.conftest import SQUALL, serving, write
 from tests.pgcluster import free_port
 
 if TYPE_CHECKING:
     from click.testing import Result
 
-SQUALL = Path(sys.executable).parent / "squall"
 
 
 def squall(home: Path, *args: str, timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -775,14 +773,7 @@ def test_trigger_emit_through_serve_waits_for_the_executions(home: Path) -> None
         trigger: {type: core.st2.webhook, parameters: {url: slow}}
         action: {ref: core.local, parameters: {cmd: "sleep 2; echo finished"}}
     """)
-    with open(home / "serve.log", "w") as log:
-        server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home,
-                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while "Squall is serving" not in (home / "serve.log").read_text():
-            assert server.poll() is None and time.monotonic() < deadline, (home / "serve.log").read_text()
-            time.sleep(0.1)
+    with serving(home) as server:
         done = squall(home, "trigger", "emit", "core.st2.webhook", "--url", "slow", "--payload", "{}")
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["status"] == "processed"
@@ -790,9 +781,6 @@ def test_trigger_emit_through_serve_waits_for_the_executions(home: Path) -> None
         record = json.loads(squall(home, "execution", "get", execution_id, "--json").stdout)
         assert record["status"] == "succeeded" and record["result"]["stdout"] == "finished", record
         assert record["runner_info"]["pid"] == server.pid  # run by the serve, not by the command
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 # -- listings at common widths: key columns whole ----------------------------------------------------

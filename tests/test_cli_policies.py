@@ -4,34 +4,14 @@ is handed to the server, which counts it with its own runs."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from engine.policies import retry_id
-from tests.conftest import write
+from tests.conftest import serving, write
 from tests.test_cli import SQUALL, _held_pack, _poll, run_json, squall
-
-
-@contextlib.contextmanager
-def _serving(home: Path) -> Iterator[subprocess.Popen[str]]:
-    """`squall serve` on the test's database, once it says it serves; stopped at the end."""
-    with open(home / "serve.log", "w") as log:
-        server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home,
-                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while "Squall is serving" not in (home / "serve.log").read_text():
-            assert server.poll() is None and time.monotonic() < deadline, (home / "serve.log").read_text()
-            time.sleep(0.1)
-        yield server
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def _cli(home: Path, *args: str) -> subprocess.Popen[str]:
@@ -75,7 +55,7 @@ def test_the_retry_of_a_plain_run_is_run_by_the_server(home: Path) -> None:
     """)
     write(pack / "policies" / "retry.yaml", "name: retry\nresource_ref: pol.flaky\npolicy_type: action.retry\n"
                                             "parameters: {retry_on: failure, max_retry_count: 1, delay: 2}\n")
-    with _serving(home) as server:
+    with serving(home) as server:
         done = squall(home, "run", "pol.flaky", f"marker={home / 'marker'}", "--json")
         assert done.returncode == 1, done.stderr
         failed = json.loads(done.stdout)
@@ -96,7 +76,7 @@ def test_a_rerun_of_a_held_action_is_counted_by_the_server(home: Path) -> None:
     (home / "gate-alone").touch()
     code, alone = run_json(home, "pol.slow", f"gate={home / 'gate-alone'}")
     assert code == 0
-    with _serving(home) as server:
+    with serving(home) as server:
         first = json.loads(squall(home, "run", "pol.slow", f"gate={home / 'gate-1'}", "--async", "--json").stdout)
         _poll(home, first["id"], lambda r: r["status"] == "running")
         waiter = _cli(home, "execution", "re-run", alone["id"], f"gate={home / 'gate-2'}", "--json")
@@ -133,7 +113,7 @@ def test_a_workflow_calling_a_held_action_is_run_by_the_server(home: Path) -> No
             ref: pol.slow
             params: {gate: "{{ gate }}"}
     """)
-    with _serving(home) as server:
+    with serving(home) as server:
         first = json.loads(squall(home, "run", "pol.slow", f"gate={home / 'gate-1'}", "--async", "--json").stdout)
         _poll(home, first["id"], lambda r: r["status"] == "running")
         waiter = _cli(home, "run", "pol.flow", f"gate={home / 'gate-2'}", "--json")

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import signal
 import subprocess
 import time
 from typing import TYPE_CHECKING
 
+from tests.conftest import serving
 from tests.test_cli import SQUALL, in_process, succeeds
 from tests.workflow_helpers import workflow_pack
 
@@ -202,14 +202,7 @@ def test_an_answer_while_squall_serve_runs_says_no_more(home: Path) -> None:
 
     paused = squall("run", "wf.asks")
     assert paused.returncode == 1, paused.stdout
-    with open(home / "serve.log", "w") as log:
-        server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home,
-                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while "Squall is serving" not in (home / "serve.log").read_text():
-            assert server.poll() is None and time.monotonic() < deadline, (home / "serve.log").read_text()
-            time.sleep(0.1)
+    with serving(home):
         answered = squall(*_respond_command(paused.stdout))
         assert answered.returncode == 0 and " answered: " in answered.stdout, answered.stderr
         assert "resumes when" not in answered.stdout, answered.stdout
@@ -218,6 +211,3 @@ def test_an_answer_while_squall_serve_runs_says_no_more(home: Path) -> None:
                 "status"] != "succeeded":
             assert time.monotonic() < deadline, record
             time.sleep(0.2)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
