@@ -890,15 +890,28 @@ def migrate(engine: Engine) -> None:
     _upgrade(engine)
 
 
+class SchemaTooNew(Exception):
+    """The database's schema is at a revision this Squall does not know: a newer Squall migrated it. Refused
+    before anything is written (Alembic's "Can't locate revision" came out as 110 lines of traceback, exit 1)."""
+
+    def __init__(self, current: str, head: str | None) -> None:
+        super().__init__(f"the database's schema is at revision {current}, newer than this Squall knows (its newest "
+                         f"is {head}): a newer Squall migrated it. Run that version or a newer one on it; an older "
+                         "one cannot use it")
+
+
 def _upgrade(engine: Engine) -> None:
-    """Alembic's upgrade to its head, one process at a time."""
+    """Alembic's upgrade to its head, one process at a time, said in the log (a Squall older than this one
+    cannot open the database afterwards); a database a newer Squall migrated is refused (`SchemaTooNew`)."""
     from alembic.config import Config as AlembicConfig
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
 
     config = AlembicConfig()
     config.set_main_option("script_location", str(_MIGRATIONS))
-    head = ScriptDirectory.from_config(config).get_current_head()
+    script = ScriptDirectory.from_config(config)
+    head = script.get_current_head()
     with engine.connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
     if current == head:
@@ -907,8 +920,17 @@ def _upgrade(engine: Engine) -> None:
 
     def upgrade(connection: sa.Connection) -> None:
         # Look again under the lock: another process may have migrated while we waited for it.
-        if MigrationContext.configure(connection).get_current_revision() == head:
+        now = MigrationContext.configure(connection).get_current_revision()
+        if now == head:
             return
+        if now is not None:
+            try:
+                script.get_revision(now)
+            except CommandError:
+                raise SchemaTooNew(now, head) from None
+        logging.getLogger(__name__).warning(
+            "upgrading the database's schema from revision %s to %s: a Squall older than this one cannot use it "
+            "afterwards", now or "none", head)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -1139,3 +1139,41 @@ def test_times_are_written_as_isoformat_and_sqlalchemy_write_them() -> None:
     assert iso(None) is None and stored(None) is None
     assert stored(date(2026, 1, 2)) == reference(date(2026, 1, 2))
 
+
+
+def test_a_database_a_newer_squall_migrated_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Rolling Squall back after an upgrade: the database's revision is one this Squall does not know. Each
+    command said it in ~110 lines of Alembic traceback and exit 1 ("the action failed"); now one line, exit 3,
+    before anything is written."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    write(tmp_path / "config.yml", "database: {url: 'sqlite:///data/squall.db'}\n")
+    Store.open(f"sqlite:///{tmp_path / 'data' / 'squall.db'}").close()
+    with sqlite3.connect(tmp_path / "data" / "squall.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    done = subprocess.run([str(Path(sys.executable).parent / "squall"), "-c", str(tmp_path / "config.yml"),
+                           "execution", "list"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.startswith("error: the database's schema is at revision 9999_from_the_future, newer than "
+                                  "this Squall knows"), done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 3 and "Traceback" not in done.stderr
+    with sqlite3.connect(tmp_path / "data" / "squall.db") as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("9999_from_the_future",)]
+
+
+def test_an_upgrade_is_said_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An operator has a record of when the schema changed, and from what: older Squalls cannot open it after."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'squall.db'}"
+    Store.open(url).close()
+    with sqlite3.connect(tmp_path / "squall.db") as conn:  # as a database 0024 left: its newest table undone
+        conn.execute("DROP TABLE serve_nodes")
+        conn.execute("UPDATE alembic_version SET version_num = '0023'")
+    with caplog.at_level(logging.WARNING, logger="engine.storage"):
+        Store.open(url).close()
+    said = [r.getMessage() for r in caplog.records if "upgrading the database's schema" in r.getMessage()]
+    assert said == [f"upgrading the database's schema from revision 0023 to {HEAD}: a Squall older than "
+                    "this one cannot use it afterwards"]

@@ -453,17 +453,18 @@ def setup_errors(config: Config) -> Iterator[None]:
             raise
         raise fail(_path_problem(config, exc), SETUP_FAILED) from None
     except Exception as exc:
-        if not _system_packs_missing(exc):
+        if not _refused_setup(exc):
             raise
         raise fail(str(exc), SETUP_FAILED) from None
 
 
-def _system_packs_missing(exc: Exception) -> bool:
-    """Whether `exc` is the pack loader's `SystemPacksMissing`, told without importing the loader (~50 ms)
-    into the commands that never load packs (`key get`, `apikey list`): only a process that imported it
-    can have raised it."""
-    packs = sys.modules.get("engine.packs")
-    return packs is not None and isinstance(exc, packs.SystemPacksMissing)
+def _refused_setup(exc: Exception) -> bool:
+    """Whether `exc` is the pack loader's `SystemPacksMissing` or the store's `SchemaTooNew` (a database a newer
+    Squall migrated), told without importing their modules (the loader is ~50 ms) into the commands that never
+    use them: only a process that imported one can have raised its exception."""
+    packs, storage = sys.modules.get("engine.packs"), sys.modules.get("engine.storage")
+    return ((packs is not None and isinstance(exc, packs.SystemPacksMissing))
+            or (storage is not None and isinstance(exc, storage.SchemaTooNew)))
 
 
 async def served_elsewhere(squall: Squall) -> bool:
