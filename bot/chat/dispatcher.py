@@ -252,9 +252,10 @@ def _place(message: Message) -> tuple[str, str, str]:
     return message.adapter, message.channel, message.user if user_id is None else f"id:{user_id}"
 
 
-def _click_taken(message: Message, taken: bool) -> None:
+def _click_taken(message: Message, taken: bool | None) -> None:
     """Tell `message`'s adapter whether its click was taken (`Message.click`): it marks the prompt
-    "chose …" only then, never over a prompt that expired or was answered already."""
+    "chose …" only then, never over a prompt that expired or was answered already; None for a click that
+    answers no confirmation (an inquiry's, an approval's, a form's), which its adapter marks as it always did."""
     if message.click is not None:
         message.click.tell(taken)
 
@@ -373,8 +374,8 @@ class Dispatcher:
             adapter = self.adapters.get(message.adapter)
             # A confirmation's button click names its prompt: never an inquiry's answer or a form's.
             clicked = text is not None and _CLICKED.fullmatch(text) is not None
-            if not clicked and message.click is not None:
-                message.click.tell(None)  # not a confirmation's: its adapter marks it at once, as it always did
+            if not clicked:
+                _click_taken(message, None)
             if not clicked and await self._inquiry_answer(message, text,
                                                           adapter is None or adapter.capabilities.threads, lookup):
                 return
