@@ -928,9 +928,12 @@ def _upgrade(engine: Engine) -> None:
                 script.get_revision(now)
             except CommandError:
                 raise SchemaTooNew(now, head) from None
-        logging.getLogger(__name__).warning(
-            "upgrading the database's schema from revision %s to %s: a Squall older than this one cannot use it "
-            "afterwards", now or "none", head)
+        if now is None:  # a new database: nothing older used it
+            logging.getLogger(__name__).info("creating the database's schema (revision %s)", head)
+        else:
+            logging.getLogger(__name__).warning(
+                "upgrading the database's schema from revision %s to %s: a Squall older than this one cannot use "
+                "it afterwards", now, head)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
