@@ -141,3 +141,35 @@ async def test_a_yes_the_database_refused_after_its_confirmation_expired_is_not_
         await settle(squall, bot)
         assert loopback.texts()[-1] == "Nothing is waiting for your yes here."
         assert await squall.executions.list(action="demo.wipe") == []
+
+
+@pytest.mark.usefixtures("short_waits")
+async def test_a_yes_to_a_did_you_mean_offer_the_locked_database_refused_waits_too(home: Path) -> None:
+    """A "did you mean" offer (`!please bounce nginx on web2` → `!restart nginx on web2`) is a confirmation
+    too: its `yes` that the database refused keeps it waiting, and the next `yes` runs the command once."""
+    from tests.test_chat_suggest import _start
+
+    squall, loopback = await _start(home)
+    locker = _locker_of(squall)
+    try:
+        await loopback.say("!please bounce nginx on web2", user="alice", channel="#ops")
+        await settle(squall, squall.chat)
+        assert loopback.texts()[-1].startswith("Did you mean `!restart nginx on web2`?"), loopback.texts()
+        locker.hold()
+        await loopback.say("!yes", user="alice", channel="#ops")
+        said = loopback.texts()[-1]
+        assert said.startswith(LOCKED) and KEPT in said, said
+        locker.release()
+        assert await squall.executions.list(action="ops.restart") == []
+        await loopback.say("!yes", user="alice", channel="#ops")
+        await settle(squall, squall.chat)
+        [ran] = await squall.executions.list(action="ops.restart")
+        assert {k: ran["parameters"][k] for k in ("service", "host")} == {"service": "nginx", "host": "web2"}
+        await loopback.say("!yes", user="alice", channel="#ops")
+        await settle(squall, squall.chat)
+        assert loopback.texts()[-1] == "Nothing is waiting for your yes here."
+        assert len(await squall.executions.list(action="ops.restart")) == 1
+    finally:
+        locker.close()
+        await squall.chat.stop()
+        await squall.close()

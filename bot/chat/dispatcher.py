@@ -478,9 +478,10 @@ class Dispatcher:
             return text
         return None
 
-    async def _handle(self, message: Message, text: str, lookup: _Lookup | None = None) -> None:
+    async def _handle(self, message: Message, text: str, lookup: _Lookup | None = None,
+                      held: PendingConfirmation | None = None) -> None:
         """Run what `text` (without its prefix) asks; `lookup` holds its alias match if an earlier step
-        made it (`_names_command`)."""
+        made it (`_names_command`). `held`: the "did you mean" offer whose `yes` this is (`run_matched`)."""
         clicked = _CLICKED.fullmatch(text)
         if clicked is not None:  # a confirmation's button: it answers the prompt it sits on, or nothing
             await self._clicked(message, clicked[1] == "yes", clicked[2])
@@ -530,7 +531,7 @@ class Dispatcher:
                 return
             await self._unknown(message, text, exc.suggestions)
             return
-        await self.run_matched(matches[0], message, text, more=matches[1:])
+        await self.run_matched(matches[0], message, text, more=matches[1:], held=held)
 
     async def run_matched(self, match: Any, message: Message, text: str | None = None,
                           confirmed: bool = False, more: Sequence[AliasMatch] = (),
@@ -664,7 +665,7 @@ class Dispatcher:
         elif pending.command is not None:
             # A suggestion: the filled text takes the whole command path again (match, authorise,
             # the alias's own confirmation, audit), as if the person had typed it.
-            await self._handle(replace(asked, text=pending.command), pending.command)
+            await self._handle(replace(asked, text=pending.command), pending.command, held=pending)
         else:  # authorised again with the alias loaded now (a reload may have disabled it), not asked again
             await self.run_matched(pending.match, asked, confirmed=True, more=pending.more, held=pending)
 
