@@ -40,6 +40,23 @@ def _finish(waiter: subprocess.Popen[str]) -> tuple[int, str, str]:
     return waiter.returncode, output, errors
 
 
+def _waits_for_the_servers_run(home: Path, known: set[str], *command: str) -> tuple[dict, int, str, str]:
+    """The server runs `pol.slow` (its `gate-1` closed); then `command`'s run of `pol.slow`, none of `known`,
+    waits `delayed` for it: counted with the server's runs. Both gates opened, that run and the command's exit
+    code, output and errors."""
+    first = json.loads(squall(home, "run", "pol.slow", f"gate={home / 'gate-1'}", "--async", "--json").stdout)
+    _poll(home, first["id"], lambda r: r["status"] == "running")
+    waiter = _cli(home, *command)
+    try:
+        run = _new_run(home, "pol.slow", {*known, first["id"]}, waiter)
+        _poll(home, run["id"], lambda r: r["status"] == "delayed")
+    finally:
+        (home / "gate-1").touch()
+        (home / "gate-2").touch()
+        code, output, errors = _finish(waiter)
+    return run, code, output, errors
+
+
 def test_the_retry_of_a_plain_run_is_run_by_the_server(home: Path) -> None:
     """A plain `squall run` fails, and its retry policy stores the retry `delayed` for 2 s: only the command's
     timer would hand it on, and the command has exited. The server's poll runs it once due, and the command
@@ -77,16 +94,8 @@ def test_a_rerun_of_a_held_action_is_counted_by_the_server(home: Path) -> None:
     code, alone = run_json(home, "pol.slow", f"gate={home / 'gate-alone'}")
     assert code == 0
     with serving(home) as server:
-        first = json.loads(squall(home, "run", "pol.slow", f"gate={home / 'gate-1'}", "--async", "--json").stdout)
-        _poll(home, first["id"], lambda r: r["status"] == "running")
-        waiter = _cli(home, "execution", "re-run", alone["id"], f"gate={home / 'gate-2'}", "--json")
-        try:
-            again = _new_run(home, "pol.slow", {alone["id"], first["id"]}, waiter)
-            _poll(home, again["id"], lambda r: r["status"] == "delayed")  # the server's one runs
-        finally:
-            (home / "gate-1").touch()
-            (home / "gate-2").touch()
-            code, output, errors = _finish(waiter)
+        again, code, output, errors = _waits_for_the_servers_run(
+            home, {alone["id"]}, "execution", "re-run", alone["id"], f"gate={home / 'gate-2'}", "--json")
         assert code == 0, errors
         assert "held by a concurrency policy and `squall serve`" in errors
         done = json.loads(output)
@@ -114,16 +123,8 @@ def test_a_workflow_calling_a_held_action_is_run_by_the_server(home: Path) -> No
             params: {gate: "{{ gate }}"}
     """)
     with serving(home) as server:
-        first = json.loads(squall(home, "run", "pol.slow", f"gate={home / 'gate-1'}", "--async", "--json").stdout)
-        _poll(home, first["id"], lambda r: r["status"] == "running")
-        waiter = _cli(home, "run", "pol.flow", f"gate={home / 'gate-2'}", "--json")
-        try:
-            task = _new_run(home, "pol.slow", {first["id"]}, waiter)
-            _poll(home, task["id"], lambda r: r["status"] == "delayed")  # counted with the server's run
-        finally:
-            (home / "gate-1").touch()
-            (home / "gate-2").touch()
-            code, output, errors = _finish(waiter)
+        task, code, output, errors = _waits_for_the_servers_run(
+            home, set(), "run", "pol.flow", f"gate={home / 'gate-2'}", "--json")
         assert code == 0, errors
         assert "pol.flow calls pol.slow, held by a concurrency policy," in errors
         done = json.loads(output)

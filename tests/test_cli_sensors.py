@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import write
+from tests.conftest import free_port, write
 from tests.test_cli import SQUALL, squall
 
 TICK = '''
@@ -98,25 +97,13 @@ def test_sensor_list_and_get_read_the_pack_files_and_say_the_state_is_unknown_wi
     assert typo.returncode == 2 and "sensor 'demo.Tik' is not loaded" in typo.stderr and "demo.Tick" in typo.stderr
 
 
-def _api_port() -> int:
-    """A free port of the range these tests' services may take (23650-23699)."""
-    for port in range(23650, 23700):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port in 23650-23699")
-
-
 def test_sensor_list_and_get_show_the_state_restarts_and_last_exit_the_running_serve_knows(home: Path) -> None:
     """With `squall serve` running on this config's API, its state of each sensor is shown; `sensor get` of a
     crash-looping sensor says more than "failed": how often it restarted, what its last life died of, when it
     starts again (`GET /api/v1/sensortypes/{ref}`, from `SensorContainer.health`)."""
     _sensor_pack(home)
     config = home / "config.yml"
-    config.write_text(config.read_text().replace("port: ", f"port: {_api_port()}  # was ", 1))
+    config.write_text(config.read_text().replace("port: ", f"port: {free_port()}  # was ", 1))
     server = subprocess.Popen([str(SQUALL), "-c", str(config), "serve"], cwd=home, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:

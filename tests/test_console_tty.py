@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from adapters.console import ConsoleAdapter
-from tests.conftest import wait_until_answering
+from tests.conftest import free_port, wait_until_answering
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pseudo-terminal job control")
 
@@ -58,15 +57,6 @@ def obey():
 threading.Thread(target=obey, daemon=True).start()
 sys.exit(job.wait())
 """
-
-
-def api_port() -> int:
-    """A free port in 23600-23649, the range these tests' services listen in."""
-    for port in range(23600, 23650):
-        with socket.socket() as sock, contextlib.suppress(OSError):
-            sock.bind(("127.0.0.1", port))
-            return port
-    pytest.skip("no free port in 23600-23649")
 
 
 class Terminal:
@@ -115,7 +105,7 @@ def job(home: Path, request: pytest.FixtureRequest
     its foreground when the test is parametrized `fg`: its terminal, the shell, a way to give the shell a
     job-control command, the serve's pid, its API."""
     mode = getattr(request, "param", "bg")
-    port = api_port()
+    port = free_port()
     config = home / "config.yml"
     text = config.read_text()
     config.write_text("\n".join(line if not line.strip().startswith("port:") else f"  port: {port}"

@@ -331,11 +331,11 @@ def _held_refs(squall: Squall, ref: str) -> list[str]:
 def _task_actions(squall: Squall, ref: str) -> list[str]:
     """The action refs the workflow `ref`'s definition names (none for an action that is no workflow, or a
     definition that cannot be read: its run says why)."""
-    from engine.workflows.service import load_spec
+    from engine.workflows.service import WORKFLOW_RUNNERS, load_spec
 
     action = squall.registry.actions.get(ref)
     path = action.entry_path if action is not None else None
-    if action is None or path is None or action.runner_type not in ("orquesta", "action-chain", "mistral-v2"):
+    if action is None or path is None or action.runner_type not in WORKFLOW_RUNNERS:
         return []
     try:
         spec = load_spec(action.runner_type, path, str(path))

@@ -40,7 +40,7 @@ from engine.inquiries import shown_execution
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
 from engine.storage import ExecutionFilter, database_trouble
-from engine.workflows.service import KEPT
+from engine.workflows.service import KEPT, WORKFLOW_RUNNERS
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 PAGE_SIZE = 50
@@ -51,8 +51,6 @@ FILTERS = ("status", "action", "pack", "user", "source", "channel", "from", "to"
 EXECUTION_ID = re.compile(r"[0-9a-f]{24}\Z")
 #: Output the page shows apart from the result's JSON.
 STREAMS = ("stdout", "stderr")
-#: Runners whose executions have tasks of their own (child executions): the task tree opens them.
-WORKFLOW_RUNNERS = frozenset({"orquesta", "action-chain", "mistral-v2"})
 #: How deep the task tree opens sub-workflows, and how many rows it lists in all.
 MAX_TREE_DEPTH = 4
 MAX_TREE_ROWS = 1000

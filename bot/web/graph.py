@@ -23,9 +23,8 @@ from typing import Any
 from markupsafe import Markup
 
 from engine.actions import Action
-from engine.workflows.service import KEPT, kept_action, kept_spec, load_spec
+from engine.workflows.service import KEPT, WORKFLOW_RUNNERS, kept_action, kept_spec, load_spec
 
-WORKFLOW_RUNNERS = ("orquesta", "action-chain", "mistral-v2")
 NODE_W, NODE_H, GAP_X, GAP_Y, MARGIN = 170, 40, 70, 18, 12
 
 

@@ -110,6 +110,10 @@ def _parse(kind: str, data: Any, lines: LineMap, display: str) -> Any:
     return orquesta.parse(data, lines, display)
 
 
+#: The runners whose definitions `load_spec` reads: their executions have tasks (child executions) of their own.
+WORKFLOW_RUNNERS = frozenset({"orquesta", "action-chain", "mistral-v2"})
+
+
 def load_spec(kind: str, path: Path, display: str) -> Any:
     """Parse and check a workflow file (cached by modification time); `ContentInvalid` if bad."""
     stamp = path.stat().st_mtime_ns
