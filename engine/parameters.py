@@ -891,14 +891,23 @@ _SECRET_QUERY_KEY = re.compile(rf"(?:^|_)(?:{SECRET_NAME.pattern}|credentials)(?
 #: Where a query key's words part (`secret_query_key`): a run of anything not a letter or digit, and a capital
 #: after a small letter or digit, or starting a word after capitals (`APIKey` → `api_key`).
 _QUERY_KEY_BREAK = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+#: Whole query keys, decoded and lower-cased, that carry a credential in a URL only, so they are not in
+#: `SECRET_NAME` (a header `Key-Id` or a variable `KEY_FILE` names none): an Azure SAS token's `sig`, the
+#: signature of an AWS or Google signed URL (`Signature`, `X-Amz-Signature`, `X-Goog-Signature`; their
+#: `X-Amz-Credential` and `X-Goog-Credential` are `SECRET_NAME`'s already), a Google API key (`?key=AIza…`).
+#: Not `code` (an OAuth callback's one-use grant) nor `GoogleAccessId` (a service account's name).
+SECRET_QUERY_KEYS = frozenset({"sig", "signature", "key", "x-amz-signature", "x-goog-signature"})
 
 
 def secret_query_key(key: str) -> bool:
     """Whether a URL query's `key` (as written: percent-encoded, `+` for a space, in any case) names a credential
     (`_SECRET_QUERY_KEY`): `SECRET_NAME`'s words, the one rule for headers, variables and audit details, read as
     whole words, since a query's keys are words a server chose (`?tokens_count=`, `?passage=` name none), or at the
-    key's end (`?accesstoken=`)."""
-    words = _QUERY_KEY_BREAK.sub("_", unquote_plus(key)).strip("_").lower()
+    key's end (`?accesstoken=`); or it is, whole, one of `SECRET_QUERY_KEYS` (`?sig=`, not `?signed_at=`)."""
+    decoded = unquote_plus(key)
+    if decoded.lower() in SECRET_QUERY_KEYS:
+        return True
+    words = _QUERY_KEY_BREAK.sub("_", decoded).strip("_").lower()
     return _SECRET_QUERY_KEY.search(words) is not None
 
 

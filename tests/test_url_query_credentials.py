@@ -1,9 +1,10 @@
 """A credential in a URL's query string (`?api_key=…`, `?access_token=…`) is masked as a URL's password is.
 
 `url: https://api.example.com/hook?api_key=…&x=1` was stored and shown in clear (the execution record, the API,
-the web, the audit, chat) and echoed in output: the query keys `SECRET_NAME`'s words name (`secret_query_key`) are
-shown as `********`, the rest of the URL as written, the run gets the real value (sealed), its text is scrubbed
-where else it shows (`credential_texts`), and a re-run of the URL as shown gets it back to the same target only.
+the web, the audit, chat) and echoed in output: the query keys `SECRET_NAME`'s words name, and the query-only
+`SECRET_QUERY_KEYS` (`sig`, `signature`, `key`…), (`secret_query_key`) are shown as `********`, the rest of the
+URL as written, the run gets the real value (sealed), its text is scrubbed where else it shows
+(`credential_texts`), and a re-run of the URL as shown gets it back to the same target only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from engine.parameters import (
     mask_value,
     rerun_parameters,
     restore_masked,
+    secret_header,
     secret_query_key,
+    secret_variable,
     shows_masked,
 )
 from tests.conftest import write
@@ -41,12 +44,39 @@ def test_the_query_keys_that_name_a_credential_are_secret_name_s_words_whole() -
     for key in ("api_key", "apikey", "API-Key", "apiKey", "APIKey", "api%5Fkey", "token", "Token", "TOKEN",
                 "access_token", "accessToken", "accesstoken", "X-Amz-Security-Token", "password", "passwd", "pass",
                 "dbPass", "client_secret", "clientSecret", "private_key", "credential", "credentials",
-                "oauth_token_secret", "session+token", "token_type"):
+                "oauth_token_secret", "session+token", "token_type", "X-Amz-Credential", "x-goog-credential"):
         assert secret_query_key(key), key
     # `tokens_count`: SECRET_NAME finds `token` in it, but as a word it is `tokens`, a count; likewise the rest.
     for key in ("tokens_count", "tokens", "passage", "bypass", "bypass_cache", "compass", "page", "q", "x",
-                "sig", "signature", "key", "auth", "secretive", "tokenizer"):
+                "auth", "secretive", "tokenizer"):
         assert not secret_query_key(key), key
+
+
+def test_the_query_only_keys_of_signed_urls_and_api_keys_count_whole_and_nowhere_else() -> None:
+    """`SECRET_QUERY_KEYS`: Azure SAS's `sig`, AWS and Google signed URLs' signatures, Google's `?key=`, matched
+    whole, in any case, decoded; a word holding one is none, nor `code` or `GoogleAccessId`, and headers,
+    variables and audit details keep their own rule (a header `Key-Id`, a variable `KEY_FILE` are shown)."""
+    for key in ("sig", "SIG", "signature", "Signature", "key", "Key", "KEY", "k%65y", "X-Amz-Signature",
+                "x-amz-signature", "X-Goog-Signature"):
+        assert secret_query_key(key), key
+    for key in ("keyword", "monkey", "keys", "key_id", "signed_at", "design", "sigma", "signatures", "code",
+                "GoogleAccessId", "X-Amz-SignedHeaders", "X-Amz-Algorithm", "X-Amz-Date", "sv", "se", "sp"):
+        assert not secret_query_key(key), key
+    assert not secret_header("Key-Id") and not secret_header("Signature") and not secret_header("X-Amz-Signature")
+    assert not secret_variable("KEY_FILE") and not secret_variable("KEY") and not secret_variable("SIG")
+    assert audit_sinks.entry({"detail": {"key": "k-1", "sig": "s-1", "signature": "g-1"}})["detail"] == {
+        "key": "k-1", "sig": "s-1", "signature": "g-1"}
+    assert mask_value("headers", {"Key": "k-1", "Sig": "s-1"}) == {"Key": "k-1", "Sig": "s-1"}
+    assert mask_value("env", {"KEY_FILE": "/k", "KEY": "k-1"}) == {"KEY_FILE": "/k", "KEY": "k-1"}
+    signed = ("https://b.s3.amazonaws.com/o?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20260101"
+              "&X-Amz-Date=20260101T000000Z&X-Amz-SignedHeaders=host&X-Amz-Signature=abcdef0123456789")
+    assert mask_url(signed) == ("https://b.s3.amazonaws.com/o?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                                f"&X-Amz-Credential={MASK}&X-Amz-Date=20260101T000000Z&X-Amz-SignedHeaders=host"
+                                f"&X-Amz-Signature={MASK}")
+    assert mask_url("https://www.googleapis.com/v1/x?key=AIzaSyA-1&keyword=monkey&GoogleAccessId=sa%40p.iam"
+                    "&Signature=c2lnbmVk&code=4%2F0Ab&signed_at=1&design=2") == (
+        f"https://www.googleapis.com/v1/x?key={MASK}&keyword=monkey&GoogleAccessId=sa%40p.iam&Signature={MASK}"
+        "&code=4%2F0Ab&signed_at=1&design=2")
 
 
 def test_mask_url_masks_each_query_credential_and_keeps_the_rest_byte_for_byte() -> None:
@@ -60,7 +90,8 @@ def test_mask_url_masks_each_query_credential_and_keeps_the_rest_byte_for_byte()
         "https://ann:pw-1@h.example:8443/?password=s%3Dp&api%5Fkey=k&token=&token&x=":
             f"https://ann:{MASK}@h.example:8443/?password={MASK}&api%5Fkey={MASK}&token=&token&x=",
         # a password written with an unencoded `?`: the query is the one after the host
-        "http://ann:Hash?x@host.example/p?sig=1&secret=s": f"http://ann:{MASK}@host.example/p?sig=1&secret={MASK}",
+        "http://ann:Hash?x@host.example/p?sig=1&page=1&secret=s":
+            f"http://ann:{MASK}@host.example/p?sig={MASK}&page=1&secret={MASK}",
     }
     for url, shown in cases.items():
         assert mask_url(url) == shown, url
@@ -162,3 +193,33 @@ async def test_a_query_credential_is_stored_masked_the_run_gets_it_and_a_re_run_
     for where, text in (("stored", stored), ("records", json.dumps(listed, default=str)),
                         ("refusal", str(refused.value))):
         assert API_KEY not in text and TOKEN not in text, where
+
+
+async def test_a_signed_url_s_signature_and_an_api_key_are_stored_masked_and_a_re_run_gets_them_back(
+        home: Path) -> None:
+    """An Azure SAS URL's `sig` and a Google `?key=`: the execution record and its output show `********`, the
+    run gets the real URL, a re-run as shown gets both back, a re-run to another host sends the mask."""
+    _hook_pack(home)
+    sig, key = "Zm9vYmFyYmF6%2Bqux%3D", "AIzaSyD-sig-key-2718"
+    url = f"https://acct.blob.core.windows.net/c/b.txt?sv=2022-11-02&sig={sig}&se=2026-12-31&key={key}&keyword=k"
+    shown = f"https://acct.blob.core.windows.net/c/b.txt?sv=2022-11-02&sig={MASK}&se=2026-12-31&key={MASK}&keyword=k"
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        record = await squall.executions.request("hooks.call", {"url": url})
+        done = await squall.executions.wait(record["id"], timeout=30)
+        same = await squall.executions.rerun(done["id"], {"url": shown.replace("se=2026", "se=2027")}, {"user": "ann"})
+        again = await squall.executions.wait(same["id"], timeout=30)
+        moved = shown.replace("acct.blob.core.windows.net", "evil.example")
+        sent = await squall.executions.rerun(done["id"], {"url": moved}, {"user": "ann"})
+        elsewhere = await squall.executions.wait(sent["id"], timeout=30)
+        stored = _stored(squall)
+    finally:
+        await squall.close()
+    assert done["status"] == "succeeded", done["result"]
+    assert done["parameters"]["url"] == shown
+    assert done["result"]["stdout"].splitlines() == [f"calling {shown}", str(len(url))]
+    assert again["status"] == "succeeded" and again["parameters"]["url"] == shown.replace("se=2026", "se=2027")
+    assert again["result"]["stdout"].splitlines()[1] == str(len(url))  # both values back, the edit kept
+    assert elsewhere["result"]["stdout"].splitlines() == [f"calling {moved}", str(len(moved))]
+    for secret in (sig, "Zm9vYmFyYmF6+qux=", key):
+        assert secret not in stored, secret
