@@ -45,7 +45,7 @@ from engine.storage import Database, Store
 from engine.templates import configure_limits, stop_renders
 from engine.timers import TIMER_TYPES, TimerService, store_history
 from engine.triggers import TriggerService
-from engine.wakeups import PROCESS_NAME
+from engine.wakeups import PROCESS_NAME, SQUALL_SESSIONS
 from engine.workflows.service import WorkflowService
 from engine.yamlfile import ContentError
 
@@ -131,13 +131,16 @@ class Engine:
         self._emitting: set[asyncio.Future[Any]] = set()
 
     @classmethod
-    async def start(cls, config: Config, *, recover: bool = False, log_problems: bool = True, **parts: Any) -> Self:
+    async def start(cls, config: Config, *, recover: bool = False, log_problems: bool = True,
+                    upgrade_in_use: bool = True, **parts: Any) -> Self:
         """Open the database, load the packs, build; with `recover`, recover executions earlier
         runs left. `parts` go to the constructor (the chat side's adapters, for `Squall`).
 
         With `log_problems` (a service's start), each pack problem is logged once here, the rules' and
-        policies' among them; a CLI command leaves them to its own output (`bot.cli.common.with_app`)."""
-        store = Store.open(config.database_url)
+        policies' among them; a CLI command leaves them to its own output (`bot.cli.common.with_app`).
+        Without `upgrade_in_use` (a CLI command), an older schema another Squall process runs on is
+        refused, not upgraded (`engine.storage.SchemaInUse`)."""
+        store = Store.open(config.database_url, upgrade_in_use=upgrade_in_use)
         app = cls(config, store, load_packs(config), **parts)
         app._loop = asyncio.get_running_loop()
         if log_problems:
@@ -245,7 +248,7 @@ class Engine:
                     names.add(f"squall {pid}")
         else:
             with self.store.engine.connect() as conn:
-                names.update(conn.execute(_SQUALL_SESSIONS, {"me": PROCESS_NAME}).scalars())
+                names.update(conn.execute(sa.text(SQUALL_SESSIONS), {"me": PROCESS_NAME}).scalars())
         return sorted(names)
 
     async def datastore_call(self, method: str, args: dict[str, Any], request: RunRequest | None = None) -> Any:
@@ -308,8 +311,6 @@ class Engine:
 
 
 #: The other Squall processes' sessions on this PostgreSQL database (each names its process).
-_SQUALL_SESSIONS = sa.text("SELECT DISTINCT application_name FROM pg_stat_activity WHERE datname = "
-                           "current_database() AND application_name LIKE 'squall %' AND application_name <> :me")
 
 
 def _owner_pids(ledger: Path) -> list[int]:

@@ -881,16 +881,23 @@ _ALEMBIC_VERSION_DDL = ("CREATE TABLE alembic_version (version_num VARCHAR(32) N
                         "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))")
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (one query when it already is)."""
+def migrate(engine: Engine, *, upgrade_in_use: bool = True) -> None:
+    """Bring the schema to the newest Alembic revision (one query when it already is). Without
+    `upgrade_in_use` (a CLI command), an older schema that another Squall process uses is refused
+    (`SchemaInUse`) rather than upgraded under it."""
     if _revision(engine) == HEAD_REVISION:
         return
     if engine.dialect.name == "sqlite" and _create_new(engine):
         return
-    _upgrade(engine)
+    _upgrade(engine, upgrade_in_use)
 
 
-class SchemaTooNew(Exception):
+class SchemaRefused(Exception):
+    """The database's schema is one this process must not use or change as it is: refused in one line
+    before anything is written (the CLI's exit 3, a setup error)."""
+
+
+class SchemaTooNew(SchemaRefused):
     """The database's schema is at a revision this Squall does not know: a newer Squall migrated it. Refused
     before anything is written (Alembic's "Can't locate revision" came out as 110 lines of traceback, exit 1)."""
 
@@ -900,9 +907,39 @@ class SchemaTooNew(Exception):
                          "one cannot use it")
 
 
-def _upgrade(engine: Engine) -> None:
+class SchemaInUse(SchemaRefused):
+    """A CLI command of a newer Squall would upgrade the schema of a database an older `squall serve` still
+    runs on (the package was upgraded, the service not yet restarted): the service could not start again
+    afterwards, nor could its own CLI, and the change would happen under what it reads. The service's
+    restart with the new version upgrades the database at its start; a CLI command waits for that."""
+
+    def __init__(self, current: str, head: str | None, others: Sequence[str]) -> None:
+        super().__init__(f"the database's schema is at revision {current}, older than this Squall's {head}, and "
+                         f"{', '.join(others)} runs on it: this command would upgrade it under that process, which "
+                         "could not start again afterwards. Restart `squall serve` with this version first (it "
+                         "upgrades the database as it starts), then run this command again")
+
+
+def _others_on(engine: Engine, connection: sa.Connection) -> list[str]:
+    """The other Squall processes on the database, by name, as far as one can tell before its schema is
+    current: the one that leads (every `squall serve` takes the lead when it is free, `engine.leader`), and on
+    PostgreSQL every Squall session (each names its process, `engine.wakeups.PROCESS_NAME`)."""
+    from engine.leader import leadership
+    from engine.wakeups import PROCESS_NAME, SQUALL_SESSIONS
+
+    names: set[str] = set()
+    holder = leadership(engine).holder()
+    if holder is not None and holder != PROCESS_NAME:
+        names.add(holder)
+    if engine.dialect.name == "postgresql":
+        names.update(connection.execute(sa.text(SQUALL_SESSIONS), {"me": PROCESS_NAME}).scalars())
+    return sorted(names)
+
+
+def _upgrade(engine: Engine, upgrade_in_use: bool = True) -> None:
     """Alembic's upgrade to its head, one process at a time, said in the log (a Squall older than this one
-    cannot open the database afterwards); a database a newer Squall migrated is refused (`SchemaTooNew`)."""
+    cannot open the database afterwards); a database a newer Squall migrated is refused (`SchemaTooNew`), and
+    without `upgrade_in_use` one that another Squall process runs on (`SchemaInUse`)."""
     from alembic.config import Config as AlembicConfig
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
@@ -928,6 +965,8 @@ def _upgrade(engine: Engine) -> None:
                 script.get_revision(now)
             except CommandError:
                 raise SchemaTooNew(now, head) from None
+            if not upgrade_in_use and (others := _others_on(engine, connection)):
+                raise SchemaInUse(now, head, others)
         if now is None:  # a new database: nothing older used it
             logging.getLogger(__name__).info("creating the database's schema (revision %s)", head)
         else:
@@ -1449,9 +1488,10 @@ class Store:
             yield conn
 
     @classmethod
-    def open(cls, url: str) -> Store:
+    def open(cls, url: str, *, upgrade_in_use: bool = True) -> Store:
+        """The store of the database at `url`, its schema brought up to date (`migrate`)."""
         engine = create_engine(url)
-        migrate(engine)
+        migrate(engine, upgrade_in_use=upgrade_in_use)
         return cls(engine)
 
     def close(self) -> None:

@@ -39,6 +39,9 @@ TRIGGERS = "squall_triggers"
 #: This process's `application_name` on PostgreSQL (at most 63 bytes, PostgreSQL's limit, so that a
 #: notification's payload reads back equal to it).
 PROCESS_NAME = f"squall {os.getpid()}@{socket.gethostname()}"[:63]
+#: The other Squall processes' sessions on this PostgreSQL database, by name (`sqlalchemy.text`, `me`: ours).
+SQUALL_SESSIONS = ("SELECT DISTINCT application_name FROM pg_stat_activity WHERE datname = current_database() "
+                   "AND application_name LIKE 'squall %' AND application_name <> :me")
 #: How long to wait before connecting again after the listening connection failed.
 RETRY_SECONDS = 5.0
 

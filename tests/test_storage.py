@@ -1177,3 +1177,67 @@ def test_an_upgrade_is_said_in_the_log(tmp_path: Path, caplog: pytest.LogCapture
     said = [r.getMessage() for r in caplog.records if "upgrading the database's schema" in r.getMessage()]
     assert said == [f"upgrading the database's schema from revision 0023 to {HEAD}: a Squall older than "
                     "this one cannot use it afterwards"]
+
+
+def _as_0023_left_it(database: Path) -> None:
+    """A current database put back to revision 0023, as a Squall of that revision left it."""
+    with sqlite3.connect(database) as conn:
+        conn.execute("DROP TABLE serve_nodes")
+        conn.execute("UPDATE alembic_version SET version_num = '0023'")
+
+
+def test_a_cli_command_never_upgrades_a_database_an_older_serve_runs_on(tmp_path: Path) -> None:
+    """The package was upgraded and `squall serve` not restarted yet: a CLI command of the new version upgraded
+    the schema under the running service, which then could not start again (nor could its CLI). It is refused
+    in one line, exit 3, nothing written; with no service leading, the command upgrades it as before."""
+    write(tmp_path / "config.yml", "database: {url: 'sqlite:///data/squall.db'}\n")
+    database = tmp_path / "data" / "squall.db"
+    Store.open(f"sqlite:///{database}").close()
+    _as_0023_left_it(database)
+    # The older serve: a process of its own holding the lead, as every `squall serve` takes it.
+    leading = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from engine.leader import FileLock; "
+         f"assert FileLock(Path({str(database) + '.leader'!r})).lead(); print('leads', flush=True); time.sleep(120)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    squall = [str(Path(sys.executable).parent / "squall"), "-c", str(tmp_path / "config.yml")]
+    try:
+        assert leading.stdout is not None and leading.stdout.readline() == "leads\n"
+        done = subprocess.run([*squall, "execution", "list"], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path)
+        assert done.returncode == 3, done.stderr
+        assert done.stderr.startswith(f"error: the database's schema is at revision 0023, older than this Squall's "
+                                      f"{HEAD}, and squall {leading.pid}@"), done.stderr
+        assert "Restart `squall serve` with this version first" in done.stderr and "Traceback" not in done.stderr
+        with sqlite3.connect(database) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0023",)]
+        keys = subprocess.run([*squall, "key", "list"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert keys.returncode == 3 and "older than this Squall's" in keys.stderr, keys.stderr  # the store alone too
+    finally:
+        leading.kill()
+        leading.wait()
+    done = subprocess.run([*squall, "execution", "list"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+
+
+def test_a_service_upgrades_a_database_another_squall_leads_on(tmp_path: Path) -> None:
+    """A service's start (serve, worker: `upgrade_in_use`, the default) still upgrades under an older process:
+    the rolling upgrade of several serve nodes starts one upgraded node first (docs/scale-out.md)."""
+    database = tmp_path / "squall.db"
+    Store.open(f"sqlite:///{database}").close()
+    _as_0023_left_it(database)
+    leading = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; from engine.leader import FileLock; "
+         f"assert FileLock(Path({str(database) + '.leader'!r})).lead(); print('leads', flush=True); time.sleep(120)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert leading.stdout is not None and leading.stdout.readline() == "leads\n"
+        with pytest.raises(storage.SchemaInUse):
+            Store.open(f"sqlite:///{database}", upgrade_in_use=False)
+        Store.open(f"sqlite:///{database}").close()
+    finally:
+        leading.kill()
+        leading.wait()
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]

@@ -61,7 +61,7 @@ def running_service(config: Config) -> Iterator[ServiceApi | None]:
         finally:
             api.session.close()
         return
-    store = Store.open(config.database_url)
+    store = Store.open(config.database_url, upgrade_in_use=False)
     key, record = create_key(store, "squall CLI (temporary)")
     api = ServiceApi(config.api_url, key)
     try:
