@@ -275,7 +275,7 @@ async def _started(config: Config, recover: bool, pack_problems: bool) -> Squall
     level = index_log.level
     index_log.setLevel(logging.ERROR)
     try:
-        squall = await Squall.start(config, recover=recover, log_problems=False)
+        squall = await Squall.start(config, recover=recover, log_problems=False, upgrade_in_use=False)
     finally:
         index_log.setLevel(level)
     if pack_problems:
@@ -459,12 +459,13 @@ def setup_errors(config: Config) -> Iterator[None]:
 
 
 def _refused_setup(exc: Exception) -> bool:
-    """Whether `exc` is the pack loader's `SystemPacksMissing` or the store's `SchemaTooNew` (a database a newer
-    Squall migrated), told without importing their modules (the loader is ~50 ms) into the commands that never
-    use them: only a process that imported one can have raised its exception."""
+    """Whether `exc` is the pack loader's `SystemPacksMissing` or the store's `SchemaRefused` (a database a newer
+    Squall migrated, or an older one a running service uses), told without importing their modules (the loader
+    is ~50 ms) into the commands that never use them: only a process that imported one can have raised its
+    exception."""
     packs, storage = sys.modules.get("engine.packs"), sys.modules.get("engine.storage")
     return ((packs is not None and isinstance(exc, packs.SystemPacksMissing))
-            or (storage is not None and isinstance(exc, storage.SchemaTooNew)))
+            or (storage is not None and isinstance(exc, storage.SchemaRefused)))
 
 
 async def served_elsewhere(squall: Squall) -> bool:
@@ -541,7 +542,7 @@ def with_store(work: Callable[[Store, Config], T]) -> T:
     config = current_config()
     note_defaults(config)
     with setup_errors(config):
-        store = Store.open(config.database_url)
+        store = Store.open(config.database_url, upgrade_in_use=False)
         try:
             return work(store, config)
         except (CryptoError, ConfigError) as exc:  # ConfigError: `audit.sinks`, read by the writes' `install`
