@@ -5,7 +5,8 @@ starts with `nick:` or `nick,`), a private PRIVMSG becomes a direct one whose ch
 sender's nick, and a `Reply` becomes PRIVMSG lines. What IRC itself demands is handled here:
 
 - registration with an optional server password (PASS) and SASL PLAIN (IRCv3 CAP negotiation);
-- a nick that falls back to `nick_`, `nick__`, ... on a collision and is taken back when it frees up;
+- a nick that falls back to `nick_`, `nick__`, ... on a collision and is taken back when it frees up:
+  at once when its holder is seen to quit or rename, else when a periodic ISON finds it free;
 - the 512-byte line limit: every line is split by bytes, never inside a UTF-8 sequence, with room
   for the `:nick!user@host PRIVMSG target :` prefix the server puts in front when relaying it;
 - flood control: a token bucket shared by every target (servers throttle or kill per client);
@@ -346,7 +347,7 @@ class IrcAdapter:
 
     capabilities = Capabilities(threads=False, edits=False, rich=False, files=False, buttons=False,
                                 max_length=1600)
-    #: Seconds between attempts to take the configured nick back after a collision.
+    #: Seconds between checks (ISON) whether the configured nick is free again after a collision.
     regain_interval = 30.0
     rejoin_delay = 1.0
     #: A channel not joined (banned, invite-only, full, a kick's rejoin refused) is tried again this long
@@ -401,6 +402,8 @@ class IrcAdapter:
         self._ids = itertools.count(1)
         self._fallbacks = 0
         self._last_regain = 0.0
+        #: Whether the server knows ISON (RFC 1459: all do); one that answers 421 gets a plain NICK instead.
+        self._ison = True
         self._pinged = False
         self._stopping = False
         self._joined_all = asyncio.Event()
@@ -564,7 +567,9 @@ class IrcAdapter:
                               "a departure" if isinstance(item, _Gone) else f"a message in {item.channel}", item.user)
 
     async def _housekeeping(self) -> None:
-        """PING a silent server and drop a dead connection; take the configured nick back when free."""
+        """PING a silent server and drop a dead connection; under a fallback nick, ask every `regain_interval`
+        whether the configured one is free (`_on_ison` takes it): its holder may share no channel with the
+        bot, so its QUIT (a `kill -9`ed Squall's connection timing out) is never seen."""
         while True:
             await asyncio.sleep(1)
             conn = self._conn
@@ -583,7 +588,10 @@ class IrcAdapter:
                 if (conn.real_nickname.lower() != self.settings.nick.lower()
                         and time.monotonic() - self._last_regain > self.regain_interval):
                     self._last_regain = time.monotonic()
-                    conn.nick(self.settings.nick)
+                    if self._ison:
+                        conn.ison([self.settings.nick])
+                    else:
+                        conn.nick(self.settings.nick)
                 self._rejoin_missing()
             except irc.client.ServerNotConnectedError:
                 continue
@@ -909,6 +917,22 @@ class IrcAdapter:
                 and conn.real_nickname.lower() != wanted.lower()):
             self._last_regain = time.monotonic()
             conn.nick(wanted)
+
+    def _on_ison(self, conn: Any, event: Any) -> None:
+        """RPL_ISON: those of the nicks asked about that are online. Ours not among them: take it (asking
+        first rather than sending NICK blindly spares the server a refused rename every interval)."""
+        wanted = self.settings.nick
+        online = {nick.lower() for words in event.arguments for nick in words.split()}
+        if (self.registered.is_set() and conn.real_nickname.lower() != wanted.lower()
+                and wanted.lower() not in online):
+            self._last_regain = time.monotonic()
+            conn.nick(wanted)
+
+    def _on_unknowncommand(self, conn: Any, event: Any) -> None:
+        """421 for ISON: a server without it; the periodic check sends NICK itself (a 433 keeps our nick)."""
+        if event.arguments and event.arguments[0].upper() == "ISON":
+            self._ison = False
+            conn.nick(self.settings.nick)
 
     def _on_quit(self, conn: Any, event: Any) -> None:
         if event.source and event.source.nick.lower() != conn.real_nickname.lower():

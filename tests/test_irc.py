@@ -287,6 +287,77 @@ async def test_nick_collision_falls_back_and_takes_the_nick_back(home: Path, irc
             await squall.close()
 
 
+async def test_a_fallback_nick_takes_the_configured_one_back_once_free_without_a_shared_channel(
+        home: Path, ircd: IrcServer) -> None:
+    """A `kill -9` and a restart at once: the server still holds the old connection, so the bot registers as
+    `squall_`. Its holder shares no channel with the bot (no QUIT seen): the bot asks the server (ISON) every
+    `regain_interval` whether `squall` is free, trying no rename the server refuses while it is held, and once
+    the holder goes it becomes `squall` again, and `squall: ...` addresses it."""
+    squatter = await Person("squall").connect(ircd.port)  # the old connection, in no channel of the bot's
+    alice = await Person("alice").connect(ircd.port)
+    squall = bot = None
+    try:
+        squall, bot, adapter = await _start(home, _section(ircd))
+        assert adapter.nick == "squall_"
+        answers: list[str] = []
+        asked = asyncio.Event()
+
+        def heard(conn: Any, event: irc.client.Event) -> None:
+            answers.append(event.type)
+            if answers.count("ison") >= 2:
+                asked.set()
+
+        assert adapter._reactor is not None
+        for kind in ("ison", "nicknameinuse"):
+            adapter._reactor.add_global_handler(kind, heard, 1)
+        adapter.regain_interval = 0.2
+        await asyncio.wait_for(asked.wait(), 20)
+        assert "nicknameinuse" not in answers  # asked while held, never refused a NICK
+        await alice.join("#ops", wait_for="squall_")
+        mark = len(alice.lines)
+        await squatter.close()
+        await alice.wait_for(lambda words, raw: words[1] == "NICK" and raw.startswith(b":squall_!"), start=mark)
+        assert adapter.nick == "squall"
+        mark = len(alice.lines)
+        await alice.say("#ops", "squall: echo my name is back")
+        await alice.wait_for(lambda words, raw: b"my name is back" in raw and raw.startswith(b":squall!"),
+                             start=mark)
+    finally:
+        await alice.close()
+        await squatter.close()
+        if bot is not None:
+            await bot.stop()
+        if squall is not None:
+            await squall.close()
+
+
+class _Renaming:
+    """Stands in for the connection of a bot registered as `squall_`: records the NICKs it is asked to send."""
+
+    real_nickname = "squall_"
+
+    def __init__(self) -> None:
+        self.nicks: list[str] = []
+
+    def nick(self, new: str) -> None:
+        self.nicks.append(new)
+
+
+def test_an_ison_answer_takes_the_nick_only_when_free_and_a_server_without_ison_gets_nick() -> None:
+    """RPL_ISON lists the asked nicks that are online (in the server's case): listed, the bot waits; absent,
+    it sends NICK. A server that answers ISON with 421 has the check send NICK itself, now and later."""
+    adapter = IrcAdapter(IrcSettings.from_section({"server": "127.0.0.1", "nick": "squall"}, environ={}))
+    conn = _Renaming()
+    adapter.registered.set()
+    adapter._on_ison(conn, irc.client.Event("ison", "server", "squall_", ["Squall"]))
+    assert conn.nicks == []
+    adapter._on_ison(conn, irc.client.Event("ison", "server", "squall_", [""]))
+    assert conn.nicks == ["squall"]
+    adapter._on_unknowncommand(conn, irc.client.Event("unknowncommand", "server", "squall_",
+                                                      ["ISON", "Unknown command"]))
+    assert conn.nicks == ["squall", "squall"] and not adapter._ison
+
+
 async def test_kicked_bot_rejoins(home: Path, ircd: IrcServer) -> None:
     alice = await Person("alice").connect(ircd.port)
     await alice.join("#kick")  # first in: alice is the channel operator
