@@ -18,6 +18,7 @@ from bot.http import (
     aliases,
     apikeys,
     configs,
+    docs_pages,
     executions,
     health,
     inquiries,
@@ -52,6 +53,8 @@ API_PREFIX = "/api/v1"
 AUTH_PREFIX = "/auth/v1"
 #: StackStorm's stream service (server-sent events), on the API's port and keys.
 STREAM_PREFIX = "/stream/v1"
+#: The API's description (OpenAPI), which the /docs and /redoc pages read.
+OPENAPI_URL = "/openapi.json"
 #: Routers under `API_PREFIX` whose every route needs an API key, in the order they are matched.
 KEYED_ROUTERS = (actions.router, runners.router, packs.router, executions.router, aliases.router,
                  alias_execution.router, rules.router, triggers.router, sensors.router, keys.router, inquiries.router,
@@ -68,11 +71,11 @@ def create_api(squall: Squall) -> FastAPI:
     routes of platforms that call Squall over HTTP)."""
     settings = ApiSettings.from_config(squall.config.section("api"))
     # The API's description answers without a key unless api.public_docs is false: then /openapi.json
-    # needs one, and the /docs and /redoc pages (which a browser loads without a key) are not served.
+    # needs one, and the /docs and /redoc pages (which a browser loads without a key) and their files are
+    # not served. The pages are ours (`docs_pages`), not FastAPI's, which load their files from a CDN.
     public_docs = settings.public_docs
     app = FastAPI(title="Squall API", version="1.0", description="StackStorm-compatible ChatOps automation API.",
-                  openapi_url="/openapi.json" if public_docs else None,
-                  docs_url="/docs" if public_docs else None, redoc_url="/redoc" if public_docs else None)
+                  openapi_url=OPENAPI_URL if public_docs else None, docs_url=None, redoc_url=None)
     app.add_middleware(BodyGuard, limit=settings.max_body)
     app.add_middleware(metrics.RequestMetrics, prefixes=(API_PREFIX, AUTH_PREFIX, STREAM_PREFIX))
     app.state.squall = squall
@@ -81,8 +84,10 @@ def create_api(squall: Squall) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(metrics.router, dependencies=[] if squall.config.metrics_public else [Depends(require_key)])
-    if not public_docs:
-        app.add_api_route("/openapi.json", openapi, methods=["GET"], include_in_schema=False,
+    if public_docs:
+        docs_pages.install(app, OPENAPI_URL)
+    else:
+        app.add_api_route(OPENAPI_URL, openapi, methods=["GET"], include_in_schema=False,
                           dependencies=[Depends(require_key)])
     for router in KEYED_ROUTERS:
         app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(require_key)])
