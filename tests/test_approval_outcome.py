@@ -49,7 +49,7 @@ async def test_an_approver_in_a_direct_message_learns_the_run_was_refused(home: 
         cannot = (f"Cannot run {approval_id}: demo.restart is allowed only for users bob. demo.restart was not run, "
                   "and will not be: send the command again once it can run.")
         seen = _seen(loopback)
-        assert seen[("#ops", "m1")][1:] == [f"Approval {approval_id} approved by ann; running demo.restart.", cannot]
+        assert seen[("#ops", "m1")][1:] == [cannot]  # never "running" first: the thread reads one outcome too
         assert loopback.texts(DM) == [cannot]
         assert {channel for channel, _ in seen} == {"#ops", DM} and [place for place in seen if place[0] == "#ops"] == [
             ("#ops", "m1")]
@@ -92,9 +92,38 @@ async def test_a_refused_run_approved_in_the_channel_outside_its_thread_is_told_
         await settle(squall, bot)
         seen = _seen(loopback)
         assert seen[("#ops", "m1")][1:] == [
-            f"Approval {approval_id} approved by ann; running demo.restart.",
             f"Cannot run {approval_id}: demo.restart is allowed only for users bob. demo.restart was not run, "
             "and will not be: send the command again once it can run."]
+        assert set(seen) == {("#ops", "m1")}
+
+
+async def test_an_approver_in_the_thread_sees_only_that_the_run_was_refused(home: Path) -> None:
+    """Approved in the request's thread itself, where the run is then refused: the thread (where the approver
+    reads) is told that alone, once, never "running demo.restart" before it."""
+    async with _requested(home, "restart web") as (squall, bot, loopback, approval_id):
+        _revoke_restart(home)
+        await squall.reload_packs()
+        await loopback.say(f"!approve {approval_id}", user="ann", channel="#ops", thread="m1")
+        await settle(squall, bot)
+        seen = _seen(loopback)
+        assert seen[("#ops", "m1")][1:] == [
+            f"Cannot run {approval_id}: demo.restart is allowed only for users bob. demo.restart was not run, "
+            "and will not be: send the command again once it can run."]
+        assert set(seen) == {("#ops", "m1")}
+        assert (await squall.db(squall.store.approval_get, approval_id))["status"] == "failed"
+        assert await squall.executions.list(action="demo.restart") == []
+
+
+async def test_an_approver_in_the_thread_sees_it_runs_before_its_ack_and_result(home: Path) -> None:
+    async with _requested(home, "restart web") as (squall, bot, loopback, approval_id):
+        await loopback.say(f"!approve {approval_id}", user="ann", channel="#ops", thread="m1")
+        await settle(squall, bot)
+        [execution] = await squall.executions.list(action="demo.restart")
+        assert execution["status"] == "succeeded"
+        seen = _seen(loopback)
+        thread = seen[("#ops", "m1")][1:]
+        assert thread[0] == f"Approval {approval_id} approved by ann; running demo.restart."
+        assert all(execution["id"] in t for t in thread[1:]) and len(thread) > 1  # its ack and result, after
         assert set(seen) == {("#ops", "m1")}
 
 

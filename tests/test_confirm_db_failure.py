@@ -3,7 +3,8 @@
 A confirming alias's command held for its sender's `yes` used to be dropped (from memory and from the stored
 chat sessions) before it was requested; when the database then failed the request (SQLite locked by another
 process, PostgreSQL down), nothing ran and the person had to type the whole command again. Now the
-confirmation waits again, the answer says so, and the next `yes` once the database is back runs it once.
+confirmation waits again, the answer says so, and the next `yes` once the database is back runs it once. So
+does a "did you mean" offer's, and a confirmed `retry <id>`'s.
 
 The lock is held by a connection of the test's own (`tests.test_db_outage_replies.Locker`), with the busy
 timeout and the bound on waiting made short (`short_waits`), as the other database-trouble tests do.
@@ -173,3 +174,40 @@ async def test_a_yes_to_a_did_you_mean_offer_the_locked_database_refused_waits_t
         locker.close()
         await squall.chat.stop()
         await squall.close()
+
+
+@pytest.mark.usefixtures("short_waits")
+async def test_a_yes_to_a_retry_the_locked_database_refused_waits_and_the_next_yes_retries_once(home: Path) -> None:
+    """`!retry <id>` of a confirming alias's command asks first (`_ask_to_confirm_retry`): its `yes` that the
+    database refused keeps that confirmation waiting too, and the next `yes` re-runs the execution once."""
+    _config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!wipe db5", user="alice")
+        await loopback.say("!yes", user="alice")
+        await settle(squall, bot)
+        [wiped] = await squall.executions.list(action="demo.wipe")
+        await loopback.say(f"!retry {wiped['id']}", user="alice")
+        await settle(squall, bot)
+        assert loopback.texts()[-1].startswith(f"About to retry {wiped['id']}: demo.wipe with "), loopback.texts()
+        locker = _locker_of(squall)
+        try:
+            locker.hold()
+            await loopback.say("!yes", user="alice")
+            said = loopback.texts()[-1]
+            assert said.startswith(LOCKED), said
+            assert KEPT in said and said.endswith("s to run it, or `!no`."), said
+            locker.release()
+            assert [e["id"] for e in await squall.executions.list(action="demo.wipe")] == [wiped["id"]]
+            assert len(_confirmations_stored(squall)) == 1
+            await loopback.say("!yes", user="alice")
+            await settle(squall, bot)
+            [again] = [e for e in await squall.executions.list(action="demo.wipe") if e["id"] != wiped["id"]]
+            assert again["parameters"]["target"] == "db5" and again["context"]["user"] == "alice"
+            assert f"Retrying as {again['id']}." in loopback.texts()
+            assert _confirmations_stored(squall) == []
+            await loopback.say("!yes", user="alice")  # answered: a third yes retries nothing more
+            await settle(squall, bot)
+            assert loopback.texts()[-1] == "Nothing is waiting for your yes here."
+            assert len(await squall.executions.list(action="demo.wipe")) == 2
+        finally:
+            locker.close()

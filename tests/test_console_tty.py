@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ps
 SQUALL = Path(sys.executable).parent / "squall"
 WARNING = "the console chat is off: Squall runs in the background of its terminal"
 CLOSED = "Input closed: the console chat stopped; Squall keeps running (Ctrl-C stops it)"
+QUIT = "The console chat stopped; Squall keeps running (Ctrl-C stops it)"
 
 # A shell's job control, as small as it gets: it leads a new session whose terminal is the pty on its
 # stdin, starts `squall serve` as a job (a process group of its own), in the background (`&`) unless argv[3]
@@ -158,6 +159,7 @@ def test_serve_sent_to_the_background_later_keeps_running_and_chats_again_in_the
     wait_until_answering(base, shell)
     until(lambda: WARNING in terminal.text(), "the console's warning")
     command("fg")
+    until(lambda: "ops> " in terminal.text(), "the prompt in the foreground")
     terminal.type("!ping\n")
     until(lambda: "pong" in terminal.text(), "the console to answer !ping in the foreground")
     until(lambda: terminal.text().count("ops> ") == 2, "the console to wait for the next line")
@@ -179,6 +181,7 @@ def test_end_of_input_under_serve_says_squall_keeps_running(job) -> None:
     terminal, shell, _, serve_pid, base = job
     wait_until_answering(base, shell)
     until(lambda: "Console chat as ops: type !help; Ctrl-C stops Squall." in terminal.text(), "the start line")
+    until(lambda: "ops> " in terminal.text(), "the prompt")
     terminal.type("!ping\n")
     until(lambda: "pong" in terminal.text(), "the console to answer !ping")
     until(lambda: terminal.text().count("ops> ") == 2, "the console to wait for the next line")
@@ -186,6 +189,36 @@ def test_end_of_input_under_serve_says_squall_keeps_running(job) -> None:
     until(lambda: CLOSED in terminal.text(), "the line saying the console stopped")
     wait_until_answering(base, shell)  # the service goes on
     assert terminal.text().count(CLOSED) == 1
+    os.kill(serve_pid, signal.SIGTERM)
+    assert shell.wait(timeout=60) == 0
+
+
+def test_a_line_typed_in_the_background_is_read_after_fg_under_one_prompt(job) -> None:
+    """A line typed while serve ran in the background waits in the terminal (its echo shown already); `fg`
+    reads it at once. Before, a prompt was written just before that read and another after it: `ops> ops> `."""
+    terminal, shell, command, serve_pid, base = job
+    wait_until_answering(base, shell)
+    until(lambda: WARNING in terminal.text(), "the console's warning")
+    terminal.type("!ping\n")
+    command("fg")
+    until(lambda: "pong" in terminal.text(), "the console to answer the line typed ahead")
+    assert terminal.text().count("ops> ") == 1  # written once the line was handled, for the next one
+    os.kill(serve_pid, signal.SIGTERM)
+    assert shell.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize("job", ["fg"], indirect=True)
+@pytest.mark.parametrize("word", ["quit", "!exit"])
+def test_quit_under_serve_stops_the_console_and_says_squall_keeps_running(job, word: str) -> None:
+    """`make run`, then `quit`: as Ctrl-D, the chat stops and says how to stop Squall, which goes on."""
+    terminal, shell, _, serve_pid, base = job
+    wait_until_answering(base, shell)
+    until(lambda: "ops> " in terminal.text(), "the prompt")
+    terminal.type(f"{word}\n")
+    until(lambda: QUIT in terminal.text(), "the line saying the console stopped")
+    wait_until_answering(base, shell)  # the service goes on
+    assert "I don't know" not in terminal.text()
+    assert terminal.text().count(QUIT) == 1 and terminal.text().count("ops> ") == 1  # no more lines read
     os.kill(serve_pid, signal.SIGTERM)
     assert shell.wait(timeout=60) == 0
 

@@ -184,13 +184,13 @@ class ApprovalChat:
             text = f"Approval {row['id']} was denied by {message.user}: {decision['reason'] or 'no reason given'}. " \
                    f"Not running {row['action']}."
         elif status == "approved":
-            text = f"Approval {row['id']} approved by {', '.join(_approvers(row))}; running {row['action']}."
+            text = _running(row)
         else:
             text = f"{message.user} approved {row['id']} ({approved} of {row['count']})."
-        # Slack and Mattermost take the buttons off a clicked prompt: the next approvers get fresh ones.
-        await self._tell(row, text, _buttons(row["id"]) if status == "pending" else None)
-        if status == "approved":
-            text = await self._run(row) or text
+        if status == "approved":  # its thread is told once the run was requested, or why it could not be
+            text = await self._run(row, text) or text
+        else:  # Slack and Mattermost take the buttons off a clicked prompt: the next approvers get fresh ones.
+            await self._tell(row, text, _buttons(row["id"]) if status == "pending" else None)
         return None if self._told_there(row, message) else text
 
     def _refusal(self, row: dict[str, Any], message: Message, verdict: str) -> str | None:
@@ -216,13 +216,16 @@ class ApprovalChat:
         return None
 
     # -- running and expiring --------------------------------------------------------------------
-    async def _run(self, row: dict[str, Any]) -> str | None:
+    async def _run(self, row: dict[str, Any], running: str | None = None) -> str | None:
         """The command path's request step, with the context it was held with plus the decisions
         (`row` as approved or claimed: its `revision` is the row's now). The alias is the one loaded
         now, and the requester is authorised again: a pack reload may have disabled or removed it, or
         taken their permission, while the approvers decided. A command that cannot start ends `failed`
         (`_fail`): no sweep tries it again. None once requested, else what its thread was told instead,
-        for the last approver, who may be reading elsewhere (`decide`)."""
+        for the last approver, who may be reading elsewhere (`decide`). `running`, the last approval's
+        post, is told its thread only once the command was requested, just before its ack (stored with
+        the request where the ack is): a thread told "running" and then why it could not run read two
+        outcomes, the first untrue."""
         requester = _requester(row)
         try:
             alias = await self.commands.allowed_alias(row["alias"], requester, "chat", f"approval {row['id']}")
@@ -237,7 +240,8 @@ class ApprovalChat:
             log.warning("approval %s cannot run: its sealed parameters cannot be decrypted (%s)", row["id"], exc)
             return await self._fail(row, UNREADABLE)
         try:
-            accepted = await self.commands.request(alias, requester, "chat", parameters, row["render"], context)
+            accepted = await self.commands.request(alias, requester, "chat", parameters, row["render"], context,
+                                                   preface=None if running is None else _reply(row, running))
         except CommandFailed as exc:
             return await self._fail(row, str(exc))
         except DuplicateDelivery as exc:
@@ -246,6 +250,8 @@ class ApprovalChat:
         await self._changed(self._event("chat.approval.run", row["requester"], f"{row['adapter']}:{row['channel']}",
                                         row, {"execution": accepted.execution["id"], "approvers": _approvers(row)}),
                             db.store.approval_ran, row["id"], accepted.execution["id"])
+        if running is not None and not accepted.ack_stored:
+            await self._tell(row, running)
         if accepted.ack is not None and not accepted.ack_stored:
             reply = Reply(adapter=row["adapter"], channel=row["channel"], thread=row["thread"], text=accepted.ack,
                           extra=accepted.ack_extra)
@@ -321,7 +327,7 @@ class ApprovalChat:
             await self._fail(row, f"its approval expired at {iso(row['expires_at'])} before it could run")
             return
         log.warning("approval %s was approved but never ran (a restart in between?); running it now", row["id"])
-        await self._run(row)
+        await self._run(row, _running(row))  # its thread was told nothing of it yet: the post goes with the run
 
     async def pending(self) -> int:
         """How many approvals wait (read at start: they live in the table, nothing to rebuild)."""
@@ -447,6 +453,11 @@ def _decider(decision: dict[str, Any]) -> Message:
     (none in a decision stored before ids were kept: by name only)."""
     return Message(adapter=decision["adapter"], channel=decision["channel"], user=decision["user"], text="",
                    thread=decision["thread"], user_id=decision.get("user_id"))
+
+
+def _running(row: dict[str, Any]) -> str:
+    """What the thread of an approved `row` is told once its command was requested (`_run`)."""
+    return f"Approval {row['id']} approved by {', '.join(_approvers(row))}; running {row['action']}."
 
 
 def _approvers(row: dict[str, Any]) -> list[str]:

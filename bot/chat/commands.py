@@ -40,6 +40,7 @@ from engine.templates import TooLongForTheLoop, briefly, rendered
 if TYPE_CHECKING:
     from bot.chat.outbox import Outbox
     from engine.core import Engine
+    from engine.storage import Store
 
 
 #: The longest command the command path matches, whoever typed it (chat, the API, the web): matching and
@@ -78,7 +79,8 @@ class CommandFailed(Exception):
 @dataclass(slots=True)
 class Accepted:
     """A requested execution and its ack (None when the alias turns acks off); `ack_stored` when the
-    ack was stored with the request (`CommandService.outbox`), else its caller posts it."""
+    ack (and the `preface` given to `CommandService.request`) was stored with the request
+    (`CommandService.outbox`), else its caller posts them."""
 
     execution: dict[str, Any]
     ack: str | None
@@ -272,11 +274,13 @@ class CommandService:
         return await self.engine.executions.rerun(record["id"], parameters, context, delay=delay, audit=audit)
 
     async def request(self, alias: Alias, message: Message, source: str, parameters: dict[str, Any],
-                      render: Iterable[str], context: dict[str, Any]) -> Accepted:
+                      render: Iterable[str], context: dict[str, Any], preface: Reply | None = None) -> Accepted:
         """The request step: the execution, its audit event and its ack (also for an approved command).
         The alias's immutable templates among `render` (a shell runner's `cmd`, what reads the datastore)
         render in the engine with the names of `context` (`immutable_names`): a `cmd`'s values then reach
-        bash as quoted variables, never as its text; an approved command's are its requester's."""
+        bash as quoted variables, never as its text; an approved command's are its requester's. `preface`
+        (an approval's "running" post) is stored just before the ack, with it: told only of a command that
+        was requested, and read before its ack and result."""
         render = set(render)
         audit = AuditEntry(f"{source}.execution", message.user, f"{message.adapter}:{message.channel}", alias.ref,
                            {"action": alias.action_ref, "parameters": _audited(parameters, alias.action_ref,
@@ -284,7 +288,7 @@ class CommandService:
         chat = context.get("chat")
         acking = acks(alias)
         ack = _Ack() if acking else _Ack(rendered=(None, {}))  # acks off: nothing to render or store
-        stored_with = self._ack(alias, chat, ack) if acking and chat and self.outbox is not None else None
+        stored_with = self._ack(alias, chat, ack, preface) if acking and chat and self.outbox is not None else None
         try:
             execution = await self.engine.executions.request(
                 alias.action_ref, parameters, context, render=render, audit=audit, stored_with=stored_with,
@@ -296,10 +300,12 @@ class CommandService:
         text, extra = ack.rendered
         return Accepted(execution, text, extra or {}, ack_stored=ack.stored)
 
-    def _ack(self, alias: Alias, chat: dict[str, Any], ack: _Ack) -> Callable[[dict[str, Any]], CompletionWrite | None]:
-        """What stores the ack with the request, in the command's thread (`ack` tells what became of
-        it). It stores nothing, and the caller posts the ack after, when its format takes too long to
-        render inside the request's transaction. Only offered when the alias acknowledges (`acks`)."""
+    def _ack(self, alias: Alias, chat: dict[str, Any], ack: _Ack,
+             preface: Reply | None = None) -> Callable[[dict[str, Any]], CompletionWrite | None]:
+        """What stores the ack with the request, in the command's thread, after `preface` if any (`ack`
+        tells what became of them). It stores nothing, and the caller posts them after, when the ack's
+        format takes too long to render inside the request's transaction. Only offered when the alias
+        acknowledges (`acks`)."""
         assert self.outbox is not None
         outbox = self.outbox
 
@@ -314,12 +320,18 @@ class CommandService:
                           extra=extra or {})
             keyed = outbox.keyed(execution["id"], "ack", [reply])
             assert keyed is not None  # a reply: always a row to store
+            before = outbox.keyed(execution["id"], "preface", [preface]) if preface is not None else None
+            groups = [keyed] if before is None else [before, keyed]
 
-            def committed(stored: Any) -> None:
-                keyed.queue(stored)
+            def write_all(store: Store) -> list[Any]:
+                return [group.store(store) for group in groups]
+
+            def committed(stored: list[Any]) -> None:
+                for group, rows in zip(groups, stored, strict=True):
+                    group.queue(rows)
                 ack.stored = True
 
-            return CompletionWrite(keyed.store, committed, keyed.one_statement)
+            return CompletionWrite(write_all, committed, before is None and keyed.one_statement)
 
         return write
 

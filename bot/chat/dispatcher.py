@@ -16,7 +16,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -74,6 +74,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _YES = {"yes", "y", "confirm", "ok"}
 _NO = {"no", "n", "cancel", "abort"}
+#: What a person at a terminal types to end the session: taken only where the message's adapter has one to
+#: end (the console's `leave`) and no alias claims the word, as a built-in; elsewhere it stays unknown.
+_LEAVE = {"quit", "exit"}
 #: A confirmation button's value: the answer and the token of the prompt it sits on (`PendingConfirmation.token`),
 #: so a click on an older prompt can never confirm whatever the person was asked last.
 _CLICKED = re.compile(r"(yes|no):([0-9a-f]{16})")
@@ -434,7 +437,14 @@ class Dispatcher:
         pending = self._pending(message) is not None
         if text.partition(" ")[0].lower() == FORM_WORD or (pending and text.lower() in _YES | _NO):
             return True
-        return self._names_command(lookup)
+        return self._names_command(lookup) or self._leave(message, text) is not None
+
+    def _leave(self, message: Message, text: str) -> Callable[[], None] | None:
+        """How to end `message`'s session when `text` is `quit` or `exit` and its adapter has a session to
+        end (the console's `leave`: `squall chat` ends, serve's console stops reading); else None."""
+        if text.lower() not in _LEAVE:
+            return None
+        return getattr(self.adapters.get(message.adapter), "leave", None)
 
     def _explicit(self, message: Message) -> bool:
         """Whether `message` is addressed to Squall explicitly: the prefix or a mention (in a direct
@@ -521,6 +531,9 @@ class Dispatcher:
             if builtin is not None:
                 metrics.count(metrics.chat_commands, message.adapter, "builtin")
                 await builtin(message, rest.strip())
+                return
+            if (leave := self._leave(message, text)) is not None:
+                leave()
                 return
             metrics.count(metrics.chat_commands, message.adapter, "unmatched")
             # A format's words without their values (`!echo`): asked for, as a missing parameter is.
@@ -661,7 +674,7 @@ class Dispatcher:
             await self.say(message, f"OK, not retrying {pending.retry}." if pending.retry is not None
                             else f"OK, not running {what}.")
         elif pending.retry is not None:  # looked up and authorised again now, as a typed `retry` is
-            await self._on_execution(asked, pending.retry, "retry", confirmed=True)
+            await self._on_execution(asked, pending.retry, "retry", held=pending)
         elif pending.command is not None:
             # A suggestion: the filled text takes the whole command path again (match, authorise,
             # the alias's own confirmation, audit), as if the person had typed it.
@@ -968,16 +981,7 @@ class Dispatcher:
             if trouble is None:
                 raise
             # Raised before the request was accepted: its group (request, audit, ack, claim) was not stored.
-            self._log_trouble("a command from %s was not stored, as %s", message.user, trouble)
-            if held is None or not self._hold_again(held):
-                await self.say_unstored(message, f"Squall could not store that command: {trouble}. Nothing ran.")
-                return False
-            left = max(1, math.ceil(held.expires - time.time()))
-            await self.say_unstored(message, f"Squall could not store that command: {trouble}. Nothing ran; your "
-                                             f"confirmation still waits: reply {self._answer(message, 'yes')} again "
-                                             f"within {left}s to run it, or {self._answer(message, 'no')}.")
-            await self._keep_again(held)
-            return True
+            return await self._not_stored(message, trouble, held)
         if isinstance(accepted, Held):
             return False  # the approvers were asked in the thread; it runs once they said yes
         if accepted.ack is not None and not accepted.ack_stored:
@@ -987,6 +991,21 @@ class Dispatcher:
                           extra=accepted.ack_extra)
             await self.outbox.post_keyed(accepted.execution["id"], "ack", [reply])
         return False
+
+    async def _not_stored(self, message: Message, trouble: str, held: PendingConfirmation | None) -> bool:
+        """Tell `message`'s sender that the database stored nothing of their command (`trouble`), so nothing
+        ran: with `held`, the confirmation their `yes` answered, held again (`_hold_again`) so that the next
+        `yes` runs it rather than the whole command typed again. Whether it was held again."""
+        self._log_trouble("a command from %s was not stored, as %s", message.user, trouble)
+        if held is None or not self._hold_again(held):
+            await self.say_unstored(message, f"Squall could not store that command: {trouble}. Nothing ran.")
+            return False
+        left = max(1, math.ceil(held.expires - time.time()))
+        await self.say_unstored(message, f"Squall could not store that command: {trouble}. Nothing ran; your "
+                                         f"confirmation still waits: reply {self._answer(message, 'yes')} again "
+                                         f"within {left}s to run it, or {self._answer(message, 'no')}.")
+        await self._keep_again(held)
+        return True
 
     async def _cannot_run(self, match: AliasMatch, message: Message, text: str | None, exc: CommandFailed) -> None:
         """Tell `message`'s sender why `match` cannot run (`CommandFailed`): with its form offered when the
@@ -1226,12 +1245,13 @@ class Dispatcher:
         await self.say(message, said)
         return False
 
-    async def _on_execution(self, message: Message, rest: str, verb: str, confirmed: bool = False) -> None:
+    async def _on_execution(self, message: Message, rest: str, verb: str,
+                            held: PendingConfirmation | None = None) -> None:
         """`cancel <id>` / `retry <id>`, for who may run the execution's alias (`_permitted`): audited as
         `chat.execution.cancel` / `chat.execution.rerun` (the new execution, `of` the one re-run) as the
         API's and the web's are, each event in the transaction of its change; a retry that needs approval
-        is refused, and audited as refusals are. `confirmed`: the asker said yes to retrying it (`_retry`);
-        it is still looked up and authorised again, with the alias as loaded now."""
+        is refused, and audited as refusals are. `held`: the confirmation of the asker's yes to retrying it
+        (`_retry`); it is still looked up and authorised again, with the alias as loaded now."""
         execution = await self._execution_named(message, rest, verb)
         if execution is None:
             return
@@ -1244,7 +1264,7 @@ class Dispatcher:
                     execution["id"], self.commands.audit_entry("chat.execution.cancel", message))
                 await self.say(message, f"{done['id']} is {done['status']}.")
             else:
-                await self._retry(message, execution, alias, confirmed)
+                await self._retry(message, execution, alias, held)
         except NeedsApproval as exc:
             await self.commands.refused(message, "chat", execution["id"], f"{verb} {rest}", str(exc))
             await self.say(message, f"{exc.ref} needs approval from {', '.join(exc.policy['groups'])}: "
@@ -1253,22 +1273,32 @@ class Dispatcher:
             await self.say(message, str(exc))
 
     async def _retry(self, message: Message, execution: dict[str, Any], alias: Alias | None,
-                     confirmed: bool = False) -> None:
+                     held: PendingConfirmation | None = None) -> None:
         """A new run of `execution` as `message`'s sender (`CommandService.rerun`), audited. Its result
         goes where `retry` was typed (`_where`), also for an execution started outside chat (the CLI,
         the API): without the chat routing, the result of that retry would be posted nowhere. A `confirm:`
-        alias's command asks its retrying sender first, unless `confirmed`, as the command typed again
-        would: a retry must not be a way around the alias's own confirmation."""
-        if alias is not None and alias.confirm and not confirmed:
+        alias's command asks its retrying sender first, unless `held` (the confirmation they said yes to), as
+        the command typed again would: a retry must not be a way around the alias's own confirmation. A yes
+        whose re-run the database stored nothing of keeps that confirmation waiting (`_not_stored`), as a
+        confirmed command's does: the next yes retries it, once."""
+        if alias is not None and alias.confirm and held is None:
             await self._ask_to_confirm_retry(message, execution, alias)
             return
         where = self._where(message)
         context = (self.commands.context(alias, message, "chat", where) if alias
                    else {"user": message.user, "source": "chat", "source_channel": message.channel, "chat": where})
         # Stored with the new execution (`CommandService.rerun`), its detail gaining the action and parameters.
-        again = await self.commands.rerun(execution["id"], None, context,
-                                          audit=self.commands.audit_entry("chat.execution.rerun", message,
-                                                                          {"of": execution["id"]}))
+        try:
+            again = await self.commands.rerun(execution["id"], None, context,
+                                              audit=self.commands.audit_entry("chat.execution.rerun", message,
+                                                                              {"of": execution["id"]}))
+        except Exception as exc:
+            trouble = database_trouble(exc)
+            if trouble is None or held is None:
+                raise
+            # Raised before the re-run was accepted: neither it nor its audit event was stored.
+            await self._not_stored(message, trouble, held)
+            return
         await self.say(message, f"Retrying as {again['id']}.")
 
     async def _ask_to_confirm_retry(self, message: Message, execution: dict[str, Any], alias: Alias) -> None:
