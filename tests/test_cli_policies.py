@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from engine.policies import retry_id
 from tests.conftest import serving, write
 from tests.test_cli import SQUALL, _held_pack, _poll, run_json, squall
@@ -84,6 +86,67 @@ def test_the_retry_of_a_plain_run_is_run_by_the_server(home: Path) -> None:
         assert record["status"] == "succeeded" and record["result"]["stdout"] == "again"
         assert record["runner_info"]["pid"] == server.pid
         assert record["context"]["policies"]["retry"]["retry_count"] == 1
+
+
+def _flaky_pack(home: Path, max_retry_count: int) -> None:
+    """`pol.flaky` passes on its `passes_on`th run (counted in its `marker` file); its retry policy retries a
+    failure at once (no `delay`)."""
+    pack = home / "packs" / "pol"
+    write(pack / "pack.yaml", "ref: pol\nname: pol\nversion: 0.1.0\n")
+    write(pack / "actions" / "flaky.yaml", """
+        name: flaky
+        runner_type: local-shell-cmd
+        parameters:
+          marker: {type: string}
+          passes_on: {type: integer}
+          cmd: {default: "echo run >> {{marker}}; [ $(wc -l < {{marker}}) -ge {{passes_on}} ]", immutable: true}
+    """)
+    write(pack / "policies" / "retry.yaml", "name: retry\nresource_ref: pol.flaky\npolicy_type: action.retry\n"
+                                            f"parameters: {{retry_on: failure, max_retry_count: {max_retry_count}}}\n")
+
+
+def _retried_here(failed: str, retry: str, count: int) -> str:
+    """What `squall run` says on stderr when `failed`'s retry policy runs `retry` at once in the command."""
+    return f"{failed} failed; its retry policy pol.retry retries it at once, in this command: retry {count} is {retry}."
+
+
+@pytest.mark.parametrize("passes_on", [3, 9])
+def test_a_plain_run_waits_for_the_retries_its_policy_runs_at_once(home: Path, passes_on: int) -> None:
+    """A retry policy without a delay requests the retry at once, in the command's own process, which ran it:
+    the command exited after the first failure, and its retry was cut short (`abandoned`). It now waits for
+    each retry in turn, up to `max_retry_count`, says which retried which, and shows the last attempt, whose
+    status is the exit code's: 0 when the third attempt passes, 1 when every one failed."""
+    _flaky_pack(home, max_retry_count=2)
+    done = squall(home, "run", "pol.flaky", f"marker={home / 'marker'}", f"passes_on={passes_on}", "--json")
+    last = json.loads(done.stdout)  # one document: the last attempt
+    assert done.returncode == (0 if passes_on == 3 else 1), done.stderr
+    assert last["status"] == ("succeeded" if passes_on == 3 else "failed"), last
+    assert last["context"]["policies"]["retry"] == {"retry_count": 2, "applied_policy": "pol.retry"}
+
+    first = last["context"]["re-run"]["ref"]
+    original = json.loads(squall(home, "execution", "get", first, "--json").stdout)["context"]["re-run"]["ref"]
+    assert (first, last["id"]) == (retry_id(original), retry_id(first))
+    assert _retried_here(original, first, 1) in done.stderr and _retried_here(first, last["id"], 2) in done.stderr
+    rows = json.loads(squall(home, "execution", "list", "--action", "pol.flaky", "--json").stdout)
+    assert [row["status"] for row in rows] == [last["status"], "failed", "failed"], rows  # none cut short
+    assert (home / "marker").read_text() == "run\n" * 3
+
+
+def test_a_rerun_waits_for_the_retry_its_policy_runs_at_once(home: Path) -> None:
+    """`squall execution re-run` runs in the command's process too: its failure's retry is waited for, and
+    the exit code is the retry's."""
+    _flaky_pack(home, max_retry_count=1)
+    done = squall(home, "run", "pol.flaky", f"marker={home / 'marker'}", "passes_on=4", "--json")
+    assert done.returncode == 1, done.stderr  # the run and its one retry failed
+    original = json.loads(done.stdout)["context"]["re-run"]["ref"]
+
+    again = squall(home, "execution", "re-run", original, "--json")
+    last = json.loads(again.stdout)
+    assert again.returncode == 0 and last["status"] == "succeeded", again.stderr
+    rerun = last["context"]["re-run"]["ref"]
+    assert last["id"] == retry_id(rerun) and _retried_here(rerun, last["id"], 1) in again.stderr, again.stderr
+    assert json.loads(squall(home, "execution", "get", rerun, "--json").stdout)["context"]["re-run"] == {
+        "ref": original}
 
 
 def test_a_rerun_of_a_held_action_is_counted_by_the_server(home: Path) -> None:

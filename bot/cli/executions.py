@@ -6,16 +6,18 @@ its running tasks, where `squall worker`s run it); with `--async` it stores the 
 it. So does a plain `run` of an action a concurrency policy holds, or of a workflow naming one as a task's action,
 and a `re-run` of either, while `squall serve` runs on the database (it counts the runs in its own memory); the
 command then waits for the end and shows it as usual (a stop signal ends the wait, not that run). A plain `run`
-that failed says when its retry policy queued a retry, which `squall serve` runs once due. Parameters and
-results are printed as written: rich would read a `[...]` in them as markup (a `[/x]` in a message crashed
-`squall run`).
+(or `re-run`) that failed says when its retry policy queued a retry for its `delay`, which `squall serve` runs
+once due; a retry without a delay runs in the command, which waits for it (and its retries) and shows the last
+attempt, whose status is the exit code's. Parameters and results are printed as written: rich would read a
+`[...]` in them as markup (a `[/x]` in a message crashed `squall run`).
 
 `execution purge` (StackStorm's `st2-purge-executions`) and `trigger-instance purge` share `purge_history`: what
 they would delete is counted and confirmed (`--yes`, or a `y` at a terminal), deleted in batches of their own
 (`engine/retention.py`) with progress on stderr while it lasts, audited with the counts, and exit 0.
 
-`execution list` keeps each action and status whole at any width: a narrower terminal puts a start time
-on two lines, then folds the id; narrower than that table can be, each execution gets lines of its own.
+`execution list` keeps each id on one line (to be copied) and each action and status whole at any width: a
+narrower terminal puts a start time on two lines, then folds the action; narrower than that table can be, each
+execution gets lines of its own.
 Times are UTC (`2026-12-05 10:11:12`), as everywhere in the CLI; `--json` keeps ISO 8601.
 """
 
@@ -195,7 +197,10 @@ def run(
         "--render", help="Render the values as Jinja templates ({{ st2kv.system.x }}), as StackStorm does; "
                          "without it they are passed exactly as given.")] = False,
 ) -> None:
-    """Run an action and wait for it: exit 0 if it succeeded, 1 if not, 2 on bad input."""
+    """Run an action and wait for it: exit 0 if it succeeded, 1 if not, 2 on bad input. When it fails and
+    its retry policy retries it at once (no `delay`), the retry runs in this command too, which waits for
+    it (and for its own retries, up to the policy's `max_retry_count`), says which execution retried which,
+    and shows the last attempt: the exit code (and `--json`) are the last attempt's."""
     params = parse_assignments(parameters or [])
 
     async def work(squall: Squall) -> tuple[dict[str, Any], list[str], bool, str | None]:
@@ -211,11 +216,13 @@ def run(
         record = await (request if run_async or server is not None else requested(request))
         if server is not None:
             _say_served(squall, record, server)
+        retried = None
         if not run_async:
             record = await squall.executions.wait(record["id"])
+            if server is None:  # run here: so is a retry its policy requests at once
+                record, retried = await _retried(squall, record)
         waiting = await _waiting_inquiries(squall, record["id"]) if record["status"] == "paused" else []
         served = not run_async or await served_elsewhere(squall)
-        retried = None if run_async or server is not None else await _queued_retry(squall, record)
         return record, waiting, served, retried
 
     # An action skipped for a load problem is said.
@@ -245,10 +252,32 @@ def _say_served(squall: Squall, record: dict[str, Any], server: str) -> None:
               "its own runs. Waiting for its end (Ctrl-C stops the wait, not the run).", markup=False)
 
 
-async def _queued_retry(squall: Squall, record: dict[str, Any]) -> str | None:
-    """What to say of the retry a retry policy queued after `record` failed here: it is stored `delayed`
-    for the policy's delay, and this command exits before then, so `squall serve` runs it (its poll takes a
-    due retry another process stored), or, none running, the next one that starts. None when no retry waits."""
+async def _retried(squall: Squall, record: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The last attempt of `record`, which ended here, and what to say of a retry still to come. A retry its
+    policy requests at once is this process's listener's, and this process's executor runs it: the command
+    waits for it, and for its own retry in turn, saying on stderr which execution retried which. Exiting
+    meanwhile cut it short (`abandoned`) or left it `running` for a dead process. A retry held for the
+    policy's `delay` is left stored `delayed`: `squall serve` runs it once due (`_queued_retry`)."""
+    while (retry := await _requested_retry(squall, record)) is not None and not _on_a_clock(retry):
+        if squall.config.executor_kind != "local":  # a worker's listener requested it: a worker runs it
+            return record, None
+        applied = ((retry.get("context") or {}).get("policies") or {}).get("retry") or {}
+        err.print(f"{record['id']} {record['status']}; its retry policy {applied.get('applied_policy')} retries it "
+                  f"at once, in this command: retry {applied.get('retry_count')} is {retry['id']}. Waiting for its "
+                  "end.", markup=False)
+        record = await squall.executions.wait(retry["id"])
+    return record, None if retry is None else await _queued_retry(squall, record, retry)
+
+
+def _on_a_clock(retry: dict[str, Any]) -> bool:
+    """Whether `retry` waits out its policy's `delay` (`runner_info.delayed_until`), which this command
+    does not wait for; one `delayed` for a concurrency policy's slot here is admitted as slots free."""
+    return retry["status"] == "delayed" and bool((retry.get("runner_info") or {}).get("delayed_until"))
+
+
+async def _requested_retry(squall: Squall, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The retry a retry policy requested after `record` ended, once its listener stored it; None when
+    no policy retries it (or the request failed: the log says why)."""
     import asyncio
     import contextlib
 
@@ -264,8 +293,13 @@ async def _queued_retry(squall: Squall, record: dict[str, Any]) -> str | None:
             while (retry := await squall.db(squall.store.get_execution, retry_id(record["id"]))) is None:
                 await squall.events.settle()
                 await asyncio.sleep(0.05)
-    if retry is None or retry["status"] != "delayed":
-        return None
+    return retry
+
+
+async def _queued_retry(squall: Squall, record: dict[str, Any], retry: dict[str, Any]) -> str:
+    """What to say of the `retry` a retry policy queued after `record` failed here: it is stored `delayed`
+    for the policy's delay, and this command exits before then, so `squall serve` runs it (its poll takes a
+    due retry another process stored), or, none running, the next one that starts."""
     until = (retry.get("runner_info") or {}).get("delayed_until") or "its delay"
     runs = (f"{runner_named(squall.config)} runs it once due" if await served_elsewhere(squall) else
             f"none runs on this database now: it waits until {runner_named(squall.config)} starts")
@@ -392,29 +426,30 @@ def _check_status(status: str) -> None:
 _EXECUTION_HEADERS = ("id", "action", "status", "started (UTC)", "elapsed")
 #: A start time on two lines, its date over its time.
 _DATE_WIDTH = len("2026-12-05")
-#: Narrower than this, an id folded onto more lines takes more room than it is worth: `execution list`
+#: Narrower than this, an action folded onto more lines takes more room than it is worth: `execution list`
 #: then prints each execution on lines of its own.
-_ID_FOLDED_MIN = 8
+_ACTION_FOLDED_MIN = 8
 
 
 def _execution_table(rows: list[tuple[str, str, str, str, str]], width: int) -> Table | None:
-    """The `execution list` table fitting `width` columns with every action and status whole: rich
-    shrinks every column alike, and `succ…`, or an empty cell beside a whole id, hid what a person scans
-    a listing for. Too wide, the start time goes on two lines (date over time) first, then the id folds
-    onto more lines; None when even then it would not fit."""
+    """The `execution list` table fitting `width` columns with every id on one line and every action and
+    status whole: rich shrinks every column alike, and `succ…`, or an empty cell beside a whole id, hid
+    what a person scans a listing for, and an id folded onto two lines could not be copied. Too wide, the
+    start time goes on two lines (date over time) first, then the action folds onto more lines; None
+    when even then it would not fit."""
     table = new_table(*_EXECUTION_HEADERS)
     widths = [max(cell_len(cell) for cell in column) for column in zip(_EXECUTION_HEADERS, *rows, strict=True)]
     room = width - 3 * len(widths) - 1  # each column's padding (a space either side) and border
     for column in table.columns if rows else ():  # no rows: the headers alone wrap as rich wraps them
         column.no_wrap = True
     if rows and sum(widths) > room:
-        started, ident = table.columns[3], table.columns[0]
+        started, action = table.columns[3], table.columns[1]
         started.no_wrap, started.max_width = False, _DATE_WIDTH
-        id_room = room - sum(widths[1:3]) - _DATE_WIDTH - widths[4]
-        if id_room < min(widths[0], _ID_FOLDED_MIN):
+        action_room = room - widths[0] - widths[2] - _DATE_WIDTH - widths[4]
+        if action_room < min(widths[1], _ACTION_FOLDED_MIN):
             return None
-        if id_room < widths[0]:
-            ident.no_wrap, ident.overflow, ident.width = False, "fold", id_room
+        if action_room < widths[1]:
+            action.no_wrap, action.overflow, action.width = False, "fold", action_room
     for row in rows:
         add_row(table, *row)
     return table
@@ -508,12 +543,14 @@ def execution_rerun(
                                                     "tasks, keeping the others' results.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run the same action again with the same parameters (overridden by any given)."""
+    """Run the same action again with the same parameters (overridden by any given), and wait for it: exit 0
+    if it succeeded, 1 if not. A retry its retry policy runs at once is waited for too, as `squall run`
+    waits for it: the exit code (and `--json`) are the last attempt's."""
     params = parse_assignments(parameters or [])
     if tasks and params:
         raise fail("Parameters override is not supported when re-running task(s) for a workflow.")
 
-    async def work(squall: Squall) -> dict[str, Any]:
+    async def work(squall: Squall) -> tuple[dict[str, Any], str | None]:
         # Audited when asked for, as the API's `api.execution.rerun` (the wait may outlast the command): with
         # the new execution, or the workflow's reset when re-run in place, one transaction, its detail gaining
         # the action and the parameters as stored.
@@ -531,13 +568,18 @@ def execution_rerun(
         record = await (rerun if server is not None else requested(rerun))
         if server is not None:
             _say_served(squall, record, server)
-        return await squall.executions.wait(record["id"])
+        record = await squall.executions.wait(record["id"])
+        # Run here, so is a retry its policy requests at once, as `run`'s. (A workflow re-run in place keeps its
+        # id, and so its retry's, `retry_id`: a retry of its earlier failure is no retry of this run.)
+        return (record, None) if server is not None or tasks else await _retried(squall, record)
 
-    record = with_app(work, pack_problems=True)  # it runs the action again, as `run` does
+    record, retried = with_app(work, pack_problems=True)  # it runs the action again, as `run` does
     if as_json:
         print_json(record)
     else:
         show_execution(record)
+    if retried is not None:
+        err.print(retried, markup=False)
     raise typer.Exit(_exit_for(record))
 
 
