@@ -74,6 +74,9 @@ _ORPHANABLE = ("running", "pausing")
 #: The context keys that say who asked for an execution, from where, and where its replies go.
 _ORIGIN = frozenset({"user", "api_user", "source", "source_channel", "action_alias_ref", "chat", "approval",
                      "trace_context", "notify"})
+#: The context keys a person's re-run does not carry over: its origin is theirs, and it is a new request, which a
+#: retry policy retries as often as any (a re-run of a retry took its `policies.retry.retry_count`, used up).
+_NOT_RERUN = _ORIGIN | {"policies"}
 #: `poll` also sweeps what dead Squall processes on this machine left running, every this many calls.
 _SWEEP_POLLS = 30
 #: An end the database failed to store (`_stored_end`) is tried again after the first of these many
@@ -1466,7 +1469,8 @@ class ExecutionService:
         Without `context` it is the same request again (a retry policy): the original's context, so
         its result goes where the original's went. With one, it is that requester's request: who
         asked and where replies go (`_ORIGIN`) are theirs, never the original's (a re-run from the web
-        of a chat command must not post into that chat thread). `delay` holds it `delayed` that long
+        of a chat command must not post into that chat thread), and a retry policy counts its retries
+        afresh (`_NOT_RERUN`). `delay` holds it `delayed` that long
         (a retry policy's delay), stored so that a restart meanwhile still runs it. `rerun_id` names the
         re-run (see `request`'s `execution_id`); `audit` is stored with it (see `request`).
 
@@ -1496,7 +1500,7 @@ class ExecutionService:
                 rendered.add(name)
         merged = {**original, **(parameters or {})}
         kept = record["context"] if context is None else {
-            k: v for k, v in record["context"].items() if k not in _ORIGIN}
+            k: v for k, v in record["context"].items() if k not in _NOT_RERUN}
         new_context = {**kept, **(context or {}), "re-run": {"ref": record["id"]}}
         new_context.pop("pack", None)
         # What rendered the first time renders again; whatever the caller now gives is data.

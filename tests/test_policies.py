@@ -115,6 +115,37 @@ async def test_retry_policy_reruns_a_failure_with_a_count(home: Path) -> None:
         await squall.close()
 
 
+async def test_a_persons_re_run_of_a_retried_failure_is_retried_afresh(home: Path) -> None:
+    """A person re-runs the last of a policy's retries (its count used up): it is a new request, retried as
+    often as the policy says, as StackStorm's re-run starts a context of its own. It was re-run with the
+    retry's `context.policies` copied, so its count was used up already and a failure was never retried."""
+    _pack(home, {"retry": "name: retry\nresource_ref: pol.flaky\npolicy_type: action.retry\n"
+                          "parameters: {retry_on: failure, max_retry_count: 1}\n"})
+    squall = await Squall.start(load_config(home / "config.yml"))
+    try:
+        marker = home / "count"  # flaky succeeds at its third run
+        record = await squall.executions.request("pol.flaky", {"marker": str(marker)}, {"user": "alice"})
+        assert (await squall.executions.wait(record["id"], timeout=20))["status"] == "failed"
+        rows = await until(lambda: _ended(squall, 2), "the failure and its one retry")
+        last = max(rows, key=lambda r: r["start_timestamp"])
+        assert last["status"] == "failed" and last["context"]["policies"]["retry"]["retry_count"] == 1
+        marker.write_text("1\n")  # the re-run fails (its second run), its retry succeeds
+        again = await squall.executions.rerun(last["id"], None, {"user": "bob", "source": "cli"})
+        assert "policies" not in again["context"] and again["context"]["re-run"] == {"ref": last["id"]}
+        rows = await until(lambda: _ended(squall, 4), "the re-run and its retry")
+        retried = [r for r in rows if (r["context"].get("re-run") or {}).get("ref") == again["id"]]
+        assert [(r["status"], r["context"]["policies"]["retry"]["retry_count"]) for r in retried] == [
+            ("succeeded", 1)]
+    finally:
+        await squall.close()
+
+
+async def _ended(squall: Squall, count: int) -> list[dict[str, Any]] | None:
+    """The `pol.flaky` executions once `count` of them ended, else None."""
+    rows = await squall.executions.list(action="pol.flaky")
+    return rows if sum(r["status"] in COMPLETED for r in rows) >= count else None
+
+
 async def test_a_request_refused_before_it_ran_is_not_retried(home: Path) -> None:
     """A rule's request refused for its parameters is stored failed (`record_refused`) without running: a
     retry would be refused the same way, and recovery would try it again for a day. The policy skips it,
