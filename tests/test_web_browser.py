@@ -349,6 +349,36 @@ def tab(served: Served, chromium: Any, admin_state: dict[str, Any]) -> Iterator[
 
 # -- the tests -----------------------------------------------------------------------------------------
 
+def test_the_api_docs_pages_render_with_no_other_host_reachable(served: Served, chromium: Any) -> None:
+    """`/docs` (Swagger UI) and `/redoc` render the API's operations with every request to another host
+    refused, as on an operations network without the internet: FastAPI's own pages loaded their scripts
+    from a CDN and stayed blank there."""
+    context = chromium.new_context(viewport=VIEWPORT)
+    elsewhere: list[str] = []
+
+    def offline(route: Any) -> None:
+        if route.request.url.startswith(served.base):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", offline)
+    page = context.new_page()
+    errors: list[str] = []
+    watch(page, errors)
+    try:
+        page.goto(served.base + "/docs")
+        page.locator(".opblock-summary-path", has_text="/api/v1/executions").first.wait_for(timeout=20_000)
+        assert page.locator(".opblock").count() > 20  # every operation, from /openapi.json
+        page.goto(served.base + "/redoc")
+        page.get_by_role("heading", name=re.compile("Squall API")).first.wait_for(timeout=20_000)
+        page.get_by_text("/api/v1/executions").first.wait_for(state="attached", timeout=20_000)
+        assert elsewhere == [] and errors == [], (elsewhere, errors)
+    finally:
+        context.close()
+
+
 def test_log_in_with_the_printed_password_and_back_to_the_page_asked_for(served: Served, chromium: Any) -> None:
     execution_id = served.run("webui.lines", count=1, pause=0)
     served.wait(execution_id, "succeeded")
