@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -1186,6 +1187,21 @@ def _as_0023_left_it(database: Path) -> None:
         conn.execute("UPDATE alembic_version SET version_num = '0023'")
 
 
+@contextlib.contextmanager
+def _leading(database: Path) -> Iterator[subprocess.Popen[str]]:
+    """A process of its own holding the lead on `database`, as every `squall serve` takes it, until the end."""
+    leading = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; from engine.leader import FileLock; "
+         f"assert FileLock(Path({str(database) + '.leader'!r})).lead(); print('leads', flush=True); time.sleep(120)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert leading.stdout is not None and leading.stdout.readline() == "leads\n"
+        yield leading
+    finally:
+        leading.kill()
+        leading.wait()
+
+
 def test_a_cli_command_never_upgrades_a_database_an_older_serve_runs_on(tmp_path: Path) -> None:
     """The package was upgraded and `squall serve` not restarted yet: a CLI command of the new version upgraded
     the schema under the running service, which then could not start again (nor could its CLI). It is refused
@@ -1194,14 +1210,8 @@ def test_a_cli_command_never_upgrades_a_database_an_older_serve_runs_on(tmp_path
     database = tmp_path / "data" / "squall.db"
     Store.open(f"sqlite:///{database}").close()
     _as_0023_left_it(database)
-    # The older serve: a process of its own holding the lead, as every `squall serve` takes it.
-    leading = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from engine.leader import FileLock; "
-         f"assert FileLock(Path({str(database) + '.leader'!r})).lead(); print('leads', flush=True); time.sleep(120)"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
     squall = [str(Path(sys.executable).parent / "squall"), "-c", str(tmp_path / "config.yml")]
-    try:
-        assert leading.stdout is not None and leading.stdout.readline() == "leads\n"
+    with _leading(database) as leading:  # the older serve
         done = subprocess.run([*squall, "execution", "list"], capture_output=True, text=True, timeout=60,
                               cwd=tmp_path)
         assert done.returncode == 3, done.stderr
@@ -1212,9 +1222,6 @@ def test_a_cli_command_never_upgrades_a_database_an_older_serve_runs_on(tmp_path
             assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0023",)]
         keys = subprocess.run([*squall, "key", "list"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert keys.returncode == 3 and "older than this Squall's" in keys.stderr, keys.stderr  # the store alone too
-    finally:
-        leading.kill()
-        leading.wait()
     done = subprocess.run([*squall, "execution", "list"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     with sqlite3.connect(database) as conn:
@@ -1227,17 +1234,9 @@ def test_a_service_upgrades_a_database_another_squall_leads_on(tmp_path: Path) -
     database = tmp_path / "squall.db"
     Store.open(f"sqlite:///{database}").close()
     _as_0023_left_it(database)
-    leading = subprocess.Popen(
-        [sys.executable, "-c", "import time; from pathlib import Path; from engine.leader import FileLock; "
-         f"assert FileLock(Path({str(database) + '.leader'!r})).lead(); print('leads', flush=True); time.sleep(120)"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert leading.stdout is not None and leading.stdout.readline() == "leads\n"
+    with _leading(database):
         with pytest.raises(storage.SchemaInUse):
             Store.open(f"sqlite:///{database}", upgrade_in_use=False)
         Store.open(f"sqlite:///{database}").close()
-    finally:
-        leading.kill()
-        leading.wait()
     with sqlite3.connect(database) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
