@@ -1240,3 +1240,26 @@ def test_a_service_upgrades_a_database_another_squall_leads_on(tmp_path: Path) -
         Store.open(f"sqlite:///{database}").close()
     with sqlite3.connect(database) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+
+
+@pytest.mark.postgres
+def test_a_cli_command_never_upgrades_a_postgresql_database_another_squall_session_is_on(postgres_url: str) -> None:
+    """On PostgreSQL every Squall session names its process (`application_name`): a worker of another host,
+    which takes no lead, is on the database too, and a CLI command refuses to upgrade the schema under it."""
+    Store.open(postgres_url).close()
+    url = postgres_url.replace("postgresql://", "postgresql+psycopg://")
+    with sa.create_engine(url).begin() as conn:  # as a database 0024 left: its newest table undone
+        conn.execute(sa.text("DROP TABLE serve_nodes"))
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0023'"))
+    worker = sa.create_engine(url, connect_args={"application_name": "squall 4242@worker-host"})
+    try:
+        with worker.connect():
+            with pytest.raises(storage.SchemaInUse, match="squall 4242@worker-host runs on it"):
+                Store.open(postgres_url, upgrade_in_use=False)
+            with sa.create_engine(url).connect() as conn:
+                assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0023"
+    finally:
+        worker.dispose()  # its session closed
+    Store.open(postgres_url, upgrade_in_use=False).close()  # nobody else on it now: upgraded
+    with sa.create_engine(url).connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == HEAD
