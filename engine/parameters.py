@@ -277,6 +277,12 @@ def _dependencies(env: jinja2.Environment, name: str, raw: Any, secret: bool) ->
 #: Environment variables that make a program run code before (or instead of) what it was asked to run.
 _DANGEROUS_ENV = re.compile(r"^(BASH_ENV|ENV|PATH|BASH_FUNC_.*|LD_.*|PYTHON.*|PERL5?(LIB|OPT)|RUBYOPT|NODE_OPTIONS|"
                             r"SHELLOPTS|BASHOPTS|PS4|PROMPT_COMMAND|IFS|GCONV_PATH)$")
+#: `PYTHON*` variables that only set how Python runs what it was asked to, loading no code of the caller's
+#: choice: common in Docker and CI shells, so `st2 run -e` (st2client copies the caller's environment into
+#: `env`) was refused there. Not `PYTHONWARNINGS` (a category names a module it imports), `PYTHONSTARTUP`,
+#: `PYTHONPATH`, `PYTHONHOME`, `PYTHONBREAKPOINT` (a callable it imports), `PYTHONINSPECT`.
+_HARMLESS_ENV = frozenset({"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONIOENCODING", "PYTHONUTF8",
+                           "PYTHONHASHSEED", "PYTHONFAULTHANDLER", "PYTHONNOUSERSITE"})
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def _check_names(action: Action, supplied: Mapping[str, Any]) -> None:
@@ -453,7 +459,8 @@ def check_environment(action: Action, env: Any) -> None:
         if not _ENV_NAME.match(name):
             raise ParameterError(f'parameter "env": {name[:80]!r} is not an environment variable name '
                                  "(letters, digits and _, not starting with a digit)")
-        if _DANGEROUS_ENV.match(name) and not (name in default and str(default[name]) == str(value)):
+        if (_DANGEROUS_ENV.match(name) and name not in _HARMLESS_ENV
+                and not (name in default and str(default[name]) == str(value))):
             raise ParameterError(f'parameter "env": {name} may not be set by a request, because it makes the '
                                  "shell or the program run other code first; only the action's own default "
                                  "may set it")

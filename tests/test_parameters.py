@@ -111,11 +111,19 @@ def test_a_deeply_nested_template_is_a_parameter_error() -> None:
     assert "nested too deeply" in error({"p": {"type": "string"}}, {"p": "{{" + "(" * 5000 + "}}"}, render=True)
 
 
-@pytest.mark.parametrize("name", ["BASH_ENV", "ENV", "BASH_FUNC_echo%%", "LD_PRELOAD", "PYTHONPATH", "PATH"])
+@pytest.mark.parametrize("name", ["BASH_ENV", "ENV", "BASH_FUNC_echo%%", "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH",
+                                  "PYTHONSTARTUP", "PYTHONWARNINGS", "PYTHONBREAKPOINT", "PYTHONHOME", "PATH"])
 def test_env_may_not_set_variables_that_run_other_code(name: str) -> None:
     params = {"env": {"type": "object"}}
     message = error(params, {"env": {name: "/tmp/x"}})
     assert name in message and message.startswith('parameter "env"')
+
+
+def test_env_may_set_the_python_variables_that_load_no_code() -> None:
+    """What a Docker or CI shell exports, and `st2 run -e` sends whole: it was refused for PYTHONUNBUFFERED."""
+    harmless = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
+                "PYTHONUTF8": "1", "PYTHONHASHSEED": "0", "PYTHONFAULTHANDLER": "1", "PYTHONNOUSERSITE": "1"}
+    assert values({"env": {"type": "object"}}, {"env": harmless})["env"] == harmless
 
 
 def test_env_may_set_what_the_action_default_sets_and_ordinary_variables() -> None:
