@@ -182,6 +182,22 @@ async def test_a_task_first_seen_before_it_ran_still_shows_as_running_before_its
     assert told == ["scheduled", "running", "succeeded"]
 
 
+async def test_a_task_read_before_it_ran_is_told_running_before_the_output_it_printed_since(api: Api) -> None:
+    # Its record read `scheduled`, then its output read: the output was printed after that read, as it ran.
+    # `st2 run --tail` printed a task's line before "Child execution (task=...) has started" now and then.
+    record = await api.squall.executions.request("demo.greet", {"who": "ann"}, {"user": "t"})
+    await api.squall.executions.wait(record["id"], 30)
+    ended = await api.squall.db(api.squall.store.get_execution, record["id"])
+    follower = stream_module.Follower(api.squall, stream_module.Wanted(
+        events=("st2.execution__update", "st2.execution.output__create")))
+    told = [(e["event"], json.loads(e["data"]).get("status")) async for e in
+            follower._node({**ended, "status": "scheduled", "log": ended["log"][:1]})]
+    assert told[:2] == [("st2.execution__update", "scheduled"), ("st2.execution__update", "running")]
+    assert [event for event, _ in told[2:]] == ["st2.execution.output__create"] * (len(told) - 2) and len(told) > 2
+    told = [json.loads(e["data"])["status"] async for e in follower._node(ended)]
+    assert told == ["succeeded"]  # told running once, then its end
+
+
 async def test_one_look_tells_what_happened_in_the_order_the_records_say(api: Api, tmp_path: Path) -> None:
     """A look that finds a known execution ended and a newer one requested after its end tells the end
     first; one requested before that end is told first. Driven look by look, so neither order is left

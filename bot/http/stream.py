@@ -180,17 +180,16 @@ class Follower:
         doc = self._doc(record, children)
         if (seen.status in _BEFORE_RUNNING and ended
                 and any(e.get("status") == "running" for e in record.get("log") or [])):
-            # as it read while running: no result nor end yet (left out, as `execution_doc` leaves them)
-            was = {**{k: v for k, v in doc.items() if k not in ("result", "end_timestamp", "elapsed_seconds")},
-                   "status": "running", "liveaction": {**doc["liveaction"], "status": "running"}}
-            for event in self._event(EXECUTION_UPDATE, record["action"], record["id"], was):
+            for event in self._running(record, doc, seen):
                 yield event
-            seen.status = "running"
         elif status != seen.status and not ended:
             for event in self._event(EXECUTION_UPDATE, record["action"], record["id"], doc):
                 yield event
             seen.status = status
         async for event in self._chunks(record, seen):
+            if seen.status in _BEFORE_RUNNING:  # read before it ran, its output stored since: it runs now
+                for update in self._running(record, doc, seen):
+                    yield update
             yield event
         for child in children if self.descend else ():
             async for event in self._node(child):
@@ -202,6 +201,14 @@ class Follower:
             seen.status, seen.ended = status, True
             if record["id"] == self.end_execution_id and self.end_event == EXECUTION_UPDATE:
                 self.done = True
+
+    def _running(self, record: dict[str, Any], doc: dict[str, Any], seen: _Seen) -> list[Event]:
+        """The update telling that `record` runs, as it read while running: no result nor end yet (left
+        out, as `execution_doc` leaves them); `seen` notes it was told."""
+        was = {**{k: v for k, v in doc.items() if k not in ("result", "end_timestamp", "elapsed_seconds")},
+               "status": "running", "liveaction": {**doc["liveaction"], "status": "running"}}
+        seen.status = "running"
+        return self._event(EXECUTION_UPDATE, record["action"], record["id"], was)
 
     async def _roots(self) -> AsyncIterator[Event]:
         for root in self.roots:
