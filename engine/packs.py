@@ -33,11 +33,12 @@ log = logging.getLogger(__name__)
 
 PACK_REF = re.compile(r"^[a-z0-9_]+$")
 #: Shipped packs Squall itself depends on (system trigger types, chat posts, its own commands): a user
-#: pack may not take their names. StackStorm's blacklist names `core` and `packs`; Squall ships no `packs`.
+#: pack may not take their names. StackStorm's blacklist names `core` and `packs`; Squall's `packs` is replaceable.
 SYSTEM_PACKS = {"core", "chatops", "squall"}
 #: Shipped packs that StackStorm users replace with their own copy: a user pack of that name is loaded
-#: instead of the shipped one, as installing a pack over StackStorm's shipped `linux` does.
-REPLACEABLE_PACKS = {"linux"}
+#: instead of the shipped one, as installing a pack over StackStorm's shipped `linux` does. `packs` (StackStorm's
+#: pack-management actions on Squall's CLI) too: Exchange content calls `packs.install`, nothing of Squall does.
+REPLACEABLE_PACKS = {"linux", "packs"}
 CONTENT_KINDS = ("aliases", "rules", "sensors", "policies")
 
 
@@ -162,7 +163,7 @@ class UnknownAction(LookupError):
 
 
 class SystemPacksMissing(RuntimeError):
-    """Squall's built-in packs (core, chatops, squall, linux) are not where this install looks for them.
+    """Squall's built-in packs (core, chatops, squall, linux, packs) are not where this install looks for them.
 
     Without them no system trigger type, chat post or `core.*` action exists, so every command would fail
     later and vaguely ('action "core.echo" not found'); the CLI shows this as a setup error (exit 3)."""
@@ -538,7 +539,7 @@ def _missing_config(ref: str, config_file: Path, unset: list[str]) -> ContentWar
 def load_registry(pack_paths: list[Path], configs_path: Path, system_path: Path) -> Registry:
     """Load the system packs, then every pack under `pack_paths`.
 
-    A replaceable shipped pack (`linux`) loads last and only if no user pack took its ref, so an
+    A replaceable shipped pack (`linux`, `packs`) loads last and only if no user pack took its ref, so an
     installed copy replaces it without an "already loaded" warning, and removing that copy brings
     the shipped one back. Without the system packs (`SystemPacksMissing`) nothing would work, so that
     one problem stops the load instead of becoming a per-file error.

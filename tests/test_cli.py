@@ -348,7 +348,7 @@ def test_pack_install_from_folder_runs_stackstorm_content(home: Path, demo_pack:
     assert code == 1 and record["status"] == "failed"
 
     listing = json.loads(squall(home, "pack", "list", "--json").stdout)
-    assert {p["ref"] for p in listing["packs"]} == {"core", "chatops", "squall", "linux", "demo"}
+    assert {p["ref"] for p in listing["packs"]} == {"core", "chatops", "squall", "linux", "packs", "demo"}
     assert listing["problems"] == []
 
     removed = squall(home, "pack", "remove", "demo")

@@ -1149,9 +1149,10 @@ def test_pack_list_in_chat_is_one_line_per_pack_and_the_problems(tmp_path: Path,
     assert f"webops 2.1.0: {description}" in lines, listing
     core = load_registry([], tmp_path / "configs", SYSTEM_PACKS_PATH).packs["core"]
     assert f"core {core.metadata['version']}: {core.metadata['description']}" in lines, listing
-    assert [line.split(" ")[0] for line in lines[:5]] == ["chatops", "core", "linux", "squall", "webops"], listing
-    assert lines[5] == "problems (pack content that did not load):", listing
-    assert any("broken.yaml" in line and "webops.missing" in line for line in lines[6:]), listing
+    assert [line.split(" ")[0] for line in lines[:6]] == ["chatops", "core", "linux", "packs", "squall", "webops"], \
+        listing
+    assert lines[6] == "problems (pack content that did not load):", listing
+    assert any("broken.yaml" in line and "webops.missing" in line for line in lines[7:]), listing
     assert not any(mark in listing for mark in "┏┃│└━"), listing
 
 
