@@ -40,6 +40,7 @@ from engine.packs import (
     ContentWarning,
     Pack,
     Registry,
+    _apply_defaults,
     discover,
     load_pack,
 )
@@ -605,10 +606,12 @@ def _provided_missing_reason(pack: str, venv: Path, module: str) -> str:
 # -- requirements StackStorm provides: installed as if listed ----------------------------------------
 
 #: Packages StackStorm's actions and sensors import from st2's own virtualenv, so packs use them without
-#: listing them in requirements.txt (StackStorm's own `st2` pack cannot list st2client); Squall ships
-#: none of them. An install puts each that a pack's Python code imports into the pack's virtualenv as if
-#: requirements.txt listed it: name -> what it is, for messages.
-PROVIDED_BY_STACKSTORM = {"st2client": "StackStorm's API client"}
+#: listing them in requirements.txt (StackStorm's own `st2` pack cannot list st2client; the aws pack's
+#: actions, the github, email and slack packs' sensors import eventlet); Squall ships none of them. An
+#: install puts each that a pack's Python code imports into the pack's virtualenv as if requirements.txt
+#: listed it: name (the module's and the distribution's) -> what it is, for messages.
+PROVIDED_BY_STACKSTORM = {"st2client": "StackStorm's API client",
+                          "eventlet": "the green-thread library StackStorm runs on"}
 #: The folders of a pack whose Python code runs: actions (with their `lib`), sensors, the pack's `lib`.
 _CODE_FOLDERS = ("actions", "sensors", "lib")
 #: How much of each .py file the scan reads: a module's imports are at its top.
@@ -634,7 +637,7 @@ class UnlistedRequirement:
         return (f"{pack}'s Python code imports {self.requirement} ({self.where}), "
                 f"{PROVIDED_BY_STACKSTORM[self.requirement]}, which its requirements.txt does not list: installing "
                 f"{self.requirement} into {pack}'s virtualenv as if listed (from the package index, unpinned; "
-                f"StackStorm's actions get it from st2's own virtualenv, and Squall does not ship it)")
+                f"StackStorm's actions and sensors get it from st2's own virtualenv, and Squall does not ship it)")
 
     def warning(self, folder: Path, installed: bool) -> ContentWarning:
         """What `squall pack install` warns of (`--json`: one of `errors`) once the pack is in `folder`."""
@@ -643,9 +646,9 @@ class UnlistedRequirement:
                    f"if listed" if installed else f"tried to install {name} as if listed, which failed (said with "
                    f"the requirements that did not install)")
         return ContentWarning(str(folder / self.file), self.line, (
-            f"imports {name}, {PROVIDED_BY_STACKSTORM[name]}, which StackStorm's actions get from st2's own "
-            f"virtualenv and Squall does not ship; the pack's requirements.txt does not list it, so `squall pack "
-            f"install` {outcome}. To choose its version, list {name} in requirements.txt"))
+            f"imports {name}, {PROVIDED_BY_STACKSTORM[name]}, which StackStorm's actions and sensors get from "
+            f"st2's own virtualenv and Squall does not ship; the pack's requirements.txt does not list it, so "
+            f"`squall pack install` {outcome}. To choose its version, list {name} in requirements.txt"))
 
 
 def unlisted_requirements(folder: Path) -> list[UnlistedRequirement]:
@@ -715,8 +718,16 @@ def split_missing_config(ref: str, configs_path: Path,
 
 
 def needed_config_keys(pack: Pack) -> list[str]:
-    """The config keys still to be set: required by the pack's config schema, without a default,
-    not in its config (nested objects as `parent.key`)."""
+    """The config keys still to be set: required by the pack's config schema, without a default, not in its
+    config (nested objects as `parent.key`), as StackStorm's check of a config asks for them.
+
+    A key inside an object is needed only when that object is required too or the config sets it. The
+    loader hands actions every object filled in (`engine.packs._apply_defaults`), but the check leaves out
+    an optional object the file leaves out, and its required keys with it (github's
+    `repository_sensor.repositories`, slack's `admin.organization`); so is an optional item that only a
+    `$ref` points at (napalm's `cred_group`, the shape of each of its `credentials`). An optional object
+    counts as set when it holds more than its defaults; one written with its defaults alone is left to
+    the check of the config, which says what it lacks."""
     return _needed(pack.config_schema, pack.config, "")
 
 
@@ -730,8 +741,10 @@ def _needed(schema: dict[str, Any], values: Any, prefix: str) -> list[str]:
             if spec.get("required") and "default" not in spec:
                 needed.append(prefix + key)
             continue
-        if spec.get("type") == "object" and isinstance(spec.get("properties"), dict):
-            needed.extend(_needed(spec["properties"], values[key], f"{prefix}{key}."))
+        properties = spec.get("properties")
+        if spec.get("type") == "object" and isinstance(properties, dict) and (
+                spec.get("required") or values[key] != _apply_defaults(properties, {}, absent_objects=True)):
+            needed.extend(_needed(properties, values[key], f"{prefix}{key}."))
     return needed
 
 

@@ -580,3 +580,100 @@ def test_a_pack_put_in_place_by_hand_says_st2client_is_missing(home: Path) -> No
     assert ran["status"] == "failed"
     assert ran["result"]["error"].startswith("the action imports st2client, StackStorm's API client")
     assert "ModuleNotFoundError: No module named 'st2client'" in ran["result"]["stderr"]  # still there
+
+
+
+# -- packs whose Python code imports eventlet ------------------------------------------------------
+#
+# StackStorm runs on eventlet, so its actions and sensors import it from st2's virtualenv too: the aws
+# pack's actions/lib, the github, email, slack and aws packs' sensors, none listing it. The same mechanism
+# as st2client's installs it.
+
+
+def aws_like_pack(folder: Path) -> Path:
+    """A pack whose action imports eventlet through its `actions/lib`, and whose sensor imports from it, as
+    the aws and email packs do, with a requirements.txt that does not list it."""
+    write(folder / "pack.yaml", "ref: awslike\nname: awslike\ndescription: d\nversion: 0.1.0\nauthor: tests\n")
+    write(folder / "actions" / "lib" / "action.py", """
+        import re
+        import eventlet
+
+        VALUE = eventlet.VALUE
+    """)
+    write(folder / "sensors" / "smtp_sensor.py", "import eventlet\nfrom eventlet.green import asyncore\n")
+    write(folder / "actions" / "version.yaml", "name: version\nrunner_type: python-script\nentry_point: version.py\n")
+    write(folder / "actions" / "version.py", """
+        from st2common.runners.base_action import Action
+
+        import action
+
+
+        class Run(Action):
+            def run(self):
+                return {"eventlet": action.VALUE}
+    """)
+    wheel(folder / "wheels", "squall-gooddep", "1.0")
+    write(folder / "requirements.txt", "--find-links ./wheels\nsquall-gooddep==1.0\n")
+    return folder
+
+
+@pytest.mark.parametrize(("files", "requirements", "expected"), [
+    ({"actions/lib/action.py": "import six\nimport eventlet\n"}, "six\nboto>=2.41.0,<2.42\n",
+     [("eventlet", "actions/lib/action.py", 2)]),
+    ({"sensors/smtpd_green.py": "from eventlet import patcher\nfrom eventlet.green import socket\n"}, None,
+     [("eventlet", "sensors/smtpd_green.py", 1)]),
+    ({"actions/a.py": "from st2client.client import Client\n", "sensors/s.py": "import eventlet\n"}, None,
+     [("st2client", "actions/a.py", 1), ("eventlet", "sensors/s.py", 1)]),
+    ({"sensors/s.py": "import eventlet\n"}, "eventlet==0.33.3\n", []),
+    ({"sensors/s.py": "import eventletx\nfrom mine.eventlet import x\n# import eventlet\n"}, None, []),
+])
+def test_a_pack_that_imports_eventlet_without_listing_it_needs_it(
+        tmp_path: Path, files: dict[str, str], requirements: str | None, expected: list[tuple]) -> None:
+    from engine.pack_manager import unlisted_requirements
+
+    for name, text in files.items():
+        write(tmp_path / name, text)
+    if requirements is not None:
+        write(tmp_path / "requirements.txt", requirements)
+    assert [(need.requirement, need.file, need.line) for need in unlisted_requirements(tmp_path)] == expected
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("offline_pip")
+def test_a_pack_importing_eventlet_gets_it_installed_as_if_listed(home: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    source = aws_like_pack(home / "src" / "awslike")
+    wheel(home / "index", "eventlet", "0.36.1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(home / "index"))  # the package index, here
+
+    installed = squall(home, "pack", "install", str(source), "--json")
+
+    assert installed.returncode == 0, installed.stderr
+    assert ("awslike's Python code imports eventlet (actions/lib/action.py, line 2), the green-thread library "
+            "StackStorm runs on, which its requirements.txt does not list: installing eventlet into awslike's "
+            "virtualenv as if listed") in installed.stderr
+    document = json.loads(installed.stdout)
+    assert document["requirements_failed"] == []
+    [note] = document["errors"]
+    assert note.startswith(f"{home / 'packs' / 'awslike' / 'actions' / 'lib' / 'action.py'}:2: imports eventlet, "
+                           f"the green-thread library StackStorm runs on")
+    assert "installed eventlet" in note and "list eventlet in requirements.txt" in note
+    venv = home / "data" / "virtualenvs" / "awslike"
+    assert _venv_python(venv, "import squall_gooddep").returncode == 0  # the file's lines are installed too
+    ran = run_json(home, "awslike.version")
+    assert ran["status"] == "succeeded", ran
+    assert ran["result"]["result"] == {"eventlet": "0.36.1"}
+
+
+def test_an_action_missing_eventlet_says_what_it_is_and_how_to_get_it(home: Path) -> None:
+    aws_like_pack(home / "packs" / "awslike")  # copied from a StackStorm host: no install, no virtualenv
+
+    ran = run_json(home, "awslike.version")
+
+    assert ran["status"] == "failed"
+    venv = home / "data" / "virtualenvs" / "awslike"
+    assert ran["result"]["error"].startswith(
+        "the action imports eventlet, the green-thread library StackStorm runs on, which Squall does not ship, and "
+        "pack awslike has no virtualenv with it")
+    assert f"`python3 -m venv {venv} && {venv}/bin/pip install eventlet`" in ran["result"]["error"]
+    assert "ModuleNotFoundError: No module named 'eventlet'" in ran["result"]["stderr"]

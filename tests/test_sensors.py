@@ -346,6 +346,65 @@ async def test_a_sensor_whose_config_value_does_not_render_does_not_start(home: 
         await squall.close()
 
 
+FALLBACK = """
+import json
+import time
+
+from st2reactor.sensor.base import Sensor
+
+
+class Fallback(Sensor):
+    def setup(self):
+        try:  # as the jenkins and napalm packs read an optional key
+            username = self.config["username"]
+        except KeyError as missing:
+            username = {"missing": missing.args[0], "said": str(missing)}
+        self.sensor_service.set_value("seen", json.dumps({"username": username, "url": self.config["url"],
+                                                           "got": self.config.get("password", "none")}))
+
+    def run(self):
+        while True:
+            time.sleep(1)
+
+    def cleanup(self):
+        pass
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+"""
+
+
+async def test_a_config_key_not_set_is_a_key_error_the_sensor_can_catch(home: Path) -> None:
+    """StackStorm's sensors get their config as a plain dict: a key not set is a KeyError, which says here which
+    key and where to set it."""
+    pack = make_pack(home, {})
+    write(pack / "config.schema.yaml", """
+        url: {type: string, required: true}
+        username: {type: string, required: false}
+        password: {type: string, secret: true, required: false}
+    """)
+    write(home / "configs" / "demo.yaml", "url: https://jenkins.example\n")
+    write(pack / "sensors" / "fallback.yaml", "class_name: Fallback\nentry_point: fallback.py\n")
+    (pack / "sensors" / "fallback.py").write_text(FALLBACK)
+    squall = await started(home)
+    try:
+        await run_sensors(squall)
+        record = await eventually(lambda: squall.db(squall.datastore.get, "demo.Fallback:seen"))
+        assert record is not None, "the sensor never started"
+        said = ('config key "username" is not set for this pack; set it in configs/<pack>.yaml or give it a '
+                "default in config.schema.yaml")
+        assert json.loads(record["value"]) == {"username": {"missing": "username", "said": said},
+                                               "url": "https://jenkins.example", "got": "none"}
+    finally:
+        await squall.close()
+
+
 # -- an edited sensor runs its new code -----------------------------------------------------------
 
 VERSIONED = '''

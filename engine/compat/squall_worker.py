@@ -108,14 +108,21 @@ class Channel:
             byte[0] = 0
 
 
+class ConfigKeyError(KeyError):
+    """A pack config key that is not set: a KeyError, as a plain dict's (StackStorm's config), so a pack's
+    `try: self.config["username"] except KeyError:` fallback runs (the jenkins and napalm packs' do); its
+    text says which key and where to set it, not KeyError's bare `'username'`. `args[0]` is the key."""
+
+    def __str__(self) -> str:
+        return (f'config key "{self.args[0]}" is not set for this pack; set it in configs/<pack>.yaml or give '
+                "it a default in config.schema.yaml")
+
+
 class ConfigDict(dict):
-    """A pack config that says which key is missing, instead of a bare KeyError."""
+    """A pack config that says which key is missing, where a plain dict's KeyError names only the key."""
 
     def __missing__(self, key: str) -> Any:
-        raise ValueError(
-            f'config key "{key}" is not set for this pack; set it in configs/<pack>.yaml or give it a '
-            "default in config.schema.yaml"
-        )
+        raise ConfigKeyError(key)
 
 
 class KeyValuePair:
