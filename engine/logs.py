@@ -145,6 +145,15 @@ class _LibraryOutage(logging.Filter):
         return True
 
 
+class _GonePeerWrites(logging.Filter):
+    """Squall's handler's filter: asyncio's `socket.send() raised exception.` (written to a connection its peer
+    closed, said from the sixth write on) is dropped. A browser closing a tab with a live page left up to 44
+    such WARNING lines, naming neither the peer nor the stream; the stream ends at its next look."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "asyncio" and record.msg == "socket.send() raised exception.")
+
+
 def connection_failure(exc: BaseException | None) -> str | None:
     """`PoolTimeout: couldn't get a connection after 30.00 sec` when `exc`, or what it was raised from, is
     psycopg's failure to reach or keep the database (`psycopg.OperationalError`, its pool's timeouts
@@ -251,6 +260,7 @@ def configure(config: Any, level: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if form == "json" else TextFormatter())
     handler.addFilter(_LibraryOutage())  # first: a line it shortens has no traceback left to scrub
+    handler.addFilter(_GonePeerWrites())
     handler.addFilter(_Scrubber())
     root = logging.getLogger()
     for old in list(root.handlers):

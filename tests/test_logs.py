@@ -226,3 +226,32 @@ def test_a_librarys_extra_is_shown_apart_in_text_lines_too(home: Path, restore_l
     with logging_context(action="demo.build"):
         logging.getLogger("procrastinate.worker").warning("Job success", extra={"action": "job_success"})
     assert stream.getvalue().rstrip().endswith("Job success [action=demo.build extra_action=job_success]")
+
+
+async def test_writes_to_a_connection_its_peer_closed_leave_no_lines(home: Path, restore_logging: None) -> None:
+    """A browser closing a tab with a live page left up to 44 `socket.send() raised exception.` WARNINGs from
+    asyncio (a write to a connection its peer closed, said from the sixth on), naming nothing; asyncio's other
+    warnings are kept."""
+    import asyncio
+
+    stream = _configured(home, "")
+    closed = asyncio.Event()
+
+    async def live(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # the browser went away
+        for _ in range(20):  # what a stream writes before its next look tells it so
+            writer.write(b"data: tick\n\n" * 1000)
+            await asyncio.sleep(0.01)
+        closed.set()
+
+    server = await asyncio.start_server(live, "127.0.0.1", 0)
+    try:
+        _reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        writer.transport.abort()  # reset, as a closed tab's socket
+        await asyncio.wait_for(closed.wait(), 30)
+    finally:
+        server.close()
+    logging.getLogger("asyncio").warning("Executing %s took %.3f seconds", "<Task>", 0.2)
+    text = stream.getvalue()
+    assert "socket.send() raised exception" not in text
+    assert "Executing <Task> took 0.200 seconds" in text
