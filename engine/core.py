@@ -81,7 +81,7 @@ class Engine:
         self.events.subscribe(EXECUTION_FINISHED, metrics.finished)
         #: Who local shell and Python actions start as: `runners.user`, if this process may switch users.
         self.run_as = action_account(config)
-        self.python = PythonRunner(config.virtualenvs_path, config.python_workers_per_pack, self.datastore_call,
+        self.python = PythonRunner(config.virtualenvs_path, config.python_workers_per_pack, self.action_call,
                                    self.run_as)
         # The `squall` pack's actions call the CLI against the same config.
         os.environ.setdefault("SQUALL_CLI", str(Path(sys.executable).parent / "squall"))
@@ -272,6 +272,18 @@ class Engine:
             items = await self.db(ds.list, prefix=args.get("prefix") or None, limit=limit)
             return items[offset:]
         raise ValueError(f"unknown action_service method {method!r}")
+
+    async def action_call(self, method: str, args: dict[str, Any], request: RunRequest | None = None) -> Any:
+        """A Python action's `action_service` calls: the datastore's, and `dispatch` (`core.inject_trigger`), a
+        trigger instance stored as a sensor's is, its type checked (`TriggerError` names one not registered), so
+        its rules fire. Its trace tag: the one asked for, else the running execution's (a rule's run carries its
+        trigger instance's), else one naming the execution, so the instance leads back to what injected it."""
+        if method != "dispatch":
+            return await self.datastore_call(method, args, request)
+        tag = args.get("trace_tag")
+        if not tag and request is not None:
+            tag = (request.context.get("trace_context") or {}).get("trace_tag") or f"execution-{request.execution_id}"
+        return await self.triggers.dispatch(str(args["trigger"]), args.get("payload") or {}, trace_tag=tag)
 
     async def _settle_listeners(self) -> None:
         """Wait, at most `LISTENERS_SETTLE_SECONDS`, for the listeners' tasks (`Events.settle`), before the

@@ -98,6 +98,8 @@ class Announcer:
         comes back under `announced`, for the stream's `st2.announcement__<route>`). What is posted to
         an adapter without files that caps results (IRC) is cut as a result is (`replies.capped`), its
         last line naming the execution that holds the whole: the result's, or post_message's own."""
+        if request.action.pack != "chatops":  # `core.announcement`, a pack's own: as StackStorm's runner, the
+            return {}                          # stream's alone (hubot-stackstorm posts `chatops.post_*` only)
         chat = (params.get("context") or {}).get("chat") or request.context.get("chat")
         adapter, channel, thread = self._resolve(route, params.get("adapter"), params.get("channel"), chat)
         if not channel:  # StackStorm's post_message and post_result require a channel

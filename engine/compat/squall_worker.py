@@ -190,6 +190,11 @@ class ActionService:
         self._check_scope(scope)
         return self._call("delete_value", name=self._name(name, local))
 
+    def dispatch(self, trigger: str, payload: dict[str, Any] | None = None, trace_tag: str | None = None) -> Any:
+        """Squall's addition, for `core.inject_trigger`: a trigger instance of the registered type `trigger`,
+        stored by the service (its rules fire) and returned; StackStorm's goes through st2client's webhooks."""
+        return self._call("dispatch", trigger=trigger, payload=payload or {}, trace_tag=trace_tag)
+
 
 def load_module(path: str, prefix: str) -> Any:
     """Import a pack's Python file by path, its folder importable (as StackStorm's wrappers do)."""
