@@ -23,7 +23,7 @@ from engine import audit_sinks, tracing
 from engine.config import SYSTEM_PACKS_PATH, Config
 from engine.crypto import KeyRing
 from engine.datastore import Datastore, st2_ttl
-from engine.events import ANNOUNCE, EXECUTION_FINISHED, Events
+from engine.events import ANNOUNCE, EXECUTION_FINISHED, FORMAT_RESULT, Events
 from engine.executions import ExecutionService
 from engine.executor import LocalExecutor
 from engine.inquiries import InquirerRunner, InquiryService
@@ -274,10 +274,14 @@ class Engine:
         raise ValueError(f"unknown action_service method {method!r}")
 
     async def action_call(self, method: str, args: dict[str, Any], request: RunRequest | None = None) -> Any:
-        """A Python action's `action_service` calls: the datastore's, and `dispatch` (`core.inject_trigger`), a
+        """A Python action's `action_service` calls: the datastore's; `format_result`
+        (`chatops.format_execution_result`), an execution's result as chat shows it; and `dispatch`
+        (`core.inject_trigger`), a
         trigger instance stored as a sensor's is, its type checked (`TriggerError` names one not registered), so
         its rules fire. Its trace tag: the one asked for, else the running execution's (a rule's run carries its
         trigger instance's), else one naming the execution, so the instance leads back to what injected it."""
+        if method == "format_result":  # its result as chat shows it: the chat side's to say
+            return await self.events.ask(FORMAT_RESULT, str(args["execution_id"]))
         if method != "dispatch":
             return await self.datastore_call(method, args, request)
         tag = args.get("trace_tag")

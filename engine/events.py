@@ -31,6 +31,8 @@ NOTIFICATION_DUE = "notification.due"
 EXECUTION_OUTPUT = "execution.output"
 #: The `announcement` runner (chatops.post_message / post_result) asks for delivery: answered by one handler.
 ANNOUNCE = "announce"
+#: `chatops.format_execution_result` asks for an execution's result as chat shows it: answered by one handler.
+FORMAT_RESULT = "format_result"
 
 Handler = Callable[..., Any]
 

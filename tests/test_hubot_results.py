@@ -275,3 +275,27 @@ async def test_squall_s_own_chat_splits_a_post_result_that_announces_it_whole(ho
     finally:
         await squall.chat.stop()
         await squall.close()
+
+
+async def test_format_execution_result_answers_what_st2_action_alias_test_prints(
+        api: tuple[Squall, httpx.AsyncClient]) -> None:
+    """`st2 action-alias test "shout ann"` runs the command, then `chatops.format_execution_result` on it and
+    prints its `result.result.message`: the action was missing, so the command ran and then failed with a
+    400. Its message is what `post_result` posts: the alias's result format, its `extra`; results off refuse."""
+    squall, client = api
+    shout = await _hubot(client, "shout ann", notification_route=None)
+    listing = await _hubot(client, "listing bo", notification_route=None)
+    quiet = await _hubot(client, "quiet cy", notification_route=None)
+    formatted = {}
+    for name, command in (("shout", shout), ("listing", listing), ("quiet", quiet)):
+        await squall.executions.wait(command["execution"]["id"], 30)
+        answer = await client.post("/api/v1/executions", json={
+            "action": "chatops.format_execution_result", "parameters": {"execution_id": command["execution"]["id"]}})
+        assert answer.status_code == 201, answer.text
+        formatted[name] = await squall.executions.wait(answer.json()["id"], 60)
+    assert formatted["shout"]["status"] == "succeeded", formatted["shout"]["result"]
+    assert formatted["shout"]["result"]["result"] == {"message": "shouted: hello ann"}
+    assert formatted["listing"]["result"]["result"] == {"message": "Found 1 greeting:{~}hello bo",
+                                                         "extra": {"slack": {"color": "good"}}}
+    assert formatted["quiet"]["status"] == "failed"
+    assert "Output of this template is disabled." in formatted["quiet"]["result"]["stderr"]

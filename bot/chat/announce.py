@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.base import Reply
 from bot.chat.replies import WHOLE_MESSAGE, WHOLE_OUTPUT, capped, result_message, split_pretext
-from engine.events import ANNOUNCE
+from engine.events import ANNOUNCE, FORMAT_RESULT
 from engine.templates import rendered
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class Announcer:
         #: (adapter, channel) pairs already logged as having no target in Squall's chat: said once each.
         self._untargeted: set[tuple[str | None, str]] = set()
         engine.events.subscribe(ANNOUNCE, self.publish)
+        engine.events.subscribe(FORMAT_RESULT, self.formatted)
 
     @property
     def routes(self) -> dict[str, Any]:
@@ -135,6 +136,15 @@ class Announcer:
         outbox_id = await self.outbox.post(reply)
         return {"adapter": adapter, "channel": channel, "outbox_id": outbox_id,
                 **({"announced": announced} if announced else {})}
+
+    async def formatted(self, execution_id: str) -> dict[str, Any]:
+        """`chatops.format_execution_result`'s answer (what `st2 action-alias test` prints): the execution's
+        result as `post_result` would post it, `{message, extra}` as StackStorm's action returns it (`extra`
+        only when the alias gives one); an alias whose results are off refuses it, as StackStorm's does."""
+        text, extra = await self._result_text(execution_id)
+        if text is None:
+            raise ValueError("Output of this template is disabled.")
+        return {"message": text, **({"extra": extra} if extra else {})}
 
     async def _result_text(self, execution_id: str) -> tuple[str | None, dict[str, Any]]:
         """post_result's text and extra for an execution, as its alias formats it (None: results off), its `{~}`

@@ -190,6 +190,12 @@ class ActionService:
         self._check_scope(scope)
         return self._call("delete_value", name=self._name(name, local))
 
+    def format_result(self, execution_id: str) -> dict[str, Any]:
+        """Squall's addition, for `chatops.format_execution_result`: `{message, extra?}`, the execution's result
+        as Squall's chat shows it (its alias's `result` format, else StackStorm's default); StackStorm's action
+        reads the execution and the alias through st2client and renders them itself."""
+        return self._call("format_result", execution_id=execution_id)
+
     def dispatch(self, trigger: str, payload: dict[str, Any] | None = None, trace_tag: str | None = None) -> Any:
         """Squall's addition, for `core.inject_trigger`: a trigger instance of the registered type `trigger`,
         stored by the service (its rules fire) and returned; StackStorm's goes through st2client's webhooks."""
