@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from adapters.base import Adapter
 from bot.chat.bot import ChatBot
 from engine.config import Config
+from engine.content_files import ContentFileError, set_enabled
 from engine.core import Engine, load_packs
 from engine.packs import Registry
-from engine.rule_files import RuleFileError, set_rule_enabled
 from engine.storage import Store
 
 if TYPE_CHECKING:
@@ -51,17 +51,26 @@ class Squall(Engine):
 
     async def set_rule_enabled(self, rule: Rule, enabled: bool, event: str, actor: str | None, source: str) -> None:
         """Turn `rule` on or off in its pack file and reload the packs, so it fires, or stops, at once: the
-        web UI's switch and `st2 rule enable|disable` alike; audited as `event` when the state changed. A
-        request for the state the rule is in already (`st2 rule enable` of an enabled rule) changes
-        nothing, and writes no row that would say it did. `RuleFileError` for a rule of a pack shipped
-        with Squall (its files are Squall's), or a file laid out so that it will not be rewritten."""
-        pack = self.registry.packs.get(rule.pack)
-        if pack is None or pack.system:
-            raise RuleFileError(f"{rule.ref} belongs to a pack shipped with Squall, whose files are not changed "
-                                "here: install a pack of your own with the rule you want.")
-        if await asyncio.to_thread(set_rule_enabled, Path(rule.file), enabled):
+        web UI's switch and `st2 rule enable|disable` alike (`set_enabled`)."""
+        await self.set_enabled("rule", rule.ref, rule.pack, rule.file, enabled, default=False, event=event,
+                               actor=actor, source=source)
+
+    async def set_enabled(self, kind: str, ref: str, pack: str, file: str, enabled: bool, *, default: bool,
+                          event: str, actor: str | None, source: str) -> None:
+        """Turn the pack content `ref` of `kind` (a rule, an action, a sensor) on or off in its metadata file
+        `file` and reload the packs, so it acts, or stops, at once (a sensor is started or stopped, an action
+        taken or refused at request); audited as `event` when the state changed. A request for the state it
+        is in already (`st2 rule enable` of an enabled rule) changes nothing, and writes no row that would
+        say it did. `default` is what the file means without `enabled:` (`content_files.set_enabled`).
+        `ContentFileError` for content of a pack shipped with Squall (its files are Squall's), or a file
+        laid out so that it will not be rewritten."""
+        found = self.registry.packs.get(pack)
+        if found is None or found.system:
+            raise ContentFileError(f"{ref} belongs to a pack shipped with Squall, whose files are not changed "
+                                   f"here: install a pack of your own with the {kind} you want.")
+        if await asyncio.to_thread(set_enabled, Path(file), enabled, default):
             await self.reload_packs()
-            await self.db(self.store.audit_add, event, actor, source, rule.ref, {"file": rule.file})
+            await self.db(self.store.audit_add, event, actor, source, ref, {"file": file})
 
     async def close(self) -> None:
         await self.chat.stop()

@@ -130,7 +130,7 @@ def _pack(home: Path) -> None:
         class_name: Watch
         entry_point: watch.py
         description: Watches nothing (disabled, so serve never starts it).
-        enabled: false
+        enabled: false  # st2 sensor enable|disable rewrite this line
         trigger_types: [{name: tick}]
     """)
     write(pack / "sensors" / "watch.py", "from st2reactor.sensor.base import Sensor\n")
@@ -421,14 +421,29 @@ def test_n_minus_one_lists_everything_and_rules_enable_and_disable(server: Serve
 
 
 def test_sensor_list_get_and_a_running_execution_without_an_end(server: Server) -> None:
-    """`st2 sensor list|get` read `/sensortypes` (a 404 before); `st2 sensor disable` is told the file to edit.
+    """`st2 sensor list|get` read `/sensortypes` (a 404 before); `st2 sensor enable|disable` and
+    `st2 action disable|enable` rewrite the `enabled:` line of the file (a 405 and a 409 before).
     A running execution has no `end_timestamp` (null before, which pack templates took for a value)."""
     (sensor,) = server.json("sensor", "list", "-p", "st2e")
     assert sensor["ref"] == "st2e.Watch" and sensor["enabled"] is False
     got = server.json("sensor", "get", "st2e.Watch")
     assert got["trigger_types"] == ["st2e.tick"] and got["uid"] == "sensor_type:st2e:Watch"
-    refused = server.run("sensor", "enable", "st2e.Watch", check=False)
-    assert refused.returncode != 0 and "sensors/watch.yaml" in refused.stdout + refused.stderr
+    sensor_file = server.home / "packs" / "st2e" / "sensors" / "watch.yaml"
+    enabled = server.json("sensor", "enable", "st2e.Watch")
+    assert enabled["enabled"] is True and enabled["ref"] == "st2e.Watch"
+    assert "enabled: true  # st2 sensor enable|disable rewrite this line" in sensor_file.read_text()
+    disabled = server.json("sensor", "disable", got["id"])
+    assert disabled["enabled"] is False and "enabled: false  # st2" in sensor_file.read_text()
+    assert server.json("sensor", "get", "st2e.Watch")["enabled"] is False
+
+    action_file = server.home / "packs" / "st2e" / "actions" / "nap.yaml"
+    assert server.json("action", "disable", "st2e.nap")["enabled"] is False
+    assert "enabled: false" in action_file.read_text()
+    refused = server.run("run", "-a", "st2e.nap", check=False)
+    assert refused.returncode != 0
+    assert 'Action "st2e.nap" is disabled' in refused.stdout + refused.stderr, refused
+    assert server.json("action", "enable", "st2e.nap")["enabled"] is True
+    assert "enabled: true" in action_file.read_text()
     napping = _id(server.run("run", "-a", "st2e.nap").stdout)
     running = server.wait(napping, "running")
     assert "end_timestamp" not in running and "elapsed_seconds" not in running, running

@@ -75,7 +75,9 @@ async def test_action_writes_are_refused_naming_the_file_to_edit(squall: Squall,
     assert created.status_code == 405 and created.headers["allow"] == "GET"
     assert "pack files" in created.json()["faultstring"] and "actions/<name>.yaml" in created.json()["faultstring"]
     for ref_or_id in ("demo.greet", greet["id"]):
-        updated = await client.put(f"/api/v1/actions/{ref_or_id}", json={**greet, "enabled": False})
+        # `st2 action update`: more than `enabled` changed (enable|disable alone: test_content_enable.py)
+        updated = await client.put(f"/api/v1/actions/{ref_or_id}",
+                                   json={**greet, "enabled": False, "description": "changed"})
         assert updated.status_code == 409 and file in updated.json()["faultstring"]
         assert "enabled: false" in updated.json()["faultstring"]
         deleted = await client.delete(f"/api/v1/actions/{ref_or_id}")
@@ -260,8 +262,9 @@ async def test_sensor_types_are_listed_filtered_and_read_as_stackstorm_shows_the
             assert missing.status_code == 404 and "demo.Watch" in missing.json()["faultstring"]
             assert (await client.get("/api/v1/sensortypes", params={"limit": 0})).status_code == 400
 
-            for ref_or_id in ("demo.Watch", watch["id"]):  # st2 sensor enable|disable: the file to edit instead
-                refused = await client.put(f"/api/v1/sensortypes/{ref_or_id}", json={**watch, "enabled": False})
+            for ref_or_id in ("demo.Watch", watch["id"]):  # more than `enabled` changed: the file to edit instead
+                refused = await client.put(f"/api/v1/sensortypes/{ref_or_id}",
+                                           json={**watch, "enabled": False, "poll_interval": 5})
                 assert refused.status_code == 405 and refused.headers["allow"] == "GET", refused.text
                 fault = refused.json()["faultstring"]
                 assert watch["metadata_file"] in fault and "enabled: false" in fault

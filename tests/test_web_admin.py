@@ -25,9 +25,9 @@ from bot.http import create_api
 from bot.web.packs import masked_config, shown_source
 from engine.audit import AuditFilter, audit_kinds, audit_page
 from engine.config import load_config
+from engine.content_files import ContentFileError, set_enabled
 from engine.jobs import queue_status
 from engine.parameters import MASK
-from engine.rule_files import RuleFileError, set_rule_enabled
 from engine.storage import Store
 from tests.conftest import write
 from tests.test_api import HOOK_SECRET, _home
@@ -236,14 +236,14 @@ async def test_disabling_a_rule_stops_it_firing_and_enabling_brings_it_back(web:
 def test_a_rule_file_is_rewritten_only_where_it_is_plain(tmp_path: Path) -> None:
     rule = tmp_path / "r.yaml"
     rule.write_text("name: r\nenabled: true  # on\ncriteria:\n  trigger.enabled: {type: eq, pattern: 1}\n")
-    assert set_rule_enabled(rule, False)
+    assert set_enabled(rule, False, False)
     assert rule.read_text() == "name: r\nenabled: false  # on\ncriteria:\n  trigger.enabled: {type: eq, pattern: 1}\n"
-    assert not set_rule_enabled(rule, False)  # already so: untouched
+    assert not set_enabled(rule, False, False)  # already so: untouched
     rule.write_text("name: r\n")
-    assert set_rule_enabled(rule, True) and rule.read_text() == "name: r\nenabled: true\n"
+    assert set_enabled(rule, True, False) and rule.read_text() == "name: r\nenabled: true\n"
     rule.write_text("{name: r, enabled: true}\n")
-    with pytest.raises(RuleFileError, match="by hand"):
-        set_rule_enabled(rule, False)
+    with pytest.raises(ContentFileError, match="by hand"):
+        set_enabled(rule, False, False)
     assert rule.read_text() == "{name: r, enabled: true}\n"
 
 

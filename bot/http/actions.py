@@ -2,8 +2,9 @@
 
 An action is addressed by its ref or its `id` (`Action.id`, derived from the ref), as StackStorm's
 `/actions/{ref_or_id}`. Actions are pack content in Squall, kept in their packs' metadata files, so
-`st2 action create|update|delete|enable|disable` are answered with what to edit instead: `POST /actions`
-is a 405 and `PUT`/`DELETE /actions/{ref_or_id}` a 409 naming the action's file."""
+`st2 action create|update|delete|enable|disable|clone` are answered with what to edit instead: `POST /actions`
+and `POST /actions/{ref_or_id}/clone` are a 405 and `PUT`/`DELETE /actions/{ref_or_id}` a 409 naming the
+action's file."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 
+from bot.http.key_auth import request_user
 from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.actions import Action
+from engine.content_files import ContentFileError
 from engine.packs import Registry, UnknownAction
 from engine.parameters import shown_parameters
 
@@ -26,6 +29,22 @@ RELOADED = ("squall serve reloads the packs when their files change (`squall pac
             "and lists what did not load)")
 #: The `Allow` header of a 405 refusing a write to what the API only reads (pack content, keys kept on the host).
 ALLOW_GET = {"Allow": "GET"}
+#: Fields of a `PUT` body that are the content's names, which the URL already gives, whatever their value
+#: (st2client drops `ref` and sends `id`; StackStorm's documents also carry `uid`).
+CONTENT_NAMES = frozenset({"id", "ref", "uid"})
+
+
+def enabled_only(body: Any, shown: dict[str, Any], ignored: frozenset[str]) -> bool | None:
+    """The `enabled` a `PUT` body asks for when that is all it changes of the content as GET showed it
+    (`shown`: `st2 action|sensor enable|disable` send it back whole, `ref` dropped); None when it asks for
+    anything else (or no boolean `enabled`), which pack files alone change. `ignored`: fields never compared."""
+    if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
+        return None
+    missing = object()
+    if any(key != "enabled" and key not in ignored and shown.get(key, missing) != value
+           for key, value in body.items()):
+        return None
+    return body["enabled"]
 
 
 def pack_file(file: str, pack_path: Path) -> str:
@@ -97,6 +116,18 @@ async def create_action() -> None:
                              "new pack.", headers=ALLOW_GET)
 
 
+@router.post("/actions/{ref_or_id}/clone", tags=["actions"])
+async def clone_action(ref_or_id: str, request: Request) -> None:
+    """StackStorm's action clone (`st2 action clone REF PACK NAME`): refused (405; the path takes no method) with
+    the action's files to copy, or 404 for an action that is not loaded."""
+    action = _find_action(request, ref_or_id)
+    files = action.metadata_file + (f" and its entry point {action.entry_path}" if action.entry_path else "")
+    raise HTTPException(405, f"Actions are not cloned through the API in Squall, where actions are kept in pack files: "
+                             f"copy {files} into the actions/ folder of the pack you want the copy in, and give it "
+                             f"its new name in the copied metadata (`name:`, and `entry_point:` if you renamed that "
+                             f"file); {RELOADED}.", headers={"Allow": ""})
+
+
 def unless_shipped(request: Request, pack_ref: str, kind: str, instead: str) -> str:
     """What a refused API write to pack content of `kind` (an action, an alias, a trigger type) in the pack
     `pack_ref` says to do: `instead` (edit or remove its file), or, for a pack shipped with Squall (core,
@@ -109,14 +140,30 @@ def unless_shipped(request: Request, pack_ref: str, kind: str, instead: str) -> 
 
 
 @router.put("/actions/{ref_or_id}", tags=["actions"])
-async def update_action(ref_or_id: str, request: Request) -> None:
-    """StackStorm's action update, as `st2 action update|enable|disable` send it: refused (409) with the
-    action's metadata file to edit, or 404 for an action that is not loaded."""
+async def update_action(ref_or_id: str, request: Request, body: Any = Body(None)) -> dict[str, Any]:
+    """StackStorm's action update. `st2 action enable|disable` (only `enabled` changed, `enabled_only`) write
+    `enabled:` into the action's metadata file and reload the packs, answering the action as it is now; a
+    pack shipped with Squall, or a file laid out so that it will not be rewritten, is a 409. Any other change
+    (`st2 action update`) is refused (409) with the action's metadata file to edit; 404 for an action that
+    is not loaded."""
     action = _find_action(request, ref_or_id)
-    instead = unless_shipped(request, action.pack, "action",
-                             f"edit {action.metadata_file} instead (`enabled: false` there disables it)")
-    raise HTTPException(409, f"Action {action.ref} cannot be changed through the API in Squall, where actions are "
-                             f"kept in pack files: {instead}; {RELOADED}.")
+    enabled = enabled_only(body, action_public(action), CONTENT_NAMES)
+    if enabled is None:
+        instead = unless_shipped(request, action.pack, "action",
+                                 f"edit {action.metadata_file} instead (`enabled: false` there disables it)")
+        raise HTTPException(409, f"Action {action.ref} cannot be changed through the API in Squall, where actions "
+                                 f"are kept in pack files: {instead}; {RELOADED}.")
+    squall = api_state(request).squall
+    try:
+        await squall.set_enabled("action", action.ref, action.pack, action.metadata_file, enabled, default=True,
+                                 event=f"api.action.{'enable' if enabled else 'disable'}",
+                                 actor=request_user(request), source="api")
+    except ContentFileError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    reloaded = squall.registry.actions.get(action.ref)
+    if reloaded is None:  # the reload no longer loads it (its file was broken meanwhile): say what was written
+        return {**action_public(action), "enabled": enabled}
+    return action_public(reloaded)
 
 
 @router.delete("/actions/{ref_or_id}", tags=["actions"])

@@ -26,9 +26,11 @@ from bot.http import (
     metrics,
     packs,
     policies,
+    rbac,
     rules,
     runners,
     sensors,
+    service_registry,
     stream,
     timers,
     tokens,
@@ -36,6 +38,7 @@ from bot.http import (
     triggers,
     user,
     webhooks,
+    workflows,
 )
 from bot.http.body_guard import BodyGuard
 from bot.http.errors import install_error_handlers
@@ -58,7 +61,8 @@ OPENAPI_URL = "/openapi.json"
 #: Routers under `API_PREFIX` whose every route needs an API key, in the order they are matched.
 KEYED_ROUTERS = (actions.router, runners.router, packs.router, executions.router, aliases.router,
                  alias_execution.router, rules.router, triggers.router, sensors.router, keys.router, inquiries.router,
-                 user.router, apikeys.router, configs.router, policies.router, timers.router, traces.router)
+                 user.router, apikeys.router, configs.router, policies.router, timers.router, traces.router,
+                 workflows.router, rbac.router, service_registry.router)
 
 
 async def openapi(request: Request) -> dict[str, Any]:

@@ -69,13 +69,15 @@ class Paging:
 
 
 def page_limit(default: int, maximum: int) -> Callable[[int], int | None]:
-    """A `Depends(...)` for the `limit` of a list read in SQL: `default` when none is given, at most
-    `maximum` per page, and `-1` for the whole set, which the dependency gives as None (pass `ALL_ROWS`
-    to the store, and send no `X-Limit`)."""
+    """A `Depends(...)` for the `limit` of a list read in SQL: `default` when none is given, and `-1` for
+    the whole set, which the dependency gives as None (pass `ALL_ROWS` to the store, and send no `X-Limit`).
+    A limit above `maximum` is that page's size, not a 400: StackStorm (RBAC off) takes any limit, so
+    `st2 execution list -n 2000` lists, and `X-Total-Count` still tells st2client there are more."""
 
-    def limit(limit: int = Query(default, le=maximum,
-                                 description=f"How many to list (at most {maximum}); -1 for all.")) -> int | None:
-        return checked_limit(limit)
+    def limit(limit: int = Query(default, le=MAX_INTEGER, description=f"How many to list (a page holds at "
+                                 f"most {maximum}); -1 for all.")) -> int | None:
+        checked = checked_limit(limit)
+        return None if checked is None else min(checked, maximum)
 
     return limit
 

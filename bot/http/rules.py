@@ -2,7 +2,7 @@
 rule on or off (`st2 rule enable|disable`).
 
 A rule is addressed by its ref or its `id` (`Rule.id`, derived from the ref), as StackStorm's
-`/rules/{ref_or_id}`. Its state is its pack file's `enabled:` line (`engine/rule_files.py`), so
+`/rules/{ref_or_id}`. Its state is its pack file's `enabled:` line (`engine/content_files.py`), so
 `PUT /rules/{ref_or_id}` writes that line and reloads the packs, as the web UI's switch does: the
 rules engine fires the rule or not at once, and every other process on the pack folder follows at
 its next reload; audited (`api.rule.enable|disable`) only when the rule's state changed. Any other change
@@ -16,19 +16,16 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 
-from bot.http.actions import ALLOW_GET, RELOADED, in_pack
+from bot.http.actions import ALLOW_GET, CONTENT_NAMES, RELOADED, in_pack
 from bot.http.key_auth import request_user
 from bot.http.paging import Paging, keyset_pages, page_limit, query_time, streamed_list, tell_page
 from bot.http.state import api_state
+from engine.content_files import ContentFileError
 from engine.packs import Registry
 from engine.parameters import MAX_INTEGER
-from engine.rule_files import RuleFileError
 from engine.rules import Rule, enforcement_public
 
 router = APIRouter()
-#: Fields a `PUT` body may carry beside `enabled` whatever their value: the rule's names, which the URL
-#: already gives (st2client drops `ref` and sends `id`; StackStorm's documents also carry `uid`).
-_NAMES = frozenset({"id", "ref", "uid"})
 
 
 @router.get("/rules", tags=["rules"])
@@ -86,7 +83,7 @@ def _wanted_enabled(rule: Rule, body: dict[str, Any], registry: Registry) -> boo
                                  f"not {enabled!r}.")
     current = rule_public(rule, registry)
     changed = sorted(key for key, value in body.items()
-                     if key != "enabled" and key not in _NAMES and current.get(key, object()) != value)
+                     if key != "enabled" and key not in CONTENT_NAMES and current.get(key, object()) != value)
     if changed:
         raise HTTPException(400, f"Only a rule's 'enabled' can be changed through the API; rules are edited in "
                                  f"their pack files ({rule.file}), and this request also changes: "
@@ -105,7 +102,7 @@ async def update_rule(ref_or_id: str, request: Request, body: dict[str, Any] = B
     try:
         await squall.set_rule_enabled(rule, enabled, f"api.rule.{'enable' if enabled else 'disable'}",
                                       request_user(request), "api")
-    except RuleFileError as exc:
+    except ContentFileError as exc:
         raise HTTPException(409, str(exc)) from exc
     reloaded = squall.rules.rules.get(rule.ref)
     if reloaded is None:  # the reload no longer loads it (its file was broken meanwhile): say what was written

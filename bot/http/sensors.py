@@ -14,25 +14,32 @@ One sensor's record (`/sensortypes/{ref_or_id}`) adds, there, how it fared (`Sen
 `restart_count`, `last_exit` (`exited with status 1: RuntimeError: ...`) and, while it waits to start again,
 `restart_at`; a crash-looping sensor said only "failed". The list leaves them out, its records as they were.
 
-A sensor is switched on or off in its pack file, so `st2 sensor enable|disable` (`PUT`) is a 405
-naming that file: Squall keeps no sensor the API could change."""
+A sensor is switched on or off in its pack file: `st2 sensor enable|disable` (a `PUT` of the whole sensor with
+only `enabled` changed) writes that file's `enabled:` line and reloads the packs, as `st2 rule enable|disable`
+does (`engine/content_files.py`), so the sensor starts or stops at once where it runs. Any other change is a
+405 naming the file: Squall keeps no sensor the API could store."""
 
 from __future__ import annotations
 
 import difflib
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 
-from bot.http.actions import ALLOW_GET, in_pack
+from bot.http.actions import ALLOW_GET, CONTENT_NAMES, enabled_only, in_pack
+from bot.http.key_auth import request_user
 from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.actions import content_id
+from engine.content_files import ContentFileError
 from engine.packs import Registry
 from engine.sensors import SensorSpec, entry_point, load_sensors
 from engine.storage import iso
 
 router = APIRouter()
+#: What a `PUT` body may carry beside `enabled` whatever its value: the sensor's names and what the service
+#: adds to its record (`sensor_state`, `sensor_health`), which st2client sends back as it read it.
+_NOT_COMPARED = CONTENT_NAMES | {"state", "restart_count", "last_exit", "restart_at"}
 
 
 def sensor_type_id(ref: str) -> str:
@@ -111,11 +118,28 @@ def sensor_health(request: Request, spec: SensorSpec) -> dict[str, Any]:
 
 
 @router.put("/sensortypes/{ref_or_id}", tags=["sensors"])
-async def update_sensor_type(ref_or_id: str, request: Request) -> None:
-    """StackStorm's sensor update, as `st2 sensor enable|disable` send it: refused (405) with the sensor's
-    metadata file to edit, or 404 for a sensor that is not loaded."""
+async def update_sensor_type(ref_or_id: str, request: Request, body: Any = Body(None)) -> dict[str, Any]:
+    """StackStorm's sensor update. `st2 sensor enable|disable` (only `enabled` changed, `enabled_only`) write
+    `enabled:` into the sensor's metadata file and reload the packs, so the sensor starts or stops, and
+    answer the sensor as GET shows it now; a pack shipped with Squall, or a file laid out so that it will not
+    be rewritten, is a 409. Any other change is refused (405) with the file to edit; 404 for a sensor that
+    is not loaded."""
     spec = _find_sensor(request, ref_or_id)
-    raise HTTPException(405, f"Sensor {spec.ref} cannot be changed through the API in Squall, where sensors are "
-                             f"kept in pack files: edit {spec.metadata_file} instead (`enabled: false` there "
-                             "disables it); squall serve reloads the packs when their files change and starts "
-                             "or stops the sensor.", headers=ALLOW_GET)
+    squall = api_state(request).squall
+    enabled = enabled_only(body, sensor_type_public(spec, squall.registry), _NOT_COMPARED)
+    if enabled is None:
+        raise HTTPException(405, f"Sensor {spec.ref} cannot be changed through the API in Squall, where sensors "
+                                 f"are kept in pack files: edit {spec.metadata_file} instead (`enabled: false` "
+                                 "there disables it); squall serve reloads the packs when their files change "
+                                 "and starts or stops the sensor.", headers=ALLOW_GET)
+    try:
+        await squall.set_enabled("sensor", spec.ref, spec.pack, spec.metadata_file, enabled, default=True,
+                                 event=f"api.sensor.{'enable' if enabled else 'disable'}",
+                                 actor=request_user(request), source="api")
+    except ContentFileError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    reloaded = next((s for s in _sensors(request) if s.ref == spec.ref), None)
+    if reloaded is None:  # the reload no longer loads it (its file was broken meanwhile): say what was written
+        return {**sensor_type_public(spec, squall.registry), "enabled": enabled}
+    shown = sensor_type_public(reloaded, squall.registry, sensor_state(request, reloaded))
+    return {**shown, **sensor_health(request, reloaded)}

@@ -3,7 +3,7 @@ rule on or off (admin).
 
 The list is the rules engine's own (`squall.rules.rules`, what `GET /api/v1/rules` and `squall rule
 list` show); the history is its enforcements. A rule's state is its pack file's `enabled:` line
-(`engine/rule_files.py`), so enabling or disabling writes that line and reloads the packs
+(`engine/content_files.py`), so enabling or disabling writes that line and reloads the packs
 (`Squall.reload_packs`, as `squall serve` does when pack files change): the rules engine then
 fires the rule or not, and every other process on the pack folder follows at its next reload.
 """
@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse
 from bot.accounts import Session
 from bot.web.pages import PageError, PageRoute, render
 from bot.web.session import admin, form_fields, viewer
-from engine.rule_files import RuleFileError
+from engine.content_files import ContentFileError
 from engine.rules import Rule, enforcement_public
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -64,6 +64,6 @@ async def rule_enable(request: Request, ref: str, session: Session = Depends(adm
     try:
         await squall.set_rule_enabled(rule, wanted == "true", f"web.rule.{'enable' if wanted == 'true' else 'disable'}",
                                       session.account.name, "web")
-    except RuleFileError as exc:
+    except ContentFileError as exc:
         raise PageError(str(exc), 409) from exc
     return RedirectResponse(f"/rules/{rule.ref}", status_code=303)
