@@ -28,8 +28,9 @@ enforcement naming it (spec §5.4): the failure shows in the execution list, and
 trigger a rule alerting on failed executions watches. StackStorm's enforcer does so for a template that
 does not render, though its enforcement names no execution, and records a cast or schema refusal with the
 enforcement alone; Squall treats the three alike, as whoever watches for failures needs to hear of each. A
-request refused for anything else (the action gone or disabled, the database failing) gets the enforcement
-alone, as in StackStorm.
+request refused for anything else (the action gone or disabled) gets the enforcement alone, as in
+StackStorm. One the database failed (down, restarting) is no refusal: the instance is processed again once
+the database is back (`TriggerService._handle`), and the derived ids make the rule act once.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from engine.metrics import metrics
 from engine.operators import OPERATORS, PATTERNLESS, SEARCH, canonical, search
 from engine.packs import Registry
 from engine.parameters import ParameterError, draft4
-from engine.storage import iso, utcnow
+from engine.storage import database_trouble, iso, utcnow
 from engine.templates import (
     KVNamespace,
     TemplateRenderError,
@@ -841,7 +842,12 @@ class RulesEngine:
         request's transaction is the loop's (SQLite), else right after it, and never twice. After a
         crash at any point the next attempt finds either nothing (and acts), the execution alone
         (the primary key refuses a second request of it, and the enforcement is stored naming the
-        first), or the enforcement (`process(resumed=True)` skips the rule; here it is kept)."""
+        first), or the enforcement (`process(resumed=True)` skips the rule; here it is kept).
+
+        A request the database failed (down, restarting, locked: `database_trouble`) is raised, not recorded
+        as a failed enforcement: the trigger service tries the instance again, resumed, once the database
+        takes it (`TriggerService._handle`). Recorded, the failure stood for good, though the event was
+        stored and answered 202, and the rule never acted for it."""
         execution_id = enforced_execution_id(rule.ref, instance["id"])
         record = self._enforcement(rule, instance, execution_id, "succeeded", None)
         stored: list[bool] = []
@@ -860,6 +866,8 @@ class RulesEngine:
         except (ParameterError, TemplateRenderError) as exc:
             return await self._refused(rule, instance, execution_id, exc)
         except Exception as exc:
+            if database_trouble(exc) is not None:
+                raise  # not the rule's failure: the instance's processing is tried again (`TriggerService._handle`)
             return await self._request_failed(rule, instance, exc)
         if stored and stored[0]:  # in the request's transaction
             return enforcement_public(record)
@@ -889,7 +897,9 @@ class RulesEngine:
                 return await self._record(rule, instance, None, "failed", reason)
             log.info("rule %s: the failed execution for trigger instance %s was stored before (%s)", rule.ref,
                      instance["id"], execution_id)
-        except Exception:
+        except Exception as exc:
+            if database_trouble(exc) is not None:
+                raise  # as `enforce`'s: tried again once the database takes it
             log.exception("rule %s: the failed execution for trigger instance %s could not be stored", rule.ref,
                           instance["id"])
             return await self._record(rule, instance, None, "failed", reason)

@@ -682,6 +682,10 @@ def database_failure(exc: BaseException | None) -> str | None:
             return None
         if isinstance(exc, sa.exc.DBAPIError):
             return _failure_reason(exc)
+        if isinstance(exc, sa.exc.PendingRollbackError):
+            # A connection lost (invalidated) inside a transaction that something used again before its
+            # rollback: the loss was the database's, whatever statement came upon it after.
+            return type(exc).__name__
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -1390,6 +1394,12 @@ class Store:
             self._nowait_conn = None
             with contextlib.suppress(Exception):
                 conn.invalidate()
+
+    def batch_lost(self) -> bool:
+        """Whether this thread's group lost its connection (invalidated: the server went away, or cut it,
+        under a call). Its transaction is gone, with what every call of the group wrote in it."""
+        conn = getattr(self._batch, "conn", None)
+        return conn is not None and conn.invalidated
 
     def after_commit(self, call: Callable[[], None]) -> None:
         """Run `call` once what this thread writes now is stored: at the commit of its group (`batch`,
@@ -2636,7 +2646,10 @@ class Database:
 
     A call that fails fails alone, except on SQLite when the database itself failed under it (a full
     disk, an I/O error: `_rolled_back_with`): SQLite may have rolled back the whole transaction then,
-    and the calls before it would be told their writes took effect. That fails the whole group. A
+    and the calls before it would be told their writes took effect. That fails the whole group, as does
+    a call that lost the group's connection (`Store.batch_lost`: PostgreSQL restarted or shutting down):
+    the transaction went with it, and the calls after, then the commit, met the connection invalidated
+    (`PendingRollbackError`, which hid the outage from `database_failure`: the API's 500 for its 503). A
     database failure (`database_failure`), a call's or the commit's, is kept in `failing` until a
     group that wrote commits without one (logged once each way), for `/healthz`.
     """
@@ -2896,7 +2909,8 @@ class Database:
                 try:
                     outcomes.append((True, call()))
                 except Exception as exc:
-                    if _rolled_back_with(exc) or (self.store.is_sqlite and _busy_elsewhere(exc)):
+                    if (_rolled_back_with(exc) or self.store.batch_lost()
+                            or (self.store.is_sqlite and _busy_elsewhere(exc))):
                         raise
                     outcomes.append((False, exc))
         return outcomes

@@ -39,18 +39,19 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from engine import wakeups
-from engine.executions import AuditEntry, new_id
+from engine.executions import END_RETRY_SECONDS, AuditEntry, new_id
 from engine.metrics import metrics
 from engine.packs import Registry
 from engine.processes import LEDGER, ledger_directory, owner_state, process_identity
 from engine.storage import Database, Store, as_utc, database_trouble, iso, utcnow
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 WEBHOOK = "core.st2.webhook"
 #: How many `pending` instances a serve node claims at once (`TriggerService.take_pending`).
 TAKE_BATCH = 100
@@ -82,6 +83,10 @@ def binding(trigger_ref: str, parameters: Mapping[str, Any] | None) -> str:
 
 class TriggerError(ValueError):
     """A trigger that cannot be dispatched: unknown type, or a payload its schema refuses."""
+
+
+class _Stopping(Exception):
+    """Work on an instance that the database failed, given up as this process stops (`_through_outage`)."""
 
 
 class TriggerProcessor(Protocol):
@@ -302,22 +307,75 @@ class TriggerService:
 
     async def _handle(self, record: dict[str, Any], resumed: bool) -> None:
         """Hand an instance this process holds (`processing`, claimed by it) to the processors that
-        want it, then store how that went."""
-        store = self.db.store
+        want it, then store how that went.
+
+        A processor's work or the end's write that the database fails (down, restarting, locked:
+        `database_trouble`) is tried again until it goes through (`_through_outage`), the processor's
+        as resumed (the rules engine then enforces only the rules that had not acted). Before, the
+        rule's action was never requested, or the end never written, and the instance stayed
+        `processing` for as long as this process lived: nobody takes over what a live process holds."""
         status = "processed"
         instance = public({**record, "status": "processing"})
         for processor in self.processors:
             if not processor.interested(record["trigger"]):
                 continue
             try:
-                await processor.process(instance, resumed=resumed)
+                await self._through_outage(record, "processing", lambda again, p=processor: p.process(
+                    instance, resumed=resumed or again))
+            except _Stopping:
+                return
             except Exception:
                 log.exception("processing trigger instance %s (%s) failed", record["id"], record["trigger"])
                 status = "processing_failed"
-        if not await self.db(store.trigger_instance_finish, record["id"], status, self.owner):
+        try:
+            finished = await self._through_outage(record, f"storing the end ({status}) of", lambda _again: self.db(
+                self.db.store.trigger_instance_finish, record["id"], status, self.owner))
+        except _Stopping:
+            return
+        except Exception:
+            log.exception("storing the end (%s) of trigger instance %s (%s) failed", status, record["id"],
+                          record["trigger"])
+            return
+        if not finished:
             log.info("trigger instance %s (%s) was taken over meanwhile by a serve node that found this one silent "
                      "for %.0f s: its end is that node's to write, so this one's (%s) was not written", record["id"],
                      record["trigger"], NODE_SILENT_SECONDS, status)
+
+    async def _through_outage(self, record: Mapping[str, Any], what: str,
+                              attempt: Callable[[bool], Awaitable[T]]) -> T:
+        """`attempt(again)` (`again`: a try after one the database failed), tried again while the database
+        fails it, after `END_RETRY_SECONDS[0]`, the wait doubling up to `END_RETRY_SECONDS[1]`, as an
+        execution's end is (`ExecutionService._stored_end`). Logged once (a warning naming the instance),
+        once more when through. Should this process stop meanwhile, it stops trying (`_Stopping`): the
+        instance stays `processing`, and the next start's `recover` (or a live serve node, once this one's
+        heartbeat stops) resumes it. Any other error is raised."""
+        wait, longest = END_RETRY_SECONDS
+        tries = 0
+        while True:
+            try:
+                done = await attempt(tries > 0)
+            except Exception as exc:
+                trouble = database_trouble(exc)
+                if trouble is None:
+                    raise
+                tries += 1
+                if self._closed:
+                    log.warning("%s trigger instance %s (%s) failed (%s) and Squall is stopping: the next start "
+                                "resumes it", what, record["id"], record["trigger"], trouble)
+                    raise _Stopping from exc
+                if tries == 1:
+                    log.warning("%s trigger instance %s (%s) failed, as %s; it is tried again until the database "
+                                "takes it", what, record["id"], record["trigger"], trouble)
+                else:
+                    log.debug("%s trigger instance %s failed again (%s); tried again in %.2f s", what, record["id"],
+                              trouble, wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, longest)
+                continue
+            if tries:
+                log.info("%s trigger instance %s (%s) went through, after %d failed tries", what, record["id"],
+                         record["trigger"], tries)
+            return done
 
     def purge_deliveries(self) -> int:
         """Forget the deliveries whose senders' signatures have expired (on the database's side)."""

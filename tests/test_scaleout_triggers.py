@@ -13,6 +13,8 @@ and boot."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import os
 import signal
 import time
@@ -20,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -387,6 +390,63 @@ async def test_serve_s_housekeeping_beats_and_resumes_what_a_lost_serve_node_hel
     finally:
         await serve.close()
 
+
+
+def _connections_cut(url: str) -> None:
+    """Every other connection to the database `url` ended by the server, as a restart ends them: once this
+    returns, the next statement on any of them fails (`FATAL: terminating connection ...`)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        conn.execute(f"SELECT pg_terminate_backend(pid) {others}")
+        deadline = time.monotonic() + 20
+        while conn.execute(f"SELECT count(*) {others}").fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "the connections were not ended"
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("seam", ["insert_execution", "trigger_instance_finish"])
+async def test_an_instance_whose_processing_the_database_failed_is_processed_once_it_is_back(
+        home: Path, postgres_url: str, seam: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The review's restart: the rule's request (`insert_execution`) or the instance's end
+    (`trigger_instance_finish`) met the server ending the connections. The first was recorded as a failed
+    enforcement (the action never ran for an event answered 202); the second escaped the task (`Task
+    exception was never retrieved`). Either way the instance stayed `processing` while its node lived,
+    which nobody takes over. Now both are tried again until the database takes them, said once: the
+    instance is processed, its rule acting once."""
+    config = load_config(_home(home, postgres_url) / "config.yml")
+    _rule(home)
+    serve = await Squall.start(config)
+    store = serve.store
+    real, cut = getattr(store, seam), []
+
+    def in_a_restart(*args: Any, **kwargs: Any) -> Any:
+        if not cut:
+            _connections_cut(postgres_url)
+            cut.append(seam)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, seam, in_a_restart)
+    caplog.set_level(logging.INFO)
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        raised = await serve.triggers.dispatch(
+            ACTION_TRIGGER, {"execution_id": "e1", "action_ref": "demo.hello", "status": "succeeded"}, validate=False)
+        await serve.triggers.settle()
+        gc.collect()
+        assert cut == [seam]
+        assert store.trigger_instance_get(raised["id"])["status"] == "processed"
+        await _enforced(serve, raised["id"])
+        assert len(store.list_executions(action="zone.where", limit=1000)) == 1
+    finally:
+        loop.set_exception_handler(None)
+        await serve.close()
+    assert not unhandled, unhandled
+    said = [r.getMessage() for r in caplog.records if r.name == "engine.triggers"]
+    assert len([m for m in said if "tried again until the database takes it" in m]) == 1, said
+    assert len([m for m in said if "went through, after" in m]) == 1, said
 
 def test_migration_0024_adds_the_serve_nodes_heartbeats_and_takes_them_away(postgres_url: str) -> None:
     """Up from 0023 the table is there and takes beats; down again it is gone."""

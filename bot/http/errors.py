@@ -103,4 +103,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Make every error `app` answers a StackStorm fault."""
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(sa.exc.DBAPIError, DatabaseErrors())
+    database_errors = DatabaseErrors()
+    app.add_exception_handler(sa.exc.DBAPIError, database_errors)
+    # A connection lost inside a transaction, met again before its rollback: no DBAPIError, the same outage.
+    app.add_exception_handler(sa.exc.PendingRollbackError, database_errors)
