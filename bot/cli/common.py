@@ -526,10 +526,21 @@ def _path_problem(config: Config, exc: OSError) -> str:
 
 def one_shot() -> None:
     """This process is a command, not the service: no stdout audit sink (`engine.audit_sinks`), since
-    its standard output is its answer (one JSON document with `--json`; an action's result in chat)."""
+    its standard output is its answer (one JSON document with `--json`; an action's result in chat); and
+    no log line of the database's outage (`_service_outage_line`)."""
     from engine.audit_sinks import leave_out_stdout
 
     leave_out_stdout()
+    storage_log = logging.getLogger("engine.storage")
+    if _service_outage_line not in storage_log.filters:
+        storage_log.addFilter(_service_outage_line)
+
+
+def _service_outage_line(record: logging.LogRecord) -> bool:
+    """False for the store's warning that the database failed, which speaks to a service's operator
+    ("/healthz answers 503"): a command has no /healthz, and says a database problem itself, in its own
+    words (`_database_problem`, exit 3; `squall run`'s wait, which waits it out)."""
+    return "/healthz" not in str(record.msg)
 
 
 def with_store(work: Callable[[Store, Config], T]) -> T:

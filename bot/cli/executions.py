@@ -183,6 +183,55 @@ def _why(result: Any) -> str:
     return ", ".join(parts)
 
 
+#: How long `run` and `execution re-run` wait out a database they cannot read their execution's end from
+#: (PostgreSQL down or restarting, SQLite locked by another process past Squall's wait): the execution is
+#: stored and runs on meanwhile. Past it they give up waiting (`OUTAGE_EXIT`).
+OUTAGE_SECONDS = 600.0
+#: Seconds between two tries at reading the end while the database is away.
+OUTAGE_RETRY_SECONDS = 1.0
+#: The exit of a wait the database stayed away for longer than `OUTAGE_SECONDS` (README's exit codes): not
+#: 3, a setup that never worked, nor 1, a failed action; the execution is stored, and may still run.
+OUTAGE_EXIT = 4
+
+
+async def waited(squall: Squall, execution_id: str) -> dict[str, Any]:
+    """The end of `execution_id`, which this command stored, waited for across a database outage. Such a
+    wait exited 3, "check the user, password and database name", while the execution ran on and ended
+    well: a script that retries on a non-zero exit ran the action twice. The outage is said once on stderr,
+    with the execution's id, and once more when the database is back; Ctrl-C stops the wait as ever, and an
+    outage past `OUTAGE_SECONDS` ends it with `OUTAGE_EXIT` and a line naming the execution."""
+    import asyncio
+
+    from sqlalchemy.exc import DBAPIError
+
+    from engine.storage import database_trouble
+
+    since = None
+    while True:
+        try:
+            record = await squall.executions.wait(execution_id)
+        except DBAPIError as exc:
+            trouble = database_trouble(exc)
+            if trouble is None:  # not the database's trouble: a bug, seen whole
+                raise
+            if since is None:
+                since = time.monotonic()
+                err.print(f"{trouble}; execution {execution_id} is stored and runs on: waiting for the database "
+                          "(Ctrl-C stops the wait)", markup=False)
+            elif time.monotonic() - since > OUTAGE_SECONDS:
+                # Run by this process (the local executor), it stops with the command: `abandoned` once stored.
+                fate = ("ran here and stops with this command" if execution_id in getattr(
+                    squall.executions.executor, "running", ()) else "may still run")
+                raise fail(f"{trouble} for over {OUTAGE_SECONDS:g} s; gave up waiting for execution {execution_id}, "
+                           f"which is stored and {fate}: see it with `squall execution get {execution_id}` once "
+                           "the database is back", OUTAGE_EXIT) from None
+            await asyncio.sleep(OUTAGE_RETRY_SECONDS)
+            continue
+        if since is not None:
+            err.print(f"the database is back; execution {execution_id} ended {record['status']}", markup=False)
+        return record
+
+
 def _exit_for(record: dict[str, Any]) -> int:
     """The exit code contract: 0 only for `succeeded` (failed, timeout, canceled... are 1)."""
     return 0 if record["status"] == "succeeded" else 1
@@ -218,7 +267,7 @@ def run(
             _say_served(squall, record, server)
         retried = None
         if not run_async:
-            record = await squall.executions.wait(record["id"])
+            record = await waited(squall, record["id"])
             if server is None:  # run here: so is a retry its policy requests at once
                 record, retried = await _retried(squall, record)
         waiting = await _waiting_inquiries(squall, record["id"]) if record["status"] == "paused" else []
@@ -265,7 +314,7 @@ async def _retried(squall: Squall, record: dict[str, Any]) -> tuple[dict[str, An
         err.print(f"{record['id']} {record['status']}; its retry policy {applied.get('applied_policy')} retries it "
                   f"at once, in this command: retry {applied.get('retry_count')} is {retry['id']}. Waiting for its "
                   "end.", markup=False)
-        record = await squall.executions.wait(retry["id"])
+        record = await waited(squall, retry["id"])
     return record, None if retry is None else await _queued_retry(squall, record, retry)
 
 
@@ -568,7 +617,7 @@ def execution_rerun(
         record = await (rerun if server is not None else requested(rerun))
         if server is not None:
             _say_served(squall, record, server)
-        record = await squall.executions.wait(record["id"])
+        record = await waited(squall, record["id"])
         # Run here, so is a retry its policy requests at once, as `run`'s. (A workflow re-run in place keeps its
         # id, and so its retry's, `retry_id`: a retry of its earlier failure is no retry of this run.)
         return (record, None) if server is not None or tasks else await _retried(squall, record)
