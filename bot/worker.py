@@ -143,6 +143,7 @@ class Worker:
         ended = f"a second stop signal ended its drain ({limit})" if now else f"its drain ({limit}) ran out"
         self.cut_why = f"its worker {self.name} was stopped and {ended} while it ran"
         self.executions.stopped_why = self.cut_why  # their error says it too
+        self.executions.stopped_by = "drain"  # and their result marks it, so their workflows run them again
         log.warning("squall worker %s: %s with %d job(s) still running, cut short now: %s",
                     self.name, ended, len(jobs), "; ".join(said))
 

@@ -68,6 +68,14 @@ CANCELABLE = frozenset({"requested", "scheduled", "delayed", "running", "pausing
 _QUEUED = ("requested", "scheduled", "delayed")
 #: A workflow conducted in steps (`executor.kind: procrastinate`) is in one of these between them.
 STEPPING = ("running", "pausing", "canceling")
+#: The key of an `abandoned` run's result that says it was abandoned because its process or worker went
+#: away, not by anything of its own (a shell action killed by SIGTERM ends `abandoned` too): its value
+#: says who ended it, `shutdown` (a graceful stop of `squall serve` or a CLI run cut it short:
+#: `_interrupted`), `drain` (a `squall worker`'s drain ran out, or a second stop signal ended it),
+#: `reaper` (its worker stopped answering or its job ended without it: `engine.jobs`) or `recovery` (its
+#: process was gone: `_end_orphaned`). A workflow runs such a task again (`workflows.service._crashed`),
+#: as it did only when the error's words said 'Squall s…': a drain's error does not, and the workflow failed.
+ABANDONED_BY = "abandoned_by"
 _LIVE = ("scheduled", "running", "canceling", "pausing", "paused", "resuming")
 #: What the poll's sweep ends when its owner died (`_end_dead_owners`); a `canceling` one it ends at every poll.
 _ORPHANABLE = ("running", "pausing")
@@ -336,6 +344,8 @@ class ExecutionService:
     #: Why a stop cut runs short, when the process knows better than "Squall shut down" (a `squall worker`
     #: whose drain ran out, `bot.worker.Worker.cut_short`): their error (`_interrupted`), as their audit says.
     stopped_why: str | None = None
+    #: Who cuts runs short when Squall stops (`ABANDONED_BY` in their result): a `squall worker` says `drain`.
+    stopped_by: str = "shutdown"
 
     def __init__(self, registry: Registry, db: Database, datastore: Datastore, keys: KeyRing,
                  runners: Mapping[str, Runner], api_url: str = "", events: Events | None = None) -> None:
@@ -831,7 +841,8 @@ class ExecutionService:
         """How a run that was stopped midway ends: shut down with Squall (`stopped_why`, when known), or
         canceled (with what the runner `kept` of its work, as a canceled ActionChain keeps its `tasks`)."""
         if self.executor is not None and getattr(self.executor, "closing", False):
-            return RunOutcome("abandoned", {"error": self.stopped_why or "Squall shut down while it was running"})
+            return RunOutcome("abandoned", {"error": self.stopped_why or "Squall shut down while it was running",
+                                            ABANDONED_BY: self.stopped_by})
         return RunOutcome("canceled", {**(kept or {}), "error": "canceled by request"})
 
     def _claim(self, execution_id: str, fields: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
@@ -1106,7 +1117,8 @@ class ExecutionService:
         run ends as it did, with what `writes` store with it. Logged once (a warning naming the run), its
         tries after at debug, and once more when stored, or when the status guard kept it out as the
         execution had ended meanwhile (`_end_not_written`). Should Squall stop meanwhile, it stops trying
-        (None): the next start's `recover` ends the run `abandoned`, as any run whose process stopped."""
+        (None): the next start's `recover` ends the run `abandoned`, as any run whose process stopped, or,
+        a `squall worker`'s job, a reaper (`engine.jobs.reap_stalled`), as no start ends those."""
         wait, longest = END_RETRY_SECONDS
         tries = 0
         while True:
@@ -1140,11 +1152,16 @@ class ExecutionService:
 
     def _end_tried_again(self, record: dict[str, Any], status: str, exc: sa.exc.DBAPIError, tries: int,
                          wait: float) -> bool:
-        """Log a failed try at storing an end (`_stored_end`); False when it is not tried again (stopping)."""
+        """Log a failed try at storing an end (`_stored_end`); False when it is not tried again (stopping).
+        Who then ends it `abandoned`: a worker's job (`job_id` in its owner) a reaper, once the database is
+        back (`recover` leaves those to it: the log said the next start did, which none does); else the
+        next start."""
         why = database_failure(exc) or type(exc).__name__
         if getattr(self.executor, "closing", False):
-            log.warning("the end of %s (%s) was not stored (%s) and Squall is stopping: the next start ends it "
-                        "abandoned", record["id"], status, why)
+            later = ("a reaper ends it abandoned once the database is back" if "job_id" in (
+                record.get("runner_info") or {}) else "the next start ends it abandoned")
+            log.warning("the end of %s (%s) was not stored (%s) and Squall is stopping: %s", record["id"], status,
+                        why, later)
             return False
         if tries == 1:
             log.warning("the end of %s (%s) was not stored, as the database failed (%s); it is tried again until "
@@ -1463,7 +1480,8 @@ class ExecutionService:
 
     async def rerun(self, execution_id: str, parameters: Mapping[str, Any] | None = None,
                     context: Mapping[str, Any] | None = None, *, delay: float = 0.0,
-                    rerun_id: str | None = None, audit: AuditEntry | None = None) -> dict[str, Any]:
+                    rerun_id: str | None = None, audit: AuditEntry | None = None,
+                    dropped: Collection[str] = ()) -> dict[str, Any]:
         """A new execution of the same action with the original parameters, overridden by `parameters`.
 
         Without `context` it is the same request again (a retry policy): the original's context, so
@@ -1476,11 +1494,15 @@ class ExecutionService:
 
         What `parameters` show masked (`headers` edited as shown) gets the original's credentials back, and the
         original's sealed values are carried, to the same target only: a re-run given a new `url` host, proxy
-        or `hosts` is refused naming the credentials to give again (`rerun_parameters`, docs/security.md)."""
+        or `hosts` is refused naming the credentials to give again (`rerun_parameters`, docs/security.md).
+
+        `dropped` names parameters of the original not to give again: the web's re-run form drops those a pack
+        update took out of the action, which it cannot show. Without it such a parameter is refused by name,
+        as StackStorm's re_run refuses it (it validates the merged parameters against the action as it is)."""
         record = await self.db(self._find, execution_id)
         spec = record["spec"]
         supplied = spec.get("supplied", list(record["parameters"]))
-        original = {k: v for k, v in spec["values"].items() if k in supplied}
+        original = {k: v for k, v in spec["values"].items() if k in supplied and k not in dropped}
         # What was decrypted into them (a workflow's `decrypt_kv`, its `st2kv`) is masked again (`secrets`).
         sealed, revealed = self._unseal(record)
         original.update({k: v for k, v in sealed.items() if k in original})
@@ -1674,7 +1696,8 @@ class ExecutionService:
             return None
         fields = {"status": "abandoned", "end_timestamp": now,
                   "result": {**(record.get("result") or {}),
-                             "error": "Squall stopped while this execution was running; it was abandoned"},
+                             "error": "Squall stopped while this execution was running; it was abandoned",
+                             ABANDONED_BY: "recovery"},
                   "log": [*(record.get("log") or []), {"status": "abandoned", "timestamp": iso(now)}]}
         if not await self.db(self.db.store.update_execution, row["id"], fields, expect=(row["status"],)):
             return None

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from engine.config import Config
-from engine.executions import STEPPING, AuditEntry, until_due
+from engine.executions import ABANDONED_BY, STEPPING, AuditEntry, until_due
 from engine.packs import Registry
 from engine.storage import Store, Trouble, as_utc
 from engine.wakeups import libpq_url
@@ -558,10 +558,13 @@ def _unattended(store: Store, runners: list[str]) -> list[Unattended]:
 
 
 def _lost(record: dict[str, Any]) -> dict[str, Any]:
+    """The result of an action a reaper ends `abandoned`: marked so (`ABANDONED_BY`), so that its workflow
+    runs the task again."""
     info = record.get("runner_info") or {}
     return {**(record.get("result") or {}),
             "error": f"Squall stopped running it: its worker ({info.get('worker') or 'unknown'} on "
-                     f"{info.get('hostname') or 'an unknown host'}) stopped answering for {STALLED_SECONDS:.0f} s"}
+                     f"{info.get('hostname') or 'an unknown host'}) stopped answering for {STALLED_SECONDS:.0f} s",
+            ABANDONED_BY: "reaper"}
 
 
 async def reap_forever(executions: ExecutionService, jobs: JobExecutor, every: float = REAP_SECONDS) -> None:

@@ -350,3 +350,39 @@ async def test_a_refused_form_puts_the_focus_on_its_first_field_in_error(web: We
     assert first is not None and re.search(r"\sautofocus[\s>]", first.group(0)), first
     assert refused.text.count("autofocus") == 1
     assert "autofocus" not in (await client.get("/actions/forms.kinds")).text
+
+
+async def test_only_admins_run_the_actions_of_squall_s_own_packs(web: Web) -> None:
+    """An operator, whom `/keys` refuses, set a key all the same from `/actions/squall.key_set`'s run form. The
+    actions of the `squall` and `packs` packs are run (and re-run) from the web by admins only: an operator's
+    list marks them, their pages offer no form and say why, and a post is refused (403, audited) with nothing
+    run; every other action, `core.local` included, stays the operator's to run."""
+    olga, csrf = await web.signed_in("olga", "operator")
+    listed = (await olga.get("/actions")).text
+    assert '<a href="/actions/squall.key_set">squall.key_set</a> <span class="status">(admins run it)</span>' in listed
+    assert '<a href="/actions/core.local">core.local</a></td>' in listed
+    page = (await olga.get("/actions/squall.key_set")).text
+    assert 'action="/actions/squall.key_set"' not in page
+    assert "needs the admin role; olga is a operator" in page
+    refused = await olga.post("/actions/squall.key_set", data={"csrf_token": csrf, "name": "k1", "value": "v1"})
+    assert refused.status_code == 403
+    assert "Running squall.key_set, of the squall pack" in refused.text and "ask an admin" in refused.text
+    assert await web.squall.executions.list(action="squall.key_set") == []
+    [denied] = await web.squall.db(web.squall.store.audit_list, 10, "web.denied")
+    assert denied["detail"]["needs"] == "admin" and denied["actor"] == "olga"
+    ran = await olga.post("/actions/core.local", data={"csrf_token": csrf, "cmd": "true"})
+    assert ran.status_code == 303
+
+    ada, admin_csrf = await web.signed_in("ada", "admin")
+    assert 'action="/actions/squall.key_set"' in (await ada.get("/actions/squall.key_set")).text
+    assert "(admins run it)" not in (await ada.get("/actions")).text
+    done = await ada.post("/actions/squall.key_set", data={"csrf_token": admin_csrf, "name": "k1", "value": "v1"})
+    assert done.status_code == 303, done.text
+    first = done.headers["location"].rsplit("/", 1)[1]
+    assert (await web.squall.executions.wait(first, 30))["status"] == "succeeded"
+    # Its re-run, too: no button for the operator, and the form and its post refused.
+    assert "/rerun" not in (await olga.get(f"/executions/{first}")).text
+    assert f'href="/executions/{first}/rerun"' in (await ada.get(f"/executions/{first}")).text
+    assert (await olga.get(f"/executions/{first}/rerun")).status_code == 403
+    assert (await olga.post(f"/executions/{first}/rerun", data={"csrf_token": csrf})).status_code == 403
+    assert len(await web.squall.executions.list(action="squall.key_set")) == 1

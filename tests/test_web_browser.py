@@ -472,13 +472,38 @@ def test_a_chat_started_execution_shows_its_adapter_and_channel(served: Served, 
     assert tab.errors == []
 
 
+def _answer_confirm(page: Any, accept: bool) -> list[str]:
+    """Answer the next `confirm()` question of `page` (OK or Cancel); the questions asked go in the list."""
+    asked: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        asked.append(f"{dialog.type}: {dialog.message}")
+        if accept:
+            dialog.accept()
+        else:
+            dialog.dismiss()
+
+    page.once("dialog", answer)
+    return asked
+
+
 def test_cancel_a_running_execution(served: Served, tab: Tab) -> None:
+    """Cancel asks first (static/confirm.js, the CSP allowing it): answered Cancel, nothing is sent and the run
+    goes on; answered OK, it is canceled."""
     execution_id = served.run("webui.lines", count=200, pause=0.5)
     served.wait(execution_id, "running")
     tab.go(f"/executions/{execution_id}")
     assert "running" in tab.page.locator("h1 .status").inner_text()
+    tab.page.evaluate("window.sameDocument = true")
+    asked = _answer_confirm(tab.page, accept=False)
     tab.page.get_by_role("button", name="Cancel this execution").click()
-    tab.page.wait_for_url(f"{served.base}/executions/{execution_id}")
+    assert asked == [f"confirm: Cancel webui.lines {execution_id}? It cannot be resumed."]
+    assert tab.page.evaluate("window.sameDocument") is True  # not sent: the same page, not a new one
+    assert served.execution(execution_id)["status"] == "running"
+    asked = _answer_confirm(tab.page, accept=True)
+    with tab.page.expect_navigation():
+        tab.page.get_by_role("button", name="Cancel this execution").click()
+    assert len(asked) == 1
     served.wait(execution_id, "canceled")
     tab.go(f"/executions/{execution_id}")
     assert "canceled" in tab.page.locator("h1 .status").inner_text()
@@ -786,6 +811,24 @@ def test_a_keys_value_to_encrypt_is_not_shown_and_a_refusal_is_told_beside_its_f
     assert _but_the_refusal(tab.errors) == []
 
 
+def test_a_key_s_delete_asks_first(served: Served, tab: Tab) -> None:
+    """A key's Delete deleted it at one click: it asks first, naming the key, and deletes only once told OK."""
+    assert served.api.put("/api/v1/keys/webui.doomed", json={"name": "webui.doomed", "value": "v"}).status_code == 200
+    tab.go("/keys")
+    delete = tab.page.get_by_role("button", name="Delete webui.doomed")
+    asked = _answer_confirm(tab.page, accept=False)
+    delete.click()
+    assert asked == ["confirm: Delete the system key “webui.doomed”? It cannot be undone."]
+    assert served.api.get("/api/v1/keys/webui.doomed").status_code == 200
+    asked = _answer_confirm(tab.page, accept=True)
+    with tab.page.expect_navigation():
+        delete.click()
+    assert len(asked) == 1
+    assert served.api.get("/api/v1/keys/webui.doomed").status_code == 404
+    assert tab.page.get_by_role("button", name="Delete webui.doomed").count() == 0
+    assert tab.errors == []
+
+
 def test_rerun_an_execution_with_an_edited_parameter(served: Served, tab: Tab) -> None:
     first = served.run("webui.lines", count=2, pause=0)
     served.wait(first, "succeeded")
@@ -843,6 +886,7 @@ def test_a_canceled_executions_page_still_shows_what_it_printed(served: Served, 
     execution_id = served.run("webui.lines", count=200, pause=0.2)
     tab.go(f"/executions/{execution_id}")
     tab.page.locator("pre.output-stdout", has_text="line 3 of 200").wait_for(timeout=15_000)
+    _answer_confirm(tab.page, accept=True)
     tab.page.get_by_role("button", name="Cancel this execution").click()
     served.wait(execution_id, "canceled")
     tab.go(f"/executions/{execution_id}")
@@ -1161,3 +1205,88 @@ def test_a_phone_s_screen_shows_the_menu_and_scrolls_only_the_lists_sideways(
     tab.go("/executions")
     assert tab.page.locator("details.filters-box").evaluate("details => details.open") is True
     assert tab.page.get_by_label("Status").is_visible()
+
+
+# -- live tabs and the browser's connections, and the end of a cut output -------------------------------------
+
+#: Counts, on the page's root, the streams htmx opened (`htmx:sseOpen`), for a locator to wait on.
+_COUNT_OPENED = """document.addEventListener("htmx:sseOpen", () => {
+    const root = document.documentElement;
+    root.dataset.opened = String(Number(root.dataset.opened || 0) + 1); });"""
+
+
+def _shown(page: Any, shown: bool) -> None:
+    """`page` as its tab sent to the background (or brought back) shows to its scripts. Headless Chromium
+    shows every page whatever is done to it (its window minimized, its lifecycle frozen, another page
+    brought to the front, focus emulation off), so `document.visibilityState` is made to say it and
+    `visibilitychange` sent, as the browser sends it."""
+    page.evaluate("""shown => {
+        const state = shown ? "visible" : "hidden";
+        Object.defineProperty(document, "visibilityState", {configurable: true, get: () => state});
+        document.dispatchEvent(new Event("visibilitychange")); }""", shown)
+
+
+def test_hidden_live_tabs_let_go_of_their_connections(served: Served, chromium: Any,
+                                                      admin_state: dict[str, Any]) -> None:
+    """Each live page's stream holds one of the 6 connections Chromium allows a host over HTTP/1.1 (all
+    uvicorn speaks), and every other request to the host waits for a free one: with six live tabs, no
+    other page of Squall loaded, without a word. A hidden tab closes its stream, so a seventh tab loads
+    while five of six are hidden; one shown again opens its stream from where the page stands: what it
+    missed shows, once."""
+    context = chromium.new_context(viewport=VIEWPORT, storage_state=admin_state)  # one pool of connections
+    context.add_init_script(_COUNT_OPENED)
+    errors: list[str] = []
+    try:
+        tabs = []
+        for _ in range(6):
+            page = context.new_page()
+            watch(page, errors)
+            page.goto(served.base + "/executions?action=core.noop")
+            page.locator("html[data-opened='1']").wait_for(state="attached", timeout=15_000)
+            page.evaluate("window.sameDocument = true")
+            tabs.append(page)
+        seen = served.run("core.noop")  # moves each page's cursor (`top`), where its stream goes on from
+        tabs[1].locator(f"tr#row-{seen}", has_text="succeeded").wait_for(timeout=15_000)
+        for page in tabs[1:]:
+            _shown(page, False)
+        other = context.new_page()
+        watch(other, errors)
+        answer = other.goto(served.base + "/actions", timeout=15_000)
+        assert answer is not None and answer.status == 200
+        assert other.get_by_role("heading", name="Actions", exact=True).is_visible()
+        missed = served.run("core.noop")
+        tabs[0].locator(f"tr#row-{missed}", has_text="succeeded").wait_for(timeout=15_000)
+        assert tabs[1].locator(f"tr#row-{missed}").count() == 0  # hidden: its stream is closed
+        streams: list[str] = []
+        tabs[1].on("request", lambda request: streams.append(request.url) if "/live/" in request.url else None)
+        _shown(tabs[1], True)
+        tabs[1].locator("html[data-opened='2']").wait_for(state="attached", timeout=15_000)
+        assert streams == [f"{served.base}/live/executions?action=core.noop&top={seen}"]
+        tabs[1].locator(f"tr#row-{missed}", has_text="succeeded").wait_for(timeout=15_000)
+        rows = tabs[1].locator("table.list tbody tr").evaluate_all("rows => rows.map(row => row.id)")
+        assert rows[0] == f"row-{missed}" and len(rows) == len(set(rows)), rows
+        assert [page.evaluate("window.sameDocument") for page in tabs] == [True] * 6
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_a_live_page_shows_the_end_of_an_output_cut_at_the_live_cap_once_the_run_ends(
+        served: Served, tab: Tab, tmp_path: Path) -> None:
+    """A run prints past the live copy's cap (1 MiB, then `[output truncated]`) and then its last line,
+    where an error usually is: once it has ended, the page shows the result's output, last line
+    included, without a reload. The run starts printing once the page follows it."""
+    gate = tmp_path / "go"
+    cmd = (f"while [ ! -e {gate} ]; do sleep 0.05; done; "
+           r"head -c 1100000 /dev/zero | tr '\0' x; echo; echo the last line")
+    execution_id = served.run("core.local", cmd=cmd)
+    served.wait(execution_id, "running")
+    tab.go(f"/executions/{execution_id}")
+    tab.page.evaluate("window.sameDocument = true")
+    gate.touch()
+    tab.page.locator("h1 .status", has_text="succeeded").wait_for(timeout=30_000)
+    output = tab.page.locator("pre.output-stdout")
+    output.filter(has_text="the last line").wait_for(timeout=15_000)
+    assert "[output truncated]" not in output.inner_text()
+    assert tab.page.evaluate("window.sameDocument") is True
+    assert tab.errors == []

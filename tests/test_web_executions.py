@@ -20,7 +20,7 @@ import pytest
 
 from bot.web.executions import KEPT_SECRET, OUTPUT_PAGE
 from engine.executions import new_id
-from engine.parameters import MASK
+from engine.parameters import MASK, ParameterError
 from engine.storage import ExecutionFilter, Store
 from tests.conftest import write
 from tests.test_web_auth import Web, started_web
@@ -152,6 +152,30 @@ async def test_the_list_pages_older_and_back_to_the_newest(viewer: tuple[Web, ht
     second = await client.get(older.group(1).replace("&amp;", "&"))
     assert _listed(second.text) == made[::-1][50:]
     assert 'rel="next"' not in second.text and '<a href="/executions">Newest</a>' in second.text
+
+
+def _paused(store: Store, start: datetime) -> str:
+    """A workflow row paused on a question, as the engine writes one: with the pause's end time stored."""
+    execution_id = new_id()
+    store.insert_execution({
+        "id": execution_id, "action": "wf.deploy", "runner": "orquesta", "status": "paused", "parameters": {},
+        "spec": {}, "sealed": None, "result": None, "context": {}, "log": [], "parent": None, "runner_info": None,
+        "start_timestamp": start, "end_timestamp": start + timedelta(seconds=3)})
+    return execution_id
+
+
+async def test_the_list_shows_took_only_for_ended_executions(viewer: tuple[Web, httpx.AsyncClient]) -> None:
+    """A workflow paused on an inquiry has the pause's end time stored: the list said "Took 3.0 s" of it,
+    as if it had ended. Like its page (`_execution_status.html`), the list shows the time taken once it ended."""
+    web, client = viewer
+    store = web.squall.store
+    paused = await web.squall.db(_paused, store, T0)
+    ended = await web.squall.db(stored, store, T0 + timedelta(seconds=1))
+    page = (await client.get("/executions")).text
+    cells = {execution_id: re.findall(r"<td>(.*?)</td>", row, re.S)
+             for execution_id, row in re.findall(r'<tr id="row-([0-9a-f]{24})"[^>]*>(.*?)</tr>', page, re.S)}
+    assert cells[ended][4] == "2.0 s"
+    assert cells[paused][4] == ""
 
 
 async def test_the_list_filters_as_a_get_form(viewer: tuple[Web, httpx.AsyncClient]) -> None:
@@ -666,6 +690,33 @@ async def test_a_rerun_shows_the_original_s_value_that_is_no_longer_a_choice(
     assert chosen.status_code == 303, chosen.text
     again = await web.squall.executions.wait(chosen.headers["location"].rsplit("/", 1)[1], 30)
     assert again["parameters"]["color"] == "red"
+
+
+async def test_a_rerun_drops_a_parameter_the_action_no_longer_has_and_says_so(
+        typed: tuple[Web, httpx.AsyncClient, str], home: Path) -> None:
+    """`note` was taken out of the action after a run given it: the re-run form, which has no field for it,
+    was refused `unknown parameter "note"` with no way to take it out. The form says beside it that it is not
+    sent, and the re-run runs without it; the API's re-run still refuses it, as StackStorm's does."""
+    web, client, _ = typed
+    write(home / "packs" / "demo" / "actions" / "types.yaml", TYPES + "      note: {type: string}\n")
+    await web.squall.reload_packs()
+    noted = await web.squall.executions.request("demo.types", {"name": "n1", "must": True, "note": "hi"},
+                                                {"user": "t", "source": "api"})
+    await web.squall.executions.wait(noted["id"], 30)
+    write(home / "packs" / "demo" / "actions" / "types.yaml", TYPES)
+    await web.squall.reload_packs()
+    rerun = f"/executions/{noted['id']}/rerun"
+    form = (await client.get(rerun)).text
+    assert "note: no longer a parameter of demo.types; not sent." in html.unescape(form)
+    answer = await client.post(rerun, data=browser_form(form, rerun))
+    assert answer.status_code == 303, answer.text
+    again = await web.squall.executions.wait(answer.headers["location"].rsplit("/", 1)[1], 30)
+    assert "note" not in again["parameters"] and again["parameters"]["name"] == "n1"
+    assert again["result"]["stdout"].startswith("name=[n1]")
+    [entry] = await web.squall.db(web.squall.store.audit_list, 10, "web.execution.rerun")
+    assert entry["detail"]["dropped"] == ["note"]
+    with pytest.raises(ParameterError, match='unknown parameter "note"'):
+        await web.squall.executions.rerun(noted["id"], {}, {"user": "t", "source": "api"})
 
 
 async def test_a_negative_timeout_typed_on_the_rerun_form_is_refused_beside_it(

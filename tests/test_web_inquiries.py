@@ -20,7 +20,8 @@ from bot.http import create_api
 from engine.config import load_config
 from tests.conftest import write
 from tests.test_api import KEY, disk_full, failing_audit
-from tests.test_web_auth import Web, started_web
+from tests.test_web_auth import Web, login, started_web
+from tests.test_web_live import _events, _served
 from tests.workflow_helpers import children, workflow_pack
 
 DEPLOY = """
@@ -141,6 +142,30 @@ async def test_a_user_not_in_the_inquirys_users_cannot_answer(web: Web) -> None:
     assert as_viewer.status_code == 403 and "needs the operator role" in as_viewer.text
     forged = await client.post(f"/inquiries/{inquiry_id}", data={"approved": "true", "reason": "ok"})
     assert forged.status_code == 403 and "CSRF token" in forged.text
+
+
+async def test_a_paused_workflow_s_page_links_its_question_to_whom_may_answer_it(web: Web) -> None:
+    """A workflow paused on `core.ask` linked its task only to the ask's execution page, which had no way to
+    the answer form. The task's row, in the page and in its live updates, and the ask's page link the inquiry
+    for an account that may answer it (the inquiries page's rule), and for no other; once answered, nowhere."""
+    workflow_id, inquiry_id = await _asked(web)
+    answer = f'href="/inquiries/{inquiry_id}"'
+    olivia, csrf = await _operator(web, "olivia")
+    oscar, _ = await _operator(web, "oscar")  # an operator, but not one of its users
+    vic, _ = await web.signed_in("vic", "viewer")
+    for client, offered in ((olivia, True), (oscar, False), (vic, False)):
+        for page in (f"/executions/{workflow_id}", f"/executions/{inquiry_id}"):
+            assert (answer in (await client.get(page)).text) is offered, (page, offered)
+    async with _served(web) as base, httpx.AsyncClient(base_url=base, timeout=30) as browser:
+        assert (await login(browser, "olivia")).status_code == 303
+        async with browser.stream("GET", f"/live/executions/{workflow_id}") as stream:
+            tasks = await anext(event async for event in _events(stream) if event.get("event") == "tasks")
+        assert answer in tasks["data"]
+    done = await olivia.post(f"/inquiries/{inquiry_id}", data={"csrf_token": csrf, "approved": "true", "reason": "ok"})
+    assert done.status_code == 303
+    await _final(web, workflow_id)
+    for page in (f"/executions/{workflow_id}", f"/executions/{inquiry_id}"):
+        assert answer not in (await olivia.get(page)).text
 
 
 async def test_an_admin_answers_an_inquiry_for_the_admin_role(web: Web) -> None:

@@ -5,6 +5,7 @@ The app is test_web_auth's (test_api's config and demo pack)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -78,3 +79,15 @@ async def test_the_user_scope_shows_a_person_their_own_keys_as_the_api_does(web:
     admin, _csrf = await web.signed_in("ada", "admin")
     everyone = (await admin.get("/keys?scope=user")).text
     assert all(value in everyone for value in ("ann-private-value", "vic-own-value", "opal-own-value")), everyone
+
+
+async def test_the_keys_table_scrolls_in_its_own_box(web: Web) -> None:
+    """The keys table was the one list not in a `table-scroll` box: on a phone (390 px wide) the whole page
+    scrolled sideways, 567 px wide. It is in one now, as every other list is, whichever scope."""
+    await web.squall.db(web.squall.datastore.set, "deploy_token_for_the_production_cluster", "x" * 60)
+    await web.squall.db(web.squall.datastore.set, "pref", "dark", scope="user", user="ada")
+    admin, _csrf = await web.signed_in("ada", "admin")
+    for scope in ("system", "user"):
+        page = (await admin.get(f"/keys?scope={scope}")).text
+        assert page.count('<table class="list">') == 1, page
+        assert re.search(r'<div class="table-scroll">\s*<table class="list">.*?</table>\s*</div>', page, re.S), page

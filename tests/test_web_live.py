@@ -325,6 +325,27 @@ async def test_the_stream_carries_lines_before_the_execution_ends(web: Web) -> N
         await serving
 
 
+async def test_the_stream_ends_with_the_result_s_output_in_place_of_its_cut_live_copy(web: Web) -> None:
+    """The live copy of a stream stops at the cap with `[output truncated]`; once the run ends, the
+    stream puts the result's output in place of it (as the page loaded then shows it), so the last
+    line, where an error usually is, shows without a reload."""
+    client, _ = await web.signed_in("vic", "viewer")
+    execution_id = await _running(web, r"sleep 0.2; head -c 1100000 /dev/zero | tr '\0' x; echo; echo the last line")
+    async with client.stream("GET", f"/live/executions/{execution_id}", timeout=60) as response:
+        events = [event async for event in _events(response)]
+    appended = "".join(event["data"] for event in events if event["event"] == "stdout")
+    assert "[output truncated]" in appended and "the last line" not in appended  # the live cap
+    assert [event["event"] for event in events][-2:] == ["output", "end"]
+    output = events[-2]["data"]
+    assert '<pre class="output output-stdout">' in output and "sse-swap" not in output
+    assert output == live.fragment("_execution_output.html", live=False,
+                                   streams={"stdout": render("x" * 1100000 + "\nthe last line")})
+    # A page that had the cut copy before its stream opened (loaded then, or reconnecting) is given it too.
+    last = [event["id"] for event in events if "id" in event][-1]
+    resumed = await client.get(f"/live/executions/{execution_id}", headers={"Last-Event-ID": last})
+    assert "event: stdout" not in resumed.text and "event: output" in resumed.text
+
+
 @contextlib.asynccontextmanager
 async def _served(web: Web) -> AsyncIterator[str]:
     """The app on a real server (`ApiServer`, as `squall serve` runs it): its address."""

@@ -1,7 +1,8 @@
 """How a `squall worker` stops (`executor.kind: procrastinate`, the suite's real PostgreSQL): a second
 stop signal during the drain stops it at once, its executions left to the reaper; the executions a
-drain's end cut short say why they ended; a `squall serve` restarted after a worker was killed leaves
-that worker's executions to the reaper (which names the worker and audits the end)."""
+drain's end cut short say why they ended, and a workflow's task cut so runs again on another worker; a
+`squall serve` restarted after a worker was killed leaves that worker's executions to the reaper (which
+names the worker and audits the end)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from bot.worker import WORKER_ABANDON
+from engine.executions import ABANDONED_BY
 from engine.jobs import REAPER_ABANDON, STALLED_SECONDS
 from tests.conftest import write
 from tests.test_scaleout import Cluster, _home
@@ -127,3 +129,51 @@ def test_serve_restarted_leaves_a_killed_workers_actions_to_the_reaper(cluster: 
     assert "stopped answering" in done["result"]["error"] and f":{doomed.pid}" in done["result"]["error"], done
     [event] = _events(cluster, REAPER_ABANDON, napping)
     assert event["detail"]["worker"].endswith(f":{doomed.pid}")
+
+
+#: `demo.slow_flow` as an ActionChain: a nap, then a hello.
+SLOW_CHAIN = """
+chain:
+  - name: first
+    ref: demo.nap
+    parameters: {seconds: 6, marker: "{{ marker }}"}
+    on-success: second
+  - name: second
+    ref: demo.hello
+    parameters: {who: second}
+"""
+
+
+@pytest.mark.parametrize("ref", ["demo.slow_flow", "demo.slow_chain"])
+def test_a_workflows_task_a_drain_cut_short_runs_again_on_another_worker(cluster: Cluster, tmp_path: Path,
+                                                                          ref: str) -> None:
+    """SIGTERM to the worker running a workflow's task, whose drain ran out: the task ended `abandoned`
+    with the drain's reason, and the workflow failed (the ActionChain ended `abandoned`), where a kill -9
+    had the task run again. Now it runs again on the other worker, and the workflow succeeds."""
+    write(cluster.home / "packs" / "demo" / "actions" / "slow_chain.yaml", """
+        name: slow_chain
+        runner_type: action-chain
+        entry_point: chains/slow_chain.yaml
+        parameters:
+          marker: {type: string, required: true}
+    """)
+    write(cluster.home / "packs" / "demo" / "actions" / "chains" / "slow_chain.yaml", SLOW_CHAIN)
+    stopping = cluster.worker("--drain", "1")
+    marker = tmp_path / "first-ran"
+    flow = cluster.request(ref, f"marker={marker}", *(["seconds=6"] if ref == "demo.slow_flow" else []))
+    deadline = time.monotonic() + 60
+    while not [c for c in cluster.store.list_executions(parent=flow) if c["status"] == "running"]:
+        assert time.monotonic() < deadline, "the workflow's first task did not start"
+        time.sleep(0.1)
+    os.killpg(stopping.pid, signal.SIGTERM)
+    assert stopping.wait(timeout=60) == 0
+    assert not marker.exists()  # cut short, not left to run
+    cluster.worker()
+    done = cluster.wait(flow, "succeeded", "failed", "abandoned", seconds=STALLED_SECONDS + 60)
+    assert done["status"] == "succeeded", done["result"]
+    tasks = sorted(cluster.store.list_executions(parent=flow), key=lambda r: r["start_timestamp"])
+    assert [(t["action"], t["status"]) for t in tasks] == [
+        ("demo.nap", "abandoned"), ("demo.nap", "succeeded"), ("demo.hello", "succeeded")]
+    cut = tasks[0]["result"]
+    assert f":{stopping.pid} was stopped and its drain (1 s) ran out" in cut["error"] and cut[ABANDONED_BY] == "drain"
+    assert marker.read_text() == "ran\n"  # the cut run never finished; the task ran to its end once

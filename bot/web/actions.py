@@ -20,7 +20,7 @@ from fastapi.responses import RedirectResponse
 from bot.accounts import Session
 from bot.forms import Field, action_fields, checked, parameter_named, quoted_shortly
 from bot.web.pages import PageError, PageRoute, render
-from bot.web.session import form_fields, operator, viewer
+from bot.web.session import admin_to, form_fields, operator, viewer
 from engine.actions import Action, unapproved
 from engine.executions import AuditEntry
 from engine.packs import UnknownAction
@@ -29,7 +29,18 @@ from engine.parameters import ParameterError, shown_parameters
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 #: A search longer than this is cut (no ref or description needs more).
 MAX_QUERY = 200
+#: Packs whose actions manage Squall itself (datastore keys, packs): on the web only admins run them, as only
+#: admins manage keys and packs on its pages; an operator running `squall.key_set` set a key `/keys` refused.
+ADMIN_PACKS = frozenset({"squall", "packs"})
 
+
+def admin_only(ref: str) -> str | None:
+    """Why running (or re-running) the action `ref` from the web needs the admin role, or None when the
+    operator role will do (`ADMIN_PACKS`)."""
+    pack = ref.partition(".")[0]
+    if pack not in ADMIN_PACKS:
+        return None
+    return f"Running {ref}, of the {pack} pack, which manages Squall itself (its packs and datastore keys),"
 
 
 def matches(action: Action, query: str) -> bool:
@@ -47,7 +58,7 @@ async def action_list(request: Request, q: str = "", session: Session = Depends(
         action = registry.actions[ref]
         if matches(action, query):
             packs.setdefault(action.pack, []).append(action)
-    return render(request, "actions.html", {"session": session, "packs": packs, "q": query,
+    return render(request, "actions.html", {"session": session, "packs": packs, "q": query, "admin_packs": ADMIN_PACKS,
                                             "shown": sum(map(len, packs.values())), "total": len(registry.actions)})
 
 
@@ -70,10 +81,12 @@ def refusal(exc: Exception, fields: list[Field], sent: Mapping[str, str]) -> tup
 
 def _page(request: Request, session: Session, action: Action, fields: list[Field], values: Mapping[str, str],
           errors: Mapping[str, str] | None = None, problem: str | None = None, status: int = 200) -> Response:
+    admins_only = admin_only(action.ref) if not session.account.may("admin") else None
     return render(request, "action.html", {
         "session": session, "action": action, "parameters": shown_parameters(action.parameters), "fields": fields,
-        "values": values, "errors": errors or {},
-        "problem": problem, "may_run": session.account.may("operator") and action.enabled and action.approval is None,
+        "values": values, "errors": errors or {}, "admins_only": admins_only,
+        "problem": problem, "may_run": session.account.may("operator") and admins_only is None and action.enabled
+                                       and action.approval is None,
         "needs_approval": unapproved(action.ref, action.approval) if action.approval is not None else None},
         status_code=status)
 
@@ -88,6 +101,8 @@ async def action_page(request: Request, ref: str, session: Session = Depends(vie
 @router.post("/actions/{ref}")
 async def action_run(request: Request, ref: str, session: Session = Depends(operator)) -> Response:
     action = _action(request, ref)
+    if (doing := admin_only(action.ref)) is not None:
+        session = await admin_to(request, doing)
     fields = action_fields(action)
     submitted = await form_fields(request)
     # What the person typed goes back into the form on an error, but never a secret.

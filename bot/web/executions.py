@@ -10,6 +10,7 @@ that is with secrets masked by the engine when the execution was requested.
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import UTC
 from typing import Any
@@ -21,12 +22,12 @@ from fastapi.responses import RedirectResponse
 from markupsafe import Markup
 
 from bot.accounts import Session
-from bot.chat.commands import CommandRefused
 from bot.forms import Field, action_fields
 from bot.web import ansi, graph, origin
-from bot.web.actions import checked, refusal
+from bot.web.actions import admin_only, checked, refusal
+from bot.web.inquiries import why_not_answer
 from bot.web.pages import PageError, PageRoute, form_time, render
-from bot.web.session import checked_values, form_fields, operator, viewer
+from bot.web.session import admin_to, checked_values, form_fields, operator, viewer
 from engine.actions import unapproved
 from engine.executions import (
     CANCELABLE,
@@ -36,6 +37,7 @@ from engine.executions import (
     ExecutionNotFound,
     ExecutionStateError,
 )
+from engine.inquiries import RUNNER as INQUIRER
 from engine.inquiries import shown_execution
 from engine.packs import UnknownAction
 from engine.parameters import ParameterError
@@ -64,6 +66,10 @@ CUT_SHORT = frozenset({"canceled", "abandoned"})
 #: the oldest is dropped past `DEFINITIONS_HELD`.
 _DEFINITIONS: dict[str, dict[str, Any]] = {}
 DEFINITIONS_HELD = 256
+#: Whose page of an execution, or live stream of it, this is: `find_execution` sets it from the request's
+#: session for `execution_view`, which the stream (`live.py`) calls without one, to link a pending inquiry
+#: among the tasks to the accounts that may answer it, on the page and in its live updates alike.
+_LOOKING: ContextVar[Session | None] = ContextVar("looking", default=None)
 
 
 def execution_filter(values: dict[str, str]) -> ExecutionFilter:
@@ -98,7 +104,8 @@ def list_row(record: dict[str, Any]) -> dict[str, Any]:
     """A stored row as the list shows it (the page and its live updates alike)."""
     start, end = record["start_timestamp"], record["end_timestamp"]
     return {**record, "origin": origin.summary(record["context"] or {}), "user": (record["context"] or {}).get("user"),
-            "elapsed": f"{(end - start).total_seconds():.1f} s" if end else None,
+            # A paused workflow has its pause's end time stored, but has not ended (as `_execution_status.html`).
+            "elapsed": f"{(end - start).total_seconds():.1f} s" if end and record["status"] in COMPLETED else None,
             "cancelable": record["status"] in CANCELABLE}
 
 
@@ -125,7 +132,9 @@ async def execution_list(request: Request, before: str | None = None,
 
 async def find_execution(request: Request, execution_id: str) -> dict[str, Any]:
     """The execution as `ExecutionService.get` shows it (a 404 page if there is none). A workflow run's
-    kept definition is remembered on the way (`_remember_definition`), for its graph."""
+    kept definition is remembered on the way (`_remember_definition`), for its graph, and whose page it is
+    (`_LOOKING`), for its tasks."""
+    _LOOKING.set(getattr(request.state, "session", None))
     squall = request.app.state.squall
     try:
         record = await squall.executions.get(execution_id)
@@ -156,14 +165,18 @@ def execution_view(squall: Any, record: dict[str, Any], children: list[dict[str,
                    tasks: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     """What an execution's page and its live updates show: the result without the output streams
     (shown apart), and for a workflow the graph of its tasks with their statuses and the task tree
-    (`tasks`, from `task_tree`). An inquiry's secret answers are masked (`shown_execution`)."""
+    (`tasks`, from `task_tree`), with the pending inquiries among them the account looking may answer
+    (`answer_tasks`). An inquiry's secret answers are masked (`shown_execution`)."""
     record = shown_execution(record)
     result = record.get("result")
     if isinstance(result, dict):
         result = {key: value for key, value in result.items() if key not in STREAMS}
     action = squall.registry.actions.get(record["action"])
+    session = _LOOKING.get()
     return {"record": record, "result": result, "children": children,
             "tasks": tasks,
+            "answer_tasks": {child["id"] for _, child in tasks
+                             if session is not None and _may_answer(squall, session, child)},
             "more_children": len(children) == MAX_CHILDREN,
             "graph": graph.svg(action, children, _DEFINITIONS.get(record["id"]))}
 
@@ -237,8 +250,17 @@ async def _printed(squall: Any, execution_id: str) -> dict[str, str]:
 def controls(squall: Any, session: Session, record: dict[str, Any]) -> dict[str, bool]:
     """Which buttons the page shows this account: only those it may use, while they apply."""
     operator_ = session.account.may("operator")
+    runs_it = session.account.may("admin") or admin_only(record["action"]) is None
     return {"cancelable": operator_ and record["status"] in CANCELABLE,
-            "rerunnable": operator_ and _not_rerunnable(squall, record) is None}
+            "rerunnable": operator_ and runs_it and _not_rerunnable(squall, record) is None,
+            "answerable": _may_answer(squall, session, record)}
+
+
+def _may_answer(squall: Any, session: Session, record: dict[str, Any]) -> bool:
+    """Whether `record` is an inquiry still waiting for its answer that the account may give, by the
+    inquiries page's rule (`why_not_answer`): its page, and its workflow's task row, link to the answer form."""
+    return (record["runner"] == INQUIRER and record["status"] == "pending"
+            and why_not_answer(squall, session, record) is None)
 
 
 def _not_rerunnable(squall: Any, record: dict[str, Any]) -> PageError | None:
@@ -327,21 +349,32 @@ def _kept_secret(field: Field) -> Field:
     return replace(field, required=False, has_default=False, default=None, description=f"{said}{KEPT_SECRET}")
 
 
+def _gone(squall: Any, record: dict[str, Any]) -> list[str]:
+    """The parameters the execution was given that its action no longer has (a pack update took them out).
+    The re-run form has no field for them, so nobody could take them out of a re-run that the engine then
+    refused by name: the form says each is not sent, and the re-run does not give it again (`dropped`)."""
+    accepted = squall.registry.action(record["action"]).parameters
+    return sorted(name for name in record["parameters"] if name not in accepted)
+
+
 def _rerun_page(request: Request, session: Session, record: dict[str, Any], fields: list[Field],
                 values: dict[str, str], errors: dict[str, str] | None = None, problem: str | None = None,
-                status: int = 200) -> Response:
+                status: int = 200, gone: list[str] | None = None) -> Response:
     return render(request, "rerun.html", {"session": session, "record": record, "fields": fields, "values": values,
-                                          "errors": errors or {}, "problem": problem}, status_code=status)
+                                          "errors": errors or {}, "problem": problem, "gone": gone or []},
+                  status_code=status)
 
 
 @router.get("/executions/{execution_id}/rerun")
 async def rerun_form(request: Request, execution_id: str, session: Session = Depends(operator)) -> Response:
     squall = request.app.state.squall
     record = await find_execution(request, execution_id)
+    if (doing := admin_only(record["action"])) is not None:
+        session = await admin_to(request, doing)
     if (refused := _not_rerunnable(squall, record)) is not None:
         raise refused
     fields, shown = _rerun_form(squall, record)
-    return _rerun_page(request, session, record, fields, shown)
+    return _rerun_page(request, session, record, fields, shown, gone=_gone(squall, record))
 
 
 @router.post("/executions/{execution_id}/rerun")
@@ -352,9 +385,12 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
     at once; one emptied is not given (None: its default applies, or the engine's "is required")."""
     squall = request.app.state.squall
     record = await find_execution(request, execution_id)
+    if (doing := admin_only(record["action"])) is not None:
+        session = await admin_to(request, doing)
     if (refused := _not_rerunnable(squall, record)) is not None:
         raise refused
     fields, shown = _rerun_form(squall, record)
+    gone = _gone(squall, record)
     form = await form_fields(request)
     # A field not sent at all is as shown (a client posting only what it changes), but for a box: the
     # browser sends a ticked one only.
@@ -364,20 +400,21 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
     typed = {f.name: submitted.get(f.input_name, "") for f in fields if f.kind != "secret"}
     parsed = checked(edited, submitted)
     if not parsed.ok:
-        return _rerun_page(request, session, record, fields, typed, parsed.errors, status=400)
+        return _rerun_page(request, session, record, fields, typed, parsed.errors, status=400, gone=gone)
     changed = {f.name: parsed.values.get(f.name) for f in edited}
     context = {"user": session.account.name, "source": "web"}
-    # Stored with the re-run, one transaction (`CommandService.rerun`): its detail gains the action and
+    # Stored with the re-run, one transaction (`ExecutionService.rerun`): its detail gains the action and
     # the parameters as stored. A re-run the database did not take is the error page, and none is left.
     audit = AuditEntry("web.execution.rerun", session.account.name, "web", None,
-                       {"of": record["id"], "changed": sorted(changed)})
+                       {"of": record["id"], "changed": sorted(changed), **({"dropped": gone} if gone else {})})
+    # The engine's re-run, as `CommandService.rerun` makes it once it has found no approval needed, which
+    # `_not_rerunnable` has just checked of this very record; but with the parameters the action no longer has
+    # dropped, which the API's re-run refuses, as StackStorm's does.
     try:
-        new = await squall.chat.commands.rerun(record["id"], changed, context, audit=audit)
-    except CommandRefused as exc:  # it came to need approval since the form was shown
-        raise PageError(str(exc), 403) from exc
+        new = await squall.executions.rerun(record["id"], changed, context, audit=audit, dropped=gone)
     except (ParameterError, UnknownAction, ValueError) as exc:
         errors, problem = refusal(exc, fields, typed)
-        return _rerun_page(request, session, record, fields, typed, errors, problem, status=400)
+        return _rerun_page(request, session, record, fields, typed, errors, problem, status=400, gone=gone)
     return RedirectResponse(f"/executions/{new['id']}", status_code=303)
 
 

@@ -5,7 +5,7 @@ overdue questions, and the answer, which the service checks against the schema a
 `users` and `roles` (both, when both are set) and stores with its responder (the execution's
 `result.responder`; the time is its `end_timestamp`) and its `web.inquiry.respond` audit event, in one
 transaction. The answer form is `bot.forms`' fields of the response schema, offered only to an account
-the service would take the answer of (`_why_not`), and in its place why not; a wrong answer is told
+the service would take the answer of (`why_not_answer`), and in its place why not; a wrong answer is told
 beside its field, or above the form when the service refuses it, a long value it quotes cut short
 (`bot.forms.checked`, `quoted_shortly`), as the run form's. An account's groups are
 its role (`viewer`, `operator`, `admin`) and the config `auth.groups` that list its name (the chat's
@@ -74,22 +74,23 @@ async def _inquiry(request: Request, inquiry_id: str) -> tuple[dict[str, Any], d
     return inquiry, shown_execution(await squall.executions.get(inquiry["id"]))
 
 
-def _groups(request: Request, session: Session) -> list[str]:
+def _groups(squall: Any, session: Session) -> list[str]:
     """The account's groups for an inquiry's `roles`: its role and the config `auth.groups` that list it."""
     name = session.account.name
-    return sorted({session.account.role} | request.app.state.squall.chat.inquiries.auth.member_of(name))
+    return sorted({session.account.role} | squall.chat.inquiries.auth.member_of(name))
 
 
-def _why_not(request: Request, session: Session, record: dict[str, Any]) -> str | None:
+def why_not_answer(squall: Any, session: Session, record: dict[str, Any]) -> str | None:
     """Why the account may not answer the pending inquiry (`record`, its execution), in the words
     `InquiryService.respond` would refuse it with, or None when it may: the operator role, then the engine's
     rule (`why_not`, the person named as the answer names them): its `users` and `roles`, not the requester
     under `self_approval: false`, and once per person. The form was offered to all three, and its post
-    answered a bare error page. Only decides what the page offers: the answer is checked again by the service."""
+    answered a bare error page. Only decides what the page offers (and an execution's page, which links the
+    inquiry's to whom may answer): the answer is checked again by the service."""
     if not session.account.may("operator"):
         return f"Answering needs the operator role; {session.account.name} is a {session.account.role}."
     name = session.account.name
-    refused = why_not(record, name, _groups(request, session), names_of(None, name))
+    refused = why_not(record, name, _groups(squall, session), names_of(None, name))
     return None if refused is None else str(refused)
 
 
@@ -98,8 +99,9 @@ def _page(request: Request, session: Session, inquiry: dict[str, Any], record: d
           errors: Mapping[str, str] | None = None, problem: str | None = None, status: int = 200,
           refused: str | None = None) -> Response:
     """The inquiry, and while it is pending the answer form, or in its place why the account may not answer
-    (`_why_not`). `refused`: why the service just refused an answer (not allowed, or no longer pending)."""
-    why_not = _why_not(request, session, record) if inquiry["status"] == "pending" else None
+    (`why_not_answer`). `refused`: why the service just refused an answer (not allowed, or no longer pending)."""
+    squall = request.app.state.squall
+    why_not = why_not_answer(squall, session, record) if inquiry["status"] == "pending" else None
     return render(request, "inquiry.html", {
         "session": session, "inquiry": inquiry, "record": record, "workflow": workflow, "fields": fields,
         "values": values, "errors": errors or {}, "problem": problem, "question": question(inquiry["schema"]),
@@ -131,7 +133,7 @@ async def inquiry_answer(request: Request, inquiry_id: str, session: Session = D
         return _page(request, session, inquiry, record, workflow, fields, shown, parsed.errors, status=400)
     squall = request.app.state.squall
     name = session.account.name
-    groups = _groups(request, session)
+    groups = _groups(squall, session)
     # Stored with the answer, one transaction (`InquiryService.respond`): an answer the database did not
     # take leaves no event, and none is recorded without it. Its detail gains the response, secrets masked.
     audit = AuditEntry("web.inquiry.respond", name, "web", None, {"workflow": inquiry["parent"]})

@@ -7,8 +7,10 @@ keeps what a swap would take from the person (a row's tick, the output box at it
   since the chunk the page showed last (`after`, or the `Last-Event-ID` of a browser that reconnects),
   as escaped HTML with colours (`ansi.py`), appended, each with the id of its last chunk;
   `status` (the head: status, controls, times), `log`, `tasks` (the task list and graph of a
-  workflow) and `result` replace their parts when they change; `end` comes last, when the execution
-  has ended and all its output was sent, and closes the stream (`sse-close`).
+  workflow) and `result` replace their parts when they change; once the execution has ended and all
+  its output was sent, `output` puts the stdout and stderr its page then shows (the result's) in place
+  of a live copy that stopped at the cap (`engine.output.STREAM_CAP`, then `[output truncated]`),
+  without the end, where an error usually is; `end` comes last and closes the stream (`sse-close`).
 - `/live/executions`: the list's first page. `new` carries rows newer than the newest shown (`top`,
   or the `Last-Event-ID` of a browser that reconnects; put on top), `row-<id>` a row whose status
   changed (replacing it; an empty one removes a row that no longer matches the page's filter); each
@@ -16,8 +18,9 @@ keeps what a swap would take from the person (a row's tick, the output box at it
 
 A browser that reconnects by itself names the last event it got; one whose stream failed with an
 error status (a proxy's 502) is given a new stream by htmx, from the `sse-connect` URL, which
-`live.js` moved along. Either way nothing the page shows is sent again. The server ends every
-stream when it stops (`bot.http.server.ApiServer.stop`).
+`live.js` moved along. Either way nothing the page shows is sent again. A tab that is hidden closes
+its stream (`live.js`: a browser has only 6 connections to a host) and opens it again from that URL
+once shown. The server ends every stream when it stops (`bot.http.server.ApiServer.stop`).
 
 A stream outlives the request that opened it, so it looks at its session again every
 `session.RECHECK_SECONDS`: after a logout, a new password or the account's deletion it sends `end`
@@ -51,6 +54,7 @@ from bot.web.executions import (
     MAX_CHILDREN,
     PAGE_SIZE,
     STREAMS,
+    _ended_streams,
     controls,
     execution_filter,
     execution_view,
@@ -62,6 +66,7 @@ from bot.web.pages import PageError, PageRoute, row_number, templates
 from bot.web.session import viewer
 from engine.executions import COMPLETED
 from engine.live import Wakeup
+from engine.output import TRUNCATED
 from engine.parameters import MAX_INTEGER
 from engine.storage import ExecutionFilter, database_trouble
 
@@ -152,7 +157,7 @@ async def _execution_stream(squall: Any, session: Session, execution_id: str,
                             after: int) -> AsyncIterator[dict[str, str]]:
     store = squall.store
     watch = _SessionWatch(squall, session)
-    renderers = await _renderers_at(squall, execution_id, after)
+    renderers, cut = await _renderers_at(squall, execution_id, after)
     shown: tuple[Any, ...] | None = None
     with Wakeup(squall.executions, execution_id) as wakeup:
         while True:
@@ -165,6 +170,8 @@ async def _execution_stream(squall: Any, session: Session, execution_id: str,
             rows = await squall.db(store.execution_output_list, execution_id, after=after, limit=_OUTPUT_BATCH)
             for stream, text, last in _runs(rows):
                 yield {"event": stream, "data": renderers[stream].feed(text), "id": str(last)}
+                if text.endswith(TRUNCATED):
+                    cut.add(stream)
             if rows:
                 after = rows[-1]["id"]
             children = await squall.executions.list(parent=execution_id, limit=MAX_CHILDREN, oldest_first=True)
@@ -182,27 +189,35 @@ async def _execution_stream(squall: Any, session: Session, execution_id: str,
                     yield {"event": "result", "data": fragment("_execution_result.html", **view)}
                 shown = state
             if ended and len(rows) < _OUTPUT_BATCH:
+                if cut:  # the page's copy stops at the cap: the result has the rest, its end
+                    yield {"event": "output", "data": fragment("_execution_output.html", live=False,
+                                                               streams=await _ended_streams(squall, record))}
                 yield {"event": "end", "data": record["status"]}
                 return
             if len(rows) < _OUTPUT_BATCH:
                 await wakeup.wait(POLL_SECONDS)
 
 
-async def _renderers_at(squall: Any, execution_id: str, upto: int) -> dict[str, ansi.AnsiRenderer]:
+async def _renderers_at(squall: Any, execution_id: str,
+                        upto: int) -> tuple[dict[str, ansi.AnsiRenderer], set[str]]:
     """Each stream's renderer as the output up to chunk `upto` left it (what the page showed, or the
     browser had before it reconnected): a colour set there, or an escape sequence cut at that chunk's
-    end, carries on into what the stream sends next."""
+    end, carries on into what the stream sends next. And the streams whose output there stopped at the
+    cap (`TRUNCATED`), which the result replaces once the execution has ended."""
     renderers = {name: ansi.AnsiRenderer() for name in STREAMS}
+    cut: set[str] = set()
     after = 0
     while after < upto:
         rows = await squall.db(squall.store.execution_output_list, execution_id, after=after, limit=_OUTPUT_BATCH)
         taken = [row for row in rows if row["id"] <= upto]
         for stream, text, _last in _runs(taken):
             renderers[stream].feed(text)
+            if text.endswith(TRUNCATED):
+                cut.add(stream)
         if len(taken) < _OUTPUT_BATCH:
             break
         after = taken[-1]["id"]
-    return renderers
+    return renderers, cut
 
 
 def _runs(rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:

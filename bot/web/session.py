@@ -325,15 +325,16 @@ async def _session(request: Request) -> Session:
     return session
 
 
-async def _with_role(request: Request, role: str) -> Session:
+async def _with_role(request: Request, role: str, doing: str = "This") -> Session:
     """The request's session if its account has `role` (or one above it); else 403, audited as
-    `web.denied` (who, the page, the role it needs): a refusal is recorded wherever it comes from."""
+    `web.denied` (who, the page, the role it needs): a refusal is recorded wherever it comes from. `doing`
+    says what needs it, in the refusal."""
     session = await _session(request)
     if not session.account.may(role):
         squall = request.app.state.squall
         await squall.db(squall.store.audit_add, "web.denied", session.account.name, "web", request.url.path,
                         {"method": request.method, "needs": role, "role": session.account.role})
-        raise Refused(f"This needs the {role} role; {session.account.name} is a {session.account.role}: "
+        raise Refused(f"{doing} needs the {role} role; {session.account.name} is a {session.account.role}: "
                       "ask an admin.")
     return session
 
@@ -351,3 +352,9 @@ async def operator(request: Request) -> Session:
 async def admin(request: Request) -> Session:
     """Also managing packs, keys and rules."""
     return await _with_role(request, "admin")
+
+
+async def admin_to(request: Request, doing: str) -> Session:
+    """`admin`, for what a route otherwise open to operators does only for admins (`doing`, which the
+    refusal names: running an action of Squall's own packs, `bot.web.actions.admin_only`)."""
+    return await _with_role(request, "admin", doing)

@@ -53,7 +53,7 @@ import yaml
 from engine.actions import Action
 from engine.config import DEFAULT_WORKFLOW_MAX_DEPTH
 from engine.crypto import CryptoError
-from engine.executions import AuditEntry, canceled_result, held_texts, scrub, scrubbable
+from engine.executions import ABANDONED_BY, AuditEntry, canceled_result, held_texts, scrub, scrubbable
 from engine.inquiries import RUNNER as INQUIRER
 from engine.inquiries import answered_with, masked
 from engine.parameters import MASK, credential_texts, holds_secret
@@ -73,6 +73,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _LIVE = frozenset({"requested", "scheduled", "delayed", "running", "canceling", "pausing", "resuming"})
 _WAITING = frozenset({"pending", "paused"})
+#: How the errors of children abandoned by a stop, a reaper or a recovery began before their results were
+#: marked (`ABANDONED_BY`): such a child, stored by an earlier Squall (a rolling upgrade), still runs again.
+_STOPPED_BEFORE = ("Squall shut down while it was running", "Squall stopped while this execution was running",
+                   "Squall stopped running it: its worker")
 _SPEC_CACHE: dict[tuple[str, str, int], Any] = {}
 #: Definitions kept with runs, parsed (`kept_spec`), by kind, file and text: each step of a run, and each
 #: run started from one version of a file, parses it once. The oldest is dropped past `_KEPT_SPECS_HELD`.
@@ -187,9 +191,14 @@ def _cancel_asked_at(record: Mapping[str, Any]) -> datetime | None:
 
 
 def _crashed(record: dict[str, Any]) -> bool:
-    """A child abandoned because Squall stopped: it did not finish, so it runs again."""
-    error = str((record.get("result") or {}).get("error") or "") if isinstance(record.get("result"), dict) else ""
-    return record["status"] == "abandoned" and "Squall s" in error
+    """A child abandoned because its process or worker went away (a stop, a worker's drain, a reaper, a
+    recovery: `ABANDONED_BY` in its result): it did not finish, so it runs again. Read from that mark, not
+    the error's words: a drain's error names the worker, not 'Squall s…', and failed its workflow. A child an
+    earlier Squall abandoned so, before the mark, is known by the words it then stored (`_STOPPED_BEFORE`)."""
+    result = record.get("result")
+    if record["status"] != "abandoned" or not isinstance(result, dict):
+        return False
+    return ABANDONED_BY in result or str(result.get("error") or "").startswith(_STOPPED_BEFORE)
 
 
 @dataclass

@@ -35,6 +35,19 @@
    (`data-live="signed-out"`). htmx hands each stream it opens to `htmx:sseOpen`, where it is listened
    to; the data reaches no other listener (`htmx:sseClose` carries none).
 
+   A stream is open only while its page is shown. Each holds one of the 6 connections Chromium allows
+   a host over HTTP/1.1 (uvicorn speaks no other), and every other request to Squall, from any tab,
+   waits for a free one: with 6 live tabs open, no other page of Squall loaded. So htmx's streams are
+   made here (`htmx.createEventSource`) as a `Stream`, which the extension listens to as to an
+   EventSource: it closes its connection while the tab is hidden (`visibilitychange`) and opens it
+   again, on the stream's URL of then, once the tab is shown, which goes on from the last event
+   applied, as after a 502; a stream the server ended, or the extension closed, stays closed. It first
+   opens once the page has loaded (`load`), so a page whose stream waits for a connection has
+   everything else of its own already.
+
+   The ended run's output replaces the live copy (`output`, innerHTML): a box that was at its end
+   stays at its end there too.
+
    The list's filters are rendered open (without this script they stay so); on a narrow screen, where
    they would fill it, they start folded (40rem: squall.css's narrow screen too). */
 (function () {
@@ -126,6 +139,18 @@
     if (swap === "beforeend" && atEnd(event.target)) {
       queueMicrotask(function () { toEnd(event.target); });
     }
+    var following = Array.prototype.filter.call(event.target.querySelectorAll("pre.output"), atEnd);
+    if (following.length) {
+      var names = following.map(function (box) { return box.className.match(/output-\w+/)[0]; });
+      queueMicrotask(function () {
+        names.forEach(function (name) {
+          var box = event.target.querySelector("pre." + name);
+          if (box) {
+            toEnd(box);
+          }
+        });
+      });
+    }
   });
 
   document.addEventListener("htmx:sseMessage", function (event) {
@@ -177,6 +202,110 @@
   });
 
   Array.prototype.forEach.call(document.querySelectorAll("pre.output[sse-swap]"), toEnd);
+
+  var streams = [];
+
+  /* What the SSE extension takes for an EventSource (`addEventListener`, `removeEventListener`,
+     `onopen`, `onerror`, `readyState`, `close`), open only while the page is shown. Its listeners are
+     kept here and put on each EventSource it opens. */
+  function Stream(url) {
+    this.url = url;
+    this.holder = document.querySelector("[sse-connect=\"" + CSS.escape(url) + "\"]");
+    this.listeners = [];
+    this.source = null;
+    this.closed = false;
+    this.onopen = null;
+    this.onerror = null;
+    streams.push(this);
+    if (document.readyState === "complete") {
+      this.resume();
+    } else {
+      window.addEventListener("load", this.resume.bind(this), { once: true });
+    }
+  }
+
+  Object.defineProperty(Stream.prototype, "readyState", {
+    get: function () {
+      if (this.closed) {
+        return EventSource.CLOSED;
+      }
+      return this.source ? this.source.readyState : EventSource.CONNECTING;  /* held: it will be open */
+    }
+  });
+
+  Stream.prototype.addEventListener = function (type, listener) {
+    this.listeners.push([type, listener]);
+    if (this.source) {
+      this.source.addEventListener(type, listener);
+    }
+  };
+
+  Stream.prototype.removeEventListener = function (type, listener) {
+    this.listeners = this.listeners.filter(function (pair) {
+      return pair[0] !== type || pair[1] !== listener;
+    });
+    if (this.source) {
+      this.source.removeEventListener(type, listener);
+    }
+  };
+
+  /* Open, on the holder's URL of now (its cursor at the last event applied), unless hidden or closed. */
+  Stream.prototype.resume = function () {
+    if (this.closed || this.source || document.visibilityState === "hidden") {
+      return;
+    }
+    var self = this;
+    var source = new EventSource(this.holder ? this.holder.getAttribute("sse-connect") : this.url,
+                                 { withCredentials: true });
+    source.onopen = function (event) {
+      if (self.onopen) {
+        self.onopen(event);
+      }
+    };
+    source.onerror = function (event) {
+      if (source.readyState === EventSource.CLOSED) {
+        self.close();  /* given up (an error status): the extension opens a new stream of its own */
+      }
+      if (self.onerror) {
+        self.onerror(event);
+      }
+    };
+    this.listeners.forEach(function (pair) {
+      source.addEventListener(pair[0], pair[1]);
+    });
+    this.source = source;
+  };
+
+  /* The connection closed while the page is hidden; `resume` opens it again. */
+  Stream.prototype.hold = function () {
+    if (this.source) {
+      this.source.close();
+      this.source = null;
+    }
+  };
+
+  /* For good: the server ended it (`end`), its element left the page, or it failed. */
+  Stream.prototype.close = function () {
+    if (!this.closed) {
+      this.closed = true;
+      this.hold();
+      streams.splice(streams.indexOf(this), 1);
+    }
+  };
+
+  htmx.createEventSource = function (url) {
+    return new Stream(url);
+  };
+
+  document.addEventListener("visibilitychange", function () {
+    streams.slice().forEach(function (stream) {
+      if (document.visibilityState === "hidden") {
+        stream.hold();
+      } else {
+        stream.resume();
+      }
+    });
+  });
 
   var filters = document.querySelector("details.filters-box");
   if (filters && window.matchMedia("(max-width: 40rem)").matches) {
