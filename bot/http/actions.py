@@ -34,6 +34,17 @@ ALLOW_GET = {"Allow": "GET"}
 CONTENT_NAMES = frozenset({"id", "ref", "uid"})
 
 
+async def write_enabled(request: Request, kind: str, ref: str, pack: str, file: str, enabled: bool) -> None:
+    """`enabled` written into the pack file of the action or sensor `ref`, the packs reloaded, audited as
+    `api.<kind>.enable|disable`; a 409 for a file Squall will not rewrite (a shipped pack's, one laid out so)."""
+    try:
+        await api_state(request).squall.set_enabled(kind, ref, pack, file, enabled, default=True,
+                                                    event=f"api.{kind}.{'enable' if enabled else 'disable'}",
+                                                    actor=request_user(request), source="api")
+    except ContentFileError as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
 def enabled_only(body: Any, shown: dict[str, Any], ignored: frozenset[str]) -> bool | None:
     """The `enabled` a `PUT` body asks for when that is all it changes of the content as GET showed it
     (`shown`: `st2 action|sensor enable|disable` send it back whole, `ref` dropped); None when it asks for
@@ -154,12 +165,7 @@ async def update_action(ref_or_id: str, request: Request, body: Any = Body(None)
         raise HTTPException(409, f"Action {action.ref} cannot be changed through the API in Squall, where actions "
                                  f"are kept in pack files: {instead}; {RELOADED}.")
     squall = api_state(request).squall
-    try:
-        await squall.set_enabled("action", action.ref, action.pack, action.metadata_file, enabled, default=True,
-                                 event=f"api.action.{'enable' if enabled else 'disable'}",
-                                 actor=request_user(request), source="api")
-    except ContentFileError as exc:
-        raise HTTPException(409, str(exc)) from exc
+    await write_enabled(request, "action", action.ref, action.pack, action.metadata_file, enabled)
     reloaded = squall.registry.actions.get(action.ref)
     if reloaded is None:  # the reload no longer loads it (its file was broken meanwhile): say what was written
         return {**action_public(action), "enabled": enabled}

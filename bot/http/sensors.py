@@ -26,12 +26,10 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 
-from bot.http.actions import ALLOW_GET, CONTENT_NAMES, enabled_only, in_pack
-from bot.http.key_auth import request_user
+from bot.http.actions import ALLOW_GET, CONTENT_NAMES, enabled_only, in_pack, write_enabled
 from bot.http.paging import Paging
 from bot.http.state import api_state
 from engine.actions import content_id
-from engine.content_files import ContentFileError
 from engine.packs import Registry
 from engine.sensors import SensorSpec, entry_point, load_sensors
 from engine.storage import iso
@@ -132,12 +130,7 @@ async def update_sensor_type(ref_or_id: str, request: Request, body: Any = Body(
                                  f"are kept in pack files: edit {spec.metadata_file} instead (`enabled: false` "
                                  "there disables it); squall serve reloads the packs when their files change "
                                  "and starts or stops the sensor.", headers=ALLOW_GET)
-    try:
-        await squall.set_enabled("sensor", spec.ref, spec.pack, spec.metadata_file, enabled, default=True,
-                                 event=f"api.sensor.{'enable' if enabled else 'disable'}",
-                                 actor=request_user(request), source="api")
-    except ContentFileError as exc:
-        raise HTTPException(409, str(exc)) from exc
+    await write_enabled(request, "sensor", spec.ref, spec.pack, spec.metadata_file, enabled)
     reloaded = next((s for s in _sensors(request) if s.ref == spec.ref), None)
     if reloaded is None:  # the reload no longer loads it (its file was broken meanwhile): say what was written
         return {**sensor_type_public(spec, squall.registry), "enabled": enabled}
