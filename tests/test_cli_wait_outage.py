@@ -4,14 +4,13 @@ well), so the command keeps waiting instead of exiting 3 ("cannot reach the data
 which made a script that retries on a non-zero exit run the action twice.
 
 PostgreSQL is a throwaway cluster of this module's own (`own_cluster`), which the test stops and starts
-again; SQLite's counterpart is another process holding the write lock for longer than Squall waits for it.
+again. (SQLite needs no such test: in WAL mode the wait's reads never wait for a writer's lock.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import subprocess
 import sys
 import time
@@ -134,48 +133,3 @@ def test_run_gives_up_a_wait_the_outage_outlasts(home: Path, outage_cluster: Clu
 def _running_id(url: str) -> str | None:
     rows = _sql(url, "SELECT id FROM executions WHERE action = 'demo.nap' AND status = 'running'")
     return rows[0][0] if rows else None
-
-
-@pytest.mark.slow
-def test_run_waits_out_a_long_sqlite_write_lock(home: Path, tmp_path: Path) -> None:
-    """Another process held SQLite's write lock for longer than Squall waits for it (`LOCK_WAIT_SECONDS`)
-    as `squall run`'s nap ended: the end's write fails and is tried again until stored, while the wait's
-    reads go on (WAL's readers never wait for a writer), so the command exits 0 with the result once the
-    lock is let go, as it does across a PostgreSQL outage, and not 3 ("stayed locked ... Try again")."""
-    from engine.storage import LOCK_WAIT_SECONDS
-
-    _demo_home(home, "sqlite:///data/squall.db")
-    marker = tmp_path / "ran"
-    command = _run(home, "demo.nap", "seconds=2", f"marker={marker}")
-    database = home / "data" / "squall.db"
-    try:
-        asyncio.run(until(lambda: _sqlite_running(database), "the nap to run", 120))
-        holder = sqlite3.connect(database, isolation_level=None, timeout=30)
-        holder.execute("BEGIN IMMEDIATE")  # the write lock, which the nap's end waits for
-        try:
-            asyncio.run(until(marker.exists, "the nap to end", 60))
-            time.sleep(LOCK_WAIT_SECONDS + 5)  # longer than Squall waits for the lock
-        finally:
-            holder.execute("COMMIT")
-            holder.close()
-        out, errors = command.communicate(timeout=180)
-    finally:
-        if command.poll() is None:
-            command.kill()
-            command.wait()
-    assert command.returncode == 0, errors
-    record = json.loads(out)
-    assert record["status"] == "succeeded"
-    assert marker.read_text() == "ran\n"
-    assert "error:" not in errors
-
-
-def _sqlite_running(database: Path) -> bool:
-    if not database.exists():
-        return False
-    try:
-        with sqlite3.connect(database, timeout=1) as conn:
-            return bool(conn.execute("SELECT 1 FROM executions WHERE status = 'running'").fetchall())
-    except sqlite3.OperationalError:
-        return False
-
