@@ -19,7 +19,7 @@ stores it as StackStorm's alias execution does; Squall's own chat passes none, a
 from __future__ import annotations
 
 import difflib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -252,7 +252,8 @@ class CommandService:
 
     async def rerun(self, execution_id: str, parameters: dict[str, Any] | None,
                     context: dict[str, Any], *, tasks: list[str] | None = None,
-                    delay: float = 0.0, audit: AuditEntry | None = None) -> dict[str, Any]:
+                    delay: float = 0.0, audit: AuditEntry | None = None, dropped: Collection[str] = ()
+                    ) -> dict[str, Any]:
         """A person's re-run (chat `retry`, the API's re_run, the web's re-run) as `context`'s requester:
         `NeedsApproval` when it needs approval, as a new request of it would (a re-run, with edited
         parameters or not, whole or from some of a workflow's `tasks`, is never a way around the
@@ -262,7 +263,8 @@ class CommandService:
         `audit` (who asked, from where) is stored with the new execution, in its transaction
         (`ExecutionService.rerun`): a re-run the database did not take leaves no event, and none is
         stored without its event; its detail gains the action and the parameters as stored. A re-run in
-        place stores it with the workflow's reset (`WorkflowService.rerun`), as surely."""
+        place stores it with the workflow's reset (`WorkflowService.rerun`), as surely. `dropped`: parameters
+        of the original not given again (the web's form drops those a pack update took out of the action)."""
         record = await self.engine.executions.get(execution_id)
         needed = self.approval_for(record)
         if needed is not None:
@@ -271,7 +273,8 @@ class CommandService:
             return await self.engine.workflows.rerun(record["id"], tasks, audit=audit)  # its event with its reset
         # The engine puts back what `parameters` show masked (`headers` edited as shown), and carries the
         # original's credentials to the same target only (`ExecutionService.rerun`, `rerun_parameters`).
-        return await self.engine.executions.rerun(record["id"], parameters, context, delay=delay, audit=audit)
+        return await self.engine.executions.rerun(record["id"], parameters, context, delay=delay, audit=audit,
+                                                  dropped=dropped)
 
     async def request(self, alias: Alias, message: Message, source: str, parameters: dict[str, Any],
                       render: Iterable[str], context: dict[str, Any], preface: Reply | None = None) -> Accepted:

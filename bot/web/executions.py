@@ -22,6 +22,7 @@ from fastapi.responses import RedirectResponse
 from markupsafe import Markup
 
 from bot.accounts import Session
+from bot.chat.commands import CommandRefused
 from bot.forms import Field, action_fields
 from bot.web import ansi, graph, origin
 from bot.web.actions import admin_only, checked, refusal
@@ -403,15 +404,15 @@ async def rerun(request: Request, execution_id: str, session: Session = Depends(
         return _rerun_page(request, session, record, fields, typed, parsed.errors, status=400, gone=gone)
     changed = {f.name: parsed.values.get(f.name) for f in edited}
     context = {"user": session.account.name, "source": "web"}
-    # Stored with the re-run, one transaction (`ExecutionService.rerun`): its detail gains the action and
+    # Stored with the re-run, one transaction (`CommandService.rerun`): its detail gains the action and
     # the parameters as stored. A re-run the database did not take is the error page, and none is left.
     audit = AuditEntry("web.execution.rerun", session.account.name, "web", None,
                        {"of": record["id"], "changed": sorted(changed), **({"dropped": gone} if gone else {})})
-    # The engine's re-run, as `CommandService.rerun` makes it once it has found no approval needed, which
-    # `_not_rerunnable` has just checked of this very record; but with the parameters the action no longer has
-    # dropped, which the API's re-run refuses, as StackStorm's does.
+    # The parameters the action no longer has dropped, which the API's re-run refuses, as StackStorm's does.
     try:
-        new = await squall.executions.rerun(record["id"], changed, context, audit=audit, dropped=gone)
+        new = await squall.chat.commands.rerun(record["id"], changed, context, audit=audit, dropped=gone)
+    except CommandRefused as exc:  # it came to need approval since the form was shown
+        raise PageError(str(exc), 403) from exc
     except (ParameterError, UnknownAction, ValueError) as exc:
         errors, problem = refusal(exc, fields, typed)
         return _rerun_page(request, session, record, fields, typed, errors, problem, status=400, gone=gone)
