@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.cells import cell_len
@@ -74,6 +74,8 @@ if TYPE_CHECKING:
     Purge = Callable[[Store, Callable[[Purged], None], Callable[[Store, Purged], None]], Purged]
 
 execution_app = group("Inspect, cancel and re-run executions.")
+
+T = TypeVar("T")
 
 
 #: How much of one value of a workflow's result `show_execution` shows (`short`): `--json` shows it whole.
@@ -195,11 +197,20 @@ OUTAGE_EXIT = 4
 
 
 async def waited(squall: Squall, execution_id: str) -> dict[str, Any]:
-    """The end of `execution_id`, which this command stored, waited for across a database outage. Such a
-    wait exited 3, "check the user, password and database name", while the execution ran on and ended
-    well: a script that retries on a non-zero exit ran the action twice. The outage is said once on stderr,
-    with the execution's id, and once more when the database is back; Ctrl-C stops the wait as ever, and an
-    outage past `OUTAGE_SECONDS` ends it with `OUTAGE_EXIT` and a line naming the execution."""
+    """The end of `execution_id`, which this command stored, waited for across a database outage
+    (`outlasting`)."""
+    return await outlasting(squall, execution_id, lambda: squall.executions.wait(execution_id))
+
+
+async def outlasting(squall: Squall, execution_id: str, read: Callable[[], Awaitable[T]], *,
+                     ended: str | None = None, reading: str = "") -> T:
+    """`read()` for the execution `execution_id`, which this command stored, tried again across a database
+    outage: its end (`waited`), or, once it `ended` (its status: failed, paused), `reading`, what the command's
+    exit and output depend on (its retry, the inquiries it waits on). Such a read exited 3, "check the user,
+    password and database name", while the execution ran on and ended well: a script that retries on a
+    non-zero exit ran the action twice. The outage is said once on stderr, with the execution's id, and once
+    more when the database is back; Ctrl-C stops the wait as ever, and an outage past `OUTAGE_SECONDS` ends it
+    with `OUTAGE_EXIT` and a line naming the execution."""
     import asyncio
 
     from sqlalchemy.exc import DBAPIError
@@ -209,27 +220,30 @@ async def waited(squall: Squall, execution_id: str) -> dict[str, Any]:
     since = None
     while True:
         try:
-            record = await squall.executions.wait(execution_id)
+            found = await read()
         except DBAPIError as exc:
             trouble = database_trouble(exc)
             if trouble is None:  # not the database's trouble: a bug, seen whole
                 raise
             if since is None:
                 since = time.monotonic()
-                err.print(f"{trouble}; execution {execution_id} is stored and runs on: waiting for the database "
-                          "(Ctrl-C stops the wait)", markup=False)
+                state = ("is stored and runs on: waiting for the database" if ended is None else
+                         f"{ended}: waiting for the database to read {reading}")
+                err.print(f"{trouble}; execution {execution_id} {state} (Ctrl-C stops the wait)", markup=False)
             elif time.monotonic() - since > OUTAGE_SECONDS:
                 # Run by this process (the local executor), it stops with the command: `abandoned` once stored.
                 fate = ("ran here and stops with this command" if execution_id in getattr(
                     squall.executions.executor, "running", ()) else "may still run")
-                raise fail(f"{trouble} for over {OUTAGE_SECONDS:g} s; gave up waiting for execution {execution_id}, "
-                           f"which is stored and {fate}: see it with `squall execution get {execution_id}` once "
-                           "the database is back", OUTAGE_EXIT) from None
+                gave_up = (f"waiting for execution {execution_id}, which is stored and {fate}" if ended is None else
+                           f"reading {reading} of execution {execution_id}, which {ended}")
+                raise fail(f"{trouble} for over {OUTAGE_SECONDS:g} s; gave up {gave_up}: see it with "
+                           f"`squall execution get {execution_id}` once the database is back", OUTAGE_EXIT) from None
             await asyncio.sleep(OUTAGE_RETRY_SECONDS)
             continue
         if since is not None:
-            err.print(f"the database is back; execution {execution_id} ended {record['status']}", markup=False)
-        return record
+            state = f"ended {found['status']}" if ended is None else ended  # `waited`'s read is the record
+            err.print(f"the database is back; execution {execution_id} {state}", markup=False)
+        return found
 
 
 def _exit_for(record: dict[str, Any]) -> int:
@@ -270,8 +284,9 @@ def run(
             record = await waited(squall, record["id"])
             if server is None:  # run here: so is a retry its policy requests at once
                 record, retried = await _retried(squall, record)
-        waiting = await _waiting_inquiries(squall, record["id"]) if record["status"] == "paused" else []
-        served = not run_async or await served_elsewhere(squall)
+        waiting = await _asking(squall, record) if record["status"] == "paused" else []
+        served = not run_async or await outlasting(squall, record["id"], lambda: served_elsewhere(squall),
+                                                   ended=record["status"], reading="who runs it")
         return record, waiting, served, retried
 
     # An action skipped for a load problem is said.
@@ -336,12 +351,18 @@ async def _requested_retry(squall: Squall, record: dict[str, Any]) -> dict[str, 
 
     if record["status"] not in COMPLETED or not squall.policies.retries(record):
         return None
-    retry = None
-    with contextlib.suppress(TimeoutError):  # this process's retry listener stores it (its end may be read first)
-        async with asyncio.timeout(LISTENERS_SETTLE_SECONDS):
-            while (retry := await squall.db(squall.store.get_execution, retry_id(record["id"]))) is None:
+    wanted = retry_id(record["id"])
+    loop = asyncio.get_running_loop()
+    settling = LISTENERS_SETTLE_SECONDS  # the listeners' time, not a database outage's (`outlasting`)
+    # This process's retry listener stores it (its end may be read first).
+    while (retry := await outlasting(squall, record["id"], lambda: squall.db(squall.store.get_execution, wanted),
+                                     ended=record["status"], reading=f"its retry {wanted}")) is None and settling > 0:
+        started = loop.time()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(settling):
                 await squall.events.settle()
-                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
+        settling -= loop.time() - started
     return retry
 
 
@@ -350,10 +371,18 @@ async def _queued_retry(squall: Squall, record: dict[str, Any], retry: dict[str,
     for the policy's delay, and this command exits before then, so `squall serve` runs it (its poll takes a
     due retry another process stored), or, none running, the next one that starts."""
     until = (retry.get("runner_info") or {}).get("delayed_until") or "its delay"
-    runs = (f"{runner_named(squall.config)} runs it once due" if await served_elsewhere(squall) else
+    served = await outlasting(squall, record["id"], lambda: served_elsewhere(squall), ended=record["status"],
+                              reading=f"who runs its retry {retry['id']}")
+    runs = (f"{runner_named(squall.config)} runs it once due" if served else
             f"none runs on this database now: it waits until {runner_named(squall.config)} starts")
     return (f"{record['id']} {record['status']}; its retry policy queued retry {retry['id']} until {until}, after "
             f"this command exits: {runs}. See it with: squall execution get {retry['id']}")
+
+
+async def _asking(squall: Squall, record: dict[str, Any]) -> list[str]:
+    """The ids of the inquiries the paused workflow `record` waits on, read across a database outage."""
+    return await outlasting(squall, record["id"], lambda: _waiting_inquiries(squall, record["id"]),
+                            ended=record["status"], reading="the inquiries it waits on")
 
 
 async def _waiting_inquiries(squall: Squall, workflow_id: str) -> list[str]:
