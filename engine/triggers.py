@@ -29,6 +29,13 @@ at once, `take_pending` at every poll, `recover` at start). Processed in the wor
 rules the worker loaded at its start, however the serve nodes' rules had changed since; and an
 instance a worker of another host held `processing` when it died was left to nobody (a worker beats
 no heartbeat, and its pid tells nothing to a serve node of another host).
+
+A serve node also looks after what it holds itself. A claim the database fails (PostgreSQL restarting)
+is tried again until it answers (`_through_outage`), as the processing is, rather than left `pending`
+for the minute sweep. And that sweep (`recover` with `pending_for`) takes up again an instance this
+process holds `processing` that no task of its own has worked on for `HELD_GRACE_SECONDS` (a task lost,
+a claim whose answer the database lost): nobody else takes over what a live process holds, so before,
+it stayed `processing` for as long as the node lived. It is resumed, so each rule acts once.
 """
 
 from __future__ import annotations
@@ -66,6 +73,10 @@ NODE_BEAT_SECONDS = 5.0
 NODE_SILENT_SECONDS = 30.0
 #: A serve node silent this long is forgotten: its heartbeat row is deleted, with a last take-over.
 NODE_FORGOTTEN_SECONDS = 3600.0
+#: An instance this process holds `processing` that its sweeps (`recover`) found no task of its own
+#: working on for this long, by its own monotonic clock, is taken up again (`_resume_held`). Longer than
+#: the moment between a claim's commit and its task's start; the minute sweep takes it at its next look.
+HELD_GRACE_SECONDS = 30.0
 
 
 def binding(trigger_ref: str, parameters: Mapping[str, Any] | None) -> str:
@@ -179,7 +190,11 @@ class TriggerService:
         self.registry = registry
         self.db = db
         self.processors: list[TriggerProcessor] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: The tasks processing instances in this process, each with its instance's id.
+        self._tasks: dict[asyncio.Task[None], str] = {}
+        #: Instances this process holds `processing` with no task on them, and when a sweep first found
+        #: each so (monotonic): taken up again once that is `HELD_GRACE_SECONDS` ago (`_resume_held`).
+        self._unworked: dict[str, float] = {}
         #: Who claims the instances this process processes (as an execution's `runner_info`).
         self.identity: dict[str, Any] = {"hostname": socket.gethostname(), **process_identity()}
         self.owner = encode_owner(self.identity)
@@ -292,16 +307,25 @@ class TriggerService:
         """Process `record` in the background; `held`: this process claimed it already (`take_pending`)."""
         work = self._handle(record, resumed) if held else self.process(record, resumed=resumed)
         task = asyncio.get_running_loop().create_task(work, name=f"trigger-{record['id']}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = record["id"]
+        task.add_done_callback(self._tasks.pop)
 
     async def process(self, record: dict[str, Any], resumed: bool = False) -> None:
         """Claim a `pending` instance and hand it to the processors; nothing if another process (or
         another task of this one) claimed it first. `resumed`: this process took the instance over
-        from one that died while processing it (`recover`), and holds it already."""
+        from one that died while processing it (`recover`), and holds it already.
+
+        A claim the database fails is tried again until it answers (`_through_outage`): left `pending`,
+        the instance waited for the minute sweep. Should a failed try have committed (its answer lost),
+        the next finds it claimed, by this process: the sweep takes that up (`_resume_held`)."""
         if not resumed:
             LEDGER.ensure()  # the owner file says this process lives (to other containers) before it claims
-            if not await self.db(self.db.store.trigger_instance_claim, record["id"], self.owner):
+            try:
+                claimed = await self._through_outage(record, "claiming", lambda _again: self.db(
+                    self.db.store.trigger_instance_claim, record["id"], self.owner))
+            except _Stopping:
+                return  # still `pending`: whichever process sweeps next claims it
+            if not claimed:
                 return
         await self._handle(record, resumed)
 
@@ -407,7 +431,7 @@ class TriggerService:
         return await self.dispatch(original["trigger"], payload, trace_tag=original["trace_tag"],
                                    parameters=original["trigger_parameters"], validate=False, audit=audit)
 
-    async def recover(self, pending_for: float = 0.0) -> int:
+    async def recover(self, pending_for: float = 0.0, held_for: float = HELD_GRACE_SECONDS) -> int:
         """Process what is `pending` (the claim lets one process have each, should its own process be
         at it too), and resume what a process that died left `processing`: its processors do what
         it had not done yet (the rules engine enforces the rules that had not acted). What a live
@@ -418,20 +442,48 @@ class TriggerService:
         `squall serve` calls it at start, and again every minute with `pending_for` (seconds): a
         process that stored an instance and died before it claimed or finished it (a `squall run`
         that ended, one killed) left it to nobody until the next start. Then only instances pending
-        for that long are taken up: younger ones are their own process's to claim."""
+        for that long are taken up: younger ones are their own process's to claim.
+
+        What this process holds `processing` with no task of its own on it, found so by its sweeps for
+        `held_for` seconds, it takes up again (`_resume_held`)."""
         LEDGER.ensure()  # the owner file says this process lives (to other containers) before it claims
+        working = set(self._tasks.values())  # before the read: a task that ends meanwhile wrote its end
         rows = await self.db(self.db.store.trigger_instance_list, None, ("pending", "processing"), 10_000)
         stored_by = utcnow() - timedelta(seconds=pending_for)
         taken = 0
+        held: list[dict[str, Any]] = []
         for row in reversed(rows):
             if row["status"] == "pending":
                 if pending_for and as_utc(row["occurrence_time"]) > stored_by:
                     continue
                 self._spawn(row)
                 taken += 1
+            elif row.get("owner") == self.owner:
+                held.append(row)
             elif await self._take_over(row):
                 self._spawn(row, resumed=True)
                 taken += 1
+        return taken + self._resume_held(held, working, held_for)
+
+    def _resume_held(self, held: list[dict[str, Any]], working: set[str], grace: float) -> int:
+        """Take up again, resumed, the instances of `held` (this process's `processing` ones, as one look
+        read them) that no task of this process worked on, neither before the look (`working`) nor now,
+        in looks at least `grace` seconds apart; how many. The rest wait for a later look; one a task works
+        on again, or no longer `processing` by this process, is forgotten. The grace covers the moment
+        between a claim's commit and its task's start (`take_pending`)."""
+        now = time.monotonic()
+        working = working | set(self._tasks.values())
+        self._unworked = {row["id"]: self._unworked.get(row["id"], now) for row in held if row["id"] not in working}
+        taken = 0
+        for row in held:
+            since = self._unworked.get(row["id"])
+            if since is None or now - since < grace:
+                continue
+            log.warning("resuming trigger instance %s (%s): this process holds it processing, and no task of its "
+                        "own has worked on it for %.0f s", row["id"], row["trigger"], now - since)
+            del self._unworked[row["id"]]
+            self._spawn(row, resumed=True, held=True)
+            taken += 1
         return taken
 
     async def _take_over(self, row: Mapping[str, Any]) -> bool:

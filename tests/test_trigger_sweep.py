@@ -1,0 +1,178 @@
+"""A serve node's own trigger instances, looked after by its own sweeps.
+
+Nobody takes over what a live process holds `processing`, so an instance whose task was lost inside a
+live node (or whose claim's answer the database lost) stayed `processing` for as long as that node
+lived. The node's minute sweep (`TriggerService.recover`) now takes up again what it holds with no
+task of its own on it, once two looks a grace apart found it so (its clock is the test's), resumed: a
+rule that acted before the task was lost does not act again. An instance a task still works on is
+left to it. And a claim the database fails (PostgreSQL restarting) is tried again as soon as it
+answers, not left `pending` for the minute sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import Squall
+from bot.service import POLL_SECONDS, PURGE_SECONDS, Housekeeping
+from engine import triggers
+from engine.config import load_config
+from engine.notifications import ACTION_TRIGGER
+from tests.conftest import write
+from tests.test_reaper_clock import Monotonic
+from tests.test_rules import make_pack, rule, started
+from tests.test_scaleout import _home
+from tests.test_scaleout_triggers import _connections_cut, _enforced, _rule
+from tests.test_trigger_recovery import RULES, _acted, _instance_row
+
+
+@pytest.fixture
+def six_rules(home: Path, tmp_path: Path) -> Path:
+    """Six rules on `demo.event`, on SQLite."""
+    write(home / "config.yml", f"database:\n  url: 'sqlite:///{tmp_path / 'squall.db'}'\npacks:\n  paths: [packs]\n"
+                               "api:\n  enabled: false\n")
+    make_pack(home, {ref.split(".")[1]: rule(ref.split(".")[1], params="{message: '{{ trigger.n }}'}")
+                     for ref in RULES})
+    return home
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Monotonic:
+    """The monotonic clock a node's sweeps measure the grace by: the test moves it."""
+    moved = Monotonic()
+    monkeypatch.setattr(triggers, "time", moved)
+    return moved
+
+
+async def _minute_sweep(housekeeping: Housekeeping, clock: Monotonic) -> None:
+    """A minute passes and `squall serve`'s housekeeping makes its minute's tick."""
+    clock.now += PURGE_SECONDS
+    housekeeping.ticks = int(PURGE_SECONDS / POLL_SECONDS) - 1  # the next tick is the minute's
+    await housekeeping.tick()
+
+
+async def test_the_sweep_takes_up_what_this_node_holds_with_no_task_and_each_rule_acts_once(
+        six_rules: Path, clock: Monotonic) -> None:
+    """The task processing an instance is lost inside the live node after r1 and r2 acted. The node's
+    first minute sweep after that leaves the instance (a task may be about to start on it); the next
+    resumes it: r3-r6 act, r1 and r2 do not act again, and the instance is `processed`."""
+    squall = await started(six_rules)
+    process = squall.rules.process
+    calls: list[bool] = []
+
+    async def lost_midway(instance: dict[str, Any], resumed: bool = False) -> None:
+        calls.append(resumed)
+        if resumed:
+            await process(instance, resumed)
+            return
+        for ref in ("demo.r1", "demo.r2"):
+            await squall.rules.enforce(squall.rules.rules[ref], instance)
+        raise asyncio.CancelledError  # the task is lost: nothing of it writes the instance's end
+
+    squall.rules.process = lost_midway  # type: ignore[method-assign]
+    try:
+        record = await squall.triggers.dispatch("demo.event", {"n": 7})
+        await squall.triggers.settle()
+        await squall.rules.settle()
+        row = _instance_row(squall.store, record["id"])
+        assert (row["status"], row["owner"]) == ("processing", squall.triggers.owner)
+        housekeeping = Housekeeping(squall, [])
+        await housekeeping.start()
+
+        await _minute_sweep(housekeeping, clock)
+        await squall.triggers.settle()
+        assert _instance_row(squall.store, record["id"])["status"] == "processing"
+
+        await _minute_sweep(housekeeping, clock)
+        await squall.triggers.settle()
+        await squall.rules.settle()
+        assert _instance_row(squall.store, record["id"])["status"] == "processed"
+        assert calls == [False, True]
+        assert await _acted(squall, record["id"]) == (Counter(RULES), Counter(RULES))
+
+        await _minute_sweep(housekeeping, clock)  # processed: later sweeps leave it
+        await squall.triggers.settle()
+        assert calls == [False, True]
+    finally:
+        await squall.close()
+
+
+async def test_the_sweep_leaves_an_instance_a_task_of_this_node_still_works_on(
+        six_rules: Path, clock: Monotonic) -> None:
+    """However many minutes a slow processing takes, the node's sweeps do not start a second one on the
+    instance: its rules act once, when it ends."""
+    squall = await started(six_rules)
+    process = squall.rules.process
+    through = asyncio.Event()
+    calls: list[bool] = []
+
+    async def slow(instance: dict[str, Any], resumed: bool = False) -> None:
+        calls.append(resumed)
+        await through.wait()
+        await process(instance, resumed)
+
+    squall.rules.process = slow  # type: ignore[method-assign]
+    try:
+        record = await squall.triggers.dispatch("demo.event", {"n": 7})
+        housekeeping = Housekeeping(squall, [])
+        await housekeeping.start()
+        for _minute in range(3):
+            await _minute_sweep(housekeeping, clock)
+            await asyncio.sleep(0)
+        assert _instance_row(squall.store, record["id"])["status"] == "processing"
+        through.set()
+        await squall.triggers.settle()
+        await squall.rules.settle()
+        assert calls == [False]
+        assert _instance_row(squall.store, record["id"])["status"] == "processed"
+        assert await _acted(squall, record["id"]) == (Counter(RULES), Counter(RULES))
+    finally:
+        await squall.close()
+
+
+@pytest.mark.postgres
+async def test_a_claim_the_database_failed_is_tried_again_once_it_is_back(
+        home: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The instance's claim meets the server ending the connections (a restart). Before, the error escaped
+    the task and the instance stayed `pending` until a minute sweep; now the claim is tried again until the
+    database takes it, said once: the instance is processed without any sweep, its rule acting once."""
+    config = load_config(_home(home, postgres_url) / "config.yml")
+    _rule(home)
+    serve = await Squall.start(config)
+    store = serve.store
+    real, cut = store.trigger_instance_claim, []
+
+    def in_a_restart(*args: Any, **kwargs: Any) -> Any:
+        if not cut:
+            _connections_cut(postgres_url)
+            cut.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "trigger_instance_claim", in_a_restart)
+    caplog.set_level(logging.INFO)
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        raised = await serve.triggers.dispatch(
+            ACTION_TRIGGER, {"execution_id": "e1", "action_ref": "demo.hello", "status": "succeeded"}, validate=False)
+        await serve.triggers.settle()
+        gc.collect()
+        assert cut == [True]
+        assert store.trigger_instance_get(raised["id"])["status"] == "processed"
+        await _enforced(serve, raised["id"])
+        assert len(store.list_executions(action="zone.where", limit=1000)) == 1
+    finally:
+        loop.set_exception_handler(None)
+        await serve.close()
+    assert not unhandled, unhandled
+    said = [r.getMessage() for r in caplog.records if r.name == "engine.triggers"]
+    assert len([m for m in said if m.startswith("claiming trigger instance")
+                and "tried again until the database takes it" in m]) == 1, said
+    assert len([m for m in said if m.startswith("claiming trigger instance") and "went through, after" in m]) == 1, said
