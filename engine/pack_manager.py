@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import importlib.metadata
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -278,8 +280,9 @@ def build_virtualenv(pack: str, requirements: Path, venv: Path, progress: Progre
         raise PackInstallError(f"cannot create a virtualenv for {pack}: {err.strip()}")
     shown = shown_as or requirements
     failures = _install_unlisted(venv, requirements, progress, pack, shown, source, unlisted)
-    if requirements.is_file():
-        failures += _install_requirements(venv, requirements, progress, pack, shown, source)
+    listed = _install_requirements(venv, requirements, progress, pack, shown, source) if requirements.is_file() else []
+    _complete_families(venv, requirements, progress, pack, shown, with_file=requirements.is_file() and not listed)
+    failures += listed
     if failures:
         record = {"pack": pack, "requirements": str(shown), "failed": [failure.record() for failure in failures]}
         (venv / FAILED_REQUIREMENTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -326,6 +329,63 @@ def _install_unlisted(venv: Path, requirements: Path, progress: Progress, pack: 
                                     source, need)
             failures += [failure] if failure else []
     return failures
+
+
+#: Packages that work only at versions made for each other: pyOpenSSL calls into its cryptography's
+#: bindings (pyOpenSSL 26 with cryptography 41: `AttributeError: module 'lib' has no attribute ...`), and
+#: cryptography's compiled bindings load cffi's backend, of a version its own pins. A pack's actions and
+#: sensors find the pack's virtualenv first and Squall's site-packages after it, so a family member the
+#: virtualenv lacks would come from Squall, made for Squall's copies of the others, not the pack's.
+#: Others (requests and urllib3, ...) accept a wide range of each other and are left alone.
+PACKAGE_FAMILIES: tuple[tuple[str, ...], ...] = (("cffi", "cryptography", "pyOpenSSL"),)
+
+
+def _complete_families(venv: Path, requirements: Path, progress: Progress, pack: str, shown_as: Path, *,
+                       with_file: bool) -> None:
+    """Install into `venv` each member of a `PACKAGE_FAMILIES` family that Squall's site-packages has and
+    the virtualenv lacks, when the virtualenv has another member at a version Squall's differs from (the
+    pack pinned it, or a requirement pulled it in).
+
+    pip resolves them together with the pack's requirements file (`with_file`: it installed whole), so
+    its pins hold and a member it only pulled in may move to a version the missing ones fit (flanker's
+    unpinned cryptography, newer than any pyOpenSSL, steps back to the newest that one fits); else with
+    the members the virtualenv has pinned to their versions. A member that cannot be installed does not
+    fail the install: the pack's requirements are all there, and only code that imports that member can
+    meet the mismatch, so it is said, with what to do."""
+    ours = _distributions([sysconfig.get_paths()["purelib"]])
+    theirs = _distributions([str(site) for site in venv.glob("lib/python*/site-packages")])
+    for family in PACKAGE_FAMILIES:
+        keys = {_normal(name): name for name in family}
+        present = [f"{keys[key]}=={theirs[key]}" for key in keys if key in theirs]
+        missing = [keys[key] for key in keys if key in ours and key not in theirs]
+        if not missing or all(theirs[key] == ours.get(key) for key in keys if key in theirs):
+            continue  # nothing of the family in the virtualenv, or only Squall's very versions
+        names, pins = " and ".join(missing), ", ".join(present)
+        squalls = ", ".join(f"{keys[key]}=={ours[key]}" for key in keys if key in ours)
+        options, lines = requirement_lines(requirements.read_text(errors="replace")) if with_file else ([], [])
+        progress(f"{pack}'s virtualenv has {pins} but not {names}, which its Python actions and sensors would "
+                 f"then import from Squall's own site-packages, made for other versions ({squalls}): installing "
+                 f"{names} into {pack}'s virtualenv, the version that fits "
+                 f"{requirements.name + ' of ' + pack if with_file else pins}")
+        with _one_line_file(requirements) as single:
+            single.write_text("\n".join([*options, *([line for _, line in lines] or present), *missing]) + "\n")
+            code, output = _pip_install(venv, single, progress, pack)
+        if code != 0:
+            reason = pip_reason(output, single.name, shown_as.name) or "pip failed without saying why"
+            progress(f"  could not install {names} into {pack}'s virtualenv: {reason}. The pack is installed, but "
+                     f"its Python code that imports {names} gets Squall's, which may not work with {pins}: list a "
+                     f"version of {names} that fits in {shown_as}, then install the pack again")
+
+
+def _distributions(folders: list[str]) -> dict[str, str]:
+    """The distributions installed in `folders`: normalised name -> version."""
+    return {_normal(dist.metadata["Name"]): dist.version
+            for dist in importlib.metadata.distributions(path=folders) if dist.metadata["Name"]}
+
+
+def _normal(name: str) -> str:
+    """A distribution's name as pip compares them (`pyOpenSSL`, `pyopenssl`)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 #: The lines of pip's that say what it is doing: each names a requirement or a step of one (the steps
@@ -673,7 +733,7 @@ def _names_in(line: str) -> set[str]:
         found.append(match[1])
     if match := re.search(r"(?:^|/)([A-Za-z0-9][\w.]*?)-\d[^/]*\.(?:whl|tar\.gz|zip)$", line):
         found.append(match[1])
-    return {re.sub(r"[-_.]+", "-", name).lower() for name in found}
+    return {_normal(name) for name in found}
 
 
 def _first_import(folder: Path, module: str) -> tuple[str, int] | None:

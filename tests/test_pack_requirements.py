@@ -677,3 +677,41 @@ def test_an_action_missing_eventlet_says_what_it_is_and_how_to_get_it(home: Path
         "pack awslike has no virtualenv with it")
     assert f"`python3 -m venv {venv} && {venv}/bin/pip install eventlet`" in ran["result"]["error"]
     assert "ModuleNotFoundError: No module named 'eventlet'" in ran["result"]["stderr"]
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("offline_pip")
+def test_a_pack_pinning_cryptography_gets_a_pyopenssl_that_fits_it(home: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # The email pack's flanker brings cryptography; pinned at 41, Squall's own pyOpenSSL (found after the pack's
+    # virtualenv) does not fit it. The install adds the family's missing members, at versions fitting the pin.
+    source = home / "src" / "mailer"
+    write(source / "pack.yaml", "ref: mailer\nname: mailer\ndescription: d\nversion: 0.1.0\nauthor: tests\n")
+    write(source / "actions" / "version.yaml", "name: version\nrunner_type: python-script\nentry_point: version.py\n")
+    write(source / "actions" / "version.py", """
+        import cryptography
+        import OpenSSL
+        from st2common.runners.base_action import Action
+
+
+        class Run(Action):
+            def run(self):
+                return {"cryptography": cryptography.VALUE, "pyOpenSSL": OpenSSL.VALUE}
+    """)
+    wheel(source / "wheels", "cryptography", "41.0.7")
+    write(source / "requirements.txt", "--find-links ./wheels\ncryptography==41.0.7\n")
+    index = home / "index"  # the package index, here
+    wheel(index, "cryptography", "47.0.0")
+    wheel(index, "cffi", "2.1.1")
+    wheel(index, "pyOpenSSL", "26.1.0", module="OpenSSL", requires=("cryptography>=46",))
+    wheel(index, "pyOpenSSL", "25.1.0", module="OpenSSL", requires=("cryptography>=41.0.5,<46",))
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+
+    installed = squall(home, "pack", "install", str(source))
+
+    assert installed.returncode == 0, installed.stderr
+    assert ("mailer's virtualenv has cryptography==41.0.7 but not cffi and pyOpenSSL, which its Python actions and "
+            "sensors would then import from Squall's own site-packages") in installed.stderr
+    ran = run_json(home, "mailer.version")
+    assert ran["status"] == "succeeded", ran
+    assert ran["result"]["result"] == {"cryptography": "41.0.7", "pyOpenSSL": "25.1.0"}
